@@ -1,0 +1,31 @@
+"""`unime models ...`: build the local tiny models."""
+
+from __future__ import annotations
+
+from unime.cli import add_config_option
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="build local tiny models of the real architectures")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    b = msub.add_parser("build-tiny", help="build a tiny Qwen-VL model (real HF class, local tokenizer) offline")
+    b.add_argument("--family", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
+                   help="model family (architecture class and chat template)")
+    b.add_argument("--out", required=True, help="output folder (an ordinary HF folder)")
+    b.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    b.add_argument("--hidden", type=int, default=64, help="text hidden size")
+    b.add_argument("--layers", type=int, default=2, help="text decoder layers")
+    b.add_argument("--vision-depth", type=int, default=1, help="vision encoder blocks")
+    b.add_argument("--extra-token", action="append", default=[], help="extra special token (repeatable), e.g. <emb>")
+    add_config_option(b)
+    b.set_defaults(func=_build_tiny)
+
+
+def _build_tiny(args) -> int:
+    from unime.models.tiny import TinySize, build_tiny
+
+    size = TinySize(hidden=args.hidden, layers=args.layers, vision_depth=args.vision_depth,
+                    intermediate=2 * args.hidden)
+    out = build_tiny(args.family, args.out, seed=args.seed, size=size, extra_tokens=args.extra_token)
+    print(out)
+    return 0

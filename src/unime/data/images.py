@@ -1,0 +1,85 @@
+"""Safe image loading.
+
+Rules (all violations raise `DataError` naming source, record and field):
+- a path must stay inside the data root: absolute paths and `..` escapes are rejected unless the
+  loader was created with `allow_outside_root=True`;
+- a pixel limit guards against decompression bombs (checked on the header, before decoding);
+- EXIF orientation is applied and every mode is converted to RGB (alpha composited on white).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from unime.data.items import ImageRef
+from unime.errors import DataError
+
+DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
+
+
+class ImageLoader:
+    def __init__(self, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.root = Path(root).resolve() if root is not None else Path.cwd().resolve()
+        self.allow_outside_root = allow_outside_root
+        self.max_pixels = max_pixels
+
+    def resolve(self, ref: str, *, source=None, record=None, field=None) -> Path:
+        p = Path(ref)
+        if p.is_absolute() and not self.allow_outside_root:
+            raise DataError(f"absolute image path {ref!r} not allowed (pass allow_outside_root to permit)",
+                            source=source, record=record, field=field)
+        full = (p if p.is_absolute() else self.root / p).resolve()
+        if not self.allow_outside_root and not full.is_relative_to(self.root):
+            raise DataError(f"image path {ref!r} escapes the data root", source=source, record=record, field=field)
+        return full
+
+    def load(self, ref: ImageRef, *, source=None, record=None, field=None) -> Image.Image:
+        if isinstance(ref, Image.Image):
+            return _normalise(ref)
+        if isinstance(ref, (bytes, bytearray)):
+            fh, name = io.BytesIO(ref), "<inline bytes>"
+        elif isinstance(ref, str) and ref:
+            path = self.resolve(ref, source=source, record=record, field=field)
+            if not path.is_file():
+                raise DataError(f"image file not found: {ref!r}", source=source, record=record, field=field)
+            fh, name = open(path, "rb"), ref
+        else:
+            raise DataError(f"bad image reference {ref!r}", source=source, record=record, field=field)
+        try:
+            with fh:
+                try:
+                    img = Image.open(fh)
+                except (UnidentifiedImageError, OSError) as e:
+                    raise DataError(f"corrupt or unreadable image {name}: {e}", source=source, record=record,
+                                    field=field) from None
+                w, h = img.size
+                if w * h > self.max_pixels:
+                    raise DataError(f"image {name} has {w}x{h}={w * h} pixels, over the limit {self.max_pixels}",
+                                    source=source, record=record, field=field)
+                if w == 0 or h == 0:
+                    raise DataError(f"image {name} is empty", source=source, record=record, field=field)
+                try:
+                    img.load()
+                except (OSError, SyntaxError, ValueError) as e:
+                    raise DataError(f"corrupt image {name}: {e}", source=source, record=record, field=field) from None
+                return _normalise(img)
+        except Image.DecompressionBombError as e:  # PIL's own guard, in case ours was raised higher
+            raise DataError(f"image {name} rejected as a decompression bomb: {e}", source=source, record=record,
+                            field=field) from None
+
+
+def _normalise(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    return img.convert("RGB")

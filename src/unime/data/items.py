@@ -1,0 +1,137 @@
+"""The unit of data: an `Item` (text, images, video frames) and a training `Record`.
+
+Images are referenced either by a path relative to a data root (str) or as inline encoded bytes
+(PNG/JPEG). Loading goes through `unime.data.images.ImageLoader`, which enforces the safety rules.
+An item's `key` identifies it for de-duplication and embedding caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from unime.errors import DataError
+
+# a path relative to the data root, inline encoded bytes, or (in memory only) a PIL image
+ImageRef = Union[str, bytes, Any]
+
+
+def _ref_key(ref: ImageRef) -> str:
+    if isinstance(ref, str):
+        return "path:" + ref
+    if isinstance(ref, (bytes, bytearray)):
+        return "sha1:" + hashlib.sha1(ref).hexdigest()
+    if hasattr(ref, "tobytes") and hasattr(ref, "size"):  # PIL image
+        h = hashlib.sha1(f"{ref.mode}{ref.size}".encode())
+        h.update(ref.tobytes())
+        return "pil:" + h.hexdigest()
+    raise DataError(f"unsupported image reference of type {type(ref).__name__}", field="images")
+
+
+@dataclass(frozen=True)
+class Item:
+    """Text, image(s), or both; or a video given as an ordered tuple of frames.
+
+    `text` may contain the source format's image placeholders (e.g. MMEB's `<|image_1|>`); the model
+    adapter maps them to the target family's image token (see `unime.models.adapters`).
+    """
+
+    text: str = ""
+    images: tuple[ImageRef, ...] = ()
+    video: tuple[ImageRef, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.text, str):
+            raise DataError(f"text must be a string, got {type(self.text).__name__}", field="text")
+        # accept lists for convenience, store tuples so items stay hashable
+        if not isinstance(self.images, tuple):
+            object.__setattr__(self, "images", tuple(self.images))
+        if not isinstance(self.video, tuple):
+            object.__setattr__(self, "video", tuple(self.video))
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.text.strip() and not self.images and not self.video
+
+    @property
+    def key(self) -> str:
+        """Stable content key: same text and same image references → same key."""
+        payload = json.dumps(
+            {"t": self.text, "i": [_ref_key(r) for r in self.images], "v": [_ref_key(r) for r in self.video]},
+            ensure_ascii=False, sort_keys=True,
+        )
+        return hashlib.sha1(payload.encode("utf-8")).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        if any(not isinstance(r, str) for r in self.images + self.video):
+            raise DataError("items with inline images are not JSON-serialisable; write Parquet",
+                            field="images")
+        d: dict[str, Any] = {"text": self.text}
+        if self.images:
+            d["images"] = list(self.images)
+        if self.video:
+            d["video"] = list(self.video)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, *, source: str | None = None, record: str | int | None = None,
+                  field_name: str = "item") -> "Item":
+        """Build an item from `{"text": ..., "image": path, "images": [...], "video": [...]}`."""
+        if isinstance(d, Item):
+            return d
+        if isinstance(d, str):
+            return cls(text=d)
+        if not isinstance(d, dict):
+            raise DataError(f"expected an object, got {type(d).__name__}", source=source, record=record,
+                            field=field_name)
+        unknown = set(d) - {"text", "image", "images", "video"}
+        if unknown:
+            raise DataError(f"unknown keys {sorted(unknown)}", source=source, record=record, field=field_name)
+        text = d.get("text") or ""
+        if not isinstance(text, str):
+            raise DataError("text must be a string", source=source, record=record, field=f"{field_name}.text")
+        images = list(d.get("images") or [])
+        if d.get("image"):
+            images.insert(0, d["image"])
+        for k, refs in (("images", images), ("video", list(d.get("video") or []))):
+            for r in refs:
+                if isinstance(r, str) and not r or not isinstance(r, (str, bytes)) and not hasattr(r, "tobytes"):
+                    raise DataError("image reference must be a non-empty path, bytes or a PIL image", source=source,
+                                    record=record, field=f"{field_name}.{k}")
+        return cls(text=text, images=tuple(images), video=tuple(d.get("video") or ()))
+
+
+@dataclass
+class Record:
+    """A training record: a query, its positive, optional hard negatives with optional judge scores."""
+
+    query: Item
+    positive: Item
+    negatives: list[Item] = field(default_factory=list)
+    positive_score: float | None = None
+    negative_scores: list[float] | None = None
+    dataset: str = ""
+    id: str = ""
+
+    def validate(self, *, source: str | None = None) -> "Record":
+        rid = self.id or None
+        if self.query.is_empty:
+            raise DataError("empty query", source=source, record=rid, field="query")
+        if self.positive.is_empty:
+            raise DataError("empty positive", source=source, record=rid, field="positive")
+        for i, n in enumerate(self.negatives):
+            if n.is_empty:
+                raise DataError("empty negative", source=source, record=rid, field=f"negatives[{i}]")
+        if self.negative_scores is not None and len(self.negative_scores) != len(self.negatives):
+            raise DataError(f"{len(self.negative_scores)} scores for {len(self.negatives)} negatives",
+                            source=source, record=rid, field="negative_scores")
+        import math
+
+        scores = list(self.negative_scores or []) + ([self.positive_score] if self.positive_score is not None else [])
+        for s in scores:
+            if not isinstance(s, (int, float)) or math.isnan(s) or math.isinf(s):
+                raise DataError(f"score {s!r} is not a finite number", source=source, record=rid,
+                                field="negative_scores" if s in (self.negative_scores or []) else "positive_score")
+        return self

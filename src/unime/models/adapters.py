@@ -1,0 +1,165 @@
+"""Family adapters: everything that differs between model families, chosen by `config.model_type`.
+
+An adapter turns unime `Item`s into chat messages (content parts in order), renders them with the
+checkpoint's own chat template, builds processor inputs, and knows where the text backbone lives.
+Source-format image placeholders (MMEB's `<|image_1|>`, LLaVA's `<image>`) are mapped here, to
+the family's image token, by position: placeholder n → the item's n-th image.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from unime.errors import DataError, ModelError
+
+# `<|image_1|>` (MMEB / Phi-3-V), `<image>` (LLaVA), and `<|image|>`
+SOURCE_IMAGE_PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>|<image>|<\|image\|>")
+
+
+@dataclass
+class Segment:
+    """One content part of a user turn: kind is 'text', 'image' or 'video'; value is the text, the
+    PIL image, or the list of PIL frames."""
+
+    kind: str
+    value: Any
+
+
+def strip_placeholders(text: str) -> str:
+    """Remove source image placeholders (used where the prompt names images separately, SPEC 1.3)."""
+    return SOURCE_IMAGE_PLACEHOLDER.sub("", text).strip()
+
+
+def item_segments(text: str, images: Sequence[Any], video: Sequence[Any] | None = None, *,
+                  record: Any = None, field: str | None = None) -> list[Segment]:
+    """Split an item's text at its image placeholders; images without a placeholder come first.
+
+    Placeholder `<|image_n|>` refers to image n (1-based); a placeholder naming a missing image is an
+    error. Video frames, if any, come before everything else.
+    """
+    segs: list[Segment] = []
+    if video:
+        segs.append(Segment("video", list(video)))
+    used: set[int] = set()
+    pieces: list[Segment] = []
+    pos, auto = 0, 0
+    for m in SOURCE_IMAGE_PLACEHOLDER.finditer(text):
+        if m.start() > pos:
+            pieces.append(Segment("text", text[pos:m.start()]))
+        idx = int(m.group(1)) - 1 if m.group(1) else auto
+        auto = idx + 1
+        if idx < 0 or idx >= len(images):
+            raise DataError(f"placeholder {m.group(0)!r} but the item has {len(images)} image(s)",
+                            record=record, field=field or "text")
+        pieces.append(Segment("image", images[idx]))
+        used.add(idx)
+        pos = m.end()
+    if pos < len(text):
+        pieces.append(Segment("text", text[pos:]))
+    segs.extend(Segment("image", img) for i, img in enumerate(images) if i not in used)
+    segs.extend(pieces)
+    # tidy whitespace next to images: "<|image_1|>\nRepresent..." → "Represent..."
+    out = []
+    for s in segs:
+        if s.kind == "text":
+            t = s.value.strip("\n") if out and out[-1].kind != "text" else s.value
+            if t.strip():
+                out.append(Segment("text", t))
+        else:
+            out.append(s)
+    return out
+
+
+class FamilyAdapter:
+    """Qwen-VL style adapter (Qwen2-VL, Qwen2.5-VL, Qwen3-VL share the message format)."""
+
+    model_types: tuple[str, ...] = ()
+    image_token = "<|image_pad|>"
+    video_token = "<|video_pad|>"
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+
+    # -- messages -------------------------------------------------------------------------------
+    @staticmethod
+    def content_parts(segments: Sequence[Segment]) -> list[dict]:
+        parts = []
+        for s in segments:
+            if s.kind == "text":
+                parts.append({"type": "text", "text": s.value})
+            elif s.kind == "image":
+                parts.append({"type": "image"})
+            elif s.kind == "video":
+                parts.append({"type": "video"})
+            else:  # pragma: no cover
+                raise ValueError(s.kind)
+        return parts
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def render_user_turn(self, segments: Sequence[Segment], *, assistant_prefix: str = "",
+                         system: str | None = None) -> str:
+        """Render one user turn followed by the assistant's opening (and `assistant_prefix`)."""
+        messages = []
+        if system is not None:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        messages.append({"role": "user", "content": self.content_parts(segments)})
+        return self.render(messages, add_generation_prompt=True) + assistant_prefix
+
+    # -- tensors --------------------------------------------------------------------------------
+    def processor_inputs(self, texts: list[str], segments_per_text: list[Sequence[Segment]], *,
+                         padding_side: str | None = None, add_special_tokens: bool = False):
+        images = [s.value for segs in segments_per_text for s in segs if s.kind == "image"]
+        videos = [s.value for segs in segments_per_text for s in segs if s.kind == "video"]
+        kwargs: dict[str, Any] = dict(text=texts, padding=True, return_tensors="pt")
+        if images:
+            kwargs["images"] = images
+        if videos:
+            kwargs["videos"] = videos
+        if padding_side is not None:
+            kwargs["padding_side"] = padding_side
+        return self.processor(**kwargs)
+
+    @staticmethod
+    def backbone(model):
+        """The multimodal backbone (no LM head) of a `*ForConditionalGeneration` model."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return base.model
+
+    @staticmethod
+    def lm_head(model):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return base.lm_head
+
+    def single_token_id(self, word: str) -> int:
+        ids = self.tokenizer.encode(word, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ModelError(f"the tokenizer splits {word!r} into {len(ids)} tokens {ids}; a Yes/No judge needs "
+                             "single-token answers")
+        return ids[0]
+
+
+class QwenVLAdapter(FamilyAdapter):
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+ADAPTERS: dict[str, type[FamilyAdapter]] = {t: cls for cls in (QwenVLAdapter,) for t in cls.model_types}
+
+
+def register_adapter(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
+    """Register an adapter class for its `model_types` (usable as a decorator by plug-ins)."""
+    for t in cls.model_types:
+        ADAPTERS[t] = cls
+    return cls
+
+
+def adapter_for(config, processor) -> FamilyAdapter:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ModelError(f"no family adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}")
+    return ADAPTERS[model_type](processor)

@@ -1,0 +1,164 @@
+"""`Embedder`: a vision-language model used as a universal multimodal embedder.
+
+The embedding of an item is the last-layer hidden state at the pooling position, L2-normalised
+(SPEC §1.1): the last real token of the rendered prompt (left or right padding alike), or the `<emb>`
+token placed as the assistant's answer (Embed-RL / LamRA variant).
+
+    from unime import Embedder
+    emb = Embedder.from_pretrained("path/or/hub-id")
+    vecs = emb.encode([{"text": "a red circle"}, {"image": "imgs/0001.png"}])
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from unime.data.images import ImageLoader
+from unime.data.items import Item
+from unime.models.adapters import FamilyAdapter, Segment, item_segments
+from unime.models.loading import LoadedModel, load_model
+from unime.models.prompts import EMB_TOKEN
+
+POOLINGS = ("last", "emb")
+
+
+def as_item(x: Any) -> Item:
+    """`Item`, `{"text": ..., "image": PIL/path, "images": [...], "video": [...]}` or a plain string."""
+    if isinstance(x, Item):
+        return x
+    return Item.from_dict(x)
+
+
+class Embedder:
+    def __init__(self, model, processor, adapter: FamilyAdapter, *, pooling: str = "last",
+                 image_loader: ImageLoader | None = None, instruction_suffix: str = "", batch_size: int = 16,
+                 device: str = "cpu", name: str = ""):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.model, self.processor, self.adapter = model, processor, adapter
+        self.pooling = pooling
+        self.image_loader = image_loader or ImageLoader()
+        self.instruction_suffix = instruction_suffix
+        self.batch_size = batch_size
+        self.device = device
+        self.name = name
+        self._emb_id = None
+        if pooling == "emb":
+            tok = adapter.tokenizer
+            emb_id = tok.convert_tokens_to_ids(EMB_TOKEN)
+            if emb_id is None or emb_id == tok.unk_token_id:
+                raise ValueError(f"pooling='emb' needs the {EMB_TOKEN} token in the tokenizer; add it with "
+                                 "`unime.models.embedder.add_emb_token`")
+            self._emb_id = emb_id
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
+                        pooling: str = "auto", data_root: str | None = None, allow_outside_root: bool = False,
+                        adapter_path: str | None = None, trainable: bool = False, **kwargs) -> "Embedder":
+        loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
+                                         trainable=trainable)
+        if pooling == "auto":
+            tok = loaded.processor.tokenizer
+            pooling = "emb" if EMB_TOKEN in tok.get_vocab() else "last"
+        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
+        return cls(loaded.model, loaded.processor, loaded.adapter, pooling=pooling, image_loader=loader,
+                   device=loaded.device, name=str(path), **kwargs)
+
+    # -- input assembly -------------------------------------------------------------------------
+    def segments(self, item: Item, *, record=None) -> list[Segment]:
+        load = self.image_loader.load
+        images = [load(r, record=record, field=f"images[{i}]") for i, r in enumerate(item.images)]
+        frames = [load(r, record=record, field=f"video[{i}]") for i, r in enumerate(item.video)]
+        segs = item_segments(item.text, images, frames, record=record)
+        if self.instruction_suffix:
+            segs.append(Segment("text", self.instruction_suffix))
+        return segs
+
+    def render(self, segments: Sequence[Segment]) -> str:
+        prefix = EMB_TOKEN if self.pooling == "emb" else ""
+        return self.adapter.render_user_turn(segments, assistant_prefix=prefix)
+
+    def build_inputs(self, items: Sequence[Item], *, segments: Sequence[Sequence[Segment]] | None = None):
+        segs = list(segments) if segments is not None else [self.segments(it) for it in items]
+        texts = [self.render(s) for s in segs]
+        inputs = self.adapter.processor_inputs(texts, segs)
+        return inputs.to(self.device)
+
+    # -- forward --------------------------------------------------------------------------------
+    def pool_positions(self, input_ids, attention_mask):
+        """Index of the pooling token in each row (padding-side aware)."""
+        import torch
+
+        if self._emb_id is not None:
+            is_emb = (input_ids == self._emb_id) & attention_mask.bool()
+            if not bool(is_emb.any(dim=1).all()):
+                raise ValueError(f"a row has no {EMB_TOKEN} token")
+            idx = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            return torch.where(is_emb, idx, torch.full_like(idx, -1)).max(dim=1).values
+        # last position whose attention mask is 1, whichever side the padding is on
+        idx = torch.arange(attention_mask.shape[1], device=attention_mask.device).expand_as(attention_mask)
+        return torch.where(attention_mask.bool(), idx, torch.full_like(idx, -1)).max(dim=1).values
+
+    def forward(self, inputs, *, normalize: bool = True):
+        """Embeddings (with grad if enabled) for processor inputs: (batch, hidden)."""
+        import torch.nn.functional as F
+
+        out = self.adapter.backbone(self.model)(**inputs, use_cache=False, return_dict=True)
+        hidden = out.last_hidden_state
+        pos = self.pool_positions(inputs["input_ids"], inputs["attention_mask"])
+        reps = hidden[range(hidden.shape[0]), pos]
+        return F.normalize(reps.float(), dim=-1) if normalize else reps
+
+    def embed(self, items: Sequence[Any]):
+        """Forward a batch of items, gradients enabled if the caller enabled them (training)."""
+        return self.forward(self.build_inputs([as_item(x) for x in items]))
+
+    def encode(self, items: Iterable[Any], *, batch_size: int | None = None, show_progress: bool = False,
+               normalize: bool = True) -> np.ndarray:
+        """float32 array (n, hidden). Identical items (same `Item.key`) are encoded once."""
+        import torch
+
+        items = [as_item(x) for x in items]
+        if not items:
+            return np.zeros((0, self.hidden_size), dtype=np.float32)
+        keys = [it.key for it in items]
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        unique = [items[i] for i in first.values()]
+        bs = batch_size or self.batch_size
+        out = np.zeros((len(unique), self.hidden_size), dtype=np.float32)
+        batches = range(0, len(unique), bs)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="encode", unit="batch")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for s in batches:
+                    reps = self.forward(self.build_inputs(unique[s:s + bs]), normalize=normalize)
+                    out[s:s + bs] = reps.float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        row = {k: j for j, k in enumerate(first)}
+        return out[[row[k] for k in keys]]
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        text = getattr(cfg, "text_config", cfg)
+        return int(text.hidden_size)
+
+
+def add_emb_token(model, processor) -> int:
+    """Add the `<emb>` special token to the tokenizer and resize the model's embeddings. Returns its id."""
+    tok = processor.tokenizer
+    if EMB_TOKEN not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]}, replace_extra_special_tokens=False)
+        model.resize_token_embeddings(len(tok))
+    return tok.convert_tokens_to_ids(EMB_TOKEN)

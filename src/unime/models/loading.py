@@ -1,0 +1,76 @@
+"""Loading Hugging Face vision-language checkpoints (plain folders, hub ids, or PEFT adapter folders)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unime.models.adapters import FamilyAdapter, adapter_for
+
+
+def resolve_device(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str | Any | None, device: str):
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
+    return table[dtype]
+
+
+def is_peft_adapter(path: str | os.PathLike) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    processor: Any
+    adapter: FamilyAdapter
+    path: str
+    device: str
+    dtype: Any
+
+
+def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None, adapter_path: str | None = None,
+               trainable: bool = False) -> LoadedModel:
+    """Load `*ForConditionalGeneration` + processor. A PEFT adapter folder (or `adapter_path`) is applied
+    on top of its base model. The model is in eval mode unless `trainable`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = str(path)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    base_path = path
+    if is_peft_adapter(path) and adapter_path is None:
+        adapter_path = path
+        base_path = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    proc_path = adapter_path if adapter_path and (Path(adapter_path) / "tokenizer_config.json").is_file() else base_path
+    processor = AutoProcessor.from_pretrained(proc_path)
+    model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype)
+    tok = processor.tokenizer
+    if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added (e.g. <emb>) with the adapter
+        model.resize_token_embeddings(len(tok))
+    if adapter_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=trainable)
+    model.to(device)
+    model.train(trainable)
+    return LoadedModel(model=model, processor=processor, adapter=adapter_for(model.config, processor),
+                       path=path, device=device, dtype=torch_dtype)

@@ -1,0 +1,236 @@
+"""Local factory of tiny models of the real Qwen-VL architectures (`unime models build-tiny`).
+
+No weights can be downloaded on an offline machine, so the embedded default is a *tiny* model of the
+real Hugging Face class (e.g. `Qwen2VLForConditionalGeneration` built from a small config), with a
+byte-level BPE tokenizer trained locally on the demo world's language plus the family's special
+tokens, the family's own image/video processors with small pixel bounds, and the family's chat
+template. The result is an ordinary HF folder: `AutoProcessor.from_pretrained(DIR)` and
+`AutoModelForImageTextToText.from_pretrained(DIR)` load it offline, and every other part of unime
+treats it exactly as it treats `Qwen/Qwen2-VL-2B-Instruct`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from unime.data import vocab
+from unime.models import prompts
+
+# Special tokens shared by the Qwen-VL families (same strings as the released checkpoints).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+
+# The real Qwen2-VL / Qwen2.5-VL chat template (default system prompt, vision placeholders).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen3-VL-Instruct's template without the tool-calling branches: no default system prompt.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 128
+    vision_depth: int = 1
+    vision_hidden: int = 32
+    vision_heads: int = 2
+    vocab: int = 1024
+    # pixel bounds of the image processor: 28*28*4 .. 28*28*64 → 4..64 merged image tokens (Qwen2)
+    min_pixels: int = 28 * 28 * 4
+    max_pixels: int = 28 * 28 * 64
+
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def tokenizer_corpus() -> list[str]:
+    """Sentences covering the demo world's words and every prompt unime writes."""
+    words = list(vocab.SHAPES) + list(vocab.COLOURS) + list(vocab.SIZES) + list(vocab.POSITIONS)
+    words += list(vocab.RELATIONS) + list(vocab.COUNT_WORDS) + list(vocab.BACKGROUNDS)
+    lines = [
+        prompts.JUDGE_INSTRUCTION, prompts.LISTWISE_INSTRUCTION, prompts.EMBED_SUMMARY_PROMPT,
+        "You are a helpful assistant.", "Query: Candidate: Ans: (1) (2) (3) (4) (5) (6) (7) (8) (9) (10)",
+        "Represent the given image with the following question: Represent the given text for retrieval",
+        "Find an image that matches the given caption. Select the portion of the image that answers",
+        "What is the colour of the shape? How many objects are in the image? Which object is on the",
+        "The same scene with the circle blue. A photo of a small red circle on the left of a large star.",
+        '<thinking>{"text_keywords": ["red", "circle"], "bbox_2d": [[10, 20, 300, 400]], '
+        '"key_frames": [1, 2, 3]}</thinking><rethink>The query asks for a shape.</rethink><answer>circle</answer>',
+        "0 1 2 3 4 5 6 7 8 9 10 100 1000 , . : ; ' \" ( ) [ ] { } ? ! - _ / \n",
+    ]
+    # frequent Yes / No so byte-level BPE merges them into single tokens
+    lines += ["Yes", "No", "Yes No", "No Yes"] * 50
+    lines += [" ".join(words)] * 20
+    for c in vocab.COLOURS:
+        for s in vocab.SHAPES:
+            lines.append(f"a {c} {s}. The {c} {s} is small. A large {c} {s} on the left.")
+    return lines
+
+
+def build_tokenizer(extra_tokens: list[str] | None = None, vocab_size: int = 1024):
+    """Train a byte-level BPE (Qwen2's pre-tokenizer regex) on the demo world's language."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    bpe_vocab = tok.get_vocab()
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+              for m in json.loads(tok.to_str())["model"]["merges"]]
+    hf_tok = Qwen2Tokenizer(vocab=bpe_vocab, merges=merges, unk_token=None, bos_token=None,
+                            eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    hf_tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:] + list(extra_tokens or [])})
+    hf_tok.add_tokens(["<|endoftext|>"], special_tokens=True)
+    for word in (prompts.YES, prompts.NO):
+        ids = hf_tok.encode(word, add_special_tokens=False)
+        if len(ids) != 1:  # pragma: no cover - the corpus above makes this hold
+            raise RuntimeError(f"tiny tokenizer splits {word!r} into {len(ids)} tokens")
+    return hf_tok
+
+
+def _text_config(size: TinySize, vocab_size: int, family: str, special: dict[str, int]) -> dict:
+    head_dim = size.hidden // size.heads
+    half = head_dim // 2
+    cfg = dict(vocab_size=vocab_size, hidden_size=size.hidden, intermediate_size=size.intermediate,
+               num_hidden_layers=size.layers, num_attention_heads=size.heads,
+               num_key_value_heads=size.kv_heads, max_position_embeddings=4096,
+               bos_token_id=special["<|endoftext|>"], eos_token_id=special["<|im_end|>"],
+               pad_token_id=special["<|endoftext|>"])
+    if family == "qwen3_vl":
+        # Qwen3-VL interleaves M-RoPE sections (released 2B: [24, 20, 20] of 64)
+        t = half - 2 * (half * 5 // 16)
+        cfg.update(head_dim=head_dim, rope_parameters={
+            "rope_type": "default", "rope_theta": 5000000.0, "mrope_interleaved": True,
+            "mrope_section": [t, half * 5 // 16, half * 5 // 16]})
+    else:
+        # Qwen2-VL's released sections are [16, 24, 24] of 64
+        a = half // 4
+        b = (half - a) // 2
+        cfg.update(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                    "mrope_section": [a, b, half - a - b]})
+    return cfg
+
+
+def build_tiny(family: str, out_dir: str | os.PathLike, *, seed: int = 0, size: TinySize = TinySize(),
+               extra_tokens: list[str] | None = None) -> Path:
+    """Build and save a tiny model of `family` to `out_dir` (written atomically). Returns the path."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(extra_tokens, vocab_size=size.vocab)
+    special = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    vocab_size = len(tokenizer)
+    text = _text_config(size, vocab_size, family, special)
+    ids = dict(image_token_id=special["<|image_pad|>"], video_token_id=special["<|video_pad|>"],
+               vision_start_token_id=special["<|vision_start|>"], vision_end_token_id=special["<|vision_end|>"])
+
+    if family == "qwen2_vl":
+        from transformers import Qwen2VLConfig, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+        vision = dict(depth=size.vision_depth, embed_dim=size.vision_hidden, hidden_size=size.hidden,
+                      num_heads=size.vision_heads, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2)
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+        patch = 14
+        proc_cls, img_cls, vid_cls, template = (Qwen2VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
+                                                QWEN2_VL_CHAT_TEMPLATE)
+    elif family == "qwen2_5_vl":
+        from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor,
+                                  Qwen2VLVideoProcessor)
+
+        vision = dict(depth=size.vision_depth, hidden_size=size.vision_hidden, intermediate_size=2 * size.vision_hidden,
+                      num_heads=size.vision_heads, out_hidden_size=size.hidden, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                      fullatt_block_indexes=[size.vision_depth - 1])
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+        patch = 14
+        proc_cls, img_cls, vid_cls, template = (Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
+                                                QWEN2_VL_CHAT_TEMPLATE)
+    else:
+        from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+        vision = dict(depth=size.vision_depth, hidden_size=size.vision_hidden, intermediate_size=2 * size.vision_hidden,
+                      num_heads=size.vision_heads, out_hidden_size=size.hidden, patch_size=16,
+                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0])
+        config = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+        patch = 16
+        proc_cls, img_cls, vid_cls, template = (Qwen3VLProcessor, Qwen2VLImageProcessor, Qwen3VLVideoProcessor,
+                                                QWEN3_VL_CHAT_TEMPLATE)
+
+    scale = (patch * 2) ** 2 / (28 * 28)  # keep the same number of merged tokens per image across families
+    pixel_bounds = {"shortest_edge": int(size.min_pixels * scale), "longest_edge": int(size.max_pixels * scale)}
+    image_processor = img_cls(size=pixel_bounds, patch_size=patch, merge_size=2, temporal_patch_size=2)
+    video_processor = vid_cls(size=pixel_bounds, patch_size=patch, merge_size=2, temporal_patch_size=2)
+    processor = proc_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                         chat_template=template)
+
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.pad_token_id = special["<|endoftext|>"]
+    model.generation_config.eos_token_id = [special["<|im_end|>"], special["<|endoftext|>"]]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

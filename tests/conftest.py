@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny models of every family, built once per test session (offline)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Factory: `tiny_model_dir(family)` → path of a tiny model folder (built once per session)."""
+    from unime.models.tiny import build_tiny
+
+    cache: dict[str, str] = {}
+
+    def get(family: str = "qwen2_vl", extra_tokens: tuple[str, ...] = ()) -> str:
+        key = family + "|" + ",".join(extra_tokens)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"tiny_{family}")
+            cache[key] = str(build_tiny(family, out / "model", extra_tokens=list(extra_tokens)))
+        return cache[key]
+
+    return get

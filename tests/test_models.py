@@ -1,0 +1,103 @@
+"""Tiny-model factory and Embedder, for every family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import FAMILIES
+
+
+def _items():
+    red = Image.new("RGB", (96, 80), (200, 10, 10))
+    blue = Image.new("RGB", (64, 64), (10, 10, 200))
+    return [
+        {"text": "a red circle"},
+        {"image": red},
+        {"text": "<|image_1|>\nRepresent the given image", "image": blue},
+        {"text": "a red circle"},
+        {"text": "a much longer text about a blue square on the left of a small star"},
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_build_tiny_saves_an_ordinary_hf_folder(tiny_model_dir, family):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = tiny_model_dir(family)
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    assert model.config.model_type == family
+    tok = processor.tokenizer
+    assert len(tok.encode("Yes", add_special_tokens=False)) == 1
+    assert len(tok.encode("No", add_special_tokens=False)) == 1
+    # the image placeholder of the family is a single special token known to the model config
+    assert tok.convert_tokens_to_ids("<|image_pad|>") == model.config.image_token_id
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_reload_gives_same_outputs(tiny_model_dir, family, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = tiny_model_dir(family)
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    model.save_pretrained(tmp_path / "copy")
+    processor.save_pretrained(tmp_path / "copy")
+    model2 = AutoModelForImageTextToText.from_pretrained(tmp_path / "copy").eval()
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a red circle"}]}]
+    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[Image.new("RGB", (80, 80), (1, 200, 3))], return_tensors="pt")
+    with torch.no_grad():
+        a, b = model(**inputs).logits, model2(**inputs).logits
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_embedder_normalised_deduplicated_and_padding_invariant(tiny_model_dir, family):
+    from unime import Embedder
+
+    emb = Embedder.from_pretrained(tiny_model_dir(family), device="cpu")
+    items = _items()
+    calls = []
+    original = emb.forward
+    emb.forward = lambda inputs, **kw: (calls.append(inputs["input_ids"].shape[0]), original(inputs, **kw))[1]
+    batched = emb.encode(items, batch_size=8)
+    assert batched.dtype == np.float32 and batched.shape == (5, emb.hidden_size)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    assert calls == [4]  # 5 items, 4 distinct
+    np.testing.assert_array_equal(batched[0], batched[3])
+    single = np.stack([emb.encode([x])[0] for x in items])
+    for side in ("left", "right"):
+        emb.processor.tokenizer.padding_side = side
+        np.testing.assert_allclose(emb.encode(items, batch_size=8), single, atol=2e-5)
+    # different inputs give different embeddings
+    assert np.abs(batched[0] - batched[1]).max() > 1e-3
+
+
+def test_embedder_emb_token_pooling(tiny_model_dir):
+    from unime import Embedder
+    from unime.models.prompts import EMB_TOKEN
+
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), device="cpu")
+    assert emb.pooling == "emb"
+    from unime import Item
+
+    inputs = emb.build_inputs([Item(text="a red circle"), Item(text="blue")])
+    pos = emb.pool_positions(inputs["input_ids"], inputs["attention_mask"])
+    ids = inputs["input_ids"][torch.arange(2), pos]
+    assert (ids == emb.processor.tokenizer.convert_tokens_to_ids(EMB_TOKEN)).all()
+
+
+def test_placeholder_mapping_errors_name_the_field():
+    from unime.errors import DataError
+    from unime.models.adapters import item_segments
+
+    segs = item_segments("<|image_1|>\nRepresent the image", ["IMG"])
+    assert [(s.kind, s.value) for s in segs] == [("image", "IMG"), ("text", "Represent the image")]
+    segs = item_segments("caption only", ["A", "B"])
+    assert [s.kind for s in segs] == ["image", "image", "text"]
+    with pytest.raises(DataError, match="placeholder.*1 image"):
+        item_segments("<|image_2|> x", ["A"], record=7)
