@@ -1,0 +1,120 @@
+"""Judge / reranker prompts (SPEC 1.3, 1.6): rendered with every family's chat template, every
+candidate's text and image present; answer parsing."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from tests.conftest import FAMILIES
+from unime.models import prompts
+from unime.models.adapters import Segment
+from unime.models.rerank_prompts import (item_content, judge_prompt, judge_prompt_prefix, judge_prompt_suffix,
+                                         listwise_answer, listwise_prompt, merge_text, parse_listwise_answer)
+
+IMG_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def _img(colour):
+    return Image.new("RGB", (56, 56), colour)
+
+
+def _processor(tiny_model_dir, family):
+    from transformers import AutoConfig, AutoProcessor
+
+    from unime.models.adapters import adapter_for
+
+    path = tiny_model_dir(family)
+    proc = AutoProcessor.from_pretrained(path)
+    return adapter_for(AutoConfig.from_pretrained(path), proc)
+
+
+def test_item_content_strips_placeholders_and_puts_images_first():
+    red = _img((255, 0, 0))
+    segs = item_content("<|image_1|>\nRepresent the given image", [red])
+    assert [s.kind for s in segs] == ["image", "text"]
+    assert segs[0].value is red and segs[1].value == "Represent the given image"
+    assert [s.kind for s in item_content("", [red])] == ["image"]
+    assert [(s.kind, s.value) for s in item_content("a red circle")] == [("text", "a red circle")]
+
+
+def test_merge_text_joins_adjacent_text_only():
+    red = _img((255, 0, 0))
+    out = merge_text([Segment("text", "a"), Segment("text", "b"), Segment("image", red), Segment("text", ""),
+                      Segment("text", "c")])
+    assert [(s.kind, s.value if s.kind == "text" else None) for s in out] == [
+        ("text", "ab"), ("image", None), ("text", "c")]
+
+
+def test_judge_prompt_is_prefix_plus_suffix_with_spec_wording():
+    red, blue = _img((255, 0, 0)), _img((0, 0, 255))
+    q = item_content("<|image_1|> what shape is it?", [red])
+    c = item_content("a blue square", [blue])
+    segs = judge_prompt(q, c)
+    assert [s.kind for s in segs] == ["text", "image", "text", "image", "text"]
+    assert segs[0].value == prompts.JUDGE_INSTRUCTION + "\nQuery: "
+    assert segs[1].value is red and segs[3].value is blue
+    assert segs[2].value == "what shape is it?, Candidate: "
+    assert segs[4].value == "a blue square."
+    # the shared prefix holds the whole query; the suffix starts at the candidate label
+    assert merge_text(judge_prompt_prefix(q) + judge_prompt_suffix(c)) == segs
+    assert judge_prompt_suffix(c)[0].value == ", Candidate: "
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rendered_judge_prompt_holds_query_and_candidate(tiny_model_dir, family):
+    adapter = _processor(tiny_model_dir, family)
+    q = item_content("a red circle", [_img((255, 0, 0))])
+    c = item_content("the red circle on the left", [_img((250, 0, 0))])
+    text = adapter.render_user_turn(judge_prompt(q, c))
+    expected = (f"{prompts.JUDGE_INSTRUCTION}\nQuery: {IMG_BLOCK}a red circle, Candidate: "
+                f"{IMG_BLOCK}the red circle on the left.")
+    assert expected in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rendered_listwise_prompt_holds_every_candidate_text_and_image(tiny_model_dir, family):
+    adapter = _processor(tiny_model_dir, family)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 200, 0)]
+    query = item_content("<|image_1|>\nFind the matching caption", [_img((9, 9, 9))])
+    cands = [
+        item_content("a red circle", [_img(colours[0])]),       # image + text
+        item_content("", [_img(colours[1])]),                   # image only
+        item_content("a blue star on the right"),              # text only
+        item_content("<|image_1|> a large yellow square", [_img(colours[3])]),  # placeholder stripped
+    ]
+    segs = listwise_prompt(query, cands)
+    text = adapter.render_user_turn(segs)
+    assert f"{prompts.LISTWISE_INSTRUCTION}\nQuery: {IMG_BLOCK}Find the matching caption" in text
+    assert f"\n(1) {IMG_BLOCK}a red circle\n" in text
+    assert f"\n(2) {IMG_BLOCK}\n" in text
+    assert "\n(3) a blue star on the right\n" in text
+    assert f"\n(4) {IMG_BLOCK}a large yellow square<|im_end|>" in text
+    assert "<|image_1|>" not in text
+    # every image reaches the model, in prompt order: 4 image blocks, each expanded by the processor
+    images = [s.value for s in segs if s.kind == "image"]
+    assert len(images) == 4 and text.count(IMG_BLOCK) == 4
+    inputs = adapter.processor_inputs([text], [segs])
+    n_image_tokens = int((inputs["input_ids"] == adapter.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+    merge = adapter.processor.image_processor.merge_size
+    assert n_image_tokens == int(inputs["image_grid_thw"].prod(dim=1).sum()) // merge ** 2
+    assert inputs["image_grid_thw"].shape[0] == 4
+
+
+def test_listwise_prompt_needs_candidates_and_answer_is_one_based():
+    with pytest.raises(ValueError):
+        listwise_prompt(item_content("q"), [])
+    assert listwise_answer(3) == "Ans: (3)"
+    with pytest.raises(ValueError):
+        listwise_answer(0)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Ans: (3)", 3), ("Ans:(3)", 3), ("Ans: (12)", 12), ("ans: 3", 3), ("Answer: 3", 3), ("ANSWER:(7)", 7),
+    ("(3)", 3), ("3", 3), ("3.", 3), (" 2) the red one", 2), ("Ans: (3) because it is red", 3),
+    ("The best is (4).", 4), ("Answer: 5, not (2)", 5), ("Ans: [6]", 6),
+    ("", None), ("No", None), ("Ans: ()", None), ("the third one", None),
+])
+def test_parse_listwise_answer_variants(text, expected):
+    assert parse_listwise_answer(text) == expected
