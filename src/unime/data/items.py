@@ -92,6 +92,13 @@ class Item:
         text = d.get("text") or ""
         if not isinstance(text, str):
             raise DataError("text must be a string", source=source, record=record, field=f"{field_name}.text")
+        for k in ("images", "video"):
+            if d.get(k) is not None and not isinstance(d[k], (list, tuple)):
+                raise DataError(f"expected a list of image references, got {type(d[k]).__name__}", source=source,
+                                record=record, field=f"{field_name}.{k}")
+        if d.get("image") is not None and not isinstance(d["image"], (str, bytes)):
+            raise DataError(f"expected an image path or bytes, got {type(d['image']).__name__}", source=source,
+                            record=record, field=f"{field_name}.image")
         images = list(d.get("images") or [])
         if d.get("image"):
             images.insert(0, d["image"])

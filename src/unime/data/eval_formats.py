@@ -1,0 +1,255 @@
+"""Evaluation data formats.
+
+- MMEB-eval rows (VLM2Vec's MMEB-eval): ``{qry_text, qry_img_path, tgt_text: [..], tgt_img_path: [..]}``
+  with the positive at index 0, ``""`` = no image, plus an optional ``id`` (unime writes one).
+  Texts keep their ``<|image_1|>`` placeholders: the model adapter maps them to the family's image
+  token (`unime.models.adapters.item_segments`); they are never rewritten here.
+- Retrieval lists (Flickr30K / COCO style): ``{"image": path, "captions": [..], "id"?}``.
+- Compositional pairs (SugarCrepe style): ``{"image", "positive", "negative", "category", "id"?}``.
+
+Each reader takes ``.jsonl`` (one row per line), ``.json`` (a list of rows) or ``.parquet``, with the
+same `on_error` / `SkipReport` policy as the record readers (`unime.data.io`). Writers are atomic
+and write JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from unime.data.atomic import atomic_open
+from unime.data.items import Item
+from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
+from unime.data.validate import check_keys, check_str, make_item
+from unime.errors import DataError
+
+MMEB_KEYS = {"qry_text", "qry_img_path", "tgt_text", "tgt_img_path"}
+
+
+@dataclass
+class MMEBRow:
+    """One MMEB-eval query with its own candidate list; `candidates[0]` is the positive."""
+
+    query: Item
+    candidates: list[Item]
+    id: str = ""
+
+    @property
+    def positive(self) -> Item:
+        return self.candidates[0]
+
+
+@dataclass
+class RetrievalEntry:
+    """An image with the captions that describe it (each caption's positive is the image and vice versa)."""
+
+    image: str
+    captions: list[str]
+    id: str = ""
+
+
+@dataclass
+class CompositionalPair:
+    """An image, a true caption and a minimally changed false one (SugarCrepe: replace / swap / add)."""
+
+    image: str
+    positive: str
+    negative: str
+    category: str = ""
+    id: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# generic row iteration
+
+def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[str, Any]]:
+    """(record label, row object) for each row of a .jsonl / .json list / .parquet file. Malformed
+    JSON lines go through `policy`."""
+    p = Path(path)
+    src = str(p)
+    if not p.is_file():
+        raise DataError("file not found", source=src)
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(p)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise data_error("malformed_json", f"not a readable Parquet file: {e}", source=src) from None
+        n = 0
+        for batch in pf.iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                yield _label(f"row {n}", row), row
+                n += 1
+        return
+    if suffix == ".json":
+        with open(p, encoding="utf-8") as fh:
+            try:
+                data = json.load(fh)
+            except json.JSONDecodeError as e:
+                raise data_error("malformed_json", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}",
+                                 source=src, record=f"line {e.lineno}") from None
+        if not isinstance(data, list):
+            raise data_error("schema", f"expected a list of rows, got {type(data).__name__}", source=src)
+        for i, obj in enumerate(data):
+            yield _label(f"index {i}", obj), obj
+        return
+    with open(p, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                policy.handle(data_error("malformed_json", f"malformed JSON: {e.msg} at column {e.colno}",
+                                         source=src, record=f"line {n}"))
+                continue
+            yield _label(f"line {n}", obj), obj
+
+
+def _label(where: str, obj: Any) -> str:
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return f"{where} (id {rid})" if isinstance(rid, (str, int)) and rid != "" else where
+
+
+def _read(path, parse, on_error: str, skips: SkipReport | None) -> list:
+    check_on_error(on_error)
+    policy = ErrorPolicy(on_error, skips, str(path))
+    out = []
+    for label, obj in iter_rows(path, policy):
+        try:
+            out.append(parse(obj, source=str(path), record=label))
+        except DataError as e:
+            policy.handle(e)
+    policy.finish()
+    return out
+
+
+def _write_jsonl(rows: Iterable[dict], path) -> int:
+    n = 0
+    with atomic_open(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------
+# MMEB-eval
+
+def mmeb_row_from_dict(obj: Any, *, source: str | None = None, record: str | int | None = None) -> MMEBRow:
+    check_keys(obj, MMEB_KEYS, {"id"}, source=source, record=record, what="MMEB row")
+    query = make_item(obj["qry_text"], obj["qry_img_path"], source=source, record=record, field="query",
+                      text_key="qry_text", image_key="qry_img_path")
+    texts, images = obj["tgt_text"], obj["tgt_img_path"]
+    for key, val in (("tgt_text", texts), ("tgt_img_path", images)):
+        if not isinstance(val, (list, tuple)):
+            raise data_error("schema", f"expected a list, got {type(val).__name__}", source=source, record=record,
+                             field=key)
+    if len(texts) != len(images):
+        raise data_error("schema", f"{len(texts)} target texts but {len(images)} target image paths", source=source,
+                         record=record, field="tgt_img_path")
+    if not texts:
+        raise data_error("schema", "empty candidate list", source=source, record=record, field="tgt_text")
+    cands = [make_item(t, im, source=source, record=record, field=f"candidates[{i}]", text_key=f"tgt_text[{i}]",
+                       image_key=f"tgt_img_path[{i}]") for i, (t, im) in enumerate(zip(texts, images))]
+    rid = check_str(obj.get("id"), source=source, record=record, field="id")
+    return MMEBRow(query=query, candidates=cands, id=rid)
+
+
+def _flat(item: Item, *, record, field) -> tuple[str, str]:
+    if item.video or len(item.images) > 1 or any(not isinstance(r, str) for r in item.images):
+        raise DataError("MMEB-eval rows hold at most one image path per item", record=record, field=field)
+    return item.text, (item.images[0] if item.images else "")
+
+
+def mmeb_row_to_dict(row: MMEBRow, index: int = 0) -> dict:
+    label = row.id or f"index {index}"
+    qt, qi = _flat(row.query, record=label, field="query")
+    tt, ti = zip(*[_flat(c, record=label, field=f"candidates[{i}]") for i, c in enumerate(row.candidates)]) \
+        if row.candidates else ((), ())
+    d = {"qry_text": qt, "qry_img_path": qi, "tgt_text": list(tt), "tgt_img_path": list(ti)}
+    if row.id:
+        d["id"] = row.id
+    return d
+
+
+def read_mmeb(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None) -> list[MMEBRow]:
+    """MMEB-eval rows (positive at index 0) from .jsonl / .json / .parquet."""
+    return _read(path, mmeb_row_from_dict, on_error, skips)
+
+
+def write_mmeb(rows: Iterable[MMEBRow], path: str | os.PathLike) -> int:
+    return _write_jsonl((mmeb_row_to_dict(r, i) for i, r in enumerate(rows)), path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# retrieval lists and compositional pairs
+
+def _image_path(value: Any, *, source, record, field) -> str:
+    if not isinstance(value, str) or not value:
+        raise data_error("schema" if not isinstance(value, str) else "empty_item", "expected a non-empty image path",
+                         source=source, record=record, field=field)
+    return value
+
+
+def _nonempty_text(value: Any, *, source, record, field) -> str:
+    if not isinstance(value, str):
+        raise data_error("schema", f"expected a string, got {type(value).__name__}", source=source, record=record,
+                         field=field)
+    if not value.strip():
+        raise data_error("empty_item", "empty text", source=source, record=record, field=field)
+    return value
+
+
+def retrieval_entry_from_dict(obj: Any, *, source=None, record=None) -> RetrievalEntry:
+    check_keys(obj, {"image", "captions"}, {"id"}, source=source, record=record, what="retrieval entry")
+    image = _image_path(obj["image"], source=source, record=record, field="image")
+    caps = obj["captions"]
+    if not isinstance(caps, list) or not caps:
+        raise data_error("schema", "expected a non-empty list of captions", source=source, record=record,
+                         field="captions")
+    captions = [_nonempty_text(c, source=source, record=record, field=f"captions[{i}]") for i, c in enumerate(caps)]
+    return RetrievalEntry(image=image, captions=captions,
+                          id=check_str(obj.get("id"), source=source, record=record, field="id"))
+
+
+def read_retrieval(path: str | os.PathLike, *, on_error: str = "raise",
+                   skips: SkipReport | None = None) -> list[RetrievalEntry]:
+    return _read(path, retrieval_entry_from_dict, on_error, skips)
+
+
+def write_retrieval(entries: Iterable[RetrievalEntry], path: str | os.PathLike) -> int:
+    return _write_jsonl(({"id": e.id, "image": e.image, "captions": list(e.captions)} if e.id else
+                         {"image": e.image, "captions": list(e.captions)} for e in entries), path)
+
+
+def compositional_pair_from_dict(obj: Any, *, source=None, record=None) -> CompositionalPair:
+    check_keys(obj, {"image", "positive", "negative"}, {"category", "id"}, source=source, record=record,
+               what="compositional pair")
+    return CompositionalPair(
+        image=_image_path(obj["image"], source=source, record=record, field="image"),
+        positive=_nonempty_text(obj["positive"], source=source, record=record, field="positive"),
+        negative=_nonempty_text(obj["negative"], source=source, record=record, field="negative"),
+        category=check_str(obj.get("category"), source=source, record=record, field="category"),
+        id=check_str(obj.get("id"), source=source, record=record, field="id"))
+
+
+def read_compositional(path: str | os.PathLike, *, on_error: str = "raise",
+                       skips: SkipReport | None = None) -> list[CompositionalPair]:
+    return _read(path, compositional_pair_from_dict, on_error, skips)
+
+
+def write_compositional(pairs: Iterable[CompositionalPair], path: str | os.PathLike) -> int:
+    def row(p: CompositionalPair) -> dict:
+        d = {"image": p.image, "positive": p.positive, "negative": p.negative, "category": p.category}
+        if p.id:
+            d["id"] = p.id
+        return d
+
+    return _write_jsonl((row(p) for p in pairs), path)

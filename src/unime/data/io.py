@@ -1,0 +1,434 @@
+"""Readers and writers of training-record files.
+
+Formats (chosen from the extension, or sniffed from the content when the extension says nothing):
+- ``.jsonl``   unime JSONL, one record per line:
+  ``{"id", "dataset", "query": {"text", "images": [..]}, "positive": {...}, "negatives": [{...}],
+  "positive_score": float|null, "negative_scores": [float]|null}`` (only query and positive required).
+  Image references are paths relative to a data root; inline bytes cannot be written to JSONL.
+- ``.parquet`` the same columns; an item is a struct ``{text, images: [{path, bytes}], video: [...]}``
+  so an image may be held inline (bytes) or by path. Plain strings are also accepted on read.
+- ``.json``    the released UniME-V2 training JSON (SPEC 1.4): a list of ``{query_text, query_image,
+  pos_text, pos_image, query_pos_scores, hard_negatives: [[text, image_path], ...],
+  hard_negatives_scores}``; ``""`` = no image; ``hard_negatives_scores`` may be absent. unime adds
+  the optional keys ``id`` and ``dataset`` when the records have them (extra keys are harmless to the
+  released training code and keep the round trip lossless).
+
+Bad input raises `DataError` naming the file, the record (``line N``, ``row N`` or ``index N``, plus
+its id when known) and the field; with ``on_error="skip"`` the record is left out and counted in a
+`SkipReport`. Image files are not opened here: `check_images` validates them up front, and
+`unime.data.images.ImageLoader` does at load time.
+
+MMEB-eval rows, retrieval lists and compositional pairs live in `unime.data.eval_formats` and are
+re-exported here.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from unime.data.atomic import atomic_open, atomic_path
+from unime.data.eval_formats import (CompositionalPair, MMEBRow, RetrievalEntry, read_compositional, read_mmeb,
+                                     read_retrieval, write_compositional, write_mmeb, write_retrieval)
+from unime.data.items import Item, Record
+from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
+from unime.data.validate import check_keys, check_str, make_item, parse_item, parse_score, parse_scores
+from unime.errors import DataError
+
+__all__ = [
+    "FORMATS", "detect_format", "read_records", "iter_records", "write_records", "record_from_dict",
+    "record_to_dict", "read_unime_v2_json", "write_unime_v2_json", "check_images", "SkipReport",
+    "MMEBRow", "read_mmeb", "write_mmeb", "RetrievalEntry", "read_retrieval", "write_retrieval",
+    "CompositionalPair", "read_compositional", "write_compositional",
+]
+
+FORMATS = ("jsonl", "parquet", "unime_v2_json")
+_EXT = {".jsonl": "jsonl", ".parquet": "parquet", ".json": "unime_v2_json"}
+
+RECORD_KEYS_REQUIRED = {"query", "positive"}
+RECORD_KEYS_OPTIONAL = {"id", "dataset", "negatives", "positive_score", "negative_scores"}
+V2_KEYS_REQUIRED = {"query_text", "query_image", "pos_text", "pos_image", "query_pos_scores", "hard_negatives"}
+V2_KEYS_OPTIONAL = {"hard_negatives_scores", "id", "dataset"}
+
+
+def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The record format of `path`: `format` if given, else from the extension, else from the content."""
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(f"unknown record format {format!r}; choose one of {', '.join(FORMATS)}")
+        return format
+    p = Path(path)
+    if p.suffix.lower() in _EXT:
+        return _EXT[p.suffix.lower()]
+    if p.is_file():
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+        if head.startswith(b"PAR1"):
+            return "parquet"
+        stripped = head.lstrip()
+        if stripped.startswith(b"["):
+            return "unime_v2_json"
+        if stripped.startswith(b"{"):
+            return "jsonl"
+    raise DataError(f"cannot tell the record format of {p.name!r}; use .jsonl, .parquet or .json "
+                    f"(UniME-V2 JSON list), or pass format=", source=str(path))
+
+
+# ---------------------------------------------------------------------------------------------------
+# unime record dicts (JSONL lines, Parquet rows)
+
+def _record_label(where: str, obj: Any) -> str:
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return f"{where} (id {rid})" if isinstance(rid, (str, int)) and rid != "" else where
+
+
+def record_from_dict(obj: Any, *, source: str | None = None, record: str | int | None = None) -> Record:
+    """A validated `Record` from a unime JSONL object / Parquet row."""
+    check_keys(obj, RECORD_KEYS_REQUIRED, RECORD_KEYS_OPTIONAL, source=source, record=record)
+    rid = check_str(obj.get("id"), source=source, record=record, field="id")
+    dataset = check_str(obj.get("dataset"), source=source, record=record, field="dataset")
+    query = parse_item(obj["query"], source=source, record=record, field="query")
+    positive = parse_item(obj["positive"], source=source, record=record, field="positive")
+    negs = obj.get("negatives")
+    if negs is None:
+        negs = []
+    if not isinstance(negs, (list, tuple)):
+        raise data_error("schema", f"expected a list, got {type(negs).__name__}", source=source, record=record,
+                         field="negatives")
+    negatives = [parse_item(n, source=source, record=record, field=f"negatives[{i}]") for i, n in enumerate(negs)]
+    pos_score = parse_score(obj.get("positive_score"), source=source, record=record, field="positive_score")
+    neg_scores = parse_scores(obj.get("negative_scores"), len(negatives), source=source, record=record,
+                              field="negative_scores")
+    rec = Record(query=query, positive=positive, negatives=negatives, positive_score=pos_score,
+                 negative_scores=neg_scores, dataset=dataset, id=rid)
+    return rec.validate(source=source)
+
+
+def record_to_dict(rec: Record) -> dict:
+    """The unime JSONL object of a record (image references must be paths)."""
+    d: dict[str, Any] = {"id": rec.id, "dataset": rec.dataset, "query": rec.query.to_dict(),
+                         "positive": rec.positive.to_dict(), "negatives": [n.to_dict() for n in rec.negatives],
+                         "positive_score": rec.positive_score, "negative_scores": rec.negative_scores}
+    return d
+
+
+def _iter_jsonl(path: Path, policy: ErrorPolicy) -> Iterator[Record]:
+    src = str(path)
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise data_error("malformed_json", f"malformed JSON: {e.msg} at column {e.colno}", source=src,
+                                     record=f"line {n}") from None
+                yield record_from_dict(obj, source=src, record=_record_label(f"line {n}", obj))
+            except DataError as e:
+                policy.handle(e)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parquet
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    image = pa.struct([("path", pa.string()), ("bytes", pa.binary())])
+    item = pa.struct([("text", pa.string()), ("images", pa.list_(image)), ("video", pa.list_(image))])
+    return pa.schema([("id", pa.string()), ("dataset", pa.string()), ("query", item), ("positive", item),
+                      ("negatives", pa.list_(item)), ("positive_score", pa.float64()),
+                      ("negative_scores", pa.list_(pa.float64()))])
+
+
+def _ref_to_arrow(ref: Any) -> dict:
+    if isinstance(ref, str):
+        return {"path": ref, "bytes": None}
+    if isinstance(ref, (bytes, bytearray)):
+        return {"path": None, "bytes": bytes(ref)}
+    if hasattr(ref, "save"):  # PIL image: store losslessly as PNG
+        buf = _io.BytesIO()
+        ref.save(buf, format="PNG")
+        return {"path": None, "bytes": buf.getvalue()}
+    raise DataError(f"unsupported image reference of type {type(ref).__name__}", field="images")
+
+
+def _item_to_arrow(item: Item) -> dict:
+    return {"text": item.text, "images": [_ref_to_arrow(r) for r in item.images],
+            "video": [_ref_to_arrow(r) for r in item.video]}
+
+
+def _item_from_arrow(obj: Any, *, source, record, field) -> Item:
+    """Parquet item struct → Item; images may be {path, bytes} structs or plain strings/bytes."""
+    if not isinstance(obj, dict):
+        return parse_item(obj, source=source, record=record, field=field)
+    d = dict(obj)
+    for key in ("images", "video"):
+        refs = d.get(key)
+        if refs is None:
+            continue
+        if not isinstance(refs, (list, tuple)):
+            raise data_error("schema", f"expected a list, got {type(refs).__name__}", source=source, record=record,
+                             field=f"{field}.{key}")
+        out = []
+        for i, r in enumerate(refs):
+            if isinstance(r, dict):
+                if r.get("bytes") is not None:
+                    r = r["bytes"]
+                elif r.get("path"):
+                    r = r["path"]
+                else:
+                    raise data_error("schema", "image has neither path nor bytes", source=source, record=record,
+                                     field=f"{field}.{key}[{i}]")
+            out.append(r)
+        d[key] = out
+    return parse_item(d, source=source, record=record, field=field)
+
+
+def _row_to_record(row: dict, *, source: str, record: str) -> Record:
+    check_keys(row, RECORD_KEYS_REQUIRED, RECORD_KEYS_OPTIONAL, source=source, record=record)
+    conv = dict(row)
+    for key in ("query", "positive"):
+        conv[key] = _item_from_arrow(row[key], source=source, record=record, field=key)
+    negs = row.get("negatives")
+    if isinstance(negs, (list, tuple)):
+        conv["negatives"] = [_item_from_arrow(n, source=source, record=record, field=f"negatives[{i}]")
+                             for i, n in enumerate(negs)]
+    return record_from_dict(conv, source=source, record=record)
+
+
+def _iter_parquet(path: Path, policy: ErrorPolicy, batch_size: int = 256) -> Iterator[Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = str(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise data_error("malformed_json", f"not a readable Parquet file: {e}", source=src) from None
+    names = set(pf.schema_arrow.names)
+    missing = RECORD_KEYS_REQUIRED - names
+    extra = names - RECORD_KEYS_REQUIRED - RECORD_KEYS_OPTIONAL
+    if missing or extra:  # a column problem concerns every row: never skippable
+        bad = sorted(missing) or sorted(extra)
+        raise data_error("schema", f"Parquet columns {sorted(names)}: missing {sorted(missing)}, unknown "
+                         f"{sorted(extra)}", source=src, field=bad[0])
+    row_no = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            row = {k: v for k, v in row.items()}
+            label = _record_label(f"row {row_no}", row)
+            row_no += 1
+            try:
+                yield _row_to_record(row, source=src, record=label)
+            except DataError as e:
+                policy.handle(e)
+
+
+def _write_parquet(records: Iterable[Record], path: Path) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": r.id, "dataset": r.dataset, "query": _item_to_arrow(r.query),
+             "positive": _item_to_arrow(r.positive), "negatives": [_item_to_arrow(n) for n in r.negatives],
+             "positive_score": r.positive_score, "negative_scores": r.negative_scores} for r in records]
+    table = pa.Table.from_pylist(rows, schema=_arrow_schema())
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return len(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# UniME-V2 released JSON
+
+def _v2_to_record(obj: Any, *, source: str, record: str) -> Record:
+    check_keys(obj, V2_KEYS_REQUIRED, V2_KEYS_OPTIONAL, source=source, record=record)
+    query = make_item(obj["query_text"], obj["query_image"], source=source, record=record, field="query",
+                      text_key="query_text", image_key="query_image")
+    positive = make_item(obj["pos_text"], obj["pos_image"], source=source, record=record, field="pos",
+                         text_key="pos_text", image_key="pos_image")
+    hns = obj["hard_negatives"]
+    if not isinstance(hns, list):
+        raise data_error("schema", f"expected a list of [text, image_path] pairs, got {type(hns).__name__}",
+                         source=source, record=record, field="hard_negatives")
+    negatives = []
+    for i, pair in enumerate(hns):
+        f = f"hard_negatives[{i}]"
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise data_error("schema", "expected a [text, image_path] pair", source=source, record=record, field=f)
+        negatives.append(make_item(pair[0], pair[1], source=source, record=record, field=f,
+                                   text_key=f"{f}[0]", image_key=f"{f}[1]"))
+    pos_score = parse_score(obj["query_pos_scores"], source=source, record=record, field="query_pos_scores")
+    neg_scores = parse_scores(obj.get("hard_negatives_scores"), len(negatives), source=source, record=record,
+                              field="hard_negatives_scores")
+    rec = Record(query=query, positive=positive, negatives=negatives, positive_score=pos_score,
+                 negative_scores=neg_scores,
+                 dataset=check_str(obj.get("dataset"), source=source, record=record, field="dataset"),
+                 id=check_str(obj.get("id"), source=source, record=record, field="id"))
+    return rec.validate(source=source)
+
+
+def _single_image(item: Item, *, record: str, field: str) -> str:
+    if item.video:
+        raise DataError("the UniME-V2 JSON format holds no video", record=record, field=field)
+    if len(item.images) > 1:
+        raise DataError(f"the UniME-V2 JSON format holds one image per item, this one has {len(item.images)}",
+                        record=record, field=field)
+    if item.images and not isinstance(item.images[0], str):
+        raise DataError("the UniME-V2 JSON format holds image paths, not inline images (write Parquet)",
+                        record=record, field=field)
+    return item.images[0] if item.images else ""
+
+
+def record_to_unime_v2(rec: Record, index: int = 0) -> dict:
+    label = rec.id or f"index {index}"
+    d: dict[str, Any] = {
+        "query_text": rec.query.text, "query_image": _single_image(rec.query, record=label, field="query"),
+        "pos_text": rec.positive.text, "pos_image": _single_image(rec.positive, record=label, field="positive"),
+        "query_pos_scores": rec.positive_score,
+        "hard_negatives": [[n.text, _single_image(n, record=label, field=f"negatives[{i}]")]
+                           for i, n in enumerate(rec.negatives)],
+    }
+    if rec.negative_scores is not None:
+        d["hard_negatives_scores"] = list(rec.negative_scores)
+    if rec.id:
+        d["id"] = rec.id
+    if rec.dataset:
+        d["dataset"] = rec.dataset
+    return d
+
+
+def _iter_unime_v2(path: Path, policy: ErrorPolicy) -> Iterator[Record]:
+    src = str(path)
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as e:  # the whole file is one document: not skippable
+            raise data_error("malformed_json", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}",
+                             source=src, record=f"line {e.lineno}") from None
+    if not isinstance(data, list):
+        raise data_error("schema", f"a UniME-V2 JSON file must hold a list of records, got {type(data).__name__}",
+                         source=src)
+    for i, obj in enumerate(data):
+        try:
+            yield _v2_to_record(obj, source=src, record=_record_label(f"index {i}", obj))
+        except DataError as e:
+            policy.handle(e)
+
+
+def read_unime_v2_json(path: str | os.PathLike, *, on_error: str = "raise",
+                       skips: SkipReport | None = None) -> list[Record]:
+    return read_records(path, on_error=on_error, skips=skips, format="unime_v2_json")
+
+
+def write_unime_v2_json(records: Iterable[Record], path: str | os.PathLike) -> int:
+    """Write the released UniME-V2 training JSON (atomic). Returns the number of records."""
+    return write_records(records, path, format="unime_v2_json")
+
+
+# ---------------------------------------------------------------------------------------------------
+# public entry points
+
+def iter_records(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None,
+                 format: str | None = None) -> Iterator[Record]:
+    """Stream the records of a file (JSONL and Parquet are read incrementally)."""
+    check_on_error(on_error)
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("record file not found", source=str(path))
+    fmt = detect_format(p, format)
+    policy = ErrorPolicy(on_error, skips, str(p))
+    reader = {"jsonl": _iter_jsonl, "parquet": _iter_parquet, "unime_v2_json": _iter_unime_v2}[fmt]
+    yield from reader(p, policy)
+    policy.finish()
+
+
+def read_records(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None,
+                 format: str | None = None) -> list[Record]:
+    """All records of a unime JSONL / Parquet / UniME-V2 JSON file (see the module doc)."""
+    return list(iter_records(path, on_error=on_error, skips=skips, format=format))
+
+
+def write_records(records: Iterable[Record], path: str | os.PathLike, *, format: str | None = None) -> int:
+    """Write records atomically in the format of `path`'s extension (or `format`). Returns the count."""
+    p = Path(path)
+    fmt = format or _EXT.get(p.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the format from {p.name!r}; use .jsonl, .parquet, .json or pass format=")
+    detect_format(p, fmt)  # validates the name
+    if fmt == "parquet":
+        return _write_parquet(records, p)
+    n = 0
+    if fmt == "jsonl":
+        with atomic_open(p) as fh:
+            for rec in records:
+                fh.write(json.dumps(record_to_dict(rec), ensure_ascii=False, allow_nan=False) + "\n")
+                n += 1
+        return n
+    rows = [record_to_unime_v2(rec, i) for i, rec in enumerate(records)]
+    with atomic_open(p) as fh:  # a JSON list, one record per line
+        fh.write("[\n" + ",\n".join(json.dumps(r, ensure_ascii=False, allow_nan=False) for r in rows) + "\n]\n")
+    return len(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# image validation up front
+
+def _item_fields(obj: Any) -> Iterator[tuple[str, Item]]:
+    if isinstance(obj, Record):
+        yield "query", obj.query
+        yield "positive", obj.positive
+        for i, n in enumerate(obj.negatives):
+            yield f"negatives[{i}]", n
+    elif isinstance(obj, MMEBRow):
+        yield "query", obj.query
+        for i, c in enumerate(obj.candidates):
+            yield f"candidates[{i}]", c
+    elif isinstance(obj, Item):
+        yield "item", obj
+    else:
+        raise TypeError(f"check_images takes Records, MMEBRows or Items, not {type(obj).__name__}")
+
+
+def _raw_message(err: DataError) -> str:
+    """The message of a `DataError` without its "file, record, field: " prefix."""
+    prefix = str(DataError("", source=err.source, record=err.record, field=err.field))
+    text = str(err)
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
+def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips: SkipReport | None = None,
+                 source: str | None = None) -> list[Any]:
+    """Open and decode every image that `objs` (Records, MMEBRows or Items) reference, with `loader`
+    (an `ImageLoader`: path escapes, missing and corrupt files, the pixel limit). Returns the objects
+    whose images are all good: all of them under on_error="raise", which stops at the first bad one.
+    Each distinct image reference is loaded once."""
+    policy = ErrorPolicy(on_error, skips, source or "check_images")
+    verdict: dict[Any, DataError | None] = {}
+    good = []
+    for idx, obj in enumerate(objs):
+        rid = getattr(obj, "id", "") or idx
+        try:
+            for fname, item in _item_fields(obj):
+                for kind in ("images", "video"):
+                    for j, ref in enumerate(getattr(item, kind)):
+                        key = ref if isinstance(ref, (str, bytes)) else id(ref)
+                        field = f"{fname}.{kind}[{j}]"
+                        if key not in verdict:
+                            try:
+                                loader.load(ref, source=source, record=rid, field=field)
+                                verdict[key] = None
+                            except DataError as e:
+                                verdict[key] = e
+                        err = verdict[key]
+                        if err is not None:
+                            raise data_error("image", _raw_message(err), source=source, record=rid, field=field)
+            good.append(obj)
+        except DataError as e:
+            policy.handle(e)
+    policy.finish()
+    return good

@@ -1,0 +1,102 @@
+"""The skip policy for bad input: raise (default) or skip, counting each skip and keeping examples.
+
+Readers take `on_error="raise"|"skip"` and an optional `SkipReport`. Under "skip" a bad record is
+left out, counted under its reason, and the first few are kept with file / record / field so the
+user can find them. Nothing is ever skipped silently: without a caller-supplied report the reader
+logs the summary itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from unime.errors import DataError
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+# why a record was rejected; `DataError.reason` carries one of these when unime's readers raise
+REASONS = ("malformed_json", "schema", "empty_item", "bad_score", "placeholder", "image")
+
+log = logging.getLogger(__name__)
+
+
+def data_error(reason: str, message: str, *, source=None, record=None, field=None) -> DataError:
+    """A `DataError` tagged with the skip-report reason it is counted under."""
+    err = DataError(message, source=source, record=record, field=field)
+    err.reason = reason  # type: ignore[attr-defined]
+    return err
+
+
+def reason_of(err: DataError) -> str:
+    return getattr(err, "reason", None) or "schema"
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+
+
+@dataclass
+class SkipExample:
+    reason: str
+    source: str | None
+    record: str | int | None
+    field: str | None
+    message: str
+
+
+@dataclass
+class SkipReport:
+    """Counts of skipped records per reason, and the first `max_examples` of them."""
+
+    max_examples: int = 5
+    counts: Counter = field(default_factory=Counter)
+    examples: list[SkipExample] = field(default_factory=list)
+
+    def add(self, err: DataError, reason: str | None = None) -> None:
+        reason = reason or reason_of(err)
+        self.counts[reason] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(SkipExample(reason, None if err.source is None else str(err.source), err.record,
+                                             err.field, str(err)))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __len__(self) -> int:
+        return self.total
+
+    def summary(self) -> str:
+        if not self.total:
+            return "skipped 0 records"
+        per = ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items()))
+        lines = [f"skipped {self.total} record(s) ({per})"]
+        lines += [f"  - {e.message}" for e in self.examples]
+        if self.total > len(self.examples):
+            lines.append(f"  ... and {self.total - len(self.examples)} more")
+        return "\n".join(lines)
+
+
+class ErrorPolicy:
+    """Applies `on_error` to one read: raises, or counts into the report (logging it at `finish`)."""
+
+    def __init__(self, on_error: str, skips: SkipReport | None, what: str):
+        check_on_error(on_error)
+        self.on_error = on_error
+        self.own = skips is None
+        self.skips = SkipReport() if skips is None else skips
+        self.start = self.skips.total
+        self.what = what
+
+    def handle(self, err: DataError) -> None:
+        if self.on_error == "raise":
+            raise err
+        self.skips.add(err)
+
+    def finish(self) -> None:
+        n = self.skips.total - self.start
+        if n and self.own:
+            log.warning("%s: %s", self.what, self.skips.summary())

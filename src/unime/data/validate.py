@@ -1,0 +1,117 @@
+"""Checks shared by every reader: item shape, image placeholders, scores.
+
+Each check raises a `DataError` (tagged with its skip reason, see `unime.data.skips`) that names the
+source file, the record and the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from unime.data.items import Item
+from unime.data.skips import data_error
+from unime.errors import DataError
+from unime.models.adapters import SOURCE_IMAGE_PLACEHOLDER
+
+
+def check_placeholders(item: Item, *, source=None, record=None, field: str = "text") -> None:
+    """Every image placeholder in the text must name one of the item's images (same numbering as
+    `unime.models.adapters.item_segments`: `<|image_n|>` is image n, bare `<image>` the next one)."""
+    auto = 0
+    for m in SOURCE_IMAGE_PLACEHOLDER.finditer(item.text):
+        idx = int(m.group(1)) - 1 if m.group(1) else auto
+        auto = idx + 1
+        if idx < 0 or idx >= len(item.images):
+            raise data_error("placeholder", f"text has placeholder {m.group(0)!r} but the item has "
+                             f"{len(item.images)} image(s)", source=source, record=record, field=field)
+
+
+def parse_item(obj: Any, *, source=None, record=None, field: str = "item", allow_empty: bool = False) -> Item:
+    """An `Item` from a JSON-like object (`{"text", "image", "images", "video"}` or a bare string)."""
+    try:
+        item = Item.from_dict(obj, source=source, record=record, field_name=field)
+    except DataError as e:
+        if getattr(e, "reason", None) is None:
+            e.reason = "schema"  # type: ignore[attr-defined]
+        raise
+    if not allow_empty and item.is_empty:
+        raise data_error("empty_item", "empty item (no text, image or video)", source=source, record=record,
+                         field=field)
+    check_placeholders(item, source=source, record=record, field=f"{field}.text")
+    return item
+
+
+def make_item(text: Any, image: Any, *, source=None, record=None, field: str = "item",
+              text_key: str = "text", image_key: str = "image") -> Item:
+    """An `Item` from a (text, image path) pair of a flat format; `""` or None = no image."""
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise data_error("schema", f"expected a string, got {type(text).__name__}", source=source, record=record,
+                         field=text_key)
+    if image is None:
+        image = ""
+    if not isinstance(image, str):
+        raise data_error("schema", f"expected an image path string, got {type(image).__name__}", source=source,
+                         record=record, field=image_key)
+    item = Item(text=text, images=(image,) if image else ())
+    if item.is_empty:
+        raise data_error("empty_item", "empty item (no text and no image)", source=source, record=record,
+                         field=field)
+    check_placeholders(item, source=source, record=record, field=text_key)
+    return item
+
+
+def parse_score(value: Any, *, source=None, record=None, field: str, allow_none: bool = True) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise data_error("schema", "missing score", source=source, record=record, field=field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise data_error("schema", f"score must be a number, got {type(value).__name__}", source=source,
+                         record=record, field=field)
+    if not math.isfinite(value):
+        raise data_error("bad_score", f"score {value!r} is not a finite number", source=source, record=record,
+                         field=field)
+    return float(value)
+
+
+def parse_scores(value: Any, n: int | None, *, source=None, record=None, field: str) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise data_error("schema", f"expected a list of scores, got {type(value).__name__}", source=source,
+                         record=record, field=field)
+    out = [parse_score(v, source=source, record=record, field=f"{field}[{i}]", allow_none=False)
+           for i, v in enumerate(value)]
+    if n is not None and len(out) != n:
+        raise data_error("schema", f"{len(out)} scores for {n} items", source=source, record=record, field=field)
+    return out
+
+
+def check_keys(obj: Any, required: set[str], optional: set[str], *, source=None, record=None,
+               what: str = "record") -> dict:
+    if not isinstance(obj, dict):
+        raise data_error("schema", f"a {what} must be a JSON object, got {type(obj).__name__}", source=source,
+                         record=record)
+    missing = required - obj.keys()
+    if missing:
+        raise data_error("schema", f"missing key(s) {sorted(missing)}", source=source, record=record,
+                         field=sorted(missing)[0])
+    extra = obj.keys() - required - optional
+    if extra:
+        raise data_error("schema", f"unknown key(s) {sorted(extra)} (expected {sorted(required | optional)})",
+                         source=source, record=record, field=sorted(extra)[0])
+    return obj
+
+
+def check_str(value: Any, *, source=None, record=None, field: str, allow_none: bool = True) -> str:
+    if value is None and allow_none:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise data_error("schema", f"expected a string, got {type(value).__name__}", source=source, record=record,
+                         field=field)
+    return value

@@ -1,0 +1,115 @@
+"""ImageLoader: path safety, missing / corrupt / oversize files, EXIF rotation, mode conversion."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from unime.data.images import ImageLoader
+from unime.errors import DataError
+
+
+@pytest.fixture()
+def root(tmp_path):
+    r = tmp_path / "root"
+    (r / "img").mkdir(parents=True)
+    Image.new("RGB", (6, 4), (10, 20, 30)).save(r / "img" / "ok.png")
+    Image.new("RGB", (3, 3), (1, 1, 1)).save(tmp_path / "outside.png")
+    return r
+
+
+def test_relative_path_loads(root):
+    img = ImageLoader(root).load("img/ok.png")
+    assert img.mode == "RGB" and img.size == (6, 4) and img.getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_absolute_path_rejected_unless_allowed(root):
+    abs_path = str(root / "img" / "ok.png")
+    with pytest.raises(DataError, match="absolute image path") as e:
+        ImageLoader(root).load(abs_path, source="f.jsonl", record=3, field="query.images[0]")
+    assert str(e.value).startswith("f.jsonl, record 3, field 'query.images[0]'")
+    assert ImageLoader(root, allow_outside_root=True).load(abs_path).size == (6, 4)
+
+
+def test_dotdot_escape_rejected_unless_allowed(root):
+    with pytest.raises(DataError, match="escapes the data root"):
+        ImageLoader(root).load("../outside.png")
+    with pytest.raises(DataError, match="escapes the data root"):
+        ImageLoader(root).load("img/../../outside.png")
+    assert ImageLoader(root, allow_outside_root=True).load("../outside.png").size == (3, 3)
+
+
+def test_symlink_leaving_the_root_is_an_escape(root, tmp_path):
+    (root / "img" / "link.png").symlink_to(tmp_path / "outside.png")
+    with pytest.raises(DataError, match="escapes"):
+        ImageLoader(root).load("img/link.png")
+
+
+def test_missing_file(root):
+    with pytest.raises(DataError, match="not found") as e:
+        ImageLoader(root).load("img/nope.png", source="s", record="r", field="f")
+    assert e.value.field == "f" and e.value.record == "r"
+
+
+@pytest.mark.parametrize("payload", [b"not an image at all", None])
+def test_corrupt_bytes(root, payload):
+    if payload is None:  # a valid header, truncated body
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 0, 0)).save(buf, format="PNG")
+        payload = buf.getvalue()[:60]
+    (root / "img" / "bad.png").write_bytes(payload)
+    with pytest.raises(DataError, match="corrupt"):
+        ImageLoader(root).load("img/bad.png")
+    with pytest.raises(DataError, match="corrupt"):
+        ImageLoader(root).load(payload)
+
+
+def test_pixel_limit_checked(root):
+    Image.new("RGB", (40, 30)).save(root / "img" / "big.png")
+    with pytest.raises(DataError, match="40x30=1200 pixels, over the limit 1000"):
+        ImageLoader(root, max_pixels=1000).load("img/big.png")
+    assert ImageLoader(root, max_pixels=1200).load("img/big.png").size == (40, 30)
+
+
+def test_exif_rotation_applied(root):
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 10, 20))  # left quarter red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: the stored image must be turned 90° clockwise for display
+    img.save(root / "img" / "rot.jpg", exif=exif, quality=95)
+    out = ImageLoader(root).load("img/rot.jpg")
+    assert out.size == (20, 40)
+    top, bottom = out.getpixel((10, 3)), out.getpixel((10, 36))  # clockwise: the left edge becomes the top
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
+
+
+@pytest.mark.parametrize("mode,expected", [("RGBA", (255, 255, 255)), ("L", (77, 77, 77)), ("P", None)])
+def test_modes_converted_to_rgb(root, mode, expected):
+    if mode == "RGBA":
+        img = Image.new("RGBA", (2, 2), (255, 0, 0, 0))  # fully transparent red → white background
+    elif mode == "L":
+        img = Image.new("L", (2, 2), 77)
+    else:
+        img = Image.new("RGB", (2, 2), (0, 200, 0)).convert("P", palette=Image.Palette.ADAPTIVE)
+    img.save(root / "img" / f"m_{mode}.png")
+    out = ImageLoader(root).load(f"img/m_{mode}.png")
+    assert out.mode == "RGB"
+    assert out.getpixel((0, 0)) == (expected if expected is not None else (0, 200, 0))
+
+
+def test_half_transparent_rgba_composited_on_white():
+    img = Image.new("RGBA", (1, 1), (0, 0, 0, 128))
+    out = ImageLoader().load(img)
+    assert out.mode == "RGB" and abs(out.getpixel((0, 0))[0] - 127) <= 1
+
+
+def test_inline_bytes_and_bad_reference(root):
+    buf = io.BytesIO()
+    Image.new("L", (3, 2), 9).save(buf, format="PNG")
+    assert ImageLoader(root).load(buf.getvalue()).getpixel((0, 0)) == (9, 9, 9)
+    with pytest.raises(DataError, match="bad image reference"):
+        ImageLoader(root).load("")
+    with pytest.raises(DataError, match="bad image reference"):
+        ImageLoader(root).load(12)

@@ -1,0 +1,384 @@
+"""Record / eval-format readers and writers: round trips, every bad-input case, the skip policy."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from unime.data.images import ImageLoader
+from unime.data.io import (CompositionalPair, MMEBRow, RetrievalEntry, SkipReport, check_images, detect_format,
+                           read_compositional, read_mmeb, read_records, read_retrieval, read_unime_v2_json,
+                           write_compositional, write_mmeb, write_records, write_retrieval, write_unime_v2_json)
+from unime.data.items import Item, Record
+from unime.errors import DataError
+
+
+def _png_bytes(colour=(255, 0, 0), size=(8, 6)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _records() -> list[Record]:
+    return [
+        Record(Item("<|image_1|>\nRepresent the given image for classification: what shape is shown?",
+                    ("images/a.png",)), Item("circle"), [Item("square"), Item("", ("images/b.png",))],
+               positive_score=0.9, negative_scores=[0.25, 0.5], dataset="shape_cls", id="r1"),
+        Record(Item("a red circle"), Item("<|image_1|>\nRepresent the given image.", ("images/a.png",)),
+               dataset="t2i", id="r2"),
+        Record(Item("no scores"), Item("x"), [Item("y")], dataset="", id=""),
+    ]
+
+
+def _write_lines(path, objs):
+    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs), encoding="utf-8")
+    return path
+
+
+GOOD = {"id": "q1", "dataset": "d", "query": {"text": "a red circle"}, "positive": {"text": "", "images": ["a.png"]},
+        "negatives": [{"text": "a blue star"}], "positive_score": 0.75, "negative_scores": [0.5]}
+
+
+# --- round trips ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ext", ["jsonl", "parquet", "json"])
+def test_round_trip_each_format(tmp_path, ext):
+    recs = _records()
+    path = tmp_path / f"r.{ext}"
+    assert write_records(recs, path) == 3
+    assert read_records(path) == recs
+
+
+def test_round_trip_chain_jsonl_parquet_v2(tmp_path):
+    recs = _records()
+    write_records(recs, tmp_path / "a.jsonl")
+    write_records(read_records(tmp_path / "a.jsonl"), tmp_path / "b.parquet")
+    write_unime_v2_json(read_records(tmp_path / "b.parquet"), tmp_path / "c.json")
+    write_records(read_unime_v2_json(tmp_path / "c.json"), tmp_path / "d.jsonl")
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "d.jsonl").read_bytes()
+
+
+def test_parquet_holds_inline_images_and_jsonl_refuses_them(tmp_path):
+    png = _png_bytes()
+    recs = [Record(Item("q", (png,)), Item("p", ("rel/x.png",)), id="i")]
+    write_records(recs, tmp_path / "r.parquet")
+    back = read_records(tmp_path / "r.parquet")
+    assert back[0].query.images == (png,) and back[0].positive.images == ("rel/x.png",)
+    assert back[0].query.key == recs[0].query.key
+    with pytest.raises(DataError, match="inline"):
+        write_records(recs, tmp_path / "r.jsonl")
+    assert not (tmp_path / "r.jsonl").exists()  # atomic: nothing half-written
+
+
+def test_pil_image_is_stored_as_png_in_parquet(tmp_path):
+    img = Image.new("RGB", (5, 4), (1, 2, 3))
+    write_records([Record(Item("q", (img,)), Item("p"))], tmp_path / "r.parquet")
+    data = read_records(tmp_path / "r.parquet")[0].query.images[0]
+    assert isinstance(data, bytes) and Image.open(io.BytesIO(data)).getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_unime_v2_json_layout_matches_the_release(tmp_path):
+    recs = [Record(Item("<|image_1|>\nq", ("img/q.png",)), Item("pos"), [Item("n", ("img/n.png",))],
+                   positive_score=0.8, negative_scores=[0.1])]
+    write_unime_v2_json(recs, tmp_path / "v2.json")
+    data = json.loads((tmp_path / "v2.json").read_text())
+    assert data == [{"query_text": "<|image_1|>\nq", "query_image": "img/q.png", "pos_text": "pos", "pos_image": "",
+                     "query_pos_scores": 0.8, "hard_negatives": [["n", "img/n.png"]],
+                     "hard_negatives_scores": [0.1]}]
+
+
+def test_unime_v2_json_without_negative_scores(tmp_path):
+    p = tmp_path / "v2.json"
+    p.write_text(json.dumps([{"query_text": "q", "query_image": "", "pos_text": "", "pos_image": "a.jpg",
+                              "query_pos_scores": 1, "hard_negatives": [["n1", ""], ["", "b.jpg"]]}]))
+    (rec,) = read_records(p)
+    assert rec.positive == Item("", ("a.jpg",)) and rec.negatives == [Item("n1"), Item("", ("b.jpg",))]
+    assert rec.negative_scores is None and rec.positive_score == 1.0
+
+
+def test_unime_v2_writer_refuses_two_images(tmp_path):
+    rec = Record(Item("q", ("a.png", "b.png")), Item("p"), id="two")
+    with pytest.raises(DataError) as e:
+        write_unime_v2_json([rec], tmp_path / "v2.json")
+    assert "record two" in str(e.value) and "'query'" in str(e.value)
+
+
+def test_format_detection_from_content(tmp_path):
+    write_records(_records(), tmp_path / "r.jsonl")
+    (tmp_path / "noext").write_bytes((tmp_path / "r.jsonl").read_bytes())
+    assert detect_format(tmp_path / "noext") == "jsonl"
+    write_records(_records(), tmp_path / "r.parquet")
+    (tmp_path / "noext2").write_bytes((tmp_path / "r.parquet").read_bytes())
+    assert read_records(tmp_path / "noext2") == _records()
+    write_records(_records(), tmp_path / "r.json")
+    (tmp_path / "noext3").write_bytes((tmp_path / "r.json").read_bytes())
+    assert detect_format(tmp_path / "noext3") == "unime_v2_json"
+
+
+# --- bad input: every message names the file, the record and the field ---------------------------------
+
+BAD_JSONL_CASES = [
+    # (line content, expected record label, expected field, message fragment, reason)
+    ('{"query": {"text": "a"}, "positive": ', "line 2", None, "malformed JSON", "malformed_json"),
+    ({"id": "q9", "query": {"text": "a"}}, "line 2 (id q9)", "positive", "missing", "schema"),
+    ({**GOOD, "colour": "red"}, "line 2 (id q1)", "colour", "unknown key", "schema"),
+    ({**GOOD, "query": {"text": "a", "pixels": 3}}, "line 2 (id q1)", "query", "unknown keys", "schema"),
+    ({**GOOD, "query": {"text": 7}}, "line 2 (id q1)", "query.text", "string", "schema"),
+    ({**GOOD, "positive": {"images": "a.png"}}, "line 2 (id q1)", "positive.images", "list", "schema"),
+    ({**GOOD, "negatives": {"text": "x"}}, "line 2 (id q1)", "negatives", "list", "schema"),
+    ({**GOOD, "positive": {"text": "  "}}, "line 2 (id q1)", "positive", "empty item", "empty_item"),
+    ({**GOOD, "negatives": [{"text": "x"}, {}], "negative_scores": [0.1, 0.2]}, "line 2 (id q1)", "negatives[1]",
+     "empty item", "empty_item"),
+    ({**GOOD, "positive_score": "high"}, "line 2 (id q1)", "positive_score", "number", "schema"),
+    ({**GOOD, "positive_score": True}, "line 2 (id q1)", "positive_score", "number", "schema"),
+    ({**GOOD, "negative_scores": [0.5, 0.1]}, "line 2 (id q1)", "negative_scores", "2 scores for 1", "schema"),
+    ({**GOOD, "id": [1]}, "line 2", "id", "string", "schema"),
+    ({**GOOD, "query": {"text": "<|image_1|>\nRepresent the given image."}}, "line 2 (id q1)", "query.text",
+     "placeholder", "placeholder"),
+    ({**GOOD, "query": {"text": "<|image_2|> vs <|image_1|>", "images": ["a.png"]}}, "line 2 (id q1)", "query.text",
+     "<|image_2|>", "placeholder"),
+    ('[1, 2]', "line 2", None, "JSON object", "schema"),
+]
+
+
+@pytest.mark.parametrize("line,record,field,fragment,reason", BAD_JSONL_CASES)
+def test_bad_jsonl_line_names_file_record_field(tmp_path, line, record, field, fragment, reason):
+    path = _write_lines(tmp_path / "bad.jsonl", [GOOD, line, GOOD])
+    with pytest.raises(DataError) as e:
+        read_records(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"record {record}" in msg and fragment in msg
+    if field is not None:
+        assert f"field '{field}'" in msg
+    assert e.value.reason == reason
+    skips = SkipReport()
+    recs = read_records(path, on_error="skip", skips=skips)
+    assert len(recs) == 2 and skips.counts == {reason: 1}
+    assert skips.examples[0].record == e.value.record and skips.examples[0].field == e.value.field
+
+
+@pytest.mark.parametrize("raw,field", [("NaN", "positive_score"), ("Infinity", "positive_score"),
+                                       ("-Infinity", "positive_score")])
+def test_non_finite_scores_are_rejected(tmp_path, raw, field):
+    line = json.dumps(GOOD).replace('"positive_score": 0.75', f'"positive_score": {raw}')
+    path = _write_lines(tmp_path / "nan.jsonl", [line])
+    with pytest.raises(DataError, match="not a finite number") as e:
+        read_records(path)
+    assert e.value.field == field and e.value.reason == "bad_score" and e.value.record == "line 1 (id q1)"
+
+
+def test_nan_in_negative_scores_names_the_index(tmp_path):
+    line = json.dumps(GOOD).replace('"negative_scores": [0.5]', '"negative_scores": [NaN]')
+    with pytest.raises(DataError) as e:
+        read_records(_write_lines(tmp_path / "nan.jsonl", [line]))
+    assert e.value.field == "negative_scores[0]"
+
+
+def test_writer_refuses_nan(tmp_path):
+    rec = Record(Item("q"), Item("p"), positive_score=math.nan)
+    with pytest.raises(ValueError):
+        write_records([rec], tmp_path / "r.jsonl")
+
+
+V2_GOOD = {"query_text": "q", "query_image": "", "pos_text": "p", "pos_image": "", "query_pos_scores": 0.9,
+           "hard_negatives": [["n", ""]], "hard_negatives_scores": [0.2]}
+
+
+@pytest.mark.parametrize("row,field,fragment,reason", [
+    ({k: v for k, v in V2_GOOD.items() if k != "pos_text"}, "pos_text", "missing", "schema"),
+    ({**V2_GOOD, "neg_text": "x"}, "neg_text", "unknown", "schema"),
+    ({**V2_GOOD, "hard_negatives": [["n"]]}, "hard_negatives[0]", "pair", "schema"),
+    ({**V2_GOOD, "hard_negatives": [["n", 3]]}, "hard_negatives[0][1]", "image path", "schema"),
+    ({**V2_GOOD, "pos_text": ""}, "pos", "empty item", "empty_item"),
+    ({**V2_GOOD, "hard_negatives_scores": [0.1, 0.3]}, "hard_negatives_scores", "2 scores for 1", "schema"),
+    ({**V2_GOOD, "query_pos_scores": float("nan")}, "query_pos_scores", "finite", "bad_score"),
+    ({**V2_GOOD, "query_text": "<|image_1|>\nq"}, "query_text", "placeholder", "placeholder"),
+])
+def test_bad_unime_v2_rows(tmp_path, row, field, fragment, reason):
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps([V2_GOOD, row]))
+    with pytest.raises(DataError) as e:
+        read_records(path)
+    msg = str(e.value)
+    assert str(path) in msg and "record index 1" in msg and f"field '{field}'" in msg and fragment in msg
+    assert e.value.reason == reason
+    skips = SkipReport()
+    assert len(read_records(path, on_error="skip", skips=skips)) == 1 and skips.counts == {reason: 1}
+
+
+def test_unime_v2_malformed_document(tmp_path):
+    path = tmp_path / "v2.json"
+    path.write_text('[\n{"query_text": "q",\n')
+    with pytest.raises(DataError, match="malformed JSON") as e:
+        read_records(path)
+    assert str(path) in str(e.value) and e.value.record.startswith("line ")
+
+
+def test_parquet_bad_row_and_bad_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_records(_records(), tmp_path / "r.parquet")
+    table = pq.read_table(tmp_path / "r.parquet")
+    rows = table.to_pylist()
+    rows[1]["positive_score"] = float("inf")
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "inf.parquet")
+    with pytest.raises(DataError) as e:
+        read_records(tmp_path / "inf.parquet")
+    assert "record row 1 (id r2)" in str(e.value) and e.value.field == "positive_score"
+    pq.write_table(table.drop_columns(["positive"]), tmp_path / "nopos.parquet")
+    with pytest.raises(DataError) as e:
+        read_records(tmp_path / "nopos.parquet")
+    assert "nopos.parquet" in str(e.value) and e.value.field == "positive"
+    pq.write_table(table.append_column("extra", pa.array([1, 2, 3])), tmp_path / "extra.parquet")
+    with pytest.raises(DataError) as e:
+        read_records(tmp_path / "extra.parquet", on_error="skip")  # a column problem is never skippable
+    assert e.value.field == "extra"
+
+
+def test_parquet_with_plain_string_image_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    item = pa.struct([("text", pa.string()), ("images", pa.list_(pa.string()))])
+    t = pa.Table.from_pylist([{"query": {"text": "q", "images": ["a.png"]}, "positive": {"text": "p", "images": []}}],
+                             schema=pa.schema([("query", item), ("positive", item)]))
+    pq.write_table(t, tmp_path / "plain.parquet")
+    assert read_records(tmp_path / "plain.parquet") == [Record(Item("q", ("a.png",)), Item("p"))]
+
+
+def test_skip_report_counts_and_summary(tmp_path):
+    lines = [GOOD, "{oops", {**GOOD, "positive_score": float("nan")}, "{oops2", {"query": {"text": "q"}},
+             {**GOOD, "id": "ok2"}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines) + "\n")
+    skips = SkipReport(max_examples=2)
+    recs = read_records(path, on_error="skip", skips=skips)
+    assert [r.id for r in recs] == ["q1", "ok2"]
+    assert skips.counts == {"malformed_json": 2, "bad_score": 1, "schema": 1} and skips.total == 4
+    assert len(skips.examples) == 2 and skips.examples[0].record == "line 2"
+    text = skips.summary()
+    assert "skipped 4 record(s)" in text and "malformed_json: 2" in text and "and 2 more" in text
+    assert str(path) in text
+
+
+def test_skip_without_report_logs_a_warning(tmp_path, caplog):
+    path = _write_lines(tmp_path / "x.jsonl", [GOOD, "{bad"])
+    with caplog.at_level("WARNING"):
+        assert len(read_records(path, on_error="skip")) == 1
+    assert "skipped 1 record(s)" in caplog.text
+
+
+def test_on_error_must_be_known(tmp_path):
+    path = _write_lines(tmp_path / "x.jsonl", [GOOD])
+    with pytest.raises(ValueError, match="on_error"):
+        read_records(path, on_error="ignore")
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_records(tmp_path / "nope.jsonl")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(DataError, match="format"):
+        read_records(tmp_path / "x.txt")
+
+
+# --- MMEB-eval, retrieval, compositional ------------------------------------------------------------------
+
+MMEB_ROW = {"qry_text": "<|image_1|>\nRepresent the given image for classification: what shape is shown?",
+            "qry_img_path": "images/s1.png", "tgt_text": ["circle", "square", "star"],
+            "tgt_img_path": ["", "", ""]}
+
+
+def test_mmeb_row_parsing_keeps_placeholders_and_positive_first(tmp_path):
+    i2i = {"qry_text": "<|image_1|>\nFind the same scene with the circle blue.", "qry_img_path": "q.png",
+           "tgt_text": ["<|image_1|>\nRepresent the given image.", "<|image_1|>\nRepresent the given image."],
+           "tgt_img_path": ["t0.png", "t1.png"], "id": "x7"}
+    path = _write_lines(tmp_path / "t.jsonl", [MMEB_ROW, i2i])
+    rows = read_mmeb(path)
+    assert rows[0].query == Item(MMEB_ROW["qry_text"], ("images/s1.png",))
+    assert rows[0].candidates == [Item("circle"), Item("square"), Item("star")] and rows[0].positive == Item("circle")
+    assert rows[1].id == "x7" and rows[1].candidates[1] == Item("<|image_1|>\nRepresent the given image.", ("t1.png",))
+    write_mmeb(rows, tmp_path / "back.jsonl")
+    assert read_mmeb(tmp_path / "back.jsonl") == rows
+    assert json.loads((tmp_path / "back.jsonl").read_text().splitlines()[0]) == MMEB_ROW
+
+
+def test_mmeb_parquet_like_the_hf_release(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([MMEB_ROW]), tmp_path / "test.parquet")
+    assert read_mmeb(tmp_path / "test.parquet")[0].positive == Item("circle")
+
+
+@pytest.mark.parametrize("row,field,fragment,reason", [
+    ({**MMEB_ROW, "tgt_img_path": ["", ""]}, "tgt_img_path", "3 target texts but 2", "schema"),
+    ({**MMEB_ROW, "tgt_text": "circle"}, "tgt_text", "list", "schema"),
+    ({**MMEB_ROW, "tgt_text": [], "tgt_img_path": []}, "tgt_text", "empty candidate list", "schema"),
+    ({**MMEB_ROW, "tgt_text": ["circle", "", "star"]}, "candidates[1]", "empty item", "empty_item"),
+    ({**MMEB_ROW, "qry_img_path": ""}, "qry_text", "placeholder", "placeholder"),
+    ({k: v for k, v in MMEB_ROW.items() if k != "qry_img_path"}, "qry_img_path", "missing", "schema"),
+    ({**MMEB_ROW, "task": "x"}, "task", "unknown", "schema"),
+])
+def test_bad_mmeb_rows(tmp_path, row, field, fragment, reason):
+    path = _write_lines(tmp_path / "m.jsonl", [MMEB_ROW, row])
+    with pytest.raises(DataError) as e:
+        read_mmeb(path)
+    msg = str(e.value)
+    assert str(path) in msg and "record line 2" in msg and f"field '{field}'" in msg and fragment in msg
+    skips = SkipReport()
+    assert len(read_mmeb(path, on_error="skip", skips=skips)) == 1 and skips.counts == {reason: 1}
+
+
+def test_retrieval_and_compositional_round_trip_and_errors(tmp_path):
+    entries = [RetrievalEntry("images/a.png", ["a red circle", "a circle"], id="a"),
+               RetrievalEntry("images/b.png", ["a blue star"])]
+    write_retrieval(entries, tmp_path / "r.jsonl")
+    assert read_retrieval(tmp_path / "r.jsonl") == entries
+    pairs = [CompositionalPair("images/a.png", "a red circle", "a blue circle", "replace", id="p0")]
+    write_compositional(pairs, tmp_path / "c.jsonl")
+    assert read_compositional(tmp_path / "c.jsonl") == pairs
+    _write_lines(tmp_path / "bad_r.jsonl", [{"image": "a.png", "captions": ["ok", " "]}])
+    with pytest.raises(DataError) as e:
+        read_retrieval(tmp_path / "bad_r.jsonl")
+    assert "bad_r.jsonl" in str(e.value) and e.value.record == "line 1" and e.value.field == "captions[1]"
+    _write_lines(tmp_path / "bad_c.jsonl", [{"image": "a.png", "positive": "x", "category": "swap"}])
+    with pytest.raises(DataError) as e:
+        read_compositional(tmp_path / "bad_c.jsonl")
+    assert e.value.field == "negative"
+
+
+# --- check_images ---------------------------------------------------------------------------------------
+
+def test_check_images_validates_every_reference(tmp_path):
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "ok.png")
+    (tmp_path / "img" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    Image.new("RGB", (100, 100)).save(tmp_path / "img" / "big.png")
+    recs = [Record(Item("q", ("img/ok.png",)), Item("p", ("img/ok.png",)), id="good"),
+            Record(Item("q"), Item("p"), [Item("n", ("img/missing.png",))], id="missing"),
+            Record(Item("q", ("img/corrupt.png",)), Item("p"), id="corrupt"),
+            Record(Item("q"), Item("", ("img/big.png",)), id="big"),
+            Record(Item("q", ("../outside.png",)), Item("p"), id="escape"),
+            Record(Item("q", (_png_bytes(),)), Item("p"), id="inline")]
+    loader = ImageLoader(tmp_path, max_pixels=50 * 50)
+    with pytest.raises(DataError) as e:
+        check_images(recs, loader, source="train.jsonl")
+    assert "train.jsonl" in str(e.value) and e.value.record == "missing" and e.value.field == "negatives[0].images[0]"
+    skips = SkipReport()
+    good = check_images(recs, loader, on_error="skip", skips=skips, source="train.jsonl")
+    assert [r.id for r in good] == ["good", "inline"]
+    assert skips.counts == {"image": 4}
+    fields = {ex.record: (ex.field, ex.message) for ex in skips.examples}
+    assert fields["corrupt"][0] == "query.images[0]" and "corrupt" in fields["corrupt"][1]
+    assert fields["big"][0] == "positive.images[0]" and "over the limit" in fields["big"][1]
+    assert "escapes the data root" in fields["escape"][1]
+    rows = [MMEBRow(Item("q"), [Item("c0"), Item("", ("img/missing.png",))], id="m1")]
+    with pytest.raises(DataError) as e:
+        check_images(rows, loader)
+    assert e.value.field == "candidates[1].images[0]" and e.value.record == "m1"
