@@ -1,0 +1,164 @@
+"""JudgeScorer: the SPEC 1.3 prompt, and the fast (shared-prefix KV cache) path equal to per-pair full forwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import FAMILIES
+from unime.data.items import Item
+from unime.errors import ModelError
+from unime.models import judge as judge_mod
+from unime.models.judge import JudgeScorer
+
+
+def _img(seed: int, size: tuple[int, int]) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _sharpen(model, seed: int = 0) -> None:
+    """Re-initialise the tiny model's matrices at a larger scale so that logit margins are O(1): with the
+    factory's small init every margin is ~0.05 and a wrong position would hide below the tolerance."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 1.2 / p.shape[-1] ** 0.5, generator=g)
+
+
+@pytest.fixture(scope="module")
+def judges(tiny_model_dir):
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            j = JudgeScorer.from_pretrained(tiny_model_dir(family), device="cpu", chunk_size=3)
+            _sharpen(j.model)
+            cache[family] = j
+        return cache[family]
+
+    return get
+
+
+QUERY_IMAGE = Item(text="<|image_1|>\nRepresent the given image with the following question: what colour is the circle?",
+                   images=(_img(1, (96, 64)),))
+QUERY_TEXT = Item(text="Find an image that matches the given caption: a small red circle")
+CANDIDATES = [
+    Item(text="red"),
+    Item(text="a large blue star on the left of a small red circle, and a green square below the star"),
+    Item(images=(_img(2, (64, 96)),)),
+    Item(text="a blue square", images=(_img(3, (128, 128)),)),
+    Item(text="red"),  # duplicate of the first
+    Item(text="two pictures", images=(_img(4, (56, 56)), _img(5, (84, 60)))),
+    Item(text="\n:  odd spacing"),
+]
+
+
+def test_prompt_is_the_spec_prompt(judges):
+    j = judges("qwen2_vl")
+    q = Item(text="<|image_1|>\nwhat is it?", images=(_img(1, (64, 64)),))
+    c = Item(text="a red circle")
+    text = j.prompt(q, c)
+    expected_user = ("I will provide you with a query and a candidate. Please evaluate whether the candidate meets the "
+                     "requirements of the query. If it does, respond with 'Yes'; if it doesn't, respond with 'No'. "
+                     "Query: <|vision_start|><|image_pad|><|vision_end|>what is it?, Candidate: a red circle.")
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + expected_user
+                    + "<|im_end|>\n<|im_start|>assistant\n")
+    # image-only candidate: the candidate image comes right after the label
+    text = j.prompt(Item(text="a red circle"), Item(images=(_img(2, (64, 64)),)))
+    assert "Query: a red circle, Candidate: <|vision_start|><|image_pad|><|vision_end|>.<|im_end|>" in text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("query", [QUERY_IMAGE, QUERY_TEXT], ids=["image_query", "text_query"])
+def test_fast_path_equals_per_pair_full_forward(judges, family, query):
+    j = judges(family)
+    j.stats.reset()
+    fast = j.margin_candidates(query, CANDIDATES)
+    assert j.stats.boundary_fallbacks == 0 and j.stats.pairs_scored_reference == 0
+    assert j.stats.prefix_forwards == 1 and j.stats.duplicate_pairs == 1
+    assert j.stats.pairs_scored_fast == len(CANDIDATES) - 1
+    reference = np.array([j.margin_pair(query, c) for c in CANDIDATES])
+    assert np.abs(reference).max() > 0.2 and np.ptp(reference) > 0.2  # margins that a wrong position would move
+    np.testing.assert_allclose(fast, reference, atol=1e-4, rtol=0)
+    scores = j.score_candidates(query, CANDIDATES)
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-reference)), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(j.score_pair(query, CANDIDATES[3]), scores[3], atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_wrong_positions_are_detected(judges, family, monkeypatch):
+    """Negative control: positions by token count (what a naive cache continuation does) move the margins
+    far beyond the tolerance, so the equality test above can fail."""
+    j = judges(family)
+    reference = np.array([j.margin_pair(QUERY_IMAGE, c) for c in CANDIDATES])
+
+    def token_count_positions(self, input_ids, *args, **kwargs):
+        return torch.arange(input_ids.shape[1]).view(1, 1, -1).expand(3, 1, -1)
+
+    monkeypatch.setattr(JudgeScorer, "_rope_positions", token_count_positions)
+    wrong = j.margin_candidates(QUERY_IMAGE, CANDIDATES)
+    assert np.abs(wrong - reference).max() > 1e-2
+
+
+def test_chunking_order_and_cache_reuse_do_not_change_scores(judges):
+    j = judges("qwen2_5_vl")
+    base = j.margin_candidates(QUERY_IMAGE, CANDIDATES)
+    for chunk in (1, 2, 16):
+        j.chunk_size = chunk
+        np.testing.assert_allclose(j.margin_candidates(QUERY_IMAGE, CANDIDATES), base, atol=1e-5)
+    j.chunk_size = 3
+    perm = [5, 2, 0, 6, 3, 1, 4]
+    np.testing.assert_allclose(j.margin_candidates(QUERY_IMAGE, [CANDIDATES[i] for i in perm]), base[perm], atol=1e-5)
+
+
+def test_score_pairs_groups_by_query_and_deduplicates(judges):
+    j = judges("qwen3_vl")
+    pairs = [(QUERY_IMAGE, CANDIDATES[0]), (QUERY_TEXT, CANDIDATES[2]), (QUERY_IMAGE, CANDIDATES[3]),
+             (QUERY_IMAGE, CANDIDATES[0]), (QUERY_TEXT, CANDIDATES[0])]
+    j.stats.reset()
+    scores = j.score_pairs(pairs)
+    assert j.stats.prefix_forwards == 2 and j.stats.pairs_scored_fast == 4 and j.stats.duplicate_pairs == 1
+    expected = np.array([j.score_pair(q, c) for q, c in pairs])
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+    assert scores[0] == scores[3]
+
+
+def test_only_yes_no_rows_of_the_lm_head_are_used(judges, monkeypatch):
+    """The fast path must not compute the full vocabulary projection."""
+    j = judges("qwen2_vl")
+    head = j.adapter.lm_head(j.model)
+    calls = []
+    handle = head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        j.margin_candidates(QUERY_TEXT, CANDIDATES[:3])
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_judge_refuses_multi_token_answers():
+    class Tok:
+        def encode(self, word, add_special_tokens=False):
+            return [5, 6] if word == "Yes" else [7]
+
+    class Proc:
+        tokenizer = Tok()
+
+    from unime.models.adapters import QwenVLAdapter
+
+    with pytest.raises(ModelError, match="'Yes'.*2 tokens"):
+        JudgeScorer(torch.nn.Linear(1, 1), Proc(), QwenVLAdapter(Proc()))
+
+
+def test_candidate_segments_split_before_the_labels_whitespace():
+    from unime.models.adapters import Segment
+
+    prefix = judge_mod.judge_prefix_segments([Segment("text", "q")])
+    cand = judge_mod.judge_candidate_segments([Segment("text", "c")])
+    assert prefix[-1].value.endswith("q, Candidate:") and cand[0].value == " c."
+    full = judge_mod.judge_prompt_segments([Segment("text", "q")], [Segment("text", "c")])
+    assert [s.value for s in full] == [prefix[0].value + " c."]
