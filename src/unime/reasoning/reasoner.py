@@ -1,0 +1,301 @@
+"""The Reasoner (SPEC §2.1): a generative MLLM that writes a T-CoT for a query or a candidate.
+
+One place for everything a generative checkpoint is asked in Embed-RL:
+
+- the modality-specific reasoning prompts (text / image / video items, query side / target side),
+  built by `reasoning_prompt_segments` — the same segments feed `Reasoner.generate`, the cold-start
+  SFT (`unime.train.reasoner_sft`) and the GRPO dataset (`unime.train.grpo`), so the policy is trained
+  on exactly the prompt it is used with;
+- batched generation (`Reasoner.generate`, `Reasoner.generate_from_segments`) through the family
+  adapter, with no model-specific code;
+- the listwise pick used by EG-RL's process reward (`Reasoner.pick`): the judge MLLM is shown the
+  query's reasoning and candidate reasonings and answers with the number of the most relevant one.
+  The prompt is UniME-V2's listwise reranker prompt (`prompts.LISTWISE_INSTRUCTION`), so a trained
+  reranker checkpoint can serve as that judge.
+
+Video items are shown to the reasoner as their frames, each labelled `Frame k:` (k from 1), so the
+`key_frames` a T-CoT names are the 1-based numbers the model read in its prompt.
+The prompt wording is ours (the paper's prompts are not published verbatim); it asks for the format
+of SPEC §2.2 and concise reasoning.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from unime.data.images import ImageLoader
+from unime.data.items import Item
+from unime.models.adapters import FamilyAdapter, Segment, item_segments
+
+SIDES = ("query", "target")
+MODALITIES = ("text", "image", "video")
+
+TCOT_FORMAT_INSTRUCTION = (
+    "Reply exactly in the format <thinking>{JSON}</thinking><rethink>one or two sentences</rethink>"
+    "<answer>a few words</answer>."
+)
+
+# (modality, side) -> instruction placed after the item in the user turn
+REASONING_INSTRUCTIONS: dict[tuple[str, str], str] = {
+    ("text", "query"): (
+        'Find the words of the query that matter for retrieval and list them in the JSON as '
+        '{"text_keywords": [...]}. Then say briefly what the query asks for.'),
+    ("text", "target"): (
+        'Find the words of the candidate that describe its content and list them in the JSON as '
+        '{"text_keywords": [...]}. Then say briefly what the candidate shows.'),
+    ("image", "query"): (
+        'Mark the regions of the image that the query is about in the JSON as {"bbox_2d": [[x1, y1, x2, y2], ...]} '
+        'with coordinates from 0 to 1000, never the whole image; if the query has text, add its important '
+        'words as "text_keywords". Then say briefly what the query asks for.'),
+    ("image", "target"): (
+        'Mark the regions of the image that describe its content in the JSON as {"bbox_2d": [[x1, y1, x2, y2], ...]} '
+        'with coordinates from 0 to 1000, never the whole image; if there is text, add its important words as '
+        '"text_keywords". Then say briefly what the candidate shows.'),
+    ("video", "query"): (
+        'The video is given as numbered frames. List the frames that matter for the query in the JSON as '
+        '{"key_frames": [...]} using the frame numbers (the first frame is 1). Then say briefly what the query '
+        'asks for.'),
+    ("video", "target"): (
+        'The video is given as numbered frames. List the frames that best describe its content in the JSON as '
+        '{"key_frames": [...]} using the frame numbers (the first frame is 1). Then say briefly what the video '
+        'shows.'),
+}
+
+
+def item_modality(item: Item) -> str:
+    """'video' if the item has frames, else 'image' if it has images, else 'text'."""
+    if item.video:
+        return "video"
+    if item.images:
+        return "image"
+    return "text"
+
+
+def reasoning_instruction(modality: str, side: str) -> str:
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    return REASONING_INSTRUCTIONS[(modality, side)] + " " + TCOT_FORMAT_INSTRUCTION
+
+
+def reasoning_prompt_segments(text: str, images: Sequence[Any], frames: Sequence[Any], side: str, *,
+                              record: Any = None) -> list[Segment]:
+    """The user turn asking for a T-CoT: the item (frames labelled `Frame k:`, images, text) then the
+    modality- and side-specific instruction. `images` / `frames` are loaded PIL images."""
+    modality = "video" if frames else "image" if images else "text"
+    segs: list[Segment] = []
+    for k, frame in enumerate(frames, 1):
+        segs.append(Segment("text", f"Frame {k}:"))
+        segs.append(Segment("image", frame))
+    segs.extend(item_segments(text, list(images), None, record=record, field="text"))
+    segs.append(Segment("text", ("Query: " if side == "query" else "Candidate: ") + "see above. "
+                        + reasoning_instruction(modality, side)))
+    return segs
+
+
+def conversational_prompt(segments: Sequence[Segment]) -> tuple[list[dict], list[Any]]:
+    """TRL's conversational form of a user turn: messages with `{"type": "image"}` placeholders, and the
+    images in order (TRL fills the placeholders from the dataset's `images` column)."""
+    content: list[dict] = []
+    images: list[Any] = []
+    for s in segments:
+        if s.kind == "text":
+            content.append({"type": "text", "text": s.value})
+        elif s.kind == "image":
+            content.append({"type": "image"})
+            images.append(s.value)
+        else:
+            raise ValueError(f"conversational prompts carry text and images only, got a {s.kind!r} segment")
+    return [{"role": "user", "content": content}], images
+
+
+def pick_prompt_segments(query_reasoning: str, candidate_reasonings: Sequence[str]) -> list[Segment]:
+    """The process-reward judge's prompt: UniME-V2's listwise prompt (`rerank_prompts.listwise_prompt`)
+    over reasonings — the query's T-CoT, then the candidates' T-CoTs numbered (1)..(n)."""
+    from unime.models.rerank_prompts import listwise_prompt
+
+    return listwise_prompt([Segment("text", query_reasoning.strip())],
+                           [[Segment("text", c.strip())] for c in candidate_reasonings])
+
+
+class Reasoner:
+    """A generative MLLM wrapped for T-CoT generation and listwise picks."""
+
+    def __init__(self, model, processor, adapter: FamilyAdapter, *, image_loader: ImageLoader | None = None,
+                 device: str = "cpu", max_new_tokens: int = 256, batch_size: int = 8, name: str = ""):
+        self.model, self.processor, self.adapter = model, processor, adapter
+        self.image_loader = image_loader or ImageLoader()
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.name = name
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
+                        adapter_path: str | None = None, data_root: str | None = None,
+                        allow_outside_root: bool = False, **kwargs) -> "Reasoner":
+        from unime.models.loading import load_model
+
+        loaded = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path)
+        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
+        return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
+                   name=str(path), **kwargs)
+
+    # -- prompts ------------------------------------------------------------------------------------
+    def load_visuals(self, item: Item, *, record: Any = None) -> tuple[list, list]:
+        load = self.image_loader.load
+        images = [load(r, record=record, field=f"images[{i}]") for i, r in enumerate(item.images)]
+        frames = [load(r, record=record, field=f"video[{i}]") for i, r in enumerate(item.video)]
+        return images, frames
+
+    def prompt_segments(self, item: Item, side: str, *, record: Any = None) -> list[Segment]:
+        images, frames = self.load_visuals(item, record=record)
+        return reasoning_prompt_segments(item.text, images, frames, side, record=record)
+
+    # -- generation ---------------------------------------------------------------------------------
+    def generate_from_segments(self, segments_list: Sequence[Sequence[Segment]], *, num_samples: int = 1,
+                               do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                               max_new_tokens: int | None = None, show_progress: bool = False) -> list[list[str]]:
+        """Generate `num_samples` completions per user turn (batched, left padding). Returns, per turn, the
+        decoded completions (special tokens removed)."""
+        import torch
+
+        out: list[list[str]] = []
+        batches = range(0, len(segments_list), self.batch_size)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="generate", unit="batch")
+        was_training = self.model.training
+        self.model.eval()
+        tok = self.adapter.tokenizer
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                          num_return_sequences=num_samples, do_sample=do_sample,
+                                          pad_token_id=tok.pad_token_id)
+        if do_sample:
+            gen_kwargs.update(temperature=temperature, top_p=top_p)
+        else:  # greedy: unset sampling knobs a checkpoint's generation_config may carry
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        try:
+            with torch.inference_mode():
+                for s in batches:
+                    segs = [list(x) for x in segments_list[s:s + self.batch_size]]
+                    texts = [self.adapter.render_user_turn(x) for x in segs]
+                    inputs = self.adapter.processor_inputs(texts, segs, padding_side="left").to(self.device)
+                    ids = self.model.generate(**inputs, **gen_kwargs)
+                    new = ids[:, inputs["input_ids"].shape[1]:]
+                    decoded = tok.batch_decode(new, skip_special_tokens=True)
+                    for i in range(len(segs)):
+                        out.append(decoded[i * num_samples:(i + 1) * num_samples])
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def generate(self, items: Sequence[Item], sides: Sequence[str] | str, *, num_samples: int = 1,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int | None = None, show_progress: bool = False) -> list[list[str]]:
+        """T-CoTs for items; `sides` is 'query' / 'target' (one for all, or one per item)."""
+        if isinstance(sides, str):
+            sides = [sides] * len(items)
+        if len(sides) != len(items):
+            raise ValueError(f"{len(sides)} sides for {len(items)} items")
+        segs = [self.prompt_segments(it, sd, record=i) for i, (it, sd) in enumerate(zip(items, sides))]
+        return self.generate_from_segments(segs, num_samples=num_samples, do_sample=do_sample,
+                                           temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                           show_progress=show_progress)
+
+    # -- listwise pick (process reward) ---------------------------------------------------------------
+    def pick_raw(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
+                 max_new_tokens: int = 8) -> list[str]:
+        """The judge's raw answers for listwise picks (greedy), one per query."""
+        segs = [pick_prompt_segments(q, c) for q, c in zip(queries, candidate_lists, strict=True)]
+        return [o[0] for o in self.generate_from_segments(segs, max_new_tokens=max_new_tokens)]
+
+    def pick(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
+             max_new_tokens: int = 8) -> list[int | None]:
+        """0-based index of the candidate the judge picks for each query, None if its answer is unparsable or
+        out of range (parsing: `unime.reasoning.rewards.parse_pick`)."""
+        from unime.reasoning.rewards import parse_pick
+
+        raw = self.pick_raw(queries, candidate_lists, max_new_tokens=max_new_tokens)
+        return [parse_pick(r, len(c)) for r, c in zip(raw, candidate_lists)]
+
+
+# -- T-CoT files ---------------------------------------------------------------------------------------
+# One JSON object per line: {"record_id", "side": "query"|"target", "item": {text, images, video},
+# "tcot": str, "source": str}. Written by `unime reason teacher` / `unime reason generate`, read by the
+# SFT, the T-CoT-match split, GRPO and the T-CoT embedder.
+
+@dataclass
+class TCoTRow:
+    record_id: str
+    side: str
+    item: Item
+    tcot: str
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"record_id": self.record_id, "side": self.side, "item": self.item.to_dict(), "tcot": self.tcot,
+                "source": self.source}
+
+
+def write_tcot_rows(rows: Iterable[TCoTRow], path: str | os.PathLike) -> int:
+    """Write T-CoT rows as JSONL, atomically. Returns the number written."""
+    import json
+
+    from unime.data.atomic import atomic_open
+
+    n = 0
+    with atomic_open(path) as fh:
+        for r in rows:
+            fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_tcot_rows(path: str | os.PathLike) -> list[TCoTRow]:
+    """Read a T-CoT JSONL file; a bad line raises `DataError` naming the file, line and field."""
+    import json
+
+    from unime.errors import DataError
+
+    src = str(path)
+    rows: list[TCoTRow] = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON: {e}", source=src, record=n) from None
+            if not isinstance(obj, dict):
+                raise DataError("expected a JSON object", source=src, record=n)
+            for key in ("record_id", "side", "item", "tcot"):
+                if key not in obj:
+                    raise DataError(f"missing key {key!r}", source=src, record=n, field=key)
+            if obj["side"] not in SIDES:
+                raise DataError(f"side must be one of {SIDES}, got {obj['side']!r}", source=src, record=n,
+                                field="side")
+            if not isinstance(obj["tcot"], str):
+                raise DataError("tcot must be a string", source=src, record=n, field="tcot")
+            item = Item.from_dict(obj["item"], source=src, record=n, field_name="item")
+            rows.append(TCoTRow(record_id=str(obj["record_id"]), side=obj["side"], item=item, tcot=obj["tcot"],
+                                source=str(obj.get("source", ""))))
+    return rows
+
+
+def tcot_index(rows: Iterable[TCoTRow]) -> dict[tuple[str, str], TCoTRow]:
+    """(record_id, side) → row; a duplicate key is an error."""
+    from unime.errors import DataError
+
+    out: dict[tuple[str, str], TCoTRow] = {}
+    for r in rows:
+        key = (r.record_id, r.side)
+        if key in out:
+            raise DataError(f"two T-CoTs for record {r.record_id!r} side {r.side!r}", record=r.record_id, field="side")
+        out[key] = r
+    return out

@@ -1,0 +1,162 @@
+"""Embedder input assembly with T-CoT and evidence (SPEC 2.1), on tiny models with `<emb>` added."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unime.models.adapters import Segment
+from unime.models.prompts import EMB_TOKEN, EMBED_SUMMARY_PROMPT
+from unime.reasoning.embed_inputs import ReasonedEmbedder, reasoning_segments
+from unime.reasoning.tcot import TCoTError, render_tcot
+
+RETHINK, ANSWER = "The query asks for a red circle.", "red circle"
+
+
+def _scene(w=200, h=100):
+    img = Image.new("RGB", (w, h), (250, 250, 250))
+    # a red square in the top-left quarter, so the crop's content is checkable
+    for x in range(0, w // 2):
+        for y in range(0, h // 2):
+            img.putpixel((x, y), (220, 40, 40))
+    return img
+
+
+def _frames(n=4):
+    return [Image.new("RGB", (64, 64), (10 * k, 200, 30)) for k in range(1, n + 1)]
+
+
+def _kinds(segs):
+    return [s.kind for s in segs]
+
+
+def test_segment_order_image_item_with_box():
+    img = _scene()
+    tcot = render_tcot({"bbox_2d": [[0, 0, 500, 500]]}, RETHINK, ANSWER)
+    item = [Segment("image", img), Segment("text", "Find the red shape")]
+    segs = reasoning_segments(item, tcot, images=[img])
+    assert _kinds(segs) == ["image", "text", "text", "image", "text", "text"]
+    assert segs[0].value is img and segs[1].value == "Find the red shape"
+    assert segs[2].value == '<thinking>{"bbox_2d": [[0, 0, 500, 500]]}</thinking>'
+    crop = segs[3].value
+    assert crop.size == (100, 50)  # 500/1000 of 200 x 100
+    assert crop.getpixel((10, 10)) == (220, 40, 40)
+    assert segs[4].value == f"<rethink>{RETHINK}</rethink><answer>{ANSWER}</answer>"
+    assert segs[5].value == EMBED_SUMMARY_PROMPT
+
+
+def test_crop_rules_drop_small_and_elongated_boxes():
+    img = Image.new("RGB", (1000, 1000))
+    # 9 px wide (dropped), 10x10 (kept), 600x11 aspect 54.5 (dropped), 500x10 aspect 50 (kept)
+    boxes = [[0, 0, 9, 100], [0, 0, 10, 10], [0, 0, 600, 11], [0, 0, 500, 10]]
+    segs = reasoning_segments([Segment("image", img)], render_tcot({"bbox_2d": boxes}, RETHINK, ANSWER), images=[img])
+    crops = [s.value for s in segs[2:] if s.kind == "image"]
+    assert [c.size for c in crops] == [(10, 10), (500, 10)]
+
+
+def test_key_frames_are_one_based():
+    frames = _frames(4)
+    tcot = render_tcot({"key_frames": [1, 3]}, RETHINK, ANSWER)
+    segs = reasoning_segments([Segment("video", frames)], tcot, frames=frames)
+    assert _kinds(segs) == ["video", "text", "image", "image", "text", "text"]
+    # key frame 1 is the first frame, 3 the third (the release read them 0-based: frames[1], frames[3])
+    assert segs[2].value is frames[0] and segs[3].value is frames[2]
+
+
+def test_text_item_keywords_add_no_images_and_invalid_policies():
+    item = [Segment("text", "a red circle")]
+    segs = reasoning_segments(item, render_tcot({"text_keywords": ["red"]}, RETHINK, ANSWER))
+    assert _kinds(segs) == ["text"] * 4
+    # boxes on a text item point at nothing: no crop
+    segs = reasoning_segments(item, render_tcot({"bbox_2d": [0, 0, 500, 500]}, RETHINK, ANSWER))
+    assert _kinds(segs) == ["text"] * 4
+    bad = "<thinking>not json</thinking><rethink>x</rethink><answer>y</answer>"
+    raw = reasoning_segments(item, bad, on_invalid="raw")
+    assert [s.value for s in raw] == ["a red circle", bad, EMBED_SUMMARY_PROMPT]
+    assert [s.value for s in reasoning_segments(item, bad, on_invalid="drop")] == ["a red circle",
+                                                                                    EMBED_SUMMARY_PROMPT]
+    with pytest.raises(TCoTError, match="invalid JSON"):
+        reasoning_segments(item, bad, on_invalid="raise")
+    assert [s.value for s in reasoning_segments(item, None)] == ["a red circle", EMBED_SUMMARY_PROMPT]
+
+
+@pytest.fixture(scope="module")
+def emb_models(tiny_model_dir):
+    from unime import Embedder
+
+    return {f: ReasonedEmbedder(Embedder.from_pretrained(tiny_model_dir(f, (EMB_TOKEN,)), device="cpu"))
+            for f in ("qwen2_vl", "qwen3_vl")}
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_token_sequence_order(emb_models, family):
+    from unime import Item
+
+    remb = emb_models[family]
+    tok = remb.embedder.processor.tokenizer
+    img = _scene(224, 224)
+    tcot = render_tcot({"bbox_2d": [[0, 0, 500, 500]]}, RETHINK, ANSWER)
+    inputs = remb.build_inputs([Item(text="Find the red shape", images=(img,))], [tcot])
+    ids = inputs["input_ids"][0].tolist()
+    text = tok.decode(ids, skip_special_tokens=False)
+    vs, ve = "<|vision_start|>", "<|vision_end|>"
+    markers = [vs, ve, "Find the red shape", "<thinking>", "</thinking>", vs, ve, "<rethink>", "</answer>",
+               EMBED_SUMMARY_PROMPT, "<|im_end|>", "<|im_start|>assistant\n" + EMB_TOKEN]
+    pos, at = [], 0
+    for m in markers:
+        at = text.index(m, at)
+        pos.append(at)
+        at += len(m)
+    assert pos == sorted(pos)
+    assert text.count(vs) == 2  # the item's image and one evidence crop, nothing else
+    assert text.rstrip().endswith(EMB_TOKEN)
+    # the image blocks hold as many placeholder tokens as the processor's grids say (item, then crop)
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    merge = remb.embedder.processor.image_processor.merge_size
+    grids = inputs["image_grid_thw"].tolist()
+    assert len(grids) == 2
+    blocks, run = [], 0
+    for t in ids + [-1]:
+        if t == pad:
+            run += 1
+        elif run:
+            blocks.append(run)
+            run = 0
+    assert blocks == [t * h * w // merge ** 2 for t, h, w in grids]
+    assert grids[0] != grids[1]  # the crop is a different (smaller) image
+    # pooling happens at <emb>, the last real token
+    p = remb.embedder.pool_positions(inputs["input_ids"], inputs["attention_mask"])
+    assert ids[int(p[0])] == tok.convert_tokens_to_ids(EMB_TOKEN) == ids[-1]
+
+
+def test_encode_dedups_and_matches_single_forward(emb_models):
+    from unime import Item
+
+    remb = emb_models["qwen2_vl"]
+    img = _scene(112, 112)
+    t1 = render_tcot({"bbox_2d": [[0, 0, 500, 500]]}, RETHINK, ANSWER)
+    t2 = render_tcot({"text_keywords": ["red"]}, "A red thing.", "red")
+    items = [Item(text="red", images=(img,)), Item(text="a red circle"), Item(text="red", images=(img,)),
+             Item(text="a red circle")]
+    tcots = [t1, t2, t1, None]
+    calls = []
+    original = remb.embed
+    remb.embed = lambda its, ts: (calls.append(len(its)), original(its, ts))[1]
+    vecs = remb.encode(items, tcots, batch_size=8)
+    remb.embed = original
+    assert calls == [3]  # (item, T-CoT) pairs 0 and 2 are the same input
+    np.testing.assert_array_equal(vecs[0], vecs[2])
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert np.abs(vecs[1] - vecs[3]).max() > 1e-4  # the T-CoT changes the embedding
+    with torch.inference_mode():
+        single = np.stack([remb.embed([it], [t])[0].numpy() for it, t in zip(items, tcots)])
+    np.testing.assert_allclose(vecs, single, atol=2e-5)
+
+
+def test_refuses_last_token_pooling(tiny_model_dir):
+    from unime import Embedder
+
+    with pytest.raises(ValueError, match="pools at <emb>"):
+        ReasonedEmbedder(Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu"))
