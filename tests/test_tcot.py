@@ -98,7 +98,8 @@ def test_parse_single_box_and_float_coordinates():
     t = parse_tcot('<thinking>{"bbox_2d": [10, 20.5, 300.4, 400.0]}</thinking><rethink>r.</rethink><answer>a</answer>')
     # floats rounded half-up: 20.5 → 21, 300.4 → 300, 400.0 → 400
     assert t.evidence.bboxes == [(10, 21, 300, 400)]
-    t = parse_tcot('<thinking>{"bbox_2d": [[1, 2, 3, 4], [5, 6, 7, 8]]}</thinking><rethink></rethink><answer>a</answer>')
+    t = parse_tcot('<thinking>{"bbox_2d": [[1, 2, 3, 4], [5, 6, 7, 8]]}</thinking>'
+                   '<rethink></rethink><answer>a</answer>')
     assert t.evidence.bboxes == [(1, 2, 3, 4), (5, 6, 7, 8)]
 
 
@@ -238,7 +239,8 @@ def test_validate_modality_mismatch_and_required_evidence():
     assert any("bbox_2d given for a text item" in x for x in p)
     assert any("key_frames given for a text item" in x for x in p)
     assert validate_tcot(_tcot({}), modality="video") == []
-    assert validate_tcot(_tcot({}), modality="video", require_evidence=True) == ["no key_frames evidence for a video item"]
+    assert validate_tcot(_tcot({}), modality="video", require_evidence=True) == \
+        ["no key_frames evidence for a video item"]
     with pytest.raises(ValueError):
         validate_tcot(_tcot({}), modality="audio")
 
