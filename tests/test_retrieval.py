@@ -1,0 +1,165 @@
+"""Stage A: the pool, the embedding cache, FAISS search and the δ rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unime.data.items import Item, Record
+from unime.mining.retrieval import (EmbeddingCache, IndexConfig, apply_delta_rule, build_index, build_pool,
+                                    model_fingerprint, search_hard_negatives)
+
+
+def _unit(rng, n, d):
+    v = rng.normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_pool_is_the_deduplicated_union_of_positives_in_first_seen_order():
+    a, b, c = Item(text="a"), Item(text="b"), Item(text="c")
+    recs = [Record(Item(text="q1"), a, dataset="x"), Record(Item(text="q2"), b, dataset="y"),
+            Record(Item(text="q3"), Item(text="a"), dataset="y")]
+    pool = build_pool(recs, extra=[c, b])
+    assert [p.text for p in pool] == ["a", "b", "c"]
+
+
+def test_delta_rule_hand_worked():
+    ids = np.array([7, 3, 9, 4, 5, 2, -1])
+    sims = np.array([0.95, 0.90, 0.80, 0.80, 0.70, 0.60, -np.inf])
+    # positive = 9 with sim 0.80: 7 and 3 are above it, 4 ties it (>= → dropped), 9 is the positive
+    kept, ksims, above = apply_delta_rule(ids, sims, positive_id=9, positive_sim=0.80, k=5)
+    assert kept.tolist() == [5, 2] and ksims.tolist() == [0.70, 0.60] and above == 3
+    # the query itself in the pool is dropped too; k truncates in rank order
+    kept, _, above = apply_delta_rule(ids, sims, positive_id=2, positive_sim=0.99, query_id=3, k=2)
+    assert kept.tolist() == [7, 9] and above == 0
+
+
+def _brute_force(q, pool, pos_ids, k, query_ids=None):
+    out = []
+    for i in range(len(q)):
+        sims = pool @ q[i]
+        pos_sim = float(q[i] @ pool[pos_ids[i]])
+        order = np.argsort(-sims, kind="stable")
+        keep = [j for j in order if j != pos_ids[i] and sims[j] < pos_sim
+                and (query_ids is None or j != query_ids[i])]
+        out.append(keep[:k])
+    return out
+
+
+def test_flat_search_matches_brute_force_and_refetches_low_ranked_positives():
+    rng = np.random.default_rng(0)
+    pool = _unit(rng, 400, 16)
+    q = _unit(rng, 30, 16)
+    # positives: some at the top, some deep in the ranking (many candidates above them)
+    pos_ids = []
+    for i in range(30):
+        order = np.argsort(-(pool @ q[i]))
+        pos_ids.append(int(order[[0, 5, 100, 300, 399][i % 5]]))
+    res = search_hard_negatives(build_index(pool), q, pool[pos_ids], pos_ids, k=10, overfetch=2)
+    expected = _brute_force(q, pool, pos_ids, 10)
+    for i in range(30):
+        assert res.candidate_ids[i].tolist() == expected[i], i
+        np.testing.assert_allclose(res.candidate_sims[i], pool[expected[i]] @ q[i], atol=1e-5)
+        assert np.all(np.diff(res.candidate_sims[i]) <= 1e-7)  # rank order kept
+        assert np.all(res.candidate_sims[i] < res.positive_sims[i])
+    # the positive ranked last has no candidate below it; the one at rank 300 has 99 below it, 10 kept
+    assert [len(res.candidate_ids[i]) for i in range(5)] == [10, 10, 10, 10, 0]
+    assert res.n_above_positive[:4].tolist() == [0, 5, 100, 300]
+
+
+def test_query_in_pool_is_excluded():
+    rng = np.random.default_rng(1)
+    pool = _unit(rng, 50, 8)
+    q = pool[[3, 4]]
+    pos = [int(np.argsort(-(pool @ q[0]))[5]), int(np.argsort(-(pool @ q[1]))[5])]
+    res = search_hard_negatives(build_index(pool), q, pool[pos], pos, k=5, query_ids=[3, 4])
+    assert res.candidate_ids[0].tolist() == _brute_force(q, pool, pos, 5, [3, 4])[0]
+    assert 3 not in res.candidate_ids[0].tolist()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_agree_with_exact(kind):
+    rng = np.random.default_rng(2)
+    pool = _unit(rng, 2000, 32)
+    q = _unit(rng, 20, 32)
+    pos = [int(np.argsort(-(pool @ q[i]))[3]) for i in range(20)]
+    exact = search_hard_negatives(build_index(pool), q, pool[pos], pos, k=10)
+    approx = search_hard_negatives(build_index(pool, IndexConfig(kind=kind, nprobe=32)), q, pool[pos], pos, k=10)
+    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 10
+                       for a, b in zip(exact.candidate_ids, approx.candidate_ids)])
+    assert overlap >= 0.8
+    for i in range(20):
+        assert pos[i] not in approx.candidate_ids[i].tolist()
+        assert np.all(approx.candidate_sims[i] < approx.positive_sims[i])
+
+
+class CountingEmbedder:
+    """Deterministic fake embedder that counts what it encodes."""
+
+    name = "fake"
+    pooling = "last"
+
+    def __init__(self, d=8):
+        self.d = d
+        self.encoded: list[str] = []
+
+    def encode(self, items, batch_size=None, show_progress=False):
+        self.encoded.extend(it.key for it in items)
+        out = np.stack([np.random.default_rng(int(it.key[:8], 16)).normal(size=self.d) for it in items])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_embedding_cache_encodes_each_item_once_across_runs(tmp_path):
+    items = [Item(text=f"item {i}") for i in range(10)]
+    emb = CountingEmbedder()
+    cache = EmbeddingCache(tmp_path, "m1", block_size=4)
+    v1, n1 = cache.encode(emb, items + [items[0]])
+    assert n1 == 10 and len(emb.encoded) == 10
+    assert len(list((tmp_path / "m1").glob("seg-*.npy"))) == 3  # blocks of 4
+    np.testing.assert_array_equal(v1[0], v1[10])
+    # a new cache object on the same folder (a re-run) encodes nothing and returns the same vectors
+    emb2 = CountingEmbedder()
+    cache2 = EmbeddingCache(tmp_path, "m1")
+    v2, n2 = cache2.encode(emb2, items)
+    assert n2 == 0 and emb2.encoded == []
+    np.testing.assert_array_equal(v2, v1[:10])
+    assert isinstance(cache2._segments[0], np.memmap)
+    # a partly new set encodes only the new items
+    more = items[:3] + [Item(text="new")]
+    _, n3 = cache2.encode(emb2, more)
+    assert n3 == 1 and emb2.encoded == [Item(text="new").key]
+    # another model key is another cache
+    assert len(EmbeddingCache(tmp_path, "m2")) == 0
+
+
+def test_embedding_cache_ignores_an_interrupted_segment(tmp_path):
+    items = [Item(text=f"x{i}") for i in range(3)]
+    cache = EmbeddingCache(tmp_path, "m")
+    cache.encode(CountingEmbedder(), items)
+    # a segment whose keys file was never written (killed between the two writes)
+    np.save(tmp_path / "m" / "seg-000001.npy", np.zeros((2, 8), dtype=np.float32))
+    emb = CountingEmbedder()
+    _, n = EmbeddingCache(tmp_path, "m").encode(emb, items + [Item(text="y")])
+    assert n == 1
+
+
+def test_real_embedder_cache_round_trip(tiny_model_dir, tmp_path):
+    from unime.models.embedder import Embedder
+
+    img = Image.new("RGB", (64, 48), (200, 30, 30))
+    img.save(tmp_path / "red.png")
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(tmp_path))
+    items = [Item(text="a red circle"), Item(images=("red.png",)), Item(text="a blue star")]
+    key = model_fingerprint(emb)
+    assert key == model_fingerprint(Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu"))
+    direct = emb.encode(items)
+    cache = EmbeddingCache(tmp_path / "cache", key)
+    cached, n = cache.encode(emb, items)
+    np.testing.assert_array_equal(cached, direct)
+    calls = []
+    orig = emb.encode
+    emb.encode = lambda *a, **kw: (calls.append(1), orig(*a, **kw))[1]
+    again, n2 = EmbeddingCache(tmp_path / "cache", key).encode(emb, items)
+    assert n == 3 and n2 == 0 and calls == []
+    np.testing.assert_array_equal(again, direct)
