@@ -1,0 +1,310 @@
+"""Encode every distinct item of an evaluation run exactly once, with an on-disk embedding cache.
+
+Keys:
+- **model identity** (`model_fingerprint`): a hash of the checkpoint folder's top-level files — the
+  content of every small file (config, tokenizer, processor, adapter config, chat template) and the
+  name, size and mtime of every large one (weights) — plus a PEFT adapter's base model, plus the
+  embedding settings that change the vectors (pooling, dtype, ...). The folder's path is recorded
+  for people (``model.json``) but is not part of the key, so a copy of the same files still hits.
+- **item identity** (`RunEncoder.content_key`): the item's text plus the *content* (SHA-1 of the bytes)
+  of each image / video frame, resolved against the task's data root. This extends `Item.key`, which
+  names images by their relative path: the same relative path under two data roots, or a regenerated
+  image at the same path, must not share an embedding.
+
+Cache layout: ``CACHE_DIR/<model fingerprint>/shard-*.npy`` (float32, rows) with a ``.keys`` file per
+shard (one item key per line) and ``model.json``. A shard is written atomically — the ``.npy`` first,
+then its ``.keys`` — and only shards with a ``.keys`` file are read, so an interrupted run leaves no
+half shard; encoding is flushed every `flush_every` items, so an interrupted run resumes where it
+stopped. Shards are read with ``mmap_mode="r"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from unime.data.atomic import atomic_open, atomic_path
+from unime.data.images import ImageLoader
+from unime.data.items import Item
+from unime.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SMALL_FILE_BYTES = 4 * 1024 * 1024  # files up to this size are fingerprinted by content
+
+
+def default_cache_dir() -> Path:
+    """``$UNIME_CACHE_DIR/embeddings``, else ``$XDG_CACHE_HOME/unime/embeddings`` (``~/.cache``)."""
+    if os.environ.get("UNIME_CACHE_DIR"):
+        return Path(os.environ["UNIME_CACHE_DIR"]) / "embeddings"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unime" / "embeddings"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _folder_fingerprint(folder: Path, h, depth: int = 0) -> None:
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        st = f.stat()
+        if st.st_size <= SMALL_FILE_BYTES:
+            h.update(f"{f.name}\0content\0{_file_digest(f)}\n".encode())
+        else:
+            h.update(f"{f.name}\0stat\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    adapter_cfg = folder / "adapter_config.json"
+    if adapter_cfg.is_file() and depth == 0:
+        base = json.loads(adapter_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if base:
+            h.update(f"base\0{base}\n".encode())
+            base_dir = _local_model_dir(base)
+            if base_dir is not None:
+                _folder_fingerprint(base_dir, h, depth + 1)
+
+
+def _local_model_dir(path: str) -> Path | None:
+    p = Path(path)
+    if p.is_dir():
+        return p
+    try:  # a hub id already in the local Hugging Face cache (never downloads)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not a cached hub id: fingerprint by name only
+        return None
+
+
+def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None = None) -> str:
+    """Identity of (checkpoint files, embedding settings) as a short hex string; see the module doc."""
+    h = hashlib.sha256()
+    folder = _local_model_dir(str(path))
+    if folder is None:
+        log.warning("model %s is not a local folder; the embedding cache is keyed by its name only", path)
+        h.update(f"name\0{path}\n".encode())
+    else:
+        _folder_fingerprint(folder, h)
+    h.update(json.dumps(settings or {}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def image_root(model: Any, root: str | os.PathLike | None):
+    """Temporarily point a model's ``image_loader`` (Embedder, Reranker) at `root`; no-op without one."""
+    old = getattr(model, "image_loader", None)
+    if root is None or not isinstance(old, ImageLoader):
+        yield
+        return
+    model.image_loader = ImageLoader(root, allow_outside_root=old.allow_outside_root, max_pixels=old.max_pixels)
+    try:
+        yield
+    finally:
+        model.image_loader = old
+
+
+class EmbeddingStore:
+    """Append-only on-disk store of item vectors for one model (see the module doc for the layout)."""
+
+    def __init__(self, folder: str | os.PathLike, *, model_info: dict | None = None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if model_info is not None and not (self.folder / "model.json").exists():
+            with atomic_open(self.folder / "model.json") as fh:
+                json.dump(model_info, fh, indent=2, default=str)
+        self._index: dict[str, tuple[int, int]] = {}
+        self._shards: list[np.ndarray] = []
+        self.dim: int | None = None
+        for keys_file in sorted(self.folder.glob("shard-*.keys")):
+            self._load_shard(keys_file)
+
+    def _load_shard(self, keys_file: Path) -> None:
+        npy = keys_file.with_suffix(".npy")
+        keys = keys_file.read_text(encoding="utf-8").split("\n")
+        keys = [k for k in keys if k]
+        try:
+            arr = np.load(npy, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable cache shard %s: %s", npy, e)
+            return
+        if arr.ndim != 2 or arr.shape[0] != len(keys) or (self.dim is not None and arr.shape[1] != self.dim):
+            log.warning("ignoring inconsistent cache shard %s (shape %s, %d keys)", npy, arr.shape, len(keys))
+            return
+        self.dim = int(arr.shape[1])
+        s = len(self._shards)
+        self._shards.append(arr)
+        for r, k in enumerate(keys):
+            self._index.setdefault(k, (s, r))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get(self, key: str) -> np.ndarray:
+        s, r = self._index[key]
+        return np.asarray(self._shards[s][r], dtype=np.float32)
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(keys):
+            raise ValueError(f"{len(keys)} keys for vectors of shape {vectors.shape}")
+        if not len(keys):
+            return
+        stem = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        with atomic_path(self.folder / f"{stem}.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, vectors)
+        with atomic_open(self.folder / f"{stem}.keys") as fh:
+            fh.write("\n".join(keys) + "\n")
+        self._load_shard(self.folder / f"{stem}.keys")
+
+
+@dataclass
+class EncodeStats:
+    items_seen: int = 0   # item references in the task data (a candidate listed under 1,000 queries counts 1,000)
+    distinct: int = 0     # distinct items (by content key) across all tasks of the run
+    from_cache: int = 0   # distinct items found in the on-disk cache
+    encoded: int = 0      # distinct items run through the model in this run
+    encode_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"items_seen": self.items_seen, "distinct_items": self.distinct, "from_cache": self.from_cache,
+                "encoded": self.encoded, "encode_seconds": round(self.encode_seconds, 3)}
+
+
+class RunEncoder:
+    """Collects the items of every task (`add`), encodes the distinct ones missing from the cache once
+    (`encode_pending`), then serves vectors by row (`vectors`).
+
+    `embedder` is anything with ``encode(items, batch_size=, show_progress=) -> (n, d) float32``
+    (`unime.models.embedder.Embedder`); if it has an ``image_loader`` it is pointed at each task's data
+    root while that task's items are encoded.
+    """
+
+    def __init__(self, embedder: Any, model_id: str, *, cache_dir: str | os.PathLike | None = None,
+                 model_info: dict | None = None, batch_size: int | None = None, flush_every: int = 2048,
+                 show_progress: bool = False):
+        self.embedder = embedder
+        self.model_id = model_id
+        self.store = EmbeddingStore(Path(cache_dir) / model_id, model_info=model_info) if cache_dir else None
+        self.batch_size = batch_size
+        self.flush_every = flush_every
+        self.show_progress = show_progress
+        self.stats = EncodeStats()
+        self._row_of: dict[str, int] = {}
+        self._vectors: list[np.ndarray | None] = []
+        self._pending: list[tuple[int, str, Item, Path | None]] = []
+        self._image_digest: dict[tuple[str, int, int], str] = {}
+        self._matrix: np.ndarray | None = None
+
+    # -- keys ---------------------------------------------------------------------------------------
+    def _ref_id(self, ref, loader: ImageLoader, *, source, field_name) -> str:
+        if isinstance(ref, str):
+            path = loader.resolve(ref, source=source, field=field_name)
+            try:
+                st = path.stat()
+            except OSError:
+                raise DataError(f"image file not found: {ref!r} (under {loader.root})", source=source,
+                                field=field_name) from None
+            memo = (str(path), st.st_size, st.st_mtime_ns)
+            digest = self._image_digest.get(memo)
+            if digest is None:
+                digest = self._image_digest[memo] = _file_digest(path)
+            return "sha1:" + digest
+        if isinstance(ref, (bytes, bytearray)):
+            return "sha1:" + hashlib.sha1(ref).hexdigest()
+        return "item:" + Item(images=(ref,)).key  # in-memory PIL image: Item hashes its pixels
+
+    def content_key(self, item: Item, root: str | os.PathLike | None, *, source: str | None = None,
+                    loader: ImageLoader | None = None) -> str:
+        loader = loader or ImageLoader(root)
+        payload = {"t": item.text,
+                   "i": [self._ref_id(r, loader, source=source, field_name=f"images[{j}]")
+                         for j, r in enumerate(item.images)],
+                   "v": [self._ref_id(r, loader, source=source, field_name=f"video[{j}]")
+                         for j, r in enumerate(item.video)]}
+        return hashlib.sha1(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+    # -- collect / encode / serve ---------------------------------------------------------------------
+    def add(self, items: Sequence[Item], root: str | os.PathLike | None, *, references: int | None = None,
+            source: str | None = None) -> np.ndarray:
+        """Register items (whose image paths are relative to `root`); returns their rows. `references`
+        is how many item references the task data holds (defaults to ``len(items)``)."""
+        self.stats.items_seen += len(items) if references is None else references
+        rows = np.empty(len(items), dtype=np.int64)
+        root_path = Path(root) if root is not None else None
+        loader = ImageLoader(root_path)
+        for i, item in enumerate(items):
+            key = self.content_key(item, root_path, source=source, loader=loader)
+            row = self._row_of.get(key)
+            if row is None:
+                row = self._row_of[key] = len(self._vectors)
+                self._vectors.append(None)
+                self._pending.append((row, key, item, root_path))
+                self.stats.distinct += 1
+            rows[i] = row
+        return rows
+
+    def encode_pending(self) -> None:
+        """Fill every registered row: from the cache where possible, else by encoding (once)."""
+        todo = []
+        for row, key, item, root in self._pending:
+            if self.store is not None and key in self.store:
+                self._vectors[row] = self.store.get(key)
+                self.stats.from_cache += 1
+            else:
+                todo.append((row, key, item, root))
+        self._pending = []
+        by_root: dict[Path | None, list[tuple[int, str, Item]]] = {}
+        for row, key, item, root in todo:
+            by_root.setdefault(root, []).append((row, key, item))
+        t0 = time.perf_counter()
+        for root, entries in by_root.items():
+            with image_root(self.embedder, root):
+                for s in range(0, len(entries), self.flush_every):
+                    chunk = entries[s:s + self.flush_every]
+                    vecs = self._encode([it for _, _, it in chunk])
+                    if self.store is not None:
+                        self.store.add([k for _, k, _ in chunk], vecs)
+                    for (row, _, _), v in zip(chunk, vecs):
+                        self._vectors[row] = v
+                    self.stats.encoded += len(chunk)
+        self.stats.encode_seconds += time.perf_counter() - t0
+        self._matrix = None
+
+    def _encode(self, items: list[Item]) -> np.ndarray:
+        kwargs: dict[str, Any] = {}
+        if self.batch_size:
+            kwargs["batch_size"] = self.batch_size
+        if self.show_progress:
+            kwargs["show_progress"] = True
+        vecs = np.asarray(self.embedder.encode(items, **kwargs), dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[0] != len(items):
+            raise ValueError(f"the embedder returned shape {vecs.shape} for {len(items)} items")
+        return vecs
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """L2-normalised vectors (float32) of the given rows."""
+        if self._pending:
+            raise RuntimeError("call encode_pending() before vectors()")
+        if self._matrix is None:
+            if not self._vectors:
+                raise RuntimeError("no items were added")
+            m = np.stack(self._vectors).astype(np.float32)
+            norms = np.linalg.norm(m, axis=1, keepdims=True)
+            self._matrix = m / np.maximum(norms, 1e-12)
+        return self._matrix[np.asarray(rows, dtype=np.int64)]

@@ -1,0 +1,149 @@
+"""Ranking metrics: Precision@1 / Hit@K, Recall@K, MRR, MAP, NDCG@K (linear gain).
+
+Everything here is a pure function of scores and relevance grades (numpy), so it can be checked
+against hand-computed values.
+
+Tie-breaking (documented choice, `ties=`):
+- ``"pessimistic"`` (default): among candidates with *equal* scores, every less relevant candidate
+  ranks above every more relevant one (then the lower index first). A tie with the positive therefore
+  counts as a miss. This is the worst case for the model: a degenerate embedder that gives every item
+  the same vector scores 0 instead of 100 on an MMEB task.
+- ``"index"``: among equal scores the lower candidate index ranks first, whatever the labels. This is
+  what VLM2Vec's MMEB evaluation does (``np.argmax`` with the positive at index 0), so a tie with the
+  positive counts as a hit there. Use it to reproduce numbers computed that way.
+
+Exact float ties only happen in practice when two candidates are the same item (same embedding), or
+with a degenerate model; both policies are deterministic.
+
+Relevance is a grade >= 0 per candidate; a candidate is *relevant* when its grade is > 0.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+TIE_POLICIES = ("pessimistic", "index")
+
+
+def check_ties(ties: str) -> None:
+    if ties not in TIE_POLICIES:
+        raise ValueError(f"ties must be one of {TIE_POLICIES}, got {ties!r}")
+
+
+def rank_order(scores, relevance=None, *, ties: str = "pessimistic") -> np.ndarray:
+    """Candidate indices, best first, along the last axis (works for one row or a matrix of rows).
+
+    `relevance` (same shape as `scores`) is only used to break exact ties under ``"pessimistic"``.
+    Without it, ties go to the lower index (the only label-free choice).
+    """
+    check_ties(ties)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinity")
+    index = np.broadcast_to(np.arange(scores.shape[-1]), scores.shape)
+    if ties == "pessimistic" and relevance is not None:
+        relevance = np.asarray(relevance, dtype=np.float64)
+        if relevance.shape != scores.shape:
+            raise ValueError(f"relevance shape {relevance.shape} != scores shape {scores.shape}")
+        # np.lexsort: the last key is the primary one
+        return np.lexsort((index, relevance, -scores), axis=-1)
+    return np.lexsort((index, -scores), axis=-1)
+
+
+def ranked_grades(scores, relevance, *, ties: str = "pessimistic") -> np.ndarray:
+    """The relevance grades in ranked order (best first), along the last axis."""
+    relevance = np.asarray(relevance, dtype=np.float64)
+    order = rank_order(scores, relevance, ties=ties)
+    return np.take_along_axis(relevance, order, axis=-1)
+
+
+# -- metrics of one ranked list of grades (best first) ----------------------------------------------
+
+def hit_at_k(grades_ranked: Sequence[float], k: int) -> float:
+    """1.0 if any relevant candidate is in the top k, else 0.0. Hit@1 = Precision@1 with one positive."""
+    g = np.asarray(grades_ranked)
+    return float(np.any(g[:k] > 0))
+
+
+def recall_at_k(grades_ranked: Sequence[float], k: int) -> float:
+    """Fraction of the relevant candidates found in the top k (0.0 if there is none)."""
+    g = np.asarray(grades_ranked) > 0
+    n = int(g.sum())
+    return float(g[:k].sum() / n) if n else 0.0
+
+
+def reciprocal_rank(grades_ranked: Sequence[float], k: int | None = None) -> float:
+    """1 / rank of the first relevant candidate (1-based), 0.0 if none (within the top k if given)."""
+    g = np.asarray(grades_ranked) > 0
+    if k is not None:
+        g = g[:k]
+    hits = np.flatnonzero(g)
+    return float(1.0 / (hits[0] + 1)) if hits.size else 0.0
+
+
+def average_precision(grades_ranked: Sequence[float]) -> float:
+    """Mean of Precision@i over the positions i of the relevant candidates (binary: grade > 0).
+
+    The denominator is the number of relevant candidates in the list (all of them are ranked here).
+    """
+    g = np.asarray(grades_ranked) > 0
+    n = int(g.sum())
+    if not n:
+        return 0.0
+    positions = np.flatnonzero(g) + 1  # 1-based ranks of the relevant items
+    precisions = np.arange(1, n + 1) / positions
+    return float(precisions.mean())
+
+
+def dcg_at_k(grades_ranked: Sequence[float], k: int) -> float:
+    """Discounted cumulative gain with *linear* gain: sum_{i=1..k} grade_i / log2(i + 1)."""
+    g = np.asarray(grades_ranked, dtype=np.float64)[:k]
+    return float(np.sum(g / np.log2(np.arange(2, g.size + 2))))
+
+
+def ndcg_at_k(grades_ranked: Sequence[float], k: int) -> float:
+    """DCG@k / ideal DCG@k (grades sorted descending); 0.0 when no candidate is relevant."""
+    g = np.asarray(grades_ranked, dtype=np.float64)
+    ideal = dcg_at_k(np.sort(g)[::-1], k)
+    return dcg_at_k(g, k) / ideal if ideal > 0 else 0.0
+
+
+# -- task-level helpers ------------------------------------------------------------------------------
+
+def positive_first_hits(scores_rows: Sequence[np.ndarray], *, ties: str = "pessimistic") -> np.ndarray:
+    """MMEB protocol: row i holds the scores of query i's own candidates, the positive at index 0.
+
+    Returns 1.0 / 0.0 per query: is the positive ranked first (Precision@1 = Hit@1)?
+    """
+    check_ties(ties)
+    hits = np.zeros(len(scores_rows), dtype=np.float64)
+    for i, s in enumerate(scores_rows):
+        s = np.asarray(s, dtype=np.float64)
+        if s.ndim != 1 or s.size == 0:
+            raise ValueError(f"row {i}: expected a non-empty 1-D score vector")
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"row {i}: scores contain NaN or infinity")
+        rest = s[1:]
+        if ties == "pessimistic":
+            hits[i] = float(np.all(rest < s[0]))
+        else:  # lowest index wins: the positive (index 0) wins every tie
+            hits[i] = float(np.all(rest <= s[0]))
+    return hits
+
+
+def first_relevant_rank(scores, relevance, *, ties: str = "pessimistic") -> np.ndarray:
+    """0-based rank of the best-ranked relevant candidate per row (len(row) if the row has none)."""
+    g = ranked_grades(scores, relevance, ties=ties) > 0
+    has = g.any(axis=-1)
+    return np.where(has, g.argmax(axis=-1), g.shape[-1])
+
+
+def recall_at_ks(first_ranks: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """Retrieval Recall@K as the field reports it (Flickr30K / COCO): the fraction of queries with at
+    least one relevant item in the top K, from each query's `first_relevant_rank`."""
+    first_ranks = np.asarray(first_ranks)
+    if first_ranks.size == 0:
+        raise ValueError("no queries")
+    return {k: float(np.mean(first_ranks < k)) for k in ks}

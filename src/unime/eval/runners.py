@@ -1,0 +1,347 @@
+"""Benchmark runners: MMEB protocol, global image↔text retrieval, compositional accuracy, graded relevance.
+
+A run: read every task (bad data fails before any model work) → register every item with one
+`RunEncoder` (distinct items across all tasks are encoded once, cached on disk) → score each task →
+optionally rerank the top k (`rerank_hook`) → write the report (`report`).
+
+Scores are cosine similarities of L2-normalised embeddings. Ties follow `metrics` (``ties=``).
+Metric values are fractions in [0, 1]; the markdown table shows them x100 like the papers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from unime.data.items import Item
+from unime.eval import metrics as M
+from unime.eval.encode_cache import RunEncoder, default_cache_dir, image_root, model_fingerprint
+from unime.eval.rerank_hook import RERANK_MODES, RerankStats, rerank, scores_after_rerank
+from unime.eval.tasks import (CompositionalData, MMEBData, QrelsData, RetrievalData, TaskData, TaskSpec,
+                              TaskSuite, load_task_config, load_task_data)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RERANK_TOPK = 5  # the paper's Table 3 (the released code uses 10)
+
+
+@dataclass
+class EvalOptions:
+    ties: str = "pessimistic"
+    rerank_topk: int = DEFAULT_RERANK_TOPK
+    rerank_mode: str = "top1"
+    chunk_rows: int = 512  # query rows scored at once in global retrieval
+
+    def __post_init__(self):
+        M.check_ties(self.ties)
+        if self.rerank_mode not in RERANK_MODES:
+            raise ValueError(f"rerank mode must be one of {RERANK_MODES}, got {self.rerank_mode!r}")
+        if self.rerank_topk < 1:
+            raise ValueError("rerank top-k must be >= 1")
+
+
+@dataclass
+class TaskResult:
+    spec: TaskSpec
+    metrics: dict[str, float]
+    counts: dict[str, int]
+    reranked: dict[str, float] | None = None
+    rerank_stats: dict | None = None
+    per_query: list[dict] | None = None
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"task": self.spec.name, "format": self.spec.format, "meta_task": self.spec.meta_task,
+                             "split": self.spec.split, "path": str(self.spec.path), "metrics": self.metrics,
+                             "counts": self.counts, "seconds": round(self.seconds, 3)}
+        if self.reranked is not None:
+            d["metrics_reranked"] = self.reranked
+            d["rerank_stats"] = self.rerank_stats
+        if self.per_query is not None:
+            d["per_query"] = self.per_query
+        return d
+
+
+@dataclass
+class Reranking:
+    reranker: Any
+    topk: int
+    mode: str
+    stats: RerankStats = field(default_factory=RerankStats)
+
+
+Vectors = Callable[[np.ndarray], np.ndarray]  # task item indices → L2-normalised vectors
+
+
+def _rerank_scores(scores: np.ndarray, rr: Reranking, query: Item, candidates: list[Item]) -> np.ndarray:
+    order = M.rank_order(scores)  # label-free: ties by index
+    k = min(rr.topk, len(candidates))
+    new = rerank(order, rr.reranker, query, candidates, k, rr.mode, stats=rr.stats)
+    return scores_after_rerank(scores, new, k)
+
+
+# -- MMEB ------------------------------------------------------------------------------------------------
+
+def run_mmeb(spec: TaskSpec, data: MMEBData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None = None
+             ) -> TaskResult:
+    """Each query ranked against its own candidates (positive at index 0); Precision@1 (= Hit@1)."""
+    table = vecs(np.arange(len(data.table)))
+    items = data.table.items
+    rows, rows_rr, per_query = [], [], []
+    for i, (q, cands) in enumerate(zip(data.query, data.candidates)):
+        s = table[cands] @ table[q]
+        rows.append(s)
+        rel = np.zeros(len(cands))
+        rel[0] = 1.0
+        top = int(M.rank_order(s, rel, ties=opts.ties)[0])
+        entry = {"id": data.ids[i], "top1": top, "hit": top == 0}
+        if rr is not None:
+            with image_root(rr.reranker, spec.data_root):
+                s2 = _rerank_scores(s, rr, items[q], [items[c] for c in cands])
+            rows_rr.append(s2)
+            entry["top1_reranked"] = int(M.rank_order(s2, rel, ties=opts.ties)[0])
+        per_query.append(entry)
+    hits = M.positive_first_hits(rows, ties=opts.ties)
+    counts = {"queries": len(rows), "candidates": int(sum(len(c) for c in data.candidates)),
+              "distinct_items": len(data.table)}
+    result = TaskResult(spec, {"precision@1": float(hits.mean())}, counts, per_query=per_query)
+    if rr is not None:
+        result.reranked = {"precision@1": float(M.positive_first_hits(rows_rr, ties=opts.ties).mean())}
+    return result
+
+
+# -- global retrieval ------------------------------------------------------------------------------------
+
+def _first_ranks(q: np.ndarray, g: np.ndarray, relevant: Callable[[np.ndarray], np.ndarray], opts: EvalOptions,
+                 rerank_fn: Callable[[int, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """0-based rank of the first relevant gallery item for every query row (chunked)."""
+    out = np.empty(len(q), dtype=np.int64)
+    for s in range(0, len(q), opts.chunk_rows):
+        idx = np.arange(s, min(s + opts.chunk_rows, len(q)))
+        scores = q[idx] @ g.T
+        if rerank_fn is not None:
+            scores = np.stack([rerank_fn(int(i), row) for i, row in zip(idx, scores)])
+        out[idx] = M.first_relevant_rank(scores, relevant(idx), ties=opts.ties)
+    return out
+
+
+def run_retrieval(spec: TaskSpec, data: RetrievalData, vecs: Vectors, opts: EvalOptions,
+                  rr: Reranking | None = None) -> TaskResult:
+    """Image↔text retrieval over the whole gallery, several captions per image.
+
+    text→image: each caption is a query; its image is the one relevant item.
+    image→text: each image is a query; a hit if any of its captions is in the top K.
+    """
+    ks = spec.option("recall_ks", [1, 5, 10])
+    img, cap = vecs(data.image), vecs(data.caption)
+    n_img = len(data.image)
+    t2i_rel = lambda idx: (data.caption_image[idx][:, None] == np.arange(n_img)[None, :]).astype(float)  # noqa: E731
+    i2t_rel = lambda idx: (idx[:, None] == data.caption_image[None, :]).astype(float)  # noqa: E731
+    items = data.table.items
+    img_items = [items[i] for i in data.image]
+    cap_items = [items[i] for i in data.caption]
+
+    def compute(rerank_t2i=None, rerank_i2t=None) -> dict[str, float]:
+        t2i = M.recall_at_ks(_first_ranks(cap, img, t2i_rel, opts, rerank_t2i), ks)
+        i2t = M.recall_at_ks(_first_ranks(img, cap, i2t_rel, opts, rerank_i2t), ks)
+        out = {f"text_to_image/recall@{k}": v for k, v in t2i.items()}
+        out.update({f"image_to_text/recall@{k}": v for k, v in i2t.items()})
+        return out
+
+    counts = {"images": n_img, "captions": len(data.caption), "distinct_items": len(data.table)}
+    result = TaskResult(spec, compute(), counts)
+    if rr is not None:
+        with image_root(rr.reranker, spec.data_root):
+            result.reranked = compute(lambda i, s: _rerank_scores(s, rr, cap_items[i], img_items),
+                                      lambda i, s: _rerank_scores(s, rr, img_items[i], cap_items))
+    return result
+
+
+# -- compositional ---------------------------------------------------------------------------------------
+
+def run_compositional(spec: TaskSpec, data: CompositionalData, vecs: Vectors, opts: EvalOptions,
+                      rr: Reranking | None = None) -> TaskResult:
+    """SugarCrepe style: correct when the image is closer to the positive caption than to the negative one
+    (an exact tie is a miss under ``ties="pessimistic"``, a hit under ``"index"``: positive listed first)."""
+    img, pos, neg = vecs(data.image), vecs(data.positive), vecs(data.negative)
+    s_pos = np.einsum("nd,nd->n", img, pos).astype(np.float64)
+    s_neg = np.einsum("nd,nd->n", img, neg).astype(np.float64)
+    correct = M.positive_first_hits(np.stack([s_pos, s_neg], axis=1), ties=opts.ties)
+    cats = np.asarray(data.category)
+
+    def summarise(ok: np.ndarray) -> dict[str, float]:
+        out = {"accuracy": float(ok.mean())}
+        for c in sorted(set(data.category)):
+            out[f"accuracy/{c}"] = float(ok[cats == c].mean())
+        return out
+
+    per_query = [{"id": data.ids[i], "category": data.category[i], "correct": bool(correct[i]),
+                  "margin": float(s_pos[i] - s_neg[i])} for i in range(len(correct))]
+    counts = {"queries": len(correct), "distinct_items": len(data.table)}
+    for c in sorted(set(data.category)):
+        counts[f"queries/{c}"] = int((cats == c).sum())
+    result = TaskResult(spec, summarise(correct), counts, per_query=per_query)
+    if rr is not None:
+        items = data.table.items
+        rows = []
+        with image_root(rr.reranker, spec.data_root):
+            for i in range(len(correct)):
+                s = np.array([s_pos[i], s_neg[i]])
+                rows.append(_rerank_scores(s, rr, items[data.image[i]],
+                                           [items[data.positive[i]], items[data.negative[i]]]))
+        ok_rr = M.positive_first_hits(rows, ties=opts.ties)
+        result.reranked = summarise(ok_rr)
+        for i, e in enumerate(per_query):
+            e["correct_reranked"] = bool(ok_rr[i])
+    return result
+
+
+# -- graded relevance ------------------------------------------------------------------------------------
+
+def run_qrels(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None = None
+              ) -> TaskResult:
+    """NDCG@k (linear gain), Recall@k, MRR and MAP (binary: grade > 0) averaged over the queries that have
+    at least one relevant candidate; queries without one are counted and left out (as BEIR does)."""
+    ks = spec.option("ks", [5, 10])
+    table = vecs(np.arange(len(data.table)))
+    items = data.table.items
+
+    def per_query_metrics(g_ranked: np.ndarray) -> dict[str, float]:
+        m = {f"ndcg@{k}": M.ndcg_at_k(g_ranked, k) for k in ks}
+        m.update({f"recall@{k}": M.recall_at_k(g_ranked, k) for k in ks})
+        m["mrr"] = M.reciprocal_rank(g_ranked)
+        m["map"] = M.average_precision(g_ranked)
+        return m
+
+    plain, reranked, per_query = [], [], []
+    skipped = 0
+    for i, (q, cands, grades) in enumerate(zip(data.query, data.candidates, data.grades)):
+        if not np.any(grades > 0):
+            skipped += 1
+            continue
+        s = table[cands] @ table[q]
+        m = per_query_metrics(M.ranked_grades(s, grades, ties=opts.ties))
+        plain.append(m)
+        entry = {"id": data.ids[i], **m}
+        if rr is not None:
+            with image_root(rr.reranker, spec.data_root):
+                s2 = _rerank_scores(s, rr, items[q], [items[c] for c in cands])
+            m2 = per_query_metrics(M.ranked_grades(s2, grades, ties=opts.ties))
+            reranked.append(m2)
+            entry["reranked"] = m2
+        per_query.append(entry)
+    if not plain:
+        from unime.errors import DataError
+
+        raise DataError(f"task {spec.name!r}: no query has a relevant candidate", source=str(spec.path))
+    mean = lambda rows: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}  # noqa: E731
+    counts = {"queries": len(plain), "queries_without_relevant": skipped, "distinct_items": len(data.table)}
+    result = TaskResult(spec, mean(plain), counts, per_query=per_query)
+    if rr is not None:
+        result.reranked = mean(reranked)
+    return result
+
+
+RUNNERS = {"mmeb": run_mmeb, "retrieval": run_retrieval, "compositional": run_compositional, "qrels": run_qrels}
+
+
+# -- a whole run -----------------------------------------------------------------------------------------
+
+@dataclass
+class RunOutput:
+    results: list[TaskResult]
+    encoding: dict
+    timing: dict
+    rerank: dict | None = None
+
+
+def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, opts: EvalOptions | None = None,
+              reranking: Reranking | None = None, show_progress: bool = False) -> RunOutput:
+    """Register every task's items, encode the distinct ones once, score every task."""
+    opts = opts or EvalOptions()
+    t0 = time.perf_counter()
+    task_rows = [encoder.add(data.table.items, spec.data_root, references=data.references, source=str(spec.path))
+                 for spec, data in tasks]
+    t1 = time.perf_counter()
+    encoder.encode_pending()
+    t2 = time.perf_counter()
+    results = []
+    it = zip(tasks, task_rows)
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(list(it), desc="score", unit="task")
+    for (spec, data), rows in it:
+        ts = time.perf_counter()
+        res = RUNNERS[spec.format](spec, data, lambda idx, rows=rows: encoder.vectors(rows[np.asarray(idx)]),
+                                   opts, reranking)
+        if reranking is not None:
+            res.rerank_stats = reranking.stats.to_dict()
+            reranking.stats = RerankStats()
+        res.seconds = time.perf_counter() - ts
+        results.append(res)
+        log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items()))
+    t3 = time.perf_counter()
+    timing = {"keys_seconds": round(t1 - t0, 3), "encode_seconds": round(t2 - t1, 3),
+              "score_seconds": round(t3 - t2, 3)}
+    rerank_info = None
+    if reranking is not None:
+        rerank_info = {"topk": reranking.topk, "mode": reranking.mode}
+    return RunOutput(results=results, encoding=encoder.stats.to_dict(), timing=timing, rerank=rerank_info)
+
+
+def load_suite_data(suite: TaskSuite) -> list[tuple[TaskSpec, TaskData]]:
+    out = []
+    for spec in suite.tasks:
+        data = load_task_data(spec)
+        log.info("task %s (%s): %d distinct items, %d references", spec.name, spec.format, len(data.table),
+                 data.references)
+        out.append((spec, data))
+    return out
+
+
+def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str | None = None,
+                        only: list[str] | None = None, batch_size: int = 16, device: str | None = None,
+                        dtype: str = "auto", pooling: str = "auto", cache_dir: str | None = None,
+                        use_cache: bool = True, ties: str = "pessimistic", rerank_path: str | None = None,
+                        rerank_topk: int = DEFAULT_RERANK_TOPK, rerank_mode: str = "top1",
+                        compare: list[str] | None = None, show_progress: bool = True) -> dict:
+    """`unime eval --model ...`: evaluate one embedder checkpoint on a task config; returns the summary."""
+    from unime.eval import report
+    from unime.eval.rerank_hook import load_reranker
+    from unime.models.embedder import Embedder
+
+    t_start = time.perf_counter()
+    opts = EvalOptions(ties=ties, rerank_topk=rerank_topk, rerank_mode=rerank_mode)
+    suite = load_task_config(tasks, root=tasks_root, only=only)
+    data = load_suite_data(suite)  # bad data fails here, before the model is loaded
+    t_data = time.perf_counter()
+    embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=pooling, batch_size=batch_size)
+    reranking = None
+    if rerank_path:
+        reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype), rerank_topk, rerank_mode)
+    t_model = time.perf_counter()
+    settings = {"pooling": embedder.pooling, "dtype": str(dtype), "instruction_suffix": embedder.instruction_suffix,
+                "normalize": True}
+    model_id = model_fingerprint(model, settings)
+    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
+    encoder = RunEncoder(embedder, model_id, cache_dir=cache, batch_size=batch_size, show_progress=show_progress,
+                         model_info={"model": str(model), "settings": settings})
+    run = run_tasks(data, encoder, opts=opts, reranking=reranking, show_progress=show_progress)
+    run.timing = {"load_data_seconds": round(t_data - t_start, 3), "load_model_seconds": round(t_model - t_data, 3),
+                  **run.timing, "wall_seconds": round(time.perf_counter() - t_start, 3)}
+    meta = {"model": str(model), "model_id": model_id, "tasks_config": str(suite.source), "ties": ties,
+            "cache_dir": str(cache) if cache else None, "device": embedder.device, "dtype": str(dtype),
+            "batch_size": batch_size}
+    if rerank_path:
+        meta["reranker"] = str(rerank_path)
+    return report.write_run(out_dir, run, meta=meta, compare=compare or [])

@@ -1,0 +1,588 @@
+"""Evaluation task lists (data, not code) and the readers of each task format.
+
+A task config is YAML (see docs/CONTRACTS.md, "Eval task config")::
+
+    root: .                 # optional: folder task paths are relative to (default: this file's folder);
+                            # may use ${ENV_VAR}; `unime eval --tasks-root DIR` overrides it
+    data_root: .            # optional, relative to root: image paths in the data are relative to it
+    defaults: {format: mmeb}  # optional: keys merged into every task
+    tasks:
+      - {name: shape_cls, format: mmeb, path: eval/mmeb/shape_cls.jsonl, meta_task: classification, split: IND}
+      - {name: scene_captions, format: retrieval, path: eval/retrieval/scene_captions.jsonl}
+      - {name: swap, format: compositional, path: eval/compositional/swap.jsonl}
+      - {name: docs, format: qrels, path: eval/qrels/docs.jsonl}
+
+Formats and their files (`path` may also be a folder: every ``*.jsonl`` / ``*.parquet`` in it, sorted,
+is read as one task — the layout of a Hugging Face dataset snapshot such as MMEB-eval):
+
+- ``mmeb``: VLM2Vec's MMEB-eval rows ``{qry_text, qry_img_path, tgt_text: [..], tgt_img_path: [..]}``,
+  the positive at index 0 (JSONL or Parquet). Optional ``id``. ``meta_task`` (classification, vqa,
+  retrieval, grounding, or any other label) and ``split`` (IND / OOD) feed the aggregates.
+- ``retrieval``: Flickr30K / COCO style ``{"image": path, "captions": [..]}`` per line. Options:
+  ``text_template`` (default ``"{text}"``), ``image_template`` (the text that goes with each image,
+  e.g. an instruction with ``<|image_1|>``; default empty), ``recall_ks`` (default [1, 5, 10]).
+- ``compositional``: SugarCrepe style ``{"image", "positive", "negative", "category"?, "id"?}``; the
+  category defaults to the task's ``category`` option, else the task name. Options as retrieval.
+- ``qrels`` (graded relevance): either a JSONL file with one query per line
+  ``{"id"?, "query": {item}, "candidates": [{item}, ..], "relevance": [grade, ..]}`` (grades >= 0), or a
+  BEIR folder ``corpus.jsonl`` (``_id``, ``text``, ``title``?, ``image``?), ``queries.jsonl`` (``_id``,
+  ``text``, ``image``?), ``qrels/<qrels_split>.tsv`` (``query-id  corpus-id  score``, header line),
+  every query ranked against the whole corpus. Options: ``query_template``, ``candidate_template``,
+  ``ks`` (NDCG / recall cut-offs, default [5, 10]), ``qrels_split`` (default ``test``).
+
+Each task's data is interned into an `ItemTable` (its distinct items) plus integer arrays, so a task
+with 1,000 queries x 1,000 shared candidates holds 1,000 + distinct items, not a million.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import yaml
+
+from unime.data.items import Item
+from unime.errors import DataError
+
+FORMATS = ("mmeb", "retrieval", "compositional", "qrels")
+MMEB_META_TASKS = ("classification", "vqa", "retrieval", "grounding")  # paper's column order
+SPLITS = ("IND", "OOD")
+TASK_CONFIG_FILENAME = "eval_tasks.yaml"
+
+_COMMON_KEYS = {"name", "format", "path", "data_root", "meta_task", "split"}
+_FORMAT_KEYS = {
+    "mmeb": set(),
+    "retrieval": {"text_template", "image_template", "recall_ks"},
+    "compositional": {"text_template", "image_template", "category"},
+    "qrels": {"query_template", "candidate_template", "ks", "qrels_split"},
+}
+_META_ALIASES = {"cls": "classification", "classification": "classification", "vqa": "vqa", "qa": "vqa",
+                 "retrieval": "retrieval", "ret": "retrieval", "grounding": "grounding", "vg": "grounding",
+                 "visual_grounding": "grounding"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    format: str
+    path: Path            # absolute
+    data_root: Path       # absolute: image paths are relative to it
+    meta_task: str | None = None
+    split: str | None = None
+    options: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+
+@dataclass
+class TaskSuite:
+    source: Path
+    tasks: list[TaskSpec]
+
+
+# -- config --------------------------------------------------------------------------------------------
+
+def packaged_task_configs() -> list[str]:
+    """Names of the task configs shipped with unime (usable as `--tasks NAME`)."""
+    folder = resources.files("unime") / "configs"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_task_config(arg: str | os.PathLike) -> Path:
+    """`--tasks` argument → config file: a folder means FOLDER/eval_tasks.yaml; a file is itself; a bare
+    name of a shipped config (e.g. ``mmeb_v1``) is that config."""
+    p = Path(arg)
+    if p.is_dir():
+        cfg = p / TASK_CONFIG_FILENAME
+        if not cfg.is_file():
+            raise DataError(f"folder has no {TASK_CONFIG_FILENAME}", source=str(p))
+        return cfg
+    if p.is_file():
+        return p
+    name = str(arg)
+    if name in packaged_task_configs():
+        return Path(str(resources.files("unime") / "configs" / f"{name}.yaml"))
+    raise DataError(f"no such task config file or folder; shipped configs: {packaged_task_configs()}",
+                    source=str(arg))
+
+
+def _expand(value: str, *, source: str, field_name: str) -> str:
+    out = os.path.expanduser(os.path.expandvars(value))
+    missing = re.findall(r"\$\{?(\w+)\}?", out)
+    if missing:
+        raise DataError(f"{value!r} uses unset environment variable(s) {missing}; set them or pass "
+                        "--tasks-root", source=source, field=field_name)
+    return out
+
+
+def load_task_config(path_or_dir: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                     only: list[str] | None = None) -> TaskSuite:
+    """Read and validate a task config. `root` overrides the config's ``root``; `only` keeps the named
+    tasks (in config order; an unknown name is an error)."""
+    cfg_path = resolve_task_config(path_or_dir)
+    source = str(cfg_path)
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DataError(f"malformed YAML: {e}", source=source) from None
+    if not isinstance(cfg, dict):
+        raise DataError("a task config must be a mapping with a 'tasks' list", source=source)
+    unknown = set(cfg) - {"root", "data_root", "defaults", "tasks", "name", "description"}
+    if unknown:
+        raise DataError(f"unknown top-level keys {sorted(unknown)}", source=source)
+    if root is not None:
+        base = Path(root)
+    elif cfg.get("root") is not None:
+        base = Path(_expand(str(cfg["root"]), source=source, field_name="root"))
+        if not base.is_absolute():
+            base = cfg_path.parent / base
+    else:
+        base = cfg_path.parent
+    base = base.resolve()
+    data_root = cfg.get("data_root")
+    data_root = (base / _expand(str(data_root), source=source, field_name="data_root")).resolve() \
+        if data_root is not None else base
+    defaults = cfg.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise DataError("'defaults' must be a mapping", source=source, field="defaults")
+    raw_tasks = cfg.get("tasks")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        raise DataError("'tasks' must be a non-empty list", source=source, field="tasks")
+
+    tasks: list[TaskSpec] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_tasks):
+        if not isinstance(raw, dict):
+            raise DataError("a task must be a mapping", source=source, record=i, field="tasks")
+        t = {**defaults, **raw}
+        rec = t.get("name", i)
+        name = t.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise DataError("missing task name", source=source, record=i, field="name")
+        if name in seen:
+            raise DataError(f"duplicate task name {name!r}", source=source, record=name, field="name")
+        seen.add(name)
+        fmt = t.get("format")
+        if fmt not in FORMATS:
+            raise DataError(f"format must be one of {FORMATS}, got {fmt!r}", source=source, record=rec,
+                            field="format")
+        bad = set(t) - _COMMON_KEYS - _FORMAT_KEYS[fmt]
+        if bad:
+            raise DataError(f"unknown keys {sorted(bad)} for format {fmt}", source=source, record=rec,
+                            field=sorted(bad)[0])
+        if not isinstance(t.get("path"), str) or not t["path"]:
+            raise DataError("missing path", source=source, record=rec, field="path")
+        meta = t.get("meta_task")
+        if meta is not None:
+            meta = _META_ALIASES.get(str(meta).lower(), str(meta).lower())
+        split = t.get("split")
+        if split is not None:
+            split = str(split).upper()
+            if split not in SPLITS:
+                raise DataError(f"split must be one of {SPLITS}, got {t['split']!r}", source=source, record=rec,
+                                field="split")
+        task_root = data_root
+        if t.get("data_root") is not None:
+            task_root = (base / _expand(str(t["data_root"]), source=source, field_name="data_root")).resolve()
+        options = {k: v for k, v in t.items() if k in _FORMAT_KEYS[fmt]}
+        _check_options(options, source=source, record=rec)
+        tasks.append(TaskSpec(name=name, format=fmt, path=(base / _expand(t["path"], source=source,
+                                                                           field_name="path")).resolve(),
+                              data_root=task_root, meta_task=meta, split=split, options=options))
+    if only:
+        names = {t.name for t in tasks}
+        missing = [n for n in only if n not in names]
+        if missing:
+            raise DataError(f"unknown task(s) {missing}; the config has {sorted(names)}", source=source)
+        tasks = [t for t in tasks if t.name in set(only)]
+    return TaskSuite(source=cfg_path, tasks=tasks)
+
+
+def _check_options(options: dict, *, source: str, record) -> None:
+    for key in ("text_template", "image_template", "query_template", "candidate_template", "category",
+                "qrels_split"):
+        if key in options and not isinstance(options[key], str):
+            raise DataError("must be a string", source=source, record=record, field=key)
+    for key in ("recall_ks", "ks"):
+        if key in options:
+            ks = options[key]
+            if not isinstance(ks, list) or not ks or not all(isinstance(k, int) and k >= 1 for k in ks):
+                raise DataError("must be a non-empty list of positive integers", source=source, record=record,
+                                field=key)
+
+
+# -- interned task data ---------------------------------------------------------------------------------
+
+class ItemTable:
+    """The distinct items of one task, each stored once; `add` returns the item's index."""
+
+    def __init__(self):
+        self.items: list[Item] = []
+        self._index: dict[Item, int] = {}
+
+    def add(self, item: Item) -> int:
+        idx = self._index.get(item)
+        if idx is None:
+            idx = self._index[item] = len(self.items)
+            self.items.append(item)
+        return idx
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class MMEBData:
+    table: ItemTable
+    query: np.ndarray              # (n,) item index of each query
+    candidates: list[np.ndarray]   # per query: item indices of its candidates, positive first
+    ids: list[str]
+
+    @property
+    def references(self) -> int:
+        return len(self.query) + sum(len(c) for c in self.candidates)
+
+
+@dataclass
+class RetrievalData:
+    table: ItemTable
+    image: np.ndarray         # (n_images,) item index of each image item
+    caption: np.ndarray       # (n_captions,) item index of each caption item
+    caption_image: np.ndarray  # (n_captions,) position (0..n_images-1) of the caption's image
+
+    @property
+    def references(self) -> int:
+        return len(self.image) + len(self.caption)
+
+
+@dataclass
+class CompositionalData:
+    table: ItemTable
+    image: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+    category: list[str]
+    ids: list[str]
+
+    @property
+    def references(self) -> int:
+        return 3 * len(self.image)
+
+
+@dataclass
+class QrelsData:
+    table: ItemTable
+    query: np.ndarray
+    candidates: list[np.ndarray]   # per query: item indices of its candidates (may be one shared array)
+    grades: list[np.ndarray]       # per query: grade of each candidate (float, >= 0)
+    ids: list[str]
+    shared_corpus: bool = False    # BEIR: every query ranks the same corpus
+
+    @property
+    def references(self) -> int:
+        if self.shared_corpus:
+            return len(self.query) + (len(self.candidates[0]) if self.candidates else 0)
+        return len(self.query) + sum(len(c) for c in self.candidates)
+
+
+TaskData = MMEBData | RetrievalData | CompositionalData | QrelsData
+
+
+def load_task_data(spec: TaskSpec) -> TaskData:
+    reader = {"mmeb": read_mmeb_task, "retrieval": read_retrieval_task,
+              "compositional": read_compositional_task, "qrels": read_qrels_task}[spec.format]
+    return reader(spec)
+
+
+# -- raw rows --------------------------------------------------------------------------------------------
+
+def _data_files(path: Path, *, task: str) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".parquet") and p.is_file())
+        if not files:
+            raise DataError(f"task {task!r}: folder has no .jsonl or .parquet files", source=str(path))
+        return files
+    if not path.is_file():
+        raise DataError(f"task {task!r}: data file not found", source=str(path))
+    return [path]
+
+
+def iter_rows(path: Path, *, task: str) -> Iterator[tuple[str, int | str, dict]]:
+    """(source file, line number or row number, row dict) for every row of a JSONL / Parquet task."""
+    for f in _data_files(path, task=task):
+        if f.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(f)
+            for n, row in enumerate(table.to_pylist()):
+                yield str(f), n, row
+            continue
+        with open(f, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"malformed JSON: {e}", source=str(f), record=n) from None
+                if not isinstance(row, dict):
+                    raise DataError("a line must be a JSON object", source=str(f), record=n)
+                yield str(f), n, row
+
+
+def _str_field(row: dict, key: str, *, source, record, required: bool = True, allow_empty: bool = False) -> str:
+    v = row.get(key)
+    if v is None and not required:
+        return ""
+    if not isinstance(v, str) or (not v and not allow_empty):
+        raise DataError(f"expected a {'string' if allow_empty else 'non-empty string'}, got {v!r}",
+                        source=source, record=record, field=key)
+    return v
+
+
+def _template(template: str, text: str) -> str:
+    return template.replace("{text}", text)
+
+
+def _nonempty(item: Item, *, source, record, field_name) -> Item:
+    if item.is_empty:
+        raise DataError("empty item (no text, no image)", source=source, record=record, field=field_name)
+    return item
+
+
+# -- MMEB ------------------------------------------------------------------------------------------------
+
+def mmeb_row_items(row: dict, *, source: str, record) -> tuple[Item, list[Item]]:
+    """Query and candidates (positive first) of one MMEB-eval row. ``""`` / null image path = no image."""
+    qtext = _str_field(row, "qry_text", source=source, record=record, required=False, allow_empty=True)
+    qimg = row.get("qry_img_path") or ""
+    if not isinstance(qimg, str):
+        raise DataError("expected a path string", source=source, record=record, field="qry_img_path")
+    query = _nonempty(Item(text=qtext, images=(qimg,) if qimg else ()), source=source, record=record,
+                      field_name="qry_text")
+    texts = row.get("tgt_text")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)) or not texts:
+        raise DataError("expected a non-empty list of candidate texts", source=source, record=record,
+                        field="tgt_text")
+    imgs = row.get("tgt_img_path")
+    if imgs is None:
+        imgs = [""] * len(texts)
+    if isinstance(imgs, str):
+        imgs = [imgs]
+    if not isinstance(imgs, (list, tuple)) or len(imgs) != len(texts):
+        raise DataError(f"expected a list of {len(texts)} image paths (one per tgt_text, \"\" for none)",
+                        source=source, record=record, field="tgt_img_path")
+    cands = []
+    for j, (t, im) in enumerate(zip(texts, imgs)):
+        if t is None:
+            t = ""
+        im = im or ""
+        if not isinstance(t, str) or not isinstance(im, str):
+            raise DataError("candidate text and image path must be strings", source=source, record=record,
+                            field=f"tgt_text[{j}]")
+        cands.append(_nonempty(Item(text=t, images=(im,) if im else ()), source=source, record=record,
+                               field_name=f"tgt_text[{j}]"))
+    return query, cands
+
+
+def read_mmeb_task(spec: TaskSpec) -> MMEBData:
+    table = ItemTable()
+    queries, candidates, ids = [], [], []
+    for source, n, row in iter_rows(spec.path, task=spec.name):
+        query, cands = mmeb_row_items(row, source=source, record=row.get("id", n))
+        queries.append(table.add(query))
+        candidates.append(np.fromiter((table.add(c) for c in cands), dtype=np.int64, count=len(cands)))
+        ids.append(str(row.get("id", f"{Path(source).name}:{n}")))
+    if not queries:
+        raise DataError(f"task {spec.name!r} has no rows", source=str(spec.path))
+    return MMEBData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=candidates, ids=ids)
+
+
+# -- retrieval -------------------------------------------------------------------------------------------
+
+def read_retrieval_task(spec: TaskSpec) -> RetrievalData:
+    text_t = spec.option("text_template", "{text}")
+    image_t = spec.option("image_template", "")
+    table = ItemTable()
+    images, captions, caption_image = [], [], []
+    seen_images: dict[str, tuple[str, int]] = {}
+    for source, n, row in iter_rows(spec.path, task=spec.name):
+        path = _str_field(row, "image", source=source, record=n)
+        if path in seen_images:
+            s0, n0 = seen_images[path]
+            raise DataError(f"image {path!r} listed twice (first at {s0} line {n0}); put all its captions on "
+                            "one line", source=source, record=n, field="image")
+        seen_images[path] = (source, n)
+        caps = row.get("captions")
+        if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+            raise DataError("expected a non-empty list of non-empty caption strings", source=source, record=n,
+                            field="captions")
+        pos = len(images)
+        images.append(table.add(Item(text=_template(image_t, ""), images=(path,))))
+        for c in caps:
+            captions.append(table.add(Item(text=_template(text_t, c))))
+            caption_image.append(pos)
+    if not images:
+        raise DataError(f"task {spec.name!r} has no rows", source=str(spec.path))
+    return RetrievalData(table=table, image=np.asarray(images, dtype=np.int64),
+                         caption=np.asarray(captions, dtype=np.int64),
+                         caption_image=np.asarray(caption_image, dtype=np.int64))
+
+
+# -- compositional ---------------------------------------------------------------------------------------
+
+def read_compositional_task(spec: TaskSpec) -> CompositionalData:
+    text_t = spec.option("text_template", "{text}")
+    image_t = spec.option("image_template", "")
+    default_cat = spec.option("category", spec.name)
+    table = ItemTable()
+    image, pos, neg, cats, ids = [], [], [], [], []
+    for source, n, row in iter_rows(spec.path, task=spec.name):
+        rec = row.get("id", n)
+        path = _str_field(row, "image", source=source, record=rec)
+        p = _str_field(row, "positive", source=source, record=rec)
+        q = _str_field(row, "negative", source=source, record=rec)
+        cat = row.get("category", default_cat)
+        if not isinstance(cat, str) or not cat:
+            raise DataError("expected a non-empty string", source=source, record=rec, field="category")
+        image.append(table.add(Item(text=_template(image_t, ""), images=(path,))))
+        pos.append(table.add(Item(text=_template(text_t, p))))
+        neg.append(table.add(Item(text=_template(text_t, q))))
+        cats.append(cat)
+        ids.append(str(rec))
+    if not image:
+        raise DataError(f"task {spec.name!r} has no rows", source=str(spec.path))
+    arr = lambda xs: np.asarray(xs, dtype=np.int64)  # noqa: E731
+    return CompositionalData(table=table, image=arr(image), positive=arr(pos), negative=arr(neg), category=cats,
+                             ids=ids)
+
+
+# -- qrels -----------------------------------------------------------------------------------------------
+
+def _grade(v, *, source, record, field_name) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+        raise DataError(f"relevance grade must be a finite number >= 0, got {v!r}", source=source, record=record,
+                        field=field_name)
+    return float(v)
+
+
+def _templated(item: Item, template: str) -> Item:
+    return Item(text=_template(template, item.text), images=item.images, video=item.video)
+
+
+def read_qrels_task(spec: TaskSpec) -> QrelsData:
+    if spec.path.is_dir() and (spec.path / "corpus.jsonl").is_file():
+        return _read_beir(spec)
+    qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
+    table = ItemTable()
+    queries, cands, grades, ids = [], [], [], []
+    for source, n, row in iter_rows(spec.path, task=spec.name):
+        rec = row.get("id", n)
+        unknown = set(row) - {"id", "query", "candidates", "relevance"}
+        if unknown:
+            raise DataError(f"unknown keys {sorted(unknown)}", source=source, record=rec, field=sorted(unknown)[0])
+        query = Item.from_dict(row.get("query"), source=source, record=rec, field_name="query")
+        items = row.get("candidates")
+        rel = row.get("relevance")
+        if not isinstance(items, list) or not items:
+            raise DataError("expected a non-empty list", source=source, record=rec, field="candidates")
+        if not isinstance(rel, list) or len(rel) != len(items):
+            raise DataError(f"expected a list of {len(items)} grades (one per candidate)", source=source,
+                            record=rec, field="relevance")
+        queries.append(table.add(_nonempty(_templated(query, qt), source=source, record=rec, field_name="query")))
+        idx = []
+        for j, d in enumerate(items):
+            c = Item.from_dict(d, source=source, record=rec, field_name=f"candidates[{j}]")
+            idx.append(table.add(_nonempty(_templated(c, ct), source=source, record=rec,
+                                           field_name=f"candidates[{j}]")))
+        cands.append(np.asarray(idx, dtype=np.int64))
+        grades.append(np.asarray([_grade(g, source=source, record=rec, field_name=f"relevance[{j}]")
+                                  for j, g in enumerate(rel)]))
+        ids.append(str(rec))
+    if not queries:
+        raise DataError(f"task {spec.name!r} has no rows", source=str(spec.path))
+    return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=cands, grades=grades,
+                     ids=ids)
+
+
+def _beir_item(row: dict, *, source, record, template: str) -> Item:
+    text = row.get("text") or ""
+    title = row.get("title") or ""
+    if not isinstance(text, str) or not isinstance(title, str):
+        raise DataError("text and title must be strings", source=source, record=record, field="text")
+    full = f"{title}\n{text}" if title and text else (title or text)
+    image = row.get("image") or ""
+    if not isinstance(image, str):
+        raise DataError("expected an image path string", source=source, record=record, field="image")
+    return _nonempty(Item(text=_template(template, full), images=(image,) if image else ()), source=source,
+                     record=record, field_name="text")
+
+
+def _read_beir(spec: TaskSpec) -> QrelsData:
+    qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
+    table = ItemTable()
+    corpus_pos: dict[str, int] = {}
+    corpus: list[int] = []
+    for source, n, row in iter_rows(spec.path / "corpus.jsonl", task=spec.name):
+        did = str(row.get("_id", ""))
+        if not did or did in corpus_pos:
+            raise DataError(f"missing or duplicate _id {did!r}", source=source, record=n, field="_id")
+        corpus_pos[did] = len(corpus)
+        corpus.append(table.add(_beir_item(row, source=source, record=did, template=ct)))
+    query_rows: dict[str, Item] = {}
+    for source, n, row in iter_rows(spec.path / "queries.jsonl", task=spec.name):
+        qid = str(row.get("_id", ""))
+        if not qid or qid in query_rows:
+            raise DataError(f"missing or duplicate _id {qid!r}", source=source, record=n, field="_id")
+        query_rows[qid] = _beir_item(row, source=source, record=qid, template=qt)
+    qrels_path = spec.path / "qrels" / f"{spec.option('qrels_split', 'test')}.tsv"
+    if not qrels_path.is_file():
+        raise DataError(f"task {spec.name!r}: qrels file not found", source=str(qrels_path))
+    judged: dict[str, dict[int, float]] = {}
+    with open(qrels_path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            parts = line.rstrip("\n").split("\t")
+            if n == 1 and parts[:2] == ["query-id", "corpus-id"]:
+                continue
+            if not line.strip():
+                continue
+            if len(parts) != 3:
+                raise DataError("expected 3 tab-separated columns", source=str(qrels_path), record=n)
+            qid, did, score = parts
+            if qid not in query_rows:
+                raise DataError(f"unknown query id {qid!r}", source=str(qrels_path), record=n, field="query-id")
+            if did not in corpus_pos:
+                raise DataError(f"unknown corpus id {did!r}", source=str(qrels_path), record=n, field="corpus-id")
+            try:
+                g = float(score)
+            except ValueError:
+                raise DataError(f"score {score!r} is not a number", source=str(qrels_path), record=n,
+                                field="score") from None
+            judged.setdefault(qid, {})[corpus_pos[did]] = _grade(g, source=str(qrels_path), record=n,
+                                                                 field_name="score")
+    corpus_arr = np.asarray(corpus, dtype=np.int64)
+    queries, grades, ids = [], [], []
+    for qid, item in query_rows.items():
+        if qid not in judged:  # BEIR / pytrec_eval evaluate only the judged queries
+            continue
+        g = np.zeros(len(corpus), dtype=np.float64)
+        for pos, grade in judged[qid].items():
+            g[pos] = grade
+        queries.append(table.add(item))
+        grades.append(g)
+        ids.append(qid)
+    if not queries:
+        raise DataError(f"task {spec.name!r}: no query has judgements", source=str(qrels_path))
+    return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=[corpus_arr] * len(queries),
+                     grades=grades, ids=ids, shared_corpus=True)

@@ -1,0 +1,85 @@
+"""`unime eval` end to end on a real tiny model: outputs, encode-once, cache hit, comparison, rerank errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from tests.test_eval import build_world
+from unime.cli import main
+from unime.errors import ModelError
+from unime.eval.tasks import load_task_config, load_task_data
+
+
+def test_unime_eval_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+    from unime.models.embedder import Embedder
+
+    model = tiny_model_dir("qwen2_vl")
+    world = tmp_path / "world"
+    build_world(world)
+    rows_forwarded = []
+    original = Embedder.forward
+
+    def counting_forward(self, inputs, **kw):
+        rows_forwarded.append(int(inputs["input_ids"].shape[0]))
+        return original(self, inputs, **kw)
+
+    monkeypatch.setattr(Embedder, "forward", counting_forward)
+    cache = tmp_path / "cache"
+    argv = ["eval", "--model", model, "--tasks", str(world), "--cache-dir", str(cache), "--device", "cpu",
+            "--batch-size", "8"]
+    assert main(argv + ["--out", str(tmp_path / "run1")]) == 0
+    run1 = tmp_path / "run1"
+    summary = json.loads((run1 / "summary.json").read_text())
+    suite = load_task_config(world)
+    distinct = set()
+    for spec in suite.tasks:
+        distinct |= {(it.text, it.images) for it in load_task_data(spec).table.items}
+    enc = summary["encoding"]
+    assert enc["distinct_items"] == len(distinct) and enc["encoded"] == len(distinct) and enc["from_cache"] == 0
+    assert sum(rows_forwarded) == len(distinct)  # every distinct item through the model exactly once
+    assert set(summary["tasks"]) == {t.name for t in suite.tasks}
+    for name, metrics in summary["tasks"].items():
+        assert all(0.0 <= v <= 1.0 for v in metrics.values()), name
+    assert set(summary["aggregates"]["mmeb"]["scores"]) == {"classification", "retrieval", "IND", "OOD", "overall"}
+    for f in ("results.md", "per_task.png", "tasks/colours_retrieval.json"):
+        assert (run1 / f).is_file()
+
+    # second run, same model and cache: nothing encoded, same numbers
+    rows_forwarded.clear()
+    assert main(argv + ["--out", str(tmp_path / "run2")]) == 0
+    summary2 = json.loads((tmp_path / "run2" / "summary.json").read_text())
+    assert rows_forwarded == []
+    assert summary2["encoding"]["encoded"] == 0 and summary2["encoding"]["from_cache"] == len(distinct)
+    assert summary2["tasks"] == summary["tasks"]
+
+    # the cached vectors are the model's vectors
+    emb = Embedder.from_pretrained(model, device="cpu", data_root=str(world))
+    spec = suite.tasks[0]
+    data = load_task_data(spec)
+    direct = emb.encode(data.table.items)
+    from unime.eval.encode_cache import RunEncoder
+
+    enc2 = RunEncoder(emb, json.loads((run1 / "summary.json").read_text())["meta"]["model_id"], cache_dir=cache)
+    rows = enc2.add(data.table.items, spec.data_root)
+    enc2.encode_pending()
+    assert enc2.stats.encoded == 0
+    np.testing.assert_allclose(enc2.vectors(rows), direct, atol=1e-5)
+
+    # comparison without a model
+    assert main(["eval", "--compare", str(run1), str(tmp_path / "run2"), "--out", str(tmp_path / "cmp")]) == 0
+    cmp = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert cmp["columns"] == ["run1", "run2"]
+    assert (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+def test_unime_eval_rerank_without_a_reranker_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
+    world = tmp_path / "world"
+    build_world(world)
+    monkeypatch.setitem(sys.modules, "unime.models.reranker", None)
+    with pytest.raises(ModelError, match="reranker"):
+        main(["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(world), "--out", str(tmp_path / "o"),
+              "--no-cache", "--device", "cpu", "--rerank", "some/ckpt", "--topk", "3", "--mode", "resort"])

@@ -1,0 +1,92 @@
+"""Ranking metrics against hand-computed values (the arithmetic is written out next to each check)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from unime.eval import metrics as M
+
+
+def test_rank_order_breaks_ties_pessimistically_or_by_index():
+    scores = [0.5, 0.9, 0.5, 0.9]
+    rel = [1, 0, 0, 1]
+    # 0.9: candidates 1 (irrelevant) and 3 (relevant) → irrelevant first; 0.5: 2 (irrelevant) then 0
+    assert M.rank_order(scores, rel, ties="pessimistic").tolist() == [1, 3, 2, 0]
+    # lowest index wins: 1 before 3, 0 before 2
+    assert M.rank_order(scores, rel, ties="index").tolist() == [1, 3, 0, 2]
+    # without labels: by index
+    assert M.rank_order(scores).tolist() == [1, 3, 0, 2]
+    # row-wise on a matrix
+    mat = M.rank_order([[0.1, 0.3, 0.2], [0.3, 0.3, 0.1]], [[0, 0, 1], [1, 0, 0]])
+    assert mat.tolist() == [[1, 2, 0], [1, 0, 2]]
+    with pytest.raises(ValueError):
+        M.rank_order([0.1, float("nan")])
+    with pytest.raises(ValueError):
+        M.rank_order([0.1], ties="optimistic")
+
+
+def test_positive_first_hits_mmeb_protocol():
+    rows = [np.array([0.6, 0.5, 0.1]),   # positive strictly best → hit
+            np.array([0.4, 0.5]),        # a negative beats it → miss
+            np.array([0.5, 0.5, 0.1])]   # tie with the positive
+    assert M.positive_first_hits(rows, ties="pessimistic").tolist() == [1.0, 0.0, 0.0]
+    assert M.positive_first_hits(rows, ties="index").tolist() == [1.0, 0.0, 1.0]
+    # a single candidate (only the positive) is always a hit
+    assert M.positive_first_hits([np.array([-0.3])]).tolist() == [1.0]
+
+
+def test_hit_recall_mrr_ap_on_a_written_out_list():
+    g = [0, 1, 0, 1, 1]  # relevant at ranks 2, 4, 5
+    assert M.hit_at_k(g, 1) == 0.0 and M.hit_at_k(g, 2) == 1.0
+    assert M.recall_at_k(g, 2) == pytest.approx(1 / 3)
+    assert M.recall_at_k(g, 4) == pytest.approx(2 / 3)
+    assert M.reciprocal_rank(g) == pytest.approx(1 / 2)
+    assert M.reciprocal_rank(g, k=1) == 0.0
+    # AP = mean(P@2, P@4, P@5) = mean(1/2, 2/4, 3/5) = (0.5 + 0.5 + 0.6) / 3
+    assert M.average_precision(g) == pytest.approx((0.5 + 0.5 + 0.6) / 3)
+    assert M.average_precision([1, 0, 1, 0, 1]) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    assert M.average_precision([0, 0]) == 0.0 and M.reciprocal_rank([0, 0]) == 0.0
+
+
+def test_ndcg_linear_gain():
+    g = [3, 2, 0, 1]
+    # DCG@3 = 3/log2(2) + 2/log2(3) + 0/log2(4) = 3 + 1.2618595 = 4.2618595
+    # IDCG@3 (ideal 3, 2, 1) = 3 + 1.2618595 + 1/2 = 4.7618595
+    assert M.dcg_at_k(g, 3) == pytest.approx(4.2618595, abs=1e-6)
+    assert M.ndcg_at_k(g, 3) == pytest.approx(4.2618595 / 4.7618595, abs=1e-6)
+    # @4: DCG = 4.2618595 + 1/log2(5) = 4.2618595 + 0.4306766; IDCG = 4.7618595 + 0/log2(5)
+    assert M.ndcg_at_k(g, 4) == pytest.approx((4.2618595 + 0.4306766) / 4.7618595, abs=1e-6)
+    # linear, not exponential gain: grade 3 at rank 1 alone, k=1 → 3/3
+    assert M.ndcg_at_k([2, 3], 1) == pytest.approx(2 / 3)
+    assert M.ndcg_at_k([0, 0, 0], 5) == 0.0
+    assert M.ndcg_at_k([1, 2, 3], 10) == pytest.approx((1 + 2 / math.log2(3) + 3 / 2) / (3 + 2 / math.log2(3) + 1 / 2))
+
+
+def test_ranked_grades_with_ties_then_ndcg():
+    # scores: candidate 1 is best; 0 and 2 tie. grades 0 / 1 / 2
+    scores, grades = [0.7, 1.0, 0.7], [0, 1, 2]
+    pess = M.ranked_grades(scores, grades, ties="pessimistic")
+    assert pess.tolist() == [1, 0, 2]  # in the tie the less relevant candidate 0 comes first
+    assert M.ranked_grades(scores, grades, ties="index").tolist() == [1, 0, 2]
+    assert M.ranked_grades(scores, [2, 1, 0], ties="pessimistic").tolist() == [1, 0, 2]
+    assert M.ranked_grades(scores, [2, 1, 0], ties="index").tolist() == [1, 2, 0]
+    # DCG = 1 + 0 + 2/log2(4) = 2; IDCG = 2 + 1/log2(3)
+    assert M.ndcg_at_k(pess, 5) == pytest.approx(2 / (2 + 1 / math.log2(3)))
+
+
+def test_first_relevant_rank_and_recall_at_ks():
+    # 3 queries x 4 gallery items
+    scores = np.array([[0.9, 0.1, 0.2, 0.3],    # relevant {0}: rank 0
+                       [0.5, 0.5, 0.9, 0.1],    # relevant {1}: 2 is better, 0 ties → pessimistic rank 2
+                       [0.1, 0.2, 0.3, 0.4]])   # relevant {0, 1}: best relevant is 1 at rank 2
+    rel = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]])
+    assert M.first_relevant_rank(scores, rel).tolist() == [0, 2, 2]
+    assert M.first_relevant_rank(scores, rel, ties="index").tolist() == [0, 2, 2]
+    assert M.first_relevant_rank(scores[1:2], [[1, 0, 0, 0]], ties="index").tolist() == [1]
+    r = M.recall_at_ks(np.array([0, 2, 2]), [1, 3])
+    assert r == {1: pytest.approx(1 / 3), 3: 1.0}
+    # no relevant item in a row: rank = row length, never a hit
+    assert M.first_relevant_rank([[0.1, 0.2]], [[0, 0]]).tolist() == [2]
