@@ -1,0 +1,412 @@
+"""EG-RL (SPEC §2.3): embedder-guided GRPO of the Reasoner on TRL's `GRPOTrainer`.
+
+No home-made RL loop: TRL samples `num_generations` (n) completions per prompt, computes group-normalised
+advantages, the clipped policy loss and the KL term (`beta`, 0.01) to the reference policy. What this
+module adds is the data layout and the reward:
+
+**Rows.** Each (query, positive) pair contributes two consecutive rows — the query's reasoning prompt,
+then the positive's — with columns `prompt` (conversational, `{"type": "image"}` placeholders),
+`images`, `pair_id`, `side` ("query" / "positive") and `item` (the item as JSON, for the embedder).
+Pairs are shuffled as units (one permutation per epoch, seeded) and TRL's own shuffling is off, so a
+batch is always whole pairs: TRL takes consecutive prompts, each repeated n times, and a step holds
+`per_device_train_batch_size = 2 · pairs_per_batch · n` completions (one generation per step).
+`embed_rl_grpo_config` derives and checks those numbers; the reward function re-checks every batch
+from the `pair_id` / `side` columns it receives (`RolloutLayout.from_completion_keys`) and stops with
+a clear error if a pair is split — it never assumes a completion order.
+
+**Reward** (`EmbedRLReward`, one TRL reward function returning the weighted total):
+format 0.05 · r_fmt + outcome 0.8 · r_out + process 0.2 · r_proc, all computed by
+`unime.reasoning.rewards`. The frozen embedder (loaded once) embeds every rollout with its item and
+evidence (`ReasonedEmbedder`, SPEC 2.1); S = cosine(query rollouts, positive rollouts) gives acc,
+margin and r_out for both sides; the process judge (a generative checkpoint, `Reasoner.pick`) is shown
+each rollout's reasoning and, in a shuffled order, the other side's rollouts of the same pair and of
+the 4 hardest negative pairs. The per-step mean of every component is logged to TRL's metrics, to
+`reward_log.csv` and plotted to `reward_curves.png`.
+
+**One TRL adaptation** (`EmbedRLGRPOTrainer`): TRL 1.16 returns `None` as the image list of a text-only
+prompt, which its processor call then rejects when a batch mixes text-only and image prompts (a text
+query with an image positive is the common case here). The subclass maps `None` to `[]` — the
+processor accepts that — and changes nothing else.
+
+Defaults follow the paper: n = 4, beta = 0.01, lr 3e-6, temperature 1.0, loss "grpo" with group
+scaling. On CPU: fp32 (TRL's bf16 default fails or crawls there), gradient checkpointing off, no vLLM.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from unime.data.items import Item, Record
+
+log = logging.getLogger(__name__)
+
+QUERY, POSITIVE = "query", "positive"
+REWARD_LOG_COLUMNS = ["step", "completions", "format", "outcome", "process", "total", "acc", "margin",
+                      "judge_parsed", "judge_picked_positive"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# rows
+
+
+def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int = 0,
+              source: str | None = None) -> list[dict[str, Any]]:
+    """Dataset rows for EG-RL: for each epoch a seeded permutation of the pairs, each pair as its query row
+    then its positive row. `loader` is an `ImageLoader` for the items' images."""
+    from unime.reasoning.reasoner import conversational_prompt, reasoning_prompt_segments
+
+    prompts: dict[tuple[int, str], tuple[list, list]] = {}
+    for i, rec in enumerate(records):
+        rid = rec.id or str(i)
+        for side, item in ((QUERY, rec.query), (POSITIVE, rec.positive)):
+            images = [loader.load(r, source=source, record=rid, field=f"{side}.images[{j}]")
+                      for j, r in enumerate(item.images)]
+            frames = [loader.load(r, source=source, record=rid, field=f"{side}.video[{j}]")
+                      for j, r in enumerate(item.video)]
+            segs = reasoning_prompt_segments(item.text, images, frames, "query" if side == QUERY else "target",
+                                             record=rid)
+            prompts[(i, side)] = conversational_prompt(segs)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(epochs):
+        for i in rng.permutation(len(records)).tolist():
+            rec = records[i]
+            for side, item in ((QUERY, rec.query), (POSITIVE, rec.positive)):
+                messages, images = prompts[(i, side)]
+                rows.append({"prompt": messages, "images": images, "pair_id": rec.id or str(i), "side": side,
+                             "item": json.dumps(item.to_dict(), ensure_ascii=False)})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# the reward
+
+
+class RewardLog:
+    """Per-step means of the reward components, written to CSV (atomically) after every batch, plotted."""
+
+    def __init__(self, csv_path: str | os.PathLike | None = None, *, resume: bool = False):
+        self.rows: list[dict[str, float]] = []
+        self.csv_path = Path(csv_path) if csv_path else None
+        if resume and self.csv_path is not None and self.csv_path.is_file():
+            with open(self.csv_path, encoding="utf-8") as fh:
+                self.rows = [{k: float(v) for k, v in r.items() if v not in (None, "")} for r in csv.DictReader(fh)]
+
+    def truncate(self, last_step: int) -> None:
+        """Drop rows after `last_step` (resuming from a checkpoint re-runs the steps after it)."""
+        self.rows = [r for r in self.rows if r["step"] <= last_step]
+
+    def add(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+        if self.csv_path is not None:
+            self.write_csv(self.csv_path)
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        from unime.data.atomic import atomic_open
+
+        with atomic_open(path) as fh:
+            w = csv.DictWriter(fh, fieldnames=REWARD_LOG_COLUMNS)
+            w.writeheader()
+            for r in self.rows:
+                w.writerow({k: r.get(k) for k in REWARD_LOG_COLUMNS})
+
+    def plot(self, path: str | os.PathLike, *, title: str = "EG-RL reward components (per-step mean)") -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from unime.data.atomic import atomic_path
+
+        steps = [r["step"] for r in self.rows]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for key in ("format", "outcome", "process", "total"):
+            axes[0].plot(steps, [r[key] for r in self.rows], marker="o", ms=3, label=key)
+        axes[0].set_xlabel("step")
+        axes[0].set_ylabel("mean reward")
+        axes[0].set_title(title, fontsize=9)
+        axes[0].legend(fontsize=8)
+        for key in ("acc", "margin", "judge_picked_positive"):
+            axes[1].plot(steps, [r[key] for r in self.rows], marker="o", ms=3, label=key)
+        axes[1].set_xlabel("step")
+        axes[1].set_title("outcome acc / margin, judge picks", fontsize=9)
+        axes[1].legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+
+
+class EmbedRLReward:
+    """TRL reward function: r = w_fmt·r_fmt + w_out·r_out + w_proc·r_proc per completion (SPEC 2.3).
+
+    Needs the dataset columns `pair_id`, `side` and `item` (see `grpo_rows`). `judge` is a `Reasoner`
+    (any generative checkpoint) used for the listwise process pick; it may be None only if the process
+    weight is 0.
+    """
+
+    __name__ = "embed_rl"
+
+    def __init__(self, embedder, judge=None, *, group_size: int, weights: tuple[float, float, float] = (0.05, 0.8, 0.2),
+                 neg_temperature: float = 0.5, outcome_scale: float = 0.5, hard_negative_pairs: int = 4,
+                 judge_max_new_tokens: int = 8, seed: int = 0, reward_log: RewardLog | None = None):
+        if judge is None and weights[2] != 0:
+            raise ValueError("the process reward needs a judge (or set its weight to 0)")
+        self.embedder = embedder  # a ReasonedEmbedder around the frozen embedder
+        self.judge = judge
+        self.group_size = group_size
+        self.weights = tuple(weights)
+        self.neg_temperature = neg_temperature
+        self.outcome_scale = outcome_scale
+        self.hard_negative_pairs = hard_negative_pairs
+        self.judge_max_new_tokens = judge_max_new_tokens
+        self.seed = seed
+        self.reward_log = reward_log if reward_log is not None else RewardLog()
+        self.calls = 0
+        self.last: dict[str, Any] | None = None
+
+    def layout(self, pair_id: Sequence[Any], side: Sequence[str]):
+        from unime.reasoning.rewards import RolloutLayout
+
+        try:
+            return RolloutLayout.from_completion_keys(list(pair_id), list(side), self.group_size)
+        except ValueError as e:
+            raise ValueError(
+                f"EG-RL batch does not hold whole (query, positive) pairs with {self.group_size} rollouts per side: "
+                f"{e}. Each pair must contribute its query row and its positive row to the same batch; build the "
+                "dataset with `grpo_rows` (pairs interleaved, TRL shuffling off) and the config with "
+                "`embed_rl_grpo_config` (per_device_train_batch_size = 2 x pairs_per_batch x num_generations). "
+                f"Batch: {list(zip(pair_id, side))}") from None
+
+    def __call__(self, prompts=None, completions=None, *, pair_id=None, side=None, item=None, trainer_state=None,
+                 log_metric=None, **_: Any) -> list[float]:
+        from unime.reasoning.rewards import completion_text, format_reward
+
+        if pair_id is None or side is None or item is None:
+            raise ValueError("EmbedRLReward needs the dataset columns pair_id, side and item (see grpo_rows)")
+        texts = [completion_text(c) for c in completions]
+        layout = self.layout(pair_id, side)
+        items = [Item.from_dict(json.loads(x), record=f"{p}/{s}") for x, p, s in zip(item, pair_id, side)]
+        step = int(getattr(trainer_state, "global_step", self.calls) or 0)
+        components = self.compute(texts, items, layout, step=step)
+        self.last = components  # per-completion values of the latest batch (inspection, tests)
+        components = dict(components)
+        total = components.pop("total_per_completion")
+        components.pop("per_completion")
+        row = {"step": step + 1, "completions": len(texts), **components}
+        self.reward_log.add(row)
+        if log_metric is not None:
+            for k in ("format", "outcome", "process", "acc", "margin", "judge_parsed", "judge_picked_positive"):
+                log_metric(f"embed_rl/{k}", row[k])
+        self.calls += 1
+        return total
+
+    def compute(self, texts: Sequence[str], items: Sequence[Item], layout, *, step: int = 0) -> dict[str, Any]:
+        """All components for one batch (flat completion order). Returns per-batch means and
+        `total_per_completion`."""
+        from unime.reasoning.rewards import combine_rewards, format_reward
+
+        fmt = np.asarray(format_reward(texts), dtype=np.float64)
+        E = self.embedder.encode(list(items), list(texts))
+        oc = layout.outcome_rewards(E, neg_temperature=self.neg_temperature, scale=self.outcome_scale)
+        proc, parsed, picked_pos = self.process(texts, layout.similarity_matrix(E), layout, oc.margin, step=step)
+        total = combine_rewards(fmt, oc.reward, proc, self.weights)
+        return {"format": float(fmt.mean()), "outcome": float(oc.reward.mean()), "process": float(np.mean(proc)),
+                "total": float(np.mean(total)), "acc": float(oc.acc.mean()), "margin": float(oc.margin.mean()),
+                "judge_parsed": parsed, "judge_picked_positive": picked_pos, "total_per_completion": total,
+                "per_completion": {"format": fmt, "outcome": oc.reward, "process": proc, "margin": oc.margin}}
+
+    def process(self, texts: Sequence[str], S: np.ndarray, layout, margin: np.ndarray, *, step: int = 0):
+        """r_proc per completion, the fraction of parsable judge answers, the fraction of positive picks."""
+        from unime.reasoning.rewards import process_candidates, process_reward
+
+        n = len(texts)
+        if self.judge is None or self.weights[2] == 0:
+            return np.zeros(n), float("nan"), float("nan")
+        rng = np.random.default_rng([self.seed, step])
+        cand_lists, masks = [], []
+        for row in range(n):
+            cands, mask = process_candidates(row, S, layout, n_hard=self.hard_negative_pairs, rng=rng)
+            cand_lists.append([texts[c] for c in cands])
+            masks.append(mask)
+        picks = self.judge.pick([texts[i] for i in range(n)], cand_lists, max_new_tokens=self.judge_max_new_tokens)
+        proc = np.array([process_reward(p, m, margin[i]) for i, (p, m) in enumerate(zip(picks, masks))])
+        parsed = [p for p in picks if p is not None]
+        picked_pos = [bool(masks[i][p]) for i, p in enumerate(picks) if p is not None]
+        return proc, len(parsed) / n, (float(np.mean(picked_pos)) if picked_pos else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# TRL glue
+
+
+def _trainer_class():
+    from trl import GRPOTrainer
+
+    class EmbedRLGRPOTrainer(GRPOTrainer):
+        """`GRPOTrainer` that accepts batches mixing text-only and image prompts (see the module docstring)."""
+
+        def _generate(self, prompts):
+            out = super()._generate(prompts)
+            if not isinstance(out, tuple) or len(out) != 8:  # pragma: no cover - guards a TRL upgrade
+                raise RuntimeError("unexpected return of GRPOTrainer._generate; this TRL version is not supported "
+                                   "by EmbedRLGRPOTrainer (written for trl 1.16)")
+            images = out[6]
+            if images is not None:
+                out = (*out[:6], [im if im else [] for im in images], out[7])
+            return out
+
+    return EmbedRLGRPOTrainer
+
+
+@dataclass
+class GRPOStageConfig:
+    model: str  # the reasoner to train (the SFT output)
+    embedder: str  # frozen embedder with <emb> (reward model)
+    records: str  # (query, positive) records for RL
+    out: str
+    process_judge: str | None = None  # generative checkpoint for the process pick; default: `model` (frozen copy)
+    data_root: str | None = None
+    num_generations: int = 4
+    pairs_per_batch: int = 2
+    epochs: int = 1
+    max_steps: int = -1
+    learning_rate: float = 3e-6
+    beta: float = 0.01
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_completion_length: int = 128
+    loss_type: str = "grpo"
+    scale_rewards: str = "group"
+    weights: tuple[float, float, float] = (0.05, 0.8, 0.2)
+    neg_temperature: float = 0.5
+    hard_negative_pairs: int = 4
+    lora_r: int = 0  # 0 = full fine-tuning of the policy
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                    "gate_proj", "up_proj", "down_proj"])
+    device: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    save_steps: int = 100
+    resume: bool = False
+
+
+def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool, bf16: bool, fp16: bool,
+                         num_processes: int = 1):
+    """TRL `GRPOConfig` for EG-RL with the batch geometry that keeps pairs whole."""
+    from trl import GRPOConfig
+
+    if cfg.pairs_per_batch < 2:
+        raise ValueError("pairs_per_batch must be >= 2: the outcome reward needs other pairs as negatives")
+    if cfg.num_generations < 2:
+        raise ValueError("num_generations must be >= 2 (GRPO normalises advantages within the group)")
+    per_device = 2 * cfg.pairs_per_batch * cfg.num_generations
+    gcfg = GRPOConfig(
+        output_dir=output_dir, per_device_train_batch_size=per_device, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_generations=cfg.num_generations, num_iterations=1,
+        max_completion_length=cfg.max_completion_length, num_train_epochs=1, max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate, beta=cfg.beta, temperature=cfg.temperature, top_p=cfg.top_p,
+        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False, use_vllm=False,
+        gradient_checkpointing=False, bf16=bf16, fp16=fp16, use_cpu=use_cpu, logging_steps=1, report_to=[],
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
+        remove_unused_columns=False, disable_dropout=True, log_completions=False)
+    # the geometry that keeps pairs whole (see the module docstring)
+    local = gcfg.per_device_train_batch_size * gcfg.steps_per_generation
+    if local % (2 * cfg.num_generations) or gcfg.generation_batch_size % (2 * cfg.num_generations * num_processes):
+        raise ValueError(f"batch geometry splits pairs: local generation batch {local} completions, "
+                         f"generation batch {gcfg.generation_batch_size}, num_generations {cfg.num_generations}")
+    return gcfg
+
+
+def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
+    """Run EG-RL. Writes `cfg.out` (the trained reasoner as an HF folder + processor), with
+    `reward_log.csv`, `reward_curves.png`, `grpo_log.csv` (TRL's per-step metrics) and `grpo_summary.json`."""
+    import shutil
+
+    import torch
+    from datasets import Dataset
+
+    from unime.data.atomic import atomic_dir, atomic_open
+    from unime.data.images import ImageLoader
+    from unime.data.io import read_records
+    from unime.models.embedder import Embedder
+    from unime.models.loading import load_model
+    from unime.reasoning.embed_inputs import ReasonedEmbedder
+    from unime.reasoning.reasoner import Reasoner
+
+    out = Path(cfg.out)
+    work = out.parent / f".{out.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    data_root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.records))
+    records = read_records(cfg.records)
+    if len(records) < cfg.pairs_per_batch:
+        raise ValueError(f"{cfg.records}: {len(records)} pairs, fewer than pairs_per_batch={cfg.pairs_per_batch}")
+    loader = ImageLoader(data_root)
+    rows = grpo_rows(records, loader, epochs=cfg.epochs, seed=cfg.seed, source=cfg.records)
+    dataset = Dataset.from_list(rows)
+
+    policy = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
+    # the frozen reward model, loaded once
+    embedder = ReasonedEmbedder(Embedder.from_pretrained(cfg.embedder, device=policy.device, dtype=cfg.dtype,
+                                                         pooling="emb", data_root=data_root))
+    for p in embedder.embedder.model.parameters():
+        p.requires_grad_(False)
+    judge = None
+    if cfg.weights[2] != 0:
+        judge = Reasoner.from_pretrained(cfg.process_judge or cfg.model, device=policy.device, dtype=cfg.dtype,
+                                         data_root=data_root)
+        for p in judge.model.parameters():
+            p.requires_grad_(False)
+    resume = cfg.resume and any(work.glob("checkpoint-*"))
+    reward_log = RewardLog(work / "reward_log.csv", resume=resume)
+    if resume:
+        last = max(int(p.name.split("-")[-1]) for p in work.glob("checkpoint-*"))
+        reward_log.truncate(last)
+    reward = EmbedRLReward(embedder, judge, group_size=cfg.num_generations, weights=tuple(cfg.weights),
+                           neg_temperature=cfg.neg_temperature, hard_negative_pairs=cfg.hard_negative_pairs,
+                           seed=cfg.seed, reward_log=reward_log)
+
+    gcfg = embed_rl_grpo_config(cfg, output_dir=str(work), use_cpu=policy.device == "cpu",
+                                bf16=policy.dtype == torch.bfloat16, fp16=policy.dtype == torch.float16)
+    peft_config = None
+    if cfg.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
+                               processing_class=policy.processor, peft_config=peft_config)
+    trainer.train(resume_from_checkpoint=True if resume else None)
+
+    final = trainer.model
+    if cfg.lora_r > 0:
+        final = final.merge_and_unload()
+    final.train(False)
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    summary = {"steps": trainer.state.global_step, "pairs": len(records), "rows": len(rows),
+               "reward_steps": reward_log.rows, "config": asdict(cfg)}
+    with atomic_dir(out, overwrite=True) as tmp:
+        final.save_pretrained(tmp)
+        policy.processor.save_pretrained(tmp)
+        reward_log.write_csv(tmp / "reward_log.csv")
+        if reward_log.rows:
+            reward_log.plot(tmp / "reward_curves.png")
+        keys = sorted({k for h in history for k in h})
+        with atomic_open(tmp / "grpo_log.csv") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            for h in history:
+                w.writerow(h)
+        (tmp / "grpo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
