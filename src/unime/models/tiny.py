@@ -104,6 +104,7 @@ def tokenizer_corpus() -> list[str]:
     # frequent Yes / No so byte-level BPE merges them into single tokens
     lines += ["Yes", "No", "Yes No", "No Yes"] * 50
     lines += [" ".join(words)] * 20
+    lines += vocab.world_sentences() * 5  # the demo world's instructions, captions and questions
     for c in vocab.COLOURS:
         for s in vocab.SHAPES:
             lines.append(f"a {c} {s}. The {c} {s} is small. A large {c} {s} on the left.")

@@ -1,0 +1,201 @@
+"""`generate_world`: build the demo world and write it, atomically, in the layout of docs/CONTRACTS.md.
+
+```
+WORLD/world.json                     manifest: format version, seed, sizes, counts, held-out combinations
+WORLD/images/scenes/<scene>.png      scene images;  WORLD/images/crops/<scene>_o<k>.png  object crops
+WORLD/scenes.jsonl                   scene annotations (objects: shape, colour, size, position, bbox)
+WORLD/items.jsonl                    {"key": Item.key, "item": {...}, "meta": {...}} for every item
+WORLD/train/records.jsonl            training records (unime JSONL), dataset = task name, IND scenes
+WORLD/eval_tasks.yaml                the eval task list
+WORLD/eval/mmeb/<task>.jsonl         MMEB-eval rows (positive at index 0)
+WORLD/eval/retrieval/scene_captions.jsonl   {"image", "captions": [..]}
+WORLD/eval/compositional/{replace,swap,add}.jsonl   {"image", "positive", "negative", "category"}
+```
+The same seed and sizes give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from unime.data.atomic import atomic_dir
+from unime.data.eval_formats import MMEBRow, write_compositional, write_mmeb, write_retrieval
+from unime.data.io import write_records
+from unime.data.items import Record
+from unime.data.synth.build import PRESETS, WorldBuilder, WorldSizes
+from unime.data.synth.render import crop_box, object_bbox, png_bytes, render_scene
+from unime.data.synth.tasks import TASKS, build_compositional, build_queries, build_retrieval
+
+FORMAT_VERSION = 1
+COMPOSITIONAL_CATEGORIES = ("replace", "swap", "add")
+RETRIEVAL_NAME = "scene_captions"
+SINGLE_FRACTION = {"train": 0.4, "eval": 0.4, "ood": 0.5}
+
+
+@dataclass
+class WorldSummary:
+    root: Path
+    counts: dict
+    seconds: float
+    bytes_on_disk: int
+    n_files: int
+
+    def describe(self) -> str:
+        c = self.counts
+        lines = [f"world written to {self.root} in {self.seconds:.2f} s: {self.n_files} files, "
+                 f"{self.bytes_on_disk / 1e6:.2f} MB",
+                 f"scenes: {c['scenes']}; images: {c['images']}",
+                 f"train records: {c['train_records']} ({', '.join(f'{k} {v}' for k, v in c['train'].items())})"]
+        for name, t in c["eval"].items():
+            lines.append(f"eval {name:20s} {t['format']:13s} {t.get('split', ''):3s} {t['queries']:4d} queries"
+                         + (f", {t['candidates_per_query']} candidates/query" if "candidates_per_query" in t else ""))
+        return "\n".join(lines)
+
+
+def resolve_sizes(size: str | WorldSizes = "default", **overrides) -> WorldSizes:
+    base = size if isinstance(size, WorldSizes) else PRESETS.get(size)
+    if base is None:
+        raise ValueError(f"unknown world size {size!r}; choose one of {', '.join(PRESETS)}")
+    fields = {k: v for k, v in overrides.items() if v is not None}
+    return WorldSizes(**{**asdict(base), **fields})
+
+
+def build_world(seed: int, sizes: WorldSizes) -> tuple[WorldBuilder, dict]:
+    """Generate everything in memory. Returns the builder and the files' contents (not images)."""
+    b = WorldBuilder(seed, sizes)
+    b.make_pool("train", sizes.train_scenes, SINGLE_FRACTION["train"])
+    b.make_pool("eval", sizes.eval_scenes, SINGLE_FRACTION["eval"])
+    b.make_pool("ood", sizes.ood_scenes, SINGLE_FRACTION["ood"])
+
+    records: list[Record] = []
+    train_counts: dict[str, int] = {}
+    for task in TASKS:
+        if not task.trained:
+            continue
+        pool = b.pool("train", min_objects=task.min_objects, max_objects=task.max_objects)
+        made = build_queries(b, task, pool, sizes.train_per_task, b.rng(f"train:{task.name}"), train=True)
+        for i, (ex, _) in enumerate(made):
+            records.append(Record(ex.query, ex.positive, dataset=task.name, id=f"{task.name}-{i:04d}"))
+        train_counts[task.name] = len(made)
+    train_keys = {r.query.key for r in records}
+
+    mmeb: dict[str, list[MMEBRow]] = {}
+    for task in TASKS:
+        pool = b.pool(task.eval_pool, min_objects=task.min_objects, max_objects=task.max_objects)
+        made = build_queries(b, task, pool, sizes.eval_queries, b.rng(f"eval:{task.name}"), train=False,
+                             candidates=sizes.candidates, distractor_pool=b.pool(task.eval_pool), exclude=train_keys)
+        mmeb[task.name] = [MMEBRow(ex.query, cands, id=f"{task.name}-{i:04d}") for i, (ex, cands) in enumerate(made)]
+
+    eval_scenes = b.pool("eval")
+    retrieval = build_retrieval(b, b.rng("retrieval"), eval_scenes, sizes.retrieval_images)
+    compositional = {cat: build_compositional(b, b.rng(f"compositional:{cat}"), eval_scenes, cat,
+                                              sizes.compositional_pairs) for cat in COMPOSITIONAL_CATEGORIES}
+    return b, {"records": records, "train_counts": train_counts, "mmeb": mmeb, "retrieval": retrieval,
+               "compositional": compositional}
+
+
+def eval_task_list(content: dict) -> list[dict]:
+    tasks = []
+    for task in TASKS:
+        tasks.append({"name": task.name, "format": "mmeb", "path": f"eval/mmeb/{task.name}.jsonl",
+                      "meta_task": task.meta_task, "split": task.split})
+    tasks.append({"name": RETRIEVAL_NAME, "format": "retrieval", "path": f"eval/retrieval/{RETRIEVAL_NAME}.jsonl",
+                  "meta_task": "retrieval", "split": "IND"})
+    for cat in COMPOSITIONAL_CATEGORIES:
+        tasks.append({"name": cat, "format": "compositional", "path": f"eval/compositional/{cat}.jsonl",
+                      "split": "IND"})
+    return tasks
+
+
+def _counts(b: WorldBuilder, content: dict) -> dict:
+    scenes = {split: sum(1 for s in b.scenes.values() if s.split == split and s.variant_of is None)
+              for split in ("train", "eval", "ood")}
+    scenes["variants"] = sum(1 for s in b.scenes.values() if s.variant_of is not None)
+    eval_counts: dict[str, dict] = {}
+    for task in TASKS:
+        rows = content["mmeb"][task.name]
+        n_c = sorted({len(r.candidates) for r in rows})
+        eval_counts[task.name] = {"format": "mmeb", "meta_task": task.meta_task, "split": task.split,
+                                  "trained": task.trained, "queries": len(rows),
+                                  "candidates_per_query": n_c[0] if len(n_c) == 1 else f"{n_c[0]}-{n_c[-1]}" if n_c
+                                  else 0}
+    eval_counts[RETRIEVAL_NAME] = {"format": "retrieval", "split": "IND", "queries": len(content["retrieval"]),
+                                   "captions": sum(len(e.captions) for e in content["retrieval"])}
+    for cat in COMPOSITIONAL_CATEGORIES:
+        eval_counts[cat] = {"format": "compositional", "split": "IND", "queries": len(content["compositional"][cat])}
+    return {"scenes": scenes, "images": {"scenes": len(b.scenes), "crops": len(b.crops)}, "items": len(b.items),
+            "train_records": len(content["records"]), "train": content["train_counts"], "eval": eval_counts}
+
+
+def _write(b: WorldBuilder, content: dict, root: Path, manifest: dict) -> None:
+    size = b.sizes.image_size
+    (root / "images" / "scenes").mkdir(parents=True)
+    (root / "images" / "crops").mkdir(parents=True)
+    crops_by_scene: dict[str, list[int]] = {}
+    for sid, k in sorted(b.crops):
+        crops_by_scene.setdefault(sid, []).append(k)
+    with open(root / "scenes.jsonl", "w", encoding="utf-8") as fh:
+        for scene in b.scenes.values():
+            img = render_scene(scene, size)
+            (root / scene.image).write_bytes(png_bytes(img))
+            for k in crops_by_scene.get(scene.id, ()):
+                (root / scene.crop_image(k)).write_bytes(png_bytes(img.crop(crop_box(scene.objects[k], size))))
+            row = scene.to_dict()
+            for o, d in zip(scene.objects, row["objects"]):
+                d["bbox"] = object_bbox(o, size)
+            row["image_size"] = [size, size]
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(root / "items.jsonl", "w", encoding="utf-8") as fh:
+        for key, (item, meta) in b.items.items():
+            fh.write(json.dumps({"key": key, "item": item.to_dict(), "meta": meta}, ensure_ascii=False) + "\n")
+    write_records(content["records"], root / "train" / "records.jsonl")
+    for name, rows in content["mmeb"].items():
+        write_mmeb(rows, root / "eval" / "mmeb" / f"{name}.jsonl")
+    write_retrieval(content["retrieval"], root / "eval" / "retrieval" / f"{RETRIEVAL_NAME}.jsonl")
+    for cat, pairs in content["compositional"].items():
+        write_compositional(pairs, root / "eval" / "compositional" / f"{cat}.jsonl")
+    with open(root / "eval_tasks.yaml", "w", encoding="utf-8") as fh:
+        fh.write("# eval tasks of the generated demo world; paths are relative to data_root\n")
+        yaml.safe_dump({"data_root": ".", "tasks": eval_task_list(content)}, fh, sort_keys=False,
+                       default_flow_style=None, width=120)
+    with open(root / "world.json", "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+
+
+def _disk_usage(root: Path) -> tuple[int, int]:
+    total, n = 0, 0
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            total += os.path.getsize(os.path.join(dirpath, f))
+            n += 1
+    return total, n
+
+
+def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes | str = "default",
+                   overwrite: bool = False) -> WorldSummary:
+    """Generate the demo world into `out` (built in a temporary sibling folder, then renamed)."""
+    start = time.perf_counter()
+    root = Path(out)
+    if root.exists() and not overwrite:  # fail before the work, not after it
+        raise FileExistsError(f"{root} exists (pass overwrite=True / --overwrite to replace it)")
+    if isinstance(sizes, str):
+        sizes = resolve_sizes(sizes)
+    b, content = build_world(seed, sizes)
+    counts = _counts(b, content)
+    manifest = {"format_version": FORMAT_VERSION, "generator": "unime.data.synth", "seed": seed,
+                "sizes": asdict(sizes), "held_out_combos": [list(c) for c in b.held_out],
+                "splits": {"IND": "scenes without held-out colour x shape combinations; train and eval scenes "
+                                  "are disjoint",
+                           "OOD": "scenes holding a held-out combination, or a task without training records"},
+                "counts": counts}
+    with atomic_dir(root, overwrite=overwrite) as tmp:
+        _write(b, content, tmp, manifest)
+    nbytes, nfiles = _disk_usage(root)
+    return WorldSummary(root, counts, time.perf_counter() - start, nbytes, nfiles)
