@@ -1,0 +1,225 @@
+"""Cold-start SFT of the Reasoner on teacher T-CoTs (Embed-RL, before EG-RL).
+
+Each example is the reasoner's own prompt (`unime.reasoning.reasoner.reasoning_prompt_segments`, the
+same turn `Reasoner.generate` and GRPO use) followed by the teacher's T-CoT and the chat template's
+end-of-turn token. The loss is next-token cross-entropy on the assistant tokens only: the system and
+user tokens (image tokens included) are labelled -100.
+
+Tokens are built the way generation sees them: prompt ids from the processor (image placeholders
+expanded), then the completion's ids appended, so training and generation agree token for token.
+
+Training runs on Hugging Face's `Trainer` (resumable checkpoints, logging); LoRA through PEFT
+(`lora_r > 0`, merged into the saved model) or full fine-tuning (`lora_r = 0`). The output is an
+ordinary HF folder (model + processor) that `Reasoner.from_pretrained` and the GRPO stage load.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from unime.models.adapters import FamilyAdapter, Segment
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+def end_of_turn_text(adapter: FamilyAdapter) -> str:
+    """What the chat template writes right after an assistant message's content (e.g. `<|im_end|>`),
+    found by rendering a sentinel answer; trailing whitespace dropped (generation stops at the token)."""
+    sentinel = "\u0001unime-sft-sentinel\u0001"
+    rendered = adapter.render([{"role": "user", "content": [{"type": "text", "text": "x"}]},
+                               {"role": "assistant", "content": [{"type": "text", "text": sentinel}]}],
+                              add_generation_prompt=False)
+    if sentinel not in rendered:  # pragma: no cover - every chat template renders the content
+        raise ValueError("the chat template does not render assistant content")
+    tail = rendered.split(sentinel, 1)[1].rstrip()
+    if not tail:
+        raise ValueError("the chat template writes nothing after an assistant message; cannot find the end of turn")
+    return tail
+
+
+def sft_features(adapter: FamilyAdapter, segments: Sequence[Segment], answer: str, *,
+                 end_of_turn: str | None = None) -> dict[str, Any]:
+    """Tensors of one SFT example: `input_ids`, `attention_mask`, `labels` (-100 on the prompt) plus the
+    processor's vision fields (`pixel_values`, `image_grid_thw`, `mm_token_type_ids`, ...), batch dim 1."""
+    import torch
+
+    eot = end_of_turn if end_of_turn is not None else end_of_turn_text(adapter)
+    prompt = adapter.render_user_turn(segments)
+    enc = adapter.processor_inputs([prompt], [list(segments)])
+    answer_ids = adapter.tokenizer.encode(answer + eot, add_special_tokens=False)
+    prompt_ids = enc["input_ids"]
+    n_prompt, n_ans = prompt_ids.shape[1], len(answer_ids)
+    ans = torch.tensor([answer_ids], dtype=prompt_ids.dtype)
+    feats: dict[str, Any] = {}
+    for k, v in enc.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        if v.dim() == 2 and v.shape[0] == 1 and v.shape[1] == n_prompt:  # per-token field
+            if k == "input_ids":
+                feats[k] = torch.cat([v, ans], dim=1)
+            elif k == "attention_mask":
+                feats[k] = torch.cat([v, torch.ones(1, n_ans, dtype=v.dtype)], dim=1)
+            else:  # e.g. mm_token_type_ids: the answer is text (type 0)
+                feats[k] = torch.cat([v, torch.zeros(1, n_ans, dtype=v.dtype)], dim=1)
+        else:  # vision fields, concatenated over examples by the collator
+            feats[k] = v
+    feats["labels"] = torch.cat([torch.full((1, n_prompt), IGNORE_INDEX, dtype=prompt_ids.dtype), ans], dim=1)
+    return feats
+
+
+class SFTCollator:
+    """Right-pads per-token fields (`input_ids` with the pad id, `labels` with -100, masks with 0) and
+    concatenates vision fields along their first dimension."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        length = max(ex["input_ids"].shape[1] for ex in examples)
+        per_token = [k for k, v in examples[0].items() if v.dim() == 2 and v.shape == examples[0]["input_ids"].shape]
+        batch: dict[str, Any] = {}
+        for k in per_token:
+            pad = self.pad_token_id if k == "input_ids" else IGNORE_INDEX if k == "labels" else 0
+            rows = []
+            for ex in examples:
+                v = ex[k]
+                rows.append(torch.cat([v, torch.full((1, length - v.shape[1]), pad, dtype=v.dtype)], dim=1))
+            batch[k] = torch.cat(rows, dim=0)
+        vision_keys = sorted({k for ex in examples for k in ex if k not in per_token})
+        for k in vision_keys:
+            parts = [ex[k] for ex in examples if k in ex]
+            batch[k] = torch.cat(parts, dim=0)
+        return batch
+
+
+@dataclass
+class ReasonerSFTConfig:
+    model: str
+    data: str  # T-CoT JSONL (unime reason teacher / generate)
+    out: str
+    data_root: str | None = None
+    epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 1e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    lora_r: int = 16  # 0 = full fine-tuning
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                    "gate_proj", "up_proj", "down_proj"])
+    skip_invalid: bool = False  # drop teacher T-CoTs that do not parse (counted), instead of raising
+    device: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    logging_steps: int = 10
+    save_steps: int = 500
+    resume: bool = False
+
+
+def build_sft_examples(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False,
+                       source: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """SFT tensors for T-CoT rows. A T-CoT that does not parse raises `TCoTError` naming the row, or is
+    skipped and counted when `skip_invalid`. Returns (examples, skipped)."""
+    from unime.reasoning.reasoner import reasoning_prompt_segments
+    from unime.reasoning.tcot import TCoTError, parse_tcot
+
+    eot = end_of_turn_text(adapter)
+    out, skipped = [], 0
+    for n, r in enumerate(rows):
+        rid = f"{r.record_id}/{r.side}"
+        try:
+            parse_tcot(r.tcot, source=source, record=rid)
+        except TCoTError:
+            if not skip_invalid:
+                raise
+            skipped += 1
+            continue
+        images = [loader.load(ref, source=source, record=rid, field=f"item.images[{i}]")
+                  for i, ref in enumerate(r.item.images)]
+        frames = [loader.load(ref, source=source, record=rid, field=f"item.video[{i}]")
+                  for i, ref in enumerate(r.item.video)]
+        segs = reasoning_prompt_segments(r.item.text, images, frames, r.side, record=rid)
+        out.append(sft_features(adapter, segs, r.tcot, end_of_turn=eot))
+    return out, skipped
+
+
+def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
+    """Run the cold-start SFT; writes `cfg.out` (merged HF folder + processor), `train_log.csv`,
+    `sft_config.json`. Returns a summary dict."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from unime.data.atomic import atomic_dir, atomic_open
+    from unime.data.images import ImageLoader
+    from unime.models.loading import load_model
+    from unime.reasoning.reasoner import read_tcot_rows
+
+    out = Path(cfg.out)
+    rows = read_tcot_rows(cfg.data)
+    data_root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.data))
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
+    model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
+    examples, skipped = build_sft_examples(rows, adapter, ImageLoader(data_root), skip_invalid=cfg.skip_invalid,
+                                           source=cfg.data)
+    if not examples:
+        raise ValueError(f"{cfg.data}: no usable T-CoT rows ({skipped} skipped)")
+    log.info("reasoner SFT: %d examples (%d skipped), answer tokens %d", len(examples), skipped,
+             sum(int((e["labels"] != IGNORE_INDEX).sum()) for e in examples))
+
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout,
+                                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
+    work = out.parent / f".{out.name}.work"
+    use_cpu = loaded.device == "cpu"
+    args = TrainingArguments(
+        output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear", logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+        seed=cfg.seed, report_to=[], remove_unused_columns=False, use_cpu=use_cpu,
+        bf16=loaded.dtype == torch.bfloat16, fp16=loaded.dtype == torch.float16, dataloader_num_workers=0,
+        disable_tqdm=False)
+    trainer = Trainer(model=model, args=args, train_dataset=examples,
+                      data_collator=SFTCollator(adapter.tokenizer.pad_token_id))
+    resume = cfg.resume and any(work.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+
+    final = trainer.model
+    if cfg.lora_r > 0:
+        final = final.merge_and_unload()
+    final.train(False)
+    with atomic_dir(out, overwrite=True) as tmp:
+        final.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        with atomic_open(tmp / "train_log.csv") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "epoch", "loss", "learning_rate"])
+            for h in history:
+                w.writerow([h.get("step"), h.get("epoch"), h.get("loss"), h.get("learning_rate")])
+        summary = {"examples": len(examples), "skipped_invalid": skipped, "steps": trainer.state.global_step,
+                   "train_loss": result.training_loss,
+                   "first_loss": history[0]["loss"] if history else None,
+                   "last_loss": history[-1]["loss"] if history else None,
+                   "config": asdict(cfg)}
+        (tmp / "sft_summary.json").write_text(json.dumps(summary, indent=2))
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
