@@ -196,10 +196,18 @@ def test_mmeb_reader_reads_parquet_folders_and_names_bad_fields(tmp_path):
     results, out, _ = _run(cfg)
     assert results["DS"].metrics["precision@1"] == 1.0
 
-    _jsonl(tmp_path / "bad.jsonl", [{"qry_text": "q", "tgt_text": ["a", "b"], "tgt_img_path": [""]}])
+    _jsonl(tmp_path / "bad.jsonl", [{"qry_text": "q", "qry_img_path": "", "tgt_text": ["a", "b"], "tgt_img_path": [""]},
+                                    {"id": "r2", "qry_text": "q", "qry_img_path": "", "tgt_text": ["a"],
+                                     "tgt_img_path": [""]}])
     cfg.write_text("tasks:\n  - {name: bad, format: mmeb, path: bad.jsonl}\n")
-    with pytest.raises(DataError, match=r"bad.jsonl.*record 1.*tgt_img_path"):
+    with pytest.raises(DataError, match=r"bad.jsonl.*record line 1.*tgt_img_path"):
         load_task_data(load_task_config(cfg).tasks[0])
+    # under the skip policy the bad row is left out and counted
+    from unime.data.skips import SkipReport
+
+    skips = SkipReport()
+    data = load_task_data(load_task_config(cfg).tasks[0], on_error="skip", skips=skips)
+    assert data.ids == ["r2"] and data.skipped == 1 and skips.total == 1
 
 
 # -- the runners -----------------------------------------------------------------------------------------------
@@ -342,7 +350,8 @@ def test_second_run_with_the_same_model_encodes_nothing(tmp_path):
 def test_same_relative_path_under_two_roots_is_two_items(tmp_path):
     for sub, colour in (("a", "red"), ("b", "blue")):
         _png(tmp_path / sub, "img.png", colour)
-        _jsonl(tmp_path / sub / "t.jsonl", [{"qry_text": Q, "qry_img_path": "img.png", "tgt_text": [colour, "green"]}])
+        _jsonl(tmp_path / sub / "t.jsonl", [{"qry_text": Q, "qry_img_path": "img.png", "tgt_text": [colour, "green"],
+                                             "tgt_img_path": ["", ""]}])
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tasks:\n"
                    "  - {name: a, format: mmeb, path: a/t.jsonl, data_root: a}\n"

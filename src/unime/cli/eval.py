@@ -32,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--ties", default="pessimistic", choices=["pessimistic", "index"],
                    help="exact score ties: pessimistic = a tie with a relevant item counts against it (default); "
                         "index = lower candidate index wins (VLM2Vec's argmax)")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="a bad data row stops the run (raise, default) or is left out and counted (skip)")
     p.add_argument("--rerank", default=None, metavar="CKPT", help="reranker checkpoint: report every task with "
                                                                    "and without reranking")
     p.add_argument("--topk", type=int, default=5, help="candidates the reranker sees (default 5, the paper's)")
@@ -58,7 +60,7 @@ def _eval(args) -> int:
     summary = evaluate_checkpoint(
         args.model, args.tasks, args.out, tasks_root=args.tasks_root, only=args.task, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, pooling=args.pooling, cache_dir=args.cache_dir,
-        use_cache=not args.no_cache, ties=args.ties, rerank_path=args.rerank, rerank_topk=args.topk,
+        use_cache=not args.no_cache, ties=args.ties, on_error=args.on_error, rerank_path=args.rerank, rerank_topk=args.topk,
         rerank_mode=args.mode, compare=args.compare)
     enc = summary["encoding"]
     print(f"{args.out}/results.md  (items seen {enc['items_seen']}, distinct {enc['distinct_items']}, "

@@ -103,16 +103,20 @@ def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None =
 
 @contextlib.contextmanager
 def image_root(model: Any, root: str | os.PathLike | None):
-    """Temporarily point a model's ``image_loader`` (Embedder, Reranker) at `root`; no-op without one."""
-    old = getattr(model, "image_loader", None)
-    if root is None or not isinstance(old, ImageLoader):
+    """Temporarily point a model's ``image_loader`` (Embedder, Reranker) at `root`; no-op without one.
+
+    The loader is changed in place, not replaced, because parts of a model may share it (the Reranker's
+    pairwise judge holds the Reranker's loader)."""
+    loader = getattr(model, "image_loader", None)
+    if root is None or not isinstance(loader, ImageLoader):
         yield
         return
-    model.image_loader = ImageLoader(root, allow_outside_root=old.allow_outside_root, max_pixels=old.max_pixels)
+    old_root = loader.root
+    loader.root = Path(root).resolve()
     try:
         yield
     finally:
-        model.image_loader = old
+        loader.root = old_root
 
 
 class EmbeddingStore:

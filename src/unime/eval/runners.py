@@ -288,6 +288,8 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
             res.rerank_stats = reranking.stats.to_dict()
             reranking.stats = RerankStats()
         res.seconds = time.perf_counter() - ts
+        if data.skipped:
+            res.counts["skipped_rows"] = data.skipped
         results.append(res)
         log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items()))
     t3 = time.perf_counter()
@@ -299,12 +301,14 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
     return RunOutput(results=results, encoding=encoder.stats.to_dict(), timing=timing, rerank=rerank_info)
 
 
-def load_suite_data(suite: TaskSuite) -> list[tuple[TaskSpec, TaskData]]:
+def load_suite_data(suite: TaskSuite, *, on_error: str = "raise") -> list[tuple[TaskSpec, TaskData]]:
+    """Read every task (fails on the first bad row unless ``on_error="skip"``, which counts skipped rows
+    per task: they appear in each task's ``counts["skipped_rows"]``)."""
     out = []
     for spec in suite.tasks:
-        data = load_task_data(spec)
-        log.info("task %s (%s): %d distinct items, %d references", spec.name, spec.format, len(data.table),
-                 data.references)
+        data = load_task_data(spec, on_error=on_error)
+        log.info("task %s (%s): %d distinct items, %d references%s", spec.name, spec.format, len(data.table),
+                 data.references, f", {data.skipped} rows skipped" if data.skipped else "")
         out.append((spec, data))
     return out
 
@@ -312,7 +316,8 @@ def load_suite_data(suite: TaskSuite) -> list[tuple[TaskSpec, TaskData]]:
 def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str | None = None,
                         only: list[str] | None = None, batch_size: int = 16, device: str | None = None,
                         dtype: str = "auto", pooling: str = "auto", cache_dir: str | None = None,
-                        use_cache: bool = True, ties: str = "pessimistic", rerank_path: str | None = None,
+                        use_cache: bool = True, ties: str = "pessimistic", on_error: str = "raise",
+                        rerank_path: str | None = None,
                         rerank_topk: int = DEFAULT_RERANK_TOPK, rerank_mode: str = "top1",
                         compare: list[str] | None = None, show_progress: bool = True) -> dict:
     """`unime eval --model ...`: evaluate one embedder checkpoint on a task config; returns the summary."""
@@ -323,7 +328,7 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
     t_start = time.perf_counter()
     opts = EvalOptions(ties=ties, rerank_topk=rerank_topk, rerank_mode=rerank_mode)
     suite = load_task_config(tasks, root=tasks_root, only=only)
-    data = load_suite_data(suite)  # bad data fails here, before the model is loaded
+    data = load_suite_data(suite, on_error=on_error)  # bad data fails here, before the model is loaded
     t_data = time.perf_counter()
     embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=pooling, batch_size=batch_size)
     reranking = None
@@ -340,6 +345,7 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
     run.timing = {"load_data_seconds": round(t_data - t_start, 3), "load_model_seconds": round(t_model - t_data, 3),
                   **run.timing, "wall_seconds": round(time.perf_counter() - t_start, 3)}
     meta = {"model": str(model), "model_id": model_id, "tasks_config": str(suite.source), "ties": ties,
+            "on_error": on_error, "skipped_rows": sum(d.skipped for _, d in data),
             "cache_dir": str(cache) if cache else None, "device": embedder.device, "dtype": str(dtype),
             "batch_size": batch_size}
     if rerank_path:

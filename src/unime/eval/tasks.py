@@ -30,24 +30,31 @@ is read as one task — the layout of a Hugging Face dataset snapshot such as MM
   every query ranked against the whole corpus. Options: ``query_template``, ``candidate_template``,
   ``ks`` (NDCG / recall cut-offs, default [5, 10]), ``qrels_split`` (default ``test``).
 
+MMEB rows, retrieval entries and compositional pairs are parsed by the data layer
+(`unime.data.eval_formats`), one row at a time, with its error policy: a bad row raises `DataError`
+naming file, record and field, or with ``on_error="skip"`` is left out and counted.
+
 Each task's data is interned into an `ItemTable` (its distinct items) plus integer arrays, so a task
 with 1,000 queries x 1,000 shared candidates holds 1,000 + distinct items, not a million.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import yaml
 
+from unime.data.eval_formats import compositional_pair_from_dict, mmeb_row_from_dict, retrieval_entry_from_dict
+from unime.data.eval_formats import iter_rows as iter_format_rows
 from unime.data.items import Item
+from unime.data.skips import ErrorPolicy, SkipReport, data_error
+from unime.data.validate import check_keys, check_str, make_item, parse_item
 from unime.errors import DataError
 
 FORMATS = ("mmeb", "retrieval", "compositional", "qrels")
@@ -247,6 +254,8 @@ class MMEBData:
     candidates: list[np.ndarray]   # per query: item indices of its candidates, positive first
     ids: list[str]
 
+    skipped: int = 0  # rows left out under on_error="skip"
+
     @property
     def references(self) -> int:
         return len(self.query) + sum(len(c) for c in self.candidates)
@@ -258,6 +267,8 @@ class RetrievalData:
     image: np.ndarray         # (n_images,) item index of each image item
     caption: np.ndarray       # (n_captions,) item index of each caption item
     caption_image: np.ndarray  # (n_captions,) position (0..n_images-1) of the caption's image
+
+    skipped: int = 0  # rows left out under on_error="skip"
 
     @property
     def references(self) -> int:
@@ -273,6 +284,8 @@ class CompositionalData:
     category: list[str]
     ids: list[str]
 
+    skipped: int = 0  # rows left out under on_error="skip"
+
     @property
     def references(self) -> int:
         return 3 * len(self.image)
@@ -287,6 +300,8 @@ class QrelsData:
     ids: list[str]
     shared_corpus: bool = False    # BEIR: every query ranks the same corpus
 
+    skipped: int = 0  # rows left out under on_error="skip"
+
     @property
     def references(self) -> int:
         if self.shared_corpus:
@@ -297,10 +312,16 @@ class QrelsData:
 TaskData = MMEBData | RetrievalData | CompositionalData | QrelsData
 
 
-def load_task_data(spec: TaskSpec) -> TaskData:
+def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport | None = None) -> TaskData:
+    """Read one task's data. Bad rows raise `DataError` (file, record, field), or under
+    ``on_error="skip"`` are left out and counted in `skips` (and in the task's ``skipped``)."""
     reader = {"mmeb": read_mmeb_task, "retrieval": read_retrieval_task,
               "compositional": read_compositional_task, "qrels": read_qrels_task}[spec.format]
-    return reader(spec)
+    policy = ErrorPolicy(on_error, skips, f"task {spec.name}")
+    data = reader(spec, policy)
+    data.skipped = policy.skips.total - policy.start
+    policy.finish()
+    return data
 
 
 # -- raw rows --------------------------------------------------------------------------------------------
@@ -316,125 +337,62 @@ def _data_files(path: Path, *, task: str) -> list[Path]:
     return [path]
 
 
-def iter_rows(path: Path, *, task: str) -> Iterator[tuple[str, int | str, dict]]:
-    """(source file, line number or row number, row dict) for every row of a JSONL / Parquet task."""
+def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str) -> Iterator[tuple[str, Any]]:
+    """(record label, parsed row) for every good row of a task's file(s); bad rows go through `policy`.
+    Rows are parsed by the data layer (`unime.data.eval_formats`), one at a time."""
     for f in _data_files(path, task=task):
-        if f.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(f)
-            for n, row in enumerate(table.to_pylist()):
-                yield str(f), n, row
-            continue
-        with open(f, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"malformed JSON: {e}", source=str(f), record=n) from None
-                if not isinstance(row, dict):
-                    raise DataError("a line must be a JSON object", source=str(f), record=n)
-                yield str(f), n, row
-
-
-def _str_field(row: dict, key: str, *, source, record, required: bool = True, allow_empty: bool = False) -> str:
-    v = row.get(key)
-    if v is None and not required:
-        return ""
-    if not isinstance(v, str) or (not v and not allow_empty):
-        raise DataError(f"expected a {'string' if allow_empty else 'non-empty string'}, got {v!r}",
-                        source=source, record=record, field=key)
-    return v
+        for label, obj in iter_format_rows(f, policy):
+            try:
+                yield label, parse(obj, source=str(f), record=label)
+            except DataError as e:
+                policy.handle(e)
 
 
 def _template(template: str, text: str) -> str:
     return template.replace("{text}", text)
 
 
-def _nonempty(item: Item, *, source, record, field_name) -> Item:
-    if item.is_empty:
-        raise DataError("empty item (no text, no image)", source=source, record=record, field=field_name)
-    return item
+def _no_rows(spec: TaskSpec) -> DataError:
+    return DataError(f"task {spec.name!r} has no (good) rows", source=str(spec.path))
 
 
 # -- MMEB ------------------------------------------------------------------------------------------------
 
-def mmeb_row_items(row: dict, *, source: str, record) -> tuple[Item, list[Item]]:
-    """Query and candidates (positive first) of one MMEB-eval row. ``""`` / null image path = no image."""
-    qtext = _str_field(row, "qry_text", source=source, record=record, required=False, allow_empty=True)
-    qimg = row.get("qry_img_path") or ""
-    if not isinstance(qimg, str):
-        raise DataError("expected a path string", source=source, record=record, field="qry_img_path")
-    query = _nonempty(Item(text=qtext, images=(qimg,) if qimg else ()), source=source, record=record,
-                      field_name="qry_text")
-    texts = row.get("tgt_text")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, (list, tuple)) or not texts:
-        raise DataError("expected a non-empty list of candidate texts", source=source, record=record,
-                        field="tgt_text")
-    imgs = row.get("tgt_img_path")
-    if imgs is None:
-        imgs = [""] * len(texts)
-    if isinstance(imgs, str):
-        imgs = [imgs]
-    if not isinstance(imgs, (list, tuple)) or len(imgs) != len(texts):
-        raise DataError(f"expected a list of {len(texts)} image paths (one per tgt_text, \"\" for none)",
-                        source=source, record=record, field="tgt_img_path")
-    cands = []
-    for j, (t, im) in enumerate(zip(texts, imgs)):
-        if t is None:
-            t = ""
-        im = im or ""
-        if not isinstance(t, str) or not isinstance(im, str):
-            raise DataError("candidate text and image path must be strings", source=source, record=record,
-                            field=f"tgt_text[{j}]")
-        cands.append(_nonempty(Item(text=t, images=(im,) if im else ()), source=source, record=record,
-                               field_name=f"tgt_text[{j}]"))
-    return query, cands
-
-
-def read_mmeb_task(spec: TaskSpec) -> MMEBData:
+def read_mmeb_task(spec: TaskSpec, policy: ErrorPolicy) -> MMEBData:
     table = ItemTable()
     queries, candidates, ids = [], [], []
-    for source, n, row in iter_rows(spec.path, task=spec.name):
-        query, cands = mmeb_row_items(row, source=source, record=row.get("id", n))
-        queries.append(table.add(query))
-        candidates.append(np.fromiter((table.add(c) for c in cands), dtype=np.int64, count=len(cands)))
-        ids.append(str(row.get("id", f"{Path(source).name}:{n}")))
+    for label, row in _parsed_rows(spec.path, mmeb_row_from_dict, policy, task=spec.name):
+        queries.append(table.add(row.query))
+        candidates.append(np.fromiter((table.add(c) for c in row.candidates), dtype=np.int64,
+                                      count=len(row.candidates)))
+        ids.append(row.id or label)
     if not queries:
-        raise DataError(f"task {spec.name!r} has no rows", source=str(spec.path))
+        raise _no_rows(spec)
     return MMEBData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=candidates, ids=ids)
 
 
 # -- retrieval -------------------------------------------------------------------------------------------
 
-def read_retrieval_task(spec: TaskSpec) -> RetrievalData:
+def read_retrieval_task(spec: TaskSpec, policy: ErrorPolicy) -> RetrievalData:
     text_t = spec.option("text_template", "{text}")
     image_t = spec.option("image_template", "")
     table = ItemTable()
     images, captions, caption_image = [], [], []
-    seen_images: dict[str, tuple[str, int]] = {}
-    for source, n, row in iter_rows(spec.path, task=spec.name):
-        path = _str_field(row, "image", source=source, record=n)
-        if path in seen_images:
-            s0, n0 = seen_images[path]
-            raise DataError(f"image {path!r} listed twice (first at {s0} line {n0}); put all its captions on "
-                            "one line", source=source, record=n, field="image")
-        seen_images[path] = (source, n)
-        caps = row.get("captions")
-        if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and c.strip() for c in caps):
-            raise DataError("expected a non-empty list of non-empty caption strings", source=source, record=n,
-                            field="captions")
+    seen_images: dict[str, str] = {}
+    for label, entry in _parsed_rows(spec.path, retrieval_entry_from_dict, policy, task=spec.name):
+        if entry.image in seen_images:
+            policy.handle(DataError(f"image {entry.image!r} listed twice (first at {seen_images[entry.image]}); put "
+                                    "all its captions on one line", source=str(spec.path), record=label,
+                                    field="image"))
+            continue
+        seen_images[entry.image] = label
         pos = len(images)
-        images.append(table.add(Item(text=_template(image_t, ""), images=(path,))))
-        for c in caps:
+        images.append(table.add(Item(text=_template(image_t, ""), images=(entry.image,))))
+        for c in entry.captions:
             captions.append(table.add(Item(text=_template(text_t, c))))
             caption_image.append(pos)
     if not images:
-        raise DataError(f"task {spec.name!r} has no rows", source=str(spec.path))
+        raise _no_rows(spec)
     return RetrievalData(table=table, image=np.asarray(images, dtype=np.int64),
                          caption=np.asarray(captions, dtype=np.int64),
                          caption_image=np.asarray(caption_image, dtype=np.int64))
@@ -442,27 +400,20 @@ def read_retrieval_task(spec: TaskSpec) -> RetrievalData:
 
 # -- compositional ---------------------------------------------------------------------------------------
 
-def read_compositional_task(spec: TaskSpec) -> CompositionalData:
+def read_compositional_task(spec: TaskSpec, policy: ErrorPolicy) -> CompositionalData:
     text_t = spec.option("text_template", "{text}")
     image_t = spec.option("image_template", "")
     default_cat = spec.option("category", spec.name)
     table = ItemTable()
     image, pos, neg, cats, ids = [], [], [], [], []
-    for source, n, row in iter_rows(spec.path, task=spec.name):
-        rec = row.get("id", n)
-        path = _str_field(row, "image", source=source, record=rec)
-        p = _str_field(row, "positive", source=source, record=rec)
-        q = _str_field(row, "negative", source=source, record=rec)
-        cat = row.get("category", default_cat)
-        if not isinstance(cat, str) or not cat:
-            raise DataError("expected a non-empty string", source=source, record=rec, field="category")
-        image.append(table.add(Item(text=_template(image_t, ""), images=(path,))))
-        pos.append(table.add(Item(text=_template(text_t, p))))
-        neg.append(table.add(Item(text=_template(text_t, q))))
-        cats.append(cat)
-        ids.append(str(rec))
+    for label, pair in _parsed_rows(spec.path, compositional_pair_from_dict, policy, task=spec.name):
+        image.append(table.add(Item(text=_template(image_t, ""), images=(pair.image,))))
+        pos.append(table.add(Item(text=_template(text_t, pair.positive))))
+        neg.append(table.add(Item(text=_template(text_t, pair.negative))))
+        cats.append(pair.category or default_cat)
+        ids.append(pair.id or label)
     if not image:
-        raise DataError(f"task {spec.name!r} has no rows", source=str(spec.path))
+        raise _no_rows(spec)
     arr = lambda xs: np.asarray(xs, dtype=np.int64)  # noqa: E731
     return CompositionalData(table=table, image=arr(image), positive=arr(pos), negative=arr(neg), category=cats,
                              ids=ids)
@@ -470,10 +421,13 @@ def read_compositional_task(spec: TaskSpec) -> CompositionalData:
 
 # -- qrels -----------------------------------------------------------------------------------------------
 
+QRELS_KEYS = {"query", "candidates", "relevance"}
+
+
 def _grade(v, *, source, record, field_name) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
-        raise DataError(f"relevance grade must be a finite number >= 0, got {v!r}", source=source, record=record,
-                        field=field_name)
+        raise data_error("bad_score", f"relevance grade must be a finite number >= 0, got {v!r}", source=source,
+                         record=record, field=field_name)
     return float(v)
 
 
@@ -481,96 +435,108 @@ def _templated(item: Item, template: str) -> Item:
     return Item(text=_template(template, item.text), images=item.images, video=item.video)
 
 
-def read_qrels_task(spec: TaskSpec) -> QrelsData:
+@dataclass
+class QrelsRow:
+    query: Item
+    candidates: list[Item]
+    grades: list[float]
+    id: str = ""
+
+
+def qrels_row_from_dict(obj: Any, *, source=None, record=None) -> QrelsRow:
+    """``{"id"?, "query": {item}, "candidates": [{item}, ..], "relevance": [grade, ..]}``."""
+    check_keys(obj, QRELS_KEYS, {"id"}, source=source, record=record, what="qrels row")
+    query = parse_item(obj["query"], source=source, record=record, field="query")
+    items, rel = obj["candidates"], obj["relevance"]
+    if not isinstance(items, list) or not items:
+        raise data_error("schema", "expected a non-empty list", source=source, record=record, field="candidates")
+    if not isinstance(rel, list) or len(rel) != len(items):
+        raise data_error("schema", f"expected a list of {len(items)} grades (one per candidate)", source=source,
+                         record=record, field="relevance")
+    cands = [parse_item(d, source=source, record=record, field=f"candidates[{j}]") for j, d in enumerate(items)]
+    grades = [_grade(g, source=source, record=record, field_name=f"relevance[{j}]") for j, g in enumerate(rel)]
+    return QrelsRow(query, cands, grades, check_str(obj.get("id"), source=source, record=record, field="id"))
+
+
+def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
     if spec.path.is_dir() and (spec.path / "corpus.jsonl").is_file():
-        return _read_beir(spec)
+        return _read_beir(spec, policy)
     qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
     table = ItemTable()
     queries, cands, grades, ids = [], [], [], []
-    for source, n, row in iter_rows(spec.path, task=spec.name):
-        rec = row.get("id", n)
-        unknown = set(row) - {"id", "query", "candidates", "relevance"}
-        if unknown:
-            raise DataError(f"unknown keys {sorted(unknown)}", source=source, record=rec, field=sorted(unknown)[0])
-        query = Item.from_dict(row.get("query"), source=source, record=rec, field_name="query")
-        items = row.get("candidates")
-        rel = row.get("relevance")
-        if not isinstance(items, list) or not items:
-            raise DataError("expected a non-empty list", source=source, record=rec, field="candidates")
-        if not isinstance(rel, list) or len(rel) != len(items):
-            raise DataError(f"expected a list of {len(items)} grades (one per candidate)", source=source,
-                            record=rec, field="relevance")
-        queries.append(table.add(_nonempty(_templated(query, qt), source=source, record=rec, field_name="query")))
-        idx = []
-        for j, d in enumerate(items):
-            c = Item.from_dict(d, source=source, record=rec, field_name=f"candidates[{j}]")
-            idx.append(table.add(_nonempty(_templated(c, ct), source=source, record=rec,
-                                           field_name=f"candidates[{j}]")))
-        cands.append(np.asarray(idx, dtype=np.int64))
-        grades.append(np.asarray([_grade(g, source=source, record=rec, field_name=f"relevance[{j}]")
-                                  for j, g in enumerate(rel)]))
-        ids.append(str(rec))
+    for label, row in _parsed_rows(spec.path, qrels_row_from_dict, policy, task=spec.name):
+        queries.append(table.add(_templated(row.query, qt)))
+        cands.append(np.asarray([table.add(_templated(c, ct)) for c in row.candidates], dtype=np.int64))
+        grades.append(np.asarray(row.grades, dtype=np.float64))
+        ids.append(row.id or label)
     if not queries:
-        raise DataError(f"task {spec.name!r} has no rows", source=str(spec.path))
+        raise _no_rows(spec)
     return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=cands, grades=grades,
                      ids=ids)
 
 
-def _beir_item(row: dict, *, source, record, template: str) -> Item:
-    text = row.get("text") or ""
-    title = row.get("title") or ""
-    if not isinstance(text, str) or not isinstance(title, str):
-        raise DataError("text and title must be strings", source=source, record=record, field="text")
+def _beir_item(row: Any, *, source, record, template: str) -> tuple[str, Item]:
+    check_keys(row, {"_id"}, {"text", "title", "image", "metadata"}, source=source, record=record,
+               what="BEIR row")
+    rid = check_str(row["_id"], source=source, record=record, field="_id", allow_none=False)
+    text = check_str(row.get("text"), source=source, record=record, field="text")
+    title = check_str(row.get("title"), source=source, record=record, field="title")
     full = f"{title}\n{text}" if title and text else (title or text)
-    image = row.get("image") or ""
-    if not isinstance(image, str):
-        raise DataError("expected an image path string", source=source, record=record, field="image")
-    return _nonempty(Item(text=_template(template, full), images=(image,) if image else ()), source=source,
-                     record=record, field_name="text")
+    item = make_item(_template(template, full) if full else "", row.get("image"), source=source, record=record,
+                     field="text", image_key="image")
+    return rid, item
 
 
-def _read_beir(spec: TaskSpec) -> QrelsData:
+def _read_beir(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
     qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
     table = ItemTable()
     corpus_pos: dict[str, int] = {}
     corpus: list[int] = []
-    for source, n, row in iter_rows(spec.path / "corpus.jsonl", task=spec.name):
-        did = str(row.get("_id", ""))
-        if not did or did in corpus_pos:
-            raise DataError(f"missing or duplicate _id {did!r}", source=source, record=n, field="_id")
-        corpus_pos[did] = len(corpus)
-        corpus.append(table.add(_beir_item(row, source=source, record=did, template=ct)))
     query_rows: dict[str, Item] = {}
-    for source, n, row in iter_rows(spec.path / "queries.jsonl", task=spec.name):
-        qid = str(row.get("_id", ""))
-        if not qid or qid in query_rows:
-            raise DataError(f"missing or duplicate _id {qid!r}", source=source, record=n, field="_id")
-        query_rows[qid] = _beir_item(row, source=source, record=qid, template=qt)
+    for fname, template, target in (("corpus.jsonl", ct, None), ("queries.jsonl", qt, query_rows)):
+        f = spec.path / fname
+        if not f.is_file():
+            raise DataError(f"task {spec.name!r}: BEIR folder without {fname}", source=str(spec.path))
+        for label, (rid, item) in _parsed_rows(f, lambda o, **kw: _beir_item(o, template=template, **kw), policy,
+                                               task=spec.name):
+            if rid in (corpus_pos if target is None else target):
+                policy.handle(data_error("schema", f"duplicate _id {rid!r}", source=str(f), record=label,
+                                         field="_id"))
+                continue
+            if target is None:
+                corpus_pos[rid] = len(corpus)
+                corpus.append(table.add(item))
+            else:
+                target[rid] = item
     qrels_path = spec.path / "qrels" / f"{spec.option('qrels_split', 'test')}.tsv"
     if not qrels_path.is_file():
         raise DataError(f"task {spec.name!r}: qrels file not found", source=str(qrels_path))
     judged: dict[str, dict[int, float]] = {}
+    src = str(qrels_path)
     with open(qrels_path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             parts = line.rstrip("\n").split("\t")
-            if n == 1 and parts[:2] == ["query-id", "corpus-id"]:
+            if (n == 1 and parts[:2] == ["query-id", "corpus-id"]) or not line.strip():
                 continue
-            if not line.strip():
-                continue
-            if len(parts) != 3:
-                raise DataError("expected 3 tab-separated columns", source=str(qrels_path), record=n)
-            qid, did, score = parts
-            if qid not in query_rows:
-                raise DataError(f"unknown query id {qid!r}", source=str(qrels_path), record=n, field="query-id")
-            if did not in corpus_pos:
-                raise DataError(f"unknown corpus id {did!r}", source=str(qrels_path), record=n, field="corpus-id")
             try:
-                g = float(score)
-            except ValueError:
-                raise DataError(f"score {score!r} is not a number", source=str(qrels_path), record=n,
-                                field="score") from None
-            judged.setdefault(qid, {})[corpus_pos[did]] = _grade(g, source=str(qrels_path), record=n,
-                                                                 field_name="score")
+                if len(parts) != 3:
+                    raise data_error("schema", "expected 3 tab-separated columns", source=src, record=f"line {n}")
+                qid, did, score = parts
+                if qid not in query_rows:
+                    raise data_error("schema", f"unknown query id {qid!r}", source=src, record=f"line {n}",
+                                     field="query-id")
+                if did not in corpus_pos:
+                    raise data_error("schema", f"unknown corpus id {did!r}", source=src, record=f"line {n}",
+                                     field="corpus-id")
+                try:
+                    g = float(score)
+                except ValueError:
+                    raise data_error("bad_score", f"score {score!r} is not a number", source=src,
+                                     record=f"line {n}", field="score") from None
+                judged.setdefault(qid, {})[corpus_pos[did]] = _grade(g, source=src, record=f"line {n}",
+                                                                     field_name="score")
+            except DataError as e:
+                policy.handle(e)
     corpus_arr = np.asarray(corpus, dtype=np.int64)
     queries, grades, ids = [], [], []
     for qid, item in query_rows.items():
@@ -583,6 +549,6 @@ def _read_beir(spec: TaskSpec) -> QrelsData:
         grades.append(g)
         ids.append(qid)
     if not queries:
-        raise DataError(f"task {spec.name!r}: no query has judgements", source=str(qrels_path))
-    return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=[corpus_arr] * len(queries),
-                     grades=grades, ids=ids, shared_corpus=True)
+        raise DataError(f"task {spec.name!r}: no query has judgements", source=src)
+    return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64),
+                     candidates=[corpus_arr] * len(queries), grades=grades, ids=ids, shared_corpus=True)
