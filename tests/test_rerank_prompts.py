@@ -9,8 +9,8 @@ from PIL import Image
 from tests.conftest import FAMILIES
 from unime.models import prompts
 from unime.models.adapters import Segment
-from unime.models.rerank_prompts import (item_content, judge_prompt, judge_prompt_prefix, judge_prompt_suffix,
-                                         listwise_answer, listwise_prompt, merge_text, parse_listwise_answer)
+from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
+                                         listwise_prompt, merge_text, parse_listwise_answer)
 
 IMG_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -46,19 +46,19 @@ def test_merge_text_joins_adjacent_text_only():
         ("text", "ab"), ("image", None), ("text", "c")]
 
 
-def test_judge_prompt_is_prefix_plus_suffix_with_spec_wording():
+def test_pairwise_prompt_is_the_judges_prompt():
+    from unime.models.judge import judge_prompt_segments
+
     red, blue = _img((255, 0, 0)), _img((0, 0, 255))
     q = item_content("<|image_1|> what shape is it?", [red])
     c = item_content("a blue square", [blue])
     segs = judge_prompt(q, c)
+    assert segs == judge_prompt_segments(q, c)
     assert [s.kind for s in segs] == ["text", "image", "text", "image", "text"]
-    assert segs[0].value == prompts.JUDGE_INSTRUCTION + "\nQuery: "
+    assert segs[0].value == prompts.JUDGE_INSTRUCTION + " Query: "
     assert segs[1].value is red and segs[3].value is blue
     assert segs[2].value == "what shape is it?, Candidate: "
     assert segs[4].value == "a blue square."
-    # the shared prefix holds the whole query; the suffix starts at the candidate label
-    assert merge_text(judge_prompt_prefix(q) + judge_prompt_suffix(c)) == segs
-    assert judge_prompt_suffix(c)[0].value == ", Candidate: "
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -67,7 +67,7 @@ def test_rendered_judge_prompt_holds_query_and_candidate(tiny_model_dir, family)
     q = item_content("a red circle", [_img((255, 0, 0))])
     c = item_content("the red circle on the left", [_img((250, 0, 0))])
     text = adapter.render_user_turn(judge_prompt(q, c))
-    expected = (f"{prompts.JUDGE_INSTRUCTION}\nQuery: {IMG_BLOCK}a red circle, Candidate: "
+    expected = (f"{prompts.JUDGE_INSTRUCTION} Query: {IMG_BLOCK}a red circle, Candidate: "
                 f"{IMG_BLOCK}the red circle on the left.")
     assert expected in text
     assert text.endswith("<|im_start|>assistant\n")
@@ -86,7 +86,7 @@ def test_rendered_listwise_prompt_holds_every_candidate_text_and_image(tiny_mode
     ]
     segs = listwise_prompt(query, cands)
     text = adapter.render_user_turn(segs)
-    assert f"{prompts.LISTWISE_INSTRUCTION}\nQuery: {IMG_BLOCK}Find the matching caption" in text
+    assert f"{prompts.LISTWISE_INSTRUCTION} Query: {IMG_BLOCK}Find the matching caption" in text
     assert f"\n(1) {IMG_BLOCK}a red circle\n" in text
     assert f"\n(2) {IMG_BLOCK}\n" in text
     assert "\n(3) a blue star on the right\n" in text
@@ -102,10 +102,30 @@ def test_rendered_listwise_prompt_holds_every_candidate_text_and_image(tiny_mode
     assert inputs["image_grid_thw"].shape[0] == 4
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answer_format_is_read_off_the_chat_template(tiny_model_dir, family):
+    adapter = _processor(tiny_model_dir, family)
+    fmt = answer_format(adapter)
+    assert (fmt.prefix, fmt.turn_end) == ("", "<|im_end|>")
+
+
+def test_answer_format_with_a_template_that_opens_the_answer(tiny_model_dir):
+    # a template that writes an empty think block before every assistant answer (as some chat models do)
+    adapter = _processor(tiny_model_dir, "qwen3_vl")
+    template = adapter.processor.chat_template.replace(
+        "<|im_start|>{{ message['role'] }}\n",
+        "<|im_start|>{{ message['role'] }}\n{% if message['role'] == 'assistant' %}<think></think>{% endif %}")
+    assert template != adapter.processor.chat_template
+    adapter.processor.chat_template = template
+    fmt = answer_format(adapter)
+    assert (fmt.prefix, fmt.turn_end) == ("<think></think>", "<|im_end|>")
+
+
 def test_listwise_prompt_needs_candidates_and_answer_is_one_based():
     with pytest.raises(ValueError):
         listwise_prompt(item_content("q"), [])
     assert listwise_answer(3) == "Ans: (3)"
+    assert (judge_answer(True), judge_answer(False)) == ("Yes", "No")
     with pytest.raises(ValueError):
         listwise_answer(0)
 

@@ -1,4 +1,4 @@
-"""Prompts of the UniME-V2 judge and reranker (SPEC §1.3, §1.6), as content segments.
+"""Prompts of the UniME-V2 reranker (SPEC §1.6), as content segments.
 
 Every prompt is a list of `Segment`s (text / image / video parts of one user turn) that a
 `FamilyAdapter` renders with the checkpoint's chat template. Inside these prompts an item appears as
@@ -6,39 +6,35 @@ Every prompt is a list of `Segment`s (text / image / video parts of one user tur
 given as their own parts, SPEC 1.3). Every candidate contributes its images *and* its text: the
 released reranker code silently dropped candidate texts (a key mismatch), which we must not repeat.
 
-- pairwise (= the judge prompt): `judge_prompt(query, candidate)`; its answer is `Yes` / `No`.
-  It splits into `judge_prompt_prefix(query)` + `judge_prompt_suffix(candidate)` so that a scorer
-  can encode the query prefix once for many candidates.
+- pairwise: exactly the judge prompt of `unime.models.judge` (re-exported here as `judge_prompt` and
+  `item_content`), so that what the reranker trains on is what the judge's fast prefix-cached path
+  scores; answer `Yes` / `No`.
 - listwise: `listwise_prompt(query, candidates)`, candidates numbered `(1) .. (n)`; its answer is
   `Ans: (k)` (`listwise_answer(k)`, 1-based), read back by `parse_listwise_answer`.
+- `answer_format(adapter)`: how the checkpoint's chat template frames an assistant answer (what comes
+  before it and the end-of-turn text after it), read off the template itself.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
-from unime.models.adapters import Segment, strip_placeholders
-from unime.models.prompts import (JUDGE_CANDIDATE_LABEL, JUDGE_END, JUDGE_INSTRUCTION, JUDGE_QUERY_LABEL,
-                                  LISTWISE_INSTRUCTION, NO, YES)
+from unime.errors import ModelError
+from unime.models.adapters import FamilyAdapter, Segment
+from unime.models.judge import JUDGE_INSTRUCTION_SEPARATOR
+from unime.models.judge import judge_item_segments as item_content
+from unime.models.judge import judge_prompt_segments as judge_prompt
+from unime.models.prompts import LISTWISE_INSTRUCTION, NO, YES
 
-# between the task instruction and the first item of a prompt
-INSTRUCTION_SEPARATOR = "\n"
+__all__ = ["item_content", "judge_prompt", "judge_answer", "listwise_prompt", "listwise_answer",
+           "parse_listwise_answer", "merge_text", "AnswerFormat", "answer_format"]
+
+# the judge prompt's separator between the instruction and the query, for the listwise prompt too
+INSTRUCTION_SEPARATOR = JUDGE_INSTRUCTION_SEPARATOR
 LISTWISE_QUERY_LABEL = "Query: "
 LISTWISE_CANDIDATE_SEPARATOR = "\n"
-
-
-def item_content(text: str, images: Sequence[Any] = (), video: Sequence[Any] | None = None) -> list[Segment]:
-    """An item as it appears inside a judge / reranker prompt: video frames, then images, then its text
-    with the source image placeholders removed (SPEC 1.3). `images` / `video` are loaded images."""
-    segs: list[Segment] = []
-    if video:
-        segs.append(Segment("video", list(video)))
-    segs.extend(Segment("image", img) for img in images)
-    clean = strip_placeholders(text)
-    if clean:
-        segs.append(Segment("text", clean))
-    return segs
 
 
 def merge_text(segments: Sequence[Segment]) -> list[Segment]:
@@ -55,24 +51,37 @@ def merge_text(segments: Sequence[Segment]) -> list[Segment]:
     return out
 
 
-# -- pairwise (judge) ----------------------------------------------------------------------------
-def judge_prompt_prefix(query: Sequence[Segment]) -> list[Segment]:
-    """`<instruction> Query: <query image><query text>` — shared by every candidate of a query."""
-    return merge_text([Segment("text", JUDGE_INSTRUCTION + INSTRUCTION_SEPARATOR + JUDGE_QUERY_LABEL), *query])
-
-
-def judge_prompt_suffix(candidate: Sequence[Segment]) -> list[Segment]:
-    """`, Candidate: <candidate image><candidate text>.`"""
-    return merge_text([Segment("text", JUDGE_CANDIDATE_LABEL), *candidate, Segment("text", JUDGE_END)])
-
-
-def judge_prompt(query: Sequence[Segment], candidate: Sequence[Segment]) -> list[Segment]:
-    """The judge's single user turn (SPEC 1.3) for one (query, candidate) pair."""
-    return merge_text(judge_prompt_prefix(query) + judge_prompt_suffix(candidate))
-
-
 def judge_answer(is_match: bool) -> str:
+    """The pairwise target: `Yes` for a match, `No` otherwise."""
     return YES if is_match else NO
+
+
+# -- the assistant's answer ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How the chat template frames an assistant answer: text it puts before the answer (empty for
+    Qwen-VL; e.g. an empty think block for some templates) and the end-of-turn text after it."""
+
+    prefix: str
+    turn_end: str
+
+
+def answer_format(adapter: FamilyAdapter) -> AnswerFormat:
+    """Read the assistant answer framing off the checkpoint's own chat template."""
+    sentinel = "UNIME_ANSWER_SENTINEL"
+    user = [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
+    prompt = adapter.render(user, add_generation_prompt=True)
+    full = adapter.render(user + [{"role": "assistant", "content": [{"type": "text", "text": sentinel}]}],
+                          add_generation_prompt=False)
+    rest = full[len(prompt):] if full.startswith(prompt) else None
+    if rest is None or sentinel not in rest:
+        eos = adapter.tokenizer.eos_token
+        if not eos:
+            raise ModelError("cannot tell how the chat template ends an assistant turn, and the tokenizer has no "
+                             "eos token")
+        return AnswerFormat("", eos)
+    before, after = rest.split(sentinel, 1)
+    return AnswerFormat(before, after.rstrip())
 
 
 # -- listwise ------------------------------------------------------------------------------------

@@ -1,0 +1,531 @@
+"""Training the UniME-V2 reranker (SPEC §1.6) and, with labels instead of mined data, a Yes/No judge.
+
+A generative MLLM + LoRA learns, by next-token cross-entropy on the answer tokens only:
+
+- **pairwise** (the judge prompt of SPEC 1.3): `Yes` for (q, c_t) and `No` for (q, c_h), c_h the
+  hardest surviving negative of the record (highest judge score; the first negative when the record
+  has no scores);
+- **listwise**: the multi-candidate prompt with `num_negatives` negatives (the record's first ones, in
+  their stored order, repeated cyclically when it has fewer) and the positive at a uniformly random
+  position (seeded per record), target `Ans: (k)`.
+
+L = L_pair + L_list, each the mean cross-entropy over its batch's answer tokens. The answer tokens are
+the answer and the chat template's end-of-turn token (so that generation stops); system, user and the
+assistant header are masked with -100.
+
+`unime train judge` uses the same code, pairwise only, on labelled records: (q, positive) → `Yes`,
+(q, negative) → `No` for each listed negative. Its output is a merged, plain HF folder.
+
+Outputs (`out`): the reranker as a PEFT adapter folder (+ processor) and `unime_reranker.json` (the
+number of listwise candidates it was trained with, which inference defaults to); with `merge`, also a
+merged plain checkpoint in `out/merged`. Trainer checkpoints go to `out/checkpoints` and a re-run
+resumes from the last one. `unime_reranker.json` is written last: its presence means the stage is done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from unime.data.images import ImageLoader
+from unime.data.items import Item, Record
+from unime.errors import DataError, ModelError
+from unime.models.adapters import FamilyAdapter, Segment
+from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
+                                         listwise_prompt)
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+PAIR, LIST = "pair", "list"
+LOSSES = (PAIR, LIST)
+ROLES = ("reranker", "judge")
+METADATA_FILE = "unime_reranker.json"
+# linear layers of the language model (q/k/v/o and the MLP); the vision tower stays frozen
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+# ------------------------------------------------------------------------------------------------
+# examples
+
+@dataclass(frozen=True)
+class PromptExample:
+    """One supervised example: a prompt over a query and its candidate(s), and the answer text.
+
+    kind `pair`: one candidate, the judge prompt, answer `Yes`/`No`; kind `list`: the listwise prompt,
+    answer `Ans: (k)`."""
+
+    kind: str
+    query: Item
+    candidates: tuple[Item, ...]
+    answer: str
+    record: str = ""
+
+
+def record_label(rec: Record, index: int) -> str:
+    return rec.id or f"#{index}"
+
+
+def hardest_negative_index(rec: Record) -> int:
+    """The negative with the highest judge score (first one on ties); the first negative without scores."""
+    if not rec.negatives:
+        raise DataError("the record has no negatives", record=rec.id or None, field="negatives")
+    if rec.negative_scores:
+        scores = list(rec.negative_scores)
+        return max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return 0
+
+
+def listwise_candidates(rec: Record, num_negatives: int, position: int) -> tuple[list[Item], int]:
+    """`num_negatives` negatives (stored order, cyclic) with the positive inserted at `position` (0-based)."""
+    if not rec.negatives:
+        raise DataError("the record has no negatives", record=rec.id or None, field="negatives")
+    if not 0 <= position <= num_negatives:
+        raise ValueError(f"position {position} out of range 0..{num_negatives}")
+    negs = [rec.negatives[i % len(rec.negatives)] for i in range(num_negatives)]
+    return negs[:position] + [rec.positive] + negs[position:], position
+
+
+def listwise_position(seed: int, index: int, num_negatives: int) -> int:
+    """Uniformly random position of the positive among num_negatives + 1 slots, fixed by (seed, record)."""
+    return random.Random(f"{seed}:{index}").randrange(num_negatives + 1)
+
+
+def reranker_examples(rec: Record, index: int, *, num_negatives: int = 4, seed: int = 0,
+                      losses: Sequence[str] = LOSSES) -> list[PromptExample]:
+    """The examples of one mined record: the two pairwise ones (positive → Yes, hardest negative → No)
+    and the listwise one."""
+    label = record_label(rec, index)
+    out: list[PromptExample] = []
+    if PAIR in losses:
+        hard = rec.negatives[hardest_negative_index(rec)]
+        out.append(PromptExample(PAIR, rec.query, (rec.positive,), judge_answer(True), label))
+        out.append(PromptExample(PAIR, rec.query, (hard,), judge_answer(False), label))
+    if LIST in losses:
+        pos = listwise_position(seed, index, num_negatives)
+        cands, pos = listwise_candidates(rec, num_negatives, pos)
+        out.append(PromptExample(LIST, rec.query, tuple(cands), listwise_answer(pos + 1), label))
+    return out
+
+
+def judge_examples(rec: Record, index: int, *, max_negatives: int | None = None) -> list[PromptExample]:
+    """Labelled pairs of one record: (q, positive) → Yes, (q, negative) → No for each negative (the first
+    `max_negatives` of them when given)."""
+    label = record_label(rec, index)
+    negs = rec.negatives if max_negatives is None else rec.negatives[:max_negatives]
+    return ([PromptExample(PAIR, rec.query, (rec.positive,), judge_answer(True), label)]
+            + [PromptExample(PAIR, rec.query, (n,), judge_answer(False), label) for n in negs])
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenisation with the answer mask
+
+class PromptAnswerCollator:
+    """Turns `PromptExample`s into model inputs with labels on the answer tokens only.
+
+    Each row is `render(prompt) + answer + turn_end`, left-padded so that every answer ends at the last
+    position (the loss then needs the logits of the last few positions only). `__call__` takes a list
+    of example lists (one per dataset item) and returns `{"pair": inputs, "list": inputs}` (kinds with
+    no example are left out)."""
+
+    def __init__(self, adapter: FamilyAdapter, image_loader: ImageLoader | None = None, *,
+                 source: str | None = None):
+        self.adapter = adapter
+        self.image_loader = image_loader or ImageLoader()
+        self.source = source
+        self.format = answer_format(adapter)
+
+    def content(self, item: Item, *, record: str, field: str) -> list[Segment]:
+        load = self.image_loader.load
+        images = [load(r, source=self.source, record=record, field=f"{field}.images[{i}]")
+                  for i, r in enumerate(item.images)]
+        frames = [load(r, source=self.source, record=record, field=f"{field}.video[{i}]")
+                  for i, r in enumerate(item.video)]
+        return item_content(item.text, images, frames)
+
+    def prompt_segments(self, ex: PromptExample) -> list[Segment]:
+        q = self.content(ex.query, record=ex.record, field="query")
+        cands = [self.content(c, record=ex.record, field=f"candidates[{i}]") for i, c in enumerate(ex.candidates)]
+        if ex.kind == PAIR:
+            return judge_prompt(q, cands[0])
+        if ex.kind == LIST:
+            return listwise_prompt(q, cands)
+        raise ValueError(f"unknown example kind {ex.kind!r}")
+
+    def render_prompt(self, segments: Sequence[Segment]) -> str:
+        """The prompt text up to where the answer starts (what generation is conditioned on)."""
+        return self.adapter.render_user_turn(segments, assistant_prefix=self.format.prefix)
+
+    def encode(self, prompts: Sequence[Sequence[Segment]], answers: Sequence[str]):
+        """Processor inputs for `prompt + answer + turn_end` rows, with `labels` (-100 except the answer and
+        turn-end tokens)."""
+        import torch
+
+        completions = [a + self.format.turn_end for a in answers]
+        texts = [self.render_prompt(p) + c for p, c in zip(prompts, completions)]
+        inputs = self.adapter.processor_inputs(texts, list(prompts), padding_side="left")
+        ids = inputs["input_ids"]
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        tok = self.adapter.tokenizer
+        for row, completion in enumerate(completions):
+            answer_ids = tok(completion, add_special_tokens=False)["input_ids"]
+            n = len(answer_ids)
+            if ids[row, -n:].tolist() != answer_ids:
+                raise ModelError(f"the answer {completion!r} does not tokenize the same after the prompt as alone; "
+                                 "cannot mask the prompt exactly")
+            labels[row, -n:] = ids[row, -n:]
+        inputs["labels"] = labels
+        return inputs
+
+    def __call__(self, features: Sequence[Sequence[PromptExample]]) -> dict[str, Any]:
+        by_kind: dict[str, list[PromptExample]] = {}
+        for group in features:
+            for ex in group:
+                by_kind.setdefault(ex.kind, []).append(ex)
+        return {kind: dict(self.encode([self.prompt_segments(e) for e in exs], [e.answer for e in exs]))
+                for kind, exs in by_kind.items()}
+
+
+def answer_token_loss(model, inputs: dict[str, Any]):
+    """Mean next-token cross-entropy over the labelled (answer) tokens of a left-padded batch.
+
+    Only the logits of the last `max answer length + 1` positions are computed (`logits_to_keep`), so
+    the full-vocabulary logits of long multi-image prompts are never materialised."""
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    labelled = labels != IGNORE_INDEX
+    n_answer = int(labelled.sum(dim=1).max())
+    if n_answer == 0:
+        raise ValueError("a batch without answer tokens")
+    if bool(labelled[:, :-n_answer].any()):
+        raise ValueError("answer tokens must sit at the end of every row (left padding)")
+    out = model(**inputs, use_cache=False, logits_to_keep=n_answer + 1)
+    logits = out.logits[:, :-1, :]  # position t predicts token t + 1
+    target = labels[:, -n_answer:]
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+
+
+# ------------------------------------------------------------------------------------------------
+# trainer
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class RerankerTrainer(Trainer):
+        """`Trainer` whose loss is the sum of the answer-token cross-entropies of the pairwise and listwise
+        batches (L = L_pair + L_list). Each part is logged as `loss_pair` / `loss_list`."""
+
+        loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: divide by the GA steps
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._part_sums: dict[str, float] = {}
+            self._part_counts: dict[str, int] = {}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            total = None
+            for kind in LOSSES:
+                if kind not in inputs:
+                    continue
+                part = answer_token_loss(model, inputs[kind])
+                self._part_sums[kind] = self._part_sums.get(kind, 0.0) + float(part.detach())
+                self._part_counts[kind] = self._part_counts.get(kind, 0) + 1
+                total = part if total is None else total + part
+            if total is None:
+                raise ValueError(f"a batch with none of the losses {LOSSES}")
+            return (total, None) if return_outputs else total
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs:
+                for kind, s in self._part_sums.items():
+                    logs[f"loss_{kind}"] = round(s / max(self._part_counts[kind], 1), 6)
+                self._part_sums, self._part_counts = {}, {}
+            super().log(logs, *args, **kwargs)
+
+    return RerankerTrainer
+
+
+class ExampleDataset:
+    """A list of example groups (one group per dataset item: a record's examples, or one judge pair)."""
+
+    def __init__(self, groups: list[list[PromptExample]]):
+        self.groups = groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> list[PromptExample]:
+        return self.groups[i]
+
+
+@dataclass
+class RerankerTrainConfig:
+    """Options of `unime train reranker` / `unime train judge` (same names on the command line)."""
+
+    model: str
+    records: list[str]
+    out: str
+    role: str = "reranker"                 # reranker | judge
+    data_root: str | None = None           # image paths are relative to it (default: each record file's folder)
+    losses: tuple[str, ...] = LOSSES        # reranker: pair and/or list; judge: pair
+    num_negatives: int = 4                 # listwise: negatives per prompt (candidates = num_negatives + 1)
+    judge_negatives: int | None = None     # judge: negatives per record used (default: all)
+    lora_r: int = 16                       # paper's reranker: r = 128
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = DEFAULT_LORA_TARGETS
+    train_modules: tuple[str, ...] = ()    # modules trained in full beside LoRA (PEFT modules_to_save), e.g. lm_head
+    learning_rate: float = 1e-4
+    epochs: float = 1.0
+    max_steps: int = -1                    # > 0 overrides epochs
+    batch_size: int = 4                    # records (reranker) or pairs (judge) per device step
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 500
+    merge: bool = False                    # reranker: also write a merged checkpoint to out/merged
+    save_adapter: bool = False             # judge: also write the adapter to out/adapter
+    on_error: str = "raise"                # raise | skip (bad records / images, counted)
+    overwrite: bool = False                # retrain even if out holds a finished result
+    keep_checkpoints: bool = False         # keep out/checkpoints after success
+
+    def validate(self) -> "RerankerTrainConfig":
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        self.losses = tuple(self.losses)
+        bad = [x for x in self.losses if x not in LOSSES]
+        if bad or not self.losses:
+            raise ValueError(f"losses must be a non-empty subset of {LOSSES}, got {self.losses}")
+        if self.role == "judge" and self.losses != (PAIR,):
+            raise ValueError("a judge trains the pairwise loss only (losses=('pair',))")
+        if self.num_negatives < 1:
+            raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
+        if not self.records:
+            raise ValueError("no record files given")
+        return self
+
+
+@dataclass
+class TrainResult:
+    out: str
+    role: str
+    examples: int
+    records: int
+    skipped: int
+    steps: int
+    num_candidates: int | None
+    first_loss: float | None
+    last_loss: float | None
+    log_history: list[dict] = field(default_factory=list)
+
+
+def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[PromptExample]], int, str]:
+    """Read the record files and build the example groups. Returns (groups, records used, data root)."""
+    from unime.data.io import check_images, read_records
+    from unime.data.skips import ErrorPolicy, data_error
+
+    groups: list[list[PromptExample]] = []
+    n_records = 0
+    root = cfg.data_root
+    for path in cfg.records:
+        recs = read_records(path, on_error=cfg.on_error, skips=skips)
+        file_root = root if root is not None else str(Path(path).resolve().parent)
+        recs = check_images(recs, ImageLoader(file_root), on_error=cfg.on_error, skips=skips, source=str(path))
+        policy = ErrorPolicy(cfg.on_error, skips, str(path))
+        for rec in recs:
+            if cfg.role == "reranker" and not rec.negatives:
+                policy.handle(data_error("schema", "a reranker record needs at least one negative", source=str(path),
+                                         record=rec.id or None, field="negatives"))
+                continue
+            if cfg.role == "judge":
+                groups.extend([ex] for ex in judge_examples(rec, n_records, max_negatives=cfg.judge_negatives))
+            else:
+                groups.append(reranker_examples(rec, n_records, num_negatives=cfg.num_negatives, seed=cfg.seed,
+                                                losses=cfg.losses))
+            n_records += 1
+        policy.finish()
+        if root is None:
+            root = file_root
+        elif cfg.data_root is None and file_root != root:
+            raise DataError("record files in different folders need an explicit data_root", source=str(path))
+    if not groups:
+        raise DataError("no training examples", source=", ".join(map(str, cfg.records)))
+    return groups, n_records, root
+
+
+def apply_lora(model, cfg: RerankerTrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_targets, modules_to_save=list(cfg.train_modules) or None,
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _finished(out: Path) -> bool:
+    return (out / METADATA_FILE).is_file()
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move every entry of `src` into `dst` (os.replace per entry)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for entry in src.iterdir():
+        target = dst / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+
+
+def _base_reference(path: str) -> str:
+    """How the adapter refers to its base model: an absolute path for a local folder (so the adapter loads
+    from any working directory), else the hub id as given."""
+    p = Path(path)
+    return str(p.resolve()) if p.exists() else path
+
+
+def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
+    """Train a reranker (or, with role='judge', a judge) and write it to `cfg.out` (see the module doc)."""
+    import torch
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from unime.data.skips import SkipReport
+    from unime.models.loading import load_model, resolve_device
+
+    cfg.validate()
+    out = Path(cfg.out)
+    if _finished(out) and not cfg.overwrite:
+        meta = json.loads((out / METADATA_FILE).read_text())
+        log.info("%s already holds a finished %s; pass overwrite to retrain", out, meta.get("role"))
+        return TrainResult(out=str(out), role=meta.get("role", cfg.role), examples=meta.get("examples", 0),
+                           records=meta.get("records", 0), skipped=meta.get("skipped", 0), steps=meta.get("steps", 0),
+                           num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
+                           last_loss=meta.get("last_loss"))
+    if cfg.overwrite and _finished(out):
+        (out / METADATA_FILE).unlink()
+
+    skips = SkipReport()
+    groups, n_records, data_root = build_examples(cfg, skips=skips)
+    if skips.total:
+        log.warning("%s", skips.summary())
+    n_examples = sum(len(g) for g in groups)
+    log.info("%s training: %d records, %d examples (%s)", cfg.role, n_records, n_examples, "+".join(cfg.losses))
+
+    device = resolve_device(cfg.device)
+    loaded = load_model(cfg.model, device=device, dtype=cfg.dtype, trainable=False)
+    torch.manual_seed(cfg.seed)
+    model = apply_lora(loaded.model, cfg)
+    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records))
+
+    ckpt_dir = out / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, lr_scheduler_type="linear", logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed, report_to=[],
+        remove_unused_columns=False, dataloader_num_workers=0, use_cpu=device == "cpu",
+        bf16=loaded.dtype == torch.bfloat16, fp16=loaded.dtype == torch.float16,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        disable_tqdm=not log.isEnabledFor(logging.INFO),
+    )
+    trainer = _trainer_class()(model=model, args=args, train_dataset=ExampleDataset(groups), data_collator=collator)
+    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    num_candidates = cfg.num_negatives + 1 if cfg.role == "reranker" and LIST in cfg.losses else None
+    meta = {
+        "role": cfg.role, "num_candidates": num_candidates, "losses": list(cfg.losses),
+        "base_model": _base_reference(cfg.model), "model_type": model.config.model_type,
+        "answer_prefix": collator.format.prefix, "records": n_records, "examples": n_examples,
+        "skipped": skips.total, "steps": trainer.state.global_step,
+        "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("records", "out")},
+    }
+    _save_outputs(trainer.model, loaded.processor, cfg, out, meta, trainer.state.log_history)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return TrainResult(out=str(out), role=cfg.role, examples=n_examples, records=n_records, skipped=skips.total,
+                       steps=trainer.state.global_step, num_candidates=num_candidates,
+                       first_loss=meta["first_loss"], last_loss=meta["last_loss"], log_history=history)
+
+
+def _save_outputs(model, processor, cfg: RerankerTrainConfig, out: Path, meta: dict, log_history: list[dict]):
+    """Write the final folders through a temporary sibling, then the metadata file last."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    try:
+        model.peft_config["default"].base_model_name_or_path = meta["base_model"]
+        adapter_dir = tmp / "adapter"
+        model.save_pretrained(adapter_dir)
+        processor.save_pretrained(adapter_dir)
+        merged_dir = tmp / "merged"
+        if cfg.role == "judge" or cfg.merge:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(merged_dir)
+            processor.save_pretrained(merged_dir)
+        (tmp / "train_log.json").write_text(json.dumps(log_history, indent=1))
+        if cfg.role == "judge":
+            # the judge is the merged plain checkpoint itself; the adapter only on request
+            if cfg.save_adapter:
+                os.replace(adapter_dir, merged_dir / "adapter")
+            else:
+                shutil.rmtree(adapter_dir)
+            os.replace(tmp / "train_log.json", merged_dir / "train_log.json")
+            final = merged_dir
+        else:
+            if cfg.merge:
+                (merged_dir / METADATA_FILE).write_text(json.dumps(meta, indent=1))
+                os.replace(merged_dir, adapter_dir / "merged")
+            os.replace(tmp / "train_log.json", adapter_dir / "train_log.json")
+            final = adapter_dir
+        _move_into(final, out)
+        _plot_curves(log_history, out / "loss_curve.png")
+        with open(out / (METADATA_FILE + ".tmp"), "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=1)
+        os.replace(out / (METADATA_FILE + ".tmp"), out / METADATA_FILE)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _plot_curves(log_history: list[dict], path: Path) -> None:
+    rows = [h for h in log_history if "loss" in h and "step" in h]
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in rows]
+    for key in ("loss", "loss_pair", "loss_list"):
+        ys = [h.get(key, math.nan) for h in rows]
+        if any(not math.isnan(y) for y in ys):
+            ax.plot(steps, ys, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (answer tokens)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
