@@ -1,0 +1,221 @@
+"""ANNOTATION TEACHER for the generated demo world — not a model.
+
+Embed-RL cold-starts the Reasoner on T-CoTs written by a strong teacher MLLM. The demo world has no
+such model, so this module writes T-CoTs **from the world's scene annotations** (`scenes.jsonl`:
+objects with shape, colour, size, position and pixel bbox; `items.jsonl`: what each item is and asks
+for). Its T-CoTs are correct by construction and it must only ever be used to make *training* data:
+it reads ground truth, so using it on evaluation items would leak the answers. Every row it writes
+carries `source = "teacher:annotations"`.
+
+With real data the teacher is any generative checkpoint: `unime reason generate --model TEACHER`
+(`Reasoner.generate`) writes the same T-CoT file format.
+
+What it writes, by item:
+- image items: `bbox_2d` = the boxes (0–1000) of the objects the item is about (the referred object
+  for grounding, the objects a question or modification names, otherwise every object); crops: the
+  object's box inside the crop window; plus `text_keywords` = the world words of the item's text;
+- text items: `text_keywords` = the world words of the text (shapes, colours, sizes, positions,
+  relations, counts, backgrounds) in order;
+- `<rethink>` one sentence; `<answer>` a few words (the answer of a question, the objects of a scene).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from unime.data import vocab
+from unime.data.items import Item, Record
+from unime.errors import DataError
+from unime.reasoning.tcot import COORD_MAX, render_tcot
+
+SOURCE = "teacher:annotations"
+
+_WORDS: dict[str, str] = {}
+for _w in (*vocab.SHAPES, *vocab.COLOURS, *vocab.SIZES, *vocab.POSITIONS, *vocab.COUNT_WORDS, *vocab.BACKGROUNDS):
+    _WORDS[_w] = _w
+for _shape, _plural in vocab.SHAPE_PLURALS.items():
+    _WORDS[_plural] = _shape
+_RELATIONS = sorted(vocab.RELATIONS, key=len, reverse=True)
+_PLACEHOLDER = re.compile(r"<\|image_\d+\|>|<image>")
+
+
+def world_keywords(text: str) -> list[str]:
+    """The demo world's words in `text`, in order, without repeats (plurals → the shape; relations kept
+    as phrases, e.g. "left of")."""
+    text = _PLACEHOLDER.sub(" ", text).lower()
+    found: list[tuple[int, str]] = []
+    taken = [False] * len(text)
+    for rel in _RELATIONS:
+        for m in re.finditer(r"\b" + re.escape(rel) + r"\b", text):
+            if not any(taken[m.start():m.end()]):
+                found.append((m.start(), rel))
+                taken[m.start():m.end()] = [True] * (m.end() - m.start())
+    for m in re.finditer(r"[a-z]+", text):
+        if m.group(0) in _WORDS and not any(taken[m.start():m.end()]):
+            found.append((m.start(), _WORDS[m.group(0)]))
+    out: list[str] = []
+    for _, w in sorted(found):
+        if w not in out:
+            out.append(w)
+    return out
+
+
+def _object_phrase(obj: dict) -> str:
+    return f"{obj['size']} {obj['colour']} {obj['shape']}"
+
+
+def _with_article(phrase: str) -> str:
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def _objects_phrase(objs: Sequence[dict], *, articles: bool = False) -> str:
+    phrases = [_with_article(_object_phrase(o)) if articles else _object_phrase(o) for o in objs]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _mention_phrase(mention: dict) -> str:
+    words = [mention[a] for a in ("size", "colour") if a in mention] + [mention.get("shape", vocab.OBJECT_WORD)]
+    phrase = " ".join(words)
+    if "position" in mention:
+        phrase += " " + vocab.POSITION_PHRASES[mention["position"]]
+    return phrase
+
+
+def _spec_phrase(spec: dict) -> str:
+    phrases = [_mention_phrase(m) for m in spec["objects"]] or ["any objects"]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _matches(obj: dict, mention: dict) -> bool:
+    return all(obj.get(a) == v for a, v in mention.items())
+
+
+class AnnotationTeacher:
+    """Writes T-CoTs for the items of a generated world from its annotations (see the module doc)."""
+
+    def __init__(self, world_root: str | os.PathLike):
+        from unime.data.synth import World
+
+        self.root = Path(world_root)
+        self.world = World.load(self.root)
+        self.annotations: dict[str, dict] = {}
+        path = self.root / "scenes.jsonl"
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    obj = json.loads(line)
+                    for k, o in enumerate(obj.get("objects", [])):
+                        if "bbox" not in o:
+                            raise DataError("scene object without a bbox annotation", source=str(path), record=n,
+                                            field=f"objects[{k}].bbox")
+                    self.annotations[obj["id"]] = obj
+
+    # -- geometry ---------------------------------------------------------------------------------------
+    def _scene(self, scene_id: str) -> dict:
+        if scene_id not in self.annotations:
+            raise DataError(f"scene {scene_id!r} has no annotation", source=str(self.root / "scenes.jsonl"),
+                            field="id")
+        return self.annotations[scene_id]
+
+    @staticmethod
+    def _norm_box(box: Sequence[float], width: float, height: float) -> list[int]:
+        x1, y1, x2, y2 = box
+        return [round(x1 * COORD_MAX / width), round(y1 * COORD_MAX / height), round(x2 * COORD_MAX / width),
+                round(y2 * COORD_MAX / height)]
+
+    def scene_boxes(self, scene_id: str, indices: Iterable[int]) -> list[list[int]]:
+        ann = self._scene(scene_id)
+        w, h = ann["image_size"]
+        return [self._norm_box(ann["objects"][k]["bbox"], w, h) for k in indices]
+
+    def crop_box(self, scene_id: str, k: int) -> list[int]:
+        """The object's box inside its crop window (the window the world's renderer cut), 0–1000."""
+        from unime.data.synth.render import crop_box
+
+        ann = self._scene(scene_id)
+        size = ann["image_size"][0]
+        x0, y0, x1, y1 = crop_box(self.world.scenes[scene_id].objects[k], size)
+        bx1, by1, bx2, by2 = ann["objects"][k]["bbox"]
+        side_w, side_h = x1 - x0, y1 - y0
+        box = [max(0, bx1 - x0), max(0, by1 - y0), min(side_w, bx2 - x0), min(side_h, by2 - y0)]
+        return self._norm_box(box, side_w, side_h)
+
+    # -- T-CoTs -----------------------------------------------------------------------------------------
+    def tcot(self, item: Item, side: str) -> str:
+        """The teacher T-CoT of an item of the world, as the `side` ("query" / "target") it plays."""
+        meta = self.world.meta(item)
+        kind = meta["kind"]
+        keywords = world_keywords(item.text)
+        if kind == "query":
+            return self._query_tcot(item, meta, keywords)
+        if kind == "answer":
+            return render_tcot({"text_keywords": world_keywords(meta["value"]) or [meta["value"]]},
+                               f"The candidate is the answer {meta['value']}.", meta["value"])
+        if kind == "description":
+            phrase = _spec_phrase(meta["spec"])
+            return render_tcot({"text_keywords": keywords}, f"The text describes {phrase}.", phrase)
+        if kind == "scene":
+            ann = self._scene(meta["scene"])
+            objs = ann["objects"]
+            lead = "The query image shows" if side == "query" else "The image shows"
+            return render_tcot({"bbox_2d": self.scene_boxes(meta["scene"], range(len(objs)))},
+                               f"{lead} {_objects_phrase(objs, articles=True)}.", _objects_phrase(objs))
+        if kind == "crop":
+            obj = self._scene(meta["scene"])["objects"][meta["object"]]
+            return render_tcot({"bbox_2d": [self.crop_box(meta["scene"], meta["object"])]},
+                               f"The crop shows {_with_article(_object_phrase(obj))}.", _object_phrase(obj))
+        raise DataError(f"the annotation teacher cannot write a T-CoT for an item of kind {kind!r}", field="kind")
+
+    def _query_tcot(self, item: Item, meta: dict, keywords: list[str]) -> str:
+        need = meta["need"]
+        ntype = need["type"]
+        scene_id = meta.get("scene")
+        evidence: dict = {}
+        if scene_id is not None:
+            objs = self._scene(scene_id)["objects"]
+            if ntype == "object":  # grounding: the referred object(s)
+                idx = [k for k, o in enumerate(objs) if _matches(o, need["mention"])]
+            else:  # the objects the text names by an attribute value, else all of them
+                named = [k for k, o in enumerate(objs) if any(o[a] in keywords for a in ("shape", "colour", "size"))]
+                idx = named or list(range(len(objs)))
+            evidence["bbox_2d"] = self.scene_boxes(scene_id, idx or range(len(objs)))
+        if keywords:
+            evidence["text_keywords"] = keywords
+        if ntype == "answer":
+            shown = _objects_phrase(self._scene(scene_id)["objects"], articles=True) if scene_id else "the objects"
+            rethink, answer = f"The image shows {shown} and the answer is {need['value']}.", need["value"]
+        elif ntype == "describe":
+            objs = self._scene(need["scene"])["objects"]
+            rethink = f"The query asks for a caption of {_objects_phrase(objs, articles=True)}."
+            answer = _objects_phrase(objs)
+        elif ntype == "scene":
+            phrase = _spec_phrase(need["spec"])
+            rethink, answer = f"The query asks for an image with {phrase}.", phrase
+        elif ntype == "object":
+            objs = self._scene(need["scene"])["objects"]
+            hit = [o for o in objs if _matches(o, need["mention"])]
+            phrase = _object_phrase(hit[0]) if hit else _mention_phrase(need["mention"])
+            rethink, answer = f"The expression refers to the {phrase}.", phrase
+        else:
+            raise DataError(f"the annotation teacher does not know the need type {ntype!r}", field="need.type")
+        return render_tcot(evidence, rethink, answer)
+
+    def tcot_rows(self, records: Sequence[Record]):
+        """T-CoT rows (query and positive side) for training records of the world."""
+        from unime.reasoning.reasoner import TCoTRow
+
+        rows = []
+        for i, rec in enumerate(records):
+            rid = rec.id or str(i)
+            for side, item in (("query", rec.query), ("target", rec.positive)):
+                try:
+                    text = self.tcot(item, side)
+                except DataError as e:
+                    raise DataError(str(e), source=str(self.root / "train" / "records.jsonl"), record=rid,
+                                    field="query" if side == "query" else "positive") from None
+                rows.append(TCoTRow(record_id=rid, side=side, item=item, tcot=text, source=SOURCE))
+        return rows

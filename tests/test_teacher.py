@@ -1,0 +1,101 @@
+"""The demo world's annotation teacher: its T-CoTs parse, validate, and point at the right pixels."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from unime.data import vocab
+from unime.data.items import Item
+from unime.errors import DataError
+from unime.reasoning.evidence import crop_evidence
+from unime.reasoning.reasoner import item_modality
+from unime.reasoning.tcot import parse_tcot, validate_tcot
+from unime.reasoning.teacher import SOURCE, AnnotationTeacher, world_keywords
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from unime.data.synth import generate_world
+
+    root = tmp_path_factory.mktemp("world") / "w"
+    generate_world(root, seed=1, sizes="tiny")
+    return AnnotationTeacher(root)
+
+
+def _dominant_colour(img: Image.Image) -> str:
+    """The world colour closest to most non-background pixels (independent of the annotations)."""
+    votes = Counter()
+    bgs = list(vocab.BACKGROUNDS.values())
+    for px in img.getdata():
+        if min(sum(abs(a - b) for a, b in zip(px, bg)) for bg in bgs) < 30:
+            continue
+        name, dist = min(((n, sum(abs(a - b) for a, b in zip(px, c))) for n, c in vocab.COLOURS.items()),
+                         key=lambda t: t[1])
+        if dist < 60:
+            votes[name] += 1
+    return votes.most_common(1)[0][0]
+
+
+def test_every_training_tcot_parses_and_validates(teacher):
+    rows = teacher.tcot_rows(teacher.world.records)
+    assert len(rows) == 2 * len(teacher.world.records) > 0
+    for r in rows:
+        assert r.source == SOURCE
+        tcot = parse_tcot(r.tcot, allow_outside_text=False)
+        assert validate_tcot(tcot, modality=item_modality(r.item), require_evidence=True) == [], r.tcot
+    # every task of the world is covered
+    assert {r.record_id.rsplit("-", 1)[0] for r in rows} == {rec.dataset for rec in teacher.world.records}
+
+
+def test_answers_agree_with_the_labels(teacher):
+    for rec in teacher.world.records:
+        meta = teacher.world.meta(rec.query)
+        if meta["need"]["type"] == "answer":
+            q = parse_tcot(teacher.tcot(rec.query, "query"))
+            p = parse_tcot(teacher.tcot(rec.positive, "target"))
+            assert q.answer == p.answer == rec.positive.text
+
+
+def test_grounding_boxes_cover_the_referred_object(teacher):
+    checked = 0
+    for rec in teacher.world.records:
+        meta = teacher.world.meta(rec.query)
+        if meta["need"]["type"] != "object":
+            continue
+        scene = teacher.world.scenes[meta["scene"]]
+        (k,) = [i for i, o in enumerate(scene.objects)
+                if all(o.attr(a) == v for a, v in meta["need"]["mention"].items())]
+        tcot = parse_tcot(teacher.tcot(rec.query, "query"))
+        image = Image.open(teacher.root / rec.query.images[0]).convert("RGB")
+        (crop,) = crop_evidence(image, tcot.evidence.bboxes)
+        assert _dominant_colour(crop) == scene.objects[k].colour
+        # the positive is the object's crop: its box sits inside the crop and shows the same colour
+        ptcot = parse_tcot(teacher.tcot(rec.positive, "target"))
+        pimg = Image.open(teacher.root / rec.positive.images[0]).convert("RGB")
+        (pcrop,) = crop_evidence(pimg, ptcot.evidence.bboxes)
+        assert _dominant_colour(pcrop) == scene.objects[k].colour
+        assert pcrop.size[0] < pimg.size[0]
+        checked += 1
+    assert checked > 0
+
+
+def test_scene_boxes_are_the_annotated_bboxes_scaled_to_1000(teacher):
+    sid, ann = next(iter(teacher.annotations.items()))
+    w, h = ann["image_size"]
+    boxes = teacher.scene_boxes(sid, range(len(ann["objects"])))
+    for box, obj in zip(boxes, ann["objects"]):
+        assert box == [round(v * 1000 / s) for v, s in zip(obj["bbox"], (w, h, w, h))]
+
+
+def test_world_keywords():
+    assert world_keywords("<|image_1|>\nA small red circle is left of two blue stars on a gray background.") == [
+        "small", "red", "circle", "left of", "two", "blue", "star", "gray"]
+    assert world_keywords("the circle on the left") == ["circle", "left"]
+
+
+def test_unknown_item_is_a_data_error(teacher):
+    with pytest.raises(DataError, match="not an item of this world"):
+        teacher.tcot(Item(text="something else"), "query")
