@@ -1,0 +1,152 @@
+"""Reranker inference (SPEC 1.6): pick with answer parsing and counted fallbacks, the trained candidate
+count, top1 / resort orderings worked by hand, the pairwise path shared with the judge."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unime.data.items import Item
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_model_dir):
+    """A plain tiny checkpoint used as a reranker (no metadata: no trained candidate count)."""
+    from unime.models.reranker import Reranker
+
+    return Reranker.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu")
+
+
+@pytest.fixture
+def rr(reranker):
+    reranker.stats.reset()
+    reranker.num_candidates = None
+    reranker._warned_counts.clear()
+    yield reranker
+    for name in ("generate_answer", "score_pairs"):
+        reranker.__dict__.pop(name, None)
+
+
+QUERY = Item("a red square")
+CANDS = [Item("a blue circle"), Item("a red square"), Item("green"), Item("a large yellow star")]
+
+
+def test_plain_checkpoint_has_no_trained_count(rr):
+    assert rr.num_candidates is None
+    assert rr.pick(QUERY, []) is None
+    assert rr.stats.picks == 0
+
+
+def test_pick_parses_answer_variants(rr):
+    answers = iter(["Ans: (2)", "Ans:(3)", "(1)", "4", "Answer: 2 because it is red", "ans: (4)."])
+    rr.generate_answer = lambda q, c: next(answers)
+    assert [rr.pick(QUERY, CANDS) for _ in range(6)] == [1, 2, 0, 3, 1, 3]
+    assert rr.stats.as_dict() == {"picks": 6, "parsed": 6, "unparsable": 0, "out_of_range": 0, "fallbacks": 0,
+                                  "count_mismatches": 0, "bad_answers": []}
+
+
+def test_unparsable_and_out_of_range_answers_fall_back_to_pairwise_argmax(rr):
+    # the fallback is the argmax of the real pairwise scores, computed here by the judge's reference path
+    reference = [rr.judge.score_pair(QUERY, c) for c in CANDS]
+    expected = int(np.argmax(reference))
+    answers = iter(["I think the red one", "Ans: (5)", "Ans: (0)", "Ans: (2)"])
+    rr.generate_answer = lambda q, c: next(answers)
+    picks = [rr.pick(QUERY, CANDS) for _ in range(4)]
+    assert picks == [expected, expected, expected, 1]
+    s = rr.stats
+    assert (s.picks, s.parsed, s.unparsable, s.out_of_range, s.fallbacks) == (4, 1, 1, 2, 3)
+    assert s.bad_answers == ["I think the red one", "Ans: (5)", "Ans: (0)"]
+
+
+def test_fallback_takes_the_first_of_equal_scores(rr):
+    rr.generate_answer = lambda q, c: "no idea"
+    rr.score_pairs = lambda q, c: np.array([0.2, 0.7, 0.7, 0.1])
+    assert rr.pick(QUERY, CANDS) == 1
+
+
+def test_real_generation_gives_an_index_in_range(rr):
+    got = rr.pick(QUERY, CANDS)
+    assert isinstance(got, int) and 0 <= got < len(CANDS)
+    assert rr.stats.picks == 1 and rr.stats.parsed + rr.stats.fallbacks == 1
+    answer = rr.generate_answer(QUERY, CANDS)
+    assert isinstance(answer, str)
+
+
+def test_candidate_count_mismatch_is_allowed_but_warned_once_and_counted(rr, caplog):
+    rr.num_candidates = 3
+    rr.generate_answer = lambda q, c: "Ans: (1)"
+    with caplog.at_level(logging.WARNING, logger="unime.models.reranker"):
+        assert rr.pick(QUERY, CANDS) == 0
+        assert rr.pick(QUERY, CANDS) == 0
+        assert rr.pick(QUERY, CANDS[:3]) == 0
+    warnings = [r for r in caplog.records if "trained with 3" in r.getMessage()]
+    assert len(warnings) == 1 and "among 4" in warnings[0].getMessage()
+    assert rr.stats.count_mismatches == 2
+
+
+def test_top1_moves_the_pick_to_rank_one_and_keeps_the_rest(rr):
+    ranked = [Item(f"cand {i}") for i in range(6)]
+    seen = []
+
+    def answer(q, cands):
+        seen.append([c.text for c in cands])
+        return "Ans: (3)"
+
+    rr.generate_answer = answer
+    assert rr.rerank(QUERY, ranked, k=4, mode="top1") == [2, 0, 1, 3, 4, 5]
+    assert seen == [["cand 0", "cand 1", "cand 2", "cand 3"]]  # only the top k, in the embedder's order
+    # the default k is the trained number of candidates
+    rr.num_candidates = 2
+    rr.generate_answer = lambda q, c: "Ans: (2)"
+    assert rr.rerank(QUERY, ranked, mode="top1") == [1, 0, 2, 3, 4, 5]
+    # k larger than the list: all of it
+    rr.num_candidates = None
+    rr.generate_answer = lambda q, c: "(6)"
+    assert rr.rerank(QUERY, ranked, k=10, mode="top1") == [5, 0, 1, 2, 3, 4]
+
+
+def test_resort_sorts_the_top_k_by_pairwise_score_stably(rr):
+    ranked = [Item(f"cand {i}") for i in range(6)]
+    rr.score_pairs = lambda q, cands: np.array([0.1, 0.7, 0.7, 0.9][:len(cands)])
+    assert rr.rerank(QUERY, ranked, k=4, mode="resort") == [3, 1, 2, 0, 4, 5]
+    with pytest.raises(ValueError, match="mode"):
+        rr.rerank(QUERY, ranked, k=4, mode="best")
+
+
+def test_score_pairs_is_the_judges_fast_path(rr):
+    rr.judge.stats.reset()
+    got = rr.score_pairs(QUERY, CANDS)
+    assert rr.judge.stats.pairs_scored_fast == len(CANDS) and rr.judge.stats.pairs_scored_reference == 0
+    np.testing.assert_allclose(got, [rr.judge.score_pair(QUERY, c) for c in CANDS], atol=1e-4)
+
+
+def test_listwise_prompt_of_pick_shows_every_candidate(rr, tmp_path):
+    Image.new("RGB", (56, 56), (200, 0, 0)).save(tmp_path / "red.png")
+    rr.image_loader.root = tmp_path.resolve()
+    cands = [Item("a red square", images=("red.png",)), Item("a blue circle")]
+    segs = rr.listwise_segments(QUERY, cands)
+    text = rr.adapter.render_user_turn(segs)
+    assert "\n(1) <|vision_start|><|image_pad|><|vision_end|>a red square\n(2) a blue circle<|im_end|>" in text
+    assert sum(s.kind == "image" for s in segs) == 1
+
+
+def test_from_pretrained_reads_the_trained_count(tiny_model_dir, tmp_path):
+    import shutil
+
+    from unime.models.reranker import Reranker
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir("qwen3_vl"), folder)
+    (folder / "unime_reranker.json").write_text(json.dumps({"role": "reranker", "num_candidates": 5}))
+    assert Reranker.from_pretrained(folder, device="cpu").num_candidates == 5
+    assert Reranker.from_pretrained(folder, device="cpu", num_candidates=10).num_candidates == 10
+
+
+def test_reranker_satisfies_the_eval_seam(rr):
+    from unime.eval.rerank_hook import RerankerProtocol
+
+    assert isinstance(rr, RerankerProtocol)
