@@ -422,13 +422,26 @@ def test_rerank_top1_and_resort():
     assert np.argsort(-s).tolist() == [1, 0, 2] and s[2] == 0.1
 
 
+class PickCounter:
+    def __init__(self):
+        self.picks = 0
+
+    def as_dict(self):
+        return {"picks": self.picks}
+
+    def reset(self):
+        self.picks = 0
+
+
 class OracleReranker:
     """Picks the true answer if it is shown (a stand-in for a perfect listwise reranker)."""
 
     def __init__(self, answers):
         self.answers = answers
+        self.stats = PickCounter()
 
     def pick(self, query, candidates):
+        self.stats.picks += 1
         for i, c in enumerate(candidates):
             if c in self.answers:
                 return i
@@ -448,7 +461,9 @@ def test_run_reports_with_and_without_reranking(tmp_path):
     # c2: top 2 = red, orange → the oracle picks 'orange' → hit. c3: the tie is shown in index order
     # (blue, blue blue) → picks 'blue' → hit. c0, c1: the oracle knows no answer → fallback, still hits.
     assert cls.reranked["precision@1"] == 1.0
-    assert cls.rerank_stats == {"queries": 4, "fallbacks": 2}
+    # the harness's counts, and the reranker's own counters (reported per task, then reset)
+    assert cls.rerank_stats == {"queries": 4, "fallbacks": 2, "reranker": {"picks": 4}}
+    assert results["colour_ret"].rerank_stats["reranker"] == {"picks": 2}
     # colour_ret row 2 ('find a red picture', positive: the yellow image): the embedder ranks red first,
     # yellow second → the oracle picks yellow → hit
     assert results["colour_ret"].reranked["precision@1"] == 1.0

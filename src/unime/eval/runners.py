@@ -287,6 +287,11 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
         if reranking is not None:
             res.rerank_stats = reranking.stats.to_dict()
             reranking.stats = RerankStats()
+            own = getattr(reranking.reranker, "stats", None)  # the reranker's own counters, if it keeps any
+            if callable(getattr(own, "as_dict", None)):
+                res.rerank_stats["reranker"] = own.as_dict()
+                if callable(getattr(own, "reset", None)):
+                    own.reset()
         res.seconds = time.perf_counter() - ts
         if data.skipped:
             res.counts["skipped_rows"] = data.skipped
