@@ -142,10 +142,10 @@ def test_encode_dedups_and_matches_single_forward(emb_models):
              Item(text="a red circle")]
     tcots = [t1, t2, t1, None]
     calls = []
-    original = remb.embed
-    remb.embed = lambda its, ts: (calls.append(len(its)), original(its, ts))[1]
+    original = remb.embedder.forward
+    remb.embedder.forward = lambda inputs, **kw: (calls.append(inputs["input_ids"].shape[0]), original(inputs, **kw))[1]
     vecs = remb.encode(items, tcots, batch_size=8)
-    remb.embed = original
+    remb.embedder.forward = original
     assert calls == [3]  # (item, T-CoT) pairs 0 and 2 are the same input
     np.testing.assert_array_equal(vecs[0], vecs[2])
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
@@ -160,3 +160,40 @@ def test_refuses_last_token_pooling(tiny_model_dir):
 
     with pytest.raises(ValueError, match="pools at <emb>"):
         ReasonedEmbedder(Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu"))
+
+
+@pytest.mark.parametrize("kind", ["image", "video", "text", "invalid"])
+def test_reasoned_item_renders_exactly_the_reasoning_segments(emb_models, kind):
+    """The plain-Item form (used by the embedder trainer and the eval harness) is the same input."""
+    from unime import Item
+    from unime.data.images import ImageLoader
+    from unime.models.adapters import item_segments
+    from unime.reasoning.embed_inputs import reasoned_item
+
+    emb = emb_models["qwen2_vl"].embedder
+    img, frames = _scene(120, 96), _frames(4)
+    if kind == "image":
+        item = Item(text="<|image_1|>\nRepresent the given image with the following question: where is red?",
+                    images=(img,))
+        tcot = render_tcot({"bbox_2d": [[0, 0, 500, 500], [500, 500, 1000, 1000]], "text_keywords": ["red"]},
+                           RETHINK, ANSWER)
+    elif kind == "video":
+        item = Item(text="a clip", video=tuple(frames))
+        tcot = render_tcot({"key_frames": [4, 2]}, RETHINK, ANSWER)
+    elif kind == "text":
+        item = Item(text="a red circle")
+        tcot = render_tcot({"text_keywords": ["red", "circle"]}, RETHINK, ANSWER)
+    else:
+        item = Item(text="a red circle", images=(img,))
+        tcot = "<thinking>{oops</thinking> and more"
+    ri = reasoned_item(item, tcot, ImageLoader())
+    direct = reasoning_segments(item_segments(item.text, list(item.images), list(item.video)), tcot,
+                                images=list(item.images), frames=list(item.video))
+    via_item = emb.segments(ri)
+    assert emb.render(via_item) == emb.render(direct)
+    flat = lambda segs: [np.asarray(x) for s in segs if s.kind != "text"
+                         for x in (s.value if s.kind == "video" else [s.value])]
+    a, b = flat(via_item), flat(direct)
+    assert len(a) == len(b) == {"image": 3, "video": 6, "text": 0, "invalid": 1}[kind]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)

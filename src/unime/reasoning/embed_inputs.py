@@ -79,8 +79,44 @@ def reasoning_segments(item_segments: Sequence[Segment], tcot_text: str | None, 
     return segs
 
 
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def reasoned_item(item: Item, tcot_text: str | None, loader, *, on_invalid: str = "raw", min_side: int = 10,
+                  max_aspect: float = 50.0, summary_prompt: str = EMBED_SUMMARY_PROMPT, record: Any = None) -> Item:
+    """The reasoning-conditioned input as a plain `Item`: the item's text and images, then the T-CoT text,
+    the evidence images as inline PNG bytes at `<|image_k|>` placeholders, and the summary prompt.
+
+    `Embedder.segments(reasoned_item(...))` gives exactly `reasoning_segments(...)` (same rendered text, same
+    images in the same places), so the embedder trainer, `Embedder.encode`, the RL reward and the eval
+    harness all see the same input without knowing about T-CoTs. `loader` (an `ImageLoader`) loads the
+    item's images to cut the evidence from."""
+    images = [loader.load(r, record=record, field=f"images[{i}]") for i, r in enumerate(item.images)]
+    frames = [loader.load(r, record=record, field=f"video[{i}]") for i, r in enumerate(item.video)]
+    from unime.models.adapters import item_segments
+
+    base = item_segments(item.text, images, frames, record=record)
+    segs = reasoning_segments(base, tcot_text, images=images, frames=frames, on_invalid=on_invalid,
+                              min_side=min_side, max_aspect=max_aspect, summary_prompt=summary_prompt,
+                              record=record)
+    text, refs = item.text, list(item.images)
+    for s in segs[len(base):]:
+        if s.kind == "text":
+            text += s.value
+        else:
+            refs.append(_png(s.value))
+            text += f"<|image_{len(refs)}|>"
+    return Item(text=text, images=tuple(refs), video=item.video)
+
+
 class ReasonedEmbedder:
-    """An `Embedder` (pooling="emb") that embeds items together with their T-CoT and evidence."""
+    """An `Embedder` (pooling="emb") that embeds items together with their T-CoT and evidence, through
+    `reasoned_item` + the embedder's own input path (one implementation for training, reward and eval)."""
 
     def __init__(self, embedder, *, on_invalid: str = "raw", min_side: int = 10, max_aspect: float = 50.0):
         if embedder.pooling != "emb":
@@ -100,21 +136,14 @@ class ReasonedEmbedder:
     def hidden_size(self) -> int:
         return self.embedder.hidden_size
 
-    def segments(self, item: Item, tcot_text: str | None, *, record: Any = None) -> list[Segment]:
-        load = self.embedder.image_loader.load
-        images = [load(r, record=record, field=f"images[{i}]") for i, r in enumerate(item.images)]
-        frames = [load(r, record=record, field=f"video[{i}]") for i, r in enumerate(item.video)]
-        from unime.models.adapters import item_segments
-
-        base = item_segments(item.text, images, frames, record=record)
-        return reasoning_segments(base, tcot_text, images=images, frames=frames, on_invalid=self.on_invalid,
-                                  min_side=self.min_side, max_aspect=self.max_aspect, record=record)
-
-    def build_inputs(self, items: Sequence[Item], tcots: Sequence[str | None]):
+    def reasoned_items(self, items: Sequence[Item], tcots: Sequence[str | None]) -> list[Item]:
         if len(items) != len(tcots):
             raise ValueError(f"{len(tcots)} T-CoTs for {len(items)} items")
-        segs = [self.segments(it, t, record=i) for i, (it, t) in enumerate(zip(items, tcots))]
-        return self.embedder.build_inputs(items, segments=segs)
+        return [reasoned_item(it, t, self.embedder.image_loader, on_invalid=self.on_invalid, min_side=self.min_side,
+                              max_aspect=self.max_aspect, record=i) for i, (it, t) in enumerate(zip(items, tcots))]
+
+    def build_inputs(self, items: Sequence[Item], tcots: Sequence[str | None]):
+        return self.embedder.build_inputs(self.reasoned_items(items, tcots))
 
     def embed(self, items: Sequence[Item], tcots: Sequence[str | None]):
         """Embeddings with gradients if enabled (training): (n, hidden) torch tensor, L2-normalised."""
@@ -123,34 +152,5 @@ class ReasonedEmbedder:
     def encode(self, items: Sequence[Item], tcots: Sequence[str | None], *, batch_size: int | None = None,
                show_progress: bool = False) -> np.ndarray:
         """float32 (n, hidden), no grad; identical (item, T-CoT) inputs are encoded once."""
-        import torch
-
-        items = list(items)
-        tcots = list(tcots)
-        if len(items) != len(tcots):
-            raise ValueError(f"{len(tcots)} T-CoTs for {len(items)} items")
-        keys = [(it.key, t) for it, t in zip(items, tcots)]
-        first: dict[tuple, int] = {}
-        for i, k in enumerate(keys):
-            first.setdefault(k, i)
-        uniq = list(first.values())
-        out = np.zeros((len(uniq), self.hidden_size), dtype=np.float32)
-        bs = batch_size or self.embedder.batch_size
-        batches = range(0, len(uniq), bs)
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="encode (T-CoT)", unit="batch")
-        model = self.embedder.model
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                for s in batches:
-                    idx = uniq[s:s + bs]
-                    reps = self.embed([items[i] for i in idx], [tcots[i] for i in idx])
-                    out[s:s + len(idx)] = reps.float().cpu().numpy()
-        finally:
-            model.train(was_training)
-        row = {k: j for j, k in enumerate(first)}
-        return out[[row[k] for k in keys]]
+        return self.embedder.encode(self.reasoned_items(list(items), list(tcots)), batch_size=batch_size,
+                                    show_progress=show_progress)
