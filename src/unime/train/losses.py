@@ -1,0 +1,238 @@
+"""Losses of embedder training (UniME-V2 stage D, SPEC §1.5), as `nn.Module`s.
+
+Every loss has the same call signature (sentence-transformers style: the loss owns its configuration,
+the trainer only hands it representations):
+
+    loss(query_reps, candidate_reps, scores=None) -> scalar tensor
+
+    query_reps      (B, d)     one embedding per query
+    candidate_reps  (B, C, d)  each query's candidate group; column 0 is the positive c_t, columns
+                               1..C-1 its mined hard negatives c_1..c_k (C = 1 + k)
+    scores          (B, C)     judge scores s(q, ·) of the same group, positive first
+                               (`query_pos_scores`, then `hard_negatives_scores`) — soft-label losses only
+
+Similarities are cosines: both sides are L2-normalised inside the loss (a no-op for the embedder's
+output, which is already normalised). The result is the mean over the B queries. Under data
+parallelism the trainer all-gathers the reps before calling the loss, so B is the global batch.
+
+`LOSSES` maps the names used on the command line to the classes; `build_loss(name, **options)`
+builds one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupLoss(nn.Module):
+    """Base class: shape checks and the query × candidate-group cosine matrix."""
+
+    name = ""
+    #: True if the loss needs judge scores (`Record.positive_score` / `negative_scores`)
+    requires_scores = False
+
+    def __init__(self, temperature: float = 0.02):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    @staticmethod
+    def check_shapes(query_reps: torch.Tensor, candidate_reps: torch.Tensor, scores: torch.Tensor | None = None):
+        if query_reps.dim() != 2 or candidate_reps.dim() != 3:
+            raise ValueError(f"expected query_reps (B, d) and candidate_reps (B, C, d), got "
+                             f"{tuple(query_reps.shape)} and {tuple(candidate_reps.shape)}")
+        b, d = query_reps.shape
+        if candidate_reps.shape[0] != b or candidate_reps.shape[2] != d:
+            raise ValueError(f"candidate_reps {tuple(candidate_reps.shape)} does not match query_reps {tuple(query_reps.shape)}")
+        if scores is not None and tuple(scores.shape) != tuple(candidate_reps.shape[:2]):
+            raise ValueError(f"scores must have shape (B, C) = {tuple(candidate_reps.shape[:2])}, got {tuple(scores.shape)}")
+
+    @staticmethod
+    def group_similarities(query_reps: torch.Tensor, candidate_reps: torch.Tensor) -> torch.Tensor:
+        """(B, C) cosine of each query with each candidate of its own group."""
+        q, c = _unit(query_reps), _unit(candidate_reps)
+        return torch.einsum("bd,bcd->bc", q, c)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config().items())
+
+    def config(self) -> dict:
+        return {"temperature": self.temperature}
+
+
+def _unit(reps: torch.Tensor) -> torch.Tensor:
+    """L2-normalised, computed in at least float32."""
+    if reps.dtype in (torch.float16, torch.bfloat16):
+        reps = reps.float()
+    return F.normalize(reps, dim=-1)
+
+
+def _log_probs(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exact log-softmax, log(softmax + eps)); with eps == 0 both are the exact log-softmax."""
+    exact = F.log_softmax(logits, dim=-1)
+    if eps == 0:
+        return exact, exact
+    return exact, torch.log(exact.exp() + eps)
+
+
+class SoftLabelLoss(GroupLoss):
+    """Base of the losses that match the embedder's distribution over a query's group to the judge's:
+
+        P = softmax(sim(q, ·) / τ)            over {c_t, c_1, ..., c_k}
+        Q = softmax(s(q, ·) / τ_label)        over the judge scores of the same candidates
+
+    Only each query's own group is scored (the judge scored nothing else): no in-batch negatives.
+    """
+
+    requires_scores = True
+
+    def __init__(self, temperature: float = 0.02, label_temperature: float | None = None, eps: float = 0.0):
+        super().__init__(temperature)
+        self.label_temperature = float(label_temperature if label_temperature is not None else temperature)
+        if not self.label_temperature > 0:
+            raise ValueError(f"label_temperature must be > 0, got {label_temperature}")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.eps = float(eps)
+
+    def config(self) -> dict:
+        return {"temperature": self.temperature, "label_temperature": self.label_temperature, "eps": self.eps}
+
+    def distributions(self, query_reps, candidate_reps, scores):
+        """Log-probabilities of P (embedder) and Q (judge), each as (exact, log(p + eps))."""
+        self.check_shapes(query_reps, candidate_reps, scores)
+        if scores is None:
+            raise ValueError(f"the {self.name} loss needs judge scores for every candidate")
+        sims = self.group_similarities(query_reps, candidate_reps)
+        return (_log_probs(sims / self.temperature, self.eps),
+                _log_probs(scores.to(sims.dtype) / self.label_temperature, self.eps))
+
+
+class SymmetricKLLoss(SoftLabelLoss):
+    """Symmetric KL between the embedder's P and the judge's Q (see `SoftLabelLoss`):
+
+        L = ½ [KL(Q‖P) + KL(P‖Q)],   mean over queries.
+
+    This is the loss of the released UniME-V2 code (`SoftLabelSoftKLContrastiveLoss`), which the paper
+    calls "JS divergence"; `JensenShannonLoss` is the true JS. Defaults follow the release: τ = τ_label
+    = 0.02 and `eps` = 1e-8, the release's `log(p + 1e-8)` on the second argument of each KL term
+    (it bounds the penalty where one distribution is ~0); `eps=0` gives the exact divergence.
+
+    Reference: Gu et al., "UniME-V2: MLLM-as-a-Judge for Universal Multimodal Embedding Learning",
+    AAAI 2026, arXiv:2510.13515, §3.3 (and the released training code).
+    """
+
+    name = "symmetric_kl"
+
+    def __init__(self, temperature: float = 0.02, label_temperature: float | None = None, eps: float = 1e-8):
+        super().__init__(temperature, label_temperature, eps)
+
+    def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
+                scores: torch.Tensor | None = None) -> torch.Tensor:
+        (log_p, log_p_eps), (log_q, log_q_eps) = self.distributions(query_reps, candidate_reps, scores)
+        kl_q_p = (log_q.exp() * (log_q - log_p_eps)).sum(-1).mean()  # KL(Q‖P)
+        kl_p_q = (log_p.exp() * (log_p - log_q_eps)).sum(-1).mean()  # KL(P‖Q)
+        return 0.5 * (kl_q_p + kl_p_q)
+
+
+class JensenShannonLoss(SoftLabelLoss):
+    """True Jensen–Shannon divergence between the embedder's P and the judge's Q (see `SoftLabelLoss`):
+
+        M = ½ (P + Q),   L = ½ KL(P‖M) + ½ KL(Q‖M),   mean over queries.
+
+    Bounded by log 2; what the UniME-V2 paper's text names, as opposed to its released symmetric KL.
+    Computed in log space (log M = logsumexp(log P, log Q) − log 2), so it needs no epsilon.
+
+    Reference: Lin, "Divergence measures based on the Shannon entropy", IEEE Trans. Inf. Theory 1991;
+    Gu et al., UniME-V2, arXiv:2510.13515, §3.3.
+    """
+
+    name = "js"
+
+    def __init__(self, temperature: float = 0.02, label_temperature: float | None = None):
+        super().__init__(temperature, label_temperature, eps=0.0)
+
+    def config(self) -> dict:
+        return {"temperature": self.temperature, "label_temperature": self.label_temperature}
+
+    def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
+                scores: torch.Tensor | None = None) -> torch.Tensor:
+        (log_p, _), (log_q, _) = self.distributions(query_reps, candidate_reps, scores)
+        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+        kl_p_m = (log_p.exp() * (log_p - log_m)).sum(-1)
+        kl_q_m = (log_q.exp() * (log_q - log_m)).sum(-1)
+        return (0.5 * (kl_p_m + kl_q_m)).mean()
+
+
+class InfoNCELoss(GroupLoss):
+    """InfoNCE (cross-entropy over cosine / τ) with the positive as the target; judge scores are ignored.
+
+    Negatives of query i:
+    - `in_batch=True`: the positives of every other query in the (global) batch, plus — if
+      `use_hard_negatives` — every hard negative in the batch (VLM2Vec / sentence-transformers'
+      MultipleNegativesRankingLoss layout);
+    - `in_batch=False`: only its own hard negatives c_1..c_k (needs k >= 1).
+
+    The paper's ablations (Table 4): "no hard negatives, no soft labels" = in-batch with k = 0;
+    "+ hard negatives" = in-batch with the mined hard negatives. `symmetric=True` adds the
+    target → query direction over the in-batch queries (Embed-RL's contrastive stage, SPEC §2.1).
+
+    Reference: van den Oord et al., "Representation Learning with Contrastive Predictive Coding",
+    arXiv:1807.03748; Jiang et al., VLM2Vec, arXiv:2410.05160.
+    """
+
+    name = "infonce"
+
+    def __init__(self, temperature: float = 0.02, in_batch: bool = True, use_hard_negatives: bool = True,
+                 symmetric: bool = False):
+        super().__init__(temperature)
+        if symmetric and not in_batch:
+            raise ValueError("symmetric InfoNCE needs in-batch negatives (the other queries are the negatives "
+                             "of the target → query direction)")
+        self.in_batch = bool(in_batch)
+        self.use_hard_negatives = bool(use_hard_negatives)
+        self.symmetric = bool(symmetric)
+
+    def config(self) -> dict:
+        return {"temperature": self.temperature, "in_batch": self.in_batch,
+                "use_hard_negatives": self.use_hard_negatives, "symmetric": self.symmetric}
+
+    def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
+                scores: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_shapes(query_reps, candidate_reps)
+        b, c, d = candidate_reps.shape
+        use_hn = self.use_hard_negatives and c > 1
+        if not self.in_batch:
+            if not use_hn:
+                raise ValueError("InfoNCE without in-batch negatives needs hard negatives (k >= 1)")
+            logits = self.group_similarities(query_reps, candidate_reps) / self.temperature
+            target = torch.zeros(b, dtype=torch.long, device=logits.device)
+            return F.cross_entropy(logits, target)
+        q, cands = _unit(query_reps), _unit(candidate_reps)
+        positives = cands[:, 0]
+        pool = torch.cat([positives, cands[:, 1:].reshape(-1, d)]) if use_hn else positives
+        logits = q @ pool.T / self.temperature  # (B, B [+ B*k]); query i's positive is column i
+        target = torch.arange(b, device=logits.device)
+        loss = F.cross_entropy(logits, target)
+        if self.symmetric:
+            loss = 0.5 * (loss + F.cross_entropy(positives @ q.T / self.temperature, target))
+        return loss
+
+
+LOSSES: dict[str, type[GroupLoss]] = {
+    SymmetricKLLoss.name: SymmetricKLLoss,
+    JensenShannonLoss.name: JensenShannonLoss,
+    InfoNCELoss.name: InfoNCELoss,
+}
+
+
+def build_loss(name: str, **options) -> GroupLoss:
+    """Build a loss by its command-line name; `options` are its constructor's keyword arguments."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[name](**options)

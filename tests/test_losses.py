@@ -1,0 +1,199 @@
+"""Embedding losses against hand-computed values and an independent numpy implementation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unime.train.losses import (LOSSES, InfoNCELoss, JensenShannonLoss, SymmetricKLLoss, build_loss)
+
+E = math.e
+
+# One query, three candidates (positive first), τ = 1 so the numbers stay readable:
+#   q = (1, 0);  c_t = (1, 0), c_1 = (0, 1), c_2 = (-1, 0)   → cosines (1, 0, -1)
+#   judge scores (1, 0.5, 0)
+#   P = softmax(1, 0, -1)  = (e, 1, 1/e) / (e + 1 + 1/e)              = (0.665241, 0.244728, 0.090031)
+#   Q = softmax(1, .5, 0)  = (e, e^.5, 1) / (e + e^.5 + 1)            = (0.506480, 0.307196, 0.186324)
+#   log Q_i − log P_i = (s_i − sim_i) − (log Z_Q − log Z_P) = (0, .5, 1) − (1.680270 − 1.407606)
+#                     = (−0.272664, 0.227336, 0.727336)
+#   KL(Q‖P) =  Σ Q_i (log Q_i − log P_i) = −0.138099 + 0.069837 + 0.135520 = 0.067258
+#   KL(P‖Q) = −Σ P_i (log Q_i − log P_i) =  0.181387 − 0.055636 − 0.065483 = 0.060269
+#   symmetric KL = ½ (0.067258 + 0.060269) = 0.063763
+Q1 = torch.tensor([[1.0, 0.0]])
+C1 = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])
+S1 = torch.tensor([[1.0, 0.5, 0.0]])
+P_HAND = [E / (E + 1 + 1 / E), 1 / (E + 1 + 1 / E), (1 / E) / (E + 1 + 1 / E)]
+Q_HAND = [E / (E + E ** 0.5 + 1), E ** 0.5 / (E + E ** 0.5 + 1), 1 / (E + E ** 0.5 + 1)]
+
+
+def test_hand_distributions_match_the_comment():
+    assert P_HAND == pytest.approx([0.665241, 0.244728, 0.090031], abs=1e-6)
+    assert Q_HAND == pytest.approx([0.506480, 0.307196, 0.186324], abs=1e-6)
+
+
+def test_symmetric_kl_hand_computed():
+    loss = SymmetricKLLoss(temperature=1.0, eps=0.0)(Q1, C1, S1)
+    kl_qp = sum(q * math.log(q / p) for p, q in zip(P_HAND, Q_HAND))
+    kl_pq = sum(p * math.log(p / q) for p, q in zip(P_HAND, Q_HAND))
+    assert kl_qp == pytest.approx(0.067258, abs=1e-6)
+    assert kl_pq == pytest.approx(0.060269, abs=1e-6)
+    assert float(loss) == pytest.approx(0.063763, abs=1e-6)
+    # the release's eps = 1e-8 is invisible when no probability is tiny
+    assert float(SymmetricKLLoss(temperature=1.0)(Q1, C1, S1)) == pytest.approx(0.063763, abs=1e-6)
+
+
+def test_js_hand_computed():
+    # M = (P + Q)/2 = (0.585861, 0.275962, 0.138177)
+    # JS = ½ Σ P log(P/M) + ½ Σ Q log(Q/M)
+    #    = ½ (0.084530 − 0.029395 − 0.038568) + ½ (−0.073742 + 0.032938 + 0.055701) = 0.015732
+    m = [(p + q) / 2 for p, q in zip(P_HAND, Q_HAND)]
+    assert m == pytest.approx([0.585861, 0.275962, 0.138177], abs=1e-6)
+    loss = JensenShannonLoss(temperature=1.0)(Q1, C1, S1)
+    assert float(loss) == pytest.approx(0.015732, abs=1e-6)
+    assert float(loss) <= math.log(2)
+
+
+def test_temperature_divides_both_sides():
+    # τ = 0.5 doubles every logit: same as τ = 1 with sims (2, 0, -2) and scores (2, 1, 0)
+    a = SymmetricKLLoss(temperature=0.5, eps=0.0)(Q1, C1, S1)
+    b = SymmetricKLLoss(temperature=1.0, eps=0.0)(Q1, C1 * 1.0, S1 * 2.0)  # scores doubled only ...
+    sims2 = torch.tensor([[2.0, 0.0, -2.0]])
+    p = torch.softmax(sims2, -1)
+    q = torch.softmax(S1 * 2.0, -1)
+    expect = 0.5 * ((q * (q.log() - p.log())).sum() + (p * (p.log() - q.log())).sum())
+    assert float(a) == pytest.approx(float(expect), abs=1e-6)
+    assert float(a) != pytest.approx(float(b), abs=1e-3)  # ... is not the same: sims must be scaled too
+    # label temperature separately
+    c = SymmetricKLLoss(temperature=0.5, label_temperature=1.0, eps=0.0)(Q1, C1, S1)
+    q1 = torch.softmax(S1, -1)
+    expect_c = 0.5 * ((q1 * (q1.log() - p.log())).sum() + (p * (p.log() - q1.log())).sum())
+    assert float(c) == pytest.approx(float(expect_c), abs=1e-6)
+
+
+def test_infonce_hand_computed():
+    # two queries, τ = 1;  q1 = (1,0), q2 = (0,1);  positives p1 = (1,0), p2 = (0.6, 0.8);
+    # hard negatives n1 = (-1, 0), n2 = (0, -1)
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    c = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]], [[0.6, 0.8], [0.0, -1.0]]])
+    # own group only: row 1 logits (1, -1), row 2 (0.8, -1)
+    own = 0.5 * ((math.log(E + 1 / E) - 1) + (math.log(math.exp(0.8) + 1 / E) - 0.8))
+    assert float(InfoNCELoss(1.0, in_batch=False)(q, c)) == pytest.approx(own, abs=1e-6)
+    # in-batch, positives only: row 1 (q1·p1, q1·p2) = (1, 0.6), row 2 (0, 0.8)
+    inb = 0.5 * ((math.log(E + math.exp(0.6)) - 1) + (math.log(1 + math.exp(0.8)) - 0.8))
+    loss = InfoNCELoss(1.0, in_batch=True, use_hard_negatives=False)(q, c)
+    assert float(loss) == pytest.approx(inb, abs=1e-6)
+    assert float(InfoNCELoss(1.0, in_batch=True)(q[:, :], c[:, :1])) == pytest.approx(inb, abs=1e-6)  # k = 0
+    # in-batch + hard negatives: columns (p1, p2, n1, n2): row 1 (1, .6, -1, 0), row 2 (0, .8, 0, -1)
+    both = 0.5 * ((math.log(E + math.exp(0.6) + 1 / E + 1) - 1) + (math.log(1 + math.exp(0.8) + 1 + 1 / E) - 0.8))
+    assert float(InfoNCELoss(1.0, in_batch=True)(q, c)) == pytest.approx(both, abs=1e-6)
+    # symmetric: target→query rows p1 (p1·q1, p1·q2) = (1, 0), p2 (0.6, 0.8)
+    t2q = 0.5 * ((math.log(E + 1) - 1) + (math.log(math.exp(0.6) + math.exp(0.8)) - 0.8))
+    sym = InfoNCELoss(1.0, in_batch=True, use_hard_negatives=False, symmetric=True)(q, c)
+    assert float(sym) == pytest.approx(0.5 * (inb + t2q), abs=1e-6)
+
+
+def test_infonce_own_group_is_cross_entropy_on_position_zero():
+    assert float(InfoNCELoss(1.0, in_batch=False)(Q1, C1)) == pytest.approx(-math.log(P_HAND[0]), abs=1e-6)
+
+
+# -- independent numpy implementation ---------------------------------------------------------------
+def _np_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _np_normalise(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def np_symmetric_kl(q, c, s, tau, eps):
+    sims = np.einsum("bd,bcd->bc", _np_normalise(q), _np_normalise(c))
+    p, qq = _np_softmax(sims / tau), _np_softmax(s / tau)
+    kl_qp = np.sum(qq * (np.log(qq) - np.log(p + eps)), -1).mean()
+    kl_pq = np.sum(p * (np.log(p) - np.log(qq + eps)), -1).mean()
+    return 0.5 * (kl_qp + kl_pq)
+
+
+def np_js(q, c, s, tau):
+    sims = np.einsum("bd,bcd->bc", _np_normalise(q), _np_normalise(c))
+    p, qq = _np_softmax(sims / tau), _np_softmax(s / tau)
+    m = 0.5 * (p + qq)
+    return (0.5 * np.sum(p * np.log(p / m), -1) + 0.5 * np.sum(qq * np.log(qq / m), -1)).mean()
+
+
+def np_infonce(q, c, tau, in_batch, use_hn):
+    q, c = _np_normalise(q), _np_normalise(c)
+    b, k1, d = c.shape
+    if in_batch:
+        pool = c[:, 0] if not use_hn else np.concatenate([c[:, 0], c[:, 1:].reshape(-1, d)])
+        logits, target = q @ pool.T / tau, np.arange(b)
+    else:
+        logits, target = np.einsum("bd,bcd->bc", q, c) / tau, np.zeros(b, dtype=int)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    return -logp[np.arange(b), target].mean()
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.1])
+def test_against_numpy(tau):
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(5, 7))
+    c = rng.normal(size=(5, 4, 7))
+    s = rng.uniform(size=(5, 4))
+    tq, tc, ts = (torch.tensor(x, dtype=torch.float64) for x in (q, c, s))
+    for eps in (0.0, 1e-8):
+        assert float(SymmetricKLLoss(tau, eps=eps)(tq, tc, ts)) == pytest.approx(np_symmetric_kl(q, c, s, tau, eps), rel=1e-6)
+    assert float(JensenShannonLoss(tau)(tq, tc, ts)) == pytest.approx(np_js(q, c, s, tau), rel=1e-6)
+    for in_batch, use_hn in ((True, True), (True, False), (False, True)):
+        got = InfoNCELoss(tau, in_batch=in_batch, use_hard_negatives=use_hn)(tq, tc)
+        assert float(got) == pytest.approx(np_infonce(q, c, tau, in_batch, use_hn), rel=1e-6)
+
+
+def test_release_eps_bounds_the_penalty_at_small_temperature():
+    # τ = 0.02 with 0/1 judge scores makes Q's negatives ~e^-50: the exact KL(P‖Q) is huge, the release's
+    # log(q + 1e-8) caps log q at about -18.4
+    rng = np.random.default_rng(1)
+    q, c = rng.normal(size=(3, 8)), rng.normal(size=(3, 5, 8))
+    s = np.zeros((3, 5))
+    s[:, 0] = 1.0
+    tq, tc, ts = (torch.tensor(x, dtype=torch.float64) for x in (q, c, s))
+    exact = float(SymmetricKLLoss(0.02, eps=0.0)(tq, tc, ts))
+    released = float(SymmetricKLLoss(0.02)(tq, tc, ts))
+    assert exact == pytest.approx(np_symmetric_kl(q, c, s, 0.02, 0.0), rel=1e-6)
+    assert released == pytest.approx(np_symmetric_kl(q, c, s, 0.02, 1e-8), rel=1e-6)
+    assert released < exact
+
+
+def test_losses_are_zero_when_distributions_agree_and_gradients_check():
+    # candidates whose cosines equal the scores → P == Q → both divergences 0
+    q = torch.tensor([[1.0, 0.0]])
+    c = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    s = torch.tensor([[1.0, 0.0]])
+    assert float(SymmetricKLLoss(0.5, eps=0.0)(q, c, s)) == pytest.approx(0.0, abs=1e-7)
+    assert float(JensenShannonLoss(0.5)(q, c, s)) == pytest.approx(0.0, abs=1e-7)
+    torch.manual_seed(0)
+    qd = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    cd = torch.randn(3, 3, 4, dtype=torch.float64, requires_grad=True)
+    sd = torch.rand(3, 3, dtype=torch.float64)
+    for loss in (SymmetricKLLoss(0.3, eps=0.0), JensenShannonLoss(0.3), InfoNCELoss(0.3)):
+        assert torch.autograd.gradcheck(lambda a, b: loss(a, b, sd), (qd, cd), fast_mode=True)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="judge scores"):
+        SymmetricKLLoss()(Q1, C1, None)
+    with pytest.raises(ValueError, match="shape"):
+        SymmetricKLLoss()(Q1, C1, torch.ones(1, 2))
+    with pytest.raises(ValueError, match="hard negatives"):
+        InfoNCELoss(in_batch=False)(Q1, C1[:, :1])
+    with pytest.raises(ValueError, match="in-batch"):
+        InfoNCELoss(in_batch=False, symmetric=True)
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_loss("triplet")
+    assert set(LOSSES) == {"symmetric_kl", "js", "infonce"}
+    assert LOSSES["symmetric_kl"].requires_scores and LOSSES["js"].requires_scores
+    assert not LOSSES["infonce"].requires_scores
