@@ -162,16 +162,40 @@ class JudgeScorer:
         if self.yes_id == self.no_id:
             raise ModelError(f"'{YES}' and '{NO}' map to the same token id {self.yes_id}")
         self.stats = JudgeStats()
-        self.model.eval()
+        if self.model is not None:
+            self.model.eval()
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         data_root: str | os.PathLike | None = None, allow_outside_root: bool = False,
-                        adapter_path: str | None = None, **kwargs) -> "JudgeScorer":
-        loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path)
+                        adapter_path: str | None = None, load_weights: bool = True, **kwargs) -> "JudgeScorer":
+        """Load a judge checkpoint. `load_weights=False` loads only the processor and config: enough to
+        build prompts and resolve the Yes/No ids (e.g. for a vLLM backend), not to score."""
         loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
+        if not load_weights:
+            from transformers import AutoConfig, AutoProcessor
+
+            from unime.models.adapters import adapter_for
+            from unime.models.loading import is_peft_adapter
+
+            base = str(path)
+            if is_peft_adapter(path):
+                import json
+                from pathlib import Path
+
+                base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+            has_tokenizer = os.path.isfile(os.path.join(str(path), "tokenizer_config.json"))
+            processor = AutoProcessor.from_pretrained(str(path) if has_tokenizer else base)
+            config = AutoConfig.from_pretrained(base)
+            return cls(None, processor, adapter_for(config, processor), image_loader=loader, device=device or "cpu",
+                       name=str(path), **kwargs)
+        loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path)
         return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
                    name=str(path), **kwargs)
+
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise ModelError(f"the judge {self.name!r} was loaded without weights (prompts only); it cannot score")
 
     # -- prompt assembly --------------------------------------------------------------------------
     def item_segments(self, item: Item, *, field: str = "item") -> list[Segment]:
@@ -193,6 +217,7 @@ class JudgeScorer:
         """l_Yes - l_No at the generation position, from an independent full forward of the pair."""
         import torch
 
+        self._require_model()
         segs = self.prompt_segments(query, candidate)
         text = self.adapter.render_user_turn(segs)
         inputs = self.adapter.processor_inputs([text], [segs]).to(self.device)
@@ -233,6 +258,7 @@ class JudgeScorer:
         """l_Yes - l_No for each candidate (float64, in order), fast path."""
         import torch
 
+        self._require_model()
         candidates = list(candidates)
         self.stats.pairs_requested += len(candidates)
         if not candidates:

@@ -1,0 +1,118 @@
+"""`unime mine` (judge-guided hard-negative mining, UniME-V2 stages A–C) and `unime judge` (scoring alone)."""
+
+from __future__ import annotations
+
+import json
+
+from unime.cli import add_config_option
+
+
+def _add_model_options(p) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    p.add_argument("--dtype", default=None, help="auto, fp32, bf16, fp16 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--allow-outside-root", action="store_true", help="permit absolute paths and '..' in image paths")
+
+
+def _add_backend_options(p) -> None:
+    p.add_argument("--backend", default="local", choices=["local", "ray", "vllm"], help="where the judge runs")
+    p.add_argument("--ray-workers", type=int, default=2, help="ray: number of judge actors")
+    p.add_argument("--ray-address", default=None, help="ray: cluster address (default: start a local cluster)")
+    p.add_argument("--ray-gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--vllm-logprobs", type=int, default=20, help="vllm: top-K logprobs returned per request")
+    p.add_argument("--vllm-missing", default="bound", choices=["bound", "error"],
+                   help="vllm: Yes/No missing from the top-K (see unime.mining.backends.vllm)")
+    p.add_argument("--chunk-size", type=int, default=16, help="candidate continuations per judge forward")
+
+
+def _backend_options(args) -> dict:
+    if args.backend == "ray":
+        return {"num_workers": args.ray_workers, "address": args.ray_address,
+                "num_gpus_per_worker": args.ray_gpus_per_worker}
+    if args.backend == "vllm":
+        return {"logprobs": args.vllm_logprobs, "missing": args.vllm_missing}
+    return {}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("mine", help="mine judge-scored hard negatives (retrieval → judge → filter + sample)")
+    p.add_argument("--records", required=True, help="training records (.jsonl, .parquet, UniME-V2 .json)")
+    p.add_argument("--embedder", required=True, help="embedder checkpoint for the global retrieval")
+    p.add_argument("--judge", required=True, help="judge checkpoint (a generative MLLM answering Yes/No)")
+    p.add_argument("--out", required=True, help="output folder (resumable: re-run the same command to resume)")
+    p.add_argument("--pool", default=None,
+                   help="JSONL of candidate items (default: the de-duplicated union of all positives)")
+    p.add_argument("--data-root", default=None,
+                   help="folder image paths are relative to (default: --world if given, else the records' folder)")
+    p.add_argument("--k", type=int, default=50, help="candidates retrieved per query")
+    p.add_argument("--beta", type=float, default=0.01, help="false negative: s(q,c) > s(q,c_t) - beta")
+    p.add_argument("--interval", type=int, default=5, help="cyclical sampling interval")
+    p.add_argument("--count", type=int, default=10, help="negatives stored per query")
+    p.add_argument("--fallback", default="random", choices=["random", "drop"],
+                   help="no survivor: draw at random from the K with score 1.0 (paper), or drop the query")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="FAISS index (flat = exact)")
+    p.add_argument("--nprobe", type=int, default=16, help="ivf: lists probed per query")
+    p.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth")
+    p.add_argument("--shard-size", type=int, default=64, help="queries per judge shard (unit of resumption)")
+    p.add_argument("--embed-batch-size", type=int, default=16)
+    p.add_argument("--cache-dir", default=None, help="embedding cache (default: OUT/cache/embeddings)")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="skip bad records (counted and reported) instead of stopping at the first")
+    p.add_argument("--audit", action="store_true", help="audit the judge against the demo world (needs --world)")
+    p.add_argument("--world", default=None, help="demo world folder (for --audit)")
+    p.add_argument("--audit-threshold", type=float, default=1.0,
+                   help="audit: relevance at or above which a retrieved candidate is a false negative")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    _add_model_options(p)
+    _add_backend_options(p)
+    add_config_option(p)
+    p.set_defaults(func=_mine)
+
+    j = sub.add_parser("judge", help="score (query, candidate) pairs with a Yes/No judge")
+    j.add_argument("--pairs", required=True, help='JSONL of {"id"?, "query": item, "candidate": item}')
+    j.add_argument("--judge", required=True, help="judge checkpoint")
+    j.add_argument("--out", required=True, help='output JSONL of {"id", "score"}, in input order')
+    j.add_argument("--data-root", default=None, help="folder image paths are relative to (default: the pairs' folder)")
+    _add_model_options(j)
+    _add_backend_options(j)
+    add_config_option(j)
+    j.set_defaults(func=_judge)
+
+
+def _mine(args) -> int:
+    from unime.mining.pipeline import MineConfig, run_mining
+
+    if args.audit and not args.world:
+        raise SystemExit("unime mine: --audit needs --world")
+    cfg = MineConfig(records=args.records, embedder=args.embedder, judge=args.judge, out=args.out, pool=args.pool,
+                     data_root=args.data_root or args.world, k=args.k, beta=args.beta, interval=args.interval,
+                     count=args.count, fallback=args.fallback, seed=args.seed, index=args.index, nprobe=args.nprobe,
+                     ef_search=args.ef_search, shard_size=args.shard_size, backend=args.backend,
+                     backend_options=_backend_options(args), device=args.device, dtype=args.dtype,
+                     embed_batch_size=args.embed_batch_size, judge_chunk_size=args.chunk_size,
+                     cache_dir=args.cache_dir, on_error=args.on_error, allow_outside_root=args.allow_outside_root,
+                     audit=args.audit, world=args.world, audit_threshold=args.audit_threshold,
+                     show_progress=args.progress)
+    result = run_mining(cfg)
+    s = result.stats
+    print(f"{result.out}: {result.n_mined} of {result.n_records} records mined; report: {result.out / 'report.md'}")
+    print(s["sampling_table"])
+    if args.audit:
+        a = json.loads((result.out / "audit.json").read_text())
+        print(f"judge audit: ROC-AUC {a['auc_judge_score']}, at beta={a['beta']}: precision "
+              f"{a['at_beta']['precision']}, recall {a['at_beta']['recall']}")
+    return 0
+
+
+def _judge(args) -> int:
+    import os
+
+    from unime.mining.backends import JudgeSpec
+    from unime.mining.pipeline import score_pairs_file
+
+    root = args.data_root or os.path.dirname(os.path.abspath(args.pairs))
+    spec = JudgeSpec(path=args.judge, device=args.device, dtype=args.dtype, data_root=root,
+                     allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size)
+    n = score_pairs_file(args.pairs, args.out, spec, backend=args.backend, backend_options=_backend_options(args))
+    print(f"{args.out}: {n} scores")
+    return 0

@@ -1,0 +1,97 @@
+"""Ray Data backend: judge scoring spread over a pool of actors, each holding one loaded judge.
+
+    backend = RayBackend(spec, num_workers=8, num_gpus_per_worker=1, address="auto")
+
+All pending shards go through one streaming Ray Data pipeline (so the judges load once per run, not
+once per shard); a shard's scores are yielded as soon as all its groups are back, and the mining
+pipeline writes it atomically. Query groups travel to the workers pickled; image paths are resolved
+by each worker against `spec.data_root`, so on a multi-node cluster the data root must be on shared
+storage. Scores are those of the local fast path (same code, same numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from unime.mining.backends import JudgeBackend, JudgeSpec, QueryGroup
+
+log = logging.getLogger(__name__)
+
+
+class _JudgeWorker:
+    """Ray Data callable class: loads the judge once, scores batches of pickled query groups."""
+
+    def __init__(self, spec: JudgeSpec, threads: int | None = None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.judge = spec.load()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        scores = []
+        for payload in batch["payload"]:
+            query, candidates = pickle.loads(payload)
+            scores.append(np.asarray(self.judge.score_candidates(query, list(candidates)), dtype=np.float64).tobytes())
+        return {"shard": batch["shard"], "group": batch["group"], "scores": np.array(scores, dtype=object)}
+
+
+class RayBackend(JudgeBackend):
+    name = "ray"
+
+    def __init__(self, spec: JudgeSpec, *, num_workers: int = 2, address: str | None = None,
+                 num_cpus: int | None = None, cpus_per_worker: float = 1.0, num_gpus_per_worker: float = 0.0,
+                 threads_per_worker: int | None = 1, groups_per_batch: int = 1):
+        import ray
+
+        self.spec = spec
+        self.num_workers = num_workers
+        self.cpus_per_worker = cpus_per_worker
+        self.num_gpus_per_worker = num_gpus_per_worker
+        self.threads_per_worker = threads_per_worker
+        self.groups_per_batch = groups_per_batch
+        self._started_ray = False
+        if not ray.is_initialized():
+            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True)
+            self._started_ray = True
+
+    def score_groups(self, groups: Sequence[QueryGroup]) -> list[np.ndarray]:
+        return next(iter(self.score_shards([(0, list(groups))])))[1] if groups else []
+
+    def score_shards(self, shards: Sequence[tuple[int, Sequence[QueryGroup]]]) -> Iterator[tuple[int, list[np.ndarray]]]:
+        import ray.data
+
+        shards = [(sid, list(groups)) for sid, groups in shards]
+        rows = [{"shard": sid, "group": g, "payload": pickle.dumps((q, list(c)))}
+                for sid, groups in shards for g, (q, c) in enumerate(groups)]
+        sizes = {sid: len(groups) for sid, groups in shards}
+        for sid, n in sizes.items():
+            if n == 0:
+                yield sid, []
+        if not rows:
+            return
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * self.num_workers)))
+        ds = ds.map_batches(_JudgeWorker, fn_constructor_kwargs={"spec": self.spec,
+                                                                 "threads": self.threads_per_worker},
+                            batch_size=self.groups_per_batch, concurrency=self.num_workers,
+                            num_cpus=self.cpus_per_worker, num_gpus=self.num_gpus_per_worker or None,
+                            batch_format="numpy")
+        pending: dict[int, dict[int, np.ndarray]] = {}
+        for row in ds.iter_rows():
+            sid, g = int(row["shard"]), int(row["group"])
+            pending.setdefault(sid, {})[g] = np.frombuffer(row["scores"], dtype=np.float64).copy()
+            if len(pending[sid]) == sizes[sid]:
+                done = pending.pop(sid)
+                yield sid, [done[i] for i in range(sizes[sid])]
+
+    def close(self) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False

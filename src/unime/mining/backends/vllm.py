@@ -1,0 +1,143 @@
+"""vLLM backend (extra `unime[vllm]`): the judge prompt as a generation request of one token with
+logprobs, the score read from the logprobs of the `Yes` and `No` token ids.
+
+Requests: `{"prompt": <rendered judge prompt>, "multi_modal_data": {"image": [PIL, ...]}}` with
+`SamplingParams(max_tokens=1, logprobs=K, temperature=0)`. The prompt is the exact text
+`JudgeScorer.prompt` renders (one `<|image_pad|>` per image; vLLM expands it itself).
+
+Since log-probabilities differ from logits by one normaliser, sigmoid(lp_Yes - lp_No) is exactly the
+judge score of SPEC 1.3 whenever both tokens are among the K returned. When one is missing:
+- `missing="bound"` (default): the missing token's logprob is at most the smallest returned one, which
+  is used in its place. The score is then a bound: an upper bound when `Yes` is missing (a tiny true
+  score is overestimated), a lower bound when `No` is missing. When both are missing the judge answered
+  neither and the score is 0.5. All such cases are counted (`stats()`) and shown in the report; raise
+  K (`logprobs`) to make them rare.
+- `missing="error"`: raise `ModelError` naming the pair.
+vLLM is imported lazily, only when the engine is created.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+
+from unime.errors import ModelError
+from unime.mining.backends import JudgeBackend, JudgeSpec, QueryGroup
+
+MISSING_POLICIES = ("bound", "error")
+
+
+def _logprob_value(entry: Any) -> float:
+    """A vLLM `Logprob` object (`.logprob`) or a bare float."""
+    return float(getattr(entry, "logprob", entry))
+
+
+def score_from_logprobs(top: dict[int, Any] | None, yes_id: int, no_id: int, *, missing: str = "bound",
+                        counts: Counter | None = None, where: str = "") -> float:
+    """Judge score from the top-K logprob dict of the first generated token (see the module doc)."""
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
+    top = top or {}
+    lp = {int(t): _logprob_value(v) for t, v in top.items()}
+    has_yes, has_no = yes_id in lp, no_id in lp
+    if not (has_yes and has_no):
+        if missing == "error":
+            absent = [w for w, ok in (("Yes", has_yes), ("No", has_no)) if not ok]
+            raise ModelError(f"{where or 'a request'}: {' and '.join(absent)} not among the {len(lp)} returned "
+                             "logprobs; raise logprobs= or use missing='bound'")
+        if counts is not None:
+            counts["both_missing" if not (has_yes or has_no) else "yes_missing" if not has_yes else "no_missing"] += 1
+        if not (has_yes or has_no):
+            return 0.5
+        floor = min(lp.values())
+        lp.setdefault(yes_id, floor)
+        lp.setdefault(no_id, floor)
+    d = lp[yes_id] - lp[no_id]
+    return 1.0 / (1.0 + math.exp(-d)) if d >= 0 else math.exp(d) / (1.0 + math.exp(d))
+
+
+class VLLMBackend(JudgeBackend):
+    name = "vllm"
+
+    def __init__(self, spec: JudgeSpec, *, logprobs: int = 20, missing: str = "bound", llm: Any = None,
+                 engine_kwargs: dict | None = None):
+        if missing not in MISSING_POLICIES:
+            raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
+        if logprobs < 2:
+            raise ValueError("logprobs must be >= 2 (Yes and No)")
+        self.spec = spec
+        self.logprobs = logprobs
+        self.missing = missing
+        self.engine_kwargs = dict(engine_kwargs or {})
+        self._llm = llm  # an injected engine (tests) or created on first use
+        # prompts and token ids come from the checkpoint's processor; no weights loaded here
+        self.prompter = spec.load(load_weights=False)
+        self.counts: Counter = Counter()
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            try:
+                from vllm import LLM
+            except ImportError as e:  # pragma: no cover - depends on the extra
+                raise ModelError("the vllm backend needs vLLM: pip install 'unime[vllm]'") from e
+            kwargs = {"limit_mm_per_prompt": {"image": 4}, **self.engine_kwargs}
+            if self.spec.dtype and self.spec.dtype != "auto":
+                kwargs.setdefault("dtype", self.spec.dtype)
+            self._llm = LLM(model=self.spec.path, **kwargs)
+        return self._llm
+
+    def sampling_params(self):
+        from vllm import SamplingParams
+
+        return SamplingParams(max_tokens=1, logprobs=self.logprobs, temperature=0.0)
+
+    def build_request(self, query, candidate) -> dict[str, Any]:
+        segs = self.prompter.prompt_segments(query, candidate)
+        if any(s.kind == "video" for s in segs):
+            raise ModelError("the vllm judge backend takes images, not video")
+        request: dict[str, Any] = {"prompt": self.prompter.adapter.render_user_turn(segs)}
+        images = [s.value for s in segs if s.kind == "image"]
+        if images:
+            request["multi_modal_data"] = {"image": images}
+        return request
+
+    def build_requests(self, groups: Sequence[QueryGroup]) -> tuple[list[dict], list[list[int]]]:
+        """Requests for the distinct pairs of each group, and per group the request index of each candidate."""
+        requests: list[dict] = []
+        index: dict[tuple[str, str], int] = {}
+        layout: list[list[int]] = []
+        for q, cands in groups:
+            row = []
+            for c in cands:
+                key = (q.key, c.key)
+                if key not in index:
+                    index[key] = len(requests)
+                    requests.append(self.build_request(q, c))
+                row.append(index[key])
+            layout.append(row)
+        return requests, layout
+
+    def scores_from_outputs(self, outputs: Sequence[Any], layout: list[list[int]]) -> list[np.ndarray]:
+        """Map vLLM `RequestOutput`s (in request order) to per-group score arrays."""
+        flat = []
+        for i, out in enumerate(outputs):
+            completions = getattr(out, "outputs", None) or []
+            first = completions[0].logprobs if completions else None
+            top = first[0] if first else None
+            flat.append(score_from_logprobs(top, self.prompter.yes_id, self.prompter.no_id, missing=self.missing,
+                                            counts=self.counts, where=f"request {i}"))
+        return [np.array([flat[j] for j in row], dtype=np.float64) for row in layout]
+
+    def score_groups(self, groups: Sequence[QueryGroup]) -> list[np.ndarray]:
+        requests, layout = self.build_requests(groups)
+        if not requests:
+            return [np.zeros(0) for _ in groups]
+        outputs = self.llm.generate(requests, self.sampling_params(), use_tqdm=False)
+        return self.scores_from_outputs(outputs, layout)
+
+    def stats(self) -> dict[str, Any]:
+        return {"logprobs": self.logprobs, "missing_policy": self.missing, **{k: int(v) for k, v in self.counts.items()}}

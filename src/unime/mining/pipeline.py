@@ -1,0 +1,566 @@
+"""`unime mine`: judge-guided hard-negative mining, UniME-V2 stages A–C (SPEC §1.2–1.4), resumable.
+
+    result = run_mining(MineConfig(records="train.jsonl", embedder="emb/", judge="judge/", out="mined/"))
+
+Stages and files (all under `out/`, each written atomically):
+
+    manifest.json             config, its hash, input fingerprints, per-stage hashes and times
+    retrieval.parquet         stage A: per query its top-K candidates (pool ids, similarities), sim(q, c_t)
+    judge/shard-NNNNN.parquet stage B: per query the judge score of its positive and of each candidate
+    mined.json                stage C: the mined set, UniME-V2 released JSON (SPEC 1.4)
+    mined.parquet             the same records, unime Parquet (holds what the JSON cannot: inline images…)
+    audit.parquet             per query and candidate: rank, similarity, judge score, filtered?, sampled?
+    stats.json, report.md, plots/*.png   counts, timings, plots (`unime.mining.report`)
+    audit.json                with `audit=True` and a demo world: the judge against ground truth
+
+Resumption: each stage records a hash of everything its output depends on. On a re-run a stage whose
+hash matches is loaded, not recomputed; the judge stage is split into shards of `shard_size` queries,
+and every shard file that exists is complete (atomic writes), so a killed run loses at most the shard
+in flight. Stage C and the report are cheap and always recomputed: changing β, the interval, the count
+or the fallback policy re-uses the retrieval and the judge scores. A stage whose hash changed is
+recomputed from scratch (its stale shards removed).
+
+Randomness: the fallback draw of query i uses `np.random.default_rng((seed, i))`, so results do not
+depend on shard boundaries or on where a run was interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from unime.data.atomic import atomic_open, atomic_path
+from unime.data.items import Item, Record
+from unime.errors import DataError, UnimeError
+from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
+from unime.mining.retrieval import (IndexConfig, RetrievalResult, build_index, build_pool, EmbeddingCache,
+                                    model_fingerprint, search_hard_negatives)
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = 1
+# test hook: after this many judge shards were scored in this process, score the next one, then sleep
+# before writing it (a kill test interrupts the run there)
+PAUSE_ENV = "UNIME_MINE_PAUSE_AFTER_SHARDS"
+
+
+@dataclass
+class MineConfig:
+    records: str
+    embedder: str
+    judge: str
+    out: str
+    pool: str | None = None  # JSONL of items; default: the de-duplicated union of all positives
+    data_root: str | None = None  # image paths are relative to it; default: the records file's folder
+    k: int = 50
+    beta: float = 0.01
+    interval: int = 5
+    count: int = 10
+    fallback: str = "random"
+    seed: int = 0
+    index: str = "flat"
+    nprobe: int = 16
+    ef_search: int = 128
+    shard_size: int = 64
+    backend: str = "local"
+    backend_options: dict = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+    embed_batch_size: int = 16
+    judge_chunk_size: int = 16
+    cache_dir: str | None = None  # embedding cache; default: out/cache/embeddings
+    on_error: str = "raise"
+    allow_outside_root: bool = False
+    audit: bool = False
+    world: str | None = None
+    audit_threshold: float = 1.0  # relevance >= this makes a retrieved candidate a false negative
+    show_progress: bool = False
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError("k must be >= 1")
+        if self.count < 1 or self.interval < 1 or self.shard_size < 1:
+            raise ValueError("count, interval and shard_size must be >= 1")
+        if self.fallback not in ("random", "drop"):
+            raise ValueError(f"fallback must be 'random' or 'drop', got {self.fallback!r}")
+        if self.audit and not self.world:
+            raise ValueError("audit needs a demo world (world=...)")
+
+    @property
+    def resolved_data_root(self) -> str:
+        if self.data_root:
+            return self.data_root
+        return str(Path(self.records).resolve().parent)
+
+
+@dataclass
+class MineResult:
+    out: Path
+    n_records: int
+    n_mined: int
+    stats: dict[str, Any]
+
+
+# -- hashing -------------------------------------------------------------------------------------------
+
+def file_sha1(path: str | os.PathLike) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_fingerprint(path: str) -> str:
+    """Identity of a checkpoint folder without loading it: config, weights (name, size, mtime)."""
+    p = Path(path)
+    if not p.exists():  # a hub id
+        return hashlib.sha1(path.encode()).hexdigest()[:20]
+    h = hashlib.sha1(str(p.resolve()).encode())
+    for f in sorted(p.iterdir()) if p.is_dir() else [p]:
+        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt", ".json", ".model")):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            if f.suffix == ".json" and st.st_size < 1 << 20:
+                h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- manifest ------------------------------------------------------------------------------------------
+
+class Manifest:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        self.data.setdefault("version", PIPELINE_VERSION)
+        self.data.setdefault("stages", {})
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].get(name, {})
+
+    def set_stage(self, name: str, value: dict[str, Any]) -> None:
+        self.data["stages"][name] = value
+        self.save()
+
+    def save(self) -> None:
+        with atomic_open(self.path) as fh:
+            json.dump(self.data, fh, indent=1, sort_keys=True, default=str)
+
+
+# -- inputs --------------------------------------------------------------------------------------------
+
+def read_pool_items(path: str) -> list[Item]:
+    """A pool file: JSONL, one item per line (`{"text", "image" | "images"}`)."""
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON: {e.msg}", source=path, record=f"line {n}") from None
+            item = Item.from_dict(obj, source=path, record=f"line {n}")
+            if item.is_empty:
+                raise DataError("empty item", source=path, record=f"line {n}")
+            items.append(item)
+    return items
+
+
+def _record_label(rec: Record, i: int) -> str:
+    return rec.id or f"index {i}"
+
+
+# -- the pipeline --------------------------------------------------------------------------------------
+
+class MiningRun:
+    """One `unime mine` run over an output folder; see the module doc. Use `run_mining(config)`."""
+
+    def __init__(self, config: MineConfig, *, backend: JudgeBackend | None = None, embedder=None):
+        self.config = config
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.manifest = Manifest(self.out / "manifest.json")
+        self._backend = backend
+        self._embedder = embedder
+        self.times: dict[str, float] = {}
+
+    # inputs -----------------------------------------------------------------------------------------
+    def load_inputs(self) -> None:
+        from unime.data.images import ImageLoader
+        from unime.data.io import check_images, read_records
+        from unime.data.skips import SkipReport
+
+        c = self.config
+        t0 = time.perf_counter()
+        self.skips = SkipReport()
+        records = read_records(c.records, on_error=c.on_error, skips=self.skips)
+        # every image opened up front: a bad one stops the run here (or is skipped and counted), not
+        # an hour into the judge stage
+        loader = ImageLoader(c.resolved_data_root, allow_outside_root=c.allow_outside_root)
+        self.records: list[Record] = check_images(records, loader, on_error=c.on_error, skips=self.skips,
+                                                  source=c.records)
+        if not self.records:
+            raise DataError("no records to mine", source=c.records)
+        extra = read_pool_items(c.pool) if c.pool else []
+        if extra:
+            extra = check_images(extra, loader, on_error=c.on_error, skips=self.skips, source=c.pool)
+        # default pool: positives; a pool file replaces them (its own items only)
+        self.pool: list[Item] = build_pool([], extra) if c.pool else build_pool(self.records)
+        self.pool_index = {it.key: i for i, it in enumerate(self.pool)}
+        self.inputs = {
+            "records": {"path": str(Path(c.records).resolve()), "sha1": file_sha1(c.records), "n": len(self.records),
+                        "skipped": self.skips.total},
+            "pool": {"path": str(Path(c.pool).resolve()), "sha1": file_sha1(c.pool)} if c.pool else "positives",
+            "pool_size": len(self.pool),
+            "embedder": {"path": c.embedder, "fingerprint": checkpoint_fingerprint(c.embedder)},
+            "judge": {"path": c.judge, "fingerprint": checkpoint_fingerprint(c.judge)},
+            "data_root": str(Path(c.resolved_data_root).resolve()),
+        }
+        cfg = asdict(c)
+        for key in ("out", "show_progress", "backend", "backend_options", "cache_dir"):
+            cfg.pop(key)
+        self.config_hash = _hash({"config": cfg, "inputs": self.inputs, "version": PIPELINE_VERSION})
+        self.manifest.data["config"] = asdict(c)
+        self.manifest.data["config_hash"] = self.config_hash
+        self.manifest.data["inputs"] = self.inputs
+        self.manifest.save()
+        self.times["load"] = time.perf_counter() - t0
+
+    # stage A ----------------------------------------------------------------------------------------
+    def retrieval_hash(self) -> str:
+        c = self.config
+        return _hash({"records": self.inputs["records"]["sha1"], "pool": self.inputs["pool"],
+                      "embedder": self.inputs["embedder"], "k": c.k, "index": [c.index, c.nprobe, c.ef_search],
+                      "data_root": self.inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION})
+
+    def embedder(self):
+        if self._embedder is None:
+            from unime.models.embedder import Embedder
+
+            c = self.config
+            self._embedder = Embedder.from_pretrained(c.embedder, device=c.device, dtype=c.dtype,
+                                                      data_root=c.resolved_data_root,
+                                                      allow_outside_root=c.allow_outside_root,
+                                                      batch_size=c.embed_batch_size)
+        return self._embedder
+
+    def run_retrieval(self) -> RetrievalResult:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.out / "retrieval.parquet"
+        h = self.retrieval_hash()
+        st = self.manifest.stage("retrieval")
+        if st.get("hash") == h and path.is_file():
+            log.info("retrieval: reusing %s", path)
+            t = pq.read_table(path).to_pydict()
+            return RetrievalResult(candidate_ids=[np.asarray(x, dtype=np.int64) for x in t["candidate_ids"]],
+                                   candidate_sims=[np.asarray(x, dtype=np.float32) for x in t["candidate_sims"]],
+                                   positive_sims=np.asarray(t["positive_sim"], dtype=np.float32),
+                                   n_above_positive=np.asarray(t["n_above_positive"], dtype=np.int64))
+        c = self.config
+        t0 = time.perf_counter()
+        emb = self.embedder()
+        cache = EmbeddingCache(c.cache_dir or self.out / "cache" / "embeddings", model_fingerprint(emb))
+        queries = [r.query for r in self.records]
+        positives = [r.positive for r in self.records]
+        all_items = queries + positives + self.pool
+        vecs, n_encoded = cache.encode(emb, all_items, show_progress=c.show_progress)
+        nq = len(queries)
+        q_vecs, p_vecs, pool_vecs = vecs[:nq], vecs[nq:2 * nq], vecs[2 * nq:]
+        t1 = time.perf_counter()
+        index = build_index(pool_vecs, IndexConfig(kind=c.index, nprobe=c.nprobe, ef_search=c.ef_search))
+        pos_ids = [self.pool_index.get(r.positive.key, -1) for r in self.records]
+        query_ids = [self.pool_index.get(r.query.key, -1) for r in self.records]
+        res = search_hard_negatives(index, q_vecs, p_vecs, pos_ids, k=c.k, query_ids=query_ids)
+        t2 = time.perf_counter()
+        table = pa.table({
+            "query_index": pa.array(range(nq), pa.int64()),
+            "candidate_ids": pa.array([x.tolist() for x in res.candidate_ids], pa.list_(pa.int64())),
+            "candidate_sims": pa.array([x.tolist() for x in res.candidate_sims], pa.list_(pa.float32())),
+            "positive_sim": pa.array(res.positive_sims, pa.float32()),
+            "n_above_positive": pa.array(res.n_above_positive, pa.int64()),
+        })
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        self.times["encode"], self.times["search"] = t1 - t0, t2 - t1
+        self.manifest.set_stage("retrieval", {"hash": h, "encoded_items": n_encoded, "seconds": {
+            "encode": t1 - t0, "search": t2 - t1}})
+        return res
+
+    # stage B ----------------------------------------------------------------------------------------
+    def judge_hash(self, retrieval_hash: str) -> str:
+        c = self.config
+        return _hash({"retrieval": retrieval_hash, "judge": self.inputs["judge"], "shard_size": c.shard_size,
+                      "dtype": c.dtype, "version": PIPELINE_VERSION})
+
+    def judge_spec(self) -> JudgeSpec:
+        c = self.config
+        return JudgeSpec(path=c.judge, device=c.device, dtype=c.dtype, data_root=c.resolved_data_root,
+                         allow_outside_root=c.allow_outside_root, chunk_size=c.judge_chunk_size)
+
+    def backend(self) -> JudgeBackend:
+        if self._backend is None:
+            opts = dict(self.config.backend_options)
+            if self.config.backend == "local":
+                opts.setdefault("show_progress", self.config.show_progress)
+            self._backend = make_backend(self.config.backend, self.judge_spec(), **opts)
+        return self._backend
+
+    def shard_groups(self, retrieval: RetrievalResult, shard: int) -> tuple[list[int], list[tuple[Item, list[Item]]]]:
+        """The query indices of a shard and its judge groups: identical queries within the shard are merged
+        into one group (each distinct pair is scored once); the positive is one of the candidates."""
+        s = self.config.shard_size
+        idx = list(range(shard * s, min(len(self.records), (shard + 1) * s)))
+        merged: dict[str, tuple[Item, dict[str, Item]]] = {}
+        for i in idx:
+            rec = self.records[i]
+            q, cands = merged.setdefault(rec.query.key, (rec.query, {}))
+            for it in [rec.positive, *(self.pool[j] for j in retrieval.candidate_ids[i])]:
+                cands.setdefault(it.key, it)
+        return idx, [(q, list(c.values())) for q, c in merged.values()]
+
+    def run_judge(self, retrieval: RetrievalResult, retrieval_hash: str) -> dict[int, np.ndarray]:
+        """Judge scores per query: array [s(q, c_t), s(q, c_1), ..., s(q, c_K)]."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        c = self.config
+        jdir = self.out / "judge"
+        h = self.judge_hash(retrieval_hash)
+        st = self.manifest.stage("judge")
+        n_shards = (len(self.records) + c.shard_size - 1) // c.shard_size
+        if st.get("hash") != h and jdir.exists():
+            log.info("judge: configuration changed, discarding %s", jdir)
+            shutil.rmtree(jdir)
+        jdir.mkdir(parents=True, exist_ok=True)
+        for stale in jdir.glob(".*.tmp-*"):  # leftovers of a killed write
+            stale.unlink(missing_ok=True)
+        self.manifest.set_stage("judge", {"hash": h, "n_shards": n_shards, "shard_size": c.shard_size})
+        shard_path = lambda i: jdir / f"shard-{i:05d}.parquet"  # noqa: E731
+        todo = [i for i in range(n_shards) if not shard_path(i).is_file()]
+        self.judge_resumed_shards = n_shards - len(todo)
+        if todo:
+            log.info("judge: %d of %d shards to score (%d done before)", len(todo), n_shards, n_shards - len(todo))
+        pause_after = int(os.environ.get(PAUSE_ENV, "-1"))
+        t0 = time.perf_counter()
+        if todo:
+            layouts = {}
+
+            def shards():
+                for i in todo:
+                    idx, groups = self.shard_groups(retrieval, i)
+                    layouts[i] = (idx, groups, time.perf_counter())
+                    yield i, groups
+
+            backend = self.backend()
+            done_here = 0
+            for sid, group_scores in backend.score_shards(shards()):
+                idx, groups, started = layouts.pop(sid)
+                lookup = {g[0].key: {it.key: float(s) for it, s in zip(g[1], sc)} for g, sc in zip(groups, group_scores)}
+                rows = []
+                for i in idx:
+                    rec = self.records[i]
+                    scores = lookup[rec.query.key]
+                    cands = [rec.positive, *(self.pool[j] for j in retrieval.candidate_ids[i])]
+                    rows.append([scores[it.key] for it in cands])
+                if done_here == pause_after:
+                    print(f"unime-mine: test pause before writing judge shard {sid}", flush=True)
+                    time.sleep(3600)
+                table = pa.table({"query_index": pa.array(idx, pa.int64()),
+                                  "scores": pa.array(rows, pa.list_(pa.float64()))})
+                table = table.replace_schema_metadata({"unime.seconds": f"{time.perf_counter() - started:.6f}"})
+                with atomic_path(shard_path(sid)) as tmp:
+                    pq.write_table(table, tmp)
+                done_here += 1
+        self.times["judge"] = time.perf_counter() - t0
+        scores: dict[int, np.ndarray] = {}
+        self.judge_shard_seconds = 0.0
+        for i in range(n_shards):
+            t = pq.read_table(shard_path(i))
+            meta = t.schema.metadata or {}
+            self.judge_shard_seconds += float(meta.get(b"unime.seconds", b"0"))
+            for qi, sc in zip(t.column("query_index").to_pylist(), t.column("scores").to_pylist()):
+                if qi in scores:
+                    raise UnimeError(f"judge shard {i} repeats query {qi}; remove {jdir} and re-run")
+                scores[qi] = np.asarray(sc, dtype=np.float64)
+        missing = [i for i in range(len(self.records)) if i not in scores]
+        if missing:
+            raise UnimeError(f"judge shards miss {len(missing)} queries (e.g. {missing[0]}); remove {jdir} and re-run")
+        return scores
+
+    # stage C ----------------------------------------------------------------------------------------
+    def run_sampling(self, retrieval: RetrievalResult, scores: dict[int, np.ndarray]):
+        from unime.mining.sampling import SamplingStats, sample_negatives
+
+        c = self.config
+        t0 = time.perf_counter()
+        stats = SamplingStats()
+        mined: list[Record] = []
+        audit_rows: list[dict[str, Any]] = []
+        for i, rec in enumerate(self.records):
+            ids = retrieval.candidate_ids[i]
+            sims = retrieval.candidate_sims[i]
+            s = scores[i]
+            pos_score, cand_scores = float(s[0]), s[1:]
+            label = _record_label(rec, i)
+            result = sample_negatives(list(range(len(ids))), cand_scores, pos_score, beta=c.beta, interval=c.interval,
+                                      count=c.count, fallback=c.fallback, rng=np.random.default_rng((c.seed, i)),
+                                      source=c.records, record=label)
+            stats.add(result, rec.dataset)
+            filtered = cand_scores > pos_score - c.beta
+            times_sampled = np.bincount(np.asarray(result.indices, dtype=np.int64), minlength=len(ids))
+            for r in range(len(ids)):
+                cand = self.pool[int(ids[r])]
+                audit_rows.append({
+                    "query_index": i, "record_id": rec.id, "dataset": rec.dataset, "rank": r,
+                    "pool_index": int(ids[r]), "candidate_text": cand.text,
+                    "candidate_image": cand.images[0] if cand.images and isinstance(cand.images[0], str) else "",
+                    "similarity": float(sims[r]), "positive_similarity": float(retrieval.positive_sims[i]),
+                    "judge_score": float(cand_scores[r]), "positive_score": pos_score,
+                    "false_negative": bool(filtered[r]), "times_sampled": int(times_sampled[r]),
+                    "status": result.status,
+                })
+            if result.status == "dropped":
+                continue
+            mined.append(Record(query=rec.query, positive=rec.positive,
+                                negatives=[self.pool[int(ids[j])] for j in result.indices],
+                                positive_score=pos_score, negative_scores=[float(x) for x in result.scores],
+                                dataset=rec.dataset, id=rec.id))
+        self.times["sample"] = time.perf_counter() - t0
+        return mined, audit_rows, stats
+
+    def write_outputs(self, mined: list[Record], audit_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from unime.data.io import write_records, write_unime_v2_json
+
+        t0 = time.perf_counter()
+        notes: dict[str, Any] = {}
+        write_records(mined, self.out / "mined.parquet")
+        try:
+            write_unime_v2_json(mined, self.out / "mined.json")
+            notes["json"] = "written"
+        except DataError as e:  # e.g. several images per item: the JSON format cannot hold them
+            (self.out / "mined.json").unlink(missing_ok=True)
+            notes["json"] = f"not written: {e}"
+            log.warning("mined.json not written (mined.parquet has every record): %s", e)
+        schema = pa.schema([("query_index", pa.int64()), ("record_id", pa.string()), ("dataset", pa.string()),
+                            ("rank", pa.int32()), ("pool_index", pa.int64()), ("candidate_text", pa.string()),
+                            ("candidate_image", pa.string()), ("similarity", pa.float32()),
+                            ("positive_similarity", pa.float32()), ("judge_score", pa.float64()),
+                            ("positive_score", pa.float64()), ("false_negative", pa.bool_()),
+                            ("times_sampled", pa.int32()), ("status", pa.string())]
+                           + ([("relevance", pa.float64()), ("positive_relevance", pa.float64())]
+                              if audit_rows and "relevance" in audit_rows[0] else []))
+        table = pa.Table.from_pylist(audit_rows, schema=schema)
+        with atomic_path(self.out / "audit.parquet") as tmp:
+            pq.write_table(table, tmp)
+        self.times["write"] = time.perf_counter() - t0
+        return notes
+
+    def run(self) -> MineResult:
+        from unime.mining import report
+
+        t_start = time.perf_counter()
+        self.load_inputs()
+        retrieval = self.run_retrieval()
+        scores = self.run_judge(retrieval, self.retrieval_hash())
+        mined, audit_rows, sstats = self.run_sampling(retrieval, scores)
+        audit = None
+        if self.config.audit:
+            t0 = time.perf_counter()
+            audit = report.judge_audit(self, audit_rows)
+            self.times["audit"] = time.perf_counter() - t0
+        notes = self.write_outputs(mined, audit_rows)
+        backend_stats = self._backend.stats() if self._backend is not None else {}
+        if self._backend is not None:
+            self._backend.close()
+        self.times["total"] = time.perf_counter() - t_start
+        stats = {
+            "records": len(self.records), "mined": len(mined), "pool_size": len(self.pool),
+            "skipped_records": _skip_summary(self.skips), "sampling": sstats.to_dict(),
+            "sampling_table": sstats.format_table(), "judge": backend_stats,
+            "judge_shards_resumed": self.judge_resumed_shards,
+            "judge_shard_seconds": self.judge_shard_seconds,
+            "retrieval": self.manifest.stage("retrieval"), "times_this_run": self.times, "outputs": notes,
+            "config": {k: v for k, v in asdict(self.config).items() if k != "backend_options"},
+            "config_hash": self.config_hash,
+        }
+        report.write_report(self.out, stats, audit_rows, audit)
+        return MineResult(out=self.out, n_records=len(self.records), n_mined=len(mined), stats=stats)
+
+
+def _skip_summary(skips) -> dict[str, Any]:
+    return {"total": skips.total, "by_reason": {k: int(v) for k, v in skips.counts.items()},
+            "summary": skips.summary()}
+
+
+def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embedder=None) -> MineResult:
+    """Run (or resume) the mining pipeline described in the module doc."""
+    return MiningRun(config, backend=backend, embedder=embedder).run()
+
+
+# -- `unime judge`: scoring alone ------------------------------------------------------------------------
+
+def read_pairs(path: str) -> list[tuple[str, Item, Item]]:
+    """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the line number."""
+    pairs = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON: {e.msg}", source=path, record=f"line {n}") from None
+            if not isinstance(obj, dict):
+                raise DataError("expected an object", source=path, record=f"line {n}")
+            rid = obj.get("id", n)
+            for key in ("query", "candidate"):
+                if key not in obj:
+                    raise DataError("missing", source=path, record=f"line {n}", field=key)
+            unknown = set(obj) - {"id", "query", "candidate"}
+            if unknown:
+                raise DataError(f"unknown keys {sorted(unknown)}", source=path, record=f"line {n}")
+            q = Item.from_dict(obj["query"], source=path, record=f"line {n}", field_name="query")
+            c = Item.from_dict(obj["candidate"], source=path, record=f"line {n}", field_name="candidate")
+            for key, it in (("query", q), ("candidate", c)):
+                if it.is_empty:
+                    raise DataError("empty item", source=path, record=f"line {n}", field=key)
+            pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
+    return pairs
+
+
+def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend: str = "local",
+                     backend_options: dict | None = None) -> int:
+    """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic)."""
+    pairs = read_pairs(pairs_path)
+    groups: dict[str, tuple[Item, list[Item]]] = {}
+    for _, q, c in pairs:
+        g = groups.setdefault(q.key, (q, []))
+        if all(x.key != c.key for x in g[1]):
+            g[1].append(c)
+    with make_backend(backend, spec, **(backend_options or {})) as be:
+        group_list = list(groups.values())
+        results = be.score_groups(group_list)
+    lookup = {q.key: {c.key: float(s) for c, s in zip(cands, sc)} for (q, cands), sc in zip(group_list, results)}
+    with atomic_open(out_path) as fh:
+        for rid, q, c in pairs:
+            fh.write(json.dumps({"id": rid, "score": lookup[q.key][c.key]}) + "\n")
+    return len(pairs)

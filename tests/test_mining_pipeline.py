@@ -1,0 +1,264 @@
+"""`unime mine` end to end on tiny models: outputs, re-use of finished stages, kill/resume, `unime judge`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from unime.data.io import read_records, write_records
+from unime.data.items import Item, Record
+from unime.errors import DataError
+from unime.mining.pipeline import MineConfig, run_mining
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+SHAPES = ("circle", "square", "star")
+
+
+def _write_dataset(root: Path) -> Path:
+    """9 records over two datasets: image→text classification and text→image retrieval."""
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for i, (colour, rgb) in enumerate(COLOURS.items()):
+        for j in range(2 if i < 2 else 1):
+            path = f"img/{colour}{j}.png"
+            arr = np.clip(np.array(rgb) + rng.integers(-20, 20, (40 + 8 * j, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / path)
+            records.append(Record(query=Item(text="<|image_1|>\nRepresent the given image for classification: "
+                                                  "what colour is shown?", images=(path,)),
+                                  positive=Item(text=colour), dataset="colour_cls", id=f"cls-{colour}-{j}"))
+    for k, shape in enumerate(SHAPES):
+        colour = list(COLOURS)[k]
+        records.append(Record(query=Item(text=f"Find an image that matches the given caption: a {colour} {shape}"),
+                              positive=Item(text="<|image_1|>\nRepresent the given image.",
+                                            images=(f"img/{colour}0.png",)),
+                              dataset="t2i", id=f"t2i-{shape}"))
+    path = root / "records.jsonl"
+    write_records(records, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return _write_dataset(tmp_path_factory.mktemp("mine_data"))
+
+
+def _config(dataset, tiny_model_dir, out, **kw):
+    base = dict(records=str(dataset), embedder=tiny_model_dir("qwen2_vl"), judge=tiny_model_dir("qwen2_5_vl"),
+                out=str(out), k=4, count=3, interval=2, shard_size=2, device="cpu", judge_chunk_size=3)
+    base.update(kw)
+    return MineConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def mined(dataset, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mine_out") / "run"
+    result = run_mining(_config(dataset, tiny_model_dir, out))
+    return result
+
+
+def test_outputs_are_consistent_with_an_independent_judge(mined, dataset, tiny_model_dir):
+    from unime.models.judge import JudgeScorer
+
+    out = mined.out
+    records = read_records(dataset)
+    audit = pq.read_table(out / "audit.parquet").to_pylist()
+    by_q: dict[int, list[dict]] = {}
+    for row in audit:
+        by_q.setdefault(row["query_index"], []).append(row)
+    assert set(by_q) <= set(range(len(records)))
+    judge = JudgeScorer.from_pretrained(tiny_model_dir("qwen2_5_vl"), device="cpu", data_root=str(dataset.parent))
+    pool = {r.positive.key: r.positive for r in records}
+    pool_items = list(pool.values())
+    mined_v2 = read_records(out / "mined.json")
+    mined_pq = read_records(out / "mined.parquet")
+    assert [r.id for r in mined_v2] == [r.id for r in mined_pq]
+    mined_by_id = {r.id: r for r in mined_pq}
+    assert len(by_q) >= 7
+    for qi in range(len(records)):
+        rows = by_q.get(qi, [])  # no rows: the positive ranked last, nothing below it was retrieved
+        rec = records[qi]
+        rows.sort(key=lambda r: r["rank"])
+        assert [r["rank"] for r in rows] == list(range(len(rows))) and len(rows) <= 4
+        # rank order by similarity, all below the positive's (δ rule), positive never a candidate
+        sims = [r["similarity"] for r in rows]
+        assert sims == sorted(sims, reverse=True)
+        assert all(s < r["positive_similarity"] for s, r in zip(sims, rows))
+        assert all(pool_items[r["pool_index"]].key != rec.positive.key for r in rows)
+        # judge scores: the pipeline's (fast path, grouped) against the reference per-pair forward
+        pos_ref = judge.score_pair(rec.query, rec.positive)
+        if rows:
+            assert abs(rows[0]["positive_score"] - pos_ref) < 1e-4
+        for r in rows:
+            ref = judge.score_pair(rec.query, pool_items[r["pool_index"]])
+            assert abs(r["judge_score"] - ref) < 1e-4
+            assert r["false_negative"] == (r["judge_score"] > r["positive_score"] - 0.01)
+        # the mined record: its negatives are the sampled candidates with their scores
+        if rec.id in mined_by_id:
+            m = mined_by_id[rec.id]
+            assert abs(m.positive_score - pos_ref) < 1e-4
+            assert len(m.negatives) == 3
+            sampled = {pool_items[r["pool_index"]].key: r for r in rows if r["times_sampled"]}
+            assert {n.key for n in m.negatives} == set(sampled)
+            assert sum(r["times_sampled"] for r in rows) == 3
+            status = rows[0]["status"]
+            for n, s in zip(m.negatives, m.negative_scores):
+                assert s == (1.0 if status == "fallback" else sampled[n.key]["judge_score"])
+            v2 = next(r for r in mined_v2 if r.id == rec.id)
+            assert [n.key for n in v2.negatives] == [n.key for n in m.negatives]
+        else:
+            assert all(r["status"] == "dropped" for r in rows)
+    assert {r.id for r in mined_pq} | {records[i].id for i in range(len(records)) if i not in by_q} >= \
+        {r.id for r in records}
+
+
+def test_report_files(mined):
+    out = mined.out
+    report = (out / "report.md").read_text()
+    assert "## Sampling (per dataset)" in report and "colour_cls" in report and "t2i" in report
+    for png in ("judge_scores", "per_dataset", "stage_times"):
+        with Image.open(out / "plots" / f"{png}.png") as im:
+            assert im.size[0] > 100
+        assert f"plots/{png}.png" in report
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["records"] == 9 and stats["sampling"]["counts"]["ok"] + stats["sampling"]["counts"]["repeated"] \
+        + stats["sampling"]["counts"]["fallback"] == stats["mined"]
+    assert stats["judge"]["pairs_scored_fast"] > 0 and stats["judge"]["boundary_fallbacks"] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["judge"]["n_shards"] == 5 and manifest["config_hash"] == stats["config_hash"]
+
+
+class _NoJudge:
+    """A backend that must not be called (every judge shard is already on disk)."""
+
+    name = "none"
+
+    def score_shards(self, shards):
+        shards = list(shards)
+        if shards:
+            raise AssertionError(f"judge called for shards {[s for s, _ in shards]}")
+        return iter(())
+
+    def stats(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def test_rerun_reuses_retrieval_and_judge_and_beta_change_only_resamples(mined, dataset, tiny_model_dir):
+    import dataclasses
+    import shutil
+
+    from unime.models.embedder import Embedder
+
+    out2 = mined.out.parent / "rerun"
+    shutil.copytree(mined.out, out2)
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(dataset.parent))
+    calls = []
+    emb.encode = lambda *a, **k: calls.append(1)
+    cfg = _config(dataset, tiny_model_dir, out2)
+    r = run_mining(cfg, backend=_NoJudge(), embedder=emb)
+    assert calls == []
+    for name in ("mined.json", "mined.parquet", "audit.parquet"):
+        assert (out2 / name).read_bytes() == (mined.out / name).read_bytes(), name
+    # a larger beta filters more, re-using the stored judge scores (no judge call)
+    cfg2 = dataclasses.replace(cfg, beta=0.5)
+    r2 = run_mining(cfg2, backend=_NoJudge(), embedder=emb)
+    audit = pq.read_table(out2 / "audit.parquet").to_pylist()
+    assert all(row["false_negative"] == (row["judge_score"] > row["positive_score"] - 0.5) for row in audit)
+    assert sum(r2.stats["sampling"]["false_negatives"].values()) >= sum(r.stats["sampling"]["false_negatives"].values())
+    # the embedding cache is keyed by model: the embeddings folder holds one model
+    assert len(list((out2 / "cache" / "embeddings").iterdir())) == 1
+
+
+def _mine_cmd(dataset, tiny_model_dir, out):
+    code = "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, "--log-level", "WARNING", "mine", "--records", str(dataset),
+            "--embedder", tiny_model_dir("qwen2_vl"), "--judge", tiny_model_dir("qwen2_5_vl"), "--out", str(out),
+            "--k", "4", "--count", "3", "--interval", "2", "--shard-size", "2", "--device", "cpu",
+            "--chunk-size", "3"]
+
+
+def test_sigkill_in_the_judge_stage_then_resume_is_byte_identical(mined, dataset, tiny_model_dir, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "UNIME_MINE_PAUSE_AFTER_SHARDS": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen(_mine_cmd(dataset, tiny_model_dir, out), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        deadline = time.time() + 240
+        line = ""
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if "test pause" in line or not line:
+                break
+        assert "test pause before writing judge shard" in line, f"no pause seen (exit {proc.poll()})"
+        os.kill(proc.pid, signal.SIGKILL)  # in the judge stage: shard 3 scored, not written
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    shards = sorted(p.name for p in (out / "judge").glob("shard-*.parquet"))
+    assert shards == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert not (out / "mined.json").exists()
+    # a stray temporary file of a killed write must not confuse the resume
+    (out / "judge" / ".shard-00002.parquet.tmp-x").write_bytes(b"partial")
+    env.pop("UNIME_MINE_PAUSE_AFTER_SHARDS")
+    done = subprocess.run(_mine_cmd(dataset, tiny_model_dir, out), env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["judge_shards_resumed"] == 2
+    assert not list((out / "judge").glob(".*tmp*"))
+    for name in ("mined.json", "mined.parquet", "audit.parquet", "retrieval.parquet"):
+        assert (out / name).read_bytes() == (mined.out / name).read_bytes(), name
+    ids = [r.id for r in read_records(out / "mined.json")]
+    assert len(ids) == len(set(ids)) == mined.n_mined
+    audit_q = pq.read_table(out / "audit.parquet").column("query_index").to_pylist()
+    assert len(audit_q) == len(pq.read_table(mined.out / "audit.parquet"))
+
+
+def test_bad_image_is_a_data_error_naming_the_record(tmp_path, tiny_model_dir):
+    path = _write_dataset(tmp_path / "d")
+    lines = path.read_text().splitlines()
+    obj = json.loads(lines[3])
+    obj["query"]["images"] = ["img/missing.png"]
+    lines[3] = json.dumps(obj)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"records.jsonl.*cls-green-1.*query.images\[0\]"):
+        run_mining(_config(path, tiny_model_dir, tmp_path / "o"))
+
+
+def test_judge_command_scores_pairs_in_order(tmp_path, tiny_model_dir, dataset):
+    from unime.cli import main
+    from unime.models.judge import JudgeScorer
+
+    pairs = [
+        {"id": "a", "query": {"text": "what colour?", "image": "img/red0.png"}, "candidate": {"text": "red"}},
+        {"query": {"text": "a blue star"}, "candidate": {"text": "x", "image": "img/blue0.png"}},
+        {"id": "c", "query": {"text": "what colour?", "image": "img/red0.png"}, "candidate": {"text": "green"}},
+    ]
+    pf = dataset.parent / "pairs.jsonl"
+    pf.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    out = tmp_path / "scores.jsonl"
+    assert main(["judge", "--pairs", str(pf), "--judge", tiny_model_dir("qwen3_vl"), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == ["a", 2, "c"]
+    judge = JudgeScorer.from_pretrained(tiny_model_dir("qwen3_vl"), device="cpu", data_root=str(dataset.parent))
+    for g, p in zip(got, pairs):
+        ref = judge.score_pair(Item.from_dict(p["query"]), Item.from_dict(p["candidate"]))
+        assert abs(g["score"] - ref) < 1e-4
+    pf.write_text(json.dumps({"query": {"text": "q"}}) + "\n")
+    with pytest.raises(DataError, match=r"pairs.jsonl.*line 1.*candidate"):
+        main(["judge", "--pairs", str(pf), "--judge", tiny_model_dir("qwen3_vl"), "--out", str(out)])
