@@ -1,0 +1,90 @@
+"""`unime eval --rerank`: every task reported with and without the reranker, and the reranked ranks equal
+an independent re-computation (embedder cosine top-k, then the Reranker's pick / pairwise scores)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20),
+           "purple": (150, 20, 160)}
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rr_eval")
+    (root / "images").mkdir()
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (56, 56), rgb).save(root / "images" / f"{name}.png")
+    names = list(COLOURS)
+    rows = []
+    for i, name in enumerate(names[:4]):
+        others = [n for n in names if n != name][:4]
+        cands = [name] + others  # positive at index 0 (MMEB-eval)
+        rows.append({"id": f"q{i}", "qry_text": f"<|image_1|>\nWhat colour is the square?",
+                     "qry_img_path": f"images/{name}.png", "tgt_text": [f"a {c} square" for c in cands],
+                     "tgt_img_path": [f"images/{c}.png" if j % 2 else "" for j, c in enumerate(cands)]})
+    (root / "colours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "eval_tasks.yaml").write_text(
+        "data_root: .\ntasks:\n"
+        "  - {name: colours, format: mmeb, path: colours.jsonl, meta_task: classification, split: IND}\n")
+    # a plain checkpoint used as the reranker, marked as trained with 3 candidates
+    rr_dir = root / "reranker"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), rr_dir)
+    (rr_dir / "unime_reranker.json").write_text(json.dumps({"role": "reranker", "num_candidates": 3}))
+    return root, rr_dir
+
+
+def _independent(root, model_dir, rr_dir, k, mode):
+    """Embedder top-k by cosine, then the reranker on those k: (embedder top1s, reranked top1s)."""
+    from unime.data.eval_formats import read_mmeb
+    from unime.models.embedder import Embedder
+    from unime.models.reranker import Reranker
+
+    rows = read_mmeb(root / "colours.jsonl")
+    emb = Embedder.from_pretrained(model_dir, device="cpu", data_root=str(root))
+    rr = Reranker.from_pretrained(rr_dir, device="cpu", data_root=str(root))
+    plain, reranked = [], []
+    for row in rows:
+        q = emb.encode([row.query])[0]
+        c = emb.encode(list(row.candidates))
+        order = sorted(range(len(row.candidates)), key=lambda j: (-float(c[j] @ q), j))
+        head = order[:k]
+        shown = [row.candidates[j] for j in head]
+        if mode == "top1":
+            best = head[rr.pick(row.query, shown)]
+        else:
+            s = rr.score_pairs(row.query, shown)
+            best = head[int(np.argmax(s))]
+        plain.append(order[0])
+        reranked.append(best)
+    return plain, reranked
+
+
+@pytest.mark.parametrize("mode", ["top1", "resort"])
+def test_eval_reports_both_rows_and_matches_an_independent_rerank(eval_setup, tiny_model_dir, tmp_path, mode):
+    from unime.cli import main
+
+    root, rr_dir = eval_setup
+    model_dir = tiny_model_dir("qwen2_vl")
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", model_dir, "--tasks", str(root), "--out", str(out), "--rerank", str(rr_dir),
+                 "--topk", "3", "--mode", mode, "--no-cache", "--device", "cpu", "--ties", "index"]) == 0
+    task = json.loads((out / "tasks" / "colours.json").read_text())
+    assert "precision@1" in task["metrics"] and "precision@1" in task["metrics_reranked"]
+    plain, reranked = _independent(root, model_dir, rr_dir, 3, mode)
+    assert [q["top1"] for q in task["per_query"]] == plain
+    assert [q["top1_reranked"] for q in task["per_query"]] == reranked
+    assert task["metrics"]["precision@1"] == pytest.approx(np.mean([t == 0 for t in plain]))
+    assert task["metrics_reranked"]["precision@1"] == pytest.approx(np.mean([t == 0 for t in reranked]))
+    stats = task["rerank_stats"]
+    assert stats["queries"] == 4
+    if mode == "top1":
+        own = stats["reranker"]
+        assert own["picks"] == 4 and own["parsed"] + own["fallbacks"] == 4 and own["count_mismatches"] == 0
+    md = (out / "results.md").read_text()
+    assert "| embedder |" in md and f"embedder + reranker ({mode}, top-3)" in md
