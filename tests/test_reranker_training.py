@@ -308,6 +308,9 @@ def test_reranker_records_need_negatives_or_a_skip_policy(tiny_model_dir, tmp_pa
     cfg.role, cfg.losses, cfg.on_error = "judge", ("pair",), "raise"
     groups, n, _ = build_examples(cfg)  # a judge can use a record without negatives (its Yes pair)
     assert n == 2 and [len(g) for g in groups] == [1, 1, 1]
+    path.write_text(json.dumps({"id": "lonely", "query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
+    with pytest.raises(DataError, match="judge needs labelled negatives"):
+        build_examples(cfg)
 
 
 def test_config_validation():
@@ -322,3 +325,37 @@ def test_config_validation():
         RerankerTrainConfig(**base, role="judge").validate()
     with pytest.raises(ValueError, match="num_negatives"):
         RerankerTrainConfig(**base, num_negatives=0).validate()
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    import unime.train.reranker_trainer as T
+
+    records = write_world(tmp_path)
+
+    def config(out):
+        return T.RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(out),
+                                     num_negatives=2, learning_rate=1e-2, max_steps=4, batch_size=2, logging_steps=1,
+                                     save_steps=2, train_modules=("lm_head",), lora_dropout=0.0, device="cpu")
+
+    straight = T.train_reranker(config(tmp_path / "straight"))
+
+    real_loss, calls = T.answer_token_loss, {"n": 0}
+
+    def failing_loss(model, inputs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # two losses (pair, list) per step: fails inside step 3, after checkpoint-2
+            raise RuntimeError("simulated crash")
+        return real_loss(model, inputs)
+
+    monkeypatch.setattr(T, "answer_token_loss", failing_loss)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        T.train_reranker(config(tmp_path / "resumed"))
+    assert not (tmp_path / "resumed" / "unime_reranker.json").exists()
+    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-2").is_dir()
+    monkeypatch.setattr(T, "answer_token_loss", real_loss)
+    resumed = T.train_reranker(config(tmp_path / "resumed"))
+    assert resumed.steps == 4
+    # the history restored from checkpoint-2 plus steps 3-4: the same losses as the uninterrupted run
+    assert [h["step"] for h in resumed.log_history] == [1, 2, 3, 4]
+    np.testing.assert_allclose([h["loss"] for h in resumed.log_history],
+                               [h["loss"] for h in straight.log_history], rtol=1e-4)

@@ -366,6 +366,10 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
             raise DataError("record files in different folders need an explicit data_root", source=str(path))
     if not groups:
         raise DataError("no training examples", source=", ".join(map(str, cfg.records)))
+    if cfg.role == "judge" and not any(ex.answer == judge_answer(False) for g in groups for ex in g):
+        raise DataError("no negatives in the records: a judge needs labelled negatives (the records' `negatives`) "
+                        "or it learns to answer Yes to everything", source=", ".join(map(str, cfg.records)),
+                        field="negatives")
     return groups, n_records, root
 
 
@@ -417,8 +421,10 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                            records=meta.get("records", 0), skipped=meta.get("skipped", 0), steps=meta.get("steps", 0),
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
                            last_loss=meta.get("last_loss"))
-    if cfg.overwrite and _finished(out):
-        (out / METADATA_FILE).unlink()
+    if cfg.overwrite:
+        if _finished(out):
+            (out / METADATA_FILE).unlink()
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # do not resume a run being replaced
 
     skips = SkipReport()
     groups, n_records, data_root = build_examples(cfg, skips=skips)
