@@ -1,0 +1,159 @@
+"""Judge backends: Ray (local 2-worker cluster) equals local; vLLM request/response mapping with fake vLLM objects."""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unime.data.items import Item
+from unime.errors import ModelError
+from unime.mining.backends import JudgeSpec, make_backend
+from unime.mining.backends.vllm import VLLMBackend, score_from_logprobs
+
+
+def _sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_score_from_logprobs_hand_worked():
+    yes, no = 11, 12
+    lp = {yes: SimpleNamespace(logprob=-0.1), no: SimpleNamespace(logprob=-2.5), 3: SimpleNamespace(logprob=-4.0)}
+    assert score_from_logprobs(lp, yes, no) == pytest.approx(_sig(2.4), abs=1e-12)
+    counts = Counter()
+    # Yes missing: it is at most the smallest returned logprob (-3.2) → an upper bound of the score
+    assert score_from_logprobs({no: -0.05, 7: -3.2}, yes, no, counts=counts) == pytest.approx(_sig(-3.15))
+    # No missing: a lower bound
+    assert score_from_logprobs({yes: -1.0, 7: -1.5}, yes, no, counts=counts) == pytest.approx(_sig(0.5))
+    assert score_from_logprobs({7: -0.1, 8: -3.0}, yes, no, counts=counts) == 0.5
+    assert counts == {"yes_missing": 1, "no_missing": 1, "both_missing": 1}
+    with pytest.raises(ModelError, match="request 4: Yes not among the 2 returned"):
+        score_from_logprobs({no: -0.05, 7: -3.2}, yes, no, missing="error", where="request 4")
+
+
+def _img(seed, size=(64, 48)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _groups():
+    q1 = Item(text="<|image_1|>\nwhat colour is shown?", images=(_img(1),))
+    q2 = Item(text="a small red circle")
+    return [
+        (q1, [Item(text="red"), Item(text="a large blue square"), Item(images=(_img(2),)), Item(text="red")]),
+        (q2, [Item(text="x", images=(_img(3, (80, 80)),)), Item(text="a red circle")]),
+        (q1, [Item(text="green")]),
+    ]
+
+
+class FakeVLLM:
+    """Stands in for `vllm.LLM`: answers each request with the top-K logprobs of the first generated
+    token, computed by a full forward of the same HF checkpoint (what vLLM computes on a GPU)."""
+
+    def __init__(self, judge, k):
+        self.judge, self.k = judge, k
+        self.seen = []
+
+    def generate(self, requests, params, use_tqdm=False):
+        self.seen.append((requests, params))
+        outs = []
+        for r in requests:
+            images = (r.get("multi_modal_data") or {}).get("image", [])
+            kwargs = {"images": images} if images else {}
+            inputs = self.judge.processor(text=[r["prompt"]], return_tensors="pt", **kwargs)
+            with torch.no_grad():
+                logits = self.judge.model(**inputs).logits[0, -1].float()
+            lp = torch.log_softmax(logits, dim=-1)
+            top = torch.topk(lp, min(params.logprobs, lp.numel()))
+            first = {int(t): SimpleNamespace(logprob=float(v), rank=i + 1, decoded_token="")
+                     for i, (t, v) in enumerate(zip(top.indices, top.values))}
+            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=[int(top.indices[0])], logprobs=[first])]))
+        return outs
+
+
+@pytest.fixture()
+def fake_vllm_module(monkeypatch):
+    mod = types.ModuleType("vllm")
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+            self.kwargs = kw
+
+    mod.SamplingParams = SamplingParams
+    mod.LLM = lambda *a, **k: (_ for _ in ()).throw(AssertionError("the test injects the engine"))
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    return mod
+
+
+def test_vllm_backend_maps_requests_and_logprobs(tiny_model_dir, fake_vllm_module):
+    from unime.mining.backends.local import LocalBackend
+
+    path = tiny_model_dir("qwen2_vl")
+    spec = JudgeSpec(path=path, device="cpu")
+    local = LocalBackend(spec)
+    engine = FakeVLLM(local.judge, k=10_000)
+    backend = make_backend("vllm", spec, logprobs=10_000, llm=engine)
+    assert isinstance(backend, VLLMBackend) and backend.prompter.model is None  # prompts only, no weights
+    groups = _groups()
+    got = backend.score_groups(groups)
+    (requests, params), = engine.seen
+    assert params.kwargs == {"max_tokens": 1, "logprobs": 10_000, "temperature": 0.0}
+    # distinct pairs only: (q1, "red") twice in group 0 → 6 requests for 7 candidates
+    assert len(requests) == 6
+    q1, cands = groups[0]
+    assert requests[0]["prompt"] == local.judge.prompt(q1, cands[0])
+    assert len(requests[0]["multi_modal_data"]["image"]) == 1
+    q2, cands2 = groups[1]
+    assert requests[4] == {"prompt": local.judge.prompt(q2, cands2[1])}  # text only: no multi_modal_data
+    assert requests[2]["prompt"] == local.judge.prompt(q1, cands[2])
+    assert len(requests[2]["multi_modal_data"]["image"]) == 2  # the query's and the candidate's image
+    expected = local.score_groups(groups)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=1e-5)
+    assert got[0][0] == got[0][3]
+    assert backend.stats()["logprobs"] == 10_000 and "yes_missing" not in backend.stats()
+
+
+def test_vllm_backend_with_a_small_top_k_counts_missing_tokens(tiny_model_dir, fake_vllm_module):
+    from unime.mining.backends.local import LocalBackend
+
+    spec = JudgeSpec(path=tiny_model_dir("qwen2_vl"), device="cpu")
+    judge = LocalBackend(spec).judge
+    backend = VLLMBackend(spec, logprobs=2, llm=FakeVLLM(judge, k=2))
+    scores = backend.score_groups(_groups()[:1])[0]
+    missing = sum(backend.counts.values())
+    assert missing > 0  # a random tiny model rarely puts Yes and No in its top 2
+    assert np.all((scores >= 0) & (scores <= 1))
+    with pytest.raises(ModelError, match="not among the 2 returned logprobs"):
+        VLLMBackend(spec, logprobs=2, missing="error", llm=FakeVLLM(judge, k=2)).score_groups(_groups()[:1])
+
+
+@pytest.mark.slow
+def test_ray_backend_with_two_workers_equals_local(tiny_model_dir):
+    ray = pytest.importorskip("ray")
+    from unime.mining.backends.local import LocalBackend
+
+    spec = JudgeSpec(path=tiny_model_dir("qwen2_5_vl"), device="cpu", chunk_size=2)
+    groups = _groups()
+    expected = LocalBackend(spec).score_groups(groups)
+    if ray.is_initialized():
+        ray.shutdown()
+    backend = make_backend("ray", spec, num_workers=2, num_cpus=2)
+    try:
+        # two shards streamed through one pipeline, as the mining pipeline uses it
+        got = dict(backend.score_shards([(7, groups[:2]), (9, groups[2:])]))
+        nodes = ray.nodes()
+    finally:
+        backend.close()
+    assert sorted(got) == [7, 9] and len(nodes) == 1
+    for g, e in zip(got[7] + got[9], expected):
+        np.testing.assert_allclose(g, e, atol=1e-5)
+    assert not ray.is_initialized()
