@@ -1,0 +1,103 @@
+"""`unime train reasoner --stage sft|grpo`: cold-start SFT on T-CoTs, then EG-RL (GRPO on TRL).
+This module only parses options and calls the stage functions."""
+
+from __future__ import annotations
+
+import json
+
+from unime.cli import add_config_option
+from unime.cli.train import register_train_action
+
+
+def _add_parser(actions) -> None:
+    p = actions.add_parser(
+        "reasoner", help="Embed-RL reasoner: --stage sft (cold start on T-CoTs) or grpo (EG-RL on TRL)",
+        description="sft: next-token loss on the assistant T-CoT only, from a T-CoT JSONL (unime reason teacher / "
+                    "generate). grpo: embedder-guided GRPO on TRL's GRPOTrainer with format / outcome / process "
+                    "rewards against a frozen <emb> embedder.")
+    p.add_argument("--stage", required=True, choices=["sft", "grpo"])
+    p.add_argument("--model", required=True, help="reasoner checkpoint to train (grpo: the SFT output)")
+    p.add_argument("--out", required=True, help="output folder (an HF folder + logs)")
+    p.add_argument("--data-root", default=None, help="folder image paths are relative to")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank; 0 = full fine-tuning "
+                                                           "(default: sft 16, grpo 0)")
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: sft 1e-4, grpo 3e-6)")
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--save-steps", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of an interrupted run")
+
+    g = p.add_argument_group("sft")
+    g.add_argument("--tcots", default=None, help="T-CoT JSONL (sft)")
+    g.add_argument("--epochs", type=float, default=3.0)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument("--skip-invalid", action="store_true", help="drop T-CoTs that do not parse (counted)")
+    g.add_argument("--logging-steps", type=int, default=10)
+
+    g = p.add_argument_group("grpo")
+    g.add_argument("--records", default=None, help="(query, positive) records for RL (grpo), e.g. the split's rl.jsonl")
+    g.add_argument("--embedder", default=None, help="frozen <emb> embedder (the reward model)")
+    g.add_argument("--process-judge", default=None, help="generative checkpoint for the process reward's pick "
+                                                           "(default: a frozen copy of --model)")
+    g.add_argument("--num-generations", type=int, default=4, help="group size n (default 4)")
+    g.add_argument("--pairs-per-batch", type=int, default=2, help="(query, positive) pairs per step (>= 2)")
+    g.add_argument("--grpo-epochs", type=int, default=1, help="passes over the pairs (each reshuffled)")
+    g.add_argument("--beta", type=float, default=0.01, help="KL coefficient (default 0.01)")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--max-completion-length", type=int, default=128)
+    g.add_argument("--loss-type", default="grpo", help="TRL loss_type (default grpo)")
+    g.add_argument("--weights", default="0.05,0.8,0.2", help="format,outcome,process reward weights")
+    g.add_argument("--neg-temperature", type=float, default=0.5, help="outcome reward: hardness temperature")
+    g.add_argument("--hard-negative-pairs", type=int, default=4, help="process reward: negative pairs shown")
+    add_config_option(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    if args.stage == "sft":
+        from unime.train.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
+
+        if not args.tcots:
+            raise SystemExit("--stage sft needs --tcots")
+        cfg = ReasonerSFTConfig(model=args.model, data=args.tcots, out=args.out, data_root=args.data_root,
+                                epochs=args.epochs, max_steps=args.max_steps,
+                                learning_rate=args.lr if args.lr is not None else 1e-4, batch_size=args.batch_size,
+                                grad_accum=args.grad_accum, lora_r=16 if args.lora_r is None else args.lora_r,
+                                lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                                skip_invalid=args.skip_invalid, device=args.device, dtype=args.dtype, seed=args.seed,
+                                logging_steps=args.logging_steps, save_steps=args.save_steps or 500,
+                                resume=args.resume)
+        summary = train_reasoner_sft(cfg)
+        print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
+              f"{summary['last_loss']}; saved {args.out}")
+        return 0
+    from unime.train.grpo import GRPOStageConfig, train_reasoner_grpo
+
+    if not args.records or not args.embedder:
+        raise SystemExit("--stage grpo needs --records and --embedder")
+    weights = tuple(float(w) for w in args.weights.split(","))
+    if len(weights) != 3:
+        raise SystemExit("--weights takes three numbers: format,outcome,process")
+    cfg = GRPOStageConfig(model=args.model, embedder=args.embedder, records=args.records, out=args.out,
+                          process_judge=args.process_judge, data_root=args.data_root,
+                          num_generations=args.num_generations, pairs_per_batch=args.pairs_per_batch,
+                          epochs=args.grpo_epochs, max_steps=args.max_steps,
+                          learning_rate=args.lr if args.lr is not None else 3e-6, beta=args.beta,
+                          temperature=args.temperature, max_completion_length=args.max_completion_length,
+                          loss_type=args.loss_type, weights=weights, neg_temperature=args.neg_temperature,
+                          hard_negative_pairs=args.hard_negative_pairs, lora_r=args.lora_r or 0,
+                          lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, device=args.device,
+                          dtype=args.dtype, seed=args.seed, save_steps=args.save_steps or 100, resume=args.resume)
+    summary = train_reasoner_grpo(cfg)
+    steps = summary["reward_steps"]
+    print(json.dumps([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in steps]))
+    print(f"GRPO: {summary['steps']} steps; saved {args.out} (reward_log.csv, reward_curves.png)")
+    return 0
+
+
+register_train_action("reasoner", _add_parser)

@@ -1,0 +1,158 @@
+"""T-CoT data around the embedder: the T-CoT-match split, reasoned records, <emb> checkpoints, T-CoT files,
+the reasoner's prompts, and evaluation with reasoning through the eval harness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unime.data.items import Item, Record
+from unime.errors import DataError
+from unime.models.prompts import EMB_TOKEN
+from unime.reasoning.reasoner import (TCoTRow, read_tcot_rows, reasoning_instruction, reasoning_prompt_segments,
+                                      write_tcot_rows)
+from unime.reasoning.tcot import render_tcot
+from unime.train.tcot_embedder import ReasoningEncoder, reasoned_records, split_by_tcot_match
+
+T = lambda kw: render_tcot({"text_keywords": [kw]}, f"About {kw}.", kw)  # noqa: E731
+
+
+def _records():
+    return [Record(query=Item(text=f"q{i}"), positive=Item(text=f"p{i}"), dataset="a" if i < 3 else "b", id=f"r{i}")
+            for i in range(5)]
+
+
+def _rows(records):
+    return [TCoTRow(r.id, side, r.query if side == "query" else r.positive, T(f"{side}{r.id}"))
+            for r in records for side in ("query", "target")]
+
+
+class _StubJudge:
+    def __init__(self, scores):
+        self.scores, self.seen = scores, []
+
+    def score_pairs(self, pairs):
+        self.seen.extend(pairs)
+        return np.array(self.scores)
+
+
+def test_split_by_tcot_match_threshold_counts_and_judge_inputs():
+    recs = _records()
+    judge = _StubJudge([0.9, 0.5, 0.49, 0.1, 0.7])
+    split = split_by_tcot_match(recs, _rows(recs), judge, threshold=0.5)
+    assert [r.id for r in split.contrastive] == ["r0", "r1", "r4"] and [r.id for r in split.rl] == ["r2", "r3"]
+    assert split.counts["contrastive_fraction"] == 0.6
+    assert split.per_dataset == {"a": {"contrastive": 2, "rl": 1}, "b": {"contrastive": 1, "rl": 1}}
+    q, p = judge.seen[0]
+    assert q.text == "q0\n" + T("queryr0") and p.text == "p0\n" + T("targetr0")
+
+
+def test_missing_tcot_is_an_error_naming_the_record():
+    recs = _records()
+    rows = [r for r in _rows(recs) if not (r.record_id == "r3" and r.side == "target")]
+    with pytest.raises(DataError, match="record r3.*target"):
+        split_by_tcot_match(recs, rows, _StubJudge([0.5] * 5))
+
+
+def test_reasoned_records_roundtrip_through_parquet(tmp_path):
+    from unime.data.images import ImageLoader
+    from unime.data.io import read_records, write_records
+
+    Image.new("RGB", (100, 100), (200, 0, 0)).save(tmp_path / "a.png")
+    rec = Record(query=Item(text="find red"), positive=Item(text="<|image_1|>\nRepresent the image.",
+                                                           images=("a.png",)), id="x", dataset="d")
+    rows = [TCoTRow("x", "query", rec.query, T("red")),
+            TCoTRow("x", "target", rec.positive, render_tcot({"bbox_2d": [[0, 0, 500, 500]]}, "Red.", "red"))]
+    (out,) = reasoned_records([rec], rows, ImageLoader(tmp_path))
+    assert out.query.text == "find red" + T("red") + "Summarize the above content in one word:"
+    assert out.positive.images[0] == "a.png" and isinstance(out.positive.images[1], bytes)
+    assert "</thinking><|image_2|><rethink>" in out.positive.text
+    write_records([out], tmp_path / "r.parquet")
+    (back,) = read_records(tmp_path / "r.parquet")
+    assert back.query.key == out.query.key and back.positive.key == out.positive.key
+
+
+def test_tcot_files_roundtrip_and_errors(tmp_path):
+    recs = _records()
+    write_tcot_rows(_rows(recs), tmp_path / "t.jsonl")
+    back = read_tcot_rows(tmp_path / "t.jsonl")
+    assert [(r.record_id, r.side, r.tcot) for r in back] == [(r.record_id, r.side, r.tcot) for r in _rows(recs)]
+    (tmp_path / "bad.jsonl").write_text('{"record_id": "a", "side": "left", "item": {"text": "x"}, "tcot": ""}\n')
+    with pytest.raises(DataError, match="bad.jsonl.*record 1.*side"):
+        read_tcot_rows(tmp_path / "bad.jsonl")
+
+
+def test_prompts_are_modality_and_side_specific():
+    img = Image.new("RGB", (32, 32))
+    frames = [Image.new("RGB", (32, 32), (k, 0, 0)) for k in range(3)]
+    instr = {(m, s): reasoning_instruction(m, s) for m in ("text", "image", "video") for s in ("query", "target")}
+    assert len(set(instr.values())) == 6
+    assert "text_keywords" in instr[("text", "query")] and "bbox_2d" in instr[("image", "target")]
+    assert "key_frames" in instr[("video", "query")] and "first frame is 1" in instr[("video", "query")]
+    segs = reasoning_prompt_segments("a clip", [], frames, "query")
+    assert [s.kind for s in segs] == ["text", "image"] * 3 + ["text", "text"]
+    assert [segs[i].value for i in (0, 2, 4)] == ["Frame 1:", "Frame 2:", "Frame 3:"]
+    assert segs[-1].value.endswith(instr[("video", "query")])
+    segs = reasoning_prompt_segments("<|image_1|>\nWhat colour?", [img], [], "target")
+    assert [s.kind for s in segs] == ["image", "text", "text"] and segs[-1].value.endswith(instr[("image", "target")])
+
+
+def test_prepare_emb_checkpoint(tiny_model_dir, tmp_path):
+    from unime import Embedder
+    from unime.train.tcot_embedder import prepare_emb_checkpoint
+
+    out = prepare_emb_checkpoint(tiny_model_dir("qwen2_vl"), tmp_path / "e")
+    emb = Embedder.from_pretrained(out, device="cpu")
+    assert emb.pooling == "emb"
+    tok = emb.processor.tokenizer
+    assert emb.model.get_input_embeddings().num_embeddings >= len(tok)
+    assert EMB_TOKEN in tok.get_vocab()
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, items, sides):
+        self.calls.append(list(zip([it.text for it in items], sides)))
+        return [T(it.text) for it in items]
+
+
+def test_reasoning_encoder_sides_and_tcots(tiny_model_dir):
+    from unime import Embedder
+    from unime.reasoning.embed_inputs import ReasonedEmbedder
+
+    remb = ReasonedEmbedder(Embedder.from_pretrained(tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), device="cpu"))
+    q, c = Item(text="which shape"), Item(text="circle")
+    rec = _Recorder()
+    enc = ReasoningEncoder(remb, rec, {q.key})
+    vecs = enc.encode([q, c])
+    assert rec.calls == [[("which shape", "query"), ("circle", "target")]]
+    np.testing.assert_allclose(vecs, remb.encode([q, c], [T("which shape"), T("circle")]), atol=1e-6)
+    assert enc.image_loader is remb.embedder.image_loader
+
+
+def test_evaluate_with_reasoning_on_a_tiny_world(tiny_model_dir, tmp_path):
+    """The eval harness scores the MMEB tasks of a tiny world with oracle (teacher) T-CoTs and without."""
+    from unime.data.synth import generate_world
+    from unime.train.tcot_embedder import evaluate_with_reasoning
+
+    root = tmp_path / "w"
+    generate_world(root, seed=2, sizes="tiny")
+    model = tiny_model_dir("qwen2_vl", (EMB_TOKEN,))
+    only = ["shape_cls", "t2i"]
+    res = {}
+    for mode in ("none", "teacher"):
+        s = evaluate_with_reasoning(model, str(root / "eval_tasks.yaml"), str(tmp_path / mode), tcots=mode,
+                                    world_root=str(root), only=only, device="cpu", show_progress=False)
+        res[mode] = s
+        assert set(s["tasks"]) == set(only)
+        assert (tmp_path / mode / "results.md").is_file()
+    rows = [json.loads(x) for x in (tmp_path / "teacher" / "tcots.jsonl").read_text().splitlines()]
+    assert rows and all(r["tcot"].startswith("<thinking>") for r in rows)
+    assert {r["side"] for r in rows} == {"query", "target"}
+    none_rows = [json.loads(x) for x in (tmp_path / "none" / "tcots.jsonl").read_text().splitlines()]
+    assert all(r["tcot"] is None for r in none_rows)
