@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from unime.data import vocab
 from unime.data.items import Item
 from unime.data.synth.relevance import relevance
-from unime.data.synth.scenes import HELD_OUT_COMBOS, Scene, all_combos, sample_scene
+from unime.data.synth.scenes import HELD_OUT_COMBOS, SLOTS, Scene, SceneObject, all_combos, sample_scene
 
 SPLITS = ("train", "eval", "ood")
 
@@ -82,13 +82,34 @@ class WorldBuilder:
         self._signatures.add(scene.signature)
         return scene
 
-    def make_pool(self, split: str, n: int, single_fraction: float) -> None:
+    def _free_single(self, rng: random.Random, split: str) -> Scene | None:
+        """A one-object scene whose content no scene has yet (drawn from what is left: the space of
+        one-object scenes is small, so rejection sampling would stall as it fills up)."""
+        combos = self.held_out if split == "ood" else self.ind_combos
+        free = [(bg, c, size, pos) for bg in vocab.BACKGROUNDS for c in combos for size in vocab.SIZES
+                for pos in SLOTS if (bg, ((c[1], c[0], size, pos),)) not in self._signatures]
+        if not free:
+            return None
+        bg, (colour, shape), size, pos = rng.choice(free)
+        obj = SceneObject(shape, colour, size, pos, (rng.randint(-2, 2), rng.randint(-2, 2)))
+        return Scene("", bg, (obj,), split)
+
+    def single_capacity(self, split: str) -> int:
+        """How many distinct one-object scenes a split's combinations allow."""
+        combos = self.held_out if split == "ood" else self.ind_combos
+        return len(vocab.BACKGROUNDS) * len(combos) * len(vocab.SIZES) * len(SLOTS)
+
+    def make_pool(self, split: str, n: int, n_single: int) -> None:
+        """n scenes of which n_single hold one object (as many as are still free) and the rest 2–3."""
         rng = self.rng(f"scenes:{split}")
+        singles = set(rng.sample(range(n), min(n, n_single)))
         made, tries = 0, 0
         while made < n and tries < 50 * n + 100:
             tries += 1
-            n_obj = 1 if rng.random() < single_fraction else rng.choice((2, 3))
-            scene = sample_scene(rng, "", n_obj, split, ind_combos=self.ind_combos, held_out=self.held_out)
+            scene = self._free_single(rng, split) if made in singles else None
+            if scene is None:  # a multi-object scene (also when no one-object scene is left)
+                scene = sample_scene(rng, "", rng.choice((2, 3)), split, ind_combos=self.ind_combos,
+                                     held_out=self.held_out)
             if scene.signature in self._signatures:
                 continue
             scene = Scene(self._next_id(split), scene.background, scene.objects, split)

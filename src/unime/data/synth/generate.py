@@ -66,12 +66,23 @@ def resolve_sizes(size: str | WorldSizes = "default", **overrides) -> WorldSizes
     return WorldSizes(**{**asdict(base), **fields})
 
 
+def _single_counts(b: WorldBuilder, sizes: WorldSizes) -> dict[str, int]:
+    """One-object scenes per split: SINGLE_FRACTION of each pool, scaled down when train and eval
+    (which share the IND combinations) would need more distinct one-object scenes than exist."""
+    want = {split: round(getattr(sizes, f"{split}_scenes") * SINGLE_FRACTION[split]) for split in SINGLE_FRACTION}
+    cap_ind = b.single_capacity("train")
+    if want["train"] + want["eval"] > cap_ind:
+        scale = cap_ind / (want["train"] + want["eval"])
+        want["train"], want["eval"] = int(want["train"] * scale), int(want["eval"] * scale)
+    want["ood"] = min(want["ood"], b.single_capacity("ood"))
+    return want
+
+
 def build_world(seed: int, sizes: WorldSizes) -> tuple[WorldBuilder, dict]:
     """Generate everything in memory. Returns the builder and the files' contents (not images)."""
     b = WorldBuilder(seed, sizes)
-    b.make_pool("train", sizes.train_scenes, SINGLE_FRACTION["train"])
-    b.make_pool("eval", sizes.eval_scenes, SINGLE_FRACTION["eval"])
-    b.make_pool("ood", sizes.ood_scenes, SINGLE_FRACTION["ood"])
+    for split, n_single in _single_counts(b, sizes).items():
+        b.make_pool(split, getattr(sizes, f"{split}_scenes"), n_single)
 
     records: list[Record] = []
     train_counts: dict[str, int] = {}

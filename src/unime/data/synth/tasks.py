@@ -23,6 +23,7 @@ from unime.data.synth.scenes import Scene, relation_holds, with_object
 
 INSTR = vocab.INSTRUCTIONS
 TRAIN_CAPTION_LEVELS = (("full", 0.35), ("relation", 0.25), ("list", 0.2), ("partial", 0.2))
+HARD_SEARCH = 400  # scenes searched for hard distractors per query
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
@@ -165,13 +166,22 @@ def _perturbed_scenes(rng: random.Random, scene: Scene) -> list[Scene]:
     return out
 
 
+def _sample(rng: random.Random, scenes: list[Scene], k: int = HARD_SEARCH) -> list[Scene]:
+    """At most k scenes of a pool, in pool order (bounds the hard-negative search in large worlds)."""
+    if len(scenes) <= k:
+        return scenes
+    keep = set(rng.sample(range(len(scenes)), k))
+    return [s for i, s in enumerate(scenes) if i in keep]
+
+
 def _i2t_distract(b, rng, ex: Example, pool, n: int) -> list[Item]:
     scene = ex.scene
     perturbed = [lang.full_caption(s) for s in _perturbed_scenes(rng, scene)[:(n - 1) // 2]]
-    others = [s for s in pool if s.id != scene.id]
+    others = _sample(rng, [s for s in pool if s.id != scene.id])
     scored = sorted(others, key=lambda s: -spec_satisfaction(full_spec(s), scene))
     hard = scored[:(n - 1) // 2]
-    rest = [s for s in others if s not in hard]
+    hard_ids = {s.id for s in hard}
+    rest = [s for s in others if s.id not in hard_ids]
     rng.shuffle(rest)
     texts = perturbed + [lang.full_caption(s) for s in hard + rest]
     return (b.description(t, spec) for t, spec in texts)
@@ -188,7 +198,8 @@ def _t2i(task: str):
 
 def _scene_distractors(b: WorldBuilder, rng: random.Random, need: dict, pool: list[Scene], exclude: set[str],
                        n: int) -> list[Item]:
-    """Half the hardest scenes of the pool (highest relevance below 1.0), half at random."""
+    """Half the hardest scenes of (a sample of) the pool (highest relevance below 1.0), half at random."""
+    pool = _sample(rng, pool)
     scored = []
     for s in pool:
         if s.id in exclude:
@@ -280,9 +291,10 @@ def _grounding_distract(b, rng, ex: Example, pool, n: int) -> list[Item]:
     scene, k = ex.scene, ex.extra["object"]
     own = [b.crop_target(scene, j) for j in range(len(scene.objects)) if j != k]
     obj = scene.objects[k]
-    others = [(s, j) for s in pool if s.id != scene.id for j in range(len(s.objects))]
-    hard = [(s, j) for s, j in others if s.objects[j].shape == obj.shape or s.objects[j].colour == obj.colour]
-    rest = [x for x in others if x not in hard]
+    others = [(s, j) for s in _sample(rng, pool) if s.id != scene.id for j in range(len(s.objects))]
+    is_hard = [s.objects[j].shape == obj.shape or s.objects[j].colour == obj.colour for s, j in others]
+    hard = [x for x, h in zip(others, is_hard) if h]
+    rest = [x for x, h in zip(others, is_hard) if not h]
     rng.shuffle(hard)
     rng.shuffle(rest)
     n_hard = max(0, (n - 1 - len(own)) // 2)

@@ -1,0 +1,295 @@
+"""The generated demo world: determinism, layout, splits, loadability, ground truth, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from unime.data import vocab
+from unime.data.images import ImageLoader
+from unime.data.io import check_images, read_compositional, read_mmeb, read_records, read_retrieval
+from unime.data.items import Item
+from unime.data.synth import PRESETS, TASKS, World, WorldSizes, generate_world, resolve_sizes
+from unime.data.synth.render import RADIUS, crop_box, object_centre
+from unime.errors import DataError
+
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("worlds") / "w"
+    generate_world(out, seed=SEED, sizes="tiny")
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(world_dir) -> World:
+    return World.load(world_dir)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files_and_other_seeds_differ(world_dir, tmp_path):
+    again = tmp_path / "again"
+    generate_world(again, seed=SEED, sizes="tiny")
+    a, b = _files(world_dir), _files(again)
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+    other = tmp_path / "other"
+    generate_world(other, seed=SEED + 1, sizes="tiny")
+    c = _files(other)
+    for name in ("scenes.jsonl", "train/records.jsonl", "eval/mmeb/t2i.jsonl", "images/scenes/train00000.png"):
+        assert a[name] != c[name], name
+
+
+def test_layout_matches_the_contract(world_dir):
+    for rel in ("world.json", "scenes.jsonl", "items.jsonl", "train/records.jsonl", "eval_tasks.yaml"):
+        assert (world_dir / rel).is_file(), rel
+    assert any((world_dir / "images" / "scenes").glob("*.png"))
+    assert any((world_dir / "images" / "crops").glob("*.png"))
+    manifest = json.loads((world_dir / "world.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["seed"] == SEED
+    assert manifest["sizes"] == {k: getattr(PRESETS["tiny"], k) for k in manifest["sizes"]}
+    counts = manifest["counts"]
+    assert counts["train_records"] == len(read_records(world_dir / "train/records.jsonl"))
+    for name, c in counts["eval"].items():
+        assert c["queries"] > 0, name
+    assert not [p for p in world_dir.parent.iterdir() if p.name.startswith(".w.tmp")]  # no temp folder left
+
+
+def test_eval_tasks_yaml_matches_the_contract(world_dir):
+    cfg = yaml.safe_load((world_dir / "eval_tasks.yaml").read_text())
+    assert cfg["data_root"] == "."
+    names = [t["name"] for t in cfg["tasks"]]
+    assert len(names) == len(set(names))
+    for t in cfg["tasks"]:
+        assert set(t) <= {"name", "format", "path", "meta_task", "split"}
+        assert t["format"] in {"mmeb", "retrieval", "compositional"}
+        assert (world_dir / t["path"]).is_file()
+        assert t["split"] in {"IND", "OOD"}
+        if t["format"] == "mmeb":
+            assert t["meta_task"] in {"classification", "vqa", "retrieval", "grounding"}
+            assert t["path"] == f"eval/mmeb/{t['name']}.jsonl"
+    mmeb = [t for t in cfg["tasks"] if t["format"] == "mmeb"]
+    assert {t["meta_task"] for t in mmeb} == {"classification", "vqa", "retrieval", "grounding"}
+    assert {t["split"] for t in mmeb} == {"IND", "OOD"}
+    assert {t["name"] for t in cfg["tasks"] if t["format"] == "compositional"} == {"replace", "swap", "add"}
+    assert [t["path"] for t in cfg["tasks"] if t["format"] == "retrieval"] == ["eval/retrieval/scene_captions.jsonl"]
+
+
+def test_every_file_loads_and_every_image_resolves(world_dir, world):
+    loader = ImageLoader(world_dir)
+    records = read_records(world_dir / "train/records.jsonl")
+    assert check_images(records, loader) == records
+    n_images = 0
+    for t in world.tasks:
+        path = world_dir / t["path"]
+        if t["format"] == "mmeb":
+            rows = read_mmeb(path)
+            assert check_images(rows, loader) == rows
+            n_images += sum(len(r.query.images) + sum(len(c.images) for c in r.candidates) for r in rows)
+        elif t["format"] == "retrieval":
+            for e in read_retrieval(path):
+                assert len(e.captions) >= 2
+                loader.load(e.image)
+        else:
+            for p in read_compositional(path):
+                assert p.category.split("-")[0] == t["name"]
+                loader.load(p.image)
+    assert n_images > 0
+
+
+def test_training_records(world):
+    sizes = PRESETS["tiny"]
+    by_task: dict[str, int] = {}
+    for r in world.records:
+        by_task[r.dataset] = by_task.get(r.dataset, 0) + 1
+        assert r.id.startswith(r.dataset + "-") and not r.negatives
+        assert world.relevance(r.query, r.positive) == 1.0
+    assert by_task == {t.name: sizes.train_per_task for t in TASKS if t.trained}
+    assert len({r.query.key for r in world.records}) == len(world.records)
+
+
+def test_splits_are_disjoint_and_ood_combinations_never_trained(world):
+    held = world.held_out_combos
+    assert len(held) == 6
+    train_scenes, train_keys = set(), set()
+    for r in world.records:
+        train_keys.add(r.query.key)
+        for item in (r.query, r.positive):
+            meta = world.meta(item)
+            sid = meta.get("scene")
+            if sid is not None:
+                scene = world.scenes[sid]
+                train_scenes.add(sid)
+                assert scene.split == "train" and not scene.has_combo(held), (r.id, sid)
+            for m in (meta.get("spec") or meta.get("need", {}).get("spec") or {"objects": []})["objects"]:
+                assert (m.get("colour"), m.get("shape")) not in held, r.id
+            if meta["kind"] == "answer" and " " in meta["value"]:
+                assert tuple(meta["value"].split(" ")) not in held, r.id
+    trained = {t.name for t in TASKS if t.trained}
+    assert {t.name for t in TASKS} - trained, "at least one held-out task"
+    for t in world.tasks:
+        if t["format"] != "mmeb":
+            continue
+        rows = read_mmeb(world.root / t["path"])
+        for row in rows:
+            assert row.query.key not in train_keys
+            for item in [row.query] + row.candidates:
+                sid = world.meta(item).get("scene")
+                assert sid is None or sid not in train_scenes, (t["name"], sid)
+        if t["name"] in ("object_cls", "t2i_ood"):  # OOD by held-out combinations
+            for row in rows:
+                item = row.query if t["name"] == "object_cls" else row.positive
+                scene = world.scenes[world.meta(item)["scene"]]
+                assert scene.split == "ood" and scene.has_combo(held)
+        if t["name"] == "refer_grounding_ood":
+            for row in rows:
+                meta = world.meta(row.positive)
+                obj = world.scenes[meta["scene"]].objects[meta["object"]]
+                assert (obj.colour, obj.shape) in held
+        if t["split"] == "IND":
+            for row in rows:
+                for item in [row.query] + row.candidates:
+                    sid = world.meta(item).get("scene")
+                    assert sid is None or not world.scenes[sid].has_combo(held)
+
+
+def test_eval_candidate_lists_have_one_positive_at_index_zero(world):
+    for t in world.tasks:
+        if t["format"] != "mmeb":
+            continue
+        rows = read_mmeb(world.root / t["path"])
+        assert rows, t["name"]
+        for row in rows:
+            rel = world.relevances(row.query, row.candidates)
+            assert rel[0] == 1.0 and max(rel[1:]) < 1.0, (t["name"], row.id, rel)
+            assert len({c.key for c in row.candidates}) == len(row.candidates)
+            assert 2 <= len(row.candidates) <= PRESETS["tiny"].candidates
+            if row.query.images:
+                assert row.query.text.startswith(vocab.IMAGE_PLACEHOLDER + "\n")
+
+
+def test_compositional_negatives_are_false_and_positives_true(world):
+    for t in world.tasks:
+        if t["format"] != "compositional":
+            continue
+        for p in read_compositional(world.root / t["path"]):
+            image = Item("", (p.image,))
+            assert world.relevance(image, Item(p.positive)) == 1.0
+            assert world.relevance(image, Item(p.negative)) < 1.0
+
+
+def _independent_single_mention_relevance(mention: dict, scene) -> float:
+    """Plain re-implementation for one-mention captions: best fraction over the scene's objects."""
+    return max(sum(getattr(o, a) == v for a, v in mention.items()) / len(mention) for o in scene.objects)
+
+
+def test_partial_captions_create_false_negatives_with_graded_relevance(world, world_dir):
+    items = [json.loads(line) for line in (world_dir / "items.jsonl").read_text().splitlines()]
+    single = [(Item(d["item"]["text"]), d["meta"]["spec"]["objects"][0]) for d in items
+              if d["meta"]["kind"] == "description" and len(d["meta"]["spec"]["objects"]) == 1
+              and not d["meta"]["spec"]["relations"] and d["meta"]["spec"]["count"] is None]
+    assert single
+    scenes = [d for d in items if d["meta"]["kind"] == "scene" and d["item"]["text"]]
+    checked = 0
+    for desc, mention in single:
+        for d in scenes:
+            scene_item = Item(d["item"]["text"], tuple(d["item"]["images"]))
+            expected = _independent_single_mention_relevance(mention, world.scenes[d["meta"]["scene"]])
+            t2i_need = Item(desc.text)  # a description used as a query needs the scenes satisfying it
+            assert world.relevance(t2i_need, scene_item) == pytest.approx(expected)
+            checked += 1
+    assert checked > 100
+    # the mining pool of training positives holds other fully relevant targets for some queries
+    pool = {r.positive.key: r.positive for r in world.records}
+    fn = sum(1 for r in world.records for k, v in zip(pool, world.relevances(r.query, pool.values()))
+             if v == 1.0 and k != r.positive.key)
+    assert fn > 0
+
+
+def test_unknown_items_raise(world):
+    with pytest.raises(DataError, match="not an item of this world"):
+        world.relevance(Item("a red circle that was never generated"), Item("circle"))
+    q = world.records[0].query
+    with pytest.raises(DataError, match="query item"):
+        world.relevance(world.records[1].query, q)
+
+
+def test_rendered_pixels_follow_the_annotation(world, world_dir):
+    size = PRESETS["tiny"].image_size
+    scene = next(s for s in world.scenes.values() if len(s.objects) == 1 and s.objects[0].shape in ("circle", "square"))
+    img = Image.open(world_dir / scene.image)
+    assert img.size == (size, size)
+    obj = scene.objects[0]
+    cx, cy = object_centre(obj, size)
+    assert img.getpixel((int(cx), int(cy))) == vocab.COLOURS[obj.colour]
+    corner = img.getpixel((0, 0)) if obj.position != "left" else img.getpixel((size - 1, size - 1))
+    assert corner == vocab.BACKGROUNDS[scene.background]
+    # object area grows with size: count object-coloured pixels against the analytic area
+    n = sum(1 for p in img.getdata() if p == vocab.COLOURS[obj.colour])
+    r = RADIUS[obj.size] * size
+    area = 3.14159 * r * r if obj.shape == "circle" else (1.7 * r) ** 2
+    assert 0.7 * area < n < 1.3 * area
+    box = crop_box(obj, size)
+    assert box[2] - box[0] == box[3] - box[1] and box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
+
+
+def test_world_words_are_in_the_tiny_tokenizer_corpus(world, world_dir):
+    from unime.models.tiny import tokenizer_corpus
+
+    known = set(re.findall(r"[A-Za-z]+", " ".join(tokenizer_corpus())))
+    known |= {w.lower() for w in known} | {w.capitalize() for w in known}
+    texts = [json.loads(l)["item"]["text"] for l in (world_dir / "items.jsonl").read_text().splitlines()]
+    words = set(re.findall(r"[A-Za-z]+", " ".join(texts)))
+    assert words - known == set()
+
+
+def test_existing_output_is_not_overwritten_unless_asked(world_dir, tmp_path):
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        generate_world(out, seed=0, sizes="tiny")
+    assert (out / "keep.txt").exists()
+    generate_world(out, seed=0, sizes="tiny", overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "world.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["w"]
+
+
+def test_sizes_are_validated_and_overridable():
+    with pytest.raises(ValueError):
+        WorldSizes(candidates=1)
+    with pytest.raises(ValueError):
+        WorldSizes(train_scenes=-1)
+    with pytest.raises(ValueError, match="unknown world size"):
+        resolve_sizes("huge")
+    s = resolve_sizes("tiny", eval_queries=3, candidates=None)
+    assert s.eval_queries == 3 and s.candidates == PRESETS["tiny"].candidates
+
+
+def test_cli_synth_convert_check(tmp_path, capsys):
+    from unime.cli import main
+
+    out = tmp_path / "w"
+    assert main(["data", "synth", "--out", str(out), "--size", "tiny", "--eval-queries", "3", "--seed", "5"]) == 0
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["sizes"]["eval_queries"] == 3 and manifest["seed"] == 5
+    assert all(c["queries"] <= 3 for n, c in manifest["counts"]["eval"].items() if c["format"] == "mmeb")
+    assert main(["data", "synth", "--out", str(out), "--size", "tiny"]) == 2  # exists
+    src = out / "train" / "records.jsonl"
+    assert main(["data", "convert", str(src), str(tmp_path / "r.json")]) == 0
+    assert main(["data", "convert", str(tmp_path / "r.json"), str(tmp_path / "r.parquet")]) == 0
+    assert read_records(tmp_path / "r.parquet") == read_records(src)
+    assert main(["data", "check", str(tmp_path / "r.parquet"), "--data-root", str(out)]) == 0
+    assert main(["data", "check", str(src)]) == 1  # images resolved against train/: reported, not crashed
+    assert "image file not found" in capsys.readouterr().out
+    assert main(["data", "check", str(out / "eval/mmeb/t2i.jsonl"), "--mmeb", "--data-root", str(out)]) == 0
