@@ -72,7 +72,7 @@ def test_eval_tasks_yaml_matches_the_contract(world_dir):
     assert len(names) == len(set(names))
     for t in cfg["tasks"]:
         assert set(t) <= {"name", "format", "path", "meta_task", "split"}
-        assert t["format"] in {"mmeb", "retrieval", "compositional"}
+        assert t["format"] in {"mmeb", "retrieval", "compositional", "qrels"}
         assert (world_dir / t["path"]).is_file()
         assert t["split"] in {"IND", "OOD"}
         if t["format"] == "mmeb":
@@ -83,6 +83,7 @@ def test_eval_tasks_yaml_matches_the_contract(world_dir):
     assert {t["split"] for t in mmeb} == {"IND", "OOD"}
     assert {t["name"] for t in cfg["tasks"] if t["format"] == "compositional"} == {"replace", "swap", "add"}
     assert [t["path"] for t in cfg["tasks"] if t["format"] == "retrieval"] == ["eval/retrieval/scene_captions.jsonl"]
+    assert [t["path"] for t in cfg["tasks"] if t["format"] == "qrels"] == ["eval/qrels/scene_search.jsonl"]
 
 
 def test_every_file_loads_and_every_image_resolves(world_dir, world):
@@ -100,10 +101,14 @@ def test_every_file_loads_and_every_image_resolves(world_dir, world):
             for e in read_retrieval(path):
                 assert len(e.captions) >= 2
                 loader.load(e.image)
-        else:
+        elif t["format"] == "compositional":
             for p in read_compositional(path):
                 assert p.category.split("-")[0] == t["name"]
                 loader.load(p.image)
+        else:
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            items = [Item.from_dict(c) for r in rows for c in r["candidates"]]
+            assert check_images(items, loader) == items
     assert n_images > 0
 
 
@@ -293,3 +298,18 @@ def test_cli_synth_convert_check(tmp_path, capsys):
     assert main(["data", "check", str(src)]) == 1  # images resolved against train/: reported, not crashed
     assert "image file not found" in capsys.readouterr().out
     assert main(["data", "check", str(out / "eval/mmeb/t2i.jsonl"), "--mmeb", "--data-root", str(out)]) == 0
+
+
+def test_graded_search_grades_are_the_ground_truth(world, world_dir):
+    rows = [json.loads(line) for line in (world_dir / "eval/qrels/scene_search.jsonl").read_text().splitlines()]
+    assert rows
+    train_keys = {r.query.key for r in world.records}
+    several = 0
+    for row in rows:
+        query = Item.from_dict(row["query"])
+        cands = [Item.from_dict(c) for c in row["candidates"]]
+        assert query.key not in train_keys
+        assert row["relevance"] == pytest.approx(world.relevances(query, cands))
+        assert max(row["relevance"]) == 1.0 and min(row["relevance"]) < 1.0
+        several += row["relevance"].count(1.0) >= 2
+    assert several > 0  # under-specified captions: more than one fully relevant image

@@ -10,6 +10,7 @@ WORLD/eval_tasks.yaml                the eval task list
 WORLD/eval/mmeb/<task>.jsonl         MMEB-eval rows (positive at index 0)
 WORLD/eval/retrieval/scene_captions.jsonl   {"image", "captions": [..]}
 WORLD/eval/compositional/{replace,swap,add}.jsonl   {"image", "positive", "negative", "category"}
+WORLD/eval/qrels/scene_search.jsonl  {"query": {item}, "candidates": [{item}, ..], "relevance": [grade, ..]}
 ```
 The same seed and sizes give byte-identical files.
 """
@@ -30,11 +31,12 @@ from unime.data.io import write_records
 from unime.data.items import Record
 from unime.data.synth.build import PRESETS, WorldBuilder, WorldSizes
 from unime.data.synth.render import crop_box, object_bbox, png_bytes, render_scene
-from unime.data.synth.tasks import TASKS, build_compositional, build_queries, build_retrieval
+from unime.data.synth.tasks import TASKS, build_compositional, build_graded_search, build_queries, build_retrieval
 
 FORMAT_VERSION = 1
 COMPOSITIONAL_CATEGORIES = ("replace", "swap", "add")
 RETRIEVAL_NAME = "scene_captions"
+GRADED_NAME = "scene_search"
 SINGLE_FRACTION = {"train": 0.4, "eval": 0.4, "ood": 0.5}
 
 
@@ -107,8 +109,10 @@ def build_world(seed: int, sizes: WorldSizes) -> tuple[WorldBuilder, dict]:
     retrieval = build_retrieval(b, b.rng("retrieval"), eval_scenes, sizes.retrieval_images)
     compositional = {cat: build_compositional(b, b.rng(f"compositional:{cat}"), eval_scenes, cat,
                                               sizes.compositional_pairs) for cat in COMPOSITIONAL_CATEGORIES}
+    graded = build_graded_search(b, b.rng("graded"), eval_scenes, sizes.eval_queries, 2 * sizes.candidates,
+                                 exclude=train_keys)
     return b, {"records": records, "train_counts": train_counts, "mmeb": mmeb, "retrieval": retrieval,
-               "compositional": compositional}
+               "compositional": compositional, "graded": graded}
 
 
 def eval_task_list(content: dict) -> list[dict]:
@@ -121,6 +125,8 @@ def eval_task_list(content: dict) -> list[dict]:
     for cat in COMPOSITIONAL_CATEGORIES:
         tasks.append({"name": cat, "format": "compositional", "path": f"eval/compositional/{cat}.jsonl",
                       "split": "IND"})
+    tasks.append({"name": GRADED_NAME, "format": "qrels", "path": f"eval/qrels/{GRADED_NAME}.jsonl",
+                  "meta_task": "retrieval", "split": "IND"})
     return tasks
 
 
@@ -140,6 +146,11 @@ def _counts(b: WorldBuilder, content: dict) -> dict:
                                    "captions": sum(len(e.captions) for e in content["retrieval"])}
     for cat in COMPOSITIONAL_CATEGORIES:
         eval_counts[cat] = {"format": "compositional", "split": "IND", "queries": len(content["compositional"][cat])}
+    graded = content["graded"]
+    eval_counts[GRADED_NAME] = {"format": "qrels", "split": "IND", "queries": len(graded),
+                                "candidates_per_query": max((len(r["candidates"]) for r in graded), default=0),
+                                "fully_relevant_per_query": round(sum(r["relevance"].count(1.0) for r in graded)
+                                                                  / max(1, len(graded)), 2)}
     return {"scenes": scenes, "images": {"scenes": len(b.scenes), "crops": len(b.crops)}, "items": len(b.items),
             "train_records": len(content["records"]), "train": content["train_counts"], "eval": eval_counts}
 
@@ -171,6 +182,10 @@ def _write(b: WorldBuilder, content: dict, root: Path, manifest: dict) -> None:
     write_retrieval(content["retrieval"], root / "eval" / "retrieval" / f"{RETRIEVAL_NAME}.jsonl")
     for cat, pairs in content["compositional"].items():
         write_compositional(pairs, root / "eval" / "compositional" / f"{cat}.jsonl")
+    (root / "eval" / "qrels").mkdir(parents=True)
+    with open(root / "eval" / "qrels" / f"{GRADED_NAME}.jsonl", "w", encoding="utf-8") as fh:
+        for row in content["graded"]:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(root / "eval_tasks.yaml", "w", encoding="utf-8") as fh:
         fh.write("# eval tasks of the generated demo world; paths are relative to data_root\n")
         yaml.safe_dump({"data_root": ".", "tasks": eval_task_list(content)}, fh, sort_keys=False,

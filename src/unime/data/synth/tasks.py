@@ -468,3 +468,43 @@ def build_compositional(b: WorldBuilder, rng: random.Random, pool: list[Scene], 
         b.bare_image(scene)
         out.append(CompositionalPair(scene.image, pos_text, neg_text, sub, id=f"{category}-{len(out):04d}"))
     return out
+
+
+# --- graded search (qrels) --------------------------------------------------------------------------
+
+GRADED_LEVELS = ("partial", "list", "relation", "count")
+
+
+def build_graded_search(b: WorldBuilder, rng: random.Random, pool: list[Scene], n: int, n_candidates: int, *,
+                        exclude: set[str] = frozenset()) -> list[dict]:
+    """Text→image search with graded relevance (the harness's `qrels` rows): under-specified captions
+    that several scenes satisfy fully and many partly. Each query's candidates hold up to half fully
+    relevant scenes, then the most relevant of the rest, then random ones; grades = `relevance`."""
+    out: list[dict] = []
+    seen = set(exclude)
+    tries = 0
+    while len(out) < n and tries < 30 * n + 50 and pool:
+        tries += 1
+        scene = rng.choice(pool)
+        text, spec = lang.caption(scene, rng.choice(GRADED_LEVELS), rng)
+        need = {"type": "scene", "spec": spec}
+        query_text = INSTR["t2i"].format(caption=text)
+        if Item(query_text).key in seen or Item(query_text).key in b.items:  # not a query of another task
+            continue
+        query = b.text_query(query_text, need, "scene_search")
+        scored = [(spec_satisfaction(spec, s), i, s) for i, s in enumerate(_sample(rng, pool))]
+        full = [x for x in scored if x[0] == 1.0]
+        partial = sorted((x for x in scored if x[0] < 1.0), key=lambda x: (-x[0], x[1]))
+        rng.shuffle(full)
+        picked = full[:max(1, n_candidates // 2)]
+        n_hard = (n_candidates - len(picked) + 1) // 2
+        rest = partial[n_hard:]
+        rng.shuffle(rest)
+        picked += partial[:n_hard] + rest[:n_candidates - len(picked) - n_hard]
+        rng.shuffle(picked)
+        seen.add(query.key)
+        cands = [b.scene_target(s) for _, _, s in picked]
+        out.append({"id": f"scene_search-{len(out):04d}", "query": query.to_dict(),
+                    "candidates": [c.to_dict() for c in cands],
+                    "relevance": [round(r, 6) for r, _, _ in picked]})
+    return out
