@@ -5,8 +5,6 @@ modification requests."""
 from __future__ import annotations
 
 import random
-from typing import Any
-
 from unime.data import vocab
 from unime.data.synth.relevance import make_spec, matching_objects
 from unime.data.synth.scenes import ATTRIBUTES, Scene, SceneObject, relations_between
@@ -149,7 +147,3 @@ def modification_text(kind: str, ref: dict, value: str | None) -> str:
 def answer_type_values() -> dict[str, tuple[str, ...]]:
     return {"colour": tuple(vocab.COLOURS), "shape": vocab.SHAPES, "size": vocab.SIZES,
             "position": vocab.POSITIONS, "count": vocab.COUNT_WORDS}
-
-
-def describe_meta(text: str, spec: dict) -> dict[str, Any]:
-    return {"kind": "description", "spec": spec}
