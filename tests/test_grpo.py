@@ -200,3 +200,22 @@ def test_grpo_smoke_two_steps_all_rewards(world, tiny_model_dir, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     AutoModelForImageTextToText.from_pretrained(out)
+
+
+def test_grpo_prompt_tokens_equal_the_sft_and_generate_prompt(tiny_model_dir):
+    """TRL tokenizes a conversational row with `prepare_multimodal_messages` + `apply_chat_template`; the
+    reasoner (generate, SFT) renders the same segments through the family adapter: same token ids."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    from unime.models.loading import load_model
+    from unime.reasoning.reasoner import conversational_prompt, reasoning_prompt_segments
+
+    loaded = load_model(tiny_model_dir("qwen2_vl"), device="cpu")
+    img = Image.new("RGB", (80, 64), (9, 9, 200))
+    for text, ims, side in (("a red circle", [], "query"), ("<|image_1|>\nWhat colour?", [img], "target")):
+        segs = reasoning_prompt_segments(text, ims, [], side)
+        ours = loaded.adapter.processor_inputs([loaded.adapter.render_user_turn(segs)], [segs])["input_ids"][0]
+        messages, images = conversational_prompt(segs)
+        trl = loaded.processor.apply_chat_template(conversation=[prepare_multimodal_messages(messages, images=images)],
+                                                   add_generation_prompt=True, tokenize=True, return_dict=True)
+        assert list(trl["input_ids"][0]) == ours.tolist()
