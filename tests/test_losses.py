@@ -146,7 +146,8 @@ def test_against_numpy(tau):
     s = rng.uniform(size=(5, 4))
     tq, tc, ts = (torch.tensor(x, dtype=torch.float64) for x in (q, c, s))
     for eps in (0.0, 1e-8):
-        assert float(SymmetricKLLoss(tau, eps=eps)(tq, tc, ts)) == pytest.approx(np_symmetric_kl(q, c, s, tau, eps), rel=1e-6)
+        got = SymmetricKLLoss(tau, eps=eps)(tq, tc, ts)
+        assert float(got) == pytest.approx(np_symmetric_kl(q, c, s, tau, eps), rel=1e-6)
     assert float(JensenShannonLoss(tau)(tq, tc, ts)) == pytest.approx(np_js(q, c, s, tau), rel=1e-6)
     for in_batch, use_hn in ((True, True), (True, False), (False, True)):
         got = InfoNCELoss(tau, in_batch=in_batch, use_hard_negatives=use_hn)(tq, tc)

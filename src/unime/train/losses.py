@@ -48,9 +48,11 @@ class GroupLoss(nn.Module):
                              f"{tuple(query_reps.shape)} and {tuple(candidate_reps.shape)}")
         b, d = query_reps.shape
         if candidate_reps.shape[0] != b or candidate_reps.shape[2] != d:
-            raise ValueError(f"candidate_reps {tuple(candidate_reps.shape)} does not match query_reps {tuple(query_reps.shape)}")
+            raise ValueError(f"candidate_reps {tuple(candidate_reps.shape)} does not match "
+                             f"query_reps {tuple(query_reps.shape)}")
         if scores is not None and tuple(scores.shape) != tuple(candidate_reps.shape[:2]):
-            raise ValueError(f"scores must have shape (B, C) = {tuple(candidate_reps.shape[:2])}, got {tuple(scores.shape)}")
+            raise ValueError(f"scores must have shape (B, C) = {tuple(candidate_reps.shape[:2])}, "
+                             f"got {tuple(scores.shape)}")
 
     @staticmethod
     def group_similarities(query_reps: torch.Tensor, candidate_reps: torch.Tensor) -> torch.Tensor:

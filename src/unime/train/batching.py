@@ -1,0 +1,164 @@
+"""Records → training batches for the embedder: validation, the dataset, the collator, and a
+homogeneous batch sampler.
+
+A batch of B records becomes the items [q_1..q_B, c_1,0..c_1,k, ..., c_B,0..c_B,k] (each query's group
+is its positive followed by its first k hard negatives), cut into chunks of `chunk_size` items; each
+chunk is turned into model inputs here, in the data-loader (worker) processes, through the same
+`Embedder.build_inputs` path that inference uses. Without GradCache the whole batch is one chunk (one
+forward pass of the model per step).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from unime.data.items import Item, Record
+from unime.errors import DataError
+from unime.models.adapters import Segment, item_segments
+
+
+def record_label(record: Record, index: int) -> str | int:
+    """How errors name a record: its id, else its 1-based position in the input."""
+    return record.id or index + 1
+
+
+def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores: bool,
+                  source: str | None = None, loss_name: str = "") -> None:
+    """Fail before training if a record cannot feed the loss (too few negatives, missing scores)."""
+    if not records:
+        raise DataError("no training records", source=source)
+    for i, rec in enumerate(records):
+        label = record_label(rec, i)
+        rec.validate(source=source)
+        if len(rec.negatives) < num_negatives:
+            raise DataError(f"{len(rec.negatives)} hard negatives, but training uses k={num_negatives} per query "
+                            "(lower --hard-negatives or re-mine)", source=source, record=label, field="negatives")
+        if needs_scores:
+            why = f"the {loss_name} loss needs judge scores (train with --loss infonce, or judge the records first)"
+            if rec.positive_score is None:
+                raise DataError(f"no judge score for the positive: {why}", source=source, record=label,
+                                field="positive_score")
+            if num_negatives and (rec.negative_scores is None or len(rec.negative_scores) < num_negatives):
+                raise DataError(f"no judge scores for the hard negatives: {why}", source=source, record=label,
+                                field="negative_scores")
+
+
+class RecordDataset(Dataset):
+    """Indexable records (the collator turns them into model inputs)."""
+
+    def __init__(self, records: Sequence[Record]):
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[int, Record]:
+        return index, self.records[index]
+
+
+class EmbedderCollator:
+    """Turns a list of `(index, Record)` into the trainer's batch:
+
+        {"chunks": [model inputs of ≤ chunk_size items, ...], "num_queries": B, "group_size": 1 + k,
+         "scores": (B, 1 + k) float tensor of judge scores (only if `with_scores`),
+         "record_indices": (B,) positions of the records in the dataset (diagnostics)}
+
+    `input_builder` is an `Embedder` used only for input assembly (`build_inputs`); it must produce CPU
+    tensors (device "cpu"), the trainer moves them.
+    """
+
+    def __init__(self, input_builder, *, num_negatives: int, with_scores: bool, chunk_size: int | None = None,
+                 source: str | None = None):
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.builder = input_builder
+        self.num_negatives = num_negatives
+        self.with_scores = with_scores
+        self.chunk_size = chunk_size
+        self.source = source
+
+    def item_segments(self, item: Item, *, record, field: str) -> list[Segment]:
+        """Like `Embedder.segments`, with errors naming the source file, record and field."""
+        load = self.builder.image_loader.load
+        images = [load(r, source=self.source, record=record, field=f"{field}.images[{i}]")
+                  for i, r in enumerate(item.images)]
+        frames = [load(r, source=self.source, record=record, field=f"{field}.video[{i}]")
+                  for i, r in enumerate(item.video)]
+        segs = item_segments(item.text, images, frames, record=record, field=f"{field}.text")
+        if self.builder.instruction_suffix:
+            segs.append(Segment("text", self.builder.instruction_suffix))
+        return segs
+
+    def __call__(self, batch: Sequence[tuple[int, Record]]) -> dict:
+        k = self.num_negatives
+        items: list[Item] = []
+        segments: list[list[Segment]] = []
+        groups: list[list[tuple[Item, str]]] = []
+        scores = []
+        for index, rec in batch:
+            label = record_label(rec, index)
+            items.append(rec.query)
+            segments.append(self.item_segments(rec.query, record=label, field="query"))
+            negatives = [(n, f"negatives[{j}]") for j, n in enumerate(rec.negatives[:k])]
+            groups.append([(rec.positive, "positive")] + negatives)
+            if self.with_scores:
+                scores.append([float(rec.positive_score)] + [float(s) for s in (rec.negative_scores or [])[:k]])
+        for index_rec, group in zip(batch, groups):
+            label = record_label(index_rec[1], index_rec[0])
+            for item, field in group:
+                items.append(item)
+                segments.append(self.item_segments(item, record=label, field=field))
+        size = self.chunk_size or len(items)
+        chunks = [self.builder.build_inputs(items[s:s + size], segments=segments[s:s + size])
+                  for s in range(0, len(items), size)]
+        out = {"chunks": chunks, "num_queries": len(batch), "group_size": 1 + k,
+               "record_indices": torch.tensor([index for index, _ in batch], dtype=torch.long)}
+        if self.with_scores:
+            out["scores"] = torch.tensor(scores, dtype=torch.float32)
+        return out
+
+
+class HomogeneousBatchSampler(Sampler[list[int]]):
+    """Batches whose records all come from one dataset (`Record.dataset`).
+
+    Each epoch: shuffle each dataset's records, cut them into batches of `batch_size` (a dataset's
+    remainder smaller than `batch_size` is dropped that epoch — the shuffle differs per epoch, so
+    different records are dropped), then shuffle the order of all batches. Deterministic in
+    (seed, epoch). Under data parallelism the batches are dealt round-robin to the processes (by
+    accelerate), so every per-device batch is homogeneous.
+    """
+
+    def __init__(self, datasets: Sequence[str], batch_size: int, *, seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.drop_last = True  # read by accelerate's BatchSamplerShard
+        self.seed = seed
+        self.epoch = 0
+        self.groups: dict[str, list[int]] = {}
+        for i, name in enumerate(datasets):
+            self.groups.setdefault(name, []).append(i)
+        if len(self) == 0:
+            sizes = ", ".join(f"{n or '<unnamed>'}: {len(ix)}" for n, ix in self.groups.items())
+            raise DataError(f"homogeneous batching with batch size {batch_size} leaves no full batch "
+                            f"(records per dataset: {sizes})", field="dataset")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return sum(len(ix) // self.batch_size for ix in self.groups.values())
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        batches: list[list[int]] = []
+        for name in sorted(self.groups):
+            ix = self.groups[name]
+            order = [ix[j] for j in torch.randperm(len(ix), generator=g).tolist()]
+            full = len(order) // self.batch_size * self.batch_size
+            batches.extend(order[s:s + self.batch_size] for s in range(0, full, self.batch_size))
+        for j in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[j]

@@ -1,0 +1,102 @@
+"""Training curves: a CSV of every logged value and a PNG plot (TensorBoard too, if installed — the
+trainer adds `report_to="tensorboard"` then).
+
+The CSV is rewritten from the trainer's `log_history` at every log (atomically), so it is complete
+after a resume as well: the history is restored from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import TrainerCallback
+
+from unime.train.checkpoints import write_text_atomic
+
+CURVES_CSV = "curves.csv"
+CURVES_PNG = "curves.png"
+# keys of the trainer's end-of-training summary, not per-step values
+_SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"}
+
+
+def step_rows(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-step log entries (the final summary entry is left out)."""
+    return [dict(e) for e in log_history if "step" in e and not (_SUMMARY_KEYS & set(e))]
+
+
+def curves_csv_text(log_history: Sequence[dict[str, Any]]) -> str:
+    rows = step_rows(log_history)
+    columns = ["step", "epoch"]
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k, "") for k in columns})
+    return buf.getvalue()
+
+
+def read_curves_csv(path: str | os.PathLike) -> list[dict[str, float]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+
+
+def plot_curves(log_history: Sequence[dict[str, Any]], png_path: str | os.PathLike, *, title: str = "") -> None:
+    """One panel per logged series (loss first), against the optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = step_rows(log_history)
+    series = []
+    for r in rows:
+        series += [k for k, v in r.items() if k not in ("step", "epoch") and isinstance(v, (int, float))
+                   and k not in series]
+    series.sort(key=lambda k: (k != "loss", k))
+    n = max(1, len(series))
+    fig, axes = plt.subplots(n, 1, figsize=(6.5, 2.2 * n), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], series):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("optimizer step")
+    if title:
+        axes[0, 0].set_title(title)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+class CurvesCallback(TrainerCallback):
+    """Writes OUT/curves.csv at every log and OUT/curves.png at every save and at the end (main process)."""
+
+    def __init__(self, out_dir: str | os.PathLike, *, title: str = ""):
+        self.out_dir = Path(out_dir)
+        self.title = title
+
+    def _write(self, state, *, plot: bool) -> None:
+        if not state.is_world_process_zero:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.out_dir / CURVES_CSV, curves_csv_text(state.log_history))
+        if plot and step_rows(state.log_history):
+            plot_curves(state.log_history, self.out_dir / CURVES_PNG, title=self.title)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self._write(state, plot=False)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._write(state, plot=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(state, plot=True)

@@ -1,0 +1,462 @@
+"""Embedder training with soft semantic labels (UniME-V2 stage D, SPEC §1.5).
+
+`train_embedder(EmbedderTrainingConfig(...))` trains an `Embedder` (LoRA / DoRA or full fine-tuning)
+on records with hard negatives and judge scores, with one of the losses of `unime.train.losses`,
+optionally with GradCache, on one process or under `torchrun` (DDP, embeddings all-gathered across
+processes). It uses the Hugging Face `Trainer` as it is — optimizer, schedule, gradient accumulation,
+DDP wrapping, logging, periodic checkpoints and exact resume (optimizer, scheduler, RNG and data
+position) — and overrides only what an embedding loss needs: `compute_loss`, checkpoint weights
+(adapter only), and the data loader when batches must be homogeneous.
+
+Outputs under `out`: `checkpoints/checkpoint-N/` (resumable), `adapter/`, `merged/`, `README.md`
+(model card), `curves.csv`, `curves.png`, `metrics.json`, `train_config.json`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from unime.data.items import Record
+from unime.errors import UnimeError
+from unime.train import checkpoints as ckpt
+from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
+from unime.train.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
+from unime.train.distributed import gather_constant, gather_with_grad
+from unime.train.gradcache import GradCache
+from unime.train.losses import LOSSES, GroupLoss, build_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedderTrainingConfig:
+    """Everything a run depends on (saved as `train_config.json`). CLI options map 1:1 onto fields."""
+
+    model: str
+    out: str
+    records: str | None = None            # unime JSONL / Parquet / released UniME-V2 JSON
+    data_root: str | None = None          # image paths are relative to it (default: the records' folder)
+    # loss
+    loss: str = "symmetric_kl"
+    hard_negatives: int = 8               # k: the first k stored negatives of each record are used
+    in_batch: bool | None = None          # infonce only (default on); soft-label losses never use them
+    tau: float = 0.02
+    label_tau: float | None = None        # temperature of the judge-score softmax (default: tau)
+    kl_eps: float = 1e-8                  # symmetric_kl: the release's log(p + eps); 0 = exact
+    symmetric: bool = False               # infonce: add the target → query direction
+    # parameters
+    full: bool = False                    # full fine-tuning instead of LoRA
+    lora_r: int = 16
+    lora_alpha: int = 64
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = ckpt.DEFAULT_LORA_TARGETS
+    lora_vision: bool = False
+    dora: bool = False
+    dtype: str = "auto"                   # auto (bf16 on GPU, fp32 on CPU), fp32, bf16
+    device: str | None = None             # cpu / cuda (under torchrun: one GPU per process)
+    pooling: str = "auto"
+    # optimisation
+    batch_size: int = 8                   # queries per device per micro-batch
+    grad_accum: int = 1
+    steps: int | None = None
+    epochs: float | None = None
+    lr: float = 1e-4
+    warmup: float = 0.1                   # < 1: fraction of the steps; >= 1: number of steps
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    gradcache: bool = False
+    chunk_size: int = 2                   # items per forward pass with GradCache
+    homogeneous_batches: bool = False
+    workers: int = 0
+    seed: int = 0
+    # bookkeeping
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    logging_steps: int = 10
+    resume: bool | str = False            # True: latest complete checkpoint under out/checkpoints
+    on_error: str = "raise"               # bad records: raise, or skip (counted and reported)
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise UnimeError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        soft = LOSSES[self.loss].requires_scores
+        if soft and self.in_batch:
+            raise UnimeError(f"--in-batch: the {self.loss} loss compares each query only with its own judged "
+                             "group (the judge scored nothing else); in-batch negatives are an infonce option")
+        if self.loss == "infonce" and not self.infonce_in_batch and self.hard_negatives < 1:
+            raise UnimeError("infonce without in-batch negatives needs --hard-negatives >= 1")
+        if self.hard_negatives < 0:
+            raise UnimeError("--hard-negatives must be >= 0")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.chunk_size < 1:
+            raise UnimeError("--batch-size, --grad-accum and --chunk-size must be >= 1")
+        if self.steps is not None and self.epochs is not None:
+            raise UnimeError("give --steps or --epochs, not both")
+        if self.dtype not in ("auto", "fp32", "float32", "bf16", "bfloat16"):
+            raise UnimeError(f"--dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise UnimeError(f"on_error must be raise or skip, got {self.on_error!r}")
+        if self.records is None:
+            raise UnimeError("no training records given")
+
+    @property
+    def infonce_in_batch(self) -> bool:
+        return True if self.in_batch is None else bool(self.in_batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+
+def build_loss_from_config(config: EmbedderTrainingConfig) -> GroupLoss:
+    if config.loss == "symmetric_kl":
+        return build_loss("symmetric_kl", temperature=config.tau, label_temperature=config.label_tau, eps=config.kl_eps)
+    if config.loss == "js":
+        return build_loss("js", temperature=config.tau, label_temperature=config.label_tau)
+    return build_loss("infonce", temperature=config.tau, in_batch=config.infonce_in_batch,
+                      use_hard_negatives=config.hard_negatives > 0, symmetric=config.symmetric)
+
+
+class EmbeddingModel(nn.Module):
+    """The trainer's view of an `Embedder`: `forward(**model_inputs)` → L2-normalised embeddings.
+
+    Owns the embedder's model as a submodule, so DDP wraps and synchronises exactly its parameters."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, embedder):
+        super().__init__()
+        self.encoder = embedder.model
+        self.embedder = embedder
+
+    def forward(self, **inputs) -> torch.Tensor:
+        return self.embedder.forward(inputs)
+
+
+class EmbedderTrainer(Trainer):
+    """`transformers.Trainer` with an embedding loss. Batches come from `EmbedderCollator`."""
+
+    # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *, embedder, loss: GroupLoss, grad_cache: GradCache | None = None,
+                 homogeneous_sampler: HomogeneousBatchSampler | None = None, **kwargs):
+        self.embedder = embedder
+        self.loss_module = loss
+        self.grad_cache = grad_cache
+        self.homogeneous_sampler = homogeneous_sampler
+        self._metric_sum = 0.0
+        self._metric_count = 0
+        super().__init__(model=EmbeddingModel(embedder), **kwargs)
+
+    # -- loss ------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        chunks = inputs["chunks"]
+        num_queries, group_size = int(inputs["num_queries"]), int(inputs["group_size"])
+        scores = inputs.get("scores")
+
+        def encode(chunk):
+            return model(**chunk)
+
+        def loss_of(reps: torch.Tensor) -> torch.Tensor:
+            queries = gather_with_grad(reps[:num_queries])
+            candidates = gather_with_grad(reps[num_queries:].reshape(num_queries, group_size, -1))
+            loss = self.loss_module(queries, candidates, gather_constant(scores))
+            self._record_group_accuracy(queries.detach(), candidates.detach())
+            return loss
+
+        if self.grad_cache is not None and torch.is_grad_enabled():
+            loss = self.grad_cache.loss(encode, chunks, loss_of, no_sync=self._no_sync_context(model))
+        else:
+            loss = loss_of(torch.cat([encode(c) for c in chunks]))
+        return (loss, {}) if return_outputs else loss
+
+    @staticmethod
+    def _no_sync_context(model):
+        """DDP's `no_sync` while this micro-batch will all-reduce (GradCache then syncs its last chunk
+        only); None outside DDP or when the Trainer already defers the sync (accumulation)."""
+        if isinstance(model, nn.parallel.DistributedDataParallel) and model.require_backward_grad_sync:
+            return model.no_sync
+        return None
+
+    def _record_group_accuracy(self, queries: torch.Tensor, candidates: torch.Tensor) -> None:
+        """Fraction of queries whose positive is the most similar candidate of their group."""
+        sims = GroupLoss.group_similarities(queries, candidates)
+        self._metric_sum += float((sims.argmax(dim=-1) == 0).float().sum())
+        self._metric_count += int(sims.shape[0])
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metric_count:
+            logs = {**logs, "group_accuracy": self._metric_sum / self._metric_count}
+            self._metric_sum, self._metric_count = 0.0, 0
+        super().log(logs, start_time)
+
+    # -- data ------------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        if self.homogeneous_sampler is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.train_dataset, batch_sampler=self.homogeneous_sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        # accelerate deals whole batches round-robin to the processes: each per-device batch stays homogeneous
+        return self.accelerator.prepare(loader)
+
+    def _run_epoch(self, *args, **kwargs):
+        # the Trainer sets the epoch of samplers it can reach; after a resume skip-wrapper under DDP it
+        # cannot reach ours, so set it here (the data order of an epoch depends on it)
+        if self.homogeneous_sampler is not None and "epoch" in kwargs:
+            self.homogeneous_sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
+
+    # -- checkpoint weights: the adapter (or the full model), not the frozen base -------------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if self.args.should_save:
+            ckpt.save_training_weights(self.embedder.model, output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        ckpt.load_training_weights(self.embedder.model, resume_from_checkpoint)
+
+
+@dataclass
+class EmbedderTrainingResult:
+    out: Path
+    merged: Path
+    adapter: Path | None
+    metrics: dict[str, Any]
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _load_records(config: EmbedderTrainingConfig) -> list[Record]:
+    from unime.data.io import read_records
+
+    if config.on_error == "skip":
+        from unime.data.skips import SkipReport
+
+        skips = SkipReport()
+        records = read_records(config.records, on_error="skip", skips=skips)
+        if skips.total:
+            logger.warning("%s: %s", config.records, skips.summary())
+        return records
+    return read_records(config.records)
+
+
+def _resolve_resume(config: EmbedderTrainingConfig, checkpoint_root: Path) -> Path | None:
+    existing = ckpt.latest_checkpoint(checkpoint_root)
+    if config.resume in (False, None, "", "false"):
+        if existing is not None:
+            raise UnimeError(f"{checkpoint_root} already holds checkpoints (latest {existing.name}); pass --resume to "
+                             "continue that run, or choose a new --out")
+        return None
+    if config.resume is True or config.resume in ("latest", "true"):
+        if existing is None:
+            logger.warning("--resume: no complete checkpoint under %s, starting from the beginning", checkpoint_root)
+        return existing
+    path = Path(str(config.resume))
+    if not (path / "trainer_state.json").is_file():
+        raise UnimeError(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
+    return path
+
+
+def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -> TrainingArguments:
+    on_cpu = (config.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    bf16 = config.dtype in ("bf16", "bfloat16") or (config.dtype == "auto" and not on_cpu)
+    # every trainable parameter is used in every forward pass when LoRA adapts only the decoder;
+    # otherwise (vision LoRA, full fine-tuning) a text-only chunk leaves vision parameters unused
+    find_unused = bool(config.full or config.lora_vision or tuple(config.lora_targets) == ("all-linear",))
+    return TrainingArguments(
+        output_dir=str(checkpoint_root),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        max_steps=config.steps if config.steps is not None else -1,
+        num_train_epochs=config.epochs if config.epochs is not None else 1.0,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=config.optim,
+        bf16=bf16,
+        use_cpu=on_cpu,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        remove_unused_columns=False,
+        dataloader_num_workers=config.workers,
+        dataloader_pin_memory=not on_cpu,
+        report_to="none",
+        ddp_find_unused_parameters=find_unused,
+        # the models' buffers are constants (rotary tables): no per-forward broadcast, which would
+        # also require the same number of forward passes on every process
+        ddp_broadcast_buffers=False,
+        disable_tqdm=not logger.isEnabledFor(logging.INFO),
+    )
+
+
+def _data_summary(config: EmbedderTrainingConfig, records: Sequence[Record], data_root: str) -> dict[str, Any]:
+    counts = collections.Counter(r.dataset or "<unnamed>" for r in records)
+    return {"records": config.records, "data_root": data_root, "num_records": len(records),
+            "datasets": dict(sorted(counts.items())), "hard_negatives_per_query": config.hard_negatives,
+            "homogeneous_batches": config.homogeneous_batches}
+
+
+def _final_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    rows = [r for r in step_rows(log_history) if "loss" in r]
+    summary = next((e for e in reversed(log_history) if "train_runtime" in e), {})
+    metrics: dict[str, Any] = {}
+    if rows:
+        metrics["initial_loss"] = rows[0]["loss"]
+        metrics["final_loss"] = rows[-1]["loss"]
+        if "group_accuracy" in rows[-1]:
+            metrics["final_group_accuracy"] = rows[-1]["group_accuracy"]
+        metrics["steps"] = rows[-1]["step"]
+    for key in ("train_loss", "train_runtime", "train_samples_per_second"):
+        if key in summary:
+            metrics[key] = summary[key]
+    return metrics
+
+
+@dataclass
+class EmbedderTrainingRun:
+    """A prepared run: the trainer and what the export needs (see `prepare_embedder_training`)."""
+
+    config: EmbedderTrainingConfig
+    trainer: EmbedderTrainer
+    embedder: Any
+    loss: GroupLoss
+    records: list[Record]
+    data_root: str
+    lora: ckpt.LoraSettings | None
+    resume_from: Path | None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+
+def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
+                              callbacks: Sequence[Any] = ()) -> EmbedderTrainingRun:
+    """Validate the configuration and the records, load the model (+ LoRA), and build the trainer.
+
+    `records` (already loaded) are used instead of reading `config.records`, which then only names
+    their source in errors and in the model card."""
+    from transformers import set_seed
+
+    from unime.models.embedder import Embedder
+    from unime.models.loading import resolve_dtype
+
+    if records is not None and config.records is None:
+        config = dataclasses.replace(config, records="<in-memory records>")
+    config.validate()
+    out = Path(config.out)
+    checkpoint_root = out / ckpt.CHECKPOINTS_DIR
+    source = config.records
+    records = list(records) if records is not None else _load_records(config)
+    loss = build_loss_from_config(config)
+    k = config.hard_negatives
+    check_records(records, num_negatives=k, needs_scores=loss.requires_scores, source=source, loss_name=loss.name)
+    data_root = config.data_root or (os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else ".")
+    resume_from = _resolve_resume(config, checkpoint_root)
+
+    args = _training_arguments(config, checkpoint_root)
+    device = str(args.device)
+    set_seed(config.seed)  # LoRA initialisation
+    # LoRA: frozen base in the compute dtype (bf16 under autocast); full fine-tuning keeps fp32 master weights
+    load_dtype = resolve_dtype("bf16" if args.bf16 and not config.full else "fp32", device)
+    embedder = Embedder.from_pretrained(config.model, device=device, dtype=load_dtype, pooling=config.pooling,
+                                        data_root=data_root, trainable=True)
+    lora = None
+    if config.full:
+        if ckpt.is_peft(embedder.model):
+            raise UnimeError(f"--full on the adapter folder {config.model}: merge it first (its merged/ folder)")
+        embedder.model.requires_grad_(True)
+    elif ckpt.is_peft(embedder.model):
+        logger.info("%s is a PEFT adapter: continuing to train it (LoRA options ignored)", config.model)
+    else:
+        lora = ckpt.LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                                 targets=tuple(config.lora_targets), dora=config.dora, vision=config.lora_vision)
+        embedder.model = ckpt.apply_lora(embedder.model, lora)
+    embedder.model.train()
+
+    # input assembly only (no model): the collator runs in data-loader workers, on CPU
+    input_builder = Embedder(None, embedder.processor, embedder.adapter, pooling=embedder.pooling,
+                             image_loader=embedder.image_loader, instruction_suffix=embedder.instruction_suffix,
+                             device="cpu")
+    collator = EmbedderCollator(input_builder, num_negatives=k, with_scores=loss.requires_scores,
+                                chunk_size=config.chunk_size if config.gradcache else None, source=source)
+    sampler = (HomogeneousBatchSampler([r.dataset for r in records], config.batch_size, seed=config.seed)
+               if config.homogeneous_batches else None)
+
+    all_callbacks: list[Any] = [CurvesCallback(out, title=f"{loss.name} — {Path(str(config.model)).name}")]
+    if args.process_index == 0:
+        tensorboard = _tensorboard_callback(out)
+        if tensorboard is not None:
+            all_callbacks.append(tensorboard)
+    all_callbacks += list(callbacks)
+    trainer = EmbedderTrainer(embedder=embedder, loss=loss, grad_cache=GradCache() if config.gradcache else None,
+                              homogeneous_sampler=sampler, args=args, train_dataset=RecordDataset(records),
+                              data_collator=collator, callbacks=all_callbacks)
+    return EmbedderTrainingRun(config=config, trainer=trainer, embedder=embedder, loss=loss, records=records,
+                               data_root=data_root, lora=lora, resume_from=resume_from)
+
+
+def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
+                   callbacks: Sequence[Any] = ()) -> EmbedderTrainingResult:
+    """Train (resuming if asked), then export the adapter, the merged model and the model card."""
+    run = prepare_embedder_training(config, records=records, callbacks=callbacks)
+    config, trainer, out = run.config, run.trainer, run.out
+    if trainer.is_world_process_zero():
+        ckpt.write_json_atomic(out / "train_config.json", config.to_dict())
+    trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+
+    history = list(trainer.state.log_history)
+    metrics = _final_metrics(history)
+    written: dict[str, Path] = {}
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        args = trainer.args
+        hyper = {"per_device_batch_size": config.batch_size, "processes": args.world_size,
+                 "gradient_accumulation": config.grad_accum,
+                 "global_batch_queries": config.batch_size * args.world_size * config.grad_accum,
+                 "max_steps": trainer.state.max_steps, "learning_rate": config.lr, "lr_scheduler": config.lr_scheduler,
+                 "warmup": config.warmup, "optimizer": config.optim, "weight_decay": config.weight_decay,
+                 "max_grad_norm": config.max_grad_norm, "precision": "bf16 autocast" if args.bf16 else "fp32",
+                 "gradcache": f"chunk size {config.chunk_size}" if config.gradcache else "off", "seed": config.seed,
+                 "fine_tuning": "full" if config.full else "LoRA"}
+        card = ckpt.ModelCard(
+            base_model=str(config.model), data=_data_summary(config, run.records, run.data_root),
+            loss={"name": run.loss.name, **run.loss.config()}, hyperparameters=hyper, metrics=metrics,
+            lora=dataclasses.asdict(run.lora) if run.lora else None,
+            notes=[f"Training curves: {CURVES_CSV}, {CURVES_PNG}; full configuration: train_config.json."])
+        written = ckpt.export_final(run.embedder.model, run.embedder.processor, out, card=card.render())
+        ckpt.write_json_atomic(out / "metrics.json", metrics)
+    trainer.accelerator.wait_for_everyone()
+    return EmbedderTrainingResult(out=out, merged=out / ckpt.MERGED_DIR, adapter=written.get("adapter"),
+                                  metrics=metrics, log_history=history)
+
+
+def _tensorboard_callback(out: Path):
+    from transformers.integrations import is_tensorboard_available
+
+    if not is_tensorboard_available():
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))

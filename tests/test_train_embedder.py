@@ -1,0 +1,291 @@
+"""`unime train embedder` on a tiny Qwen2-VL and the demo world: the three losses train, outputs load,
+errors name the record and field, batching, gradient accumulation + GradCache through the Trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unime.data.items import Item, Record
+from unime.errors import DataError, UnimeError
+
+K = 3  # hard negatives per query in these tests
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny models are far faster single-threaded on a shared 2-core machine (no spin-waiting)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def mined_world_records(world_dir: str | Path, k: int = K) -> list[Record]:
+    """The demo world's training records as the mining stage would leave them: k hard negatives per
+    query (other records' positives of the same dataset first) scored by the world's ground-truth
+    relevance in place of a judge."""
+    from unime.data.synth import World
+
+    world = World.load(world_dir)
+    records = world.records
+    pools: dict[str, list[Item]] = {}
+    for r in records:
+        pool = pools.setdefault(r.dataset, [])
+        if all(p.key != r.positive.key for p in pool):
+            pool.append(r.positive)
+    everything = [p for pool in pools.values() for p in pool]
+    out = []
+    for r in records:
+        negs = [p for p in pools[r.dataset] + everything if p.key != r.positive.key]
+        negs = list({p.key: p for p in negs}.values())[:k]
+        out.append(dataclasses.replace(r, negatives=negs, positive_score=world.relevance(r.query, r.positive),
+                                       negative_scores=world.relevances(r.query, negs)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mined_world(tmp_path_factory):
+    """(world folder, records file) of a tiny demo world with mined records."""
+    from unime.data.io import write_records
+    from unime.data.synth import generate_world
+
+    root = tmp_path_factory.mktemp("world") / "world"
+    generate_world(root, sizes="tiny", seed=0)
+    path = root / "train" / "mined.jsonl"
+    write_records(mined_world_records(root), path)
+    return root, path
+
+
+def fixed_batch(records: list[Record], n: int = 4) -> list[Record]:
+    """n records from n different datasets (images and text on both sides)."""
+    seen, out = set(), []
+    for r in records:
+        if r.dataset not in seen:
+            seen.add(r.dataset)
+            out.append(r)
+        if len(out) == n:
+            return out
+    raise AssertionError("not enough datasets")
+
+
+def base_config(model_dir: str, out: Path, world_dir: Path, **overrides):
+    from unime.train.embedder_trainer import EmbedderTrainingConfig
+
+    cfg = dict(model=model_dir, out=str(out), data_root=str(world_dir), hard_negatives=K, batch_size=4, steps=8,
+               lr=2e-3, warmup=0, lora_r=8, lora_alpha=16, lora_dropout=0.0, logging_steps=1, save_steps=1000,
+               device="cpu", seed=0)
+    cfg.update(overrides)
+    return EmbedderTrainingConfig(**cfg)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, mined_world, tmp_path_factory):
+    """One short run per loss on a fixed batch of 4 queries (js through the CLI with a YAML config)."""
+    from unime.cli import main
+    from unime.data.io import read_records, write_records
+    from unime.train.embedder_trainer import train_embedder
+
+    world, records_path = mined_world
+    batch = fixed_batch(read_records(records_path))
+    batch_file = tmp_path_factory.mktemp("batch") / "batch.jsonl"
+    write_records(batch, batch_file)
+    model = tiny_model_dir("qwen2_vl")
+    results = {}
+    for loss in ("symmetric_kl", "infonce"):
+        out = tmp_path_factory.mktemp(loss) / "run"
+        results[loss] = train_embedder(base_config(model, out, world, loss=loss, records=str(batch_file)))
+    out = tmp_path_factory.mktemp("js") / "run"
+    cfg = tmp_path_factory.mktemp("cfg") / "js.yaml"
+    cfg.write_text(f"loss: js\nhard-negatives: {K}\nbatch_size: 4\nsteps: 8\nlr: 0.002\nwarmup: 0\nlora-r: 8\n"
+                   f"lora_alpha: 16\nlora-dropout: 0.0\nlogging-steps: 1\ndevice: cpu\n")
+    assert main(["train", "embedder", "--model", model, "--records", str(batch_file), "--data-root", str(world),
+                 "--out", str(out), "--config", str(cfg)]) == 0
+    results["js"] = out
+    return model, world, batch, results
+
+
+def _losses(out: Path) -> list[float]:
+    from unime.train.curves import read_curves_csv
+
+    return [r["loss"] for r in read_curves_csv(out / "curves.csv") if "loss" in r]
+
+
+@pytest.mark.parametrize("loss", ["symmetric_kl", "js", "infonce"])
+def test_each_loss_decreases_on_a_fixed_batch(trained, loss):
+    result = trained[3][loss]
+    out = result if isinstance(result, Path) else result.out
+    losses = _losses(out)
+    assert len(losses) == 8
+    assert losses[-1] < 0.7 * losses[0], losses  # a real margin, not noise
+    assert min(losses[-3:]) < min(losses[:3])
+    assert json.loads((out / "train_config.json").read_text())["loss"] == loss
+
+
+def test_outputs_load_with_plain_transformers_and_embedder(trained):
+    from transformers import AutoModelForImageTextToText
+
+    from unime.models.embedder import Embedder
+
+    model_dir, world, batch, results = trained
+    res = results["symmetric_kl"]
+    assert res.adapter == res.out / "adapter" and (res.adapter / "adapter_config.json").is_file()
+    merged = AutoModelForImageTextToText.from_pretrained(res.merged)
+    assert type(merged).__name__ == "Qwen2VLForConditionalGeneration"
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert (res.merged / "preprocessor_config.json").is_file() or (res.merged / "processor_config.json").is_file()
+    items = [batch[0].query, batch[1].positive, batch[2].query]
+    v_merged = Embedder.from_pretrained(res.merged, device="cpu", data_root=str(world)).encode(items)
+    v_adapter = Embedder.from_pretrained(res.adapter, device="cpu", data_root=str(world)).encode(items)
+    v_base = Embedder.from_pretrained(model_dir, device="cpu", data_root=str(world)).encode(items)
+    assert abs(v_merged - v_adapter).max() < 1e-4       # merged == base + adapter
+    assert abs(v_merged - v_base).max() > 1e-3          # and training changed the model
+
+
+def test_model_card_curves_and_metrics(trained):
+    from unime.train.curves import read_curves_csv
+
+    res = trained[3]["symmetric_kl"]
+    card = (res.out / "README.md").read_text()
+    for needle in ("symmetric_kl", "temperature | 0.02", "num_records | 4", "final_loss", "learning_rate | 0.002",
+                   "base_model:", "## LoRA", "r | 8"):
+        assert needle in card, needle
+    assert (res.merged / "README.md").read_text() == card and (res.adapter / "README.md").read_text() == card
+    rows = read_curves_csv(res.out / "curves.csv")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert {"loss", "learning_rate", "group_accuracy", "grad_norm"} <= set(rows[0])
+    assert (res.out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((res.out / "metrics.json").read_text())
+    assert metrics["final_loss"] == pytest.approx(rows[-1]["loss"])
+    assert metrics["initial_loss"] == pytest.approx(rows[0]["loss"])
+    assert (res.out / "checkpoints").is_dir()
+
+
+def test_accumulation_and_gradcache_match_one_plain_batch_through_the_trainer(tiny_model_dir, mined_world, tmp_path):
+    """SGD steps (weight change = -lr × gradient): batch 4 in one forward vs 2 micro-batches of 2 with
+    GradCache chunks of 3 items. Symmetric KL has no in-batch terms, so the gradients must agree."""
+    from safetensors.torch import load_file
+
+    from unime.data.io import read_records
+    from unime.train.curves import read_curves_csv
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world
+    records = read_records(path)[:8]
+    common = dict(optim="sgd", lr=0.5, max_grad_norm=0.0, steps=2, loss="symmetric_kl", kl_eps=0.0, tau=0.1)
+    plain = train_embedder(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "plain", world, **common),
+                           records=records)
+    cached = train_embedder(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "cached", world, batch_size=2,
+                                        grad_accum=2, gradcache=True, chunk_size=3, **common), records=records)
+    a = load_file(plain.adapter / "adapter_model.safetensors")
+    b = load_file(cached.adapter / "adapter_model.safetensors")
+    moved = 0
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+        moved += int(a[key].abs().max() > 0)
+    assert moved == len(a)  # lora_B starts at 0: after two steps every tensor has moved
+    la = [r["loss"] for r in read_curves_csv(plain.out / "curves.csv")]
+    lb = [r["loss"] for r in read_curves_csv(cached.out / "curves.csv")]
+    assert lb == pytest.approx(la, rel=1e-5)
+
+
+def test_records_without_scores_only_train_infonce(tiny_model_dir, mined_world, tmp_path):
+    from unime.train.embedder_trainer import prepare_embedder_training
+
+    world, path = mined_world
+    from unime.data.io import read_records
+
+    records = read_records(path)[:4]
+    bare = [dataclasses.replace(r, positive_score=None, negative_scores=None) for r in records]
+    bare[2] = dataclasses.replace(bare[2], id="rec-without-scores")
+    bare[:2] = [dataclasses.replace(r, positive_score=1.0, negative_scores=[0.0] * K) for r in records[:2]]
+    for loss in ("symmetric_kl", "js"):
+        with pytest.raises(DataError) as err:
+            prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / loss, world, loss=loss,
+                                                  records="train.jsonl"), records=bare)
+        msg = str(err.value)
+        assert "train.jsonl" in msg and "rec-without-scores" in msg and "positive_score" in msg and loss in msg
+    no_neg_scores = [dataclasses.replace(r, negative_scores=None) for r in records]
+    with pytest.raises(DataError, match="negative_scores"):
+        prepare_embedder_training(base_config("unused", tmp_path / "x", world), records=no_neg_scores)
+    few = [dataclasses.replace(r, negatives=r.negatives[:1], negative_scores=r.negative_scores[:1]) for r in records]
+    with pytest.raises(DataError, match="field 'negatives'.*1 hard negatives"):
+        prepare_embedder_training(base_config("unused", tmp_path / "x", world), records=few)
+    with pytest.raises(UnimeError, match="in-batch"):
+        prepare_embedder_training(base_config("unused", tmp_path / "x", world, in_batch=True), records=records)
+    # infonce trains on records without scores
+    run = prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "nce", world, loss="infonce"),
+                                    records=bare)
+    batch = next(iter(run.trainer.get_train_dataloader()))
+    assert "scores" not in batch and batch["group_size"] == 1 + K
+
+
+def test_existing_checkpoints_need_resume(tiny_model_dir, mined_world, tmp_path):
+    from unime.train.embedder_trainer import prepare_embedder_training
+
+    world, path = mined_world
+    (tmp_path / "run" / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    with pytest.raises(UnimeError, match="--resume"):
+        prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "run", world, records=str(path)))
+
+
+def test_collator_builds_the_inputs_the_embedder_builds(tiny_model_dir, mined_world):
+    from unime.data.io import read_records
+    from unime.models.embedder import Embedder
+    from unime.train.batching import EmbedderCollator
+
+    world, path = mined_world
+    records = fixed_batch(read_records(path), 3)
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(world))
+    collate = EmbedderCollator(emb, num_negatives=2, with_scores=True, chunk_size=4, source=str(path))
+    batch = collate(list(enumerate(records)))
+    items = [r.query for r in records] + [it for r in records for it in [r.positive] + r.negatives[:2]]
+    assert batch["num_queries"] == 3 and batch["group_size"] == 3 and len(batch["chunks"]) == 3  # 12 items / 4
+    for i, chunk in enumerate(batch["chunks"]):
+        expect = emb.build_inputs(items[4 * i:4 * i + 4])
+        assert chunk.keys() == expect.keys()
+        for key in chunk:
+            assert torch.equal(chunk[key], expect[key]), key
+    torch.testing.assert_close(batch["scores"], torch.tensor(
+        [[r.positive_score] + r.negative_scores[:2] for r in records], dtype=torch.float32))
+    # a missing image names the source file, the record and the field
+    broken = dataclasses.replace(records[1], negatives=[records[1].negatives[0], Item("x", ("images/missing.png",))])
+    with pytest.raises(DataError) as err:
+        collate([(0, records[0]), (1, broken)])
+    assert str(path) in str(err.value) and broken.id in str(err.value) and "negatives[1].images[0]" in str(err.value)
+
+
+def test_homogeneous_batches(tiny_model_dir, mined_world, tmp_path):
+    from accelerate.data_loader import BatchSamplerShard
+
+    from unime.data.io import read_records
+    from unime.train.batching import HomogeneousBatchSampler
+    from unime.train.embedder_trainer import prepare_embedder_training
+
+    names = ["a"] * 7 + ["b"] * 4 + ["c"] * 2
+    sampler = HomogeneousBatchSampler(names, 2, seed=3)
+    epoch0 = list(sampler)
+    assert len(epoch0) == len(sampler) == 3 + 2 + 1  # remainders dropped
+    assert all(len({names[i] for i in b}) == 1 and len(b) == 2 for b in epoch0)
+    assert epoch0 == list(sampler)  # deterministic within an epoch
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+    for rank in (0, 1):  # accelerate deals whole batches to processes: still homogeneous per device
+        shard = list(BatchSamplerShard(sampler, num_processes=2, process_index=rank))
+        assert len(shard) == 3 and all(len({names[i] for i in b}) == 1 for b in shard)
+    with pytest.raises(DataError, match="no full batch"):
+        HomogeneousBatchSampler(["a", "b"], 2)
+
+    world, path = mined_world
+    records = read_records(path)
+    run = prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "h", world, batch_size=4,
+                                                homogeneous_batches=True, records=str(path)), records=records)
+    batches = list(run.trainer.get_train_dataloader())
+    assert len(batches) == sum(n // 4 for n in [8] * 9)
+    for b in batches:
+        assert len({records[int(i)].dataset for i in b["record_indices"]}) == 1
