@@ -1,0 +1,83 @@
+"""Report metrics on hand-worked examples, and the judge audit of `unime mine --audit` on a demo world."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from unime.mining.report import audit_metrics, filter_curve, mann_whitney_auc, roc_auc, spearman
+
+
+def test_auc_hand_worked_with_ties():
+    labels = [1, 0, 1, 0, 0]
+    scores = [0.9, 0.8, 0.5, 0.5, 0.1]
+    # positive pairs (pos, neg): (0.9 > all 3) = 3; (0.5: > 0.1, = 0.5, < 0.8) = 1 + 0.5 → 4.5 / 6
+    assert mann_whitney_auc(labels, scores) == pytest.approx(4.5 / 6)
+    assert roc_auc(labels, scores) == pytest.approx(4.5 / 6)
+    assert roc_auc([1, 1], [0.1, 0.2]) is None
+    rng = np.random.default_rng(0)
+    y, s = rng.random(200) < 0.3, rng.normal(size=200).round(1)
+    assert mann_whitney_auc(y, s) == pytest.approx(roc_auc(y, s), abs=1e-12)
+
+
+def test_filter_curve_and_spearman_hand_worked():
+    labels = [True, False, True, False]
+    scores = [0.95, 0.90, 0.60, 0.10]
+    pos = [0.92, 0.92, 0.92, 0.50]
+    curve = {p["beta"]: p for p in filter_curve(labels, scores, pos, betas=(0.0, 0.05, 0.5))}
+    # β=0: flagged s > s_pos → only 0.95 (TP)
+    assert curve[0.0] == {"beta": 0.0, "flagged": 1, "true_positives": 1, "precision": 1.0, "recall": 0.5}
+    # β=0.05: 0.95, 0.90 flagged → 1 TP of 2
+    assert curve[0.05]["precision"] == 0.5 and curve[0.05]["recall"] == 0.5
+    # β=0.5: 0.95, 0.90, 0.60 (> 0.42) and 0.10 (> 0.0) → all
+    assert curve[0.5]["flagged"] == 4 and curve[0.5]["recall"] == 1.0
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    m = audit_metrics([1.0, 0.2, 1.0, 0.0], scores, pos, [0.3, 0.2, 0.1, 0.0], beta=0.05, betas=(0.0,))
+    assert m["false_negatives"] == 2 and m["at_beta"]["beta"] == 0.05 and len(m["curve"]) == 2
+    assert m["auc_judge_score"] == pytest.approx(roc_auc(labels, scores))
+
+
+def test_mine_audit_on_the_demo_world(tmp_path, tiny_model_dir):
+    from unime.data.io import read_records, write_records
+    from unime.data.synth import World, generate_world, resolve_sizes
+    from unime.mining.pipeline import MineConfig, run_mining
+
+    world_dir = tmp_path / "world"
+    generate_world(world_dir, seed=0, sizes=resolve_sizes("tiny"))
+    records = read_records(world_dir / "train" / "records.jsonl")
+    # two records of each of a few datasets keep the test fast
+    keep, seen = [], {}
+    for r in records:
+        if seen.get(r.dataset, 0) < 2 and r.dataset in ("shape_cls", "i2t", "t2i", "modify", "refer_grounding"):
+            keep.append(r)
+            seen[r.dataset] = seen.get(r.dataset, 0) + 1
+    subset = tmp_path / "subset.jsonl"
+    write_records(keep, subset)
+    out = tmp_path / "mined"
+    cfg = MineConfig(records=str(subset), embedder=tiny_model_dir("qwen2_vl"), judge=tiny_model_dir("qwen2_vl"),
+                     out=str(out), data_root=str(world_dir), k=5, count=3, shard_size=4, device="cpu",
+                     audit=True, world=str(world_dir), audit_threshold=0.5)
+    run_mining(cfg)
+    audit = json.loads((out / "audit.json").read_text())
+    rows = pq.read_table(out / "audit.parquet").to_pylist()
+    world = World.load(world_dir)
+    pool = {r.positive.key: r.positive for r in keep}
+    pool_items = list(pool.values())
+    for row in rows:
+        rec = keep[row["query_index"]]
+        assert row["relevance"] == pytest.approx(world.relevance(rec.query, pool_items[row["pool_index"]]))
+        assert row["positive_relevance"] == pytest.approx(world.relevance(rec.query, rec.positive))
+    labels = [r["relevance"] >= 0.5 for r in rows]
+    assert audit["candidates"] == len(rows) and audit["false_negatives"] == sum(labels)
+    assert 0 < sum(labels) < len(rows)  # both classes present: the AUC below is a number
+    assert audit["auc_judge_score"] == roc_auc(labels, [r["judge_score"] for r in rows])
+    at = audit["at_beta"]
+    flagged = [r["false_negative"] for r in rows]
+    assert at["flagged"] == sum(flagged) and at["true_positives"] == sum(f and y for f, y in zip(flagged, labels))
+    report = (out / "report.md").read_text()
+    assert "Judge audit" in report and "plots/audit_beta.png" in report and (out / "plots" / "audit_beta.png").is_file()
