@@ -423,6 +423,8 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
     config, trainer, out = run.config, run.trainer, run.out
     if trainer.is_world_process_zero():
         ckpt.write_json_atomic(out / "train_config.json", config.to_dict())
+        if run.resume_from:
+            logger.info("resuming from %s", run.resume_from)
     trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
 
     history = list(trainer.state.log_history)

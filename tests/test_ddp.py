@@ -1,0 +1,110 @@
+"""Data parallelism: `torchrun` with 2 processes (gloo, CPU) trains exactly like 1 process on the same
+global batch — same losses, same gradient norms, same weights after SGD steps (weight change =
+-lr × gradient, so equal weights mean equal gradients)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_embedder import K, mined_world  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _common(model: str, records: Path, world: Path, loss: str, steps: int, grad_accum: int) -> list[str]:
+    return ["--model", model, "--records", str(records), "--data-root", str(world), "--loss", loss,
+            "--hard-negatives", str(K), "--optim", "sgd", "--lr", "0.05", "--max-grad-norm", "0", "--warmup", "0",
+            "--steps", str(steps), "--grad-accum", str(grad_accum), "--lora-r", "8", "--lora-dropout", "0",
+            "--logging-steps", "1", "--device", "cpu", "--seed", "3"]
+
+
+def _torchrun(args: list[str], log: Path) -> None:
+    """`torchrun --nproc-per-node 2 $(which unime) train embedder ...`, the documented launch."""
+    unime = Path(sys.executable).parent / "unime"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(unime), "train", "embedder", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=600)
+    assert proc.returncode == 0, log.read_text()[-4000:]
+
+
+def _compare(one: Path, two: Path, steps: int) -> None:
+    from safetensors.torch import load_file
+
+    from unime.train.curves import read_curves_csv
+
+    c1, c2 = read_curves_csv(one / "curves.csv"), read_curves_csv(two / "curves.csv")
+    assert [r["step"] for r in c1] == [r["step"] for r in c2] == list(range(1, steps + 1))
+    for r1, r2 in zip(c1, c2):
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
+        assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
+        assert r1["grad_norm"] > 0
+    a = load_file(one / "adapter" / "adapter_model.safetensors")
+    b = load_file(two / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+    assert all(float(a[k].abs().max()) > 0 for k in a if "lora_B" in k)  # B starts at 0: the steps moved it
+
+
+@pytest.fixture(scope="module")
+def ddp_data(mined_world, tmp_path_factory):  # noqa: F811
+    from unime.data.io import read_records, write_records
+
+    world, path = mined_world
+    records = read_records(path)[::4][:16]  # 16 records from all datasets
+    out = tmp_path_factory.mktemp("ddp") / "records.jsonl"
+    write_records(records, out)
+    return world, out
+
+
+def test_two_processes_with_gradcache_and_accumulation_match_one(tiny_model_dir, ddp_data, tmp_path):
+    """In-batch InfoNCE with hard negatives couples the whole global batch, so the embeddings must be
+    all-gathered (with gradient) across processes. 2 processes × 2 queries with GradCache (chunks of 3
+    items) and 2 accumulation steps vs 1 process × 4 queries, plain forward, 2 accumulation steps."""
+    from unime.cli import main
+
+    world, records = ddp_data
+    common = _common(tiny_model_dir("qwen2_vl"), records, world, "infonce", steps=2, grad_accum=2)
+    _torchrun(common + ["--batch-size", "2", "--gradcache", "--chunk-size", "3", "--save-steps", "1",
+                        "--out", str(tmp_path / "two")], tmp_path / "two.log")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "embedder", *common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(n)
+    _compare(tmp_path / "one", tmp_path / "two", steps=2)
+    # rank 0 wrote resumable checkpoints
+    assert (tmp_path / "two" / "checkpoints" / "checkpoint-1" / "trainer_state.json").is_file()
+    assert (tmp_path / "two" / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+
+
+def test_two_processes_plain_symmetric_kl_match_one(tiny_model_dir, ddp_data, tmp_path):
+    """The released loss (no in-batch terms) without GradCache: DDP's gradient averaging and the
+    world-size scaling of the gathered slice give the gradient of the global-batch mean."""
+    from unime.cli import main
+
+    world, records = ddp_data
+    common = _common(tiny_model_dir("qwen2_vl"), records, world, "symmetric_kl", steps=2, grad_accum=1)
+    _torchrun(common + ["--batch-size", "2", "--out", str(tmp_path / "two")], tmp_path / "two.log")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "embedder", *common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(n)
+    _compare(tmp_path / "one", tmp_path / "two", steps=2)

@@ -1,0 +1,118 @@
+"""Kill and resume: a run SIGKILLed mid-training and resumed with --resume ends with the same weights
+(and the same loss curve) as an uninterrupted run with the same seed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_embedder import K, mined_world  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.slow
+
+STEPS, SAVE_EVERY = 24, 3  # 4 batches per epoch: checkpoints fall mid-epoch and at epoch ends
+
+
+def _args(model: str, records: Path, world: Path, out: Path) -> list[str]:
+    # dropout on (the RNG state must be restored), GradCache (its RNG replay must not disturb the
+    # stream), homogeneous batches (the sampler's epoch must be restored), AdamW + linear schedule
+    return ["train", "embedder", "--model", model, "--records", str(records), "--data-root", str(world),
+            "--out", str(out), "--loss", "symmetric_kl", "--hard-negatives", str(K), "--batch-size", "2",
+            "--steps", str(STEPS), "--save-steps", str(SAVE_EVERY), "--logging-steps", "1", "--lr", "1e-3",
+            "--warmup", "0.1", "--lora-r", "8", "--lora-dropout", "0.1", "--gradcache", "--chunk-size", "3",
+            "--homogeneous-batches", "--device", "cpu", "--seed", "7"]
+
+
+def _unime(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.Popen([str(Path(sys.executable).parent / "unime"), *args], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.fixture(scope="module")
+def resume_records(mined_world, tmp_path_factory):  # noqa: F811
+    from unime.data.io import read_records, write_records
+
+    world, path = mined_world
+    records = read_records(path)
+    picked = []
+    for name in ("shape_cls", "colour_cls", "t2i", "i2t"):  # 2 records of 4 datasets → 4 homogeneous batches
+        picked += [r for r in records if r.dataset == name][:2]
+    out = tmp_path_factory.mktemp("resume") / "records.jsonl"
+    write_records(picked, out)
+    return world, out
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_model_dir, resume_records, tmp_path):
+    from safetensors.torch import load_file
+
+    from unime.cli import main
+    from unime.train.checkpoints import complete_checkpoints
+    from unime.train.curves import read_curves_csv
+
+    world, records = resume_records
+    model = tiny_model_dir("qwen2_vl")
+
+    # 1. a run killed with SIGKILL once a mid-epoch checkpoint is complete
+    killed = tmp_path / "killed"
+    proc = _unime(_args(model, records, world, killed), tmp_path / "killed.log")
+    marker = killed / "checkpoints" / "checkpoint-9" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not marker.is_file():
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint-9 within 300 s"
+        time.sleep(0.02)
+    assert proc.poll() is None  # still training when killed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "merged").exists()
+    done = [int(p.name.split("-")[1]) for p in complete_checkpoints(killed / "checkpoints")]
+    assert 9 <= max(done) < STEPS
+
+    # 2. resume it to the end
+    resumed = _unime(_args(model, records, world, killed) + ["--resume"], tmp_path / "resumed.log")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    latest = killed / "checkpoints" / f"checkpoint-{max(done)}"
+    assert f"resuming from {latest}" in (tmp_path / "resumed.log").read_text()
+
+    # 3. the same run without interruption (in this process)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_args(model, records, world, tmp_path / "straight")) == 0
+    finally:
+        torch.set_num_threads(n)
+
+    a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
+    b = load_file(killed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+    straight = read_curves_csv(tmp_path / "straight" / "curves.csv")
+    again = read_curves_csv(killed / "curves.csv")
+    assert [r["step"] for r in again] == [r["step"] for r in straight] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in straight], rel=1e-6)
+    assert straight[-1]["loss"] < straight[0]["loss"]  # it trained
+
+
+def test_resume_picks_the_latest_complete_checkpoint(tmp_path):
+    from unime.train.checkpoints import complete_checkpoints, latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    for step, complete in ((3, True), (6, True), (9, False), (12, False)):
+        folder = root / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (root / "runs").mkdir()
+    assert [p.name for p in complete_checkpoints(root)] == ["checkpoint-3", "checkpoint-6"]
+    assert latest_checkpoint(root).name == "checkpoint-6"
+    assert latest_checkpoint(tmp_path / "nothing") is None
