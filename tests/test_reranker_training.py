@@ -216,18 +216,20 @@ def test_tiny_training_loss_decreases_and_checkpoint_records_the_candidate_count
     out = root / "reranker"
     meta = json.loads((out / "unime_reranker.json").read_text())
     assert meta["num_candidates"] == 3 and meta["role"] == "reranker" and meta["records"] == 4
-    assert (out / "adapter_config.json").is_file() and (out / "loss_curve.png").is_file()
-    assert not (out / "checkpoints").exists()
+    assert json.loads((out / "adapter" / "unime_reranker.json").read_text()) == meta
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "adapter" / "README.md").is_file()
+    assert (out / "curves.png").is_file() and (out / "curves.csv").is_file() and (out / "README.md").is_file()
+    assert not (out / "checkpoints").exists() and not (out / "merged").exists()
 
 
 def test_finished_output_is_not_retrained(trained_reranker):
     from unime.train.reranker_trainer import train_reranker
 
     cfg, result, root = trained_reranker
-    before = (root / "reranker" / "adapter_model.safetensors").stat().st_mtime_ns
+    before = (root / "reranker" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     again = train_reranker(cfg)
     assert again.steps == result.steps and again.num_candidates == 3
-    assert (root / "reranker" / "adapter_model.safetensors").stat().st_mtime_ns == before
+    assert (root / "reranker" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
 def test_save_load_score_matches_an_independent_forward(trained_reranker, tiny_model_dir):
@@ -238,16 +240,16 @@ def test_save_load_score_matches_an_independent_forward(trained_reranker, tiny_m
     from unime.models.reranker import Reranker
 
     cfg, result, root = trained_reranker
-    rr = Reranker.from_pretrained(root / "reranker", data_root=root, device="cpu")
-    assert rr.num_candidates == 3
+    rr = Reranker.from_pretrained(root / "reranker", data_root=root, device="cpu")  # the run folder
+    assert rr.num_candidates == 3 and rr.name == str(root / "reranker" / "adapter")
     query = Item("a red square")
     cands = [Item("red", images=("images/red.png",)), Item("blue", images=("images/blue.png",)), Item("green")]
     got = rr.score_pairs(query, cands)
 
     # independent: plain transformers + peft, one full forward per pair, 2-way softmax of Yes/No logits
     base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_vl"))
-    model = PeftModel.from_pretrained(base, str(root / "reranker")).eval()
-    proc = AutoProcessor.from_pretrained(root / "reranker")
+    model = PeftModel.from_pretrained(base, str(root / "reranker" / "adapter")).eval()
+    proc = AutoProcessor.from_pretrained(root / "reranker" / "adapter")
     yes, no = proc.tokenizer.convert_tokens_to_ids(["Yes", "No"])
     expected, untrained = [], []
     plain = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_vl")).eval()
@@ -267,27 +269,34 @@ def test_save_load_score_matches_an_independent_forward(trained_reranker, tiny_m
 
 
 @pytest.mark.parametrize("family", ["qwen3_vl"])
-def test_train_judge_writes_a_plain_merged_checkpoint(tiny_model_dir, tmp_path, family):
+def test_unime_train_judge_writes_a_plain_merged_checkpoint(tiny_model_dir, tmp_path, family, capsys):
     from transformers import AutoModelForImageTextToText
 
+    from unime.cli import main
     from unime.models.judge import JudgeScorer
-    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
 
     records = write_world(tmp_path, scores=False)
     out = tmp_path / "judge"
-    cfg = RerankerTrainConfig(model=tiny_model_dir(family), records=[records], out=str(out), role="judge",
-                              losses=("pair",), learning_rate=1e-2, max_steps=3, batch_size=4, logging_steps=1,
-                              save_adapter=True, device="cpu")
-    result = train_reranker(cfg)
-    assert result.examples == 4 * (1 + 3) and result.steps == 3 and result.num_candidates is None
-    assert not (out / "adapter_config.json").exists()  # a plain HF folder, no PEFT needed
-    assert (out / "adapter" / "adapter_config.json").is_file()
-    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert main(["train", "judge", "--model", tiny_model_dir(family), "--records", records, "--out", str(out),
+                 "--lr", "1e-2", "--steps", "3", "--batch-size", "4", "--logging-steps", "1", "--save-adapter",
+                 "--device", "cpu"]) == 0
+    merged = out / "merged"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(merged)
+    meta = json.loads((out / "unime_reranker.json").read_text())
+    assert meta["role"] == "judge" and meta["examples"] == 4 * (1 + 3) and meta["steps"] == 3
+    assert meta["num_candidates"] is None and meta["losses"] == ["pair"]
+    assert not (merged / "adapter_config.json").exists()  # a plain HF folder: no PEFT needed to load it
+    model = AutoModelForImageTextToText.from_pretrained(merged)
     assert model.config.model_type == family
-    judge = JudgeScorer.from_pretrained(out, data_root=tmp_path, device="cpu")
-    s = judge.score_candidates(Item("a red square"), [Item("red", images=("images/red.png",)), Item("blue")])
+    judge = JudgeScorer.from_pretrained(merged, data_root=tmp_path, device="cpu")
+    q, cands = Item("a red square"), [Item("red", images=("images/red.png",)), Item("blue")]
+    s = judge.score_candidates(q, cands)
     assert s.shape == (2,) and np.all((s > 0) & (s < 1))
-    assert json.loads((out / "unime_reranker.json").read_text())["role"] == "judge"
+    # the merged weights score like the adapter on its base
+    with_adapter = JudgeScorer.from_pretrained(out / "adapter", data_root=tmp_path, device="cpu")
+    np.testing.assert_allclose(s, with_adapter.score_candidates(q, cands), atol=1e-4)
+    base = JudgeScorer.from_pretrained(tiny_model_dir(family), data_root=tmp_path, device="cpu")
+    assert np.abs(s - base.score_candidates(q, cands)).max() > 1e-4  # training changed the judge
 
 
 def test_reranker_records_need_negatives_or_a_skip_policy(tiny_model_dir, tmp_path):

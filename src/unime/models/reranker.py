@@ -46,6 +46,18 @@ def as_item(x: Any) -> Item:
     return x if isinstance(x, Item) else Item.from_dict(x)
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> str:
+    """A model folder for `path`: itself if it is one (or a hub id), else the `adapter/` or `merged/` folder
+    of a `unime train reranker|judge` output folder (the adapter first: it is what the run trained)."""
+    p = Path(path)
+    if not p.is_dir() or (p / "config.json").is_file() or (p / "adapter_config.json").is_file():
+        return str(path)
+    for sub in ("adapter", "merged"):
+        if (p / sub / "adapter_config.json").is_file() or (p / sub / "config.json").is_file():
+            return str(p / sub)
+    return str(path)
+
+
 def read_reranker_metadata(path: str | os.PathLike) -> dict:
     """The reranker's training metadata (`unime_reranker.json`), or {} for a plain checkpoint."""
     f = Path(path) / METADATA_FILE
@@ -109,8 +121,9 @@ class Reranker:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         data_root: str | os.PathLike | None = None, allow_outside_root: bool = False,
                         num_candidates: int | None = None, **kwargs) -> "Reranker":
-        """Load a reranker folder written by `unime train reranker` (a PEFT adapter, or its merged copy), or
-        any plain generative checkpoint. `num_candidates` overrides the trained number."""
+        """Load the output of `unime train reranker` (its folder, or the adapter/ or merged/ in it), or any
+        plain generative checkpoint. `num_candidates` overrides the trained number."""
+        path = resolve_checkpoint(path)
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype)
         meta = read_reranker_metadata(path)
         if num_candidates is None:

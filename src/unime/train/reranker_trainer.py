@@ -14,23 +14,26 @@ the answer and the chat template's end-of-turn token (so that generation stops);
 assistant header are masked with -100.
 
 `unime train judge` uses the same code, pairwise only, on labelled records: (q, positive) → `Yes`,
-(q, negative) → `No` for each listed negative. Its output is a merged, plain HF folder.
+(q, negative) → `No` for each listed negative.
 
-Outputs (`out`): the reranker as a PEFT adapter folder (+ processor) and `unime_reranker.json` (the
-number of listwise candidates it was trained with, which inference defaults to); with `merge`, also a
-merged plain checkpoint in `out/merged`. Trainer checkpoints go to `out/checkpoints` and a re-run
-resumes from the last one. `unime_reranker.json` is written last: its presence means the stage is done.
+Output folder `out` (the layout of `unime train embedder`, `unime.train.checkpoints`):
+
+    out/adapter/    PEFT adapter + processor + README.md + unime_reranker.json   (reranker; judge: --save-adapter)
+    out/merged/     the adapter merged in: a plain HF folder, same extras           (judge; reranker: --merge)
+    out/README.md, out/curves.csv, out/curves.png, out/checkpoints/ (while training; resumable)
+    out/unime_reranker.json   written last: its presence means the stage is done
+
+`unime_reranker.json` records the role, the number of listwise candidates the reranker was trained with
+(inference defaults to it) and the training configuration. A re-run resumes from the last complete
+checkpoint, or returns at once when the stage is done.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +44,7 @@ from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
+from unime.train.checkpoints import ADAPTER_DIR, CHECKPOINTS_DIR, DEFAULT_LORA_TARGETS, MERGED_DIR
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,6 @@ PAIR, LIST = "pair", "list"
 LOSSES = (PAIR, LIST)
 ROLES = ("reranker", "judge")
 METADATA_FILE = "unime_reranker.json"
-# linear layers of the language model (q/k/v/o and the MLP); the vision tower stays frozen
-DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,7 +286,9 @@ class RerankerTrainConfig:
     lora_r: int = 16                       # paper's reranker: r = 128
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_targets: str = DEFAULT_LORA_TARGETS
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS  # module names, decoder only unless lora_vision
+    lora_vision: bool = False
+    dora: bool = False
     train_modules: tuple[str, ...] = ()    # modules trained in full beside LoRA (PEFT modules_to_save), e.g. lm_head
     learning_rate: float = 1e-4
     epochs: float = 1.0
@@ -334,6 +338,16 @@ class TrainResult:
     last_loss: float | None
     log_history: list[dict] = field(default_factory=list)
 
+    @property
+    def adapter(self) -> Path | None:
+        p = Path(self.out) / ADAPTER_DIR
+        return p if p.is_dir() else None
+
+    @property
+    def merged(self) -> Path | None:
+        p = Path(self.out) / MERGED_DIR
+        return p if p.is_dir() else None
+
 
 def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[PromptExample]], int, str]:
     """Read the record files and build the example groups. Returns (groups, records used, data root)."""
@@ -374,26 +388,25 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
 
 
 def apply_lora(model, cfg: RerankerTrainConfig):
+    """LoRA (or DoRA) on the decoder's projections (`unime.train.checkpoints.LoraSettings`), plus the
+    modules trained in full (`train_modules`, PEFT modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.lora_targets, modules_to_save=list(cfg.train_modules) or None,
-                      task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    from unime.train.checkpoints import LoraSettings
+
+    settings = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                            targets=tuple(cfg.lora_targets), dora=cfg.dora, vision=cfg.lora_vision)
+    lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=settings.target_modules(), use_dora=settings.dora, bias="none",
+                      modules_to_save=list(cfg.train_modules) or None, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    if not any(p.requires_grad for p in peft_model.parameters()):
+        raise ValueError(f"LoRA targets {cfg.lora_targets} matched no module of {type(model).__name__}")
+    return peft_model
 
 
 def _finished(out: Path) -> bool:
     return (out / METADATA_FILE).is_file()
-
-
-def _move_into(src: Path, dst: Path) -> None:
-    """Move every entry of `src` into `dst` (os.replace per entry)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for entry in src.iterdir():
-        target = dst / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry, target)
 
 
 def _base_reference(path: str) -> str:
@@ -407,10 +420,11 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     """Train a reranker (or, with role='judge', a judge) and write it to `cfg.out` (see the module doc)."""
     import torch
     from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from unime.data.skips import SkipReport
     from unime.models.loading import load_model, resolve_device
+    from unime.train.checkpoints import latest_checkpoint
+    from unime.train.curves import CurvesCallback
 
     cfg.validate()
     out = Path(cfg.out)
@@ -421,10 +435,11 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                            records=meta.get("records", 0), skipped=meta.get("skipped", 0), steps=meta.get("steps", 0),
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
                            last_loss=meta.get("last_loss"))
+    ckpt_dir = out / CHECKPOINTS_DIR
     if cfg.overwrite:
         if _finished(out):
             (out / METADATA_FILE).unlink()
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # do not resume a run being replaced
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # do not resume a run being replaced
 
     skips = SkipReport()
     groups, n_records, data_root = build_examples(cfg, skips=skips)
@@ -435,11 +450,10 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     device = resolve_device(cfg.device)
     loaded = load_model(cfg.model, device=device, dtype=cfg.dtype, trainable=False)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
     model = apply_lora(loaded.model, cfg)
     collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records))
 
-    ckpt_dir = out / "checkpoints"
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
@@ -451,12 +465,17 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         disable_tqdm=not log.isEnabledFor(logging.INFO),
+        # every trainable parameter (LoRA on the decoder, modules_to_save) takes part in each forward; the
+        # two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training
+        ddp_find_unused_parameters=False,
     )
-    trainer = _trainer_class()(model=model, args=args, train_dataset=ExampleDataset(groups), data_collator=collator)
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    title = f"{cfg.role} — {Path(str(cfg.model)).name}"
+    trainer = _trainer_class()(model=model, args=args, train_dataset=ExampleDataset(groups), data_collator=collator,
+                               callbacks=[CurvesCallback(out, title=title)])
+    resume = latest_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     history = [h for h in trainer.state.log_history if "loss" in h]
     num_candidates = cfg.num_negatives + 1 if cfg.role == "reranker" and LIST in cfg.losses else None
@@ -468,70 +487,71 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("records", "out")},
     }
-    _save_outputs(trainer.model, loaded.processor, cfg, out, meta, trainer.state.log_history)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        export_reranker(trainer.model, loaded.processor, out, meta=meta,
+                        adapter=cfg.role == "reranker" or cfg.save_adapter, merged=cfg.role == "judge" or cfg.merge)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     return TrainResult(out=str(out), role=cfg.role, examples=n_examples, records=n_records, skipped=skips.total,
                        steps=trainer.state.global_step, num_candidates=num_candidates,
                        first_loss=meta["first_loss"], last_loss=meta["last_loss"], log_history=history)
 
 
-def _save_outputs(model, processor, cfg: RerankerTrainConfig, out: Path, meta: dict, log_history: list[dict]):
-    """Write the final folders through a temporary sibling, then the metadata file last."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    try:
-        model.peft_config["default"].base_model_name_or_path = meta["base_model"]
-        adapter_dir = tmp / "adapter"
-        model.save_pretrained(adapter_dir)
-        processor.save_pretrained(adapter_dir)
-        merged_dir = tmp / "merged"
-        if cfg.role == "judge" or cfg.merge:
-            merged = model.merge_and_unload()
-            merged.save_pretrained(merged_dir)
-            processor.save_pretrained(merged_dir)
-        (tmp / "train_log.json").write_text(json.dumps(log_history, indent=1))
-        if cfg.role == "judge":
-            # the judge is the merged plain checkpoint itself; the adapter only on request
-            if cfg.save_adapter:
-                os.replace(adapter_dir, merged_dir / "adapter")
-            else:
-                shutil.rmtree(adapter_dir)
-            os.replace(tmp / "train_log.json", merged_dir / "train_log.json")
-            final = merged_dir
-        else:
-            if cfg.merge:
-                (merged_dir / METADATA_FILE).write_text(json.dumps(meta, indent=1))
-                os.replace(merged_dir, adapter_dir / "merged")
-            os.replace(tmp / "train_log.json", adapter_dir / "train_log.json")
-            final = adapter_dir
-        _move_into(final, out)
-        _plot_curves(log_history, out / "loss_curve.png")
-        with open(out / (METADATA_FILE + ".tmp"), "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=1)
-        os.replace(out / (METADATA_FILE + ".tmp"), out / METADATA_FILE)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def model_card(meta: dict) -> str:
+    """README.md of a reranker / judge folder."""
+    cfg = meta.get("config", {})
+    role = meta["role"]
+    lines = ["---", "library_name: transformers", f"base_model: {meta['base_model']}", "tags:", "- unime",
+             f"- {role}", "- multimodal", "---", ""]
+    if role == "judge":
+        lines += ["# Yes/No judge (unime, UniME-V2 §1.3 prompt)", "",
+                  "Trained with `unime train judge` on labelled (query, positive) → Yes / (query, negative) → No "
+                  "pairs. Score = sigmoid(l_Yes − l_No) at the answer position:", "", "```python",
+                  "from unime.models.judge import JudgeScorer", 'judge = JudgeScorer.from_pretrained("merged")',
+                  "scores = judge.score_candidates(query, candidates)", "```"]
+    else:
+        lines += ["# Multimodal reranker (unime, UniME-V2 §1.6)", "",
+                  f"Trained with `unime train reranker`: L = {' + '.join('L_' + x for x in meta['losses'])}, "
+                  f"{meta['num_candidates'] or '-'} candidates per listwise prompt.", "", "```python",
+                  "from unime.models.reranker import Reranker", 'rr = Reranker.from_pretrained("adapter")',
+                  "best = rr.pick(query, candidates)        # listwise", 
+                  "p_yes = rr.score_pairs(query, candidates) # pairwise", "```"]
+    rows = {"records": meta["records"], "examples": meta["examples"], "skipped records": meta["skipped"],
+            "steps": meta["steps"], "first loss": meta["first_loss"], "last loss": meta["last_loss"],
+            "LoRA": f"r={cfg.get('lora_r')} alpha={cfg.get('lora_alpha')} dropout={cfg.get('lora_dropout')}"
+                    + (" DoRA" if cfg.get("dora") else ""),
+            "modules trained in full": ", ".join(cfg.get("train_modules") or []) or "-",
+            "learning rate": cfg.get("learning_rate"), "batch size": cfg.get("batch_size"),
+            "gradient accumulation": cfg.get("grad_accum"), "seed": cfg.get("seed")}
+    lines += ["", "| key | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
+    lines += ["", f"Curves: curves.csv, curves.png; configuration: {METADATA_FILE}."]
+    return "\n".join(lines) + "\n"
 
 
-def _plot_curves(log_history: list[dict], path: Path) -> None:
-    rows = [h for h in log_history if "loss" in h and "step" in h]
-    if not rows:
-        return
-    import matplotlib
+def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool) -> dict[str, Path]:
+    """Write out/adapter and/or out/merged (each atomically, with README.md and unime_reranker.json), then
+    out/README.md and, last, out/unime_reranker.json. Merging modifies `model` in place (done last)."""
+    from unime.data.atomic import atomic_dir
+    from unime.train.checkpoints import write_json_atomic, write_text_atomic
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    card = model_card(meta)
+    model.peft_config["default"].base_model_name_or_path = meta["base_model"]
+    written: dict[str, Path] = {}
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [h["step"] for h in rows]
-    for key in ("loss", "loss_pair", "loss_list"):
-        ys = [h.get(key, math.nan) for h in rows]
-        if any(not math.isnan(y) for y in ys):
-            ax.plot(steps, ys, label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (answer tokens)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    def save(folder_name: str, m) -> None:
+        with atomic_dir(out / folder_name, overwrite=True) as tmp:
+            m.save_pretrained(str(tmp))
+            processor.save_pretrained(str(tmp))
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+            (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        written[folder_name] = out / folder_name
+
+    if adapter:
+        save(ADAPTER_DIR, model)
+    if merged:
+        save(MERGED_DIR, model.merge_and_unload())
+    write_text_atomic(out / "README.md", card)
+    write_json_atomic(out / METADATA_FILE, meta)
+    return written
