@@ -61,6 +61,7 @@ def bench_judge(judge, queries, candidate_sets, label: str, rounds: int = 2) -> 
             ref = np.array([judge.margin_pair(q, c) for c in cands])
             t1 = time.process_time()
             judge.stats = JudgeStats()
+            judge.clear_image_cache()  # no candidate image seen before: the conservative case
             fast = judge.margin_candidates(q, cands)
             t2 = time.process_time()
             t_ref += t1 - t0

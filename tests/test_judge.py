@@ -162,3 +162,23 @@ def test_candidate_segments_split_before_the_labels_whitespace():
     assert prefix[-1].value.endswith("q, Candidate:") and cand[0].value == " c."
     full = judge_mod.judge_prompt_segments([Segment("text", "q")], [Segment("text", "c")])
     assert [s.value for s in full] == [prefix[0].value + " c."]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_candidate_image_features_are_cached_across_queries(judges, family):
+    """A pool image retrieved for several queries goes through the vision tower once; cached features
+    (with Qwen3-VL's deepstack features) give the reference scores."""
+    j = judges(family)
+    j._image_cache.clear()
+    j.stats.reset()
+    cands = [CANDIDATES[2], CANDIDATES[3], CANDIDATES[5]]  # 4 images
+    j.margin_candidates(QUERY_TEXT, cands)
+    assert j.stats.image_cache_misses == 4 and j.stats.image_cache_hits == 0
+    fast = j.margin_candidates(QUERY_IMAGE, cands)
+    assert j.stats.image_cache_misses == 4 and j.stats.image_cache_hits == 4
+    reference = np.array([j.margin_pair(QUERY_IMAGE, c) for c in cands])
+    np.testing.assert_allclose(fast, reference, atol=1e-4, rtol=0)
+    j.image_cache_size = 2  # LRU bound
+    j.margin_candidates(QUERY_TEXT, cands)
+    assert len(j._image_cache) == 2
+    j.image_cache_size = 1024

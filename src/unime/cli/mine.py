@@ -11,6 +11,8 @@ def _add_model_options(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", default=None, help="auto, fp32, bf16, fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--allow-outside-root", action="store_true", help="permit absolute paths and '..' in image paths")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is often fastest on a busy machine)")
 
 
 def _add_backend_options(p) -> None:
@@ -22,6 +24,8 @@ def _add_backend_options(p) -> None:
     p.add_argument("--vllm-missing", default="bound", choices=["bound", "error"],
                    help="vllm: Yes/No missing from the top-K (see unime.mining.backends.vllm)")
     p.add_argument("--chunk-size", type=int, default=16, help="candidate continuations per judge forward")
+    p.add_argument("--image-cache", type=int, default=1024,
+                   help="candidate images whose vision-encoder outputs the judge keeps (0 = off)")
 
 
 def _backend_options(args) -> dict:
@@ -79,9 +83,17 @@ def register(sub) -> None:
     j.set_defaults(func=_judge)
 
 
+def _set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _mine(args) -> int:
     from unime.mining.pipeline import MineConfig, run_mining
 
+    _set_threads(args)
     if args.audit and not args.world:
         raise SystemExit("unime mine: --audit needs --world")
     cfg = MineConfig(records=args.records, embedder=args.embedder, judge=args.judge, out=args.out, pool=args.pool,
@@ -90,6 +102,7 @@ def _mine(args) -> int:
                      ef_search=args.ef_search, shard_size=args.shard_size, backend=args.backend,
                      backend_options=_backend_options(args), device=args.device, dtype=args.dtype,
                      embed_batch_size=args.embed_batch_size, judge_chunk_size=args.chunk_size,
+                     judge_image_cache=args.image_cache,
                      cache_dir=args.cache_dir, on_error=args.on_error, allow_outside_root=args.allow_outside_root,
                      audit=args.audit, world=args.world, audit_threshold=args.audit_threshold,
                      show_progress=args.progress)
@@ -110,9 +123,11 @@ def _judge(args) -> int:
     from unime.mining.backends import JudgeSpec
     from unime.mining.pipeline import score_pairs_file
 
+    _set_threads(args)
     root = args.data_root or os.path.dirname(os.path.abspath(args.pairs))
     spec = JudgeSpec(path=args.judge, device=args.device, dtype=args.dtype, data_root=root,
-                     allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size)
+                     allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size,
+                     image_cache_size=args.image_cache)
     n = score_pairs_file(args.pairs, args.out, spec, backend=args.backend, backend_options=_backend_options(args))
     print(f"{args.out}: {n} scores")
     return 0

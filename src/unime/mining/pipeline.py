@@ -20,8 +20,14 @@ in flight. Stage C and the report are cheap and always recomputed: changing β, 
 or the fallback policy re-uses the retrieval and the judge scores. A stage whose hash changed is
 recomputed from scratch (its stale shards removed).
 
-Randomness: the fallback draw of query i uses `np.random.default_rng((seed, i))`, so results do not
-depend on shard boundaries or on where a run was interrupted.
+Judge work: per query one group = its positive + its K candidates, sharing the query prefix
+(`JudgeScorer.score_candidates`). Identical queries inside a shard are merged into one group, so each
+distinct (query, candidate) pair of a shard is scored once; a query repeated in another shard is
+scored again there (shards stay independent, which is what makes them resumable and distributable).
+
+Determinism: the fallback draw of query i uses `np.random.default_rng((seed, i))`, and the judge
+encodes each candidate image on its own (cached by image), so on the same machine and thread settings a
+resumed run writes byte-identical outputs to an uninterrupted one (a test kills a run to check it).
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class MineConfig:
     dtype: str | None = None
     embed_batch_size: int = 16
     judge_chunk_size: int = 16
+    judge_image_cache: int = 1024  # candidate images whose vision features the judge keeps
     cache_dir: str | None = None  # embedding cache; default: out/cache/embeddings
     on_error: str = "raise"
     allow_outside_root: bool = False
@@ -231,7 +238,8 @@ class MiningRun:
             "data_root": str(Path(c.resolved_data_root).resolve()),
         }
         cfg = asdict(c)
-        for key in ("out", "show_progress", "backend", "backend_options", "cache_dir"):
+        for key in ("out", "show_progress", "backend", "backend_options", "cache_dir", "judge_chunk_size",
+                    "judge_image_cache", "embed_batch_size"):
             cfg.pop(key)
         self.config_hash = _hash({"config": cfg, "inputs": self.inputs, "version": PIPELINE_VERSION})
         self.manifest.data["config"] = asdict(c)
@@ -311,7 +319,8 @@ class MiningRun:
     def judge_spec(self) -> JudgeSpec:
         c = self.config
         return JudgeSpec(path=c.judge, device=c.device, dtype=c.dtype, data_root=c.resolved_data_root,
-                         allow_outside_root=c.allow_outside_root, chunk_size=c.judge_chunk_size)
+                         allow_outside_root=c.allow_outside_root, chunk_size=c.judge_chunk_size,
+                         image_cache_size=c.judge_image_cache)
 
     def backend(self) -> JudgeBackend:
         if self._backend is None:

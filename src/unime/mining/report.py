@@ -169,7 +169,11 @@ def plot_score_distributions(audit_rows, path: Path) -> None:
     cand = [r["judge_score"] for r in audit_rows]
     filt = [r["judge_score"] for r in audit_rows if r["false_negative"]]
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    bins = np.linspace(0, 1, 41)
+    values = np.asarray(cand + list(pos.values()), dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-6:  # a judge that says the same for everything still gets visible bars
+        lo, hi = lo - 1e-3, hi + 1e-3
+    bins = np.linspace(lo, hi, 41)
     ax.hist(cand, bins=bins, alpha=0.6, label=f"candidates (n={len(cand)})", density=True)
     ax.hist(list(pos.values()), bins=bins, alpha=0.6, label=f"positives (n={len(pos)})", density=True)
     if filt:
@@ -195,7 +199,7 @@ def plot_per_dataset(sampling: dict[str, Any], path: Path) -> None:
     tot = [sampling["candidates"].get(d, 0) for d in datasets]
     a1.bar(names, fn)
     for x, (f, t) in enumerate(zip(fn, tot)):
-        a1.text(x, f, f"{100 * f / t:.1f}%" if t else "-", ha="center", va="bottom", fontsize=8)
+        a1.text(x, f, f"{100 * f / t:.0f}%" if t else "-", ha="center", va="bottom", fontsize=7)
     a1.set_title("False negatives filtered per dataset")
     a1.set_ylabel("candidates")
     bottom = np.zeros(len(datasets))
@@ -303,6 +307,10 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
               "survivor under `--fallback drop`.", ""]
     lines += ["## Time per stage (this run, seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in times.items()]
+    recorded = (stats.get("retrieval") or {}).get("seconds") or {}
+    if recorded and "encode" not in times:
+        lines += ["", "Retrieval was reused from an earlier run; it took "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in recorded.items()) + " then."]
     lines += ["", f"Judge compute summed over all shards (including earlier, interrupted runs): "
                   f"{stats['judge_shard_seconds']:.2f} s; shards reused from earlier runs: "
                   f"{stats['judge_shards_resumed']}.", ""]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -116,6 +117,8 @@ class JudgeStats:
     continuation_tokens: int = 0
     boundary_fallbacks: int = 0
     video_fallbacks: int = 0
+    image_cache_hits: int = 0
+    image_cache_misses: int = 0
 
     def reset(self) -> None:
         for k in self.__dataclass_fields__:
@@ -147,7 +150,7 @@ class JudgeScorer:
     """
 
     def __init__(self, model, processor, adapter: FamilyAdapter, *, image_loader: ImageLoader | None = None,
-                 device: str = "cpu", chunk_size: int = 16, name: str = ""):
+                 device: str = "cpu", chunk_size: int = 16, name: str = "", image_cache_size: int = 1024):
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         self.model, self.processor, self.adapter = model, processor, adapter
@@ -162,6 +165,10 @@ class JudgeScorer:
         if self.yes_id == self.no_id:
             raise ModelError(f"'{YES}' and '{NO}' map to the same token id {self.yes_id}")
         self.stats = JudgeStats()
+        # vision-encoder outputs of candidate images, by image key (LRU): a pool image retrieved for
+        # many queries goes through the vision tower once, not once per query
+        self.image_cache_size = image_cache_size
+        self._image_cache: OrderedDict[str, tuple[Any, list[Any] | None]] = OrderedDict()
         if self.model is not None:
             self.model.eval()
 
@@ -192,6 +199,10 @@ class JudgeScorer:
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path)
         return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
                    name=str(path), **kwargs)
+
+    def clear_image_cache(self) -> None:
+        """Forget cached vision-encoder outputs (needed after changing the model's weights)."""
+        self._image_cache.clear()
 
     def _require_model(self) -> None:
         if self.model is None:
@@ -298,7 +309,8 @@ class JudgeScorer:
                 fast.sort(key=lambda t: t[3])
                 for s in range(0, len(fast), self.chunk_size):
                     chunk = fast[s:s + self.chunk_size]
-                    m = self._run_continuations(state, [t[1] for t in chunk], [t[2] for t in chunk])
+                    keys = [[Item(images=(ref,)).key for ref in uniq_items[t[0]].images] for t in chunk]
+                    m = self._run_continuations(state, [t[1] for t in chunk], [t[2] for t in chunk], keys)
                     for (j, *_), v in zip(chunk, m):
                         margins[j] = v
                 self.stats.pairs_scored_fast += len(fast)
@@ -367,7 +379,45 @@ class JudgeScorer:
                        image_grid_thw=image_grid, video_grid_thw=video_grid, second_per_grid_ts=second,
                        next_position=int(positions.max()) + 1, kv=kv)
 
-    def _run_continuations(self, prefix: _Prefix, texts: list[str], segs: list[list[Segment]]) -> list[float]:
+    def _encoded_images(self, pixel_values, image_grid, keys: list[str]):
+        """Vision-encoder outputs for the images of a chunk, from the cache where possible, in the
+        `mm_encoder_outputs` form the model's forward accepts (per-image tuples; Qwen3-VL's deepstack
+        features as per-layer tuples)."""
+        sizes = image_grid.prod(-1).tolist()
+        starts = np.cumsum([0] + sizes)
+        missing = [i for i, k in enumerate(keys) if k not in self._image_cache]
+        self.stats.image_cache_hits += len(keys) - len(missing)
+        self.stats.image_cache_misses += len(missing)
+        fresh: dict[str, tuple[Any, list[Any] | None]] = {}
+        backbone = self.adapter.backbone(self.model)
+        for i in missing:
+            if keys[i] in fresh:
+                continue
+            # one image per call: its features then do not depend on which images shared its batch, so
+            # scores do not depend on the cache's history (a resumed run reproduces an uninterrupted one)
+            out = backbone.get_image_features(pixel_values[starts[i]:starts[i + 1]], image_grid[i:i + 1],
+                                              return_dict=True)
+            deep = getattr(out, "deepstack_features", None)
+            fresh[keys[i]] = (out.pooler_output[0], [layer[0] for layer in deep] if deep is not None else None)
+        feats = []
+        for k in keys:
+            if k in fresh:
+                feats.append(fresh[k])
+            else:
+                self._image_cache.move_to_end(k)
+                feats.append(self._image_cache[k])
+        for k, v in fresh.items():
+            if self.image_cache_size > 0:
+                self._image_cache[k] = v
+        while len(self._image_cache) > self.image_cache_size:
+            self._image_cache.popitem(last=False)
+        result = _EncoderOutput(pooler_output=tuple(f[0] for f in feats))
+        if feats and feats[0][1] is not None:
+            result.deepstack_features = [tuple(f[1][layer] for f in feats) for layer in range(len(feats[0][1]))]
+        return result
+
+    def _run_continuations(self, prefix: _Prefix, texts: list[str], segs: list[list[Segment]],
+                           image_keys: list[list[str]] | None = None) -> list[float]:
         import torch
         from transformers import DynamicCache
 
@@ -404,6 +454,10 @@ class JudgeScorer:
         cache = DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
                                              for k, v in prefix.kv], config=self.model.config)
         kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        if image_grid is not None and image_keys is not None and self.image_cache_size > 0:
+            flat_keys = [k for row in image_keys for k in row]
+            kwargs["mm_encoder_outputs"] = {"image": self._encoded_images(kwargs.pop("pixel_values"), image_grid,
+                                                                          flat_keys)}
         out = self.adapter.backbone(self.model)(
             input_ids=ids, attention_mask=attention, mm_token_type_ids=mm_types, position_ids=positions,
             past_key_values=cache, use_cache=True, return_dict=True, **kwargs)
@@ -419,6 +473,14 @@ class JudgeScorer:
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[[self.yes_id, self.no_id]].float()
         return (logits[:, 0] - logits[:, 1]).double().cpu().numpy()
+
+
+class _EncoderOutput:
+    """The attributes the model's forward reads from `mm_encoder_outputs["image"]`."""
+
+    def __init__(self, pooler_output):
+        self.pooler_output = pooler_output
+        self.deepstack_features = None
 
 
 def _sigmoid(x: float) -> float:

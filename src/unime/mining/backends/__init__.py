@@ -24,7 +24,7 @@ QueryGroup = tuple[Item, Sequence[Item]]
 @dataclass(frozen=True)
 class JudgeSpec:
     """How to load the judge: checkpoint, device/dtype, the data root its image paths are relative to,
-    and the fast path's chunk size (continuations per forward)."""
+    the fast path's chunk size (continuations per forward) and its candidate-image feature cache size."""
 
     path: str
     device: str | None = None
@@ -33,13 +33,15 @@ class JudgeSpec:
     allow_outside_root: bool = False
     adapter_path: str | None = None
     chunk_size: int = 16
+    image_cache_size: int = 1024
 
     def load(self, *, load_weights: bool = True):
         from unime.models.judge import JudgeScorer
 
         return JudgeScorer.from_pretrained(self.path, device=self.device, dtype=self.dtype, data_root=self.data_root,
                                            allow_outside_root=self.allow_outside_root, adapter_path=self.adapter_path,
-                                           chunk_size=self.chunk_size, load_weights=load_weights)
+                                           chunk_size=self.chunk_size, image_cache_size=self.image_cache_size,
+                                           load_weights=load_weights)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
