@@ -50,6 +50,14 @@ def test_split_by_tcot_match_threshold_counts_and_judge_inputs():
     assert q.text == "q0\n" + T("queryr0") and p.text == "p0\n" + T("targetr0")
 
 
+def test_split_by_rl_fraction_sends_the_lowest_scores_to_rl():
+    recs = _records()
+    split = split_by_tcot_match(recs, _rows(recs), _StubJudge([0.56, 0.55, 0.57, 0.55, 0.60]), rl_fraction=0.4)
+    # the two lowest (0.55 twice; ties by record order) go to RL
+    assert [r.id for r in split.rl] == ["r1", "r3"] and split.threshold == 0.56
+    assert len(split.contrastive) == 3
+
+
 def test_missing_tcot_is_an_error_naming_the_record():
     recs = _records()
     rows = [r for r in _rows(recs) if not (r.record_id == "r3" and r.side == "target")]

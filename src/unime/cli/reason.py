@@ -44,6 +44,9 @@ def register(sub) -> None:
     s.add_argument("--judge", required=True, help="Yes/No judge checkpoint (JudgeScorer)")
     s.add_argument("--data-root", default=None)
     s.add_argument("--threshold", type=float, default=0.5, help="match if P(Yes) >= threshold (default 0.5)")
+    s.add_argument("--rl-fraction", type=float, default=None,
+                   help="instead of --threshold: the given fraction of lowest-P(Yes) pairs goes to RL (for a judge "
+                        "whose scores are not calibrated around 0.5; the paper reports ~0.2)")
     s.add_argument("--out-dir", required=True, help="writes contrastive.jsonl, rl.jsonl, split.json")
     s.add_argument("--device", default=None)
     s.add_argument("--dtype", default="auto")
@@ -133,7 +136,7 @@ def _split(args) -> int:
     judge = JudgeScorer.from_pretrained(args.judge, device=args.device, dtype=args.dtype,
                                         data_root=_root(args, args.records))
     split = split_by_tcot_match(records, read_tcot_rows(args.tcots), judge, threshold=args.threshold,
-                                source=args.records)
+                                rl_fraction=args.rl_fraction, source=args.records)
     os.makedirs(args.out_dir, exist_ok=True)
     write_records(split.contrastive, os.path.join(args.out_dir, "contrastive.jsonl"))
     write_records(split.rl, os.path.join(args.out_dir, "rl.jsonl"))

@@ -108,9 +108,13 @@ def tcot_judge_item(item: Item, tcot: str) -> Item:
 
 
 def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshold: float = 0.5,
-                        source: str | None = None) -> TCoTSplit:
+                        rl_fraction: float | None = None, source: str | None = None) -> TCoTSplit:
     """The paper's filtering: `judge.score_pairs([(query + its T-CoT, positive + its T-CoT)])` gives P(Yes);
-    pairs with P(Yes) >= threshold feed contrastive training, the rest RL."""
+    pairs with P(Yes) >= threshold feed contrastive training, the rest RL.
+
+    `rl_fraction` (an option beyond the paper, for a judge whose P(Yes) is not calibrated to 0.5): send the
+    `round(rl_fraction * n)` lowest-scoring pairs to RL instead (ties broken by record order); the
+    reported threshold is then the lowest score kept for contrastive training."""
     from unime.reasoning.reasoner import tcot_index
 
     index = tcot_index(tcot_rows)
@@ -119,12 +123,21 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
         pairs.append((tcot_judge_item(rec.query, _tcot_for(index, rec, i, "query", source=source)),
                       tcot_judge_item(rec.positive, _tcot_for(index, rec, i, "target", source=source))))
     scores = [float(s) for s in judge.score_pairs(pairs)] if pairs else []
+    if rl_fraction is not None:
+        if not 0.0 <= rl_fraction <= 1.0:
+            raise ValueError(f"rl_fraction must be in [0, 1], got {rl_fraction}")
+        k = int(round(rl_fraction * len(scores)))
+        order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+        to_rl = set(order[:k])
+        keep = [i not in to_rl for i in range(len(scores))]
+        threshold = min((scores[i] for i in order[k:]), default=float("inf"))
+    else:
+        keep = [s >= threshold for s in scores]
     split = TCoTSplit(contrastive=[], rl=[], scores=scores, threshold=threshold)
-    for rec, s in zip(records, scores):
-        keep = s >= threshold
-        (split.contrastive if keep else split.rl).append(rec)
+    for rec, kept in zip(records, keep):
+        (split.contrastive if kept else split.rl).append(rec)
         d = split.per_dataset.setdefault(rec.dataset or "", {"contrastive": 0, "rl": 0})
-        d["contrastive" if keep else "rl"] += 1
+        d["contrastive" if kept else "rl"] += 1
     return split
 
 
