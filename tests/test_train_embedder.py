@@ -85,7 +85,8 @@ def base_config(model_dir: str, out: Path, world_dir: Path, **overrides):
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, mined_world, tmp_path_factory):
-    """One short run per loss on a fixed batch of 4 queries (js through the CLI with a YAML config)."""
+    """One short run per loss on a fixed batch of 4 queries (js through the CLI, with a YAML config and
+    the records in the released UniME-V2 JSON format)."""
     from unime.cli import main
     from unime.data.io import read_records, write_records
     from unime.train.embedder_trainer import train_embedder
@@ -103,7 +104,10 @@ def trained(tiny_model_dir, mined_world, tmp_path_factory):
     cfg = tmp_path_factory.mktemp("cfg") / "js.yaml"
     cfg.write_text(f"loss: js\nhard-negatives: {K}\nbatch_size: 4\nsteps: 8\nlr: 0.002\nwarmup: 0\nlora-r: 8\n"
                    f"lora_alpha: 16\nlora-dropout: 0.0\nlogging-steps: 1\ndevice: cpu\n")
-    assert main(["train", "embedder", "--model", model, "--records", str(batch_file), "--data-root", str(world),
+    released = batch_file.with_suffix(".json")
+    write_records(batch, released)
+    assert json.loads(released.read_text())[0]["hard_negatives_scores"] == batch[0].negative_scores
+    assert main(["train", "embedder", "--model", model, "--records", str(released), "--data-root", str(world),
                  "--out", str(out), "--config", str(cfg)]) == 0
     results["js"] = out
     return model, world, batch, results
@@ -289,3 +293,99 @@ def test_homogeneous_batches(tiny_model_dir, mined_world, tmp_path):
     assert len(batches) == sum(n // 4 for n in [8] * 9)
     for b in batches:
         assert len({records[int(i)].dataset for i in b["record_indices"]}) == 1
+
+
+def test_lora_targets_the_decoder_only_unless_asked(tiny_model_dir):
+    """Qwen2.5-VL's vision MLP has gate/up/down_proj too: the default targets stay in the decoder."""
+    from transformers import AutoModelForImageTextToText
+
+    from unime.train.checkpoints import LoraSettings, apply_lora
+
+    path = tiny_model_dir("qwen2_5_vl")
+    lora = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8))
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in lora.named_parameters() if ".lora_A" in n}
+    assert adapted and all("language_model" in n for n in adapted)
+    assert len(adapted) == 2 * 7  # 7 projections × 2 decoder layers
+    assert all(not p.requires_grad for n, p in lora.named_parameters() if "lora_" not in n)
+    both = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, vision=True))
+    assert any("visual" in n and ".lora_A" in n for n, _ in both.named_parameters())
+    dora = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dora=True))
+    assert any("lora_magnitude_vector" in n for n, _ in dora.named_parameters())
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_other_families_train_and_export(tiny_model_dir, mined_world, tmp_path, family):
+    from transformers import AutoModelForImageTextToText
+
+    from unime.data.io import read_records
+    from unime.models.embedder import Embedder
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world
+    batch = fixed_batch(read_records(path))
+    res = train_embedder(base_config(tiny_model_dir(family), tmp_path / "run", world, steps=3, gradcache=True,
+                                     chunk_size=5, lora_dropout=0.1), records=batch)
+    assert res.metrics["final_loss"] < res.metrics["initial_loss"]
+    assert AutoModelForImageTextToText.from_pretrained(res.merged).config.model_type == family
+    vecs = Embedder.from_pretrained(res.merged, device="cpu", data_root=str(world)).encode([batch[0].query])
+    assert vecs.shape == (1, 64) and abs(float((vecs ** 2).sum()) - 1) < 1e-4
+
+
+def test_full_fine_tuning_resumes_at_a_step_boundary(tiny_model_dir, mined_world, tmp_path):
+    """Full fine-tuning checkpoints every parameter; resuming from checkpoint-1 (the run's later state
+    removed, as if it had been interrupted after step 1) ends with the uninterrupted run's weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from unime.data.io import read_records
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world
+    records = read_records(path)[:8]
+    cfg = dict(full=True, lr=1e-4, batch_size=4, steps=2, save_steps=1)
+    model = tiny_model_dir("qwen2_vl")
+    straight = train_embedder(base_config(model, tmp_path / "a", world, **cfg), records=records)
+    assert straight.adapter is None and not (tmp_path / "a" / "adapter").exists()
+    train_embedder(base_config(model, tmp_path / "b", world, **cfg), records=records)
+    for name in ("checkpoints/checkpoint-2", "merged", "README.md", "curves.csv"):
+        p = tmp_path / "b" / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    assert (tmp_path / "b" / "checkpoints" / "checkpoint-1" / "trainable_state.safetensors").is_file()
+    resumed = train_embedder(base_config(model, tmp_path / "b", world, resume=True, **cfg), records=records)
+    base = load_file(Path(model) / "model.safetensors")
+    a = load_file(straight.merged / "model.safetensors")
+    b = load_file(resumed.merged / "model.safetensors")
+    assert a.keys() == b.keys()
+    changed = 0
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+        changed += int(key in base and not torch.equal(a[key], base[key]))
+    assert changed > len(a) // 2  # full fine-tuning moved most tensors
+
+
+def test_bad_records_raise_before_training_or_are_skipped_and_counted(tiny_model_dir, mined_world, tmp_path):
+    from unime.data.io import read_records, write_records
+    from unime.train.embedder_trainer import prepare_embedder_training, train_embedder
+
+    world, path = mined_world
+    records = fixed_batch(read_records(path), 6)
+    records[1] = dataclasses.replace(records[1], id="no-image", query=Item("<|image_1|> what?", ("images/nope.png",)))
+    records[4] = dataclasses.replace(records[4], id="no-scores", positive_score=None)
+    bad_file = tmp_path / "bad.jsonl"
+    write_records(records, bad_file)
+    model = tiny_model_dir("qwen2_vl")
+    # default policy: the first bad record stops the run before the model is loaded
+    with pytest.raises(DataError) as err:
+        prepare_embedder_training(base_config(model, tmp_path / "r1", world, records=str(bad_file)))
+    assert "no-scores" in str(err.value) and "positive_score" in str(err.value)
+    ok_scores = [dataclasses.replace(r, positive_score=1.0) if r.id == "no-scores" else r for r in records]
+    with pytest.raises(DataError) as err:
+        prepare_embedder_training(base_config(model, tmp_path / "r2", world, records="mem.jsonl"), records=ok_scores)
+    assert "mem.jsonl" in str(err.value) and "no-image" in str(err.value) and "query.images[0]" in str(err.value)
+    # skip policy: both left out, counted, and reported in the model card
+    res = train_embedder(base_config(model, tmp_path / "r3", world, records=str(bad_file), on_error="skip",
+                                     steps=1))
+    card = (res.out / "README.md").read_text()
+    assert "num_records | 4" in card and "skipped_records | total: 2" in card
+    assert "image: 1" in card and "training: 1" in card

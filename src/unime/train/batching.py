@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from unime.data.items import Item, Record
+from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.errors import DataError
 from unime.models.adapters import Segment, item_segments
 
@@ -26,24 +27,37 @@ def record_label(record: Record, index: int) -> str | int:
 
 
 def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores: bool,
-                  source: str | None = None, loss_name: str = "") -> None:
-    """Fail before training if a record cannot feed the loss (too few negatives, missing scores)."""
-    if not records:
-        raise DataError("no training records", source=source)
+                  source: str | None = None, loss_name: str = "", on_error: str = "raise",
+                  skips: SkipReport | None = None) -> list[Record]:
+    """The records that can feed the loss (k negatives; judge scores if the loss needs them). A bad
+    record raises `DataError` naming it and the field, or — with `on_error="skip"` — is left out and
+    counted in `skips` under the reason "training"."""
+    policy = ErrorPolicy(on_error, skips, source or "training records")
+    good = []
     for i, rec in enumerate(records):
         label = record_label(rec, i)
-        rec.validate(source=source)
-        if len(rec.negatives) < num_negatives:
-            raise DataError(f"{len(rec.negatives)} hard negatives, but training uses k={num_negatives} per query "
-                            "(lower --hard-negatives or re-mine)", source=source, record=label, field="negatives")
-        if needs_scores:
-            why = f"the {loss_name} loss needs judge scores (train with --loss infonce, or judge the records first)"
-            if rec.positive_score is None:
-                raise DataError(f"no judge score for the positive: {why}", source=source, record=label,
-                                field="positive_score")
-            if num_negatives and (rec.negative_scores is None or len(rec.negative_scores) < num_negatives):
-                raise DataError(f"no judge scores for the hard negatives: {why}", source=source, record=label,
-                                field="negative_scores")
+        try:
+            rec.validate(source=source)
+            if len(rec.negatives) < num_negatives:
+                raise data_error("training", f"{len(rec.negatives)} hard negatives, but training uses "
+                                 f"k={num_negatives} per query (lower --hard-negatives or re-mine)",
+                                 source=source, record=label, field="negatives")
+            if needs_scores:
+                why = (f"the {loss_name} loss needs judge scores (train with --loss infonce, or judge the "
+                       "records first)")
+                if rec.positive_score is None:
+                    raise data_error("training", f"no judge score for the positive: {why}", source=source,
+                                     record=label, field="positive_score")
+                if num_negatives and (rec.negative_scores is None or len(rec.negative_scores) < num_negatives):
+                    raise data_error("training", f"no judge scores for the hard negatives: {why}", source=source,
+                                     record=label, field="negative_scores")
+            good.append(rec)
+        except DataError as err:
+            policy.handle(err)
+    policy.finish()
+    if not good:
+        raise DataError("no usable training records", source=source)
+    return good
 
 
 class RecordDataset(Dataset):

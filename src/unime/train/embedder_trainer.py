@@ -27,7 +27,8 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from unime.data.items import Record
-from unime.errors import UnimeError
+from unime.data.skips import SkipReport
+from unime.errors import DataError, UnimeError
 from unime.train import checkpoints as ckpt
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.train.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
@@ -36,6 +37,8 @@ from unime.train.gradcache import GradCache
 from unime.train.losses import LOSSES, GroupLoss, build_loss
 
 logger = logging.getLogger(__name__)
+
+IMAGE_PREFLIGHT = 64  # records whose images are decoded before training when bad input raises
 
 
 @dataclass
@@ -239,18 +242,32 @@ class EmbedderTrainingResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _load_records(config: EmbedderTrainingConfig) -> list[Record]:
-    from unime.data.io import read_records
+def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | None, loss: GroupLoss,
+                    data_root: str, skips: SkipReport) -> list[Record]:
+    """Read (unless given) and check the records; images are decoded up front — all of them under the
+    skip policy (bad ones are skipped and counted), the first `IMAGE_PREFLIGHT` records otherwise (a
+    wrong --data-root fails in seconds, not after the model has loaded)."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import check_images, read_records
 
+    source = config.records
+    if records is None:
+        records = read_records(source, on_error=config.on_error, skips=skips)
+    records = check_records(records, num_negatives=config.hard_negatives, needs_scores=loss.requires_scores,
+                            source=source, loss_name=loss.name, on_error=config.on_error, skips=skips)
+    # only the negatives training uses are checked
+    used = [dataclasses.replace(r, negatives=r.negatives[:config.hard_negatives]) for r in records]
+    loader = ImageLoader(data_root)
     if config.on_error == "skip":
-        from unime.data.skips import SkipReport
-
-        skips = SkipReport()
-        records = read_records(config.records, on_error="skip", skips=skips)
-        if skips.total:
-            logger.warning("%s: %s", config.records, skips.summary())
-        return records
-    return read_records(config.records)
+        keep = {id(r) for r in check_images(used, loader, on_error="skip", skips=skips, source=source)}
+        records = [r for r, u in zip(records, used) if id(u) in keep]
+        if not records:
+            raise DataError("no usable training records", source=source)
+    else:
+        check_images(used[:IMAGE_PREFLIGHT], loader, source=source)
+    if skips.total:
+        logger.warning("%s: %s", source, skips.summary())
+    return records
 
 
 def _resolve_resume(config: EmbedderTrainingConfig, checkpoint_root: Path) -> Path | None:
@@ -309,11 +326,15 @@ def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -
     )
 
 
-def _data_summary(config: EmbedderTrainingConfig, records: Sequence[Record], data_root: str) -> dict[str, Any]:
+def _data_summary(config: EmbedderTrainingConfig, records: Sequence[Record], data_root: str,
+                  skips: SkipReport) -> dict[str, Any]:
     counts = collections.Counter(r.dataset or "<unnamed>" for r in records)
-    return {"records": config.records, "data_root": data_root, "num_records": len(records),
-            "datasets": dict(sorted(counts.items())), "hard_negatives_per_query": config.hard_negatives,
-            "homogeneous_batches": config.homogeneous_batches}
+    summary = {"records": config.records, "data_root": data_root, "num_records": len(records),
+               "datasets": dict(sorted(counts.items())), "hard_negatives_per_query": config.hard_negatives,
+               "homogeneous_batches": config.homogeneous_batches}
+    if skips.total:
+        summary["skipped_records"] = {"total": skips.total, **dict(sorted(skips.counts.items()))}
+    return summary
 
 
 def _final_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -344,6 +365,7 @@ class EmbedderTrainingRun:
     data_root: str
     lora: ckpt.LoraSettings | None
     resume_from: Path | None
+    skips: SkipReport = field(default_factory=SkipReport)
 
     @property
     def out(self) -> Path:
@@ -367,12 +389,12 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     out = Path(config.out)
     checkpoint_root = out / ckpt.CHECKPOINTS_DIR
     source = config.records
-    records = list(records) if records is not None else _load_records(config)
     loss = build_loss_from_config(config)
     k = config.hard_negatives
-    check_records(records, num_negatives=k, needs_scores=loss.requires_scores, source=source, loss_name=loss.name)
     data_root = config.data_root or (os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else ".")
     resume_from = _resolve_resume(config, checkpoint_root)
+    skips = SkipReport()
+    records = _usable_records(config, records, loss, data_root, skips)
 
     args = _training_arguments(config, checkpoint_root)
     device = str(args.device)
@@ -413,7 +435,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
                               homogeneous_sampler=sampler, args=args, train_dataset=RecordDataset(records),
                               data_collator=collator, callbacks=all_callbacks)
     return EmbedderTrainingRun(config=config, trainer=trainer, embedder=embedder, loss=loss, records=records,
-                               data_root=data_root, lora=lora, resume_from=resume_from)
+                               data_root=data_root, lora=lora, resume_from=resume_from, skips=skips)
 
 
 def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
@@ -442,7 +464,7 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
                  "gradcache": f"chunk size {config.chunk_size}" if config.gradcache else "off", "seed": config.seed,
                  "fine_tuning": "full" if config.full else "LoRA"}
         card = ckpt.ModelCard(
-            base_model=str(config.model), data=_data_summary(config, run.records, run.data_root),
+            base_model=str(config.model), data=_data_summary(config, run.records, run.data_root, run.skips),
             loss={"name": run.loss.name, **run.loss.config()}, hyperparameters=hyper, metrics=metrics,
             lora=dataclasses.asdict(run.lora) if run.lora else None,
             notes=[f"Training curves: {CURVES_CSV}, {CURVES_PNG}; full configuration: train_config.json."])
