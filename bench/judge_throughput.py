@@ -169,7 +169,8 @@ def main(argv=None) -> int:
         ip = judge.processor.image_processor
         patch = ip.patch_size * ip.merge_size
         # raise the pixel bound so that the query image keeps its size (>= 256 merged tokens at 448 px)
-        ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": max(args.query_px, args.candidate_px) ** 2}
+        longest = max(args.query_px, args.candidate_px) ** 2
+        ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": longest}
         n_query_tokens = (args.query_px // patch) ** 2
         print(f"judge {path} ({judge.model.config.model_type}), torch threads {torch.get_num_threads()}; "
               f"query image {args.query_px}px → {n_query_tokens} image tokens, K = {args.k}")

@@ -43,8 +43,8 @@ def judges(tiny_model_dir):
     return get
 
 
-QUERY_IMAGE = Item(text="<|image_1|>\nRepresent the given image with the following question: what colour is the circle?",
-                   images=(_img(1, (96, 64)),))
+QUERY_IMAGE = Item(text="<|image_1|>\nRepresent the given image with the following question: what colour is "
+                        "the circle?", images=(_img(1, (96, 64)),))
 QUERY_TEXT = Item(text="Find an image that matches the given caption: a small red circle")
 CANDIDATES = [
     Item(text="red"),

@@ -40,7 +40,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -380,7 +380,8 @@ class MiningRun:
             done_here = 0
             for sid, group_scores in backend.score_shards(shards()):
                 idx, groups, started = layouts.pop(sid)
-                lookup = {g[0].key: {it.key: float(s) for it, s in zip(g[1], sc)} for g, sc in zip(groups, group_scores)}
+                lookup = {q.key: {it.key: float(s) for it, s in zip(cands, sc)}
+                          for (q, cands), sc in zip(groups, group_scores)}
                 rows = []
                 for i in idx:
                     rec = self.records[i]

@@ -264,7 +264,9 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
                                                                 query_id=int(qids[row]), k=k)
                 exhausted = fetch >= ntotal or (ids[r] < 0).any()
                 if len(kept_ids) >= k or exhausted:
-                    out_ids[row], out_sims[row], above[row] = kept_ids.astype(np.int64), kept_sims.astype(np.float32), n_above
+                    out_ids[row] = kept_ids.astype(np.int64)
+                    out_sims[row] = kept_sims.astype(np.float32)
+                    above[row] = n_above
                 else:
                     still.append(row)
         pending = np.array(still, dtype=np.int64)

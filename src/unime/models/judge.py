@@ -348,7 +348,8 @@ class JudgeScorer:
         backbone = self.adapter.backbone(self.model)
         kwargs = dict(input_ids=input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
                       video_grid_thw=video_grid_thw)
-        if second_per_grid_ts is not None and "second_per_grid_ts" in inspect.signature(backbone.get_rope_index).parameters:
+        accepted = inspect.signature(backbone.get_rope_index).parameters
+        if second_per_grid_ts is not None and "second_per_grid_ts" in accepted:  # Qwen2.5-VL video timing
             kwargs["second_per_grid_ts"] = second_per_grid_ts
         positions, _ = backbone.get_rope_index(**kwargs)
         return positions

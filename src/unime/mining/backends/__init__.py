@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -56,7 +56,8 @@ class JudgeBackend(ABC):
     def score_groups(self, groups: Sequence[QueryGroup]) -> list[np.ndarray]:
         """One float64 array of judge scores per group, candidates in the given order."""
 
-    def score_shards(self, shards: Sequence[tuple[int, Sequence[QueryGroup]]]) -> Iterator[tuple[int, list[np.ndarray]]]:
+    def score_shards(self, shards: Iterable[tuple[int, Sequence[QueryGroup]]]
+                     ) -> Iterator[tuple[int, list[np.ndarray]]]:
         """Score several shards, yielding `(shard id, scores per group)` as each shard completes (possibly
         out of order). The default scores them one after the other; distributed backends stream them."""
         for sid, groups in shards:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -63,7 +63,8 @@ class RayBackend(JudgeBackend):
     def score_groups(self, groups: Sequence[QueryGroup]) -> list[np.ndarray]:
         return next(iter(self.score_shards([(0, list(groups))])))[1] if groups else []
 
-    def score_shards(self, shards: Sequence[tuple[int, Sequence[QueryGroup]]]) -> Iterator[tuple[int, list[np.ndarray]]]:
+    def score_shards(self, shards: Iterable[tuple[int, Sequence[QueryGroup]]]
+                     ) -> Iterator[tuple[int, list[np.ndarray]]]:
         import ray.data
 
         shards = [(sid, list(groups)) for sid, groups in shards]

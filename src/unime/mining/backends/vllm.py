@@ -140,4 +140,5 @@ class VLLMBackend(JudgeBackend):
         return self.scores_from_outputs(outputs, layout)
 
     def stats(self) -> dict[str, Any]:
-        return {"logprobs": self.logprobs, "missing_policy": self.missing, **{k: int(v) for k, v in self.counts.items()}}
+        return {"logprobs": self.logprobs, "missing_policy": self.missing,
+                **{k: int(v) for k, v in self.counts.items()}}
