@@ -389,3 +389,38 @@ def test_bad_records_raise_before_training_or_are_skipped_and_counted(tiny_model
     card = (res.out / "README.md").read_text()
     assert "num_records | 4" in card and "skipped_records | total: 2" in card
     assert "image: 1" in card and "training: 1" in card
+
+
+def test_bf16_autocast_keeps_lora_weights_in_fp32(tiny_model_dir, mined_world, tmp_path):
+    from unime.data.io import read_records
+    from unime.train.embedder_trainer import prepare_embedder_training
+
+    world, path = mined_world
+    run = prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "bf16", world, dtype="bf16",
+                                                steps=2, gradcache=True, chunk_size=6),
+                                    records=fixed_batch(read_records(path)))
+    assert run.trainer.args.bf16
+    dtypes = {("lora_" in n, p.dtype) for n, p in run.embedder.model.named_parameters()}
+    assert (False, torch.bfloat16) in dtypes and (True, torch.float32) in dtypes
+    run.trainer.train()
+    losses = [h["loss"] for h in run.trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_other_modules_register_train_actions():
+    from unime.cli import build_parser
+    from unime.cli import train as train_cli
+
+    def add(actions):
+        p = actions.add_parser("toy", help="a toy trainer")
+        p.add_argument("--x", type=int, default=1)
+        p.set_defaults(func=lambda args: args.x)
+
+    train_cli.register_train_action("toy", add)
+    try:
+        args = build_parser().parse_args(["train", "toy", "--x", "3"])
+        assert args.func(args) == 3
+        assert build_parser().parse_args(["train", "embedder", "--model", "m", "--records", "r", "--out", "o"]).loss \
+            == "symmetric_kl"
+    finally:
+        train_cli._ACTIONS.pop("toy")

@@ -270,6 +270,22 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     return records
 
 
+# options that may change between a run and its resumption without changing what is trained
+_RESUME_FREE_OPTIONS = {"resume", "steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "workers"}
+
+
+def _warn_on_changed_config(path: Path, config: EmbedderTrainingConfig) -> None:
+    if not path.is_file():
+        return
+    import json
+
+    before, now = json.loads(path.read_text(encoding="utf-8")), config.to_dict()
+    changed = sorted(k for k in now.keys() - _RESUME_FREE_OPTIONS if before.get(k) != now[k])
+    if changed:
+        logger.warning("resuming with options that differ from the interrupted run (%s): %s", path,
+                       ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed))
+
+
 def _resolve_resume(config: EmbedderTrainingConfig, checkpoint_root: Path) -> Path | None:
     existing = ckpt.latest_checkpoint(checkpoint_root)
     if config.resume in (False, None, "", "false"):
@@ -444,9 +460,10 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
     run = prepare_embedder_training(config, records=records, callbacks=callbacks)
     config, trainer, out = run.config, run.trainer, run.out
     if trainer.is_world_process_zero():
-        ckpt.write_json_atomic(out / "train_config.json", config.to_dict())
         if run.resume_from:
             logger.info("resuming from %s", run.resume_from)
+            _warn_on_changed_config(out / "train_config.json", config)
+        ckpt.write_json_atomic(out / "train_config.json", config.to_dict())
     trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
 
     history = list(trainer.state.log_history)
