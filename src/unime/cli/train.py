@@ -77,7 +77,10 @@ def _add_embedder_parser(actions) -> None:
     g.add_argument("--lora-dropout", type=float, default=0.1)
     g.add_argument("--lora-targets", default=",".join(DEFAULT_LORA_TARGETS),
                    help="comma-separated module names (decoder only unless --lora-vision), or all-linear")
-    g.add_argument("--lora-vision", action="store_true", help="also adapt the vision tower's matching layers")
+    g.add_argument("--lora-vision", action="store_true",
+                   help="also adapt the vision tower's layers named in --lora-targets (vision block names: "
+                        "Qwen2-VL qkv,proj,fc1,fc2; Qwen2.5-VL qkv,proj,gate_proj,up_proj,down_proj; "
+                        "Qwen3-VL qkv,proj,linear_fc1,linear_fc2)")
     g.add_argument("--dora", action=argparse.BooleanOptionalAction, default=False,
                    help="DoRA instead of plain LoRA (the UniME-V2 release uses DoRA)")
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],

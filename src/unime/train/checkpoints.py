@@ -58,10 +58,16 @@ def apply_lora(model, settings: LoraSettings):
 
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=settings.target_modules(), use_dora=settings.dora, bias="none")
-    peft_model = get_peft_model(model, config)
-    n_trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    if n_trainable == 0:
-        raise ValueError(f"LoRA targets {settings.targets} matched no module of {type(model).__name__}")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:  # PEFT: "Target modules ... not found in the base model"
+        raise ValueError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}: {e}") \
+            from None
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+    if settings.vision and all("language_model" in n for n in adapted):
+        raise ValueError(f"--lora-vision: the targets {list(settings.targets)} match no vision-tower module of "
+                         f"{type(model).__name__} (vision blocks: Qwen2-VL qkv, proj, fc1, fc2; Qwen3-VL qkv, "
+                         "proj, linear_fc1, linear_fc2)")
     return peft_model
 
 
