@@ -353,16 +353,17 @@ def _data_summary(config: EmbedderTrainingConfig, records: Sequence[Record], dat
     return summary
 
 
-def _final_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _final_metrics(log_history: Sequence[dict[str, Any]], global_step: int) -> dict[str, Any]:
+    """First and last logged loss (the last log is a mean over its logging window), group accuracy."""
     rows = [r for r in step_rows(log_history) if "loss" in r]
     summary = next((e for e in reversed(log_history) if "train_runtime" in e), {})
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"steps": global_step}
     if rows:
         metrics["initial_loss"] = rows[0]["loss"]
         metrics["final_loss"] = rows[-1]["loss"]
+        metrics["final_loss_step"] = rows[-1]["step"]
         if "group_accuracy" in rows[-1]:
             metrics["final_group_accuracy"] = rows[-1]["group_accuracy"]
-        metrics["steps"] = rows[-1]["step"]
     for key in ("train_loss", "train_runtime", "train_samples_per_second"):
         if key in summary:
             metrics[key] = summary[key]
@@ -467,7 +468,7 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
     trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
 
     history = list(trainer.state.log_history)
-    metrics = _final_metrics(history)
+    metrics = _final_metrics(history, trainer.state.global_step)
     written: dict[str, Path] = {}
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
