@@ -8,6 +8,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# pytest-xdist runs one worker per core: one torch thread each (and in the subprocesses tests start),
+# since oversubscribed OpenMP threads on a 2-core machine slow tiny-model work down by 10x or more.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
