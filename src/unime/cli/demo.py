@@ -1,0 +1,33 @@
+"""`unime demo`: the whole method end to end on the embedded default (tiny models + generated world)."""
+
+from __future__ import annotations
+
+from unime.cli import add_config_option
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run the whole method end to end on the embedded default and write a report")
+    p.add_argument("--out", default="runs/demo", help="output folder (stages already done there are skipped)")
+    p.add_argument("--quick", action="store_true", help="smoke-test sizes (CI): a tiny world and a few steps")
+    p.add_argument("--fresh", action="store_true", help="delete OUT first and re-run every stage")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per embedder row (default: preset's)")
+    p.add_argument("--family", default=None, choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
+                   help="model family of the tiny models (default qwen2_vl)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_config_option(p)
+    p.set_defaults(func=_demo)
+
+
+def _demo(args) -> int:
+    from unime.demo.pipeline import Demo, DemoSettings, fresh
+
+    settings = DemoSettings.preset("quick" if args.quick else "default")
+    if args.seeds:
+        settings.seeds = tuple(range(args.seeds))
+    if args.family:
+        settings.family = args.family
+    if args.fresh:
+        fresh(args.out)
+    report = Demo(args.out, settings, device=args.device).run()
+    print(f"report: {report} (and {report.with_suffix('.html')})")
+    return 0
