@@ -75,6 +75,9 @@ def test_text_item_keywords_add_no_images_and_invalid_policies():
     bad = "<thinking>not json</thinking><rethink>x</rethink><answer>y</answer>"
     raw = reasoning_segments(item, bad, on_invalid="raw")
     assert [s.value for s in raw] == ["a red circle", bad, EMBED_SUMMARY_PROMPT]
+    # placeholders written by a reasoner are text, never images
+    raw = reasoning_segments(item, "see <image> here", on_invalid="raw")
+    assert [s.value for s in raw] == ["a red circle", "see  here", EMBED_SUMMARY_PROMPT]
     assert [s.value for s in reasoning_segments(item, bad, on_invalid="drop")] == ["a red circle",
                                                                                     EMBED_SUMMARY_PROMPT]
     with pytest.raises(TCoTError, match="invalid JSON"):
@@ -185,7 +188,7 @@ def test_reasoned_item_renders_exactly_the_reasoning_segments(emb_models, kind):
         tcot = render_tcot({"text_keywords": ["red", "circle"]}, RETHINK, ANSWER)
     else:
         item = Item(text="a red circle", images=(img,))
-        tcot = "<thinking>{oops</thinking> and more"
+        tcot = "<thinking>{oops</thinking> and <image> more <|image_3|>"
     ri = reasoned_item(item, tcot, ImageLoader())
     direct = reasoning_segments(item_segments(item.text, list(item.images), list(item.video)), tcot,
                                 images=list(item.images), frames=list(item.video))

@@ -25,7 +25,10 @@ def world(tmp_path):
     recs = []
     for i, (c, rgb) in enumerate(COLOURS.items()):
         Image.new("RGB", (64, 64), rgb).save(tmp_path / "imgs" / f"{c}.png")
-        recs.append(Record(query=Item(text=f"a {c} circle"), positive=Item(images=(f"imgs/{c}.png",)), id=f"r{i}"))
+        # image prompts of different lengths in one batch (TRL pads prompts on the left; a right-padding
+        # processor misplaced the image tokens of the shorter ones)
+        positive = Item(text="<|image_1|>" + " Represent the given image." * (6 * i), images=(f"imgs/{c}.png",))
+        recs.append(Record(query=Item(text=f"a {c} circle"), positive=positive, id=f"r{i}"))
     write_records(recs, tmp_path / "records.jsonl")
     return tmp_path, recs
 
@@ -46,7 +49,7 @@ def test_rows_interleave_whole_pairs_and_reshuffle_per_epoch(world):
     p = next(r for r in rows if r["pair_id"] == "r1" and r["side"] == "positive")
     assert q["images"] == [] and "a blue circle" in json.dumps(q["prompt"])
     assert len(p["images"]) == 1 and p["images"][0].getpixel((5, 5)) == COLOURS["blue"]
-    assert json.loads(p["item"]) == {"text": "", "images": ["imgs/blue.png"]}
+    assert json.loads(p["item"]) == {"text": "<|image_1|>" + " Represent the given image." * 6, "images": ["imgs/blue.png"]}
 
 
 def test_geometry_keeps_pairs_whole():
@@ -219,3 +222,33 @@ def test_grpo_prompt_tokens_equal_the_sft_and_generate_prompt(tiny_model_dir):
         trl = loaded.processor.apply_chat_template(conversation=[prepare_multimodal_messages(messages, images=images)],
                                                    add_generation_prompt=True, tokenize=True, return_dict=True)
         assert list(trl["input_ids"][0]) == ours.tolist()
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+def test_policy_processor_aligns_image_token_types_with_left_padded_prompts(tiny_model_dir, prepare):
+    """What TRL's forward does: prompt ids left-padded, vision inputs from a second processor call. The image
+    token types must sit on the image tokens (they do not with the checkpoint's right padding)."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    from unime.models.loading import load_model
+    from unime.reasoning.reasoner import conversational_prompt, reasoning_prompt_segments
+    from unime.train.grpo import prepare_policy_processor
+
+    proc = load_model(tiny_model_dir("qwen2_vl"), device="cpu").processor
+    if prepare:
+        prepare_policy_processor(proc)
+    img = Image.new("RGB", (64, 64), (200, 0, 0))
+    prompts, images = [], []
+    for text in ("<|image_1|>", "<|image_1|>" + " Represent the given image." * 12):
+        msgs, ims = conversational_prompt(reasoning_prompt_segments(text, [img], [], "target"))
+        prompts.append(prepare_multimodal_messages(msgs, images=ims))
+        images.append(ims)
+    ids = proc.apply_chat_template(conversation=prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
+    ids = [list(x) for x in ids["input_ids"]]
+    width = max(map(len, ids))
+    left_padded = np.array([[proc.tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
+    texts = [proc.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    types = proc(images=images, text=texts, padding=True, return_tensors="pt")["mm_token_type_ids"].numpy()
+    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    aligned = np.array_equal(types == 1, left_padded == image_id)
+    assert aligned == prepare

@@ -17,7 +17,8 @@ T-CoT" baseline).
 Boxes refer to the item's first image (the image the reasoner was shown first). Crops are kept only
 if both sides are >= 10 px and the aspect ratio is <= 50 (`unime.reasoning.evidence.crop_evidence`).
 
-A completion that is not a well-formed T-CoT (frequent in early RL rollouts) is handled by
+Image placeholders that a reasoner happens to write (`<image>`, `<|image_1|>`) are removed from the
+T-CoT text: only evidence images are images. A completion that is not a well-formed T-CoT (frequent in early RL rollouts) is handled by
 `on_invalid`: "raw" (default) puts the completion text after the item with no evidence — it is still
 what the reasoner wrote, and the outcome reward should see it; "raise" raises the parser's
 `TCoTError`; "drop" embeds the item without reasoning.
@@ -30,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item
-from unime.models.adapters import Segment
+from unime.models.adapters import SOURCE_IMAGE_PLACEHOLDER, Segment
 from unime.models.prompts import EMB_TOKEN, EMBED_SUMMARY_PROMPT
 
 ON_INVALID = ("raw", "raise", "drop")
@@ -60,6 +61,9 @@ def reasoning_segments(item_segments: Sequence[Segment], tcot_text: str | None, 
     if on_invalid not in ON_INVALID:
         raise ValueError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
     segs = list(item_segments)
+    if tcot_text is not None:
+        # a generated T-CoT is text: image placeholders in it (`<image>`, `<|image_1|>`) must not become images
+        tcot_text = SOURCE_IMAGE_PLACEHOLDER.sub("", tcot_text)
     if tcot_text is not None and tcot_text.strip():
         try:
             tcot = parse_tcot(tcot_text, record=record)

@@ -23,7 +23,8 @@ each rollout's reasoning and, in a shuffled order, the other side's rollouts of 
 the 4 hardest negative pairs. The per-step mean of every component is logged to TRL's metrics, to
 `reward_log.csv` and plotted to `reward_curves.png`.
 
-**One TRL adaptation** (`EmbedRLGRPOTrainer`): TRL 1.16 returns `None` as the image list of a text-only
+**Two TRL adaptations.** The processor handed to TRL pads on the left (`prepare_policy_processor`; TRL
+does this only for processors it loads itself). `EmbedRLGRPOTrainer`: TRL 1.16 returns `None` as the image list of a text-only
 prompt, which its processor call then rejects when a batch mixes text-only and image prompts (a text
 query with an image positive is the common case here). The subclass maps `None` to `[]` — the
 processor accepts that — and changes nothing else.
@@ -267,6 +268,18 @@ def _trainer_class():
     return EmbedRLGRPOTrainer
 
 
+def prepare_policy_processor(processor):
+    """TRL left-pads the prompt ids it trains on and rebuilds the vision inputs (`pixel_values`,
+    `mm_token_type_ids`) with a separate `processor(images=..., text=..., padding=True)` call; that call must
+    pad on the left too, or the image-token types land beside the image tokens (wrong M-RoPE positions, or a
+    shape error in `get_rope_index` once the shift reaches the padding). TRL sets this itself only when it
+    loads the processor; we pass ours, so we set it."""
+    processor.tokenizer.padding_side = "left"
+    if hasattr(processor, "padding_side"):
+        processor.padding_side = "left"
+    return processor
+
+
 @dataclass
 class GRPOStageConfig:
     model: str  # the reasoner to train (the SFT output)
@@ -385,7 +398,7 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
-                               processing_class=policy.processor, peft_config=peft_config)
+                               processing_class=prepare_policy_processor(policy.processor), peft_config=peft_config)
     trainer.train(resume_from_checkpoint=True if resume else None)
 
     final = trainer.model
