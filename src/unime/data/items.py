@@ -18,6 +18,10 @@ from unime.errors import DataError
 ImageRef = Union[str, bytes, Any]
 
 
+def _is_pil(ref: Any) -> bool:
+    return hasattr(ref, "tobytes") and hasattr(ref, "size") and hasattr(ref, "mode")
+
+
 def _ref_key(ref: ImageRef) -> str:
     if isinstance(ref, str):
         return "path:" + ref
@@ -96,15 +100,15 @@ class Item:
             if d.get(k) is not None and not isinstance(d[k], (list, tuple)):
                 raise DataError(f"expected a list of image references, got {type(d[k]).__name__}", source=source,
                                 record=record, field=f"{field_name}.{k}")
-        if d.get("image") is not None and not isinstance(d["image"], (str, bytes)):
-            raise DataError(f"expected an image path or bytes, got {type(d['image']).__name__}", source=source,
-                            record=record, field=f"{field_name}.image")
+        if d.get("image") is not None and not isinstance(d["image"], (str, bytes)) and not _is_pil(d["image"]):
+            raise DataError(f"expected an image path, bytes or a PIL image, got {type(d['image']).__name__}",
+                            source=source, record=record, field=f"{field_name}.image")
         images = list(d.get("images") or [])
         if d.get("image"):
             images.insert(0, d["image"])
         for k, refs in (("images", images), ("video", list(d.get("video") or []))):
             for r in refs:
-                if isinstance(r, str) and not r or not isinstance(r, (str, bytes)) and not hasattr(r, "tobytes"):
+                if isinstance(r, str) and not r or not isinstance(r, (str, bytes)) and not _is_pil(r):
                     raise DataError("image reference must be a non-empty path, bytes or a PIL image", source=source,
                                     record=record, field=f"{field_name}.{k}")
         return cls(text=text, images=tuple(images), video=tuple(d.get("video") or ()))
