@@ -175,7 +175,7 @@ class Demo:
              "--data-root", world, "--out", judge_dir, "--judge-negatives", s.judge_negatives,
              "--steps", s.judge_steps, "--batch-size", s.judge_batch, "--lr", s.judge_lr,
              "--lora-r", 32, "--lora-alpha", 64, "--lora-targets", "all-linear", "--lora-vision",
-             "--seed", 0, "--overwrite", *dev], c))
+             "--train-module", "lm_head", "--seed", 0, "--overwrite", *dev], c))
 
         runs = self.embedder_runs()
         records = world / "train" / "records.jsonl"
@@ -214,7 +214,7 @@ class Demo:
              "--data-root", world, "--out", reranker_dir, "--negatives", s.rerank_negatives,
              "--steps", s.rerank_steps, "--batch-size", s.rerank_batch, "--lr", s.rerank_lr,
              "--lora-r", 32, "--lora-alpha", 64, "--lora-targets", "all-linear", "--lora-vision",
-             "--seed", 0, "--overwrite", *dev], c))
+             "--train-module", "lm_head", "--seed", 0, "--overwrite", *dev], c))
 
         def evaluate(c):
             for row, outs in runs.items():
