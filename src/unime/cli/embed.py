@@ -19,26 +19,16 @@ def register(sub) -> None:
 
 
 def _embed(args) -> int:
-    import json
     import os
 
     import numpy as np
 
     from unime.data.items import Item
-    from unime.errors import DataError
+    from unime.data.jsonl import iter_jsonl
     from unime.models.embedder import Embedder
 
     root = args.data_root or os.path.dirname(os.path.abspath(args.items))
-    items = []
-    with open(args.items, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e}", source=args.items, record=n) from None
-            items.append(Item.from_dict(obj, source=args.items, record=n))
+    items = [Item.from_dict(obj, source=args.items, record=f"line {n}") for n, obj in iter_jsonl(args.items)]
     emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, data_root=root,
                                    batch_size=args.batch_size)
     vecs = emb.encode(items, show_progress=True)

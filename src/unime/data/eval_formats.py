@@ -99,17 +99,10 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
         for i, obj in enumerate(data):
             yield _label(f"index {i}", obj), obj
         return
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                policy.handle(data_error("malformed_json", f"malformed JSON: {e.msg} at column {e.colno}",
-                                         source=src, record=f"line {n}"))
-                continue
-            yield _label(f"line {n}", obj), obj
+    from unime.data.jsonl import iter_jsonl
+
+    for n, obj in iter_jsonl(p, on_malformed=policy.handle):
+        yield _label(f"line {n}", obj), obj
 
 
 def _label(where: str, obj: Any) -> str:

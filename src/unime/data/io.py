@@ -34,6 +34,7 @@ from unime.data.atomic import atomic_open, atomic_path
 from unime.data.eval_formats import (CompositionalPair, MMEBRow, RetrievalEntry, read_compositional, read_mmeb,
                                      read_retrieval, write_compositional, write_mmeb, write_retrieval)
 from unime.data.items import Item, Record
+from unime.data.jsonl import iter_jsonl
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.validate import check_keys, check_str, make_item, parse_item, parse_score, parse_scores
 from unime.errors import DataError
@@ -117,19 +118,11 @@ def record_to_dict(rec: Record) -> dict:
 
 def _iter_jsonl(path: Path, policy: ErrorPolicy) -> Iterator[Record]:
     src = str(path)
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise data_error("malformed_json", f"malformed JSON: {e.msg} at column {e.colno}", source=src,
-                                     record=f"line {n}") from None
-                yield record_from_dict(obj, source=src, record=_record_label(f"line {n}", obj))
-            except DataError as e:
-                policy.handle(e)
+    for n, obj in iter_jsonl(path, on_malformed=policy.handle):
+        try:
+            yield record_from_dict(obj, source=src, record=_record_label(f"line {n}", obj))
+        except DataError as e:
+            policy.handle(e)
 
 
 # ---------------------------------------------------------------------------------------------------

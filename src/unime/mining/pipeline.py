@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
+from unime.data.jsonl import iter_jsonl
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
 from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
@@ -172,18 +173,11 @@ class Manifest:
 def read_pool_items(path: str) -> list[Item]:
     """A pool file: JSONL, one item per line (`{"text", "image" | "images"}`)."""
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e.msg}", source=path, record=f"line {n}") from None
-            item = Item.from_dict(obj, source=path, record=f"line {n}")
-            if item.is_empty:
-                raise DataError("empty item", source=path, record=f"line {n}")
-            items.append(item)
+    for n, obj in iter_jsonl(path):
+        item = Item.from_dict(obj, source=path, record=f"line {n}")
+        if item.is_empty:
+            raise DataError("empty item", source=path, record=f"line {n}")
+        items.append(item)
     return items
 
 
@@ -531,29 +525,22 @@ def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embed
 def read_pairs(path: str) -> list[tuple[str, Item, Item]]:
     """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the line number."""
     pairs = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e.msg}", source=path, record=f"line {n}") from None
-            if not isinstance(obj, dict):
-                raise DataError("expected an object", source=path, record=f"line {n}")
-            rid = obj.get("id", n)
-            for key in ("query", "candidate"):
-                if key not in obj:
-                    raise DataError("missing", source=path, record=f"line {n}", field=key)
-            unknown = set(obj) - {"id", "query", "candidate"}
-            if unknown:
-                raise DataError(f"unknown keys {sorted(unknown)}", source=path, record=f"line {n}")
-            q = Item.from_dict(obj["query"], source=path, record=f"line {n}", field_name="query")
-            c = Item.from_dict(obj["candidate"], source=path, record=f"line {n}", field_name="candidate")
-            for key, it in (("query", q), ("candidate", c)):
-                if it.is_empty:
-                    raise DataError("empty item", source=path, record=f"line {n}", field=key)
-            pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
+    for n, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise DataError("expected an object", source=path, record=f"line {n}")
+        rid = obj.get("id", n)
+        for key in ("query", "candidate"):
+            if key not in obj:
+                raise DataError("missing", source=path, record=f"line {n}", field=key)
+        unknown = set(obj) - {"id", "query", "candidate"}
+        if unknown:
+            raise DataError(f"unknown keys {sorted(unknown)}", source=path, record=f"line {n}")
+        q = Item.from_dict(obj["query"], source=path, record=f"line {n}", field_name="query")
+        c = Item.from_dict(obj["candidate"], source=path, record=f"line {n}", field_name="candidate")
+        for key, it in (("query", q), ("candidate", c)):
+            if it.is_empty:
+                raise DataError("empty item", source=path, record=f"line {n}", field=key)
+        pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
     return pairs
 
 
