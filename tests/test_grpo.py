@@ -52,6 +52,16 @@ def test_rows_interleave_whole_pairs_and_reshuffle_per_epoch(world):
     assert json.loads(p["item"]) == {"text": "<|image_1|>" + " Represent the given image." * 6, "images": ["imgs/blue.png"]}
 
 
+def test_duplicate_record_ids_are_refused(world):
+    from unime.data.images import ImageLoader
+    from unime.errors import DataError
+
+    root, recs = world
+    recs = [recs[0], Record(query=recs[1].query, positive=recs[1].positive, id=recs[0].id)]
+    with pytest.raises(DataError, match="share the id 'r0'"):
+        grpo_rows(recs, ImageLoader(root))
+
+
 def test_geometry_keeps_pairs_whole():
     cfg = GRPOStageConfig(model="m", embedder="e", records="r", out="o", num_generations=4, pairs_per_batch=3)
     g = embed_rl_grpo_config(cfg, output_dir="/tmp/unused", use_cpu=True, bf16=False, fp16=False)

@@ -64,6 +64,15 @@ def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int =
     then its positive row. `loader` is an `ImageLoader` for the items' images."""
     from unime.reasoning.reasoner import conversational_prompt, reasoning_prompt_segments
 
+    from unime.errors import DataError
+
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        pid = rec.id or str(i)
+        if pid in seen:  # the reward pairs rollouts by this id
+            raise DataError(f"records {seen[pid]} and {i} share the id {pid!r}; EG-RL pairs rollouts by record id",
+                            source=source, record=pid, field="id")
+        seen[pid] = i
     prompts: dict[tuple[int, str], tuple[list, list]] = {}
     for i, rec in enumerate(records):
         rid = rec.id or str(i)
@@ -91,8 +100,19 @@ def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int =
 # the reward
 
 
+def _is_main_process() -> bool:
+    try:
+        from accelerate import PartialState
+
+        return PartialState().is_main_process
+    except Exception:  # pragma: no cover - accelerate always comes with TRL
+        return True
+
+
 class RewardLog:
-    """Per-step means of the reward components, written to CSV (atomically) after every batch, plotted."""
+    """Per-step means of the reward components, written to CSV (atomically) after every batch, plotted.
+    Under data parallelism each process rewards its own batch (its pairs are its negatives); the CSV holds
+    the main process's means, TRL's own log (`embed_rl/*` metrics) the means over processes."""
 
     def __init__(self, csv_path: str | os.PathLike | None = None, *, resume: bool = False):
         self.rows: list[dict[str, float]] = []
@@ -107,7 +127,7 @@ class RewardLog:
 
     def add(self, row: dict[str, float]) -> None:
         self.rows.append(row)
-        if self.csv_path is not None:
+        if self.csv_path is not None and _is_main_process():
             self.write_csv(self.csv_path)
 
     def write_csv(self, path: str | os.PathLike) -> None:
