@@ -139,6 +139,14 @@ def _mining_section(mined: Path) -> list[str]:
               f"filtered as false negatives: {fn} ({100 * fn / max(cands, 1):.1f} %); sampling outcomes: "
               + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
     md.append("")
+    n_queries = max(sum(counts.values()), 1)
+    if counts.get("fallback", 0) / n_queries > 0.1:
+        md += [f"**Warning:** {100 * counts['fallback'] / n_queries:.0f} % of the queries had no candidate left after "
+               "the false-negative filter and fell back to random candidates scored 1.0 (the paper's policy, meant "
+               "for < 1 % of queries). For those queries the soft labels put almost all their mass on the random "
+               "negatives (score 1.0 vs the positive's judge score), so the soft-label loss pushes the embedder "
+               "*away* from the positive: the judge does not separate positives from candidates well enough "
+               "(see its AUC below).", ""]
     if sampling.get("sampling_table"):
         md += ["```", sampling["sampling_table"], "```", ""]
     if audit:
