@@ -149,8 +149,10 @@ class RewardLog:
 
         steps = [r["step"] for r in self.rows]
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        labels = {"format": "format (r_fmt)", "outcome": "outcome (r_out)", "process": "process (r_proc)",
+                  "total": "total (weighted sum)"}
         for key in ("format", "outcome", "process", "total"):
-            axes[0].plot(steps, [r[key] for r in self.rows], marker="o", ms=3, label=key)
+            axes[0].plot(steps, [r[key] for r in self.rows], marker="o", ms=3, label=labels[key])
         axes[0].set_xlabel("step")
         axes[0].set_ylabel("mean reward")
         axes[0].set_title(title, fontsize=9)
