@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds per embedder row (default: preset's)")
     p.add_argument("--family", default=None, choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
                    help="model family of the tiny models (default qwen2_vl)")
+    p.add_argument("--embed-rl", action="store_true",
+                   help="also run the Embed-RL stages (T-CoTs, match judge, <emb> embedders, reasoner SFT + GRPO)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_config_option(p)
     p.set_defaults(func=_demo)
@@ -28,6 +30,6 @@ def _demo(args) -> int:
         settings.family = args.family
     if args.fresh:
         fresh(args.out)
-    report = Demo(args.out, settings, device=args.device).run()
+    report = Demo(args.out, settings, device=args.device, embed_rl=args.embed_rl).run()
     print(f"report: {report} (and {report.with_suffix('.html')})")
     return 0

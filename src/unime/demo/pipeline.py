@@ -64,6 +64,23 @@ class DemoSettings:
     rerank_negatives: int = 4
     rerank_topk: int = 5
     threads: int = 0  # 0 = torch's default
+    # Embed-RL group (`--embed-rl`, unime.demo.embed_rl)
+    er_records: int = 120  # training records it uses (round-robin over tasks; 0 = all)
+    er_judge_steps: int = 150
+    er_judge_negatives: int = 3
+    er_rl_fraction: float = 0.2
+    er_embed_steps: int = 60
+    er_embed_batch: int = 16
+    er_embed_lr: float = 1e-3
+    er_tau: float = 0.02
+    er_sft_epochs: float = 4.0
+    er_sft_batch: int = 16
+    er_sft_lr: float = 1e-3
+    er_grpo_steps: int = 6
+    er_grpo_epochs: int = 5
+    er_grpo_lr: float = 3e-6
+    er_generations: int = 4
+    er_max_new_tokens: int = 96
 
     @classmethod
     def preset(cls, name: str) -> "DemoSettings":
@@ -72,7 +89,8 @@ class DemoSettings:
         if name == "quick":
             return cls(world_size="tiny", seeds=(0,), hidden=64, layers=2, vision_depth=1, judge_steps=40,
                        embed_steps=20, rerank_steps=20, k=10, count=4, hard_negatives=4, rerank_negatives=3,
-                       rerank_topk=3)
+                       rerank_topk=3, er_records=24, er_judge_steps=20, er_embed_steps=8, er_sft_epochs=1.0,
+                       er_grpo_steps=2, er_max_new_tokens=48)
         raise ValueError(f"unknown preset {name!r} (default, quick)")
 
 
@@ -86,8 +104,9 @@ class StageResult:
 
 class Demo:
     def __init__(self, out: str | os.PathLike, settings: DemoSettings, *, device: str = "cpu",
-                 progress: Callable[[str], None] = print):
+                 progress: Callable[[str], None] = print, embed_rl: bool = False):
         self.out = Path(out)
+        self.embed_rl = embed_rl
         self.s = settings
         self.device = device
         self.say = progress
@@ -229,6 +248,11 @@ class Demo:
                                   "--cache-dir", self.p("cache", "eval"), *extra, *dev], c)
         eval_done = [self.p("eval", f"{row}_s{seed}", "summary.json") for row in runs for seed in s.seeds]
         self.stage("eval", eval_done, evaluate)
+
+        if self.embed_rl:
+            from unime.demo.embed_rl import run_embed_rl
+
+            run_embed_rl(self)
 
         def report(c):
             from unime.demo.report import write_report

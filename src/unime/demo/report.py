@@ -107,6 +107,7 @@ def write_report(demo: "Demo") -> Path:
         md.append("")
 
     md += _mining_section(out / "mined")
+    md += _embed_rl_section(demo)
     md += _curves_section(demo)
     md += ["## Timings and commands", "", "| Stage | Seconds | |", "|---|---:|---|"]
     total = 0.0
@@ -162,6 +163,58 @@ def _mining_section(mined: Path) -> list[str]:
                f"true negatives {_num(audit.get('mean_judge_score', {}).get('true_negatives'))}", ""]
     for png in sorted((mined / "plots").glob("*.png")) if (mined / "plots").is_dir() else []:
         md += [f"![{png.stem}]({png.relative_to(mined.parent).as_posix()})", ""]
+    return md
+
+
+def _embed_rl_section(demo: "Demo") -> list[str]:
+    """Embed-RL (`--embed-rl`): `unime reason eval` rows and the GRPO reward components per step."""
+    import csv
+
+    from unime.demo.embed_rl import EVAL_ROWS, embed_rl_paths
+
+    P = embed_rl_paths(demo)
+    rows = [(title, [row_values(summ)]) for name, title in EVAL_ROWS.items()
+            if (summ := _load(P["eval"] / name / "summary.json")) is not None]
+    reward_csv = P["grpo"] / "reward_log.csv"
+    if not rows and not reward_csv.is_file():
+        return []
+    md = ["## Embed-RL", ""]
+    split = _load(P["split"] / "split.json")
+    if split:
+        md += [f"T-CoT match split of {split['pairs']} training pairs (teacher T-CoTs, the T-CoT match judge): "
+               f"{split['contrastive']} contrastive, {split['rl']} to RL.", ""]
+    if rows:
+        md += ["`unime reason eval` (MMEB-style Precision@1 ×100; one run each). Every embedder here is the `<emb>` "
+               "embedder; the T-CoT embedder was trained on the contrastive split with teacher T-CoTs, the other with "
+               "the same recipe on the same records without T-CoTs. The last row is an **upper bound, not a result**: "
+               "its T-CoTs come from the annotation teacher, which reads the scene annotations (the answers).", ""]
+        cols = [("overall", "Overall"), ("IND", "IND"), ("OOD", "OOD")] + \
+            [(k, t) for k, t in MMEB_COLUMNS if k not in ("overall", "IND", "OOD")]
+        md += _table(rows, cols)
+        rates = [(n, _load(P["eval"] / n / "tcot_format.json")) for n in ("tcot_sft", "tcot_grpo")]
+        rates = [f"{n.removeprefix('tcot_').upper()} {100 * r['format_rate']:.0f} % of {r['n']}" for n, r in rates if r]
+        if rates:
+            md += ["", "Reasoner T-CoTs in the T-CoT format at eval: " + ", ".join(rates) + "."]
+        md.append("")
+    if reward_csv.is_file():
+        with open(reward_csv, encoding="utf-8") as fh:
+            steps = [{k: float(v) for k, v in r.items() if v not in (None, "")} for r in csv.DictReader(fh)]
+        if steps:
+            keys = [k for k in ("format", "outcome", "process", "total", "acc") if k in steps[0]]
+            md += [f"GRPO reward components, mean over the step's completions ({len(steps)} steps; total = the "
+                   "weighted sum; acc = the outcome reward's retrieval accuracy):", "",
+                   "| Step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+            shown = steps if len(steps) <= 10 else steps[:3] + [None] + steps[-3:]
+            for r in shown:
+                md.append("| … |" + " |" * len(keys) if r is None else
+                          f"| {int(r['step'])} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys) + " |")
+            k = max(1, len(steps) // 3)
+            md += ["", f"First {k} vs last {k} step(s): " + "; ".join(
+                f"{key} {np.mean([r[key] for r in steps[:k]]):.3f} → {np.mean([r[key] for r in steps[-k:]]):.3f}"
+                for key in keys) + ".", ""]
+        png = P["grpo"] / "reward_curves.png"
+        if png.is_file():
+            md += [f"![GRPO reward curves]({png.relative_to(demo.out).as_posix()})", ""]
     return md
 
 
