@@ -44,12 +44,12 @@ class DemoSettings:
     layers: int = 4
     vision_depth: int = 2
     # judge
-    judge_steps: int = 400
+    judge_steps: int = 300
     judge_batch: int = 8
     judge_lr: float = 2e-3
     judge_negatives: int = 3
     # embedders
-    embed_steps: int = 150
+    embed_steps: int = 80
     embed_batch: int = 32
     embed_lr: float = 5e-4
     tau: float = 0.05
