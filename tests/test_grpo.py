@@ -62,14 +62,14 @@ def test_duplicate_record_ids_are_refused(world):
         grpo_rows(recs, ImageLoader(root))
 
 
-def test_geometry_keeps_pairs_whole():
+def test_geometry_keeps_pairs_whole(tmp_path):
     cfg = GRPOStageConfig(model="m", embedder="e", records="r", out="o", num_generations=4, pairs_per_batch=3)
-    g = embed_rl_grpo_config(cfg, output_dir="/tmp/unused", use_cpu=True, bf16=False, fp16=False)
+    g = embed_rl_grpo_config(cfg, output_dir=str(tmp_path / "unused"), use_cpu=True, bf16=False, fp16=False)
     assert g.per_device_train_batch_size == 24 and g.generation_batch_size == 24 and not g.shuffle_dataset
     assert (g.beta, g.learning_rate, g.temperature, g.use_vllm, g.bf16) == (0.01, 3e-6, 1.0, False, False)
     with pytest.raises(ValueError, match="pairs_per_batch must be >= 2"):
         embed_rl_grpo_config(GRPOStageConfig(model="m", embedder="e", records="r", out="o", pairs_per_batch=1),
-                             output_dir="/tmp/unused", use_cpu=True, bf16=False, fp16=False)
+                             output_dir=str(tmp_path / "unused"), use_cpu=True, bf16=False, fp16=False)
 
 
 class _RecordingJudge:
