@@ -258,33 +258,25 @@ def write_tcot_rows(rows: Iterable[TCoTRow], path: str | os.PathLike) -> int:
 
 def read_tcot_rows(path: str | os.PathLike) -> list[TCoTRow]:
     """Read a T-CoT JSONL file; a bad line raises `DataError` naming the file, line and field."""
-    import json
-
+    from unime.data.jsonl import iter_jsonl
     from unime.errors import DataError
 
     src = str(path)
     rows: list[TCoTRow] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e}", source=src, record=n) from None
-            if not isinstance(obj, dict):
-                raise DataError("expected a JSON object", source=src, record=n)
-            for key in ("record_id", "side", "item", "tcot"):
-                if key not in obj:
-                    raise DataError(f"missing key {key!r}", source=src, record=n, field=key)
-            if obj["side"] not in SIDES:
-                raise DataError(f"side must be one of {SIDES}, got {obj['side']!r}", source=src, record=n,
-                                field="side")
-            if not isinstance(obj["tcot"], str):
-                raise DataError("tcot must be a string", source=src, record=n, field="tcot")
-            item = Item.from_dict(obj["item"], source=src, record=n, field_name="item")
-            rows.append(TCoTRow(record_id=str(obj["record_id"]), side=obj["side"], item=item, tcot=obj["tcot"],
-                                source=str(obj.get("source", ""))))
+    for n, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise DataError("expected a JSON object", source=src, record=n)
+        for key in ("record_id", "side", "item", "tcot"):
+            if key not in obj:
+                raise DataError(f"missing key {key!r}", source=src, record=n, field=key)
+        if obj["side"] not in SIDES:
+            raise DataError(f"side must be one of {SIDES}, got {obj['side']!r}", source=src, record=n,
+                            field="side")
+        if not isinstance(obj["tcot"], str):
+            raise DataError("tcot must be a string", source=src, record=n, field="tcot")
+        item = Item.from_dict(obj["item"], source=src, record=n, field_name="item")
+        rows.append(TCoTRow(record_id=str(obj["record_id"]), side=obj["side"], item=item, tcot=obj["tcot"],
+                            source=str(obj.get("source", ""))))
     return rows
 
 
