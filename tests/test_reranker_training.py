@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,17 +335,21 @@ def test_config_validation():
         RerankerTrainConfig(**base, role="judge").validate()
     with pytest.raises(ValueError, match="num_negatives"):
         RerankerTrainConfig(**base, num_negatives=0).validate()
+    with pytest.raises(ValueError, match="full fine-tuning trains every module"):
+        RerankerTrainConfig(**base, full=True, train_modules=("lm_head",)).validate()
 
 
-def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("full", [False, True], ids=["lora", "full"])
+def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch, full):
     import unime.train.reranker_trainer as T
 
     records = write_world(tmp_path)
 
     def config(out):
         return T.RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(out),
-                                     num_negatives=2, learning_rate=1e-2, max_steps=4, batch_size=2, logging_steps=1,
-                                     save_steps=2, train_modules=("lm_head",), lora_dropout=0.0, device="cpu")
+                                     num_negatives=2, learning_rate=1e-3 if full else 1e-2, max_steps=4, batch_size=2,
+                                     logging_steps=1, save_steps=2, train_modules=() if full else ("lm_head",),
+                                     lora_dropout=0.0, full=full, device="cpu")
 
     straight = T.train_reranker(config(tmp_path / "straight"))
 
@@ -368,3 +373,91 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_pa
     assert [h["step"] for h in resumed.log_history] == [1, 2, 3, 4]
     np.testing.assert_allclose([h["loss"] for h in resumed.log_history],
                                [h["loss"] for h in straight.log_history], rtol=1e-4)
+
+
+# -- full fine-tuning ----------------------------------------------------------------------------------
+def _spy_on_export(monkeypatch, on_model):
+    """Call `on_model(model, processor)` with the trained in-memory model just before it is exported."""
+    import unime.train.reranker_trainer as T
+
+    real = T.export_reranker
+
+    def spy(model, processor, out, **kwargs):
+        on_model(model, processor)
+        return real(model, processor, out, **kwargs)
+
+    monkeypatch.setattr(T, "export_reranker", spy)
+
+
+def test_full_fine_tuning_trains_every_parameter_and_exports_a_plain_checkpoint(tiny_model_dir, tmp_path,
+                                                                                monkeypatch):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from unime.data.images import ImageLoader
+    from unime.models.adapters import adapter_for
+    from unime.models.judge import JudgeScorer
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    records = write_world(tmp_path, scores=False)  # every pair shows a candidate image: the vision tower trains
+    q = Item("a red square")
+    cands = [Item("red", images=("images/red.png",)), Item("blue", images=("images/blue.png",)), Item("green")]
+    seen = {}
+
+    def in_memory_scores(model, processor):
+        seen["trainable"] = [n for n, p in model.named_parameters() if p.requires_grad]
+        seen["all"] = [n for n, _ in model.named_parameters()]
+        judge = JudgeScorer(model, processor, adapter_for(model.config, processor), image_loader=ImageLoader(tmp_path))
+        seen["scores"] = judge.score_candidates(q, cands)
+
+    _spy_on_export(monkeypatch, in_memory_scores)
+    out = tmp_path / "judge"
+    cfg = RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(out), role="judge",
+                              losses=("pair",), full=True, learning_rate=1e-3, max_steps=2, batch_size=8,
+                              logging_steps=1, device="cpu")
+    result = train_reranker(cfg)
+    assert result.steps == 2 and result.adapter is None and result.merged == out / "merged"
+    assert seen["trainable"] == seen["all"]  # no PEFT wrapper, nothing frozen
+
+    merged = out / "merged"
+    assert not (merged / "adapter_config.json").exists() and not (out / "adapter").exists()
+    base = load_file(str(Path(tiny_model_dir("qwen2_vl")) / "model.safetensors"))
+    trained = load_file(str(merged / "model.safetensors"))
+    assert trained.keys() == base.keys()
+    unchanged = [k for k in base if torch.equal(base[k], trained[k])]
+    assert unchanged == []  # decoder, embeddings, LM head and vision tower all moved
+    assert any(".visual." in f".{k}" for k in trained)  # the vision tower is part of it
+
+    assert AutoModelForImageTextToText.from_pretrained(merged).config.model_type == "qwen2_vl"
+    loaded = JudgeScorer.from_pretrained(merged, data_root=tmp_path, device="cpu")
+    np.testing.assert_allclose(loaded.score_candidates(q, cands), seen["scores"], atol=1e-6)
+    meta = json.loads((out / "unime_reranker.json").read_text())
+    assert meta["config"]["full"] is True and meta["steps"] == 2
+    assert "| fine-tuning | full (every parameter) |" in (merged / "README.md").read_text()
+
+
+def test_full_fine_tuning_of_a_reranker_writes_the_merged_folder_that_rerankers_load(tiny_model_dir, tmp_path,
+                                                                                      capsys):
+    from unime.cli import main
+    from unime.models.reranker import Reranker
+
+    records = write_world(tmp_path)
+    out = tmp_path / "rr"
+    assert main(["train", "reranker", "--model", tiny_model_dir("qwen2_vl"), "--records", records, "--out", str(out),
+                 "--full", "--negatives", "2", "--lr", "1e-3", "--steps", "1", "--batch-size", "2",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "merged")
+    assert not (out / "adapter").exists() and not (out / "merged" / "adapter_config.json").exists()
+    rr = Reranker.from_pretrained(out, data_root=tmp_path, device="cpu")
+    assert rr.name == str(out / "merged") and rr.num_candidates == 3
+
+
+def test_full_fine_tuning_refuses_an_adapter_folder(trained_reranker, tmp_path):
+    from unime.errors import ModelError
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    cfg, _, root = trained_reranker
+    again = RerankerTrainConfig(model=str(root / "reranker" / "adapter"), records=cfg.records, out=str(tmp_path / "o"),
+                                full=True, max_steps=1, device="cpu")
+    with pytest.raises(ModelError, match="merge it first"):
+        train_reranker(again)

@@ -22,6 +22,9 @@ def _common_options(p: argparse.ArgumentParser, *, role: str) -> None:
                    help="skip bad records and images (counted and reported) instead of failing")
 
     g = p.add_argument_group("parameters")
+    g.add_argument("--full", action="store_true",
+                   help="full fine-tuning (every parameter, fp32 master weights) instead of LoRA; writes OUT/merged "
+                        "only (no adapter). For a base model without the needed skills, e.g. a freshly built tiny one")
     g.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16; the paper's reranker: 128)")
     g.add_argument("--lora-alpha", type=int, default=32)
     g.add_argument("--lora-dropout", type=float, default=0.05)
@@ -91,7 +94,8 @@ def config_from_args(args):
     return RerankerTrainConfig(
         model=args.model, records=list(args.records), out=args.out, role=args.role, data_root=args.data_root,
         losses=losses, num_negatives=getattr(args, "negatives", 4),
-        judge_negatives=getattr(args, "judge_negatives", None), lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        judge_negatives=getattr(args, "judge_negatives", None), full=args.full, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=_names(args.lora_targets), lora_vision=args.lora_vision,
         dora=args.dora, train_modules=tuple(args.train_modules),
         learning_rate=args.lr, epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size,
@@ -118,7 +122,7 @@ def _train(args) -> int:
               f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}")
     if result.skipped:
         print(f"skipped {result.skipped} bad record(s)")
-    print(result.merged if args.role == "judge" else result.adapter)
+    print(result.merged if args.role == "judge" else result.adapter or result.merged)
     return 0
 
 

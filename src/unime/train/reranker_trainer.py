@@ -1,6 +1,7 @@
 """Training the UniME-V2 reranker (SPEC §1.6) and, with labels instead of mined data, a Yes/No judge.
 
-A generative MLLM + LoRA learns, by next-token cross-entropy on the answer tokens only:
+A generative MLLM + LoRA (or, with `full`, every parameter: full fine-tuning, fp32 master weights) learns,
+by next-token cross-entropy on the answer tokens only:
 
 - **pairwise** (the judge prompt of SPEC 1.3): `Yes` for (q, c_t) and `No` for (q, c_h), c_h the
   hardest surviving negative of the record (highest judge score; the first negative when the record
@@ -20,6 +21,7 @@ Output folder `out` (the layout of `unime train embedder`, `unime.train.checkpoi
 
     out/adapter/    PEFT adapter + processor + README.md + unime_reranker.json   (reranker; judge: --save-adapter)
     out/merged/     the adapter merged in: a plain HF folder, same extras           (judge; reranker: --merge)
+                    (full fine-tuning: the trained model itself, and no adapter/)
     out/README.md, out/curves.csv, out/curves.png, out/checkpoints/ (while training; resumable)
     out/unime_reranker.json   written last: its presence means the stage is done
 
@@ -248,6 +250,24 @@ def _trainer_class():
                 raise ValueError(f"a batch with none of the losses {LOSSES}")
             return (total, None) if return_outputs else total
 
+        # full fine-tuning: checkpoint every parameter under its in-memory name and reload it strictly (the
+        # Trainer's default goes through save_pretrained, whose on-disk key names a non-strict
+        # load_state_dict does not map back, so a resumed run would silently restart from the base weights)
+        def _save(self, output_dir=None, state_dict=None):
+            from unime.train.checkpoints import is_peft, save_training_weights
+
+            if is_peft(self.model):
+                return super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                save_training_weights(self.model, output_dir or self.args.output_dir)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            from unime.train.checkpoints import is_peft, load_training_weights
+
+            if is_peft(self.model):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            load_training_weights(self.model, resume_from_checkpoint)
+
         def log(self, logs, *args, **kwargs):
             if "loss" in logs:
                 for kind, s in self._part_sums.items():
@@ -283,6 +303,7 @@ class RerankerTrainConfig:
     losses: tuple[str, ...] = LOSSES        # reranker: pair and/or list; judge: pair
     num_negatives: int = 4                 # listwise: negatives per prompt (candidates = num_negatives + 1)
     judge_negatives: int | None = None     # judge: negatives per record used (default: all)
+    full: bool = False                     # full fine-tuning (every parameter) instead of LoRA
     lora_r: int = 16                       # paper's reranker: r = 128
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -318,6 +339,9 @@ class RerankerTrainConfig:
             raise ValueError(f"losses must be a non-empty subset of {LOSSES}, got {self.losses}")
         if self.role == "judge" and self.losses != (PAIR,):
             raise ValueError("a judge trains the pairwise loss only (losses=('pair',))")
+        if self.full and self.train_modules:
+            raise ValueError(f"full fine-tuning trains every module; train_modules {list(self.train_modules)} "
+                             "is a LoRA option")
         if self.num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
         if not self.records:
@@ -422,8 +446,8 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     from transformers import TrainingArguments
 
     from unime.data.skips import SkipReport
-    from unime.models.loading import load_model, resolve_device
-    from unime.train.checkpoints import latest_checkpoint
+    from unime.models.loading import load_model, resolve_device, resolve_dtype
+    from unime.train.checkpoints import is_peft, latest_checkpoint
     from unime.train.curves import CurvesCallback
 
     cfg.validate()
@@ -449,9 +473,17 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     log.info("%s training: %d records, %d examples (%s)", cfg.role, n_records, n_examples, "+".join(cfg.losses))
 
     device = resolve_device(cfg.device)
-    loaded = load_model(cfg.model, device=device, dtype=cfg.dtype, trainable=False)
-    torch.manual_seed(cfg.seed)  # LoRA initialisation
-    model = apply_lora(loaded.model, cfg)
+    compute_dtype = resolve_dtype(cfg.dtype, device)
+    # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
+    loaded = load_model(cfg.model, device=device, dtype=torch.float32 if cfg.full else compute_dtype,
+                        trainable=cfg.full)
+    if cfg.full:
+        if is_peft(loaded.model):
+            raise ModelError(f"full fine-tuning of the adapter folder {cfg.model}: merge it first (its merged/ folder)")
+        model = loaded.model.requires_grad_(True)
+    else:
+        torch.manual_seed(cfg.seed)  # LoRA initialisation
+        model = apply_lora(loaded.model, cfg)
     collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records))
 
     args = TrainingArguments(
@@ -461,13 +493,14 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         weight_decay=cfg.weight_decay, lr_scheduler_type="linear", logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed, report_to=[],
         remove_unused_columns=False, dataloader_num_workers=0, use_cpu=device == "cpu",
-        bf16=loaded.dtype == torch.bfloat16, fp16=loaded.dtype == torch.float16,
+        bf16=compute_dtype == torch.bfloat16, fp16=compute_dtype == torch.float16,
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         disable_tqdm=not log.isEnabledFor(logging.INFO),
-        # every trainable parameter (LoRA on the decoder, modules_to_save) takes part in each forward; the
-        # two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training
-        ddp_find_unused_parameters=False,
+        # LoRA on the decoder (and modules_to_save): every trainable parameter takes part in each forward;
+        # the two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training.
+        # Full fine-tuning: a text-only batch leaves the vision tower unused.
+        ddp_find_unused_parameters=cfg.full,
     )
     title = f"{cfg.role} — {Path(str(cfg.model)).name}"
     trainer = _trainer_class()(model=model, args=args, train_dataset=ExampleDataset(groups), data_collator=collator,
@@ -490,7 +523,8 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         export_reranker(trainer.model, loaded.processor, out, meta=meta,
-                        adapter=cfg.role == "reranker" or cfg.save_adapter, merged=cfg.role == "judge" or cfg.merge)
+                        adapter=not cfg.full and (cfg.role == "reranker" or cfg.save_adapter),
+                        merged=cfg.full or cfg.role == "judge" or cfg.merge)
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
@@ -520,9 +554,10 @@ def model_card(meta: dict) -> str:
                   "p_yes = rr.score_pairs(query, candidates) # pairwise", "```"]
     rows = {"records": meta["records"], "examples": meta["examples"], "skipped records": meta["skipped"],
             "steps": meta["steps"], "first loss": meta["first_loss"], "last loss": meta["last_loss"],
-            "LoRA": f"r={cfg.get('lora_r')} alpha={cfg.get('lora_alpha')} dropout={cfg.get('lora_dropout')}"
-                    + (" DoRA" if cfg.get("dora") else ""),
-            "modules trained in full": ", ".join(cfg.get("train_modules") or []) or "-",
+            "fine-tuning": "full (every parameter)" if cfg.get("full") else
+                           f"LoRA r={cfg.get('lora_r')} alpha={cfg.get('lora_alpha')} dropout={cfg.get('lora_dropout')}"
+                           + (" DoRA" if cfg.get("dora") else ""),
+            "modules trained in full": "all" if cfg.get("full") else ", ".join(cfg.get("train_modules") or []) or "-",
             "learning rate": cfg.get("learning_rate"), "batch size": cfg.get("batch_size"),
             "gradient accumulation": cfg.get("grad_accum"), "seed": cfg.get("seed")}
     lines += ["", "| key | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
@@ -536,8 +571,14 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
     from unime.data.atomic import atomic_dir
     from unime.train.checkpoints import write_json_atomic, write_text_atomic
 
+    from unime.train.checkpoints import is_peft
+
     card = model_card(meta)
-    model.peft_config["default"].base_model_name_or_path = meta["base_model"]
+    peft = is_peft(model)
+    if adapter and not peft:
+        raise ValueError("no adapter to export: the model was fully fine-tuned")
+    if peft:
+        model.peft_config["default"].base_model_name_or_path = meta["base_model"]
     written: dict[str, Path] = {}
 
     def save(folder_name: str, m) -> None:
@@ -551,7 +592,7 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
     if adapter:
         save(ADAPTER_DIR, model)
     if merged:
-        save(MERGED_DIR, model.merge_and_unload())
+        save(MERGED_DIR, model.merge_and_unload() if peft else model)
     write_text_atomic(out / "README.md", card)
     write_json_atomic(out / METADATA_FILE, meta)
     return written
