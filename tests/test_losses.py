@@ -198,3 +198,108 @@ def test_errors():
     assert set(LOSSES) == {"symmetric_kl", "js", "infonce"}
     assert LOSSES["symmetric_kl"].requires_scores and LOSSES["js"].requires_scores
     assert not LOSSES["infonce"].requires_scores
+
+
+# -- in-batch duplicates: copies of a query's positive are masked, not negatives ----------------------
+# Three queries, τ = 1, k = 1. Queries 0 and 2 share the positive "red" (id 10); query 1's hard negative
+# is another copy of "red".
+#   q0 = (1, 0), q1 = (0, 1), q2 = (0.6, 0.8)
+#   positives p0 = (1, 0) [10], p1 = (0, 1) [20], p2 = (1, 0) [10]
+#   hard negatives n0 = (-1, 0) [30], n1 = (1, 0) [10], n2 = (0, -1) [40]
+#   pool columns (p0, p1, p2, n0, n1, n2), ids (10, 20, 10, 30, 10, 40)
+DQ = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+DC = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, -1.0]]])
+DIDS = torch.tensor([[10, 30], [20, 10], [10, 40]], dtype=torch.long)
+
+
+def _np_ce(logits: np.ndarray, target: np.ndarray) -> float:
+    m = logits.max(-1, keepdims=True)
+    logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+    return float(-logp[np.arange(len(target)), target].mean())
+
+
+def test_infonce_masks_copies_of_the_positive_hand_computed():
+    # row 0: sims (1, 0, 1, -1, 1, 0); columns 2 and 4 are "red" too → masked: (1, 0, -1, 0) remain
+    # row 1: sims (0, 1, 0, 0, 0, -1); its positive (20) has no copy → nothing masked
+    # row 2: sims (.6, .8, .6, -.6, .6, -.8), target column 2; columns 0 and 4 masked
+    row0 = math.log(E + 1 + 1 / E + 1) - 1
+    row1 = math.log(4 + E + 1 / E) - 1
+    row2 = math.log(math.exp(0.8) + math.exp(0.6) + math.exp(-0.6) + math.exp(-0.8)) - 0.6
+    masked = InfoNCELoss(1.0)(DQ, DC, candidate_ids=DIDS)
+    assert float(masked) == pytest.approx((row0 + row1 + row2) / 3, abs=1e-6)
+
+    # the same as a numpy cross-entropy on the logits with the masked entries at -inf
+    q, c = _np_normalise(DQ.numpy().astype(np.float64)), _np_normalise(DC.numpy().astype(np.float64))
+    pool = np.concatenate([c[:, 0], c[:, 1:].reshape(-1, 2)])
+    logits = q @ pool.T
+    mask = np.zeros_like(logits, dtype=bool)
+    mask[0, [2, 4]] = True
+    mask[2, [0, 4]] = True
+    assert float(masked) == pytest.approx(_np_ce(np.where(mask, -np.inf, logits), np.arange(3)), abs=1e-6)
+
+    # unmasked, the copies count as negatives: a larger loss, and exactly today's result
+    unmasked_hand = (math.log(3 * E + 1 + 1 / E + 1) - 1 + row1
+                     + math.log(3 * math.exp(0.6) + math.exp(0.8) + math.exp(-0.6) + math.exp(-0.8)) - 0.6) / 3
+    plain = InfoNCELoss(1.0, mask_duplicates=False)(DQ, DC, candidate_ids=DIDS)
+    assert float(plain) == pytest.approx(unmasked_hand, abs=1e-6)
+    assert float(plain) == pytest.approx(_np_ce(logits, np.arange(3)), abs=1e-6)
+    assert float(masked) < float(plain) - 0.1
+
+
+def test_infonce_without_ids_is_unchanged():
+    no_ids = InfoNCELoss(1.0)(DQ, DC)
+    assert float(no_ids) == pytest.approx(np_infonce(DQ.numpy(), DC.numpy(), 1.0, True, True), rel=1e-6)
+    assert float(no_ids) == pytest.approx(float(InfoNCELoss(1.0, mask_duplicates=False)(DQ, DC, candidate_ids=DIDS)),
+                                          abs=1e-7)
+    # all ids distinct: nothing to mask
+    distinct = torch.arange(6, dtype=torch.long).reshape(3, 2)
+    assert float(InfoNCELoss(1.0)(DQ, DC, candidate_ids=distinct)) == pytest.approx(float(no_ids), abs=1e-7)
+    # own-group InfoNCE ignores ids (only in-batch pools hold other queries' candidates)
+    own = InfoNCELoss(1.0, in_batch=False)
+    assert float(own(DQ, DC, candidate_ids=DIDS)) == pytest.approx(float(own(DQ, DC)), abs=1e-7)
+
+
+def test_infonce_symmetric_masks_queries_with_the_same_positive():
+    # positives only (k = 0 in the pool):
+    # query → target: row 0 (1, 0, 1) mask col 2; row 1 (0, 1, 0); row 2 (.6, .8, .6) target 2, mask col 0
+    q2t = (math.log(E + 1) - 1 + math.log(2 + E) - 1 + math.log(math.exp(0.8) + math.exp(0.6)) - 0.6) / 3
+    # target → query (row j = p_j · (q0, q1, q2)): p0 (1, 0, .6) mask q2; p1 (0, 1, .8); p2 (1, 0, .6) target 2,
+    # mask q0 (its positive is p2's copy)
+    t2q = (math.log(E + 1) - 1 + math.log(1 + E + math.exp(0.8)) - 1 + math.log(1 + math.exp(0.6)) - 0.6) / 3
+    loss = InfoNCELoss(1.0, use_hard_negatives=False, symmetric=True)(DQ, DC, candidate_ids=DIDS)
+    assert float(loss) == pytest.approx(0.5 * (q2t + t2q), abs=1e-6)
+    # numpy on the masked target → query logits
+    q, p = _np_normalise(DQ.numpy().astype(np.float64)), _np_normalise(DC[:, 0].numpy().astype(np.float64))
+    mask = np.zeros((3, 3), dtype=bool)
+    mask[0, 2] = mask[2, 0] = True
+    assert t2q == pytest.approx(_np_ce(np.where(mask, -np.inf, p @ q.T), np.arange(3)), abs=1e-6)
+    # unmasked symmetric: p0 and p2 rows see the duplicate query as a negative
+    t2q_plain = (math.log(E + 1 + math.exp(0.6)) - 1 + math.log(1 + E + math.exp(0.8)) - 1
+                 + math.log(E + 1 + math.exp(0.6)) - 0.6) / 3
+    q2t_plain = (math.log(2 * E + 1) - 1 + math.log(2 + E) - 1 + math.log(math.exp(0.8) + 2 * math.exp(0.6)) - 0.6) / 3
+    plain = InfoNCELoss(1.0, use_hard_negatives=False, symmetric=True, mask_duplicates=False)
+    assert float(plain(DQ, DC, candidate_ids=DIDS)) == pytest.approx(0.5 * (q2t_plain + t2q_plain), abs=1e-6)
+    assert float(plain(DQ, DC)) == pytest.approx(0.5 * (q2t_plain + t2q_plain), abs=1e-6)
+
+
+def test_masked_infonce_gradients_and_option_plumbing():
+    torch.manual_seed(0)
+    qd = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    cd = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([[1, 5], [2, 1], [1, 6], [2, 7]])
+    for loss in (InfoNCELoss(0.3), InfoNCELoss(0.3, symmetric=True)):
+        assert torch.autograd.gradcheck(lambda a, b: loss(a, b, candidate_ids=ids), (qd, cd), fast_mode=True)
+        out = loss(qd, cd, candidate_ids=ids)
+        out.backward()
+        assert torch.isfinite(qd.grad).all() and torch.isfinite(cd.grad).all()
+        qd.grad = cd.grad = None
+    assert InfoNCELoss().config()["mask_duplicates"] is True
+    assert build_loss("infonce", mask_duplicates=False).config()["mask_duplicates"] is False
+    assert "mask_duplicates=True" in repr(InfoNCELoss())
+    # the soft-label losses take the keyword and ignore it (their group is the query's own candidates)
+    s = torch.rand(4, 2, dtype=torch.float64)
+    for loss in (SymmetricKLLoss(0.3), JensenShannonLoss(0.3)):
+        with torch.no_grad():
+            assert float(loss(qd, cd, s, candidate_ids=ids)) == float(loss(qd, cd, s))
+    with pytest.raises(ValueError, match="candidate_ids"):
+        InfoNCELoss()(qd, cd, candidate_ids=ids[:, :1])

@@ -69,6 +69,9 @@ def _add_embedder_parser(actions) -> None:
                    help="temperature of the judge-score softmax (default: --tau)")
     g.add_argument("--kl-eps", type=float, default=1e-8, help="symmetric_kl: log(p + eps) as released; 0 = exact")
     g.add_argument("--symmetric", action="store_true", help="infonce: add the target-to-query direction")
+    g.add_argument("--mask-duplicates", action=argparse.BooleanOptionalAction, default=True,
+                   help="in-batch infonce: other copies of a query's positive in the batch (same text and "
+                        "images) are masked, not negatives (default on; --no-mask-duplicates keeps them)")
 
     g = p.add_argument_group("parameters")
     g.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
@@ -122,7 +125,8 @@ def embedder_config_from_args(args):
     return EmbedderTrainingConfig(
         model=args.model, out=args.out, records=args.records, data_root=args.data_root, loss=args.loss,
         hard_negatives=args.hard_negatives, in_batch=args.in_batch, tau=args.tau, label_tau=args.label_tau,
-        kl_eps=args.kl_eps, symmetric=args.symmetric, full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        kl_eps=args.kl_eps, symmetric=args.symmetric, mask_duplicates=args.mask_duplicates, full=args.full,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=tuple(targets), lora_vision=args.lora_vision, dora=args.dora,
         dtype=args.dtype, device=args.device, pooling=args.pooling, batch_size=args.batch_size,
         grad_accum=args.grad_accum, steps=args.steps, epochs=args.epochs, lr=args.lr, warmup=args.warmup,

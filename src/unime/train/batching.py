@@ -10,6 +10,7 @@ forward pass of the model per step).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import torch
@@ -60,6 +61,14 @@ def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores
     return good
 
 
+def item_id(item: Item) -> int:
+    """A stable signed int64 identity of an item's content: equal for the same text and the same image
+    / frame references (`Item.key`; image paths are compared as given, relative to the one data root of
+    a run), in any process — the first 8 bytes of blake2b, not Python's salted `hash`."""
+    digest = hashlib.blake2b(item.key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 class RecordDataset(Dataset):
     """Indexable records (the collator turns them into model inputs)."""
 
@@ -78,6 +87,7 @@ class EmbedderCollator:
 
         {"chunks": [model inputs of ≤ chunk_size items, ...], "num_queries": B, "group_size": 1 + k,
          "scores": (B, 1 + k) float tensor of judge scores (only if `with_scores`),
+         "candidate_ids": (B, 1 + k) int64 identity of each candidate (`item_id`: equal iff same content),
          "record_indices": (B,) positions of the records in the dataset (diagnostics)}
 
     `input_builder` is an `Embedder` used only for input assembly (`build_inputs`); it must produce CPU
@@ -129,6 +139,8 @@ class EmbedderCollator:
         chunks = [self.builder.build_inputs(items[s:s + size], segments=segments[s:s + size])
                   for s in range(0, len(items), size)]
         out = {"chunks": chunks, "num_queries": len(batch), "group_size": 1 + k,
+               "candidate_ids": torch.tensor([[item_id(item) for item, _ in group] for group in groups],
+                                             dtype=torch.long).reshape(len(batch), 1 + k),
                "record_indices": torch.tensor([index for index, _ in batch], dtype=torch.long)}
         if self.with_scores:
             out["scores"] = torch.tensor(scores, dtype=torch.float32)

@@ -57,6 +57,7 @@ class EmbedderTrainingConfig:
     label_tau: float | None = None        # temperature of the judge-score softmax (default: tau)
     kl_eps: float = 1e-8                  # symmetric_kl: the release's log(p + eps); 0 = exact
     symmetric: bool = False               # infonce: add the target → query direction
+    mask_duplicates: bool = True          # in-batch infonce: copies of a query's positive are not its negatives
     # parameters
     full: bool = False                    # full fine-tuning instead of LoRA
     lora_r: int = 16
@@ -129,7 +130,8 @@ def build_loss_from_config(config: EmbedderTrainingConfig) -> GroupLoss:
     if config.loss == "js":
         return build_loss("js", temperature=config.tau, label_temperature=config.label_tau)
     return build_loss("infonce", temperature=config.tau, in_batch=config.infonce_in_batch,
-                      use_hard_negatives=config.hard_negatives > 0, symmetric=config.symmetric)
+                      use_hard_negatives=config.hard_negatives > 0, symmetric=config.symmetric,
+                      mask_duplicates=config.mask_duplicates)
 
 
 class EmbeddingModel(nn.Module):
@@ -169,6 +171,7 @@ class EmbedderTrainer(Trainer):
         chunks = inputs["chunks"]
         num_queries, group_size = int(inputs["num_queries"]), int(inputs["group_size"])
         scores = inputs.get("scores")
+        candidate_ids = inputs.get("candidate_ids")
 
         def encode(chunk):
             return model(**chunk)
@@ -176,7 +179,9 @@ class EmbedderTrainer(Trainer):
         def loss_of(reps: torch.Tensor) -> torch.Tensor:
             queries = gather_with_grad(reps[:num_queries])
             candidates = gather_with_grad(reps[num_queries:].reshape(num_queries, group_size, -1))
-            loss = self.loss_module(queries, candidates, gather_constant(scores))
+            # ids only when the batch has them, so a loss without the keyword still works on batches without
+            extra = {} if candidate_ids is None else {"candidate_ids": gather_constant(candidate_ids)}
+            loss = self.loss_module(queries, candidates, gather_constant(scores), **extra)
             self._record_group_accuracy(queries.detach(), candidates.detach())
             return loss
 

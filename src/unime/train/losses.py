@@ -3,13 +3,16 @@
 Every loss has the same call signature (sentence-transformers style: the loss owns its configuration,
 the trainer only hands it representations):
 
-    loss(query_reps, candidate_reps, scores=None) -> scalar tensor
+    loss(query_reps, candidate_reps, scores=None, *, candidate_ids=None) -> scalar tensor
 
     query_reps      (B, d)     one embedding per query
     candidate_reps  (B, C, d)  each query's candidate group; column 0 is the positive c_t, columns
                                1..C-1 its mined hard negatives c_1..c_k (C = 1 + k)
     scores          (B, C)     judge scores s(q, ·) of the same group, positive first
                                (`query_pos_scores`, then `hard_negatives_scores`) — soft-label losses only
+    candidate_ids   (B, C)     int64 identity of each candidate item (equal iff same content; the
+                               collator's `candidate_ids`) — used by in-batch InfoNCE to mask copies of
+                               a query's positive elsewhere in the batch; the other losses ignore it
 
 Similarities are cosines: both sides are L2-normalised inside the loss (a no-op for the embedder's
 output, which is already normalised). The result is the mean over the B queries. Under data
@@ -135,7 +138,8 @@ class SymmetricKLLoss(SoftLabelLoss):
         super().__init__(temperature, label_temperature, eps)
 
     def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
-                scores: torch.Tensor | None = None) -> torch.Tensor:
+                scores: torch.Tensor | None = None, *, candidate_ids: torch.Tensor | None = None) -> torch.Tensor:
+        # candidate_ids is ignored: the group is the query's own candidates, no in-batch terms
         (log_p, log_p_eps), (log_q, log_q_eps) = self.distributions(query_reps, candidate_reps, scores)
         kl_q_p = (log_q.exp() * (log_q - log_p_eps)).sum(-1).mean()  # KL(Q‖P)
         kl_p_q = (log_p.exp() * (log_p - log_q_eps)).sum(-1).mean()  # KL(P‖Q)
@@ -163,7 +167,8 @@ class JensenShannonLoss(SoftLabelLoss):
         return {"temperature": self.temperature, "label_temperature": self.label_temperature}
 
     def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
-                scores: torch.Tensor | None = None) -> torch.Tensor:
+                scores: torch.Tensor | None = None, *, candidate_ids: torch.Tensor | None = None) -> torch.Tensor:
+        # candidate_ids is ignored: the group is the query's own candidates, no in-batch terms
         (log_p, _), (log_q, _) = self.distributions(query_reps, candidate_reps, scores)
         log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
         kl_p_m = (log_p.exp() * (log_p - log_m)).sum(-1)
@@ -184,6 +189,15 @@ class InfoNCELoss(GroupLoss):
     "+ hard negatives" = in-batch with the mined hard negatives. `symmetric=True` adds the
     target → query direction over the in-batch queries (Embed-RL's contrastive stage, SPEC §2.1).
 
+    Duplicates (`mask_duplicates=True`, the default, and `candidate_ids` given): when several queries
+    share the same positive (classification labels, duplicated retrieval targets), the other copies of
+    query i's positive in the pool are not negatives of query i — every pool column j != i whose id
+    equals the id of query i's positive (another query's positive, or a hard negative anywhere in the
+    batch) gets logit -inf. Query i's own column i is never masked. In the symmetric direction, target
+    j's row masks every query i != j whose positive has the same id. Without ids (or with
+    `mask_duplicates=False`) nothing is masked. `in_batch=False` ignores ids: a query's own group is
+    the miner's (false-negative filter's) responsibility.
+
     Reference: van den Oord et al., "Representation Learning with Contrastive Predictive Coding",
     arXiv:1807.03748; Jiang et al., VLM2Vec, arXiv:2410.05160.
     """
@@ -191,7 +205,7 @@ class InfoNCELoss(GroupLoss):
     name = "infonce"
 
     def __init__(self, temperature: float = 0.02, in_batch: bool = True, use_hard_negatives: bool = True,
-                 symmetric: bool = False):
+                 symmetric: bool = False, mask_duplicates: bool = True):
         super().__init__(temperature)
         if symmetric and not in_batch:
             raise ValueError("symmetric InfoNCE needs in-batch negatives (the other queries are the negatives "
@@ -199,15 +213,19 @@ class InfoNCELoss(GroupLoss):
         self.in_batch = bool(in_batch)
         self.use_hard_negatives = bool(use_hard_negatives)
         self.symmetric = bool(symmetric)
+        self.mask_duplicates = bool(mask_duplicates)
 
     def config(self) -> dict:
         return {"temperature": self.temperature, "in_batch": self.in_batch,
-                "use_hard_negatives": self.use_hard_negatives, "symmetric": self.symmetric}
+                "use_hard_negatives": self.use_hard_negatives, "symmetric": self.symmetric,
+                "mask_duplicates": self.mask_duplicates}
 
     def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
-                scores: torch.Tensor | None = None) -> torch.Tensor:
+                scores: torch.Tensor | None = None, *, candidate_ids: torch.Tensor | None = None) -> torch.Tensor:
         self.check_shapes(query_reps, candidate_reps)
         b, c, d = candidate_reps.shape
+        if candidate_ids is not None and tuple(candidate_ids.shape) != (b, c):
+            raise ValueError(f"candidate_ids must have shape (B, C) = {(b, c)}, got {tuple(candidate_ids.shape)}")
         use_hn = self.use_hard_negatives and c > 1
         if not self.in_batch:
             if not use_hn:
@@ -220,9 +238,21 @@ class InfoNCELoss(GroupLoss):
         pool = torch.cat([positives, cands[:, 1:].reshape(-1, d)]) if use_hn else positives
         logits = q @ pool.T / self.temperature  # (B, B [+ B*k]); query i's positive is column i
         target = torch.arange(b, device=logits.device)
+        same_positive = None
+        if self.mask_duplicates and candidate_ids is not None:
+            ids = candidate_ids.to(logits.device)
+            pos_ids = ids[:, 0]
+            pool_ids = torch.cat([pos_ids, ids[:, 1:].reshape(-1)]) if use_hn else pos_ids
+            duplicate = pool_ids.unsqueeze(0) == pos_ids.unsqueeze(1)  # (B, pool): column is a copy of row's positive
+            duplicate[target, target] = False  # the target itself
+            logits = logits.masked_fill(duplicate, float("-inf"))
+            same_positive = duplicate[:, :b]  # (B, B), symmetric: queries i != j with equal positives
         loss = F.cross_entropy(logits, target)
         if self.symmetric:
-            loss = 0.5 * (loss + F.cross_entropy(positives @ q.T / self.temperature, target))
+            t2q = positives @ q.T / self.temperature  # row j: target j against every query
+            if same_positive is not None:
+                t2q = t2q.masked_fill(same_positive, float("-inf"))
+            loss = 0.5 * (loss + F.cross_entropy(t2q, target))
         return loss
 
 
