@@ -56,8 +56,10 @@ def _compare(one: Path, two: Path, steps: int) -> None:
     b = load_file(two / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
-    assert all(float(a[k].abs().max()) > 0 for k in a if "lora_B" in k)  # B starts at 0: the steps moved it
+        # float summation order differs between one and two processes (all-reduce)
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    # B starts at 0: the steps moved it, by far more than the tolerance above
+    assert all(float(a[k].abs().max()) > 1e-4 for k in a if "lora_B" in k)
 
 
 @pytest.fixture(scope="module")
