@@ -46,18 +46,26 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
 
     out = tmp_path / "demo"
     messages: list[str] = []
-    report = Demo(out, DemoSettings.preset("quick"), progress=messages.append).run()
+    report = Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True).run()
     text = report.read_text()
     assert "## Ablation" in text and "## Reranker" in text and "## Mining and the judge audit" in text
-    for title in ("no HN, no soft labels", "hard negatives (InfoNCE)", "soft labels (symmetric KL)"):
+    for title in ("no HN, no soft labels", "hard negatives (InfoNCE)", "soft labels (symmetric KL)",
+                  "hard negatives, ground truth as judge", "soft labels, ground truth as judge"):
         row = next(line for line in text.splitlines() if title in line)
         cells = [c.strip() for c in row.strip("|").split("|")[1:]]
         assert all(c != "–" for c in cells[:7]), row  # every MMEB column has a number
     summary = json.loads((out / "eval" / "soft_s0" / "summary.json").read_text())
     assert "reranked" in summary
     assert (out / "report.html").read_text().count("<img") >= 3
+    # the diagnostic rows trained on negatives the ground truth does not call relevant
+    from unime.data.io import read_records
+    from unime.data.synth import World
+
+    world = World.load(out / "world")
+    oracle = read_records(out / "mined-oracle" / "mined.parquet")
+    assert oracle and all(world.relevance(r.query, n) <= 0.99 for r in oracle for n in r.negatives)
     # a second run skips every stage but the report
     messages.clear()
-    Demo(out, DemoSettings.preset("quick"), progress=messages.append).run()
+    Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True).run()
     skipped = [m for m in messages if m.endswith("skipped")]
-    assert len(skipped) == 10, messages
+    assert len(skipped) == 13, messages

@@ -15,6 +15,9 @@ def register(sub) -> None:
                    help="model family of the tiny models (default qwen2_vl)")
     p.add_argument("--embed-rl", action="store_true",
                    help="also run the Embed-RL stages (T-CoTs, match judge, <emb> embedders, reasoner SFT + GRPO)")
+    p.add_argument("--oracle-judge", action="store_true",
+                   help="diagnostic: also mine with the world's ground truth as the judge and train the HN and "
+                        "HN + soft rows on it (separates the judge's quality from the training recipe)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_config_option(p)
     p.set_defaults(func=_demo)
@@ -30,6 +33,7 @@ def _demo(args) -> int:
         settings.family = args.family
     if args.fresh:
         fresh(args.out)
-    report = Demo(args.out, settings, device=args.device, embed_rl=args.embed_rl).run()
+    report = Demo(args.out, settings, device=args.device, embed_rl=args.embed_rl,
+                  oracle_judge=args.oracle_judge).run()
     print(f"report: {report} (and {report.with_suffix('.html')})")
     return 0

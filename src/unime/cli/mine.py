@@ -16,7 +16,11 @@ def _add_model_options(p) -> None:
 
 
 def _add_backend_options(p) -> None:
-    p.add_argument("--backend", default="local", choices=["local", "ray", "vllm"], help="where the judge runs")
+    from unime.mining.backends import BACKENDS
+
+    p.add_argument("--backend", default="local", choices=list(BACKENDS),
+                   help="where the judge runs; `oracle` = diagnostic: --judge is a generated world and its "
+                        "ground-truth relevance replaces the judge's scores")
     p.add_argument("--ray-workers", type=int, default=2, help="ray: number of judge actors")
     p.add_argument("--ray-address", default=None, help="ray: cluster address (default: start a local cluster)")
     p.add_argument("--ray-gpus-per-worker", type=float, default=0.0)
@@ -41,7 +45,8 @@ def register(sub) -> None:
     p = sub.add_parser("mine", help="mine judge-scored hard negatives (retrieval → judge → filter + sample)")
     p.add_argument("--records", required=True, help="training records (.jsonl, .parquet, UniME-V2 .json)")
     p.add_argument("--embedder", required=True, help="embedder checkpoint for the global retrieval")
-    p.add_argument("--judge", required=True, help="judge checkpoint (a generative MLLM answering Yes/No)")
+    p.add_argument("--judge", required=True,
+                   help="judge checkpoint (a generative MLLM answering Yes/No); with --backend oracle, the world folder")
     p.add_argument("--out", required=True, help="output folder (resumable: re-run the same command to resume)")
     p.add_argument("--pool", default=None,
                    help="JSONL of candidate items (default: the de-duplicated union of all positives)")

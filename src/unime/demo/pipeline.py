@@ -15,6 +15,10 @@ reproduced by hand. The stages (SPEC §1, issue #8):
  9. reranker    `unime train reranker`                   pairwise + listwise on the mined set
 10. eval        `unime eval` for every embedder (+ reranker rows)
 11. report      report.md / report.html
+
+`--oracle-judge` adds a diagnostic: `mine-oracle` (`unime mine --backend oracle`, the world's ground-truth
+relevance in place of the judge, same retriever) and the two UniME-V2 rows trained on it (`hn-oracle`,
+`soft-oracle`), so the report separates what the tiny judge costs from what the training recipe gives.
 """
 
 from __future__ import annotations
@@ -104,9 +108,10 @@ class StageResult:
 
 class Demo:
     def __init__(self, out: str | os.PathLike, settings: DemoSettings, *, device: str = "cpu",
-                 progress: Callable[[str], None] = print, embed_rl: bool = False):
+                 progress: Callable[[str], None] = print, embed_rl: bool = False, oracle_judge: bool = False):
         self.out = Path(out)
         self.embed_rl = embed_rl
+        self.oracle_judge = oracle_judge
         self.s = settings
         self.device = device
         self.say = progress
@@ -122,8 +127,8 @@ class Demo:
 
     def embedder_runs(self) -> dict[str, list[Path]]:
         """Ablation row → one training folder per seed."""
-        return {name: [self.p("embedders", f"{name}_s{seed}") for seed in self.s.seeds]
-                for name in ("baseline", "hn", "soft")}
+        rows = ("baseline", "hn", "soft") + (("hn_oracle", "soft_oracle") if self.oracle_judge else ())
+        return {name: [self.p("embedders", f"{name}_s{seed}") for seed in self.s.seeds] for name in rows}
 
     # -- running ----------------------------------------------------------------------------------
     def run_cli(self, argv: list[str], commands: list[str]) -> None:
@@ -226,6 +231,18 @@ class Demo:
             "hn", ["--loss", "infonce", "--in-batch", "--hard-negatives", s.hard_negatives], mined))
         self.stage("soft", [r / "merged" for r in runs["soft"]], train_embedders(
             "soft", ["--loss", "symmetric_kl", "--hard-negatives", s.hard_negatives], mined))
+
+        if self.oracle_judge:  # diagnostic: the same mining and rows with a perfect judge
+            oracle_dir = self.p("mined-oracle")
+            self.stage("mine-oracle", [oracle_dir / "mined.parquet"], lambda c: self.run_cli(
+                ["mine", "--records", records, "--embedder", runs["baseline"][0] / "merged",
+                 "--judge", world, "--backend", "oracle", "--out", oracle_dir, "--data-root", world,
+                 "--k", s.k, "--count", s.count, "--cache-dir", self.p("cache", "mining"), *dev], c))
+            oracle_mined = oracle_dir / "mined.parquet"
+            self.stage("hn-oracle", [r / "merged" for r in runs["hn_oracle"]], train_embedders(
+                "hn_oracle", ["--loss", "infonce", "--in-batch", "--hard-negatives", s.hard_negatives], oracle_mined))
+            self.stage("soft-oracle", [r / "merged" for r in runs["soft_oracle"]], train_embedders(
+                "soft_oracle", ["--loss", "symmetric_kl", "--hard-negatives", s.hard_negatives], oracle_mined))
 
         reranker_dir = self.p("reranker")
         self.stage("reranker", [reranker_dir / "unime_reranker.json"], lambda c: self.run_cli(

@@ -231,6 +231,8 @@ class MiningRun:
             "judge": {"path": c.judge, "fingerprint": checkpoint_fingerprint(c.judge)},
             "data_root": str(Path(c.resolved_data_root).resolve()),
         }
+        if c.backend == "oracle":  # ground truth, not a model's scores: shards are never shared with a model's
+            self.inputs["judge"]["scores"] = "world ground truth"
         cfg = asdict(c)
         for key in ("out", "show_progress", "backend", "backend_options", "cache_dir", "judge_chunk_size",
                     "judge_image_cache", "embed_batch_size"):

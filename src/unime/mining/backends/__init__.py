@@ -1,4 +1,5 @@
-"""Where the judge runs (Stage B): in this process (`local`), on a Ray cluster (`ray`), or on vLLM (`vllm`).
+"""Where the judge runs (Stage B): in this process (`local`), on a Ray cluster (`ray`), or on vLLM (`vllm`);
+`oracle` replaces the judge by a generated world's ground truth (a diagnostic, see its module).
 
 Every backend takes query groups — `(query, [candidate, ...])`, the positive being one of the
 candidates — and returns one float64 score array per group, in order. Backends are built from a
@@ -16,7 +17,7 @@ import numpy as np
 
 from unime.data.items import Item
 
-BACKENDS = ("local", "ray", "vllm")
+BACKENDS = ("local", "ray", "vllm", "oracle")
 
 QueryGroup = tuple[Item, Sequence[Item]]
 
@@ -79,7 +80,7 @@ class JudgeBackend(ABC):
 
 def make_backend(name: str, spec: JudgeSpec, **options) -> JudgeBackend:
     """`local` (default), `ray` (options: num_workers, address, num_cpus, threads_per_worker) or
-    `vllm` (options: logprobs, missing, engine_kwargs)."""
+    `vllm` (options: logprobs, missing, engine_kwargs); `oracle` (`spec.path` = a generated world)."""
     if name == "local":
         from unime.mining.backends.local import LocalBackend
 
@@ -92,4 +93,8 @@ def make_backend(name: str, spec: JudgeSpec, **options) -> JudgeBackend:
         from unime.mining.backends.vllm import VLLMBackend
 
         return VLLMBackend(spec, **options)
+    if name == "oracle":
+        from unime.mining.backends.oracle import WorldOracleBackend
+
+        return WorldOracleBackend(spec, **options)
     raise ValueError(f"unknown judge backend {name!r}; choose one of {', '.join(BACKENDS)}")
