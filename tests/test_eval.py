@@ -21,7 +21,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.errors import DataError, ModelError
 from unime.eval import report
-from unime.eval.encode_cache import EmbeddingStore, RunEncoder, model_fingerprint
+from unime.models.embedding_cache import EmbeddingStore, RunEncoder, model_fingerprint
 from unime.eval.rerank_hook import RerankStats, load_reranker, rerank, scores_after_rerank
 from unime.eval.runners import EvalOptions, Reranking, load_suite_data, run_tasks
 from unime.eval.tasks import load_task_config, load_task_data, resolve_task_config

@@ -61,7 +61,7 @@ def test_unime_eval_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     spec = suite.tasks[0]
     data = load_task_data(spec)
     direct = emb.encode(data.table.items)
-    from unime.eval.encode_cache import RunEncoder
+    from unime.models.embedding_cache import RunEncoder
 
     enc2 = RunEncoder(emb, json.loads((run1 / "summary.json").read_text())["meta"]["model_id"], cache_dir=cache)
     rows = enc2.add(data.table.items, spec.data_root)

@@ -262,3 +262,29 @@ def test_judge_command_scores_pairs_in_order(tmp_path, tiny_model_dir, dataset):
     pf.write_text(json.dumps({"query": {"text": "q"}}) + "\n")
     with pytest.raises(DataError, match=r"pairs.jsonl.*line 1.*candidate"):
         main(["judge", "--pairs", str(pf), "--judge", tiny_model_dir("qwen3_vl"), "--out", str(out)])
+
+
+def test_a_shared_embedding_cache_never_mixes_data_roots(dataset, tiny_model_dir, tmp_path):
+    """Two data roots holding different images under the same relative paths share one cache folder:
+    the second run encodes exactly the items that show the changed image, and retrieves exactly what a
+    run with an empty cache retrieves."""
+    import shutil
+
+    root2 = tmp_path / "copy"
+    shutil.copytree(dataset.parent, root2)
+    Image.new("RGB", (48, 40), (10, 10, 10)).save(root2 / "img" / "red0.png")
+    cache = tmp_path / "cache"
+
+    def encoded(out) -> int:
+        return json.loads((out / "manifest.json").read_text())["stages"]["retrieval"]["encoded_items"]
+
+    run_mining(_config(dataset, tiny_model_dir, tmp_path / "a", cache_dir=str(cache)))
+    assert encoded(tmp_path / "a") > 0
+    run_mining(_config(root2 / "records.jsonl", tiny_model_dir, tmp_path / "b", cache_dir=str(cache)))
+    # img/red0.png appears in two distinct items: the colour query cls-red-0 and the positive of t2i-circle
+    assert encoded(tmp_path / "b") == 2
+    run_mining(_config(root2 / "records.jsonl", tiny_model_dir, tmp_path / "c", cache_dir=str(tmp_path / "empty")))
+    b, c = (pq.read_table(tmp_path / x / "retrieval.parquet").to_pydict() for x in ("b", "c"))
+    assert b["candidate_ids"] == c["candidate_ids"]
+    for sb, sc in zip(b["candidate_sims"], c["candidate_sims"], strict=True):
+        np.testing.assert_allclose(sb, sc, atol=1e-6)

@@ -1,14 +1,12 @@
-"""Stage A: the pool, the embedding cache, FAISS search and the δ rule."""
+"""Stage A: the pool, FAISS search and the δ rule (the embedding cache: test_eval, test_mining_pipeline)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from unime.data.items import Item, Record
-from unime.mining.retrieval import (EmbeddingCache, IndexConfig, apply_delta_rule, build_index, build_pool,
-                                    model_fingerprint, search_hard_negatives)
+from unime.mining.retrieval import IndexConfig, apply_delta_rule, build_index, build_pool, search_hard_negatives
 
 
 def _unit(rng, n, d):
@@ -92,74 +90,3 @@ def test_approximate_indexes_agree_with_exact(kind):
     for i in range(20):
         assert pos[i] not in approx.candidate_ids[i].tolist()
         assert np.all(approx.candidate_sims[i] < approx.positive_sims[i])
-
-
-class CountingEmbedder:
-    """Deterministic fake embedder that counts what it encodes."""
-
-    name = "fake"
-    pooling = "last"
-
-    def __init__(self, d=8):
-        self.d = d
-        self.encoded: list[str] = []
-
-    def encode(self, items, batch_size=None, show_progress=False):
-        self.encoded.extend(it.key for it in items)
-        out = np.stack([np.random.default_rng(int(it.key[:8], 16)).normal(size=self.d) for it in items])
-        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
-
-
-def test_embedding_cache_encodes_each_item_once_across_runs(tmp_path):
-    items = [Item(text=f"item {i}") for i in range(10)]
-    emb = CountingEmbedder()
-    cache = EmbeddingCache(tmp_path, "m1", block_size=4)
-    v1, n1 = cache.encode(emb, items + [items[0]])
-    assert n1 == 10 and len(emb.encoded) == 10
-    assert len(list((tmp_path / "m1").glob("seg-*.npy"))) == 3  # blocks of 4
-    np.testing.assert_array_equal(v1[0], v1[10])
-    # a new cache object on the same folder (a re-run) encodes nothing and returns the same vectors
-    emb2 = CountingEmbedder()
-    cache2 = EmbeddingCache(tmp_path, "m1")
-    v2, n2 = cache2.encode(emb2, items)
-    assert n2 == 0 and emb2.encoded == []
-    np.testing.assert_array_equal(v2, v1[:10])
-    assert isinstance(cache2._segments[0], np.memmap)
-    # a partly new set encodes only the new items
-    more = items[:3] + [Item(text="new")]
-    _, n3 = cache2.encode(emb2, more)
-    assert n3 == 1 and emb2.encoded == [Item(text="new").key]
-    # another model key is another cache
-    assert len(EmbeddingCache(tmp_path, "m2")) == 0
-
-
-def test_embedding_cache_ignores_an_interrupted_segment(tmp_path):
-    items = [Item(text=f"x{i}") for i in range(3)]
-    cache = EmbeddingCache(tmp_path, "m")
-    cache.encode(CountingEmbedder(), items)
-    # a segment whose keys file was never written (killed between the two writes)
-    np.save(tmp_path / "m" / "seg-000001.npy", np.zeros((2, 8), dtype=np.float32))
-    emb = CountingEmbedder()
-    _, n = EmbeddingCache(tmp_path, "m").encode(emb, items + [Item(text="y")])
-    assert n == 1
-
-
-def test_real_embedder_cache_round_trip(tiny_model_dir, tmp_path):
-    from unime.models.embedder import Embedder
-
-    img = Image.new("RGB", (64, 48), (200, 30, 30))
-    img.save(tmp_path / "red.png")
-    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(tmp_path))
-    items = [Item(text="a red circle"), Item(images=("red.png",)), Item(text="a blue star")]
-    key = model_fingerprint(emb)
-    assert key == model_fingerprint(Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu"))
-    direct = emb.encode(items)
-    cache = EmbeddingCache(tmp_path / "cache", key)
-    cached, n = cache.encode(emb, items)
-    np.testing.assert_array_equal(cached, direct)
-    calls = []
-    orig = emb.encode
-    emb.encode = lambda *a, **kw: (calls.append(1), orig(*a, **kw))[1]
-    again, n2 = EmbeddingCache(tmp_path / "cache", key).encode(emb, items)
-    assert n == 3 and n2 == 0 and calls == []
-    np.testing.assert_array_equal(again, direct)

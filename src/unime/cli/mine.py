@@ -64,7 +64,8 @@ def register(sub) -> None:
     p.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth")
     p.add_argument("--shard-size", type=int, default=64, help="queries per judge shard (unit of resumption)")
     p.add_argument("--embed-batch-size", type=int, default=16)
-    p.add_argument("--cache-dir", default=None, help="embedding cache (default: OUT/cache/embeddings)")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache, shared format with `unime eval --cache-dir` (default: OUT/cache/embeddings)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="skip bad records (counted and reported) instead of stopping at the first")
     p.add_argument("--audit", action="store_true", help="audit the judge against the demo world (needs --world)")

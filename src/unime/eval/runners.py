@@ -20,7 +20,7 @@ import numpy as np
 
 from unime.data.items import Item
 from unime.eval import metrics as M
-from unime.eval.encode_cache import RunEncoder, default_cache_dir, image_root, model_fingerprint
+from unime.models.embedding_cache import RunEncoder, default_cache_dir, embedding_settings, image_root, model_fingerprint
 from unime.eval.rerank_hook import RERANK_MODES, RerankStats, rerank, scores_after_rerank
 from unime.eval.tasks import (CompositionalData, MMEBData, QrelsData, RetrievalData, TaskData, TaskSpec,
                               TaskSuite, load_task_config, load_task_data)
@@ -340,8 +340,7 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
     if rerank_path:
         reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype), rerank_topk, rerank_mode)
     t_model = time.perf_counter()
-    settings = {"pooling": embedder.pooling, "dtype": str(dtype), "instruction_suffix": embedder.instruction_suffix,
-                "normalize": True}
+    settings = embedding_settings(embedder, dtype)
     model_id = model_fingerprint(model, settings)
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
     encoder = RunEncoder(embedder, model_id, cache_dir=cache, batch_size=batch_size, show_progress=show_progress,

@@ -49,8 +49,8 @@ from unime.data.jsonl import iter_jsonl
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
 from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
-from unime.mining.retrieval import (IndexConfig, RetrievalResult, build_index, build_pool, EmbeddingCache,
-                                    model_fingerprint, search_hard_negatives)
+from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
+from unime.mining.retrieval import IndexConfig, RetrievalResult, build_index, build_pool, search_hard_negatives
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +279,20 @@ class MiningRun:
         c = self.config
         t0 = time.perf_counter()
         emb = self.embedder()
-        cache = EmbeddingCache(c.cache_dir or self.out / "cache" / "embeddings", model_fingerprint(emb))
+        # the evaluation's embedding cache: items keyed by text + image content, so the same relative path
+        # under another data root (or a regenerated image) is never served a stale vector
+        settings = embedding_settings(emb, c.dtype)
+        encoder = RunEncoder(emb, model_fingerprint(c.embedder, settings),
+                             cache_dir=c.cache_dir or self.out / "cache" / "embeddings",
+                             model_info={"model": str(c.embedder), "settings": settings},
+                             batch_size=c.embed_batch_size, show_progress=c.show_progress,
+                             allow_outside_root=c.allow_outside_root)
         queries = [r.query for r in self.records]
         positives = [r.positive for r in self.records]
         all_items = queries + positives + self.pool
-        vecs, n_encoded = cache.encode(emb, all_items, show_progress=c.show_progress)
+        rows = encoder.add(all_items, c.resolved_data_root, source=str(c.records))
+        encoder.encode_pending()
+        vecs, n_encoded = encoder.vectors(rows), encoder.stats.encoded
         nq = len(queries)
         q_vecs, p_vecs, pool_vecs = vecs[:nq], vecs[nq:2 * nq], vecs[2 * nq:]
         t1 = time.perf_counter()

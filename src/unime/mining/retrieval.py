@@ -2,9 +2,7 @@
 
 - `build_pool(records)`: the global candidate pool, by default the de-duplicated union of all
   training positives across datasets (so a query may receive another dataset's targets).
-- `EmbeddingCache`: on-disk, memory-mapped embeddings keyed by the embedder's fingerprint and each
-  item's content key; a re-run encodes nothing, a partly cached set encodes only the missing items.
-  Items are encoded in blocks, each block written atomically, so a killed encode resumes.
+- the embeddings come from `unime.models.embedding_cache` (the cache `unime eval` uses too).
 - `build_index`: FAISS inner-product index over L2-normalised vectors (= cosine): exact `flat`
   (default), or approximate `hnsw` / `ivf` for large pools.
 - `search_hard_negatives`: top-K per query under the δ rule: the positive, the query itself, and every
@@ -13,17 +11,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from unime.data.atomic import atomic_open, atomic_path
 from unime.data.items import Item, Record
 
 log = logging.getLogger(__name__)
@@ -42,128 +35,6 @@ def build_pool(records: Sequence[Record], extra: Sequence[Item] = ()) -> list[It
     for it in extra:
         seen.setdefault(it.key, it)
     return list(seen.values())
-
-
-# -- embedding cache -----------------------------------------------------------------------------------
-
-def model_fingerprint(embedder) -> str:
-    """A key for "same model, same embeddings": checkpoint path, config, weight files (size, mtime),
-    pooling, instruction suffix and dtype. Retraining into the same folder changes it."""
-    h = hashlib.sha1()
-    name = str(getattr(embedder, "name", "") or "")
-    model = getattr(embedder, "model", None)
-    config = getattr(model, "config", None)
-    parts: dict[str, Any] = {
-        "name": os.path.abspath(name) if name and os.path.exists(name) else name,
-        "pooling": getattr(embedder, "pooling", None),
-        "suffix": getattr(embedder, "instruction_suffix", ""),
-        "dtype": str(getattr(model, "dtype", "")),
-        "config": config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else None,
-    }
-    if name and os.path.isdir(name):
-        files = []
-        for p in sorted(Path(name).iterdir()):
-            if p.suffix in (".safetensors", ".bin", ".pt") and p.is_file():
-                st = p.stat()
-                files.append([p.name, st.st_size, st.st_mtime_ns])
-        parts["weights"] = files
-    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:20]
-
-
-class EmbeddingCache:
-    """Embeddings stored under `root/<model_key>/` as segments `seg-NNNNNN.npy` (float32, memory-mapped
-    on read) with their item keys in `seg-NNNNNN.keys.json`. The keys file is written last, so a segment
-    without one (an interrupted write) is ignored."""
-
-    def __init__(self, root: str | os.PathLike, model_key: str, *, block_size: int = 4096):
-        self.dir = Path(root) / model_key
-        self.block_size = block_size
-        self._rows: dict[str, tuple[int, int]] = {}
-        self._segments: list[np.ndarray] = []
-        self._load()
-
-    def _load(self) -> None:
-        self._rows.clear()
-        self._segments.clear()
-        if not self.dir.is_dir():
-            return
-        for keys_file in sorted(self.dir.glob("seg-*.keys.json")):
-            vec_file = keys_file.with_name(keys_file.name[: -len(".keys.json")] + ".npy")
-            if not vec_file.is_file():
-                continue
-            keys = json.loads(keys_file.read_text())
-            vecs = np.load(vec_file, mmap_mode="r")
-            if vecs.shape[0] != len(keys):
-                log.warning("embedding cache segment %s is inconsistent; ignored", vec_file)
-                continue
-            seg = len(self._segments)
-            self._segments.append(vecs)
-            for r, k in enumerate(keys):
-                self._rows.setdefault(k, (seg, r))
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._rows
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def get(self, keys: Sequence[str]) -> np.ndarray:
-        """Vectors of `keys` (all must be cached), float32 (n, d)."""
-        if not keys:
-            dim = self._segments[0].shape[1] if self._segments else 0
-            return np.zeros((0, dim), dtype=np.float32)
-        missing = [k for k in keys if k not in self._rows]
-        if missing:
-            raise KeyError(f"{len(missing)} keys not in the embedding cache, e.g. {missing[0]}")
-        dim = self._segments[self._rows[keys[0]][0]].shape[1]
-        out = np.empty((len(keys), dim), dtype=np.float32)
-        by_seg: dict[int, list[tuple[int, int]]] = {}
-        for i, k in enumerate(keys):
-            seg, row = self._rows[k]
-            by_seg.setdefault(seg, []).append((i, row))
-        for seg, pairs in by_seg.items():
-            dst = np.array([p[0] for p in pairs])
-            src = np.array([p[1] for p in pairs])
-            out[dst] = self._segments[seg][src]
-        return out
-
-    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
-        """Append one segment (atomically: vectors first, then the keys file that commits it)."""
-        if len(keys) != len(vectors):
-            raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
-        if not len(keys):
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        n = len(list(self.dir.glob("seg-*.npy")))
-        while (self.dir / f"seg-{n:06d}.npy").exists():
-            n += 1
-        stem = self.dir / f"seg-{n:06d}"
-        with atomic_path(stem.with_suffix(".npy")) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32))
-        with atomic_open(stem.with_name(stem.name + ".keys.json")) as fh:
-            json.dump(list(keys), fh)
-        seg = len(self._segments)
-        self._segments.append(np.load(stem.with_suffix(".npy"), mmap_mode="r"))
-        for r, k in enumerate(keys):
-            self._rows.setdefault(k, (seg, r))
-
-    def encode(self, embedder, items: Sequence[Item], *, batch_size: int | None = None,
-               show_progress: bool = False) -> tuple[np.ndarray, int]:
-        """Embeddings of `items` (float32 (n, d)), encoding only the ones not cached yet.
-        Returns (vectors, number of items encoded now)."""
-        keys = [it.key for it in items]
-        todo: dict[str, Item] = {}
-        for it, k in zip(items, keys):
-            if k not in self._rows and k not in todo:
-                todo[k] = it
-        pending = list(todo.items())
-        for s in range(0, len(pending), self.block_size):
-            block = pending[s:s + self.block_size]
-            vecs = embedder.encode([it for _, it in block], batch_size=batch_size, show_progress=show_progress)
-            self.add([k for k, _ in block], np.asarray(vecs, dtype=np.float32))
-        return self.get(keys), len(pending)
 
 
 # -- index and search --------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Encode every distinct item of an evaluation run exactly once, with an on-disk embedding cache.
+"""Encode every distinct item exactly once, with an on-disk embedding cache — one cache for every stage
+that embeds a set of items: `unime eval` (all tasks of a run) and `unime mine` (queries, positives
+and the candidate pool of the global retrieval).
 
 Keys:
 - **model identity** (`model_fingerprint`): a hash of the checkpoint folder's top-level files — the
@@ -101,6 +103,12 @@ def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None =
     return h.hexdigest()[:24]
 
 
+def embedding_settings(embedder: Any, dtype: Any = None) -> dict[str, Any]:
+    """The embedding settings that change an embedder's vectors (part of the cache's model identity)."""
+    return {"pooling": embedder.pooling, "dtype": str(dtype), "instruction_suffix": embedder.instruction_suffix,
+            "normalize": True}
+
+
 @contextlib.contextmanager
 def image_root(model: Any, root: str | os.PathLike | None):
     """Temporarily point a model's ``image_loader`` (Embedder, Reranker) at `root`; no-op without one.
@@ -201,8 +209,9 @@ class RunEncoder:
 
     def __init__(self, embedder: Any, model_id: str, *, cache_dir: str | os.PathLike | None = None,
                  model_info: dict | None = None, batch_size: int | None = None, flush_every: int = 2048,
-                 show_progress: bool = False):
+                 show_progress: bool = False, allow_outside_root: bool = False):
         self.embedder = embedder
+        self.allow_outside_root = allow_outside_root
         self.model_id = model_id
         self.store = EmbeddingStore(Path(cache_dir) / model_id, model_info=model_info) if cache_dir else None
         self.batch_size = batch_size
@@ -235,7 +244,7 @@ class RunEncoder:
 
     def content_key(self, item: Item, root: str | os.PathLike | None, *, source: str | None = None,
                     loader: ImageLoader | None = None) -> str:
-        loader = loader or ImageLoader(root)
+        loader = loader or ImageLoader(root, allow_outside_root=self.allow_outside_root)
         payload = {"t": item.text,
                    "i": [self._ref_id(r, loader, source=source, field_name=f"images[{j}]")
                          for j, r in enumerate(item.images)],
@@ -251,7 +260,7 @@ class RunEncoder:
         self.stats.items_seen += len(items) if references is None else references
         rows = np.empty(len(items), dtype=np.int64)
         root_path = Path(root) if root is not None else None
-        loader = ImageLoader(root_path)
+        loader = ImageLoader(root_path, allow_outside_root=self.allow_outside_root)
         for i, item in enumerate(items):
             key = self.content_key(item, root_path, source=source, loader=loader)
             row = self._row_of.get(key)
