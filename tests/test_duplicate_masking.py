@@ -103,7 +103,7 @@ def _compute_loss(loss_module, inputs):
     from unime.train.embedder_trainer import EmbedderTrainer
 
     trainer = SimpleNamespace(loss_module=loss_module, grad_cache=None,
-                              _record_group_accuracy=lambda queries, candidates: None)
+                              _record_accuracy=lambda *args: None)
     return EmbedderTrainer.compute_loss(trainer, lambda **chunk: chunk["reps"], inputs)
 
 
@@ -138,3 +138,21 @@ def test_cli_mask_duplicates_option(tmp_path):
     assert on.to_dict()["mask_duplicates"] is True and off.to_dict()["mask_duplicates"] is False  # train_config.json
     assert build_loss_from_config(on).config()["mask_duplicates"] is True                       # model card
     assert build_loss_from_config(off).mask_duplicates is False
+
+
+def test_training_accuracies_hand_worked():
+    from unime.train.embedder_trainer import batch_accuracies
+
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    # groups (positive, hard negative); positives p0 = (1, 0), p1 = (.6, .8), p2 = (0, 1)
+    cands = torch.tensor([[[1.0, 0.0], [0.0, 1.0]],
+                          [[0.6, 0.8], [1.0, 0.0]],
+                          [[0.0, 1.0], [0.6, 0.8]]])
+    # q·p: q0 (1, .6, 0) -> p0 own; q1 (0, .8, 1) -> p2, not own; q2 (.6, 1, .8) -> p1, not own
+    # own group: q0 1 > 0; q1 .8 > 0; q2 .8 < 1
+    assert batch_accuracies(q, cands) == {"in_batch_accuracy": 1.0, "group_accuracy": 2.0}
+    # p1 and p2 are copies of one item (id 5): q1 -> p2 and q2 -> p1 are then right
+    ids = torch.tensor([[4, 9], [5, 4], [5, 5]])
+    assert batch_accuracies(q, cands, ids)["in_batch_accuracy"] == 3.0
+    # without hard negatives there is no group accuracy (it would be trivially 1)
+    assert batch_accuracies(q, cands[:, :1]) == {"in_batch_accuracy": 1.0}

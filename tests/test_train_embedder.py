@@ -161,7 +161,8 @@ def test_model_card_curves_and_metrics(trained):
     assert (res.merged / "README.md").read_text() == card and (res.adapter / "README.md").read_text() == card
     rows = read_curves_csv(res.out / "curves.csv")
     assert [r["step"] for r in rows] == list(range(1, 9))
-    assert {"loss", "learning_rate", "group_accuracy", "grad_norm"} <= set(rows[0])
+    assert {"loss", "learning_rate", "group_accuracy", "in_batch_accuracy", "grad_norm"} <= set(rows[0])
+    assert all(0.0 <= r["in_batch_accuracy"] <= 1.0 and 0.0 <= r["group_accuracy"] <= 1.0 for r in rows)
     assert (res.out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((res.out / "metrics.json").read_text())
     assert metrics["final_loss"] == pytest.approx(rows[-1]["loss"])

@@ -162,7 +162,7 @@ class EmbedderTrainer(Trainer):
         self.loss_module = loss
         self.grad_cache = grad_cache
         self.homogeneous_sampler = homogeneous_sampler
-        self._metric_sum = 0.0
+        self._metric_sums: dict[str, float] = {}
         self._metric_count = 0
         super().__init__(model=EmbeddingModel(embedder), **kwargs)
 
@@ -182,7 +182,7 @@ class EmbedderTrainer(Trainer):
             # ids only when the batch has them, so a loss without the keyword still works on batches without
             extra = {} if candidate_ids is None else {"candidate_ids": gather_constant(candidate_ids)}
             loss = self.loss_module(queries, candidates, gather_constant(scores), **extra)
-            self._record_group_accuracy(queries.detach(), candidates.detach())
+            self._record_accuracy(queries.detach(), candidates.detach(), extra.get("candidate_ids"))
             return loss
 
         if self.grad_cache is not None and torch.is_grad_enabled():
@@ -199,16 +199,17 @@ class EmbedderTrainer(Trainer):
             return model.no_sync
         return None
 
-    def _record_group_accuracy(self, queries: torch.Tensor, candidates: torch.Tensor) -> None:
-        """Fraction of queries whose positive is the most similar candidate of their group."""
-        sims = GroupLoss.group_similarities(queries, candidates)
-        self._metric_sum += float((sims.argmax(dim=-1) == 0).float().sum())
-        self._metric_count += int(sims.shape[0])
+    def _record_accuracy(self, queries: torch.Tensor, candidates: torch.Tensor,
+                         candidate_ids: torch.Tensor | None = None) -> None:
+        """Accumulate the logged training accuracies (see `batch_accuracies`)."""
+        for name, hits in batch_accuracies(queries, candidates, candidate_ids).items():
+            self._metric_sums[name] = self._metric_sums.get(name, 0.0) + hits
+        self._metric_count += int(queries.shape[0])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metric_count:
-            logs = {**logs, "group_accuracy": self._metric_sum / self._metric_count}
-            self._metric_sum, self._metric_count = 0.0, 0
+            logs = {**logs, **{k: v / self._metric_count for k, v in self._metric_sums.items()}}
+            self._metric_sums, self._metric_count = {}, 0
         super().log(logs, start_time)
 
     # -- data ------------------------------------------------------------------------------------
@@ -358,8 +359,32 @@ def _data_summary(config: EmbedderTrainingConfig, records: Sequence[Record], dat
     return summary
 
 
+def batch_accuracies(queries: torch.Tensor, candidates: torch.Tensor,
+                     candidate_ids: torch.Tensor | None = None) -> dict[str, float]:
+    """Number of queries (of the batch) that rank right, by two measures:
+
+    - `in_batch_accuracy`: the query's most similar positive among all the batch's positives is its own
+      (or a copy of it: the same candidate id);
+    - `group_accuracy` (only with hard negatives): its positive beats its own hard negatives.
+    """
+    q = torch.nn.functional.normalize(queries.float(), dim=-1)
+    positives = torch.nn.functional.normalize(candidates[:, 0].float(), dim=-1)
+    best = (q @ positives.T).argmax(dim=-1)
+    own = torch.arange(q.shape[0], device=q.device)
+    if candidate_ids is not None:
+        pos_ids = candidate_ids[:, 0].to(q.device)
+        hits = pos_ids[best] == pos_ids
+    else:
+        hits = best == own
+    out = {"in_batch_accuracy": float(hits.float().sum())}
+    if candidates.shape[1] > 1:
+        sims = GroupLoss.group_similarities(queries, candidates)
+        out["group_accuracy"] = float((sims.argmax(dim=-1) == 0).float().sum())
+    return out
+
+
 def _final_metrics(log_history: Sequence[dict[str, Any]], global_step: int) -> dict[str, Any]:
-    """First and last logged loss (the last log is a mean over its logging window), group accuracy."""
+    """First and last logged loss (the last log is a mean over its logging window), accuracies."""
     rows = [r for r in step_rows(log_history) if "loss" in r]
     summary = next((e for e in reversed(log_history) if "train_runtime" in e), {})
     metrics: dict[str, Any] = {"steps": global_step}
@@ -367,8 +392,9 @@ def _final_metrics(log_history: Sequence[dict[str, Any]], global_step: int) -> d
         metrics["initial_loss"] = rows[0]["loss"]
         metrics["final_loss"] = rows[-1]["loss"]
         metrics["final_loss_step"] = rows[-1]["step"]
-        if "group_accuracy" in rows[-1]:
-            metrics["final_group_accuracy"] = rows[-1]["group_accuracy"]
+        for key in ("group_accuracy", "in_batch_accuracy"):
+            if key in rows[-1]:
+                metrics[f"final_{key}"] = rows[-1][key]
     for key in ("train_loss", "train_runtime", "train_samples_per_second"):
         if key in summary:
             metrics[key] = summary[key]
