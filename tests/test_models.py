@@ -101,3 +101,22 @@ def test_placeholder_mapping_errors_name_the_field():
     assert [s.kind for s in segs] == ["image", "image", "text"]
     with pytest.raises(DataError, match="placeholder.*1 image"):
         item_segments("<|image_2|> x", ["A"], record=7)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_build_tiny_init_std_sets_the_weight_scale(family, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from unime.models.tiny import TinySize, build_tiny
+
+    stds = {}
+    for init in (0.02, 0.1):
+        out = build_tiny(family, tmp_path / f"m{init}", seed=0, size=TinySize(hidden=64, init_std=init))
+        w = load_file(out / "model.safetensors")
+        text = next(v for k, v in w.items() if k.endswith("layers.0.self_attn.q_proj.weight"))
+        vision = next(v for k, v in w.items() if "visual" in k and ".blocks.0." in k and k.endswith("qkv.weight"))
+        stds[init] = (float(text.std()), float(vision.std()))
+        assert AutoConfig.from_pretrained(out).text_config.initializer_range == init
+    for init, (t, v) in stds.items():  # normal(0, init) over thousands of weights: within 10 %
+        assert abs(t - init) < 0.1 * init and abs(v - init) < 0.1 * init, (init, t, v)

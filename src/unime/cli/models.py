@@ -16,6 +16,8 @@ def register(sub) -> None:
     b.add_argument("--hidden", type=int, default=64, help="text hidden size")
     b.add_argument("--layers", type=int, default=2, help="text decoder layers")
     b.add_argument("--vision-depth", type=int, default=1, help="vision encoder blocks")
+    b.add_argument("--init-std", type=float, default=0.02,
+                   help="std of the random initialisation (HF initializer_range); 0.1 trains a tiny judge faster")
     b.add_argument("--extra-token", action="append", default=[], help="extra special token (repeatable), e.g. <emb>")
     add_config_option(b)
     b.set_defaults(func=_build_tiny)
@@ -25,7 +27,7 @@ def _build_tiny(args) -> int:
     from unime.models.tiny import TinySize, build_tiny
 
     size = TinySize(hidden=args.hidden, layers=args.layers, vision_depth=args.vision_depth,
-                    intermediate=2 * args.hidden)
+                    intermediate=2 * args.hidden, init_std=args.init_std)
     out = build_tiny(args.family, args.out, seed=args.seed, size=size, extra_tokens=args.extra_token)
     print(out)
     return 0

@@ -78,6 +78,10 @@ class TinySize:
     vision_hidden: int = 32
     vision_heads: int = 2
     vocab: int = 1024
+    # std of the random initialisation (HF's `initializer_range`, default 0.02). At this width 0.02 leaves
+    # image and text signals too weak to reach the answer token of a randomly initialised judge; 0.1 made
+    # single judge tasks learnable in a few hundred CPU steps (see the project notes).
+    init_std: float = 0.02
     # pixel bounds of the image processor: 28*28*4 .. 28*28*64 → 4..64 merged image tokens (Qwen2)
     min_pixels: int = 28 * 28 * 4
     max_pixels: int = 28 * 28 * 64
@@ -220,6 +224,8 @@ def build_tiny(family: str, out_dir: str | os.PathLike, *, seed: int = 0, size: 
     processor = proc_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                          chat_template=template)
 
+    for cfg in (config, config.text_config, config.vision_config):
+        cfg.initializer_range = size.init_std
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = special["<|endoftext|>"]
