@@ -20,10 +20,11 @@ import numpy as np
 
 from unime.data.items import Item
 from unime.eval import metrics as M
-from unime.models.embedding_cache import RunEncoder, default_cache_dir, embedding_settings, image_root, model_fingerprint
 from unime.eval.rerank_hook import RERANK_MODES, RerankStats, rerank, scores_after_rerank
 from unime.eval.tasks import (CompositionalData, MMEBData, QrelsData, RetrievalData, TaskData, TaskSpec,
                               TaskSuite, load_task_config, load_task_data)
+from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
+                                          model_fingerprint)
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ from unime.data.jsonl import iter_jsonl
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
 from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
-from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
 from unime.mining.retrieval import IndexConfig, RetrievalResult, build_index, build_pool, search_hard_negatives
+from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
 
 log = logging.getLogger(__name__)
 

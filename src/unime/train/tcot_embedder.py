@@ -197,9 +197,9 @@ def evaluate_with_reasoning(embedder_path: str, tasks: str, out_dir: str, *, tco
     from unime.data.atomic import atomic_open
     from unime.eval import report
     from unime.eval.runners import EvalOptions, load_suite_data, run_tasks
-    from unime.models.embedding_cache import RunEncoder
     from unime.eval.tasks import MMEBData, load_task_config
     from unime.models.embedder import Embedder
+    from unime.models.embedding_cache import RunEncoder
     from unime.reasoning.embed_inputs import ReasonedEmbedder
 
     if tcots not in ("reasoner", "none", "teacher"):
