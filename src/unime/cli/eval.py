@@ -9,7 +9,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate an embedder (MMEB protocol, retrieval, compositional, qrels); compare result folders",
         description="With --model: evaluate the checkpoint on --tasks and write JSON results, results.md and "
-                    "plots into --out. Without --model: compare the result folders given by --compare.")
+                    "plots into --out. Without --model: compare the result folders given by --compare. "
+                    "`unime eval reference`: train and evaluate the learnability reference (see its --help).")
     p.add_argument("--model", help="embedder checkpoint (HF folder, hub id, or PEFT adapter folder)")
     p.add_argument("--tasks", help="task config YAML, a folder holding eval_tasks.yaml (e.g. the demo world), "
                                    "or the name of a shipped config (mmeb_v1)")
@@ -18,7 +19,7 @@ def register(sub) -> None:
                         "folder for --tasks mmeb_v1)")
     p.add_argument("--task", action="append", default=None, metavar="NAME",
                    help="evaluate only this task (repeatable)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", help="output folder (required)")
     p.add_argument("--compare", nargs="+", default=[], metavar="DIR",
                    help="result folders to put side by side (with this run, if --model is given)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -41,12 +42,41 @@ def register(sub) -> None:
                    help="top1: the reranker's pick moves to rank 1; resort: sort the top k by pairwise score")
     add_config_option(p)
     p.set_defaults(func=_eval)
+    actions = p.add_subparsers(dest="eval_command", metavar="ACTION")
+    r = actions.add_parser(
+        "reference", help="train a small independent dual encoder (CNN + GRU, InfoNCE, from scratch) on the "
+                          "training records and evaluate it like any checkpoint: how learnable is the world?",
+        description="Train the learnability reference on --records for --seconds of wall time or --max-steps "
+                    "steps (whichever first), then evaluate it on --tasks with the same runner as `unime eval`; "
+                    "--out gets summary.json, results.md, tasks/, training.json (loss and in-batch train P@1) "
+                    "and the weights (reference.pt, reference.json).")
+    r.add_argument("--tasks", required=True, help="task config YAML or a folder holding eval_tasks.yaml")
+    r.add_argument("--tasks-root", default=None, help="folder the task paths are relative to")
+    r.add_argument("--task", action="append", default=None, metavar="NAME", help="evaluate only this task")
+    r.add_argument("--records", required=True, help="training records (.jsonl, .parquet, .json)")
+    r.add_argument("--data-root", default=None,
+                   help="folder the records' image paths are relative to (default: the records file's folder)")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--seconds", type=float, default=120.0, help="wall-clock training budget (default 120)")
+    r.add_argument("--max-steps", type=int, default=100_000, help="step limit (default 100000)")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--lr", type=float, default=2e-3)
+    r.add_argument("--image-size", type=int, default=64, help="images are resized to this square size")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=1, help="torch threads (1 = bit-reproducible; default 1)")
+    r.add_argument("--ties", default="pessimistic", choices=["pessimistic", "index"])
+    r.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="a bad eval data row stops the run (raise) or is left out and counted (skip)")
+    add_config_option(r)
+    r.set_defaults(func=_reference)
 
 
 def _eval(args) -> int:
     from unime.eval.report import compare_runs
     from unime.eval.runners import evaluate_checkpoint
 
+    if not args.out:
+        raise SystemExit("unime eval: --out is required")
     if args.model is None:
         if not args.compare:
             raise SystemExit("unime eval: give --model and --tasks to evaluate, or --compare DIR ... to compare")
@@ -65,4 +95,19 @@ def _eval(args) -> int:
     enc = summary["encoding"]
     print(f"{args.out}/results.md  (items seen {enc['items_seen']}, distinct {enc['distinct_items']}, "
           f"from cache {enc['from_cache']}, encoded {enc['encoded']}; wall {summary['timing']['wall_seconds']:.1f} s)")
+    return 0
+
+
+def _reference(args) -> int:
+    from unime.eval.reference import ReferenceConfig, evaluate_reference
+
+    cfg = ReferenceConfig(seconds=args.seconds, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                          image_size=args.image_size, seed=args.seed, threads=args.threads)
+    summary = evaluate_reference(args.tasks, args.records, args.out, data_root=args.data_root, cfg=cfg,
+                                 tasks_root=args.tasks_root, only=args.task, ties=args.ties, on_error=args.on_error)
+    training = summary["meta"]["reference"]["training"]
+    overall = summary["aggregates"].get("mmeb", {}).get("scores", {}).get("overall")
+    print(f"{args.out}/results.md  ({training['steps']} steps in {training['seconds']:.0f} s, stopped by "
+          f"{training['stopped_by']}; in-batch train P@1 {100 * training['train_p_at_1']:.1f}; overall P@1 "
+          f"{'–' if overall is None else f'{100 * overall:.1f}'})")
     return 0
