@@ -403,12 +403,17 @@ def _pair_loss(enc: ReferenceEncoder, chunk: Sequence[Record], source: str | Non
 
 @torch.no_grad()
 def training_p_at_1(enc: ReferenceEncoder, records: Sequence[Record], source: str | None = None) -> float:
-    """In-batch P@1 over all training records in fixed consecutive batches (eval mode, no update)."""
+    """In-batch P@1 over all training records (eval mode, no update), in batches of the training batch size
+    drawn in a fixed shuffled order (seeded by the config's seed), i.e. mixed-task batches like training's;
+    a final batch of one record is left out (nothing to rank against)."""
     enc.net.eval()
     bs = min(enc.cfg.batch_size, len(records))
-    hits = total = 0
-    for s in range(0, len(records) - bs + 1, bs):
-        chunk = records[s:s + bs]
+    order = np.random.default_rng([enc.cfg.seed, 1]).permutation(len(records))
+    hits = total = 0.0
+    for s in range(0, len(records), bs):
+        chunk = [records[k] for k in order[s:s + bs]]
+        if len(chunk) < 2:
+            continue
         _, acc = _pair_loss(enc, chunk, source)
         hits += acc * len(chunk)
         total += len(chunk)
