@@ -8,6 +8,10 @@ reference is trained for ``--seconds`` of wall time (or ``--max-steps``) at one 
 that world's eval tasks by `unime.eval.runners.run_tasks`. Prints one line per point as it finishes and
 a markdown table at the end (chance level in brackets); writes ``curve.json`` and ``curve.md`` into
 ``--out``. Worlds (``world-N``) are reused when present; result folders are ``reference-N``.
+
+Read the steps / epochs columns first: at a fixed wall budget a bigger world is seen fewer times, so
+a point that is budget-bound (few epochs, training P@1 far from 100) says nothing about saturation in
+records; raise ``--seconds`` until the smallest world's training P@1 is near 100.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     def show(row: dict) -> None:
         s, c = row["scores"], row["chance"]
         print(f"N={row['train_per_task']:>5}  records={row['train_records']:>6}  steps={row['steps']:>5}  "
-              f"train P@1={100 * row['train_p@1']:.1f}  overall P@1={100 * s['overall']:.1f} "
+              f"epochs={row['epochs']:.1f}  train P@1={100 * row['train_p@1']:.1f}  overall P@1={100 * s['overall']:.1f} "
               f"(chance {100 * c['overall']:.1f})", flush=True)
 
     rows = reference_curve(args.sizes, args.out, cfg=cfg, world_seed=args.world_seed,

@@ -515,6 +515,7 @@ def reference_curve(train_per_task: Sequence[int], out_root: str | os.PathLike, 
         comp = {name: m["accuracy"] for name, m in summary["tasks"].items()
                 if summary["task_info"][name]["format"] == "compositional"}
         row = {"train_per_task": n, "train_records": training["records"], "steps": training["steps"],
+               "epochs": training["steps"] * cfg.batch_size / training["records"],
                "seconds": training["seconds"], "stopped_by": training["stopped_by"],
                "train_p@1": training["train_p_at_1"], "scores": summary["aggregates"]["mmeb"]["scores"],
                "chance": chance_scores(str(world))["aggregates"]["scores"],
@@ -531,10 +532,11 @@ def curve_table(rows: Sequence[dict]) -> list[str]:
     """Markdown table of `reference_curve` rows (x100), chance in brackets."""
     groups = ["classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall"]
     comp = sorted({c for r in rows for c in r["compositional"]})
-    header = ["records/task", "records", "steps", "train P@1"] + groups + [f"{c} acc" for c in comp]
+    header = ["records/task", "records", "steps", "epochs", "train P@1"] + groups + [f"{c} acc" for c in comp]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
     for r in rows:
-        cells = [str(r["train_per_task"]), str(r["train_records"]), str(r["steps"]), f"{100 * r['train_p@1']:.1f}"]
+        cells = [str(r["train_per_task"]), str(r["train_records"]), str(r["steps"]), f"{r['epochs']:.1f}",
+                 f"{100 * r['train_p@1']:.1f}"]
         cells += [f"{100 * r['scores'][g]:.1f} ({100 * r['chance'][g]:.1f})" if g in r["scores"] else "–" for g in groups]
         cells += [f"{100 * r['compositional'][c]:.1f}" if c in r["compositional"] else "–" for c in comp]
         lines.append("| " + " | ".join(cells) + " |")
