@@ -71,7 +71,7 @@ class Embedder:
     def segments(self, item: Item, *, record=None) -> list[Segment]:
         load = self.image_loader.load
         images = [load(r, record=record, field=f"images[{i}]") for i, r in enumerate(item.images)]
-        frames = [load(r, record=record, field=f"video[{i}]") for i, r in enumerate(item.video)]
+        frames = self.image_loader.load_video(item.video, record=record, field="video") if item.video else []
         segs = item_segments(item.text, images, frames, record=record)
         if self.instruction_suffix:
             segs.append(Segment("text", self.instruction_suffix))

@@ -141,7 +141,7 @@ class Reranker:
     def _content(self, item: Item, field: str) -> list[Segment]:
         load = self.image_loader.load
         images = [load(r, field=f"{field}.images[{i}]") for i, r in enumerate(item.images)]
-        frames = [load(r, field=f"{field}.video[{i}]") for i, r in enumerate(item.video)]
+        frames = self.image_loader.load_video(item.video, field=f"{field}.video") if item.video else []
         return item_content(item.text, images, frames)
 
     def listwise_segments(self, query: Any, candidates: Sequence[Any]) -> list[Segment]:
