@@ -252,7 +252,15 @@ def run_qrels(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions,
     return result
 
 
-RUNNERS = {"mmeb": run_mmeb, "retrieval": run_retrieval, "compositional": run_compositional, "qrels": run_qrels}
+def run_mmeb_v2(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None = None
+                ) -> TaskResult:
+    from unime.eval.mmeb_v2 import run_mmeb_v2 as run
+
+    return run(spec, data, vecs, opts, rr)
+
+
+RUNNERS = {"mmeb": run_mmeb, "retrieval": run_retrieval, "compositional": run_compositional, "qrels": run_qrels,
+           "mmeb_v2": run_mmeb_v2}
 
 
 # -- a whole run -----------------------------------------------------------------------------------------
