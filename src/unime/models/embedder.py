@@ -57,13 +57,15 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         pooling: str = "auto", data_root: str | None = None, allow_outside_root: bool = False,
-                        adapter_path: str | None = None, trainable: bool = False, **kwargs) -> "Embedder":
+                        adapter_path: str | None = None, trainable: bool = False, video_sampling=None,
+                        **kwargs) -> "Embedder":
+        """`video_sampling`: a `unime.data.video.VideoSampling` for video items (default: 8 frames)."""
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
                                          trainable=trainable)
         if pooling == "auto":
             tok = loaded.processor.tokenizer
             pooling = "emb" if EMB_TOKEN in tok.get_vocab() else "last"
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
+        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
         return cls(loaded.model, loaded.processor, loaded.adapter, pooling=pooling, image_loader=loader,
                    device=loaded.device, name=str(path), **kwargs)
 

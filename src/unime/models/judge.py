@@ -177,10 +177,11 @@ class JudgeScorer:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         data_root: str | os.PathLike | None = None, allow_outside_root: bool = False,
-                        adapter_path: str | None = None, load_weights: bool = True, **kwargs) -> "JudgeScorer":
+                        adapter_path: str | None = None, load_weights: bool = True, video_sampling=None,
+                        **kwargs) -> "JudgeScorer":
         """Load a judge checkpoint. `load_weights=False` loads only the processor and config: enough to
         build prompts and resolve the Yes/No ids (e.g. for a vLLM backend), not to score."""
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
+        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
         if not load_weights:
             from transformers import AutoConfig, AutoProcessor
 
