@@ -89,6 +89,27 @@ def test_temporal_spacing_matters_on_qwen2_5(video_root, tiny_model_dir, monkeyp
     assert np.abs(wrong - ref).max() > 1e-3
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_reranker_prompts_carry_videos(family, video_root, tiny_model_dir):
+    from unime.models.reranker import Reranker
+
+    rr = Reranker.from_pretrained(tiny_model_dir(family), device="cpu", data_root=video_root)
+    cands = [CANDIDATES[0], CANDIDATES[3], CANDIDATES[5]]  # a clip file, text, a frame list
+    segs = rr.listwise_segments(QUERIES["text"], cands)
+    assert [s.kind for s in segs].count("video") == 2
+    text = rr.adapter.render_user_turn(segs, assistant_prefix=rr.answer_prefix)
+    assert text.count("<|video_pad|>") == 2 and "(2) just text" in text
+    inputs = rr.adapter.processor_inputs([text], [segs])
+    assert inputs["video_grid_thw"].shape[0] == 2 and "pixel_values" not in inputs
+    assert inputs["video_grid_thw"][:, 0].tolist() == [4, 2]  # 8 sampled frames; the 4-frame list
+    assert isinstance(rr.generate_answer(QUERIES["text"], cands), str)  # generation runs with videos
+    # the pairwise path is the judge's fast path, equal to per-pair forwards on video
+    rr.judge.stats.reset()
+    got = rr.score_pairs(QUERIES["video"], cands)
+    assert rr.judge.stats.pairs_scored_fast == 3 and rr.judge.stats.pairs_scored_reference == 0
+    np.testing.assert_allclose(got, [rr.judge.score_pair(QUERIES["video"], c) for c in cands], atol=1e-4)
+
+
 # -- vLLM request mapping -----------------------------------------------------------------------------
 
 class FakeVideoVLLM:
