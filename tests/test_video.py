@@ -254,3 +254,36 @@ def test_key_frames_feed_the_reasoning_embedder(clips):
     # 1-based: key frame 2 is the second sampled frame (source frame 3), key frame 8 the last (frame 19)
     assert [_red(f) for f in evidence] == pytest.approx([_red(video[1]), _red(video[7])], abs=0.5)
     assert _red(evidence[0]) == pytest.approx(36, abs=6) and _red(evidence[1]) == pytest.approx(228, abs=6)
+
+
+def test_unime_embed_reads_video_files_with_the_sampling_options(clips, tiny_model_dir):
+    import json
+
+    from unime.cli import main
+    from unime.models.embedder import Embedder
+
+    (clips / "items.jsonl").write_text("".join(json.dumps(d) + "\n" for d in [
+        {"text": "a clip", "video": "a.mp4"}, {"text": "a red square"}, {"video": ["a.mp4"]}]))
+    model = tiny_model_dir("qwen2_vl")
+    assert main(["embed", "--model", model, "--items", str(clips / "items.jsonl"), "--out", str(clips / "v.npy"),
+                 "--device", "cpu", "--dtype", "fp32", "--video-frames", "4"]) == 0
+    got = np.load(clips / "v.npy")
+    emb = Embedder.from_pretrained(model, device="cpu", dtype="fp32", data_root=clips,
+                                   video_sampling=VideoSampling(num_frames=4))
+    want = emb.encode([Item("a clip", video=("a.mp4",)), Item("a red square"), Item(video=("a.mp4",))])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    eight = Embedder.from_pretrained(model, device="cpu", dtype="fp32", data_root=clips).encode(
+        [Item("a clip", video=("a.mp4",))])
+    assert not np.allclose(eight[0], got[0], atol=1e-4)  # 4 frames is not the default 8
+
+
+def test_video_options_map_to_sampling():
+    from argparse import Namespace
+
+    from unime.cli.video_options import video_sampling_from_args
+
+    none = Namespace(video_frames=None, video_fps=None, video_max_frames=None, video_max_pixels=None)
+    assert video_sampling_from_args(none) is None
+    s = video_sampling_from_args(Namespace(video_frames=None, video_fps=1.5, video_max_frames=12,
+                                           video_max_pixels=None))
+    assert (s.num_frames, s.fps, s.max_frames) == (None, 1.5, 12)
