@@ -76,6 +76,17 @@ def test_fast_path_equals_per_pair_for_video(family, query, video_root, tiny_mod
     np.testing.assert_allclose(again, fast, atol=1e-5, rtol=0)
 
 
+def test_fast_path_without_the_feature_cache(video_root, tiny_model_dir):
+    """image_cache_size=0: pixel values (images and videos) go through the model's own forward."""
+    judge = JudgeScorer.from_pretrained(tiny_model_dir("qwen3_vl"), device="cpu", data_root=video_root,
+                                        chunk_size=4, image_cache_size=0)
+    _sharpen(judge.model)
+    q = QUERIES["video+image"]
+    fast = judge.margin_candidates(q, CANDIDATES)
+    assert judge.stats.image_cache_hits == judge.stats.image_cache_misses == 0
+    np.testing.assert_allclose(fast, [judge.margin_pair(q, c) for c in CANDIDATES], atol=1e-4, rtol=0)
+
+
 def test_temporal_spacing_matters_on_qwen2_5(video_root, tiny_model_dir, monkeypatch):
     """Negative control: positions computed without the clips' second-per-grid (1 s per temporal patch
     instead of the true spacing) move the scores of video candidates away from the reference."""
