@@ -22,7 +22,7 @@ class _FakeBuilder:
     """Input assembly without a model: every item becomes one row of its chunk."""
 
     instruction_suffix = ""
-    image_loader = SimpleNamespace(load=lambda ref, **_: ref)
+    image_loader = SimpleNamespace(load=lambda ref, **_: ref, load_video=lambda refs, **_: list(refs))
 
     def build_inputs(self, items, segments=None):
         return {"n": torch.tensor([len(items)])}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from unime.cli import add_config_option
+from unime.cli.video_options import add_video_options, video_sampling_from_args
 
 
 def register(sub) -> None:
@@ -40,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--topk", type=int, default=5, help="candidates the reranker sees (default 5, the paper's)")
     p.add_argument("--mode", default="top1", choices=["top1", "resort"],
                    help="top1: the reranker's pick moves to rank 1; resort: sort the top k by pairwise score")
+    add_video_options(p)
     add_config_option(p)
     p.set_defaults(func=_eval)
     actions = p.add_subparsers(dest="eval_command", metavar="ACTION")
@@ -91,7 +93,7 @@ def _eval(args) -> int:
         args.model, args.tasks, args.out, tasks_root=args.tasks_root, only=args.task, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, pooling=args.pooling, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, ties=args.ties, on_error=args.on_error, rerank_path=args.rerank, rerank_topk=args.topk,
-        rerank_mode=args.mode, compare=args.compare)
+        rerank_mode=args.mode, compare=args.compare, video_sampling=video_sampling_from_args(args))
     enc = summary["encoding"]
     print(f"{args.out}/results.md  (items seen {enc['items_seen']}, distinct {enc['distinct_items']}, "
           f"from cache {enc['from_cache']}, encoded {enc['encoded']}; wall {summary['timing']['wall_seconds']:.1f} s)")

@@ -12,21 +12,26 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unime.data.items import ImageRef
 from unime.errors import DataError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from unime.data.video import VideoSampling
+
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
 
 
 class ImageLoader:
     def __init__(self, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, video: "VideoSampling | None" = None):
         self.root = Path(root).resolve() if root is not None else Path.cwd().resolve()
         self.allow_outside_root = allow_outside_root
         self.max_pixels = max_pixels
+        self.video_sampling = video  # None: `unime.data.video.VideoSampling()` defaults
 
     def resolve(self, ref: str, *, source=None, record=None, field=None) -> Path:
         p = Path(ref)
@@ -71,6 +76,13 @@ class ImageLoader:
         except Image.DecompressionBombError as e:  # PIL's own guard, in case ours was raised higher
             raise DataError(f"image {name} rejected as a decompression bomb: {e}", source=source, record=record,
                             field=field) from None
+
+    def load_video(self, refs, *, source=None, record=None, field="video"):
+        """An item's `video` (one video file, or a list of frames) → `unime.data.video.Video`: decoded,
+        sampled and checked by the rules of `unime.data.video`, frames cached by content."""
+        from unime.data.video import load_video
+
+        return load_video(self, refs, self.video_sampling, source=source, record=record, field=field)
 
 
 def _normalise(img: Image.Image) -> Image.Image:

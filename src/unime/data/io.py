@@ -37,6 +37,7 @@ from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.validate import check_keys, check_str, make_item, parse_item, parse_score, parse_scores
+from unime.data.video import is_video_file_ref
 from unime.errors import DataError
 
 __all__ = [
@@ -396,7 +397,7 @@ def _raw_message(err: DataError) -> str:
 
 def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips: SkipReport | None = None,
                  source: str | None = None) -> list[Any]:
-    """Open and decode every image that `objs` (Records, MMEBRows or Items) reference, with `loader`
+    """Open and decode every image (and video file) that `objs` (Records, MMEBRows or Items) reference, with `loader`
     (an `ImageLoader`: path escapes, missing and corrupt files, the pixel limit). Returns the objects
     whose images are all good: all of them under on_error="raise", which stops at the first bad one.
     Each distinct image reference is loaded once."""
@@ -413,7 +414,10 @@ def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips:
                         field = f"{fname}.{kind}[{j}]"
                         if key not in verdict:
                             try:
-                                loader.load(ref, source=source, record=rid, field=field)
+                                if kind == "video" and is_video_file_ref(ref):  # decoded, sampled, checked
+                                    loader.load_video([ref], source=source, record=rid, field=field)
+                                else:
+                                    loader.load(ref, source=source, record=rid, field=field)
                                 verdict[key] = None
                             except DataError as e:
                                 verdict[key] = e

@@ -36,7 +36,8 @@ def _ref_key(ref: ImageRef) -> str:
 
 @dataclass(frozen=True)
 class Item:
-    """Text, image(s), or both; or a video given as an ordered tuple of frames.
+    """Text, image(s), or both; or a video: an ordered tuple of frames, or a 1-tuple holding one video
+    file (decoded and sampled by `unime.data.video` when loaded).
 
     `text` may contain the source format's image placeholders (e.g. MMEB's `<|image_1|>`); the model
     adapter maps them to the target family's image token (see `unime.models.adapters`).
@@ -82,7 +83,9 @@ class Item:
     @classmethod
     def from_dict(cls, d: Any, *, source: str | None = None, record: str | int | None = None,
                   field_name: str = "item") -> "Item":
-        """Build an item from `{"text": ..., "image": path, "images": [...], "video": [...]}`."""
+        """Build an item from `{"text": ..., "image": path, "images": [...], "video": [...] | "clip.mp4"}`.
+
+        `video` is a list of frame images or one video file (a path or bytes; see `unime.data.video`)."""
         if isinstance(d, Item):
             return d
         if isinstance(d, str):
@@ -96,9 +99,14 @@ class Item:
         text = d.get("text") or ""
         if not isinstance(text, str):
             raise DataError("text must be a string", source=source, record=record, field=f"{field_name}.text")
-        for k in ("images", "video"):
-            if d.get(k) is not None and not isinstance(d[k], (list, tuple)):
-                raise DataError(f"expected a list of image references, got {type(d[k]).__name__}", source=source,
+        video = d.get("video")
+        if isinstance(video, (str, bytes)) and video:
+            video = [video]  # one video file: {"video": "clips/x.mp4"}
+        for k, v in (("images", d.get("images")), ("video", video)):
+            if v is not None and not isinstance(v, (list, tuple)):
+                raise DataError(f"expected a video file or a list of image references, got {type(v).__name__}"
+                                if k == "video" else f"expected a list of image references, got {type(v).__name__}",
+                                source=source,
                                 record=record, field=f"{field_name}.{k}")
         if d.get("image") is not None and not isinstance(d["image"], (str, bytes)) and not _is_pil(d["image"]):
             raise DataError(f"expected an image path, bytes or a PIL image, got {type(d['image']).__name__}",
@@ -106,12 +114,12 @@ class Item:
         images = list(d.get("images") or [])
         if d.get("image"):
             images.insert(0, d["image"])
-        for k, refs in (("images", images), ("video", list(d.get("video") or []))):
+        for k, refs in (("images", images), ("video", list(video or []))):
             for r in refs:
                 if isinstance(r, str) and not r or not isinstance(r, (str, bytes)) and not _is_pil(r):
                     raise DataError("image reference must be a non-empty path, bytes or a PIL image", source=source,
                                     record=record, field=f"{field_name}.{k}")
-        return cls(text=text, images=tuple(images), video=tuple(d.get("video") or ()))
+        return cls(text=text, images=tuple(images), video=tuple(video or ()))
 
 
 @dataclass

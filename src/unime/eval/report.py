@@ -46,6 +46,8 @@ def headline_metrics(fmt: str, metrics: dict[str, float]) -> list[str]:
     if fmt == "qrels":
         ndcg = [m for m in metrics if m.startswith("ndcg@")]
         return ndcg[:1]
+    if fmt == "mmeb_v2":
+        return list(metrics)[:1]  # the task's headline metric comes first
     return []
 
 
@@ -118,15 +120,26 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def build_summary(run, meta: dict) -> dict:
+    from unime.eval.mmeb_v2 import headline_metric, v2_aggregates
+
     info = {r.name: {"format": r.spec.format, "meta_task": r.spec.meta_task, "split": r.spec.split}
             for r in run.results}
+    for r in run.results:
+        if r.spec.modality is not None:
+            info[r.name].update(modality=r.spec.modality, headline=headline_metric(r.spec))
     tasks = {r.name: r.metrics for r in run.results}
-    summary: dict[str, Any] = {"meta": meta, "tasks": tasks, "aggregates": {"mmeb": mmeb_aggregates(tasks, info)},
+    aggregates: dict[str, Any] = {"mmeb": mmeb_aggregates(tasks, info)}
+    if any("modality" in i for i in info.values()):
+        aggregates["mmeb_v2"] = v2_aggregates(tasks, info)
+    summary: dict[str, Any] = {"meta": meta, "tasks": tasks, "aggregates": aggregates,
                                "task_info": info, "encoding": run.encoding, "timing": run.timing}
     if run.rerank is not None:
         rtasks = {r.name: r.reranked for r in run.results if r.reranked is not None}
+        raggs: dict[str, Any] = {"mmeb": mmeb_aggregates(rtasks, info)}
+        if "mmeb_v2" in aggregates:
+            raggs["mmeb_v2"] = v2_aggregates(rtasks, info)
         summary["reranked"] = {**run.rerank, "tasks": rtasks,
-                               "aggregates": {"mmeb": mmeb_aggregates(rtasks, info)},
+                               "aggregates": raggs,
                                "stats": {r.name: r.rerank_stats for r in run.results}}
     return summary
 
@@ -180,6 +193,22 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
         rows = [[n, info[n]["meta_task"] or "–", info[n]["split"] or "–"]
                 + [pct(t.get(n, {}).get(MMEB_METRIC)) for _, t, _ in variants] for n in names]
         lines += _md_table(header, rows, text_columns=3) + [""]
+
+    v2 = [(EMBEDDER_ROW, summary["aggregates"].get("mmeb_v2"))]
+    if "reranked" in summary:
+        v2.append((variants[-1][0], summary["reranked"]["aggregates"].get("mmeb_v2")))
+    if any(a for _, a in v2):
+        from unime.eval.mmeb_v2 import v2_table
+
+        lines += ["## MMEB-V2 (Hit@1 for image and video, NDCG@5 for visual documents, %)", "",
+                  "Averages over datasets, laid out like the MMEB-V2 leaderboard.", ""]
+        lines += v2_table(v2) + [""]
+    if by_format.get("mmeb_v2"):
+        header = ["Dataset", "Modality", "Meta-task", "Metric"] + [label for label, _, _ in variants]
+        rows = [[n, info[n].get("modality") or "–", info[n]["meta_task"] or "–", info[n].get("headline") or "–"]
+                + [pct(t.get(n, {}).get(info[n].get("headline") or "hit@1")) for _, t, _ in variants]
+                for n in by_format["mmeb_v2"]]
+        lines += _md_table(header, rows, text_columns=4) + [""]
 
     if by_format.get("retrieval"):
         lines += ["## Image–text retrieval (Recall@K, %)", "",

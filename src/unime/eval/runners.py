@@ -252,7 +252,15 @@ def run_qrels(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions,
     return result
 
 
-RUNNERS = {"mmeb": run_mmeb, "retrieval": run_retrieval, "compositional": run_compositional, "qrels": run_qrels}
+def run_mmeb_v2(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None = None
+                ) -> TaskResult:
+    from unime.eval.mmeb_v2 import run_mmeb_v2 as run
+
+    return run(spec, data, vecs, opts, rr)
+
+
+RUNNERS = {"mmeb": run_mmeb, "retrieval": run_retrieval, "compositional": run_compositional, "qrels": run_qrels,
+           "mmeb_v2": run_mmeb_v2}
 
 
 # -- a whole run -----------------------------------------------------------------------------------------
@@ -325,7 +333,7 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
                         use_cache: bool = True, ties: str = "pessimistic", on_error: str = "raise",
                         rerank_path: str | None = None,
                         rerank_topk: int = DEFAULT_RERANK_TOPK, rerank_mode: str = "top1",
-                        compare: list[str] | None = None, show_progress: bool = True) -> dict:
+                        compare: list[str] | None = None, show_progress: bool = True, video_sampling=None) -> dict:
     """`unime eval --model ...`: evaluate one embedder checkpoint on a task config; returns the summary."""
     from unime.eval import report
     from unime.eval.rerank_hook import load_reranker
@@ -336,10 +344,13 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
     suite = load_task_config(tasks, root=tasks_root, only=only)
     data = load_suite_data(suite, on_error=on_error)  # bad data fails here, before the model is loaded
     t_data = time.perf_counter()
-    embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=pooling, batch_size=batch_size)
+    embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=pooling, batch_size=batch_size,
+                                        video_sampling=video_sampling)
     reranking = None
     if rerank_path:
         reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype), rerank_topk, rerank_mode)
+        if video_sampling is not None and hasattr(reranking.reranker, "image_loader"):
+            reranking.reranker.image_loader.video_sampling = video_sampling
     t_model = time.perf_counter()
     settings = embedding_settings(embedder, dtype)
     model_id = model_fingerprint(model, settings)

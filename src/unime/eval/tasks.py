@@ -30,6 +30,10 @@ is read as one task — the layout of a Hugging Face dataset snapshot such as MM
   every query ranked against the whole corpus. Options: ``query_template``, ``candidate_template``,
   ``ks`` (NDCG / recall cut-offs, default [5, 10]), ``qrels_split`` (default ``test``).
 
+- ``mmeb_v2``: VLM2Vec's MMEB-V2 rows (video and visual-document tasks; ``unime.data.mmeb_v2``), local or
+  global ranking, Hit@1 or NDCG@5 (``unime.eval.mmeb_v2``). Any task may carry ``modality`` (image, video,
+  visdoc): the MMEB-V2 aggregates group by it.
+
 MMEB rows, retrieval entries and compositional pairs are parsed by the data layer
 (`unime.data.eval_formats`), one row at a time, with its error policy: a bad row raises `DataError`
 naming file, record and field, or with ``on_error="skip"`` is left out and counted.
@@ -57,21 +61,24 @@ from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.data.validate import check_keys, check_str, make_item, parse_item
 from unime.errors import DataError
 
-FORMATS = ("mmeb", "retrieval", "compositional", "qrels")
+FORMATS = ("mmeb", "retrieval", "compositional", "qrels", "mmeb_v2")
 MMEB_META_TASKS = ("classification", "vqa", "retrieval", "grounding")  # paper's column order
 SPLITS = ("IND", "OOD")
 TASK_CONFIG_FILENAME = "eval_tasks.yaml"
 
-_COMMON_KEYS = {"name", "format", "path", "data_root", "meta_task", "split"}
+_COMMON_KEYS = {"name", "format", "path", "data_root", "meta_task", "split", "modality"}
 _FORMAT_KEYS = {
     "mmeb": set(),
     "retrieval": {"text_template", "image_template", "recall_ks"},
     "compositional": {"text_template", "image_template", "category"},
     "qrels": {"query_template", "candidate_template", "ks", "qrels_split"},
+    "mmeb_v2": {"eval_type", "corpus", "metric", "ks"},  # see unime.eval.mmeb_v2
 }
+MODALITIES = ("image", "video", "visdoc")  # MMEB-V2's three groups
 _META_ALIASES = {"cls": "classification", "classification": "classification", "vqa": "vqa", "qa": "vqa",
                  "retrieval": "retrieval", "ret": "retrieval", "grounding": "grounding", "vg": "grounding",
-                 "visual_grounding": "grounding"}
+                 "visual_grounding": "grounding", "mret": "moment_retrieval",
+                 "moment_retrieval": "moment_retrieval"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class TaskSpec:
     meta_task: str | None = None
     split: str | None = None
     options: dict = field(default_factory=dict, hash=False, compare=False)
+    modality: str | None = None  # MMEB-V2: image, video or visdoc
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -202,9 +210,24 @@ def load_task_config(path_or_dir: str | os.PathLike, *, root: str | os.PathLike 
             task_root = (base / _expand(str(t["data_root"]), source=source, field_name="data_root")).resolve()
         options = {k: v for k, v in t.items() if k in _FORMAT_KEYS[fmt]}
         _check_options(options, source=source, record=rec)
+        modality = t.get("modality")
+        if modality is not None and modality not in MODALITIES:
+            raise DataError(f"modality must be one of {MODALITIES}, got {modality!r}", source=source, record=rec,
+                            field="modality")
+        if fmt == "mmeb_v2":
+            if options.get("eval_type", "local") not in ("local", "global"):
+                raise DataError("eval_type must be 'local' or 'global'", source=source, record=rec, field="eval_type")
+            if options.get("metric", "hit@1") not in ("hit@1", "ndcg@5"):
+                raise DataError("metric must be 'hit@1' or 'ndcg@5'", source=source, record=rec, field="metric")
+            if options.get("corpus") is not None:
+                if not isinstance(options["corpus"], str) or not options["corpus"]:
+                    raise DataError("must be a path", source=source, record=rec, field="corpus")
+                options["corpus"] = str((base / _expand(options["corpus"], source=source,
+                                                        field_name="corpus")).resolve())
         tasks.append(TaskSpec(name=name, format=fmt, path=(base / _expand(t["path"], source=source,
                                                                            field_name="path")).resolve(),
-                              data_root=task_root, meta_task=meta, split=split, options=options))
+                              data_root=task_root, meta_task=meta, split=split, options=options,
+                              modality=modality))
     if only:
         names = {t.name for t in tasks}
         missing = [n for n in only if n not in names]
@@ -315,8 +338,10 @@ TaskData = MMEBData | RetrievalData | CompositionalData | QrelsData
 def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport | None = None) -> TaskData:
     """Read one task's data. Bad rows raise `DataError` (file, record, field), or under
     ``on_error="skip"`` are left out and counted in `skips` (and in the task's ``skipped``)."""
-    reader = {"mmeb": read_mmeb_task, "retrieval": read_retrieval_task,
-              "compositional": read_compositional_task, "qrels": read_qrels_task}[spec.format]
+    from unime.eval.mmeb_v2 import read_mmeb_v2_task
+
+    reader = {"mmeb": read_mmeb_task, "retrieval": read_retrieval_task, "compositional": read_compositional_task,
+              "qrels": read_qrels_task, "mmeb_v2": read_mmeb_v2_task}[spec.format]
     policy = ErrorPolicy(on_error, skips, f"task {spec.name}")
     data = reader(spec, policy)
     data.skipped = policy.skips.total - policy.start

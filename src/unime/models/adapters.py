@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from unime.data.video import Video, as_video
 from unime.errors import DataError, ModelError
 
 # `<|image_1|>` (MMEB / Phi-3-V), `<image>` (LLaVA), and `<|image|>`
@@ -21,7 +22,7 @@ SOURCE_IMAGE_PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>|<image>|<\|image\|>")
 @dataclass
 class Segment:
     """One content part of a user turn: kind is 'text', 'image' or 'video'; value is the text, the
-    PIL image, or the list of PIL frames."""
+    PIL image, or the video (`unime.data.video.Video`, or a plain list of PIL frames)."""
 
     kind: str
     value: Any
@@ -41,7 +42,7 @@ def item_segments(text: str, images: Sequence[Any], video: Sequence[Any] | None 
     """
     segs: list[Segment] = []
     if video:
-        segs.append(Segment("video", list(video)))
+        segs.append(Segment("video", video if isinstance(video, Video) else list(video)))
     used: set[int] = set()
     pieces: list[Segment] = []
     pos, auto = 0, 0
@@ -115,15 +116,26 @@ class FamilyAdapter:
     def processor_inputs(self, texts: list[str], segments_per_text: list[Sequence[Segment]], *,
                          padding_side: str | None = None, add_special_tokens: bool = False):
         images = [s.value for segs in segments_per_text for s in segs if s.kind == "image"]
-        videos = [s.value for segs in segments_per_text for s in segs if s.kind == "video"]
+        videos = [as_video(s.value) for segs in segments_per_text for s in segs if s.kind == "video"]
         kwargs: dict[str, Any] = dict(text=texts, padding=True, return_tensors="pt")
         if images:
             kwargs["images"] = images
         if videos:
-            kwargs["videos"] = videos
+            kwargs.update(self.video_kwargs(videos))
         if padding_side is not None:
             kwargs["padding_side"] = padding_side
         return self.processor(**kwargs)
+
+    @staticmethod
+    def video_kwargs(videos: Sequence[Video]) -> dict[str, Any]:
+        """The processor's video path: the sampled frames and, per video, where they sit in time (the
+        processor turns it into `second_per_grid_ts` for Qwen2.5-VL and frame timestamps for Qwen3-VL).
+        Frames are already sampled, so the processor must not sample again."""
+        from transformers.video_utils import VideoMetadata
+
+        meta = [VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, width=v.size[0], height=v.size[1],
+                              duration=v.duration, frames_indices=list(v.frame_indices)) for v in videos]
+        return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False}
 
     @staticmethod
     def backbone(model):

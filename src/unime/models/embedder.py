@@ -57,13 +57,15 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         pooling: str = "auto", data_root: str | None = None, allow_outside_root: bool = False,
-                        adapter_path: str | None = None, trainable: bool = False, **kwargs) -> "Embedder":
+                        adapter_path: str | None = None, trainable: bool = False, video_sampling=None,
+                        **kwargs) -> "Embedder":
+        """`video_sampling`: a `unime.data.video.VideoSampling` for video items (default: 8 frames)."""
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
                                          trainable=trainable)
         if pooling == "auto":
             tok = loaded.processor.tokenizer
             pooling = "emb" if EMB_TOKEN in tok.get_vocab() else "last"
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
+        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
         return cls(loaded.model, loaded.processor, loaded.adapter, pooling=pooling, image_loader=loader,
                    device=loaded.device, name=str(path), **kwargs)
 
@@ -71,7 +73,7 @@ class Embedder:
     def segments(self, item: Item, *, record=None) -> list[Segment]:
         load = self.image_loader.load
         images = [load(r, record=record, field=f"images[{i}]") for i, r in enumerate(item.images)]
-        frames = [load(r, record=record, field=f"video[{i}]") for i, r in enumerate(item.video)]
+        frames = self.image_loader.load_video(item.video, record=record, field="video") if item.video else []
         segs = item_segments(item.text, images, frames, record=record)
         if self.instruction_suffix:
             segs.append(Segment("text", self.instruction_suffix))

@@ -105,8 +105,14 @@ def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None =
 
 def embedding_settings(embedder: Any, dtype: Any = None) -> dict[str, Any]:
     """The embedding settings that change an embedder's vectors (part of the cache's model identity)."""
-    return {"pooling": embedder.pooling, "dtype": str(dtype), "instruction_suffix": embedder.instruction_suffix,
-            "normalize": True}
+    settings = {"pooling": embedder.pooling, "dtype": str(dtype), "instruction_suffix": embedder.instruction_suffix,
+                "normalize": True}
+    sampling = getattr(getattr(embedder, "image_loader", None), "video_sampling", None)
+    if sampling is not None:  # non-default video sampling gives other vectors for video items
+        from dataclasses import asdict
+
+        settings["video_sampling"] = asdict(sampling)
+    return settings
 
 
 @contextlib.contextmanager

@@ -19,8 +19,8 @@ Two ways to compute it, with the same prompt and the same numbers (a test holds 
 Details the fast path must get right (each one breaks equality with the reference when missed):
 - Qwen-VL models use 3-row M-RoPE positions. A text continuation token i gets max(prefix positions)+1+i
   on all three rows; a continuation holding image tokens gets the model's own `get_rope_index` computed
-  on the whole sequence, sliced to the continuation (image tokens take grid positions, fewer positions
-  than tokens). Positions are always passed explicitly, never inferred by the model (which would use
+  on the whole sequence, sliced to the continuation (image and video tokens take grid positions, fewer
+  positions than tokens). Positions are always passed explicitly, never inferred by the model (which would use
   stale per-model state or the cache length).
 - The prefix KV cache is never mutated: each chunk gets a fresh cache holding a batch-expanded copy.
 - Continuation images go through the model's own forward with `pixel_values`, `image_grid_thw` and
@@ -30,8 +30,10 @@ Details the fast path must get right (each one breaks equality with the referenc
   pre-tokenisers attach a leading space to the following word. Every pair is checked at the token
   level (prefix tokens + continuation tokens == tokens of the full prompt); a pair that fails the
   check is scored with the reference path instead, and counted in `stats.boundary_fallbacks`.
-  Pairs with video on either side are also scored with the reference path (counted in
-  `stats.video_fallbacks`).
+- Video (either side) takes the same path: a query video lives in the prefix, a candidate video in
+  its continuation; temporal positions come from `get_rope_index` with the videos' `video_grid_thw`
+  and, for Qwen2.5-VL, `second_per_grid_ts` (prefix's first, then the row's), and a candidate video's
+  vision-encoder output is cached like an image's (key = the video reference + sampling settings).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import numpy as np
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item
+from unime.data.video import Video
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment, strip_placeholders
 from unime.models.loading import LoadedModel, load_model
@@ -64,7 +67,7 @@ def judge_item_segments(text: str, images: Sequence[Any] = (), video: Sequence[A
     format's image placeholders removed (SPEC 1.3: the images are shown, the placeholders dropped)."""
     segs: list[Segment] = []
     if video:
-        segs.append(Segment("video", list(video)))
+        segs.append(Segment("video", video if isinstance(video, Video) else list(video)))
     segs.extend(Segment("image", img) for img in images)
     clean = strip_placeholders(text)
     if clean:
@@ -116,7 +119,6 @@ class JudgeStats:
     prefix_tokens: int = 0
     continuation_tokens: int = 0
     boundary_fallbacks: int = 0
-    video_fallbacks: int = 0
     image_cache_hits: int = 0
     image_cache_misses: int = 0
 
@@ -175,10 +177,11 @@ class JudgeScorer:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         data_root: str | os.PathLike | None = None, allow_outside_root: bool = False,
-                        adapter_path: str | None = None, load_weights: bool = True, **kwargs) -> "JudgeScorer":
+                        adapter_path: str | None = None, load_weights: bool = True, video_sampling=None,
+                        **kwargs) -> "JudgeScorer":
         """Load a judge checkpoint. `load_weights=False` loads only the processor and config: enough to
         build prompts and resolve the Yes/No ids (e.g. for a vLLM backend), not to score."""
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
+        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
         if not load_weights:
             from transformers import AutoConfig, AutoProcessor
 
@@ -212,7 +215,7 @@ class JudgeScorer:
     def item_segments(self, item: Item, *, field: str = "item") -> list[Segment]:
         load = self.image_loader.load
         images = [load(r, field=f"{field}.images[{i}]") for i, r in enumerate(item.images)]
-        frames = [load(r, field=f"{field}.video[{i}]") for i, r in enumerate(item.video)]
+        frames = self.image_loader.load_video(item.video, field=f"{field}.video") if item.video else []
         return judge_item_segments(item.text, images, frames)
 
     def prompt_segments(self, query: Item, candidate: Item) -> list[Segment]:
@@ -285,31 +288,22 @@ class JudgeScorer:
             q_segs = self.item_segments(query, field="query")
             fast: list[tuple[int, str, list[Segment], int]] = []  # (index, continuation text, segs, n_tokens)
             reference: list[int] = []
-            if query.video:
-                self.stats.video_fallbacks += len(uniq_items)
-                reference = list(range(len(uniq_items)))
-                prefix = None
-            else:
-                prefix = self._prefix_text(q_segs)
-                for j, cand in enumerate(uniq_items):
-                    if cand.video:
-                        self.stats.video_fallbacks += 1
-                        reference.append(j)
-                        continue
-                    c_segs = judge_candidate_segments(self.item_segments(cand, field="candidate"))
-                    cont = self._continuation_text(prefix, q_segs, c_segs)
-                    if cont is None:
-                        self.stats.boundary_fallbacks += 1
-                        reference.append(j)
-                        continue
-                    fast.append((j, cont[0], c_segs, cont[1]))
+            prefix = self._prefix_text(q_segs)
+            for j, cand in enumerate(uniq_items):
+                c_segs = judge_candidate_segments(self.item_segments(cand, field="candidate"))
+                cont = self._continuation_text(prefix, q_segs, c_segs)
+                if cont is None:
+                    self.stats.boundary_fallbacks += 1
+                    reference.append(j)
+                    continue
+                fast.append((j, cont[0], c_segs, cont[1]))
             if fast:
                 state = self._run_prefix(prefix[0], prefix[1], judge_prefix_segments(q_segs))
                 # similar lengths together: less padding per chunk
                 fast.sort(key=lambda t: t[3])
                 for s in range(0, len(fast), self.chunk_size):
                     chunk = fast[s:s + self.chunk_size]
-                    keys = [[Item(images=(ref,)).key for ref in uniq_items[t[0]].images] for t in chunk]
+                    keys = [self._media_keys(uniq_items[t[0]]) for t in chunk]
                     m = self._run_continuations(state, [t[1] for t in chunk], [t[2] for t in chunk], keys)
                     for (j, *_), v in zip(chunk, m):
                         margins[j] = v
@@ -380,9 +374,15 @@ class JudgeScorer:
                        image_grid_thw=image_grid, video_grid_thw=video_grid, second_per_grid_ts=second,
                        next_position=int(positions.max()) + 1, kv=kv)
 
-    def _encoded_images(self, pixel_values, image_grid, keys: list[str]):
-        """Vision-encoder outputs for the images of a chunk, from the cache where possible, in the
-        `mm_encoder_outputs` form the model's forward accepts (per-image tuples; Qwen3-VL's deepstack
+    def _media_keys(self, item: Item) -> dict[str, list[str]]:
+        """Cache keys of a candidate's images and video (a video's key includes its sampling settings)."""
+        sampling = repr(getattr(self.image_loader, "video_sampling", None))
+        return {"image": [Item(images=(ref,)).key for ref in item.images],
+                "video": ["video:" + Item(video=item.video).key + sampling] if item.video else []}
+
+    def _encoded_images(self, pixel_values, image_grid, keys: list[str], kind: str = "image"):
+        """Vision-encoder outputs for the images (or videos) of a chunk, from the cache where possible, in
+        the `mm_encoder_outputs` form the model's forward accepts (per-item tuples; Qwen3-VL's deepstack
         features as per-layer tuples)."""
         sizes = image_grid.prod(-1).tolist()
         starts = np.cumsum([0] + sizes)
@@ -396,8 +396,8 @@ class JudgeScorer:
                 continue
             # one image per call: its features then do not depend on which images shared its batch, so
             # scores do not depend on the cache's history (a resumed run reproduces an uninterrupted one)
-            out = backbone.get_image_features(pixel_values[starts[i]:starts[i + 1]], image_grid[i:i + 1],
-                                              return_dict=True)
+            encode = backbone.get_video_features if kind == "video" else backbone.get_image_features
+            out = encode(pixel_values[starts[i]:starts[i + 1]], image_grid[i:i + 1], return_dict=True)
             deep = getattr(out, "deepstack_features", None)
             fresh[keys[i]] = (out.pooler_output[0], [layer[0] for layer in deep] if deep is not None else None)
         feats = []
@@ -418,7 +418,7 @@ class JudgeScorer:
         return result
 
     def _run_continuations(self, prefix: _Prefix, texts: list[str], segs: list[list[Segment]],
-                           image_keys: list[list[str]] | None = None) -> list[float]:
+                           media_keys: list[dict[str, list[str]]] | None = None) -> list[float]:
         import torch
         from transformers import DynamicCache
 
@@ -432,33 +432,44 @@ class JudgeScorer:
         # text continuation token i: max(prefix positions) + 1 + i, on all three rows
         positions = (prefix.next_position + torch.arange(length, device=ids.device)).view(1, 1, -1)
         positions = positions.expand(3, batch, -1).clone()
-        image_grid = inputs.get("image_grid_thw")
+        image_grid, video_grid = inputs.get("image_grid_thw"), inputs.get("video_grid_thw")
+        seconds = _as_1d(inputs.get("second_per_grid_ts"), ids.device)
         n_images = [sum(1 for s in row if s.kind == "image") for row in segs]
-        first_image = 0
+        n_videos = [sum(1 for s in row if s.kind == "video") for row in segs]
+        first_image = first_video = 0
         for b in range(batch):
-            n = n_images[b]
-            if n == 0:
+            n, v = n_images[b], n_videos[b]
+            if n == 0 and v == 0:
                 continue
-            # continuation with image tokens: the model's own rope index on the whole sequence, sliced
+            # continuation with vision tokens: the model's own rope index on the whole sequence (prefix's
+            # images / videos first, then the row's), sliced to the continuation
             real = int(lengths[b])
             full_ids = torch.cat([prefix.input_ids[0], ids[b, :real]]).unsqueeze(0)
             full_types = torch.cat([prefix.mm_token_type_ids[0], mm_types[b, :real]]).unsqueeze(0)
-            grids = image_grid[first_image:first_image + n]
-            if prefix.image_grid_thw is not None:
-                grids = torch.cat([prefix.image_grid_thw, grids])
-            pos = self._rope_positions(full_ids, full_types, grids, prefix.video_grid_thw, prefix.second_per_grid_ts)
+            grids = _cat(prefix.image_grid_thw, image_grid[first_image:first_image + n] if n else None)
+            vgrids = _cat(prefix.video_grid_thw, video_grid[first_video:first_video + v] if v else None)
+            secs = _cat(_as_1d(prefix.second_per_grid_ts, ids.device),
+                        seconds[first_video:first_video + v] if v and seconds is not None else None)
+            pos = self._rope_positions(full_ids, full_types, grids, vgrids, secs)
             positions[:, b, :real] = pos[:, 0, prefix.input_ids.shape[1]:]
             first_image += n
+            first_video += v
         prefix_len = prefix.input_ids.shape[1]
         attention = torch.cat([torch.ones(batch, prefix_len, dtype=mask.dtype, device=mask.device), mask], dim=1)
         # a fresh cache per chunk holding a batch-expanded copy: the prefix cache is never mutated
         cache = DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
                                              for k, v in prefix.kv], config=self.model.config)
         kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        if image_grid is not None and image_keys is not None and self.image_cache_size > 0:
-            flat_keys = [k for row in image_keys for k in row]
-            kwargs["mm_encoder_outputs"] = {"image": self._encoded_images(kwargs.pop("pixel_values"), image_grid,
-                                                                          flat_keys)}
+        if (image_grid is not None or video_grid is not None) and media_keys is not None and self.image_cache_size > 0:
+            encoded = {}
+            if image_grid is not None:
+                flat = [k for row in media_keys for k in row["image"]]
+                encoded["image"] = self._encoded_images(kwargs.pop("pixel_values"), image_grid, flat)
+            if video_grid is not None:
+                flat = [k for row in media_keys for k in row["video"]]
+                encoded["video"] = self._encoded_images(kwargs.pop("pixel_values_videos"), video_grid, flat,
+                                                        kind="video")
+            kwargs["mm_encoder_outputs"] = encoded
         out = self.adapter.backbone(self.model)(
             input_ids=ids, attention_mask=attention, mm_token_type_ids=mm_types, position_ids=positions,
             past_key_values=cache, use_cache=True, return_dict=True, **kwargs)
@@ -482,6 +493,25 @@ class _EncoderOutput:
     def __init__(self, pooler_output):
         self.pooler_output = pooler_output
         self.deepstack_features = None
+
+
+def _as_1d(values, device):
+    """`second_per_grid_ts` as a 1-D float tensor (processors return a list or a tensor), or None."""
+    import torch
+
+    if values is None:
+        return None
+    return torch.as_tensor(values, dtype=torch.float32, device=device).reshape(-1)
+
+
+def _cat(a, b):
+    import torch
+
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return torch.cat([a, b])
 
 
 def _sigmoid(x: float) -> float:

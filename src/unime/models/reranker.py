@@ -120,7 +120,7 @@ class Reranker:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         data_root: str | os.PathLike | None = None, allow_outside_root: bool = False,
-                        num_candidates: int | None = None, **kwargs) -> "Reranker":
+                        num_candidates: int | None = None, video_sampling=None, **kwargs) -> "Reranker":
         """Load the output of `unime train reranker` (its folder, or the adapter/ or merged/ in it), or any
         plain generative checkpoint. `num_candidates` overrides the trained number."""
         path = resolve_checkpoint(path)
@@ -128,7 +128,7 @@ class Reranker:
         meta = read_reranker_metadata(path)
         if num_candidates is None:
             num_candidates = meta.get("num_candidates")
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
+        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
         return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
                    num_candidates=num_candidates, name=str(path), **kwargs)
 
@@ -141,7 +141,7 @@ class Reranker:
     def _content(self, item: Item, field: str) -> list[Segment]:
         load = self.image_loader.load
         images = [load(r, field=f"{field}.images[{i}]") for i, r in enumerate(item.images)]
-        frames = [load(r, field=f"{field}.video[{i}]") for i, r in enumerate(item.video)]
+        frames = self.image_loader.load_video(item.video, field=f"{field}.video") if item.video else []
         return item_content(item.text, images, frames)
 
     def listwise_segments(self, query: Any, candidates: Sequence[Any]) -> list[Segment]:

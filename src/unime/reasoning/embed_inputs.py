@@ -101,7 +101,7 @@ def reasoned_item(item: Item, tcot_text: str | None, loader, *, on_invalid: str 
     harness all see the same input without knowing about T-CoTs. `loader` (an `ImageLoader`) loads the
     item's images to cut the evidence from."""
     images = [loader.load(r, record=record, field=f"images[{i}]") for i, r in enumerate(item.images)]
-    frames = [loader.load(r, record=record, field=f"video[{i}]") for i, r in enumerate(item.video)]
+    frames = loader.load_video(item.video, record=record, field="video") if item.video else []
     from unime.models.adapters import item_segments
 
     base = item_segments(item.text, images, frames, record=record)

@@ -148,7 +148,7 @@ class Reasoner:
     def load_visuals(self, item: Item, *, record: Any = None) -> tuple[list, list]:
         load = self.image_loader.load
         images = [load(r, record=record, field=f"images[{i}]") for i, r in enumerate(item.images)]
-        frames = [load(r, record=record, field=f"video[{i}]") for i, r in enumerate(item.video)]
+        frames = self.image_loader.load_video(item.video, record=record, field="video") if item.video else []
         return images, frames
 
     def prompt_segments(self, item: Item, side: str, *, record: Any = None) -> list[Segment]:

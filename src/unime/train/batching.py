@@ -109,8 +109,8 @@ class EmbedderCollator:
         load = self.builder.image_loader.load
         images = [load(r, source=self.source, record=record, field=f"{field}.images[{i}]")
                   for i, r in enumerate(item.images)]
-        frames = [load(r, source=self.source, record=record, field=f"{field}.video[{i}]")
-                  for i, r in enumerate(item.video)]
+        frames = self.builder.image_loader.load_video(item.video, source=self.source, record=record,
+                                                      field=f"{field}.video") if item.video else []
         segs = item_segments(item.text, images, frames, record=record, field=f"{field}.text")
         if self.builder.instruction_suffix:
             segs.append(Segment("text", self.builder.instruction_suffix))

@@ -79,8 +79,8 @@ def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int =
         for side, item in ((QUERY, rec.query), (POSITIVE, rec.positive)):
             images = [loader.load(r, source=source, record=rid, field=f"{side}.images[{j}]")
                       for j, r in enumerate(item.images)]
-            frames = [loader.load(r, source=source, record=rid, field=f"{side}.video[{j}]")
-                      for j, r in enumerate(item.video)]
+            frames = loader.load_video(item.video, source=source, record=rid, field=f"{side}.video") if item.video \
+                else []
             segs = reasoning_prompt_segments(item.text, images, frames, "query" if side == QUERY else "target",
                                              record=rid)
             prompts[(i, side)] = conversational_prompt(segs)

@@ -149,8 +149,8 @@ def build_sft_examples(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bo
             continue
         images = [loader.load(ref, source=source, record=rid, field=f"item.images[{i}]")
                   for i, ref in enumerate(r.item.images)]
-        frames = [loader.load(ref, source=source, record=rid, field=f"item.video[{i}]")
-                  for i, ref in enumerate(r.item.video)]
+        frames = loader.load_video(r.item.video, source=source, record=rid, field="item.video") if r.item.video \
+            else []
         segs = reasoning_prompt_segments(r.item.text, images, frames, r.side, record=rid)
         out.append(sft_features(adapter, segs, r.tcot, end_of_turn=eot))
     return out, skipped

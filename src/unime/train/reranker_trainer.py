@@ -151,8 +151,8 @@ class PromptAnswerCollator:
         load = self.image_loader.load
         images = [load(r, source=self.source, record=record, field=f"{field}.images[{i}]")
                   for i, r in enumerate(item.images)]
-        frames = [load(r, source=self.source, record=record, field=f"{field}.video[{i}]")
-                  for i, r in enumerate(item.video)]
+        frames = self.image_loader.load_video(item.video, source=self.source, record=record,
+                                              field=f"{field}.video") if item.video else []
         return item_content(item.text, images, frames)
 
     def prompt_segments(self, ex: PromptExample) -> list[Segment]:

@@ -1,7 +1,9 @@
 """vLLM backend (extra `unime[vllm]`): the judge prompt as a generation request of one token with
 logprobs, the score read from the logprobs of the `Yes` and `No` token ids.
 
-Requests: `{"prompt": <rendered judge prompt>, "multi_modal_data": {"image": [PIL, ...]}}` with
+Requests: `{"prompt": <rendered judge prompt>, "multi_modal_data": {"image": [PIL, ...], "video": [(frames,
+metadata), ...]}}` (video: the frames `unime.data.video` sampled, `mm_processor_kwargs={"do_sample_frames":
+False}` so vLLM's processor does not sample again) with
 `SamplingParams(max_tokens=1, logprobs=K, temperature=0)`. The prompt is the exact text
 `JudgeScorer.prompt` renders (one `<|image_pad|>` per image; vLLM expands it itself).
 
@@ -24,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from unime.data.video import Video, as_video
 from unime.errors import ModelError
 from unime.mining.backends import JudgeBackend, JudgeSpec, QueryGroup
 
@@ -59,6 +62,15 @@ def score_from_logprobs(top: dict[int, Any] | None, yes_id: int, no_id: int, *, 
     return 1.0 / (1.0 + math.exp(-d)) if d >= 0 else math.exp(d) / (1.0 + math.exp(d))
 
 
+def video_request_item(video: Video) -> tuple[np.ndarray, dict[str, Any]]:
+    """vLLM's form of one video: the sampled frames as a (T, H, W, 3) uint8 array with the metadata its
+    Qwen-VL processors read (frame rate, sampled indices) to place the frames in time."""
+    frames = np.stack([np.asarray(f.convert("RGB")) for f in video.frames])
+    meta = {"fps": float(video.fps), "frames_indices": list(video.frame_indices),
+            "total_num_frames": int(video.total_frames), "duration": float(video.duration), "video_backend": "pyav"}
+    return frames, meta
+
+
 class VLLMBackend(JudgeBackend):
     name = "vllm"
 
@@ -84,7 +96,7 @@ class VLLMBackend(JudgeBackend):
                 from vllm import LLM
             except ImportError as e:  # pragma: no cover - depends on the extra
                 raise ModelError("the vllm backend needs vLLM: pip install 'unime[vllm]'") from e
-            kwargs = {"limit_mm_per_prompt": {"image": 4}, **self.engine_kwargs}
+            kwargs = {"limit_mm_per_prompt": {"image": 4, "video": 2}, **self.engine_kwargs}
             if self.spec.dtype and self.spec.dtype != "auto":
                 kwargs.setdefault("dtype", self.spec.dtype)
             self._llm = LLM(model=self.spec.path, **kwargs)
@@ -97,12 +109,18 @@ class VLLMBackend(JudgeBackend):
 
     def build_request(self, query, candidate) -> dict[str, Any]:
         segs = self.prompter.prompt_segments(query, candidate)
-        if any(s.kind == "video" for s in segs):
-            raise ModelError("the vllm judge backend takes images, not video")
         request: dict[str, Any] = {"prompt": self.prompter.adapter.render_user_turn(segs)}
+        data: dict[str, Any] = {}
         images = [s.value for s in segs if s.kind == "image"]
         if images:
-            request["multi_modal_data"] = {"image": images}
+            data["image"] = images
+        videos = [as_video(s.value) for s in segs if s.kind == "video"]
+        if videos:
+            data["video"] = [video_request_item(v) for v in videos]
+            # frames are sampled already (same frames as the transformers path): no second sampling
+            request["mm_processor_kwargs"] = {"do_sample_frames": False}
+        if data:
+            request["multi_modal_data"] = data
         return request
 
     def build_requests(self, groups: Sequence[QueryGroup]) -> tuple[list[dict], list[list[int]]]:

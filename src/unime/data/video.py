@@ -1,0 +1,340 @@
+"""Video items: decoding video files with PyAV, uniform frame sampling, safety rules, a frame cache.
+
+An item's `video` is either a list of frames (image references, as extracted beforehand) or exactly
+one video file (a path with a video extension such as ``clips/x.mp4``, or the file's bytes inline).
+`load_video` turns either into a `Video`: the sampled frames (RGB PIL images) plus what the model's
+processor needs to place them in time (source frame rate, the sampled frame indices).
+
+Why PyAV: its wheels bundle FFmpeg (no system codecs to install), it reads from memory (so a file is
+read once, hashed for the cache and decoded from the same bytes) and reports stream metadata before
+any frame is decoded (so absurd files are refused before the work). torchvision's reader is deprecated
+in favour of torchcodec, which needs a system FFmpeg; decord has no wheels for recent Pythons.
+
+Sampling (`VideoSampling`): ``num_frames`` frames spread uniformly over the whole clip (first and last
+frame included), or, with ``num_frames=None``, ``fps`` frames per second of video, clamped to
+[min_frames, max_frames]; the count is rounded down to a multiple of ``frame_factor`` (Qwen-VL merges
+2 frames per temporal patch). A frame list longer than ``max_frames`` is sampled the same way; a
+shorter one is used whole.
+
+Safety, as for images (`unime.data.images`): paths stay inside the data root; an empty, corrupt or
+truncated file, a file without a video stream, a duration over ``max_duration_s``, a frame over
+``max_frame_pixels`` or a file over ``max_bytes`` raise `DataError` naming source, record and field.
+A pixel budget per video (``max_video_pixels``, the sum over the sampled frames) scales the frames
+down, keeping their aspect ratio, before they reach the processor.
+
+Decoded, sampled frames are cached by content (SHA-1 of the file's bytes + the sampling settings),
+so the same clip under two paths or two data roots is decoded once; the cache is bounded in bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from unime.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from unime.data.images import ImageLoader
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
+                              ".wmv", ".3gp", ".ogv"})
+# frame lists carry no frame rate; qwen-vl-utils assumes 2 frames per second for them, so do we
+FRAME_LIST_FPS = 2.0
+
+
+@dataclass(frozen=True)
+class VideoSampling:
+    """How frames are taken from a video and the limits a video must respect."""
+
+    num_frames: int | None = 8          # uniform N frames; None → sample by `fps`
+    fps: float | None = None            # frames per second of video (used when num_frames is None)
+    min_frames: int = 2
+    max_frames: int = 64
+    frame_factor: int = 2               # frame count rounded down to a multiple of this (>= it)
+    max_video_pixels: int = 32 * 448 * 448   # pixel budget per video (sum over sampled frames)
+    max_frame_pixels: int = 4096 * 4096      # a larger source frame is refused (absurd resolution)
+    max_duration_s: float = 6 * 3600.0       # a longer video is refused (absurd duration)
+    max_bytes: int = 4 * 1024 ** 3
+    frame_list_fps: float = FRAME_LIST_FPS
+
+    def __post_init__(self):
+        if self.num_frames is None and not self.fps:
+            raise ValueError("VideoSampling needs num_frames or fps")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError("num_frames must be >= 1")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError("fps must be > 0")
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ValueError("need 1 <= min_frames <= max_frames")
+        if self.frame_factor < 1:
+            raise ValueError("frame_factor must be >= 1")
+
+    def frame_count(self, total_frames: int, duration_s: float | None) -> int:
+        """How many frames to sample from a clip of `total_frames` frames lasting `duration_s` seconds."""
+        if self.num_frames is not None:
+            n = self.num_frames
+        else:
+            n = round((duration_s or 0.0) * self.fps)
+            n = min(max(n, self.min_frames), self.max_frames)
+        n = min(n, self.max_frames, total_frames)
+        if n >= self.frame_factor:
+            n -= n % self.frame_factor
+        return max(n, 1)
+
+
+def uniform_indices(total_frames: int, n: int) -> list[int]:
+    """`n` frame indices spread uniformly over [0, total_frames - 1], first and last included."""
+    if n <= 0 or total_frames <= 0:
+        return []
+    if n == 1:
+        return [(total_frames - 1) // 2]
+    step = (total_frames - 1) / (n - 1)
+    return [int(math.floor(i * step + 0.5)) for i in range(n)]
+
+
+@dataclass(frozen=True, eq=False)
+class Video:
+    """Sampled frames of one video with their place in time. Iterates / indexes like its frames."""
+
+    frames: tuple[Any, ...]            # RGB PIL images
+    fps: float                         # frame rate of the source (frame lists: `frame_list_fps`)
+    frame_indices: tuple[int, ...]     # index in the source of each sampled frame
+    total_frames: int                  # frames in the source
+    source: str = ""
+
+    @property
+    def timestamps(self) -> tuple[float, ...]:
+        """Seconds from the start of the source, per sampled frame."""
+        return tuple(i / self.fps for i in self.frame_indices)
+
+    @property
+    def duration(self) -> float:
+        return self.total_frames / self.fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames[0].size if self.frames else (0, 0)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self):
+        return iter(self.frames)
+
+    def __getitem__(self, i):
+        return self.frames[i]
+
+
+def is_video_file_ref(ref: Any) -> bool:
+    """A path with a video extension, or inline bytes of a video container (MP4/MOV, Matroska/WebM, AVI)."""
+    if isinstance(ref, str):
+        return Path(ref).suffix.lower() in VIDEO_EXTENSIONS
+    if isinstance(ref, (bytes, bytearray)):
+        head = bytes(ref[:16])
+        return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+    return False
+
+
+# -- the frame cache ---------------------------------------------------------------------------------
+
+class FrameCache:
+    """LRU of decoded, sampled videos by content key, bounded by the bytes of their frames."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[Video, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Video | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return hit[0]
+
+    def put(self, key: str, video: Video) -> None:
+        size = sum(f.size[0] * f.size[1] * 3 for f in video.frames)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (video, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, s) = self._entries.popitem(last=False)
+                self._bytes -= s
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+FRAME_CACHE = FrameCache()
+
+
+# -- decoding ------------------------------------------------------------------------------------------
+
+def _budget_size(width: int, height: int, n_frames: int, budget: int) -> tuple[int, int]:
+    """Frame size after the per-video pixel budget (aspect kept, never upscaled, >= 1 px)."""
+    if n_frames * width * height <= budget:
+        return width, height
+    scale = math.sqrt(budget / (n_frames * width * height))
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline bytes>", source=None, record=None,
+                 field=None) -> Video:
+    """Decode and sample one video file given as bytes (see the module notes for the rules)."""
+    import av
+
+    def fail(msg: str) -> DataError:
+        return DataError(msg, source=source, record=record, field=field)
+
+    if not data:
+        raise fail(f"video {name} is an empty file")
+    if len(data) > sampling.max_bytes:
+        raise fail(f"video {name} has {len(data)} bytes, over the limit {sampling.max_bytes}")
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        raise fail(f"corrupt or unreadable video {name}: {e}") from None
+    with container:
+        if not container.streams.video:
+            raise fail(f"video {name} has no video stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width <= 0 or height <= 0:
+            raise fail(f"video {name} has an empty frame size {width}x{height}")
+        if width * height > sampling.max_frame_pixels:
+            raise fail(f"video {name} has {width}x{height}={width * height} pixels per frame, over the limit "
+                       f"{sampling.max_frame_pixels}")
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        if not fps > 0 or not math.isfinite(fps):
+            raise fail(f"video {name} has no usable frame rate")
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        total = int(stream.frames or 0)
+        if total <= 0 and duration:
+            total = int(round(duration * fps))
+        if duration is None:
+            duration = total / fps if total else None
+        if duration is not None and duration > sampling.max_duration_s:
+            raise fail(f"video {name} lasts {duration:.0f} s, over the limit {sampling.max_duration_s:.0f} s")
+        if total <= 0:
+            raise fail(f"video {name} announces no frames")
+        if total > sampling.max_duration_s * max(fps, 1.0):
+            raise fail(f"video {name} announces {total} frames, over {sampling.max_duration_s:.0f} s at {fps:g} fps")
+        n = sampling.frame_count(total, duration)
+        wanted = uniform_indices(total, n)
+        out_w, out_h = _budget_size(width, height, len(wanted), sampling.max_video_pixels)
+        want = {}
+        for j, i in enumerate(wanted):
+            want.setdefault(i, []).append(j)
+        frames: list[Any] = [None] * len(wanted)
+        last = max(wanted)
+        decoded = 0
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                decoded = index + 1
+                if index in want:
+                    img = frame.to_image(width=out_w, height=out_h) if (out_w, out_h) != (frame.width, frame.height) \
+                        else frame.to_image()
+                    img = img.convert("RGB")
+                    for j in want[index]:
+                        frames[j] = img
+                if index >= last:
+                    break
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            raise fail(f"corrupt video {name} (failed after {decoded} decoded frame(s)): {e}") from None
+        if decoded <= last:
+            raise fail(f"truncated video {name}: it announces {total} frames, {decoded} could be decoded")
+    return Video(frames=tuple(frames), fps=fps, frame_indices=tuple(wanted), total_frames=total, source=name)
+
+
+def _content_key(data: bytes, sampling: VideoSampling) -> str:
+    h = hashlib.sha1(data)
+    h.update(repr(astuple(sampling)).encode())
+    return h.hexdigest()
+
+
+def load_video(loader: "ImageLoader", refs: Sequence[Any], sampling: VideoSampling | None = None, *,
+               cache: FrameCache | None = FRAME_CACHE, source=None, record=None, field=None) -> Video:
+    """A `Video` from an item's `video` references: one video file, or a list of frames."""
+    sampling = sampling or VideoSampling()
+    refs = list(refs)
+    if not refs:
+        raise DataError("empty video (no frames, no file)", source=source, record=record, field=field)
+    files = [is_video_file_ref(r) for r in refs]
+    if any(files):
+        if len(refs) > 1:
+            raise DataError("a video is one video file or a list of frame images, not several files or a mix",
+                            source=source, record=record, field=field)
+        ref = refs[0]
+        if isinstance(ref, str):
+            path = loader.resolve(ref, source=source, record=record, field=field)
+            if not path.is_file():
+                raise DataError(f"video file not found: {ref!r}", source=source, record=record, field=field)
+            size = path.stat().st_size
+            if size > sampling.max_bytes:
+                raise DataError(f"video {ref!r} has {size} bytes, over the limit {sampling.max_bytes}",
+                                source=source, record=record, field=field)
+            data, name = path.read_bytes(), ref
+        else:
+            data, name = bytes(ref), "<inline video bytes>"
+        key = _content_key(data, sampling)
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None:
+            return hit
+        video = decode_video(data, sampling, name=name, source=source, record=record, field=field)
+        if cache is not None:
+            cache.put(key, video)
+        return video
+    # a frame list: every frame through the image loader's rules, sampled down to max_frames
+    total = len(refs)
+    wanted = list(range(total)) if total <= sampling.max_frames else uniform_indices(total, sampling.frame_count(
+        total, total / sampling.frame_list_fps))
+    frames = [loader.load(refs[i], source=source, record=record, field=f"{field or 'video'}[{i}]") for i in wanted]
+    w, h = frames[0].size
+    out = _budget_size(w, h, len(frames), sampling.max_video_pixels)
+    if any(f.size != (w, h) for f in frames):
+        out = None  # frames of different sizes: budget per frame
+    from PIL import Image
+
+    resized = []
+    for f in frames:
+        size = out or _budget_size(f.size[0], f.size[1], len(frames), sampling.max_video_pixels)
+        resized.append(f if f.size == size else f.resize(size, Image.Resampling.BICUBIC))
+    return Video(frames=tuple(resized), fps=sampling.frame_list_fps, frame_indices=tuple(wanted), total_frames=total,
+                 source="<frame list>")
+
+
+def as_video(value: Any, sampling: VideoSampling | None = None) -> Video:
+    """A `Video` from an already loaded one or an in-memory list of PIL frames (used whole)."""
+    if isinstance(value, Video):
+        return value
+    frames = tuple(value)
+    fps = (sampling or VideoSampling()).frame_list_fps
+    return Video(frames=frames, fps=fps, frame_indices=tuple(range(len(frames))), total_frames=len(frames),
+                 source="<frame list>")

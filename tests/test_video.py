@@ -1,0 +1,289 @@
+"""Video items from files: decoding and sampling with PyAV, the safety rules, the frame cache, and the
+family processors' video path (clips are written with PyAV in the test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import FAMILIES
+from unime.data.images import ImageLoader
+from unime.data.items import Item
+from unime.data.video import FRAME_CACHE, VideoSampling, is_video_file_ref, uniform_indices
+from unime.errors import DataError
+
+av = pytest.importorskip("av")
+
+
+def write_clip(path: Path, *, n: int = 20, fps: int = 10, size: tuple[int, int] = (64, 48), codec: str = "mpeg4",
+               shift: int = 0) -> Path:
+    """A clip whose frame i is a flat colour with red = (12 * i + shift) % 256: a decoded frame tells which
+    source frame it is."""
+    w, h = size
+    c = av.open(str(path), "w")
+    s = c.add_stream(codec, rate=fps)
+    s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+    for i in range(n):
+        a = np.zeros((h, w, 3), np.uint8)
+        a[..., 0] = (12 * i + shift) % 256
+        for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    return path
+
+
+@pytest.fixture()
+def clips(tmp_path):
+    write_clip(tmp_path / "a.mp4")
+    write_clip(tmp_path / "b.mkv", n=31, fps=15, size=(80, 40), shift=7)
+    FRAME_CACHE.clear()
+    yield tmp_path
+    FRAME_CACHE.clear()
+
+
+def _red(frame) -> float:
+    return float(np.asarray(frame)[..., 0].mean())
+
+
+def test_uniform_indices_by_hand():
+    assert uniform_indices(20, 8) == [0, 3, 5, 8, 11, 14, 16, 19]   # round(i * 19 / 7)
+    assert uniform_indices(5, 5) == [0, 1, 2, 3, 4]
+    assert uniform_indices(9, 1) == [4]
+    assert uniform_indices(3, 0) == []
+
+
+def test_decode_samples_uniform_frames_with_timestamps(clips):
+    v = ImageLoader(clips).load_video(["a.mp4"])
+    assert (len(v), v.total_frames, v.fps) == (8, 20, 10.0)
+    assert v.frame_indices == (0, 3, 5, 8, 11, 14, 16, 19)
+    assert v.timestamps == pytest.approx([0.0, 0.3, 0.5, 0.8, 1.1, 1.4, 1.6, 1.9])
+    # the decoded frames are the source frames those indices name (lossy codec: within a few levels)
+    assert [_red(f) for f in v] == pytest.approx([12 * i for i in v.frame_indices], abs=6)
+    assert v.size == (64, 48)
+
+
+def test_sampling_by_fps_with_a_maximum(clips):
+    loader = ImageLoader(clips, video=VideoSampling(num_frames=None, fps=3.0, max_frames=16))
+    v = loader.load_video(["a.mp4"])           # 2.0 s x 3 fps = 6 frames
+    assert v.frame_indices == (0, 4, 8, 11, 15, 19)
+    capped = ImageLoader(clips, video=VideoSampling(num_frames=None, fps=30.0, max_frames=5)).load_video(["a.mp4"])
+    assert len(capped) == 4                    # max 5, rounded down to the 2-frame temporal patch
+    v = ImageLoader(clips, video=VideoSampling(num_frames=None, fps=2.0)).load_video(["b.mkv"])
+    assert v.fps == 15.0 and v.total_frames == 31 and len(v) == 4     # 31/15 s x 2 fps = 4.13 → 4
+    assert [_red(f) for f in v] == pytest.approx([(12 * i + 7) % 256 for i in v.frame_indices], abs=6)
+
+
+def test_decoding_is_deterministic_and_cached_by_content(clips):
+    loader = ImageLoader(clips)
+    a = loader.load_video(["a.mp4"])
+    FRAME_CACHE.clear()
+    b = loader.load_video(["a.mp4"])
+    assert a is not b and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    assert (FRAME_CACHE.hits, FRAME_CACHE.misses) == (0, 1)
+    # the same bytes under another name and another data root: served from the cache
+    other = clips / "elsewhere"
+    other.mkdir()
+    (other / "copy.mp4").write_bytes((clips / "a.mp4").read_bytes())
+    c = ImageLoader(other).load_video(["copy.mp4"])
+    assert c is b and (FRAME_CACHE.hits, FRAME_CACHE.misses) == (1, 1)
+    # other sampling settings are another entry
+    ImageLoader(clips, video=VideoSampling(num_frames=4)).load_video(["a.mp4"])
+    assert FRAME_CACHE.misses == 2
+    # a changed file under the same path is decoded again
+    write_clip(clips / "a.mp4", shift=100)
+    d = loader.load_video(["a.mp4"])
+    assert _red(d[0]) == pytest.approx(100, abs=6) and FRAME_CACHE.misses == 3
+
+
+def test_pixel_budget_per_video_scales_frames_down(clips):
+    budget = 8 * 32 * 24
+    v = ImageLoader(clips, video=VideoSampling(max_video_pixels=budget)).load_video(["a.mp4"])
+    w, h = v.size
+    assert len(v) * w * h <= budget and (w, h) == (32, 24)
+    frames = ImageLoader(clips).load_video(["a.mp4"])  # under the default budget: untouched
+    assert frames.size == (64, 48)
+
+
+def test_item_with_one_video_file_and_round_trip(tmp_path):
+    from unime.data.io import read_records, write_records
+    from unime.data.items import Record
+
+    item = Item.from_dict({"text": "a clip", "video": "clips/x.mp4"})
+    assert item.video == ("clips/x.mp4",) and item.to_dict() == {"text": "a clip", "video": ["clips/x.mp4"]}
+    assert Item.from_dict(item.to_dict()) == item
+    assert is_video_file_ref("clips/x.MP4") and not is_video_file_ref("f/0.png")
+    rec = Record(query=Item("q"), positive=item, id="r0")
+    for name in ("r.jsonl", "r.parquet"):
+        write_records([rec], tmp_path / name)
+        assert read_records(tmp_path / name)[0].positive == item
+    with pytest.raises(DataError) as e:
+        Item.from_dict({"video": 3}, record=7, field_name="positive")
+    assert e.value.record == 7 and e.value.field == "positive.video"
+
+
+def test_frame_lists_still_work_and_are_capped(tmp_path):
+    from PIL import Image
+
+    for i in range(10):
+        Image.new("RGB", (40, 30), (20 * i, 0, 0)).save(tmp_path / f"f{i}.png")
+    refs = [f"f{i}.png" for i in range(10)]
+    v = ImageLoader(tmp_path).load_video(refs)
+    assert len(v) == 10 and v.frame_indices == tuple(range(10)) and v.fps == 2.0
+    few = ImageLoader(tmp_path, video=VideoSampling(max_frames=4)).load_video(refs)
+    assert few.frame_indices == (0, 3, 6, 9) and [_red(f) for f in few] == [0, 60, 120, 180]
+
+
+# -- the corrupt-video corpus -------------------------------------------------------------------------
+
+def _corpus(root: Path) -> dict[str, tuple[list, VideoSampling, str]]:
+    good = write_clip(root / "good.mp4").read_bytes()
+    write_clip(root / "good.mkv")
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "garbage.mp4").write_bytes(b"this is not a video at all" * 40)
+    (root / "half.mp4").write_bytes(good[: len(good) // 2])
+    (root / "cut.mkv").write_bytes((root / "good.mkv").read_bytes()[:1000])
+    (root / "page.png").write_bytes(b"\x89PNG not really")
+    return {
+        "empty": (["empty.mp4"], VideoSampling(), "empty file"),
+        "garbage": (["garbage.mp4"], VideoSampling(), "corrupt or unreadable video"),
+        "truncated_mp4": (["half.mp4"], VideoSampling(), "garbage"),
+        "truncated_mkv": (["cut.mkv"], VideoSampling(), "truncated video"),
+        "missing": (["nope.mp4"], VideoSampling(), "not found"),
+        "escape": (["../outside.mp4"], VideoSampling(), "escapes the data root"),
+        "absolute": ([str(root / "good.mp4")], VideoSampling(), "absolute"),
+        "two_files": (["good.mp4", "good.mkv"], VideoSampling(), "one video file"),
+        "huge_frames": (["good.mp4"], VideoSampling(max_frame_pixels=1000), "pixels per frame"),
+        "too_long": (["good.mp4"], VideoSampling(max_duration_s=1.0), "over the limit"),
+        "too_big": (["good.mp4"], VideoSampling(max_bytes=100), "bytes, over the limit"),
+        "bad_frame": (["page.png", "page.png"], VideoSampling(), "corrupt or unreadable image"),
+    }
+
+
+def test_corrupt_video_corpus_gives_named_errors(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for case, (refs, sampling, words) in _corpus(root).items():
+        FRAME_CACHE.clear()
+        loader = ImageLoader(root, video=sampling)
+        with pytest.raises(DataError) as e:
+            loader.load_video(refs, source="clips.jsonl", record=f"r-{case}", field="positive.video")
+        err = e.value
+        if case == "truncated_mp4":  # mp4 keeps its index at the end: a cut file is unreadable or truncated
+            assert "corrupt or unreadable video" in str(err) or "truncated video" in str(err), case
+        else:
+            assert words in str(err), (case, str(err))
+        assert err.source == "clips.jsonl" and err.record == f"r-{case}", case
+        assert err.field.startswith("positive.video"), (case, err.field)
+    FRAME_CACHE.clear()
+
+
+def test_corrupt_video_in_a_corpus_stops_encode_naming_the_record(tmp_path, tiny_model_dir):
+    from unime.models.embedder import Embedder
+
+    (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 broken")
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=tmp_path)
+    with pytest.raises(DataError, match="bad.mp4") as e:
+        emb.encode([Item("fine"), Item(video=("bad.mp4",))])
+    assert e.value.field == "video"
+
+
+# -- the family processors' video path ------------------------------------------------------------------
+
+def _qwen3_timestamps(indices, fps):
+    """Qwen3-VL's prompt timestamps: the mean time of each pair of frames (one temporal patch)."""
+    t = [i / fps for i in indices]
+    return [(t[i] + t[i + 1]) / 2 for i in range(0, len(t), 2)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_processor_video_tensors(family, clips, tiny_model_dir):
+    from unime.models.embedder import Embedder
+
+    emb = Embedder.from_pretrained(tiny_model_dir(family), device="cpu", data_root=clips)
+    item = Item(text="what happens?", video=("a.mp4",))
+    inputs = emb.build_inputs([item])
+    assert "pixel_values" not in inputs and "image_grid_thw" not in inputs  # not frames passed as images
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    assert t == 4                                 # 8 sampled frames / temporal patch 2
+    vp = emb.processor.video_processor
+    assert inputs["pixel_values_videos"].shape[0] == t * h * w
+    n_tokens = int((inputs["input_ids"][0] == emb.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")).sum())
+    assert n_tokens == t * h * w // vp.merge_size ** 2
+    if family == "qwen2_5_vl":
+        # sampled fps = 8 of 20 frames at 10 fps = 4 fps; a temporal patch of 2 frames lasts 0.5 s
+        assert [float(x) for x in inputs["second_per_grid_ts"]] == pytest.approx([0.5])
+    if family == "qwen3_vl":
+        text = emb.processor.tokenizer.decode(inputs["input_ids"][0])
+        want = [f"<{x:.1f} seconds>" for x in _qwen3_timestamps([0, 3, 5, 8, 11, 14, 16, 19], 10.0)]
+        found = [p.split(">")[0] + ">" for p in ("<" + s for s in text.split("<")[1:]) if "seconds>" in p]
+        assert found == want
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_embedder_encodes_video_files(family, clips, tiny_model_dir):
+    from unime.models.embedder import Embedder
+
+    emb = Embedder.from_pretrained(tiny_model_dir(family), device="cpu", data_root=clips)
+    items = [Item(text="clip", video=("a.mp4",)), Item(text="a red square"), Item(video=("b.mkv",)),
+             Item(text="clip", video=("a.mp4",))]
+    vecs = emb.encode(items, batch_size=3)
+    assert vecs.shape[0] == 4 and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    assert np.array_equal(vecs[0], vecs[3])
+    alone = emb.encode([items[2]])
+    assert np.allclose(alone[0], vecs[2], atol=1e-4)        # batch / padding invariant
+    assert not np.allclose(vecs[0], vecs[2], atol=1e-3)     # two different clips differ
+
+
+def test_key_frames_feed_the_reasoning_embedder(clips):
+    import io
+
+    from PIL import Image
+
+    from unime.reasoning.embed_inputs import reasoned_item
+
+    loader = ImageLoader(clips)
+    tcot = '<thinking>{"key_frames": [2, 8]}</thinking><rethink>red grows</rethink><answer>a clip</answer>'
+    out = reasoned_item(Item(text="clip", video=("a.mp4",)), tcot, loader)
+    assert out.video == ("a.mp4",)  # the clip itself stays a video
+    evidence = [Image.open(io.BytesIO(b)) for b in out.images]
+    video = loader.load_video(["a.mp4"])
+    # 1-based: key frame 2 is the second sampled frame (source frame 3), key frame 8 the last (frame 19)
+    assert [_red(f) for f in evidence] == pytest.approx([_red(video[1]), _red(video[7])], abs=0.5)
+    assert _red(evidence[0]) == pytest.approx(36, abs=6) and _red(evidence[1]) == pytest.approx(228, abs=6)
+
+
+def test_unime_embed_reads_video_files_with_the_sampling_options(clips, tiny_model_dir):
+    import json
+
+    from unime.cli import main
+    from unime.models.embedder import Embedder
+
+    (clips / "items.jsonl").write_text("".join(json.dumps(d) + "\n" for d in [
+        {"text": "a clip", "video": "a.mp4"}, {"text": "a red square"}, {"video": ["a.mp4"]}]))
+    model = tiny_model_dir("qwen2_vl")
+    assert main(["embed", "--model", model, "--items", str(clips / "items.jsonl"), "--out", str(clips / "v.npy"),
+                 "--device", "cpu", "--dtype", "fp32", "--video-frames", "4"]) == 0
+    got = np.load(clips / "v.npy")
+    emb = Embedder.from_pretrained(model, device="cpu", dtype="fp32", data_root=clips,
+                                   video_sampling=VideoSampling(num_frames=4))
+    want = emb.encode([Item("a clip", video=("a.mp4",)), Item("a red square"), Item(video=("a.mp4",))])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    eight = Embedder.from_pretrained(model, device="cpu", dtype="fp32", data_root=clips).encode(
+        [Item("a clip", video=("a.mp4",))])
+    assert not np.allclose(eight[0], got[0], atol=1e-4)  # 4 frames is not the default 8
+
+
+def test_video_options_map_to_sampling():
+    from argparse import Namespace
+
+    from unime.cli.video_options import video_sampling_from_args
+
+    none = Namespace(video_frames=None, video_fps=None, video_max_frames=None, video_max_pixels=None)
+    assert video_sampling_from_args(none) is None
+    s = video_sampling_from_args(Namespace(video_frames=None, video_fps=1.5, video_max_frames=12,
+                                           video_max_pixels=None))
+    assert (s.num_frames, s.fps, s.max_frames) == (None, 1.5, 12)
