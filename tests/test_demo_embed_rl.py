@@ -24,7 +24,7 @@ def test_tcot_match_judge_records_follow_ground_truth(tiny_world):
     from unime.demo.embed_rl import tcot_match_judge_records
     from unime.errors import DataError
     from unime.reasoning.reasoner import TCoTRow
-    from unime.train.tcot_embedder import tcot_judge_item
+    from unime.embed_rl.tcot_embedder import tcot_judge_item
 
     records = tiny_world.records
     rows = [TCoTRow(r.id, side, r.query if side == "query" else r.positive, f"<think>{side} of {r.id}</think>")

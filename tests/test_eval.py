@@ -21,10 +21,11 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.errors import DataError, ModelError
 from unime.eval import report
-from unime.models.embedding_cache import EmbeddingStore, RunEncoder, model_fingerprint
-from unime.eval.rerank_hook import RerankStats, load_reranker, rerank, scores_after_rerank
-from unime.eval.runners import EvalOptions, Reranking, load_suite_data, run_tasks
+from unime.eval.runners import (EvalOptions, Reranking, load_reranker, load_suite_data, run_tasks,
+                                scores_after_rerank)
 from unime.eval.tasks import load_task_config, load_task_data, resolve_task_config
+from unime.models.embedding_cache import EmbeddingStore, RunEncoder, model_fingerprint
+from unime.models.reranker import RerankStats, rerank
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
            "orange": (255, 128, 0)}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from unime.data.items import Item, Record
 from unime.models.prompts import EMB_TOKEN
-from unime.train.grpo import EmbedRLReward, GRPOStageConfig, _trainer_class, embed_rl_grpo_config, grpo_rows
+from unime.embed_rl.grpo import EmbedRLReward, GRPOStageConfig, _trainer_class, embed_rl_grpo_config, grpo_rows
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 210, 40)}
 
@@ -188,7 +188,7 @@ def test_reward_bookkeeping_through_trl_ordering(world, tiny_model_dir, tmp_path
 
 def test_grpo_smoke_two_steps_all_rewards(world, tiny_model_dir, tmp_path):
     """`train_reasoner_grpo` end to end: 2 steps, format + outcome + process (the judge is the tiny reasoner)."""
-    from unime.train.grpo import train_reasoner_grpo
+    from unime.embed_rl.grpo import train_reasoner_grpo
 
     root, _ = world
     out = tmp_path / "grpo"
@@ -242,7 +242,7 @@ def test_policy_processor_aligns_image_token_types_with_left_padded_prompts(tiny
 
     from unime.models.loading import load_model
     from unime.reasoning.reasoner import conversational_prompt, reasoning_prompt_segments
-    from unime.train.grpo import prepare_policy_processor
+    from unime.embed_rl.grpo import prepare_policy_processor
 
     proc = load_model(tiny_model_dir("qwen2_vl"), device="cpu").processor
     if prepare:

@@ -15,7 +15,7 @@ from unime.models.prompts import EMB_TOKEN
 from unime.reasoning.reasoner import (TCoTRow, read_tcot_rows, reasoning_instruction, reasoning_prompt_segments,
                                       write_tcot_rows)
 from unime.reasoning.tcot import render_tcot
-from unime.train.tcot_embedder import ReasoningEncoder, reasoned_records, split_by_tcot_match
+from unime.embed_rl.tcot_embedder import ReasoningEncoder, reasoned_records, split_by_tcot_match
 
 T = lambda kw: render_tcot({"text_keywords": [kw]}, f"About {kw}.", kw)  # noqa: E731
 
@@ -110,7 +110,7 @@ def test_prompts_are_modality_and_side_specific():
 
 def test_prepare_emb_checkpoint(tiny_model_dir, tmp_path):
     from unime import Embedder
-    from unime.train.tcot_embedder import prepare_emb_checkpoint
+    from unime.embed_rl.tcot_embedder import prepare_emb_checkpoint
 
     out = prepare_emb_checkpoint(tiny_model_dir("qwen2_vl"), tmp_path / "e")
     emb = Embedder.from_pretrained(out, device="cpu")
@@ -146,7 +146,7 @@ def test_reasoning_encoder_sides_and_tcots(tiny_model_dir):
 def test_evaluate_with_reasoning_on_a_tiny_world(tiny_model_dir, tmp_path):
     """The eval harness scores the MMEB tasks of a tiny world with oracle (teacher) T-CoTs and without."""
     from unime.data.synth import generate_world
-    from unime.train.tcot_embedder import evaluate_with_reasoning
+    from unime.embed_rl.tcot_embedder import evaluate_with_reasoning
 
     root = tmp_path / "w"
     generate_world(root, seed=2, sizes="tiny")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from unime.reasoning.reasoner import TCoTRow, reasoning_prompt_segments, write_tcot_rows
 from unime.reasoning.tcot import render_tcot
-from unime.train.reasoner_sft import IGNORE_INDEX, SFTCollator, end_of_turn_text, sft_features
+from unime.embed_rl.reasoner_sft import IGNORE_INDEX, SFTCollator, end_of_turn_text, sft_features
 
 TCOT = render_tcot({"bbox_2d": [[100, 100, 600, 600]]}, "The image shows a red circle.", "red circle")
 
@@ -70,7 +70,7 @@ def test_model_loss_is_cross_entropy_over_answer_tokens_only(loaded):
 def test_sft_run_lowers_the_loss_and_saves_a_reasoner(tiny_model_dir, tmp_path):
     from unime.data.items import Item
     from unime.reasoning.reasoner import Reasoner
-    from unime.train.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
 
     (tmp_path / "imgs").mkdir()
     rows = []
@@ -100,7 +100,7 @@ def test_lora_sft_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     from unime.data.items import Item
-    from unime.train.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
 
     write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT)], tmp_path / "t.jsonl")
     cfg = ReasonerSFTConfig(model=tiny_model_dir("qwen2_vl"), data=str(tmp_path / "t.jsonl"), out=str(tmp_path / "o"),

@@ -147,6 +147,6 @@ def test_from_pretrained_reads_the_trained_count(tiny_model_dir, tmp_path):
 
 
 def test_reranker_satisfies_the_eval_seam(rr):
-    from unime.eval.rerank_hook import RerankerProtocol
+    from unime.models.reranker import RerankerProtocol
 
     assert isinstance(rr, RerankerProtocol)

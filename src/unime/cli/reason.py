@@ -130,7 +130,7 @@ def _split(args) -> int:
     from unime.data.io import read_records, write_records
     from unime.models.judge import JudgeScorer
     from unime.reasoning.reasoner import read_tcot_rows
-    from unime.train.tcot_embedder import split_by_tcot_match
+    from unime.embed_rl.tcot_embedder import split_by_tcot_match
 
     records = read_records(args.records)
     judge = JudgeScorer.from_pretrained(args.judge, device=args.device, dtype=args.dtype,
@@ -151,7 +151,7 @@ def _materialize(args) -> int:
     from unime.data.images import ImageLoader
     from unime.data.io import read_records, write_records
     from unime.reasoning.reasoner import read_tcot_rows
-    from unime.train.tcot_embedder import reasoned_records
+    from unime.embed_rl.tcot_embedder import reasoned_records
 
     records = read_records(args.records)
     out = reasoned_records(records, read_tcot_rows(args.tcots), ImageLoader(_root(args, args.records)),
@@ -162,14 +162,14 @@ def _materialize(args) -> int:
 
 
 def _add_emb(args) -> int:
-    from unime.train.tcot_embedder import prepare_emb_checkpoint
+    from unime.embed_rl.tcot_embedder import prepare_emb_checkpoint
 
     print(prepare_emb_checkpoint(args.model, args.out, device=args.device))
     return 0
 
 
 def _eval(args) -> int:
-    from unime.train.tcot_embedder import evaluate_with_reasoning
+    from unime.embed_rl.tcot_embedder import evaluate_with_reasoning
 
     only = [t.strip() for t in args.only.split(",")] if args.only else None
     summary = evaluate_with_reasoning(args.embedder, args.tasks, args.out, tcots=args.tcots,

@@ -60,7 +60,7 @@ def _add_parser(actions) -> None:
 
 def _run(args) -> int:
     if args.stage == "sft":
-        from unime.train.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
+        from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
 
         if not args.tcots:
             raise SystemExit("--stage sft needs --tcots")
@@ -76,7 +76,7 @@ def _run(args) -> int:
         print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
               f"{summary['last_loss']}; saved {args.out}")
         return 0
-    from unime.train.grpo import GRPOStageConfig, train_reasoner_grpo
+    from unime.embed_rl.grpo import GRPOStageConfig, train_reasoner_grpo
 
     if not args.records or not args.embedder:
         raise SystemExit("--stage grpo needs --records and --embedder")

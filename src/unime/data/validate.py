@@ -10,18 +10,15 @@ import math
 from typing import Any
 
 from unime.data.items import Item
+from unime.data.placeholders import placeholder_refs
 from unime.data.skips import data_error
 from unime.errors import DataError
-from unime.models.adapters import SOURCE_IMAGE_PLACEHOLDER
 
 
 def check_placeholders(item: Item, *, source=None, record=None, field: str = "text") -> None:
-    """Every image placeholder in the text must name one of the item's images (same numbering as
-    `unime.models.adapters.item_segments`: `<|image_n|>` is image n, bare `<image>` the next one)."""
-    auto = 0
-    for m in SOURCE_IMAGE_PLACEHOLDER.finditer(item.text):
-        idx = int(m.group(1)) - 1 if m.group(1) else auto
-        auto = idx + 1
+    """Every image placeholder in the text must name one of the item's images (`unime.data.placeholders`
+    numbering, the one the family adapters map)."""
+    for m, idx in placeholder_refs(item.text):
         if idx < 0 or idx >= len(item.images):
             raise data_error("placeholder", f"text has placeholder {m.group(0)!r} but the item has "
                              f"{len(item.images)} image(s)", source=source, record=record, field=field)

@@ -52,7 +52,7 @@ def tcot_match_judge_records(world: "World", records: Sequence[Record], tcot_row
       query is never labelled No), drawn at random.
     A record without a T-CoT for either side is a `DataError` naming `source`, the record and the side."""
     from unime.reasoning.reasoner import tcot_index
-    from unime.train.tcot_embedder import tcot_judge_item
+    from unime.embed_rl.tcot_embedder import tcot_judge_item
 
     index = tcot_index(tcot_rows)
 

@@ -2,7 +2,7 @@
 
 A run: read every task (bad data fails before any model work) → register every item with one
 `RunEncoder` (distinct items across all tasks are encoded once, cached on disk) → score each task →
-optionally rerank the top k (`rerank_hook`) → write the report (`report`).
+optionally rerank the top k (`unime.models.reranker.rerank`) → write the report (`report`).
 
 Scores are cosine similarities of L2-normalised embeddings. Ties follow `metrics` (``ties=``).
 Metric values are fractions in [0, 1]; the markdown table shows them x100 like the papers.
@@ -19,12 +19,13 @@ from typing import Any, Callable
 import numpy as np
 
 from unime.data.items import Item
+from unime.errors import ModelError
 from unime.eval import metrics as M
-from unime.eval.rerank_hook import RERANK_MODES, RerankStats, rerank, scores_after_rerank
 from unime.eval.tasks import (CompositionalData, MMEBData, QrelsData, RetrievalData, TaskData, TaskSpec,
                               TaskSuite, load_task_config, load_task_data)
 from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
                                           model_fingerprint)
+from unime.models.reranker import RERANK_MODES, RerankerProtocol, RerankStats, rerank
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,36 @@ class Reranking:
 
 
 Vectors = Callable[[np.ndarray], np.ndarray]  # task item indices → L2-normalised vectors
+
+
+def scores_after_rerank(scores: np.ndarray, new_order: np.ndarray, k: int) -> np.ndarray:
+    """Scores that rank the reranked top k first, in the reranked order, with no ties among them; the
+    rest keep their embedder scores. Lets the ordinary metrics (with their tie policy) score a reranked
+    list."""
+    out = np.asarray(scores, dtype=np.float64).copy()
+    head = np.asarray(new_order[:k], dtype=np.int64)
+    top = float(out.max()) + 1.0
+    out[head] = top + np.arange(len(head), 0, -1, dtype=np.float64)
+    return out
+
+
+def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root: str | None = None):
+    """`unime.models.reranker.Reranker.from_pretrained(path, ...)`, imported only when asked for."""
+    try:
+        from unime.models.reranker import Reranker  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise ModelError(f"cannot load the reranker {path!r}: unime.models.reranker is not available in this "
+                         f"installation ({e}). The reranker ships with the reranker stage; until then "
+                         "`unime eval` runs without --rerank.") from None
+    if not hasattr(Reranker, "from_pretrained"):
+        raise ModelError("unime.models.reranker.Reranker has no from_pretrained(); cannot load the reranker")
+    kwargs = {"device": device, "dtype": dtype}
+    if data_root is not None:
+        kwargs["data_root"] = data_root
+    reranker = Reranker.from_pretrained(path, **kwargs)
+    if not isinstance(reranker, RerankerProtocol):
+        raise ModelError(f"{type(reranker).__name__} does not provide pick() and score_pairs()")
+    return reranker
 
 
 def _rerank_scores(scores: np.ndarray, rr: Reranking, query: Item, candidates: list[Item]) -> np.ndarray:
@@ -336,7 +367,6 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
                         compare: list[str] | None = None, show_progress: bool = True, video_sampling=None) -> dict:
     """`unime eval --model ...`: evaluate one embedder checkpoint on a task config; returns the summary."""
     from unime.eval import report
-    from unime.eval.rerank_hook import load_reranker
     from unime.models.embedder import Embedder
 
     t_start = time.perf_counter()

@@ -8,15 +8,12 @@ the family's image token, by position: placeholder n → the item's n-th image.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from unime.data.placeholders import placeholder_refs
 from unime.data.video import Video, as_video
 from unime.errors import DataError, ModelError
-
-# `<|image_1|>` (MMEB / Phi-3-V), `<image>` (LLaVA), and `<|image|>`
-SOURCE_IMAGE_PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>|<image>|<\|image\|>")
 
 
 @dataclass
@@ -26,11 +23,6 @@ class Segment:
 
     kind: str
     value: Any
-
-
-def strip_placeholders(text: str) -> str:
-    """Remove source image placeholders (used where the prompt names images separately, SPEC 1.3)."""
-    return SOURCE_IMAGE_PLACEHOLDER.sub("", text).strip()
 
 
 def item_segments(text: str, images: Sequence[Any], video: Sequence[Any] | None = None, *,
@@ -45,12 +37,10 @@ def item_segments(text: str, images: Sequence[Any], video: Sequence[Any] | None 
         segs.append(Segment("video", video if isinstance(video, Video) else list(video)))
     used: set[int] = set()
     pieces: list[Segment] = []
-    pos, auto = 0, 0
-    for m in SOURCE_IMAGE_PLACEHOLDER.finditer(text):
+    pos = 0
+    for m, idx in placeholder_refs(text):
         if m.start() > pos:
             pieces.append(Segment("text", text[pos:m.start()]))
-        idx = int(m.group(1)) - 1 if m.group(1) else auto
-        auto = idx + 1
         if idx < 0 or idx >= len(images):
             raise DataError(f"placeholder {m.group(0)!r} but the item has {len(images)} image(s)",
                             record=record, field=field or "text")

@@ -48,9 +48,10 @@ import numpy as np
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item
+from unime.data.placeholders import strip_placeholders
 from unime.data.video import Video
 from unime.errors import ModelError
-from unime.models.adapters import FamilyAdapter, Segment, strip_placeholders
+from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.loading import LoadedModel, load_model
 from unime.models.prompts import JUDGE_CANDIDATE_LABEL, JUDGE_END, JUDGE_INSTRUCTION, JUDGE_QUERY_LABEL, NO, YES
 

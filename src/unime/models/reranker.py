@@ -13,9 +13,22 @@
   pairwise scores; every fallback is counted in `stats`.
 - The number of listwise candidates the checkpoint was trained with (`unime_reranker.json`) is the
   default k of `rerank`; `pick` on a different number works but warns (once per number) and counts it.
-- `rerank` reorders with `unime.eval.rerank_hook.rerank`, the evaluation seam: `top1` moves the
-  picked candidate to rank 1 and keeps the rest in the embedder's order; `resort` sorts the top k by
-  pairwise score (stable). Ranks beyond k are untouched.
+- `rerank` reorders with the module's `rerank()`, which the evaluation harness also uses on any object
+  with `pick` and `score_pairs` (`RerankerProtocol`): `top1` moves the picked candidate to rank 1 and
+  keeps the rest in the embedder's order; `resort` sorts the top k by pairwise score (stable). Ranks
+  beyond k are untouched.
+
+The reranking rule (`rerank()`), for an embedder ranking and a reranker that looks at the top k only:
+
+- ``top1`` (the paper's): the reranker *picks* one of the top-k candidates (listwise generation); the
+  picked one moves to rank 1 and every other candidate keeps the embedder's order. If the reranker
+  cannot pick (returns ``None``: unparsable answer), the embedder's order is kept and the fallback is
+  counted.
+- ``resort``: the reranker scores every top-k candidate against the query (pairwise P(Yes)) and the
+  top k are sorted by that score, descending; equal scores keep the embedder's order. Ranks beyond k
+  are untouched.
+
+The reranker sees the embedder's top k with ties broken by candidate index: it never sees the labels.
 """
 
 from __future__ import annotations
@@ -25,12 +38,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item
+from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.judge import JudgeScorer
 from unime.models.loading import LoadedModel, load_model
@@ -40,6 +54,60 @@ log = logging.getLogger(__name__)
 
 METADATA_FILE = "unime_reranker.json"  # written by unime.train.reranker_trainer
 RERANK_MODES = ("top1", "resort")
+
+
+@runtime_checkable
+class RerankerProtocol(Protocol):
+    def pick(self, query: Item, candidates: list[Item]) -> int | None:
+        """Index (into `candidates`) of the candidate that best meets the query, or None if undecided."""
+
+    def score_pairs(self, query: Item, candidates: list[Item]) -> np.ndarray:
+        """One relevance score per candidate (higher = better), e.g. P(Yes) of the pairwise prompt."""
+
+
+@dataclass
+class RerankStats:
+    queries: int = 0
+    fallbacks: int = 0  # top1: the reranker returned None, the embedder's order was kept
+
+    def to_dict(self) -> dict:
+        return {"queries": self.queries, "fallbacks": self.fallbacks}
+
+
+def rerank(ranked_indices: Sequence[int], reranker: RerankerProtocol, query: Item, candidates: Sequence[Item],
+           k: int, mode: str, *, stats: RerankStats | None = None) -> np.ndarray:
+    """Rerank the top `k` of `ranked_indices` (candidate indices, best first); returns the new order.
+
+    `candidates` is the full candidate list that `ranked_indices` index into.
+    """
+    if mode not in RERANK_MODES:
+        raise ValueError(f"mode must be one of {RERANK_MODES}, got {mode!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    order = np.asarray(ranked_indices, dtype=np.int64)
+    head, tail = order[:k], order[k:]
+    shown = [candidates[int(i)] for i in head]
+    if stats is not None:
+        stats.queries += 1
+    if mode == "top1":
+        picked = reranker.pick(query, shown)
+        if picked is None:
+            if stats is not None:
+                stats.fallbacks += 1
+            return order.copy()
+        picked = int(picked)
+        if not 0 <= picked < len(head):
+            raise ModelError(f"reranker picked candidate {picked} of {len(head)}")
+        new_head = np.concatenate([head[picked:picked + 1], np.delete(head, picked)])
+    else:
+        scores = np.asarray(reranker.score_pairs(query, shown), dtype=np.float64).reshape(-1)
+        if scores.shape[0] != len(head):
+            raise ModelError(f"reranker returned {scores.shape[0]} scores for {len(head)} candidates")
+        if not np.all(np.isfinite(scores)):
+            raise ModelError("reranker returned NaN or infinite scores")
+        # stable: equal reranker scores keep the embedder's order
+        new_head = head[np.argsort(-scores, kind="stable")]
+    return np.concatenate([new_head, tail])
 
 
 def as_item(x: Any) -> Item:
@@ -197,12 +265,10 @@ class Reranker:
     def rerank(self, query: Any, ranked: Sequence[Any], k: int | None = None, mode: str = "top1") -> list[int]:
         """New order (indices into `ranked`, which is in the embedder's order, best first): the top `k`
         (default: the trained number of candidates, else all) reranked by `mode`, the rest unchanged."""
-        from unime.eval.rerank_hook import rerank as rerank_order
-
         if mode not in RERANK_MODES:
             raise ValueError(f"mode must be one of {RERANK_MODES}, got {mode!r}")
         ranked = [as_item(c) for c in ranked]
         if not ranked:
             return []
         k = min(k or self.num_candidates or len(ranked), len(ranked))
-        return [int(i) for i in rerank_order(range(len(ranked)), self, as_item(query), ranked, k, mode)]
+        return [int(i) for i in rerank(range(len(ranked)), self, as_item(query), ranked, k, mode)]

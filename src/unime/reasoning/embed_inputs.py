@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item
-from unime.models.adapters import SOURCE_IMAGE_PLACEHOLDER, Segment
+from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER
+from unime.models.adapters import Segment
 from unime.models.prompts import EMB_TOKEN, EMBED_SUMMARY_PROMPT
 
 ON_INVALID = ("raw", "raise", "drop")
@@ -126,7 +127,7 @@ class ReasonedEmbedder:
         if embedder.pooling != "emb":
             raise ValueError(f"an Embed-RL embedder pools at {EMB_TOKEN} (SPEC 2.1); this one pools "
                              f"{embedder.pooling!r}. Add the token with `unime.models.embedder.add_emb_token` (or "
-                             "`unime.train.tcot_embedder.prepare_emb_checkpoint`) and load it with pooling='emb'")
+                             "`unime.embed_rl.tcot_embedder.prepare_emb_checkpoint`) and load it with pooling='emb'")
         if embedder.instruction_suffix:
             raise ValueError("a ReasonedEmbedder ends each input with the summary prompt; the embedder must not add "
                              f"an instruction_suffix (got {embedder.instruction_suffix!r})")

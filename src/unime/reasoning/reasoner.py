@@ -4,7 +4,7 @@ One place for everything a generative checkpoint is asked in Embed-RL:
 
 - the modality-specific reasoning prompts (text / image / video items, query side / target side),
   built by `reasoning_prompt_segments` — the same segments feed `Reasoner.generate`, the cold-start
-  SFT (`unime.train.reasoner_sft`) and the GRPO dataset (`unime.train.grpo`), so the policy is trained
+  SFT (`unime.embed_rl.reasoner_sft`) and the GRPO dataset (`unime.embed_rl.grpo`), so the policy is trained
   on exactly the prompt it is used with;
 - batched generation (`Reasoner.generate`, `Reasoner.generate_from_segments`) through the family
   adapter, with no model-specific code;

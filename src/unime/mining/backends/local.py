@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from unime.mining.backends import JudgeBackend, JudgeSpec, QueryGroup
+from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
 
 
 class LocalBackend(JudgeBackend):

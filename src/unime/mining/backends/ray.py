@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from unime.mining.backends import JudgeBackend, JudgeSpec, QueryGroup
+from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
 
 log = logging.getLogger(__name__)
 

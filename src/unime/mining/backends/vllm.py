@@ -28,7 +28,7 @@ import numpy as np
 
 from unime.data.video import Video, as_video
 from unime.errors import ModelError
-from unime.mining.backends import JudgeBackend, JudgeSpec, QueryGroup
+from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
 
 MISSING_POLICIES = ("bound", "error")
 

@@ -1,0 +1,71 @@
+"""What every judge backend shares: the picklable `JudgeSpec` it is built from, the `JudgeBackend` interface
+and the query-group type (see the package docstring)."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from unime.data.items import Item
+
+QueryGroup = tuple[Item, Sequence[Item]]
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """How to load the judge: checkpoint, device/dtype, the data root its image paths are relative to,
+    the fast path's chunk size (continuations per forward) and its candidate-image feature cache size."""
+
+    path: str
+    device: str | None = None
+    dtype: str | None = None
+    data_root: str | None = None
+    allow_outside_root: bool = False
+    adapter_path: str | None = None
+    chunk_size: int = 16
+    image_cache_size: int = 1024
+
+    def load(self, *, load_weights: bool = True):
+        from unime.models.judge import JudgeScorer
+
+        return JudgeScorer.from_pretrained(self.path, device=self.device, dtype=self.dtype, data_root=self.data_root,
+                                           allow_outside_root=self.allow_outside_root, adapter_path=self.adapter_path,
+                                           chunk_size=self.chunk_size, image_cache_size=self.image_cache_size,
+                                           load_weights=load_weights)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = os.path.abspath(self.path) if os.path.exists(self.path) else self.path
+        return d
+
+
+class JudgeBackend(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def score_groups(self, groups: Sequence[QueryGroup]) -> list[np.ndarray]:
+        """One float64 array of judge scores per group, candidates in the given order."""
+
+    def score_shards(self, shards: Iterable[tuple[int, Sequence[QueryGroup]]]
+                     ) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """Score several shards, yielding `(shard id, scores per group)` as each shard completes (possibly
+        out of order). The default scores them one after the other; distributed backends stream them."""
+        for sid, groups in shards:
+            yield sid, self.score_groups(groups)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the report (backend-specific)."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
