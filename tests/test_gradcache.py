@@ -7,7 +7,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from unime.data.items import Item
-from unime.train.checkpoints import LoraSettings, apply_lora
+from unime.models.lora import LoraSettings, apply_lora
 from unime.train.gradcache import GradCache, RandomState
 from unime.train.losses import InfoNCELoss, SymmetricKLLoss
 

@@ -42,6 +42,8 @@ def _backend_options(args) -> dict:
 
 
 def register(sub) -> None:
+    from unime.mining.sampling import DEFAULT_BETA
+
     p = sub.add_parser("mine", help="mine judge-scored hard negatives (retrieval → judge → filter + sample)")
     p.add_argument("--records", required=True, help="training records (.jsonl, .parquet, UniME-V2 .json)")
     p.add_argument("--embedder", required=True, help="embedder checkpoint for the global retrieval")
@@ -53,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--data-root", default=None,
                    help="folder image paths are relative to (default: --world if given, else the records' folder)")
     p.add_argument("--k", type=int, default=50, help="candidates retrieved per query")
-    p.add_argument("--beta", type=float, default=0.01, help="false negative: s(q,c) > s(q,c_t) - beta")
+    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help="false negative: s(q,c) > s(q,c_t) - beta")
     p.add_argument("--interval", type=int, default=5, help="cyclical sampling interval")
     p.add_argument("--count", type=int, default=10, help="negatives stored per query")
     p.add_argument("--fallback", default="random", choices=["random", "drop"],

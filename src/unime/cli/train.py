@@ -37,7 +37,8 @@ def register(sub) -> None:
 
 # -- unime train embedder ------------------------------------------------------------------------------
 def _add_embedder_parser(actions) -> None:
-    from unime.train.checkpoints import DEFAULT_LORA_TARGETS
+    from unime.models.lora import EMBEDDER_LORA
+    from unime.train.loss_defaults import DEFAULT_TEMPERATURE
 
     p = actions.add_parser(
         "embedder", help="train an embedder with soft semantic labels (UniME-V2 stage D)",
@@ -64,7 +65,7 @@ def _add_embedder_parser(actions) -> None:
                    help="use the first K stored negatives of each record (default 8)")
     g.add_argument("--in-batch", action=argparse.BooleanOptionalAction, default=None,
                    help="infonce: in-batch negatives (default on)")
-    g.add_argument("--tau", type=float, default=0.02, help="temperature (default 0.02)")
+    g.add_argument("--tau", type=float, default=DEFAULT_TEMPERATURE, help="temperature (default %(default)s)")
     g.add_argument("--label-tau", type=float, default=None,
                    help="temperature of the judge-score softmax (default: --tau)")
     g.add_argument("--kl-eps", type=float, default=1e-8, help="symmetric_kl: log(p + eps) as released; 0 = exact")
@@ -75,10 +76,10 @@ def _add_embedder_parser(actions) -> None:
 
     g = p.add_argument_group("parameters")
     g.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    g.add_argument("--lora-r", type=int, default=16)
-    g.add_argument("--lora-alpha", type=int, default=64)
-    g.add_argument("--lora-dropout", type=float, default=0.1)
-    g.add_argument("--lora-targets", default=",".join(DEFAULT_LORA_TARGETS),
+    g.add_argument("--lora-r", type=int, default=EMBEDDER_LORA.r)
+    g.add_argument("--lora-alpha", type=int, default=EMBEDDER_LORA.alpha)
+    g.add_argument("--lora-dropout", type=float, default=EMBEDDER_LORA.dropout)
+    g.add_argument("--lora-targets", default=",".join(EMBEDDER_LORA.targets),
                    help="comma-separated module names (decoder only unless --lora-vision), or all-linear")
     g.add_argument("--lora-vision", action="store_true",
                    help="also adapt the vision tower's layers named in --lora-targets (vision block names: "

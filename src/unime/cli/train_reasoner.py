@@ -10,6 +10,10 @@ from unime.cli.train import register_train_action
 
 
 def _add_parser(actions) -> None:
+    from unime.embed_rl.grpo import GRPOStageConfig
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
+    from unime.models.lora import GENERATIVE_LORA
+
     p = actions.add_parser(
         "reasoner", help="Embed-RL reasoner: --stage sft (cold start on T-CoTs) or grpo (EG-RL on TRL)",
         description="sft: next-token loss on the assistant T-CoT only, from a T-CoT JSONL (unime reason teacher / "
@@ -23,9 +27,10 @@ def _add_parser(actions) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank; 0 = full fine-tuning "
-                                                           "(default: sft 16, grpo 0)")
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
+                                                           f"(default: sft {ReasonerSFTConfig.lora_r}, "
+                                                           f"grpo {GRPOStageConfig.lora_r})")
+    p.add_argument("--lora-alpha", type=int, default=GENERATIVE_LORA.alpha)
+    p.add_argument("--lora-dropout", type=float, default=GENERATIVE_LORA.dropout)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: sft 1e-4, grpo 3e-6)")
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--save-steps", type=int, default=None)
@@ -47,7 +52,7 @@ def _add_parser(actions) -> None:
     g.add_argument("--num-generations", type=int, default=4, help="group size n (default 4)")
     g.add_argument("--pairs-per-batch", type=int, default=2, help="(query, positive) pairs per step (>= 2)")
     g.add_argument("--grpo-epochs", type=int, default=1, help="passes over the pairs (each reshuffled)")
-    g.add_argument("--beta", type=float, default=0.01, help="KL coefficient (default 0.01)")
+    g.add_argument("--beta", type=float, default=GRPOStageConfig.beta, help="KL coefficient (default %(default)s)")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--max-completion-length", type=int, default=128)
     g.add_argument("--loss-type", default="grpo", help="TRL loss_type (default grpo)")
@@ -67,7 +72,7 @@ def _run(args) -> int:
         cfg = ReasonerSFTConfig(model=args.model, data=args.tcots, out=args.out, data_root=args.data_root,
                                 epochs=args.epochs, max_steps=args.max_steps,
                                 learning_rate=args.lr if args.lr is not None else 1e-4, batch_size=args.batch_size,
-                                grad_accum=args.grad_accum, lora_r=16 if args.lora_r is None else args.lora_r,
+                                grad_accum=args.grad_accum, lora_r=ReasonerSFTConfig.lora_r if args.lora_r is None else args.lora_r,
                                 lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                                 skip_invalid=args.skip_invalid, device=args.device, dtype=args.dtype, seed=args.seed,
                                 logging_steps=args.logging_steps, save_steps=args.save_steps or 500,
@@ -90,7 +95,7 @@ def _run(args) -> int:
                           learning_rate=args.lr if args.lr is not None else 3e-6, beta=args.beta,
                           temperature=args.temperature, max_completion_length=args.max_completion_length,
                           loss_type=args.loss_type, weights=weights, neg_temperature=args.neg_temperature,
-                          hard_negative_pairs=args.hard_negative_pairs, lora_r=args.lora_r or 0,
+                          hard_negative_pairs=args.hard_negative_pairs, lora_r=GRPOStageConfig.lora_r if args.lora_r is None else args.lora_r,
                           lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, device=args.device,
                           dtype=args.dtype, seed=args.seed, save_steps=args.save_steps or 100, resume=args.resume)
     summary = train_reasoner_grpo(cfg)

@@ -10,7 +10,7 @@ from unime.cli.train import register_train_action
 
 
 def _common_options(p: argparse.ArgumentParser, *, role: str) -> None:
-    from unime.train.checkpoints import DEFAULT_LORA_TARGETS
+    from unime.models.lora import GENERATIVE_LORA
 
     g = p.add_argument_group("data")
     g.add_argument("--model", required=True, help="base generative checkpoint: HF folder or hub id")
@@ -25,10 +25,11 @@ def _common_options(p: argparse.ArgumentParser, *, role: str) -> None:
     g.add_argument("--full", action="store_true",
                    help="full fine-tuning (every parameter, fp32 master weights) instead of LoRA; writes OUT/merged "
                         "only (no adapter). For a base model without the needed skills, e.g. a freshly built tiny one")
-    g.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16; the paper's reranker: 128)")
-    g.add_argument("--lora-alpha", type=int, default=32)
-    g.add_argument("--lora-dropout", type=float, default=0.05)
-    g.add_argument("--lora-targets", default=",".join(DEFAULT_LORA_TARGETS),
+    g.add_argument("--lora-r", type=int, default=GENERATIVE_LORA.r,
+                   help="LoRA rank (default %(default)s; the paper's reranker: 128)")
+    g.add_argument("--lora-alpha", type=int, default=GENERATIVE_LORA.alpha)
+    g.add_argument("--lora-dropout", type=float, default=GENERATIVE_LORA.dropout)
+    g.add_argument("--lora-targets", default=",".join(GENERATIVE_LORA.targets),
                    help="comma-separated module names (decoder only unless --lora-vision), or all-linear")
     g.add_argument("--lora-vision", action="store_true", help="also adapt the vision tower's matching layers")
     g.add_argument("--dora", action="store_true", help="DoRA instead of plain LoRA")

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from unime.train.loss_defaults import DEFAULT_TEMPERATURE
+
 log = logging.getLogger(__name__)
 
 
@@ -76,7 +78,7 @@ class DemoSettings:
     er_embed_steps: int = 60
     er_embed_batch: int = 16
     er_embed_lr: float = 1e-3
-    er_tau: float = 0.02
+    er_tau: float = DEFAULT_TEMPERATURE
     er_sft_epochs: float = 4.0
     er_sft_batch: int = 16
     er_sft_lr: float = 1e-3

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
+from unime.models.lora import GENERATIVE_LORA
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +326,8 @@ class GRPOStageConfig:
     neg_temperature: float = 0.5
     hard_negative_pairs: int = 4
     lora_r: int = 0  # 0 = full fine-tuning of the policy
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_alpha: int = GENERATIVE_LORA.alpha
+    lora_dropout: float = GENERATIVE_LORA.dropout
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                     "gate_proj", "up_proj", "down_proj"])
     device: str | None = None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from unime.models.adapters import FamilyAdapter, Segment
+from unime.models.lora import GENERATIVE_LORA
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,9 @@ class ReasonerSFTConfig:
     grad_accum: int = 1
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    lora_r: int = 16  # 0 = full fine-tuning
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = GENERATIVE_LORA.r  # 0 = full fine-tuning
+    lora_alpha: int = GENERATIVE_LORA.alpha
+    lora_dropout: float = GENERATIVE_LORA.dropout
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                     "gate_proj", "up_proj", "down_proj"])
     skip_invalid: bool = False  # drop teacher T-CoTs that do not parse (counted), instead of raising

@@ -50,6 +50,7 @@ from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
 from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
 from unime.mining.retrieval import IndexConfig, RetrievalResult, build_index, build_pool, search_hard_negatives
+from unime.mining.sampling import DEFAULT_BETA
 from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class MineConfig:
     pool: str | None = None  # JSONL of items; default: the de-duplicated union of all positives
     data_root: str | None = None  # image paths are relative to it; default: the records file's folder
     k: int = 50
-    beta: float = 0.01
+    beta: float = DEFAULT_BETA
     interval: int = 5
     count: int = 10
     fallback: str = "random"

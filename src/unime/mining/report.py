@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
-from unime.mining.sampling import STATUSES
+from unime.mining.sampling import DEFAULT_BETA, STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def filter_curve(labels: Sequence[bool], scores: Sequence[float], positive_score
 
 
 def audit_metrics(relevance: Sequence[float], scores: Sequence[float], positive_scores: Sequence[float],
-                  similarities: Sequence[float], *, threshold: float = 1.0, beta: float = 0.01,
+                  similarities: Sequence[float], *, threshold: float = 1.0, beta: float = DEFAULT_BETA,
                   betas: Sequence[float] = DEFAULT_BETAS) -> dict[str, Any]:
     """The audit numbers for retrieved candidates (one entry per (query, candidate) pair)."""
     rel = np.asarray(relevance, dtype=np.float64)

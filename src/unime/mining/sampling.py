@@ -26,6 +26,7 @@ import numpy as np
 
 from unime.errors import DataError
 
+DEFAULT_BETA = 0.01  # β: a candidate is a false negative when its judge score s > s(q, c_t) − β
 STATUSES = ("ok", "repeated", "fallback", "dropped")
 FALLBACK_SCORE = 1.0  # score the paper gives to randomly drawn negatives of a query with no survivor
 
@@ -48,8 +49,8 @@ def _finite_scores(values: Any, *, field_name: str, source: str | None, record: 
     return arr
 
 
-def false_negative_mask(candidate_scores: Sequence[float] | np.ndarray, positive_score: float, beta: float = 0.01,
-                        *, source: str | None = None, record: str | int | None = None) -> np.ndarray:
+def false_negative_mask(candidate_scores: Sequence[float] | np.ndarray, positive_score: float,
+                        beta: float = DEFAULT_BETA, *, source: str | None = None, record: str | int | None = None) -> np.ndarray:
     """Boolean mask over the candidates, True = false negative (judge score s > s(q, c_t) − β).
 
     NaN / infinite scores raise `DataError` naming the field (`candidate_scores[i]` or `positive_score`).
@@ -98,7 +99,7 @@ class SampleResult:
 
 
 def sample_negatives(candidate_ids: Sequence[Any], candidate_scores: Sequence[float] | np.ndarray,
-                     positive_score: float, *, beta: float = 0.01, interval: int = 5, count: int = 10,
+                     positive_score: float, *, beta: float = DEFAULT_BETA, interval: int = 5, count: int = 10,
                      fallback: Fallback = "random", rng: np.random.Generator,
                      source: str | None = None, record: str | int | None = None) -> SampleResult:
     """Filter false negatives, then pick `count` negatives by cyclical sampling (SPEC §1.4).

@@ -1,4 +1,4 @@
-"""Trainable weights of an embedder run: LoRA set-up, resumable checkpoints, and the final folders.
+"""Trainable weights of an embedder run: resumable checkpoints and the final folders (LoRA: `unime.models.lora`).
 
 Final output of `unime train embedder --out DIR`:
 
@@ -21,54 +21,10 @@ from typing import Any
 
 from unime.data.atomic import atomic_dir, atomic_open
 
-# The decoder's projections. Qwen2.5-VL's vision blocks use the same MLP names, so targets are
-# restricted to the language model unless `vision=True`.
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
 CHECKPOINTS_DIR = "checkpoints"
 FULL_STATE_FILE = "trainable_state.safetensors"  # resumable state of a full fine-tuning run
-
-
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 64
-    dropout: float = 0.1
-    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
-    dora: bool = False
-    vision: bool = False  # also adapt the vision tower's matching layers
-
-    def target_modules(self) -> str | list[str]:
-        """PEFT `target_modules`: 'all-linear', or a regex over module names (full match)."""
-        if tuple(self.targets) == ("all-linear",):
-            return "all-linear"
-        names = "|".join(sorted({t.strip() for t in self.targets if t.strip()}))
-        if not names:
-            raise ValueError("no LoRA target modules given")
-        if self.vision:
-            return rf".*\.({names})"
-        return rf".*language_model.*\.({names})"
-
-
-def apply_lora(model, settings: LoraSettings):
-    """Wrap a `*ForConditionalGeneration` model with a trainable PEFT LoRA (or DoRA) adapter."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules(), use_dora=settings.dora, bias="none")
-    try:
-        peft_model = get_peft_model(model, config)
-    except ValueError as e:  # PEFT: "Target modules ... not found in the base model"
-        raise ValueError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}: {e}") \
-            from None
-    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
-    if settings.vision and all("language_model" in n for n in adapted):
-        raise ValueError(f"--lora-vision: the targets {list(settings.targets)} match no vision-tower module of "
-                         f"{type(model).__name__} (vision blocks: Qwen2-VL qkv, proj, fc1, fc2; Qwen3-VL qkv, "
-                         "proj, linear_fc1, linear_fc2)")
-    return peft_model
 
 
 def is_peft(model) -> bool:

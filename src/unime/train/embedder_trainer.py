@@ -29,11 +29,13 @@ from transformers import Trainer, TrainingArguments
 from unime.data.items import Record
 from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
+from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora
 from unime.train import checkpoints as ckpt
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.train.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
+from unime.train.loss_defaults import DEFAULT_TEMPERATURE
 from unime.train.losses import LOSSES, GroupLoss, build_loss
 
 logger = logging.getLogger(__name__)
@@ -53,17 +55,17 @@ class EmbedderTrainingConfig:
     loss: str = "symmetric_kl"
     hard_negatives: int = 8               # k: the first k stored negatives of each record are used
     in_batch: bool | None = None          # infonce only (default on); soft-label losses never use them
-    tau: float = 0.02
+    tau: float = DEFAULT_TEMPERATURE
     label_tau: float | None = None        # temperature of the judge-score softmax (default: tau)
     kl_eps: float = 1e-8                  # symmetric_kl: the release's log(p + eps); 0 = exact
     symmetric: bool = False               # infonce: add the target → query direction
     mask_duplicates: bool = True          # in-batch infonce: copies of a query's positive are not its negatives
     # parameters
     full: bool = False                    # full fine-tuning instead of LoRA
-    lora_r: int = 16
-    lora_alpha: int = 64
-    lora_dropout: float = 0.1
-    lora_targets: tuple[str, ...] = ckpt.DEFAULT_LORA_TARGETS
+    lora_r: int = EMBEDDER_LORA.r
+    lora_alpha: int = EMBEDDER_LORA.alpha
+    lora_dropout: float = EMBEDDER_LORA.dropout
+    lora_targets: tuple[str, ...] = EMBEDDER_LORA.targets
     lora_vision: bool = False
     dora: bool = False
     dtype: str = "auto"                   # auto (bf16 on GPU, fp32 on CPU), fp32, bf16
@@ -411,7 +413,7 @@ class EmbedderTrainingRun:
     loss: GroupLoss
     records: list[Record]
     data_root: str
-    lora: ckpt.LoraSettings | None
+    lora: LoraSettings | None
     resume_from: Path | None
     skips: SkipReport = field(default_factory=SkipReport)
 
@@ -459,9 +461,9 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     elif ckpt.is_peft(embedder.model):
         logger.info("%s is a PEFT adapter: continuing to train it (LoRA options ignored)", config.model)
     else:
-        lora = ckpt.LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                                  targets=tuple(config.lora_targets), dora=config.dora, vision=config.lora_vision)
-        embedder.model = ckpt.apply_lora(embedder.model, lora)
+        embedder.model = apply_lora(embedder.model, lora)
     embedder.model.train()
 
     # input assembly only (no model): the collator runs in data-loader workers, on CPU

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unime.train.loss_defaults import DEFAULT_TEMPERATURE
+
 
 class GroupLoss(nn.Module):
     """Base class: shape checks and the query × candidate-group cosine matrix."""
@@ -38,7 +40,7 @@ class GroupLoss(nn.Module):
     #: True if the loss needs judge scores (`Record.positive_score` / `negative_scores`)
     requires_scores = False
 
-    def __init__(self, temperature: float = 0.02):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -96,7 +98,7 @@ class SoftLabelLoss(GroupLoss):
 
     requires_scores = True
 
-    def __init__(self, temperature: float = 0.02, label_temperature: float | None = None, eps: float = 0.0):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None, eps: float = 0.0):
         super().__init__(temperature)
         self.label_temperature = float(label_temperature if label_temperature is not None else temperature)
         if not self.label_temperature > 0:
@@ -134,7 +136,7 @@ class SymmetricKLLoss(SoftLabelLoss):
 
     name = "symmetric_kl"
 
-    def __init__(self, temperature: float = 0.02, label_temperature: float | None = None, eps: float = 1e-8):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None, eps: float = 1e-8):
         super().__init__(temperature, label_temperature, eps)
 
     def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
@@ -160,7 +162,7 @@ class JensenShannonLoss(SoftLabelLoss):
 
     name = "js"
 
-    def __init__(self, temperature: float = 0.02, label_temperature: float | None = None):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None):
         super().__init__(temperature, label_temperature, eps=0.0)
 
     def config(self) -> dict:
@@ -204,7 +206,7 @@ class InfoNCELoss(GroupLoss):
 
     name = "infonce"
 
-    def __init__(self, temperature: float = 0.02, in_batch: bool = True, use_hard_negatives: bool = True,
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, in_batch: bool = True, use_hard_negatives: bool = True,
                  symmetric: bool = False, mask_duplicates: bool = True):
         super().__init__(temperature)
         if symmetric and not in_batch:

@@ -44,9 +44,10 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item, Record
 from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment
+from unime.models.lora import GENERATIVE_LORA
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
-from unime.train.checkpoints import ADAPTER_DIR, CHECKPOINTS_DIR, DEFAULT_LORA_TARGETS, MERGED_DIR
+from unime.train.checkpoints import ADAPTER_DIR, CHECKPOINTS_DIR, MERGED_DIR
 
 log = logging.getLogger(__name__)
 
@@ -304,10 +305,10 @@ class RerankerTrainConfig:
     num_negatives: int = 4                 # listwise: negatives per prompt (candidates = num_negatives + 1)
     judge_negatives: int | None = None     # judge: negatives per record used (default: all)
     full: bool = False                     # full fine-tuning (every parameter) instead of LoRA
-    lora_r: int = 16                       # paper's reranker: r = 128
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS  # module names, decoder only unless lora_vision
+    lora_r: int = GENERATIVE_LORA.r        # paper's reranker: r = 128
+    lora_alpha: int = GENERATIVE_LORA.alpha
+    lora_dropout: float = GENERATIVE_LORA.dropout
+    lora_targets: tuple[str, ...] = GENERATIVE_LORA.targets  # module names, decoder only unless lora_vision
     lora_vision: bool = False
     dora: bool = False
     train_modules: tuple[str, ...] = ()    # modules trained in full beside LoRA (PEFT modules_to_save), e.g. lm_head
@@ -416,7 +417,7 @@ def apply_lora(model, cfg: RerankerTrainConfig):
     modules trained in full (`train_modules`, PEFT modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
-    from unime.train.checkpoints import LoraSettings
+    from unime.models.lora import LoraSettings
 
     settings = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                             targets=tuple(cfg.lora_targets), dora=cfg.dora, vision=cfg.lora_vision)

@@ -1,0 +1,61 @@
+"""LoRA for every fine-tuning stage (embedder, reranker / judge, reasoner SFT, GRPO): the settings, the
+default of each path, and the one place a PEFT adapter is put on a model (`apply_lora`, `lora_config`).
+
+Targets are module names matched inside the language model only (`.*language_model.*\\.(names)`), unless
+`vision=True`: Qwen2.5-VL's vision blocks use the decoder's MLP names (gate_proj, up_proj, down_proj), so
+bare names would adapt the vision tower too. Modules trained in full beside LoRA go in
+`modules_to_save` (e.g. `lm_head`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The decoder's projections.
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int
+    alpha: int
+    dropout: float
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    dora: bool = False
+    vision: bool = False  # also adapt the vision tower's matching layers
+
+    def target_modules(self) -> str | list[str]:
+        """PEFT `target_modules`: 'all-linear', or a regex over module names (full match)."""
+        if tuple(self.targets) == ("all-linear",):
+            return "all-linear"
+        names = "|".join(sorted({t.strip() for t in self.targets if t.strip()}))
+        if not names:
+            raise ValueError("no LoRA target modules given")
+        if self.vision:
+            return rf".*\.({names})"
+        return rf".*language_model.*\.({names})"
+
+
+# The defaults of each path, as they have always been: the embedder's (`unime train embedder`) differ from
+# the generative paths' (`unime train reranker|judge`, `unime train reasoner sft|grpo`).
+EMBEDDER_LORA = LoraSettings(r=16, alpha=64, dropout=0.1)
+GENERATIVE_LORA = LoraSettings(r=16, alpha=32, dropout=0.05)
+
+
+def apply_lora(model, settings: LoraSettings):
+    """Wrap a `*ForConditionalGeneration` model with a trainable PEFT LoRA (or DoRA) adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.target_modules(), use_dora=settings.dora, bias="none")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:  # PEFT: "Target modules ... not found in the base model"
+        raise ValueError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}: {e}") \
+            from None
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+    if settings.vision and all("language_model" in n for n in adapted):
+        raise ValueError(f"--lora-vision: the targets {list(settings.targets)} match no vision-tower module of "
+                         f"{type(model).__name__} (vision blocks: Qwen2-VL qkv, proj, fc1, fc2; Qwen3-VL qkv, "
+                         "proj, linear_fc1, linear_fc2)")
+    return peft_model

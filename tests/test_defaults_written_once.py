@@ -1,0 +1,132 @@
+"""Each default of τ (loss temperature), β (the judge's false-negative margin, and GRPO's KL β) and LoRA
+r / alpha / dropout is written once, in the module that owns it; everything else names that constant.
+
+Reads the source (ast): a *definition* is a number given to a watched name as a function parameter default,
+a class or module variable, a keyword argument, or the `default=` of an `add_argument` for a watched option
+— also inside an expression (`16 if r is None else r`). Help texts may not restate the number either
+(`%(default)s` does it).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import Counter
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# (name pattern, value) → where it is defined and how often there
+OWNERS = {
+    (r"tau|temperature", 0.02): {"unime/train/loss_defaults.py": 1},
+    (r"beta", 0.01): {"unime/mining/sampling.py": 1,         # the judge's β
+                      "unime/embed_rl/grpo.py": 1},          # GRPO's KL β
+    (r"r|rank", 16): {"unime/models/lora.py": 2},             # EMBEDDER_LORA, GENERATIVE_LORA
+    (r"alpha", 64): {"unime/models/lora.py": 1},              # EMBEDDER_LORA
+    (r"alpha", 32): {"unime/models/lora.py": 1},              # GENERATIVE_LORA
+    (r"dropout", 0.1): {"unime/models/lora.py": 1},           # EMBEDDER_LORA
+    (r"dropout", 0.05): {"unime/models/lora.py": 1},          # GENERATIVE_LORA
+}
+
+
+def _watched(name: str, pattern: str) -> bool:
+    """`name` (a variable, parameter or `--option`) is one of the pattern's, alone or as the last word."""
+    words = re.split(r"[_\-]+", name.strip("-").lower())
+    return re.fullmatch(pattern, words[-1]) is not None
+
+
+def _numbers(node: ast.AST) -> list[float]:
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and type(n.value) in (int, float)]
+
+
+def definitions(source: str) -> list[tuple[str, float, int]]:
+    """(name, number, line) for every number bound to a name in `source`."""
+    found = []
+
+    def add(name, value_node):
+        for v in _numbers(value_node):
+            found.append((name, v, value_node.lineno))
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            positional = a.posonlyargs + a.args
+            for arg, d in zip(positional[len(positional) - len(a.defaults):], a.defaults):
+                add(arg.arg, d)
+            for arg, d in zip(a.kwonlyargs, a.kw_defaults):
+                if d is not None:
+                    add(arg.arg, d)
+        elif isinstance(node, ast.AnnAssign) and node.value is not None and isinstance(node.target, ast.Name):
+            add(node.target.id, node.value)
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    add(t.id, node.value)
+        elif isinstance(node, ast.Call):
+            options = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                       and a.value.startswith("--")]
+            for kw in node.keywords:
+                if kw.arg == "default" and options:
+                    add(options[0], kw.value)
+                elif kw.arg == "help" and options:
+                    for s in ast.walk(kw.value):
+                        if isinstance(s, ast.Constant) and isinstance(s.value, str):
+                            for num in re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", s.value):
+                                found.append((options[0], float(num), kw.value.lineno))
+                elif kw.arg is not None:
+                    add(kw.arg, kw.value)
+    return sorted(found, key=lambda d: d[2])
+
+
+def misplaced(files: dict[str, str]) -> list[str]:
+    """Definitions outside their owner, or more often in it than allowed."""
+    counts: Counter = Counter()
+    bad = []
+    for rel, source in sorted(files.items()):
+        for name, value, line in definitions(source):
+            for (pattern, default), owners in OWNERS.items():
+                if value == default and _watched(name, pattern):
+                    if rel in owners:
+                        counts[(pattern, default, rel)] += 1
+                    else:
+                        bad.append(f"{rel}:{line}: {name} = {value} (defined in {', '.join(owners)})")
+    for (pattern, default), owners in OWNERS.items():
+        for rel, n in owners.items():
+            if rel in files and counts[(pattern, default, rel)] != n:
+                bad.append(f"{rel}: {counts[(pattern, default, rel)]} definitions of {pattern} = {default}, expected {n}")
+    return bad
+
+
+def test_each_default_is_written_once():
+    files = {str(p.relative_to(SRC)): p.read_text(encoding="utf-8") for p in sorted((SRC / "unime").rglob("*.py"))}
+    for owners in OWNERS.values():
+        assert set(owners) <= set(files), f"owner module missing: {set(owners) - set(files)}"
+    bad = misplaced(files)
+    assert not bad, "defaults written more than once:\n" + "\n".join(bad)
+
+
+def test_the_check_finds_restated_defaults():
+    restated = '''
+from dataclasses import dataclass
+@dataclass
+class Cfg:
+    tau: float = 0.02
+def loss(x, temperature=0.02, *, label_tau=None): ...
+def cli(p, args):
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--beta", type=float, default=B, help="margin (default 0.01)")
+    make(lora_alpha=64 if args.lora_alpha is None else args.lora_alpha, lora_dropout=D)
+'''
+    bad = misplaced({"unime/x.py": restated})
+    assert [b.split(": ", 1)[1] for b in bad] == [
+        "tau = 0.02 (defined in unime/train/loss_defaults.py)",
+        "temperature = 0.02 (defined in unime/train/loss_defaults.py)",
+        "--lora-r = 16 (defined in unime/models/lora.py)",
+        "--beta = 0.01 (defined in unime/mining/sampling.py, unime/embed_rl/grpo.py)",
+        "lora_alpha = 64 (defined in unime/models/lora.py)",
+    ]
+    # names that only share a value are not definitions; the owner may define its constant once
+    assert misplaced({"unime/y.py": "def f(init_std=0.02, neg_temperature=0.5, r=4): ...\nDEFAULT_BETAS = (0.02,)\n"}) == []
+    assert misplaced({"unime/train/loss_defaults.py": "DEFAULT_TEMPERATURE = 0.02\n"}) == []
+    assert misplaced({"unime/train/loss_defaults.py": "DEFAULT_TEMPERATURE = 0.02\nLABEL_TEMPERATURE = 0.02\n"}) == [
+        "unime/train/loss_defaults.py: 2 definitions of tau|temperature = 0.02, expected 1"]
