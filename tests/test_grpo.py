@@ -262,3 +262,34 @@ def test_policy_processor_aligns_image_token_types_with_left_padded_prompts(tiny
     image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     aligned = np.array_equal(types == 1, left_padded == image_id)
     assert aligned == prepare
+
+
+def test_grpo_hands_trl_a_lora_on_the_language_model_only(world, tiny_model_dir, tmp_path, monkeypatch):
+    """With `lora_r > 0` the stage gives TRL a `peft_config`; applied to the Qwen2.5-VL policy (as TRL does
+    with `get_peft_model`) it adapts the decoder's projections and no vision block."""
+    from peft import get_peft_model
+
+    from unime.embed_rl import grpo
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class CapturingTrainer:
+        def __init__(self, *, model, peft_config, **_):
+            peft_model = get_peft_model(model, peft_config)
+            seen["adapted"] = {n.split("base_model.model.", 1)[1].rsplit(".lora_A", 1)[0]
+                               for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+            raise Stop
+
+    monkeypatch.setattr(grpo, "_trainer_class", lambda: CapturingTrainer)
+    root, _ = world
+    cfg = GRPOStageConfig(model=tiny_model_dir("qwen2_5_vl"), embedder=tiny_model_dir("qwen2_vl", (EMB_TOKEN,)),
+                          records=str(root / "records.jsonl"), out=str(tmp_path / "grpo"), weights=(0.05, 0.8, 0.0),
+                          lora_r=4, device="cpu")
+    with pytest.raises(Stop):
+        grpo.train_reasoner_grpo(cfg)
+    assert seen["adapted"] == {f"model.language_model.layers.{i}.{proj}" for i in (0, 1)
+                               for proj in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                            "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}

@@ -296,34 +296,6 @@ def test_homogeneous_batches(tiny_model_dir, mined_world, tmp_path):
         assert len({records[int(i)].dataset for i in b["record_indices"]}) == 1
 
 
-def test_lora_targets_the_decoder_only_unless_asked(tiny_model_dir):
-    """Qwen2.5-VL's vision MLP has gate/up/down_proj too: the default targets stay in the decoder."""
-    from transformers import AutoModelForImageTextToText
-
-    from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora
-
-    path = tiny_model_dir("qwen2_5_vl")
-    lora = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dropout=0.1))
-    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in lora.named_parameters() if ".lora_A" in n}
-    assert adapted and all("language_model" in n for n in adapted)
-    assert len(adapted) == 2 * 7  # 7 projections × 2 decoder layers
-    assert all(not p.requires_grad for n, p in lora.named_parameters() if "lora_" not in n)
-    both = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dropout=0.1, vision=True))
-    assert any("visual" in n and ".lora_A" in n for n, _ in both.named_parameters())
-    # Qwen2-VL's vision blocks use other names: asking for vision LoRA with decoder names is an error
-    q2 = tiny_model_dir("qwen2_vl")
-    with pytest.raises(ValueError, match="no vision-tower module"):
-        apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(r=4, alpha=8, dropout=0.1, vision=True))
-    q2_vision = LoraSettings(r=4, alpha=8, dropout=0.1, vision=True, targets=("q_proj", "qkv", "fc1", "fc2"))
-    adapted = [n for n, _ in apply_lora(AutoModelForImageTextToText.from_pretrained(q2), q2_vision).named_parameters()
-               if ".lora_A" in n]
-    assert any("visual" in n for n in adapted) and any("language_model" in n for n in adapted)
-    with pytest.raises(ValueError, match="matched no module"):
-        apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(EMBEDDER_LORA.r, EMBEDDER_LORA.alpha, EMBEDDER_LORA.dropout, targets=("nonexistent",)))
-    dora = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dropout=0.1, dora=True))
-    assert any("lora_magnitude_vector" in n for n, _ in dora.named_parameters())
-
-
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
 def test_other_families_train_and_export(tiny_model_dir, mined_world, tmp_path, family):
     from transformers import AutoModelForImageTextToText

@@ -39,7 +39,7 @@ import csv
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -328,8 +328,8 @@ class GRPOStageConfig:
     lora_r: int = 0  # 0 = full fine-tuning of the policy
     lora_alpha: int = GENERATIVE_LORA.alpha
     lora_dropout: float = GENERATIVE_LORA.dropout
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                    "gate_proj", "up_proj", "down_proj"])
+    lora_targets: tuple[str, ...] = GENERATIVE_LORA.targets  # module names, language model only unless lora_vision
+    lora_vision: bool = False
     device: str | None = None
     dtype: str = "auto"
     seed: int = 0
@@ -416,10 +416,9 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
                                 bf16=policy.dtype == torch.bfloat16, fp16=policy.dtype == torch.float16)
     peft_config = None
     if cfg.lora_r > 0:
-        from peft import LoraConfig
+        from unime.models.lora import LoraSettings, lora_config
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+        peft_config = lora_config(LoraSettings.from_options(cfg), task_type="CAUSAL_LM")  # TRL applies it
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
                                processing_class=prepare_policy_processor(policy.processor), peft_config=peft_config)
     trainer.train(resume_from_checkpoint=True if resume else None)

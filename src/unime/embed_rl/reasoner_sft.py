@@ -19,12 +19,12 @@ import csv
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from unime.models.adapters import FamilyAdapter, Segment
-from unime.models.lora import GENERATIVE_LORA
+from unime.models.lora import GENERATIVE_LORA, LoraSettings, apply_lora
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,8 @@ class ReasonerSFTConfig:
     lora_r: int = GENERATIVE_LORA.r  # 0 = full fine-tuning
     lora_alpha: int = GENERATIVE_LORA.alpha
     lora_dropout: float = GENERATIVE_LORA.dropout
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                    "gate_proj", "up_proj", "down_proj"])
+    lora_targets: tuple[str, ...] = GENERATIVE_LORA.targets  # module names, language model only unless lora_vision
+    lora_vision: bool = False
     skip_invalid: bool = False  # drop teacher T-CoTs that do not parse (counted), instead of raising
     device: str | None = None
     dtype: str = "auto"
@@ -181,11 +181,7 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
              sum(int((e["labels"] != IGNORE_INDEX).sum()) for e in examples))
 
     if cfg.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout,
-                                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
+        model = apply_lora(model, LoraSettings.from_options(cfg), task_type="CAUSAL_LM")
     work = out.parent / f".{out.name}.work"
     use_cpu = loaded.device == "cpu"
     args = TrainingArguments(

@@ -10,6 +10,7 @@ bare names would adapt the vision tower too. Modules trained in full beside LoRA
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 # The decoder's projections.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -23,6 +24,13 @@ class LoraSettings:
     targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     dora: bool = False
     vision: bool = False  # also adapt the vision tower's matching layers
+
+    @classmethod
+    def from_options(cls, opts: Any) -> "LoraSettings":
+        """From a stage config's `lora_r`, `lora_alpha`, `lora_dropout`, `lora_targets` and, if it has them,
+        `lora_vision` and `dora`."""
+        return cls(r=opts.lora_r, alpha=opts.lora_alpha, dropout=opts.lora_dropout, targets=tuple(opts.lora_targets),
+                   dora=getattr(opts, "dora", False), vision=getattr(opts, "lora_vision", False))
 
     def target_modules(self) -> str | list[str]:
         """PEFT `target_modules`: 'all-linear', or a regex over module names (full match)."""
@@ -42,14 +50,22 @@ EMBEDDER_LORA = LoraSettings(r=16, alpha=64, dropout=0.1)
 GENERATIVE_LORA = LoraSettings(r=16, alpha=32, dropout=0.05)
 
 
-def apply_lora(model, settings: LoraSettings):
-    """Wrap a `*ForConditionalGeneration` model with a trainable PEFT LoRA (or DoRA) adapter."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(settings: LoraSettings, *, modules_to_save: Sequence[str] = (), task_type: str | None = None):
+    """The PEFT `LoraConfig` of `settings` (for trainers that apply it themselves, e.g. TRL's `peft_config`)."""
+    from peft import LoraConfig
 
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules(), use_dora=settings.dora, bias="none")
+    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=settings.target_modules(), use_dora=settings.dora, bias="none",
+                      modules_to_save=list(modules_to_save) or None, task_type=task_type)
+
+
+def apply_lora(model, settings: LoraSettings, *, modules_to_save: Sequence[str] = (), task_type: str | None = None):
+    """Wrap a `*ForConditionalGeneration` model with a trainable PEFT LoRA (or DoRA) adapter; the modules in
+    `modules_to_save` are trained in full beside it. `task_type="CAUSAL_LM"` for the generative stages."""
+    from peft import get_peft_model
+
     try:
-        peft_model = get_peft_model(model, config)
+        peft_model = get_peft_model(model, lora_config(settings, modules_to_save=modules_to_save, task_type=task_type))
     except ValueError as e:  # PEFT: "Target modules ... not found in the base model"
         raise ValueError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}: {e}") \
             from None
@@ -58,4 +74,6 @@ def apply_lora(model, settings: LoraSettings):
         raise ValueError(f"--lora-vision: the targets {list(settings.targets)} match no vision-tower module of "
                          f"{type(model).__name__} (vision blocks: Qwen2-VL qkv, proj, fc1, fc2; Qwen3-VL qkv, "
                          "proj, linear_fc1, linear_fc2)")
+    if not any(p.requires_grad for p in peft_model.parameters()):
+        raise ValueError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}")
     return peft_model

@@ -461,8 +461,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     elif ckpt.is_peft(embedder.model):
         logger.info("%s is a PEFT adapter: continuing to train it (LoRA options ignored)", config.model)
     else:
-        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                                 targets=tuple(config.lora_targets), dora=config.dora, vision=config.lora_vision)
+        lora = LoraSettings.from_options(config)
         embedder.model = apply_lora(embedder.model, lora)
     embedder.model.train()
 

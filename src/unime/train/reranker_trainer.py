@@ -44,7 +44,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item, Record
 from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment
-from unime.models.lora import GENERATIVE_LORA
+from unime.models.lora import GENERATIVE_LORA, LoraSettings, apply_lora
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
 from unime.train.checkpoints import ADAPTER_DIR, CHECKPOINTS_DIR, MERGED_DIR
@@ -412,24 +412,6 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
     return groups, n_records, root
 
 
-def apply_lora(model, cfg: RerankerTrainConfig):
-    """LoRA (or DoRA) on the decoder's projections (`unime.train.checkpoints.LoraSettings`), plus the
-    modules trained in full (`train_modules`, PEFT modules_to_save)."""
-    from peft import LoraConfig, get_peft_model
-
-    from unime.models.lora import LoraSettings
-
-    settings = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                            targets=tuple(cfg.lora_targets), dora=cfg.dora, vision=cfg.lora_vision)
-    lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=settings.target_modules(), use_dora=settings.dora, bias="none",
-                      modules_to_save=list(cfg.train_modules) or None, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, lora)
-    if not any(p.requires_grad for p in peft_model.parameters()):
-        raise ValueError(f"LoRA targets {cfg.lora_targets} matched no module of {type(model).__name__}")
-    return peft_model
-
-
 def _finished(out: Path) -> bool:
     return (out / METADATA_FILE).is_file()
 
@@ -484,7 +466,8 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         model = loaded.model.requires_grad_(True)
     else:
         torch.manual_seed(cfg.seed)  # LoRA initialisation
-        model = apply_lora(loaded.model, cfg)
+        model = apply_lora(loaded.model, LoraSettings.from_options(cfg), modules_to_save=cfg.train_modules,
+                           task_type="CAUSAL_LM")
     collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records))
 
     args = TrainingArguments(

@@ -1,0 +1,113 @@
+"""One LoRA set-up for every fine-tuning stage (`unime.models.lora`): which modules each stage adapts, on tiny
+models. Qwen2.5-VL is the family where it matters: its vision blocks' MLP is named like the decoder's
+(gate_proj, up_proj, down_proj)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText
+
+from unime.models.lora import EMBEDDER_LORA, GENERATIVE_LORA, LoraSettings, apply_lora, lora_config
+
+DECODER = {f"model.language_model.layers.{i}.{proj}" for i in (0, 1)
+           for proj in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+QWEN2_5_VL_VISION_MLP = {f"model.visual.blocks.0.mlp.{proj}" for proj in ("gate_proj", "up_proj", "down_proj")}
+
+
+def adapted(peft_model) -> set[str]:
+    """Names (relative to the base model) of the modules that carry a LoRA adapter."""
+    return {n.split("base_model.model.", 1)[1].rsplit(".lora_A", 1)[0]
+            for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+
+
+def load(path):
+    return AutoModelForImageTextToText.from_pretrained(path)
+
+
+def test_lora_targets_the_decoder_only_unless_asked(tiny_model_dir):
+    """Qwen2.5-VL's vision MLP has gate/up/down_proj too: the default targets stay in the decoder."""
+    path = tiny_model_dir("qwen2_5_vl")
+    lora = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dropout=0.1))
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in lora.named_parameters() if ".lora_A" in n}
+    assert adapted and all("language_model" in n for n in adapted)
+    assert len(adapted) == 2 * 7  # 7 projections × 2 decoder layers
+    assert all(not p.requires_grad for n, p in lora.named_parameters() if "lora_" not in n)
+    both = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dropout=0.1, vision=True))
+    assert any("visual" in n and ".lora_A" in n for n, _ in both.named_parameters())
+    # Qwen2-VL's vision blocks use other names: asking for vision LoRA with decoder names is an error
+    q2 = tiny_model_dir("qwen2_vl")
+    with pytest.raises(ValueError, match="no vision-tower module"):
+        apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(r=4, alpha=8, dropout=0.1, vision=True))
+    q2_vision = LoraSettings(r=4, alpha=8, dropout=0.1, vision=True, targets=("q_proj", "qkv", "fc1", "fc2"))
+    adapted = [n for n, _ in apply_lora(AutoModelForImageTextToText.from_pretrained(q2), q2_vision).named_parameters()
+               if ".lora_A" in n]
+    assert any("visual" in n for n in adapted) and any("language_model" in n for n in adapted)
+    with pytest.raises(ValueError, match="matched no module"):
+        apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(EMBEDDER_LORA.r, EMBEDDER_LORA.alpha, EMBEDDER_LORA.dropout, targets=("nonexistent",)))
+    dora = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dropout=0.1, dora=True))
+    assert any("lora_magnitude_vector" in n for n, _ in dora.named_parameters())
+
+
+def test_bare_module_names_reach_the_vision_blocks_of_qwen2_5_vl(tiny_model_dir):
+    """What the reasoner's SFT and GRPO did before they used `LoraSettings`: PEFT given the bare names
+    adapts the vision MLP too. The shared settings keep every generative stage in the language model."""
+    from peft import LoraConfig, get_peft_model
+
+    path = tiny_model_dir("qwen2_5_vl")
+    bare = get_peft_model(load(path), LoraConfig(r=4, lora_alpha=8, target_modules=list(GENERATIVE_LORA.targets),
+                                                 task_type="CAUSAL_LM"))
+    assert adapted(bare) == DECODER | QWEN2_5_VL_VISION_MLP
+    assert adapted(apply_lora(load(path), GENERATIVE_LORA, task_type="CAUSAL_LM")) == DECODER
+    vision = LoraSettings(4, 8, 0.0, vision=True)
+    assert adapted(apply_lora(load(path), vision, task_type="CAUSAL_LM")) == DECODER | QWEN2_5_VL_VISION_MLP
+
+
+def test_modules_to_save_are_trained_in_full_beside_lora(tiny_model_dir):
+    model = apply_lora(load(tiny_model_dir("qwen2_5_vl")), GENERATIVE_LORA, modules_to_save=("lm_head",),
+                       task_type="CAUSAL_LM")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if "lora_" not in n} == {"base_model.model.lm_head.modules_to_save.default.weight"}
+    assert adapted(model) == DECODER
+
+
+def test_stage_configs_read_the_settings_of_their_path():
+    from unime.embed_rl.grpo import GRPOStageConfig
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
+    from unime.train.embedder_trainer import EmbedderTrainingConfig
+    from unime.train.reranker_trainer import RerankerTrainConfig
+
+    assert (EMBEDDER_LORA.r, EMBEDDER_LORA.alpha, EMBEDDER_LORA.dropout) == (16, 64, 0.1)
+    assert (GENERATIVE_LORA.r, GENERATIVE_LORA.alpha, GENERATIVE_LORA.dropout) == (16, 32, 0.05)
+    assert LoraSettings.from_options(EmbedderTrainingConfig(model="m", out="o", records=["r"])) == EMBEDDER_LORA
+    assert LoraSettings.from_options(RerankerTrainConfig(model="m", records=["r"], out="o")) == GENERATIVE_LORA
+    assert LoraSettings.from_options(ReasonerSFTConfig(model="m", data="d", out="o")) == GENERATIVE_LORA
+    grpo = LoraSettings.from_options(GRPOStageConfig(model="m", embedder="e", records="r", out="o", lora_r=16))
+    assert grpo == GENERATIVE_LORA
+    cfg = lora_config(grpo, task_type="CAUSAL_LM")
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules) == (16, 32, 0.05, grpo.target_modules())
+
+
+def test_reasoner_sft_with_lora_leaves_the_vision_tower_of_qwen2_5_vl_untouched(tiny_model_dir, tmp_path):
+    """Two LoRA steps, merged: every vision weight is the base model's, the decoder's projections moved."""
+    from unime.data.items import Item
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
+    from unime.reasoning.reasoner import TCoTRow, write_tcot_rows
+    from unime.reasoning.tcot import render_tcot
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(tmp_path / "imgs" / "red.png")
+    tcot = render_tcot({"bbox_2d": [[100, 100, 600, 600]]}, "A red circle.", "red circle")
+    write_tcot_rows([TCoTRow("r0", "target", Item(images=("imgs/red.png",)), tcot),
+                     TCoTRow("r0", "query", Item(text="a red circle"), tcot)], tmp_path / "t.jsonl")
+    base = tiny_model_dir("qwen2_5_vl")
+    cfg = ReasonerSFTConfig(model=base, data=str(tmp_path / "t.jsonl"), out=str(tmp_path / "o"), max_steps=2,
+                            lora_r=4, learning_rate=1e-2, device="cpu", logging_steps=1, batch_size=2)
+    train_reasoner_sft(cfg)
+    before, after = load(base).state_dict(), load(tmp_path / "o").state_dict()
+    vision = [k for k in before if ".visual." in k]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    q = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(before[q], after[q])
