@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 EXTRAS ?= dev,rl,ray
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test demo demo-quick bench clean
+.PHONY: install test test-fast demo demo-quick bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# both tiers (a plain `pytest` deselects the slow one, see pyproject.toml); `make test-fast`: the fast tier only
 test: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS) tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS) -m "not slow or slow" tests
+
+test-fast: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
 
 demo: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/unime demo --out runs/demo

@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny models of every family, built once per test session (offline)."""
+"""Shared fixtures, built once per test session (per xdist worker): tiny models of every family and
+generated tiny worlds; and the one-thread torch setting every test runs under (offline)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,16 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts with one torch thread (tiny models are far faster single-threaded on a shared
+    2-core machine, and in-process runs then match the subprocess runs started with OMP_NUM_THREADS=1),
+    also after a test whose code changed it (`unime mine --threads`, the demo's thread setting)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
@@ -33,5 +45,24 @@ def tiny_model_dir(tmp_path_factory):
             out = tmp_path_factory.mktemp(f"tiny_{family}")
             cache[key] = str(build_tiny(family, out / "model", extra_tokens=list(extra_tokens)))
         return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_world_dir(tmp_path_factory):
+    """Factory: `tiny_world_dir(seed)` → folder of the generated tiny world of that seed (built once per
+    session). Shared by the tests that use it: they read it, and write their outputs in their own folders
+    (`mined_world` adds only its own `train/mined.jsonl`)."""
+    from unime.data.synth import generate_world
+
+    cache: dict[int, Path] = {}
+
+    def get(seed: int = 0) -> Path:
+        if seed not in cache:
+            root = tmp_path_factory.mktemp(f"world_seed{seed}") / "world"
+            generate_world(root, seed=seed, sizes="tiny")
+            cache[seed] = root
+        return cache[seed]
 
     return get

@@ -8,12 +8,10 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    from unime.data.synth import World, generate_world, resolve_sizes
+def tiny_world(tiny_world_dir):
+    from unime.data.synth import World
 
-    root = tmp_path_factory.mktemp("world") / "w"
-    generate_world(root, seed=0, sizes=resolve_sizes("tiny"))
-    return World.load(root)
+    return World.load(tiny_world_dir(0))
 
 
 def test_judge_records_follow_ground_truth(tiny_world):

@@ -31,15 +31,6 @@ def _items() -> list[Item]:
     return queries + cands
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny models are far faster single-threaded on a shared 2-core machine (no spin-waiting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SCORES = torch.tensor([[1.0, 0.3, 0.6], [1.0, 0.2, 0.7], [0.9, 0.4, 0.5], [1.0, 0.0, 0.8]])
 
 

@@ -12,12 +12,9 @@ from unime.mining.backends import JudgeSpec, make_backend
 
 
 @pytest.fixture(scope="module")
-def world_subset(tmp_path_factory):
-    from unime.data.synth import generate_world, resolve_sizes
-
+def world_subset(tmp_path_factory, tiny_world_dir):
     root = tmp_path_factory.mktemp("oracle")
-    world_dir = root / "world"
-    generate_world(world_dir, seed=0, sizes=resolve_sizes("tiny"))
+    world_dir = tiny_world_dir(0)
     keep, seen = [], {}
     for r in read_records(world_dir / "train" / "records.jsonl"):
         if seen.get(r.dataset, 0) < 8 and r.dataset in ("shape_cls", "t2i", "i2t", "modify", "refer_grounding"):

@@ -42,13 +42,12 @@ def test_filter_curve_and_spearman_hand_worked():
     assert m["auc_judge_score"] == pytest.approx(roc_auc(labels, scores))
 
 
-def test_mine_audit_on_the_demo_world(tmp_path, tiny_model_dir):
+def test_mine_audit_on_the_demo_world(tmp_path, tiny_model_dir, tiny_world_dir):
     from unime.data.io import read_records, write_records
-    from unime.data.synth import World, generate_world, resolve_sizes
+    from unime.data.synth import World
     from unime.mining.pipeline import MineConfig, run_mining
 
-    world_dir = tmp_path / "world"
-    generate_world(world_dir, seed=0, sizes=resolve_sizes("tiny"))
+    world_dir = tiny_world_dir(0)
     records = read_records(world_dir / "train" / "records.jsonl")
     # two records of each of a few datasets keep the test fast
     keep, seen = [], {}

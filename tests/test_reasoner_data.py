@@ -143,13 +143,11 @@ def test_reasoning_encoder_sides_and_tcots(tiny_model_dir):
     assert enc.image_loader is remb.embedder.image_loader
 
 
-def test_evaluate_with_reasoning_on_a_tiny_world(tiny_model_dir, tmp_path):
+def test_evaluate_with_reasoning_on_a_tiny_world(tiny_model_dir, tiny_world_dir, tmp_path):
     """The eval harness scores the MMEB tasks of a tiny world with oracle (teacher) T-CoTs and without."""
-    from unime.data.synth import generate_world
     from unime.embed_rl.tcot_embedder import evaluate_with_reasoning
 
-    root = tmp_path / "w"
-    generate_world(root, seed=2, sizes="tiny")
+    root = tiny_world_dir(2)
     model = tiny_model_dir("qwen2_vl", (EMB_TOKEN,))
     only = ["shape_cls", "t2i"]
     res = {}

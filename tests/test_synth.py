@@ -22,10 +22,8 @@ SEED = 3
 
 
 @pytest.fixture(scope="module")
-def world_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("worlds") / "w"
-    generate_world(out, seed=SEED, sizes="tiny")
-    return out
+def world_dir(tiny_world_dir) -> Path:
+    return tiny_world_dir(SEED)
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,8 @@ from unime.reasoning.teacher import SOURCE, AnnotationTeacher, world_keywords
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    from unime.data.synth import generate_world
-
-    root = tmp_path_factory.mktemp("world") / "w"
-    generate_world(root, seed=1, sizes="tiny")
-    return AnnotationTeacher(root)
+def teacher(tiny_world_dir):
+    return AnnotationTeacher(tiny_world_dir(1))
 
 
 def _dominant_colour(img: Image.Image) -> str:

@@ -16,15 +16,6 @@ from unime.errors import DataError, UnimeError
 K = 3  # hard negatives per query in these tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny models are far faster single-threaded on a shared 2-core machine (no spin-waiting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mined_world_records(world_dir: str | Path, k: int = K) -> list[Record]:
     """The demo world's training records as the mining stage would leave them: k hard negatives per
     query (other records' positives of the same dataset first) scored by the world's ground-truth
@@ -49,13 +40,11 @@ def mined_world_records(world_dir: str | Path, k: int = K) -> list[Record]:
 
 
 @pytest.fixture(scope="session")
-def mined_world(tmp_path_factory):
+def mined_world(tiny_world_dir):
     """(world folder, records file) of a tiny demo world with mined records."""
     from unime.data.io import write_records
-    from unime.data.synth import generate_world
 
-    root = tmp_path_factory.mktemp("world") / "world"
-    generate_world(root, sizes="tiny", seed=0)
+    root = tiny_world_dir(0)
     path = root / "train" / "mined.jsonl"
     write_records(mined_world_records(root), path)
     return root, path
