@@ -182,9 +182,31 @@ def test_rerun_reuses_retrieval_and_judge_and_beta_change_only_resamples(mined, 
     assert len(list((out2 / "cache" / "embeddings").iterdir())) == 1
 
 
+# `unime mine` in a subprocess; with PAUSE_BEFORE_SHARD=n it sleeps before writing its n-th judge shard (0-based)
+# of this process: the judge stage has scored that shard and written the ones before, the kill test kills it there
+_MINE = """
+import os, sys, time
+import pyarrow.parquet as pq
+from unime.cli import main
+
+pause_before, written, write_table = int(os.environ.get("PAUSE_BEFORE_SHARD", "-1")), 0, pq.write_table
+
+def paused_write_table(table, where, *args, **kwargs):
+    global written
+    if os.sep + "judge" + os.sep in str(where):
+        if written == pause_before:
+            print("test pause before writing judge shard", written, flush=True)
+            time.sleep(3600)
+        written += 1
+    return write_table(table, where, *args, **kwargs)
+
+pq.write_table = paused_write_table
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _mine_cmd(dataset, tiny_model_dir, out):
-    code = "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))"
-    return [sys.executable, "-c", code, "--log-level", "WARNING", "mine", "--records", str(dataset),
+    return [sys.executable, "-c", _MINE, "--log-level", "WARNING", "mine", "--records", str(dataset),
             "--embedder", tiny_model_dir("qwen2_vl"), "--judge", tiny_model_dir("qwen2_5_vl"), "--out", str(out),
             "--k", "4", "--count", "3", "--interval", "2", "--shard-size", "2", "--device", "cpu",
             "--chunk-size", "3"]
@@ -192,7 +214,7 @@ def _mine_cmd(dataset, tiny_model_dir, out):
 
 def test_sigkill_in_the_judge_stage_then_resume_is_byte_identical(mined, dataset, tiny_model_dir, tmp_path):
     out = tmp_path / "killed"
-    env = {**os.environ, "UNIME_MINE_PAUSE_AFTER_SHARDS": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "PAUSE_BEFORE_SHARD": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen(_mine_cmd(dataset, tiny_model_dir, out), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env, text=True)
     try:
@@ -213,7 +235,7 @@ def test_sigkill_in_the_judge_stage_then_resume_is_byte_identical(mined, dataset
     assert not (out / "mined.json").exists()
     # a stray temporary file of a killed write must not confuse the resume
     (out / "judge" / ".shard-00002.parquet.tmp-x").write_bytes(b"partial")
-    env.pop("UNIME_MINE_PAUSE_AFTER_SHARDS")
+    env.pop("PAUSE_BEFORE_SHARD")
     done = subprocess.run(_mine_cmd(dataset, tiny_model_dir, out), env=env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]

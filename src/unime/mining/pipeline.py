@@ -56,9 +56,6 @@ from unime.models.embedding_cache import RunEncoder, embedding_settings, model_f
 log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = 1
-# test hook: after this many judge shards were scored in this process, score the next one, then sleep
-# before writing it (a kill test interrupts the run there)
-PAUSE_ENV = "UNIME_MINE_PAUSE_AFTER_SHARDS"
 
 
 @dataclass
@@ -127,21 +124,6 @@ def file_sha1(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def checkpoint_fingerprint(path: str) -> str:
-    """Identity of a checkpoint folder without loading it: config, weights (name, size, mtime)."""
-    p = Path(path)
-    if not p.exists():  # a hub id
-        return hashlib.sha1(path.encode()).hexdigest()[:20]
-    h = hashlib.sha1(str(p.resolve()).encode())
-    for f in sorted(p.iterdir()) if p.is_dir() else [p]:
-        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt", ".json", ".model")):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-            if f.suffix == ".json" and st.st_size < 1 << 20:
-                h.update(f.read_bytes())
-    return h.hexdigest()[:20]
 
 
 def _hash(obj: Any) -> str:
@@ -228,8 +210,8 @@ class MiningRun:
                         "skipped": self.skips.total},
             "pool": {"path": str(Path(c.pool).resolve()), "sha1": file_sha1(c.pool)} if c.pool else "positives",
             "pool_size": len(self.pool),
-            "embedder": {"path": c.embedder, "fingerprint": checkpoint_fingerprint(c.embedder)},
-            "judge": {"path": c.judge, "fingerprint": checkpoint_fingerprint(c.judge)},
+            "embedder": {"path": c.embedder, "fingerprint": model_fingerprint(c.embedder)},
+            "judge": {"path": c.judge, "fingerprint": model_fingerprint(c.judge)},
             "data_root": str(Path(c.resolved_data_root).resolve()),
         }
         if c.backend == "oracle":  # ground truth, not a model's scores: shards are never shared with a model's
@@ -371,7 +353,6 @@ class MiningRun:
         self.judge_resumed_shards = n_shards - len(todo)
         if todo:
             log.info("judge: %d of %d shards to score (%d done before)", len(todo), n_shards, n_shards - len(todo))
-        pause_after = int(os.environ.get(PAUSE_ENV, "-1"))
         t0 = time.perf_counter()
         if todo:
             layouts = {}
@@ -383,7 +364,6 @@ class MiningRun:
                     yield i, groups
 
             backend = self.backend()
-            done_here = 0
             for sid, group_scores in backend.score_shards(shards()):
                 idx, groups, started = layouts.pop(sid)
                 lookup = {q.key: {it.key: float(s) for it, s in zip(cands, sc)}
@@ -394,15 +374,11 @@ class MiningRun:
                     scores = lookup[rec.query.key]
                     cands = [rec.positive, *(self.pool[j] for j in retrieval.candidate_ids[i])]
                     rows.append([scores[it.key] for it in cands])
-                if done_here == pause_after:
-                    print(f"unime-mine: test pause before writing judge shard {sid}", flush=True)
-                    time.sleep(3600)
                 table = pa.table({"query_index": pa.array(idx, pa.int64()),
                                   "scores": pa.array(rows, pa.list_(pa.float64()))})
                 table = table.replace_schema_metadata({"unime.seconds": f"{time.perf_counter() - started:.6f}"})
                 with atomic_path(shard_path(sid)) as tmp:
                     pq.write_table(table, tmp)
-                done_here += 1
         self.times["judge"] = time.perf_counter() - t0
         scores: dict[int, np.ndarray] = {}
         self.judge_shard_seconds = 0.0
