@@ -212,6 +212,7 @@ def _mine_cmd(dataset, tiny_model_dir, out):
             "--chunk-size", "3"]
 
 
+@pytest.mark.slow  # two `unime mine` subprocesses (~2.5 min on 2 busy cores)
 def test_sigkill_in_the_judge_stage_then_resume_is_byte_identical(mined, dataset, tiny_model_dir, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "PAUSE_BEFORE_SHARD": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
