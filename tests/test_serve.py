@@ -280,3 +280,79 @@ def test_sigterm_drains_in_flight_requests(world, tmp_path):
         assert len(r.json()["data"]) == 48
     finally:
         s.stop()
+
+
+def _chromium():
+    import shutil
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium chromium-driver)")
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+
+
+def test_search_page_in_a_real_browser(server, world, tmp_path):
+    import os
+    import shutil
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chromium()
+    try:
+        browser.get(server.base + "/")
+        wait = WebDriverWait(browser, 60)
+
+        def results(reranked: str):
+            wait.until(lambda b: b.find_element(By.ID, "grid").get_attribute("data-reranked") == reranked
+                       and b.find_elements(By.CSS_SELECTOR, "#grid .result"))
+            return [e.get_attribute("data-id") for e in browser.find_elements(By.CSS_SELECTOR, "#grid .result")]
+
+        browser.find_element(By.ID, "key").send_keys(KEY)
+        browser.find_element(By.ID, "k").clear()
+        browser.find_element(By.ID, "k").send_keys("6")
+        browser.find_element(By.ID, "q").send_keys("a red square")
+        browser.find_element(By.ID, "go").click()
+        with _client(server) as c:
+            api_hits = c.post("/v1/search", json={"query": "a red square", "top_k": 6}).json()["data"]
+            api = [h["id"] for h in api_hits]
+            api_rr = [h["id"] for h in c.post("/v1/search", json={"query": "a red square", "top_k": 6,
+                                                                   "rerank": True}).json()["data"]]
+        assert results("false") == api
+        thumbs = browser.find_elements(By.CSS_SELECTOR, "#grid .result img")
+        assert len(thumbs) == sum("thumbnail" in h for h in api_hits) > 0 and all(t.get_attribute("naturalWidth") != "0" for t in thumbs)
+        scores = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#grid .score")]
+        assert scores[0].startswith("#1 ") and "rerank" not in scores[0]
+        # the rerank toggle
+        browser.find_element(By.ID, "rerank").click()
+        browser.find_element(By.ID, "go").click()
+        assert results("true") == api_rr
+        assert "rerank" in browser.find_elements(By.CSS_SELECTOR, "#grid .score")[0].text
+        # an image query chosen in the page (the browser reads the file, the server gets a data URI)
+        browser.find_element(By.ID, "rerank").click()
+        browser.find_element(By.ID, "q").clear()
+        browser.find_element(By.ID, "file").send_keys(str(world["root"] / "img" / "green.png"))
+        wait.until(EC.presence_of_element_located((By.ID, "query-image")))
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#grid .result")
+                   and b.find_elements(By.CSS_SELECTOR, "#grid .result")[0].get_attribute("data-id") == "img-green")
+        shot = tmp_path / "search_page.png"
+        assert browser.save_screenshot(str(shot))
+        with Image.open(shot) as im:
+            assert im.size[0] >= 800
+        if os.environ.get("UNIME_TEST_ARTIFACTS"):
+            os.makedirs(os.environ["UNIME_TEST_ARTIFACTS"], exist_ok=True)
+            shutil.copy(shot, os.path.join(os.environ["UNIME_TEST_ARTIFACTS"], "search_page.png"))
+        assert browser.find_element(By.ID, "status").text == ""
+    finally:
+        browser.quit()
