@@ -144,3 +144,12 @@ def test_cli_build_and_search_with_a_tiny_model(tmp_path, tiny_model_dir, capsys
     hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     expected = np.argsort(-(emb.encode([Item(text="red")])[0] @ emb.encode(items).T))[:3]
     assert [h["id"] for h in hits] == [rows[i]["id"] for i in expected]
+
+
+def test_reads_a_demo_world_items_file(tmp_path):
+    p = tmp_path / "items.jsonl"
+    p.write_text('{"key": "k1", "item": {"text": "", "images": ["images/a.png"]}, "meta": {"kind": "scene"}}\n'
+                 '{"key": "k2", "item": {"text": "a red star"}, "meta": {}}\n')
+    e = read_corpus(p)
+    assert [(x.id, x.item.images, x.item.text, x.metadata) for x in e] == [
+        ("k1", ("images/a.png",), "", {"kind": "scene"}), ("k2", (), "a red star", {})]

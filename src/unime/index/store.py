@@ -13,7 +13,8 @@ Layout of an index folder::
 Building encodes through the shared embedding cache (`unime.models.embedding_cache`), one chunk at a
 time; a re-run (resume after an interruption, or a corpus with more items) encodes only the ids that
 are not in the index yet and appends them. An item file line is ``{"id"?, "metadata"?, "text"?,
-"image"?, "images"?, "video"?}``; the id defaults to the item's content key. Image paths are relative
+"image"?, "images"?, "video"?}`` (the id defaults to the item's content key), or a line of a demo
+world's ``items.jsonl``: ``{"key", "item": {...}, "meta": {...}}``. Image paths are relative
 to the data root, recorded in the manifest (the service reads candidate images from there only to
 rerank; thumbnails are stored inline in the index so pages never need the files).
 """
@@ -66,6 +67,13 @@ def read_corpus(path: str | os.PathLike) -> list[CorpusEntry]:
         where = dict(source=str(path), record=f"line {n}")
         if not isinstance(obj, dict):
             raise DataError(f"expected an object, got {type(obj).__name__}", **where)
+        if "item" in obj:  # the demo world's items.jsonl: {"key", "item": {...}, "meta": {...}}
+            if set(obj) - {"key", "id", "item", "meta", "metadata"} or not isinstance(obj["item"], dict):
+                raise DataError(f"unknown keys {sorted(set(obj) - {'key', 'id', 'item', 'meta', 'metadata'})} "
+                                "next to 'item'", **where)
+            obj = {**obj["item"], "id": obj.get("id", obj.get("key")),
+                   "metadata": obj.get("metadata", obj.get("meta")) or {}}
+            obj = {k: v for k, v in obj.items() if v is not None}
         unknown = set(obj) - {"id", "metadata", *ITEM_KEYS}
         if unknown:
             raise DataError(f"unknown keys {sorted(unknown)} (allowed: id, metadata, {', '.join(ITEM_KEYS)})", **where)
