@@ -83,6 +83,42 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class Observe:
+    """ASGI middleware: request count, error count and latency per endpoint, requests in flight; an
+    exception that escaped everything else becomes a JSON 500 without a traceback."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        m = self.metrics
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        status = {"code": 500, "started": False}
+        t0 = time.perf_counter()
+
+        async def send_wrapper(msg):
+            if msg["type"] == "http.response.start":
+                status["code"], status["started"] = msg["status"], True
+            await send(msg)
+
+        m.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:  # noqa: BLE001 - never a traceback to the client
+            log.exception("unhandled error on %s", scope["path"])
+            if not status["started"]:
+                await _json_error(500, "internal server error", type="server_error")(scope, receive, send_wrapper)
+        finally:
+            m.in_flight.dec()
+            code = str(status["code"])
+            m.requests.labels(endpoint, code).inc()
+            if status["code"] >= 400:
+                m.errors.labels(endpoint, code).inc()
+            m.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+
 def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     limits = config.limits
     metrics = Metrics()
@@ -109,25 +145,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # inside `observe`: 413s are counted too
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
-        t0 = time.perf_counter()
-        metrics.in_flight.inc()
-        try:
-            response = await call_next(request)
-        except Exception:  # noqa: BLE001 - never a traceback to the client
-            log.exception("unhandled error on %s", request.url.path)
-            response = _json_error(500, "internal server error", type="server_error")
-        finally:
-            metrics.in_flight.dec()
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            metrics.errors.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        return response
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # inside `Observe`: 413s are counted too
+    app.add_middleware(Observe, metrics=metrics)
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):
@@ -208,8 +227,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                 else v.tolist()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = engine.count_tokens([it.text for it in items])
-        return {"object": "list", "data": data, "model": model,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return JSONResponse({"object": "list", "data": data, "model": model,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
               dependencies=[Depends(require_key)])

@@ -9,11 +9,20 @@ from unime.serve.config import ServeConfig
 log = logging.getLogger(__name__)
 
 
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def build_app(config: ServeConfig):
+    import sys
+
     from unime.serve.app import create_app
     from unime.serve.engine import Engine
 
     config.check()
+    # The model thread runs Python-heavy forward code; the event loop thread gives the GIL up at every
+    # socket call and then waits a whole switch interval (5 ms by default) to get it back: with many
+    # connections that convoy dominates latency. A shorter interval keeps the loop responsive.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return create_app(Engine.load(config), config)
 
 
