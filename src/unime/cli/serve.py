@@ -54,7 +54,7 @@ def config_from_args(args):
                        dtype=args.dtype, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                        api_keys=[] if args.no_auth else load_api_keys(args.api_key_file), no_auth=args.no_auth,
                        cors_origins=list(args.cors_origin), limits=limits, graceful_timeout_s=args.graceful_timeout,
-                       rerank_data_root=args.rerank_data_root)
+                       rerank_data_root=args.rerank_data_root, threads=args.threads)
 
 
 def _serve(args) -> int:
@@ -63,10 +63,6 @@ def _serve(args) -> int:
         config.check()
     except ValueError as e:
         raise SystemExit(f"unime serve: {e}") from None
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if args.ray:
         from unime.serve.runner import run_ray
 

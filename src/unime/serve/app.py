@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -285,7 +286,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     async def health():
         return {"status": "ok", "model": engine.model_name, "dim": engine.dim, "reranker": engine.reranker_name,
                 "index_items": len(engine.index) if engine.index is not None else None,
-                "auth": not config.no_auth, "queue_depth": batcher.depth()}
+                "auth": not config.no_auth, "queue_depth": batcher.depth(), "pid": os.getpid()}
 
     @app.get("/metrics", dependencies=[Depends(require_key)])
     async def prometheus():

@@ -44,6 +44,7 @@ class ServeConfig:
     cors_origins: list[str] = field(default_factory=list)  # empty = CORS off
     limits: Limits = field(default_factory=Limits)
     graceful_timeout_s: float = 30.0
+    threads: int | None = None                  # torch CPU threads per worker (each Ray replica too)
     rerank_data_root: str | None = None         # where indexed items' images are (default: the index manifest's)
 
     def check(self) -> None:

@@ -23,6 +23,10 @@ def build_app(config: ServeConfig):
     # socket call and then waits a whole switch interval (5 ms by default) to get it back: with many
     # connections that convoy dominates latency. A shorter interval keeps the loop responsive.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     return create_app(Engine.load(config), config)
 
 
@@ -80,4 +84,5 @@ def run_ray(config: ServeConfig, *, replicas: int = 1, min_replicas: int | None 
         pass
     finally:
         serve.shutdown()  # Ray Serve drains its replicas' in-flight requests
+        ray.shutdown()
     return None
