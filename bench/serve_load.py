@@ -225,7 +225,7 @@ def clustered(rng, n: int, centers: np.ndarray, spread: float) -> np.ndarray:
 def bench_search(args) -> dict:
     import faiss
 
-    from unime.index.ann import IndexConfig, build_index, index_memory_bytes, set_search_breadth
+    from unime.index.ann import IndexConfig, build_index, index_memory_bytes
 
     rng = np.random.default_rng(0)
     d = args.search_dim
@@ -236,43 +236,46 @@ def bench_search(args) -> dict:
     k = args.search_k
     print(f"[search] pool {len(pool):,} x {d} ({pool.nbytes / 1e9:.2f} GB), {len(queries):,} queries, top-{k}, "
           f"FAISS threads {faiss.omp_get_max_threads()}", flush=True)
-    results = {}
+    results: dict = {}
     exact_ids = None
     configs = [("flat", IndexConfig(kind="flat")),
-               ("ivf", IndexConfig(kind="ivf", nlist=args.ivf_nlist, nprobe=args.ivf_nprobe)),
-               ("hnsw", IndexConfig(kind="hnsw", hnsw_m=args.hnsw_m, ef_search=args.hnsw_ef,
-                                    ef_construction=args.hnsw_ef_construction))]
+               ("ivf", IndexConfig(kind="ivf", nlist=args.ivf_nlist)),
+               ("hnsw", IndexConfig(kind="hnsw", hnsw_m=args.hnsw_m, ef_construction=args.hnsw_ef_construction))]
     for name, cfg in configs:
         if name not in args.search_kinds:
             continue
         t0 = time.perf_counter()
         if name == "ivf":  # train on a sample (as one does at scale), then add everything
-            import faiss as f
-
             nlist = cfg.nlist or int(4 * np.sqrt(len(pool)))
-            index = f.IndexIVFFlat(f.IndexFlatIP(d), d, nlist, f.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.train(pool[rng.choice(len(pool), size=min(len(pool), 64 * nlist), replace=False)])
             index.add(pool)
-            index.nprobe = cfg.nprobe
         else:
             index = build_index(pool, cfg)
         build = time.perf_counter() - t0
-        set_search_breadth(index, k)
-        t0 = time.perf_counter()
-        _, ids = index.search(queries, k)
-        secs = time.perf_counter() - t0
-        if name == "flat":
-            exact_ids = ids
-        recall = float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(ids, exact_ids)])) \
-            if exact_ids is not None else None
-        results[name] = {"build_s": round(build, 2), "search_s": round(secs, 3),
-                         "per_query_ms": round(1000 * secs / len(queries), 4), "recall_at_k": recall,
-                         "memory_mb": round(index_memory_bytes(index) / 1e6, 1)}
-        sp = results["flat"]["search_s"] / secs if "flat" in results else float("nan")
-        print(f"[search] {name:>4}: build {build:7.1f} s, search {secs:8.3f} s ({results[name]['per_query_ms']:.3f} ms/query), "
-              f"speed-up vs exact {sp:6.1f}x, recall@{k} {recall if recall is not None else float('nan'):.4f}, "
-              f"index memory {results[name]['memory_mb']:.0f} MB", flush=True)
-        results[name]["speedup"] = round(sp, 2)
+        memory = round(index_memory_bytes(index) / 1e6, 1)
+        # one built index, searched at each breadth (IVF lists probed / HNSW efSearch)
+        breadths = {"flat": [None], "ivf": args.ivf_nprobe, "hnsw": args.hnsw_ef}[name]
+        for b in breadths:
+            label = name if b is None else f"{name}({'nprobe' if name == 'ivf' else 'ef'}={b})"
+            if name == "ivf":
+                index.nprobe = b
+            elif name == "hnsw":
+                index.hnsw.efSearch = max(b, k)
+            t0 = time.perf_counter()
+            _, ids = index.search(queries, k)
+            secs = time.perf_counter() - t0
+            if name == "flat":
+                exact_ids = ids
+            recall = float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(ids, exact_ids)])) \
+                if exact_ids is not None else float("nan")
+            sp = results["flat"]["search_s"] / secs if "flat" in results else float("nan")
+            results[label] = {"build_s": round(build, 2), "search_s": round(secs, 3),
+                              "per_query_ms": round(1000 * secs / len(queries), 4), "recall_at_k": recall,
+                              "memory_mb": memory, "speedup": round(sp, 2)}
+            print(f"[search] {label:>14}: build {build:7.1f} s, search {secs:8.3f} s "
+                  f"({results[label]['per_query_ms']:.3f} ms/query), speed-up vs exact {sp:6.1f}x, "
+                  f"recall@{k} {recall:.4f}, index memory {memory:.0f} MB", flush=True)
         del index
     return results
 
@@ -296,9 +299,9 @@ def main(argv=None) -> int:
     ap.add_argument("--search-spread", type=float, default=0.02, help="per-coordinate noise around a cluster centre")
     ap.add_argument("--search-kinds", nargs="+", default=["flat", "ivf", "hnsw"])
     ap.add_argument("--ivf-nlist", type=int, default=0, help="0 = 4*sqrt(pool)")
-    ap.add_argument("--ivf-nprobe", type=int, default=16)
+    ap.add_argument("--ivf-nprobe", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--hnsw-m", type=int, default=32)
-    ap.add_argument("--hnsw-ef", type=int, default=128)
+    ap.add_argument("--hnsw-ef", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--hnsw-ef-construction", type=int, default=40)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)

@@ -215,10 +215,6 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         if req.dimensions is not None and req.dimensions != engine.dim:
             raise RequestError(400, f"dimensions: this model gives {engine.dim}-d embeddings, not {req.dimensions}",
                                param="dimensions")
-        if req.instruction is not None:
-            from unime.serve.inputs import check_text
-
-            check_text(req.instruction, limits, "instruction")
         items = [to_item(x, limits, f"input[{i}]", instruction=req.instruction) for i, x in enumerate(raw)]
         vecs = await with_timeout(batcher.submit(items))
         metrics.items.labels("embedded").inc(len(items))

@@ -77,6 +77,7 @@ def to_item(x: Any, limits: Limits, field: str, *, instruction: str | None = Non
         images = [decode_image(r, limits, f"{field}.image" if i == 0 and d.get("image") is not None
                                else f"{field}.images[{i}]") for i, r in enumerate(refs)]
     if instruction:
+        check_text(instruction, limits, "instruction")
         text = f"{instruction}\n{text}" if text else instruction
     item = Item(text=text, images=tuple(images))
     if item.is_empty:
