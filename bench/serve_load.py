@@ -269,7 +269,7 @@ def bench_search(args) -> dict:
                 exact_ids = ids
             recall = float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(ids, exact_ids)])) \
                 if exact_ids is not None else float("nan")
-            sp = results["flat"]["search_s"] / secs if "flat" in results else float("nan")
+            sp = 1.0 if name == "flat" else (results["flat"]["search_s"] / secs if "flat" in results else float("nan"))
             results[label] = {"build_s": round(build, 2), "search_s": round(secs, 3),
                               "per_query_ms": round(1000 * secs / len(queries), 4), "recall_at_k": recall,
                               "memory_mb": memory, "speedup": round(sp, 2)}
