@@ -136,6 +136,8 @@ def test_report_files(mined):
     assert stats["judge"]["pairs_scored_fast"] > 0 and stats["judge"]["boundary_fallbacks"] == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["judge"]["n_shards"] == 5 and manifest["config_hash"] == stats["config_hash"]
+    assert manifest["stages"]["retrieval"]["index_recall"] == {"k": 4, "sample": 0, "recall": 1.0, "exact": True}
+    assert "- index recall: exact search (recall 1.0 by construction)" in report
 
 
 class _NoJudge:

@@ -15,7 +15,7 @@ import sys
 import yaml
 
 # subcommand modules, in the order they appear in `unime --help`
-COMMAND_MODULES = ["data", "models", "embed", "eval", "mine", "train", "reason", "demo"]
+COMMAND_MODULES = ["data", "models", "embed", "index", "eval", "mine", "train", "reason", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,7 @@ from unime.data.atomic import atomic_open, atomic_path
 from unime.data.jsonl import iter_jsonl
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
+from unime.index.ann import measure_recall, recall_summary
 from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
 from unime.mining.retrieval import IndexConfig, RetrievalResult, build_index, build_pool, search_hard_negatives
 from unime.mining.sampling import DEFAULT_BETA
@@ -56,6 +57,7 @@ from unime.models.embedding_cache import RunEncoder, embedding_settings, model_f
 log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = 1
+RECALL_SAMPLE = 200  # queries on which an approximate index's recall@K against exact search is measured
 
 
 @dataclass
@@ -279,11 +281,21 @@ class MiningRun:
         nq = len(queries)
         q_vecs, p_vecs, pool_vecs = vecs[:nq], vecs[nq:2 * nq], vecs[2 * nq:]
         t1 = time.perf_counter()
-        index = build_index(pool_vecs, IndexConfig(kind=c.index, nprobe=c.nprobe, ef_search=c.ef_search))
+        index_config = IndexConfig(kind=c.index, nprobe=c.nprobe, ef_search=c.ef_search)
+        index = build_index(pool_vecs, index_config)
         pos_ids = [self.pool_index.get(r.positive.key, -1) for r in self.records]
         query_ids = [self.pool_index.get(r.query.key, -1) for r in self.records]
         res = search_hard_negatives(index, q_vecs, p_vecs, pos_ids, k=c.k, query_ids=query_ids)
         t2 = time.perf_counter()
+        # recall@K of an approximate index against exact search, on a sample of this run's queries
+        if index_config.kind == "flat":
+            index_recall = recall_summary(index, index_config, pool_vecs, k=c.k)
+        else:
+            sample = np.sort(np.random.default_rng(c.seed).choice(nq, size=min(RECALL_SAMPLE, nq), replace=False))
+            index_recall = dict(measure_recall(index, pool_vecs, k=c.k, queries=q_vecs[sample]), exact=False)
+        if not index_recall.get("exact"):
+            log.info("retrieval: %s index recall@%d vs exact = %.4f on %d sampled queries", c.index,
+                     index_recall["k"], index_recall["recall"] or float("nan"), index_recall["sample"])
         table = pa.table({
             "query_index": pa.array(range(nq), pa.int64()),
             "candidate_ids": pa.array([x.tolist() for x in res.candidate_ids], pa.list_(pa.int64())),
@@ -294,8 +306,8 @@ class MiningRun:
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         self.times["encode"], self.times["search"] = t1 - t0, t2 - t1
-        self.manifest.set_stage("retrieval", {"hash": h, "encoded_items": n_encoded, "seconds": {
-            "encode": t1 - t0, "search": t2 - t1}})
+        self.manifest.set_stage("retrieval", {"hash": h, "encoded_items": n_encoded, "index_recall": index_recall,
+                                              "seconds": {"encode": t1 - t0, "search": t2 - t1}})
         return res
 
     # stage B ----------------------------------------------------------------------------------------

@@ -290,6 +290,7 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
         "# Hard-negative mining report (UniME-V2 stages A–C)", "",
         f"- records: {stats['records']} → mined: {stats['mined']} (dropped: {s['counts'].get('dropped', 0)})",
         f"- global pool: {stats['pool_size']} items; K = {cfg['k']}, index = {cfg['index']}",
+        f"- index recall: {_index_recall_text((stats.get('retrieval') or {}).get('index_recall'))}",
         f"- judge: `{cfg['judge']}`, backend `{cfg['backend']}`; embedder: `{cfg['embedder']}`",
         f"- β = {cfg['beta']}, interval = {cfg['interval']}, count = {cfg['count']}, fallback = {cfg['fallback']}, "
         f"seed = {cfg['seed']}",
@@ -337,3 +338,13 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
         lines += ["", f"![audit_beta]({plot_files['audit_beta']})", ""]
     with atomic_open(out / "report.md") as fh:
         fh.write("\n".join(lines) + "\n")
+
+
+def _index_recall_text(r: dict | None) -> str:
+    if not r:
+        return "not recorded (retrieval reused from an earlier version)"
+    if r.get("exact"):
+        return "exact search (recall 1.0 by construction)"
+    rec = r.get("recall")
+    return (f"recall@{r['k']} against exact search = {rec:.4f} on {r['sample']} sampled queries"
+            if rec is not None else "not measured (no queries)")

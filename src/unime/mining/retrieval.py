@@ -3,8 +3,9 @@
 - `build_pool(records)`: the global candidate pool, by default the de-duplicated union of all
   training positives across datasets (so a query may receive another dataset's targets).
 - the embeddings come from `unime.models.embedding_cache` (the cache `unime eval` uses too).
-- `build_index`: FAISS inner-product index over L2-normalised vectors (= cosine): exact `flat`
-  (default), or approximate `hnsw` / `ivf` for large pools.
+- the index: `unime.index.ann` (shared with `unime index` and `unime serve`): exact `flat` (default),
+  or approximate `hnsw` / `ivf` for large pools, whose recall@K against exact search is measured on a
+  sample of the queries and written into the mining manifest and report.
 - `search_hard_negatives`: top-K per query under the δ rule: the positive, the query itself, and every
   candidate whose similarity is >= sim(q, c_t) are excluded; the retrieval rank order is kept.
 """
@@ -18,11 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
+from unime.index.ann import INDEX_KINDS, IndexConfig, build_index, set_search_breadth  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-INDEX_KINDS = ("flat", "hnsw", "ivf")
-
 
 # -- the pool ----------------------------------------------------------------------------------------
 
@@ -38,43 +37,6 @@ def build_pool(records: Sequence[Record], extra: Sequence[Item] = ()) -> list[It
 
 
 # -- index and search --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """`kind`: flat (exact), hnsw or ivf (approximate). `hnsw_m`, `ef_search`: HNSW graph degree and
-    search breadth; `nlist` (0 = 4·sqrt(n)), `nprobe`: IVF lists and lists probed per query."""
-
-    kind: str = "flat"
-    hnsw_m: int = 32
-    ef_search: int = 128
-    nlist: int = 0
-    nprobe: int = 16
-
-    def __post_init__(self):
-        if self.kind not in INDEX_KINDS:
-            raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
-
-
-def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()):
-    """A FAISS inner-product index over `vectors` (L2-normalised → cosine similarity)."""
-    import faiss
-
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, d = vectors.shape
-    if config.kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif config.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = config.ef_search
-    else:
-        nlist = config.nlist or max(1, min(n // 39 or 1, int(4 * np.sqrt(max(n, 1)))))
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-        index.nprobe = min(config.nprobe, nlist)
-    index.add(vectors)
-    return index
-
 
 def apply_delta_rule(candidate_ids: np.ndarray, candidate_sims: np.ndarray, *, positive_id: int, positive_sim: float,
                      query_id: int = -1, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -124,7 +86,7 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     pending = np.arange(n)
     fetch = min(k + overfetch, ntotal)
     while len(pending):
-        _set_search_breadth(index, fetch)
+        set_search_breadth(index, fetch)
         still = []
         for s in range(0, len(pending), batch_size):
             rows = pending[s:s + batch_size]
@@ -144,9 +106,3 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
         fetch = min(fetch * 4, ntotal)
     return RetrievalResult(candidate_ids=out_ids, candidate_sims=out_sims, positive_sims=pos_sims,
                            n_above_positive=above)
-
-
-def _set_search_breadth(index, fetch: int) -> None:
-    hnsw = getattr(index, "hnsw", None)
-    if hnsw is not None and hnsw.efSearch < fetch:
-        hnsw.efSearch = fetch

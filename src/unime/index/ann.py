@@ -1,0 +1,137 @@
+"""FAISS inner-product indexes over L2-normalised vectors (inner product = cosine similarity).
+
+- `IndexConfig` / `build_index`: exact `flat` (default) or approximate `hnsw` / `ivf`.
+- `choose_kind`: `auto` → exact up to `AUTO_APPROX_THRESHOLD` vectors, HNSW above.
+- `measure_recall`: recall@k of an index against exact search (NumPy matrix products) on a sample of
+  queries; an exact index is 1.0 by construction and is not measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+INDEX_KINDS = ("flat", "hnsw", "ivf")
+AUTO_APPROX_THRESHOLD = 200_000  # `auto` switches from exact to HNSW above this many vectors
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """`kind`: flat (exact), hnsw or ivf (approximate). `hnsw_m`, `ef_search`: HNSW graph degree and
+    search breadth; `ef_construction`: HNSW build breadth; `nlist` (0 = 4·sqrt(n)), `nprobe`: IVF lists
+    and lists probed per query."""
+
+    kind: str = "flat"
+    hnsw_m: int = 32
+    ef_search: int = 128
+    ef_construction: int = 40
+    nlist: int = 0
+    nprobe: int = 16
+
+    def __post_init__(self):
+        if self.kind not in INDEX_KINDS:
+            raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def choose_kind(kind: str, n: int, threshold: int = AUTO_APPROX_THRESHOLD) -> str:
+    """`kind` itself, or for `auto`: flat up to `threshold` vectors, hnsw above."""
+    if kind == "auto":
+        return "flat" if n <= threshold else "hnsw"
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index kind must be auto or one of {INDEX_KINDS}, got {kind!r}")
+    return kind
+
+
+def ivf_nlist(n: int, config: IndexConfig) -> int:
+    return config.nlist or max(1, min(n // 39 or 1, int(4 * np.sqrt(max(n, 1)))))
+
+
+def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()):
+    """A FAISS inner-product index over `vectors` (L2-normalised → cosine similarity)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    if config.kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif config.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = config.ef_construction
+        index.hnsw.efSearch = config.ef_search
+    else:
+        nlist = ivf_nlist(n, config)
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = min(config.nprobe, nlist)
+    index.add(vectors)
+    return index
+
+
+def set_search_breadth(index, fetch: int) -> None:
+    """Widen an HNSW index's search breadth so that it can return `fetch` results."""
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is not None and hnsw.efSearch < fetch:
+        hnsw.efSearch = fetch
+
+
+def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 65536) -> np.ndarray:
+    """Ids of the exact top-k by inner product (NumPy, independent of FAISS), rows in rank order."""
+    q = np.asarray(queries, dtype=np.float32)
+    k = min(k, len(vectors))
+    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    for s in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[s:s + chunk], dtype=np.float32)
+        sims = q @ block.T
+        ids = np.broadcast_to(np.arange(s, s + len(block)), sims.shape)
+        all_s = np.concatenate([best_s, sims], axis=1)
+        all_i = np.concatenate([best_i, ids], axis=1)
+        top = np.argpartition(-all_s, k - 1, axis=1)[:, :k] if all_s.shape[1] > k else np.argsort(-all_s, axis=1)
+        best_s = np.take_along_axis(all_s, top, axis=1)
+        best_i = np.take_along_axis(all_i, top, axis=1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_i, order, axis=1)
+
+
+def measure_recall(index, vectors: np.ndarray, *, k: int = 10, sample: int = 200, seed: int = 0,
+                   queries: np.ndarray | None = None) -> dict:
+    """recall@k of `index` against exact search: |approx top-k ∩ exact top-k| / k averaged over a sample
+    of queries (by default `sample` rows of `vectors` drawn with `seed`; the row itself counts as a hit
+    like any other neighbour). Returns a dict for manifests and reports."""
+    n = len(vectors)
+    k = int(min(k, n))
+    if queries is None:
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(n, size=min(sample, n), replace=False) if n else np.zeros(0, dtype=np.int64)
+        queries = np.asarray(vectors[np.sort(rows)], dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if k < 1 or not len(queries):
+        return {"k": k, "sample": 0, "recall": None, "exact": False}
+    set_search_breadth(index, k)
+    _, approx = index.search(queries, k)
+    exact = exact_topk(vectors, queries, k)
+    hits = [len(set(a[a >= 0].tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]
+    return {"k": k, "sample": int(len(queries)), "recall": float(np.mean(hits)), "seed": seed}
+
+
+def index_memory_bytes(index) -> int:
+    """Bytes of `index` serialised by FAISS (its vectors, graph or lists)."""
+    import faiss
+
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def recall_summary(index, config: IndexConfig, vectors: np.ndarray, *, k: int = 10, sample: int = 200,
+                   seed: int = 0) -> dict:
+    """`measure_recall` for an approximate index; an exact (`flat`) one is recorded as recall 1.0 by
+    construction without a measurement."""
+    if config.kind == "flat":
+        return {"k": int(min(k, len(vectors))), "sample": 0, "recall": 1.0, "exact": True}
+    out = measure_recall(index, vectors, k=k, sample=sample, seed=seed)
+    out["exact"] = False
+    return out

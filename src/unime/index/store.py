@@ -1,0 +1,341 @@
+"""An on-disk index of a corpus of items (`unime index build`), searched by `unime search` and `unime serve`.
+
+Layout of an index folder::
+
+    IDX/manifest.json            model (path, fingerprint, settings), dim, dtype, count, index kind and
+                                 parameters, recall@k of an approximate index against exact search
+    IDX/chunks/chunk-NNNNN.npy   L2-normalised vectors (float32 or float16), read memory-mapped
+    IDX/chunks/chunk-NNNNN.jsonl one line per row: {"id", "item": {"text", "images", "video"},
+                                 "metadata", "thumbnail"?} — written after the .npy: a chunk counts
+                                 only once its .jsonl exists, so an interrupted build leaves no half chunk
+    IDX/faiss.index              the FAISS index over every row (rebuilt when rows were added)
+
+Building encodes through the shared embedding cache (`unime.models.embedding_cache`), one chunk at a
+time; a re-run (resume after an interruption, or a corpus with more items) encodes only the ids that
+are not in the index yet and appends them. An item file line is ``{"id"?, "metadata"?, "text"?,
+"image"?, "images"?, "video"?}`` (the id defaults to the item's content key), or a line of a demo
+world's ``items.jsonl``: ``{"key", "item": {...}, "meta": {...}}``. Image paths are relative
+to the data root, recorded in the manifest (the service reads candidate images from there only to
+rerank; thumbnails are stored inline in the index so pages never need the files).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unime.data.atomic import atomic_open, atomic_path
+from unime.data.images import ImageLoader
+from unime.data.items import Item
+from unime.data.jsonl import iter_jsonl
+from unime.errors import DataError, UnimeError
+from unime.index.ann import (AUTO_APPROX_THRESHOLD, IndexConfig, build_index, choose_kind, index_memory_bytes,
+                             recall_summary, set_search_breadth)
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+VECTOR_DTYPES = ("float32", "float16")
+ITEM_KEYS = ("text", "image", "images", "video")
+THUMBNAIL_SIZE = 128
+
+
+class IndexError_(UnimeError):
+    """An index folder that cannot be used as asked (another model, another dtype, not an index)."""
+
+
+@dataclass
+class CorpusEntry:
+    id: str
+    item: Item
+    metadata: dict = field(default_factory=dict)
+
+
+def read_corpus(path: str | os.PathLike) -> list[CorpusEntry]:
+    """Entries of a corpus JSONL file (see the module doc); duplicate ids are an error naming both lines."""
+    entries, seen = [], {}
+    for n, obj in iter_jsonl(path):
+        where = dict(source=str(path), record=f"line {n}")
+        if not isinstance(obj, dict):
+            raise DataError(f"expected an object, got {type(obj).__name__}", **where)
+        if "item" in obj:  # the demo world's items.jsonl: {"key", "item": {...}, "meta": {...}}
+            if set(obj) - {"key", "id", "item", "meta", "metadata"} or not isinstance(obj["item"], dict):
+                raise DataError(f"unknown keys {sorted(set(obj) - {'key', 'id', 'item', 'meta', 'metadata'})} "
+                                "next to 'item'", **where)
+            obj = {**obj["item"], "id": obj.get("id", obj.get("key")),
+                   "metadata": obj.get("metadata", obj.get("meta")) or {}}
+            obj = {k: v for k, v in obj.items() if v is not None}
+        unknown = set(obj) - {"id", "metadata", *ITEM_KEYS}
+        if unknown:
+            raise DataError(f"unknown keys {sorted(unknown)} (allowed: id, metadata, {', '.join(ITEM_KEYS)})", **where)
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise DataError("metadata must be an object", field="metadata", **where)
+        item = Item.from_dict({k: obj[k] for k in ITEM_KEYS if k in obj}, **where)
+        if item.is_empty:
+            raise DataError("empty item (no text, image or video)", **where)
+        if any(not isinstance(r, str) for r in (*item.images, *item.video)):
+            raise DataError("image references in a corpus file must be paths", field="images", **where)
+        rid = obj.get("id", item.key)
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
+            raise DataError("id must be a non-empty string or an integer", field="id", **where)
+        rid = str(rid)
+        if rid in seen:
+            raise DataError(f"duplicate id {rid!r} (first on line {seen[rid]})", field="id", **where)
+        seen[rid] = n
+        entries.append(CorpusEntry(rid, item, meta))
+    return entries
+
+
+def thumbnail_data_uri(image, size: int = THUMBNAIL_SIZE) -> str:
+    """A small JPEG of a PIL image as a `data:` URI."""
+    im = image.copy()
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _item_json(item: Item) -> dict:
+    out: dict[str, Any] = {"text": item.text}
+    if item.images:
+        out["images"] = list(item.images)
+    if item.video:
+        out["video"] = list(item.video)
+    return out
+
+
+@dataclass
+class BuildStats:
+    corpus_items: int = 0
+    already_indexed: int = 0
+    added: int = 0
+    encoded: int = 0        # run through the model (the rest came from the embedding cache)
+    from_cache: int = 0
+    chunks_written: int = 0
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class CorpusIndex:
+    """An index folder opened for search (see the module doc)."""
+
+    def __init__(self, folder: str | os.PathLike, *, load_faiss: bool = True):
+        self.folder = Path(folder)
+        mf = self.folder / "manifest.json"
+        if not mf.is_file():
+            raise IndexError_(f"{self.folder} is not a unime index (no manifest.json)")
+        self.manifest = json.loads(mf.read_text(encoding="utf-8"))
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexError_(f"{self.folder}: index format {self.manifest.get('format_version')} is not "
+                              f"{FORMAT_VERSION}; rebuild it")
+        self._chunks: list[np.ndarray] = []
+        self.entries: list[dict] = []
+        for keys in committed_chunks(self.folder):
+            arr = np.load(keys.with_suffix(".npy"), mmap_mode="r")
+            rows = [json.loads(line) for line in keys.read_text(encoding="utf-8").splitlines() if line]
+            if arr.shape[0] != len(rows):
+                raise IndexError_(f"{keys}: {len(rows)} entries for {arr.shape[0]} vectors")
+            self._chunks.append(arr)
+            self.entries.extend(rows)
+        self.row_of_id = {e["id"]: i for i, e in enumerate(self.entries)}
+        self.faiss = None
+        if load_faiss and self.entries:
+            import faiss
+
+            if self.manifest.get("index", {}).get("count") != len(self.entries):
+                raise IndexError_(f"{self.folder}: the FAISS index covers {self.manifest.get('index', {}).get('count')} "
+                                  f"rows but {len(self.entries)} are stored; re-run `unime index build` to finish it")
+            self.faiss = faiss.read_index(str(self.folder / "faiss.index"))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def data_root(self) -> str | None:
+        return self.manifest.get("data_root")
+
+    def vectors(self) -> np.ndarray:
+        """All rows as float32 (a copy; the chunks stay memory-mapped)."""
+        if not self._chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate([np.asarray(c, dtype=np.float32) for c in self._chunks])
+
+    def item(self, row: int) -> Item:
+        return Item.from_dict(self.entries[row]["item"])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the top-k rows per query, best first; rows of -1 pad short results."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query vectors have dimension {q.shape[1]}, the index {self.dim}")
+        k = max(1, min(int(k), len(self)))
+        if self.faiss is None:
+            return np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64)
+        set_search_breadth(self.faiss, k)
+        scores, rows = self.faiss.search(q, k)
+        return scores, rows
+
+
+def committed_chunks(folder: Path) -> list[Path]:
+    """The `.jsonl` files of complete chunks (their `.npy` exists and was written first), in order."""
+    return sorted(p for p in (folder / "chunks").glob("chunk-*.jsonl") if p.with_suffix(".npy").is_file())
+
+
+def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *, embedder, model: str,
+                       data_root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                       vector_dtype: str = "float32", index: str = "auto", index_config: IndexConfig | None = None,
+                       approx_threshold: int = AUTO_APPROX_THRESHOLD, chunk_size: int = 1024,
+                       recall_k: int = 10, recall_sample: int = 200, seed: int = 0, thumbnails: bool = True,
+                       batch_size: int | None = None, show_progress: bool = False,
+                       model_settings: dict | None = None) -> tuple[CorpusIndex, BuildStats]:
+    """Build or extend the index at `out` from the corpus at `items_path` (see the module doc)."""
+    from unime.models.embedding_cache import EmbeddingStore, RunEncoder, embedding_settings, model_fingerprint
+
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ValueError(f"vector dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    t0 = time.perf_counter()
+    out = Path(out)
+    root = Path(data_root) if data_root is not None else Path(items_path).resolve().parent
+    settings = model_settings if model_settings is not None else embedding_settings(embedder)
+    fingerprint = model_fingerprint(model, settings)
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("model_fingerprint") != fingerprint:
+            raise IndexError_(f"{out} was built with model {manifest.get('model')!r} (fingerprint "
+                              f"{manifest.get('model_fingerprint')}); {model!r} has {fingerprint}: use another --out")
+        if manifest.get("vector_dtype") != vector_dtype:
+            raise IndexError_(f"{out} stores {manifest.get('vector_dtype')} vectors, not {vector_dtype}")
+    elif out.exists() and any(out.iterdir()):
+        raise IndexError_(f"{out} exists and is not a unime index: refusing to write into it")
+    else:
+        manifest = {"format_version": FORMAT_VERSION, "model": str(model), "model_fingerprint": fingerprint,
+                    "model_settings": settings, "vector_dtype": vector_dtype, "dim": None,
+                    "data_root": str(root.resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (out / "chunks").mkdir(parents=True, exist_ok=True)
+    _write_json(manifest_path, manifest)
+
+    stats = BuildStats()
+    entries = read_corpus(items_path)
+    stats.corpus_items = len(entries)
+    existing: set[str] = set()
+    chunks = committed_chunks(out)
+    for keys in chunks:
+        existing.update(json.loads(line)["id"] for line in keys.read_text(encoding="utf-8").splitlines() if line)
+    todo = [e for e in entries if e.id not in existing]
+    stats.already_indexed = len(entries) - len(todo)
+    next_chunk = 1 + max((int(p.stem.split("-")[1]) for p in chunks), default=-1)
+    store = EmbeddingStore(Path(cache_dir) / fingerprint, model_info={"model": str(model), "settings": settings}) \
+        if cache_dir else None
+    loader = ImageLoader(root)
+    t_enc = time.perf_counter()
+    for s in range(0, len(todo), chunk_size):
+        part = todo[s:s + chunk_size]
+        enc = RunEncoder(embedder, fingerprint, batch_size=batch_size, show_progress=show_progress)
+        enc.store = store
+        rows = enc.add([e.item for e in part], root, source=str(items_path))
+        enc.encode_pending()
+        vecs = enc.vectors(rows)
+        stats.encoded += enc.stats.encoded
+        stats.from_cache += enc.stats.from_cache
+        if manifest["dim"] is None:
+            manifest["dim"] = int(vecs.shape[1])
+        elif vecs.shape[1] != manifest["dim"]:
+            raise IndexError_(f"the model gives {vecs.shape[1]}-d vectors, the index holds {manifest['dim']}-d")
+        stem = out / "chunks" / f"chunk-{next_chunk:05d}"
+        with atomic_path(stem.with_suffix(".npy")) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, vecs.astype(vector_dtype))
+        with atomic_open(stem.with_suffix(".jsonl")) as fh:
+            for e in part:
+                row = {"id": e.id, "item": _item_json(e.item), "metadata": e.metadata}
+                if thumbnails and e.item.images:
+                    row["thumbnail"] = thumbnail_data_uri(loader.load(e.item.images[0], source=str(items_path),
+                                                                      record=e.id, field="images[0]"))
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        next_chunk += 1
+        stats.chunks_written += 1
+        stats.added += len(part)
+        _write_json(manifest_path, manifest)
+        log.info("index: %d/%d new items written", stats.added, len(todo))
+    stats.seconds["encode"] = round(time.perf_counter() - t_enc, 3)
+
+    idx = CorpusIndex(out, load_faiss=False)
+    n = len(idx)
+    if n and (stats.added or manifest.get("index", {}).get("count") != n or not (out / "faiss.index").is_file()):
+        import faiss
+
+        t_idx = time.perf_counter()
+        vectors = idx.vectors()
+        kind = choose_kind(index, n, approx_threshold)
+        cfg = index_config or IndexConfig()
+        cfg = IndexConfig(**{**cfg.to_dict(), "kind": kind})
+        fidx = build_index(vectors, cfg)
+        recall = recall_summary(fidx, cfg, vectors, k=recall_k, sample=recall_sample, seed=seed)
+        with atomic_path(out / "faiss.index") as tmp:
+            faiss.write_index(fidx, str(tmp))
+        stats.seconds["index"] = round(time.perf_counter() - t_idx, 3)
+        manifest["index"] = {"kind": kind, "requested": index, "config": cfg.to_dict(), "count": n,
+                             "approx_threshold": approx_threshold, "recall": recall,
+                             "memory_bytes": index_memory_bytes(fidx)}
+        if not recall.get("exact"):
+            log.info("index: %s recall@%d vs exact = %.4f on %d sampled rows", kind, recall["k"], recall["recall"],
+                     recall["sample"])
+    manifest["count"] = n
+    stats.seconds["total"] = round(time.perf_counter() - t0, 3)
+    manifest["last_build"] = stats.to_dict()
+    _write_json(manifest_path, manifest)
+    return CorpusIndex(out), stats
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_open(path) as fh:
+        json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
+
+
+def search_items(index: CorpusIndex, query_vectors: np.ndarray, k: int) -> list[list[dict]]:
+    """Per query, the top-k hits as dicts: rank, row, id, score, item, metadata (and thumbnail if stored)."""
+    scores, rows = index.search(query_vectors, k)
+    out = []
+    for srow, rrow in zip(scores, rows):
+        hits = []
+        for s, r in zip(srow, rrow):
+            if r < 0:
+                continue
+            e = index.entries[int(r)]
+            hit = {"rank": len(hits) + 1, "row": int(r), "id": e["id"], "score": float(s), "item": e["item"],
+                   "metadata": e.get("metadata") or {}}
+            if "thumbnail" in e:
+                hit["thumbnail"] = e["thumbnail"]
+            hits.append(hit)
+        out.append(hits)
+    return out
+
+
+def check_model(index: CorpusIndex, model: str, settings: dict) -> None:
+    """Raise unless `model` with `settings` is the model the index was built with (same fingerprint)."""
+    from unime.models.embedding_cache import model_fingerprint
+
+    fp = model_fingerprint(model, settings)
+    if fp != index.manifest.get("model_fingerprint"):
+        raise IndexError_(f"index {index.folder} was built with model {index.manifest.get('model')!r} "
+                          f"(fingerprint {index.manifest.get('model_fingerprint')}), not {model!r} ({fp}); "
+                          "its vectors are not comparable")

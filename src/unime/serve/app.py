@@ -1,0 +1,300 @@
+"""The FastAPI application: `create_app(engine, config)`.
+
+Endpoints: POST /v1/embeddings (OpenAI), POST /v1/rerank (Cohere/Jina), POST /v1/search, GET /health,
+GET /metrics (Prometheus), GET / (search page); OpenAPI docs at /docs. /v1/* and /metrics need a
+Bearer key unless auth is off. Every error is a JSON body ``{"error": {"message", "type", "param",
+"code"}}`` with a 4xx status (5xx only for the server's own faults, without a traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from unime.serve.auth import bearer_token, key_matches
+from unime.serve.batching import DynamicBatcher
+from unime.serve.config import ServeConfig
+from unime.serve.engine import Engine
+from unime.serve.inputs import RequestError, to_item
+from unime.serve.metrics import Metrics
+from unime.serve.schemas import (EmbeddingsRequest, EmbeddingsResponse, RerankRequest, RerankResponse, SearchRequest,
+                                 SearchResponse)
+
+log = logging.getLogger("unime.serve")
+
+
+def error_body(status: int, message: str, type: str = "invalid_request_error", param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code or status}, "message": message}
+
+
+def _json_error(status: int, message: str, **kw) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(status, message, **kw), status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over `max_bytes` (413), by Content-Length or while reading."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = _json_error(413, f"request body over the limit of {self.max_bytes} bytes",
+                              type="request_too_large")
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    if int(v) > self.max_bytes:
+                        return await too_big(scope, receive, send)
+                except ValueError:
+                    return await _json_error(400, "bad Content-Length header")(scope, receive, send)
+        chunks, total, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_bytes:
+                return await too_big(scope, receive, send)
+            more = msg.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+class Observe:
+    """ASGI middleware: request count, error count and latency per endpoint, requests in flight; an
+    exception that escaped everything else becomes a JSON 500 without a traceback."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        m = self.metrics
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        status = {"code": 500, "started": False}
+        t0 = time.perf_counter()
+
+        async def send_wrapper(msg):
+            if msg["type"] == "http.response.start":
+                status["code"], status["started"] = msg["status"], True
+            await send(msg)
+
+        m.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:  # noqa: BLE001 - never a traceback to the client
+            log.exception("unhandled error on %s", scope["path"])
+            if not status["started"]:
+                await _json_error(500, "internal server error", type="server_error")(scope, receive, send_wrapper)
+        finally:
+            m.in_flight.dec()
+            code = str(status["code"])
+            m.requests.labels(endpoint, code).inc()
+            if status["code"] >= 400:
+                m.errors.labels(endpoint, code).inc()
+            m.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+
+def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
+    limits = config.limits
+    metrics = Metrics()
+    batcher = DynamicBatcher(engine.encode, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                             executor=engine.executor, on_batch=lambda n: metrics.batch_size.observe(n))
+    metrics.queue_depth.set_function(batcher.depth)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        log.info("serving %s (dim %d)%s%s", engine.model_name, engine.dim,
+                 f", reranker {engine.reranker_name}" if engine.reranker else "",
+                 f", index of {len(engine.index)} items" if engine.index is not None else "")
+        yield
+        await batcher.stop()  # uvicorn has drained the in-flight requests before this point
+
+    app = FastAPI(title="unime", version="1", lifespan=lifespan,
+                  description="Embeddings (OpenAI schema), rerank (Cohere/Jina schema) and search with unime models.")
+    app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
+
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # inside `Observe`: 413s are counted too
+    app.add_middleware(Observe, metrics=metrics)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request, exc: RequestError):
+        return _json_error(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc: RequestValidationError):
+        errs = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errs):
+            return _json_error(400, "malformed JSON body: " + "; ".join(
+                str(e.get("ctx", {}).get("error", e.get("msg"))) for e in errs if e.get("type") == "json_invalid"))
+        parts = []
+        for e in errs[:10]:
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{loc or 'body'}: {e.get('msg')}")
+        return _json_error(422, "invalid request: " + "; ".join(parts), param=parts[0].split(":")[0] if parts else None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        return _json_error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return _json_error(500, "internal server error", type="server_error")
+
+    async def require_key(request: Request):
+        if config.no_auth:
+            return
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise RequestError(401, "missing API key: send 'Authorization: Bearer <key>'", type="authentication_error")
+        if not key_matches(token, config.api_keys):
+            raise RequestError(401, "invalid API key", type="authentication_error")
+
+    def check_model(name: str | None, served: str | None, what: str) -> str:
+        if served is None:
+            raise RequestError(404, f"this server has no {what}", type="not_found_error")
+        if name is not None and name != served:
+            raise RequestError(404, f"model {name!r} not found; this server's {what} is {served!r}",
+                               type="not_found_error", param="model", code="model_not_found")
+        return served
+
+    def check_count(n: int, field: str) -> None:
+        if n == 0:
+            raise RequestError(400, f"{field}: empty input list", param=field)
+        if n > limits.max_items:
+            raise RequestError(413, f"{field}: {n} items, over the limit of {limits.max_items} per request",
+                               param=field)
+
+    async def run_model(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(engine.executor, fn, *args)
+
+    async def with_timeout(coro):
+        try:
+            return await asyncio.wait_for(coro, limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(503, f"request timed out after {limits.request_timeout_s} s", type="timeout") from None
+
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[Depends(require_key)])
+    async def embeddings(req: EmbeddingsRequest):
+        model = check_model(req.model, engine.model_name, "embedding model")
+        raw = req.input if isinstance(req.input, list) else [req.input]
+        check_count(len(raw), "input")
+        if req.dimensions is not None and req.dimensions != engine.dim:
+            raise RequestError(400, f"dimensions: this model gives {engine.dim}-d embeddings, not {req.dimensions}",
+                               param="dimensions")
+        items = [to_item(x, limits, f"input[{i}]", instruction=req.instruction) for i, x in enumerate(raw)]
+        vecs = await with_timeout(batcher.submit(items))
+        metrics.items.labels("embedded").inc(len(items))
+        data = []
+        for i, v in enumerate(np.asarray(vecs, dtype=np.float32)):
+            emb = base64.b64encode(v.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" \
+                else v.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens = engine.count_tokens([it.text for it in items])
+        return JSONResponse({"object": "list", "data": data, "model": model,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
+              dependencies=[Depends(require_key)])
+    async def rerank(req: RerankRequest):
+        model = check_model(req.model, engine.reranker_name, "reranker")
+        check_count(len(req.documents), "documents")
+        query = to_item(req.query, limits, "query", instruction=req.instruction)
+        docs = [to_item(d, limits, f"documents[{i}]") for i, d in enumerate(req.documents)]
+        order, scores = await with_timeout(run_model(engine.rerank, query, docs, req.mode))
+        metrics.items.labels("reranked").inc(len(docs))
+        results = []
+        for i in order[:req.top_n or len(order)]:
+            r = {"index": i, "relevance_score": float(scores[i])}
+            if req.return_documents:
+                d = req.documents[i]
+                r["document"] = {"text": d} if isinstance(d, str) else d.model_dump(exclude_none=True)
+            results.append(r)
+        tokens = engine.count_tokens([query.text] + [d.text for d in docs])
+        return {"model": model, "results": results, "usage": {"total_tokens": tokens}}
+
+    @app.post("/v1/search", response_model=SearchResponse, response_model_exclude_none=True,
+              dependencies=[Depends(require_key)])
+    async def search(req: SearchRequest):
+        if engine.index is None:
+            raise RequestError(404, "this server has no index (start it with --index IDX)", type="not_found_error")
+        model = check_model(req.model, engine.model_name, "embedding model")
+        if req.top_k > limits.max_top_k:
+            raise RequestError(400, f"top_k: {req.top_k} is over the limit of {limits.max_top_k}", param="top_k")
+        if req.rerank and engine.reranker is None:
+            raise RequestError(400, "rerank: this server has no reranker (start it with --reranker R)", param="rerank")
+        query = to_item(req.query, limits, "query", instruction=req.instruction)
+        from unime.index.store import search_items
+
+        async def work():
+            qv = await batcher.submit([query])
+            hits = search_items(engine.index, qv, req.top_k)[0]
+            if req.rerank and hits:
+                k = min(req.rerank_top_k or req.top_k, len(hits))
+                cands = [engine.index.item(h["row"]) for h in hits[:k]]
+                order, scores = await run_model(engine.rerank, query, cands, req.rerank_mode)
+                top = [dict(hits[i], rerank_score=float(scores[i])) for i in order]
+                hits = top + hits[k:]
+            return hits
+
+        hits = await with_timeout(work())
+        for r, h in enumerate(hits, 1):
+            h["rank"] = r
+            if not req.include_thumbnails:
+                h.pop("thumbnail", None)
+        return {"object": "list", "model": model, "reranked": bool(req.rerank and engine.reranker is not None),
+                "data": hits}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": engine.model_name, "dim": engine.dim, "reranker": engine.reranker_name,
+                "index_items": len(engine.index) if engine.index is not None else None,
+                "auth": not config.no_auth, "queue_depth": batcher.depth(), "pid": os.getpid()}
+
+    @app.get("/metrics", dependencies=[Depends(require_key)])
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    page = resources.files("unime.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index_page():
+        return HTMLResponse(page)
+
+    return app
+
+
+ENDPOINTS = {"/v1/embeddings", "/v1/rerank", "/v1/search", "/health", "/metrics", "/"}

@@ -1,0 +1,85 @@
+"""Request items → `Item`s, with the service's safety rules.
+
+Images are accepted only inline, as ``data:image/<format>;base64,<payload>`` URIs: a path, a
+``file:`` or ``http(s):`` URL, or anything else is refused — a request never makes the service read a
+file or fetch a URL. The encoded size is checked before decoding, the pixel count on the image header
+before the pixels are decoded (decompression bombs), by `unime.data.images.ImageLoader`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from unime.data.images import ImageLoader
+from unime.data.items import Item
+from unime.errors import DataError
+from unime.serve.config import Limits
+
+DATA_URI = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
+
+
+class RequestError(Exception):
+    """A bad request: status (4xx), a message for the client, an OpenAI-style error type and parameter."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+class InlineOnlyLoader(ImageLoader):
+    """An image loader that refuses every path: the service's models only see decoded inline images."""
+
+    def resolve(self, ref, *, source=None, record=None, field=None):
+        raise DataError("the service does not read image files", source=source, record=record, field=field)
+
+
+def decode_image(uri: Any, limits: Limits, field: str):
+    """A PIL RGB image from an inline `data:` URI, or a `RequestError` naming `field`."""
+    if not isinstance(uri, str) or not DATA_URI.match(uri):
+        shown = uri[:60] + "…" if isinstance(uri, str) and len(uri) > 60 else uri
+        raise RequestError(400, f"{field}: images must be inline data URIs (data:image/png;base64,...); "
+                                f"the server never reads files or fetches URLs (got {shown!r})", param=field)
+    payload = uri[uri.index(",") + 1:]
+    if len(payload) * 3 // 4 > limits.max_image_bytes:
+        raise RequestError(413, f"{field}: image is over {limits.max_image_bytes} bytes", param=field)
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, f"{field}: invalid base64 in the data URI", param=field) from None
+    try:
+        return ImageLoader(max_pixels=limits.max_image_pixels).load(raw, field=field)
+    except DataError as e:
+        raise RequestError(400, str(e), param=field) from None
+
+
+def check_text(text: Any, limits: Limits, field: str) -> str:
+    if not isinstance(text, str):
+        raise RequestError(400, f"{field}: expected a string", param=field)
+    if len(text) > limits.max_text_chars:
+        raise RequestError(400, f"{field}: text of {len(text)} characters is over the limit of "
+                                f"{limits.max_text_chars}", param=field)
+    return text
+
+
+def to_item(x: Any, limits: Limits, field: str, *, instruction: str | None = None) -> Item:
+    """A request input (a string, or an object with `text`, `image` and/or `images`) → `Item`.
+    An `instruction` is put before the text, on its own line."""
+    if isinstance(x, str):
+        text, images = check_text(x, limits, field), []
+    else:
+        d = x if isinstance(x, dict) else x.model_dump(exclude_none=True)
+        text = check_text(d.get("text") or "", limits, f"{field}.text")
+        refs = ([d["image"]] if d.get("image") is not None else []) + list(d.get("images") or [])
+        images = [decode_image(r, limits, f"{field}.image" if i == 0 and d.get("image") is not None
+                               else f"{field}.images[{i}]") for i, r in enumerate(refs)]
+    if instruction:
+        check_text(instruction, limits, "instruction")
+        text = f"{instruction}\n{text}" if text else instruction
+    item = Item(text=text, images=tuple(images))
+    if item.is_empty:
+        raise RequestError(400, f"{field}: empty input (no text and no image)", param=field)
+    return item

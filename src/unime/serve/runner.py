@@ -1,0 +1,88 @@
+"""Run the app: on uvicorn (one process, graceful SIGTERM drain) or as a Ray Serve deployment."""
+
+from __future__ import annotations
+
+import logging
+
+from unime.serve.config import ServeConfig
+
+log = logging.getLogger(__name__)
+
+
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def build_app(config: ServeConfig):
+    import sys
+
+    from unime.serve.app import create_app
+    from unime.serve.engine import Engine
+
+    config.check()
+    # The model thread runs Python-heavy forward code; the event loop thread gives the GIL up at every
+    # socket call and then waits a whole switch interval (5 ms by default) to get it back: with many
+    # connections that convoy dominates latency. A shorter interval keeps the loop responsive.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    return create_app(Engine.load(config), config)
+
+
+def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
+    """Serve until SIGINT/SIGTERM. On SIGTERM uvicorn stops accepting connections and lets in-flight
+    requests finish (up to `graceful_timeout_s`) before the app's shutdown drains the batcher."""
+    import uvicorn
+
+    app = build_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
+                                           timeout_graceful_shutdown=config.graceful_timeout_s,
+                                           proxy_headers=False, server_header=False, access_log=False))
+    server.run()
+
+
+def run_ray(config: ServeConfig, *, replicas: int = 1, min_replicas: int | None = None,
+            max_replicas: int | None = None, address: str | None = None, num_cpus: float = 1.0,
+            num_gpus: float = 0.0, blocking: bool = True):
+    """The same app as a Ray Serve deployment: `replicas` copies (or autoscaling between `min_replicas`
+    and `max_replicas`), each loading its own models and batching its own requests. Returns the
+    handle when not `blocking` (tests)."""
+    import ray
+    from ray import serve
+
+    config.check()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    serve.start(http_options={"host": config.host, "port": config.port})
+
+    def builder():
+        return build_app(config)
+
+    options: dict = {"ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+                     "max_ongoing_requests": max(64, 4 * config.max_batch_size)}
+    if min_replicas is not None or max_replicas is not None:
+        options["autoscaling_config"] = {"min_replicas": min_replicas or 1,
+                                         "max_replicas": max_replicas or max(replicas, min_replicas or 1),
+                                         "target_ongoing_requests": config.max_batch_size}
+    else:
+        options["num_replicas"] = replicas
+    deployment = serve.deployment(serve.ingress(builder)(), name="unime", **options)
+    handle = serve.run(deployment.bind(), name="unime", route_prefix="/", blocking=False)
+    log.info("Ray Serve: unime on http://%s:%d with %s", config.host, config.port,
+             options.get("autoscaling_config") or f"{replicas} replica(s)")
+    if not blocking:
+        return handle
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()  # Ray Serve drains its replicas' in-flight requests
+        ray.shutdown()
+    return None

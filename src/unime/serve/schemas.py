@@ -1,0 +1,99 @@
+"""Request and response bodies (pydantic): OpenAI embeddings, Cohere/Jina rerank, search."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MultimodalInput(BaseModel):
+    """A text and/or inline images (`data:image/png;base64,...`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    image: str | None = Field(None, description="inline data URI: data:image/png;base64,...")
+    images: list[str] | None = None
+
+
+Input = Union[str, MultimodalInput]
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: Union[str, MultimodalInput, list[Input]]
+    model: str
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    instruction: str | None = Field(None, description="put before every input's text, on its own line")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: Input
+    documents: list[Input]
+    model: str | None = None
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = False
+    mode: Literal["pairwise", "listwise"] = "pairwise"
+    instruction: str | None = None
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict | None = None
+
+
+class RerankResponse(BaseModel):
+    model: str
+    results: list[RerankResult]
+    usage: dict
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: Input
+    model: str | None = None
+    instruction: str | None = None
+    top_k: int = Field(10, ge=1)
+    rerank: bool = False
+    rerank_mode: Literal["pairwise", "listwise"] = "pairwise"
+    rerank_top_k: int | None = Field(None, ge=1, description="how many of the top results to rerank (default top_k)")
+    include_thumbnails: bool = True
+
+
+class SearchHit(BaseModel):
+    rank: int
+    id: str
+    score: float
+    rerank_score: float | None = None
+    item: dict
+    metadata: dict
+    thumbnail: str | None = None
+
+
+class SearchResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    reranked: bool
+    data: list[SearchHit]

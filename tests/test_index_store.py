@@ -1,0 +1,155 @@
+"""`unime index build` / `unime search`: stored vectors, ids and metadata, append, resume, recall in the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unime.data.items import Item
+from unime.errors import DataError
+from unime.index.ann import IndexConfig, measure_recall
+from unime.index.store import CorpusIndex, IndexError_, build_corpus_index, read_corpus, search_items
+
+
+class HashEmbedder:
+    """Deterministic vectors from each item's text (independent of any model), counting encoded items."""
+
+    def __init__(self, dim=16, fail_after=None):
+        self.dim, self.calls, self.fail_after = dim, 0, fail_after
+
+    def encode(self, items, **kw):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls += 1
+        return np.stack([self.vec(it.text) for it in items])
+
+    def vec(self, text):
+        seed = int(hashlib.sha1(text.encode()).hexdigest()[:8], 16)
+        v = np.random.default_rng(seed).normal(size=self.dim).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+
+def _corpus(path: Path, n: int, start: int = 0) -> Path:
+    with open(path, "a") as fh:
+        for i in range(start, start + n):
+            fh.write(json.dumps({"id": f"doc{i}", "text": f"document number {i}", "metadata": {"n": i}}) + "\n")
+    return path
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    d = tmp_path / "fake_model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    return str(d)
+
+
+def _build(tmp_path, model_dir, emb, **kw):
+    return build_corpus_index(tmp_path / "corpus.jsonl", tmp_path / "idx", embedder=emb, model=model_dir,
+                              cache_dir=tmp_path / "cache", model_settings={"fake": True}, **kw)
+
+
+def test_append_and_resume_encode_only_new_items_and_search_is_exact(tmp_path, model_dir):
+    _corpus(tmp_path / "corpus.jsonl", 10)
+    emb = HashEmbedder(fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, model_dir, emb, chunk_size=3)
+    # two chunks (6 items) were committed before the interruption
+    assert len(CorpusIndex(tmp_path / "idx", load_faiss=False)) == 6
+    idx, stats = _build(tmp_path, model_dir, HashEmbedder(), chunk_size=3)
+    assert (stats.already_indexed, stats.added, stats.encoded) == (6, 4, 4)
+    _corpus(tmp_path / "corpus.jsonl", 5, start=10)
+    idx, stats = _build(tmp_path, model_dir, HashEmbedder(), chunk_size=3)
+    assert (stats.already_indexed, stats.added, stats.encoded) == (10, 5, 5)
+    assert len(idx) == 15 and [e["id"] for e in idx.entries] == [f"doc{i}" for i in range(15)]
+    assert idx.entries[12]["metadata"] == {"n": 12}
+    ref = HashEmbedder()
+    expected = np.stack([ref.vec(f"document number {i}") for i in range(15)])
+    np.testing.assert_allclose(idx.vectors(), expected, atol=1e-6)
+    q = ref.vec("a query")
+    hits = search_items(idx, q[None], 5)[0]
+    assert [h["id"] for h in hits] == [f"doc{i}" for i in np.argsort(-(expected @ q))[:5]]
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(expected @ q)[::-1][:5], atol=1e-5)
+    m = idx.manifest
+    assert m["count"] == 15 and m["index"]["kind"] == "flat" and m["index"]["recall"]["exact"] is True
+    # another model's vectors never mix into this index
+    other = tmp_path / "other_model"
+    other.mkdir()
+    (other / "config.json").write_text('{"x": 1}')
+    with pytest.raises(IndexError_, match="was built with model"):
+        build_corpus_index(tmp_path / "corpus.jsonl", tmp_path / "idx", embedder=ref, model=str(other),
+                           model_settings={"fake": True})
+
+
+def test_float16_vectors_and_approximate_index_recall_in_the_manifest(tmp_path, model_dir):
+    _corpus(tmp_path / "corpus.jsonl", 2000)
+    idx, _ = _build(tmp_path, model_dir, HashEmbedder(dim=16), vector_dtype="float16", index="hnsw",
+                    index_config=IndexConfig(hnsw_m=4, ef_search=10), recall_k=10, recall_sample=100, chunk_size=500)
+    assert np.load(sorted((tmp_path / "idx" / "chunks").glob("*.npy"))[0]).dtype == np.float16
+    rec = idx.manifest["index"]["recall"]
+    assert rec["exact"] is False and rec["k"] == 10 and rec["sample"] == 100
+    # the same measurement repeated independently on the reopened index (same seed → same sample)
+    again = measure_recall(idx.faiss, idx.vectors(), k=10, sample=100, seed=0)
+    assert rec["recall"] == pytest.approx(again["recall"])
+    assert 0.0 < rec["recall"] <= 1.0
+    assert idx.manifest["index"]["memory_bytes"] > 2000 * 16 * 4
+
+
+def test_corpus_errors_name_the_line(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n')
+    with pytest.raises(DataError, match=r"line 2.*duplicate id 'a' \(first on line 1\)"):
+        read_corpus(p)
+    p.write_text('{"text": "x", "colour": "red"}\n')
+    with pytest.raises(DataError, match=r"line 1.*unknown keys \['colour'\]"):
+        read_corpus(p)
+
+
+def test_refuses_to_write_into_a_foreign_folder(tmp_path, model_dir):
+    _corpus(tmp_path / "corpus.jsonl", 2)
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "notes.txt").write_text("mine")
+    with pytest.raises(IndexError_, match="not a unime index"):
+        _build(tmp_path, model_dir, HashEmbedder())
+    assert (tmp_path / "idx" / "notes.txt").read_text() == "mine"
+
+
+def test_cli_build_and_search_with_a_tiny_model(tmp_path, tiny_model_dir, capsys):
+    from unime.cli import main
+    from unime.models.embedder import Embedder
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i, rgb in enumerate([(220, 30, 30), (30, 200, 40), (30, 40, 220)]):
+        Image.new("RGB", (40, 32), rgb).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"id": f"im{i}", "image": f"img/{i}.png", "metadata": {"rgb": list(rgb)}})
+    rows += [{"id": "t0", "text": "a red square"}, {"id": "t1", "text": "a blue circle"}]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = tiny_model_dir("qwen2_vl")
+    assert main(["index", "build", "--model", model, "--items", str(tmp_path / "corpus.jsonl"), "--out",
+                 str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]) == 0
+    idx = CorpusIndex(tmp_path / "idx")
+    assert idx.entries[0]["thumbnail"].startswith("data:image/jpeg;base64,")
+    emb = Embedder.from_pretrained(model, device="cpu", data_root=str(tmp_path))
+    items = [Item(images=(f"img/{i}.png",)) for i in range(3)] + [Item(text="a red square"), Item(text="a blue circle")]
+    np.testing.assert_allclose(idx.vectors(), emb.encode(items), atol=1e-5)
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query", "red", "--k", "3", "--json",
+                 "--device", "cpu"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = np.argsort(-(emb.encode([Item(text="red")])[0] @ emb.encode(items).T))[:3]
+    assert [h["id"] for h in hits] == [rows[i]["id"] for i in expected]
+
+
+def test_reads_a_demo_world_items_file(tmp_path):
+    p = tmp_path / "items.jsonl"
+    p.write_text('{"key": "k1", "item": {"text": "", "images": ["images/a.png"]}, "meta": {"kind": "scene"}}\n'
+                 '{"key": "k2", "item": {"text": "a red star"}, "meta": {}}\n')
+    e = read_corpus(p)
+    assert [(x.id, x.item.images, x.item.text, x.metadata) for x in e] == [
+        ("k1", ("images/a.png",), "", {"kind": "scene"}), ("k2", (), "a red star", {})]

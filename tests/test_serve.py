@@ -1,0 +1,358 @@
+"""`unime serve` against a real uvicorn process on a free loopback port: each endpoint, the OpenAI client,
+rerank order vs the in-process Reranker, a bad-request corpus, dynamic batching, SIGTERM drain."""
+
+from __future__ import annotations
+
+import base64
+import io
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve_support import COLOURS, Server, png_uri, write_corpus
+from unime.data.items import Item
+from unime.serve.auth import key_matches
+from unime.serve.config import ServeConfig
+
+KEY = "test-key-0123456789abcdef"
+MODEL = "tiny-embedder"
+RERANKER = "tiny-reranker"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_model_dir):
+    """A corpus index built with the tiny embedder, and the in-process models to compare with."""
+    from unime.index.store import build_corpus_index
+    from unime.models.embedder import Embedder
+    from unime.models.embedding_cache import embedding_settings
+    from unime.models.reranker import Reranker
+
+    root = tmp_path_factory.mktemp("serve_world")
+    corpus = write_corpus(root)
+    model = tiny_model_dir("qwen2_vl")
+    emb = Embedder.from_pretrained(model, device="cpu", dtype="auto", data_root=str(root))
+    idx, _ = build_corpus_index(corpus, root / "idx", embedder=emb, model=model, cache_dir=root / "cache",
+                                model_settings=embedding_settings(emb, "auto"))
+    rr = Reranker.from_pretrained(model, device="cpu", data_root=str(root))
+    (root / "keys.txt").write_text(f"# keys\n{KEY}\nanother-key-abcdefghijklmnop\n")
+    return {"root": root, "model": model, "emb": emb, "rr": rr, "idx": idx}
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    s = Server(["--model", world["model"], "--model-name", MODEL, "--reranker", world["model"], "--reranker-name",
+                RERANKER, "--index", str(world["root"] / "idx"), "--api-key-file", str(world["root"] / "keys.txt"),
+                "--max-body-bytes", "200000", "--max-image-pixels", "1000000", "--max-items", "16",
+                "--max-text-chars", "500", "--max-wait-ms", "20", "--max-batch-size", "8"],
+               log_path=world["root"] / "server.log")
+    try:
+        yield s.wait_ready()
+    finally:
+        s.stop()
+
+
+def _client(server, key=KEY):
+    return httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=60)
+
+
+def test_health_and_docs(server):
+    r = httpx.get(server.base + "/health")
+    assert r.status_code == 200 and r.json()["model"] == MODEL and r.json()["index_items"] == 8
+    assert r.json()["auth"] is True and r.json()["dim"] > 0
+    assert httpx.get(server.base + "/docs").status_code == 200
+    paths = httpx.get(server.base + "/openapi.json").json()["paths"]
+    assert {"/v1/embeddings", "/v1/rerank", "/v1/search", "/health", "/metrics"} <= set(paths)
+
+
+def test_openai_client_gets_the_in_process_embeddings(server, world):
+    import openai
+
+    client = openai.OpenAI(base_url=server.base + "/v1", api_key=KEY)
+    texts = ["a red circle", "a blue square", "a red circle", "green"]
+    resp = client.embeddings.create(model=MODEL, input=texts)  # the client asks for base64 by default
+    got = np.array([d.embedding for d in resp.data], dtype=np.float32)
+    np.testing.assert_allclose(got, world["emb"].encode(texts), atol=1e-5)
+    assert [d.index for d in resp.data] == [0, 1, 2, 3] and resp.model == MODEL
+    assert resp.usage.prompt_tokens > 0 and resp.usage.total_tokens == resp.usage.prompt_tokens
+    one = client.embeddings.create(model=MODEL, input="green", encoding_format="float")
+    np.testing.assert_allclose(one.data[0].embedding, world["emb"].encode(["green"])[0], atol=1e-5)
+
+
+def test_multimodal_items_with_instruction_and_base64(server, world):
+    img = Image.new("RGB", (40, 30), COLOURS["blue"])
+    body = {"model": MODEL, "encoding_format": "base64", "instruction": "Represent the given image.",
+            "input": [{"image": png_uri(img)}, {"text": "what colour?", "image": png_uri(img)}, "plain text"]}
+    with _client(server) as c:
+        r = c.post("/v1/embeddings", json=body)
+    assert r.status_code == 200, r.text
+    got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    expected = world["emb"].encode([Item(text="Represent the given image.", images=(buf.getvalue(),)),
+                                    Item(text="Represent the given image.\nwhat colour?", images=(buf.getvalue(),)),
+                                    Item(text="Represent the given image.\nplain text")])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_rerank_pairwise_and_listwise_equal_the_in_process_reranker(server, world):
+    rr = world["rr"]
+    docs = ["a red square", "a blue circle", "green grass", "a yellow star", "red"]
+    with _client(server) as c:
+        r = c.post("/v1/rerank", json={"model": RERANKER, "query": "something red", "documents": docs,
+                                        "return_documents": True, "top_n": 3})
+        r2 = c.post("/v1/rerank", json={"query": "something red", "documents": docs, "mode": "listwise"})
+    assert r.status_code == 200, r.text
+    scores = rr.score_pairs(Item(text="something red"), docs)
+    expected = np.argsort(-scores, kind="stable")[:3].tolist()
+    res = r.json()["results"]
+    assert [x["index"] for x in res] == expected
+    np.testing.assert_allclose([x["relevance_score"] for x in res], scores[expected], atol=1e-5)
+    assert [x["document"]["text"] for x in res] == [docs[i] for i in expected]
+    assert r2.status_code == 200, r2.text
+    picked = rr.pick(Item(text="something red"), docs)
+    assert [x["index"] for x in r2.json()["results"]] == [picked] + [i for i in range(5) if i != picked]
+    assert r2.json()["results"][0]["relevance_score"] == 1.0
+
+
+def test_search_with_and_without_rerank(server, world):
+    from unime.index.store import search_items
+
+    q = world["emb"].encode(["a red square"])
+    expected = search_items(world["idx"], q, 5)[0]
+    with _client(server) as c:
+        r = c.post("/v1/search", json={"query": "a red square", "top_k": 5})
+        rr = c.post("/v1/search", json={"query": "a red square", "top_k": 5, "rerank": True, "rerank_top_k": 4})
+        img = c.post("/v1/search", json={"query": {"image": png_uri(Image.new("RGB", (48, 40), COLOURS["green"]))},
+                                          "top_k": 2, "include_thumbnails": False})
+    assert r.status_code == 200, r.text
+    hits = r.json()["data"]
+    assert [h["id"] for h in hits] == [h["id"] for h in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], [h["score"] for h in expected], atol=1e-5)
+    assert hits[0]["metadata"]["colour"] and any(h.get("thumbnail", "").startswith("data:image/jpeg") for h in hits)
+    # rerank: the top 4 reordered by P(Yes) of the in-process reranker (on the indexed items), rank 5 untouched
+    cands = [world["idx"].item(h["row"]) for h in expected[:4]]
+    p = world["rr"].score_pairs(Item(text="a red square"), cands)
+    order = np.argsort(-p, kind="stable").tolist()
+    got = rr.json()
+    assert got["reranked"] is True
+    assert [h["id"] for h in got["data"]] == [expected[i]["id"] for i in order] + [expected[4]["id"]]
+    np.testing.assert_allclose([h["rerank_score"] for h in got["data"][:4]], p[order], atol=1e-5)
+    assert [h["rank"] for h in got["data"]] == [1, 2, 3, 4, 5]
+    assert img.status_code == 200 and img.json()["data"][0]["id"] == "img-green"
+    assert "thumbnail" not in img.json()["data"][0]
+
+
+def test_dynamic_batching_coalesces_concurrent_requests(server, world):
+    texts = [f"query number {i}" for i in range(24)]
+    out: dict[int, list] = {}
+
+    def call(i):
+        with _client(server) as c:
+            out[i] = c.post("/v1/embeddings", json={"model": MODEL, "input": texts[i]}).json()["data"][0]["embedding"]
+
+    with _client(server) as c:
+        before = _metric(c.get("/metrics").text, "unime_batch_size_count")
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with _client(server) as c:
+        m = c.get("/metrics").text
+    batches = _metric(m, "unime_batch_size_count") - before
+    assert 3 <= batches < 24  # 24 single-item requests in fewer encoder calls (at most 8 items each)
+    np.testing.assert_allclose(np.array([out[i] for i in range(24)]), world["emb"].encode(texts), atol=1e-5)
+    assert 'unime_requests_total{endpoint="/v1/embeddings",status="200"}' in m
+    assert "unime_request_latency_seconds_bucket" in m and "unime_queue_depth" in m
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+               or line.startswith(name + "{"))
+
+
+def _bomb() -> str:
+    # 4000 x 4000 = 16 M pixels of one colour: a small PNG over the 1 M pixel limit
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000), 0).save(buf, format="PNG", optimize=True)
+    assert len(buf.getvalue()) < 150_000
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+BAD = [
+    ("malformed json", dict(content=b'{"model": "tiny-embedder", "input": ', headers={"Content-Type": "application/json"}),
+     400, "malformed JSON"),
+    ("wrong type", dict(json={"model": MODEL, "input": 5}), 422, "input"),
+    ("token arrays", dict(json={"model": MODEL, "input": [[1, 2, 3]]}), 422, "input"),
+    ("unknown field", dict(json={"model": MODEL, "input": "x", "colour": 1}), 422, "colour"),
+    ("empty list", dict(json={"model": MODEL, "input": []}), 400, "empty input list"),
+    ("empty string", dict(json={"model": MODEL, "input": ""}), 400, "empty input"),
+    ("oversized body", dict(json={"model": MODEL, "input": "x" * 300_000}), 413, "over the limit"),
+    ("too many items", dict(json={"model": MODEL, "input": ["x"] * 17}), 413, "over the limit of 16"),
+    ("long text", dict(json={"model": MODEL, "input": "y" * 501}), 400, "over the limit of 500"),
+    ("bomb image", dict(json={"model": MODEL, "input": [{"image": "BOMB"}]}), 400, "over the limit 1000000"),
+    ("file path", dict(json={"model": MODEL, "input": [{"image": "/etc/passwd"}]}), 400, "never reads files"),
+    ("relative path", dict(json={"model": MODEL, "input": [{"image": "img/red.png"}]}), 400, "never reads files"),
+    ("url", dict(json={"model": MODEL, "input": [{"image": "http://127.0.0.1:1/x.png"}]}), 400, "fetches URLs"),
+    ("file url", dict(json={"model": MODEL, "input": [{"image": "file:///etc/passwd"}]}), 400, "never reads files"),
+    ("not an image", dict(json={"model": MODEL, "input": [{"image": "data:image/png;base64,aGVsbG8="}]}), 400,
+     "corrupt or unreadable"),
+    ("bad base64", dict(json={"model": MODEL, "input": [{"image": "data:image/png;base64,@@@"}]}), 400, "base64"),
+    ("unknown model", dict(json={"model": "gpt-4", "input": "x"}), 404, "model 'gpt-4' not found"),
+    ("bad dimensions", dict(json={"model": MODEL, "input": "x", "dimensions": 3}), 400, "dimensions"),
+    ("missing key", dict(json={"model": MODEL, "input": "x"}, key=None), 401, "missing API key"),
+    ("wrong key", dict(json={"model": MODEL, "input": "x"}, key="wrong-key-0123456789abcdef"), 401, "invalid API key"),
+]
+
+
+@pytest.mark.parametrize("name,kw,status,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(server, name, kw, status, message):
+    kw = dict(kw)
+    key = kw.pop("key", KEY)
+    if "json" in kw and kw["json"].get("input") == [{"image": "BOMB"}]:
+        kw["json"] = {**kw["json"], "input": [{"image": _bomb()}]}
+    with _client(server, key) as c:
+        r = c.post("/v1/embeddings", **kw)
+        assert r.status_code == status, r.text
+        body = r.json()
+        assert message in body["error"]["message"], body
+        assert "Traceback" not in r.text and 'File "' not in r.text
+        good = _client(server).post("/v1/embeddings", json={"model": MODEL, "input": "still serving"})
+        assert good.status_code == 200 and len(good.json()["data"]) == 1
+
+
+def test_other_endpoints_reject_bad_requests(server):
+    with _client(server) as c:
+        assert c.post("/v1/rerank", json={"query": "q", "documents": []}).status_code == 400
+        r = c.post("/v1/rerank", json={"model": MODEL, "query": "q", "documents": ["a"]})
+        assert r.status_code == 404 and "reranker is 'tiny-reranker'" in r.json()["error"]["message"]
+        r = c.post("/v1/search", json={"query": "q", "top_k": 5000})
+        assert r.status_code == 400 and "top_k" in r.json()["error"]["message"]
+        assert c.get("/v1/nothing").status_code == 404
+        assert c.get("/v1/embeddings").status_code == 405
+    assert httpx.get(server.base + "/metrics").status_code == 401
+
+
+def test_cors_is_off_by_default(server):
+    r = httpx.options(server.base + "/v1/embeddings", headers={"Origin": "http://evil.example",
+                                                               "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in {k.lower() for k in r.headers}
+
+
+def test_auth_rules():
+    assert key_matches("k" * 20, ["x" * 20, "k" * 20]) and not key_matches("k" * 19, ["k" * 20])
+    with pytest.raises(ValueError, match="only allowed when binding to loopback"):
+        ServeConfig(model="m", no_auth=True, host="0.0.0.0").check()
+    with pytest.raises(ValueError, match="no API keys"):
+        ServeConfig(model="m", host="127.0.0.1").check()
+    ServeConfig(model="m", no_auth=True, host="127.0.0.1").check()
+    ServeConfig(model="m", api_keys=["k" * 20], host="0.0.0.0").check()
+
+
+def test_sigterm_drains_in_flight_requests(world, tmp_path):
+    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "4"], log_path=tmp_path / "log").wait_ready()
+    try:
+        result = {}
+        texts = [f"a long request item {i} " * 8 for i in range(48)]
+
+        def call():
+            result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts}, timeout=120)
+
+        t = threading.Thread(target=call)
+        t.start()
+        # wait until the request is being served, then ask the server to stop
+        for _ in range(200):
+            if s.proc.poll() is None and _metric(httpx.get(s.base + "/metrics").text, "unime_queue_depth") > 0:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the request never reached the encoder queue")
+        s.proc.send_signal(signal.SIGTERM)
+        t.join(120)
+        assert s.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its graceful shutdown
+        r = result["r"]  # the served model's name defaults to its folder's name, 'model'
+        assert r.status_code == 200, r.text
+        assert len(r.json()["data"]) == 48
+    finally:
+        s.stop()
+
+
+def _chromium():
+    import shutil
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium chromium-driver)")
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+
+
+def test_search_page_in_a_real_browser(server, world, tmp_path):
+    import os
+    import shutil
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chromium()
+    try:
+        browser.get(server.base + "/")
+        wait = WebDriverWait(browser, 60)
+
+        def results(reranked: str):
+            wait.until(lambda b: b.find_element(By.ID, "grid").get_attribute("data-reranked") == reranked
+                       and b.find_elements(By.CSS_SELECTOR, "#grid .result"))
+            return [e.get_attribute("data-id") for e in browser.find_elements(By.CSS_SELECTOR, "#grid .result")]
+
+        browser.find_element(By.ID, "key").send_keys(KEY)
+        browser.find_element(By.ID, "k").clear()
+        browser.find_element(By.ID, "k").send_keys("6")
+        browser.find_element(By.ID, "q").send_keys("a red square")
+        browser.find_element(By.ID, "go").click()
+        with _client(server) as c:
+            api_hits = c.post("/v1/search", json={"query": "a red square", "top_k": 6}).json()["data"]
+            api = [h["id"] for h in api_hits]
+            api_rr = [h["id"] for h in c.post("/v1/search", json={"query": "a red square", "top_k": 6,
+                                                                   "rerank": True}).json()["data"]]
+        assert results("false") == api
+        thumbs = browser.find_elements(By.CSS_SELECTOR, "#grid .result img")
+        assert len(thumbs) == sum("thumbnail" in h for h in api_hits) > 0 and all(t.get_attribute("naturalWidth") != "0" for t in thumbs)
+        scores = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#grid .score")]
+        assert scores[0].startswith("#1 ") and "rerank" not in scores[0]
+        # the rerank toggle
+        browser.find_element(By.ID, "rerank").click()
+        browser.find_element(By.ID, "go").click()
+        assert results("true") == api_rr
+        assert "rerank" in browser.find_elements(By.CSS_SELECTOR, "#grid .score")[0].text
+        # an image query chosen in the page (the browser reads the file, the server gets a data URI)
+        browser.find_element(By.ID, "rerank").click()
+        browser.find_element(By.ID, "q").clear()
+        browser.find_element(By.ID, "file").send_keys(str(world["root"] / "img" / "green.png"))
+        wait.until(EC.presence_of_element_located((By.ID, "query-image")))
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#grid .result")
+                   and b.find_elements(By.CSS_SELECTOR, "#grid .result")[0].get_attribute("data-id") == "img-green")
+        shot = tmp_path / "search_page.png"
+        assert browser.save_screenshot(str(shot))
+        with Image.open(shot) as im:
+            assert im.size[0] >= 800
+        if os.environ.get("UNIME_TEST_ARTIFACTS"):
+            os.makedirs(os.environ["UNIME_TEST_ARTIFACTS"], exist_ok=True)
+            shutil.copy(shot, os.path.join(os.environ["UNIME_TEST_ARTIFACTS"], "search_page.png"))
+        assert browser.find_element(By.ID, "status").text == ""
+    finally:
+        browser.quit()

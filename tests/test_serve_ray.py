@@ -1,0 +1,46 @@
+"""`unime serve --ray --replicas 2`: the same app as a Ray Serve deployment with two replicas (slow)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from serve_support import Server
+
+pytest.importorskip("ray.serve")
+
+
+@pytest.mark.slow
+def test_two_ray_serve_replicas_answer_like_the_in_process_embedder(tiny_model_dir, tmp_path):
+    from unime.models.embedder import Embedder
+
+    model = tiny_model_dir("qwen2_vl")
+    s = Server(["--model", model, "--model-name", "tiny", "--no-auth", "--ray", "--replicas", "2", "--threads", "1",
+                "--ray-cpus-per-replica", "0.5"], log_path=tmp_path / "ray.log")
+    try:
+        s.wait_ready(timeout=300)
+        # both replicas serve requests (Ray's proxy learns of the second one shortly after the app is up)
+        pids: set[int] = set()
+        deadline = time.time() + 120
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            while len(pids) < 2 and time.time() < deadline:
+                pids |= set(pool.map(lambda _: httpx.get(s.base + "/health", timeout=60).json()["pid"], range(16)))
+                time.sleep(1)
+        assert len(pids) == 2, pids
+        texts = ["a red circle", "a blue square", "green"]
+        r = httpx.post(s.base + "/v1/embeddings", json={"model": "tiny", "input": texts}, timeout=120)
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, Embedder.from_pretrained(model, device="cpu").encode(texts), atol=1e-5)
+        bad = httpx.post(s.base + "/v1/embeddings", json={"model": "tiny", "input": [{"image": "/etc/passwd"}]},
+                         timeout=60)
+        assert bad.status_code == 400 and "never reads files" in bad.json()["error"]["message"]
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(120) == 0
+    finally:
+        s.stop()
