@@ -44,8 +44,13 @@ class DemoSettings:
 
     family: str = "qwen2_vl"
     world_size: str = "default"
+    pretrain: str = "default"  # `unime models pretrain --preset`: the backbone of the embedder and the judge
+    # world overrides (`unime data synth --train-scenes/--train-per-task`); None = the size preset's value.
+    # 150 records per task (the preset's 50 left even an independent dual encoder far from saturation)
+    world_train_scenes: int | None = 720
+    world_train_per_task: int | None = 150
     seeds: tuple[int, ...] = (0, 1)
-    # tiny backbone shape (models build-tiny)
+    # backbone shape of the Embed-RL group's models (models build-tiny); the UniME-V2 stages use `pretrain`
     hidden: int = 128
     layers: int = 4
     vision_depth: int = 2
@@ -93,7 +98,8 @@ class DemoSettings:
         if name == "default":
             return cls()
         if name == "quick":
-            return cls(world_size="tiny", seeds=(0,), hidden=64, layers=2, vision_depth=1, judge_steps=40,
+            return cls(world_size="tiny", pretrain="quick", world_train_scenes=None, world_train_per_task=None,
+                       seeds=(0,), hidden=64, layers=2, vision_depth=1, judge_steps=40,
                        embed_steps=20, rerank_steps=20, k=10, count=4, hard_negatives=4, rerank_negatives=3,
                        rerank_topk=3, er_records=24, er_judge_steps=20, er_embed_steps=8, er_sft_epochs=1.0,
                        er_grpo_steps=2, er_max_new_tokens=48)
@@ -171,14 +177,25 @@ class Demo:
         s, dev = self.s, ["--device", self.device]
         world = self.world
 
+        world_sizes = [arg for flag, value in (("--train-scenes", s.world_train_scenes),
+                                               ("--train-per-task", s.world_train_per_task)) if value is not None
+                       for arg in (flag, value)]
         self.stage("world", [world / "world.json"], lambda c: self.run_cli(
-            ["data", "synth", "--out", world, "--size", s.world_size, "--overwrite"], c))
+            ["data", "synth", "--out", world, "--size", s.world_size, *world_sizes, "--overwrite"], c))
 
         def models(c):
-            for role, seed in (("embedder-base", 0), ("judge-base", 1)):
-                self.run_cli(["models", "build-tiny", "--family", s.family, "--out", self.p("models", role),
-                              "--seed", seed, "--hidden", s.hidden, "--layers", s.layers,
-                              "--vision-depth", s.vision_depth], c)
+            # the paper starts from pretrained models: the pretrained tiny base (cached per machine by recipe,
+            # its corpus disjoint from this world's eval scenes) is both the embedder's and the judge's start
+            from unime.demo.pretrain import PretrainRecipe, pretrain
+
+            recipe = PretrainRecipe.preset(s.pretrain).replace(family=s.family)
+            c.append(f"unime models pretrain --preset {s.pretrain} --family {s.family} --exclude-world "
+                     f"{shlex.quote(str(world))} --device {self.device}")
+            result = pretrain(recipe, exclude_world=world, device=self.device, progress=self.say)
+            for role in ("embedder-base", "judge-base"):
+                shutil.copytree(result.model, self.p("models", role))
+            (self.p("models", "pretrained.json")).write_text(json.dumps(
+                {**result.manifest, "path": str(result.path), "reused": result.reused}, indent=1))
         self.stage("models", [self.p("models", "embedder-base"), self.p("models", "judge-base")], models)
 
         judge_records = self.p("judge", "records.jsonl")
