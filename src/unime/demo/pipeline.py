@@ -205,11 +205,14 @@ class Demo:
             from unime.data.synth import World
             from unime.demo.judge_data import judge_training_records
 
-            recs = judge_training_records(World.load(world), negatives_per_query=s.judge_negatives)
+            stats: dict = {}
+            recs = judge_training_records(World.load(world), negatives_per_query=s.judge_negatives, stats=stats)
             judge_records.parent.mkdir(parents=True, exist_ok=True)
             write_records(recs, judge_records)
+            _write_json(self.p("judge", "records_stats.json"), stats)
             c.append(f"# python: unime.demo.judge_data.judge_training_records(World.load('{world}')) "
-                     f"-> {len(recs)} records")
+                     f"-> {len(recs)} records ({stats.get('other_task', 0)} of {stats.get('negatives', 0)} "
+                     "negatives from other tasks)")
         self.stage("judge-data", [judge_records], judge_data)
 
         judge_dir = self.p("judge", "model")
@@ -308,6 +311,13 @@ def _torch_threads(n: int | None = None) -> int:
     if n is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def fresh(out: str | os.PathLike) -> None:
