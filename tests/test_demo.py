@@ -150,7 +150,7 @@ def test_judge_gate_numbers_by_hand(tmp_path):
     # the failure the issue describes: every score in [0.1939, 0.1989], every query a fallback
     _fake_mining(tmp_path / "flat", [(q, 0.1960, [0.1939 + 0.0005 * k for k in range(5)], "fallback")
                                      for q in range(6)])
-    g = judge_gate(tmp_path / "flat")
+    g = judge_gate(tmp_path / "flat", max_fallback_share=0.2)
     assert g.median_spread == pytest.approx(0.0021) and g.fallback_share == 1.0 and g.weak
     assert len(g.reasons()) == 2 and "0.0021" in g.reasons()[0] and "100.0 %" in g.reasons()[1]
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unime.errors import DataError, DemoStopped
+from unime.errors import DataError
+from unime.mining.sampling import DEFAULT_BETA
 
 
 @dataclass
@@ -70,7 +71,7 @@ def query_spreads(query_index, candidate_scores, positive_scores) -> dict[int, f
     return out
 
 
-def judge_gate(mined_dir: str | Path, *, max_fallback_share: float = 0.2) -> JudgeGate:
+def judge_gate(mined_dir: str | Path, *, max_fallback_share: float) -> JudgeGate:
     """The numbers of the check from `unime mine`'s outputs in `mined_dir` (see the module doc)."""
     import pyarrow.parquet as pq
 
@@ -80,7 +81,7 @@ def judge_gate(mined_dir: str | Path, *, max_fallback_share: float = 0.2) -> Jud
         if not path.is_file():
             raise DataError("mining output not found (run `unime mine` first)", source=str(path))
     stats = json.loads(stats_path.read_text())
-    beta = float(stats.get("config", {}).get("beta", 0.01))
+    beta = float(stats.get("config", {}).get("beta", DEFAULT_BETA))
     table = pq.read_table(audit_path, columns=["query_index", "judge_score", "positive_score", "status"]).to_pydict()
     if not table["query_index"]:
         raise DataError("no (query, candidate) rows", source=str(audit_path))
