@@ -66,3 +66,11 @@ def tiny_world_dir(tmp_path_factory):
         return cache[seed]
 
     return get
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_unime_cache(tmp_path_factory):
+    """unime's per-machine caches (pretrained bases, embeddings) go to a session folder, not the home."""
+    if "UNIME_CACHE_DIR" not in os.environ:
+        os.environ["UNIME_CACHE_DIR"] = str(tmp_path_factory.mktemp("unime_cache"))
+    yield

@@ -16,26 +16,68 @@ def tiny_world(tiny_world_dir):
 
 def test_judge_records_follow_ground_truth(tiny_world):
     from unime.demo.judge_data import judge_training_records
+    from unime.mining.retrieval import build_pool
 
-    recs = judge_training_records(tiny_world, negatives_per_query=3, extra_positives=1, seed=0)
+    stats: dict = {}
+    recs = judge_training_records(tiny_world, negatives_per_query=3, extra_positives=1, seed=0, stats=stats)
     assert len({r.id for r in recs}) == len(recs)
-    labelled = {r.id for r in tiny_world.records}
-    n_extra = 0
+    labelled = {r.id: r for r in tiny_world.records}
+    pool_keys = {it.key for it in build_pool(tiny_world.records)}  # the pool mining retrieves from
+    own_task = {}
+    for r in tiny_world.records:
+        own_task.setdefault(r.dataset, set()).add(r.positive.key)
+    n_extra = n_neg = n_other = 0
     for r in recs:
+        # every Yes is a full match, every No is not, and every item is one mining can retrieve
         assert tiny_world.relevance(r.query, r.positive) == 1.0
         assert 1 <= len(r.negatives) <= 3
+        assert r.positive.key in pool_keys and all(n.key in pool_keys for n in r.negatives)
+        assert len({n.key for n in r.negatives} | {r.positive.key}) == len(r.negatives) + 1
         for n in r.negatives:
             assert tiny_world.relevance(r.query, n) < 1.0
         if "-fn" in r.id:
             n_extra += 1
+            base = labelled[r.id.split("-judge-fn")[0]]
+            assert r.positive.key != base.positive.key and r.query.key == base.query.key
         else:
             assert r.id.removesuffix("-judge") in labelled
-    # same seed → same records; the extra positives are drawn from real false negatives only
+            assert r.positive.key == labelled[r.id.removesuffix("-judge")].positive.key
+            n_neg += len(r.negatives)
+            n_other += sum(n.key not in own_task[r.dataset] for n in r.negatives)
+    # the negatives are not only the same task's answers: a share comes from the other tasks
+    assert n_extra > 0 and 0.2 < n_other / n_neg < 1.0, (n_other, n_neg)
+    assert stats["other_task"] == n_other and stats["negatives"] == n_neg and stats["extra_yes"] == n_extra
+    assert stats["task_hard"] > 0 and stats["global_hard"] > 0 and stats["global_random"] > 0
+    # same seed → same records; another seed → other draws
     again = judge_training_records(tiny_world, negatives_per_query=3, extra_positives=1, seed=0)
     assert [(r.id, r.positive.key, [n.key for n in r.negatives]) for r in recs] == \
            [(r.id, r.positive.key, [n.key for n in r.negatives]) for r in again]
+    other = judge_training_records(tiny_world, negatives_per_query=3, extra_positives=1, seed=1)
+    assert [[n.key for n in r.negatives] for r in recs] != [[n.key for n in r.negatives] for r in other]
     none = judge_training_records(tiny_world, negatives_per_query=3, extra_positives=0, seed=0)
     assert len(none) == len(recs) - n_extra
+
+
+def test_judge_records_hard_negatives_are_the_hardest_of_their_source(tiny_world):
+    """With the whole pool as the sample, the global-hard negative of a query is a most relevant item
+    below 1.0 of the entire pool (checked against a brute-force scan)."""
+    from unime.demo.judge_data import judge_training_records
+    from unime.mining.retrieval import build_pool
+
+    pool = build_pool(tiny_world.records)
+    recs = judge_training_records(tiny_world, negatives_per_query=2, extra_positives=0, seed=0,
+                                  global_sample=len(pool), task_sample=len(pool))
+    by_id = {r.id: r for r in tiny_world.records}
+    for r in recs:
+        src = by_id[r.id.removesuffix("-judge")]
+        rel = [tiny_world.relevance(r.query, it) for it in pool]
+        same = [tiny_world.relevance(r.query, x.positive) for x in tiny_world.records if x.dataset == src.dataset]
+        best_task = max([v for v in same if v < 1.0], default=None)
+        best_global = max(v for v in rel if v < 1.0)
+        # round-robin: first the same task's hardest, then the pool's hardest not yet taken
+        assert tiny_world.relevance(r.query, r.negatives[0]) == best_task
+        assert tiny_world.relevance(r.query, r.negatives[1]) <= best_global
+        assert tiny_world.relevance(r.query, r.negatives[1]) >= sorted((v for v in rel if v < 1.0), reverse=True)[1]
 
 
 @pytest.mark.slow
@@ -44,8 +86,16 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
 
     out = tmp_path / "demo"
     messages: list[str] = []
-    report = Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True).run()
+    times = tmp_path / "stage_seconds.json"
+    report = Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True,
+                  timings=times).run()
     text = report.read_text()
+    assert messages[0].startswith("[demo] stage 1/15 world: elapsed 0:00, remaining: no recorded stage times yet")
+    # the learnability reference ran per seed, and the Table 4 rows carry the bootstrap against the baseline
+    assert (out / "eval" / "reference_s0" / "summary.json").is_file()
+    ref_row = next(line for line in text.splitlines() if "Learnability reference (CNN+GRU" in line)
+    assert ref_row.rstrip("| ").endswith(("yes", "no")), ref_row
+    assert "Learnability reference: a small CNN + GRU dual encoder" in text
     assert "## Ablation" in text and "## Reranker" in text and "## Mining and the judge audit" in text
     for title in ("no HN, no soft labels", "hard negatives (InfoNCE)", "soft labels (symmetric KL)",
                   "hard negatives, ground truth as judge", "soft labels, ground truth as judge"):
@@ -64,6 +114,119 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     assert oracle and all(world.relevance(r.query, n) <= 0.99 for r in oracle for n in r.negatives)
     # a second run skips every stage but the report
     messages.clear()
-    Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True).run()
+    Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True, timings=times).run()
     skipped = [m for m in messages if m.endswith("skipped")]
-    assert len(skipped) == 13, messages
+    assert len(skipped) == 14, messages
+
+
+def _fake_mining(mined, rows, *, beta=0.01):
+    """A fabricated `unime mine` output: audit.parquet rows (query, candidate score, positive score, status)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mined.mkdir(parents=True, exist_ok=True)
+    cols = {"query_index": [], "judge_score": [], "positive_score": [], "status": []}
+    for q, pos, cands, status in rows:
+        for c in cands:
+            for k, v in zip(cols, (q, c, pos, status)):
+                cols[k].append(v)
+    pq.write_table(pa.table(cols), mined / "audit.parquet")
+    (mined / "stats.json").write_text(json.dumps({"config": {"beta": beta}, "records": len(rows)}))
+    (mined / "mined.parquet").write_text("")
+
+
+def test_judge_gate_numbers_by_hand(tmp_path):
+    from unime.demo.judge_gate import judge_gate
+
+    # spreads (max - min over positive + candidates): 0.7, 0.07, 0.0, 0.8 → median 0.385,
+    # quartiles (linear) 0.0525 / 0.725; one query of four fell back
+    _fake_mining(tmp_path / "m", [(0, 0.8, [0.1, 0.3], "ok"), (1, 0.6, [0.55, 0.62], "ok"),
+                                  (2, 0.2, [0.2, 0.2], "fallback"), (3, 0.5, [0.9, 0.1], "repeated")])
+    g = judge_gate(tmp_path / "m", max_fallback_share=0.3)
+    assert g.queries == 4 and g.median_spread == pytest.approx(0.385) and g.beta == 0.01
+    assert g.spread_quartiles == pytest.approx((0.0525, 0.725))
+    assert g.fallback_share == 0.25 and not g.weak
+    assert judge_gate(tmp_path / "m", max_fallback_share=0.2).weak  # 25 % > 20 %
+    # the failure the issue describes: every score in [0.1939, 0.1989], every query a fallback
+    _fake_mining(tmp_path / "flat", [(q, 0.1960, [0.1939 + 0.0005 * k for k in range(5)], "fallback")
+                                     for q in range(6)])
+    g = judge_gate(tmp_path / "flat", max_fallback_share=0.2)
+    assert g.median_spread == pytest.approx(0.0021) and g.fallback_share == 1.0 and g.weak
+    assert len(g.reasons()) == 2 and "0.0021" in g.reasons()[0] and "100.0 %" in g.reasons()[1]
+
+
+def _fabricate_done_stages(demo, stages):
+    """Stage markers and outputs as if these stages had run (so `Demo.run` skips them)."""
+    out, s = demo.out, demo.s
+    paths = {"world": [out / "world" / "world.json"], "reference": [d / "summary.json" for d in demo.reference_runs()],
+             "models": [out / "models" / "embedder-base", out / "models" / "judge-base"],
+             "judge-data": [out / "judge" / "records.jsonl"], "judge": [out / "judge" / "model" / "merged"],
+             "mine": [out / "mined" / "mined.parquet"], "reranker": [out / "reranker" / "unime_reranker.json"],
+             "eval": [out / "eval" / f"{r}_s{seed}" / "summary.json" for r in demo.embedder_runs() for seed in s.seeds]}
+    for row, key in (("baseline", "baseline"), ("hn", "hn"), ("soft", "soft")):
+        paths[key] = [d / "merged" for d in demo.embedder_runs()[row]]
+    for name in stages:
+        for p in paths.get(name, []):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if p.suffix in (".json", ".jsonl"):
+                p.write_text("{}" if p.suffix == ".json" else "")
+            elif p.suffix != ".parquet":
+                p.mkdir(exist_ok=True)
+        marker = out / "stages" / f"{name}.json"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"seconds": 10.0, "commands": [f"unime {name}"]}))
+
+
+def test_demo_stops_after_mine_when_the_judge_is_flat_and_continues_when_allowed(tmp_path):
+    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.errors import DemoStopped, UnimeError
+
+    out = tmp_path / "demo"
+    settings = DemoSettings.preset("quick")
+    settings.stop_on_weak_judge = True
+    messages: list[str] = []
+    demo = Demo(out, settings, progress=messages.append, timings=tmp_path / "times.json")
+    _fabricate_done_stages(demo, ["world", "reference", "models", "judge-data", "judge", "baseline"])
+    _fake_mining(out / "mined", [(q, 0.1960, [0.1939 + 0.0005 * k for k in range(5)], "fallback") for q in range(6)])
+    _fabricate_done_stages(demo, ["mine"])
+    with pytest.raises(DemoStopped) as e:
+        demo.run()
+    assert isinstance(e.value, UnimeError)
+    text = str(e.value)
+    assert "0.0021" in text and "β = 0.01" in text and "100.0 %" in text and "--allow-weak-judge" in text
+    assert not (out / "embedders" / "hn_s0").exists()  # nothing trained on the fallbacks
+    gate = json.loads((out / "judge_gate.json").read_text())
+    assert gate["weak"] and gate["fallback_share"] == 1.0
+    # progress: stage k of n with elapsed time and a remaining estimate from the recorded times
+    plan = demo.planned_stages()
+    assert plan[:2] == ["world", "reference"] and plan[-1] == "report"
+    assert messages[0].startswith(f"[demo] stage 1/{len(plan)} world: elapsed 0:00")
+    assert any(m.startswith(f"[demo] stage 7/{len(plan)} mine:") for m in messages)
+
+    # allowed: it goes on (every later stage fabricated as done) and the report says what happened
+    _fabricate_done_stages(demo, ["hn", "soft", "reranker", "eval"])
+    settings.stop_on_weak_judge = False
+    messages.clear()
+    report = Demo(out, settings, progress=messages.append, timings=tmp_path / "times.json").run()
+    assert any("WARNING" in m and "0.0021" in m for m in messages)
+    assert "judge check failed and the run continued" in report.read_text()
+
+
+def test_demo_eta_uses_recorded_stage_times(tmp_path):
+    from unime.demo.pipeline import Demo, DemoSettings, StageTimes
+
+    settings = DemoSettings.preset("quick")
+    first = Demo(tmp_path / "a", settings, progress=lambda m: None, timings=tmp_path / "t.json")
+    plan = first.planned_stages()
+    for i, name in enumerate(plan):
+        first.timings.record(name, 60.0 * (i + 1))
+    # a new run with the same settings in another folder: before stage 1 every stage is still to run
+    demo = Demo(tmp_path / "b", settings, progress=lambda m: None, timings=tmp_path / "t.json")
+    total = sum(60 * (i + 1) for i in range(len(plan)))
+    line = demo.progress_line("world", starting=True)
+    m, sec = divmod(total, 60)
+    assert f"stage 1/{len(plan)} world" in line and f"remaining ≈ {m // 60}:{m % 60:02d}:{sec:02d}" in line
+    # other settings: no recorded times
+    other = Demo(tmp_path / "c", DemoSettings(), progress=lambda m: None, timings=tmp_path / "t.json")
+    assert "no recorded stage times" in other.progress_line("world", starting=True)
+    assert StageTimes(tmp_path / "t.json", demo.timings_key()).get("world") == 60.0

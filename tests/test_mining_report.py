@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from unime.mining.report import audit_metrics, filter_curve, mann_whitney_auc, roc_auc, spearman
+from unime.mining.report import (audit_metrics, filter_curve, mann_whitney_auc, roc_auc, spearman,
+                                 within_query_audit, within_query_auc)
 
 
 def test_auc_hand_worked_with_ties():
@@ -21,6 +22,41 @@ def test_auc_hand_worked_with_ties():
     rng = np.random.default_rng(0)
     y, s = rng.random(200) < 0.3, rng.normal(size=200).round(1)
     assert mann_whitney_auc(y, s) == pytest.approx(roc_auc(y, s), abs=1e-12)
+
+
+def test_within_query_auc_hand_worked_is_not_the_pooled_auc():
+    # query a: relevant 0.9, irrelevant 0.8 and 0.95 -> pairs (0.9>0.8) ok, (0.9<0.95) wrong: 1/2
+    # query b: relevant 0.1 (tie with one irrelevant 0.1, above 0.0) -> 0.5 + 1 = 1.5 of 2
+    # query c: only irrelevant candidates -> no pair
+    q = ["a", "a", "a", "b", "b", "b", "c"]
+    y = [True, False, False, True, False, False, False]
+    s = [0.9, 0.8, 0.95, 0.1, 0.1, 0.0, 0.5]
+    out = within_query_auc(q, y, s)
+    assert out["pairs"] == 4 and out["queries"] == 2
+    assert out["auc"] == pytest.approx(2.5 / 4)
+    assert out["mean_query_auc"] == pytest.approx((0.5 + 0.75) / 2)
+    # pooled over queries the same scores give another number: 0.9 beats 4 of (0.8, 0.95, 0.1, 0.0, 0.5),
+    # 0.1 beats 0.0 and ties 0.1 -> 5.5 of 10
+    assert roc_auc(y, s) == pytest.approx(5.5 / 10)
+
+
+def test_within_query_audit_counts_the_positive_once_per_query():
+    rows = [  # one query of dataset d: positive scored 0.7; candidates: a false negative 0.6, true negatives 0.65, 0.1
+        {"dataset": "d", "query_index": 0, "positive_score": 0.7, "positive_relevance": 1.0,
+         "relevance": 1.0, "judge_score": 0.6, "similarity": 0.2},
+        {"dataset": "d", "query_index": 0, "positive_score": 0.7, "positive_relevance": 1.0,
+         "relevance": 0.5, "judge_score": 0.65, "similarity": 0.3},
+        {"dataset": "d", "query_index": 0, "positive_score": 0.7, "positive_relevance": 1.0,
+         "relevance": 0.0, "judge_score": 0.1, "similarity": 0.1},
+    ]
+    out = within_query_audit(rows)
+    d = out["by_dataset"]["d"]
+    # relevant {0.7, 0.6} vs irrelevant {0.65, 0.1}: 0.7>0.65, 0.7>0.1, 0.6<0.65, 0.6>0.1 -> 3/4
+    assert d["judge"]["auc"] == pytest.approx(0.75) and d["judge"]["pairs"] == 4
+    # candidates only: {0.6} vs {0.65, 0.1} -> 1/2; similarity {0.2} vs {0.3, 0.1} -> 1/2
+    assert d["judge_candidates_only"]["auc"] == pytest.approx(0.5)
+    assert d["similarity_candidates_only"]["auc"] == pytest.approx(0.5)
+    assert out["mean_over_datasets"] == pytest.approx(0.75) and out["min_over_datasets"] == pytest.approx(0.75)
 
 
 def test_filter_curve_and_spearman_hand_worked():

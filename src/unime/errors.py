@@ -26,3 +26,8 @@ class DataError(UnimeError, ValueError):
 class ModelError(UnimeError):
     """A checkpoint that cannot be used for the requested role (e.g. a judge whose Yes/No are not
     single tokens)."""
+
+
+class DemoStopped(UnimeError):
+    """The demo stopped on purpose between stages: what it found would make the next stages meaningless.
+    The message names the numbers and what to do (including how to continue anyway)."""

@@ -18,6 +18,9 @@ def register(sub) -> None:
     p.add_argument("--oracle-judge", action="store_true",
                    help="diagnostic: also mine with the world's ground truth as the judge and train the HN and "
                         "HN + soft rows on it (separates the judge's quality from the training recipe)")
+    p.add_argument("--allow-weak-judge", action="store_true",
+                   help="continue after mining even when the judge's scores do not vary within a query (median "
+                        "spread < beta) or too many queries fell back to random negatives (default: stop there)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_config_option(p)
     p.set_defaults(func=_demo)
@@ -25,15 +28,22 @@ def register(sub) -> None:
 
 def _demo(args) -> int:
     from unime.demo.pipeline import Demo, DemoSettings, fresh
+    from unime.errors import DemoStopped
 
     settings = DemoSettings.preset("quick" if args.quick else "default")
     if args.seeds:
         settings.seeds = tuple(range(args.seeds))
     if args.family:
         settings.family = args.family
+    if args.allow_weak_judge:
+        settings.stop_on_weak_judge = False
     if args.fresh:
         fresh(args.out)
-    report = Demo(args.out, settings, device=args.device, embed_rl=args.embed_rl,
-                  oracle_judge=args.oracle_judge).run()
+    try:
+        report = Demo(args.out, settings, device=args.device, embed_rl=args.embed_rl,
+                      oracle_judge=args.oracle_judge).run()
+    except DemoStopped as e:
+        print(f"[demo] stopped: {e}")
+        return 3
     print(f"report: {report} (and {report.with_suffix('.html')})")
     return 0

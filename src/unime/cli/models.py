@@ -16,18 +16,59 @@ def register(sub) -> None:
     b.add_argument("--hidden", type=int, default=64, help="text hidden size")
     b.add_argument("--layers", type=int, default=2, help="text decoder layers")
     b.add_argument("--vision-depth", type=int, default=1, help="vision encoder blocks")
+    b.add_argument("--vision-hidden", type=int, default=None,
+                   help="vision encoder width (default: the text hidden size; at 32 a tiny model never learns to "
+                        "use its images)")
+    b.add_argument("--vision-heads", type=int, default=None, help="vision attention heads (default: width / 32)")
     b.add_argument("--init-std", type=float, default=0.02,
                    help="std of the random initialisation (HF initializer_range); 0.1 trains a tiny judge faster")
     b.add_argument("--extra-token", action="append", default=[], help="extra special token (repeatable), e.g. <emb>")
     add_config_option(b)
     b.set_defaults(func=_build_tiny)
+    _add_pretrain_parser(msub)
 
 
 def _build_tiny(args) -> int:
     from unime.models.tiny import TinySize, build_tiny
 
+    vision_hidden = args.vision_hidden or args.hidden
     size = TinySize(hidden=args.hidden, layers=args.layers, vision_depth=args.vision_depth,
+                    vision_hidden=vision_hidden, vision_heads=args.vision_heads or max(vision_hidden // 32, 1),
                     intermediate=2 * args.hidden, init_std=args.init_std)
     out = build_tiny(args.family, args.out, seed=args.seed, size=size, extra_tokens=args.extra_token)
     print(out)
+    return 0
+
+
+def _add_pretrain_parser(msub) -> None:
+    from unime.demo.pretrain import PretrainRecipe
+
+    p = msub.add_parser(
+        "pretrain", help="pretrain the embedded default's tiny backbone on a generated corpus (cached per recipe)",
+        description="Build a tiny model of the real architecture and pretrain it contrastively on the training "
+                    "split of a generated world with its own seed. The result is cached per machine under "
+                    "$UNIME_CACHE_DIR/pretrained (else ~/.cache/unime/pretrained) in a folder named by the "
+                    "recipe's key: an unchanged recipe is reused, a changed one trains anew. Prints the model folder "
+                    "(an ordinary HF folder).")
+    p.add_argument("--preset", default="default", choices=["default", "quick"], help="recipe preset")
+    p.add_argument("--out", default=None, help="output folder (default: the per-machine cache)")
+    p.add_argument("--exclude-world", default=None,
+                   help="a generated world whose eval/OOD scenes the corpus must not show (part of the cache key)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    g = p.add_argument_group("recipe (overrides of the preset)")
+    for f in PretrainRecipe.__dataclass_fields__.values():
+        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, metavar=f.name.upper(),
+                       help=f"(preset default: {f.default})")
+    add_config_option(p)
+    p.set_defaults(func=_pretrain)
+
+
+def _pretrain(args) -> int:
+    from unime.demo.pretrain import PretrainRecipe, pretrain
+
+    recipe = PretrainRecipe.preset(args.preset)
+    overrides = {name: getattr(args, name) for name in recipe.__dataclass_fields__ if getattr(args, name) is not None}
+    result = pretrain(recipe.replace(**overrides), out=args.out, exclude_world=args.exclude_world, device=args.device)
+    print(result.model)
     return 0

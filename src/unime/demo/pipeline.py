@@ -5,11 +5,16 @@ Every stage is exactly a command a user could type; the report lists them so any
 reproduced by hand. The stages (SPEC §1, issue #8):
 
  1. world       `unime data synth`                       the generated demo world
+    reference   `unime eval reference` (per seed)          the learnability reference (CNN + GRU dual
+                encoder, InfoNCE, from scratch) for `reference_seconds` of wall time
  2. models      `unime models build-tiny` (x2)           embedder and judge backbones of one family
  3. judge-data  labelled (query, Yes/No candidate) records from the world's ground truth
  4. judge       `unime train judge`                      the tiny MLLM judge
  5. baseline    `unime train embedder --loss infonce --hard-negatives 0`   (no HN, no soft labels)
  6. mine        `unime mine --audit`                     retrieval → judge → filter + sample
+                then the judge check (`unime.demo.judge_gate`): the demo stops (`DemoStopped`) when the
+                judge's scores do not vary within a query (median spread < β) or too many queries fell
+                back to random negatives, unless `stop_on_weak_judge` is off (`--allow-weak-judge`)
  7. hn          `unime train embedder --loss infonce --hard-negatives 8`   (+ HN)
  8. soft        `unime train embedder --loss symmetric_kl`                 (+ HN + soft labels)
  9. reranker    `unime train reranker`                   pairwise + listwise on the mined set
@@ -44,8 +49,13 @@ class DemoSettings:
 
     family: str = "qwen2_vl"
     world_size: str = "default"
+    pretrain: str = "default"  # `unime models pretrain --preset`: the backbone of the embedder and the judge
+    # world overrides (`unime data synth --train-scenes/--train-per-task`); None = the size preset's value.
+    # 150 records per task (the preset's 50 left even an independent dual encoder far from saturation)
+    world_train_scenes: int | None = 720
+    world_train_per_task: int | None = 150
     seeds: tuple[int, ...] = (0, 1)
-    # tiny backbone shape (models build-tiny)
+    # backbone shape of the Embed-RL group's models (models build-tiny); the UniME-V2 stages use `pretrain`
     hidden: int = 128
     layers: int = 4
     vision_depth: int = 2
@@ -70,6 +80,12 @@ class DemoSettings:
     rerank_negatives: int = 4
     rerank_topk: int = 5
     threads: int = 0  # 0 = torch's default
+    # learnability reference (`unime eval reference`): its wall budget per seed, meant to equal the
+    # baseline embedder's training time per seed (the report shows both)
+    reference_seconds: float = 60.0
+    # the judge check after mining (unime.demo.judge_gate)
+    stop_on_weak_judge: bool = True
+    max_fallback_share: float = 0.2
     # Embed-RL group (`--embed-rl`, unime.demo.embed_rl)
     er_records: int = 120  # training records it uses (round-robin over tasks; 0 = all)
     er_judge_steps: int = 150
@@ -93,10 +109,12 @@ class DemoSettings:
         if name == "default":
             return cls()
         if name == "quick":
-            return cls(world_size="tiny", seeds=(0,), hidden=64, layers=2, vision_depth=1, judge_steps=40,
+            return cls(world_size="tiny", pretrain="quick", world_train_scenes=None, world_train_per_task=None,
+                       seeds=(0,), hidden=64, layers=2, vision_depth=1, judge_steps=40,
                        embed_steps=20, rerank_steps=20, k=10, count=4, hard_negatives=4, rerank_negatives=3,
                        rerank_topk=3, er_records=24, er_judge_steps=20, er_embed_steps=8, er_sft_epochs=1.0,
-                       er_grpo_steps=2, er_max_new_tokens=48)
+                       er_grpo_steps=2, er_max_new_tokens=48, reference_seconds=4.0,
+                       stop_on_weak_judge=False)  # a 40-step smoke judge cannot pass the check
         raise ValueError(f"unknown preset {name!r} (default, quick)")
 
 
@@ -110,7 +128,8 @@ class StageResult:
 
 class Demo:
     def __init__(self, out: str | os.PathLike, settings: DemoSettings, *, device: str = "cpu",
-                 progress: Callable[[str], None] = print, embed_rl: bool = False, oracle_judge: bool = False):
+                 progress: Callable[[str], None] = print, embed_rl: bool = False, oracle_judge: bool = False,
+                 timings: str | os.PathLike | None = None):
         self.out = Path(out)
         self.embed_rl = embed_rl
         self.oracle_judge = oracle_judge
@@ -118,6 +137,9 @@ class Demo:
         self.device = device
         self.say = progress
         self.results: list[StageResult] = []
+        # stage times of earlier runs with the same settings (for the ETA); default in the user's cache
+        self.timings = StageTimes(Path(timings) if timings else default_timings_path(), self.timings_key())
+        self.t_start = time.perf_counter()
 
     # -- paths ------------------------------------------------------------------------------------
     @property
@@ -126,6 +148,27 @@ class Demo:
 
     def p(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
+
+    def reference_runs(self) -> list[Path]:
+        return [self.p("eval", f"reference_s{seed}") for seed in self.s.seeds]
+
+    def planned_stages(self) -> list[str]:
+        """Every stage `run` goes through, in order (for "stage k of n" and the ETA)."""
+        names = ["world", "reference", "models", "judge-data", "judge", "baseline", "mine", "hn", "soft"]
+        if self.oracle_judge:
+            names += ["mine-oracle", "hn-oracle", "soft-oracle"]
+        names += ["reranker", "eval"]
+        if self.embed_rl:
+            names += EMBED_RL_STAGES
+        return names + ["report"]
+
+    def timings_key(self) -> str:
+        import hashlib
+
+        settings = {k: v for k, v in asdict(self.s).items() if k not in ("stop_on_weak_judge", "max_fallback_share")}
+        key = {"settings": settings, "device": self.device, "embed_rl": self.embed_rl,
+               "oracle_judge": self.oracle_judge}
+        return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def embedder_runs(self) -> dict[str, list[Path]]:
         """Ablation row → one training folder per seed."""
@@ -151,9 +194,9 @@ class Demo:
         if marker.is_file() and all(p.exists() for p in done_when):
             info = json.loads(marker.read_text())
             self.results.append(StageResult(name, info["seconds"], info["commands"], skipped=True))
-            self.say(f"[demo] {name}: done before ({info['seconds']:.0f}s), skipped")
+            self.say(f"[demo] {self.progress_line(name)} done before ({info['seconds']:.0f}s), skipped")
             return
-        self.say(f"[demo] {name} ...")
+        self.say(f"[demo] {self.progress_line(name, starting=True)} ...")
         t0 = time.perf_counter()
         commands: list[str] = []
         body(commands)
@@ -163,7 +206,44 @@ class Demo:
         tmp.write_text(json.dumps({"seconds": seconds, "commands": commands}, indent=1))
         os.replace(tmp, marker)
         self.results.append(StageResult(name, seconds, commands))
-        self.say(f"[demo] {name}: {seconds:.0f}s")
+        self.timings.record(name, seconds)
+        self.say(f"[demo] {self.progress_line(name)} {seconds:.0f}s")
+
+    def progress_line(self, name: str, *, starting: bool = False) -> str:
+        """`stage k/n name: elapsed …, remaining ≈ …` — the remaining estimate sums the recorded times of the
+        stages still to run (this folder's markers, else earlier runs with the same settings)."""
+        plan = self.planned_stages()
+        if name not in plan:  # a stage this list does not know yet: shown after the planned ones
+            plan = plan[:-1] + [name, plan[-1]]
+        k = plan.index(name) + 1
+        done = {r.name for r in self.results}
+        todo = [n for n in plan[k - 1 if starting else k:] if n not in done or (starting and n == name)]
+        # a stage with a marker here will be skipped (≈ 0 s); else the time recorded by an earlier run
+        known = [0.0 if n != name and self.p("stages", f"{n}.json").is_file() else self.timings.get(n) for n in todo]
+        est = sum(x for x in known if x is not None)
+        missing = sum(x is None for x in known)
+        if not todo:
+            remaining = "remaining 0:00"
+        elif missing == len(todo):
+            remaining = "remaining: no recorded stage times yet"
+        else:
+            remaining = f"remaining ≈ {_clock(est)}" + (f" + {missing} stage(s) without a recorded time" if missing else "")
+        return f"stage {k}/{len(plan)} {name}: elapsed {_clock(time.perf_counter() - self.t_start)}, {remaining};"
+
+    def check_judge(self, mined_dir: Path) -> None:
+        """After `mine`: stop (`DemoStopped`) when the judge does not discriminate within a query."""
+        from unime.demo.judge_gate import judge_gate, stop_message
+        from unime.errors import DemoStopped
+
+        gate = judge_gate(mined_dir, max_fallback_share=self.s.max_fallback_share)
+        _write_json(self.p("judge_gate.json"), {**gate.to_dict(), "stop_on_weak_judge": self.s.stop_on_weak_judge})
+        if not gate.weak:
+            self.say(f"[demo] judge check: median within-query score spread {gate.median_spread:.4f} >= β "
+                     f"{gate.beta:g}, fallback {100 * gate.fallback_share:.1f} %: ok")
+            return
+        if self.s.stop_on_weak_judge:
+            raise DemoStopped(stop_message(gate, mined_dir))
+        self.say("[demo] WARNING (continuing, weak judge allowed): " + "; ".join(gate.reasons()))
 
     def run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -171,14 +251,34 @@ class Demo:
         s, dev = self.s, ["--device", self.device]
         world = self.world
 
+        world_sizes = [arg for flag, value in (("--train-scenes", s.world_train_scenes),
+                                               ("--train-per-task", s.world_train_per_task)) if value is not None
+                       for arg in (flag, value)]
         self.stage("world", [world / "world.json"], lambda c: self.run_cli(
-            ["data", "synth", "--out", world, "--size", s.world_size, "--overwrite"], c))
+            ["data", "synth", "--out", world, "--size", s.world_size, *world_sizes, "--overwrite"], c))
+
+        def reference(c):
+            for seed, dest in zip(s.seeds, self.reference_runs()):
+                if (dest / "summary.json").exists():
+                    continue
+                self.run_cli(["eval", "reference", "--tasks", world, "--records", world / "train" / "records.jsonl",
+                              "--data-root", world, "--out", dest, "--seconds", s.reference_seconds, "--seed", seed,
+                              "--threads", s.threads or _torch_threads()], c)
+        self.stage("reference", [d / "summary.json" for d in self.reference_runs()], reference)
 
         def models(c):
-            for role, seed in (("embedder-base", 0), ("judge-base", 1)):
-                self.run_cli(["models", "build-tiny", "--family", s.family, "--out", self.p("models", role),
-                              "--seed", seed, "--hidden", s.hidden, "--layers", s.layers,
-                              "--vision-depth", s.vision_depth], c)
+            # the paper starts from pretrained models: the pretrained tiny base (cached per machine by recipe,
+            # its corpus disjoint from this world's eval scenes) is both the embedder's and the judge's start
+            from unime.demo.pretrain import PretrainRecipe, pretrain
+
+            recipe = PretrainRecipe.preset(s.pretrain).replace(family=s.family)
+            c.append(f"unime models pretrain --preset {s.pretrain} --family {s.family} --exclude-world "
+                     f"{shlex.quote(str(world))} --device {self.device}")
+            result = pretrain(recipe, exclude_world=world, device=self.device, progress=self.say)
+            for role in ("embedder-base", "judge-base"):
+                shutil.copytree(result.model, self.p("models", role))
+            (self.p("models", "pretrained.json")).write_text(json.dumps(
+                {**result.manifest, "path": str(result.path), "reused": result.reused}, indent=1))
         self.stage("models", [self.p("models", "embedder-base"), self.p("models", "judge-base")], models)
 
         judge_records = self.p("judge", "records.jsonl")
@@ -188,11 +288,14 @@ class Demo:
             from unime.data.synth import World
             from unime.demo.judge_data import judge_training_records
 
-            recs = judge_training_records(World.load(world), negatives_per_query=s.judge_negatives)
+            stats: dict = {}
+            recs = judge_training_records(World.load(world), negatives_per_query=s.judge_negatives, stats=stats)
             judge_records.parent.mkdir(parents=True, exist_ok=True)
             write_records(recs, judge_records)
+            _write_json(self.p("judge", "records_stats.json"), stats)
             c.append(f"# python: unime.demo.judge_data.judge_training_records(World.load('{world}')) "
-                     f"-> {len(recs)} records")
+                     f"-> {len(recs)} records ({stats.get('other_task', 0)} of {stats.get('negatives', 0)} "
+                     "negatives from other tasks)")
         self.stage("judge-data", [judge_records], judge_data)
 
         judge_dir = self.p("judge", "model")
@@ -228,6 +331,7 @@ class Demo:
              "--k", s.k, "--count", s.count, "--audit", "--world", world,
              "--cache-dir", self.p("cache", "mining"), *dev], c))
         mined = mined_dir / "mined.parquet"
+        self.check_judge(mined_dir)
 
         self.stage("hn", [r / "merged" for r in runs["hn"]], train_embedders(
             "hn", ["--loss", "infonce", "--in-batch", "--hard-negatives", s.hard_negatives], mined))
@@ -291,6 +395,53 @@ def _torch_threads(n: int | None = None) -> int:
     if n is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+EMBED_RL_STAGES = ["er-models", "er-teacher", "er-judge-data", "er-judge", "er-split", "er-materialize",
+                   "er-embedders", "er-sft", "er-grpo", "er-eval"]
+
+
+def _clock(seconds: float) -> str:
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
+
+
+def default_timings_path() -> Path:
+    """``$UNIME_CACHE_DIR/demo/stage_seconds.json``, else ``$XDG_CACHE_HOME/unime/demo/...`` (``~/.cache``)."""
+    if os.environ.get("UNIME_CACHE_DIR"):
+        return Path(os.environ["UNIME_CACHE_DIR"]) / "demo" / "stage_seconds.json"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unime" / "demo" / "stage_seconds.json"
+
+
+class StageTimes:
+    """Seconds per stage from earlier demo runs with the same settings (`key`), kept in one small JSON file
+    (the last time of each stage). Only an estimate for the ETA: unreadable or unwritable is not an error."""
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = path, key
+        try:
+            self.data = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            self.data = {}
+
+    def get(self, stage: str) -> float | None:
+        v = self.data.get(self.key, {}).get(stage)
+        return float(v) if isinstance(v, (int, float)) else None
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.data.setdefault(self.key, {})[stage] = round(float(seconds), 1)
+        try:
+            _write_json(self.path, self.data)
+        except OSError as e:  # pragma: no cover - a read-only cache folder
+            log.warning("stage times not recorded in %s: %s", self.path, e)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def fresh(out: str | os.PathLike) -> None:

@@ -79,6 +79,34 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def within_query_auc(query_ids: Sequence[Any], labels: Sequence[bool], scores: Sequence[float]) -> dict[str, Any]:
+    """Ranking quality *within* each query: the share of (relevant, irrelevant) pairs of the same query
+    that the scores order correctly (ties count one half), pooled over the queries' pairs, plus the
+    mean of the per-query AUCs. Queries with only one class contribute no pair.
+
+    A pooled ROC-AUC over all (query, candidate) pairs mixes score levels across queries and datasets
+    (a judge can rank every query's candidates backwards and still get a high pooled AUC when one
+    dataset holds all the relevant candidates); this is the quantity the false-negative filter, which
+    compares candidates with their own query's positive, depends on."""
+    q = np.asarray(query_ids)
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    correct = pairs = 0.0
+    per_query: list[float] = []
+    for qid in dict.fromkeys(q.tolist()):
+        m = q == qid
+        pos, neg = s[m & y], s[m & ~y]
+        if len(pos) == 0 or len(neg) == 0:
+            continue
+        diff = pos[:, None] - neg[None, :]
+        c = float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+        correct += c
+        pairs += diff.size
+        per_query.append(c / diff.size)
+    return {"auc": correct / pairs if pairs else None, "mean_query_auc": float(np.mean(per_query)) if per_query else None,
+            "queries": len(per_query), "pairs": int(pairs)}
+
+
 def filter_curve(labels: Sequence[bool], scores: Sequence[float], positive_scores: Sequence[float],
                  betas: Sequence[float] = DEFAULT_BETAS) -> list[dict[str, Any]]:
     """Precision / recall of the false-negative filter `s > s_pos − β` for each β (None when undefined)."""
@@ -146,7 +174,40 @@ def judge_audit(run, audit_rows: list[dict[str, Any]]) -> dict[str, Any]:
              "filtered_true_false_negatives": int(sum(r["false_negative"] and r["relevance"] >= c.audit_threshold
                                                       for r in rows))}
         for ds, rows in sorted(by_ds.items())}
+    metrics["within_query"] = within_query_audit(audit_rows, threshold=c.audit_threshold)
     return metrics
+
+
+def within_query_audit(audit_rows: list[dict[str, Any]], *, threshold: float = 1.0) -> dict[str, Any]:
+    """Per-dataset within-query ROC-AUC of the judge: the positive and the true false negatives of a query
+    against its true negatives (`within_query_auc`), and the same for the embedder's similarity over the
+    retrieved candidates alone; `mean_over_datasets` / `min_over_datasets` summarise the judge's."""
+    by_ds: dict[str, list[dict]] = {}
+    for r in audit_rows:
+        by_ds.setdefault(r["dataset"], []).append(r)
+    out: dict[str, Any] = {"by_dataset": {}}
+    for ds, rows in sorted(by_ds.items()):
+        qids, labels, scores, seen = [], [], [], set()
+        for r in rows:
+            if r["query_index"] not in seen:  # the positive, once per query
+                seen.add(r["query_index"])
+                qids.append(r["query_index"])
+                labels.append(r["positive_relevance"] >= threshold)
+                scores.append(r["positive_score"])
+            qids.append(r["query_index"])
+            labels.append(r["relevance"] >= threshold)
+            scores.append(r["judge_score"])
+        cand_q = [r["query_index"] for r in rows]
+        cand_y = [r["relevance"] >= threshold for r in rows]
+        out["by_dataset"][ds] = {
+            "judge": within_query_auc(qids, labels, scores),
+            "judge_candidates_only": within_query_auc(cand_q, cand_y, [r["judge_score"] for r in rows]),
+            "similarity_candidates_only": within_query_auc(cand_q, cand_y, [r["similarity"] for r in rows]),
+        }
+    aucs = [v["judge"]["auc"] for v in out["by_dataset"].values() if v["judge"]["auc"] is not None]
+    out["mean_over_datasets"] = float(np.mean(aucs)) if aucs else None
+    out["min_over_datasets"] = float(np.min(aucs)) if aucs else None
+    return out
 
 
 # -- plots ----------------------------------------------------------------------------------------------
@@ -336,6 +397,18 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
         lines += [f"| {p['beta']} | {p['flagged']} | {_fmt(p['precision'])} | {_fmt(p['recall'])} |"
                   for p in audit["curve"]]
         lines += ["", f"![audit_beta]({plot_files['audit_beta']})", ""]
+        wq = audit.get("within_query")
+        if wq:
+            lines += ["### Within-query ROC-AUC per dataset", "",
+                      "The positive and the true false negatives of a query against its true negatives, pooled "
+                      "over the dataset's (relevant, irrelevant) pairs of the same query: what the filter, which "
+                      "compares each candidate with its own query's positive, depends on.", "",
+                      "| dataset | judge | judge, candidates only | embedder similarity, candidates only | pairs |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {ds} | {_fmt(v['judge']['auc'])} | {_fmt(v['judge_candidates_only']['auc'])} | "
+                      f"{_fmt(v['similarity_candidates_only']['auc'])} | {v['judge']['pairs']} |"
+                      for ds, v in wq["by_dataset"].items()]
+            lines += [f"| **mean over datasets** | **{_fmt(wq['mean_over_datasets'])}** | | | |", ""]
     with atomic_open(out / "report.md") as fh:
         fh.write("\n".join(lines) + "\n")
 

@@ -45,12 +45,17 @@ log = logging.getLogger(__name__)
 SMALL_FILE_BYTES = 4 * 1024 * 1024  # files up to this size are fingerprinted by content
 
 
+def unime_cache_root() -> Path:
+    """``$UNIME_CACHE_DIR``, else ``$XDG_CACHE_HOME/unime`` (``~/.cache/unime``): unime's per-machine caches."""
+    if os.environ.get("UNIME_CACHE_DIR"):
+        return Path(os.environ["UNIME_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unime"
+
+
 def default_cache_dir() -> Path:
     """``$UNIME_CACHE_DIR/embeddings``, else ``$XDG_CACHE_HOME/unime/embeddings`` (``~/.cache``)."""
-    if os.environ.get("UNIME_CACHE_DIR"):
-        return Path(os.environ["UNIME_CACHE_DIR"]) / "embeddings"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "unime" / "embeddings"
+    return unime_cache_root() / "embeddings"
 
 
 def _file_digest(path: Path) -> str:

@@ -1,0 +1,105 @@
+"""The demo's check after mining: does the judge discriminate within a query before its scores train anything?
+
+The false-negative filter keeps a candidate c of query q when s(q, c) <= s(q, c_t) − β, and the soft
+labels are the judge's scores: both work only if the judge's scores *vary within a query*. A judge that
+gives every candidate (nearly) the same score (e.g. the Yes/No base rate of its training pairs) either
+filters every candidate, so the query falls back to random negatives scored 1.0, or keeps them all with
+flat soft labels. Training the hard-negative and soft-label rows on that measures the fallback policy,
+not the method; so the demo stops (`DemoStopped`) unless told to continue.
+
+From the mining outputs (`audit.parquet`: one row per (query, candidate) with the judge's score of the
+candidate and of the positive, and the query's sampling status; `stats.json`: β):
+
+- spread of a query = max − min of the judge's scores over its positive and its K candidates;
+- weak when the median spread over queries is < β, or the share of queries that fell back to random
+  negatives is > `max_fallback_share`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unime.errors import DataError
+from unime.mining.sampling import DEFAULT_BETA
+
+
+@dataclass
+class JudgeGate:
+    queries: int
+    median_spread: float
+    spread_quartiles: tuple[float, float]
+    beta: float
+    fallback_share: float
+    max_fallback_share: float
+
+    @property
+    def weak(self) -> bool:
+        return self.median_spread < self.beta or self.fallback_share > self.max_fallback_share
+
+    def reasons(self) -> list[str]:
+        out = []
+        if self.median_spread < self.beta:
+            out.append(f"the median over {self.queries} queries of the spread (max − min) of the judge's scores over "
+                       f"a query's positive and candidates is {self.median_spread:.4f}, below β = {self.beta:g} "
+                       f"(quartiles {self.spread_quartiles[0]:.4f} / {self.spread_quartiles[1]:.4f})")
+        if self.fallback_share > self.max_fallback_share:
+            out.append(f"{100 * self.fallback_share:.1f} % of the queries had no candidate left after the "
+                       f"false-negative filter and fell back to random negatives (limit "
+                       f"{100 * self.max_fallback_share:.0f} %)")
+        return out
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "weak": self.weak, "reasons": self.reasons()}
+
+
+def query_spreads(query_index, candidate_scores, positive_scores) -> dict[int, float]:
+    """Per query: max − min over {its positive's score} ∪ {its candidates' scores}."""
+    q = np.asarray(query_index)
+    s = np.asarray(candidate_scores, dtype=np.float64)
+    p = np.asarray(positive_scores, dtype=np.float64)
+    out: dict[int, float] = {}
+    order = np.argsort(q, kind="stable")
+    qs, ss, ps = q[order], s[order], p[order]
+    starts = np.flatnonzero(np.r_[True, qs[1:] != qs[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(qs)]):
+        vals = np.r_[ss[a:b], ps[a:b]]
+        out[int(qs[a])] = float(vals.max() - vals.min())
+    return out
+
+
+def judge_gate(mined_dir: str | Path, *, max_fallback_share: float) -> JudgeGate:
+    """The numbers of the check from `unime mine`'s outputs in `mined_dir` (see the module doc)."""
+    import pyarrow.parquet as pq
+
+    mined_dir = Path(mined_dir)
+    audit_path, stats_path = mined_dir / "audit.parquet", mined_dir / "stats.json"
+    for path in (audit_path, stats_path):
+        if not path.is_file():
+            raise DataError("mining output not found (run `unime mine` first)", source=str(path))
+    stats = json.loads(stats_path.read_text())
+    beta = float(stats.get("config", {}).get("beta", DEFAULT_BETA))
+    table = pq.read_table(audit_path, columns=["query_index", "judge_score", "positive_score", "status"]).to_pydict()
+    if not table["query_index"]:
+        raise DataError("no (query, candidate) rows", source=str(audit_path))
+    spreads = np.array(list(query_spreads(table["query_index"], table["judge_score"],
+                                          table["positive_score"]).values()))
+    status = {q: st for q, st in zip(table["query_index"], table["status"])}
+    fallback = sum(st == "fallback" for st in status.values()) / len(status)
+    q1, q3 = np.percentile(spreads, [25, 75])
+    return JudgeGate(queries=len(spreads), median_spread=float(np.median(spreads)),
+                     spread_quartiles=(float(q1), float(q3)), beta=beta, fallback_share=float(fallback),
+                     max_fallback_share=max_fallback_share)
+
+
+def stop_message(gate: JudgeGate, mined_dir: str | Path) -> str:
+    return ("The demo stopped after the `mine` stage: the judge does not discriminate within a query — "
+            + "; and ".join(gate.reasons()) + ". Training the hard-negative and soft-label rows on these scores "
+            "would train on fallbacks (random negatives labelled 1.0), which measures the fallback policy, not "
+            f"the method. See {Path(mined_dir) / 'report.md'} (judge audit: within-query AUC per dataset). "
+            "What to do: give the judge more signal (more `judge_steps` / judge training records, a stronger "
+            "judge base) and re-run (finished stages are skipped); or add `--oracle-judge` to see the recipe "
+            "with the world's ground truth as the judge; or re-run with `--allow-weak-judge` to continue anyway.")

@@ -1,0 +1,89 @@
+"""`unime models pretrain`: the recipe key, the per-machine cache, corpus disjointness, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from unime.data.synth import World, generate_world
+from unime.demo import pretrain as pt
+from unime.demo.pretrain import PretrainRecipe, corpus_records, pretrain, scene_signature
+
+
+def _weights_hash(folder) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_recipe_key_changes_with_every_field_and_the_excluded_world():
+    base = PretrainRecipe.preset("quick")
+    assert base.key() == PretrainRecipe.preset("quick").key()
+    keys = {base.key()}
+    for name, value in [("steps", 5), ("lr", 2e-3), ("corpus_seed", 2), ("init_std", 0.05), ("family", "qwen3_vl")]:
+        keys.add(base.replace(**{name: value}).key())
+    keys.add(base.key("another-world-digest"))
+    assert len(keys) == 7
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        base.replace(stpes=3)
+
+
+def test_corpus_drops_exactly_the_records_that_show_an_excluded_scene(tmp_path):
+    root = tmp_path / "w"
+    generate_world(root, seed=3, sizes="tiny")
+    world = World.load(root)
+    target = next(s for s in world.scenes.values() if s.split == "train")
+    sig = scene_signature(target)
+    expected = 0
+    for rec in world.records:  # independent count from the item metadata
+        shown = [world.meta(i).get("scene") for i in (rec.query, rec.positive)]
+        expected += any(s is not None and scene_signature(world.scenes[s]) == sig for s in shown)
+    kept, dropped = corpus_records(root, {sig})
+    assert dropped == expected >= 1
+    assert len(kept) + dropped == len(world.records)
+    assert corpus_records(root, set()) == (world.records, 0)
+
+
+@pytest.mark.slow
+def test_pretrain_is_cached_by_recipe_and_deterministic(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = PretrainRecipe.preset("quick")
+    first = pretrain(recipe, progress=lambda m: None)
+    assert not first.reused and first.path.parent == tmp_path / "cache" / "pretrained"
+    assert first.path.name == f"qwen2_vl-{recipe.key()}"
+    assert first.manifest["training"]["steps"] == recipe.steps
+    assert not any(p.name.startswith(".") for p in first.path.parent.iterdir())  # the work folder is gone
+
+    # an unchanged recipe is reused: no training happens
+    def no_training(*a, **k):
+        raise AssertionError("retrained an unchanged recipe")
+    monkeypatch.setattr("unime.train.embedder_trainer.train_embedder", no_training)
+    again = pretrain(recipe, progress=lambda m: None)
+    assert again.reused and again.path == first.path
+    monkeypatch.undo()
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+
+    # same recipe, another folder: the same weights, byte for byte (one thread, as in conftest)
+    twin = pretrain(recipe, out=tmp_path / "twin", progress=lambda m: None)
+    assert not twin.reused
+    assert _weights_hash(twin.model) == _weights_hash(first.model)
+
+    # a changed recipe trains anew into its own folder, with other weights
+    other = pretrain(recipe.replace(seed=1), progress=lambda m: None)
+    assert not other.reused and other.path != first.path
+    assert _weights_hash(other.model) != _weights_hash(first.model)
+
+
+def test_pretrain_refuses_a_foreign_output_folder(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not a pretrained base"):
+        pretrain(PretrainRecipe.preset("quick"), out=out, progress=lambda m: None)
+    assert (out / "notes.txt").read_text() == "user data"
+
+
+def test_version_is_part_of_the_key(monkeypatch):
+    recipe = PretrainRecipe.preset("quick")
+    before = recipe.key()
+    monkeypatch.setattr(pt, "RECIPE_VERSION", pt.RECIPE_VERSION + 1)
+    assert recipe.key() != before
