@@ -76,10 +76,17 @@ def test_unime_eval_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     assert (tmp_path / "cmp" / "comparison.png").is_file()
 
 
-def test_unime_eval_rerank_without_a_reranker_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
+def test_unime_eval_rerank_without_a_reranker_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch, capsys):
     world = tmp_path / "world"
     build_world(world)
     monkeypatch.setitem(sys.modules, "unime.models.reranker", None)
-    with pytest.raises(ModelError, match="reranker"):
-        main(["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(world), "--out", str(tmp_path / "o"),
-              "--no-cache", "--device", "cpu", "--rerank", "some/ckpt", "--topk", "3", "--mode", "resort"])
+    argv = ["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(world), "--out", str(tmp_path / "o"),
+            "--no-cache", "--device", "cpu", "--rerank", "some/ckpt", "--topk", "3", "--mode", "resort"]
+    assert main(argv) == 2  # the CLI's error contract: one line, exit code 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "unime: error: cannot load the reranker 'some/ckpt'")
+    from unime.eval.rerank_hook import load_reranker
+
+    with pytest.raises(ModelError, match="reranker"):  # the error behind the line
+        load_reranker("some/ckpt")

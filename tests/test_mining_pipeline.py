@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -264,7 +265,7 @@ def test_bad_image_is_a_data_error_naming_the_record(tmp_path, tiny_model_dir):
         run_mining(_config(path, tiny_model_dir, tmp_path / "o"))
 
 
-def test_judge_command_scores_pairs_in_order(tmp_path, tiny_model_dir, dataset):
+def test_judge_command_scores_pairs_in_order(tmp_path, tiny_model_dir, dataset, capsys):
     from unime.cli import main
     from unime.models.judge import JudgeScorer
 
@@ -285,8 +286,10 @@ def test_judge_command_scores_pairs_in_order(tmp_path, tiny_model_dir, dataset):
         ref = judge.score_pair(Item.from_dict(p["query"]), Item.from_dict(p["candidate"]))
         assert abs(g["score"] - ref) < 1e-4
     pf.write_text(json.dumps({"query": {"text": "q"}}) + "\n")
-    with pytest.raises(DataError, match=r"pairs.jsonl.*line 1.*candidate"):
-        main(["judge", "--pairs", str(pf), "--judge", tiny_model_dir("qwen3_vl"), "--out", str(out)])
+    assert main(["judge", "--pairs", str(pf), "--judge", tiny_model_dir("qwen3_vl"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(r"^unime: error: .*pairs.jsonl, record line 1, field 'candidate'",
+                                                err.strip().splitlines()[-1])
 
 
 def test_a_shared_embedding_cache_never_mixes_data_roots(dataset, tiny_model_dir, tmp_path):

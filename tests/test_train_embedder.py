@@ -218,14 +218,17 @@ def test_records_without_scores_only_train_infonce(tiny_model_dir, mined_world, 
     assert "scores" not in batch and batch["group_size"] == 1 + K
 
 
-def test_existing_checkpoints_need_resume(tiny_model_dir, mined_world, tmp_path):
+def test_checkpoints_of_an_unknown_run_are_not_resumed(tiny_model_dir, mined_world, tmp_path):
+    """Checkpoints without the run's train_config.json (options unknown) are neither resumed nor
+    discarded without --overwrite."""
     from unime.train.embedder_trainer import prepare_embedder_training
 
     world, path = mined_world
     (tmp_path / "run" / "checkpoints" / "checkpoint-5").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text("{}")
-    with pytest.raises(UnimeError, match="--resume"):
+    with pytest.raises(UnimeError, match="options are unknown.*--overwrite"):
         prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "run", world, records=str(path)))
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-5" / "trainer_state.json").is_file()
 
 
 def test_collator_builds_the_inputs_the_embedder_builds(tiny_model_dir, mined_world):

@@ -16,24 +16,18 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
     add_video_options(p)
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="skip bad lines and items with a bad image (counted and reported; OUT.lines.json then "
+                        "lists the line each row of the array came from) instead of stopping at the first")
     add_config_option(p)
     p.set_defaults(func=_embed)
 
 
 def _embed(args) -> int:
-    import os
+    from unime.models.embed_file import encode_items_file
 
-    import numpy as np
-
-    from unime.data.items import Item
-    from unime.data.jsonl import iter_jsonl
-    from unime.models.embedder import Embedder
-
-    root = args.data_root or os.path.dirname(os.path.abspath(args.items))
-    items = [Item.from_dict(obj, source=args.items, record=f"line {n}") for n, obj in iter_jsonl(args.items)]
-    emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, data_root=root,
-                                   batch_size=args.batch_size, video_sampling=video_sampling_from_args(args))
-    vecs = emb.encode(items, show_progress=True)
-    np.save(args.out, vecs)
-    print(f"{args.out}: {vecs.shape[0]} x {vecs.shape[1]}")
+    out, n, dim, skips = encode_items_file(args.items, args.out, model=args.model, data_root=args.data_root,
+                                           device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                                           on_error=args.on_error, video_sampling=video_sampling_from_args(args))
+    print(f"{out}: {n} x {dim}" + (f"; {skips.summary()}" if skips.total else ""))
     return 0

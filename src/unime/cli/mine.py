@@ -85,6 +85,9 @@ def register(sub) -> None:
     j.add_argument("--judge", required=True, help="judge checkpoint")
     j.add_argument("--out", required=True, help='output JSONL of {"id", "score"}, in input order')
     j.add_argument("--data-root", default=None, help="folder image paths are relative to (default: the pairs' folder)")
+    j.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="skip bad pairs and pairs with a bad image (counted and reported; their ids are missing "
+                        "from the output) instead of stopping at the first")
     _add_model_options(j)
     _add_backend_options(j)
     add_config_option(j)
@@ -136,6 +139,10 @@ def _judge(args) -> int:
     spec = JudgeSpec(path=args.judge, device=args.device, dtype=args.dtype, data_root=root,
                      allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size,
                      image_cache_size=args.image_cache)
-    n = score_pairs_file(args.pairs, args.out, spec, backend=args.backend, backend_options=_backend_options(args))
-    print(f"{args.out}: {n} scores")
+    from unime.data.skips import SkipReport
+
+    skips = SkipReport()
+    n = score_pairs_file(args.pairs, args.out, spec, backend=args.backend, backend_options=_backend_options(args),
+                         on_error=args.on_error, skips=skips)
+    print(f"{args.out}: {n} scores" + (f"; {skips.summary()}" if skips.total else ""))
     return 0

@@ -112,7 +112,11 @@ def _add_embedder_parser(actions) -> None:
     g.add_argument("--save-total-limit", type=int, default=None, help="keep at most this many checkpoints")
     g.add_argument("--logging-steps", type=int, default=10)
     g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue from the latest complete checkpoint under OUT/checkpoints (or the one given)")
+                   help="continue from the given checkpoint (re-running the same command continues from the "
+                        "latest complete one anyway; a finished run does nothing)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over (discard OUT's checkpoints), also with changed options; and write into an OUT "
+                        "this command did not create (replacing only what it writes there)")
     add_config_option(p)
     p.set_defaults(func=_train_embedder)
 
@@ -135,7 +139,7 @@ def embedder_config_from_args(args):
         optim=args.optim, gradcache=args.gradcache, chunk_size=args.chunk_size,
         homogeneous_batches=args.homogeneous_batches, workers=args.workers, seed=args.seed,
         save_steps=args.save_steps, save_total_limit=args.save_total_limit, logging_steps=args.logging_steps,
-        resume=args.resume, on_error=args.on_error)
+        resume=args.resume, on_error=args.on_error, overwrite=bool(getattr(args, "overwrite", False)))
 
 
 def _train_embedder(args) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 
 from unime.data.atomic import atomic_open
 from unime.data.items import Item
+from unime.data.jsonl import read_json_file
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.validate import check_keys, check_str, make_item
 from unime.errors import DataError
@@ -81,23 +82,18 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
             pf = pq.ParquetFile(p)
         except (pa.ArrowInvalid, OSError) as e:
             raise data_error("malformed_json", f"not a readable Parquet file: {e}", source=src) from None
-        n = 0
+        n = 1  # 1-based, like lines
         for batch in pf.iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 yield _label(f"row {n}", row), row
                 n += 1
         return
     if suffix == ".json":
-        with open(p, encoding="utf-8") as fh:
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as e:
-                raise data_error("malformed_json", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}",
-                                 source=src, record=f"line {e.lineno}") from None
+        data = read_json_file(p)
         if not isinstance(data, list):
             raise data_error("schema", f"expected a list of rows, got {type(data).__name__}", source=src)
         for i, obj in enumerate(data):
-            yield _label(f"index {i}", obj), obj
+            yield _label(f"item {i + 1}", obj), obj  # 1-based position in the list
         return
     from unime.data.jsonl import iter_jsonl
 

@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from unime.data.video import VideoSampling
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
+MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: longer image paths are bad input, not an OS error
+MAX_NAME_BYTES = 255   # NAME_MAX: one path component
 
 
 class ImageLoader:
@@ -34,6 +36,12 @@ class ImageLoader:
         self.video_sampling = video  # None: `unime.data.video.VideoSampling()` defaults
 
     def resolve(self, ref: str, *, source=None, record=None, field=None) -> Path:
+        if "\x00" in ref:
+            raise DataError(f"image path {ref[:80]!r} holds a NUL byte", source=source, record=record, field=field)
+        if len(ref.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES or any(
+                len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in ref.split("/")):
+            raise DataError(f"image path {ref[:80]!r}... is too long ({len(ref)} characters)", source=source,
+                            record=record, field=field)
         p = Path(ref)
         if p.is_absolute() and not self.allow_outside_root:
             raise DataError(f"absolute image path {ref!r} not allowed (pass allow_outside_root to permit)",
@@ -50,9 +58,13 @@ class ImageLoader:
             fh, name = io.BytesIO(ref), "<inline bytes>"
         elif isinstance(ref, str) and ref:
             path = self.resolve(ref, source=source, record=record, field=field)
-            if not path.is_file():
-                raise DataError(f"image file not found: {ref!r}", source=source, record=record, field=field)
-            fh, name = open(path, "rb"), ref
+            try:
+                if not path.is_file():
+                    raise DataError(f"image file not found: {ref!r}", source=source, record=record, field=field)
+                fh, name = open(path, "rb"), ref
+            except OSError as e:  # unreadable (permissions, a path the OS rejects)
+                raise DataError(f"cannot open image {ref!r}: {e.strerror or e}", source=source, record=record,
+                                field=field) from None
         else:
             raise DataError(f"bad image reference {ref!r}", source=source, record=record, field=field)
         try:

@@ -34,7 +34,7 @@ from unime.data.atomic import atomic_open, atomic_path
 from unime.data.eval_formats import (CompositionalPair, MMEBRow, RetrievalEntry, read_compositional, read_mmeb,
                                      read_retrieval, write_compositional, write_mmeb, write_retrieval)
 from unime.data.items import Item, Record
-from unime.data.jsonl import iter_jsonl
+from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.validate import check_keys, check_str, make_item, parse_item, parse_score, parse_scores
 from unime.data.video import is_video_file_ref
@@ -82,6 +82,20 @@ def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------
 # unime record dicts (JSONL lines, Parquet rows)
 
+def with_origin(obj: Any, label: str) -> Any:
+    """Remember where a record (or item / row) was read ("line 7 (id q3)"), so a later check of its
+    images names the line, not a position in a list."""
+    try:
+        object.__setattr__(obj, "_unime_origin", label)
+    except (AttributeError, TypeError):  # a type without a __dict__
+        pass
+    return obj
+
+
+def origin_of(obj: Any) -> str | None:
+    return getattr(obj, "_unime_origin", None)
+
+
 def _record_label(where: str, obj: Any) -> str:
     rid = obj.get("id") if isinstance(obj, dict) else None
     return f"{where} (id {rid})" if isinstance(rid, (str, int)) and rid != "" else where
@@ -121,7 +135,8 @@ def _iter_jsonl(path: Path, policy: ErrorPolicy) -> Iterator[Record]:
     src = str(path)
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         try:
-            yield record_from_dict(obj, source=src, record=_record_label(f"line {n}", obj))
+            label = _record_label(f"line {n}", obj)
+            yield with_origin(record_from_dict(obj, source=src, record=label), label)
         except DataError as e:
             policy.handle(e)
 
@@ -211,14 +226,14 @@ def _iter_parquet(path: Path, policy: ErrorPolicy, batch_size: int = 256) -> Ite
         bad = sorted(missing) or sorted(extra)
         raise data_error("schema", f"Parquet columns {sorted(names)}: missing {sorted(missing)}, unknown "
                          f"{sorted(extra)}", source=src, field=bad[0])
-    row_no = 0
+    row_no = 1  # 1-based, like lines
     for batch in pf.iter_batches(batch_size=batch_size):
         for row in batch.to_pylist():
             row = {k: v for k, v in row.items()}
             label = _record_label(f"row {row_no}", row)
             row_no += 1
             try:
-                yield _row_to_record(row, source=src, record=label)
+                yield with_origin(_row_to_record(row, source=src, record=label), label)
             except DataError as e:
                 policy.handle(e)
 
@@ -298,18 +313,14 @@ def record_to_unime_v2(rec: Record, index: int = 0) -> dict:
 
 def _iter_unime_v2(path: Path, policy: ErrorPolicy) -> Iterator[Record]:
     src = str(path)
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as e:  # the whole file is one document: not skippable
-            raise data_error("malformed_json", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}",
-                             source=src, record=f"line {e.lineno}") from None
+    data = read_json_file(path)  # the whole file is one document: not skippable
     if not isinstance(data, list):
         raise data_error("schema", f"a UniME-V2 JSON file must hold a list of records, got {type(data).__name__}",
                          source=src)
     for i, obj in enumerate(data):
         try:
-            yield _v2_to_record(obj, source=src, record=_record_label(f"index {i}", obj))
+            label = _record_label(f"item {i + 1}", obj)  # 1-based position in the list
+            yield with_origin(_v2_to_record(obj, source=src, record=label), label)
         except DataError as e:
             policy.handle(e)
 
@@ -384,15 +395,48 @@ def _item_fields(obj: Any) -> Iterator[tuple[str, Item]]:
             yield f"candidates[{i}]", c
     elif isinstance(obj, Item):
         yield "item", obj
+    elif isinstance(obj, (RetrievalEntry, CompositionalPair)):  # one image path per row
+        yield "image", Item(images=(obj.image,))
     else:
-        raise TypeError(f"check_images takes Records, MMEBRows or Items, not {type(obj).__name__}")
+        raise TypeError(f"check_images takes Records, MMEBRows, Items or eval rows, not {type(obj).__name__}")
 
 
-def _raw_message(err: DataError) -> str:
+def raw_message(err: DataError) -> str:
     """The message of a `DataError` without its "file, record, field: " prefix."""
     prefix = str(DataError("", source=err.source, record=err.record, field=err.field))
     text = str(err)
     return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
+class ImageChecker:
+    """Opens and decodes every image (and video file) an object references (`ImageLoader`: path escapes,
+    missing and corrupt files, the pixel limit), each distinct reference once across all the objects it
+    checks."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.verdict: dict[Any, DataError | None] = {}
+
+    def check(self, obj: Any, *, source: str | None, record: Any) -> None:
+        """Raise a `DataError` (reason `image`) naming `source`, `record` and the field of the first bad
+        image of `obj` (a Record, MMEBRow, Item, or an eval row with one `image`)."""
+        for fname, item in _item_fields(obj):
+            for kind in ("images", "video"):
+                for j, ref in enumerate(getattr(item, kind)):
+                    key = ref if isinstance(ref, (str, bytes)) else id(ref)
+                    field = fname if fname == "image" else f"{fname}.{kind}[{j}]"
+                    if key not in self.verdict:
+                        try:
+                            if kind == "video" and is_video_file_ref(ref):  # decoded, sampled, checked
+                                self.loader.load_video([ref], source=source, record=record, field=field)
+                            else:
+                                self.loader.load(ref, source=source, record=record, field=field)
+                            self.verdict[key] = None
+                        except DataError as e:
+                            self.verdict[key] = e
+                    err = self.verdict[key]
+                    if err is not None:
+                        raise data_error("image", raw_message(err), source=source, record=record, field=field)
 
 
 def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips: SkipReport | None = None,
@@ -400,30 +444,15 @@ def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips:
     """Open and decode every image (and video file) that `objs` (Records, MMEBRows or Items) reference, with `loader`
     (an `ImageLoader`: path escapes, missing and corrupt files, the pixel limit). Returns the objects
     whose images are all good: all of them under on_error="raise", which stops at the first bad one.
-    Each distinct image reference is loaded once."""
+    Each distinct image reference is loaded once. A bad one is named by the line (or row) the object
+    was read from when the reader recorded it, else by its id, else by its 1-based position."""
     policy = ErrorPolicy(on_error, skips, source or "check_images")
-    verdict: dict[Any, DataError | None] = {}
+    checker = ImageChecker(loader)
     good = []
     for idx, obj in enumerate(objs):
-        rid = getattr(obj, "id", "") or idx
+        rid = origin_of(obj) or getattr(obj, "id", "") or f"item {idx + 1}"
         try:
-            for fname, item in _item_fields(obj):
-                for kind in ("images", "video"):
-                    for j, ref in enumerate(getattr(item, kind)):
-                        key = ref if isinstance(ref, (str, bytes)) else id(ref)
-                        field = f"{fname}.{kind}[{j}]"
-                        if key not in verdict:
-                            try:
-                                if kind == "video" and is_video_file_ref(ref):  # decoded, sampled, checked
-                                    loader.load_video([ref], source=source, record=rid, field=field)
-                                else:
-                                    loader.load(ref, source=source, record=rid, field=field)
-                                verdict[key] = None
-                            except DataError as e:
-                                verdict[key] = e
-                        err = verdict[key]
-                        if err is not None:
-                            raise data_error("image", _raw_message(err), source=source, record=rid, field=field)
+            checker.check(obj, source=source, record=rid)
             good.append(obj)
         except DataError as e:
             policy.handle(e)

@@ -1,4 +1,6 @@
-"""One JSONL line reader for every JSONL input of unime (records, pools, pairs, T-CoTs, items)."""
+"""One JSONL line reader for every JSONL input of unime (records, pools, pairs, T-CoTs, items), and the
+whole-file JSON / text readers that turn undecodable bytes, absurd nesting and syntax errors into
+`DataError`s naming the file and the line."""
 
 from __future__ import annotations
 
@@ -10,25 +12,60 @@ from unime.data.skips import data_error
 from unime.errors import DataError
 
 
+def _parse_json(text: str, *, source: str, record: str | None) -> Any:
+    """`json.loads` whose failures are `DataError`s (reason `malformed_json`)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = record or f"line {e.lineno}"
+        at = f"column {e.colno}" if record else f"line {e.lineno} column {e.colno}"
+        raise data_error("malformed_json", f"malformed JSON: {e.msg} at {at}", source=source, record=where) from None
+    except RecursionError:
+        raise data_error("malformed_json", "malformed JSON: nested too deeply", source=source,
+                         record=record) from None
+
+
+def _decode(raw: bytes, *, source: str, record: str | None, offset: int = 0) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if record is None:  # a whole file: name the line of the first bad byte
+            record = "line %d" % (raw.count(b"\n", 0, e.start) + 1)
+        raise data_error("malformed_json", f"not UTF-8 text (byte {offset + e.start}: "
+                         f"{raw[e.start:e.start + 1]!r})", source=source, record=record) from None
+
+
 def iter_jsonl(path: str | os.PathLike, *, on_malformed: Callable[[DataError], None] | None = None
                ) -> Iterator[tuple[int, Any]]:
     """Yield `(line number, parsed object)` for each non-blank line.
 
-    A malformed line raises a `DataError` naming the file and the line (reason `malformed_json`), or,
-    when `on_malformed` is given (a skip policy's `handle`), is passed to it and skipped.
+    A malformed line (bad JSON, bytes that are not UTF-8, absurdly deep nesting) raises a `DataError`
+    naming the file and the line (reason `malformed_json`), or, when `on_malformed` is given (a skip
+    policy's `handle`), is passed to it and skipped.
     """
     src = str(path)
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                err = data_error("malformed_json", f"malformed JSON: {e.msg} at column {e.colno}", source=src,
-                                 record=f"line {n}")
+                obj = _parse_json(_decode(raw, source=src, record=f"line {n}"), source=src, record=f"line {n}")
+            except DataError as err:
                 if on_malformed is None:
-                    raise err from None
+                    raise
                 on_malformed(err)
                 continue
             yield n, obj
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file; bytes that are not UTF-8 raise a `DataError` naming the line."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    return _decode(raw, source=str(path), record=None)
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """A whole JSON document; any failure is a `DataError` naming the file and the line (not skippable:
+    the file is one record)."""
+    return _parse_json(read_text_file(path), source=str(path), record=None)

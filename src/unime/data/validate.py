@@ -68,10 +68,15 @@ def parse_score(value: Any, *, source=None, record=None, field: str, allow_none:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise data_error("schema", f"score must be a number, got {type(value).__name__}", source=source,
                          record=record, field=field)
-    if not math.isfinite(value):
+    try:
+        out = float(value)
+    except OverflowError:  # an integer too large for a float (hundreds of digits)
+        raise data_error("bad_score", f"score {str(value)[:20]}... ({len(str(value))} digits) is too large",
+                         source=source, record=record, field=field) from None
+    if not math.isfinite(out):
         raise data_error("bad_score", f"score {value!r} is not a finite number", source=source, record=record,
                          field=field)
-    return float(value)
+    return out
 
 
 def parse_scores(value: Any, n: int | None, *, source=None, record=None, field: str) -> list[float] | None:

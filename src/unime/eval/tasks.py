@@ -57,6 +57,7 @@ import yaml
 from unime.data.eval_formats import compositional_pair_from_dict, mmeb_row_from_dict, retrieval_entry_from_dict
 from unime.data.eval_formats import iter_rows as iter_format_rows
 from unime.data.items import Item
+from unime.data.jsonl import read_text_file
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.data.validate import check_keys, check_str, make_item, parse_item
 from unime.errors import DataError
@@ -146,7 +147,7 @@ def load_task_config(path_or_dir: str | os.PathLike, *, root: str | os.PathLike 
     cfg_path = resolve_task_config(path_or_dir)
     source = str(cfg_path)
     try:
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        cfg = yaml.safe_load(read_text_file(cfg_path))
     except yaml.YAMLError as e:
         raise DataError(f"malformed YAML: {e}", source=source) from None
     if not isinstance(cfg, dict):
@@ -362,13 +363,26 @@ def _data_files(path: Path, *, task: str) -> list[Path]:
     return [path]
 
 
-def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str) -> Iterator[tuple[str, Any]]:
+def _image_checker(spec: TaskSpec):
+    from unime.data.images import ImageLoader
+    from unime.data.io import ImageChecker
+
+    return ImageChecker(ImageLoader(spec.data_root))
+
+
+def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str,
+                 images=None) -> Iterator[tuple[str, Any]]:
     """(record label, parsed row) for every good row of a task's file(s); bad rows go through `policy`.
-    Rows are parsed by the data layer (`unime.data.eval_formats`), one at a time."""
+    Rows are parsed by the data layer (`unime.data.eval_formats`), one at a time. With `images` (an
+    `ImageChecker`) every image of a row is opened and decoded here, before any model is loaded: a bad
+    one names the file, the row and the field, and under the skip policy leaves the row out."""
     for f in _data_files(path, task=task):
         for label, obj in iter_format_rows(f, policy):
             try:
-                yield label, parse(obj, source=str(f), record=label)
+                row = parse(obj, source=str(f), record=label)
+                if images is not None:
+                    images.check(row, source=str(f), record=label)
+                yield label, row
             except DataError as e:
                 policy.handle(e)
 
@@ -386,7 +400,8 @@ def _no_rows(spec: TaskSpec) -> DataError:
 def read_mmeb_task(spec: TaskSpec, policy: ErrorPolicy) -> MMEBData:
     table = ItemTable()
     queries, candidates, ids = [], [], []
-    for label, row in _parsed_rows(spec.path, mmeb_row_from_dict, policy, task=spec.name):
+    for label, row in _parsed_rows(spec.path, mmeb_row_from_dict, policy, task=spec.name,
+                                 images=_image_checker(spec)):
         queries.append(table.add(row.query))
         candidates.append(np.fromiter((table.add(c) for c in row.candidates), dtype=np.int64,
                                       count=len(row.candidates)))
@@ -404,7 +419,8 @@ def read_retrieval_task(spec: TaskSpec, policy: ErrorPolicy) -> RetrievalData:
     table = ItemTable()
     images, captions, caption_image = [], [], []
     seen_images: dict[str, str] = {}
-    for label, entry in _parsed_rows(spec.path, retrieval_entry_from_dict, policy, task=spec.name):
+    for label, entry in _parsed_rows(spec.path, retrieval_entry_from_dict, policy, task=spec.name,
+                                 images=_image_checker(spec)):
         if entry.image in seen_images:
             policy.handle(DataError(f"image {entry.image!r} listed twice (first at {seen_images[entry.image]}); put "
                                     "all its captions on one line", source=str(spec.path), record=label,
@@ -431,7 +447,8 @@ def read_compositional_task(spec: TaskSpec, policy: ErrorPolicy) -> Compositiona
     default_cat = spec.option("category", spec.name)
     table = ItemTable()
     image, pos, neg, cats, ids = [], [], [], [], []
-    for label, pair in _parsed_rows(spec.path, compositional_pair_from_dict, policy, task=spec.name):
+    for label, pair in _parsed_rows(spec.path, compositional_pair_from_dict, policy, task=spec.name,
+                                 images=_image_checker(spec)):
         image.append(table.add(Item(text=_template(image_t, ""), images=(pair.image,))))
         pos.append(table.add(Item(text=_template(text_t, pair.positive))))
         neg.append(table.add(Item(text=_template(text_t, pair.negative))))
@@ -450,7 +467,11 @@ QRELS_KEYS = {"query", "candidates", "relevance"}
 
 
 def _grade(v, *, source, record, field_name) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+    try:
+        finite = not isinstance(v, bool) and isinstance(v, (int, float)) and np.isfinite(float(v))
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite or v < 0:
         raise data_error("bad_score", f"relevance grade must be a finite number >= 0, got {v!r}", source=source,
                          record=record, field=field_name)
     return float(v)
@@ -538,30 +559,29 @@ def _read_beir(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
         raise DataError(f"task {spec.name!r}: qrels file not found", source=str(qrels_path))
     judged: dict[str, dict[int, float]] = {}
     src = str(qrels_path)
-    with open(qrels_path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            parts = line.rstrip("\n").split("\t")
-            if (n == 1 and parts[:2] == ["query-id", "corpus-id"]) or not line.strip():
-                continue
+    for n, line in enumerate(read_text_file(qrels_path).splitlines(keepends=True), 1):
+        parts = line.rstrip("\r\n").split("\t")
+        if (n == 1 and parts[:2] == ["query-id", "corpus-id"]) or not line.strip():
+            continue
+        try:
+            if len(parts) != 3:
+                raise data_error("schema", "expected 3 tab-separated columns", source=src, record=f"line {n}")
+            qid, did, score = parts
+            if qid not in query_rows:
+                raise data_error("schema", f"unknown query id {qid!r}", source=src, record=f"line {n}",
+                                 field="query-id")
+            if did not in corpus_pos:
+                raise data_error("schema", f"unknown corpus id {did!r}", source=src, record=f"line {n}",
+                                 field="corpus-id")
             try:
-                if len(parts) != 3:
-                    raise data_error("schema", "expected 3 tab-separated columns", source=src, record=f"line {n}")
-                qid, did, score = parts
-                if qid not in query_rows:
-                    raise data_error("schema", f"unknown query id {qid!r}", source=src, record=f"line {n}",
-                                     field="query-id")
-                if did not in corpus_pos:
-                    raise data_error("schema", f"unknown corpus id {did!r}", source=src, record=f"line {n}",
-                                     field="corpus-id")
-                try:
-                    g = float(score)
-                except ValueError:
-                    raise data_error("bad_score", f"score {score!r} is not a number", source=src,
-                                     record=f"line {n}", field="score") from None
-                judged.setdefault(qid, {})[corpus_pos[did]] = _grade(g, source=src, record=f"line {n}",
-                                                                     field_name="score")
-            except DataError as e:
-                policy.handle(e)
+                g = float(score)
+            except ValueError:
+                raise data_error("bad_score", f"score {score!r} is not a number", source=src,
+                                 record=f"line {n}", field="score") from None
+            judged.setdefault(qid, {})[corpus_pos[did]] = _grade(g, source=src, record=f"line {n}",
+                                                                 field_name="score")
+        except DataError as e:
+            policy.handle(e)
     corpus_arr = np.asarray(corpus, dtype=np.int64)
     queries, grades, ids = [], [], []
     for qid, item in query_rows.items():

@@ -53,6 +53,7 @@ from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
 from unime.mining.retrieval import IndexConfig, RetrievalResult, build_index, build_pool, search_hard_negatives
 from unime.mining.sampling import DEFAULT_BETA
 from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
+from unime.outdir import claim, require_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +156,23 @@ class Manifest:
 
 # -- inputs --------------------------------------------------------------------------------------------
 
-def read_pool_items(path: str) -> list[Item]:
-    """A pool file: JSONL, one item per line (`{"text", "image" | "images"}`)."""
+def read_pool_items(path: str, *, on_error: str = "raise", skips=None) -> list[Item]:
+    """A pool file: JSONL, one item per line (`{"text", "image" | "images"}`). A bad line raises a
+    `DataError` naming it, or under `on_error="skip"` is counted in `skips` and left out."""
+    from unime.data.io import with_origin
+    from unime.data.skips import ErrorPolicy, data_error
+
+    policy = ErrorPolicy(on_error, skips, path)
     items = []
-    for n, obj in iter_jsonl(path):
-        item = Item.from_dict(obj, source=path, record=f"line {n}")
-        if item.is_empty:
-            raise DataError("empty item", source=path, record=f"line {n}")
-        items.append(item)
+    for n, obj in iter_jsonl(path, on_malformed=policy.handle):
+        try:
+            item = Item.from_dict(obj, source=path, record=f"line {n}")
+            if item.is_empty:
+                raise data_error("empty_item", "empty item", source=path, record=f"line {n}")
+            items.append(with_origin(item, f"line {n}"))
+        except DataError as e:
+            policy.handle(e)
+    policy.finish()
     return items
 
 
@@ -201,7 +211,7 @@ class MiningRun:
                                                   source=c.records)
         if not self.records:
             raise DataError("no records to mine", source=c.records)
-        extra = read_pool_items(c.pool) if c.pool else []
+        extra = read_pool_items(c.pool, on_error=c.on_error, skips=self.skips) if c.pool else []
         if extra:
             extra = check_images(extra, loader, on_error=c.on_error, skips=self.skips, source=c.pool)
         # default pool: positives; a pool file replaces them (its own items only)
@@ -354,6 +364,7 @@ class MiningRun:
         st = self.manifest.stage("judge")
         n_shards = (len(self.records) + c.shard_size - 1) // c.shard_size
         if st.get("hash") != h and jdir.exists():
+            require_replaceable(self.out, "judge")  # never a judge/ folder mining did not write
             log.info("judge: configuration changed, discarding %s", jdir)
             shutil.rmtree(jdir)
         jdir.mkdir(parents=True, exist_ok=True)
@@ -516,38 +527,64 @@ def _skip_summary(skips) -> dict[str, Any]:
 
 
 def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embedder=None) -> MineResult:
-    """Run (or resume) the mining pipeline described in the module doc."""
-    return MiningRun(config, backend=backend, embedder=embedder).run()
+    """Run (or resume) the mining pipeline described in the module doc, in an output folder it owns and
+    holds locked (`unime.outdir`: a folder with files mining did not write is refused)."""
+    with claim(config.out, "mine", {k: v for k, v in asdict(config).items() if k != "show_progress"}):
+        return MiningRun(config, backend=backend, embedder=embedder).run()
 
 
 # -- `unime judge`: scoring alone ------------------------------------------------------------------------
 
-def read_pairs(path: str) -> list[tuple[str, Item, Item]]:
-    """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the line number."""
+def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None) -> list[tuple[str, Item, Item]]:
+    """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the line number. A bad
+    line (or, with `images` = an `ImageChecker`, a bad image) raises a `DataError` naming the file, the
+    line and the field, or under `on_error="skip"` is counted in `skips` and left out."""
+    from unime.data.io import raw_message
+    from unime.data.skips import ErrorPolicy, data_error
+
+    policy = ErrorPolicy(on_error, skips, path)
     pairs = []
-    for n, obj in iter_jsonl(path):
-        if not isinstance(obj, dict):
-            raise DataError("expected an object", source=path, record=f"line {n}")
-        rid = obj.get("id", n)
-        for key in ("query", "candidate"):
-            if key not in obj:
-                raise DataError("missing", source=path, record=f"line {n}", field=key)
-        unknown = set(obj) - {"id", "query", "candidate"}
-        if unknown:
-            raise DataError(f"unknown keys {sorted(unknown)}", source=path, record=f"line {n}")
-        q = Item.from_dict(obj["query"], source=path, record=f"line {n}", field_name="query")
-        c = Item.from_dict(obj["candidate"], source=path, record=f"line {n}", field_name="candidate")
-        for key, it in (("query", q), ("candidate", c)):
-            if it.is_empty:
-                raise DataError("empty item", source=path, record=f"line {n}", field=key)
-        pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
+    for n, obj in iter_jsonl(path, on_malformed=policy.handle):
+        where = f"line {n}"
+        try:
+            if not isinstance(obj, dict):
+                raise data_error("schema", "expected an object", source=path, record=where)
+            rid = obj.get("id", n)
+            for key in ("query", "candidate"):
+                if key not in obj:
+                    raise data_error("schema", "missing", source=path, record=where, field=key)
+            unknown = set(obj) - {"id", "query", "candidate"}
+            if unknown:
+                raise data_error("schema", f"unknown keys {sorted(unknown)}", source=path, record=where)
+            q = Item.from_dict(obj["query"], source=path, record=where, field_name="query")
+            c = Item.from_dict(obj["candidate"], source=path, record=where, field_name="candidate")
+            for key, it in (("query", q), ("candidate", c)):
+                if it.is_empty:
+                    raise data_error("empty_item", "empty item", source=path, record=where, field=key)
+                if images is not None:
+                    try:
+                        images.check(it, source=path, record=where)
+                    except DataError as e:  # name the pair's field, not the checker's "item"
+                        raise data_error("image", raw_message(e), source=path, record=where,
+                                         field=f"{key}.{e.field.split('.', 1)[-1]}") from None
+            pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
+        except DataError as e:
+            policy.handle(e)
+    policy.finish()
     return pairs
 
 
 def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend: str = "local",
-                     backend_options: dict | None = None) -> int:
-    """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic)."""
-    pairs = read_pairs(pairs_path)
+                     backend_options: dict | None = None, on_error: str = "raise", skips=None) -> int:
+    """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic).
+    Every image is opened first; under `on_error="skip"` bad pairs are left out (and counted)."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import ImageChecker
+
+    checker = ImageChecker(ImageLoader(spec.data_root, allow_outside_root=spec.allow_outside_root))
+    pairs = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker)
+    if not pairs:
+        raise DataError("no pairs to score", source=pairs_path)
     groups: dict[str, tuple[Item, list[Item]]] = {}
     for _, q, c in pairs:
         g = groups.setdefault(q.key, (q, []))

@@ -31,6 +31,7 @@ from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
 from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora
 from unime.train import checkpoints as ckpt
+from unime.train import run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.train.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
@@ -91,8 +92,9 @@ class EmbedderTrainingConfig:
     save_steps: int = 500
     save_total_limit: int | None = None
     logging_steps: int = 10
-    resume: bool | str = False            # True: latest complete checkpoint under out/checkpoints
+    resume: bool | str = False            # a checkpoint folder; True / False: the run's latest (`run_state`)
     on_error: str = "raise"               # bad records: raise, or skip (counted and reported)
+    overwrite: bool = False               # start over (and take an --out this command did not create)
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -278,37 +280,49 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     return records
 
 
-# options that may change between a run and its resumption without changing what is trained
-_RESUME_FREE_OPTIONS = {"resume", "steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "workers"}
-
-
-def _warn_on_changed_config(path: Path, config: EmbedderTrainingConfig) -> None:
-    if not path.is_file():
-        return
-    import json
-
-    before, now = json.loads(path.read_text(encoding="utf-8")), config.to_dict()
-    changed = sorted(k for k in now.keys() - _RESUME_FREE_OPTIONS if before.get(k) != now[k])
-    if changed:
-        logger.warning("resuming with options that differ from the interrupted run (%s): %s", path,
-                       ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed))
+# options that may change between a run and its continuation without changing what is trained
+_RESUME_FREE_OPTIONS = {"resume", "overwrite", "save_steps", "save_total_limit", "logging_steps", "workers"}
+_FINAL_OUTPUTS = (ckpt.MERGED_DIR, ckpt.ADAPTER_DIR, "metrics.json", "README.md")
 
 
 def _resolve_resume(config: EmbedderTrainingConfig, checkpoint_root: Path) -> Path | None:
+    """The checkpoint this run continues from (see `unime.train.run_state` for the convention)."""
+    out = checkpoint_root.parent
     existing = ckpt.latest_checkpoint(checkpoint_root)
-    if config.resume in (False, None, "", "false"):
+    has_state = existing is not None or any((out / n).exists() for n in _FINAL_OUTPUTS)
+    same = run_state.check_same_run(out, config.to_dict(), free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
+                                    has_state=has_state)
+    if not same:
         if existing is not None:
-            raise UnimeError(f"{checkpoint_root} already holds checkpoints (latest {existing.name}); pass --resume to "
-                             "continue that run, or choose a new --out")
+            run_state.discard_checkpoints(checkpoint_root)
+        (out / "metrics.json").unlink(missing_ok=True)  # no longer a finished run
         return None
-    if config.resume is True or config.resume in ("latest", "true"):
-        if existing is None:
-            logger.warning("--resume: no complete checkpoint under %s, starting from the beginning", checkpoint_root)
-        return existing
-    path = Path(str(config.resume))
-    if not (path / "trainer_state.json").is_file():
-        raise UnimeError(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
-    return path
+    if config.resume not in (False, True, None, "", "false", "true", "latest"):
+        path = Path(str(config.resume))
+        if not (path / "trainer_state.json").is_file():
+            raise UnimeError(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
+        return path
+    return existing
+
+
+def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult | None":
+    """The result of a finished run with the same options in `config.out` (nothing to do), else None."""
+    import json
+
+    out = Path(config.out)
+    before = run_state.previous_config(out)
+    if config.overwrite or before is None or run_state.changed_options(before, config.to_dict(),
+                                                                       _RESUME_FREE_OPTIONS):
+        return None
+    metrics_path, merged = out / "metrics.json", out / ckpt.MERGED_DIR
+    if not (metrics_path.is_file() and merged.is_dir() and (out / "README.md").is_file()):
+        return None
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    logger.info("%s: this run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
+                metrics.get("steps"))
+    adapter = out / ckpt.ADAPTER_DIR
+    return EmbedderTrainingResult(out=out, merged=merged, adapter=adapter if adapter.is_dir() else None,
+                                  metrics={**metrics, "already_finished": True})
 
 
 def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -> TrainingArguments:
@@ -386,8 +400,9 @@ def batch_accuracies(queries: torch.Tensor, candidates: torch.Tensor,
 
 
 def _final_metrics(log_history: Sequence[dict[str, Any]], global_step: int) -> dict[str, Any]:
-    """First and last logged loss (the last log is a mean over its logging window), accuracies."""
-    rows = [r for r in step_rows(log_history) if "loss" in r]
+    """First and last logged loss (the last log is a mean over its logging window), accuracies, and the
+    mean loss over the whole run (every step, across resumptions: `run_state.whole_run_loss`)."""
+    rows = run_state.step_log(step_rows(log_history))
     summary = next((e for e in reversed(log_history) if "train_runtime" in e), {})
     metrics: dict[str, Any] = {"steps": global_step}
     if rows:
@@ -397,9 +412,12 @@ def _final_metrics(log_history: Sequence[dict[str, Any]], global_step: int) -> d
         for key in ("group_accuracy", "in_batch_accuracy"):
             if key in rows[-1]:
                 metrics[f"final_{key}"] = rows[-1][key]
-    for key in ("train_loss", "train_runtime", "train_samples_per_second"):
+    for key in ("train_runtime", "train_samples_per_second"):  # of the last session
         if key in summary:
             metrics[key] = summary[key]
+    loss = run_state.whole_run_loss(rows)
+    if loss is not None:
+        metrics["train_loss"] = loss
     return metrics
 
 
@@ -489,15 +507,39 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
 
 def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
                    callbacks: Sequence[Any] = ()) -> EmbedderTrainingResult:
-    """Train (resuming if asked), then export the adapter, the merged model and the model card."""
+    """Train, then export the adapter, the merged model and the model card — in an output folder the
+    run owns and holds locked (`unime.outdir`). Re-running continues from the last complete checkpoint,
+    reports a finished run without training, and refuses changed options (`unime.train.run_state`)."""
+    from unime.outdir import claim
+
+    if records is not None and config.records is None:
+        config = dataclasses.replace(config, records="<in-memory records>")
+    config.validate()
+    primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process owns the folder
+    owned = claim(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite) if primary else None
+    try:
+        done = _finished_result(config)
+        if done is not None:
+            return done
+        return _train_embedder(config, records=records, callbacks=callbacks)
+    finally:
+        if owned is not None:
+            owned.release()
+
+
+def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None,
+                    callbacks: Sequence[Any]) -> EmbedderTrainingResult:
     run = prepare_embedder_training(config, records=records, callbacks=callbacks)
     config, trainer, out = run.config, run.trainer, run.out
     if trainer.is_world_process_zero():
         if run.resume_from:
             logger.info("resuming from %s", run.resume_from)
-            _warn_on_changed_config(out / "train_config.json", config)
-        ckpt.write_json_atomic(out / "train_config.json", config.to_dict())
-    trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+        ckpt.write_json_atomic(out / run_state.CONFIG_FILE, config.to_dict())
+    if run_state.final_state(run.resume_from) is not None:  # nothing left to train: no step max_steps + 1
+        run_state.load_final_checkpoint(trainer, run.resume_from,
+                                        lambda _model, folder: ckpt.load_training_weights(run.embedder.model, folder))
+    else:
+        trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
 
     history = list(trainer.state.log_history)
     metrics = _final_metrics(history, trainer.state.global_step)

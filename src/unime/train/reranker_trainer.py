@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -412,6 +413,10 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
     return groups, n_records, root
 
 
+def primary_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _finished(out: Path) -> bool:
     return (out / METADATA_FILE).is_file()
 
@@ -424,30 +429,60 @@ def _base_reference(path: str) -> str:
 
 
 def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
-    """Train a reranker (or, with role='judge', a judge) and write it to `cfg.out` (see the module doc)."""
+    """Train a reranker (or, with role='judge', a judge) and write it to `cfg.out` (see the module doc), in
+    an output folder the run owns and holds locked (`unime.outdir`). Re-running continues from the last
+    complete checkpoint, reports a finished run without training, and refuses changed options
+    (`unime.train.run_state`); `overwrite` starts over."""
+    from unime.outdir import claim
+
+    cfg.validate()
+    primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process owns the folder
+    owned = claim(cfg.out, f"train {cfg.role}", _run_options(cfg), overwrite=cfg.overwrite) if primary else None
+    try:
+        return _train_reranker(cfg)
+    finally:
+        if owned is not None:
+            owned.release()
+
+
+# options that may change between a run and its continuation without changing what is trained
+_RESUME_FREE_OPTIONS = {"overwrite", "keep_checkpoints", "logging_steps", "save_steps"}
+
+
+def _run_options(cfg: RerankerTrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     import torch
     from transformers import TrainingArguments
 
     from unime.data.skips import SkipReport
     from unime.models.loading import load_model, resolve_device, resolve_dtype
-    from unime.train.checkpoints import is_peft, latest_checkpoint
+    from unime.train import run_state
+    from unime.train.checkpoints import is_peft, latest_checkpoint, write_json_atomic
     from unime.train.curves import CurvesCallback
 
-    cfg.validate()
     out = Path(cfg.out)
-    if _finished(out) and not cfg.overwrite:
+    ckpt_dir = out / CHECKPOINTS_DIR
+    has_state = _finished(out) or latest_checkpoint(ckpt_dir) is not None
+    same = not cfg.overwrite and run_state.check_same_run(out, _run_options(cfg), free=_RESUME_FREE_OPTIONS,
+                                                          overwrite=False, has_state=has_state)
+    if same and _finished(out):
         meta = json.loads((out / METADATA_FILE).read_text())
-        log.info("%s already holds a finished %s; pass overwrite to retrain", out, meta.get("role"))
+        log.info("%s: this %s run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
+                 meta.get("role"), meta.get("steps"))
         return TrainResult(out=str(out), role=meta.get("role", cfg.role), examples=meta.get("examples", 0),
                            records=meta.get("records", 0), skipped=meta.get("skipped", 0), steps=meta.get("steps", 0),
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
                            last_loss=meta.get("last_loss"))
-    ckpt_dir = out / CHECKPOINTS_DIR
-    if cfg.overwrite:
+    if not same:  # a new run, or starting over: nothing of an earlier run is resumed or reported
         if _finished(out):
             (out / METADATA_FILE).unlink()
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # do not resume a run being replaced
+        run_state.discard_checkpoints(ckpt_dir)
 
+    if primary_process():
+        write_json_atomic(out / run_state.CONFIG_FILE, _run_options(cfg))
     skips = SkipReport()
     groups, n_records, data_root = build_examples(cfg, skips=skips)
     if skips.total:
@@ -492,9 +527,12 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     resume = latest_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if run_state.final_state(resume) is not None:  # nothing left to train: no step max_steps + 1
+        run_state.load_final_checkpoint(trainer, resume, lambda _model, folder: trainer._load_from_checkpoint(folder))
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    history = [h for h in trainer.state.log_history if "loss" in h]
+    history = run_state.step_log(trainer.state.log_history)
     num_candidates = cfg.num_negatives + 1 if cfg.role == "reranker" and LIST in cfg.losses else None
     meta = {
         "role": cfg.role, "num_candidates": num_candidates, "losses": list(cfg.losses),

@@ -1,0 +1,59 @@
+"""The one error contract of the command line: a failure the user can cause (bad data, a folder that
+is not ours, a missing file, a disk that is full ...) ends as ONE line on stderr,
+
+    unime: error: FILE: record line 7, field 'positive_score': score 1e400... is too large
+
+and exit code 2. No traceback, unless `--log-level DEBUG`. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+
+from unime.errors import UnimeError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# failures caused by the input or the environment, even when they escaped a reader's own checks
+USER_CAUSED = (UnimeError, UnicodeDecodeError, OverflowError, RecursionError, OSError, MemoryError)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a user-caused failure."""
+    if isinstance(exc, UnimeError):
+        text = str(exc)
+    elif isinstance(exc, UnicodeDecodeError):
+        text = f"input is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})"
+    elif isinstance(exc, RecursionError):
+        text = "input nested too deeply (e.g. JSON with thousands of levels)"
+    elif isinstance(exc, OverflowError):
+        text = f"a number in the input is too large: {exc}"
+    elif isinstance(exc, OSError):
+        what = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            what = "no space left on the device"
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        text = f"{' -> '.join(names)}: {what}" if names else what
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def is_user_caused(exc: BaseException) -> bool:
+    if isinstance(exc, UnimeError):
+        return True
+    if isinstance(exc, ValueError) and "embedded null byte" in str(exc):
+        return True
+    return isinstance(exc, USER_CAUSED) and not isinstance(exc, (NotImplementedError,))
+
+
+def report(exc: BaseException, *, debug: bool) -> int:
+    """Print the one line (and, under DEBUG, the traceback); return the exit code."""
+    if debug:
+        logging.getLogger("unime").exception("failed")
+    print(f"unime: error: {describe(exc)}", file=sys.stderr)
+    return EXIT_USER_ERROR

@@ -1,0 +1,131 @@
+"""`--config FILE.yaml`: option defaults from a file, checked by the same rules as the command line.
+
+Each key is an option name (dashes or underscores). Its value goes through the option's own `type`
+and `choices`; a flag takes a YAML boolean (or the strings true/false/yes/no/on/off/1/0); a list only
+where the option takes several values. Options given on the command line win; a required option may
+come from the file. Any violation is a `ConfigError` naming the file and the key, before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import yaml
+
+from unime.errors import UnimeError
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+class ConfigError(UnimeError):
+    """A config file key whose value the option does not accept."""
+
+
+def config_path_from_argv(argv: list[str]) -> str | None:
+    """The value of `--config` in `argv` (last one wins), without parsing the rest."""
+    path = None
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            break
+        if tok == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif tok.startswith("--config="):
+            path = tok.split("=", 1)[1]
+    return path
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    from unime.data.jsonl import read_text_file
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        cfg = yaml.safe_load(read_text_file(path))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of option names to values")
+    return cfg
+
+
+def _flag(value: Any, *, path: str, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{path}: key '{key}': expected true or false, got {value!r}")
+
+
+def _scalar(action: argparse.Action, value: Any, *, path: str, key: str) -> Any:
+    if isinstance(value, (list, dict)):
+        raise ConfigError(f"{path}: key '{key}': expected a single value, got {type(value).__name__} {value!r}")
+    if value is None:
+        return None
+    conv = action.type
+    if conv is None:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: key '{key}': expected a string, got {value!r}")
+        out = value if isinstance(value, str) else str(value)
+    else:
+        if isinstance(value, bool) or (conv is int and isinstance(value, float)):
+            raise ConfigError(f"{path}: key '{key}': expected {getattr(conv, '__name__', 'a value')}, got {value!r}")
+        try:
+            out = conv(value if isinstance(value, str) else str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise ConfigError(f"{path}: key '{key}': invalid {getattr(conv, '__name__', 'value')} {value!r} "
+                              f"({e})") from None
+    if action.choices is not None and out not in action.choices:
+        raise ConfigError(f"{path}: key '{key}': {out!r} is not one of {', '.join(map(str, action.choices))}")
+    return out
+
+
+def _convert(actions: list[argparse.Action], value: Any, *, path: str, key: str) -> Any:
+    """The parsed value of a config entry, by the rules of the option(s) writing its destination."""
+    # prefer the option that takes a value (`--on-error skip`) over a constant flag sharing its dest
+    valued = [a for a in actions if a.nargs != 0]
+    action = valued[0] if valued else actions[0]
+    if isinstance(action, argparse.BooleanOptionalAction) or isinstance(
+            action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return _flag(value, path=path, key=key)
+    if isinstance(action, argparse._StoreConstAction):  # e.g. --skip-bad-records (dest on_error)
+        if value in (action.const, action.default):
+            return value
+        return action.const if _flag(value, path=path, key=key) else action.default
+    if isinstance(action, (argparse._AppendAction,)) or action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        items = value if isinstance(value, list) else [value]
+        return [_scalar(action, v, path=path, key=key) for v in items]
+    if action.nargs == "?":  # e.g. --resume [CHECKPOINT]: a flag or a value
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+    return _scalar(action, value, path=path, key=key)
+
+
+def apply_config_file(subparser: argparse.ArgumentParser, path: str) -> None:
+    """Set the subcommand's defaults from the config file, converted and checked; options the file sets
+    are no longer required on the command line."""
+    cfg = load_config_file(path)
+    by_dest: dict[str, list[argparse.Action]] = {}
+    for a in subparser._actions:
+        if a.dest not in (argparse.SUPPRESS, "help", "config") and not isinstance(a, argparse._SubParsersAction):
+            by_dest.setdefault(a.dest, []).append(a)
+    unknown = sorted(str(k) for k in cfg if str(k).replace("-", "_") not in by_dest)
+    if unknown:
+        raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)} for `{subparser.prog}`")
+    defaults = {}
+    for key, value in cfg.items():
+        dest = str(key).replace("-", "_")
+        defaults[dest] = _convert(by_dest[dest], value, path=path, key=str(key))
+        for a in by_dest[dest]:
+            a.required = False
+    subparser.set_defaults(**defaults)

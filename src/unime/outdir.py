@@ -1,0 +1,257 @@
+"""Output folders are owned: a command writes only into a folder it created (or was allowed to take),
+and deletes or replaces only what it wrote there. One OS lock per folder keeps two runs apart.
+
+Every command that writes an output folder claims it first (`claim`, done by the CLI for each such
+command):
+
+- the folder is missing or empty: it is created and marked as the command's (an ownership marker
+  `.unime-output.json`: command, unime version, options hash, the entries that were there before);
+- it holds the marker of the same command: a re-run (resume / a finished run: the command decides);
+- it holds another command's marker, or is unmarked and not empty: refused, naming the folder and
+  `--overwrite`. With `--overwrite` the command takes the folder; the entries found in it are listed
+  in the marker as `preexisting`: replaced only when the command writes the same name, never deleted.
+
+`may_replace(folder, name)` is what a stage asks before it deletes or replaces an entry it finds (the
+mining judge stage, a trainer's final folders): yes for entries the command wrote itself, for a
+pre-existing entry only under `--overwrite`. `remove_owned` (`unime demo --fresh`) deletes exactly
+the entries the owner wrote.
+
+The lock is an `fcntl.flock` on `.unime.lock` in the folder, held for the whole run and released by
+the OS when the process ends, even by kill -9; a second run on the folder fails at once with the
+holder's pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unime.errors import UnimeError
+
+MARKER_NAME = ".unime-output.json"
+LOCK_NAME = ".unime.lock"
+_OWN_FILES = (MARKER_NAME, LOCK_NAME)
+
+
+class FolderNotOwned(UnimeError):
+    """The output folder holds files this command did not write."""
+
+
+class FolderInUse(UnimeError):
+    """Another run holds the output folder's lock."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("unime")
+    except Exception:  # noqa: BLE001 - an uninstalled source tree
+        return "0+unknown"
+
+
+def options_hash(options: dict[str, Any]) -> str:
+    """A stable digest of a command's options (what the marker records)."""
+    return hashlib.sha1(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_marker(folder: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(folder) / MARKER_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # unreadable: treated as no marker (the folder is then not ours)
+    return data if isinstance(data, dict) and "command" in data else None
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in _OWN_FILES)
+
+
+def _write_marker(folder: Path, data: dict[str, Any]) -> None:
+    tmp = folder / f".{MARKER_NAME}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / MARKER_NAME)
+
+
+def _refusal(folder: Path, command: str, marker: dict[str, Any] | None) -> FolderNotOwned:
+    if marker is None:
+        why = "is not empty and was not written by unime"
+    else:
+        why = f"was written by `unime {marker.get('command')}`, not `unime {command}`"
+    return FolderNotOwned(f"output folder {folder} {why}; refusing to write into it (its files could be replaced). "
+                          "Choose another --out, or pass --overwrite to let this command replace what it "
+                          "writes there")
+
+
+def check_claim(folder: str | os.PathLike, command: str, *, overwrite: bool = False) -> None:
+    """Raise `FolderNotOwned` if `command` may not write into `folder` (read-only check)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FolderNotOwned(f"output folder {folder} exists and is not a folder")
+    marker = read_marker(folder)
+    if overwrite or (marker is not None and marker.get("command") == command):
+        return
+    if marker is None and not _entries(folder):
+        return
+    raise _refusal(folder, command, marker)
+
+
+@dataclass
+class OwnedFolder:
+    """A claimed output folder, locked until `release()` (or the end of the process)."""
+
+    path: Path
+    command: str
+    marker: dict[str, Any]
+    _lock_fd: int | None = field(default=None, repr=False)
+
+    def may_replace(self, name: str) -> bool:
+        return _may_replace(self.marker, name)
+
+    def release(self) -> None:
+        """Unlock; re-write the marker if the command replaced the whole folder (and with it the marker)."""
+        if self.path.is_dir() and read_marker(self.path) is None:
+            with contextlib.suppress(OSError):
+                _write_marker(self.path, self.marker)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+            if _HELD.get(self.path.resolve()) is self:
+                del _HELD[self.path.resolve()]
+
+    def __enter__(self) -> "OwnedFolder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _lock(folder: Path) -> int:
+    import fcntl
+
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            os.close(fd)
+            raise
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise FolderInUse(f"output folder {folder} is in use by another unime run (pid {holder}); wait for it "
+                          "to finish or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+# folders this process holds: a nested claim (the CLI claims, then the stage function it calls claims
+# again) re-enters the outer one instead of locking against itself
+_HELD: dict[Path, "OwnedFolder"] = {}
+
+
+def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
+          overwrite: bool = False) -> OwnedFolder:
+    """Create or take `folder` for `command` (see the module doc), locked. Raises `FolderNotOwned` or
+    `FolderInUse`; writes nothing into a folder it refuses. Re-entrant within a process for the same
+    command (the inner claim is a no-op handle)."""
+    folder = Path(folder)
+    held = _HELD.get(folder.resolve()) if folder.exists() else None
+    if held is not None and held._lock_fd is not None:
+        if held.command != command:
+            raise FolderInUse(f"output folder {folder} is in use by `unime {held.command}` in this process")
+        return OwnedFolder(held.path, command, held.marker, None)
+    check_claim(folder, command, overwrite=overwrite)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = _lock(folder)
+    try:
+        check_claim(folder, command, overwrite=overwrite)  # again, now that no other run can change it
+        old = read_marker(folder)
+        if old is not None and old.get("command") == command:
+            preexisting = list(old.get("preexisting", []))
+        else:  # new, or taken with --overwrite: whatever is there now is not ours
+            preexisting = _entries(folder)
+        marker = {"command": command, "unime_version": _version(), "options_hash": options_hash(options or {}),
+                  "preexisting": preexisting, "overwrite": bool(overwrite),
+                  "created": (old or {}).get("created") if old and old.get("command") == command else
+                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_marker(folder, marker)
+        _clean_stale_temporaries(folder, keep=set(preexisting))
+    except BaseException:
+        os.close(fd)
+        raise
+    owned = OwnedFolder(folder, command, marker, fd)
+    _HELD[folder.resolve()] = owned
+    return owned
+
+
+def _clean_stale_temporaries(folder: Path, keep: set[str]) -> None:
+    """Remove the temporary siblings a killed atomic write leaves (`.NAME.tmp-*`, `.NAME.old-*`), for
+    entries this folder's owner writes."""
+    for p in folder.iterdir():
+        if p.name in keep or p.name in _OWN_FILES:
+            continue
+        if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
+def _may_replace(marker: dict[str, Any] | None, name: str) -> bool:
+    if marker is None:
+        return False
+    if name in marker.get("preexisting", []):
+        return bool(marker.get("overwrite"))
+    return True
+
+
+def may_replace(folder: str | os.PathLike, name: str) -> bool:
+    """May the owner of `folder` delete or replace its entry `name`? False in an unmarked folder."""
+    return _may_replace(read_marker(folder), name)
+
+
+def require_replaceable(folder: str | os.PathLike, name: str) -> None:
+    """Raise `FolderNotOwned` unless `folder/name` is missing or may be replaced (see `may_replace`)."""
+    path = Path(folder) / name
+    if path.exists() or path.is_symlink():
+        if not may_replace(folder, name):
+            raise FolderNotOwned(f"{path} was not written by this command; refusing to replace it. Move it away, "
+                                 "or pass --overwrite to let the command replace it")
+
+
+def remove_owned(folder: str | os.PathLike, command: str, *, overwrite: bool = False) -> list[str]:
+    """Delete what `command` wrote in `folder` (the entries not listed as pre-existing); with `overwrite`
+    and a folder it does not own, everything. The marker and lock stay. Returns the removed names."""
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    check_claim(folder, command, overwrite=overwrite)
+    marker = read_marker(folder)
+    ours = marker is not None and marker.get("command") == command
+    keep = set(marker.get("preexisting", [])) if ours else set()
+    removed = []
+    for name in _entries(folder):
+        if name in keep:
+            continue
+        p = folder / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        removed.append(name)
+    return removed

@@ -1,0 +1,125 @@
+"""One resume convention for every trainer (embedder, reranker / judge):
+
+- re-running the same command continues the run from its last complete checkpoint (`--resume` is
+  accepted but not needed);
+- a finished run (its final outputs written) says so and does nothing;
+- a checkpoint at the run's last step (a kill or a full disk during the export) is exported as it is:
+  no extra optimizer step is taken;
+- options that change what is trained are compared with the run's `train_config.json`; a difference
+  is refused, listing the differing keys, unless `--overwrite` (start over: the run's checkpoints are
+  discarded);
+- the reported loss covers the whole run, not the part after the last resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from unime.errors import UnimeError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "train_config.json"
+
+
+class ChangedOptions(UnimeError):
+    """A re-run whose options differ from those of the run it would continue."""
+
+
+def changed_options(before: dict[str, Any], now: dict[str, Any], free: Iterable[str]) -> list[str]:
+    """Keys (outside `free`) whose values differ; JSON round-trip so tuples and lists compare equal."""
+    now = json.loads(json.dumps(now, default=str))
+    free = set(free)
+    return sorted(k for k in (set(before) | set(now)) - free if before.get(k) != now.get(k))
+
+
+def previous_config(out: str | Path) -> dict[str, Any] | None:
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_same_run(out: str | Path, now: dict[str, Any], *, free: Iterable[str], overwrite: bool,
+                   has_state: bool) -> bool:
+    """Before training in `out`: True if a previous run there may be continued (or reported finished).
+
+    `has_state`: `out` holds checkpoints or final outputs of a previous run. Differing options raise
+    `ChangedOptions` naming the keys unless `overwrite` (then False: start over). State without a
+    `train_config.json` (of unknown options) is refused the same way."""
+    before = previous_config(out)
+    if before is None:
+        if has_state and not overwrite:
+            raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
+                                 f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
+        return False
+    diff = changed_options(before, now, free)
+    if not diff:
+        return True
+    if overwrite:
+        log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
+        return False
+    shown = ", ".join(f"{k}: {before.get(k)!r} -> {json.loads(json.dumps(now.get(k), default=str))!r}"
+                      for k in diff)
+    raise ChangedOptions(f"{out} holds a run with other options ({shown}); re-run with the same options to "
+                         "continue it, pass --overwrite to start over, or choose another --out")
+
+
+def discard_checkpoints(checkpoint_root: str | Path) -> None:
+    """Start over: the run's own checkpoints go (the folder is the trainer's; see `unime.outdir`)."""
+    shutil.rmtree(checkpoint_root, ignore_errors=True)
+
+
+def final_state(checkpoint: str | Path | None):
+    """The `TrainerState` of `checkpoint` if it is at the run's last step (nothing left to train)."""
+    if checkpoint is None:
+        return None
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if state.max_steps and state.global_step >= state.max_steps:
+        return state
+    return None
+
+
+def load_final_checkpoint(trainer, checkpoint: str | Path, load_weights) -> None:
+    """Put `trainer` in the state of its final checkpoint without an optimizer step: the trained
+    weights (`load_weights(model, folder)`) and the state (step, log history)."""
+    from transformers import TrainerState
+
+    load_weights(trainer.model, str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    log.info("%s is the run's last step (%d): exporting it, no further training", checkpoint,
+             trainer.state.global_step)
+
+
+def step_log(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The training-loss log rows, one per step (a step logged twice — a resume repeats the log of the
+    checkpoint's step — keeps its last row), by step."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for row in log_history:
+        if "loss" in row and "step" in row:
+            by_step[int(row["step"])] = row
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def whole_run_loss(log_history: Sequence[dict[str, Any]]) -> float | None:
+    """The mean training loss over every step of the run, from the logged windows (each logged loss is
+    the mean since the previous log): sum(loss x window) / steps."""
+    rows = step_log(log_history)
+    if not rows:
+        return None
+    total, prev = 0.0, 0
+    for r in rows:
+        step = int(r["step"])
+        total += float(r["loss"]) * (step - prev)
+        prev = step
+    return total / prev if prev else None
