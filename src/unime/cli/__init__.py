@@ -36,8 +36,9 @@ def add_config_option(p: argparse.ArgumentParser) -> None:
 # commands that write an output folder (`--out`): each claims and locks it (`unime.outdir`) for the run
 OWNED_OUTPUT_COMMANDS = ("mine", "eval", "demo", "train embedder", "train reranker", "train judge",
                          "train reasoner", "models build-tiny", "reason add-emb", "reason eval")
-_OVERWRITE_HELP = ("let this command write into an output folder it did not create (replacing the files it "
-                   "writes there; nothing else is deleted) and start over instead of resuming")
+_OVERWRITE_HELP = ("let this command write into an output folder it did not create: what it writes replaces "
+                   "entries of the same name (a command whose output is one model folder replaces the folder), "
+                   "other files stay; a trainer starts over instead of resuming")
 
 
 def _command_path(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], argparse.ArgumentParser]:

@@ -9,7 +9,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole method end to end on the embedded default and write a report")
     p.add_argument("--out", default="runs/demo", help="output folder (stages already done there are skipped)")
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (CI): a tiny world and a few steps")
-    p.add_argument("--fresh", action="store_true", help="delete OUT first and re-run every stage")
+    p.add_argument("--fresh", action="store_true", help="delete what earlier demo runs wrote in OUT and re-run every stage (other files stay)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per embedder row (default: preset's)")
     p.add_argument("--family", default=None, choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
                    help="model family of the tiny models (default qwen2_vl)")
@@ -38,7 +38,7 @@ def _demo(args) -> int:
     if args.allow_weak_judge:
         settings.stop_on_weak_judge = False
     if args.fresh:
-        fresh(args.out)
+        fresh(args.out, overwrite=bool(getattr(args, "overwrite", False)))
     try:
         report = Demo(args.out, settings, device=args.device, embed_rl=args.embed_rl,
                       oracle_judge=args.oracle_judge).run()

@@ -10,8 +10,8 @@ traceback.
 from __future__ import annotations
 
 import errno
-import logging
 import sys
+import traceback
 
 from unime.errors import UnimeError
 
@@ -54,6 +54,6 @@ def is_user_caused(exc: BaseException) -> bool:
 def report(exc: BaseException, *, debug: bool) -> int:
     """Print the one line (and, under DEBUG, the traceback); return the exit code."""
     if debug:
-        logging.getLogger("unime").exception("failed")
+        traceback.print_exception(exc, file=sys.stderr)
     print(f"unime: error: {describe(exc)}", file=sys.stderr)
     return EXIT_USER_ERROR

@@ -116,16 +116,28 @@ def apply_config_file(subparser: argparse.ArgumentParser, path: str) -> None:
     are no longer required on the command line."""
     cfg = load_config_file(path)
     by_dest: dict[str, list[argparse.Action]] = {}
+    by_option: dict[str, argparse.Action] = {}
     for a in subparser._actions:
         if a.dest not in (argparse.SUPPRESS, "help", "config") and not isinstance(a, argparse._SubParsersAction):
             by_dest.setdefault(a.dest, []).append(a)
-    unknown = sorted(str(k) for k in cfg if str(k).replace("-", "_") not in by_dest)
+            for opt in a.option_strings:
+                by_option[opt.lstrip("-").replace("_", "-")] = a
+
+    def actions_for(key: str) -> list[argparse.Action] | None:
+        # an option's own name first (`skip-bad-records` is a flag writing `on_error`), then a destination
+        option = by_option.get(key.replace("_", "-"))
+        if option is not None and option.dest.replace("_", "-") != key.replace("_", "-"):
+            return [option]
+        return by_dest.get(key.replace("-", "_"))
+
+    unknown = sorted(str(k) for k in cfg if actions_for(str(k)) is None)
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)} for `{subparser.prog}`")
     defaults = {}
     for key, value in cfg.items():
-        dest = str(key).replace("-", "_")
-        defaults[dest] = _convert(by_dest[dest], value, path=path, key=str(key))
+        actions = actions_for(str(key))
+        dest = actions[0].dest
+        defaults[dest] = _convert(actions, value, path=path, key=str(key))
         for a in by_dest[dest]:
             a.required = False
     subparser.set_defaults(**defaults)

@@ -25,14 +25,17 @@ def _parse_json(text: str, *, source: str, record: str | None) -> Any:
                          record=record) from None
 
 
-def _decode(raw: bytes, *, source: str, record: str | None, offset: int = 0) -> str:
+def _decode(raw: bytes, *, source: str, record: str | None) -> str:
+    """UTF-8 text; bad bytes raise a `DataError` naming the line (of a whole file) and the 1-based column
+    (in bytes) of the first one."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
         if record is None:  # a whole file: name the line of the first bad byte
             record = "line %d" % (raw.count(b"\n", 0, e.start) + 1)
-        raise data_error("malformed_json", f"not UTF-8 text (byte {offset + e.start}: "
-                         f"{raw[e.start:e.start + 1]!r})", source=source, record=record) from None
+        raise data_error("malformed_json", f"not UTF-8 text at column {e.start - line_start + 1} "
+                         f"(byte {raw[e.start:e.start + 1]!r})", source=source, record=record) from None
 
 
 def iter_jsonl(path: str | os.PathLike, *, on_malformed: Callable[[DataError], None] | None = None

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from unime.errors import UnimeError
 from unime.train.loss_defaults import DEFAULT_TEMPERATURE
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class Demo:
         finally:
             _torch_threads(threads)
         if code:
-            raise RuntimeError(f"stage command failed with exit code {code}: {commands[-1]}")
+            raise UnimeError(f"stage command failed with exit code {code}: {commands[-1]}")
 
     def stage(self, name: str, done_when: list[Path], body: Callable[[list[str]], None]) -> None:
         marker = self.p("stages", f"{name}.json")
@@ -444,7 +445,9 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def fresh(out: str | os.PathLike) -> None:
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+def fresh(out: str | os.PathLike, *, overwrite: bool = False) -> list[str]:
+    """`unime demo --fresh`: delete what earlier demo runs wrote in `out` (never files they did not
+    write; a folder the demo does not own is refused unless `overwrite`, see `unime.outdir`)."""
+    from unime.outdir import remove_owned
+
+    return remove_owned(out, "demo", overwrite=overwrite)

@@ -89,7 +89,11 @@ def latest_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
 def export_final(model, processor, out_dir: str | os.PathLike, *, card: str) -> dict[str, Path]:
     """Write DIR/adapter (PEFT runs), DIR/merged and DIR/README.md, each atomically. Merging modifies
     `model` in place (call it last). Returns the written folders."""
+    from unime.outdir import require_replaceable
+
     out = Path(out_dir)
+    for name in ((ADAPTER_DIR,) if is_peft(model) else ()) + (MERGED_DIR, "README.md"):
+        require_replaceable(out, name)  # never replace a merged/ or README.md this run's command did not write
     written: dict[str, Path] = {}
     if is_peft(model):
         with atomic_dir(out / ADAPTER_DIR, overwrite=True) as tmp:

@@ -595,10 +595,14 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
 
     from unime.train.checkpoints import is_peft
 
+    from unime.outdir import require_replaceable
+
     card = model_card(meta)
     peft = is_peft(model)
     if adapter and not peft:
         raise ValueError("no adapter to export: the model was fully fine-tuned")
+    for name in ((ADAPTER_DIR,) if adapter else ()) + ((MERGED_DIR,) if merged else ()) + ("README.md", METADATA_FILE):
+        require_replaceable(out, name)  # never replace what this run's command did not write
     if peft:
         model.peft_config["default"].base_model_name_or_path = meta["base_model"]
     written: dict[str, Path] = {}

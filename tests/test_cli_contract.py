@@ -1,0 +1,202 @@
+"""The command line's contracts: one error line + exit code 2 for user-caused failures, config files
+parsed by the command line's rules, and output folders that are never taken from the user."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unime.cli import OWNED_OUTPUT_COMMANDS, _add_overwrite_options, _parse, build_parser, main
+from unime.cli.options_file import ConfigError
+from unime.outdir import MARKER_NAME, read_marker
+
+
+def _error_lines(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("unime: error:")]
+
+
+def parse(argv: list[str]):
+    parser = build_parser()
+    _add_overwrite_options(parser)
+    return _parse(parser, argv)
+
+
+# -- one error line, exit code 2 ---------------------------------------------------------------------------
+def test_a_data_error_is_one_line_and_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "r.jsonl"
+    bad.write_bytes(b'{"query": {"text": "q"}, "positive": {"text": "p"}}\n{"query": {"text": "\xff"}}\n')
+    assert main(["mine", "--records", str(bad), "--embedder", "e", "--judge", "j", "--out", str(tmp_path / "o")]) == 2
+    assert _error_lines(capsys) == [f"unime: error: {bad}, record line 2: not UTF-8 text at column 21 (byte b'\\xff')"]
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    argv = ["--log-level", "DEBUG", "data", "check", str(tmp_path / "none.jsonl")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1] == f"unime: error: {tmp_path / 'none.jsonl'}: record file not found"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    import unime.cli.data as data_cli
+
+    def broken(args):
+        raise KeyError("a bug, not the user's doing")
+
+    monkeypatch.setattr(data_cli, "_check", broken)
+    with pytest.raises(KeyError):
+        main(["data", "check", str(tmp_path / "x.jsonl")])
+
+
+# -- config files ------------------------------------------------------------------------------------------
+MINE = ["mine", "--records", "r.jsonl", "--embedder", "e", "--judge", "j", "--out", "o"]
+
+
+def _cfg(tmp_path, text: str) -> str:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_config_values_go_through_the_options_types_and_choices(tmp_path):
+    args = parse(MINE + ["--config", _cfg(tmp_path, "k: 7\nbeta: '0.5'\nfallback: drop\non-error: skip\n")])
+    assert (args.k, args.beta, args.fallback, args.on_error) == (7, 0.5, "drop", "skip")
+    args = parse(MINE + ["--k", "3", "--config", _cfg(tmp_path, "k: 7\n")])
+    assert args.k == 3  # the command line wins
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("k: 4.7\n", "key 'k': expected int, got 4.7"),
+    ("count: [1, 2]\n", "key 'count': expected a single value"),
+    ("k: true\n", "key 'k': expected int, got True"),
+    ("fallback: sometimes\n", "key 'fallback': 'sometimes' is not one of random, drop"),
+    ("progress: maybe\n", "key 'progress': expected true or false"),
+    ("frobnicate: 1\n", "unknown option(s) frobnicate"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("k: [\n", "malformed YAML"),
+])
+def test_bad_config_values_are_refused_before_any_work(tmp_path, text, fragment, capsys):
+    cfg = _cfg(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        parse(MINE + ["--config", cfg])
+    assert str(e.value).startswith(cfg) and fragment in str(e.value)
+    assert main(MINE + ["--config", cfg]) == 2
+    assert _error_lines(capsys) == [f"unime: error: {e.value}"]
+
+
+def test_flags_from_a_config_mean_what_they_say(tmp_path):
+    base = ["train", "embedder", "--model", "m", "--records", "r.jsonl", "--out", "o"]
+    for text, full in (('full: "false"\n', False), ("full: false\n", False), ("full: 'yes'\n", True),
+                       ("full: true\n", True)):
+        assert parse(base + ["--config", _cfg(tmp_path, text)]).full is full
+    args = parse(base + ["--config", _cfg(tmp_path, "skip-bad-records: true\nin-batch: 'false'\n")])
+    assert args.on_error == "skip" and args.in_batch is False
+    assert parse(base + ["--config", _cfg(tmp_path, "resume: true\n")]).resume is True
+
+
+def test_required_options_may_come_from_the_config(tmp_path):
+    cfg = _cfg(tmp_path, "records: r.jsonl\nembedder: e\njudge: j\nout: o\n")
+    args = parse(["mine", "--config", cfg])
+    assert (args.records, args.embedder, args.judge, args.out) == ("r.jsonl", "e", "j", "o")
+    with pytest.raises(SystemExit):  # still required when neither gives it
+        parse(["mine", "--config", _cfg(tmp_path, "records: r.jsonl\n")])
+
+
+# -- output folders ----------------------------------------------------------------------------------------
+def _argv(command: str, out: Path) -> list[str]:
+    """A parseable command line of each command that writes an output folder."""
+    extra = {
+        "mine": ["--records", "r.jsonl", "--embedder", "e", "--judge", "j"],
+        "eval": ["--model", "m", "--tasks", "t.yaml"],
+        "demo": ["--fresh"],
+        "train embedder": ["--model", "m", "--records", "r.jsonl"],
+        "train reranker": ["--model", "m", "--records", "r.jsonl"],
+        "train judge": ["--model", "m", "--records", "r.jsonl"],
+        "train reasoner": ["--stage", "sft", "--model", "m"],
+        "models build-tiny": [],
+        "reason add-emb": ["--model", "m"],
+        "reason eval": ["--embedder", "e", "--tasks", "t.yaml"],
+    }[command]
+    return command.split() + extra + ["--out", str(out)]
+
+
+@pytest.mark.parametrize("command", OWNED_OUTPUT_COMMANDS)
+def test_a_user_file_in_an_existing_out_survives_every_command(tmp_path, command, capsys):
+    out = tmp_path / "out"
+    (out / "merged").mkdir(parents=True)
+    (out / "README.md").write_text("my notes")
+    (out / "merged" / "model.safetensors").write_bytes(b"my model")
+    assert main(_argv(command, out)) == 2
+    [line] = _error_lines(capsys)
+    assert f"output folder {out} is not empty and was not written by unime" in line and "--overwrite" in line
+    assert sorted(p.name for p in out.rglob("*")) == ["README.md", "merged", "model.safetensors"]
+    assert (out / "README.md").read_text() == "my notes"
+
+
+def test_mine_never_deletes_a_judge_folder_it_did_not_write(tmp_path, capsys):
+    """The demo keeps judge/ beside mined/; a user who mines into the folder holding the judge must not
+    lose it (mining used to rmtree DIR/judge whenever its manifest was missing)."""
+    run = tmp_path / "run"
+    (run / "judge").mkdir(parents=True)
+    (run / "judge" / "model.safetensors").write_bytes(b"the judge")
+    records = tmp_path / "r.jsonl"
+    records.write_text(json.dumps({"query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
+    assert main(["mine", "--records", str(records), "--embedder", "e", "--judge", str(run / "judge"),
+                 "--out", str(run)]) == 2
+    assert "--overwrite" in _error_lines(capsys)[0]
+    assert (run / "judge" / "model.safetensors").read_bytes() == b"the judge"
+
+
+def test_demo_fresh_deletes_only_what_the_demo_wrote(tmp_path, monkeypatch, capsys):
+    import unime.demo.pipeline as demo
+
+    runs: list[str] = []
+
+    class FakeDemo:  # the stages themselves are not the point here
+        def __init__(self, out, *a, **k):
+            self.out = Path(out)
+
+        def run(self):
+            runs.append(str(self.out))
+            (self.out / "stages").mkdir(exist_ok=True)
+            (self.out / "report.md").write_text("r")
+            return self.out / "report.md"
+
+    monkeypatch.setattr(demo, "Demo", FakeDemo)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    (out / "stages" / "keep-me.txt").write_text("x")  # inside the demo's own folder: the demo's
+    assert main(["demo", "--out", str(out), "--fresh"]) == 0
+    assert not (out / "stages" / "keep-me.txt").exists() and (out / "report.md").is_file()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("1,2")
+    assert main(["demo", "--out", str(foreign), "--fresh"]) == 2
+    assert (foreign / "data.csv").read_text() == "1,2" and not (foreign / MARKER_NAME).exists()
+    assert len(runs) == 2
+
+
+def test_overwrite_is_the_way_to_write_into_a_foreign_folder(tmp_path, monkeypatch):
+    import unime.demo.pipeline as demo
+
+    class FakeDemo:
+        def __init__(self, out, *a, **k):
+            self.out = Path(out)
+
+        def run(self):
+            (self.out / "report.md").write_text("demo report")
+            return self.out / "report.md"
+
+    monkeypatch.setattr(demo, "Demo", FakeDemo)
+    out = tmp_path / "mixed"
+    out.mkdir()
+    (out / "report.md").write_text("the user's report")
+    (out / "data.csv").write_text("1,2")
+    assert main(["demo", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "report.md").read_text() == "demo report" and (out / "data.csv").read_text() == "1,2"
+    assert read_marker(out)["preexisting"] == ["data.csv", "report.md"]
+    assert main(["demo", "--out", str(out), "--fresh"]) == 0  # fresh never deletes the user's entries
+    assert (out / "data.csv").read_text() == "1,2"

@@ -1,0 +1,124 @@
+"""Output folders are owned and locked (`unime.outdir`): what a command may write, replace and delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from unime.outdir import (LOCK_NAME, MARKER_NAME, FolderInUse, FolderNotOwned, claim, may_replace, read_marker,
+                          remove_owned, require_replaceable)
+
+
+def test_a_new_folder_is_created_marked_and_reentered_by_the_same_command(tmp_path):
+    out = tmp_path / "run"
+    with claim(out, "mine", {"k": 5}) as owned:
+        assert out.is_dir() and owned.may_replace("judge")
+        marker = read_marker(out)
+        assert marker["command"] == "mine" and marker["preexisting"] == [] and len(marker["options_hash"]) == 16
+        (out / "judge").mkdir()
+    with claim(out, "mine", {"k": 6}):  # a re-run of the same command (resume): allowed
+        assert read_marker(out)["preexisting"] == []
+    assert may_replace(out, "judge")
+
+
+def test_an_unmarked_non_empty_folder_is_refused_and_left_untouched(tmp_path):
+    out = tmp_path / "mine"
+    (out / "judge").mkdir(parents=True)
+    (out / "judge" / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(FolderNotOwned, match=rf"{out}.*not written by unime.*--overwrite"):
+        claim(out, "mine")
+    assert sorted(p.name for p in out.iterdir()) == ["judge"]  # no marker, no lock file written
+
+
+def test_another_commands_folder_is_refused(tmp_path):
+    out = tmp_path / "x"
+    claim(out, "eval").release()
+    with pytest.raises(FolderNotOwned, match=r"written by `unime eval`, not `unime mine`"):
+        claim(out, "mine")
+
+
+def test_overwrite_takes_the_folder_but_the_users_entries_are_never_deleted(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with claim(out, "demo", overwrite=True) as owned:
+        assert read_marker(out)["preexisting"] == ["notes.txt"]
+        assert owned.may_replace("notes.txt")  # this run was told --overwrite: it may write the same name
+        (out / "report.md").write_text("r")
+        (out / "stages").mkdir()
+    with claim(out, "demo") as owned:  # a later run without --overwrite
+        assert not owned.may_replace("notes.txt") and owned.may_replace("report.md")
+        with pytest.raises(FolderNotOwned, match="notes.txt was not written by this command"):
+            require_replaceable(out, "notes.txt")
+        assert remove_owned(out, "demo") == ["report.md", "stages"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["notes.txt", MARKER_NAME, LOCK_NAME])
+
+
+def test_remove_owned_refuses_a_folder_the_command_does_not_own(tmp_path):
+    out = tmp_path / "elsewhere"
+    out.mkdir()
+    (out / "thesis.tex").write_text("x")
+    with pytest.raises(FolderNotOwned):
+        remove_owned(out, "demo")
+    assert (out / "thesis.tex").read_text() == "x"
+    assert remove_owned(out, "demo", overwrite=True) == ["thesis.tex"]  # --fresh --overwrite: asked for
+
+
+def test_a_second_claim_fails_at_once_naming_the_holders_pid(tmp_path):
+    out = tmp_path / "busy"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from unime.outdir import claim
+        claim({str(out)!r}, "mine")
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        with pytest.raises(FolderInUse, match=rf"in use by another unime run \(pid {proc.pid}\)"):
+            claim(out, "mine")
+        assert time.monotonic() - t0 < 5  # fails at once, does not wait
+    finally:
+        proc.kill()  # SIGKILL: the OS drops the lock with the process
+        proc.wait()
+    claim(out, "mine").release()  # free again after the crash
+
+
+def test_a_nested_claim_in_the_same_process_re_enters(tmp_path):
+    out = tmp_path / "run"
+    with claim(out, "train embedder", {"a": 1}):
+        with claim(out, "train embedder", {"a": 1}) as inner:  # the CLI claimed, then the trainer claims
+            assert inner.may_replace("merged")
+        with pytest.raises(FolderInUse, match="in this process"):
+            claim(out, "mine")
+
+
+def test_stale_temporaries_of_a_killed_write_are_cleaned_on_claim(tmp_path):
+    out = tmp_path / "run"
+    claim(out, "train embedder").release()
+    (out / ".adapter.tmp-abc123").mkdir()
+    (out / ".README.md.tmp-x1").write_text("half")
+    (out / "merged").mkdir()
+    claim(out, "train embedder").release()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".unime")) == ["merged"]
+
+
+def test_a_whole_folder_replacement_keeps_the_marker(tmp_path):
+    from unime.data.atomic import atomic_dir
+
+    out = tmp_path / "model"
+    with claim(out, "models build-tiny"):
+        with atomic_dir(out, overwrite=True) as tmp:  # the command replaces its folder wholesale
+            (tmp / "config.json").write_text("{}")
+    assert read_marker(out)["command"] == "models build-tiny"
+    assert json.loads((out / MARKER_NAME).read_text())["preexisting"] == []
