@@ -316,3 +316,37 @@ def test_a_shared_embedding_cache_never_mixes_data_roots(dataset, tiny_model_dir
     assert b["candidate_ids"] == c["candidate_ids"]
     for sb, sc in zip(b["candidate_sims"], c["candidate_sims"], strict=True):
         np.testing.assert_allclose(sb, sc, atol=1e-6)
+
+
+def test_changed_image_bytes_redo_retrieval_and_judge_untouched_images_are_not_reread(mined, dataset,
+                                                                                       tiny_model_dir, tmp_path):
+    """Stage reuse is keyed by image content, not by the records file: new bytes under the same path
+    (records file unchanged) must not be served the old retrieval and judge results; an untouched
+    re-run reads no image file for its digest (size + mtime cache)."""
+    import shutil
+
+    from unime.mining.pipeline import MiningRun
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset.parent, data, ignore=shutil.ignore_patterns("run", "rerun"))
+    out = tmp_path / "run"
+    shutil.copytree(mined.out, out)
+    # the copy's records are the same bytes, but the data root moved: mining redoes everything once
+    cfg = _config(data / "records.jsonl", tiny_model_dir, out)
+    run_mining(cfg)
+    before = json.loads((out / "manifest.json").read_text())
+    run = MiningRun(cfg)
+    run.load_inputs()
+    assert run.images_hashed == 0  # nothing changed: every digest came from the cache
+    assert run.retrieval_hash() == before["stages"]["retrieval"]["hash"]
+
+    img = data / "img" / "red0.png"
+    arr = np.asarray(Image.open(img)).copy()
+    arr[:] = 255 - arr  # other pixels, same path, same records file
+    Image.fromarray(arr).save(img)
+    run = MiningRun(cfg)
+    run.load_inputs()
+    assert run.images_hashed == 1  # only the changed file is read again
+    assert run.retrieval_hash() != before["stages"]["retrieval"]["hash"]
+    with pytest.raises(AssertionError, match="judge called"):  # nothing stale is reused: the judge must run
+        run_mining(cfg, backend=_NoJudge())

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
+from unime.data.image_digests import ImageDigests, digest_items
 from unime.data.jsonl import iter_jsonl
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
@@ -217,6 +218,15 @@ class MiningRun:
         # default pool: positives; a pool file replaces them (its own items only)
         self.pool: list[Item] = build_pool([], extra) if c.pool else build_pool(self.records)
         self.pool_index = {it.key: i for i, it in enumerate(self.pool)}
+        # the content of every image retrieval and the judge see (file bytes, cached by size + mtime): a
+        # changed image changes the stage hashes, an untouched one is not read again
+        digests = ImageDigests(self.out / "cache" / "image_digests.tsv")
+        images_sha1 = digest_items([it for r in self.records for it in (r.query, r.positive)] + self.pool, loader,
+                                   digests)
+        digests.save()
+        log.info("image content digest %s (%d files read, the rest known by size + mtime)", images_sha1[:12],
+                 digests.hashed)
+        self.images_hashed = digests.hashed
         self.inputs = {
             "records": {"path": str(Path(c.records).resolve()), "sha1": file_sha1(c.records), "n": len(self.records),
                         "skipped": self.skips.total},
@@ -225,6 +235,7 @@ class MiningRun:
             "embedder": {"path": c.embedder, "fingerprint": model_fingerprint(c.embedder)},
             "judge": {"path": c.judge, "fingerprint": model_fingerprint(c.judge)},
             "data_root": str(Path(c.resolved_data_root).resolve()),
+            "images": {"sha1": images_sha1},
         }
         if c.backend == "oracle":  # ground truth, not a model's scores: shards are never shared with a model's
             self.inputs["judge"]["scores"] = "world ground truth"
@@ -243,6 +254,7 @@ class MiningRun:
     def retrieval_hash(self) -> str:
         c = self.config
         return _hash({"records": self.inputs["records"]["sha1"], "pool": self.inputs["pool"],
+                      "images": self.inputs["images"]["sha1"],
                       "embedder": self.inputs["embedder"], "k": c.k, "index": [c.index, c.nprobe, c.ef_search],
                       "data_root": self.inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION})
 

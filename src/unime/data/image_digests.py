@@ -1,0 +1,78 @@
+"""Content digests of image files, cached by (path, size, mtime) so a re-run over a million images does
+not read them again.
+
+A stage whose output depends on images (mining's retrieval and judge stages) puts `digest_items(...)`
+into its stage hash: change an image's bytes and the stage is redone; touch nothing and no image is
+re-read. The cache is a small TSV (`path \\t size \\t mtime_ns \\t sha1`), rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+from unime.data.atomic import atomic_open
+from unime.data.images import ImageLoader
+from unime.data.items import Item
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ImageDigests:
+    """sha1 of image files, memoised in memory and (with `cache_file`) on disk by (path, size, mtime)."""
+
+    def __init__(self, cache_file: str | os.PathLike | None = None):
+        self.cache_file = Path(cache_file) if cache_file else None
+        self._memo: dict[tuple[str, int, int], str] = {}
+        self.hashed = 0  # files read in this process (0 on a re-run with nothing changed)
+        self._dirty = False
+        if self.cache_file is not None and self.cache_file.is_file():
+            for line in self.cache_file.read_text(encoding="utf-8", errors="replace").splitlines():
+                parts = line.rsplit("\t", 3)
+                if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
+                    self._memo[(parts[0], int(parts[1]), int(parts[2]))] = parts[3]
+
+    def digest(self, path: str | os.PathLike) -> str:
+        p = str(Path(path).resolve())
+        st = os.stat(p)
+        key = (p, st.st_size, st.st_mtime_ns)
+        d = self._memo.get(key)
+        if d is None:
+            d = self._memo[key] = file_sha1(p)
+            self.hashed += 1
+            self._dirty = True
+        return d
+
+    def save(self) -> None:
+        if self.cache_file is None or not self._dirty:
+            return
+        with atomic_open(self.cache_file) as fh:
+            for (p, size, mtime), d in sorted(self._memo.items()):
+                if "\t" not in p and "\n" not in p:
+                    fh.write(f"{p}\t{size}\t{mtime}\t{d}\n")
+        self._dirty = False
+
+
+def digest_items(items: Iterable[Item], loader: ImageLoader, digests: ImageDigests) -> str:
+    """One digest of the content of every image (and video frame) the items reference: file bytes for
+    paths (resolved under the loader's root), the bytes themselves for inline images."""
+    seen: dict[str, str] = {}
+    for item in items:
+        for ref in (*item.images, *item.video):
+            if isinstance(ref, str):
+                if ref not in seen:
+                    seen[ref] = digests.digest(loader.resolve(ref))
+            elif isinstance(ref, (bytes, bytearray)):
+                seen.setdefault(f"<bytes {len(ref)}>" + hashlib.sha1(ref).hexdigest(), hashlib.sha1(ref).hexdigest())
+    h = hashlib.sha1()
+    for ref in sorted(seen):
+        h.update(f"{ref}\0{seen[ref]}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
