@@ -82,9 +82,11 @@ def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------
 # unime record dicts (JSONL lines, Parquet rows)
 
-def with_origin(obj: Any, label: str) -> Any:
+def with_origin(obj: Any, label: str | None) -> Any:
     """Remember where a record (or item / row) was read ("line 7 (id q3)"), so a later check of its
     images names the line, not a position in a list."""
+    if label is None:
+        return obj
     try:
         object.__setattr__(obj, "_unime_origin", label)
     except (AttributeError, TypeError):  # a type without a __dict__

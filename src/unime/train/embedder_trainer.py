@@ -258,7 +258,7 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     skip policy (bad ones are skipped and counted), the first `IMAGE_PREFLIGHT` records otherwise (a
     wrong --data-root fails in seconds, not after the model has loaded)."""
     from unime.data.images import ImageLoader
-    from unime.data.io import check_images, read_records
+    from unime.data.io import check_images, origin_of, read_records, with_origin
 
     source = config.records
     if records is None:
@@ -266,7 +266,8 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     records = check_records(records, num_negatives=config.hard_negatives, needs_scores=loss.requires_scores,
                             source=source, loss_name=loss.name, on_error=config.on_error, skips=skips)
     # only the negatives training uses are checked
-    used = [dataclasses.replace(r, negatives=r.negatives[:config.hard_negatives]) for r in records]
+    used = [with_origin(dataclasses.replace(r, negatives=r.negatives[:config.hard_negatives]), origin_of(r))
+            for r in records]  # (the line each was read from names it in errors)
     loader = ImageLoader(data_root)
     if config.on_error == "skip":
         keep = {id(r) for r in check_images(used, loader, on_error="skip", skips=skips, source=source)}
