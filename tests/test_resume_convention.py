@@ -1,0 +1,106 @@
+"""One resume convention for the trainers (`unime.train.run_state`): re-running continues, a finished run
+does nothing, a checkpoint at the last step is exported without an extra step, changed options are
+refused with the keys listed, and the reported loss covers the whole run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_embedder import base_config, mined_world  # noqa: F401  (module fixture)
+
+from unime.train.run_state import ChangedOptions, changed_options, step_log, whole_run_loss
+
+
+def test_whole_run_loss_weights_each_logged_window_by_its_steps():
+    # logged at steps 1, 4, 6 (+ the summary row and step 4 logged twice by a resume): windows 1, 3, 2
+    history = [{"step": 1, "loss": 3.0}, {"step": 4, "loss": 2.0}, {"step": 4, "loss": 2.0},
+               {"step": 6, "loss": 1.5}, {"step": 6, "train_runtime": 1.0, "train_loss": 9.9}]
+    assert [r["step"] for r in step_log(history)] == [1, 4, 6]
+    assert whole_run_loss(history) == pytest.approx((3.0 * 1 + 2.0 * 3 + 1.5 * 2) / 6)
+
+
+def test_changed_options_compare_json_values_and_ignore_free_keys():
+    before = {"lr": 0.002, "lora_targets": ["q_proj"], "logging_steps": 1}
+    assert changed_options(before, {"lr": 0.002, "lora_targets": ("q_proj",), "logging_steps": 5},
+                           free={"logging_steps"}) == []
+    assert changed_options(before, {"lr": 0.001, "lora_targets": ["q_proj"], "logging_steps": 1, "new": 1},
+                           free=()) == ["lr", "new"]
+
+
+def _final_outputs_removed(out: Path, names) -> None:
+    """The state a kill (or a full disk) during the export leaves: the last checkpoint is complete, the
+    final folders are not."""
+    for name in names:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_model_dir, mined_world, tmp_path):
+    from unime.data.io import read_records
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world  # noqa: F811
+    records = read_records(path)[:8]
+    model = tiny_model_dir("qwen2_vl")
+    cfg = dict(steps=3, save_steps=1, batch_size=4, logging_steps=1)
+    straight = train_embedder(base_config(model, tmp_path / "a", world, **cfg), records=records)
+    assert straight.metrics["steps"] == 3
+
+    # a finished run: re-running the same command says so and trains nothing
+    adapter = tmp_path / "a" / "adapter" / "adapter_model.safetensors"
+    mtime = adapter.stat().st_mtime_ns
+    again = train_embedder(base_config(model, tmp_path / "a", world, **cfg), records=records)
+    assert again.metrics["already_finished"] is True and again.metrics["steps"] == 3
+    assert adapter.stat().st_mtime_ns == mtime
+
+    # killed during the export: checkpoint-3 is the last step; the re-run exports it, no step 4
+    train_embedder(base_config(model, tmp_path / "b", world, **cfg), records=records)
+    _final_outputs_removed(tmp_path / "b", ["adapter", "merged", "README.md", "metrics.json"])
+    resumed = train_embedder(base_config(model, tmp_path / "b", world, **cfg), records=records)
+    assert resumed.metrics["steps"] == 3 and [r["step"] for r in step_log(resumed.log_history)] == [1, 2, 3]
+    a, b = load_file(adapter), load_file(tmp_path / "b" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # resumed metrics cover the whole run
+    assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-6)
+    assert resumed.metrics["initial_loss"] == pytest.approx(straight.metrics["initial_loss"], rel=1e-6)
+
+    # changed options: refused with the keys listed; nothing is touched
+    with pytest.raises(ChangedOptions, match=r"lr: 0.002 -> 0.001.*--overwrite"):
+        train_embedder(base_config(model, tmp_path / "a", world, **cfg, lr=1e-3), records=records)
+    assert adapter.stat().st_mtime_ns == mtime
+    # --overwrite starts over with the new options
+    over = train_embedder(base_config(model, tmp_path / "a", world, **cfg, lr=1e-3, overwrite=True), records=records)
+    assert over.metrics["steps"] == 3 and "already_finished" not in over.metrics
+    assert not torch.equal(load_file(adapter)[next(iter(a))], a[next(iter(a))])
+
+
+def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(tiny_model_dir, tmp_path):
+    import unime.train.reranker_trainer as T
+    from test_reranker_training import write_world
+
+    records = write_world(tmp_path)
+
+    def config(out, lr=1e-2):
+        return T.RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(out),
+                                     num_negatives=2, learning_rate=lr, max_steps=2, batch_size=2, logging_steps=1,
+                                     save_steps=1, lora_dropout=0.0, device="cpu", keep_checkpoints=True)
+
+    straight = T.train_reranker(config(tmp_path / "a"))
+    T.train_reranker(config(tmp_path / "b"))
+    _final_outputs_removed(tmp_path / "b", ["adapter", "README.md", T.METADATA_FILE])
+    assert (tmp_path / "b" / "checkpoints" / "checkpoint-2").is_dir()
+    resumed = T.train_reranker(config(tmp_path / "b"))
+    assert resumed.steps == 2 and [h["step"] for h in resumed.log_history] == [1, 2]
+    a = load_file(tmp_path / "a" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.last_loss == pytest.approx(straight.last_loss, rel=1e-6)
+    with pytest.raises(ChangedOptions, match=r"learning_rate: 0.01 -> 0.001"):
+        T.train_reranker(config(tmp_path / "a", lr=1e-3))
