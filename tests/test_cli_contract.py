@@ -200,3 +200,30 @@ def test_overwrite_is_the_way_to_write_into_a_foreign_folder(tmp_path, monkeypat
     assert read_marker(out)["preexisting"] == ["data.csv", "report.md"]
     assert main(["demo", "--out", str(out), "--fresh"]) == 0  # fresh never deletes the user's entries
     assert (out / "data.csv").read_text() == "1,2"
+
+
+def test_a_second_run_on_a_locked_out_fails_at_once_naming_the_pid(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "mined"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from unime.outdir import claim
+        claim({str(out)!r}, "mine")
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        records = tmp_path / "r.jsonl"
+        records.write_text(json.dumps({"query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
+        assert main(["mine", "--records", str(records), "--embedder", "e", "--judge", "j", "--out", str(out)]) == 2
+        assert _error_lines(capsys) == [f"unime: error: output folder {out} is in use by another unime run "
+                                        f"(pid {holder.pid}); wait for it to finish or choose another --out"]
+    finally:
+        holder.kill()
+        holder.wait()
