@@ -34,7 +34,7 @@ def _add_parser(actions) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: sft 1e-4, grpo 3e-6)")
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--save-steps", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of an interrupted run")
+    p.add_argument("--resume", action="store_true", help="accepted for compatibility: re-running the same command continues an interrupted run anyway")
 
     g = p.add_argument_group("sft")
     g.add_argument("--tcots", default=None, help="T-CoT JSONL (sft)")
@@ -76,7 +76,7 @@ def _run(args) -> int:
                                 lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                                 skip_invalid=args.skip_invalid, device=args.device, dtype=args.dtype, seed=args.seed,
                                 logging_steps=args.logging_steps, save_steps=args.save_steps or 500,
-                                resume=args.resume)
+                                resume=args.resume, overwrite=bool(getattr(args, "overwrite", False)))
         summary = train_reasoner_sft(cfg)
         print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
               f"{summary['last_loss']}; saved {args.out}")
@@ -97,7 +97,8 @@ def _run(args) -> int:
                           loss_type=args.loss_type, weights=weights, neg_temperature=args.neg_temperature,
                           hard_negative_pairs=args.hard_negative_pairs, lora_r=GRPOStageConfig.lora_r if args.lora_r is None else args.lora_r,
                           lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, device=args.device,
-                          dtype=args.dtype, seed=args.seed, save_steps=args.save_steps or 100, resume=args.resume)
+                          dtype=args.dtype, seed=args.seed, save_steps=args.save_steps or 100, resume=args.resume,
+                          overwrite=bool(getattr(args, "overwrite", False)))
     summary = train_reasoner_grpo(cfg)
     steps = summary["reward_steps"]
     print(json.dumps([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in steps]))

@@ -275,8 +275,11 @@ class EmbedRLReward:
 def _trainer_class():
     from trl import GRPOTrainer
 
-    class EmbedRLGRPOTrainer(GRPOTrainer):
-        """`GRPOTrainer` that accepts batches mixing text-only and image prompts (see the module docstring)."""
+    from unime.train.checkpoints import ExactWeightsCheckpoints
+
+    class EmbedRLGRPOTrainer(ExactWeightsCheckpoints, GRPOTrainer):
+        """`GRPOTrainer` that accepts batches mixing text-only and image prompts (see the module docstring),
+        with exact full fine-tuning checkpoints (`ExactWeightsCheckpoints`)."""
 
         def _generate(self, prompts):
             out = super()._generate(prompts)
@@ -334,7 +337,13 @@ class GRPOStageConfig:
     dtype: str = "auto"
     seed: int = 0
     save_steps: int = 100
-    resume: bool = False
+    resume: bool = False  # accepted; a re-run continues anyway (`unime.train.run_state`)
+    overwrite: bool = False  # start over (also with changed options)
+
+
+# options that may change between a run and its continuation without changing what is trained
+_RESUME_FREE_OPTIONS = {"resume", "overwrite", "save_steps"}
+SUMMARY_FILE = "grpo_summary.json"
 
 
 def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool, bf16: bool, fp16: bool,
@@ -367,8 +376,28 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
 def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     """Run EG-RL. Writes `cfg.out` (the trained reasoner as an HF folder + processor), with
     `reward_log.csv`, `reward_curves.png`, `grpo_log.csv` (TRL's per-step metrics) and `grpo_summary.json`."""
-    import shutil
+    from unime.outdir import claim
+    from unime.train import run_state
+    from unime.train.checkpoints import CHECKPOINTS_DIR, write_json_atomic
 
+    out = Path(cfg.out)
+    options = json.loads(json.dumps(asdict(cfg), default=str))
+    owned = claim(out, "train reasoner", options, overwrite=cfg.overwrite)  # owned and locked (`unime.outdir`)
+    try:
+        work = out / CHECKPOINTS_DIR
+        plan = run_state.plan_folder_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
+                                         finished_file=SUMMARY_FILE, checkpoint_root=work)
+        if plan.finished:
+            log.info("%s: this GRPO run is finished; nothing to do (--overwrite starts it over)", out)
+            return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+        write_json_atomic(out / run_state.CONFIG_FILE, options)
+        work.mkdir(parents=True, exist_ok=True)
+        return _train_grpo(cfg, out, work, plan, options)
+    finally:
+        owned.release()
+
+
+def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     import torch
     from datasets import Dataset
 
@@ -379,10 +408,8 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     from unime.models.loading import load_model
     from unime.reasoning.embed_inputs import ReasonedEmbedder
     from unime.reasoning.reasoner import Reasoner
+    from unime.train import run_state
 
-    out = Path(cfg.out)
-    work = out.parent / f".{out.name}.work"
-    work.mkdir(parents=True, exist_ok=True)
     data_root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.records))
     records = read_records(cfg.records)
     if len(records) < cfg.pairs_per_batch:
@@ -403,11 +430,10 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
                                          data_root=data_root)
         for p in judge.model.parameters():
             p.requires_grad_(False)
-    resume = cfg.resume and any(work.glob("checkpoint-*"))
+    resume = plan.checkpoint is not None
     reward_log = RewardLog(work / "reward_log.csv", resume=resume)
-    if resume:
-        last = max(int(p.name.split("-")[-1]) for p in work.glob("checkpoint-*"))
-        reward_log.truncate(last)
+    if resume:  # the reward rows of steps after the checkpoint are redone
+        reward_log.truncate(int(plan.checkpoint.name.split("-")[-1]))
     reward = EmbedRLReward(embedder, judge, group_size=cfg.num_generations, weights=tuple(cfg.weights),
                            neg_temperature=cfg.neg_temperature, hard_negative_pairs=cfg.hard_negative_pairs,
                            seed=cfg.seed, reward_log=reward_log)
@@ -421,7 +447,7 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
         peft_config = lora_config(LoraSettings.from_options(cfg), task_type="CAUSAL_LM")  # TRL applies it
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
                                processing_class=prepare_policy_processor(policy.processor), peft_config=peft_config)
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    run_state.train_or_finish(trainer, plan.checkpoint)
 
     final = trainer.model
     if cfg.lora_r > 0:
@@ -442,6 +468,6 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
             w.writeheader()
             for h in history:
                 w.writerow(h)
-        (tmp / "grpo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    shutil.rmtree(work, ignore_errors=True)
-    return summary
+        (tmp / run_state.CONFIG_FILE).write_text(json.dumps(options, indent=2, sort_keys=True))
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))  # last: the run is finished
+    return summary  # the old folder, checkpoints included, went with the swap

@@ -127,7 +127,13 @@ class ReasonerSFTConfig:
     seed: int = 0
     logging_steps: int = 10
     save_steps: int = 500
-    resume: bool = False
+    resume: bool = False  # accepted; a re-run continues anyway (`unime.train.run_state`)
+    overwrite: bool = False  # start over (also with changed options)
+
+
+# options that may change between a run and its continuation without changing what is trained
+_RESUME_FREE_OPTIONS = {"resume", "overwrite", "logging_steps", "save_steps"}
+SUMMARY_FILE = "sft_summary.json"
 
 
 def build_sft_examples(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False,
@@ -159,7 +165,17 @@ def build_sft_examples(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bo
 
 def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     """Run the cold-start SFT; writes `cfg.out` (merged HF folder + processor), `train_log.csv`,
-    `sft_config.json`. Returns a summary dict."""
+    `sft_summary.json`, `train_config.json`. Returns a summary dict. The folder is owned and locked
+    (`unime.outdir`); checkpoints live in `cfg.out/checkpoints` while training, and a re-run follows
+    `unime.train.run_state` (continue / finished / changed options refused)."""
+    from unime.outdir import claim
+
+    options = json.loads(json.dumps(asdict(cfg), default=str))
+    with claim(cfg.out, "train reasoner", options, overwrite=cfg.overwrite):
+        return _train_reasoner_sft(cfg, options)
+
+
+def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import Trainer, TrainingArguments
 
@@ -168,7 +184,17 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     from unime.models.loading import load_model
     from unime.reasoning.reasoner import read_tcot_rows
 
+    from unime.train import run_state
+    from unime.train.checkpoints import CHECKPOINTS_DIR, write_json_atomic
+
     out = Path(cfg.out)
+    work = out / CHECKPOINTS_DIR
+    plan = run_state.plan_folder_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
+                                     finished_file=SUMMARY_FILE, checkpoint_root=work)
+    if plan.finished:
+        log.info("%s: this reasoner SFT run is finished; nothing to do (--overwrite starts it over)", out)
+        return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+    write_json_atomic(out / run_state.CONFIG_FILE, options)
     rows = read_tcot_rows(cfg.data)
     data_root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.data))
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
@@ -182,7 +208,6 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
 
     if cfg.lora_r > 0:
         model = apply_lora(model, LoraSettings.from_options(cfg), task_type="CAUSAL_LM")
-    work = out.parent / f".{out.name}.work"
     use_cpu = loaded.device == "cpu"
     args = TrainingArguments(
         output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
@@ -192,10 +217,14 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
         seed=cfg.seed, report_to=[], remove_unused_columns=False, use_cpu=use_cpu,
         bf16=loaded.dtype == torch.bfloat16, fp16=loaded.dtype == torch.float16, dataloader_num_workers=0,
         disable_tqdm=False)
-    trainer = Trainer(model=model, args=args, train_dataset=examples,
+    from unime.train.checkpoints import ExactWeightsCheckpoints
+
+    class SFTTrainer(ExactWeightsCheckpoints, Trainer):
+        """The Trainer, with full fine-tuning checkpoints that resume exactly."""
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=examples,
                       data_collator=SFTCollator(adapter.tokenizer.pad_token_id))
-    resume = cfg.resume and any(work.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    run_state.train_or_finish(trainer, plan.checkpoint)
 
     final = trainer.model
     if cfg.lora_r > 0:
@@ -204,19 +233,17 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     with atomic_dir(out, overwrite=True) as tmp:
         final.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        history = [h for h in trainer.state.log_history if "loss" in h]
+        history = run_state.step_log(trainer.state.log_history)
         with atomic_open(tmp / "train_log.csv") as fh:
             w = csv.writer(fh)
             w.writerow(["step", "epoch", "loss", "learning_rate"])
             for h in history:
                 w.writerow([h.get("step"), h.get("epoch"), h.get("loss"), h.get("learning_rate")])
         summary = {"examples": len(examples), "skipped_invalid": skipped, "steps": trainer.state.global_step,
-                   "train_loss": result.training_loss,
+                   "train_loss": run_state.whole_run_loss(history),  # every step, across resumptions
                    "first_loss": history[0]["loss"] if history else None,
                    "last_loss": history[-1]["loss"] if history else None,
                    "config": asdict(cfg)}
-        (tmp / "sft_summary.json").write_text(json.dumps(summary, indent=2))
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
-    return summary
+        (tmp / run_state.CONFIG_FILE).write_text(json.dumps(options, indent=2, sort_keys=True))
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: the run is finished
+    return summary  # the old folder, checkpoints included, went with the swap

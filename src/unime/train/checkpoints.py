@@ -66,6 +66,25 @@ def load_training_weights(model, folder: str | os.PathLike) -> None:
         load_model(model, str(path), strict=True)
 
 
+class ExactWeightsCheckpoints:
+    """Trainer mixin: a fully fine-tuned model is checkpointed under its in-memory parameter names and
+    reloaded strictly (`save_training_weights` / `load_training_weights`). The Trainer's default goes
+    through `save_pretrained`, whose on-disk names (Qwen-VL's `model.language_model.*` saved as
+    `model.*`) a non-strict reload does not map back: a resumed run silently restarted from the base
+    weights. PEFT models keep the Trainer's own adapter checkpoints."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        if is_peft(self.model):
+            return super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_training_weights(self.model, output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if is_peft(self.model):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_training_weights(self.model, resume_from_checkpoint)
+
+
 def complete_checkpoints(checkpoint_root: str | os.PathLike) -> list[Path]:
     """`checkpoint-N` folders the trainer finished writing (its `trainer_state.json` is written last),
     by step."""

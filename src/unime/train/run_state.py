@@ -123,3 +123,37 @@ def whole_run_loss(log_history: Sequence[dict[str, Any]]) -> float | None:
         total += float(r["loss"]) * (step - prev)
         prev = step
     return total / prev if prev else None
+
+
+class RunPlan:
+    """What a trainer whose output is one folder (replaced as a whole at the end) does on (re-)entry."""
+
+    def __init__(self, finished: bool, checkpoint: Path | None):
+        self.finished, self.checkpoint = finished, checkpoint
+
+
+def plan_folder_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
+                    finished_file: str, checkpoint_root: str | Path) -> RunPlan:
+    """The convention for a trainer writing `out` as a whole (reasoner SFT, GRPO): finished (with the
+    same options) → nothing to do; checkpoints under `checkpoint_root` → continue from the latest
+    complete one; changed options → `ChangedOptions` unless `overwrite` (start over)."""
+    from unime.train.checkpoints import latest_checkpoint
+
+    out = Path(out)
+    latest = latest_checkpoint(checkpoint_root)
+    finished = (out / finished_file).is_file()
+    same = not overwrite and check_same_run(out, options, free=free, overwrite=False,
+                                            has_state=finished or latest is not None)
+    if not same:
+        discard_checkpoints(checkpoint_root)
+        return RunPlan(False, None)
+    return RunPlan(finished, None if finished else latest)
+
+
+def train_or_finish(trainer, checkpoint: Path | None) -> None:
+    """`trainer.train`, continuing from `checkpoint`; a checkpoint at the last step is only loaded (no
+    optimizer step max_steps + 1)."""
+    if final_state(checkpoint) is not None:
+        load_final_checkpoint(trainer, checkpoint, lambda _model, folder: trainer._load_from_checkpoint(folder))
+    else:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
