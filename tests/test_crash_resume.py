@@ -1,0 +1,150 @@
+"""kill -9 at seeded random moments, then re-run the same command: the outputs equal those of an
+uninterrupted run. Five kill points per stage (mining, embedder training, reranker training, eval),
+chained on one output folder: each re-run is killed again until the last one finishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+KILLS = 5
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+CLI = "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-c", CLI, "--log-level", "WARNING", *argv], stdout=open(log, "a"),
+                            stderr=subprocess.STDOUT, env=env)
+
+
+def _run(argv: list[str], log: Path) -> float:
+    t0 = time.monotonic()
+    proc = _start(argv, log)
+    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    return time.monotonic() - t0
+
+
+def _kill_and_finish(argv: list[str], wall: float, log: Path, seed: int) -> list[float]:
+    """Start `argv` KILLS times, SIGKILL each at a seeded moment within the uninterrupted wall time
+    `wall`, then let a last run finish. Returns the kill moments (seconds after start) that hit a
+    running process."""
+    rng = random.Random(seed)
+    hits = []
+    for _ in range(KILLS):
+        at = rng.uniform(0.2, 1.0) * wall
+        proc = _start(argv, log)
+        try:
+            proc.wait(timeout=at)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            hits.append(round(at, 2))
+        else:  # it finished first (the earlier runs left little to do): still a valid re-run
+            assert proc.returncode == 0, log.read_text()[-3000:]
+    _run(argv, log)
+    return hits
+
+
+def _same_tensors(a: Path, b: Path) -> None:
+    x, y = load_file(a), load_file(b)
+    assert x.keys() == y.keys()
+    for k in x:
+        torch.testing.assert_close(y[k], x[k], rtol=0, atol=1e-6)
+
+
+def test_mining_killed_five_times_gives_the_uninterrupted_outputs(tmp_path, tiny_model_dir):
+    from test_mining_pipeline import _write_dataset
+
+    records = _write_dataset(tmp_path / "data")
+
+    def argv(out):
+        return ["mine", "--records", str(records), "--embedder", tiny_model_dir("qwen2_vl"), "--judge",
+                tiny_model_dir("qwen2_5_vl"), "--out", str(out), "--k", "4", "--count", "3", "--interval", "2",
+                "--shard-size", "1", "--device", "cpu", "--chunk-size", "3"]
+
+    wall = _run(argv(tmp_path / "straight"), tmp_path / "log")
+    hits = _kill_and_finish(argv(tmp_path / "killed"), wall, tmp_path / "log", seed=1)
+    assert hits, "no kill hit a running process"
+    for name in ("mined.json", "mined.parquet", "audit.parquet"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+
+
+def test_embedder_training_killed_five_times_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
+    from test_train_embedder import mined_world_records
+
+    from unime.data.io import write_records
+    from unime.data.synth import generate_world
+
+    world = tmp_path / "world"
+    generate_world(world, sizes="tiny", seed=0)
+    records = world / "mined.jsonl"
+    write_records(mined_world_records(world)[:8], records)
+
+    def argv(out):
+        return ["train", "embedder", "--model", tiny_model_dir("qwen2_vl"), "--records", str(records),
+                "--data-root", str(world), "--out", str(out), "--hard-negatives", "2", "--batch-size", "2",
+                "--steps", "12", "--save-steps", "2", "--logging-steps", "1", "--lr", "1e-3", "--lora-r", "4",
+                "--lora-dropout", "0.1", "--device", "cpu", "--seed", "3"]
+
+    wall = _run(argv(tmp_path / "straight"), tmp_path / "log")
+    hits = _kill_and_finish(argv(tmp_path / "killed"), wall, tmp_path / "log", seed=2)
+    assert hits, "no kill hit a running process"
+    _same_tensors(tmp_path / "straight" / "adapter" / "adapter_model.safetensors",
+                  tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert b["steps"] == a["steps"] == 12
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)  # the whole run, across the kills
+
+
+def test_reranker_training_killed_five_times_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
+    from test_reranker_training import write_world
+
+    records = write_world(tmp_path / "data")
+
+    def argv(out):
+        return ["train", "reranker", "--model", tiny_model_dir("qwen2_vl"), "--records", records, "--out", str(out),
+                "--negatives", "2", "--steps", "8", "--save-steps", "1", "--batch-size", "2", "--lr", "1e-2",
+                "--logging-steps", "1", "--device", "cpu"]
+
+    wall = _run(argv(tmp_path / "straight"), tmp_path / "log")
+    hits = _kill_and_finish(argv(tmp_path / "killed"), wall, tmp_path / "log", seed=3)
+    assert hits, "no kill hit a running process"
+    _same_tensors(tmp_path / "straight" / "adapter" / "adapter_model.safetensors",
+                  tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
+    a = json.loads((tmp_path / "straight" / "unime_reranker.json").read_text())
+    b = json.loads((tmp_path / "killed" / "unime_reranker.json").read_text())
+    assert b["steps"] == a["steps"] == 8 and b["last_loss"] == pytest.approx(a["last_loss"], rel=1e-5)
+
+
+def test_eval_killed_five_times_gives_the_uninterrupted_results(tmp_path, tiny_model_dir):
+    from test_eval import build_world
+
+    tasks = build_world(tmp_path / "world")
+
+    def argv(out):
+        return ["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(tasks), "--out", str(out),
+                "--cache-dir", str(out / "cache"), "--device", "cpu", "--batch-size", "2"]
+
+    wall = _run(argv(tmp_path / "straight"), tmp_path / "log")
+    hits = _kill_and_finish(argv(tmp_path / "killed"), wall, tmp_path / "log", seed=4)
+    assert hits, "no kill hit a running process"
+    a = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    b = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert b["tasks"] == a["tasks"]
+    for p in sorted((tmp_path / "straight" / "tasks").glob("*.json")):
+        assert json.loads((tmp_path / "killed" / "tasks" / p.name).read_text()) == json.loads(p.read_text())
