@@ -1,6 +1,7 @@
 """kill -9 at seeded random moments, then re-run the same command: the outputs equal those of an
-uninterrupted run. Five kill points per stage (mining, embedder training, reranker training, eval),
-chained on one output folder: each re-run is killed again until the last one finishes."""
+uninterrupted run. UNIME_KILL_POINTS kill points per stage (mining, embedder training, reranker
+training, eval; default 2, i.e. 8 in the suite; 5 = 20 for a release check), chained on one output
+folder: each re-run is killed again until the last one finishes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
-KILLS = 5
+KILLS = int(os.environ.get("UNIME_KILL_POINTS", "2"))
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 CLI = "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -66,7 +67,7 @@ def _same_tensors(a: Path, b: Path) -> None:
         torch.testing.assert_close(y[k], x[k], rtol=0, atol=1e-6)
 
 
-def test_mining_killed_five_times_gives_the_uninterrupted_outputs(tmp_path, tiny_model_dir):
+def test_mining_killed_repeatedly_gives_the_uninterrupted_outputs(tmp_path, tiny_model_dir):
     from test_mining_pipeline import _write_dataset
 
     records = _write_dataset(tmp_path / "data")
@@ -83,7 +84,7 @@ def test_mining_killed_five_times_gives_the_uninterrupted_outputs(tmp_path, tiny
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
 
 
-def test_embedder_training_killed_five_times_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
+def test_embedder_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
     from test_train_embedder import mined_world_records
 
     from unime.data.io import write_records
@@ -111,7 +112,7 @@ def test_embedder_training_killed_five_times_gives_the_uninterrupted_weights(tmp
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)  # the whole run, across the kills
 
 
-def test_reranker_training_killed_five_times_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
+def test_reranker_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
     from test_reranker_training import write_world
 
     records = write_world(tmp_path / "data")
@@ -131,7 +132,7 @@ def test_reranker_training_killed_five_times_gives_the_uninterrupted_weights(tmp
     assert b["steps"] == a["steps"] == 8 and b["last_loss"] == pytest.approx(a["last_loss"], rel=1e-5)
 
 
-def test_eval_killed_five_times_gives_the_uninterrupted_results(tmp_path, tiny_model_dir):
+def test_eval_killed_repeatedly_gives_the_uninterrupted_results(tmp_path, tiny_model_dir):
     from test_eval import build_world
 
     tasks = build_world(tmp_path / "world")
@@ -146,5 +147,8 @@ def test_eval_killed_five_times_gives_the_uninterrupted_results(tmp_path, tiny_m
     a = json.loads((tmp_path / "straight" / "summary.json").read_text())
     b = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert b["tasks"] == a["tasks"]
+    def results(path: Path) -> dict:  # everything but the wall-clock timings
+        return {k: v for k, v in json.loads(path.read_text()).items() if k != "seconds"}
+
     for p in sorted((tmp_path / "straight" / "tasks").glob("*.json")):
-        assert json.loads((tmp_path / "killed" / "tasks" / p.name).read_text()) == json.loads(p.read_text())
+        assert results(tmp_path / "killed" / "tasks" / p.name) == results(p)
