@@ -1,4 +1,4 @@
-"""One resume convention for the trainers (`unime.train.run_state`): re-running continues, a finished run
+"""One resume convention for the trainers (`unime.models.run_state`): re-running continues, a finished run
 does nothing, a checkpoint at the last step is exported without an extra step, changed options are
 refused with the keys listed, and the reported loss covers the whole run."""
 
@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from test_train_embedder import base_config, mined_world  # noqa: F401  (module fixture)
 
-from unime.train.run_state import ChangedOptions, changed_options, step_log, whole_run_loss
+from unime.models.run_state import ChangedOptions, changed_options, step_log, whole_run_loss
 
 
 def test_whole_run_loss_weights_each_logged_window_by_its_steps():
@@ -113,7 +113,7 @@ def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monk
     from test_reasoner_sft import TCOT
     from unime.data.items import Item
     from unime.reasoning.reasoner import TCoTRow, write_tcot_rows
-    from unime.train.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
 
     write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT)], tmp_path / "t.jsonl")
 

@@ -275,7 +275,7 @@ class EmbedRLReward:
 def _trainer_class():
     from trl import GRPOTrainer
 
-    from unime.train.checkpoints import ExactWeightsCheckpoints
+    from unime.models.run_state import ExactWeightsCheckpoints
 
     class EmbedRLGRPOTrainer(ExactWeightsCheckpoints, GRPOTrainer):
         """`GRPOTrainer` that accepts batches mixing text-only and image prompts (see the module docstring),
@@ -337,7 +337,7 @@ class GRPOStageConfig:
     dtype: str = "auto"
     seed: int = 0
     save_steps: int = 100
-    resume: bool = False  # accepted; a re-run continues anyway (`unime.train.run_state`)
+    resume: bool = False  # accepted; a re-run continues anyway (`unime.models.run_state`)
     overwrite: bool = False  # start over (also with changed options)
 
 
@@ -377,8 +377,8 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     """Run EG-RL. Writes `cfg.out` (the trained reasoner as an HF folder + processor), with
     `reward_log.csv`, `reward_curves.png`, `grpo_log.csv` (TRL's per-step metrics) and `grpo_summary.json`."""
     from unime.outdir import claim
-    from unime.train import run_state
-    from unime.train.checkpoints import CHECKPOINTS_DIR, write_json_atomic
+    from unime.models import run_state
+    from unime.models.run_state import CHECKPOINTS_DIR
 
     out = Path(cfg.out)
     options = json.loads(json.dumps(asdict(cfg), default=str))
@@ -390,7 +390,7 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
         if plan.finished:
             log.info("%s: this GRPO run is finished; nothing to do (--overwrite starts it over)", out)
             return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-        write_json_atomic(out / run_state.CONFIG_FILE, options)
+        run_state.write_config(out, options)
         work.mkdir(parents=True, exist_ok=True)
         return _train_grpo(cfg, out, work, plan, options)
     finally:
@@ -408,7 +408,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     from unime.models.loading import load_model
     from unime.reasoning.embed_inputs import ReasonedEmbedder
     from unime.reasoning.reasoner import Reasoner
-    from unime.train import run_state
+    from unime.models import run_state
 
     data_root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.records))
     records = read_records(cfg.records)
@@ -455,7 +455,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     final.train(False)
     history = [h for h in trainer.state.log_history if "reward" in h]
     summary = {"steps": trainer.state.global_step, "pairs": len(records), "rows": len(rows),
-               "reward_steps": reward_log.rows, "config": asdict(cfg)}
+               "reward_steps": reward_log.rows, "config": options}
     with atomic_dir(out, overwrite=True) as tmp:
         final.save_pretrained(tmp)
         policy.processor.save_pretrained(tmp)

@@ -127,7 +127,7 @@ class ReasonerSFTConfig:
     seed: int = 0
     logging_steps: int = 10
     save_steps: int = 500
-    resume: bool = False  # accepted; a re-run continues anyway (`unime.train.run_state`)
+    resume: bool = False  # accepted; a re-run continues anyway (`unime.models.run_state`)
     overwrite: bool = False  # start over (also with changed options)
 
 
@@ -167,7 +167,7 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     """Run the cold-start SFT; writes `cfg.out` (merged HF folder + processor), `train_log.csv`,
     `sft_summary.json`, `train_config.json`. Returns a summary dict. The folder is owned and locked
     (`unime.outdir`); checkpoints live in `cfg.out/checkpoints` while training, and a re-run follows
-    `unime.train.run_state` (continue / finished / changed options refused)."""
+    `unime.models.run_state` (continue / finished / changed options refused)."""
     from unime.outdir import claim
 
     options = json.loads(json.dumps(asdict(cfg), default=str))
@@ -184,8 +184,8 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     from unime.models.loading import load_model
     from unime.reasoning.reasoner import read_tcot_rows
 
-    from unime.train import run_state
-    from unime.train.checkpoints import CHECKPOINTS_DIR, write_json_atomic
+    from unime.models import run_state
+    from unime.models.run_state import CHECKPOINTS_DIR
 
     out = Path(cfg.out)
     work = out / CHECKPOINTS_DIR
@@ -194,7 +194,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     if plan.finished:
         log.info("%s: this reasoner SFT run is finished; nothing to do (--overwrite starts it over)", out)
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-    write_json_atomic(out / run_state.CONFIG_FILE, options)
+    run_state.write_config(out, options)
     rows = read_tcot_rows(cfg.data)
     data_root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.data))
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
@@ -217,7 +217,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
         seed=cfg.seed, report_to=[], remove_unused_columns=False, use_cpu=use_cpu,
         bf16=loaded.dtype == torch.bfloat16, fp16=loaded.dtype == torch.float16, dataloader_num_workers=0,
         disable_tqdm=False)
-    from unime.train.checkpoints import ExactWeightsCheckpoints
+    from unime.models.run_state import ExactWeightsCheckpoints
 
     class SFTTrainer(ExactWeightsCheckpoints, Trainer):
         """The Trainer, with full fine-tuning checkpoints that resume exactly."""
@@ -243,7 +243,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
                    "train_loss": run_state.whole_run_loss(history),  # every step, across resumptions
                    "first_loss": history[0]["loss"] if history else None,
                    "last_loss": history[-1]["loss"] if history else None,
-                   "config": asdict(cfg)}
+                   "config": options}
         (tmp / run_state.CONFIG_FILE).write_text(json.dumps(options, indent=2, sort_keys=True))
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: the run is finished
     return summary  # the old folder, checkpoints included, went with the swap

@@ -31,7 +31,7 @@ from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
 from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora
 from unime.train import checkpoints as ckpt
-from unime.train import run_state
+from unime.models import run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.train.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
@@ -287,7 +287,7 @@ _FINAL_OUTPUTS = (ckpt.MERGED_DIR, ckpt.ADAPTER_DIR, "metrics.json", "README.md"
 
 
 def _resolve_resume(config: EmbedderTrainingConfig, checkpoint_root: Path) -> Path | None:
-    """The checkpoint this run continues from (see `unime.train.run_state` for the convention)."""
+    """The checkpoint this run continues from (see `unime.models.run_state` for the convention)."""
     out = checkpoint_root.parent
     existing = ckpt.latest_checkpoint(checkpoint_root)
     has_state = existing is not None or any((out / n).exists() for n in _FINAL_OUTPUTS)
@@ -510,7 +510,7 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
                    callbacks: Sequence[Any] = ()) -> EmbedderTrainingResult:
     """Train, then export the adapter, the merged model and the model card — in an output folder the
     run owns and holds locked (`unime.outdir`). Re-running continues from the last complete checkpoint,
-    reports a finished run without training, and refuses changed options (`unime.train.run_state`)."""
+    reports a finished run without training, and refuses changed options (`unime.models.run_state`)."""
     from unime.outdir import claim
 
     if records is not None and config.records is None:

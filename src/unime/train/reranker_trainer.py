@@ -432,7 +432,7 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     """Train a reranker (or, with role='judge', a judge) and write it to `cfg.out` (see the module doc), in
     an output folder the run owns and holds locked (`unime.outdir`). Re-running continues from the last
     complete checkpoint, reports a finished run without training, and refuses changed options
-    (`unime.train.run_state`); `overwrite` starts over."""
+    (`unime.models.run_state`); `overwrite` starts over."""
     from unime.outdir import claim
 
     cfg.validate()
@@ -459,7 +459,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     from unime.data.skips import SkipReport
     from unime.models.loading import load_model, resolve_device, resolve_dtype
-    from unime.train import run_state
+    from unime.models import run_state
     from unime.train.checkpoints import is_peft, latest_checkpoint, write_json_atomic
     from unime.train.curves import CurvesCallback
 

@@ -15,15 +15,106 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from unime.errors import UnimeError
 
+CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
+FULL_STATE_FILE = "trainable_state.safetensors"  # resumable state of a full fine-tuning run
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "train_config.json"
+
+
+def write_config(out: str | Path, options: dict[str, Any]) -> None:
+    """The run's options, `out/train_config.json` (atomic), compared on every re-run."""
+    from unime.data.atomic import atomic_open
+
+    with atomic_open(Path(out) / CONFIG_FILE) as fh:
+        fh.write(json.dumps(options, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# -- resumable checkpoints (inside the trainer's checkpoint-N folders) ---------------------------------
+def is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def save_training_weights(model, folder: str | os.PathLike) -> None:
+    """The weights a resumed run needs: the adapter (LoRA) or every parameter (full fine-tuning)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if is_peft(model):
+        model.save_pretrained(str(folder))
+    else:
+        from safetensors.torch import save_model
+
+        save_model(model, str(folder / FULL_STATE_FILE))
+
+
+def load_training_weights(model, folder: str | os.PathLike) -> None:
+    folder = Path(folder)
+    if is_peft(model):
+        from peft import load_peft_weights, set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"))
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"{folder}: adapter weights do not fit the model: {unexpected[:5]}")
+    else:
+        from safetensors.torch import load_model
+
+        path = folder / FULL_STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: no {FULL_STATE_FILE} (not a full fine-tuning checkpoint?)")
+        load_model(model, str(path), strict=True)
+
+
+class ExactWeightsCheckpoints:
+    """Trainer mixin: a fully fine-tuned model is checkpointed under its in-memory parameter names and
+    reloaded strictly (`save_training_weights` / `load_training_weights`). The Trainer's default goes
+    through `save_pretrained`, whose on-disk names (Qwen-VL's `model.language_model.*` saved as
+    `model.*`) a non-strict reload does not map back: a resumed run silently restarted from the base
+    weights. PEFT models keep the Trainer's own adapter checkpoints."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        if is_peft(self.model):
+            return super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_training_weights(self.model, output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if is_peft(self.model):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_training_weights(self.model, resume_from_checkpoint)
+
+
+def complete_checkpoints(checkpoint_root: str | os.PathLike) -> list[Path]:
+    """`checkpoint-N` folders the trainer finished writing (its `trainer_state.json` is written last),
+    by step."""
+    root = Path(checkpoint_root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("checkpoint-") and p.name[len("checkpoint-"):].isdigit():
+            if (p / "trainer_state.json").is_file():
+                found.append((int(p.name[len("checkpoint-"):]), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
+    done = complete_checkpoints(checkpoint_root)
+    return done[-1] if done else None
+
+
 
 
 class ChangedOptions(UnimeError):
@@ -137,8 +228,6 @@ def plan_folder_run(out: str | Path, options: dict[str, Any], *, free: Iterable[
     """The convention for a trainer writing `out` as a whole (reasoner SFT, GRPO): finished (with the
     same options) → nothing to do; checkpoints under `checkpoint_root` → continue from the latest
     complete one; changed options → `ChangedOptions` unless `overwrite` (start over)."""
-    from unime.train.checkpoints import latest_checkpoint
-
     out = Path(out)
     latest = latest_checkpoint(checkpoint_root)
     finished = (out / finished_file).is_file()
