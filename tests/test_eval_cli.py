@@ -86,7 +86,7 @@ def test_unime_eval_rerank_without_a_reranker_is_a_clear_error(tiny_model_dir, t
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
         "unime: error: cannot load the reranker 'some/ckpt'")
-    from unime.eval.rerank_hook import load_reranker
+    from unime.eval.runners import load_reranker
 
     with pytest.raises(ModelError, match="reranker"):  # the error behind the line
         load_reranker("some/ckpt")
