@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from unime.cli import add_config_option
 from unime.cli.video_options import add_video_options, video_sampling_from_args
+from unime.models.image_budget import add_image_options
 
 
 def register(sub) -> None:
@@ -16,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
     add_video_options(p)
+    add_image_options(p)
     add_config_option(p)
     p.set_defaults(func=_embed)
 
@@ -28,11 +30,13 @@ def _embed(args) -> int:
     from unime.data.items import Item
     from unime.data.jsonl import iter_jsonl
     from unime.models.embedder import Embedder
+    from unime.models.image_budget import ImageBudget
 
     root = args.data_root or os.path.dirname(os.path.abspath(args.items))
     items = [Item.from_dict(obj, source=args.items, record=f"line {n}") for n, obj in iter_jsonl(args.items)]
     emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, data_root=root,
-                                   batch_size=args.batch_size, video_sampling=video_sampling_from_args(args))
+                                   batch_size=args.batch_size, video_sampling=video_sampling_from_args(args),
+                                   image_budget=ImageBudget.from_args(args))
     vecs = emb.encode(items, show_progress=True)
     np.save(args.out, vecs)
     print(f"{args.out}: {vecs.shape[0]} x {vecs.shape[1]}")

@@ -8,6 +8,9 @@ from unime.cli import add_config_option
 
 
 def _add_model_options(p) -> None:
+    from unime.models.image_budget import add_image_options
+
+    add_image_options(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", default=None, help="auto, fp32, bf16, fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--allow-outside-root", action="store_true", help="permit absolute paths and '..' in image paths")
@@ -113,7 +116,8 @@ def _mine(args) -> int:
                      judge_image_cache=args.image_cache,
                      cache_dir=args.cache_dir, on_error=args.on_error, allow_outside_root=args.allow_outside_root,
                      audit=args.audit, world=args.world, audit_threshold=args.audit_threshold,
-                     show_progress=args.progress)
+                     show_progress=args.progress, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                     image_size=args.image_size)
     result = run_mining(cfg)
     s = result.stats
     print(f"{result.out}: {result.n_mined} of {result.n_records} records mined; report: {result.out / 'report.md'}")
@@ -129,13 +133,15 @@ def _judge(args) -> int:
     import os
 
     from unime.mining.backends import JudgeSpec
+    from unime.models.image_budget import ImageBudget
     from unime.mining.pipeline import score_pairs_file
 
     _set_threads(args)
     root = args.data_root or os.path.dirname(os.path.abspath(args.pairs))
     spec = JudgeSpec(path=args.judge, device=args.device, dtype=args.dtype, data_root=root,
                      allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size,
-                     image_cache_size=args.image_cache)
+                     image_cache_size=args.image_cache,
+                     image_budget=ImageBudget.from_args(args).as_items())
     n = score_pairs_file(args.pairs, args.out, spec, backend=args.backend, backend_options=_backend_options(args))
     print(f"{args.out}: {n} scores")
     return 0

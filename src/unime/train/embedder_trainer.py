@@ -29,6 +29,7 @@ from transformers import Trainer, TrainingArguments
 from unime.data.items import Record
 from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
+from unime.models.image_budget import ImageBudget
 from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora
 from unime.train import checkpoints as ckpt
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
@@ -71,6 +72,10 @@ class EmbedderTrainingConfig:
     dtype: str = "auto"                   # auto (bf16 on GPU, fp32 on CPU), fp32, bf16
     device: str | None = None             # cpu / cuda (under torchrun: one GPU per process)
     pooling: str = "auto"
+    # image resolution (unset: the base checkpoint's recorded budget, else its processor's bounds)
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    image_size: Any = None                # N or "WxH": fixed resize before the processor (UniME-V2: 672)
     # optimisation
     batch_size: int = 8                   # queries per device per micro-batch
     grad_accum: int = 1
@@ -452,7 +457,9 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     # LoRA: frozen base in the compute dtype (bf16 under autocast); full fine-tuning keeps fp32 master weights
     load_dtype = resolve_dtype("bf16" if args.bf16 and not config.full else "fp32", device)
     embedder = Embedder.from_pretrained(config.model, device=device, dtype=load_dtype, pooling=config.pooling,
-                                        data_root=data_root, trainable=True)
+                                        data_root=data_root, trainable=True,
+                                        image_budget=ImageBudget.from_options(config.min_pixels, config.max_pixels,
+                                                                              config.image_size))
     lora = None
     if config.full:
         if ckpt.is_peft(embedder.model):
@@ -512,13 +519,15 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
                  "warmup": config.warmup, "optimizer": config.optim, "weight_decay": config.weight_decay,
                  "max_grad_norm": config.max_grad_norm, "precision": "bf16 autocast" if args.bf16 else "fp32",
                  "gradcache": f"chunk size {config.chunk_size}" if config.gradcache else "off", "seed": config.seed,
-                 "fine_tuning": "full" if config.full else "LoRA"}
+                 "fine_tuning": "full" if config.full else "LoRA",
+                 "image_budget": run.embedder.image_budget.to_dict()}
         card = ckpt.ModelCard(
             base_model=str(config.model), data=_data_summary(config, run.records, run.data_root, run.skips),
             loss={"name": run.loss.name, **run.loss.config()}, hyperparameters=hyper, metrics=metrics,
             lora=dataclasses.asdict(run.lora) if run.lora else None,
             notes=[f"Training curves: {CURVES_CSV}, {CURVES_PNG}; full configuration: train_config.json."])
-        written = ckpt.export_final(run.embedder.model, run.embedder.processor, out, card=card.render())
+        written = ckpt.export_final(run.embedder.model, run.embedder.processor, out, card=card.render(),
+                                    image_budget=run.embedder.image_budget)
         ckpt.write_json_atomic(out / "metrics.json", metrics)
     trainer.accelerator.wait_for_everyone()
     return EmbedderTrainingResult(out=out, merged=out / ckpt.MERGED_DIR, adapter=written.get("adapter"),

@@ -330,6 +330,10 @@ class RerankerTrainConfig:
     on_error: str = "raise"                # raise | skip (bad records / images, counted)
     overwrite: bool = False                # retrain even if out holds a finished result
     keep_checkpoints: bool = False         # keep out/checkpoints after success
+    # image resolution (unset: the base checkpoint's recorded budget, else its processor's bounds)
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    image_size: Any = None                 # N or "WxH": fixed resize before the processor
 
     def validate(self) -> "RerankerTrainConfig":
         if self.role not in ROLES:
@@ -458,8 +462,11 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     device = resolve_device(cfg.device)
     compute_dtype = resolve_dtype(cfg.dtype, device)
     # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
+    from unime.models.image_budget import ImageBudget
+
     loaded = load_model(cfg.model, device=device, dtype=torch.float32 if cfg.full else compute_dtype,
-                        trainable=cfg.full)
+                        trainable=cfg.full,
+                        image_budget=ImageBudget.from_options(cfg.min_pixels, cfg.max_pixels, cfg.image_size))
     if cfg.full:
         if is_peft(loaded.model):
             raise ModelError(f"full fine-tuning of the adapter folder {cfg.model}: merge it first (its merged/ folder)")
@@ -503,12 +510,13 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         "skipped": skips.total, "steps": trainer.state.global_step,
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("records", "out")},
+        "image_budget": loaded.image_budget.to_dict(),
     }
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         export_reranker(trainer.model, loaded.processor, out, meta=meta,
                         adapter=not cfg.full and (cfg.role == "reranker" or cfg.save_adapter),
-                        merged=cfg.full or cfg.role == "judge" or cfg.merge)
+                        merged=cfg.full or cfg.role == "judge" or cfg.merge, image_budget=loaded.image_budget)
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
@@ -549,7 +557,8 @@ def model_card(meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool) -> dict[str, Path]:
+def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool,
+                    image_budget=None) -> dict[str, Path]:
     """Write out/adapter and/or out/merged (each atomically, with README.md and unime_reranker.json), then
     out/README.md and, last, out/unime_reranker.json. Merging modifies `model` in place (done last)."""
     from unime.data.atomic import atomic_dir
@@ -571,6 +580,8 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
             processor.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(card, encoding="utf-8")
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            if image_budget is not None and image_budget.is_set:
+                image_budget.save(tmp)
         written[folder_name] = out / folder_name
 
     if adapter:
@@ -578,5 +589,7 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
     if merged:
         save(MERGED_DIR, model.merge_and_unload() if peft else model)
     write_text_atomic(out / "README.md", card)
+    if image_budget is not None and image_budget.is_set:
+        image_budget.save(out)
     write_json_atomic(out / METADATA_FILE, meta)
     return written
