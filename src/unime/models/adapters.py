@@ -146,6 +146,16 @@ class FamilyAdapter:
         return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False}
 
     @staticmethod
+    def text_continuation_positions(next_position: int, length: int, batch: int = 1, device=None):
+        """(3, batch, length) M-RoPE positions of text tokens continuing a sequence whose largest position
+        is `next_position - 1`: token i gets next_position + i on all three rows (the rule of Qwen-VL's
+        `get_rope_index` for text after vision; a real-size test holds it to the model's own function)."""
+        import torch
+
+        pos = (next_position + torch.arange(length, device=device)).view(1, 1, -1)
+        return pos.expand(3, batch, -1).clone()
+
+    @staticmethod
     def backbone(model):
         """The multimodal backbone (no LM head) of a `*ForConditionalGeneration` model."""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -366,7 +366,7 @@ class JudgeScorer:
         if image_grid is not None or video_grid is not None:
             positions = self._rope_positions(input_ids, mm_types, image_grid, video_grid, second)
         else:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device).view(1, 1, -1).expand(3, 1, -1)
+            positions = self.adapter.text_continuation_positions(0, input_ids.shape[1], 1, device=input_ids.device)
         kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         out = self.adapter.backbone(self.model)(
             input_ids=input_ids, attention_mask=inputs["attention_mask"], mm_token_type_ids=mm_types,
@@ -434,9 +434,8 @@ class JudgeScorer:
         if mm_types is None:
             mm_types = torch.zeros_like(ids)
         lengths = mask.sum(dim=1)
-        # text continuation token i: max(prefix positions) + 1 + i, on all three rows
-        positions = (prefix.next_position + torch.arange(length, device=ids.device)).view(1, 1, -1)
-        positions = positions.expand(3, batch, -1).clone()
+        # text continuation token i: max(prefix positions) + 1 + i, on all three rows (the family's rule)
+        positions = self.adapter.text_continuation_positions(prefix.next_position, length, batch, device=ids.device)
         image_grid, video_grid = inputs.get("image_grid_thw"), inputs.get("video_grid_thw")
         seconds = _as_1d(inputs.get("second_per_grid_ts"), ids.device)
         n_images = [sum(1 for s in row if s.kind == "image") for row in segs]
