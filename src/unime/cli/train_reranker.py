@@ -42,6 +42,8 @@ def _common_options(p: argparse.ArgumentParser, *, role: str) -> None:
 
     from unime.models.image_budget import add_image_options
 
+    g.add_argument("--train-turn-end", action="store_true",
+                   help="also train the end-of-turn token after the answer (default: answer tokens only, as the paper)")
     add_image_options(p)
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=4,
@@ -109,7 +111,7 @@ def config_from_args(args):
         save_steps=args.save_steps, merge=getattr(args, "merge", False),
         save_adapter=getattr(args, "save_adapter", False), on_error=args.on_error, overwrite=args.overwrite,
         keep_checkpoints=args.keep_checkpoints, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-        image_size=args.image_size)
+        image_size=args.image_size, train_turn_end=args.train_turn_end)
 
 
 def _names(value) -> tuple[str, ...]:

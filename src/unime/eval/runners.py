@@ -73,12 +73,23 @@ class TaskResult:
         return d
 
 
+COMPOSITIONAL_RERANK_MODES = ("pairwise", "run")
+
+
 @dataclass
 class Reranking:
     reranker: Any
     topk: int
     mode: str
     stats: RerankStats = field(default_factory=RerankStats)
+    # compositional (SugarCrepe) tasks: "pairwise" = P(Yes) of each caption, the higher wins (the paper's
+    # protocol, SPEC 1.6); "run" = the run-wide `mode` on the two captions
+    compositional_mode: str = "pairwise"
+
+    def __post_init__(self):
+        if self.compositional_mode not in COMPOSITIONAL_RERANK_MODES:
+            raise ValueError(f"compositional rerank mode must be one of {COMPOSITIONAL_RERANK_MODES}, "
+                             f"got {self.compositional_mode!r}")
 
 
 Vectors = Callable[[np.ndarray], np.ndarray]  # task item indices → L2-normalised vectors
@@ -230,9 +241,15 @@ def run_compositional(spec: TaskSpec, data: CompositionalData, vecs: Vectors, op
         rows = []
         with image_root(rr.reranker, spec.data_root):
             for i in range(len(correct)):
-                s = np.array([s_pos[i], s_neg[i]])
-                rows.append(_rerank_scores(s, rr, items[data.image[i]],
-                                           [items[data.positive[i]], items[data.negative[i]]]))
+                query, captions = items[data.image[i]], [items[data.positive[i]], items[data.negative[i]]]
+                if rr.compositional_mode == "pairwise":  # P(Yes) of both captions, independent of the embedder
+                    p = np.asarray(rr.reranker.score_pairs(query, captions), dtype=np.float64).reshape(-1)
+                    if p.shape[0] != 2 or not np.all(np.isfinite(p)):
+                        raise ModelError(f"reranker returned {p.tolist()} for 2 captions")
+                    rr.stats.queries += 1
+                    rows.append(p)
+                else:
+                    rows.append(_rerank_scores(np.array([s_pos[i], s_neg[i]]), rr, query, captions))
         ok_rr = M.positive_first_hits(rows, ties=opts.ties)
         result.reranked = summarise(ok_rr)
         for i, e in enumerate(per_query):
@@ -345,7 +362,8 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
               "score_seconds": round(t3 - t2, 3)}
     rerank_info = None
     if reranking is not None:
-        rerank_info = {"topk": reranking.topk, "mode": reranking.mode}
+        rerank_info = {"topk": reranking.topk, "mode": reranking.mode,
+                       "compositional_mode": reranking.compositional_mode}
     return RunOutput(results=results, encoding=encoder.stats.to_dict(), timing=timing, rerank=rerank_info)
 
 
@@ -367,6 +385,7 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
                         use_cache: bool = True, ties: str = "pessimistic", on_error: str = "raise",
                         rerank_path: str | None = None,
                         rerank_topk: int = DEFAULT_RERANK_TOPK, rerank_mode: str = "top1",
+                        rerank_compositional: str = "pairwise",
                         compare: list[str] | None = None, show_progress: bool = True, video_sampling=None,
                         image_budget=None) -> dict:
     """`unime eval --model ...`: evaluate one embedder checkpoint on a task config; returns the summary."""
@@ -384,7 +403,7 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
     reranking = None
     if rerank_path:
         reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype, image_budget=image_budget),
-                              rerank_topk, rerank_mode)
+                              rerank_topk, rerank_mode, compositional_mode=rerank_compositional)
         if video_sampling is not None and hasattr(reranking.reranker, "image_loader"):
             reranking.reranker.image_loader.video_sampling = video_sampling
     t_model = time.perf_counter()

@@ -136,17 +136,20 @@ def judge_examples(rec: Record, index: int, *, max_negatives: int | None = None)
 class PromptAnswerCollator:
     """Turns `PromptExample`s into model inputs with labels on the answer tokens only.
 
-    Each row is `render(prompt) + answer + turn_end`, left-padded so that every answer ends at the last
-    position (the loss then needs the logits of the last few positions only). `__call__` takes a list
-    of example lists (one per dataset item) and returns `{"pair": inputs, "list": inputs}` (kinds with
-    no example are left out)."""
+    Each row is `render(prompt) + answer`, left-padded so that every answer ends at the last position
+    (the loss then needs the logits of the last few positions only). UniME-V2 trains both losses on the
+    answer tokens only (SPEC 1.6); `train_turn_end=True` appends the end-of-turn token and trains it too
+    (this class's earlier behaviour). Causal attention makes the answer tokens' loss the same either way.
+    `__call__` takes a list of example lists (one per dataset item) and returns
+    `{"pair": inputs, "list": inputs}` (kinds with no example are left out)."""
 
     def __init__(self, adapter: FamilyAdapter, image_loader: ImageLoader | None = None, *,
-                 source: str | None = None):
+                 source: str | None = None, train_turn_end: bool = False):
         self.adapter = adapter
         self.image_loader = image_loader or ImageLoader()
         self.source = source
         self.format = answer_format(adapter)
+        self.train_turn_end = train_turn_end
 
     def content(self, item: Item, *, record: str, field: str) -> list[Segment]:
         load = self.image_loader.load
@@ -170,11 +173,11 @@ class PromptAnswerCollator:
         return self.adapter.render_user_turn(segments, assistant_prefix=self.format.prefix)
 
     def encode(self, prompts: Sequence[Sequence[Segment]], answers: Sequence[str]):
-        """Processor inputs for `prompt + answer + turn_end` rows, with `labels` (-100 except the answer and
-        turn-end tokens)."""
+        """Processor inputs for `prompt + answer` rows (`+ turn_end` with `train_turn_end`), with `labels`
+        (-100 except the answer tokens, and the turn-end ones when trained)."""
         import torch
 
-        completions = [a + self.format.turn_end for a in answers]
+        completions = [a + self.format.turn_end if self.train_turn_end else a for a in answers]
         texts = [self.render_prompt(p) + c for p, c in zip(prompts, completions)]
         inputs = self.adapter.processor_inputs(texts, list(prompts), padding_side="left")
         ids = inputs["input_ids"]
@@ -330,6 +333,7 @@ class RerankerTrainConfig:
     on_error: str = "raise"                # raise | skip (bad records / images, counted)
     overwrite: bool = False                # retrain even if out holds a finished result
     keep_checkpoints: bool = False         # keep out/checkpoints after success
+    train_turn_end: bool = False           # also train the end-of-turn token (paper: answer tokens only)
     # image resolution (unset: the base checkpoint's recorded budget, else its processor's bounds)
     min_pixels: int | None = None
     max_pixels: int | None = None
@@ -475,7 +479,8 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         torch.manual_seed(cfg.seed)  # LoRA initialisation
         model = apply_lora(loaded.model, LoraSettings.from_options(cfg), modules_to_save=cfg.train_modules,
                            task_type="CAUSAL_LM")
-    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records))
+    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records),
+                                    train_turn_end=cfg.train_turn_end)
 
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
