@@ -97,6 +97,9 @@ def _add_embedder_parser(actions) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=8, help="queries per device per micro-batch")
     g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--global-batch", type=int, default=None, metavar="N",
+                   help="queries per optimizer step over all processes (sets --batch-size = N / (processes x "
+                        "--grad-accum); UniME-V2: 1024 with --gradcache)")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs 1)")
     g.add_argument("--epochs", type=float, default=None)
     g.add_argument("--lr", type=float, default=1e-4)
@@ -133,6 +136,7 @@ def embedder_config_from_args(args):
         lora_dropout=args.lora_dropout, lora_targets=tuple(targets), lora_vision=args.lora_vision, dora=args.dora,
         dtype=args.dtype, device=args.device, pooling=args.pooling, min_pixels=args.min_pixels,
         max_pixels=args.max_pixels, image_size=args.image_size, batch_size=args.batch_size,
+        global_batch=args.global_batch,
         grad_accum=args.grad_accum, steps=args.steps, epochs=args.epochs, lr=args.lr, warmup=args.warmup,
         lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         optim=args.optim, gradcache=args.gradcache, chunk_size=args.chunk_size,

@@ -78,6 +78,7 @@ class EmbedderTrainingConfig:
     image_size: Any = None                # N or "WxH": fixed resize before the processor (UniME-V2: 672)
     # optimisation
     batch_size: int = 8                   # queries per device per micro-batch
+    global_batch: int | None = None       # queries per optimizer step over all processes: sets batch_size
     grad_accum: int = 1
     steps: int | None = None
     epochs: float | None = None
@@ -427,6 +428,16 @@ class EmbedderTrainingRun:
         return Path(self.config.out)
 
 
+def per_device_batch(global_batch: int, grad_accum: int = 1, world_size: int | None = None) -> int:
+    """Queries per device per micro-batch for a global batch (WORLD_SIZE processes under torchrun)."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per, rest = divmod(int(global_batch), world * grad_accum)
+    if rest or per < 1:
+        raise UnimeError(f"--global-batch {global_batch} is not a multiple of {world} processes x {grad_accum} "
+                         "accumulation steps")
+    return per
+
+
 def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
                               callbacks: Sequence[Any] = ()) -> EmbedderTrainingRun:
     """Validate the configuration and the records, load the model (+ LoRA), and build the trainer.
@@ -440,6 +451,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
+    if config.global_batch:
+        config = dataclasses.replace(config, batch_size=per_device_batch(config.global_batch, config.grad_accum))
     config.validate()
     out = Path(config.out)
     checkpoint_root = out / ckpt.CHECKPOINTS_DIR
