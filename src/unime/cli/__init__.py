@@ -15,7 +15,7 @@ import sys
 import yaml
 
 # subcommand modules, in the order they appear in `unime --help`
-COMMAND_MODULES = ["data", "models", "embed", "index", "eval", "mine", "train", "reason", "serve", "demo"]
+COMMAND_MODULES = ["data", "models", "embed", "index", "eval", "mine", "train", "reason", "plan", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
     layered: dict[str, object] = {}
     origins: dict[str, str] = {}
     recipe_name = getattr(args, "recipe", None)
-    if recipe_name:
+    if recipe_name and path != ["plan"]:  # `unime plan` resolves the planned command's recipe itself
         from unime.errors import UnimeError
         from unime.recipes import load_recipe
 
