@@ -114,3 +114,14 @@ def test_global_batch_sets_the_per_device_batch(monkeypatch):
     assert per_device_batch(1024) == 256
     with pytest.raises(UnimeError, match="not a multiple"):
         per_device_batch(1000, 1, world_size=3)
+
+
+def test_vllm_engine_arguments_are_parsed_as_yaml():
+    from unime.cli.mine import vllm_engine_kwargs
+
+    assert vllm_engine_kwargs(["tensor_parallel_size=8", "distributed_executor_backend=ray",
+                               "gpu_memory_utilization=0.85", "enforce_eager=true"]) == {
+        "tensor_parallel_size": 8, "distributed_executor_backend": "ray", "gpu_memory_utilization": 0.85,
+        "enforce_eager": True}
+    with pytest.raises(SystemExit):
+        vllm_engine_kwargs(["tensor_parallel_size"])

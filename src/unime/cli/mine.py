@@ -30,6 +30,9 @@ def _add_backend_options(p) -> None:
     p.add_argument("--vllm-logprobs", type=int, default=20, help="vllm: top-K logprobs returned per request")
     p.add_argument("--vllm-missing", default="bound", choices=["bound", "error"],
                    help="vllm: Yes/No missing from the top-K (see unime.mining.backends.vllm)")
+    p.add_argument("--vllm-engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="vllm: an argument of vllm.LLM (value read as YAML), e.g. tensor_parallel_size=8, "
+                        "distributed_executor_backend=ray, gpu_memory_utilization=0.9 (repeatable)")
     p.add_argument("--chunk-size", type=int, default=16, help="candidate continuations per judge forward")
     p.add_argument("--image-cache", type=int, default=1024,
                    help="candidate images whose vision-encoder outputs the judge keeps (0 = off)")
@@ -40,8 +43,22 @@ def _backend_options(args) -> dict:
         return {"num_workers": args.ray_workers, "address": args.ray_address,
                 "num_gpus_per_worker": args.ray_gpus_per_worker}
     if args.backend == "vllm":
-        return {"logprobs": args.vllm_logprobs, "missing": args.vllm_missing}
+        return {"logprobs": args.vllm_logprobs, "missing": args.vllm_missing,
+                "engine_kwargs": vllm_engine_kwargs(args.vllm_engine_arg)}
     return {}
+
+
+def vllm_engine_kwargs(pairs: list[str]) -> dict:
+    """`KEY=VALUE` strings → keyword arguments of `vllm.LLM` (values parsed as YAML: 8 → int, true → bool)."""
+    import yaml
+
+    out = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--vllm-engine-arg expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def register(sub) -> None:
@@ -133,8 +150,8 @@ def _judge(args) -> int:
     import os
 
     from unime.mining.backends import JudgeSpec
-    from unime.models.image_budget import ImageBudget
     from unime.mining.pipeline import score_pairs_file
+    from unime.models.image_budget import ImageBudget
 
     _set_threads(args)
     root = args.data_root or os.path.dirname(os.path.abspath(args.pairs))
