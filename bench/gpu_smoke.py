@@ -123,9 +123,10 @@ def check_gradcache(model_dir: str, device: str) -> bool:
     cached.backward()
     g_cached = grads()
     rel = max(float((g_cached[k] - g_plain[k]).abs().max() / (g_plain[k].abs().max() + 1e-12)) for k in g_plain)
-    ok = g_plain.keys() == g_cached.keys() and rel < 1e-3 and abs(float(cached) - float(plain)) < 1e-5
-    return _line("gradcache", ok, f"{len(items)} items in chunks of 4, LoRA dropout 0.1: loss {float(plain):.6f} vs "
-                                  f"{float(cached):.6f}, max relative gradient difference {rel:.2e} over "
+    l_plain, l_cached = float(plain.detach()), float(cached.detach())
+    ok = g_plain.keys() == g_cached.keys() and rel < 1e-3 and abs(l_cached - l_plain) < 1e-5
+    return _line("gradcache", ok, f"{len(items)} items in chunks of 4, LoRA dropout 0.1: loss {l_plain:.6f} vs "
+                                  f"{l_cached:.6f}, max relative gradient difference {rel:.2e} over "
                                   f"{len(g_plain)} tensors")
 
 
