@@ -92,7 +92,7 @@ def check_gradcache(model_dir: str, device: str) -> bool:
     import torch
 
     from unime.models.embedder import Embedder
-    from unime.train.checkpoints import LoraSettings, apply_lora
+    from unime.models.lora import LoraSettings, apply_lora
     from unime.train.gradcache import GradCache
 
     items = _items(12, seed=2)
@@ -154,8 +154,8 @@ def check_memory(model_dir: str, device: str) -> bool:
     import torch
 
     from unime.models.embedder import Embedder
-    from unime.plan import plan_embedder
-    from unime.train.checkpoints import LoraSettings, apply_lora
+    from unime.train.memory_plan import plan_embedder
+    from unime.models.lora import LoraSettings, apply_lora
     from unime.train.gradcache import GradCache
 
     if not device.startswith("cuda"):

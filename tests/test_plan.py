@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from unime.plan import GiB, model_shapes, parse_memory, plan_embedder, plan_judge
+from unime.train.memory_plan import GiB, model_shapes, parse_memory, plan_embedder, plan_judge
 
 
 def _measure_training_step(model_dir: str, *, r: int, dropout: float, texts=("a red square", "a red square")):
     """Bytes of parameters, gradients and AdamW states after one step, and of the tensors autograd saves
     in the forward of one chunk of 2 sequences (224x224 image + text), for the embedder + LoRA in fp32."""
     from unime.models.embedder import Embedder, as_item
-    from unime.train.checkpoints import LoraSettings, apply_lora
+    from unime.models.lora import LoraSettings, apply_lora
 
     torch.manual_seed(0)
     emb = Embedder.from_pretrained(model_dir, device="cpu", dtype="fp32", trainable=True)

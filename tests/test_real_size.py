@@ -132,7 +132,7 @@ def _lora_count(text: dict, r: int, names: tuple[str, ...]) -> int:
 
 @pytest.mark.parametrize("name", FAMILY_CHECKPOINTS)
 def test_lora_targets_resolve_to_the_language_model_with_the_expected_counts(name):
-    from unime.train.checkpoints import DEFAULT_LORA_TARGETS, LoraSettings, apply_lora
+    from unime.models.lora import DEFAULT_LORA_TARGETS, LoraSettings, apply_lora
 
     ckpt = known_checkpoint(name)
     r = 16

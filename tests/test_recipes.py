@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from unime.cli import _apply_config, build_parser, main, resolved_config
-from unime.recipes import list_recipes, load_recipe, recipes_markdown
+from unime.cli.recipes import list_recipes, load_recipe, recipes_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "RECIPES.md"
 EXPECTED_RECIPES = {"unime-v2/qwen2-vl-2b", "unime-v2/qwen2-vl-7b", "unime-v2/reranker-qwen2.5-vl-7b",

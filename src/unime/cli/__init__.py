@@ -54,7 +54,7 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
     recipe_name = getattr(args, "recipe", None)
     if recipe_name and path != ["plan"]:  # `unime plan` resolves the planned command's recipe itself
         from unime.errors import UnimeError
-        from unime.recipes import load_recipe
+        from unime.cli.recipes import load_recipe
 
         try:
             options = load_recipe(recipe_name).options(" ".join(path))

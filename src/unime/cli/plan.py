@@ -48,8 +48,8 @@ def _command_options(command: str, recipe: str | None, sets: list[str]) -> dict:
 def _plan(args) -> int:
     import json
 
-    from unime.plan import PLANNERS, STAGE_COMMANDS, parse_memory
-    from unime.recipes import load_recipe
+    from unime.train.memory_plan import PLANNERS, STAGE_COMMANDS, parse_memory
+    from unime.cli.recipes import load_recipe
 
     recipe = load_recipe(args.recipe) if args.recipe else None
     stage = args.stage or (recipe.plan.get("stage") if recipe else None)

@@ -1,6 +1,6 @@
 """Recipes: the papers' settings as named presets (`--recipe NAME` on any command).
 
-A recipe is a YAML file shipped with the package (`unime/recipes/<paper>/<name>.yaml`):
+A recipe is a YAML file shipped with the package (`unime/cli/recipes/<paper>/<name>.yaml`):
 
     title: ...
     paper: ...
@@ -50,7 +50,7 @@ class Recipe:
 
 
 def _root():
-    return resources.files("unime.recipes")
+    return resources.files("unime.cli.recipes")
 
 
 def list_recipes() -> list[str]:
@@ -89,14 +89,14 @@ def _fmt(value: Any) -> str:
 
 def recipes_markdown() -> str:
     """docs/RECIPES.md: every recipe's values with their sources (regenerate with
-    `python -c "from unime.recipes import recipes_markdown; print(recipes_markdown(), end='')" > docs/RECIPES.md`)."""
+    `python -c "from unime.cli.recipes import recipes_markdown; print(recipes_markdown(), end='')" > docs/RECIPES.md`)."""
     lines = ["# Recipes", "",
              "The papers' settings as presets: `unime <command> --recipe NAME ...`. Layering, lowest first: the",
              "command's defaults < the recipe < `--config FILE` < options on the command line.",
              "`--print-config` prints the resolved options and the origin of each value. `unime plan --recipe NAME`",
              "estimates the memory per device. SPEC sections refer to `SPEC.md` of the project (the digest of the",
              "papers and their code releases); options a recipe does not list keep the command's defaults.",
-             "This file is generated from `src/unime/recipes/` (a test keeps them equal).", ""]
+             "This file is generated from `src/unime/cli/recipes/` (a test keeps them equal).", ""]
     for name in list_recipes():
         r = load_recipe(name)
         lines += [f"## `{name}`", "", f"{r.title}. Source: {r.paper}.", ""]

@@ -1,4 +1,4 @@
-"""`unime plan`: memory per device and tokens per step of a run, before launching it.
+"""`unime plan` (`unime.train.memory_plan`): memory per device and tokens per step of a run, before launching it.
 
 Model sizes are exact: the real `*ForConditionalGeneration` is built on the meta device from the
 checkpoint's configuration (a known release's shapes, `unime.models.known_checkpoints`, or a local
@@ -53,7 +53,7 @@ class ModelShapes:
         import torch
 
         from unime.models.known_checkpoints import meta_model
-        from unime.train.checkpoints import LoraSettings, apply_lora
+        from unime.models.lora import LoraSettings, apply_lora
 
         with torch.device("meta"):
             model = apply_lora(meta_model(self.config), LoraSettings(r=r, alpha=2 * r, dropout=0.0,
@@ -180,7 +180,7 @@ def _lora_bits(o: dict) -> tuple[int, int, float]:
 
 
 def _targets(o: dict) -> tuple[str, ...]:
-    from unime.train.checkpoints import DEFAULT_LORA_TARGETS
+    from unime.models.lora import DEFAULT_LORA_TARGETS
 
     t = o.get("lora_targets") or DEFAULT_LORA_TARGETS
     if isinstance(t, str):
