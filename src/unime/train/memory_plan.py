@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unime.models.lora import EMBEDDER_LORA, GENERATIVE_LORA
+
 GiB = 1024 ** 3
 DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "float32": 4}
 
@@ -176,7 +178,7 @@ def _lora_bits(o: dict) -> tuple[int, int, float]:
         return 0, 0, 0.0
     targets = _targets(o)
     n = len([t for t in targets if t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")])
-    return int(o.get("lora_r", 16)), n, float(o.get("lora_dropout", 0.0) or 0.0)
+    return int(o.get("lora_r", EMBEDDER_LORA.r)), n, float(o.get("lora_dropout", 0.0) or 0.0)
 
 
 def _targets(o: dict) -> tuple[str, ...]:
@@ -197,7 +199,7 @@ def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -
         rows.append(("weights (fp32 master copy)", total * 4))
         facts.append(f"full fine-tuning: {trainable / 1e9:.2f} B trainable parameters")
     else:
-        r = int(o.get("lora_r", 16))
+        r = int(o.get("lora_r", EMBEDDER_LORA.r))
         trainable = shapes.lora_trainable(r, _targets(o), bool(o.get("lora_vision")), bool(o.get("dora")))
         rows.append((f"weights ({'bf16' if weight_bytes == 2 else 'fp32'}, frozen)", total * weight_bytes))
         rows.append(("trainable weights (fp32)", trainable * 4))
@@ -277,7 +279,7 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
     pair_len, list_len = prompt + 2 * item, prompt + (1 + n_cand) * item
     b = int(o.get("batch_size", 4))
     rows, facts, _ = _param_rows(shapes, o, weight_bytes=2 if bf16 and not o.get("full") else 4, gpus=gpus)
-    r, n_lora, drop = _lora_bits({**o, "lora_dropout": o.get("lora_dropout", 0.05)})
+    r, n_lora, drop = _lora_bits({**o, "lora_dropout": o.get("lora_dropout", GENERATIVE_LORA.dropout)})
     seqs = []
     if "pair" in losses:
         seqs += [pair_len] * (2 * b)
