@@ -104,13 +104,13 @@ def test_judge_examples_label_every_negative():
 
 
 # -- the mask, token by token -------------------------------------------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
-def test_answer_mask_token_by_token(tiny_model_dir, family):
+@pytest.mark.parametrize("family,train_turn_end", [(f, False) for f in FAMILIES] + [("qwen2_vl", True)])
+def test_answer_mask_token_by_token(tiny_model_dir, family, train_turn_end):
     from unime.train.reranker_trainer import PromptAnswerCollator, PromptExample
 
     path = tiny_model_dir(family)
     adapter = _adapter(path)
-    collator = PromptAnswerCollator(adapter)
+    collator = PromptAnswerCollator(adapter, train_turn_end=train_turn_end)
     red = Image.new("RGB", (56, 56), (220, 20, 20))
     exs = [PromptExample("pair", Item("a red square"), (Item("red", images=(red,)),), "Yes", "a"),
            PromptExample("list", Item("a red square"), (Item("blue"), Item("red", images=(red,)), Item("green")),
@@ -132,17 +132,17 @@ def test_answer_mask_token_by_token(tiny_model_dir, family):
         convo_ids = proc(text=[convo], images=images, return_tensors="pt")["input_ids"][0].tolist()
         real = ids[mask.bool()].tolist()
         n_prompt = len(prompt_ids)
-        # the row is the conversation up to and including the end-of-turn token (the template's trailing
-        # newline after it is not trained)
+        # the row is the conversation up to the answer's end (paper: answer tokens only), or up to and
+        # including the end-of-turn token with train_turn_end (the template's trailing newline is not trained)
         assert real == convo_ids[:len(real)] and real[:n_prompt] == prompt_ids
-        assert tok.decode(convo_ids[len(real):]).strip() == ""
+        assert tok.decode(convo_ids[len(real):]).strip() == ("" if train_turn_end else "<|im_end|>")
         row_labels = labels[mask.bool()].tolist()
         for t, (tid, lab) in enumerate(zip(real, row_labels)):
             if t < n_prompt:
                 assert lab == IGNORE, f"prompt token {t} {tok.decode([tid])!r} is not masked"
             else:
                 assert lab == tid, f"answer token {t} {tok.decode([tid])!r} is masked"
-        assert tok.decode(real[n_prompt:]) == ex.answer + "<|im_end|>"
+        assert tok.decode(real[n_prompt:]) == ex.answer + ("<|im_end|>" if train_turn_end else "")
         assert tok.decode(real[:n_prompt]).endswith("<|im_start|>assistant\n")  # the header is masked
         # padding (left) is masked too
         assert (labels[~mask.bool()] == IGNORE).all()
@@ -159,8 +159,8 @@ def test_batch_is_left_padded_with_answers_at_the_end(tiny_model_dir):
     enc = collator([exs])["pair"]
     assert enc["attention_mask"][0, 0] == 0 and enc["attention_mask"][1, 0] == 1  # row 0 is shorter: padded left
     tok = adapter.tokenizer
-    assert [tok.decode(r[r != IGNORE]) for r in enc["labels"]] == ["Yes<|im_end|>", "No<|im_end|>"]
-    assert (enc["labels"][:, -1] == tok.convert_tokens_to_ids("<|im_end|>")).all()
+    assert [tok.decode(r[r != IGNORE]) for r in enc["labels"]] == ["Yes", "No"]  # answer tokens only
+    assert enc["labels"][:, -1].tolist() == [tok.convert_tokens_to_ids("Yes"), tok.convert_tokens_to_ids("No")]
 
 
 def test_answer_token_loss_equals_full_logits_cross_entropy(tiny_model_dir):
@@ -186,7 +186,7 @@ def test_answer_token_loss_equals_full_logits_cross_entropy(tiny_model_dir):
     keep = target != IGNORE
     expected = float(-logp[keep].gather(-1, target[keep].unsqueeze(-1)).mean())
     tok = adapter.tokenizer
-    n_answer = sum(len(tok.encode(a + "<|im_end|>", add_special_tokens=False)) for a in ("Ans: (2)", "Ans: (10)"))
+    n_answer = sum(len(tok.encode(a, add_special_tokens=False)) for a in ("Ans: (2)", "Ans: (10)"))
     assert int(keep.sum()) == n_answer
     assert math.isclose(ours, expected, rel_tol=1e-5)
 

@@ -3,7 +3,9 @@ its parser(s) with `set_defaults(func=...)`. Parsing lives here; the work lives 
 
 Every subcommand accepts `--config FILE.yaml`: its keys (option names, dashes or underscores) become
 defaults, checked by the options' own types and choices (`unime.cli.options_file`); options given on
-the command line win. A failure the user can cause ends as one line and exit code 2 (`unime.cli.failures`);
+the command line win. `--recipe NAME` applies a paper's settings (`unime.cli.recipes`) the same way;
+layering, lowest first: the command's defaults < the recipe < the config file < the command line.
+`--print-config` prints the resolved options with the origin of each value and exits. A failure the user can cause ends as one line and exit code 2 (`unime.cli.failures`);
 a command that writes an output folder claims and locks it first (`unime.outdir`).
 """
 
@@ -16,7 +18,7 @@ import os
 import sys
 
 # subcommand modules, in the order they appear in `unime --help`
-COMMAND_MODULES = ["data", "models", "embed", "index", "eval", "mine", "train", "reason", "serve", "demo"]
+COMMAND_MODULES = ["data", "models", "embed", "index", "eval", "mine", "train", "reason", "plan", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="YAML", help="YAML file of option defaults (command-line options win)")
+    p.add_argument("--recipe", metavar="NAME", default=None,
+                   help="a paper's settings as defaults, e.g. unime-v2/qwen2-vl-2b (docs/RECIPES.md; "
+                        "--config and command-line options win)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved options and where each value comes from, then exit")
 
+
+_UNSET = object()
 
 # commands that write an output folder (`--out`): each claims and locks it (`unime.outdir`) for the run
 OWNED_OUTPUT_COMMANDS = ("mine", "eval", "demo", "train embedder", "train reranker", "train judge",
@@ -39,6 +48,8 @@ OWNED_OUTPUT_COMMANDS = ("mine", "eval", "demo", "train embedder", "train rerank
 _OVERWRITE_HELP = ("let this command write into an output folder it did not create: what it writes replaces "
                    "entries of the same name (a command whose output is one model folder replaces the folder), "
                    "other files stay; a trainer starts over instead of resuming")
+# namespace entries that are not options of the run (left out of the output folder's options record)
+_NOT_RUN_OPTIONS = ("func", "log_level", "config", "print_config")
 
 
 def _command_path(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], argparse.ArgumentParser]:
@@ -67,13 +78,105 @@ def _add_overwrite_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse `argv`; a `--config` file's keys become defaults, by the command line's own rules."""
-    from unime.cli.options_file import apply_config_file, config_path_from_argv
+    """Parse `argv` with the layers: command defaults < --recipe < --config file < command line. Recipe
+    values and config keys become the chosen subcommand's defaults, converted and checked by the command
+    line's own rules (`options_file.apply_options`), so command-line values win and a required option may
+    come from a layer. The namespace gets `_origins` (dest -> where its value came from) and `_command`."""
+    from unime.cli.options_file import (ConfigError, apply_options, config_path_from_argv, load_config_file,
+                                        option_from_argv)
 
+    words, subparser = _command_path(parser, argv)
+    printing = "--print-config" in argv
+    given = _given_on_command_line(parser, subparser, argv)
+    origins: dict[str, str] = {}
+    recipe_name = option_from_argv(argv, "--recipe")
+    has_recipe_option = any("--recipe" in a.option_strings for a in subparser._actions)
+    if recipe_name and has_recipe_option and words != ["plan"]:  # `unime plan` resolves the planned command's recipe
+        from unime.cli.recipes import load_recipe
+
+        options = load_recipe(recipe_name).options(" ".join(words))
+        dests = apply_options(subparser, {k: rv.value for k, rv in options.items()}, source=f"recipe {recipe_name}")
+        for key, dest in dests.items():
+            origins[dest] = f"recipe {recipe_name}: {options[key].source}"
     cfg_path = config_path_from_argv(argv)
     if cfg_path:
-        apply_config_file(_find_subparser(parser, argv), cfg_path)
-    return parser.parse_args(argv)
+        cfg = load_config_file(cfg_path)
+        for key in cfg:
+            if str(key).replace("_", "-") in ("recipe", "print-config"):
+                raise ConfigError(f"{cfg_path}: key '{key}': give --{str(key).replace('_', '-')} on the command "
+                                  "line (a config file holds the options of the run)")
+        for dest in apply_options(subparser, cfg, source=cfg_path).values():
+            origins[dest] = f"config {cfg_path}"
+    # --print-config shows what a run would use: the options no layer supplies need not be given
+    args = _parse_relaxed(parser, argv, _required_dests(subparser) if printing else set(), subparser)
+    for dest in given:
+        origins[dest] = "command line"
+    args._origins = origins
+    args._command = " ".join(words)
+    return args
+
+
+# the name `unime plan` and the recipe tests use
+_apply_config = _parse
+
+
+def _required_dests(subparser: argparse.ArgumentParser) -> set[str]:
+    return {a.dest for a in subparser._actions if a.required}
+
+
+def _parse_relaxed(parser, argv, relax: set[str], subparser) -> argparse.Namespace:
+    """Parse with the required options of `subparser` in `relax` made optional."""
+    changed = [a for a in subparser._actions if a.required and a.dest in relax]
+    for a in changed:
+        a.required = False
+    try:
+        return parser.parse_args(argv)
+    finally:
+        for a in changed:
+            a.required = True
+
+
+def _given_on_command_line(parser, subparser, argv) -> set[str]:
+    """Dests the command line sets: parse once with every default of the subparser replaced by a marker
+    (accumulating actions, e.g. append, keep their default and count as given when it changed)."""
+    accumulating = (argparse._AppendAction, argparse._ExtendAction, argparse._CountAction,
+                    argparse._AppendConstAction)
+    actions = [a for a in subparser._actions if a.default is not argparse.SUPPRESS]
+    saved = [(a, a.default) for a in actions]
+    for a in actions:
+        if not isinstance(a, accumulating):
+            a.default = _UNSET
+    try:
+        ns = _parse_relaxed(parser, argv, _required_dests(subparser), subparser)
+    finally:
+        for a, d in saved:
+            a.default = d
+    given = set()
+    for a, d in saved:
+        v = getattr(ns, a.dest, _UNSET)
+        if (isinstance(a, accumulating) and v != d) or (not isinstance(a, accumulating) and v is not _UNSET):
+            given.add(a.dest)
+    return given
+
+
+def resolved_config(args: argparse.Namespace) -> list[tuple[str, object, str]]:
+    """(option, value, origin) of every option of the parsed command, in name order."""
+    origins = getattr(args, "_origins", {})
+    skip = {"func", "config", "recipe", "print_config", "log_level", "command", "train_command", "role"}
+    rows = []
+    for dest, value in sorted(vars(args).items()):
+        if dest.startswith("_") or dest in skip or dest.endswith("_command"):
+            continue
+        rows.append((dest.replace("_", "-"), value, origins.get(dest, "default")))
+    return rows
+
+
+def print_config(args: argparse.Namespace) -> None:
+    rows = resolved_config(args)
+    print(f"# unime {args._command}: resolved options (value, origin)")
+    width = max((len(r[0]) for r in rows), default=10)
+    for name, value, origin in rows:
+        print(f"{name:<{width}}  {value!r:<28}  # {origin}")
 
 
 def _claim_output(args: argparse.Namespace, command: str):
@@ -84,7 +187,7 @@ def _claim_output(args: argparse.Namespace, command: str):
         return None
     from unime.outdir import claim
 
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "log_level", "config")}
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_RUN_OPTIONS and not k.startswith("_")}
     return claim(args.out, command, options, overwrite=bool(getattr(args, "overwrite", False)))
 
 
@@ -101,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     owned = None
     try:
         args = _parse(parser, argv)
+        if getattr(args, "print_config", False):  # before any output folder is claimed
+            print_config(args)
+            return 0
         debug = str(args.log_level).upper() == "DEBUG"
         logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

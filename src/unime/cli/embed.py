@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from unime.cli import add_config_option
 from unime.cli.video_options import add_video_options, video_sampling_from_args
+from unime.models.image_budget import add_image_options
 
 
 def register(sub) -> None:
@@ -19,15 +20,18 @@ def register(sub) -> None:
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="skip bad lines and items with a bad image (counted and reported; OUT.lines.json then "
                         "lists the line each row of the array came from) instead of stopping at the first")
+    add_image_options(p)
     add_config_option(p)
     p.set_defaults(func=_embed)
 
 
 def _embed(args) -> int:
     from unime.models.embed_file import encode_items_file
+    from unime.models.image_budget import ImageBudget
 
     out, n, dim, skips = encode_items_file(args.items, args.out, model=args.model, data_root=args.data_root,
                                            device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                                           on_error=args.on_error, video_sampling=video_sampling_from_args(args))
+                                           on_error=args.on_error, video_sampling=video_sampling_from_args(args),
+                                           image_budget=ImageBudget.from_args(args))
     print(f"{out}: {n} x {dim}" + (f"; {skips.summary()}" if skips.total else ""))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from unime.cli import add_config_option
 from unime.cli.video_options import add_video_options, video_sampling_from_args
+from unime.models.image_budget import add_image_options
 
 
 def register(sub) -> None:
@@ -41,7 +42,11 @@ def register(sub) -> None:
     p.add_argument("--topk", type=int, default=5, help="candidates the reranker sees (default 5, the paper's)")
     p.add_argument("--mode", default="top1", choices=["top1", "resort"],
                    help="top1: the reranker's pick moves to rank 1; resort: sort the top k by pairwise score")
+    p.add_argument("--compositional-mode", default="pairwise", choices=["pairwise", "run"],
+                   help="reranking of compositional (SugarCrepe) tasks: pairwise = the reranker's P(Yes) of each "
+                        "caption, the higher wins (the paper's); run = the run-wide --mode")
     add_video_options(p)
+    add_image_options(p)
     add_config_option(p)
     p.set_defaults(func=_eval)
     actions = p.add_subparsers(dest="eval_command", metavar="ACTION")
@@ -76,6 +81,7 @@ def register(sub) -> None:
 def _eval(args) -> int:
     from unime.eval.report import compare_runs
     from unime.eval.runners import evaluate_checkpoint
+    from unime.models.image_budget import ImageBudget
 
     if not args.out:
         raise SystemExit("unime eval: --out is required")
@@ -93,7 +99,8 @@ def _eval(args) -> int:
         args.model, args.tasks, args.out, tasks_root=args.tasks_root, only=args.task, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, pooling=args.pooling, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, ties=args.ties, on_error=args.on_error, rerank_path=args.rerank, rerank_topk=args.topk,
-        rerank_mode=args.mode, compare=args.compare, video_sampling=video_sampling_from_args(args))
+        rerank_mode=args.mode, rerank_compositional=args.compositional_mode, compare=args.compare,
+        video_sampling=video_sampling_from_args(args), image_budget=ImageBudget.from_args(args))
     enc = summary["encoding"]
     print(f"{args.out}/results.md  (items seen {enc['items_seen']}, distinct {enc['distinct_items']}, "
           f"from cache {enc['from_cache']}, encoded {enc['encoded']}; wall {summary['timing']['wall_seconds']:.1f} s)")

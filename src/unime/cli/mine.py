@@ -8,6 +8,9 @@ from unime.cli import add_config_option
 
 
 def _add_model_options(p) -> None:
+    from unime.models.image_budget import add_image_options
+
+    add_image_options(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", default=None, help="auto, fp32, bf16, fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--allow-outside-root", action="store_true", help="permit absolute paths and '..' in image paths")
@@ -27,6 +30,9 @@ def _add_backend_options(p) -> None:
     p.add_argument("--vllm-logprobs", type=int, default=20, help="vllm: top-K logprobs returned per request")
     p.add_argument("--vllm-missing", default="bound", choices=["bound", "error"],
                    help="vllm: Yes/No missing from the top-K (see unime.mining.backends.vllm)")
+    p.add_argument("--vllm-engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="vllm: an argument of vllm.LLM (value read as YAML), e.g. tensor_parallel_size=8, "
+                        "distributed_executor_backend=ray, gpu_memory_utilization=0.9 (repeatable)")
     p.add_argument("--chunk-size", type=int, default=16, help="candidate continuations per judge forward")
     p.add_argument("--image-cache", type=int, default=1024,
                    help="candidate images whose vision-encoder outputs the judge keeps (0 = off)")
@@ -37,8 +43,22 @@ def _backend_options(args) -> dict:
         return {"num_workers": args.ray_workers, "address": args.ray_address,
                 "num_gpus_per_worker": args.ray_gpus_per_worker}
     if args.backend == "vllm":
-        return {"logprobs": args.vllm_logprobs, "missing": args.vllm_missing}
+        return {"logprobs": args.vllm_logprobs, "missing": args.vllm_missing,
+                "engine_kwargs": vllm_engine_kwargs(args.vllm_engine_arg)}
     return {}
+
+
+def vllm_engine_kwargs(pairs: list[str]) -> dict:
+    """`KEY=VALUE` strings → keyword arguments of `vllm.LLM` (values parsed as YAML: 8 → int, true → bool)."""
+    import yaml
+
+    out = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--vllm-engine-arg expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def register(sub) -> None:
@@ -116,7 +136,8 @@ def _mine(args) -> int:
                      judge_image_cache=args.image_cache,
                      cache_dir=args.cache_dir, on_error=args.on_error, allow_outside_root=args.allow_outside_root,
                      audit=args.audit, world=args.world, audit_threshold=args.audit_threshold,
-                     show_progress=args.progress)
+                     show_progress=args.progress, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                     image_size=args.image_size)
     result = run_mining(cfg)
     s = result.stats
     print(f"{result.out}: {result.n_mined} of {result.n_records} records mined; report: {result.out / 'report.md'}")
@@ -133,12 +154,14 @@ def _judge(args) -> int:
 
     from unime.mining.backends import JudgeSpec
     from unime.mining.pipeline import score_pairs_file
+    from unime.models.image_budget import ImageBudget
 
     _set_threads(args)
     root = args.data_root or os.path.dirname(os.path.abspath(args.pairs))
     spec = JudgeSpec(path=args.judge, device=args.device, dtype=args.dtype, data_root=root,
                      allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size,
-                     image_cache_size=args.image_cache)
+                     image_cache_size=args.image_cache,
+                     image_budget=ImageBudget.from_args(args).as_items())
     from unime.data.skips import SkipReport
 
     skips = SkipReport()

@@ -1,4 +1,4 @@
-"""`--config FILE.yaml`: option defaults from a file, checked by the same rules as the command line.
+"""`--config FILE.yaml` (and `--recipe` presets): option defaults checked by the same rules as the command line.
 
 Each key is an option name (dashes or underscores). Its value goes through the option's own `type`
 and `choices`; a flag takes a YAML boolean (or the strings true/false/yes/no/on/off/1/0); a list only
@@ -24,17 +24,22 @@ class ConfigError(UnimeError):
     """A config file key whose value the option does not accept."""
 
 
-def config_path_from_argv(argv: list[str]) -> str | None:
-    """The value of `--config` in `argv` (last one wins), without parsing the rest."""
-    path = None
+def option_from_argv(argv: list[str], option: str) -> str | None:
+    """The value of `option` (e.g. "--config") in `argv` (last one wins), without parsing the rest."""
+    value = None
     for i, tok in enumerate(argv):
         if tok == "--":
             break
-        if tok == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif tok.startswith("--config="):
-            path = tok.split("=", 1)[1]
-    return path
+        if tok == option and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif tok.startswith(option + "="):
+            value = tok.split("=", 1)[1]
+    return value
+
+
+def config_path_from_argv(argv: list[str]) -> str | None:
+    """The value of `--config` in `argv` (last one wins), without parsing the rest."""
+    return option_from_argv(argv, "--config")
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -111,10 +116,11 @@ def _convert(actions: list[argparse.Action], value: Any, *, path: str, key: str)
     return _scalar(action, value, path=path, key=key)
 
 
-def apply_config_file(subparser: argparse.ArgumentParser, path: str) -> None:
-    """Set the subcommand's defaults from the config file, converted and checked; options the file sets
-    are no longer required on the command line."""
-    cfg = load_config_file(path)
+def apply_options(subparser: argparse.ArgumentParser, values: dict[str, Any], *, source: str) -> dict[str, str]:
+    """Set the subcommand's defaults from `values` (option name or dest -> value), each converted and
+    checked by the option's own rules; options set here are no longer required on the command line.
+    `source` names where the values come from in errors (a config file's path, "recipe NAME").
+    Returns {key: dest} for every key (the dests this call set)."""
     by_dest: dict[str, list[argparse.Action]] = {}
     by_option: dict[str, argparse.Action] = {}
     for a in subparser._actions:
@@ -130,14 +136,23 @@ def apply_config_file(subparser: argparse.ArgumentParser, path: str) -> None:
             return [option]
         return by_dest.get(key.replace("-", "_"))
 
-    unknown = sorted(str(k) for k in cfg if actions_for(str(k)) is None)
+    unknown = sorted(str(k) for k in values if actions_for(str(k)) is None)
     if unknown:
-        raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)} for `{subparser.prog}`")
-    defaults = {}
-    for key, value in cfg.items():
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)} for `{subparser.prog}`")
+    defaults: dict[str, Any] = {}
+    dests: dict[str, str] = {}
+    for key, value in values.items():
         actions = actions_for(str(key))
         dest = actions[0].dest
-        defaults[dest] = _convert(actions, value, path=path, key=str(key))
+        defaults[dest] = _convert(actions, value, path=source, key=str(key))
+        dests[str(key)] = dest
         for a in by_dest[dest]:
             a.required = False
     subparser.set_defaults(**defaults)
+    return dests
+
+
+def apply_config_file(subparser: argparse.ArgumentParser, path: str) -> dict[str, str]:
+    """Set the subcommand's defaults from the config file, converted and checked (`apply_options`);
+    options the file sets are no longer required on the command line. Returns {key: dest}."""
+    return apply_options(subparser, load_config_file(path), source=path)

@@ -37,6 +37,7 @@ def register(sub) -> None:
 
 # -- unime train embedder ------------------------------------------------------------------------------
 def _add_embedder_parser(actions) -> None:
+    from unime.models.image_budget import add_image_options
     from unime.models.lora import EMBEDDER_LORA
     from unime.train.loss_defaults import DEFAULT_TEMPERATURE
 
@@ -91,10 +92,14 @@ def _add_embedder_parser(actions) -> None:
                    help="auto: bf16 autocast on GPU, fp32 on CPU")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     g.add_argument("--pooling", default="auto", choices=["auto", "last", "emb"])
+    add_image_options(p)
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=8, help="queries per device per micro-batch")
     g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--global-batch", type=int, default=None, metavar="N",
+                   help="queries per optimizer step over all processes (sets --batch-size = N / (processes x "
+                        "--grad-accum); UniME-V2: 1024 with --gradcache)")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs 1)")
     g.add_argument("--epochs", type=float, default=None)
     g.add_argument("--lr", type=float, default=1e-4)
@@ -133,7 +138,9 @@ def embedder_config_from_args(args):
         kl_eps=args.kl_eps, symmetric=args.symmetric, mask_duplicates=args.mask_duplicates, full=args.full,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=tuple(targets), lora_vision=args.lora_vision, dora=args.dora,
-        dtype=args.dtype, device=args.device, pooling=args.pooling, batch_size=args.batch_size,
+        dtype=args.dtype, device=args.device, pooling=args.pooling, min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels, image_size=args.image_size, batch_size=args.batch_size,
+        global_batch=args.global_batch,
         grad_accum=args.grad_accum, steps=args.steps, epochs=args.epochs, lr=args.lr, warmup=args.warmup,
         lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         optim=args.optim, gradcache=args.gradcache, chunk_size=args.chunk_size,

@@ -40,6 +40,11 @@ def _common_options(p: argparse.ArgumentParser, *, role: str) -> None:
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
 
+    from unime.models.image_budget import add_image_options
+
+    g.add_argument("--train-turn-end", action="store_true",
+                   help="also train the end-of-turn token after the answer (default: answer tokens only, as the paper)")
+    add_image_options(p)
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=4,
                    help="records per device step" if role == "reranker" else "labelled pairs per device step")
@@ -105,7 +110,8 @@ def config_from_args(args):
         gradient_checkpointing=args.gradient_checkpointing, logging_steps=args.logging_steps,
         save_steps=args.save_steps, merge=getattr(args, "merge", False),
         save_adapter=getattr(args, "save_adapter", False), on_error=args.on_error, overwrite=args.overwrite,
-        keep_checkpoints=args.keep_checkpoints)
+        keep_checkpoints=args.keep_checkpoints, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+        image_size=args.image_size, train_turn_end=args.train_turn_end)
 
 
 def _names(value) -> tuple[str, ...]:

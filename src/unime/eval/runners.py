@@ -73,12 +73,23 @@ class TaskResult:
         return d
 
 
+COMPOSITIONAL_RERANK_MODES = ("pairwise", "run")
+
+
 @dataclass
 class Reranking:
     reranker: Any
     topk: int
     mode: str
     stats: RerankStats = field(default_factory=RerankStats)
+    # compositional (SugarCrepe) tasks: "pairwise" = P(Yes) of each caption, the higher wins (the paper's
+    # protocol, SPEC 1.6); "run" = the run-wide `mode` on the two captions
+    compositional_mode: str = "pairwise"
+
+    def __post_init__(self):
+        if self.compositional_mode not in COMPOSITIONAL_RERANK_MODES:
+            raise ValueError(f"compositional rerank mode must be one of {COMPOSITIONAL_RERANK_MODES}, "
+                             f"got {self.compositional_mode!r}")
 
 
 Vectors = Callable[[np.ndarray], np.ndarray]  # task item indices → L2-normalised vectors
@@ -95,7 +106,8 @@ def scores_after_rerank(scores: np.ndarray, new_order: np.ndarray, k: int) -> np
     return out
 
 
-def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root: str | None = None):
+def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root: str | None = None,
+                  image_budget=None):
     """`unime.models.reranker.Reranker.from_pretrained(path, ...)`, imported only when asked for."""
     try:
         from unime.models.reranker import Reranker  # type: ignore[import-not-found]
@@ -108,6 +120,8 @@ def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root
     kwargs = {"device": device, "dtype": dtype}
     if data_root is not None:
         kwargs["data_root"] = data_root
+    if image_budget is not None and image_budget.is_set:
+        kwargs["image_budget"] = image_budget
     reranker = Reranker.from_pretrained(path, **kwargs)
     if not isinstance(reranker, RerankerProtocol):
         raise ModelError(f"{type(reranker).__name__} does not provide pick() and score_pairs()")
@@ -227,9 +241,15 @@ def run_compositional(spec: TaskSpec, data: CompositionalData, vecs: Vectors, op
         rows = []
         with image_root(rr.reranker, spec.data_root):
             for i in range(len(correct)):
-                s = np.array([s_pos[i], s_neg[i]])
-                rows.append(_rerank_scores(s, rr, items[data.image[i]],
-                                           [items[data.positive[i]], items[data.negative[i]]]))
+                query, captions = items[data.image[i]], [items[data.positive[i]], items[data.negative[i]]]
+                if rr.compositional_mode == "pairwise":  # P(Yes) of both captions, independent of the embedder
+                    p = np.asarray(rr.reranker.score_pairs(query, captions), dtype=np.float64).reshape(-1)
+                    if p.shape[0] != 2 or not np.all(np.isfinite(p)):
+                        raise ModelError(f"reranker returned {p.tolist()} for 2 captions")
+                    rr.stats.queries += 1
+                    rows.append(p)
+                else:
+                    rows.append(_rerank_scores(np.array([s_pos[i], s_neg[i]]), rr, query, captions))
         ok_rr = M.positive_first_hits(rows, ties=opts.ties)
         result.reranked = summarise(ok_rr)
         for i, e in enumerate(per_query):
@@ -342,7 +362,8 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
               "score_seconds": round(t3 - t2, 3)}
     rerank_info = None
     if reranking is not None:
-        rerank_info = {"topk": reranking.topk, "mode": reranking.mode}
+        rerank_info = {"topk": reranking.topk, "mode": reranking.mode,
+                       "compositional_mode": reranking.compositional_mode}
     return RunOutput(results=results, encoding=encoder.stats.to_dict(), timing=timing, rerank=rerank_info)
 
 
@@ -364,7 +385,9 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
                         use_cache: bool = True, ties: str = "pessimistic", on_error: str = "raise",
                         rerank_path: str | None = None,
                         rerank_topk: int = DEFAULT_RERANK_TOPK, rerank_mode: str = "top1",
-                        compare: list[str] | None = None, show_progress: bool = True, video_sampling=None) -> dict:
+                        rerank_compositional: str = "pairwise",
+                        compare: list[str] | None = None, show_progress: bool = True, video_sampling=None,
+                        image_budget=None) -> dict:
     """`unime eval --model ...`: evaluate one embedder checkpoint on a task config; returns the summary."""
     from unime.eval import report
     from unime.models.embedder import Embedder
@@ -374,11 +397,13 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
     suite = load_task_config(tasks, root=tasks_root, only=only)
     data = load_suite_data(suite, on_error=on_error)  # bad data fails here, before the model is loaded
     t_data = time.perf_counter()
+    # image_budget: explicit resolution options, over each checkpoint's recorded setting
     embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=pooling, batch_size=batch_size,
-                                        video_sampling=video_sampling)
+                                        video_sampling=video_sampling, image_budget=image_budget)
     reranking = None
     if rerank_path:
-        reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype), rerank_topk, rerank_mode)
+        reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype, image_budget=image_budget),
+                              rerank_topk, rerank_mode, compositional_mode=rerank_compositional)
         if video_sampling is not None and hasattr(reranking.reranker, "image_loader"):
             reranking.reranker.image_loader.video_sampling = video_sampling
     t_model = time.perf_counter()
@@ -393,7 +418,8 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
     meta = {"model": str(model), "model_id": model_id, "tasks_config": str(suite.source), "ties": ties,
             "on_error": on_error, "skipped_rows": sum(d.skipped for _, d in data),
             "cache_dir": str(cache) if cache else None, "device": embedder.device, "dtype": str(dtype),
-            "batch_size": batch_size}
+            "batch_size": batch_size, "image_budget": embedder.image_budget.to_dict(),
+            "visual_tokens_encoded": embedder.visual_tokens}
     if rerank_path:
         meta["reranker"] = str(rerank_path)
     return report.write_run(out_dir, run, meta=meta, compare=compare or [])

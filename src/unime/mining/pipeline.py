@@ -94,6 +94,10 @@ class MineConfig:
     world: str | None = None
     audit_threshold: float = 1.0  # relevance >= this makes a retrieved candidate a false negative
     show_progress: bool = False
+    # image resolution for the embedder and the judge (unset: each checkpoint's recorded setting)
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    image_size: Any = None
 
     def __post_init__(self):
         if self.k < 1:
@@ -104,6 +108,12 @@ class MineConfig:
             raise ValueError(f"fallback must be 'random' or 'drop', got {self.fallback!r}")
         if self.audit and not self.world:
             raise ValueError("audit needs a demo world (world=...)")
+
+    @property
+    def image_budget(self):
+        from unime.models.image_budget import ImageBudget
+
+        return ImageBudget.from_options(self.min_pixels, self.max_pixels, self.image_size)
 
     @property
     def resolved_data_root(self) -> str:
@@ -266,7 +276,8 @@ class MiningRun:
             self._embedder = Embedder.from_pretrained(c.embedder, device=c.device, dtype=c.dtype,
                                                       data_root=c.resolved_data_root,
                                                       allow_outside_root=c.allow_outside_root,
-                                                      batch_size=c.embed_batch_size)
+                                                      batch_size=c.embed_batch_size,
+                                                      image_budget=c.image_budget)
         return self._embedder
 
     def run_retrieval(self) -> RetrievalResult:
@@ -342,7 +353,8 @@ class MiningRun:
         c = self.config
         return JudgeSpec(path=c.judge, device=c.device, dtype=c.dtype, data_root=c.resolved_data_root,
                          allow_outside_root=c.allow_outside_root, chunk_size=c.judge_chunk_size,
-                         image_cache_size=c.judge_image_cache)
+                         image_cache_size=c.judge_image_cache,
+                         image_budget=c.image_budget.as_items())
 
     def backend(self) -> JudgeBackend:
         if self._backend is None:

@@ -70,9 +70,13 @@ class FamilyAdapter:
     image_token = "<|image_pad|>"
     video_token = "<|video_pad|>"
 
-    def __init__(self, processor):
+    def __init__(self, processor, image_budget=None):
+        from unime.models.image_budget import ImageBudget
+
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
+        # the fixed resize and per-frame bounds; the pixel bounds of images live on the processor
+        self.image_budget = image_budget or ImageBudget()
 
     # -- messages -------------------------------------------------------------------------------
     @staticmethod
@@ -105,8 +109,17 @@ class FamilyAdapter:
     # -- tensors --------------------------------------------------------------------------------
     def processor_inputs(self, texts: list[str], segments_per_text: list[Sequence[Segment]], *,
                          padding_side: str | None = None, add_special_tokens: bool = False):
-        images = [s.value for segs in segments_per_text for s in segs if s.kind == "image"]
+        budget = self.image_budget
+        images = [budget.prepare(s.value) for segs in segments_per_text for s in segs if s.kind == "image"]
         videos = [as_video(s.value) for segs in segments_per_text for s in segs if s.kind == "video"]
+        if videos and budget.is_set:  # the frames under the same budget as images
+            import dataclasses
+
+            from unime.models.image_budget import processor_factor
+
+            factor = processor_factor(getattr(self.processor, "video_processor", None) or self.processor)
+            videos = [dataclasses.replace(v, frames=tuple(budget.prepare_frames(v.frames, factor=factor)))
+                      for v in videos]
         kwargs: dict[str, Any] = dict(text=texts, padding=True, return_tensors="pt")
         if images:
             kwargs["images"] = images
@@ -115,6 +128,11 @@ class FamilyAdapter:
         if padding_side is not None:
             kwargs["padding_side"] = padding_side
         return self.processor(**kwargs)
+
+    def count_visual_tokens(self, input_ids) -> int:
+        """Image and video placeholder tokens in a batch of token ids (after the processor's expansion)."""
+        ids = [self.tokenizer.convert_tokens_to_ids(t) for t in (self.image_token, self.video_token)]
+        return int(sum(int((input_ids == i).sum()) for i in ids if i is not None))
 
     @staticmethod
     def video_kwargs(videos: Sequence[Video]) -> dict[str, Any]:
@@ -126,6 +144,16 @@ class FamilyAdapter:
         meta = [VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, width=v.size[0], height=v.size[1],
                               duration=v.duration, frames_indices=list(v.frame_indices)) for v in videos]
         return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False}
+
+    @staticmethod
+    def text_continuation_positions(next_position: int, length: int, batch: int = 1, device=None):
+        """(3, batch, length) M-RoPE positions of text tokens continuing a sequence whose largest position
+        is `next_position - 1`: token i gets next_position + i on all three rows (the rule of Qwen-VL's
+        `get_rope_index` for text after vision; a real-size test holds it to the model's own function)."""
+        import torch
+
+        pos = (next_position + torch.arange(length, device=device)).view(1, 1, -1)
+        return pos.expand(3, batch, -1).clone()
 
     @staticmethod
     def backbone(model):
@@ -160,8 +188,8 @@ def register_adapter(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
     return cls
 
 
-def adapter_for(config, processor) -> FamilyAdapter:
+def adapter_for(config, processor, image_budget=None) -> FamilyAdapter:
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTERS:
         raise ModelError(f"no family adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}")
-    return ADAPTERS[model_type](processor)
+    return ADAPTERS[model_type](processor, image_budget=image_budget)

@@ -44,9 +44,11 @@ def read_items_file(path: str, *, data_root: str, on_error: str = "raise", skips
 
 def encode_items_file(items_path: str, out: str, *, model: str, data_root: str | None = None,
                       device: str | None = None, dtype: str = "auto", batch_size: int = 16,
-                      on_error: str = "raise", video_sampling=None) -> tuple[Path, int, int, SkipReport]:
+                      on_error: str = "raise", video_sampling=None,
+                      image_budget=None) -> tuple[Path, int, int, SkipReport]:
     """Encode the items of `items_path` with `model`; write the array to exactly `out` (atomic; its
-    folder is created). Returns (path, rows, dimension, skips)."""
+    folder is created). `image_budget` (`unime.models.image_budget.ImageBudget`): its set fields override
+    the model's pixel bounds. Returns (path, rows, dimension, skips)."""
     from unime.models.embedder import Embedder
 
     if not os.path.isfile(items_path):
@@ -58,7 +60,7 @@ def encode_items_file(items_path: str, out: str, *, model: str, data_root: str |
     if not items:
         raise DataError("no items to encode", source=items_path)
     emb = Embedder.from_pretrained(model, device=device, dtype=dtype, data_root=root, batch_size=batch_size,
-                                   video_sampling=video_sampling)
+                                   video_sampling=video_sampling, image_budget=image_budget)
     vecs = emb.encode(items, show_progress=True)
     path = Path(out)
     with atomic_open(path, "wb") as fh:  # np.save on a file object: no ".npy" appended to the name

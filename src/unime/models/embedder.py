@@ -46,6 +46,7 @@ class Embedder:
         self.device = device
         self.name = name
         self._emb_id = None
+        self.visual_tokens = 0  # <|image_pad|> / <|video_pad|> tokens seen by build_inputs (a resolution check)
         if pooling == "emb":
             tok = adapter.tokenizer
             emb_id = tok.convert_tokens_to_ids(EMB_TOKEN)
@@ -58,10 +59,12 @@ class Embedder:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         pooling: str = "auto", data_root: str | None = None, allow_outside_root: bool = False,
                         adapter_path: str | None = None, trainable: bool = False, video_sampling=None,
-                        **kwargs) -> "Embedder":
-        """`video_sampling`: a `unime.data.video.VideoSampling` for video items (default: 8 frames)."""
+                        image_budget=None, **kwargs) -> "Embedder":
+        """`video_sampling`: a `unime.data.video.VideoSampling` for video items (default: 8 frames).
+        `image_budget` (`unime.models.image_budget.ImageBudget`): its set fields override the budget
+        recorded with the checkpoint."""
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
-                                         trainable=trainable)
+                                         trainable=trainable, image_budget=image_budget)
         if pooling == "auto":
             tok = loaded.processor.tokenizer
             pooling = "emb" if EMB_TOKEN in tok.get_vocab() else "last"
@@ -87,7 +90,12 @@ class Embedder:
         segs = list(segments) if segments is not None else [self.segments(it) for it in items]
         texts = [self.render(s) for s in segs]
         inputs = self.adapter.processor_inputs(texts, segs)
+        self.visual_tokens += self.adapter.count_visual_tokens(inputs["input_ids"])
         return inputs.to(self.device)
+
+    @property
+    def image_budget(self):
+        return self.adapter.image_budget
 
     # -- forward --------------------------------------------------------------------------------
     def pool_positions(self, input_ids, attention_mask):

@@ -179,15 +179,16 @@ class JudgeScorer:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         data_root: str | os.PathLike | None = None, allow_outside_root: bool = False,
                         adapter_path: str | None = None, load_weights: bool = True, video_sampling=None,
+                        image_budget=None,
                         **kwargs) -> "JudgeScorer":
         """Load a judge checkpoint. `load_weights=False` loads only the processor and config: enough to
         build prompts and resolve the Yes/No ids (e.g. for a vLLM backend), not to score."""
         loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
         if not load_weights:
-            from transformers import AutoConfig, AutoProcessor
+            from transformers import AutoConfig
 
             from unime.models.adapters import adapter_for
-            from unime.models.loading import is_peft_adapter
+            from unime.models.loading import is_peft_adapter, load_processor
 
             base = str(path)
             if is_peft_adapter(path):
@@ -196,11 +197,14 @@ class JudgeScorer:
 
                 base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
             has_tokenizer = os.path.isfile(os.path.join(str(path), "tokenizer_config.json"))
-            processor = AutoProcessor.from_pretrained(str(path) if has_tokenizer else base)
+            processor, budget = load_processor(str(path) if has_tokenizer else base, image_budget=image_budget,
+                                               budget_from=str(path))
             config = AutoConfig.from_pretrained(base)
-            return cls(None, processor, adapter_for(config, processor), image_loader=loader, device=device or "cpu",
+            return cls(None, processor, adapter_for(config, processor, budget), image_loader=loader,
+                       device=device or "cpu",
                        name=str(path), **kwargs)
-        loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path)
+        loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
+                                         image_budget=image_budget)
         return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
                    name=str(path), **kwargs)
 
@@ -362,7 +366,7 @@ class JudgeScorer:
         if image_grid is not None or video_grid is not None:
             positions = self._rope_positions(input_ids, mm_types, image_grid, video_grid, second)
         else:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device).view(1, 1, -1).expand(3, 1, -1)
+            positions = self.adapter.text_continuation_positions(0, input_ids.shape[1], 1, device=input_ids.device)
         kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         out = self.adapter.backbone(self.model)(
             input_ids=input_ids, attention_mask=inputs["attention_mask"], mm_token_type_ids=mm_types,
@@ -430,9 +434,8 @@ class JudgeScorer:
         if mm_types is None:
             mm_types = torch.zeros_like(ids)
         lengths = mask.sum(dim=1)
-        # text continuation token i: max(prefix positions) + 1 + i, on all three rows
-        positions = (prefix.next_position + torch.arange(length, device=ids.device)).view(1, 1, -1)
-        positions = positions.expand(3, batch, -1).clone()
+        # text continuation token i: max(prefix positions) + 1 + i, on all three rows (the family's rule)
+        positions = self.adapter.text_continuation_positions(prefix.next_position, length, batch, device=ids.device)
         image_grid, video_grid = inputs.get("image_grid_thw"), inputs.get("video_grid_thw")
         seconds = _as_1d(inputs.get("second_per_grid_ts"), ids.device)
         n_images = [sum(1 for s in row if s.kind == "image") for row in segs]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from unime.models.adapters import FamilyAdapter, adapter_for
+from unime.models.image_budget import ImageBudget, resolve_budget
 
 
 def resolve_device(device: str | None = None) -> str:
@@ -45,13 +46,26 @@ class LoadedModel:
     path: str
     device: str
     dtype: Any
+    image_budget: ImageBudget = ImageBudget()
+
+
+def load_processor(path: str, *, image_budget: ImageBudget | None = None, budget_from: str | None = None):
+    """`AutoProcessor` of a checkpoint with its image budget applied: `image_budget`'s set fields over
+    the budget recorded with `budget_from` (default `path`). Returns (processor, effective budget)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    budget = resolve_budget(budget_from or path, image_budget)
+    budget.configure(processor)
+    return processor, budget
 
 
 def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None, adapter_path: str | None = None,
-               trainable: bool = False) -> LoadedModel:
+               trainable: bool = False, image_budget: ImageBudget | None = None) -> LoadedModel:
     """Load `*ForConditionalGeneration` + processor. A PEFT adapter folder (or `adapter_path`) is applied
-    on top of its base model. The model is in eval mode unless `trainable`."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    on top of its base model. The model is in eval mode unless `trainable`. The processor gets the image
+    budget recorded with the checkpoint, overridden field by field by `image_budget`."""
+    from transformers import AutoModelForImageTextToText
 
     path = str(path)
     device = resolve_device(device)
@@ -61,7 +75,7 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
         adapter_path = path
         base_path = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
     proc_path = adapter_path if adapter_path and (Path(adapter_path) / "tokenizer_config.json").is_file() else base_path
-    processor = AutoProcessor.from_pretrained(proc_path)
+    processor, budget = load_processor(proc_path, image_budget=image_budget, budget_from=adapter_path or path)
     model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype)
     tok = processor.tokenizer
     if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added (e.g. <emb>) with the adapter
@@ -72,5 +86,5 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
         model = PeftModel.from_pretrained(model, adapter_path, is_trainable=trainable)
     model.to(device)
     model.train(trainable)
-    return LoadedModel(model=model, processor=processor, adapter=adapter_for(model.config, processor),
-                       path=path, device=device, dtype=torch_dtype)
+    return LoadedModel(model=model, processor=processor, adapter=adapter_for(model.config, processor, budget),
+                       path=path, device=device, dtype=torch_dtype, image_budget=budget)

@@ -188,11 +188,12 @@ class Reranker:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         data_root: str | os.PathLike | None = None, allow_outside_root: bool = False,
-                        num_candidates: int | None = None, video_sampling=None, **kwargs) -> "Reranker":
+                        num_candidates: int | None = None, video_sampling=None, image_budget=None,
+                        **kwargs) -> "Reranker":
         """Load the output of `unime train reranker` (its folder, or the adapter/ or merged/ in it), or any
         plain generative checkpoint. `num_candidates` overrides the trained number."""
         path = resolve_checkpoint(path)
-        loaded: LoadedModel = load_model(path, device=device, dtype=dtype)
+        loaded: LoadedModel = load_model(path, device=device, dtype=dtype, image_budget=image_budget)
         meta = read_reranker_metadata(path)
         if num_candidates is None:
             num_candidates = meta.get("num_candidates")

@@ -136,10 +136,10 @@ class Reasoner:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         adapter_path: str | None = None, data_root: str | None = None,
-                        allow_outside_root: bool = False, **kwargs) -> "Reasoner":
+                        allow_outside_root: bool = False, image_budget=None, **kwargs) -> "Reasoner":
         from unime.models.loading import load_model
 
-        loaded = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path)
+        loaded = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path, image_budget=image_budget)
         loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
         return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
                    name=str(path), **kwargs)

@@ -30,26 +30,38 @@ MERGED_DIR = "merged"
 
 
 # -- final folders -----------------------------------------------------------------------------------
-def export_final(model, processor, out_dir: str | os.PathLike, *, card: str) -> dict[str, Path]:
+def export_final(model, processor, out_dir: str | os.PathLike, *, card: str, image_budget=None) -> dict[str, Path]:
     """Write DIR/adapter (PEFT runs), DIR/merged and DIR/README.md, each atomically. Merging modifies
-    `model` in place (call it last). Returns the written folders."""
+    `model` in place (call it last). Returns the written folders. `image_budget` (the run's
+    `ImageBudget`, if set) is recorded in each folder (`unime_images.json`) for eval / mining / serving;
+    the processor saved alongside already carries its pixel bounds."""
     from unime.outdir import require_replaceable
 
+    from unime.models.image_budget import BUDGET_FILE
+
     out = Path(out_dir)
-    for name in ((ADAPTER_DIR,) if is_peft(model) else ()) + (MERGED_DIR, "README.md"):
+    record_budget = image_budget is not None and image_budget.is_set
+    for name in ((ADAPTER_DIR,) if is_peft(model) else ()) + (MERGED_DIR, "README.md") + \
+            ((BUDGET_FILE,) if record_budget else ()):
         require_replaceable(out, name)  # never replace a merged/ or README.md this run's command did not write
     written: dict[str, Path] = {}
+    if record_budget:
+        image_budget.save(out)
     if is_peft(model):
         with atomic_dir(out / ADAPTER_DIR, overwrite=True) as tmp:
             model.save_pretrained(str(tmp))
             processor.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(card, encoding="utf-8")
+            if record_budget:
+                image_budget.save(tmp)
         written["adapter"] = out / ADAPTER_DIR
         model = model.merge_and_unload()
     with atomic_dir(out / MERGED_DIR, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(card, encoding="utf-8")
+        if record_budget:
+            image_budget.save(tmp)
     written["merged"] = out / MERGED_DIR
     write_text_atomic(out / "README.md", card)
     return written

@@ -29,6 +29,7 @@ from transformers import Trainer, TrainingArguments
 from unime.data.items import Record
 from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
+from unime.models.image_budget import ImageBudget
 from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora
 from unime.train import checkpoints as ckpt
 from unime.models import run_state
@@ -72,8 +73,13 @@ class EmbedderTrainingConfig:
     dtype: str = "auto"                   # auto (bf16 on GPU, fp32 on CPU), fp32, bf16
     device: str | None = None             # cpu / cuda (under torchrun: one GPU per process)
     pooling: str = "auto"
+    # image resolution (unset: the base checkpoint's recorded budget, else its processor's bounds)
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    image_size: Any = None                # N or "WxH": fixed resize before the processor (UniME-V2: 672)
     # optimisation
     batch_size: int = 8                   # queries per device per micro-batch
+    global_batch: int | None = None       # queries per optimizer step over all processes: sets batch_size
     grad_accum: int = 1
     steps: int | None = None
     epochs: float | None = None
@@ -441,6 +447,16 @@ class EmbedderTrainingRun:
         return Path(self.config.out)
 
 
+def per_device_batch(global_batch: int, grad_accum: int = 1, world_size: int | None = None) -> int:
+    """Queries per device per micro-batch for a global batch (WORLD_SIZE processes under torchrun)."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per, rest = divmod(int(global_batch), world * grad_accum)
+    if rest or per < 1:
+        raise UnimeError(f"--global-batch {global_batch} is not a multiple of {world} processes x {grad_accum} "
+                         "accumulation steps")
+    return per
+
+
 def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
                               callbacks: Sequence[Any] = ()) -> EmbedderTrainingRun:
     """Validate the configuration and the records, load the model (+ LoRA), and build the trainer.
@@ -454,6 +470,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
+    if config.global_batch:
+        config = dataclasses.replace(config, batch_size=per_device_batch(config.global_batch, config.grad_accum))
     config.validate()
     out = Path(config.out)
     checkpoint_root = out / ckpt.CHECKPOINTS_DIR
@@ -471,7 +489,9 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     # LoRA: frozen base in the compute dtype (bf16 under autocast); full fine-tuning keeps fp32 master weights
     load_dtype = resolve_dtype("bf16" if args.bf16 and not config.full else "fp32", device)
     embedder = Embedder.from_pretrained(config.model, device=device, dtype=load_dtype, pooling=config.pooling,
-                                        data_root=data_root, trainable=True)
+                                        data_root=data_root, trainable=True,
+                                        image_budget=ImageBudget.from_options(config.min_pixels, config.max_pixels,
+                                                                              config.image_size))
     lora = None
     if config.full:
         if ckpt.is_peft(embedder.model):
@@ -555,13 +575,15 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
                  "warmup": config.warmup, "optimizer": config.optim, "weight_decay": config.weight_decay,
                  "max_grad_norm": config.max_grad_norm, "precision": "bf16 autocast" if args.bf16 else "fp32",
                  "gradcache": f"chunk size {config.chunk_size}" if config.gradcache else "off", "seed": config.seed,
-                 "fine_tuning": "full" if config.full else "LoRA"}
+                 "fine_tuning": "full" if config.full else "LoRA",
+                 "image_budget": run.embedder.image_budget.to_dict()}
         card = ckpt.ModelCard(
             base_model=str(config.model), data=_data_summary(config, run.records, run.data_root, run.skips),
             loss={"name": run.loss.name, **run.loss.config()}, hyperparameters=hyper, metrics=metrics,
             lora=dataclasses.asdict(run.lora) if run.lora else None,
             notes=[f"Training curves: {CURVES_CSV}, {CURVES_PNG}; full configuration: train_config.json."])
-        written = ckpt.export_final(run.embedder.model, run.embedder.processor, out, card=card.render())
+        written = ckpt.export_final(run.embedder.model, run.embedder.processor, out, card=card.render(),
+                                    image_budget=run.embedder.image_budget)
         ckpt.write_json_atomic(out / "metrics.json", metrics)
     trainer.accelerator.wait_for_everyone()
     return EmbedderTrainingResult(out=out, merged=out / ckpt.MERGED_DIR, adapter=written.get("adapter"),

@@ -137,17 +137,20 @@ def judge_examples(rec: Record, index: int, *, max_negatives: int | None = None)
 class PromptAnswerCollator:
     """Turns `PromptExample`s into model inputs with labels on the answer tokens only.
 
-    Each row is `render(prompt) + answer + turn_end`, left-padded so that every answer ends at the last
-    position (the loss then needs the logits of the last few positions only). `__call__` takes a list
-    of example lists (one per dataset item) and returns `{"pair": inputs, "list": inputs}` (kinds with
-    no example are left out)."""
+    Each row is `render(prompt) + answer`, left-padded so that every answer ends at the last position
+    (the loss then needs the logits of the last few positions only). UniME-V2 trains both losses on the
+    answer tokens only (SPEC 1.6); `train_turn_end=True` appends the end-of-turn token and trains it too
+    (this class's earlier behaviour). Causal attention makes the answer tokens' loss the same either way.
+    `__call__` takes a list of example lists (one per dataset item) and returns
+    `{"pair": inputs, "list": inputs}` (kinds with no example are left out)."""
 
     def __init__(self, adapter: FamilyAdapter, image_loader: ImageLoader | None = None, *,
-                 source: str | None = None):
+                 source: str | None = None, train_turn_end: bool = False):
         self.adapter = adapter
         self.image_loader = image_loader or ImageLoader()
         self.source = source
         self.format = answer_format(adapter)
+        self.train_turn_end = train_turn_end
 
     def content(self, item: Item, *, record: str, field: str) -> list[Segment]:
         load = self.image_loader.load
@@ -171,11 +174,11 @@ class PromptAnswerCollator:
         return self.adapter.render_user_turn(segments, assistant_prefix=self.format.prefix)
 
     def encode(self, prompts: Sequence[Sequence[Segment]], answers: Sequence[str]):
-        """Processor inputs for `prompt + answer + turn_end` rows, with `labels` (-100 except the answer and
-        turn-end tokens)."""
+        """Processor inputs for `prompt + answer` rows (`+ turn_end` with `train_turn_end`), with `labels`
+        (-100 except the answer tokens, and the turn-end ones when trained)."""
         import torch
 
-        completions = [a + self.format.turn_end for a in answers]
+        completions = [a + self.format.turn_end if self.train_turn_end else a for a in answers]
         texts = [self.render_prompt(p) + c for p, c in zip(prompts, completions)]
         inputs = self.adapter.processor_inputs(texts, list(prompts), padding_side="left")
         ids = inputs["input_ids"]
@@ -331,6 +334,11 @@ class RerankerTrainConfig:
     on_error: str = "raise"                # raise | skip (bad records / images, counted)
     overwrite: bool = False                # retrain even if out holds a finished result
     keep_checkpoints: bool = False         # keep out/checkpoints after success
+    train_turn_end: bool = False           # also train the end-of-turn token (paper: answer tokens only)
+    # image resolution (unset: the base checkpoint's recorded budget, else its processor's bounds)
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    image_size: Any = None                 # N or "WxH": fixed resize before the processor
 
     def validate(self) -> "RerankerTrainConfig":
         if self.role not in ROLES:
@@ -493,8 +501,11 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     device = resolve_device(cfg.device)
     compute_dtype = resolve_dtype(cfg.dtype, device)
     # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
+    from unime.models.image_budget import ImageBudget
+
     loaded = load_model(cfg.model, device=device, dtype=torch.float32 if cfg.full else compute_dtype,
-                        trainable=cfg.full)
+                        trainable=cfg.full,
+                        image_budget=ImageBudget.from_options(cfg.min_pixels, cfg.max_pixels, cfg.image_size))
     if cfg.full:
         if is_peft(loaded.model):
             raise ModelError(f"full fine-tuning of the adapter folder {cfg.model}: merge it first (its merged/ folder)")
@@ -503,7 +514,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         torch.manual_seed(cfg.seed)  # LoRA initialisation
         model = apply_lora(loaded.model, LoraSettings.from_options(cfg), modules_to_save=cfg.train_modules,
                            task_type="CAUSAL_LM")
-    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records))
+    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records),
+                                    train_turn_end=cfg.train_turn_end)
 
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
@@ -541,12 +553,13 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         "skipped": skips.total, "steps": trainer.state.global_step,
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("records", "out")},
+        "image_budget": loaded.image_budget.to_dict(),
     }
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         export_reranker(trainer.model, loaded.processor, out, meta=meta,
                         adapter=not cfg.full and (cfg.role == "reranker" or cfg.save_adapter),
-                        merged=cfg.full or cfg.role == "judge" or cfg.merge)
+                        merged=cfg.full or cfg.role == "judge" or cfg.merge, image_budget=loaded.image_budget)
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
@@ -587,7 +600,8 @@ def model_card(meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool) -> dict[str, Path]:
+def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool,
+                    image_budget=None) -> dict[str, Path]:
     """Write out/adapter and/or out/merged (each atomically, with README.md and unime_reranker.json), then
     out/README.md and, last, out/unime_reranker.json. Merging modifies `model` in place (done last)."""
     from unime.data.atomic import atomic_dir
@@ -601,7 +615,11 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
     peft = is_peft(model)
     if adapter and not peft:
         raise ValueError("no adapter to export: the model was fully fine-tuned")
-    for name in ((ADAPTER_DIR,) if adapter else ()) + ((MERGED_DIR,) if merged else ()) + ("README.md", METADATA_FILE):
+    from unime.models.image_budget import BUDGET_FILE
+
+    budget_names = (BUDGET_FILE,) if image_budget is not None and image_budget.is_set else ()
+    for name in ((ADAPTER_DIR,) if adapter else ()) + ((MERGED_DIR,) if merged else ()) + ("README.md", METADATA_FILE) \
+            + budget_names:
         require_replaceable(out, name)  # never replace what this run's command did not write
     if peft:
         model.peft_config["default"].base_model_name_or_path = meta["base_model"]
@@ -613,6 +631,8 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
             processor.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(card, encoding="utf-8")
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            if image_budget is not None and image_budget.is_set:
+                image_budget.save(tmp)
         written[folder_name] = out / folder_name
 
     if adapter:
@@ -620,5 +640,7 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
     if merged:
         save(MERGED_DIR, model.merge_and_unload() if peft else model)
     write_text_atomic(out / "README.md", card)
+    if image_budget is not None and image_budget.is_set:
+        image_budget.save(out)
     write_json_atomic(out / METADATA_FILE, meta)
     return written

@@ -28,6 +28,13 @@ class JudgeSpec:
     adapter_path: str | None = None
     chunk_size: int = 16
     image_cache_size: int = 1024
+    image_budget: tuple = ()  # explicit resolution options as sorted (field, value) pairs (ImageBudget)
+
+    @property
+    def budget(self):
+        from unime.models.image_budget import ImageBudget
+
+        return ImageBudget.from_dict(dict(self.image_budget))
 
     def load(self, *, load_weights: bool = True):
         from unime.models.judge import JudgeScorer
@@ -35,7 +42,7 @@ class JudgeSpec:
         return JudgeScorer.from_pretrained(self.path, device=self.device, dtype=self.dtype, data_root=self.data_root,
                                            allow_outside_root=self.allow_outside_root, adapter_path=self.adapter_path,
                                            chunk_size=self.chunk_size, image_cache_size=self.image_cache_size,
-                                           load_weights=load_weights)
+                                           load_weights=load_weights, image_budget=self.budget)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

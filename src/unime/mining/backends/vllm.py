@@ -97,6 +97,11 @@ class VLLMBackend(JudgeBackend):
             except ImportError as e:  # pragma: no cover - depends on the extra
                 raise ModelError("the vllm backend needs vLLM: pip install 'unime[vllm]'") from e
             kwargs = {"limit_mm_per_prompt": {"image": 4, "video": 2}, **self.engine_kwargs}
+            # the judge's pixel bounds (recorded with it or given) go to vLLM's copy of the HF processor
+            budget = self.prompter.adapter.image_budget
+            bounds = {k: v for k, v in (("min_pixels", budget.min_pixels), ("max_pixels", budget.max_pixels)) if v}
+            if bounds:
+                kwargs.setdefault("mm_processor_kwargs", bounds)
             if self.spec.dtype and self.spec.dtype != "auto":
                 kwargs.setdefault("dtype", self.spec.dtype)
             self._llm = LLM(model=self.spec.path, **kwargs)
@@ -111,7 +116,7 @@ class VLLMBackend(JudgeBackend):
         segs = self.prompter.prompt_segments(query, candidate)
         request: dict[str, Any] = {"prompt": self.prompter.adapter.render_user_turn(segs)}
         data: dict[str, Any] = {}
-        images = [s.value for s in segs if s.kind == "image"]
+        images = [self.prompter.adapter.image_budget.prepare(s.value) for s in segs if s.kind == "image"]
         if images:
             data["image"] = images
         videos = [as_video(s.value) for s in segs if s.kind == "video"]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# GPU smoke test of unime on the tiny models (bf16 + SDPA, judge fast path vs per-pair, GradCache vs
+# plain gradients, encode throughput, peak memory vs `unime plan`): one line of figures per check.
+# Under 8 minutes on one GPU. Without a GPU it says so and exits 0.
+#   bash bench/gpu_smoke.sh            # uses ./.venv/bin/python if present, else python3
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  if [ -x "$root/.venv/bin/python" ]; then py="$root/.venv/bin/python"; else py="python3"; fi
+fi
+if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_smoke: no CUDA device visible to $py; skipped (nothing here needs a GPU otherwise)"
+  exit 0
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec timeout 480 "$py" "$here/gpu_smoke.py" "$@"

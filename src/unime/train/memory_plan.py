@@ -1,0 +1,365 @@
+"""`unime plan` (`unime.train.memory_plan`): memory per device and tokens per step of a run, before launching it.
+
+Model sizes are exact: the real `*ForConditionalGeneration` is built on the meta device from the
+checkpoint's configuration (a known release's shapes, `unime.models.known_checkpoints`, or a local
+folder's config.json) and LoRA is applied with the training code's own `apply_lora`, so parameter and
+trainable counts are counted, not estimated. Activation memory follows from what autograd keeps per
+token and decoder layer (measured on the tiny models with saved-tensor hooks, element counts per token
+and layer, B = bytes of the activation dtype):
+
+    B · (4·I + 5·h + 3·H·d + s + r·n_lora + H)     [+ (6h + I)·(B + 1) with LoRA dropout > 0]
+    [+ 2·h·4 under bf16 autocast: RMSNorm upcasts]
+
+(I = MLP width, h = hidden, H·d = query heads × head dim: with padding, grouped K/V are expanded to
+every head and the additive mask (s = padded sequence length) is kept; an unpadded batch keeps
+H·d + 2·K·d + 0 instead; r·n_lora = LoRA rank × adapted linears).
+What is not modelled: the CUDA context and allocator fragmentation (add ~1-3 GB per device), DoRA's
+weight-norm transients, the frozen vision tower's forward transients. `bench/gpu_smoke.sh` prints the
+plan next to `torch.cuda.max_memory_allocated` of the same step on a GPU; a test holds the plan within
+20 % of the measured tensors of a tiny model's training step on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unime.models.lora import EMBEDDER_LORA, GENERATIVE_LORA
+
+GiB = 1024 ** 3
+DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "float32": 4}
+
+
+@dataclass
+class ModelShapes:
+    name: str
+    family: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    params_total: int
+    params_vision: int
+    patch_factor: int          # pixels per merged visual token along a side (patch × merge)
+    min_pixels: int
+    max_pixels: int
+    config: Any = field(repr=False, default=None)
+
+    def lora_trainable(self, r: int, targets: tuple[str, ...], vision: bool = False, dora: bool = False) -> int:
+        """Trainable parameters of the training code's LoRA on this architecture (counted on meta)."""
+        import torch
+
+        from unime.models.known_checkpoints import meta_model
+        from unime.models.lora import LoraSettings, apply_lora
+
+        with torch.device("meta"):
+            model = apply_lora(meta_model(self.config), LoraSettings(r=r, alpha=2 * r, dropout=0.0,
+                                                                     targets=tuple(targets), dora=dora, vision=vision))
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_shapes(model: str) -> ModelShapes:
+    """Shapes of a known release (hub id or short name) or of a local checkpoint folder."""
+    from unime.models.known_checkpoints import known_checkpoint, meta_model
+
+    path = Path(model)
+    if (path / "config.json").is_file():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(path))
+        bounds = _folder_pixel_bounds(path)
+        name = str(path)
+    else:
+        ckpt = known_checkpoint(model)
+        config, name = ckpt.config(), ckpt.name
+        ip = ckpt.image_processor
+        bounds = (ip["min_pixels"], ip["max_pixels"], ip["patch_size"] * ckpt.merge_size)
+    t, v = config.text_config, config.vision_config
+    m = meta_model(config)
+    total = sum(p.numel() for p in m.parameters())
+    vision = sum(p.numel() for n, p in m.named_parameters() if ".visual." in f".{n}")
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    return ModelShapes(name=name, family=config.model_type, hidden=t.hidden_size, intermediate=t.intermediate_size,
+                       layers=t.num_hidden_layers, heads=t.num_attention_heads, kv_heads=t.num_key_value_heads,
+                       head_dim=head_dim, params_total=total, params_vision=vision, patch_factor=bounds[2],
+                       min_pixels=bounds[0], max_pixels=bounds[1], config=config)
+
+
+def _folder_pixel_bounds(path: Path) -> tuple[int, int, int]:
+    for fname in ("processor_config.json", "preprocessor_config.json"):
+        f = path / fname
+        if f.is_file():
+            d = json.loads(f.read_text())
+            d = d.get("image_processor", d)
+            size = d.get("size") or {}
+            lo = size.get("shortest_edge", d.get("min_pixels"))
+            hi = size.get("longest_edge", d.get("max_pixels"))
+            return int(lo), int(hi), int(d.get("patch_size", 14)) * int(d.get("merge_size", 2))
+    return 56 * 56, 28 * 28 * 16384, 28
+
+
+def visual_tokens_per_image(shapes: ModelShapes, *, image_size=None, max_pixels=None, min_pixels=None,
+                            source_size=(1280, 720)) -> tuple[int, str]:
+    """Merged visual tokens of one image: the fixed resize if given, else a `source_size` photo under the
+    pixel bounds. Returns (tokens, description)."""
+    from unime.models.image_budget import fitted_size, parse_image_size
+
+    lo = int(min_pixels or shapes.min_pixels)
+    hi = int(max_pixels or shapes.max_pixels)
+    size = parse_image_size(image_size)
+    w, h = size if size else source_size
+    fh, fw = fitted_size(h, w, factor=shapes.patch_factor, min_pixels=lo, max_pixels=hi)
+    tokens = (fh // shapes.patch_factor) * (fw // shapes.patch_factor)
+    what = f"{w}x{h} image" + ("" if size else f" under {lo}..{hi} pixels") + f" -> {fw}x{fh}"
+    return tokens, what
+
+
+def activation_bytes_per_token(shapes: ModelShapes, *, seq_len: int, act_bytes: int, lora_r: int, n_lora: int,
+                               lora_dropout: float, autocast_bf16: bool, padded: bool = True) -> float:
+    """Bytes autograd keeps per token for the whole decoder (see the module doc). `padded`: the batch
+    has padding, so attention gets a mask: transformers then expands grouped K/V to every head and the
+    additive mask (s per token) is kept; without padding, SDPA takes K/V grouped and no mask."""
+    h, i, hd = shapes.hidden, shapes.intermediate, shapes.heads * shapes.head_dim
+    kv = shapes.kv_heads * shapes.head_dim
+    attention = 3 * hd + seq_len if padded else hd + 2 * kv
+    elems = 4 * i + 5 * h + attention + lora_r * n_lora + shapes.heads
+    per_layer = act_bytes * elems
+    if lora_dropout > 0 and n_lora:
+        per_layer += (6 * h + i) * (act_bytes + 1)
+    if autocast_bf16:
+        per_layer += 2 * h * 4
+    model_level = act_bytes * (2 * h + 2 * shapes.head_dim)  # embeddings + final norm, rotary tables
+    return shapes.layers * per_layer + model_level
+
+
+@dataclass
+class Plan:
+    title: str
+    facts: list[str]
+    rows: list[tuple[str, float]]            # (component, bytes per device)
+    tokens_per_step: int
+    tokens_note: str
+    gpu_memory_gb: float | None = None
+    hints: list[str] = field(default_factory=list)
+    tokens_label: str = "tokens per optimizer step (all devices)"
+
+    @property
+    def total(self) -> float:
+        return float(sum(b for _, b in self.rows))
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "facts": self.facts, "per_device_bytes": dict(self.rows),
+                "total_bytes": self.total, "tokens_per_step": self.tokens_per_step, "hints": self.hints}
+
+    def render(self) -> str:
+        lines = [f"unime plan: {self.title}"] + [f"  {f}" for f in self.facts]
+        width = max(len(c) for c, _ in self.rows) + 2
+        lines.append("memory per device" + " " * (width - 15) + "GiB")
+        for comp, b in self.rows:
+            lines.append(f"  {comp:<{width}}{b / GiB:8.2f}")
+        verdict = ""
+        if self.gpu_memory_gb:
+            left = self.gpu_memory_gb - self.total / GiB
+            verdict = (f"  of {self.gpu_memory_gb:g} GB: fits ({left:.1f} GiB left for the CUDA context and "
+                       "fragmentation)" if left > 2 else f"  of {self.gpu_memory_gb:g} GB: DOES NOT FIT")
+        lines.append(f"  {'total':<{width}}{self.total / GiB:8.2f}{verdict}")
+        lines.append(f"{self.tokens_label}: {self.tokens_per_step:,} ({self.tokens_note})")
+        lines += [f"hint: {h}" for h in self.hints]
+        return "\n".join(lines)
+
+
+def _lora_bits(o: dict) -> tuple[int, int, float]:
+    if o.get("full"):
+        return 0, 0, 0.0
+    targets = _targets(o)
+    n = len([t for t in targets if t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")])
+    return int(o.get("lora_r", EMBEDDER_LORA.r)), n, float(o.get("lora_dropout", 0.0) or 0.0)
+
+
+def _targets(o: dict) -> tuple[str, ...]:
+    from unime.models.lora import DEFAULT_LORA_TARGETS
+
+    t = o.get("lora_targets") or DEFAULT_LORA_TARGETS
+    if isinstance(t, str):
+        t = [x.strip() for x in t.split(",") if x.strip()]
+    return tuple(t)
+
+
+def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -> tuple[list, list[str], int]:
+    """Weights / trainable / gradients / optimizer rows and facts for a (LoRA or full) training run."""
+    rows, facts = [], []
+    total = shapes.params_total
+    if o.get("full"):
+        trainable = total
+        rows.append(("weights (fp32 master copy)", total * 4))
+        facts.append(f"full fine-tuning: {trainable / 1e9:.2f} B trainable parameters")
+    else:
+        r = int(o.get("lora_r", EMBEDDER_LORA.r))
+        trainable = shapes.lora_trainable(r, _targets(o), bool(o.get("lora_vision")), bool(o.get("dora")))
+        rows.append((f"weights ({'bf16' if weight_bytes == 2 else 'fp32'}, frozen)", total * weight_bytes))
+        rows.append(("trainable weights (fp32)", trainable * 4))
+        facts.append(f"LoRA r={r}{' (DoRA)' if o.get('dora') else ''} on "
+                     f"{'the language model + vision' if o.get('lora_vision') else 'the language model'}: "
+                     f"{trainable / 1e6:.1f} M trainable parameters")
+    rows.append(("gradients (fp32)", trainable * 4))
+    if gpus > 1:
+        rows.append(("DDP gradient buckets (fp32)", trainable * 4))
+    optim = str(o.get("optim", "adamw_torch"))
+    states = 2 if "adam" in optim else (1 if "sgd" not in optim else 0)
+    rows.append((f"optimizer states ({optim}, fp32 x{states})", trainable * 4 * states))
+    return rows, facts, trainable
+
+
+def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | None = None,
+                  text_tokens: int = 64, images_per_item: float = 1.0, title: str = "", padded: bool = True) -> Plan:
+    """`unime train embedder` with options `o` (the command's resolved options, dest names)."""
+    shapes = model_shapes(model)
+    dtype = str(o.get("dtype", "auto"))
+    bf16 = dtype in ("auto", "bf16", "bfloat16")
+    act_b = 2 if bf16 else 4
+    weight_b = 2 if bf16 and not o.get("full") else 4
+    vis, vis_what = visual_tokens_per_image(shapes, image_size=o.get("image_size"), max_pixels=o.get("max_pixels"),
+                                            min_pixels=o.get("min_pixels"))
+    seq = int(round(text_tokens + images_per_item * vis))
+    k = int(o.get("hard_negatives", 8))
+    per_query = 2 + k
+    accum = int(o.get("grad_accum", 1) or 1)
+    if o.get("global_batch"):
+        per_device = int(o["global_batch"]) // (gpus * accum)
+    else:
+        per_device = int(o.get("batch_size", 8))
+    global_queries = per_device * gpus * accum
+    rows, facts, _ = _param_rows(shapes, o, weight_bytes=weight_b, gpus=gpus)
+    r, n_lora, drop = _lora_bits(o)
+    per_tok = activation_bytes_per_token(shapes, seq_len=seq, act_bytes=act_b, lora_r=r, n_lora=n_lora,
+                                         lora_dropout=drop, autocast_bf16=bf16 and act_b == 2, padded=padded)
+    if o.get("gradcache"):
+        chunk = int(o.get("chunk_size", 2))
+        label = f"activations per GradCache chunk ({chunk} sequences)"
+        rows.append(("cached representations + their gradients", per_device * per_query * shapes.hidden * 4 * 2))
+    else:
+        chunk = per_device * per_query
+        label = f"activations ({chunk} sequences in one forward)"
+    rows.append((label, chunk * seq * per_tok))
+    facts[:0] = [f"model {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters (vision "
+                 f"{shapes.params_vision / 1e9:.2f} B), {shapes.layers} layers, hidden {shapes.hidden}",
+                 f"{gpus} device(s), {'bf16 autocast' if bf16 else 'fp32'}; per device {per_device} queries x "
+                 f"{per_query} sequences (query, positive, {k} negatives) per micro-batch, {accum} accumulation step(s)",
+                 f"sequence ~{seq} tokens: {text_tokens} text/template + {images_per_item:g} x {vis} visual "
+                 f"({vis_what})"]
+    plan = Plan(title=title or f"train embedder on {shapes.name}", facts=facts, rows=rows,
+                tokens_per_step=global_queries * per_query * seq,
+                tokens_note=f"{global_queries} queries x {per_query} sequences x {seq} tokens",
+                gpu_memory_gb=gpu_memory_gb)
+    if gpu_memory_gb and plan.total / GiB > gpu_memory_gb - 2:
+        plan.hints.append("use --gradcache with a small --chunk-size (activations then scale with the chunk, not "
+                          "the batch), more devices, or --max-pixels / --image-size to shorten sequences")
+    return plan
+
+
+def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | None = None,
+                  text_tokens: int = 64, images_per_item: float = 1.0, title: str = "") -> Plan:
+    """`unime train reranker`: per record, two pairwise prompts (query + one candidate) and one listwise
+    prompt (query + negatives + 1 candidates), forwarded together before one backward."""
+    shapes = model_shapes(model)
+    dtype = str(o.get("dtype", "auto") or "auto")
+    bf16 = dtype in ("auto", "bf16", "bfloat16", "None")
+    act_b = 2 if bf16 else 4
+    vis, vis_what = visual_tokens_per_image(shapes, image_size=o.get("image_size"), max_pixels=o.get("max_pixels"),
+                                            min_pixels=o.get("min_pixels"))
+    item = int(round(text_tokens + images_per_item * vis))
+    prompt = 80  # the judge / listwise instructions and the chat template
+    n_cand = int(o.get("negatives", 4)) + 1
+    losses = str(o.get("losses", "pair,list"))
+    pair_len, list_len = prompt + 2 * item, prompt + (1 + n_cand) * item
+    b = int(o.get("batch_size", 4))
+    rows, facts, _ = _param_rows(shapes, o, weight_bytes=2 if bf16 and not o.get("full") else 4, gpus=gpus)
+    r, n_lora, drop = _lora_bits({**o, "lora_dropout": o.get("lora_dropout", GENERATIVE_LORA.dropout)})
+    seqs = []
+    if "pair" in losses:
+        seqs += [pair_len] * (2 * b)
+    if "list" in losses:
+        seqs += [list_len] * b
+    act = 0.0
+    for s in seqs:
+        per_tok = activation_bytes_per_token(shapes, seq_len=s, act_bytes=act_b, lora_r=r, n_lora=n_lora,
+                                             lora_dropout=drop, autocast_bf16=bf16)
+        act += s * per_tok
+    if o.get("gradient_checkpointing"):
+        # only each layer's input is kept; one layer is recomputed at a time
+        kept = sum(seqs) * shapes.hidden * act_b * shapes.layers
+        act = kept + act / shapes.layers
+        label = "activations (gradient checkpointing)"
+    else:
+        label = "activations (pair + list forwards of the batch)"
+    rows.append((label, act))
+    accum = int(o.get("grad_accum", 1) or 1)
+    facts[:0] = [f"model {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters, {shapes.layers} layers",
+                 f"{gpus} device(s); per device {b} records: 2 pairwise prompts of ~{pair_len} tokens + 1 listwise "
+                 f"prompt of ~{list_len} tokens ({n_cand} candidates); items ~{item} tokens ({vis} visual: {vis_what})"]
+    plan = Plan(title=title or f"train reranker on {shapes.name}", facts=facts, rows=rows,
+                tokens_per_step=sum(seqs) * gpus * accum, tokens_note=f"{len(seqs)} prompts x {gpus} devices x "
+                f"{accum} accumulation", gpu_memory_gb=gpu_memory_gb)
+    if gpu_memory_gb and plan.total / GiB > gpu_memory_gb - 2:
+        plan.hints.append("--gradient-checkpointing, a smaller --batch-size with --grad-accum, or --max-pixels")
+    return plan
+
+
+def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | None = None, text_tokens: int = 64,
+               images_per_item: float = 1.0, title: str = "") -> Plan:
+    """Stage B (`unime mine`, local backend): frozen weights, the shared query prefix's KV cache, and per
+    chunk of candidates a cache holding a copy of the prefix for each row plus the continuations."""
+    shapes = model_shapes(model)
+    dtype = str(o.get("dtype") or "auto")
+    b = 2 if dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "None") else 4
+    vis, vis_what = visual_tokens_per_image(shapes, image_size=o.get("image_size"), max_pixels=o.get("max_pixels"),
+                                            min_pixels=o.get("min_pixels"))
+    item = int(round(text_tokens + images_per_item * vis))
+    prompt = 80
+    prefix, cont = prompt + item, item + 8
+    m = int(o.get("chunk_size", 16))
+    k = int(o.get("k", 50))
+    kv_per_token = 2 * shapes.layers * shapes.kv_heads * shapes.head_dim * b
+    rows = [(f"weights ({'bf16' if b == 2 else 'fp32'}, frozen)", shapes.params_total * b),
+            ("KV cache: shared query prefix", prefix * kv_per_token),
+            (f"KV cache: chunk of {m} continuations (prefix copy per row)", m * (prefix + cont) * kv_per_token),
+            ("forward transients (one layer, chunk)", m * cont * (2 * shapes.intermediate + 4 * shapes.hidden) * b)]
+    vcfg = shapes.config.vision_config
+    vwidth = getattr(vcfg, "embed_dim", None) or getattr(vcfg, "hidden_size")
+    vmlp = getattr(vcfg, "intermediate_size", None) or vwidth * int(getattr(vcfg, "mlp_ratio", 4))
+    patches = 4 * vis  # before the 2x2 merge
+    rows.append(("vision tower transients (one image at a time)", patches * (3 * vwidth + vmlp) * b))
+    facts = [f"judge {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters, {shapes.layers} layers, "
+             f"{shapes.kv_heads} KV heads x {shapes.head_dim}: {kv_per_token / 1024:.0f} KiB of KV per token",
+             f"{gpus} device(s), one judge replica each (ray / vllm backends: one per GPU)",
+             f"per query: prefix ~{prefix} tokens (prompt + query with {images_per_item:g} x {vis} visual: "
+             f"{vis_what}), {k + 1} candidates of ~{cont} tokens, {m} per forward"]
+    per_query = prefix + (k + 1) * cont
+    return Plan(title=title or f"judge (mining stage B) with {shapes.name}", facts=facts, rows=rows,
+                tokens_per_step=per_query * gpus, tokens_note=f"one query per device: {prefix} prefix + "
+                f"{k + 1} x {cont} continuation tokens; x {gpus} devices", gpu_memory_gb=gpu_memory_gb,
+                tokens_label="tokens per judged query group (all devices, one query each)")
+
+
+PLANNERS = {"embedder": plan_embedder, "reranker": plan_reranker, "judge": plan_judge}
+STAGE_COMMANDS = {"embedder": "train embedder", "reranker": "train reranker", "judge": "mine"}
+
+
+def parse_memory(text: str | None) -> float | None:
+    """'80GB' / '80' / '40 GiB' -> 80.0 (GB, as printed on the card)."""
+    if text is None or text == "":
+        return None
+    s = str(text).strip().lower().replace(" ", "")
+    for suffix in ("gib", "gb", "g"):
+        if s.endswith(suffix):
+            s = s[: -len(suffix)]
+            break
+    value = float(s)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"bad memory size {text!r}")
+    return value

@@ -1,0 +1,122 @@
+"""`unime plan`: the memory plan against the measured tensors of a tiny model's training step (within
+20 %), the judge's KV cache per token exactly, and the plans of the real recipes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from unime.train.memory_plan import GiB, model_shapes, parse_memory, plan_embedder, plan_judge
+
+
+def _measure_training_step(model_dir: str, *, r: int, dropout: float, texts=("a red square", "a red square")):
+    """Bytes of parameters, gradients and AdamW states after one step, and of the tensors autograd saves
+    in the forward of one chunk of 2 sequences (224x224 image + text), for the embedder + LoRA in fp32."""
+    from unime.models.embedder import Embedder, as_item
+    from unime.models.lora import LoraSettings, apply_lora
+
+    torch.manual_seed(0)
+    emb = Embedder.from_pretrained(model_dir, device="cpu", dtype="fp32", trainable=True)
+    emb.model = apply_lora(emb.model, LoraSettings(r=r, alpha=2 * r, dropout=dropout))
+    emb.model.train()
+    items = [as_item({"text": t, "image": Image.new("RGB", (224, 224), c)}) for t, c in zip(texts, ("red", "blue"))]
+    inputs = emb.build_inputs(items)
+    own = {t.untyped_storage().data_ptr() for t in [*emb.model.parameters(), *emb.model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        key = t.untyped_storage().data_ptr()
+        if key not in own:
+            saved[key] = max(saved.get(key, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        reps = emb.forward(inputs)
+    reps.sum().backward()
+    trainable = [p for p in emb.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-3)
+    opt.step()
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    states = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v) and v.dim() > 0]
+    return {"params": nbytes(emb.model.parameters()), "grads": nbytes(p.grad for p in trainable),
+            "optimizer": nbytes(states), "activations": sum(saved.values()),
+            "seq": int(inputs["input_ids"].shape[1]),
+            "visual": emb.adapter.count_visual_tokens(inputs["input_ids"]) // 2}
+
+
+LONG = "a red square left of a large blue circle in the upper corner of a grey picture"
+CASES = {"qwen2_vl": [(8, 0.0, ("a red square",) * 2), (16, 0.1, ("a red square",) * 2),
+                      (8, 0.0, ("a red square", LONG)), (16, 0.1, ("a red square", LONG))],
+         "qwen2_5_vl": [(16, 0.1, ("a red square",) * 2), (16, 0.1, ("a red square", LONG))],
+         "qwen3_vl": [(16, 0.1, ("a red square",) * 2), (16, 0.1, ("a red square", LONG))]}
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_plan_is_within_20_percent_of_a_measured_tiny_training_step(tiny_model_dir, family):
+    model = tiny_model_dir(family)
+    for r, dropout, texts in CASES[family]:
+        m = _measure_training_step(model, r=r, dropout=dropout, texts=texts)
+        padded = texts[0] != texts[1]  # rows of different lengths: padding, an attention mask, expanded K/V
+        plan = plan_embedder(model, {"dtype": "fp32", "lora_r": r, "lora_dropout": dropout, "gradcache": True,
+                                     "chunk_size": 2, "batch_size": 1, "hard_negatives": 0, "image_size": 224},
+                             text_tokens=m["seq"] - m["visual"], padded=padded)
+        rows = dict(plan.rows)
+        # the sequence the plan assumes is the one measured (224x224 -> 8x8 = 64 merged tokens; 7x7 = 49 at
+        # Qwen3-VL's patch 16)
+        assert m["visual"] == {"qwen3_vl": 49}.get(family, 64) and any(f"sequence ~{m['seq']} tokens" in f for f in plan.facts)
+        planned_params = rows["weights (fp32, frozen)"] + rows["trainable weights (fp32)"]
+        assert abs(planned_params - m["params"]) / m["params"] < 0.01
+        assert rows["gradients (fp32)"] == m["grads"]
+        assert rows["optimizer states (adamw_torch, fp32 x2)"] == m["optimizer"]
+        act = rows["activations per GradCache chunk (2 sequences)"]
+        assert abs(act - m["activations"]) / m["activations"] < 0.20, (r, dropout, padded, act, m["activations"])
+        print(f"tiny {family} r={r} dropout={dropout} padded={padded}: activations planned {act} measured "
+              f"{m['activations']} ({act / m['activations'] - 1:+.1%}); total planned {plan.total:.0f} measured "
+              f"{m['params'] + m['grads'] + m['optimizer'] + m['activations']}")
+        measured = m["params"] + m["grads"] + m["optimizer"] + m["activations"]
+        assert abs(plan.total - measured) / measured < 0.20
+
+
+def test_judge_kv_cache_per_token_is_the_models_own(tiny_model_dir):
+    from transformers import AutoModelForImageTextToText
+
+    model_dir = tiny_model_dir("qwen2_5_vl")
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    ids = torch.arange(10, 40).unsqueeze(0)
+    with torch.no_grad():
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+    measured = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    plan = plan_judge(model_dir, {"dtype": "fp32", "chunk_size": 1, "k": 0}, text_tokens=0, images_per_item=0)
+    prefix_row = dict(plan.rows)["KV cache: shared query prefix"]
+    assert prefix_row / 80 == measured / ids.shape[1]  # 80 prompt tokens at the model's bytes per token
+
+
+def test_real_recipe_plans_are_consistent():
+    shapes = model_shapes("Qwen/Qwen2-VL-2B-Instruct")
+    assert (shapes.layers, shapes.hidden, round(shapes.params_total / 1e9, 2)) == (28, 1536, 2.21)
+    o = {"dtype": "bf16", "lora_r": 16, "lora_alpha": 64, "lora_dropout": 0.1, "gradcache": True, "chunk_size": 2,
+         "global_batch": 1024, "hard_negatives": 8, "image_size": 672}
+    plan = plan_embedder("Qwen/Qwen2-VL-2B-Instruct", o, gpus=8, gpu_memory_gb=80)
+    rows = dict(plan.rows)
+    assert rows["weights (bf16, frozen)"] == shapes.params_total * 2
+    # LoRA r=16 on q,k,v,o,gate,up,down of 28 layers (h 1536, 2 KV heads x 128, MLP 8960), by hand
+    per_layer = 16 * ((1536 + 1536) + 2 * (1536 + 256) + (1536 + 1536) + 2 * (1536 + 8960) + (8960 + 1536))
+    assert rows["trainable weights (fp32)"] == 28 * per_layer * 4
+    assert plan.tokens_per_step == 1024 * 10 * (64 + 576)
+    # GradCache: the batch changes nothing but the cached representations
+    bigger = plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, "global_batch": 2048}, gpus=8)
+    assert dict(bigger.rows)["activations per GradCache chunk (2 sequences)"] == \
+        rows["activations per GradCache chunk (2 sequences)"]
+    assert plan.total / GiB < 80
+    assert parse_memory("80GB") == 80.0 and parse_memory("40 GiB") == 40.0
+
+
+def test_unime_plan_cli_prints_the_recipe_plan(capsys):
+    from unime.cli import main
+
+    assert main(["plan", "--recipe", "unime-v2/judge-qwen2.5-vl-7b", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
+    out = capsys.readouterr().out
+    assert "judge Qwen/Qwen2.5-VL-7B-Instruct: 8.29 B parameters" in out
+    # 2 (K, V) x 28 layers x 4 KV heads x 128 x 2 bytes = 57344 bytes = 56 KiB per token
+    assert "56 KiB of KV per token" in out and "fits" in out

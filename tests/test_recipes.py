@@ -1,0 +1,173 @@
+"""Recipes (`--recipe NAME`): every recipe resolves, through the real parsers, to the values of its table
+in docs/RECIPES.md; the layering recipe < --config < command line; `--print-config` names each origin."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from unime.cli import _apply_config, build_parser, main, resolved_config
+from unime.cli.recipes import list_recipes, load_recipe, recipes_markdown
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "RECIPES.md"
+EXPECTED_RECIPES = {"unime-v2/qwen2-vl-2b", "unime-v2/qwen2-vl-7b", "unime-v2/reranker-qwen2.5-vl-7b",
+                    "unime-v2/judge-qwen2.5-vl-7b", "embed-rl/qwen3-vl-4b", "embed-rl/qwen3-vl-2b"}
+
+
+def _doc_tables() -> dict[tuple[str, str], dict[str, str]]:
+    """(recipe, command) -> {option: value as written} parsed from docs/RECIPES.md."""
+    tables: dict[tuple[str, str], dict[str, str]] = {}
+    current = None
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        m = re.fullmatch(r"`unime (.+) --recipe (\S+)`", line.strip())
+        if m:
+            current = (m.group(2), m.group(1))
+            tables[current] = {}
+            continue
+        m = re.fullmatch(r"\| `--([a-z0-9-]+)` \| (.*?) \| .* \|", line.strip())
+        if m and current:
+            tables[current][m.group(1)] = m.group(2)
+    return tables
+
+
+def _as_text(v) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def test_the_docs_table_is_generated_from_the_recipe_files():
+    assert DOCS.read_text(encoding="utf-8") == recipes_markdown()
+    assert EXPECTED_RECIPES <= set(list_recipes())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_RECIPES))
+def test_every_recipe_resolves_to_its_table(name):
+    tables = _doc_tables()
+    recipe = load_recipe(name)
+    assert recipe.commands
+    for command in recipe.commands:
+        table = tables[(name, command)]
+        args = _apply_config(build_parser(), [*command.split(), "--recipe", name, "--print-config"])
+        rows = {opt: (value, origin) for opt, value, origin in resolved_config(args)}
+        assert set(table) == {k.replace("_", "-") for k in recipe.commands[command]}
+        for opt, written in table.items():
+            value, origin = rows[opt]
+            # the parsed value is the table's value (numbers compared as numbers)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                assert float(value) == float(written), (name, command, opt)
+            else:
+                assert _as_text(value) == written, (name, command, opt)
+            assert origin.startswith(f"recipe {name}: "), (opt, origin)
+
+
+def test_the_unime_v2_2b_recipe_is_the_paper_setting():
+    """Independent of the files: the values SPEC 1.5 lists for Qwen2-VL-2B."""
+    args = _apply_config(build_parser(), ["train", "embedder", "--recipe", "unime-v2/qwen2-vl-2b",
+                                           "--records", "r.jsonl", "--out", "o"])
+    paper = dict(model="Qwen/Qwen2-VL-2B-Instruct", loss="symmetric_kl", hard_negatives=8, tau=0.02, lora_r=16,
+                 lora_alpha=64, lora_dropout=0.1, dora=True, lr=1e-4, lr_scheduler="linear", warmup=200, steps=2000,
+                 dtype="bf16", gradcache=True, chunk_size=2, global_batch=1024, image_size=672)
+    assert {k: getattr(args, k) for k in paper} == paper
+    from unime.cli.train import embedder_config_from_args
+
+    cfg = embedder_config_from_args(args)
+    assert (cfg.global_batch, cfg.image_size, cfg.warmup, cfg.steps) == (1024, 672, 200, 2000)
+    args = _apply_config(build_parser(), ["train", "reranker", "--recipe", "unime-v2/reranker-qwen2.5-vl-7b",
+                                           "--records", "r.jsonl", "--out", "o"])
+    assert (args.lora_r, args.losses, args.model) == (128, "pair,list", "Qwen/Qwen2.5-VL-7B-Instruct")
+
+
+def test_config_file_and_command_line_win_over_the_recipe(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lora-r: 32\nsteps: 10\n")
+    argv = ["train", "embedder", "--recipe", "unime-v2/qwen2-vl-2b", "--config", str(cfg), "--records", "r.jsonl",
+            "--out", "o", "--steps", "5"]
+    args = _apply_config(build_parser(), argv)
+    assert (args.lora_r, args.steps, args.tau) == (32, 5, 0.02)
+    origins = {opt: origin for opt, _, origin in resolved_config(args)}
+    assert origins["lora-r"] == f"config {cfg}" and origins["steps"] == "command line"
+    assert origins["tau"].startswith("recipe unime-v2/qwen2-vl-2b") and origins["seed"] == "default"
+    # the recipe supplies the required --model; --print-config runs without --records / --out
+    assert main(["train", "embedder", "--recipe", "unime-v2/qwen2-vl-7b", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^model\s+'Qwen/Qwen2-VL-7B-Instruct'\s+# recipe unime-v2/qwen2-vl-7b: ", out, re.M)
+    assert re.search(r"^records\s+None\s+# default$", out, re.M)
+
+
+def test_recipe_errors_name_the_choices(tmp_path, capsys):
+    # a user-caused failure: one error line and exit code 2 (`unime.cli.failures`), before any output folder
+    out = tmp_path / "o"
+    assert main(["train", "embedder", "--recipe", "nope/x", "--records", "r", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unime: error: unknown recipe 'nope/x'; known recipes: ")
+    assert "unime-v2/qwen2-vl-2b" in err[0]
+    assert main(["train", "reranker", "--recipe", "unime-v2/qwen2-vl-2b", "--records", "r", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no settings for `unime train reranker`" in err[0]
+    assert not out.exists()
+
+
+def test_global_batch_sets_the_per_device_batch(monkeypatch):
+    from unime.errors import UnimeError
+    from unime.train.embedder_trainer import per_device_batch
+
+    assert per_device_batch(1024, 1, world_size=8) == 128
+    assert per_device_batch(1024, 2, world_size=8) == 64
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert per_device_batch(1024) == 256
+    with pytest.raises(UnimeError, match="not a multiple"):
+        per_device_batch(1000, 1, world_size=3)
+
+
+def test_vllm_engine_arguments_are_parsed_as_yaml():
+    from unime.cli.mine import vllm_engine_kwargs
+
+    assert vllm_engine_kwargs(["tensor_parallel_size=8", "distributed_executor_backend=ray",
+                               "gpu_memory_utilization=0.85", "enforce_eager=true"]) == {
+        "tensor_parallel_size": 8, "distributed_executor_backend": "ray", "gpu_memory_utilization": 0.85,
+        "enforce_eager": True}
+    with pytest.raises(SystemExit):
+        vllm_engine_kwargs(["tensor_parallel_size"])
+
+
+def test_recipe_values_are_typed_by_the_command_line_rules(monkeypatch, capsys):
+    """A recipe goes through the same conversion as a config file: "672" and 672 give the same value as
+    `--image-size 672`, and a value the option does not accept is one error line naming the recipe and key."""
+    from unime.cli import recipes
+    from unime.cli.recipes import Recipe, RecipeValue
+
+    def fake(values):
+        return lambda name: Recipe(name=name, title="t", paper="p", commands={
+            "train embedder": {k: RecipeValue(v, "test") for k, v in values.items()}})
+
+    on_cli = _apply_config(build_parser(), ["train", "embedder", "--model", "m", "--records", "r", "--out", "o",
+                                             "--image-size", "672", "--lora-r", "16"])
+    monkeypatch.setattr(recipes, "load_recipe", fake({"image_size": "672", "lora_r": "16", "model": "m"}))
+    args = _apply_config(build_parser(), ["train", "embedder", "--recipe", "x/y", "--records", "r", "--out", "o"])
+    assert (args.image_size, args.lora_r) == (on_cli.image_size, on_cli.lora_r) == (672, 16)
+    assert args._origins["lora_r"] == "recipe x/y: test" and args._origins["records"] == "command line"
+
+    monkeypatch.setattr(recipes, "load_recipe", fake({"lora_r": "sixteen", "model": "m"}))
+    assert main(["train", "embedder", "--recipe", "x/y", "--records", "r", "--out", "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["unime: error: recipe x/y: key 'lora_r': invalid int 'sixteen' "
+                   "(invalid literal for int() with base 10: 'sixteen')"]
+
+
+def test_print_config_claims_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "embedder", "--recipe", "unime-v2/qwen2-vl-2b", "--records", "r.jsonl",
+                 "--out", str(out), "--print-config"]) == 0
+    assert re.search(r"^out\s+'.*run'\s+# command line$", capsys.readouterr().out, re.M)
+    assert not out.exists()
+
+
+def test_a_config_file_cannot_name_the_recipe(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("recipe: unime-v2/qwen2-vl-2b\n")
+    assert main(["train", "embedder", "--config", str(cfg), "--model", "m", "--records", "r",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (f"unime: error: {cfg}: key 'recipe': give --recipe on the command "
+                                               "line (a config file holds the options of the run)")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,58 @@
+"""Reranked evaluation of compositional (SugarCrepe) tasks: their own pairwise mode (the paper's: the
+reranker's P(Yes) of each caption, the higher wins), independent of the run-wide listwise mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_eval import _run, build_world
+from unime.eval.runners import Reranking
+
+# P(Yes) per caption text: every row's positive scores above its negative
+CAPTION_SCORES = {"orange": 0.9, "red": 0.8, "blue": 0.7, "green": 0.6, "green green": 0.1}
+
+
+class CaptionReranker:
+    """score_pairs from CAPTION_SCORES; pick always takes the last shown candidate (a bad listwise head)."""
+
+    def __init__(self):
+        self.picks = 0
+        self.pair_calls: list[int] = []
+
+    def pick(self, query, candidates):
+        self.picks += 1
+        return len(candidates) - 1
+
+    def score_pairs(self, query, candidates):
+        self.pair_calls.append(len(candidates))
+        return np.array([CAPTION_SCORES.get(c.text, 0.0) for c in candidates])
+
+
+def test_sugarcrepe_is_reranked_pairwise_whatever_the_run_mode(tmp_path):
+    world = build_world(tmp_path)
+    rr = CaptionReranker()
+    results, _, _ = _run(world, reranking=Reranking(rr, topk=2, mode="top1"))
+    comp = results["colours_sugarcrepe"]
+    assert comp.metrics["accuracy"] == 0.5  # the embedder alone (test_compositional_accuracy_per_category)
+    assert comp.reranked["accuracy"] == 1.0  # every positive has the higher P(Yes)
+    assert comp.rerank_stats["queries"] == 4
+    # the MMEB tasks used the listwise pick (top1); the 4 compositional rows used 4 pairwise calls of 2
+    assert rr.pair_calls.count(2) >= 4
+
+
+def test_run_mode_on_sugarcrepe_follows_the_listwise_pick(tmp_path):
+    world = build_world(tmp_path)
+    rr = CaptionReranker()
+    results, _, _ = _run(world, reranking=Reranking(rr, topk=2, mode="top1", compositional_mode="run"))
+    comp = results["colours_sugarcrepe"]
+    # the pick moves the embedder's second caption first: every row's outcome flips (s3's exact tie is
+    # shown in index order, positive first, so the pick moves the negative up: a miss either way)
+    per = {e["id"]: (e["correct"], e["correct_reranked"]) for e in comp.per_query}
+    assert per["s0"] == (True, False) and per["s1"] == (True, False) and per["s2"] == (False, True)
+    assert comp.reranked["accuracy"] == 0.25
+
+
+def test_unknown_compositional_mode_is_refused():
+    with pytest.raises(ValueError, match="compositional"):
+        Reranking(CaptionReranker(), topk=2, mode="top1", compositional_mode="listwise")
