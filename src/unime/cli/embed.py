@@ -29,7 +29,9 @@ def _embed(args) -> int:
     from unime.data.jsonl import iter_jsonl
     from unime.models.embedder import Embedder
 
-    root = args.data_root or os.path.dirname(os.path.abspath(args.items))
+    from unime.data.roots import resolve_data_root
+
+    root = resolve_data_root(args.items, args.data_root)
     items = [Item.from_dict(obj, source=args.items, record=f"line {n}") for n, obj in iter_jsonl(args.items)]
     emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, data_root=root,
                                    batch_size=args.batch_size, video_sampling=video_sampling_from_args(args))

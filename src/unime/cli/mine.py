@@ -132,7 +132,9 @@ def _judge(args) -> int:
     from unime.mining.pipeline import score_pairs_file
 
     _set_threads(args)
-    root = args.data_root or os.path.dirname(os.path.abspath(args.pairs))
+    from unime.data.roots import resolve_data_root
+
+    root = resolve_data_root(args.pairs, args.data_root)
     spec = JudgeSpec(path=args.judge, device=args.device, dtype=args.dtype, data_root=root,
                      allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size,
                      image_cache_size=args.image_cache)

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
+from unime.data.roots import resolve_data_root
 from unime.models.lora import GENERATIVE_LORA
 
 log = logging.getLogger(__name__)
@@ -383,7 +384,7 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     work = out.parent / f".{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
-    data_root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.records))
+    data_root = resolve_data_root(cfg.records, cfg.data_root)
     records = read_records(cfg.records)
     if len(records) < cfg.pairs_per_batch:
         raise ValueError(f"{cfg.records}: {len(records)} pairs, fewer than pairs_per_batch={cfg.pairs_per_batch}")

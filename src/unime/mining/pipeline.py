@@ -105,9 +105,9 @@ class MineConfig:
 
     @property
     def resolved_data_root(self) -> str:
-        if self.data_root:
-            return self.data_root
-        return str(Path(self.records).resolve().parent)
+        from unime.data.roots import resolve_data_root
+
+        return resolve_data_root(self.records, self.data_root)
 
 
 @dataclass

@@ -377,6 +377,7 @@ class TrainResult:
 def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[PromptExample]], int, str]:
     """Read the record files and build the example groups. Returns (groups, records used, data root)."""
     from unime.data.io import check_images, read_records
+    from unime.data.roots import resolve_data_root
     from unime.data.skips import ErrorPolicy, data_error
 
     groups: list[list[PromptExample]] = []
@@ -384,7 +385,7 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
     root = cfg.data_root
     for path in cfg.records:
         recs = read_records(path, on_error=cfg.on_error, skips=skips)
-        file_root = root if root is not None else str(Path(path).resolve().parent)
+        file_root = root if root is not None else resolve_data_root(path)
         recs = check_images(recs, ImageLoader(file_root), on_error=cfg.on_error, skips=skips, source=str(path))
         policy = ErrorPolicy(cfg.on_error, skips, str(path))
         for rec in recs:
