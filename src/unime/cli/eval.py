@@ -97,6 +97,10 @@ def _eval(args) -> int:
         device=args.device, dtype=args.dtype, pooling=args.pooling, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, ties=args.ties, on_error=args.on_error, rerank_path=args.rerank, rerank_topk=args.topk,
         rerank_mode=args.mode, compare=args.compare, video_sampling=video_sampling_from_args(args))
+    for name, m in summary["tasks"].items():
+        shown = [f"{k} {100 * v:.1f}" for k, v in m.items() if not k.startswith("chance@")][:6]
+        chance = f" (chance P@1 {100 * m['chance@1']:.1f})" if "chance@1" in m else ""
+        print(f"{name}: {', '.join(shown)}{chance}")
     enc = summary["encoding"]
     print(f"{args.out}/results.md  (items seen {enc['items_seen']}, distinct {enc['distinct_items']}, "
           f"from cache {enc['from_cache']}, encoded {enc['encoded']}; wall {summary['timing']['wall_seconds']:.1f} s)")

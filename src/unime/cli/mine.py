@@ -19,8 +19,9 @@ def _add_backend_options(p) -> None:
     from unime.mining.backends import BACKENDS
 
     p.add_argument("--backend", default="local", choices=list(BACKENDS),
-                   help="where the judge runs; `oracle` = diagnostic: --judge is a generated world and its "
-                        "ground-truth relevance replaces the judge's scores")
+                   help="where the judge runs; `oracle` = diagnostic: --judge is a generated world or a labels / "
+                        "qrels JSONL file (e.g. `data import`'s train/qrels.jsonl) whose ground truth replaces the "
+                        "judge's scores (unlisted pairs: 0)")
     p.add_argument("--ray-workers", type=int, default=2, help="ray: number of judge actors")
     p.add_argument("--ray-address", default=None, help="ray: cluster address (default: start a local cluster)")
     p.add_argument("--ray-gpus-per-worker", type=float, default=0.0)
@@ -118,6 +119,11 @@ def _mine(args) -> int:
     s = result.stats
     print(f"{result.out}: {result.n_mined} of {result.n_records} records mined; report: {result.out / 'report.md'}")
     print(s["sampling_table"])
+    from unime.mining.health import format_health
+
+    print("label health: " + format_health(s["label_health"]))
+    for w in s["label_health"]["warnings"]:
+        print(f"WARNING: {w}")
     if args.audit:
         a = json.loads((result.out / "audit.json").read_text())
         print(f"judge audit: ROC-AUC {a['auc_judge_score']}, at beta={a['beta']}: precision "

@@ -213,7 +213,9 @@ class MiningRun:
             "pool": {"path": str(Path(c.pool).resolve()), "sha1": file_sha1(c.pool)} if c.pool else "positives",
             "pool_size": len(self.pool),
             "embedder": {"path": c.embedder, "fingerprint": model_fingerprint(c.embedder)},
-            "judge": {"path": c.judge, "fingerprint": model_fingerprint(c.judge)},
+            # a labels file (the oracle's ground truth) is identified by its content
+            "judge": {"path": c.judge, "fingerprint": file_sha1(c.judge) if os.path.isfile(c.judge)
+                      else model_fingerprint(c.judge)},
             "data_root": str(Path(c.resolved_data_root).resolve()),
         }
         if c.backend == "oracle":  # ground truth, not a model's scores: shards are never shared with a model's
@@ -506,6 +508,11 @@ class MiningRun:
             "config": {k: v for k, v in asdict(self.config).items() if k != "backend_options"},
             "config_hash": self.config_hash,
         }
+        from unime.mining.health import label_health
+
+        stats["label_health"] = label_health(stats["sampling"], audit_rows)
+        for w in stats["label_health"]["warnings"]:
+            log.warning("%s", w)
         report.write_report(self.out, stats, audit_rows, audit)
         return MineResult(out=self.out, n_records=len(self.records), n_mined=len(mined), stats=stats)
 
