@@ -86,6 +86,9 @@ def register(sub) -> None:
     j.add_argument("--judge", required=True, help="judge checkpoint")
     j.add_argument("--out", required=True, help='output JSONL of {"id", "score"}, in input order')
     j.add_argument("--data-root", default=None, help="folder image paths are relative to (default: the pairs' folder)")
+    j.add_argument("--label-column", default=None, metavar="KEY",
+                   help="the pairs carry a relevance label under KEY (> 0 = relevant): evaluate the judge — AUC, "
+                        "accuracy, score spread printed and in OUT.metrics.json, calibration plot OUT.calibration.png")
     _add_model_options(j)
     _add_backend_options(j)
     add_config_option(j)
@@ -144,6 +147,18 @@ def _judge(args) -> int:
     spec = JudgeSpec(path=args.judge, device=args.device, dtype=args.dtype, data_root=root,
                      allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size,
                      image_cache_size=args.image_cache)
-    n = score_pairs_file(args.pairs, args.out, spec, backend=args.backend, backend_options=_backend_options(args))
-    print(f"{args.out}: {n} scores")
+    res = score_pairs_file(args.pairs, args.out, spec, backend=args.backend, backend_options=_backend_options(args),
+                           label_column=args.label_column)
+    if not args.label_column:
+        print(f"{args.out}: {res} scores")
+        return 0
+    from pathlib import Path
+
+    from unime.mining.judge_check import format_metrics
+
+    stem = Path(args.out).with_suffix("")
+    print(f"{args.out}: {res['pairs']} scores; {stem}.metrics.json, {stem}.calibration.png")
+    print("judge on labelled pairs: " + format_metrics(res))
+    for w in res["warnings"]:
+        print(f"WARNING: {w}")
     return 0

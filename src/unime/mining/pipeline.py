@@ -529,32 +529,57 @@ def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embed
 
 # -- `unime judge`: scoring alone ------------------------------------------------------------------------
 
-def read_pairs(path: str) -> list[tuple[str, Item, Item]]:
-    """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the line number."""
-    pairs = []
+def read_pairs(path: str, *, label_column: str | None = None) -> list[tuple[str, Item, Item]] | \
+        tuple[list[tuple[str, Item, Item]], list[float]]:
+    """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the (1-based) line number.
+    With `label_column`, each line also carries a relevance label under that key (a number >= 0 or a
+    boolean; > 0 = relevant) and `(pairs, labels)` is returned."""
+    import math
+
+    pairs, labels = [], []
+    allowed = {"id", "query", "candidate"} | ({label_column} if label_column else set())
     for n, obj in iter_jsonl(path):
+        rec = f"line {n}"
         if not isinstance(obj, dict):
-            raise DataError("expected an object", source=path, record=f"line {n}")
+            raise DataError("expected an object", source=path, record=rec)
         rid = obj.get("id", n)
-        for key in ("query", "candidate"):
+        for key in ("query", "candidate") + ((label_column,) if label_column else ()):
             if key not in obj:
-                raise DataError("missing", source=path, record=f"line {n}", field=key)
-        unknown = set(obj) - {"id", "query", "candidate"}
+                raise DataError("missing", source=path, record=rec, field=key)
+        unknown = set(obj) - allowed
         if unknown:
-            raise DataError(f"unknown keys {sorted(unknown)}", source=path, record=f"line {n}")
-        q = Item.from_dict(obj["query"], source=path, record=f"line {n}", field_name="query")
-        c = Item.from_dict(obj["candidate"], source=path, record=f"line {n}", field_name="candidate")
+            hint = " (a label column? pass --label-column NAME)" if not label_column else ""
+            raise DataError(f"unknown keys {sorted(unknown)}{hint}", source=path, record=rec)
+        q = Item.from_dict(obj["query"], source=path, record=rec, field_name="query")
+        c = Item.from_dict(obj["candidate"], source=path, record=rec, field_name="candidate")
         for key, it in (("query", q), ("candidate", c)):
             if it.is_empty:
-                raise DataError("empty item", source=path, record=f"line {n}", field=key)
+                raise DataError("empty item", source=path, record=rec, field=key)
+        if label_column:
+            v = obj[label_column]
+            if isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise DataError(f"expected a label >= 0 (or true/false), got {v!r}", source=path, record=rec,
+                                field=label_column)
+            labels.append(float(v))
         pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
+    if label_column:
+        return pairs, labels
     return pairs
 
 
 def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend: str = "local",
-                     backend_options: dict | None = None) -> int:
-    """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic)."""
-    pairs = read_pairs(pairs_path)
+                     backend_options: dict | None = None, label_column: str | None = None) -> int | dict:
+    """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic).
+
+    With `label_column`: the lines also carry `label`, and the judge is evaluated on the labels
+    (`unime.mining.judge_check`): OUT with suffix `.metrics.json` and `.calibration.png` are written and
+    the metrics dict is returned (else the number of pairs)."""
+    if label_column:
+        pairs, labels = read_pairs(pairs_path, label_column=label_column)
+    else:
+        pairs, labels = read_pairs(pairs_path), None
     groups: dict[str, tuple[Item, list[Item]]] = {}
     for _, q, c in pairs:
         g = groups.setdefault(q.key, (q, []))
@@ -564,7 +589,21 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
         group_list = list(groups.values())
         results = be.score_groups(group_list)
     lookup = {q.key: {c.key: float(s) for c, s in zip(cands, sc)} for (q, cands), sc in zip(group_list, results)}
+    scores = [lookup[q.key][c.key] for _, q, c in pairs]
     with atomic_open(out_path) as fh:
-        for rid, q, c in pairs:
-            fh.write(json.dumps({"id": rid, "score": lookup[q.key][c.key]}) + "\n")
-    return len(pairs)
+        for i, (rid, q, c) in enumerate(pairs):
+            row = {"id": rid, "score": scores[i]}
+            if labels is not None:
+                row["label"] = labels[i]
+            fh.write(json.dumps(row) + "\n")
+    if labels is None:
+        return len(pairs)
+    from unime.mining.judge_check import binary_metrics, calibration_bins, plot_calibration
+
+    metrics = binary_metrics(labels, scores)
+    metrics["calibration"] = calibration_bins(labels, scores)
+    stem = Path(out_path).with_suffix("")
+    with atomic_open(f"{stem}.metrics.json") as fh:
+        json.dump(metrics, fh, indent=1)
+    plot_calibration(labels, scores, f"{stem}.calibration.png", title=f"judge {Path(spec.path).name}")
+    return metrics
