@@ -307,10 +307,19 @@ def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_colum
     return out
 
 
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("reading a `datasets` folder or WebDataset shards needs the `datasets` library: "
+                          "pip install 'unime[data]'") from None
+    return datasets
+
+
 def read_hf_dataset(path: str | os.PathLike, *, image_column: str | None = None, caption_column: str | None = None,
                     label_column: str | None = None, policy: ErrorPolicy) -> list[CaptionedImage]:
     """A local `datasets` dataset: a `save_to_disk` folder, or an imagefolder (every split, in order)."""
-    import datasets
+    datasets = _datasets()
 
     p = Path(path)
     src = str(p)
@@ -334,7 +343,7 @@ def read_webdataset(shards: Sequence[str | os.PathLike], *, image_column: str | 
                     caption_column: str | None = None, label_column: str | None = None,
                     policy: ErrorPolicy) -> list[CaptionedImage]:
     """WebDataset tar shards through `datasets`' webdataset builder (every sample = one image)."""
-    import datasets
+    datasets = _datasets()
 
     files = [str(Path(s).resolve()) for s in shards]
     src = ", ".join(str(s) for s in shards)

@@ -252,9 +252,11 @@ def _qrels_rows(records: list[Record], train: list[tuple[CaptionedImage, str]]) 
     return list(rows.values())
 
 
-def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions) -> dict[str, list[MMEBRow]]:
+def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_labels: Sequence[str] = ()
+               ) -> dict[str, list[MMEBRow]]:
     """MMEB-eval rows of the held-out images: i2t (image → its first caption among others' captions),
-    t2i (first caption → its image among other images), cls (image → its label among all labels). A
+    t2i (first caption → its image among other images), cls (image → its label among the collection's
+    labels, as MMEB ranks against the label set). A
     candidate equal to the positive (another image with the same caption) is never listed."""
     rng = random.Random(opts.seed + 2)
     n_cand = opts.eval_candidates
@@ -276,7 +278,7 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions) -> d
             rows.append(MMEBRow(caption_query(img.captions[0]), [image_target(rel)] + [image_target(r) for r in negs],
                                 id=f"{Path(rel).stem}-t2i"))
         tasks[f"{opts.name}_t2i"] = rows
-    labels = sorted({img.label for img, _ in held if img.label})
+    labels = sorted(set(all_labels) | {img.label for img, _ in held if img.label})
     if labels and all(img.label for img, _ in held) and len(labels) >= 2:
         rows = []
         for img, rel in held:
@@ -321,7 +323,7 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
     _write_jsonl(_qrels_rows(records, train), out / "train" / "qrels.jsonl")
     write_data_root(out / "train", out)
 
-    tasks = _mmeb_rows(held, opts)
+    tasks = _mmeb_rows(held, opts, [img.label for img, _ in placed if img.label])
     (out / "eval" / "mmeb").mkdir(parents=True, exist_ok=True)
     cfg_tasks = []
     for name, rows in tasks.items():
