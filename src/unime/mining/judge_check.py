@@ -53,7 +53,8 @@ def verdict(m: dict[str, Any]) -> list[str]:
     if m["score_std"] < CONSTANT_STD:
         at = f" (the training pairs' Yes rate is {base:.3f})" if base is not None else ""
         warnings.append(f"P(Yes) is nearly constant ({m['score_mean']:.3f} ± {m['score_std']:.4f}){at}: the judge "
-                        "predicts the base rate, not the pair; do not mine with it")
+                        "gives every pair the same score — at best the base rate of its labels, nothing about the "
+                        "pair; do not mine with it")
     elif m["auc"] is not None and m["auc"] < WEAK_AUC:
         warnings.append(f"AUC {m['auc']:.3f} on labelled pairs (0.5 = chance): the judge barely separates matches "
                         "from non-matches; do not mine with it")
