@@ -16,6 +16,8 @@ needs `--data-root`)::
                                         (caption or image), never one of the query's own
     OUT/train/qrels.jsonl               ground truth for `unime mine --backend oracle --judge FILE`:
                                         per training query its relevant items (grade 1)
+    OUT/train/corpus.txt                every caption and label, one a line (`unime models build-tiny
+                                        --tokenizer-corpus`: a tiny model's tokenizer that knows your words)
     OUT/eval/mmeb/NAME_i2t.jsonl, NAME_t2i.jsonl, NAME_cls.jsonl (with labels)   MMEB-eval rows of the
                                         held-out images, positive first, each row `eval_candidates` long
     OUT/eval_tasks.yaml                 the eval config of those files (`unime eval --tasks OUT`)
@@ -321,6 +323,10 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
     judge = _judge_records(records, _owner_map(train), opts)
     write_records(judge, out / "train" / "judge.jsonl")
     _write_jsonl(_qrels_rows(records, train), out / "train" / "qrels.jsonl")
+    corpus = list(dict.fromkeys([c for img, _ in placed for c in img.captions] + [img.label for img, _ in placed
+                                                                                  if img.label]))
+    with atomic_open(out / "train" / "corpus.txt") as fh:  # `unime models build-tiny --tokenizer-corpus`
+        fh.write("".join(c.replace("\n", " ") + "\n" for c in corpus))
     write_data_root(out / "train", out)
 
     tasks = _mmeb_rows(held, opts, [img.label for img, _ in placed if img.label])
