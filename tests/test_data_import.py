@@ -137,7 +137,7 @@ def test_coco_captions(tmp_path):
     assert len(records) == 2 * 2 * 4  # 4 training images x 2 captions x 2 directions
     coco["annotations"][3]["image_id"] = 99
     path.write_text(json.dumps(coco))
-    with pytest.raises(DataError, match=r"annotations\[4\].*image_id"):
+    with pytest.raises(DataError, match=r"annotation 4.*image_id"):
         main(["data", "import", "--coco", str(path), "--images", str(photos), "--out", str(tmp_path / "x")])
 
 
@@ -206,3 +206,38 @@ def test_data_root_resolution_order(tmp_path):
     (f.parent / DATA_ROOT_FILE).write_text("{}")
     with pytest.raises(DataError, match="data_root"):
         resolve_data_root(f)
+
+
+def test_every_reader_numbers_records_from_one(tmp_path):
+    """One numbering in every message: the first line / row / list entry is 1."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import check_images, write_records
+    from unime.data.items import Item, Record
+
+    photos, _ = make_captioned_folder(tmp_path / "src", n=2)
+    good = Record(Item("q"), Item("p", ("pic_001.png",)))
+    bad = Record(Item("q"), Item("p", ("gone.png",)))
+    with pytest.raises(DataError, match=r"record 2, field 'positive.images\[0\]'"):
+        check_images([good, bad], ImageLoader(photos))
+    # the same second record, as a JSONL line, a Parquet row and a UniME-V2 JSON list entry
+    broken = Record(Item("q"), Item("p"), negatives=[Item("n")], negative_scores=[0.5])
+    for suffix, where in ((".jsonl", "line 2"), (".parquet", "row 2"), (".json", "index 2")):
+        path = tmp_path / f"r{suffix}"
+        write_records([good, broken], path)
+        if suffix == ".jsonl":
+            lines = path.read_text().splitlines()
+            path.write_text(lines[0] + "\n" + lines[1].replace('"negative_scores": [0.5]', '"negative_scores": [1, 2]')
+                            + "\n")
+        elif suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            t = pq.read_table(path).to_pylist()
+            t[1]["negative_scores"] = [1.0, 2.0]
+            pq.write_table(pa.Table.from_pylist(t, schema=pq.read_table(path).schema), path)
+        else:
+            rows = json.loads(path.read_text())
+            rows[1]["hard_negatives_scores"] = [1, 2]
+            path.write_text(json.dumps(rows))
+        with pytest.raises(DataError, match=f"record {where}"):
+            read_records(path)

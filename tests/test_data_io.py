@@ -204,7 +204,7 @@ def test_bad_unime_v2_rows(tmp_path, row, field, fragment, reason):
     with pytest.raises(DataError) as e:
         read_records(path)
     msg = str(e.value)
-    assert str(path) in msg and "record index 1" in msg and f"field '{field}'" in msg and fragment in msg
+    assert str(path) in msg and "record index 2" in msg and f"field '{field}'" in msg and fragment in msg
     assert e.value.reason == reason
     skips = SkipReport()
     assert len(read_records(path, on_error="skip", skips=skips)) == 1 and skips.counts == {reason: 1}
@@ -229,7 +229,7 @@ def test_parquet_bad_row_and_bad_columns(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "inf.parquet")
     with pytest.raises(DataError) as e:
         read_records(tmp_path / "inf.parquet")
-    assert "record row 1 (id r2)" in str(e.value) and e.value.field == "positive_score"
+    assert "record row 2 (id r2)" in str(e.value) and e.value.field == "positive_score"
     pq.write_table(table.drop_columns(["positive"]), tmp_path / "nopos.parquet")
     with pytest.raises(DataError) as e:
         read_records(tmp_path / "nopos.parquet")

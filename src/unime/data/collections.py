@@ -190,7 +190,7 @@ def read_coco_captions(annotations: str | os.PathLike, images: str | os.PathLike
                             f"{type(data.get(key)).__name__}", source=src, field=key)
     files: dict[Any, tuple[str, str]] = {}
     for i, img in enumerate(data["images"], 1):
-        label = f"images[{i}]"
+        label = f"image {i}"
         try:
             if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
                 raise data_error("schema", "expected {id, file_name}", source=src, record=label, field="file_name")
@@ -200,7 +200,7 @@ def read_coco_captions(annotations: str | os.PathLike, images: str | os.PathLike
     labels = _coco_labels(instances) if instances else {}
     merger = _Merger()
     for i, ann in enumerate(data["annotations"], 1):
-        label = f"annotations[{i}]"
+        label = f"annotation {i}"
         try:
             if not isinstance(ann, dict):
                 raise data_error("schema", "expected an object", source=src, record=label)

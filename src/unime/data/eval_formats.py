@@ -81,7 +81,7 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
             pf = pq.ParquetFile(p)
         except (pa.ArrowInvalid, OSError) as e:
             raise data_error("malformed_json", f"not a readable Parquet file: {e}", source=src) from None
-        n = 0
+        n = 1  # every message numbers records from 1 (lines, rows, list positions)
         for batch in pf.iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 yield _label(f"row {n}", row), row
@@ -96,7 +96,7 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
                                  source=src, record=f"line {e.lineno}") from None
         if not isinstance(data, list):
             raise data_error("schema", f"expected a list of rows, got {type(data).__name__}", source=src)
-        for i, obj in enumerate(data):
+        for i, obj in enumerate(data, 1):
             yield _label(f"index {i}", obj), obj
         return
     from unime.data.jsonl import iter_jsonl
@@ -162,7 +162,7 @@ def _flat(item: Item, *, record, field) -> tuple[str, str]:
 
 
 def mmeb_row_to_dict(row: MMEBRow, index: int = 0) -> dict:
-    label = row.id or f"index {index}"
+    label = row.id or f"index {index + 1}"
     qt, qi = _flat(row.query, record=label, field="query")
     tt, ti = zip(*[_flat(c, record=label, field=f"candidates[{i}]") for i, c in enumerate(row.candidates)]) \
         if row.candidates else ((), ())

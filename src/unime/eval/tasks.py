@@ -242,12 +242,12 @@ def load_task_config(path_or_dir: str | os.PathLike | list, *, root: str | os.Pa
     seen: set[str] = set()
     for i, raw in enumerate(raw_tasks):
         if not isinstance(raw, dict):
-            raise DataError("a task must be a mapping", source=source, record=i, field="tasks")
+            raise DataError("a task must be a mapping", source=source, record=i + 1, field="tasks")
         t = {**defaults, **raw}
-        rec = t.get("name", i)
+        rec = t.get("name", i + 1)
         name = t.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise DataError("missing task name", source=source, record=i, field="name")
+            raise DataError("missing task name", source=source, record=i + 1, field="name")
         if name in seen:
             raise DataError(f"duplicate task name {name!r}", source=source, record=name, field="name")
         seen.add(name)

@@ -167,7 +167,7 @@ def read_pool_items(path: str) -> list[Item]:
 
 
 def _record_label(rec: Record, i: int) -> str:
-    return rec.id or f"index {i}"
+    return rec.id or f"index {i + 1}"
 
 
 # -- the pipeline --------------------------------------------------------------------------------------
