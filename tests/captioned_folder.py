@@ -12,10 +12,13 @@ SHAPES = ("circle", "square", "triangle")
 PLACES = {"left": 0.28, "right": 0.72}
 
 
-def draw(shape: str, colour: tuple[int, int, int], x: float, size: int = 48):
+BACKGROUNDS = {"white": (245, 245, 240), "grey": (150, 150, 150), "black": (20, 20, 20)}
+
+
+def draw(shape: str, colour: tuple[int, int, int], x: float, size: int = 48, background=(245, 245, 240)):
     from PIL import Image, ImageDraw
 
-    img = Image.new("RGB", (size, size), (245, 245, 240))
+    img = Image.new("RGB", (size, size), background)
     d = ImageDraw.Draw(img)
     cx, cy, r = int(x * size), size // 2, size // 5
     if shape == "circle":
@@ -27,21 +30,25 @@ def draw(shape: str, colour: tuple[int, int, int], x: float, size: int = 48):
     return img
 
 
-def make_captioned_folder(root: Path, *, seed: int = 0, n: int | None = None) -> tuple[Path, Path]:
-    """Write root/photos/*.png and root/captions.csv (columns file, text, category). Returns both."""
+def make_captioned_folder(root: Path, *, seed: int = 0, n: int | None = None, backgrounds: int = 1
+                          ) -> tuple[Path, Path]:
+    """Write root/photos/*.png and root/captions.csv (columns file, text, category). Returns both.
+    `backgrounds` > 1 multiplies the collection (24 images per background)."""
     rng = random.Random(seed)
     photos = root / "photos"
     photos.mkdir(parents=True, exist_ok=True)
-    combos = [(s, c, p) for s in SHAPES for c in COLOURS for p in PLACES]
+    bgs = list(BACKGROUNDS)[:backgrounds]
+    combos = [(s, c, p, b) for b in bgs for s in SHAPES for c in COLOURS for p in PLACES]
     if n is not None:
         combos = combos[:n]
     rows = []
-    for i, (shape, colour, place) in enumerate(combos, 1):
+    for i, (shape, colour, place, bg) in enumerate(combos, 1):
         name = f"pic_{i:03d}.png"
-        draw(shape, COLOURS[colour], PLACES[place]).save(photos / name)
-        rows.append({"file": name, "text": f"a {colour} {shape} on the {place}", "category": shape})
+        draw(shape, COLOURS[colour], PLACES[place], background=BACKGROUNDS[bg]).save(photos / name)
+        on = "" if bg == "white" else f" on {bg}"
+        rows.append({"file": name, "text": f"a {colour} {shape} on the {place}{on}", "category": shape})
         if rng.random() < 0.3:
-            rows.append({"file": name, "text": f"{colour} {shape}, {place} side", "category": shape})
+            rows.append({"file": name, "text": f"{colour} {shape}, {place} side{on}", "category": shape})
     csv_path = root / "captions.csv"
     with open(csv_path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["file", "text", "category"])
