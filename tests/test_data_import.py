@@ -92,6 +92,18 @@ def test_csv_folder_import_writes_records_eval_judge_and_qrels(tmp_path):
     assert resolve_data_root(out / "eval" / "mmeb" / "photos_i2t.jsonl") == str(out.resolve())
     assert (out / "images" / "pic_001.png").is_file()
 
+    # labelled pairs of the held-out images, for `unime judge --pairs ... --label-column label`
+    from unime.mining.pipeline import read_pairs
+
+    pairs, labels = read_pairs(str(out / "eval" / "judge_pairs.jsonl"), label_column="label")
+    assert len(pairs) == 5 * 2 * 4 and labels.count(1) == 10
+    for (_, q, c), y in zip(pairs, labels):
+        img = q.images[0] if q.images else c.images[0] if y else None
+        assert (q.images[0] if q.images else None) in held | {None}
+        if y and q.images:
+            assert c.text == captions_of[img][0]
+    assert resolve_data_root(out / "eval" / "judge_pairs.jsonl") == str(out.resolve())
+
 
 def test_import_refuses_a_non_empty_folder_and_names_bad_rows(tmp_path, capsys):
     photos, captions = make_captioned_folder(tmp_path / "src")

@@ -46,6 +46,14 @@ def test_captioned_folder_through_the_whole_pipeline(tiny_model_dir, tmp_path, c
     out = capsys.readouterr().out
     assert "held-out (step 12):" in out and f"AUC {final['auc']:.3f}" in out
 
+    # any judge can be checked on the held-out labelled pairs the import wrote
+    scores = run / "judge_scores.jsonl"
+    assert main(["judge", "--pairs", str(data / "eval" / "judge_pairs.jsonl"), "--judge", str(run / "judge" / "merged"),
+                 "--out", str(scores), "--label-column", "label", *cpu]) == 0
+    check = json.loads((run / "judge_scores.metrics.json").read_text())
+    assert check["pairs"] == 5 * 2 * 4 and (run / "judge_scores.calibration.png").is_file()
+    assert f"AUC {check['auc']:.3f}" in capsys.readouterr().out
+
     # mining reports label health; the embedder-facing output finds its images by itself
     assert main(["mine", "--records", str(records), "--embedder", str(run / "emb" / "merged"), "--judge",
                  str(run / "judge" / "merged"), "--out", str(run / "mined"), "--k", "8", "--count", "4", *cpu]) == 0

@@ -21,6 +21,9 @@ needs `--data-root`)::
     OUT/eval/mmeb/NAME_i2t.jsonl, NAME_t2i.jsonl, NAME_cls.jsonl (with labels)   MMEB-eval rows of the
                                         held-out images, positive first, each row `eval_candidates` long
     OUT/eval_tasks.yaml                 the eval config of those files (`unime eval --tasks OUT`)
+    OUT/eval/judge_pairs.jsonl          labelled pairs of the held-out images, {"query", "candidate",
+                                        "label"}: 1 for its own caption / image, 0 for `judge_negatives`
+                                        others (`unime judge --pairs ... --label-column label`)
     OUT/import.json                     source, options, counts
 
 The held-out split is drawn over images (never a caption of an evaluation image in training), with a
@@ -292,6 +295,30 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_
     return tasks
 
 
+def _judge_pairs(held: list[tuple[CaptionedImage, str]], opts: ImportOptions) -> list[dict]:
+    """Labelled (query, candidate) pairs on the held-out images, for checking a judge on unseen data."""
+    rng = random.Random(opts.seed + 3)
+    rows = []
+    for i, (img, rel) in enumerate(held):
+        others = [(o, r) for j, (o, r) in enumerate(held) if j != i]
+        if "i2t" in opts.directions:
+            texts = sorted({c for o, _ in others for c in o.captions} - set(img.captions))
+            q = image_query(rel).to_dict()
+            rows.append({"id": f"{Path(rel).stem}-i2t-pos", "query": q, "candidate": {"text": img.captions[0]},
+                         "label": 1})
+            for k, t in enumerate(rng.sample(texts, min(opts.judge_negatives, len(texts))), 1):
+                rows.append({"id": f"{Path(rel).stem}-i2t-neg{k}", "query": q, "candidate": {"text": t}, "label": 0})
+        if "t2i" in opts.directions:
+            q = caption_query(img.captions[0]).to_dict()
+            rows.append({"id": f"{Path(rel).stem}-t2i-pos", "query": q, "candidate": image_target(rel).to_dict(),
+                         "label": 1})
+            imgs = [r for _, r in others if r != rel]
+            for k, r in enumerate(rng.sample(imgs, min(opts.judge_negatives, len(imgs))), 1):
+                rows.append({"id": f"{Path(rel).stem}-t2i-neg{k}", "query": q, "candidate": image_target(r).to_dict(),
+                             "label": 0})
+    return rows
+
+
 def _write_jsonl(rows: list[dict], path: Path) -> None:
     with atomic_open(path) as fh:
         for row in rows:
@@ -337,6 +364,8 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
         cfg_tasks.append({"name": name, "format": "mmeb", "path": f"eval/mmeb/{name}.jsonl",
                           "meta_task": "classification" if name.endswith("_cls") else "retrieval", "split": "IND"})
     write_data_root(out / "eval" / "mmeb", out)
+    _write_jsonl(_judge_pairs(held, opts), out / "eval" / "judge_pairs.jsonl")
+    write_data_root(out / "eval", out)
     with atomic_open(out / "eval_tasks.yaml") as fh:
         fh.write(f"# written by `unime data import` ({opts.name}); image paths are relative to this folder\n")
         yaml.safe_dump({"data_root": ".", "tasks": cfg_tasks}, fh, sort_keys=False)
