@@ -195,11 +195,16 @@ def split_images(n: int, eval_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
+def _image_id(rel: str) -> str:
+    """A record id stem from an image path under images/ (sub-folders kept, so ids stay unique)."""
+    return str(Path(rel).with_suffix("")).removeprefix("images/").replace("/", "_")
+
+
 def _train_records(train: list[tuple[CaptionedImage, str]], opts: ImportOptions) -> list[Record]:
     records = []
     for img, rel in train:
         for j, cap in enumerate(img.captions, 1):
-            stem = f"{Path(rel).stem}-{j}"
+            stem = f"{_image_id(rel)}-{j}"
             if "i2t" in opts.directions:
                 records.append(Record(image_query(rel), Item(cap), dataset=f"{opts.name}_i2t", id=f"{stem}-i2t"))
             if "t2i" in opts.directions:
@@ -273,7 +278,7 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_
             others = sorted({c for j, (o, _) in enumerate(held) if j != i for c in o.captions} - own)
             negs = rng.sample(others, min(n_cand - 1, len(others)))
             rows.append(MMEBRow(image_query(rel), [Item(img.captions[0])] + [Item(c) for c in negs],
-                                id=f"{Path(rel).stem}-i2t"))
+                                id=f"{_image_id(rel)}-i2t"))
         tasks[f"{opts.name}_i2t"] = rows
     if "t2i" in opts.directions:
         rows = []
@@ -281,7 +286,7 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_
             others = [r for j, (_, r) in enumerate(held) if j != i and r != rel]
             negs = rng.sample(others, min(n_cand - 1, len(others)))
             rows.append(MMEBRow(caption_query(img.captions[0]), [image_target(rel)] + [image_target(r) for r in negs],
-                                id=f"{Path(rel).stem}-t2i"))
+                                id=f"{_image_id(rel)}-t2i"))
         tasks[f"{opts.name}_t2i"] = rows
     labels = sorted(set(all_labels) | {img.label for img, _ in held if img.label})
     if labels and all(img.label for img, _ in held) and len(labels) >= 2:
@@ -290,7 +295,7 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_
             others = [lab for lab in labels if lab != img.label]
             negs = rng.sample(others, min(n_cand - 1, len(others)))
             rows.append(MMEBRow(classify_query(rel), [Item(img.label)] + [Item(lab) for lab in negs],
-                                id=f"{Path(rel).stem}-cls"))
+                                id=f"{_image_id(rel)}-cls"))
         tasks[f"{opts.name}_cls"] = rows
     return tasks
 
@@ -304,17 +309,17 @@ def _judge_pairs(held: list[tuple[CaptionedImage, str]], opts: ImportOptions) ->
         if "i2t" in opts.directions:
             texts = sorted({c for o, _ in others for c in o.captions} - set(img.captions))
             q = image_query(rel).to_dict()
-            rows.append({"id": f"{Path(rel).stem}-i2t-pos", "query": q, "candidate": {"text": img.captions[0]},
+            rows.append({"id": f"{_image_id(rel)}-i2t-pos", "query": q, "candidate": {"text": img.captions[0]},
                          "label": 1})
             for k, t in enumerate(rng.sample(texts, min(opts.judge_negatives, len(texts))), 1):
-                rows.append({"id": f"{Path(rel).stem}-i2t-neg{k}", "query": q, "candidate": {"text": t}, "label": 0})
+                rows.append({"id": f"{_image_id(rel)}-i2t-neg{k}", "query": q, "candidate": {"text": t}, "label": 0})
         if "t2i" in opts.directions:
             q = caption_query(img.captions[0]).to_dict()
-            rows.append({"id": f"{Path(rel).stem}-t2i-pos", "query": q, "candidate": image_target(rel).to_dict(),
+            rows.append({"id": f"{_image_id(rel)}-t2i-pos", "query": q, "candidate": image_target(rel).to_dict(),
                          "label": 1})
             imgs = [r for _, r in others if r != rel]
             for k, r in enumerate(rng.sample(imgs, min(opts.judge_negatives, len(imgs))), 1):
-                rows.append({"id": f"{Path(rel).stem}-t2i-neg{k}", "query": q, "candidate": image_target(r).to_dict(),
+                rows.append({"id": f"{_image_id(rel)}-t2i-neg{k}", "query": q, "candidate": image_target(r).to_dict(),
                              "label": 0})
     return rows
 
