@@ -137,7 +137,9 @@ def build_loss_from_config(config: EmbedderTrainingConfig) -> GroupLoss:
     if config.loss == "js":
         return build_loss("js", temperature=config.tau, label_temperature=config.label_tau)
     return build_loss("infonce", temperature=config.tau, in_batch=config.infonce_in_batch,
-                      use_hard_negatives=config.hard_negatives > 0, symmetric=config.symmetric,
+                      # None = not yet chosen from the records (`resolve_auto_options`)
+                      use_hard_negatives=config.hard_negatives is None or config.hard_negatives > 0,
+                      symmetric=config.symmetric,
                       mask_duplicates=config.mask_duplicates)
 
 
