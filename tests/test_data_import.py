@@ -253,3 +253,13 @@ def test_every_reader_numbers_records_from_one(tmp_path):
             path.write_text(json.dumps(rows))
         with pytest.raises(DataError, match=f"record {where}"):
             read_records(path)
+
+
+def test_convert_names_the_dataset_of_records_without_one(tmp_path):
+    from unime.data.io import write_records
+    from unime.data.items import Item, Record
+
+    src = tmp_path / "train.json"  # the released UniME-V2 JSON carries no dataset name
+    write_records([Record(Item("q1"), Item("p1")), Record(Item("q2"), Item("p2"), dataset="kept")], src)
+    assert main(["data", "convert", str(src), str(tmp_path / "out.jsonl"), "--dataset", "flowers_t2i"]) == 0
+    assert [r.dataset for r in read_records(tmp_path / "out.jsonl")] == ["flowers_t2i", "kept"]
