@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -110,9 +111,11 @@ def test_import_refuses_a_non_empty_folder_and_names_bad_rows(tmp_path, capsys):
     lines = captions.read_text().splitlines()
     lines[2] = "missing.png,a lost picture,circle"  # the file's line 3
     captions.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError) as e:
-        main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out", str(tmp_path / "o")])
-    assert "captions.csv" in str(e.value) and "record line 3" in str(e.value) and "field 'file'" in str(e.value)
+    # the one-line error contract: exit code 2, the file, record and field on stderr
+    assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "captions.csv" in err and "record line 3" in err and "field 'file'" in err
     assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out",
                  str(tmp_path / "o2"), "--on-error", "skip"]) == 0
     assert "skipped 1 record" in capsys.readouterr().out
@@ -120,7 +123,7 @@ def test_import_refuses_a_non_empty_folder_and_names_bad_rows(tmp_path, capsys):
                  str(tmp_path / "o2"), "--on-error", "skip"]) == 2  # not empty any more
 
 
-def test_jsonl_captions_with_column_options_and_caption_lists(tmp_path):
+def test_jsonl_captions_with_column_options_and_caption_lists(tmp_path, capsys):
     photos, _ = make_captioned_folder(tmp_path / "src", n=8)
     rows = [{"img": f"pic_{i:03d}.png", "sents": [f"caption {i} a", f"caption {i} b"]} for i in range(1, 9)]
     path = tmp_path / "caps.jsonl"
@@ -131,12 +134,13 @@ def test_jsonl_captions_with_column_options_and_caption_lists(tmp_path):
     records = read_records(out / "train" / "records.jsonl")
     assert {r.dataset for r in records} == {"mine_t2i"} and len(records) == 2 * 6
     assert not (out / "eval" / "mmeb" / "mine_cls.jsonl").exists()  # no labels, no classification task
-    with pytest.raises(DataError, match="no caption column 'nope'"):
-        main(["data", "import", "--captions", str(path), "--images", str(photos), "--out", str(tmp_path / "x"),
-              "--caption-column", "nope"])
+    capsys.readouterr()
+    assert main(["data", "import", "--captions", str(path), "--images", str(photos), "--out", str(tmp_path / "x"),
+                 "--caption-column", "nope"]) == 2
+    assert "no caption column 'nope'" in capsys.readouterr().err
 
 
-def test_coco_captions(tmp_path):
+def test_coco_captions(tmp_path, capsys):
     photos, _ = make_captioned_folder(tmp_path / "src", n=6)
     coco = {"images": [{"id": 10 + i, "file_name": f"pic_{i:03d}.png"} for i in range(1, 7)],
             "annotations": [{"id": k, "image_id": 10 + i, "caption": f"picture {i} take {k}"}
@@ -149,8 +153,9 @@ def test_coco_captions(tmp_path):
     assert len(records) == 2 * 2 * 4  # 4 training images x 2 captions x 2 directions
     coco["annotations"][3]["image_id"] = 99
     path.write_text(json.dumps(coco))
-    with pytest.raises(DataError, match=r"annotation 4.*image_id"):
-        main(["data", "import", "--coco", str(path), "--images", str(photos), "--out", str(tmp_path / "x")])
+    capsys.readouterr()
+    assert main(["data", "import", "--coco", str(path), "--images", str(photos), "--out", str(tmp_path / "x")]) == 2
+    assert re.search(r"annotation 4.*image_id", capsys.readouterr().err)
 
 
 def test_datasets_imagefolder_saved_dataset_and_webdataset(tmp_path):

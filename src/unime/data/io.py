@@ -232,8 +232,8 @@ def _iter_parquet(path: Path, policy: ErrorPolicy, batch_size: int = 256) -> Ite
     for batch in pf.iter_batches(batch_size=batch_size):
         for row in batch.to_pylist():
             row = {k: v for k, v in row.items()}
-            row_no += 1  # 1-based, like every record number in unime's messages
             label = _record_label(f"row {row_no}", row)
+            row_no += 1
             try:
                 yield with_origin(_row_to_record(row, source=src, record=label), label)
             except DataError as e:

@@ -361,8 +361,13 @@ def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult 
 
     out = Path(config.out)
     before = run_state.previous_config(out)
-    if config.overwrite or before is None or run_state.changed_options(before, config.to_dict(),
-                                                                       _RESUME_FREE_OPTIONS):
+    options = config.to_dict()
+    if before is not None:  # `--loss auto` / no --hard-negatives: the run saved what they resolved to
+        if options["loss"] == "auto":
+            options["loss"] = before.get("loss")
+        if options["hard_negatives"] is None:
+            options["hard_negatives"] = before.get("hard_negatives")
+    if config.overwrite or before is None or run_state.changed_options(before, options, _RESUME_FREE_OPTIONS):
         return None
     metrics_path, merged = out / "metrics.json", out / ckpt.MERGED_DIR
     if not (metrics_path.is_file() and merged.is_dir() and (out / "README.md").is_file()):
@@ -569,7 +574,10 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
-    config.validate()
+    if config.loss != "auto" and config.hard_negatives is not None:
+        config.validate()  # else once `--loss auto` / the negatives count are resolved from the records
+    elif config.records is None:
+        raise UnimeError("no training records given")
     primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process owns the folder
     owned = claim(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite) if primary else None
     try:
