@@ -167,6 +167,22 @@ def test_judge_pairs_reader_takes_a_label_column(tmp_path):
         read_pairs(str(p))
 
 
+def test_judge_pairs_reader_skips_bad_lines_keeping_labels_aligned(tmp_path):
+    from unime.data.skips import SkipReport
+    from unime.mining.pipeline import read_pairs
+
+    p = tmp_path / "pairs.jsonl"
+    p.write_text(json.dumps({"query": {"text": "q"}, "candidate": {"text": "c"}, "y": 1}) + "\n"
+                 + json.dumps({"query": {"text": "q"}, "candidate": {"text": "d"}, "y": -2}) + "\n"  # bad label
+                 + json.dumps({"query": {"text": "q"}, "candidate": {"text": ""}, "y": 0}) + "\n"  # empty item
+                 + json.dumps({"query": {"text": "q"}, "candidate": {"text": "e"}, "y": 0}) + "\n")
+    with pytest.raises(DataError, match="line 2.*field 'y'"):
+        read_pairs(str(p), label_column="y")
+    skips = SkipReport()
+    pairs, labels = read_pairs(str(p), label_column="y", on_error="skip", skips=skips)
+    assert [x[0] for x in pairs] == [1, 4] and labels == [1.0, 0.0] and skips.total == 2
+
+
 # -- MMEB files as eval tasks ----------------------------------------------------------------------------
 
 def test_mmeb_files_and_folders_as_task_suites(tmp_path):

@@ -98,6 +98,9 @@ class JudgeHeldOutCallback(TrainerCallback):
         if self.every <= 0:
             self.every = max(1, state.max_steps // EVALUATIONS)
         if state.global_step == 0 and self.path.is_file():  # a fresh run (not a resumption): a fresh log
+            from unime.outdir import require_replaceable
+
+            require_replaceable(self.path.parent, self.path.name)  # never a file this command did not write
             self.path.unlink()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
