@@ -3,7 +3,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-EXTRAS ?= dev,rl,ray,serve
+EXTRAS ?= dev,rl,ray,serve,data
 PYTEST_ARGS ?= -n 2
 
 .PHONY: install test test-fast demo demo-quick bench clean serve browser

@@ -396,6 +396,6 @@ def test_other_modules_register_train_actions():
         args = build_parser().parse_args(["train", "toy", "--x", "3"])
         assert args.func(args) == 3
         assert build_parser().parse_args(["train", "embedder", "--model", "m", "--records", "r", "--out", "o"]).loss \
-            == "symmetric_kl"
+            == "auto"  # chosen from the records: plain pairs → infonce, judge-scored → symmetric_kl
     finally:
         train_cli._ACTIONS.pop("toy")

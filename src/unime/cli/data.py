@@ -30,8 +30,45 @@ def register(sub) -> None:
     c.add_argument("--to", dest="to_format", default=None, choices=["jsonl", "parquet", "unime_v2_json"])
     c.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="skip bad records (counted and reported) instead of stopping at the first")
+    c.add_argument("--dataset", default=None, metavar="NAME",
+                   help="dataset name given to records that have none (the UniME-V2 JSON carries none)")
     add_config_option(c)
     c.set_defaults(func=_convert)
+
+    i = dsub.add_parser(
+        "import", help="import a captioned-image collection: training, judge and oracle records + MMEB eval tasks",
+        description="Read a folder of images + a captions file (CSV/TSV/JSONL), COCO captions JSON, a local "
+                    "`datasets` folder (save_to_disk or imagefolder) or WebDataset shards, and write OUT/train/"
+                    "records.jsonl (datasets NAME_i2t, NAME_t2i), OUT/train/judge.jsonl, OUT/train/qrels.jsonl, "
+                    "OUT/eval/mmeb/*.jsonl and OUT/eval_tasks.yaml for a held-out split. Later commands find the "
+                    "images without --data-root.")
+    src = i.add_mutually_exclusive_group(required=True)
+    src.add_argument("--captions", metavar="FILE", help="CSV / TSV / JSONL of (image, caption[, label]) rows; "
+                                                        "image paths relative to --images")
+    src.add_argument("--coco", metavar="FILE", help="COCO captions JSON (captions_*.json); images in --images")
+    src.add_argument("--hf-dataset", metavar="DIR", help="a `datasets` folder: save_to_disk output or an imagefolder")
+    src.add_argument("--webdataset", nargs="+", metavar="SHARD", help="WebDataset .tar shards")
+    i.add_argument("--images", metavar="DIR", help="folder of the images (--captions, --coco)")
+    i.add_argument("--coco-instances", metavar="FILE", help="COCO instances JSON: the largest object's category "
+                                                            "becomes the image's label")
+    i.add_argument("--image-column", default=None, help="column of the image path (default: image, file_name, ...)")
+    i.add_argument("--caption-column", default=None, help="column of the caption (default: caption, text, ...)")
+    i.add_argument("--label-column", default=None, help="column of a class label (default: label, category, class "
+                                                        "if present); labels add a classification task")
+    i.add_argument("--delimiter", default=None, help="CSV delimiter (default: tab for .tsv, else comma)")
+    i.add_argument("--out", required=True, help="output folder (new or empty)")
+    i.add_argument("--name", default=None, help="dataset name (default: the source's folder name)")
+    i.add_argument("--directions", default="i2t,t2i", help="i2t, t2i or both (default)")
+    i.add_argument("--eval-fraction", type=float, default=0.2, help="share of the images held out (default 0.2)")
+    i.add_argument("--eval-candidates", type=int, default=100,
+                   help="candidates per MMEB eval row, positive included (default 100; capped by the held-out set)")
+    i.add_argument("--judge-negatives", type=int, default=3, help="negatives per judge training record (default 3)")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="skip bad rows and images (counted and reported) instead of stopping at the first")
+    i.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT (same-named files replaced)")
+    add_config_option(i)
+    i.set_defaults(func=_import)
 
     k = dsub.add_parser("check", help="validate a data file and every image it references, before a long job")
     k.add_argument("input", help="records (.jsonl/.parquet/.json) or MMEB-eval rows (with --mmeb)")
@@ -60,8 +97,12 @@ def _synth(args) -> int:
 def _convert(args) -> int:
     from unime.data.io import SkipReport, iter_records, write_records
 
+    import dataclasses
+
     skips = SkipReport()
     records = iter_records(args.input, on_error=args.on_error, skips=skips, format=args.from_format)
+    if args.dataset:
+        records = (r if r.dataset else dataclasses.replace(r, dataset=args.dataset) for r in records)
     n = write_records(records, args.output, format=args.to_format)
     print(f"{args.output}: {n} records")
     if skips.total:
@@ -77,7 +118,9 @@ def _check(args) -> int:
 
     skips = SkipReport(max_examples=20)
     rows = (read_mmeb if args.mmeb else read_records)(args.input, on_error="skip", skips=skips)
-    root = args.data_root or os.path.dirname(os.path.abspath(args.input))
+    from unime.data.roots import resolve_data_root
+
+    root = resolve_data_root(args.input, args.data_root)
     n_file_bad = skips.total
     if not args.no_images:
         loader = ImageLoader(root, allow_outside_root=args.allow_outside_root,
@@ -88,4 +131,48 @@ def _check(args) -> int:
     if skips.total:
         print(skips.summary())
         return 1
+    return 0
+
+
+def _import(args) -> int:
+    import re
+    from pathlib import Path
+
+    from unime.data import collections as C
+    from unime.data.import_collection import ImportOptions, import_collection
+    from unime.data.skips import ErrorPolicy, SkipReport
+
+    skips = SkipReport(max_examples=10)
+    policy = ErrorPolicy(args.on_error, skips, "import")
+    cols = dict(image_column=args.image_column, caption_column=args.caption_column, label_column=args.label_column)
+    if (args.captions or args.coco) and not args.images:
+        raise SystemExit("unime data import: --captions / --coco need --images DIR")
+    if args.captions:
+        images = C.read_caption_table(args.captions, args.images, delimiter=args.delimiter, policy=policy, **cols)
+        source, origin = {"captions": args.captions, "images": args.images}, Path(args.images).resolve()
+        if origin.name in ("images", "imgs", "img"):
+            origin = origin.parent
+    elif args.coco:
+        images = C.read_coco_captions(args.coco, args.images, instances=args.coco_instances, policy=policy)
+        source, origin = {"coco": args.coco, "images": args.images}, Path(args.coco).resolve().parent
+    elif args.hf_dataset:
+        images = C.read_hf_dataset(args.hf_dataset, policy=policy, **cols)
+        source, origin = {"hf_dataset": args.hf_dataset}, Path(args.hf_dataset).resolve()
+    else:
+        images = C.read_webdataset(args.webdataset, policy=policy, **cols)
+        source, origin = {"webdataset": list(args.webdataset)}, Path(args.webdataset[0]).resolve().parent
+    name = args.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", origin.name) or "mydata"
+    opts = ImportOptions(out=args.out, name=name, directions=tuple(d.strip() for d in args.directions.split(",")
+                                                                    if d.strip()),
+                         eval_fraction=args.eval_fraction, eval_candidates=args.eval_candidates,
+                         judge_negatives=args.judge_negatives, seed=args.seed, on_error=args.on_error,
+                         overwrite=args.overwrite, source=source)
+    try:
+        summary = import_collection(images, opts, skips=skips)
+    except FileExistsError as e:
+        print(f"unime data import: {e}")
+        return 2
+    print(summary.describe())
+    if skips.total:
+        print(skips.summary())
     return 0

@@ -14,8 +14,10 @@ def register(sub) -> None:
                     "plots into --out. Without --model: compare the result folders given by --compare. "
                     "`unime eval reference`: train and evaluate the learnability reference (see its --help).")
     p.add_argument("--model", help="embedder checkpoint (HF folder, hub id, or PEFT adapter folder)")
-    p.add_argument("--tasks", help="task config YAML, a folder holding eval_tasks.yaml (e.g. the demo world), "
-                                   "or the name of a shipped config (mmeb_v1)")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASKS",
+                   help="task config YAML, a folder holding eval_tasks.yaml (e.g. the demo world or a `data import` "
+                        "folder), the name of a shipped config (mmeb_v1), or MMEB-eval files (.jsonl / .parquet, "
+                        "one task each) / folders of them")
     p.add_argument("--tasks-root", default=None,
                    help="folder the task paths are relative to (overrides the config's root; e.g. your MMEB-eval "
                         "folder for --tasks mmeb_v1)")
@@ -95,12 +97,17 @@ def _eval(args) -> int:
         return 0
     if not args.tasks:
         raise SystemExit("unime eval: --model needs --tasks")
+    tasks = [args.tasks] if isinstance(args.tasks, str) else list(args.tasks)  # a --config value may be one string
     summary = evaluate_checkpoint(
-        args.model, args.tasks, args.out, tasks_root=args.tasks_root, only=args.task, batch_size=args.batch_size,
+        args.model, tasks if len(tasks) > 1 else tasks[0], args.out, tasks_root=args.tasks_root, only=args.task, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, pooling=args.pooling, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, ties=args.ties, on_error=args.on_error, rerank_path=args.rerank, rerank_topk=args.topk,
         rerank_mode=args.mode, rerank_compositional=args.compositional_mode, compare=args.compare,
         video_sampling=video_sampling_from_args(args), image_budget=ImageBudget.from_args(args))
+    for name, m in summary["tasks"].items():
+        shown = [f"{k} {100 * v:.1f}" for k, v in m.items() if not k.startswith("chance@")][:6]
+        chance = f" (chance P@1 {100 * m['chance@1']:.1f})" if "chance@1" in m else ""
+        print(f"{name}: {', '.join(shown)}{chance}")
     enc = summary["encoding"]
     print(f"{args.out}/results.md  (items seen {enc['items_seen']}, distinct {enc['distinct_items']}, "
           f"from cache {enc['from_cache']}, encoded {enc['encoded']}; wall {summary['timing']['wall_seconds']:.1f} s)")

@@ -22,8 +22,9 @@ def _add_backend_options(p) -> None:
     from unime.mining.backends import BACKENDS
 
     p.add_argument("--backend", default="local", choices=list(BACKENDS),
-                   help="where the judge runs; `oracle` = diagnostic: --judge is a generated world and its "
-                        "ground-truth relevance replaces the judge's scores")
+                   help="where the judge runs; `oracle` = diagnostic: --judge is a generated world or a labels / "
+                        "qrels JSONL file (e.g. `data import`'s train/qrels.jsonl) whose ground truth replaces the "
+                        "judge's scores (unlisted pairs: 0)")
     p.add_argument("--ray-workers", type=int, default=2, help="ray: number of judge actors")
     p.add_argument("--ray-address", default=None, help="ray: cluster address (default: start a local cluster)")
     p.add_argument("--ray-gpus-per-worker", type=float, default=0.0)
@@ -108,6 +109,10 @@ def register(sub) -> None:
     j.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="skip bad pairs and pairs with a bad image (counted and reported; their ids are missing "
                         "from the output) instead of stopping at the first")
+    j.add_argument("--label-column", default=None, metavar="KEY",
+                   help="the pairs carry a relevance label under KEY (> 0 = relevant): evaluate the judge — AUC, "
+                        "accuracy, score spread printed and in OUT.metrics.json, calibration plot OUT.calibration.png")
+
     _add_model_options(j)
     _add_backend_options(j)
     add_config_option(j)
@@ -142,6 +147,11 @@ def _mine(args) -> int:
     s = result.stats
     print(f"{result.out}: {result.n_mined} of {result.n_records} records mined; report: {result.out / 'report.md'}")
     print(s["sampling_table"])
+    from unime.mining.health import format_health
+
+    print("label health: " + format_health(s["label_health"]))
+    for w in s["label_health"]["warnings"]:
+        print(f"WARNING: {w}")
     if args.audit:
         a = json.loads((result.out / "audit.json").read_text())
         print(f"judge audit: ROC-AUC {a['auc_judge_score']}, at beta={a['beta']}: precision "
@@ -157,7 +167,9 @@ def _judge(args) -> int:
     from unime.models.image_budget import ImageBudget
 
     _set_threads(args)
-    root = args.data_root or os.path.dirname(os.path.abspath(args.pairs))
+    from unime.data.roots import resolve_data_root
+
+    root = resolve_data_root(args.pairs, args.data_root)
     spec = JudgeSpec(path=args.judge, device=args.device, dtype=args.dtype, data_root=root,
                      allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size,
                      image_cache_size=args.image_cache,
@@ -165,7 +177,19 @@ def _judge(args) -> int:
     from unime.data.skips import SkipReport
 
     skips = SkipReport()
-    n = score_pairs_file(args.pairs, args.out, spec, backend=args.backend, backend_options=_backend_options(args),
-                         on_error=args.on_error, skips=skips)
-    print(f"{args.out}: {n} scores" + (f"; {skips.summary()}" if skips.total else ""))
+    res = score_pairs_file(args.pairs, args.out, spec, backend=args.backend, backend_options=_backend_options(args),
+                           on_error=args.on_error, skips=skips, label_column=args.label_column)
+    skipped = f"; {skips.summary()}" if skips.total else ""
+    if not args.label_column:
+        print(f"{args.out}: {res} scores{skipped}")
+        return 0
+    from pathlib import Path
+
+    from unime.mining.judge_check import format_metrics
+
+    stem = Path(args.out).with_suffix("")
+    print(f"{args.out}: {res['pairs']} scores{skipped}; {stem}.metrics.json, {stem}.calibration.png")
+    print("judge on labelled pairs: " + format_metrics(res))
+    for w in res["warnings"]:
+        print(f"WARNING: {w}")
     return 0

@@ -23,6 +23,13 @@ def register(sub) -> None:
     b.add_argument("--init-std", type=float, default=0.02,
                    help="std of the random initialisation (HF initializer_range); 0.1 trains a tiny judge faster")
     b.add_argument("--extra-token", action="append", default=[], help="extra special token (repeatable), e.g. <emb>")
+    t = b.add_mutually_exclusive_group()
+    t.add_argument("--tokenizer-corpus", metavar="FILE", default=None,
+                   help="text file (one text per line, e.g. `data import`'s train/corpus.txt): the local BPE "
+                        "tokenizer is also trained on it, so your words become whole tokens")
+    t.add_argument("--tokenizer", metavar="DIR", default=None,
+                   help="use an existing tokenizer folder (e.g. a real Qwen-VL checkpoint's) instead of training one")
+    b.add_argument("--vocab-size", type=int, default=1024, help="size of the locally trained tokenizer (default 1024)")
     add_config_option(b)
     b.set_defaults(func=_build_tiny)
     _add_pretrain_parser(msub)
@@ -31,11 +38,15 @@ def register(sub) -> None:
 def _build_tiny(args) -> int:
     from unime.models.tiny import TinySize, build_tiny
 
+    from unime.models.tiny import read_corpus
+
     vision_hidden = args.vision_hidden or args.hidden
     size = TinySize(hidden=args.hidden, layers=args.layers, vision_depth=args.vision_depth,
                     vision_hidden=vision_hidden, vision_heads=args.vision_heads or max(vision_hidden // 32, 1),
-                    intermediate=2 * args.hidden, init_std=args.init_std)
-    out = build_tiny(args.family, args.out, seed=args.seed, size=size, extra_tokens=args.extra_token)
+                    intermediate=2 * args.hidden, init_std=args.init_std, vocab=args.vocab_size)
+    corpus = read_corpus(args.tokenizer_corpus) if args.tokenizer_corpus else None
+    out = build_tiny(args.family, args.out, seed=args.seed, size=size, extra_tokens=args.extra_token,
+                     tokenizer_corpus_lines=corpus, tokenizer_dir=args.tokenizer)
     print(out)
     return 0
 

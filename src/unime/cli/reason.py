@@ -88,7 +88,9 @@ def register(sub) -> None:
 
 
 def _root(args, path) -> str:
-    return args.data_root or os.path.dirname(os.path.abspath(path))
+    from unime.data.roots import resolve_data_root
+
+    return resolve_data_root(path, args.data_root)
 
 
 def _teacher(args) -> int:

@@ -60,16 +60,23 @@ def _add_embedder_parser(actions) -> None:
     g.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
 
     g = p.add_argument_group("loss")
-    g.add_argument("--loss", default="symmetric_kl", choices=["symmetric_kl", "js", "infonce"],
-                   help="symmetric_kl (released UniME-V2, default), js (true Jensen-Shannon), infonce")
-    g.add_argument("--hard-negatives", type=int, default=8, metavar="K",
-                   help="use the first K stored negatives of each record (default 8)")
+    g.add_argument("--loss", default="auto", choices=["auto", "symmetric_kl", "js", "infonce"],
+                   help="auto (default): plain pairs → in-batch infonce; judge-scored records → symmetric_kl; "
+                        "negatives without scores → infonce with them. symmetric_kl (released UniME-V2), js (true "
+                        "Jensen-Shannon), infonce")
+    g.add_argument("--hard-negatives", type=int, default=None, metavar="K",
+                   help="use the first K stored negatives of each record (default: the records' count, at most 8; "
+                        "0 for plain pairs)")
+    g.add_argument("--allow-fallback-labels", action="store_true",
+                   help="train a soft-label loss on records mined mostly by the fallback (random negatives scored "
+                        "1.0; refused by default)")
     g.add_argument("--in-batch", action=argparse.BooleanOptionalAction, default=None,
                    help="infonce: in-batch negatives (default on)")
     g.add_argument("--tau", type=float, default=DEFAULT_TEMPERATURE, help="temperature (default %(default)s)")
     g.add_argument("--label-tau", type=float, default=None,
                    help="temperature of the judge-score softmax (default: --tau)")
-    g.add_argument("--kl-eps", type=float, default=1e-8, help="symmetric_kl: log(p + eps) as released; 0 = exact")
+    g.add_argument("--kl-eps", type=float, default=1e-8, help="symmetric_kl: log(p + eps) as released; 0 = exact "
+                   "(measured: no faster with 1/0 labels, docs/SOFT_LABELS.md)")
     g.add_argument("--symmetric", action="store_true", help="infonce: add the target-to-query direction")
     g.add_argument("--mask-duplicates", action=argparse.BooleanOptionalAction, default=True,
                    help="in-batch infonce: other copies of a query's positive in the batch (same text and "
@@ -146,7 +153,8 @@ def embedder_config_from_args(args):
         optim=args.optim, gradcache=args.gradcache, chunk_size=args.chunk_size,
         homogeneous_batches=args.homogeneous_batches, workers=args.workers, seed=args.seed,
         save_steps=args.save_steps, save_total_limit=args.save_total_limit, logging_steps=args.logging_steps,
-        resume=args.resume, on_error=args.on_error, overwrite=bool(getattr(args, "overwrite", False)))
+        resume=args.resume, on_error=args.on_error, overwrite=bool(getattr(args, "overwrite", False)),
+        allow_fallback_labels=args.allow_fallback_labels)
 
 
 def _train_embedder(args) -> int:

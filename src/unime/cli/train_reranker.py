@@ -90,6 +90,10 @@ def _add_judge_parser(actions) -> None:
     g = p.add_argument_group("judge")
     g.add_argument("--judge-negatives", type=int, default=None, help="negatives per record used (default: all)")
     g.add_argument("--save-adapter", action="store_true", help="also keep the adapter in OUT/adapter")
+    g.add_argument("--holdout", type=float, default=0.1,
+                   help="share of the records held out: their pairs are scored while training (AUC, accuracy, P(Yes) "
+                        "spread; OUT/judge_eval.jsonl). 0 = off (default 0.1)")
+    g.add_argument("--eval-steps", type=int, default=0, help="steps between held-out evaluations (default: ~5 per run)")
     p.set_defaults(func=_train, role="judge")
 
 
@@ -111,7 +115,8 @@ def config_from_args(args):
         save_steps=args.save_steps, merge=getattr(args, "merge", False),
         save_adapter=getattr(args, "save_adapter", False), on_error=args.on_error, overwrite=args.overwrite,
         keep_checkpoints=args.keep_checkpoints, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-        image_size=args.image_size, train_turn_end=args.train_turn_end)
+        image_size=args.image_size, train_turn_end=args.train_turn_end, holdout=getattr(args, "holdout", 0.0),
+        eval_steps=getattr(args, "eval_steps", 0))
 
 
 def _names(value) -> tuple[str, ...]:
@@ -127,6 +132,12 @@ def _train(args) -> int:
     if result.first_loss is not None and result.last_loss is not None:
         print(f"{result.role}: {result.records} records, {result.examples} examples, {result.steps} steps, "
               f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}")
+    if result.heldout:
+        from unime.mining.judge_check import format_metrics
+
+        print(f"held-out (step {result.heldout['step']}): {format_metrics(result.heldout)}")
+        for w in result.heldout.get("warnings", []):
+            print(f"WARNING: {w}")
     if result.skipped:
         print(f"skipped {result.skipped} bad record(s)")
     print(result.merged if args.role == "judge" else result.adapter or result.merged)

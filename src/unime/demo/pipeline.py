@@ -337,7 +337,10 @@ class Demo:
         self.stage("hn", [r / "merged" for r in runs["hn"]], train_embedders(
             "hn", ["--loss", "infonce", "--in-batch", "--hard-negatives", s.hard_negatives], mined))
         self.stage("soft", [r / "merged" for r in runs["soft"]], train_embedders(
-            "soft", ["--loss", "symmetric_kl", "--hard-negatives", s.hard_negatives], mined))
+            # the demo shows the method as it is, even with a weak tiny judge: its report states the fallback
+            # share, so soft labels are trained on whatever the judge produced
+            "soft", ["--loss", "symmetric_kl", "--hard-negatives", s.hard_negatives, "--allow-fallback-labels"],
+            mined))
 
         if self.oracle_judge:  # diagnostic: the same mining and rows with a perfect judge
             oracle_dir = self.p("mined-oracle")
@@ -349,7 +352,8 @@ class Demo:
             self.stage("hn-oracle", [r / "merged" for r in runs["hn_oracle"]], train_embedders(
                 "hn_oracle", ["--loss", "infonce", "--in-batch", "--hard-negatives", s.hard_negatives], oracle_mined))
             self.stage("soft-oracle", [r / "merged" for r in runs["soft_oracle"]], train_embedders(
-                "soft_oracle", ["--loss", "symmetric_kl", "--hard-negatives", s.hard_negatives], oracle_mined))
+                "soft_oracle", ["--loss", "symmetric_kl", "--hard-negatives", s.hard_negatives,
+                                "--allow-fallback-labels"], oracle_mined))
 
         reranker_dir = self.p("reranker")
         self.stage("reranker", [reranker_dir / "unime_reranker.json"], lambda c: self.run_cli(

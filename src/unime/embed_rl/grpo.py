@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
+from unime.data.roots import resolve_data_root
 from unime.models.lora import GENERATIVE_LORA
 
 log = logging.getLogger(__name__)
@@ -410,7 +411,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     from unime.reasoning.reasoner import Reasoner
     from unime.models import run_state
 
-    data_root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.records))
+    data_root = resolve_data_root(cfg.records, cfg.data_root)
     records = read_records(cfg.records)
     if len(records) < cfg.pairs_per_batch:
         raise ValueError(f"{cfg.records}: {len(records)} pairs, fewer than pairs_per_batch={cfg.pairs_per_batch}")

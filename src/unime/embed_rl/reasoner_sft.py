@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from unime.data.roots import resolve_data_root
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.lora import GENERATIVE_LORA, LoraSettings, apply_lora
 
@@ -196,7 +197,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
     run_state.write_config(out, options)
     rows = read_tcot_rows(cfg.data)
-    data_root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.data))
+    data_root = resolve_data_root(cfg.data, cfg.data_root)
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
     examples, skipped = build_sft_examples(rows, adapter, ImageLoader(data_root), skip_invalid=cfg.skip_invalid,

@@ -132,7 +132,8 @@ def build_summary(run, meta: dict) -> dict:
     if any("modality" in i for i in info.values()):
         aggregates["mmeb_v2"] = v2_aggregates(tasks, info)
     summary: dict[str, Any] = {"meta": meta, "tasks": tasks, "aggregates": aggregates,
-                               "task_info": info, "encoding": run.encoding, "timing": run.timing}
+                               "task_info": info, "task_counts": {r.name: r.counts for r in run.results},
+                               "encoding": run.encoding, "timing": run.timing}
     if run.rerank is not None:
         rtasks = {r.name: r.reranked for r in run.results if r.reranked is not None}
         raggs: dict[str, Any] = {"mmeb": mmeb_aggregates(rtasks, info)}
@@ -186,13 +187,31 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
         lines += ["## MMEB protocol (Precision@1, %)", "",
                   "Averages over datasets; each query ranked against its own candidates.", ""]
         lines += mmeb_table([(label, aggs) for label, _, aggs in variants]) + [""]
-        header = ["Dataset", "Meta-task", "Split"] + [label for label, _, _ in variants]
+        header = (["Dataset", "Meta-task", "Split", "Candidates", "Chance P@1"] + [label for label, _, _ in variants]
+                  + ["R@5", "R@10", "Chance R@5"])
         order = {m: k for k, m in enumerate(MMEB_META_TASKS)}
         names = sorted(by_format["mmeb"], key=lambda n: (order.get(info[n]["meta_task"] or "", 99),
                                                          info[n]["meta_task"] or "", by_format["mmeb"].index(n)))
-        rows = [[n, info[n]["meta_task"] or "–", info[n]["split"] or "–"]
-                + [pct(t.get(n, {}).get(MMEB_METRIC)) for _, t, _ in variants] for n in names]
-        lines += _md_table(header, rows, text_columns=3) + [""]
+        first = variants[0][1] if variants else {}
+        counts = summary.get("task_counts", {})
+
+        def cands(n: str) -> str:
+            c = counts.get(n, {})
+            lo, hi = c.get("candidates_per_query_min"), c.get("candidates_per_query_max")
+            return "–" if lo is None else str(lo) if lo == hi else f"{lo}–{hi}"
+
+        rows = [[n, info[n]["meta_task"] or "–", info[n]["split"] or "–", cands(n),
+                 pct(first.get(n, {}).get("chance@1"))]
+                + [pct(t.get(n, {}).get(MMEB_METRIC)) for _, t, _ in variants]
+                + [pct(first.get(n, {}).get(m)) for m in ("recall@5", "recall@10", "chance@5")] for n in names]
+        lines += _md_table(header, rows, text_columns=4) + [""]
+        lines += ["R@K: the positive within the top K of the embedder's ranking (a reranker of the top K cannot "
+                  "do better than R@K). Chance: a random ranking.", ""]
+        repeated = {n: counts.get(n, {}).get("repeated_positive_rows", 0) for n in names}
+        if any(repeated.values()):
+            lines += ["**Warning**: rows listing their positive again among the negatives (they cannot score "
+                      f"under {meta.get('ties', 'pessimistic')} ties): "
+                      + ", ".join(f"{n} {v}" for n, v in repeated.items() if v), ""]
 
     v2 = [(EMBEDDER_ROW, summary["aggregates"].get("mmeb_v2"))]
     if "reranked" in summary:

@@ -139,17 +139,26 @@ def _rerank_scores(scores: np.ndarray, rr: Reranking, query: Item, candidates: l
 
 def run_mmeb(spec: TaskSpec, data: MMEBData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None = None
              ) -> TaskResult:
-    """Each query ranked against its own candidates (positive at index 0); Precision@1 (= Hit@1)."""
+    """Each query ranked against its own candidates (positive at index 0); Precision@1 (= Hit@1), plus
+    Recall@5 / @10 (= Hit@K with one positive: the ceiling of a reranker that sees the top K) and the chance
+    level of each (a random ranking: mean over rows of min(K, n) / n for a row of n candidates).
+
+    A row that lists its positive again among the negatives (the same item) can never score under
+    pessimistic ties; such rows are counted (`counts["repeated_positive_rows"]`) and logged."""
     table = vecs(np.arange(len(data.table)))
     items = data.table.items
-    rows, rows_rr, per_query = [], [], []
+    rows, rows_rr, per_query, ranks = [], [], [], []
+    repeated = []
     for i, (q, cands) in enumerate(zip(data.query, data.candidates)):
         s = table[cands] @ table[q]
         rows.append(s)
         rel = np.zeros(len(cands))
         rel[0] = 1.0
+        if np.any(cands[1:] == cands[0]):
+            repeated.append(i)
         top = int(M.rank_order(s, rel, ties=opts.ties)[0])
-        entry = {"id": data.ids[i], "top1": top, "hit": top == 0}
+        ranks.append(int(M.first_relevant_rank(s, rel, ties=opts.ties)))
+        entry = {"id": data.ids[i], "top1": top, "hit": top == 0, "rank": ranks[-1] + 1}
         if rr is not None:
             with image_root(rr.reranker, spec.data_root):
                 s2 = _rerank_scores(s, rr, items[q], [items[c] for c in cands])
@@ -157,9 +166,22 @@ def run_mmeb(spec: TaskSpec, data: MMEBData, vecs: Vectors, opts: EvalOptions, r
             entry["top1_reranked"] = int(M.rank_order(s2, rel, ties=opts.ties)[0])
         per_query.append(entry)
     hits = M.positive_first_hits(rows, ties=opts.ties)
-    counts = {"queries": len(rows), "candidates": int(sum(len(c) for c in data.candidates)),
-              "distinct_items": len(data.table)}
-    result = TaskResult(spec, {"precision@1": float(hits.mean())}, counts, per_query=per_query)
+    sizes = np.array([len(c) for c in data.candidates])
+    counts = {"queries": len(rows), "candidates": int(sizes.sum()), "candidates_per_query_min": int(sizes.min()),
+              "candidates_per_query_max": int(sizes.max()), "distinct_items": len(data.table),
+              "repeated_positive_rows": len(repeated)}
+    if repeated:
+        first = ", ".join(f"{j + 1}" + (f" (id {data.ids[j]})" if data.ids[j] else "") for j in repeated[:5])
+        log.warning("%s: %d of %d rows list their positive again among the negatives (rows %s%s); under %s ties "
+                    "they cannot score", spec.name, len(repeated), len(rows), first,
+                    ", ..." if len(repeated) > 5 else "", opts.ties)
+    metrics = {"precision@1": float(hits.mean())}
+    r = np.asarray(ranks)
+    for k in (5, 10):
+        metrics[f"recall@{k}"] = float(np.mean(r < k))
+    for k in (1, 5, 10):
+        metrics[f"chance@{k}"] = float(np.mean(np.minimum(k, sizes) / sizes))
+    result = TaskResult(spec, metrics, counts, per_query=per_query)
     if rr is not None:
         result.reranked = {"precision@1": float(M.positive_first_hits(rows_rr, ties=opts.ties).mean())}
     return result

@@ -140,10 +140,75 @@ def _expand(value: str, *, source: str, field_name: str) -> str:
     return out
 
 
-def load_task_config(path_or_dir: str | os.PathLike, *, root: str | os.PathLike | None = None,
+MMEB_FILE_SUFFIXES = (".jsonl", ".parquet")
+
+
+def _is_mmeb_source(arg: str | os.PathLike) -> bool:
+    p = Path(arg)
+    if p.is_file():
+        return p.suffix.lower() in MMEB_FILE_SUFFIXES
+    return p.is_dir() and not (p / TASK_CONFIG_FILENAME).is_file() and any(
+        f.suffix.lower() in MMEB_FILE_SUFFIXES for f in p.iterdir())
+
+
+def _known_mmeb_tasks() -> dict[str, tuple[str | None, str | None]]:
+    """name → (meta_task, split) of the shipped MMEB config (so MMEB-eval files keep their aggregates)."""
+    try:
+        cfg = yaml.safe_load((resources.files("unime") / "configs" / "mmeb_v1.yaml").read_text(encoding="utf-8"))
+        return {t["name"]: (t.get("meta_task"), t.get("split")) for t in cfg.get("tasks", [])}
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def mmeb_file_suite(sources: list[str | os.PathLike], *, root: str | os.PathLike | None = None) -> TaskSuite:
+    """A suite of MMEB-eval files given directly: each ``.jsonl`` / ``.parquet`` file is one task named after
+    it; a folder (without an eval_tasks.yaml) contributes every such file in it, sorted. Image paths are
+    relative to `root`, else to the folder's recorded data root (`unime.data.roots`), else the file's
+    folder. A name of the shipped MMEB-v1 config keeps its meta-task and split; a name ending in
+    ``_cls`` counts as classification."""
+    from unime.data.roots import recorded_data_root
+
+    files: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in MMEB_FILE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError("no such MMEB file or folder", source=str(src))
+    known = _known_mmeb_tasks()
+    tasks: list[TaskSpec] = []
+    seen: set[str] = set()
+    for f in files:
+        name = f.stem
+        if name in seen:
+            raise DataError(f"two MMEB files are named {name!r}; give them distinct names or write a task config",
+                            source=str(f))
+        seen.add(name)
+        guess = "classification" if name.endswith("_cls") else "retrieval" if name.endswith(("_i2t", "_t2i")) else None
+        meta, split = known.get(name, (guess, None))
+        data_root = Path(root) if root is not None else Path(recorded_data_root(f.parent) or f.parent)
+        tasks.append(TaskSpec(name=name, format="mmeb", path=f.resolve(), data_root=data_root.resolve(),
+                              meta_task=meta, split=split))
+    if not tasks:
+        raise DataError("no MMEB files (.jsonl / .parquet)", source=", ".join(map(str, sources)))
+    return TaskSuite(source=Path(sources[0]).resolve(), tasks=tasks)
+
+
+def load_task_config(path_or_dir: str | os.PathLike | list, *, root: str | os.PathLike | None = None,
                      only: list[str] | None = None) -> TaskSuite:
     """Read and validate a task config. `root` overrides the config's ``root``; `only` keeps the named
-    tasks (in config order; an unknown name is an error)."""
+    tasks (in config order; an unknown name is an error). MMEB-eval files, or folders of them, may be
+    given instead of a config (one or a list; see `mmeb_file_suite`)."""
+    sources = list(path_or_dir) if isinstance(path_or_dir, (list, tuple)) else [path_or_dir]
+    if len(sources) > 1 or _is_mmeb_source(sources[0]):
+        if not all(_is_mmeb_source(s) for s in sources):
+            bad = [str(s) for s in sources if not _is_mmeb_source(s)]
+            raise DataError("several --tasks values must all be MMEB files (.jsonl / .parquet) or folders of them",
+                            source=bad[0])
+        return _keep_only(mmeb_file_suite(sources, root=root), only)
+    path_or_dir = sources[0]
     cfg_path = resolve_task_config(path_or_dir)
     source = str(cfg_path)
     try:
@@ -178,12 +243,12 @@ def load_task_config(path_or_dir: str | os.PathLike, *, root: str | os.PathLike 
     seen: set[str] = set()
     for i, raw in enumerate(raw_tasks):
         if not isinstance(raw, dict):
-            raise DataError("a task must be a mapping", source=source, record=i, field="tasks")
+            raise DataError("a task must be a mapping", source=source, record=i + 1, field="tasks")
         t = {**defaults, **raw}
-        rec = t.get("name", i)
+        rec = t.get("name", i + 1)
         name = t.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise DataError("missing task name", source=source, record=i, field="name")
+            raise DataError("missing task name", source=source, record=i + 1, field="name")
         if name in seen:
             raise DataError(f"duplicate task name {name!r}", source=source, record=name, field="name")
         seen.add(name)
@@ -229,13 +294,17 @@ def load_task_config(path_or_dir: str | os.PathLike, *, root: str | os.PathLike 
                                                                            field_name="path")).resolve(),
                               data_root=task_root, meta_task=meta, split=split, options=options,
                               modality=modality))
-    if only:
-        names = {t.name for t in tasks}
-        missing = [n for n in only if n not in names]
-        if missing:
-            raise DataError(f"unknown task(s) {missing}; the config has {sorted(names)}", source=source)
-        tasks = [t for t in tasks if t.name in set(only)]
-    return TaskSuite(source=cfg_path, tasks=tasks)
+    return _keep_only(TaskSuite(source=cfg_path, tasks=tasks), only)
+
+
+def _keep_only(suite: TaskSuite, only: list[str] | None) -> TaskSuite:
+    if not only:
+        return suite
+    names = {t.name for t in suite.tasks}
+    missing = [n for n in only if n not in names]
+    if missing:
+        raise DataError(f"unknown task(s) {missing}; the config has {sorted(names)}", source=str(suite.source))
+    return TaskSuite(source=suite.source, tasks=[t for t in suite.tasks if t.name in set(only)])
 
 
 def _check_options(options: dict, *, source: str, record) -> None:

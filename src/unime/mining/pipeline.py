@@ -117,9 +117,9 @@ class MineConfig:
 
     @property
     def resolved_data_root(self) -> str:
-        if self.data_root:
-            return self.data_root
-        return str(Path(self.records).resolve().parent)
+        from unime.data.roots import resolve_data_root
+
+        return resolve_data_root(self.records, self.data_root)
 
 
 @dataclass
@@ -188,7 +188,7 @@ def read_pool_items(path: str, *, on_error: str = "raise", skips=None) -> list[I
 
 
 def _record_label(rec: Record, i: int) -> str:
-    return rec.id or f"index {i}"
+    return rec.id or f"index {i + 1}"
 
 
 # -- the pipeline --------------------------------------------------------------------------------------
@@ -243,7 +243,9 @@ class MiningRun:
             "pool": {"path": str(Path(c.pool).resolve()), "sha1": file_sha1(c.pool)} if c.pool else "positives",
             "pool_size": len(self.pool),
             "embedder": {"path": c.embedder, "fingerprint": model_fingerprint(c.embedder)},
-            "judge": {"path": c.judge, "fingerprint": model_fingerprint(c.judge)},
+            # a labels file (the oracle's ground truth) is identified by its content
+            "judge": {"path": c.judge, "fingerprint": file_sha1(c.judge) if os.path.isfile(c.judge)
+                      else model_fingerprint(c.judge)},
             "data_root": str(Path(c.resolved_data_root).resolve()),
             "images": {"sha1": images_sha1},
         }
@@ -541,6 +543,11 @@ class MiningRun:
             "config": {k: v for k, v in asdict(self.config).items() if k != "backend_options"},
             "config_hash": self.config_hash,
         }
+        from unime.mining.health import label_health
+
+        stats["label_health"] = label_health(stats["sampling"], audit_rows)
+        for w in stats["label_health"]["warnings"]:
+            log.warning("%s", w)
         report.write_report(self.out, stats, audit_rows, audit)
         return MineResult(out=self.out, n_records=len(self.records), n_mined=len(mined), stats=stats)
 
@@ -559,29 +566,45 @@ def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embed
 
 # -- `unime judge`: scoring alone ------------------------------------------------------------------------
 
-def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None) -> list[tuple[str, Item, Item]]:
-    """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the line number. A bad
+def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, label_column: str | None = None) \
+        -> list[tuple[str, Item, Item]] | tuple[list[tuple[str, Item, Item]], list[float]]:
+    """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the (1-based) line number. A bad
     line (or, with `images` = an `ImageChecker`, a bad image) raises a `DataError` naming the file, the
-    line and the field, or under `on_error="skip"` is counted in `skips` and left out."""
+    line and the field, or under `on_error="skip"` is counted in `skips` and left out.
+    With `label_column`, each line also carries a relevance label under that key (a number >= 0 or a
+    boolean; > 0 = relevant) and `(pairs, labels)` is returned (aligned: a skipped line drops both)."""
+    import math
+
     from unime.data.io import raw_message
     from unime.data.skips import ErrorPolicy, data_error
 
     policy = ErrorPolicy(on_error, skips, path)
-    pairs = []
+    pairs, labels = [], []
+    allowed = {"id", "query", "candidate"} | ({label_column} if label_column else set())
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         where = f"line {n}"
         try:
             if not isinstance(obj, dict):
                 raise data_error("schema", "expected an object", source=path, record=where)
             rid = obj.get("id", n)
-            for key in ("query", "candidate"):
+            for key in ("query", "candidate") + ((label_column,) if label_column else ()):
                 if key not in obj:
                     raise data_error("schema", "missing", source=path, record=where, field=key)
-            unknown = set(obj) - {"id", "query", "candidate"}
+            unknown = set(obj) - allowed
             if unknown:
-                raise data_error("schema", f"unknown keys {sorted(unknown)}", source=path, record=where)
+                hint = " (a label column? pass --label-column NAME)" if not label_column else ""
+                raise data_error("schema", f"unknown keys {sorted(unknown)}{hint}", source=path, record=where)
             q = Item.from_dict(obj["query"], source=path, record=where, field_name="query")
             c = Item.from_dict(obj["candidate"], source=path, record=where, field_name="candidate")
+            label = None
+            if label_column:
+                v = obj[label_column]
+                if isinstance(v, bool):
+                    v = float(v)
+                if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                    raise data_error("schema", f"expected a label >= 0 (or true/false), got {v!r}", source=path,
+                                     record=where, field=label_column)
+                label = float(v)
             for key, it in (("query", q), ("candidate", c)):
                 if it.is_empty:
                     raise data_error("empty_item", "empty item", source=path, record=where, field=key)
@@ -592,21 +615,34 @@ def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None) -
                         raise data_error("image", raw_message(e), source=path, record=where,
                                          field=f"{key}.{e.field.split('.', 1)[-1]}") from None
             pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
+            if label is not None:
+                labels.append(label)
         except DataError as e:
             policy.handle(e)
     policy.finish()
+    if label_column:
+        return pairs, labels
     return pairs
 
 
 def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend: str = "local",
-                     backend_options: dict | None = None, on_error: str = "raise", skips=None) -> int:
+                     backend_options: dict | None = None, on_error: str = "raise", skips=None,
+                     label_column: str | None = None) -> int | dict:
     """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic).
-    Every image is opened first; under `on_error="skip"` bad pairs are left out (and counted)."""
+    Every image is opened first; under `on_error="skip"` bad pairs are left out (and counted).
+
+    With `label_column`: the lines also carry `label`, and the judge is evaluated on the labels
+    (`unime.mining.judge_check`): OUT with suffix `.metrics.json` and `.calibration.png` are written and
+    the metrics dict is returned (else the number of pairs)."""
     from unime.data.images import ImageLoader
     from unime.data.io import ImageChecker
 
     checker = ImageChecker(ImageLoader(spec.data_root, allow_outside_root=spec.allow_outside_root))
-    pairs = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker)
+    if label_column:
+        pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker,
+                                   label_column=label_column)
+    else:
+        pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker), None
     if not pairs:
         raise DataError("no pairs to score", source=pairs_path)
     groups: dict[str, tuple[Item, list[Item]]] = {}
@@ -618,7 +654,21 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
         group_list = list(groups.values())
         results = be.score_groups(group_list)
     lookup = {q.key: {c.key: float(s) for c, s in zip(cands, sc)} for (q, cands), sc in zip(group_list, results)}
+    scores = [lookup[q.key][c.key] for _, q, c in pairs]
     with atomic_open(out_path) as fh:
-        for rid, q, c in pairs:
-            fh.write(json.dumps({"id": rid, "score": lookup[q.key][c.key]}) + "\n")
-    return len(pairs)
+        for i, (rid, q, c) in enumerate(pairs):
+            row = {"id": rid, "score": scores[i]}
+            if labels is not None:
+                row["label"] = labels[i]
+            fh.write(json.dumps(row) + "\n")
+    if labels is None:
+        return len(pairs)
+    from unime.mining.judge_check import binary_metrics, calibration_bins, plot_calibration
+
+    metrics = binary_metrics(labels, scores)
+    metrics["calibration"] = calibration_bins(labels, scores)
+    stem = Path(out_path).with_suffix("")
+    with atomic_open(f"{stem}.metrics.json") as fh:
+        json.dump(metrics, fh, indent=1)
+    plot_calibration(labels, scores, f"{stem}.calibration.png", title=f"judge {Path(spec.path).name}")
+    return metrics

@@ -359,6 +359,12 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
         f" ({100 * sum(s['false_negatives'].values()) / n_cand:.1f}%)" if n_cand else "- no candidates retrieved",
         f"- config hash: `{stats['config_hash']}`",
     ]
+    health = stats.get("label_health")
+    if health:
+        from unime.mining.health import format_health
+
+        lines += ["", "## Label health", "", f"- {format_health(health)}"]
+        lines += [f"- **warning**: {w}" for w in health["warnings"]]
     if stats["skipped_records"].get("total"):
         lines += ["", "Skipped input records:", "```", stats["skipped_records"]["summary"], "```"]
     if stats["outputs"].get("json") != "written":

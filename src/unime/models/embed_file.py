@@ -53,7 +53,9 @@ def encode_items_file(items_path: str, out: str, *, model: str, data_root: str |
 
     if not os.path.isfile(items_path):
         raise DataError("items file not found", source=items_path)
-    root = data_root or os.path.dirname(os.path.abspath(items_path))
+    from unime.data.roots import resolve_data_root
+
+    root = resolve_data_root(items_path, data_root)  # --data-root, else the one recorded beside the file
     skips = SkipReport()
     items, lines = read_items_file(items_path, data_root=root, on_error=on_error, skips=skips,
                                    video_sampling=video_sampling)

@@ -115,8 +115,23 @@ def tokenizer_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(extra_tokens: list[str] | None = None, vocab_size: int = 1024):
-    """Train a byte-level BPE (Qwen2's pre-tokenizer regex) on the demo world's language."""
+def read_corpus(path: str | os.PathLike) -> list[str]:
+    """The non-empty lines of a text file (a tokenizer corpus: e.g. `data import`'s train/corpus.txt)."""
+    from unime.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("tokenizer corpus not found", source=str(p))
+    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise DataError("tokenizer corpus is empty", source=str(p))
+    return lines
+
+
+def build_tokenizer(extra_tokens: list[str] | None = None, vocab_size: int = 1024,
+                    corpus: list[str] | None = None):
+    """Train a byte-level BPE (Qwen2's pre-tokenizer regex) on the demo world's language and every prompt
+    unime writes, plus `corpus` (the user's own text, e.g. their captions) when given."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -129,7 +144,7 @@ def build_tokenizer(extra_tokens: list[str] | None = None, vocab_size: int = 102
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    tok.train_from_iterator(tokenizer_corpus() + list(corpus or []), trainer=trainer)
     bpe_vocab = tok.get_vocab()
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
               for m in json.loads(tok.to_str())["model"]["merges"]]
@@ -167,16 +182,52 @@ def _text_config(size: TinySize, vocab_size: int, family: str, special: dict[str
     return cfg
 
 
+def load_tokenizer(path: str | os.PathLike, extra_tokens: list[str] | None = None):
+    """An existing tokenizer folder (e.g. a real Qwen-VL checkpoint's), completed with the Qwen-VL special
+    tokens the chat template and the processor need, and the extra tokens. Yes / No must stay single tokens
+    (the judge reads their logits)."""
+    from transformers import AutoTokenizer
+
+    from unime.errors import ModelError
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: not a tokenizer folder ({e})") from None
+    vocab_now = tok.get_vocab()
+    missing = [t for t in QWEN_SPECIAL_TOKENS + list(extra_tokens or []) if t not in vocab_now]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tok.eos_token is None:
+        tok.eos_token = "<|im_end|>"
+    if tok.pad_token is None:
+        tok.pad_token = "<|endoftext|>"
+    for word in (prompts.YES, prompts.NO):
+        if len(tok.encode(word, add_special_tokens=False)) != 1:
+            raise ModelError(f"{path}: the tokenizer splits {word!r} into several tokens; a Yes/No judge needs "
+                             "single-token answers")
+    return tok
+
+
 def build_tiny(family: str, out_dir: str | os.PathLike, *, seed: int = 0, size: TinySize = TinySize(),
-               extra_tokens: list[str] | None = None) -> Path:
-    """Build and save a tiny model of `family` to `out_dir` (written atomically). Returns the path."""
+               extra_tokens: list[str] | None = None, tokenizer_corpus_lines: list[str] | None = None,
+               tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Build and save a tiny model of `family` to `out_dir` (written atomically). Returns the path.
+
+    The tokenizer: trained locally on unime's prompts and the demo world's language, plus
+    `tokenizer_corpus_lines` (the user's text) when given; or `tokenizer_dir`, an existing tokenizer."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     out = Path(out_dir)
-    tokenizer = build_tokenizer(extra_tokens, vocab_size=size.vocab)
+    if tokenizer_dir is not None:
+        if tokenizer_corpus_lines:
+            raise ValueError("give a tokenizer folder or a corpus to train one on, not both")
+        tokenizer = load_tokenizer(tokenizer_dir, extra_tokens)
+    else:
+        tokenizer = build_tokenizer(extra_tokens, vocab_size=size.vocab, corpus=tokenizer_corpus_lines)
     special = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     vocab_size = len(tokenizer)
     text = _text_config(size, vocab_size, family, special)

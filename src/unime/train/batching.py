@@ -40,8 +40,10 @@ def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores
         try:
             rec.validate(source=source)
             if len(rec.negatives) < num_negatives:
+                hint = ("plain pairs train with in-batch negatives: --loss auto (the default) or --loss infonce "
+                        "--hard-negatives 0" if not rec.negatives else "lower --hard-negatives or re-mine")
                 raise data_error("training", f"{len(rec.negatives)} hard negatives, but training uses "
-                                 f"k={num_negatives} per query (lower --hard-negatives or re-mine)",
+                                 f"k={num_negatives} per query ({hint})",
                                  source=source, record=label, field="negatives")
             if needs_scores:
                 why = (f"the {loss_name} loss needs judge scores (train with --loss infonce, or judge the "

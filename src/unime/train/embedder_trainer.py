@@ -27,6 +27,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from unime.data.items import Record
+from unime.data.roots import resolve_data_root
 from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
 from unime.models.image_budget import ImageBudget
@@ -54,8 +55,8 @@ class EmbedderTrainingConfig:
     records: str | None = None            # unime JSONL / Parquet / released UniME-V2 JSON
     data_root: str | None = None          # image paths are relative to it (default: the records' folder)
     # loss
-    loss: str = "symmetric_kl"
-    hard_negatives: int = 8               # k: the first k stored negatives of each record are used
+    loss: str = "symmetric_kl"            # or "auto": chosen from the records (`label_quality.choose_loss`)
+    hard_negatives: int | None = 8        # k: the first k stored negatives of each record (None: auto)
     in_batch: bool | None = None          # infonce only (default on); soft-label losses never use them
     tau: float = DEFAULT_TEMPERATURE
     label_tau: float | None = None        # temperature of the judge-score softmax (default: tau)
@@ -101,8 +102,12 @@ class EmbedderTrainingConfig:
     resume: bool | str = False            # a checkpoint folder; True / False: the run's latest (`run_state`)
     on_error: str = "raise"               # bad records: raise, or skip (counted and reported)
     overwrite: bool = False               # start over (and take an --out this command did not create)
+    allow_fallback_labels: bool = False   # soft loss on records mined mostly by the fallback (scores 1.0)
 
     def validate(self) -> None:
+        if self.loss == "auto" or self.hard_negatives is None:
+            raise UnimeError("loss 'auto' / hard_negatives None are resolved from the records first "
+                             "(`resolve_auto_options`)")
         if self.loss not in LOSSES:
             raise UnimeError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         soft = LOSSES[self.loss].requires_scores
@@ -140,7 +145,9 @@ def build_loss_from_config(config: EmbedderTrainingConfig) -> GroupLoss:
     if config.loss == "js":
         return build_loss("js", temperature=config.tau, label_temperature=config.label_tau)
     return build_loss("infonce", temperature=config.tau, in_batch=config.infonce_in_batch,
-                      use_hard_negatives=config.hard_negatives > 0, symmetric=config.symmetric,
+                      # None = not yet chosen from the records (`resolve_auto_options`)
+                      use_hard_negatives=config.hard_negatives is None or config.hard_negatives > 0,
+                      symmetric=config.symmetric,
                       mask_duplicates=config.mask_duplicates)
 
 
@@ -258,6 +265,48 @@ class EmbedderTrainingResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def read_records_for_training(config: EmbedderTrainingConfig, skips: SkipReport) -> list[Record]:
+    from unime.data.io import read_records
+
+    return read_records(config.records, on_error=config.on_error, skips=skips)
+
+
+def resolve_auto_options(config: EmbedderTrainingConfig, records: Sequence[Record]) -> EmbedderTrainingConfig:
+    """`loss="auto"` and / or `hard_negatives=None` → the choice `label_quality.choose_loss` makes."""
+    from unime.train.label_quality import choose_loss
+
+    if config.loss == "auto":
+        choice = choose_loss(records, config.hard_negatives)
+        logger.info("--loss auto: %s (loss %s, %d hard negatives)", choice.reason, choice.loss, choice.hard_negatives)
+        return dataclasses.replace(config, loss=choice.loss, hard_negatives=choice.hard_negatives)
+    if LOSSES.get(config.loss) is not None and LOSSES[config.loss].requires_scores:
+        k = choose_loss(records).hard_negatives or 8
+    else:
+        k = min(8, min((len(r.negatives) for r in records), default=0))
+    logger.info("--hard-negatives: %d (the records' negatives, at most 8)", k)
+    return dataclasses.replace(config, hard_negatives=k)
+
+
+def check_fallback_labels(config: EmbedderTrainingConfig, records: Sequence[Record], loss: GroupLoss) -> None:
+    """A soft-label loss refuses records mined mostly by the fallback (see `unime.train.label_quality`)."""
+    from unime.train.label_quality import FALLBACK_REFUSE_SHARE, FALLBACK_WARN_SHARE, fallback_share
+
+    if not loss.requires_scores:
+        return
+    share, n, where = fallback_share(records, config.records)
+    if share > FALLBACK_REFUSE_SHARE and not config.allow_fallback_labels:
+        raise DataError(
+            f"{n} records ({100 * share:.1f} %, from {where}) were mined by the fallback: no candidate survived the "
+            f"judge's false-negative filter, so their negatives are random and scored 1.0, above the positive. The "
+            f"{config.loss} loss would pull each query towards them. Check the judge (`unime judge --pairs` with a "
+            "label column reports its AUC; `unime mine --backend oracle --judge QRELS` shows what a right judge "
+            "gives), train with --loss infonce, or pass --allow-fallback-labels to train on them anyway",
+            source=config.records, field="negative_scores")
+    if share > FALLBACK_WARN_SHARE:
+        logger.warning("%d records (%.1f %%, from %s) were mined by the fallback (random negatives scored 1.0); "
+                       "the paper sees < 1 %%", n, 100 * share, where)
+
+
 def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | None, loss: GroupLoss,
                     data_root: str, skips: SkipReport) -> list[Record]:
     """Read (unless given) and check the records; images are decoded up front — all of them under the
@@ -318,8 +367,13 @@ def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult 
 
     out = Path(config.out)
     before = run_state.previous_config(out)
-    if config.overwrite or before is None or run_state.changed_options(before, config.to_dict(),
-                                                                       _RESUME_FREE_OPTIONS):
+    options = config.to_dict()
+    if before is not None:  # `--loss auto` / no --hard-negatives: the run saved what they resolved to
+        if options["loss"] == "auto":
+            options["loss"] = before.get("loss")
+        if options["hard_negatives"] is None:
+            options["hard_negatives"] = before.get("hard_negatives")
+    if config.overwrite or before is None or run_state.changed_options(before, options, _RESUME_FREE_OPTIONS):
         return None
     metrics_path, merged = out / "metrics.json", out / ckpt.MERGED_DIR
     if not (metrics_path.is_file() and merged.is_dir() and (out / "README.md").is_file()):
@@ -472,16 +526,21 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
         config = dataclasses.replace(config, records="<in-memory records>")
     if config.global_batch:
         config = dataclasses.replace(config, batch_size=per_device_batch(config.global_batch, config.grad_accum))
+    skips = SkipReport()
+    if config.loss == "auto" or config.hard_negatives is None:
+        if records is None:
+            records = read_records_for_training(config, skips)
+        config = resolve_auto_options(config, records)
     config.validate()
     out = Path(config.out)
     checkpoint_root = out / ckpt.CHECKPOINTS_DIR
     source = config.records
     loss = build_loss_from_config(config)
     k = config.hard_negatives
-    data_root = config.data_root or (os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else ".")
+    data_root = resolve_data_root(source, config.data_root) if os.path.isfile(source) else (config.data_root or ".")
     resume_from = _resolve_resume(config, checkpoint_root)
-    skips = SkipReport()
     records = _usable_records(config, records, loss, data_root, skips)
+    check_fallback_labels(config, records, loss)
 
     args = _training_arguments(config, checkpoint_root)
     device = str(args.device)
@@ -535,7 +594,10 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
-    config.validate()
+    if config.loss != "auto" and config.hard_negatives is not None:
+        config.validate()  # else once `--loss auto` / the negatives count are resolved from the records
+    elif config.records is None:
+        raise UnimeError("no training records given")
     primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process owns the folder
     owned = claim(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite) if primary else None
     try:

@@ -339,6 +339,8 @@ class RerankerTrainConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     image_size: Any = None                 # N or "WxH": fixed resize before the processor
+    holdout: float = 0.1                   # judge: share of the records held out and scored while training
+    eval_steps: int = 0                    # judge: steps between held-out evaluations (0: ~5 per run)
 
     def validate(self) -> "RerankerTrainConfig":
         if self.role not in ROLES:
@@ -371,6 +373,7 @@ class TrainResult:
     first_loss: float | None
     last_loss: float | None
     log_history: list[dict] = field(default_factory=list)
+    heldout: dict | None = None            # judge: the last held-out evaluation (`judge_eval`)
 
     @property
     def adapter(self) -> Path | None:
@@ -386,6 +389,7 @@ class TrainResult:
 def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[PromptExample]], int, str]:
     """Read the record files and build the example groups. Returns (groups, records used, data root)."""
     from unime.data.io import check_images, read_records
+    from unime.data.roots import resolve_data_root
     from unime.data.skips import ErrorPolicy, data_error
 
     groups: list[list[PromptExample]] = []
@@ -393,7 +397,7 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
     root = cfg.data_root
     for path in cfg.records:
         recs = read_records(path, on_error=cfg.on_error, skips=skips)
-        file_root = root if root is not None else str(Path(path).resolve().parent)
+        file_root = root if root is not None else resolve_data_root(path)
         recs = check_images(recs, ImageLoader(file_root), on_error=cfg.on_error, skips=skips, source=str(path))
         policy = ErrorPolicy(cfg.on_error, skips, str(path))
         for rec in recs:
@@ -483,7 +487,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         return TrainResult(out=str(out), role=meta.get("role", cfg.role), examples=meta.get("examples", 0),
                            records=meta.get("records", 0), skipped=meta.get("skipped", 0), steps=meta.get("steps", 0),
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
-                           last_loss=meta.get("last_loss"))
+                           last_loss=meta.get("last_loss"), heldout=meta.get("heldout"))
     if not same:  # a new run, or starting over: nothing of an earlier run is resumed or reported
         if _finished(out):
             (out / METADATA_FILE).unlink()
@@ -495,6 +499,11 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     groups, n_records, data_root = build_examples(cfg, skips=skips)
     if skips.total:
         log.warning("%s", skips.summary())
+    held_out: list[PromptExample] = []
+    if cfg.role == "judge":
+        from unime.train.judge_eval import split_held_out
+
+        groups, held_out = split_held_out(groups, cfg.holdout, cfg.seed)
     n_examples = sum(len(g) for g in groups)
     log.info("%s training: %d records, %d examples (%s)", cfg.role, n_records, n_examples, "+".join(cfg.losses))
 
@@ -534,8 +543,19 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         ddp_find_unused_parameters=cfg.full,
     )
     title = f"{cfg.role} — {Path(str(cfg.model)).name}"
+    callbacks = [CurvesCallback(out, title=title)]
+    judge_check = None
+    if held_out:
+        from unime.train.judge_eval import JudgeHeldOutCallback
+
+        train_answers = [ex.answer for g in groups for ex in g]
+        judge_check = JudgeHeldOutCallback(held_out, collator, out, every=cfg.eval_steps, batch_size=cfg.batch_size,
+                                           base_rate=train_answers.count(judge_answer(True)) / len(train_answers))
+        callbacks.append(judge_check)
+        log.info("judge: %d held-out pairs (%d records) scored every %s steps", len(held_out),
+                 len({ex.record for ex in held_out}), cfg.eval_steps or "~1/5 of the")
     trainer = _trainer_class()(model=model, args=args, train_dataset=ExampleDataset(groups), data_collator=collator,
-                               callbacks=[CurvesCallback(out, title=title)])
+                               callbacks=callbacks)
     resume = latest_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming from %s", resume)
@@ -554,6 +574,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("records", "out")},
         "image_budget": loaded.image_budget.to_dict(),
+        "heldout": judge_check.final if judge_check else None,
     }
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
@@ -565,7 +586,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     trainer.accelerator.wait_for_everyone()
     return TrainResult(out=str(out), role=cfg.role, examples=n_examples, records=n_records, skipped=skips.total,
                        steps=trainer.state.global_step, num_candidates=num_candidates,
-                       first_loss=meta["first_loss"], last_loss=meta["last_loss"], log_history=history)
+                       first_loss=meta["first_loss"], last_loss=meta["last_loss"], log_history=history,
+                       heldout=meta["heldout"])
 
 
 def model_card(meta: dict) -> str:

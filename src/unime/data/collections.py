@@ -1,0 +1,360 @@
+"""Readers of captioned-image collections in the field's common layouts, for `unime data import`.
+
+Each reader yields `CaptionedImage`s (an image, its captions, an optional class label), with the place
+it came from so that bad input raises `DataError` naming the file, the record (1-based line / row /
+index) and the field. Supported layouts:
+
+- a folder of images + a captions file (`read_caption_table`): CSV, TSV or JSONL, one row per
+  (image, caption), several rows per image allowed; column names are options (defaults: the first of
+  ``image, file_name, filename, file, path`` / ``caption, text, captions`` / ``label, category, class``);
+- COCO captions JSON (`read_coco_captions`): ``images: [{id, file_name}]``, ``annotations: [{image_id,
+  caption}]``; categories, when an ``instances`` file is given, become labels (first annotation's);
+- a local Hugging Face ``datasets`` dataset (`read_hf_dataset`): a folder saved with ``save_to_disk``,
+  or an ``imagefolder`` (images + ``metadata.csv``/``metadata.jsonl``, class sub-folders as labels);
+- WebDataset tar shards (`read_webdataset`), read by ``datasets``' webdataset builder: the image under
+  ``jpg``/``jpeg``/``png``/``webp``, the caption under ``txt``/``caption`` or ``json["caption"]``, the
+  label under ``cls`` or ``json["label"]``.
+
+Images are returned as a file path (absolute) or as encoded bytes; nothing is decoded here (the
+importer opens every image once, with `ImageLoader`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from unime.data.jsonl import iter_jsonl
+from unime.data.skips import ErrorPolicy, data_error
+from unime.errors import DataError
+
+IMAGE_COLUMNS = ("image", "file_name", "filename", "file", "path", "img")
+CAPTION_COLUMNS = ("caption", "text", "captions", "sentence")
+LABEL_COLUMNS = ("label", "category", "class", "labels")
+WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class CaptionedImage:
+    """One image of a collection: `image` is an absolute file path or encoded bytes."""
+
+    id: str
+    image: str | bytes
+    captions: list[str] = field(default_factory=list)
+    label: str = ""
+    source: str = ""
+    record: str = ""      # where it came from, 1-based ("line 3", "row 7", "index 2")
+    name_hint: str = ""   # a file name to keep when the image is written (bytes) or copied (path)
+
+
+def _pick_column(names: Sequence[str], wanted: str | None, defaults: Sequence[str], *, source: str, what: str,
+                 required: bool = True) -> str | None:
+    if wanted:
+        if wanted not in names:
+            raise DataError(f"no {what} column {wanted!r}; the columns are {list(names)}", source=source, field=wanted)
+        return wanted
+    for name in defaults:
+        if name in names:
+            return name
+    if required:
+        raise DataError(f"no {what} column (looked for {list(defaults)}; the columns are {list(names)}); "
+                        f"name it with --{what}-column", source=source)
+    return None
+
+
+def _captions_of(value: Any, *, source: str, record: str, field_name: str) -> list[str]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise data_error("schema", f"expected a caption string, got {type(v).__name__}", source=source,
+                             record=record, field=field_name if len(values) == 1 else f"{field_name}[{i}]")
+        if not v.strip():
+            raise data_error("empty_item", "empty caption", source=source, record=record, field=field_name)
+        out.append(v.strip())
+    if not out:
+        raise data_error("empty_item", "no caption", source=source, record=record, field=field_name)
+    return out
+
+
+def _label_of(value: Any, *, source: str, record: str, field_name: str) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise data_error("schema", f"expected a label (string or integer), got {type(value).__name__}", source=source,
+                         record=record, field=field_name)
+    return str(value).strip()
+
+
+class _Merger:
+    """Rows of one image (same image reference) merged into one `CaptionedImage`, in first-seen order."""
+
+    def __init__(self):
+        self.by_key: dict[Any, CaptionedImage] = {}
+
+    def add(self, key: Any, make, captions: list[str], label: str, *, source: str, record: str, field_name: str):
+        item = self.by_key.get(key)
+        if item is None:
+            item = self.by_key[key] = make()
+        item.captions.extend(c for c in captions if c not in item.captions)
+        if label and item.label and label != item.label:
+            raise data_error("schema", f"label {label!r} disagrees with {item.label!r} given for the same image at "
+                             f"{item.record}", source=source, record=record, field=field_name)
+        item.label = item.label or label
+
+    def items(self) -> list[CaptionedImage]:
+        return list(self.by_key.values())
+
+
+def _table_rows(path: Path, delimiter: str | None, policy: ErrorPolicy) -> Iterator[tuple[str, dict, list[str]]]:
+    """(record label, row dict, column names) per data row of a CSV / TSV / JSONL file."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        columns: list[str] = []
+        for n, obj in iter_jsonl(path, on_malformed=policy.handle):
+            if not isinstance(obj, dict):
+                policy.handle(data_error("schema", f"expected an object, got {type(obj).__name__}", source=str(path),
+                                         record=f"line {n}"))
+                continue
+            for k in obj:
+                if k not in columns:
+                    columns.append(k)
+            yield f"line {n}", obj, columns
+        return
+    if delimiter is None:
+        delimiter = "\t" if suffix in (".tsv", ".tab") else ","
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise DataError("empty captions file (no header line)", source=str(path))
+        columns = [c.strip() for c in reader.fieldnames]
+        reader.fieldnames = columns
+        for row in reader:
+            yield f"line {reader.line_num}", row, columns
+
+
+def read_caption_table(captions: str | os.PathLike, images: str | os.PathLike, *, image_column: str | None = None,
+                       caption_column: str | None = None, label_column: str | None = None,
+                       delimiter: str | None = None, policy: ErrorPolicy) -> list[CaptionedImage]:
+    """A folder of images + a CSV / TSV / JSONL captions file (see the module doc). Image paths in the
+    file are relative to `images` (absolute paths are taken as they are)."""
+    path, root = Path(captions), Path(images)
+    src = str(path)
+    if not path.is_file():
+        raise DataError("captions file not found", source=src)
+    if not root.is_dir():
+        raise DataError(f"images folder not found: {str(root)!r}", source=src)
+    merger = _Merger()
+    cols: tuple[str | None, str | None, str | None] | None = None
+    for label, row, columns in _table_rows(path, delimiter, policy):
+        if cols is None:  # chosen from the header (CSV / TSV) or the first row's keys (JSONL)
+            cols = (_pick_column(columns, image_column, IMAGE_COLUMNS, source=src, what="image"),
+                    _pick_column(columns, caption_column, CAPTION_COLUMNS, source=src, what="caption"),
+                    _pick_column(columns, label_column, LABEL_COLUMNS, source=src, what="label", required=False))
+        icol, ccol, lcol = cols
+        try:
+            ref = row.get(icol)
+            if not isinstance(ref, str) or not ref.strip():
+                raise data_error("empty_item", "no image path", source=src, record=label, field=icol)
+            file = Path(ref.strip())
+            file = file if file.is_absolute() else root / file
+            if not file.is_file():
+                raise data_error("image", f"image file not found: {ref!r} (looked in {str(root)!r})", source=src,
+                                 record=label, field=icol)
+            caps = _captions_of(row.get(ccol), source=src, record=label, field_name=ccol)
+            lab = _label_of(row.get(lcol), source=src, record=label, field_name=lcol) if lcol else ""
+            resolved = file.resolve()
+            hint = str(file.relative_to(root)) if not Path(ref).is_absolute() else file.name
+            merger.add(resolved, lambda: CaptionedImage(id="", image=str(resolved), source=src, record=label,
+                                                        name_hint=hint),
+                       caps, lab, source=src, record=label, field_name=lcol or "label")
+        except DataError as e:
+            policy.handle(e)
+    return merger.items()
+
+
+def read_coco_captions(annotations: str | os.PathLike, images: str | os.PathLike, *,
+                       instances: str | os.PathLike | None = None, policy: ErrorPolicy) -> list[CaptionedImage]:
+    """COCO captions JSON (``captions_*.json``); with `instances` (``instances_*.json``) each image's label
+    is the category of its largest annotated object."""
+    path, root = Path(annotations), Path(images)
+    src = str(path)
+    data = _load_json(path)
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"a COCO captions file holds lists 'images' and 'annotations'; '{key}' is "
+                            f"{type(data.get(key)).__name__}", source=src, field=key)
+    files: dict[Any, tuple[str, str]] = {}
+    for i, img in enumerate(data["images"], 1):
+        label = f"image {i}"
+        try:
+            if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+                raise data_error("schema", "expected {id, file_name}", source=src, record=label, field="file_name")
+            files[img["id"]] = (img["file_name"], label)
+        except DataError as e:
+            policy.handle(e)
+    labels = _coco_labels(instances) if instances else {}
+    merger = _Merger()
+    for i, ann in enumerate(data["annotations"], 1):
+        label = f"annotation {i}"
+        try:
+            if not isinstance(ann, dict):
+                raise data_error("schema", "expected an object", source=src, record=label)
+            if ann.get("image_id") not in files:
+                raise data_error("schema", f"image_id {ann.get('image_id')!r} is not in 'images'", source=src,
+                                 record=label, field="image_id")
+            name, _ = files[ann["image_id"]]
+            file = root / name
+            if not file.is_file():
+                raise data_error("image", f"image file not found: {name!r} (looked in {str(root)!r})", source=src,
+                                 record=label, field="image_id")
+            caps = _captions_of(ann.get("caption"), source=src, record=label, field_name="caption")
+            merger.add(ann["image_id"], lambda: CaptionedImage(id=str(ann["image_id"]), image=str(file.resolve()),
+                                                               source=src, record=label, name_hint=name),
+                       caps, labels.get(ann["image_id"], ""), source=src, record=label, field_name="image_id")
+        except DataError as e:
+            policy.handle(e)
+    return merger.items()
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError("file not found", source=str(path))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}", source=str(path),
+                        record=f"line {e.lineno}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"expected a JSON object, got {type(data).__name__}", source=str(path))
+    return data
+
+
+def _coco_labels(instances: str | os.PathLike) -> dict[Any, str]:
+    data = _load_json(Path(instances))
+    names = {c.get("id"): c.get("name") for c in data.get("categories", []) if isinstance(c, dict)}
+    best: dict[Any, tuple[float, str]] = {}
+    for ann in data.get("annotations", []):
+        if not isinstance(ann, dict) or ann.get("category_id") not in names:
+            continue
+        area = float(ann.get("area") or 0.0)
+        if ann.get("image_id") not in best or area > best[ann["image_id"]][0]:
+            best[ann["image_id"]] = (area, str(names[ann["category_id"]]))
+    return {k: v[1] for k, v in best.items()}
+
+
+# -- Hugging Face datasets -----------------------------------------------------------------------------
+
+def _image_value(value: Any, *, source: str, record: str, field_name: str) -> tuple[str | bytes, str]:
+    """A `datasets` image cell (undecoded {bytes, path}, a PIL image, bytes or a path) → (ref, name hint)."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes(value["bytes"]), os.path.basename(value.get("path") or "")
+        if value.get("path") and os.path.isfile(value["path"]):
+            return os.path.abspath(value["path"]), os.path.basename(value["path"])
+    elif isinstance(value, (bytes, bytearray)):
+        return bytes(value), ""
+    elif isinstance(value, str) and os.path.isfile(value):
+        return os.path.abspath(value), os.path.basename(value)
+    elif hasattr(value, "save"):  # a decoded PIL image
+        import io
+
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return buf.getvalue(), ""
+    raise data_error("image", "no image (neither bytes nor an existing file)", source=source, record=record,
+                     field=field_name)
+
+
+def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_column: str | None,
+                     label_column: str | None, image_keys: Sequence[str], policy: ErrorPolicy,
+                     json_column: str | None = None, split_name: str = "") -> list[CaptionedImage]:
+    from datasets import ClassLabel, Image
+
+    names = list(ds.column_names)
+    icol = _pick_column(names, image_column, image_keys, source=source, what="image")
+    ccol = _pick_column(names, caption_column, CAPTION_COLUMNS + ("txt",), source=source, what="caption",
+                        required=json_column is None)
+    lcol = _pick_column(names, label_column, LABEL_COLUMNS + ("cls",), source=source, what="label", required=False)
+    if isinstance(ds.features.get(icol), Image):
+        ds = ds.cast_column(icol, Image(decode=False))
+    label_names = ds.features[lcol] if lcol and isinstance(ds.features.get(lcol), ClassLabel) else None
+    out = []
+    for n, row in enumerate(ds, 1):
+        rec = f"{split_name + ' ' if split_name else ''}row {n}"
+        try:
+            ref, hint = _image_value(row[icol], source=source, record=rec, field_name=icol)
+            extra = row.get(json_column) if json_column else None
+            extra = extra if isinstance(extra, dict) else {}
+            if ccol is not None:
+                caps = _captions_of(row[ccol], source=source, record=rec, field_name=ccol)
+            else:
+                caps = _captions_of(extra.get("caption", extra.get("text")), source=source, record=rec,
+                                    field_name=f"{json_column}.caption")
+            lab_value = row[lcol] if lcol else extra.get("label")
+            if label_names is not None and isinstance(lab_value, int) and lab_value >= 0:
+                lab_value = label_names.int2str(lab_value)
+            lab = _label_of(lab_value, source=source, record=rec, field_name=lcol or "label")
+            key = row.get("__key__") or f"{split_name}{n}"
+            out.append(CaptionedImage(id=str(key), image=ref, captions=caps, label=lab, source=source, record=rec,
+                                      name_hint=hint))
+        except DataError as e:
+            policy.handle(e)
+    return out
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("reading a `datasets` folder or WebDataset shards needs the `datasets` library: "
+                          "pip install 'unime[data]'") from None
+    return datasets
+
+
+def read_hf_dataset(path: str | os.PathLike, *, image_column: str | None = None, caption_column: str | None = None,
+                    label_column: str | None = None, policy: ErrorPolicy) -> list[CaptionedImage]:
+    """A local `datasets` dataset: a `save_to_disk` folder, or an imagefolder (every split, in order)."""
+    datasets = _datasets()
+
+    p = Path(path)
+    src = str(p)
+    if not p.is_dir():
+        raise DataError("dataset folder not found", source=src)
+    saved = any((p / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
+    try:
+        ds = datasets.load_from_disk(str(p)) if saved else datasets.load_dataset("imagefolder", data_dir=str(p))
+    except Exception as e:  # the library's own message says what is wrong with the folder
+        raise DataError(f"not a readable datasets folder ({type(e).__name__}: {e})", source=src) from None
+    splits = list(ds.items()) if isinstance(ds, datasets.DatasetDict) else [("", ds)]
+    out: list[CaptionedImage] = []
+    for name, split in splits:
+        out += _rows_of_dataset(split, source=src, image_column=image_column, caption_column=caption_column,
+                                label_column=label_column, image_keys=IMAGE_COLUMNS, policy=policy,
+                                split_name=name if len(splits) > 1 else "")
+    return out
+
+
+def read_webdataset(shards: Sequence[str | os.PathLike], *, image_column: str | None = None,
+                    caption_column: str | None = None, label_column: str | None = None,
+                    policy: ErrorPolicy) -> list[CaptionedImage]:
+    """WebDataset tar shards through `datasets`' webdataset builder (every sample = one image)."""
+    datasets = _datasets()
+
+    files = [str(Path(s).resolve()) for s in shards]
+    src = ", ".join(str(s) for s in shards)
+    for f in files:
+        if not os.path.isfile(f):
+            raise DataError("shard not found", source=f)
+    try:
+        ds = datasets.load_dataset("webdataset", data_files={"train": files}, split="train")
+    except Exception as e:
+        raise DataError(f"not readable as WebDataset shards ({type(e).__name__}: {e})", source=src) from None
+    json_col = "json" if "json" in ds.column_names else None
+    return _rows_of_dataset(ds, source=src, image_column=image_column, caption_column=caption_column,
+                            label_column=label_column, image_keys=WDS_IMAGE_KEYS, policy=policy,
+                            json_column=json_col)

@@ -1,0 +1,391 @@
+"""`unime data import`: a captioned-image collection → everything the pipeline reads.
+
+    summary = import_collection(images, ImportOptions(out="mydata", name="flowers"))
+
+`images` are `CaptionedImage`s from `unime.data.collections`. The output folder (image paths in every
+file are relative to it; each data folder carries a `unime_data.json` saying so, so no later command
+needs `--data-root`)::
+
+    OUT/images/...                      the images (hard links to the source files when possible, else
+                                        copies; images given as bytes are written in their own format)
+    OUT/train/records.jsonl             training records, two per (image, caption): dataset NAME_i2t
+                                        (image query → caption) and NAME_t2i (caption query → image)
+    OUT/train/judge.jsonl               judge training records: query, positive, `judge_negatives`
+                                        negatives drawn from the global pool mining retrieves from
+                                        (the union of the training positives), of the positive's kind
+                                        (caption or image), never one of the query's own
+    OUT/train/qrels.jsonl               ground truth for `unime mine --backend oracle --judge FILE`:
+                                        per training query its relevant items (grade 1)
+    OUT/train/corpus.txt                every caption and label, one a line (`unime models build-tiny
+                                        --tokenizer-corpus`: a tiny model's tokenizer that knows your words)
+    OUT/eval/mmeb/NAME_i2t.jsonl, NAME_t2i.jsonl, NAME_cls.jsonl (with labels)   MMEB-eval rows of the
+                                        held-out images, positive first, each row `eval_candidates` long
+    OUT/eval_tasks.yaml                 the eval config of those files (`unime eval --tasks OUT`)
+    OUT/eval/judge_pairs.jsonl          labelled pairs of the held-out images, {"query", "candidate",
+                                        "label"}: 1 for its own caption / image, 0 for `judge_negatives`
+                                        others (`unime judge --pairs ... --label-column label`)
+    OUT/import.json                     source, options, counts
+
+The held-out split is drawn over images (never a caption of an evaluation image in training), with a
+seeded shuffle. An image is opened once (`ImageLoader`): a broken one raises `DataError` naming the
+source file, record and field, or with on_error="skip" is left out and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from unime.data.atomic import atomic_open
+from unime.data.collections import CaptionedImage
+from unime.data.eval_formats import MMEBRow, write_mmeb
+from unime.data.images import ImageLoader
+from unime.data.io import write_records
+from unime.data.items import Item, Record
+from unime.data.roots import write_data_root
+from unime.data.skips import ErrorPolicy, SkipReport
+from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
+from unime.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("i2t", "t2i")
+CLASSIFY_INSTRUCTION = "Represent the given image for classification: what is shown?"
+
+
+@dataclass
+class ImportOptions:
+    out: str
+    name: str = "mydata"
+    directions: tuple[str, ...] = DIRECTIONS
+    eval_fraction: float = 0.2
+    eval_candidates: int = 100          # candidates per MMEB row (positive included), capped by the split
+    judge_negatives: int = 3            # negatives per judge record
+    seed: int = 0
+    on_error: str = "raise"
+    overwrite: bool = False             # write into a non-empty OUT (files of the same name are replaced)
+    source: dict = field(default_factory=dict)  # what was read (for import.json)
+
+    def validate(self) -> None:
+        bad = [d for d in self.directions if d not in DIRECTIONS]
+        if bad or not self.directions:
+            raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS}, got {list(self.directions)}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.eval_candidates < 2:
+            raise ValueError("eval candidates must be >= 2 (the positive and at least one negative)")
+        if self.judge_negatives < 1:
+            raise ValueError("judge negatives must be >= 1 (a judge trained without negatives answers Yes to all)")
+        if not self.name or any(c in self.name for c in "/\\ "):
+            raise ValueError(f"name must be a non-empty word (no spaces or slashes), got {self.name!r}")
+
+
+# -- items of the pipeline -------------------------------------------------------------------------------
+
+def image_query(path: str) -> Item:
+    return Item(f"{IMAGE_PLACEHOLDER}\n{INSTRUCTIONS['i2t']}", (path,))
+
+
+def caption_query(caption: str) -> Item:
+    return Item(INSTRUCTIONS["t2i"].format(caption=caption))
+
+
+def image_target(path: str) -> Item:
+    return Item(f"{IMAGE_PLACEHOLDER}\n{TARGET_IMAGE_PROMPT}", (path,))
+
+
+def classify_query(path: str) -> Item:
+    return Item(f"{IMAGE_PLACEHOLDER}\n{CLASSIFY_INSTRUCTION}", (path,))
+
+
+# -- placing and checking images -------------------------------------------------------------------------
+
+def _image_suffix(data: bytes) -> str:
+    import io
+
+    from PIL import Image
+
+    try:
+        fmt = (Image.open(io.BytesIO(data)).format or "png").lower()
+    except Exception:  # decoded (and reported) by the loader below
+        fmt = "png"
+    return {"jpeg": ".jpg"}.get(fmt, "." + fmt)
+
+
+def _safe_relative(hint: str) -> str:
+    parts = [p for p in Path(hint.replace("\\", "/")).parts if p not in ("", ".", "..", "/")]
+    return "/".join(parts)
+
+
+def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolicy) -> list[tuple[CaptionedImage, str]]:
+    """Put every image under OUT/images (hard link, else copy; bytes written) and open it once. Returns
+    (image, path relative to OUT) for the good ones."""
+    loader = ImageLoader(out)
+    used: set[str] = set()
+    placed = []
+    for n, img in enumerate(images, 1):
+        if isinstance(img.image, bytes):
+            base = _safe_relative(img.name_hint) if img.name_hint else ""
+            stem = Path(base).stem if base else f"{n:06d}"
+            rel = f"images/{stem}{_image_suffix(img.image)}"
+        else:
+            rel = "images/" + (_safe_relative(img.name_hint) or Path(img.image).name)
+        if rel in used:  # two sources with one file name: number them
+            p = Path(rel)
+            rel = str(p.with_name(f"{p.stem}-{n:06d}{p.suffix}"))
+        used.add(rel)
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists() or dst.is_symlink():
+            dst.unlink()
+        if isinstance(img.image, bytes):
+            dst.write_bytes(img.image)
+        else:
+            try:
+                os.link(img.image, dst)
+            except OSError:
+                shutil.copyfile(img.image, dst)
+        try:
+            loader.load(rel, source=img.source, record=img.record, field="image")
+        except DataError as e:
+            dst.unlink(missing_ok=True)
+            policy.handle(e)
+            continue
+        placed.append((img, rel))
+    return placed
+
+
+# -- building the outputs --------------------------------------------------------------------------------
+
+@dataclass
+class ImportSummary:
+    out: Path
+    images: int
+    train_images: int
+    eval_images: int
+    records: dict[str, int]
+    judge_records: int
+    eval_tasks: list[str]
+    labels: int
+    skipped: int
+
+    def describe(self) -> str:
+        recs = ", ".join(f"{k} {v}" for k, v in self.records.items())
+        return (f"{self.out}: {self.images} images ({self.train_images} train, {self.eval_images} held out), "
+                f"records: {recs}; judge records {self.judge_records}; eval tasks {', '.join(self.eval_tasks)}"
+                + (f"; {self.labels} labels" if self.labels else "") + (f"; skipped {self.skipped}" if self.skipped
+                                                                         else "")
+                + f"\n  train:  {self.out / 'train' / 'records.jsonl'}\n  judge:  {self.out / 'train' / 'judge.jsonl'}"
+                f"\n  oracle: {self.out / 'train' / 'qrels.jsonl'}\n  eval:   {self.out / 'eval_tasks.yaml'}")
+
+
+def split_images(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of image positions into (train, held out); at least 2 on each side."""
+    if n < 4:
+        raise DataError(f"{n} usable image(s): an import needs at least 4 (2 to train on, 2 to hold out)")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(2, round(n * eval_fraction)), n - 2)
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def _image_id(rel: str) -> str:
+    """A record id stem from an image path under images/ (sub-folders kept, so ids stay unique)."""
+    return str(Path(rel).with_suffix("")).removeprefix("images/").replace("/", "_")
+
+
+def _train_records(train: list[tuple[CaptionedImage, str]], opts: ImportOptions) -> list[Record]:
+    records = []
+    for img, rel in train:
+        for j, cap in enumerate(img.captions, 1):
+            stem = f"{_image_id(rel)}-{j}"
+            if "i2t" in opts.directions:
+                records.append(Record(image_query(rel), Item(cap), dataset=f"{opts.name}_i2t", id=f"{stem}-i2t"))
+            if "t2i" in opts.directions:
+                records.append(Record(caption_query(cap), image_target(rel), dataset=f"{opts.name}_t2i",
+                                      id=f"{stem}-t2i"))
+    return records
+
+
+def _owner_map(train: list[tuple[CaptionedImage, str]]) -> dict[str, set[str]]:
+    """Item key → the image paths it belongs to (a caption shared by two images belongs to both)."""
+    owners: dict[str, set[str]] = {}
+    for img, rel in train:
+        owners.setdefault(image_target(rel).key, set()).add(rel)
+        for cap in img.captions:
+            owners.setdefault(Item(cap).key, set()).add(rel)
+    return owners
+
+
+def _judge_records(records: list[Record], owners: dict[str, set[str]], opts: ImportOptions) -> list[Record]:
+    """Each training record with `judge_negatives` random pool items of the positive's kind that belong to
+    none of the query's images (the pool = the de-duplicated union of the positives, as in mining)."""
+    seen: dict[str, Item] = {}
+    for rec in records:  # mining's default pool (`unime.mining.retrieval.build_pool`): positives, first seen first
+        seen.setdefault(rec.positive.key, rec.positive)
+    pool = list(seen.values())
+    by_kind = {True: [p for p in pool if p.images], False: [p for p in pool if not p.images]}
+    rng = random.Random(opts.seed + 1)
+    out = []
+    for rec in records:
+        own = owners.get(rec.positive.key, set())
+        choices = [p for p in by_kind[bool(rec.positive.images)] if not owners.get(p.key, set()) & own]
+        if len(choices) < opts.judge_negatives:
+            choices = [p for p in pool if not owners.get(p.key, set()) & own]
+        if not choices:
+            continue
+        negs = rng.sample(choices, min(opts.judge_negatives, len(choices)))
+        out.append(Record(rec.query, rec.positive, negatives=negs, dataset=rec.dataset, id=rec.id))
+    return out
+
+
+def _qrels_rows(records: list[Record], train: list[tuple[CaptionedImage, str]]) -> list[dict]:
+    """Per distinct training query, every item of its own image: captions (i2t) or the image (t2i)."""
+    captions_of = {rel: img.captions for img, rel in train}
+    rows: dict[str, dict] = {}
+    for rec in records:
+        if rec.query.key in rows:
+            continue
+        if rec.query.images:  # an image query: every caption of that image
+            rel = rec.query.images[0]
+            cands = [Item(c) for c in captions_of[rel]]
+        else:
+            cands = [rec.positive]
+        rows[rec.query.key] = {"id": rec.id, "query": rec.query.to_dict(), "candidates": [c.to_dict() for c in cands],
+                               "relevance": [1.0] * len(cands)}
+    return list(rows.values())
+
+
+def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_labels: Sequence[str] = ()
+               ) -> dict[str, list[MMEBRow]]:
+    """MMEB-eval rows of the held-out images: i2t (image → its first caption among others' captions),
+    t2i (first caption → its image among other images), cls (image → its label among the collection's
+    labels, as MMEB ranks against the label set). A
+    candidate equal to the positive (another image with the same caption) is never listed."""
+    rng = random.Random(opts.seed + 2)
+    n_cand = opts.eval_candidates
+    tasks: dict[str, list[MMEBRow]] = {}
+    if "i2t" in opts.directions:
+        rows = []
+        for i, (img, rel) in enumerate(held):
+            own = set(img.captions)
+            others = sorted({c for j, (o, _) in enumerate(held) if j != i for c in o.captions} - own)
+            negs = rng.sample(others, min(n_cand - 1, len(others)))
+            rows.append(MMEBRow(image_query(rel), [Item(img.captions[0])] + [Item(c) for c in negs],
+                                id=f"{_image_id(rel)}-i2t"))
+        tasks[f"{opts.name}_i2t"] = rows
+    if "t2i" in opts.directions:
+        rows = []
+        for i, (img, rel) in enumerate(held):
+            others = [r for j, (_, r) in enumerate(held) if j != i and r != rel]
+            negs = rng.sample(others, min(n_cand - 1, len(others)))
+            rows.append(MMEBRow(caption_query(img.captions[0]), [image_target(rel)] + [image_target(r) for r in negs],
+                                id=f"{_image_id(rel)}-t2i"))
+        tasks[f"{opts.name}_t2i"] = rows
+    labels = sorted(set(all_labels) | {img.label for img, _ in held if img.label})
+    if labels and all(img.label for img, _ in held) and len(labels) >= 2:
+        rows = []
+        for img, rel in held:
+            others = [lab for lab in labels if lab != img.label]
+            negs = rng.sample(others, min(n_cand - 1, len(others)))
+            rows.append(MMEBRow(classify_query(rel), [Item(img.label)] + [Item(lab) for lab in negs],
+                                id=f"{_image_id(rel)}-cls"))
+        tasks[f"{opts.name}_cls"] = rows
+    return tasks
+
+
+def _judge_pairs(held: list[tuple[CaptionedImage, str]], opts: ImportOptions) -> list[dict]:
+    """Labelled (query, candidate) pairs on the held-out images, for checking a judge on unseen data."""
+    rng = random.Random(opts.seed + 3)
+    rows = []
+    for i, (img, rel) in enumerate(held):
+        others = [(o, r) for j, (o, r) in enumerate(held) if j != i]
+        if "i2t" in opts.directions:
+            texts = sorted({c for o, _ in others for c in o.captions} - set(img.captions))
+            q = image_query(rel).to_dict()
+            rows.append({"id": f"{_image_id(rel)}-i2t-pos", "query": q, "candidate": {"text": img.captions[0]},
+                         "label": 1})
+            for k, t in enumerate(rng.sample(texts, min(opts.judge_negatives, len(texts))), 1):
+                rows.append({"id": f"{_image_id(rel)}-i2t-neg{k}", "query": q, "candidate": {"text": t}, "label": 0})
+        if "t2i" in opts.directions:
+            q = caption_query(img.captions[0]).to_dict()
+            rows.append({"id": f"{_image_id(rel)}-t2i-pos", "query": q, "candidate": image_target(rel).to_dict(),
+                         "label": 1})
+            imgs = [r for _, r in others if r != rel]
+            for k, r in enumerate(rng.sample(imgs, min(opts.judge_negatives, len(imgs))), 1):
+                rows.append({"id": f"{_image_id(rel)}-t2i-neg{k}", "query": q, "candidate": image_target(r).to_dict(),
+                             "label": 0})
+    return rows
+
+
+def _write_jsonl(rows: list[dict], path: Path) -> None:
+    with atomic_open(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
+                      skips: SkipReport | None = None) -> ImportSummary:
+    """Write the import folder described in the module doc; returns its summary."""
+    import yaml
+
+    opts.validate()
+    out = Path(opts.out)
+    if out.exists() and any(out.iterdir()) and not opts.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose a new folder (or pass --overwrite to write "
+                              "into it)")
+    out.mkdir(parents=True, exist_ok=True)
+    skips = skips if skips is not None else SkipReport()
+    policy = ErrorPolicy(opts.on_error, skips, "import")
+    if not images:
+        raise DataError("the source holds no captioned image", source=json.dumps(opts.source))
+    placed = place_images(images, out, policy)
+    tr_idx, ev_idx = split_images(len(placed), opts.eval_fraction, opts.seed)
+    train, held = [placed[i] for i in tr_idx], [placed[i] for i in ev_idx]
+
+    records = _train_records(train, opts)
+    (out / "train").mkdir(exist_ok=True)
+    write_records(records, out / "train" / "records.jsonl")
+    judge = _judge_records(records, _owner_map(train), opts)
+    write_records(judge, out / "train" / "judge.jsonl")
+    _write_jsonl(_qrels_rows(records, train), out / "train" / "qrels.jsonl")
+    corpus = list(dict.fromkeys([c for img, _ in placed for c in img.captions] + [img.label for img, _ in placed
+                                                                                  if img.label]))
+    with atomic_open(out / "train" / "corpus.txt") as fh:  # `unime models build-tiny --tokenizer-corpus`
+        fh.write("".join(c.replace("\n", " ") + "\n" for c in corpus))
+    write_data_root(out / "train", out)
+
+    tasks = _mmeb_rows(held, opts, [img.label for img, _ in placed if img.label])
+    (out / "eval" / "mmeb").mkdir(parents=True, exist_ok=True)
+    cfg_tasks = []
+    for name, rows in tasks.items():
+        write_mmeb(rows, out / "eval" / "mmeb" / f"{name}.jsonl")
+        cfg_tasks.append({"name": name, "format": "mmeb", "path": f"eval/mmeb/{name}.jsonl",
+                          "meta_task": "classification" if name.endswith("_cls") else "retrieval", "split": "IND"})
+    write_data_root(out / "eval" / "mmeb", out)
+    _write_jsonl(_judge_pairs(held, opts), out / "eval" / "judge_pairs.jsonl")
+    write_data_root(out / "eval", out)
+    with atomic_open(out / "eval_tasks.yaml") as fh:
+        fh.write(f"# written by `unime data import` ({opts.name}); image paths are relative to this folder\n")
+        yaml.safe_dump({"data_root": ".", "tasks": cfg_tasks}, fh, sort_keys=False)
+
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.dataset] = counts.get(r.dataset, 0) + 1
+    labels = {img.label for img, _ in placed if img.label}
+    summary = ImportSummary(out=out, images=len(placed), train_images=len(train), eval_images=len(held),
+                            records=counts, judge_records=len(judge), eval_tasks=list(tasks), labels=len(labels),
+                            skipped=skips.total)
+    manifest = {"source": opts.source, "options": {k: v for k, v in asdict(opts).items() if k != "source"},
+                "images": summary.images, "train_images": summary.train_images, "eval_images": summary.eval_images,
+                "records": counts, "judge_records": len(judge), "eval_tasks": {n: len(r) for n, r in tasks.items()},
+                "labels": sorted(labels), "skipped": {"total": skips.total, "summary": skips.summary()}}
+    with atomic_open(out / "import.json") as fh:
+        json.dump(manifest, fh, indent=1, ensure_ascii=False, default=str)
+    return summary

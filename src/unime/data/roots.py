@@ -1,0 +1,68 @@
+"""Where a data file's image paths are relative to, recorded next to the file so that the next stage
+finds the images without `--data-root`.
+
+A folder may hold `unime_data.json` = ``{"data_root": PATH}`` (PATH relative to that folder, or
+absolute). `unime data import` writes one beside its records and MMEB files, `unime mine` beside
+`mined.parquet`. `resolve_data_root(file, explicit)` answers, in order: the explicit option; the
+marker in the file's folder; a mining `manifest.json` there (``inputs.data_root``); the file's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from unime.data.atomic import atomic_open
+from unime.errors import DataError
+
+DATA_ROOT_FILE = "unime_data.json"
+
+
+def write_data_root(folder: str | os.PathLike, data_root: str | os.PathLike) -> Path:
+    """Record in `folder` that paths of the data files there are relative to `data_root` (stored relative
+    to `folder` when both are on one drive, so the pair of folders can move together)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    root = Path(data_root).resolve()
+    try:
+        value = os.path.relpath(root, folder.resolve())
+    except ValueError:  # another drive (Windows)
+        value = str(root)
+    path = folder / DATA_ROOT_FILE
+    with atomic_open(path) as fh:
+        json.dump({"data_root": value}, fh, indent=1)
+        fh.write("\n")
+    return path
+
+
+def recorded_data_root(folder: str | os.PathLike) -> str | None:
+    """The data root recorded in `folder` (marker file or mining manifest), or None."""
+    folder = Path(folder)
+    marker = folder / DATA_ROOT_FILE
+    if marker.is_file():
+        try:
+            value = json.loads(marker.read_text(encoding="utf-8"))["data_root"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"expected {{\"data_root\": PATH}} ({e})", source=str(marker), field="data_root") from None
+        if not isinstance(value, str) or not value:
+            raise DataError("expected a non-empty path", source=str(marker), field="data_root")
+        root = Path(value)
+        return str((root if root.is_absolute() else folder / root).resolve())
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            value = json.loads(manifest.read_text(encoding="utf-8")).get("inputs", {}).get("data_root")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def resolve_data_root(data_file: str | os.PathLike, explicit: str | os.PathLike | None = None) -> str:
+    """The folder `data_file`'s image paths are relative to (see the module doc)."""
+    if explicit:
+        return str(explicit)
+    folder = Path(os.path.abspath(data_file)).parent
+    return recorded_data_root(folder) or str(folder)

@@ -1,0 +1,116 @@
+"""A judge must prove itself while it trains: `unime train judge` holds out a share of its records and, every
+`eval_steps` optimizer steps and at the end, scores the held-out (query, candidate) pairs with the model
+being trained — P(Yes) = sigmoid(l_Yes − l_No) at the answer position of the judge prompt, exactly what
+`JudgeScorer` computes when mining — and logs AUC, accuracy and the spread of P(Yes)
+(`unime.mining.judge_check`), warning when the judge predicts its training pairs' Yes rate for every pair.
+
+Every evaluation is appended to `OUT/judge_eval.jsonl`; the last one goes into `unime_reranker.json`
+(``heldout``) and the command's output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import TrainerCallback
+
+from unime.mining.judge_check import binary_metrics, format_metrics
+from unime.models.prompts import NO, YES
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "judge_eval.jsonl"
+EVALUATIONS = 5  # evaluations over a run when eval_steps is not given (plus the final one)
+
+
+def split_held_out(groups: list[list[Any]], fraction: float, seed: int) -> tuple[list[list[Any]], list[Any]]:
+    """(training groups, held-out examples): whole records (all pairs of one record, by its label) are held
+    out, a seeded `fraction` of them (at least 2 records; none when fewer than 10 records)."""
+    records = list(dict.fromkeys(g[0].record for g in groups))
+    if fraction <= 0 or len(records) < 10:
+        if fraction > 0:
+            log.warning("judge: %d records are too few to hold some out; training on all, no held-out check",
+                        len(records))
+        return groups, []
+    rng = random.Random(seed)
+    held = set(rng.sample(records, max(2, round(fraction * len(records)))))
+    train = [g for g in groups if g[0].record not in held]
+    examples = [ex for g in groups if g[0].record in held for ex in g]
+    return train, examples
+
+
+def score_pairs(model, collator, examples: Sequence[Any], *, batch_size: int = 8) -> list[float]:
+    """P(Yes) of each pair example under `model` (the judge prompt, the answer position)."""
+    import torch
+
+    adapter = collator.adapter
+    yes, no = adapter.single_token_id(YES), adapter.single_token_id(NO)
+    param = next(p for p in model.parameters())
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(examples), batch_size):
+                batch = examples[s:s + batch_size]
+                inputs = dict(collator.encode([collator.prompt_segments(e) for e in batch], [YES] * len(batch)))
+                labels = inputs.pop("labels")
+                n_answer = int((labels != -100).sum(dim=1).max())
+                inputs = {k: (v.to(param.device, dtype=param.dtype) if torch.is_floating_point(v) else v.to(param.device))
+                          if hasattr(v, "to") else v for k, v in inputs.items()}
+                logits = model(**inputs, use_cache=False, logits_to_keep=n_answer + 1).logits[:, 0, :].float()
+                out += torch.sigmoid(logits[:, yes] - logits[:, no]).tolist()
+    finally:
+        model.train(was_training)
+    return out
+
+
+class JudgeHeldOutCallback(TrainerCallback):
+    """Scores the held-out pairs every `every` steps (0: about `EVALUATIONS` times a run) and at the end."""
+
+    def __init__(self, examples: Sequence[Any], collator, out: str | Path, *, base_rate: float, every: int = 0,
+                 batch_size: int = 8):
+        self.examples = list(examples)
+        self.labels = [1.0 if ex.answer == YES else 0.0 for ex in self.examples]
+        self.collator, self.base_rate, self.every, self.batch_size = collator, base_rate, every, batch_size
+        self.path = Path(out) / EVAL_FILE
+        self.history: list[dict[str, Any]] = []
+        self._last_step = -1
+
+    def evaluate(self, model, step: int) -> dict[str, Any]:
+        scores = score_pairs(model, self.collator, self.examples, batch_size=self.batch_size)
+        m = {"step": step, **binary_metrics(self.labels, scores, base_rate=self.base_rate)}
+        self.history.append(m)
+        self._last_step = step
+        log.info("judge held-out, step %d: %s", step, format_metrics(m))
+        for w in m["warnings"]:
+            log.warning("judge held-out, step %d: %s", step, w)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(m) + "\n")
+        return m
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.every <= 0:
+            self.every = max(1, state.max_steps // EVALUATIONS)
+        if state.global_step == 0 and self.path.is_file():  # a fresh run (not a resumption): a fresh log
+            from unime.outdir import require_replaceable
+
+            require_replaceable(self.path.parent, self.path.name)  # never a file this command did not write
+            self.path.unlink()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 and state.is_world_process_zero:
+            self.evaluate(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step != self._last_step and state.is_world_process_zero:
+            self.evaluate(model, state.global_step)
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        return self.history[-1] if self.history else None

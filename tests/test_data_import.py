@@ -1,0 +1,270 @@
+"""`unime data import` from every supported layout, and the data root recorded beside its outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.captioned_folder import make_captioned_folder
+from unime.cli import main
+from unime.data.eval_formats import read_mmeb
+from unime.data.io import read_records
+from unime.data.roots import DATA_ROOT_FILE, resolve_data_root, write_data_root
+from unime.errors import DataError
+
+
+def _import(tmp_path, *extra) -> Path:
+    photos, captions = make_captioned_folder(tmp_path / "src")
+    out = tmp_path / "imp"
+    assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out", str(out),
+                 "--eval-candidates", "6", *extra]) == 0
+    return out
+
+
+def test_csv_folder_import_writes_records_eval_judge_and_qrels(tmp_path):
+    out = _import(tmp_path)
+    with open(tmp_path / "src" / "captions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    captions_of: dict[str, list[str]] = {}
+    for r in rows:
+        captions_of.setdefault("images/" + r["file"], []).append(r["text"])
+    manifest = json.loads((out / "import.json").read_text())
+    assert manifest["images"] == 24 and manifest["eval_images"] == 5 and manifest["train_images"] == 19
+
+    records = read_records(out / "train" / "records.jsonl")
+    i2t = [r for r in records if r.dataset == "photos_i2t"]
+    t2i = [r for r in records if r.dataset == "photos_t2i"]
+    train_images = {r.query.images[0] for r in i2t}
+    assert len(train_images) == 19
+    # one record per (image, caption) and direction
+    assert len(i2t) == len(t2i) == sum(len(captions_of[p]) for p in train_images)
+    for r in i2t:
+        assert r.positive.text in captions_of[r.query.images[0]] and "<|image_1|>" in r.query.text
+    for r in t2i:
+        assert r.positive.images[0] in train_images and r.query.text.endswith(
+            tuple(captions_of[r.positive.images[0]]))
+
+    # held-out images never appear in training; eval rows put the positive first and never repeat it
+    tasks = {p.stem: read_mmeb(p) for p in sorted((out / "eval" / "mmeb").glob("*.jsonl"))}
+    assert set(tasks) == {"photos_i2t", "photos_t2i", "photos_cls"}
+    held = {row.query.images[0] for row in tasks["photos_i2t"]}
+    assert len(held) == 5 and not held & train_images
+    for row in tasks["photos_i2t"]:
+        assert row.candidates[0].text == captions_of[row.query.images[0]][0]
+        others = {c for p in held if p != row.query.images[0] for c in captions_of[p]}
+        assert len(row.candidates) == min(6, 1 + len(others))
+        assert all(c.text not in captions_of[row.query.images[0]] for c in row.candidates[1:])
+    for row in tasks["photos_t2i"]:
+        assert len(row.candidates) == 5  # capped by the 5 held-out images
+        assert len({c.images[0] for c in row.candidates}) == 5
+    shapes = {"circle", "square", "triangle"}
+    for row in tasks["photos_cls"]:
+        assert sorted(c.text for c in row.candidates) == sorted(shapes)  # the collection's label set
+        name = row.query.images[0]
+        assert row.candidates[0].text == next(r["category"] for r in rows if "images/" + r["file"] == name)
+
+    # judge negatives: of the positive's kind, from the training pool, never the query's own image
+    judge = read_records(out / "train" / "judge.jsonl")
+    assert len(judge) == len(records)
+    pool = {r.positive.key for r in records}
+    for r in judge:
+        assert len(r.negatives) == 3
+        own = r.query.images[0] if r.query.images else r.positive.images[0]
+        for n in r.negatives:
+            assert n.key in pool and bool(n.images) == bool(r.positive.images)
+            assert (n.images and n.images[0] != own) or (not n.images and n.text not in captions_of[own])
+
+    # qrels: each distinct training query with all of its own image's items, grade 1
+    qrels = [json.loads(line) for line in (out / "train" / "qrels.jsonl").read_text().splitlines()]
+    assert len(qrels) == len({r.query.key for r in records})
+    for q in qrels:
+        if q["query"].get("images"):
+            assert sorted(c["text"] for c in q["candidates"]) == sorted(captions_of[q["query"]["images"][0]])
+        assert q["relevance"] == [1.0] * len(q["candidates"])
+
+    # every data folder says where its images are; the eval config works from OUT
+    assert resolve_data_root(out / "train" / "records.jsonl") == str(out.resolve())
+    assert resolve_data_root(out / "eval" / "mmeb" / "photos_i2t.jsonl") == str(out.resolve())
+    assert (out / "images" / "pic_001.png").is_file()
+
+    # labelled pairs of the held-out images, for `unime judge --pairs ... --label-column label`
+    from unime.mining.pipeline import read_pairs
+
+    pairs, labels = read_pairs(str(out / "eval" / "judge_pairs.jsonl"), label_column="label")
+    assert len(pairs) == 5 * 2 * 4 and labels.count(1) == 10
+    for (_, q, c), y in zip(pairs, labels):
+        img = q.images[0] if q.images else c.images[0] if y else None
+        assert (q.images[0] if q.images else None) in held | {None}
+        if y and q.images:
+            assert c.text == captions_of[img][0]
+    assert resolve_data_root(out / "eval" / "judge_pairs.jsonl") == str(out.resolve())
+
+
+def test_import_refuses_a_non_empty_folder_and_names_bad_rows(tmp_path, capsys):
+    photos, captions = make_captioned_folder(tmp_path / "src")
+    lines = captions.read_text().splitlines()
+    lines[2] = "missing.png,a lost picture,circle"  # the file's line 3
+    captions.write_text("\n".join(lines) + "\n")
+    # the one-line error contract: exit code 2, the file, record and field on stderr
+    assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "captions.csv" in err and "record line 3" in err and "field 'file'" in err
+    assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out",
+                 str(tmp_path / "o2"), "--on-error", "skip"]) == 0
+    assert "skipped 1 record" in capsys.readouterr().out
+    assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out",
+                 str(tmp_path / "o2"), "--on-error", "skip"]) == 2  # not empty any more
+
+
+def test_jsonl_captions_with_column_options_and_caption_lists(tmp_path, capsys):
+    photos, _ = make_captioned_folder(tmp_path / "src", n=8)
+    rows = [{"img": f"pic_{i:03d}.png", "sents": [f"caption {i} a", f"caption {i} b"]} for i in range(1, 9)]
+    path = tmp_path / "caps.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "imp"
+    assert main(["data", "import", "--captions", str(path), "--images", str(photos), "--out", str(out),
+                 "--image-column", "img", "--caption-column", "sents", "--name", "mine", "--directions", "t2i"]) == 0
+    records = read_records(out / "train" / "records.jsonl")
+    assert {r.dataset for r in records} == {"mine_t2i"} and len(records) == 2 * 6
+    assert not (out / "eval" / "mmeb" / "mine_cls.jsonl").exists()  # no labels, no classification task
+    capsys.readouterr()
+    assert main(["data", "import", "--captions", str(path), "--images", str(photos), "--out", str(tmp_path / "x"),
+                 "--caption-column", "nope"]) == 2
+    assert "no caption column 'nope'" in capsys.readouterr().err
+
+
+def test_coco_captions(tmp_path, capsys):
+    photos, _ = make_captioned_folder(tmp_path / "src", n=6)
+    coco = {"images": [{"id": 10 + i, "file_name": f"pic_{i:03d}.png"} for i in range(1, 7)],
+            "annotations": [{"id": k, "image_id": 10 + i, "caption": f"picture {i} take {k}"}
+                            for i in range(1, 7) for k in (1, 2)]}
+    path = tmp_path / "captions_train.json"
+    path.write_text(json.dumps(coco))
+    out = tmp_path / "imp"
+    assert main(["data", "import", "--coco", str(path), "--images", str(photos), "--out", str(out)]) == 0
+    records = read_records(out / "train" / "records.jsonl")
+    assert len(records) == 2 * 2 * 4  # 4 training images x 2 captions x 2 directions
+    coco["annotations"][3]["image_id"] = 99
+    path.write_text(json.dumps(coco))
+    capsys.readouterr()
+    assert main(["data", "import", "--coco", str(path), "--images", str(photos), "--out", str(tmp_path / "x")]) == 2
+    assert re.search(r"annotation 4.*image_id", capsys.readouterr().err)
+
+
+def test_datasets_imagefolder_saved_dataset_and_webdataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    photos, captions = make_captioned_folder(tmp_path / "src", n=8)
+    # an imagefolder: images + metadata.csv (file_name, text)
+    folder = tmp_path / "imgfolder"
+    folder.mkdir()
+    with open(captions, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh)]
+    meta = ["file_name,text"]
+    for r in rows:
+        if not (folder / r["file"]).exists():
+            (folder / r["file"]).write_bytes((photos / r["file"]).read_bytes())
+            meta.append(f"{r['file']},{r['text']}")
+    (folder / "metadata.csv").write_text("\n".join(meta) + "\n")
+    out = tmp_path / "imp1"
+    assert main(["data", "import", "--hf-dataset", str(folder), "--out", str(out)]) == 0
+    assert len(read_records(out / "train" / "records.jsonl")) == 2 * 6
+
+    # a save_to_disk dataset with a ClassLabel: labels become a classification task
+    from datasets import ClassLabel, Dataset, Features, Image, Value
+
+    ds = Dataset.from_dict({"image": [str(photos / f"pic_{i:03d}.png") for i in range(1, 9)],
+                            "caption": [f"cap {i}" for i in range(1, 9)], "label": [i % 2 for i in range(1, 9)]},
+                           features=Features({"image": Image(), "caption": Value("string"),
+                                              "label": ClassLabel(names=["even", "odd"])}))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    out = tmp_path / "imp2"
+    assert main(["data", "import", "--hf-dataset", str(tmp_path / "saved"), "--out", str(out)]) == 0
+    cls = read_mmeb(out / "eval" / "mmeb" / "saved_cls.jsonl")
+    assert {c.text for c in cls[0].candidates} == {"even", "odd"}
+
+    # WebDataset shards (written here with tarfile; read by the datasets webdataset builder)
+    shard = tmp_path / "shards" / "data-000000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for i in range(1, 9):
+            for ext, payload in (("png", (photos / f"pic_{i:03d}.png").read_bytes()),
+                                 ("txt", f"shard caption {i}".encode()), ("cls", str(i % 3).encode())):
+                info = tarfile.TarInfo(f"sample{i:04d}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    out = tmp_path / "imp3"
+    assert main(["data", "import", "--webdataset", str(shard), "--out", str(out)]) == 0
+    recs = read_records(out / "train" / "records.jsonl")
+    assert len(recs) == 2 * 6 and all(r.query.text.startswith("<|image_1|>") or "shard caption" in r.query.text
+                                      for r in recs)
+    assert (out / "eval" / "mmeb" / "shards_cls.jsonl").is_file()
+    assert len(list((out / "images").glob("*.png"))) == 8
+    del datasets
+
+
+def test_data_root_resolution_order(tmp_path):
+    f = tmp_path / "a" / "records.jsonl"
+    f.parent.mkdir()
+    f.write_text("")
+    assert resolve_data_root(f) == str(f.parent.resolve())
+    assert resolve_data_root(f, "elsewhere") == "elsewhere"
+    (f.parent / "manifest.json").write_text(json.dumps({"inputs": {"data_root": "/data/x"}}))
+    assert resolve_data_root(f) == "/data/x"
+    write_data_root(f.parent, tmp_path / "root")
+    assert json.loads((f.parent / DATA_ROOT_FILE).read_text()) == {"data_root": "../root"}
+    assert resolve_data_root(f) == str((tmp_path / "root").resolve())
+    (f.parent / DATA_ROOT_FILE).write_text("{}")
+    with pytest.raises(DataError, match="data_root"):
+        resolve_data_root(f)
+
+
+def test_every_reader_numbers_records_from_one(tmp_path):
+    """One numbering in every message: the first line / row / list entry is 1."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import check_images, write_records
+    from unime.data.items import Item, Record
+
+    photos, _ = make_captioned_folder(tmp_path / "src", n=2)
+    good = Record(Item("q"), Item("p", ("pic_001.png",)))
+    bad = Record(Item("q"), Item("p", ("gone.png",)))
+    with pytest.raises(DataError, match=r"record item 2, field 'positive.images\[0\]'"):
+        check_images([good, bad], ImageLoader(photos))
+    # the same second record, as a JSONL line, a Parquet row and a UniME-V2 JSON list entry
+    broken = Record(Item("q"), Item("p"), negatives=[Item("n")], negative_scores=[0.5])
+    for suffix, where in ((".jsonl", "line 2"), (".parquet", "row 2"), (".json", "item 2")):
+        path = tmp_path / f"r{suffix}"
+        write_records([good, broken], path)
+        if suffix == ".jsonl":
+            lines = path.read_text().splitlines()
+            path.write_text(lines[0] + "\n" + lines[1].replace('"negative_scores": [0.5]', '"negative_scores": [1, 2]')
+                            + "\n")
+        elif suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            t = pq.read_table(path).to_pylist()
+            t[1]["negative_scores"] = [1.0, 2.0]
+            pq.write_table(pa.Table.from_pylist(t, schema=pq.read_table(path).schema), path)
+        else:
+            rows = json.loads(path.read_text())
+            rows[1]["hard_negatives_scores"] = [1, 2]
+            path.write_text(json.dumps(rows))
+        with pytest.raises(DataError, match=f"record {where}"):
+            read_records(path)
+
+
+def test_convert_names_the_dataset_of_records_without_one(tmp_path):
+    from unime.data.io import write_records
+    from unime.data.items import Item, Record
+
+    src = tmp_path / "train.json"  # the released UniME-V2 JSON carries no dataset name
+    write_records([Record(Item("q1"), Item("p1")), Record(Item("q2"), Item("p2"), dataset="kept")], src)
+    assert main(["data", "convert", str(src), str(tmp_path / "out.jsonl"), "--dataset", "flowers_t2i"]) == 0
+    assert [r.dataset for r in read_records(tmp_path / "out.jsonl")] == ["flowers_t2i", "kept"]
