@@ -304,6 +304,7 @@ def test_search_page_in_a_real_browser(server, world, tmp_path):
     import os
     import shutil
 
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -311,12 +312,16 @@ def test_search_page_in_a_real_browser(server, world, tmp_path):
     browser = _chromium()
     try:
         browser.get(server.base + "/")
-        wait = WebDriverWait(browser, 60)
+        # the page re-renders its grid when a search returns: an element read mid-render is stale, so the
+        # waits retry on that, and the ids are read inside the wait
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
 
         def results(reranked: str):
-            wait.until(lambda b: b.find_element(By.ID, "grid").get_attribute("data-reranked") == reranked
-                       and b.find_elements(By.CSS_SELECTOR, "#grid .result"))
-            return [e.get_attribute("data-id") for e in browser.find_elements(By.CSS_SELECTOR, "#grid .result")]
+            def ids(b):
+                if b.find_element(By.ID, "grid").get_attribute("data-reranked") != reranked:
+                    return False
+                return [e.get_attribute("data-id") for e in b.find_elements(By.CSS_SELECTOR, "#grid .result")] or False
+            return wait.until(ids)
 
         browser.find_element(By.ID, "key").send_keys(KEY)
         browser.find_element(By.ID, "k").clear()
