@@ -135,12 +135,9 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
 def run_mmeb_v2(spec: TaskSpec, data: QrelsData, vecs, opts, rr=None):
     """Hit@1 and NDCG@k (linear gain) / recall@k per query, averaged over the queries with a relevant
     candidate; the headline metric (``metric``) is listed first."""
-    from unime.eval.runners import TaskResult, _rerank_scores
-    from unime.models.embedding_cache import image_root
+    from unime.eval.runners import TaskResult, score_graded_queries
 
     ks = spec.option("ks", [1, 5, 10])
-    table = vecs(np.arange(len(data.table)))
-    items = data.table.items
 
     def per_query(g: np.ndarray) -> dict[str, float]:
         m = {"hit@1": M.hit_at_k(g, 1)}
@@ -149,27 +146,7 @@ def run_mmeb_v2(spec: TaskSpec, data: QrelsData, vecs, opts, rr=None):
         return m
 
     head = headline_metric(spec)
-    plain, reranked, details = [], [], []
-    skipped = 0
-    for i, (q, cands, grades) in enumerate(zip(data.query, data.candidates, data.grades)):
-        if not np.any(grades > 0):
-            skipped += 1
-            continue
-        s = table[cands] @ table[q]
-        m = per_query(M.ranked_grades(s, grades, ties=opts.ties))
-        plain.append(m)
-        entry = {"id": data.ids[i], **m}
-        if rr is not None:
-            with image_root(rr.reranker, spec.data_root):
-                s2 = _rerank_scores(s, rr, items[q], [items[c] for c in cands])
-            m2 = per_query(M.ranked_grades(s2, grades, ties=opts.ties))
-            reranked.append(m2)
-            entry["reranked"] = m2
-        details.append(entry)
-    if not plain:
-        from unime.errors import DataError
-
-        raise DataError(f"task {spec.name!r}: no query has a relevant candidate", source=str(spec.path))
+    plain, reranked, details, skipped = score_graded_queries(spec, data, vecs, opts, rr, per_query)
 
     def mean(rows: list[dict]) -> dict[str, float]:
         keys = [head] + [k for k in rows[0] if k != head]

@@ -281,22 +281,15 @@ def run_compositional(spec: TaskSpec, data: CompositionalData, vecs: Vectors, op
 
 # -- graded relevance ------------------------------------------------------------------------------------
 
-def run_qrels(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None = None
-              ) -> TaskResult:
-    """NDCG@k (linear gain), Recall@k, MRR and MAP (binary: grade > 0) averaged over the queries that have
-    at least one relevant candidate; queries without one are counted and left out (as BEIR does)."""
-    ks = spec.option("ks", [5, 10])
+def score_graded_queries(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None,
+                         per_query_metrics: Callable[[np.ndarray], dict[str, float]]
+                         ) -> tuple[list[dict], list[dict], list[dict], int]:
+    """Rank each query's graded candidates by cosine (and, with `rr`, after reranking) and score the ranked
+    grades with `per_query_metrics`. Queries without a relevant candidate are counted and left out.
+    Returns (plain metrics, reranked metrics, per-query entries with ids, skipped count)."""
     table = vecs(np.arange(len(data.table)))
     items = data.table.items
-
-    def per_query_metrics(g_ranked: np.ndarray) -> dict[str, float]:
-        m = {f"ndcg@{k}": M.ndcg_at_k(g_ranked, k) for k in ks}
-        m.update({f"recall@{k}": M.recall_at_k(g_ranked, k) for k in ks})
-        m["mrr"] = M.reciprocal_rank(g_ranked)
-        m["map"] = M.average_precision(g_ranked)
-        return m
-
-    plain, reranked, per_query = [], [], []
+    plain, reranked, entries = [], [], []
     skipped = 0
     for i, (q, cands, grades) in enumerate(zip(data.query, data.candidates, data.grades)):
         if not np.any(grades > 0):
@@ -312,11 +305,28 @@ def run_qrels(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions,
             m2 = per_query_metrics(M.ranked_grades(s2, grades, ties=opts.ties))
             reranked.append(m2)
             entry["reranked"] = m2
-        per_query.append(entry)
+        entries.append(entry)
     if not plain:
         from unime.errors import DataError
 
         raise DataError(f"task {spec.name!r}: no query has a relevant candidate", source=str(spec.path))
+    return plain, reranked, entries, skipped
+
+
+def run_qrels(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None = None
+              ) -> TaskResult:
+    """NDCG@k (linear gain), Recall@k, MRR and MAP (binary: grade > 0) averaged over the queries that have
+    at least one relevant candidate; queries without one are counted and left out (as BEIR does)."""
+    ks = spec.option("ks", [5, 10])
+
+    def per_query_metrics(g_ranked: np.ndarray) -> dict[str, float]:
+        m = {f"ndcg@{k}": M.ndcg_at_k(g_ranked, k) for k in ks}
+        m.update({f"recall@{k}": M.recall_at_k(g_ranked, k) for k in ks})
+        m["mrr"] = M.reciprocal_rank(g_ranked)
+        m["map"] = M.average_precision(g_ranked)
+        return m
+
+    plain, reranked, per_query, skipped = score_graded_queries(spec, data, vecs, opts, rr, per_query_metrics)
     mean = lambda rows: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}  # noqa: E731
     counts = {"queries": len(plain), "queries_without_relevant": skipped, "distinct_items": len(data.table)}
     result = TaskResult(spec, mean(plain), counts, per_query=per_query)
