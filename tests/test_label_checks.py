@@ -26,6 +26,10 @@ def test_binary_metrics_against_hand_counts():
     assert m["majority_accuracy"] == pytest.approx(0.6)
     assert m["score_mean_positive"] == pytest.approx(0.65) and m["score_mean_negative"] == pytest.approx(0.4)
     assert m["warnings"] == []
+    assert "within_query_auc" not in m
+    # within groups: g0 = (0.9, 0.4 | 0.6) → 0.9 > 0.6 ✓, 0.4 < 0.6 ✗; g1 = (— | 0.2, 0.4) has no positive
+    g = binary_metrics(labels, scores, groups=["g0", "g0", "g0", "g1", "g1"])
+    assert g["within_query_auc"] == pytest.approx(1 / 2) and g["auc"] == m["auc"]
 
 
 def test_a_base_rate_judge_is_named():

@@ -191,6 +191,47 @@ def test_answer_token_loss_equals_full_logits_cross_entropy(tiny_model_dir):
     assert math.isclose(ours, expected, rel_tol=1e-5)
 
 
+def test_group_softmax_loss_against_hand_computation():
+    from unime.train.reranker_trainer import group_softmax_loss
+
+    margins = torch.tensor([2.0, 0.0, 1.0, -1.0, 3.0, 0.5])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2])
+    positive = torch.tensor([True, False, False, True, False, True])  # group 2 has no negative: no term
+    loss = group_softmax_loss(margins, groups, positive)
+    g0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(1)))
+    g1 = -math.log(math.exp(-1) / (math.exp(-1) + math.exp(3)))
+    assert math.isclose(float(loss), (g0 + g1) / 2, rel_tol=1e-6)
+    # two positives in one group: one term each, against the negatives only
+    two = group_softmax_loss(torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0, 0, 0]), torch.tensor([True, True, False]))
+    t1, t2 = math.log(1 + math.exp(-1)), math.log(1 + math.exp(-2))
+    assert math.isclose(float(two), (t1 + t2) / 2, rel_tol=1e-6)
+    none = group_softmax_loss(torch.tensor([1.0], requires_grad=True), torch.tensor([0]), torch.tensor([True]))
+    assert float(none) == 0.0 and none.requires_grad
+
+
+def test_answer_logits_are_the_generation_position_of_an_independent_forward(tiny_model_dir):
+    from transformers import AutoModelForImageTextToText
+
+    from unime.train.reranker_trainer import PromptAnswerCollator, PromptExample, answer_token_loss
+
+    path = tiny_model_dir("qwen2_vl")
+    adapter = _adapter(path)
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    red = Image.new("RGB", (56, 56), (220, 20, 20))
+    q = Item("a red square", images=(red,))
+    exs = [[PromptExample("pair", q, (Item("red"),), "Yes", "r0"), PromptExample("pair", q, (Item("a blue thing"),), "No", "r0")],
+           [PromptExample("pair", Item("blue"), (Item("x", images=(red,)),), "No", "r1")]]
+    enc = PromptAnswerCollator(adapter, group_ids=True)(exs)["pair"]
+    assert enc["group"].tolist() == [0, 0, 1]
+    inputs = {k: v for k, v in enc.items() if k != "group"}
+    with torch.no_grad():
+        loss, first = answer_token_loss(model, inputs, with_answer_logits=True)
+        full = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits.float()
+    # one-token answers at the last position: the generation position is the one before it
+    torch.testing.assert_close(first, full[:, -2], rtol=1e-4, atol=1e-4)
+    assert math.isclose(float(loss), float(answer_token_loss(model, inputs)), rel_tol=1e-6)
+
+
 # -- training runs -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_reranker(tiny_model_dir, tmp_path_factory):
@@ -298,6 +339,22 @@ def test_unime_train_judge_writes_a_plain_merged_checkpoint(tiny_model_dir, tmp_
     np.testing.assert_allclose(s, with_adapter.score_candidates(q, cands), atol=1e-4)
     base = JudgeScorer.from_pretrained(tiny_model_dir(family), data_root=tmp_path, device="cpu")
     assert np.abs(s - base.score_candidates(q, cands)).max() > 1e-4  # training changed the judge
+
+
+def test_judge_group_loss_batches_records_and_logs_both_parts(tiny_model_dir, tmp_path):
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    records = write_world(tmp_path, scores=False)
+    cfg = RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(tmp_path / "judge"),
+                              role="judge", losses=("pair",), learning_rate=1e-2, max_steps=2, batch_size=2,
+                              logging_steps=1, seed=0, device="cpu", holdout=0.0, group_weight=0.5)
+    result = train_reranker(cfg)
+    assert result.examples == 4 * (1 + 3) and result.steps == 2
+    for h in result.log_history:  # L = L_pair + 0.5 L_group
+        assert h["loss_group"] > 0
+        assert math.isclose(h["loss"], h["loss_pair"] + 0.5 * h["loss_group"], rel_tol=1e-3)
+    with pytest.raises(ValueError, match="judge option"):
+        RerankerTrainConfig(model="m", records=["r"], out="o", group_weight=1.0).validate()
 
 
 def test_reranker_records_need_negatives_or_a_skip_policy(tiny_model_dir, tmp_path):

@@ -94,6 +94,10 @@ def _add_judge_parser(actions) -> None:
                    help="share of the records held out: their pairs are scored while training (AUC, accuracy, P(Yes) "
                         "spread; OUT/judge_eval.jsonl). 0 = off (default 0.1)")
     g.add_argument("--eval-steps", type=int, default=0, help="steps between held-out evaluations (default: ~5 per run)")
+    g.add_argument("--group-weight", type=float, default=0.0,
+                   help="weight of a within-record softmax loss over the pairs' judge margins (l_Yes - l_No): "
+                        "trains each query's positive above its own negatives, the ordering the false-negative "
+                        "filter uses; > 0 makes --batch-size count records, not pairs (default 0: pointwise only)")
     p.set_defaults(func=_train, role="judge")
 
 
@@ -116,7 +120,7 @@ def config_from_args(args):
         save_adapter=getattr(args, "save_adapter", False), on_error=args.on_error, overwrite=args.overwrite,
         keep_checkpoints=args.keep_checkpoints, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
         image_size=args.image_size, train_turn_end=args.train_turn_end, holdout=getattr(args, "holdout", 0.0),
-        eval_steps=getattr(args, "eval_steps", 0))
+        eval_steps=getattr(args, "eval_steps", 0), group_weight=getattr(args, "group_weight", 0.0))
 
 
 def _names(value) -> tuple[str, ...]:

@@ -17,16 +17,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from unime.mining.report import roc_auc
+from unime.mining.report import roc_auc, within_query_auc
 
 CONSTANT_STD = 0.02   # P(Yes) standard deviation below this: a constant judge
 WEAK_AUC = 0.6        # held-out AUC below this: the judge does not separate the labels
 
 
-def binary_metrics(labels: Sequence[float], scores: Sequence[float], *, base_rate: float | None = None
-                   ) -> dict[str, Any]:
+def binary_metrics(labels: Sequence[float], scores: Sequence[float], *, base_rate: float | None = None,
+                   groups: Sequence[Any] | None = None) -> dict[str, Any]:
     """Metrics of scores P(Yes) against labels (relevant when > 0). `base_rate`: the Yes share of the
-    training pairs, reported beside the mean score."""
+    training pairs, reported beside the mean score. `groups` (one id per pair, e.g. its record): also the
+    within-group AUC (`unime.mining.report.within_query_auc`), the ordering the false-negative filter uses."""
     y = np.asarray(labels, dtype=np.float64) > 0
     s = np.asarray(scores, dtype=np.float64)
     if y.size == 0:
@@ -42,6 +43,8 @@ def binary_metrics(labels: Sequence[float], scores: Sequence[float], *, base_rat
     }
     if base_rate is not None:
         out["base_rate"] = float(base_rate)
+    if groups is not None:
+        out["within_query_auc"] = within_query_auc(list(groups), y, s)["auc"]
     out["warnings"] = verdict(out)
     return out
 
@@ -69,6 +72,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         line += f", positives {m['score_mean_positive']:.3f} vs negatives {m['score_mean_negative']:.3f}"
     if m.get("base_rate") is not None:
         line += f", training Yes rate {m['base_rate']:.3f}"
+    if m.get("within_query_auc") is not None:
+        line += f", within-query AUC {m['within_query_auc']:.3f}"
     return f"{m['pairs']} pairs: {line}"
 
 

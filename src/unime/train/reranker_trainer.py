@@ -142,11 +142,13 @@ class PromptAnswerCollator:
     answer tokens only (SPEC 1.6); `train_turn_end=True` appends the end-of-turn token and trains it too
     (this class's earlier behaviour). Causal attention makes the answer tokens' loss the same either way.
     `__call__` takes a list of example lists (one per dataset item) and returns
-    `{"pair": inputs, "list": inputs}` (kinds with no example are left out)."""
+    `{"pair": inputs, "list": inputs}` (kinds with no example are left out). With `group_ids=True` the pair
+    inputs also carry `group`: the index, within the batch, of the dataset item each row came from."""
 
     def __init__(self, adapter: FamilyAdapter, image_loader: ImageLoader | None = None, *,
-                 source: str | None = None, train_turn_end: bool = False):
+                 source: str | None = None, train_turn_end: bool = False, group_ids: bool = False):
         self.adapter = adapter
+        self.group_ids = group_ids
         self.image_loader = image_loader or ImageLoader()
         self.source = source
         self.format = answer_format(adapter)
@@ -195,19 +197,29 @@ class PromptAnswerCollator:
         return inputs
 
     def __call__(self, features: Sequence[Sequence[PromptExample]]) -> dict[str, Any]:
+        import torch
+
         by_kind: dict[str, list[PromptExample]] = {}
-        for group in features:
+        owner: dict[str, list[int]] = {}
+        for g, group in enumerate(features):
             for ex in group:
                 by_kind.setdefault(ex.kind, []).append(ex)
-        return {kind: dict(self.encode([self.prompt_segments(e) for e in exs], [e.answer for e in exs]))
-                for kind, exs in by_kind.items()}
+                owner.setdefault(ex.kind, []).append(g)
+        out = {kind: dict(self.encode([self.prompt_segments(e) for e in exs], [e.answer for e in exs]))
+               for kind, exs in by_kind.items()}
+        if self.group_ids and PAIR in out:
+            out[PAIR]["group"] = torch.tensor(owner[PAIR], dtype=torch.long)
+        return out
 
 
-def answer_token_loss(model, inputs: dict[str, Any]):
+def answer_token_loss(model, inputs: dict[str, Any], *, with_answer_logits: bool = False):
     """Mean next-token cross-entropy over the labelled (answer) tokens of a left-padded batch.
 
     Only the logits of the last `max answer length + 1` positions are computed (`logits_to_keep`), so
-    the full-vocabulary logits of long multi-image prompts are never materialised."""
+    the full-vocabulary logits of long multi-image prompts are never materialised. With
+    `with_answer_logits` also returns each row's logits at the generation position (the ones that predict
+    its first answer token: where the judge reads l_Yes and l_No)."""
+    import torch
     import torch.nn.functional as F
 
     inputs = dict(inputs)
@@ -221,8 +233,32 @@ def answer_token_loss(model, inputs: dict[str, Any]):
     out = model(**inputs, use_cache=False, logits_to_keep=n_answer + 1)
     logits = out.logits[:, :-1, :]  # position t predicts token t + 1
     target = labels[:, -n_answer:]
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
                            ignore_index=IGNORE_INDEX)
+    if not with_answer_logits:
+        return loss
+    first = (target != IGNORE_INDEX).int().argmax(dim=1)  # each row's first answer token
+    return loss, logits[torch.arange(len(first), device=first.device), first].float()
+
+
+def group_softmax_loss(margins, groups, is_positive):
+    """Within-group contrastive loss on judge scores: for each positive row p of a group, the cross-entropy
+    of picking p among {p} ∪ the group's negatives under softmax(margin), margin = l_Yes − l_No (the logit
+    of the judge's score P(Yes)); averaged over the positives of groups that have negatives. Trains the
+    ordering of a query's candidates, which the false-negative filter relies on, where the pointwise loss
+    alone can rest at the labels' base rate (a "localized contrastive estimation" loss, Gao et al. 2021).
+    Zero (with a gradient path) when no group has both classes."""
+    import torch
+
+    terms = []
+    for g in torch.unique(groups):
+        in_group = groups == g
+        negatives = margins[in_group & ~is_positive]
+        if negatives.numel() == 0:
+            continue
+        for p in margins[in_group & is_positive]:
+            terms.append(torch.logsumexp(torch.cat([p.reshape(1), negatives]), dim=0) - p)
+    return torch.stack(terms).mean() if terms else margins.sum() * 0.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,19 +273,36 @@ def _trainer_class():
 
         loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: divide by the GA steps
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, group_weight: float = 0.0, answer_ids: tuple[int, int] | None = None, **kwargs):
             super().__init__(*args, **kwargs)
+            self.group_weight, self.answer_ids = group_weight, answer_ids  # answer_ids: (Yes, No) token ids
             self._part_sums: dict[str, float] = {}
             self._part_counts: dict[str, int] = {}
+
+        def _add_part(self, name: str, value) -> None:
+            self._part_sums[name] = self._part_sums.get(name, 0.0) + float(value.detach())
+            self._part_counts[name] = self._part_counts.get(name, 0) + 1
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             total = None
             for kind in LOSSES:
                 if kind not in inputs:
                     continue
-                part = answer_token_loss(model, inputs[kind])
-                self._part_sums[kind] = self._part_sums.get(kind, 0.0) + float(part.detach())
-                self._part_counts[kind] = self._part_counts.get(kind, 0) + 1
+                batch = dict(inputs[kind])
+                groups = batch.pop("group", None)
+                if kind == PAIR and self.group_weight > 0 and groups is not None:
+                    part, first = answer_token_loss(model, batch, with_answer_logits=True)
+                    yes, no = self.answer_ids
+                    labels = batch["labels"]
+                    first_label = labels.gather(1, (labels != IGNORE_INDEX).int().argmax(dim=1, keepdim=True))[:, 0]
+                    grouped = group_softmax_loss(first[:, yes] - first[:, no], groups.to(first.device),
+                                                 first_label == yes)
+                    self._add_part("group", grouped)
+                    self._add_part(kind, part)
+                    part = part + self.group_weight * grouped
+                else:
+                    part = answer_token_loss(model, batch)
+                    self._add_part(kind, part)
                 total = part if total is None else total + part
             if total is None:
                 raise ValueError(f"a batch with none of the losses {LOSSES}")
@@ -319,7 +372,7 @@ class RerankerTrainConfig:
     learning_rate: float = 1e-4
     epochs: float = 1.0
     max_steps: int = -1                    # > 0 overrides epochs
-    batch_size: int = 4                    # records (reranker) or pairs (judge) per device step
+    batch_size: int = 4                    # records (reranker; judge with group_weight) or pairs (judge) per step
     grad_accum: int = 1
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -341,6 +394,9 @@ class RerankerTrainConfig:
     image_size: Any = None                 # N or "WxH": fixed resize before the processor
     holdout: float = 0.1                   # judge: share of the records held out and scored while training
     eval_steps: int = 0                    # judge: steps between held-out evaluations (0: ~5 per run)
+    # judge: weight of the within-record softmax over the pairs' margins l_Yes − l_No (`group_softmax_loss`)
+    # added to the answer-token loss; > 0 makes a record (its positive + negatives) the unit of a batch
+    group_weight: float = 0.0
 
     def validate(self) -> "RerankerTrainConfig":
         if self.role not in ROLES:
@@ -351,6 +407,10 @@ class RerankerTrainConfig:
             raise ValueError(f"losses must be a non-empty subset of {LOSSES}, got {self.losses}")
         if self.role == "judge" and self.losses != (PAIR,):
             raise ValueError("a judge trains the pairwise loss only (losses=('pair',))")
+        if self.group_weight < 0:
+            raise ValueError(f"group_weight must be >= 0, got {self.group_weight}")
+        if self.group_weight > 0 and self.role != "judge":
+            raise ValueError("group_weight is a judge option (the reranker's listwise loss ranks candidates already)")
         if self.full and self.train_modules:
             raise ValueError(f"full fine-tuning trains every module; train_modules {list(self.train_modules)} "
                              "is a LoRA option")
@@ -406,7 +466,8 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
                                          record=rec.id or None, field="negatives"))
                 continue
             if cfg.role == "judge":
-                groups.extend([ex] for ex in judge_examples(rec, n_records, max_negatives=cfg.judge_negatives))
+                pairs = judge_examples(rec, n_records, max_negatives=cfg.judge_negatives)
+                groups.extend([pairs] if cfg.group_weight > 0 else ([ex] for ex in pairs))
             else:
                 groups.append(reranker_examples(rec, n_records, num_negatives=cfg.num_negatives, seed=cfg.seed,
                                                 losses=cfg.losses))
@@ -524,7 +585,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         model = apply_lora(loaded.model, LoraSettings.from_options(cfg), modules_to_save=cfg.train_modules,
                            task_type="CAUSAL_LM")
     collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records),
-                                    train_turn_end=cfg.train_turn_end)
+                                    train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
 
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
@@ -554,8 +615,9 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         callbacks.append(judge_check)
         log.info("judge: %d held-out pairs (%d records) scored every %s steps", len(held_out),
                  len({ex.record for ex in held_out}), cfg.eval_steps or "~1/5 of the")
+    answer_ids = (loaded.adapter.single_token_id(judge_answer(True)), loaded.adapter.single_token_id(judge_answer(False)))
     trainer = _trainer_class()(model=model, args=args, train_dataset=ExampleDataset(groups), data_collator=collator,
-                               callbacks=callbacks)
+                               callbacks=callbacks, group_weight=cfg.group_weight, answer_ids=answer_ids)
     resume = latest_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming from %s", resume)
