@@ -51,17 +51,21 @@ def test_calibration_bins_and_plot(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 
-def test_judge_holds_out_whole_records():
+def test_judge_holds_out_whole_queries():
     from unime.train.judge_eval import split_held_out
     from unime.train.reranker_trainer import judge_examples
 
     recs = [Record(Item(f"q{i}"), Item(f"p{i}"), negatives=[Item("n1"), Item("n2")], id=f"r{i}") for i in range(20)]
+    # a second record for q0..q4 with another labelled positive (as the demo's judge data writes them)
+    recs += [Record(Item(f"q{i}"), Item(f"p{i}b"), negatives=[Item("n1"), Item("n2")], id=f"r{i}b") for i in range(5)]
     groups = [[ex] for i, r in enumerate(recs) for ex in judge_examples(r, i)]
     train, held = split_held_out(groups, 0.1, seed=0)
-    held_records = {ex.record for ex in held}
-    assert len(held_records) == 2 and len(held) == 6  # each held record: its Yes pair + 2 No pairs
-    assert not held_records & {g[0].record for g in train} and len(train) == 60 - 6
-    assert split_held_out(groups[:27], 0.1, seed=0)[1] == []  # 9 records: too few to hold out
+    held_queries = {ex.query.key for ex in held}
+    assert len(held_queries) == 2
+    assert not held_queries & {g[0].query.key for g in train}  # no query on both sides
+    n_records = sum(1 for r in recs if r.query.key in held_queries)
+    assert len(held) == 3 * n_records and len(train) == 3 * len(recs) - len(held)
+    assert split_held_out(groups[:27], 0.1, seed=0)[1] == []  # 9 distinct queries: too few to hold out
 
 
 # -- mining label health ---------------------------------------------------------------------------------

@@ -87,3 +87,46 @@ def test_version_is_part_of_the_key(monkeypatch):
     before = recipe.key()
     monkeypatch.setattr(pt, "RECIPE_VERSION", pt.RECIPE_VERSION + 1)
     assert recipe.key() != before
+
+
+# -- the pretrained judge ---------------------------------------------------------------------------------
+
+def test_judge_recipe_key_covers_its_fields_the_base_and_the_version(monkeypatch):
+    judge = pt.JudgePretrainRecipe.preset("quick")
+    keys = {judge.key("base-a"), judge.key("base-b")}
+    for name, value in [("steps", 5), ("group_weight", 0.0), ("negatives", 2), ("lr", 5e-4), ("holdout", 0.1)]:
+        keys.add(judge.replace(**{name: value}).key("base-a"))
+    assert len(keys) == 7
+    before = judge.key("base-a")
+    monkeypatch.setattr(pt, "RECIPE_VERSION", pt.RECIPE_VERSION + 1)
+    assert judge.key("base-a") != before
+    with pytest.raises(ValueError, match="unknown judge recipe field"):
+        judge.replace(setps=3)
+
+
+@pytest.mark.slow
+def test_pretrained_judge_is_cached_by_recipe_and_deterministic(tmp_path, monkeypatch):
+    from unime.models.judge import JudgeScorer
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
+    first = pt.pretrain_judge(judge, recipe, progress=lambda m: None)
+    base = pretrain(recipe, progress=lambda m: None)  # trained by the call above: reused now
+    assert base.reused and first.manifest["base"]["key"] == base.manifest["key"]
+    assert first.path.name == f"qwen2_vl-judge-{judge.key(base.manifest['key'])}"
+    assert first.manifest["training"]["steps"] == judge.steps and first.manifest["records"]["records"] > 0
+    assert not any(p.name.startswith(".") for p in first.path.parent.iterdir())
+    assert _weights_hash(first.model) != _weights_hash(base.model)  # judge training changed the base
+    JudgeScorer.from_pretrained(first.model, device="cpu")  # an ordinary judge checkpoint
+
+    def no_training(*a, **k):
+        raise AssertionError("retrained an unchanged judge recipe")
+    monkeypatch.setattr("unime.train.reranker_trainer.train_reranker", no_training)
+    again = pt.pretrain_judge(judge, recipe, progress=lambda m: None)
+    assert again.reused and again.path == first.path
+    monkeypatch.undo()
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    twin = pt.pretrain_judge(judge, recipe, out=tmp_path / "twin", progress=lambda m: None)
+    assert _weights_hash(twin.model) == _weights_hash(first.model)
+    other = pt.pretrain_judge(judge.replace(seed=1), recipe, progress=lambda m: None)
+    assert other.path != first.path and _weights_hash(other.model) != _weights_hash(first.model)

@@ -52,7 +52,7 @@ def _build_tiny(args) -> int:
 
 
 def _add_pretrain_parser(msub) -> None:
-    from unime.demo.pretrain import PretrainRecipe
+    from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe
 
     p = msub.add_parser(
         "pretrain", help="pretrain the embedded default's tiny backbone on a generated corpus (cached per recipe)",
@@ -66,20 +66,56 @@ def _add_pretrain_parser(msub) -> None:
     p.add_argument("--exclude-world", default=None,
                    help="a generated world whose eval/OOD scenes the corpus must not show (part of the cache key)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    g = p.add_argument_group("recipe (overrides of the preset)")
-    for f in PretrainRecipe.__dataclass_fields__.values():
-        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, metavar=f.name.upper(),
-                       help=f"(preset default: {f.default})")
+    _recipe_overrides(p.add_argument_group("recipe (overrides of the preset)"), PretrainRecipe)
     add_config_option(p)
     p.set_defaults(func=_pretrain)
+
+    j = msub.add_parser(
+        "pretrain-judge", help="pretrain the embedded default's Yes/No judge on the same corpus (cached per recipe)",
+        description="Pretrain (or reuse) the base of `unime models pretrain`, then train it as a Yes/No judge "
+                    "(full fine-tuning, answer-token loss + the within-record softmax on the judge margins) on "
+                    "labelled pairs of the same corpus, drawn from its global pool. Cached beside the base under "
+                    "a key of both recipes. Prints the judge folder (an ordinary HF folder for `--judge`).")
+    j.add_argument("--preset", default="default", choices=["default", "quick"], help="preset of both recipes")
+    j.add_argument("--out", default=None, help="output folder (default: the per-machine cache)")
+    j.add_argument("--exclude-world", default=None,
+                   help="a generated world whose eval/OOD scenes the corpus must not show (part of the cache key)")
+    j.add_argument("--device", default="cpu", help="cpu or cuda")
+    _recipe_overrides(j.add_argument_group("judge recipe (overrides of the preset)"), JudgePretrainRecipe,
+                      prefix="judge-")
+    add_config_option(j)
+    j.set_defaults(func=_pretrain_judge)
+
+
+def _recipe_overrides(group, recipe_class, *, prefix: str = "") -> None:
+    """One option per recipe field (`--FIELD`, or `--PREFIXFIELD`), default None = the preset's value."""
+    for f in recipe_class.__dataclass_fields__.values():
+        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        group.add_argument("--" + prefix + f.name.replace("_", "-"), type=kind, default=None,
+                           dest=(prefix + f.name).replace("-", "_"), metavar=f.name.upper(),
+                           help=f"(preset default: {f.default})")
+
+
+def _overrides(args, recipe, *, prefix: str = "") -> dict:
+    return {name: getattr(args, (prefix + name).replace("-", "_")) for name in recipe.__dataclass_fields__
+            if getattr(args, (prefix + name).replace("-", "_")) is not None}
 
 
 def _pretrain(args) -> int:
     from unime.demo.pretrain import PretrainRecipe, pretrain
 
     recipe = PretrainRecipe.preset(args.preset)
-    overrides = {name: getattr(args, name) for name in recipe.__dataclass_fields__ if getattr(args, name) is not None}
-    result = pretrain(recipe.replace(**overrides), out=args.out, exclude_world=args.exclude_world, device=args.device)
+    result = pretrain(recipe.replace(**_overrides(args, recipe)), out=args.out, exclude_world=args.exclude_world,
+                      device=args.device)
+    print(result.model)
+    return 0
+
+
+def _pretrain_judge(args) -> int:
+    from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe, pretrain_judge
+
+    judge = JudgePretrainRecipe.preset(args.preset)
+    result = pretrain_judge(judge.replace(**_overrides(args, judge, prefix="judge-")), PretrainRecipe.preset(args.preset),
+                            out=args.out, exclude_world=args.exclude_world, device=args.device)
     print(result.model)
     return 0

@@ -60,11 +60,15 @@ class DemoSettings:
     hidden: int = 128
     layers: int = 4
     vision_depth: int = 2
-    # judge
-    judge_steps: int = 300
-    judge_batch: int = 8
-    judge_lr: float = 2e-3
+    # judge: full fine-tuning of the pretrained base with the pointwise Yes/No loss plus the within-record
+    # softmax on the judge margins (`--group-weight`); the batch counts records (1 positive + negatives each).
+    # Measured on the default world (held-out 10 %): pointwise only, 150 steps of 16 pairs: AUC 0.630,
+    # P(Yes) 0.261 ± 0.035; with the group loss, 100 steps of 4 records: AUC 0.664, ± 0.170.
+    judge_steps: int = 400
+    judge_batch: int = 4
+    judge_lr: float = 1e-3
     judge_negatives: int = 3
+    judge_group_weight: float = 1.0
     # embedders
     embed_steps: int = 80
     embed_batch: int = 32
@@ -303,9 +307,9 @@ class Demo:
         self.stage("judge", [judge_dir / "merged"], lambda c: self.run_cli(
             ["train", "judge", "--model", self.p("models", "judge-base"), "--records", judge_records,
              "--data-root", world, "--out", judge_dir, "--judge-negatives", s.judge_negatives,
-             "--steps", s.judge_steps, "--batch-size", s.judge_batch, "--lr", s.judge_lr,
-             "--lora-r", 32, "--lora-alpha", 64, "--lora-targets", "all-linear", "--lora-vision",
-             "--train-module", "lm_head", "--seed", 0, "--overwrite", *dev], c))
+             "--steps", s.judge_steps, "--batch-size", s.judge_batch, "--lr", s.judge_lr, "--full",
+             "--group-weight", s.judge_group_weight, "--warmup", max(s.judge_steps // 20, 1),
+             "--seed", 0, "--overwrite", *dev], c))
 
         runs = self.embedder_runs()
         records = world / "train" / "records.jsonl"

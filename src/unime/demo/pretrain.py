@@ -87,6 +87,41 @@ class PretrainRecipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class JudgePretrainRecipe:
+    """The pretrained judge: the pretrained base (`PretrainRecipe`) trained as a Yes/No judge on the same
+    corpus (its labelled pairs drawn from the corpus's global pool, `unime.demo.judge_data`), the
+    embedded default's stand-in for the paper's pretrained zero-shot judge. Its key includes the base's."""
+
+    negatives: int = 3
+    extra_positives: int = 1
+    steps: int = 3000
+    batch_size: int = 4          # records (1 positive + `negatives` each)
+    lr: float = 1e-3
+    group_weight: float = 1.0
+    warmup: int = 100
+    holdout: float = 0.05
+    seed: int = 0
+
+    @classmethod
+    def preset(cls, name: str) -> "JudgePretrainRecipe":
+        if name == "default":
+            return cls()
+        if name == "quick":
+            return cls(steps=4, warmup=0, holdout=0.0)
+        raise ValueError(f"unknown judge pretraining preset {name!r} (default, quick)")
+
+    def replace(self, **changes) -> "JudgePretrainRecipe":
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown judge recipe field(s): {', '.join(unknown)}")
+        return JudgePretrainRecipe(**{**asdict(self), **changes})
+
+    def key(self, base_key: str) -> str:
+        blob = json.dumps({"judge": asdict(self), "version": RECIPE_VERSION, "base": base_key}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 @dataclass
 class PretrainResult:
     path: Path          # the folder holding MODEL_DIR and MANIFEST
@@ -136,6 +171,33 @@ def corpus_records(corpus_root: Path, exclude: set) -> tuple[list, int]:
     return kept, dropped
 
 
+def _generate_corpus(recipe: PretrainRecipe, corpus: Path, progress: Callable[[str], None]) -> None:
+    from unime.data.synth import WorldSizes, generate_world
+
+    if (corpus / "world.json").is_file():
+        return
+    progress(f"[pretrain] generating the corpus (seed {recipe.corpus_seed}, {recipe.corpus_per_task} "
+             "records per task)")
+    sizes = WorldSizes(train_scenes=recipe.corpus_scenes, train_per_task=recipe.corpus_per_task,
+                       eval_scenes=40, ood_scenes=30, eval_queries=6, candidates=6, retrieval_images=8,
+                       compositional_pairs=6)
+    generate_world(corpus, seed=recipe.corpus_seed, sizes=sizes, overwrite=False)
+
+
+def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None]) -> dict | None:
+    """The manifest of a finished cache folder for `key`; None when there is none; refuses foreign folders."""
+    if (dest / MANIFEST).is_file():
+        manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("key") == key:
+            progress(f"[pretrain] reusing {dest} ({what}, recipe key {key})")
+            return manifest
+        raise FileExistsError(f"{dest} holds a pretrained {what} of another recipe (key {manifest.get('key')}, "
+                              f"wanted {key}); choose another --out")
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} exists and is not a pretrained {what} written by unime; choose another --out")
+    return None
+
+
 # -- the stage ------------------------------------------------------------------------------------------
 
 def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
@@ -143,22 +205,15 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
              progress: Callable[[str], None] = print) -> PretrainResult:
     """Pretrain (or reuse) the base for `recipe`. With `out=None` the result lives in the per-machine cache."""
     from unime.data.io import write_records
-    from unime.data.synth import WorldSizes, generate_world
     from unime.models.tiny import TinySize, build_tiny
     from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
 
     exclude, digest = excluded_signatures(exclude_world) if exclude_world else (set(), "")
     key = recipe.key(digest)
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-{key}"
-    if (dest / MANIFEST).is_file():
-        manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
-        if manifest.get("key") == key:
-            progress(f"[pretrain] reusing {dest} (recipe key {key})")
-            return PretrainResult(dest, True, manifest)
-        raise FileExistsError(f"{dest} holds a pretrained base of another recipe (key {manifest.get('key')}, "
-                              f"wanted {key}); choose another --out")
-    if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} exists and is not a pretrained base written by unime; choose another --out")
+    manifest = _cached(dest, key, "base", progress)
+    if manifest is not None:
+        return PretrainResult(dest, True, manifest)
 
     work = dest.parent / f".{dest.name}.work"
     work.mkdir(parents=True, exist_ok=True)
@@ -171,13 +226,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
                         intermediate=2 * recipe.hidden, init_std=recipe.init_std)
         build_tiny(recipe.family, base, seed=recipe.seed, size=size)
     corpus = work / "corpus"
-    if not (corpus / "world.json").is_file():
-        progress(f"[pretrain] generating the corpus (seed {recipe.corpus_seed}, {recipe.corpus_per_task} "
-                 "records per task)")
-        sizes = WorldSizes(train_scenes=recipe.corpus_scenes, train_per_task=recipe.corpus_per_task,
-                           eval_scenes=40, ood_scenes=30, eval_queries=6, candidates=6, retrieval_images=8,
-                           compositional_pairs=6)
-        generate_world(corpus, seed=recipe.corpus_seed, sizes=sizes, overwrite=False)
+    _generate_corpus(recipe, corpus, progress)
     records_path = work / "records.jsonl"
     records, dropped = corpus_records(corpus, exclude)
     if not records_path.is_file():
@@ -208,4 +257,60 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
             json.dump(manifest, fh, indent=1)
     shutil.rmtree(work)  # created above by this function, for this recipe only
     progress(f"[pretrain] done: {dest}")
+    return PretrainResult(dest, False, manifest)
+
+
+def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
+                   exclude_world: str | os.PathLike | None = None, device: str | None = "cpu",
+                   progress: Callable[[str], None] = print) -> PretrainResult:
+    """Pretrain (or reuse) the judge for (`judge`, `recipe`): the base of `recipe` (pretrained or reused first),
+    fully fine-tuned as a Yes/No judge (`unime train judge`, answer-token loss + `group_weight` × the
+    within-record softmax) on labelled pairs of the same corpus, minus the excluded world's scenes."""
+    from unime.data.io import write_records
+    from unime.data.synth import World
+    from unime.demo.judge_data import judge_training_records
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    base = pretrain(recipe, exclude_world=exclude_world, device=device, progress=progress)
+    key = judge.key(base.manifest["key"])
+    dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-judge-{key}"
+    manifest = _cached(dest, key, "judge", progress)
+    if manifest is not None:
+        return PretrainResult(dest, True, manifest)
+    exclude, _ = excluded_signatures(exclude_world) if exclude_world else (set(), "")
+    work = dest.parent / f".{dest.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    corpus = work / "corpus"
+    _generate_corpus(recipe, corpus, progress)
+    records_path = work / "judge_records.jsonl"
+    stats: dict = {}
+    if not records_path.is_file():
+        kept, _dropped = corpus_records(corpus, exclude)
+        labelled = judge_training_records(World.load(corpus).with_records(kept), negatives_per_query=judge.negatives,
+                                          extra_positives=judge.extra_positives, seed=judge.seed, stats=stats)
+        write_records(labelled, records_path)
+        with atomic_open(work / "judge_records_stats.json") as fh:
+            json.dump(stats, fh, indent=1)
+    stats = json.loads((work / "judge_records_stats.json").read_text(encoding="utf-8"))
+    trained = work / "judge"
+    progress(f"[pretrain] judge pretraining: {judge.steps} steps of {judge.batch_size} records on "
+             f"{stats.get('records')} labelled records")
+    result = train_reranker(RerankerTrainConfig(
+        model=str(base.model), records=[str(records_path)], out=str(trained), role="judge", losses=("pair",),
+        data_root=str(corpus), judge_negatives=judge.negatives, full=True, learning_rate=judge.lr,
+        max_steps=judge.steps, batch_size=judge.batch_size, warmup_steps=judge.warmup, seed=judge.seed,
+        device=device, logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
+        holdout=judge.holdout, group_weight=judge.group_weight))
+    manifest = {"key": key, "recipe_version": RECIPE_VERSION, "judge_recipe": asdict(judge),
+                "base": {"key": base.manifest["key"], "path": str(base.path)},
+                "exclude_world": str(exclude_world) if exclude_world else None, "records": stats,
+                "training": {"steps": result.steps, "first_loss": result.first_loss, "last_loss": result.last_loss},
+                "heldout": result.heldout, "seconds": round(time.perf_counter() - t0, 1)}
+    with atomic_dir(dest, overwrite=dest.exists()) as tmp:
+        shutil.copytree(trained / "merged", tmp / MODEL_DIR)
+        with atomic_open(tmp / MANIFEST) as fh:
+            json.dump(manifest, fh, indent=1)
+    shutil.rmtree(work)  # created above by this function, for this recipe only
+    progress(f"[pretrain] judge done: {dest}")
     return PretrainResult(dest, False, manifest)

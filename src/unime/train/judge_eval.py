@@ -28,18 +28,19 @@ EVALUATIONS = 5  # evaluations over a run when eval_steps is not given (plus the
 
 
 def split_held_out(groups: list[list[Any]], fraction: float, seed: int) -> tuple[list[list[Any]], list[Any]]:
-    """(training groups, held-out examples): whole records (all pairs of one record, by its label) are held
-    out, a seeded `fraction` of them (at least 2 records; none when fewer than 10 records)."""
-    records = list(dict.fromkeys(g[0].record for g in groups))
-    if fraction <= 0 or len(records) < 10:
+    """(training groups, held-out examples): whole queries are held out, a seeded `fraction` of the distinct
+    queries (at least 2; none when fewer than 10), with every pair of every record that asks them. Holding
+    out by record would leak: records that share a query (e.g. one per labelled positive) share negatives."""
+    queries = list(dict.fromkeys(g[0].query.key for g in groups))
+    if fraction <= 0 or len(queries) < 10:
         if fraction > 0:
-            log.warning("judge: %d records are too few to hold some out; training on all, no held-out check",
-                        len(records))
+            log.warning("judge: %d distinct queries are too few to hold some out; training on all, no held-out "
+                        "check", len(queries))
         return groups, []
     rng = random.Random(seed)
-    held = set(rng.sample(records, max(2, round(fraction * len(records)))))
-    train = [g for g in groups if g[0].record not in held]
-    examples = [ex for g in groups if g[0].record in held for ex in g]
+    held = set(rng.sample(queries, max(2, round(fraction * len(queries)))))
+    train = [g for g in groups if g[0].query.key not in held]
+    examples = [ex for g in groups if g[0].query.key in held for ex in g]
     return train, examples
 
 

@@ -66,6 +66,12 @@ class World:
             self._records = read_records(self.root / "train" / "records.jsonl")
         return self._records
 
+    def with_records(self, records: list[Record]) -> "World":
+        """The same world (scenes, items, relevance) whose training records are `records` (a subset)."""
+        other = World(self.root, self.manifest, self.scenes, self._items)
+        other._records = list(records)
+        return other
+
     @property
     def tasks(self) -> list[dict]:
         with open(self.root / "eval_tasks.yaml", encoding="utf-8") as fh:
