@@ -97,6 +97,14 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     assert ref_row.rstrip("| ").endswith(("yes", "no")), ref_row
     assert "Learnability reference: a small CNN + GRU dual encoder" in text
     assert "## Ablation" in text and "## Reranker" in text and "## Mining and the judge audit" in text
+    # the judge starts from the pretrained judge (quick recipe), and the report says where both models start
+    from unime.demo.pretrain import JudgePretrainRecipe
+
+    pj = json.loads((out / "models" / "pretrained_judge.json").read_text())
+    assert pj["judge_recipe"] == json.loads(json.dumps(JudgePretrainRecipe.preset("quick").__dict__))
+    base = json.loads((out / "models" / "pretrained.json").read_text())
+    assert pj["base"]["key"] == base["key"]
+    assert "## Backbones" in text and "Judge start: the pretrained judge" in text and "fine-tuned 40 steps" in text
     for title in ("no HN, no soft labels", "hard negatives (InfoNCE)", "soft labels (symmetric KL)",
                   "hard negatives, ground truth as judge", "soft labels, ground truth as judge"):
         row = next(line for line in text.splitlines() if title in line)

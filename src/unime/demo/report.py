@@ -113,11 +113,11 @@ def write_report(demo: "Demo") -> Path:
     s = demo.s
     seeds = list(s.seeds)
     md: list[str] = ["# unime demo report", ""]
-    md += [f"Family `{s.family}` (tiny: hidden {s.hidden}, {s.layers} layers, vision depth {s.vision_depth}); "
-           f"world preset `{s.world_size}`; seeds {seeds}; device `{demo.device}`.",
+    md += [f"Family `{s.family}`; world preset `{s.world_size}`; seeds {seeds}; device `{demo.device}`.",
            "All models are tiny and trained on the generated world, in minutes on a CPU: the table shows what these "
            "runs gave, not the paper's numbers. Means over seeds ± the half-width of the 95 % t-interval over seeds "
            f"({len(seeds)} seed(s); no interval with one).", ""]
+    md += _backbones_section(demo)
     gate = _load(out / "judge_gate.json")
     if gate and gate.get("weak"):
         md += ["**The judge check failed and the run continued (`--allow-weak-judge`):** " + "; ".join(gate["reasons"])
@@ -183,6 +183,47 @@ def write_report(demo: "Demo") -> Path:
     tmp.replace(path)
     _write_html(out, md)
     return path
+
+
+def _backbones_section(demo: "Demo") -> list[str]:
+    """Where the embedder and the judge start: the pretrained base and the pretrained judge (their recipes,
+    corpus, training figures, and whether this run reused them from the per-machine cache)."""
+    base = _load(demo.p("models", "pretrained.json"))
+    if not base:
+        return []
+    r, t = base.get("recipe", {}), base.get("training", {})
+    md = ["## Backbones", "",
+          f"- Embedder start: the pretrained base `{Path(base.get('path', '')).name}` "
+          f"({'reused from the cache' if base.get('reused') else 'pretrained in this run'}): {r.get('family')} tiny, "
+          f"hidden {r.get('hidden')}, {r.get('layers')} layers, vision {r.get('vision_hidden')} × depth "
+          f"{r.get('vision_depth')}, init std {r.get('init_std')}; contrastive pretraining, {t.get('steps')} steps of "
+          f"{r.get('batch_size')} on {base.get('corpus', {}).get('records')} records of a corpus world (seed "
+          f"{r.get('corpus_seed')}; {base.get('corpus', {}).get('dropped_excluded_scenes')} records showing this "
+          f"world's eval scenes dropped): loss {_num(t.get('initial_loss'))} → {_num(t.get('final_loss'))}, "
+          f"in-batch accuracy {_num(t.get('final_in_batch_accuracy'))}, {_num(base.get('seconds'))} s."]
+    judge = _load(demo.p("models", "pretrained_judge.json"))
+    if judge:
+        j, h = judge.get("judge_recipe", {}), judge.get("heldout") or {}
+        md.append(f"- Judge start: the pretrained judge `{Path(judge.get('path', '')).name}` "
+                  f"({'reused from the cache' if judge.get('reused') else 'pretrained in this run'}): the base trained "
+                  f"as a Yes/No judge, {j.get('steps')} steps of {j.get('batch_size')} records "
+                  f"({judge.get('records', {}).get('records')} labelled records of the same corpus, group weight "
+                  f"{j.get('group_weight')}); held-out (corpus queries): AUC {_num(h.get('auc'))}, within-query AUC "
+                  f"{_num(h.get('within_query_auc'))}; {_num(judge.get('seconds'))} s.")
+    else:
+        md.append("- Judge start: the embedder's pretrained base.")
+    s = demo.s
+    md.append(f"- Judge on this world: " + (f"fine-tuned {s.judge_steps} steps of {s.judge_batch} records (full "
+                                            f"fine-tuning, group weight {s.judge_group_weight})."
+                                            if s.judge_steps > 0 else "zero-shot (no training on this world)."))
+    ev = demo.p("judge", "model", "judge_eval.jsonl")
+    if s.judge_steps > 0 and ev.is_file():
+        lines = [json.loads(x) for x in ev.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if lines:
+            first, last = lines[0], lines[-1]
+            md[-1] += (f" Its held-out queries of this world: within-query AUC {_num(first.get('within_query_auc'))} "
+                       f"(step {first['step']}) → {_num(last.get('within_query_auc'))} (step {last['step']}).")
+    return md + [""]
 
 
 def _reference_sentence(demo: "Demo", rows: list[tuple[str, list[dict[str, float]]]], boot: dict | None) -> list[str]:
