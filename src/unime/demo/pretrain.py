@@ -41,8 +41,20 @@ MODEL_DIR = "model"
 MANIFEST = "pretrain.json"
 
 
+class _Recipe:
+    """`replace` for the frozen recipe dataclasses below: unknown field names are refused."""
+
+    what = "recipe"
+
+    def replace(self, **changes):
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown {self.what} field(s): {', '.join(unknown)}")
+        return type(self)(**{**asdict(self), **changes})
+
+
 @dataclass(frozen=True)
-class PretrainRecipe:
+class PretrainRecipe(_Recipe):
     """Everything the pretrained weights depend on; its `key` names the cache folder."""
 
     family: str = "qwen2_vl"
@@ -74,13 +86,6 @@ class PretrainRecipe:
                        corpus_per_task=8, steps=4, batch_size=8)
         raise ValueError(f"unknown pretraining preset {name!r} (default, quick)")
 
-    def replace(self, **changes) -> "PretrainRecipe":
-        names = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown recipe field(s): {', '.join(unknown)}")
-        return PretrainRecipe(**{**asdict(self), **changes})
-
     def key(self, exclude_digest: str = "") -> str:
         blob = json.dumps({"recipe": asdict(self), "version": RECIPE_VERSION, "exclude": exclude_digest},
                           sort_keys=True)
@@ -88,7 +93,7 @@ class PretrainRecipe:
 
 
 @dataclass(frozen=True)
-class JudgePretrainRecipe:
+class JudgePretrainRecipe(_Recipe):
     """The pretrained judge: the pretrained base (`PretrainRecipe`) trained as a Yes/No judge on the same
     corpus (its labelled pairs drawn from the corpus's global pool, `unime.demo.judge_data`), the
     embedded default's stand-in for the paper's pretrained zero-shot judge. Its key includes the base's."""
@@ -102,6 +107,7 @@ class JudgePretrainRecipe:
     warmup: int = 100
     holdout: float = 0.05
     seed: int = 0
+    what = "judge recipe"
 
     @classmethod
     def preset(cls, name: str) -> "JudgePretrainRecipe":
@@ -110,12 +116,6 @@ class JudgePretrainRecipe:
         if name == "quick":
             return cls(steps=4, warmup=0, holdout=0.0)
         raise ValueError(f"unknown judge pretraining preset {name!r} (default, quick)")
-
-    def replace(self, **changes) -> "JudgePretrainRecipe":
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise ValueError(f"unknown judge recipe field(s): {', '.join(unknown)}")
-        return JudgePretrainRecipe(**{**asdict(self), **changes})
 
     def key(self, base_key: str) -> str:
         blob = json.dumps({"judge": asdict(self), "version": RECIPE_VERSION, "base": base_key}, sort_keys=True)
