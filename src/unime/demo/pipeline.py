@@ -320,7 +320,8 @@ class Demo:
         judge_dir = self.p("judge", "model")
         # judge_steps 0: the judge base judges as it is (zero-shot on this world); the stage has nothing to do
         judge_model = judge_dir / "merged" if s.judge_steps > 0 else self.p("models", "judge-base")
-        self.stage("judge", [judge_model], lambda c: self.run_cli(
+        self.stage("judge", [judge_model], lambda c: c.append("# judge_steps 0: the judge base judges zero-shot")
+                   if s.judge_steps == 0 else self.run_cli(
             ["train", "judge", "--model", self.p("models", "judge-base"), "--records", judge_records,
              "--data-root", world, "--out", judge_dir, "--judge-negatives", s.judge_negatives,
              "--steps", s.judge_steps, "--batch-size", s.judge_batch, "--lr", s.judge_lr, "--full",
