@@ -394,6 +394,8 @@ def test_config_validation():
         RerankerTrainConfig(**base, num_negatives=0).validate()
     with pytest.raises(ValueError, match="full fine-tuning trains every module"):
         RerankerTrainConfig(**base, full=True, train_modules=("lm_head",)).validate()
+    with pytest.raises(ValueError, match="max_steps must be > 0"):  # 0 used to train one step
+        RerankerTrainConfig(**base, max_steps=0).validate()
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["lora", "full"])

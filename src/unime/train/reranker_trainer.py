@@ -407,6 +407,8 @@ class RerankerTrainConfig:
             raise ValueError(f"losses must be a non-empty subset of {LOSSES}, got {self.losses}")
         if self.role == "judge" and self.losses != (PAIR,):
             raise ValueError("a judge trains the pairwise loss only (losses=('pair',))")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be > 0 (or -1: train `epochs` epochs), got {self.max_steps}")
         if self.group_weight < 0:
             raise ValueError(f"group_weight must be >= 0, got {self.group_weight}")
         if self.group_weight > 0 and self.role != "judge":
