@@ -141,6 +141,13 @@ def test_report_files(mined):
     assert "- index recall: exact search (recall 1.0 by construction)" in report
 
 
+def _mtimes(out: Path) -> dict:
+    """Modification times of a run's outputs (not its cache, nor the folder's ownership marker and lock,
+    which every claim refreshes)."""
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*")
+            if p.is_file() and "cache" not in p.parts and not p.name.startswith(".unime")}
+
+
 class _NoJudge:
     """A backend that must not be called (every judge shard is already on disk)."""
 
@@ -171,13 +178,24 @@ def test_rerun_reuses_retrieval_and_judge_and_beta_change_only_resamples(mined, 
     calls = []
     emb.encode = lambda *a, **k: calls.append(1)
     cfg = _config(dataset, tiny_model_dir, out2)
+    mtimes = _mtimes(out2)
     r = run_mining(cfg, backend=_NoJudge(), embedder=emb)
-    assert calls == []
+    # the same command on a finished run: it says so and does nothing (no file rewritten)
+    assert calls == [] and r.finished_before and r.n_mined == mined.n_mined
+    assert _mtimes(out2) == mtimes
     for name in ("mined.json", "mined.parquet", "audit.parquet"):
         assert (out2 / name).read_bytes() == (mined.out / name).read_bytes(), name
-    # a larger beta filters more, re-using the stored judge scores (no judge call)
-    cfg2 = dataclasses.replace(cfg, beta=0.5)
+    # other options are refused, naming the keys, and nothing is touched
+    from unime.errors import ChangedOptions
+
+    with pytest.raises(ChangedOptions, match=r"beta: 0\.01 -> 0\.5, count: 3 -> 4\).*--overwrite"):
+        run_mining(dataclasses.replace(cfg, beta=0.5, count=4), backend=_NoJudge(), embedder=emb)
+    assert _mtimes(out2) == mtimes
+    # after the user's explicit restart (--overwrite), a larger beta filters more, re-using the stored
+    # retrieval and judge scores (no embedder, no judge call): only what depends on beta is redone
+    cfg2 = dataclasses.replace(cfg, beta=0.5, overwrite=True)
     r2 = run_mining(cfg2, backend=_NoJudge(), embedder=emb)
+    assert not r2.finished_before and calls == []
     audit = pq.read_table(out2 / "audit.parquet").to_pylist()
     assert all(row["false_negative"] == (row["judge_score"] > row["positive_score"] - 0.5) for row in audit)
     assert sum(r2.stats["sampling"]["false_negatives"].values()) >= sum(r.stats["sampling"]["false_negatives"].values())
@@ -245,6 +263,7 @@ def test_sigkill_in_the_judge_stage_then_resume_is_byte_identical(mined, dataset
     assert done.returncode == 0, done.stderr[-2000:]
     stats = json.loads((out / "stats.json").read_text())
     assert stats["judge_shards_resumed"] == 2
+    assert stats["judge"]["pairs_requested"] == mined.stats["judge"]["pairs_requested"]  # the whole run's
     assert not list((out / "judge").glob(".*tmp*"))
     for name in ("mined.json", "mined.parquet", "audit.parquet", "retrieval.parquet"):
         assert (out / name).read_bytes() == (mined.out / name).read_bytes(), name
@@ -333,7 +352,11 @@ def test_changed_image_bytes_redo_retrieval_and_judge_untouched_images_are_not_r
     shutil.copytree(mined.out, out)
     # the copy's records are the same bytes, but the data root moved: mining redoes everything once
     cfg = _config(data / "records.jsonl", tiny_model_dir, out)
-    run_mining(cfg)
+    from unime.errors import ChangedOptions
+
+    with pytest.raises(ChangedOptions, match=r"\(records: '[^']*records.jsonl' -> '[^']*data.records.jsonl'\)"):
+        run_mining(cfg)  # another records path is another option value: refused unless --overwrite
+    run_mining(_config(data / "records.jsonl", tiny_model_dir, out, overwrite=True))
     before = json.loads((out / "manifest.json").read_text())
     run = MiningRun(cfg)
     run.load_inputs()
@@ -350,3 +373,23 @@ def test_changed_image_bytes_redo_retrieval_and_judge_untouched_images_are_not_r
     assert run.retrieval_hash() != before["stages"]["retrieval"]["hash"]
     with pytest.raises(AssertionError, match="judge called"):  # nothing stale is reused: the judge must run
         run_mining(cfg, backend=_NoJudge())
+
+
+def test_a_resumed_run_reports_the_judge_work_of_the_whole_run(mined, dataset, tiny_model_dir, tmp_path):
+    """Judge counters are stored per shard: a run that resumes after a lost shard reports the sum over
+    every shard (the uninterrupted run's figures), not the resumed part's."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(mined.out, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.pop("finished")  # as if the run had been killed before its end ...
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "judge" / "shard-00001.parquet").unlink()  # ... with the second shard in flight
+    r = run_mining(_config(dataset, tiny_model_dir, out))
+    assert not r.finished_before and r.stats["judge_shards_resumed"] == len(list((out / "judge").iterdir())) - 1
+    whole, straight = r.stats["judge"], mined.stats["judge"]
+    assert whole["pairs_requested"] == straight["pairs_requested"] > 0
+    assert whole["pairs_scored_fast"] + whole["pairs_scored_reference"] == \
+        straight["pairs_scored_fast"] + straight["pairs_scored_reference"]
+    assert (out / "mined.parquet").read_bytes() == (mined.out / "mined.parquet").read_bytes()

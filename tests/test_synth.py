@@ -264,8 +264,27 @@ def test_existing_output_is_not_overwritten_unless_asked(world_dir, tmp_path):
         generate_world(out, seed=0, sizes="tiny")
     assert (out / "keep.txt").exists()
     generate_world(out, seed=0, sizes="tiny", overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "world.json").is_file()
+    # --overwrite writes the world's entries; a file the generator did not write stays, untouched
+    assert (out / "keep.txt").read_text() == "x" and (out / "world.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["w"]
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_a_finished_world_is_left_as_it_is_and_other_options_are_refused_with_the_keys(tmp_path):
+    from unime.errors import ChangedOptions
+
+    out = tmp_path / "w"
+    first = generate_world(out, seed=0, sizes="tiny")
+    assert not first.reused
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = generate_world(out, seed=0, sizes="tiny")
+    assert again.reused and again.counts == first.counts and "nothing to do" in again.describe()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing rewritten
+    with pytest.raises(ChangedOptions, match=r"seed: 0 -> 1.*--overwrite"):
+        generate_world(out, seed=1, sizes="tiny")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    generate_world(out, seed=1, sizes="tiny", overwrite=True)
+    assert json.loads((out / "world.json").read_text())["seed"] == 1
 
 
 def test_sizes_are_validated_and_overridable():

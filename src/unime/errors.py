@@ -31,3 +31,28 @@ class ModelError(UnimeError):
 class DemoStopped(UnimeError):
     """The demo stopped on purpose between stages: what it found would make the next stages meaningless.
     The message names the numbers and what to do (including how to continue anyway)."""
+
+
+class ChangedOptions(UnimeError):
+    """A re-run whose options differ from those of the run it would continue (the message lists the
+    differing keys; `--overwrite` starts over)."""
+
+
+def changed_option_keys(before: dict, now: dict, free=()) -> list[str]:
+    """Keys (outside `free`) whose values differ; JSON round-trip so tuples and lists compare equal."""
+    import json
+
+    now = json.loads(json.dumps(now, default=str))
+    before = json.loads(json.dumps(before, default=str))
+    free = set(free)
+    return sorted(k for k in (set(before) | set(now)) - free if before.get(k) != now.get(k))
+
+
+def refuse_changed_options(out, before: dict, now: dict, keys: list[str]) -> ChangedOptions:
+    """The one refusal wording of a re-run with other options (trainers, mining, eval, data synth)."""
+    import json
+
+    now = json.loads(json.dumps(now, default=str))
+    shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
+    return ChangedOptions(f"{out} holds a run with other options ({shown}); re-run with the same options to "
+                          "continue it, pass --overwrite to start over, or choose another --out")

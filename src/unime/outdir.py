@@ -255,3 +255,94 @@ def remove_owned(folder: str | os.PathLike, command: str, *, overwrite: bool = F
             p.unlink()
         removed.append(name)
     return removed
+
+
+# -- single-file outputs ---------------------------------------------------------------------------------
+# A command whose output is one file (`unime judge --out scores.jsonl`, `unime embed --out x.npy`, `unime
+# reason teacher|generate|materialize --out`, `unime data convert IN OUT`) keeps its ownership record in a
+# hidden sidecar beside it, `.NAME.unime-output.json`: the command, the options hash and, per file it
+# writes (the output and its companions, e.g. `NAME.metrics.json`), the SHA-1 of what it wrote. An
+# existing file is replaced only when the sidecar says this command wrote exactly its current content
+# (a re-run), or under `--overwrite`. The sidecar is written before the work, listing the files still to
+# be written as pending (null), so a killed run's re-run may replace what the killed run left.
+
+FILE_MARKER_SUFFIX = ".unime-output.json"
+
+
+class FileNotOwned(FolderNotOwned):
+    """An output file exists that this command did not write (or that was changed since)."""
+
+
+def file_marker_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}{FILE_MARKER_SUFFIX}"
+
+
+def _file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_file_marker(path: str | os.PathLike) -> dict[str, Any] | None:
+    try:
+        data = json.loads(file_marker_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
+
+
+def written_by(path: str | os.PathLike, target: str | os.PathLike, command: str) -> bool:
+    """Did `command` write `target` (the output `path` or one of its companions) as it is now?"""
+    marker = read_file_marker(path)
+    target = Path(target)
+    if marker is None or marker.get("command") != command or target.name not in marker["files"]:
+        return False
+    recorded = marker["files"][target.name]
+    if recorded is None:  # listed as pending by a run that did not finish: its own partial output
+        return True
+    return target.is_file() and not target.is_symlink() and _file_sha1(target) == recorded
+
+
+@dataclass
+class OwnedFile:
+    """A claimed single-file output; `commit()` after the command wrote it records what it wrote."""
+
+    path: Path
+    command: str
+    options_hash: str
+    targets: tuple[Path, ...]
+
+    def _write(self, files: dict[str, str | None]) -> None:
+        data = {"command": self.command, "unime_version": _version(), "options_hash": self.options_hash,
+                "files": files}
+        marker = file_marker_path(self.path)
+        tmp = marker.parent / f"{marker.name}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, marker)
+
+    def commit(self) -> None:
+        """Record the SHA-1 of every target the command wrote (targets it did not write are dropped)."""
+        self._write({t.name: _file_sha1(t) for t in self.targets if t.is_file()})
+
+
+def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
+               overwrite: bool = False, companions: tuple[str | os.PathLike, ...] = ()) -> OwnedFile:
+    """Check that `command` may write the file `path` (and its `companions`): each is missing, or was
+    written by this command and not changed since, or `overwrite`. Raises `FileNotOwned` naming the file
+    and `--overwrite`, before any work; creates the parent folder; writes the pending sidecar."""
+    path = Path(path)
+    targets = (path, *(Path(c) for c in companions))
+    for t in targets:
+        if t.is_dir():
+            raise FileNotOwned(f"output {t} is a folder; this command writes a file there (choose a file name)")
+        if (t.exists() or t.is_symlink()) and not overwrite and not written_by(path, t, command):
+            raise FileNotOwned(f"output file {t} exists and was not written by `unime {command}` (or was changed "
+                               "since); refusing to replace it. Choose another output name, or pass --overwrite "
+                               "to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owned = OwnedFile(path, command, options_hash(options or {}), targets)
+    owned._write({t.name: None for t in targets})
+    return owned

@@ -43,8 +43,32 @@ def add_config_option(p: argparse.ArgumentParser) -> None:
 _UNSET = object()
 
 # commands that write an output folder (`--out`): each claims and locks it (`unime.outdir`) for the run
-OWNED_OUTPUT_COMMANDS = ("mine", "eval", "demo", "train embedder", "train reranker", "train judge",
-                         "train reasoner", "models build-tiny", "reason add-emb", "reason eval")
+OWNED_OUTPUT_COMMANDS = ("mine", "eval", "eval reference", "demo", "train embedder", "train reranker", "train judge",
+                         "train reasoner", "models build-tiny", "reason add-emb", "reason eval", "reason split",
+                         "data synth", "data import")
+# the option naming the output folder, where it is not `out`
+_OUTPUT_FOLDER_DEST = {"reason split": "out_dir"}
+
+
+def _judge_companions(args) -> tuple[str, ...]:
+    if not getattr(args, "label_column", None):
+        return ()
+    from pathlib import Path
+
+    stem = Path(args.out).with_suffix("")
+    return (f"{stem}.metrics.json", f"{stem}.calibration.png")
+
+
+# commands whose output is one file: (the option naming it, the companion files it may write beside it);
+# each is claimed through a sidecar marker (`unime.outdir.claim_file`)
+OWNED_FILE_COMMANDS = {
+    "judge": ("out", _judge_companions),
+    "embed": ("out", lambda a: (f"{a.out}.lines.json",) if a.on_error == "skip" else ()),
+    "reason teacher": ("out", lambda a: ()),
+    "reason generate": ("out", lambda a: ()),
+    "reason materialize": ("out", lambda a: ()),
+    "data convert": ("output", lambda a: ()),
+}
 _OVERWRITE_HELP = ("let this command write into an output folder it did not create: what it writes replaces "
                    "entries of the same name (a command whose output is one model folder replaces the folder), "
                    "other files stay; a trainer starts over instead of resuming")
@@ -69,7 +93,7 @@ def _find_subparser(parser: argparse.ArgumentParser, argv: list[str]) -> argpars
 
 
 def _add_overwrite_options(parser: argparse.ArgumentParser) -> None:
-    for name in OWNED_OUTPUT_COMMANDS:
+    for name in (*OWNED_OUTPUT_COMMANDS, *OWNED_FILE_COMMANDS):
         words, sub = _command_path(parser, name.split())
         if words != name.split():
             continue  # a command this build does not have
@@ -180,15 +204,25 @@ def print_config(args: argparse.Namespace) -> None:
 
 
 def _claim_output(args: argparse.Namespace, command: str):
-    """Claim (create or re-enter, and lock) the command's output folder; None for other commands."""
-    if command not in OWNED_OUTPUT_COMMANDS or not getattr(args, "out", None):
-        return None
+    """Claim (create or re-enter, and lock) the command's output folder, or claim its output file (a
+    sidecar marker); None for other commands."""
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the first process owns the folder
+        return None
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_RUN_OPTIONS and not k.startswith("_")}
+    overwrite = bool(getattr(args, "overwrite", False))
+    if command in OWNED_FILE_COMMANDS:
+        from unime.outdir import claim_file
+
+        dest, companions = OWNED_FILE_COMMANDS[command]
+        return claim_file(getattr(args, dest), command, options, overwrite=overwrite, companions=companions(args))
+    folder = getattr(args, _OUTPUT_FOLDER_DEST.get(command, "out"), None)
+    if command not in OWNED_OUTPUT_COMMANDS or not folder:
         return None
     from unime.outdir import claim
 
-    options = {k: v for k, v in vars(args).items() if k not in _NOT_RUN_OPTIONS and not k.startswith("_")}
-    return claim(args.out, command, options, overwrite=bool(getattr(args, "overwrite", False)))
+    owned = claim(folder, command, options, overwrite=overwrite)
+    args._owned = owned
+    return owned
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         owned = _claim_output(args, " ".join(_command_path(parser, argv)[0]))
         result = func(args)
+        if hasattr(owned, "commit") and not result:  # a single-file output: record what was written
+            owned.commit()
         return int(result or 0)
     except KeyboardInterrupt:
         print("unime: interrupted", file=sys.stderr)
@@ -225,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return failures.report(exc, debug=debug)
     finally:
-        if owned is not None:
+        if owned is not None and hasattr(owned, "release"):
             owned.release()
 
 

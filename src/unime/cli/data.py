@@ -19,7 +19,9 @@ def register(sub) -> None:
                    help="size preset; the options below override single sizes")
     for name in SIZE_OPTIONS:
         s.add_argument("--" + name.replace("_", "-"), type=int, default=None, metavar="N")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.add_argument("--overwrite", action="store_true",
+                   help="write the world into a folder that holds other files or another world (the world's files "
+                        "are replaced, other files stay)")
     add_config_option(s)
     s.set_defaults(func=_synth)
 
@@ -86,7 +88,8 @@ def _synth(args) -> int:
 
     sizes = resolve_sizes(args.size, **{n: getattr(args, n) for n in SIZE_OPTIONS})
     try:
-        summary = generate_world(args.out, seed=args.seed, sizes=sizes, overwrite=args.overwrite)
+        summary = generate_world(args.out, seed=args.seed, sizes=sizes, overwrite=args.overwrite,
+                                 ignore=_owned_names())
     except FileExistsError as e:
         print(f"unime data synth: {e}")
         return 2
@@ -166,7 +169,7 @@ def _import(args) -> int:
                                                                     if d.strip()),
                          eval_fraction=args.eval_fraction, eval_candidates=args.eval_candidates,
                          judge_negatives=args.judge_negatives, seed=args.seed, on_error=args.on_error,
-                         overwrite=args.overwrite, source=source)
+                         overwrite=args.overwrite, source=source, ignore=tuple(_owned_names()))
     try:
         summary = import_collection(images, opts, skips=skips)
     except FileExistsError as e:
@@ -176,3 +179,10 @@ def _import(args) -> int:
     if skips.total:
         print(skips.summary())
     return 0
+
+
+def _owned_names() -> tuple[str, ...]:
+    """The output folder's ownership marker and lock (the folder is claimed before the command runs)."""
+    from unime.outdir import LOCK_NAME, MARKER_NAME
+
+    return (MARKER_NAME, LOCK_NAME)

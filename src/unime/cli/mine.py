@@ -142,9 +142,12 @@ def _mine(args) -> int:
                      cache_dir=args.cache_dir, on_error=args.on_error, allow_outside_root=args.allow_outside_root,
                      audit=args.audit, world=args.world, audit_threshold=args.audit_threshold,
                      show_progress=args.progress, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                     image_size=args.image_size)
+                     image_size=args.image_size, overwrite=bool(getattr(args, "overwrite", False)))
     result = run_mining(cfg)
     s = result.stats
+    if result.finished_before:
+        print(f"{result.out}: finished earlier with the same options and inputs; nothing to do "
+              f"(pass --overwrite to redo it)")
     print(f"{result.out}: {result.n_mined} of {result.n_records} records mined; report: {result.out / 'report.md'}")
     print(s["sampling_table"])
     from unime.mining.health import format_health

@@ -61,3 +61,29 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def merged_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder inside `path`; on success each of its entries replaces the entry of the
+    same name in `path` (one `os.replace` per entry: a file or folder is never seen half-written), and
+    every other entry of `path` stays. On error the temporary folder is removed. For output folders that
+    may hold the user's own files beside the command's (`unime.outdir`)."""
+    target = Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".merge.tmp-", dir=target))
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir()):
+            dest = target / entry.name
+            if dest.is_dir() and not dest.is_symlink() and entry.is_dir():
+                old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.old-", dir=target))
+                os.replace(dest, old / "x")
+                os.replace(entry, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                os.replace(entry, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -71,6 +71,7 @@ class ImportOptions:
     on_error: str = "raise"
     overwrite: bool = False             # write into a non-empty OUT (files of the same name are replaced)
     source: dict = field(default_factory=dict)  # what was read (for import.json)
+    ignore: tuple = ()                  # names in OUT that are not content (the output folder's marker, lock)
 
     def validate(self) -> None:
         bad = [d for d in self.directions if d not in DIRECTIONS]
@@ -337,7 +338,7 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
 
     opts.validate()
     out = Path(opts.out)
-    if out.exists() and any(out.iterdir()) and not opts.overwrite:
+    if out.exists() and any(p.name not in opts.ignore for p in out.iterdir()) and not opts.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder (or pass --overwrite to write "
                               "into it)")
     out.mkdir(parents=True, exist_ok=True)
@@ -382,7 +383,7 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
     summary = ImportSummary(out=out, images=len(placed), train_images=len(train), eval_images=len(held),
                             records=counts, judge_records=len(judge), eval_tasks=list(tasks), labels=len(labels),
                             skipped=skips.total)
-    manifest = {"source": opts.source, "options": {k: v for k, v in asdict(opts).items() if k != "source"},
+    manifest = {"source": opts.source, "options": {k: v for k, v in asdict(opts).items() if k not in ("source", "ignore")},
                 "images": summary.images, "train_images": summary.train_images, "eval_images": summary.eval_images,
                 "records": counts, "judge_records": len(judge), "eval_tasks": {n: len(r) for n, r in tasks.items()},
                 "labels": sorted(labels), "skipped": {"total": skips.total, "summary": skips.summary()}}

@@ -48,7 +48,7 @@ from unime.data.atomic import atomic_open, atomic_path
 from unime.data.image_digests import ImageDigests, digest_items
 from unime.data.jsonl import iter_jsonl
 from unime.data.items import Item, Record
-from unime.errors import DataError, UnimeError
+from unime.errors import DataError, UnimeError, changed_option_keys, refuse_changed_options
 from unime.index.ann import measure_recall, recall_summary
 from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
 from unime.mining.retrieval import IndexConfig, RetrievalResult, build_index, build_pool, search_hard_negatives
@@ -98,6 +98,7 @@ class MineConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     image_size: Any = None
+    overwrite: bool = False  # a re-run with other options: redo what depends on them (else refused)
 
     def __post_init__(self):
         if self.k < 1:
@@ -128,6 +129,13 @@ class MineResult:
     n_records: int
     n_mined: int
     stats: dict[str, Any]
+    finished_before: bool = False  # the folder held this run, finished: nothing was done
+
+
+# MineConfig fields that do not change what is mined (left out of the run's identity): where the output
+# goes, how the work is spread and batched, progress bars
+FREE_OPTIONS = ("out", "show_progress", "backend", "backend_options", "cache_dir", "judge_chunk_size",
+                "judge_image_cache", "embed_batch_size", "overwrite")
 
 
 # -- hashing -------------------------------------------------------------------------------------------
@@ -252,15 +260,38 @@ class MiningRun:
         if c.backend == "oracle":  # ground truth, not a model's scores: shards are never shared with a model's
             self.inputs["judge"]["scores"] = "world ground truth"
         cfg = asdict(c)
-        for key in ("out", "show_progress", "backend", "backend_options", "cache_dir", "judge_chunk_size",
-                    "judge_image_cache", "embed_batch_size"):
+        for key in FREE_OPTIONS:
             cfg.pop(key)
         self.config_hash = _hash({"config": cfg, "inputs": self.inputs, "version": PIPELINE_VERSION})
-        self.manifest.data["config"] = asdict(c)
-        self.manifest.data["config_hash"] = self.config_hash
-        self.manifest.data["inputs"] = self.inputs
-        self.manifest.save()
         self.times["load"] = time.perf_counter() - t0
+
+    def check_rerun(self) -> bool:
+        """The resume convention (as the trainers', `unime.models.run_state`) on a folder that holds an
+        earlier run: True if that run finished with these options and inputs (nothing to do). Other
+        options are refused with the differing keys unless `overwrite`; then, as when only the inputs
+        changed (records, image bytes, models), the content-keyed stage hashes decide what is redone."""
+        before = self.manifest.data.get("config")
+        if before:
+            keys = changed_option_keys(before, asdict(self.config), free=FREE_OPTIONS)
+            if keys and not self.config.overwrite:
+                raise refuse_changed_options(self.out, before, asdict(self.config), keys)
+            if keys:
+                log.warning("%s: options changed (%s); --overwrite: redoing the stages that depend on them",
+                            self.out, ", ".join(keys))
+            changed = sorted(k for k in self.inputs if self.manifest.data.get("inputs", {}).get(k) != self.inputs[k])
+            if changed and not keys:
+                log.warning("%s: inputs changed since the last run (%s): redoing the stages that depend on them",
+                            self.out, ", ".join(changed))
+        finished = self.manifest.data.get("finished") or {}
+        done = (not self.config.overwrite and finished.get("config_hash") == self.config_hash
+                and all((self.out / n).is_file() for n in ("stats.json", "mined.parquet", "report.md")))
+        if not done:
+            self.manifest.data.pop("finished", None)
+            self.manifest.data["config"] = asdict(self.config)
+            self.manifest.data["config_hash"] = self.config_hash
+            self.manifest.data["inputs"] = self.inputs
+            self.manifest.save()
+        return done
 
     # stage A ----------------------------------------------------------------------------------------
     def retrieval_hash(self) -> str:
@@ -413,8 +444,12 @@ class MiningRun:
                     yield i, groups
 
             backend = self.backend()
+            counted = _numeric(backend.stats())
             for sid, group_scores in backend.score_shards(shards()):
                 idx, groups, started = layouts.pop(sid)
+                now = _numeric(backend.stats())  # the judge's counters for this shard (the run sums them)
+                shard_stats = {k: v - counted.get(k, 0) for k, v in now.items()}
+                counted = now
                 lookup = {q.key: {it.key: float(s) for it, s in zip(cands, sc)}
                           for (q, cands), sc in zip(groups, group_scores)}
                 rows = []
@@ -425,16 +460,20 @@ class MiningRun:
                     rows.append([scores[it.key] for it in cands])
                 table = pa.table({"query_index": pa.array(idx, pa.int64()),
                                   "scores": pa.array(rows, pa.list_(pa.float64()))})
-                table = table.replace_schema_metadata({"unime.seconds": f"{time.perf_counter() - started:.6f}"})
+                table = table.replace_schema_metadata({"unime.seconds": f"{time.perf_counter() - started:.6f}",
+                                                       "unime.judge_stats": json.dumps(shard_stats)})
                 with atomic_path(shard_path(sid)) as tmp:
                     pq.write_table(table, tmp)
         self.times["judge"] = time.perf_counter() - t0
         scores: dict[int, np.ndarray] = {}
         self.judge_shard_seconds = 0.0
+        self.judge_run_stats: dict[str, float] = {}  # the judge's counters summed over every shard of the run
         for i in range(n_shards):
             t = pq.read_table(shard_path(i))
             meta = t.schema.metadata or {}
             self.judge_shard_seconds += float(meta.get(b"unime.seconds", b"0"))
+            for k, v in json.loads(meta.get(b"unime.judge_stats", b"{}")).items():
+                self.judge_run_stats[k] = self.judge_run_stats.get(k, 0) + v
             for qi, sc in zip(t.column("query_index").to_pylist(), t.column("scores").to_pylist()):
                 if qi in scores:
                     raise UnimeError(f"judge shard {i} repeats query {qi}; remove {jdir} and re-run")
@@ -520,6 +559,11 @@ class MiningRun:
 
         t_start = time.perf_counter()
         self.load_inputs()
+        if self.check_rerun():
+            stats = json.loads((self.out / "stats.json").read_text(encoding="utf-8"))
+            log.info("%s: this run finished earlier (same options and inputs); nothing to do", self.out)
+            return MineResult(out=self.out, n_records=stats["records"], n_mined=stats["mined"], stats=stats,
+                              finished_before=True)
         retrieval = self.run_retrieval()
         scores = self.run_judge(retrieval, self.retrieval_hash())
         mined, audit_rows, sstats = self.run_sampling(retrieval, scores)
@@ -529,7 +573,10 @@ class MiningRun:
             audit = report.judge_audit(self, audit_rows)
             self.times["audit"] = time.perf_counter() - t0
         notes = self.write_outputs(mined, audit_rows)
-        backend_stats = self._backend.stats() if self._backend is not None else {}
+        # the judge's counters over the whole run (every shard, across resumptions), its other facts
+        backend_stats = {k: v for k, v in (self._backend.stats() if self._backend is not None else {}).items()
+                         if not _is_number(v)}
+        backend_stats.update({k: int(v) if float(v).is_integer() else v for k, v in self.judge_run_stats.items()})
         if self._backend is not None:
             self._backend.close()
         self.times["total"] = time.perf_counter() - t_start
@@ -549,7 +596,17 @@ class MiningRun:
         for w in stats["label_health"]["warnings"]:
             log.warning("%s", w)
         report.write_report(self.out, stats, audit_rows, audit)
+        self.manifest.data["finished"] = {"config_hash": self.config_hash, "mined": len(mined)}
+        self.manifest.save()
         return MineResult(out=self.out, n_records=len(self.records), n_mined=len(mined), stats=stats)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _numeric(stats: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in stats.items() if _is_number(v)}
 
 
 def _skip_summary(skips) -> dict[str, Any]:
@@ -560,7 +617,8 @@ def _skip_summary(skips) -> dict[str, Any]:
 def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embedder=None) -> MineResult:
     """Run (or resume) the mining pipeline described in the module doc, in an output folder it owns and
     holds locked (`unime.outdir`: a folder with files mining did not write is refused)."""
-    with claim(config.out, "mine", {k: v for k, v in asdict(config).items() if k != "show_progress"}):
+    with claim(config.out, "mine", {k: v for k, v in asdict(config).items() if k != "show_progress"},
+               overwrite=config.overwrite):
         return MiningRun(config, backend=backend, embedder=embedder).run()
 
 

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from unime.errors import UnimeError
+from unime.errors import ChangedOptions, UnimeError, changed_option_keys, refuse_changed_options  # noqa: F401
 
 CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
 FULL_STATE_FILE = "trainable_state.safetensors"  # resumable state of a full fine-tuning run
@@ -117,15 +117,9 @@ def latest_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
 
 
 
-class ChangedOptions(UnimeError):
-    """A re-run whose options differ from those of the run it would continue."""
-
-
 def changed_options(before: dict[str, Any], now: dict[str, Any], free: Iterable[str]) -> list[str]:
-    """Keys (outside `free`) whose values differ; JSON round-trip so tuples and lists compare equal."""
-    now = json.loads(json.dumps(now, default=str))
-    free = set(free)
-    return sorted(k for k in (set(before) | set(now)) - free if before.get(k) != now.get(k))
+    """Keys (outside `free`) whose values differ (`unime.errors.changed_option_keys`)."""
+    return changed_option_keys(before, now, free)
 
 
 def previous_config(out: str | Path) -> dict[str, Any] | None:
@@ -158,10 +152,7 @@ def check_same_run(out: str | Path, now: dict[str, Any], *, free: Iterable[str],
     if overwrite:
         log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
         return False
-    shown = ", ".join(f"{k}: {before.get(k)!r} -> {json.loads(json.dumps(now.get(k), default=str))!r}"
-                      for k in diff)
-    raise ChangedOptions(f"{out} holds a run with other options ({shown}); re-run with the same options to "
-                         "continue it, pass --overwrite to start over, or choose another --out")
+    raise refuse_changed_options(out, before, now, diff)
 
 
 def discard_checkpoints(checkpoint_root: str | Path) -> None:

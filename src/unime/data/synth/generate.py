@@ -22,10 +22,13 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import yaml
 
-from unime.data.atomic import atomic_dir
+from unime.errors import changed_option_keys, refuse_changed_options
+
+from unime.data.atomic import merged_dir
 from unime.data.eval_formats import MMEBRow, write_compositional, write_mmeb, write_retrieval
 from unime.data.io import write_records
 from unime.data.items import Record
@@ -47,10 +50,12 @@ class WorldSummary:
     seconds: float
     bytes_on_disk: int
     n_files: int
+    reused: bool = False  # the folder already held this world (same seed and sizes): nothing was written
 
     def describe(self) -> str:
         c = self.counts
-        lines = [f"world written to {self.root} in {self.seconds:.2f} s: {self.n_files} files, "
+        done = "already holds this world (same seed and sizes); nothing to do:" if self.reused else "written to"
+        lines = [f"world {done} {self.root} in {self.seconds:.2f} s: {self.n_files} files, "
                  f"{self.bytes_on_disk / 1e6:.2f} MB",
                  f"scenes: {c['scenes']}; images: {c['images']}",
                  f"train records: {c['train_records']} ({', '.join(f'{k} {v}' for k, v in c['train'].items())})"]
@@ -205,14 +210,34 @@ def _disk_usage(root: Path) -> tuple[int, int]:
 
 
 def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes | str = "default",
-                   overwrite: bool = False) -> WorldSummary:
-    """Generate the demo world into `out` (built in a temporary sibling folder, then renamed)."""
+                   overwrite: bool = False, ignore: Iterable[str] = ()) -> WorldSummary:
+    """Generate the demo world into `out` (built in a temporary folder, then moved in entry by entry).
+
+    `out` missing or empty (apart from the `ignore` names: the output folder's ownership marker and
+    lock, `unime.outdir`): the world is written. `out` already holds a world with the same seed and
+    sizes: it is left as it is (a finished run; the summary says `reused`). With other options, or
+    files that are not a world: `ChangedOptions` / `FileExistsError`, unless `overwrite` (the world's
+    entries are replaced; any other file stays)."""
     start = time.perf_counter()
     root = Path(out)
-    if root.exists() and not overwrite:  # fail before the work, not after it
-        raise FileExistsError(f"{root} exists (pass overwrite=True / --overwrite to replace it)")
     if isinstance(sizes, str):
         sizes = resolve_sizes(sizes)
+    ignore = set(ignore)
+    present = sorted(p.name for p in root.iterdir() if p.name not in ignore) if root.is_dir() else []
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"{root} exists and is not a folder")
+    if present and not overwrite:  # fail before the work, not after it
+        before = _read_world_options(root)
+        if before is None:
+            raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True / --overwrite to write the "
+                                  "world into it; other files stay)")
+        now = {"seed": seed, "sizes": asdict(sizes), "format_version": FORMAT_VERSION}
+        keys = changed_option_keys(before, now)
+        if keys:
+            raise refuse_changed_options(root, before, now, keys)
+        manifest = json.loads((root / "world.json").read_text(encoding="utf-8"))
+        nbytes, nfiles = _disk_usage(root)
+        return WorldSummary(root, manifest["counts"], time.perf_counter() - start, nbytes, nfiles, reused=True)
     b, content = build_world(seed, sizes)
     counts = _counts(b, content)
     manifest = {"format_version": FORMAT_VERSION, "generator": "unime.data.synth", "seed": seed,
@@ -221,7 +246,16 @@ def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes |
                                   "are disjoint",
                            "OOD": "scenes holding a held-out combination, or a task without training records"},
                 "counts": counts}
-    with atomic_dir(root, overwrite=overwrite) as tmp:
+    with merged_dir(root) as tmp:
         _write(b, content, tmp, manifest)
     nbytes, nfiles = _disk_usage(root)
     return WorldSummary(root, counts, time.perf_counter() - start, nbytes, nfiles)
+
+
+def _read_world_options(root: Path) -> dict | None:
+    """The seed, sizes and format version of the world in `root` (None: no world there)."""
+    try:
+        m = json.loads((root / "world.json").read_text(encoding="utf-8"))
+        return {"seed": m["seed"], "sizes": m["sizes"], "format_version": m["format_version"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
