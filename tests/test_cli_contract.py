@@ -119,8 +119,12 @@ def _argv(command: str, out: Path) -> list[str]:
         "models build-tiny": [],
         "reason add-emb": ["--model", "m"],
         "reason eval": ["--embedder", "e", "--tasks", "t.yaml"],
+        "eval reference": ["--tasks", "t.yaml", "--records", "r.jsonl"],
+        "reason split": ["--records", "r.jsonl", "--tcots", "t.jsonl", "--judge", "j"],
+        "data synth": ["--size", "tiny"],
+        "data import": ["--captions", "c.csv", "--images", "imgs"],
     }[command]
-    return command.split() + extra + ["--out", str(out)]
+    return command.split() + extra + ["--out-dir" if command == "reason split" else "--out", str(out)]
 
 
 @pytest.mark.parametrize("command", OWNED_OUTPUT_COMMANDS)

@@ -103,7 +103,11 @@ def _eval(args) -> int:
         device=args.device, dtype=args.dtype, pooling=args.pooling, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, ties=args.ties, on_error=args.on_error, rerank_path=args.rerank, rerank_topk=args.topk,
         rerank_mode=args.mode, rerank_compositional=args.compositional_mode, compare=args.compare,
-        video_sampling=video_sampling_from_args(args), image_budget=ImageBudget.from_args(args))
+        video_sampling=video_sampling_from_args(args), image_budget=ImageBudget.from_args(args),
+        overwrite=bool(getattr(args, "overwrite", False)))
+    if summary.get("finished_before"):
+        print(f"{args.out}: this evaluation finished earlier with the same options and inputs; nothing to do "
+              "(pass --overwrite to run it again)")
     for name, m in summary["tasks"].items():
         shown = [f"{k} {100 * v:.1f}" for k, v in m.items() if not k.startswith("chance@")][:6]
         chance = f" (chance P@1 {100 * m['chance@1']:.1f})" if "chance@1" in m else ""

@@ -354,6 +354,7 @@ class RunOutput:
     encoding: dict
     timing: dict
     rerank: dict | None = None
+    attempts: int | None = None  # this run's attempt (1 + the interrupted ones it continued), when resumable
 
 
 def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, opts: EvalOptions | None = None,
@@ -419,15 +420,33 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
                         rerank_topk: int = DEFAULT_RERANK_TOPK, rerank_mode: str = "top1",
                         rerank_compositional: str = "pairwise",
                         compare: list[str] | None = None, show_progress: bool = True, video_sampling=None,
-                        image_budget=None) -> dict:
-    """`unime eval --model ...`: evaluate one embedder checkpoint on a task config; returns the summary."""
-    from unime.eval import report
+                        image_budget=None, overwrite: bool = False) -> dict:
+    """`unime eval --model ...`: evaluate one embedder checkpoint on a task config; returns the summary.
+
+    Follows the resume convention (`unime.eval.rerun`): a re-run continues from the embedding cache, a
+    finished run (same options and inputs) returns its summary (with `"finished_before": True`) and does
+    nothing, other options raise `ChangedOptions` unless `overwrite`."""
+    from dataclasses import asdict
+
+    from unime.eval import report, rerun
     from unime.models.embedder import Embedder
 
     t_start = time.perf_counter()
     opts = EvalOptions(ties=ties, rerank_topk=rerank_topk, rerank_mode=rerank_mode)
     suite = load_task_config(tasks, root=tasks_root, only=only)
     data = load_suite_data(suite, on_error=on_error)  # bad data fails here, before the model is loaded
+    # the options that change the results (batch size, cache and progress bars do not)
+    run_options = {"model": str(model), "tasks": tasks, "tasks_root": tasks_root, "only": only, "device": device,
+                   "dtype": str(dtype), "pooling": pooling, "ties": ties, "on_error": on_error,
+                   "reranker": rerank_path, "rerank_topk": rerank_topk, "rerank_mode": rerank_mode,
+                   "rerank_compositional": rerank_compositional, "compare": list(compare or []),
+                   "video_sampling": asdict(video_sampling) if video_sampling is not None else None,
+                   "image_budget": image_budget.to_dict() if image_budget is not None else None}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    finished = rerun.begin(out_dir, run_options, rerun.input_identity(out_dir, model, data, rerank_path),
+                           overwrite=overwrite)
+    if finished is not None:
+        return {**finished, "finished_before": True}
     t_data = time.perf_counter()
     # image_budget: explicit resolution options, over each checkpoint's recorded setting
     embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=pooling, batch_size=batch_size,
@@ -454,4 +473,7 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
             "visual_tokens_encoded": embedder.visual_tokens}
     if rerank_path:
         meta["reranker"] = str(rerank_path)
-    return report.write_run(out_dir, run, meta=meta, compare=compare or [])
+    run.attempts = rerun.attempts(out_dir)  # 1 + the interrupted attempts this run continued from
+    summary = report.write_run(out_dir, run, meta=meta, compare=compare or [])
+    rerun.finish(out_dir)
+    return summary

@@ -1,0 +1,101 @@
+"""`unime eval` follows the trainers' resume convention (`unime.models.run_state`) in its output folder:
+
+- re-running the same command continues from the last complete work: every embedding is written to the
+  embedding cache as its batch finishes, so a killed run's re-run encodes only what was not cached yet
+  (`--no-cache` has nothing to continue from: its re-run encodes everything again);
+- a finished run (same options, same inputs) says so and does nothing;
+- other options are refused with the differing keys listed, unless `--overwrite` (start over);
+- the task metrics of a resumed run cover every task and query (they are computed from all vectors at
+  the end); `summary.json` counts the attempts (`run.attempts`).
+
+The run's record is `OUT/eval_run.json`: the options, the identity of the inputs (the checkpoint
+files, the task files, the bytes of every image the tasks reference — digests cached by size + mtime
+in `OUT/.image_digests.tsv`) and whether the run finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from unime.data.atomic import atomic_open
+from unime.data.image_digests import ImageDigests, digest_items
+from unime.data.images import ImageLoader
+from unime.errors import changed_option_keys, refuse_changed_options
+from unime.models.embedding_cache import model_fingerprint
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "eval_run.json"
+DIGESTS_FILE = ".image_digests.tsv"
+
+
+def input_identity(out: str | Path, model: str, tasks, reranker: str | None = None) -> dict[str, Any]:
+    """What the results depend on besides the options: checkpoint files, task files, image bytes.
+    `tasks`: the loaded (spec, data) pairs."""
+    digests = ImageDigests(Path(out) / DIGESTS_FILE)
+    files, images = {}, {}
+    for spec, data in tasks:
+        path = Path(spec.path)
+        parts = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files[spec.name] = [[str(p), digests.digest(p)] for p in parts if p.is_file()]
+        images[spec.name] = digest_items(data.table.items, ImageLoader(str(spec.data_root)), digests)
+    digests.save()
+    ident = {"model": model_fingerprint(model), "task_files": files, "images": images}
+    if reranker:
+        ident["reranker"] = model_fingerprint(reranker)
+    return ident
+
+
+def read_run(out: str | Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((Path(out) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("options"), dict) else None
+
+
+def write_run(out: str | Path, record: dict[str, Any]) -> None:
+    with atomic_open(Path(out) / RUN_FILE) as fh:
+        json.dump(record, fh, indent=1, sort_keys=True, default=str)
+        fh.write("\n")
+
+
+def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, overwrite: bool) -> dict | None:
+    """Before the work. Returns the finished run's summary if the folder holds this very run finished
+    (nothing to do), else None after recording the attempt. Raises `ChangedOptions` for other options
+    unless `overwrite`."""
+    out = Path(out)
+    options = json.loads(json.dumps(options, default=str))
+    before = read_run(out)
+    attempts = 0
+    if before is not None:
+        keys = changed_option_keys(before["options"], options)
+        if keys and not overwrite:
+            raise refuse_changed_options(out, before["options"], options, keys)
+        if keys:
+            log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(keys))
+        else:
+            if before.get("inputs") != inputs:
+                log.warning("%s: inputs changed since the last run (%s): evaluating again", out,
+                            ", ".join(k for k in inputs if (before.get("inputs") or {}).get(k) != inputs[k]))
+            elif before.get("finished") and not overwrite and (out / "summary.json").is_file():
+                log.info("%s: this evaluation finished earlier (same options and inputs); nothing to do", out)
+                return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            attempts = int(before.get("attempts", 0))
+    write_run(out, {"options": options, "inputs": inputs, "finished": False, "attempts": attempts + 1})
+    return None
+
+
+def finish(out: str | Path) -> None:
+    record = read_run(out)
+    if record is not None:
+        record["finished"] = True
+        write_run(out, record)
+
+
+def attempts(out: str | Path) -> int:
+    record = read_run(out)
+    return int(record.get("attempts", 1)) if record else 1

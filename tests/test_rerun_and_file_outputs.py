@@ -1,0 +1,222 @@
+"""The resume convention for `unime eval` (a finished run does nothing, other options are refused with
+the keys, --overwrite starts over, an interrupted run continues from the embedding cache), single-file
+outputs owned through a sidecar marker, and `data synth` / `data import` on claimed folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.test_eval import build_world
+from unime.cli import OWNED_FILE_COMMANDS, main
+from unime.outdir import FileNotOwned, claim_file, file_marker_path, read_file_marker, read_marker
+
+
+def _error_lines(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("unime: error:")]
+
+
+def _mtimes(out: Path) -> dict:
+    """Modification times of a run's outputs (not the folder's ownership marker and lock, which each
+    claim refreshes)."""
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and not p.name.startswith(".unime")}
+
+
+# -- unime eval -------------------------------------------------------------------------------------------
+def test_eval_finished_changed_overwrite_and_interrupted(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from unime.models.embedder import Embedder
+
+    tasks = build_world(tmp_path / "world")
+    out, cache = tmp_path / "ev", tmp_path / "cache"
+    argv = ["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(tasks), "--cache-dir", str(cache),
+            "--device", "cpu", "--batch-size", "4", "--out", str(out)]
+    assert main(argv) == 0
+    first = json.loads((out / "summary.json").read_text())
+    record = json.loads((out / "eval_run.json").read_text())
+    assert record["finished"] is True and record["attempts"] == 1 and first["run"] == {"attempts": 1}
+    capsys.readouterr()
+
+    # the same command again: says so, loads no model, rewrites nothing
+    before = _mtimes(out)
+    loads = []
+    original = Embedder.from_pretrained.__func__
+    monkeypatch.setattr(Embedder, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(1) or original(cls, *a, **k)))
+    assert main(argv) == 0
+    assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
+    assert loads == [] and _mtimes(out) == before
+
+    # other options: refused with the keys, nothing touched
+    assert main(argv + ["--ties", "index", "--pooling", "last"]) == 2
+    assert _error_lines(capsys) == [
+        f"unime: error: {out} holds a run with other options (pooling: 'auto' -> 'last', ties: 'pessimistic' -> "
+        "'index'); re-run with the same options to continue it, pass --overwrite to start over, or choose "
+        "another --out"]
+    assert _mtimes(out) == before and loads == []
+
+    # --overwrite starts over with the new options
+    assert main(argv + ["--ties", "index", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["meta"]["ties"] == "index"
+    assert json.loads((out / "eval_run.json").read_text())["options"]["ties"] == "index"
+
+    # an interrupted run (killed after some batches: its record says unfinished, no summary yet) continues
+    # from the embedding cache and counts the attempt; the metrics are those of an uninterrupted run
+    argv_index = argv + ["--ties", "index"]
+    record = json.loads((out / "eval_run.json").read_text())
+    (out / "eval_run.json").write_text(json.dumps({**record, "finished": False}))
+    (out / "summary.json").unlink()
+    uninterrupted = tmp_path / "straight"
+    assert main(argv[:-1] + [str(uninterrupted), "--ties", "index"]) == 0
+    assert main(argv_index) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["run"] == {"attempts": 2} and resumed["encoding"]["encoded"] == 0
+    assert resumed["tasks"] == json.loads((uninterrupted / "summary.json").read_text())["tasks"]
+
+    # changed image bytes under the same options: not "finished", evaluated again (and encoded again)
+    from PIL import Image
+
+    img = next((tmp_path / "world" / "images").glob("*.png"))
+    Image.new("RGB", Image.open(img).size, (1, 2, 3)).save(img)
+    capsys.readouterr()
+    assert main(argv_index) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["encoding"]["encoded"] >= 1
+
+
+# -- single-file outputs ------------------------------------------------------------------------------------
+def test_a_file_output_is_claimed_through_its_sidecar(tmp_path):
+    out = tmp_path / "sub" / "scores.jsonl"
+    owned = claim_file(out, "judge", {"a": 1})
+    assert out.parent.is_dir() and read_file_marker(out)["files"] == {"scores.jsonl": None}  # pending
+    out.write_text("x\n")
+    # a killed run (never committed) leaves a pending entry: its re-run may replace the file
+    claim_file(out, "judge").commit()
+    marker = read_file_marker(out)
+    assert marker["command"] == "judge" and len(marker["files"]["scores.jsonl"]) == 40
+    assert file_marker_path(out) == tmp_path / "sub" / ".scores.jsonl.unime-output.json"
+    claim_file(out, "judge")  # written by this command and unchanged: a re-run may replace it
+    owned.commit()
+    out.write_text("edited by the user\n")  # changed since: the user's now
+    with pytest.raises(FileNotOwned, match=rf"output file {out} exists and was not written by `unime judge` "
+                                           r"\(or was changed since\).*--overwrite"):
+        claim_file(out, "judge")
+    with pytest.raises(FileNotOwned, match="not written by `unime embed`"):
+        claim_file(out, "embed")  # another command's file
+    claim_file(out, "judge", overwrite=True)
+
+
+def _file_argv(command: str, out: Path) -> list[str]:
+    """A parseable command line of each command that writes one output file."""
+    extra = {
+        "judge": ["--pairs", "p.jsonl", "--judge", "j", "--out", str(out)],
+        "embed": ["--model", "m", "--items", "i.jsonl", "--out", str(out)],
+        "reason teacher": ["--world", "w", "--out", str(out)],
+        "reason generate": ["--model", "m", "--records", "r.jsonl", "--out", str(out)],
+        "reason materialize": ["--records", "r.jsonl", "--tcots", "t.jsonl", "--out", str(out)],
+        "data convert": ["r.jsonl", str(out)],
+    }[command]
+    return command.split() + extra
+
+
+@pytest.mark.parametrize("command", sorted(OWNED_FILE_COMMANDS))
+def test_a_user_file_at_a_file_output_survives_every_command(tmp_path, command, capsys):
+    out = tmp_path / "mine.jsonl"
+    out.write_text("the user's file\n")
+    assert main(_file_argv(command, out)) == 2
+    assert _error_lines(capsys) == [
+        f"unime: error: output file {out} exists and was not written by `unime {command}` (or was changed since); "
+        "refusing to replace it. Choose another output name, or pass --overwrite to replace it"]
+    assert out.read_text() == "the user's file\n" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.jsonl"]
+
+
+def test_judge_companion_files_are_protected_too(tmp_path, capsys):
+    (tmp_path / "s.metrics.json").write_text("{}")
+    argv = ["judge", "--pairs", "p.jsonl", "--judge", "j", "--out", str(tmp_path / "s.jsonl"),
+            "--label-column", "label"]
+    assert main(argv) == 2
+    assert f"output file {tmp_path / 's.metrics.json'} exists" in _error_lines(capsys)[0]
+    assert (tmp_path / "s.metrics.json").read_text() == "{}"
+
+
+def test_data_convert_rewrites_its_own_output_refuses_an_edited_one_and_overwrite_replaces(tmp_path, capsys):
+    src = tmp_path / "r.jsonl"
+    src.write_text(json.dumps({"query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
+    out = tmp_path / "new" / "r.parquet"  # a missing folder is created
+    assert main(["data", "convert", str(src), str(out)]) == 0
+    written = out.read_bytes()
+    assert read_file_marker(out)["command"] == "data convert"
+    assert main(["data", "convert", str(src), str(out)]) == 0  # its own, unchanged output: a re-run
+    out.write_bytes(b"changed by the user")
+    capsys.readouterr()
+    assert main(["data", "convert", str(src), str(out)]) == 2
+    assert "was not written by `unime data convert` (or was changed since)" in _error_lines(capsys)[0]
+    assert out.read_bytes() == b"changed by the user"
+    assert main(["data", "convert", str(src), str(out), "--overwrite"]) == 0
+    assert out.read_bytes() == written
+
+
+# -- data synth / data import claim their folder ------------------------------------------------------------
+def test_data_synth_claims_locks_and_keeps_foreign_files(tmp_path, capsys):
+    out = tmp_path / "world"
+    assert main(["data", "synth", "--out", str(out), "--size", "tiny"]) == 0
+    assert read_marker(out)["command"] == "data synth"
+    before = _mtimes(out)
+    capsys.readouterr()
+    assert main(["data", "synth", "--out", str(out), "--size", "tiny"]) == 0
+    assert "already holds this world (same seed and sizes); nothing to do" in capsys.readouterr().out
+    assert _mtimes(out) == before
+    assert main(["data", "synth", "--out", str(out), "--size", "tiny", "--seed", "2"]) == 2
+    assert "seed: 0 -> 2" in _error_lines(capsys)[0] and _mtimes(out) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(["data", "synth", "--out", str(foreign), "--size", "tiny"]) == 2
+    assert "not written by unime" in _error_lines(capsys)[0]
+    assert main(["data", "synth", "--out", str(foreign), "--size", "tiny", "--overwrite"]) == 0
+    assert (foreign / "notes.txt").read_text() == "mine" and (foreign / "world.json").is_file()
+    assert read_marker(foreign)["preexisting"] == ["notes.txt"]
+
+
+def test_a_second_data_synth_on_a_locked_folder_fails_at_once(tmp_path, capsys):
+    from unime.outdir import claim
+
+    out = tmp_path / "w"
+    with claim(out, "data synth"):
+        import subprocess
+        import sys
+
+        env_src = str(Path(__file__).resolve().parents[1] / "src")
+        done = subprocess.run([sys.executable, "-c", "import sys; from unime.cli import main; "
+                               "sys.exit(main(sys.argv[1:]))", "data", "synth", "--out", str(out), "--size", "tiny"],
+                              capture_output=True, text=True, env={"PYTHONPATH": env_src, "PATH": "/usr/bin:/bin"},
+                              timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"unime: error: output folder {out} is in use by another unime run (pid {os.getpid()}); wait for it to "
+        "finish or choose another --out")
+
+
+def test_data_import_claims_its_folder(tmp_path, capsys):
+    from tests.captioned_folder import make_captioned_folder
+
+    photos, captions = make_captioned_folder(tmp_path / "src", n=12)
+    out = tmp_path / "imported"
+    argv = ["data", "import", "--captions", str(captions), "--images", str(photos), "--eval-candidates", "3",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert read_marker(out)["command"] == "data import" and (out / "import.json").is_file()
+    assert "ignore" not in json.loads((out / "import.json").read_text())["options"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("k")
+    capsys.readouterr()
+    assert main(argv[:-1] + [str(foreign)]) == 2
+    assert "not written by unime" in _error_lines(capsys)[0] and sorted(os.listdir(foreign)) == ["keep.txt"]
+    assert main(argv[:-1] + [str(foreign), "--overwrite"]) == 0
+    assert (foreign / "keep.txt").read_text() == "k" and (foreign / "eval_tasks.yaml").is_file()
+
