@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import IMAGE_CASES, READER_CASES, RECORD_CASES, Case, build_images, good_record, tree, \
+from bad_inputs import GOOD_IMAGE, IMAGE_CASES, READER_CASES, RECORD_CASES, Case, build_images, good_record, tree, \
     write_records_file
 from unime.cli import main
 
@@ -225,3 +225,40 @@ def test_eval_judge_and_embed_skip_and_count_every_case(corpus_root, tmp_path, c
         assert f"{N_GOOD} x " in printed and f"skipped {len(bad)} record(s) ({per})" in printed
         assert np.load(out / "vectors.npy").shape[0] == N_GOOD
         assert json.loads((out / "vectors.npy.lines.json").read_text())["lines"] == list(range(1, N_GOOD + 1))
+
+
+# -- the commands without a skip policy: strict mode only (the reader cases; their images are opened by
+#    the model's loader after it is loaded) ------------------------------------------------------------------
+def _tasks_yaml(root: Path) -> Path:
+    rows = root / "ref-task.jsonl"
+    rows.write_text(json.dumps({"qry_text": "<|image_1|>\nwhat is shown?", "qry_img_path": GOOD_IMAGE,
+                                "tgt_text": ["grey", "red"], "tgt_img_path": ["", ""]}) + "\n")
+    cfg = root / "ref-tasks.yaml"
+    cfg.write_text(json.dumps({"tasks": [{"name": "t", "format": "mmeb", "path": rows.name}]}))
+    return cfg
+
+
+STRICT_ONLY_COMMANDS = {
+    "reason generate": lambda rec, root, out: ["reason", "generate", "--model", "no/model", "--records", str(rec),
+                                               "--out", str(out / "tcots.jsonl")],
+    "reason materialize": lambda rec, root, out: ["reason", "materialize", "--records", str(rec), "--tcots",
+                                                  str(rec), "--out", str(out / "reasoned.parquet")],
+    "reason split": lambda rec, root, out: ["reason", "split", "--records", str(rec), "--tcots", str(rec),
+                                            "--judge", "no/judge", "--out-dir", str(out / "split")],
+    "eval reference": lambda rec, root, out: ["eval", "reference", "--tasks", str(_tasks_yaml(root)), "--records",
+                                              str(rec), "--data-root", str(root), "--out", str(out / "ref"),
+                                              "--max-steps", "1"],
+}
+
+
+@pytest.mark.parametrize("case", READER_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("command", list(STRICT_ONLY_COMMANDS))
+def test_commands_without_a_skip_policy_stop_with_the_one_line(corpus_root, tmp_path, case, command, capsys):
+    path = write_records_file(corpus_root, [case], n_good=N_GOOD, name=f"{case.name}-{command.replace(' ', '_')}.jsonl")
+    before = {k: v for k, v in tree(corpus_root).items() if not k.startswith("ref-")}
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(STRICT_ONLY_COMMANDS[command](path, corpus_root, out)) == 2
+    _expect_line(_one_error_line(capsys), path, case)
+    assert {k: v for k, v in tree(corpus_root).items() if not k.startswith("ref-")} == before
+    assert sorted(p.name for p in out.rglob("*") if not p.name.startswith(".unime")) in ([], ["ref"], ["split"])

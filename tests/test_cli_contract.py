@@ -123,6 +123,7 @@ def _argv(command: str, out: Path) -> list[str]:
         "reason split": ["--records", "r.jsonl", "--tcots", "t.jsonl", "--judge", "j"],
         "data synth": ["--size", "tiny"],
         "data import": ["--captions", "c.csv", "--images", "imgs"],
+        "models pretrain": ["--preset", "quick"],
     }[command]
     return command.split() + extra + ["--out-dir" if command == "reason split" else "--out", str(out)]
 
@@ -138,6 +139,18 @@ def test_a_user_file_in_an_existing_out_survives_every_command(tmp_path, command
     assert f"output folder {out} is not empty and was not written by unime" in line and "--overwrite" in line
     assert sorted(p.name for p in out.rglob("*")) == ["README.md", "merged", "model.safetensors"]
     assert (out / "README.md").read_text() == "my notes"
+
+
+def test_index_build_never_writes_into_a_folder_that_is_not_an_index(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"text": "a"}) + "\n")
+    assert main(["index", "build", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--out", str(out),
+                 "--device", "cpu", "--no-thumbnails"]) == 2
+    assert _error_lines(capsys) == [f"unime: error: {out} exists and is not a unime index: refusing to write into it"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md"] and (out / "README.md").read_text() == "my notes"
 
 
 def test_mine_never_deletes_a_judge_folder_it_did_not_write(tmp_path, capsys):

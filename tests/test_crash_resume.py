@@ -1,7 +1,8 @@
 """kill -9 at seeded random moments, then re-run the same command: the outputs equal those of an
 uninterrupted run. UNIME_KILL_POINTS kill points per stage (mining, embedder training, reranker
-training, eval; default 2, i.e. 8 in the suite; 5 = 20 for a release check), chained on one output
-folder: each re-run is killed again until the last one finishes."""
+training, eval; default 5, i.e. 20 in the slow tier), chained on one output folder: each re-run is
+killed again until the last one finishes. Plus three kill points after the final checkpoint (during
+the embedder's export, between its export and its metrics, during the reranker's export)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
-KILLS = int(os.environ.get("UNIME_KILL_POINTS", "2"))
+KILLS = int(os.environ.get("UNIME_KILL_POINTS", "5"))
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 CLI = "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -164,3 +165,106 @@ def test_eval_killed_repeatedly_gives_the_uninterrupted_results(tmp_path, tiny_m
 
     for p in sorted((tmp_path / "straight" / "tasks").glob("*.json")):
         assert results(tmp_path / "killed" / "tasks" / p.name) == results(p)
+
+
+# -- after the final checkpoint: a run killed while exporting -----------------------------------------------
+# the command in a subprocess with one function patched to announce itself and wait (for the kill) when
+# it is called; PAUSE_AT = "module:function" (+ PAUSE_ARG: only when its first argument ends with that name)
+_PAUSED_CLI = """
+import importlib, os, sys, time
+from unime.cli import main
+
+mod_name, func_name = os.environ["PAUSE_AT"].split(":")
+mod = importlib.import_module(mod_name)
+original, only = getattr(mod, func_name), os.environ.get("PAUSE_ARG")
+
+def paused(*args, **kwargs):
+    if not only or (args and str(args[0]).endswith(only)):
+        print("test pause in", func_name, flush=True)
+        time.sleep(3600)
+    return original(*args, **kwargs)
+
+setattr(mod, func_name, paused)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _kill_when_paused(argv: list[str], pause_at: str, pause_arg: str | None = None) -> None:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PAUSE_AT": pause_at, "PAUSE_ARG": pause_arg or ""}
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_CLI, "--log-level", "WARNING", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if "test pause" in line or not line:
+                break
+        assert "test pause in" in line, f"never reached {pause_at} (exit {proc.poll()})"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_step(tmp_path, tiny_model_dir):
+    from test_train_embedder import mined_world_records
+
+    from unime.data.io import write_records
+    from unime.data.synth import generate_world
+
+    world = tmp_path / "world"
+    generate_world(world, sizes="tiny", seed=0)
+    records = world / "mined.jsonl"
+    write_records(mined_world_records(world)[:8], records)
+
+    def argv(out):
+        return ["train", "embedder", "--model", tiny_model_dir("qwen2_vl"), "--records", str(records),
+                "--data-root", str(world), "--out", str(out), "--hard-negatives", "2", "--batch-size", "2",
+                "--steps", "4", "--save-steps", "2", "--logging-steps", "1", "--lr", "1e-3", "--lora-r", "4",
+                "--device", "cpu", "--seed", "3"]
+
+    log = tmp_path / "log"
+    _run(argv(tmp_path / "straight"), log)
+    killed = tmp_path / "killed"
+    # kill point 1: the export has begun (checkpoint-4 complete, no adapter/merged yet)
+    _kill_when_paused(argv(killed), "unime.train.checkpoints:export_final")
+    assert (killed / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file()
+    assert not (killed / "adapter").exists() and not (killed / "metrics.json").exists()
+    # kill point 2: the re-run exported the adapter and merged model, and dies before metrics.json
+    _kill_when_paused(argv(killed), "unime.train.checkpoints:write_json_atomic", "metrics.json")
+    assert (killed / "adapter" / "adapter_model.safetensors").is_file() and not (killed / "metrics.json").exists()
+    _run(argv(killed), log)
+    _same_tensors(tmp_path / "straight" / "adapter" / "adapter_model.safetensors",
+                  killed / "adapter" / "adapter_model.safetensors")
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert b["steps"] == a["steps"] == 4  # no step 5
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
+
+
+def test_reranker_killed_during_its_export_exports_the_final_checkpoint(tmp_path, tiny_model_dir):
+    from test_reranker_training import write_world
+
+    records = write_world(tmp_path / "data")
+
+    def argv(out):
+        return ["train", "reranker", "--model", tiny_model_dir("qwen2_vl"), "--records", records, "--out", str(out),
+                "--negatives", "2", "--steps", "3", "--save-steps", "1", "--batch-size", "2", "--lr", "1e-2",
+                "--logging-steps", "1", "--device", "cpu"]
+
+    log = tmp_path / "log"
+    _run(argv(tmp_path / "straight"), log)
+    killed = tmp_path / "killed"
+    # kill point 3: the reranker's export has begun (its last checkpoint complete)
+    _kill_when_paused(argv(killed), "unime.train.reranker_trainer:export_reranker")
+    assert not (killed / "unime_reranker.json").exists()
+    _run(argv(killed), log)
+    _same_tensors(tmp_path / "straight" / "adapter" / "adapter_model.safetensors",
+                  killed / "adapter" / "adapter_model.safetensors")
+    a = json.loads((tmp_path / "straight" / "unime_reranker.json").read_text())
+    b = json.loads((killed / "unime_reranker.json").read_text())
+    assert b["steps"] == a["steps"] == 3 and b["last_loss"] == pytest.approx(a["last_loss"], rel=1e-6)

@@ -134,6 +134,13 @@ def test_a_user_file_at_a_file_output_survives_every_command(tmp_path, command, 
     assert out.read_text() == "the user's file\n" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.jsonl"]
 
 
+def test_a_failed_file_command_leaves_nothing_beside_its_output(tmp_path, capsys):
+    bad = tmp_path / "r.jsonl"
+    bad.write_text("{not json\n")
+    assert main(["data", "convert", str(bad), str(tmp_path / "o.parquet")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]  # no output, no pending sidecar
+
+
 def test_judge_companion_files_are_protected_too(tmp_path, capsys):
     (tmp_path / "s.metrics.json").write_text("{}")
     argv = ["judge", "--pairs", "p.jsonl", "--judge", "j", "--out", str(tmp_path / "s.jsonl"),

@@ -323,9 +323,19 @@ class OwnedFile:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, marker)
 
+    committed: bool = False
+
     def commit(self) -> None:
         """Record the SHA-1 of every target the command wrote (targets it did not write are dropped)."""
         self._write({t.name: _file_sha1(t) for t in self.targets if t.is_file()})
+        self.committed = True
+
+    def release(self) -> None:
+        """After a failed run that wrote none of its files: the pending sidecar goes too (a run killed by
+        the OS keeps it, so that its re-run may replace what it left)."""
+        if not self.committed and not any(t.exists() or t.is_symlink() for t in self.targets):
+            with contextlib.suppress(OSError):
+                file_marker_path(self.path).unlink()
 
 
 def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,

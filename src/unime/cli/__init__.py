@@ -44,7 +44,8 @@ _UNSET = object()
 
 # commands that write an output folder (`--out`): each claims and locks it (`unime.outdir`) for the run
 OWNED_OUTPUT_COMMANDS = ("mine", "eval", "eval reference", "demo", "train embedder", "train reranker", "train judge",
-                         "train reasoner", "models build-tiny", "reason add-emb", "reason eval", "reason split",
+                         "train reasoner", "models build-tiny", "models pretrain", "reason add-emb", "reason eval",
+                         "reason split",
                          "data synth", "data import")
 # the option naming the output folder, where it is not `out`
 _OUTPUT_FOLDER_DEST = {"reason split": "out_dir"}
@@ -71,7 +72,9 @@ OWNED_FILE_COMMANDS = {
 }
 _OVERWRITE_HELP = ("let this command write into an output folder it did not create: what it writes replaces "
                    "entries of the same name (a command whose output is one model folder replaces the folder), "
-                   "other files stay; a trainer starts over instead of resuming")
+                   "other files stay. A re-run with other options starts over instead of being refused (a "
+                   "trainer discards its checkpoints; mining redoes only the stages the change affects)")
+_OVERWRITE_FILE_HELP = "replace an existing output file this command did not write (or that was changed since)"
 # namespace entries that are not options of the run (left out of the output folder's options record)
 _NOT_RUN_OPTIONS = ("func", "log_level", "config", "print_config")
 
@@ -98,7 +101,8 @@ def _add_overwrite_options(parser: argparse.ArgumentParser) -> None:
         if words != name.split():
             continue  # a command this build does not have
         if not any("--overwrite" in a.option_strings for a in sub._actions):
-            sub.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+            sub.add_argument("--overwrite", action="store_true",
+                             help=_OVERWRITE_FILE_HELP if name in OWNED_FILE_COMMANDS else _OVERWRITE_HELP)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return failures.report(exc, debug=debug)
     finally:
-        if owned is not None and hasattr(owned, "release"):
+        if owned is not None:
             owned.release()
 
 
