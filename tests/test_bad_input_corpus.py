@@ -262,3 +262,28 @@ def test_commands_without_a_skip_policy_stop_with_the_one_line(corpus_root, tmp_
     _expect_line(_one_error_line(capsys), path, case)
     assert {k: v for k, v in tree(corpus_root).items() if not k.startswith("ref-")} == before
     assert sorted(p.name for p in out.rglob("*") if not p.name.startswith(".unime")) in ([], ["ref"], ["split"])
+
+
+@pytest.mark.slow
+def test_index_build_names_the_file_line_and_field_of_every_case(corpus_root, tmp_path, tiny_model_dir, capsys,
+                                                                 monkeypatch):
+    """`unime index build` (no skip policy; the model is loaded before the corpus is read): every line
+    case and every image case of the corpus, as corpus items, stops with the one line."""
+    from unime.models.embedder import Embedder
+
+    model = tiny_model_dir("qwen2_vl")
+    loaded = Embedder.from_pretrained(model, device="cpu", data_root=str(corpus_root))
+    monkeypatch.setattr(Embedder, "from_pretrained", classmethod(lambda cls, *a, **k: loaded))  # loaded once
+    for i, (case, line, field) in enumerate(_bad_lines("embed")):
+        path = corpus_root / f"index-{case.name}.jsonl"  # good items with distinct ids, then the case
+        path.write_bytes(b"\n".join([json.dumps({"id": f"g{k}", **_item(GOOD_IMAGE)}).encode() for k in range(N_GOOD)]
+                                    + [line]) + b"\n")
+        out = tmp_path / f"idx{i}"
+        assert main(["--log-level", "WARNING", "index", "build", "--model", model, "--items", str(path),
+                     "--data-root", str(corpus_root), "--out", str(out), "--device", "cpu", "--no-thumbnails",
+                     "--cache-dir", str(tmp_path / "cache")]) == 2, case.name
+        msg = _one_error_line(capsys)
+        assert f"{path}, record line {BAD_LINE}" in msg, msg
+        if field is not None:
+            assert f"field '{field}'" in msg, msg
+        assert case.fragment in msg, msg

@@ -66,11 +66,22 @@ def _kill_and_finish(argv: list[str], wall: float, log: Path, seed: int) -> list
                 if i == 0:
                     first_complete = time.monotonic() - t0
         if hits:
+            _record_kills(out, hits)
             break
         out.rename(out.with_name(f"{out.name}.no-kill-{attempt}"))  # folders of this test only
         wall = first_complete or wall / 2
     _run(argv, log)
     return hits
+
+
+def _record_kills(out: Path, hits: list[float]) -> None:
+    """With UNIME_KILL_LOG=FILE, append the kill moments that hit a running process (for the counts a
+    release check reports)."""
+    path = os.environ.get("UNIME_KILL_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+                                 "kills": hits}) + "\n")
 
 
 def _same_tensors(a: Path, b: Path) -> None:
@@ -204,6 +215,7 @@ def _kill_when_paused(argv: list[str], pause_at: str, pause_arg: str | None = No
         assert "test pause in" in line, f"never reached {pause_at} (exit {proc.poll()})"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
+        _record_kills(Path("."), [pause_at + (f"({pause_arg})" if pause_arg else "")])
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -58,6 +58,7 @@ class CorpusEntry:
     id: str
     item: Item
     metadata: dict = field(default_factory=dict)
+    line: int = 0  # 1-based line of the corpus file (for messages)
 
 
 def read_corpus(path: str | os.PathLike) -> list[CorpusEntry]:
@@ -92,7 +93,7 @@ def read_corpus(path: str | os.PathLike) -> list[CorpusEntry]:
         if rid in seen:
             raise DataError(f"duplicate id {rid!r} (first on line {seen[rid]})", field="id", **where)
         seen[rid] = n
-        entries.append(CorpusEntry(rid, item, meta))
+        entries.append(CorpusEntry(rid, item, meta, n))
     return entries
 
 
@@ -246,9 +247,14 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     store = EmbeddingStore(Path(cache_dir) / fingerprint, model_info={"model": str(model), "settings": settings}) \
         if cache_dir else None
     loader = ImageLoader(root)
+    from unime.data.io import ImageChecker
+
+    checker = ImageChecker(loader)  # a bad image stops the build naming its line and field
     t_enc = time.perf_counter()
     for s in range(0, len(todo), chunk_size):
         part = todo[s:s + chunk_size]
+        for e in part:
+            checker.check(e.item, source=str(items_path), record=f"line {e.line}")
         enc = RunEncoder(embedder, fingerprint, batch_size=batch_size, show_progress=show_progress)
         enc.store = store
         rows = enc.add([e.item for e in part], root, source=str(items_path))
