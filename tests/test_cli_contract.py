@@ -124,6 +124,7 @@ def _argv(command: str, out: Path) -> list[str]:
         "data synth": ["--size", "tiny"],
         "data import": ["--captions", "c.csv", "--images", "imgs"],
         "models pretrain": ["--preset", "quick"],
+        "models pretrain-judge": ["--preset", "quick"],
     }[command]
     return command.split() + extra + ["--out-dir" if command == "reason split" else "--out", str(out)]
 

@@ -44,7 +44,8 @@ _UNSET = object()
 
 # commands that write an output folder (`--out`): each claims and locks it (`unime.outdir`) for the run
 OWNED_OUTPUT_COMMANDS = ("mine", "eval", "eval reference", "demo", "train embedder", "train reranker", "train judge",
-                         "train reasoner", "models build-tiny", "models pretrain", "reason add-emb", "reason eval",
+                         "train reasoner", "models build-tiny", "models pretrain", "models pretrain-judge",
+                         "reason add-emb", "reason eval",
                          "reason split",
                          "data synth", "data import")
 # the option naming the output folder, where it is not `out`
