@@ -13,6 +13,30 @@ def _model_options(p) -> None:
     p.add_argument("--batch-size", type=int, default=16)
 
 
+def add_ann_options(p) -> None:
+    """The FAISS index parameters (unime.index.ann.IndexConfig), shared by `unime index build` and `unime mine`."""
+    p.add_argument("--nlist", type=int, default=0, help="ivf: number of lists (0 = 4*sqrt(n))")
+    p.add_argument("--nprobe", type=int, default=16, help="ivf: lists probed per query")
+    p.add_argument("--train-sample", type=int, default=0,
+                   help="ivf: vectors sampled to train the lists (0 = min(n, 256*nlist))")
+    p.add_argument("--hnsw-m", type=int, default=32, help="hnsw: graph degree")
+    p.add_argument("--ef-construction", type=int, default=40, help="hnsw: build breadth")
+    p.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth")
+    p.add_argument("--index-storage", default="float32", choices=["float32", "float16"],
+                   help="precision of the vectors inside the FAISS index (float16: half the memory)")
+
+
+def ann_config(args, kind: str = "flat"):
+    from unime.index.ann import IndexConfig
+
+    try:
+        return IndexConfig(kind=kind, nlist=args.nlist, nprobe=args.nprobe, train_sample=args.train_sample,
+                           hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
+                           storage=args.index_storage)
+    except ValueError as e:
+        raise SystemExit(f"unime {args.command}: {e}") from None
+
+
 def register(sub) -> None:
     p = sub.add_parser("index", help="build a searchable index of a corpus (vectors, ids, metadata, FAISS)")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
@@ -26,10 +50,7 @@ def register(sub) -> None:
     b.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
                    help="FAISS index: flat = exact; auto = flat up to --approx-threshold vectors, hnsw above")
     b.add_argument("--approx-threshold", type=int, default=200_000)
-    b.add_argument("--nprobe", type=int, default=16, help="ivf: lists probed per query")
-    b.add_argument("--nlist", type=int, default=0, help="ivf: number of lists (0 = 4*sqrt(n))")
-    b.add_argument("--hnsw-m", type=int, default=32, help="hnsw: graph degree")
-    b.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth")
+    add_ann_options(b)
     b.add_argument("--recall-k", type=int, default=10, help="k of the recall@k measured for an approximate index")
     b.add_argument("--recall-sample", type=int, default=200, help="rows sampled as queries for that measurement")
     b.add_argument("--chunk-size", type=int, default=1024, help="items per written chunk (unit of resumption)")
@@ -57,15 +78,14 @@ def register(sub) -> None:
 def _build(args) -> int:
     import os
 
-    from unime.index.ann import IndexConfig
     from unime.index.store import build_corpus_index
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import default_cache_dir, embedding_settings
 
+    cfg = ann_config(args)  # bad index parameters are refused before the model loads
     root = args.data_root or os.path.dirname(os.path.abspath(args.items))
     emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, data_root=root,
                                    batch_size=args.batch_size)
-    cfg = IndexConfig(nprobe=args.nprobe, nlist=args.nlist, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
     idx, stats = build_corpus_index(
         args.items, args.out, embedder=emb, model=args.model, data_root=root,
         cache_dir=args.cache_dir or default_cache_dir(), vector_dtype=args.vector_dtype, index=args.index,

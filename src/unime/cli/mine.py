@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from unime.cli import add_config_option
+from unime.cli.index import add_ann_options, ann_config
 
 
 def _add_model_options(p) -> None:
@@ -83,8 +84,7 @@ def register(sub) -> None:
                    help="no survivor: draw at random from the K with score 1.0 (paper), or drop the query")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="FAISS index (flat = exact)")
-    p.add_argument("--nprobe", type=int, default=16, help="ivf: lists probed per query")
-    p.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth")
+    add_ann_options(p)
     p.add_argument("--shard-size", type=int, default=64, help="queries per judge shard (unit of resumption)")
     p.add_argument("--embed-batch-size", type=int, default=16)
     p.add_argument("--cache-dir", default=None,
@@ -130,12 +130,15 @@ def _mine(args) -> int:
     from unime.mining.pipeline import MineConfig, run_mining
 
     _set_threads(args)
+    ann_config(args, args.index)  # bad index parameters are refused before anything loads
     if args.audit and not args.world:
         raise SystemExit("unime mine: --audit needs --world")
     cfg = MineConfig(records=args.records, embedder=args.embedder, judge=args.judge, out=args.out, pool=args.pool,
                      data_root=args.data_root or args.world, k=args.k, beta=args.beta, interval=args.interval,
                      count=args.count, fallback=args.fallback, seed=args.seed, index=args.index, nprobe=args.nprobe,
-                     ef_search=args.ef_search, shard_size=args.shard_size, backend=args.backend,
+                     ef_search=args.ef_search, nlist=args.nlist, train_sample=args.train_sample, hnsw_m=args.hnsw_m,
+                     ef_construction=args.ef_construction, index_storage=args.index_storage,
+                     shard_size=args.shard_size, backend=args.backend,
                      backend_options=_backend_options(args), device=args.device, dtype=args.dtype,
                      embed_batch_size=args.embed_batch_size, judge_chunk_size=args.chunk_size,
                      judge_image_cache=args.image_cache,

@@ -1,6 +1,9 @@
 """FAISS inner-product indexes over L2-normalised vectors (inner product = cosine similarity).
 
-- `IndexConfig` / `build_index`: exact `flat` (default) or approximate `hnsw` / `ivf`.
+- `IndexConfig` / `build_index`: exact `flat` (default) or approximate `hnsw` / `ivf`, holding the vectors
+  as float32 or float16 (`storage`); built from any row-sliceable matrix (a memory-mapped `.npy`, float16
+  rows, the chunks of an index folder) a block of rows at a time, so the whole float32 matrix never has to
+  be in memory; IVF's coarse quantizer is trained on a sample (`train_sample`).
 - `choose_kind`: `auto` → exact up to `AUTO_APPROX_THRESHOLD` vectors, HNSW above.
 - `measure_recall`: recall@k of an index against exact search (NumPy matrix products) on a sample of
   queries; an exact index is 1.0 by construction and is not measured.
@@ -13,6 +16,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
+INDEX_STORAGES = ("float32", "float16")
+ADD_BLOCK_ROWS = 65536  # rows converted to float32 and added to the index at a time
 AUTO_APPROX_THRESHOLD = 200_000  # `auto` switches from exact to HNSW above this many vectors
 
 
@@ -20,7 +25,9 @@ AUTO_APPROX_THRESHOLD = 200_000  # `auto` switches from exact to HNSW above this
 class IndexConfig:
     """`kind`: flat (exact), hnsw or ivf (approximate). `hnsw_m`, `ef_search`: HNSW graph degree and
     search breadth; `ef_construction`: HNSW build breadth; `nlist` (0 = 4·sqrt(n)), `nprobe`: IVF lists
-    and lists probed per query."""
+    and lists probed per query; `train_sample`: vectors drawn (with `seed`) to train IVF's lists (0 =
+    min(n, 256·nlist), what FAISS's k-means would subsample to anyway); `storage`: float32, or float16
+    (FAISS's fp16 scalar quantizer: half the memory, scores within fp16 rounding of float32)."""
 
     kind: str = "flat"
     hnsw_m: int = 32
@@ -28,10 +35,20 @@ class IndexConfig:
     ef_construction: int = 40
     nlist: int = 0
     nprobe: int = 16
+    train_sample: int = 0
+    storage: str = "float32"
+    seed: int = 0
 
     def __post_init__(self):
         if self.kind not in INDEX_KINDS:
             raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
+        if self.storage not in INDEX_STORAGES:
+            raise ValueError(f"index storage must be one of {INDEX_STORAGES}, got {self.storage!r}")
+        for name in ("hnsw_m", "ef_search", "ef_construction", "nprobe"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nlist < 0 or self.train_sample < 0:
+            raise ValueError("nlist and train_sample must be >= 0 (0 = automatic)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,25 +67,48 @@ def ivf_nlist(n: int, config: IndexConfig) -> int:
     return config.nlist or max(1, min(n // 39 or 1, int(4 * np.sqrt(max(n, 1)))))
 
 
-def build_index(vectors: np.ndarray, config: IndexConfig = IndexConfig()):
-    """A FAISS inner-product index over `vectors` (L2-normalised → cosine similarity)."""
+def ivf_train_rows(n: int, nlist: int, config: IndexConfig) -> np.ndarray:
+    """Sorted row numbers IVF's k-means is trained on: `train_sample` (default min(n, 256·nlist)) rows
+    drawn without replacement with `seed`, at least `nlist` (k-means needs a point per list)."""
+    size = config.train_sample or 256 * nlist
+    size = min(n, max(size, nlist))
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(config.seed).choice(n, size=size, replace=False))
+
+
+def _rows(vectors, rows) -> np.ndarray:
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def build_index(vectors, config: IndexConfig = IndexConfig()):
+    """A FAISS inner-product index over `vectors` (L2-normalised → cosine similarity). `vectors`: any
+    (n, d) matrix that slices by rows (NumPy array, memory-mapped `.npy`, float16); it is added
+    `ADD_BLOCK_ROWS` rows at a time, converted to float32 a block at a time."""
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
+    fp16 = config.storage == "float16"
+    ip = faiss.METRIC_INNER_PRODUCT
     if config.kind == "flat":
-        index = faiss.IndexFlatIP(d)
+        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, ip) if fp16 else faiss.IndexFlatIP(d)
     elif config.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, config.hnsw_m, ip) if fp16 \
+            else faiss.IndexHNSWFlat(d, config.hnsw_m, ip)
         index.hnsw.efConstruction = config.ef_construction
         index.hnsw.efSearch = config.ef_search
     else:
         nlist = ivf_nlist(n, config)
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, ip, False) if fp16 \
+            else faiss.IndexIVFFlat(quantizer, d, nlist, ip)
+        if n:
+            index.train(_rows(vectors, ivf_train_rows(n, nlist, config)))
         index.nprobe = min(config.nprobe, nlist)
-    index.add(vectors)
+    if not index.is_trained:  # the fp16 scalar quantizer has nothing to learn; FAISS still asks for the call
+        index.train(np.zeros((1, d), dtype=np.float32))
+    for s in range(0, n, ADD_BLOCK_ROWS):
+        index.add(_rows(vectors, slice(s, min(n, s + ADD_BLOCK_ROWS))))
     return index
 
 
@@ -120,10 +160,19 @@ def measure_recall(index, vectors: np.ndarray, *, k: int = 10, sample: int = 200
 
 
 def index_memory_bytes(index) -> int:
-    """Bytes of `index` serialised by FAISS (its vectors, graph or lists)."""
+    """Bytes of `index` serialised by FAISS (its vectors, graph or lists), counted as FAISS writes them
+    (no copy of the index is made: a 6 GB index is not serialised into memory to be measured)."""
     import faiss
 
-    return int(faiss.serialize_index(index).nbytes)
+    total = 0
+
+    def count(chunk) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    return int(total)
 
 
 def recall_summary(index, config: IndexConfig, vectors: np.ndarray, *, k: int = 10, sample: int = 200,

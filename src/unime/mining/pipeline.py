@@ -79,6 +79,13 @@ class MineConfig:
     index: str = "flat"
     nprobe: int = 16
     ef_search: int = 128
+    # more FAISS index parameters (unime.index.ann.IndexConfig): ivf lists and training sample, hnsw graph
+    # degree and build breadth, float16 storage inside the index
+    nlist: int = 0
+    train_sample: int = 0
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    index_storage: str = "float32"
     shard_size: int = 64
     backend: str = "local"
     backend_options: dict = field(default_factory=dict)
@@ -99,6 +106,20 @@ class MineConfig:
     max_pixels: int | None = None
     image_size: Any = None
     overwrite: bool = False  # a re-run with other options: redo what depends on them (else refused)
+
+    def index_config(self) -> IndexConfig:
+        return IndexConfig(kind=self.index, nprobe=self.nprobe, ef_search=self.ef_search, nlist=self.nlist,
+                           train_sample=self.train_sample, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
+                           storage=self.index_storage, seed=self.seed)
+
+    def index_key(self) -> list:
+        """The index parameters in the retrieval stage's hash: [kind, nprobe, efSearch] as before, then only
+        the parameters set away from their defaults (an existing run's stage stays reused)."""
+        c, defaults = self.index_config(), IndexConfig()
+        extra = {k: v for k, v in c.to_dict().items()
+                 if k not in ("kind", "nprobe", "ef_search") and v != getattr(defaults, k)
+                 and (k != "seed" or c.kind == "ivf")}  # the seed draws IVF's training sample
+        return [c.kind, c.nprobe, c.ef_search] + ([extra] if extra else [])
 
     def __post_init__(self):
         if self.k < 1:
@@ -298,7 +319,7 @@ class MiningRun:
         c = self.config
         return _hash({"records": self.inputs["records"]["sha1"], "pool": self.inputs["pool"],
                       "images": self.inputs["images"]["sha1"],
-                      "embedder": self.inputs["embedder"], "k": c.k, "index": [c.index, c.nprobe, c.ef_search],
+                      "embedder": self.inputs["embedder"], "k": c.k, "index": c.index_key(),
                       "data_root": self.inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION})
 
     def embedder(self):
@@ -347,7 +368,7 @@ class MiningRun:
         nq = len(queries)
         q_vecs, p_vecs, pool_vecs = vecs[:nq], vecs[nq:2 * nq], vecs[2 * nq:]
         t1 = time.perf_counter()
-        index_config = IndexConfig(kind=c.index, nprobe=c.nprobe, ef_search=c.ef_search)
+        index_config = c.index_config()
         index = build_index(pool_vecs, index_config)
         pos_ids = [self.pool_index.get(r.positive.key, -1) for r in self.records]
         query_ids = [self.pool_index.get(r.query.key, -1) for r in self.records]
