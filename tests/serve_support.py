@@ -47,11 +47,11 @@ def write_corpus(root: Path) -> Path:
 
 
 class Server:
-    def __init__(self, args: list[str], *, log_path: Path):
+    def __init__(self, args: list[str], *, log_path: Path, env: dict[str, str] | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         code = "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))"
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-c", code, "--log-level", "WARNING", "serve", "--host",

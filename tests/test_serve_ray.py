@@ -20,18 +20,22 @@ def test_two_ray_serve_replicas_answer_like_the_in_process_embedder(tiny_model_d
     from unime.models.embedder import Embedder
 
     model = tiny_model_dir("qwen2_vl")
-    s = Server(["--model", model, "--model-name", "tiny", "--no-auth", "--ray", "--replicas", "2", "--threads", "1",
-                "--ray-cpus-per-replica", "0.5"], log_path=tmp_path / "ray.log")
+    # the environment asks for 2 OpenMP threads; each replica runs the torch threads its CPU reservation
+    # gives (floor(0.5) -> at least 1) and, reserving no GPU, on the CPU
+    s = Server(["--model", model, "--model-name", "tiny", "--no-auth", "--ray", "--replicas", "2",
+                "--ray-cpus-per-replica", "0.5"], log_path=tmp_path / "ray.log", env={"OMP_NUM_THREADS": "2"})
     try:
         s.wait_ready(timeout=300)
         # both replicas serve requests (Ray's proxy learns of the second one shortly after the app is up)
-        pids: set[int] = set()
+        replicas: dict[int, dict] = {}
         deadline = time.time() + 120
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            while len(pids) < 2 and time.time() < deadline:
-                pids |= set(pool.map(lambda _: httpx.get(s.base + "/health", timeout=60).json()["pid"], range(16)))
+            while len(replicas) < 2 and time.time() < deadline:
+                for h in pool.map(lambda _: httpx.get(s.base + "/health", timeout=60).json(), range(16)):
+                    replicas[h["pid"]] = h
                 time.sleep(1)
-        assert len(pids) == 2, pids
+        assert len(replicas) == 2, replicas
+        assert [(h["torch_threads"], h["device"]) for h in replicas.values()] == [(1, "cpu")] * 2, replicas
         texts = ["a red circle", "a blue square", "green"]
         r = httpx.post(s.base + "/v1/embeddings", json={"model": "tiny", "input": texts}, timeout=120)
         assert r.status_code == 200, r.text

@@ -30,14 +30,17 @@ def register(sub) -> None:
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds")
     p.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
     p.add_argument("--rerank-data-root", default=None, help="folder of the indexed images (default: the index's)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (with --ray: per replica, default floor(--ray-cpus-per-replica))")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
     p.add_argument("--replicas", type=int, default=1, help="ray: replicas (each loads the models)")
     p.add_argument("--min-replicas", type=int, default=None, help="ray: autoscaling lower bound")
     p.add_argument("--max-replicas", type=int, default=None, help="ray: autoscaling upper bound")
     p.add_argument("--ray-address", default=None, help="ray: cluster address (default: start a local one)")
-    p.add_argument("--ray-cpus-per-replica", type=float, default=1.0)
-    p.add_argument("--ray-gpus-per-replica", type=float, default=0.0)
+    p.add_argument("--ray-cpus-per-replica", type=float, default=1.0,
+                   help="ray: CPUs reserved per replica (ray_actor_options num_cpus; also its torch threads)")
+    p.add_argument("--ray-gpus-per-replica", type=float, default=0.0,
+                   help="ray: GPUs reserved per replica (num_gpus; > 0 runs each replica on its own GPU(s), 0 on CPU)")
     add_config_option(p)
     p.set_defaults(func=_serve)
 
@@ -64,8 +67,12 @@ def _serve(args) -> int:
     except ValueError as e:
         raise SystemExit(f"unime serve: {e}") from None
     if args.ray:
-        from unime.serve.runner import run_ray
+        from unime.serve.runner import replica_placement, run_ray
 
+        try:
+            replica_placement(config, num_cpus=args.ray_cpus_per_replica, num_gpus=args.ray_gpus_per_replica)
+        except ValueError as e:
+            raise SystemExit(f"unime serve: {e}") from None
         run_ray(config, replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                 address=args.ray_address, num_cpus=args.ray_cpus_per_replica, num_gpus=args.ray_gpus_per_replica)
     else:

@@ -280,9 +280,12 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        import torch
+
         return {"status": "ok", "model": engine.model_name, "dim": engine.dim, "reranker": engine.reranker_name,
                 "index_items": len(engine.index) if engine.index is not None else None,
-                "auth": not config.no_auth, "queue_depth": batcher.depth(), "pid": os.getpid()}
+                "auth": not config.no_auth, "queue_depth": batcher.depth(), "pid": os.getpid(),
+                "device": str(engine.embedder.device), "torch_threads": torch.get_num_threads()}
 
     @app.get("/metrics", dependencies=[Depends(require_key)])
     async def prometheus():

@@ -42,6 +42,42 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
     server.run()
 
 
+def replica_placement(config: ServeConfig, *, num_cpus: float, num_gpus: float) -> ServeConfig:
+    """The config each Ray Serve replica runs with, fitted to what Ray reserves for it
+    (`ray_actor_options` = {"num_cpus": num_cpus, "num_gpus": num_gpus}):
+
+    - torch intra-op threads = `config.threads` if given, else floor(num_cpus) (at least 1), set
+      explicitly in the replica: otherwise it follows whatever OMP_NUM_THREADS the environment has (or
+      every core when torch is loaded before Ray sets it) and N replicas on a node oversubscribe its cores;
+    - device: with num_gpus > 0, Ray sets CUDA_VISIBLE_DEVICES to the replica's own GPU(s), so the
+      replica uses `cuda` (= its first reserved GPU; `cuda:i` only for i < the GPUs it reserves);
+      with num_gpus = 0 it uses the CPU: a replica never takes a GPU it did not reserve (Ray leaves
+      CUDA_VISIBLE_DEVICES alone then, and "cuda if present" would put every replica on GPU 0)."""
+    import dataclasses
+    import math
+
+    if num_cpus < 0 or num_gpus < 0:
+        raise ValueError("--ray-cpus-per-replica and --ray-gpus-per-replica must be >= 0")
+    device = config.device
+    if num_gpus > 0:
+        if device is None:
+            device = "cuda"
+        elif not device.startswith("cuda"):
+            raise ValueError(f"--device {device} with --ray-gpus-per-replica {num_gpus:g}: a replica would reserve "
+                             "GPUs it does not use; give --device cuda or --ray-gpus-per-replica 0")
+        elif ":" in device and int(device.split(":", 1)[1]) >= math.ceil(num_gpus):
+            raise ValueError(f"--device {device}: each replica sees only the {math.ceil(num_gpus)} GPU(s) Ray "
+                             f"reserves for it (--ray-gpus-per-replica {num_gpus:g}), numbered from cuda:0")
+    else:
+        if device is None:
+            device = "cpu"
+        elif device != "cpu":
+            raise ValueError(f"--device {device} with --ray-gpus-per-replica 0: Ray reserves no GPU for the replicas; "
+                             "give --ray-gpus-per-replica (e.g. 1) to run them on GPUs")
+    threads = config.threads or max(1, math.floor(num_cpus))
+    return dataclasses.replace(config, device=device, threads=threads)
+
+
 def run_ray(config: ServeConfig, *, replicas: int = 1, min_replicas: int | None = None,
             max_replicas: int | None = None, address: str | None = None, num_cpus: float = 1.0,
             num_gpus: float = 0.0, blocking: bool = True):
@@ -52,6 +88,7 @@ def run_ray(config: ServeConfig, *, replicas: int = 1, min_replicas: int | None 
     from ray import serve
 
     config.check()
+    config = replica_placement(config, num_cpus=num_cpus, num_gpus=num_gpus)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     serve.start(http_options={"host": config.host, "port": config.port})
@@ -69,8 +106,9 @@ def run_ray(config: ServeConfig, *, replicas: int = 1, min_replicas: int | None 
         options["num_replicas"] = replicas
     deployment = serve.deployment(serve.ingress(builder)(), name="unime", **options)
     handle = serve.run(deployment.bind(), name="unime", route_prefix="/", blocking=False)
-    log.info("Ray Serve: unime on http://%s:%d with %s", config.host, config.port,
-             options.get("autoscaling_config") or f"{replicas} replica(s)")
+    log.info("Ray Serve: unime on http://%s:%d with %s, each on %s with %g CPU(s) (%d torch threads) and %g GPU(s)",
+             config.host, config.port, options.get("autoscaling_config") or f"{replicas} replica(s)", config.device,
+             num_cpus, config.threads, num_gpus)
     if not blocking:
         return handle
     import signal
