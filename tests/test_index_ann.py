@@ -162,7 +162,7 @@ def test_index_build_options_reach_the_manifest(tmp_path, monkeypatch):
     assert not (tmp_path / "x").exists()
 
 
-def test_mine_index_options_reach_the_index_and_the_stage_hash(monkeypatch):
+def test_mine_index_options_reach_the_index_and_the_stage_hash(monkeypatch, tmp_path):
     import unime.mining.pipeline as pipeline
     from unime.cli import main
     from unime.mining.pipeline import MineConfig
@@ -178,9 +178,11 @@ def test_mine_index_options_reach_the_index_and_the_stage_hash(monkeypatch):
     monkeypatch.setattr(pipeline, "run_mining", lambda cfg, **kw: seen.append(cfg) or (_ for _ in ()).throw(
         SystemExit("stop")))
     with pytest.raises(SystemExit, match="stop"):
-        main(["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "o", "--index", "hnsw",
-              "--hnsw-m", "12", "--ef-construction", "80", "--ef-search", "200", "--index-storage", "float16"])
+        main(["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", str(tmp_path / "o"),
+              "--index", "hnsw", "--hnsw-m", "12", "--ef-construction", "80", "--ef-search", "200",
+              "--index-storage", "float16"])
     assert seen[0].index_config() == IndexConfig(kind="hnsw", hnsw_m=12, ef_construction=80, ef_search=200,
                                                  storage="float16")
     with pytest.raises(SystemExit, match="nprobe must be >= 1"):
-        main(["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "o", "--nprobe", "0"])
+        main(["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", str(tmp_path / "o2"),
+              "--nprobe", "0"])
