@@ -107,7 +107,7 @@ class RawClient:
 
 
 async def _load(base: str, clients: int, seconds: float | None, max_requests: int | None = None,
-                on_count=None) -> dict:
+                on_count=None, inputs: int = 1) -> dict:
     lat: list[float] = []
     errors = 0
     sent = 0
@@ -128,7 +128,9 @@ async def _load(base: str, clients: int, seconds: float | None, max_requests: in
                 t = time.perf_counter()
                 try:
                     status, _ = await client.post_json("/v1/embeddings",
-                                                       {"model": "tiny", "input": f"client {w} request {i}"})
+                                                       {"model": "tiny", "input": f"client {w} request {i}"
+                                                        if inputs == 1 else [f"client {w} request {i} text {j}"
+                                                                             for j in range(inputs)]})
                     if status != 200:
                         errors += 1
                 except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
@@ -194,26 +196,137 @@ def bench_load(model: str, args, tmp: Path) -> dict:
     return out
 
 
-def bench_ray(model: str, args, tmp: Path) -> dict:
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, int, float, str]]:
+    """pid -> (ppid, session id, CPU seconds so far, command line) of every process we can read."""
     out = {}
-    for replicas in (1, 2):
-        proc, base = start_server(model, ["--ray", "--replicas", str(replicas), "--max-batch-size", "32",
-                                          "--threads", "1"], tmp / f"ray{replicas}.log")
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
         try:
-            asyncio.run(_load(base, 4, 3))
-            r = asyncio.run(_load(base, args.ray_clients, args.seconds))
-            out[f"replicas_{replicas}"] = r
-            print(f"[ray] {replicas} replica(s), {args.ray_clients} clients: {r['rps']:.1f} req/s  p50 {r['p50_ms']:.1f} ms "
-                  f"p99 {r['p99_ms']:.1f} ms  errors {r['errors']}", flush=True)
-        finally:
-            stop_server(proc)
-    if len(out) == 2:
-        print(f"[ray] 2 replicas / 1 replica = {out['replicas_2']['rps'] / max(out['replicas_1']['rps'], 1e-9):.2f}x req/s")
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        ppid, sid = int(fields[1]), int(fields[3])
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        out[int(d.name)] = (ppid, sid, cpu, cmd or stat[stat.index("(") + 1:stat.rindex(")")])
     return out
 
 
-def clustered(rng, n: int, centers: np.ndarray, spread: float) -> np.ndarray:
-    out = np.empty((n, centers.shape[1]), dtype=np.float32)
+def _role(cmd: str) -> str:
+    for key, role in (("ServeReplica", "replica"), ("ProxyActor", "ray proxy"), ("ServeController", "ray controller"),
+                      ("raylet", "ray raylet"), ("gcs_server", "ray gcs"), ("dashboard", "ray dashboard/agents"),
+                      ("agent", "ray dashboard/agents"), ("log_monitor", "ray other"), ("monitor.py", "ray other"),
+                      ("ray::", "ray other"), ("default_worker", "ray other")):
+        if key in cmd:
+            return role
+    return "server process"
+
+
+def server_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of the server process and everything it started (its session and descendants)."""
+    table = _proc_table()
+    mine = {root} | {pid for pid, (_, sid, _, _) in table.items() if sid == root}
+    grew = True
+    while grew:
+        new = {pid for pid, (ppid, _, _, _) in table.items() if ppid in mine} - mine
+        mine |= new
+        grew = bool(new)
+    return {pid: (_role(table[pid][3]), table[pid][2]) for pid in mine if pid in table}
+
+
+def measured_load(base: str, clients: int, seconds: float, server_pid: int, inputs: int = 1) -> dict:
+    """`_load`, plus where the machine's CPU went meanwhile: cores used by the client (this process) and by
+    each role of the server side (summed over processes), and the machine's total busy cores."""
+    def busy():
+        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        v = [int(x) for x in f]
+        return (sum(v) - v[3] - v[4]) / CLK_TCK  # all but idle and iowait
+
+    before, c0, b0 = server_cpu(server_pid), time.process_time(), busy()
+    r = asyncio.run(_load(base, clients, seconds, inputs=inputs))
+    r["inputs_per_request"], r["inputs_per_s"] = inputs, round(r["rps"] * inputs, 1)
+    after, c1, b1 = server_cpu(server_pid), time.process_time(), busy()
+    wall = r["seconds"]
+    roles: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        roles[role] = roles.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
+    ours = (c1 - c0 + sum(roles.values())) / wall
+    r["cores"] = {"client": round((c1 - c0) / wall, 2),
+                  **{k: round(v / wall, 2) for k, v in sorted(roles.items(), key=lambda kv: -kv[1])},
+                  "other processes on the machine": round((b1 - b0) / wall - ours, 2),
+                  "machine (all processes)": round((b1 - b0) / wall, 2)}
+    n = max(r["requests"], 1)
+    r["cpu_ms_per_request"] = {k: round(1000 * v / n, 2) for k, v in [("client", c1 - c0)] + list(roles.items())}
+    r["replica_processes"] = sum(1 for role, _ in after.values() if role == "replica")
+    return r
+
+
+def _cores_line(r: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in r["cores"].items())
+
+
+def ray_ceiling(one: dict, cores: int) -> float | None:
+    """2 replicas / 1 replica that the CPU cost per request measured with 1 replica allows on an otherwise idle
+    machine of `cores` cores: a replica runs its model on one thread (floor of its 1 CPU) and cannot use more
+    than ~1 core; every request also costs the client, Ray's proxy and daemons CPU. N replicas serve at most
+    min(N / replica_ms, cores / total_ms) requests per ms."""
+    ms = one["cpu_ms_per_request"]
+    replica = ms.get("replica")
+    total = sum(ms.values())
+    if not replica or not total:
+        return None
+    return min(2 / replica, cores / total) / min(1 / replica, cores / total)
+
+
+def bench_ray(model: str, args, tmp: Path) -> dict:
+    """Side by side in one run, same clients and seconds: the plain uvicorn server (no Ray), then Ray Serve
+    with 1 and 2 replicas; for each, the CPU cores every part used (client, proxy, replicas, Ray daemons,
+    other processes on the machine) and the CPU milliseconds each part spent per request. `--ray-inputs`:
+    texts per request (1 = the single-text load; more amortise the proxy's per-request cost)."""
+    out: dict = {}
+    threads = ["--threads", str(args.ray_threads)] if args.ray_threads else []
+    settings = [("uvicorn (no Ray)", ["--max-batch-size", "32", *threads])]
+    settings += [(f"ray {n} replica(s)", ["--ray", "--replicas", str(n), "--max-batch-size", "32",
+                                          "--ray-cpus-per-replica", str(args.ray_cpus_per_replica), *threads])
+                 for n in (1, 2)]
+    for name, extra in settings:
+        proc, base = start_server(model, extra, tmp / f"{name.split()[0]}{len(out)}.log")
+        try:
+            asyncio.run(_load(base, 4, 3))
+            for inputs in args.ray_inputs:
+                r = measured_load(base, args.ray_clients, args.seconds, proc.pid, inputs=inputs)
+                out[f"{name}, {inputs} input(s)/request"] = r
+                print(f"[ray] {name:>18}, {args.ray_clients} clients x {inputs:>2} input(s)/request: {r['rps']:7.1f} "
+                      f"req/s ({r['inputs_per_s']:.0f} inputs/s)  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
+                      f"errors {r['errors']}  replica processes {r['replica_processes']}", flush=True)
+                print(f"[ray] {'':>18}  CPU cores used: {_cores_line(r)}", flush=True)
+                print(f"[ray] {'':>18}  CPU ms per request: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_request"].items() if v >= 0.01), flush=True)
+        finally:
+            stop_server(proc)
+    for inputs in args.ray_inputs:
+        one = out.get(f"ray 1 replica(s), {inputs} input(s)/request")
+        two = out.get(f"ray 2 replica(s), {inputs} input(s)/request")
+        direct = out.get(f"uvicorn (no Ray), {inputs} input(s)/request")
+        if one and two:
+            ceiling = ray_ceiling(one, os.cpu_count() or 1)
+            out[f"ratio, {inputs} input(s)/request"] = {"two_over_one": round(two["rps"] / max(one["rps"], 1e-9), 3),
+                                                       "idle_machine_ceiling": ceiling and round(ceiling, 3)}
+            print(f"[ray] {inputs} input(s)/request: 2 replicas / 1 replica = {two['rps'] / max(one['rps'], 1e-9):.2f}x "
+                  f"req/s (uvicorn without Ray: {direct['rps']:.1f} req/s); ceiling estimated from the CPU ms per request "
+                  f"measured with 1 replica, on an idle {os.cpu_count()}-core machine: {ceiling:.2f}x", flush=True)
+    return out
+
+
+def clustered(rng, n: int, centers: np.ndarray, spread: float, out: np.ndarray | None = None) -> np.ndarray:
+    """`n` unit vectors around random cluster centres, written block by block into `out` (any dtype, e.g. a
+    float16 memory-mapped file) so that the float32 pool never exists in memory at once."""
+    out = np.empty((n, centers.shape[1]), dtype=np.float32) if out is None else out
     for s in range(0, n, 50_000):
         m = min(50_000, n - s)
         block = centers[rng.integers(0, len(centers), m)] + spread * rng.standard_normal((m, centers.shape[1]),
@@ -222,61 +335,96 @@ def clustered(rng, n: int, centers: np.ndarray, spread: float) -> np.ndarray:
     return out
 
 
-def bench_search(args) -> dict:
+def rss_now_mb() -> float:
+    return rss_mb(os.getpid())
+
+
+def bench_search(args, tmp: Path) -> dict:
+    """Exact vs IVF vs HNSW through `unime.index.ann` (the module `unime index build` and `unime mine` use)."""
     import faiss
 
     from unime.index.ann import IndexConfig, build_index, index_memory_bytes
 
     rng = np.random.default_rng(0)
-    d = args.search_dim
+    d, k = args.search_dim, args.search_k
     centers = rng.standard_normal((args.search_clusters, d), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    pool = clustered(rng, args.search_pool, centers, args.search_spread)
+    t0 = time.perf_counter()
+    # the pool is stored as float16 in a memory-mapped .npy (as `unime index build --vector-dtype float16`
+    # stores vectors): 1M x 1536 is 3.1 GB on disk instead of 6.1 GB of float32 in memory
+    pool = np.lib.format.open_memmap(tmp / "pool.npy", mode="w+", dtype=np.float16, shape=(args.search_pool, d))
+    clustered(rng, args.search_pool, centers, args.search_spread, out=pool)
+    pool.flush()
+    pool = np.load(tmp / "pool.npy", mmap_mode="r")
     queries = clustered(rng, args.search_queries, centers, args.search_spread)
-    k = args.search_k
-    print(f"[search] pool {len(pool):,} x {d} ({pool.nbytes / 1e9:.2f} GB), {len(queries):,} queries, top-{k}, "
-          f"FAISS threads {faiss.omp_get_max_threads()}", flush=True)
-    results: dict = {}
-    exact_ids = None
+    nq, ne = len(queries), min(args.exact_queries or len(queries), len(queries))
+    print(f"[search] pool {len(pool):,} x {d} float16 memory-mapped ({pool.nbytes / 1e9:.2f} GB, generated in "
+          f"{time.perf_counter() - t0:.0f} s), {nq:,} queries, top-{k}, FAISS threads {faiss.omp_get_max_threads()}",
+          flush=True)
+    if ne < nq:
+        print(f"[search] exact search is timed on the first {ne:,} queries and its time extrapolated x{nq / ne:g} to "
+              f"{nq:,} (exact search is linear in the number of queries); recall@{k} of IVF/HNSW is measured against "
+              f"the exact top-{k} of those {ne:,} queries; IVF/HNSW are timed on all {nq:,}", flush=True)
     configs = [("flat", IndexConfig(kind="flat")),
-               ("ivf", IndexConfig(kind="ivf", nlist=args.ivf_nlist)),
-               ("hnsw", IndexConfig(kind="hnsw", hnsw_m=args.hnsw_m, ef_construction=args.hnsw_ef_construction))]
+               ("ivf", IndexConfig(kind="ivf", nlist=args.ivf_nlist, train_sample=args.ivf_train_sample,
+                                   storage=args.ann_storage)),
+               ("hnsw", IndexConfig(kind="hnsw", hnsw_m=args.hnsw_m, ef_construction=args.hnsw_ef_construction,
+                                    storage=args.ann_storage))]
+    results: dict = {"pool": len(pool), "dim": d, "queries": nq, "exact_queries_timed": ne, "k": k}
+    exact_ids, exact_s10k, exact_cpu10k = None, None, None
     for name, cfg in configs:
         if name not in args.search_kinds:
             continue
-        t0 = time.perf_counter()
-        if name == "ivf":  # train on a sample (as one does at scale), then add everything
-            nlist = cfg.nlist or int(4 * np.sqrt(len(pool)))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(pool[rng.choice(len(pool), size=min(len(pool), 64 * nlist), replace=False)])
-            index.add(pool)
-        else:
-            index = build_index(pool, cfg)
+        rss0, t0 = rss_now_mb(), time.perf_counter()
+        index = build_index(pool, cfg)
         build = time.perf_counter() - t0
-        memory = round(index_memory_bytes(index) / 1e6, 1)
-        # one built index, searched at each breadth (IVF lists probed / HNSW efSearch)
+        memory = index_memory_bytes(index) / 1e6
+        rss_growth = rss_now_mb() - rss0
         breadths = {"flat": [None], "ivf": args.ivf_nprobe, "hnsw": args.hnsw_ef}[name]
         for b in breadths:
-            label = name if b is None else f"{name}({'nprobe' if name == 'ivf' else 'ef'}={b})"
             if name == "ivf":
                 index.nprobe = b
+                label = f"ivf(nlist={index.nlist},nprobe={b},{cfg.storage})"
             elif name == "hnsw":
                 index.hnsw.efSearch = max(b, k)
-            t0 = time.perf_counter()
-            _, ids = index.search(queries, k)
-            secs = time.perf_counter() - t0
+                label = f"hnsw(M={cfg.hnsw_m},ef={max(b, k)},{cfg.storage})"
+            else:
+                label = "flat(exact,float32)"
+            n_timed = ne if name == "flat" else nq
+            t0, c0 = time.perf_counter(), time.process_time()
+            _, ids = index.search(queries[:n_timed], k)
+            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+            per_query = secs / n_timed
             if name == "flat":
-                exact_ids = ids
-            recall = float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(ids, exact_ids)])) \
-                if exact_ids is not None else float("nan")
-            sp = 1.0 if name == "flat" else (results["flat"]["search_s"] / secs if "flat" in results else float("nan"))
-            results[label] = {"build_s": round(build, 2), "search_s": round(secs, 3),
-                              "per_query_ms": round(1000 * secs / len(queries), 4), "recall_at_k": recall,
-                              "memory_mb": memory, "speedup": round(sp, 2)}
-            print(f"[search] {label:>14}: build {build:7.1f} s, search {secs:8.3f} s "
-                  f"({results[label]['per_query_ms']:.3f} ms/query), speed-up vs exact {sp:6.1f}x, "
-                  f"recall@{k} {recall:.4f}, index memory {memory:.0f} MB", flush=True)
+                exact_ids, exact_s10k, exact_cpu10k = ids, per_query * nq, cpu / n_timed * nq
+            secs_all = per_query * nq
+            recall = float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k
+                                    for a, e in zip(ids[:ne], exact_ids)])) if exact_ids is not None else float("nan")
+            speedup = exact_s10k / secs_all if exact_s10k else float("nan")
+            # CPU seconds (all FAISS threads of this process): the same ratio, unmoved by what else the shared
+            # machine runs meanwhile (wall-clock time is, when other processes take the cores)
+            cpu_all = cpu / n_timed * nq
+            cpu_speedup = exact_cpu10k / cpu_all if exact_cpu10k and cpu_all > 0 else float("nan")
+            results[label] = {"kind": name, "config": cfg.to_dict(), "breadth": b, "build_s": round(build, 1),
+                              "searched_queries": n_timed, "search_s": round(secs, 2),
+                              f"search_s_{nq}": round(secs_all, 2), "per_query_ms": round(1000 * per_query, 3),
+                              "recall_at_k": round(recall, 4), "speedup_vs_exact": round(speedup, 1),
+                              f"search_cpu_s_{nq}": round(cpu_all, 2), "cpu_speedup_vs_exact": round(cpu_speedup, 1),
+                              "index_memory_mb": round(memory, 1), "rss_growth_mb": round(rss_growth, 1)}
+            extrap = f" (timed on {n_timed:,}, extrapolated)" if n_timed < nq else ""
+            results[label]["load_average_1min"] = round(os.getloadavg()[0], 1)
+            print(f"[search] {label:>32}: build {build:7.1f} s, {nq:,} queries {secs_all:8.1f} s{extrap} "
+                  f"({1000 * per_query:.3f} ms/query), speed-up vs exact {speedup:6.1f}x (CPU time {cpu_all:.1f} s: "
+                  f"{cpu_speedup:.1f}x), recall@{k} {recall:.4f}, "
+                  f"index memory {memory:,.0f} MB (process RSS +{rss_growth:,.0f} MB), "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
         del index
+    best = [(r["speedup_vs_exact"], lbl, r["recall_at_k"], r["cpu_speedup_vs_exact"]) for lbl, r in results.items()
+            if isinstance(r, dict) and r.get("kind") != "flat" and r.get("recall_at_k", 0) >= 0.95]
+    if best:
+        sp, lbl, rc, cpu_sp = max(best)
+        print(f"[search] fastest at recall@{k} >= 0.95: {lbl}: {sp:.1f}x faster than exact in wall-clock time, "
+              f"{cpu_sp:.1f}x in CPU time (recall@{k} {rc:.4f})", flush=True)
     return results
 
 
@@ -289,6 +437,13 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-requests", type=int, default=20_000, help="0 = skip the memory part")
     ap.add_argument("--ray", action="store_true", help="also 1 vs 2 Ray Serve replicas")
     ap.add_argument("--ray-clients", type=int, default=32)
+    ap.add_argument("--ray-cpus-per-replica", type=float, default=1.0)
+    ap.add_argument("--ray-inputs", type=int, nargs="+", default=[1, 16],
+                    help="texts per request in the Ray part (each value measured on every server)")
+    ap.add_argument("--ray-threads", type=int, default=0,
+                    help="--threads for the servers of the Ray part (0 = the server's default)")
+    ap.add_argument("--skip-direct", action="store_true",
+                    help="skip part 1-2 (direct load and memory) but still run --ray")
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--search-pool", type=int, default=1_000_000)
@@ -298,11 +453,17 @@ def main(argv=None) -> int:
     ap.add_argument("--search-clusters", type=int, default=2000)
     ap.add_argument("--search-spread", type=float, default=0.02, help="per-coordinate noise around a cluster centre")
     ap.add_argument("--search-kinds", nargs="+", default=["flat", "ivf", "hnsw"])
-    ap.add_argument("--ivf-nlist", type=int, default=0, help="0 = 4*sqrt(pool)")
-    ap.add_argument("--ivf-nprobe", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--exact-queries", type=int, default=1000,
+                    help="time exact search on this many queries and extrapolate (0 = all)")
+    ap.add_argument("--ann-storage", default="float16", choices=["float32", "float16"],
+                    help="vector precision inside the IVF/HNSW indexes")
+    ap.add_argument("--ivf-nlist", type=int, default=1024, help="0 = 4*sqrt(pool)")
+    ap.add_argument("--ivf-train-sample", type=int, default=65536, help="vectors the IVF lists are trained on")
+    ap.add_argument("--ivf-nprobe", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--hnsw-ef", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--hnsw-ef-construction", type=int, default=40)
+    ap.add_argument("--search-tmp", default=None, help="folder for the memory-mapped pool (default: the system's temp)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
@@ -315,11 +476,13 @@ def main(argv=None) -> int:
 
             model = str(build_tiny("qwen2_vl", tmp / "tiny"))
         if not args.skip_load:
-            figures["load"] = bench_load(model, args, tmp)
+            if not args.skip_direct:
+                figures["load"] = bench_load(model, args, tmp)
             if args.ray:
                 figures["ray"] = bench_ray(model, args, tmp)
     if not args.skip_search:
-        figures["search"] = bench_search(args)
+        with tempfile.TemporaryDirectory(prefix="unime_search_bench_", dir=args.search_tmp) as tmp:
+            figures["search"] = bench_search(args, Path(tmp))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
