@@ -75,6 +75,19 @@ class VideoSampling:
         if self.frame_factor < 1:
             raise ValueError("frame_factor must be >= 1")
 
+    @classmethod
+    def from_options(cls, frames: int | None = None, fps: float | None = None, max_frames: int | None = None,
+                     max_pixels: int | None = None) -> "VideoSampling | None":
+        """The sampling the command-line options (`--video-frames/-fps/-max-frames/-max-pixels`) ask for, or
+        None when none was given (the defaults apply). `fps` without `frames` samples by frame rate."""
+        given = {k: v for k, v in (("num_frames", frames), ("fps", fps), ("max_frames", max_frames),
+                                   ("max_video_pixels", max_pixels)) if v is not None}
+        if not given:
+            return None
+        if "fps" in given and "num_frames" not in given:
+            given["num_frames"] = None
+        return cls(**given)
+
     def frame_count(self, total_frames: int, duration_s: float | None) -> int:
         """How many frames to sample from a clip of `total_frames` frames lasting `duration_s` seconds."""
         if self.num_frames is not None:
