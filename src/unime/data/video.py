@@ -22,6 +22,12 @@ truncated file, a file without a video stream, a duration over ``max_duration_s`
 A pixel budget per video (``max_video_pixels``, the sum over the sampled frames) scales the frames
 down, keeping their aspect ratio, before they reach the processor.
 
+Decoding seeks (`decode_video(seek=True)`, the default): one pass over the packets (no decoding) lists the
+keyframes; each sampled frame whose keyframe lies past the frames already decoded is reached by seeking to
+that keyframe, the others by decoding on, so a long clip costs about a GOP per sampled frame instead of the
+whole stream. Frames are identified by their presentation time stamps on the constant frame-rate grid; when
+a frame cannot be found that way (variable frame rate, no time stamps) the clip is decoded from its start.
+
 Decoded, sampled frames are cached by content (SHA-1 of the file's bytes + the sampling settings),
 so the same clip under two paths or two data roots is decoded once; the cache is bounded in bytes.
 """
