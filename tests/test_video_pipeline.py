@@ -130,3 +130,40 @@ def test_unime_mine_and_judge_sample_video_with_the_video_options(tmp_path, tiny
     got = [json.loads(line)["score"] for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
     assert got == pytest.approx([ref.score_pair(records[i].query, pool[(i + 1) % 4]) for i in range(2)], abs=1e-4)
     FRAME_CACHE.clear()
+
+
+@pytest.mark.slow
+def test_mining_audit_on_the_demo_world_video_records(tmp_path, tiny_model_dir):
+    """`unime mine --audit --world` on the generated world's video records: the audit rows carry the world's
+    ground-truth relevance of each retrieved clip / segment / answer (recomputed here), every positive is fully
+    relevant, and the audit summary covers the four video datasets."""
+    import pyarrow.parquet as pq
+
+    from unime.cli import main
+    from unime.data.synth import VideoSizes, World, generate_world
+    from unime.data.video import FRAME_CACHE
+
+    world_dir = tmp_path / "world"
+    generate_world(world_dir, sizes="tiny", video=VideoSizes(eval_clips=2, train_clips=4))
+    world = World.load(world_dir)
+    records_path = world_dir / "train" / "video_records.jsonl"
+    records = read_records(records_path)
+    assert len(records) == 16
+    FRAME_CACHE.clear()
+    out = tmp_path / "mined"
+    assert main(["mine", "--records", str(records_path), "--embedder", tiny_model_dir("qwen2_vl"),
+                 "--judge", tiny_model_dir("qwen2_5_vl"), "--out", str(out), "--world", str(world_dir), "--audit",
+                 "--k", "4", "--count", "2", "--interval", "1", "--device", "cpu", "--video-frames", "4"]) == 0
+    audit = pq.read_table(out / "audit.parquet").to_pylist()
+    pool = []
+    for r in records:  # the default pool: the distinct positives in order
+        if all(p.key != r.positive.key for p in pool):
+            pool.append(r.positive)
+    assert audit and {r["dataset"] for r in audit} == {"clip_cls", "clip_qa", "clip_ret", "clip_moment"}
+    for row in audit:
+        rec = records[row["query_index"]]
+        assert row["relevance"] == world.relevance(rec.query, pool[row["pool_index"]])
+        assert row["positive_relevance"] == 1.0
+    summary = json.loads((out / "audit.json").read_text())
+    assert set(summary["by_dataset"]) == {"clip_cls", "clip_qa", "clip_ret", "clip_moment"}
+    FRAME_CACHE.clear()
