@@ -42,7 +42,9 @@ def test_demo_video_rows_equal_hit_at_1_computed_here(tmp_path, tiny_model_dir):
     commands: list[str] = []
     run_video_evals(demo, commands)
     assert len(commands) == 3 and all("eval_tasks_video.yaml" in c and "--video-frames 8" in c for c in commands)
-    md = video_section(demo)
+    from unime.demo.report import ROW_TITLES, _fmt
+
+    md = video_section(demo, ROW_TITLES, _fmt)
     table = [line for line in md if line.startswith("| ")]
     assert table[0].startswith("| Model | Video | CLS | QA | RET | MRET")
 
@@ -95,4 +97,4 @@ def test_demo_without_video_has_no_video_rows(tmp_path):
     settings = DemoSettings.preset("quick")
     settings.video_clips = 0
     demo = Demo(tmp_path / "demo", settings, progress=lambda m: None, timings=tmp_path / "t.json")
-    assert world_args(demo) == [] and video_eval_done(demo) == [] and video_section(demo) == []
+    assert world_args(demo) == [] and video_eval_done(demo) == [] and video_section(demo, {}, str) == []

@@ -166,7 +166,7 @@ def write_report(demo: "Demo") -> Path:
 
     from unime.demo.video_rows import video_section
 
-    md += video_section(demo)
+    md += video_section(demo, ROW_TITLES, _fmt)
     md += _mining_section(out / "mined")
     md += _embed_rl_section(demo)
     md += _curves_section(demo)

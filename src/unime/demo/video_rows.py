@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -86,10 +86,13 @@ def chance_hit_at_1(world: Path) -> dict[str, float]:
     return {m: float(np.mean(v)) for m, v in out.items()}
 
 
-def video_section(demo: "Demo") -> list[str]:
-    """The report's video rows (empty when the demo ran without video)."""
-    from unime.demo.report import ROW_TITLES, _fmt, _load
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
+
+def video_section(demo: "Demo", titles: dict[str, str], fmt: Callable[[list[float]], str]) -> list[str]:
+    """The report's video rows (empty when the demo ran without video): one row per trained embedder (`titles`:
+    row name → title), cells formatted by `fmt` (the report's mean ± interval over seeds)."""
     if demo.s.video_clips <= 0:
         return []
     rows = []
@@ -102,7 +105,7 @@ def video_section(demo: "Demo") -> list[str]:
                 per_seed.append({"video": video["score"],
                                  **{g: v["score"] for g, v in video["meta_tasks"].items()}})
         if per_seed:
-            rows.append((ROW_TITLES.get(row, row), per_seed))
+            rows.append((titles.get(row, row), per_seed))
     if not rows:
         return []
     world = demo.world
@@ -116,7 +119,7 @@ def video_section(demo: "Demo") -> list[str]:
           "both parts and parts of other clips (MRET). The embedders were trained on the image records only.", "",
           "| Model | Video | " + " | ".join(t for _, t in COLUMNS) + " |", "|---|" + "---:|" * (1 + len(COLUMNS))]
     for title, per_seed in rows:
-        cells = [_fmt([r["video"] for r in per_seed])] + [_fmt([r[g] for r in per_seed if g in r]) for g, _ in COLUMNS]
+        cells = [fmt([r["video"] for r in per_seed])] + [fmt([r[g] for r in per_seed if g in r]) for g, _ in COLUMNS]
         md.append(f"| {title} | " + " | ".join(cells) + " |")
     chance = chance_hit_at_1(world)
     md.append("| Chance (random ranking) | " + f"{100 * float(np.mean(list(chance.values()))):.1f} | "
