@@ -12,6 +12,9 @@ cached, cold on the first pass), both in CPU time of this process with one torch
 `--rounds` times; printed side by side with the largest margin difference between the two paths.
 Decode: per clip, `ImageLoader.load_video` with the frame cache cleared before each call (cold: read +
 hash + demux + decode + sample + resize) and with it warm (read + hash + lookup).
+Seeking: one long clip (`--long-seconds`, keyframe every `--long-gop` frames, libx264) decoded + sampled
+with keyframe seeking (`decode_video(seek=True)`, the default) and by decoding the stream from its start
+(`seek=False`), `--frames` frames, best of `--rounds` + 1, with the frames each path decoded.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import time
 import numpy as np
 
 
-def write_clip(path, *, seconds: float, fps: int, size: tuple[int, int], seed: int) -> None:
+def write_clip(path, *, seconds: float, fps: int, size: tuple[int, int], seed: int, codec: str = "mpeg4",
+               gop: int | None = None) -> None:
     import av
 
     rng = np.random.default_rng(seed)
@@ -33,6 +37,8 @@ def write_clip(path, *, seconds: float, fps: int, size: tuple[int, int], seed: i
     c = av.open(str(path), "w")
     s = c.add_stream("mpeg4", rate=fps)
     s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+    if gop:
+        s.codec_context.gop_size = gop
     base = rng.integers(0, 255, 3)
     for i in range(int(seconds * fps)):
         a = np.zeros((h, w, 3), np.uint8)
@@ -60,6 +66,10 @@ def main(argv=None) -> int:
     ap.add_argument("--clip-seconds", type=float, default=4.0)
     ap.add_argument("--clip-size", default="320x240")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--long-seconds", type=float, default=300.0, help="length of the clip timed for seeking")
+    ap.add_argument("--long-gop", type=int, default=60, help="its keyframe interval in frames")
+    ap.add_argument("--long-size", default="320x240")
+    ap.add_argument("--skip-judge", action="store_true", help="decode figures only")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -95,6 +105,10 @@ def main(argv=None) -> int:
         print(f"  without the frame cache: {1000 * np.mean(cold):8.1f} ms/clip (median {1000 * np.median(cold):.1f})")
         print(f"  with the frame cache:    {1000 * np.mean(warm):8.1f} ms/clip (median {1000 * np.median(warm):.1f})"
               f"   → {np.mean(cold) / np.mean(warm):.0f}x")
+
+        bench_seeking(tmp, args, sampling)
+        if args.skip_judge:
+            return 0
 
         # -- judge ---------------------------------------------------------------------------------------
         if args.judge is None:
@@ -133,6 +147,36 @@ def main(argv=None) -> int:
         print(f"  fast path:                     {n / t_fast:8.2f} pairs/s   ({t_ref / t_fast:.2f}x)")
         print(f"  largest |margin difference|:   {float(np.abs(fast - ref).max()):.2e}")
     return 0
+
+
+def bench_seeking(tmp, args, sampling) -> None:
+    """Decode + sample one long clip: keyframe seeking vs decoding from the start (same frames)."""
+    import av
+
+    from unime.data.video import decode_video
+
+    lw, lh = (int(x) for x in args.long_size.split("x"))
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    path = os.path.join(tmp, "long.mp4")
+    t = time.perf_counter()
+    write_clip(path, seconds=args.long_seconds, fps=30, size=(lw, lh), seed=99, codec=codec, gop=args.long_gop)
+    written = time.perf_counter() - t
+    data = open(path, "rb").read()
+    best = {}
+    videos = {}
+    for _ in range(args.rounds + 1):
+        for seek in (True, False):
+            t = time.perf_counter()
+            videos[seek] = decode_video(data, sampling, seek=seek)
+            best[seek] = min(best.get(seek, float("inf")), time.perf_counter() - t)
+    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(videos[True], videos[False]))
+    v = videos[True]
+    print(f"decode+sample of one long clip ({args.long_seconds:g} s at 30 fps = {v.total_frames} frames, {lw}x{lh}, "
+          f"{codec}, keyframe every {args.long_gop} frames, {len(data) / 2 ** 20:.1f} MiB, written in {written:.0f} s; "
+          f"{len(v)} frames sampled; best of {args.rounds + 1}):")
+    print(f"  decoding from the start:  {1000 * best[False]:9.1f} ms  ({videos[False].decoded_frames} frames decoded)")
+    print(f"  keyframe seeking:         {1000 * best[True]:9.1f} ms  ({v.decoded_frames} frames decoded)   "
+          f"→ {best[False] / best[True]:.1f}x; same frames: {same}")
 
 
 def bench_video_candidates(judge, query, cands, args) -> None:

@@ -105,6 +105,7 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     base = json.loads((out / "models" / "pretrained.json").read_text())
     assert pj["base"]["key"] == base["key"]
     assert "## Backbones" in text and "Judge start: the pretrained judge" in text and "fine-tuned 40 steps" in text
+    assert "## Video (layout of the MMEB-V2" in text  # the video rows (unime.demo.video_rows; own test there)
     for title in ("no HN, no soft labels", "hard negatives (InfoNCE)", "soft labels (symmetric KL)",
                   "hard negatives, ground truth as judge", "soft labels, ground truth as judge"):
         row = next(line for line in text.splitlines() if title in line)

@@ -287,3 +287,71 @@ def test_video_options_map_to_sampling():
     s = video_sampling_from_args(Namespace(video_frames=None, video_fps=1.5, video_max_frames=12,
                                            video_max_pixels=None))
     assert (s.num_frames, s.fps, s.max_frames) == (None, 1.5, 12)
+
+
+# -- seeking in long clips ----------------------------------------------------------------------------------
+
+def _keyframes(path: Path) -> list[int]:
+    with av.open(str(path)) as c:
+        return [i for i, p in enumerate(c.demux(video=0)) if p.size and p.is_keyframe]
+
+
+def _long_clip(path: Path, *, n: int, gop: int, codec: str = "mpeg4", fps: int = 25) -> Path:
+    """n frames, a keyframe every `gop` frames; frame i has red = 40 + (7 * i) % 180 and green = 40 + 15 * (i //
+    100) (mid-range values: no clipping in the YUV round trip), so a decoded frame tells which one it is."""
+    c = av.open(str(path), "w")
+    s = c.add_stream(codec, rate=fps)
+    s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+    s.codec_context.gop_size = gop
+    s.bit_rate = 4_000_000
+    s.options = {"sc_threshold": "1000000000"}  # keyframes every `gop` frames only, none at "scene changes"
+    for i in range(n):
+        a = np.zeros((32, 48, 3), np.uint8)
+        a[..., 0] = 40 + (7 * i) % 180
+        a[..., 1] = 40 + 15 * (i // 100)
+        for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    return path
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_seeking_decodes_only_what_the_sampled_frames_need(tmp_path, codec):
+    from unime.data.video import decode_video
+
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} not in this PyAV build")
+    data = _long_clip(tmp_path / "long.mp4", n=1200, gop=12, codec=codec).read_bytes()
+    with av.open(str(tmp_path / "long.mp4")) as c:  # every frame, decoded here in order: the independent reference
+        every = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(every) == 1200 and len(_keyframes(tmp_path / "long.mp4")) >= 100  # one every <= 12 frames
+    for sampling in (VideoSampling(num_frames=8), VideoSampling(num_frames=None, fps=0.5, max_frames=64),
+                     VideoSampling(num_frames=2)):
+        seek = decode_video(data, sampling, seek=True)
+        full = decode_video(data, sampling, seek=False)
+        n = sampling.frame_count(1200, 1200 / 25)
+        assert seek.frame_indices == full.frame_indices == tuple(uniform_indices(1200, n))
+        assert seek.total_frames == full.total_frames == 1200
+        # the same pixels as decoding the whole stream, and the frames the indices name
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(seek, full))
+        assert all(np.array_equal(np.asarray(f), every[i]) for f, i in zip(seek, seek.frame_indices))
+        assert [_red(f) for f in seek] == pytest.approx([40 + (7 * i) % 180 for i in seek.frame_indices], abs=6)
+        assert [float(np.asarray(f)[..., 1].mean()) for f in seek] == pytest.approx(
+            [40 + 15 * (i // 100) for i in seek.frame_indices], abs=6)
+        # decoding from the start reaches the last sampled frame; seeking decodes at most a GOP per sampled frame
+        assert full.decoded_frames == max(full.frame_indices) + 1
+        assert len(seek) <= seek.decoded_frames <= len(seek) * 12 < full.decoded_frames
+
+
+def test_seeking_in_a_clip_with_one_keyframe_decodes_from_the_start(tmp_path):
+    from unime.data.video import decode_video
+
+    data = _long_clip(tmp_path / "one_gop.mp4", n=300, gop=1000).read_bytes()
+    assert _keyframes(tmp_path / "one_gop.mp4") == [0]
+    seek = decode_video(data, VideoSampling(num_frames=4), seek=True)
+    full = decode_video(data, VideoSampling(num_frames=4), seek=False)
+    assert seek.frame_indices == full.frame_indices == (0, 100, 199, 299)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(seek, full))
+    assert seek.decoded_frames == full.decoded_frames == 300  # no keyframe to jump to: nothing skipped

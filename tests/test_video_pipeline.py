@@ -75,3 +75,95 @@ def test_video_through_mine_train_eval(tmp_path, tiny_model_dir):
     hit = summary["tasks"]["clips_ret"]["hit@1"]
     assert 0.0 <= hit <= 1.0 and summary["aggregates"]["mmeb_v2"]["modalities"]["video"]["datasets"] == 1
     assert summary["encoding"]["distinct_items"] == 2 * len(CAPTIONS)
+
+
+def test_unime_mine_and_judge_sample_video_with_the_video_options(tmp_path, tiny_model_dir):
+    """`unime mine --video-frames 4 --video-max-pixels …` on video records: the retrieval similarities and the
+    judge scores it writes equal an embedder and a per-pair judge loaded here with the same `VideoSampling`
+    (and differ from the 8-frame default, so the options reached both); `unime judge` takes them too."""
+    import pyarrow.parquet as pq
+
+    from unime.cli import main
+    from unime.data.video import FRAME_CACHE, VideoSampling
+    from unime.models.embedder import Embedder
+    from unime.models.judge import JudgeScorer
+
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    records = []
+    for i, cap in enumerate(CAPTIONS[:4]):
+        write_clip(data / f"clips/v{i}.mp4", n=12 + 2 * i, fps=6, shift=50 * i)
+        records.append(Record(query=Item(text=f"Find a video that contains the following visual content: {cap}"),
+                              positive=Item(text="Understand the content of the provided video.",
+                                            video=(f"clips/v{i}.mp4",)), dataset="t2v", id=f"t2v-{i}"))
+    write_records(records, data / "records.jsonl")
+    embedder, judge = tiny_model_dir("qwen2_vl"), tiny_model_dir("qwen2_5_vl")
+    FRAME_CACHE.clear()
+    out = tmp_path / "mined"
+    assert main(["mine", "--records", str(data / "records.jsonl"), "--embedder", embedder, "--judge", judge,
+                 "--out", str(out), "--k", "3", "--count", "2", "--interval", "1", "--device", "cpu",
+                 "--video-frames", "4", "--video-max-pixels", str(4 * 64 * 48)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["config"]["video_frames"], manifest["config"]["video_max_pixels"]) == (4, 4 * 64 * 48)
+    audit = pq.read_table(out / "audit.parquet").to_pylist()
+    assert len(audit) >= 4  # the δ rule leaves out candidates too close to the positive; the rest are checked
+
+    sampling = VideoSampling(num_frames=4, max_video_pixels=4 * 64 * 48)
+    pool = [r.positive for r in records]  # the default pool: the positives, all distinct, in order
+    emb = Embedder.from_pretrained(embedder, device="cpu", dtype="fp32", data_root=data, video_sampling=sampling)
+    q = emb.encode([r.query for r in records])
+    p = emb.encode(pool)
+    ref = JudgeScorer.from_pretrained(judge, device="cpu", data_root=data, video_sampling=sampling)
+    for row in audit:
+        i, j = row["query_index"], row["pool_index"]
+        assert row["similarity"] == pytest.approx(float(q[i] @ p[j]), abs=1e-4)
+        assert row["judge_score"] == pytest.approx(ref.score_pair(records[i].query, pool[j]), abs=1e-4)
+        assert row["positive_score"] == pytest.approx(ref.score_pair(records[i].query, records[i].positive), abs=1e-4)
+    eight = Embedder.from_pretrained(embedder, device="cpu", dtype="fp32", data_root=data).encode(pool)
+    assert not np.allclose(eight, p, atol=1e-4)  # the default 8 frames would have given other similarities
+
+    pairs = data / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"p{i}", "query": records[i].query.to_dict(),
+                                         "candidate": pool[(i + 1) % 4].to_dict()}) + "\n" for i in range(2)))
+    assert main(["judge", "--pairs", str(pairs), "--judge", judge, "--out", str(tmp_path / "scores.jsonl"),
+                 "--device", "cpu", "--video-frames", "4", "--video-max-pixels", str(4 * 64 * 48)]) == 0
+    got = [json.loads(line)["score"] for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert got == pytest.approx([ref.score_pair(records[i].query, pool[(i + 1) % 4]) for i in range(2)], abs=1e-4)
+    FRAME_CACHE.clear()
+
+
+@pytest.mark.slow
+def test_mining_audit_on_the_demo_world_video_records(tmp_path, tiny_model_dir):
+    """`unime mine --audit --world` on the generated world's video records: the audit rows carry the world's
+    ground-truth relevance of each retrieved clip / segment / answer (recomputed here), every positive is fully
+    relevant, and the audit summary covers the four video datasets."""
+    import pyarrow.parquet as pq
+
+    from unime.cli import main
+    from unime.data.synth import VideoSizes, World, generate_world
+    from unime.data.video import FRAME_CACHE
+
+    world_dir = tmp_path / "world"
+    generate_world(world_dir, sizes="tiny", video=VideoSizes(eval_clips=2, train_clips=4))
+    world = World.load(world_dir)
+    records_path = world_dir / "train" / "video_records.jsonl"
+    records = read_records(records_path)
+    assert len(records) == 16
+    FRAME_CACHE.clear()
+    out = tmp_path / "mined"
+    assert main(["mine", "--records", str(records_path), "--embedder", tiny_model_dir("qwen2_vl"),
+                 "--judge", tiny_model_dir("qwen2_5_vl"), "--out", str(out), "--world", str(world_dir), "--audit",
+                 "--k", "4", "--count", "2", "--interval", "1", "--device", "cpu", "--video-frames", "4"]) == 0
+    audit = pq.read_table(out / "audit.parquet").to_pylist()
+    pool = []
+    for r in records:  # the default pool: the distinct positives in order
+        if all(p.key != r.positive.key for p in pool):
+            pool.append(r.positive)
+    assert audit and {r["dataset"] for r in audit} == {"clip_cls", "clip_qa", "clip_ret", "clip_moment"}
+    for row in audit:
+        rec = records[row["query_index"]]
+        assert row["relevance"] == world.relevance(rec.query, pool[row["pool_index"]])
+        assert row["positive_relevance"] == 1.0
+    summary = json.loads((out / "audit.json").read_text())
+    assert set(summary["by_dataset"]) == {"clip_cls", "clip_qa", "clip_ret", "clip_moment"}
+    FRAME_CACHE.clear()

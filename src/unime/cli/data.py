@@ -19,6 +19,13 @@ def register(sub) -> None:
                    help="size preset; the options below override single sizes")
     for name in SIZE_OPTIONS:
         s.add_argument("--" + name.replace("_", "-"), type=int, default=None, metavar="N")
+    v = s.add_argument_group("video", "generated clips and MMEB-V2 video tasks (off unless --video-clips > 0)")
+    v.add_argument("--video-clips", type=int, default=0, metavar="N",
+                   help="eval clips (one query per clip and video task); 0 = a world without video")
+    v.add_argument("--video-train-clips", type=int, default=None, metavar="N",
+                   help="train clips for train/video_records.jsonl (default: 4 x --video-clips)")
+    v.add_argument("--video-frames", type=int, default=8, metavar="N", help="frames per clip (even, >= 4)")
+    v.add_argument("--video-size", type=int, default=56, metavar="PX", help="clip frame side in pixels")
     s.add_argument("--overwrite", action="store_true",
                    help="write the world into a folder that holds other files or another world (the world's files "
                         "are replaced, other files stay)")
@@ -84,12 +91,18 @@ def register(sub) -> None:
 
 
 def _synth(args) -> int:
-    from unime.data.synth import generate_world, resolve_sizes
+    from unime.data.synth import VideoSizes, generate_world, resolve_sizes
 
     sizes = resolve_sizes(args.size, **{n: getattr(args, n) for n in SIZE_OPTIONS})
+    train_clips = 4 * args.video_clips if args.video_train_clips is None else args.video_train_clips
+    try:
+        video = VideoSizes(eval_clips=args.video_clips, train_clips=train_clips, frames=args.video_frames,
+                           size=args.video_size)
+    except ValueError as e:
+        raise SystemExit(f"unime data synth: {e}") from None
     try:
         summary = generate_world(args.out, seed=args.seed, sizes=sizes, overwrite=args.overwrite,
-                                 ignore=_owned_names())
+                                 video=video if video.enabled else None, ignore=_owned_names())
     except FileExistsError as e:
         print(f"unime data synth: {e}")
         return 2

@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--allow-weak-judge", action="store_true",
                    help="continue after mining even when the judge's scores do not vary within a query (median "
                         "spread < beta) or too many queries fell back to random negatives (default: stop there)")
+    p.add_argument("--video-clips", type=int, default=None, metavar="N",
+                   help="eval clips of the world's video tasks, whose rows the report shows (default: preset's, "
+                        "24; 0 = no video)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_config_option(p)
     p.set_defaults(func=_demo)
@@ -37,6 +40,8 @@ def _demo(args) -> int:
         settings.family = args.family
     if args.allow_weak_judge:
         settings.stop_on_weak_judge = False
+    if args.video_clips is not None:
+        settings.video_clips = max(0, args.video_clips)
     if args.fresh:
         fresh(args.out, overwrite=bool(getattr(args, "overwrite", False)))
     try:

@@ -9,9 +9,11 @@ from unime.cli.index import add_ann_options, ann_config
 
 
 def _add_model_options(p) -> None:
+    from unime.cli.video_options import add_video_options
     from unime.models.image_budget import add_image_options
 
     add_image_options(p)
+    add_video_options(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", default=None, help="auto, fp32, bf16, fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--allow-outside-root", action="store_true", help="permit absolute paths and '..' in image paths")
@@ -145,7 +147,9 @@ def _mine(args) -> int:
                      cache_dir=args.cache_dir, on_error=args.on_error, allow_outside_root=args.allow_outside_root,
                      audit=args.audit, world=args.world, audit_threshold=args.audit_threshold,
                      show_progress=args.progress, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                     image_size=args.image_size, overwrite=bool(getattr(args, "overwrite", False)))
+                     image_size=args.image_size, video_frames=args.video_frames, video_fps=args.video_fps,
+                     video_max_frames=args.video_max_frames, video_max_pixels=args.video_max_pixels,
+                     overwrite=bool(getattr(args, "overwrite", False)))
     result = run_mining(cfg)
     s = result.stats
     if result.finished_before:
@@ -168,6 +172,7 @@ def _mine(args) -> int:
 def _judge(args) -> int:
     import os
 
+    from unime.cli.video_options import video_options_from_args
     from unime.mining.backends import JudgeSpec
     from unime.mining.pipeline import score_pairs_file
     from unime.models.image_budget import ImageBudget
@@ -179,7 +184,9 @@ def _judge(args) -> int:
     spec = JudgeSpec(path=args.judge, device=args.device, dtype=args.dtype, data_root=root,
                      allow_outside_root=args.allow_outside_root, chunk_size=args.chunk_size,
                      image_cache_size=args.image_cache,
-                     image_budget=ImageBudget.from_args(args).as_items())
+                     image_budget=ImageBudget.from_args(args).as_items(),
+                     video_sampling=tuple(sorted((k, v) for k, v in video_options_from_args(args).items()
+                                                 if v is not None)))
     from unime.data.skips import SkipReport
 
     skips = SkipReport()

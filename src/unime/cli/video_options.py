@@ -19,12 +19,11 @@ def video_sampling_from_args(args):
     """A `VideoSampling` from the parsed options, or None when none was given (the defaults apply)."""
     from unime.data.video import VideoSampling
 
-    given = {k: getattr(args, a, None) for k, a in (("num_frames", "video_frames"), ("fps", "video_fps"),
-                                                     ("max_frames", "video_max_frames"),
-                                                     ("max_video_pixels", "video_max_pixels"))}
-    given = {k: v for k, v in given.items() if v is not None}
-    if not given:
-        return None
-    if "fps" in given and "num_frames" not in given:
-        given["num_frames"] = None
-    return VideoSampling(**given)
+    return VideoSampling.from_options(**video_options_from_args(args))
+
+
+def video_options_from_args(args) -> dict:
+    """The four options as keyword arguments of `VideoSampling.from_options` (None = not given)."""
+    return {k: getattr(args, a, None) for k, a in (("frames", "video_frames"), ("fps", "video_fps"),
+                                                    ("max_frames", "video_max_frames"),
+                                                    ("max_pixels", "video_max_pixels"))}

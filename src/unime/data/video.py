@@ -22,6 +22,12 @@ truncated file, a file without a video stream, a duration over ``max_duration_s`
 A pixel budget per video (``max_video_pixels``, the sum over the sampled frames) scales the frames
 down, keeping their aspect ratio, before they reach the processor.
 
+Decoding seeks (`decode_video(seek=True)`, the default): one pass over the packets (no decoding) lists the
+keyframes; each sampled frame whose keyframe lies past the frames already decoded is reached by seeking to
+that keyframe, the others by decoding on, so a long clip costs about a GOP per sampled frame instead of the
+whole stream. Frames are identified by their presentation time stamps on the constant frame-rate grid; when
+a frame cannot be found that way (variable frame rate, no time stamps) the clip is decoded from its start.
+
 Decoded, sampled frames are cached by content (SHA-1 of the file's bytes + the sampling settings),
 so the same clip under two paths or two data roots is decoded once; the cache is bounded in bytes.
 """
@@ -75,6 +81,19 @@ class VideoSampling:
         if self.frame_factor < 1:
             raise ValueError("frame_factor must be >= 1")
 
+    @classmethod
+    def from_options(cls, frames: int | None = None, fps: float | None = None, max_frames: int | None = None,
+                     max_pixels: int | None = None) -> "VideoSampling | None":
+        """The sampling the command-line options (`--video-frames/-fps/-max-frames/-max-pixels`) ask for, or
+        None when none was given (the defaults apply). `fps` without `frames` samples by frame rate."""
+        given = {k: v for k, v in (("num_frames", frames), ("fps", fps), ("max_frames", max_frames),
+                                   ("max_video_pixels", max_pixels)) if v is not None}
+        if not given:
+            return None
+        if "fps" in given and "num_frames" not in given:
+            given["num_frames"] = None
+        return cls(**given)
+
     def frame_count(self, total_frames: int, duration_s: float | None) -> int:
         """How many frames to sample from a clip of `total_frames` frames lasting `duration_s` seconds."""
         if self.num_frames is not None:
@@ -107,6 +126,7 @@ class Video:
     frame_indices: tuple[int, ...]     # index in the source of each sampled frame
     total_frames: int                  # frames in the source
     source: str = ""
+    decoded_frames: int = 0            # frames the decoder produced to get these (files; 0 for frame lists)
 
     @property
     def timestamps(self) -> tuple[float, ...]:
@@ -201,8 +221,9 @@ def _budget_size(width: int, height: int, n_frames: int, budget: int) -> tuple[i
 
 
 def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline bytes>", source=None, record=None,
-                 field=None) -> Video:
-    """Decode and sample one video file given as bytes (see the module notes for the rules)."""
+                 field=None, seek: bool = True) -> Video:
+    """Decode and sample one video file given as bytes (see the module notes for the rules). `seek=False`
+    decodes the stream from its start up to the last sampled frame (the reference the seeking path equals)."""
     import av
 
     def fail(msg: str) -> DataError:
@@ -249,28 +270,134 @@ def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline b
         n = sampling.frame_count(total, duration)
         wanted = uniform_indices(total, n)
         out_w, out_h = _budget_size(width, height, len(wanted), sampling.max_video_pixels)
-        want = {}
-        for j, i in enumerate(wanted):
-            want.setdefault(i, []).append(j)
-        frames: list[Any] = [None] * len(wanted)
-        last = max(wanted)
-        decoded = 0
+        frames, decoded = _decode_frames(container, stream, wanted, fps, (out_w, out_h), total, seek=seek,
+                                         fail=fail, name=name)
+    return Video(frames=tuple(frames), fps=fps, frame_indices=tuple(wanted), total_frames=total, source=name,
+                 decoded_frames=decoded)
+
+
+def _frame_image(frame, size: tuple[int, int]):
+    img = frame.to_image(width=size[0], height=size[1]) if size != (frame.width, frame.height) else frame.to_image()
+    return img.convert("RGB")
+
+
+def _decode_frames(container, stream, wanted: list[int], fps: float, size: tuple[int, int], total: int, *,
+                   seek: bool, fail, name: str) -> tuple[list[Any], int]:
+    """The sampled frames and how many frames were decoded to get them: by keyframe seeking when it saves
+    decoding (`_keyframe_plan`), else by decoding from the start up to the last sampled frame."""
+    import av
+
+    want: dict[int, list[int]] = {}
+    for j, i in enumerate(wanted):
+        want.setdefault(i, []).append(j)
+    frames: list[Any] = [None] * len(wanted)
+    if seek:
+        plan = _keyframe_plan(container, stream, sorted(want), fps)
         try:
-            for index, frame in enumerate(container.decode(stream)):
-                decoded = index + 1
-                if index in want:
-                    img = frame.to_image(width=out_w, height=out_h) if (out_w, out_h) != (frame.width, frame.height) \
-                        else frame.to_image()
-                    img = img.convert("RGB")
-                    for j in want[index]:
-                        frames[j] = img
-                if index >= last:
-                    break
+            container.seek(0, stream=stream)  # the demux pass read to the end
+            if plan is not None:
+                decoded = _decode_seeking(container, stream, plan, want, frames, size)
+                if decoded:
+                    return frames, decoded
+                container.seek(0, stream=stream)
         except (av.error.FFmpegError, ValueError, OSError) as e:
-            raise fail(f"corrupt video {name} (failed after {decoded} decoded frame(s)): {e}") from None
-        if decoded <= last:
-            raise fail(f"truncated video {name}: it announces {total} frames, {decoded} could be decoded")
-    return Video(frames=tuple(frames), fps=fps, frame_indices=tuple(wanted), total_frames=total, source=name)
+            raise fail(f"corrupt or unseekable video {name}: {e}") from None
+        frames = [None] * len(wanted)
+    last = max(wanted)
+    decoded = 0
+    try:
+        for index, frame in enumerate(container.decode(stream)):
+            decoded = index + 1
+            if index in want:
+                img = _frame_image(frame, size)
+                for j in want[index]:
+                    frames[j] = img
+            if index >= last:
+                break
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        raise fail(f"corrupt video {name} (failed after {decoded} decoded frame(s)): {e}") from None
+    if decoded <= last:
+        raise fail(f"truncated video {name}: it announces {total} frames, {decoded} could be decoded")
+    return frames, decoded
+
+
+@dataclass(frozen=True)
+class _SeekPlan:
+    start_pts: int                       # presentation time stamp of frame 0
+    seconds_per_tick: float              # the stream's time base
+    fps: float
+    # per sampled frame index (ascending): the keyframe pts to seek to first, or None to decode on from where we are
+    steps: tuple[tuple[int, int | None], ...] = ()
+
+    def index(self, pts: int) -> int:
+        """Frame index of a presentation time stamp (constant frame rate)."""
+        return int(math.floor((pts - self.start_pts) * self.seconds_per_tick * self.fps + 0.5))
+
+
+def _keyframe_plan(container, stream, targets: list[int], fps: float) -> _SeekPlan | None:
+    """Where to seek: one demux pass (packets only, no decoding) lists the keyframes; a sampled frame whose
+    keyframe lies beyond the frames already decoded is reached by seeking to that keyframe, the others by
+    decoding on. None (decode from the start) when packets lack time stamps or no seek would skip a frame."""
+    import av
+
+    if stream.time_base is None:
+        return None
+    pts_all, keys = [], []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if packet.pts is None:
+                return None
+            pts_all.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+    except (av.error.FFmpegError, ValueError, OSError):
+        return None  # the decoding pass reports what is wrong with the file
+    if not pts_all or not keys:
+        return None
+    grid = _SeekPlan(min(pts_all), float(stream.time_base), fps)
+    key_index = sorted((grid.index(k), k) for k in keys)
+    steps, pos = [], -1
+    for t in targets:
+        before = [kk for kk in key_index if kk[0] <= t]
+        if before and before[-1][0] > pos + 1:  # its keyframe is past what is decoded: frames to skip
+            steps.append((t, before[-1][1]))
+        else:
+            steps.append((t, None))
+        pos = t
+    if all(k is None for _, k in steps):
+        return None
+    return _SeekPlan(grid.start_pts, grid.seconds_per_tick, fps, tuple(steps))
+
+
+def _decode_seeking(container, stream, plan: _SeekPlan, want: dict[int, list[int]], frames: list[Any],
+                    size: tuple[int, int]) -> int:
+    """Follow the plan; the number of frames decoded, or 0 when a sampled frame could not be reached (the
+    caller then decodes from the start)."""
+    it, decoded = None, 0
+    for target, seek_pts in plan.steps:
+        if seek_pts is not None:
+            container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
+            it = container.decode(stream)
+        elif it is None:
+            it = container.decode(stream)
+        for frame in it:
+            decoded += 1
+            if frame.pts is None:
+                return 0
+            i = plan.index(frame.pts)
+            if i in want and frames[want[i][0]] is None:
+                img = _frame_image(frame, size)
+                for j in want[i]:
+                    frames[j] = img
+            if i >= target:
+                break
+        else:
+            return 0
+        if frames[want[target][0]] is None:
+            return 0  # time stamps do not land on the frame grid (variable frame rate)
+    return decoded
 
 
 def _content_key(data: bytes, sampling: VideoSampling) -> str:

@@ -112,6 +112,10 @@ class DemoSettings:
     er_grpo_lr: float = 3e-6
     er_generations: int = 4
     er_max_new_tokens: int = 96
+    # video (unime.demo.video_rows): eval clips of the world (0 = no video), frames per clip; the trained
+    # embedders are evaluated on the world's MMEB-V2 video tasks in the eval stage
+    video_clips: int = 24
+    video_frames: int = 8
 
     @classmethod
     def preset(cls, name: str) -> "DemoSettings":
@@ -122,7 +126,7 @@ class DemoSettings:
                        seeds=(0,), hidden=64, layers=2, vision_depth=1, judge_steps=40,
                        embed_steps=20, rerank_steps=20, k=10, count=4, hard_negatives=4, rerank_negatives=3,
                        rerank_topk=3, er_records=24, er_judge_steps=20, er_embed_steps=8, er_sft_epochs=1.0,
-                       er_grpo_steps=2, er_max_new_tokens=48, reference_seconds=4.0,
+                       er_grpo_steps=2, er_max_new_tokens=48, reference_seconds=4.0, video_clips=4,
                        stop_on_weak_judge=False)  # a 40-step smoke judge cannot pass the check
         raise ValueError(f"unknown preset {name!r} (default, quick)")
 
@@ -263,8 +267,11 @@ class Demo:
         world_sizes = [arg for flag, value in (("--train-scenes", s.world_train_scenes),
                                                ("--train-per-task", s.world_train_per_task)) if value is not None
                        for arg in (flag, value)]
+        from unime.demo.video_rows import run_video_evals, video_eval_done, world_args
+
         self.stage("world", [world / "world.json"], lambda c: self.run_cli(
-            ["data", "synth", "--out", world, "--size", s.world_size, *world_sizes, "--overwrite"], c))
+            ["data", "synth", "--out", world, "--size", s.world_size, *world_sizes, *world_args(self), "--overwrite"],
+            c))
 
         def reference(c):
             for seed, dest in zip(s.seeds, self.reference_runs()):
@@ -395,7 +402,9 @@ class Demo:
                         extra = ["--rerank", reranker_dir, "--topk", s.rerank_topk, "--mode", "top1"]
                     self.run_cli(["eval", "--model", out / "merged", "--tasks", world, "--out", dest,
                                   "--cache-dir", self.p("cache", "eval"), *extra, *dev], c)
+            run_video_evals(self, c)
         eval_done = [self.p("eval", f"{row}_s{seed}", "summary.json") for row in runs for seed in s.seeds]
+        eval_done += video_eval_done(self)
         self.stage("eval", eval_done, evaluate)
 
         if self.embed_rl:

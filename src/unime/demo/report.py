@@ -164,6 +164,9 @@ def write_report(demo: "Demo") -> Path:
                       ("UniME-V2 embedder + reranker", [b for _, b in rerank_rows])], comp_cols)
         md.append("")
 
+    from unime.demo.video_rows import video_section
+
+    md += video_section(demo, ROW_TITLES, _fmt)
     md += _mining_section(out / "mined")
     md += _embed_rl_section(demo)
     md += _curves_section(demo)

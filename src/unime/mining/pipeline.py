@@ -105,6 +105,11 @@ class MineConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     image_size: Any = None
+    # video sampling for the embedder and the judge (unset: `VideoSampling` defaults, 8 frames)
+    video_frames: int | None = None
+    video_fps: float | None = None
+    video_max_frames: int | None = None
+    video_max_pixels: int | None = None
     overwrite: bool = False  # a re-run with other options: redo what depends on them (else refused)
 
     def index_config(self) -> IndexConfig:
@@ -136,6 +141,18 @@ class MineConfig:
         from unime.models.image_budget import ImageBudget
 
         return ImageBudget.from_options(self.min_pixels, self.max_pixels, self.image_size)
+
+    @property
+    def video_options(self) -> dict:
+        return {"frames": self.video_frames, "fps": self.video_fps, "max_frames": self.video_max_frames,
+                "max_pixels": self.video_max_pixels}
+
+    @property
+    def video_sampling(self):
+        """A `VideoSampling` from the video options, or None when none is set (the defaults apply)."""
+        from unime.data.video import VideoSampling
+
+        return VideoSampling.from_options(**self.video_options)
 
     @property
     def resolved_data_root(self) -> str:
@@ -216,6 +233,12 @@ def read_pool_items(path: str, *, on_error: str = "raise", skips=None) -> list[I
     return items
 
 
+def _video_key(c: MineConfig) -> dict:
+    """The video options in a stage hash, only when set (runs without them keep their earlier hashes)."""
+    given = {k: v for k, v in c.video_options.items() if v is not None}
+    return {"video": given} if given else {}
+
+
 def _record_label(rec: Record, i: int) -> str:
     return rec.id or f"index {i + 1}"
 
@@ -246,7 +269,7 @@ class MiningRun:
         records = read_records(c.records, on_error=c.on_error, skips=self.skips)
         # every image opened up front: a bad one stops the run here (or is skipped and counted), not
         # an hour into the judge stage
-        loader = ImageLoader(c.resolved_data_root, allow_outside_root=c.allow_outside_root)
+        loader = ImageLoader(c.resolved_data_root, allow_outside_root=c.allow_outside_root, video=c.video_sampling)
         self.records: list[Record] = check_images(records, loader, on_error=c.on_error, skips=self.skips,
                                                   source=c.records)
         if not self.records:
@@ -320,7 +343,8 @@ class MiningRun:
         return _hash({"records": self.inputs["records"]["sha1"], "pool": self.inputs["pool"],
                       "images": self.inputs["images"]["sha1"],
                       "embedder": self.inputs["embedder"], "k": c.k, "index": c.index_key(),
-                      "data_root": self.inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION})
+                      "data_root": self.inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION,
+                      **_video_key(c)})
 
     def embedder(self):
         if self._embedder is None:
@@ -331,7 +355,8 @@ class MiningRun:
                                                       data_root=c.resolved_data_root,
                                                       allow_outside_root=c.allow_outside_root,
                                                       batch_size=c.embed_batch_size,
-                                                      image_budget=c.image_budget)
+                                                      image_budget=c.image_budget,
+                                                      video_sampling=c.video_sampling)
         return self._embedder
 
     def run_retrieval(self) -> RetrievalResult:
@@ -401,14 +426,15 @@ class MiningRun:
     def judge_hash(self, retrieval_hash: str) -> str:
         c = self.config
         return _hash({"retrieval": retrieval_hash, "judge": self.inputs["judge"], "shard_size": c.shard_size,
-                      "dtype": c.dtype, "version": PIPELINE_VERSION})
+                      "dtype": c.dtype, "version": PIPELINE_VERSION, **_video_key(c)})
 
     def judge_spec(self) -> JudgeSpec:
         c = self.config
         return JudgeSpec(path=c.judge, device=c.device, dtype=c.dtype, data_root=c.resolved_data_root,
                          allow_outside_root=c.allow_outside_root, chunk_size=c.judge_chunk_size,
                          image_cache_size=c.judge_image_cache,
-                         image_budget=c.image_budget.as_items())
+                         image_budget=c.image_budget.as_items(),
+                         video_sampling=tuple(sorted((k, v) for k, v in c.video_options.items() if v is not None)))
 
     def backend(self) -> JudgeBackend:
         if self._backend is None:
@@ -716,7 +742,8 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
     from unime.data.images import ImageLoader
     from unime.data.io import ImageChecker
 
-    checker = ImageChecker(ImageLoader(spec.data_root, allow_outside_root=spec.allow_outside_root))
+    checker = ImageChecker(ImageLoader(spec.data_root, allow_outside_root=spec.allow_outside_root,
+                                       video=spec.sampling))
     if label_column:
         pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker,
                                    label_column=label_column)

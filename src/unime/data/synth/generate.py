@@ -12,6 +12,14 @@ WORLD/eval/retrieval/scene_captions.jsonl   {"image", "captions": [..]}
 WORLD/eval/compositional/{replace,swap,add}.jsonl   {"image", "positive", "negative", "category"}
 WORLD/eval/qrels/scene_search.jsonl  {"query": {item}, "candidates": [{item}, ..], "relevance": [grade, ..]}
 ```
+With video (`video=VideoSizes(eval_clips=N, train_clips=M)`, `unime data synth --video-clips N`), also:
+```
+WORLD/videos/clips/<clip>.mp4        the clips;  WORLD/videos/segments/<clip>_p<k>.mp4  their two halves
+WORLD/clips.jsonl                    clip annotations (background, shape, colour, first motion, second event)
+WORLD/train/video_records.jsonl      training records of the video tasks, train clips only
+WORLD/eval/video/<task>.jsonl        MMEB-V2 video rows (VLM2Vec's format), eval clips only
+WORLD/eval_tasks_video.yaml          the video task list (format mmeb_v2, modality video)
+```
 The same seed and sizes give byte-identical files.
 """
 
@@ -33,6 +41,7 @@ from unime.data.eval_formats import MMEBRow, write_compositional, write_mmeb, wr
 from unime.data.io import write_records
 from unime.data.items import Record
 from unime.data.synth.build import PRESETS, WorldBuilder, WorldSizes
+from unime.data.synth.clips import VideoSizes
 from unime.data.synth.render import crop_box, object_bbox, png_bytes, render_scene
 from unime.data.synth.tasks import TASKS, build_compositional, build_graded_search, build_queries, build_retrieval
 
@@ -62,6 +71,11 @@ class WorldSummary:
         for name, t in c["eval"].items():
             lines.append(f"eval {name:20s} {t['format']:13s} {t.get('split', ''):3s} {t['queries']:4d} queries"
                          + (f", {t['candidates_per_query']} candidates/query" if "candidates_per_query" in t else ""))
+        if "video" in c:
+            v = c["video"]
+            lines.append(f"video: {v['clips']['train']} train + {v['clips']['eval']} eval clips "
+                         f"({v['files']} .mp4 files); train records {v['train_records']}; eval "
+                         + ", ".join(f"{k} {n}" for k, n in v["eval"].items()) + " queries (eval_tasks_video.yaml)")
         return "\n".join(lines)
 
 
@@ -85,8 +99,8 @@ def _single_counts(b: WorldBuilder, sizes: WorldSizes) -> dict[str, int]:
     return want
 
 
-def build_world(seed: int, sizes: WorldSizes) -> tuple[WorldBuilder, dict]:
-    """Generate everything in memory. Returns the builder and the files' contents (not images)."""
+def build_world(seed: int, sizes: WorldSizes, video: VideoSizes | None = None) -> tuple[WorldBuilder, dict]:
+    """Generate everything in memory. Returns the builder and the files' contents (not images, not clips)."""
     b = WorldBuilder(seed, sizes)
     for split, n_single in _single_counts(b, sizes).items():
         b.make_pool(split, getattr(sizes, f"{split}_scenes"), n_single)
@@ -116,8 +130,14 @@ def build_world(seed: int, sizes: WorldSizes) -> tuple[WorldBuilder, dict]:
                                               sizes.compositional_pairs) for cat in COMPOSITIONAL_CATEGORIES}
     graded = build_graded_search(b, b.rng("graded"), eval_scenes, sizes.eval_queries, 2 * sizes.candidates,
                                  exclude=train_keys)
-    return b, {"records": records, "train_counts": train_counts, "mmeb": mmeb, "retrieval": retrieval,
+    content = {"records": records, "train_counts": train_counts, "mmeb": mmeb, "retrieval": retrieval,
                "compositional": compositional, "graded": graded}
+    if video is not None and video.enabled:  # after everything else: the image world is the same with or without
+        from unime.data.synth.video_tasks import build_video
+
+        content["video"] = build_video(b, video, sizes.candidates)
+        content["video_sizes"] = video
+    return b, content
 
 
 def eval_task_list(content: dict) -> list[dict]:
@@ -156,8 +176,17 @@ def _counts(b: WorldBuilder, content: dict) -> dict:
                                 "candidates_per_query": max((len(r["candidates"]) for r in graded), default=0),
                                 "fully_relevant_per_query": round(sum(r["relevance"].count(1.0) for r in graded)
                                                                   / max(1, len(graded)), 2)}
-    return {"scenes": scenes, "images": {"scenes": len(b.scenes), "crops": len(b.crops)}, "items": len(b.items),
-            "train_records": len(content["records"]), "train": content["train_counts"], "eval": eval_counts}
+    out = {"scenes": scenes, "images": {"scenes": len(b.scenes), "crops": len(b.crops)}, "items": len(b.items),
+           "train_records": len(content["records"]), "train": content["train_counts"], "eval": eval_counts}
+    if "video" in content:
+        v = content["video"]
+        train = {}
+        for r in v["records"]:
+            train[r.dataset] = train.get(r.dataset, 0) + 1
+        out["video"] = {"clips": {s: sum(c.split == s for c in v["clips"]) for s in ("train", "eval")},
+                        "files": 3 * len(v["clips"]), "train_records": len(v["records"]), "train": train,
+                        "eval": {name: len(rows) for name, rows in v["rows"].items()}}
+    return out
 
 
 def _write(b: WorldBuilder, content: dict, root: Path, manifest: dict) -> None:
@@ -195,9 +224,34 @@ def _write(b: WorldBuilder, content: dict, root: Path, manifest: dict) -> None:
         fh.write("# eval tasks of the generated demo world; paths are relative to data_root\n")
         yaml.safe_dump({"data_root": ".", "tasks": eval_task_list(content)}, fh, sort_keys=False,
                        default_flow_style=None, width=120)
+    if "video" in content:
+        _write_video(content["video"], content["video_sizes"], root)
     with open(root / "world.json", "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, ensure_ascii=False)
         fh.write("\n")
+
+
+def _write_video(video: dict, sizes: VideoSizes, root: Path) -> None:
+    from unime.data.synth.clips import clip_files
+    from unime.data.synth.video_tasks import video_task_list
+
+    (root / "videos" / "clips").mkdir(parents=True)
+    (root / "videos" / "segments").mkdir(parents=True)
+    with open(root / "clips.jsonl", "w", encoding="utf-8") as fh:
+        for clip in video["clips"]:
+            for rel, data in clip_files(clip, sizes).items():
+                (root / rel).write_bytes(data)
+            fh.write(json.dumps(clip.to_dict(), ensure_ascii=False) + "\n")
+    write_records(video["records"], root / "train" / "video_records.jsonl")
+    (root / "eval" / "video").mkdir(parents=True)
+    for name, rows in video["rows"].items():
+        with open(root / "eval" / "video" / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(root / "eval_tasks_video.yaml", "w", encoding="utf-8") as fh:
+        fh.write("# video tasks of the generated demo world (MMEB-V2 layout); paths are relative to data_root\n")
+        yaml.safe_dump({"data_root": ".", "tasks": video_task_list()}, fh, sort_keys=False,
+                       default_flow_style=None, width=120)
 
 
 def _disk_usage(root: Path) -> tuple[int, int]:
@@ -210,12 +264,14 @@ def _disk_usage(root: Path) -> tuple[int, int]:
 
 
 def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes | str = "default",
-                   overwrite: bool = False, ignore: Iterable[str] = ()) -> WorldSummary:
-    """Generate the demo world into `out` (built in a temporary folder, then moved in entry by entry).
+                   overwrite: bool = False, ignore: Iterable[str] = (), video: VideoSizes | None = None
+                   ) -> WorldSummary:
+    """Generate the demo world into `out` (built in a temporary folder, then moved in entry by entry); with
+    `video` (clip counts > 0) also the video clips and tasks (`unime.data.synth.video_tasks`).
 
     `out` missing or empty (apart from the `ignore` names: the output folder's ownership marker and
-    lock, `unime.outdir`): the world is written. `out` already holds a world with the same seed and
-    sizes: it is left as it is (a finished run; the summary says `reused`). With other options, or
+    lock, `unime.outdir`): the world is written. `out` already holds a world with the same seed, sizes and
+    video: it is left as it is (a finished run; the summary says `reused`). With other options, or
     files that are not a world: `ChangedOptions` / `FileExistsError`, unless `overwrite` (the world's
     entries are replaced; any other file stays)."""
     start = time.perf_counter()
@@ -231,14 +287,15 @@ def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes |
         if before is None:
             raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True / --overwrite to write the "
                                   "world into it; other files stay)")
-        now = {"seed": seed, "sizes": asdict(sizes), "format_version": FORMAT_VERSION}
+        now = {"seed": seed, "sizes": asdict(sizes), "format_version": FORMAT_VERSION,
+               "video": asdict(video) if video is not None else None}
         keys = changed_option_keys(before, now)
         if keys:
             raise refuse_changed_options(root, before, now, keys)
         manifest = json.loads((root / "world.json").read_text(encoding="utf-8"))
         nbytes, nfiles = _disk_usage(root)
         return WorldSummary(root, manifest["counts"], time.perf_counter() - start, nbytes, nfiles, reused=True)
-    b, content = build_world(seed, sizes)
+    b, content = build_world(seed, sizes, video)
     counts = _counts(b, content)
     manifest = {"format_version": FORMAT_VERSION, "generator": "unime.data.synth", "seed": seed,
                 "sizes": asdict(sizes), "held_out_combos": [list(c) for c in b.held_out],
@@ -246,6 +303,8 @@ def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes |
                                   "are disjoint",
                            "OOD": "scenes holding a held-out combination, or a task without training records"},
                 "counts": counts}
+    if "video" in content:
+        manifest["video"] = asdict(video)
     with merged_dir(root) as tmp:
         _write(b, content, tmp, manifest)
     nbytes, nfiles = _disk_usage(root)
@@ -253,9 +312,10 @@ def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes |
 
 
 def _read_world_options(root: Path) -> dict | None:
-    """The seed, sizes and format version of the world in `root` (None: no world there)."""
+    """The seed, sizes, format version and video sizes of the world in `root` (None: no world there)."""
     try:
         m = json.loads((root / "world.json").read_text(encoding="utf-8"))
-        return {"seed": m["seed"], "sizes": m["sizes"], "format_version": m["format_version"]}
+        return {"seed": m["seed"], "sizes": m["sizes"], "format_version": m["format_version"],
+                "video": m.get("video")}
     except (OSError, ValueError, KeyError, TypeError):
         return None

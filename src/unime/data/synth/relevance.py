@@ -25,11 +25,14 @@ holds: "a red circle" has satisfaction 1.0 on a scene with a small red circle an
 | scene matching a spec (text→image, composed image+text→image) | scene image | satisfaction of the spec by the candidate scene |
 | description of scene S (image→text) | description text | satisfaction of the description's spec by S |
 | the object of S a mention refers to (grounding) | crop | fraction of the mention's attributes the cropped object has; the position counts only for crops of S itself (a crop shows no position) |
+| clip matching a clip spec (text→video) | clip | fraction of the spec's background, shape, colour, first motion, second event the clip has |
+| one half of clip C (moment retrieval) | segment | 1 if it is that half of C, else 0 |
 | any | a candidate of another kind | 0 |
 
 Content items used as queries need what they show: a description needs the scenes that satisfy it,
 a bare scene image needs descriptions it satisfies and scenes that satisfy its full description, a
-crop needs crops of an object with the same shape, colour and size, an answer needs the same answer.
+crop needs crops of an object with the same shape, colour and size, an answer needs the same answer, a
+clip needs clips matching its full spec, a segment needs itself (`unime.data.synth.clips`).
 """
 
 from __future__ import annotations
@@ -109,14 +112,28 @@ def need_of(meta: dict) -> dict:
         return {"type": "same_scene", "scene": meta["scene"]}
     if kind == "crop":
         return {"type": "same_object", "scene": meta["scene"], "object": meta["object"]}
+    if kind == "clip":
+        return {"type": "same_clip", "clip": meta["clip"]}
+    if kind == "segment":
+        return {"type": "moment", "clip": meta["clip"], "part": meta["part"]}
     raise ValueError(f"unknown item kind {kind!r}")
 
 
-def relevance(need: dict, cand: dict, scenes: dict[str, Scene]) -> float:
-    """Graded relevance in [0, 1] of a candidate (its item metadata) for a query's need."""
+def relevance(need: dict, cand: dict, scenes: dict[str, Scene], clips: dict | None = None) -> float:
+    """Graded relevance in [0, 1] of a candidate (its item metadata) for a query's need; `clips` (id →
+    `unime.data.synth.clips.Clip`) for the video items of a world with video."""
     kind, ntype = cand["kind"], need["type"]
     if kind == "query":
         raise ValueError("the candidate is a query item, not a candidate")
+    if ntype in ("clip", "same_clip", "moment"):
+        from unime.data.synth.clips import clip_satisfaction
+
+        if ntype == "moment":
+            return float(kind == "segment" and cand["clip"] == need["clip"] and cand["part"] == need["part"])
+        if kind != "clip":
+            return 0.0
+        spec = need["spec"] if ntype == "clip" else clips[need["clip"]].spec()
+        return clip_satisfaction(spec, clips[cand["clip"]])
     if ntype == "answer":
         return float(kind == "answer" and cand["value"] == need["value"])
     if ntype == "scene":

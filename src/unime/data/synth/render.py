@@ -59,17 +59,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
 
 def draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, size: int, scale: int) -> None:
     cx, cy = object_centre(obj, size)
-    cx, cy, r = cx * scale, cy * scale, RADIUS[obj.size] * size * scale
-    fill = vocab.COLOURS[obj.colour]
-    if obj.shape == "circle":
+    draw_shape(draw, obj.shape, vocab.COLOURS[obj.colour], cx * scale, cy * scale, RADIUS[obj.size] * size * scale)
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, fill, cx: float, cy: float, r: float) -> None:
+    """One shape of the vocabulary centred at (cx, cy) with radius r (pixels of `draw`'s image)."""
+    if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif obj.shape == "square":
+    elif shape == "square":
         h = r * 0.85
         draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
     else:
-        pts = _polygon(obj.shape, cx, cy, r)
+        pts = _polygon(shape, cx, cy, r)
         if pts is None:
-            raise ValueError(f"unknown shape {obj.shape!r}")
+            raise ValueError(f"unknown shape {shape!r}")
         draw.polygon(pts, fill=fill)
 
 

@@ -21,10 +21,12 @@ class World:
     """`World.load(root)`; `.relevance(query, candidate)` in [0, 1] (see `unime.data.synth.relevance`
     for the definition); `.records` (training records); `.scenes`; `.tasks` (eval_tasks.yaml)."""
 
-    def __init__(self, root: Path, manifest: dict, scenes: dict[str, Scene], items: dict[str, tuple[dict, dict]]):
+    def __init__(self, root: Path, manifest: dict, scenes: dict[str, Scene], items: dict[str, tuple[dict, dict]],
+                 clips: dict | None = None):
         self.root = root
         self.manifest = manifest
         self.scenes = scenes
+        self.clips = clips or {}  # id → unime.data.synth.clips.Clip (worlds generated with video)
         self._items = items
         self._records: list[Record] | None = None
 
@@ -55,7 +57,18 @@ class World:
             if not isinstance(obj, dict) or not {"key", "item", "meta"} <= obj.keys():
                 raise DataError("expected {key, item, meta}", source=str(root / "items.jsonl"), record=f"line {n}")
             items[obj["key"]] = (obj["item"], obj["meta"])
-        return cls(root, manifest, scenes, items)
+        clips = {}
+        if (root / "clips.jsonl").is_file():
+            from unime.data.synth.clips import Clip
+
+            for n, obj in _jsonl(root / "clips.jsonl"):
+                try:
+                    clip = Clip.from_dict(obj)
+                except (KeyError, TypeError, ValueError) as e:
+                    raise DataError(f"bad clip annotation: {e!r}", source=str(root / "clips.jsonl"),
+                                    record=f"line {n}") from None
+                clips[clip.id] = clip
+        return cls(root, manifest, scenes, items, clips)
 
     # -- contents ------------------------------------------------------------------------------------
     @property
@@ -101,11 +114,20 @@ class World:
         if cand["kind"] == "query":
             raise DataError("the candidate is a query item of this world, not a candidate",
                             source=str(self.root / "items.jsonl"), field="candidate")
-        return relevance(need_of(self.meta(query)), cand, self.scenes)
+        return relevance(need_of(self.meta(query)), cand, self.scenes, self.clips)
 
     def relevances(self, query: Item | str, candidates: Iterable[Item | str]) -> list[float]:
         need = need_of(self.meta(query))
-        return [relevance(need, self.meta(c), self.scenes) for c in candidates]
+        return [relevance(need, self.meta(c), self.scenes, self.clips) for c in candidates]
+
+    @property
+    def video_tasks(self) -> list[dict]:
+        """The video tasks (eval_tasks_video.yaml) of a world generated with video, else []."""
+        path = self.root / "eval_tasks_video.yaml"
+        if not path.is_file():
+            return []
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)["tasks"]
 
 
 def _jsonl(path: Path):

@@ -29,6 +29,13 @@ class JudgeSpec:
     chunk_size: int = 16
     image_cache_size: int = 1024
     image_budget: tuple = ()  # explicit resolution options as sorted (field, value) pairs (ImageBudget)
+    video_sampling: tuple = ()  # video options given, as sorted (name, value) pairs (VideoSampling.from_options)
+
+    @property
+    def sampling(self):
+        from unime.data.video import VideoSampling
+
+        return VideoSampling.from_options(**dict(self.video_sampling))
 
     @property
     def budget(self):
@@ -42,7 +49,8 @@ class JudgeSpec:
         return JudgeScorer.from_pretrained(self.path, device=self.device, dtype=self.dtype, data_root=self.data_root,
                                            allow_outside_root=self.allow_outside_root, adapter_path=self.adapter_path,
                                            chunk_size=self.chunk_size, image_cache_size=self.image_cache_size,
-                                           load_weights=load_weights, image_budget=self.budget)
+                                           load_weights=load_weights, image_budget=self.budget,
+                                           video_sampling=self.sampling)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
