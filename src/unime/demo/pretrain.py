@@ -198,6 +198,18 @@ def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None]) ->
     return None
 
 
+def _publish(dest: Path, model: Path, manifest: dict, work: Path, progress: Callable[[str], None],
+             what: str) -> PretrainResult:
+    """Move the finished `model` and its manifest into `dest` in one rename, then drop the work folder."""
+    with atomic_dir(dest, overwrite=dest.exists()) as tmp:
+        shutil.copytree(model, tmp / MODEL_DIR)
+        with atomic_open(tmp / MANIFEST) as fh:
+            json.dump(manifest, fh, indent=1)
+    shutil.rmtree(work)  # created by the caller, for this recipe only
+    progress(f"[pretrain] {what} done: {dest}")
+    return PretrainResult(dest, False, manifest)
+
+
 # -- the stage ------------------------------------------------------------------------------------------
 
 def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
@@ -251,13 +263,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
                 "training": {k: metrics.get(k) for k in ("initial_loss", "final_loss", "steps",
                                                          "final_in_batch_accuracy", "train_runtime") if k in metrics},
                 "seconds": round(time.perf_counter() - t0, 1)}
-    with atomic_dir(dest, overwrite=dest.exists()) as tmp:
-        shutil.copytree(trained / "merged", tmp / MODEL_DIR)
-        with atomic_open(tmp / MANIFEST) as fh:
-            json.dump(manifest, fh, indent=1)
-    shutil.rmtree(work)  # created above by this function, for this recipe only
-    progress(f"[pretrain] done: {dest}")
-    return PretrainResult(dest, False, manifest)
+    return _publish(dest, trained / "merged", manifest, work, progress, "base")
 
 
 def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
@@ -307,10 +313,4 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
                 "exclude_world": str(exclude_world) if exclude_world else None, "records": stats,
                 "training": {"steps": result.steps, "first_loss": result.first_loss, "last_loss": result.last_loss},
                 "heldout": result.heldout, "seconds": round(time.perf_counter() - t0, 1)}
-    with atomic_dir(dest, overwrite=dest.exists()) as tmp:
-        shutil.copytree(trained / "merged", tmp / MODEL_DIR)
-        with atomic_open(tmp / MANIFEST) as fh:
-            json.dump(manifest, fh, indent=1)
-    shutil.rmtree(work)  # created above by this function, for this recipe only
-    progress(f"[pretrain] judge done: {dest}")
-    return PretrainResult(dest, False, manifest)
+    return _publish(dest, trained / "merged", manifest, work, progress, "judge")
