@@ -267,9 +267,13 @@ def group_softmax_loss(margins, groups, is_positive):
 def _trainer_class():
     from transformers import Trainer
 
-    class RerankerTrainer(Trainer):
+    from unime.models.run_state import ExactWeightsCheckpoints
+
+    class RerankerTrainer(ExactWeightsCheckpoints, Trainer):
         """`Trainer` whose loss is the sum of the answer-token cross-entropies of the pairwise and listwise
-        batches (L = L_pair + L_list). Each part is logged as `loss_pair` / `loss_list`."""
+        batches (L = L_pair + L_list; + group_weight × L_group for a judge). Each part is logged as
+        `loss_pair` / `loss_list` / `loss_group`. Full fine-tuning checkpoints are exact
+        (`ExactWeightsCheckpoints`)."""
 
         loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: divide by the GA steps
 
@@ -307,24 +311,6 @@ def _trainer_class():
             if total is None:
                 raise ValueError(f"a batch with none of the losses {LOSSES}")
             return (total, None) if return_outputs else total
-
-        # full fine-tuning: checkpoint every parameter under its in-memory name and reload it strictly (the
-        # Trainer's default goes through save_pretrained, whose on-disk key names a non-strict
-        # load_state_dict does not map back, so a resumed run would silently restart from the base weights)
-        def _save(self, output_dir=None, state_dict=None):
-            from unime.train.checkpoints import is_peft, save_training_weights
-
-            if is_peft(self.model):
-                return super()._save(output_dir, state_dict)
-            if self.args.should_save:
-                save_training_weights(self.model, output_dir or self.args.output_dir)
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            from unime.train.checkpoints import is_peft, load_training_weights
-
-            if is_peft(self.model):
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            load_training_weights(self.model, resume_from_checkpoint)
 
         def log(self, logs, *args, **kwargs):
             if "loss" in logs:
