@@ -111,3 +111,46 @@ def test_reasoner_sft_with_lora_leaves_the_vision_tower_of_qwen2_5_vl_untouched(
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
     q = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(before[q], after[q])
+
+
+# The vision tower's linear layers of each family, by name (Qwen2.5-VL's MLP shares the decoder's names).
+VISION_TARGETS = {"qwen2_vl": ("qkv", "proj", "fc1", "fc2"),
+                  "qwen2_5_vl": ("qkv", "proj", "gate_proj", "up_proj", "down_proj"),
+                  "qwen3_vl": ("qkv", "proj", "linear_fc1", "linear_fc2")}
+
+
+def _stage_lora(trainer: str, model, **options):
+    """`model` with the LoRA adapter the trainer's own code puts on it, for a config with `options`."""
+    if trainer == "embedder":
+        from unime.train.embedder_trainer import EmbedderTrainingConfig, lora_model
+
+        return lora_model(model, EmbedderTrainingConfig(model="m", out="o", records="r", **options))
+    if trainer == "reranker":
+        from unime.train.reranker_trainer import RerankerTrainConfig, lora_model
+
+        return lora_model(model, RerankerTrainConfig(model="m", records=["r"], out="o", **options))
+    if trainer == "reasoner_sft":
+        from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, lora_model
+
+        return lora_model(model, ReasonerSFTConfig(model="m", data="d", out="o", **options))
+    from peft import get_peft_model
+    from unime.embed_rl.grpo import GRPOStageConfig, peft_config
+
+    # TRL's GRPOTrainer wraps the policy with `get_peft_model(model, peft_config)`
+    return get_peft_model(model, peft_config(GRPOStageConfig(model="m", embedder="e", records="r", out="o",
+                                                             lora_r=8, **options)))
+
+
+@pytest.mark.parametrize("family", sorted(VISION_TARGETS))
+@pytest.mark.parametrize("trainer", ["embedder", "reranker", "reasoner_sft", "grpo"])
+def test_every_trainer_adapts_the_language_model_only_unless_vision_is_asked(tiny_model_dir, family, trainer):
+    """Per family and trainer, the modules that carry LoRA: the decoder's 7 projections × 2 layers, nothing
+    under the vision tower (`model.visual`); with `lora_vision` and the family's vision names, the vision
+    blocks too."""
+    path = tiny_model_dir(family)
+    names = adapted(_stage_lora(trainer, load(path)))
+    assert names == DECODER, sorted(names ^ DECODER)
+    vision = adapted(_stage_lora(trainer, load(path), lora_vision=True,
+                                 lora_targets=GENERATIVE_LORA.targets + VISION_TARGETS[family]))
+    assert vision > DECODER and {n for n in vision - DECODER if not n.startswith("model.visual.")} == set()
+    assert {n.rsplit(".", 1)[1] for n in vision - DECODER} == set(VISION_TARGETS[family])

@@ -374,6 +374,13 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
     return gcfg
 
 
+def peft_config(cfg: GRPOStageConfig):
+    """The policy's PEFT `LoraConfig` (`cfg.lora_r > 0`; TRL's trainer applies it), else None."""
+    from unime.models.lora import LoraSettings, lora_config
+
+    return lora_config(LoraSettings.from_options(cfg), task_type="CAUSAL_LM") if cfg.lora_r > 0 else None
+
+
 def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     """Run EG-RL. Writes `cfg.out` (the trained reasoner as an HF folder + processor), with
     `reward_log.csv`, `reward_curves.png`, `grpo_log.csv` (TRL's per-step metrics) and `grpo_summary.json`."""
@@ -441,13 +448,9 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
 
     gcfg = embed_rl_grpo_config(cfg, output_dir=str(work), use_cpu=policy.device == "cpu",
                                 bf16=policy.dtype == torch.bfloat16, fp16=policy.dtype == torch.float16)
-    peft_config = None
-    if cfg.lora_r > 0:
-        from unime.models.lora import LoraSettings, lora_config
-
-        peft_config = lora_config(LoraSettings.from_options(cfg), task_type="CAUSAL_LM")  # TRL applies it
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
-                               processing_class=prepare_policy_processor(policy.processor), peft_config=peft_config)
+                               processing_class=prepare_policy_processor(policy.processor),
+                               peft_config=peft_config(cfg))  # TRL applies it
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     final = trainer.model

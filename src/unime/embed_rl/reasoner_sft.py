@@ -164,6 +164,11 @@ def build_sft_examples(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bo
     return out, skipped
 
 
+def lora_model(model, cfg: ReasonerSFTConfig):
+    """`model` with the reasoner's LoRA adapter (`cfg.lora_r > 0`)."""
+    return apply_lora(model, LoraSettings.from_options(cfg), task_type="CAUSAL_LM")
+
+
 def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     """Run the cold-start SFT; writes `cfg.out` (merged HF folder + processor), `train_log.csv`,
     `sft_summary.json`, `train_config.json`. Returns a summary dict. The folder is owned and locked
@@ -208,7 +213,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
              sum(int((e["labels"] != IGNORE_INDEX).sum()) for e in examples))
 
     if cfg.lora_r > 0:
-        model = apply_lora(model, LoraSettings.from_options(cfg), task_type="CAUSAL_LM")
+        model = lora_model(model, cfg)
     use_cpu = loaded.device == "cpu"
     args = TrainingArguments(
         output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,

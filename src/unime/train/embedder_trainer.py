@@ -386,6 +386,11 @@ def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult 
                                   metrics={**metrics, "already_finished": True})
 
 
+def lora_model(model, config: EmbedderTrainingConfig):
+    """`model` with the embedder's LoRA (or DoRA) adapter: `unime.models.lora.apply_lora`."""
+    return apply_lora(model, LoraSettings.from_options(config))
+
+
 def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -> TrainingArguments:
     on_cpu = (config.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
     bf16 = config.dtype in ("bf16", "bfloat16") or (config.dtype == "auto" and not on_cpu)
@@ -560,7 +565,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
         logger.info("%s is a PEFT adapter: continuing to train it (LoRA options ignored)", config.model)
     else:
         lora = LoraSettings.from_options(config)
-        embedder.model = apply_lora(embedder.model, lora)
+        embedder.model = lora_model(embedder.model, config)
     embedder.model.train()
 
     # input assembly only (no model): the collator runs in data-loader workers, on CPU

@@ -514,6 +514,11 @@ def _run_options(cfg: RerankerTrainConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg), default=str))
 
 
+def lora_model(model, cfg: RerankerTrainConfig):
+    """`model` with the reranker's / judge's LoRA adapter, `cfg.train_modules` trained in full beside it."""
+    return apply_lora(model, LoraSettings.from_options(cfg), modules_to_save=cfg.train_modules, task_type="CAUSAL_LM")
+
+
 def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     import torch
     from transformers import TrainingArguments
@@ -570,8 +575,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         model = loaded.model.requires_grad_(True)
     else:
         torch.manual_seed(cfg.seed)  # LoRA initialisation
-        model = apply_lora(loaded.model, LoraSettings.from_options(cfg), modules_to_save=cfg.train_modules,
-                           task_type="CAUSAL_LM")
+        model = lora_model(loaded.model, cfg)
     collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records),
                                     train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
 
