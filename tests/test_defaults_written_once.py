@@ -1,5 +1,5 @@
-"""Each default of τ (loss temperature), β (the judge's false-negative margin, and GRPO's KL β) and LoRA
-r / alpha / dropout is written once, in the module that owns it; everything else names that constant.
+"""Each default of τ (loss temperature), the symmetric-KL ε, β (the judge's false-negative margin, and GRPO's
+KL β) and LoRA r / alpha / dropout is written once, in the module that owns it; everything else names that constant.
 
 Reads the source (ast): a *definition* is a number given to a watched name as a function parameter default,
 a class or module variable, a keyword argument, or the `default=` of an `add_argument` for a watched option
@@ -19,6 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # (name pattern, value) → where it is defined and how often there
 OWNERS = {
     (r"tau|temperature", 0.02): {"unime/train/loss_defaults.py": 1},
+    (r"eps", 1e-8): {"unime/train/loss_defaults.py": 1},     # symmetric-KL ε (--kl-eps)
     (r"beta", 0.01): {"unime/mining/sampling.py": 1,         # the judge's β
                       "unime/embed_rl/grpo.py": 1},          # GRPO's KL β
     (r"r|rank", 16): {"unime/models/lora.py": 2},             # EMBEDDER_LORA, GENERATIVE_LORA
@@ -127,6 +128,7 @@ def cli(p, args):
     ]
     # names that only share a value are not definitions; the owner may define its constant once
     assert misplaced({"unime/y.py": "def f(init_std=0.02, neg_temperature=0.5, r=4): ...\nDEFAULT_BETAS = (0.02,)\n"}) == []
-    assert misplaced({"unime/train/loss_defaults.py": "DEFAULT_TEMPERATURE = 0.02\n"}) == []
-    assert misplaced({"unime/train/loss_defaults.py": "DEFAULT_TEMPERATURE = 0.02\nLABEL_TEMPERATURE = 0.02\n"}) == [
+    owner = "DEFAULT_TEMPERATURE = 0.02\nDEFAULT_KL_EPS = 1e-8\n"
+    assert misplaced({"unime/train/loss_defaults.py": owner}) == []
+    assert misplaced({"unime/train/loss_defaults.py": owner + "LABEL_TEMPERATURE = 0.02\n"}) == [
         "unime/train/loss_defaults.py: 2 definitions of tau|temperature = 0.02, expected 1"]

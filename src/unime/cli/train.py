@@ -39,7 +39,7 @@ def register(sub) -> None:
 def _add_embedder_parser(actions) -> None:
     from unime.models.image_budget import add_image_options
     from unime.models.lora import EMBEDDER_LORA
-    from unime.train.loss_defaults import DEFAULT_TEMPERATURE
+    from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
     p = actions.add_parser(
         "embedder", help="train an embedder with soft semantic labels (UniME-V2 stage D)",
@@ -75,7 +75,7 @@ def _add_embedder_parser(actions) -> None:
     g.add_argument("--tau", type=float, default=DEFAULT_TEMPERATURE, help="temperature (default %(default)s)")
     g.add_argument("--label-tau", type=float, default=None,
                    help="temperature of the judge-score softmax (default: --tau)")
-    g.add_argument("--kl-eps", type=float, default=1e-8, help="symmetric_kl: log(p + eps) as released; 0 = exact "
+    g.add_argument("--kl-eps", type=float, default=DEFAULT_KL_EPS, help="symmetric_kl: log(p + eps) as released; 0 = exact "
                    "(measured: no faster with 1/0 labels, docs/SOFT_LABELS.md)")
     g.add_argument("--symmetric", action="store_true", help="infonce: add the target-to-query direction")
     g.add_argument("--mask-duplicates", action=argparse.BooleanOptionalAction, default=True,

@@ -38,7 +38,7 @@ from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, Reco
 from unime.train.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
-from unime.train.loss_defaults import DEFAULT_TEMPERATURE
+from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 from unime.train.losses import LOSSES, GroupLoss, build_loss
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class EmbedderTrainingConfig:
     in_batch: bool | None = None          # infonce only (default on); soft-label losses never use them
     tau: float = DEFAULT_TEMPERATURE
     label_tau: float | None = None        # temperature of the judge-score softmax (default: tau)
-    kl_eps: float = 1e-8                  # symmetric_kl: the release's log(p + eps); 0 = exact
+    kl_eps: float = DEFAULT_KL_EPS        # symmetric_kl: the release's log(p + eps); 0 = exact
     symmetric: bool = False               # infonce: add the target → query direction
     mask_duplicates: bool = True          # in-batch infonce: copies of a query's positive are not its negatives
     # parameters

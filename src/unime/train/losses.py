@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unime.train.loss_defaults import DEFAULT_TEMPERATURE
+from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
 
 class GroupLoss(nn.Module):
@@ -136,7 +136,8 @@ class SymmetricKLLoss(SoftLabelLoss):
 
     name = "symmetric_kl"
 
-    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None, eps: float = 1e-8):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None,
+                 eps: float = DEFAULT_KL_EPS):
         super().__init__(temperature, label_temperature, eps)
 
     def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
