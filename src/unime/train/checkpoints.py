@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from unime.data.atomic import atomic_dir, atomic_open
 # resumable checkpoint weights and their discovery live with the resume convention (shared with embed_rl)
@@ -30,39 +30,50 @@ MERGED_DIR = "merged"
 
 
 # -- final folders -----------------------------------------------------------------------------------
-def export_final(model, processor, out_dir: str | os.PathLike, *, card: str, image_budget=None) -> dict[str, Path]:
-    """Write DIR/adapter (PEFT runs), DIR/merged and DIR/README.md, each atomically. Merging modifies
-    `model` in place (call it last). Returns the written folders. `image_budget` (the run's
-    `ImageBudget`, if set) is recorded in each folder (`unime_images.json`) for eval / mining / serving;
-    the processor saved alongside already carries its pixel bounds."""
+def export_final(model, processor, out_dir: str | os.PathLike, *, card: str, adapter: bool | None = None,
+                 merged: bool = True, image_budget=None, folder_files: Mapping[str, str] | None = None,
+                 base_model: str | None = None) -> dict[str, Path]:
+    """The final folders of every adapter-or-merged training stage (embedder, reranker / judge): DIR/adapter
+    (`adapter`; default: whenever `model` is a PEFT model), DIR/merged (`merged`; the adapter merged in, or the
+    fully fine-tuned model) and DIR/README.md (`card`), each written atomically. Each folder holds the model,
+    the processor, README.md and `folder_files` (name → text). `image_budget` (the run's `ImageBudget`, if
+    set) is recorded in DIR and each folder (`unime_images.json`) for eval / mining / serving; the processor
+    saved alongside already carries its pixel bounds. `base_model`: how the adapter names its base model.
+    Merging modifies `model` in place (done last). Returns the written folders by name."""
     from unime.outdir import require_replaceable
 
     from unime.models.image_budget import BUDGET_FILE
 
     out = Path(out_dir)
+    peft = is_peft(model)
+    adapter = peft if adapter is None else adapter
+    if adapter and not peft:
+        raise ValueError("no adapter to export: the model was fully fine-tuned")
     record_budget = image_budget is not None and image_budget.is_set
-    for name in ((ADAPTER_DIR,) if is_peft(model) else ()) + (MERGED_DIR, "README.md") + \
+    for name in ((ADAPTER_DIR,) if adapter else ()) + ((MERGED_DIR,) if merged else ()) + ("README.md",) + \
             ((BUDGET_FILE,) if record_budget else ()):
         require_replaceable(out, name)  # never replace a merged/ or README.md this run's command did not write
-    written: dict[str, Path] = {}
+    if peft and base_model is not None:
+        model.peft_config["default"].base_model_name_or_path = base_model
     if record_budget:
         image_budget.save(out)
-    if is_peft(model):
-        with atomic_dir(out / ADAPTER_DIR, overwrite=True) as tmp:
-            model.save_pretrained(str(tmp))
+    written: dict[str, Path] = {}
+
+    def save(folder: str, m) -> None:
+        with atomic_dir(out / folder, overwrite=True) as tmp:
+            m.save_pretrained(str(tmp))
             processor.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(card, encoding="utf-8")
+            for name, text in (folder_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
             if record_budget:
                 image_budget.save(tmp)
-        written["adapter"] = out / ADAPTER_DIR
-        model = model.merge_and_unload()
-    with atomic_dir(out / MERGED_DIR, overwrite=True) as tmp:
-        model.save_pretrained(str(tmp))
-        processor.save_pretrained(str(tmp))
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        if record_budget:
-            image_budget.save(tmp)
-    written["merged"] = out / MERGED_DIR
+        written[folder] = out / folder
+
+    if adapter:
+        save(ADAPTER_DIR, model)
+    if merged:
+        save(MERGED_DIR, model.merge_and_unload() if peft else model)
     write_text_atomic(out / "README.md", card)
     return written
 

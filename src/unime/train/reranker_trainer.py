@@ -678,45 +678,14 @@ def model_card(meta: dict) -> str:
 
 def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool,
                     image_budget=None) -> dict[str, Path]:
-    """Write out/adapter and/or out/merged (each atomically, with README.md and unime_reranker.json), then
-    out/README.md and, last, out/unime_reranker.json. Merging modifies `model` in place (done last)."""
-    from unime.data.atomic import atomic_dir
-    from unime.train.checkpoints import write_json_atomic, write_text_atomic
-
-    from unime.train.checkpoints import is_peft
-
+    """The stage's final folders (`unime.train.checkpoints.export_final`, with unime_reranker.json in each),
+    then, last, out/unime_reranker.json. Merging modifies `model` in place (done last)."""
     from unime.outdir import require_replaceable
+    from unime.train.checkpoints import export_final, write_json_atomic
 
-    card = model_card(meta)
-    peft = is_peft(model)
-    if adapter and not peft:
-        raise ValueError("no adapter to export: the model was fully fine-tuned")
-    from unime.models.image_budget import BUDGET_FILE
-
-    budget_names = (BUDGET_FILE,) if image_budget is not None and image_budget.is_set else ()
-    for name in ((ADAPTER_DIR,) if adapter else ()) + ((MERGED_DIR,) if merged else ()) + ("README.md", METADATA_FILE) \
-            + budget_names:
-        require_replaceable(out, name)  # never replace what this run's command did not write
-    if peft:
-        model.peft_config["default"].base_model_name_or_path = meta["base_model"]
-    written: dict[str, Path] = {}
-
-    def save(folder_name: str, m) -> None:
-        with atomic_dir(out / folder_name, overwrite=True) as tmp:
-            m.save_pretrained(str(tmp))
-            processor.save_pretrained(str(tmp))
-            (tmp / "README.md").write_text(card, encoding="utf-8")
-            (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-            if image_budget is not None and image_budget.is_set:
-                image_budget.save(tmp)
-        written[folder_name] = out / folder_name
-
-    if adapter:
-        save(ADAPTER_DIR, model)
-    if merged:
-        save(MERGED_DIR, model.merge_and_unload() if peft else model)
-    write_text_atomic(out / "README.md", card)
-    if image_budget is not None and image_budget.is_set:
-        image_budget.save(out)
+    require_replaceable(out, METADATA_FILE)  # never replace what this run's command did not write
+    written = export_final(model, processor, out, card=model_card(meta), adapter=adapter, merged=merged,
+                           image_budget=image_budget, folder_files={METADATA_FILE: json.dumps(meta, indent=1)},
+                           base_model=meta["base_model"])
     write_json_atomic(out / METADATA_FILE, meta)
     return written
