@@ -44,7 +44,7 @@ def _torchrun(args: list[str], log: Path) -> None:
 def _compare(one: Path, two: Path, steps: int) -> None:
     from safetensors.torch import load_file
 
-    from unime.train.curves import read_curves_csv
+    from unime.models.curves import read_curves_csv
 
     c1, c2 = read_curves_csv(one / "curves.csv"), read_curves_csv(two / "curves.csv")
     assert [r["step"] for r in c1] == [r["step"] for r in c2] == list(range(1, steps + 1))

@@ -91,6 +91,12 @@ def test_sft_run_lowers_the_loss_and_saves_a_reasoner(tiny_model_dir, tmp_path):
     assert summary["last_loss"] < 0.5 * summary["first_loss"]
     saved = json.loads((tmp_path / "sft" / "sft_summary.json").read_text())
     assert saved["steps"] == summary["steps"] == 30
+    from unime.models.curves import read_curves_csv
+
+    curves = read_curves_csv(tmp_path / "sft" / "curves.csv")  # one row per logged step (every 5th)
+    assert [r["step"] for r in curves] == [5, 10, 15, 20, 25, 30]
+    assert (curves[0]["loss"], curves[-1]["loss"]) == (summary["first_loss"], summary["last_loss"])
+    assert (tmp_path / "sft" / "curves.png").stat().st_size > 1000
     reasoner = Reasoner.from_pretrained(tmp_path / "sft", device="cpu", data_root=str(tmp_path), max_new_tokens=48)
     out = reasoner.generate([Item(text="a red circle")], "query")
     assert out[0][0].startswith("<thinking>")

@@ -103,7 +103,7 @@ def trained(tiny_model_dir, mined_world, tmp_path_factory):
 
 
 def _losses(out: Path) -> list[float]:
-    from unime.train.curves import read_curves_csv
+    from unime.models.curves import read_curves_csv
 
     return [r["loss"] for r in read_curves_csv(out / "curves.csv") if "loss" in r]
 
@@ -140,7 +140,7 @@ def test_outputs_load_with_plain_transformers_and_embedder(trained):
 
 
 def test_model_card_curves_and_metrics(trained):
-    from unime.train.curves import read_curves_csv
+    from unime.models.curves import read_curves_csv
 
     res = trained[3]["symmetric_kl"]
     card = (res.out / "README.md").read_text()
@@ -165,7 +165,7 @@ def test_accumulation_and_gradcache_match_one_plain_batch_through_the_trainer(ti
     from safetensors.torch import load_file
 
     from unime.data.io import read_records
-    from unime.train.curves import read_curves_csv
+    from unime.models.curves import read_curves_csv
     from unime.train.embedder_trainer import train_embedder
 
     world, path = mined_world

@@ -54,7 +54,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_model_dir, res
 
     from unime.cli import main
     from unime.train.checkpoints import complete_checkpoints
-    from unime.train.curves import read_curves_csv
+    from unime.models.curves import read_curves_csv
 
     world, records = resume_records
     model = tiny_model_dir("qwen2_vl")

@@ -380,7 +380,7 @@ def _curves_section(demo: "Demo") -> list[str]:
         if png.is_file():
             md += [f"**{title}**", "", f"![{title}]({png.relative_to(demo.out).as_posix()})", ""]
         if csv.is_file():
-            from unime.train.curves import read_curves_csv
+            from unime.models.curves import read_curves_csv
 
             losses = [r["loss"] for r in read_curves_csv(csv) if "loss" in r]
             if losses:

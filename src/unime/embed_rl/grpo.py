@@ -383,7 +383,7 @@ def peft_config(cfg: GRPOStageConfig):
 
 def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     """Run EG-RL. Writes `cfg.out` (the trained reasoner as an HF folder + processor), with
-    `reward_log.csv`, `reward_curves.png`, `grpo_log.csv` (TRL's per-step metrics) and `grpo_summary.json`."""
+    `reward_log.csv`, `reward_curves.png`, `curves.csv` (TRL's per-step metrics) and `grpo_summary.json`."""
     from unime.outdir import claim
     from unime.models import run_state
     from unime.models.run_state import CHECKPOINTS_DIR
@@ -409,7 +409,8 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     import torch
     from datasets import Dataset
 
-    from unime.data.atomic import atomic_dir, atomic_open
+    from unime.data.atomic import atomic_dir
+    from unime.models.curves import write_curves
     from unime.data.images import ImageLoader
     from unime.data.io import read_records
     from unime.models.embedder import Embedder
@@ -466,12 +467,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         reward_log.write_csv(tmp / "reward_log.csv")
         if reward_log.rows:
             reward_log.plot(tmp / "reward_curves.png")
-        keys = sorted({k for h in history for k in h})
-        with atomic_open(tmp / "grpo_log.csv") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            for h in history:
-                w.writerow(h)
+        write_curves(history, tmp, plot=False)  # TRL's per-step metrics; the rewards plot is reward_curves.png
         (tmp / run_state.CONFIG_FILE).write_text(json.dumps(options, indent=2, sort_keys=True))
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))  # last: the run is finished
     return summary  # the old folder, checkpoints included, went with the swap

@@ -15,7 +15,6 @@ ordinary HF folder (model + processor) that `Reasoner.from_pretrained` and the G
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -170,8 +169,8 @@ def lora_model(model, cfg: ReasonerSFTConfig):
 
 
 def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
-    """Run the cold-start SFT; writes `cfg.out` (merged HF folder + processor), `train_log.csv`,
-    `sft_summary.json`, `train_config.json`. Returns a summary dict. The folder is owned and locked
+    """Run the cold-start SFT; writes `cfg.out` (merged HF folder + processor), `curves.csv`,
+    `curves.png`, `sft_summary.json`, `train_config.json`. Returns a summary dict. The folder is owned and locked
     (`unime.outdir`); checkpoints live in `cfg.out/checkpoints` while training, and a re-run follows
     `unime.models.run_state` (continue / finished / changed options refused)."""
     from unime.outdir import claim
@@ -185,8 +184,9 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from unime.data.atomic import atomic_dir, atomic_open
+    from unime.data.atomic import atomic_dir
     from unime.data.images import ImageLoader
+    from unime.models.curves import write_curves
     from unime.models.loading import load_model
     from unime.reasoning.reasoner import read_tcot_rows
 
@@ -240,11 +240,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
         final.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         history = run_state.step_log(trainer.state.log_history)
-        with atomic_open(tmp / "train_log.csv") as fh:
-            w = csv.writer(fh)
-            w.writerow(["step", "epoch", "loss", "learning_rate"])
-            for h in history:
-                w.writerow([h.get("step"), h.get("epoch"), h.get("loss"), h.get("learning_rate")])
+        write_curves(history, tmp, title=f"reasoner SFT — {Path(str(cfg.model)).name}")
         summary = {"examples": len(examples), "skipped_invalid": skipped, "steps": trainer.state.global_step,
                    "train_loss": run_state.whole_run_loss(history),  # every step, across resumptions
                    "first_loss": history[0]["loss"] if history else None,

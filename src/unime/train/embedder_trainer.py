@@ -35,7 +35,7 @@ from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora
 from unime.train import checkpoints as ckpt
 from unime.models import run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
-from unime.train.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
+from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE

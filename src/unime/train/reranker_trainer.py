@@ -527,7 +527,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     from unime.models.loading import load_model, resolve_device, resolve_dtype
     from unime.models import run_state
     from unime.train.checkpoints import is_peft, latest_checkpoint, write_json_atomic
-    from unime.train.curves import CurvesCallback
+    from unime.models.curves import CurvesCallback
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINTS_DIR

@@ -1,8 +1,10 @@
-"""Training curves: a CSV of every logged value and a PNG plot (TensorBoard too, if installed — the
-trainer adds `report_to="tensorboard"` then).
+"""Training curves of every fine-tuning stage (embedder, reranker / judge, reasoner SFT, GRPO): `curves.csv`,
+every logged value per optimizer step, and `curves.png`, one panel per series (TensorBoard too, if installed
+— the embedder trainer adds `report_to="tensorboard"` then).
 
-The CSV is rewritten from the trainer's `log_history` at every log (atomically), so it is complete
-after a resume as well: the history is restored from the checkpoint.
+`CurvesCallback` rewrites them from the trainer's `log_history` at every log (atomically), so they are
+complete after a resume as well: the history is restored from the checkpoint. Stages that write their
+output folder in one swap at the end call `write_curves` on it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
-from unime.train.checkpoints import write_text_atomic
+from unime.data.atomic import atomic_open
 
 CURVES_CSV = "curves.csv"
 CURVES_PNG = "curves.png"
@@ -77,6 +79,16 @@ def plot_curves(log_history: Sequence[dict[str, Any]], png_path: str | os.PathLi
     os.replace(tmp, png_path)
 
 
+def write_curves(log_history: Sequence[dict[str, Any]], folder: str | os.PathLike, *, title: str = "",
+                 plot: bool = True) -> None:
+    """FOLDER/curves.csv and, with `plot` and at least one step logged, FOLDER/curves.png."""
+    folder = Path(folder)
+    with atomic_open(folder / CURVES_CSV) as fh:
+        fh.write(curves_csv_text(log_history))
+    if plot and step_rows(log_history):
+        plot_curves(log_history, folder / CURVES_PNG, title=title)
+
+
 class CurvesCallback(TrainerCallback):
     """Writes OUT/curves.csv at every log and OUT/curves.png at every save and at the end (main process)."""
 
@@ -88,9 +100,7 @@ class CurvesCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out_dir / CURVES_CSV, curves_csv_text(state.log_history))
-        if plot and step_rows(state.log_history):
-            plot_curves(state.log_history, self.out_dir / CURVES_PNG, title=self.title)
+        write_curves(state.log_history, self.out_dir, title=self.title, plot=plot)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self._write(state, plot=False)
