@@ -38,27 +38,28 @@ def _add_parser(actions) -> None:
 
     g = p.add_argument_group("sft")
     g.add_argument("--tcots", default=None, help="T-CoT JSONL (sft)")
-    g.add_argument("--epochs", type=float, default=3.0)
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument("--epochs", type=float, default=ReasonerSFTConfig.epochs)
+    g.add_argument("--batch-size", type=int, default=ReasonerSFTConfig.batch_size)
+    g.add_argument("--grad-accum", type=int, default=ReasonerSFTConfig.grad_accum)
     g.add_argument("--skip-invalid", action="store_true", help="drop T-CoTs that do not parse (counted)")
-    g.add_argument("--logging-steps", type=int, default=10)
+    g.add_argument("--logging-steps", type=int, default=ReasonerSFTConfig.logging_steps)
 
     g = p.add_argument_group("grpo")
     g.add_argument("--records", default=None, help="(query, positive) records for RL (grpo), e.g. the split's rl.jsonl")
     g.add_argument("--embedder", default=None, help="frozen <emb> embedder (the reward model)")
     g.add_argument("--process-judge", default=None, help="generative checkpoint for the process reward's pick "
                                                            "(default: a frozen copy of --model)")
-    g.add_argument("--num-generations", type=int, default=4, help="group size n (default 4)")
-    g.add_argument("--pairs-per-batch", type=int, default=2, help="(query, positive) pairs per step (>= 2)")
-    g.add_argument("--grpo-epochs", type=int, default=1, help="passes over the pairs (each reshuffled)")
+    g.add_argument("--num-generations", type=int, default=GRPOStageConfig.num_generations,
+                   help="group size n (default %(default)s)")
+    g.add_argument("--pairs-per-batch", type=int, default=GRPOStageConfig.pairs_per_batch, help="(query, positive) pairs per step (>= 2)")
+    g.add_argument("--grpo-epochs", type=int, default=GRPOStageConfig.epochs, help="passes over the pairs (each reshuffled)")
     g.add_argument("--beta", type=float, default=GRPOStageConfig.beta, help="KL coefficient (default %(default)s)")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--max-completion-length", type=int, default=128)
-    g.add_argument("--loss-type", default="grpo", help="TRL loss_type (default grpo)")
-    g.add_argument("--weights", default="0.05,0.8,0.2", help="format,outcome,process reward weights")
-    g.add_argument("--neg-temperature", type=float, default=0.5, help="outcome reward: hardness temperature")
-    g.add_argument("--hard-negative-pairs", type=int, default=4, help="process reward: negative pairs shown")
+    g.add_argument("--temperature", type=float, default=GRPOStageConfig.temperature)
+    g.add_argument("--max-completion-length", type=int, default=GRPOStageConfig.max_completion_length)
+    g.add_argument("--loss-type", default=GRPOStageConfig.loss_type, help="TRL loss_type (default %(default)s)")
+    g.add_argument("--weights", default=",".join(map(str, GRPOStageConfig.weights)), help="format,outcome,process reward weights")
+    g.add_argument("--neg-temperature", type=float, default=GRPOStageConfig.neg_temperature, help="outcome reward: hardness temperature")
+    g.add_argument("--hard-negative-pairs", type=int, default=GRPOStageConfig.hard_negative_pairs, help="process reward: negative pairs shown")
     add_config_option(p)
     p.set_defaults(func=_run)
 
@@ -71,11 +72,11 @@ def _run(args) -> int:
             raise SystemExit("--stage sft needs --tcots")
         cfg = ReasonerSFTConfig(model=args.model, data=args.tcots, out=args.out, data_root=args.data_root,
                                 epochs=args.epochs, max_steps=args.max_steps,
-                                learning_rate=args.lr if args.lr is not None else 1e-4, batch_size=args.batch_size,
+                                learning_rate=ReasonerSFTConfig.learning_rate if args.lr is None else args.lr, batch_size=args.batch_size,
                                 grad_accum=args.grad_accum, lora_r=ReasonerSFTConfig.lora_r if args.lora_r is None else args.lora_r,
                                 lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                                 skip_invalid=args.skip_invalid, device=args.device, dtype=args.dtype, seed=args.seed,
-                                logging_steps=args.logging_steps, save_steps=args.save_steps or 500,
+                                logging_steps=args.logging_steps, save_steps=args.save_steps or ReasonerSFTConfig.save_steps,
                                 resume=args.resume, overwrite=bool(getattr(args, "overwrite", False)))
         summary = train_reasoner_sft(cfg)
         print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
@@ -92,12 +93,12 @@ def _run(args) -> int:
                           process_judge=args.process_judge, data_root=args.data_root,
                           num_generations=args.num_generations, pairs_per_batch=args.pairs_per_batch,
                           epochs=args.grpo_epochs, max_steps=args.max_steps,
-                          learning_rate=args.lr if args.lr is not None else 3e-6, beta=args.beta,
+                          learning_rate=GRPOStageConfig.learning_rate if args.lr is None else args.lr, beta=args.beta,
                           temperature=args.temperature, max_completion_length=args.max_completion_length,
                           loss_type=args.loss_type, weights=weights, neg_temperature=args.neg_temperature,
                           hard_negative_pairs=args.hard_negative_pairs, lora_r=GRPOStageConfig.lora_r if args.lora_r is None else args.lora_r,
                           lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, device=args.device,
-                          dtype=args.dtype, seed=args.seed, save_steps=args.save_steps or 100, resume=args.resume,
+                          dtype=args.dtype, seed=args.seed, save_steps=args.save_steps or GRPOStageConfig.save_steps, resume=args.resume,
                           overwrite=bool(getattr(args, "overwrite", False)))
     summary = train_reasoner_grpo(cfg)
     steps = summary["reward_steps"]
