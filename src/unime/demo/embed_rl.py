@@ -3,7 +3,8 @@
 Runs after the UniME-V2 stages, on the same world and tiny-model family, each stage one or more `unime`
 commands (resumable, timed and listed in the report like every demo stage):
 
- er-models      `unime models build-tiny` x2: the `<emb>` embedder backbone and the reasoner backbone
+ er-models      `unime models build-tiny`: the `<emb>` embedder backbone (the reasoner starts from the
+                pretrained base of the `models` stage)
  er-teacher     a subset of the world's training records + `unime reason teacher` (annotation T-CoTs)
  er-judge-data  T-CoT match judge records (`tcot_match_judge_records`, labels from the world's ground truth)
  er-judge       `unime train judge` on them, from the demo's judge backbone
@@ -105,7 +106,8 @@ def embed_rl_paths(demo: "Demo") -> dict[str, Path]:
     return {"er": er, "records": er / "records.jsonl", "tcots": er / "tcots_teacher.jsonl",
             "judge_records": er / "judge_records.jsonl", "judge": er / "judge", "split": er / "split",
             "reasoned": er / "reasoned_contrastive.parquet", "emb_base": demo.p("models", "emb-embedder-base"),
-            "reasoner_base": demo.p("models", "reasoner-base"), "plain": er / "embedders" / "plain",
+            # the reasoner starts from the pretrained base, as Embed-RL's starts from a pretrained MLLM
+            "reasoner_base": demo.p("models", "embedder-base"), "plain": er / "embedders" / "plain",
             "tcot": er / "embedders" / "tcot", "sft": er / "reasoner_sft", "grpo": er / "reasoner_grpo",
             "eval": er / "eval"}
 
@@ -117,10 +119,10 @@ def run_embed_rl(demo: "Demo") -> None:
     tasks = world / "eval_tasks.yaml"
 
     def models(c):
-        for key, seed, extra in (("emb_base", 2, ["--extra-token", "<emb>"]), ("reasoner_base", 3, [])):
-            demo.run_cli(["models", "build-tiny", "--family", s.family, "--out", P[key], "--seed", seed,
-                          "--hidden", s.hidden, "--layers", s.layers, "--vision-depth", s.vision_depth, *extra], c)
-    demo.stage("er-models", [P["emb_base"], P["reasoner_base"]], models)
+        demo.run_cli(["models", "build-tiny", "--family", s.family, "--out", P["emb_base"], "--seed", 2,
+                      "--hidden", s.hidden, "--layers", s.layers, "--vision-depth", s.vision_depth,
+                      "--extra-token", "<emb>"], c)
+    demo.stage("er-models", [P["emb_base"]], models)
 
     def teacher(c):
         from unime.data.io import read_records, write_records

@@ -329,7 +329,10 @@ def _embed_rl_section(demo: "Demo") -> list[str]:
     reward_csv = P["grpo"] / "reward_log.csv"
     if not rows and not reward_csv.is_file():
         return []
-    md = ["## Embed-RL", ""]
+    md = ["## Embed-RL", "",
+          "Backbones: the reasoner starts from the pretrained base (`models/embedder-base`, the `models` stage); the "
+          "`<emb>` embedders from a randomly initialised tiny model of the same family with the `<emb>` token "
+          "(`models/emb-embedder-base`).", ""]
     split = _load(P["split"] / "split.json")
     if split:
         md += [f"T-CoT match split of {split['pairs']} training pairs (teacher T-CoTs, the T-CoT match judge): "
