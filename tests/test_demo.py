@@ -121,6 +121,10 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     world = World.load(out / "world")
     oracle = read_records(out / "mined-oracle" / "mined.parquet")
     assert oracle and all(world.relevance(r.query, n) <= 0.99 for r in oracle for n in r.negatives)
+    # the world's video training records were mined (and trained on) with the image ones
+    video_tasks = {"clip_cls", "clip_qa", "clip_ret", "clip_moment"}
+    assert video_tasks <= {r.dataset for r in read_records(out / "mined" / "mined.parquet")}
+    assert video_tasks <= {r.dataset for r in oracle}
     # a second run skips every stage but the report
     messages.clear()
     Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True, timings=times).run()

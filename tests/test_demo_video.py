@@ -98,3 +98,38 @@ def test_demo_without_video_has_no_video_rows(tmp_path):
     settings.video_clips = 0
     demo = Demo(tmp_path / "demo", settings, progress=lambda m: None, timings=tmp_path / "t.json")
     assert world_args(demo) == [] and video_eval_done(demo) == [] and video_section(demo, {}, str) == []
+
+
+def test_demo_trains_and_mines_on_image_and_video_records(tmp_path):
+    """`training_records`: the world's image records followed by its video records, byte for byte, written once
+    (a second call leaves the file alone); the embedder and mining commands get the eval's frame sampling; with
+    `video_train` off, or no video in the world, the image records file itself."""
+    from unime.cli import main
+    from unime.data.io import read_records
+    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.video_rows import training_records, video_options, world_args
+
+    settings = DemoSettings.preset("quick")
+    assert settings.video_train and DemoSettings().video_train
+    demo = Demo(tmp_path / "demo", settings, progress=lambda m: None, timings=tmp_path / "t.json")
+    world = demo.world
+    assert main(["data", "synth", "--out", str(world), "--size", "tiny", *map(str, world_args(demo))]) == 0
+    images, video = world / "train" / "records.jsonl", world / "train" / "video_records.jsonl"
+    path = training_records(demo)
+    assert path == demo.p("train_records.jsonl")
+    assert path.read_bytes() == images.read_bytes() + video.read_bytes()
+    recs = read_records(path)
+    n_images = len(read_records(images))
+    assert len(recs) == n_images + len(read_records(video)) and n_images > 0
+    def has_video(r):
+        return bool(r.query.video or r.positive.video)
+
+    assert all(map(has_video, recs[n_images:])) and not any(map(has_video, recs[:n_images]))
+    stamp = path.stat().st_mtime_ns
+    assert training_records(demo) == path and path.stat().st_mtime_ns == stamp  # unchanged content: not rewritten
+    assert video_options(demo) == ["--video-frames", 8]
+
+    settings.video_train = False
+    assert training_records(demo) == images and video_options(demo) == []
+    settings.video_train, settings.video_clips = True, 0
+    assert training_records(demo) == images and video_options(demo) == []

@@ -118,6 +118,7 @@ class DemoSettings:
     # embedders are evaluated on the world's MMEB-V2 video tasks in the eval stage
     video_clips: int = 24
     video_frames: int = 8
+    video_train: bool = True  # train and mine on the world's video training records too (unime.demo.video_rows)
 
     @classmethod
     def preset(cls, name: str) -> "DemoSettings":
@@ -269,7 +270,8 @@ class Demo:
         world_sizes = [arg for flag, value in (("--train-scenes", s.world_train_scenes),
                                                ("--train-per-task", s.world_train_per_task)) if value is not None
                        for arg in (flag, value)]
-        from unime.demo.video_rows import run_video_evals, video_eval_done, world_args
+        from unime.demo.video_rows import (run_video_evals, training_records, video_eval_done, video_options,
+                                           world_args)
 
         self.stage("world", [world / "world.json"], lambda c: self.run_cli(
             ["data", "synth", "--out", world, "--size", s.world_size, *world_sizes, *world_args(self), "--overwrite"],
@@ -338,7 +340,8 @@ class Demo:
              "--seed", 0, "--overwrite", *dev], c))
 
         runs = self.embedder_runs()
-        records = world / "train" / "records.jsonl"
+        records = training_records(self)  # the image records, and the video ones when video training is on
+        video = video_options(self)
 
         def train_embedders(row: str, loss: list[str], recs: Path):
             def body(c):
@@ -360,7 +363,7 @@ class Demo:
             ["mine", "--records", records, "--embedder", runs["baseline"][0] / "merged",
              "--judge", judge_model, "--out", mined_dir, "--data-root", world,
              "--k", s.k, "--count", s.count, "--audit", "--world", world,
-             "--cache-dir", self.p("cache", "mining"), *dev], c))
+             "--cache-dir", self.p("cache", "mining"), *video, *dev], c))
         mined = mined_dir / "mined.parquet"
         self.check_judge(mined_dir)
 
@@ -377,7 +380,7 @@ class Demo:
             self.stage("mine-oracle", [oracle_dir / "mined.parquet"], lambda c: self.run_cli(
                 ["mine", "--records", records, "--embedder", runs["baseline"][0] / "merged",
                  "--judge", world, "--backend", "oracle", "--out", oracle_dir, "--data-root", world,
-                 "--k", s.k, "--count", s.count, "--cache-dir", self.p("cache", "mining"), *dev], c))
+                 "--k", s.k, "--count", s.count, "--cache-dir", self.p("cache", "mining"), *video, *dev], c))
             oracle_mined = oracle_dir / "mined.parquet"
             self.stage("hn-oracle", [r / "merged" for r in runs["hn_oracle"]], train_embedders(
                 "hn_oracle", ["--loss", "infonce", "--in-batch", "--hard-negatives", s.hard_negatives], oracle_mined))

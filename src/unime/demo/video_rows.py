@@ -2,15 +2,17 @@
 (`unime eval --tasks WORLD/eval_tasks_video.yaml`), and the report section that lays them out like the
 MMEB-V2 leaderboard's video columns (Video overall, CLS, QA, RET, MRET; Hit@1).
 
-The embedders are trained on the world's image records only (train/records.jsonl); the video rows show what
-that training (and the pretrained base) gives on clips of the same shapes and colours. The world's video
-training records (train/video_records.jsonl, disjoint clips) are there for `unime train embedder` by hand.
-Switched by `DemoSettings.video_clips` (0 = a world without video and no video rows).
+With `DemoSettings.video_train` (the default) the embedders are trained, and mining (retrieval, judge, audit)
+runs, on the world's image records plus its video training records (train/video_records.jsonl, clips disjoint
+from the eval clips): `training_records` writes the two into one file in the demo folder. Without it they see
+images only and the video rows show what image training gives on clips. The learnability reference reads images
+only either way. Switched by `DemoSettings.video_clips` (0 = a world without video and no video rows).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -28,6 +30,33 @@ def world_args(demo: "Demo") -> list:
     """`unime data synth` options of the video part (none when video is off)."""
     s = demo.s
     return ["--video-clips", s.video_clips, "--video-frames", s.video_frames] if s.video_clips > 0 else []
+
+
+def trains_on_video(demo: "Demo") -> bool:
+    return demo.s.video_clips > 0 and demo.s.video_train
+
+
+def training_records(demo: "Demo") -> Path:
+    """The records the demo's embedders are trained and mined on: the world's image records, followed by its video
+    training records when `trains_on_video` (one JSONL in the demo folder, rewritten only when its content would
+    change, atomically)."""
+    images = demo.world / "train" / "records.jsonl"
+    video = demo.world / "train" / "video_records.jsonl"
+    if not trains_on_video(demo) or not video.is_file():
+        return images
+    head = images.read_bytes()
+    content = head + (b"" if not head or head.endswith(b"\n") else b"\n") + video.read_bytes()
+    out = demo.p("train_records.jsonl")
+    if not out.is_file() or out.read_bytes() != content:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_bytes(content)
+        os.replace(tmp, out)
+    return out
+
+
+def video_options(demo: "Demo") -> list:
+    """The frame sampling of mining (the same as the video evals'; the trainers sample their default, 8 frames)."""
+    return ["--video-frames", demo.s.video_frames] if trains_on_video(demo) else []
 
 
 def video_eval_dir(demo: "Demo", row: str, seed: int) -> Path:
@@ -116,7 +145,10 @@ def video_section(demo: "Demo", titles: dict[str, str], fmt: Callable[[list[floa
           f"{manifest.get('video', {}).get('frames', '?')} frames of {manifest.get('video', {}).get('size', '?')} px "
           "each; one query per clip and task): classification of the first motion (CLS), questions about the "
           "clip (QA), text → clip over all eval clips (RET), and which part of a clip a sentence describes among "
-          "both parts and parts of other clips (MRET). The embedders were trained on the image records only.", "",
+          "both parts and parts of other clips (MRET). " + (
+              "The embedders were trained, and the hard negatives mined, on the image and the video training "
+              "records (other clips)." if trains_on_video(demo) else
+              "The embedders were trained on the image records only."), "",
           "| Model | Video | " + " | ".join(t for _, t in COLUMNS) + " |", "|---|" + "---:|" * (1 + len(COLUMNS))]
     for title, per_seed in rows:
         cells = [fmt([r["video"] for r in per_seed])] + [fmt([r[g] for r in per_seed if g in r]) for g, _ in COLUMNS]
