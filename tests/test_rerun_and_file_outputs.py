@@ -227,3 +227,46 @@ def test_data_import_claims_its_folder(tmp_path, capsys):
     assert main(argv[:-1] + [str(foreign), "--overwrite"]) == 0
     assert (foreign / "keep.txt").read_text() == "k" and (foreign / "eval_tasks.yaml").is_file()
 
+
+
+def test_data_import_rerun_finished_changed_overwrite_and_interrupted(tmp_path, capsys):
+    """The re-run convention of mining / eval / the trainers: a finished import with the same options and
+    inputs does nothing; other options or inputs are refused naming the keys; --overwrite starts over; an
+    interrupted import (no import.json, written last) is done again."""
+    from tests.captioned_folder import make_captioned_folder
+
+    photos, captions = make_captioned_folder(tmp_path / "src", n=12)
+    out = tmp_path / "imported"
+    argv = ["data", "import", "--captions", str(captions), "--images", str(photos), "--eval-candidates", "3",
+            "--out", str(out)]
+    assert main(argv) == 0
+    before = _mtimes(out)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert (f"{out}: finished earlier with the same options and inputs; nothing to do (pass --overwrite to redo it)"
+            in capsys.readouterr().out)
+    assert _mtimes(out) == before
+
+    assert main(argv + ["--seed", "1", "--judge-negatives", "2"]) == 2
+    (line,) = _error_lines(capsys)
+    assert line == (f"unime: error: {out} holds a run with other options (judge_negatives: 3 -> 2, seed: 0 -> 1); "
+                    "re-run with the same options to continue it, pass --overwrite to start over, or choose another "
+                    "--out")
+    assert _mtimes(out) == before
+
+    # one image's bytes change (a new file: the import holds a hard link to the old one)
+    (photos / "new.png").write_bytes((photos / "pic_004.png").read_bytes())
+    os.replace(photos / "new.png", photos / "pic_003.png")
+    assert main(argv) == 2
+    (line,) = _error_lines(capsys)
+    assert line.startswith(f"unime: error: {out} holds a run with other options (inputs: '12 images, sha1 ")
+    assert _mtimes(out) == before
+
+    assert main(argv + ["--seed", "1", "--overwrite"]) == 0
+    assert json.loads((out / "import.json").read_text())["options"]["seed"] == 1
+    assert _mtimes(out) != before
+    assert main(argv + ["--seed", "1"]) == 0 and "nothing to do" in capsys.readouterr().out
+
+    (out / "import.json").unlink()  # an import killed before its last write
+    assert main(argv + ["--seed", "1"]) == 0
+    assert "nothing to do" not in capsys.readouterr().out and (out / "import.json").is_file()

@@ -182,7 +182,8 @@ def _import(args) -> int:
                                                                     if d.strip()),
                          eval_fraction=args.eval_fraction, eval_candidates=args.eval_candidates,
                          judge_negatives=args.judge_negatives, seed=args.seed, on_error=args.on_error,
-                         overwrite=args.overwrite, source=source, ignore=tuple(_owned_names()))
+                         overwrite=args.overwrite, source=source, ignore=tuple(_owned_names()),
+                         own_folder=getattr(args, "_owned", None) is not None)
     try:
         summary = import_collection(images, opts, skips=skips)
     except FileExistsError as e:
