@@ -155,9 +155,10 @@ def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolic
             except OSError:
                 shutil.copyfile(img.image, dst)
         try:
-            loader.load(rel, source=img.source, record=img.record, field="image")
+            loader.load(rel, source=img.source, record=img.record, field=img.field)
         except DataError as e:
             dst.unlink(missing_ok=True)
+            e.reason = getattr(e, "reason", None) or "image"  # counted as a bad image (`unime.data.skips`)
             policy.handle(e)
             continue
         placed.append((img, rel))
@@ -463,7 +464,8 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
                 "identity": identity,
                 "images": summary.images, "train_images": summary.train_images, "eval_images": summary.eval_images,
                 "records": counts, "judge_records": len(judge), "eval_tasks": {n: len(r) for n, r in tasks.items()},
-                "labels": sorted(labels), "skipped": {"total": skips.total, "summary": skips.summary()}}
+                "labels": sorted(labels), "skipped": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items())),
+                                                      "summary": skips.summary()}}
     with atomic_open(out / "import.json") as fh:
         json.dump(manifest, fh, indent=1, ensure_ascii=False, default=str)
     return summary
