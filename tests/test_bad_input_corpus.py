@@ -518,3 +518,114 @@ def test_data_import_coco_strict_and_skip_for_every_case(import_root, tmp_path, 
     manifest = json.loads((out / "import.json").read_text())
     assert manifest["skipped"]["by_reason"] == dict(sorted(expected.items())) and manifest["images"] == N_IMPORT_GOOD
     assert tree(import_root) == before
+
+
+# -- train reasoner (--stage sft: T-CoT lines; --stage grpo: records) and reason teacher ---------------------
+def _tcot_row(i: int, item: dict | None = None) -> dict:
+    return {"record_id": f"r{i}", "side": "query", "item": item or _item(GOOD_IMAGE),
+            "tcot": "<thinking>{}</thinking><rethink>r</rethink><answer>a</answer>"}
+
+
+def _tcot_case_lines() -> list[tuple[str, bytes, str, str | None, str]]:
+    """(name, line, reason, field, fragment) of every corpus case that has a form in a T-CoT line."""
+    out = [(c.name, c.line(Path(".")), c.reason, None, c.fragment) for c in LINE_CASES]
+    out.append(("not_an_object", b"[1, 2]", "schema", None, "expected a JSON object"))
+    out.append(("missing_tcot", json.dumps({k: v for k, v in _tcot_row(99).items() if k != "tcot"}).encode(),
+                "schema", "tcot", "missing key 'tcot'"))
+    out.append(("bad_side", json.dumps({**_tcot_row(99), "side": "left"}).encode(), "schema", "side",
+                "side must be one of"))
+    out.append(("tcot_not_string", json.dumps({**_tcot_row(99), "tcot": 5}).encode(), "schema", "tcot",
+                "tcot must be a string"))
+    out.append(("text_not_string", json.dumps(_tcot_row(99, {"text": 5})).encode(), "schema", "item.text",
+                "must be a string"))
+    out.append(("empty_item", json.dumps(_tcot_row(99, {"text": ""})).encode(), "empty_item", "item", "empty item"))
+    out.append(("placeholder", json.dumps(_tcot_row(99, {"text": "<|image_1|> no image"})).encode(), "placeholder",
+                "item.text", "placeholder"))
+    out.append(("image_empty_ref", json.dumps(_tcot_row(99, _item(""))).encode(), "schema", "item.images",
+                "non-empty"))
+    for c in IMAGE_CASES:
+        ref = IMAGE_REFS[c.name]["query"]["images"][0]
+        out.append((c.name, json.dumps(_tcot_row(99, _item(ref))).encode(), "image", "item.images[0]", c.fragment))
+    return out
+
+
+def _write_tcots(root: Path, name: str, bad: list[bytes]) -> Path:
+    path = root / name
+    path.write_bytes(b"\n".join([json.dumps(_tcot_row(i)).encode() for i in range(N_GOOD)] + bad) + b"\n")
+    return path
+
+
+def test_train_reasoner_sft_names_the_file_line_and_field_of_every_case(corpus_root, tmp_path, capsys):
+    cases = _tcot_case_lines()
+    before = None
+    for name, line, _, field, fragment in cases:
+        path = _write_tcots(corpus_root, f"sft-{name}.jsonl", [line])
+        before = before or {k: v for k, v in tree(corpus_root).items() if not k.startswith("sft-")}
+        out = tmp_path / f"out-{name}"
+        assert main(["train", "reasoner", "--stage", "sft", "--model", "no/model", "--tcots", str(path), "--out",
+                     str(out), "--data-root", str(corpus_root)]) == 2, name
+        msg = _one_error_line(capsys)
+        assert msg.startswith(f"unime: error: {path}, record line {BAD_LINE}"), msg
+        assert (f"field '{field}'" in msg) if field else ("field '" not in msg), msg
+        assert fragment in msg, msg
+        assert not (out / "sft_summary.json").exists() and not (out / "config.json").exists()
+    assert {k: v for k, v in tree(corpus_root).items() if not k.startswith("sft-")} == before
+    assert len(cases) == len(LINE_CASES) + 8 + len(IMAGE_CASES)
+
+
+def test_train_reasoner_grpo_names_the_file_line_and_field_of_every_case(corpus_root, tmp_path, capsys):
+    for case in RECORD_CASES:
+        path = write_records_file(corpus_root, [case], n_good=N_GOOD, name=f"grpo-{case.name}.jsonl")
+        before = {k: v for k, v in tree(corpus_root).items() if not k.startswith("grpo-")}
+        out = tmp_path / f"out-{case.name}"
+        assert main(["train", "reasoner", "--stage", "grpo", "--model", "no/model", "--embedder", "no/embedder",
+                     "--records", str(path), "--data-root", str(corpus_root), "--out", str(out)]) == 2, case.name
+        _expect_line(_one_error_line(capsys), path, case)
+        assert {k: v for k, v in tree(corpus_root).items() if not k.startswith("grpo-")} == before
+        assert not (out / "config.json").exists()
+
+
+@pytest.fixture(scope="module")
+def teacher_world(tmp_path_factory) -> Path:
+    from unime.data.synth import generate_world
+
+    world = tmp_path_factory.mktemp("teacher") / "world"
+    generate_world(world, sizes="tiny", seed=0)
+    return world
+
+
+def _world_lines(world: Path, n: int) -> list[bytes]:
+    return (world / "train" / "records.jsonl").read_bytes().splitlines()[:n]
+
+
+TEACHER_CASES = [*READER_CASES,
+                 Case("not_a_world_record", lambda r: json.dumps(good_record(99)).encode(), "schema", "query",
+                      "is not an item of this world")]
+
+
+def test_reason_teacher_strict_and_skip_for_every_case(teacher_world, tmp_path, capsys):
+    world_before = tree(teacher_world)
+    for case in TEACHER_CASES:
+        path = tmp_path / f"teacher-{case.name}.jsonl"
+        path.write_bytes(b"\n".join(_world_lines(teacher_world, N_GOOD) + [case.line(tmp_path)]) + b"\n")
+        out = tmp_path / f"tcots-{case.name}.jsonl"
+        assert main(["reason", "teacher", "--world", str(teacher_world), "--records", str(path), "--out",
+                     str(out)]) == 2, case.name
+        _expect_line(_one_error_line(capsys), path, case)
+        assert not out.exists()
+    path = tmp_path / "teacher-all.jsonl"
+    path.write_bytes(b"\n".join(_world_lines(teacher_world, N_GOOD) + [c.line(tmp_path) for c in TEACHER_CASES])
+                     + b"\n")
+    out = tmp_path / "tcots-all.jsonl"
+    assert main(["reason", "teacher", "--world", str(teacher_world), "--records", str(path), "--out", str(out),
+                 "--on-error", "skip"]) == 0
+    printed = capsys.readouterr().out
+    expected = Counter(c.reason for c in TEACHER_CASES)
+    per = ", ".join(f"{r}: {n}" for r, n in sorted(expected.items()))
+    assert f"{out}: {2 * N_GOOD} T-CoTs from the annotation teacher ({N_GOOD + 1} records read; skipped " \
+           f"{len(TEACHER_CASES)})" in printed
+    assert f"skipped {len(TEACHER_CASES)} record(s) ({per})" in printed
+    assert len(out.read_text().splitlines()) == 2 * N_GOOD
+    assert tree(teacher_world) == world_before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("teacher-")) == \
+        [".tcots-all.jsonl.unime-output.json", "tcots-all.jsonl"]
