@@ -270,3 +270,51 @@ def test_data_import_rerun_finished_changed_overwrite_and_interrupted(tmp_path, 
     (out / "import.json").unlink()  # an import killed before its last write
     assert main(argv + ["--seed", "1"]) == 0
     assert "nothing to do" not in capsys.readouterr().out and (out / "import.json").is_file()
+
+
+def test_a_second_run_on_a_locked_output_file_fails_at_once_naming_the_holder(tmp_path):
+    """Two processes: one holds `unime data convert`'s claim on OUT (as a run does while it writes), a
+    second `unime data convert` to the same OUT fails at once with the holder's pid and writes nothing;
+    after the holder is killed (-9) the lock is gone and the same command runs."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.bad_inputs import good_record
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({**good_record(i), "query": {"text": f"query {i}"}}) + "\n" for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from unime.outdir import claim_file; "
+                               "claim_file(sys.argv[1], 'data convert'); print('held', flush=True); time.sleep(600)",
+                               str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cli = [sys.executable, "-c", "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))",
+               "data", "convert", str(src), str(out)]
+        second = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"unime: error: output file {out} is in use by another unime run (pid {holder.pid}); wait for it to "
+            "finish or choose another output name")
+        assert not out.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    again = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert len(out.read_text().splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.jsonl.unime-output.json", "in.jsonl", "out.jsonl"]
+
+
+def test_the_file_lock_is_taken_once_and_released(tmp_path):
+    from unime.outdir import FolderInUse, file_lock_path
+
+    out = tmp_path / "x.jsonl"
+    first = claim_file(out, "data convert")
+    with pytest.raises(FolderInUse, match=rf"pid {os.getpid()}\)"):
+        claim_file(out, "data convert")
+    first.release()
+    assert not file_lock_path(out).exists()
+    claim_file(out, "data convert").release()  # free again
