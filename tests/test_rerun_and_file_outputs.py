@@ -74,7 +74,9 @@ def test_eval_finished_changed_overwrite_and_interrupted(tiny_model_dir, tmp_pat
     assert main(argv[:-1] + [str(uninterrupted), "--ties", "index"]) == 0
     assert main(argv_index) == 0
     resumed = json.loads((out / "summary.json").read_text())
+    # every vector was already in the cache (the runs before): nothing encoded in the whole run
     assert resumed["run"] == {"attempts": 2} and resumed["encoding"]["encoded"] == 0
+    assert resumed["encoding"]["from_cache"] == resumed["encoding"]["distinct_items"]
     assert resumed["tasks"] == json.loads((uninterrupted / "summary.json").read_text())["tasks"]
 
     # changed image bytes under the same options: not "finished", evaluated again (and encoded again)
@@ -318,3 +320,55 @@ def test_the_file_lock_is_taken_once_and_released(tmp_path):
     first.release()
     assert not file_lock_path(out).exists()
     claim_file(out, "data convert").release()  # free again
+
+
+def test_eval_counters_and_timings_after_a_resume_describe_the_whole_run(tiny_model_dir, tmp_path, monkeypatch):
+    """An eval interrupted after its first block of embeddings reached the cache, then re-run: summary.json's
+    encoding counters equal an uninterrupted run's (every distinct item encoded once, none from a cache
+    that existed before the run), its encode and wall seconds add the first attempt's, and `last_attempt`
+    keeps the re-run's own figures."""
+    from unime.eval import runners
+    from unime.models.embedding_cache import RunEncoder
+
+    block = 3
+    calls = {"n": 0, "stop_at": 2}
+
+    class Interrupted(RunEncoder):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "flush_every": block})
+
+        def _encode(self, items):
+            calls["n"] += 1
+            if calls["n"] == calls["stop_at"]:
+                raise KeyboardInterrupt  # the first attempt dies in its second block
+            return super()._encode(items)
+
+    monkeypatch.setattr(runners, "RunEncoder", Interrupted)
+    tasks = build_world(tmp_path / "world")
+
+    def argv(out, cache):
+        return ["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(tasks), "--cache-dir", str(cache),
+                "--device", "cpu", "--batch-size", "2", "--out", str(out)]
+
+    out = tmp_path / "ev"
+    assert main(argv(out, tmp_path / "cache")) != 0  # interrupted
+    record = json.loads((out / "eval_run.json").read_text())
+    assert record["finished"] is False and record["attempt_work"]["1"]["encoded"] == block
+    first = record["attempt_work"]["1"]
+    calls["stop_at"] = -1
+    assert main(argv(out, tmp_path / "cache")) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert main(argv(tmp_path / "straight", tmp_path / "cache2")) == 0
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+
+    assert resumed["run"] == {"attempts": 2} and resumed["tasks"] == straight["tasks"]
+    enc, last = resumed["encoding"], resumed["encoding"]["last_attempt"]
+    assert {k: enc[k] for k in ("items_seen", "distinct_items", "from_cache", "encoded")} == \
+        {k: straight["encoding"][k] for k in ("items_seen", "distinct_items", "from_cache", "encoded")}
+    assert straight["encoding"]["from_cache"] == 0 and enc["encoded"] == enc["distinct_items"] > block
+    assert last["encoded"] == enc["encoded"] - block and last["from_cache"] == block
+    assert enc["encode_seconds"] == pytest.approx(last["encode_seconds"] + first["encode_seconds"], abs=2e-3)
+    timing = resumed["timing"]
+    assert timing["wall_seconds"] == pytest.approx(timing["last_attempt"]["wall_seconds"] + first["wall_seconds"],
+                                                   abs=2e-3)
+    assert "last_attempt" not in straight["encoding"] and "last_attempt" not in straight["timing"]
