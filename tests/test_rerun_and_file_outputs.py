@@ -96,20 +96,26 @@ def test_a_file_output_is_claimed_through_its_sidecar(tmp_path):
     owned = claim_file(out, "judge", {"a": 1})
     assert out.parent.is_dir() and read_file_marker(out)["files"] == {"scores.jsonl": None}  # pending
     out.write_text("x\n")
-    # a killed run (never committed) leaves a pending entry: its re-run may replace the file
-    claim_file(out, "judge").commit()
+    # a killed run (never committed; the OS drops its lock) leaves a pending entry: its re-run may replace the file
+    os.close(owned._lock_fd)
+    owned._lock_fd = None
+    again = claim_file(out, "judge")
+    again.commit()
+    again.release()
     marker = read_file_marker(out)
     assert marker["command"] == "judge" and len(marker["files"]["scores.jsonl"]) == 40
     assert file_marker_path(out) == tmp_path / "sub" / ".scores.jsonl.unime-output.json"
-    claim_file(out, "judge")  # written by this command and unchanged: a re-run may replace it
-    owned.commit()
+    rerun = claim_file(out, "judge")  # written by this command and unchanged: a re-run may replace it
+    rerun.commit()
+    rerun.release()
     out.write_text("edited by the user\n")  # changed since: the user's now
     with pytest.raises(FileNotOwned, match=rf"output file {out} exists and was not written by `unime judge` "
                                            r"\(or was changed since\).*--overwrite"):
         claim_file(out, "judge")
     with pytest.raises(FileNotOwned, match="not written by `unime embed`"):
         claim_file(out, "embed")  # another command's file
-    claim_file(out, "judge", overwrite=True)
+    claim_file(out, "judge", overwrite=True).release()
+    assert sorted(p.name for p in out.parent.iterdir()) == [".scores.jsonl.unime-output.json", "scores.jsonl"]
 
 
 def _file_argv(command: str, out: Path) -> list[str]:
