@@ -629,3 +629,26 @@ def test_reason_teacher_strict_and_skip_for_every_case(teacher_world, tmp_path, 
     assert tree(teacher_world) == world_before
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("teacher-")) == \
         [".tcots-all.jsonl.unime-output.json", "tcots-all.jsonl"]
+
+
+@pytest.mark.slow
+def test_train_reasoner_sft_skips_and_counts_every_case(corpus_root, tmp_path, tiny_model_dir, capsys):
+    from unime.reasoning.tcot import render_tcot
+
+    tcot = render_tcot({"text_keywords": ["grey"]}, "The image is grey.", "grey")
+    cases = _tcot_case_lines()
+    path = corpus_root / "sft-all.jsonl"
+    good = [json.dumps({**_tcot_row(i), "tcot": tcot}).encode() for i in range(N_GOOD)]
+    path.write_bytes(b"\n".join(good + [line for _, line, _, _, _ in cases]) + b"\n")
+    before = tree(corpus_root)
+    out = tmp_path / "sft"
+    assert main(["--log-level", "WARNING", "train", "reasoner", "--stage", "sft", "--model",
+                 tiny_model_dir("qwen2_vl"), "--tcots", str(path), "--data-root", str(corpus_root), "--out", str(out),
+                 "--max-steps", "1", "--batch-size", "2", "--device", "cpu", "--on-error", "skip"]) == 0
+    expected = Counter(reason for _, _, reason, _, _ in cases)
+    per = ", ".join(f"{r}: {n}" for r, n in sorted(expected.items()))
+    assert f"skipped {len(cases)} record(s) ({per})" in capsys.readouterr().out
+    summary = json.loads((out / "sft_summary.json").read_text())
+    assert summary["examples"] == N_GOOD and summary["skipped_records"] == {
+        "total": len(cases), "by_reason": dict(sorted(expected.items()))}
+    assert tree(corpus_root) == before
