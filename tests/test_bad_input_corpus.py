@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bad_inputs import GOOD_IMAGE, IMAGE_CASES, READER_CASES, RECORD_CASES, Case, build_images, good_record, tree, \
     write_records_file
@@ -287,3 +291,364 @@ def test_index_build_names_the_file_line_and_field_of_every_case(corpus_root, tm
         if field is not None:
             assert f"field '{field}'" in msg, msg
         assert case.fragment in msg, msg
+
+
+# -- data import: the corpus as rows of a captions table (CSV, TSV, JSONL) and as COCO entries ---------------
+# every case that has a form in these layouts; columns file (image), text (caption), category (label)
+N_IMPORT_GOOD = 6
+TABLE_FORMATS = ("csv", "tsv", "jsonl")
+_CAPTION_IMAGE = "img/good.png"  # the caption cases' image (no good row names it)
+
+
+@dataclass(frozen=True)
+class ImportCase:
+    name: str
+    formats: tuple[str, ...]
+    row: dict | Callable[[str], bytes]   # a row (rendered per format), or format -> the raw line
+    reason: str
+    field: dict                          # format -> the field the error names (None: the whole line)
+    fragment: str
+
+
+def _all(field):
+    return {f: field for f in TABLE_FORMATS}
+
+
+def _raw_not_utf8(fmt: str) -> bytes:
+    if fmt == "jsonl":
+        return b'{"file": "img/good.png", "text": "caf\xe9 au lait", "category": "circle"}'
+    sep = b"\t" if fmt == "tsv" else b","
+    return sep.join([b"img/good.png", b"caf\xe9 au lait", b"circle"])
+
+
+def _image_cases() -> list[ImportCase]:
+    cases = [ImportCase("image_empty_ref", TABLE_FORMATS, {"file": "", "text": "no picture", "category": "circle"},
+                        "empty_item", _all("file"), "no image path")]
+    for c in IMAGE_CASES:
+        ref = IMAGE_REFS[c.name]["query"]["images"][0]
+        if c.name == "image_parent_escape":
+            ref = "../" + Path(corpus_outside_name()).name  # a file that exists, one level up
+        cases.append(ImportCase(c.name, TABLE_FORMATS, {"file": ref, "text": f"case {c.name}", "category": "circle"},
+                                "image", _all("file"), c.fragment))
+    return cases
+
+
+def corpus_outside_name() -> str:
+    return "data-outside.png"  # `build_images` writes ROOT.parent / f"{ROOT.name}-outside.png" (ROOT = data)
+
+
+IMPORT_CASES: list[ImportCase] = [
+    ImportCase("not_utf8", TABLE_FORMATS, _raw_not_utf8, "malformed_json",
+               {"csv": "text", "tsv": "text", "jsonl": None}, "not UTF-8 text at"),
+    ImportCase("malformed_json", ("jsonl",), lambda f: b'{"file": "img/good.png", ', "malformed_json",
+               {"jsonl": None}, "malformed JSON"),
+    ImportCase("deep_json", ("jsonl",), lambda f: b"[" * 100_000 + b"]" * 100_000, "malformed_json",
+               {"jsonl": None}, "nested too deeply"),
+    ImportCase("not_an_object", ("jsonl",), lambda f: b"[1, 2]", "schema", {"jsonl": None}, "expected an object"),
+    ImportCase("missing_caption", TABLE_FORMATS, {"file": _CAPTION_IMAGE}, "schema", _all("text"),
+               "expected a caption string, got NoneType"),
+    ImportCase("text_not_string", ("jsonl",), {"file": _CAPTION_IMAGE, "text": 5, "category": "circle"}, "schema",
+               {"jsonl": "text"}, "expected a caption string, got int"),
+    ImportCase("empty_caption", TABLE_FORMATS, {"file": _CAPTION_IMAGE, "text": "   ", "category": "circle"},
+               "empty_item", _all("text"), "empty caption"),
+    ImportCase("placeholder", TABLE_FORMATS, {"file": _CAPTION_IMAGE, "text": "<|image_1|> a picture",
+                                             "category": "circle"}, "placeholder", _all("text"),
+               "caption holds the image placeholder '<|image_1|>'"),
+    ImportCase("label_not_scalar", ("jsonl",), {"file": _CAPTION_IMAGE, "text": "a picture", "category": [1]},
+               "schema", {"jsonl": "category"}, "expected a label (string or integer), got list"),
+    *_image_cases(),
+]
+
+
+def _render(row: dict, fmt: str) -> bytes:
+    if fmt == "jsonl":
+        return json.dumps(row).encode()
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t" if fmt == "tsv" else ",", lineterminator="").writerow(
+        [row[k] for k in ("file", "text", "category") if k in row])
+    return buf.getvalue().encode()
+
+
+def _good_rows() -> list[dict]:
+    return [{"file": f"img/g{i}.png", "text": f"good picture {i}", "category": "square" if i % 2 else "circle"}
+            for i in range(N_IMPORT_GOOD)]
+
+
+def write_captions(folder: Path, fmt: str, cases: list[ImportCase], name: str) -> tuple[Path, dict[str, int]]:
+    """The good rows, then each case's row. Returns the file and the 1-based line of each case."""
+    lines = [] if fmt == "jsonl" else [("\t" if fmt == "tsv" else ",").join(("file", "text", "category")).encode()]
+    lines += [_render(r, fmt) for r in _good_rows()]
+    where = {}
+    for c in cases:
+        lines.append(c.row(fmt) if callable(c.row) else _render(c.row, fmt))
+        where[c.name] = len(lines)
+    path = folder / f"{name}.{fmt}"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, where
+
+
+@pytest.fixture(scope="module")
+def import_root(corpus_root) -> Path:
+    """The corpus folder with the good rows' images (distinct pictures) added."""
+    for i in range(N_IMPORT_GOOD):
+        if not (corpus_root / f"img/g{i}.png").exists():
+            Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(corpus_root / f"img/g{i}.png")
+    return corpus_root
+
+
+def _import_argv(captions: Path, root: Path, out: Path, *extra: str) -> list[str]:
+    return ["data", "import", "--captions", str(captions), "--images", str(root), "--out", str(out),
+            "--eval-candidates", "3", *extra]
+
+
+@pytest.mark.parametrize("fmt", TABLE_FORMATS)
+def test_data_import_strict_names_the_file_line_and_field_of_every_case(import_root, tmp_path, fmt, capsys):
+    before = tree(import_root)
+    tried = 0
+    for case in [c for c in IMPORT_CASES if fmt in c.formats]:
+        captions, where = write_captions(tmp_path, fmt, [case], f"{case.name}")
+        out = tmp_path / f"out-{case.name}"
+        assert main(_import_argv(captions, import_root, out)) == 2, case.name
+        line = _one_error_line(capsys)
+        assert line.startswith(f"unime: error: {captions}, record line {where[case.name]}"), line
+        field = case.field[fmt]
+        if field is not None:
+            assert f"field '{field}'" in line, line
+        else:
+            assert "field '" not in line, line
+        assert case.fragment in line, line
+        assert not (out / "import.json").exists()
+        tried += 1
+    assert tree(import_root) == before  # nothing written beside the data
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("out-")) == \
+        sorted(f"{c.name}.{fmt}" for c in IMPORT_CASES if fmt in c.formats)  # nor beside the captions
+    assert tried == len([c for c in IMPORT_CASES if fmt in c.formats])
+
+
+@pytest.mark.parametrize("fmt", TABLE_FORMATS)
+def test_data_import_skip_counts_every_case_on_the_console_and_in_import_json(import_root, tmp_path, fmt, capsys):
+    cases = [c for c in IMPORT_CASES if fmt in c.formats]
+    captions, _ = write_captions(tmp_path, fmt, cases, "all")
+    before = tree(import_root)
+    out = tmp_path / "out"
+    assert main(_import_argv(captions, import_root, out, "--on-error", "skip")) == 0
+    printed = capsys.readouterr().out
+    expected = Counter(c.reason for c in cases)
+    per = ", ".join(f"{r}: {n}" for r, n in sorted(expected.items()))
+    assert f"skipped {len(cases)} record(s) ({per})" in printed
+    manifest = json.loads((out / "import.json").read_text())
+    assert manifest["skipped"]["total"] == len(cases) and manifest["skipped"]["by_reason"] == dict(sorted(expected.items()))
+    assert manifest["images"] == N_IMPORT_GOOD
+    assert sorted(p.name for p in (out / "images" / "img").iterdir()) == [f"g{i}.png" for i in range(N_IMPORT_GOOD)]
+    assert tree(import_root) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"all.{fmt}", "out"]
+
+
+def _coco(images: list, annotations: list) -> bytes:
+    return json.dumps({"images": images, "annotations": annotations}).encode()
+
+
+def _coco_good() -> tuple[list, list]:
+    imgs = [{"id": i, "file_name": f"img/g{i}.png"} for i in range(N_IMPORT_GOOD)]
+    anns = [{"image_id": i, "caption": f"good picture {i}"} for i in range(N_IMPORT_GOOD)]
+    return imgs, anns
+
+
+# (name, images added, annotations added, reason, record, field, fragment); records count from 1
+COCO_ENTRY_CASES = [
+    *[(c.name, [{"id": 100 + k, "file_name": c.row["file"]}], [{"image_id": 100 + k, "caption": "a caption"},
+                                                                 {"image_id": 100 + k, "caption": "another"}],
+       c.reason if c.name != "image_empty_ref" else "image", f"image {N_IMPORT_GOOD + 1}", "file_name",
+       c.fragment if c.name != "image_empty_ref" else "image file not found: ''")
+      for k, c in enumerate(_image_cases())],
+    ("annotation_not_an_object", [], [[1, 2]], "schema", f"annotation {N_IMPORT_GOOD + 1}", None, "expected an object"),
+    ("caption_not_string", [], [{"image_id": 0, "caption": 5}], "schema", f"annotation {N_IMPORT_GOOD + 1}",
+     "caption", "expected a caption string, got int"),
+    ("empty_caption", [], [{"image_id": 0, "caption": " "}], "empty_item", f"annotation {N_IMPORT_GOOD + 1}",
+     "caption", "empty caption"),
+    ("placeholder", [], [{"image_id": 0, "caption": "<image> here"}], "placeholder", f"annotation {N_IMPORT_GOOD + 1}",
+     "caption", "caption holds the image placeholder '<image>'"),
+    ("unknown_image_id", [], [{"image_id": 999, "caption": "lost"}], "schema", f"annotation {N_IMPORT_GOOD + 1}",
+     "image_id", "image_id 999 is not in 'images'"),
+    ("image_entry_not_an_object", [[1]], [], "schema", f"image {N_IMPORT_GOOD + 1}", "file_name",
+     "expected {id, file_name}"),
+]
+COCO_FILE_CASES = [  # the whole file is one record: stops in both modes
+    ("not_utf8", b'{"images": [], "annotations": [],\n "info": "caf\xe9"}', "line 2",
+     "not UTF-8 text at column 14"),
+    ("malformed_json", b'{"images": [], "annotations": [\n', "line 2", "malformed JSON"),
+    ("deep_json", b"[" * 100_000 + b"]" * 100_000, None, "nested too deeply"),
+]
+
+
+def test_data_import_coco_strict_and_skip_for_every_case(import_root, tmp_path, capsys):
+    before = tree(import_root)
+    good_imgs, good_anns = _coco_good()
+    for name, imgs, anns, reason, record, field, fragment in COCO_ENTRY_CASES:
+        path = tmp_path / f"coco-{name}.json"
+        path.write_bytes(_coco(good_imgs + imgs, good_anns + anns))
+        assert main(["data", "import", "--coco", str(path), "--images", str(import_root), "--out",
+                     str(tmp_path / f"out-{name}"), "--eval-candidates", "3"]) == 2, name
+        line = _one_error_line(capsys)
+        assert line.startswith(f"unime: error: {path}, record {record}"), line
+        assert (f"field '{field}'" in line) if field else ("field '" not in line), line
+        assert fragment in line, line
+    for name, content, record, fragment in COCO_FILE_CASES:
+        path = tmp_path / f"coco-{name}.json"
+        path.write_bytes(content)
+        for mode in ("raise", "skip"):
+            assert main(["data", "import", "--coco", str(path), "--images", str(import_root), "--out",
+                         str(tmp_path / f"out-{name}"), "--on-error", mode]) == 2, name
+            line = _one_error_line(capsys)
+            assert line.startswith(f"unime: error: {path}" + (f", record {record}" if record else ":")), line
+            assert fragment in line, line
+    # skip mode: every entry case in one file, each counted once (an image's two captions go with it)
+    path = tmp_path / "coco-all.json"
+    path.write_bytes(_coco(good_imgs + [i for c in COCO_ENTRY_CASES for i in c[1]],
+                           good_anns + [a for c in COCO_ENTRY_CASES for a in c[2]]))
+    out = tmp_path / "out-all"
+    assert main(["data", "import", "--coco", str(path), "--images", str(import_root), "--out", str(out),
+                 "--eval-candidates", "3", "--on-error", "skip"]) == 0
+    expected = Counter(c[3] for c in COCO_ENTRY_CASES)
+    per = ", ".join(f"{r}: {n}" for r, n in sorted(expected.items()))
+    assert f"skipped {len(COCO_ENTRY_CASES)} record(s) ({per})" in capsys.readouterr().out
+    manifest = json.loads((out / "import.json").read_text())
+    assert manifest["skipped"]["by_reason"] == dict(sorted(expected.items())) and manifest["images"] == N_IMPORT_GOOD
+    assert tree(import_root) == before
+
+
+# -- train reasoner (--stage sft: T-CoT lines; --stage grpo: records) and reason teacher ---------------------
+def _tcot_row(i: int, item: dict | None = None) -> dict:
+    return {"record_id": f"r{i}", "side": "query", "item": item or _item(GOOD_IMAGE),
+            "tcot": "<thinking>{}</thinking><rethink>r</rethink><answer>a</answer>"}
+
+
+def _tcot_case_lines() -> list[tuple[str, bytes, str, str | None, str]]:
+    """(name, line, reason, field, fragment) of every corpus case that has a form in a T-CoT line."""
+    out = [(c.name, c.line(Path(".")), c.reason, None, c.fragment) for c in LINE_CASES]
+    out.append(("not_an_object", b"[1, 2]", "schema", None, "expected a JSON object"))
+    out.append(("missing_tcot", json.dumps({k: v for k, v in _tcot_row(99).items() if k != "tcot"}).encode(),
+                "schema", "tcot", "missing key 'tcot'"))
+    out.append(("bad_side", json.dumps({**_tcot_row(99), "side": "left"}).encode(), "schema", "side",
+                "side must be one of"))
+    out.append(("tcot_not_string", json.dumps({**_tcot_row(99), "tcot": 5}).encode(), "schema", "tcot",
+                "tcot must be a string"))
+    out.append(("text_not_string", json.dumps(_tcot_row(99, {"text": 5})).encode(), "schema", "item.text",
+                "must be a string"))
+    out.append(("empty_item", json.dumps(_tcot_row(99, {"text": ""})).encode(), "empty_item", "item", "empty item"))
+    out.append(("placeholder", json.dumps(_tcot_row(99, {"text": "<|image_1|> no image"})).encode(), "placeholder",
+                "item.text", "placeholder"))
+    out.append(("image_empty_ref", json.dumps(_tcot_row(99, _item(""))).encode(), "schema", "item.images",
+                "non-empty"))
+    for c in IMAGE_CASES:
+        ref = IMAGE_REFS[c.name]["query"]["images"][0]
+        out.append((c.name, json.dumps(_tcot_row(99, _item(ref))).encode(), "image", "item.images[0]", c.fragment))
+    return out
+
+
+def _write_tcots(root: Path, name: str, bad: list[bytes]) -> Path:
+    path = root / name
+    path.write_bytes(b"\n".join([json.dumps(_tcot_row(i)).encode() for i in range(N_GOOD)] + bad) + b"\n")
+    return path
+
+
+def test_train_reasoner_sft_names_the_file_line_and_field_of_every_case(corpus_root, tmp_path, capsys):
+    cases = _tcot_case_lines()
+    before = None
+    for name, line, _, field, fragment in cases:
+        path = _write_tcots(corpus_root, f"sft-{name}.jsonl", [line])
+        before = before or {k: v for k, v in tree(corpus_root).items() if not k.startswith("sft-")}
+        out = tmp_path / f"out-{name}"
+        assert main(["train", "reasoner", "--stage", "sft", "--model", "no/model", "--tcots", str(path), "--out",
+                     str(out), "--data-root", str(corpus_root)]) == 2, name
+        msg = _one_error_line(capsys)
+        assert msg.startswith(f"unime: error: {path}, record line {BAD_LINE}"), msg
+        assert (f"field '{field}'" in msg) if field else ("field '" not in msg), msg
+        assert fragment in msg, msg
+        assert not (out / "sft_summary.json").exists() and not (out / "config.json").exists()
+    assert {k: v for k, v in tree(corpus_root).items() if not k.startswith("sft-")} == before
+    assert len(cases) == len(LINE_CASES) + 8 + len(IMAGE_CASES)
+
+
+def test_train_reasoner_grpo_names_the_file_line_and_field_of_every_case(corpus_root, tmp_path, capsys):
+    for case in RECORD_CASES:
+        path = write_records_file(corpus_root, [case], n_good=N_GOOD, name=f"grpo-{case.name}.jsonl")
+        before = {k: v for k, v in tree(corpus_root).items() if not k.startswith("grpo-")}
+        out = tmp_path / f"out-{case.name}"
+        assert main(["train", "reasoner", "--stage", "grpo", "--model", "no/model", "--embedder", "no/embedder",
+                     "--records", str(path), "--data-root", str(corpus_root), "--out", str(out)]) == 2, case.name
+        _expect_line(_one_error_line(capsys), path, case)
+        assert {k: v for k, v in tree(corpus_root).items() if not k.startswith("grpo-")} == before
+        assert not (out / "config.json").exists()
+
+
+@pytest.fixture(scope="module")
+def teacher_world(tmp_path_factory) -> Path:
+    from unime.data.synth import generate_world
+
+    world = tmp_path_factory.mktemp("teacher") / "world"
+    generate_world(world, sizes="tiny", seed=0)
+    return world
+
+
+def _world_lines(world: Path, n: int) -> list[bytes]:
+    return (world / "train" / "records.jsonl").read_bytes().splitlines()[:n]
+
+
+TEACHER_CASES = [*READER_CASES,
+                 Case("not_a_world_record", lambda r: json.dumps(good_record(99)).encode(), "schema", "query",
+                      "is not an item of this world")]
+
+
+def test_reason_teacher_strict_and_skip_for_every_case(teacher_world, tmp_path, capsys):
+    world_before = tree(teacher_world)
+    for case in TEACHER_CASES:
+        path = tmp_path / f"teacher-{case.name}.jsonl"
+        path.write_bytes(b"\n".join(_world_lines(teacher_world, N_GOOD) + [case.line(tmp_path)]) + b"\n")
+        out = tmp_path / f"tcots-{case.name}.jsonl"
+        assert main(["reason", "teacher", "--world", str(teacher_world), "--records", str(path), "--out",
+                     str(out)]) == 2, case.name
+        _expect_line(_one_error_line(capsys), path, case)
+        assert not out.exists()
+    path = tmp_path / "teacher-all.jsonl"
+    path.write_bytes(b"\n".join(_world_lines(teacher_world, N_GOOD) + [c.line(tmp_path) for c in TEACHER_CASES])
+                     + b"\n")
+    out = tmp_path / "tcots-all.jsonl"
+    assert main(["reason", "teacher", "--world", str(teacher_world), "--records", str(path), "--out", str(out),
+                 "--on-error", "skip"]) == 0
+    printed = capsys.readouterr().out
+    expected = Counter(c.reason for c in TEACHER_CASES)
+    per = ", ".join(f"{r}: {n}" for r, n in sorted(expected.items()))
+    assert f"{out}: {2 * N_GOOD} T-CoTs from the annotation teacher ({N_GOOD + 1} records read; skipped " \
+           f"{len(TEACHER_CASES)})" in printed
+    assert f"skipped {len(TEACHER_CASES)} record(s) ({per})" in printed
+    assert len(out.read_text().splitlines()) == 2 * N_GOOD
+    assert tree(teacher_world) == world_before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("teacher-")) == \
+        [".tcots-all.jsonl.unime-output.json", "tcots-all.jsonl"]
+
+
+@pytest.mark.slow
+def test_train_reasoner_sft_skips_and_counts_every_case(corpus_root, tmp_path, tiny_model_dir, capsys):
+    from unime.reasoning.tcot import render_tcot
+
+    tcot = render_tcot({"text_keywords": ["grey"]}, "The image is grey.", "grey")
+    cases = _tcot_case_lines()
+    path = corpus_root / "sft-all.jsonl"
+    good = [json.dumps({**_tcot_row(i), "tcot": tcot}).encode() for i in range(N_GOOD)]
+    path.write_bytes(b"\n".join(good + [line for _, line, _, _, _ in cases]) + b"\n")
+    before = tree(corpus_root)
+    out = tmp_path / "sft"
+    assert main(["--log-level", "WARNING", "train", "reasoner", "--stage", "sft", "--model",
+                 tiny_model_dir("qwen2_vl"), "--tcots", str(path), "--data-root", str(corpus_root), "--out", str(out),
+                 "--max-steps", "1", "--batch-size", "2", "--device", "cpu", "--on-error", "skip"]) == 0
+    expected = Counter(reason for _, _, reason, _, _ in cases)
+    per = ", ".join(f"{r}: {n}" for r, n in sorted(expected.items()))
+    assert f"skipped {len(cases)} record(s) ({per})" in capsys.readouterr().out
+    summary = json.loads((out / "sft_summary.json").read_text())
+    assert summary["examples"] == N_GOOD and summary["skipped_records"] == {
+        "total": len(cases), "by_reason": dict(sorted(expected.items()))}
+    assert tree(corpus_root) == before

@@ -51,6 +51,7 @@ def _kill_and_finish(argv: list[str], wall: float, log: Path, seed: int) -> list
     started again with the measured duration of its first, complete run as the wall time."""
     out = Path(argv[argv.index("--out") + 1])
     rng = random.Random(seed)
+    chain_start = time.monotonic()
     for attempt in range(3):
         hits: list[float] = []
         first_complete: float | None = None
@@ -69,22 +70,26 @@ def _kill_and_finish(argv: list[str], wall: float, log: Path, seed: int) -> list
                 if i == 0:
                     first_complete = time.monotonic() - t0
         if hits:
-            _record_kills(out, hits)
             break
         out.rename(out.with_name(f"{out.name}.no-kill-{attempt}"))  # folders of this test only
         wall = first_complete or wall / 2
-    _run(argv, log)
+    killed_seconds = time.monotonic() - chain_start
+    final_seconds = _run(argv, log)
+    if hits:
+        _record_kills(out, hits, {"uninterrupted_s": round(wall, 2), "killed_runs_s": round(killed_seconds, 2),
+                                  "final_run_s": round(final_seconds, 2)})
     return hits
 
 
-def _record_kills(out: Path, hits: list[float]) -> None:
+def _record_kills(out: Path, hits: list, timings: dict | None = None) -> None:
     """With UNIME_KILL_LOG=FILE, append the kill moments that hit a running process (for the counts a
-    release check reports)."""
+    release check reports), with the chain's timings (the uninterrupted run, the killed runs together,
+    the last run): what one kill point costs."""
     path = os.environ.get("UNIME_KILL_LOG")
     if path:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
-                                 "kills": hits}) + "\n")
+                                 "kills": hits, **(timings or {})}) + "\n")
 
 
 def _same_tensors(a: Path, b: Path) -> None:

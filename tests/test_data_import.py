@@ -119,8 +119,18 @@ def test_import_refuses_a_non_empty_folder_and_names_bad_rows(tmp_path, capsys):
     assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out",
                  str(tmp_path / "o2"), "--on-error", "skip"]) == 0
     assert "skipped 1 record" in capsys.readouterr().out
+    # the same command again: the finished import is kept (nothing to do), the skipped row still counted
     assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out",
-                 str(tmp_path / "o2"), "--on-error", "skip"]) == 2  # not empty any more
+                 str(tmp_path / "o2"), "--on-error", "skip"]) == 0
+    shown = capsys.readouterr().out
+    assert "finished earlier with the same options and inputs; nothing to do" in shown
+    assert "skipped 1 record" in shown
+    (tmp_path / "o3").mkdir()
+    (tmp_path / "o3" / "notes.txt").write_text("mine")  # a folder unime did not write
+    assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out",
+                 str(tmp_path / "o3"), "--on-error", "skip"]) == 2
+    assert "not written by unime" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "o3").iterdir()) == ["notes.txt"]
 
 
 def test_jsonl_captions_with_column_options_and_caption_lists(tmp_path, capsys):

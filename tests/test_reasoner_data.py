@@ -89,7 +89,7 @@ def test_tcot_files_roundtrip_and_errors(tmp_path):
     back = read_tcot_rows(tmp_path / "t.jsonl")
     assert [(r.record_id, r.side, r.tcot) for r in back] == [(r.record_id, r.side, r.tcot) for r in _rows(recs)]
     (tmp_path / "bad.jsonl").write_text('{"record_id": "a", "side": "left", "item": {"text": "x"}, "tcot": ""}\n')
-    with pytest.raises(DataError, match="bad.jsonl.*record 1.*side"):
+    with pytest.raises(DataError, match="bad.jsonl.*record line 1, field .side."):
         read_tcot_rows(tmp_path / "bad.jsonl")
 
 

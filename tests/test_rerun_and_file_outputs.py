@@ -74,7 +74,9 @@ def test_eval_finished_changed_overwrite_and_interrupted(tiny_model_dir, tmp_pat
     assert main(argv[:-1] + [str(uninterrupted), "--ties", "index"]) == 0
     assert main(argv_index) == 0
     resumed = json.loads((out / "summary.json").read_text())
+    # every vector was already in the cache (the runs before): nothing encoded in the whole run
     assert resumed["run"] == {"attempts": 2} and resumed["encoding"]["encoded"] == 0
+    assert resumed["encoding"]["from_cache"] == resumed["encoding"]["distinct_items"]
     assert resumed["tasks"] == json.loads((uninterrupted / "summary.json").read_text())["tasks"]
 
     # changed image bytes under the same options: not "finished", evaluated again (and encoded again)
@@ -94,20 +96,26 @@ def test_a_file_output_is_claimed_through_its_sidecar(tmp_path):
     owned = claim_file(out, "judge", {"a": 1})
     assert out.parent.is_dir() and read_file_marker(out)["files"] == {"scores.jsonl": None}  # pending
     out.write_text("x\n")
-    # a killed run (never committed) leaves a pending entry: its re-run may replace the file
-    claim_file(out, "judge").commit()
+    # a killed run (never committed; the OS drops its lock) leaves a pending entry: its re-run may replace the file
+    os.close(owned._lock_fd)
+    owned._lock_fd = None
+    again = claim_file(out, "judge")
+    again.commit()
+    again.release()
     marker = read_file_marker(out)
     assert marker["command"] == "judge" and len(marker["files"]["scores.jsonl"]) == 40
     assert file_marker_path(out) == tmp_path / "sub" / ".scores.jsonl.unime-output.json"
-    claim_file(out, "judge")  # written by this command and unchanged: a re-run may replace it
-    owned.commit()
+    rerun = claim_file(out, "judge")  # written by this command and unchanged: a re-run may replace it
+    rerun.commit()
+    rerun.release()
     out.write_text("edited by the user\n")  # changed since: the user's now
     with pytest.raises(FileNotOwned, match=rf"output file {out} exists and was not written by `unime judge` "
                                            r"\(or was changed since\).*--overwrite"):
         claim_file(out, "judge")
     with pytest.raises(FileNotOwned, match="not written by `unime embed`"):
         claim_file(out, "embed")  # another command's file
-    claim_file(out, "judge", overwrite=True)
+    claim_file(out, "judge", overwrite=True).release()
+    assert sorted(p.name for p in out.parent.iterdir()) == [".scores.jsonl.unime-output.json", "scores.jsonl"]
 
 
 def _file_argv(command: str, out: Path) -> list[str]:
@@ -227,3 +235,146 @@ def test_data_import_claims_its_folder(tmp_path, capsys):
     assert main(argv[:-1] + [str(foreign), "--overwrite"]) == 0
     assert (foreign / "keep.txt").read_text() == "k" and (foreign / "eval_tasks.yaml").is_file()
 
+
+
+def test_data_import_rerun_finished_changed_overwrite_and_interrupted(tmp_path, capsys):
+    """The re-run convention of mining / eval / the trainers: a finished import with the same options and
+    inputs does nothing; other options or inputs are refused naming the keys; --overwrite starts over; an
+    interrupted import (no import.json, written last) is done again."""
+    from tests.captioned_folder import make_captioned_folder
+
+    photos, captions = make_captioned_folder(tmp_path / "src", n=12)
+    out = tmp_path / "imported"
+    argv = ["data", "import", "--captions", str(captions), "--images", str(photos), "--eval-candidates", "3",
+            "--out", str(out)]
+    assert main(argv) == 0
+    before = _mtimes(out)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert (f"{out}: finished earlier with the same options and inputs; nothing to do (pass --overwrite to redo it)"
+            in capsys.readouterr().out)
+    assert _mtimes(out) == before
+
+    assert main(argv + ["--seed", "1", "--judge-negatives", "2"]) == 2
+    (line,) = _error_lines(capsys)
+    assert line == (f"unime: error: {out} holds a run with other options (judge_negatives: 3 -> 2, seed: 0 -> 1); "
+                    "re-run with the same options to continue it, pass --overwrite to start over, or choose another "
+                    "--out")
+    assert _mtimes(out) == before
+
+    # one image's bytes change (a new file: the import holds a hard link to the old one)
+    (photos / "new.png").write_bytes((photos / "pic_004.png").read_bytes())
+    os.replace(photos / "new.png", photos / "pic_003.png")
+    assert main(argv) == 2
+    (line,) = _error_lines(capsys)
+    assert line.startswith(f"unime: error: {out} holds a run with other options (inputs: '12 images, sha1 ")
+    assert _mtimes(out) == before
+
+    assert main(argv + ["--seed", "1", "--overwrite"]) == 0
+    assert json.loads((out / "import.json").read_text())["options"]["seed"] == 1
+    assert _mtimes(out) != before
+    assert main(argv + ["--seed", "1"]) == 0 and "nothing to do" in capsys.readouterr().out
+
+    (out / "import.json").unlink()  # an import killed before its last write
+    assert main(argv + ["--seed", "1"]) == 0
+    assert "nothing to do" not in capsys.readouterr().out and (out / "import.json").is_file()
+
+
+def test_a_second_run_on_a_locked_output_file_fails_at_once_naming_the_holder(tmp_path):
+    """Two processes: one holds `unime data convert`'s claim on OUT (as a run does while it writes), a
+    second `unime data convert` to the same OUT fails at once with the holder's pid and writes nothing;
+    after the holder is killed (-9) the lock is gone and the same command runs."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.bad_inputs import good_record
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({**good_record(i), "query": {"text": f"query {i}"}}) + "\n" for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from unime.outdir import claim_file; "
+                               "claim_file(sys.argv[1], 'data convert'); print('held', flush=True); time.sleep(600)",
+                               str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cli = [sys.executable, "-c", "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))",
+               "data", "convert", str(src), str(out)]
+        second = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"unime: error: output file {out} is in use by another unime run (pid {holder.pid}); wait for it to "
+            "finish or choose another output name")
+        assert not out.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    again = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert len(out.read_text().splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.jsonl.unime-output.json", "in.jsonl", "out.jsonl"]
+
+
+def test_the_file_lock_is_taken_once_and_released(tmp_path):
+    from unime.outdir import FolderInUse, file_lock_path
+
+    out = tmp_path / "x.jsonl"
+    first = claim_file(out, "data convert")
+    with pytest.raises(FolderInUse, match=rf"pid {os.getpid()}\)"):
+        claim_file(out, "data convert")
+    first.release()
+    assert not file_lock_path(out).exists()
+    claim_file(out, "data convert").release()  # free again
+
+
+def test_eval_counters_and_timings_after_a_resume_describe_the_whole_run(tiny_model_dir, tmp_path, monkeypatch):
+    """An eval interrupted after its first block of embeddings reached the cache, then re-run: summary.json's
+    encoding counters equal an uninterrupted run's (every distinct item encoded once, none from a cache
+    that existed before the run), its encode and wall seconds add the first attempt's, and `last_attempt`
+    keeps the re-run's own figures."""
+    from unime.eval import runners
+    from unime.models.embedding_cache import RunEncoder
+
+    block = 3
+    calls = {"n": 0, "stop_at": 2}
+
+    class Interrupted(RunEncoder):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "flush_every": block})
+
+        def _encode(self, items):
+            calls["n"] += 1
+            if calls["n"] == calls["stop_at"]:
+                raise KeyboardInterrupt  # the first attempt dies in its second block
+            return super()._encode(items)
+
+    monkeypatch.setattr(runners, "RunEncoder", Interrupted)
+    tasks = build_world(tmp_path / "world")
+
+    def argv(out, cache):
+        return ["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(tasks), "--cache-dir", str(cache),
+                "--device", "cpu", "--batch-size", "2", "--out", str(out)]
+
+    out = tmp_path / "ev"
+    assert main(argv(out, tmp_path / "cache")) != 0  # interrupted
+    record = json.loads((out / "eval_run.json").read_text())
+    assert record["finished"] is False and record["attempt_work"]["1"]["encoded"] == block
+    first = record["attempt_work"]["1"]
+    calls["stop_at"] = -1
+    assert main(argv(out, tmp_path / "cache")) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert main(argv(tmp_path / "straight", tmp_path / "cache2")) == 0
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+
+    assert resumed["run"] == {"attempts": 2} and resumed["tasks"] == straight["tasks"]
+    enc, last = resumed["encoding"], resumed["encoding"]["last_attempt"]
+    assert {k: enc[k] for k in ("items_seen", "distinct_items", "from_cache", "encoded")} == \
+        {k: straight["encoding"][k] for k in ("items_seen", "distinct_items", "from_cache", "encoded")}
+    assert straight["encoding"]["from_cache"] == 0 and enc["encoded"] == enc["distinct_items"] > block
+    assert last["encoded"] == enc["encoded"] - block and last["from_cache"] == block
+    assert enc["encode_seconds"] == pytest.approx(last["encode_seconds"] + first["encode_seconds"], abs=2e-3)
+    timing = resumed["timing"]
+    assert timing["wall_seconds"] == pytest.approx(timing["last_attempt"]["wall_seconds"] + first["wall_seconds"],
+                                                   abs=2e-3)
+    assert "last_attempt" not in straight["encoding"] and "last_attempt" not in straight["timing"]

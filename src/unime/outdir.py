@@ -140,22 +140,37 @@ class OwnedFolder:
 
 
 def _lock(folder: Path) -> int:
+    return _lock_path(folder / LOCK_NAME, f"output folder {folder}", "choose another --out")
+
+
+def _lock_path(path: Path, what: str, alternative: str) -> int:
+    """An exclusive `flock` on `path` (created if missing) with this pid written in it; `FolderInUse`
+    naming the holder's pid when another process holds it. A lock file may be removed by its holder
+    (single-file outputs remove theirs): a lock won on a file that was unlinked meanwhile is retried."""
     import fcntl
 
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise
-        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise FolderInUse(f"output folder {folder} is in use by another unime run (pid {holder}); wait for it "
-                          "to finish or choose another --out") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+            raise FolderInUse(f"{what} is in use by another unime run (pid {holder}); wait for it to finish or "
+                              f"{alternative}") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # its holder removed it as we opened it: lock the new one
+    raise FolderInUse(f"{what}: could not take its lock {path}")
 
 
 # folders this process holds: a nested claim (the CLI claims, then the stage function it calls claims
@@ -267,6 +282,7 @@ def remove_owned(folder: str | os.PathLike, command: str, *, overwrite: bool = F
 # be written as pending (null), so a killed run's re-run may replace what the killed run left.
 
 FILE_MARKER_SUFFIX = ".unime-output.json"
+FILE_LOCK_SUFFIX = ".unime-lock"  # `.NAME.unime-lock`: held (flock) for the run, removed at its end
 
 
 class FileNotOwned(FolderNotOwned):
@@ -276,6 +292,11 @@ class FileNotOwned(FolderNotOwned):
 def file_marker_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path.parent / f".{path.name}{FILE_MARKER_SUFFIX}"
+
+
+def file_lock_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}{FILE_LOCK_SUFFIX}"
 
 
 def _file_sha1(path: Path) -> str:
@@ -314,6 +335,7 @@ class OwnedFile:
     command: str
     options_hash: str
     targets: tuple[Path, ...]
+    _lock_fd: int | None = field(default=None, repr=False)
 
     def _write(self, files: dict[str, str | None]) -> None:
         data = {"command": self.command, "unime_version": _version(), "options_hash": self.options_hash,
@@ -336,6 +358,11 @@ class OwnedFile:
         if not self.committed and not any(t.exists() or t.is_symlink() for t in self.targets):
             with contextlib.suppress(OSError):
                 file_marker_path(self.path).unlink()
+        if self._lock_fd is not None:  # removed while still held, then unlocked (see `_lock_path`)
+            with contextlib.suppress(OSError):
+                file_lock_path(self.path).unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
@@ -348,11 +375,20 @@ def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | 
     for t in targets:
         if t.is_dir():
             raise FileNotOwned(f"output {t} is a folder; this command writes a file there (choose a file name)")
-        if (t.exists() or t.is_symlink()) and not overwrite and not written_by(path, t, command):
-            raise FileNotOwned(f"output file {t} exists and was not written by `unime {command}` (or was changed "
-                               "since); refusing to replace it. Choose another output name, or pass --overwrite "
-                               "to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    owned = OwnedFile(path, command, options_hash(options or {}), targets)
-    owned._write({t.name: None for t in targets})
+    # one run per output file at a time: an OS lock beside it, held until `release` (or the process ends)
+    fd = _lock_path(file_lock_path(path), f"output file {path}", "choose another output name")
+    try:
+        for t in targets:
+            if (t.exists() or t.is_symlink()) and not overwrite and not written_by(path, t, command):
+                raise FileNotOwned(f"output file {t} exists and was not written by `unime {command}` (or was "
+                                   "changed since); refusing to replace it. Choose another output name, or pass "
+                                   "--overwrite to replace it")
+        owned = OwnedFile(path, command, options_hash(options or {}), targets, fd)
+        owned._write({t.name: None for t in targets})
+    except BaseException:
+        with contextlib.suppress(OSError):
+            file_lock_path(path).unlink()
+        os.close(fd)
+        raise
     return owned

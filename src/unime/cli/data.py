@@ -58,6 +58,8 @@ def register(sub) -> None:
     src.add_argument("--hf-dataset", metavar="DIR", help="a `datasets` folder: save_to_disk output or an imagefolder")
     src.add_argument("--webdataset", nargs="+", metavar="SHARD", help="WebDataset .tar shards")
     i.add_argument("--images", metavar="DIR", help="folder of the images (--captions, --coco)")
+    i.add_argument("--allow-outside-root", action="store_true",
+                   help="permit absolute image paths and '..' / symlinks leading out of --images")
     i.add_argument("--coco-instances", metavar="FILE", help="COCO instances JSON: the largest object's category "
                                                             "becomes the image's label")
     i.add_argument("--image-column", default=None, help="column of the image path (default: image, file_name, ...)")
@@ -164,12 +166,14 @@ def _import(args) -> int:
     if (args.captions or args.coco) and not args.images:
         raise SystemExit("unime data import: --captions / --coco need --images DIR")
     if args.captions:
-        images = C.read_caption_table(args.captions, args.images, delimiter=args.delimiter, policy=policy, **cols)
+        images = C.read_caption_table(args.captions, args.images, delimiter=args.delimiter, policy=policy,
+                                      allow_outside_root=args.allow_outside_root, **cols)
         source, origin = {"captions": args.captions, "images": args.images}, Path(args.images).resolve()
         if origin.name in ("images", "imgs", "img"):
             origin = origin.parent
     elif args.coco:
-        images = C.read_coco_captions(args.coco, args.images, instances=args.coco_instances, policy=policy)
+        images = C.read_coco_captions(args.coco, args.images, instances=args.coco_instances, policy=policy,
+                                      allow_outside_root=args.allow_outside_root)
         source, origin = {"coco": args.coco, "images": args.images}, Path(args.coco).resolve().parent
     elif args.hf_dataset:
         images = C.read_hf_dataset(args.hf_dataset, policy=policy, **cols)
@@ -182,7 +186,8 @@ def _import(args) -> int:
                                                                     if d.strip()),
                          eval_fraction=args.eval_fraction, eval_candidates=args.eval_candidates,
                          judge_negatives=args.judge_negatives, seed=args.seed, on_error=args.on_error,
-                         overwrite=args.overwrite, source=source, ignore=tuple(_owned_names()))
+                         overwrite=args.overwrite, source=source, ignore=tuple(_owned_names()),
+                         own_folder=getattr(args, "_owned", None) is not None)
     try:
         summary = import_collection(images, opts, skips=skips)
     except FileExistsError as e:

@@ -19,6 +19,9 @@ def register(sub) -> None:
     s.add_argument("--world", required=True, help="a generated world (unime data synth)")
     s.add_argument("--records", default=None, help="records to write T-CoTs for (default: WORLD/train/records.jsonl)")
     s.add_argument("--out", required=True, help="output T-CoT JSONL")
+    s.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="skip bad records and records the world does not know (counted and reported) instead of "
+                        "stopping at the first")
     add_config_option(s)
     s.set_defaults(func=_teacher)
 
@@ -98,10 +101,18 @@ def _teacher(args) -> int:
     from unime.reasoning.reasoner import write_tcot_rows
     from unime.reasoning.teacher import AnnotationTeacher
 
+    from unime.data.skips import ErrorPolicy, SkipReport
+
+    skips = SkipReport(max_examples=10)
+    records = read_records(args.records, on_error=args.on_error, skips=skips) if args.records else None
     teacher = AnnotationTeacher(args.world)
-    records = read_records(args.records) if args.records else teacher.world.records
-    n = write_tcot_rows(teacher.tcot_rows(records), args.out)
-    print(f"{args.out}: {n} T-CoTs from the annotation teacher ({len(records)} records)")
+    records = teacher.world.records if records is None else records
+    rows = teacher.tcot_rows(records, source=args.records, policy=ErrorPolicy(args.on_error, skips, "teacher"))
+    n = write_tcot_rows(rows, args.out)
+    print(f"{args.out}: {n} T-CoTs from the annotation teacher ({len(records)} records read"
+          + (f"; skipped {skips.total}" if skips.total else "") + ")")
+    if skips.total:
+        print(skips.summary())
     return 0
 
 

@@ -35,6 +35,9 @@ def _add_parser(actions) -> None:
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--save-steps", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="accepted for compatibility: re-running the same command continues an interrupted run anyway")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="skip bad lines of --tcots / --records and rows whose images do not open (counted and "
+                        "reported) instead of stopping at the first")
 
     g = p.add_argument_group("sft")
     g.add_argument("--tcots", default=None, help="T-CoT JSONL (sft)")
@@ -75,12 +78,14 @@ def _run(args) -> int:
                                 learning_rate=ReasonerSFTConfig.learning_rate if args.lr is None else args.lr, batch_size=args.batch_size,
                                 grad_accum=args.grad_accum, lora_r=ReasonerSFTConfig.lora_r if args.lora_r is None else args.lora_r,
                                 lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                                skip_invalid=args.skip_invalid, device=args.device, dtype=args.dtype, seed=args.seed,
-                                logging_steps=args.logging_steps, save_steps=args.save_steps or ReasonerSFTConfig.save_steps,
+                                skip_invalid=args.skip_invalid, on_error=args.on_error, device=args.device, dtype=args.dtype,
+                                seed=args.seed, logging_steps=args.logging_steps,
+                                save_steps=args.save_steps or ReasonerSFTConfig.save_steps,
                                 resume=args.resume, overwrite=bool(getattr(args, "overwrite", False)))
         summary = train_reasoner_sft(cfg)
         print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
               f"{summary['last_loss']}; saved {args.out}")
+        _print_skips(summary)
         return 0
     from unime.embed_rl.grpo import GRPOStageConfig, train_reasoner_grpo
 
@@ -99,12 +104,20 @@ def _run(args) -> int:
                           hard_negative_pairs=args.hard_negative_pairs, lora_r=GRPOStageConfig.lora_r if args.lora_r is None else args.lora_r,
                           lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, device=args.device,
                           dtype=args.dtype, seed=args.seed, save_steps=args.save_steps or GRPOStageConfig.save_steps, resume=args.resume,
-                          overwrite=bool(getattr(args, "overwrite", False)))
+                          overwrite=bool(getattr(args, "overwrite", False)), on_error=args.on_error)
     summary = train_reasoner_grpo(cfg)
+    _print_skips(summary)
     steps = summary["reward_steps"]
     print(json.dumps([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in steps]))
     print(f"GRPO: {summary['steps']} steps; saved {args.out} (reward_log.csv, reward_curves.png)")
     return 0
+
+
+def _print_skips(summary: dict) -> None:
+    skipped = summary.get("skipped_records") or {}
+    if skipped.get("total"):
+        per = ", ".join(f"{r}: {n}" for r, n in skipped["by_reason"].items())
+        print(f"skipped {skipped['total']} record(s) ({per})")
 
 
 register_train_action("reasoner", _add_parser)

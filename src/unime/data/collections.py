@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from unime.data.jsonl import iter_jsonl
+from unime.data.images import ImageLoader
+from unime.data.jsonl import iter_jsonl, read_json_file
+from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER
 from unime.data.skips import ErrorPolicy, data_error
 from unime.errors import DataError
 
@@ -49,6 +51,7 @@ class CaptionedImage:
     source: str = ""
     record: str = ""      # where it came from, 1-based ("line 3", "row 7", "index 2")
     name_hint: str = ""   # a file name to keep when the image is written (bytes) or copied (path)
+    field: str = "image"  # the field (column) of `record` that names the image, for errors about it
 
 
 def _pick_column(names: Sequence[str], wanted: str | None, defaults: Sequence[str], *, source: str, what: str,
@@ -75,6 +78,10 @@ def _captions_of(value: Any, *, source: str, record: str, field_name: str) -> li
                              record=record, field=field_name if len(values) == 1 else f"{field_name}[{i}]")
         if not v.strip():
             raise data_error("empty_item", "empty caption", source=source, record=record, field=field_name)
+        m = SOURCE_IMAGE_PLACEHOLDER.search(v)
+        if m:  # it would become a text item with an image token and no image (every later reader refuses it)
+            raise data_error("placeholder", f"caption holds the image placeholder {m.group(0)!r}", source=source,
+                             record=record, field=field_name if len(values) == 1 else f"{field_name}[{i}]")
         out.append(v.strip())
     if not out:
         raise data_error("empty_item", "no caption", source=source, record=record, field=field_name)
@@ -127,27 +134,81 @@ def _table_rows(path: Path, delimiter: str | None, policy: ErrorPolicy) -> Itera
         return
     if delimiter is None:
         delimiter = "\t" if suffix in (".tsv", ".tab") else ","
-    with open(path, encoding="utf-8", newline="") as fh:
+    # bytes that are not UTF-8 are kept as surrogates while parsing, then reported per row and column
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
-        if not reader.fieldnames:
+        try:
+            header = reader.fieldnames
+        except csv.Error as e:
+            raise data_error("malformed_json", f"malformed CSV header: {e}", source=str(path), record="line 1") from None
+        if not header:
             raise DataError("empty captions file (no header line)", source=str(path))
-        columns = [c.strip() for c in reader.fieldnames]
+        bad_header = next((c for c in header if _undecodable(c)), None)
+        if bad_header is not None:
+            raise _not_utf8(bad_header, source=str(path), record="line 1", field=None)
+        columns = [c.strip() for c in header]
         reader.fieldnames = columns
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                policy.handle(data_error("malformed_json", f"malformed CSV: {e}", source=str(path),
+                                         record=f"line {reader.line_num}"))
+                continue
+            key = next((k for k, v in row.items() if _undecodable(v) or (k is not None and _undecodable(k))), "")
+            if key != "":
+                value = row[key] if isinstance(row[key], str) else "".join(row[key])
+                policy.handle(_not_utf8(value, source=str(path), record=f"line {reader.line_num}",
+                                        field=key if isinstance(key, str) else None))
+                continue
             yield f"line {reader.line_num}", row, columns
+
+
+def _undecodable(value: Any) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, str) and any("\udc80" <= ch <= "\udcff" for ch in v) for v in values)
+
+
+def _not_utf8(value: str, *, source: str, record: str, field: str | None) -> DataError:
+    pos = next(i for i, ch in enumerate(value) if "\udc80" <= ch <= "\udcff")
+    byte = bytes([ord(value[pos]) - 0xDC00])
+    return data_error("malformed_json", f"not UTF-8 text at character {pos + 1} of the value (byte {byte!r})",
+                      source=source, record=record, field=field)
+
+
+def _image_file(loader: ImageLoader, ref: str, *, source: str, record: str, field: str) -> Path:
+    """The file an image path names, confined to the images folder by the loader's rules (no absolute path,
+    `..` or symlink out of it unless `allow_outside_root`; NUL bytes and over-long paths refused)."""
+    try:
+        file = loader.resolve(ref)  # its DataError carries no place: this function adds it
+        found = file.is_file()
+    except DataError as e:
+        raise data_error("image", str(e), source=source, record=record, field=field) from None
+    except OSError as e:
+        raise data_error("image", f"cannot open image {ref!r}: {e.strerror or e}", source=source, record=record,
+                         field=field) from None
+    if not found:
+        raise data_error("image", f"image file not found: {ref!r} (looked in {str(loader.root)!r})", source=source,
+                         record=record, field=field)
+    return file
 
 
 def read_caption_table(captions: str | os.PathLike, images: str | os.PathLike, *, image_column: str | None = None,
                        caption_column: str | None = None, label_column: str | None = None,
-                       delimiter: str | None = None, policy: ErrorPolicy) -> list[CaptionedImage]:
+                       delimiter: str | None = None, policy: ErrorPolicy,
+                       allow_outside_root: bool = False) -> list[CaptionedImage]:
     """A folder of images + a CSV / TSV / JSONL captions file (see the module doc). Image paths in the
-    file are relative to `images` (absolute paths are taken as they are)."""
+    file are relative to `images` and stay inside it (absolute paths and `..` only with
+    `allow_outside_root`)."""
     path, root = Path(captions), Path(images)
     src = str(path)
     if not path.is_file():
         raise DataError("captions file not found", source=src)
     if not root.is_dir():
         raise DataError(f"images folder not found: {str(root)!r}", source=src)
+    loader = ImageLoader(root, allow_outside_root=allow_outside_root)
     merger = _Merger()
     cols: tuple[str | None, str | None, str | None] | None = None
     for label, row, columns in _table_rows(path, delimiter, policy):
@@ -160,17 +221,13 @@ def read_caption_table(captions: str | os.PathLike, images: str | os.PathLike, *
             ref = row.get(icol)
             if not isinstance(ref, str) or not ref.strip():
                 raise data_error("empty_item", "no image path", source=src, record=label, field=icol)
-            file = Path(ref.strip())
-            file = file if file.is_absolute() else root / file
-            if not file.is_file():
-                raise data_error("image", f"image file not found: {ref!r} (looked in {str(root)!r})", source=src,
-                                 record=label, field=icol)
+            resolved = _image_file(loader, ref.strip(), source=src, record=label, field=icol)
             caps = _captions_of(row.get(ccol), source=src, record=label, field_name=ccol)
             lab = _label_of(row.get(lcol), source=src, record=label, field_name=lcol) if lcol else ""
-            resolved = file.resolve()
-            hint = str(file.relative_to(root)) if not Path(ref).is_absolute() else file.name
+            hint = (str(resolved.relative_to(loader.root)) if resolved.is_relative_to(loader.root)
+                    else resolved.name)
             merger.add(resolved, lambda: CaptionedImage(id="", image=str(resolved), source=src, record=label,
-                                                        name_hint=hint),
+                                                        name_hint=hint, field=icol),
                        caps, lab, source=src, record=label, field_name=lcol or "label")
         except DataError as e:
             policy.handle(e)
@@ -178,12 +235,16 @@ def read_caption_table(captions: str | os.PathLike, images: str | os.PathLike, *
 
 
 def read_coco_captions(annotations: str | os.PathLike, images: str | os.PathLike, *,
-                       instances: str | os.PathLike | None = None, policy: ErrorPolicy) -> list[CaptionedImage]:
+                       instances: str | os.PathLike | None = None, policy: ErrorPolicy,
+                       allow_outside_root: bool = False) -> list[CaptionedImage]:
     """COCO captions JSON (``captions_*.json``); with `instances` (``instances_*.json``) each image's label
-    is the category of its largest annotated object."""
+    is the category of its largest annotated object. A bad image entry (its `file_name` missing, outside
+    `images`, ...) is one error (skipped once, with every caption of it)."""
     path, root = Path(annotations), Path(images)
     src = str(path)
     data = _load_json(path)
+    loader = ImageLoader(root, allow_outside_root=allow_outside_root)
+    checked: dict[Any, Path | None] = {}  # image id -> its file (None: bad, already reported)
     for key in ("images", "annotations"):
         if not isinstance(data.get(key), list):
             raise DataError(f"a COCO captions file holds lists 'images' and 'annotations'; '{key}' is "
@@ -207,14 +268,18 @@ def read_coco_captions(annotations: str | os.PathLike, images: str | os.PathLike
             if ann.get("image_id") not in files:
                 raise data_error("schema", f"image_id {ann.get('image_id')!r} is not in 'images'", source=src,
                                  record=label, field="image_id")
-            name, _ = files[ann["image_id"]]
-            file = root / name
-            if not file.is_file():
-                raise data_error("image", f"image file not found: {name!r} (looked in {str(root)!r})", source=src,
-                                 record=label, field="image_id")
+            name, image_label = files[ann["image_id"]]
+            if ann["image_id"] not in checked:
+                checked[ann["image_id"]] = None
+                checked[ann["image_id"]] = _image_file(loader, name, source=src, record=image_label,
+                                                       field="file_name")
+            file = checked[ann["image_id"]]
+            if file is None:
+                continue  # its image entry was reported
             caps = _captions_of(ann.get("caption"), source=src, record=label, field_name="caption")
-            merger.add(ann["image_id"], lambda: CaptionedImage(id=str(ann["image_id"]), image=str(file.resolve()),
-                                                               source=src, record=label, name_hint=name),
+            merger.add(ann["image_id"], lambda: CaptionedImage(id=str(ann["image_id"]), image=str(file),
+                                                               source=src, record=image_label, name_hint=name,
+                                                               field="file_name"),
                        caps, labels.get(ann["image_id"], ""), source=src, record=label, field_name="image_id")
         except DataError as e:
             policy.handle(e)
@@ -224,11 +289,7 @@ def read_coco_captions(annotations: str | os.PathLike, images: str | os.PathLike
 def _load_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError("file not found", source=str(path))
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}", source=str(path),
-                        record=f"line {e.lineno}") from None
+    data = read_json_file(path)  # undecodable bytes, bad syntax, absurd nesting: a DataError naming the line
     if not isinstance(data, dict):
         raise DataError(f"expected a JSON object, got {type(data).__name__}", source=str(path))
     return data

@@ -72,6 +72,8 @@ class ImportOptions:
     overwrite: bool = False             # write into a non-empty OUT (files of the same name are replaced)
     source: dict = field(default_factory=dict)  # what was read (for import.json)
     ignore: tuple = ()                  # names in OUT that are not content (the output folder's marker, lock)
+    own_folder: bool = False            # OUT is this command's own (claimed by `data import` before): a
+                                        # non-empty OUT without a finished import is an interrupted one, redone
 
     def validate(self) -> None:
         bad = [d for d in self.directions if d not in DIRECTIONS]
@@ -153,9 +155,10 @@ def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolic
             except OSError:
                 shutil.copyfile(img.image, dst)
         try:
-            loader.load(rel, source=img.source, record=img.record, field="image")
+            loader.load(rel, source=img.source, record=img.record, field=img.field)
         except DataError as e:
             dst.unlink(missing_ok=True)
+            e.reason = getattr(e, "reason", None) or "image"  # counted as a bad image (`unime.data.skips`)
             policy.handle(e)
             continue
         placed.append((img, rel))
@@ -175,8 +178,13 @@ class ImportSummary:
     eval_tasks: list[str]
     labels: int
     skipped: int
+    finished_before: bool = False  # OUT already held this import (same options and inputs): nothing was written
 
     def describe(self) -> str:
+        if self.finished_before:
+            return (f"{self.out}: finished earlier with the same options and inputs; nothing to do (pass --overwrite "
+                    f"to redo it)\n  {self.images} images ({self.train_images} train, {self.eval_images} held out); "
+                    f"eval: {self.out / 'eval_tasks.yaml'}")
         recs = ", ".join(f"{k} {v}" for k, v in self.records.items())
         return (f"{self.out}: {self.images} images ({self.train_images} train, {self.eval_images} held out), "
                 f"records: {recs}; judge records {self.judge_records}; eval tasks {', '.join(self.eval_tasks)}"
@@ -331,16 +339,84 @@ def _write_jsonl(rows: list[dict], path: Path) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+# options that do not change what an import writes (left out of the re-run comparison)
+FREE_OPTIONS = ("out", "overwrite", "ignore", "own_folder", "source")
+
+
+def run_identity(images: Sequence[CaptionedImage], opts: ImportOptions) -> dict[str, Any]:
+    """What a finished import is compared with on a re-run: its options (outside `FREE_OPTIONS`), the
+    source it names and a digest of its inputs (every image's bytes, captions, labels, in order)."""
+    import hashlib
+
+    from unime.data.image_digests import file_sha1
+
+    h = hashlib.sha1()
+    for img in images:
+        if isinstance(img.image, bytes):
+            content = hashlib.sha1(img.image).hexdigest()
+        else:
+            try:
+                content = file_sha1(img.image)
+            except OSError:  # reported (or skipped) by `place_images`, naming the record
+                content = "unreadable"
+        h.update(json.dumps([img.id, content, img.captions, img.label, img.name_hint], ensure_ascii=False).encode())
+        h.update(b"\n")
+    options = {k: v for k, v in asdict(opts).items() if k not in FREE_OPTIONS}
+    return {**options, "source": opts.source, "inputs": f"{len(images)} images, sha1 {h.hexdigest()}"}
+
+
+def _finished_import(out: Path) -> dict | None:
+    """The manifest of a finished import in `out` (import.json is written last), else None."""
+    try:
+        manifest = json.loads((out / "import.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("options"), dict) else None
+
+
+def _earlier_run(out: Path, identity: dict[str, Any]) -> ImportSummary | None:
+    """A finished import in `out` with this identity: its summary (nothing to do). Other options or
+    inputs: `ChangedOptions` naming the keys."""
+    from unime.errors import changed_option_keys, refuse_changed_options
+
+    manifest = _finished_import(out)
+    if manifest is None:
+        return None
+    before = manifest.get("identity")
+    before = before if isinstance(before, dict) else {}
+    keys = changed_option_keys(before, identity)
+    if keys:
+        raise refuse_changed_options(out, before, identity, keys)
+    return ImportSummary(out=out, images=manifest.get("images", 0), train_images=manifest.get("train_images", 0),
+                         eval_images=manifest.get("eval_images", 0), records=manifest.get("records", {}),
+                         judge_records=manifest.get("judge_records", 0), eval_tasks=list(manifest.get("eval_tasks", {})),
+                         labels=len(manifest.get("labels", [])), skipped=(manifest.get("skipped") or {}).get("total", 0),
+                         finished_before=True)
+
+
 def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
                       skips: SkipReport | None = None) -> ImportSummary:
-    """Write the import folder described in the module doc; returns its summary."""
+    """Write the import folder described in the module doc; returns its summary.
+
+    Re-runs (the convention of mining, eval and the trainers): OUT holding a finished import with the same
+    options and inputs → nothing is written (`finished_before`); other options or inputs →
+    `ChangedOptions` listing the keys; `overwrite` → the import is done again. A non-empty OUT without a
+    finished import is written into only when it is this command's own (`own_folder`: an interrupted
+    import) or with `overwrite`."""
     import yaml
 
     opts.validate()
     out = Path(opts.out)
-    if out.exists() and any(p.name not in opts.ignore for p in out.iterdir()) and not opts.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose a new folder (or pass --overwrite to write "
-                              "into it)")
+    identity = run_identity(images, opts)
+    present = out.is_dir() and any(p.name not in opts.ignore for p in out.iterdir())
+    if present and not opts.overwrite:
+        earlier = _earlier_run(out, identity)
+        if earlier is not None:
+            log.info("%s: this import finished earlier (same options and inputs); nothing to do", out)
+            return earlier
+        if not opts.own_folder:
+            raise FileExistsError(f"{out} exists and is not empty; choose a new folder (or pass --overwrite to "
+                                  "write into it)")
     out.mkdir(parents=True, exist_ok=True)
     skips = skips if skips is not None else SkipReport()
     policy = ErrorPolicy(opts.on_error, skips, "import")
@@ -383,10 +459,13 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
     summary = ImportSummary(out=out, images=len(placed), train_images=len(train), eval_images=len(held),
                             records=counts, judge_records=len(judge), eval_tasks=list(tasks), labels=len(labels),
                             skipped=skips.total)
-    manifest = {"source": opts.source, "options": {k: v for k, v in asdict(opts).items() if k not in ("source", "ignore")},
+    manifest = {"source": opts.source, "options": {k: v for k, v in asdict(opts).items()
+                                                   if k not in ("source", "ignore", "own_folder")},
+                "identity": identity,
                 "images": summary.images, "train_images": summary.train_images, "eval_images": summary.eval_images,
                 "records": counts, "judge_records": len(judge), "eval_tasks": {n: len(r) for n, r in tasks.items()},
-                "labels": sorted(labels), "skipped": {"total": skips.total, "summary": skips.summary()}}
+                "labels": sorted(labels), "skipped": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items())),
+                                                      "summary": skips.summary()}}
     with atomic_open(out / "import.json") as fh:
         json.dump(manifest, fh, indent=1, ensure_ascii=False, default=str)
     return summary

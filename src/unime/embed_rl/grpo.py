@@ -61,7 +61,7 @@ REWARD_LOG_COLUMNS = ["step", "completions", "format", "outcome", "process", "to
 
 
 def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int = 0,
-              source: str | None = None) -> list[dict[str, Any]]:
+              source: str | None = None, policy=None) -> list[dict[str, Any]]:
     """Dataset rows for EG-RL: for each epoch a seeded permutation of the pairs, each pair as its query row
     then its positive row. `loader` is an `ImageLoader` for the items' images."""
     from unime.reasoning.reasoner import conversational_prompt, reasoning_prompt_segments
@@ -75,17 +75,31 @@ def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int =
             raise DataError(f"records {seen[pid]} and {i} share the id {pid!r}; EG-RL pairs rollouts by record id",
                             source=source, record=pid, field="id")
         seen[pid] = i
+    from unime.data.io import origin_of
+
     prompts: dict[tuple[int, str], tuple[list, list]] = {}
+    kept: list[int] = []
     for i, rec in enumerate(records):
         rid = rec.id or str(i)
-        for side, item in ((QUERY, rec.query), (POSITIVE, rec.positive)):
-            images = [loader.load(r, source=source, record=rid, field=f"{side}.images[{j}]")
-                      for j, r in enumerate(item.images)]
-            frames = loader.load_video(item.video, source=source, record=rid, field=f"{side}.video") if item.video \
-                else []
-            segs = reasoning_prompt_segments(item.text, images, frames, "query" if side == QUERY else "target",
-                                             record=rid)
-            prompts[(i, side)] = conversational_prompt(segs)
+        where = origin_of(rec) or rid  # the record's line when it was read from a file
+        try:
+            for side, item in ((QUERY, rec.query), (POSITIVE, rec.positive)):
+                images = [loader.load(r, source=source, record=where, field=f"{side}.images[{j}]")
+                          for j, r in enumerate(item.images)]
+                frames = loader.load_video(item.video, source=source, record=where, field=f"{side}.video") \
+                    if item.video else []
+                segs = reasoning_prompt_segments(item.text, images, frames, "query" if side == QUERY else "target",
+                                                 record=rid)
+                prompts[(i, side)] = conversational_prompt(segs)
+        except DataError as e:
+            if policy is None:
+                raise
+            e.reason = getattr(e, "reason", None) or "image"
+            policy.handle(e)  # counted (skip) or raised
+            continue
+        kept.append(i)
+    records = [records[i] for i in kept]
+    prompts = {(n, side): prompts[(i, side)] for n, i in enumerate(kept) for side in (QUERY, POSITIVE)}
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(epochs):
@@ -340,6 +354,7 @@ class GRPOStageConfig:
     save_steps: int = 100
     resume: bool = False  # accepted; a re-run continues anyway (`unime.models.run_state`)
     overwrite: bool = False  # start over (also with changed options)
+    on_error: str = "raise"  # "skip": bad records and records with bad images are counted and left out
 
 
 # options that may change between a run and its continuation without changing what is trained
@@ -419,12 +434,19 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     from unime.reasoning.reasoner import Reasoner
     from unime.models import run_state
 
+    from unime.data.skips import ErrorPolicy, SkipReport
+
     data_root = resolve_data_root(cfg.records, cfg.data_root)
-    records = read_records(cfg.records)
-    if len(records) < cfg.pairs_per_batch:
-        raise ValueError(f"{cfg.records}: {len(records)} pairs, fewer than pairs_per_batch={cfg.pairs_per_batch}")
+    skips = SkipReport(max_examples=10)
+    records = read_records(cfg.records, on_error=cfg.on_error, skips=skips)
     loader = ImageLoader(data_root)
-    rows = grpo_rows(records, loader, epochs=cfg.epochs, seed=cfg.seed, source=cfg.records)
+    rows = grpo_rows(records, loader, epochs=cfg.epochs, seed=cfg.seed, source=cfg.records,
+                     policy=ErrorPolicy(cfg.on_error, skips, "GRPO") if cfg.on_error == "skip" else None)
+    n_pairs = len({r["pair_id"] for r in rows})
+    if skips.total:
+        log.warning("GRPO: %s", skips.summary())
+    if n_pairs < cfg.pairs_per_batch:
+        raise ValueError(f"{cfg.records}: {n_pairs} pairs, fewer than pairs_per_batch={cfg.pairs_per_batch}")
     dataset = Dataset.from_list(rows)
 
     policy = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
@@ -459,7 +481,8 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         final = final.merge_and_unload()
     final.train(False)
     history = [h for h in trainer.state.log_history if "reward" in h]
-    summary = {"steps": trainer.state.global_step, "pairs": len(records), "rows": len(rows),
+    summary = {"steps": trainer.state.global_step, "pairs": n_pairs, "rows": len(rows),
+               "skipped_records": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))},
                "reward_steps": reward_log.rows, "config": options}
     with atomic_dir(out, overwrite=True) as tmp:
         final.save_pretrained(tmp)

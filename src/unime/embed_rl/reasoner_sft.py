@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -122,6 +121,7 @@ class ReasonerSFTConfig:
     lora_targets: tuple[str, ...] = GENERATIVE_LORA.targets  # module names, language model only unless lora_vision
     lora_vision: bool = False
     skip_invalid: bool = False  # drop teacher T-CoTs that do not parse (counted), instead of raising
+    on_error: str = "raise"     # "skip": bad T-CoT lines and rows with bad images are counted and left out
     device: str | None = None
     dtype: str = "auto"
     seed: int = 0
@@ -168,6 +168,44 @@ def lora_model(model, cfg: ReasonerSFTConfig):
     return apply_lora(model, LoraSettings.from_options(cfg), task_type="CAUSAL_LM")
 
 
+class CheckedImages:
+    """An `ImageLoader` whose images are opened (and so checked) once, before the model is loaded: a bad
+    image stops the run (or is skipped) without a model load first; the examples reuse what was opened."""
+
+    def __init__(self, loader):
+        self.loader, self._opened = loader, {}
+
+    def load(self, ref, **where):
+        key = ref if isinstance(ref, str) else id(ref)
+        if key not in self._opened:
+            self._opened[key] = self.loader.load(ref, **where)
+        return self._opened[key]
+
+    def load_video(self, refs, **where):
+        return self.loader.load_video(refs, **where)
+
+    def check(self, rows, *, source: str | None, policy) -> list:
+        """The rows whose images and video open; a failure names the row's line and field, and goes to
+        `policy` (`unime.data.skips.ErrorPolicy`: raise, or count and leave the row out)."""
+        from unime.data.io import origin_of
+        from unime.errors import DataError
+
+        kept = []
+        for r in rows:
+            where = origin_of(r) or f"{r.record_id}/{r.side}"
+            try:
+                for i, ref in enumerate(r.item.images):
+                    self.load(ref, source=source, record=where, field=f"item.images[{i}]")
+                if r.item.video:
+                    self.load_video(r.item.video, source=source, record=where, field="item.video")
+            except DataError as e:
+                e.reason = getattr(e, "reason", None) or "image"
+                policy.handle(e)
+                continue
+            kept.append(r)
+        return kept
+
+
 def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     """Run the cold-start SFT; writes `cfg.out` (merged HF folder + processor), `curves.csv`,
     `curves.png`, `sft_summary.json`, `train_config.json`. Returns a summary dict. The folder is owned and locked
@@ -201,12 +239,18 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
         log.info("%s: this reasoner SFT run is finished; nothing to do (--overwrite starts it over)", out)
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
     run_state.write_config(out, options)
-    rows = read_tcot_rows(cfg.data)
+    from unime.data.skips import ErrorPolicy, SkipReport
+
+    skips = SkipReport(max_examples=10)
+    rows = read_tcot_rows(cfg.data, on_error=cfg.on_error, skips=skips)
     data_root = resolve_data_root(cfg.data, cfg.data_root)
+    images = CheckedImages(ImageLoader(data_root))
+    rows = images.check(rows, source=cfg.data, policy=ErrorPolicy(cfg.on_error, skips, "reasoner SFT"))
+    if skips.total:
+        log.warning("reasoner SFT: %s", skips.summary())
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
-    examples, skipped = build_sft_examples(rows, adapter, ImageLoader(data_root), skip_invalid=cfg.skip_invalid,
-                                           source=cfg.data)
+    examples, skipped = build_sft_examples(rows, adapter, images, skip_invalid=cfg.skip_invalid, source=cfg.data)
     if not examples:
         raise ValueError(f"{cfg.data}: no usable T-CoT rows ({skipped} skipped)")
     log.info("reasoner SFT: %d examples (%d skipped), answer tokens %d", len(examples), skipped,
@@ -241,7 +285,9 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
         processor.save_pretrained(tmp)
         history = run_state.step_log(trainer.state.log_history)
         write_curves(history, tmp, title=f"reasoner SFT — {Path(str(cfg.model)).name}")
-        summary = {"examples": len(examples), "skipped_invalid": skipped, "steps": trainer.state.global_step,
+        summary = {"examples": len(examples), "skipped_invalid": skipped,
+                   "skipped_records": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))},
+                   "steps": trainer.state.global_step,
                    "train_loss": run_state.whole_run_loss(history),  # every step, across resumptions
                    "first_loss": history[0]["loss"] if history else None,
                    "last_loss": history[-1]["loss"] if history else None,

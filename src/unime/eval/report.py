@@ -134,7 +134,7 @@ def build_summary(run, meta: dict) -> dict:
     summary: dict[str, Any] = {"meta": meta, "tasks": tasks, "aggregates": aggregates,
                                "task_info": info, "task_counts": {r.name: r.counts for r in run.results},
                                "encoding": run.encoding, "timing": run.timing}
-    if getattr(run, "attempts", None):  # the metrics cover every task; encoding and timing the last attempt
+    if getattr(run, "attempts", None):  # the metrics, encoding counters and timings cover the whole run
         summary["run"] = {"attempts": run.attempts}
     if run.rerank is not None:
         rtasks = {r.name: r.reranked for r in run.results if r.reranked is not None}

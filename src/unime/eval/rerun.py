@@ -6,7 +6,10 @@
 - a finished run (same options, same inputs) says so and does nothing;
 - other options are refused with the differing keys listed, unless `--overwrite` (start over);
 - the task metrics of a resumed run cover every task and query (they are computed from all vectors at
-  the end); `summary.json` counts the attempts (`run.attempts`).
+  the end); `summary.json` counts the attempts (`run.attempts`), and its encoding counters and timings
+  describe the whole run: each attempt records its saved work as it goes (`record_work`), and the last
+  one adds the earlier attempts' (`whole_run`; work a kill lost before it reached the cache is not
+  counted: it was done again).
 
 The run's record is `OUT/eval_run.json`: the options, the identity of the inputs (the checkpoint
 files, the task files, the bytes of every image the tasks reference — digests cached by size + mtime
@@ -71,6 +74,7 @@ def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, o
     options = json.loads(json.dumps(options, default=str))
     before = read_run(out)
     attempts = 0
+    earlier: dict = {}  # the saved work of the interrupted attempts this one continues
     if before is not None:
         keys = changed_option_keys(before["options"], options)
         if keys and not overwrite:
@@ -85,8 +89,45 @@ def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, o
                 log.info("%s: this evaluation finished earlier (same options and inputs); nothing to do", out)
                 return json.loads((out / "summary.json").read_text(encoding="utf-8"))
             attempts = int(before.get("attempts", 0))
-    write_run(out, {"options": options, "inputs": inputs, "finished": False, "attempts": attempts + 1})
+            if not before.get("finished") and isinstance(before.get("attempt_work"), dict):
+                earlier = before["attempt_work"]
+    write_run(out, {"options": options, "inputs": inputs, "finished": False, "attempts": attempts + 1,
+                    "attempt_work": earlier})
     return None
+
+
+def record_work(out: str | Path, *, encoded: int, encode_seconds: float, wall_seconds: float) -> None:
+    """During an attempt, after each block of embeddings is saved to the cache: what this attempt has done
+    so far (kept in `eval_run.json` as `attempt_work`, so a killed attempt's saved work still counts)."""
+    record = read_run(out)
+    if record is None:
+        return
+    work = record.get("attempt_work") if isinstance(record.get("attempt_work"), dict) else {}
+    work[str(record.get("attempts", 1))] = {"encoded": int(encoded), "encode_seconds": round(encode_seconds, 3),
+                                            "wall_seconds": round(wall_seconds, 3)}
+    record["attempt_work"] = work
+    write_run(out, record)
+
+
+def whole_run(out: str | Path, encoding: dict, timing: dict) -> tuple[dict, dict]:
+    """The last attempt's encoding counters and timings → the whole run's: the interrupted attempts'
+    saved work is added (their encoded items are the last attempt's cache hits, so `from_cache` counts only
+    what was cached before the run began); `last_attempt` keeps the last attempt's own figures."""
+    record = read_run(out) or {}
+    this = str(record.get("attempts", 1))
+    work = record.get("attempt_work") if isinstance(record.get("attempt_work"), dict) else {}
+    earlier = [w for k, w in work.items() if k != this and isinstance(w, dict)]
+    if not earlier:
+        return encoding, timing
+    enc_before = sum(int(w.get("encoded", 0)) for w in earlier)
+    whole_enc = {**encoding, "encoded": encoding["encoded"] + enc_before,
+                 "from_cache": encoding["from_cache"] - enc_before,
+                 "encode_seconds": round(encoding["encode_seconds"] + sum(float(w.get("encode_seconds", 0))
+                                                                          for w in earlier), 3),
+                 "last_attempt": dict(encoding)}
+    whole_time = {**timing, "wall_seconds": round(timing.get("wall_seconds", 0.0) + sum(
+        float(w.get("wall_seconds", 0)) for w in earlier), 3), "last_attempt": dict(timing)}
+    return whole_enc, whole_time
 
 
 def finish(out: str | Path) -> None:

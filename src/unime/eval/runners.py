@@ -463,9 +463,13 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
     encoder = RunEncoder(embedder, model_id, cache_dir=cache, batch_size=batch_size, show_progress=show_progress,
                          model_info={"model": str(model), "settings": settings})
+    encoder.on_saved = lambda st: rerun.record_work(out_dir, encoded=st.encoded, encode_seconds=st.encode_seconds,
+                                                    wall_seconds=time.perf_counter() - t_start)
     run = run_tasks(data, encoder, opts=opts, reranking=reranking, show_progress=show_progress)
     run.timing = {"load_data_seconds": round(t_data - t_start, 3), "load_model_seconds": round(t_model - t_data, 3),
                   **run.timing, "wall_seconds": round(time.perf_counter() - t_start, 3)}
+    # a resumed run: the counters and timings of the whole run (the interrupted attempts' saved work added)
+    run.encoding, run.timing = rerun.whole_run(out_dir, run.encoding, run.timing)
     meta = {"model": str(model), "model_id": model_id, "tasks_config": str(suite.source), "ties": ties,
             "on_error": on_error, "skipped_rows": sum(d.skipped for _, d in data),
             "cache_dir": str(cache) if cache else None, "device": embedder.device, "dtype": str(dtype),

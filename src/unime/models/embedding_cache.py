@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -232,6 +232,9 @@ class RunEncoder:
         self.flush_every = flush_every
         self.show_progress = show_progress
         self.stats = EncodeStats()
+        # called after each block of vectors is saved to the cache, with the stats so far (encode_seconds
+        # included): a resumable run records its progress there
+        self.on_saved: Callable[[EncodeStats], None] | None = None
         self._row_of: dict[str, int] = {}
         self._vectors: list[np.ndarray | None] = []
         self._pending: list[tuple[int, str, Item, Path | None]] = []
@@ -310,6 +313,10 @@ class RunEncoder:
                     for (row, _, _), v in zip(chunk, vecs):
                         self._vectors[row] = v
                     self.stats.encoded += len(chunk)
+                    if self.store is not None and self.on_saved is not None:
+                        self.on_saved(EncodeStats(self.stats.items_seen, self.stats.distinct, self.stats.from_cache,
+                                                  self.stats.encoded,
+                                                  self.stats.encode_seconds + time.perf_counter() - t0))
         self.stats.encode_seconds += time.perf_counter() - t0
         self._matrix = None
 

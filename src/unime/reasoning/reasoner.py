@@ -256,27 +256,40 @@ def write_tcot_rows(rows: Iterable[TCoTRow], path: str | os.PathLike) -> int:
     return n
 
 
-def read_tcot_rows(path: str | os.PathLike) -> list[TCoTRow]:
-    """Read a T-CoT JSONL file; a bad line raises `DataError` naming the file, line and field."""
+def read_tcot_rows(path: str | os.PathLike, *, on_error: str = "raise", skips=None) -> list[TCoTRow]:
+    """Read a T-CoT JSONL file; a bad line raises `DataError` naming the file, line and field, or with
+    `on_error="skip"` is counted in `skips` (`unime.data.skips.SkipReport`) and left out. Each row
+    remembers its line (`unime.data.io.origin_of`) so later checks (its images) name it."""
+    from unime.data.io import with_origin
     from unime.data.jsonl import iter_jsonl
+    from unime.data.skips import ErrorPolicy, data_error
+    from unime.data.validate import parse_item
     from unime.errors import DataError
 
     src = str(path)
+    policy = ErrorPolicy(on_error, skips, src)
     rows: list[TCoTRow] = []
-    for n, obj in iter_jsonl(path):
-        if not isinstance(obj, dict):
-            raise DataError("expected a JSON object", source=src, record=n)
-        for key in ("record_id", "side", "item", "tcot"):
-            if key not in obj:
-                raise DataError(f"missing key {key!r}", source=src, record=n, field=key)
-        if obj["side"] not in SIDES:
-            raise DataError(f"side must be one of {SIDES}, got {obj['side']!r}", source=src, record=n,
-                            field="side")
-        if not isinstance(obj["tcot"], str):
-            raise DataError("tcot must be a string", source=src, record=n, field="tcot")
-        item = Item.from_dict(obj["item"], source=src, record=n, field_name="item")
-        rows.append(TCoTRow(record_id=str(obj["record_id"]), side=obj["side"], item=item, tcot=obj["tcot"],
-                            source=str(obj.get("source", ""))))
+    for n, obj in iter_jsonl(path, on_malformed=policy.handle if on_error == "skip" else None):
+        where = f"line {n}"
+        try:
+            if not isinstance(obj, dict):
+                raise data_error("schema", "expected a JSON object", source=src, record=where)
+            for key in ("record_id", "side", "item", "tcot"):
+                if key not in obj:
+                    raise data_error("schema", f"missing key {key!r}", source=src, record=where, field=key)
+            if obj["side"] not in SIDES:
+                raise data_error("schema", f"side must be one of {SIDES}, got {obj['side']!r}", source=src,
+                                 record=where, field="side")
+            if not isinstance(obj["tcot"], str):
+                raise data_error("schema", "tcot must be a string", source=src, record=where, field="tcot")
+            item = parse_item(obj["item"], source=src, record=where, field="item")
+        except DataError as e:
+            policy.handle(e)
+            continue
+        row = TCoTRow(record_id=str(obj["record_id"]), side=obj["side"], item=item, tcot=obj["tcot"],
+                      source=str(obj.get("source", "")))
+        rows.append(with_origin(row, where))
+    policy.finish()
     return rows
 
 

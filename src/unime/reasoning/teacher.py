@@ -204,18 +204,34 @@ class AnnotationTeacher:
             raise DataError(f"the annotation teacher does not know the need type {ntype!r}", field="need.type")
         return render_tcot(evidence, rethink, answer)
 
-    def tcot_rows(self, records: Sequence[Record]):
-        """T-CoT rows (query and positive side) for training records of the world."""
+    def tcot_rows(self, records: Sequence[Record], *, source: str | None = None, policy=None):
+        """T-CoT rows (query and positive side) for training records of the world. A record the world
+        does not know raises `DataError` naming `source` (default: the world's records file), the record
+        (its line when it was read from a file) and the side; with a skip `policy`
+        (`unime.data.skips.ErrorPolicy`) it is counted and left out."""
+        from unime.data.io import origin_of
+        from unime.data.skips import data_error
         from unime.reasoning.reasoner import TCoTRow
 
+        source = source or str(self.root / "train" / "records.jsonl")
         rows = []
         for i, rec in enumerate(records):
             rid = rec.id or str(i)
-            for side, item in (("query", rec.query), ("target", rec.positive)):
-                try:
-                    text = self.tcot(item, side)
-                except DataError as e:
-                    raise DataError(str(e), source=str(self.root / "train" / "records.jsonl"), record=rid,
-                                    field="query" if side == "query" else "positive") from None
-                rows.append(TCoTRow(record_id=rid, side=side, item=item, tcot=text, source=SOURCE))
+            try:
+                texts = []
+                for side, item in (("query", rec.query), ("target", rec.positive)):
+                    try:
+                        texts.append((side, item, self.tcot(item, side)))
+                    except DataError as e:
+                        located = e.source is not None or e.record is not None or e.field is not None
+                        msg = str(e).split(": ", 1)[-1] if located else str(e)  # the message without its place
+                        raise data_error("schema", msg, source=source, record=origin_of(rec) or rid,
+                                         field="query" if side == "query" else "positive") from None
+            except DataError as e:
+                if policy is None:
+                    raise
+                policy.handle(e)
+                continue
+            rows += [TCoTRow(record_id=rid, side=side, item=item, tcot=text, source=SOURCE)
+                     for side, item, text in texts]
         return rows
