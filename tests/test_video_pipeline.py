@@ -167,3 +167,45 @@ def test_mining_audit_on_the_demo_world_video_records(tmp_path, tiny_model_dir):
     summary = json.loads((out / "audit.json").read_text())
     assert set(summary["by_dataset"]) == {"clip_cls", "clip_qa", "clip_ret", "clip_moment"}
     FRAME_CACHE.clear()
+
+
+@pytest.mark.parametrize("command", ["embedder", "judge"])
+def test_train_commands_sample_video_with_the_video_options(tmp_path, tiny_model_dir, monkeypatch, command):
+    """`unime train embedder|judge --video-frames 4`: every clip the trainer loads (input check and batches) is
+    sampled to 4 frames; without the option, to the 8-frame default; the options are in train_config.json."""
+    from unime.cli import main
+    from unime.data.images import ImageLoader
+    from unime.data.video import FRAME_CACHE
+
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    records = []
+    for i, cap in enumerate(CAPTIONS[:4]):
+        write_clip(data / f"clips/v{i}.mp4", n=16, fps=8, shift=50 * i)
+        clip = Item(text="Understand the content of the provided video.", video=(f"clips/v{i}.mp4",))
+        negatives = (Item(text=CAPTIONS[(i + 1) % 4]),)
+        records.append(Record(query=clip, positive=Item(text=cap), negatives=negatives, dataset="v2t", id=f"v{i}"))
+    write_records(records, data / "records.jsonl")
+    frames_seen: list[int] = []
+    real = ImageLoader.load_video
+
+    def spy(self, refs, **kw):
+        video = real(self, refs, **kw)
+        frames_seen.append(len(video.frames))
+        return video
+
+    monkeypatch.setattr(ImageLoader, "load_video", spy)
+    common = ["--records", str(data / "records.jsonl"), "--data-root", str(data), "--steps", "1",
+              "--batch-size", "2", "--device", "cpu", "--seed", "0"]
+    if command == "embedder":
+        common += ["--model", tiny_model_dir("qwen2_vl"), "--lora-r", "4", "--hard-negatives", "1"]
+    else:
+        common += ["--model", tiny_model_dir("qwen2_5_vl"), "--lora-r", "4", "--holdout", "0"]
+    for out, extra, want in (("four", ["--video-frames", "4"], 4), ("default", [], 8)):
+        FRAME_CACHE.clear()
+        frames_seen.clear()
+        assert main(["train", command, *common, "--out", str(tmp_path / out), *extra]) == 0
+        assert frames_seen and set(frames_seen) == {want}, (out, frames_seen)
+        saved = json.loads((tmp_path / out / "train_config.json").read_text())
+        assert saved["video_frames"] == (4 if extra else None)
+    FRAME_CACHE.clear()

@@ -100,6 +100,9 @@ def _add_embedder_parser(actions) -> None:
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     g.add_argument("--pooling", default="auto", choices=["auto", "last", "emb"])
     add_image_options(p)
+    from unime.cli.video_options import add_video_options
+
+    add_video_options(p)
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=8, help="queries per device per micro-batch")
@@ -146,7 +149,9 @@ def embedder_config_from_args(args):
         lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=tuple(targets), lora_vision=args.lora_vision, dora=args.dora,
         dtype=args.dtype, device=args.device, pooling=args.pooling, min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels, image_size=args.image_size, batch_size=args.batch_size,
+        max_pixels=args.max_pixels, image_size=args.image_size, video_frames=args.video_frames,
+        video_fps=args.video_fps, video_max_frames=args.video_max_frames, video_max_pixels=args.video_max_pixels,
+        batch_size=args.batch_size,
         global_batch=args.global_batch,
         grad_accum=args.grad_accum, steps=args.steps, epochs=args.epochs, lr=args.lr, warmup=args.warmup,
         lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,

@@ -45,6 +45,9 @@ def _common_options(p: argparse.ArgumentParser, *, role: str) -> None:
     g.add_argument("--train-turn-end", action="store_true",
                    help="also train the end-of-turn token after the answer (default: answer tokens only, as the paper)")
     add_image_options(p)
+    from unime.cli.video_options import add_video_options
+
+    add_video_options(p)
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=4,
                    help="records per device step" if role == "reranker" else "labelled pairs per device step")
@@ -119,7 +122,9 @@ def config_from_args(args):
         save_steps=args.save_steps, merge=getattr(args, "merge", False),
         save_adapter=getattr(args, "save_adapter", False), on_error=args.on_error, overwrite=args.overwrite,
         keep_checkpoints=args.keep_checkpoints, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-        image_size=args.image_size, train_turn_end=args.train_turn_end, holdout=getattr(args, "holdout", 0.0),
+        image_size=args.image_size, video_frames=args.video_frames, video_fps=args.video_fps,
+        video_max_frames=args.video_max_frames, video_max_pixels=args.video_max_pixels,
+        train_turn_end=args.train_turn_end, holdout=getattr(args, "holdout", 0.0),
         eval_steps=getattr(args, "eval_steps", 0), group_weight=getattr(args, "group_weight", 0.0))
 
 

@@ -94,6 +94,13 @@ class VideoSampling:
             given["num_frames"] = None
         return cls(**given)
 
+    @classmethod
+    def from_fields(cls, obj) -> "VideoSampling | None":
+        """`from_options` of an object with `video_frames`, `video_fps`, `video_max_frames` and `video_max_pixels`
+        attributes (a training config, parsed command-line options)."""
+        return cls.from_options(getattr(obj, "video_frames", None), getattr(obj, "video_fps", None),
+                                getattr(obj, "video_max_frames", None), getattr(obj, "video_max_pixels", None))
+
     def frame_count(self, total_frames: int, duration_s: float | None) -> int:
         """How many frames to sample from a clip of `total_frames` frames lasting `duration_s` seconds."""
         if self.num_frames is not None:

@@ -55,7 +55,8 @@ def training_records(demo: "Demo") -> Path:
 
 
 def video_options(demo: "Demo") -> list:
-    """The frame sampling of mining (the same as the video evals'; the trainers sample their default, 8 frames)."""
+    """The frame sampling of mining (the same as the video evals'; the demo's trainers use the default, 8 frames,
+    which `DemoSettings.video_frames` equals)."""
     return ["--video-frames", demo.s.video_frames] if trains_on_video(demo) else []
 
 

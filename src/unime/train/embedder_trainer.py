@@ -30,6 +30,7 @@ from unime.data.items import Record
 from unime.data.roots import resolve_data_root
 from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
+from unime.data.video import VideoSampling
 from unime.models.image_budget import ImageBudget
 from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora
 from unime.train import checkpoints as ckpt
@@ -78,6 +79,11 @@ class EmbedderTrainingConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     image_size: Any = None                # N or "WxH": fixed resize before the processor (UniME-V2: 672)
+    # video sampling (unset: `unime.data.video.VideoSampling`'s defaults, 8 frames uniformly)
+    video_frames: int | None = None
+    video_fps: float | None = None
+    video_max_frames: int | None = None
+    video_max_pixels: int | None = None
     # optimisation
     batch_size: int = 8                   # queries per device per micro-batch
     global_batch: int | None = None       # queries per optimizer step over all processes: sets batch_size
@@ -323,7 +329,7 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     # only the negatives training uses are checked
     used = [with_origin(dataclasses.replace(r, negatives=r.negatives[:config.hard_negatives]), origin_of(r))
             for r in records]  # (the line each was read from names it in errors)
-    loader = ImageLoader(data_root)
+    loader = ImageLoader(data_root, video=VideoSampling.from_fields(config))  # the frames training will use
     if config.on_error == "skip":
         keep = {id(r) for r in check_images(used, loader, on_error="skip", skips=skips, source=source)}
         records = [r for r, u in zip(records, used) if id(u) in keep]
@@ -554,6 +560,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     load_dtype = resolve_dtype("bf16" if args.bf16 and not config.full else "fp32", device)
     embedder = Embedder.from_pretrained(config.model, device=device, dtype=load_dtype, pooling=config.pooling,
                                         data_root=data_root, trainable=True,
+                                        video_sampling=VideoSampling.from_fields(config),
                                         image_budget=ImageBudget.from_options(config.min_pixels, config.max_pixels,
                                                                               config.image_size))
     lora = None

@@ -43,6 +43,7 @@ from typing import Any, Sequence
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item, Record
+from unime.data.video import VideoSampling
 from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.lora import GENERATIVE_LORA, LoraSettings, apply_lora
@@ -378,6 +379,11 @@ class RerankerTrainConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     image_size: Any = None                 # N or "WxH": fixed resize before the processor
+    # video sampling (unset: `unime.data.video.VideoSampling`'s defaults, 8 frames uniformly)
+    video_frames: int | None = None
+    video_fps: float | None = None
+    video_max_frames: int | None = None
+    video_max_pixels: int | None = None
     holdout: float = 0.1                   # judge: share of the records held out and scored while training
     eval_steps: int = 0                    # judge: steps between held-out evaluations (0: ~5 per run)
     # judge: weight of the within-record softmax over the pairs' margins l_Yes − l_No (`group_softmax_loss`)
@@ -446,7 +452,8 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
     for path in cfg.records:
         recs = read_records(path, on_error=cfg.on_error, skips=skips)
         file_root = root if root is not None else resolve_data_root(path)
-        recs = check_images(recs, ImageLoader(file_root), on_error=cfg.on_error, skips=skips, source=str(path))
+        recs = check_images(recs, ImageLoader(file_root, video=VideoSampling.from_fields(cfg)), on_error=cfg.on_error,
+                            skips=skips, source=str(path))
         policy = ErrorPolicy(cfg.on_error, skips, str(path))
         for rec in recs:
             if cfg.role == "reranker" and not rec.negatives:
@@ -576,7 +583,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     else:
         torch.manual_seed(cfg.seed)  # LoRA initialisation
         model = lora_model(loaded.model, cfg)
-    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root), source=", ".join(cfg.records),
+    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root, video=VideoSampling.from_fields(cfg)),
+                                    source=", ".join(cfg.records),
                                     train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
 
     args = TrainingArguments(
