@@ -5,7 +5,6 @@ This module only parses options and calls the stage functions."""
 from __future__ import annotations
 
 import json
-import os
 
 from unime.cli import add_config_option
 
@@ -97,19 +96,12 @@ def _root(args, path) -> str:
 
 
 def _teacher(args) -> int:
-    from unime.data.io import read_records
-    from unime.reasoning.reasoner import write_tcot_rows
-    from unime.reasoning.teacher import AnnotationTeacher
-
-    from unime.data.skips import ErrorPolicy, SkipReport
+    from unime.data.skips import SkipReport
+    from unime.reasoning.teacher import write_teacher_tcots
 
     skips = SkipReport(max_examples=10)
-    records = read_records(args.records, on_error=args.on_error, skips=skips) if args.records else None
-    teacher = AnnotationTeacher(args.world)
-    records = teacher.world.records if records is None else records
-    rows = teacher.tcot_rows(records, source=args.records, policy=ErrorPolicy(args.on_error, skips, "teacher"))
-    n = write_tcot_rows(rows, args.out)
-    print(f"{args.out}: {n} T-CoTs from the annotation teacher ({len(records)} records read"
+    n, n_records = write_teacher_tcots(args.world, args.out, args.records, on_error=args.on_error, skips=skips)
+    print(f"{args.out}: {n} T-CoTs from the annotation teacher ({n_records} records read"
           + (f"; skipped {skips.total}" if skips.total else "") + ")")
     if skips.total:
         print(skips.summary())
@@ -139,37 +131,19 @@ def _generate(args) -> int:
 
 
 def _split(args) -> int:
-    from unime.data.atomic import atomic_open
-    from unime.data.io import read_records, write_records
-    from unime.models.judge import JudgeScorer
-    from unime.reasoning.reasoner import read_tcot_rows
-    from unime.embed_rl.tcot_embedder import split_by_tcot_match
+    from unime.embed_rl.tcot_embedder import split_records_file
 
-    records = read_records(args.records)
-    judge = JudgeScorer.from_pretrained(args.judge, device=args.device, dtype=args.dtype,
-                                        data_root=_root(args, args.records))
-    split = split_by_tcot_match(records, read_tcot_rows(args.tcots), judge, threshold=args.threshold,
-                                rl_fraction=args.rl_fraction, source=args.records)
-    os.makedirs(args.out_dir, exist_ok=True)
-    write_records(split.contrastive, os.path.join(args.out_dir, "contrastive.jsonl"))
-    write_records(split.rl, os.path.join(args.out_dir, "rl.jsonl"))
-    with atomic_open(os.path.join(args.out_dir, "split.json")) as fh:
-        json.dump({**split.counts, "scores": split.scores}, fh, indent=1)
-    c = split.counts
+    c = split_records_file(args.records, args.tcots, args.judge, args.out_dir, data_root=args.data_root,
+                           threshold=args.threshold, rl_fraction=args.rl_fraction, device=args.device,
+                           dtype=args.dtype)
     print(f"{c['pairs']} pairs: {c['contrastive']} contrastive ({100 * c['contrastive_fraction']:.1f}%), {c['rl']} RL")
     return 0
 
 
 def _materialize(args) -> int:
-    from unime.data.images import ImageLoader
-    from unime.data.io import read_records, write_records
-    from unime.reasoning.reasoner import read_tcot_rows
-    from unime.embed_rl.tcot_embedder import reasoned_records
+    from unime.embed_rl.tcot_embedder import materialize_records_file
 
-    records = read_records(args.records)
-    out = reasoned_records(records, read_tcot_rows(args.tcots), ImageLoader(_root(args, args.records)),
-                           source=args.records)
-    n = write_records(out, args.out)
+    n = materialize_records_file(args.records, args.tcots, args.out, data_root=args.data_root)
     print(f"{args.out}: {n} reasoned records")
     return 0
 

@@ -143,6 +143,46 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
 
 # -- evaluation with reasoning ---------------------------------------------------------------------------
 
+def split_records_file(records: str, tcots: str, judge: str, out_dir: str | os.PathLike, *,
+                       data_root: str | None = None, threshold: float = 0.5, rl_fraction: float | None = None,
+                       device: str | None = None, dtype: str = "auto") -> dict:
+    """`unime reason split`: `split_by_tcot_match` of the records file with the judge checkpoint; writes
+    OUT_DIR/contrastive.jsonl, rl.jsonl and split.json. Returns the split's counts."""
+    import json
+
+    from unime.data.atomic import atomic_open
+    from unime.data.io import read_records, write_records
+    from unime.data.roots import resolve_data_root
+    from unime.models.judge import JudgeScorer
+    from unime.reasoning.reasoner import read_tcot_rows
+
+    recs = read_records(records)
+    scorer = JudgeScorer.from_pretrained(judge, device=device, dtype=dtype,
+                                         data_root=resolve_data_root(records, data_root))
+    split = split_by_tcot_match(recs, read_tcot_rows(tcots), scorer, threshold=threshold, rl_fraction=rl_fraction,
+                                source=records)
+    os.makedirs(out_dir, exist_ok=True)
+    write_records(split.contrastive, os.path.join(out_dir, "contrastive.jsonl"))
+    write_records(split.rl, os.path.join(out_dir, "rl.jsonl"))
+    with atomic_open(os.path.join(out_dir, "split.json")) as fh:
+        json.dump({**split.counts, "scores": split.scores}, fh, indent=1)
+    return split.counts
+
+
+def materialize_records_file(records: str, tcots: str, out: str, *, data_root: str | None = None) -> int:
+    """`unime reason materialize`: `reasoned_records` of the records file written to `out`; returns their
+    number."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import read_records, write_records
+    from unime.data.roots import resolve_data_root
+    from unime.reasoning.reasoner import read_tcot_rows
+
+    recs = read_records(records)
+    out_recs = reasoned_records(recs, read_tcot_rows(tcots), ImageLoader(resolve_data_root(records, data_root)),
+                                source=records)
+    return write_records(out_recs, out)
+
+
 class ReasoningEncoder:
     """`encode(items)` for the eval harness: a T-CoT per item from `tcot_fn(items, sides)` (None = no
     reasoning), then `ReasonedEmbedder.encode`. `query_keys` (Item.key) says which items are queries.

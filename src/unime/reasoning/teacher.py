@@ -235,3 +235,20 @@ class AnnotationTeacher:
             rows += [TCoTRow(record_id=rid, side=side, item=item, tcot=text, source=SOURCE)
                      for side, item, text in texts]
         return rows
+
+
+def write_teacher_tcots(world: str | os.PathLike, out: str | os.PathLike, records: str | os.PathLike | None = None,
+                        *, on_error: str = "raise", skips=None) -> tuple[int, int]:
+    """`unime reason teacher`: the annotation teacher's T-CoTs for `records` (default: the world's training
+    records) written to `out`; bad records and T-CoT rows raise, or under `on_error="skip"` are counted in
+    `skips` (a `SkipReport`). Returns (T-CoTs written, records read)."""
+    from unime.data.io import read_records
+    from unime.data.skips import ErrorPolicy, SkipReport
+    from unime.reasoning.reasoner import write_tcot_rows
+
+    skips = SkipReport() if skips is None else skips
+    recs = read_records(records, on_error=on_error, skips=skips) if records else None
+    teacher = AnnotationTeacher(world)
+    recs = teacher.world.records if recs is None else recs
+    rows = teacher.tcot_rows(recs, source=records, policy=ErrorPolicy(on_error, skips, "teacher"))
+    return write_tcot_rows(rows, out), len(recs)
