@@ -32,7 +32,8 @@ def test_demo_video_rows_equal_hit_at_1_computed_here(tmp_path, tiny_model_dir):
     demo = Demo(tmp_path / "demo", settings, progress=messages.append, timings=tmp_path / "t.json")
     world = demo.world
     # the world stage's command with its video options
-    assert main(["data", "synth", "--out", str(world), "--size", "tiny", *map(str, world_args(demo))]) == 0
+    assert main(["data", "synth", "--out", str(world), "--size", "tiny",
+                 *(str(a) for item in world_args(demo).items() for a in item)]) == 0
     model = tiny_model_dir("qwen2_vl")
     for outs in demo.embedder_runs().values():  # every row "trained": the same tiny model
         for out in outs:
@@ -97,7 +98,7 @@ def test_demo_without_video_has_no_video_rows(tmp_path):
     settings = DemoSettings.preset("quick")
     settings.video_clips = 0
     demo = Demo(tmp_path / "demo", settings, progress=lambda m: None, timings=tmp_path / "t.json")
-    assert world_args(demo) == [] and video_eval_done(demo) == [] and video_section(demo, {}, str) == []
+    assert world_args(demo) == {} and video_eval_done(demo) == [] and video_section(demo, {}, str) == []
 
 
 def test_demo_trains_and_mines_on_image_and_video_records(tmp_path):
@@ -113,7 +114,8 @@ def test_demo_trains_and_mines_on_image_and_video_records(tmp_path):
     assert settings.video_train and DemoSettings().video_train
     demo = Demo(tmp_path / "demo", settings, progress=lambda m: None, timings=tmp_path / "t.json")
     world = demo.world
-    assert main(["data", "synth", "--out", str(world), "--size", "tiny", *map(str, world_args(demo))]) == 0
+    assert main(["data", "synth", "--out", str(world), "--size", "tiny",
+                 *(str(a) for item in world_args(demo).items() for a in item)]) == 0
     images, video = world / "train" / "records.jsonl", world / "train" / "video_records.jsonl"
     path = training_records(demo)
     assert path == demo.p("train_records.jsonl")
@@ -127,9 +129,9 @@ def test_demo_trains_and_mines_on_image_and_video_records(tmp_path):
     assert all(map(has_video, recs[n_images:])) and not any(map(has_video, recs[:n_images]))
     stamp = path.stat().st_mtime_ns
     assert training_records(demo) == path and path.stat().st_mtime_ns == stamp  # unchanged content: not rewritten
-    assert video_options(demo) == ["--video-frames", 8]
+    assert video_options(demo) == {"--video-frames": 8}
 
     settings.video_train = False
-    assert training_records(demo) == images and video_options(demo) == []
+    assert training_records(demo) == images and video_options(demo) == {}
     settings.video_train, settings.video_clips = True, 0
-    assert training_records(demo) == images and video_options(demo) == []
+    assert training_records(demo) == images and video_options(demo) == {}

@@ -114,14 +114,14 @@ def embed_rl_paths(demo: "Demo") -> dict[str, Path]:
 
 def run_embed_rl(demo: "Demo") -> None:
     """Add the Embed-RL stages to `demo` (needs its `world` and `models` stages done)."""
-    s, dev, world = demo.s, ["--device", demo.device], demo.world
+    s, dev, world = demo.s, {"--device": demo.device}, demo.world
     P = embed_rl_paths(demo)
     tasks = world / "eval_tasks.yaml"
 
     def models(c):
-        demo.run_cli(["models", "build-tiny", "--family", s.family, "--out", P["emb_base"], "--seed", 2,
-                      "--hidden", s.hidden, "--layers", s.layers, "--vision-depth", s.vision_depth,
-                      "--extra-token", "<emb>"], c)
+        demo.run_command("models build-tiny", {
+            "--family": s.family, "--out": P["emb_base"], "--seed": 2, "--hidden": s.hidden, "--layers": s.layers,
+            "--vision-depth": s.vision_depth, "--extra-token": "<emb>"}, c)
     demo.stage("er-models", [P["emb_base"]], models)
 
     def teacher(c):
@@ -132,7 +132,7 @@ def run_embed_rl(demo: "Demo") -> None:
         write_records(recs, P["records"])
         c.append(f"# python: unime.demo.embed_rl.subset_per_task(train records, {s.er_records}) -> "
                  f"{len(recs)} records in {P['records']}")
-        demo.run_cli(["reason", "teacher", "--world", world, "--records", P["records"], "--out", P["tcots"]], c)
+        demo.run_command("reason teacher", {"--world": world, "--records": P["records"], "--out": P["tcots"]}, c)
     demo.stage("er-teacher", [P["records"], P["tcots"]], teacher)
 
     def judge_data(c):
@@ -146,55 +146,55 @@ def run_embed_rl(demo: "Demo") -> None:
         c.append(f"# python: unime.demo.embed_rl.tcot_match_judge_records(world, records, T-CoTs) -> {len(recs)} records")
     demo.stage("er-judge-data", [P["judge_records"]], judge_data)
 
-    demo.stage("er-judge", [P["judge"] / "merged"], lambda c: demo.run_cli(
-        ["train", "judge", "--model", demo.p("models", "judge-base"), "--records", P["judge_records"],
-         "--data-root", world, "--out", P["judge"], "--judge-negatives", s.er_judge_negatives,
-         "--steps", s.er_judge_steps, "--batch-size", s.judge_batch, "--lr", s.judge_lr,
-         "--lora-r", 32, "--lora-alpha", 64, "--lora-targets", "all-linear", "--lora-vision",
-         "--train-module", "lm_head", "--seed", 0, "--overwrite", *dev], c))
+    demo.stage("er-judge", [P["judge"] / "merged"], lambda c: demo.run_command("train judge", {
+        "--model": demo.p("models", "judge-base"), "--records": P["judge_records"], "--data-root": world,
+        "--out": P["judge"], "--judge-negatives": s.er_judge_negatives, "--steps": s.er_judge_steps,
+        "--batch-size": s.judge_batch, "--lr": s.judge_lr, "--lora-r": 32, "--lora-alpha": 64,
+        "--lora-targets": "all-linear", "--lora-vision": True, "--train-module": "lm_head", "--seed": 0,
+        "--overwrite": True, **dev}, c))
 
-    demo.stage("er-split", [P["split"] / "split.json"], lambda c: demo.run_cli(
-        ["reason", "split", "--records", P["records"], "--tcots", P["tcots"], "--judge", P["judge"] / "merged",
-         "--data-root", world, "--out-dir", P["split"], "--rl-fraction", s.er_rl_fraction, *dev], c))
+    demo.stage("er-split", [P["split"] / "split.json"], lambda c: demo.run_command("reason split", {
+        "--records": P["records"], "--tcots": P["tcots"], "--judge": P["judge"] / "merged", "--data-root": world,
+        "--out-dir": P["split"], "--rl-fraction": s.er_rl_fraction, **dev}, c))
 
-    demo.stage("er-materialize", [P["reasoned"]], lambda c: demo.run_cli(
-        ["reason", "materialize", "--records", P["split"] / "contrastive.jsonl", "--tcots", P["tcots"],
-         "--data-root", world, "--out", P["reasoned"]], c))
+    demo.stage("er-materialize", [P["reasoned"]], lambda c: demo.run_command("reason materialize", {
+        "--records": P["split"] / "contrastive.jsonl", "--tcots": P["tcots"], "--data-root": world,
+        "--out": P["reasoned"]}, c))
 
     def embedders(c):
         for key, recs in (("plain", P["records"]), ("tcot", P["reasoned"])):
             if (P[key] / "merged").exists():
                 continue
-            demo.run_cli(["train", "embedder", "--model", P["emb_base"], "--records", recs, "--data-root", world,
-                          "--out", P[key], "--loss", "infonce", "--symmetric", "--tau", s.er_tau,
-                          "--hard-negatives", 0, "--pooling", "emb", "--full", "--steps", s.er_embed_steps,
-                          "--batch-size", s.er_embed_batch, "--lr", s.er_embed_lr, "--seed", 0,
-                          "--save-steps", max(s.er_embed_steps // 2, 1), *dev], c)
+            demo.run_command("train embedder", {
+                "--model": P["emb_base"], "--records": recs, "--data-root": world, "--out": P[key],
+                "--loss": "infonce", "--symmetric": True, "--tau": s.er_tau, "--hard-negatives": 0,
+                "--pooling": "emb", "--full": True, "--steps": s.er_embed_steps, "--batch-size": s.er_embed_batch,
+                "--lr": s.er_embed_lr, "--seed": 0, "--save-steps": max(s.er_embed_steps // 2, 1), **dev}, c)
     demo.stage("er-embedders", [P["plain"] / "merged", P["tcot"] / "merged"], embedders)
 
-    demo.stage("er-sft", [P["sft"] / "config.json"], lambda c: demo.run_cli(
-        ["train", "reasoner", "--stage", "sft", "--model", P["reasoner_base"], "--tcots", P["tcots"],
-         "--data-root", world, "--out", P["sft"], "--lora-r", 0, "--lr", s.er_sft_lr, "--epochs", s.er_sft_epochs,
-         "--batch-size", s.er_sft_batch, "--seed", 0, "--logging-steps", 5, *dev], c))
+    demo.stage("er-sft", [P["sft"] / "config.json"], lambda c: demo.run_command("train reasoner", {
+        "--stage": "sft", "--model": P["reasoner_base"], "--tcots": P["tcots"], "--data-root": world,
+        "--out": P["sft"], "--lora-r": 0, "--lr": s.er_sft_lr, "--epochs": s.er_sft_epochs,
+        "--batch-size": s.er_sft_batch, "--seed": 0, "--logging-steps": 5, **dev}, c))
 
-    demo.stage("er-grpo", [P["grpo"] / "reward_log.csv"], lambda c: demo.run_cli(
-        ["train", "reasoner", "--stage", "grpo", "--model", P["sft"], "--embedder", P["tcot"] / "merged",
-         "--process-judge", P["judge"] / "merged", "--records", P["split"] / "rl.jsonl", "--data-root", world,
-         "--out", P["grpo"], "--max-steps", s.er_grpo_steps, "--num-generations", s.er_generations,
-         "--pairs-per-batch", 2, "--grpo-epochs", s.er_grpo_epochs, "--lr", s.er_grpo_lr,
-         "--max-completion-length", s.er_max_new_tokens, "--seed", 0, *dev], c))
+    demo.stage("er-grpo", [P["grpo"] / "reward_log.csv"], lambda c: demo.run_command("train reasoner", {
+        "--stage": "grpo", "--model": P["sft"], "--embedder": P["tcot"] / "merged",
+        "--process-judge": P["judge"] / "merged", "--records": P["split"] / "rl.jsonl", "--data-root": world,
+        "--out": P["grpo"], "--max-steps": s.er_grpo_steps, "--num-generations": s.er_generations,
+        "--pairs-per-batch": 2, "--grpo-epochs": s.er_grpo_epochs, "--lr": s.er_grpo_lr,
+        "--max-completion-length": s.er_max_new_tokens, "--seed": 0, **dev}, c))
 
-    runs = {"plain_none": (P["plain"], ["--tcots", "none"]),
-            "tcot_none": (P["tcot"], ["--tcots", "none"]),
-            "tcot_sft": (P["tcot"], ["--tcots", "reasoner", "--reasoner", P["sft"]]),
-            "tcot_grpo": (P["tcot"], ["--tcots", "reasoner", "--reasoner", P["grpo"]]),
-            "tcot_teacher": (P["tcot"], ["--tcots", "teacher", "--world", world])}
+    runs = {"plain_none": (P["plain"], {"--tcots": "none"}),
+            "tcot_none": (P["tcot"], {"--tcots": "none"}),
+            "tcot_sft": (P["tcot"], {"--tcots": "reasoner", "--reasoner": P["sft"]}),
+            "tcot_grpo": (P["tcot"], {"--tcots": "reasoner", "--reasoner": P["grpo"]}),
+            "tcot_teacher": (P["tcot"], {"--tcots": "teacher", "--world": world})}
 
     def evaluate(c):
         for name, (emb, how) in runs.items():
             dest = P["eval"] / name
             if (dest / "summary.json").exists():
                 continue
-            demo.run_cli(["reason", "eval", "--embedder", emb / "merged", "--tasks", tasks, "--out", dest, *how,
-                          "--batch-size", 32, "--max-new-tokens", s.er_max_new_tokens, *dev], c)
+            demo.run_command("reason eval", {"--embedder": emb / "merged", "--tasks": tasks, "--out": dest, **how,
+                                             "--batch-size": 32, "--max-new-tokens": s.er_max_new_tokens, **dev}, c)
     demo.stage("er-eval", [P["eval"] / name / "summary.json" for name in runs], evaluate)

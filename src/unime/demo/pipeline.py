@@ -1,5 +1,6 @@
-"""The demo pipeline: a list of stages, each one `unime` command (run in this process), skipped when
-its outputs exist so an interrupted demo resumes where it stopped.
+"""The demo pipeline: a list of stages, each one `unime` command (run in this process as the command's
+stage function, `unime.demo.stage_calls`), skipped when its outputs exist so an interrupted demo resumes
+where it stopped.
 
 Every stage is exactly a command a user could type; the report lists them so any number can be
 reproduced by hand. The stages (SPEC §1, issue #8):
@@ -38,7 +39,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from unime.errors import UnimeError
 from unime.train.loss_defaults import DEFAULT_TEMPERATURE
 
 log = logging.getLogger(__name__)
@@ -193,18 +193,17 @@ class Demo:
         return {name: [self.p("embedders", f"{name}_s{seed}") for seed in self.s.seeds] for name in rows}
 
     # -- running ----------------------------------------------------------------------------------
-    def run_cli(self, argv: list[str], commands: list[str]) -> None:
-        from unime.cli import main
+    def run_command(self, command: str, options: dict, commands: list[str]) -> None:
+        """Run `unime COMMAND` with `options` ({flag: value}, True = a bare flag) through its stage function
+        (`unime.demo.stage_calls`), and list the command in `commands` (the report shows it)."""
+        from unime.demo.stage_calls import command_line, run_stage_command
 
-        argv = [str(a) for a in argv]
-        commands.append("unime " + " ".join(shlex.quote(a) for a in argv))
+        commands.append(command_line(command, options))
         threads = _torch_threads()
         try:
-            code = main(argv)
+            run_stage_command(command, options)
         finally:
             _torch_threads(threads)
-        if code:
-            raise UnimeError(f"stage command failed with exit code {code}: {commands[-1]}")
 
     def stage(self, name: str, done_when: list[Path], body: Callable[[list[str]], None]) -> None:
         marker = self.p("stages", f"{name}.json")
@@ -265,26 +264,27 @@ class Demo:
     def run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "settings.json").write_text(json.dumps(asdict(self.s), indent=1))
-        s, dev = self.s, ["--device", self.device]
+        s, dev = self.s, {"--device": self.device}
         world = self.world
 
-        world_sizes = [arg for flag, value in (("--train-scenes", s.world_train_scenes),
-                                               ("--train-per-task", s.world_train_per_task)) if value is not None
-                       for arg in (flag, value)]
+        world_sizes = {flag: value for flag, value in (("--train-scenes", s.world_train_scenes),
+                                                       ("--train-per-task", s.world_train_per_task))
+                       if value is not None}
         from unime.demo.video_rows import (run_video_evals, training_records, video_eval_done, video_options,
                                            world_args)
 
-        self.stage("world", [world / "world.json"], lambda c: self.run_cli(
-            ["data", "synth", "--out", world, "--size", s.world_size, *world_sizes, *world_args(self), "--overwrite"],
-            c))
+        self.stage("world", [world / "world.json"], lambda c: self.run_command(
+            "data synth", {"--out": world, "--size": s.world_size, **world_sizes, **world_args(self),
+                           "--overwrite": True}, c))
 
         def reference(c):
             for seed, dest in zip(s.seeds, self.reference_runs()):
                 if (dest / "summary.json").exists():
                     continue
-                self.run_cli(["eval", "reference", "--tasks", world, "--records", world / "train" / "records.jsonl",
-                              "--data-root", world, "--out", dest, "--seconds", s.reference_seconds, "--seed", seed,
-                              "--threads", s.threads or _torch_threads()], c)
+                self.run_command("eval reference", {
+                    "--tasks": world, "--records": world / "train" / "records.jsonl", "--data-root": world,
+                    "--out": dest, "--seconds": s.reference_seconds, "--seed": seed,
+                    "--threads": s.threads or _torch_threads()}, c)
         self.stage("reference", [d / "summary.json" for d in self.reference_runs()], reference)
 
         def models(c):
@@ -333,69 +333,69 @@ class Demo:
         # judge_steps 0: the judge base judges as it is (zero-shot on this world); the stage has nothing to do
         judge_model = judge_dir / "merged" if s.judge_steps > 0 else self.p("models", "judge-base")
         self.stage("judge", [judge_model], lambda c: c.append("# judge_steps 0: the judge base judges zero-shot")
-                   if s.judge_steps == 0 else self.run_cli(
-            ["train", "judge", "--model", self.p("models", "judge-base"), "--records", judge_records,
-             "--data-root", world, "--out", judge_dir, "--judge-negatives", s.judge_negatives,
-             "--steps", s.judge_steps, "--batch-size", s.judge_batch, "--lr", s.judge_lr, "--full",
-             "--group-weight", s.judge_group_weight, "--warmup", max(s.judge_steps // 20, 1),
-             "--seed", 0, "--overwrite", *dev], c))
+                   if s.judge_steps == 0 else self.run_command("train judge", {
+                       "--model": self.p("models", "judge-base"), "--records": judge_records, "--data-root": world,
+                       "--out": judge_dir, "--judge-negatives": s.judge_negatives, "--steps": s.judge_steps,
+                       "--batch-size": s.judge_batch, "--lr": s.judge_lr, "--full": True,
+                       "--group-weight": s.judge_group_weight, "--warmup": max(s.judge_steps // 20, 1), "--seed": 0,
+                       "--overwrite": True, **dev}, c))
 
         runs = self.embedder_runs()
         records = training_records(self)  # the image records, and the video ones when video training is on
         video = video_options(self)
 
-        def train_embedders(row: str, loss: list[str], recs: Path):
+        def train_embedders(row: str, loss: dict, recs: Path):
             def body(c):
                 for seed, out in zip(s.seeds, runs[row]):
                     if (out / "merged").exists():
                         continue
-                    self.run_cli(["train", "embedder", "--model", self.p("models", "embedder-base"),
-                                  "--records", recs, "--data-root", world, "--out", out, *loss,
-                                  "--tau", s.tau, "--full", "--batch-size", s.embed_batch, "--steps", s.embed_steps,
-                                  "--lr", s.embed_lr, "--warmup", 0.1, "--seed", seed,
-                                  "--save-steps", max(s.embed_steps // 2, 1), *dev], c)
+                    self.run_command("train embedder", {
+                        "--model": self.p("models", "embedder-base"), "--records": recs, "--data-root": world,
+                        "--out": out, **loss, "--tau": s.tau, "--full": True, "--batch-size": s.embed_batch,
+                        "--steps": s.embed_steps, "--lr": s.embed_lr, "--warmup": 0.1, "--seed": seed,
+                        "--save-steps": max(s.embed_steps // 2, 1), **dev}, c)
             return body
 
         self.stage("baseline", [r / "merged" for r in runs["baseline"]], train_embedders(
-            "baseline", ["--loss", "infonce", "--in-batch", "--hard-negatives", 0], records))
+            "baseline", {"--loss": "infonce", "--in-batch": True, "--hard-negatives": 0}, records))
 
         mined_dir = self.p("mined")
-        self.stage("mine", [mined_dir / "mined.parquet"], lambda c: self.run_cli(
-            ["mine", "--records", records, "--embedder", runs["baseline"][0] / "merged",
-             "--judge", judge_model, "--out", mined_dir, "--data-root", world,
-             "--k", s.k, "--count", s.count, "--audit", "--world", world,
-             "--cache-dir", self.p("cache", "mining"), *video, *dev], c))
+        self.stage("mine", [mined_dir / "mined.parquet"], lambda c: self.run_command("mine", {
+            "--records": records, "--embedder": runs["baseline"][0] / "merged", "--judge": judge_model,
+            "--out": mined_dir, "--data-root": world, "--k": s.k, "--count": s.count, "--audit": True,
+            "--world": world, "--cache-dir": self.p("cache", "mining"), **video, **dev}, c))
         mined = mined_dir / "mined.parquet"
         self.check_judge(mined_dir)
 
         self.stage("hn", [r / "merged" for r in runs["hn"]], train_embedders(
-            "hn", ["--loss", "infonce", "--in-batch", "--hard-negatives", s.hard_negatives], mined))
+            "hn", {"--loss": "infonce", "--in-batch": True, "--hard-negatives": s.hard_negatives}, mined))
         self.stage("soft", [r / "merged" for r in runs["soft"]], train_embedders(
             # the demo shows the method as it is, even with a weak tiny judge: its report states the fallback
             # share, so soft labels are trained on whatever the judge produced
-            "soft", ["--loss", "symmetric_kl", "--hard-negatives", s.hard_negatives, "--allow-fallback-labels"],
+            "soft", {"--loss": "symmetric_kl", "--hard-negatives": s.hard_negatives, "--allow-fallback-labels": True},
             mined))
 
         if self.oracle_judge:  # diagnostic: the same mining and rows with a perfect judge
             oracle_dir = self.p("mined-oracle")
-            self.stage("mine-oracle", [oracle_dir / "mined.parquet"], lambda c: self.run_cli(
-                ["mine", "--records", records, "--embedder", runs["baseline"][0] / "merged",
-                 "--judge", world, "--backend", "oracle", "--out", oracle_dir, "--data-root", world,
-                 "--k", s.k, "--count", s.count, "--cache-dir", self.p("cache", "mining"), *video, *dev], c))
+            self.stage("mine-oracle", [oracle_dir / "mined.parquet"], lambda c: self.run_command("mine", {
+                "--records": records, "--embedder": runs["baseline"][0] / "merged", "--judge": world,
+                "--backend": "oracle", "--out": oracle_dir, "--data-root": world, "--k": s.k, "--count": s.count,
+                "--cache-dir": self.p("cache", "mining"), **video, **dev}, c))
             oracle_mined = oracle_dir / "mined.parquet"
             self.stage("hn-oracle", [r / "merged" for r in runs["hn_oracle"]], train_embedders(
-                "hn_oracle", ["--loss", "infonce", "--in-batch", "--hard-negatives", s.hard_negatives], oracle_mined))
+                "hn_oracle", {"--loss": "infonce", "--in-batch": True, "--hard-negatives": s.hard_negatives},
+                oracle_mined))
             self.stage("soft-oracle", [r / "merged" for r in runs["soft_oracle"]], train_embedders(
-                "soft_oracle", ["--loss", "symmetric_kl", "--hard-negatives", s.hard_negatives,
-                                "--allow-fallback-labels"], oracle_mined))
+                "soft_oracle", {"--loss": "symmetric_kl", "--hard-negatives": s.hard_negatives,
+                                "--allow-fallback-labels": True}, oracle_mined))
 
         reranker_dir = self.p("reranker")
-        self.stage("reranker", [reranker_dir / "unime_reranker.json"], lambda c: self.run_cli(
-            ["train", "reranker", "--model", self.p("models", "judge-base"), "--records", mined,
-             "--data-root", world, "--out", reranker_dir, "--negatives", s.rerank_negatives,
-             "--steps", s.rerank_steps, "--batch-size", s.rerank_batch, "--lr", s.rerank_lr,
-             "--lora-r", 32, "--lora-alpha", 64, "--lora-targets", "all-linear", "--lora-vision",
-             "--train-module", "lm_head", "--seed", 0, "--overwrite", *dev], c))
+        self.stage("reranker", [reranker_dir / "unime_reranker.json"], lambda c: self.run_command("train reranker", {
+            "--model": self.p("models", "judge-base"), "--records": mined, "--data-root": world,
+            "--out": reranker_dir, "--negatives": s.rerank_negatives, "--steps": s.rerank_steps,
+            "--batch-size": s.rerank_batch, "--lr": s.rerank_lr, "--lora-r": 32, "--lora-alpha": 64,
+            "--lora-targets": "all-linear", "--lora-vision": True, "--train-module": "lm_head", "--seed": 0,
+            "--overwrite": True, **dev}, c))
 
         def evaluate(c):
             for row, outs in runs.items():
@@ -403,11 +403,11 @@ class Demo:
                     dest = self.p("eval", f"{row}_s{seed}")
                     if (dest / "summary.json").exists():
                         continue
-                    extra = []
+                    extra = {}
                     if row == "soft":  # the paper's Table 3: the UniME-V2 embedder with its reranker
-                        extra = ["--rerank", reranker_dir, "--topk", s.rerank_topk, "--mode", "top1"]
-                    self.run_cli(["eval", "--model", out / "merged", "--tasks", world, "--out", dest,
-                                  "--cache-dir", self.p("cache", "eval"), *extra, *dev], c)
+                        extra = {"--rerank": reranker_dir, "--topk": s.rerank_topk, "--mode": "top1"}
+                    self.run_command("eval", {"--model": out / "merged", "--tasks": world, "--out": dest,
+                                              "--cache-dir": self.p("cache", "eval"), **extra, **dev}, c)
             run_video_evals(self, c)
         eval_done = [self.p("eval", f"{row}_s{seed}", "summary.json") for row in runs for seed in s.seeds]
         eval_done += video_eval_done(self)

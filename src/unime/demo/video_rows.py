@@ -26,10 +26,10 @@ VIDEO_TASKS_FILE = "eval_tasks_video.yaml"
 COLUMNS = (("classification", "CLS"), ("vqa", "QA"), ("retrieval", "RET"), ("moment_retrieval", "MRET"))
 
 
-def world_args(demo: "Demo") -> list:
+def world_args(demo: "Demo") -> dict:
     """`unime data synth` options of the video part (none when video is off)."""
     s = demo.s
-    return ["--video-clips", s.video_clips, "--video-frames", s.video_frames] if s.video_clips > 0 else []
+    return {"--video-clips": s.video_clips, "--video-frames": s.video_frames} if s.video_clips > 0 else {}
 
 
 def trains_on_video(demo: "Demo") -> bool:
@@ -54,10 +54,10 @@ def training_records(demo: "Demo") -> Path:
     return out
 
 
-def video_options(demo: "Demo") -> list:
+def video_options(demo: "Demo") -> dict:
     """The frame sampling of mining (the same as the video evals'; the demo's trainers use the default, 8 frames,
     which `DemoSettings.video_frames` equals)."""
-    return ["--video-frames", demo.s.video_frames] if trains_on_video(demo) else []
+    return {"--video-frames": demo.s.video_frames} if trains_on_video(demo) else {}
 
 
 def video_eval_dir(demo: "Demo", row: str, seed: int) -> Path:
@@ -87,9 +87,9 @@ def run_video_evals(demo: "Demo", commands: list[str]) -> None:
             dest = video_eval_dir(demo, row, seed)
             if (dest / "summary.json").exists():
                 continue
-            demo.run_cli(["eval", "--model", out / "merged", "--tasks", tasks, "--out", dest,
-                          "--cache-dir", demo.p("cache", "eval"), "--video-frames", demo.s.video_frames,
-                          "--device", demo.device], commands)
+            demo.run_command("eval", {"--model": out / "merged", "--tasks": tasks, "--out": dest,
+                                      "--cache-dir": demo.p("cache", "eval"), "--video-frames": demo.s.video_frames,
+                                      "--device": demo.device}, commands)
             ran += 1
     if ran:
         timing = demo.p("eval", "video", "timing.json")
