@@ -84,7 +84,7 @@ def test_clip_relevance_by_hand():
 
 def test_video_world_tasks_agree_with_the_ground_truth(video_world):
     from unime.data.skips import ErrorPolicy
-    from unime.eval.mmeb_v2 import read_mmeb_v2_task
+    from unime.eval.tasks import read_mmeb_v2_task
     from unime.eval.tasks import load_task_config
 
     world = World.load(video_world)

@@ -21,6 +21,7 @@ import numpy as np
 from unime.data.items import Item
 from unime.errors import ModelError
 from unime.eval import metrics as M
+from unime.eval.mmeb_v2 import headline_metric
 from unime.eval.tasks import (CompositionalData, MMEBData, QrelsData, RetrievalData, TaskData, TaskSpec,
                               TaskSuite, load_task_config, load_task_data)
 from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
@@ -337,9 +338,29 @@ def run_qrels(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions,
 
 def run_mmeb_v2(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None = None
                 ) -> TaskResult:
-    from unime.eval.mmeb_v2 import run_mmeb_v2 as run
+    """Hit@1 and NDCG@k (linear gain) / recall@k per query, averaged over the queries with a relevant
+    candidate; the headline metric (``metric``) is listed first."""
+    ks = spec.option("ks", [1, 5, 10])
 
-    return run(spec, data, vecs, opts, rr)
+    def per_query(g: np.ndarray) -> dict[str, float]:
+        m = {"hit@1": M.hit_at_k(g, 1)}
+        m.update({f"ndcg@{k}": M.ndcg_at_k(g, k) for k in sorted(set(ks) | {5})})
+        m.update({f"recall@{k}": M.recall_at_k(g, k) for k in ks})
+        return m
+
+    head = headline_metric(spec)
+    plain, reranked, details, skipped = score_graded_queries(spec, data, vecs, opts, rr, per_query)
+
+    def mean(rows: list[dict]) -> dict[str, float]:
+        keys = [head] + [k for k in rows[0] if k != head]
+        return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+    counts = {"queries": len(plain), "queries_without_relevant": skipped, "distinct_items": len(data.table),
+              "candidates_per_query": int(np.mean([len(c) for c in data.candidates]))}
+    result = TaskResult(spec, mean(plain), counts, per_query=details)
+    if rr is not None:
+        result.reranked = mean(reranked)
+    return result
 
 
 RUNNERS = {"mmeb": run_mmeb, "retrieval": run_retrieval, "compositional": run_compositional, "qrels": run_qrels,

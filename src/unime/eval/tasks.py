@@ -58,6 +58,7 @@ from unime.data.eval_formats import compositional_pair_from_dict, mmeb_row_from_
 from unime.data.eval_formats import iter_rows as iter_format_rows
 from unime.data.items import Item
 from unime.data.jsonl import read_text_file
+from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.data.validate import check_keys, check_str, make_item, parse_item
 from unime.errors import DataError
@@ -405,11 +406,89 @@ class QrelsData:
 TaskData = MMEBData | RetrievalData | CompositionalData | QrelsData
 
 
+# -- MMEB-V2 rows (format ``mmeb_v2``, options: `unime.eval.mmeb_v2`) ---------------------------------------------------------------------------------------------
+
+def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
+    """V2 rows → per query: candidate item indices and their relevance grades."""
+    table = ItemTable()
+    eval_type = spec.option("eval_type", "local")
+    rows: list[tuple[str, str, V2Row]] = []
+    for f in _data_files(spec.path, task=spec.name):
+        for label, row in _parsed_rows(f, v2_row_from_dict, policy, task=spec.name):
+            rows.append((str(f), label, row))
+    if not rows:
+        raise _no_rows(spec)
+    queries, cands, grades, ids = [], [], [], []
+
+    def grades_for(row: V2Row, names: list[str], where: tuple[str, str]) -> np.ndarray | None:
+        pos = {n: j for j, n in enumerate(names)}
+        g = np.zeros(len(names), dtype=np.float64)
+        for lab in row.labels:
+            if lab not in pos:
+                policy.handle(data_error("schema", f"label {lab!r} is not among the "
+                                         f"{'pool' if eval_type == 'global' else 'row'}'s candidates",
+                                         source=where[0], record=where[1], field="dataset_infos.label_name"))
+                return None
+            g[pos[lab]] = row.rel_scores.get(lab, 1.0)
+        for name, s in row.rel_scores.items():  # graded candidates that are not labels (ViDoRe qrels)
+            if name in pos and name not in row.labels:
+                g[pos[name]] = s
+        return g
+
+    if eval_type == "global":
+        pool_names: list[str] = []
+        pool_items: list[int] = []
+        seen: dict[str, int] = {}
+
+        def add_pool(row: V2Row, where: tuple[str, str]) -> None:
+            for c in row.candidates:
+                idx = table.add(c.item)
+                if c.name in seen:
+                    if pool_items[seen[c.name]] != idx:
+                        policy.handle(data_error("schema", f"candidate name {c.name!r} names two different items",
+                                                 source=where[0], record=where[1], field="dataset_infos.cand_names"))
+                    continue
+                seen[c.name] = len(pool_names)
+                pool_names.append(c.name)
+                pool_items.append(idx)
+
+        corpus = spec.option("corpus")
+        if corpus:
+            for f in _data_files(Path(corpus), task=spec.name):
+                for label, row in _parsed_rows(f, lambda o, **kw: v2_row_from_dict(o, corpus=True, **kw), policy,
+                                               task=spec.name):
+                    add_pool(row, (str(f), label))
+        for source, label, row in rows:
+            add_pool(row, (source, label))
+        pool = np.asarray(pool_items, dtype=np.int64)
+        for source, label, row in rows:
+            g = grades_for(row, pool_names, (source, label))
+            if g is None:
+                continue
+            queries.append(table.add(row.query))
+            cands.append(pool)
+            grades.append(g)
+            ids.append(row.id or label)
+        shared = True
+    else:
+        for source, label, row in rows:
+            g = grades_for(row, [c.name for c in row.candidates], (source, label))
+            if g is None:
+                continue
+            queries.append(table.add(row.query))
+            cands.append(np.asarray([table.add(c.item) for c in row.candidates], dtype=np.int64))
+            grades.append(g)
+            ids.append(row.id or label)
+        shared = False
+    if not queries:
+        raise _no_rows(spec)
+    return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=cands, grades=grades,
+                     ids=ids, shared_corpus=shared)
+
+
 def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport | None = None) -> TaskData:
     """Read one task's data. Bad rows raise `DataError` (file, record, field), or under
     ``on_error="skip"`` are left out and counted in `skips` (and in the task's ``skipped``)."""
-    from unime.eval.mmeb_v2 import read_mmeb_v2_task
-
     reader = {"mmeb": read_mmeb_task, "retrieval": read_retrieval_task, "compositional": read_compositional_task,
               "qrels": read_qrels_task, "mmeb_v2": read_mmeb_v2_task}[spec.format]
     policy = ErrorPolicy(on_error, skips, f"task {spec.name}")
