@@ -26,12 +26,7 @@ def test_the_checks_pass_on_cpu(capsys):
     spec = importlib.util.spec_from_file_location("gpu_smoke", BENCH / "gpu_smoke.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert mod.main(["--device", "cpu", "--family", "qwen2_vl"]) == 0
-    finally:
-        torch.set_num_threads(n)
+    assert mod.main(["--device", "cpu", "--family", "qwen2_vl"]) == 0  # at one thread (conftest)
     out = capsys.readouterr().out
     checks = [line for line in out.splitlines() if line.startswith("CHECK ")]
     assert len(checks) == 5 and all(line.endswith("-> ok") for line in checks)

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from unime.models.image_budget import BUDGET_FILE, ImageBudget, parse_image_size, recorded_budget
@@ -16,14 +15,6 @@ from unime.models.image_budget import BUDGET_FILE, ImageBudget, parse_image_size
 # Tiny Qwen2-VL processor: patch 14 × merge 2 → one merged token per 28×28 pixels; its own bounds are
 # min 28·28·4 = 3136 and max 28·28·64 = 50176 pixels (unime.models.tiny.TinySize).
 F = 28
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_parse_image_size_and_budget_validation():

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from unime.data.synth import World, generate_world
+from unime.data.synth import World
 from unime.demo import pretrain as pt
 from unime.demo.pretrain import PretrainRecipe, corpus_records, pretrain, scene_signature
 
@@ -27,9 +27,8 @@ def test_recipe_key_changes_with_every_field_and_the_excluded_world():
         base.replace(stpes=3)
 
 
-def test_corpus_drops_exactly_the_records_that_show_an_excluded_scene(tmp_path):
-    root = tmp_path / "w"
-    generate_world(root, seed=3, sizes="tiny")
+def test_corpus_drops_exactly_the_records_that_show_an_excluded_scene(tiny_world_dir):
+    root = tiny_world_dir(3)
     world = World.load(root)
     target = next(s for s in world.scenes.values() if s.split == "train")
     sig = scene_signature(target)

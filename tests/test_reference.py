@@ -144,13 +144,11 @@ def test_vectors_go_through_run_tasks(tmp_path):
     assert run.results[0].metrics["precision@1"] == 1.0  # 6 queries, 3 candidates: chance is 1/3
 
 
-def test_unime_eval_reference_cli(tmp_path):
+def test_unime_eval_reference_cli(tmp_path, tiny_world_dir):
     from unime.cli import main
-    from unime.data.synth import generate_world
     from unime.eval.report import load_summary
 
-    world = tmp_path / "world"
-    generate_world(world, seed=0, sizes="tiny")
+    world = tiny_world_dir(0)
     out = tmp_path / "ref"
     assert main(["eval", "reference", "--tasks", str(world), "--records", str(world / "train" / "records.jsonl"),
                  "--data-root", str(world), "--out", str(out), "--seconds", "60", "--max-steps", "2",
