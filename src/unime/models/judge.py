@@ -76,7 +76,9 @@ def judge_item_segments(text: str, images: Sequence[Any] = (), video: Sequence[A
     return segs
 
 
-def _merge_text(segments: Iterable[Segment]) -> list[Segment]:
+def merge_text(segments: Iterable[Segment]) -> list[Segment]:
+    """Join adjacent text parts and drop empty ones (the chat template concatenates them anyway; fewer parts
+    is tidier). Used by every prompt the judge and the reranker build."""
     out: list[Segment] = []
     for s in segments:
         if s.kind == "text" and out and out[-1].kind == "text":
@@ -90,7 +92,7 @@ def judge_prefix_segments(query_segments: Sequence[Segment]) -> list[Segment]:
     """Everything of the judge prompt before the candidate: instruction, query, candidate label up to
     (not including) its trailing whitespace."""
     label = JUDGE_CANDIDATE_LABEL.rstrip()
-    return _merge_text([Segment("text", JUDGE_INSTRUCTION + JUDGE_INSTRUCTION_SEPARATOR + JUDGE_QUERY_LABEL),
+    return merge_text([Segment("text", JUDGE_INSTRUCTION + JUDGE_INSTRUCTION_SEPARATOR + JUDGE_QUERY_LABEL),
                         *query_segments, Segment("text", label)])
 
 
@@ -98,12 +100,12 @@ def judge_candidate_segments(candidate_segments: Sequence[Segment]) -> list[Segm
     """The candidate part of the judge prompt: the label's trailing whitespace, candidate, final period."""
     label = JUDGE_CANDIDATE_LABEL
     trailing = label[len(label.rstrip()):]
-    return _merge_text([Segment("text", trailing), *candidate_segments, Segment("text", JUDGE_END)])
+    return merge_text([Segment("text", trailing), *candidate_segments, Segment("text", JUDGE_END)])
 
 
 def judge_prompt_segments(query_segments: Sequence[Segment], candidate_segments: Sequence[Segment]) -> list[Segment]:
     """The complete user turn of SPEC 1.3 for one (query, candidate) pair."""
-    return _merge_text([*judge_prefix_segments(query_segments), *judge_candidate_segments(candidate_segments)])
+    return merge_text([*judge_prefix_segments(query_segments), *judge_candidate_segments(candidate_segments)])
 
 
 # -- scorer ------------------------------------------------------------------------------------------
@@ -330,7 +332,7 @@ class JudgeScorer:
 
     def _continuation_text(self, prefix: tuple[str, list[int]], q_segs, c_segs) -> tuple[str, int] | None:
         """The continuation string of a pair, or None when its tokens would not match the full prompt's."""
-        full = self.adapter.render_user_turn(_merge_text([*judge_prefix_segments(q_segs), *c_segs]))
+        full = self.adapter.render_user_turn(merge_text([*judge_prefix_segments(q_segs), *c_segs]))
         p_text, p_tokens = prefix
         if not full.startswith(p_text):
             return None

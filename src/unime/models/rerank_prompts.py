@@ -26,6 +26,7 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.judge import JUDGE_INSTRUCTION_SEPARATOR
 from unime.models.judge import judge_item_segments as item_content
 from unime.models.judge import judge_prompt_segments as judge_prompt
+from unime.models.judge import merge_text
 from unime.models.prompts import LISTWISE_INSTRUCTION, NO, YES
 
 __all__ = ["item_content", "judge_prompt", "judge_answer", "listwise_prompt", "listwise_answer",
@@ -35,20 +36,6 @@ __all__ = ["item_content", "judge_prompt", "judge_answer", "listwise_prompt", "l
 INSTRUCTION_SEPARATOR = JUDGE_INSTRUCTION_SEPARATOR
 LISTWISE_QUERY_LABEL = "Query: "
 LISTWISE_CANDIDATE_SEPARATOR = "\n"
-
-
-def merge_text(segments: Sequence[Segment]) -> list[Segment]:
-    """Join adjacent text parts (the chat template concatenates them anyway; fewer parts is tidier)."""
-    out: list[Segment] = []
-    for s in segments:
-        if s.kind == "text":
-            if not s.value:
-                continue
-            if out and out[-1].kind == "text":
-                out[-1] = Segment("text", out[-1].value + s.value)
-                continue
-        out.append(s)
-    return out
 
 
 def judge_answer(is_match: bool) -> str:
