@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
-from unime.data.image_digests import ImageDigests, digest_items
+from unime.data.image_digests import ImageDigests, digest_items, file_sha1
 from unime.data.jsonl import iter_jsonl
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError, changed_option_keys, refuse_changed_options
@@ -177,14 +177,6 @@ FREE_OPTIONS = ("out", "show_progress", "backend", "backend_options", "cache_dir
 
 
 # -- hashing -------------------------------------------------------------------------------------------
-
-def file_sha1(path: str | os.PathLike) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
+from unime.data.image_digests import file_sha1
 from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.errors import DataError
@@ -58,19 +59,11 @@ def default_cache_dir() -> Path:
     return unime_cache_root() / "embeddings"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _folder_fingerprint(folder: Path, h, depth: int = 0) -> None:
     for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         st = f.stat()
         if st.st_size <= SMALL_FILE_BYTES:
-            h.update(f"{f.name}\0content\0{_file_digest(f)}\n".encode())
+            h.update(f"{f.name}\0content\0{file_sha1(f)}\n".encode())
         else:
             h.update(f"{f.name}\0stat\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     adapter_cfg = folder / "adapter_config.json"
@@ -253,7 +246,7 @@ class RunEncoder:
             memo = (str(path), st.st_size, st.st_mtime_ns)
             digest = self._image_digest.get(memo)
             if digest is None:
-                digest = self._image_digest[memo] = _file_digest(path)
+                digest = self._image_digest[memo] = file_sha1(path)
             return "sha1:" + digest
         if isinstance(ref, (bytes, bytearray)):
             return "sha1:" + hashlib.sha1(ref).hexdigest()
