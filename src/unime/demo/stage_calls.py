@@ -123,8 +123,8 @@ def _data_synth(o: _Options) -> Callable[[], Any]:
     from unime.data.synth import VideoSizes, WorldSizes, generate_world, resolve_sizes
     from unime.outdir import LOCK_NAME, MARKER_NAME
 
-    sizes = resolve_sizes(o.get("--size", str, "default"), **o.given(**{f.name: int for f in fields(WorldSizes)}))
-    clips = o.get("--video-clips", int, 0)
+    sizes = resolve_sizes(**o.given(size=str), **o.given(**{f.name: int for f in fields(WorldSizes)}))
+    clips = o.get("--video-clips", int, VideoSizes.eval_clips)
     video = VideoSizes(eval_clips=clips, train_clips=4 * clips, frames=o.get("--video-frames", int, VideoSizes.frames))
     out, kwargs = o.get("--out"), o.given(seed=int, overwrite=bool)
     return _in_folder(o, lambda: generate_world(out, sizes=sizes, video=video if video.enabled else None,
