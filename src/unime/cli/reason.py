@@ -96,11 +96,9 @@ def _root(args, path) -> str:
 
 
 def _teacher(args) -> int:
-    from unime.data.skips import SkipReport
     from unime.reasoning.teacher import write_teacher_tcots
 
-    skips = SkipReport(max_examples=10)
-    n, n_records = write_teacher_tcots(args.world, args.out, args.records, on_error=args.on_error, skips=skips)
+    n, n_records, skips = write_teacher_tcots(args.world, args.out, args.records, on_error=args.on_error)
     print(f"{args.out}: {n} T-CoTs from the annotation teacher ({n_records} records read"
           + (f"; skipped {skips.total}" if skips.total else "") + ")")
     if skips.total:

@@ -238,17 +238,17 @@ class AnnotationTeacher:
 
 
 def write_teacher_tcots(world: str | os.PathLike, out: str | os.PathLike, records: str | os.PathLike | None = None,
-                        *, on_error: str = "raise", skips=None) -> tuple[int, int]:
+                        *, on_error: str = "raise"):
     """`unime reason teacher`: the annotation teacher's T-CoTs for `records` (default: the world's training
-    records) written to `out`; bad records and T-CoT rows raise, or under `on_error="skip"` are counted in
-    `skips` (a `SkipReport`). Returns (T-CoTs written, records read)."""
+    records) written to `out`; bad records and T-CoT rows raise, or under `on_error="skip"` are left out and
+    counted. Returns (T-CoTs written, records read, the `SkipReport`)."""
     from unime.data.io import read_records
     from unime.data.skips import ErrorPolicy, SkipReport
     from unime.reasoning.reasoner import write_tcot_rows
 
-    skips = SkipReport() if skips is None else skips
+    skips = SkipReport(max_examples=10)
     recs = read_records(records, on_error=on_error, skips=skips) if records else None
     teacher = AnnotationTeacher(world)
     recs = teacher.world.records if recs is None else recs
     rows = teacher.tcot_rows(recs, source=records, policy=ErrorPolicy(on_error, skips, "teacher"))
-    return write_tcot_rows(rows, out), len(recs)
+    return write_tcot_rows(rows, out), len(recs), skips
