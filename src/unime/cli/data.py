@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from unime.cli import add_config_option
+from unime.errors import UsageError
 
 SIZE_OPTIONS = ("train_scenes", "eval_scenes", "ood_scenes", "train_per_task", "eval_queries", "candidates",
                 "retrieval_images", "compositional_pairs", "image_size")
@@ -101,7 +102,7 @@ def _synth(args) -> int:
         video = VideoSizes(eval_clips=args.video_clips, train_clips=train_clips, frames=args.video_frames,
                            size=args.video_size)
     except ValueError as e:
-        raise SystemExit(f"unime data synth: {e}") from None
+        raise UsageError(str(e), command="data synth") from None
     try:
         summary = generate_world(args.out, seed=args.seed, sizes=sizes, overwrite=args.overwrite,
                                  video=video if video.enabled else None, ignore=_owned_names())
@@ -164,7 +165,7 @@ def _import(args) -> int:
     policy = ErrorPolicy(args.on_error, skips, "import")
     cols = dict(image_column=args.image_column, caption_column=args.caption_column, label_column=args.label_column)
     if (args.captions or args.coco) and not args.images:
-        raise SystemExit("unime data import: --captions / --coco need --images DIR")
+        raise UsageError("--captions / --coco need --images DIR", command="data import")
     if args.captions:
         images = C.read_caption_table(args.captions, args.images, delimiter=args.delimiter, policy=policy,
                                       allow_outside_root=args.allow_outside_root, **cols)
