@@ -60,7 +60,8 @@ def register(sub) -> None:
     src.add_argument("--webdataset", nargs="+", metavar="SHARD", help="WebDataset .tar shards")
     i.add_argument("--images", metavar="DIR", help="folder of the images (--captions, --coco)")
     i.add_argument("--allow-outside-root", action="store_true",
-                   help="permit absolute image paths and '..' / symlinks leading out of --images")
+                   help="permit absolute image paths and '..' / symlinks leading out of --images (or out of the "
+                        "--hf-dataset folder)")
     i.add_argument("--coco-instances", metavar="FILE", help="COCO instances JSON: the largest object's category "
                                                             "becomes the image's label")
     i.add_argument("--image-column", default=None, help="column of the image path (default: image, file_name, ...)")
@@ -177,7 +178,7 @@ def _import(args) -> int:
                                       allow_outside_root=args.allow_outside_root)
         source, origin = {"coco": args.coco, "images": args.images}, Path(args.coco).resolve().parent
     elif args.hf_dataset:
-        images = C.read_hf_dataset(args.hf_dataset, policy=policy, **cols)
+        images = C.read_hf_dataset(args.hf_dataset, policy=policy, allow_outside_root=args.allow_outside_root, **cols)
         source, origin = {"hf_dataset": args.hf_dataset}, Path(args.hf_dataset).resolve()
     else:
         images = C.read_webdataset(args.webdataset, policy=policy, **cols)
