@@ -105,3 +105,17 @@ def test_bare_plan_through_the_installed_entry_point_exits_2(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "unime: error: plan: give --recipe NAME or --stage {embedder,reranker,judge}"]
     assert proc.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_command_leaves_no_empty_output_folder_it_created(tmp_path, capsys):
+    """The output folder is claimed before the command runs; a usage error found then leaves nothing, while
+    a folder that was there before stays."""
+    new = tmp_path / "new" / "ev"
+    assert main(["eval", "--out", str(new), "--model", "m"]) == 2
+    assert _error_line(capsys) == "eval: --model needs --tasks"
+    assert not new.exists() and (tmp_path / "new").is_dir()  # only the folder it created, not its parent
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main(["train", "reasoner", "--stage", "sft", "--model", "m", "--out", str(kept)]) == 2
+    assert _error_line(capsys) == "train reasoner: --stage sft needs --tcots"
+    assert kept.is_dir()
