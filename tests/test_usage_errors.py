@@ -119,3 +119,28 @@ def test_a_failed_command_leaves_no_empty_output_folder_it_created(tmp_path, cap
     assert main(["train", "reasoner", "--stage", "sft", "--model", "m", "--out", str(kept)]) == 2
     assert _error_line(capsys) == "train reasoner: --stage sft needs --tcots"
     assert kept.is_dir()
+
+
+@pytest.mark.parametrize("command", ["synth", "import"])
+def test_a_folder_refused_by_the_stage_is_the_contract_line_too(command, monkeypatch, tmp_path, capsys):
+    """The stage's own refusal of a non-empty folder (the CLI's claim refuses most cases before) used to be
+    printed on stdout without the contract's prefix."""
+    import unime.data.import_collection as importer
+    import unime.data.synth as synth
+
+    def refuse(*a, **k):
+        raise FileExistsError(f"{tmp_path / 'o'} exists and is not empty")
+
+    monkeypatch.setattr(synth, "generate_world", refuse)
+    monkeypatch.setattr(importer, "import_collection", refuse)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (tmp_path / "c.csv").write_text("file,text\n")
+    argv = {"synth": ["data", "synth", "--out", str(tmp_path / "o"), "--size", "tiny"],
+            "import": ["data", "import", "--captions", str(tmp_path / "c.csv"), "--images", str(images),
+                       "--out", str(tmp_path / "o")]}[command]
+    monkeypatch.setattr("unime.data.collections.read_caption_table", lambda *a, **k: [])
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "exists and is not empty" not in out and "Traceback" not in err
+    assert err.splitlines() == [f"unime: error: {tmp_path / 'o'} exists and is not empty"]
