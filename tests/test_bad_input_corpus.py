@@ -652,3 +652,349 @@ def test_train_reasoner_sft_skips_and_counts_every_case(corpus_root, tmp_path, t
     assert summary["examples"] == N_GOOD and summary["skipped_records"] == {
         "total": len(cases), "by_reason": dict(sorted(expected.items()))}
     assert tree(corpus_root) == before
+
+
+# -- data import: a `datasets` folder (--hf-dataset) and WebDataset shards (--webdataset) ---------------------
+@pytest.fixture
+def hf():
+    """The `datasets` library (the `data` extra, which the Makefile installs) for --hf-dataset."""
+    return pytest.importorskip("datasets")
+
+
+def _png(value: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+_CORRUPT = b"\x89PNG\r\n\x1a\n" + b"not a picture" * 4
+_TRUNCATED = _png(77)[:60]
+_CUT = "corrupt or unreadable image"
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    name: str
+    value: object     # what the bad record holds (per source, see the writers)
+    reason: str
+    field: str | None
+    fragment: str
+
+
+# a save_to_disk dataset with columns image (Image feature: bytes), caption, label
+HF_BYTES_CASES = [
+    SourceCase("image_corrupt", {"image": {"bytes": _CORRUPT, "path": "bad.png"}}, "image", "image", _CUT),
+    SourceCase("image_truncated", {"image": {"bytes": _TRUNCATED, "path": "cut.png"}}, "image", "image",
+               "image file is truncated"),
+    SourceCase("image_missing", {"image": None}, "image", "image", "no image (neither bytes nor an existing file)"),
+    SourceCase("caption_missing", {"caption": None}, "schema", "caption", "expected a caption string, got NoneType"),
+    SourceCase("caption_empty", {"caption": "  "}, "empty_item", "caption", "empty caption"),
+    SourceCase("placeholder", {"caption": "<|image_1|> a picture"}, "placeholder", "caption",
+               "caption holds the image placeholder '<|image_1|>'"),
+]
+# a save_to_disk dataset whose image column holds paths (relative to the dataset folder); caption bytes: a
+# dataset's form of text that is not UTF-8 (Arrow strings are UTF-8)
+HF_PATH_CASES = [
+    SourceCase("image_file_missing", {"image": "img/missing.png"}, "image", "image",
+               "image file not found: 'img/missing.png'"),
+    SourceCase("image_parent_escape", {"image": "../outside.png"}, "image", "image",
+               "image path '../outside.png' leads out of the dataset folder"),
+    SourceCase("image_absolute", {"image": "<outside>"}, "image", "image", "leads out of the dataset folder"),
+    SourceCase("image_symlink_out", {"image": "img/link.png"}, "image", "image",
+               "image path 'img/link.png' leads out of the dataset folder"),
+    SourceCase("image_nul_byte", {"image": "img/a\x00.png"}, "image", "image", "holds a NUL byte"),
+    SourceCase("image_corrupt_file", {"image": "img/corrupt.png"}, "image", "image", _CUT),
+]
+
+
+def _hf_bytes_dataset(folder: Path, cases: list[SourceCase]) -> Path:
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    rows = [{"image": {"bytes": _png(20 * i), "path": f"g{i}.png"}, "caption": f"good picture {i}", "label": "circle"}
+            for i in range(N_IMPORT_GOOD)]
+    rows += [{"image": {"bytes": _png(150 + k), "path": f"{c.name}.png"}, "caption": f"case {c.name}",
+              "label": "circle", **c.value} for k, c in enumerate(cases)]
+    ds = Dataset.from_list(rows, features=Features({"image": ImageFeature(), "caption": Value("string"),
+                                                     "label": Value("string")}))
+    ds.save_to_disk(str(folder))
+    return folder
+
+
+def _hf_path_dataset(folder: Path, cases: list[SourceCase], outside: Path, caption_type: str = "string",
+                     bad_caption: bytes | None = None) -> Path:
+    from datasets import Dataset, Features, Value
+
+    rows = [{"image": f"img/g{i}.png", "caption": f"good picture {i}"} for i in range(N_IMPORT_GOOD)]
+    for c in cases:
+        ref = str(outside) if c.value["image"] == "<outside>" else c.value["image"]
+        rows.append({"image": ref, "caption": f"case {c.name}"})
+    if caption_type == "binary":
+        rows = [{**r, "caption": r["caption"].encode()} for r in rows] + [{"image": "img/g0.png", "caption": bad_caption}]
+    Dataset.from_list(rows, features=Features({"image": Value("string"), "caption": Value(caption_type)})) \
+        .save_to_disk(str(folder))
+    (folder / "img").mkdir()
+    for i in range(N_IMPORT_GOOD):
+        (folder / "img" / f"g{i}.png").write_bytes(_png(20 * i))
+    (folder / "img" / "corrupt.png").write_bytes(_CORRUPT)
+    (folder / "img" / "link.png").symlink_to(outside)
+    return folder
+
+
+@pytest.fixture
+def no_writes_elsewhere(tmp_path, monkeypatch):
+    """The library's cache and the temporary folder pointed at empty folders, checked empty afterwards."""
+    import tempfile
+
+    cache, temp = tmp_path / "hf-cache", tmp_path / "tmp"
+    cache.mkdir()
+    temp.mkdir()
+    try:
+        import datasets
+    except ImportError:  # WebDataset shards are read without it
+        datasets = None
+    if datasets is not None:
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    yield
+    assert list(cache.iterdir()) == [] and list(temp.iterdir()) == []
+
+
+def _check_strict(argv: list[str], source: Path, record: str, case: SourceCase, capsys) -> None:
+    assert main(argv) == 2, case.name
+    line = _one_error_line(capsys)
+    assert line.startswith(f"unime: error: {source}, record {record}"), line
+    assert (f"field '{case.field}'" in line) if case.field else ("field '" not in line), line
+    assert case.fragment in line, line
+
+
+def _check_skip(argv: list[str], out: Path, cases: list[SourceCase], capsys) -> dict:
+    assert main(argv) == 0
+    expected = Counter(c.reason for c in cases)
+    per = ", ".join(f"{r}: {n}" for r, n in sorted(expected.items()))
+    assert f"skipped {len(cases)} record(s) ({per})" in capsys.readouterr().out
+    manifest = json.loads((out / "import.json").read_text())
+    assert manifest["skipped"]["total"] == len(cases)
+    assert manifest["skipped"]["by_reason"] == dict(sorted(expected.items()))
+    assert manifest["images"] == N_IMPORT_GOOD
+    return manifest
+
+
+def _hf_argv(folder: Path, out: Path, *extra: str) -> list[str]:
+    return ["data", "import", "--hf-dataset", str(folder), "--out", str(out), "--eval-candidates", "3", *extra]
+
+
+def test_data_import_hf_dataset_strict_and_skip_for_every_case(hf, import_root, tmp_path, capsys, no_writes_elsewhere):
+    outside = import_root.parent / corpus_outside_name()
+    before_outside = outside.read_bytes()
+    for kind, cases in (("bytes", HF_BYTES_CASES), ("paths", HF_PATH_CASES)):
+        for case in cases:  # strict: each case alone, after the good rows
+            folder = tmp_path / f"{kind}-{case.name}"
+            if kind == "bytes":
+                _hf_bytes_dataset(folder, [case])
+            else:
+                _hf_path_dataset(folder, [case], outside)
+            before = tree(folder)
+            _check_strict(_hf_argv(folder, tmp_path / f"out-{case.name}"), folder, f"row {N_IMPORT_GOOD + 1}", case,
+                          capsys)
+            assert tree(folder) == before
+        folder = tmp_path / f"{kind}-all"  # skip: every case in one dataset, each counted once
+        (_hf_bytes_dataset(folder, cases) if kind == "bytes" else _hf_path_dataset(folder, cases, outside))
+        before = tree(folder)
+        out = tmp_path / f"out-{kind}-all"
+        _check_skip(_hf_argv(folder, out, "--on-error", "skip"), out, cases, capsys)
+        assert sorted(p.name for p in (out / "images").iterdir()) == [f"g{i}.png" for i in range(N_IMPORT_GOOD)]
+        assert tree(folder) == before
+    # --allow-outside-root lets the two paths out of the folder in (and only those)
+    folder = tmp_path / "paths-allowed"
+    _hf_path_dataset(folder, [c for c in HF_PATH_CASES if c.name in ("image_parent_escape", "image_absolute")],
+                     outside)
+    (folder.parent / "outside.png").write_bytes(_png(99))
+    out = tmp_path / "out-allowed"
+    assert main(_hf_argv(folder, out, "--allow-outside-root")) == 0
+    assert json.loads((out / "import.json").read_text())["images"] == N_IMPORT_GOOD + 2
+    assert outside.read_bytes() == before_outside
+
+
+def test_data_import_hf_dataset_text_that_is_not_utf8(hf, import_root, tmp_path, capsys, no_writes_elsewhere):
+    """A caption column of bytes (Arrow's strings are UTF-8, so undecodable text arrives as bytes)."""
+    folder = _hf_path_dataset(tmp_path / "binary", [], import_root.parent / corpus_outside_name(),
+                              caption_type="binary", bad_caption=b"caf\xe9 au lait")
+    case = SourceCase("caption_bytes", None, "schema", "caption", "expected a caption string, got bytes")
+    _check_strict(_hf_argv(folder, tmp_path / "o1"), folder, "row 1", case, capsys)  # every row is bytes
+    assert main(_hf_argv(folder, tmp_path / "o2", "--on-error", "skip")) == 2  # nothing left to import
+    assert _one_error_line(capsys) == f"unime: error: {json.dumps({'hf_dataset': str(folder)})}: the source holds " \
+                                      "no captioned image"
+
+
+# the whole dataset is at fault: stops in both modes (record None: the line names the folder only)
+def _imagefolder(folder: Path, metadata: bytes) -> Path:
+    folder.mkdir()
+    for i in range(N_IMPORT_GOOD):
+        (folder / f"g{i}.png").write_bytes(_png(20 * i))
+    (folder / "metadata.csv").write_bytes(metadata)
+    return folder
+
+
+def _good_metadata() -> bytes:
+    return b"file_name,text\n" + b"".join(f"g{i}.png,good picture {i}\n".encode() for i in range(N_IMPORT_GOOD))
+
+
+HF_FOLDER_CASES = [
+    ("no_image_column", lambda f: _hf_renamed(f, {"image": "picture"}), (), None, None,
+     "no image column (looked for ['image', 'file_name', 'filename', 'file', 'path', 'img']; the columns are "
+     "['picture', 'caption', 'label']); name it with --image-column"),
+    ("caption_column_absent", lambda f: _hf_bytes_dataset(f, []), ("--caption-column", "words"), None, "words",
+     "no caption column 'words'; the columns are ['image', 'caption', 'label']"),
+    ("state_json_corrupt", lambda f: _hf_corrupt_state(f), (), None, None, "not a readable datasets folder"),
+    ("imagefolder_escape", lambda f: _imagefolder(f, _good_metadata() + b"../data-outside.png,escape\n"), (),
+     f"row {N_IMPORT_GOOD + 1}", None, "Invalid metadata file_name '../data-outside.png'"),
+    ("imagefolder_not_utf8", lambda f: _imagefolder(f, _good_metadata() + b"g0.png,caf\xe9\n"), (), None, None,
+     "not a readable datasets folder (UnicodeDecodeError"),
+]
+
+
+def _hf_renamed(folder: Path, names: dict) -> Path:
+    _hf_bytes_dataset(folder.with_name(folder.name + "-src"), [])
+    import datasets
+
+    datasets.load_from_disk(str(folder.with_name(folder.name + "-src"))).rename_columns(names).save_to_disk(str(folder))
+    return folder
+
+
+def _hf_corrupt_state(folder: Path) -> Path:
+    _hf_bytes_dataset(folder, [])
+    (folder / "state.json").write_bytes(b'{"_data_files": [')
+    return folder
+
+
+def test_data_import_hf_dataset_folder_faults_stop_in_both_modes(hf, import_root, tmp_path, capsys,
+                                                                 no_writes_elsewhere):
+    for name, build, extra, record, field, fragment in HF_FOLDER_CASES:
+        folder = build(tmp_path / name)
+        for mode in ("raise", "skip"):
+            out = tmp_path / f"out-{name}-{mode}"
+            assert main(_hf_argv(folder, out, "--on-error", mode, *extra)) == 2, name
+            line = _one_error_line(capsys)
+            assert line.startswith(f"unime: error: {folder}" + (f", record {record}" if record else "")), line
+            assert (f"field '{field}'" in line) if field else ("field '" not in line), line
+            assert fragment in line, line
+            assert not (out / "import.json").exists()
+    assert not (import_root.parent / "images").exists()
+
+
+# WebDataset shards: good samples g0..g5 (png + txt + cls), then each case's sample
+WDS_CASES = [
+    SourceCase("image_corrupt", [("png", _CORRUPT), ("txt", b"a picture")], "image", "png", _CUT),
+    SourceCase("image_truncated", [("png", _TRUNCATED), ("txt", b"a picture")], "image", "png",
+               "image file is truncated"),
+    SourceCase("no_image_member", [("txt", b"a picture")], "image", "image", "no image member (looked for "
+               "['jpg', 'jpeg', 'png', 'webp']; the sample has ['txt'])"),
+    SourceCase("no_caption_member", [("png", "good")], "schema", "txt", "no caption member"),
+    SourceCase("caption_not_utf8", [("png", "good"), ("txt", b"caf\xe9 au lait")], "malformed_json", "txt",
+               "not UTF-8 text at byte 4 (b'\\xe9')"),
+    SourceCase("caption_empty", [("png", "good"), ("txt", b"  ")], "empty_item", "txt", "empty caption"),
+    SourceCase("placeholder", [("png", "good"), ("txt", b"<image> a picture")], "placeholder", "txt",
+               "caption holds the image placeholder '<image>'"),
+    SourceCase("json_malformed", [("png", "good"), ("json", b'{"caption": ')], "malformed_json", "json",
+               "malformed JSON"),
+    SourceCase("label_not_utf8", [("png", "good"), ("txt", b"a picture"), ("cls", b"\xff")], "malformed_json", "cls",
+               "not UTF-8 text at byte 1"),
+    SourceCase("member_parent_escape", [("png", "good"), ("txt", b"a picture")], "schema", "png",
+               "leads out of the archive"),
+    SourceCase("member_absolute", [("png", "good"), ("txt", b"a picture")], "schema", "png",
+               "leads out of the archive"),
+    SourceCase("member_symlink", [("png", "symlink"), ("txt", b"a picture")], "schema", "png", "is a symlink"),
+    SourceCase("member_twice", [("png", "good"), ("png", "good"), ("txt", b"a picture")], "schema", "png",
+               "two members"),
+]
+
+
+def _wds_key(case: SourceCase) -> str:
+    return {"member_parent_escape": "../escape", "member_absolute": "/abs/escape"}.get(case.name, case.name)
+
+
+def _write_shard(path: Path, cases: list[SourceCase], outside: Path) -> Path:
+    import io
+    import tarfile
+
+    def add(tar, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(N_IMPORT_GOOD):
+            add(tar, f"g{i}.png", _png(20 * i))
+            add(tar, f"g{i}.txt", f"good picture {i}".encode())
+            add(tar, f"g{i}.cls", b"circle" if i % 2 else b"square")
+        for k, c in enumerate(cases):
+            for ext, data in c.value:
+                name = f"{_wds_key(c)}.{ext}"
+                if data == "symlink":
+                    info = tarfile.TarInfo(name)
+                    info.type, info.linkname = tarfile.SYMTYPE, str(outside)
+                    tar.addfile(info)
+                else:
+                    add(tar, name, _png(150 + k) if data == "good" else data)
+    return path
+
+
+def _wds_argv(shard: Path, out: Path, *extra: str) -> list[str]:
+    return ["data", "import", "--webdataset", str(shard), "--out", str(out), "--eval-candidates", "3", *extra]
+
+
+def test_data_import_webdataset_strict_and_skip_for_every_case(import_root, tmp_path, capsys, no_writes_elsewhere):
+    outside = import_root.parent / corpus_outside_name()
+    before_outside = outside.read_bytes()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for case in WDS_CASES:
+        shard = _write_shard(shards / f"{case.name}.tar", [case], outside)
+        _check_strict(_wds_argv(shard, tmp_path / f"out-{case.name}"), shard,
+                      f"sample {N_IMPORT_GOOD + 1} ({_wds_key(case)!r})", case, capsys)
+        assert not (tmp_path / f"out-{case.name}" / "import.json").exists()
+    shard = _write_shard(shards / "all.tar", WDS_CASES, outside)
+    before = tree(shards)
+    out = tmp_path / "out-all"
+    manifest = _check_skip(_wds_argv(shard, out, "--on-error", "skip"), out, WDS_CASES, capsys)
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"g{i}.png" for i in range(N_IMPORT_GOOD)]
+    assert manifest["labels"] == ["circle", "square"]
+    assert tree(shards) == before and outside.read_bytes() == before_outside
+    assert not (tmp_path / "escape.png").exists() and not Path("/abs/escape.png").exists()
+    # a strict run that stopped while reading left no output folder; one that stopped at an image (found
+    # while placing the images) keeps what it placed, inside its --out
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["shards", "out-all", "hf-cache", "tmp", *[f"out-{c.name}" for c in WDS_CASES if c.reason == "image" and
+                                                   c.name != "no_image_member"]])
+
+
+def test_data_import_webdataset_shard_faults(import_root, tmp_path, capsys, no_writes_elsewhere):
+    """Not a tar: stops in both modes. Cut short after the good samples: strict stops naming the sample
+    being read; skip counts it and keeps the samples before it."""
+    outside = import_root.parent / corpus_outside_name()
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"this is no tar archive\n" * 40)
+    for mode in ("raise", "skip"):
+        assert main(_wds_argv(junk, tmp_path / f"out-junk-{mode}", "--on-error", mode)) == 2
+        line = _one_error_line(capsys)
+        assert line.startswith(f"unime: error: {junk}: not a tar archive"), line
+    import tarfile
+
+    tail = SourceCase("tail", [("png", "good"), ("txt", b"the last picture")], "", None, "")
+    full = _write_shard(tmp_path / "full.tar", [tail], outside)
+    with tarfile.open(full) as tar:
+        png = tar.getmember("tail.png")
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(full.read_bytes()[:png.offset_data + 20])  # the archive ends inside the last sample's image
+    assert main(_wds_argv(cut, tmp_path / "out-cut")) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"unime: error: {cut}, record sample {N_IMPORT_GOOD + 1}"), line
+    assert "the archive is cut short or corrupt here" in line, line
+    out = tmp_path / "out-cut-skip"
+    assert main(_wds_argv(cut, out, "--on-error", "skip")) == 0
+    assert "skipped 1 record(s) (schema: 1)" in capsys.readouterr().out
+    manifest = json.loads((out / "import.json").read_text())
+    assert manifest["skipped"]["total"] == 1 and manifest["images"] == N_IMPORT_GOOD

@@ -199,7 +199,7 @@ def test_datasets_imagefolder_saved_dataset_and_webdataset(tmp_path):
     cls = read_mmeb(out / "eval" / "mmeb" / "saved_cls.jsonl")
     assert {c.text for c in cls[0].candidates} == {"even", "odd"}
 
-    # WebDataset shards (written here with tarfile; read by the datasets webdataset builder)
+    # WebDataset shards (written here with tarfile)
     shard = tmp_path / "shards" / "data-000000.tar"
     shard.parent.mkdir()
     with tarfile.open(shard, "w") as tar:

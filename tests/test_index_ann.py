@@ -122,7 +122,7 @@ def test_bad_parameters_are_refused(bad, message):
         IndexConfig(kind="ivf", **bad)
 
 
-def test_index_build_options_reach_the_manifest(tmp_path, monkeypatch):
+def test_index_build_options_reach_the_manifest(tmp_path, monkeypatch, capsys):
     from unime.cli import main
     from unime.index import store
 
@@ -157,12 +157,14 @@ def test_index_build_options_reach_the_manifest(tmp_path, monkeypatch):
     assert type(idx.faiss).__name__ == "IndexIVFScalarQuantizer" and idx.faiss.nlist == 6 and idx.faiss.nprobe == 3
     assert info["recall"]["k"] == 5 and info["recall"]["sample"] == 40
     assert info["memory_bytes"] == index_memory_bytes(idx.faiss)
-    with pytest.raises(SystemExit, match="ef_search must be >= 1"):
-        main(["index", "build", "--model", "m", "--items", "c.jsonl", "--out", str(tmp_path / "x"), "--ef-search", "0"])
+    capsys.readouterr()
+    assert main(["index", "build", "--model", "m", "--items", "c.jsonl", "--out", str(tmp_path / "x"),
+                 "--ef-search", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["unime: error: index build: ef_search must be >= 1, got 0"]
     assert not (tmp_path / "x").exists()
 
 
-def test_mine_index_options_reach_the_index_and_the_stage_hash(monkeypatch, tmp_path):
+def test_mine_index_options_reach_the_index_and_the_stage_hash(monkeypatch, tmp_path, capsys):
     import unime.mining.pipeline as pipeline
     from unime.cli import main
     from unime.mining.pipeline import MineConfig
@@ -183,6 +185,8 @@ def test_mine_index_options_reach_the_index_and_the_stage_hash(monkeypatch, tmp_
               "--index-storage", "float16"])
     assert seen[0].index_config() == IndexConfig(kind="hnsw", hnsw_m=12, ef_construction=80, ef_search=200,
                                                  storage="float16")
-    with pytest.raises(SystemExit, match="nprobe must be >= 1"):
-        main(["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", str(tmp_path / "o2"),
-              "--nprobe", "0"])
+    capsys.readouterr()
+    assert main(["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", str(tmp_path / "o2"),
+                 "--nprobe", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["unime: error: mine: nprobe must be >= 1, got 0"]
+    assert seen[1:] == []  # refused before mining started

@@ -122,12 +122,13 @@ def test_global_batch_sets_the_per_device_batch(monkeypatch):
 
 def test_vllm_engine_arguments_are_parsed_as_yaml():
     from unime.cli.mine import vllm_engine_kwargs
+    from unime.errors import UsageError
 
     assert vllm_engine_kwargs(["tensor_parallel_size=8", "distributed_executor_backend=ray",
                                "gpu_memory_utilization=0.85", "enforce_eager=true"]) == {
         "tensor_parallel_size": 8, "distributed_executor_backend": "ray", "gpu_memory_utilization": 0.85,
         "enforce_eager": True}
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="^mine: --vllm-engine-arg expects KEY=VALUE, got 'tensor_parallel_size'$"):
         vllm_engine_kwargs(["tensor_parallel_size"])
 
 

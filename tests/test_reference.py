@@ -144,7 +144,7 @@ def test_vectors_go_through_run_tasks(tmp_path):
     assert run.results[0].metrics["precision@1"] == 1.0  # 6 queries, 3 candidates: chance is 1/3
 
 
-def test_unime_eval_reference_cli(tmp_path, tiny_world_dir):
+def test_unime_eval_reference_cli(tmp_path, tiny_world_dir, capsys):
     from unime.cli import main
     from unime.eval.report import load_summary
 
@@ -161,5 +161,6 @@ def test_unime_eval_reference_cli(tmp_path, tiny_world_dir):
                                                              "overall"}
     assert (out / "results.md").is_file() and (out / "training.json").is_file() and (out / "reference.pt").is_file()
     assert {p.stem for p in (out / "tasks").glob("*.json")} == set(summary["tasks"])
-    with pytest.raises(SystemExit):
-        main(["eval", "--model", "m", "--tasks", str(world)])  # plain `unime eval` still needs --out
+    capsys.readouterr()
+    assert main(["eval", "--model", "m", "--tasks", str(world)]) == 2  # plain `unime eval` still needs --out
+    assert capsys.readouterr().err.splitlines() == ["unime: error: eval: --out is required"]

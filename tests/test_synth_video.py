@@ -147,7 +147,7 @@ def test_video_world_is_byte_identical_and_leaves_the_image_world_alone(video_wo
         (plain / "world.json").read_text())
 
 
-def test_unime_data_synth_video_options(tmp_path):
+def test_unime_data_synth_video_options(tmp_path, capsys):
     from unime.cli import main
 
     assert main(["data", "synth", "--out", str(tmp_path / "w"), "--size", "tiny", "--video-clips", "3",
@@ -157,6 +157,7 @@ def test_unime_data_synth_video_options(tmp_path):
     assert sum(c.split == "train" for c in world.clips.values()) == 12  # 4 x --video-clips by default
     frames, _ = _frames((tmp_path / "w" / next(iter(world.clips.values())).path).read_bytes())
     assert len(frames) == 4
-    with pytest.raises(SystemExit, match="even"):
-        main(["data", "synth", "--out", str(tmp_path / "x"), "--size", "tiny", "--video-clips", "3",
-              "--video-frames", "5"])
+    capsys.readouterr()
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--size", "tiny", "--video-clips", "3",
+                 "--video-frames", "5"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["unime: error: data synth: video frames must be even and >= 4, got 5"]

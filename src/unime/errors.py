@@ -23,6 +23,16 @@ class DataError(UnimeError, ValueError):
         super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")
 
 
+class UsageError(UnimeError):
+    """Command-line options that are missing or do not fit together, where argparse cannot tell alone
+    (e.g. `unime plan` without --recipe or --stage). The message names the command and the options; the
+    CLI prints it as the one line of the error contract, exit code 2, like argparse's own usage errors."""
+
+    def __init__(self, message: str, *, command: str | None = None):
+        self.command = command
+        super().__init__(f"{command}: {message}" if command else message)
+
+
 class ModelError(UnimeError):
     """A checkpoint that cannot be used for the requested role (e.g. a judge whose Yes/No are not
     single tokens)."""

@@ -117,9 +117,26 @@ class OwnedFolder:
     command: str
     marker: dict[str, Any]
     _lock_fd: int | None = field(default=None, repr=False)
+    created: bool = False  # this claim created the folder
 
     def may_replace(self, name: str) -> bool:
         return _may_replace(self.marker, name)
+
+    def discard_if_unused(self) -> bool:
+        """After a failed run (call before `release`): remove the folder this claim created when it holds
+        nothing but the marker and the lock, so that a usage or data error found before any output was
+        written leaves no folder behind. True when it was removed."""
+        if not self.created or self._lock_fd is None:
+            return False
+        try:
+            if _entries(self.path):
+                return False
+            for name in _OWN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            self.path.rmdir()
+        except OSError:
+            return False
+        return True
 
     def release(self) -> None:
         """Unlock; re-write the marker if the command replaced the whole folder (and with it the marker)."""
@@ -190,6 +207,7 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
             raise FolderInUse(f"output folder {folder} is in use by `unime {held.command}` in this process")
         return OwnedFolder(held.path, command, held.marker, None)
     check_claim(folder, command, overwrite=overwrite)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = _lock(folder)
     try:
@@ -208,7 +226,7 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
     except BaseException:
         os.close(fd)
         raise
-    owned = OwnedFolder(folder, command, marker, fd)
+    owned = OwnedFolder(folder, command, marker, fd, created=created)
     _HELD[folder.resolve()] = owned
     return owned
 

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     # before parsing succeeds: is a traceback wanted? (`--log-level DEBUG` / `--log-level=DEBUG`)
     debug = "debug" in [b.lower() for a, b in zip(argv, argv[1:]) if a == "--log-level"] + \
         [a.split("=", 1)[1].lower() for a in argv if a.startswith("--log-level=")]
-    owned = None
+    owned, failed = None, True
     try:
         args = _parse(parser, argv)
         if getattr(args, "print_config", False):  # before any output folder is claimed
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         result = func(args)
         if hasattr(owned, "commit") and not result:  # a single-file output: record what was written
             owned.commit()
+        failed = bool(result)
         return int(result or 0)
     except KeyboardInterrupt:
         print("unime: interrupted", file=sys.stderr)
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         return failures.report(exc, debug=debug)
     finally:
         if owned is not None:
+            if failed and hasattr(owned, "discard_if_unused"):  # a folder it created and left empty goes
+                owned.discard_if_unused()
             owned.release()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from unime.cli import add_config_option
+from unime.errors import UsageError
 
 SIZE_OPTIONS = ("train_scenes", "eval_scenes", "ood_scenes", "train_per_task", "eval_queries", "candidates",
                 "retrieval_images", "compositional_pairs", "image_size")
@@ -59,7 +60,8 @@ def register(sub) -> None:
     src.add_argument("--webdataset", nargs="+", metavar="SHARD", help="WebDataset .tar shards")
     i.add_argument("--images", metavar="DIR", help="folder of the images (--captions, --coco)")
     i.add_argument("--allow-outside-root", action="store_true",
-                   help="permit absolute image paths and '..' / symlinks leading out of --images")
+                   help="permit absolute image paths and '..' / symlinks leading out of --images (or out of the "
+                        "--hf-dataset folder)")
     i.add_argument("--coco-instances", metavar="FILE", help="COCO instances JSON: the largest object's category "
                                                             "becomes the image's label")
     i.add_argument("--image-column", default=None, help="column of the image path (default: image, file_name, ...)")
@@ -101,13 +103,10 @@ def _synth(args) -> int:
         video = VideoSizes(eval_clips=args.video_clips, train_clips=train_clips, frames=args.video_frames,
                            size=args.video_size)
     except ValueError as e:
-        raise SystemExit(f"unime data synth: {e}") from None
-    try:
-        summary = generate_world(args.out, seed=args.seed, sizes=sizes, overwrite=args.overwrite,
-                                 video=video if video.enabled else None, ignore=_owned_names())
-    except FileExistsError as e:
-        print(f"unime data synth: {e}")
-        return 2
+        raise UsageError(str(e), command="data synth") from None
+    # a folder that is not a world: FileExistsError, reported as the contract's one line (`cli.failures`)
+    summary = generate_world(args.out, seed=args.seed, sizes=sizes, overwrite=args.overwrite,
+                             video=video if video.enabled else None, ignore=_owned_names())
     print(summary.describe())
     return 0
 
@@ -164,7 +163,7 @@ def _import(args) -> int:
     policy = ErrorPolicy(args.on_error, skips, "import")
     cols = dict(image_column=args.image_column, caption_column=args.caption_column, label_column=args.label_column)
     if (args.captions or args.coco) and not args.images:
-        raise SystemExit("unime data import: --captions / --coco need --images DIR")
+        raise UsageError("--captions / --coco need --images DIR", command="data import")
     if args.captions:
         images = C.read_caption_table(args.captions, args.images, delimiter=args.delimiter, policy=policy,
                                       allow_outside_root=args.allow_outside_root, **cols)
@@ -176,7 +175,7 @@ def _import(args) -> int:
                                       allow_outside_root=args.allow_outside_root)
         source, origin = {"coco": args.coco, "images": args.images}, Path(args.coco).resolve().parent
     elif args.hf_dataset:
-        images = C.read_hf_dataset(args.hf_dataset, policy=policy, **cols)
+        images = C.read_hf_dataset(args.hf_dataset, policy=policy, allow_outside_root=args.allow_outside_root, **cols)
         source, origin = {"hf_dataset": args.hf_dataset}, Path(args.hf_dataset).resolve()
     else:
         images = C.read_webdataset(args.webdataset, policy=policy, **cols)
@@ -188,11 +187,7 @@ def _import(args) -> int:
                          judge_negatives=args.judge_negatives, seed=args.seed, on_error=args.on_error,
                          overwrite=args.overwrite, source=source, ignore=tuple(_owned_names()),
                          own_folder=getattr(args, "_owned", None) is not None)
-    try:
-        summary = import_collection(images, opts, skips=skips)
-    except FileExistsError as e:
-        print(f"unime data import: {e}")
-        return 2
+    summary = import_collection(images, opts, skips=skips)  # FileExistsError: the contract's one line
     print(summary.describe())
     if skips.total:
         print(skips.summary())

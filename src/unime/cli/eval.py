@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from unime.cli import add_config_option
 from unime.cli.video_options import add_video_options, video_sampling_from_args
+from unime.errors import UsageError
 from unime.models.image_budget import add_image_options
 
 
@@ -86,17 +87,17 @@ def _eval(args) -> int:
     from unime.models.image_budget import ImageBudget
 
     if not args.out:
-        raise SystemExit("unime eval: --out is required")
+        raise UsageError("--out is required", command="eval")
     if args.model is None:
         if not args.compare:
-            raise SystemExit("unime eval: give --model and --tasks to evaluate, or --compare DIR ... to compare")
+            raise UsageError("give --model and --tasks to evaluate, or --compare DIR ... to compare", command="eval")
         if args.rerank or args.tasks:
-            raise SystemExit("unime eval: --tasks / --rerank need --model")
+            raise UsageError("--tasks / --rerank need --model", command="eval")
         compare_runs(args.compare, args.out)
         print(f"{args.out}/comparison.md")
         return 0
     if not args.tasks:
-        raise SystemExit("unime eval: --model needs --tasks")
+        raise UsageError("--model needs --tasks", command="eval")
     tasks = [args.tasks] if isinstance(args.tasks, str) else list(args.tasks)  # a --config value may be one string
     summary = evaluate_checkpoint(
         args.model, tasks if len(tasks) > 1 else tasks[0], args.out, tasks_root=args.tasks_root, only=args.task, batch_size=args.batch_size,

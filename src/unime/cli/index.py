@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from unime.cli import add_config_option
+from unime.errors import UsageError
 
 
 def _model_options(p) -> None:
@@ -34,7 +35,7 @@ def ann_config(args, kind: str = "flat"):
                            hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
                            storage=args.index_storage)
     except ValueError as e:
-        raise SystemExit(f"unime {args.command}: {e}") from None
+        raise UsageError(str(e), command=getattr(args, "_command", None) or args.command) from None
 
 
 def register(sub) -> None:
@@ -107,17 +108,17 @@ def _search(args) -> int:
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import embedding_settings
 
-    idx = CorpusIndex(args.index)
-    model = args.model or idx.manifest["model"]
-    emb = Embedder.from_pretrained(model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
-    check_model(idx, model, embedding_settings(emb, args.dtype))
     text = args.query
     if args.instruction:
         text = f"{args.instruction}\n{text}" if text else args.instruction
     images = (Path(args.image).read_bytes(),) if args.image else ()
     query = Item(text=text, images=images)
-    if query.is_empty:
-        raise SystemExit("unime search: give --query and/or --image")
+    if query.is_empty:  # refused before the index and the model are loaded
+        raise UsageError("give --query and/or --image", command="search")
+    idx = CorpusIndex(args.index)
+    model = args.model or idx.manifest["model"]
+    emb = Embedder.from_pretrained(model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    check_model(idx, model, embedding_settings(emb, args.dtype))
     hits = search_items(idx, emb.encode([query]), args.k)[0]
     for h in hits:
         if args.json:

@@ -6,6 +6,7 @@ import json
 
 from unime.cli import add_config_option
 from unime.cli.index import add_ann_options, ann_config
+from unime.errors import UsageError
 
 
 def _add_model_options(p) -> None:
@@ -60,7 +61,7 @@ def vllm_engine_kwargs(pairs: list[str]) -> dict:
     for item in pairs or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"--vllm-engine-arg expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--vllm-engine-arg expects KEY=VALUE, got {item!r}", command="mine")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -134,7 +135,7 @@ def _mine(args) -> int:
     _set_threads(args)
     ann_config(args, args.index)  # bad index parameters are refused before anything loads
     if args.audit and not args.world:
-        raise SystemExit("unime mine: --audit needs --world")
+        raise UsageError("--audit needs --world", command="mine")
     cfg = MineConfig(records=args.records, embedder=args.embedder, judge=args.judge, out=args.out, pool=args.pool,
                      data_root=args.data_root or args.world, k=args.k, beta=args.beta, interval=args.interval,
                      count=args.count, fallback=args.fallback, seed=args.seed, index=args.index, nprobe=args.nprobe,

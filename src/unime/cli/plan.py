@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from unime.cli import add_config_option
+from unime.errors import UsageError
 
 
 def register(sub) -> None:
@@ -54,13 +55,13 @@ def _plan(args) -> int:
     recipe = load_recipe(args.recipe) if args.recipe else None
     stage = args.stage or (recipe.plan.get("stage") if recipe else None)
     if stage not in PLANNERS:
-        raise SystemExit("unime plan: give --recipe NAME or --stage {embedder,reranker,judge}")
+        raise UsageError("give --recipe NAME or --stage {embedder,reranker,judge}", command="plan")
     command = STAGE_COMMANDS[stage]
     options = _command_options(command, args.recipe if recipe and command in recipe.commands else None, args.set)
     model = args.model or (options.get("judge") if stage == "judge" else options.get("model")) or \
         (recipe.plan.get("model") if recipe else None)
     if not model:
-        raise SystemExit("unime plan: give --model (a known release or a checkpoint folder)")
+        raise UsageError("give --model (a known release or a checkpoint folder)", command="plan")
     title = f"{recipe.name} ({command}) on {model}" if recipe else f"{command} on {model}"
     plan = PLANNERS[stage](model, options, gpus=args.gpus, gpu_memory_gb=parse_memory(args.gpu_memory),
                            text_tokens=args.text_tokens, images_per_item=args.images_per_item, title=title)

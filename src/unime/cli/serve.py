@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from unime.cli import add_config_option
+from unime.errors import UsageError
 
 
 def register(sub) -> None:
@@ -65,14 +66,14 @@ def _serve(args) -> int:
     try:
         config.check()
     except ValueError as e:
-        raise SystemExit(f"unime serve: {e}") from None
+        raise UsageError(str(e), command="serve") from None
     if args.ray:
         from unime.serve.runner import replica_placement, run_ray
 
         try:
             replica_placement(config, num_cpus=args.ray_cpus_per_replica, num_gpus=args.ray_gpus_per_replica)
         except ValueError as e:
-            raise SystemExit(f"unime serve: {e}") from None
+            raise UsageError(str(e), command="serve") from None
         run_ray(config, replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                 address=args.ray_address, num_cpus=args.ray_cpus_per_replica, num_gpus=args.ray_gpus_per_replica)
     else:

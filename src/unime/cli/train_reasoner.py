@@ -7,6 +7,7 @@ import json
 
 from unime.cli import add_config_option
 from unime.cli.train import register_train_action
+from unime.errors import UsageError
 
 
 def _add_parser(actions) -> None:
@@ -72,7 +73,7 @@ def _run(args) -> int:
         from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
 
         if not args.tcots:
-            raise SystemExit("--stage sft needs --tcots")
+            raise UsageError("--stage sft needs --tcots", command="train reasoner")
         cfg = ReasonerSFTConfig(model=args.model, data=args.tcots, out=args.out, data_root=args.data_root,
                                 epochs=args.epochs, max_steps=args.max_steps,
                                 learning_rate=ReasonerSFTConfig.learning_rate if args.lr is None else args.lr, batch_size=args.batch_size,
@@ -90,10 +91,14 @@ def _run(args) -> int:
     from unime.embed_rl.grpo import GRPOStageConfig, train_reasoner_grpo
 
     if not args.records or not args.embedder:
-        raise SystemExit("--stage grpo needs --records and --embedder")
-    weights = tuple(float(w) for w in args.weights.split(","))
+        raise UsageError("--stage grpo needs --records and --embedder", command="train reasoner")
+    try:
+        weights = tuple(float(w) for w in args.weights.split(","))
+    except ValueError:
+        weights = ()
     if len(weights) != 3:
-        raise SystemExit("--weights takes three numbers: format,outcome,process")
+        raise UsageError(f"--weights takes three numbers: format,outcome,process (got {args.weights!r})",
+                         command="train reasoner")
     cfg = GRPOStageConfig(model=args.model, embedder=args.embedder, records=args.records, out=args.out,
                           process_judge=args.process_judge, data_root=args.data_root,
                           num_generations=args.num_generations, pairs_per_batch=args.pairs_per_batch,

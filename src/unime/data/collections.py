@@ -11,9 +11,11 @@ index) and the field. Supported layouts:
   caption}]``; categories, when an ``instances`` file is given, become labels (first annotation's);
 - a local Hugging Face ``datasets`` dataset (`read_hf_dataset`): a folder saved with ``save_to_disk``,
   or an ``imagefolder`` (images + ``metadata.csv``/``metadata.jsonl``, class sub-folders as labels);
-- WebDataset tar shards (`read_webdataset`), read by ``datasets``' webdataset builder: the image under
-  ``jpg``/``jpeg``/``png``/``webp``, the caption under ``txt``/``caption`` or ``json["caption"]``, the
-  label under ``cls`` or ``json["label"]``.
+  images named by path stay inside the dataset folder (unless ``allow_outside_root``);
+- WebDataset tar shards (`read_webdataset`), read member by member with ``tarfile`` (nothing extracted;
+  one bad sample is one record): the image under ``jpg``/``jpeg``/``png``/``webp``, the caption under
+  ``txt``/``caption`` or ``json["caption"]``, the label under ``cls`` or ``json["label"]``. A sample is
+  named ``sample N ('KEY')``.
 
 Images are returned as a file path (absolute) or as encoded bytes; nothing is decoded here (the
 importer opens every image once, with `ImageLoader`).
@@ -310,17 +312,21 @@ def _coco_labels(instances: str | os.PathLike) -> dict[Any, str]:
 
 # -- Hugging Face datasets -----------------------------------------------------------------------------
 
-def _image_value(value: Any, *, source: str, record: str, field_name: str) -> tuple[str | bytes, str]:
-    """A `datasets` image cell (undecoded {bytes, path}, a PIL image, bytes or a path) → (ref, name hint)."""
+def _image_value(value: Any, *, source: str, record: str, field_name: str,
+                 root: Path | None = None, allow_outside_root: bool = False) -> tuple[str | bytes, str]:
+    """A `datasets` image cell (undecoded {bytes, path}, a PIL image, bytes or a path) → (ref, name hint).
+    A path (relative: to `root`, the dataset folder) must stay inside `root` unless `allow_outside_root`."""
     if isinstance(value, dict):
         if value.get("bytes"):
             return bytes(value["bytes"]), os.path.basename(value.get("path") or "")
-        if value.get("path") and os.path.isfile(value["path"]):
-            return os.path.abspath(value["path"]), os.path.basename(value["path"])
+        if value.get("path"):
+            return _dataset_file(value["path"], source=source, record=record, field_name=field_name, root=root,
+                                 allow_outside_root=allow_outside_root)
     elif isinstance(value, (bytes, bytearray)):
         return bytes(value), ""
-    elif isinstance(value, str) and os.path.isfile(value):
-        return os.path.abspath(value), os.path.basename(value)
+    elif isinstance(value, str) and value:
+        return _dataset_file(value, source=source, record=record, field_name=field_name, root=root,
+                             allow_outside_root=allow_outside_root)
     elif hasattr(value, "save"):  # a decoded PIL image
         import io
 
@@ -331,9 +337,33 @@ def _image_value(value: Any, *, source: str, record: str, field_name: str) -> tu
                      field=field_name)
 
 
+def _dataset_file(ref: str, *, source: str, record: str, field_name: str, root: Path | None,
+                  allow_outside_root: bool) -> tuple[str, str]:
+    """An image a dataset names by path: resolved against the dataset folder, confined to it."""
+    try:
+        if "\x00" in ref:
+            raise ValueError("holds a NUL byte")
+        path = Path(ref) if root is None or os.path.isabs(ref) else root / ref
+        resolved = path.resolve()
+        if root is not None and not allow_outside_root and not resolved.is_relative_to(root.resolve()):
+            raise data_error("image", f"image path {ref[:200]!r} leads out of the dataset folder {str(root)!r} "
+                             "(--allow-outside-root permits it)", source=source, record=record, field=field_name)
+        found = resolved.is_file()
+    except (OSError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise data_error("image", f"cannot use image path {ref[:200]!r}: {getattr(e, 'strerror', None) or e}",
+                         source=source, record=record, field=field_name) from None
+    if not found:
+        raise data_error("image", f"image file not found: {ref[:200]!r}", source=source, record=record,
+                         field=field_name)
+    return str(resolved), resolved.name
+
+
 def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_column: str | None,
                      label_column: str | None, image_keys: Sequence[str], policy: ErrorPolicy,
-                     json_column: str | None = None, split_name: str = "") -> list[CaptionedImage]:
+                     json_column: str | None = None, split_name: str = "", root: Path | None = None,
+                     allow_outside_root: bool = False) -> list[CaptionedImage]:
     from datasets import ClassLabel, Image
 
     names = list(ds.column_names)
@@ -345,10 +375,11 @@ def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_colum
         ds = ds.cast_column(icol, Image(decode=False))
     label_names = ds.features[lcol] if lcol and isinstance(ds.features.get(lcol), ClassLabel) else None
     out = []
-    for n, row in enumerate(ds, 1):
+    for n, row in _dataset_rows(ds, source=source, split_name=split_name):
         rec = f"{split_name + ' ' if split_name else ''}row {n}"
         try:
-            ref, hint = _image_value(row[icol], source=source, record=rec, field_name=icol)
+            ref, hint = _image_value(row[icol], source=source, record=rec, field_name=icol, root=root,
+                                     allow_outside_root=allow_outside_root)
             extra = row.get(json_column) if json_column else None
             extra = extra if isinstance(extra, dict) else {}
             if ccol is not None:
@@ -362,24 +393,47 @@ def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_colum
             lab = _label_of(lab_value, source=source, record=rec, field_name=lcol or "label")
             key = row.get("__key__") or f"{split_name}{n}"
             out.append(CaptionedImage(id=str(key), image=ref, captions=caps, label=lab, source=source, record=rec,
-                                      name_hint=hint))
+                                      name_hint=hint, field=icol))
         except DataError as e:
             policy.handle(e)
     return out
+
+
+def _dataset_rows(ds, *, source: str, split_name: str) -> Iterator[tuple[int, dict]]:
+    """(1-based row number, row) of a dataset; a row the library cannot produce (a streamed imagefolder
+    checks its metadata as it reads, e.g. a file_name leading out of the folder) stops the import with a
+    `DataError` naming the row: what follows it cannot be read either."""
+    rows = iter(ds)
+    n = 0
+    while True:
+        n += 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - the library's message says what is wrong with the row
+            raise DataError(f"the datasets library cannot read it ({type(e).__name__}: {' '.join(str(e).split())})",
+                            source=source, record=f"{split_name + ' ' if split_name else ''}row {n}") from None
+        yield n, row
 
 
 def _datasets():
     try:
         import datasets
     except ImportError:
-        raise ImportError("reading a `datasets` folder or WebDataset shards needs the `datasets` library: "
+        raise ImportError("reading a `datasets` folder (--hf-dataset) needs the `datasets` library: "
                           "pip install 'unime[data]'") from None
     return datasets
 
 
 def read_hf_dataset(path: str | os.PathLike, *, image_column: str | None = None, caption_column: str | None = None,
-                    label_column: str | None = None, policy: ErrorPolicy) -> list[CaptionedImage]:
-    """A local `datasets` dataset: a `save_to_disk` folder, or an imagefolder (every split, in order)."""
+                    label_column: str | None = None, policy: ErrorPolicy,
+                    allow_outside_root: bool = False) -> list[CaptionedImage]:
+    """A local `datasets` dataset: a `save_to_disk` folder, or an imagefolder (every split, in order;
+    streamed, with the library's cache in a temporary folder removed afterwards, so nothing is left outside
+    the output). Images named by path must lie inside the dataset folder unless `allow_outside_root`."""
+    import tempfile
+
     datasets = _datasets()
 
     p = Path(path)
@@ -387,35 +441,148 @@ def read_hf_dataset(path: str | os.PathLike, *, image_column: str | None = None,
     if not p.is_dir():
         raise DataError("dataset folder not found", source=src)
     saved = any((p / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
-    try:
-        ds = datasets.load_from_disk(str(p)) if saved else datasets.load_dataset("imagefolder", data_dir=str(p))
-    except Exception as e:  # the library's own message says what is wrong with the folder
-        raise DataError(f"not a readable datasets folder ({type(e).__name__}: {e})", source=src) from None
-    splits = list(ds.items()) if isinstance(ds, datasets.DatasetDict) else [("", ds)]
-    out: list[CaptionedImage] = []
-    for name, split in splits:
-        out += _rows_of_dataset(split, source=src, image_column=image_column, caption_column=caption_column,
-                                label_column=label_column, image_keys=IMAGE_COLUMNS, policy=policy,
-                                split_name=name if len(splits) > 1 else "")
+    with tempfile.TemporaryDirectory(prefix="unime-datasets-") as cache:
+        try:
+            ds = datasets.load_from_disk(str(p)) if saved else \
+                datasets.load_dataset("imagefolder", data_dir=str(p), streaming=True, cache_dir=cache)
+        except Exception as e:  # the library's own message says what is wrong with the folder
+            raise DataError(f"not a readable datasets folder ({type(e).__name__}: {e})", source=src) from None
+        dicts = (datasets.DatasetDict, datasets.IterableDatasetDict)
+        splits = list(ds.items()) if isinstance(ds, dicts) else [("", ds)]
+        out: list[CaptionedImage] = []
+        for name, split in splits:
+            out += _rows_of_dataset(split, source=src, image_column=image_column, caption_column=caption_column,
+                                    label_column=label_column, image_keys=IMAGE_COLUMNS, policy=policy,
+                                    split_name=name if len(splits) > 1 else "", root=p,
+                                    allow_outside_root=allow_outside_root)
     return out
 
 
 def read_webdataset(shards: Sequence[str | os.PathLike], *, image_column: str | None = None,
                     caption_column: str | None = None, label_column: str | None = None,
                     policy: ErrorPolicy) -> list[CaptionedImage]:
-    """WebDataset tar shards through `datasets`' webdataset builder (every sample = one image)."""
-    datasets = _datasets()
-
+    """WebDataset tar shards (every sample = one image), read member by member with `tarfile`: the
+    WebDataset layout is consecutive members sharing a key (the member path up to the first dot of its
+    file name), one per extension. Read here rather than by `datasets`' webdataset builder, which fails
+    a whole shard on one bad sample (naming no sample) and writes a cache outside `--out`. Nothing is
+    extracted: a member's name is never a path on disk."""
     files = [str(Path(s).resolve()) for s in shards]
-    src = ", ".join(str(s) for s in shards)
     for f in files:
         if not os.path.isfile(f):
             raise DataError("shard not found", source=f)
+    out: list[CaptionedImage] = []
+    for shard, shown in zip(files, shards):
+        for n, key, members, error in _tar_samples(shard, str(shown)):
+            rec = f"sample {n} ({key!r})"
+            try:
+                if error is not None:
+                    raise error
+                out.append(_wds_sample(key, members, source=str(shown), record=rec, image_column=image_column,
+                                       caption_column=caption_column, label_column=label_column))
+            except DataError as e:
+                policy.handle(e)
+    return out
+
+
+def _tar_samples(shard: str, shown: str) -> Iterator[tuple[int, str, dict[str, bytes], DataError | None]]:
+    """(sample number, key, extension -> bytes, the error that spoils the sample or None) of one shard. A
+    shard that is no tar stops the import; a shard cut short ends with one spoilt sample (the one being
+    read): what was read before it is kept."""
+    import tarfile
+
     try:
-        ds = datasets.load_dataset("webdataset", data_files={"train": files}, split="train")
-    except Exception as e:
-        raise DataError(f"not readable as WebDataset shards ({type(e).__name__}: {e})", source=src) from None
-    json_col = "json" if "json" in ds.column_names else None
-    return _rows_of_dataset(ds, source=src, image_column=image_column, caption_column=caption_column,
-                            label_column=label_column, image_keys=WDS_IMAGE_KEYS, policy=policy,
-                            json_column=json_col)
+        tar = tarfile.open(shard, mode="r|*")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"not a tar archive ({e})", source=shown) from None
+    n, key, members, error = 0, None, {}, None
+    with tar:
+        while True:
+            try:
+                member = tar.next()
+                if member is None:
+                    break
+                if member.isdir():
+                    continue
+                name = member.name
+                parts = name.replace("\\", "/").split("/")
+                base = parts[-1]
+                k = "/".join(parts[:-1] + [base.split(".", 1)[0]])
+                ext = base.split(".", 1)[1].lower() if "." in base else ""
+                if k != key:
+                    if key is not None:
+                        yield n, key, members, error
+                    n, key, members, error = n + 1, k, {}, None
+                if error is not None:
+                    continue
+                if name.startswith("/") or ".." in parts:
+                    error = data_error("schema", f"member name {name!r} leads out of the archive", source=shown,
+                                       record=f"sample {n} ({key!r})", field=ext or None)
+                elif not member.isfile():
+                    kind = "a symlink" if member.issym() else "a hard link" if member.islnk() else "not a file"
+                    error = data_error("schema", f"member {name!r} is {kind}", source=shown,
+                                       record=f"sample {n} ({key!r})", field=ext or None)
+                elif not ext:
+                    error = data_error("schema", f"member {name!r} has no extension (the field of its sample)",
+                                       source=shown, record=f"sample {n} ({key!r})")
+                elif ext in members:
+                    error = data_error("schema", f"two members {name!r} in one sample", source=shown,
+                                       record=f"sample {n} ({key!r})", field=ext)
+                else:
+                    members[ext] = tar.extractfile(member).read()
+            except (tarfile.TarError, EOFError, OSError) as e:  # cut short or corrupt from here on
+                at = f"sample {n + (key is None)} ({key!r})" if key is not None else "sample 1"
+                spoilt = data_error("schema", f"the archive is cut short or corrupt here ({e})", source=shown,
+                                    record=at)
+                yield max(n, 1), key or "", {}, spoilt
+                return
+    if key is not None:
+        yield n, key, members, error
+
+
+def _wds_text(data: bytes, *, source: str, record: str, field_name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise data_error("malformed_json", f"not UTF-8 text at byte {e.start + 1} ({data[e.start:e.start + 1]!r})",
+                         source=source, record=record, field=field_name) from None
+
+
+def _wds_sample(key: str, members: dict[str, bytes], *, source: str, record: str, image_column: str | None,
+                caption_column: str | None, label_column: str | None) -> CaptionedImage:
+    """One sample's image, captions and label (by extension: `WDS_IMAGE_KEYS`, txt/caption or json, cls)."""
+    exts = sorted(members)
+    if image_column:
+        icol = image_column if image_column in members else None
+    else:
+        icol = next((k for k in WDS_IMAGE_KEYS if k in members), None)
+    if icol is None:
+        wanted = [image_column] if image_column else list(WDS_IMAGE_KEYS)
+        raise data_error("image", f"no image member (looked for {wanted}; the sample has {exts})", source=source,
+                         record=record, field=image_column or "image")
+    extra: dict = {}
+    if "json" in members:
+        try:
+            extra = json.loads(_wds_text(members["json"], source=source, record=record, field_name="json"))
+        except ValueError as e:
+            raise data_error("malformed_json", f"malformed JSON ({e})", source=source, record=record,
+                             field="json") from None
+        extra = extra if isinstance(extra, dict) else {}
+    ccol = caption_column or next((k for k in ("txt", "caption", "text") if k in members), None)
+    if ccol is not None and ccol in members:
+        caps = _captions_of(_wds_text(members[ccol], source=source, record=record, field_name=ccol), source=source,
+                            record=record, field_name=ccol)
+    elif caption_column is None and ("caption" in extra or "text" in extra):
+        caps = _captions_of(extra.get("caption", extra.get("text")), source=source, record=record,
+                            field_name="json.caption")
+    else:
+        wanted = [caption_column] if caption_column else ["txt", "caption", "text", "json.caption"]
+        raise data_error("schema", f"no caption member (looked for {wanted}; the sample has {exts})", source=source,
+                         record=record, field=caption_column or "txt")
+    lcol = label_column or ("cls" if "cls" in members else None)
+    if lcol is not None and lcol in members:
+        value: Any = _wds_text(members[lcol], source=source, record=record, field_name=lcol).strip()
+        lab = _label_of(value, source=source, record=record, field_name=lcol)
+    else:
+        lab = _label_of(extra.get("label"), source=source, record=record, field_name="json.label")
+    return CaptionedImage(id=key, image=members[icol], captions=caps, label=lab, source=source, record=record,
+                          name_hint=os.path.basename(key) + "." + icol, field=icol)

@@ -1,0 +1,146 @@
+"""Usage errors the parser cannot catch alone (options missing or not fitting together) follow the one error
+contract like every other user-caused failure: exit code 2, ONE line `unime: error: COMMAND: what to give`,
+no traceback (`unime.errors.UsageError`). argparse's own usage errors keep their exit code 2."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unime.cli import main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# (argv, the one error line after "unime: error: "); each is refused before any model or data is loaded
+CASES = [
+    (["plan"], "plan: give --recipe NAME or --stage {embedder,reranker,judge}"),
+    (["plan", "--stage", "embedder"], "plan: give --model (a known release or a checkpoint folder)"),
+    (["eval", "--model", "m", "--tasks", "t"], "eval: --out is required"),
+    (["eval", "--out", "{tmp}/ev"], "eval: give --model and --tasks to evaluate, or --compare DIR ... to compare"),
+    (["eval", "--out", "{tmp}/ev", "--compare", "a", "b", "--tasks", "t"], "eval: --tasks / --rerank need --model"),
+    (["eval", "--out", "{tmp}/ev", "--model", "m"], "eval: --model needs --tasks"),
+    (["search", "--index", "{tmp}/idx"], "search: give --query and/or --image"),
+    (["train", "reasoner", "--stage", "sft", "--model", "m", "--out", "{tmp}/r"], "train reasoner: --stage sft needs --tcots"),
+    (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r"],
+     "train reasoner: --stage grpo needs --records and --embedder"),
+    (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r", "--records", "r", "--embedder", "e",
+      "--weights", "1,2"], "train reasoner: --weights takes three numbers: format,outcome,process (got '1,2')"),
+    (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r", "--records", "r", "--embedder", "e",
+      "--weights", "1,x,2"], "train reasoner: --weights takes three numbers: format,outcome,process (got '1,x,2')"),
+    (["index", "build", "--model", "m", "--items", "c.jsonl", "--out", "{tmp}/x", "--ef-search", "0"],
+     "index build: ef_search must be >= 1, got 0"),
+    (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--nprobe", "0"],
+     "mine: nprobe must be >= 1, got 0"),
+    (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--audit"],
+     "mine: --audit needs --world"),
+    (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--backend", "vllm",
+      "--vllm-engine-arg", "tensor_parallel_size"],
+     "mine: --vllm-engine-arg expects KEY=VALUE, got 'tensor_parallel_size'"),
+    (["data", "import", "--captions", "c.tsv", "--out", "{tmp}/imp"], "data import: --captions / --coco need --images DIR"),
+    (["data", "synth", "--out", "{tmp}/w", "--size", "tiny", "--video-clips", "3", "--video-frames", "5"],
+     "data synth: video frames must be even and >= 4, got 5"),
+    (["serve", "--model", "m", "--no-auth", "--host", "0.0.0.0"],
+     "serve: --no-auth is only allowed when binding to loopback (127.0.0.1, ::1, localhost), not 0.0.0.0"),
+    (["serve", "--model", "m", "--no-auth", "--ray", "--device", "cuda", "--ray-gpus-per-replica", "0"],
+     "serve: --device cuda with --ray-gpus-per-replica 0: Ray reserves no GPU for the replicas; give "
+     "--ray-gpus-per-replica (e.g. 1) to run them on GPUs"),
+]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("unime: error: "), lines[0]
+    return lines[0][len("unime: error: "):]
+
+
+@pytest.mark.parametrize("argv,line", CASES, ids=[" ".join(a[:3]) + f"#{i}" for i, (a, _) in enumerate(CASES)])
+def test_every_usage_error_is_one_line_and_exit_code_2(argv, line, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    assert _error_line(capsys) == line
+
+
+def test_argparse_usage_errors_and_help_keep_their_exit_codes(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "reasoner", "--stage", "sft"])  # required --model / --out: argparse's own error
+    assert e.value.code == 2
+    assert "the following arguments are required: --model, --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--help"])
+    assert e.value.code == 0
+
+
+def test_no_command_module_exits_with_a_message():
+    """`raise SystemExit("...")` exits 1 without the contract's line: the command modules raise
+    `UsageError` instead (an exit code as the argument stays allowed)."""
+    found = []
+    for path in sorted((SRC / "unime").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "SystemExit" and node.args:
+                arg = node.args[0]
+                if not (isinstance(arg, ast.Constant) and isinstance(arg.value, int)):
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "exit" and \
+                    getattr(node.func.value, "id", None) == "sys" and node.args and \
+                    isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert found == []
+
+
+def test_bare_plan_through_the_installed_entry_point_exits_2(tmp_path):
+    exe = Path(sys.executable).parent / "unime"
+    if not exe.exists():
+        pytest.skip("no `unime` console script next to this interpreter")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(exe), "plan"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "unime: error: plan: give --recipe NAME or --stage {embedder,reranker,judge}"]
+    assert proc.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_command_leaves_no_empty_output_folder_it_created(tmp_path, capsys):
+    """The output folder is claimed before the command runs; a usage error found then leaves nothing, while
+    a folder that was there before stays."""
+    new = tmp_path / "new" / "ev"
+    assert main(["eval", "--out", str(new), "--model", "m"]) == 2
+    assert _error_line(capsys) == "eval: --model needs --tasks"
+    assert not new.exists() and (tmp_path / "new").is_dir()  # only the folder it created, not its parent
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main(["train", "reasoner", "--stage", "sft", "--model", "m", "--out", str(kept)]) == 2
+    assert _error_line(capsys) == "train reasoner: --stage sft needs --tcots"
+    assert kept.is_dir()
+
+
+@pytest.mark.parametrize("command", ["synth", "import"])
+def test_a_folder_refused_by_the_stage_is_the_contract_line_too(command, monkeypatch, tmp_path, capsys):
+    """The stage's own refusal of a non-empty folder (the CLI's claim refuses most cases before) used to be
+    printed on stdout without the contract's prefix."""
+    import unime.data.import_collection as importer
+    import unime.data.synth as synth
+
+    def refuse(*a, **k):
+        raise FileExistsError(f"{tmp_path / 'o'} exists and is not empty")
+
+    monkeypatch.setattr(synth, "generate_world", refuse)
+    monkeypatch.setattr(importer, "import_collection", refuse)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (tmp_path / "c.csv").write_text("file,text\n")
+    argv = {"synth": ["data", "synth", "--out", str(tmp_path / "o"), "--size", "tiny"],
+            "import": ["data", "import", "--captions", str(tmp_path / "c.csv"), "--images", str(images),
+                       "--out", str(tmp_path / "o")]}[command]
+    monkeypatch.setattr("unime.data.collections.read_caption_table", lambda *a, **k: [])
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "exists and is not empty" not in out and "Traceback" not in err
+    assert err.splitlines() == [f"unime: error: {tmp_path / 'o'} exists and is not empty"]
