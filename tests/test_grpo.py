@@ -293,3 +293,30 @@ def test_grpo_hands_trl_a_lora_on_the_language_model_only(world, tiny_model_dir,
     assert seen["adapted"] == {f"model.language_model.layers.{i}.{proj}" for i in (0, 1)
                                for proj in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                             "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+
+
+def test_grpo_skip_policy_counts_bad_records_and_trains_on_the_rest(world, tiny_model_dir, tmp_path, capsys):
+    """`unime train reasoner --stage grpo --on-error skip` end to end: a malformed line and a record whose image
+    is corrupt are counted under their reasons (console and summary) and training runs on the 4 good records;
+    without skip the same file stops with the one contract line naming the file, line and field."""
+    from unime.cli import main
+
+    root, _ = world
+    (root / "imgs" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    bad = {"id": "bad", "query": {"text": "a grey circle"},
+           "positive": {"text": "<|image_1|>", "images": ["imgs/bad.png"]}}
+    lines = (root / "records.jsonl").read_text().splitlines()
+    lines = lines[:2] + ["{not json"] + lines[2:] + [json.dumps(bad)]
+    (root / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    common = ["train", "reasoner", "--stage", "grpo", "--model", tiny_model_dir("qwen2_vl"),
+              "--embedder", tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), "--records", str(root / "mixed.jsonl"),
+              "--max-steps", "1", "--max-completion-length", "8", "--device", "cpu"]
+    capsys.readouterr()  # the fixtures' model-building progress bars
+    assert main([*common, "--out", str(tmp_path / "strict")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("unime")]
+    assert len(err) == 1 and "mixed.jsonl, record line 3: malformed JSON" in err[0], err
+    assert main([*common, "--out", str(tmp_path / "skip"), "--on-error", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 record(s)" in out, out
+    summary = json.loads((tmp_path / "skip" / "grpo_summary.json").read_text())
+    assert summary["skipped_records"]["total"] == 2 and summary["steps"] == 1
