@@ -25,6 +25,10 @@ def register(sub) -> None:
                    help="eval clips of the world's video tasks, whose rows the report shows (default: preset's, "
                         "24; 0 = no video)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help="run N of a stage's independent commands (one per seed) side by side in worker processes, "
+                        "the CPU cores shared out among them (default 0 = auto: one per core on the CPU, at most one "
+                        "per seed; 1 on a GPU)")
     add_config_option(p)
     p.set_defaults(func=_demo)
 
@@ -46,7 +50,7 @@ def _demo(args) -> int:
         fresh(args.out, overwrite=bool(getattr(args, "overwrite", False)))
     try:
         report = Demo(args.out, settings, device=args.device, embed_rl=args.embed_rl,
-                      oracle_judge=args.oracle_judge).run()
+                      oracle_judge=args.oracle_judge, jobs=max(0, args.jobs)).run()
     except DemoStopped as e:
         print(f"[demo] stopped: {e}")
         return 3

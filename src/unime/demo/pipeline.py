@@ -146,8 +146,12 @@ class StageResult:
 class Demo:
     def __init__(self, out: str | os.PathLike, settings: DemoSettings, *, device: str = "cpu",
                  progress: Callable[[str], None] = print, embed_rl: bool = False, oracle_judge: bool = False,
-                 timings: str | os.PathLike | None = None):
+                 timings: str | os.PathLike | None = None, jobs: int = 1):
+        from unime.demo.parallel import auto_jobs
+
         self.out = Path(out)
+        # independent commands (one per seed) run `jobs` at a time (unime.demo.parallel); 0 = auto
+        self.jobs = jobs if jobs > 0 else auto_jobs(device, len(settings.seeds))
         self.embed_rl = embed_rl
         self.oracle_judge = oracle_judge
         self.s = settings
@@ -184,7 +188,7 @@ class Demo:
 
         settings = {k: v for k, v in asdict(self.s).items() if k not in ("stop_on_weak_judge", "max_fallback_share")}
         key = {"settings": settings, "device": self.device, "embed_rl": self.embed_rl,
-               "oracle_judge": self.oracle_judge}
+               "oracle_judge": self.oracle_judge, **({"jobs": self.jobs} if self.jobs > 1 else {})}
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def embedder_runs(self) -> dict[str, list[Path]]:
@@ -204,6 +208,27 @@ class Demo:
             run_stage_command(command, options)
         finally:
             _torch_threads(threads)
+
+    def run_commands(self, calls: list[tuple[str, dict]], commands: list[str]) -> None:
+        """`run_command` for independent commands: `self.jobs` at a time in worker processes when jobs > 1
+        (each with its share of the torch threads), in order otherwise."""
+        if self.jobs <= 1 or len(calls) <= 1:
+            for command, options in calls:
+                self.run_command(command, options, commands)
+            return
+        from unime.demo.parallel import run_parallel
+        from unime.demo.stage_calls import command_line
+
+        commands.extend(command_line(command, options) for command, options in calls)
+        run_parallel(calls, jobs=self.jobs, threads=self.threads_per_job())
+
+    def threads_per_job(self) -> int:
+        """Torch threads of each command: the `threads` setting, else the cores shared out among the jobs."""
+        from unime.demo.parallel import threads_per_job
+
+        if self.s.threads:
+            return self.s.threads
+        return threads_per_job(self.jobs) if self.jobs > 1 else _torch_threads()
 
     def stage(self, name: str, done_when: list[Path], body: Callable[[list[str]], None]) -> None:
         marker = self.p("stages", f"{name}.json")
@@ -278,13 +303,10 @@ class Demo:
                            "--overwrite": True}, c))
 
         def reference(c):
-            for seed, dest in zip(s.seeds, self.reference_runs()):
-                if (dest / "summary.json").exists():
-                    continue
-                self.run_command("eval reference", {
-                    "--tasks": world, "--records": world / "train" / "records.jsonl", "--data-root": world,
-                    "--out": dest, "--seconds": s.reference_seconds, "--seed": seed,
-                    "--threads": s.threads or _torch_threads()}, c)
+            self.run_commands([("eval reference", {
+                "--tasks": world, "--records": world / "train" / "records.jsonl", "--data-root": world,
+                "--out": dest, "--seconds": s.reference_seconds, "--seed": seed, "--threads": self.threads_per_job()})
+                for seed, dest in zip(s.seeds, self.reference_runs()) if not (dest / "summary.json").exists()], c)
         self.stage("reference", [d / "summary.json" for d in self.reference_runs()], reference)
 
         def models(c):
@@ -346,14 +368,12 @@ class Demo:
 
         def train_embedders(row: str, loss: dict, recs: Path):
             def body(c):
-                for seed, out in zip(s.seeds, runs[row]):
-                    if (out / "merged").exists():
-                        continue
-                    self.run_command("train embedder", {
-                        "--model": self.p("models", "embedder-base"), "--records": recs, "--data-root": world,
-                        "--out": out, **loss, "--tau": s.tau, "--full": True, "--batch-size": s.embed_batch,
-                        "--steps": s.embed_steps, "--lr": s.embed_lr, "--warmup": 0.1, "--seed": seed,
-                        "--save-steps": max(s.embed_steps // 2, 1), **dev}, c)
+                self.run_commands([("train embedder", {
+                    "--model": self.p("models", "embedder-base"), "--records": recs, "--data-root": world,
+                    "--out": out, **loss, "--tau": s.tau, "--full": True, "--batch-size": s.embed_batch,
+                    "--steps": s.embed_steps, "--lr": s.embed_lr, "--warmup": 0.1, "--seed": seed,
+                    "--save-steps": max(s.embed_steps // 2, 1), **dev})
+                    for seed, out in zip(s.seeds, runs[row]) if not (out / "merged").exists()], c)
             return body
 
         self.stage("baseline", [r / "merged" for r in runs["baseline"]], train_embedders(
@@ -398,6 +418,7 @@ class Demo:
             "--overwrite": True, **dev}, c))
 
         def evaluate(c):
+            calls = []
             for row, outs in runs.items():
                 for seed, out in zip(s.seeds, outs):
                     dest = self.p("eval", f"{row}_s{seed}")
@@ -406,8 +427,9 @@ class Demo:
                     extra = {}
                     if row == "soft":  # the paper's Table 3: the UniME-V2 embedder with its reranker
                         extra = {"--rerank": reranker_dir, "--topk": s.rerank_topk, "--mode": "top1"}
-                    self.run_command("eval", {"--model": out / "merged", "--tasks": world, "--out": dest,
-                                              "--cache-dir": self.p("cache", "eval"), **extra, **dev}, c)
+                    calls.append(("eval", {"--model": out / "merged", "--tasks": world, "--out": dest,
+                                           "--cache-dir": self.p("cache", "eval"), **extra, **dev}))
+            self.run_commands(calls, c)
             run_video_evals(self, c)
         eval_done = [self.p("eval", f"{row}_s{seed}", "summary.json") for row in runs for seed in s.seeds]
         eval_done += video_eval_done(self)

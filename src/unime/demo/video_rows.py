@@ -81,16 +81,13 @@ def run_video_evals(demo: "Demo", commands: list[str]) -> None:
                  "re-run with --fresh to regenerate it)")
         return
     t0 = time.perf_counter()
-    ran = 0
-    for row, outs in demo.embedder_runs().items():
-        for seed, out in zip(demo.s.seeds, outs):
-            dest = video_eval_dir(demo, row, seed)
-            if (dest / "summary.json").exists():
-                continue
-            demo.run_command("eval", {"--model": out / "merged", "--tasks": tasks, "--out": dest,
-                                      "--cache-dir": demo.p("cache", "eval"), "--video-frames": demo.s.video_frames,
-                                      "--device": demo.device}, commands)
-            ran += 1
+    calls = [("eval", {"--model": out / "merged", "--tasks": tasks, "--out": video_eval_dir(demo, row, seed),
+                       "--cache-dir": demo.p("cache", "eval"), "--video-frames": demo.s.video_frames,
+                       "--device": demo.device})
+             for row, outs in demo.embedder_runs().items() for seed, out in zip(demo.s.seeds, outs)
+             if not (video_eval_dir(demo, row, seed) / "summary.json").exists()]
+    demo.run_commands(calls, commands)
+    ran = len(calls)
     if ran:
         timing = demo.p("eval", "video", "timing.json")
         timing.write_text(json.dumps({"runs": ran, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
