@@ -129,3 +129,37 @@ def test_pretrained_judge_is_cached_by_recipe_and_deterministic(tmp_path, monkey
     assert _weights_hash(twin.model) == _weights_hash(first.model)
     other = pt.pretrain_judge(judge.replace(seed=1), recipe, progress=lambda m: None)
     assert other.path != first.path and _weights_hash(other.model) != _weights_hash(first.model)
+
+
+def test_judge_corpus_clips_drop_exactly_the_records_that_show_an_excluded_clip(tmp_path):
+    import re
+
+    from unime.data.io import read_records
+    from unime.data.synth import generate_world
+    from unime.data.synth.clips import VideoSizes
+    from unime.demo.judge_data import judge_training_records
+
+    corpus = tmp_path / "corpus"
+    generate_world(corpus, seed=4, sizes="tiny", video=VideoSizes(train_clips=6))
+    world = World.load(corpus)
+    records = read_records(corpus / "train" / "video_records.jsonl")
+    target = next(c for c in world.clips.values() if c.split == "train")
+    expected = 0
+    for rec in records:  # independent count: the clip ids in the records' video file names
+        shown = {m.group(1) for item in (rec.query, rec.positive) for ref in item.video
+                 for m in [re.search(r"/(\w+?)(?:_p\d)?\.mp4$", str(ref))] if m}
+        expected += any(world.clips[c].signature == target.signature for c in shown)
+    kept, dropped = pt.corpus_video_records(corpus, {target.signature})
+    assert dropped == expected >= 1 and len(kept) + dropped == len(records)
+    assert pt.corpus_video_records(corpus, set()) == (records, 0)
+    # a world's eval clips are what the judge's corpus leaves out; a world without video excludes none
+    eval_world = tmp_path / "world"
+    generate_world(eval_world, seed=5, sizes="tiny", video=VideoSizes(eval_clips=3))
+    sigs, digest = pt.excluded_clip_signatures(eval_world)
+    assert sigs == {c.signature for c in World.load(eval_world).clips.values()} and len(sigs) == 3 and digest
+    # the judge's labelled records come from one pool of images and clips; relevance answers for both
+    image_records, _ = corpus_records(corpus, set())
+    labelled = judge_training_records(world.with_records(image_records + kept), negatives_per_query=2)
+    video_queries = [r for r in labelled if r.query.video or r.positive.video]
+    assert video_queries and all(world.relevance(r.query, r.positive) == 1.0 for r in video_queries)
+    assert all(world.relevance(r.query, n) < 1.0 for r in video_queries for n in r.negatives)

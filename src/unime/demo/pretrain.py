@@ -100,13 +100,17 @@ class JudgePretrainRecipe(_Recipe):
 
     negatives: int = 3
     extra_positives: int = 1
-    steps: int = 3000
+    steps: int = 4000            # 3000 on images only; 4000 keeps ~3.7 passes over the image records with the clips'
     batch_size: int = 4          # records (1 positive + `negatives` each)
     lr: float = 1e-3
     group_weight: float = 1.0
     warmup: int = 100
     holdout: float = 0.05
     seed: int = 0
+    # the judge's corpus also holds generated clips (train clips of the world's video tasks, 4 records each), so
+    # it has seen motion and change before it judges the demo world's video records; 0 = images only
+    video_clips: int = 300
+    video_frames: int = 8
     what = "judge recipe"
 
     @classmethod
@@ -114,11 +118,12 @@ class JudgePretrainRecipe(_Recipe):
         if name == "default":
             return cls()
         if name == "quick":
-            return cls(steps=4, warmup=0, holdout=0.0)
+            return cls(steps=4, warmup=0, holdout=0.0, video_clips=4)
         raise ValueError(f"unknown judge pretraining preset {name!r} (default, quick)")
 
-    def key(self, base_key: str) -> str:
-        blob = json.dumps({"judge": asdict(self), "version": RECIPE_VERSION, "base": base_key}, sort_keys=True)
+    def key(self, base_key: str, exclude_clips_digest: str = "") -> str:
+        blob = json.dumps({"judge": asdict(self), "version": RECIPE_VERSION, "base": base_key,
+                           "exclude_clips": exclude_clips_digest}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -156,6 +161,37 @@ def excluded_signatures(world_root: str | os.PathLike) -> tuple[set, str]:
     return sigs, digest
 
 
+def excluded_clip_signatures(world_root: str | os.PathLike) -> tuple[set, str]:
+    """Signatures of the eval clips of a world (none without video), and a digest of them (part of the judge's key)."""
+    from unime.data.synth import World
+
+    world = World.load(world_root)
+    sigs = {c.signature for c in world.clips.values() if c.split != "train"}
+    digest = hashlib.sha256(json.dumps(sorted(map(repr, sigs))).encode()).hexdigest()[:16] if sigs else ""
+    return sigs, digest
+
+
+def corpus_video_records(corpus_root: Path, exclude: set) -> tuple[list, int]:
+    """The corpus world's video training records minus those whose query or positive shows a clip with an
+    excluded signature (none when the corpus has no video)."""
+    from unime.data.io import read_records
+    from unime.data.synth import World
+
+    path = corpus_root / "train" / "video_records.jsonl"
+    if not path.is_file():
+        return [], 0
+    world = World.load(corpus_root)
+    clip_of = {p: c for c in world.clips.values() for p in (c.path, c.segment_path(0), c.segment_path(1))}
+    kept, dropped = [], 0
+    for rec in read_records(path):
+        shown = {clip_of.get(str(ref)) for item in (rec.query, rec.positive) for ref in item.video} - {None}
+        if any(c.signature in exclude for c in shown):
+            dropped += 1
+        else:
+            kept.append(rec)
+    return kept, dropped
+
+
 def corpus_records(corpus_root: Path, exclude: set) -> tuple[list, int]:
     """The corpus world's training records minus those whose query or positive shows an excluded scene."""
     from unime.data.synth import World
@@ -171,17 +207,21 @@ def corpus_records(corpus_root: Path, exclude: set) -> tuple[list, int]:
     return kept, dropped
 
 
-def _generate_corpus(recipe: PretrainRecipe, corpus: Path, progress: Callable[[str], None]) -> None:
+def _generate_corpus(recipe: PretrainRecipe, corpus: Path, progress: Callable[[str], None], *,
+                     video_clips: int = 0, video_frames: int = 8) -> None:
+    """The corpus world (its image part depends on `recipe` only; `video_clips` train clips added)."""
     from unime.data.synth import WorldSizes, generate_world
+    from unime.data.synth.clips import VideoSizes
 
     if (corpus / "world.json").is_file():
         return
     progress(f"[pretrain] generating the corpus (seed {recipe.corpus_seed}, {recipe.corpus_per_task} "
-             "records per task)")
+             f"records per task" + (f", {video_clips} clips)" if video_clips else ")"))
     sizes = WorldSizes(train_scenes=recipe.corpus_scenes, train_per_task=recipe.corpus_per_task,
                        eval_scenes=40, ood_scenes=30, eval_queries=6, candidates=6, retrieval_images=8,
                        compositional_pairs=6)
-    generate_world(corpus, seed=recipe.corpus_seed, sizes=sizes, overwrite=False)
+    video = VideoSizes(train_clips=video_clips, frames=video_frames) if video_clips else None
+    generate_world(corpus, seed=recipe.corpus_seed, sizes=sizes, overwrite=False, video=video)
 
 
 def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None]) -> dict | None:
@@ -278,7 +318,8 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
 
     base = pretrain(recipe, exclude_world=exclude_world, device=device, progress=progress)
-    key = judge.key(base.manifest["key"])
+    exclude_clips, clips_digest = excluded_clip_signatures(exclude_world) if exclude_world else (set(), "")
+    key = judge.key(base.manifest["key"], clips_digest if judge.video_clips else "")
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-judge-{key}"
     manifest = _cached(dest, key, "judge", progress)
     if manifest is not None:
@@ -288,13 +329,17 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     corpus = work / "corpus"
-    _generate_corpus(recipe, corpus, progress)
+    _generate_corpus(recipe, corpus, progress, video_clips=judge.video_clips, video_frames=judge.video_frames)
     records_path = work / "judge_records.jsonl"
     stats: dict = {}
     if not records_path.is_file():
         kept, _dropped = corpus_records(corpus, exclude)
-        labelled = judge_training_records(World.load(corpus).with_records(kept), negatives_per_query=judge.negatives,
-                                          extra_positives=judge.extra_positives, seed=judge.seed, stats=stats)
+        clips, clips_dropped = corpus_video_records(corpus, exclude_clips)
+        # one pool of images and clips, as mining retrieves from when the demo trains on video too
+        labelled = judge_training_records(World.load(corpus).with_records(kept + clips),
+                                          negatives_per_query=judge.negatives, extra_positives=judge.extra_positives,
+                                          seed=judge.seed, stats=stats)
+        stats.update(video_records=len(clips), video_records_dropped_excluded_clips=clips_dropped)
         write_records(labelled, records_path)
         with atomic_open(work / "judge_records_stats.json") as fh:
             json.dump(stats, fh, indent=1)
@@ -307,7 +352,7 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
         data_root=str(corpus), judge_negatives=judge.negatives, full=True, learning_rate=judge.lr,
         max_steps=judge.steps, batch_size=judge.batch_size, warmup_steps=judge.warmup, seed=judge.seed,
         device=device, logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
-        holdout=judge.holdout, group_weight=judge.group_weight))
+        holdout=judge.holdout, group_weight=judge.group_weight, video_frames=judge.video_frames))
     manifest = {"key": key, "recipe_version": RECIPE_VERSION, "judge_recipe": asdict(judge),
                 "base": {"key": base.manifest["key"], "path": str(base.path)},
                 "exclude_world": str(exclude_world) if exclude_world else None, "records": stats,

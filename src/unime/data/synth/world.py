@@ -81,7 +81,7 @@ class World:
 
     def with_records(self, records: list[Record]) -> "World":
         """The same world (scenes, items, relevance) whose training records are `records` (a subset)."""
-        other = World(self.root, self.manifest, self.scenes, self._items)
+        other = World(self.root, self.manifest, self.scenes, self._items, self.clips)
         other._records = list(records)
         return other
 
