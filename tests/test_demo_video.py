@@ -88,6 +88,21 @@ def test_demo_video_rows_equal_hit_at_1_computed_here(tmp_path, tiny_model_dir):
     again: list[str] = []
     run_video_evals(demo, again)
     assert again == []
+    # the learnability reference, trained on image + video records, evaluated on the video tasks too (--also):
+    # its row shows the scores of its own video summary
+    from unime.demo.video_rows import training_records, video_eval_dir
+
+    ref_video = video_eval_dir(demo, "reference", 0)
+    assert main(["eval", "reference", "--tasks", str(world), "--records", str(training_records(demo)),
+                 "--data-root", str(world), "--out", str(tmp_path / "ref"), "--max-steps", "3", "--image-size", "32",
+                 "--also", str(world / "eval_tasks_video.yaml"), str(ref_video)]) == 0
+    summary = json.loads((ref_video / "summary.json").read_text())
+    assert summary["meta"]["model_id"] == json.loads((tmp_path / "ref" / "summary.json").read_text())["meta"]["model_id"]
+    video = summary["aggregates"]["mmeb_v2"]["modalities"]["video"]
+    row = next(line for line in video_section(demo, ROW_TITLES, _fmt) if "Learnability reference" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == [f"{100 * video['score']:.1f}"] + [f"{100 * video['meta_tasks'][g]['score']:.1f}"
+                                                            for g, _ in COLUMNS]
     FRAME_CACHE.clear()
 
 

@@ -74,6 +74,11 @@ def register(sub) -> None:
     r.add_argument("--image-size", type=int, default=64, help="images are resized to this square size")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=1, help="torch threads (1 = bit-reproducible; default 1)")
+    r.add_argument("--video-frames", type=int, default=None, metavar="N",
+                   help="frames sampled uniformly from each video (default: ReferenceConfig.video_frames, 8)")
+    r.add_argument("--also", nargs=2, action="append", default=None, metavar=("TASKS", "OUT"),
+                   help="also evaluate the trained reference on TASKS, writing the result folder OUT like `unime "
+                        "eval` (repeatable; e.g. a world's eval_tasks_video.yaml)")
     r.add_argument("--ties", default="pessimistic", choices=["pessimistic", "index"])
     r.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="a bad eval data row stops the run (raise) or is left out and counted (skip)")
@@ -123,9 +128,11 @@ def _reference(args) -> int:
     from unime.eval.reference import ReferenceConfig, evaluate_reference
 
     cfg = ReferenceConfig(seconds=args.seconds, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                          image_size=args.image_size, seed=args.seed, threads=args.threads)
+                          image_size=args.image_size, seed=args.seed, threads=args.threads,
+                          **({"video_frames": args.video_frames} if args.video_frames else {}))
     summary = evaluate_reference(args.tasks, args.records, args.out, data_root=args.data_root, cfg=cfg,
-                                 tasks_root=args.tasks_root, only=args.task, ties=args.ties, on_error=args.on_error)
+                                 tasks_root=args.tasks_root, only=args.task, ties=args.ties, on_error=args.on_error,
+                                 also=tuple(tuple(pair) for pair in args.also or ()))
     training = summary["meta"]["reference"]["training"]
     overall = summary["aggregates"].get("mmeb", {}).get("scores", {}).get("overall")
     print(f"{args.out}/results.md  ({training['steps']} steps in {training['seconds']:.0f} s, stopped by "

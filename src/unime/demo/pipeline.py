@@ -295,19 +295,26 @@ class Demo:
         world_sizes = {flag: value for flag, value in (("--train-scenes", s.world_train_scenes),
                                                        ("--train-per-task", s.world_train_per_task))
                        if value is not None}
-        from unime.demo.video_rows import (run_video_evals, training_records, video_eval_done, video_options,
-                                           world_args)
+        from unime.demo.video_rows import (VIDEO_TASKS_FILE, run_video_evals, training_records, trains_on_video,
+                                           video_eval_dir, video_eval_done, video_options, world_args)
 
         self.stage("world", [world / "world.json"], lambda c: self.run_command(
             "data synth", {"--out": world, "--size": s.world_size, **world_sizes, **world_args(self),
                            "--overwrite": True}, c))
 
         def reference(c):
+            # the records the embedders train on (with the video ones when video training is on), and the video
+            # tasks evaluated by the same trained reference
+            recs = training_records(self)
             self.run_commands([("eval reference", {
-                "--tasks": world, "--records": world / "train" / "records.jsonl", "--data-root": world,
-                "--out": dest, "--seconds": s.reference_seconds, "--seed": seed, "--threads": self.threads_per_job()})
+                "--tasks": world, "--records": recs, "--data-root": world, "--out": dest,
+                "--seconds": s.reference_seconds, "--seed": seed, "--threads": self.threads_per_job(),
+                **({"--also": (world / VIDEO_TASKS_FILE, video_eval_dir(self, "reference", seed))}
+                   if trains_on_video(self) else {})})
                 for seed, dest in zip(s.seeds, self.reference_runs()) if not (dest / "summary.json").exists()], c)
-        self.stage("reference", [d / "summary.json" for d in self.reference_runs()], reference)
+        self.stage("reference", [d / "summary.json" for d in self.reference_runs()] + [
+            video_eval_dir(self, "reference", seed) / "summary.json" for seed in s.seeds if trains_on_video(self)],
+            reference)
 
         def models(c):
             # the paper starts from pretrained models: the pretrained tiny base (cached per machine by recipe,

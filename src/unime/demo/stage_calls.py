@@ -27,6 +27,8 @@ def command_line(command: str, options: dict[str, Any]) -> str:
             argv.append(flag)
         elif value is False or value is None:
             raise ValueError(f"{command} {flag}: a demo option is a value or True (a bare flag), not {value!r}")
+        elif isinstance(value, tuple):  # an option of several values (e.g. `--also TASKS OUT`)
+            argv += [flag, *map(str, value)]
         else:
             argv += [flag, str(value)]
     return "unime " + " ".join(shlex.quote(a) for a in argv)
@@ -134,9 +136,10 @@ def _data_synth(o: _Options) -> Callable[[], Any]:
 def _eval_reference(o: _Options) -> Callable[[], Any]:
     from unime.eval.reference import ReferenceConfig, evaluate_reference
 
-    cfg = ReferenceConfig(**o.given(seconds=float, seed=int, threads=int))
+    cfg = ReferenceConfig(**o.given(seconds=float, seed=int, threads=int, video_frames=int))
     args, root = (o.get("--tasks"), o.get("--records"), o.get("--out")), o.get("--data-root")
-    return _in_folder(o, lambda: evaluate_reference(*args, data_root=root, cfg=cfg))
+    also = o.get("--also", lambda pair: (tuple(map(str, pair)),), ())
+    return _in_folder(o, lambda: evaluate_reference(*args, data_root=root, cfg=cfg, also=also))
 
 
 def _models_build_tiny(o: _Options) -> Callable[[], Any]:

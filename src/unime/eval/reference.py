@@ -10,7 +10,10 @@ Model (`ReferenceEncoder`):
   dropped) over a vocabulary built from the training records (unknown words share one id) →
   embeddings → one bidirectional GRU layer → masked mean → linear;
 - image tower: four conv layers (5x5/2, then 3x3 with 2x2 max pooling) → 4x4 adaptive average pool
-  (keeps coarse position) → flatten → linear. Several images / video frames: the mean of their vectors;
+  (keeps coarse position) → flatten → linear. Several images: the mean of their vectors. A video (a file,
+  decoded and sampled like every other stage does, `unime.data.video`, or a frame list): its frames' vectors in
+  time order through a GRU, whose last state is the video's vector (order matters: "moves left" is not
+  "moves right"); an item's images and video are averaged as one vector each;
 - an item with both image and text: the text conditions the last conv feature map (FiLM: per-channel
   scale and shift), and ``image + text + MLP([image; text])`` is its vector;
 - symmetric in-batch InfoNCE with a learned temperature (CLIP's logit scale, clamped at 100); in-batch
@@ -77,6 +80,7 @@ class ReferenceConfig:
     init_temperature: float = 0.07
     seed: int = 0
     threads: int = 1  # torch threads while training and encoding (1 = bit-reproducible)
+    video_frames: int = 8  # frames sampled uniformly from each video
     log_every: int = 20  # steps between training-log lines (running in-batch P@1 and loss)
 
     def __post_init__(self):
@@ -138,6 +142,8 @@ class DualEncoderNet(nn.Module):
         nn.init.zeros_(self.film.bias)
         self.fuse = nn.Sequential(nn.Linear(2 * cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        # built last, so the image and text towers start from the same weights as without it
+        self.temporal = nn.GRU(cfg.dim, cfg.dim, batch_first=True)
 
     def text_features(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(n, L) padded ids, (n,) lengths >= 1 → (n, 2 * word_dim) masked mean of GRU states."""
@@ -167,7 +173,9 @@ class Batch:
     ids: torch.Tensor
     lengths: torch.Tensor
     image_item: torch.Tensor  # item index of each image row
-    pixels: torch.Tensor
+    pixels: torch.Tensor      # the images' rows, then every video's frames in order
+    video_item: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # item of each video
+    video_len: tuple[int, ...] = ()  # frames of each video (its rows follow the image rows, video by video)
 
 
 class ReferenceEncoder:
@@ -185,46 +193,64 @@ class ReferenceEncoder:
         self._pixels: dict[tuple[str, Any], torch.Tensor] = {}
 
     # -- inputs
+    def _tensor(self, img) -> torch.Tensor:
+        s = self.cfg.image_size
+        arr = np.asarray(img.convert("RGB").resize((s, s), resample=2), dtype=np.uint8)  # bilinear
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
     def pixels(self, ref, *, source=None, record=None, field=None) -> torch.Tensor:
         """One image as a (3, S, S) float tensor in [-1, 1] (memoised per data root and reference)."""
         key = (str(self.image_loader.root), ref if isinstance(ref, (str, bytes)) else id(ref))
         t = self._pixels.get(key)
         if t is None:
-            img = self.image_loader.load(ref, source=source, record=record, field=field)
-            s = self.cfg.image_size
-            img = img.resize((s, s), resample=2)  # bilinear
-            arr = np.asarray(img, dtype=np.uint8)
-            t = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+            t = self._tensor(self.image_loader.load(ref, source=source, record=record, field=field))
             if isinstance(ref, (str, bytes)):
+                self._pixels[key] = t
+        return t
+
+    def frames(self, refs: Sequence[Any], *, source=None, record=None, field=None) -> torch.Tensor:
+        """A video's sampled frames as (T, 3, S, S) (memoised per data root and references)."""
+        from unime.data.video import VideoSampling, load_video
+
+        hashable = all(isinstance(r, (str, bytes)) for r in refs)
+        key = (str(self.image_loader.root), "video", tuple(refs) if hashable else id(refs))
+        t = self._pixels.get(key)
+        if t is None:
+            video = load_video(self.image_loader, refs, VideoSampling(num_frames=self.cfg.video_frames),
+                               source=source, record=record, field=field)
+            t = torch.stack([self._tensor(f) for f in video.frames])
+            if hashable:
                 self._pixels[key] = t
         return t
 
     def batch(self, items: Sequence[Item], *, where: Sequence[tuple] | None = None) -> Batch:
         """`where[i]` = (source, record, field) of item i, for error messages."""
-        text_rows, seqs, img_item, pix = [], [], [], []
+        text_rows, seqs, img_item, pix, video_item, clips = [], [], [], [], [], []
         for i, it in enumerate(items):
             ids = self.vocab.ids(it.text)
             if ids:
                 text_rows.append(i)
                 seqs.append(ids)
-            refs = list(it.images) + list(it.video)
             src, rec, fld = where[i] if where is not None else (None, None, None)
-            for j, ref in enumerate(refs):
-                kind, k = ("images", j) if j < len(it.images) else ("video", j - len(it.images))
-                pix.append(self.pixels(ref, source=src, record=rec, field=f"{fld + '.' if fld else ''}{kind}[{k}]"))
+            for j, ref in enumerate(it.images):
+                pix.append(self.pixels(ref, source=src, record=rec, field=f"{fld + '.' if fld else ''}images[{j}]"))
                 img_item.append(i)
-            if not ids and not refs:
-                src, rec, fld = where[i] if where is not None else (None, None, None)
+            if it.video:
+                clips.append(self.frames(it.video, source=src, record=rec, field=f"{fld + '.' if fld else ''}video"))
+                video_item.append(i)
+            if not ids and not it.images and not it.video:
                 raise DataError("item has neither words nor images", source=src, record=rec, field=fld)
         width = max((len(s) for s in seqs), default=1)
         ids = torch.zeros((len(seqs), width), dtype=torch.long)
         for r, s in enumerate(seqs):
             ids[r, :len(s)] = torch.tensor(s)
         s = self.cfg.image_size
+        rows = pix + [f for clip in clips for f in clip]
         return Batch(len(items), torch.tensor(text_rows, dtype=torch.long), ids,
                      torch.tensor([len(q) for q in seqs], dtype=torch.long),
                      torch.tensor(img_item, dtype=torch.long),
-                     torch.stack(pix) if pix else torch.zeros((0, 3, s, s)))
+                     torch.stack(rows) if rows else torch.zeros((0, 3, s, s)),
+                     torch.tensor(video_item, dtype=torch.long), tuple(len(c) for c in clips))
 
     # -- forward
     def embed_batch(self, b: Batch) -> torch.Tensor:
@@ -238,11 +264,27 @@ class ReferenceEncoder:
         txt = net.text_proj(txt_feat)
         has_image = torch.zeros(b.n, dtype=torch.bool)
         img = torch.zeros((b.n, d))
-        if len(b.image_item):
+        if len(b.image_item) and not len(b.video_item):
             per_image = net.image_features(b.pixels, net.film(txt_feat[b.image_item]))
             counts = torch.zeros(b.n).index_add_(0, b.image_item, torch.ones(len(b.image_item)))
             img = torch.zeros((b.n, d)).index_add(0, b.image_item, per_image) / counts.clamp(min=1)[:, None]
             has_image[b.image_item] = True
+        elif len(b.video_item):
+            frame_item = torch.repeat_interleave(b.video_item, torch.tensor(b.video_len))
+            per_row = net.image_features(b.pixels, net.film(txt_feat[torch.cat([b.image_item, frame_item])]))
+            per_image, per_frame = per_row[:len(b.image_item)], per_row[len(b.image_item):]
+            counts = torch.zeros(b.n).index_add_(0, b.image_item, torch.ones(len(b.image_item)))
+            images = torch.zeros((b.n, d)).index_add(0, b.image_item, per_image) / counts.clamp(min=1)[:, None]
+            seqs = nn.utils.rnn.pad_sequence(list(per_frame.split(list(b.video_len))), batch_first=True)
+            packed = nn.utils.rnn.pack_padded_sequence(seqs, torch.tensor(b.video_len), batch_first=True,
+                                                       enforce_sorted=False)
+            _, last = net.temporal(packed)  # (1, videos, dim): each video's state after its last frame
+            videos = torch.zeros((b.n, d)).index_copy(0, b.video_item, last[0])
+            has_video = torch.zeros(b.n).index_fill_(0, b.video_item, 1.0)
+            parts = ((counts > 0).float() + has_video).clamp(min=1)
+            img = (images * (counts > 0).float()[:, None] + videos) / parts[:, None]
+            has_image[b.image_item] = True
+            has_image[b.video_item] = True
         both = (has_text & has_image)[:, None].float()
         fused = net.fuse(torch.cat([img, txt], dim=1))
         return img * has_image[:, None].float() + txt * has_text[:, None].float() + both * fused
@@ -426,10 +468,13 @@ def training_p_at_1(enc: ReferenceEncoder, records: Sequence[Record], source: st
 def evaluate_reference(tasks: str, records_path: str, out_dir: str, *, data_root: str | None = None,
                        cfg: ReferenceConfig | None = None, tasks_root: str | None = None,
                        only: list[str] | None = None, ties: str = "pessimistic", on_error: str = "raise",
-                       clock: Callable[[], float] = time.perf_counter) -> dict:
+                       clock: Callable[[], float] = time.perf_counter,
+                       also: Sequence[tuple[str, str]] = ()) -> dict:
     """`unime eval reference`: train the reference on `records_path` (images relative to `data_root`,
     default the records file's folder), evaluate it on `tasks` with `run_tasks`, write the result folder
-    (``summary.json`` like ``unime eval``, plus ``training.json`` and the weights). Returns the summary."""
+    (``summary.json`` like ``unime eval``, plus ``training.json`` and the weights). Each (tasks, folder) of
+    `also` is evaluated with the same trained reference into its own result folder (e.g. a world's video
+    tasks, whose aggregates follow another layout). Returns the summary of `tasks`."""
     from unime.eval import report
     from unime.eval.runners import EvalOptions, load_suite_data, run_tasks
     from unime.eval.tasks import load_task_config
@@ -438,25 +483,32 @@ def evaluate_reference(tasks: str, records_path: str, out_dir: str, *, data_root
     cfg = cfg or ReferenceConfig()
     t_start = time.perf_counter()
     opts = EvalOptions(ties=ties)
-    suite = load_task_config(tasks, root=tasks_root, only=only)
-    data = load_suite_data(suite, on_error=on_error)  # bad eval data fails before training
+    suites = [(load_task_config(t, root=tasks_root if i == 0 else None, only=only if i == 0 else None), out)
+              for i, (t, out) in enumerate([(tasks, out_dir), *also])]
+    datas = [load_suite_data(suite, on_error=on_error) for suite, _ in suites]  # bad eval data fails before training
     records = read_records(records_path)
     root = data_root if data_root is not None else str(Path(records_path).resolve().parent)
     t_data = time.perf_counter()
     enc, tlog = train_reference(records, cfg, data_root=root, source=str(records_path), clock=clock)
     t_train = time.perf_counter()
-    run = run_tasks(data, RunEncoder(enc, "reference-" + tlog.weights_hash[:16], cache_dir=None, batch_size=64),
-                    opts=opts)
-    run.timing = {"load_data_seconds": round(t_data - t_start, 3), "train_seconds": round(t_train - t_data, 3),
-                  **run.timing, "wall_seconds": round(time.perf_counter() - t_start, 3)}
-    meta = {"model": REFERENCE_MODEL_NAME, "model_id": "reference-" + tlog.weights_hash[:16],
-            "tasks_config": str(suite.source), "ties": ties, "on_error": on_error,
-            "skipped_rows": sum(d.skipped for _, d in data), "records": str(records_path), "data_root": str(root),
-            "device": "cpu", "reference": {"config": asdict(cfg), "training": {k: v for k, v in tlog.to_dict().items()
-                                                                             if k != "curve"}}}
-    summary = report.write_run(out_dir, run, meta=meta)
+    summaries = []
+    for (suite, out), data in zip(suites, datas):
+        t_eval = time.perf_counter()
+        run = run_tasks(data, RunEncoder(enc, "reference-" + tlog.weights_hash[:16], cache_dir=None, batch_size=64),
+                        opts=opts)
+        run.timing = {"load_data_seconds": round(t_data - t_start, 3), "train_seconds": round(t_train - t_data, 3),
+                      **run.timing, "wall_seconds": round(time.perf_counter() - (t_start if not summaries else t_eval), 3)}
+        meta = {"model": REFERENCE_MODEL_NAME, "model_id": "reference-" + tlog.weights_hash[:16],
+                "tasks_config": str(suite.source), "ties": ties, "on_error": on_error,
+                "skipped_rows": sum(d.skipped for _, d in data), "records": str(records_path), "data_root": str(root),
+                "device": "cpu", "reference": {"config": asdict(cfg), "training": {
+                    k: v for k, v in tlog.to_dict().items() if k != "curve"}}}
+        if summaries:
+            meta["reference"]["trained_for"] = str(out_dir)  # the weights and training log live there
+        summaries.append(report.write_run(out, run, meta=meta))
     report.write_json(Path(out_dir) / "training.json", tlog.to_dict())
     enc.save(out_dir)
+    summary = summaries[0]
     overall = summary["aggregates"].get("mmeb", {}).get("scores", {}).get("overall")
     log.info("reference: %d steps in %.0f s (%s), train P@1 %.3f, eval overall P@1 %s", tlog.steps, tlog.seconds,
              tlog.stopped_by, tlog.train_p_at_1, "–" if overall is None else f"{overall:.3f}")
