@@ -138,12 +138,15 @@ class FamilyAdapter:
     def video_kwargs(videos: Sequence[Video]) -> dict[str, Any]:
         """The processor's video path: the sampled frames and, per video, where they sit in time (the
         processor turns it into `second_per_grid_ts` for Qwen2.5-VL and frame timestamps for Qwen3-VL).
-        Frames are already sampled, so the processor must not sample again."""
+        Frames are already sampled, so the processor must not sample again. Each frame is capped at an even share
+        of the whole video's pixel budget, as the reference implementation (qwen-vl-utils) does and as the
+        processors will by default (`cap_pixels_per_frame`; transformers warns while it is left unset)."""
         from transformers.video_utils import VideoMetadata
 
         meta = [VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, width=v.size[0], height=v.size[1],
                               duration=v.duration, frames_indices=list(v.frame_indices)) for v in videos]
-        return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False}
+        return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False,
+                "cap_pixels_per_frame": True}
 
     @staticmethod
     def text_continuation_positions(next_position: int, length: int, batch: int = 1, device=None):
