@@ -165,6 +165,7 @@ def test_sft_run_lowers_the_loss_and_saves_a_reasoner(tiny_model_dir, tmp_path):
 
 
 def test_lora_sft_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
     from unime.embed_rl.reasoner_sft import train_reasoner_sft
@@ -175,3 +176,8 @@ def test_lora_sft_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
     train_reasoner_sft(cfg)
     assert not (tmp_path / "o" / "adapter_config.json").exists()
     AutoModelForImageTextToText.from_pretrained(tmp_path / "o")
+    # the LoRA initialisation follows --seed: a second run in this process (another RNG state) is bit-identical
+    torch.manual_seed(12345)
+    train_reasoner_sft(ReasonerSFTConfig(**{**cfg.__dict__, "out": str(tmp_path / "again")}))
+    a, b = load_file(tmp_path / "o" / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

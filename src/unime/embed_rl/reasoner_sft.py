@@ -226,6 +226,9 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     log.info("reasoner SFT: %d examples (%d skipped)", len(examples), skipped)
 
     if cfg.lora_r > 0:
+        from transformers import set_seed
+
+        set_seed(cfg.seed)  # LoRA initialisation, as the embedder and reranker trainers (and TRL with peft_config)
         model = lora_model(model, cfg)
     args = sft_config(cfg, str(work), use_cpu=loaded.device == "cpu", dtype=loaded.dtype)
     trainer = sft_trainer(model, processor, examples, args)
