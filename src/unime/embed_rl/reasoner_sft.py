@@ -1,16 +1,17 @@
-"""Cold-start SFT of the Reasoner on teacher T-CoTs (Embed-RL, before EG-RL).
+"""Cold-start SFT of the Reasoner on teacher T-CoTs (Embed-RL, before EG-RL), on TRL's `SFTTrainer`.
 
-Each example is the reasoner's own prompt (`unime.reasoning.reasoner.reasoning_prompt_segments`, the
-same turn `Reasoner.generate` and GRPO use) followed by the teacher's T-CoT and the chat template's
-end-of-turn token. The loss is next-token cross-entropy on the assistant tokens only: the system and
-user tokens (image tokens included) are labelled -100.
+Each example is a prompt-completion row in TRL's standard form: `prompt` is the reasoner's own user turn
+(`unime.reasoning.reasoner.reasoning_prompt_segments`, the turn `Reasoner.generate` and GRPO use) as the
+family adapter renders it, `completion` the teacher's T-CoT followed by the chat template's end-of-turn
+token, `images` the item's video frames and images (the adapter's fixed resize applied). TRL's
+vision-language collator runs the processor on the prompts (image placeholders expanded) and tokenizes the
+completions; with `completion_only_loss` the prompt tokens (image tokens included) are labelled -100, so
+the loss is next-token cross-entropy on the T-CoT and end-of-turn tokens only. The prompt ids are the ones
+generation sees, token for token.
 
-Tokens are built the way generation sees them: prompt ids from the processor (image placeholders
-expanded), then the completion's ids appended, so training and generation agree token for token.
-
-Training runs on Hugging Face's `Trainer` (resumable checkpoints, logging); LoRA through PEFT
-(`lora_r > 0`, merged into the saved model) or full fine-tuning (`lora_r = 0`). The output is an
-ordinary HF folder (model + processor) that `Reasoner.from_pretrained` and the GRPO stage load.
+LoRA through `unime.models.lora.apply_lora` (`lora_r > 0`, merged into the saved model) or full
+fine-tuning (`lora_r = 0`). The output is an ordinary HF folder (model + processor) that
+`Reasoner.from_pretrained` and the GRPO stage load.
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from unime.data.roots import resolve_data_root
-from unime.models.adapters import FamilyAdapter, Segment
+from unime.models.adapters import FamilyAdapter
 from unime.models.lora import GENERATIVE_LORA, LoraSettings, apply_lora
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 def end_of_turn_text(adapter: FamilyAdapter) -> str:
@@ -43,63 +42,6 @@ def end_of_turn_text(adapter: FamilyAdapter) -> str:
     if not tail:
         raise ValueError("the chat template writes nothing after an assistant message; cannot find the end of turn")
     return tail
-
-
-def sft_features(adapter: FamilyAdapter, segments: Sequence[Segment], answer: str, *,
-                 end_of_turn: str | None = None) -> dict[str, Any]:
-    """Tensors of one SFT example: `input_ids`, `attention_mask`, `labels` (-100 on the prompt) plus the
-    processor's vision fields (`pixel_values`, `image_grid_thw`, `mm_token_type_ids`, ...), batch dim 1."""
-    import torch
-
-    eot = end_of_turn if end_of_turn is not None else end_of_turn_text(adapter)
-    prompt = adapter.render_user_turn(segments)
-    enc = adapter.processor_inputs([prompt], [list(segments)])
-    answer_ids = adapter.tokenizer.encode(answer + eot, add_special_tokens=False)
-    prompt_ids = enc["input_ids"]
-    n_prompt, n_ans = prompt_ids.shape[1], len(answer_ids)
-    ans = torch.tensor([answer_ids], dtype=prompt_ids.dtype)
-    feats: dict[str, Any] = {}
-    for k, v in enc.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        if v.dim() == 2 and v.shape[0] == 1 and v.shape[1] == n_prompt:  # per-token field
-            if k == "input_ids":
-                feats[k] = torch.cat([v, ans], dim=1)
-            elif k == "attention_mask":
-                feats[k] = torch.cat([v, torch.ones(1, n_ans, dtype=v.dtype)], dim=1)
-            else:  # e.g. mm_token_type_ids: the answer is text (type 0)
-                feats[k] = torch.cat([v, torch.zeros(1, n_ans, dtype=v.dtype)], dim=1)
-        else:  # vision fields, concatenated over examples by the collator
-            feats[k] = v
-    feats["labels"] = torch.cat([torch.full((1, n_prompt), IGNORE_INDEX, dtype=prompt_ids.dtype), ans], dim=1)
-    return feats
-
-
-class SFTCollator:
-    """Right-pads per-token fields (`input_ids` with the pad id, `labels` with -100, masks with 0) and
-    concatenates vision fields along their first dimension."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        length = max(ex["input_ids"].shape[1] for ex in examples)
-        per_token = [k for k, v in examples[0].items() if v.dim() == 2 and v.shape == examples[0]["input_ids"].shape]
-        batch: dict[str, Any] = {}
-        for k in per_token:
-            pad = self.pad_token_id if k == "input_ids" else IGNORE_INDEX if k == "labels" else 0
-            rows = []
-            for ex in examples:
-                v = ex[k]
-                rows.append(torch.cat([v, torch.full((1, length - v.shape[1]), pad, dtype=v.dtype)], dim=1))
-            batch[k] = torch.cat(rows, dim=0)
-        vision_keys = sorted({k for ex in examples for k in ex if k not in per_token})
-        for k in vision_keys:
-            parts = [ex[k] for ex in examples if k in ex]
-            batch[k] = torch.cat(parts, dim=0)
-        return batch
 
 
 @dataclass
@@ -136,16 +78,17 @@ _RESUME_FREE_OPTIONS = {"resume", "overwrite", "logging_steps", "save_steps"}
 SUMMARY_FILE = "sft_summary.json"
 
 
-def build_sft_examples(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False,
-                       source: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """SFT tensors for T-CoT rows. A T-CoT that does not parse raises `TCoTError` naming the row, or is
-    skipped and counted when `skip_invalid`. Returns (examples, skipped)."""
+def sft_rows(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False,
+             source: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """TRL prompt-completion rows (`prompt`, `completion`, `images`) for T-CoT rows. A T-CoT that does not
+    parse raises `TCoTError` naming the row, or is skipped and counted when `skip_invalid`. Returns
+    (rows, skipped)."""
     from unime.reasoning.reasoner import reasoning_prompt_segments
     from unime.reasoning.tcot import TCoTError, parse_tcot
 
     eot = end_of_turn_text(adapter)
     out, skipped = [], 0
-    for n, r in enumerate(rows):
+    for r in rows:
         rid = f"{r.record_id}/{r.side}"
         try:
             parse_tcot(r.tcot, source=source, record=rid)
@@ -159,8 +102,38 @@ def build_sft_examples(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bo
         frames = loader.load_video(r.item.video, source=source, record=rid, field="item.video") if r.item.video \
             else []
         segs = reasoning_prompt_segments(r.item.text, images, frames, r.side, record=rid)
-        out.append(sft_features(adapter, segs, r.tcot, end_of_turn=eot))
+        out.append({"prompt": adapter.render_user_turn(segs), "completion": r.tcot + eot,
+                    "images": [adapter.image_budget.prepare(s.value) for s in segs if s.kind == "image"]})
     return out, skipped
+
+
+def sft_trainer(model, processor, rows: list[dict[str, Any]], args):
+    """TRL's `SFTTrainer` on `rows` (`sft_rows`) with its vision-language collator, checkpointing full
+    fine-tuning exactly (`unime.models.run_state.ExactWeightsCheckpoints`)."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from unime.models.run_state import ExactWeightsCheckpoints
+
+    class ReasonerSFTTrainer(ExactWeightsCheckpoints, SFTTrainer):
+        pass
+
+    return ReasonerSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
+
+
+def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype):
+    """TRL's `SFTConfig` for `cfg`: completion-only loss, no truncation, no gradient checkpointing."""
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=output_dir, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear", logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+        seed=cfg.seed, report_to=[], use_cpu=use_cpu, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        dataloader_num_workers=0, disable_tqdm=False, completion_only_loss=True, max_length=None,
+        activation_checkpointing=False)
 
 
 def lora_model(model, cfg: ReasonerSFTConfig):
@@ -219,9 +192,6 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
 
 
 def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    from transformers import Trainer, TrainingArguments
-
     from unime.data.atomic import atomic_dir
     from unime.data.images import ImageLoader
     from unime.models.curves import write_curves
@@ -250,30 +220,18 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
         log.warning("reasoner SFT: %s", skips.summary())
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
-    examples, skipped = build_sft_examples(rows, adapter, images, skip_invalid=cfg.skip_invalid, source=cfg.data)
+    examples, skipped = sft_rows(rows, adapter, images, skip_invalid=cfg.skip_invalid, source=cfg.data)
     if not examples:
         raise ValueError(f"{cfg.data}: no usable T-CoT rows ({skipped} skipped)")
-    log.info("reasoner SFT: %d examples (%d skipped), answer tokens %d", len(examples), skipped,
-             sum(int((e["labels"] != IGNORE_INDEX).sum()) for e in examples))
+    log.info("reasoner SFT: %d examples (%d skipped)", len(examples), skipped)
 
     if cfg.lora_r > 0:
+        from transformers import set_seed
+
+        set_seed(cfg.seed)  # LoRA initialisation, as the embedder and reranker trainers (and TRL with peft_config)
         model = lora_model(model, cfg)
-    use_cpu = loaded.device == "cpu"
-    args = TrainingArguments(
-        output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-        lr_scheduler_type="linear", logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
-        seed=cfg.seed, report_to=[], remove_unused_columns=False, use_cpu=use_cpu,
-        bf16=loaded.dtype == torch.bfloat16, fp16=loaded.dtype == torch.float16, dataloader_num_workers=0,
-        disable_tqdm=False)
-    from unime.models.run_state import ExactWeightsCheckpoints
-
-    class SFTTrainer(ExactWeightsCheckpoints, Trainer):
-        """The Trainer, with full fine-tuning checkpoints that resume exactly."""
-
-    trainer = SFTTrainer(model=model, args=args, train_dataset=examples,
-                      data_collator=SFTCollator(adapter.tokenizer.pad_token_id))
+    args = sft_config(cfg, str(work), use_cpu=loaded.device == "cpu", dtype=loaded.dtype)
+    trainer = sft_trainer(model, processor, examples, args)
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     final = trainer.model
