@@ -1,16 +1,10 @@
 """The mining run's identity and its record on disk, `out/manifest.json`.
 
-    inputs = input_fingerprints(config, records=..., pool=..., skipped=..., images_sha1=...)
-    manifest = Manifest(out / "manifest.json")
-    if manifest.open_run(config, inputs, run_hash(config, inputs)):   # finished before: nothing to do
-        ...
-
-What a run depends on is hashed with `unime.outdir.options_hash` (the digest the output folder's marker
-uses): the whole run (`run_hash`: options that change what is mined + input fingerprints), and each
-resumable stage (`retrieval_hash`, `judge_hash`: only what that stage's output depends on, so changing
-β or the count re-uses the retrieval and the judge scores). Checkpoints are fingerprinted with
-`unime.models.embedding_cache.model_fingerprint`, the function the embedding cache keys by; a labels
-file (the oracle judge's ground truth) by its content.
+Hashes use `unime.outdir.options_hash`: the whole run (`run_hash`: the options that change what is
+mined, and the input fingerprints) and each resumable stage (`retrieval_hash`, `judge_hash`: only what
+that stage's output depends on, so changing β or the count re-uses the retrieval and the judge scores).
+Checkpoints are fingerprinted with `unime.models.embedding_cache.model_fingerprint`, the embedding
+cache's key; a labels file (the oracle judge's ground truth) by its content.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
-"""The three mining stages over an output folder (UniME-V2 stages A–C, SPEC §1.2–1.4); `MiningRun`
-(`unime.mining.pipeline`) calls them in order.
-
-- A `run_retrieval`: embed queries, positives and pool (the embedding cache), search the top-K hard
-  negatives → `retrieval.parquet`; reused when `retrieval_hash` matches the manifest's.
-- B `run_judge`: per shard of `shard_size` queries, one judge group per distinct query (its positive + its
-  candidates) → `judge/shard-NNNNN.parquet`; every shard file that exists is complete (atomic writes), so
-  a killed run loses at most the shard in flight. A changed `judge_hash` discards the old shards.
-- C `run_sampling`: filter false negatives (β) and sample the hard negatives per query; the mined
-  records and the audit rows, written by `write_outputs` (`mined.parquet`, `mined.json`, `audit.parquet`).
-
-Determinism: the fallback draw of query i uses `np.random.default_rng((seed, i))`.
+"""The three mining stages over an output folder, called in order by `MiningRun` (`unime.mining.pipeline`,
+whose module doc lists the files): A `run_retrieval` (top-K hard negatives, reused when its hash matches),
+B `run_judge` (judge shards, resumed shard by shard; a changed hash discards them), C `run_sampling` (β
+filter and sampling, the mined records and audit rows, written by `write_outputs`).
 """
 
 from __future__ import annotations

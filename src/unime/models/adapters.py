@@ -1,7 +1,9 @@
 """Family adapters: everything that differs between model families, chosen by `config.model_type`.
 
 An adapter turns unime `Item`s into chat messages (content parts in order), renders them with the
-checkpoint's own chat template, builds processor inputs, and knows where the text backbone lives.
+checkpoint's own chat template, builds processor inputs, knows where the text backbone lives, and gives
+the family's position rule (Qwen-VL's 3-row M-RoPE) to code that runs a prompt in pieces (the judge's
+prefix KV cache, `unime.models.prefix_scoring`).
 Source-format image placeholders (MMEB's `<|image_1|>`, LLaVA's `<image>`) are mapped here, to
 the family's image token, by position: placeholder n → the item's n-th image.
 """
