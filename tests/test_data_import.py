@@ -94,7 +94,7 @@ def test_csv_folder_import_writes_records_eval_judge_and_qrels(tmp_path):
     assert (out / "images" / "pic_001.png").is_file()
 
     # labelled pairs of the held-out images, for `unime judge --pairs ... --label-column label`
-    from unime.mining.pipeline import read_pairs
+    from unime.mining.pairs import read_pairs
 
     pairs, labels = read_pairs(str(out / "eval" / "judge_pairs.jsonl"), label_column="label")
     assert len(pairs) == 5 * 2 * 4 and labels.count(1) == 10

@@ -10,7 +10,7 @@ from PIL import Image
 from tests.conftest import FAMILIES
 from unime.data.items import Item
 from unime.errors import ModelError
-from unime.models import judge as judge_mod
+from unime.models import judge_prompt as judge_mod
 from unime.models.judge import JudgeScorer
 
 
@@ -96,10 +96,11 @@ def test_wrong_positions_are_detected(judges, family, monkeypatch):
     j = judges(family)
     reference = np.array([j.margin_pair(QUERY_IMAGE, c) for c in CANDIDATES])
 
-    def token_count_positions(self, input_ids, *args, **kwargs):
+    def token_count_positions(self, model, input_ids, *args, **kwargs):
         return torch.arange(input_ids.shape[1]).view(1, 1, -1).expand(3, 1, -1)
 
-    monkeypatch.setattr(JudgeScorer, "_rope_positions", token_count_positions)
+    # the position rule lives in the family adapter; the fast path must take it from there
+    monkeypatch.setattr(type(j.adapter), "sequence_positions", token_count_positions)
     wrong = j.margin_candidates(QUERY_IMAGE, CANDIDATES)
     assert np.abs(wrong - reference).max() > 1e-2
 
@@ -108,9 +109,9 @@ def test_chunking_order_and_cache_reuse_do_not_change_scores(judges):
     j = judges("qwen2_5_vl")
     base = j.margin_candidates(QUERY_IMAGE, CANDIDATES)
     for chunk in (1, 2, 16):
-        j.chunk_size = chunk
+        j.engine.chunk_size = chunk
         np.testing.assert_allclose(j.margin_candidates(QUERY_IMAGE, CANDIDATES), base, atol=1e-5)
-    j.chunk_size = 3
+    j.engine.chunk_size = 3
     perm = [5, 2, 0, 6, 3, 1, 4]
     np.testing.assert_allclose(j.margin_candidates(QUERY_IMAGE, [CANDIDATES[i] for i in perm]), base[perm], atol=1e-5)
 
@@ -169,7 +170,7 @@ def test_candidate_image_features_are_cached_across_queries(judges, family):
     """A pool image retrieved for several queries goes through the vision tower once; cached features
     (with Qwen3-VL's deepstack features) give the reference scores."""
     j = judges(family)
-    j._image_cache.clear()
+    j.clear_image_cache()
     j.stats.reset()
     cands = [CANDIDATES[2], CANDIDATES[3], CANDIDATES[5]]  # 4 images
     j.margin_candidates(QUERY_TEXT, cands)
@@ -178,7 +179,7 @@ def test_candidate_image_features_are_cached_across_queries(judges, family):
     assert j.stats.image_cache_misses == 4 and j.stats.image_cache_hits == 4
     reference = np.array([j.margin_pair(QUERY_IMAGE, c) for c in cands])
     np.testing.assert_allclose(fast, reference, atol=1e-4, rtol=0)
-    j.image_cache_size = 2  # LRU bound
+    j.engine.image_cache_size = 2  # LRU bound
     j.margin_candidates(QUERY_TEXT, cands)
-    assert len(j._image_cache) == 2
-    j.image_cache_size = 1024
+    assert len(j.engine.image_cache) == 2
+    j.engine.image_cache_size = 1024

@@ -16,7 +16,7 @@ from tests.conftest import FAMILIES
 from tests.test_video import write_clip
 from unime.data.items import Item
 from unime.data.video import FRAME_CACHE
-from unime.models import judge as judge_mod
+from unime.models import adapters as adapters_mod
 from unime.models.judge import JudgeScorer
 
 
@@ -94,7 +94,7 @@ def test_temporal_spacing_matters_on_qwen2_5(video_root, tiny_model_dir, monkeyp
     _sharpen(judge.model)
     q, cands = QUERIES["text"], CANDIDATES[:3]
     ref = np.array([judge.margin_pair(q, c) for c in cands])
-    monkeypatch.setattr(judge_mod, "_as_1d", lambda values, device: None)
+    monkeypatch.setattr(adapters_mod, "_as_1d", lambda values, device: None)  # the adapter's position rule
     judge.clear_image_cache()
     wrong = judge.margin_candidates(q, cands)
     assert np.abs(wrong - ref).max() > 1e-3

@@ -164,7 +164,7 @@ def test_oracle_backend_scores_a_labels_file(tmp_path):
 
 
 def test_judge_pairs_reader_takes_a_label_column(tmp_path):
-    from unime.mining.pipeline import read_pairs
+    from unime.mining.pairs import read_pairs
 
     p = tmp_path / "pairs.jsonl"
     p.write_text(json.dumps({"query": {"text": "q"}, "candidate": {"text": "c"}, "y": 1}) + "\n"
@@ -177,7 +177,7 @@ def test_judge_pairs_reader_takes_a_label_column(tmp_path):
 
 def test_judge_pairs_reader_skips_bad_lines_keeping_labels_aligned(tmp_path):
     from unime.data.skips import SkipReport
-    from unime.mining.pipeline import read_pairs
+    from unime.mining.pairs import read_pairs
 
     p = tmp_path / "pairs.jsonl"
     p.write_text(json.dumps({"query": {"text": "q"}, "candidate": {"text": "c"}, "y": 1}) + "\n"

@@ -47,7 +47,7 @@ def test_merge_text_joins_adjacent_text_only():
 
 
 def test_pairwise_prompt_is_the_judges_prompt():
-    from unime.models.judge import judge_prompt_segments
+    from unime.models.judge_prompt import judge_prompt_segments
 
     red, blue = _img((255, 0, 0)), _img((0, 0, 255))
     q = item_content("<|image_1|> what shape is it?", [red])

@@ -25,20 +25,16 @@ from typing import Any
 from unime.data.roots import resolve_data_root
 from unime.models.adapters import FamilyAdapter
 from unime.models.lora import GENERATIVE_LORA, LoraSettings, apply_lora
+from unime.models.rerank_prompts import answer_format
 
 log = logging.getLogger(__name__)
 
 
 def end_of_turn_text(adapter: FamilyAdapter) -> str:
-    """What the chat template writes right after an assistant message's content (e.g. `<|im_end|>`),
-    found by rendering a sentinel answer; trailing whitespace dropped (generation stops at the token)."""
-    sentinel = "\u0001unime-sft-sentinel\u0001"
-    rendered = adapter.render([{"role": "user", "content": [{"type": "text", "text": "x"}]},
-                               {"role": "assistant", "content": [{"type": "text", "text": sentinel}]}],
-                              add_generation_prompt=False)
-    if sentinel not in rendered:  # pragma: no cover - every chat template renders the content
-        raise ValueError("the chat template does not render assistant content")
-    tail = rendered.split(sentinel, 1)[1].rstrip()
+    """What the chat template writes right after an assistant message's content (e.g. `<|im_end|>`), as
+    the reranker reads it (`unime.models.rerank_prompts.answer_format`); trailing whitespace dropped
+    (generation stops at the token)."""
+    tail = answer_format(adapter).turn_end
     if not tail:
         raise ValueError("the chat template writes nothing after an assistant message; cannot find the end of turn")
     return tail

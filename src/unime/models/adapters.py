@@ -1,7 +1,9 @@
 """Family adapters: everything that differs between model families, chosen by `config.model_type`.
 
 An adapter turns unime `Item`s into chat messages (content parts in order), renders them with the
-checkpoint's own chat template, builds processor inputs, and knows where the text backbone lives.
+checkpoint's own chat template, builds processor inputs, knows where the text backbone lives, and gives
+the family's position rule (Qwen-VL's 3-row M-RoPE) to code that runs a prompt in pieces (the judge's
+prefix KV cache, `unime.models.prefix_scoring`).
 Source-format image placeholders (MMEB's `<|image_1|>`, LLaVA's `<image>`) are mapped here, to
 the family's image token, by position: placeholder n → the item's n-th image.
 """
@@ -23,6 +25,26 @@ class Segment:
 
     kind: str
     value: Any
+
+
+@dataclass
+class PositionInputs:
+    """What decides the positions of a batch of token sequences: the ids, the token types (0 text,
+    1 image, 2 video) and the vision grids of the processor's output (`of(inputs)`)."""
+
+    input_ids: Any
+    mm_token_type_ids: Any
+    image_grid_thw: Any = None
+    video_grid_thw: Any = None
+    second_per_grid_ts: Any = None  # Qwen2.5-VL's video timing (a list or a tensor, as the processor gives it)
+
+    @classmethod
+    def of(cls, inputs) -> "PositionInputs":
+        import torch
+
+        types = inputs.get("mm_token_type_ids")
+        return cls(inputs["input_ids"], torch.zeros_like(inputs["input_ids"]) if types is None else types,
+                   inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), inputs.get("second_per_grid_ts"))
 
 
 def item_segments(text: str, images: Sequence[Any], video: Sequence[Any] | None = None, *,
@@ -148,6 +170,7 @@ class FamilyAdapter:
         return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False,
                 "cap_pixels_per_frame": True}
 
+    # -- positions: Qwen-VL's 3-row M-RoPE ------------------------------------------------------
     @staticmethod
     def text_continuation_positions(next_position: int, length: int, batch: int = 1, device=None):
         """(3, batch, length) M-RoPE positions of text tokens continuing a sequence whose largest position
@@ -157,6 +180,58 @@ class FamilyAdapter:
 
         pos = (next_position + torch.arange(length, device=device)).view(1, 1, -1)
         return pos.expand(3, batch, -1).clone()
+
+    def sequence_positions(self, model, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None,
+                           second_per_grid_ts=None):
+        """(3, 1, L) positions of one unpadded sequence holding images or videos, computed by the model
+        itself (`get_rope_index`: vision tokens take grid positions, fewer positions than tokens)."""
+        import inspect
+
+        backbone = self.backbone(model)
+        kwargs = dict(input_ids=input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
+                      video_grid_thw=video_grid_thw)
+        accepted = inspect.signature(backbone.get_rope_index).parameters
+        if second_per_grid_ts is not None and "second_per_grid_ts" in accepted:  # Qwen2.5-VL video timing
+            kwargs["second_per_grid_ts"] = second_per_grid_ts
+        positions, _ = backbone.get_rope_index(**kwargs)
+        return positions
+
+    def prefix_positions(self, model, seq: PositionInputs):
+        """(3, 1, L) positions of a prompt prefix (batch of one, unpadded)."""
+        if seq.image_grid_thw is None and seq.video_grid_thw is None:
+            return self.text_continuation_positions(0, seq.input_ids.shape[1], 1, device=seq.input_ids.device)
+        return self.sequence_positions(model, seq.input_ids, seq.mm_token_type_ids, seq.image_grid_thw,
+                                       seq.video_grid_thw, seq.second_per_grid_ts)
+
+    def continuation_positions(self, model, prefix: PositionInputs, next_position: int, batch: PositionInputs,
+                               lengths, vision_counts: Sequence[tuple[int, int]]):
+        """(3, B, L) positions of right-padded continuations of `prefix` (whose largest position is
+        `next_position - 1`). A text-only row follows `text_continuation_positions`; a row holding images or
+        videos (`vision_counts[b]` = (images, videos) of row b, in the batch's order) gets the model's own
+        positions of the whole sequence (prefix's images / videos first, then the row's), sliced to the row."""
+        import torch
+
+        ids = batch.input_ids
+        n_rows, length = ids.shape
+        positions = self.text_continuation_positions(next_position, length, n_rows, device=ids.device)
+        seconds = _as_1d(batch.second_per_grid_ts, ids.device)
+        prefix_len = prefix.input_ids.shape[1]
+        first_image = first_video = 0
+        for b, (n, v) in enumerate(vision_counts):
+            if n == 0 and v == 0:
+                continue
+            real = int(lengths[b])
+            full_ids = torch.cat([prefix.input_ids[0], ids[b, :real]]).unsqueeze(0)
+            full_types = torch.cat([prefix.mm_token_type_ids[0], batch.mm_token_type_ids[b, :real]]).unsqueeze(0)
+            grids = _cat(prefix.image_grid_thw, batch.image_grid_thw[first_image:first_image + n] if n else None)
+            vgrids = _cat(prefix.video_grid_thw, batch.video_grid_thw[first_video:first_video + v] if v else None)
+            secs = _cat(_as_1d(prefix.second_per_grid_ts, ids.device),
+                        seconds[first_video:first_video + v] if v and seconds is not None else None)
+            pos = self.sequence_positions(model, full_ids, full_types, grids, vgrids, secs)
+            positions[:, b, :real] = pos[:, 0, prefix_len:]
+            first_image += n
+            first_video += v
+        return positions
 
     @staticmethod
     def backbone(model):
@@ -196,3 +271,22 @@ def adapter_for(config, processor, image_budget=None) -> FamilyAdapter:
     if model_type not in ADAPTERS:
         raise ModelError(f"no family adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}")
     return ADAPTERS[model_type](processor, image_budget=image_budget)
+
+
+def _as_1d(values, device):
+    """`second_per_grid_ts` as a 1-D float tensor (processors return a list or a tensor), or None."""
+    import torch
+
+    if values is None:
+        return None
+    return torch.as_tensor(values, dtype=torch.float32, device=device).reshape(-1)
+
+
+def _cat(a, b):
+    import torch
+
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return torch.cat([a, b])

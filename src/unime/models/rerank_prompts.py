@@ -6,7 +6,7 @@ Every prompt is a list of `Segment`s (text / image / video parts of one user tur
 given as their own parts, SPEC 1.3). Every candidate contributes its images *and* its text: the
 released reranker code silently dropped candidate texts (a key mismatch), which we must not repeat.
 
-- pairwise: exactly the judge prompt of `unime.models.judge` (re-exported here as `judge_prompt` and
+- pairwise: exactly the judge prompt of `unime.models.judge_prompt` (re-exported here as `judge_prompt` and
   `item_content`), so that what the reranker trains on is what the judge's fast prefix-cached path
   scores; answer `Yes` / `No`.
 - listwise: `listwise_prompt(query, candidates)`, candidates numbered `(1) .. (n)`; its answer is
@@ -23,10 +23,10 @@ from typing import Sequence
 
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
-from unime.models.judge import JUDGE_INSTRUCTION_SEPARATOR
-from unime.models.judge import judge_item_segments as item_content
-from unime.models.judge import judge_prompt_segments as judge_prompt
-from unime.models.judge import merge_text
+from unime.models.judge_prompt import JUDGE_INSTRUCTION_SEPARATOR
+from unime.models.judge_prompt import judge_item_segments as item_content
+from unime.models.judge_prompt import judge_prompt_segments as judge_prompt
+from unime.models.judge_prompt import merge_text
 from unime.models.prompts import LISTWISE_INSTRUCTION, NO, YES
 
 __all__ = ["item_content", "judge_prompt", "judge_answer", "listwise_prompt", "listwise_answer",

@@ -1,0 +1,88 @@
+"""What a mining run reads: its records, the candidate pool, and their fingerprints (`load_inputs`).
+
+Every image is opened up front: a bad one stops the run here (or is skipped and counted under
+`on_error="skip"`), not an hour into the judge stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unime.data.image_digests import ImageDigests, digest_items
+from unime.data.items import Item, Record
+from unime.data.jsonl import iter_jsonl
+from unime.errors import DataError
+from unime.mining.manifest import input_fingerprints
+from unime.mining.retrieval import build_pool
+
+if TYPE_CHECKING:
+    from unime.mining.pipeline import MineConfig
+
+log = logging.getLogger(__name__)
+
+
+def read_pool_items(path: str, *, on_error: str = "raise", skips=None) -> list[Item]:
+    """A pool file: JSONL, one item per line (`{"text", "image" | "images"}`). A bad line raises a
+    `DataError` naming it, or under `on_error="skip"` is counted in `skips` and left out."""
+    from unime.data.io import with_origin
+    from unime.data.skips import ErrorPolicy, data_error
+
+    policy = ErrorPolicy(on_error, skips, path)
+    items = []
+    for n, obj in iter_jsonl(path, on_malformed=policy.handle):
+        try:
+            item = Item.from_dict(obj, source=path, record=f"line {n}")
+            if item.is_empty:
+                raise data_error("empty_item", "empty item", source=path, record=f"line {n}")
+            items.append(with_origin(item, f"line {n}"))
+        except DataError as e:
+            policy.handle(e)
+    policy.finish()
+    return items
+
+
+@dataclass
+class MiningInputs:
+    records: list[Record]
+    pool: list[Item]  # the candidates: the records' distinct positives, or the pool file's items
+    pool_index: dict[str, int]  # item key → position in `pool`
+    skips: Any  # `unime.data.skips.SkipReport` of the records and pool
+    fingerprints: dict[str, Any]  # `unime.mining.manifest.input_fingerprints`
+    images_hashed: int  # image files read for their digest (the others known by size + mtime)
+    seconds: float
+
+
+def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
+    """Read and check the records and the pool; digest every image (cached in `out/cache`)."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import check_images, read_records
+    from unime.data.skips import SkipReport
+
+    t0 = time.perf_counter()
+    skips = SkipReport()
+    records = read_records(c.records, on_error=c.on_error, skips=skips)
+    loader = ImageLoader(c.resolved_data_root, allow_outside_root=c.allow_outside_root, video=c.video_sampling)
+    records = check_images(records, loader, on_error=c.on_error, skips=skips, source=c.records)
+    if not records:
+        raise DataError("no records to mine", source=c.records)
+    extra = read_pool_items(c.pool, on_error=c.on_error, skips=skips) if c.pool else []
+    if extra:
+        extra = check_images(extra, loader, on_error=c.on_error, skips=skips, source=c.pool)
+    # default pool: positives; a pool file replaces them (its own items only)
+    pool = build_pool([], extra) if c.pool else build_pool(records)
+    # the content of every image retrieval and the judge see (file bytes, cached by size + mtime): a
+    # changed image changes the stage hashes, an untouched one is not read again
+    digests = ImageDigests(out / "cache" / "image_digests.tsv")
+    images_sha1 = digest_items([it for r in records for it in (r.query, r.positive)] + pool, loader, digests)
+    digests.save()
+    log.info("image content digest %s (%d files read, the rest known by size + mtime)", images_sha1[:12],
+             digests.hashed)
+    fingerprints = input_fingerprints(c, n_records=len(records), skipped=skips.total, pool_size=len(pool),
+                                      images_sha1=images_sha1)
+    return MiningInputs(records=records, pool=pool, pool_index={it.key: i for i, it in enumerate(pool)},
+                        skips=skips, fingerprints=fingerprints, images_hashed=digests.hashed,
+                        seconds=time.perf_counter() - t0)

@@ -1,0 +1,141 @@
+"""The mining run's identity and its record on disk, `out/manifest.json`.
+
+Hashes use `unime.outdir.options_hash`: the whole run (`run_hash`: the options that change what is
+mined, and the input fingerprints) and each resumable stage (`retrieval_hash`, `judge_hash`: only what
+that stage's output depends on, so changing β or the count re-uses the retrieval and the judge scores).
+Checkpoints are fingerprinted with `unime.models.embedding_cache.model_fingerprint`, the embedding
+cache's key; a labels file (the oracle judge's ground truth) by its content.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unime.data.atomic import atomic_open
+from unime.data.image_digests import file_sha1
+from unime.errors import changed_option_keys, refuse_changed_options
+from unime.models.embedding_cache import model_fingerprint
+from unime.outdir import options_hash
+
+if TYPE_CHECKING:
+    from unime.mining.pipeline import MineConfig
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = 1
+
+# MineConfig fields that do not change what is mined (left out of the run's identity): where the output
+# goes, how the work is spread and batched, progress bars
+FREE_OPTIONS = ("out", "show_progress", "backend", "backend_options", "cache_dir", "judge_chunk_size",
+                "judge_image_cache", "embed_batch_size", "overwrite")
+
+
+def input_fingerprints(c: MineConfig, *, n_records: int, skipped: int, pool_size: int, images_sha1: str) \
+        -> dict[str, Any]:
+    """What the run reads, by content: records and pool files, both checkpoints, the data root, the bytes
+    of every image (`images_sha1`, from `unime.data.image_digests`)."""
+    inputs = {
+        "records": {"path": str(Path(c.records).resolve()), "sha1": file_sha1(c.records), "n": n_records,
+                    "skipped": skipped},
+        "pool": {"path": str(Path(c.pool).resolve()), "sha1": file_sha1(c.pool)} if c.pool else "positives",
+        "pool_size": pool_size,
+        "embedder": {"path": c.embedder, "fingerprint": model_fingerprint(c.embedder)},
+        # a labels file (the oracle's ground truth) is identified by its content
+        "judge": {"path": c.judge, "fingerprint": file_sha1(c.judge) if os.path.isfile(c.judge)
+                  else model_fingerprint(c.judge)},
+        "data_root": str(Path(c.resolved_data_root).resolve()),
+        "images": {"sha1": images_sha1},
+    }
+    if c.backend == "oracle":  # ground truth, not a model's scores: shards are never shared with a model's
+        inputs["judge"]["scores"] = "world ground truth"
+    return inputs
+
+
+def run_hash(c: MineConfig, inputs: dict[str, Any]) -> str:
+    """The run's identity: its options (but `FREE_OPTIONS`) and its inputs."""
+    cfg = asdict(c)
+    for key in FREE_OPTIONS:
+        cfg.pop(key)
+    return options_hash({"config": cfg, "inputs": inputs, "version": PIPELINE_VERSION})
+
+
+def _video_key(c: MineConfig) -> dict:
+    """The video options in a stage hash, only when set (runs without them keep their earlier hashes)."""
+    given = {k: v for k, v in c.video_options.items() if v is not None}
+    return {"video": given} if given else {}
+
+
+def retrieval_hash(c: MineConfig, inputs: dict[str, Any]) -> str:
+    """Stage A's identity: records, pool, image bytes, embedder, K, the index, the data root, dtype, video."""
+    return options_hash({"records": inputs["records"]["sha1"], "pool": inputs["pool"],
+                         "images": inputs["images"]["sha1"],
+                         "embedder": inputs["embedder"], "k": c.k, "index": c.index_key(),
+                         "data_root": inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION,
+                         **_video_key(c)})
+
+
+def judge_hash(c: MineConfig, inputs: dict[str, Any], retrieval: str) -> str:
+    """Stage B's identity: stage A's hash, the judge, the shard layout, dtype, video."""
+    return options_hash({"retrieval": retrieval, "judge": inputs["judge"], "shard_size": c.shard_size,
+                         "dtype": c.dtype, "version": PIPELINE_VERSION, **_video_key(c)})
+
+
+class Manifest:
+    """`manifest.json`: the options, their hash, the inputs, per-stage records (`stage` / `set_stage`) and,
+    once the run ends, `finished`. Every change is written atomically at once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        self.data.setdefault("version", PIPELINE_VERSION)
+        self.data.setdefault("stages", {})
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].get(name, {})
+
+    def set_stage(self, name: str, value: dict[str, Any]) -> None:
+        self.data["stages"][name] = value
+        self.save()
+
+    def save(self) -> None:
+        with atomic_open(self.path) as fh:
+            json.dump(self.data, fh, indent=1, sort_keys=True, default=str)
+
+    def open_run(self, config: MineConfig, inputs: dict[str, Any], config_hash: str) -> bool:
+        """The resume convention (as the trainers', `unime.models.run_state`) on a folder that holds an
+        earlier run: True if that run finished with these options and inputs (nothing to do). Other
+        options are refused with the differing keys unless `overwrite`; then, as when only the inputs
+        changed (records, image bytes, models), the content-keyed stage hashes decide what is redone."""
+        out = self.path.parent
+        options = asdict(config)
+        before = self.data.get("config")
+        if before:
+            keys = changed_option_keys(before, options, free=FREE_OPTIONS)
+            if keys and not config.overwrite:
+                raise refuse_changed_options(out, before, options, keys)
+            if keys:
+                log.warning("%s: options changed (%s); --overwrite: redoing the stages that depend on them",
+                            out, ", ".join(keys))
+            changed = sorted(k for k in inputs if self.data.get("inputs", {}).get(k) != inputs[k])
+            if changed and not keys:
+                log.warning("%s: inputs changed since the last run (%s): redoing the stages that depend on them",
+                            out, ", ".join(changed))
+        finished = self.data.get("finished") or {}
+        done = (not config.overwrite and finished.get("config_hash") == config_hash
+                and all((out / n).is_file() for n in ("stats.json", "mined.parquet", "report.md")))
+        if not done:
+            self.data.pop("finished", None)
+            self.data["config"] = options
+            self.data["config_hash"] = config_hash
+            self.data["inputs"] = inputs
+            self.save()
+        return done
+
+    def finish(self, config_hash: str, n_mined: int) -> None:
+        self.data["finished"] = {"config_hash": config_hash, "mined": n_mined}
+        self.save()

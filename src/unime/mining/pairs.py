@@ -1,0 +1,126 @@
+"""`unime judge`: the judge alone on a pairs file (`score_pairs_file`), optionally checked against labels.
+
+A pairs file is JSONL of `{"id"?, "query": item, "candidate": item}` (`read_pairs`). The pairs are grouped
+by query, so each query's prefix is run once and each distinct (query, candidate) pair scored once
+(`JudgeBackend.score_groups`); the scores are written in input order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from unime.data.atomic import atomic_open
+from unime.data.items import Item
+from unime.data.jsonl import iter_jsonl
+from unime.errors import DataError
+from unime.mining.backends import JudgeSpec, make_backend
+
+
+def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, label_column: str | None = None) \
+        -> list[tuple[str, Item, Item]] | tuple[list[tuple[str, Item, Item]], list[float]]:
+    """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the (1-based) line number. A bad
+    line (or, with `images` = an `ImageChecker`, a bad image) raises a `DataError` naming the file, the
+    line and the field, or under `on_error="skip"` is counted in `skips` and left out.
+    With `label_column`, each line also carries a relevance label under that key (a number >= 0 or a
+    boolean; > 0 = relevant) and `(pairs, labels)` is returned (aligned: a skipped line drops both)."""
+    import math
+
+    from unime.data.io import raw_message
+    from unime.data.skips import ErrorPolicy, data_error
+
+    policy = ErrorPolicy(on_error, skips, path)
+    pairs, labels = [], []
+    allowed = {"id", "query", "candidate"} | ({label_column} if label_column else set())
+    for n, obj in iter_jsonl(path, on_malformed=policy.handle):
+        where = f"line {n}"
+        try:
+            if not isinstance(obj, dict):
+                raise data_error("schema", "expected an object", source=path, record=where)
+            rid = obj.get("id", n)
+            for key in ("query", "candidate") + ((label_column,) if label_column else ()):
+                if key not in obj:
+                    raise data_error("schema", "missing", source=path, record=where, field=key)
+            unknown = set(obj) - allowed
+            if unknown:
+                hint = " (a label column? pass --label-column NAME)" if not label_column else ""
+                raise data_error("schema", f"unknown keys {sorted(unknown)}{hint}", source=path, record=where)
+            q = Item.from_dict(obj["query"], source=path, record=where, field_name="query")
+            c = Item.from_dict(obj["candidate"], source=path, record=where, field_name="candidate")
+            label = None
+            if label_column:
+                v = obj[label_column]
+                if isinstance(v, bool):
+                    v = float(v)
+                if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                    raise data_error("schema", f"expected a label >= 0 (or true/false), got {v!r}", source=path,
+                                     record=where, field=label_column)
+                label = float(v)
+            for key, it in (("query", q), ("candidate", c)):
+                if it.is_empty:
+                    raise data_error("empty_item", "empty item", source=path, record=where, field=key)
+                if images is not None:
+                    try:
+                        images.check(it, source=path, record=where)
+                    except DataError as e:  # name the pair's field, not the checker's "item"
+                        raise data_error("image", raw_message(e), source=path, record=where,
+                                         field=f"{key}.{e.field.split('.', 1)[-1]}") from None
+            pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
+            if label is not None:
+                labels.append(label)
+        except DataError as e:
+            policy.handle(e)
+    policy.finish()
+    if label_column:
+        return pairs, labels
+    return pairs
+
+
+def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend: str = "local",
+                     backend_options: dict | None = None, on_error: str = "raise", skips=None,
+                     label_column: str | None = None) -> int | dict:
+    """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic).
+    Every image is opened first; under `on_error="skip"` bad pairs are left out (and counted).
+
+    With `label_column`: the lines also carry `label`, and the judge is evaluated on the labels
+    (`unime.mining.judge_check`): OUT with suffix `.metrics.json` and `.calibration.png` are written and
+    the metrics dict is returned (else the number of pairs)."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import ImageChecker
+
+    checker = ImageChecker(ImageLoader(spec.data_root, allow_outside_root=spec.allow_outside_root,
+                                       video=spec.sampling))
+    if label_column:
+        pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker,
+                                   label_column=label_column)
+    else:
+        pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker), None
+    if not pairs:
+        raise DataError("no pairs to score", source=pairs_path)
+    groups: dict[str, tuple[Item, list[Item]]] = {}
+    for _, q, c in pairs:
+        g = groups.setdefault(q.key, (q, []))
+        if all(x.key != c.key for x in g[1]):
+            g[1].append(c)
+    with make_backend(backend, spec, **(backend_options or {})) as be:
+        group_list = list(groups.values())
+        results = be.score_groups(group_list)
+    lookup = {q.key: {c.key: float(s) for c, s in zip(cands, sc)} for (q, cands), sc in zip(group_list, results)}
+    scores = [lookup[q.key][c.key] for _, q, c in pairs]
+    with atomic_open(out_path) as fh:
+        for i, (rid, q, c) in enumerate(pairs):
+            row = {"id": rid, "score": scores[i]}
+            if labels is not None:
+                row["label"] = labels[i]
+            fh.write(json.dumps(row) + "\n")
+    if labels is None:
+        return len(pairs)
+    from unime.mining.judge_check import binary_metrics, calibration_bins, plot_calibration
+
+    metrics = binary_metrics(labels, scores)
+    metrics["calibration"] = calibration_bins(labels, scores)
+    stem = Path(out_path).with_suffix("")
+    with atomic_open(f"{stem}.metrics.json") as fh:
+        json.dump(metrics, fh, indent=1)
+    plot_calibration(labels, scores, f"{stem}.calibration.png", title=f"judge {Path(spec.path).name}")
+    return metrics

@@ -1,0 +1,281 @@
+"""The three mining stages over an output folder, called in order by `MiningRun` (`unime.mining.pipeline`,
+whose module doc lists the files): A `run_retrieval` (top-K hard negatives, reused when its hash matches),
+B `run_judge` (judge shards, resumed shard by shard; a changed hash discards them), C `run_sampling` (β
+filter and sampling, the mined records and audit rows, written by `write_outputs`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from unime.data.atomic import atomic_path
+from unime.data.items import Item, Record
+from unime.errors import DataError, UnimeError
+from unime.index.ann import measure_recall, recall_summary
+from unime.mining.backends import JudgeBackend
+from unime.mining.manifest import Manifest
+from unime.mining.retrieval import RetrievalResult, build_index, search_hard_negatives
+from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
+from unime.outdir import require_replaceable
+
+if TYPE_CHECKING:
+    from unime.mining.inputs import MiningInputs
+    from unime.mining.pipeline import MineConfig
+
+log = logging.getLogger(__name__)
+
+RECALL_SAMPLE = 200  # queries on which an approximate index's recall@K against exact search is measured
+
+
+# -- stage A: retrieval --------------------------------------------------------------------------------
+
+def run_retrieval(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: str, embedder: Callable[[], Any],
+                  times: dict[str, float]) -> RetrievalResult:
+    """Per query its top-K candidates (pool ids, similarities) and sim(q, c_t). `embedder()` gives the
+    `Embedder` (called only when the stage is recomputed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = manifest.path.parent / "retrieval.parquet"
+    if manifest.stage("retrieval").get("hash") == stage_hash and path.is_file():
+        log.info("retrieval: reusing %s", path)
+        t = pq.read_table(path).to_pydict()
+        return RetrievalResult(candidate_ids=[np.asarray(x, dtype=np.int64) for x in t["candidate_ids"]],
+                               candidate_sims=[np.asarray(x, dtype=np.float32) for x in t["candidate_sims"]],
+                               positive_sims=np.asarray(t["positive_sim"], dtype=np.float32),
+                               n_above_positive=np.asarray(t["n_above_positive"], dtype=np.int64))
+    t0 = time.perf_counter()
+    emb = embedder()
+    # the evaluation's embedding cache: items keyed by text + image content, so the same relative path
+    # under another data root (or a regenerated image) is never served a stale vector
+    settings = embedding_settings(emb, c.dtype)
+    encoder = RunEncoder(emb, model_fingerprint(c.embedder, settings),
+                         cache_dir=c.cache_dir or manifest.path.parent / "cache" / "embeddings",
+                         model_info={"model": str(c.embedder), "settings": settings},
+                         batch_size=c.embed_batch_size, show_progress=c.show_progress,
+                         allow_outside_root=c.allow_outside_root)
+    queries = [r.query for r in data.records]
+    positives = [r.positive for r in data.records]
+    rows = encoder.add(queries + positives + data.pool, c.resolved_data_root, source=str(c.records))
+    encoder.encode_pending()
+    vecs, n_encoded = encoder.vectors(rows), encoder.stats.encoded
+    nq = len(queries)
+    q_vecs, p_vecs, pool_vecs = vecs[:nq], vecs[nq:2 * nq], vecs[2 * nq:]
+    t1 = time.perf_counter()
+    index_config = c.index_config()
+    index = build_index(pool_vecs, index_config)
+    pos_ids = [data.pool_index.get(r.positive.key, -1) for r in data.records]
+    query_ids = [data.pool_index.get(r.query.key, -1) for r in data.records]
+    res = search_hard_negatives(index, q_vecs, p_vecs, pos_ids, k=c.k, query_ids=query_ids)
+    t2 = time.perf_counter()
+    # recall@K of an approximate index against exact search, on a sample of this run's queries
+    if index_config.kind == "flat":
+        index_recall = recall_summary(index, index_config, pool_vecs, k=c.k)
+    else:
+        sample = np.sort(np.random.default_rng(c.seed).choice(nq, size=min(RECALL_SAMPLE, nq), replace=False))
+        index_recall = dict(measure_recall(index, pool_vecs, k=c.k, queries=q_vecs[sample]), exact=False)
+    if not index_recall.get("exact"):
+        log.info("retrieval: %s index recall@%d vs exact = %.4f on %d sampled queries", c.index,
+                 index_recall["k"], index_recall["recall"] or float("nan"), index_recall["sample"])
+    table = pa.table({
+        "query_index": pa.array(range(nq), pa.int64()),
+        "candidate_ids": pa.array([x.tolist() for x in res.candidate_ids], pa.list_(pa.int64())),
+        "candidate_sims": pa.array([x.tolist() for x in res.candidate_sims], pa.list_(pa.float32())),
+        "positive_sim": pa.array(res.positive_sims, pa.float32()),
+        "n_above_positive": pa.array(res.n_above_positive, pa.int64()),
+    })
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    times["encode"], times["search"] = t1 - t0, t2 - t1
+    manifest.set_stage("retrieval", {"hash": stage_hash, "encoded_items": n_encoded, "index_recall": index_recall,
+                                     "seconds": {"encode": t1 - t0, "search": t2 - t1}})
+    return res
+
+
+# -- stage B: judge ------------------------------------------------------------------------------------
+
+@dataclass
+class JudgeScores:
+    """Stage B's result: per query [s(q, c_t), s(q, c_1), ..., s(q, c_K)], and the work behind it."""
+
+    scores: dict[int, np.ndarray]
+    resumed_shards: int  # shards a previous run had written
+    shard_seconds: float  # scoring time summed over every shard of the run (across resumptions)
+    run_stats: dict[str, float] = field(default_factory=dict)  # the judge's counters summed over every shard
+
+
+def shard_groups(data: MiningInputs, retrieval: RetrievalResult, shard: int, shard_size: int) \
+        -> tuple[list[int], list[tuple[Item, list[Item]]]]:
+    """The query indices of a shard and its judge groups: identical queries within the shard are merged
+    into one group (each distinct pair is scored once); the positive is one of the candidates."""
+    idx = list(range(shard * shard_size, min(len(data.records), (shard + 1) * shard_size)))
+    merged: dict[str, tuple[Item, dict[str, Item]]] = {}
+    for i in idx:
+        rec = data.records[i]
+        q, cands = merged.setdefault(rec.query.key, (rec.query, {}))
+        for it in [rec.positive, *(data.pool[j] for j in retrieval.candidate_ids[i])]:
+            cands.setdefault(it.key, it)
+    return idx, [(q, list(c.values())) for q, c in merged.values()]
+
+
+def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: str, retrieval: RetrievalResult,
+              backend: Callable[[], JudgeBackend], times: dict[str, float]) -> JudgeScores:
+    """Score the shards not on disk yet with `backend()` (called only when there are some), then read all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = manifest.path.parent
+    jdir = out / "judge"
+    n_shards = (len(data.records) + c.shard_size - 1) // c.shard_size
+    if manifest.stage("judge").get("hash") != stage_hash and jdir.exists():
+        require_replaceable(out, "judge")  # never a judge/ folder mining did not write
+        log.info("judge: configuration changed, discarding %s", jdir)
+        shutil.rmtree(jdir)
+    jdir.mkdir(parents=True, exist_ok=True)
+    for stale in jdir.glob(".*.tmp-*"):  # leftovers of a killed write
+        stale.unlink(missing_ok=True)
+    manifest.set_stage("judge", {"hash": stage_hash, "n_shards": n_shards, "shard_size": c.shard_size})
+    shard_path = lambda i: jdir / f"shard-{i:05d}.parquet"  # noqa: E731
+    todo = [i for i in range(n_shards) if not shard_path(i).is_file()]
+    if todo:
+        log.info("judge: %d of %d shards to score (%d done before)", len(todo), n_shards, n_shards - len(todo))
+    t0 = time.perf_counter()
+    if todo:
+        layouts = {}
+
+        def shards():
+            for i in todo:
+                idx, groups = shard_groups(data, retrieval, i, c.shard_size)
+                layouts[i] = (idx, groups, time.perf_counter())
+                yield i, groups
+
+        be = backend()
+        counted = numeric(be.stats())
+        for sid, group_scores in be.score_shards(shards()):
+            idx, groups, started = layouts.pop(sid)
+            now = numeric(be.stats())  # the judge's counters for this shard (the run sums them)
+            shard_stats = {k: v - counted.get(k, 0) for k, v in now.items()}
+            counted = now
+            lookup = {q.key: {it.key: float(s) for it, s in zip(cands, sc)}
+                      for (q, cands), sc in zip(groups, group_scores)}
+            rows = []
+            for i in idx:
+                rec = data.records[i]
+                scores = lookup[rec.query.key]
+                cands = [rec.positive, *(data.pool[j] for j in retrieval.candidate_ids[i])]
+                rows.append([scores[it.key] for it in cands])
+            table = pa.table({"query_index": pa.array(idx, pa.int64()),
+                              "scores": pa.array(rows, pa.list_(pa.float64()))})
+            table = table.replace_schema_metadata({"unime.seconds": f"{time.perf_counter() - started:.6f}",
+                                                   "unime.judge_stats": json.dumps(shard_stats)})
+            with atomic_path(shard_path(sid)) as tmp:
+                pq.write_table(table, tmp)
+    times["judge"] = time.perf_counter() - t0
+    result = JudgeScores(scores={}, resumed_shards=n_shards - len(todo), shard_seconds=0.0)
+    for i in range(n_shards):
+        t = pq.read_table(shard_path(i))
+        meta = t.schema.metadata or {}
+        result.shard_seconds += float(meta.get(b"unime.seconds", b"0"))
+        for k, v in json.loads(meta.get(b"unime.judge_stats", b"{}")).items():
+            result.run_stats[k] = result.run_stats.get(k, 0) + v
+        for qi, sc in zip(t.column("query_index").to_pylist(), t.column("scores").to_pylist()):
+            if qi in result.scores:
+                raise UnimeError(f"judge shard {i} repeats query {qi}; remove {jdir} and re-run")
+            result.scores[qi] = np.asarray(sc, dtype=np.float64)
+    missing = [i for i in range(len(data.records)) if i not in result.scores]
+    if missing:
+        raise UnimeError(f"judge shards miss {len(missing)} queries (e.g. {missing[0]}); remove {jdir} and re-run")
+    return result
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def numeric(stats: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in stats.items() if is_number(v)}
+
+
+# -- stage C: filter and sample ------------------------------------------------------------------------
+
+def run_sampling(c: MineConfig, data: MiningInputs, retrieval: RetrievalResult, scores: dict[int, np.ndarray],
+                 times: dict[str, float]):
+    """(mined records, audit rows, `SamplingStats`): per query the false negatives filtered with β and the
+    hard negatives sampled (`unime.mining.sampling.sample_negatives`)."""
+    from unime.mining.sampling import SamplingStats, sample_negatives
+
+    t0 = time.perf_counter()
+    stats = SamplingStats()
+    mined: list[Record] = []
+    audit_rows: list[dict[str, Any]] = []
+    for i, rec in enumerate(data.records):
+        ids = retrieval.candidate_ids[i]
+        sims = retrieval.candidate_sims[i]
+        s = scores[i]
+        pos_score, cand_scores = float(s[0]), s[1:]
+        result = sample_negatives(list(range(len(ids))), cand_scores, pos_score, beta=c.beta, interval=c.interval,
+                                  count=c.count, fallback=c.fallback, rng=np.random.default_rng((c.seed, i)),
+                                  source=c.records, record=rec.id or f"index {i + 1}")
+        stats.add(result, rec.dataset)
+        filtered = cand_scores > pos_score - c.beta
+        times_sampled = np.bincount(np.asarray(result.indices, dtype=np.int64), minlength=len(ids))
+        for r in range(len(ids)):
+            cand = data.pool[int(ids[r])]
+            audit_rows.append({
+                "query_index": i, "record_id": rec.id, "dataset": rec.dataset, "rank": r,
+                "pool_index": int(ids[r]), "candidate_text": cand.text,
+                "candidate_image": cand.images[0] if cand.images and isinstance(cand.images[0], str) else "",
+                "similarity": float(sims[r]), "positive_similarity": float(retrieval.positive_sims[i]),
+                "judge_score": float(cand_scores[r]), "positive_score": pos_score,
+                "false_negative": bool(filtered[r]), "times_sampled": int(times_sampled[r]),
+                "status": result.status,
+            })
+        if result.status == "dropped":
+            continue
+        mined.append(Record(query=rec.query, positive=rec.positive,
+                            negatives=[data.pool[int(ids[j])] for j in result.indices],
+                            positive_score=pos_score, negative_scores=[float(x) for x in result.scores],
+                            dataset=rec.dataset, id=rec.id))
+    times["sample"] = time.perf_counter() - t0
+    return mined, audit_rows, stats
+
+
+def write_outputs(out: Path, mined: list[Record], audit_rows: list[dict[str, Any]],
+                  times: dict[str, float]) -> dict[str, Any]:
+    """`mined.parquet`, `mined.json` (when the released format can hold the records) and `audit.parquet`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from unime.data.io import write_records, write_unime_v2_json
+
+    t0 = time.perf_counter()
+    notes: dict[str, Any] = {}
+    write_records(mined, out / "mined.parquet")
+    try:
+        write_unime_v2_json(mined, out / "mined.json")
+        notes["json"] = "written"
+    except DataError as e:  # e.g. several images per item: the JSON format cannot hold them
+        (out / "mined.json").unlink(missing_ok=True)
+        notes["json"] = f"not written: {e}"
+        log.warning("mined.json not written (mined.parquet has every record): %s", e)
+    schema = pa.schema([("query_index", pa.int64()), ("record_id", pa.string()), ("dataset", pa.string()),
+                        ("rank", pa.int32()), ("pool_index", pa.int64()), ("candidate_text", pa.string()),
+                        ("candidate_image", pa.string()), ("similarity", pa.float32()),
+                        ("positive_similarity", pa.float32()), ("judge_score", pa.float64()),
+                        ("positive_score", pa.float64()), ("false_negative", pa.bool_()),
+                        ("times_sampled", pa.int32()), ("status", pa.string())]
+                       + ([("relevance", pa.float64()), ("positive_relevance", pa.float64())]
+                          if audit_rows and "relevance" in audit_rows[0] else []))
+    table = pa.Table.from_pylist(audit_rows, schema=schema)
+    with atomic_path(out / "audit.parquet") as tmp:
+        pq.write_table(table, tmp)
+    times["write"] = time.perf_counter() - t0
+    return notes
