@@ -102,7 +102,7 @@ def test_sft_run_lowers_the_loss_and_saves_a_reasoner(tiny_model_dir, tmp_path):
     assert out[0][0].startswith("<thinking>")
 
 
-def test_lora_sft_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
+def test_lora_sft_exports_the_adapter_and_a_merged_plain_folder(tiny_model_dir, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     from unime.data.items import Item
@@ -112,5 +112,6 @@ def test_lora_sft_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
     cfg = ReasonerSFTConfig(model=tiny_model_dir("qwen2_vl"), data=str(tmp_path / "t.jsonl"), out=str(tmp_path / "o"),
                             max_steps=2, lora_r=4, device="cpu", logging_steps=1)
     train_reasoner_sft(cfg)
-    assert not (tmp_path / "o" / "adapter_config.json").exists()
-    AutoModelForImageTextToText.from_pretrained(tmp_path / "o")
+    assert (tmp_path / "o" / "adapter" / "adapter_config.json").is_file()  # every trainer's export
+    assert not (tmp_path / "o" / "merged" / "adapter_config.json").exists()
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "o" / "merged")

@@ -109,7 +109,7 @@ def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(
 def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monkeypatch):
     """Checkpoints live inside --out (nothing beside it); a run that died while exporting its final
     folder continues at its last step without an extra one; a finished run does nothing."""
-    import unime.data.atomic as atomic
+    import unime.models.export as export
     from test_reasoner_sft import TCOT
     from unime.data.items import Item
     from unime.reasoning.reasoner import TCoTRow, write_tcot_rows
@@ -123,26 +123,26 @@ def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monk
                                  learning_rate=1e-3, **kw)
 
     straight = train_reasoner_sft(config(tmp_path / "a"))
-    real = atomic.atomic_dir
+    real = export.atomic_dir
 
     def dying_export(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic, "atomic_dir", dying_export)
+    monkeypatch.setattr(export, "atomic_dir", dying_export)
     with pytest.raises(OSError):
         train_reasoner_sft(config(tmp_path / "b"))
-    monkeypatch.setattr(atomic, "atomic_dir", real)
+    monkeypatch.setattr(export, "atomic_dir", real)
     assert (tmp_path / "b" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "t.jsonl"]  # nothing beside --out
     resumed = train_reasoner_sft(config(tmp_path / "b"))
     assert resumed["steps"] == 2 and resumed["last_loss"] == pytest.approx(straight["last_loss"], rel=1e-6)
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
-    a = load_file(tmp_path / "a" / "model.safetensors")
-    b = load_file(tmp_path / "b" / "model.safetensors")
+    a = load_file(tmp_path / "a" / "merged" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "merged" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not (tmp_path / "b" / "checkpoints").exists()
-    mtime = (tmp_path / "b" / "model.safetensors").stat().st_mtime_ns
+    assert (tmp_path / "b" / "checkpoints" / "checkpoint-2").is_dir()  # kept, as by every trainer
+    mtime = (tmp_path / "b" / "merged" / "model.safetensors").stat().st_mtime_ns
     assert train_reasoner_sft(config(tmp_path / "b")) == resumed  # finished: nothing to do
-    assert (tmp_path / "b" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert (tmp_path / "b" / "merged" / "model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(ChangedOptions, match="max_steps: 2 -> 3"):
         train_reasoner_sft(ReasonerSFTConfig(**{**config(tmp_path / "b").__dict__, "max_steps": 3}))
