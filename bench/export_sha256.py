@@ -39,7 +39,8 @@ def main(work: Path) -> None:
             for i, r in enumerate(rows)]
     records = str(work / "records.jsonl")
     write_records(rows, records)
-    train_embedder(EmbedderTrainingConfig(model=model, records=records, out=str(work / "embedder"), data_root=str(world),
+    train_embedder(EmbedderTrainingConfig(model=model, records=records, out=str(work / "embedder"),
+                                          data_root=str(world),
                                           loss="infonce", hard_negatives=0, batch_size=4, steps=4, lr=2e-3, warmup=0,
                                           lora_r=8, lora_alpha=16, lora_dropout=0.0, save_steps=2, device="cpu",
                                           seed=0))

@@ -257,6 +257,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
              sum(int((e["labels"] != IGNORE_INDEX).sum()) for e in examples))
 
     if cfg.lora_r > 0:
+        torch.manual_seed(cfg.seed)  # LoRA initialisation (as the reranker): the same seed, the same run
         model = lora_model(model, cfg)
     use_cpu = loaded.device == "cpu"
     args = TrainingArguments(

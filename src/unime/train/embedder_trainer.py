@@ -369,7 +369,8 @@ def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult 
     logger.info("%s: this run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
                 metrics.get("steps"))
     adapter = out / export.ADAPTER_DIR
-    return EmbedderTrainingResult(out=out, merged=out / export.MERGED_DIR, adapter=adapter if adapter.is_dir() else None,
+    return EmbedderTrainingResult(out=out, merged=out / export.MERGED_DIR,
+                                  adapter=adapter if adapter.is_dir() else None,
                                   metrics={**metrics, "already_finished": True})
 
 

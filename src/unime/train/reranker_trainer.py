@@ -665,7 +665,7 @@ def model_card(meta: dict) -> ModelCard:
 
 def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool,
                     image_budget=None) -> dict[str, Path]:
-    """The stage's final folders (`unime.train.checkpoints.export_final`, with unime_reranker.json in each),
+    """The stage's final folders (`unime.models.export.export_final`, with unime_reranker.json in each),
     then, last, out/unime_reranker.json. Merging modifies `model` in place (done last)."""
     from unime.models.export import export_final, write_json_atomic
     from unime.outdir import require_replaceable
