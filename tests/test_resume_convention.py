@@ -204,7 +204,7 @@ def _trainer_runs(name: str, tiny_model_dir, data: Path):
         "device": "cpu", "save_steps": 1, **kw}))), "learning_rate", SUMMARY_FILE
 
 
-@pytest.mark.parametrize("trainer", ["embedder", "reranker", "sft", pytest.param("grpo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("trainer", ["embedder", "reranker", "sft", "grpo"])
 def test_every_trainer_follows_one_convention(trainer, tiny_model_dir, tmp_path, monkeypatch, caplog):
     """For each trainer: the model card comes from the one writer (`ModelCard`) into OUT, merged/ (and
     adapter/); checkpoints are kept; a finished run does nothing; changed options are refused naming the

@@ -195,9 +195,7 @@ def last_complete_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
     return None
 
 
-def changed_options(before: dict[str, Any], now: dict[str, Any], free: Iterable[str]) -> list[str]:
-    """Keys (outside `free`) whose values differ (`unime.errors.changed_option_keys`)."""
-    return changed_option_keys(before, now, free)
+changed_options = changed_option_keys  # keys (outside `free`) whose values differ
 
 
 def previous_config(out: str | Path) -> dict[str, Any] | None:
@@ -209,51 +207,6 @@ def previous_config(out: str | Path) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
-
-
-def check_same_run(out: str | Path, now: dict[str, Any], *, free: Iterable[str], overwrite: bool,
-                   has_state: bool) -> bool:
-    """Before training in `out`: True if a previous run there may be continued (or reported finished).
-
-    `has_state`: `out` holds checkpoints or final outputs of a previous run. Differing options raise
-    `ChangedOptions` naming the keys unless `overwrite` (then False: start over). State without a
-    `train_config.json` (of unknown options) is refused the same way."""
-    before = previous_config(out)
-    if before is None:
-        if has_state and not overwrite:
-            raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
-                                 f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
-        return False
-    diff = changed_options(before, now, free)
-    if not diff:
-        return True
-    if overwrite:
-        log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
-        return False
-    raise refuse_changed_options(out, before, now, diff)
-
-
-def final_state(checkpoint: str | Path | None):
-    """The `TrainerState` of `checkpoint` if it is at the run's last step (nothing left to train)."""
-    if checkpoint is None:
-        return None
-    from transformers import TrainerState
-
-    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    if state.max_steps and state.global_step >= state.max_steps:
-        return state
-    return None
-
-
-def load_final_checkpoint(trainer, checkpoint: str | Path, load_weights) -> None:
-    """Put `trainer` in the state of its final checkpoint without an optimizer step: the trained
-    weights (`load_weights(model, folder)`) and the state (step, log history)."""
-    from transformers import TrainerState
-
-    load_weights(trainer.model, str(checkpoint))
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    log.info("%s is the run's last step (%d): exporting it, no further training", checkpoint,
-             trainer.state.global_step)
 
 
 def step_log(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -295,11 +248,13 @@ def _has_run_state(out: Path, finished_file: str) -> bool:
 
 def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
                  finished_file: str) -> bool:
-    """True if `out` holds a finished run with these options (outside `free`) and not `overwrite`. No side
-    effects (a trainer may ask before it has resolved every option; `plan_run` decides the rest)."""
+    """True if `out` holds a finished run with these options (outside `free`) and not `overwrite`: its
+    finished marker and its export (the card and a model folder) are there. No side effects (a trainer may
+    ask before it has resolved every option; `plan_run` decides the rest)."""
     out = Path(out)
     before = previous_config(out)
-    return (not overwrite and before is not None and (out / finished_file).is_file()
+    exported = (out / CARD_FILE).is_file() and any((out / d).is_dir() for d in (ADAPTER_DIR, MERGED_DIR))
+    return (not overwrite and before is not None and (out / finished_file).is_file() and exported
             and not changed_options(before, options, free))
 
 
@@ -315,14 +270,24 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     out = Path(out)
     if finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file):
         return RunPlan(True, None)
-    same = not overwrite and check_same_run(out, options, free=free, overwrite=False,
-                                            has_state=_has_run_state(out, finished_file))
-    if not same:  # a new run, or starting over: nothing of an earlier run is resumed or reported
+    before = previous_config(out)
+    if before is None and not overwrite and _has_run_state(out, finished_file):
+        raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
+                             f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
+    diff = changed_options(before, options, free) if before is not None else []
+    if diff and not overwrite:
+        raise refuse_changed_options(out, before, options, diff)
+    if overwrite or before is None:  # a new run, or starting over: nothing of an earlier run is resumed or reported
+        if diff:
+            log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
         for name in (finished_file, CHECKPOINTS_DIR):
             require_replaceable(out, name)
         (out / finished_file).unlink(missing_ok=True)
         shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
         return RunPlan(False, None)
+    if (out / finished_file).exists():  # the export of a finished run went missing: exported again
+        require_replaceable(out, finished_file)
+        (out / finished_file).unlink()
     if resume is not None:
         problem = checkpoint_problem(resume)
         if problem:
@@ -335,9 +300,14 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
 
 
 def train_or_finish(trainer, checkpoint: Path | None) -> None:
-    """`trainer.train`, continuing from `checkpoint`; a checkpoint at the last step is only loaded (no
-    optimizer step max_steps + 1)."""
-    if final_state(checkpoint) is not None:
-        load_final_checkpoint(trainer, checkpoint, lambda _model, folder: trainer._load_from_checkpoint(folder))
-    else:
+    """`trainer.train`, continuing from `checkpoint`; a checkpoint at the run's last step is only loaded
+    (its weights and state: step, log history), with no optimizer step max_steps + 1."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json")) if checkpoint else None
+    if state is None or not state.max_steps or state.global_step < state.max_steps:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = state
+    log.info("%s is the run's last step (%d): exporting it, no further training", checkpoint, state.global_step)
