@@ -252,11 +252,11 @@ def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_s
     _run(argv(tmp_path / "straight"), log)
     killed = tmp_path / "killed"
     # kill point 1: the export has begun (checkpoint-4 complete, no adapter/merged yet)
-    _kill_when_paused(argv(killed), "unime.train.checkpoints:export_final")
+    _kill_when_paused(argv(killed), "unime.models.export:export_final")
     assert (killed / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file()
     assert not (killed / "adapter").exists() and not (killed / "metrics.json").exists()
     # kill point 2: the re-run exported the adapter and merged model, and dies before metrics.json
-    _kill_when_paused(argv(killed), "unime.train.checkpoints:write_json_atomic", "metrics.json")
+    _kill_when_paused(argv(killed), "unime.models.export:write_json_atomic", "metrics.json")
     assert (killed / "adapter" / "adapter_model.safetensors").is_file() and not (killed / "metrics.json").exists()
     _run(argv(killed), log)
     _same_tensors(tmp_path / "straight" / "adapter" / "adapter_model.safetensors",

@@ -206,13 +206,13 @@ def test_grpo_smoke_two_steps_all_rewards(world, tiny_model_dir, tmp_path):
         total = 0.05 * float(r["format"]) + 0.8 * float(r["outcome"]) + 0.2 * float(r["process"])
         assert abs(total - float(r["total"])) < 1e-6
     assert (out / "reward_curves.png").stat().st_size > 1000
-    # TRL's own metrics were logged and the model is an ordinary HF folder
+    # TRL's own metrics were logged and merged/ is an ordinary HF folder
     with open(out / "curves.csv") as fh:  # the curves writer of every stage (`unime.models.curves`)
         hist = list(csv.DictReader(fh))
     assert len(hist) == 2 and "kl" in hist[0] and "embed_rl/outcome" in hist[0]
     from transformers import AutoModelForImageTextToText
 
-    AutoModelForImageTextToText.from_pretrained(out)
+    AutoModelForImageTextToText.from_pretrained(out / "merged")
 
 
 def test_grpo_prompt_tokens_equal_the_sft_and_generate_prompt(tiny_model_dir):

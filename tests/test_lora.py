@@ -106,7 +106,7 @@ def test_reasoner_sft_with_lora_leaves_the_vision_tower_of_qwen2_5_vl_untouched(
     cfg = ReasonerSFTConfig(model=base, data=str(tmp_path / "t.jsonl"), out=str(tmp_path / "o"), max_steps=2,
                             lora_r=4, learning_rate=1e-2, device="cpu", logging_steps=1, batch_size=2)
     train_reasoner_sft(cfg)
-    before, after = load(base).state_dict(), load(tmp_path / "o").state_dict()
+    before, after = load(base).state_dict(), load(tmp_path / "o" / "merged").state_dict()  # every trainer's export
     vision = [k for k in before if ".visual." in k]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
     q = "model.language_model.layers.0.self_attn.q_proj.weight"

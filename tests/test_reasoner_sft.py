@@ -164,7 +164,7 @@ def test_sft_run_lowers_the_loss_and_saves_a_reasoner(tiny_model_dir, tmp_path):
     assert out[0][0].startswith("<thinking>")
 
 
-def test_lora_sft_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
+def test_lora_sft_exports_the_adapter_and_a_merged_plain_folder(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
@@ -174,10 +174,12 @@ def test_lora_sft_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
     cfg = ReasonerSFTConfig(model=tiny_model_dir("qwen2_vl"), data=str(tmp_path / "t.jsonl"), out=str(tmp_path / "o"),
                             max_steps=2, lora_r=4, device="cpu", logging_steps=1)
     train_reasoner_sft(cfg)
-    assert not (tmp_path / "o" / "adapter_config.json").exists()
-    AutoModelForImageTextToText.from_pretrained(tmp_path / "o")
+    assert (tmp_path / "o" / "adapter" / "adapter_config.json").is_file()  # every trainer's export
+    assert not (tmp_path / "o" / "merged" / "adapter_config.json").exists()
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "o" / "merged")
     # the LoRA initialisation follows --seed: a second run in this process (another RNG state) is bit-identical
     torch.manual_seed(12345)
     train_reasoner_sft(ReasonerSFTConfig(**{**cfg.__dict__, "out": str(tmp_path / "again")}))
-    a, b = load_file(tmp_path / "o" / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    a = load_file(tmp_path / "o" / "merged" / "model.safetensors")
+    b = load_file(tmp_path / "again" / "merged" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -109,7 +109,7 @@ def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(
 def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monkeypatch):
     """Checkpoints live inside --out (nothing beside it); a run that died while exporting its final
     folder continues at its last step without an extra one; a finished run does nothing."""
-    import unime.data.atomic as atomic
+    import unime.models.export as export
     from test_reasoner_sft import TCOT
     from unime.data.items import Item
     from unime.reasoning.reasoner import TCoTRow, write_tcot_rows
@@ -123,26 +123,151 @@ def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monk
                                  learning_rate=1e-3, **kw)
 
     straight = train_reasoner_sft(config(tmp_path / "a"))
-    real = atomic.atomic_dir
+    real = export.atomic_dir
 
     def dying_export(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic, "atomic_dir", dying_export)
+    monkeypatch.setattr(export, "atomic_dir", dying_export)
     with pytest.raises(OSError):
         train_reasoner_sft(config(tmp_path / "b"))
-    monkeypatch.setattr(atomic, "atomic_dir", real)
+    monkeypatch.setattr(export, "atomic_dir", real)
     assert (tmp_path / "b" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "t.jsonl"]  # nothing beside --out
     resumed = train_reasoner_sft(config(tmp_path / "b"))
     assert resumed["steps"] == 2 and resumed["last_loss"] == pytest.approx(straight["last_loss"], rel=1e-6)
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
-    a = load_file(tmp_path / "a" / "model.safetensors")
-    b = load_file(tmp_path / "b" / "model.safetensors")
+    a = load_file(tmp_path / "a" / "merged" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "merged" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not (tmp_path / "b" / "checkpoints").exists()
-    mtime = (tmp_path / "b" / "model.safetensors").stat().st_mtime_ns
+    assert (tmp_path / "b" / "checkpoints" / "checkpoint-2").is_dir()  # kept, as by every trainer
+    mtime = (tmp_path / "b" / "merged" / "model.safetensors").stat().st_mtime_ns
     assert train_reasoner_sft(config(tmp_path / "b")) == resumed  # finished: nothing to do
-    assert (tmp_path / "b" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert (tmp_path / "b" / "merged" / "model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(ChangedOptions, match="max_steps: 2 -> 3"):
         train_reasoner_sft(ReasonerSFTConfig(**{**config(tmp_path / "b").__dict__, "max_steps": 3}))
+
+
+# -- the four trainers, one convention ------------------------------------------------------------------
+def _trainer_runs(name: str, tiny_model_dir, data: Path):
+    """(run(out, **overrides) -> result, the option changed in the changed-options check, the finished
+    marker) of trainer `name`, on a tiny Qwen2-VL: 2 steps, a checkpoint after each."""
+    model = tiny_model_dir("qwen2_vl")
+    if name == "embedder":
+        from test_train_embedder import mined_world_records
+
+        from unime.data.synth import generate_world
+        from unime.train.embedder_trainer import train_embedder
+
+        generate_world(data / "world", sizes="tiny", seed=0)
+        records = mined_world_records(data / "world")[:8]
+        return (lambda out, **kw: train_embedder(base_config(model, out, data / "world", steps=2, save_steps=1,
+                                                             **kw), records=records)), "lr", "metrics.json"
+    if name == "reranker":
+        import unime.train.reranker_trainer as T
+        from test_reranker_training import write_world
+
+        records = write_world(data)
+        return (lambda out, **kw: T.train_reranker(T.RerankerTrainConfig(**{
+            "model": model, "records": [records], "out": str(out), "num_negatives": 2, "learning_rate": 1e-2,
+            "max_steps": 2, "batch_size": 2, "logging_steps": 1, "save_steps": 1, "lora_dropout": 0.0,
+            "device": "cpu", "merge": True, **kw}))), "learning_rate", T.METADATA_FILE
+    if name == "sft":
+        from test_reasoner_sft import TCOT
+
+        from unime.data.items import Item
+        from unime.embed_rl.reasoner_sft import SUMMARY_FILE, ReasonerSFTConfig, train_reasoner_sft
+        from unime.reasoning.reasoner import TCoTRow, write_tcot_rows
+
+        write_tcot_rows([TCoTRow(f"r{i}", "query", Item(text=f"a {c} circle"), TCOT)
+                         for i, c in enumerate(("red", "blue", "green"))], data / "t.jsonl")
+        return (lambda out, **kw: train_reasoner_sft(ReasonerSFTConfig(**{
+            "model": model, "data": str(data / "t.jsonl"), "out": str(out), "max_steps": 2, "batch_size": 2,
+            "device": "cpu", "logging_steps": 1, "save_steps": 1, "learning_rate": 1e-3, **kw}))), \
+            "learning_rate", SUMMARY_FILE
+    from test_grpo import COLOURS
+    from PIL import Image
+
+    from unime.data.io import write_records
+    from unime.data.items import Item, Record
+    from unime.embed_rl.grpo import SUMMARY_FILE, GRPOStageConfig, train_reasoner_grpo
+    from unime.models.prompts import EMB_TOKEN
+
+    (data / "imgs").mkdir()
+    for c, rgb in COLOURS.items():
+        Image.new("RGB", (56, 56), rgb).save(data / "imgs" / f"{c}.png")
+    write_records([Record(query=Item(text=f"a {c} circle"), positive=Item(images=(f"imgs/{c}.png",)), id=f"r{i}")
+                   for i, c in enumerate(COLOURS)], data / "records.jsonl")
+    return (lambda out, **kw: train_reasoner_grpo(GRPOStageConfig(**{
+        "model": model, "embedder": tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), "records": str(data / "records.jsonl"),
+        "out": str(out), "max_steps": 2, "max_completion_length": 8, "num_generations": 2, "lora_r": 4,
+        "device": "cpu", "save_steps": 1, **kw}))), "learning_rate", SUMMARY_FILE
+
+
+@pytest.mark.parametrize("trainer", ["embedder", "reranker", "sft", "grpo"])
+def test_every_trainer_follows_one_convention(trainer, tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """For each trainer: the model card comes from the one writer (`ModelCard`) into OUT, merged/ (and
+    adapter/); checkpoints are kept; a finished run does nothing; changed options are refused naming the
+    key; a run that died while writing checkpoint-2 (weights written, optimizer not: the truncated
+    weights of a full disk too, for two trainers) reports checkpoint-2 as incomplete, continues from
+    checkpoint-1 and ends with the uninterrupted run's weights."""
+    from transformers import Trainer
+
+    from unime.models.export import ModelCard
+
+    (tmp_path / "data").mkdir()
+    run, changed_key, finished_file = _trainer_runs(trainer, tiny_model_dir, tmp_path / "data")
+    rendered = []
+    render = ModelCard.render
+    monkeypatch.setattr(ModelCard, "render", lambda self: rendered.append(render(self)) or rendered[-1])
+
+    a = tmp_path / "a"
+    first = run(a)
+    card = (a / "README.md").read_text()
+    assert rendered == [card] and (a / "merged" / "README.md").read_text() == card
+    assert card.startswith("---\nlibrary_name: transformers\n") and "| key | value |" in card
+    if (a / "adapter").exists():
+        assert (a / "adapter" / "README.md").read_text() == card
+    assert (a / finished_file).is_file() and (a / "checkpoints" / "checkpoint-2").is_dir()  # kept
+    weights = a / "merged" / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+
+    # finished earlier: nothing to do, nothing written
+    run(a)
+    assert weights.stat().st_mtime_ns == mtime and len(rendered) == 1
+    # options changed: refused, naming the key
+    with pytest.raises(ChangedOptions, match=rf"{changed_key}: .* -> .*--overwrite"):
+        run(a, **{changed_key: 5e-3})
+    assert weights.stat().st_mtime_ns == mtime
+
+    # interrupted while writing checkpoint-2: its weights are on disk, its optimizer is not
+    save_optimizer = Trainer._save_optimizer_and_scheduler
+
+    def full_disk(self, output_dir):
+        if self.state.global_step == 2:
+            raise OSError(28, "No space left on device")
+        return save_optimizer(self, output_dir)
+
+    b = tmp_path / "b"
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run(b)
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", save_optimizer)
+    broken = b / "checkpoints" / "checkpoint-2"
+    assert not (b / finished_file).exists() and not (broken / "optimizer.pt").exists()
+    problem = "missing optimizer.pt, scheduler.pt, trainer_state.json, rng_state.pth"
+    if trainer in ("reranker", "grpo"):  # and a weights file cut short
+        (w,) = [p for p in broken.glob("*.safetensors")]
+        w.write_bytes(w.read_bytes()[:-100])
+    with caplog.at_level("INFO", logger="unime.models.run_state"):
+        resumed = run(b)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"{broken} is incomplete ({problem}): skipped, not resumed from" in messages
+    assert f"resuming from {b / 'checkpoints' / 'checkpoint-1'}" in messages
+    assert (broken / "optimizer.pt").is_file()  # step 2 was trained again and checkpointed
+    x, y = load_file(weights), load_file(b / "merged" / "model.safetensors")
+    assert x.keys() == y.keys()
+    for k in x:
+        torch.testing.assert_close(y[k], x[k], rtol=0, atol=1e-6)
+    steps = {"embedder": lambda r: r.metrics["steps"], "reranker": lambda r: r.steps}.get(trainer, lambda r: r["steps"])
+    assert steps(resumed) == steps(first) == 2

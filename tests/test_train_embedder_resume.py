@@ -53,7 +53,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_model_dir, res
     from safetensors.torch import load_file
 
     from unime.cli import main
-    from unime.train.checkpoints import complete_checkpoints
+    from unime.models.run_state import last_complete_checkpoint
     from unime.models.curves import read_curves_csv
 
     world, records = resume_records
@@ -73,7 +73,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_model_dir, res
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "merged").exists()
-    done = [int(p.name.split("-")[1]) for p in complete_checkpoints(killed / "checkpoints")]
+    done = [int(last_complete_checkpoint(killed / "checkpoints").name.split("-")[1])]
     assert 9 <= max(done) < STEPS
 
     # 2. resume it to the end
@@ -97,17 +97,45 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_model_dir, res
     assert straight[-1]["loss"] < straight[0]["loss"]  # it trained
 
 
-def test_resume_picks_the_latest_complete_checkpoint(tmp_path):
-    from unime.train.checkpoints import complete_checkpoints, latest_checkpoint
+def fake_checkpoint(folder: Path, step: int, *, weights: str = "adapter_model.safetensors") -> Path:
+    """A checkpoint folder with every file the Trainer writes (real formats, tiny contents)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, str(folder / weights))
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({"step": step, "state": torch.ones(8)}, folder / name)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def test_resume_picks_the_latest_complete_checkpoint_and_reports_the_incomplete_ones(tmp_path, caplog):
+    from unime.models.run_state import FULL_STATE_FILE, checkpoint_problem, last_complete_checkpoint
 
     root = tmp_path / "checkpoints"
-    for step, complete in ((3, True), (6, True), (9, False), (12, False)):
-        folder = root / f"checkpoint-{step}"
-        folder.mkdir(parents=True)
-        (folder / "adapter_model.safetensors").write_bytes(b"")
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+    for step in (3, 6, 9, 12, 15, 18):
+        fake_checkpoint(root / f"checkpoint-{step}", step, weights=FULL_STATE_FILE if step == 6 else
+                        "adapter_model.safetensors")
+    (root / "checkpoint-9" / "optimizer.pt").unlink()                     # killed before the optimizer
+    weights = root / "checkpoint-12" / "adapter_model.safetensors"
+    whole = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:-10])                        # truncated weights
+    sched = root / "checkpoint-15" / "scheduler.pt"
+    sched.write_bytes(sched.read_bytes()[:40])                             # truncated torch archive
+    (root / "checkpoint-18" / "trainer_state.json").write_text('{"global_st')  # half-written state
     (root / "runs").mkdir()
-    assert [p.name for p in complete_checkpoints(root)] == ["checkpoint-3", "checkpoint-6"]
-    assert latest_checkpoint(root).name == "checkpoint-6"
-    assert latest_checkpoint(tmp_path / "nothing") is None
+    assert checkpoint_problem(root / "checkpoint-3") is None and checkpoint_problem(root / "checkpoint-6") is None
+    assert checkpoint_problem(root / "checkpoint-9") == "missing optimizer.pt"
+    assert checkpoint_problem(root / "checkpoint-12") == \
+        f"adapter_model.safetensors truncated ({whole - 10} of {whole} bytes)"
+    assert checkpoint_problem(root / "checkpoint-15").startswith("scheduler.pt unreadable")
+    assert checkpoint_problem(root / "checkpoint-18") == "trainer_state.json unreadable (JSONDecodeError)"
+    with caplog.at_level("WARNING", logger="unime.models.run_state"):
+        assert last_complete_checkpoint(root).name == "checkpoint-6"
+    skipped = [r.getMessage() for r in caplog.records]
+    assert [m.split("checkpoints/")[1].split(" ")[0] for m in skipped] == [
+        "checkpoint-18", "checkpoint-15", "checkpoint-12", "checkpoint-9"]
+    assert all("is incomplete" in m and "skipped, not resumed from" in m for m in skipped)
+    assert last_complete_checkpoint(tmp_path / "nothing") is None

@@ -21,8 +21,10 @@ def _add_parser(actions) -> None:
                     "generate). grpo: embedder-guided GRPO on TRL's GRPOTrainer with format / outcome / process "
                     "rewards against a frozen <emb> embedder.")
     p.add_argument("--stage", required=True, choices=["sft", "grpo"])
-    p.add_argument("--model", required=True, help="reasoner checkpoint to train (grpo: the SFT output)")
-    p.add_argument("--out", required=True, help="output folder (an HF folder + logs)")
+    p.add_argument("--model", required=True,
+                   help="reasoner checkpoint to train (grpo: the SFT output folder or its merged/)")
+    p.add_argument("--out", required=True,
+                   help="output folder (merged/: an HF folder; adapter/ for LoRA; README.md, checkpoints/, logs)")
     p.add_argument("--data-root", default=None, help="folder image paths are relative to")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")

@@ -62,7 +62,8 @@ def _common_options(p: argparse.ArgumentParser, *, role: str) -> None:
     g = p.add_argument_group("checkpoints")
     g.add_argument("--logging-steps", type=int, default=10)
     g.add_argument("--save-steps", type=int, default=500, help="resumable checkpoints under OUT/checkpoints")
-    g.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints after success")
+    g.add_argument("--keep-checkpoints", action="store_true",
+                   help="accepted; OUT/checkpoints is always kept (a run deletes none of its checkpoints)")
     g.add_argument("--overwrite", action="store_true", help="retrain even if OUT holds a finished result")
     add_config_option(p)
 

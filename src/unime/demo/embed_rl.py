@@ -172,13 +172,13 @@ def run_embed_rl(demo: "Demo") -> None:
                 "--lr": s.er_embed_lr, "--seed": 0, "--save-steps": max(s.er_embed_steps // 2, 1), **dev}, c)
     demo.stage("er-embedders", [P["plain"] / "merged", P["tcot"] / "merged"], embedders)
 
-    demo.stage("er-sft", [P["sft"] / "config.json"], lambda c: demo.run_command("train reasoner", {
+    demo.stage("er-sft", [P["sft"] / "sft_summary.json"], lambda c: demo.run_command("train reasoner", {
         "--stage": "sft", "--model": P["reasoner_base"], "--tcots": P["tcots"], "--data-root": world,
         "--out": P["sft"], "--lora-r": 0, "--lr": s.er_sft_lr, "--epochs": s.er_sft_epochs,
         "--batch-size": s.er_sft_batch, "--seed": 0, "--logging-steps": 5, **dev}, c))
 
-    demo.stage("er-grpo", [P["grpo"] / "reward_log.csv"], lambda c: demo.run_command("train reasoner", {
-        "--stage": "grpo", "--model": P["sft"], "--embedder": P["tcot"] / "merged",
+    demo.stage("er-grpo", [P["grpo"] / "grpo_summary.json"], lambda c: demo.run_command("train reasoner", {
+        "--stage": "grpo", "--model": P["sft"] / "merged", "--embedder": P["tcot"] / "merged",
         "--process-judge": P["judge"] / "merged", "--records": P["split"] / "rl.jsonl", "--data-root": world,
         "--out": P["grpo"], "--max-steps": s.er_grpo_steps, "--num-generations": s.er_generations,
         "--pairs-per-batch": 2, "--grpo-epochs": s.er_grpo_epochs, "--lr": s.er_grpo_lr,
@@ -186,8 +186,8 @@ def run_embed_rl(demo: "Demo") -> None:
 
     runs = {"plain_none": (P["plain"], {"--tcots": "none"}),
             "tcot_none": (P["tcot"], {"--tcots": "none"}),
-            "tcot_sft": (P["tcot"], {"--tcots": "reasoner", "--reasoner": P["sft"]}),
-            "tcot_grpo": (P["tcot"], {"--tcots": "reasoner", "--reasoner": P["grpo"]}),
+            "tcot_sft": (P["tcot"], {"--tcots": "reasoner", "--reasoner": P["sft"] / "merged"}),
+            "tcot_grpo": (P["tcot"], {"--tcots": "reasoner", "--reasoner": P["grpo"] / "merged"}),
             "tcot_teacher": (P["tcot"], {"--tcots": "teacher", "--world": world})}
 
     def evaluate(c):

@@ -397,8 +397,10 @@ def peft_config(cfg: GRPOStageConfig):
 
 
 def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
-    """Run EG-RL. Writes `cfg.out` (the trained reasoner as an HF folder + processor), with
-    `reward_log.csv`, `reward_curves.png`, `curves.csv` (TRL's per-step metrics) and `grpo_summary.json`."""
+    """Run EG-RL. Writes `cfg.out`: the trained reasoner (`merged/`, an HF folder + processor; `adapter/` for
+    LoRA; `README.md`: `unime.embed_rl.export`), `reward_log.csv`, `reward_curves.png`, `curves.csv` (TRL's
+    per-step metrics), `train_config.json`, `checkpoints/` and, last, `grpo_summary.json`. A re-run follows
+    `unime.models.run_state`."""
     from unime.outdir import claim
     from unime.models import run_state
     from unime.models.run_state import CHECKPOINTS_DIR
@@ -408,8 +410,8 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     owned = claim(out, "train reasoner", options, overwrite=cfg.overwrite)  # owned and locked (`unime.outdir`)
     try:
         work = out / CHECKPOINTS_DIR
-        plan = run_state.plan_folder_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
-                                         finished_file=SUMMARY_FILE, checkpoint_root=work)
+        plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
+                                  finished_file=SUMMARY_FILE)
         if plan.finished:
             log.info("%s: this GRPO run is finished; nothing to do (--overwrite starts it over)", out)
             return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
@@ -424,7 +426,6 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     import torch
     from datasets import Dataset
 
-    from unime.data.atomic import atomic_dir
     from unime.models.curves import write_curves
     from unime.data.images import ImageLoader
     from unime.data.io import read_records
@@ -476,21 +477,18 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
                                peft_config=peft_config(cfg))  # TRL applies it
     run_state.train_or_finish(trainer, plan.checkpoint)
 
-    final = trainer.model
-    if cfg.lora_r > 0:
-        final = final.merge_and_unload()
-    final.train(False)
     history = [h for h in trainer.state.log_history if "reward" in h]
     summary = {"steps": trainer.state.global_step, "pairs": n_pairs, "rows": len(rows),
                "skipped_records": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))},
                "reward_steps": reward_log.rows, "config": options}
-    with atomic_dir(out, overwrite=True) as tmp:
-        final.save_pretrained(tmp)
-        policy.processor.save_pretrained(tmp)
-        reward_log.write_csv(tmp / "reward_log.csv")
-        if reward_log.rows:
-            reward_log.plot(tmp / "reward_curves.png")
-        write_curves(history, tmp, plot=False)  # TRL's per-step metrics; the rewards plot is reward_curves.png
-        (tmp / run_state.CONFIG_FILE).write_text(json.dumps(options, indent=2, sort_keys=True))
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))  # last: the run is finished
-    return summary  # the old folder, checkpoints included, went with the swap
+    reward_log.write_csv(out / "reward_log.csv")
+    if reward_log.rows:
+        reward_log.plot(out / "reward_curves.png")
+    write_curves(history, out, plot=False)  # TRL's per-step metrics; the rewards plot is reward_curves.png
+    from unime.embed_rl.export import export_reasoner
+    from unime.models.export import write_json_atomic
+
+    export_reasoner(trainer.model, policy.processor, out, stage="grpo", options=options,
+                    results={k: summary[k] for k in ("steps", "pairs", "rows", "skipped_records")})
+    write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
+    return summary

@@ -10,7 +10,8 @@ the loss is next-token cross-entropy on the T-CoT and end-of-turn tokens only. T
 generation sees, token for token.
 
 LoRA through `unime.models.lora.apply_lora` (`lora_r > 0`, merged into the saved model) or full
-fine-tuning (`lora_r = 0`). The output is an ordinary HF folder (model + processor) that
+fine-tuning (`lora_r = 0`). The output is every trainer's export (`unime.embed_rl.export`): `merged/` is an
+ordinary HF folder (model + processor) that
 `Reasoner.from_pretrained` and the GRPO stage load.
 """
 
@@ -176,9 +177,9 @@ class CheckedImages:
 
 
 def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
-    """Run the cold-start SFT; writes `cfg.out` (merged HF folder + processor), `curves.csv`,
-    `curves.png`, `sft_summary.json`, `train_config.json`. Returns a summary dict. The folder is owned and locked
-    (`unime.outdir`); checkpoints live in `cfg.out/checkpoints` while training, and a re-run follows
+    """Run the cold-start SFT; writes `cfg.out`: `merged/` (HF folder + processor), `adapter/` (LoRA),
+    `README.md`, `curves.csv`, `curves.png`, `train_config.json`, `checkpoints/`, `sft_summary.json` (last).
+    Returns a summary dict. The folder is owned and locked (`unime.outdir`); a re-run follows
     `unime.models.run_state` (continue / finished / changed options refused)."""
     from unime.outdir import claim
 
@@ -188,7 +189,6 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
 
 
 def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict[str, Any]:
-    from unime.data.atomic import atomic_dir
     from unime.data.images import ImageLoader
     from unime.models.curves import write_curves
     from unime.models.loading import load_model
@@ -199,8 +199,8 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
 
     out = Path(cfg.out)
     work = out / CHECKPOINTS_DIR
-    plan = run_state.plan_folder_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
-                                     finished_file=SUMMARY_FILE, checkpoint_root=work)
+    plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
+                              finished_file=SUMMARY_FILE)
     if plan.finished:
         log.info("%s: this reasoner SFT run is finished; nothing to do (--overwrite starts it over)", out)
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
@@ -230,22 +230,19 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     trainer = sft_trainer(model, processor, examples, args)
     run_state.train_or_finish(trainer, plan.checkpoint)
 
-    final = trainer.model
-    if cfg.lora_r > 0:
-        final = final.merge_and_unload()
-    final.train(False)
-    with atomic_dir(out, overwrite=True) as tmp:
-        final.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        history = run_state.step_log(trainer.state.log_history)
-        write_curves(history, tmp, title=f"reasoner SFT — {Path(str(cfg.model)).name}")
-        summary = {"examples": len(examples), "skipped_invalid": skipped,
-                   "skipped_records": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))},
-                   "steps": trainer.state.global_step,
-                   "train_loss": run_state.whole_run_loss(history),  # every step, across resumptions
-                   "first_loss": history[0]["loss"] if history else None,
-                   "last_loss": history[-1]["loss"] if history else None,
-                   "config": options}
-        (tmp / run_state.CONFIG_FILE).write_text(json.dumps(options, indent=2, sort_keys=True))
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: the run is finished
-    return summary  # the old folder, checkpoints included, went with the swap
+    history = run_state.step_log(trainer.state.log_history)
+    write_curves(history, out, title=f"reasoner SFT — {Path(str(cfg.model)).name}")
+    summary = {"examples": len(examples), "skipped_invalid": skipped,
+               "skipped_records": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))},
+               "steps": trainer.state.global_step,
+               "train_loss": run_state.whole_run_loss(history),  # every step, across resumptions
+               "first_loss": history[0]["loss"] if history else None,
+               "last_loss": history[-1]["loss"] if history else None,
+               "config": options}
+    from unime.embed_rl.export import export_reasoner
+    from unime.models.export import write_json_atomic
+
+    export_reasoner(trainer.model, processor, out, stage="sft", options=options,
+                    results={k: v for k, v in summary.items() if k != "config"})
+    write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
+    return summary

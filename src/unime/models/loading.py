@@ -62,12 +62,15 @@ def load_processor(path: str, *, image_budget: ImageBudget | None = None, budget
 
 def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None, adapter_path: str | None = None,
                trainable: bool = False, image_budget: ImageBudget | None = None) -> LoadedModel:
-    """Load `*ForConditionalGeneration` + processor. A PEFT adapter folder (or `adapter_path`) is applied
+    """Load `*ForConditionalGeneration` + processor (from `path`, or the `merged/` folder of a trainer's output
+    folder `path`). A PEFT adapter folder (or `adapter_path`) is applied
     on top of its base model. The model is in eval mode unless `trainable`. The processor gets the image
     budget recorded with the checkpoint, overridden field by field by `image_budget`."""
     from transformers import AutoModelForImageTextToText
 
     path = str(path)
+    if not Path(path, "config.json").is_file() and Path(path, "merged", "config.json").is_file():
+        path = str(Path(path, "merged"))  # a trainer's output folder (`unime.models.export`): its merged model
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     base_path = path

@@ -1,14 +1,21 @@
-"""One resume convention for every trainer (embedder, reranker / judge):
+"""One output / resume convention for the four trainers (embedder, reranker / judge, reasoner SFT, GRPO).
 
-- re-running the same command continues the run from its last complete checkpoint (`--resume` is
-  accepted but not needed);
-- a finished run (its final outputs written) says so and does nothing;
-- a checkpoint at the run's last step (a kill or a full disk during the export) is exported as it is:
-  no extra optimizer step is taken;
-- options that change what is trained are compared with the run's `train_config.json`; a difference
-  is refused, listing the differing keys, unless `--overwrite` (start over: the run's checkpoints are
-  discarded);
-- the reported loss covers the whole run, not the part after the last resume.
+A run writes one folder OUT: `train_config.json` (its options), `checkpoints/checkpoint-N` while it trains,
+the final export (`unime.models.export`: `adapter/`, `merged/`, `README.md`), and last its *finished marker*
+(the embedder's `metrics.json`, the reranker's `unime_reranker.json`, SFT's `sft_summary.json`, GRPO's
+`grpo_summary.json`). Re-running the same command (`plan_run`):
+
+- finished earlier with the same options → nothing to do (the run's result is reported);
+- options changed (outside the trainer's free keys) → `ChangedOptions` listing the keys (exit code 2), or
+  with `--overwrite` start over: the run's checkpoints and its finished marker go;
+- interrupted → continue from the last *complete* checkpoint (`--resume` accepted, not needed). A checkpoint
+  counts only if its weights, optimizer, scheduler, RNG state and `trainer_state.json` are all there and
+  readable (`checkpoint_problem`); a newer incomplete one is reported and skipped, never used;
+- a checkpoint at the run's last step (a kill or a full disk during the export) is exported as it is: no
+  extra optimizer step (`train_or_finish`);
+- checkpoints are kept after the run (the Trainer's `save_total_limit` rotation bounds them); a command
+  never deletes files it did not create;
+- the reported loss covers the whole run, not the part after the last resume (`whole_run_loss`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -24,6 +32,8 @@ from unime.errors import ChangedOptions, UnimeError, changed_option_keys, refuse
 
 CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
 FULL_STATE_FILE = "trainable_state.safetensors"  # resumable state of a full fine-tuning run
+ADAPTER_DIR, MERGED_DIR, CARD_FILE = "adapter", "merged", "README.md"  # the final export (`unime.models.export`)
+EXPORT_NAMES = (ADAPTER_DIR, MERGED_DIR, CARD_FILE)
 
 log = logging.getLogger(__name__)
 
@@ -96,30 +106,96 @@ class ExactWeightsCheckpoints:
         load_training_weights(self.model, resume_from_checkpoint)
 
 
-def complete_checkpoints(checkpoint_root: str | os.PathLike) -> list[Path]:
-    """`checkpoint-N` folders the trainer finished writing (its `trainer_state.json` is written last),
-    by step."""
+# -- which checkpoint a re-run continues from -----------------------------------------------------------
+WEIGHT_FILES = ("adapter_model.safetensors", FULL_STATE_FILE, "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin")  # PEFT, full fine-tuning (`ExactWeightsCheckpoints`), the Trainer's own
+TRAINER_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")  # without either, the Trainer restarts
+                                                                         # the optimizer / schedule silently
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """None if the safetensors file's header parses and its size is what the header says (not truncated)."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        return f"{path.name} unreadable ({e.__class__.__name__})"
+    size = path.stat().st_size
+    return None if size == 8 + n + end else f"{path.name} truncated ({size} of {8 + n + end} bytes)"
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """None if `torch.save`'s zip archive has its central directory (a truncated one has not)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.infolist()
+    except (OSError, zipfile.BadZipFile) as e:
+        return f"{path.name} unreadable ({e})"
+    return None
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` (a Trainer `checkpoint-N`) cannot be resumed from, or None if it is complete: its
+    weights, `optimizer.pt`, `scheduler.pt`, `rng_state*.pth` and `trainer_state.json` are all there and
+    readable (safetensors sizes match their headers, torch files are whole zip archives, the state parses)."""
+    folder = Path(folder)
+    weights = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()]
+    missing = [n for n in TRAINER_FILES if not (folder / n).is_file()]
+    if not weights:
+        missing.insert(0, "weights (" + " | ".join(WEIGHT_FILES[:3]) + ")")
+    if not any(folder.glob("rng_state*.pth")):
+        missing.append("rng_state.pth")
+    if missing:
+        return "missing " + ", ".join(missing)
+    for w in weights:
+        if w.name.endswith(".index.json"):
+            try:
+                shards = sorted(set(json.loads(w.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError) as e:
+                return f"{w.name} unreadable ({e.__class__.__name__})"
+            problems = [_safetensors_problem(folder / s) if (folder / s).is_file() else f"missing {s}" for s in shards]
+        elif w.suffix == ".safetensors":
+            problems = [_safetensors_problem(w)]
+        else:
+            problems = [_torch_file_problem(w)]
+        if any(problems):
+            return next(p for p in problems if p)
+    for f in (folder / "optimizer.pt", folder / "scheduler.pt", *sorted(folder.glob("rng_state*.pth"))):
+        problem = _torch_file_problem(f)
+        if problem:
+            return problem
+    try:
+        int(json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"trainer_state.json unreadable ({e.__class__.__name__})"
+    return None
+
+
+def last_complete_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
+    """The newest `checkpoint-N` under `checkpoint_root` that is complete (`checkpoint_problem`). The
+    candidates are transformers' (`trainer_utils.get_last_checkpoint` picks the newest of them, complete
+    or not); each newer incomplete one is reported (a warning naming what is wrong) and skipped."""
+    from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
+
     root = Path(checkpoint_root)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        if p.is_dir() and p.name.startswith("checkpoint-") and p.name[len("checkpoint-"):].isdigit():
-            if (p / "trainer_state.json").is_file():
-                found.append((int(p.name[len("checkpoint-"):]), p))
-    return [p for _, p in sorted(found)]
+    if not root.is_dir() or get_last_checkpoint(str(root)) is None:
+        return None
+    for candidate in reversed(sort_checkpoints(str(root))):  # newest first; [0] == get_last_checkpoint
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return Path(candidate)
+        log.warning("%s is incomplete (%s): skipped, not resumed from", candidate, problem)
+    log.warning("%s: no complete checkpoint; the run starts from its first step", root)
+    return None
 
 
-def latest_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
-    done = complete_checkpoints(checkpoint_root)
-    return done[-1] if done else None
-
-
-
-
-def changed_options(before: dict[str, Any], now: dict[str, Any], free: Iterable[str]) -> list[str]:
-    """Keys (outside `free`) whose values differ (`unime.errors.changed_option_keys`)."""
-    return changed_option_keys(before, now, free)
+changed_options = changed_option_keys  # keys (outside `free`) whose values differ
 
 
 def previous_config(out: str | Path) -> dict[str, Any] | None:
@@ -131,56 +207,6 @@ def previous_config(out: str | Path) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
-
-
-def check_same_run(out: str | Path, now: dict[str, Any], *, free: Iterable[str], overwrite: bool,
-                   has_state: bool) -> bool:
-    """Before training in `out`: True if a previous run there may be continued (or reported finished).
-
-    `has_state`: `out` holds checkpoints or final outputs of a previous run. Differing options raise
-    `ChangedOptions` naming the keys unless `overwrite` (then False: start over). State without a
-    `train_config.json` (of unknown options) is refused the same way."""
-    before = previous_config(out)
-    if before is None:
-        if has_state and not overwrite:
-            raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
-                                 f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
-        return False
-    diff = changed_options(before, now, free)
-    if not diff:
-        return True
-    if overwrite:
-        log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
-        return False
-    raise refuse_changed_options(out, before, now, diff)
-
-
-def discard_checkpoints(checkpoint_root: str | Path) -> None:
-    """Start over: the run's own checkpoints go (the folder is the trainer's; see `unime.outdir`)."""
-    shutil.rmtree(checkpoint_root, ignore_errors=True)
-
-
-def final_state(checkpoint: str | Path | None):
-    """The `TrainerState` of `checkpoint` if it is at the run's last step (nothing left to train)."""
-    if checkpoint is None:
-        return None
-    from transformers import TrainerState
-
-    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    if state.max_steps and state.global_step >= state.max_steps:
-        return state
-    return None
-
-
-def load_final_checkpoint(trainer, checkpoint: str | Path, load_weights) -> None:
-    """Put `trainer` in the state of its final checkpoint without an optimizer step: the trained
-    weights (`load_weights(model, folder)`) and the state (step, log history)."""
-    from transformers import TrainerState
-
-    load_weights(trainer.model, str(checkpoint))
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    log.info("%s is the run's last step (%d): exporting it, no further training", checkpoint,
-             trainer.state.global_step)
 
 
 def step_log(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -207,33 +233,81 @@ def whole_run_loss(log_history: Sequence[dict[str, Any]]) -> float | None:
     return total / prev if prev else None
 
 
+@dataclass
 class RunPlan:
-    """What a trainer whose output is one folder (replaced as a whole at the end) does on (re-)entry."""
+    """What a trainer does on (re-)entry into its output folder (`plan_run`)."""
 
-    def __init__(self, finished: bool, checkpoint: Path | None):
-        self.finished, self.checkpoint = finished, checkpoint
+    finished: bool              # an earlier run with the same options finished: nothing to do
+    checkpoint: Path | None     # else: the complete checkpoint to continue from (None: from the first step)
 
 
-def plan_folder_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
-                    finished_file: str, checkpoint_root: str | Path) -> RunPlan:
-    """The convention for a trainer writing `out` as a whole (reasoner SFT, GRPO): finished (with the
-    same options) → nothing to do; checkpoints under `checkpoint_root` → continue from the latest
-    complete one; changed options → `ChangedOptions` unless `overwrite` (start over)."""
+def _has_run_state(out: Path, finished_file: str) -> bool:
+    """`out` holds something of an earlier run: its finished marker, checkpoints, or final export."""
+    return any((out / n).exists() for n in (finished_file, CHECKPOINTS_DIR, *EXPORT_NAMES))
+
+
+def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
+                 finished_file: str) -> bool:
+    """True if `out` holds a finished run with these options (outside `free`) and not `overwrite`: its
+    finished marker and its export (the card and a model folder) are there. No side effects (a trainer may
+    ask before it has resolved every option; `plan_run` decides the rest)."""
     out = Path(out)
-    latest = latest_checkpoint(checkpoint_root)
-    finished = (out / finished_file).is_file()
-    same = not overwrite and check_same_run(out, options, free=free, overwrite=False,
-                                            has_state=finished or latest is not None)
-    if not same:
-        discard_checkpoints(checkpoint_root)
+    before = previous_config(out)
+    exported = (out / CARD_FILE).is_file() and any((out / d).is_dir() for d in (ADAPTER_DIR, MERGED_DIR))
+    return (not overwrite and before is not None and (out / finished_file).is_file() and exported
+            and not changed_options(before, options, free))
+
+
+def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool, finished_file: str,
+             resume: str | os.PathLike | None = None) -> RunPlan:
+    """The convention of the module doc for a trainer writing `out` (its checkpoints under
+    `out/checkpoints`, `finished_file` written last): finished with the same options → `finished`;
+    changed options → `ChangedOptions` naming the keys, unless `overwrite` (start over: the run's
+    checkpoints and finished marker are removed, never an entry this command did not write); else the
+    last complete checkpoint (or `resume`, an explicit checkpoint folder, which must be complete)."""
+    from unime.outdir import require_replaceable
+
+    out = Path(out)
+    if finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file):
+        return RunPlan(True, None)
+    before = previous_config(out)
+    if before is None and not overwrite and _has_run_state(out, finished_file):
+        raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
+                             f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
+    diff = changed_options(before, options, free) if before is not None else []
+    if diff and not overwrite:
+        raise refuse_changed_options(out, before, options, diff)
+    if overwrite or before is None:  # a new run, or starting over: nothing of an earlier run is resumed or reported
+        if diff:
+            log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
+        for name in (finished_file, CHECKPOINTS_DIR):
+            require_replaceable(out, name)
+        (out / finished_file).unlink(missing_ok=True)
+        shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
         return RunPlan(False, None)
-    return RunPlan(finished, None if finished else latest)
+    if (out / finished_file).exists():  # the export of a finished run went missing: exported again
+        require_replaceable(out, finished_file)
+        (out / finished_file).unlink()
+    if resume is not None:
+        problem = checkpoint_problem(resume)
+        if problem:
+            raise UnimeError(f"--resume {resume}: not a complete checkpoint folder ({problem})")
+        return RunPlan(False, Path(resume))
+    checkpoint = last_complete_checkpoint(out / CHECKPOINTS_DIR)
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    return RunPlan(False, checkpoint)
 
 
 def train_or_finish(trainer, checkpoint: Path | None) -> None:
-    """`trainer.train`, continuing from `checkpoint`; a checkpoint at the last step is only loaded (no
-    optimizer step max_steps + 1)."""
-    if final_state(checkpoint) is not None:
-        load_final_checkpoint(trainer, checkpoint, lambda _model, folder: trainer._load_from_checkpoint(folder))
-    else:
+    """`trainer.train`, continuing from `checkpoint`; a checkpoint at the run's last step is only loaded
+    (its weights and state: step, log history), with no optimizer step max_steps + 1."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json")) if checkpoint else None
+    if state is None or not state.max_steps or state.global_step < state.max_steps:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = state
+    log.info("%s is the run's last step (%d): exporting it, no further training", checkpoint, state.global_step)

@@ -33,8 +33,7 @@ from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
 from unime.models.image_budget import ImageBudget
 from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora
-from unime.train import checkpoints as ckpt
-from unime.models import run_state
+from unime.models import export, run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
@@ -256,10 +255,10 @@ class EmbedderTrainer(Trainer):
     # -- checkpoint weights: the adapter (or the full model), not the frozen base -------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         if self.args.should_save:
-            ckpt.save_training_weights(self.embedder.model, output_dir or self.args.output_dir)
+            run_state.save_training_weights(self.embedder.model, output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        ckpt.load_training_weights(self.embedder.model, resume_from_checkpoint)
+        run_state.load_training_weights(self.embedder.model, resume_from_checkpoint)
 
 
 @dataclass
@@ -344,27 +343,12 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
 
 # options that may change between a run and its continuation without changing what is trained
 _RESUME_FREE_OPTIONS = {"resume", "overwrite", "save_steps", "save_total_limit", "logging_steps", "workers"}
-_FINAL_OUTPUTS = (ckpt.MERGED_DIR, ckpt.ADAPTER_DIR, "metrics.json", "README.md")
+FINISHED_FILE = "metrics.json"  # written last (`unime.models.run_state`)
 
 
-def _resolve_resume(config: EmbedderTrainingConfig, checkpoint_root: Path) -> Path | None:
-    """The checkpoint this run continues from (see `unime.models.run_state` for the convention)."""
-    out = checkpoint_root.parent
-    existing = ckpt.latest_checkpoint(checkpoint_root)
-    has_state = existing is not None or any((out / n).exists() for n in _FINAL_OUTPUTS)
-    same = run_state.check_same_run(out, config.to_dict(), free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
-                                    has_state=has_state)
-    if not same:
-        if existing is not None:
-            run_state.discard_checkpoints(checkpoint_root)
-        (out / "metrics.json").unlink(missing_ok=True)  # no longer a finished run
-        return None
-    if config.resume not in (False, True, None, "", "false", "true", "latest"):
-        path = Path(str(config.resume))
-        if not (path / "trainer_state.json").is_file():
-            raise UnimeError(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
-        return path
-    return existing
+def _resume_path(config: EmbedderTrainingConfig) -> str | None:
+    """`--resume PATH` (an explicit checkpoint folder); True / False / "latest": the convention's choice."""
+    return None if config.resume in (False, True, None, "", "false", "true", "latest") else str(config.resume)
 
 
 def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult | None":
@@ -372,23 +356,21 @@ def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult 
     import json
 
     out = Path(config.out)
-    before = run_state.previous_config(out)
+    before = run_state.previous_config(out) or {}
     options = config.to_dict()
-    if before is not None:  # `--loss auto` / no --hard-negatives: the run saved what they resolved to
-        if options["loss"] == "auto":
-            options["loss"] = before.get("loss")
-        if options["hard_negatives"] is None:
-            options["hard_negatives"] = before.get("hard_negatives")
-    if config.overwrite or before is None or run_state.changed_options(before, options, _RESUME_FREE_OPTIONS):
+    if options["loss"] == "auto":  # `--loss auto` / no --hard-negatives: the run saved what they resolved to
+        options["loss"] = before.get("loss")
+    if options["hard_negatives"] is None:
+        options["hard_negatives"] = before.get("hard_negatives")
+    if not run_state.finished_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
+                                  finished_file=FINISHED_FILE):
         return None
-    metrics_path, merged = out / "metrics.json", out / ckpt.MERGED_DIR
-    if not (metrics_path.is_file() and merged.is_dir() and (out / "README.md").is_file()):
-        return None
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics = json.loads((out / FINISHED_FILE).read_text(encoding="utf-8"))
     logger.info("%s: this run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
                 metrics.get("steps"))
-    adapter = out / ckpt.ADAPTER_DIR
-    return EmbedderTrainingResult(out=out, merged=merged, adapter=adapter if adapter.is_dir() else None,
+    adapter = out / export.ADAPTER_DIR
+    return EmbedderTrainingResult(out=out, merged=out / export.MERGED_DIR,
+                                  adapter=adapter if adapter.is_dir() else None,
                                   metrics={**metrics, "already_finished": True})
 
 
@@ -544,12 +526,13 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
         config = resolve_auto_options(config, records)
     config.validate()
     out = Path(config.out)
-    checkpoint_root = out / ckpt.CHECKPOINTS_DIR
+    checkpoint_root = out / run_state.CHECKPOINTS_DIR
     source = config.records
     loss = build_loss_from_config(config)
     k = config.hard_negatives
     data_root = resolve_data_root(source, config.data_root) if os.path.isfile(source) else (config.data_root or ".")
-    resume_from = _resolve_resume(config, checkpoint_root)
+    resume_from = run_state.plan_run(out, config.to_dict(), free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
+                                     finished_file=FINISHED_FILE, resume=_resume_path(config)).checkpoint
     records = _usable_records(config, records, loss, data_root, skips)
     check_fallback_labels(config, records, loss)
 
@@ -565,10 +548,10 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
                                                                               config.image_size))
     lora = None
     if config.full:
-        if ckpt.is_peft(embedder.model):
+        if run_state.is_peft(embedder.model):
             raise UnimeError(f"--full on the adapter folder {config.model}: merge it first (its merged/ folder)")
         embedder.model.requires_grad_(True)
-    elif ckpt.is_peft(embedder.model):
+    elif run_state.is_peft(embedder.model):
         logger.info("%s is a PEFT adapter: continuing to train it (LoRA options ignored)", config.model)
     else:
         lora = LoraSettings.from_options(config)
@@ -627,14 +610,8 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
     run = prepare_embedder_training(config, records=records, callbacks=callbacks)
     config, trainer, out = run.config, run.trainer, run.out
     if trainer.is_world_process_zero():
-        if run.resume_from:
-            logger.info("resuming from %s", run.resume_from)
-        ckpt.write_json_atomic(out / run_state.CONFIG_FILE, config.to_dict())
-    if run_state.final_state(run.resume_from) is not None:  # nothing left to train: no step max_steps + 1
-        run_state.load_final_checkpoint(trainer, run.resume_from,
-                                        lambda _model, folder: ckpt.load_training_weights(run.embedder.model, folder))
-    else:
-        trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+        run_state.write_config(out, config.to_dict())
+    run_state.train_or_finish(trainer, run.resume_from)
 
     history = list(trainer.state.log_history)
     metrics = _final_metrics(history, trainer.state.global_step)
@@ -651,16 +628,22 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
                  "gradcache": f"chunk size {config.chunk_size}" if config.gradcache else "off", "seed": config.seed,
                  "fine_tuning": "full" if config.full else "LoRA",
                  "image_budget": run.embedder.image_budget.to_dict()}
-        card = ckpt.ModelCard(
-            base_model=str(config.model), data=_data_summary(config, run.records, run.data_root, run.skips),
-            loss={"name": run.loss.name, **run.loss.config()}, hyperparameters=hyper, metrics=metrics,
-            lora=dataclasses.asdict(run.lora) if run.lora else None,
+        card = export.ModelCard(
+            title="Universal multimodal embedder (unime, UniME-V2 stage D)", base_model=str(config.model),
+            summary=f"Fine-tuned from `{config.model}` with `unime train embedder`. The embedding of an item is the "
+                    "L2-normalised last-layer hidden state at the last token (or at `<emb>` if the tokenizer has it).",
+            usage='from unime import Embedder\nemb = Embedder.from_pretrained("merged")   # or the adapter folder\n'
+                  'vecs = emb.encode([{"text": "a red circle"}, {"image": "img.png"}])',
+            sections={"Data": _data_summary(config, run.records, run.data_root, run.skips),
+                      "Loss": {"name": run.loss.name, **run.loss.config()}, "Hyper-parameters": hyper,
+                      "LoRA": dataclasses.asdict(run.lora) if run.lora else {}, "Final metrics (training)": metrics},
+            pipeline_tag="feature-extraction", tags=["embedding", "multimodal", run.loss.name],
             notes=[f"Training curves: {CURVES_CSV}, {CURVES_PNG}; full configuration: train_config.json."])
-        written = ckpt.export_final(run.embedder.model, run.embedder.processor, out, card=card.render(),
-                                    image_budget=run.embedder.image_budget)
-        ckpt.write_json_atomic(out / "metrics.json", metrics)
+        written = export.export_final(run.embedder.model, run.embedder.processor, out, card=card,
+                                      image_budget=run.embedder.image_budget)
+        export.write_json_atomic(out / FINISHED_FILE, metrics)  # last: the run is finished
     trainer.accelerator.wait_for_everyone()
-    return EmbedderTrainingResult(out=out, merged=out / ckpt.MERGED_DIR, adapter=written.get("adapter"),
+    return EmbedderTrainingResult(out=out, merged=out / export.MERGED_DIR, adapter=written.get("adapter"),
                                   metrics=metrics, log_history=history)
 
 

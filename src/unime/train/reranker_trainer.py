@@ -17,17 +17,16 @@ assistant header are masked with -100.
 `unime train judge` uses the same code, pairwise only, on labelled records: (q, positive) → `Yes`,
 (q, negative) → `No` for each listed negative.
 
-Output folder `out` (the layout of `unime train embedder`, `unime.train.checkpoints`):
+Output folder `out` (the layout of every trainer, `unime.models.export`):
 
     out/adapter/    PEFT adapter + processor + README.md + unime_reranker.json   (reranker; judge: --save-adapter)
     out/merged/     the adapter merged in: a plain HF folder, same extras           (judge; reranker: --merge)
                     (full fine-tuning: the trained model itself, and no adapter/)
-    out/README.md, out/curves.csv, out/curves.png, out/checkpoints/ (while training; resumable)
+    out/README.md, out/curves.csv, out/curves.png, out/checkpoints/ (resumable; kept)
     out/unime_reranker.json   written last: its presence means the stage is done
 
 `unime_reranker.json` records the role, the number of listwise candidates the reranker was trained with
-(inference defaults to it) and the training configuration. A re-run resumes from the last complete
-checkpoint, or returns at once when the stage is done.
+(inference defaults to it) and the training configuration. Re-runs follow `unime.models.run_state`.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ import json
 import logging
 import os
 import random
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,7 +47,8 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.lora import GENERATIVE_LORA, LoraSettings, apply_lora
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
-from unime.train.checkpoints import ADAPTER_DIR, CHECKPOINTS_DIR, MERGED_DIR
+from unime.models.export import ADAPTER_DIR, MERGED_DIR, ModelCard
+from unime.models.run_state import CHECKPOINTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +372,7 @@ class RerankerTrainConfig:
     save_adapter: bool = False             # judge: also write the adapter to out/adapter
     on_error: str = "raise"                # raise | skip (bad records / images, counted)
     overwrite: bool = False                # retrain even if out holds a finished result
-    keep_checkpoints: bool = False         # keep out/checkpoints after success
+    keep_checkpoints: bool = False         # accepted; checkpoints are always kept (`unime.models.run_state`)
     train_turn_end: bool = False           # also train the end-of-turn token (paper: answer tokens only)
     # image resolution (unset: the base checkpoint's recorded budget, else its processor's bounds)
     min_pixels: int | None = None
@@ -485,10 +484,6 @@ def primary_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _finished(out: Path) -> bool:
-    return (out / METADATA_FILE).is_file()
-
-
 def _base_reference(path: str) -> str:
     """How the adapter refers to its base model: an absolute path for a local folder (so the adapter loads
     from any working directory), else the hub id as given."""
@@ -533,15 +528,14 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     from unime.data.skips import SkipReport
     from unime.models.loading import load_model, resolve_device, resolve_dtype
     from unime.models import run_state
-    from unime.train.checkpoints import is_peft, latest_checkpoint, write_json_atomic
+    from unime.models.run_state import is_peft
     from unime.models.curves import CurvesCallback
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINTS_DIR
-    has_state = _finished(out) or latest_checkpoint(ckpt_dir) is not None
-    same = not cfg.overwrite and run_state.check_same_run(out, _run_options(cfg), free=_RESUME_FREE_OPTIONS,
-                                                          overwrite=False, has_state=has_state)
-    if same and _finished(out):
+    plan = run_state.plan_run(out, _run_options(cfg), free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
+                              finished_file=METADATA_FILE)
+    if plan.finished:
         meta = json.loads((out / METADATA_FILE).read_text())
         log.info("%s: this %s run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
                  meta.get("role"), meta.get("steps"))
@@ -549,13 +543,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                            records=meta.get("records", 0), skipped=meta.get("skipped", 0), steps=meta.get("steps", 0),
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
                            last_loss=meta.get("last_loss"), heldout=meta.get("heldout"))
-    if not same:  # a new run, or starting over: nothing of an earlier run is resumed or reported
-        if _finished(out):
-            (out / METADATA_FILE).unlink()
-        run_state.discard_checkpoints(ckpt_dir)
-
     if primary_process():
-        write_json_atomic(out / run_state.CONFIG_FILE, _run_options(cfg))
+        run_state.write_config(out, _run_options(cfg))
     skips = SkipReport()
     groups, n_records, data_root = build_examples(cfg, skips=skips)
     if skips.total:
@@ -618,13 +607,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     answer_ids = (loaded.adapter.single_token_id(judge_answer(True)), loaded.adapter.single_token_id(judge_answer(False)))
     trainer = _trainer_class()(model=model, args=args, train_dataset=ExampleDataset(groups), data_collator=collator,
                                callbacks=callbacks, group_weight=cfg.group_weight, answer_ids=answer_ids)
-    resume = latest_checkpoint(ckpt_dir)
-    if resume:
-        log.info("resuming from %s", resume)
-    if run_state.final_state(resume) is not None:  # nothing left to train: no step max_steps + 1
-        run_state.load_final_checkpoint(trainer, resume, lambda _model, folder: trainer._load_from_checkpoint(folder))
-    else:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    run_state.train_or_finish(trainer, plan.checkpoint)
 
     history = run_state.step_log(trainer.state.log_history)
     num_candidates = cfg.num_negatives + 1 if cfg.role == "reranker" and LIST in cfg.losses else None
@@ -643,8 +626,6 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         export_reranker(trainer.model, loaded.processor, out, meta=meta,
                         adapter=not cfg.full and (cfg.role == "reranker" or cfg.save_adapter),
                         merged=cfg.full or cfg.role == "judge" or cfg.merge, image_budget=loaded.image_budget)
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(out=str(out), role=cfg.role, examples=n_examples, records=n_records, skipped=skips.total,
                        steps=trainer.state.global_step, num_candidates=num_candidates,
@@ -652,25 +633,23 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                        heldout=meta["heldout"])
 
 
-def model_card(meta: dict) -> str:
+def model_card(meta: dict) -> ModelCard:
     """README.md of a reranker / judge folder."""
     cfg = meta.get("config", {})
     role = meta["role"]
-    lines = ["---", "library_name: transformers", f"base_model: {meta['base_model']}", "tags:", "- unime",
-             f"- {role}", "- multimodal", "---", ""]
     if role == "judge":
-        lines += ["# Yes/No judge (unime, UniME-V2 §1.3 prompt)", "",
-                  "Trained with `unime train judge` on labelled (query, positive) → Yes / (query, negative) → No "
-                  "pairs. Score = sigmoid(l_Yes − l_No) at the answer position:", "", "```python",
-                  "from unime.models.judge import JudgeScorer", 'judge = JudgeScorer.from_pretrained("merged")',
-                  "scores = judge.score_candidates(query, candidates)", "```"]
+        title = "Yes/No judge (unime, UniME-V2 §1.3 prompt)"
+        summary = ("Trained with `unime train judge` on labelled (query, positive) → Yes / (query, negative) → No "
+                   "pairs. Score = sigmoid(l_Yes − l_No) at the answer position:")
+        usage = ('from unime.models.judge import JudgeScorer\njudge = JudgeScorer.from_pretrained("merged")\n'
+                 "scores = judge.score_candidates(query, candidates)")
     else:
-        lines += ["# Multimodal reranker (unime, UniME-V2 §1.6)", "",
-                  f"Trained with `unime train reranker`: L = {' + '.join('L_' + x for x in meta['losses'])}, "
-                  f"{meta['num_candidates'] or '-'} candidates per listwise prompt.", "", "```python",
-                  "from unime.models.reranker import Reranker", 'rr = Reranker.from_pretrained("adapter")',
-                  "best = rr.pick(query, candidates)        # listwise", 
-                  "p_yes = rr.score_pairs(query, candidates) # pairwise", "```"]
+        title = "Multimodal reranker (unime, UniME-V2 §1.6)"
+        summary = (f"Trained with `unime train reranker`: L = {' + '.join('L_' + x for x in meta['losses'])}, "
+                   f"{meta['num_candidates'] or '-'} candidates per listwise prompt.")
+        usage = ('from unime.models.reranker import Reranker\nrr = Reranker.from_pretrained("adapter")\n'
+                 "best = rr.pick(query, candidates)        # listwise\n"
+                 "p_yes = rr.score_pairs(query, candidates) # pairwise")
     rows = {"records": meta["records"], "examples": meta["examples"], "skipped records": meta["skipped"],
             "steps": meta["steps"], "first loss": meta["first_loss"], "last loss": meta["last_loss"],
             "fine-tuning": "full (every parameter)" if cfg.get("full") else
@@ -679,17 +658,17 @@ def model_card(meta: dict) -> str:
             "modules trained in full": "all" if cfg.get("full") else ", ".join(cfg.get("train_modules") or []) or "-",
             "learning rate": cfg.get("learning_rate"), "batch size": cfg.get("batch_size"),
             "gradient accumulation": cfg.get("grad_accum"), "seed": cfg.get("seed")}
-    lines += ["", "| key | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
-    lines += ["", f"Curves: curves.csv, curves.png; configuration: {METADATA_FILE}."]
-    return "\n".join(lines) + "\n"
+    return ModelCard(title=title, base_model=meta["base_model"], summary=summary, usage=usage,
+                     sections={"Training": rows}, tags=[role, "multimodal"],
+                     notes=[f"Curves: curves.csv, curves.png; configuration: {METADATA_FILE}."])
 
 
 def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool,
                     image_budget=None) -> dict[str, Path]:
-    """The stage's final folders (`unime.train.checkpoints.export_final`, with unime_reranker.json in each),
+    """The stage's final folders (`unime.models.export.export_final`, with unime_reranker.json in each),
     then, last, out/unime_reranker.json. Merging modifies `model` in place (done last)."""
+    from unime.models.export import export_final, write_json_atomic
     from unime.outdir import require_replaceable
-    from unime.train.checkpoints import export_final, write_json_atomic
 
     require_replaceable(out, METADATA_FILE)  # never replace what this run's command did not write
     written = export_final(model, processor, out, card=model_card(meta), adapter=adapter, merged=merged,

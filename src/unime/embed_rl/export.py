@@ -1,0 +1,36 @@
+"""The final folders of the reasoner's SFT and GRPO stages: the one export of every trainer
+(`unime.models.export.export_final`: OUT/adapter for LoRA runs, OUT/merged, OUT/README.md) with the
+reasoner's model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from unime.models.export import ModelCard, export_final
+
+STAGES = {"sft": ("Reasoner (unime, Embed-RL cold-start SFT)",
+                  "next-token cross-entropy on the assistant tokens of teacher T-CoTs"),
+          "grpo": ("Reasoner (unime, Embed-RL embedder-guided GRPO)",
+                   "GRPO with format, outcome (embedding margin) and process rewards")}
+
+
+def export_reasoner(model, processor, out: str | Path, *, stage: str, options: dict[str, Any],
+                    results: dict[str, Any]) -> dict[str, Path]:
+    """Export the trained reasoner of `stage` ("sft" | "grpo") with its card: the run's `options` (the
+    stage's config) and `results` (its summary figures)."""
+    title, objective = STAGES[stage]
+    lora = {k: options[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_vision")
+            if k in options} if options.get("lora_r") else {}
+    hyper = {k: v for k, v in options.items() if not k.startswith("lora_") and k not in ("model", "out")}
+    card = ModelCard(
+        title=title, base_model=str(options["model"]),
+        summary=f"Trained from `{options['model']}` with `unime train reasoner --stage {stage}`: {objective}. "
+                "It writes a T-CoT (reasoning, then the summary the T-CoT embedder embeds) for a query or candidate.",
+        usage='from unime.reasoning.reasoner import Reasoner\nr = Reasoner.from_pretrained("merged")\n'
+              'tcots = r.generate([{"text": "a red circle"}], "query")',
+        sections={"Results": results, "Hyper-parameters": hyper, "LoRA": lora}, tags=["reasoner", "embed-rl"],
+        notes=["Curves: curves.csv" + (", reward_log.csv, reward_curves.png" if stage == "grpo" else ", curves.png")
+               + "; configuration: train_config.json."])
+    model.train(False)
+    return export_final(model, processor, out, card=card)

@@ -1,0 +1,117 @@
+"""The final folders and model card of every trainer (embedder, reranker / judge, reasoner SFT, GRPO).
+
+    OUT/adapter/   PEFT adapter folder (LoRA runs) + processor + README.md
+    OUT/merged/    the base model with the adapter merged in (or the fully fine-tuned model): an ordinary
+                   Hugging Face folder (`AutoModelForImageTextToText.from_pretrained`) + processor + README.md
+    OUT/README.md  the model card (`ModelCard`): data, loss, hyper-parameters, final metrics
+
+Every file and folder is written to a temporary sibling and moved into place (`unime.data.atomic`); an entry
+this run's command did not write is never replaced (`unime.outdir.require_replaceable`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from unime.data.atomic import atomic_dir, atomic_open
+from unime.models.run_state import ADAPTER_DIR, CARD_FILE, EXPORT_NAMES, MERGED_DIR, is_peft  # noqa: F401
+
+
+def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCard", adapter: bool | None = None,
+                 merged: bool = True, image_budget=None, folder_files: Mapping[str, str] | None = None,
+                 base_model: str | None = None) -> dict[str, Path]:
+    """OUT/adapter (`adapter`; default: whenever `model` is a PEFT model), OUT/merged (`merged`; the adapter
+    merged in, or the fully fine-tuned model) and OUT/README.md (`card`, rendered), each written atomically.
+    Each folder holds the model, the processor, README.md and `folder_files` (name → text). `image_budget`
+    (the run's `ImageBudget`, if set) is recorded in OUT and each folder (`unime_images.json`) for eval /
+    mining / serving; the processor saved alongside already carries its pixel bounds. `base_model`: how the
+    adapter names its base model. Merging modifies `model` in place (done last). Returns the written
+    folders by name."""
+    from unime.models.image_budget import BUDGET_FILE
+    from unime.outdir import require_replaceable
+
+    out = Path(out_dir)
+    text = card.render()
+    peft = is_peft(model)
+    adapter = peft if adapter is None else adapter
+    if adapter and not peft:
+        raise ValueError("no adapter to export: the model was fully fine-tuned")
+    record_budget = image_budget is not None and image_budget.is_set
+    for name in ((ADAPTER_DIR,) if adapter else ()) + ((MERGED_DIR,) if merged else ()) + (CARD_FILE,) + \
+            ((BUDGET_FILE,) if record_budget else ()):
+        require_replaceable(out, name)  # never replace a merged/ or README.md this run's command did not write
+    if peft and base_model is not None:
+        model.peft_config["default"].base_model_name_or_path = base_model
+    if record_budget:
+        image_budget.save(out)
+    written: dict[str, Path] = {}
+
+    def save(folder: str, m) -> None:
+        with atomic_dir(out / folder, overwrite=True) as tmp:
+            m.save_pretrained(str(tmp))
+            processor.save_pretrained(str(tmp))
+            (tmp / CARD_FILE).write_text(text, encoding="utf-8")
+            for name, content in (folder_files or {}).items():
+                (tmp / name).write_text(content, encoding="utf-8")
+            if record_budget:
+                image_budget.save(tmp)
+        written[folder] = out / folder
+
+    if adapter:
+        save(ADAPTER_DIR, model)
+    if merged:
+        save(MERGED_DIR, model.merge_and_unload() if peft else model)
+    write_text_atomic(out / CARD_FILE, text)
+    return written
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path) as fh:
+        fh.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@dataclass
+class ModelCard:
+    """README.md of a trained folder: Hugging Face front matter, a title, what the model is and how to load
+    it, then one key | value table per section (data, loss, hyper-parameters, LoRA, final metrics)."""
+
+    title: str
+    base_model: str
+    summary: str                                        # one paragraph: the command and what the model does
+    usage: str                                          # a Python snippet
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)   # heading → table (empty ones left out)
+    pipeline_tag: str | None = None
+    tags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = ["---", "library_name: transformers", f"base_model: {self.base_model}"]
+        if self.pipeline_tag:
+            lines.append(f"pipeline_tag: {self.pipeline_tag}")
+        lines += ["tags:", *[f"- {t}" for t in ["unime", *self.tags] if t], "---", "", f"# {self.title}", "",
+                  self.summary, "", "```python", self.usage.strip("\n"), "```"]
+        for heading, table in self.sections.items():
+            if table:
+                lines += ["", f"## {heading}", "| key | value |", "|---|---|",
+                          *[f"| {k} | {_fmt(v)} |" for k, v in table.items()]]
+        if self.notes:
+            lines += ["", "## Notes", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    return str(v).replace("|", "\\|")
