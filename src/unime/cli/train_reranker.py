@@ -40,7 +40,7 @@ def _common_options(p: argparse.ArgumentParser, *, role: str) -> None:
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
 
-    from unime.models.image_budget import add_image_options
+    from unime.cli.video_options import add_image_options
 
     g.add_argument("--train-turn-end", action="store_true",
                    help="also train the end-of-turn token after the answer (default: answer tokens only, as the paper)")
