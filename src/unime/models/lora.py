@@ -77,6 +77,10 @@ def lora_options(preset: LoraSettings) -> type:
 
     return LoraOptions
 
+
+EMBEDDER_LORA_OPTIONS = lora_options(EMBEDDER_LORA)
+GENERATIVE_LORA_OPTIONS = lora_options(GENERATIVE_LORA)
+
 def lora_config(settings: LoraSettings, *, modules_to_save: Sequence[str] = (), task_type: str | None = None):
     """The PEFT `LoraConfig` of `settings` (for trainers that apply it themselves, e.g. TRL's `peft_config`)."""
     from peft import LoraConfig

@@ -35,7 +35,7 @@ from unime.data.video import VideoOptions, VideoSampling
 from unime.options import option
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
-from unime.models.lora import EMBEDDER_LORA, LoraSettings, apply_lora, lora_options
+from unime.models.lora import EMBEDDER_LORA_OPTIONS, LoraSettings, apply_lora
 from unime.train import checkpoints as ckpt
 from unime.models import run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
@@ -47,7 +47,6 @@ from unime.train.losses import LOSSES, GroupLoss, build_loss
 
 logger = logging.getLogger(__name__)
 
-EMBEDDER_LORA_OPTIONS = lora_options(EMBEDDER_LORA)
 IMAGE_PREFLIGHT = 64  # records whose images are decoded before training when bad input raises
 
 
