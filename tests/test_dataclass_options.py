@@ -127,4 +127,6 @@ def test_the_reranker_command_and_its_config_agree_on_logging_and_dtype():
 
     api = RerankerTrainConfig(model="m", records=["r"], out="o")
     args = _command(["train", "reranker"]).parse_args(["--model", "m", "--records", "r", "--out", "o"])
-    assert (args.logging_steps, args.dtype) == (api.logging_steps, api.dtype) == (10, "auto")
+    assert (args.logging_steps, args.dtype) == (10, "auto")
+    built = config_from_args(RerankerTrainConfig, args)
+    assert (built.logging_steps, built.dtype) == (api.logging_steps, api.dtype) == (10, None)  # None: as recorded before

@@ -360,7 +360,8 @@ class RerankerTrainConfig(ImageOptions, VideoOptions, DeviceOptions, GENERATIVE_
     train_modules: tuple[str, ...] = option((), "module trained in full beside LoRA (PEFT modules_to_save), e.g. "
                                             "lm_head; repeatable", flag="--train-module", action="append",
                                             cli_default=[])
-    dtype: str = option("auto", "weights dtype (auto: bf16 on GPU, fp32 on CPU)", choices=["auto", "fp32", "bf16", "fp16"])
+    dtype: str | None = option("auto", "weights dtype (auto: bf16 on GPU, fp32 on CPU)",
+                               choices=["auto", "fp32", "bf16", "fp16"])
     gradient_checkpointing: bool = option(False, "trade compute for activation memory")
     train_turn_end: bool = option(False, "also train the end-of-turn token after the answer (default: answer tokens "
                                   "only, as the paper)")
@@ -403,6 +404,8 @@ class RerankerTrainConfig(ImageOptions, VideoOptions, DeviceOptions, GENERATIVE_
         if isinstance(self.losses, str):  # as typed: comma-separated
             self.losses = tuple(x.strip() for x in self.losses.split(",") if x.strip())
         self.train_modules = tuple(self.train_modules)
+        if self.dtype == "auto":  # recorded as runs before recorded it (`resolve_dtype`: the device's dtype)
+            self.dtype = None
 
     def validate(self) -> "RerankerTrainConfig":
         if self.role not in ROLES:
