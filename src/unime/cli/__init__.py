@@ -1,5 +1,7 @@
 """`unime` command line. One module per subcommand group; each has `register(subparsers)` that adds
 its parser(s) with `set_defaults(func=...)`. Parsing lives here; the work lives in the stage modules.
+The training commands and `unime serve` generate their options from their config dataclasses (each option
+declared once, on its field: `unime.options`, `unime.cli.dataclass_options`).
 
 Every subcommand accepts `--config FILE.yaml`: its keys (option names, dashes or underscores) become
 defaults, checked by the options' own types and choices (`unime.cli.options_file`); options given on

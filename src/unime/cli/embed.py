@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from unime.cli import add_config_option
 from unime.cli.video_options import add_video_options, video_sampling_from_args
-from unime.models.image_budget import add_image_options
+from unime.cli.video_options import add_image_options
 
 
 def register(sub) -> None:

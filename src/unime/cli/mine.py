@@ -11,7 +11,7 @@ from unime.errors import UsageError
 
 def _add_model_options(p) -> None:
     from unime.cli.video_options import add_video_options
-    from unime.models.image_budget import add_image_options
+    from unime.cli.video_options import add_image_options
 
     add_image_options(p)
     add_video_options(p)

@@ -1,18 +1,21 @@
-"""Command-line options for video sampling (`unime.data.video.VideoSampling`), shared by the commands
-that read video items."""
+"""The shared option groups of the commands that read images and video (declared once, on
+`unime.models.image_budget.ImageOptions` and `unime.data.video.VideoOptions`)."""
 
 from __future__ import annotations
 
 
+def add_image_options(p) -> None:
+    from unime.cli.dataclass_options import add_options
+    from unime.models.image_budget import IMAGE_GROUP, ImageOptions
+
+    add_options(p, ImageOptions, groups=(IMAGE_GROUP,))
+
+
 def add_video_options(p) -> None:
-    g = p.add_argument_group("video", "how video items (a file, or a list of frames) are sampled")
-    g.add_argument("--video-frames", type=int, default=None,
-                   help="frames sampled uniformly from each video (default 8)")
-    g.add_argument("--video-fps", type=float, default=None,
-                   help="sample this many frames per second of video instead of a fixed count")
-    g.add_argument("--video-max-frames", type=int, default=None, help="upper bound on frames per video (default 64)")
-    g.add_argument("--video-max-pixels", type=int, default=None,
-                   help="pixel budget per video, summed over its sampled frames (frames are scaled down to fit)")
+    from unime.cli.dataclass_options import add_options
+    from unime.data.video import VideoOptions
+
+    add_options(p, VideoOptions, groups=("video",))
 
 
 def video_sampling_from_args(args):

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from unime.errors import DataError
+from unime.options import option
 
 if TYPE_CHECKING:  # pragma: no cover
     from unime.data.images import ImageLoader
@@ -52,6 +53,20 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", "
                               ".wmv", ".3gp", ".ogv"})
 # frame lists carry no frame rate; qwen-vl-utils assumes 2 frames per second for them, so do we
 FRAME_LIST_FPS = 2.0
+
+
+@dataclass(kw_only=True)
+class VideoOptions:
+    """`--video-frames`, `--video-fps`, `--video-max-frames`, `--video-max-pixels` (`VideoSampling.from_fields`),
+    shared by the commands that read video items; unset: `VideoSampling`'s defaults."""
+
+    option_groups = {"video": "how video items (a file, or a list of frames) are sampled"}
+    video_frames: int | None = option(None, "frames sampled uniformly from each video (default 8)", group="video")
+    video_fps: float | None = option(None, "sample this many frames per second of video instead of a fixed count",
+                                     group="video")
+    video_max_frames: int | None = option(None, "upper bound on frames per video (default 64)", group="video")
+    video_max_pixels: int | None = option(None, "pixel budget per video, summed over its sampled frames (frames "
+                                          "are scaled down to fit)", group="video")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,10 @@ import numpy as np
 
 from unime.data.items import Item, Record
 from unime.data.roots import resolve_data_root
-from unime.models.lora import GENERATIVE_LORA
+from unime.embed_rl.stage_options import ReasonerStageOptions
+from unime.models.loading import DeviceOptions
+from unime.models.lora import GENERATIVE_LORA_OPTIONS
+from unime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -321,40 +324,34 @@ def prepare_policy_processor(processor):
     return processor
 
 
-@dataclass
-class GRPOStageConfig:
-    model: str  # the reasoner to train (the SFT output)
-    embedder: str  # frozen embedder with <emb> (reward model)
-    records: str  # (query, positive) records for RL
-    out: str
-    process_judge: str | None = None  # generative checkpoint for the process pick; default: `model` (frozen copy)
-    data_root: str | None = None
-    num_generations: int = 4
-    pairs_per_batch: int = 2
-    epochs: int = 1
-    max_steps: int = -1
-    learning_rate: float = 3e-6
-    beta: float = 0.01
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_completion_length: int = 128
-    loss_type: str = "grpo"
-    scale_rewards: str = "group"
-    weights: tuple[float, float, float] = (0.05, 0.8, 0.2)
-    neg_temperature: float = 0.5
-    hard_negative_pairs: int = 4
-    lora_r: int = 0  # 0 = full fine-tuning of the policy
-    lora_alpha: int = GENERATIVE_LORA.alpha
-    lora_dropout: float = GENERATIVE_LORA.dropout
-    lora_targets: tuple[str, ...] = GENERATIVE_LORA.targets  # module names, language model only unless lora_vision
-    lora_vision: bool = False
-    device: str | None = None
-    dtype: str = "auto"
-    seed: int = 0
-    save_steps: int = 100
-    resume: bool = False  # accepted; a re-run continues anyway (`unime.models.run_state`)
-    overwrite: bool = False  # start over (also with changed options)
-    on_error: str = "raise"  # "skip": bad records and records with bad images are counted and left out
+REWARD_WEIGHTS = (0.05, 0.8, 0.2)  # format, outcome, process
+
+
+@dataclass(kw_only=True)
+class GRPOStageConfig(GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
+    """Options of `unime train reasoner --stage grpo` (`unime.options`)."""
+
+    learning_rate: float = option(3e-6, "learning rate", dest="lr")
+    lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning")  # of the policy
+    save_steps: int = option(100)
+    records: str = option(help="(query, positive) records for RL (grpo), e.g. the split's rl.jsonl", cli_default=None,
+                          group="grpo")
+    embedder: str = option(help="frozen <emb> embedder (the reward model)", cli_default=None, group="grpo")
+    process_judge: str | None = option(None, "generative checkpoint for the process reward's pick (default: a frozen "
+                                       "copy of --model)", group="grpo")
+    num_generations: int = option(4, "group size n (default %(default)s)", group="grpo")
+    pairs_per_batch: int = option(2, "(query, positive) pairs per step (>= 2)", group="grpo")
+    epochs: int = option(1, "passes over the pairs (each reshuffled)", dest="grpo_epochs", group="grpo")
+    beta: float = option(0.01, "KL coefficient (default %(default)s)", group="grpo")
+    temperature: float = option(1.0, group="grpo")
+    top_p: float = option(1.0, cli=False)
+    max_completion_length: int = option(128, group="grpo")
+    loss_type: str = option("grpo", "TRL loss_type (default %(default)s)", group="grpo")
+    scale_rewards: str = option("group", cli=False)
+    weights: tuple[float, float, float] = option(REWARD_WEIGHTS, "format,outcome,process reward weights",
+                                                 cli_default=",".join(map(str, REWARD_WEIGHTS)), group="grpo")
+    neg_temperature: float = option(0.5, "outcome reward: hardness temperature", group="grpo")
+    hard_negative_pairs: int = option(4, "process reward: negative pairs shown", group="grpo")
 
 
 # options that may change between a run and its continuation without changing what is trained

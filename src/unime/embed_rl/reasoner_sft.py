@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from unime.data.roots import resolve_data_root
+from unime.embed_rl.stage_options import ReasonerStageOptions
 from unime.models.adapters import FamilyAdapter
-from unime.models.lora import GENERATIVE_LORA, LoraSettings, apply_lora
+from unime.models.loading import DeviceOptions
+from unime.models.lora import GENERATIVE_LORA, GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
 from unime.models.rerank_prompts import answer_format
+from unime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +44,21 @@ def end_of_turn_text(adapter: FamilyAdapter) -> str:
     return tail
 
 
-@dataclass
-class ReasonerSFTConfig:
-    model: str
-    data: str  # T-CoT JSONL (unime reason teacher / generate)
-    out: str
-    data_root: str | None = None
-    epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float = 1e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    lora_r: int = GENERATIVE_LORA.r  # 0 = full fine-tuning
-    lora_alpha: int = GENERATIVE_LORA.alpha
-    lora_dropout: float = GENERATIVE_LORA.dropout
-    lora_targets: tuple[str, ...] = GENERATIVE_LORA.targets  # module names, language model only unless lora_vision
-    lora_vision: bool = False
-    skip_invalid: bool = False  # drop teacher T-CoTs that do not parse (counted), instead of raising
-    on_error: str = "raise"     # "skip": bad T-CoT lines and rows with bad images are counted and left out
-    device: str | None = None
-    dtype: str = "auto"
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int = 500
-    resume: bool = False  # accepted; a re-run continues anyway (`unime.models.run_state`)
-    overwrite: bool = False  # start over (also with changed options)
+@dataclass(kw_only=True)
+class ReasonerSFTConfig(GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
+    """Options of `unime train reasoner --stage sft` (`unime.options`)."""
+
+    learning_rate: float = option(1e-4, "learning rate", dest="lr")
+    lora_r: int = option(GENERATIVE_LORA.r, "LoRA rank; 0 = full fine-tuning")
+    save_steps: int = option(500)
+    data: str = option(help="T-CoT JSONL (sft)", dest="tcots", cli_default=None, group="sft")  # unime reason teacher / generate
+    epochs: float = option(3.0, group="sft")
+    batch_size: int = option(8, group="sft")
+    grad_accum: int = option(1, group="sft")
+    skip_invalid: bool = option(False, "drop T-CoTs that do not parse (counted)", group="sft")
+    logging_steps: int = option(10, group="sft")
+    warmup_steps: int = option(0, cli=False)
+    weight_decay: float = option(0.0, cli=False)
 
 
 # options that may change between a run and its continuation without changing what is trained

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from unime.options import option
+
 BUDGET_FILE = "unime_images.json"
 
 
@@ -242,12 +244,16 @@ def image_size_option(text: str) -> int | str:
     return w if w == h and "x" not in str(text).lower() else f"{w}x{h}"
 
 
-def add_image_options(parser) -> None:
-    """`--min-pixels`, `--max-pixels`, `--image-size` (every command that reads images)."""
-    g = parser.add_argument_group("image resolution (default: the checkpoint's recorded setting, else its processor's)")
-    g.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="upper bound of pixels per image (and per video frame), set on the processor "
-                        "(e.g. 451584 = 672x672; Qwen2-VL's own default is 12845056)")
-    g.add_argument("--min-pixels", type=int, default=None, metavar="N", help="lower bound of pixels per image")
-    g.add_argument("--image-size", type=image_size_option, default=None, metavar="N|WxH",
-                   help="resize every image to a fixed size before the processor (UniME-V2: 672)")
+IMAGE_GROUP = "image resolution (default: the checkpoint's recorded setting, else its processor's)"
+
+
+@dataclass(kw_only=True)
+class ImageOptions:
+    """`--max-pixels`, `--min-pixels`, `--image-size` (every command that reads images)."""
+
+    max_pixels: int | None = option(None, "upper bound of pixels per image (and per video frame), set on the "
+                                    "processor (e.g. 451584 = 672x672; Qwen2-VL's own default is 12845056)",
+                                    metavar="N", group=IMAGE_GROUP)
+    min_pixels: int | None = option(None, "lower bound of pixels per image", metavar="N", group=IMAGE_GROUP)
+    image_size: Any = option(None, "resize every image to a fixed size before the processor (UniME-V2: 672)",
+                             type=image_size_option, metavar="N|WxH", group=IMAGE_GROUP)

@@ -10,6 +10,14 @@ from typing import Any
 
 from unime.models.adapters import FamilyAdapter, adapter_for
 from unime.models.image_budget import ImageBudget, resolve_budget
+from unime.options import option
+
+
+@dataclass(kw_only=True)
+class DeviceOptions:
+    """`--device`, shared by the commands that load a model."""
+
+    device: str | None = option(None, "cpu or cuda (default: cuda if present)")
 
 
 def resolve_device(device: str | None = None) -> str:

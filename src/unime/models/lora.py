@@ -9,8 +9,11 @@ bare names would adapt the vision tower too. Modules trained in full beside LoRA
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+from unime.options import option
 
 # The decoder's projections.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -49,6 +52,34 @@ class LoraSettings:
 EMBEDDER_LORA = LoraSettings(r=16, alpha=64, dropout=0.1)
 GENERATIVE_LORA = LoraSettings(r=16, alpha=32, dropout=0.05)
 
+
+
+def lora_options(preset: LoraSettings) -> type:
+    """The LoRA options of a trainer config (`--lora-r` ... `--dora`), with `preset`'s defaults."""
+
+    @dataclass(kw_only=True)
+    class LoraOptions:
+        lora_r: int = option(preset.r, "LoRA rank (default %(default)s; UniME-V2's reranker: 128)")
+        lora_alpha: int = option(preset.alpha, "LoRA alpha (default %(default)s)")
+        lora_dropout: float = option(preset.dropout, "LoRA dropout (default %(default)s)")
+        lora_targets: tuple[str, ...] = option(preset.targets, "comma-separated module names (decoder only unless "
+                                               "--lora-vision), or all-linear", cli_default=",".join(preset.targets))
+        lora_vision: bool = option(False, "also adapt the vision tower's layers named in --lora-targets (vision "
+                                   "block names: Qwen2-VL qkv,proj,fc1,fc2; Qwen2.5-VL qkv,proj,gate_proj,up_proj,"
+                                   "down_proj; Qwen3-VL qkv,proj,linear_fc1,linear_fc2)")
+        dora: bool = option(False, "DoRA instead of plain LoRA (the UniME-V2 release uses DoRA)",
+                            action=argparse.BooleanOptionalAction)
+
+        def __post_init__(self) -> None:
+            if isinstance(self.lora_targets, str):  # as typed: comma-separated
+                self.lora_targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+            self.lora_targets = tuple(self.lora_targets)
+
+    return LoraOptions
+
+
+EMBEDDER_LORA_OPTIONS = lora_options(EMBEDDER_LORA)
+GENERATIVE_LORA_OPTIONS = lora_options(GENERATIVE_LORA)
 
 def lora_config(settings: LoraSettings, *, modules_to_save: Sequence[str] = (), task_type: str | None = None):
     """The PEFT `LoraConfig` of `settings` (for trainers that apply it themselves, e.g. TRL's `peft_config`)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from unime.options import option
 
 
 def is_loopback(host: str) -> bool:
@@ -17,35 +19,42 @@ def is_loopback(host: str) -> bool:
 
 @dataclass
 class Limits:
-    max_body_bytes: int = 16 * 1024 * 1024      # whole request body
-    max_items: int = 256                        # inputs per embeddings request, documents per rerank request
-    max_text_chars: int = 8192                  # per text (query, document, input, instruction)
-    max_image_bytes: int = 8 * 1024 * 1024      # per decoded inline image
-    max_image_pixels: int = 16_000_000          # per image, checked on the header before decoding
-    max_top_k: int = 1000                       # search results
-    request_timeout_s: float = 60.0             # a request still running after this gets 503
+    max_body_bytes: int = option(16 * 1024 * 1024)   # whole request body
+    # inputs per embeddings request, documents per rerank request
+    max_items: int = option(256, "inputs / documents per request")
+    max_text_chars: int = option(8192)               # per text (query, document, input, instruction)
+    max_image_bytes: int = option(8 * 1024 * 1024)   # per decoded inline image
+    max_image_pixels: int = option(16_000_000)       # per image, checked on the header before decoding
+    max_top_k: int = option(1000)                    # search results
+    # a request still running after this gets 503
+    request_timeout_s: float = option(60.0, "seconds", dest="request_timeout")
 
 
 @dataclass
 class ServeConfig:
-    model: str
-    reranker: str | None = None
-    index: str | None = None
-    model_name: str | None = None               # the `model` value clients send; default: the folder's name
-    reranker_name: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    device: str | None = None
-    dtype: str = "auto"
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    api_keys: list[str] = field(default_factory=list)
-    no_auth: bool = False
-    cors_origins: list[str] = field(default_factory=list)  # empty = CORS off
-    limits: Limits = field(default_factory=Limits)
-    graceful_timeout_s: float = 30.0
-    threads: int | None = None                  # torch CPU threads per worker (each Ray replica too)
-    rerank_data_root: str | None = None         # where indexed items' images are (default: the index manifest's)
+    """Options of `unime serve`: each field declares its option (`unime.options`)."""
+
+    model: str = option(help="embedder checkpoint")
+    reranker: str | None = option(None, "reranker checkpoint or `unime train reranker` folder")
+    index: str | None = option(None, "index folder from `unime index build` (enables /v1/search and /)")
+    model_name: str | None = option(None, "the model name clients send (default: the folder's name)")
+    reranker_name: str | None = option(None)
+    host: str = option("127.0.0.1")
+    port: int = option(8000)
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
+    dtype: str = option("auto", "auto, fp32, bf16, fp16")
+    max_batch_size: int = option(32, "dynamic batching: items per encoder batch")
+    max_wait_ms: float = option(5.0, "dynamic batching: wait for more items (ms)")
+    api_keys: list[str] = option(factory=list, cli=False)  # --api-key-file (`unime.serve.auth.load_api_keys`)
+    no_auth: bool = option(False, "no API keys (only when binding to loopback)")
+    cors_origins: list[str] = option(help="allow this browser origin (CORS off by default)", factory=list,
+                                     dest="cors_origin", action="append", cli_default=[])  # empty = CORS off
+    limits: Limits = option(factory=Limits, cli=False)
+    graceful_timeout_s: float = option(30.0, "seconds SIGTERM waits for in-flight requests", dest="graceful_timeout")
+    rerank_data_root: str | None = option(None, "folder of the indexed images (default: the index's)")
+    # torch CPU threads per worker (each Ray replica too)
+    threads: int | None = option(None, "torch CPU threads (with --ray: per replica, default "
+                                 "floor(--ray-cpus-per-replica))")
 
     def check(self) -> None:
         """Refuse unsafe combinations: no keys is only allowed on loopback with `no_auth`."""
@@ -57,3 +66,18 @@ class ServeConfig:
         if not self.no_auth and not self.api_keys:
             raise ValueError("no API keys: give --api-key-file FILE or set UNIME_API_KEYS "
                              "(or --no-auth when binding to loopback)")
+
+
+@dataclass(kw_only=True)
+class RayOptions:
+    """`unime serve --ray`: the Ray Serve deployment (`unime.serve.runner.run_ray`'s keywords but `ray`)."""
+
+    ray: bool = option(False, "run as a Ray Serve deployment")
+    replicas: int = option(1, "ray: replicas (each loads the models)")
+    min_replicas: int | None = option(None, "ray: autoscaling lower bound")
+    max_replicas: int | None = option(None, "ray: autoscaling upper bound")
+    address: str | None = option(None, "ray: cluster address (default: start a local one)", dest="ray_address")
+    num_cpus: float = option(1.0, "ray: CPUs reserved per replica (ray_actor_options num_cpus; also its torch threads)",
+                             dest="ray_cpus_per_replica")
+    num_gpus: float = option(0.0, "ray: GPUs reserved per replica (num_gpus; > 0 runs each replica on its own GPU(s), "
+                             "0 on CPU)", dest="ray_gpus_per_replica")

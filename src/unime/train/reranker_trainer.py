@@ -41,10 +41,13 @@ from typing import Any, Sequence
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item, Record
-from unime.data.video import VideoSampling
+from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment
-from unime.models.lora import GENERATIVE_LORA, LoraSettings, apply_lora
+from unime.models.image_budget import ImageOptions
+from unime.models.loading import DeviceOptions
+from unime.models.lora import GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
+from unime.options import option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
 from unime.models.export import ADAPTER_DIR, MERGED_DIR, ModelCard
@@ -335,59 +338,74 @@ class ExampleDataset:
         return self.groups[i]
 
 
-@dataclass
-class RerankerTrainConfig:
-    """Options of `unime train reranker` / `unime train judge` (same names on the command line)."""
+@dataclass(kw_only=True)
+class RerankerTrainConfig(ImageOptions, VideoOptions, DeviceOptions, GENERATIVE_LORA_OPTIONS):
+    """Options of `unime train reranker` / `unime train judge`: each field declares its option (`unime.options`)."""
 
-    model: str
-    records: list[str]
-    out: str
-    role: str = "reranker"                 # reranker | judge
-    data_root: str | None = None           # image paths are relative to it (default: each record file's folder)
-    losses: tuple[str, ...] = LOSSES        # reranker: pair and/or list; judge: pair
-    num_negatives: int = 4                 # listwise: negatives per prompt (candidates = num_negatives + 1)
-    judge_negatives: int | None = None     # judge: negatives per record used (default: all)
-    full: bool = False                     # full fine-tuning (every parameter) instead of LoRA
-    lora_r: int = GENERATIVE_LORA.r        # paper's reranker: r = 128
-    lora_alpha: int = GENERATIVE_LORA.alpha
-    lora_dropout: float = GENERATIVE_LORA.dropout
-    lora_targets: tuple[str, ...] = GENERATIVE_LORA.targets  # module names, decoder only unless lora_vision
-    lora_vision: bool = False
-    dora: bool = False
-    train_modules: tuple[str, ...] = ()    # modules trained in full beside LoRA (PEFT modules_to_save), e.g. lm_head
-    learning_rate: float = 1e-4
-    epochs: float = 1.0
-    max_steps: int = -1                    # > 0 overrides epochs
-    batch_size: int = 4                    # records (reranker; judge with group_weight) or pairs (judge) per step
-    grad_accum: int = 1
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
-    gradient_checkpointing: bool = False
-    logging_steps: int = 1
-    save_steps: int = 500
-    merge: bool = False                    # reranker: also write a merged checkpoint to out/merged
-    save_adapter: bool = False             # judge: also write the adapter to out/adapter
-    on_error: str = "raise"                # raise | skip (bad records / images, counted)
-    overwrite: bool = False                # retrain even if out holds a finished result
-    keep_checkpoints: bool = False         # accepted; checkpoints are always kept (`unime.models.run_state`)
-    train_turn_end: bool = False           # also train the end-of-turn token (paper: answer tokens only)
-    # image resolution (unset: the base checkpoint's recorded budget, else its processor's bounds)
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    image_size: Any = None                 # N or "WxH": fixed resize before the processor
-    # video sampling (unset: `unime.data.video.VideoSampling`'s defaults, 8 frames uniformly)
-    video_frames: int | None = None
-    video_fps: float | None = None
-    video_max_frames: int | None = None
-    video_max_pixels: int | None = None
-    holdout: float = 0.1                   # judge: share of the records held out and scored while training
-    eval_steps: int = 0                    # judge: steps between held-out evaluations (0: ~5 per run)
-    # judge: weight of the within-record softmax over the pairs' margins l_Yes − l_No (`group_softmax_loss`)
-    # added to the answer-token loss; > 0 makes a record (its positive + negatives) the unit of a batch
-    group_weight: float = 0.0
+    # data
+    model: str = option(help="base generative checkpoint: HF folder or hub id", group="data")
+    records: list[str] = option(help="record file (unime JSONL / Parquet, or released UniME-V2 JSON); repeatable",
+                                action="append", group="data")
+    data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)",
+                                   group="data")  # default: each record file's folder
+    out: str = option(help="output folder", group="data")
+    on_error: str = option("raise", "skip bad records and images (counted and reported) instead of failing",
+                           flag="--skip-bad-records", action="store_const", const="skip", group="data")
+    role: str = option("reranker", cli=False)  # reranker | judge (the command)
+    # parameters (LoRA, device: the mixins)
+    full: bool = option(False, "full fine-tuning (every parameter, fp32 master weights) instead of LoRA; writes "
+                        "OUT/merged only (no adapter). For a base model without the needed skills, e.g. a freshly "
+                        "built tiny one")
+    train_modules: tuple[str, ...] = option((), "module trained in full beside LoRA (PEFT modules_to_save), e.g. "
+                                            "lm_head; repeatable", flag="--train-module", action="append",
+                                            cli_default=[])
+    dtype: str | None = option("auto", "weights dtype (auto: bf16 on GPU, fp32 on CPU)",
+                               choices=["auto", "fp32", "bf16", "fp16"])
+    gradient_checkpointing: bool = option(False, "trade compute for activation memory")
+    train_turn_end: bool = option(False, "also train the end-of-turn token after the answer (default: answer tokens "
+                                  "only, as the paper)")
+    # optimisation
+    batch_size: int = option(4, "records per device step (judge: labelled pairs; records with --group-weight > 0)",
+                             group="optimisation")
+    grad_accum: int = option(1, group="optimisation")
+    epochs: float = option(1.0, group="optimisation")
+    max_steps: int = option(-1, "optimizer steps (overrides --epochs when > 0)", dest="steps", group="optimisation")
+    learning_rate: float = option(1e-4, dest="lr", group="optimisation")
+    warmup_steps: int = option(0, "warm-up steps (linear schedule)", dest="warmup", group="optimisation")
+    weight_decay: float = option(0.0, group="optimisation")
+    seed: int = option(0, group="optimisation")
+    # checkpoints
+    logging_steps: int = option(10, group="checkpoints")
+    save_steps: int = option(500, "resumable checkpoints under OUT/checkpoints", group="checkpoints")
+    keep_checkpoints: bool = option(False, "accepted; OUT/checkpoints is always kept (a run deletes none of its "
+                                    "checkpoints)", group="checkpoints")  # `unime.models.run_state`
+    overwrite: bool = option(False, "retrain even if OUT holds a finished result", group="checkpoints")
+    # reranker
+    num_negatives: int = option(4, "negatives per listwise prompt; the positive is added at a random position "
+                                "(default %(default)s)", dest="negatives", group="reranker")
+    losses: tuple[str, ...] = option(LOSSES, "pair, list or pair,list (default both)", cli_default=",".join(LOSSES),
+                                     group="reranker")  # the judge: pair
+    merge: bool = option(False, "also write the merged plain checkpoint OUT/merged", group="reranker")
+    # judge
+    judge_negatives: int | None = option(None, "negatives per record used (default: all)", group="judge")
+    save_adapter: bool = option(False, "also keep the adapter in OUT/adapter", group="judge")
+    holdout: float = option(0.1, "share of the records held out: their pairs are scored while training (AUC, "
+                            "accuracy, P(Yes) spread; OUT/judge_eval.jsonl). 0 = off (default %(default)s)",
+                            group="judge")
+    eval_steps: int = option(0, "steps between held-out evaluations (default: ~5 per run)", group="judge")
+    # the within-record softmax over the pairs' margins l_Yes − l_No (`group_softmax_loss`)
+    group_weight: float = option(0.0, "weight of a within-record softmax loss over the pairs' judge margins (l_Yes - "
+                                 "l_No): trains each query's positive above its own negatives, the ordering the "
+                                 "false-negative filter uses; > 0 makes --batch-size count records, not pairs "
+                                 "(default 0: pointwise only)", group="judge")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.losses, str):  # as typed: comma-separated
+            self.losses = tuple(x.strip() for x in self.losses.split(",") if x.strip())
+        self.train_modules = tuple(self.train_modules)
+        if self.dtype == "auto":  # recorded as runs before recorded it (`resolve_dtype`: the device's dtype)
+            self.dtype = None
 
     def validate(self) -> "RerankerTrainConfig":
         if self.role not in ROLES:

@@ -1,0 +1,105 @@
+"""argparse options generated from config dataclasses (`unime.options.option` field metadata), and the
+config built back from the parsed namespace: each option is declared once, on its config field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+_CLI_KEYS = ("action", "choices", "metavar", "type", "nargs", "const", "required")
+
+
+def _value_type(hint: Any) -> Any:
+    """int / float for `int`, `float | None` ...; None (a string, argparse's default) otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else None
+    return hint if hint in (int, float) else None
+
+
+def option_fields(*classes: type) -> list[tuple[dataclasses.Field, Any, type]]:
+    """(field, type hint, class) of every field of `classes` that is a command-line option."""
+    out = []
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        out += [(f, hints[f.name], cls) for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+    return out
+
+
+def dest_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("dest", f.name)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if "cli_default" in f.metadata:
+        return f.metadata["cli_default"]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def add_options(parser: argparse.ArgumentParser, *classes: type, groups: tuple[str, ...] = (),
+                default_group: str | None = None, labels: tuple[str, ...] = ()) -> None:
+    """Add an option per field of `classes` to `parser`, in argparse groups by the fields' `group` (fields
+    without one go to `default_group`; None: the parser's own options). `groups` lists the groups to add,
+    in help order; fields of other groups are left out. With several classes (`labels` names them), a field
+    they share is one option; where their defaults differ its default is None ("the class's own") and the
+    help names each."""
+    found: dict[str, list] = {}
+    for f, hint, cls in option_fields(*classes):
+        found.setdefault(dest_of(f), []).append((f, hint, cls))
+    by_group: dict[str | None, list] = {}
+    for entries in found.values():
+        group = entries[0][0].metadata.get("group", default_group)
+        if group is None or group in groups:
+            by_group.setdefault(group, []).append(entries)
+    containers: dict[str | None, Any] = {None: parser}
+    descriptions = {k: v for c in classes for k, v in getattr(c, "option_groups", {}).items()}
+    for title in groups:
+        if title in by_group:
+            containers[title] = parser.add_argument_group(title, descriptions.get(title))
+    for title in (None, *groups):
+        for entries in by_group.get(title, []):
+            _add(containers[title], entries, classes, labels)
+
+
+def _add(container, entries, classes, labels) -> None:
+    f, hint, _ = entries[0]
+    md = f.metadata
+    kwargs = {k: md[k] for k in _CLI_KEYS if k in md}
+    default = _default(f)
+    help_text = md.get("help")
+    defaults = {repr(_default(e[0])) for e in entries}
+    if len(defaults) > 1:  # shared by several configs with their own defaults
+        named = ", ".join(f"{labels[classes.index(c)]} {_default(e)}" for e, _, c in entries)
+        default, help_text = None, f"{help_text} (default: {named})" if help_text else f"default: {named}"
+    if default is dataclasses.MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = default
+    if "action" not in kwargs and hint in (bool, "bool"):
+        kwargs["action"] = "store_true"
+    if "action" not in kwargs and "type" not in kwargs and _value_type(hint) is not None:
+        kwargs["type"] = _value_type(hint)
+    if help_text is not None:
+        kwargs["help"] = help_text
+    flag = md.get("flag", "--" + dest_of(f).replace("_", "-"))
+    flags = flag if isinstance(flag, tuple) else (flag,)
+    if flags[0].lstrip("-").replace("-", "_") != dest_of(f):
+        kwargs["dest"] = dest_of(f)
+    container.add_argument(*flags, **kwargs)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, *, unset_is_none: bool = False, **values: Any):
+    """`cls` from the parsed options (each field from its option's dest; fields the command has no option
+    for keep their default) and `values`. `unset_is_none`: an option left at None keeps the field's
+    default (options shared by configs with their own defaults, `add_options`)."""
+    kwargs = {}
+    for f, _, _ in option_fields(cls):
+        if f.name in values or not hasattr(args, dest_of(f)):
+            continue
+        value = getattr(args, dest_of(f))
+        if not (unset_is_none and value is None):
+            kwargs[f.name] = value
+    return cls(**kwargs, **values)

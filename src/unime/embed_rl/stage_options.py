@@ -1,0 +1,22 @@
+"""The options both Embed-RL training stages take (`unime train reasoner --stage sft|grpo`), declared once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unime.options import option
+
+
+@dataclass(kw_only=True)
+class ReasonerStageOptions:
+    model: str = option(help="reasoner checkpoint to train (grpo: the SFT output folder or its merged/)")
+    out: str = option(help="output folder (merged/: an HF folder; adapter/ for LoRA; README.md, checkpoints/, logs)")
+    data_root: str | None = option(None, "folder image paths are relative to")
+    dtype: str = option("auto")
+    seed: int = option(0)
+    max_steps: int = option(-1)
+    resume: bool = option(False, "accepted for compatibility: re-running the same command continues an interrupted "
+                          "run anyway")  # `unime.models.run_state`
+    overwrite: bool = option(False, cli=False)  # start over (also with changed options): the commands' --overwrite
+    on_error: str = option("raise", "skip bad lines of --tcots / --records and rows whose images do not open (counted "
+                           "and reported) instead of stopping at the first", choices=["raise", "skip"])

@@ -1,0 +1,19 @@
+"""Options declared once: a config dataclass field carries its command-line option in its metadata.
+
+`option(default, help, **cli)` is `dataclasses.field` with the option's help and, only where the
+field's name, annotation and default do not say it, its argparse settings: `flag` (default
+`--field-name`; or `--dest-name` with `dest`), `dest` (the namespace name, default the field's), `action`,
+`choices`, `metavar`, `type`, `nargs`, `const`, `group` (argparse group title), `cli_default` (the command
+line's default where it differs from the Python API's) and `cli=False` (no command-line option).
+`unime.cli.dataclass_options` generates the options and builds the config from the parsed namespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, field
+from typing import Any
+
+
+def option(default: Any = MISSING, help: str | None = None, *, factory: Any = MISSING, **cli: Any):
+    """A dataclass field declaring its command-line option (see the module doc)."""
+    return field(default=default, default_factory=factory, metadata={"help": help, **cli})

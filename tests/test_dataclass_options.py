@@ -1,0 +1,132 @@
+"""Options declared once, on config dataclass fields (`unime.options.option`): the argparse options generated
+from them (`unime.cli.dataclass_options`), the config built back from the namespace, and the training
+commands' options checked field by field against their configs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from unime.cli.dataclass_options import add_options, config_from_args, dest_of, option_fields
+from unime.options import option
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Shared:
+    option_groups = {"opt": "optimisation settings"}
+    seed: int = option(0, "random seed")
+    lr: float = option(1e-4, "learning rate", group="opt")
+
+
+@dataclasses.dataclass(kw_only=True)
+class _A(_Shared):
+    model: str = option(help="checkpoint")
+    name: str | None = option(None)
+    skip: str = option("raise", "skip bad records", flag="--skip-bad", action="store_const", const="skip")
+    flag: bool = option(False, "a flag")
+    steps: int = option(-1, dest="max_steps_short", group="opt")
+    hidden: int = option(3, cli=False)
+    only_b: int = option(5, group="b")
+
+
+@dataclasses.dataclass(kw_only=True)
+class _B(_Shared):
+    model: str = option(help="checkpoint")
+    lr: float = option(3e-6, "learning rate", group="opt")
+
+
+def _parser(*classes, **kw) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="t")
+    add_options(p, *classes, **kw)
+    return p
+
+
+def test_options_take_name_type_default_and_group_from_the_field():
+    p = _parser(_A, groups=("opt",))
+    acts = {a.dest: a for a in p._actions}
+    assert acts["model"].required and acts["model"].option_strings == ["--model"] and acts["model"].help == "checkpoint"
+    assert acts["seed"].type is int and acts["seed"].default == 0 and acts["lr"].type is float
+    assert acts["name"].type is None and acts["name"].default is None  # a string: argparse's own
+    assert acts["skip"].option_strings == ["--skip-bad"] and acts["skip"].const == "skip"
+    assert isinstance(acts["flag"], argparse._StoreTrueAction)
+    assert acts["max_steps_short"].option_strings == ["--max-steps-short"]
+    assert "hidden" not in acts and "only_b" not in acts  # cli=False; a group the command does not list
+    groups = {g.title: [a.dest for a in g._group_actions] for g in p._action_groups}
+    assert groups["opt"] == ["lr", "max_steps_short"] and "seed" in groups["options"]
+    assert [g.description for g in p._action_groups if g.title == "opt"] == ["optimisation settings"]
+
+
+def test_the_config_is_built_from_the_namespace_by_dest():
+    p = _parser(_A, groups=("opt",))
+    args = p.parse_args(["--model", "m", "--skip-bad", "--max-steps-short", "7", "--lr", "0.5"])
+    cfg = config_from_args(_A, args, seed=3)
+    assert cfg == _A(model="m", skip="skip", steps=7, lr=0.5, seed=3)
+    assert cfg.hidden == 3 and cfg.only_b == 5  # no option: the field's default
+
+
+def test_a_field_two_configs_share_with_their_own_defaults_is_one_option_defaulting_to_each():
+    p = _parser(_A, _B, groups=("opt",), labels=("a", "b"))
+    lr = next(a for a in p._actions if a.dest == "lr")
+    assert lr.default is None and lr.help == "learning rate (default: a 0.0001, b 3e-06)"
+    args = p.parse_args(["--model", "m"])
+    assert config_from_args(_B, args, unset_is_none=True).lr == 3e-6
+    assert config_from_args(_A, args, unset_is_none=True).lr == 1e-4
+    assert config_from_args(_B, p.parse_args(["--model", "m", "--lr", "0.1"]), unset_is_none=True).lr == 0.1
+
+
+def _command(words):
+    from unime.cli import _command_path, build_parser
+
+    return _command_path(build_parser(), words)[1]
+
+
+@pytest.mark.parametrize("words,config,role", [
+    (["train", "embedder"], "unime.train.embedder_trainer:EmbedderTrainingConfig", None),
+    (["train", "reranker"], "unime.train.reranker_trainer:RerankerTrainConfig", "reranker"),
+    (["train", "judge"], "unime.train.reranker_trainer:RerankerTrainConfig", "judge"),
+])
+def test_every_trainer_option_is_a_config_field_with_its_default(words, config, role):
+    """Each option of the command is its config's field (same default, or the field's declared command-line
+    default), and the config built from the bare command line equals the Python API's defaults but for those."""
+    import importlib
+
+    module, name = config.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    parser = _command(words)
+    by_dest = {a.dest: a for a in parser._actions}
+    fields = {dest_of(f): f for f, _, _ in option_fields(cls)}
+    not_fields = {"help", "config", "recipe", "print_config"}
+    assert set(by_dest) - not_fields <= set(fields)
+    for dest, action in by_dest.items():
+        if dest in not_fields:
+            continue
+        f = fields[dest]
+        expected = f.metadata.get("cli_default", f.default)
+        if f.default is dataclasses.MISSING:
+            assert action.required
+        else:
+            assert action.default == expected, dest
+            assert action.help == f.metadata.get("help"), dest
+    args = parser.parse_args(["--model", "m", "--records", "r", "--out", "o"])
+    if role is None:
+        from unime.cli.train import embedder_config_from_args as build
+    else:
+        from unime.cli.train_reranker import config_from_args as build
+        args.role = role
+    built = build(args)
+    api = cls(model="m", records=built.records, out="o", **({"role": role} if role else {}))
+    differ = {f.name for f in dataclasses.fields(cls) if getattr(built, f.name) != getattr(api, f.name)}
+    expected_differences = {"embedder": {"loss", "hard_negatives"}, "reranker": {"holdout"}, "judge": {"losses"}}
+    assert differ == expected_differences[words[1]]
+
+
+def test_the_reranker_command_and_its_config_agree_on_logging_and_dtype():
+    from unime.train.reranker_trainer import RerankerTrainConfig
+
+    api = RerankerTrainConfig(model="m", records=["r"], out="o")
+    args = _command(["train", "reranker"]).parse_args(["--model", "m", "--records", "r", "--out", "o"])
+    assert (args.logging_steps, args.dtype) == (10, "auto")
+    built = config_from_args(RerankerTrainConfig, args)
+    assert (built.logging_steps, built.dtype) == (api.logging_steps, api.dtype) == (10, None)  # None: as recorded before
