@@ -243,3 +243,21 @@ def test_demo_eta_uses_recorded_stage_times(tmp_path):
     other = Demo(tmp_path / "c", DemoSettings(), progress=lambda m: None, timings=tmp_path / "t.json")
     assert "no recorded stage times" in other.progress_line("world", starting=True)
     assert StageTimes(tmp_path / "t.json", demo.timings_key()).get("world") == 60.0
+
+
+def test_report_names_the_judge_training_records_only_when_the_judge_was_trained_on_them(tmp_path):
+    from unime.demo.report import _mining_section
+
+    mined = tmp_path / "mined"
+    mined.mkdir()
+    (mined / "stats.json").write_text(json.dumps({
+        "mined": 3, "records": 3,
+        "sampling": {"counts": {"ok": 3}, "false_negatives": {"t": 1}, "candidates": {"t": 30}}}))
+    (tmp_path / "judge").mkdir()
+    (tmp_path / "judge" / "records_stats.json").write_text(json.dumps({"records": 7, "queries": 5, "pool": 11}))
+
+    trained = "\n".join(_mining_section(mined, judge_trained=True))
+    zero_shot = "\n".join(_mining_section(mined, judge_trained=False))
+    assert "Judge training records: 7 from 5 queries" in trained
+    assert "Judge training records" not in zero_shot
+    assert "filtered as false negatives: 1 (3.3 %)" in zero_shot and "filtered as false negatives: 1 (3.3 %)" in trained

@@ -167,7 +167,7 @@ def write_report(demo: "Demo") -> Path:
     from unime.demo.video_rows import video_section
 
     md += video_section(demo, ROW_TITLES, _fmt)
-    md += _mining_section(out / "mined")
+    md += _mining_section(out / "mined", judge_trained=s.judge_steps > 0)
     md += _embed_rl_section(demo)
     md += _curves_section(demo)
     md += ["## Timings and commands", "", "| Stage | Seconds | |", "|---|---:|---|"]
@@ -258,7 +258,7 @@ def _interval(boot: dict) -> str:
     return f"{f(boot['diff'])} [{f(boot['low'])}, {f(boot['high'])}]"
 
 
-def _mining_section(mined: Path) -> list[str]:
+def _mining_section(mined: Path, *, judge_trained: bool) -> list[str]:
     stats, audit = _load(mined / "stats.json"), _load(mined / "audit.json")
     if stats is None:
         return []
@@ -306,7 +306,7 @@ def _mining_section(mined: Path) -> list[str]:
                f"{100 * gate['fallback_share']:.1f} % (limit {100 * gate['max_fallback_share']:.0f} %): "
                + ("**failed**" if gate["weak"] else "passed") + ".", ""]
     jstats = _load(mined.parent / "judge" / "records_stats.json")
-    if jstats:
+    if jstats and judge_trained:  # the records this world's judge was trained on (none when it judges zero-shot)
         md += [f"Judge training records: {jstats.get('records')} from {jstats.get('queries')} queries; negatives from "
                f"the global pool mining retrieves from ({jstats.get('pool')} items): same-task hard "
                f"{jstats.get('task_hard', 0)}, pool hard {jstats.get('global_hard', 0)}, pool random "
