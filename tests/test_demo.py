@@ -132,16 +132,19 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     assert len(skipped) == 14, messages
 
 
-def _fake_mining(mined, rows, *, beta=0.01):
-    """A fabricated `unime mine` output: audit.parquet rows (query, candidate score, positive score, status)."""
+def _fake_mining(mined, rows, *, beta=0.01, datasets=None):
+    """A fabricated `unime mine` output: audit.parquet rows (query, candidate score, positive score, status),
+    and a dataset column when `datasets` (one name per row) is given."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     mined.mkdir(parents=True, exist_ok=True)
     cols = {"query_index": [], "judge_score": [], "positive_score": [], "status": []}
-    for q, pos, cands, status in rows:
+    if datasets is not None:
+        cols["dataset"] = []
+    for i, (q, pos, cands, status) in enumerate(rows):
         for c in cands:
-            for k, v in zip(cols, (q, c, pos, status)):
+            for k, v in zip(cols, (q, c, pos, status) + ((datasets[i],) if datasets is not None else ())):
                 cols[k].append(v)
     pq.write_table(pa.table(cols), mined / "audit.parquet")
     (mined / "stats.json").write_text(json.dumps({"config": {"beta": beta}, "records": len(rows)}))
@@ -166,6 +169,28 @@ def test_judge_gate_numbers_by_hand(tmp_path):
     g = judge_gate(tmp_path / "flat", max_fallback_share=0.2)
     assert g.median_spread == pytest.approx(0.0021) and g.fallback_share == 1.0 and g.weak
     assert len(g.reasons()) == 2 and "0.0021" in g.reasons()[0] and "100.0 %" in g.reasons()[1]
+    assert g.by_dataset == {} and g.weak_datasets() == [] and g.weak_datasets_line() == ""  # no dataset column
+
+
+def test_judge_gate_names_the_datasets_where_the_judge_is_flat(tmp_path):
+    from unime.demo.judge_gate import judge_gate
+
+    # dataset a: spreads 0.7, 0.8 (median 0.75), no fallback; dataset b: spreads 0.005, 0.004, 0.6 (median
+    # 0.005 < β), one fallback of three; dataset c: spreads 0.5, 0.3 (median 0.4), one fallback of two (50 % > 30 %)
+    rows = [(0, 0.8, [0.1, 0.3], "ok"), (1, 0.9, [0.1], "ok"),
+            (2, 0.400, [0.395, 0.398], "fallback"), (3, 0.300, [0.296], "ok"), (4, 0.7, [0.1], "ok"),
+            (5, 0.6, [0.1], "ok"), (6, 0.5, [0.2], "fallback")]
+    _fake_mining(tmp_path / "m", rows, datasets=["a", "a", "b", "b", "b", "c", "c"])
+    g = judge_gate(tmp_path / "m", max_fallback_share=0.3)
+    assert g.by_dataset["a"] == {"queries": 2, "median_spread": pytest.approx(0.75), "fallback_share": 0.0}
+    assert g.by_dataset["b"] == {"queries": 3, "median_spread": pytest.approx(0.005), "fallback_share": pytest.approx(1 / 3)}
+    assert g.by_dataset["c"] == {"queries": 2, "median_spread": pytest.approx(0.4), "fallback_share": 0.5}
+    # overall: spreads 0.7, 0.8, 0.005, 0.004, 0.6, 0.5, 0.3 → median 0.5; 2 of 7 fell back (28.6 % ≤ 30 %)
+    assert g.median_spread == pytest.approx(0.5) and not g.weak
+    assert g.weak_datasets() == ["b", "c"]
+    line = g.weak_datasets_line()
+    assert "b (fallback 33 % of 3 queries, median spread 0.005)" in line and "c (fallback 50 % of 2 queries" in line
+    assert "a (" not in line and g.to_dict()["weak_datasets"] == ["b", "c"]
 
 
 def _fabricate_done_stages(demo, stages):

@@ -13,12 +13,17 @@ candidate and of the positive, and the query's sampling status; `stats.json`: β
 - spread of a query = max − min of the judge's scores over its positive and its K candidates;
 - weak when the median spread over queries is < β, or the share of queries that fell back to random
   negatives is > `max_fallback_share`.
+
+The same two figures per dataset (when the audit names each query's dataset): a judge can be sharp on most
+datasets and flat on a few, which the overall median hides. A dataset past either limit is named (`weak_datasets`)
+in the log and the report — its hard negatives are mostly random fallbacks — but only the overall check stops
+the demo.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +40,29 @@ class JudgeGate:
     beta: float
     fallback_share: float
     max_fallback_share: float
+    # dataset → {"queries", "median_spread", "fallback_share"} (empty when the audit has no dataset column)
+    by_dataset: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def weak(self) -> bool:
         return self.median_spread < self.beta or self.fallback_share > self.max_fallback_share
+
+    def weak_datasets(self) -> list[str]:
+        """Datasets whose median spread is < β or whose fallback share is > the limit, by name."""
+        return sorted(d for d, m in self.by_dataset.items()
+                      if m["median_spread"] < self.beta or m["fallback_share"] > self.max_fallback_share)
+
+    def weak_datasets_line(self) -> str:
+        """One sentence naming the weak datasets with their figures ('' when there are none)."""
+        weak = self.weak_datasets()
+        if not weak:
+            return ""
+        parts = [f"{d} (fallback {100 * self.by_dataset[d]['fallback_share']:.0f} % of "
+                 f"{self.by_dataset[d]['queries']:.0f} queries, median spread {self.by_dataset[d]['median_spread']:.3f})"
+                 for d in weak]
+        return ("the judge is flat on " + ", ".join(parts) + f": past the limits (spread < β = {self.beta:g} or "
+                f"fallback > {100 * self.max_fallback_share:.0f} %) there, so those datasets' hard negatives and soft "
+                "labels come mostly from the random fallback")
 
     def reasons(self) -> list[str]:
         out = []
@@ -53,7 +77,8 @@ class JudgeGate:
         return out
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "weak": self.weak, "reasons": self.reasons()}
+        return {**asdict(self), "weak": self.weak, "reasons": self.reasons(), "weak_datasets": self.weak_datasets(),
+                "weak_datasets_line": self.weak_datasets_line()}
 
 
 def query_spreads(query_index, candidate_scores, positive_scores) -> dict[int, float]:
@@ -82,17 +107,26 @@ def judge_gate(mined_dir: str | Path, *, max_fallback_share: float) -> JudgeGate
             raise DataError("mining output not found (run `unime mine` first)", source=str(path))
     stats = json.loads(stats_path.read_text())
     beta = float(stats.get("config", {}).get("beta", DEFAULT_BETA))
-    table = pq.read_table(audit_path, columns=["query_index", "judge_score", "positive_score", "status"]).to_pydict()
+    columns = ["query_index", "judge_score", "positive_score", "status"]
+    has_dataset = "dataset" in pq.read_schema(audit_path).names
+    table = pq.read_table(audit_path, columns=columns + ["dataset"] * has_dataset).to_pydict()
     if not table["query_index"]:
         raise DataError("no (query, candidate) rows", source=str(audit_path))
-    spreads = np.array(list(query_spreads(table["query_index"], table["judge_score"],
-                                          table["positive_score"]).values()))
+    spread_of = query_spreads(table["query_index"], table["judge_score"], table["positive_score"])
+    spreads = np.array(list(spread_of.values()))
     status = {q: st for q, st in zip(table["query_index"], table["status"])}
     fallback = sum(st == "fallback" for st in status.values()) / len(status)
+    by_dataset: dict[str, dict[str, float]] = {}
+    if has_dataset:
+        dataset_of = dict(zip(table["query_index"], table["dataset"]))
+        for name in sorted(set(dataset_of.values())):
+            qs = [q for q, d in dataset_of.items() if d == name]
+            by_dataset[name] = {"queries": len(qs), "median_spread": float(np.median([spread_of[q] for q in qs])),
+                                "fallback_share": sum(status[q] == "fallback" for q in qs) / len(qs)}
     q1, q3 = np.percentile(spreads, [25, 75])
     return JudgeGate(queries=len(spreads), median_spread=float(np.median(spreads)),
                      spread_quartiles=(float(q1), float(q3)), beta=beta, fallback_share=float(fallback),
-                     max_fallback_share=max_fallback_share)
+                     max_fallback_share=max_fallback_share, by_dataset=by_dataset)
 
 
 def stop_message(gate: JudgeGate, mined_dir: str | Path) -> str:

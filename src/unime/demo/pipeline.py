@@ -281,6 +281,8 @@ class Demo:
         if not gate.weak:
             self.say(f"[demo] judge check: median within-query score spread {gate.median_spread:.4f} >= β "
                      f"{gate.beta:g}, fallback {100 * gate.fallback_share:.1f} %: ok")
+            if gate.weak_datasets():
+                self.say("[demo] note: " + gate.weak_datasets_line())
             return
         if self.s.stop_on_weak_judge:
             raise DemoStopped(stop_message(gate, mined_dir))

@@ -304,7 +304,10 @@ def _mining_section(mined: Path, *, judge_trained: bool) -> list[str]:
         md += [f"Judge check after mining: median over {gate['queries']} queries of the within-query spread of the "
                f"judge's scores {gate['median_spread']:.4f} (β = {gate['beta']:g}), fallback "
                f"{100 * gate['fallback_share']:.1f} % (limit {100 * gate['max_fallback_share']:.0f} %): "
-               + ("**failed**" if gate["weak"] else "passed") + ".", ""]
+               + ("**failed**" if gate["weak"] else "passed") + "."]
+        if gate.get("weak_datasets_line"):  # a few datasets past the limits (the overall check passed or not)
+            md.append("Per dataset: " + gate["weak_datasets_line"] + ".")
+        md.append("")
     jstats = _load(mined.parent / "judge" / "records_stats.json")
     if jstats and judge_trained:  # the records this world's judge was trained on (none when it judges zero-shot)
         md += [f"Judge training records: {jstats.get('records')} from {jstats.get('queries')} queries; negatives from "
