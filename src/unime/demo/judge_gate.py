@@ -16,7 +16,7 @@ candidate and of the positive, and the query's sampling status; `stats.json`: β
 
 The same two figures per dataset (when the audit names each query's dataset): a judge can be sharp on most
 datasets and flat on a few, which the overall median hides. A dataset past either limit is named (`weak_datasets`)
-in the log and the report — its hard negatives are mostly random fallbacks — but only the overall check stops
+in the log and the report — many of its queries train on random fallbacks — but only the overall check stops
 the demo.
 """
 
@@ -60,9 +60,9 @@ class JudgeGate:
         parts = [f"{d} (fallback {100 * self.by_dataset[d]['fallback_share']:.0f} % of "
                  f"{self.by_dataset[d]['queries']:.0f} queries, median spread {self.by_dataset[d]['median_spread']:.3f})"
                  for d in weak]
-        return ("the judge is flat on " + ", ".join(parts) + f": past the limits (spread < β = {self.beta:g} or "
-                f"fallback > {100 * self.max_fallback_share:.0f} %) there, so those datasets' hard negatives and soft "
-                "labels come mostly from the random fallback")
+        return ("past the check's limits on " + ", ".join(parts) + f" (spread < β = {self.beta:g} or fallback > "
+                f"{100 * self.max_fallback_share:.0f} %): the judge hardly separates candidates there, so many of "
+                "those datasets' queries train on the random fallback")
 
     def reasons(self) -> list[str]:
         out = []
