@@ -395,10 +395,10 @@ def build_index_folder(cfg: IndexBuildConfig) -> tuple[CorpusIndex, BuildStats]:
                                    batch_size=cfg.batch_size)
     return build_corpus_index(
         cfg.items, cfg.out, embedder=emb, model=cfg.model, data_root=root,
-        cache_dir=cfg.cache_dir or default_cache_dir(), vector_dtype=cfg.vector_dtype, index=cfg.index, index_config=index_config,
-        approx_threshold=cfg.approx_threshold, chunk_size=cfg.chunk_size, recall_k=cfg.recall_k,
-        recall_sample=cfg.recall_sample, thumbnails=not cfg.no_thumbnails, batch_size=cfg.batch_size,
-        show_progress=True, model_settings=embedding_settings(emb, cfg.dtype))
+        cache_dir=cfg.cache_dir or default_cache_dir(), vector_dtype=cfg.vector_dtype, index=cfg.index,
+        index_config=index_config, approx_threshold=cfg.approx_threshold, chunk_size=cfg.chunk_size,
+        recall_k=cfg.recall_k, recall_sample=cfg.recall_sample, thumbnails=not cfg.no_thumbnails,
+        batch_size=cfg.batch_size, show_progress=True, model_settings=embedding_settings(emb, cfg.dtype))
 
 
 @dataclass(kw_only=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from unime.data.video import VideoOptions
 from unime.errors import UsageError
 from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
-from unime.models.image_budget import ImageOptions
+from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.options import option
 
@@ -38,10 +38,8 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
                                     "the judge keeps (0 = off)", dest="image_cache")
 
     @property
-    def image_budget(self):
-        from unime.models.image_budget import ImageBudget
-
-        return ImageBudget.from_options(self.min_pixels, self.max_pixels, self.image_size)
+    def image_budget(self) -> ImageBudget:
+        return ImageBudget.from_args(self)
 
     @property
     def video_options(self) -> dict:
