@@ -105,6 +105,34 @@ def test_required_options_may_come_from_the_config(tmp_path):
         parse(["mine", "--config", _cfg(tmp_path, "records: r.jsonl\n")])
 
 
+def test_a_config_file_fills_the_configs_the_commands_build(tmp_path):
+    """YAML keys (option names or dests) reach the config dataclasses the commands are generated from."""
+    from unime.cli.dataclass_options import config_from_args
+    from unime.eval.reference import ReferenceConfig, ReferenceRunOptions
+    from unime.eval.runners import EvalConfig
+    from unime.index.store import IndexBuildConfig
+    from unime.mining.backends import BackendOptions
+    from unime.mining.pipeline import MineConfig
+
+    args = parse(MINE + ["--config", _cfg(tmp_path, "chunk-size: 4\nprogress: true\nindex-storage: float16\n"
+                                                    "vllm-engine-arg: [tensor_parallel_size=8]\nhnsw_m: 8\n")])
+    cfg = config_from_args(MineConfig, args)
+    assert (cfg.judge_chunk_size, cfg.show_progress, cfg.index_storage, cfg.hnsw_m) == (4, True, "float16", 8)
+    assert config_from_args(BackendOptions, args).for_backend("vllm")["engine_kwargs"] == {"tensor_parallel_size": 8}
+    args = parse(["eval", "--model", "m", "--out", "o", "--config",
+                  _cfg(tmp_path, "tasks: t.yaml\ntask: [a, b]\ntopk: 3\ncompositional-mode: run\nno-cache: yes\n")])
+    assert config_from_args(EvalConfig, args) == EvalConfig(model="m", tasks="t.yaml", out="o", only=["a", "b"],
+                                                            rerank_topk=3, rerank_compositional="run", no_cache=True)
+    args = parse(["index", "build", "--config", _cfg(tmp_path, "model: m\nitems: i.jsonl\nout: o\nnlist: 7\n")])
+    assert config_from_args(IndexBuildConfig, args).index_config("ivf").nlist == 7
+    args = parse(["eval", "reference", "--tasks", "t", "--records", "r", "--out", "o", "--config",
+                  _cfg(tmp_path, "seconds: 5\nvideo-frames: 4\n")])
+    assert config_from_args(ReferenceConfig, args, unset_is_none=True) == ReferenceConfig(seconds=5.0, video_frames=4)
+    assert config_from_args(ReferenceConfig, parse(["eval", "reference", "--tasks", "t", "--records", "r", "--out",
+                                                    "o"]), unset_is_none=True) == ReferenceConfig()
+    assert config_from_args(ReferenceRunOptions, args).records == "r"
+
+
 # -- output folders ----------------------------------------------------------------------------------------
 def _argv(command: str, out: Path) -> list[str]:
     """A parseable command line of each command that writes an output folder."""

@@ -130,3 +130,72 @@ def test_the_reranker_command_and_its_config_agree_on_logging_and_dtype():
     assert (args.logging_steps, args.dtype) == (10, "auto")
     built = config_from_args(RerankerTrainConfig, args)
     assert (built.logging_steps, built.dtype) == (api.logging_steps, api.dtype) == (10, None)  # None: as recorded before
+
+
+def _row(a: argparse.Action) -> list:
+    return [a.dest, repr(a.default), getattr(a.type, "__name__", repr(a.type)), a.choices and list(a.choices), a.nargs,
+            type(a).__name__, a.required]
+
+
+def test_generated_commands_keep_their_options_names_defaults_types_and_choices():
+    """The options of the commands generated from their configs, pinned as they were hand-written before (every
+    flag: dest, default, type, choices, nargs, action, required; `tests/cli_options_pinned.json`), and each
+    with a help text."""
+    import json
+    from pathlib import Path
+
+    from unime.cli import _add_overwrite_options, _command_path, build_parser
+
+    pinned = json.loads((Path(__file__).parent / "cli_options_pinned.json").read_text())
+    parser = build_parser()
+    _add_overwrite_options(parser)
+    for command, options in pinned.items():
+        sub = _command_path(parser, command.split())[1]
+        actions = [a for a in sub._actions if a.dest != "help" and not isinstance(a, argparse._SubParsersAction)]
+        assert {" ".join(a.option_strings): _row(a) for a in actions} == options, command
+        assert [a.dest for a in actions if not a.help] == [], command
+
+
+@pytest.mark.parametrize("words,configs", [
+    (["mine"], ["unime.mining.pipeline:MineConfig", "unime.mining.backends:BackendOptions"]),
+    (["judge"], ["unime.mining.pairs:JudgePairsConfig", "unime.mining.backends:BackendOptions"]),
+    (["eval"], ["unime.eval.runners:EvalConfig"]),
+    (["eval", "reference"], ["unime.eval.reference:ReferenceConfig", "unime.eval.reference:ReferenceRunOptions"]),
+    (["embed"], ["unime.models.embed_file:EmbedConfig"]),
+    (["index", "build"], ["unime.index.store:IndexBuildConfig"]),
+    (["search"], ["unime.index.store:SearchConfig"]),
+    (["plan"], ["unime.train.memory_plan:PlanOptions"]),
+])
+def test_every_option_of_the_other_commands_is_a_config_field(words, configs):
+    """Each option (but --config / --recipe / --print-config) is one field of the command's configs, with the
+    field's default (or its declared command-line default) and help; every such field is an option."""
+    import importlib
+
+    classes = [getattr(importlib.import_module(c.split(":")[0]), c.split(":")[1]) for c in configs]
+    fields = {dest_of(f): f for f, _, _ in option_fields(*classes)}
+    by_dest = {a.dest: a for a in _command(words)._actions
+               if a.dest not in ("help", "config", "recipe", "print_config")
+               and not isinstance(a, argparse._SubParsersAction)}
+    assert set(by_dest) == set(fields)
+    for dest, action in by_dest.items():
+        f = fields[dest]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        assert action.required == (default is dataclasses.MISSING), dest
+        if not action.required:
+            assert action.default == f.metadata.get("cli_default", default), dest
+        assert action.help == f.metadata["help"], dest
+
+
+def test_a_command_config_is_built_from_its_bare_command_line_with_the_python_api_defaults():
+    from unime.eval.runners import EvalConfig
+    from unime.index.store import IndexBuildConfig
+    from unime.mining.pipeline import MineConfig
+
+    args = _command(["mine"]).parse_args(["--records", "r", "--embedder", "e", "--judge", "j", "--out", "o"])
+    assert config_from_args(MineConfig, args) == MineConfig(records="r", embedder="e", judge="j", out="o")
+    args = _command(["index", "build"]).parse_args(["--model", "m", "--items", "i", "--out", "o"])
+    assert config_from_args(IndexBuildConfig, args) == IndexBuildConfig(model="m", items="i", out="o")
+    args = _command(["eval"]).parse_args(["--model", "m", "--tasks", "t", "--out", "o", "--task", "a", "--task", "b",
+                                          "--topk", "3", "--mode", "resort"])
+    cfg = config_from_args(EvalConfig, args)
+    assert cfg == EvalConfig(model="m", tasks="t", out="o", only=["a", "b"], rerank_topk=3, rerank_mode="resort")

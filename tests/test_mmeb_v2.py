@@ -235,15 +235,16 @@ def _ndcg5(scores, grades) -> float:
 
 @pytest.mark.slow
 def test_fixture_scores_equal_an_independent_computation(tmp_path, tiny_model_dir):
-    from unime.eval.runners import evaluate_checkpoint
+    from unime.eval.runners import EvalConfig, evaluate_checkpoint
     from unime.models.embedder import Embedder
 
     root = tmp_path / "bench"
     root.mkdir()
     cfg, expect = build_fixture(root)
     model = tiny_model_dir("qwen2_5_vl")
-    summary = evaluate_checkpoint(model, str(cfg), str(tmp_path / "out"), device="cpu", dtype="float32",
-                                  cache_dir=str(tmp_path / "cache"), batch_size=4, show_progress=False)
+    summary = evaluate_checkpoint(EvalConfig(model=model, tasks=str(cfg), out=str(tmp_path / "out"), device="cpu",
+                                             dtype="float32", cache_dir=str(tmp_path / "cache"), batch_size=4),
+                                  show_progress=False)
     emb = Embedder.from_pretrained(model, device="cpu", dtype="float32", data_root=root)
     want: dict[str, float] = {}
     for name, rows in expect.items():
@@ -269,6 +270,7 @@ def test_fixture_scores_equal_an_independent_computation(tmp_path, tiny_model_di
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## MMEB-V2" in md and "Video MRET (1)" in md and "VisDoc ViDoRe-V1 (1)" in md
     # encode once: a second run takes every vector from the cache
-    again = evaluate_checkpoint(model, str(cfg), str(tmp_path / "out2"), device="cpu", dtype="float32",
-                                cache_dir=str(tmp_path / "cache"), batch_size=4, show_progress=False)
+    again = evaluate_checkpoint(EvalConfig(model=model, tasks=str(cfg), out=str(tmp_path / "out2"), device="cpu",
+                                           dtype="float32", cache_dir=str(tmp_path / "cache"), batch_size=4),
+                                show_progress=False)
     assert again["encoding"]["encoded"] == 0 and again["tasks"] == summary["tasks"]

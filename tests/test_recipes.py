@@ -121,7 +121,7 @@ def test_global_batch_sets_the_per_device_batch(monkeypatch):
 
 
 def test_vllm_engine_arguments_are_parsed_as_yaml():
-    from unime.cli.mine import vllm_engine_kwargs
+    from unime.mining.backends import vllm_engine_kwargs
     from unime.errors import UsageError
 
     assert vllm_engine_kwargs(["tensor_parallel_size=8", "distributed_executor_backend=ray",

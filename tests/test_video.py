@@ -280,12 +280,12 @@ def test_unime_embed_reads_video_files_with_the_sampling_options(clips, tiny_mod
 def test_video_options_map_to_sampling():
     from argparse import Namespace
 
-    from unime.cli.video_options import video_sampling_from_args
+    from unime.data.video import VideoSampling
 
     none = Namespace(video_frames=None, video_fps=None, video_max_frames=None, video_max_pixels=None)
-    assert video_sampling_from_args(none) is None
-    s = video_sampling_from_args(Namespace(video_frames=None, video_fps=1.5, video_max_frames=12,
-                                           video_max_pixels=None))
+    assert VideoSampling.from_fields(none) is None
+    s = VideoSampling.from_fields(Namespace(video_frames=None, video_fps=1.5, video_max_frames=12,
+                                            video_max_pixels=None))
     assert (s.num_frames, s.fps, s.max_frames) == (None, 1.5, 12)
 
 

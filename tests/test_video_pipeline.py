@@ -19,7 +19,7 @@ CAPTIONS = ["a black square", "a dark red square", "a red square", "a bright red
 
 @pytest.mark.slow
 def test_video_through_mine_train_eval(tmp_path, tiny_model_dir):
-    from unime.eval.runners import evaluate_checkpoint
+    from unime.eval.runners import EvalConfig, evaluate_checkpoint
     from unime.mining.pipeline import MineConfig, run_mining
     from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
 
@@ -70,8 +70,9 @@ def test_video_through_mine_train_eval(tmp_path, tiny_model_dir):
     cfg = {"tasks": [{"name": "clips_ret", "format": "mmeb_v2", "path": "eval/t2v.jsonl", "modality": "video",
                       "meta_task": "retrieval", "eval_type": "global"}]}
     (data / "eval_tasks.yaml").write_text(yaml.safe_dump(cfg))
-    summary = evaluate_checkpoint(str(model), str(data / "eval_tasks.yaml"), str(tmp_path / "eval"), device="cpu",
-                                  dtype="float32", cache_dir=str(tmp_path / "cache"), show_progress=False)
+    summary = evaluate_checkpoint(EvalConfig(model=str(model), tasks=str(data / "eval_tasks.yaml"),
+                                             out=str(tmp_path / "eval"), device="cpu", dtype="float32",
+                                             cache_dir=str(tmp_path / "cache")), show_progress=False)
     hit = summary["tasks"]["clips_ret"]["hit@1"]
     assert 0.0 <= hit <= 1.0 and summary["aggregates"]["mmeb_v2"]["modalities"]["video"]["datasets"] == 1
     assert summary["encoding"]["distinct_items"] == 2 * len(CAPTIONS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import types
 import typing
 from typing import Any
@@ -20,12 +21,17 @@ def _value_type(hint: Any) -> Any:
     return hint if hint in (int, float) else None
 
 
-def option_fields(*classes: type) -> list[tuple[dataclasses.Field, Any, type]]:
-    """(field, type hint, class) of every field of `classes` that is a command-line option."""
+def option_fields(*classes: type, own_first: bool = False) -> list[tuple[dataclasses.Field, Any, type]]:
+    """(field, type hint, class) of every field of `classes` that is a command-line option; `own_first`: each
+    class's own fields before those it inherits (a command's options before the shared groups)."""
     out = []
     for cls in classes:
         hints = typing.get_type_hints(cls)
-        out += [(f, hints[f.name], cls) for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+        fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+        if own_first:
+            own = inspect.get_annotations(cls)
+            fields.sort(key=lambda f: f.name not in own)
+        out += [(f, hints[f.name], cls) for f in fields]
     return out
 
 
@@ -40,14 +46,14 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def add_options(parser: argparse.ArgumentParser, *classes: type, groups: tuple[str, ...] = (),
-                default_group: str | None = None, labels: tuple[str, ...] = ()) -> None:
+                default_group: str | None = None, labels: tuple[str, ...] = (), own_first: bool = False) -> None:
     """Add an option per field of `classes` to `parser`, in argparse groups by the fields' `group` (fields
     without one go to `default_group`; None: the parser's own options). `groups` lists the groups to add,
     in help order; fields of other groups are left out. With several classes (`labels` names them), a field
     they share is one option; where their defaults differ its default is None ("the class's own") and the
-    help names each."""
+    help names each. `own_first`: see `option_fields`."""
     found: dict[str, list] = {}
-    for f, hint, cls in option_fields(*classes):
+    for f, hint, cls in option_fields(*classes, own_first=own_first):
         found.setdefault(dest_of(f), []).append((f, hint, cls))
     by_group: dict[str | None, list] = {}
     for entries in found.values():
@@ -55,7 +61,9 @@ def add_options(parser: argparse.ArgumentParser, *classes: type, groups: tuple[s
         if group is None or group in groups:
             by_group.setdefault(group, []).append(entries)
     containers: dict[str | None, Any] = {None: parser}
-    descriptions = {k: v for c in classes for k, v in getattr(c, "option_groups", {}).items()}
+    # each group's description from the class declaring it (`option_groups`), also through several bases
+    descriptions = {k: v for c in classes for b in reversed(c.__mro__)
+                    for k, v in vars(b).get("option_groups", {}).items()}
     for title in groups:
         if title in by_group:
             containers[title] = parser.add_argument_group(title, descriptions.get(title))

@@ -196,16 +196,12 @@ def _mine(o: _Options) -> Callable[[], Any]:
 
 
 def _eval(o: _Options) -> Callable[[], Any]:
-    from unime.data.video import VideoSampling
-    from unime.eval.runners import evaluate_checkpoint
-    from unime.models.image_budget import ImageBudget
+    from unime.eval.runners import EvalConfig, evaluate_checkpoint
 
-    args = (o.get("--model"), o.get("--tasks"), o.get("--out"))
-    kwargs = dict(compare=[], video_sampling=VideoSampling.from_options(frames=o.get("--video-frames", int)),
-                  image_budget=ImageBudget.from_options(),
-                  **o.given(cache_dir=str, rerank_path=("--rerank", str), rerank_topk=("--topk", int),
-                            rerank_mode=("--mode", str), device=str))
-    return _in_folder(o, lambda: evaluate_checkpoint(*args, **kwargs))
+    cfg = EvalConfig(model=o.get("--model"), tasks=o.get("--tasks"), out=o.get("--out"),
+                     **o.given(cache_dir=str, rerank_path=("--rerank", str), rerank_topk=("--topk", int),
+                               rerank_mode=("--mode", str), device=str, video_frames=int))
+    return _in_folder(o, lambda: evaluate_checkpoint(cfg))
 
 
 def _reason_teacher(o: _Options) -> Callable[[], Any]:

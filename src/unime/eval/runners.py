@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from unime.data.items import Item
+from unime.data.video import VideoOptions
 from unime.errors import ModelError
 from unime.eval import metrics as M
 from unime.eval.mmeb_v2 import headline_metric
@@ -26,7 +27,10 @@ from unime.eval.tasks import (CompositionalData, MMEBData, QrelsData, RetrievalD
                               TaskSuite, load_task_config, load_task_data)
 from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
                                           model_fingerprint)
+from unime.models.image_budget import ImageOptions
+from unime.models.loading import EmbedderOptions
 from unime.models.reranker import RERANK_MODES, RerankerProtocol, RerankStats, rerank
+from unime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -433,55 +437,97 @@ def load_suite_data(suite: TaskSuite, *, on_error: str = "raise") -> list[tuple[
     return out
 
 
-def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str | None = None,
-                        only: list[str] | None = None, batch_size: int = 16, device: str | None = None,
-                        dtype: str = "auto", pooling: str = "auto", cache_dir: str | None = None,
-                        use_cache: bool = True, ties: str = "pessimistic", on_error: str = "raise",
-                        rerank_path: str | None = None,
-                        rerank_topk: int = DEFAULT_RERANK_TOPK, rerank_mode: str = "top1",
-                        rerank_compositional: str = "pairwise",
-                        compare: list[str] | None = None, show_progress: bool = True, video_sampling=None,
-                        image_budget=None, overwrite: bool = False) -> dict:
-    """`unime eval --model ...`: evaluate one embedder checkpoint on a task config; returns the summary.
+@dataclass(kw_only=True)
+class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
+    """Options of `unime eval`: each field declares its option (`unime.options`)."""
+
+    model: str | None = option(None, "embedder checkpoint (HF folder, hub id, or PEFT adapter folder)")
+    tasks: list[str] | str | None = option(
+        None, "task config YAML, a folder holding eval_tasks.yaml (e.g. the demo world or a `data import` folder), "
+              "the name of a shipped config (mmeb_v1), or MMEB-eval files (.jsonl / .parquet, one task each) / "
+              "folders of them", nargs="+", metavar="TASKS")
+    tasks_root: str | None = option(None, "folder the task paths are relative to (overrides the config's root; e.g. "
+                                    "your MMEB-eval folder for --tasks mmeb_v1)")
+    only: list[str] | None = option(None, "evaluate only this task (repeatable)", dest="task", action="append",
+                                    metavar="NAME")
+    out: str | None = option(None, "output folder (required)")
+    compare: list[str] = option(help="result folders to put side by side (with this run, if --model is given)",
+                                factory=list, nargs="+", metavar="DIR", cli_default=[])
+    pooling: str = option("auto", "auto: <emb> token if the tokenizer has it, else the last token",
+                          choices=["auto", "last", "emb"])
+    cache_dir: str | None = option(None, "embedding cache folder (default: $UNIME_CACHE_DIR/embeddings or "
+                                   "~/.cache/unime/embeddings)")
+    no_cache: bool = option(False, "do not read or write the embedding cache")
+    ties: str = option("pessimistic", "exact score ties: pessimistic = a tie with a relevant item counts against it "
+                       "(default); index = lower candidate index wins (VLM2Vec's argmax)", choices=list(M.TIE_POLICIES))
+    on_error: str = option("raise", "a bad data row stops the run (raise, default) or is left out and counted (skip)",
+                           choices=["raise", "skip"])
+    rerank_path: str | None = option(None, "reranker checkpoint: report every task with and without reranking",
+                                     dest="rerank", metavar="CKPT")
+    rerank_topk: int = option(DEFAULT_RERANK_TOPK, "candidates the reranker sees (default %(default)s, the paper's)",
+                              dest="topk")
+    rerank_mode: str = option("top1", "top1: the reranker's pick moves to rank 1; resort: sort the top k by pairwise "
+                              "score", dest="mode", choices=list(RERANK_MODES))
+    rerank_compositional: str = option(
+        "pairwise", "reranking of compositional (SugarCrepe) tasks: pairwise = the reranker's P(Yes) of each caption, "
+                    "the higher wins (the paper's); run = the run-wide --mode", dest="compositional_mode",
+        choices=list(COMPOSITIONAL_RERANK_MODES))
+    overwrite: bool = option(False, cli=False)  # a re-run with other options starts over (else refused)
+
+    def __post_init__(self):
+        if isinstance(self.tasks, (list, tuple)) and len(self.tasks) == 1:  # one config: its path, as recorded
+            self.tasks = self.tasks[0]
+
+
+def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
+    """`unime eval --model ...`: evaluate the embedder `cfg.model` on the task config(s) `cfg.tasks` into the
+    folder `cfg.out`; returns the summary.
 
     Follows the resume convention (`unime.eval.rerun`): a re-run continues from the embedding cache, a
     finished run (same options and inputs) returns its summary (with `"finished_before": True`) and does
-    nothing, other options raise `ChangedOptions` unless `overwrite`."""
+    nothing, other options raise `ChangedOptions` unless `cfg.overwrite`."""
     from dataclasses import asdict
 
     from unime.eval import report, rerun
     from unime.models.embedder import Embedder
 
+    from unime.data.video import VideoSampling
+    from unime.models.image_budget import ImageBudget
+
     t_start = time.perf_counter()
-    opts = EvalOptions(ties=ties, rerank_topk=rerank_topk, rerank_mode=rerank_mode)
+    model, tasks, out_dir, tasks_root, only, device, dtype, batch_size, ties, on_error, rerank_path = (
+        cfg.model, cfg.tasks, cfg.out, cfg.tasks_root, cfg.only, cfg.device, cfg.dtype, cfg.batch_size, cfg.ties,
+        cfg.on_error, cfg.rerank_path)
+    video_sampling, image_budget = VideoSampling.from_fields(cfg), ImageBudget.from_args(cfg)
+    opts = EvalOptions(ties=ties, rerank_topk=cfg.rerank_topk, rerank_mode=cfg.rerank_mode)
     suite = load_task_config(tasks, root=tasks_root, only=only)
     data = load_suite_data(suite, on_error=on_error)  # bad data fails here, before the model is loaded
     # the options that change the results (batch size, cache and progress bars do not)
     run_options = {"model": str(model), "tasks": tasks, "tasks_root": tasks_root, "only": only, "device": device,
-                   "dtype": str(dtype), "pooling": pooling, "ties": ties, "on_error": on_error,
-                   "reranker": rerank_path, "rerank_topk": rerank_topk, "rerank_mode": rerank_mode,
-                   "rerank_compositional": rerank_compositional, "compare": list(compare or []),
+                   "dtype": str(dtype), "pooling": cfg.pooling, "ties": ties, "on_error": on_error,
+                   "reranker": rerank_path, "rerank_topk": cfg.rerank_topk, "rerank_mode": cfg.rerank_mode,
+                   "rerank_compositional": cfg.rerank_compositional, "compare": list(cfg.compare),
                    "video_sampling": asdict(video_sampling) if video_sampling is not None else None,
-                   "image_budget": image_budget.to_dict() if image_budget is not None else None}
+                   "image_budget": image_budget.to_dict()}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     finished = rerun.begin(out_dir, run_options, rerun.input_identity(out_dir, model, data, rerank_path),
-                           overwrite=overwrite)
+                           overwrite=cfg.overwrite)
     if finished is not None:
         return {**finished, "finished_before": True}
     t_data = time.perf_counter()
     # image_budget: explicit resolution options, over each checkpoint's recorded setting
-    embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=pooling, batch_size=batch_size,
+    embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=cfg.pooling, batch_size=batch_size,
                                         video_sampling=video_sampling, image_budget=image_budget)
     reranking = None
     if rerank_path:
         reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype, image_budget=image_budget),
-                              rerank_topk, rerank_mode, compositional_mode=rerank_compositional)
+                              cfg.rerank_topk, cfg.rerank_mode, compositional_mode=cfg.rerank_compositional)
         if video_sampling is not None and hasattr(reranking.reranker, "image_loader"):
             reranking.reranker.image_loader.video_sampling = video_sampling
     t_model = time.perf_counter()
     settings = embedding_settings(embedder, dtype)
     model_id = model_fingerprint(model, settings)
-    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
+    cache = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     encoder = RunEncoder(embedder, model_id, cache_dir=cache, batch_size=batch_size, show_progress=show_progress,
                          model_info={"model": str(model), "settings": settings})
     encoder.on_saved = lambda st: rerun.record_work(out_dir, encoded=st.encoded, encode_seconds=st.encode_seconds,
@@ -499,6 +545,6 @@ def evaluate_checkpoint(model: str, tasks: str, out_dir: str, *, tasks_root: str
     if rerank_path:
         meta["reranker"] = str(rerank_path)
     run.attempts = rerun.attempts(out_dir)  # 1 + the interrupted attempts this run continued from
-    summary = report.write_run(out_dir, run, meta=meta, compare=compare or [])
+    summary = report.write_run(out_dir, run, meta=meta, compare=cfg.compare)
     rerun.finish(out_dir)
     return summary

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from unime.options import option
+
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 INDEX_STORAGES = ("float32", "float16")
 ADD_BLOCK_ROWS = 65536  # rows converted to float32 and added to the index at a time
@@ -52,6 +54,30 @@ class IndexConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+ANN_GROUP = "FAISS index"
+
+
+@dataclass(kw_only=True)
+class AnnOptions:
+    """The `IndexConfig` parameters as options of `unime index build` and `unime mine` (defaults: its own)."""
+
+    option_groups = {ANN_GROUP: "approximate search (hnsw, ivf) and the precision of the vectors inside the index"}
+    nlist: int = option(IndexConfig.nlist, "ivf: number of lists (0 = 4*sqrt(n))", group=ANN_GROUP)
+    nprobe: int = option(IndexConfig.nprobe, "ivf: lists probed per query", group=ANN_GROUP)
+    train_sample: int = option(IndexConfig.train_sample, "ivf: vectors sampled to train the lists "
+                               "(0 = min(n, 256*nlist))", group=ANN_GROUP)
+    hnsw_m: int = option(IndexConfig.hnsw_m, "hnsw: graph degree", group=ANN_GROUP)
+    ef_construction: int = option(IndexConfig.ef_construction, "hnsw: build breadth", group=ANN_GROUP)
+    ef_search: int = option(IndexConfig.ef_search, "hnsw: search breadth", group=ANN_GROUP)
+    index_storage: str = option(IndexConfig.storage, "precision of the vectors inside the FAISS index (float16: "
+                                "half the memory)", choices=list(INDEX_STORAGES), group=ANN_GROUP)
+
+    def index_config(self, kind: str = "flat", seed: int = 0) -> IndexConfig:
+        return IndexConfig(kind=kind, nlist=self.nlist, nprobe=self.nprobe, train_sample=self.train_sample,
+                           hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, ef_search=self.ef_search,
+                           storage=self.index_storage, seed=seed)
 
 
 def choose_kind(kind: str, n: int, threshold: int = AUTO_APPROX_THRESHOLD) -> str:

@@ -38,8 +38,10 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
 from unime.errors import DataError, UnimeError
-from unime.index.ann import (AUTO_APPROX_THRESHOLD, IndexConfig, build_index, choose_kind, index_memory_bytes,
-                             recall_summary, set_search_breadth)
+from unime.index.ann import (AUTO_APPROX_THRESHOLD, INDEX_KINDS, AnnOptions, IndexConfig, build_index, choose_kind,
+                             index_memory_bytes, recall_summary, set_search_breadth)
+from unime.models.loading import EmbedderOptions
+from unime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +354,82 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     manifest["last_build"] = stats.to_dict()
     _write_json(manifest_path, manifest)
     return CorpusIndex(out), stats
+
+
+@dataclass(kw_only=True)
+class IndexModelOptions(EmbedderOptions):
+    """The embedder options of `unime index build` and `unime search`."""
+
+    dtype: str = option(EmbedderOptions.dtype, "auto, fp32, bf16, fp16 (part of the index's model identity)")
+
+
+@dataclass(kw_only=True)
+class IndexBuildConfig(IndexModelOptions, AnnOptions):
+    """Options of `unime index build`: each field declares its option (`unime.options`)."""
+
+    model: str = option(help="embedder checkpoint (HF folder, hub id, or PEFT adapter)")
+    items: str = option(help='JSONL, one {"id"?, "metadata"?, "text"?, "image"?|"images"?} per line (id defaults to '
+                        'the content key)')
+    data_root: str | None = option(None, "folder image paths are relative to (default: the items file's folder)")
+    out: str = option(help="index folder (created; an existing index is extended)")
+    vector_dtype: str = option("float32", "stored vector precision", choices=list(VECTOR_DTYPES))
+    index: str = option("auto", "FAISS index: flat = exact; auto = flat up to --approx-threshold vectors, hnsw above",
+                        choices=["auto", *INDEX_KINDS])
+    approx_threshold: int = option(AUTO_APPROX_THRESHOLD, "vectors up to which --index auto builds an exact index")
+    recall_k: int = option(10, "k of the recall@k measured for an approximate index")
+    recall_sample: int = option(200, "rows sampled as queries for that measurement")
+    chunk_size: int = option(1024, "items per written chunk (unit of resumption)")
+    cache_dir: str | None = option(None, "embedding cache shared with eval/mine (default: $UNIME_CACHE_DIR or "
+                                   "~/.cache/unime)")
+    no_thumbnails: bool = option(False, "do not store image thumbnails in the index")
+
+
+def build_index_folder(cfg: IndexBuildConfig) -> tuple[CorpusIndex, BuildStats]:
+    """`unime index build`: load the embedder and build or extend the index `cfg.out` (`build_corpus_index`)."""
+    from unime.models.embedder import Embedder
+    from unime.models.embedding_cache import default_cache_dir, embedding_settings
+
+    index_config = cfg.index_config()  # bad index parameters are refused before the model loads
+    root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.items))
+    emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
+                                   batch_size=cfg.batch_size)
+    return build_corpus_index(
+        cfg.items, cfg.out, embedder=emb, model=cfg.model, data_root=root,
+        cache_dir=cfg.cache_dir or default_cache_dir(), vector_dtype=cfg.vector_dtype, index=cfg.index,
+        index_config=index_config, approx_threshold=cfg.approx_threshold, chunk_size=cfg.chunk_size,
+        recall_k=cfg.recall_k, recall_sample=cfg.recall_sample, thumbnails=not cfg.no_thumbnails,
+        batch_size=cfg.batch_size, show_progress=True, model_settings=embedding_settings(emb, cfg.dtype))
+
+
+@dataclass(kw_only=True)
+class SearchConfig(IndexModelOptions):
+    """Options of `unime search`: each field declares its option (`unime.options`)."""
+
+    index: str = option(help="index folder")
+    query: str = option("", "query text")
+    image: str | None = option(None, "query image file")
+    instruction: str | None = option(None, "instruction put before the query text")
+    model: str | None = option(None, "embedder (default: the one recorded in the index manifest)")
+    k: int = option(10, "hits shown")
+    json: bool = option(False, "print JSON lines instead of a table")
+
+    def query_item(self) -> Item:
+        text = self.query
+        if self.instruction:
+            text = f"{self.instruction}\n{text}" if text else self.instruction
+        return Item(text=text, images=(Path(self.image).read_bytes(),) if self.image else ())
+
+
+def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
+    """`unime search`: the top `cfg.k` hits of `query` in the index `cfg.index`, encoded by its embedder."""
+    from unime.models.embedder import Embedder
+    from unime.models.embedding_cache import embedding_settings
+
+    idx = CorpusIndex(cfg.index)
+    model = cfg.model or idx.manifest["model"]
+    emb = Embedder.from_pretrained(model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    check_model(idx, model, embedding_settings(emb, cfg.dtype))
+    return search_items(idx, emb.encode([query]), cfg.k)[0]
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -1,4 +1,5 @@
-"""`unime judge`: the judge alone on a pairs file (`score_pairs_file`), optionally checked against labels.
+"""`unime judge`: the judge alone on a pairs file (`score_pairs_file`; `JudgePairsConfig` / `judge_pairs`: the
+command's options and call), optionally checked against labels.
 
 A pairs file is JSONL of `{"id"?, "query": item, "candidate": item}` (`read_pairs`). The pairs are grouped
 by query, so each query's prefix is run once and each distinct (query, candidate) pair scored once
@@ -8,13 +9,41 @@ by query, so each query's prefix is run once and each distinct (query, candidate
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from unime.data.atomic import atomic_open
 from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
 from unime.errors import DataError
-from unime.mining.backends import JudgeSpec, make_backend
+from unime.mining.backends import JudgeOptions, JudgeSpec, make_backend
+from unime.options import option
+
+
+@dataclass(kw_only=True)
+class JudgePairsConfig(JudgeOptions):
+    """Options of `unime judge`: each field declares its option (`unime.options`)."""
+
+    pairs: str = option(help='JSONL of {"id"?, "query": item, "candidate": item}')
+    judge: str = option(help="judge checkpoint")
+    out: str = option(help='output JSONL of {"id", "score"}, in input order')
+    data_root: str | None = option(None, "folder image paths are relative to (default: the pairs' folder)")
+    on_error: str = option("raise", "skip bad pairs and pairs with a bad image (counted and reported; their ids are "
+                           "missing from the output) instead of stopping at the first", choices=["raise", "skip"])
+    label_column: str | None = option(None, "the pairs carry a relevance label under KEY (> 0 = relevant): evaluate "
+                                      "the judge — AUC, accuracy, score spread printed and in OUT.metrics.json, "
+                                      "calibration plot OUT.calibration.png", metavar="KEY")
+    backend_options: dict = option(factory=dict, cli=False)  # `make_backend`'s (`BackendOptions.for_backend`)
+
+
+def judge_pairs(cfg: JudgePairsConfig, *, skips=None) -> int | dict:
+    """`unime judge`: `score_pairs_file` with the command's options (image paths relative to `cfg.data_root`,
+    default the pairs file's folder or the root recorded beside it)."""
+    from unime.data.roots import resolve_data_root
+
+    spec = cfg.judge_spec(cfg.judge, resolve_data_root(cfg.pairs, cfg.data_root))
+    return score_pairs_file(cfg.pairs, cfg.out, spec, backend=cfg.backend, backend_options=cfg.backend_options,
+                            on_error=cfg.on_error, skips=skips, label_column=cfg.label_column)
 
 
 def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, label_column: str | None = None) \

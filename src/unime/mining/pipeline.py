@@ -30,76 +30,60 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
+from unime.index.ann import INDEX_KINDS, AnnOptions
+from unime.mining.backends import JudgeBackend, JudgeOptions, JudgeSpec, make_backend
 from unime.mining.inputs import MiningInputs, load_inputs
 from unime.mining.manifest import Manifest, judge_hash, retrieval_hash, run_hash
 from unime.mining.pairs import score_pairs_file  # noqa: F401  (the `unime judge` command imports it from here)
 from unime.mining.retrieval import IndexConfig
 from unime.mining.sampling import DEFAULT_BETA
 from unime.mining.stages import is_number, run_judge, run_retrieval, run_sampling, write_outputs
+from unime.options import option
 from unime.outdir import claim
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class MineConfig:
-    records: str
-    embedder: str
-    judge: str
-    out: str
-    pool: str | None = None  # JSONL of items; default: the de-duplicated union of all positives
-    data_root: str | None = None  # image paths are relative to it; default: the records file's folder
-    k: int = 50
-    beta: float = DEFAULT_BETA
-    interval: int = 5
-    count: int = 10
-    fallback: str = "random"
-    seed: int = 0
-    index: str = "flat"
-    nprobe: int = 16
-    ef_search: int = 128
-    # more FAISS index parameters (unime.index.ann.IndexConfig): ivf lists and training sample, hnsw graph
-    # degree and build breadth, float16 storage inside the index
-    nlist: int = 0
-    train_sample: int = 0
-    hnsw_m: int = 32
-    ef_construction: int = 40
-    index_storage: str = "float32"
-    shard_size: int = 64
-    backend: str = "local"
-    backend_options: dict = field(default_factory=dict)
-    device: str | None = None
-    dtype: str | None = None
-    embed_batch_size: int = 16
-    judge_chunk_size: int = 16
-    judge_image_cache: int = 1024  # candidate images whose vision features the judge keeps
-    cache_dir: str | None = None  # embedding cache; default: out/cache/embeddings
-    on_error: str = "raise"
-    allow_outside_root: bool = False
-    audit: bool = False
-    world: str | None = None
-    audit_threshold: float = 1.0  # relevance >= this makes a retrieved candidate a false negative
-    show_progress: bool = False
-    # image resolution for the embedder and the judge (unset: each checkpoint's recorded setting)
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    image_size: Any = None
-    # video sampling for the embedder and the judge (unset: `VideoSampling` defaults, 8 frames)
-    video_frames: int | None = None
-    video_fps: float | None = None
-    video_max_frames: int | None = None
-    video_max_pixels: int | None = None
-    overwrite: bool = False  # a re-run with other options: redo what depends on them (else refused)
+class MineConfig(JudgeOptions, AnnOptions):
+    """Options of `unime mine`: each field declares its option (`unime.options`)."""
+
+    records: str = option(help="training records (.jsonl, .parquet, UniME-V2 .json)")
+    embedder: str = option(help="embedder checkpoint for the global retrieval")
+    judge: str = option(help="judge checkpoint (a generative MLLM answering Yes/No); with --backend oracle, the "
+                        "world folder")
+    out: str = option(help="output folder (resumable: re-run the same command to resume)")
+    pool: str | None = option(None, "JSONL of candidate items (default: the de-duplicated union of all positives)")
+    data_root: str | None = option(None, "folder image paths are relative to (default: --world if given, else the "
+                                   "records' folder)")
+    k: int = option(50, "candidates retrieved per query")
+    beta: float = option(DEFAULT_BETA, "false negative: s(q,c) > s(q,c_t) - beta")
+    interval: int = option(5, "cyclical sampling interval")
+    count: int = option(10, "negatives stored per query")
+    fallback: str = option("random", "no survivor: draw at random from the K with score 1.0 (paper), or drop the "
+                           "query", choices=["random", "drop"])
+    seed: int = option(0, "random seed (the fallback draw, IVF's training sample)")
+    index: str = option("flat", "FAISS index (flat = exact)", choices=list(INDEX_KINDS))
+    shard_size: int = option(64, "queries per judge shard (unit of resumption)")
+    embed_batch_size: int = option(16, "embedder batch size of the retrieval")
+    cache_dir: str | None = option(None, "embedding cache, shared format with `unime eval --cache-dir` (default: "
+                                   "OUT/cache/embeddings)")
+    on_error: str = option("raise", "skip bad records (counted and reported) instead of stopping at the first",
+                           choices=["raise", "skip"])
+    audit: bool = option(False, "audit the judge against the demo world (needs --world)")
+    world: str | None = option(None, "demo world folder (for --audit)")
+    audit_threshold: float = option(1.0, "audit: relevance at or above which a retrieved candidate is a false "
+                                    "negative")
+    show_progress: bool = option(False, "show progress bars", dest="progress")
+    backend_options: dict = option(factory=dict, cli=False)  # `make_backend`'s (`BackendOptions.for_backend`)
+    overwrite: bool = option(False, cli=False)  # a re-run with other options: redo what depends on them (else refused)
 
     def index_config(self) -> IndexConfig:
-        return IndexConfig(kind=self.index, nprobe=self.nprobe, ef_search=self.ef_search, nlist=self.nlist,
-                           train_sample=self.train_sample, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
-                           storage=self.index_storage, seed=self.seed)
+        return AnnOptions.index_config(self, self.index, self.seed)
 
     def index_key(self) -> list:
         """The index parameters in the retrieval stage's hash: [kind, nprobe, efSearch] as before, then only
@@ -119,17 +103,6 @@ class MineConfig:
             raise ValueError(f"fallback must be 'random' or 'drop', got {self.fallback!r}")
         if self.audit and not self.world:
             raise ValueError("audit needs a demo world (world=...)")
-
-    @property
-    def image_budget(self):
-        from unime.models.image_budget import ImageBudget
-
-        return ImageBudget.from_options(self.min_pixels, self.max_pixels, self.image_size)
-
-    @property
-    def video_options(self) -> dict:
-        return {"frames": self.video_frames, "fps": self.video_fps, "max_frames": self.video_max_frames,
-                "max_pixels": self.video_max_pixels}
 
     @property
     def video_sampling(self):
@@ -193,12 +166,7 @@ class MiningRun:
         return self._embedder
 
     def judge_spec(self) -> JudgeSpec:
-        c = self.config
-        return JudgeSpec(path=c.judge, device=c.device, dtype=c.dtype, data_root=c.resolved_data_root,
-                         allow_outside_root=c.allow_outside_root, chunk_size=c.judge_chunk_size,
-                         image_cache_size=c.judge_image_cache,
-                         image_budget=c.image_budget.as_items(),
-                         video_sampling=tuple(sorted((k, v) for k, v in c.video_options.items() if v is not None)))
+        return self.config.judge_spec(self.config.judge, self.config.resolved_data_root)
 
     def backend(self) -> JudgeBackend:
         if self._backend is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,11 @@ from unime.data.io import ImageChecker
 from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
+from unime.data.video import VideoOptions
 from unime.errors import DataError
+from unime.models.image_budget import ImageOptions
+from unime.models.loading import EmbedderOptions
+from unime.options import option
 
 
 def read_items_file(path: str, *, data_root: str, on_error: str = "raise", skips: SkipReport | None = None,
@@ -42,29 +47,43 @@ def read_items_file(path: str, *, data_root: str, on_error: str = "raise", skips
     return items, lines
 
 
-def encode_items_file(items_path: str, out: str, *, model: str, data_root: str | None = None,
-                      device: str | None = None, dtype: str = "auto", batch_size: int = 16,
-                      on_error: str = "raise", video_sampling=None,
-                      image_budget=None) -> tuple[Path, int, int, SkipReport]:
-    """Encode the items of `items_path` with `model`; write the array to exactly `out` (atomic; its
-    folder is created). `image_budget` (`unime.models.image_budget.ImageBudget`): its set fields override
-    the model's pixel bounds. Returns (path, rows, dimension, skips)."""
-    from unime.models.embedder import Embedder
+@dataclass(kw_only=True)
+class EmbedConfig(EmbedderOptions, ImageOptions, VideoOptions):
+    """Options of `unime embed`: each field declares its option (`unime.options`)."""
 
+    model: str = option(help="embedder checkpoint (HF folder, hub id, or PEFT adapter)")
+    items: str = option(help="JSONL, one item per line")
+    data_root: str | None = option(None, "folder that image paths are relative to (default: the items file's folder)")
+    out: str = option(help="output .npy (float32, L2-normalised)")
+    on_error: str = option("raise", "skip bad lines and items with a bad image (counted and reported; OUT.lines.json "
+                           "then lists the line each row of the array came from) instead of stopping at the first",
+                           choices=["raise", "skip"])
+
+
+def encode_items_file(cfg: EmbedConfig) -> tuple[Path, int, int, SkipReport]:
+    """Encode the items of `cfg.items` with `cfg.model`; write the array to exactly `cfg.out` (atomic; its
+    folder is created). The image options given override the model's pixel bounds
+    (`unime.models.image_budget.ImageBudget`). Returns (path, rows, dimension, skips)."""
+    from unime.data.roots import resolve_data_root
+    from unime.data.video import VideoSampling
+    from unime.models.embedder import Embedder
+    from unime.models.image_budget import ImageBudget
+
+    items_path = cfg.items
     if not os.path.isfile(items_path):
         raise DataError("items file not found", source=items_path)
-    from unime.data.roots import resolve_data_root
-
-    root = resolve_data_root(items_path, data_root)  # --data-root, else the one recorded beside the file
+    root = resolve_data_root(items_path, cfg.data_root)  # --data-root, else the one recorded beside the file
+    video_sampling = VideoSampling.from_fields(cfg)
     skips = SkipReport()
-    items, lines = read_items_file(items_path, data_root=root, on_error=on_error, skips=skips,
+    items, lines = read_items_file(items_path, data_root=root, on_error=cfg.on_error, skips=skips,
                                    video_sampling=video_sampling)
     if not items:
         raise DataError("no items to encode", source=items_path)
-    emb = Embedder.from_pretrained(model, device=device, dtype=dtype, data_root=root, batch_size=batch_size,
-                                   video_sampling=video_sampling, image_budget=image_budget)
+    emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
+                                   batch_size=cfg.batch_size, video_sampling=video_sampling,
+                                   image_budget=ImageBudget.from_args(cfg))
     vecs = emb.encode(items, show_progress=True)
-    path = Path(out)
+    path = Path(cfg.out)
     with atomic_open(path, "wb") as fh:  # np.save on a file object: no ".npy" appended to the name
         np.save(fh, vecs)
     if skips.total:

@@ -17,7 +17,15 @@ from unime.options import option
 class DeviceOptions:
     """`--device`, shared by the commands that load a model."""
 
-    device: str | None = option(None, "cpu or cuda (default: cuda if present)")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
+
+
+@dataclass(kw_only=True)
+class EmbedderOptions(DeviceOptions):
+    """`--device`, `--dtype`, `--batch-size`: how the commands that encode with an embedder load and run it."""
+
+    dtype: str = option("auto", "auto, fp32, bf16, fp16")
+    batch_size: int = option(16, "items per encoder forward pass")
 
 
 def resolve_device(device: str | None = None) -> str:

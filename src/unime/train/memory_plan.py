@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from unime.models.lora import EMBEDDER_LORA, GENERATIVE_LORA
+from unime.options import option
 
 GiB = 1024 ** 3
 DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "float32": 4}
@@ -363,3 +364,27 @@ def parse_memory(text: str | None) -> float | None:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"bad memory size {text!r}")
     return value
+
+
+@dataclass(kw_only=True)
+class PlanOptions:
+    """Options of `unime plan` (the planned command's own options come from its recipe and `--set`)."""
+
+    stage: str | None = option(None, "what to plan (default: the recipe's): train embedder, train reranker, or the "
+                               "mining judge", choices=list(PLANNERS))
+    model: str | None = option(None, "a known release (e.g. Qwen/Qwen2-VL-2B-Instruct) or a local checkpoint folder "
+                               "(default: the recipe's)")
+    gpus: int = option(1, "devices (data parallel)")
+    gpu_memory: str | None = option(None, "memory per device, e.g. 80GB", metavar="SIZE")
+    text_tokens: int = option(64, "text + chat-template tokens per item (default %(default)s)")
+    images_per_item: float = option(1.0, "images per query / candidate on average (default 1: every item has an "
+                                    "image)")
+    overrides: list[str] = option(help="override one option of the planned command, e.g. --set chunk-size=4, or a "
+                                  "flag: --set gradient-checkpointing (repeatable)", factory=list, dest="set",
+                                  action="append", metavar="OPTION=VALUE", cli_default=[])
+    json: bool = option(False, "print the plan as JSON")
+
+    def plan(self, stage: str, model: str, options: dict, title: str) -> Plan:
+        """The `stage` planner's plan of `model` run with the planned command's resolved `options`."""
+        return PLANNERS[stage](model, options, gpus=self.gpus, gpu_memory_gb=parse_memory(self.gpu_memory),
+                               text_tokens=self.text_tokens, images_per_item=self.images_per_item, title=title)

@@ -8,11 +8,97 @@ candidates — and returns one float64 score array per group, in order. Backends
 
 from __future__ import annotations
 
-from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
+from dataclasses import dataclass
 
-__all__ = ["BACKENDS", "JudgeBackend", "JudgeSpec", "QueryGroup", "make_backend"]
+from unime.data.video import VideoOptions
+from unime.errors import UsageError
+from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
+from unime.models.image_budget import ImageBudget, ImageOptions
+from unime.models.loading import DeviceOptions
+from unime.options import option
+
+__all__ = ["BACKENDS", "BackendOptions", "JudgeBackend", "JudgeOptions", "JudgeSpec", "QueryGroup", "make_backend"]
 
 BACKENDS = ("local", "ray", "vllm", "oracle")
+
+
+@dataclass(kw_only=True)
+class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
+    """How the judge (and `unime mine`'s embedder) is loaded, and where the judge runs: the options
+    `unime mine` and `unime judge` share."""
+
+    dtype: str | None = option(None, "auto, fp32, bf16, fp16 (default: bf16 on GPU, fp32 on CPU)")
+    allow_outside_root: bool = option(False, "permit absolute paths and '..' in image paths")
+    backend: str = option("local", "where the judge runs; `oracle` = diagnostic: --judge is a generated world or a "
+                          "labels / qrels JSONL file (e.g. `data import`'s train/qrels.jsonl) whose ground truth "
+                          "replaces the judge's scores (unlisted pairs: 0)", choices=list(BACKENDS))
+    judge_chunk_size: int = option(JudgeSpec.chunk_size, "candidate continuations per judge forward",
+                                   dest="chunk_size")
+    judge_image_cache: int = option(JudgeSpec.image_cache_size, "candidate images whose vision-encoder outputs "
+                                    "the judge keeps (0 = off)", dest="image_cache")
+
+    @property
+    def image_budget(self) -> ImageBudget:
+        return ImageBudget.from_args(self)
+
+    @property
+    def video_options(self) -> dict:
+        return {"frames": self.video_frames, "fps": self.video_fps, "max_frames": self.video_max_frames,
+                "max_pixels": self.video_max_pixels}
+
+    def judge_spec(self, path: str, data_root: str | None) -> JudgeSpec:
+        return JudgeSpec(path=path, device=self.device, dtype=self.dtype, data_root=data_root,
+                         allow_outside_root=self.allow_outside_root, chunk_size=self.judge_chunk_size,
+                         image_cache_size=self.judge_image_cache, image_budget=self.image_budget.as_items(),
+                         video_sampling=tuple(sorted((k, v) for k, v in self.video_options.items() if v is not None)))
+
+
+@dataclass(kw_only=True)
+class BackendOptions:
+    """The judge backends' own settings (`make_backend`'s options) and torch's CPU threads: options of
+    `unime mine` and `unime judge` that are not part of a run's identity."""
+
+    threads: int | None = option(None, "CPU threads for torch (default: torch's choice; 1 is often fastest on a "
+                                 "busy machine)")
+    ray_workers: int = option(2, "ray: number of judge actors")
+    ray_address: str | None = option(None, "ray: cluster address (default: start a local cluster)")
+    ray_gpus_per_worker: float = option(0.0, "ray: GPUs per judge actor")
+    vllm_logprobs: int = option(20, "vllm: top-K logprobs returned per request")
+    vllm_missing: str = option("bound", "vllm: Yes/No missing from the top-K (see unime.mining.backends.vllm)",
+                               choices=["bound", "error"])
+    vllm_engine_arg: list[str] = option(help="vllm: an argument of vllm.LLM (value read as YAML), e.g. "
+                                        "tensor_parallel_size=8, distributed_executor_backend=ray, "
+                                        "gpu_memory_utilization=0.9 (repeatable)", factory=list, action="append",
+                                        metavar="KEY=VALUE", cli_default=[])
+
+    def for_backend(self, backend: str) -> dict:
+        """`make_backend`'s options for `backend`."""
+        if backend == "ray":
+            return {"num_workers": self.ray_workers, "address": self.ray_address,
+                    "num_gpus_per_worker": self.ray_gpus_per_worker}
+        if backend == "vllm":
+            return {"logprobs": self.vllm_logprobs, "missing": self.vllm_missing,
+                    "engine_kwargs": vllm_engine_kwargs(self.vllm_engine_arg)}
+        return {}
+
+    def set_threads(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+
+
+def vllm_engine_kwargs(pairs: list[str]) -> dict:
+    """`KEY=VALUE` strings → keyword arguments of `vllm.LLM` (values parsed as YAML: 8 → int, true → bool)."""
+    import yaml
+
+    out = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--vllm-engine-arg expects KEY=VALUE, got {item!r}", command="mine")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def make_backend(name: str, spec: JudgeSpec, **options) -> JudgeBackend:
