@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_inputs import GOOD_IMAGE, IMAGE_CASES, READER_CASES, RECORD_CASES, Case, build_images, good_record, tree, \
-    write_records_file
+from tests.bad_inputs import GOOD_IMAGE, IMAGE_CASES, READER_CASES, RECORD_CASES, Case, build_images, good_record, \
+    tree, write_records_file
 from unime.cli import main
 
 N_GOOD = 4

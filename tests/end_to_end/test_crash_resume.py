@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 KILLS = int(os.environ.get("UNIME_KILL_POINTS", "5"))
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 CLI = "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -101,7 +101,7 @@ def _same_tensors(a: Path, b: Path) -> None:
 
 
 def test_mining_killed_repeatedly_gives_the_uninterrupted_outputs(tmp_path, tiny_model_dir):
-    from test_mining_pipeline import _write_dataset
+    from tests.mining.test_mining_pipeline import _write_dataset
 
     records = _write_dataset(tmp_path / "data")
 
@@ -118,7 +118,7 @@ def test_mining_killed_repeatedly_gives_the_uninterrupted_outputs(tmp_path, tiny
 
 
 def test_embedder_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
-    from test_train_embedder import mined_world_records
+    from tests.train.test_train_embedder import mined_world_records
 
     from unime.data.io import write_records
     from unime.data.synth import generate_world
@@ -146,7 +146,7 @@ def test_embedder_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp
 
 
 def test_reranker_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
-    from test_reranker_training import write_world
+    from tests.train.test_reranker_training import write_world
 
     records = write_world(tmp_path / "data")
 
@@ -166,7 +166,7 @@ def test_reranker_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp
 
 
 def test_eval_killed_repeatedly_gives_the_uninterrupted_results(tmp_path, tiny_model_dir):
-    from test_eval import build_world
+    from tests.eval.test_eval import build_world
 
     tasks = build_world(tmp_path / "world")
 
@@ -232,7 +232,7 @@ def _kill_when_paused(argv: list[str], pause_at: str, pause_arg: str | None = No
 
 
 def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_step(tmp_path, tiny_model_dir):
-    from test_train_embedder import mined_world_records
+    from tests.train.test_train_embedder import mined_world_records
 
     from unime.data.io import write_records
     from unime.data.synth import generate_world
@@ -268,7 +268,7 @@ def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_s
 
 
 def test_reranker_killed_during_its_export_exports_the_final_checkpoint(tmp_path, tiny_model_dir):
-    from test_reranker_training import write_world
+    from tests.train.test_reranker_training import write_world
 
     records = write_world(tmp_path / "data")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_embedder import K, mined_world  # noqa: F401  (session fixture)
+from tests.train.test_train_embedder import K, mined_world  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slow
 
