@@ -586,12 +586,8 @@ def test_train_reasoner_grpo_names_the_file_line_and_field_of_every_case(corpus_
 
 
 @pytest.fixture(scope="module")
-def teacher_world(tmp_path_factory) -> Path:
-    from unime.data.synth import generate_world
-
-    world = tmp_path_factory.mktemp("teacher") / "world"
-    generate_world(world, sizes="tiny", seed=0)
-    return world
+def teacher_world(tiny_world_dir) -> Path:
+    return tiny_world_dir(0)  # the session's seed-0 tiny world, read only
 
 
 def _world_lines(world: Path, n: int) -> list[bytes]:

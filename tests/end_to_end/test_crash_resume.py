@@ -117,15 +117,12 @@ def test_mining_killed_repeatedly_gives_the_uninterrupted_outputs(tmp_path, tiny
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
 
 
-def test_embedder_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
-    from tests.train.test_train_embedder import mined_world_records
-
+def test_embedder_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir, tiny_world_dir):
+    from tests.conftest import mined_world_records
     from unime.data.io import write_records
-    from unime.data.synth import generate_world
 
-    world = tmp_path / "world"
-    generate_world(world, sizes="tiny", seed=0)
-    records = world / "mined.jsonl"
+    world = tiny_world_dir(0)  # the session's seed-0 tiny world, read only
+    records = tmp_path / "mined.jsonl"
     write_records(mined_world_records(world)[:8], records)
 
     def argv(out):
@@ -231,15 +228,13 @@ def _kill_when_paused(argv: list[str], pause_at: str, pause_arg: str | None = No
             proc.wait()
 
 
-def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_step(tmp_path, tiny_model_dir):
-    from tests.train.test_train_embedder import mined_world_records
-
+def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_step(tmp_path, tiny_model_dir,
+                                                                                   tiny_world_dir):
+    from tests.conftest import mined_world_records
     from unime.data.io import write_records
-    from unime.data.synth import generate_world
 
-    world = tmp_path / "world"
-    generate_world(world, sizes="tiny", seed=0)
-    records = world / "mined.jsonl"
+    world = tiny_world_dir(0)  # the session's seed-0 tiny world, read only
+    records = tmp_path / "mined.jsonl"
     write_records(mined_world_records(world)[:8], records)
 
     def argv(out):
