@@ -3,6 +3,7 @@ generated tiny worlds; and the one-thread torch setting every test runs under (o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -66,6 +67,44 @@ def tiny_world_dir(tmp_path_factory):
         return cache[seed]
 
     return get
+
+
+HARD_NEGATIVES = 3  # hard negatives per query of the `mined_world` records
+
+
+def mined_world_records(world_dir: str | Path, k: int = HARD_NEGATIVES) -> list:
+    """The demo world's training records as the mining stage would leave them: k hard negatives per
+    query (other records' positives of the same dataset first) scored by the world's ground-truth
+    relevance in place of a judge."""
+    from unime.data.synth import World
+
+    world = World.load(world_dir)
+    records = world.records
+    pools: dict[str, list] = {}
+    for r in records:
+        pool = pools.setdefault(r.dataset, [])
+        if all(p.key != r.positive.key for p in pool):
+            pool.append(r.positive)
+    everything = [p for pool in pools.values() for p in pool]
+    out = []
+    for r in records:
+        negs = [p for p in pools[r.dataset] + everything if p.key != r.positive.key]
+        negs = list({p.key: p for p in negs}.values())[:k]
+        out.append(dataclasses.replace(r, negatives=negs, positive_score=world.relevance(r.query, r.positive),
+                                       negative_scores=world.relevances(r.query, negs)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mined_world(tiny_world_dir):
+    """(world folder, records file) of the seed-0 tiny world (`tiny_world_dir(0)`) with its mined records
+    (`mined_world_records`) written once per session to its `train/mined.jsonl` — the only file it adds."""
+    from unime.data.io import write_records
+
+    root = tiny_world_dir(0)
+    path = root / "train" / "mined.jsonl"
+    write_records(mined_world_records(root), path)
+    return root, path
 
 
 @pytest.fixture(scope="session", autouse=True)

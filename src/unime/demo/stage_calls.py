@@ -5,7 +5,7 @@ A demo stage names a command and its options as `{flag: value}` in command-line 
 flag). `command_line` renders them as the command the report lists, which a user can type to redo the
 stage; `run_stage_command` makes the call that command makes: the same stage function with the same
 arguments, options the demo leaves out taking the command's defaults, and the same output claim
-(`unime.outdir`). `tests/test_demo_stage_calls.py` checks each call the demo makes against the call
+(`unime.outdir`). `tests/demo/test_demo_stage_calls.py` checks each call the demo makes against the call
 the command line makes from the listed command. Not shown here (the command line prints them): the
 one-line summaries a command prints when it finishes.
 """

@@ -262,7 +262,7 @@ def test_a_second_run_on_a_locked_out_fails_at_once_naming_the_pid(tmp_path, cap
         print("locked", flush=True)
         time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
     try:
         assert holder.stdout.readline().strip() == "locked"
         records = tmp_path / "r.jsonl"

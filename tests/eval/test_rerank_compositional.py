@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_eval import _run, build_world
+from tests.eval.test_eval import _run, build_world
 from unime.eval.runners import Reranking
 
 # P(Yes) per caption text: every row's positive scores above its negative

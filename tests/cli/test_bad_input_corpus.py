@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_inputs import GOOD_IMAGE, IMAGE_CASES, READER_CASES, RECORD_CASES, Case, build_images, good_record, tree, \
-    write_records_file
+from tests.bad_inputs import GOOD_IMAGE, IMAGE_CASES, READER_CASES, RECORD_CASES, Case, build_images, good_record, \
+    tree, write_records_file
 from unime.cli import main
 
 N_GOOD = 4
@@ -586,12 +586,8 @@ def test_train_reasoner_grpo_names_the_file_line_and_field_of_every_case(corpus_
 
 
 @pytest.fixture(scope="module")
-def teacher_world(tmp_path_factory) -> Path:
-    from unime.data.synth import generate_world
-
-    world = tmp_path_factory.mktemp("teacher") / "world"
-    generate_world(world, sizes="tiny", seed=0)
-    return world
+def teacher_world(tiny_world_dir) -> Path:
+    return tiny_world_dir(0)  # the session's seed-0 tiny world, read only
 
 
 def _world_lines(world: Path, n: int) -> list[bytes]:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 KILLS = int(os.environ.get("UNIME_KILL_POINTS", "5"))
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 CLI = "import sys; from unime.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -101,7 +101,7 @@ def _same_tensors(a: Path, b: Path) -> None:
 
 
 def test_mining_killed_repeatedly_gives_the_uninterrupted_outputs(tmp_path, tiny_model_dir):
-    from test_mining_pipeline import _write_dataset
+    from tests.mining.test_mining_pipeline import _write_dataset
 
     records = _write_dataset(tmp_path / "data")
 
@@ -117,15 +117,12 @@ def test_mining_killed_repeatedly_gives_the_uninterrupted_outputs(tmp_path, tiny
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
 
 
-def test_embedder_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
-    from test_train_embedder import mined_world_records
-
+def test_embedder_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir, tiny_world_dir):
+    from tests.conftest import mined_world_records
     from unime.data.io import write_records
-    from unime.data.synth import generate_world
 
-    world = tmp_path / "world"
-    generate_world(world, sizes="tiny", seed=0)
-    records = world / "mined.jsonl"
+    world = tiny_world_dir(0)  # the session's seed-0 tiny world, read only
+    records = tmp_path / "mined.jsonl"
     write_records(mined_world_records(world)[:8], records)
 
     def argv(out):
@@ -146,7 +143,7 @@ def test_embedder_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp
 
 
 def test_reranker_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
-    from test_reranker_training import write_world
+    from tests.train.test_reranker_training import write_world
 
     records = write_world(tmp_path / "data")
 
@@ -166,7 +163,7 @@ def test_reranker_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp
 
 
 def test_eval_killed_repeatedly_gives_the_uninterrupted_results(tmp_path, tiny_model_dir):
-    from test_eval import build_world
+    from tests.eval.test_eval import build_world
 
     tasks = build_world(tmp_path / "world")
 
@@ -231,15 +228,13 @@ def _kill_when_paused(argv: list[str], pause_at: str, pause_arg: str | None = No
             proc.wait()
 
 
-def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_step(tmp_path, tiny_model_dir):
-    from test_train_embedder import mined_world_records
-
+def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_step(tmp_path, tiny_model_dir,
+                                                                                   tiny_world_dir):
+    from tests.conftest import mined_world_records
     from unime.data.io import write_records
-    from unime.data.synth import generate_world
 
-    world = tmp_path / "world"
-    generate_world(world, sizes="tiny", seed=0)
-    records = world / "mined.jsonl"
+    world = tiny_world_dir(0)  # the session's seed-0 tiny world, read only
+    records = tmp_path / "mined.jsonl"
     write_records(mined_world_records(world)[:8], records)
 
     def argv(out):
@@ -268,7 +263,7 @@ def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_s
 
 
 def test_reranker_killed_during_its_export_exports_the_final_checkpoint(tmp_path, tiny_model_dir):
-    from test_reranker_training import write_world
+    from tests.train.test_reranker_training import write_world
 
     records = write_world(tmp_path / "data")
 

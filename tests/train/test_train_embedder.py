@@ -10,44 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import HARD_NEGATIVES as K  # hard negatives per query in these tests
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
-
-K = 3  # hard negatives per query in these tests
-
-
-def mined_world_records(world_dir: str | Path, k: int = K) -> list[Record]:
-    """The demo world's training records as the mining stage would leave them: k hard negatives per
-    query (other records' positives of the same dataset first) scored by the world's ground-truth
-    relevance in place of a judge."""
-    from unime.data.synth import World
-
-    world = World.load(world_dir)
-    records = world.records
-    pools: dict[str, list[Item]] = {}
-    for r in records:
-        pool = pools.setdefault(r.dataset, [])
-        if all(p.key != r.positive.key for p in pool):
-            pool.append(r.positive)
-    everything = [p for pool in pools.values() for p in pool]
-    out = []
-    for r in records:
-        negs = [p for p in pools[r.dataset] + everything if p.key != r.positive.key]
-        negs = list({p.key: p for p in negs}.values())[:k]
-        out.append(dataclasses.replace(r, negatives=negs, positive_score=world.relevance(r.query, r.positive),
-                                       negative_scores=world.relevances(r.query, negs)))
-    return out
-
-
-@pytest.fixture(scope="session")
-def mined_world(tiny_world_dir):
-    """(world folder, records file) of a tiny demo world with mined records."""
-    from unime.data.io import write_records
-
-    root = tiny_world_dir(0)
-    path = root / "train" / "mined.jsonl"
-    write_records(mined_world_records(root), path)
-    return root, path
 
 
 def fixed_batch(records: list[Record], n: int = 4) -> list[Record]:

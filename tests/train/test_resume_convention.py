@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_embedder import base_config, mined_world  # noqa: F401  (module fixture)
+from tests.train.test_train_embedder import base_config
 
 from unime.models.run_state import ChangedOptions, changed_options, step_log, whole_run_loss
 
@@ -46,7 +46,7 @@ def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_mod
     from unime.data.io import read_records
     from unime.train.embedder_trainer import train_embedder
 
-    world, path = mined_world  # noqa: F811
+    world, path = mined_world
     records = read_records(path)[:8]
     model = tiny_model_dir("qwen2_vl")
     cfg = dict(steps=3, save_steps=1, batch_size=4, logging_steps=1)
@@ -83,7 +83,7 @@ def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_mod
 
 def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(tiny_model_dir, tmp_path):
     import unime.train.reranker_trainer as T
-    from test_reranker_training import write_world
+    from tests.train.test_reranker_training import write_world
 
     records = write_world(tmp_path)
 
@@ -110,7 +110,7 @@ def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monk
     """Checkpoints live inside --out (nothing beside it); a run that died while exporting its final
     folder continues at its last step without an extra one; a finished run does nothing."""
     import unime.models.export as export
-    from test_reasoner_sft import TCOT
+    from tests.embed_rl.test_reasoner_sft import TCOT
     from unime.data.items import Item
     from unime.reasoning.reasoner import TCoTRow, write_tcot_rows
     from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
@@ -149,23 +149,21 @@ def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monk
 
 
 # -- the four trainers, one convention ------------------------------------------------------------------
-def _trainer_runs(name: str, tiny_model_dir, data: Path):
+def _trainer_runs(name: str, tiny_model_dir, data: Path, tiny_world_dir):
     """(run(out, **overrides) -> result, the option changed in the changed-options check, the finished
     marker) of trainer `name`, on a tiny Qwen2-VL: 2 steps, a checkpoint after each."""
     model = tiny_model_dir("qwen2_vl")
     if name == "embedder":
-        from test_train_embedder import mined_world_records
-
-        from unime.data.synth import generate_world
+        from tests.conftest import mined_world_records
         from unime.train.embedder_trainer import train_embedder
 
-        generate_world(data / "world", sizes="tiny", seed=0)
-        records = mined_world_records(data / "world")[:8]
-        return (lambda out, **kw: train_embedder(base_config(model, out, data / "world", steps=2, save_steps=1,
+        world = tiny_world_dir(0)  # the session's seed-0 tiny world, read only
+        records = mined_world_records(world)[:8]
+        return (lambda out, **kw: train_embedder(base_config(model, out, world, steps=2, save_steps=1,
                                                              **kw), records=records)), "lr", "metrics.json"
     if name == "reranker":
         import unime.train.reranker_trainer as T
-        from test_reranker_training import write_world
+        from tests.train.test_reranker_training import write_world
 
         records = write_world(data)
         return (lambda out, **kw: T.train_reranker(T.RerankerTrainConfig(**{
@@ -173,7 +171,7 @@ def _trainer_runs(name: str, tiny_model_dir, data: Path):
             "max_steps": 2, "batch_size": 2, "logging_steps": 1, "save_steps": 1, "lora_dropout": 0.0,
             "device": "cpu", "merge": True, **kw}))), "learning_rate", T.METADATA_FILE
     if name == "sft":
-        from test_reasoner_sft import TCOT
+        from tests.embed_rl.test_reasoner_sft import TCOT
 
         from unime.data.items import Item
         from unime.embed_rl.reasoner_sft import SUMMARY_FILE, ReasonerSFTConfig, train_reasoner_sft
@@ -185,7 +183,7 @@ def _trainer_runs(name: str, tiny_model_dir, data: Path):
             "model": model, "data": str(data / "t.jsonl"), "out": str(out), "max_steps": 2, "batch_size": 2,
             "device": "cpu", "logging_steps": 1, "save_steps": 1, "learning_rate": 1e-3, **kw}))), \
             "learning_rate", SUMMARY_FILE
-    from test_grpo import COLOURS
+    from tests.embed_rl.test_grpo import COLOURS
     from PIL import Image
 
     from unime.data.io import write_records
@@ -205,7 +203,8 @@ def _trainer_runs(name: str, tiny_model_dir, data: Path):
 
 
 @pytest.mark.parametrize("trainer", ["embedder", "reranker", "sft", "grpo"])
-def test_every_trainer_follows_one_convention(trainer, tiny_model_dir, tmp_path, monkeypatch, caplog):
+def test_every_trainer_follows_one_convention(trainer, tiny_model_dir, tiny_world_dir, tmp_path, monkeypatch,
+                                               caplog):
     """For each trainer: the model card comes from the one writer (`ModelCard`) into OUT, merged/ (and
     adapter/); checkpoints are kept; a finished run does nothing; changed options are refused naming the
     key; a run that died while writing checkpoint-2 (weights written, optimizer not: the truncated
@@ -216,7 +215,7 @@ def test_every_trainer_follows_one_convention(trainer, tiny_model_dir, tmp_path,
     from unime.models.export import ModelCard
 
     (tmp_path / "data").mkdir()
-    run, changed_key, finished_file = _trainer_runs(trainer, tiny_model_dir, tmp_path / "data")
+    run, changed_key, finished_file = _trainer_runs(trainer, tiny_model_dir, tmp_path / "data", tiny_world_dir)
     rendered = []
     render = ModelCard.render
     monkeypatch.setattr(ModelCard, "render", lambda self: rendered.append(render(self)) or rendered[-1])

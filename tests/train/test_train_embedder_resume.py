@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_embedder import K, mined_world  # noqa: F401  (session fixture)
+from tests.conftest import HARD_NEGATIVES as K
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def _unime(args: list[str], log: Path) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def resume_records(mined_world, tmp_path_factory):  # noqa: F811
+def resume_records(mined_world, tmp_path_factory):
     from unime.data.io import read_records, write_records
 
     world, path = mined_world

@@ -11,7 +11,7 @@ import pytest
 from unime.cli import _apply_config, build_parser, main, resolved_config
 from unime.cli.recipes import list_recipes, load_recipe, recipes_markdown
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "RECIPES.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "RECIPES.md"
 EXPECTED_RECIPES = {"unime-v2/qwen2-vl-2b", "unime-v2/qwen2-vl-7b", "unime-v2/reranker-qwen2.5-vl-7b",
                     "unime-v2/judge-qwen2.5-vl-7b", "embed-rl/qwen3-vl-4b", "embed-rl/qwen3-vl-2b"}
 

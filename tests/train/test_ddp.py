@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_embedder import K, mined_world  # noqa: F401  (session fixture)
+from tests.conftest import HARD_NEGATIVES as K
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def _compare(one: Path, two: Path, steps: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def ddp_data(mined_world, tmp_path_factory):  # noqa: F811
+def ddp_data(mined_world, tmp_path_factory):
     from unime.data.io import read_records, write_records
 
     world, path = mined_world

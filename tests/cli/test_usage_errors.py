@@ -14,7 +14,7 @@ import pytest
 
 from unime.cli import main
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 # (argv, the one error line after "unime: error: "); each is refused before any model or data is loaded
 CASES = [
