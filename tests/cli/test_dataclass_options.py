@@ -139,7 +139,7 @@ def _row(a: argparse.Action) -> list:
 
 def test_generated_commands_keep_their_options_names_defaults_types_and_choices():
     """The options of the commands generated from their configs, pinned as they were hand-written before (every
-    flag: dest, default, type, choices, nargs, action, required; `tests/cli_options_pinned.json`), and each
+    flag: dest, default, type, choices, nargs, action, required; `tests/cli/cli_options_pinned.json`), and each
     with a help text."""
     import json
     from pathlib import Path
