@@ -140,14 +140,12 @@ def _eval_reference(o: _Options) -> Callable[[], Any]:
 
 
 def _models_build_tiny(o: _Options) -> Callable[[], Any]:
-    from unime.models.tiny import TinySize, build_tiny
+    from unime.models.tiny import TinyBuildConfig, build_tiny_model
 
-    hidden = o.get("--hidden", int, TinySize.hidden)
-    size = TinySize(hidden=hidden, intermediate=2 * hidden, vision_hidden=hidden, vision_heads=max(hidden // 32, 1),
-                    **o.given(layers=int, vision_depth=int))
     extra = o.get("--extra-token")
-    args, kwargs = (o.get("--family"), o.get("--out")), o.given(seed=int)
-    return _in_folder(o, lambda: build_tiny(*args, size=size, extra_tokens=[extra] if extra else [], **kwargs))
+    cfg = TinyBuildConfig(out=o.get("--out"), extra_tokens=[extra] if extra else [],
+                          **o.given(family=str, seed=int, hidden=int, layers=int, vision_depth=int))
+    return _in_folder(o, lambda: build_tiny_model(cfg))
 
 
 def _train_generative(o: _Options) -> Callable[[], Any]:
