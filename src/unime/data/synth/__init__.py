@@ -11,5 +11,6 @@ from unime.data.synth.scenes import HELD_OUT_COMBOS
 from unime.data.synth.tasks import TASKS
 from unime.data.synth.world import World
 
-__all__ = ["World", "WorldSizes", "VideoSizes", "WorldSummary", "PRESETS", "generate_world", "resolve_sizes", "SynthConfig", "synth_world", "FORMAT_VERSION",
+__all__ = ["World", "WorldSizes", "VideoSizes", "WorldSummary", "PRESETS", "generate_world", "resolve_sizes",
+           "SynthConfig", "synth_world", "FORMAT_VERSION",
            "HELD_OUT_COMBOS", "TASKS"]
