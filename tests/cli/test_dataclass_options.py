@@ -199,3 +199,157 @@ def test_a_command_config_is_built_from_its_bare_command_line_with_the_python_ap
                                           "--topk", "3", "--mode", "resort"])
     cfg = config_from_args(EvalConfig, args)
     assert cfg == EvalConfig(model="m", tasks="t", out="o", only=["a", "b"], rerank_topk=3, rerank_mode="resort")
+
+
+# -- the commands converted to declared options: names, defaults, required options and help kept -------------
+# the options (name -> default) and required options each command had when its add_argument calls were
+# written by hand; the generated parsers must keep them (the shared --config/--recipe/--print-config/--overwrite
+# are left out)
+PINNED = {
+    "data check": {"input": None, "--mmeb": False, "--data-root": None, "--allow-outside-root": False,
+                   "--max-pixels": None, "--no-images": False},
+    "data convert": {"input": None, "output": None, "--from": None, "--to": None, "--on-error": "raise",
+                     "--dataset": None},
+    "data import": {"--captions": None, "--coco": None, "--hf-dataset": None, "--webdataset": None, "--images": None,
+                    "--allow-outside-root": False, "--coco-instances": None, "--image-column": None,
+                    "--caption-column": None, "--label-column": None, "--delimiter": None, "--out": None,
+                    "--name": None, "--directions": "i2t,t2i", "--eval-fraction": 0.2, "--eval-candidates": 100,
+                    "--judge-negatives": 3, "--seed": 0, "--on-error": "raise"},
+    "data synth": {"--out": None, "--seed": 0, "--size": "default", "--train-scenes": None, "--eval-scenes": None,
+                   "--ood-scenes": None, "--train-per-task": None, "--eval-queries": None, "--candidates": None,
+                   "--retrieval-images": None, "--compositional-pairs": None, "--image-size": None,
+                   "--video-clips": 0, "--video-train-clips": None, "--video-frames": 8, "--video-size": 56},
+    "demo": {"--out": "runs/demo", "--quick": False, "--fresh": False, "--seeds": None, "--family": None,
+             "--embed-rl": False, "--oracle-judge": False, "--allow-weak-judge": False, "--video-clips": None,
+             "--device": "cpu", "--jobs": 0},
+    "models build-tiny": {"--family": "qwen2_vl", "--out": None, "--seed": 0, "--hidden": 64, "--layers": 2,
+                          "--vision-depth": 1, "--vision-hidden": None, "--vision-heads": None, "--init-std": 0.02,
+                          "--extra-token": [], "--tokenizer-corpus": None, "--tokenizer": None, "--vocab-size": 1024},
+    "models pretrain-judge": {"--preset": "default", "--out": None, "--exclude-world": None, "--device": "cpu",
+                              **{f"--judge-{n}": None for n in ("negatives", "extra-positives", "steps", "batch-size",
+                                                                 "lr", "group-weight", "warmup", "holdout", "seed",
+                                                                 "video-clips", "video-frames")}},
+    "models pretrain": {"--preset": "default", "--out": None, "--exclude-world": None, "--device": "cpu",
+                        **{f"--{n}": None for n in ("family", "hidden", "layers", "vision-depth", "vision-hidden",
+                                                     "vision-heads", "init-std", "seed", "corpus-seed",
+                                                     "corpus-scenes", "corpus-per-task", "steps", "batch-size", "lr",
+                                                     "tau", "warmup")}},
+    "reason add-emb": {"--model": None, "--out": None, "--device": "cpu"},
+    "reason eval": {"--embedder": None, "--tasks": None, "--out": None, "--tcots": "reasoner", "--reasoner": None,
+                    "--world": None, "--only": None, "--batch-size": 16, "--max-new-tokens": 160, "--device": None,
+                    "--dtype": "auto"},
+    "reason generate": {"--model": None, "--records": None, "--data-root": None, "--out": None,
+                        "--sides": "query,target", "--batch-size": 8, "--max-new-tokens": 256, "--sample": False,
+                        "--temperature": 1.0, "--device": None, "--dtype": "auto"},
+    "reason materialize": {"--records": None, "--tcots": None, "--data-root": None, "--out": None},
+    "reason split": {"--records": None, "--tcots": None, "--judge": None, "--data-root": None, "--threshold": 0.5,
+                     "--rl-fraction": None, "--out-dir": None, "--device": None, "--dtype": "auto"},
+    "reason teacher": {"--world": None, "--records": None, "--out": None, "--on-error": "raise"},
+}
+PINNED_REQUIRED = {
+    "data check": {"input"}, "data convert": {"input", "output"}, "data import": {"--out"}, "data synth": {"--out"},
+    "models build-tiny": {"--out"}, "reason add-emb": {"--model", "--out"},
+    "reason eval": {"--embedder", "--tasks", "--out"}, "reason generate": {"--model", "--records", "--out"},
+    "reason materialize": {"--records", "--tcots", "--out"}, "reason split": {"--records", "--tcots", "--judge",
+                                                                              "--out-dir"},
+    "reason teacher": {"--world", "--out"},
+}
+PINNED_EXCLUSIVE = {"data import": [{"--captions", "--coco", "--hf-dataset", "--webdataset"}],
+                    "models build-tiny": [{"--tokenizer-corpus", "--tokenizer"}]}
+_SHARED = {"help", "config", "recipe", "print_config", "overwrite"}
+
+
+@pytest.fixture(scope="module")
+def pinned_parsers():
+    from unime.cli import _add_overwrite_options, _command_path, build_parser
+
+    parser = build_parser()
+    _add_overwrite_options(parser)
+    return {name: _command_path(parser, name.split())[1] for name in PINNED}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_converted_commands_keep_their_options_defaults_and_help(name, pinned_parsers):
+    sub = pinned_parsers[name]
+    actions = [a for a in sub._actions if a.dest not in _SHARED]
+    key = {id(a): a.option_strings[0] if a.option_strings else a.dest for a in actions}
+    assert {key[id(a)]: a.default for a in actions} == PINNED[name]
+    assert {key[id(a)] for a in actions if a.required} == PINNED_REQUIRED.get(name, set())
+    assert [{key[id(a)] for a in g._group_actions} for g in sub._mutually_exclusive_groups] == \
+        PINNED_EXCLUSIVE.get(name, [])
+    assert [key[id(a)] for a in actions if not a.help] == []  # every option says what it does
+
+
+@pytest.mark.parametrize("words,configs", [
+    (["data", "synth"], ["unime.data.synth:SynthConfig", "unime.data.synth:WorldSizes"]),
+    (["data", "convert"], ["unime.data.file_tools:ConvertConfig"]),
+    (["data", "check"], ["unime.data.file_tools:CheckConfig"]),
+    (["data", "import"], ["unime.data.collections:CollectionSource", "unime.data.import_collection:ImportOptions"]),
+    (["models", "build-tiny"], ["unime.models.tiny:TinyBuildConfig"]),
+    (["reason", "teacher"], ["unime.reasoning.teacher:TeacherConfig"]),
+    (["reason", "generate"], ["unime.reasoning.reasoner:GenerateConfig"]),
+    (["reason", "split"], ["unime.embed_rl.tcot_embedder:SplitConfig"]),
+    (["reason", "materialize"], ["unime.embed_rl.tcot_embedder:MaterializeConfig"]),
+    (["reason", "add-emb"], ["unime.embed_rl.tcot_embedder:AddEmbConfig"]),
+    (["reason", "eval"], ["unime.embed_rl.tcot_embedder:ReasonEvalConfig"]),
+    (["demo"], ["unime.demo.pipeline:DemoOptions"]),
+])
+def test_each_converted_option_is_declared_on_its_config(words, configs, pinned_parsers):
+    """The option's default and help are its config field's (or the field's declared command-line default)."""
+    import importlib
+
+    classes = [getattr(importlib.import_module(c.split(":")[0]), c.split(":")[1]) for c in configs]
+    fields = {dest_of(f): f for f, _, _ in option_fields(*classes)}
+    for action in pinned_parsers[" ".join(words)]._actions:
+        if action.dest in _SHARED:
+            continue
+        f = fields[action.dest]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            assert action.required, action.dest
+        else:
+            assert action.default == f.metadata.get("cli_default", f.default), action.dest
+        assert action.help == f.metadata["help"], action.dest
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Files:
+    input: str = option(help="the file", positional=True)
+    text: str | None = option(None, "a text", exclusive="source", exclusive_required=True)
+    shards: list[str] | None = option(None, "shards", nargs="+", exclusive="source")
+    keep: bool = option(False, "keep it")
+
+
+def test_positional_fields_and_mutually_exclusive_groups():
+    p = _parser(_Files)
+    args = p.parse_args(["f.jsonl", "--shards", "a", "b"])
+    assert config_from_args(_Files, args) == _Files(input="f.jsonl", shards=["a", "b"])
+    for argv in (["f.jsonl"], ["f.jsonl", "--text", "t", "--shards", "a"], ["--text", "t"]):
+        with pytest.raises(SystemExit):  # one of the group needed, not two; the positional needed
+            p.parse_args(argv)
+    assert next(a for a in p._actions if a.dest == "input").option_strings == []
+
+
+def test_the_converted_commands_read_their_config_files(tmp_path):
+    from unime.cli import _add_overwrite_options, _parse, build_parser
+
+    def parse(argv):
+        parser = build_parser()
+        _add_overwrite_options(parser)
+        return _parse(parser, argv)
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("out: w\ntrain-scenes: 12\nvideo_clips: 2\n")
+    args = parse(["data", "synth", "--config", str(cfg)])
+    assert (args.out, args.train_scenes, args.video_clips, args.eval_scenes) == ("w", 12, 2, None)
+    cfg.write_text("images: i\nout: o\ndirections: t2i\n")  # the source stays on the command line (required
+    from unime.data.import_collection import ImportOptions  # group: argparse checks it before any default)
+
+    args = parse(["data", "import", "--captions", "c.csv", "--config", str(cfg)])
+    assert config_from_args(ImportOptions, args).directions == ("t2i",)
+    assert config_from_args(ImportOptions, parse(["data", "import", "--captions", "c", "--out", "o"])).directions \
+        == ("i2t", "t2i")
+    cfg.write_text("records: r.jsonl\ntcots: t.jsonl\njudge: j\nout-dir: s\nthreshold: 0.7\n")
+    from unime.embed_rl.tcot_embedder import SplitConfig
+
+    assert config_from_args(SplitConfig, parse(["reason", "split", "--config", str(cfg)])) == SplitConfig(
+        records="r.jsonl", tcots="t.jsonl", judge="j", out_dir="s", threshold=0.7)

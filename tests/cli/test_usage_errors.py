@@ -126,7 +126,7 @@ def test_a_folder_refused_by_the_stage_is_the_contract_line_too(command, monkeyp
     """The stage's own refusal of a non-empty folder (the CLI's claim refuses most cases before) used to be
     printed on stdout without the contract's prefix."""
     import unime.data.import_collection as importer
-    import unime.data.synth as synth
+    import unime.data.synth.generate as synth
 
     def refuse(*a, **k):
         raise FileExistsError(f"{tmp_path / 'o'} exists and is not empty")

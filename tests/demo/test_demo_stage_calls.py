@@ -19,7 +19,7 @@ from unime.demo.stage_calls import command_line, run_stage_command
 from unime.demo.video_rows import VIDEO_TASKS_FILE
 
 STAGE_FUNCTIONS = [
-    ("unime.data.synth", "generate_world"), ("unime.eval.reference", "evaluate_reference"),
+    ("unime.data.synth.generate", "generate_world"), ("unime.eval.reference", "evaluate_reference"),
     ("unime.models.tiny", "build_tiny"), ("unime.train.reranker_trainer", "train_reranker"),
     ("unime.train.embedder_trainer", "train_embedder"), ("unime.mining.pipeline", "run_mining"),
     ("unime.eval.runners", "evaluate_checkpoint"), ("unime.reasoning.teacher", "write_teacher_tcots"),

@@ -110,9 +110,9 @@ def test_prompts_are_modality_and_side_specific():
 
 def test_prepare_emb_checkpoint(tiny_model_dir, tmp_path):
     from unime import Embedder
-    from unime.embed_rl.tcot_embedder import prepare_emb_checkpoint
+    from unime.embed_rl.tcot_embedder import AddEmbConfig, prepare_emb_checkpoint
 
-    out = prepare_emb_checkpoint(tiny_model_dir("qwen2_vl"), tmp_path / "e")
+    out = prepare_emb_checkpoint(AddEmbConfig(model=tiny_model_dir("qwen2_vl"), out=tmp_path / "e"))
     emb = Embedder.from_pretrained(out, device="cpu")
     assert emb.pooling == "emb"
     tok = emb.processor.tokenizer
@@ -145,15 +145,16 @@ def test_reasoning_encoder_sides_and_tcots(tiny_model_dir):
 
 def test_evaluate_with_reasoning_on_a_tiny_world(tiny_model_dir, tiny_world_dir, tmp_path):
     """The eval harness scores the MMEB tasks of a tiny world with oracle (teacher) T-CoTs and without."""
-    from unime.embed_rl.tcot_embedder import evaluate_with_reasoning
+    from unime.embed_rl.tcot_embedder import ReasonEvalConfig, evaluate_with_reasoning
 
     root = tiny_world_dir(2)
     model = tiny_model_dir("qwen2_vl", (EMB_TOKEN,))
     only = ["shape_cls", "t2i"]
     res = {}
     for mode in ("none", "teacher"):
-        s = evaluate_with_reasoning(model, str(root / "eval_tasks.yaml"), str(tmp_path / mode), tcots=mode,
-                                    world_root=str(root), only=only, device="cpu", show_progress=False)
+        cfg = ReasonEvalConfig(embedder_path=model, tasks=str(root / "eval_tasks.yaml"), out_dir=str(tmp_path / mode),
+                               tcots=mode, world_root=str(root), only=",".join(only), device="cpu")
+        s = evaluate_with_reasoning(cfg, show_progress=False)
         res[mode] = s
         assert set(s["tasks"]) == set(only)
         assert (tmp_path / mode / "results.md").is_file()

@@ -67,9 +67,17 @@ def add_options(parser: argparse.ArgumentParser, *classes: type, groups: tuple[s
     for title in groups:
         if title in by_group:
             containers[title] = parser.add_argument_group(title, descriptions.get(title))
+    exclusive: dict[str, Any] = {}  # fields with metadata `exclusive=NAME`: one mutually exclusive group each
     for title in (None, *groups):
         for entries in by_group.get(title, []):
-            _add(containers[title], entries, classes, labels)
+            md = entries[0][0].metadata
+            container = containers[title]
+            if "exclusive" in md:
+                if md["exclusive"] not in exclusive:  # required when its first field says `exclusive_required`
+                    exclusive[md["exclusive"]] = container.add_mutually_exclusive_group(
+                        required=md.get("exclusive_required", False))
+                container = exclusive[md["exclusive"]]
+            _add(container, entries, classes, labels)
 
 
 def _add(container, entries, classes, labels) -> None:
@@ -82,8 +90,9 @@ def _add(container, entries, classes, labels) -> None:
     if len(defaults) > 1:  # shared by several configs with their own defaults
         named = ", ".join(f"{labels[classes.index(c)]} {_default(e)}" for e, _, c in entries)
         default, help_text = None, f"{help_text} (default: {named})" if help_text else f"default: {named}"
+    positional = bool(md.get("positional"))  # `unime data check FILE`: the option's name is the field's
     if default is dataclasses.MISSING:
-        kwargs["required"] = True
+        kwargs.update({} if positional else {"required": True})
     else:
         kwargs["default"] = default
     if "action" not in kwargs and hint in (bool, "bool"):
@@ -92,9 +101,9 @@ def _add(container, entries, classes, labels) -> None:
         kwargs["type"] = _value_type(hint)
     if help_text is not None:
         kwargs["help"] = help_text
-    flag = md.get("flag", "--" + dest_of(f).replace("_", "-"))
+    flag = dest_of(f) if positional else md.get("flag", "--" + dest_of(f).replace("_", "-"))
     flags = flag if isinstance(flag, tuple) else (flag,)
-    if flags[0].lstrip("-").replace("-", "_") != dest_of(f):
+    if not positional and flags[0].lstrip("-").replace("-", "_") != dest_of(f):
         kwargs["dest"] = dest_of(f)
     container.add_argument(*flags, **kwargs)
 

@@ -35,6 +35,7 @@ from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER
 from unime.data.skips import ErrorPolicy, data_error
 from unime.errors import DataError
+from unime.options import option
 
 IMAGE_COLUMNS = ("image", "file_name", "filename", "file", "path", "img")
 CAPTION_COLUMNS = ("caption", "text", "captions", "sentence")
@@ -586,3 +587,52 @@ def _wds_sample(key: str, members: dict[str, bytes], *, source: str, record: str
         lab = _label_of(extra.get("label"), source=source, record=record, field_name="json.label")
     return CaptionedImage(id=key, image=members[icol], captions=caps, label=lab, source=source, record=record,
                           name_hint=os.path.basename(key) + "." + icol, field=icol)
+
+
+@dataclass(kw_only=True)
+class CollectionSource:
+    """Where `unime data import` reads a collection: exactly one of captions / coco / hf_dataset / webdataset,
+    and how (`unime.options`)."""
+
+    captions: str | None = option(None, "CSV / TSV / JSONL of (image, caption[, label]) rows; image paths relative "
+                                  "to --images", metavar="FILE", exclusive="source", exclusive_required=True)
+    coco: str | None = option(None, "COCO captions JSON (captions_*.json); images in --images", metavar="FILE",
+                              exclusive="source")
+    hf_dataset: str | None = option(None, "a `datasets` folder: save_to_disk output or an imagefolder", metavar="DIR",
+                                    exclusive="source")
+    webdataset: list[str] | None = option(None, "WebDataset .tar shards", nargs="+", metavar="SHARD",
+                                          exclusive="source")
+    images: str | None = option(None, "folder of the images (--captions, --coco)", metavar="DIR")
+    allow_outside_root: bool = option(False, "permit absolute image paths and '..' / symlinks leading out of --images "
+                                      "(or out of the --hf-dataset folder)")
+    coco_instances: str | None = option(None, "COCO instances JSON: the largest object's category becomes the "
+                                        "image's label", metavar="FILE")
+    image_column: str | None = option(None, "column of the image path (default: image, file_name, ...)")
+    caption_column: str | None = option(None, "column of the caption (default: caption, text, ...)")
+    label_column: str | None = option(None, "column of a class label (default: label, category, class if present); "
+                                      "labels add a classification task")
+    delimiter: str | None = option(None, "CSV delimiter (default: tab for .tsv, else comma)")
+
+    def read(self, policy: ErrorPolicy) -> tuple[list[CaptionedImage], dict, Path]:
+        """The images, what was read (for import.json) and the folder the collection is named after."""
+        from unime.errors import UsageError
+
+        cols = dict(image_column=self.image_column, caption_column=self.caption_column,
+                    label_column=self.label_column)
+        if (self.captions or self.coco) and not self.images:
+            raise UsageError("--captions / --coco need --images DIR", command="data import")
+        if self.captions:
+            images = read_caption_table(self.captions, self.images, delimiter=self.delimiter, policy=policy,
+                                        allow_outside_root=self.allow_outside_root, **cols)
+            origin = Path(self.images).resolve()
+            return images, {"captions": self.captions, "images": self.images}, \
+                origin.parent if origin.name in ("images", "imgs", "img") else origin
+        if self.coco:
+            images = read_coco_captions(self.coco, self.images, instances=self.coco_instances, policy=policy,
+                                        allow_outside_root=self.allow_outside_root)
+            return images, {"coco": self.coco, "images": self.images}, Path(self.coco).resolve().parent
+        if self.hf_dataset:
+            images = read_hf_dataset(self.hf_dataset, policy=policy, allow_outside_root=self.allow_outside_root, **cols)
+            return images, {"hf_dataset": self.hf_dataset}, Path(self.hf_dataset).resolve()
+        images = read_webdataset(self.webdataset, policy=policy, **cols)
+        return images, {"webdataset": list(self.webdataset)}, Path(self.webdataset[0]).resolve().parent

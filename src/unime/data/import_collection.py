@@ -37,13 +37,14 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from unime.data.atomic import atomic_open
-from unime.data.collections import CaptionedImage
+from unime.data.collections import CaptionedImage, CollectionSource
 from unime.data.eval_formats import MMEBRow, write_mmeb
 from unime.data.images import ImageLoader
 from unime.data.io import write_records
@@ -52,6 +53,7 @@ from unime.data.roots import write_data_root
 from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
 from unime.errors import DataError
+from unime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +63,24 @@ CLASSIFY_INSTRUCTION = "Represent the given image for classification: what is sh
 
 @dataclass
 class ImportOptions:
-    out: str
-    name: str = "mydata"
-    directions: tuple[str, ...] = DIRECTIONS
-    eval_fraction: float = 0.2
-    eval_candidates: int = 100          # candidates per MMEB row (positive included), capped by the split
-    judge_negatives: int = 3            # negatives per judge record
-    seed: int = 0
-    on_error: str = "raise"
-    overwrite: bool = False             # write into a non-empty OUT (files of the same name are replaced)
-    source: dict = field(default_factory=dict)  # what was read (for import.json)
-    ignore: tuple = ()                  # names in OUT that are not content (the output folder's marker, lock)
-    own_folder: bool = False            # OUT is this command's own (claimed by `data import` before): a
-                                        # non-empty OUT without a finished import is an interrupted one, redone
+    """Options of `unime data import` (`unime.options`; where the collection is read: `CollectionSource`)."""
+
+    out: str = option(help="output folder (new or empty)")
+    name: str = option("mydata", "dataset name (default: the source's folder name)", cli_default=None)
+    directions: tuple[str, ...] = option(DIRECTIONS, "i2t, t2i or both (default)", cli_default=",".join(DIRECTIONS),
+                                         type=lambda text: tuple(d.strip() for d in text.split(",") if d.strip()))
+    eval_fraction: float = option(0.2, "share of the images held out (default 0.2)")
+    eval_candidates: int = option(100, "candidates per MMEB eval row, positive included (default 100; capped by "
+                                  "the held-out set)")
+    judge_negatives: int = option(3, "negatives per judge training record (default 3)")
+    seed: int = option(0, "seed of the held-out split and of the negatives")
+    on_error: str = option("raise", "skip bad rows and images (counted and reported) instead of stopping at the "
+                           "first", choices=["raise", "skip"])
+    overwrite: bool = option(False, "write into a non-empty OUT (same-named files replaced)")
+    source: dict = option(factory=dict, cli=False)  # what was read (for import.json)
+    ignore: tuple = option((), cli=False)  # names in OUT that are not content (the output folder's marker, lock)
+    own_folder: bool = option(False, cli=False)  # OUT is this command's own (claimed by `data import` before): a
+    # non-empty OUT without a finished import is an interrupted one, redone
 
     def validate(self) -> None:
         bad = [d for d in self.directions if d not in DIRECTIONS]
@@ -392,6 +399,14 @@ def _earlier_run(out: Path, identity: dict[str, Any]) -> ImportSummary | None:
                          judge_records=manifest.get("judge_records", 0), eval_tasks=list(manifest.get("eval_tasks", {})),
                          labels=len(manifest.get("labels", [])), skipped=(manifest.get("skipped") or {}).get("total", 0),
                          finished_before=True)
+
+
+def import_from_source(source: CollectionSource, opts: ImportOptions, *, skips: SkipReport) -> ImportSummary:
+    """`unime data import`: read the collection, then `import_collection`; the dataset is named after the
+    collection's folder unless `opts.name` is given."""
+    images, described, origin = source.read(ErrorPolicy(opts.on_error, skips, "import"))
+    name = opts.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", origin.name) or "mydata"
+    return import_collection(images, replace(opts, name=name, source=described), skips=skips)
 
 
 def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from unime.models.tiny import FAMILIES
+from unime.options import option
 from unime.train.loss_defaults import DEFAULT_TEMPERATURE
 
 log = logging.getLogger(__name__)
@@ -522,3 +524,50 @@ def fresh(out: str | os.PathLike, *, overwrite: bool = False) -> list[str]:
     from unime.outdir import remove_owned
 
     return remove_owned(out, "demo", overwrite=overwrite)
+
+
+@dataclass(kw_only=True)
+class DemoOptions:
+    """Options of `unime demo` (`unime.options`): a preset's `DemoSettings` with a few overrides."""
+
+    out: str = option("runs/demo", "output folder (stages already done there are skipped)")
+    quick: bool = option(False, "smoke-test sizes (CI): a tiny world and a few steps")
+    fresh: bool = option(False, "delete what earlier demo runs wrote in OUT and re-run every stage (other files stay)")
+    seeds: int | None = option(None, "seeds per embedder row (default: preset's)")
+    family: str | None = option(None, "model family of the tiny models (default qwen2_vl)",
+                                choices=list(FAMILIES))
+    embed_rl: bool = option(False, "also run the Embed-RL stages (T-CoTs, match judge, <emb> embedders, reasoner "
+                            "SFT + GRPO)")
+    oracle_judge: bool = option(False, "diagnostic: also mine with the world's ground truth as the judge and train "
+                                "the HN and HN + soft rows on it (separates the judge's quality from the training "
+                                "recipe)")
+    allow_weak_judge: bool = option(False, "continue after mining even when the judge's scores do not vary within a "
+                                    "query (median spread < beta) or too many queries fell back to random negatives "
+                                    "(default: stop there)")
+    video_clips: int | None = option(None, "eval clips of the world's video tasks, whose rows the report shows "
+                                     "(default: preset's, 24; 0 = no video)", metavar="N")
+    device: str = option("cpu", "cpu or cuda")
+    jobs: int = option(0, "run N of a stage's independent commands (one per seed) side by side in worker processes, "
+                       "the CPU cores shared out among them (default 0 = auto: one per core on the CPU, at most one "
+                       "per seed; 1 on a GPU)", metavar="N")
+    overwrite: bool = option(False, cli=False)  # the command's --overwrite (with --fresh: a folder it did not create)
+
+    def settings(self) -> DemoSettings:
+        settings = DemoSettings.preset("quick" if self.quick else "default")
+        if self.seeds:
+            settings.seeds = tuple(range(self.seeds))
+        if self.family:
+            settings.family = self.family
+        if self.allow_weak_judge:
+            settings.stop_on_weak_judge = False
+        if self.video_clips is not None:
+            settings.video_clips = max(0, self.video_clips)
+        return settings
+
+
+def run_demo(opts: DemoOptions) -> Path:
+    """`unime demo`: the report's path (`DemoStopped` when a gate stops the run)."""
+    if opts.fresh:
+        fresh(opts.out, overwrite=opts.overwrite)
+    return Demo(opts.out, opts.settings(), device=opts.device, embed_rl=opts.embed_rl, oracle_judge=opts.oracle_judge,
+                jobs=max(0, opts.jobs)).run()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from unime.data.atomic import atomic_dir, atomic_open
+from unime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,21 @@ def _publish(dest: Path, model: Path, manifest: dict, work: Path, progress: Call
 
 
 # -- the stage ------------------------------------------------------------------------------------------
+
+@dataclass(kw_only=True)
+class PretrainOptions:
+    """Options of `unime models pretrain` and `pretrain-judge` besides the recipe (`unime.options`)."""
+
+    preset: str = option("default", "recipe preset (pretrain-judge: of both recipes)", choices=["default", "quick"])
+    out: str | None = option(None, "output folder (default: the per-machine cache)")
+    exclude_world: str | None = option(None, "a generated world whose eval/OOD scenes the corpus must not show "
+                                       "(part of the cache key)")
+    device: str | None = option("cpu", "cpu or cuda")
+
+    def where(self) -> dict:
+        """The keywords of `pretrain` / `pretrain_judge`."""
+        return {"out": self.out, "exclude_world": self.exclude_world, "device": self.device}
+
 
 def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
              exclude_world: str | os.PathLike | None = None, device: str | None = "cpu",

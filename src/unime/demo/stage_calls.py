@@ -122,15 +122,12 @@ def _in_file(o: _Options, work: Callable[[], Any]) -> Callable[[], Any]:
 def _data_synth(o: _Options) -> Callable[[], Any]:
     from dataclasses import fields
 
-    from unime.data.synth import VideoSizes, WorldSizes, generate_world, resolve_sizes
+    from unime.data.synth import SynthConfig, WorldSizes, synth_world
     from unime.outdir import LOCK_NAME, MARKER_NAME
 
-    sizes = resolve_sizes(**o.given(size=str), **o.given(**{f.name: int for f in fields(WorldSizes)}))
-    clips = o.get("--video-clips", int, VideoSizes.eval_clips)
-    video = VideoSizes(eval_clips=clips, train_clips=4 * clips, frames=o.get("--video-frames", int, VideoSizes.frames))
-    out, kwargs = o.get("--out"), o.given(seed=int, overwrite=bool)
-    return _in_folder(o, lambda: generate_world(out, sizes=sizes, video=video if video.enabled else None,
-                                                ignore=(MARKER_NAME, LOCK_NAME), **kwargs))
+    cfg = SynthConfig(out=o.get("--out"), sizes=o.given(**{f.name: int for f in fields(WorldSizes)}),
+                      **o.given(size=str, seed=int, overwrite=bool, video_clips=int, video_frames=int))
+    return _in_folder(o, lambda: synth_world(cfg, ignore=(MARKER_NAME, LOCK_NAME)))
 
 
 def _eval_reference(o: _Options) -> Callable[[], Any]:
@@ -143,14 +140,12 @@ def _eval_reference(o: _Options) -> Callable[[], Any]:
 
 
 def _models_build_tiny(o: _Options) -> Callable[[], Any]:
-    from unime.models.tiny import TinySize, build_tiny
+    from unime.models.tiny import TinyBuildConfig, build_tiny_model
 
-    hidden = o.get("--hidden", int, TinySize.hidden)
-    size = TinySize(hidden=hidden, intermediate=2 * hidden, vision_hidden=hidden, vision_heads=max(hidden // 32, 1),
-                    **o.given(layers=int, vision_depth=int))
     extra = o.get("--extra-token")
-    args, kwargs = (o.get("--family"), o.get("--out")), o.given(seed=int)
-    return _in_folder(o, lambda: build_tiny(*args, size=size, extra_tokens=[extra] if extra else [], **kwargs))
+    cfg = TinyBuildConfig(out=o.get("--out"), extra_tokens=[extra] if extra else [],
+                          **o.given(family=str, seed=int, hidden=int, layers=int, vision_depth=int))
+    return _in_folder(o, lambda: build_tiny_model(cfg))
 
 
 def _train_generative(o: _Options) -> Callable[[], Any]:
@@ -205,25 +200,26 @@ def _eval(o: _Options) -> Callable[[], Any]:
 
 
 def _reason_teacher(o: _Options) -> Callable[[], Any]:
-    from unime.reasoning.teacher import write_teacher_tcots
+    from unime.reasoning.teacher import TeacherConfig, write_teacher_tcots
 
-    args = (o.get("--world"), o.get("--out"), o.get("--records"))
-    return _in_file(o, lambda: write_teacher_tcots(*args))
+    cfg = TeacherConfig(world=o.get("--world"), out=o.get("--out"), records=o.get("--records"))
+    return _in_file(o, lambda: write_teacher_tcots(cfg))
 
 
 def _reason_split(o: _Options) -> Callable[[], Any]:
-    from unime.embed_rl.tcot_embedder import split_records_file
+    from unime.embed_rl.tcot_embedder import SplitConfig, split_records_file
 
-    args = (o.get("--records"), o.get("--tcots"), o.get("--judge"), o.get("--out-dir"))
-    kwargs = o.given(data_root=str, rl_fraction=float, device=str)
-    return _in_folder(o, lambda: split_records_file(*args, **kwargs), "--out-dir")
+    cfg = SplitConfig(records=o.get("--records"), tcots=o.get("--tcots"), judge=o.get("--judge"),
+                      out_dir=o.get("--out-dir"), **o.given(data_root=str, rl_fraction=float, device=str))
+    return _in_folder(o, lambda: split_records_file(cfg), "--out-dir")
 
 
 def _reason_materialize(o: _Options) -> Callable[[], Any]:
-    from unime.embed_rl.tcot_embedder import materialize_records_file
+    from unime.embed_rl.tcot_embedder import MaterializeConfig, materialize_records_file
 
-    args, kwargs = (o.get("--records"), o.get("--tcots"), o.get("--out")), o.given(data_root=str)
-    return _in_file(o, lambda: materialize_records_file(*args, **kwargs))
+    cfg = MaterializeConfig(records=o.get("--records"), tcots=o.get("--tcots"), out=o.get("--out"),
+                            **o.given(data_root=str))
+    return _in_file(o, lambda: materialize_records_file(cfg))
 
 
 def _train_reasoner(o: _Options) -> Callable[[], Any]:
@@ -246,12 +242,12 @@ def _train_reasoner(o: _Options) -> Callable[[], Any]:
 
 
 def _reason_eval(o: _Options) -> Callable[[], Any]:
-    from unime.embed_rl.tcot_embedder import evaluate_with_reasoning
+    from unime.embed_rl.tcot_embedder import ReasonEvalConfig, evaluate_with_reasoning
 
-    args = (o.get("--embedder"), o.get("--tasks"), o.get("--out"))
-    kwargs = o.given(tcots=str, reasoner_path=("--reasoner", str), world_root=("--world", str), batch_size=int,
-                     max_new_tokens=int, device=str)
-    return _in_folder(o, lambda: evaluate_with_reasoning(*args, **kwargs))
+    cfg = ReasonEvalConfig(embedder_path=o.get("--embedder"), tasks=o.get("--tasks"), out_dir=o.get("--out"),
+                           **o.given(tcots=str, reasoner_path=("--reasoner", str), world_root=("--world", str),
+                                     batch_size=int, max_new_tokens=int, device=str))
+    return _in_folder(o, lambda: evaluate_with_reasoning(cfg))
 
 
 _CALLS: dict[str, Callable[[_Options], Callable[[], Any]]] = {

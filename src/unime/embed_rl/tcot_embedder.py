@@ -32,21 +32,40 @@ import numpy as np
 
 from unime.data.items import Item, Record
 from unime.errors import DataError
+from unime.models.loading import DeviceOptions
+from unime.options import option
 
 log = logging.getLogger(__name__)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
 
-def prepare_emb_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, device: str | None = "cpu",
-                           dtype: str = "auto") -> Path:
-    """Copy a checkpoint (HF folder, or a PEFT adapter folder: merged first) with the `<emb>` token added
-    and the embeddings resized, as an ordinary HF folder."""
+@dataclass(kw_only=True)
+class ReasonOptions(DeviceOptions):
+    """The options the `unime reason` commands that load a model share."""
+
+    dtype: str = option("auto", "auto, fp32, bf16, fp16")
+
+
+@dataclass(kw_only=True)
+class AddEmbConfig(ReasonOptions):
+    """Options of `unime reason add-emb` (`unime.options`)."""
+
+    model: str = option(help="checkpoint to copy (HF folder, or a PEFT adapter folder: merged first)")
+    out: str = option(help="output folder (an ordinary HF folder)")
+    device: str | None = option("cpu", "cpu or cuda")
+    dtype: str = option("auto", cli=False)
+
+
+def prepare_emb_checkpoint(cfg: AddEmbConfig) -> Path:
+    """`unime reason add-emb`: copy a checkpoint (HF folder, or a PEFT adapter folder: merged first) with the
+    `<emb>` token added and the embeddings resized, as an ordinary HF folder."""
+    src, out = cfg.model, cfg.out
     from unime.data.atomic import atomic_dir
     from unime.models.embedder import add_emb_token
     from unime.models.loading import load_model
 
-    loaded = load_model(src, device=device, dtype=dtype)
+    loaded = load_model(src, device=cfg.device, dtype=cfg.dtype)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -143,9 +162,22 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
 
 # -- evaluation with reasoning ---------------------------------------------------------------------------
 
-def split_records_file(records: str, tcots: str, judge: str, out_dir: str | os.PathLike, *,
-                       data_root: str | None = None, threshold: float = 0.5, rl_fraction: float | None = None,
-                       device: str | None = None, dtype: str = "auto") -> dict:
+@dataclass(kw_only=True)
+class SplitConfig(ReasonOptions):
+    """Options of `unime reason split` (`unime.options`)."""
+
+    records: str = option(help="records (unime JSONL / Parquet / UniME-V2 JSON)")
+    tcots: str = option(help="T-CoT JSONL (teacher or generate)")
+    judge: str = option(help="Yes/No judge checkpoint (JudgeScorer)")
+    data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)")
+    threshold: float = option(0.5, "match if P(Yes) >= threshold (default 0.5)")
+    rl_fraction: float | None = option(None, "instead of --threshold: the given fraction of lowest-P(Yes) pairs "
+                                       "goes to RL (for a judge whose scores are not calibrated around 0.5; the "
+                                       "paper reports ~0.2)")
+    out_dir: str = option(help="writes contrastive.jsonl, rl.jsonl, split.json")
+
+
+def split_records_file(cfg: SplitConfig) -> dict:
     """`unime reason split`: `split_by_tcot_match` of the records file with the judge checkpoint; writes
     OUT_DIR/contrastive.jsonl, rl.jsonl and split.json. Returns the split's counts."""
     import json
@@ -156,11 +188,12 @@ def split_records_file(records: str, tcots: str, judge: str, out_dir: str | os.P
     from unime.models.judge import JudgeScorer
     from unime.reasoning.reasoner import read_tcot_rows
 
+    records, out_dir = cfg.records, cfg.out_dir
     recs = read_records(records)
-    scorer = JudgeScorer.from_pretrained(judge, device=device, dtype=dtype,
-                                         data_root=resolve_data_root(records, data_root))
-    split = split_by_tcot_match(recs, read_tcot_rows(tcots), scorer, threshold=threshold, rl_fraction=rl_fraction,
-                                source=records)
+    scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype,
+                                         data_root=resolve_data_root(records, cfg.data_root))
+    split = split_by_tcot_match(recs, read_tcot_rows(cfg.tcots), scorer, threshold=cfg.threshold,
+                                rl_fraction=cfg.rl_fraction, source=records)
     os.makedirs(out_dir, exist_ok=True)
     write_records(split.contrastive, os.path.join(out_dir, "contrastive.jsonl"))
     write_records(split.rl, os.path.join(out_dir, "rl.jsonl"))
@@ -169,18 +202,28 @@ def split_records_file(records: str, tcots: str, judge: str, out_dir: str | os.P
     return split.counts
 
 
-def materialize_records_file(records: str, tcots: str, out: str, *, data_root: str | None = None) -> int:
-    """`unime reason materialize`: `reasoned_records` of the records file written to `out`; returns their
+@dataclass(kw_only=True)
+class MaterializeConfig:
+    """Options of `unime reason materialize` (`unime.options`)."""
+
+    records: str = option(help="records (unime JSONL / Parquet / UniME-V2 JSON)")
+    tcots: str = option(help="T-CoT JSONL (teacher or generate)")
+    data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)")
+    out: str = option(help="output records (.parquet: evidence crops are stored inline)")
+
+
+def materialize_records_file(cfg: MaterializeConfig) -> int:
+    """`unime reason materialize`: `reasoned_records` of the records file written to `cfg.out`; returns their
     number."""
     from unime.data.images import ImageLoader
     from unime.data.io import read_records, write_records
     from unime.data.roots import resolve_data_root
     from unime.reasoning.reasoner import read_tcot_rows
 
-    recs = read_records(records)
-    out_recs = reasoned_records(recs, read_tcot_rows(tcots), ImageLoader(resolve_data_root(records, data_root)),
-                                source=records)
-    return write_records(out_recs, out)
+    recs = read_records(cfg.records)
+    out_recs = reasoned_records(recs, read_tcot_rows(cfg.tcots),
+                                ImageLoader(resolve_data_root(cfg.records, cfg.data_root)), source=cfg.records)
+    return write_records(out_recs, cfg.out)
 
 
 class ReasoningEncoder:
@@ -223,10 +266,26 @@ def teacher_tcot_fn(teacher):
     return fn
 
 
-def evaluate_with_reasoning(embedder_path: str, tasks: str, out_dir: str, *, tcots: str = "reasoner",
-                            reasoner_path: str | None = None, world_root: str | None = None,
-                            only: list[str] | None = None, batch_size: int = 16, device: str | None = None,
-                            dtype: str = "auto", max_new_tokens: int = 160, show_progress: bool = True) -> dict:
+@dataclass(kw_only=True)
+class ReasonEvalConfig(ReasonOptions):
+    """Options of `unime reason eval` (`unime.options`)."""
+
+    embedder_path: str = option(help="the <emb> embedder checkpoint", dest="embedder")
+    tasks: str = option(help="task config (e.g. WORLD/eval_tasks.yaml)")
+    out_dir: str = option(help="output folder (the eval report and tcots.jsonl)", dest="out")
+    tcots: str = option("reasoner", "reasoner (generated), none (baseline: no reasoning), teacher (demo-world oracle "
+                        "that reads the answers; reference only)", choices=["reasoner", "none", "teacher"])
+    reasoner_path: str | None = option(None, "reasoner checkpoint, for --tcots reasoner", dest="reasoner")
+    world_root: str | None = option(None, "the world, for --tcots teacher", dest="world")
+    only: str | None = option(None, "comma-separated task names")
+    batch_size: int = option(16, "items per batch (embedder and reasoner)")
+    max_new_tokens: int = option(160, "longest T-CoT in tokens")
+
+    def task_names(self) -> list[str] | None:
+        return [t.strip() for t in self.only.split(",")] if self.only else None
+
+
+def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True) -> dict:
     """Evaluate an `<emb>` embedder on the MMEB-format tasks of a task config, items embedded with T-CoTs
     from `tcots` = "reasoner" (generated by `reasoner_path`, greedy), "none" (no reasoning: the baseline) or
     "teacher" (the demo world's annotation teacher — an oracle that reads the answers, for reference only).
@@ -242,10 +301,13 @@ def evaluate_with_reasoning(embedder_path: str, tasks: str, out_dir: str, *, tco
     from unime.models.embedding_cache import RunEncoder
     from unime.reasoning.embed_inputs import ReasonedEmbedder
 
+    embedder_path, tasks, out_dir, tcots, reasoner_path = cfg.embedder_path, cfg.tasks, cfg.out_dir, cfg.tcots, \
+        cfg.reasoner_path
+    device, dtype, batch_size = cfg.device, cfg.dtype, cfg.batch_size
     if tcots not in ("reasoner", "none", "teacher"):
         raise ValueError(f"tcots must be 'reasoner', 'none' or 'teacher', got {tcots!r}")
     t0 = time.perf_counter()
-    suite = load_task_config(tasks, only=only)
+    suite = load_task_config(tasks, only=cfg.task_names())
     skipped = [t.name for t in suite.tasks if t.format != "mmeb"]
     suite.tasks = [t for t in suite.tasks if t.format == "mmeb"]
     if not suite.tasks:
@@ -264,13 +326,13 @@ def evaluate_with_reasoning(embedder_path: str, tasks: str, out_dir: str, *, tco
 
         reasoner = Reasoner.from_pretrained(reasoner_path, device=device, dtype=dtype, batch_size=batch_size)
         reasoner.image_loader = loader
-        fn = reasoner_tcot_fn(reasoner, max_new_tokens=max_new_tokens, show_progress=show_progress)
+        fn = reasoner_tcot_fn(reasoner, max_new_tokens=cfg.max_new_tokens, show_progress=show_progress)
     elif tcots == "teacher":
-        if not world_root:
+        if not cfg.world_root:
             raise ValueError("tcots='teacher' needs world_root")
         from unime.reasoning.teacher import AnnotationTeacher
 
-        fn = teacher_tcot_fn(AnnotationTeacher(world_root))
+        fn = teacher_tcot_fn(AnnotationTeacher(cfg.world_root))
     written: list = []
     encoder = RunEncoder(ReasoningEncoder(remb, fn, query_keys, log_tcots=written), f"tcot-{tcots}", cache_dir=None,
                          batch_size=batch_size, show_progress=show_progress)

@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from unime.data import vocab
 from unime.data.items import Item, Record
 from unime.errors import DataError
+from unime.options import option
 from unime.reasoning.tcot import COORD_MAX, render_tcot
 
 SOURCE = "teacher:annotations"
@@ -237,18 +239,28 @@ class AnnotationTeacher:
         return rows
 
 
-def write_teacher_tcots(world: str | os.PathLike, out: str | os.PathLike, records: str | os.PathLike | None = None,
-                        *, on_error: str = "raise"):
-    """`unime reason teacher`: the annotation teacher's T-CoTs for `records` (default: the world's training
-    records) written to `out`; bad records and T-CoT rows raise, or under `on_error="skip"` are left out and
+@dataclass(kw_only=True)
+class TeacherConfig:
+    """Options of `unime reason teacher` (`unime.options`)."""
+
+    world: str = option(help="a generated world (unime data synth)")
+    records: str | None = option(None, "records to write T-CoTs for (default: WORLD/train/records.jsonl)")
+    out: str = option(help="output T-CoT JSONL")
+    on_error: str = option("raise", "skip bad records and records the world does not know (counted and reported) "
+                           "instead of stopping at the first", choices=["raise", "skip"])
+
+
+def write_teacher_tcots(cfg: TeacherConfig):
+    """`unime reason teacher`: the annotation teacher's T-CoTs for `cfg.records` (default: the world's training
+    records) written to `cfg.out`; bad records and T-CoT rows raise, or under `on_error="skip"` are left out and
     counted. Returns (T-CoTs written, records read, the `SkipReport`)."""
     from unime.data.io import read_records
     from unime.data.skips import ErrorPolicy, SkipReport
     from unime.reasoning.reasoner import write_tcot_rows
 
     skips = SkipReport(max_examples=10)
-    recs = read_records(records, on_error=on_error, skips=skips) if records else None
-    teacher = AnnotationTeacher(world)
+    recs = read_records(cfg.records, on_error=cfg.on_error, skips=skips) if cfg.records else None
+    teacher = AnnotationTeacher(cfg.world)
     recs = teacher.world.records if recs is None else recs
-    rows = teacher.tcot_rows(recs, source=records, policy=ErrorPolicy(on_error, skips, "teacher"))
-    return write_tcot_rows(rows, out), len(recs), skips
+    rows = teacher.tcot_rows(recs, source=cfg.records, policy=ErrorPolicy(cfg.on_error, skips, "teacher"))
+    return write_tcot_rows(rows, cfg.out), len(recs), skips

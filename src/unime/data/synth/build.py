@@ -8,10 +8,15 @@ from dataclasses import dataclass, field
 
 from unime.data import vocab
 from unime.data.items import Item
+from unime.options import option
 from unime.data.synth.relevance import relevance
 from unime.data.synth.scenes import HELD_OUT_COMBOS, SLOTS, Scene, SceneObject, all_combos, sample_scene
 
 SPLITS = ("train", "eval", "ood")
+
+
+def _size(default: int, help: str):
+    return option(default, help, cli_default=None, metavar="N")
 
 
 @dataclass(frozen=True)
@@ -19,15 +24,16 @@ class WorldSizes:
     """How big a world is. Queries that a pool cannot supply uniquely are left out (world.json counts
     what was made)."""
 
-    train_scenes: int = 240
-    eval_scenes: int = 160
-    ood_scenes: int = 120
-    train_per_task: int = 50  # training records per trained task
-    eval_queries: int = 50  # queries per eval task
-    candidates: int = 10  # candidates per eval query (label tasks use their label set when smaller)
-    retrieval_images: int = 40
-    compositional_pairs: int = 40  # per category (replace, swap, add)
-    image_size: int = 112  # 4x4 merged 28-px patches for Qwen2-VL
+    # each size is an option of `unime data synth` overriding the --size preset's value (`unime.options`)
+    train_scenes: int = _size(240, "scenes of the training pool")
+    eval_scenes: int = _size(160, "scenes of the IND eval pool")
+    ood_scenes: int = _size(120, "scenes of the OOD eval pool")
+    train_per_task: int = _size(50, "training records per trained task")
+    eval_queries: int = _size(50, "queries per eval task")
+    candidates: int = _size(10, "candidates per eval query (label tasks use their label set when smaller)")
+    retrieval_images: int = _size(40, "images of the caption retrieval task")
+    compositional_pairs: int = _size(40, "compositional pairs per category (replace, swap, add)")
+    image_size: int = _size(112, "scene image side in pixels (112: 4x4 merged 28-px patches for Qwen2-VL)")
 
     def __post_init__(self):
         for name, value in self.__dict__.items():

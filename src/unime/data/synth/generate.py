@@ -35,6 +35,7 @@ from typing import Iterable
 import yaml
 
 from unime.errors import changed_option_keys, refuse_changed_options
+from unime.options import option
 
 from unime.data.atomic import merged_dir
 from unime.data.eval_formats import MMEBRow, write_compositional, write_mmeb, write_retrieval
@@ -261,6 +262,38 @@ def _disk_usage(root: Path) -> tuple[int, int]:
             total += os.path.getsize(os.path.join(dirpath, f))
             n += 1
     return total, n
+
+
+@dataclass(kw_only=True)
+class SynthConfig:
+    """Options of `unime data synth` (`unime.options`); the single sizes are `WorldSizes`' options, given here
+    as `sizes` (None: the preset's)."""
+
+    option_groups = {"video": "generated clips and MMEB-V2 video tasks (off unless --video-clips > 0)"}
+    out: str = option(help="output folder (written atomically)")
+    seed: int = option(0, "the world's seed (the same seed and sizes give byte-identical files)")
+    size: str = option("default", "size preset; the options below override single sizes", choices=list(PRESETS))
+    sizes: dict = option(factory=dict, cli=False)
+    video_clips: int = option(VideoSizes.eval_clips, "eval clips (one query per clip and video task); 0 = a world "
+                              "without video", metavar="N", group="video")
+    video_train_clips: int | None = option(None, "train clips for train/video_records.jsonl (default: 4 x "
+                                           "--video-clips)", metavar="N", group="video")
+    video_frames: int = option(VideoSizes.frames, "frames per clip (even, >= 4)", metavar="N", group="video")
+    video_size: int = option(VideoSizes.size, "clip frame side in pixels", metavar="PX", group="video")
+    overwrite: bool = option(False, "write the world into a folder that holds other files or another world (the "
+                             "world's files are replaced, other files stay)")
+
+    def video(self) -> VideoSizes | None:
+        train = 4 * self.video_clips if self.video_train_clips is None else self.video_train_clips
+        video = VideoSizes(eval_clips=self.video_clips, train_clips=train, frames=self.video_frames,
+                           size=self.video_size)
+        return video if video.enabled else None
+
+
+def synth_world(cfg: SynthConfig, *, ignore: Iterable[str] = ()) -> WorldSummary:
+    """`unime data synth`: `generate_world` with the config's sizes (ValueError: a size out of range)."""
+    return generate_world(cfg.out, seed=cfg.seed, sizes=resolve_sizes(cfg.size, **cfg.sizes),
+                          overwrite=cfg.overwrite, video=cfg.video(), ignore=ignore)
 
 
 def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes | str = "default",
