@@ -273,3 +273,32 @@ def test_a_second_run_on_a_locked_out_fails_at_once_naming_the_pid(tmp_path, cap
     finally:
         holder.kill()
         holder.wait()
+
+
+def _command_paths(parser, prefix=()):
+    subs = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    if not subs:
+        yield prefix
+        return
+    for name, sub in subs[0].choices.items():
+        yield from _command_paths(sub, (*prefix, name))
+
+
+@pytest.mark.parametrize("command", sorted(" ".join(p) for p in _command_paths(build_parser())))
+def test_help_shows_each_options_own_default(command, capsys):
+    # the parse that finds which options the command line sets swaps every default for a marker object;
+    # `--help` must print the command's defaults, never that marker
+    with pytest.raises(SystemExit) as done:
+        main([*command.split(), "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: unime " + command)
+    assert "object object at" not in out
+    if command == "train embedder":
+        assert "temperature (default 0.02)" in out
+
+
+def test_help_after_a_double_dash_is_an_argument_not_a_request_for_help():
+    with pytest.raises(SystemExit) as done:  # argparse refuses the stray word; no help printed
+        _parse(build_parser(), ["eval", "--", "--help"])
+    assert done.value.code == 2

@@ -118,6 +118,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
                                         option_from_argv)
 
     words, subparser = _command_path(parser, argv)
+    if {"-h", "--help"} & set(argv[:argv.index("--")] if "--" in argv else argv):
+        return parser.parse_args(argv)  # prints the help with the commands' own defaults, and exits
     printing = "--print-config" in argv
     given = _given_on_command_line(parser, subparser, argv)
     origins: dict[str, str] = {}
