@@ -108,7 +108,7 @@ def test_required_options_may_come_from_the_config(tmp_path):
 def test_a_config_file_fills_the_configs_the_commands_build(tmp_path):
     """YAML keys (option names or dests) reach the config dataclasses the commands are generated from."""
     from unime.cli.dataclass_options import config_from_args
-    from unime.eval.reference import ReferenceConfig, ReferenceRunOptions
+    from unime.eval.reference_config import ReferenceConfig, ReferenceRunOptions
     from unime.eval.runners import EvalConfig
     from unime.index.store import IndexBuildConfig
     from unime.mining.backends import BackendOptions
@@ -302,3 +302,19 @@ def test_help_after_a_double_dash_is_an_argument_not_a_request_for_help():
     with pytest.raises(SystemExit) as done:  # argparse refuses the stray word; no help printed
         _parse(build_parser(), ["eval", "--", "--help"])
     assert done.value.code == 2
+
+
+def test_the_command_line_parses_without_importing_the_model_libraries():
+    # `unime --help` and every command's parser come from the config dataclasses alone: importing torch and
+    # transformers' Trainer costs seconds on each call, so only the chosen stage function may import them
+    import subprocess
+    import sys
+
+    code = ("import sys; from unime.cli import build_parser; build_parser(); "
+            "print(','.join(m for m in ('torch', 'transformers', 'peft', 'trl', 'faiss') if m in sys.modules))")
+    import os
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.strip() == ""

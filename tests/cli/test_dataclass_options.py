@@ -83,7 +83,7 @@ def _command(words):
 
 
 @pytest.mark.parametrize("words,config,role", [
-    (["train", "embedder"], "unime.train.embedder_trainer:EmbedderTrainingConfig", None),
+    (["train", "embedder"], "unime.train.embedder_config:EmbedderTrainingConfig", None),
     (["train", "reranker"], "unime.train.reranker_trainer:RerankerTrainConfig", "reranker"),
     (["train", "judge"], "unime.train.reranker_trainer:RerankerTrainConfig", "judge"),
 ])
@@ -160,7 +160,7 @@ def test_generated_commands_keep_their_options_names_defaults_types_and_choices(
     (["mine"], ["unime.mining.pipeline:MineConfig", "unime.mining.backends:BackendOptions"]),
     (["judge"], ["unime.mining.pairs:JudgePairsConfig", "unime.mining.backends:BackendOptions"]),
     (["eval"], ["unime.eval.runners:EvalConfig"]),
-    (["eval", "reference"], ["unime.eval.reference:ReferenceConfig", "unime.eval.reference:ReferenceRunOptions"]),
+    (["eval", "reference"], ["unime.eval.reference_config:ReferenceConfig", "unime.eval.reference_config:ReferenceRunOptions"]),
     (["embed"], ["unime.models.embed_file:EmbedConfig"]),
     (["index", "build"], ["unime.index.store:IndexBuildConfig"]),
     (["search"], ["unime.index.store:SearchConfig"]),

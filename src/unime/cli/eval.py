@@ -9,7 +9,7 @@ from unime.models.image_budget import IMAGE_GROUP
 
 
 def register(sub) -> None:
-    from unime.eval.reference import ReferenceConfig, ReferenceRunOptions
+    from unime.eval.reference_config import ReferenceConfig, ReferenceRunOptions
     from unime.eval.runners import EvalConfig
 
     p = sub.add_parser(
@@ -64,10 +64,11 @@ def _eval(args) -> int:
 
 
 def _reference(args) -> int:
-    from unime.eval.reference import ReferenceConfig, ReferenceRunOptions
+    from unime.eval.reference import run_reference
+    from unime.eval.reference_config import ReferenceConfig, ReferenceRunOptions
 
     cfg = config_from_args(ReferenceConfig, args, unset_is_none=True)  # --video-frames unset: the config's own
-    summary = config_from_args(ReferenceRunOptions, args).evaluate(cfg)
+    summary = run_reference(config_from_args(ReferenceRunOptions, args), cfg)
     training = summary["meta"]["reference"]["training"]
     overall = summary["aggregates"].get("mmeb", {}).get("scores", {}).get("overall")
     print(f"{args.out}/results.md  ({training['steps']} steps in {training['seconds']:.0f} s, stopped by "

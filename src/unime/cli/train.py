@@ -39,7 +39,7 @@ def register(sub) -> None:
 
 # -- unime train embedder ------------------------------------------------------------------------------
 def _add_embedder_parser(actions) -> None:
-    from unime.train.embedder_trainer import EmbedderTrainingConfig
+    from unime.train.embedder_config import EmbedderTrainingConfig
 
     p = actions.add_parser(
         "embedder", help="train an embedder with soft semantic labels (UniME-V2 stage D)",
@@ -55,7 +55,7 @@ TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisatio
 
 
 def embedder_config_from_args(args):
-    from unime.train.embedder_trainer import EmbedderTrainingConfig
+    from unime.train.embedder_config import EmbedderTrainingConfig
 
     return config_from_args(EmbedderTrainingConfig, args)
 

@@ -14,7 +14,6 @@ Outputs under `out`: `checkpoints/checkpoint-N/` (resumable), `adapter/`, `merge
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import logging
@@ -31,126 +30,20 @@ from unime.data.items import Record
 from unime.data.roots import resolve_data_root
 from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
-from unime.data.video import VideoOptions, VideoSampling
-from unime.options import option
-from unime.models.image_budget import ImageBudget, ImageOptions
-from unime.models.loading import DeviceOptions
-from unime.models.lora import EMBEDDER_LORA_OPTIONS, LoraSettings, apply_lora
+from unime.data.video import VideoSampling
+from unime.models.image_budget import ImageBudget
+from unime.models.lora import LoraSettings, apply_lora
 from unime.models import export, run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
-from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
+from unime.train.embedder_config import EmbedderTrainingConfig
 from unime.train.losses import LOSSES, GroupLoss, build_loss
 
 logger = logging.getLogger(__name__)
 
 IMAGE_PREFLIGHT = 64  # records whose images are decoded before training when bad input raises
-
-
-@dataclass(kw_only=True)
-class EmbedderTrainingConfig(ImageOptions, VideoOptions, DeviceOptions, EMBEDDER_LORA_OPTIONS):
-    """Everything a run depends on (saved as `train_config.json`); each field declares its option of
-    `unime train embedder` (`unime.options`)."""
-
-    # data
-    model: str = option(help="base checkpoint: HF folder or hub id (or a PEFT adapter to continue training)",
-                        group="data")
-    records: str | None = option(None, "training records: unime JSONL / Parquet, or the released UniME-V2 JSON",
-                                 required=True, group="data")
-    data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)",
-                                   group="data")
-    out: str = option(help="output folder (checkpoints/, adapter/, merged/, README.md, curves)", group="data")
-    on_error: str = option("raise", "skip malformed records (counted and reported) instead of failing",
-                           flag="--skip-bad-records", action="store_const", const="skip", group="data")
-    homogeneous_batches: bool = option(False, "every per-device batch from one dataset (Record.dataset)", group="data")
-    workers: int = option(0, "data-loader worker processes", group="data")
-    # loss ("auto" and hard_negatives None are chosen from the records: `resolve_auto_options`)
-    loss: str = option("symmetric_kl", "auto (default): plain pairs → in-batch infonce; judge-scored records → "
-                       "symmetric_kl; negatives without scores → infonce with them. symmetric_kl (released "
-                       "UniME-V2), js (true Jensen-Shannon), infonce", cli_default="auto",
-                       choices=["auto", "symmetric_kl", "js", "infonce"], group="loss")
-    hard_negatives: int | None = option(8, "use the first K stored negatives of each record (default: the records' "
-                                        "count, at most 8; 0 for plain pairs)", cli_default=None, metavar="K",
-                                        group="loss")
-    allow_fallback_labels: bool = option(False, "train a soft-label loss on records mined mostly by the fallback "
-                                         "(random negatives scored 1.0; refused by default)", group="loss")
-    in_batch: bool | None = option(None, "infonce: in-batch negatives (default on)",
-                                   action=argparse.BooleanOptionalAction, group="loss")
-    tau: float = option(DEFAULT_TEMPERATURE, "temperature (default %(default)s)", group="loss")
-    label_tau: float | None = option(None, "temperature of the judge-score softmax (default: --tau)", group="loss")
-    kl_eps: float = option(DEFAULT_KL_EPS, "symmetric_kl: log(p + eps) as released; 0 = exact (measured: no faster "
-                           "with 1/0 labels, docs/SOFT_LABELS.md)", group="loss")
-    symmetric: bool = option(False, "infonce: add the target-to-query direction", group="loss")
-    mask_duplicates: bool = option(True, "in-batch infonce: other copies of a query's positive in the batch (same "
-                                   "text and images) are masked, not negatives (default on; --no-mask-duplicates "
-                                   "keeps them)", action=argparse.BooleanOptionalAction, group="loss")
-    # parameters (LoRA, device: the mixins)
-    full: bool = option(False, "full fine-tuning instead of LoRA")
-    dtype: str = option("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=["auto", "fp32", "bf16"])
-    pooling: str = option("auto", choices=["auto", "last", "emb"])
-    # optimisation
-    batch_size: int = option(8, "queries per device per micro-batch", group="optimisation")
-    grad_accum: int = option(1, "gradient accumulation steps", group="optimisation")
-    global_batch: int | None = option(None, "queries per optimizer step over all processes (sets --batch-size = N / "
-                                      "(processes x --grad-accum); UniME-V2: 1024 with --gradcache)", metavar="N",
-                                      group="optimisation")
-    steps: int | None = option(None, "optimizer steps (default: --epochs 1)", group="optimisation")
-    epochs: float | None = option(None, group="optimisation")
-    lr: float = option(1e-4, group="optimisation")
-    warmup: float = option(0.1, "warm-up: fraction of the steps if < 1, else steps", group="optimisation")
-    lr_scheduler: str = option("linear", group="optimisation")
-    weight_decay: float = option(0.0, group="optimisation")
-    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group="optimisation")
-    optim: str = option("adamw_torch", "a transformers optimizer name (adamw_torch, sgd, ...)", group="optimisation")
-    gradcache: bool = option(False, "GradCache: large batches in the memory of one chunk", group="optimisation")
-    chunk_size: int = option(2, "items per forward pass with --gradcache (default 2)", group="optimisation")
-    seed: int = option(0, group="optimisation")
-    # checkpoints
-    save_steps: int = option(500, group="checkpoints")
-    save_total_limit: int | None = option(None, "keep at most this many checkpoints", group="checkpoints")
-    logging_steps: int = option(10, group="checkpoints")
-    resume: bool | str = option(False, "continue from the given checkpoint (re-running the same command continues "
-                                "from the latest complete one anyway; a finished run does nothing)", nargs="?",
-                                const=True, metavar="CHECKPOINT", group="checkpoints")
-    overwrite: bool = option(False, "start over (discard OUT's checkpoints), also with changed options; and write "
-                             "into an OUT this command did not create (replacing only what it writes there)",
-                             group="checkpoints")
-
-    def validate(self) -> None:
-        if self.loss == "auto" or self.hard_negatives is None:
-            raise UnimeError("loss 'auto' / hard_negatives None are resolved from the records first "
-                             "(`resolve_auto_options`)")
-        if self.loss not in LOSSES:
-            raise UnimeError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        soft = LOSSES[self.loss].requires_scores
-        if soft and self.in_batch:
-            raise UnimeError(f"--in-batch: the {self.loss} loss compares each query only with its own judged "
-                             "group (the judge scored nothing else); in-batch negatives are an infonce option")
-        if self.loss == "infonce" and not self.infonce_in_batch and self.hard_negatives < 1:
-            raise UnimeError("infonce without in-batch negatives needs --hard-negatives >= 1")
-        if self.hard_negatives < 0:
-            raise UnimeError("--hard-negatives must be >= 0")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.chunk_size < 1:
-            raise UnimeError("--batch-size, --grad-accum and --chunk-size must be >= 1")
-        if self.steps is not None and self.epochs is not None:
-            raise UnimeError("give --steps or --epochs, not both")
-        if self.dtype not in ("auto", "fp32", "float32", "bf16", "bfloat16"):
-            raise UnimeError(f"--dtype must be auto, fp32 or bf16, got {self.dtype!r}")
-        if self.on_error not in ("raise", "skip"):
-            raise UnimeError(f"on_error must be raise or skip, got {self.on_error!r}")
-        if self.records is None:
-            raise UnimeError("no training records given")
-
-    @property
-    def infonce_in_batch(self) -> bool:
-        return True if self.in_batch is None else bool(self.in_batch)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lora_targets"] = list(self.lora_targets)
-        return d
 
 
 def build_loss_from_config(config: EmbedderTrainingConfig) -> GroupLoss:
