@@ -48,14 +48,18 @@ class ChangedOptions(UnimeError):
     differing keys; `--overwrite` starts over)."""
 
 
-def changed_option_keys(before: dict, now: dict, free=()) -> list[str]:
-    """Keys (outside `free`) whose values differ; JSON round-trip so tuples and lists compare equal."""
+def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict | None = None) -> list[str]:
+    """Keys (outside `free`) whose values differ; JSON round-trip so tuples and lists compare equal. A key
+    the earlier run did not record (an option added by a later version of unime) whose value now is its
+    default in `added_defaults` is no change: a new option's default keeps the earlier behaviour."""
     import json
 
     now = json.loads(json.dumps(now, default=str))
     before = json.loads(json.dumps(before, default=str))
+    added = json.loads(json.dumps(added_defaults or {}, default=str))
     free = set(free)
-    return sorted(k for k in (set(before) | set(now)) - free if before.get(k) != now.get(k))
+    return sorted(k for k in (set(before) | set(now)) - free if before.get(k) != now.get(k)
+                  and not (k not in before and k in added and now.get(k) == added[k]))
 
 
 def refuse_changed_options(out, before: dict, now: dict, keys: list[str]) -> ChangedOptions:

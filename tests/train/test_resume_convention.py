@@ -31,6 +31,18 @@ def test_changed_options_compare_json_values_and_ignore_free_keys():
                            free=()) == ["lr", "new"]
 
 
+def test_an_option_the_earlier_run_did_not_record_is_no_change_at_its_default():
+    # a run recorded by an earlier version of unime, before `dora` existed: it ran without DoRA
+    before = {"lr": 0.002, "removed": 1}
+    now = {"lr": 0.002, "dora": False}
+    assert changed_options(before, now, free=(), added_defaults={"dora": False}) == ["removed"]
+    assert changed_options(before, {**now, "dora": True}, free=(), added_defaults={"dora": False}) == \
+        ["dora", "removed"]
+    assert changed_options(before, now, free=()) == ["dora", "removed"]  # without the defaults: a change
+    # a recorded key differs whatever its default
+    assert changed_options({"dora": True}, {"dora": False}, free=(), added_defaults={"dora": False}) == ["dora"]
+
+
 def _final_outputs_removed(out: Path, names) -> None:
     """The state a kill (or a full disk) during the export leaves: the last checkpoint is complete, the
     final folders are not."""
@@ -58,6 +70,23 @@ def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_mod
     mtime = adapter.stat().st_mtime_ns
     again = train_embedder(base_config(model, tmp_path / "a", world, **cfg), records=records)
     assert again.metrics["already_finished"] is True and again.metrics["steps"] == 3
+    assert adapter.stat().st_mtime_ns == mtime
+
+    # recorded by an earlier version that had no `dora` option: the same command still finds it finished; a
+    # missing option the command sets away from its default (lr) is a change
+    import json
+
+    recorded = tmp_path / "a" / "train_config.json"
+    full = recorded.read_text()
+    older = json.loads(full)
+    del older["dora"]
+    recorded.write_text(json.dumps(older))
+    assert train_embedder(base_config(model, tmp_path / "a", world, **cfg), records=records).metrics["already_finished"]
+    del older["lr"]
+    recorded.write_text(json.dumps(older))
+    with pytest.raises(ChangedOptions, match=r"lr: None -> 0.002"):
+        train_embedder(base_config(model, tmp_path / "a", world, **cfg), records=records)
+    recorded.write_text(full)
     assert adapter.stat().st_mtime_ns == mtime
 
     # killed during the export: checkpoint-3 is the last step; the re-run exports it, no step 4

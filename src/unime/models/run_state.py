@@ -7,7 +7,8 @@ the final export (`unime.models.export`: `adapter/`, `merged/`, `README.md`), an
 
 - finished earlier with the same options → nothing to do (the run's result is reported);
 - options changed (outside the trainer's free keys) → `ChangedOptions` listing the keys (exit code 2), or
-  with `--overwrite` start over: the run's checkpoints and its finished marker go;
+  with `--overwrite` start over: the run's checkpoints and its finished marker go. An option the earlier
+  run did not record (added by a later version of unime) is no change while it keeps its default;
 - interrupted → continue from the last *complete* checkpoint (`--resume` accepted, not needed). A checkpoint
   counts only if its weights, optimizer, scheduler, RNG state and `trainer_state.json` are all there and
   readable (`checkpoint_problem`); a newer incomplete one is reported and skipped, never used;
@@ -198,6 +199,20 @@ def last_complete_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
 changed_options = changed_option_keys  # keys (outside `free`) whose values differ
 
 
+def option_defaults(config) -> dict[str, Any]:
+    """The defaults of a config dataclass's fields (`changed_option_keys`' `added_defaults`: a run recorded by
+    an earlier version, before an option existed, continues when the option keeps its default)."""
+    from dataclasses import MISSING, fields
+
+    out = {}
+    for f in fields(config):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def previous_config(out: str | Path) -> dict[str, Any] | None:
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
@@ -247,7 +262,7 @@ def _has_run_state(out: Path, finished_file: str) -> bool:
 
 
 def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
-                 finished_file: str) -> bool:
+                 finished_file: str, defaults: dict[str, Any] | None = None) -> bool:
     """True if `out` holds a finished run with these options (outside `free`) and not `overwrite`: its
     finished marker and its export (the card and a model folder) are there. No side effects (a trainer may
     ask before it has resolved every option; `plan_run` decides the rest)."""
@@ -255,26 +270,28 @@ def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str
     before = previous_config(out)
     exported = (out / CARD_FILE).is_file() and any((out / d).is_dir() for d in (ADAPTER_DIR, MERGED_DIR))
     return (not overwrite and before is not None and (out / finished_file).is_file() and exported
-            and not changed_options(before, options, free))
+            and not changed_options(before, options, free, defaults))
 
 
 def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool, finished_file: str,
-             resume: str | os.PathLike | None = None) -> RunPlan:
+             resume: str | os.PathLike | None = None, defaults: dict[str, Any] | None = None) -> RunPlan:
     """The convention of the module doc for a trainer writing `out` (its checkpoints under
     `out/checkpoints`, `finished_file` written last): finished with the same options → `finished`;
     changed options → `ChangedOptions` naming the keys, unless `overwrite` (start over: the run's
     checkpoints and finished marker are removed, never an entry this command did not write); else the
-    last complete checkpoint (or `resume`, an explicit checkpoint folder, which must be complete)."""
+    last complete checkpoint (or `resume`, an explicit checkpoint folder, which must be complete). `defaults`
+    (`option_defaults` of the trainer's config): options the earlier run did not record are no change at
+    their default."""
     from unime.outdir import require_replaceable
 
     out = Path(out)
-    if finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file):
+    if finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file, defaults=defaults):
         return RunPlan(True, None)
     before = previous_config(out)
     if before is None and not overwrite and _has_run_state(out, finished_file):
         raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
                              f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
-    diff = changed_options(before, options, free) if before is not None else []
+    diff = changed_options(before, options, free, defaults) if before is not None else []
     if diff and not overwrite:
         raise refuse_changed_options(out, before, options, diff)
     if overwrite or before is None:  # a new run, or starting over: nothing of an earlier run is resumed or reported

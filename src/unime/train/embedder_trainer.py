@@ -265,7 +265,7 @@ def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult 
     if options["hard_negatives"] is None:
         options["hard_negatives"] = before.get("hard_negatives")
     if not run_state.finished_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
-                                  finished_file=FINISHED_FILE):
+                                  finished_file=FINISHED_FILE, defaults=run_state.option_defaults(config)):
         return None
     metrics = json.loads((out / FINISHED_FILE).read_text(encoding="utf-8"))
     logger.info("%s: this run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
@@ -434,7 +434,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     k = config.hard_negatives
     data_root = resolve_data_root(source, config.data_root) if os.path.isfile(source) else (config.data_root or ".")
     resume_from = run_state.plan_run(out, config.to_dict(), free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
-                                     finished_file=FINISHED_FILE, resume=_resume_path(config)).checkpoint
+                                     finished_file=FINISHED_FILE, resume=_resume_path(config),
+                                     defaults=run_state.option_defaults(config)).checkpoint
     records = _usable_records(config, records, loss, data_root, skips)
     check_fallback_labels(config, records, loss)
 

@@ -552,7 +552,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINTS_DIR
     plan = run_state.plan_run(out, _run_options(cfg), free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
-                              finished_file=METADATA_FILE)
+                              finished_file=METADATA_FILE, defaults=run_state.option_defaults(cfg))
     if plan.finished:
         meta = json.loads((out / METADATA_FILE).read_text())
         log.info("%s: this %s run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
