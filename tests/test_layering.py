@@ -11,7 +11,6 @@ other either: they talk through files.
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -223,3 +222,51 @@ def test_the_allowances_are_still_needed(graph):
     found = cycles(graph)
     for allowed in ALLOWED_CYCLES:
         assert allowed in found, f"the cycle {sorted(allowed)} is gone: remove it from ALLOWED_CYCLES"
+
+
+# -- the tests' own imports: a helper shared between test files lives in a helper module ----------------------
+TESTS = Path(__file__).resolve().parent
+
+
+def imports_of_test_modules(root: Path) -> list[str]:
+    """`file -> module` for every import (anywhere in a file under `root`) of a `test_*` module of the tests.
+
+    Shared helpers live in non-test modules: `tests/<folder>/helpers.py` beside the tests they come from
+    (the top-level `tests/bad_inputs.py` and `tests/captioned_folder.py` serve several folders); fixtures in
+    `conftest.py`. Importing a test module would run its module-level code and rebind its test functions
+    in another file, and hides which file owns a helper."""
+    def is_test_module(name: str) -> bool:
+        return name.startswith(("tests.", ".")) and any(p.startswith("test_") for p in name.split("."))
+
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = "." * node.level + (node.module or "")
+                # `from tests.x.test_y import z` names the module; `from tests.x import test_y` the alias
+                names = [base] if is_test_module(base) else \
+                    [f"{base}{'' if base.endswith('.') else '.'}{a.name}" for a in node.names]
+            else:
+                continue
+            bad += [f"{path.relative_to(root).as_posix()} -> {n}" for n in names if is_test_module(n)]
+    return sorted(bad)
+
+
+def test_the_test_import_reader_finds_imports_of_test_modules(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "helpers.py").write_text("def build_world(): ...\n")
+    (tmp_path / "eval" / "test_a.py").write_text("from tests.eval.helpers import build_world\nimport json\n")
+    (tmp_path / "eval" / "test_b.py").write_text("def test_x():\n    from tests.eval.test_a import build_world\n")
+    (tmp_path / "test_c.py").write_text("import tests.eval.test_a\nfrom tests.eval import test_b\n"
+                                        "from .eval.test_a import x\n")
+    (tmp_path / "test_d.py").write_text("from . import test_c, helpers\nfrom tests import conftest\n")
+    assert imports_of_test_modules(tmp_path) == [
+        "eval/test_b.py -> tests.eval.test_a", "test_c.py -> .eval.test_a", "test_c.py -> tests.eval.test_a",
+        "test_c.py -> tests.eval.test_b", "test_d.py -> .test_c"]
+
+
+def test_test_modules_import_helpers_only_from_helper_modules():
+    bad = imports_of_test_modules(TESTS)
+    assert not bad, "move these helpers into a helper module (tests/<folder>/helpers.py):\n" + "\n".join(bad)

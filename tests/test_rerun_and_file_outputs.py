@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval.test_eval import build_world
+from tests.eval.helpers import build_world
 from unime.cli import OWNED_FILE_COMMANDS, main
 from unime.outdir import FileNotOwned, claim_file, file_marker_path, read_file_marker, read_marker
 

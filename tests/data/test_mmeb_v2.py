@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.data.test_video import write_clip
+from tests.data.helpers import write_clip
 from unime.data.items import Item
 from unime.data.mmeb_v2 import v2_row_from_dict
 from unime.errors import DataError

@@ -1,5 +1,5 @@
 """Video items from files: decoding and sampling with PyAV, the safety rules, the frame cache, and the
-family processors' video path (clips are written with PyAV in the test)."""
+family processors' video path (clips are written with PyAV, `tests/data/helpers.py`)."""
 
 from __future__ import annotations
 
@@ -9,31 +9,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import FAMILIES
+from tests.data.helpers import write_clip
 from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.data.video import FRAME_CACHE, VideoSampling, is_video_file_ref, uniform_indices
 from unime.errors import DataError
 
 av = pytest.importorskip("av")
-
-
-def write_clip(path: Path, *, n: int = 20, fps: int = 10, size: tuple[int, int] = (64, 48), codec: str = "mpeg4",
-               shift: int = 0) -> Path:
-    """A clip whose frame i is a flat colour with red = (12 * i + shift) % 256: a decoded frame tells which
-    source frame it is."""
-    w, h = size
-    c = av.open(str(path), "w")
-    s = c.add_stream(codec, rate=fps)
-    s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-    for i in range(n):
-        a = np.zeros((h, w, 3), np.uint8)
-        a[..., 0] = (12 * i + shift) % 256
-        for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-    c.close()
-    return path
 
 
 @pytest.fixture()

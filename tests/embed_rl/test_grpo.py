@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.embed_rl.helpers import COLOURS
 from unime.data.items import Item, Record
 from unime.models.prompts import EMB_TOKEN
 from unime.embed_rl.grpo import EmbedRLReward, GRPOStageConfig, _trainer_class, embed_rl_grpo_config, grpo_rows
-
-COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 210, 40)}
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.embed_rl.helpers import TCOT
 from unime.data.items import Item
 from unime.reasoning.reasoner import TCoTRow, reasoning_prompt_segments, write_tcot_rows
 from unime.reasoning.tcot import render_tcot
 from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, end_of_turn_text, sft_config, sft_rows, sft_trainer
 
-TCOT = render_tcot({"bbox_2d": [[100, 100, 600, 600]]}, "The image shows a red circle.", "red circle")
 IGNORE = -100
 
 

@@ -101,9 +101,9 @@ def _same_tensors(a: Path, b: Path) -> None:
 
 
 def test_mining_killed_repeatedly_gives_the_uninterrupted_outputs(tmp_path, tiny_model_dir):
-    from tests.mining.test_mining_pipeline import _write_dataset
+    from tests.mining.helpers import write_dataset
 
-    records = _write_dataset(tmp_path / "data")
+    records = write_dataset(tmp_path / "data")
 
     def argv(out):
         return ["mine", "--records", str(records), "--embedder", tiny_model_dir("qwen2_vl"), "--judge",
@@ -143,7 +143,7 @@ def test_embedder_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp
 
 
 def test_reranker_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp_path, tiny_model_dir):
-    from tests.train.test_reranker_training import write_world
+    from tests.train.helpers import write_world
 
     records = write_world(tmp_path / "data")
 
@@ -163,7 +163,7 @@ def test_reranker_training_killed_repeatedly_gives_the_uninterrupted_weights(tmp
 
 
 def test_eval_killed_repeatedly_gives_the_uninterrupted_results(tmp_path, tiny_model_dir):
-    from tests.eval.test_eval import build_world
+    from tests.eval.helpers import build_world
 
     tasks = build_world(tmp_path / "world")
 
@@ -263,7 +263,7 @@ def test_embedder_killed_after_its_final_checkpoint_exports_it_without_another_s
 
 
 def test_reranker_killed_during_its_export_exports_the_final_checkpoint(tmp_path, tiny_model_dir):
-    from tests.train.test_reranker_training import write_world
+    from tests.train.helpers import write_world
 
     records = write_world(tmp_path / "data")
 

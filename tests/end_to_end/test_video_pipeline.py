@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.data.test_video import write_clip
+from tests.data.helpers import write_clip
 from unime.data.io import read_records, write_records
 from unime.data.items import Item, Record
 

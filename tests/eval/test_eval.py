@@ -10,135 +10,18 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from PIL import Image
 
-from unime.data.images import ImageLoader
+from tests.eval.helpers import Q, build_world, run_suite, write_jsonl, write_png
 from unime.data.items import Item
 from unime.errors import DataError, ModelError
 from unime.eval import report
-from unime.eval.runners import (EvalOptions, Reranking, load_reranker, load_suite_data, run_tasks,
-                                scores_after_rerank)
+from unime.eval.runners import Reranking, load_reranker, load_suite_data, scores_after_rerank
 from unime.eval.tasks import load_task_config, load_task_data, resolve_task_config
-from unime.models.embedding_cache import EmbeddingStore, RunEncoder, model_fingerprint
+from unime.models.embedding_cache import EmbeddingStore, model_fingerprint
 from unime.models.reranker import RerankStats, rerank
-
-COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
-           "orange": (255, 128, 0)}
-
-
-class FakeEmbedder:
-    """Colour embedder; records every item it is asked to encode."""
-
-    def __init__(self, root="."):
-        self.image_loader = ImageLoader(root)
-        self.calls: list[list[Item]] = []
-
-    def encode(self, items, batch_size=None, show_progress=False):
-        items = list(items)
-        self.calls.append(items)
-        out = np.zeros((len(items), 3), dtype=np.float32)
-        for i, it in enumerate(items):
-            if it.images:
-                img = self.image_loader.load(it.images[0])
-                out[i] = np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(0) / 255.0
-            for word in it.text.replace("<|image_1|>", " ").split():
-                if word in COLOURS:
-                    out[i] += np.asarray(COLOURS[word], dtype=np.float64) / 255.0
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-    @property
-    def encoded(self) -> list[Item]:
-        return [it for call in self.calls for it in call]
-
-
-def _png(root: Path, rel: str, colour: str) -> str:
-    p = root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), COLOURS[colour]).save(p)
-    return rel
-
-
-def _jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-Q = "<|image_1|>\nRepresent the given image for classification"
-
-
-def build_world(root: Path) -> Path:
-    """A small eval world in the demo-world layout; returns the eval_tasks.yaml path.
-
-    colours: MMEB expected hits (pessimistic) — see the comments per row.
-    """
-    img = {c: _png(root, f"images/{c}.png", c) for c in ("red", "green", "blue", "yellow")}
-    # -- MMEB: 'colour_cls' (IND classification) ---------------------------------------------------------
-    _jsonl(root / "eval/mmeb/colour_cls.jsonl", [
-        {"id": "c0", "qry_text": Q, "qry_img_path": img["red"], "tgt_text": ["red", "green", "blue"],
-         "tgt_img_path": ["", "", ""]},                                   # hit
-        {"id": "c1", "qry_text": Q, "qry_img_path": img["green"], "tgt_text": ["green", "red", "blue"],
-         "tgt_img_path": ["", "", ""]},                                   # hit
-        {"id": "c2", "qry_text": Q, "qry_img_path": img["red"], "tgt_text": ["orange", "red", "blue"],
-         "tgt_img_path": ["", "", ""]},                                   # miss: 'red' beats 'orange'
-        {"id": "c3", "qry_text": Q, "qry_img_path": img["blue"], "tgt_text": ["blue", "blue blue", "red"],
-         "tgt_img_path": ["", "", ""]},                                   # exact tie: miss / hit ('index')
-    ])
-    # -- MMEB: 'colour_ret' (OOD retrieval): text query → image candidates ----------------------------------
-    _jsonl(root / "eval/mmeb/colour_ret.jsonl", [
-        {"qry_text": "find a yellow picture", "qry_img_path": "", "tgt_text": ["", "", ""],
-         "tgt_img_path": [img["yellow"], img["red"], img["green"]]},      # hit (1.0 vs .707)
-        {"qry_text": "find a red picture", "qry_img_path": "", "tgt_text": ["", ""],
-         "tgt_img_path": [img["yellow"], img["red"]]},                    # miss
-    ])
-    # -- retrieval (see test_retrieval_both_directions for the arithmetic) --------------------------------
-    _jsonl(root / "eval/retrieval/colours.jsonl", [
-        {"image": img["red"], "captions": ["red", "red red"]},
-        {"image": img["green"], "captions": ["green", "yellow"]},
-        {"image": img["blue"], "captions": ["blue"]},
-        {"image": img["yellow"], "captions": ["orange"]},
-    ])
-    # -- compositional ------------------------------------------------------------------------------------
-    _jsonl(root / "eval/compositional/colours.jsonl", [
-        {"id": "s0", "image": img["red"], "positive": "red", "negative": "blue", "category": "replace"},     # ok
-        {"id": "s1", "image": img["blue"], "positive": "blue", "negative": "green", "category": "replace"},  # ok
-        {"id": "s2", "image": img["red"], "positive": "orange", "negative": "red", "category": "swap"},     # wrong
-        {"id": "s3", "image": img["green"], "positive": "green", "negative": "green green", "category": "add"},
-    ])
-    # -- qrels ----------------------------------------------------------------------------------------------
-    _jsonl(root / "eval/qrels/colours.jsonl", [
-        {"id": "q0", "query": {"text": "red"},
-         "candidates": [{"image": img["red"]}, {"image": img["yellow"]}, {"image": img["blue"]}],
-         "relevance": [2, 1, 0]},
-        {"id": "q1", "query": {"text": "yellow"},
-         "candidates": [{"image": img["red"]}, {"image": img["yellow"]}, {"image": img["green"]}],
-         "relevance": [0, 1, 2]},
-        {"id": "q2", "query": {"text": "blue"}, "candidates": [{"image": img["red"]}], "relevance": [0]},
-    ])
-    cfg = {"tasks": [
-        {"name": "colour_cls", "format": "mmeb", "path": "eval/mmeb/colour_cls.jsonl",
-         "meta_task": "classification", "split": "IND"},
-        {"name": "colour_ret", "format": "mmeb", "path": "eval/mmeb/colour_ret.jsonl", "meta_task": "retrieval",
-         "split": "OOD"},
-        {"name": "colours_retrieval", "format": "retrieval", "path": "eval/retrieval/colours.jsonl"},
-        {"name": "colours_sugarcrepe", "format": "compositional", "path": "eval/compositional/colours.jsonl"},
-        {"name": "colours_docs", "format": "qrels", "path": "eval/qrels/colours.jsonl"},
-    ]}
-    path = root / "eval_tasks.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def _run(world: Path, embedder=None, *, cache_dir=None, ties="pessimistic", reranking=None, model_id="fake"):
-    suite = load_task_config(world)
-    embedder = embedder or FakeEmbedder()
-    enc = RunEncoder(embedder, model_id, cache_dir=cache_dir)
-    out = run_tasks(load_suite_data(suite), enc, opts=EvalOptions(ties=ties), reranking=reranking)
-    return {r.name: r for r in out.results}, out, embedder
 
 
 # -- config --------------------------------------------------------------------------------------------------
@@ -183,7 +66,7 @@ def test_mmeb_reader_reads_parquet_folders_and_names_bad_fields(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    _png(tmp_path, "eval_images/DS/red.png", "red")
+    write_png(tmp_path, "eval_images/DS/red.png", "red")
     (tmp_path / "DS").mkdir()
     pq.write_table(pa.Table.from_pylist([{"qry_text": Q, "qry_img_path": "DS/red.png", "tgt_text": ["red", "blue"],
                                           "tgt_img_path": ["", ""]}]), tmp_path / "DS" / "test-00000-of-00001.parquet")
@@ -194,10 +77,10 @@ def test_mmeb_reader_reads_parquet_folders_and_names_bad_fields(tmp_path):
     data = load_task_data(suite.tasks[0])
     assert data.table.items[data.query[0]] == Item(text=Q, images=("DS/red.png",))
     assert [data.table.items[c].text for c in data.candidates[0]] == ["red", "blue"]
-    results, out, _ = _run(cfg)
+    results, out, _ = run_suite(cfg)
     assert results["DS"].metrics["precision@1"] == 1.0
 
-    _jsonl(tmp_path / "bad.jsonl", [{"qry_text": "q", "qry_img_path": "", "tgt_text": ["a", "b"], "tgt_img_path": [""]},
+    write_jsonl(tmp_path / "bad.jsonl", [{"qry_text": "q", "qry_img_path": "", "tgt_text": ["a", "b"], "tgt_img_path": [""]},
                                     {"id": "r2", "qry_text": "q", "qry_img_path": "", "tgt_text": ["a"],
                                      "tgt_img_path": [""]}])
     cfg.write_text("tasks:\n  - {name: bad, format: mmeb, path: bad.jsonl}\n")
@@ -215,14 +98,14 @@ def test_mmeb_reader_reads_parquet_folders_and_names_bad_fields(tmp_path):
 
 def test_mmeb_precision_at_1_and_aggregates(tmp_path):
     world = build_world(tmp_path)
-    results, out, _ = _run(world)
+    results, out, _ = run_suite(world)
     cls = results["colour_cls"]
     assert cls.metrics["precision@1"] == pytest.approx(2 / 4)
     assert [q["hit"] for q in cls.per_query] == [True, True, False, False]
     assert cls.per_query[2]["top1"] == 1  # 'red' chosen over the (wrong) positive 'orange'
     assert results["colour_ret"].metrics["precision@1"] == pytest.approx(1 / 2)
     # VLM2Vec's argmax: the tie in row c3 goes to the positive
-    results_idx, _, _ = _run(world, ties="index")
+    results_idx, _, _ = run_suite(world, ties="index")
     assert results_idx["colour_cls"].metrics["precision@1"] == pytest.approx(3 / 4)
     summary = report.build_summary(out, meta={})
     aggs = summary["aggregates"]["mmeb"]
@@ -246,7 +129,7 @@ def test_mmeb_aggregates_are_means_over_datasets():
 
 
 def test_retrieval_both_directions(tmp_path):
-    results, _, _ = _run(build_world(tmp_path))
+    results, _, _ = run_suite(build_world(tmp_path))
     m = results["colours_retrieval"].metrics
     # text→image, 6 captions. 'yellow' (0.707, 0.707, 0) is closest to the yellow image (1.0), then ties at
     # 0.707 between red (irrelevant) and green (its image) → pessimistic rank 3. All others rank 1
@@ -261,15 +144,15 @@ def test_retrieval_both_directions(tmp_path):
 
 
 def test_compositional_accuracy_per_category(tmp_path):
-    results, _, _ = _run(build_world(tmp_path))
+    results, _, _ = run_suite(build_world(tmp_path))
     m = results["colours_sugarcrepe"].metrics
     assert m == {"accuracy": 0.5, "accuracy/add": 0.0, "accuracy/replace": 1.0, "accuracy/swap": 0.0}
-    results_idx, _, _ = _run(build_world(tmp_path), ties="index")
+    results_idx, _, _ = run_suite(build_world(tmp_path), ties="index")
     assert results_idx["colours_sugarcrepe"].metrics["accuracy/add"] == 1.0  # the exact tie goes to the positive
 
 
 def test_qrels_ndcg_mrr_map(tmp_path):
-    results, _, _ = _run(build_world(tmp_path))
+    results, _, _ = run_suite(build_world(tmp_path))
     r = results["colours_docs"]
     # q0 'red': red 1.0 (grade 2), yellow 0.707 (1), blue 0 (0) → ideal order: NDCG 1, MRR 1, AP 1
     # q1 'yellow': yellow 1.0 (grade 1); red and green tie at 0.707 → red (grade 0) first → grades [1, 0, 2]
@@ -285,18 +168,18 @@ def test_qrels_ndcg_mrr_map(tmp_path):
 
 
 def test_beir_folder(tmp_path):
-    _png(tmp_path, "imgs/red.png", "red")
-    _png(tmp_path, "imgs/blue.png", "blue")
+    write_png(tmp_path, "imgs/red.png", "red")
+    write_png(tmp_path, "imgs/blue.png", "blue")
     d = tmp_path / "beir"
-    _jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/blue.png"},
+    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/blue.png"},
                                 {"_id": "d3", "title": "green", "text": "grass"}])
-    _jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "blue"}, {"_id": "q2", "text": "red"},
+    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "blue"}, {"_id": "q2", "text": "red"},
                                  {"_id": "q3", "text": "unjudged"}])
     (d / "qrels").mkdir()
     (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td3\t1\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tasks:\n  - {name: b, format: qrels, path: beir, ks: [1]}\n")
-    results, out, _ = _run(cfg)
+    results, out, _ = run_suite(cfg)
     m = results["b"].metrics
     # q1 'blue' → blue image first (hit). q2 'red' → red image 1.0; 'green\ngrass' (0) ties with the blue
     # image (0) and the tie goes against the relevant one → rank 3 of 3
@@ -310,7 +193,7 @@ def test_beir_folder(tmp_path):
 
 def test_every_distinct_item_is_encoded_once_across_tasks(tmp_path):
     world = build_world(tmp_path)
-    results, out, fake = _run(world)
+    results, out, fake = run_suite(world)
     encoded = fake.encoded
     keys = [(it.text, it.images) for it in encoded]
     assert len(keys) == len(set(keys))  # nothing twice
@@ -331,33 +214,33 @@ def test_every_distinct_item_is_encoded_once_across_tasks(tmp_path):
 def test_second_run_with_the_same_model_encodes_nothing(tmp_path):
     world = build_world(tmp_path / "w")
     cache = tmp_path / "cache"
-    r1, out1, fake1 = _run(world, cache_dir=cache)
+    r1, out1, fake1 = run_suite(world, cache_dir=cache)
     assert out1.encoding["encoded"] == out1.encoding["distinct_items"] > 0
-    r2, out2, fake2 = _run(world, cache_dir=cache)
+    r2, out2, fake2 = run_suite(world, cache_dir=cache)
     assert fake2.calls == []
     assert out2.encoding["encoded"] == 0 and out2.encoding["from_cache"] == out1.encoding["distinct_items"]
     for name in r1:
         assert r2[name].metrics == r1[name].metrics
     # another model identity does not hit
-    _, out3, _ = _run(world, cache_dir=cache, model_id="other")
+    _, out3, _ = run_suite(world, cache_dir=cache, model_id="other")
     assert out3.encoding["encoded"] == out1.encoding["distinct_items"]
     # a regenerated image at the same path is encoded again (keys hold image content, not just the path)
-    _png(tmp_path / "w", "images/blue.png", "yellow")
-    _, out4, fake4 = _run(world, cache_dir=cache)
+    write_png(tmp_path / "w", "images/blue.png", "yellow")
+    _, out4, fake4 = run_suite(world, cache_dir=cache)
     re_encoded = {it.images for it in fake4.encoded}
     assert re_encoded == {("images/blue.png",)}
 
 
 def test_same_relative_path_under_two_roots_is_two_items(tmp_path):
     for sub, colour in (("a", "red"), ("b", "blue")):
-        _png(tmp_path / sub, "img.png", colour)
-        _jsonl(tmp_path / sub / "t.jsonl", [{"qry_text": Q, "qry_img_path": "img.png", "tgt_text": [colour, "green"],
+        write_png(tmp_path / sub, "img.png", colour)
+        write_jsonl(tmp_path / sub / "t.jsonl", [{"qry_text": Q, "qry_img_path": "img.png", "tgt_text": [colour, "green"],
                                              "tgt_img_path": ["", ""]}])
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tasks:\n"
                    "  - {name: a, format: mmeb, path: a/t.jsonl, data_root: a}\n"
                    "  - {name: b, format: mmeb, path: b/t.jsonl, data_root: b}\n")
-    results, out, fake = _run(cfg)
+    results, out, fake = run_suite(cfg)
     assert results["a"].metrics["precision@1"] == 1.0 and results["b"].metrics["precision@1"] == 1.0
     assert out.encoding["distinct_items"] == 2 + 3  # two images; 'red', 'blue', 'green'
 
@@ -456,7 +339,7 @@ def test_run_reports_with_and_without_reranking(tmp_path):
     world = build_world(tmp_path)
     answers = {Item(text="orange"), Item(text="blue"), Item(images=("images/yellow.png",))}
     rr = Reranking(OracleReranker(answers), topk=2, mode="top1")
-    results, out, _ = _run(world, reranking=rr)
+    results, out, _ = run_suite(world, reranking=rr)
     cls = results["colour_cls"]
     assert cls.metrics["precision@1"] == 0.5
     # c2: top 2 = red, orange → the oracle picks 'orange' → hit. c3: the tie is shown in index order
@@ -501,9 +384,9 @@ def test_load_reranker_calls_the_factory(monkeypatch):
 
 def test_report_files_and_comparison(tmp_path):
     world = build_world(tmp_path / "w")
-    _, out, _ = _run(world)
+    _, out, _ = run_suite(world)
     s1 = report.write_run(tmp_path / "run1", out, meta={"model": "fake"})
-    _, out_idx, _ = _run(world, ties="index")
+    _, out_idx, _ = run_suite(world, ties="index")
     report.write_run(tmp_path / "run2", out_idx, meta={"model": "fake"}, compare=[str(tmp_path / "run1")])
     run1 = tmp_path / "run1"
     for f in ("summary.json", "results.md", "per_task.png", "tasks/colour_cls.json", "tasks/colours_docs.json"):

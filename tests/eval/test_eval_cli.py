@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.eval.test_eval import build_world
+from tests.eval.helpers import build_world
 from unime.cli import main
 from unime.errors import ModelError
 from unime.eval.tasks import load_task_config, load_task_data

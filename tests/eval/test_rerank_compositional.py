@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.eval.test_eval import _run, build_world
+from tests.eval.helpers import build_world, run_suite
 from unime.eval.runners import Reranking
 
 # P(Yes) per caption text: every row's positive scores above its negative
@@ -32,7 +32,7 @@ class CaptionReranker:
 def test_sugarcrepe_is_reranked_pairwise_whatever_the_run_mode(tmp_path):
     world = build_world(tmp_path)
     rr = CaptionReranker()
-    results, _, _ = _run(world, reranking=Reranking(rr, topk=2, mode="top1"))
+    results, _, _ = run_suite(world, reranking=Reranking(rr, topk=2, mode="top1"))
     comp = results["colours_sugarcrepe"]
     assert comp.metrics["accuracy"] == 0.5  # the embedder alone (test_compositional_accuracy_per_category)
     assert comp.reranked["accuracy"] == 1.0  # every positive has the higher P(Yes)
@@ -44,7 +44,7 @@ def test_sugarcrepe_is_reranked_pairwise_whatever_the_run_mode(tmp_path):
 def test_run_mode_on_sugarcrepe_follows_the_listwise_pick(tmp_path):
     world = build_world(tmp_path)
     rr = CaptionReranker()
-    results, _, _ = _run(world, reranking=Reranking(rr, topk=2, mode="top1", compositional_mode="run"))
+    results, _, _ = run_suite(world, reranking=Reranking(rr, topk=2, mode="top1", compositional_mode="run"))
     comp = results["colours_sugarcrepe"]
     # the pick moves the embedder's second caption first: every row's outcome flips (s3's exact tie is
     # shown in index order, positive first, so the pick moves the negative up: a miss either way)

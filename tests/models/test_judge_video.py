@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import FAMILIES
-from tests.data.test_video import write_clip
+from tests.data.helpers import write_clip
 from unime.data.items import Item
 from unime.data.video import FRAME_CACHE
 from unime.models import adapters as adapters_mod

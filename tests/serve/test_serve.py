@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serve.serve_support import COLOURS, Server, png_uri, write_corpus
+from tests.serve.helpers import COLOURS, Server, png_uri, write_corpus
 from unime.data.items import Item
 from unime.serve.auth import key_matches
 from unime.serve.config import ServeConfig

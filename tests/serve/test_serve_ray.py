@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serve.serve_support import Server
+from tests.serve.helpers import Server
 
 pytest.importorskip("ray.serve")
 

@@ -14,34 +14,11 @@ import torch
 from PIL import Image
 
 from tests.conftest import FAMILIES
+from tests.train.helpers import write_world
 from unime.data.items import Item, Record
 from unime.errors import DataError
 
 IGNORE = -100
-
-
-# -- hand-built data --------------------------------------------------------------------------------
-COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
-
-
-def write_world(root, *, scores: bool = True) -> str:
-    """Four records: a text query, its colour swatch as positive, the other swatches as negatives."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    for name, rgb in COLOURS.items():
-        Image.new("RGB", (56, 56), rgb).save(root / "images" / f"{name}.png")
-    lines = []
-    for i, name in enumerate(COLOURS):
-        negs = [n for n in COLOURS if n != name]
-        rec = {"id": f"r{i}", "query": {"text": f"a {name} square"},
-               "positive": {"text": f"{name}", "images": [f"images/{name}.png"]},
-               "negatives": [{"text": n, "images": [f"images/{n}.png"]} for n in negs]}
-        if scores:
-            rec["negative_scores"] = [0.1, 0.3, 0.2]
-            rec["positive_score"] = 0.9
-        lines.append(json.dumps(rec))
-    path = root / "records.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
 
 
 def _adapter(path):

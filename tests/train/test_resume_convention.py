@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.train.test_train_embedder import base_config
+from tests.train.helpers import base_config
 
 from unime.models.run_state import ChangedOptions, changed_options, step_log, whole_run_loss
 
@@ -112,7 +112,7 @@ def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_mod
 
 def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(tiny_model_dir, tmp_path):
     import unime.train.reranker_trainer as T
-    from tests.train.test_reranker_training import write_world
+    from tests.train.helpers import write_world
 
     records = write_world(tmp_path)
 
@@ -139,7 +139,7 @@ def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monk
     """Checkpoints live inside --out (nothing beside it); a run that died while exporting its final
     folder continues at its last step without an extra one; a finished run does nothing."""
     import unime.models.export as export
-    from tests.embed_rl.test_reasoner_sft import TCOT
+    from tests.embed_rl.helpers import TCOT
     from unime.data.items import Item
     from unime.reasoning.reasoner import TCoTRow, write_tcot_rows
     from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
@@ -192,7 +192,7 @@ def _trainer_runs(name: str, tiny_model_dir, data: Path, tiny_world_dir):
                                                              **kw), records=records)), "lr", "metrics.json"
     if name == "reranker":
         import unime.train.reranker_trainer as T
-        from tests.train.test_reranker_training import write_world
+        from tests.train.helpers import write_world
 
         records = write_world(data)
         return (lambda out, **kw: T.train_reranker(T.RerankerTrainConfig(**{
@@ -200,7 +200,7 @@ def _trainer_runs(name: str, tiny_model_dir, data: Path, tiny_world_dir):
             "max_steps": 2, "batch_size": 2, "logging_steps": 1, "save_steps": 1, "lora_dropout": 0.0,
             "device": "cpu", "merge": True, **kw}))), "learning_rate", T.METADATA_FILE
     if name == "sft":
-        from tests.embed_rl.test_reasoner_sft import TCOT
+        from tests.embed_rl.helpers import TCOT
 
         from unime.data.items import Item
         from unime.embed_rl.reasoner_sft import SUMMARY_FILE, ReasonerSFTConfig, train_reasoner_sft
@@ -212,7 +212,7 @@ def _trainer_runs(name: str, tiny_model_dir, data: Path, tiny_world_dir):
             "model": model, "data": str(data / "t.jsonl"), "out": str(out), "max_steps": 2, "batch_size": 2,
             "device": "cpu", "logging_steps": 1, "save_steps": 1, "learning_rate": 1e-3, **kw}))), \
             "learning_rate", SUMMARY_FILE
-    from tests.embed_rl.test_grpo import COLOURS
+    from tests.embed_rl.helpers import COLOURS
     from PIL import Image
 
     from unime.data.io import write_records

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import HARD_NEGATIVES as K  # hard negatives per query in these tests
+from tests.train.helpers import base_config
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
 
@@ -25,16 +26,6 @@ def fixed_batch(records: list[Record], n: int = 4) -> list[Record]:
         if len(out) == n:
             return out
     raise AssertionError("not enough datasets")
-
-
-def base_config(model_dir: str, out: Path, world_dir: Path, **overrides):
-    from unime.train.embedder_trainer import EmbedderTrainingConfig
-
-    cfg = dict(model=model_dir, out=str(out), data_root=str(world_dir), hard_negatives=K, batch_size=4, steps=8,
-               lr=2e-3, warmup=0, lora_r=8, lora_alpha=16, lora_dropout=0.0, logging_steps=1, save_steps=1000,
-               device="cpu", seed=0)
-    cfg.update(overrides)
-    return EmbedderTrainingConfig(**cfg)
 
 
 @pytest.fixture(scope="module")

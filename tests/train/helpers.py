@@ -1,0 +1,43 @@
+"""Shared by the trainer tests (and the end-to-end kill tests): a hand-built reranker world and the embedder
+trainer's test configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from tests.conftest import HARD_NEGATIVES as K  # hard negatives per query in these tests
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
+
+
+def write_world(root, *, scores: bool = True) -> str:
+    """Four records: a text query, its colour swatch as positive, the other swatches as negatives."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (56, 56), rgb).save(root / "images" / f"{name}.png")
+    lines = []
+    for i, name in enumerate(COLOURS):
+        negs = [n for n in COLOURS if n != name]
+        rec = {"id": f"r{i}", "query": {"text": f"a {name} square"},
+               "positive": {"text": f"{name}", "images": [f"images/{name}.png"]},
+               "negatives": [{"text": n, "images": [f"images/{n}.png"]} for n in negs]}
+        if scores:
+            rec["negative_scores"] = [0.1, 0.3, 0.2]
+            rec["positive_score"] = 0.9
+        lines.append(json.dumps(rec))
+    path = root / "records.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def base_config(model_dir: str, out: Path, world_dir: Path, **overrides):
+    from unime.train.embedder_trainer import EmbedderTrainingConfig
+
+    cfg = dict(model=model_dir, out=str(out), data_root=str(world_dir), hard_negatives=K, batch_size=4, steps=8,
+               lr=2e-3, warmup=0, lora_r=8, lora_alpha=16, lora_dropout=0.0, logging_steps=1, save_steps=1000,
+               device="cpu", seed=0)
+    cfg.update(overrides)
+    return EmbedderTrainingConfig(**cfg)
