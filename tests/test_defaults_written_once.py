@@ -1,5 +1,6 @@
 """Each default of τ (loss temperature), the symmetric-KL ε, β (the judge's false-negative margin, and GRPO's
-KL β) and LoRA r / alpha / dropout is written once, in the module that owns it; everything else names that constant.
+KL β), LoRA r / alpha / dropout, the cyclical sampling's interval / count and the index's recall@k / recall
+sample / chunk size is written once, in the module that owns it; everything else names that constant.
 
 Reads the source (ast): a *definition* is a number given to a watched name as a function parameter default,
 a class or module variable, a keyword argument, or the `default=` of an `add_argument` for a watched option
@@ -27,13 +28,20 @@ OWNERS = {
     (r"alpha", 32): {"unime/models/lora.py": 1},              # GENERATIVE_LORA
     (r"dropout", 0.1): {"unime/models/lora.py": 1},           # EMBEDDER_LORA
     (r"dropout", 0.05): {"unime/models/lora.py": 1},          # GENERATIVE_LORA
+    (r"interval", 5): {"unime/mining/sampling.py": 1},        # cyclical sampling interval i
+    (r"count", 10): {"unime/mining/sampling.py": 1,           # negatives picked per query
+                     "unime/demo/pipeline.py": 1},            # the demo's own setting (its report), not a default
+    (r"recall_k", 10): {"unime/index/ann.py": 1},             # recall@k of an approximate index
+    (r"(recall_)?sample", 200): {"unime/index/ann.py": 1},    # queries of that measurement (index build, mining)
+    (r"chunk_size", 1024): {"unime/index/store.py": 1},       # items per index chunk
 }
 
 
 def _watched(name: str, pattern: str) -> bool:
-    """`name` (a variable, parameter or `--option`) is one of the pattern's, alone or as the last word."""
+    """`name` (a variable, parameter or `--option`) is one of the pattern's, alone or as its last words
+    (`lora_r`, `DEFAULT_RECALL_K`, `--recall-k`)."""
     words = re.split(r"[_\-]+", name.strip("-").lower())
-    return re.fullmatch(pattern, words[-1]) is not None
+    return any(re.fullmatch(pattern, "_".join(words[i:])) for i in range(len(words)))
 
 
 def _numbers(node: ast.AST) -> list[float]:
@@ -132,3 +140,29 @@ def cli(p, args):
     assert misplaced({"unime/train/loss_defaults.py": owner}) == []
     assert misplaced({"unime/train/loss_defaults.py": owner + "LABEL_TEMPERATURE = 0.02\n"}) == [
         "unime/train/loss_defaults.py: 2 definitions of tau|temperature = 0.02, expected 1"]
+
+
+def test_the_check_finds_the_sampling_and_index_defaults_restated():
+    """The restatements this check was extended for: MineConfig's and `sample_negatives`' interval / count,
+    `build_corpus_index`'s keywords beside IndexBuildConfig's fields, mining's own recall sample."""
+    restated = '''
+@dataclass
+class MineConfig:
+    interval: int = option(5, "cyclical sampling interval")
+    count: int = option(10, "negatives stored per query")
+def build_corpus_index(items, out, *, chunk_size: int = 1024, recall_k: int = 10, recall_sample: int = 200): ...
+RECALL_SAMPLE = 200
+def search(k=10, top_k=10, sample_rate=200, n_interval=3): ...
+'''
+    assert [b.split(": ", 1)[1] for b in misplaced({"unime/x.py": restated})] == [
+        "interval = 5 (defined in unime/mining/sampling.py)",
+        "count = 10 (defined in unime/mining/sampling.py, unime/demo/pipeline.py)",
+        "chunk_size = 1024 (defined in unime/index/store.py)",
+        "recall_k = 10 (defined in unime/index/ann.py)",
+        "recall_sample = 200 (defined in unime/index/ann.py)",
+        "RECALL_SAMPLE = 200 (defined in unime/index/ann.py)",
+    ]
+    owner = "DEFAULT_BETA = 0.01\nDEFAULT_INTERVAL = 5\nDEFAULT_COUNT = 10\n"
+    assert misplaced({"unime/mining/sampling.py": owner}) == []
+    assert misplaced({"unime/mining/sampling.py": owner + "def cyclical_order(n, interval=5): ...\n"}) == [
+        "unime/mining/sampling.py: 2 definitions of interval = 5, expected 1"]

@@ -21,6 +21,8 @@ INDEX_KINDS = ("flat", "hnsw", "ivf")
 INDEX_STORAGES = ("float32", "float16")
 ADD_BLOCK_ROWS = 65536  # rows converted to float32 and added to the index at a time
 AUTO_APPROX_THRESHOLD = 200_000  # `auto` switches from exact to HNSW above this many vectors
+DEFAULT_RECALL_K = 10  # k of the recall@k measured for an approximate index
+DEFAULT_RECALL_SAMPLE = 200  # rows sampled as queries for that measurement
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,8 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, *, chunk: int =
     return np.take_along_axis(best_i, order, axis=1)
 
 
-def measure_recall(index, vectors: np.ndarray, *, k: int = 10, sample: int = 200, seed: int = 0,
+def measure_recall(index, vectors: np.ndarray, *, k: int = DEFAULT_RECALL_K, sample: int = DEFAULT_RECALL_SAMPLE,
+                   seed: int = 0,
                    queries: np.ndarray | None = None) -> dict:
     """recall@k of `index` against exact search: |approx top-k ∩ exact top-k| / k averaged over a sample
     of queries (by default `sample` rows of `vectors` drawn with `seed`; the row itself counts as a hit
@@ -201,8 +204,8 @@ def index_memory_bytes(index) -> int:
     return int(total)
 
 
-def recall_summary(index, config: IndexConfig, vectors: np.ndarray, *, k: int = 10, sample: int = 200,
-                   seed: int = 0) -> dict:
+def recall_summary(index, config: IndexConfig, vectors: np.ndarray, *, k: int = DEFAULT_RECALL_K,
+                   sample: int = DEFAULT_RECALL_SAMPLE, seed: int = 0) -> dict:
     """`measure_recall` for an approximate index; an exact (`flat`) one is recorded as recall 1.0 by
     construction without a measurement."""
     if config.kind == "flat":

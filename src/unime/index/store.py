@@ -38,8 +38,9 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
 from unime.errors import DataError, UnimeError
-from unime.index.ann import (AUTO_APPROX_THRESHOLD, INDEX_KINDS, AnnOptions, IndexConfig, build_index, choose_kind,
-                             index_memory_bytes, recall_summary, set_search_breadth)
+from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
+                             IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
+                             set_search_breadth)
 from unime.models.loading import EmbedderOptions
 from unime.options import option
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 VECTOR_DTYPES = ("float32", "float16")
+DEFAULT_CHUNK_SIZE = 1024  # items per written chunk (the unit of resumption)
 ITEM_KEYS = ("text", "image", "images", "video")
 THUMBNAIL_SIZE = 128
 
@@ -245,8 +247,9 @@ def committed_chunks(folder: Path) -> list[Path]:
 def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *, embedder, model: str,
                        data_root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                        vector_dtype: str = "float32", index: str = "auto", index_config: IndexConfig | None = None,
-                       approx_threshold: int = AUTO_APPROX_THRESHOLD, chunk_size: int = 1024,
-                       recall_k: int = 10, recall_sample: int = 200, seed: int = 0, thumbnails: bool = True,
+                       approx_threshold: int = AUTO_APPROX_THRESHOLD,
+                       chunk_size: int = DEFAULT_CHUNK_SIZE, recall_k: int = DEFAULT_RECALL_K,
+                       recall_sample: int = DEFAULT_RECALL_SAMPLE, seed: int = 0, thumbnails: bool = True,
                        batch_size: int | None = None, show_progress: bool = False,
                        model_settings: dict | None = None) -> tuple[CorpusIndex, BuildStats]:
     """Build or extend the index at `out` from the corpus at `items_path` (see the module doc)."""
@@ -376,9 +379,9 @@ class IndexBuildConfig(IndexModelOptions, AnnOptions):
     index: str = option("auto", "FAISS index: flat = exact; auto = flat up to --approx-threshold vectors, hnsw above",
                         choices=["auto", *INDEX_KINDS])
     approx_threshold: int = option(AUTO_APPROX_THRESHOLD, "vectors up to which --index auto builds an exact index")
-    recall_k: int = option(10, "k of the recall@k measured for an approximate index")
-    recall_sample: int = option(200, "rows sampled as queries for that measurement")
-    chunk_size: int = option(1024, "items per written chunk (unit of resumption)")
+    recall_k: int = option(DEFAULT_RECALL_K, "k of the recall@k measured for an approximate index")
+    recall_sample: int = option(DEFAULT_RECALL_SAMPLE, "rows sampled as queries for that measurement")
+    chunk_size: int = option(DEFAULT_CHUNK_SIZE, "items per written chunk (unit of resumption)")
     cache_dir: str | None = option(None, "embedding cache shared with eval/mine (default: $UNIME_CACHE_DIR or "
                                    "~/.cache/unime)")
     no_thumbnails: bool = option(False, "do not store image thumbnails in the index")

@@ -40,7 +40,7 @@ from unime.mining.inputs import MiningInputs, load_inputs
 from unime.mining.manifest import Manifest, judge_hash, retrieval_hash, run_hash
 from unime.mining.pairs import score_pairs_file  # noqa: F401  (the `unime judge` command imports it from here)
 from unime.mining.retrieval import IndexConfig
-from unime.mining.sampling import DEFAULT_BETA
+from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL
 from unime.mining.stages import is_number, run_judge, run_retrieval, run_sampling, write_outputs
 from unime.options import option
 from unime.outdir import claim
@@ -62,8 +62,8 @@ class MineConfig(JudgeOptions, AnnOptions):
                                    "records' folder)")
     k: int = option(50, "candidates retrieved per query")
     beta: float = option(DEFAULT_BETA, "false negative: s(q,c) > s(q,c_t) - beta")
-    interval: int = option(5, "cyclical sampling interval")
-    count: int = option(10, "negatives stored per query")
+    interval: int = option(DEFAULT_INTERVAL, "cyclical sampling interval")
+    count: int = option(DEFAULT_COUNT, "negatives stored per query")
     fallback: str = option("random", "no survivor: draw at random from the K with score 1.0 (paper), or drop the "
                            "query", choices=["random", "drop"])
     seed: int = option(0, "random seed (the fallback draw, IVF's training sample)")

@@ -27,6 +27,8 @@ import numpy as np
 from unime.errors import DataError
 
 DEFAULT_BETA = 0.01  # β: a candidate is a false negative when its judge score s > s(q, c_t) − β
+DEFAULT_INTERVAL = 5  # i: the cyclical sampling interval
+DEFAULT_COUNT = 10  # negatives picked per query
 STATUSES = ("ok", "repeated", "fallback", "dropped")
 FALLBACK_SCORE = 1.0  # score the paper gives to randomly drawn negatives of a query with no survivor
 
@@ -68,7 +70,7 @@ def false_negative_mask(candidate_scores: Sequence[float] | np.ndarray, positive
     return scores > alpha
 
 
-def cyclical_order(n: int, interval: int = 5) -> list[int]:
+def cyclical_order(n: int, interval: int = DEFAULT_INTERVAL) -> list[int]:
     """All positions 0..n-1 in cyclical order: 0, i, 2i, …, then 1, 1+i, …, …, i-1, 2i-1, … (i = interval)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -99,7 +101,8 @@ class SampleResult:
 
 
 def sample_negatives(candidate_ids: Sequence[Any], candidate_scores: Sequence[float] | np.ndarray,
-                     positive_score: float, *, beta: float = DEFAULT_BETA, interval: int = 5, count: int = 10,
+                     positive_score: float, *, beta: float = DEFAULT_BETA, interval: int = DEFAULT_INTERVAL,
+                     count: int = DEFAULT_COUNT,
                      fallback: Fallback = "random", rng: np.random.Generator,
                      source: str | None = None, record: str | int | None = None) -> SampleResult:
     """Filter false negatives, then pick `count` negatives by cyclical sampling (SPEC §1.4).

@@ -19,7 +19,7 @@ import numpy as np
 from unime.data.atomic import atomic_path
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
-from unime.index.ann import measure_recall, recall_summary
+from unime.index.ann import DEFAULT_RECALL_SAMPLE, measure_recall, recall_summary
 from unime.mining.backends import JudgeBackend
 from unime.mining.manifest import Manifest
 from unime.mining.retrieval import RetrievalResult, build_index, search_hard_negatives
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from unime.mining.pipeline import MineConfig
 
 log = logging.getLogger(__name__)
-
-RECALL_SAMPLE = 200  # queries on which an approximate index's recall@K against exact search is measured
 
 
 # -- stage A: retrieval --------------------------------------------------------------------------------
@@ -80,7 +78,7 @@ def run_retrieval(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_h
     if index_config.kind == "flat":
         index_recall = recall_summary(index, index_config, pool_vecs, k=c.k)
     else:
-        sample = np.sort(np.random.default_rng(c.seed).choice(nq, size=min(RECALL_SAMPLE, nq), replace=False))
+        sample = np.sort(np.random.default_rng(c.seed).choice(nq, size=min(DEFAULT_RECALL_SAMPLE, nq), replace=False))
         index_recall = dict(measure_recall(index, pool_vecs, k=c.k, queries=q_vecs[sample]), exact=False)
     if not index_recall.get("exact"):
         log.info("retrieval: %s index recall@%d vs exact = %.4f on %d sampled queries", c.index,
