@@ -1,0 +1,95 @@
+"""`unime models pretrain` / `pretrain-judge`: their recipe overrides (`--FIELD`, `--judge-FIELD`, default None =
+the preset's value) are generated from the recipe dataclasses. Every argparse action of both commands is
+pinned as it was hand-written (`tests/cli/pretrain_options_pinned.json`: flags, dest, default, type, choices,
+help, metavar, group), and so are the recipes' cache keys and how the overrides reach the recipes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+PINNED = Path(__file__).parent / "pretrain_options_pinned.json"
+COMMANDS = ("models pretrain", "models pretrain-judge")
+
+
+def _group_titles(sub: argparse.ArgumentParser) -> dict[int, str | None]:
+    return {id(a): g.title for g in sub._action_groups for a in g._group_actions}
+
+
+def dump_actions() -> dict[str, list[dict]]:
+    """Every action of both commands, in parser order, as JSON-ready rows."""
+    from unime.cli import _add_overwrite_options, _command_path, build_parser
+
+    parser = build_parser()
+    _add_overwrite_options(parser)
+    out = {}
+    for command in COMMANDS:
+        sub = _command_path(parser, command.split())[1]
+        groups = _group_titles(sub)
+        out[command] = [{
+            "flags": list(a.option_strings), "dest": a.dest, "default": repr(a.default),
+            "type": getattr(a.type, "__name__", repr(a.type)), "choices": a.choices and list(a.choices),
+            "help": a.help, "metavar": a.metavar, "nargs": a.nargs, "action": type(a).__name__,
+            "required": a.required, "group": groups.get(id(a))} for a in sub._actions]
+    return out
+
+
+def test_every_action_of_both_commands_is_as_pinned():
+    assert dump_actions() == json.loads(PINNED.read_text(encoding="utf-8"))
+
+
+def test_the_help_of_both_commands_is_as_pinned(monkeypatch):
+    """The rendered `--help` (at a fixed width), which also covers the order of the options in their groups."""
+    from unime.cli import _add_overwrite_options, _command_path, build_parser
+
+    monkeypatch.setenv("COLUMNS", "100")
+    parser = build_parser()
+    _add_overwrite_options(parser)
+    pinned = json.loads((PINNED.parent / "pretrain_help_pinned.json").read_text(encoding="utf-8"))
+    assert {c: _command_path(parser, c.split())[1].format_help() for c in COMMANDS} == pinned
+
+
+def test_the_recipes_cache_keys_are_unchanged():
+    """The cache folder names of the pretrained base and judge (a changed key would retrain on every machine)."""
+    from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe
+
+    assert PretrainRecipe().key() == "49583a03286bf63d"
+    assert JudgePretrainRecipe().key("x") == "a227f06675e9d819"
+    assert PretrainRecipe.preset("quick").key() == "35c364b04dac1684"
+    assert JudgePretrainRecipe.preset("quick").key("x") == "c6e3cac19d27ec5c"
+
+
+@pytest.fixture()
+def calls(monkeypatch):
+    """The recipes the two commands hand to the stage functions (nothing trains)."""
+    import unime.demo.pretrain as P
+
+    seen = []
+
+    class _Done:
+        model = "MODEL"
+
+    monkeypatch.setattr(P, "pretrain", lambda recipe, **where: seen.append((recipe, where)) or _Done())
+    monkeypatch.setattr(P, "pretrain_judge", lambda judge, base, **where: seen.append((judge, base, where)) or _Done())
+    return seen
+
+
+def test_the_overrides_change_only_the_named_fields_of_the_preset(calls, capsys):
+    from unime.cli import main
+    from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe
+
+    assert main(["models", "pretrain", "--preset", "quick", "--steps", "7", "--lr", "0.5", "--family", "qwen3_vl",
+                 "--device", "cpu"]) == 0
+    assert main(["models", "pretrain-judge", "--preset", "quick", "--judge-steps", "9", "--judge-holdout", "0.25",
+                 "--judge-video-clips", "0"]) == 0
+    assert main(["models", "pretrain"]) == 0
+    assert capsys.readouterr().out == "MODEL\nMODEL\nMODEL\n"
+    (base, where), (judge, judge_base, _), (default, _) = calls
+    assert base == PretrainRecipe.preset("quick").replace(steps=7, lr=0.5, family="qwen3_vl")
+    assert where == {"out": None, "exclude_world": None, "device": "cpu"}
+    assert judge == JudgePretrainRecipe.preset("quick").replace(steps=9, holdout=0.25, video_clips=0)
+    assert judge_base == PretrainRecipe.preset("quick")
+    assert default == PretrainRecipe()
