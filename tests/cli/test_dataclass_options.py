@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 
-from unime.cli.dataclass_options import add_options, config_from_args, dest_of, option_fields
+from unime.cli.dataclass_options import add_options, config_from_args, dest_of, option_fields, option_values
 from unime.options import option
 
 
@@ -74,6 +74,29 @@ def test_a_field_two_configs_share_with_their_own_defaults_is_one_option_default
     assert config_from_args(_B, args, unset_is_none=True).lr == 3e-6
     assert config_from_args(_A, args, unset_is_none=True).lr == 1e-4
     assert config_from_args(_B, p.parse_args(["--model", "m", "--lr", "0.1"]), unset_is_none=True).lr == 0.1
+
+
+
+def test_a_prefix_names_a_second_configs_options_beside_the_first():
+    """`--judge-steps` (dest judge_steps) beside `--steps`: the prefix goes before the name and the dest, not
+    before the value's metavar; the config (or its set values) is read back under the same prefix."""
+    p = argparse.ArgumentParser(prog="t")
+    add_options(p, _A, groups=("opt",))
+    add_options(p.add_argument_group("judge"), _A, groups=("opt",), prefix="judge-")
+    acts = {a.dest: a for a in p._actions}
+    assert acts["judge_model"].option_strings == ["--judge-model"] and acts["judge_model"].metavar == "MODEL"
+    assert acts["judge_skip"].option_strings == ["--judge-skip-bad"] and acts["judge_skip"].metavar is None
+    assert acts["judge_max_steps_short"].option_strings == ["--judge-max-steps-short"]
+    assert isinstance(acts["judge_flag"], argparse._StoreTrueAction) and acts["judge_lr"].type is float
+    assert acts["model"].metavar is None  # no prefix: argparse's own
+    args = p.parse_args(["--model", "m", "--max-steps-short", "2", "--judge-model", "j",
+                         "--judge-lr", "0.5", "--judge-max-steps-short", "9"])
+    assert config_from_args(_A, args) == _A(model="m", steps=2)
+    assert config_from_args(_A, args, prefix="judge-") == _A(model="j", lr=0.5, steps=9)
+    assert option_values(_A, args, prefix="judge-") == {"seed": 0, "lr": 0.5, "model": "j", "name": None,
+                                                         "skip": "raise", "flag": False, "steps": 9}
+    assert option_values(_A, args, prefix="judge-", unset_is_none=True) == {
+        "seed": 0, "lr": 0.5, "model": "j", "skip": "raise", "flag": False, "steps": 9}
 
 
 def _command(words):

@@ -19,6 +19,13 @@ def _group_titles(sub: argparse.ArgumentParser) -> dict[int, str | None]:
     return {id(a): g.title for g in sub._action_groups for a in g._group_actions}
 
 
+def _shown_metavar(a: argparse.Action) -> str | None:
+    """The metavar `--help` shows: argparse's default for a value option is its dest in capitals (the
+    hand-written `--hidden` said `metavar="HIDDEN"`, the generated one leaves it to argparse)."""
+    takes_value = a.option_strings and a.nargs != 0 and not a.choices  # choices are shown as {a,b}
+    return a.metavar if a.metavar is not None or not takes_value else a.dest.upper()
+
+
 def dump_actions() -> dict[str, list[dict]]:
     """Every action of both commands, in parser order, as JSON-ready rows."""
     from unime.cli import _add_overwrite_options, _command_path, build_parser
@@ -32,7 +39,7 @@ def dump_actions() -> dict[str, list[dict]]:
         out[command] = [{
             "flags": list(a.option_strings), "dest": a.dest, "default": repr(a.default),
             "type": getattr(a.type, "__name__", repr(a.type)), "choices": a.choices and list(a.choices),
-            "help": a.help, "metavar": a.metavar, "nargs": a.nargs, "action": type(a).__name__,
+            "help": a.help, "metavar": _shown_metavar(a), "nargs": a.nargs, "action": type(a).__name__,
             "required": a.required, "group": groups.get(id(a))} for a in sub._actions]
     return out
 

@@ -1,8 +1,8 @@
 """`unime` command line. One module per subcommand group; each has `register(subparsers)` that adds
 its parser(s) with `set_defaults(func=...)`. Parsing lives here; the work lives in the stage modules.
 Every command generates its options from its stage's config dataclasses (each option declared once, on its
-field: `unime.options`, `unime.cli.dataclass_options`); only the shared options below and the `judge-`
-prefixed recipe overrides of `models pretrain-judge` are written here by hand.
+field: `unime.options`, `unime.cli.dataclass_options`, which can prefix a second config's options, as
+`models pretrain-judge --judge-steps`); only the shared options below are written here by hand.
 
 Every subcommand accepts `--config FILE.yaml`: its keys (option names, dashes or underscores) become
 defaults, checked by the options' own types and choices (`unime.cli.options_file`); options given on

@@ -35,8 +35,10 @@ def option_fields(*classes: type, own_first: bool = False) -> list[tuple[datacla
     return out
 
 
-def dest_of(f: dataclasses.Field) -> str:
-    return f.metadata.get("dest", f.name)
+def dest_of(f: dataclasses.Field, prefix: str = "") -> str:
+    """The namespace name of `f`'s option; `prefix` (`judge-`) names the options of a second config of the
+    same fields (`--judge-steps`, dest `judge_steps`)."""
+    return (prefix + f.metadata.get("dest", f.name)).replace("-", "_")
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -46,15 +48,17 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def add_options(parser: argparse.ArgumentParser, *classes: type, groups: tuple[str, ...] = (),
-                default_group: str | None = None, labels: tuple[str, ...] = (), own_first: bool = False) -> None:
+                default_group: str | None = None, labels: tuple[str, ...] = (), own_first: bool = False,
+                prefix: str = "") -> None:
     """Add an option per field of `classes` to `parser`, in argparse groups by the fields' `group` (fields
     without one go to `default_group`; None: the parser's own options). `groups` lists the groups to add,
     in help order; fields of other groups are left out. With several classes (`labels` names them), a field
     they share is one option; where their defaults differ its default is None ("the class's own") and the
-    help names each. `own_first`: see `option_fields`."""
+    help names each. `own_first`: see `option_fields`. `prefix` goes before each option's name and dest
+    (`--judge-steps`, `judge_steps`), not its value's metavar (`STEPS`)."""
     found: dict[str, list] = {}
     for f, hint, cls in option_fields(*classes, own_first=own_first):
-        found.setdefault(dest_of(f), []).append((f, hint, cls))
+        found.setdefault(dest_of(f, prefix), []).append((f, hint, cls))
     by_group: dict[str | None, list] = {}
     for entries in found.values():
         group = entries[0][0].metadata.get("group", default_group)
@@ -77,10 +81,10 @@ def add_options(parser: argparse.ArgumentParser, *classes: type, groups: tuple[s
                     exclusive[md["exclusive"]] = container.add_mutually_exclusive_group(
                         required=md.get("exclusive_required", False))
                 container = exclusive[md["exclusive"]]
-            _add(container, entries, classes, labels)
+            _add(container, entries, classes, labels, prefix)
 
 
-def _add(container, entries, classes, labels) -> None:
+def _add(container, entries, classes, labels, prefix: str = "") -> None:
     f, hint, _ = entries[0]
     md = f.metadata
     kwargs = {k: md[k] for k in _CLI_KEYS if k in md}
@@ -101,22 +105,34 @@ def _add(container, entries, classes, labels) -> None:
         kwargs["type"] = _value_type(hint)
     if help_text is not None:
         kwargs["help"] = help_text
-    flag = dest_of(f) if positional else md.get("flag", "--" + dest_of(f).replace("_", "-"))
-    flags = flag if isinstance(flag, tuple) else (flag,)
-    if not positional and flags[0].lstrip("-").replace("-", "_") != dest_of(f):
-        kwargs["dest"] = dest_of(f)
+    dest = dest_of(f, prefix)
+    flag = dest if positional else md.get("flag", "--" + dest_of(f).replace("_", "-"))
+    flags = tuple("--" + prefix + s[2:] if prefix and s.startswith("--") else s
+                  for s in (flag if isinstance(flag, tuple) else (flag,)))
+    if prefix and "metavar" not in kwargs and not positional and not kwargs.get("action"):
+        kwargs["metavar"] = dest_of(f).upper()
+    if not positional and flags[0].lstrip("-").replace("-", "_") != dest:
+        kwargs["dest"] = dest
     container.add_argument(*flags, **kwargs)
 
 
-def config_from_args(cls: type, args: argparse.Namespace, *, unset_is_none: bool = False, **values: Any):
+def option_values(cls: type, args: argparse.Namespace, *, prefix: str = "", unset_is_none: bool = False) -> dict:
+    """{field: value} of the options of `cls` in the parsed namespace (`prefix` as given to `add_options`);
+    fields the command has no option for are left out, and with `unset_is_none` those left at None too."""
+    kwargs = {}
+    for f, _, _ in option_fields(cls):
+        if not hasattr(args, dest_of(f, prefix)):
+            continue
+        value = getattr(args, dest_of(f, prefix))
+        if not (unset_is_none and value is None):
+            kwargs[f.name] = value
+    return kwargs
+
+
+def config_from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", unset_is_none: bool = False,
+                     **values: Any):
     """`cls` from the parsed options (each field from its option's dest; fields the command has no option
     for keep their default) and `values`. `unset_is_none`: an option left at None keeps the field's
     default (options shared by configs with their own defaults, `add_options`)."""
-    kwargs = {}
-    for f, _, _ in option_fields(cls):
-        if f.name in values or not hasattr(args, dest_of(f)):
-            continue
-        value = getattr(args, dest_of(f))
-        if not (unset_is_none and value is None):
-            kwargs[f.name] = value
-    return cls(**kwargs, **values)
+    parsed = option_values(cls, args, prefix=prefix, unset_is_none=unset_is_none)
+    return cls(**{k: v for k, v in parsed.items() if k not in values}, **values)

@@ -5,7 +5,7 @@ recipes and `PretrainOptions`) and calls the stage functions."""
 from __future__ import annotations
 
 from unime.cli import add_config_option
-from unime.cli.dataclass_options import add_options, config_from_args
+from unime.cli.dataclass_options import add_options, config_from_args, option_values
 
 
 def register(sub) -> None:
@@ -38,7 +38,7 @@ def _add_pretrain_parser(msub) -> None:
                     "recipe's key: an unchanged recipe is reused, a changed one trains anew. Prints the model folder "
                     "(an ordinary HF folder).")
     add_options(p, PretrainOptions)
-    _recipe_overrides(p.add_argument_group("recipe (overrides of the preset)"), PretrainRecipe)
+    add_options(p.add_argument_group("recipe (overrides of the preset)"), PretrainRecipe)
     add_config_option(p)
     p.set_defaults(func=_pretrain)
 
@@ -49,24 +49,9 @@ def _add_pretrain_parser(msub) -> None:
                     "labelled pairs of the same corpus, drawn from its global pool. Cached beside the base under "
                     "a key of both recipes. Prints the judge folder (an ordinary HF folder for `--judge`).")
     add_options(j, PretrainOptions)
-    _recipe_overrides(j.add_argument_group("judge recipe (overrides of the preset)"), JudgePretrainRecipe,
-                      prefix="judge-")
+    add_options(j.add_argument_group("judge recipe (overrides of the preset)"), JudgePretrainRecipe, prefix="judge-")
     add_config_option(j)
     j.set_defaults(func=_pretrain_judge)
-
-
-def _recipe_overrides(group, recipe_class, *, prefix: str = "") -> None:
-    """One option per recipe field (`--FIELD`, or `--PREFIXFIELD`), default None = the preset's value."""
-    for f in recipe_class.__dataclass_fields__.values():
-        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-        group.add_argument("--" + prefix + f.name.replace("_", "-"), type=kind, default=None,
-                           dest=(prefix + f.name).replace("-", "_"), metavar=f.name.upper(),
-                           help=f"(preset default: {f.default})")
-
-
-def _overrides(args, recipe, *, prefix: str = "") -> dict:
-    return {name: getattr(args, (prefix + name).replace("-", "_")) for name in recipe.__dataclass_fields__
-            if getattr(args, (prefix + name).replace("-", "_")) is not None}
 
 
 def _pretrain(args) -> int:
@@ -74,7 +59,7 @@ def _pretrain(args) -> int:
 
     opts = config_from_args(PretrainOptions, args)
     recipe = PretrainRecipe.preset(opts.preset)
-    print(pretrain(recipe.replace(**_overrides(args, recipe)), **opts.where()).model)
+    print(pretrain(recipe.replace(**option_values(PretrainRecipe, args, unset_is_none=True)), **opts.where()).model)
     return 0
 
 
@@ -82,7 +67,7 @@ def _pretrain_judge(args) -> int:
     from unime.demo.pretrain import JudgePretrainRecipe, PretrainOptions, PretrainRecipe, pretrain_judge
 
     opts = config_from_args(PretrainOptions, args)
-    judge = JudgePretrainRecipe.preset(opts.preset)
-    print(pretrain_judge(judge.replace(**_overrides(args, judge, prefix="judge-")), PretrainRecipe.preset(opts.preset),
-                         **opts.where()).model)
+    judge = JudgePretrainRecipe.preset(opts.preset).replace(
+        **option_values(JudgePretrainRecipe, args, prefix="judge-", unset_is_none=True))
+    print(pretrain_judge(judge, PretrainRecipe.preset(opts.preset), **opts.where()).model)
     return 0

@@ -42,6 +42,12 @@ MODEL_DIR = "model"
 MANIFEST = "pretrain.json"
 
 
+def recipe_field(default, **cli):
+    """A recipe field. Its command-line option (`unime models pretrain`; `pretrain-judge`'s with `--judge-`)
+    overrides the preset's value: it defaults to None, the preset's."""
+    return option(default, f"(preset default: {default})", cli_default=None, **cli)
+
+
 class _Recipe:
     """`replace` for the frozen recipe dataclasses below: unknown field names are refused."""
 
@@ -58,25 +64,25 @@ class _Recipe:
 class PretrainRecipe(_Recipe):
     """Everything the pretrained weights depend on; its `key` names the cache folder."""
 
-    family: str = "qwen2_vl"
+    family: str = recipe_field("qwen2_vl", type=str)
     # backbone shape (models build-tiny)
-    hidden: int = 128
-    layers: int = 4
-    vision_depth: int = 2
-    vision_hidden: int = 128
-    vision_heads: int = 4
-    init_std: float = 0.1
-    seed: int = 0
+    hidden: int = recipe_field(128)
+    layers: int = recipe_field(4)
+    vision_depth: int = recipe_field(2)
+    vision_hidden: int = recipe_field(128)
+    vision_heads: int = recipe_field(4)
+    init_std: float = recipe_field(0.1)
+    seed: int = recipe_field(0)
     # corpus: the train split of a generated world with its own seed
-    corpus_seed: int = 1
-    corpus_scenes: int = 1200
-    corpus_per_task: int = 300
+    corpus_seed: int = recipe_field(1)
+    corpus_scenes: int = recipe_field(1200)
+    corpus_per_task: int = recipe_field(300)
     # contrastive pretraining
-    steps: int = 600
-    batch_size: int = 64
-    lr: float = 1e-3
-    tau: float = 0.05
-    warmup: float = 0.1
+    steps: int = recipe_field(600)
+    batch_size: int = recipe_field(64)
+    lr: float = recipe_field(1e-3)
+    tau: float = recipe_field(0.05)
+    warmup: float = recipe_field(0.1)
 
     @classmethod
     def preset(cls, name: str) -> "PretrainRecipe":
@@ -99,19 +105,19 @@ class JudgePretrainRecipe(_Recipe):
     corpus (its labelled pairs drawn from the corpus's global pool, `unime.demo.judge_data`), the
     embedded default's stand-in for the paper's pretrained zero-shot judge. Its key includes the base's."""
 
-    negatives: int = 3
-    extra_positives: int = 1
-    steps: int = 4000            # 3000 on images only; 4000 keeps ~3.7 passes over the image records with the clips'
-    batch_size: int = 4          # records (1 positive + `negatives` each)
-    lr: float = 1e-3
-    group_weight: float = 1.0
-    warmup: int = 100
-    holdout: float = 0.05
-    seed: int = 0
+    negatives: int = recipe_field(3)
+    extra_positives: int = recipe_field(1)
+    steps: int = recipe_field(4000)    # 3000 on images only; 4000 keeps ~3.7 passes over the image records with
+    batch_size: int = recipe_field(4)  # the clips' records (1 positive + `negatives` each)
+    lr: float = recipe_field(1e-3)
+    group_weight: float = recipe_field(1.0)
+    warmup: int = recipe_field(100)
+    holdout: float = recipe_field(0.05)
+    seed: int = recipe_field(0)
     # the judge's corpus also holds generated clips (train clips of the world's video tasks, 4 records each), so
     # it has seen motion and change before it judges the demo world's video records; 0 = images only
-    video_clips: int = 300
-    video_frames: int = 8
+    video_clips: int = recipe_field(300)
+    video_frames: int = recipe_field(8)
     what = "judge recipe"
 
     @classmethod
