@@ -364,20 +364,21 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
     """TRL `GRPOConfig` for EG-RL with the batch geometry that keeps pairs whole."""
     from trl import GRPOConfig
 
+    from unime.models.hf_arguments import hf_training_arguments
+
     if cfg.pairs_per_batch < 2:
         raise ValueError("pairs_per_batch must be >= 2: the outcome reward needs other pairs as negatives")
     if cfg.num_generations < 2:
         raise ValueError("num_generations must be >= 2 (GRPO normalises advantages within the group)")
     per_device = 2 * cfg.pairs_per_batch * cfg.num_generations
-    gcfg = GRPOConfig(
-        output_dir=output_dir, per_device_train_batch_size=per_device, gradient_accumulation_steps=1,
+    gcfg = hf_training_arguments(
+        GRPOConfig, output_dir=output_dir, batch_size=per_device, epochs=1, max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate, logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2,
+        seed=cfg.seed, use_cpu=use_cpu, bf16=bf16, fp16=fp16,
         steps_per_generation=1, num_generations=cfg.num_generations, num_iterations=1,
-        max_completion_length=cfg.max_completion_length, num_train_epochs=1, max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate, beta=cfg.beta, temperature=cfg.temperature, top_p=cfg.top_p,
-        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False, use_vllm=False,
-        gradient_checkpointing=False, bf16=bf16, fp16=fp16, use_cpu=use_cpu, logging_steps=1, report_to=[],
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
-        remove_unused_columns=False, disable_dropout=True, log_completions=False)
+        max_completion_length=cfg.max_completion_length, beta=cfg.beta, temperature=cfg.temperature,
+        top_p=cfg.top_p, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False,
+        use_vllm=False, disable_dropout=True, log_completions=False)
     # the geometry that keeps pairs whole (see the module docstring)
     local = gcfg.per_device_train_batch_size * gcfg.steps_per_generation
     if local % (2 * cfg.num_generations) or gcfg.generation_batch_size % (2 * cfg.num_generations * num_processes):

@@ -114,14 +114,16 @@ def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype)
     import torch
     from trl import SFTConfig
 
-    return SFTConfig(
-        output_dir=output_dir, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-        lr_scheduler_type="linear", logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
-        seed=cfg.seed, report_to=[], use_cpu=use_cpu, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        dataloader_num_workers=0, disable_tqdm=False, completion_only_loss=True, max_length=None,
-        activation_checkpointing=False)
+    from unime.models.hf_arguments import hf_training_arguments
+
+    return hf_training_arguments(
+        SFTConfig, output_dir=output_dir, epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
+        save_total_limit=2, seed=cfg.seed, use_cpu=use_cpu, bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16, show_progress=True,
+        # SFTConfig's own default, kept (the core's False is for the collators that read whole records)
+        remove_unused_columns=True, completion_only_loss=True, max_length=None)
 
 
 def lora_model(model, cfg: ReasonerSFTConfig):

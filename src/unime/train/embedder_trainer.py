@@ -31,6 +31,7 @@ from unime.data.roots import resolve_data_root
 from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
+from unime.models.hf_arguments import hf_training_arguments
 from unime.models.image_budget import ImageBudget
 from unime.models.lora import LoraSettings, apply_lora
 from unime.models import export, run_state
@@ -287,37 +288,19 @@ def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -
     # every trainable parameter is used in every forward pass when LoRA adapts only the decoder;
     # otherwise (vision LoRA, full fine-tuning) a text-only chunk leaves vision parameters unused
     find_unused = bool(config.full or config.lora_vision or tuple(config.lora_targets) == ("all-linear",))
-    return TrainingArguments(
-        output_dir=str(checkpoint_root),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+    return hf_training_arguments(
+        TrainingArguments, output_dir=checkpoint_root, batch_size=config.batch_size, grad_accum=config.grad_accum,
         max_steps=config.steps if config.steps is not None else -1,
-        num_train_epochs=config.epochs if config.epochs is not None else 1.0,
-        learning_rate=config.lr,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        optim=config.optim,
-        bf16=bf16,
-        use_cpu=on_cpu,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        remove_unused_columns=False,
-        dataloader_num_workers=config.workers,
-        dataloader_pin_memory=not on_cpu,
-        report_to="none",
-        ddp_find_unused_parameters=find_unused,
+        epochs=config.epochs if config.epochs is not None else 1.0, learning_rate=config.lr,
+        lr_scheduler=config.lr_scheduler, warmup_steps=config.warmup, weight_decay=config.weight_decay,
+        seed=config.seed, data_seed=config.seed, logging_steps=config.logging_steps, save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, use_cpu=on_cpu, bf16=bf16, workers=config.workers,
+        show_progress=logger.isEnabledFor(logging.INFO),
+        max_grad_norm=config.max_grad_norm, optim=config.optim, logging_first_step=True,
+        dataloader_pin_memory=not on_cpu, ddp_find_unused_parameters=find_unused,
         # the models' buffers are constants (rotary tables): no per-forward broadcast, which would
         # also require the same number of forward passes on every process
-        ddp_broadcast_buffers=False,
-        disable_tqdm=not logger.isEnabledFor(logging.INFO),
-    )
+        ddp_broadcast_buffers=False)
 
 
 def _data_summary(config: EmbedderTrainingConfig, records: Sequence[Record], data_root: str,

@@ -544,6 +544,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     from transformers import TrainingArguments
 
     from unime.data.skips import SkipReport
+    from unime.models.hf_arguments import hf_training_arguments
     from unime.models.loading import load_model, resolve_device, resolve_dtype
     from unime.models import run_state
     from unime.models.run_state import is_peft
@@ -594,22 +595,17 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                                     source=", ".join(cfg.records),
                                     train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
 
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, lr_scheduler_type="linear", logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed, report_to=[],
-        remove_unused_columns=False, dataloader_num_workers=0, use_cpu=device == "cpu",
+    args = hf_training_arguments(
+        TrainingArguments, output_dir=ckpt_dir, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
+        save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed, use_cpu=device == "cpu",
         bf16=compute_dtype == torch.bfloat16, fp16=compute_dtype == torch.float16,
-        activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        disable_tqdm=not log.isEnabledFor(logging.INFO),
+        activation_checkpointing=cfg.gradient_checkpointing, show_progress=log.isEnabledFor(logging.INFO),
         # LoRA on the decoder (and modules_to_save): every trainable parameter takes part in each forward;
         # the two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training.
         # Full fine-tuning: a text-only batch leaves the vision tower unused.
-        ddp_find_unused_parameters=cfg.full,
-    )
+        ddp_find_unused_parameters=cfg.full)
     title = f"{cfg.role} — {Path(str(cfg.model)).name}"
     callbacks = [CurvesCallback(out, title=title)]
     judge_check = None
