@@ -230,7 +230,7 @@ class EmbedRLReward:
 
     def __call__(self, prompts=None, completions=None, *, pair_id=None, side=None, item=None, trainer_state=None,
                  log_metric=None, **_: Any) -> list[float]:
-        from unime.reasoning.rewards import completion_text, format_reward
+        from unime.reasoning.rewards import completion_text
 
         if pair_id is None or side is None or item is None:
             raise ValueError("EmbedRLReward needs the dataset columns pair_id, side and item (see grpo_rows)")

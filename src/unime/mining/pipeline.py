@@ -38,7 +38,6 @@ from unime.index.ann import INDEX_KINDS, AnnOptions
 from unime.mining.backends import JudgeBackend, JudgeOptions, JudgeSpec, make_backend
 from unime.mining.inputs import MiningInputs, load_inputs
 from unime.mining.manifest import Manifest, judge_hash, retrieval_hash, run_hash
-from unime.mining.pairs import score_pairs_file  # noqa: F401  (the `unime judge` command imports it from here)
 from unime.mining.retrieval import IndexConfig
 from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL
 from unime.mining.stages import is_number, run_judge, run_retrieval, run_sampling, write_outputs

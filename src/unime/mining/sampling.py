@@ -7,7 +7,7 @@ scores. The mining pipeline calls `sample_negatives` once per query and feeds ev
 Choices (all options):
 - a candidate is a false negative iff its judge score s > α = s(q, c_t) − β (strict: s == α is kept);
 - cyclical sampling visits the survivors' positions 0, i, 2i, …, then 1, 1+i, 1+2i, …, and so on
-  (i = `interval`, default 5) — our reading of the paper's "five-step interval";
+  (i = `interval`, default `DEFAULT_INTERVAL`) — our reading of the paper's "five-step interval";
 - fewer survivors than `count`: the picked list is repeated cyclically ([a, b, a, b, …]), as the
   released data shows;
 - no survivor: `fallback="random"` draws `count` of the original candidates at random (without
