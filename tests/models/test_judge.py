@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import FAMILIES
+from tests.models.helpers import sharpen
 from unime.data.items import Item
 from unime.errors import ModelError
 from unime.models import judge_prompt as judge_mod
@@ -19,16 +20,6 @@ def _img(seed: int, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def _sharpen(model, seed: int = 0) -> None:
-    """Re-initialise the tiny model's matrices at a larger scale so that logit margins are O(1): with the
-    factory's small init every margin is ~0.05 and a wrong position would hide below the tolerance."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 1.2 / p.shape[-1] ** 0.5, generator=g)
-
-
 @pytest.fixture(scope="module")
 def judges(tiny_model_dir):
     cache = {}
@@ -36,7 +27,7 @@ def judges(tiny_model_dir):
     def get(family):
         if family not in cache:
             j = JudgeScorer.from_pretrained(tiny_model_dir(family), device="cpu", chunk_size=3)
-            _sharpen(j.model)
+            sharpen(j.model)
             cache[family] = j
         return cache[family]
 

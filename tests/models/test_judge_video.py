@@ -14,19 +14,11 @@ from PIL import Image
 
 from tests.conftest import FAMILIES
 from tests.data.helpers import write_clip
+from tests.models.helpers import sharpen
 from unime.data.items import Item
 from unime.data.video import FRAME_CACHE
 from unime.models import adapters as adapters_mod
 from unime.models.judge import JudgeScorer
-
-
-def _sharpen(model, seed: int = 0) -> None:
-    """Larger weights so margins are O(1): a wrong temporal position then moves a margin far past 1e-4."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 1.2 / p.shape[-1] ** 0.5, generator=g)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +55,7 @@ CANDIDATES = [
 @pytest.mark.parametrize("query", sorted(QUERIES))
 def test_fast_path_equals_per_pair_for_video(family, query, video_root, tiny_model_dir):
     judge = JudgeScorer.from_pretrained(tiny_model_dir(family), device="cpu", data_root=video_root, chunk_size=3)
-    _sharpen(judge.model)
+    sharpen(judge.model)
     q = QUERIES[query]
     fast = judge.margin_candidates(q, CANDIDATES)
     assert judge.stats.pairs_scored_fast == 6 and judge.stats.boundary_fallbacks == 0  # no video fallback
@@ -80,7 +72,7 @@ def test_fast_path_without_the_feature_cache(video_root, tiny_model_dir):
     """image_cache_size=0: pixel values (images and videos) go through the model's own forward."""
     judge = JudgeScorer.from_pretrained(tiny_model_dir("qwen3_vl"), device="cpu", data_root=video_root,
                                         chunk_size=4, image_cache_size=0)
-    _sharpen(judge.model)
+    sharpen(judge.model)
     q = QUERIES["video+image"]
     fast = judge.margin_candidates(q, CANDIDATES)
     assert judge.stats.image_cache_hits == judge.stats.image_cache_misses == 0
@@ -91,7 +83,7 @@ def test_temporal_spacing_matters_on_qwen2_5(video_root, tiny_model_dir, monkeyp
     """Negative control: positions computed without the clips' second-per-grid (1 s per temporal patch
     instead of the true spacing) move the scores of video candidates away from the reference."""
     judge = JudgeScorer.from_pretrained(tiny_model_dir("qwen2_5_vl"), device="cpu", data_root=video_root)
-    _sharpen(judge.model)
+    sharpen(judge.model)
     q, cands = QUERIES["text"], CANDIDATES[:3]
     ref = np.array([judge.margin_pair(q, c) for c in cands])
     monkeypatch.setattr(adapters_mod, "_as_1d", lambda values, device: None)  # the adapter's position rule
