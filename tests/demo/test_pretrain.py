@@ -81,6 +81,20 @@ def test_pretrain_refuses_a_foreign_output_folder(tmp_path):
     assert (out / "notes.txt").read_text() == "user data"
 
 
+@pytest.mark.slow
+def test_models_pretrain_writes_a_new_out_folder_and_reuses_it(tmp_path, capsys):
+    """The command claims and locks its --out folder before the stage runs: the stage must not take that
+    claimed folder for someone else's (it did: "exists and is not a pretrained base")."""
+    from unime.cli import main
+
+    out = tmp_path / "base"
+    assert main(["models", "pretrain", "--preset", "quick", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "model" / "config.json").is_file() and (out / "pretrain.json").is_file()
+    capsys.readouterr()
+    assert main(["models", "pretrain", "--preset", "quick", "--out", str(out), "--device", "cpu"]) == 0
+    assert "reusing" in capsys.readouterr().out
+
+
 def test_version_is_part_of_the_key(monkeypatch):
     recipe = PretrainRecipe.preset("quick")
     before = recipe.key()

@@ -240,7 +240,10 @@ def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None]) ->
             return manifest
         raise FileExistsError(f"{dest} holds a pretrained {what} of another recipe (key {manifest.get('key')}, "
                               f"wanted {key}); choose another --out")
-    if dest.exists() and any(dest.iterdir()):
+    from unime.outdir import LOCK_NAME, MARKER_NAME
+
+    # the command line claims and locks its --out folder first (`unime.outdir`): those two files are not content
+    if dest.exists() and any(p.name not in (LOCK_NAME, MARKER_NAME) for p in dest.iterdir()):
         raise FileExistsError(f"{dest} exists and is not a pretrained {what} written by unime; choose another --out")
     return None
 
