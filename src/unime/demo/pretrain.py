@@ -2,8 +2,9 @@
 
 The paper's regime is a *pretrained* embedder and a *pretrained* judge; no pretrained vision-language
 weights can be had offline, so the embedded default pretrains its own: a tiny model of the real
-architecture (`unime.models.tiny.build_tiny`) trained contrastively (in-batch InfoNCE, the baseline
-recipe of `unime train embedder`) on a large generated corpus: the *training* split of a
+architecture (`unime.models.tiny.build_tiny`), optionally fine-tuned first as a captioner of the corpus's
+scenes (`caption_steps`, `unime.demo.captioning`), then trained contrastively (in-batch InfoNCE, the
+baseline recipe of `unime train embedder`) on a large generated corpus: the *training* split of a
 world generated with its own seed, never the demo world's. Records that show a scene of an excluded
 world's eval or OOD split (same background and objects, jitter aside) are dropped, so the demo's
 evaluation stays disjoint from everything the base has seen.
@@ -77,6 +78,10 @@ class PretrainRecipe(_Recipe):
     corpus_seed: int = recipe_field(1)
     corpus_scenes: int = recipe_field(1200)
     corpus_per_task: int = recipe_field(300)
+    # captioning before the contrastive stage (`unime.demo.captioning`); 0 = none
+    caption_steps: int = recipe_field(0)
+    caption_batch_size: int = recipe_field(8)
+    caption_lr: float = recipe_field(1e-3)
     # contrastive pretraining
     steps: int = recipe_field(600)
     batch_size: int = recipe_field(64)
@@ -94,9 +99,21 @@ class PretrainRecipe(_Recipe):
         raise ValueError(f"unknown pretraining preset {name!r} (default, quick)")
 
     def key(self, exclude_digest: str = "") -> str:
-        blob = json.dumps({"recipe": asdict(self), "version": RECIPE_VERSION, "exclude": exclude_digest},
+        blob = json.dumps({"recipe": self.key_fields(), "version": RECIPE_VERSION, "exclude": exclude_digest},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def key_fields(self) -> dict:
+        """The fields the weights depend on. Without a captioning stage its fields are left out, so that the
+        recipes from before the stage existed keep their keys (and their cached weights)."""
+        fields_ = asdict(self)
+        if not self.caption_steps:
+            for name in CAPTION_FIELDS:
+                fields_.pop(name)
+        return fields_
+
+
+CAPTION_FIELDS = ("caption_steps", "caption_batch_size", "caption_lr")
 
 
 @dataclass(frozen=True)
@@ -308,13 +325,23 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
     records, dropped = corpus_records(corpus, exclude)
     if not records_path.is_file():
         write_records(records, records_path)
+    start, captioning = base, None
+    if recipe.caption_steps:
+        from unime.demo.captioning import METRICS_FILE, read_metrics, train_captioner
+
+        start = work / "captioned"
+        if not (start / METRICS_FILE).is_file():  # written last, in the same rename as the model
+            train_captioner(base, corpus, exclude, start, steps=recipe.caption_steps,
+                            batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
+                            device=device, progress=progress)
+        captioning = read_metrics(start)
     trained = work / "embedder"
     if not (trained / "merged" / "config.json").is_file():
         progress(f"[pretrain] contrastive pretraining: {recipe.steps} steps of {recipe.batch_size} on "
                  f"{len(records)} records ({dropped} dropped: they show an excluded scene)")
         has_checkpoint = (trained / "checkpoints").is_dir() and any((trained / "checkpoints").iterdir())
         config = EmbedderTrainingConfig(
-            model=str(base), out=str(trained), records=str(records_path), data_root=str(corpus), loss="infonce",
+            model=str(start), out=str(trained), records=str(records_path), data_root=str(corpus), loss="infonce",
             hard_negatives=0, in_batch=True, tau=recipe.tau, full=True, batch_size=recipe.batch_size,
             steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed, device=device,
             save_steps=max(recipe.steps // 4, 1), logging_steps=max(recipe.steps // 20, 1),
@@ -327,7 +354,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
                 "corpus": {"records": len(records), "dropped_excluded_scenes": dropped},
                 "training": {k: metrics.get(k) for k in ("initial_loss", "final_loss", "steps",
                                                          "final_in_batch_accuracy", "train_runtime") if k in metrics},
-                "seconds": round(time.perf_counter() - t0, 1)}
+                "captioning": captioning, "seconds": round(time.perf_counter() - t0, 1)}
     return _publish(dest, trained / "merged", manifest, work, progress, "base")
 
 

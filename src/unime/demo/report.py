@@ -188,6 +188,14 @@ def write_report(demo: "Demo") -> Path:
     return path
 
 
+def _captioning(c: dict | None) -> str:
+    """The base's captioning stage, when its recipe had one."""
+    if not c:
+        return ""
+    return (f"captioning, {c.get('steps')} steps of {c.get('batch_size')} on {c.get('captions')} scene captions "
+            f"(loss {_num(c.get('first_loss'))} → {_num(c.get('last_loss'))}), then ")
+
+
 def _backbones_section(demo: "Demo") -> list[str]:
     """Where the embedder and the judge start: the pretrained base and the pretrained judge (their recipes,
     corpus, training figures, and whether this run reused them from the per-machine cache)."""
@@ -199,7 +207,8 @@ def _backbones_section(demo: "Demo") -> list[str]:
           f"- Embedder start: the pretrained base `{Path(base.get('path', '')).name}` "
           f"({'reused from the cache' if base.get('reused') else 'pretrained in this run'}): {r.get('family')} tiny, "
           f"hidden {r.get('hidden')}, {r.get('layers')} layers, vision {r.get('vision_hidden')} × depth "
-          f"{r.get('vision_depth')}, init std {r.get('init_std')}; contrastive pretraining, {t.get('steps')} steps of "
+          f"{r.get('vision_depth')}, init std {r.get('init_std')}; {_captioning(base.get('captioning'))}"
+          f"contrastive pretraining, {t.get('steps')} steps of "
           f"{r.get('batch_size')} on {base.get('corpus', {}).get('records')} records of a corpus world (seed "
           f"{r.get('corpus_seed')}; {base.get('corpus', {}).get('dropped_excluded_scenes')} records showing this "
           f"world's eval scenes dropped): loss {_num(t.get('initial_loss'))} → {_num(t.get('final_loss'))}, "
@@ -216,7 +225,7 @@ def _backbones_section(demo: "Demo") -> list[str]:
     else:
         md.append("- Judge start: the embedder's pretrained base.")
     s = demo.s
-    md.append(f"- Judge on this world: " + (f"fine-tuned {s.judge_steps} steps of {s.judge_batch} records (full "
+    md.append("- Judge on this world: " + (f"fine-tuned {s.judge_steps} steps of {s.judge_batch} records (full "
                                             f"fine-tuning, group weight {s.judge_group_weight})."
                                             if s.judge_steps > 0 else "zero-shot (no training on this world)."))
     ev = demo.p("judge", "model", "judge_eval.jsonl")

@@ -1,0 +1,94 @@
+"""Captioning stage of the embedded default's base (`PretrainRecipe.caption_steps`, before the contrastive stage).
+
+The tiny base learns what a multi-object scene holds (which objects, their colours, sizes and positions)
+much faster when it has to *say* it: each caption token is one lookup in the image, where a contrastive or
+Yes/No loss gives one signal for the whole comparison (measured for issue #13: `bench/judge_captioning_probe.py`;
+a base captioned before its contrastive stage ends that stage at in-batch accuracy 0.86 instead of 0.75).
+
+Rows: every training scene of the pretraining corpus that does not show an excluded scene, with its full
+caption (`unime.data.synth.language.full_caption`: background, count, each object's size, colour, shape and
+position). Prompt = the scene image + `CAPTION_PROMPT`, one user turn as the family adapter renders it;
+completion = the caption + the chat template's end of turn. TRL's `SFTTrainer` (the reasoner SFT's,
+`unime.embed_rl.reasoner_sft.sft_trainer`) with completion-only loss, full fine-tuning. The captioned model
+is written in one rename (the stage is redone as a whole if it was interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+CAPTION_PROMPT = "Describe the image."
+METRICS_FILE = "captioning.json"
+
+
+def caption_pairs(corpus_root: str | os.PathLike, exclude: set) -> list[tuple[str, str]]:
+    """(image path relative to the corpus, full caption) of every training scene whose signature is not in `exclude`."""
+    from unime.data.synth import World
+    from unime.data.synth.language import full_caption
+    from unime.demo.pretrain import scene_signature
+
+    world = World.load(corpus_root)
+    return [(scene.image, full_caption(scene)[0]) for scene in world.scenes.values()
+            if scene.split == "train" and scene_signature(scene) not in exclude]
+
+
+def caption_rows(pairs: list[tuple[str, str]], adapter, loader) -> list[dict[str, Any]]:
+    """TRL prompt-completion rows (`prompt`, `completion`, `images`) for (image, caption) pairs."""
+    from unime.embed_rl.reasoner_sft import end_of_turn_text
+    from unime.models.adapters import Segment
+
+    eot = end_of_turn_text(adapter)
+    rows = []
+    for ref, caption in pairs:
+        image = loader.load(ref, record=str(ref), field="image")
+        rows.append({"prompt": adapter.render_user_turn([Segment("image", image), Segment("text", CAPTION_PROMPT)]),
+                     "completion": caption + eot, "images": [adapter.image_budget.prepare(image)]})
+    return rows
+
+
+def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, exclude: set, out: str | os.PathLike,
+                    *, steps: int, batch_size: int, lr: float, seed: int, device: str | None,
+                    progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tune `model` as a captioner of the corpus's scenes for `steps` steps; writes the model, its
+    processor and `METRICS_FILE` to `out` (one rename). Returns the metrics."""
+    import torch
+    from trl import SFTConfig
+
+    from unime.data.atomic import atomic_dir
+    from unime.data.images import ImageLoader
+    from unime.embed_rl.reasoner_sft import sft_trainer
+    from unime.models.hf_arguments import hf_training_arguments
+    from unime.models.loading import load_model
+
+    pairs = caption_pairs(corpus_root, exclude)
+    if not pairs:
+        raise ValueError(f"{corpus_root}: no training scene left to caption")
+    loaded = load_model(model, device=device, trainable=True)
+    rows = caption_rows(pairs, loaded.adapter, ImageLoader(corpus_root))
+    progress(f"[pretrain] captioning: {steps} steps of {batch_size} on {len(rows)} scene captions")
+    out = Path(out)
+    with atomic_dir(out, overwrite=out.exists()) as tmp:  # `out` is this stage's own folder in the recipe's work folder
+        args = hf_training_arguments(
+            SFTConfig, output_dir=tmp / "checkpoints", max_steps=steps, batch_size=batch_size, learning_rate=lr,
+            warmup_steps=max(steps // 30, 1) if steps > 1 else 0, seed=seed, logging_steps=max(steps // 10, 1),
+            save_steps=10 * steps, save_total_limit=1, use_cpu=loaded.device == "cpu",
+            bf16=loaded.dtype == torch.bfloat16, fp16=loaded.dtype == torch.float16, show_progress=False,
+            remove_unused_columns=True, completion_only_loss=True, max_length=None)
+        trainer = sft_trainer(loaded.model, loaded.processor, rows, args)
+        trainer.train()
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        trainer.model.save_pretrained(str(tmp))  # the whole model (the trainer's own save writes checkpoints' state)
+        loaded.processor.save_pretrained(str(tmp))
+        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # made by this stage, inside its own temporary folder
+        metrics = {"captions": len(rows), "steps": trainer.state.global_step, "batch_size": batch_size,
+                   "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    return metrics
+
+
+def read_metrics(out: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(out) / METRICS_FILE).read_text(encoding="utf-8"))

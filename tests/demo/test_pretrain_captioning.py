@@ -1,0 +1,77 @@
+"""The base's optional captioning stage (`PretrainRecipe.caption_steps`, `unime.demo.captioning`): what the
+stage trains on, how it enters the cache key, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from unime.data.synth import World
+from unime.data.synth.language import full_caption
+from unime.demo.captioning import CAPTION_PROMPT, caption_pairs, caption_rows
+from unime.demo.pretrain import PretrainRecipe, pretrain, scene_signature
+
+
+def _weights_hash(folder) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_caption_fields_enter_the_key_only_with_a_captioning_stage():
+    base = PretrainRecipe()
+    # off: the stage's other fields change nothing, so caches made before the stage existed stay valid
+    assert base.replace(caption_lr=5e-3, caption_batch_size=2).key() == base.key()
+    on = base.replace(caption_steps=10)
+    keys = {base.key(), on.key(), on.replace(caption_lr=5e-3).key(), on.replace(caption_batch_size=2).key(),
+            on.replace(caption_steps=11).key()}
+    assert len(keys) == 5
+
+
+def test_caption_pairs_are_the_full_captions_of_the_training_scenes_not_excluded(tiny_world_dir):
+    root = tiny_world_dir(3)
+    world = World.load(root)
+    train = [s for s in world.scenes.values() if s.split == "train"]
+    assert train and any(s.split != "train" for s in world.scenes.values())
+    dropped = train[0]
+    sig = scene_signature(dropped)
+    expected = {(s.image, full_caption(s)[0]) for s in train if scene_signature(s) != sig}
+
+    pairs = caption_pairs(root, {sig})
+    assert set(pairs) == expected and len(pairs) == len(expected)
+    assert all((root / image).is_file() for image, _ in pairs)
+    assert len(caption_pairs(root, set())) == len(train)
+    one = next(p for p in pairs if p[0] == train[1].image)  # spot check against the scene's own objects
+    for obj in train[1].objects:
+        assert obj.colour in one[1] and obj.shape in one[1]
+
+
+def test_caption_rows_are_prompt_completion_rows_of_the_family_adapter(tiny_world_dir, tiny_model_dir):
+    from unime.data.images import ImageLoader
+    from unime.embed_rl.reasoner_sft import end_of_turn_text
+    from unime.models.loading import load_model
+
+    root = tiny_world_dir(3)
+    loaded = load_model(tiny_model_dir("qwen2_vl"))
+    pairs = caption_pairs(root, set())[:3]
+    rows = caption_rows(pairs, loaded.adapter, ImageLoader(root))
+    eot = end_of_turn_text(loaded.adapter)
+    assert len(rows) == 3
+    for row, (_, caption) in zip(rows, pairs):
+        assert row["completion"] == caption + eot
+        assert CAPTION_PROMPT in row["prompt"] and caption not in row["prompt"]
+        assert row["prompt"].count(loaded.adapter.image_token) == 1 and len(row["images"]) == 1
+
+
+@pytest.mark.slow
+def test_captioning_stage_is_deterministic_and_changes_the_base(tmp_path):
+    quick = PretrainRecipe.preset("quick")
+    captioned = quick.replace(caption_steps=3, caption_batch_size=4)
+    first = pretrain(captioned, out=tmp_path / "a", progress=lambda m: None)
+    twin = pretrain(captioned, out=tmp_path / "b", progress=lambda m: None)
+    plain = pretrain(quick, out=tmp_path / "c", progress=lambda m: None)
+    assert _weights_hash(first.model) == _weights_hash(twin.model)  # one thread, as in conftest
+    assert _weights_hash(first.model) != _weights_hash(plain.model)
+    c = first.manifest["captioning"]
+    assert c["steps"] == 3 and c["captions"] > 0 and c["first_loss"] > 0
+    assert plain.manifest["captioning"] is None
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # work folders gone
