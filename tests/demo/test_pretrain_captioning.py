@@ -18,13 +18,14 @@ def _weights_hash(folder) -> str:
 
 
 def test_caption_fields_enter_the_key_only_with_a_captioning_stage():
-    base = PretrainRecipe()
+    base = PretrainRecipe().replace(caption_steps=0)
     # off: the stage's other fields change nothing, so caches made before the stage existed stay valid
     assert base.replace(caption_lr=5e-3, caption_batch_size=2).key() == base.key()
     on = base.replace(caption_steps=10)
     keys = {base.key(), on.key(), on.replace(caption_lr=5e-3).key(), on.replace(caption_batch_size=2).key(),
             on.replace(caption_steps=11).key()}
     assert len(keys) == 5
+    assert PretrainRecipe().caption_steps > 0 and PretrainRecipe.preset("quick").caption_steps == 0
 
 
 def test_caption_pairs_are_the_full_captions_of_the_training_scenes_not_excluded(tiny_world_dir):
