@@ -9,8 +9,8 @@ import pytest
 
 from unime.data.synth import World
 from unime.data.synth.language import full_caption
-from unime.demo.captioning import CAPTION_PROMPT, caption_pairs, caption_rows
-from unime.demo.pretrain import PretrainRecipe, pretrain, scene_signature
+from unime.demo.captioning import CAPTION_PROMPT, caption_rows
+from unime.demo.pretrain import PretrainRecipe, corpus_captions, pretrain, scene_signature
 
 
 def _weights_hash(folder) -> str:
@@ -37,10 +37,10 @@ def test_caption_pairs_are_the_full_captions_of_the_training_scenes_not_excluded
     sig = scene_signature(dropped)
     expected = {(s.image, full_caption(s)[0]) for s in train if scene_signature(s) != sig}
 
-    pairs = caption_pairs(root, {sig})
+    pairs = corpus_captions(root, {sig})
     assert set(pairs) == expected and len(pairs) == len(expected)
     assert all((root / image).is_file() for image, _ in pairs)
-    assert len(caption_pairs(root, set())) == len(train)
+    assert len(corpus_captions(root, set())) == len(train)
     one = next(p for p in pairs if p[0] == train[1].image)  # spot check against the scene's own objects
     for obj in train[1].objects:
         assert obj.colour in one[1] and obj.shape in one[1]
@@ -53,7 +53,7 @@ def test_caption_rows_are_prompt_completion_rows_of_the_family_adapter(tiny_worl
 
     root = tiny_world_dir(3)
     loaded = load_model(tiny_model_dir("qwen2_vl"))
-    pairs = caption_pairs(root, set())[:3]
+    pairs = corpus_captions(root, set())[:3]
     rows = caption_rows(pairs, loaded.adapter, ImageLoader(root))
     eot = end_of_turn_text(loaded.adapter)
     assert len(rows) == 3

@@ -6,7 +6,7 @@ Yes/No loss gives one signal for the whole comparison (measured for issue #13: `
 a base captioned before its contrastive stage ends that stage at in-batch accuracy 0.86 instead of 0.75).
 
 Rows: every training scene of the pretraining corpus that does not show an excluded scene, with its full
-caption (`unime.data.synth.language.full_caption`: background, count, each object's size, colour, shape and
+caption (`unime.demo.pretrain.corpus_captions`: background, count, each object's size, colour, shape and
 position). Prompt = the scene image + `CAPTION_PROMPT`, one user turn as the family adapter renders it;
 completion = the caption + the chat template's end of turn. TRL's `SFTTrainer` (the reasoner SFT's,
 `unime.embed_rl.reasoner_sft.sft_trainer`) with completion-only loss, full fine-tuning. The captioned model
@@ -25,17 +25,6 @@ CAPTION_PROMPT = "Describe the image."
 METRICS_FILE = "captioning.json"
 
 
-def caption_pairs(corpus_root: str | os.PathLike, exclude: set) -> list[tuple[str, str]]:
-    """(image path relative to the corpus, full caption) of every training scene whose signature is not in `exclude`."""
-    from unime.data.synth import World
-    from unime.data.synth.language import full_caption
-    from unime.demo.pretrain import scene_signature
-
-    world = World.load(corpus_root)
-    return [(scene.image, full_caption(scene)[0]) for scene in world.scenes.values()
-            if scene.split == "train" and scene_signature(scene) not in exclude]
-
-
 def caption_rows(pairs: list[tuple[str, str]], adapter, loader) -> list[dict[str, Any]]:
     """TRL prompt-completion rows (`prompt`, `completion`, `images`) for (image, caption) pairs."""
     from unime.embed_rl.reasoner_sft import end_of_turn_text
@@ -50,10 +39,11 @@ def caption_rows(pairs: list[tuple[str, str]], adapter, loader) -> list[dict[str
     return rows
 
 
-def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, exclude: set, out: str | os.PathLike,
-                    *, steps: int, batch_size: int, lr: float, seed: int, device: str | None,
+def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pairs: list[tuple[str, str]],
+                    out: str | os.PathLike, *, steps: int, batch_size: int, lr: float, seed: int, device: str | None,
                     progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fine-tune `model` as a captioner of the corpus's scenes for `steps` steps; writes the model, its
+    """Fine-tune `model` as a captioner of `pairs` ((image path relative to `corpus_root`, caption); the
+    pretraining stage passes `unime.demo.pretrain.corpus_captions`) for `steps` steps; writes the model, its
     processor and `METRICS_FILE` to `out` (one rename). Returns the metrics."""
     import torch
     from trl import SFTConfig
@@ -64,7 +54,6 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, ex
     from unime.models.hf_arguments import hf_training_arguments
     from unime.models.loading import load_model
 
-    pairs = caption_pairs(corpus_root, exclude)
     if not pairs:
         raise ValueError(f"{corpus_root}: no training scene left to caption")
     loaded = load_model(model, device=device, trainable=True)

@@ -232,6 +232,17 @@ def corpus_records(corpus_root: Path, exclude: set) -> tuple[list, int]:
     return kept, dropped
 
 
+def corpus_captions(corpus_root: str | os.PathLike, exclude: set) -> list[tuple[str, str]]:
+    """(image path relative to the corpus, full caption) of every training scene of the corpus world whose
+    signature is not in `exclude` (the captioning stage's data, `unime.demo.captioning`)."""
+    from unime.data.synth import World
+    from unime.data.synth.language import full_caption
+
+    world = World.load(corpus_root)
+    return [(scene.image, full_caption(scene)[0]) for scene in world.scenes.values()
+            if scene.split == "train" and scene_signature(scene) not in exclude]
+
+
 def _generate_corpus(recipe: PretrainRecipe, corpus: Path, progress: Callable[[str], None], *,
                      video_clips: int = 0, video_frames: int = 8) -> None:
     """The corpus world (its image part depends on `recipe` only; `video_clips` train clips added)."""
@@ -332,7 +343,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
 
         start = work / "captioned"
         if not (start / METRICS_FILE).is_file():  # written last, in the same rename as the model
-            train_captioner(base, corpus, exclude, start, steps=recipe.caption_steps,
+            train_captioner(base, corpus, corpus_captions(corpus, exclude), start, steps=recipe.caption_steps,
                             batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
                             device=device, progress=progress)
         captioning = read_metrics(start)
