@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoSettings:
-    """Sizes and budgets. `quick` is the CI smoke test. `default` (4 seeds) took 53 min on 2 shared CPU cores at one
-    thread with both pretrained bases cached (the hard-negative and soft-label rows are 63 % of it)."""
+    """Sizes and budgets. `quick` is the CI smoke test. `default` (4 seeds) took 29 min (1,715 s) on 2 CPU cores with
+    both pretrained bases cached (the hard-negative and soft-label rows are 57 % of it; README's quick start)."""
 
     family: str = "qwen2_vl"
     world_size: str = "default"
@@ -107,16 +107,19 @@ class DemoSettings:
     er_embed_batch: int = 16
     er_embed_lr: float = 1e-3
     er_tau: float = DEFAULT_TEMPERATURE
-    # measured on the default world (well-formed T-CoTs of the SFT reasoner on the 1,810 eval items): 120 records
-    # x 16 epochs 83 %, 360 records x 8 epochs 95 % (120 x 4 epochs gave 3 % on held-out training records)
-    er_sft_epochs: float = 8.0
+    # measured on the default world (well-formed T-CoTs of the SFT reasoner on the 1,810 eval items). From the base
+    # before its captioning stage: 120 records x 16 epochs 83 %, 360 x 8 95 % (120 x 4 epochs gave 3 % on held-out
+    # training records). From the captioned base, 360 records, 128 new tokens: 8 epochs 86.5 %, 12 89.8 %, 16 88.5 %
+    # (it writes caption-like rethinks and skips a closing tag); 12 epochs with 160 new tokens 90.4 % at one thread,
+    # 90.7 % in the demo (2 threads)
+    er_sft_epochs: float = 12.0
     er_sft_batch: int = 16
     er_sft_lr: float = 1e-3
     er_grpo_steps: int = 6
     er_grpo_epochs: int = 5
     er_grpo_lr: float = 3e-6
     er_generations: int = 4
-    er_max_new_tokens: int = 128  # the teacher's T-CoTs are up to ~121 tokens in the world's tokenizer
+    er_max_new_tokens: int = 160  # the teacher's T-CoTs are up to 145 tokens in the base's tokenizer (99 % <= 123)
     # video (unime.demo.video_rows): eval clips of the world (0 = no video), frames per clip; the trained
     # embedders are evaluated on the world's MMEB-V2 video tasks in the eval stage
     video_clips: int = 24
