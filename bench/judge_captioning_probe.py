@@ -38,7 +38,7 @@ from pathlib import Path
 
 from judge_task_learnability import task_records
 
-PROMPT = "Describe the image."
+from unime.demo.captioning import caption_prompt, caption_row
 
 
 def caption_of(record) -> str:
@@ -77,15 +77,10 @@ class CaptionScorer:
         self.eot = end_of_turn_text(adapter)
 
     def prompt(self, image) -> tuple[str, list]:
-        from unime.models.adapters import Segment
-
-        segs = [Segment("image", image), Segment("text", PROMPT)]
-        return self.adapter.render_user_turn(segs), segs
+        return caption_prompt(image, self.adapter)
 
     def row(self, image, caption: str) -> dict:
-        prompt, _ = self.prompt(image)
-        return {"prompt": prompt, "completion": caption + self.eot,
-                "images": [self.adapter.image_budget.prepare(image)]}
+        return caption_row(image, caption, self.adapter, self.eot)
 
     def caption_loss(self, pairs: list):
         """Mean next-token loss of the captions (and end of turn) given their images: `pairs` of (image, caption)."""

@@ -25,18 +25,27 @@ CAPTION_PROMPT = "Describe the image."
 METRICS_FILE = "captioning.json"
 
 
+def caption_prompt(image, adapter) -> tuple[str, list]:
+    """The captioning prompt for `image` in the family's chat format, and its segments (the processor's input)."""
+    from unime.models.adapters import Segment
+
+    segments = [Segment("image", image), Segment("text", CAPTION_PROMPT)]
+    return adapter.render_user_turn(segments), segments
+
+
+def caption_row(image, caption: str, adapter, eot: str) -> dict[str, Any]:
+    """One TRL prompt-completion row (`prompt`, `completion` = caption + end of turn `eot`, `images`)."""
+    return {"prompt": caption_prompt(image, adapter)[0], "completion": caption + eot,
+            "images": [adapter.image_budget.prepare(image)]}
+
+
 def caption_rows(pairs: list[tuple[str, str]], adapter, loader) -> list[dict[str, Any]]:
     """TRL prompt-completion rows (`prompt`, `completion`, `images`) for (image, caption) pairs."""
     from unime.embed_rl.reasoner_sft import end_of_turn_text
-    from unime.models.adapters import Segment
 
     eot = end_of_turn_text(adapter)
-    rows = []
-    for ref, caption in pairs:
-        image = loader.load(ref, record=str(ref), field="image")
-        rows.append({"prompt": adapter.render_user_turn([Segment("image", image), Segment("text", CAPTION_PROMPT)]),
-                     "completion": caption + eot, "images": [adapter.image_budget.prepare(image)]})
-    return rows
+    return [caption_row(loader.load(ref, record=str(ref), field="image"), caption, adapter, eot)
+            for ref, caption in pairs]
 
 
 def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pairs: list[tuple[str, str]],
