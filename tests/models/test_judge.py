@@ -63,6 +63,8 @@ def test_prompt_is_the_spec_prompt(judges):
     assert "Query: a red circle, Candidate: <|vision_start|><|image_pad|><|vision_end|>.<|im_end|>" in text
 
 
+# the KV cache under the name the installed transformers takes (its old name warns before it is dropped)
+@pytest.mark.filterwarnings("error:.*past_key_values.*:FutureWarning")
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("query", [QUERY_IMAGE, QUERY_TEXT], ids=["image_query", "text_query"])
 def test_fast_path_equals_per_pair_full_forward(judges, family, query):

@@ -17,6 +17,8 @@ What this must get right (each one breaks equality with a full forward of the pr
   `mm_token_type_ids`, ...), so family specifics (e.g. Qwen3-VL's deepstack features) apply unchanged;
   their vision-encoder outputs are cached by media key (LRU), each encoded on its own so that a feature
   does not depend on which others shared its batch (a resumed run reproduces an uninterrupted one).
+- The KV cache goes in and comes out under the name the installed transformers uses (`cache` in recent 5.x, e.g. 5.24;
+  `past_key_values` in earlier ones; the old name goes in 5.40): `_cache_argument`, `_output_cache`.
 - Every continuation is checked at the token level (prefix tokens + continuation tokens == tokens of the
   full prompt); one that fails is returned in `failed` for the caller to score with a full forward, and
   counted in `stats.boundary_fallbacks`.
@@ -127,7 +129,7 @@ class PrefixEngine:
             input_ids=layout.input_ids, attention_mask=inputs["attention_mask"],
             mm_token_type_ids=layout.mm_token_type_ids, position_ids=positions, use_cache=True, return_dict=True,
             **kwargs)
-        prefix.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        prefix.kv = [(layer.keys, layer.values) for layer in _output_cache(out).layers]
         prefix.layout, prefix.next_position = layout, int(positions.max()) + 1
         self.stats.prefix_forwards += 1
         self.stats.prefix_tokens += int(layout.input_ids.shape[1])
@@ -163,9 +165,10 @@ class PrefixEngine:
                 encoded["video"] = self._encoded_media(kwargs.pop("pixel_values_videos"), layout.video_grid_thw,
                                                        flat, kind="video")
             kwargs["mm_encoder_outputs"] = encoded
-        out = self.adapter.backbone(self.model)(
+        backbone = self.adapter.backbone(self.model)
+        out = backbone(
             input_ids=ids, attention_mask=attention, mm_token_type_ids=layout.mm_token_type_ids,
-            position_ids=positions, past_key_values=cache, use_cache=True, return_dict=True, **kwargs)
+            position_ids=positions, use_cache=True, return_dict=True, **{_cache_argument(backbone): cache}, **kwargs)
         self.stats.continuation_tokens += int(lengths.sum())
         return out.last_hidden_state[torch.arange(batch, device=ids.device), lengths - 1]
 
@@ -212,3 +215,17 @@ class _EncoderOutput:
     def __init__(self, pooler_output):
         self.pooler_output = pooler_output
         self.deepstack_features = None
+
+
+def _cache_argument(backbone) -> str:
+    """The name under which `backbone.forward` takes a KV cache: `cache` (recent transformers 5.x) or
+    `past_key_values` (earlier 5.x)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+def _output_cache(out):
+    """The KV cache of a model output: its `cache` field (recent transformers 5.x) or `past_key_values`."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
