@@ -195,10 +195,11 @@ def test_collator_builds_the_inputs_the_embedder_builds(tiny_model_dir, mined_wo
     world, path = mined_world
     records = fixed_batch(read_records(path), 3)
     emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(world))
-    collate = EmbedderCollator(emb, num_negatives=2, with_scores=True, chunk_size=4, source=str(path))
-    batch = collate(list(enumerate(records)))
     items = [r.query for r in records] + [it for r in records for it in [r.positive] + r.negatives[:2]]
+    plain = EmbedderCollator(emb, num_negatives=2, with_scores=True, chunk_size=4, source=str(path), dedup=False)
+    batch = plain(list(enumerate(records)))
     assert batch["num_queries"] == 3 and batch["group_size"] == 3 and len(batch["chunks"]) == 3  # 12 items / 4
+    assert "item_index" not in batch
     for i, chunk in enumerate(batch["chunks"]):
         expect = emb.build_inputs(items[4 * i:4 * i + 4])
         assert chunk.keys() == expect.keys()
@@ -206,11 +207,66 @@ def test_collator_builds_the_inputs_the_embedder_builds(tiny_model_dir, mined_wo
             assert torch.equal(chunk[key], expect[key]), key
     torch.testing.assert_close(batch["scores"], torch.tensor(
         [[r.positive_score] + r.negative_scores[:2] for r in records], dtype=torch.float32))
+    # dedup (the default): each distinct item encoded once, in order of first appearance; item_index maps back
+    twice = [records[0], dataclasses.replace(records[1], negatives=[records[0].positive, records[1].negatives[1]])]
+    items = [r.query for r in twice] + [it for r in twice for it in [r.positive] + r.negatives[:2]]
+    distinct = []
+    for it in items:
+        if all(d.key != it.key for d in distinct):
+            distinct.append(it)
+    assert len(distinct) == len(items) - 1
+    collate = EmbedderCollator(emb, num_negatives=2, with_scores=True, chunk_size=4, source=str(path))
+    batch = collate(list(enumerate(twice)))
+    assert [distinct[int(i)].key for i in batch["item_index"]] == [it.key for it in items]
+    for i, chunk in enumerate(batch["chunks"]):
+        expect = emb.build_inputs(distinct[4 * i:4 * i + 4])
+        for key in chunk:
+            assert torch.equal(chunk[key], expect[key]), key
     # a missing image names the source file, the record and the field
     broken = dataclasses.replace(records[1], negatives=[records[1].negatives[0], Item("x", ("images/missing.png",))])
     with pytest.raises(DataError) as err:
         collate([(0, records[0]), (1, broken)])
     assert str(path) in str(err.value) and broken.id in str(err.value) and "negatives[1].images[0]" in str(err.value)
+
+
+@pytest.mark.parametrize("loss", ["infonce", "symmetric_kl"])
+def test_deduplicated_batch_gives_the_loss_and_gradients_of_the_full_batch(tiny_model_dir, mined_world, tmp_path,
+                                                                            loss):
+    """A batch whose records share items (a positive that is another record's negative, a query repeated) is
+    encoded once per distinct item; the trainer's loss and every gradient equal those of encoding each place."""
+    from unime.data.io import read_records
+    from unime.train.batching import EmbedderCollator
+    from unime.train.embedder_trainer import prepare_embedder_training
+
+    world, path = mined_world
+    records = fixed_batch(read_records(path), 4)
+    shared = [records[0], dataclasses.replace(records[1], negatives=[records[0].positive] + records[1].negatives[1:]),
+              dataclasses.replace(records[2], query=records[0].query), records[3]]
+    run = prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / loss, world, loss=loss,
+                                                in_batch=loss == "infonce", lora_r=0, full=True), records=records)
+    trainer, model = run.trainer, run.trainer.model
+    k = trainer.data_collator.num_negatives
+
+    def loss_and_grads(dedup: bool):
+        collate = EmbedderCollator(trainer.data_collator.builder, num_negatives=k, with_scores=True, dedup=dedup)
+        batch = collate(list(enumerate(shared)))
+        model.zero_grad()
+        value = trainer.compute_loss(model, batch)
+        value.backward()
+        rows = sum(int(c["input_ids"].shape[0]) for c in batch["chunks"])
+        return value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, rows
+
+    l_full, g_full, rows_full = loss_and_grads(False)
+    l_dedup, g_dedup, rows_dedup = loss_and_grads(True)
+    places = [r.query for r in shared] + [it for r in shared for it in [r.positive] + r.negatives[:k]]
+    assert rows_full == len(places) == 4 * (2 + k)
+    assert rows_dedup == len({it.key for it in places}) <= rows_full - 2  # the two planted repeats at least
+    torch.testing.assert_close(l_dedup, l_full, rtol=1e-5, atol=1e-6)
+    assert g_dedup.keys() == g_full.keys() and len(g_full) > 0
+    for name in g_full:  # float summation order differs: tolerance relative to the tensor's largest gradient
+        scale = float(g_full[name].abs().max())
+        torch.testing.assert_close(g_dedup[name], g_full[name], rtol=1e-4, atol=1e-5 * scale + 1e-10,
+                                   msg=lambda m: f"{name} (max |g| {scale:.3g}): {m}")
 
 
 def test_homogeneous_batches(tiny_model_dir, mined_world, tmp_path):

@@ -94,7 +94,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_model_dir, res
     again = read_curves_csv(killed / "curves.csv")
     assert [r["step"] for r in again] == [r["step"] for r in straight] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in straight], rel=1e-6)
-    assert straight[-1]["loss"] < straight[0]["loss"]  # it trained
+    # it trained (the equality above is not that of two untouched models): LoRA's B matrices start at zero.
+    # (Not "the last loss < the first": at batch 2 with dropout the per-batch loss swings 0.3-9; which of
+    # the two ends higher changes with the seed.)
+    lora_b = [key for key in a if "lora_B" in key]
+    assert lora_b and all(float(a[key].abs().max()) > 0 for key in lora_b)
 
 
 def fake_checkpoint(folder: Path, step: int, *, weights: str = "adapter_model.safetensors") -> Path:

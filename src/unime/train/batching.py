@@ -88,16 +88,25 @@ class EmbedderCollator:
     """Turns a list of `(index, Record)` into the trainer's batch:
 
         {"chunks": [model inputs of ≤ chunk_size items, ...], "num_queries": B, "group_size": 1 + k,
+         "item_index": (B + B·(1 + k),) rows of the encoded items in batch order (only with `dedup`),
          "scores": (B, 1 + k) float tensor of judge scores (only if `with_scores`),
          "candidate_ids": (B, 1 + k) int64 identity of each candidate (`item_id`: equal iff same content),
          "record_indices": (B,) positions of the records in the dataset (diagnostics)}
+
+    The batch's items are the B queries, then each record's positive and first k negatives. With `dedup`
+    (the trainer's default) an item whose content (`Item.key`) already stands earlier in the batch is not
+    encoded again: the chunks hold each distinct item once, in order of first appearance, and the loss reads
+    `reps[item_index]`. Mined negatives repeat across a batch (label texts, popular candidates: about a
+    quarter of the items of the demo's mined batches), so this saves that share of the forward and backward
+    passes; the loss and its gradients are the same up to float summation order (a duplicate's gradient
+    arrives through the one encoding), except that a duplicate shares its encoding's dropout mask.
 
     `input_builder` is an `Embedder` used only for input assembly (`build_inputs`); it must produce CPU
     tensors (device "cpu"), the trainer moves them.
     """
 
     def __init__(self, input_builder, *, num_negatives: int, with_scores: bool, chunk_size: int | None = None,
-                 source: str | None = None):
+                 source: str | None = None, dedup: bool = True):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.builder = input_builder
@@ -105,6 +114,7 @@ class EmbedderCollator:
         self.with_scores = with_scores
         self.chunk_size = chunk_size
         self.source = source
+        self.dedup = dedup
 
     def item_segments(self, item: Item, *, record, field: str) -> list[Segment]:
         """Like `Embedder.segments`, with errors naming the source file, record and field."""
@@ -120,30 +130,38 @@ class EmbedderCollator:
 
     def __call__(self, batch: Sequence[tuple[int, Record]]) -> dict:
         k = self.num_negatives
-        items: list[Item] = []
-        segments: list[list[Segment]] = []
-        groups: list[list[tuple[Item, str]]] = []
+        # (item, record label, field) in batch order: the queries, then each record's group
+        places: list[tuple[Item, str | int, str]] = []
+        groups: list[list[Item]] = []
         scores = []
         for index, rec in batch:
-            label = record_label(rec, index)
-            items.append(rec.query)
-            segments.append(self.item_segments(rec.query, record=label, field="query"))
-            negatives = [(n, f"negatives[{j}]") for j, n in enumerate(rec.negatives[:k])]
-            groups.append([(rec.positive, "positive")] + negatives)
+            places.append((rec.query, record_label(rec, index), "query"))
+            groups.append([rec.positive] + list(rec.negatives[:k]))
             if self.with_scores:
                 scores.append([float(rec.positive_score)] + [float(s) for s in (rec.negative_scores or [])[:k]])
-        for index_rec, group in zip(batch, groups):
-            label = record_label(index_rec[1], index_rec[0])
-            for item, field in group:
+        for (index, rec), group in zip(batch, groups):
+            label = record_label(rec, index)
+            places += [(item, label, "positive" if j == 0 else f"negatives[{j - 1}]") for j, item in enumerate(group)]
+        rows: dict[str, int] = {}  # content key -> row among the encoded items
+        item_index: list[int] = []
+        items: list[Item] = []
+        segments: list[list[Segment]] = []
+        for item, label, field_name in places:
+            key = item.key if self.dedup else str(len(items))
+            if key not in rows:
+                rows[key] = len(items)
                 items.append(item)
-                segments.append(self.item_segments(item, record=label, field=field))
+                segments.append(self.item_segments(item, record=label, field=field_name))
+            item_index.append(rows[key])
         size = self.chunk_size or len(items)
         chunks = [self.builder.build_inputs(items[s:s + size], segments=segments[s:s + size])
                   for s in range(0, len(items), size)]
         out = {"chunks": chunks, "num_queries": len(batch), "group_size": 1 + k,
-               "candidate_ids": torch.tensor([[item_id(item) for item, _ in group] for group in groups],
+               "candidate_ids": torch.tensor([[item_id(item) for item in group] for group in groups],
                                              dtype=torch.long).reshape(len(batch), 1 + k),
                "record_indices": torch.tensor([index for index, _ in batch], dtype=torch.long)}
+        if self.dedup:
+            out["item_index"] = torch.tensor(item_index, dtype=torch.long)
         if self.with_scores:
             out["scores"] = torch.tensor(scores, dtype=torch.float32)
         return out

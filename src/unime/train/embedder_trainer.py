@@ -97,11 +97,14 @@ class EmbedderTrainer(Trainer):
         num_queries, group_size = int(inputs["num_queries"]), int(inputs["group_size"])
         scores = inputs.get("scores")
         candidate_ids = inputs.get("candidate_ids")
+        item_index = inputs.get("item_index")  # the collator encoded each distinct item once
 
         def encode(chunk):
             return model(**chunk)
 
         def loss_of(reps: torch.Tensor) -> torch.Tensor:
+            if item_index is not None:
+                reps = reps[item_index]
             queries = gather_with_grad(reps[:num_queries])
             candidates = gather_with_grad(reps[num_queries:].reshape(num_queries, group_size, -1))
             # ids only when the batch has them, so a loss without the keyword still works on batches without
