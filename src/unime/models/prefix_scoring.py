@@ -63,6 +63,7 @@ class PrefixEngine:
         # vision-encoder outputs of continuation images / videos, by media key (LRU): a pool image
         # retrieved for many queries goes through the vision tower once, not once per query
         self.image_cache: OrderedDict[str, tuple[Any, list[Any] | None]] = OrderedDict()
+        self._cache_argument: str | None = None  # the forward's KV-cache keyword, looked up at the first chunk
 
     def score(self, prefix_segments: list[Segment],
               continuations: Sequence[tuple[list[Segment], list[Segment], dict[str, list[str]]]],
@@ -166,9 +167,11 @@ class PrefixEngine:
                                                        flat, kind="video")
             kwargs["mm_encoder_outputs"] = encoded
         backbone = self.adapter.backbone(self.model)
+        if self._cache_argument is None:
+            self._cache_argument = _cache_argument(backbone)
         out = backbone(
             input_ids=ids, attention_mask=attention, mm_token_type_ids=layout.mm_token_type_ids,
-            position_ids=positions, use_cache=True, return_dict=True, **{_cache_argument(backbone): cache}, **kwargs)
+            position_ids=positions, use_cache=True, return_dict=True, **{self._cache_argument: cache}, **kwargs)
         self.stats.continuation_tokens += int(lengths.sum())
         return out.last_hidden_state[torch.arange(batch, device=ids.device), lengths - 1]
 
