@@ -113,6 +113,10 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
         assert all(c != "–" for c in cells[:7]), row  # every MMEB column has a number
     summary = json.loads((out / "eval" / "soft_s0" / "summary.json").read_text())
     assert "reranked" in summary
+    # every parsed listwise answer is counted at its position, and the report gives the shares
+    stats = [t["reranker"] for t in summary["reranked"]["stats"].values() if t.get("reranker")]
+    assert stats and all(sum(t["picked_positions"].values()) == t["parsed"] for t in stats)
+    assert "Listwise answers by position in the embedder's top 3" in text
     assert (out / "report.html").read_text().count("<img") >= 3
     # the diagnostic rows trained on negatives the ground truth does not call relevant
     from unime.data.io import read_records
@@ -130,6 +134,20 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True, timings=times).run()
     skipped = [m for m in messages if m.endswith("skipped")]
     assert len(skipped) == 14, messages
+
+
+def test_listwise_positions_sum_over_seeds_and_tasks():
+    from unime.demo.report import _listwise_positions_sentence, listwise_positions
+
+    def summ(**tasks):
+        return {"reranked": {"stats": {t: {"queries": 1, "reranker": {"picked_positions": p}}
+                                       for t, p in tasks.items()}}}
+
+    summaries = [summ(a={"3": 5, "1": 1}, b={"3": 2}), summ(a={"2": 2}, c={}), {"tasks": {}}]
+    assert listwise_positions(summaries) == {1: 1, 2: 2, 3: 7}
+    sentence = _listwise_positions_sentence(summaries, 4)[0]
+    assert "over 10 picks" in sentence and "(1) 10 %, (2) 20 %, (3) 70 %, (4) 0 %." in sentence
+    assert _listwise_positions_sentence([{"tasks": {}}], 4) == []
 
 
 def _fake_mining(mined, rows, *, beta=0.01, datasets=None):

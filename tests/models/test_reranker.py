@@ -46,7 +46,8 @@ def test_pick_parses_answer_variants(rr):
     rr.generate_answer = lambda q, c: next(answers)
     assert [rr.pick(QUERY, CANDS) for _ in range(6)] == [1, 2, 0, 3, 1, 3]
     assert rr.stats.as_dict() == {"picks": 6, "parsed": 6, "unparsable": 0, "out_of_range": 0, "fallbacks": 0,
-                                  "count_mismatches": 0, "bad_answers": []}
+                                  "count_mismatches": 0, "bad_answers": [],
+                                  "picked_positions": {"1": 1, "2": 2, "3": 1, "4": 2}}
 
 
 def test_unparsable_and_out_of_range_answers_fall_back_to_pairwise_argmax(rr):
@@ -60,6 +61,7 @@ def test_unparsable_and_out_of_range_answers_fall_back_to_pairwise_argmax(rr):
     s = rr.stats
     assert (s.picks, s.parsed, s.unparsable, s.out_of_range, s.fallbacks) == (4, 1, 1, 2, 3)
     assert s.bad_answers == ["I think the red one", "Ans: (5)", "Ans: (0)"]
+    assert s.picked_positions == {2: 1}  # only parsed, in-range answers count as picks of a position
 
 
 def test_fallback_takes_the_first_of_equal_scores(rr):

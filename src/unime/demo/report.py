@@ -48,6 +48,29 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {half:.1f}"
 
 
+def listwise_positions(summaries: list[dict]) -> dict[int, int]:
+    """How many listwise answers picked each position of the embedder's top k (1-based), summed over the
+    eval summaries' MMEB tasks (`reranked.stats.<task>.reranker.picked_positions`)."""
+    counts: dict[int, int] = {}
+    for summ in summaries:
+        for stats in summ.get("reranked", {}).get("stats", {}).values():
+            for k, n in (stats.get("reranker") or {}).get("picked_positions", {}).items():
+                counts[int(k)] = counts.get(int(k), 0) + int(n)
+    return counts
+
+
+def _listwise_positions_sentence(summaries: list[dict], topk: int) -> list[str]:
+    counts = listwise_positions(summaries)
+    total = sum(counts.values())
+    if not total:
+        return []
+    shares = ", ".join(f"({k}) {100 * counts.get(k, 0) / total:.0f} %" for k in range(1, topk + 1))
+    return [f"Listwise answers by position in the embedder's top {topk}, over {total} picks (all seeds and "
+            f"tasks): {shares}. An answer of (1) keeps the embedder's top 1; with the positive at a uniformly "
+            f"random position in training, a reranker that answers one number for every query has learnt the "
+            f"answer format, not the ranking.", ""]
+
+
 def row_values(summary: dict, *, reranked: bool = False) -> dict[str, float]:
     """The table columns of one eval summary (fractions)."""
     src = summary.get("reranked", {}) if reranked else summary
@@ -124,7 +147,7 @@ def write_report(demo: "Demo") -> Path:
                + ". The hard-negative and soft-label rows below were trained on these scores.", ""]
 
     columns = MMEB_COLUMNS + [(t, t) for _, _, t in EXTRA_COLUMNS] + [("Comp.", "Comp.")]
-    rows, rerank_rows = [], []
+    rows, rerank_rows, reranked_summaries = [], [], []
     row_names = list(demo.embedder_runs()) + ["reference"]
     for row in row_names:
         title, per_seed = ROW_TITLES[row], []
@@ -135,6 +158,7 @@ def write_report(demo: "Demo") -> Path:
             per_seed.append(row_values(summ))
             if row == "soft" and "reranked" in summ:
                 rerank_rows.append((row_values(summ), row_values(summ, reranked=True)))
+                reranked_summaries.append(summ)
         rows.append((title, per_seed))
     md += ["## Ablation (layout of the paper's Table 4)", "",
            "MMEB-style Precision@1 per meta-task, IND / OOD / overall (means over datasets), scene-caption "
@@ -163,6 +187,7 @@ def write_report(demo: "Demo") -> Path:
         md += _table([("UniME-V2 embedder", [a for a, _ in rerank_rows]),
                       ("UniME-V2 embedder + reranker", [b for _, b in rerank_rows])], comp_cols)
         md.append("")
+        md += _listwise_positions_sentence(reranked_summaries, s.rerank_topk)
 
     from unime.demo.video_rows import video_section
 

@@ -136,8 +136,10 @@ def read_reranker_metadata(path: str | os.PathLike) -> dict:
 
 @dataclass
 class RerankerStats:
-    """What `pick` did: answers parsed, fallbacks to pairwise scores (unparsable / out of range), and
-    calls whose candidate count differs from the trained one. The first few bad answers are kept."""
+    """What `pick` did: answers parsed, how many picked each position (1-based, the embedder's order: a
+    reranker that always answers the same number has learnt the answer format, not the ranking),
+    fallbacks to pairwise scores (unparsable / out of range), and calls whose candidate count differs from
+    the trained one. The first few bad answers are kept."""
 
     picks: int = 0
     parsed: int = 0
@@ -145,6 +147,7 @@ class RerankerStats:
     out_of_range: int = 0
     count_mismatches: int = 0
     bad_answers: list[str] = field(default_factory=list)
+    picked_positions: dict[int, int] = field(default_factory=dict)
     max_examples: int = 5
 
     @property
@@ -158,11 +161,13 @@ class RerankerStats:
     def reset(self) -> None:
         self.picks = self.parsed = self.unparsable = self.out_of_range = self.count_mismatches = 0
         self.bad_answers = []
+        self.picked_positions = {}
 
     def as_dict(self) -> dict:
         return {"picks": self.picks, "parsed": self.parsed, "unparsable": self.unparsable,
                 "out_of_range": self.out_of_range, "fallbacks": self.fallbacks,
-                "count_mismatches": self.count_mismatches, "bad_answers": list(self.bad_answers)}
+                "count_mismatches": self.count_mismatches, "bad_answers": list(self.bad_answers),
+                "picked_positions": {str(k): n for k, n in sorted(self.picked_positions.items())}}
 
 
 class Reranker:
@@ -253,6 +258,7 @@ class Reranker:
         k = parse_listwise_answer(answer)
         if k is not None and 1 <= k <= len(candidates):
             self.stats.parsed += 1
+            self.stats.picked_positions[k] = self.stats.picked_positions.get(k, 0) + 1
             return k - 1
         if k is None:
             self.stats.unparsable += 1
