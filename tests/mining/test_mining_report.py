@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from unime.mining.report import (audit_metrics, filter_curve, mann_whitney_auc, roc_auc, spearman,
-                                 within_query_audit, within_query_auc)
+from unime.mining.report import (audit_metrics, filter_curve, mann_whitney_auc, media_swap_audit, roc_auc,
+                                 spearman, within_query_audit, within_query_auc)
 
 
 def test_auc_hand_worked_with_ties():
@@ -57,6 +57,70 @@ def test_within_query_audit_counts_the_positive_once_per_query():
     assert d["judge_candidates_only"]["auc"] == pytest.approx(0.5)
     assert d["similarity_candidates_only"]["auc"] == pytest.approx(0.5)
     assert out["mean_over_datasets"] == pytest.approx(0.75) and out["min_over_datasets"] == pytest.approx(0.75)
+
+
+class _FakeJudge:
+    """score_groups of a judge that reads the query's image (the colour drawn in it) or only the text."""
+
+    COLOUR = {"a.png": "red", "b.png": "blue", "c.png": "green"}
+
+    def __init__(self, reads_image: bool):
+        self.reads_image, self.groups = reads_image, []
+
+    def score(self, query, cand) -> float:
+        if self.reads_image:
+            return 1.0 if cand.text == self.COLOUR[query.images[0]] else 0.0
+        return 0.9 if cand.text == "red" else 0.1
+
+    def score_groups(self, groups):
+        self.groups += groups
+        return [np.array([self.score(q, c) for c in cands]) for q, cands in groups]
+
+
+def _swap_fixture(judge):
+    """Three image queries of dataset d (positive = the colour in the image, candidates = the two other
+    colours, true negatives), one text-only query of dataset t; audit rows scored by `judge`."""
+    from unime.data.items import Item
+    from unime.data.items import Record
+
+    pool = [Item("red"), Item("blue"), Item("green")]
+    records, rows = [], []
+    for qi, img in enumerate(["a.png", "b.png", "c.png"]):
+        q = Item("<|image_1|>\nwhat colour?", images=(img,))
+        pos = next(p for p in pool if p.text == _FakeJudge.COLOUR[img])
+        records.append(Record(query=q, positive=pos, negatives=[], dataset="d"))
+        for pi, cand in enumerate(pool):
+            if cand is not pos:
+                rows.append({"dataset": "d", "query_index": qi, "pool_index": pi, "relevance": 0.0,
+                             "positive_relevance": 1.0, "positive_score": judge.score(q, pos),
+                             "judge_score": judge.score(q, cand)})
+    records.append(Record(query=Item("a red thing"), positive=pool[0], negatives=[], dataset="t"))
+    rows.append({"dataset": "t", "query_index": 3, "pool_index": 1, "relevance": 0.0, "positive_relevance": 1.0,
+                 "positive_score": 0.5, "judge_score": 0.5})
+    return records, pool, rows
+
+
+def test_media_swap_control_separates_a_judge_that_reads_the_image_from_one_that_reads_text():
+    seeing = _FakeJudge(reads_image=True)
+    out = media_swap_audit(*_swap_fixture(seeing), seeing, per_dataset=10)
+    assert set(out["by_dataset"]) == {"d"}  # the text-only query has no media to swap
+    d = out["by_dataset"]["d"]
+    # own image: positive 1 > both negatives 0 -> AUC 1. Swapped: each query shows the next one's colour, so
+    # its positive scores 0, one negative 1 (wrong), the other 0 (tie, 1/2) -> 0.5 of 2 pairs = 0.25
+    assert d["queries"] == 3 and d["auc_own_media"] == pytest.approx(1.0)
+    assert d["auc_swapped_media"] == pytest.approx(0.25)
+    # 3 queries x 3 scores; per query the positive and one negative change by 1 -> 6 of 9
+    assert d["mean_abs_score_change"] == pytest.approx(6 / 9)
+    # every re-scored query got another query's image, the text and the candidates unchanged
+    records = _swap_fixture(seeing)[0]
+    assert len(seeing.groups) == 3
+    for (q, cands), rec in zip(seeing.groups, records):
+        assert q.text == rec.query.text and q.images != rec.query.images and cands[0] == rec.positive
+    blind = _FakeJudge(reads_image=False)
+    out = media_swap_audit(*_swap_fixture(blind), blind, per_dataset=10)
+    d = out["by_dataset"]["d"]
+    assert d["auc_own_media"] == d["auc_swapped_media"] and d["mean_abs_score_change"] == 0.0
+    assert out["mean_auc_swapped_media"] == d["auc_swapped_media"]
 
 
 def test_filter_curve_and_spearman_hand_worked():
@@ -116,3 +180,8 @@ def test_mine_audit_on_the_demo_world(tmp_path, tiny_model_dir, tiny_world_dir):
     assert at["flagged"] == sum(flagged) and at["true_positives"] == sum(f and y for f, y in zip(flagged, labels))
     report = (out / "report.md").read_text()
     assert "Judge audit" in report and "plots/audit_beta.png" in report and (out / "plots" / "audit_beta.png").is_file()
+    # the media-swap control re-scored the image queries (t2i's are text) with another query's image
+    swap = audit["media_swap"]["by_dataset"]
+    assert set(swap) == {"shape_cls", "i2t", "modify", "refer_grounding"}
+    assert all(v["queries"] == 2 and v["auc_own_media"] is not None for v in swap.values())
+    assert "### Media-swap control" in report

@@ -7,7 +7,12 @@ fact a correct answer. The audit reports
 - ROC-AUC of the judge for false vs true negatives, with the raw score s(q, c), with the margin
   s(q, c) − s(q, c_t) that the filter thresholds, and (for comparison) with the embedder's similarity;
 - precision and recall of the false-negative filter (s > s(q, c_t) − β) as a function of β, so that β
-  can be chosen with evidence rather than kept at the paper's 0.01.
+  can be chosen with evidence rather than kept at the paper's 0.01;
+- per dataset, the within-query ROC-AUC (a query's positive and true false negatives against its true
+  negatives), and a *media-swap control*: a sample of each dataset's queries re-scored with the image or
+  clip of another query of the same dataset (the query text unchanged). A judge that reads the picture
+  loses its within-query AUC on these; a judge whose AUC stays where it was tells candidates apart by
+  their text alone (which kind of answer they are), not by what the query shows.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from unime.data.atomic import atomic_open, atomic_path
 from unime.mining.sampling import DEFAULT_BETA, STATUSES
 
 log = logging.getLogger(__name__)
+
+MEDIA_SWAP_QUERIES = 20  # per dataset, for the media-swap control of the audit
 
 DEFAULT_BETAS = (-0.2, -0.1, -0.05, -0.02, -0.01, 0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -175,7 +182,66 @@ def judge_audit(run, audit_rows: list[dict[str, Any]]) -> dict[str, Any]:
                                                       for r in rows))}
         for ds, rows in sorted(by_ds.items())}
     metrics["within_query"] = within_query_audit(audit_rows, threshold=c.audit_threshold)
+    # the oracle scores the world's own items by their ground truth: a swapped query is not one of them
+    metrics["media_swap"] = None if c.backend == "oracle" else media_swap_audit(
+        run.records, run.pool, audit_rows, run.backend(), threshold=c.audit_threshold, seed=c.seed)
     return metrics
+
+
+def media_swap_audit(records, pool, audit_rows: list[dict[str, Any]], backend, *, threshold: float = 1.0,
+                     per_dataset: int = MEDIA_SWAP_QUERIES, seed: int = 0) -> dict[str, Any]:
+    """The media-swap control: up to `per_dataset` queries of each dataset whose query shows an image or a
+    clip, each re-scored by the judge (`backend.score_groups`) against its positive and its retrieved
+    candidates with the media of the next sampled query of the same dataset whose media differ (the
+    text unchanged). Per dataset: the within-query AUC of those queries with their own media (the mining
+    scores) and with the swapped media, same labels (`audit_rows` carry `relevance`); the mean absolute
+    change of the scores."""
+    import dataclasses
+    import random
+
+    rows_by_q: dict[int, list[dict]] = {}
+    for r in audit_rows:
+        rows_by_q.setdefault(r["query_index"], []).append(r)
+    by_ds: dict[str, list[int]] = {}
+    for qi, rows in rows_by_q.items():
+        q = records[qi].query
+        if q.images or q.video:
+            by_ds.setdefault(rows[0]["dataset"], []).append(qi)
+    rng = random.Random(seed)
+    plan: list[tuple[str, int]] = []
+    groups = []
+    for ds, qis in sorted(by_ds.items()):
+        sample = sorted(rng.sample(qis, min(per_dataset, len(qis))))
+        media = [(records[qi].query.images, records[qi].query.video) for qi in sample]
+        for j, qi in enumerate(sample):
+            donor = next((media[(j + d) % len(sample)] for d in range(1, len(sample))
+                          if media[(j + d) % len(sample)] != media[j]), None)
+            if donor is None:
+                continue
+            rec = records[qi]
+            swapped = dataclasses.replace(rec.query, images=donor[0], video=donor[1])
+            groups.append((swapped, [rec.positive] + [pool[r["pool_index"]] for r in rows_by_q[qi]]))
+            plan.append((ds, qi))
+    scored = backend.score_groups(groups) if groups else []
+    per_ds: dict[str, dict[str, list]] = {}
+    for (ds, qi), new in zip(plan, scored):
+        rows = rows_by_q[qi]
+        d = per_ds.setdefault(ds, {"q": [], "y": [], "own": [], "swapped": []})
+        d["q"] += [qi] * (len(rows) + 1)
+        d["y"] += [rows[0]["positive_relevance"] >= threshold] + [r["relevance"] >= threshold for r in rows]
+        d["own"] += [rows[0]["positive_score"]] + [r["judge_score"] for r in rows]
+        d["swapped"] += [float(x) for x in np.asarray(new, dtype=np.float64).reshape(-1)]
+    out: dict[str, Any] = {"per_dataset_queries": per_dataset, "by_dataset": {}}
+    for ds, d in per_ds.items():
+        own = within_query_auc(d["q"], d["y"], d["own"])
+        swapped = within_query_auc(d["q"], d["y"], d["swapped"])
+        out["by_dataset"][ds] = {
+            "queries": len(set(d["q"])), "auc_own_media": own["auc"], "auc_swapped_media": swapped["auc"],
+            "mean_abs_score_change": float(np.mean(np.abs(np.subtract(d["own"], d["swapped"]))))}
+    for key in ("auc_own_media", "auc_swapped_media"):
+        vals = [v[key] for v in out["by_dataset"].values() if v[key] is not None]
+        out[f"mean_{key}"] = float(np.mean(vals)) if vals else None
+    return out
 
 
 def within_query_audit(audit_rows: list[dict[str, Any]], *, threshold: float = 1.0) -> dict[str, Any]:
@@ -415,6 +481,20 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
                       f"{_fmt(v['similarity_candidates_only']['auc'])} | {v['judge']['pairs']} |"
                       for ds, v in wq["by_dataset"].items()]
             lines += [f"| **mean over datasets** | **{_fmt(wq['mean_over_datasets'])}** | | | |", ""]
+        ms = audit.get("media_swap")
+        if ms and ms["by_dataset"]:
+            lines += ["### Media-swap control", "",
+                      f"Up to {ms['per_dataset_queries']} queries per dataset whose query shows an image or a clip, "
+                      "re-scored with the media of another query of the same dataset (the text unchanged); "
+                      "within-query ROC-AUC of the same queries with their own media and with the swapped media. "
+                      "Where the AUC does not drop, the judge tells the candidates apart by their text, not by what "
+                      "the query shows.", "",
+                      "| dataset | queries | AUC, own media | AUC, swapped media | mean abs. score change |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {ds} | {v['queries']} | {_fmt(v['auc_own_media'])} | {_fmt(v['auc_swapped_media'])} | "
+                      f"{_fmt(v['mean_abs_score_change'])} |" for ds, v in sorted(ms["by_dataset"].items())]
+            lines += [f"| **mean over datasets** | | **{_fmt(ms['mean_auc_own_media'])}** | "
+                      f"**{_fmt(ms['mean_auc_swapped_media'])}** | |", ""]
     with atomic_open(out / "report.md") as fh:
         fh.write("\n".join(lines) + "\n")
 
