@@ -64,9 +64,9 @@ def test_the_recipes_cache_keys_are_unchanged():
     from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe
 
     assert PretrainRecipe().key() == "fef3def7be0d0da0"  # the captioning stage became the default (issue #13)
-    assert JudgePretrainRecipe().key("x") == "a227f06675e9d819"
+    assert JudgePretrainRecipe().key("x") == "491c7eefada00072"  # judge lr 1e-3 → 3e-4 (issue #13)
     assert PretrainRecipe.preset("quick").key() == "35c364b04dac1684"
-    assert JudgePretrainRecipe.preset("quick").key("x") == "c6e3cac19d27ec5c"
+    assert JudgePretrainRecipe.preset("quick").key("x") == "0fd480e9d9d2b688"
 
 
 @pytest.fixture()

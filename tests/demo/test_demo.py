@@ -116,7 +116,8 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     # every parsed listwise answer is counted at its position, and the report gives the shares
     stats = [t["reranker"] for t in summary["reranked"]["stats"].values() if t.get("reranker")]
     assert stats and all(sum(t["picked_positions"].values()) == t["parsed"] for t in stats)
-    assert "Listwise answers by position in the embedder's top 3" in text
+    assert "Listwise answers (all seeds and tasks): " in text
+    assert "- media-swap control (up to 20 image or clip queries per dataset" in text
     assert (out / "report.html").read_text().count("<img") >= 3
     # the diagnostic rows trained on negatives the ground truth does not call relevant
     from unime.data.io import read_records
@@ -140,14 +141,17 @@ def test_listwise_positions_sum_over_seeds_and_tasks():
     from unime.demo.report import _listwise_positions_sentence, listwise_positions
 
     def summ(**tasks):
-        return {"reranked": {"stats": {t: {"queries": 1, "reranker": {"picked_positions": p}}
-                                       for t, p in tasks.items()}}}
+        return {"reranked": {"stats": {t: {"queries": 1, "reranker": {
+            "picks": sum(p.values()) + 1, "picked_positions": p}} for t, p in tasks.items()}}}
 
     summaries = [summ(a={"3": 5, "1": 1}, b={"3": 2}), summ(a={"2": 2}, c={}), {"tasks": {}}]
-    assert listwise_positions(summaries) == {1: 1, 2: 2, 3: 7}
+    assert listwise_positions(summaries) == ({1: 1, 2: 2, 3: 7}, 14)  # one unparsed per task: 7 + 3 + 3 + 1
     sentence = _listwise_positions_sentence(summaries, 4)[0]
-    assert "over 10 picks" in sentence and "(1) 10 %, (2) 20 %, (3) 70 %, (4) 0 %." in sentence
+    assert "10 of 14 generations name a candidate" in sentence
+    assert "(1) 10 %, (2) 20 %, (3) 70 %, (4) 0 %." in sentence
     assert _listwise_positions_sentence([{"tasks": {}}], 4) == []
+    none_parsed = _listwise_positions_sentence([summ(a={})], 4)[0]
+    assert "0 of 1 generations name a candidate" in none_parsed and "by position" not in none_parsed
 
 
 def _fake_mining(mined, rows, *, beta=0.01, datasets=None):

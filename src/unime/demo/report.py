@@ -48,27 +48,34 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {half:.1f}"
 
 
-def listwise_positions(summaries: list[dict]) -> dict[int, int]:
-    """How many listwise answers picked each position of the embedder's top k (1-based), summed over the
-    eval summaries' MMEB tasks (`reranked.stats.<task>.reranker.picked_positions`)."""
+def listwise_positions(summaries: list[dict]) -> tuple[dict[int, int], int]:
+    """How many parsed listwise answers picked each position of the embedder's top k (1-based), and how many
+    listwise generations there were in all (parsed or not), summed over the eval summaries' MMEB tasks
+    (`reranked.stats.<task>.reranker`)."""
     counts: dict[int, int] = {}
+    picks = 0
     for summ in summaries:
         for stats in summ.get("reranked", {}).get("stats", {}).values():
-            for k, n in (stats.get("reranker") or {}).get("picked_positions", {}).items():
+            rr = stats.get("reranker") or {}
+            picks += int(rr.get("picks", 0))
+            for k, n in rr.get("picked_positions", {}).items():
                 counts[int(k)] = counts.get(int(k), 0) + int(n)
-    return counts
+    return counts, picks
 
 
 def _listwise_positions_sentence(summaries: list[dict], topk: int) -> list[str]:
-    counts = listwise_positions(summaries)
-    total = sum(counts.values())
-    if not total:
+    counts, picks = listwise_positions(summaries)
+    parsed = sum(counts.values())
+    if not picks:
         return []
-    shares = ", ".join(f"({k}) {100 * counts.get(k, 0) / total:.0f} %" for k in range(1, topk + 1))
-    return [f"Listwise answers by position in the embedder's top {topk}, over {total} picks (all seeds and "
-            f"tasks): {shares}. An answer of (1) keeps the embedder's top 1; with the positive at a uniformly "
-            f"random position in training, a reranker that answers one number for every query has learnt the "
-            f"answer format, not the ranking.", ""]
+    text = (f"Listwise answers (all seeds and tasks): {parsed} of {picks} generations name a candidate "
+            f"(the rest fall back to the pairwise scores)")
+    if parsed:
+        shares = ", ".join(f"({k}) {100 * counts.get(k, 0) / parsed:.0f} %" for k in range(1, topk + 1))
+        text += (f"; by position in the embedder's top {topk}: {shares}. An answer of (1) keeps the embedder's "
+                 f"top 1; the positive sat at a uniformly random position in training, so a reranker that answers "
+                 f"one number for every query has learnt the answer format, not the ranking")
+    return [text + ".", ""]
 
 
 def row_values(summary: dict, *, reranked: bool = False) -> dict[str, float]:
@@ -332,6 +339,14 @@ def _mining_section(mined: Path, *, judge_trained: bool) -> list[str]:
             md.append(f"- within-query ROC-AUC of the judge (a query's positive and true false negatives against its "
                       f"true negatives): mean over datasets **{_num(wq.get('mean_over_datasets'))}**, min "
                       f"{_num(wq.get('min_over_datasets'))} ({per})")
+        ms = audit.get("media_swap") or {}
+        if ms.get("by_dataset"):
+            per = ", ".join(f"{ds} {_num(v['auc_own_media'])} → {_num(v['auc_swapped_media'])}"
+                            for ds, v in sorted(ms["by_dataset"].items()))
+            md.append(f"- media-swap control (up to {ms['per_dataset_queries']} image or clip queries per dataset "
+                      f"re-scored with another query's media, text unchanged): within-query ROC-AUC "
+                      f"**{_num(ms.get('mean_auc_own_media'))} → {_num(ms.get('mean_auc_swapped_media'))}** "
+                      f"({per}); what survives a wrong picture is read from the candidates' text alone")
         md.append("")
     gate = _load(mined.parent / "judge_gate.json")
     if gate:
