@@ -12,10 +12,22 @@ exclusive group of options; `exclusive_required=True` on its first field: one of
 
 from __future__ import annotations
 
-from dataclasses import MISSING, field
+from dataclasses import MISSING, field, fields
 from typing import Any
 
 
 def option(default: Any = MISSING, help: str | None = None, *, factory: Any = MISSING, **cli: Any):
     """A dataclass field declaring its command-line option (see the module doc)."""
     return field(default=default, default_factory=factory, metadata={"help": help, **cli})
+
+
+def option_defaults(config) -> dict[str, Any]:
+    """The defaults of a config dataclass's fields (`changed_option_keys`' `added_defaults`: a run recorded by
+    an earlier version, before an option existed, continues when the option keeps its default)."""
+    out = {}
+    for f in fields(config):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out

@@ -52,3 +52,19 @@ def test_open_run_refuses_other_options_and_knows_a_finished_run(tmp_path):
     other = _config(beta=0.5, overwrite=True)
     assert Manifest(tmp_path / "manifest.json").open_run(other, INPUTS, run_hash(other, INPUTS)) is False
     assert json.loads((tmp_path / "manifest.json").read_text())["config"]["beta"] == 0.5
+
+
+def test_an_option_an_earlier_version_did_not_record_is_no_change_at_its_default(tmp_path):
+    """A folder mined before an option existed continues when the option keeps its default; another value of it
+    is a change like any other."""
+    m = Manifest(tmp_path / "manifest.json")
+    m.open_run(_config(), INPUTS, run_hash(_config(), INPUTS))
+    saved = json.loads((tmp_path / "manifest.json").read_text())
+    assert saved["config"]["hnsw_m"] == MineConfig.hnsw_m  # recorded now; an earlier version lacked it
+    del saved["config"]["hnsw_m"]
+    (tmp_path / "manifest.json").write_text(json.dumps(saved))
+    assert Manifest(tmp_path / "manifest.json").open_run(_config(), INPUTS, run_hash(_config(), INPUTS)) is False
+    (tmp_path / "manifest.json").write_text(json.dumps(saved))
+    other = _config(hnsw_m=MineConfig.hnsw_m + 4)
+    with pytest.raises(ChangedOptions, match="hnsw_m"):
+        Manifest(tmp_path / "manifest.json").open_run(other, INPUTS, run_hash(other, INPUTS))

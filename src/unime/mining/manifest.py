@@ -20,6 +20,7 @@ from unime.data.atomic import atomic_open
 from unime.data.image_digests import file_sha1
 from unime.errors import changed_option_keys, refuse_changed_options
 from unime.models.embedding_cache import model_fingerprint
+from unime.options import option_defaults
 from unime.outdir import options_hash
 
 if TYPE_CHECKING:
@@ -115,7 +116,8 @@ class Manifest:
         options = asdict(config)
         before = self.data.get("config")
         if before:
-            keys = changed_option_keys(before, options, free=FREE_OPTIONS)
+            # an option added by a later unime, at its default, is no change (the earlier behaviour)
+            keys = changed_option_keys(before, options, free=FREE_OPTIONS, added_defaults=option_defaults(config))
             if keys and not config.overwrite:
                 raise refuse_changed_options(out, before, options, keys)
             if keys:

@@ -199,20 +199,6 @@ def last_complete_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
 changed_options = changed_option_keys  # keys (outside `free`) whose values differ
 
 
-def option_defaults(config) -> dict[str, Any]:
-    """The defaults of a config dataclass's fields (`changed_option_keys`' `added_defaults`: a run recorded by
-    an earlier version, before an option existed, continues when the option keeps its default)."""
-    from dataclasses import MISSING, fields
-
-    out = {}
-    for f in fields(config):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
 def previous_config(out: str | Path) -> dict[str, Any] | None:
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
