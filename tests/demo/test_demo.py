@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -280,16 +282,68 @@ def test_demo_eta_uses_recorded_stage_times(tmp_path):
     plan = first.planned_stages()
     for i, name in enumerate(plan):
         first.timings.record(name, 60.0 * (i + 1))
+    # the models stage adds the pretraining the (empty, conftest) cache lacks: unknown until a run recorded it
+    demo = Demo(tmp_path / "b", settings, progress=lambda m: None, timings=tmp_path / "t.json")
+    assert "+ 1 stage(s) without a recorded time" in demo.progress_line("world", starting=True)
+    first.timings.record("pretrain-base", 7.0)
+    first.timings.record("pretrain-judge", 5.0)
     # a new run with the same settings in another folder: before stage 1 every stage is still to run
     demo = Demo(tmp_path / "b", settings, progress=lambda m: None, timings=tmp_path / "t.json")
-    total = sum(60 * (i + 1) for i in range(len(plan)))
+    total = sum(60 * (i + 1) for i in range(len(plan))) + 12
     line = demo.progress_line("world", starting=True)
     m, sec = divmod(total, 60)
     assert f"stage 1/{len(plan)} world" in line and f"remaining ≈ {m // 60}:{m % 60:02d}:{sec:02d}" in line
     # other settings: no recorded times
-    other = Demo(tmp_path / "c", DemoSettings(), progress=lambda m: None, timings=tmp_path / "t.json")
+    other = Demo(tmp_path / "c", dataclasses.replace(settings, embed_steps=3), progress=lambda m: None,
+                 timings=tmp_path / "t.json")
     assert "no recorded stage times" in other.progress_line("world", starting=True)
     assert StageTimes(tmp_path / "t.json", demo.timings_key()).get("world") == 60.0
+
+
+def test_a_first_default_demo_estimates_from_the_shipped_reference_run(tmp_path, monkeypatch):
+    """No recorded times on this machine: the default preset's estimate is the reference run's stage seconds, plus
+    the pretraining of each model the cache lacks; times recorded here win; other settings have no reference."""
+    from types import SimpleNamespace
+
+    from unime.demo.pipeline import Demo, DemoSettings, reference_times
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))  # nothing pretrained
+    ref = json.loads((Path(pipeline_module().__file__).with_name("reference_times.json")).read_text())["default"]
+    demo = Demo(tmp_path / "a", DemoSettings(), progress=lambda m: None, timings=tmp_path / "t.json")
+    assert reference_times(DemoSettings()) == ref and reference_times(DemoSettings.preset("quick")) is None
+    assert set(demo.planned_stages()) == set(ref["stages"])  # the reference covers every stage of the default
+    total = sum(ref["stages"].values()) + ref["pretraining"]["base"] + ref["pretraining"]["judge"]
+    line = demo.progress_line("world", starting=True)
+    assert f"remaining ≈ {_clock(total)} (partly from a reference run on 2 CPU cores)" in line, line
+    # a model pretrained in this run: its seconds are recorded apart from the models stage's own
+    demo.pretrain_seconds = 0.0
+    demo.note_pretraining("base", SimpleNamespace(reused=False, manifest={"seconds": 300.0}))
+    demo.note_pretraining("judge", SimpleNamespace(reused=True, manifest={"seconds": 900.0}))  # reused: not timed
+    assert demo.pretrain_seconds == 300.0 and demo.timings.get("pretrain-base") == 300.0
+    assert demo.timings.get("pretrain-judge") is None
+    # recorded times win over the reference; the judge, never pretrained here, still comes from it
+    for name in ref["stages"]:
+        demo.timings.record(name, 10.0)
+    line = demo.progress_line("world", starting=True)
+    expected = 10 * len(ref["stages"]) + 300 + ref["pretraining"]["judge"]
+    assert f"remaining ≈ {_clock(expected)} (partly from a reference run" in line, line
+    demo.timings.record("pretrain-judge", 50.0)
+    line = demo.progress_line("world", starting=True)
+    assert line.endswith(f"remaining ≈ {_clock(10 * len(ref['stages']) + 350)};"), line
+    # other settings: neither recorded times nor a reference
+    other = Demo(tmp_path / "b", DemoSettings(embed_steps=81), progress=lambda m: None, timings=tmp_path / "t.json")
+    assert "no recorded stage times yet" in other.progress_line("world", starting=True)
+
+
+def pipeline_module():
+    from unime.demo import pipeline
+
+    return pipeline
+
+
+def _clock(seconds: float) -> str:
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
 
 
 def test_report_names_the_judge_training_records_only_when_the_judge_was_trained_on_them(tmp_path):

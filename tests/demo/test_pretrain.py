@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +179,37 @@ def test_judge_corpus_clips_drop_exactly_the_records_that_show_an_excluded_clip(
     video_queries = [r for r in labelled if r.query.video or r.positive.video]
     assert video_queries and all(world.relevance(r.query, r.positive) == 1.0 for r in video_queries)
     assert all(world.relevance(r.query, n) < 1.0 for r in video_queries for n in r.negatives)
+
+
+def _fake_cached(root: Path, name: str, manifest: dict) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / pt.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_uncached_names_what_a_first_run_still_pretrains(tmp_path, monkeypatch, tiny_world_dir):
+    """For the demo's time estimate: exact by key once the excluded world exists; before, a cached model of the
+    same recipe (any excluded world) counts."""
+    from dataclasses import asdict
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "pretrained"
+    recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
+    world = tiny_world_dir(0)
+    assert pt.uncached(recipe, judge, world) == ["base", "judge"]
+    assert pt.uncached(recipe, None, tmp_path / "not-yet") == ["base"]
+    # cached for another excluded world: counts before the world exists, not once it does
+    _fake_cached(root, "qwen2_vl-aaaa", {"key": "aaaa", "recipe_version": pt.RECIPE_VERSION,
+                                         "recipe": asdict(recipe)})
+    _fake_cached(root, "qwen2_vl-judge-bbbb", {"key": "bbbb", "judge_recipe": asdict(judge),
+                                               "base": {"key": "aaaa"}})
+    assert pt.uncached(recipe, judge, tmp_path / "not-yet") == []
+    assert pt.uncached(recipe.replace(seed=1), judge, tmp_path / "not-yet") == ["base", "judge"]
+    assert pt.uncached(recipe, judge.replace(seed=1), tmp_path / "not-yet") == ["judge"]
+    assert pt.uncached(recipe, judge, world) == ["base", "judge"]
+    # the folders `pretrain` / `pretrain_judge` write for this world (names as the slow tests above check)
+    base_key = recipe.key(pt.excluded_signatures(world)[1])
+    _fake_cached(root, f"qwen2_vl-{base_key}", {"key": base_key})
+    assert pt.uncached(recipe, judge, world) == ["judge"]
+    judge_key = judge.key(base_key, pt.excluded_clip_signatures(world)[1])
+    _fake_cached(root, f"qwen2_vl-judge-{judge_key}", {"key": judge_key})
+    assert pt.uncached(recipe, judge, world) == []

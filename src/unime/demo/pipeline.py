@@ -169,6 +169,7 @@ class Demo:
         self.results: list[StageResult] = []
         # stage times of earlier runs with the same settings (for the ETA); default in the user's cache
         self.timings = StageTimes(Path(timings) if timings else default_timings_path(), self.timings_key())
+        self.pretrain_seconds = 0.0  # of the stage running: pretraining done in it (timed apart, `stage`)
         self.t_start = time.perf_counter()
 
     # -- paths ------------------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class Demo:
         self.say(f"[demo] {self.progress_line(name, starting=True)} ...")
         t0 = time.perf_counter()
         commands: list[str] = []
+        self.pretrain_seconds = 0.0
         body(commands)
         seconds = time.perf_counter() - t0
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +258,9 @@ class Demo:
         tmp.write_text(json.dumps({"seconds": seconds, "commands": commands}, indent=1))
         os.replace(tmp, marker)
         self.results.append(StageResult(name, seconds, commands))
-        self.timings.record(name, seconds)
+        # a stage's own time; a first run's pretraining is recorded apart ("pretrain-base", "pretrain-judge"), so a
+        # later run with the models cached does not expect it again
+        self.timings.record(name, max(0.0, seconds - self.pretrain_seconds))
         self.say(f"[demo] {self.progress_line(name)} {seconds:.0f}s")
 
     def progress_line(self, name: str, *, starting: bool = False) -> str:
@@ -268,17 +272,52 @@ class Demo:
         k = plan.index(name) + 1
         done = {r.name for r in self.results}
         todo = [n for n in plan[k - 1 if starting else k:] if n not in done or (starting and n == name)]
-        # a stage with a marker here will be skipped (≈ 0 s); else the time recorded by an earlier run
-        known = [0.0 if n != name and self.p("stages", f"{n}.json").is_file() else self.timings.get(n) for n in todo]
-        est = sum(x for x in known if x is not None)
-        missing = sum(x is None for x in known)
+        # a stage with a marker here will be skipped (≈ 0 s); else the time recorded by an earlier run, else the
+        # shipped reference run's (a preset's settings only)
+        known = [(0.0, False) if n != name and self.p("stages", f"{n}.json").is_file() else self.stage_estimate(n)
+                 for n in todo]
+        est = sum(x for x, _ in known if x is not None)
+        missing = sum(x is None for x, _ in known)
         if not todo:
             remaining = "remaining 0:00"
         elif missing == len(todo):
             remaining = "remaining: no recorded stage times yet"
         else:
             remaining = f"remaining ≈ {_clock(est)}" + (f" + {missing} stage(s) without a recorded time" if missing else "")
+            if any(ref for _, ref in known):
+                remaining += " (partly from a reference run on 2 CPU cores)"
         return f"stage {k}/{len(plan)} {name}: elapsed {_clock(time.perf_counter() - self.t_start)}, {remaining};"
+
+    def note_pretraining(self, what: str, result) -> None:
+        """After `pretrain` / `pretrain_judge` in the models stage: a model trained now (not reused from the cache)
+        has its seconds recorded apart from the stage's (`stage`)."""
+        if not result.reused:
+            seconds = float(result.manifest.get("seconds") or 0.0)
+            self.pretrain_seconds += seconds
+            self.timings.record(f"pretrain-{what}", seconds)
+
+    def stage_estimate(self, name: str) -> tuple[float | None, bool]:
+        """(seconds, from the shipped reference run) for a stage still to run: the time an earlier run with these
+        settings recorded here, else the reference run's (`reference_times.json`, when the settings are a preset's);
+        the models stage adds the pretraining of each model the cache lacks."""
+        ref = reference_times(self.s)
+        seconds, from_ref = self.timings.get(name), False
+        if seconds is None and ref is not None:
+            seconds, from_ref = ref["stages"].get(name), name in ref["stages"]
+        if name != "models" or seconds is None:
+            return seconds, from_ref
+        from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe, uncached
+
+        recipe = PretrainRecipe.preset(self.s.pretrain).replace(family=self.s.family)
+        judge = JudgePretrainRecipe.preset(self.s.pretrain) if self.s.pretrained_judge else None
+        for what in uncached(recipe, judge, self.world):
+            extra = self.timings.get(f"pretrain-{what}")
+            if extra is None and ref is not None:
+                extra, from_ref = ref["pretraining"][what], True
+            if extra is None:
+                return None, False
+            seconds += extra
+        return seconds, from_ref
 
     def check_judge(self, mined_dir: Path) -> None:
         """After `mine`: stop (`DemoStopped`) when the judge does not discriminate within a query."""
@@ -336,6 +375,7 @@ class Demo:
             c.append(f"unime models pretrain --preset {s.pretrain} --family {s.family} --exclude-world "
                      f"{shlex.quote(str(world))} --device {self.device}")
             result = pretrain(recipe, exclude_world=world, device=self.device, progress=self.say)
+            self.note_pretraining("base", result)
             shutil.copytree(result.model, self.p("models", "embedder-base"))
             (self.p("models", "pretrained.json")).write_text(json.dumps(
                 {**result.manifest, "path": str(result.path), "reused": result.reused}, indent=1))
@@ -347,6 +387,7 @@ class Demo:
                          f"{shlex.quote(str(world))} --device {self.device}")
                 judge_base = pretrain_judge(JudgePretrainRecipe.preset(s.pretrain), recipe, exclude_world=world,
                                             device=self.device, progress=self.say)
+                self.note_pretraining("judge", judge_base)
                 (self.p("models", "pretrained_judge.json")).write_text(json.dumps(
                     {**judge_base.manifest, "path": str(judge_base.path), "reused": judge_base.reused}, indent=1))
             shutil.copytree(judge_base.model, self.p("models", "judge-base"))
@@ -485,6 +526,16 @@ EMBED_RL_STAGES = ["er-models", "er-teacher", "er-judge-data", "er-judge", "er-s
 def _clock(seconds: float) -> str:
     m, sec = divmod(int(round(seconds)), 60)
     return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
+
+
+def reference_times(settings: DemoSettings) -> dict | None:
+    """The shipped reference run's stage seconds (`reference_times.json`) when `settings` are those of a preset
+    it has, else None."""
+    data = json.loads((Path(__file__).with_name("reference_times.json")).read_text(encoding="utf-8"))
+    for name, entry in data.items():
+        if isinstance(entry, dict) and asdict(DemoSettings.preset(name)) == asdict(settings):
+            return entry
+    return None
 
 
 def default_timings_path() -> Path:

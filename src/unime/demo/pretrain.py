@@ -172,6 +172,35 @@ def default_pretrained_root() -> Path:
     return unime_cache_root() / "pretrained"
 
 
+def uncached(recipe: PretrainRecipe, judge: JudgePretrainRecipe | None,
+             exclude_world: str | os.PathLike | None = None) -> list[str]:
+    """Which of "base" and "judge" (None: no judge) the per-machine cache does not hold for these recipes: exact
+    by key when `exclude_world` exists; before it does (a demo's first stage), a cached model of the same recipe
+    for any excluded world counts (the demo generates its world deterministically). For time estimates only."""
+    root = default_pretrained_root()
+    if exclude_world is not None and (Path(exclude_world) / "world.json").is_file():
+        base_key = recipe.key(excluded_signatures(exclude_world)[1])
+        keys = {"base": {base_key}}
+        if judge is not None:
+            clips = excluded_clip_signatures(exclude_world)[1] if judge.video_clips else ""
+            keys["judge"] = {judge.key(base_key, clips)}
+    else:
+        manifests = []
+        for path in root.glob(f"*/{MANIFEST}"):
+            try:
+                manifests.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue
+        keys = {"base": {m.get("key") for m in manifests if m.get("recipe_version") == RECIPE_VERSION
+                         and m.get("recipe") == asdict(recipe)}}
+        if judge is not None:
+            keys["judge"] = {m.get("key") for m in manifests if m.get("judge_recipe") == asdict(judge)
+                             and (m.get("base") or {}).get("key") in keys["base"]}
+    folder = {"base": recipe.family, "judge": f"{recipe.family}-judge"}
+    return [what for what, wanted in keys.items()
+            if not any((root / f"{folder[what]}-{k}" / MANIFEST).is_file() for k in wanted if k)]
+
+
 # -- corpus ---------------------------------------------------------------------------------------------
 
 def scene_signature(scene) -> tuple:
