@@ -224,7 +224,7 @@ def _fabricate_done_stages(demo, stages):
              "models": [out / "models" / "embedder-base", out / "models" / "judge-base"],
              "judge-data": [out / "judge" / "records.jsonl"], "judge": [out / "judge" / "model" / "merged"],
              "mine": [out / "mined" / "mined.parquet"], "reranker": [out / "reranker" / "unime_reranker.json"],
-             "eval": [out / "eval" / f"{r}_s{seed}" / "summary.json" for r in demo.embedder_runs() for seed in s.seeds]}
+             "eval": [out / "eval" / f"{r}_s{seed}" / "summary.json" for r, seed, _ in demo.evaluated_models()]}
     for row, key in (("baseline", "baseline"), ("hn", "hn"), ("soft", "soft")):
         paths[key] = [d / "merged" for d in demo.embedder_runs()[row]]
     for name in stages:
@@ -274,15 +274,17 @@ def test_demo_stops_after_mine_when_the_judge_is_flat_and_continues_when_allowed
     assert "judge check failed and the run continued" in report.read_text()
 
 
-def test_demo_eta_uses_recorded_stage_times(tmp_path):
+def test_demo_eta_uses_recorded_stage_times(tmp_path, monkeypatch):
     from unime.demo.pipeline import Demo, DemoSettings, StageTimes
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))  # nothing pretrained
 
     settings = DemoSettings.preset("quick")
     first = Demo(tmp_path / "a", settings, progress=lambda m: None, timings=tmp_path / "t.json")
     plan = first.planned_stages()
     for i, name in enumerate(plan):
         first.timings.record(name, 60.0 * (i + 1))
-    # the models stage adds the pretraining the (empty, conftest) cache lacks: unknown until a run recorded it
+    # the models stage adds the pretraining the cache lacks: unknown until a run recorded it
     demo = Demo(tmp_path / "b", settings, progress=lambda m: None, timings=tmp_path / "t.json")
     assert "+ 1 stage(s) without a recorded time" in demo.progress_line("world", starting=True)
     first.timings.record("pretrain-base", 7.0)

@@ -39,10 +39,12 @@ def test_demo_video_rows_equal_hit_at_1_computed_here(tmp_path, tiny_model_dir):
         for out in outs:
             out.mkdir(parents=True)
             (out / "merged").symlink_to(model, target_is_directory=True)
+    demo.p("models").mkdir(parents=True)
+    demo.p("models", "embedder-base").symlink_to(model, target_is_directory=True)  # the embedders' start: the same
     FRAME_CACHE.clear()
     commands: list[str] = []
     run_video_evals(demo, commands)
-    assert len(commands) == 3 and all("eval_tasks_video.yaml" in c and "--video-frames 8" in c for c in commands)
+    assert len(commands) == 4 and all("eval_tasks_video.yaml" in c and "--video-frames 8" in c for c in commands)
     from unime.demo.report import ROW_TITLES, _fmt
 
     md = video_section(demo, ROW_TITLES, _fmt)
@@ -73,12 +75,12 @@ def test_demo_video_rows_equal_hit_at_1_computed_here(tmp_path, tiny_model_dir):
                 rand.append(1 / len(r.candidates))
         want[task], chance[task] = float(np.mean(hits)), float(np.mean(rand))
     meta = {"classification": "clip_cls", "vqa": "clip_qa", "retrieval": "clip_ret", "moment_retrieval": "clip_moment"}
-    assert len(table) == 5  # header, baseline, hn, soft, chance
-    for line in table[1:4]:  # baseline, hn, soft: the same model, the same numbers
+    assert len(table) == 6  # header, start, baseline, hn, soft, chance
+    for line in table[1:5]:  # start, baseline, hn, soft: the same model, the same numbers
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[1] == f"{100 * np.mean(list(want.values())):.1f}", line
         assert cells[2:] == [f"{100 * want[meta[g]]:.1f}" for g, _ in COLUMNS], line
-    chance_cells = [c.strip() for c in table[4].strip("|").split("|")]
+    chance_cells = [c.strip() for c in table[5].strip("|").split("|")]
     assert chance_cells[0] == "Chance (random ranking)"
     assert chance_cells[2:] == [f"{100 * chance[meta[g]]:.1f}" for g, _ in COLUMNS]
     # by hand: 4 motions; the pool of 4 eval clips; a clip's 2 halves + halves of the 3 other clips

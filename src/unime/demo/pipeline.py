@@ -201,6 +201,15 @@ class Demo:
                "oracle_judge": self.oracle_judge, **({"jobs": self.jobs} if self.jobs > 1 else {})}
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def evaluated_models(self) -> list[tuple[str, int, Path]]:
+        """(row, seed, model) of every embedder the eval stage evaluates: the embedders' start (the pretrained base,
+        not trained on this world; one run under the first seed, it has none of its own), then each trained row."""
+        from unime.demo.report import START_ROW
+
+        return [(START_ROW, self.s.seeds[0], self.p("models", "embedder-base"))] + [
+            (row, seed, out / "merged") for row, outs in self.embedder_runs().items()
+            for seed, out in zip(self.s.seeds, outs)]
+
     def embedder_runs(self) -> dict[str, list[Path]]:
         """Ablation row → one training folder per seed."""
         rows = ("baseline", "hn", "soft") + (("hn_oracle", "soft_oracle") if self.oracle_judge else ())
@@ -478,19 +487,18 @@ class Demo:
 
         def evaluate(c):
             calls = []
-            for row, outs in runs.items():
-                for seed, out in zip(s.seeds, outs):
-                    dest = self.p("eval", f"{row}_s{seed}")
-                    if (dest / "summary.json").exists():
-                        continue
-                    extra = {}
-                    if row == "soft":  # the paper's Table 3: the UniME-V2 embedder with its reranker
-                        extra = {"--rerank": reranker_dir, "--topk": s.rerank_topk, "--mode": "top1"}
-                    calls.append(("eval", {"--model": out / "merged", "--tasks": world, "--out": dest,
-                                           "--cache-dir": self.p("cache", "eval"), **extra, **dev}))
+            for row, seed, model in self.evaluated_models():
+                dest = self.p("eval", f"{row}_s{seed}")
+                if (dest / "summary.json").exists():
+                    continue
+                extra = {}
+                if row == "soft":  # the paper's Table 3: the UniME-V2 embedder with its reranker
+                    extra = {"--rerank": reranker_dir, "--topk": s.rerank_topk, "--mode": "top1"}
+                calls.append(("eval", {"--model": model, "--tasks": world, "--out": dest,
+                                       "--cache-dir": self.p("cache", "eval"), **extra, **dev}))
             self.run_commands(calls, c)
             run_video_evals(self, c)
-        eval_done = [self.p("eval", f"{row}_s{seed}", "summary.json") for row in runs for seed in s.seeds]
+        eval_done = [self.p("eval", f"{row}_s{seed}", "summary.json") for row, seed, _ in self.evaluated_models()]
         eval_done += video_eval_done(self)
         self.stage("eval", eval_done, evaluate)
 

@@ -19,7 +19,9 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from unime.demo.pipeline import Demo
 
+START_ROW = "start"  # the pretrained base before any training on the world (`Demo.evaluated_models`)
 ROW_TITLES = {
+    START_ROW: "Pretrained base, not trained on this world (the embedders' start)",
     "baseline": "InfoNCE, in-batch only (no HN, no soft labels)",
     "hn": "+ judge-mined hard negatives (InfoNCE)",
     "soft": "+ hard negatives + soft labels (symmetric KL) = UniME-V2",
@@ -155,7 +157,7 @@ def write_report(demo: "Demo") -> Path:
 
     columns = MMEB_COLUMNS + [(t, t) for _, _, t in EXTRA_COLUMNS] + [("Comp.", "Comp.")]
     rows, rerank_rows, reranked_summaries = [], [], []
-    row_names = list(demo.embedder_runs()) + ["reference"]
+    row_names = [*dict.fromkeys(row for row, _, _ in demo.evaluated_models()), "reference"]
     for row in row_names:
         title, per_seed = ROW_TITLES[row], []
         for seed in seeds:
@@ -178,7 +180,8 @@ def write_report(demo: "Demo") -> Path:
     md += ["", "Δ Overall: the row's MMEB overall P@1 minus the baseline's, ×100, with a paired bootstrap over the "
            "eval queries (each query's hit averaged over the seeds; queries resampled within each dataset, "
            "10,000 replicates, percentile interval); significant = the interval excludes 0.",
-           "", "Paper (Qwen2-VL-2B, MMEB overall): 60.1 → 61.6 → 63.6 for the first three rows.", ""]
+           "", "Paper (Qwen2-VL-2B, MMEB overall): 60.1 → 61.6 → 63.6 for the InfoNCE, hard-negative and UniME-V2 rows.",
+           ""]
     md += _reference_sentence(demo, rows, sig.get("reference"))
     if demo.oracle_judge:
         md += ["The two diagnostic rows repeat mining and training with the world's ground-truth relevance in place "

@@ -68,7 +68,7 @@ def video_eval_done(demo: "Demo") -> list[Path]:
     """The summaries the eval stage must have written when video is on (for its resume check)."""
     if demo.s.video_clips <= 0:
         return []
-    return [video_eval_dir(demo, row, seed) / "summary.json" for row in demo.embedder_runs() for seed in demo.s.seeds]
+    return [video_eval_dir(demo, row, seed) / "summary.json" for row, seed, _ in demo.evaluated_models()]
 
 
 def run_video_evals(demo: "Demo", commands: list[str]) -> None:
@@ -81,10 +81,10 @@ def run_video_evals(demo: "Demo", commands: list[str]) -> None:
                  "re-run with --fresh to regenerate it)")
         return
     t0 = time.perf_counter()
-    calls = [("eval", {"--model": out / "merged", "--tasks": tasks, "--out": video_eval_dir(demo, row, seed),
+    calls = [("eval", {"--model": model, "--tasks": tasks, "--out": video_eval_dir(demo, row, seed),
                        "--cache-dir": demo.p("cache", "eval"), "--video-frames": demo.s.video_frames,
                        "--device": demo.device})
-             for row, outs in demo.embedder_runs().items() for seed, out in zip(demo.s.seeds, outs)
+             for row, seed, model in demo.evaluated_models()
              if not (video_eval_dir(demo, row, seed) / "summary.json").exists()]
     demo.run_commands(calls, commands)
     ran = len(calls)
@@ -124,7 +124,7 @@ def video_section(demo: "Demo", titles: dict[str, str], fmt: Callable[[list[floa
         return []
     rows = []
     reference = "reference"  # the learnability reference's video evals (when it trained on the video records too)
-    for row in [*demo.embedder_runs(), reference]:
+    for row in [*dict.fromkeys(row for row, _, _ in demo.evaluated_models()), reference]:
         per_seed = []
         for seed in demo.s.seeds:
             summ = _load(video_eval_dir(demo, row, seed) / "summary.json")
