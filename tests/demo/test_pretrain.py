@@ -21,10 +21,15 @@ def test_recipe_key_changes_with_every_field_and_the_excluded_world():
     base = PretrainRecipe.preset("quick")
     assert base.key() == PretrainRecipe.preset("quick").key()
     keys = {base.key()}
-    for name, value in [("steps", 5), ("lr", 2e-3), ("corpus_seed", 2), ("init_std", 0.05), ("family", "qwen3_vl")]:
+    for name, value in [("steps", 5), ("lr", 2e-3), ("corpus_seed", 2), ("init_std", 0.05), ("family", "qwen3_vl"),
+                        ("contrastive_datasets", "i2t,t2i")]:
         keys.add(base.replace(**{name: value}).key())
     keys.add(base.key("another-world-digest"))
-    assert len(keys) == 7
+    assert len(keys) == 8
+    # all datasets ("", the default) is the recipe from before the field: its key is unchanged
+    assert "contrastive_datasets" not in base.key_fields()
+    assert base.replace(contrastive_datasets="t2i, i2t").contrastive_subset() == {"i2t", "t2i"}
+    assert base.contrastive_subset() is None
     with pytest.raises(ValueError, match="unknown recipe field"):
         base.replace(stpes=3)
 
@@ -72,6 +77,38 @@ def test_pretrain_is_cached_by_recipe_and_deterministic(tmp_path, monkeypatch):
     other = pretrain(recipe.replace(seed=1), progress=lambda m: None)
     assert not other.reused and other.path != first.path
     assert _weights_hash(other.model) != _weights_hash(first.model)
+
+
+def test_pretrain_refuses_a_contrastive_dataset_the_corpus_lacks(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = PretrainRecipe.preset("quick").replace(contrastive_datasets="i2t,no_such_task")
+
+    def no_training(*a, **k):
+        raise AssertionError("trained on a subset with an unknown dataset")
+    monkeypatch.setattr("unime.train.embedder_trainer.train_embedder", no_training)
+    with pytest.raises(ValueError, match="no corpus records of no_such_task"):
+        pretrain(recipe, progress=lambda m: None)
+
+
+def test_pretrain_trains_on_the_contrastive_datasets_only(tmp_path, monkeypatch):
+    from unime.data.io import read_records
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(config):
+        seen["datasets"] = {r.dataset for r in read_records(config.records)}
+        raise Stop
+    monkeypatch.setattr("unime.train.embedder_trainer.train_embedder", capture)
+    with pytest.raises(Stop):
+        pretrain(PretrainRecipe.preset("quick").replace(contrastive_datasets="i2t,t2i"), progress=lambda m: None)
+    assert seen["datasets"] == {"i2t", "t2i"}
+    with pytest.raises(Stop):
+        pretrain(PretrainRecipe.preset("quick"), progress=lambda m: None)
+    assert len(seen["datasets"]) > 2  # all of the corpus's datasets
 
 
 def test_pretrain_refuses_a_foreign_output_folder(tmp_path):

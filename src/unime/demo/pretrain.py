@@ -83,7 +83,11 @@ class PretrainRecipe(_Recipe):
     caption_steps: int = recipe_field(1500)
     caption_batch_size: int = recipe_field(8)
     caption_lr: float = recipe_field(1e-3)
-    # contrastive pretraining
+    # contrastive pretraining: on the corpus records of these datasets (comma-separated; "" = all). Measured on the
+    # demo world (docs/DEMO.md): with all, the base already knows the demo's task types and no row trained on the
+    # demo world reaches it
+    contrastive_datasets: str = option("", "the corpus datasets the contrastive stage trains on, comma-separated, e.g. "
+                                       "i2t,t2i (preset default: all)", cli_default=None, type=str)
     steps: int = recipe_field(600)
     batch_size: int = recipe_field(64)
     lr: float = recipe_field(1e-3)
@@ -111,7 +115,14 @@ class PretrainRecipe(_Recipe):
         if not self.caption_steps:
             for name in CAPTION_FIELDS:
                 fields_.pop(name)
+        if not self.contrastive_datasets:  # all datasets, as the recipes before the field
+            fields_.pop("contrastive_datasets")
         return fields_
+
+    def contrastive_subset(self) -> set[str] | None:
+        """The datasets of the contrastive stage's records; None = all."""
+        names = {x.strip() for x in self.contrastive_datasets.split(",") if x.strip()}
+        return names or None
 
 
 CAPTION_FIELDS = ("caption_steps", "caption_batch_size", "caption_lr")
@@ -192,13 +203,22 @@ def uncached(recipe: PretrainRecipe, judge: JudgePretrainRecipe | None,
             except (OSError, ValueError):
                 continue
         keys = {"base": {m.get("key") for m in manifests if m.get("recipe_version") == RECIPE_VERSION
-                         and m.get("recipe") == asdict(recipe)}}
+                         and _recorded(PretrainRecipe, m.get("recipe")) == recipe}}
         if judge is not None:
-            keys["judge"] = {m.get("key") for m in manifests if m.get("judge_recipe") == asdict(judge)
-                             and (m.get("base") or {}).get("key") in keys["base"]}
+            keys["judge"] = {m.get("key") for m in manifests if _recorded(JudgePretrainRecipe, m.get("judge_recipe"))
+                             == judge and (m.get("base") or {}).get("key") in keys["base"]}
     folder = {"base": recipe.family, "judge": f"{recipe.family}-judge"}
     return [what for what, wanted in keys.items()
             if not any((root / f"{folder[what]}-{k}" / MANIFEST).is_file() for k in wanted if k)]
+
+
+def _recorded(cls, fields_: dict | None):
+    """The recipe a manifest recorded (a field it lacks, added later, at its default); None if unreadable."""
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in (fields_ or {}).items() if k in names}) if fields_ else None
+    except TypeError:
+        return None
 
 
 # -- corpus ---------------------------------------------------------------------------------------------
@@ -367,6 +387,13 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
     _generate_corpus(recipe, corpus, progress)
     records_path = work / "records.jsonl"
     records, dropped = corpus_records(corpus, exclude)
+    subset = recipe.contrastive_subset()
+    if subset is not None:
+        unknown = sorted(subset - {r.dataset for r in records})
+        if unknown:
+            raise ValueError(f"contrastive_datasets: no corpus records of {', '.join(unknown)} (the corpus has "
+                             f"{', '.join(sorted({r.dataset for r in records}))})")
+        records = [r for r in records if r.dataset in subset]
     if not records_path.is_file():
         write_records(records, records_path)
     start, captioning = base, None
