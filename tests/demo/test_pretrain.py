@@ -86,8 +86,12 @@ def test_pretrain_refuses_a_contrastive_dataset_the_corpus_lacks(tmp_path, monke
     def no_training(*a, **k):
         raise AssertionError("trained on a subset with an unknown dataset")
     monkeypatch.setattr("unime.train.embedder_trainer.train_embedder", no_training)
-    with pytest.raises(ValueError, match="no corpus records of no_such_task"):
+    with pytest.raises(ValueError, match="no_such_task is not a dataset of the generated corpus"):
         pretrain(recipe, progress=lambda m: None)
+    assert not (tmp_path / "cache").exists()  # refused before the backbone or the corpus was made
+    # a dataset the generator makes but the corpus's training split has no records of: refused once generated
+    with pytest.raises(ValueError, match="no corpus records of t2i_ood"):
+        pretrain(recipe.replace(contrastive_datasets="i2t,t2i_ood"), progress=lambda m: None)
 
 
 def test_pretrain_trains_on_the_contrastive_datasets_only(tmp_path, monkeypatch):

@@ -358,6 +358,17 @@ class PretrainOptions:
         return {"out": self.out, "exclude_world": self.exclude_world, "device": self.device}
 
 
+def _check_contrastive_datasets(recipe: PretrainRecipe) -> None:
+    """Refuse a dataset the world generator does not make before anything is built or generated (a dataset it
+    makes but the corpus holds no records of is refused once the corpus exists)."""
+    from unime.data.synth import TASKS
+
+    unknown = sorted((recipe.contrastive_subset() or set()) - {t.name for t in TASKS})
+    if unknown:
+        raise ValueError(f"contrastive_datasets: {', '.join(unknown)} is not a dataset of the generated corpus "
+                         f"(its datasets: {', '.join(t.name for t in TASKS)})")
+
+
 def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
              exclude_world: str | os.PathLike | None = None, device: str | None = "cpu",
              progress: Callable[[str], None] = print) -> PretrainResult:
@@ -366,6 +377,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
     from unime.models.tiny import TinySize, build_tiny
     from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
 
+    _check_contrastive_datasets(recipe)
     exclude, digest = excluded_signatures(exclude_world) if exclude_world else (set(), "")
     key = recipe.key(digest)
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-{key}"
