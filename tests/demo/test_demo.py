@@ -302,6 +302,32 @@ def test_demo_eta_uses_recorded_stage_times(tmp_path, monkeypatch):
     assert StageTimes(tmp_path / "t.json", demo.timings_key()).get("world") == 60.0
 
 
+def test_a_stage_run_again_for_added_outputs_keeps_its_earlier_commands_and_time(tmp_path, monkeypatch):
+    """An eval stage done before and run again because a new option added rows: the marker (which the report lists)
+    keeps the earlier commands and adds the new pass's; the time adds up unless the pass redid earlier commands."""
+    from unime.demo.pipeline import Demo, DemoSettings
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    demo = Demo(tmp_path / "a", DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json")
+    marker = tmp_path / "a" / "stages" / "eval.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"seconds": 100.0, "commands": ["unime eval A", "unime eval B"]}))
+    added = tmp_path / "a" / "eval" / "C"
+
+    def evaluate_missing(commands, also=()):
+        commands += [*also, "unime eval C"]
+        added.mkdir(parents=True, exist_ok=True)
+    demo.stage("eval", [added], evaluate_missing)
+    info = json.loads(marker.read_text())
+    assert info["commands"] == ["unime eval A", "unime eval B", "unime eval C"]
+    assert 100.0 < info["seconds"] < 160.0 and demo.timings.get("eval") == pytest.approx(info["seconds"], abs=1)
+    # the outputs of an earlier command were deleted and it ran again: the stage is timed anew
+    added.rmdir()
+    demo.stage("eval", [added], lambda commands: evaluate_missing(commands, also=["unime eval A"]))
+    info = json.loads(marker.read_text())
+    assert info["commands"] == ["unime eval A", "unime eval B", "unime eval C"] and info["seconds"] < 60.0
+
+
 def test_a_first_default_demo_estimates_from_the_shipped_reference_run(tmp_path, monkeypatch):
     """No recorded times on this machine: the default preset's estimate is the reference run's stage seconds, plus
     the pretraining of each model the cache lacks; times recorded here win; other settings have no reference."""

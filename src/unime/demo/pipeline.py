@@ -256,12 +256,19 @@ class Demo:
             self.results.append(StageResult(name, info["seconds"], info["commands"], skipped=True))
             self.say(f"[demo] {self.progress_line(name)} done before ({info['seconds']:.0f}s), skipped")
             return
+        # a stage done before and run again for outputs added since (an eval row of a new option): the body runs only
+        # what is missing, so the stage keeps its earlier commands, and its earlier time when this pass ran only new
+        # commands (a pass that redid earlier ones, their outputs deleted, is timed anew)
+        earlier = json.loads(marker.read_text()) if marker.is_file() else {"seconds": 0.0, "commands": []}
         self.say(f"[demo] {self.progress_line(name, starting=True)} ...")
         t0 = time.perf_counter()
         commands: list[str] = []
         self.pretrain_seconds = 0.0
         body(commands)
         seconds = time.perf_counter() - t0
+        if not set(commands) & set(earlier["commands"]):
+            seconds += earlier["seconds"]
+        commands = earlier["commands"] + [c for c in commands if c not in earlier["commands"]]
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps({"seconds": seconds, "commands": commands}, indent=1))
