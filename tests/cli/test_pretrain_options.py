@@ -65,6 +65,9 @@ def test_the_recipes_cache_keys_are_unchanged():
 
     assert PretrainRecipe().key() == "fef3def7be0d0da0"  # the captioning stage became the default (issue #13)
     assert JudgePretrainRecipe().key("x") == "491c7eefada00072"  # judge lr 1e-3 → 3e-4 (issue #13)
+    # the default preset's contrastive stage on the corpus's caption datasets only (issue #13)
+    assert PretrainRecipe.preset("default").key() == "bb68263762bd4680"
+    assert PretrainRecipe.preset("default") == PretrainRecipe(contrastive_datasets="i2t,t2i")
     assert PretrainRecipe.preset("quick").key() == "35c364b04dac1684"
     assert JudgePretrainRecipe.preset("quick").key("x") == "0fd480e9d9d2b688"
 
@@ -99,4 +102,16 @@ def test_the_overrides_change_only_the_named_fields_of_the_preset(calls, capsys)
     assert where == {"out": None, "exclude_world": None, "device": "cpu"}
     assert judge == JudgePretrainRecipe.preset("quick").replace(steps=9, holdout=0.25, video_clips=0)
     assert judge_base == PretrainRecipe.preset("quick")
-    assert default == PretrainRecipe()
+    assert default == PretrainRecipe.preset("default")
+
+
+def test_an_empty_contrastive_datasets_option_trains_on_all_datasets(calls):
+    """The default preset keeps to i2t,t2i; `--contrastive-datasets ""` is the recipe of every dataset."""
+    from unime.cli import main
+    from unime.demo.pretrain import PretrainRecipe
+
+    assert main(["models", "pretrain", "--contrastive-datasets", ""]) == 0
+    assert main(["models", "pretrain"]) == 0
+    (everything, _), (default, _) = calls
+    assert everything == PretrainRecipe() and everything.contrastive_subset() is None
+    assert default.contrastive_subset() == {"i2t", "t2i"}

@@ -85,9 +85,9 @@ class PretrainRecipe(_Recipe):
     caption_lr: float = recipe_field(1e-3)
     # contrastive pretraining: on the corpus records of these datasets (comma-separated; "" = all). Measured on the
     # demo world (docs/DEMO.md): with all, the base already knows the demo's task types and no row trained on the
-    # demo world reaches it
-    contrastive_datasets: str = option("", "the corpus datasets the contrastive stage trains on, comma-separated, e.g. "
-                                       "i2t,t2i (preset default: all)", cli_default=None, type=str)
+    # demo world reaches it; the default preset keeps to the caption datasets, as a generic pretrained model would
+    contrastive_datasets: str = option("", "the corpus datasets the contrastive stage trains on, comma-separated "
+                                       "(preset default: i2t,t2i; \"\" = all)", cli_default=None, type=str)
     steps: int = recipe_field(600)
     batch_size: int = recipe_field(64)
     lr: float = recipe_field(1e-3)
@@ -97,7 +97,7 @@ class PretrainRecipe(_Recipe):
     @classmethod
     def preset(cls, name: str) -> "PretrainRecipe":
         if name == "default":
-            return cls()
+            return cls(contrastive_datasets="i2t,t2i")
         if name == "quick":  # the CI smoke: a few steps on a small corpus, same code
             return cls(hidden=64, layers=2, vision_depth=1, vision_hidden=64, vision_heads=2, corpus_scenes=60,
                        corpus_per_task=8, caption_steps=0, steps=4, batch_size=8)
