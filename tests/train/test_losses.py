@@ -303,3 +303,60 @@ def test_masked_infonce_gradients_and_option_plumbing():
             assert float(loss(qd, cd, s, candidate_ids=ids)) == float(loss(qd, cd, s))
     with pytest.raises(ValueError, match="candidate_ids"):
         InfoNCELoss()(qd, cd, candidate_ids=ids[:, :1])
+
+
+def _soft_in_batch_reference(q, cands, scores, ids, tau, label_tau, eps, kind):
+    """Per query, the candidate list written out: its own group, then every other query's positive that is not an
+    item of its group, with label score 0; P and Q over that list, numpy in float64."""
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    cands = cands / np.linalg.norm(cands, axis=-1, keepdims=True)
+    out = []
+    for i in range(len(q)):
+        items = [(cands[i, c], scores[i, c]) for c in range(cands.shape[1])]
+        items += [(cands[j, 0], 0.0) for j in range(len(q)) if j != i and ids[j, 0] not in set(ids[i])]
+        sims = np.array([q[i] @ v for v, _ in items]) / tau
+        labels = np.array([s for _, s in items]) / label_tau
+        p = np.exp(sims - sims.max()); p /= p.sum()
+        qq = np.exp(labels - labels.max()); qq /= qq.sum()
+        if kind == "symmetric_kl":
+            out.append(0.5 * (np.sum(qq * (np.log(qq) - np.log(p + eps))) + np.sum(p * (np.log(p) - np.log(qq + eps)))))
+        else:
+            m = (p + qq) / 2
+            out.append(0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(qq * np.log(qq / m)))
+    return float(np.mean(out))
+
+
+@pytest.mark.parametrize("kind", ["symmetric_kl", "js"])
+def test_soft_label_losses_with_in_batch_negatives_match_the_written_out_candidate_lists(kind):
+    """`in_batch=True` (not in the release): the other queries' positives join each query's candidates with label
+    score 0, except copies of an item of its own group (query 2's positive is query 0's hard negative, query 3's
+    positive equals query 1's): against a per-query numpy implementation, and gradients stay finite."""
+    rng = np.random.default_rng(0)
+    b, c, d = 4, 3, 5
+    q = rng.normal(size=(b, d))
+    cands = rng.normal(size=(b, c, d))
+    ids = np.arange(b * c).reshape(b, c)
+    cands[2, 0], ids[2, 0] = cands[0, 2], ids[0, 2]
+    cands[3, 0], ids[3, 0] = cands[1, 0], ids[1, 0]
+    scores = rng.uniform(size=(b, c))
+    options = {"temperature": 0.5, "label_temperature": 0.25}
+    if kind == "symmetric_kl":
+        options["eps"] = 1e-3
+    loss_fn = build_loss(kind, in_batch=True, **options)
+    qt = torch.tensor(q, dtype=torch.float64, requires_grad=True)
+    got = loss_fn(qt, torch.tensor(cands), torch.tensor(scores), candidate_ids=torch.tensor(ids))
+    want = _soft_in_batch_reference(q, cands, scores, ids, 0.5, 0.25, options.get("eps", 0.0), kind)
+    assert got.item() == pytest.approx(want, rel=1e-9)
+    got.backward()
+    assert torch.isfinite(qt.grad).all() and qt.grad.abs().sum() > 0
+    # without ids only a query's own positive is left out of its in-batch columns
+    no_ids = loss_fn(torch.tensor(q), torch.tensor(cands), torch.tensor(scores))
+    want = _soft_in_batch_reference(q, cands, scores, np.arange(b * c).reshape(b, c), 0.5, 0.25,
+                                    options.get("eps", 0.0), kind)
+    assert float(no_ids) == pytest.approx(want, rel=1e-9)
+    # the released loss (in_batch off) is the mean of the group-only values (each query alone: no other positives)
+    group_only = build_loss(kind, **options)(torch.tensor(q), torch.tensor(cands), torch.tensor(scores))
+    alone = [_soft_in_batch_reference(q[i:i + 1], cands[i:i + 1], scores[i:i + 1], ids[i:i + 1], 0.5, 0.25,
+                                      options.get("eps", 0.0), kind) for i in range(b)]
+    assert float(group_only) == pytest.approx(np.mean(alone), rel=1e-9)
+    assert float(group_only) != pytest.approx(got.item(), rel=1e-3)

@@ -165,8 +165,12 @@ def test_records_without_scores_only_train_infonce(tiny_model_dir, mined_world, 
     few = [dataclasses.replace(r, negatives=r.negatives[:1], negative_scores=r.negative_scores[:1]) for r in records]
     with pytest.raises(DataError, match="field 'negatives'.*1 hard negatives"):
         prepare_embedder_training(base_config("unused", tmp_path / "x", world), records=few)
-    with pytest.raises(UnimeError, match="in-batch"):
-        prepare_embedder_training(base_config("unused", tmp_path / "x", world, in_batch=True), records=records)
+    # the soft-label losses take in-batch negatives only when asked (off as released)
+    for in_batch in (None, True):
+        run = prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / f"ib{in_batch}", world,
+                                                    in_batch=in_batch), records=records)
+        assert run.trainer.loss_module.name == "symmetric_kl"
+        assert run.trainer.loss_module.in_batch is bool(in_batch)
     # infonce trains on records without scores
     run = prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "nce", world, loss="infonce"),
                                     records=bare)

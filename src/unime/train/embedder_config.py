@@ -44,7 +44,9 @@ class EmbedderTrainingConfig(ImageOptions, VideoOptions, DeviceOptions, EMBEDDER
                                         group="loss")
     allow_fallback_labels: bool = option(False, "train a soft-label loss on records mined mostly by the fallback "
                                          "(random negatives scored 1.0; refused by default)", group="loss")
-    in_batch: bool | None = option(None, "infonce: in-batch negatives (default on)",
+    in_batch: bool | None = option(None, "in-batch negatives: infonce default on; symmetric_kl / js default off "
+                                   "(as released; on, the other queries' positives join each query's candidates with "
+                                   "label score 0, docs/SOFT_LABELS.md)",
                                    action=argparse.BooleanOptionalAction, group="loss")
     tau: float = option(DEFAULT_TEMPERATURE, "temperature (default %(default)s)", group="loss")
     label_tau: float | None = option(None, "temperature of the judge-score softmax (default: --tau)", group="loss")
@@ -94,10 +96,6 @@ class EmbedderTrainingConfig(ImageOptions, VideoOptions, DeviceOptions, EMBEDDER
                              "(`resolve_auto_options`)")
         if self.loss not in LOSSES:
             raise UnimeError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        soft = LOSSES[self.loss].requires_scores
-        if soft and self.in_batch:
-            raise UnimeError(f"--in-batch: the {self.loss} loss compares each query only with its own judged "
-                             "group (the judge scored nothing else); in-batch negatives are an infonce option")
         if self.loss == "infonce" and not self.infonce_in_batch and self.hard_negatives < 1:
             raise UnimeError("infonce without in-batch negatives needs --hard-negatives >= 1")
         if self.hard_negatives < 0:

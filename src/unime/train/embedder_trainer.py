@@ -50,9 +50,11 @@ IMAGE_PREFLIGHT = 64  # records whose images are decoded before training when ba
 
 def build_loss_from_config(config: EmbedderTrainingConfig) -> GroupLoss:
     if config.loss == "symmetric_kl":
-        return build_loss("symmetric_kl", temperature=config.tau, label_temperature=config.label_tau, eps=config.kl_eps)
+        return build_loss("symmetric_kl", temperature=config.tau, label_temperature=config.label_tau, eps=config.kl_eps,
+                          in_batch=bool(config.in_batch))
     if config.loss == "js":
-        return build_loss("js", temperature=config.tau, label_temperature=config.label_tau)
+        return build_loss("js", temperature=config.tau, label_temperature=config.label_tau,
+                          in_batch=bool(config.in_batch))
     return build_loss("infonce", temperature=config.tau, in_batch=config.infonce_in_batch,
                       # None = not yet chosen from the records (`resolve_auto_options`)
                       use_hard_negatives=config.hard_negatives is None or config.hard_negatives > 0,

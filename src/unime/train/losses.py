@@ -93,12 +93,17 @@ class SoftLabelLoss(GroupLoss):
         P = softmax(sim(q, ·) / τ)            over {c_t, c_1, ..., c_k}
         Q = softmax(s(q, ·) / τ_label)        over the judge scores of the same candidates
 
-    Only each query's own group is scored (the judge scored nothing else): no in-batch negatives.
+    As released (`in_batch=False`), only each query's own group is scored (the judge scored nothing else): no
+    in-batch negatives. `in_batch=True` (not in the paper) adds the other queries' positives to each query's
+    candidates with the label score `IN_BATCH_SCORE` (0, the bottom of the judge's P(Yes) scale: the assumption
+    in-batch InfoNCE makes about them); with `candidate_ids`, a column that is a copy of an item of the query's
+    own group is left out of both P and Q (it is already in the group, with the judge's score).
     """
 
     requires_scores = True
 
-    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None, eps: float = 0.0):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None, eps: float = 0.0,
+                 in_batch: bool = False):
         super().__init__(temperature)
         self.label_temperature = float(label_temperature if label_temperature is not None else temperature)
         if not self.label_temperature > 0:
@@ -106,18 +111,48 @@ class SoftLabelLoss(GroupLoss):
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.eps = float(eps)
+        self.in_batch = bool(in_batch)
 
     def config(self) -> dict:
-        return {"temperature": self.temperature, "label_temperature": self.label_temperature, "eps": self.eps}
+        return {"temperature": self.temperature, "label_temperature": self.label_temperature, "eps": self.eps,
+                **({"in_batch": True} if self.in_batch else {})}
 
-    def distributions(self, query_reps, candidate_reps, scores):
-        """Log-probabilities of P (embedder) and Q (judge), each as (exact, log(p + eps))."""
+    def distributions(self, query_reps, candidate_reps, scores, candidate_ids=None):
+        """Log-probabilities of P (embedder) and Q (judge), each as (exact, log(p + eps)), and the (B, C')
+        mask of the columns that take part (None: all of them; only `in_batch` leaves columns out)."""
         self.check_shapes(query_reps, candidate_reps, scores)
         if scores is None:
             raise ValueError(f"the {self.name} loss needs judge scores for every candidate")
         sims = self.group_similarities(query_reps, candidate_reps)
-        return (_log_probs(sims / self.temperature, self.eps),
-                _log_probs(scores.to(sims.dtype) / self.label_temperature, self.eps))
+        labels = scores.to(sims.dtype)
+        valid = None
+        if self.in_batch:
+            b, c = sims.shape
+            others = _unit(query_reps) @ _unit(candidate_reps[:, 0]).T  # (B, B): query i against positive j
+            left_out = torch.eye(b, dtype=torch.bool, device=sims.device)  # its own positive is column 0 already
+            if candidate_ids is not None:
+                ids = candidate_ids.to(sims.device)
+                if tuple(ids.shape) != (b, c):
+                    raise ValueError(f"candidate_ids must have shape (B, C) = {(b, c)}, got {tuple(ids.shape)}")
+                left_out = left_out | (ids[:, :, None] == ids[None, :, 0]).any(1)  # positive j is in i's group
+            valid = torch.cat([torch.ones_like(sims, dtype=torch.bool), ~left_out], dim=1)
+            sims = torch.cat([sims, others], dim=1).masked_fill(~valid, float("-inf"))
+            labels = torch.cat([labels, torch.full_like(others, IN_BATCH_SCORE)], dim=1).masked_fill(~valid,
+                                                                                                 float("-inf"))
+        log_p = _log_probs(sims / self.temperature, self.eps)
+        log_q = _log_probs(labels / self.label_temperature, self.eps)
+        if valid is not None:  # a left-out column's log-probabilities are −inf: 0 here, and its terms are masked
+            log_p, log_q = (tuple(x.masked_fill(~valid, 0.0) for x in pair) for pair in (log_p, log_q))
+        return log_p, log_q, valid
+
+
+#: the label score of another query's positive under `in_batch` (SoftLabelLoss)
+IN_BATCH_SCORE = 0.0
+
+
+def _masked(term: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """`term` with the columns left out of P and Q set to 0."""
+    return term if valid is None else term.masked_fill(~valid, 0.0)
 
 
 class SymmetricKLLoss(SoftLabelLoss):
@@ -137,15 +172,16 @@ class SymmetricKLLoss(SoftLabelLoss):
     name = "symmetric_kl"
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None,
-                 eps: float = DEFAULT_KL_EPS):
-        super().__init__(temperature, label_temperature, eps)
+                 eps: float = DEFAULT_KL_EPS, in_batch: bool = False):
+        super().__init__(temperature, label_temperature, eps, in_batch)
 
     def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
                 scores: torch.Tensor | None = None, *, candidate_ids: torch.Tensor | None = None) -> torch.Tensor:
-        # candidate_ids is ignored: the group is the query's own candidates, no in-batch terms
-        (log_p, log_p_eps), (log_q, log_q_eps) = self.distributions(query_reps, candidate_reps, scores)
-        kl_q_p = (log_q.exp() * (log_q - log_p_eps)).sum(-1).mean()  # KL(Q‖P)
-        kl_p_q = (log_p.exp() * (log_p - log_q_eps)).sum(-1).mean()  # KL(P‖Q)
+        # candidate_ids only matter with in_batch (copies of the group's items among the other positives)
+        (log_p, log_p_eps), (log_q, log_q_eps), valid = self.distributions(query_reps, candidate_reps, scores,
+                                                                           candidate_ids)
+        kl_q_p = _masked(log_q.exp() * (log_q - log_p_eps), valid).sum(-1).mean()  # KL(Q‖P)
+        kl_p_q = _masked(log_p.exp() * (log_p - log_q_eps), valid).sum(-1).mean()  # KL(P‖Q)
         return 0.5 * (kl_q_p + kl_p_q)
 
 
@@ -163,19 +199,21 @@ class JensenShannonLoss(SoftLabelLoss):
 
     name = "js"
 
-    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None):
-        super().__init__(temperature, label_temperature, eps=0.0)
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None,
+                 in_batch: bool = False):
+        super().__init__(temperature, label_temperature, eps=0.0, in_batch=in_batch)
 
     def config(self) -> dict:
-        return {"temperature": self.temperature, "label_temperature": self.label_temperature}
+        return {"temperature": self.temperature, "label_temperature": self.label_temperature,
+                **({"in_batch": True} if self.in_batch else {})}
 
     def forward(self, query_reps: torch.Tensor, candidate_reps: torch.Tensor,
                 scores: torch.Tensor | None = None, *, candidate_ids: torch.Tensor | None = None) -> torch.Tensor:
-        # candidate_ids is ignored: the group is the query's own candidates, no in-batch terms
-        (log_p, _), (log_q, _) = self.distributions(query_reps, candidate_reps, scores)
+        # candidate_ids only matter with in_batch (copies of the group's items among the other positives)
+        (log_p, _), (log_q, _), valid = self.distributions(query_reps, candidate_reps, scores, candidate_ids)
         log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
-        kl_p_m = (log_p.exp() * (log_p - log_m)).sum(-1)
-        kl_q_m = (log_q.exp() * (log_q - log_m)).sum(-1)
+        kl_p_m = _masked(log_p.exp() * (log_p - log_m), valid).sum(-1)
+        kl_q_m = _masked(log_q.exp() * (log_q - log_m), valid).sum(-1)
         return (0.5 * (kl_p_m + kl_q_m)).mean()
 
 
