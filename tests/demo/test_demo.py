@@ -99,6 +99,9 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     assert ref_row.rstrip("| ").endswith(("yes", "no")), ref_row
     assert "Learnability reference: a small CNN + GRU dual encoder" in text
     assert "## Ablation" in text and "## Reranker" in text and "## Mining and the judge audit" in text
+    settings = DemoSettings.preset("quick")  # the soft-label row's recipe against the paper's, from the settings
+    assert (f"its own positive and {settings.hard_negatives} mined negatives, with no in-batch negatives" in text
+            and f"this run at {settings.embed_batch} for {settings.embed_steps} steps" in text)
     # the judge starts from the pretrained judge (quick recipe), and the report says where both models start
     from unime.demo.pretrain import JudgePretrainRecipe
 

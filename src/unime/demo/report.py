@@ -181,7 +181,11 @@ def write_report(demo: "Demo") -> Path:
            "eval queries (each query's hit averaged over the seeds; queries resampled within each dataset, "
            "10,000 replicates, percentile interval); significant = the interval excludes 0.",
            "", "Paper (Qwen2-VL-2B, MMEB overall): 60.1 → 61.6 → 63.6 for the InfoNCE, hard-negative and UniME-V2 rows.",
-           ""]
+           "", "The soft-label loss (symmetric KL, as released) compares each query only with its own positive and "
+           f"{s.hard_negatives} mined negatives, with no in-batch negatives, unlike the InfoNCE rows; the paper trains "
+           f"it at a global batch of 512–1,024 for 2,000 steps, this run at {s.embed_batch} for {s.embed_steps} steps "
+           "(docs/SOFT_LABELS.md measures what the missing in-batch negatives cost at a small budget, and "
+           "`unime train embedder --in-batch` adds them).", ""]
     md += _reference_sentence(demo, rows, sig.get("reference"))
     if demo.oracle_judge:
         md += ["The two diagnostic rows repeat mining and training with the world's ground-truth relevance in place "
