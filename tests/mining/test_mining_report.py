@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from unime.mining.report import (audit_metrics, filter_curve, mann_whitney_auc, media_swap_audit, roc_auc,
-                                 spearman, within_query_audit, within_query_auc)
+from unime.mining.report import (LOG_LOSS_CLIP, audit_metrics, filter_curve, log_loss_against_base_rate,
+                                 mann_whitney_auc, media_swap_audit, roc_auc, spearman, within_query_audit,
+                                 within_query_auc)
 
 
 def test_auc_hand_worked_with_ties():
@@ -57,6 +59,26 @@ def test_within_query_audit_counts_the_positive_once_per_query():
     assert d["judge_candidates_only"]["auc"] == pytest.approx(0.5)
     assert d["similarity_candidates_only"]["auc"] == pytest.approx(0.5)
     assert out["mean_over_datasets"] == pytest.approx(0.75) and out["min_over_datasets"] == pytest.approx(0.75)
+    # log loss on the same pairs: labels (1, 1, 0, 0), scores (0.7, 0.6, 0.65, 0.1); base rate 1/2 -> level ln 2
+    expected = -(math.log(0.7) + math.log(0.6) + math.log(1 - 0.65) + math.log(1 - 0.1)) / 4
+    for ll in (d["log_loss"], out["log_loss"]):
+        assert ll["pairs"] == 4 and ll["base_rate"] == pytest.approx(0.5)
+        assert ll["log_loss"] == pytest.approx(expected)
+        assert ll["base_rate_log_loss"] == pytest.approx(math.log(2))
+        assert ll["ratio"] == pytest.approx(expected / math.log(2))
+
+
+def test_log_loss_at_the_base_rate_equals_its_level_and_stays_finite_at_hard_scores():
+    # a constant score at the base rate 1/4 reaches the level H(1/4) exactly
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    ll = log_loss_against_base_rate([True, False, False, False], [0.25] * 4)
+    assert ll["log_loss"] == pytest.approx(h) and ll["base_rate_log_loss"] == pytest.approx(h)
+    assert ll["ratio"] == pytest.approx(1.0)
+    # a wrong hard score is clipped, not infinite; labels of one class have no level to compare with
+    ll = log_loss_against_base_rate([True, True], [1.0, 0.0])
+    assert ll["log_loss"] == pytest.approx(-math.log(LOG_LOSS_CLIP) / 2)
+    assert ll["base_rate_log_loss"] == 0.0 and ll["ratio"] is None
+    assert log_loss_against_base_rate([], [])["log_loss"] is None
 
 
 class _FakeJudge:

@@ -330,8 +330,53 @@ def test_judge_group_loss_batches_records_and_logs_both_parts(tiny_model_dir, tm
     for h in result.log_history:  # L = L_pair + 0.5 L_group
         assert h["loss_group"] > 0
         assert math.isclose(h["loss"], h["loss_pair"] + 0.5 * h["loss_group"], rel_tol=1e-3)
+    # the final losses read against their base-rate levels: 4 records of 1 Yes + 3 No pairs
+    levels = result.loss_levels
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert levels["base_rate"]["yes_share"] == pytest.approx(0.25)
+    assert levels["base_rate"]["pair"] == pytest.approx(h) and levels["base_rate"]["group"] == pytest.approx(math.log(4))
+    assert levels["base_rate"]["total"] == pytest.approx(h + 0.5 * math.log(4))
+    assert levels["final"]["loss"] == pytest.approx(result.log_history[-1]["loss"])
+    meta = json.loads((tmp_path / "judge" / "unime_reranker.json").read_text())
+    assert meta["loss_levels"] == levels
     with pytest.raises(ValueError, match="judge option"):
         RerankerTrainConfig(model="m", records=["r"], out="o", group_weight=1.0).validate()
+
+
+def test_judge_base_rate_levels_are_the_losses_of_a_prior_only_judge():
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from unime.train.judge_eval import final_losses, training_loss_levels
+    from unime.train.reranker_trainer import group_softmax_loss
+
+    def group(*answers):
+        return [SimpleNamespace(answer=a) for a in answers]
+
+    groups = [group("Yes", "No", "No", "No"), group("Yes", "Yes", "No"), group("Yes")]  # the last: no negatives
+    levels = training_loss_levels(groups, answer_tokens=2, group_weight=0.5)
+    # hand-worked: Yes share 4/8; group terms ln 4 (one positive, 3 negatives), ln 2 twice (two positives, 1 negative)
+    b = 4 / 8
+    h = -(b * math.log(b) + (1 - b) * math.log(1 - b))
+    assert levels["yes_share"] == pytest.approx(b) and levels["pair"] == pytest.approx(h / 2)
+    assert levels["group"] == pytest.approx((math.log(4) + 2 * math.log(2)) / 3)
+    assert levels["total"] == pytest.approx(h / 2 + 0.5 * levels["group"])
+    # independently: the trainer's own losses for a judge whose logits carry only the prior
+    answers = [ex.answer for g in groups for ex in g]
+    target = torch.tensor([0 if a == "Yes" else 1 for a in answers] * 1)
+    prior_logits = torch.log(torch.tensor([[b, 1 - b]] * len(answers)))
+    eot = torch.zeros(len(answers), dtype=torch.long)  # an end-of-turn token predicted with certainty
+    eot_logits = torch.tensor([[0.0, -1e9]] * len(answers))
+    pair = F.cross_entropy(torch.cat([prior_logits, eot_logits]), torch.cat([target, eot]))
+    assert float(pair) == pytest.approx(levels["pair"], rel=1e-6)
+    ids = torch.tensor([i for i, g in enumerate(groups) for _ in g])
+    grouped = group_softmax_loss(torch.zeros(len(answers)), ids, target == 0)
+    assert float(grouped) == pytest.approx(levels["group"], rel=1e-6)
+    # no group term without a group weight; final losses: the mean over the last tenth of the logged rows
+    assert training_loss_levels(groups)["group"] is None and training_loss_levels(groups)["total"] == pytest.approx(h)
+    rows = [{"loss": float(i), "loss_pair": 2.0 * i} for i in range(20)]
+    assert final_losses(rows) == {"loss": 18.5, "loss_pair": 37.0}
 
 
 def test_reranker_records_need_negatives_or_a_skip_policy(tiny_model_dir, tmp_path):

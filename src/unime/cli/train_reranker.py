@@ -51,6 +51,11 @@ def _train(args) -> int:
     if result.first_loss is not None and result.last_loss is not None:
         print(f"{result.role}: {result.records} records, {result.examples} examples, {result.steps} steps, "
               f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}")
+    levels = result.loss_levels or {}
+    if "loss" in levels.get("final", {}):
+        print(f"training loss over the last 10 % of logged steps {levels['final']['loss']:.4f}, its base-rate level "
+              f"{levels['base_rate']['total']:.4f} (what a judge predicting only the Yes share "
+              f"{levels['base_rate']['yes_share']:.3f} reaches)")
     if result.heldout:
         from unime.mining.judge_check import format_metrics
 

@@ -491,6 +491,7 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     manifest = {"key": key, "recipe_version": RECIPE_VERSION, "judge_recipe": asdict(judge),
                 "base": {"key": base.manifest["key"], "path": str(base.path)},
                 "exclude_world": str(exclude_world) if exclude_world else None, "records": stats,
-                "training": {"steps": result.steps, "first_loss": result.first_loss, "last_loss": result.last_loss},
+                "training": {"steps": result.steps, "first_loss": result.first_loss, "last_loss": result.last_loss,
+                             "loss_levels": result.loss_levels},
                 "heldout": result.heldout, "seconds": round(time.perf_counter() - t0, 1)}
     return _publish(dest, trained / "merged", manifest, work, progress, "judge")

@@ -261,6 +261,11 @@ def _backbones_section(demo: "Demo") -> list[str]:
                   f"({judge.get('records', {}).get('records')} labelled records of the same corpus, group weight "
                   f"{j.get('group_weight')}); held-out (corpus queries): AUC {_num(h.get('auc'))}, within-query AUC "
                   f"{_num(h.get('within_query_auc'))}; {_num(judge.get('seconds'))} s.")
+        levels = judge.get("training", {}).get("loss_levels") or {}
+        if "loss" in levels.get("final", {}):
+            md[-1] += (f" Its training loss over the last 10 % of steps {_num(levels['final']['loss'])} against the "
+                       f"base-rate level {_num(levels['base_rate']['total'])} (a judge predicting only the Yes share "
+                       f"{_num(levels['base_rate']['yes_share'])} of its pairs).")
     else:
         md.append("- Judge start: the embedder's pretrained base.")
     s = demo.s
@@ -346,6 +351,13 @@ def _mining_section(mined: Path, *, judge_trained: bool) -> list[str]:
             md.append(f"- within-query ROC-AUC of the judge (a query's positive and true false negatives against its "
                       f"true negatives): mean over datasets **{_num(wq.get('mean_over_datasets'))}**, min "
                       f"{_num(wq.get('min_over_datasets'))} ({per})")
+            ll = wq.get("log_loss") or {}
+            if ll.get("log_loss") is not None:
+                md.append(f"- the judge's log loss on the same pairs: {_num(ll['log_loss'])} nats against its base-rate "
+                          f"level {_num(ll['base_rate_log_loss'])} (the loss of the constant score at the relevant "
+                          f"share {_num(ll['base_rate'])}: a judge that learned only the Yes/No prior sits at it; "
+                          f"per dataset in mined/report.md). Log loss also counts calibration: a judge that ranks "
+                          f"well (the AUC above) but learned another Yes share than this world's lies above the level")
         ms = audit.get("media_swap") or {}
         if ms.get("by_dataset"):
             per = ", ".join(f"{ds} {_num(v['auc_own_media'])} → {_num(v['auc_swapped_media'])}"

@@ -244,14 +244,37 @@ def media_swap_audit(records, pool, audit_rows: list[dict[str, Any]], backend, *
     return out
 
 
+LOG_LOSS_CLIP = 1e-6  # scores are clipped to [clip, 1 - clip] before the log (a stored 0.0 / 1.0 stays finite)
+
+
+def log_loss_against_base_rate(labels: Sequence[bool], scores: Sequence[float]) -> dict[str, Any]:
+    """Binary cross-entropy (nats) of scores P(Yes) against 0/1 labels, and the same for the constant score
+    at the labels' base rate b, H(b) = −b ln b − (1 − b) ln(1 − b): what a judge that learned only the Yes
+    share reaches. `ratio` = log_loss / base_rate_log_loss (< 1: the scores carry information beyond the
+    base rate; None when the labels are all one class, H(b) = 0)."""
+    y = np.asarray(labels, dtype=np.float64)
+    if not len(y):
+        return {"pairs": 0, "base_rate": None, "log_loss": None, "base_rate_log_loss": None, "ratio": None}
+    p = np.clip(np.asarray(scores, dtype=np.float64), LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP)
+    b = float(y.mean())
+    loss = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    level = float(-(b * np.log(b) + (1 - b) * np.log(1 - b))) if 0 < b < 1 else 0.0
+    return {"pairs": int(len(y)), "base_rate": b, "log_loss": loss, "base_rate_log_loss": level,
+            "ratio": loss / level if level > 0 else None}
+
+
 def within_query_audit(audit_rows: list[dict[str, Any]], *, threshold: float = 1.0) -> dict[str, Any]:
     """Per-dataset within-query ROC-AUC of the judge: the positive and the true false negatives of a query
     against its true negatives (`within_query_auc`), and the same for the embedder's similarity over the
-    retrieved candidates alone; `mean_over_datasets` / `min_over_datasets` summarise the judge's."""
+    retrieved candidates alone; `mean_over_datasets` / `min_over_datasets` summarise the judge's. On the same
+    pairs (each query's positive once, its candidates), the judge's log loss against its base-rate level
+    (`log_loss_against_base_rate`), per dataset and pooled (`log_loss`)."""
     by_ds: dict[str, list[dict]] = {}
     for r in audit_rows:
         by_ds.setdefault(r["dataset"], []).append(r)
     out: dict[str, Any] = {"by_dataset": {}}
+    all_labels: list[bool] = []
+    all_scores: list[float] = []
     for ds, rows in sorted(by_ds.items()):
         qids, labels, scores, seen = [], [], [], set()
         for r in rows:
@@ -269,7 +292,11 @@ def within_query_audit(audit_rows: list[dict[str, Any]], *, threshold: float = 1
             "judge": within_query_auc(qids, labels, scores),
             "judge_candidates_only": within_query_auc(cand_q, cand_y, [r["judge_score"] for r in rows]),
             "similarity_candidates_only": within_query_auc(cand_q, cand_y, [r["similarity"] for r in rows]),
+            "log_loss": log_loss_against_base_rate(labels, scores),
         }
+        all_labels += labels
+        all_scores += scores
+    out["log_loss"] = log_loss_against_base_rate(all_labels, all_scores)
     aucs = [v["judge"]["auc"] for v in out["by_dataset"].values() if v["judge"]["auc"] is not None]
     out["mean_over_datasets"] = float(np.mean(aucs)) if aucs else None
     out["min_over_datasets"] = float(np.min(aucs)) if aucs else None
@@ -475,12 +502,20 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
                       "The positive and the true false negatives of a query against its true negatives, pooled "
                       "over the dataset's (relevant, irrelevant) pairs of the same query: what the filter, which "
                       "compares each candidate with its own query's positive, depends on.", "",
-                      "| dataset | judge | judge, candidates only | embedder similarity, candidates only | pairs |",
-                      "|---|---|---|---|---|"]
+                      "The last columns: the judge's log loss (nats) on the same pairs (each query's positive and "
+                      "its candidates, relevant = 1) against the base-rate level H(b), the loss of the constant score "
+                      "at the dataset's relevant share b — a judge that learned only the Yes/No prior sits at it.", "",
+                      "| dataset | judge | judge, candidates only | embedder similarity, candidates only | pairs | "
+                      "judge log loss | base-rate level |",
+                      "|---|---|---|---|---|---|---|"]
             lines += [f"| {ds} | {_fmt(v['judge']['auc'])} | {_fmt(v['judge_candidates_only']['auc'])} | "
-                      f"{_fmt(v['similarity_candidates_only']['auc'])} | {v['judge']['pairs']} |"
+                      f"{_fmt(v['similarity_candidates_only']['auc'])} | {v['judge']['pairs']} | "
+                      f"{_fmt((v.get('log_loss') or {}).get('log_loss'))} | "
+                      f"{_fmt((v.get('log_loss') or {}).get('base_rate_log_loss'))} |"
                       for ds, v in wq["by_dataset"].items()]
-            lines += [f"| **mean over datasets** | **{_fmt(wq['mean_over_datasets'])}** | | | |", ""]
+            pooled = wq.get("log_loss") or {}
+            lines += [f"| **mean over datasets** | **{_fmt(wq['mean_over_datasets'])}** | | | | "
+                      f"{_fmt(pooled.get('log_loss'))} (pooled) | {_fmt(pooled.get('base_rate_log_loss'))} |", ""]
         ms = audit.get("media_swap")
         if ms and ms["by_dataset"]:
             lines += ["### Media-swap control", "",

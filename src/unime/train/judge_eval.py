@@ -70,6 +70,44 @@ def score_pairs(model, collator, examples: Sequence[Any], *, batch_size: int = 8
     return out
 
 
+def training_loss_levels(groups: Sequence[Sequence[Any]], *, answer_tokens: int = 1,
+                         group_weight: float = 0.0) -> dict[str, float | None]:
+    """The judge's training losses at its base-rate level: what a model that predicts every pair's Yes/No
+    from the label prior alone reaches, to read the logged losses against (`final_losses`).
+
+    `pair`: the answer-token cross-entropy, H(b) at the training pairs' Yes share b, divided by the labelled
+    tokens per row (`answer_tokens`: 1, or 1 + the end-of-turn tokens when they are trained — a prior-only
+    model predicts those perfectly). `group` (the within-query softmax, `group_softmax_loss`): at equal
+    margins a positive among n negatives costs ln(1 + n), averaged over the positives of groups that have
+    negatives. `total` = pair + group_weight × group, the logged `loss`."""
+    import math
+
+    answers = [ex.answer for g in groups for ex in g]
+    b = answers.count(YES) / len(answers) if answers else 0.0
+    pair = (-(b * math.log(b) + (1 - b) * math.log(1 - b)) if 0 < b < 1 else 0.0) / answer_tokens
+    terms = []
+    for g in groups:
+        n_neg = sum(ex.answer == NO for ex in g)
+        if n_neg:
+            terms += [math.log(1 + n_neg)] * sum(ex.answer == YES for ex in g)
+    group = sum(terms) / len(terms) if terms else None
+    total = pair + (group_weight * group if group_weight > 0 and group is not None else 0.0)
+    return {"yes_share": b, "pair": pair, "group": group if group_weight > 0 else None, "total": total}
+
+
+def final_losses(history: Sequence[dict[str, Any]], *, share: float = 0.1) -> dict[str, float]:
+    """The mean of each logged loss (`loss`, `loss_pair`, `loss_group`) over the last `share` of the
+    logged steps (at least one row): the level a run ended at, less noisy than its last log."""
+    rows = [r for r in history if "loss" in r]
+    tail = rows[-max(1, round(share * len(rows))):] if rows else []
+    out = {}
+    for key in ("loss", "loss_pair", "loss_group"):
+        vals = [float(r[key]) for r in tail if key in r]
+        if vals:
+            out[key] = sum(vals) / len(vals)
+    return out
+
+
 class JudgeHeldOutCallback(TrainerCallback):
     """Scores the held-out pairs every `every` steps (0: about `EVALUATIONS` times a run) and at the end."""
 

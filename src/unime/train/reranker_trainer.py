@@ -445,6 +445,7 @@ class TrainResult:
     last_loss: float | None
     log_history: list[dict] = field(default_factory=list)
     heldout: dict | None = None            # judge: the last held-out evaluation (`judge_eval`)
+    loss_levels: dict | None = None        # judge: final losses against their base-rate levels (`judge_eval`)
 
     @property
     def adapter(self) -> Path | None:
@@ -561,7 +562,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         return TrainResult(out=str(out), role=meta.get("role", cfg.role), examples=meta.get("examples", 0),
                            records=meta.get("records", 0), skipped=meta.get("skipped", 0), steps=meta.get("steps", 0),
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
-                           last_loss=meta.get("last_loss"), heldout=meta.get("heldout"))
+                           last_loss=meta.get("last_loss"), heldout=meta.get("heldout"),
+                           loss_levels=meta.get("loss_levels"))
     if primary_process():
         run_state.write_config(out, _run_options(cfg))
     skips = SkipReport()
@@ -625,6 +627,19 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     history = run_state.step_log(trainer.state.log_history)
     num_candidates = cfg.num_negatives + 1 if cfg.role == "reranker" and LIST in cfg.losses else None
+    loss_levels = None
+    if cfg.role == "judge":
+        from unime.train.judge_eval import final_losses, training_loss_levels
+
+        answer_tokens = (len(loaded.adapter.tokenizer(judge_answer(True) + collator.format.turn_end,
+                                                      add_special_tokens=False)["input_ids"])
+                         if cfg.train_turn_end else 1)
+        loss_levels = {"final": final_losses(history),
+                       "base_rate": training_loss_levels(groups, answer_tokens=answer_tokens,
+                                                         group_weight=cfg.group_weight)}
+        if "loss" in loss_levels["final"]:
+            log.info("judge: final training loss %.4f against its base-rate level %.4f (a prior-only judge)",
+                     loss_levels["final"]["loss"], loss_levels["base_rate"]["total"])
     meta = {
         "role": cfg.role, "num_candidates": num_candidates, "losses": list(cfg.losses),
         "base_model": _base_reference(cfg.model), "model_type": model.config.model_type,
@@ -633,7 +648,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("records", "out")},
         "image_budget": loaded.image_budget.to_dict(),
-        "heldout": judge_check.final if judge_check else None,
+        "heldout": judge_check.final if judge_check else None, "loss_levels": loss_levels,
     }
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
@@ -644,7 +659,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     return TrainResult(out=str(out), role=cfg.role, examples=n_examples, records=n_records, skipped=skips.total,
                        steps=trainer.state.global_step, num_candidates=num_candidates,
                        first_loss=meta["first_loss"], last_loss=meta["last_loss"], log_history=history,
-                       heldout=meta["heldout"])
+                       heldout=meta["heldout"], loss_levels=loss_levels)
 
 
 def model_card(meta: dict) -> ModelCard:
