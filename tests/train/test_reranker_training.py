@@ -354,17 +354,18 @@ def test_judge_base_rate_levels_are_the_losses_of_a_prior_only_judge():
     def group(*answers):
         return [SimpleNamespace(answer=a) for a in answers]
 
-    groups = [group("Yes", "No", "No", "No"), group("Yes", "Yes", "No"), group("Yes")]  # the last: no negatives
+    # the last two groups add no group term: no negatives, no positive
+    groups = [group("Yes", "No", "No", "No"), group("Yes", "Yes", "No"), group("Yes"), group("No")]
     levels = training_loss_levels(groups, answer_tokens=2, group_weight=0.5)
-    # hand-worked: Yes share 4/8; group terms ln 4 (one positive, 3 negatives), ln 2 twice (two positives, 1 negative)
-    b = 4 / 8
+    # hand-worked: Yes share 4/9; group terms ln 4 (one positive, 3 negatives), ln 2 twice (two positives, 1 negative)
+    b = 4 / 9
     h = -(b * math.log(b) + (1 - b) * math.log(1 - b))
     assert levels["yes_share"] == pytest.approx(b) and levels["pair"] == pytest.approx(h / 2)
     assert levels["group"] == pytest.approx((math.log(4) + 2 * math.log(2)) / 3)
     assert levels["total"] == pytest.approx(h / 2 + 0.5 * levels["group"])
     # independently: the trainer's own losses for a judge whose logits carry only the prior
     answers = [ex.answer for g in groups for ex in g]
-    target = torch.tensor([0 if a == "Yes" else 1 for a in answers] * 1)
+    target = torch.tensor([0 if a == "Yes" else 1 for a in answers])
     prior_logits = torch.log(torch.tensor([[b, 1 - b]] * len(answers)))
     eot = torch.zeros(len(answers), dtype=torch.long)  # an end-of-turn token predicted with certainty
     eot_logits = torch.tensor([[0.0, -1e9]] * len(answers))
