@@ -69,17 +69,15 @@ class PretrainRecipe(_Recipe):
     # backbone shape (models build-tiny)
     hidden: int = recipe_field(128)
     layers: int = recipe_field(4)
-    # 4 vision blocks (was 2) with the larger corpus below: the baseline embedder on the demo world, seed 0, went
-    # from 39.2 to 46.7 overall P@1 (the larger corpus alone: 40.0; docs/DEMO.md "The vision tower")
-    vision_depth: int = recipe_field(4)
+    vision_depth: int = recipe_field(2)
     vision_hidden: int = recipe_field(128)
     vision_heads: int = recipe_field(4)
     init_std: float = recipe_field(0.1)
     seed: int = recipe_field(0)
     # corpus: the train split of a generated world with its own seed
     corpus_seed: int = recipe_field(1)
-    corpus_scenes: int = recipe_field(4000)
-    corpus_per_task: int = recipe_field(1000)
+    corpus_scenes: int = recipe_field(1200)
+    corpus_per_task: int = recipe_field(300)
     # captioning before the contrastive stage (`unime.demo.captioning`); 0 = none. Measured on the demo world
     # (issue #13): the baseline embedder's overall P@1 went from 38.5 to ~46 with 1,500 steps
     caption_steps: int = recipe_field(1500)
