@@ -2,7 +2,8 @@
 
 The paper's regime is a *pretrained* embedder and a *pretrained* judge; no pretrained vision-language
 weights can be had offline, so the embedded default pretrains its own: a tiny model of the real
-architecture (`unime.models.tiny.build_tiny`), optionally fine-tuned first as a captioner of the corpus's
+architecture (`unime.models.tiny.build_tiny`), optionally with its vision tower trained first on the
+corpus scenes' tags (`tag_steps`, `unime.demo.vision_tagging`) and fine-tuned as a captioner of the corpus's
 scenes (`caption_steps`, `unime.demo.captioning`), then trained contrastively (in-batch InfoNCE, the
 baseline recipe of `unime train embedder`) on a large generated corpus: the *training* split of a
 world generated with its own seed, never the demo world's. Records that show a scene of an excluded
@@ -78,6 +79,11 @@ class PretrainRecipe(_Recipe):
     corpus_seed: int = recipe_field(1)
     corpus_scenes: int = recipe_field(1200)
     corpus_per_task: int = recipe_field(300)
+    # tagging of the vision tower before captioning (`unime.demo.vision_tagging`); 0 = none. Measured on the demo
+    # world (issue #13, docs/DEMO.md): without it the base's visual tokens do not encode an object's shape
+    tag_steps: int = recipe_field(0)
+    tag_batch_size: int = recipe_field(64)
+    tag_lr: float = recipe_field(1e-3)
     # captioning before the contrastive stage (`unime.demo.captioning`); 0 = none. Measured on the demo world
     # (issue #13): the baseline embedder's overall P@1 went from 38.5 to ~46 with 1,500 steps
     caption_steps: int = recipe_field(1500)
@@ -115,6 +121,9 @@ class PretrainRecipe(_Recipe):
         if not self.caption_steps:
             for name in CAPTION_FIELDS:
                 fields_.pop(name)
+        if not self.tag_steps:  # likewise for the tagging stage
+            for name in TAG_FIELDS:
+                fields_.pop(name)
         if not self.contrastive_datasets:  # all datasets, as the recipes before the field
             fields_.pop("contrastive_datasets")
         return fields_
@@ -126,6 +135,7 @@ class PretrainRecipe(_Recipe):
 
 
 CAPTION_FIELDS = ("caption_steps", "caption_batch_size", "caption_lr")
+TAG_FIELDS = ("tag_steps", "tag_batch_size", "tag_lr")
 
 
 @dataclass(frozen=True)
@@ -284,15 +294,21 @@ def corpus_records(corpus_root: Path, exclude: set) -> tuple[list, int]:
     return kept, dropped
 
 
-def corpus_captions(corpus_root: str | os.PathLike, exclude: set) -> list[tuple[str, str]]:
-    """(image path relative to the corpus, full caption) of every training scene of the corpus world whose
-    signature is not in `exclude` (the captioning stage's data, `unime.demo.captioning`)."""
+def corpus_scenes(corpus_root: str | os.PathLike, exclude: set) -> list:
+    """Every training scene of the corpus world whose signature is not in `exclude`, in the world's order."""
     from unime.data.synth import World
-    from unime.data.synth.language import full_caption
 
     world = World.load(corpus_root)
-    return [(scene.image, full_caption(scene)[0]) for scene in world.scenes.values()
+    return [scene for scene in world.scenes.values()
             if scene.split == "train" and scene_signature(scene) not in exclude]
+
+
+def corpus_captions(corpus_root: str | os.PathLike, exclude: set) -> list[tuple[str, str]]:
+    """(image path relative to the corpus, full caption) of the corpus scenes (`corpus_scenes`): the
+    captioning stage's data, `unime.demo.captioning`."""
+    from unime.data.synth.language import full_caption
+
+    return [(scene.image, full_caption(scene)[0]) for scene in corpus_scenes(corpus_root, exclude)]
 
 
 def _generate_corpus(recipe: PretrainRecipe, corpus: Path, progress: Callable[[str], None], *,
@@ -408,16 +424,26 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
         records = [r for r in records if r.dataset in subset]
     if not records_path.is_file():
         write_records(records, records_path)
-    start, captioning = base, None
+    start, captioning, tagging = base, None, None
+    if recipe.tag_steps:
+        from unime.demo import vision_tagging
+
+        start = work / "tagged"
+        if not (start / vision_tagging.METRICS_FILE).is_file():  # written last, in the same rename as the model
+            rows = [(scene.image, vision_tagging.scene_tags(scene)) for scene in corpus_scenes(corpus, exclude)]
+            vision_tagging.train_tagger(base, corpus, rows, start, steps=recipe.tag_steps,
+                                        batch_size=recipe.tag_batch_size, lr=recipe.tag_lr, seed=recipe.seed,
+                                        device=device, progress=progress)
+        tagging = vision_tagging.read_metrics(start)
     if recipe.caption_steps:
         from unime.demo.captioning import METRICS_FILE, read_metrics, train_captioner
 
-        start = work / "captioned"
-        if not (start / METRICS_FILE).is_file():  # written last, in the same rename as the model
-            train_captioner(base, corpus, corpus_captions(corpus, exclude), start, steps=recipe.caption_steps,
+        captioned = work / "captioned"
+        if not (captioned / METRICS_FILE).is_file():  # written last, in the same rename as the model
+            train_captioner(start, corpus, corpus_captions(corpus, exclude), captioned, steps=recipe.caption_steps,
                             batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
                             device=device, progress=progress)
-        captioning = read_metrics(start)
+        start, captioning = captioned, read_metrics(captioned)
     trained = work / "embedder"
     if not (trained / "merged" / "config.json").is_file():
         progress(f"[pretrain] contrastive pretraining: {recipe.steps} steps of {recipe.batch_size} on "
@@ -437,7 +463,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
                 "corpus": {"records": len(records), "dropped_excluded_scenes": dropped},
                 "training": {k: metrics.get(k) for k in ("initial_loss", "final_loss", "steps",
                                                          "final_in_batch_accuracy", "train_runtime") if k in metrics},
-                "captioning": captioning, "seconds": round(time.perf_counter() - t0, 1)}
+                "tagging": tagging, "captioning": captioning, "seconds": round(time.perf_counter() - t0, 1)}
     return _publish(dest, trained / "merged", manifest, work, progress, "base")
 
 
