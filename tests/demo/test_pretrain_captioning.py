@@ -3,18 +3,14 @@ stage trains on, how it enters the cache key, determinism."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from unime.data.synth import World
 from unime.data.synth.language import full_caption
 from unime.demo.captioning import CAPTION_PROMPT, caption_rows
-from unime.demo.pretrain import PretrainRecipe, corpus_captions, pretrain, scene_signature
+from unime.demo.pretrain import PretrainRecipe, corpus_captions, scene_signature
 
-
-def _weights_hash(folder) -> str:
-    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+from tests.pretrain_stage_runs import stage_on_twice_and_off
 
 
 def test_caption_fields_enter_the_key_only_with_a_captioning_stage():
@@ -65,14 +61,7 @@ def test_caption_rows_are_prompt_completion_rows_of_the_family_adapter(tiny_worl
 
 @pytest.mark.slow
 def test_captioning_stage_is_deterministic_and_changes_the_base(tmp_path):
-    quick = PretrainRecipe.preset("quick")
-    captioned = quick.replace(caption_steps=3, caption_batch_size=4)
-    first = pretrain(captioned, out=tmp_path / "a", progress=lambda m: None)
-    twin = pretrain(captioned, out=tmp_path / "b", progress=lambda m: None)
-    plain = pretrain(quick, out=tmp_path / "c", progress=lambda m: None)
-    assert _weights_hash(first.model) == _weights_hash(twin.model)  # one thread, as in conftest
-    assert _weights_hash(first.model) != _weights_hash(plain.model)
+    first, plain = stage_on_twice_and_off(tmp_path, caption_steps=3, caption_batch_size=4)
     c = first.manifest["captioning"]
     assert c["steps"] == 3 and c["captions"] > 0 and c["first_loss"] > 0
     assert plain.manifest["captioning"] is None
-    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # work folders gone

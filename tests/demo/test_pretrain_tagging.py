@@ -3,19 +3,15 @@ the pooled features, what the stage trains (the vision side only), the cache key
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
 from unime.data.synth import World
 from unime.data.synth.scenes import Scene, SceneObject
-from unime.demo.pretrain import PretrainRecipe, corpus_scenes, pretrain, scene_signature
+from unime.demo.pretrain import PretrainRecipe, corpus_scenes, scene_signature
 from unime.demo.vision_tagging import pooled_image_features, scene_tags, tag_targets, train_tagger
 
-
-def _weights_hash(folder) -> str:
-    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+from tests.pretrain_stage_runs import stage_on_twice_and_off, weights_hash
 
 
 def test_scene_tags_name_the_background_the_count_and_every_attribute_value():
@@ -67,7 +63,7 @@ def test_the_tagger_trains_the_vision_side_only_and_is_deterministic(tiny_world_
     kw = dict(steps=3, batch_size=4, lr=1e-2, seed=0, device="cpu", progress=lambda m: None)
     metrics = train_tagger(model, root, rows, tmp_path / "a", **kw)
     train_tagger(model, root, rows, tmp_path / "b", **kw)
-    assert _weights_hash(tmp_path / "a") == _weights_hash(tmp_path / "b")  # one thread, as in conftest
+    assert weights_hash(tmp_path / "a") == weights_hash(tmp_path / "b")  # one thread, as in conftest
     assert metrics["steps"] == 3 and metrics["scenes"] == len(rows) and metrics["first_loss"] > 0
     from pathlib import Path
 
@@ -91,15 +87,8 @@ def test_tag_fields_enter_the_key_only_with_a_tagging_stage():
 
 
 @pytest.mark.slow
-def test_tagging_stage_runs_before_the_rest_of_the_base_and_changes_it(tmp_path):
-    quick = PretrainRecipe.preset("quick")
-    tagged = quick.replace(tag_steps=3, tag_batch_size=4)
-    first = pretrain(tagged, out=tmp_path / "a", progress=lambda m: None)
-    twin = pretrain(tagged, out=tmp_path / "b", progress=lambda m: None)
-    plain = pretrain(quick, out=tmp_path / "c", progress=lambda m: None)
-    assert _weights_hash(first.model) == _weights_hash(twin.model)
-    assert _weights_hash(first.model) != _weights_hash(plain.model)
+def test_tagging_stage_is_deterministic_and_changes_the_base(tmp_path):
+    first, plain = stage_on_twice_and_off(tmp_path, tag_steps=3, tag_batch_size=4)
     t = first.manifest["tagging"]
     assert t["steps"] == 3 and t["scenes"] > 0 and t["tags"] > 10
     assert plain.manifest["tagging"] is None
-    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
