@@ -6,7 +6,8 @@ contrastive pretraining teach it colour, size and position, but not an object's 
 the shape of single-object scenes from the merged visual tokens reads 24-31 % on the default base (majority
 class 19 %, raw 28x28 pixels 32 %), while the same tower trained directly on shape labels of 4,000 scenes
 classifies it at ~80 % (issue #13, docs/DEMO.md). This stage gives the tower that supervision first; after
-1,000 steps on all the tags of a 4,000-scene corpus the probe reads shape at 43 % and position at 96 %.
+1,000 steps on all the tags of a 4,000-scene corpus the probe reads shape at 43 % and position at 96 % — and at
+23 % / 88 % once the captioning and contrastive stages after it have fine-tuned the whole model.
 
 Rows: every training scene of the pretraining corpus that does not show an excluded scene
 (`unime.demo.pretrain.corpus_scenes`), with its tags (`scene_tags`: the background, the object count, and
