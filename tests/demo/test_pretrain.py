@@ -124,6 +124,31 @@ def test_pretrain_refuses_a_foreign_output_folder(tmp_path):
     assert (out / "notes.txt").read_text() == "user data"
 
 
+def test_an_interrupted_work_folder_is_resumed_by_its_recipe_only(tmp_path, monkeypatch):
+    """A run interrupted at the contrastive stage leaves its work folder stamped with the recipe's key: another
+    recipe into the same --out is refused (it would reuse the finished stages under the wrong recipe) and
+    changes nothing there; the same recipe finishes it."""
+    class Stop(Exception):
+        pass
+
+    def interrupted(config):
+        raise Stop
+    recipe = PretrainRecipe.preset("quick")
+    out = tmp_path / "base"
+    monkeypatch.setattr("unime.train.embedder_trainer.train_embedder", interrupted)
+    with pytest.raises(Stop):
+        pretrain(recipe, out=out, progress=lambda m: None)
+    monkeypatch.undo()
+    work = tmp_path / ".base.work"
+    assert (work / pt.WORK_KEY).read_text() == recipe.key()
+    before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+    with pytest.raises(FileExistsError, match="interrupted base pretraining of another recipe"):
+        pretrain(recipe.replace(seed=1), out=out, progress=lambda m: None)
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before
+    done = pretrain(recipe, out=out, progress=lambda m: None)
+    assert done.manifest["key"] == recipe.key() and not work.exists()
+
+
 @pytest.mark.slow
 def test_models_pretrain_writes_a_new_out_folder_and_reuses_it(tmp_path, capsys):
     """The command claims and locks its --out folder before the stage runs: the stage must not take that

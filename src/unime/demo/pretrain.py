@@ -14,7 +14,8 @@ The result is an ordinary HF folder cached per machine under ``$UNIME_CACHE_DIR/
 ``~/.cache/unime/pretrained``), in a folder named by the recipe's key: a changed recipe (or a changed
 excluded world, or a new `RECIPE_VERSION`) trains anew, an unchanged one is reused. The work happens in
 a hidden sibling folder (resumable: a finished stage is not redone, the trainer resumes from its last
-checkpoint) and the finished folder appears by one rename.
+checkpoint; the folder holds the key of its recipe, and another recipe will not take it over) and the finished
+folder appears by one rename.
 
 Why these shapes (measured, see the project notes): at a vision width of 32 or an initialisation std
 of 0.02 the tiny models never route image content to the pooled token (colour classification stays at
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 1  # bump when this module changes what a recipe produces
 MODEL_DIR = "model"
 MANIFEST = "pretrain.json"
+WORK_KEY = "recipe.key"  # in the work folder: the key of the recipe being built there
 
 
 def recipe_field(default, **cli):
@@ -345,6 +347,24 @@ def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None]) ->
     return None
 
 
+def _work_folder(dest: Path, key: str, what: str) -> Path:
+    """The hidden sibling folder where `dest` is built, claimed for `key`: an interrupted run of another recipe
+    into the same `dest` (its finished stages would be reused under the wrong recipe) is refused."""
+    work = dest.parent / f".{dest.name}.work"
+    stamp = work / WORK_KEY
+    if work.is_dir() and any(work.iterdir()):
+        held = stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
+        if held != key:
+            whose = f"of another recipe (key {held}, wanted {key})" if held else f"without a {WORK_KEY} stamp"
+            raise FileExistsError(f"{work} holds an interrupted {what} pretraining {whose}: rerun that recipe to "
+                                  "finish it, or remove the folder to start this one")
+        return work
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_open(stamp) as fh:
+        fh.write(key)
+    return work
+
+
 def _publish(dest: Path, model: Path, manifest: dict, work: Path, progress: Callable[[str], None],
              what: str) -> PretrainResult:
     """Move the finished `model` and its manifest into `dest` in one rename, then drop the work folder."""
@@ -401,8 +421,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
     if manifest is not None:
         return PretrainResult(dest, True, manifest)
 
-    work = dest.parent / f".{dest.name}.work"
-    work.mkdir(parents=True, exist_ok=True)
+    work = _work_folder(dest, key, "base")
     t0 = time.perf_counter()
     base = work / "base"
     if not (base / "config.json").is_file():
@@ -486,8 +505,7 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     if manifest is not None:
         return PretrainResult(dest, True, manifest)
     exclude, _ = excluded_signatures(exclude_world) if exclude_world else (set(), "")
-    work = dest.parent / f".{dest.name}.work"
-    work.mkdir(parents=True, exist_ok=True)
+    work = _work_folder(dest, key, "judge")
     t0 = time.perf_counter()
     corpus = work / "corpus"
     _generate_corpus(recipe, corpus, progress, video_clips=judge.video_clips, video_frames=judge.video_frames)
