@@ -256,7 +256,7 @@ PINNED = {
                         **{f"--{n}": None for n in ("family", "hidden", "layers", "vision-depth", "vision-hidden",
                                                      "vision-heads", "init-std", "seed", "corpus-seed",
                                                      "corpus-scenes", "corpus-per-task", "tag-steps", "tag-batch-size",
-                                                     "tag-lr", "caption-steps",
+                                                     "tag-lr", "freeze-vision", "caption-steps",
                                                      "caption-batch-size", "caption-lr", "contrastive-datasets", "steps",
                                                      "batch-size", "lr",
                                                      "tau", "warmup")}},

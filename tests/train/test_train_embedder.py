@@ -415,3 +415,30 @@ def test_other_modules_register_train_actions():
             == "auto"  # chosen from the records: plain pairs → infonce, judge-scored → symmetric_kl
     finally:
         train_cli._ACTIONS.pop("toy")
+
+
+def test_full_fine_tuning_with_a_frozen_vision_tower_moves_only_the_language_side(tiny_model_dir, mined_world,
+                                                                                   tmp_path):
+    """`--full --freeze-vision`: every vision-tower and merger tensor equals the base's, most others moved."""
+    from safetensors.torch import load_file
+
+    from unime.data.io import read_records
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world
+    model = tiny_model_dir("qwen2_vl")
+    res = train_embedder(base_config(model, tmp_path / "a", world, full=True, freeze_vision=True, lr=1e-3,
+                                     batch_size=4, steps=2), records=read_records(path)[:8])
+    base = load_file(Path(model) / "model.safetensors")
+    after = load_file(res.merged / "model.safetensors")
+    vision = [k for k in after if ".visual." in k or k.startswith("visual.")]
+    other = [k for k in after if k not in vision and k in base]
+    assert vision and any("merger" in k for k in vision)
+    assert all(torch.equal(after[k], base[k]) for k in vision)
+    assert sum(not torch.equal(after[k], base[k]) for k in other) > len(other) // 2
+
+
+def test_freeze_vision_needs_full_fine_tuning(tiny_model_dir, mined_world, tmp_path):
+    world, _ = mined_world
+    with pytest.raises(UnimeError, match="--freeze-vision is for full fine-tuning"):
+        base_config(tiny_model_dir("qwen2_vl"), tmp_path / "a", world, freeze_vision=True).validate()

@@ -50,10 +50,11 @@ def caption_rows(pairs: list[tuple[str, str]], adapter, loader) -> list[dict[str
 
 def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pairs: list[tuple[str, str]],
                     out: str | os.PathLike, *, steps: int, batch_size: int, lr: float, seed: int, device: str | None,
-                    progress: Callable[[str], None] = print) -> dict[str, Any]:
+                    freeze_vision: bool = False, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune `model` as a captioner of `pairs` ((image path relative to `corpus_root`, caption); the
-    pretraining stage passes `unime.demo.pretrain.corpus_captions`) for `steps` steps; writes the model, its
-    processor and `METRICS_FILE` to `out` (one rename). Returns the metrics."""
+    pretraining stage passes `unime.demo.pretrain.corpus_captions`) for `steps` steps, with the vision tower
+    frozen if `freeze_vision`; writes the model, its processor and `METRICS_FILE` to `out` (one rename).
+    Returns the metrics."""
     import torch
     from trl import SFTConfig
 
@@ -66,6 +67,8 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
     if not pairs:
         raise ValueError(f"{corpus_root}: no training scene left to caption")
     loaded = load_model(model, device=device, trainable=True)
+    if freeze_vision:
+        loaded.adapter.freeze_vision(loaded.model)
     rows = caption_rows(pairs, loaded.adapter, ImageLoader(corpus_root))
     progress(f"[pretrain] captioning: {steps} steps of {batch_size} on {len(rows)} scene captions")
     out = Path(out)
@@ -83,6 +86,7 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
         loaded.processor.save_pretrained(str(tmp))
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # made by this stage, inside its own temporary folder
         metrics = {"captions": len(rows), "steps": trainer.state.global_step, "batch_size": batch_size,
+                   "vision_frozen": freeze_vision,
                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics

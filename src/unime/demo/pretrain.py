@@ -6,7 +6,8 @@ architecture (`unime.models.tiny.build_tiny`), optionally with its vision tower 
 corpus scenes' tags (`tag_steps`, `unime.demo.vision_tagging`) and fine-tuned as a captioner of the corpus's
 scenes (`caption_steps`, `unime.demo.captioning`), then trained contrastively (in-batch InfoNCE, the
 baseline recipe of `unime train embedder`) on a large generated corpus: the *training* split of a
-world generated with its own seed, never the demo world's. Records that show a scene of an excluded
+world generated with its own seed, never the demo world's; `freeze_vision` keeps the tower frozen in the
+captioning and contrastive stages. Records that show a scene of an excluded
 world's eval or OOD split (same background and objects, jitter aside) are dropped, so the demo's
 evaluation stays disjoint from everything the base has seen.
 
@@ -86,6 +87,10 @@ class PretrainRecipe(_Recipe):
     tag_steps: int = recipe_field(0)
     tag_batch_size: int = recipe_field(64)
     tag_lr: float = recipe_field(1e-3)
+    # the stages after tagging with the tower frozen (measured with tagging, issue #13: no gain, docs/DEMO.md)
+    freeze_vision: bool = option(False, "the captioning and contrastive stages keep the vision tower and its merger "
+                                 "frozen, e.g. to keep what --tag-steps taught it (preset default: False)",
+                                 cli_default=None)
     # captioning before the contrastive stage (`unime.demo.captioning`); 0 = none. Measured on the demo world
     # (issue #13): the baseline embedder's overall P@1 went from 38.5 to ~46 with 1,500 steps
     caption_steps: int = recipe_field(1500)
@@ -126,6 +131,8 @@ class PretrainRecipe(_Recipe):
         if not self.tag_steps:  # likewise for the tagging stage
             for name in TAG_FIELDS:
                 fields_.pop(name)
+        if not self.freeze_vision:  # likewise
+            fields_.pop("freeze_vision")
         if not self.contrastive_datasets:  # all datasets, as the recipes before the field
             fields_.pop("contrastive_datasets")
         return fields_
@@ -461,7 +468,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
         if not (captioned / METRICS_FILE).is_file():  # written last, in the same rename as the model
             train_captioner(start, corpus, corpus_captions(corpus, exclude), captioned, steps=recipe.caption_steps,
                             batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
-                            device=device, progress=progress)
+                            device=device, freeze_vision=recipe.freeze_vision, progress=progress)
         start, captioning = captioned, read_metrics(captioned)
     trained = work / "embedder"
     if not (trained / "merged" / "config.json").is_file():
@@ -470,7 +477,8 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
         has_checkpoint = (trained / "checkpoints").is_dir() and any((trained / "checkpoints").iterdir())
         config = EmbedderTrainingConfig(
             model=str(start), out=str(trained), records=str(records_path), data_root=str(corpus), loss="infonce",
-            hard_negatives=0, in_batch=True, tau=recipe.tau, full=True, batch_size=recipe.batch_size,
+            hard_negatives=0, in_batch=True, tau=recipe.tau, full=True, freeze_vision=recipe.freeze_vision,
+            batch_size=recipe.batch_size,
             steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed, device=device,
             save_steps=max(recipe.steps // 4, 1), logging_steps=max(recipe.steps // 20, 1),
             resume=bool(has_checkpoint))

@@ -240,6 +240,17 @@ class FamilyAdapter:
         return base.model
 
     @staticmethod
+    def vision_tower(model):
+        """The vision encoder with its merger (projector) of a `*ForConditionalGeneration` model."""
+        return FamilyAdapter.backbone(model).visual
+
+    def freeze_vision(self, model) -> int:
+        """Keep the vision tower (and merger) out of training; returns how many parameters it froze."""
+        tower = self.vision_tower(model)
+        tower.requires_grad_(False)
+        return sum(p.numel() for p in tower.parameters())
+
+    @staticmethod
     def lm_head(model):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         return base.lm_head

@@ -58,6 +58,8 @@ class EmbedderTrainingConfig(ImageOptions, VideoOptions, DeviceOptions, EMBEDDER
                                    "keeps them)", action=argparse.BooleanOptionalAction, group="loss")
     # parameters (LoRA, device: the mixins)
     full: bool = option(False, "full fine-tuning instead of LoRA")
+    freeze_vision: bool = option(False, "with --full: keep the vision tower and its merger frozen (only the "
+                                 "language model trains)")
     dtype: str = option("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=["auto", "fp32", "bf16"])
     pooling: str = option("auto", choices=["auto", "last", "emb"])
     # optimisation
@@ -98,6 +100,9 @@ class EmbedderTrainingConfig(ImageOptions, VideoOptions, DeviceOptions, EMBEDDER
             raise UnimeError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.loss == "infonce" and not self.infonce_in_batch and self.hard_negatives < 1:
             raise UnimeError("infonce without in-batch negatives needs --hard-negatives >= 1")
+        if self.freeze_vision and not self.full:
+            raise UnimeError("--freeze-vision is for full fine-tuning (--full); LoRA leaves the vision tower frozen "
+                             "unless --lora-vision")
         if self.hard_negatives < 0:
             raise UnimeError("--hard-negatives must be >= 0")
         if self.batch_size < 1 or self.grad_accum < 1 or self.chunk_size < 1:

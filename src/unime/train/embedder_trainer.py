@@ -443,6 +443,9 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
         if run_state.is_peft(embedder.model):
             raise UnimeError(f"--full on the adapter folder {config.model}: merge it first (its merged/ folder)")
         embedder.model.requires_grad_(True)
+        if config.freeze_vision:
+            frozen = embedder.adapter.freeze_vision(embedder.model)
+            logger.info("full fine-tuning with the vision tower frozen (%d parameters)", frozen)
     elif run_state.is_peft(embedder.model):
         logger.info("%s is a PEFT adapter: continuing to train it (LoRA options ignored)", config.model)
     else:
