@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from unime.demo.cpu_load import BUSY_CORES, busy_cores
 from unime.models.tiny import FAMILIES
 from unime.options import option
 from unime.train.loss_defaults import DEFAULT_TEMPERATURE
@@ -150,12 +151,14 @@ class StageResult:
     seconds: float
     commands: list[str] = field(default_factory=list)
     skipped: bool = False
+    busy_cores: float | None = None  # other work on the machine at the stage's start (`unime.demo.cpu_load`)
 
 
 class Demo:
     def __init__(self, out: str | os.PathLike, settings: DemoSettings, *, device: str = "cpu",
                  progress: Callable[[str], None] = print, embed_rl: bool = False, oracle_judge: bool = False,
-                 timings: str | os.PathLike | None = None, jobs: int = 1):
+                 timings: str | os.PathLike | None = None, jobs: int = 1,
+                 load_probe: Callable[[], float | None] = busy_cores):
         from unime.demo.parallel import auto_jobs
 
         self.out = Path(out)
@@ -166,6 +169,7 @@ class Demo:
         self.s = settings
         self.device = device
         self.say = progress
+        self.load_probe = load_probe  # cores busy with other work (None: unknown), checked as each stage starts
         self.results: list[StageResult] = []
         # stage times of earlier runs with the same settings (for the ETA); default in the user's cache
         self.timings = StageTimes(Path(timings) if timings else default_timings_path(), self.timings_key())
@@ -253,7 +257,8 @@ class Demo:
         marker = self.p("stages", f"{name}.json")
         if marker.is_file() and all(p.exists() for p in done_when):
             info = json.loads(marker.read_text())
-            self.results.append(StageResult(name, info["seconds"], info["commands"], skipped=True))
+            self.results.append(StageResult(name, info["seconds"], info["commands"], skipped=True,
+                                            busy_cores=info.get("busy_cores")))
             self.say(f"[demo] {self.progress_line(name)} done before ({info['seconds']:.0f}s), skipped")
             return
         # a stage done before and run again for outputs added since (an eval row of a new option): the body runs only
@@ -261,6 +266,13 @@ class Demo:
         # commands (a pass that redid earlier ones, their outputs deleted, is timed anew)
         earlier = json.loads(marker.read_text()) if marker.is_file() else {"seconds": 0.0, "commands": []}
         self.say(f"[demo] {self.progress_line(name, starting=True)} ...")
+        busy = self.load_probe()
+        if busy is not None and busy >= BUSY_CORES:
+            self.say(f"[demo] WARNING: other processes keep {busy:.1f} of {os.cpu_count()} cores busy; this stage's "
+                     "multi-thread steps can run many times slower beside them, so its time is not the demo's "
+                     "(marked in the report)")
+        else:
+            busy = None
         t0 = time.perf_counter()
         commands: list[str] = []
         self.pretrain_seconds = 0.0
@@ -271,9 +283,10 @@ class Demo:
         commands = earlier["commands"] + [c for c in commands if c not in earlier["commands"]]
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"seconds": seconds, "commands": commands}, indent=1))
+        tmp.write_text(json.dumps({"seconds": seconds, "commands": commands,
+                                   **({"busy_cores": round(busy, 2)} if busy is not None else {})}, indent=1))
         os.replace(tmp, marker)
-        self.results.append(StageResult(name, seconds, commands))
+        self.results.append(StageResult(name, seconds, commands, busy_cores=busy))
         # a stage's own time; a first run's pretraining is recorded apart ("pretrain-base", "pretrain-judge"), so a
         # later run with the models cached does not expect it again
         self.timings.record(name, max(0.0, seconds - self.pretrain_seconds))

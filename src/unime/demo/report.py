@@ -213,7 +213,10 @@ def write_report(demo: "Demo") -> Path:
     total = 0.0
     for r in demo.results:
         total += r.seconds
-        md.append(f"| {r.name} | {r.seconds:.0f} | {'skipped (done before)' if r.skipped else ''} |")
+        notes = (["skipped (done before)"] if r.skipped else []) + (
+            [f"started beside other work ({r.busy_cores:.1f} cores busy): not the demo's time"]
+            if r.busy_cores is not None else [])
+        md.append(f"| {r.name} | {r.seconds:.0f} | {'; '.join(notes)} |")
     md += [f"| **total** | **{total:.0f}** | |", "", "Commands, in order (each stage is a `unime` command):", "",
            "```"]
     for r in demo.results:
