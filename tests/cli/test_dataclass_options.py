@@ -228,6 +228,10 @@ def test_a_command_config_is_built_from_its_bare_command_line_with_the_python_ap
 # the options (name -> default) and required options each command had when its add_argument calls were
 # written by hand; the generated parsers must keep them (the shared --config/--recipe/--print-config/--overwrite
 # are left out)
+BASE_RECIPE_FLAGS = ("family", "hidden", "layers", "vision-depth", "vision-hidden", "vision-heads", "init-std", "seed",
+                     "corpus-seed", "corpus-scenes", "corpus-per-task", "tag-steps", "tag-batch-size", "tag-lr",
+                     "freeze-vision", "caption-steps", "caption-batch-size", "caption-lr", "contrastive-datasets",
+                     "steps", "batch-size", "lr", "tau", "warmup")
 PINNED = {
     "data check": {"input": None, "--mmeb": False, "--data-root": None, "--allow-outside-root": False,
                    "--max-pixels": None, "--no-images": False},
@@ -251,15 +255,10 @@ PINNED = {
     "models pretrain-judge": {"--preset": "default", "--out": None, "--exclude-world": None, "--device": "cpu",
                               **{f"--judge-{n}": None for n in ("negatives", "extra-positives", "steps", "batch-size",
                                                                  "lr", "group-weight", "warmup", "holdout", "seed",
-                                                                 "video-clips", "video-frames")}},
+                                                                 "video-clips", "video-frames")},
+                              **{f"--{n}": None for n in BASE_RECIPE_FLAGS}},
     "models pretrain": {"--preset": "default", "--out": None, "--exclude-world": None, "--device": "cpu",
-                        **{f"--{n}": None for n in ("family", "hidden", "layers", "vision-depth", "vision-hidden",
-                                                     "vision-heads", "init-std", "seed", "corpus-seed",
-                                                     "corpus-scenes", "corpus-per-task", "tag-steps", "tag-batch-size",
-                                                     "tag-lr", "freeze-vision", "caption-steps",
-                                                     "caption-batch-size", "caption-lr", "contrastive-datasets", "steps",
-                                                     "batch-size", "lr",
-                                                     "tau", "warmup")}},
+                        **{f"--{n}": None for n in BASE_RECIPE_FLAGS}},
     "reason add-emb": {"--model": None, "--out": None, "--device": "cpu"},
     "reason eval": {"--embedder": None, "--tasks": None, "--out": None, "--tcots": "reasoner", "--reasoner": None,
                     "--world": None, "--only": None, "--batch-size": 16, "--max-new-tokens": 160, "--device": None,

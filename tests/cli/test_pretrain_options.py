@@ -96,13 +96,17 @@ def test_the_overrides_change_only_the_named_fields_of_the_preset(calls, capsys)
     assert main(["models", "pretrain-judge", "--preset", "quick", "--judge-steps", "9", "--judge-holdout", "0.25",
                  "--judge-video-clips", "0"]) == 0
     assert main(["models", "pretrain"]) == 0
-    assert capsys.readouterr().out == "MODEL\nMODEL\nMODEL\n"
-    (base, where), (judge, judge_base, _), (default, _) = calls
+    # the judge of a base other than the preset's: the base's overrides as in `models pretrain`, beside --judge-*
+    assert main(["models", "pretrain-judge", "--layers", "8", "--seed", "3", "--judge-seed", "5"]) == 0
+    assert capsys.readouterr().out == "MODEL\nMODEL\nMODEL\nMODEL\n"
+    (base, where), (judge, judge_base, _), (default, _), (judge8, base8, _) = calls
     assert base == PretrainRecipe.preset("quick").replace(steps=7, lr=0.5, family="qwen3_vl")
     assert where == {"out": None, "exclude_world": None, "device": "cpu"}
     assert judge == JudgePretrainRecipe.preset("quick").replace(steps=9, holdout=0.25, video_clips=0)
     assert judge_base == PretrainRecipe.preset("quick")
     assert default == PretrainRecipe.preset("default")
+    assert base8 == PretrainRecipe.preset("default").replace(layers=8, seed=3)
+    assert judge8 == JudgePretrainRecipe.preset("default").replace(seed=5)
 
 
 def test_an_empty_contrastive_datasets_option_trains_on_all_datasets(calls):

@@ -47,27 +47,36 @@ def _add_pretrain_parser(msub) -> None:
         description="Pretrain (or reuse) the base of `unime models pretrain`, then train it as a Yes/No judge "
                     "(full fine-tuning, answer-token loss + the within-record softmax on the judge margins) on "
                     "labelled pairs of the same corpus, drawn from its global pool. Cached beside the base under "
-                    "a key of both recipes. Prints the judge folder (an ordinary HF folder for `--judge`).")
+                    "a key of both recipes. Prints the judge folder (an ordinary HF folder for `--judge`). The base "
+                    "takes the options of `unime models pretrain`, the judge's are prefixed --judge-.")
     add_options(j, PretrainOptions)
+    add_options(j.add_argument_group("base recipe (overrides of the preset, as in `unime models pretrain`)"),
+                PretrainRecipe)
     add_options(j.add_argument_group("judge recipe (overrides of the preset)"), JudgePretrainRecipe, prefix="judge-")
     add_config_option(j)
     j.set_defaults(func=_pretrain_judge)
 
 
+def _base_recipe(args, preset: str):
+    """The base recipe: the preset with the command line's overrides."""
+    from unime.demo.pretrain import PretrainRecipe
+
+    return PretrainRecipe.preset(preset).replace(**option_values(PretrainRecipe, args, unset_is_none=True))
+
+
 def _pretrain(args) -> int:
-    from unime.demo.pretrain import PretrainOptions, PretrainRecipe, pretrain
+    from unime.demo.pretrain import PretrainOptions, pretrain
 
     opts = config_from_args(PretrainOptions, args)
-    recipe = PretrainRecipe.preset(opts.preset)
-    print(pretrain(recipe.replace(**option_values(PretrainRecipe, args, unset_is_none=True)), **opts.where()).model)
+    print(pretrain(_base_recipe(args, opts.preset), **opts.where()).model)
     return 0
 
 
 def _pretrain_judge(args) -> int:
-    from unime.demo.pretrain import JudgePretrainRecipe, PretrainOptions, PretrainRecipe, pretrain_judge
+    from unime.demo.pretrain import JudgePretrainRecipe, PretrainOptions, pretrain_judge
 
     opts = config_from_args(PretrainOptions, args)
     judge = JudgePretrainRecipe.preset(opts.preset).replace(
         **option_values(JudgePretrainRecipe, args, prefix="judge-", unset_is_none=True))
-    print(pretrain_judge(judge, PretrainRecipe.preset(opts.preset), **opts.where()).model)
+    print(pretrain_judge(judge, _base_recipe(args, opts.preset), **opts.where()).model)
     return 0
