@@ -95,10 +95,6 @@ def _command_path(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[lis
     return words, current
 
 
-def _find_subparser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
-    return _command_path(parser, argv)[1]
-
-
 def _add_overwrite_options(parser: argparse.ArgumentParser) -> None:
     for name in (*OWNED_OUTPUT_COMMANDS, *OWNED_FILE_COMMANDS):
         words, sub = _command_path(parser, name.split())

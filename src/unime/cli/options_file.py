@@ -150,9 +150,3 @@ def apply_options(subparser: argparse.ArgumentParser, values: dict[str, Any], *,
             a.required = False
     subparser.set_defaults(**defaults)
     return dests
-
-
-def apply_config_file(subparser: argparse.ArgumentParser, path: str) -> dict[str, str]:
-    """Set the subcommand's defaults from the config file, converted and checked (`apply_options`);
-    options the file sets are no longer required on the command line. Returns {key: dest}."""
-    return apply_options(subparser, load_config_file(path), source=path)

@@ -84,11 +84,6 @@ def render_scene(scene: Scene, size: int) -> Image.Image:
     return big.resize((size, size), Image.Resampling.BOX)
 
 
-def render_crop(scene: Scene, k: int, size: int, image: Image.Image | None = None) -> Image.Image:
-    img = image if image is not None else render_scene(scene, size)
-    return img.crop(crop_box(scene.objects[k], size))
-
-
 def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=6)

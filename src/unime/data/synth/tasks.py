@@ -324,7 +324,6 @@ TASKS: tuple[TaskDef, ...] = (
     TaskDef("refer_grounding_ood", "grounding", "OOD", False, "ood", 2, 3, _grounding("refer_grounding_ood", True),
             _grounding_distract),
 )
-TASKS_BY_NAME = {t.name: t for t in TASKS}
 
 
 def build_queries(b: WorldBuilder, task: TaskDef, pool: list[Scene], n: int, rng: random.Random, *,

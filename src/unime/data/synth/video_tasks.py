@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 
 from unime.data import vocab
-from unime.data.items import Item, Record
+from unime.data.items import Record
 from unime.data.mmeb_v2 import v2_row_from_dict
 from unime.data.synth.build import WorldBuilder
 from unime.data.synth.clips import MOTIONS, Clip, VideoSizes, description, event_phrase, part_phrase, sample_clip
@@ -159,8 +159,3 @@ def video_task_list() -> list[dict]:
     """The entries of eval_tasks_video.yaml (format mmeb_v2, modality video)."""
     return [{"name": t.name, "format": "mmeb_v2", "path": f"eval/video/{t.name}.jsonl", "modality": "video",
              "meta_task": t.meta_task, "eval_type": t.eval_type, "split": "IND"} for t in VIDEO_TASKS]
-
-
-def clip_item(clip: Clip) -> Item:
-    """The item a clip is as a retrieval candidate (as the V2 reader makes it from a row)."""
-    return Item(text=CLIP_PROMPT, video=(clip.path,))
