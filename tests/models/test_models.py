@@ -77,6 +77,39 @@ def test_embedder_normalised_deduplicated_and_padding_invariant(tiny_model_dir, 
     assert np.abs(batched[0] - batched[1]).max() > 1e-3
 
 
+def test_padding_order_groups_items_by_shape_then_text_length():
+    from unime.data.items import Item
+    from unime.models.embedder import padding_order, padding_shape
+
+    items = [Item("long text here", ("a.png",)), Item("t"), Item("xx", video=("v.mp4",)), Item("abc"),
+             Item("", ("a.png", "b.png")), Item("q", ("c.png",)), Item("b")]
+    # text only by length (ties keep their order), one image by length, two images, video
+    assert padding_order(items) == [1, 6, 3, 5, 0, 4, 2]
+    assert [padding_shape(items[i]) for i in (1, 5, 4, 2)] == [(False, 0), (False, 1), (False, 2), (True, 0)]
+    assert padding_order([]) == []
+    # with the loaded pixels: larger images after smaller ones of the same shape, before longer texts decide
+    assert padding_order(items, [40 * 40, 0, 8 * 64 * 64, 0, 2 * 112 * 112, 112 * 112, 0]) == [1, 6, 3, 0, 5, 4, 2]
+
+
+def test_embedder_encodes_in_padding_order_and_returns_the_callers_order(tiny_model_dir):
+    from unime import Embedder
+    from unime.data.items import Item
+
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu")
+    image = Image.new("RGB", (96, 80), (200, 10, 10))
+    items = [Item("a red circle seen from far above the table", (image,)), Item("red"), Item("x", (image,)),
+             Item("a much longer text item than the other one")]
+    calls = []
+    original = emb.forward
+    emb.forward = lambda inputs, **kw: (calls.append((len(inputs["attention_mask"]), "pixel_values" in inputs)),
+                                        original(inputs, **kw))[1]
+    batched = emb.encode(items, batch_size=2)
+    emb.forward = original
+    assert calls == [(2, False), (2, True)]  # in the callers' order each batch would mix text and image
+    single = np.stack([emb.encode([x])[0] for x in items])
+    np.testing.assert_allclose(batched, single, atol=2e-5)
+
+
 def test_embedder_emb_token_pooling(tiny_model_dir):
     from unime import Embedder
     from unime.models.prompts import EMB_TOKEN

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
 from unime.data.items import Item, Record
 from unime.train.batching import EmbedderCollator, item_id
@@ -22,7 +23,8 @@ class _FakeBuilder:
     """Input assembly without a model: every item becomes one row of its chunk."""
 
     instruction_suffix = ""
-    image_loader = SimpleNamespace(load=lambda ref, **_: ref, load_video=lambda refs, **_: list(refs))
+    image_loader = SimpleNamespace(load=lambda ref, **_: Image.new("RGB", (2, 2)),
+                                   load_video=lambda refs, **_: [Image.new("RGB", (2, 2)) for _ in refs])
 
     def build_inputs(self, items, segments=None):
         return {"n": torch.tensor([len(items)])}

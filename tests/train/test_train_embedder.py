@@ -191,41 +191,66 @@ def test_checkpoints_of_an_unknown_run_are_not_resumed(tiny_model_dir, mined_wor
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-5" / "trainer_state.json").is_file()
 
 
+def check_chunks(emb, batch, places, *, size, distinct: bool):
+    """The batch encodes each place's item (each distinct item once with `distinct`) in rows ordered by padding
+    shape; its chunks are those rows cut at every change of shape and every `size` rows (no smaller pieces),
+    each built exactly as the embedder builds those items. `item_index` maps every place to its item's row."""
+    from unime.models.embedder import padding_shape
+
+    index = batch["item_index"].tolist()
+    assert len(index) == len(places)
+    row_item = {}
+    for place, row in zip(places, index):
+        assert row_item.setdefault(row, place).key == place.key  # a row holds one item
+    n = sum(int(c["input_ids"].shape[0]) for c in batch["chunks"])
+    assert sorted(row_item) == list(range(n))
+    assert n == (len({it.key for it in places}) if distinct else len(places))
+    encoded = [row_item[r] for r in range(n)]
+    shapes = [padding_shape(it) for it in encoded]
+    assert shapes == sorted(shapes)
+    start, sizes = 0, []
+    for chunk in batch["chunks"]:
+        piece = encoded[start:start + int(chunk["input_ids"].shape[0])]
+        assert len({padding_shape(it) for it in piece}) == 1
+        expect = emb.build_inputs(piece)
+        assert chunk.keys() == expect.keys()
+        for key in chunk:
+            assert torch.equal(chunk[key], expect[key]), key
+        start += len(piece)
+        sizes.append(len(piece))
+    expected = []
+    for shape in dict.fromkeys(shapes):
+        count = shapes.count(shape)
+        expected += [size] * (count // size) + ([count % size] if count % size else [])
+    assert sizes == expected
+
+
 def test_collator_builds_the_inputs_the_embedder_builds(tiny_model_dir, mined_world):
     from unime.data.io import read_records
-    from unime.models.embedder import Embedder
-    from unime.train.batching import EmbedderCollator
+    from unime.models.embedder import Embedder, padding_shape
+    from unime.train.batching import FORWARD_ROWS, EmbedderCollator
 
     world, path = mined_world
     records = fixed_batch(read_records(path), 3)
     emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(world))
     items = [r.query for r in records] + [it for r in records for it in [r.positive] + r.negatives[:2]]
+    assert len({padding_shape(it) for it in items}) >= 2  # the batch mixes text and image items
     plain = EmbedderCollator(emb, num_negatives=2, with_scores=True, chunk_size=4, source=str(path), dedup=False)
     batch = plain(list(enumerate(records)))
-    assert batch["num_queries"] == 3 and batch["group_size"] == 3 and len(batch["chunks"]) == 3  # 12 items / 4
-    assert "item_index" not in batch
-    for i, chunk in enumerate(batch["chunks"]):
-        expect = emb.build_inputs(items[4 * i:4 * i + 4])
-        assert chunk.keys() == expect.keys()
-        for key in chunk:
-            assert torch.equal(chunk[key], expect[key]), key
+    assert batch["num_queries"] == 3 and batch["group_size"] == 3
+    check_chunks(emb, batch, items, size=4, distinct=False)
     torch.testing.assert_close(batch["scores"], torch.tensor(
         [[r.positive_score] + r.negative_scores[:2] for r in records], dtype=torch.float32))
-    # dedup (the default): each distinct item encoded once, in order of first appearance; item_index maps back
+    # dedup (the default): each distinct item encoded once
     twice = [records[0], dataclasses.replace(records[1], negatives=[records[0].positive, records[1].negatives[1]])]
     items = [r.query for r in twice] + [it for r in twice for it in [r.positive] + r.negatives[:2]]
-    distinct = []
-    for it in items:
-        if all(d.key != it.key for d in distinct):
-            distinct.append(it)
-    assert len(distinct) == len(items) - 1
+    assert len({it.key for it in items}) == len(items) - 1
     collate = EmbedderCollator(emb, num_negatives=2, with_scores=True, chunk_size=4, source=str(path))
-    batch = collate(list(enumerate(twice)))
-    assert [distinct[int(i)].key for i in batch["item_index"]] == [it.key for it in items]
-    for i, chunk in enumerate(batch["chunks"]):
-        expect = emb.build_inputs(distinct[4 * i:4 * i + 4])
-        for key in chunk:
-            assert torch.equal(chunk[key], expect[key]), key
+    check_chunks(emb, collate(list(enumerate(twice))), items, size=4, distinct=True)
+    # without GradCache (no chunk size): FORWARD_ROWS items per forward at most
+    whole = EmbedderCollator(emb, num_negatives=2, with_scores=True, source=str(path))(list(enumerate(twice)))
+    check_chunks(emb, whole, items, size=FORWARD_ROWS, distinct=True)
+    assert len(whole["chunks"]) == len({padding_shape(it) for it in items})
     # a missing image names the source file, the record and the field
     broken = dataclasses.replace(records[1], negatives=[records[1].negatives[0], Item("x", ("images/missing.png",))])
     with pytest.raises(DataError) as err:
@@ -237,8 +262,10 @@ def test_collator_builds_the_inputs_the_embedder_builds(tiny_model_dir, mined_wo
 def test_deduplicated_batch_gives_the_loss_and_gradients_of_the_full_batch(tiny_model_dir, mined_world, tmp_path,
                                                                             loss):
     """A batch whose records share items (a positive that is another record's negative, a query repeated) is
-    encoded once per distinct item; the trainer's loss and every gradient equal those of encoding each place."""
+    encoded once per distinct item, in padding order and one forward per padding shape; the trainer's loss and
+    every gradient equal those of one forward over every place in batch order."""
     from unime.data.io import read_records
+    from unime.models.embedder import padding_shape
     from unime.train.batching import EmbedderCollator
     from unime.train.embedder_trainer import prepare_embedder_training
 
@@ -260,17 +287,30 @@ def test_deduplicated_batch_gives_the_loss_and_gradients_of_the_full_batch(tiny_
         rows = sum(int(c["input_ids"].shape[0]) for c in batch["chunks"])
         return value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, rows
 
+    def one_forward_in_batch_order():
+        """The reference: every place in one padded forward, in batch order, straight into the loss."""
+        batch = trainer.data_collator(list(enumerate(shared)))
+        model.zero_grad()
+        reps = trainer.embedder.forward(trainer.data_collator.builder.build_inputs(places))
+        value = trainer.loss_module(reps[:4], reps[4:].reshape(4, 1 + k, -1), batch.get("scores"),
+                                    candidate_ids=batch["candidate_ids"])
+        value.backward()
+        return value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    places = [r.query for r in shared] + [it for r in shared for it in [r.positive] + r.negatives[:k]]
+    assert len({padding_shape(it) for it in places}) >= 2  # reordered and cut into chunks
     l_full, g_full, rows_full = loss_and_grads(False)
     l_dedup, g_dedup, rows_dedup = loss_and_grads(True)
-    places = [r.query for r in shared] + [it for r in shared for it in [r.positive] + r.negatives[:k]]
+    l_ref, g_ref = one_forward_in_batch_order()
     assert rows_full == len(places) == 4 * (2 + k)
     assert rows_dedup == len({it.key for it in places}) <= rows_full - 2  # the two planted repeats at least
-    torch.testing.assert_close(l_dedup, l_full, rtol=1e-5, atol=1e-6)
-    assert g_dedup.keys() == g_full.keys() and len(g_full) > 0
-    for name in g_full:  # float summation order differs: tolerance relative to the tensor's largest gradient
-        scale = float(g_full[name].abs().max())
-        torch.testing.assert_close(g_dedup[name], g_full[name], rtol=1e-4, atol=1e-5 * scale + 1e-10,
-                                   msg=lambda m: f"{name} (max |g| {scale:.3g}): {m}")
+    for l_other, g_other in ((l_dedup, g_dedup), (l_full, g_full)):
+        torch.testing.assert_close(l_other, l_ref, rtol=1e-5, atol=1e-6)
+        assert g_other.keys() == g_ref.keys() and len(g_ref) > 0
+        for name in g_ref:  # float summation order differs: tolerance relative to the tensor's largest gradient
+            scale = float(g_ref[name].abs().max())
+            torch.testing.assert_close(g_other[name], g_ref[name], rtol=1e-4, atol=1e-5 * scale + 1e-10,
+                                       msg=lambda m: f"{name} (max |g| {scale:.3g}): {m}")
 
 
 def test_homogeneous_batches(tiny_model_dir, mined_world, tmp_path):

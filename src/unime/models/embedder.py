@@ -32,6 +32,20 @@ def as_item(x: Any) -> Item:
     return Item.from_dict(x)
 
 
+def padding_shape(item: Item) -> tuple[bool, int]:
+    """What decides most of an item's length once rendered: a video, and how many images."""
+    return bool(item.video), len(item.images)
+
+
+def padding_order(items: Sequence[Item], pixels: Sequence[int] | None = None) -> list[int]:
+    """Positions of `items` ordered so that items that pad alike stand together: by `padding_shape`, then by
+    `pixels` (each item's loaded image and frame pixels, when the caller has them), then by text length.
+    Batches cut from this order carry little padding (sentence-transformers' `encode` sorts by length
+    likewise). The sort is stable: items with equal keys keep their relative order."""
+    size = pixels if pixels is not None else [0] * len(items)
+    return sorted(range(len(items)), key=lambda i: (*padding_shape(items[i]), size[i], len(items[i].text)))
+
+
 class Embedder:
     def __init__(self, model, processor, adapter: FamilyAdapter, *, pooling: str = "last",
                  image_loader: ImageLoader | None = None, instruction_suffix: str = "", batch_size: int = 16,
@@ -128,7 +142,8 @@ class Embedder:
 
     def encode(self, items: Iterable[Any], *, batch_size: int | None = None, show_progress: bool = False,
                normalize: bool = True) -> np.ndarray:
-        """float32 array (n, hidden). Identical items (same `Item.key`) are encoded once."""
+        """float32 array (n, hidden) in the order of `items`. Identical items (same `Item.key`) are encoded once,
+        in batches cut from `padding_order`."""
         import torch
 
         items = [as_item(x) for x in items]
@@ -138,7 +153,12 @@ class Embedder:
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
             first.setdefault(k, i)
+        # each distinct item once, in padding order; `row` maps a key to its encoding
         unique = [items[i] for i in first.values()]
+        order = padding_order(unique)
+        unique = [unique[i] for i in order]
+        distinct_keys = list(first)
+        row = {distinct_keys[i]: j for j, i in enumerate(order)}
         bs = batch_size or self.batch_size
         out = np.zeros((len(unique), self.hidden_size), dtype=np.float32)
         batches = range(0, len(unique), bs)
@@ -155,7 +175,6 @@ class Embedder:
                     out[s:s + bs] = reps.float().cpu().numpy()
         finally:
             self.model.train(was_training)
-        row = {k: j for j, k in enumerate(first)}
         return out[[row[k] for k in keys]]
 
     @property
