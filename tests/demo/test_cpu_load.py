@@ -42,6 +42,9 @@ def test_a_stage_started_on_a_busy_machine_is_flagged(tmp_path, monkeypatch, bus
     warned = [m for m in messages if "WARNING: other processes keep" in m]
     assert bool(warned) == flagged and demo.results[-1].busy_cores == (busy if flagged else None)
     assert marker.get("busy_cores") == (busy if flagged else None)
+    # the remaining-time estimate of later runs does not learn a time taken on a busy machine
+    recorded = json.loads((tmp_path / "t.json").read_text()) if (tmp_path / "t.json").is_file() else {}
+    assert any("world" in stages for stages in recorded.values()) == (not flagged)
     # a later run that skips the stage still knows its time was taken on a busy machine
     again = Demo(tmp_path / "a", DemoSettings.preset("quick"), progress=messages.append,
                  timings=tmp_path / "t.json", load_probe=lambda: 0.0)

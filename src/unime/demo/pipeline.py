@@ -158,7 +158,7 @@ class Demo:
     def __init__(self, out: str | os.PathLike, settings: DemoSettings, *, device: str = "cpu",
                  progress: Callable[[str], None] = print, embed_rl: bool = False, oracle_judge: bool = False,
                  timings: str | os.PathLike | None = None, jobs: int = 1,
-                 load_probe: Callable[[], float | None] = busy_cores):
+                 load_probe: Callable[[], float | None] | None = None):
         from unime.demo.parallel import auto_jobs
 
         self.out = Path(out)
@@ -169,11 +169,12 @@ class Demo:
         self.s = settings
         self.device = device
         self.say = progress
-        self.load_probe = load_probe  # cores busy with other work (None: unknown), checked as each stage starts
+        self.load_probe = load_probe or busy_cores  # cores busy with other work (None: unknown), checked as each stage starts
         self.results: list[StageResult] = []
         # stage times of earlier runs with the same settings (for the ETA); default in the user's cache
         self.timings = StageTimes(Path(timings) if timings else default_timings_path(), self.timings_key())
         self.pretrain_seconds = 0.0  # of the stage running: pretraining done in it (timed apart, `stage`)
+        self.stage_busy = False  # the stage running started on a busy machine: its times are not recorded
         self.t_start = time.perf_counter()
 
     # -- paths ------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class Demo:
             busy = None
         t0 = time.perf_counter()
         commands: list[str] = []
-        self.pretrain_seconds = 0.0
+        self.pretrain_seconds, self.stage_busy = 0.0, busy is not None
         body(commands)
         seconds = time.perf_counter() - t0
         if not set(commands) & set(earlier["commands"]):
@@ -288,8 +289,10 @@ class Demo:
         os.replace(tmp, marker)
         self.results.append(StageResult(name, seconds, commands, busy_cores=busy))
         # a stage's own time; a first run's pretraining is recorded apart ("pretrain-base", "pretrain-judge"), so a
-        # later run with the models cached does not expect it again
-        self.timings.record(name, max(0.0, seconds - self.pretrain_seconds))
+        # later run with the models cached does not expect it again. A time taken on a busy machine is not the
+        # demo's: the estimate keeps what it had (an earlier run's time, or the reference run's)
+        if busy is None:
+            self.timings.record(name, max(0.0, seconds - self.pretrain_seconds))
         self.say(f"[demo] {self.progress_line(name)} {seconds:.0f}s")
 
     def progress_line(self, name: str, *, starting: bool = False) -> str:
@@ -323,7 +326,8 @@ class Demo:
         if not result.reused:
             seconds = float(result.manifest.get("seconds") or 0.0)
             self.pretrain_seconds += seconds
-            self.timings.record(f"pretrain-{what}", seconds)
+            if not self.stage_busy:
+                self.timings.record(f"pretrain-{what}", seconds)
 
     def stage_estimate(self, name: str) -> tuple[float | None, bool]:
         """(seconds, from the shipped reference run) for a stage still to run: the time an earlier run with these
