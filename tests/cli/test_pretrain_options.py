@@ -64,7 +64,7 @@ def test_the_recipes_cache_keys_are_unchanged():
     from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe
 
     assert PretrainRecipe().key() == "fef3def7be0d0da0"  # the captioning stage became the default (issue #13)
-    assert JudgePretrainRecipe().key("x") == "491c7eefada00072"  # judge lr 1e-3 → 3e-4 (issue #13)
+    assert JudgePretrainRecipe().key("x") == "90816129e2054209"  # judge steps 4000 → 8000 (issue #13)
     # the default preset's contrastive stage on the corpus's caption datasets only (issue #13)
     assert PretrainRecipe.preset("default").key() == "bb68263762bd4680"
     assert PretrainRecipe.preset("default") == PretrainRecipe(contrastive_datasets="i2t,t2i")
