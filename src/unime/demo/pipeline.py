@@ -169,7 +169,8 @@ class Demo:
         self.s = settings
         self.device = device
         self.say = progress
-        self.load_probe = load_probe or busy_cores  # cores busy with other work (None: unknown), checked as each stage starts
+        # cores busy with other work (None: unknown), checked as each stage starts
+        self.load_probe = load_probe or busy_cores
         self.results: list[StageResult] = []
         # stage times of earlier runs with the same settings (for the ETA); default in the user's cache
         self.timings = StageTimes(Path(timings) if timings else default_timings_path(), self.timings_key())

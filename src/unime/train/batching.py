@@ -2,10 +2,10 @@
 homogeneous batch sampler.
 
 A batch of B records becomes the items [q_1..q_B, c_1,0..c_1,k, ..., c_B,0..c_B,k] (each query's group
-is its positive followed by its first k hard negatives). Its distinct items are encoded in chunks: one per
-padding shape (text only, n images, video: `padding_order`), cut further into `chunk_size` items with
-GradCache; each chunk is turned into model inputs here, in the data-loader (worker) processes, through the
-same `Embedder.build_inputs` path that inference uses.
+is its positive followed by its first k hard negatives). Its distinct items are encoded in chunks: in
+`padding_order`, cut at every change of padding shape (text only, n images, video) and every `chunk_size`
+items with GradCache, else every `FORWARD_ROWS`; each chunk is turned into model inputs here, in the
+data-loader (worker) processes, through the same `Embedder.build_inputs` path that inference uses.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def _pixels(segments: Sequence[Segment]) -> int:
 class EmbedderCollator:
     """Turns a list of `(index, Record)` into the trainer's batch:
 
-        {"chunks": [model inputs of ≤ chunk_size items, ...], "num_queries": B, "group_size": 1 + k,
+        {"chunks": [model inputs of ≤ chunk_size (else FORWARD_ROWS) items of one padding shape, ...],
+         "num_queries": B, "group_size": 1 + k,
          "item_index": (B + B·(1 + k),) the encoded row (chunks concatenated) of each item in batch order,
          "scores": (B, 1 + k) float tensor of judge scores (only if `with_scores`),
          "candidate_ids": (B, 1 + k) int64 identity of each candidate (`item_id`: equal iff same content),
@@ -114,7 +115,7 @@ class EmbedderCollator:
     gradients are the same up to float summation order (a duplicate's gradient arrives through the one
     encoding), except that a duplicate shares its encoding's dropout mask.
 
-    The items are encoded in `padding_order`, one chunk per padding shape: a batch mixing short text items
+    The items are encoded in `padding_order`, chunks of one padding shape: a batch mixing short text items
     with image or video items would otherwise pad every row to its longest item (on the demo's mined batches
     the single padded forward held 1.6 tokens per real token). The order changes which rows share a forward,
     not the loss or its gradients (up to float summation order).
