@@ -161,40 +161,14 @@ class Reasoner:
     def generate_from_segments(self, segments_list: Sequence[Sequence[Segment]], *, num_samples: int = 1,
                                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                                max_new_tokens: int | None = None, show_progress: bool = False) -> list[list[str]]:
-        """Generate `num_samples` completions per user turn (batched, left padding). Returns, per turn, the
-        decoded completions (special tokens removed)."""
-        import torch
+        """Generate `num_samples` completions per user turn (batched, left padding: `generate_texts`). Returns,
+        per turn, the decoded completions (special tokens removed)."""
+        from unime.models.generation import generate_texts
 
-        out: list[list[str]] = []
-        batches = range(0, len(segments_list), self.batch_size)
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="generate", unit="batch")
-        was_training = self.model.training
-        self.model.eval()
-        tok = self.adapter.tokenizer
-        gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                          num_return_sequences=num_samples, do_sample=do_sample,
-                                          pad_token_id=tok.pad_token_id)
-        if do_sample:
-            gen_kwargs.update(temperature=temperature, top_p=top_p)
-        else:  # greedy: unset sampling knobs a checkpoint's generation_config may carry
-            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-        try:
-            with torch.inference_mode():
-                for s in batches:
-                    segs = [list(x) for x in segments_list[s:s + self.batch_size]]
-                    texts = [self.adapter.render_user_turn(x) for x in segs]
-                    inputs = self.adapter.processor_inputs(texts, segs, padding_side="left").to(self.device)
-                    ids = self.model.generate(**inputs, **gen_kwargs)
-                    new = ids[:, inputs["input_ids"].shape[1]:]
-                    decoded = tok.batch_decode(new, skip_special_tokens=True)
-                    for i in range(len(segs)):
-                        out.append(decoded[i * num_samples:(i + 1) * num_samples])
-        finally:
-            self.model.train(was_training)
-        return out
+        return generate_texts(self.model, self.adapter, segments_list, device=self.device,
+                              max_new_tokens=max_new_tokens or self.max_new_tokens, batch_size=self.batch_size,
+                              num_samples=num_samples, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                              show_progress=show_progress)
 
     def generate(self, items: Sequence[Item], sides: Sequence[str] | str, *, num_samples: int = 1,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,

@@ -1,0 +1,82 @@
+"""Batched generation from user turns, for every generative model of the package (the reranker's listwise
+picks, the reasoner's T-CoTs).
+
+`generate_texts` renders each turn with the family adapter, left-pads a batch (so every row's next token
+sits at the last position) and calls `model.generate`. With `stop`, a row stops as soon as its decoded
+new text satisfies `stop` (a `StoppingCriteria` per row; the batch ends when every row has stopped) and
+its text is cut at the first token where it did: what a row returns does not depend on the other rows
+of its batch. Greedy decoding of a left-padded batch equals one-by-one decoding up to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from unime.models.adapters import FamilyAdapter, Segment
+
+
+def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequence[Segment]], *, device,
+                   max_new_tokens: int, batch_size: int = 8, assistant_prefix: str = "", num_samples: int = 1,
+                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                   stop: Callable[[str], bool] | None = None, show_progress: bool = False) -> list[list[str]]:
+    """`num_samples` completions (decoded, special tokens removed) of each user turn, `batch_size` turns
+    per `generate` call, in the order given. The turn ends with the assistant's header and then
+    `assistant_prefix` (the answer's fixed start, if any)."""
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tok = adapter.tokenizer
+    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+                                      do_sample=do_sample,
+                                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p)
+    else:  # greedy: unset sampling knobs a checkpoint's generation_config may carry
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    batches = range(0, len(segments_list), batch_size)
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="generate", unit="batch")
+    out: list[list[str]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for s in batches:
+                segs = [list(x) for x in segments_list[s:s + batch_size]]
+                texts = [adapter.render_user_turn(x, assistant_prefix=assistant_prefix) for x in segs]
+                inputs = adapter.processor_inputs(texts, segs, padding_side="left").to(device)
+                start = inputs["input_ids"].shape[1]
+                extra = {"stopping_criteria": _stopping_criteria(stop, tok, start)} if stop is not None else {}
+                new = model.generate(**inputs, **gen_kwargs, **extra)[:, start:]
+                decoded = ([_until_stop(row, tok, stop) for row in new.tolist()] if stop is not None
+                           else tok.batch_decode(new, skip_special_tokens=True))
+                out += [decoded[i * num_samples:(i + 1) * num_samples] for i in range(len(segs))]
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _stopping_criteria(stop: Callable[[str], bool], tok, start: int):
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class TextDone(StoppingCriteria):
+        """Per row: True once the decoded new tokens satisfy `stop`."""
+
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tok.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+            return torch.tensor([bool(stop(t)) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([TextDone()])
+
+
+def _until_stop(ids: list[int], tok, stop: Callable[[str], bool]) -> str:
+    """The decoded text of the shortest prefix of `ids` that satisfies `stop` (all of it if none does)."""
+    for n in range(1, len(ids) + 1):
+        text = tok.decode(ids[:n], skip_special_tokens=True)
+        if stop(text):
+            return text
+    return tok.decode(ids, skip_special_tokens=True)

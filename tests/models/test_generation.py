@@ -1,0 +1,79 @@
+"""Batched generation (`unime.models.generation.generate_texts`): a left-padded batch gives each prompt what
+generating it alone gives, and a stop rule cuts each row at the first token where its text satisfies it,
+checked against `model.generate` called directly, one prompt at a time."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from unime.models.adapters import Segment
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    from unime.models.loading import load_model
+
+    return load_model(tiny_model_dir("qwen2_vl"), device="cpu")
+
+
+def _prompts():
+    red, blue = Image.new("RGB", (56, 56), (200, 0, 0)), Image.new("RGB", (84, 56), (0, 0, 200))
+    return [[Segment("text", "a red square")],
+            [Segment("image", red), Segment("text", "what colour is this picture, and what shape is in it?")],
+            [Segment("text", "(1) "), Segment("image", blue), Segment("text", " (2) "), Segment("image", red)],
+            [Segment("text", "one")],
+            [Segment("image", blue)]]
+
+
+def _alone(loaded, segs, max_new_tokens):
+    """Greedy new token ids of one prompt, by `model.generate` on its own (no padding)."""
+    import torch
+
+    text = loaded.adapter.render_user_turn(segs)
+    inputs = loaded.adapter.processor_inputs([text], [segs])
+    with torch.inference_mode():
+        out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=loaded.adapter.tokenizer.pad_token_id)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_a_batch_gives_what_each_prompt_gives_alone(loaded):
+    from unime.models.generation import generate_texts
+
+    tok = loaded.adapter.tokenizer
+    prompts = _prompts()
+    expected = [tok.decode(_alone(loaded, p, 6), skip_special_tokens=True) for p in prompts]
+    for batch_size in (1, 2, 5):
+        got = generate_texts(loaded.model, loaded.adapter, prompts, device="cpu", max_new_tokens=6,
+                             batch_size=batch_size)
+        assert [g[0] for g in got] == expected, batch_size
+
+
+def test_the_stop_rule_cuts_each_row_at_its_first_satisfying_token(loaded):
+    from unime.models.generation import generate_texts
+
+    tok = loaded.adapter.tokenizer
+    prompts = _prompts()
+    stop = lambda text: len(text) >= 4  # noqa: E731  (any model's output reaches it)
+    expected = []
+    for p in prompts:
+        ids = _alone(loaded, p, 10)
+        texts = [tok.decode(ids[:n], skip_special_tokens=True) for n in range(1, len(ids) + 1)]
+        expected.append(next((t for t in texts if stop(t)), texts[-1]))
+    got = generate_texts(loaded.model, loaded.adapter, prompts, device="cpu", max_new_tokens=10, batch_size=5,
+                         stop=stop)
+    assert [g[0] for g in got] == expected
+    assert any(len(t) < len(tok.decode(_alone(loaded, p, 10), skip_special_tokens=True))
+               for t, p in zip(expected, prompts))  # the rule did cut something
+
+
+def test_the_model_is_left_in_its_training_mode(loaded):
+    from unime.models.generation import generate_texts
+
+    loaded.model.train()
+    generate_texts(loaded.model, loaded.adapter, _prompts()[:1], device="cpu", max_new_tokens=2)
+    assert loaded.model.training
+    loaded.model.eval()
+    with pytest.raises(ValueError, match="batch_size"):
+        generate_texts(loaded.model, loaded.adapter, _prompts()[:1], device="cpu", max_new_tokens=2, batch_size=0)
