@@ -10,7 +10,7 @@ from tests.conftest import FAMILIES
 from unime.models import prompts
 from unime.models.adapters import Segment
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
-                                         listwise_prompt, merge_text, parse_listwise_answer)
+                                         listwise_answer_done, listwise_prompt, merge_text, parse_listwise_answer)
 
 IMG_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -138,3 +138,28 @@ def test_listwise_prompt_needs_candidates_and_answer_is_one_based():
 ])
 def test_parse_listwise_answer_variants(text, expected):
     assert parse_listwise_answer(text) == expected
+
+
+def test_listwise_answer_is_done_once_a_labelled_number_is_closed():
+    assert [listwise_answer_done(t) for t in ("", "Ans", "Ans: (", "Ans: (3", "Ans: (3)", "Ans: (12x", "(3)",
+                                              "3)", "Answer: 4 ", "No)))No)))", "ans:3.")] == \
+        [False, False, False, False, True, True, False, False, True, False, True]
+
+
+def test_a_done_answer_parses_the_same_whatever_follows():
+    """The stop rule's guarantee, checked on random texts over the characters that matter to the parser:
+    when a text is done, every continuation parses to the same number."""
+    import random
+
+    rng = random.Random(0)
+    alphabet = list("Ans:wer ()[]3 12x") + ["Ans: (", "Answer", ")", "(4)", "ans"]
+    done = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        if not listwise_answer_done(text):
+            continue
+        done += 1
+        for _ in range(5):
+            tail = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+            assert parse_listwise_answer(text + tail) == parse_listwise_answer(text), (text, tail)
+    assert done > 100  # the property was exercised

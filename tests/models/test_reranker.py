@@ -27,8 +27,13 @@ def rr(reranker):
     reranker.num_candidates = None
     reranker._warned_counts.clear()
     yield reranker
-    for name in ("generate_answer", "score_pairs"):
+    for name in ("generate_answers", "score_pairs"):
         reranker.__dict__.pop(name, None)
+
+
+def answer_with(rr, answer):
+    """Replace the reranker's generation: `answer(query, candidates)` gives each listwise answer text."""
+    rr.generate_answers = lambda queries, lists: [answer(q, c) for q, c in zip(queries, lists)]
 
 
 QUERY = Item("a red square")
@@ -43,7 +48,7 @@ def test_plain_checkpoint_has_no_trained_count(rr):
 
 def test_pick_parses_answer_variants(rr):
     answers = iter(["Ans: (2)", "Ans:(3)", "(1)", "4", "Answer: 2 because it is red", "ans: (4)."])
-    rr.generate_answer = lambda q, c: next(answers)
+    answer_with(rr, lambda q, c: next(answers))
     assert [rr.pick(QUERY, CANDS) for _ in range(6)] == [1, 2, 0, 3, 1, 3]
     assert rr.stats.as_dict() == {"picks": 6, "parsed": 6, "unparsable": 0, "out_of_range": 0, "fallbacks": 0,
                                   "count_mismatches": 0, "bad_answers": [],
@@ -55,7 +60,7 @@ def test_unparsable_and_out_of_range_answers_fall_back_to_pairwise_argmax(rr):
     reference = [rr.judge.score_pair(QUERY, c) for c in CANDS]
     expected = int(np.argmax(reference))
     answers = iter(["I think the red one", "Ans: (5)", "Ans: (0)", "Ans: (2)"])
-    rr.generate_answer = lambda q, c: next(answers)
+    answer_with(rr, lambda q, c: next(answers))
     picks = [rr.pick(QUERY, CANDS) for _ in range(4)]
     assert picks == [expected, expected, expected, 1]
     s = rr.stats
@@ -65,7 +70,7 @@ def test_unparsable_and_out_of_range_answers_fall_back_to_pairwise_argmax(rr):
 
 
 def test_fallback_takes_the_first_of_equal_scores(rr):
-    rr.generate_answer = lambda q, c: "no idea"
+    answer_with(rr, lambda q, c: "no idea")
     rr.score_pairs = lambda q, c: np.array([0.2, 0.7, 0.7, 0.1])
     assert rr.pick(QUERY, CANDS) == 1
 
@@ -80,7 +85,7 @@ def test_real_generation_gives_an_index_in_range(rr):
 
 def test_candidate_count_mismatch_is_allowed_but_warned_once_and_counted(rr, caplog):
     rr.num_candidates = 3
-    rr.generate_answer = lambda q, c: "Ans: (1)"
+    answer_with(rr, lambda q, c: "Ans: (1)")
     with caplog.at_level(logging.WARNING, logger="unime.models.reranker"):
         assert rr.pick(QUERY, CANDS) == 0
         assert rr.pick(QUERY, CANDS) == 0
@@ -98,16 +103,16 @@ def test_top1_moves_the_pick_to_rank_one_and_keeps_the_rest(rr):
         seen.append([c.text for c in cands])
         return "Ans: (3)"
 
-    rr.generate_answer = answer
+    answer_with(rr, answer)
     assert rr.rerank(QUERY, ranked, k=4, mode="top1") == [2, 0, 1, 3, 4, 5]
     assert seen == [["cand 0", "cand 1", "cand 2", "cand 3"]]  # only the top k, in the embedder's order
     # the default k is the trained number of candidates
     rr.num_candidates = 2
-    rr.generate_answer = lambda q, c: "Ans: (2)"
+    answer_with(rr, lambda q, c: "Ans: (2)")
     assert rr.rerank(QUERY, ranked, mode="top1") == [1, 0, 2, 3, 4, 5]
     # k larger than the list: all of it
     rr.num_candidates = None
-    rr.generate_answer = lambda q, c: "(6)"
+    answer_with(rr, lambda q, c: "(6)")
     assert rr.rerank(QUERY, ranked, k=10, mode="top1") == [5, 0, 1, 2, 3, 4]
 
 
@@ -152,3 +157,41 @@ def test_reranker_satisfies_the_eval_seam(rr):
     from unime.models.reranker import RerankerProtocol
 
     assert isinstance(rr, RerankerProtocol)
+
+
+def test_rerank_many_asks_for_every_pick_at_once_and_equals_rerank_row_by_row():
+    from unime.models.reranker import RerankStats, rerank, rerank_many
+
+    def choose(query, shown):  # a deterministic listwise rule: the candidate whose text has the query's length
+        n = len(query.text) % (len(shown) + 1)
+        return None if n == len(shown) else n
+
+    class OneByOne:
+        def pick(self, query, shown):
+            return choose(query, shown)
+
+        def score_pairs(self, query, shown):
+            return np.zeros(len(shown))
+
+    class Together(OneByOne):
+        calls = 0
+
+        def pick_many(self, queries, lists):
+            Together.calls += 1
+            return [choose(q, s) for q, s in zip(queries, lists)]
+
+    rng = np.random.default_rng(0)
+    queries = [Item("q" * int(rng.integers(1, 9))) for _ in range(12)]
+    lists = [[Item(f"c{j}") for j in range(int(rng.integers(2, 8)))] for _ in queries]
+    orders = [rng.permutation(len(c)) for c in lists]
+    s1, s2 = RerankStats(), RerankStats()
+    one = [rerank(o, OneByOne(), q, c, 4, "top1", stats=s1) for o, q, c in zip(orders, queries, lists)]
+    many = rerank_many(orders, Together(), queries, lists, 4, "top1", stats=s2)
+    assert Together.calls == 1
+    assert [m.tolist() for m in many] == [o.tolist() for o in one]
+    assert s1.to_dict() == s2.to_dict() and s1.fallbacks > 0 and s1.queries == 12
+    # by hand: row 0's pick moves to rank 1, the rest of its top 4 and its tail keep their order
+    head, picked = orders[0][:4], choose(queries[0], [lists[0][i] for i in orders[0][:4]])
+    want = orders[0].tolist() if picked is None else \
+        [int(head[picked])] + [int(i) for i in head if i != head[picked]] + orders[0][4:].tolist()
+    assert many[0].tolist() == want

@@ -2,7 +2,7 @@
 
 A run: read every task (bad data fails before any model work) → register every item with one
 `RunEncoder` (distinct items across all tasks are encoded once, cached on disk) → score each task →
-optionally rerank the top k (`unime.models.reranker.rerank`) → write the report (`report`).
+optionally rerank the top k (`unime.models.reranker.rerank_many`) → write the report (`report`).
 
 Scores are cosine similarities of L2-normalised embeddings. Ties follow `metrics` (``ties=``).
 Metric values are fractions in [0, 1]; the markdown table shows them x100 like the papers.
@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embeddi
                                           model_fingerprint)
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import EmbedderOptions
-from unime.models.reranker import RERANK_MODES, RerankerProtocol, RerankStats, rerank
+from unime.models.reranker import LISTWISE_BATCH, RERANK_MODES, RerankerProtocol, RerankStats, rerank_many
 from unime.options import option
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def scores_after_rerank(scores: np.ndarray, new_order: np.ndarray, k: int) -> np
 
 
 def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root: str | None = None,
-                  image_budget=None):
+                  image_budget=None, batch_size: int | None = None):
     """`unime.models.reranker.Reranker.from_pretrained(path, ...)`, imported only when asked for."""
     try:
         from unime.models.reranker import Reranker  # type: ignore[import-not-found]
@@ -127,17 +127,21 @@ def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root
         kwargs["data_root"] = data_root
     if image_budget is not None and image_budget.is_set:
         kwargs["image_budget"] = image_budget
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
     reranker = Reranker.from_pretrained(path, **kwargs)
     if not isinstance(reranker, RerankerProtocol):
         raise ModelError(f"{type(reranker).__name__} does not provide pick() and score_pairs()")
     return reranker
 
 
-def _rerank_scores(scores: np.ndarray, rr: Reranking, query: Item, candidates: list[Item]) -> np.ndarray:
-    order = M.rank_order(scores)  # label-free: ties by index
-    k = min(rr.topk, len(candidates))
-    new = rerank(order, rr.reranker, query, candidates, k, rr.mode, stats=rr.stats)
-    return scores_after_rerank(scores, new, k)
+def _rerank_scores(rows: Sequence[np.ndarray], rr: Reranking, queries: Sequence[Item],
+                   candidate_lists: Sequence[Sequence[Item]]) -> list[np.ndarray]:
+    """Each row of embedder scores after reranking its top k (the queries' picks asked of the reranker
+    together: `rerank_many`)."""
+    orders = [M.rank_order(s) for s in rows]  # label-free: ties by index
+    new = rerank_many(orders, rr.reranker, queries, candidate_lists, rr.topk, rr.mode, stats=rr.stats)
+    return [scores_after_rerank(s, o, min(rr.topk, len(s))) for s, o in zip(rows, new)]
 
 
 # -- MMEB ------------------------------------------------------------------------------------------------
@@ -152,7 +156,7 @@ def run_mmeb(spec: TaskSpec, data: MMEBData, vecs: Vectors, opts: EvalOptions, r
     pessimistic ties; such rows are counted (`counts["repeated_positive_rows"]`) and logged."""
     table = vecs(np.arange(len(data.table)))
     items = data.table.items
-    rows, rows_rr, per_query, ranks = [], [], [], []
+    rows, per_query, ranks = [], [], []
     repeated = []
     for i, (q, cands) in enumerate(zip(data.query, data.candidates)):
         s = table[cands] @ table[q]
@@ -163,13 +167,16 @@ def run_mmeb(spec: TaskSpec, data: MMEBData, vecs: Vectors, opts: EvalOptions, r
             repeated.append(i)
         top = int(M.rank_order(s, rel, ties=opts.ties)[0])
         ranks.append(int(M.first_relevant_rank(s, rel, ties=opts.ties)))
-        entry = {"id": data.ids[i], "top1": top, "hit": top == 0, "rank": ranks[-1] + 1}
-        if rr is not None:
-            with image_root(rr.reranker, spec.data_root):
-                s2 = _rerank_scores(s, rr, items[q], [items[c] for c in cands])
-            rows_rr.append(s2)
+        per_query.append({"id": data.ids[i], "top1": top, "hit": top == 0, "rank": ranks[-1] + 1})
+    rows_rr = []
+    if rr is not None:
+        with image_root(rr.reranker, spec.data_root):
+            rows_rr = _rerank_scores(rows, rr, [items[q] for q in data.query],
+                                     [[items[c] for c in cands] for cands in data.candidates])
+        for entry, s2 in zip(per_query, rows_rr):
+            rel = np.zeros(len(s2))
+            rel[0] = 1.0
             entry["top1_reranked"] = int(M.rank_order(s2, rel, ties=opts.ties)[0])
-        per_query.append(entry)
     hits = M.positive_first_hits(rows, ties=opts.ties)
     sizes = np.array([len(c) for c in data.candidates])
     counts = {"queries": len(rows), "candidates": int(sizes.sum()), "candidates_per_query_min": int(sizes.min()),
@@ -195,14 +202,15 @@ def run_mmeb(spec: TaskSpec, data: MMEBData, vecs: Vectors, opts: EvalOptions, r
 # -- global retrieval ------------------------------------------------------------------------------------
 
 def _first_ranks(q: np.ndarray, g: np.ndarray, relevant: Callable[[np.ndarray], np.ndarray], opts: EvalOptions,
-                 rerank_fn: Callable[[int, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """0-based rank of the first relevant gallery item for every query row (chunked)."""
+                 rerank_fn: Callable[[np.ndarray, np.ndarray], list[np.ndarray]] | None = None) -> np.ndarray:
+    """0-based rank of the first relevant gallery item for every query row (chunked; `rerank_fn` maps a
+    chunk's query rows and their score rows to the reranked score rows)."""
     out = np.empty(len(q), dtype=np.int64)
     for s in range(0, len(q), opts.chunk_rows):
         idx = np.arange(s, min(s + opts.chunk_rows, len(q)))
         scores = q[idx] @ g.T
         if rerank_fn is not None:
-            scores = np.stack([rerank_fn(int(i), row) for i, row in zip(idx, scores)])
+            scores = np.stack(rerank_fn(idx, scores))
         out[idx] = M.first_relevant_rank(scores, relevant(idx), ties=opts.ties)
     return out
 
@@ -234,8 +242,9 @@ def run_retrieval(spec: TaskSpec, data: RetrievalData, vecs: Vectors, opts: Eval
     result = TaskResult(spec, compute(), counts)
     if rr is not None:
         with image_root(rr.reranker, spec.data_root):
-            result.reranked = compute(lambda i, s: _rerank_scores(s, rr, cap_items[i], img_items),
-                                      lambda i, s: _rerank_scores(s, rr, img_items[i], cap_items))
+            result.reranked = compute(
+                lambda idx, s: _rerank_scores(s, rr, [cap_items[i] for i in idx], [img_items] * len(idx)),
+                lambda idx, s: _rerank_scores(s, rr, [img_items[i] for i in idx], [cap_items] * len(idx)))
     return result
 
 
@@ -266,17 +275,18 @@ def run_compositional(spec: TaskSpec, data: CompositionalData, vecs: Vectors, op
     if rr is not None:
         items = data.table.items
         rows = []
+        queries = [items[i] for i in data.image]
+        captions = [[items[p], items[n]] for p, n in zip(data.positive, data.negative)]
         with image_root(rr.reranker, spec.data_root):
-            for i in range(len(correct)):
-                query, captions = items[data.image[i]], [items[data.positive[i]], items[data.negative[i]]]
-                if rr.compositional_mode == "pairwise":  # P(Yes) of both captions, independent of the embedder
-                    p = np.asarray(rr.reranker.score_pairs(query, captions), dtype=np.float64).reshape(-1)
+            if rr.compositional_mode == "pairwise":  # P(Yes) of both captions, independent of the embedder
+                for query, pair in zip(queries, captions):
+                    p = np.asarray(rr.reranker.score_pairs(query, pair), dtype=np.float64).reshape(-1)
                     if p.shape[0] != 2 or not np.all(np.isfinite(p)):
                         raise ModelError(f"reranker returned {p.tolist()} for 2 captions")
                     rr.stats.queries += 1
                     rows.append(p)
-                else:
-                    rows.append(_rerank_scores(np.array([s_pos[i], s_neg[i]]), rr, query, captions))
+            else:
+                rows = _rerank_scores(list(np.stack([s_pos, s_neg], axis=1)), rr, queries, captions)
         ok_rr = M.positive_first_hits(rows, ties=opts.ties)
         result.reranked = summarise(ok_rr)
         for i, e in enumerate(per_query):
@@ -295,22 +305,25 @@ def score_graded_queries(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: E
     table = vecs(np.arange(len(data.table)))
     items = data.table.items
     plain, reranked, entries = [], [], []
-    skipped = 0
+    kept, rows = [], []
     for i, (q, cands, grades) in enumerate(zip(data.query, data.candidates, data.grades)):
         if not np.any(grades > 0):
-            skipped += 1
             continue
         s = table[cands] @ table[q]
         m = per_query_metrics(M.ranked_grades(s, grades, ties=opts.ties))
         plain.append(m)
-        entry = {"id": data.ids[i], **m}
-        if rr is not None:
-            with image_root(rr.reranker, spec.data_root):
-                s2 = _rerank_scores(s, rr, items[q], [items[c] for c in cands])
-            m2 = per_query_metrics(M.ranked_grades(s2, grades, ties=opts.ties))
+        entries.append({"id": data.ids[i], **m})
+        kept.append(i)
+        rows.append(s)
+    skipped = len(data.query) - len(kept)
+    if rr is not None and kept:
+        with image_root(rr.reranker, spec.data_root):
+            rows_rr = _rerank_scores(rows, rr, [items[data.query[i]] for i in kept],
+                                     [[items[c] for c in data.candidates[i]] for i in kept])
+        for i, entry, s2 in zip(kept, entries, rows_rr):
+            m2 = per_query_metrics(M.ranked_grades(s2, data.grades[i], ties=opts.ties))
             reranked.append(m2)
             entry["reranked"] = m2
-        entries.append(entry)
     if not plain:
         from unime.errors import DataError
 
@@ -468,6 +481,8 @@ class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
                               dest="topk")
     rerank_mode: str = option("top1", "top1: the reranker's pick moves to rank 1; resort: sort the top k by pairwise "
                               "score", dest="mode", choices=list(RERANK_MODES))
+    rerank_batch: int = option(LISTWISE_BATCH, "listwise prompts the reranker generates together (the picks do not "
+                               "depend on it; default %(default)s)")
     rerank_compositional: str = option(
         "pairwise", "reranking of compositional (SugarCrepe) tasks: pairwise = the reranker's P(Yes) of each caption, "
                     "the higher wins (the paper's); run = the run-wide --mode", dest="compositional_mode",
@@ -520,7 +535,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
                                         video_sampling=video_sampling, image_budget=image_budget)
     reranking = None
     if rerank_path:
-        reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype, image_budget=image_budget),
+        reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype, image_budget=image_budget,
+                                            batch_size=cfg.rerank_batch),
                               cfg.rerank_topk, cfg.rerank_mode, compositional_mode=cfg.rerank_compositional)
         if video_sampling is not None and hasattr(reranking.reranker, "image_loader"):
             reranking.reranker.image_loader.video_sampling = video_sampling

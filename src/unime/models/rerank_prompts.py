@@ -30,7 +30,7 @@ from unime.models.judge_prompt import merge_text
 from unime.models.prompts import LISTWISE_INSTRUCTION, NO, YES
 
 __all__ = ["item_content", "judge_prompt", "judge_answer", "listwise_prompt", "listwise_answer",
-           "parse_listwise_answer", "merge_text", "AnswerFormat", "answer_format"]
+           "parse_listwise_answer", "listwise_answer_done", "merge_text", "AnswerFormat", "answer_format"]
 
 # the judge prompt's separator between the instruction and the query, for the listwise prompt too
 INSTRUCTION_SEPARATOR = JUDGE_INSTRUCTION_SEPARATOR
@@ -97,6 +97,14 @@ _ANS_LABELLED = re.compile(r"\bans(?:wer)?\s*[:：=\-]?\s*[\(\[]?\s*(\d+)", re.I
 _ANS_BRACKETED = re.compile(r"[\(\[]\s*(\d+)\s*[\)\]]")
 # a bare leading number: `3`, `3.`, `3) ...`
 _ANS_BARE = re.compile(r"^\s*(\d+)(?!\d)")
+
+
+def listwise_answer_done(text: str) -> bool:
+    """True once generation may stop: the text holds a labelled answer (`Ans: (3)`, `Answer: 3` ...) whose
+    number is followed by another character. Nothing appended can then change `parse_listwise_answer`: the
+    labelled pattern wins, `search` keeps its leftmost match, and the match's number is complete."""
+    m = _ANS_LABELLED.search(text)
+    return m is not None and m.end(1) < len(text)
 
 
 def parse_listwise_answer(text: str) -> int | None:

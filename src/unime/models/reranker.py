@@ -47,13 +47,19 @@ from unime.data.items import Item
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.judge import JudgeScorer
+from unime.models.generation import generate_texts
 from unime.models.loading import LoadedModel, load_model
-from unime.models.rerank_prompts import answer_format, item_content, listwise_prompt, parse_listwise_answer
+from unime.models.rerank_prompts import (answer_format, item_content, listwise_answer_done, listwise_prompt,
+                                         parse_listwise_answer)
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "unime_reranker.json"  # written by unime.train.reranker_trainer
 RERANK_MODES = ("top1", "resort")
+# listwise prompts per `generate` call in `pick_many`: measured on the demo's reranker at one CPU thread
+# (bench/reranker_generation.py), batches of 8 that stop at `Ans: (k)` take 0.53x the CPU time of one prompt at a
+# time; kept moderate for a GPU's memory (8 prompts of 5 candidates' images each)
+LISTWISE_BATCH = 8
 
 
 @runtime_checkable
@@ -80,34 +86,49 @@ def rerank(ranked_indices: Sequence[int], reranker: RerankerProtocol, query: Ite
 
     `candidates` is the full candidate list that `ranked_indices` index into.
     """
+    return rerank_many([ranked_indices], reranker, [query], [candidates], k, mode, stats=stats)[0]
+
+
+def rerank_many(orders: Sequence[Sequence[int]], reranker: RerankerProtocol, queries: Sequence[Item],
+                candidate_lists: Sequence[Sequence[Item]], k: int, mode: str, *,
+                stats: RerankStats | None = None) -> list[np.ndarray]:
+    """`rerank` for many queries at once: in `top1` mode their picks come from one `pick_many` call when the
+    reranker has one (the `Reranker` batches its generation), else from `pick` per query."""
     if mode not in RERANK_MODES:
         raise ValueError(f"mode must be one of {RERANK_MODES}, got {mode!r}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    order = np.asarray(ranked_indices, dtype=np.int64)
-    head, tail = order[:k], order[k:]
-    shown = [candidates[int(i)] for i in head]
+    if not len(orders) == len(queries) == len(candidate_lists):
+        raise ValueError(f"{len(orders)} orders, {len(queries)} queries, {len(candidate_lists)} candidate lists")
+    orders = [np.asarray(o, dtype=np.int64) for o in orders]
+    heads = [o[:k] for o in orders]
+    shown = [[cands[int(i)] for i in head] for head, cands in zip(heads, candidate_lists)]
     if stats is not None:
-        stats.queries += 1
+        stats.queries += len(orders)
+    out = []
     if mode == "top1":
-        picked = reranker.pick(query, shown)
-        if picked is None:
-            if stats is not None:
-                stats.fallbacks += 1
-            return order.copy()
-        picked = int(picked)
-        if not 0 <= picked < len(head):
-            raise ModelError(f"reranker picked candidate {picked} of {len(head)}")
-        new_head = np.concatenate([head[picked:picked + 1], np.delete(head, picked)])
-    else:
-        scores = np.asarray(reranker.score_pairs(query, shown), dtype=np.float64).reshape(-1)
+        many = getattr(reranker, "pick_many", None)
+        picks = many(queries, shown) if callable(many) else [reranker.pick(q, s) for q, s in zip(queries, shown)]
+        for order, head, picked in zip(orders, heads, picks):
+            if picked is None:
+                if stats is not None:
+                    stats.fallbacks += 1
+                out.append(order.copy())
+                continue
+            picked = int(picked)
+            if not 0 <= picked < len(head):
+                raise ModelError(f"reranker picked candidate {picked} of {len(head)}")
+            out.append(np.concatenate([head[picked:picked + 1], np.delete(head, picked), order[k:]]))
+        return out
+    for order, head, query, cands in zip(orders, heads, queries, shown):
+        scores = np.asarray(reranker.score_pairs(query, cands), dtype=np.float64).reshape(-1)
         if scores.shape[0] != len(head):
             raise ModelError(f"reranker returned {scores.shape[0]} scores for {len(head)} candidates")
         if not np.all(np.isfinite(scores)):
             raise ModelError("reranker returned NaN or infinite scores")
         # stable: equal reranker scores keep the embedder's order
-        new_head = head[np.argsort(-scores, kind="stable")]
-    return np.concatenate([new_head, tail])
+        out.append(np.concatenate([head[np.argsort(-scores, kind="stable")], order[k:]]))
+    return out
 
 
 def as_item(x: Any) -> Item:
@@ -173,7 +194,7 @@ class RerankerStats:
 class Reranker:
     def __init__(self, model, processor, adapter: FamilyAdapter, *, image_loader: ImageLoader | None = None,
                  device: str = "cpu", num_candidates: int | None = None, max_new_tokens: int = 8,
-                 chunk_size: int = 16, name: str = ""):
+                 chunk_size: int = 16, batch_size: int = LISTWISE_BATCH, name: str = ""):
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         self.model, self.processor, self.adapter = model, processor, adapter
@@ -181,6 +202,7 @@ class Reranker:
         self.device = device
         self.num_candidates = num_candidates
         self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size  # listwise prompts per generate call (pick_many)
         self.name = name
         # the pairwise path is the judge's, on the same model
         self.judge = JudgeScorer(model, processor, adapter, image_loader=self.image_loader, device=device,
@@ -222,19 +244,17 @@ class Reranker:
         q = self._content(as_item(query), "query")
         return listwise_prompt(q, [self._content(as_item(c), f"candidates[{i}]") for i, c in enumerate(candidates)])
 
-    def generate_answer(self, query: Any, candidates: Sequence[Any]) -> str:
-        """The reranker's greedy listwise answer text (special tokens removed)."""
-        import torch
+    def generate_answers(self, queries: Sequence[Any], candidate_lists: Sequence[Sequence[Any]]) -> list[str]:
+        """The reranker's greedy listwise answer texts (special tokens removed), `batch_size` prompts per
+        `generate` call; each answer ends where `Ans: (k)` is complete (`listwise_answer_done`)."""
+        segs = [self.listwise_segments(q, c) for q, c in zip(queries, candidate_lists, strict=True)]
+        out = generate_texts(self.model, self.adapter, segs, device=self.device, max_new_tokens=self.max_new_tokens,
+                             batch_size=self.batch_size, assistant_prefix=self.answer_prefix,
+                             stop=listwise_answer_done)
+        return [o[0] for o in out]
 
-        segs = self.listwise_segments(query, candidates)
-        text = self.adapter.render_user_turn(segs, assistant_prefix=self.answer_prefix)
-        inputs = self.adapter.processor_inputs([text], [segs]).to(self.device)
-        tok = self.adapter.tokenizer
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        new = out[0, inputs["input_ids"].shape[1]:]
-        return tok.decode(new, skip_special_tokens=True)
+    def generate_answer(self, query: Any, candidates: Sequence[Any]) -> str:
+        return self.generate_answers([query], [candidates])[0]
 
     def _check_count(self, n: int) -> None:
         if self.num_candidates is None or n == self.num_candidates:
@@ -249,12 +269,23 @@ class Reranker:
         """0-based index of the candidate the listwise generation picks; None for an empty list.
 
         An unparsable or out-of-range answer falls back to the argmax of `score_pairs` (counted)."""
-        candidates = list(candidates)
-        if not candidates:
-            return None
+        return self.pick_many([query], [candidates])[0]
+
+    def pick_many(self, queries: Sequence[Any], candidate_lists: Sequence[Sequence[Any]]) -> list[int | None]:
+        """`pick` for many (query, candidates) pairs, their listwise prompts generated `batch_size` at a time."""
+        lists = [list(c) for c in candidate_lists]
+        if len(lists) != len(queries):
+            raise ValueError(f"{len(queries)} queries for {len(lists)} candidate lists")
+        asked = [i for i, c in enumerate(lists) if c]
+        answers = self.generate_answers([queries[i] for i in asked], [lists[i] for i in asked])
+        picks: list[int | None] = [None] * len(lists)
+        for i, answer in zip(asked, answers):
+            picks[i] = self._read_answer(answer, queries[i], lists[i])
+        return picks
+
+    def _read_answer(self, answer: str, query: Any, candidates: list) -> int:
         self._check_count(len(candidates))
         self.stats.picks += 1
-        answer = self.generate_answer(query, candidates)
         k = parse_listwise_answer(answer)
         if k is not None and 1 <= k <= len(candidates):
             self.stats.parsed += 1
