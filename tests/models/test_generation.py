@@ -7,14 +7,15 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from tests.conftest import FAMILIES
 from unime.models.adapters import Segment
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
+@pytest.fixture(scope="module", params=FAMILIES)
+def loaded(request, tiny_model_dir):
     from unime.models.loading import load_model
 
-    return load_model(tiny_model_dir("qwen2_vl"), device="cpu")
+    return load_model(tiny_model_dir(request.param), device="cpu")
 
 
 def _prompts():
