@@ -185,6 +185,16 @@ def test_judge_recipe_key_covers_its_fields_the_base_and_the_version(monkeypatch
         judge.replace(setps=3)
 
 
+def test_the_judge_corpus_is_the_bases_unless_its_recipe_resizes_it():
+    recipe, judge = PretrainRecipe.preset("default"), pt.JudgePretrainRecipe.preset("default")
+    assert judge.corpus_recipe(recipe) == recipe
+    assert judge.key("base-a") == pt.JudgePretrainRecipe().key("base-a")  # 0 = the base's: the key from before
+    bigger = judge.replace(corpus_scenes=4000, corpus_per_task=1000)
+    assert bigger.corpus_recipe(recipe) == recipe.replace(corpus_scenes=4000, corpus_per_task=1000)
+    assert judge.replace(corpus_per_task=500).corpus_recipe(recipe) == recipe.replace(corpus_per_task=500)
+    assert len({judge.key("base-a"), bigger.key("base-a"), judge.replace(corpus_scenes=4000).key("base-a")}) == 3
+
+
 @pytest.mark.slow
 def test_pretrained_judge_is_cached_by_recipe_and_deterministic(tmp_path, monkeypatch):
     from unime.models.judge import JudgeScorer

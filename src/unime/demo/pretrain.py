@@ -173,6 +173,9 @@ class JudgePretrainRecipe(_Recipe):
     # it has seen motion and change before it judges the demo world's video records; 0 = images only
     video_clips: int = recipe_field(300)
     video_frames: int = recipe_field(8)
+    # the judge's own corpus size (scenes, records per task); 0 = the base recipe's corpus
+    corpus_scenes: int = recipe_field(0)
+    corpus_per_task: int = recipe_field(0)
     what = "judge recipe"
 
     @classmethod
@@ -184,9 +187,18 @@ class JudgePretrainRecipe(_Recipe):
         raise ValueError(f"unknown judge pretraining preset {name!r} (default, quick)")
 
     def key(self, base_key: str, exclude_clips_digest: str = "") -> str:
-        blob = json.dumps({"judge": asdict(self), "version": RECIPE_VERSION, "base": base_key,
+        fields_ = asdict(self)
+        for name in ("corpus_scenes", "corpus_per_task"):  # the base's corpus: the keys of the recipes before
+            if not fields_[name]:
+                fields_.pop(name)
+        blob = json.dumps({"judge": fields_, "version": RECIPE_VERSION, "base": base_key,
                            "exclude_clips": exclude_clips_digest}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def corpus_recipe(self, recipe: PretrainRecipe) -> PretrainRecipe:
+        """The recipe whose corpus the judge is trained on: the base's, resized when this recipe says so."""
+        return recipe.replace(**{name: getattr(self, name) for name in ("corpus_scenes", "corpus_per_task")
+                                 if getattr(self, name)})
 
 
 @dataclass
@@ -520,7 +532,8 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     work = _work_folder(dest, key, "judge")
     t0 = time.perf_counter()
     corpus = work / "corpus"
-    _generate_corpus(recipe, corpus, progress, video_clips=judge.video_clips, video_frames=judge.video_frames)
+    _generate_corpus(judge.corpus_recipe(recipe), corpus, progress, video_clips=judge.video_clips,
+                     video_frames=judge.video_frames)
     records_path = work / "judge_records.jsonl"
     stats: dict = {}
     if not records_path.is_file():

@@ -4,17 +4,19 @@
     rr = Reranker.from_pretrained("runs/reranker", data_root="data")
     p_yes = rr.score_pairs(query, candidates)      # pairwise P(Yes), the judge's fast prefix-cached path
     best = rr.pick(query, candidates)              # listwise generation → 0-based index
+    picks = rr.pick_many(queries, candidate_lists) # the same, `batch_size` prompts per generate call
     order = rr.rerank(query, ranked, k=5, mode="top1")
 
 - `score_pairs` is `JudgeScorer.score_candidates` on the reranker's model: the pairwise prompt the
   reranker trains on *is* the judge prompt, so a reranker checkpoint is also a judge.
-- `pick` renders the listwise prompt, generates greedily (`max_new_tokens` small) and parses
-  `Ans: (k)` and its variants. An unparsable or out-of-range answer falls back to the argmax of the
+- `pick` renders the listwise prompt, generates greedily (`max_new_tokens` small, stopping once
+  `Ans: (k)` is complete) and parses `Ans: (k)` and its variants; `pick_many` left-pads `batch_size`
+  prompts into one `generate` call (the same picks up to float rounding). An unparsable or out-of-range answer falls back to the argmax of the
   pairwise scores; every fallback is counted in `stats`.
 - The number of listwise candidates the checkpoint was trained with (`unime_reranker.json`) is the
   default k of `rerank`; `pick` on a different number works but warns (once per number) and counts it.
-- `rerank` reorders with the module's `rerank()`, which the evaluation harness also uses on any object
-  with `pick` and `score_pairs` (`RerankerProtocol`): `top1` moves the picked candidate to rank 1 and
+- `rerank` reorders with the module's `rerank()` (`rerank_many()` for many queries, which the evaluation
+  harness uses on any object with `pick` and `score_pairs`, `RerankerProtocol`, and `pick_many` if it has one): `top1` moves the picked candidate to rank 1 and
   keeps the rest in the embedder's order; `resort` sorts the top k by pairwise score (stable). Ranks
   beyond k are untouched.
 
@@ -46,8 +48,8 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
-from unime.models.judge import JudgeScorer
 from unime.models.generation import generate_texts
+from unime.models.judge import JudgeScorer
 from unime.models.loading import LoadedModel, load_model
 from unime.models.rerank_prompts import (answer_format, item_content, listwise_answer_done, listwise_prompt,
                                          parse_listwise_answer)
@@ -254,6 +256,7 @@ class Reranker:
         return [o[0] for o in out]
 
     def generate_answer(self, query: Any, candidates: Sequence[Any]) -> str:
+        """`generate_answers` for one prompt."""
         return self.generate_answers([query], [candidates])[0]
 
     def _check_count(self, n: int) -> None:
