@@ -11,14 +11,15 @@
   reranker trains on *is* the judge prompt, so a reranker checkpoint is also a judge.
 - `pick` renders the listwise prompt, generates greedily (`max_new_tokens` small, stopping once
   `Ans: (k)` is complete) and parses `Ans: (k)` and its variants; `pick_many` left-pads `batch_size`
-  prompts into one `generate` call (the same picks up to float rounding). An unparsable or out-of-range answer falls back to the argmax of the
-  pairwise scores; every fallback is counted in `stats`.
+  prompts into one `generate` call (the same picks up to float rounding). An unparsable or
+  out-of-range answer falls back to the argmax of the pairwise scores; every fallback is counted in
+  `stats`.
 - The number of listwise candidates the checkpoint was trained with (`unime_reranker.json`) is the
   default k of `rerank`; `pick` on a different number works but warns (once per number) and counts it.
-- `rerank` reorders with the module's `rerank()` (`rerank_many()` for many queries, which the evaluation
-  harness uses on any object with `pick` and `score_pairs`, `RerankerProtocol`, and `pick_many` if it has one): `top1` moves the picked candidate to rank 1 and
-  keeps the rest in the embedder's order; `resort` sorts the top k by pairwise score (stable). Ranks
-  beyond k are untouched.
+- `rerank` reorders with the module's `rerank()`; `rerank_many()`, its form for many queries, is what
+  the evaluation harness uses on any object with `pick` and `score_pairs` (`RerankerProtocol`; and
+  `pick_many` if it has one): `top1` moves the picked candidate to rank 1 and keeps the rest in the
+  embedder's order; `resort` sorts the top k by pairwise score (stable). Ranks beyond k are untouched.
 
 The reranking rule (`rerank()`), for an embedder ranking and a reranker that looks at the top k only:
 
