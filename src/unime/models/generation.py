@@ -27,9 +27,9 @@ def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequen
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tok = adapter.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                                      do_sample=do_sample,
-                                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+                                      do_sample=do_sample, pad_token_id=pad)
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_p=top_p)
     else:  # greedy: unset sampling knobs a checkpoint's generation_config may carry
