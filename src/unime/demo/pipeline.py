@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoSettings:
-    """Sizes and budgets. `quick` is the CI smoke test. `default` (4 seeds) took 25.4 min (1,523 s) on 2 idle CPU cores
-    with both pretrained models cached (the hard-negative and soft-label rows are 50 % of it; docs/DEMO.md)."""
+    """Sizes and budgets. `quick` is the CI smoke test. `default` (4 seeds) took 20.5 min (1,228 s) on 2 idle CPU cores
+    with both pretrained models cached (the hard-negative and soft-label rows are 47 % of it; docs/DEMO.md)."""
 
     family: str = "qwen2_vl"
     world_size: str = "default"
