@@ -73,7 +73,7 @@ def test_the_model_is_left_in_its_training_mode(loaded):
     from unime.models.generation import generate_texts
 
     loaded.model.train()
-    generate_texts(loaded.model, loaded.adapter, _prompts()[:1], device="cpu", max_new_tokens=2)
+    generate_texts(loaded.model, loaded.adapter, _prompts()[:1], device="cpu", max_new_tokens=2, batch_size=1)
     assert loaded.model.training
     loaded.model.eval()
     with pytest.raises(ValueError, match="batch_size"):

@@ -16,7 +16,7 @@ from unime.models.adapters import FamilyAdapter, Segment
 
 
 def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequence[Segment]], *, device,
-                   max_new_tokens: int, batch_size: int = 8, assistant_prefix: str = "", num_samples: int = 1,
+                   max_new_tokens: int, batch_size: int, assistant_prefix: str = "", num_samples: int = 1,
                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                    stop: Callable[[str], bool] | None = None, show_progress: bool = False) -> list[list[str]]:
     """`num_samples` completions (decoded, special tokens removed) of each user turn, `batch_size` turns
