@@ -78,3 +78,16 @@ def test_the_model_is_left_in_its_training_mode(loaded):
     loaded.model.eval()
     with pytest.raises(ValueError, match="batch_size"):
         generate_texts(loaded.model, loaded.adapter, _prompts()[:1], device="cpu", max_new_tokens=2, batch_size=0)
+
+
+def test_a_rows_text_is_cut_at_its_first_satisfying_token_whatever_follows(loaded):
+    """The cut that keeps a row's text independent of what `generate` appended after it stopped (pads, or a
+    tokenizer's non-special filler): the shortest token prefix whose text satisfies the rule."""
+    from unime.models.generation import _until_stop
+    from unime.models.rerank_prompts import listwise_answer_done
+
+    tok = loaded.adapter.tokenizer
+    for text, expected in [("Ans: (3) and more", "Ans: (3)"), ("Ans: (12)x", "Ans: (12)"), ("no answer", "no answer")]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        got = _until_stop(ids, tok, listwise_answer_done)
+        assert got.replace(" ", "") == expected.replace(" ", ""), (text, got)  # tokenizers may space words
