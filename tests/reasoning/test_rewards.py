@@ -14,6 +14,7 @@ from unime.reasoning.rewards import (
     format_reward,
     outcome_rewards,
     parse_pick,
+    pick_answer_done,
     process_candidates,
     process_reward,
 )
@@ -305,6 +306,31 @@ def test_process_candidates_positive_side_uses_columns():
 ])
 def test_parse_pick(text, n, expected):
     assert parse_pick(text, n) == expected
+
+
+def test_a_pick_is_done_once_its_labelled_number_is_closed():
+    assert [pick_answer_done(t) for t in ("", "Ans", "Ans: (", "Ans: (2", "Ans: (2)", "Ans: 12 ", "(2)", "3",
+                                          "Ans:(4", "ans: 7.")] == \
+        [False, False, False, False, True, True, False, False, False, True]
+
+
+def test_a_done_pick_parses_the_same_whatever_follows():
+    """The stop rule's guarantee on random texts over the characters that matter to `parse_pick`: when a text is
+    done, every continuation parses to the same pick."""
+    import random
+
+    rng = random.Random(1)
+    alphabet = list("Ans: ()2 34x.") + ["Ans: (", "Ans:", ")", "(4)", "(2)", "ans"]
+    done = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        if not pick_answer_done(text):
+            continue
+        done += 1
+        for _ in range(5):
+            tail = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+            assert parse_pick(text + tail, 40) == parse_pick(text, 40), (text, tail)
+    assert done > 100  # the property was exercised
 
 
 def test_process_reward():

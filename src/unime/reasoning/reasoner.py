@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item
@@ -160,15 +160,16 @@ class Reasoner:
     # -- generation ---------------------------------------------------------------------------------
     def generate_from_segments(self, segments_list: Sequence[Sequence[Segment]], *, num_samples: int = 1,
                                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                               max_new_tokens: int | None = None, show_progress: bool = False) -> list[list[str]]:
-        """Generate `num_samples` completions per user turn (batched, left padding: `generate_texts`). Returns,
-        per turn, the decoded completions (special tokens removed)."""
+                               max_new_tokens: int | None = None, show_progress: bool = False,
+                               stop: Callable[[str], bool] | None = None) -> list[list[str]]:
+        """Generate `num_samples` completions per user turn (batched, left padding: `generate_texts`; `stop`: its
+        per-row stop rule). Returns, per turn, the decoded completions (special tokens removed)."""
         from unime.models.generation import generate_texts
 
         return generate_texts(self.model, self.adapter, segments_list, device=self.device,
                               max_new_tokens=max_new_tokens or self.max_new_tokens, batch_size=self.batch_size,
                               num_samples=num_samples, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                              show_progress=show_progress)
+                              show_progress=show_progress, stop=stop)
 
     def generate(self, items: Sequence[Item], sides: Sequence[str] | str, *, num_samples: int = 1,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
@@ -186,9 +187,12 @@ class Reasoner:
     # -- listwise pick (process reward) ---------------------------------------------------------------
     def pick_raw(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
                  max_new_tokens: int = 8) -> list[str]:
-        """The judge's raw answers for listwise picks (greedy), one per query."""
+        """The judge's raw answers for listwise picks (greedy), one per query, each ending where its `Ans: (k)`
+        is complete (`rewards.pick_answer_done`)."""
+        from unime.reasoning.rewards import pick_answer_done
+
         segs = [pick_prompt_segments(q, c) for q, c in zip(queries, candidate_lists, strict=True)]
-        return [o[0] for o in self.generate_from_segments(segs, max_new_tokens=max_new_tokens)]
+        return [o[0] for o in self.generate_from_segments(segs, max_new_tokens=max_new_tokens, stop=pick_answer_done)]
 
     def pick(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
              max_new_tokens: int = 8) -> list[int | None]:

@@ -294,6 +294,14 @@ _PAREN = re.compile(r"\(\s*(\d+)\s*\)")
 _BARE = re.compile(r"\A\s*(\d+)\s*[.)]?\s*\Z")
 
 
+def pick_answer_done(text: str) -> bool:
+    """True once generating a pick may stop: an `Ans: k` / `Ans: (k)` answer whose number is followed by another
+    character. Nothing appended can then change `parse_pick`: that form wins, `search` keeps its leftmost match,
+    and the match's number is complete."""
+    m = _ANS.search(text)
+    return m is not None and m.end(1) < len(text)
+
+
 def parse_pick(text: str, n: int) -> int | None:
     """The judge's pick as a **0-based** index into the candidate list, or None.
 
