@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from tests.stop_rule_property import check_done_texts_parse_the_same
 from unime.reasoning.rewards import (
     RolloutLayout,
     combine_rewards,
@@ -315,22 +316,9 @@ def test_a_pick_is_done_once_its_labelled_number_is_closed():
 
 
 def test_a_done_pick_parses_the_same_whatever_follows():
-    """The stop rule's guarantee on random texts over the characters that matter to `parse_pick`: when a text is
-    done, every continuation parses to the same pick."""
-    import random
-
-    rng = random.Random(1)
+    """The stop rule's guarantee: when a text is done, every continuation parses to the same pick."""
     alphabet = list("Ans: ()2 34x.") + ["Ans: (", "Ans:", ")", "(4)", "(2)", "ans"]
-    done = 0
-    for _ in range(3000):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
-        if not pick_answer_done(text):
-            continue
-        done += 1
-        for _ in range(5):
-            tail = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
-            assert parse_pick(text + tail, 40) == parse_pick(text, 40), (text, tail)
-    assert done > 100  # the property was exercised
+    assert check_done_texts_parse_the_same(pick_answer_done, lambda t: parse_pick(t, 40), alphabet, seed=1) > 100
 
 
 def test_process_reward():
