@@ -3,6 +3,7 @@
     python bench/serve_load.py                                 # all parts, defaults below
     python bench/serve_load.py --seconds 30 --clients 1 8 32 128 --memory-requests 20000 --ray
     python bench/serve_load.py --skip-load --search-pool 1000000 --search-queries 10000
+    python bench/serve_load.py --skip-direct --skip-search --rerank --model M --reranker R --seconds 60
 
 Parts:
 1. load: one `unime serve` process per setting on a free 127.0.0.1 port with a tiny model
@@ -16,6 +17,8 @@ Parts:
    Gaussian clusters, as embeddings are, rather than uniform noise), `--search-queries` queries drawn
    the same way; exact (IndexFlatIP) vs IVF and HNSW: build time, search time, speed-up,
    recall@k against the exact top-k, memory of each index.
+5. rerank (`--rerank`): listwise `POST /v1/rerank` requests at `--rerank-clients`, the server picking concurrent
+   requests in shared generation batches (its default) and one at a time (`--rerank-batch 1`).
 The client and the server share the machine's cores; the figures include that.
 """
 
@@ -106,8 +109,22 @@ class RawClient:
             self.writer.close()
 
 
+def embeddings_request(w: int, i: int, inputs: int = 1) -> tuple[str, dict]:
+    """Client `w`'s request `i`: `inputs` distinct texts to embed."""
+    text = f"client {w} request {i}"
+    return "/v1/embeddings", {"model": "tiny", "input": text if inputs == 1 else [f"{text} text {j}"
+                                                                                  for j in range(inputs)]}
+
+
+def rerank_request(w: int, i: int, docs: int = 5) -> tuple[str, dict]:
+    """Client `w`'s request `i`: a listwise pick among `docs` distinct texts."""
+    return "/v1/rerank", {"query": f"client {w} request {i}: a red square", "mode": "listwise",
+                          "documents": [f"a {c} shape number {i}" for c in
+                                        ("red", "blue", "green", "yellow", "white", "black", "grey", "pink")[:docs]]}
+
+
 async def _load(base: str, clients: int, seconds: float | None, max_requests: int | None = None,
-                on_count=None, inputs: int = 1) -> dict:
+                on_count=None, inputs: int = 1, request=None) -> dict:
     lat: list[float] = []
     errors = 0
     sent = 0
@@ -127,10 +144,8 @@ async def _load(base: str, clients: int, seconds: float | None, max_requests: in
                 n = sent
                 t = time.perf_counter()
                 try:
-                    status, _ = await client.post_json("/v1/embeddings",
-                                                       {"model": "tiny", "input": f"client {w} request {i}"
-                                                        if inputs == 1 else [f"client {w} request {i} text {j}"
-                                                                             for j in range(inputs)]})
+                    path, body = request(w, i) if request else embeddings_request(w, i, inputs)
+                    status, _ = await client.post_json(path, body)
                     if status != 200:
                         errors += 1
                 except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
@@ -193,6 +208,34 @@ def bench_load(model: str, args, tmp: Path) -> dict:
             stop_server(proc)
     for b, s in zip(out["batching"], out["batch_size_1"]):
         print(f"[load] clients {b['clients']:>3}: dynamic batching / batch size 1 = {b['rps'] / max(s['rps'], 1e-9):.2f}x req/s")
+    return out
+
+
+def bench_rerank(model: str, reranker: str, args, tmp: Path) -> dict:
+    """Listwise `POST /v1/rerank` (a pick among `--rerank-docs` texts) at each `--rerank-clients` count: concurrent
+    requests picked in shared generation batches (`--rerank-batch`, default the reranker's 8) against one pick at
+    a time (`--rerank-batch 1`), one server thread each."""
+    settings = {"shared batches": [], "one at a time": ["--rerank-batch", "1"]}
+    out: dict = {}
+    for name, extra in settings.items():
+        proc, base = start_server(model, ["--reranker", reranker, "--threads", "1", "--max-wait-ms",
+                                          str(args.max_wait_ms), *extra], tmp / f"rerank{len(out)}.log")
+        try:
+            def request(w, i):
+                return rerank_request(w, i, args.rerank_docs)
+
+            asyncio.run(_load(base, 2, 3, request=request))  # warm-up
+            out[name] = []
+            for c in args.rerank_clients:
+                r = asyncio.run(_load(base, c, args.seconds, request=request))
+                out[name].append(r)
+                print(f"[rerank] {name:>14} clients {c:>3}: {r['rps']:>7.2f} req/s  p50 {r['p50_ms']:>7.1f} ms  "
+                      f"p95 {r['p95_ms']:>7.1f}  errors {r['errors']}  ({r['requests']} requests)", flush=True)
+        finally:
+            stop_server(proc)
+    for b, s in zip(out["shared batches"], out["one at a time"]):
+        print(f"[rerank] clients {b['clients']:>3}: shared batches / one at a time = "
+              f"{b['rps'] / max(s['rps'], 1e-9):.2f}x req/s", flush=True)
     return out
 
 
@@ -442,6 +485,10 @@ def main(argv=None) -> int:
                     help="texts per request in the Ray part (each value measured on every server)")
     ap.add_argument("--ray-threads", type=int, default=0,
                     help="--threads for the servers of the Ray part (0 = the server's default)")
+    ap.add_argument("--rerank", action="store_true", help="also listwise rerank requests (part 5)")
+    ap.add_argument("--reranker", default=None, help="reranker for --rerank (default: the embedder's model)")
+    ap.add_argument("--rerank-clients", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--rerank-docs", type=int, default=5, choices=range(1, 9), metavar="1..8")
     ap.add_argument("--skip-direct", action="store_true",
                     help="skip part 1-2 (direct load and memory) but still run --ray")
     ap.add_argument("--skip-load", action="store_true")
@@ -480,6 +527,8 @@ def main(argv=None) -> int:
                 figures["load"] = bench_load(model, args, tmp)
             if args.ray:
                 figures["ray"] = bench_ray(model, args, tmp)
+            if args.rerank:
+                figures["rerank"] = bench_rerank(model, args.reranker or model, args, tmp)
     if not args.skip_search:
         with tempfile.TemporaryDirectory(prefix="unime_search_bench_", dir=args.search_tmp) as tmp:
             figures["search"] = bench_search(args, Path(tmp))

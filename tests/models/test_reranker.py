@@ -151,6 +151,8 @@ def test_from_pretrained_reads_the_trained_count(tiny_model_dir, tmp_path):
     (folder / "unime_reranker.json").write_text(json.dumps({"role": "reranker", "num_candidates": 5}))
     assert Reranker.from_pretrained(folder, device="cpu").num_candidates == 5
     assert Reranker.from_pretrained(folder, device="cpu", num_candidates=10).num_candidates == 10
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        Reranker.from_pretrained(folder, device="cpu", batch_size=0)
 
 
 def test_reranker_satisfies_the_eval_seam(rr):

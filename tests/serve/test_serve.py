@@ -119,6 +119,51 @@ def test_rerank_pairwise_and_listwise_equal_the_in_process_reranker(server, worl
     assert r2.json()["results"][0]["relevance_score"] == 1.0
 
 
+def test_concurrent_listwise_requests_share_generation_batches(server, world):
+    """Listwise requests arriving together are picked in shared `pick_many` calls (at most the reranker's batch of
+    8 each), and each gets the pick the in-process reranker makes for it alone."""
+    rr = world["rr"]
+    queries = [f"something {c}" for c in ("red", "blue", "green", "yellow")] * 3
+    docs = [["a red square", "a blue circle", "green grass", "a yellow star", "red"][i % 5:] + ["sky"]
+            for i in range(len(queries))]
+    out: dict[int, list] = {}
+
+    def call(i):
+        with _client(server) as c:
+            r = c.post("/v1/rerank", json={"query": queries[i], "documents": docs[i], "mode": "listwise"})
+            assert r.status_code == 200, r.text
+            out[i] = [x["index"] for x in r.json()["results"]]
+
+    with _client(server) as c:
+        before = _metric(c.get("/metrics").text, "unime_rerank_batch_size_count")
+        summed = _metric(c.get("/metrics").text, "unime_rerank_batch_size_sum")
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with _client(server) as c:
+        m = c.get("/metrics").text
+    assert _metric(m, "unime_rerank_batch_size_sum") - summed == len(queries)  # every request in some batch
+    assert 2 <= _metric(m, "unime_rerank_batch_size_count") - before < len(queries)
+    for i, (q, d) in enumerate(zip(queries, docs)):
+        picked = rr.pick(Item(text=q), d)
+        assert out[i] == [picked] + [j for j in range(len(d)) if j != picked], i
+
+
+def test_listwise_order_and_the_engine_refuses_an_empty_request():
+    from unime.serve.engine import Engine, listwise_order
+
+    assert listwise_order(2, 4) == ([2, 0, 1, 3], [0.0, 0.0, 1.0, 0.0])
+    assert listwise_order(0, 1) == ([0], [1.0])
+    engine = Engine(embedder=None, model_name="m", reranker=object())
+    try:
+        with pytest.raises(ValueError, match="without documents"):
+            engine.pick_many([(Item(text="q"), [Item(text="a")]), (Item(text="q"), [])])
+    finally:
+        engine.close()
+
+
 def test_search_with_and_without_rerank(server, world):
     from unime.index.store import search_items
 
@@ -252,6 +297,14 @@ def test_auth_rules():
         ServeConfig(model="m", host="127.0.0.1").check()
     ServeConfig(model="m", no_auth=True, host="127.0.0.1").check()
     ServeConfig(model="m", api_keys=["k" * 20], host="0.0.0.0").check()
+
+
+def test_batching_options_are_checked():
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
+        ServeConfig(model="m", no_auth=True, max_batch_size=0).check()
+    with pytest.raises(ValueError, match="rerank_batch must be >= 1, got 0"):
+        ServeConfig(model="m", no_auth=True, rerank_batch=0).check()
+    ServeConfig(model="m", no_auth=True, rerank_batch=1).check()
 
 
 def test_sigterm_drains_in_flight_requests(world, tmp_path):

@@ -200,6 +200,8 @@ class Reranker:
                  chunk_size: int = 16, batch_size: int = LISTWISE_BATCH, name: str = ""):
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.processor, self.adapter = model, processor, adapter
         self.image_loader = image_loader or ImageLoader()
         self.device = device

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from unime.serve.auth import bearer_token, key_matches
 from unime.serve.batching import DynamicBatcher
 from unime.serve.config import ServeConfig
-from unime.serve.engine import Engine
+from unime.serve.engine import Engine, listwise_order
 from unime.serve.inputs import RequestError, to_item
 from unime.serve.metrics import Metrics
 from unime.serve.schemas import (EmbeddingsRequest, EmbeddingsResponse, RerankRequest, RerankResponse, SearchRequest,
@@ -126,15 +126,23 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     batcher = DynamicBatcher(engine.encode, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                              executor=engine.executor, on_batch=lambda n: metrics.batch_size.observe(n))
     metrics.queue_depth.set_function(batcher.depth)
+    # listwise rerank requests share the reranker's batched generation
+    picker = DynamicBatcher(engine.pick_many, max_batch_size=engine.reranker.batch_size,
+                            max_wait_ms=config.max_wait_ms, executor=engine.executor,
+                            on_batch=lambda n: metrics.rerank_batch_size.observe(n)) if engine.reranker else None
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
+        if picker is not None:
+            picker.start()
         log.info("serving %s (dim %d)%s%s", engine.model_name, engine.dim,
                  f", reranker {engine.reranker_name}" if engine.reranker else "",
                  f", index of {len(engine.index)} items" if engine.index is not None else "")
         yield
         await batcher.stop()  # uvicorn has drained the in-flight requests before this point
+        if picker is not None:
+            await picker.stop()
 
     app = FastAPI(title="unime", version="1", lifespan=lifespan,
                   description="Embeddings (OpenAI schema), rerank (Cohere/Jina schema) and search with unime models.")
@@ -201,6 +209,14 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     async def run_model(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(engine.executor, fn, *args)
 
+    async def rerank_docs(query, docs, mode):
+        """(order, score per document) of `docs` for `query`: pairwise on the model thread, listwise through
+        the pick batcher."""
+        if mode == "pairwise":
+            return await run_model(engine.rerank_pairwise, query, docs)
+        picked, = await picker.submit_each([(query, docs)])
+        return listwise_order(picked, len(docs))
+
     async def with_timeout(coro):
         try:
             return await asyncio.wait_for(coro, limits.request_timeout_s)
@@ -234,7 +250,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         check_count(len(req.documents), "documents")
         query = to_item(req.query, limits, "query", instruction=req.instruction)
         docs = [to_item(d, limits, f"documents[{i}]") for i, d in enumerate(req.documents)]
-        order, scores = await with_timeout(run_model(engine.rerank, query, docs, req.mode))
+        order, scores = await with_timeout(rerank_docs(query, docs, req.mode))
         metrics.items.labels("reranked").inc(len(docs))
         results = []
         for i in order[:req.top_n or len(order)]:
@@ -265,7 +281,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             if req.rerank and hits:
                 k = min(req.rerank_top_k or req.top_k, len(hits))
                 cands = [engine.index.item(h["row"]) for h in hits[:k]]
-                order, scores = await run_model(engine.rerank, query, cands, req.rerank_mode)
+                order, scores = await rerank_docs(query, cands, req.rerank_mode)
                 top = [dict(hits[i], rerank_score=float(scores[i])) for i in order]
                 hits = top + hits[k:]
             return hits

@@ -1,4 +1,5 @@
-"""Dynamic batching: items of concurrent requests are coalesced into one encoder call.
+"""Dynamic batching: items of concurrent requests are coalesced into one model call (the embedder's encoder;
+the reranker's listwise generation).
 
 The first waiting item opens a batch; the batch is run when it holds `max_batch_size` items or
 `max_wait_ms` after it was opened, whichever comes first. One worker thread runs the model (one model
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class DynamicBatcher:
-    def __init__(self, fn: Callable[[list[Any]], np.ndarray], *, max_batch_size: int = 32, max_wait_ms: float = 5.0,
+    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], *, max_batch_size: int = 32, max_wait_ms: float = 5.0,
                  executor: concurrent.futures.Executor, on_batch: Callable[[int], None] | None = None):
         self.fn, self.max_batch_size, self.max_wait = fn, max_batch_size, max_wait_ms / 1000.0
         self.executor, self.on_batch = executor, on_batch
@@ -46,11 +47,16 @@ class DynamicBatcher:
         return self.queue.qsize() if self.queue is not None else 0
 
     async def submit(self, items: Sequence[Any]) -> np.ndarray:
+        """The results of `items` stacked (embeddings: one row per item)."""
+        return np.stack(await self.submit_each(items))
+
+    async def submit_each(self, items: Sequence[Any]) -> list:
+        """The result of each of `items`, in order."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         for it, f in zip(items, futures):
             self.queue.put_nowait((it, f))
-        return np.stack(await asyncio.gather(*futures))
+        return list(await asyncio.gather(*futures))
 
     async def _collect(self) -> list:
         loop = asyncio.get_running_loop()

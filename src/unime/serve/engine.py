@@ -55,8 +55,9 @@ class Engine:
 
             # indexed items' images are read from the index's data root (never from a request)
             root = config.rerank_data_root or (index.data_root if index is not None else None)
+            batch = {"batch_size": config.rerank_batch} if config.rerank_batch else {}
             reranker = Reranker.from_pretrained(config.reranker, device=config.device, dtype=config.dtype,
-                                                data_root=root)
+                                                data_root=root, **batch)
             if root is None:
                 reranker.image_loader.__class__ = InlineOnlyLoader
         return cls(emb, config.model_name or default_name(config.model), reranker,
@@ -75,16 +76,24 @@ class Engine:
             return 0
         return int(sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts if t))
 
-    def rerank(self, query: Item, docs: Sequence[Item], mode: str) -> tuple[list[int], list[float]]:
-        """(order, score per document): pairwise = P(Yes) per document, sorted (stable); listwise = the
-        picked document first (score 1.0), the rest in the given order (score 0.0)."""
-        if mode == "pairwise":
-            scores = np.asarray(self.reranker.score_pairs(query, list(docs)), dtype=np.float64)
-            order = np.argsort(-scores, kind="stable").tolist()
-            return order, scores.tolist()
-        picked = self.reranker.pick(query, list(docs))
-        order = [picked] + [i for i in range(len(docs)) if i != picked]
-        return order, [1.0 if i == picked else 0.0 for i in range(len(docs))]
+    def rerank_pairwise(self, query: Item, docs: Sequence[Item]) -> tuple[list[int], list[float]]:
+        """(order, score per document): P(Yes) per document, sorted (stable: ties keep the given order)."""
+        scores = np.asarray(self.reranker.score_pairs(query, list(docs)), dtype=np.float64)
+        return np.argsort(-scores, kind="stable").tolist(), scores.tolist()
+
+    def pick_many(self, requests: Sequence[tuple[Item, Sequence[Item]]]) -> list[int]:
+        """The listwise pick of each (query, documents) request, from one `Reranker.pick_many` call: concurrent
+        requests share the reranker's batched generation (`DynamicBatcher` in `unime.serve.app`)."""
+        if any(not docs for _, docs in requests):
+            raise ValueError("a listwise rerank request without documents")
+        picks = self.reranker.pick_many([q for q, _ in requests], [list(d) for _, d in requests])
+        return [int(p) for p in picks]
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+def listwise_order(picked: int, n: int) -> tuple[list[int], list[float]]:
+    """(order, score per document) of a listwise pick: the picked document first (score 1.0), the rest in the
+    given order (score 0.0)."""
+    return [picked] + [i for i in range(n) if i != picked], [1.0 if i == picked else 0.0 for i in range(n)]

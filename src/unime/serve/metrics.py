@@ -19,6 +19,8 @@ class Metrics:
         self.latency = Histogram("unime_request_latency_seconds", "request latency", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("unime_batch_size", "items per encoder batch", buckets=BATCH_BUCKETS, registry=r)
+        self.rerank_batch_size = Histogram("unime_rerank_batch_size", "listwise rerank requests per generation batch",
+                                           buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("unime_queue_depth", "items waiting for the encoder", registry=r)
         self.in_flight = Gauge("unime_in_flight_requests", "requests being served", registry=r)
         self.items = Counter("unime_items_total", "items encoded or scored", ["kind"], registry=r)
