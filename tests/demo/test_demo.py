@@ -331,6 +331,31 @@ def test_a_stage_run_again_for_added_outputs_keeps_its_earlier_commands_and_time
     assert info["commands"] == ["unime eval A", "unime eval B", "unime eval C"] and info["seconds"] < 60.0
 
 
+def test_a_stage_resumed_in_a_copied_folder_knows_its_earlier_commands(tmp_path, monkeypatch):
+    """A demo folder copied elsewhere and resumed: the marker's commands name the old folder; they are read with this
+    run's folder in its place, so a pass that redoes an earlier command is timed anew (not added to the earlier
+    time), and the marker lists the commands with the new folder."""
+    from unime.demo.pipeline import Demo, DemoSettings
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    demo = Demo(tmp_path / "copy", DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json")
+    old, new = tmp_path / "orig", tmp_path / "copy"
+    marker = new / "stages" / "eval.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"seconds": 100.0, "out": str(old),
+                                  "commands": [f"unime eval --out {old}/eval/A", f"unime eval --out {old}/eval/B"]}))
+    added = new / "eval" / "A"
+
+    def redo_a(commands):
+        commands.append(f"unime eval --out {new}/eval/A")
+        added.mkdir(parents=True)
+    demo.stage("eval", [added], redo_a)
+    info = json.loads(marker.read_text())
+    assert info["commands"] == [f"unime eval --out {new}/eval/A", f"unime eval --out {new}/eval/B"]
+    assert info["seconds"] < 60.0 and info["out"] == str(new)
+    assert demo.moved_here({"commands": ["unime x --out elsewhere/y"]}) == ["unime x --out elsewhere/y"]
+
+
 def test_a_first_default_demo_estimates_from_the_shipped_reference_run(tmp_path, monkeypatch):
     """No recorded times on this machine: the default preset's estimate is the reference run's stage seconds, plus
     the pretraining of each model the cache lacks; times recorded here win; other settings have no reference."""

@@ -267,6 +267,7 @@ class Demo:
         # what is missing, so the stage keeps its earlier commands, and its earlier time when this pass ran only new
         # commands (a pass that redid earlier ones, their outputs deleted, is timed anew)
         earlier = json.loads(marker.read_text()) if marker.is_file() else {"seconds": 0.0, "commands": []}
+        earlier["commands"] = self.moved_here(earlier)
         self.say(f"[demo] {self.progress_line(name, starting=True)} ...")
         busy = self.load_probe()
         if busy is not None and busy >= BUSY_CORES:
@@ -285,7 +286,7 @@ class Demo:
         commands = earlier["commands"] + [c for c in commands if c not in earlier["commands"]]
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"seconds": seconds, "commands": commands,
+        tmp.write_text(json.dumps({"seconds": seconds, "commands": commands, "out": str(self.out),
                                    **({"busy_cores": round(busy, 2)} if busy is not None else {})}, indent=1))
         os.replace(tmp, marker)
         self.results.append(StageResult(name, seconds, commands, busy_cores=busy))
@@ -295,6 +296,15 @@ class Demo:
         if busy is None:
             self.timings.record(name, max(0.0, seconds - self.pretrain_seconds))
         self.say(f"[demo] {self.progress_line(name)} {seconds:.0f}s")
+
+    def moved_here(self, marker: dict) -> list[str]:
+        """A stage marker's commands with the output folder it was written in (`out`, when recorded) replaced by
+        this run's: in a demo folder copied or moved elsewhere, the earlier commands are still recognised as the
+        same commands."""
+        was, now = marker.get("out"), str(self.out)
+        if not was or was == now:
+            return list(marker["commands"])
+        return [c.replace(was + os.sep, now + os.sep) for c in marker["commands"]]
 
     def progress_line(self, name: str, *, starting: bool = False) -> str:
         """`stage k/n name: elapsed …, remaining ≈ …` — the remaining estimate sums the recorded times of the
