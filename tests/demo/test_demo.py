@@ -222,7 +222,7 @@ def test_judge_gate_names_the_datasets_where_the_judge_is_flat(tmp_path):
 
 def _fabricate_done_stages(demo, stages):
     """Stage markers and outputs as if these stages had run (so `Demo.run` skips them)."""
-    out, s = demo.out, demo.s
+    out = demo.out
     paths = {"world": [out / "world" / "world.json"], "reference": [d / "summary.json" for d in demo.reference_runs()],
              "models": [out / "models" / "embedder-base", out / "models" / "judge-base"],
              "judge-data": [out / "judge" / "records.jsonl"], "judge": [out / "judge" / "model" / "merged"],
