@@ -172,6 +172,8 @@ def test_search_with_and_without_rerank(server, world):
     with _client(server) as c:
         r = c.post("/v1/search", json={"query": "a red square", "top_k": 5})
         rr = c.post("/v1/search", json={"query": "a red square", "top_k": 5, "rerank": True, "rerank_top_k": 4})
+        listwise = c.post("/v1/search", json={"query": "a red square", "top_k": 5, "rerank": True, "rerank_top_k": 4,
+                                              "rerank_mode": "listwise"})
         img = c.post("/v1/search", json={"query": {"image": png_uri(Image.new("RGB", (48, 40), COLOURS["green"]))},
                                           "top_k": 2, "include_thumbnails": False})
     assert r.status_code == 200, r.text
@@ -188,6 +190,12 @@ def test_search_with_and_without_rerank(server, world):
     assert [h["id"] for h in got["data"]] == [expected[i]["id"] for i in order] + [expected[4]["id"]]
     np.testing.assert_allclose([h["rerank_score"] for h in got["data"][:4]], p[order], atol=1e-5)
     assert [h["rank"] for h in got["data"]] == [1, 2, 3, 4, 5]
+    # listwise: the in-process pick among the top 4 moves to rank 1 (through the pick batcher)
+    picked = world["rr"].pick(Item(text="a red square"), cands)
+    moved = [picked] + [i for i in range(4) if i != picked] + [4]
+    assert listwise.status_code == 200, listwise.text
+    assert [h["id"] for h in listwise.json()["data"]] == [expected[i]["id"] for i in moved]
+    assert [h["rerank_score"] for h in listwise.json()["data"][:4]] == [1.0, 0.0, 0.0, 0.0]
     assert img.status_code == 200 and img.json()["data"][0]["id"] == "img-green"
     assert "thumbnail" not in img.json()["data"][0]
 
