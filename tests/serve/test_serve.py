@@ -137,13 +137,7 @@ def test_concurrent_listwise_requests_share_generation_batches(server, world):
     with _client(server) as c:
         before = _metric(c.get("/metrics").text, "unime_rerank_batch_size_count")
         summed = _metric(c.get("/metrics").text, "unime_rerank_batch_size_sum")
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(queries))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    with _client(server) as c:
-        m = c.get("/metrics").text
+    m = _concurrently(server, call, len(queries))
     assert _metric(m, "unime_rerank_batch_size_sum") - summed == len(queries)  # every request in some batch
     assert 2 <= _metric(m, "unime_rerank_batch_size_count") - before < len(queries)
     for i, (q, d) in enumerate(zip(queries, docs)):
@@ -210,18 +204,23 @@ def test_dynamic_batching_coalesces_concurrent_requests(server, world):
 
     with _client(server) as c:
         before = _metric(c.get("/metrics").text, "unime_batch_size_count")
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    with _client(server) as c:
-        m = c.get("/metrics").text
+    m = _concurrently(server, call, 24)
     batches = _metric(m, "unime_batch_size_count") - before
     assert 3 <= batches < 24  # 24 single-item requests in fewer encoder calls (at most 8 items each)
     np.testing.assert_allclose(np.array([out[i] for i in range(24)]), world["emb"].encode(texts), atol=1e-5)
     assert 'unime_requests_total{endpoint="/v1/embeddings",status="200"}' in m
     assert "unime_request_latency_seconds_bucket" in m and "unime_queue_depth" in m
+
+
+def _concurrently(server, call, n: int) -> str:
+    """`call(i)` for i < n, each on its own thread, all started before any is joined; then the server's metrics."""
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with _client(server) as c:
+        return c.get("/metrics").text
 
 
 def _metric(text: str, name: str) -> float:
