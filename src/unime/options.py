@@ -31,3 +31,18 @@ def option_defaults(config) -> dict[str, Any]:
         elif f.default_factory is not MISSING:
             out[f.name] = f.default_factory()
     return out
+
+
+def key_value_pairs(pairs, flag: str) -> dict[str, Any]:
+    """`KEY=VALUE` strings of a repeatable option (`flag`, for the message) → a dict, each value read as YAML
+    (8 → int, true → bool, [a, b] → list, {a: 1} → dict). ValueError naming `flag` and a string without
+    `=`."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in pairs or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

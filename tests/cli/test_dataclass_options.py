@@ -127,7 +127,7 @@ def test_every_trainer_option_is_a_config_field_with_its_default(words, config, 
             continue
         f = fields[dest]
         expected = f.metadata.get("cli_default", f.default)
-        if f.default is dataclasses.MISSING:
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             assert action.required
         else:
             assert action.default == expected, dest

@@ -103,3 +103,82 @@ def test_each_trainers_arguments_are_as_pinned(tmp_path, tiny_model_dir, monkeyp
         diff = {k: (pinned[case].get(k), got[case].get(k)) for k in pinned[case].keys() | got[case].keys()
                 if pinned[case].get(k) != got[case].get(k)}
         assert not diff, f"{case}: (pinned, now) {diff}"
+
+
+def _changed(a: dict, b: dict) -> dict:
+    return {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def test_trainer_arg_reaches_each_trainers_arguments_and_changes_nothing_else(tmp_path, tiny_model_dir, monkeypatch):
+    """`--trainer-arg adam_beta2=0.95 --trainer-arg report_to=tensorboard`: those two fields, nothing else."""
+    pytest.importorskip("trl")
+    from unime.embed_rl.grpo import GRPOStageConfig, embed_rl_grpo_config
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, sft_config
+
+    extra = ["adam_beta2=0.95", "report_to=[tensorboard]"]
+    want = {"adam_beta2": (0.999, 0.95), "report_to": ([], ["tensorboard"])}
+    assert _changed(embedder_arguments(tmp_path / "a"), embedder_arguments(tmp_path / "b", trainer_arg=extra)) == want
+    model = tiny_model_dir("qwen2_vl")
+    assert _changed(reranker_arguments(tmp_path / "c", model, monkeypatch),
+                    reranker_arguments(tmp_path / "d", model, monkeypatch, trainer_arg=extra)) == want
+    sft = ReasonerSFTConfig(model="m", data="t.jsonl", out=str(tmp_path / "s"), trainer_arg=extra)
+    got = _plain(sft_config(sft, str(tmp_path / "s" / "checkpoints"), use_cpu=True, dtype=torch.float32))
+    assert _changed(sft_arguments(tmp_path / "s", torch.float32), got) == want
+    grpo = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=str(tmp_path / "g"), trainer_arg=extra)
+    got = _plain(embed_rl_grpo_config(grpo, output_dir=str(tmp_path / "g" / "checkpoints"), use_cpu=True,
+                                      bf16=False, fp16=False))
+    assert _changed(grpo_arguments(tmp_path / "g", bf16=False), got) == want
+
+
+def test_trainer_arg_keys_unime_sets_or_that_do_not_exist_are_refused(tmp_path):
+    pytest.importorskip("trl")
+    from unime.embed_rl.grpo import GRPOStageConfig, embed_rl_grpo_config
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, sft_config
+    from unime.errors import UsageError
+
+    cases = [(["learning_rate=1"], r"--trainer-arg learning_rate: unime sets it \(--lr\)"),
+             (["warmup_steps=3"], r"--trainer-arg warmup_steps: unime sets it \(--warmup\)"),
+             (["optim=sgd"], r"--trainer-arg optim: unime sets it \(--optim\)"),
+             (["remove_unused_columns=true"], r"unime sets it \(the trainer's data collator\)"),
+             (["ddp_broadcast_buffers=true"], r"unime sets it \(this trainer's own setting\)"),
+             (["adam_beta3=0.9"], r"TrainingArguments has no field 'adam_beta3' \(did you mean adam_beta2, "
+                                  r"adam_beta1"),
+             (["report_to"], r"--trainer-arg expects KEY=VALUE, got 'report_to'")]
+    for extra, message in cases:
+        with pytest.raises(UsageError, match=message):
+            embedder_arguments(tmp_path, trainer_arg=extra)
+    # the reasoner's SFT has no --warmup option: there the field is the user's
+    sft = ReasonerSFTConfig(model="m", data="t.jsonl", out=str(tmp_path / "s"), trainer_arg=["warmup_steps=3"])
+    assert sft_config(sft, str(tmp_path / "s"), use_cpu=True, dtype=torch.float32).warmup_steps == 3
+    grpo = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=str(tmp_path / "g"),
+                           trainer_arg=["beta=0.5"])
+    with pytest.raises(UsageError, match=r"--trainer-arg beta: unime sets it \(--beta\)"):
+        embed_rl_grpo_config(grpo, output_dir=str(tmp_path / "g"), use_cpu=True, bf16=False, fp16=False)
+
+
+def test_gradcache_with_deepspeed_is_refused():
+    from unime.errors import UnimeError
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    EmbedderTrainingConfig(model="m", records="r.jsonl", out="o", gradcache=True,
+                           trainer_arg=["adam_beta2=0.95"]).validate()
+    with pytest.raises(UnimeError, match="--gradcache .* outside DeepSpeed's engine"):
+        EmbedderTrainingConfig(model="m", records="r.jsonl", out="o", gradcache=True,
+                               trainer_arg=["deepspeed=ds.json"]).validate()
+
+
+def test_trainer_arg_on_the_command_line(capsys):
+    """Repeatable on each training command; absent, the configs' default (empty)."""
+    from unime.cli import build_parser
+    from unime.cli.train import embedder_config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "embedder", "--model", "m", "--records", "r.jsonl", "--out", "o",
+                              "--trainer-arg", "adam_beta2=0.95", "--trainer-arg", "report_to=wandb"])
+    assert embedder_config_from_args(args).trainer_arg == ["adam_beta2=0.95", "report_to=wandb"]
+    args = parser.parse_args(["train", "embedder", "--model", "m", "--records", "r.jsonl", "--out", "o"])
+    assert embedder_config_from_args(args).trainer_arg == []
+    for command in ("embedder", "judge", "reranker", "reasoner"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", command, "--help"])
+        assert "--trainer-arg KEY=VALUE" in capsys.readouterr().out, command

@@ -15,6 +15,7 @@ from typing import Callable
 
 from unime.cli import add_config_option
 from unime.cli.dataclass_options import add_options, config_from_args
+from unime.models.hf_arguments import TRAINER_ARGS_GROUP
 from unime.models.image_budget import IMAGE_GROUP
 
 # CLI modules that call `register_train_action` when imported (e.g. "unime.cli.train_reranker")
@@ -51,7 +52,8 @@ def _add_embedder_parser(actions) -> None:
 
 
 # the option groups of the trainers' --help, in order
-TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisation", "checkpoints")
+TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisation", "checkpoints",
+                TRAINER_ARGS_GROUP)
 
 
 def embedder_config_from_args(args):

@@ -9,6 +9,7 @@ from unime.cli import add_config_option
 from unime.cli.dataclass_options import add_options, config_from_args
 from unime.cli.train import register_train_action
 from unime.errors import UsageError
+from unime.models.hf_arguments import TRAINER_ARGS_GROUP
 
 
 def _add_parser(actions) -> None:
@@ -21,7 +22,8 @@ def _add_parser(actions) -> None:
                     "generate). grpo: embedder-guided GRPO on TRL's GRPOTrainer with format / outcome / process "
                     "rewards against a frozen <emb> embedder.")
     p.add_argument("--stage", required=True, choices=["sft", "grpo"])
-    add_options(p, ReasonerSFTConfig, GRPOStageConfig, groups=("sft", "grpo"), labels=("sft", "grpo"))
+    add_options(p, ReasonerSFTConfig, GRPOStageConfig, groups=("sft", "grpo", TRAINER_ARGS_GROUP),
+                labels=("sft", "grpo"))
     add_config_option(p)
     p.set_defaults(func=_run)
 

@@ -14,7 +14,7 @@ def _add_parser(actions, role: str, **texts) -> None:
     from unime.train.reranker_trainer import RerankerTrainConfig
 
     p = actions.add_parser(role, **texts)
-    add_options(p, RerankerTrainConfig, groups=(*TRAIN_GROUPS, role), default_group="parameters")
+    add_options(p, RerankerTrainConfig, groups=(*TRAIN_GROUPS[:-1], role, TRAIN_GROUPS[-1]), default_group="parameters")
     add_config_option(p)
     p.set_defaults(func=_train, role=role)
 

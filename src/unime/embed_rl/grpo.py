@@ -48,6 +48,7 @@ import numpy as np
 from unime.data.items import Item, Record
 from unime.data.roots import resolve_data_root
 from unime.embed_rl.stage_options import ReasonerStageOptions
+from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
 from unime.options import option, option_defaults
@@ -328,7 +329,7 @@ REWARD_WEIGHTS = (0.05, 0.8, 0.2)  # format, outcome, process
 
 
 @dataclass(kw_only=True)
-class GRPOStageConfig(GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
+class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
     """Options of `unime train reasoner --stage grpo` (`unime.options`)."""
 
     learning_rate: float = option(3e-6, "learning rate", dest="lr")
@@ -378,7 +379,7 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
         steps_per_generation=1, num_generations=cfg.num_generations, num_iterations=1,
         max_completion_length=cfg.max_completion_length, beta=cfg.beta, temperature=cfg.temperature,
         top_p=cfg.top_p, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False,
-        use_vllm=False, disable_dropout=True, log_completions=False)
+        use_vllm=False, disable_dropout=True, log_completions=False, trainer_arg=cfg.trainer_arg)
     # the geometry that keeps pairs whole (see the module docstring)
     local = gcfg.per_device_train_batch_size * gcfg.steps_per_generation
     if local % (2 * cfg.num_generations) or gcfg.generation_batch_size % (2 * cfg.num_generations * num_processes):

@@ -26,6 +26,7 @@ from typing import Any
 from unime.data.roots import resolve_data_root
 from unime.embed_rl.stage_options import ReasonerStageOptions
 from unime.models.adapters import FamilyAdapter
+from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA, GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
 from unime.models.rerank_prompts import answer_format
@@ -45,7 +46,7 @@ def end_of_turn_text(adapter: FamilyAdapter) -> str:
 
 
 @dataclass(kw_only=True)
-class ReasonerSFTConfig(GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
+class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
     """Options of `unime train reasoner --stage sft` (`unime.options`)."""
 
     learning_rate: float = option(1e-4, "learning rate", dest="lr")
@@ -123,7 +124,7 @@ def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype)
         save_total_limit=2, seed=cfg.seed, use_cpu=use_cpu, bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16, show_progress=True,
         # SFTConfig's own default, kept (the core's False is for the collators that read whole records)
-        remove_unused_columns=True, completion_only_loss=True, max_length=None)
+        remove_unused_columns=True, completion_only_loss=True, max_length=None, trainer_arg=cfg.trainer_arg)
 
 
 def lora_model(model, cfg: ReasonerSFTConfig):

@@ -7,11 +7,73 @@ reporting integration (`report_to=[]`), the data collators see every column (`re
 unless a trainer asks otherwise), mixed precision from the compute dtype (`bf16` / `fp16`), and activation
 checkpointing (non-reentrant) only when asked for. It lives beside `run_state` and `curves` because both
 `unime.train` and `unime.embed_rl` build on it.
+
+Every other field of `args_cls` is open to the user: `--trainer-arg KEY=VALUE` (`TrainerArgOptions`, repeatable,
+the value read as YAML) passes it to `args_cls` as is — DeepSpeed or FSDP (`deepspeed=ds_zero3.json`,
+`fsdp="full_shard auto_wrap"`), an experiment tracker (`report_to=wandb`, `run_name=...`), optimizer details
+(`adam_beta2=0.95`), `torch_compile=true`, ... A key that unime sets from one of its own options, or that its
+trainer needs at its own value, is refused with the option to use (`PROTECTED`, and the trainer's `specific`
+keywords); an unknown key is refused with the nearest field names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
+
+from unime.errors import UsageError
+from unime.options import key_value_pairs, option
+
+# fields of the core that only unime sets: its option (or the reason) for the refusal's message
+PROTECTED = {
+    "output_dir": "--out", "per_device_train_batch_size": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
+    "max_steps": "--steps", "num_train_epochs": "--epochs", "learning_rate": "--lr", "seed": "--seed",
+    "data_seed": "--seed", "logging_steps": "--logging-steps", "save_steps": "--save-steps",
+    "save_strategy": "unime's checkpoint and resume convention", "use_cpu": "--device", "bf16": "--dtype",
+    "fp16": "--dtype", "remove_unused_columns": "the trainer's data collator",
+}
+# the option behind a trainer's `specific` keywords, where it has one
+SPECIFIC_OPTIONS = {
+    "optim": "--optim", "max_grad_norm": "--max-grad-norm", "beta": "--beta", "temperature": "--temperature",
+    "top_p": "--top-p", "num_generations": "--num-generations", "max_completion_length": "--max-completion-length",
+    "loss_type": "--loss-type", "scale_rewards": "--scale-rewards",
+}
+
+
+TRAINER_ARGS_GROUP = "Hugging Face trainer (any other field of its arguments, e.g. DeepSpeed, FSDP, a tracker)"
+
+
+@dataclass
+class TrainerArgOptions:
+    """`--trainer-arg KEY=VALUE`: a setting of the Hugging Face trainer's arguments that unime has no option for."""
+
+    trainer_arg: list[str] = option(
+        help="a field of the trainer's arguments (transformers' TrainingArguments; TRL's SFTConfig / GRPOConfig for "
+             "the reasoner) that unime has no option for, value read as YAML, e.g. report_to=wandb, "
+             "deepspeed=ds_zero3.json, adam_beta2=0.95 (repeatable; replaces unime's fixed settings, e.g. "
+             "report_to; a key one of unime's options sets is refused, naming the option)",
+        factory=list, action="append", metavar="KEY=VALUE", cli_default=[], group=TRAINER_ARGS_GROUP)
+
+
+def user_trainer_args(args_cls: type, pairs: Sequence[str], unime_keys: Mapping[str, str | None]) -> dict[str, Any]:
+    """`--trainer-arg` strings → keywords of `args_cls`, checked: each key a field of `args_cls` and not one that
+    unime sets (`PROTECTED`, or among `unime_keys`: the trainer's own settings → the option behind each, or None).
+    UsageError naming the key."""
+    try:
+        extra = key_value_pairs(pairs, "--trainer-arg")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    known = {f.name for f in fields(args_cls) if f.init}
+    for key in extra:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise UsageError(f"--trainer-arg {key}: {args_cls.__name__} has no field {key!r}{hint}")
+        if key in PROTECTED or key in unime_keys:
+            by = PROTECTED.get(key) or unime_keys.get(key) or SPECIFIC_OPTIONS.get(key) or "this trainer's own setting"
+            raise UsageError(f"--trainer-arg {key}: unime sets it ({by})")
+    return extra
 
 
 def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, learning_rate: float, seed: int,
@@ -20,12 +82,17 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
                           epochs: float = 1.0, warmup_steps: float = 0, weight_decay: float = 0.0,
                           lr_scheduler: str = "linear", data_seed: int | None = None, workers: int = 0,
                           activation_checkpointing: bool = False, show_progress: bool | None = None,
+                          trainer_arg: Sequence[str] = (), option_keys: Mapping[str, str] | None = None,
                           **specific: Any):
-    """`args_cls(...)` with the common core and the trainer's `specific` keywords (`optim`, `beta`, ...).
+    """`args_cls(...)` with the common core, the trainer's `specific` keywords (`optim`, `beta`, ...) and the
+    user's `--trainer-arg` strings (`user_trainer_args`: they override the core's other settings, e.g. `report_to`,
+    except the ones this trainer takes from its options: `option_keys`, field → option, e.g. `{"warmup_steps":
+    "--warmup"}`).
 
     `max_steps=-1`: train `epochs` epochs. `data_seed=None`: the data order follows `seed`.
     `show_progress=None` leaves the progress bars to transformers' own rule (its logging level)."""
-    return args_cls(
+    user = user_trainer_args(args_cls, trainer_arg, {**dict.fromkeys(specific), **(option_keys or {})})
+    core = dict(
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
         max_steps=max_steps, num_train_epochs=epochs, learning_rate=learning_rate, lr_scheduler_type=lr_scheduler,
         warmup_steps=warmup_steps, weight_decay=weight_decay, seed=seed, data_seed=data_seed,
@@ -34,4 +101,5 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
         activation_checkpointing=activation_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if activation_checkpointing else None,
         disable_tqdm=None if show_progress is None else not show_progress,
-        **{"remove_unused_columns": False, **specific})
+        remove_unused_columns=False)
+    return args_cls(**{**core, **specific, **user})

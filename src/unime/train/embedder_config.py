@@ -10,6 +10,7 @@ from typing import Any
 
 from unime.data.video import VideoOptions
 from unime.errors import UnimeError
+from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import EMBEDDER_LORA_OPTIONS
@@ -18,7 +19,7 @@ from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
 
 @dataclass(kw_only=True)
-class EmbedderTrainingConfig(ImageOptions, VideoOptions, DeviceOptions, EMBEDDER_LORA_OPTIONS):
+class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceOptions, EMBEDDER_LORA_OPTIONS):
     """Everything a run depends on (saved as `train_config.json`); each field declares its option of
     `unime train embedder` (`unime.options`)."""
 
@@ -115,6 +116,9 @@ class EmbedderTrainingConfig(ImageOptions, VideoOptions, DeviceOptions, EMBEDDER
             raise UnimeError(f"on_error must be raise or skip, got {self.on_error!r}")
         if self.records is None:
             raise UnimeError("no training records given")
+        if self.gradcache and any(str(a).partition("=")[0].strip() == "deepspeed" for a in self.trainer_arg):
+            raise UnimeError("--gradcache back-propagates each chunk's cached gradient itself, outside DeepSpeed's "
+                             "engine: use it without --trainer-arg deepspeed=... (or DeepSpeed without --gradcache)")
 
     @property
     def infonce_in_batch(self) -> bool:

@@ -44,6 +44,7 @@ from unime.data.items import Item, Record
 from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment
+from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
@@ -339,7 +340,7 @@ class ExampleDataset:
 
 
 @dataclass(kw_only=True)
-class RerankerTrainConfig(ImageOptions, VideoOptions, DeviceOptions, GENERATIVE_LORA_OPTIONS):
+class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceOptions, GENERATIVE_LORA_OPTIONS):
     """Options of `unime train reranker` / `unime train judge`: each field declares its option (`unime.options`)."""
 
     # data
@@ -607,7 +608,9 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         # LoRA on the decoder (and modules_to_save): every trainable parameter takes part in each forward;
         # the two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training.
         # Full fine-tuning: a text-only batch leaves the vision tower unused.
-        ddp_find_unused_parameters=cfg.full)
+        ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg,
+        option_keys={"warmup_steps": "--warmup", "weight_decay": "--weight-decay",
+                     "activation_checkpointing": "--gradient-checkpointing"})
     title = f"{cfg.role} — {Path(str(cfg.model)).name}"
     callbacks = [CurvesCallback(out, title=title)]
     judge_check = None

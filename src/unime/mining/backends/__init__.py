@@ -15,7 +15,7 @@ from unime.errors import UsageError
 from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
-from unime.options import option
+from unime.options import key_value_pairs, option
 
 __all__ = ["BACKENDS", "BackendOptions", "JudgeBackend", "JudgeOptions", "JudgeSpec", "QueryGroup", "make_backend"]
 
@@ -90,15 +90,10 @@ class BackendOptions:
 
 def vllm_engine_kwargs(pairs: list[str]) -> dict:
     """`KEY=VALUE` strings → keyword arguments of `vllm.LLM` (values parsed as YAML: 8 → int, true → bool)."""
-    import yaml
-
-    out = {}
-    for item in pairs or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--vllm-engine-arg expects KEY=VALUE, got {item!r}", command="mine")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    try:
+        return key_value_pairs(pairs, "--vllm-engine-arg")
+    except ValueError as e:
+        raise UsageError(str(e), command="mine") from None
 
 
 def make_backend(name: str, spec: JudgeSpec, **options) -> JudgeBackend:
