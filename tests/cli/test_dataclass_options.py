@@ -267,7 +267,8 @@ PINNED = {
     "reason generate": {"--model": None, "--records": None, "--data-root": None, "--out": None,
                         "--sides": "query,target", "--batch-size": 8, "--max-new-tokens": 256, "--sample": False,
                         "--temperature": 1.0, "--device": None, "--dtype": "auto"},
-    "reason materialize": {"--records": None, "--tcots": None, "--data-root": None, "--out": None},
+    "reason materialize": {"--records": None, "--tcots": None, "--no-tcots": False, "--data-root": None,
+                           "--out": None},
     "reason split": {"--records": None, "--tcots": None, "--judge": None, "--data-root": None, "--threshold": 0.5,
                      "--rl-fraction": None, "--out-dir": None, "--device": None, "--dtype": "auto"},
     "reason teacher": {"--world": None, "--records": None, "--out": None, "--on-error": "raise"},
@@ -276,12 +277,13 @@ PINNED_REQUIRED = {
     "data check": {"input"}, "data convert": {"input", "output"}, "data import": {"--out"}, "data synth": {"--out"},
     "models build-tiny": {"--out"}, "reason add-emb": {"--model", "--out"},
     "reason eval": {"--embedder", "--tasks", "--out"}, "reason generate": {"--model", "--records", "--out"},
-    "reason materialize": {"--records", "--tcots", "--out"}, "reason split": {"--records", "--tcots", "--judge",
+    "reason materialize": {"--records", "--out"}, "reason split": {"--records", "--tcots", "--judge",
                                                                               "--out-dir"},
     "reason teacher": {"--world", "--out"},
 }
 PINNED_EXCLUSIVE = {"data import": [{"--captions", "--coco", "--hf-dataset", "--webdataset"}],
-                    "models build-tiny": [{"--tokenizer-corpus", "--tokenizer"}]}
+                    "models build-tiny": [{"--tokenizer-corpus", "--tokenizer"}],
+                    "reason materialize": [{"--tcots", "--no-tcots"}]}
 _SHARED = {"help", "config", "recipe", "print_config", "overwrite"}
 
 

@@ -79,8 +79,7 @@ def test_quick_embed_rl_group_end_to_end_and_resumes(tmp_path):
     demo.run_command("data synth", {"--out": demo.world, "--size": s.world_size}, [])
     for name, seed in (("judge-base", 1), ("embedder-base", 3)):  # the reasoner starts from the embedder base
         demo.run_command("models build-tiny", {"--family": s.family, "--out": demo.p("models", name), "--seed": seed,
-                                               "--hidden": s.hidden, "--layers": s.layers,
-                                               "--vision-depth": s.vision_depth}, [])
+                                               "--hidden": 64, "--layers": 2, "--vision-depth": 1}, [])
     run_embed_rl(demo)
     names = [r.name for r in demo.results]
     assert names[0] == "er-models" and names[-1] == "er-eval" and len(names) == 10

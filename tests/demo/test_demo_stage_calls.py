@@ -25,6 +25,7 @@ STAGE_FUNCTIONS = [
     ("unime.eval.runners", "evaluate_checkpoint"), ("unime.reasoning.teacher", "write_teacher_tcots"),
     ("unime.embed_rl.tcot_embedder", "split_records_file"),
     ("unime.embed_rl.tcot_embedder", "materialize_records_file"),
+    ("unime.embed_rl.tcot_embedder", "prepare_emb_checkpoint"),
     ("unime.embed_rl.reasoner_sft", "train_reasoner_sft"), ("unime.embed_rl.grpo", "train_reasoner_grpo"),
     ("unime.embed_rl.tcot_embedder", "evaluate_with_reasoning"),
 ]
@@ -79,7 +80,7 @@ def test_each_demo_stage_call_is_the_call_of_the_command_it_lists(preset, tmp_pa
     calls = _demo_commands(tmp_path, tiny_world_dir(0), DemoSettings.preset(preset), monkeypatch)
     request.getfixturevalue("recorded_stage_functions")
     assert {c for c, _ in calls} == {"data synth", "eval reference", "train judge", "train embedder", "mine",
-                                     "train reranker", "eval", "models build-tiny", "reason teacher",
+                                     "train reranker", "eval", "reason add-emb", "reason teacher",
                                      "reason split", "reason materialize", "train reasoner", "reason eval"}
     if preset == "quick":
         assert any(c == "eval" and "--video-frames" in o for c, o in calls)  # the video evals are among them

@@ -81,6 +81,28 @@ def test_reasoned_records_roundtrip_through_parquet(tmp_path):
     write_records([out], tmp_path / "r.parquet")
     (back,) = read_records(tmp_path / "r.parquet")
     assert back.query.key == out.query.key and back.positive.key == out.positive.key
+    # without T-CoTs (`--no-tcots`): each item with the summary prompt only, no evidence
+    (plain,) = reasoned_records([rec], None, ImageLoader(tmp_path))
+    assert plain.query.text == "find red" + "Summarize the above content in one word:"
+    assert plain.positive.text == rec.positive.text + "Summarize the above content in one word:"
+    assert plain.positive.images == ("a.png",)
+
+
+def test_materialize_takes_tcots_or_no_tcots(tmp_path):
+    from unime.data.io import read_records, write_records
+    from unime.embed_rl.tcot_embedder import MaterializeConfig, materialize_records_file
+    from unime.errors import UsageError
+
+    write_records([Record(query=Item(text="q"), positive=Item(text="p"), id="x")], tmp_path / "r.jsonl")
+    for tcots, no_tcots in ((None, False), ("t.jsonl", True)):
+        with pytest.raises(UsageError, match="give --tcots FILE or --no-tcots"):
+            materialize_records_file(MaterializeConfig(records=str(tmp_path / "r.jsonl"), tcots=tcots,
+                                                       no_tcots=no_tcots, out=str(tmp_path / "o.jsonl")))
+    assert materialize_records_file(MaterializeConfig(records=str(tmp_path / "r.jsonl"), no_tcots=True,
+                                                      out=str(tmp_path / "o.jsonl"))) == 1
+    (out,) = read_records(tmp_path / "o.jsonl")
+    assert (out.query.text, out.positive.text) == ("qSummarize the above content in one word:",
+                                                   "pSummarize the above content in one word:")
 
 
 def test_tcot_files_roundtrip_and_errors(tmp_path):

@@ -165,7 +165,7 @@ def test_refuses_last_token_pooling(tiny_model_dir):
         ReasonedEmbedder(Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu"))
 
 
-@pytest.mark.parametrize("kind", ["image", "video", "text", "invalid"])
+@pytest.mark.parametrize("kind", ["image", "video", "text", "invalid", "none"])
 def test_reasoned_item_renders_exactly_the_reasoning_segments(emb_models, kind):
     """The plain-Item form (used by the embedder trainer and the eval harness) is the same input."""
     from unime import Item
@@ -186,9 +186,12 @@ def test_reasoned_item_renders_exactly_the_reasoning_segments(emb_models, kind):
     elif kind == "text":
         item = Item(text="a red circle")
         tcot = render_tcot({"text_keywords": ["red", "circle"]}, RETHINK, ANSWER)
-    else:
+    elif kind == "invalid":
         item = Item(text="a red circle", images=(img,))
         tcot = "<thinking>{oops</thinking> and <image> more <|image_3|>"
+    else:  # no reasoning: the input of the embedder without T-CoT (`unime reason materialize --no-tcots`)
+        item = Item(text="<|image_1|>\nRepresent the given image.", images=(img,))
+        tcot = None
     ri = reasoned_item(item, tcot, ImageLoader())
     direct = reasoning_segments(item_segments(item.text, list(item.images), list(item.video)), tcot,
                                 images=list(item.images), frames=list(item.video))
@@ -197,6 +200,6 @@ def test_reasoned_item_renders_exactly_the_reasoning_segments(emb_models, kind):
     flat = lambda segs: [np.asarray(x) for s in segs if s.kind != "text"
                          for x in (s.value if s.kind == "video" else [s.value])]
     a, b = flat(via_item), flat(direct)
-    assert len(a) == len(b) == {"image": 3, "video": 6, "text": 0, "invalid": 1}[kind]
+    assert len(a) == len(b) == {"image": 3, "video": 6, "text": 0, "invalid": 1, "none": 1}[kind]
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)

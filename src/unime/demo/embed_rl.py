@@ -3,13 +3,14 @@
 Runs after the UniME-V2 stages, on the same world and tiny-model family, each stage one or more `unime`
 commands (resumable, timed and listed in the report like every demo stage):
 
- er-models      `unime models build-tiny`: the `<emb>` embedder backbone (the reasoner starts from the
-                pretrained base of the `models` stage)
+ er-models      `unime reason add-emb`: the `<emb>` embedder backbone, the pretrained base of the `models`
+                stage with the `<emb>` token added (the reasoner starts from that base itself)
  er-teacher     a subset of the world's training records + `unime reason teacher` (annotation T-CoTs)
  er-judge-data  T-CoT match judge records (`tcot_match_judge_records`, labels from the world's ground truth)
  er-judge       `unime train judge` on them, from the demo's judge backbone
  er-split       `unime reason split` (lowest-P(Yes) fraction → RL, the rest → contrastive)
- er-materialize `unime reason materialize` (reasoned records: item + T-CoT + evidence crops)
+ er-materialize `unime reason materialize` (reasoned records: item + T-CoT + evidence crops; and the
+                records of the embedder without T-CoT: item + the summary prompt, `--no-tcots`)
  er-embedders   `unime train embedder --pooling emb` without and with T-CoT (same recipe)
  er-sft         `unime train reasoner --stage sft` (cold start on the teacher's T-CoTs)
  er-grpo        `unime train reasoner --stage grpo` (format + outcome + process rewards)
@@ -105,7 +106,8 @@ def embed_rl_paths(demo: "Demo") -> dict[str, Path]:
     er = demo.p("er")
     return {"er": er, "records": er / "records.jsonl", "tcots": er / "tcots_teacher.jsonl",
             "judge_records": er / "judge_records.jsonl", "judge": er / "judge", "split": er / "split",
-            "reasoned": er / "reasoned_contrastive.parquet", "emb_base": demo.p("models", "emb-embedder-base"),
+            "reasoned": er / "reasoned_contrastive.parquet", "plain_records": er / "plain_records.parquet",
+            "emb_base": demo.p("models", "emb-embedder-base"),
             # the reasoner starts from the pretrained base, as Embed-RL's starts from a pretrained MLLM
             "reasoner_base": demo.p("models", "embedder-base"), "plain": er / "embedders" / "plain",
             "tcot": er / "embedders" / "tcot", "sft": er / "reasoner_sft", "grpo": er / "reasoner_grpo",
@@ -118,11 +120,10 @@ def run_embed_rl(demo: "Demo") -> None:
     P = embed_rl_paths(demo)
     tasks = world / "eval_tasks.yaml"
 
-    def models(c):
-        demo.run_command("models build-tiny", {
-            "--family": s.family, "--out": P["emb_base"], "--seed": 2, "--hidden": s.hidden, "--layers": s.layers,
-            "--vision-depth": s.vision_depth, "--extra-token": "<emb>"}, c)
-    demo.stage("er-models", [P["emb_base"]], models)
+    # the <emb> embedders start from the pretrained base, as Embed-RL's from a pretrained MLLM: the base with the
+    # <emb> token added (its embedding row new)
+    demo.stage("er-models", [P["emb_base"]], lambda c: demo.run_command("reason add-emb", {
+        "--model": P["reasoner_base"], "--out": P["emb_base"], **dev}, c))
 
     def teacher(c):
         from unime.data.io import read_records, write_records
@@ -157,12 +158,17 @@ def run_embed_rl(demo: "Demo") -> None:
         "--records": P["records"], "--tcots": P["tcots"], "--judge": P["judge"] / "merged", "--data-root": world,
         "--out-dir": P["split"], "--rl-fraction": s.er_rl_fraction, **dev}, c))
 
-    demo.stage("er-materialize", [P["reasoned"]], lambda c: demo.run_command("reason materialize", {
-        "--records": P["split"] / "contrastive.jsonl", "--tcots": P["tcots"], "--data-root": world,
-        "--out": P["reasoned"]}, c))
+    def materialize(c):
+        # the T-CoT embedder's records (the contrastive split with teacher T-CoTs), and the records of the embedder
+        # without T-CoT: the same items with the summary prompt, the input `reason eval --tcots none` embeds
+        for out, how in ((P["reasoned"], {"--records": P["split"] / "contrastive.jsonl", "--tcots": P["tcots"]}),
+                         (P["plain_records"], {"--records": P["records"], "--no-tcots": True})):
+            if not out.exists():
+                demo.run_command("reason materialize", {**how, "--data-root": world, "--out": out}, c)
+    demo.stage("er-materialize", [P["reasoned"], P["plain_records"]], materialize)
 
     def embedders(c):
-        for key, recs in (("plain", P["records"]), ("tcot", P["reasoned"])):
+        for key, recs in (("plain", P["plain_records"]), ("tcot", P["reasoned"])):
             if (P[key] / "merged").exists():
                 continue
             demo.run_command("train embedder", {

@@ -8,7 +8,8 @@ reproduced by hand. The stages (SPEC §1, issue #8):
  1. world       `unime data synth`                       the generated demo world
     reference   `unime eval reference` (per seed)          the learnability reference (CNN + GRU dual
                 encoder, InfoNCE, from scratch) for `reference_seconds` of wall time
- 2. models      `unime models build-tiny` (x2)           embedder and judge backbones of one family
+ 2. models      the pretrained embedder and judge backbones (`unime models pretrain` / `pretrain-judge`,
+                cached per machine; `unime.demo.pretrain`)
  3. judge-data  labelled (query, Yes/No candidate) records from the world's ground truth
  4. judge       `unime train judge`                      the tiny MLLM judge
  5. baseline    `unime train embedder --loss infonce --hard-negatives 0`   (no HN, no soft labels)
@@ -60,10 +61,6 @@ class DemoSettings:
     world_train_scenes: int | None = 720
     world_train_per_task: int | None = 150
     seeds: tuple[int, ...] = (0, 1, 2, 3)  # Table 4 needs >= 4 seeds per row for its intervals
-    # backbone shape of the Embed-RL group's models (models build-tiny); the UniME-V2 stages use `pretrain`
-    hidden: int = 128
-    layers: int = 4
-    vision_depth: int = 2
     # judge: the pretrained judge (`unime models pretrain-judge`: the pretrained base trained as a Yes/No judge
     # on the same corpus, cached per machine), judging this world zero-shot as the paper's frozen judge does
     # (`pretrained_judge` off: the embedder's base). judge_steps > 0 fine-tunes it on this world's labelled
@@ -137,7 +134,7 @@ class DemoSettings:
             return cls()
         if name == "quick":
             return cls(world_size="tiny", pretrain="quick", world_train_scenes=None, world_train_per_task=None,
-                       seeds=(0,), hidden=64, layers=2, vision_depth=1, judge_steps=40,
+                       seeds=(0,), judge_steps=40,
                        embed_steps=20, rerank_steps=20, k=10, count=4, hard_negatives=4, rerank_negatives=3,
                        rerank_topk=3, er_records=24, er_judge_steps=20, er_embed_steps=8, er_sft_epochs=1.0,
                        er_grpo_steps=2, er_max_new_tokens=48, reference_seconds=4.0, video_clips=4,

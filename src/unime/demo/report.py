@@ -404,9 +404,9 @@ def _embed_rl_section(demo: "Demo") -> list[str]:
     if not rows and not reward_csv.is_file():
         return []
     md = ["## Embed-RL", "",
-          "Backbones: the reasoner starts from the pretrained base (`models/embedder-base`, the `models` stage); the "
-          "`<emb>` embedders from a randomly initialised tiny model of the same family with the `<emb>` token "
-          "(`models/emb-embedder-base`).", ""]
+          "Backbones: the reasoner and the `<emb>` embedders start from the pretrained base (`models/embedder-base`, "
+          "the `models` stage), the embedders with the `<emb>` token added (`models/emb-embedder-base`, `unime reason "
+          "add-emb`).", ""]
     split = _load(P["split"] / "split.json")
     if split:
         md += [f"T-CoT match split of {split['pairs']} training pairs (teacher T-CoTs, the T-CoT match judge): "
@@ -414,7 +414,7 @@ def _embed_rl_section(demo: "Demo") -> list[str]:
     if rows:
         md += ["`unime reason eval` (MMEB-style Precision@1 ×100; one run each). Every embedder here is the `<emb>` "
                "embedder; the T-CoT embedder was trained on the contrastive split with teacher T-CoTs, the other with "
-               "the same recipe on the same records without T-CoTs. The last row is an **upper bound, not a result**: "
+               "the same recipe on the training records without T-CoTs (the input it is evaluated with). The last row is an **upper bound, not a result**: "
                "its T-CoTs come from the annotation teacher, which reads the scene annotations (the answers).", ""]
         cols = [("overall", "Overall"), ("IND", "IND"), ("OOD", "OOD")] + \
             [(k, t) for k, t in MMEB_COLUMNS if k not in ("overall", "IND", "OOD")]

@@ -217,9 +217,16 @@ def _reason_split(o: _Options) -> Callable[[], Any]:
 def _reason_materialize(o: _Options) -> Callable[[], Any]:
     from unime.embed_rl.tcot_embedder import MaterializeConfig, materialize_records_file
 
-    cfg = MaterializeConfig(records=o.get("--records"), tcots=o.get("--tcots"), out=o.get("--out"),
-                            **o.given(data_root=str))
+    cfg = MaterializeConfig(records=o.get("--records"), out=o.get("--out"),
+                            **o.given(tcots=str, no_tcots=bool, data_root=str))
     return _in_file(o, lambda: materialize_records_file(cfg))
+
+
+def _reason_add_emb(o: _Options) -> Callable[[], Any]:
+    from unime.embed_rl.tcot_embedder import AddEmbConfig, prepare_emb_checkpoint
+
+    cfg = AddEmbConfig(model=o.get("--model"), out=o.get("--out"), **o.given(device=str))
+    return _in_folder(o, lambda: prepare_emb_checkpoint(cfg))
 
 
 def _train_reasoner(o: _Options) -> Callable[[], Any]:
@@ -254,5 +261,6 @@ _CALLS: dict[str, Callable[[_Options], Callable[[], Any]]] = {
     "data synth": _data_synth, "eval reference": _eval_reference, "models build-tiny": _models_build_tiny,
     "train judge": _train_generative, "train reranker": _train_generative, "train embedder": _train_embedder,
     "mine": _mine, "eval": _eval, "reason teacher": _reason_teacher, "reason split": _reason_split,
-    "reason materialize": _reason_materialize, "train reasoner": _train_reasoner, "reason eval": _reason_eval,
+    "reason materialize": _reason_materialize, "reason add-emb": _reason_add_emb, "train reasoner": _train_reasoner,
+    "reason eval": _reason_eval,
 }

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
-from unime.errors import DataError
+from unime.errors import DataError, UsageError
 from unime.models.loading import DeviceOptions
 from unime.options import option
 
@@ -88,18 +88,21 @@ def _tcot_for(index: dict, rec: Record, i: int, side: str, *, source: str | None
 
 def reasoned_records(records: Sequence[Record], tcot_rows, loader, *, source: str | None = None) -> list[Record]:
     """Records whose query / positive are `reasoned_item`s (negatives dropped: the T-CoT contrastive stage
-    uses in-batch negatives)."""
+    uses in-batch negatives). `tcot_rows=None`: no reasoning, each item with the summary prompt only — the
+    input the same embedder sees without T-CoTs (`unime reason eval --tcots none`)."""
     from unime.reasoning.embed_inputs import reasoned_item
     from unime.reasoning.reasoner import tcot_index
 
-    index = tcot_index(tcot_rows)
+    index = tcot_index(tcot_rows) if tcot_rows is not None else None
+
+    def tcot(rec, i, side):
+        return None if index is None else _tcot_for(index, rec, i, side, source=source)
+
     out = []
     for i, rec in enumerate(records):
         rid = rec.id or str(i)
-        q = reasoned_item(rec.query, _tcot_for(index, rec, i, "query", source=source), loader, on_invalid="raise",
-                          record=rid)
-        p = reasoned_item(rec.positive, _tcot_for(index, rec, i, "target", source=source), loader,
-                          on_invalid="raise", record=rid)
+        q = reasoned_item(rec.query, tcot(rec, i, "query"), loader, on_invalid="raise", record=rid)
+        p = reasoned_item(rec.positive, tcot(rec, i, "target"), loader, on_invalid="raise", record=rid)
         out.append(Record(query=q, positive=p, dataset=rec.dataset, id=rid))
     return out
 
@@ -207,7 +210,10 @@ class MaterializeConfig:
     """Options of `unime reason materialize` (`unime.options`)."""
 
     records: str = option(help="records (unime JSONL / Parquet / UniME-V2 JSON)")
-    tcots: str = option(help="T-CoT JSONL (teacher or generate)")
+    tcots: str | None = option(None, "T-CoT JSONL (teacher or generate)", exclusive="tcots", exclusive_required=True)
+    no_tcots: bool = option(False, "no reasoning: each item with the summary prompt only, the input `unime reason "
+                            "eval --tcots none` embeds (the training records of the embedder without T-CoT)",
+                            exclusive="tcots")
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)")
     out: str = option(help="output records (.parquet: evidence crops are stored inline)")
 
@@ -220,8 +226,10 @@ def materialize_records_file(cfg: MaterializeConfig) -> int:
     from unime.data.roots import resolve_data_root
     from unime.reasoning.reasoner import read_tcot_rows
 
+    if (cfg.tcots is None) == (not cfg.no_tcots):
+        raise UsageError("give --tcots FILE or --no-tcots", command="reason materialize")
     recs = read_records(cfg.records)
-    out_recs = reasoned_records(recs, read_tcot_rows(cfg.tcots),
+    out_recs = reasoned_records(recs, None if cfg.no_tcots else read_tcot_rows(cfg.tcots),
                                 ImageLoader(resolve_data_root(cfg.records, cfg.data_root)), source=cfg.records)
     return write_records(out_recs, cfg.out)
 
