@@ -319,3 +319,70 @@ def test_grpo_skip_policy_counts_bad_records_and_trains_on_the_rest(world, tiny_
     assert "skipped 2 record(s)" in out, out
     summary = json.loads((tmp_path / "skip" / "grpo_summary.json").read_text())
     assert summary["skipped_records"]["total"] == 2 and summary["steps"] == 1
+
+
+class _StubScorer:
+    """Stands in for a Yes/No judge (`JudgeScorer.score_pairs`): P(Yes) 0.9 when both sides name the same pair
+    in their T-CoT ("pair rK"), else 0.2, or `fixed(query, candidate)` when given; records the pairs."""
+
+    def __init__(self, fixed=None):
+        self.pairs, self.fixed = [], fixed
+
+    def score_pairs(self, pairs):
+        self.pairs += list(pairs)
+        tag = lambda it: it.text.rsplit("pair ", 1)[-1]
+        return np.array([self.fixed(q, c) if self.fixed else (0.9 if tag(q) == tag(c) else 0.2) for q, c in pairs])
+
+
+def test_scored_process_pick_shows_items_with_their_tcots_and_takes_the_highest():
+    """`--process-pick score`: each completion shown as its item + T-CoT (`tcot_judge_item`, what the T-CoT match
+    judge was trained on), the pick the candidate of highest P(Yes); r_proc = margin iff it is a same-pair rollout."""
+    from unime.embed_rl.grpo import ScoredPick
+    from unime.embed_rl.tcot_embedder import tcot_judge_item
+    from unime.reasoning.rewards import RolloutLayout
+
+    pair_ids = ["r0"] * 4 + ["r1"] * 4
+    sides = ["query", "query", "positive", "positive"] * 2
+    texts = [f"<thinking>{{}}</thinking> pair {p}" for p in pair_ids]
+    items = [Item(text=f"q {p}") if s == "query" else Item(text=f"<|image_1|>\nP {p}", images=(f"{p}.png",))
+             for p, s in zip(pair_ids, sides)]
+    layout = RolloutLayout.from_completion_keys(pair_ids, sides, 2)
+    S = np.eye(4)  # query rollouts x positive rollouts
+    margin = np.arange(1.0, 9.0)
+    scorer = _StubScorer()
+    reward = EmbedRLReward(embedder=None, judge=ScoredPick(scorer), group_size=2, seed=0)
+    proc, parsed, picked_pos = reward.process(texts, items, S, layout, margin)
+    np.testing.assert_allclose(proc, margin)  # every pick a same-pair rollout
+    assert (parsed, picked_pos) == (1.0, 1.0)
+    shown = {(q.key, c.key) for q, c in scorer.pairs}
+    assert len(scorer.pairs) == 8 * 4  # each completion against the other side's 4 rollouts (B = 2)
+    want = [tcot_judge_item(it, t) for it, t in zip(items, texts)]
+    assert all(any(q.key == w.key for w in want) and any(c.key == w.key for w in want) for q, c in scorer.pairs)
+    assert (want[0].key, want[2].key) in shown and want[0].text == "q r0\n" + texts[0]
+    assert want[2].images == ("r0.png",)
+    # a judge that prefers the other pair's rollouts: no process reward
+    wrong = _StubScorer(fixed=lambda q, c: 0.2 if q.text.rsplit("pair ", 1)[-1] == c.text.rsplit("pair ", 1)[-1]
+                        else 0.9)
+    proc, parsed, picked_pos = EmbedRLReward(embedder=None, judge=ScoredPick(wrong), group_size=2,
+                                             seed=0).process(texts, items, S, layout, margin)
+    np.testing.assert_allclose(proc, 0.0)
+    assert (parsed, picked_pos) == (1.0, 0.0)
+
+
+def test_a_process_judge_whose_answers_never_parse_is_reported(caplog):
+    from unime.reasoning.rewards import RolloutLayout
+
+    class YesNo:  # a Yes/No judge asked for a number
+        def pick(self, queries, candidate_lists, max_new_tokens=8):
+            return [None] * len(queries)
+
+    pair_ids, sides = ["r0"] * 4 + ["r1"] * 4, ["query", "query", "positive", "positive"] * 2
+    layout = RolloutLayout.from_completion_keys(pair_ids, sides, 2)
+    reward = EmbedRLReward(embedder=None, judge=YesNo(), group_size=2)
+    with caplog.at_level("WARNING", logger="unime.embed_rl.grpo"):
+        proc, parsed, _ = reward.process(["t"] * 8, [Item(text="x")] * 8, np.eye(4), layout, np.ones(8))
+        reward.process(["t"] * 8, [Item(text="x")] * 8, np.eye(4), layout, np.ones(8))
+    np.testing.assert_allclose(proc, 0.0)
+    assert parsed == 0.0
+    warnings = [r.getMessage() for r in caplog.records if "none of the process judge's" in r.getMessage()]
+    assert len(warnings) == 1 and "--process-pick score" in warnings[0]  # once, not every step

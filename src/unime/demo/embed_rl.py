@@ -185,7 +185,9 @@ def run_embed_rl(demo: "Demo") -> None:
 
     demo.stage("er-grpo", [P["grpo"] / "grpo_summary.json"], lambda c: demo.run_command("train reasoner", {
         "--stage": "grpo", "--model": P["sft"] / "merged", "--embedder": P["tcot"] / "merged",
-        "--process-judge": P["judge"] / "merged", "--records": P["split"] / "rl.jsonl", "--data-root": world,
+        # the process reward's pick by the T-CoT match judge, a Yes/No judge: it scores each candidate
+        "--process-judge": P["judge"] / "merged", "--process-pick": "score", "--records": P["split"] / "rl.jsonl",
+        "--data-root": world,
         "--out": P["grpo"], "--max-steps": s.er_grpo_steps, "--num-generations": s.er_generations,
         "--pairs-per-batch": 2, "--grpo-epochs": s.er_grpo_epochs, "--lr": s.er_grpo_lr,
         "--max-completion-length": s.er_max_new_tokens, "--seed": 0, **dev}, c))

@@ -243,7 +243,7 @@ def _train_reasoner(o: _Options) -> Callable[[], Any]:
 
     grpo = GRPOStageConfig(
         embedder=o.get("--embedder"), records=o.get("--records"), **common,
-        **o.given(process_judge=str, max_steps=int, num_generations=int, pairs_per_batch=int,
+        **o.given(process_judge=str, process_pick=str, max_steps=int, num_generations=int, pairs_per_batch=int,
                   epochs=("--grpo-epochs", int), max_completion_length=int))
     return lambda: train_reasoner_grpo(grpo)
 

@@ -191,9 +191,9 @@ class RewardLog:
 class EmbedRLReward:
     """TRL reward function: r = w_fmt·r_fmt + w_out·r_out + w_proc·r_proc per completion (SPEC 2.3).
 
-    Needs the dataset columns `pair_id`, `side` and `item` (see `grpo_rows`). `judge` is a `Reasoner`
-    (any generative checkpoint) used for the listwise process pick; it may be None only if the process
-    weight is 0.
+    Needs the dataset columns `pair_id`, `side` and `item` (see `grpo_rows`). `judge` makes the process pick: a
+    `Reasoner` (any generative checkpoint, asked for a number) or a `ScoredPick` (a Yes/No judge scoring each
+    candidate); it may be None only if the process weight is 0.
     """
 
     __name__ = "embed_rl"
@@ -215,6 +215,7 @@ class EmbedRLReward:
         self.reward_log = reward_log if reward_log is not None else RewardLog()
         self.calls = 0
         self.last: dict[str, Any] | None = None
+        self._warned_unparsed = False
 
     def layout(self, pair_id: Sequence[Any], side: Sequence[str]):
         from unime.reasoning.rewards import RolloutLayout
@@ -260,29 +261,43 @@ class EmbedRLReward:
         fmt = np.asarray(format_reward(texts), dtype=np.float64)
         E = self.embedder.encode(list(items), list(texts))
         oc = layout.outcome_rewards(E, neg_temperature=self.neg_temperature, scale=self.outcome_scale)
-        proc, parsed, picked_pos = self.process(texts, layout.similarity_matrix(E), layout, oc.margin, step=step)
+        proc, parsed, picked_pos = self.process(texts, items, layout.similarity_matrix(E), layout, oc.margin,
+                                                step=step)
         total = combine_rewards(fmt, oc.reward, proc, self.weights)
         return {"format": float(fmt.mean()), "outcome": float(oc.reward.mean()), "process": float(np.mean(proc)),
                 "total": float(np.mean(total)), "acc": float(oc.acc.mean()), "margin": float(oc.margin.mean()),
                 "judge_parsed": parsed, "judge_picked_positive": picked_pos, "total_per_completion": total,
                 "per_completion": {"format": fmt, "outcome": oc.reward, "process": proc, "margin": oc.margin}}
 
-    def process(self, texts: Sequence[str], S: np.ndarray, layout, margin: np.ndarray, *, step: int = 0):
-        """r_proc per completion, the fraction of parsable judge answers, the fraction of positive picks."""
+    def process(self, texts: Sequence[str], items: Sequence[Item], S: np.ndarray, layout, margin: np.ndarray, *,
+                step: int = 0):
+        """r_proc per completion, the fraction of parsable judge answers, the fraction of positive picks.
+        A `ScoredPick` judge sees each completion with its item (`tcot_judge_item`); a generative one the
+        completion texts (`Reasoner.pick`)."""
+        from unime.embed_rl.tcot_embedder import tcot_judge_item
         from unime.reasoning.rewards import process_candidates, process_reward
 
         n = len(texts)
         if self.judge is None or self.weights[2] == 0:
             return np.zeros(n), float("nan"), float("nan")
         rng = np.random.default_rng([self.seed, step])
-        cand_lists, masks = [], []
+        cand_rows, masks = [], []
         for row in range(n):
             cands, mask = process_candidates(row, S, layout, n_hard=self.hard_negative_pairs, rng=rng)
-            cand_lists.append([texts[c] for c in cands])
+            cand_rows.append(cands)
             masks.append(mask)
-        picks = self.judge.pick([texts[i] for i in range(n)], cand_lists, max_new_tokens=self.judge_max_new_tokens)
+        if isinstance(self.judge, ScoredPick):
+            shown = [tcot_judge_item(item, text) for item, text in zip(items, texts)]
+            picks = self.judge.pick(shown, [[shown[c] for c in cands] for cands in cand_rows])
+        else:
+            picks = self.judge.pick(list(texts), [[texts[c] for c in cands] for cands in cand_rows],
+                                    max_new_tokens=self.judge_max_new_tokens)
         proc = np.array([process_reward(p, m, margin[i]) for i, (p, m) in enumerate(zip(picks, masks))])
         parsed = [p for p in picks if p is not None]
+        if n and not parsed and not self._warned_unparsed:
+            self._warned_unparsed = True
+            log.warning("none of the process judge's %d answers names a candidate: the process reward is 0 for every "
+                        "completion (a Yes/No judge? --process-pick score lets it score the candidates)", n)
         picked_pos = [bool(masks[i][p]) for i, p in enumerate(picks) if p is not None]
         return proc, len(parsed) / n, (float(np.mean(picked_pos)) if picked_pos else 0.0)
 
@@ -326,6 +341,25 @@ def prepare_policy_processor(processor):
 
 
 REWARD_WEIGHTS = (0.05, 0.8, 0.2)  # format, outcome, process
+PROCESS_PICKS = ("generate", "score")
+
+
+class ScoredPick:
+    """The process judge as a Yes/No scorer (`--process-pick score`): for each query rollout, P(Yes) of every
+    (query, candidate) pair (`JudgeScorer.score_pairs`, the query's prefix shared), the pick the highest (the first
+    of equal scores; the candidates come in a random order, `process_candidates`)."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer  # a JudgeScorer
+
+    def pick(self, queries: Sequence[Item], candidate_lists: Sequence[Sequence[Item]]) -> list[int]:
+        pairs = [(q, c) for q, cands in zip(queries, candidate_lists) for c in cands]
+        scores = np.asarray(self.scorer.score_pairs(pairs), dtype=np.float64) if pairs else np.zeros(0)
+        out, at = [], 0
+        for cands in candidate_lists:
+            out.append(int(np.argmax(scores[at:at + len(cands)])))
+            at += len(cands)
+        return out
 
 
 @dataclass(kw_only=True)
@@ -338,8 +372,13 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions,
     records: str = option(help="(query, positive) records for RL (grpo), e.g. the split's rl.jsonl", cli_default=None,
                           group="grpo")
     embedder: str = option(help="frozen <emb> embedder (the reward model)", cli_default=None, group="grpo")
-    process_judge: str | None = option(None, "generative checkpoint for the process reward's pick (default: a frozen "
-                                       "copy of --model)", group="grpo")
+    process_judge: str | None = option(None, "checkpoint for the process reward's pick (default: a frozen copy of "
+                                       "--model)", group="grpo")
+    process_pick: str = option("generate", "how the process judge picks: generate (the paper's: it is asked for the "
+                               "number of the most relevant candidate) or score (a Yes/No judge, e.g. the T-CoT "
+                               "match judge of `unime train judge`: P(Yes) of each (query, candidate) pair, each "
+                               "item followed by its T-CoT as `unime reason split` shows them; the highest is the "
+                               "pick)", choices=list(PROCESS_PICKS), group="grpo")
     num_generations: int = option(4, "group size n (default %(default)s)", group="grpo")
     pairs_per_batch: int = option(2, "(query, positive) pairs per step (>= 2)", group="grpo")
     epochs: int = option(1, "passes over the pairs (each reshuffled)", dest="grpo_epochs", group="grpo")
@@ -456,7 +495,15 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     for p in embedder.embedder.model.parameters():
         p.requires_grad_(False)
     judge = None
-    if cfg.weights[2] != 0:
+    if cfg.weights[2] != 0 and cfg.process_pick == "score":
+        from unime.models.judge import JudgeScorer
+
+        scorer = JudgeScorer.from_pretrained(cfg.process_judge or cfg.model, device=policy.device, dtype=cfg.dtype,
+                                             data_root=data_root)
+        for p in scorer.model.parameters():
+            p.requires_grad_(False)
+        judge = ScoredPick(scorer)
+    elif cfg.weights[2] != 0:
         judge = Reasoner.from_pretrained(cfg.process_judge or cfg.model, device=policy.device, dtype=cfg.dtype,
                                          data_root=data_root)
         for p in judge.model.parameters():
