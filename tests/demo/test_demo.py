@@ -389,6 +389,12 @@ def test_a_first_default_demo_estimates_from_the_shipped_reference_run(tmp_path,
     # other settings: neither recorded times nor a reference
     other = Demo(tmp_path / "b", DemoSettings(embed_steps=81), progress=lambda m: None, timings=tmp_path / "t.json")
     assert "no recorded stage times yet" in other.progress_line("world", starting=True)
+    # `--embed-rl`: its stages from the reference run too
+    er = Demo(tmp_path / "c", DemoSettings(), progress=lambda m: None, timings=tmp_path / "none.json", embed_rl=True)
+    assert set(er.planned_stages()) == set(ref["stages"]) | set(ref["embed_rl_stages"])
+    total = sum(ref["stages"].values()) + sum(ref["embed_rl_stages"].values()) + sum(ref["pretraining"].values())
+    line = er.progress_line("world", starting=True)
+    assert f"remaining ≈ {_clock(total)} (partly from a reference run on 2 CPU cores)" in line, line
 
 
 def pipeline_module():

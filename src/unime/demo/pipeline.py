@@ -346,7 +346,8 @@ class Demo:
         ref = reference_times(self.s)
         seconds, from_ref = self.timings.get(name), False
         if seconds is None and ref is not None:
-            seconds, from_ref = ref["stages"].get(name), name in ref["stages"]
+            stages = {**ref["stages"], **ref.get("embed_rl_stages", {})}
+            seconds, from_ref = stages.get(name), name in stages
         if name != "models" or seconds is None:
             return seconds, from_ref
         from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe, uncached
