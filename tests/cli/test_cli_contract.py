@@ -97,6 +97,24 @@ def test_flags_from_a_config_mean_what_they_say(tmp_path):
     assert parse(base + ["--config", _cfg(tmp_path, "resume: true\n")]).resume is True
 
 
+def test_key_value_options_from_a_config_as_a_list_or_a_mapping(tmp_path):
+    """`trainer_arg` (`--trainer-arg KEY=VALUE`, repeatable) from YAML: a list of KEY=VALUE strings, or a mapping whose
+    values keep their YAML types through the option's own parsing."""
+    from unime.options import key_value_pairs
+
+    base = ["train", "embedder", "--model", "m", "--records", "r.jsonl", "--out", "o"]
+    args = parse(base + ["--config", _cfg(tmp_path, "trainer_arg: [adam_beta2=0.95, report_to=wandb]\n")])
+    assert args.trainer_arg == ["adam_beta2=0.95", "report_to=wandb"]
+    text = ("trainer-arg:\n  adam_beta2: 0.95\n  report_to: [wandb]\n  fsdp: full_shard auto_wrap\n"
+            "  lr_scheduler_kwargs: {num_cycles: 2}\n  run_name: 'true'\n")
+    args = parse(base + ["--config", _cfg(tmp_path, text)])
+    assert key_value_pairs(args.trainer_arg, "--trainer-arg") == {
+        "adam_beta2": 0.95, "report_to": ["wandb"], "fsdp": "full_shard auto_wrap",
+        "lr_scheduler_kwargs": {"num_cycles": 2}, "run_name": "true"}
+    args = parse(MINE + ["--config", _cfg(tmp_path, "vllm_engine_arg: {tensor_parallel_size: 8}\n")])
+    assert args.vllm_engine_arg == ["tensor_parallel_size=8"]
+
+
 def test_required_options_may_come_from_the_config(tmp_path):
     cfg = _cfg(tmp_path, "records: r.jsonl\nembedder: e\njudge: j\nout: o\n")
     args = parse(["mine", "--config", cfg])

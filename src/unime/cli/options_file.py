@@ -9,6 +9,7 @@ come from the file. Any violation is a `ConfigError` naming the file and the key
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
@@ -106,6 +107,8 @@ def _convert(actions: list[argparse.Action], value: Any, *, path: str, key: str)
             return value
         return action.const if _flag(value, path=path, key=key) else action.default
     if isinstance(action, (argparse._AppendAction,)) or action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        if isinstance(value, dict) and action.metavar == "KEY=VALUE":  # `trainer_arg: {report_to: wandb}`
+            value = [f"{k}={json.dumps(v)}" for k, v in value.items()]  # JSON: read back as the same YAML value
         items = value if isinstance(value, list) else [value]
         return [_scalar(action, v, path=path, key=key) for v in items]
     if action.nargs == "?":  # e.g. --resume [CHECKPOINT]: a flag or a value
