@@ -414,8 +414,9 @@ def _embed_rl_section(demo: "Demo") -> list[str]:
     if rows:
         md += ["`unime reason eval` (MMEB-style Precision@1 ×100; one run each). Every embedder here is the `<emb>` "
                "embedder; the T-CoT embedder was trained on the contrastive split with teacher T-CoTs, the other with "
-               "the same recipe on the training records without T-CoTs (the input it is evaluated with). The last row is an **upper bound, not a result**: "
-               "its T-CoTs come from the annotation teacher, which reads the scene annotations (the answers).", ""]
+               "the same recipe on the training records without T-CoTs (the input it is evaluated with). The last row "
+               "is an **upper bound, not a result**: its T-CoTs come from the annotation teacher, which reads the scene "
+               "annotations (the answers).", ""]
         cols = [("overall", "Overall"), ("IND", "IND"), ("OOD", "OOD")] + \
             [(k, t) for k, t in MMEB_COLUMNS if k not in ("overall", "IND", "OOD")]
         md += _table(rows, cols)
