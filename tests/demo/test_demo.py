@@ -424,3 +424,37 @@ def test_report_names_the_judge_training_records_only_when_the_judge_was_trained
     assert "Judge training records: 7 from 5 queries" in trained
     assert "Judge training records" not in zero_shot
     assert "filtered as false negatives: 1 (3.3 %)" in zero_shot and "filtered as false negatives: 1 (3.3 %)" in trained
+
+
+def test_a_demo_folder_made_with_other_settings_is_not_resumed(tmp_path):
+    """Resuming reuses the finished stages as they are: a folder whose settings.json differs (but in the seeds or
+    the weak-judge switch) is refused, naming the settings, before anything runs; keys only one side names (an older
+    or newer unime's) are not compared."""
+    from dataclasses import asdict, replace
+
+    from unime.demo.pipeline import Demo, DemoSettings, changed_settings
+    from unime.errors import UsageError
+
+    s = DemoSettings.preset("quick")
+    recorded = json.loads(json.dumps(asdict(s)))
+    assert changed_settings(recorded, asdict(s)) == {}
+    assert changed_settings(recorded, asdict(replace(s, seeds=(0, 1, 2), stop_on_weak_judge=True))) == {}
+    assert changed_settings({**recorded, "hidden": 128}, asdict(s)) == {}  # a setting this unime no longer has
+    assert changed_settings(recorded, asdict(replace(s, family="qwen3_vl", er_grpo_steps=30))) == {
+        "er_grpo_steps": (2, 30), "family": ("qwen2_vl", "qwen3_vl")}
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps(recorded))
+    with pytest.raises(UsageError, match=r"^demo: .* holds a demo run made with other settings \(family 'qwen2_vl' → "
+                                         r"'qwen3_vl'\); .* --fresh"):
+        Demo(out, replace(s, family="qwen3_vl"), progress=lambda m: None).run()
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json"]  # nothing ran
+    Demo(out, s, progress=lambda m: None).check_settings()  # the same settings resume
+    # the Embed-RL group's settings count only where it runs or ran
+    other_er = replace(s, er_grpo_steps=30)
+    Demo(out, other_er, progress=lambda m: None).check_settings()
+    with pytest.raises(UsageError, match=r"er_grpo_steps 2 → 30"):
+        Demo(out, other_er, progress=lambda m: None, embed_rl=True).check_settings()
+    (out / "er").mkdir()
+    with pytest.raises(UsageError, match=r"er_grpo_steps 2 → 30"):
+        Demo(out, other_er, progress=lambda m: None).check_settings()

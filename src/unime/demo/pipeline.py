@@ -380,7 +380,25 @@ class Demo:
             raise DemoStopped(stop_message(gate, mined_dir))
         self.say("[demo] WARNING (continuing, weak judge allowed): " + "; ".join(gate.reasons()))
 
+    def check_settings(self) -> None:
+        """Refuse to resume a demo folder made with other settings (`changed_settings`): its finished stages would
+        be reused as they are, mixed with stages run with these (`--fresh` starts over)."""
+        from unime.errors import UsageError
+
+        path = self.out / "settings.json"
+        if not path.is_file():
+            return
+        changed = changed_settings(json.loads(path.read_text()), asdict(self.s))
+        if not (self.embed_rl or self.p("er").exists()):  # the Embed-RL group's settings matter only with it
+            changed = {k: v for k, v in changed.items() if not k.startswith("er_")}
+        if changed:
+            diff = ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in changed.items())
+            raise UsageError(f"{self.out} holds a demo run made with other settings ({diff}); its finished stages "
+                             "would be reused as they are. Start over with --fresh, or give another --out",
+                             command="demo")
+
     def run(self) -> Path:
+        self.check_settings()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "settings.json").write_text(json.dumps(asdict(self.s), indent=1))
         s, dev = self.s, {"--device": self.device}
@@ -569,6 +587,19 @@ EMBED_RL_STAGES = ["er-models", "er-teacher", "er-judge-data", "er-judge", "er-s
 def _clock(seconds: float) -> str:
     m, sec = divmod(int(round(seconds)), 60)
     return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
+
+
+# settings a demo folder may be resumed with changed: each seed's outputs are its own (more or fewer seeds reuse the
+# others), and `--allow-weak-judge` is how a run stopped by the judge check goes on
+RESUMABLE_SETTINGS = {"seeds", "stop_on_weak_judge"}
+
+
+def changed_settings(recorded: dict, current: dict) -> dict[str, tuple]:
+    """{setting: (recorded, current)} for the settings both name whose values differ, but `RESUMABLE_SETTINGS`
+    (a setting only one of them names — one an older or newer unime has — is not compared)."""
+    now = json.loads(json.dumps(current))  # tuples as the recorded JSON has them
+    return {k: (recorded[k], now[k]) for k in sorted(recorded.keys() & now.keys())
+            if k not in RESUMABLE_SETTINGS and recorded[k] != now[k]}
 
 
 def reference_times(settings: DemoSettings) -> dict | None:
