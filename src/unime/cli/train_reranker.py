@@ -11,10 +11,13 @@ from unime.cli.train import register_train_action
 
 def _add_parser(actions, role: str, **texts) -> None:
     from unime.cli.train import TRAIN_GROUPS
+    from unime.models.hf_arguments import TRAINER_ARGS_GROUP
     from unime.train.reranker_trainer import RerankerTrainConfig
 
     p = actions.add_parser(role, **texts)
-    add_options(p, RerankerTrainConfig, groups=(*TRAIN_GROUPS[:-1], role, TRAIN_GROUPS[-1]), default_group="parameters")
+    # the role's own group before the pass-through one
+    groups = (*(g for g in TRAIN_GROUPS if g != TRAINER_ARGS_GROUP), role, TRAINER_ARGS_GROUP)
+    add_options(p, RerankerTrainConfig, groups=groups, default_group="parameters")
     add_config_option(p)
     p.set_defaults(func=_train, role=role)
 
