@@ -27,6 +27,7 @@ FLOORS = {
     "unime.train": 4, "unime.embed_rl": 4,
     "unime.demo": 5,
     "unime.cli": 6,
+    "unime.__main__": 7,  # `python -m unime`: the command line, run
 }
 # `unime/__init__.py` is the public facade (`from unime import Embedder`, lazily): above everything,
 # and nothing in the package imports it.

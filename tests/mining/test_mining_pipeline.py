@@ -367,3 +367,29 @@ def test_a_resumed_run_reports_the_judge_work_of_the_whole_run(mined, dataset, t
     assert whole["pairs_scored_fast"] + whole["pairs_scored_reference"] == \
         straight["pairs_scored_fast"] + straight["pairs_scored_reference"]
     assert (out / "mined.parquet").read_bytes() == (mined.out / "mined.parquet").read_bytes()
+
+
+@pytest.mark.slow  # `unime mine` as two torchrun processes (~1.5 min on 2 busy cores)
+def test_two_processes_under_torchrun_split_the_judge_shards_and_write_what_one_process_writes(
+        mined, dataset, tiny_model_dir, tmp_path):
+    out = tmp_path / "ranks"
+    args = _mine_cmd(dataset, tiny_model_dir, out)[3:]  # the options after `python -c SCRIPT`
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "unime",
+           *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("records mined") == 1  # rank 0 reports, rank 1 is silent
+    ranks = {}
+    for path in sorted((out / "judge").glob("shard-*.parquet")):
+        ranks[path.name] = pq.read_schema(path).metadata[b"unime.rank"].decode()
+    # 9 records in shards of 2: rank 0 scores shards 0, 2, 4 and rank 1 shards 1, 3
+    assert ranks == {f"shard-{i:05d}.parquet": str(i % 2) for i in range(5)}
+    for name in ("mined.json", "mined.parquet", "audit.parquet", "retrieval.parquet"):
+        assert (out / name).read_bytes() == (mined.out / name).read_bytes(), name
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["judge"]["pairs_requested"] == mined.stats["judge"]["pairs_requested"]
+    # a re-run under torchrun finds the run finished; a re-run as one process too
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished earlier") == 1

@@ -48,6 +48,8 @@ def _mine(args) -> int:
     except ValueError as e:
         raise UsageError(str(e), command="mine") from None
     result = run_mining(cfg)
+    if result is None:  # a process other than rank 0 under torchrun: rank 0 reports
+        return 0
     s = result.stats
     if result.finished_before:
         print(f"{result.out}: finished earlier with the same options and inputs; nothing to do "

@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from unime.index.ann import INDEX_KINDS, AnnOptions
 from unime.mining.backends import JudgeBackend, JudgeOptions, JudgeSpec, make_backend
 from unime.mining.inputs import MiningInputs, load_inputs
 from unime.mining.manifest import Manifest, judge_hash, retrieval_hash, run_hash
+from unime.mining.ranks import Ranks
 from unime.mining.retrieval import IndexConfig
 from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL
 from unime.mining.stages import is_number, run_judge, run_retrieval, run_sampling, write_outputs
@@ -132,10 +134,13 @@ class MiningRun:
     The run's identity and record live in `unime.mining.manifest`, the stages in `unime.mining.stages`;
     this class holds what they share (inputs, models, timings) and writes the statistics and report."""
 
-    def __init__(self, config: MineConfig, *, backend: JudgeBackend | None = None, embedder=None):
+    def __init__(self, config: MineConfig, *, backend: JudgeBackend | None = None, embedder=None,
+                 ranks: Ranks = Ranks()):
         self.config = config
+        self.ranks = ranks
         self.out = Path(config.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if ranks.primary:  # the others read what rank 0 writes
+            self.out.mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.out / "manifest.json")
         self._backend = backend
         self._embedder = embedder
@@ -165,7 +170,8 @@ class MiningRun:
         return self._embedder
 
     def judge_spec(self) -> JudgeSpec:
-        return self.config.judge_spec(self.config.judge, self.config.resolved_data_root)
+        spec = self.config.judge_spec(self.config.judge, self.config.resolved_data_root)
+        return replace(spec, device=self.ranks.device(spec.device))  # one GPU per process under torchrun
 
     def backend(self) -> JudgeBackend:
         if self._backend is None:
@@ -175,22 +181,41 @@ class MiningRun:
             self._backend = make_backend(self.config.backend, self.judge_spec(), **opts)
         return self._backend
 
-    def run(self) -> MineResult:
+    def run(self) -> MineResult | None:
+        """The run (see the module doc); None on a process other than rank 0 under torchrun (`unime.mining.ranks`:
+        rank 0 reads the inputs, writes the manifest and retrieves first; every rank scores its judge shards)."""
         from unime.mining import report
         from unime.mining.health import label_health
 
-        c = self.config
+        c, ranks = self.config, self.ranks
         t_start = time.perf_counter()
-        self.load_inputs()
-        if self.manifest.open_run(c, self.inputs, self.config_hash):
+        finished = None
+        if ranks.primary:
+            self.load_inputs()
+            finished = self.manifest.open_run(c, self.inputs, self.config_hash)
+        if ranks.share(finished):
+            if not ranks.primary:
+                return None
             stats = json.loads((self.out / "stats.json").read_text(encoding="utf-8"))
             log.info("%s: this run finished earlier (same options and inputs); nothing to do", self.out)
             return MineResult(out=self.out, n_records=stats["records"], n_mined=stats["mined"], stats=stats,
                               finished_before=True)
-        r_hash = self.retrieval_hash()
-        retrieval = run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times)
+        r_hash = None
+        if ranks.primary:
+            r_hash = self.retrieval_hash()
+            retrieval = run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times)
+        ranks.barrier()
+        if not ranks.primary:  # rank 0's inputs (image digests cached), manifest and retrieval, read from disk
+            self.load_inputs()
+            self.manifest = Manifest(self.out / "manifest.json")
+            r_hash = self.retrieval_hash()
+            retrieval = run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times)
         judged = run_judge(c, self.data, self.manifest, judge_hash(c, self.inputs, r_hash), retrieval, self.backend,
-                           self.times)
+                           self.times, ranks)
+        if judged is None:  # another rank: its shards are written
+            if self._backend is not None:
+                self._backend.close()
+            return None
         mined, audit_rows, sstats = run_sampling(c, self.data, retrieval, judged.scores, self.times)
         audit = None
         if c.audit:
@@ -223,9 +248,14 @@ class MiningRun:
         return MineResult(out=self.out, n_records=len(self.records), n_mined=len(mined), stats=stats)
 
 
-def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embedder=None) -> MineResult:
+def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embedder=None) -> MineResult | None:
     """Run (or resume) the mining pipeline described in the module doc, in an output folder it owns and
-    holds locked (`unime.outdir`: a folder with files mining did not write is refused)."""
-    with claim(config.out, "mine", {k: v for k, v in asdict(config).items() if k != "show_progress"},
-               overwrite=config.overwrite):
-        return MiningRun(config, backend=backend, embedder=embedder).run()
+    holds locked (`unime.outdir`: a folder with files mining did not write is refused). Under torchrun every
+    process calls it (`unime.mining.ranks`): rank 0 owns the folder and returns the result, the others None."""
+    ranks = Ranks.from_env()
+    ranks.check_backend(config.backend)
+    ranks.start()
+    owner = claim(config.out, "mine", {k: v for k, v in asdict(config).items() if k != "show_progress"},
+                  overwrite=config.overwrite) if ranks.primary else nullcontext()
+    with owner:
+        return MiningRun(config, backend=backend, embedder=embedder, ranks=ranks).run()

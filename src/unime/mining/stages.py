@@ -22,6 +22,7 @@ from unime.errors import DataError, UnimeError
 from unime.index.ann import DEFAULT_RECALL_SAMPLE, measure_recall, recall_summary
 from unime.mining.backends import JudgeBackend
 from unime.mining.manifest import Manifest
+from unime.mining.ranks import Ranks
 from unime.mining.retrieval import RetrievalResult, build_index, search_hard_negatives
 from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
 from unime.outdir import require_replaceable
@@ -125,26 +126,34 @@ def shard_groups(data: MiningInputs, retrieval: RetrievalResult, shard: int, sha
 
 
 def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: str, retrieval: RetrievalResult,
-              backend: Callable[[], JudgeBackend], times: dict[str, float]) -> JudgeScores:
-    """Score the shards not on disk yet with `backend()` (called only when there are some), then read all."""
+              backend: Callable[[], JudgeBackend], times: dict[str, float], ranks: Ranks = Ranks()) \
+        -> JudgeScores | None:
+    """Score the shards not on disk yet with `backend()` (called only when there are some), then read all.
+    Under several processes (`unime.mining.ranks`) each scores its share of them; rank 0 prepares the folder
+    and reads the scores, the others return None."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out = manifest.path.parent
     jdir = out / "judge"
     n_shards = (len(data.records) + c.shard_size - 1) // c.shard_size
-    if manifest.stage("judge").get("hash") != stage_hash and jdir.exists():
-        require_replaceable(out, "judge")  # never a judge/ folder mining did not write
-        log.info("judge: configuration changed, discarding %s", jdir)
-        shutil.rmtree(jdir)
-    jdir.mkdir(parents=True, exist_ok=True)
-    for stale in jdir.glob(".*.tmp-*"):  # leftovers of a killed write
-        stale.unlink(missing_ok=True)
-    manifest.set_stage("judge", {"hash": stage_hash, "n_shards": n_shards, "shard_size": c.shard_size})
+    if ranks.primary:
+        if manifest.stage("judge").get("hash") != stage_hash and jdir.exists():
+            require_replaceable(out, "judge")  # never a judge/ folder mining did not write
+            log.info("judge: configuration changed, discarding %s", jdir)
+            shutil.rmtree(jdir)
+        jdir.mkdir(parents=True, exist_ok=True)
+        for stale in jdir.glob(".*.tmp-*"):  # leftovers of a killed write
+            stale.unlink(missing_ok=True)
+        manifest.set_stage("judge", {"hash": stage_hash, "n_shards": n_shards, "shard_size": c.shard_size})
+    ranks.barrier()
     shard_path = lambda i: jdir / f"shard-{i:05d}.parquet"  # noqa: E731
     todo = [i for i in range(n_shards) if not shard_path(i).is_file()]
-    if todo:
-        log.info("judge: %d of %d shards to score (%d done before)", len(todo), n_shards, n_shards - len(todo))
+    if todo and ranks.primary:
+        log.info("judge: %d of %d shards to score (%d done before)%s", len(todo), n_shards, n_shards - len(todo),
+                 f", spread over {ranks.world} processes" if ranks.world > 1 else "")
+    resumed = n_shards - len(todo)
+    todo = ranks.mine(todo)
     t0 = time.perf_counter()
     if todo:
         layouts = {}
@@ -173,11 +182,15 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
             table = pa.table({"query_index": pa.array(idx, pa.int64()),
                               "scores": pa.array(rows, pa.list_(pa.float64()))})
             table = table.replace_schema_metadata({"unime.seconds": f"{time.perf_counter() - started:.6f}",
-                                                   "unime.judge_stats": json.dumps(shard_stats)})
+                                                   "unime.judge_stats": json.dumps(shard_stats),
+                                                   "unime.rank": str(ranks.rank)})
             with atomic_path(shard_path(sid)) as tmp:
                 pq.write_table(table, tmp)
+    ranks.barrier()  # every process's shards are on disk
     times["judge"] = time.perf_counter() - t0
-    result = JudgeScores(scores={}, resumed_shards=n_shards - len(todo), shard_seconds=0.0)
+    if not ranks.primary:
+        return None
+    result = JudgeScores(scores={}, resumed_shards=resumed, shard_seconds=0.0)
     for i in range(n_shards):
         t = pq.read_table(shard_path(i))
         meta = t.schema.metadata or {}

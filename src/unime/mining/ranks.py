@@ -1,0 +1,87 @@
+"""`unime mine` on several processes: the judge's shards spread over the ranks of `torchrun`.
+
+    torchrun --standalone --nproc-per-node 8 --no-python unime mine --device cuda ...   # one judge per GPU
+
+Judge scoring is most of mining's work (K + 1 pairs per query). Under `torchrun` (its `RANK` / `WORLD_SIZE` /
+`LOCAL_RANK` environment) every process loads its own judge — on `cuda:LOCAL_RANK` when `--device cuda` — and
+scores every `WORLD_SIZE`-th of the shards still to do; rank 0 alone reads the inputs first (its image digests
+are the others' cache), writes the manifest, runs the retrieval (the other ranks wait, then read it from disk),
+and after the last shard filters, samples, audits and reports. A shard's scores do not depend on which process
+computed them, so at the same torch threads the outputs equal a one-process run's byte for byte, and a killed
+run resumes shard by shard under any number of processes. The ranks wait for each other with
+`torch.distributed` barriers over gloo (CPU tensors, whatever the device), allowed `BARRIER_TIMEOUT` for rank 0's
+retrieval. The `ray` and `vllm` backends spread the work themselves and are refused under several processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+from unime.errors import UsageError
+
+BARRIER_TIMEOUT = timedelta(hours=24)  # the other ranks wait that long for rank 0's retrieval of a large pool
+SHARDED_BACKENDS = ("local", "oracle")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the mining processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Ranks":
+        env = os.environ
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        if world < 1 or not 0 <= rank < world:
+            raise UsageError(f"RANK {rank} / WORLD_SIZE {world}: not a process of a torchrun group")
+        return cls(rank=rank, world=world, local_rank=int(env.get("LOCAL_RANK", str(rank))))
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+    def check_backend(self, backend: str) -> None:
+        if self.world > 1 and backend not in SHARDED_BACKENDS:
+            raise UsageError(f"--backend {backend} spreads the judge's work itself: run it as one process, not "
+                             f"under torchrun ({self.world} processes)", command="mine")
+
+    def device(self, device: str | None) -> str | None:
+        """`cuda` → this process's GPU (`cuda:LOCAL_RANK`) when there are several processes; else unchanged."""
+        if self.world > 1 and device == "cuda":
+            return f"cuda:{self.local_rank}"
+        return device
+
+    def start(self) -> None:
+        """Join the process group (gloo) if there are several processes and nobody joined it yet."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=self.rank, world_size=self.world, timeout=BARRIER_TIMEOUT)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def share(self, value):
+        """Rank 0's `value`, on every rank."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def mine(self, shards: list[int]) -> list[int]:
+        """The shards this process scores: every `world`-th, from its rank."""
+        return shards[self.rank::self.world]
