@@ -1,12 +1,13 @@
 """The demo's side-by-side commands (`unime.demo.parallel`): what worker processes write equals what the same
-stage calls write one after the other in this process, and a failing call is raised with its message."""
+stage calls write one after the other in this process, and a failing call is raised with its message; the same
+for a command run as a torchrun group (`run_ranks`: mining's judge shards over the processes)."""
 
 from __future__ import annotations
 
 import pytest
 from safetensors.torch import load_file
 
-from unime.demo.parallel import auto_jobs, run_parallel, threads_per_job
+from unime.demo.parallel import auto_jobs, run_parallel, run_ranks, threads_per_job, torchrun_line
 from unime.demo.stage_calls import run_stage_command
 
 
@@ -54,3 +55,34 @@ def test_a_failing_call_is_raised_with_its_message(tiny_model_dir, tiny_world_di
     with pytest.raises(UnimeError, match="missing.jsonl"):
         run_parallel([good, (bad_command, bad)], jobs=2, threads=1)
     assert (tmp_path / "good" / "merged").is_dir()  # the call already running finished its work
+
+
+def _mine(world, embedder, judge, out):
+    return {"--records": world / "train" / "records.jsonl", "--embedder": embedder, "--judge": judge, "--out": out,
+            "--data-root": world, "--k": 4, "--count": 2, "--device": "cpu"}
+
+
+@pytest.mark.slow  # two mining processes and one in-process run (~1 min)
+def test_mining_as_a_torchrun_group_writes_what_one_process_writes(tiny_model_dir, tiny_world_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    world, embedder, judge = tiny_world_dir(0), tiny_model_dir("qwen2_vl"), tiny_model_dir("qwen2_5_vl")
+    assert torchrun_line(2, "unime mine --k 4") == "torchrun --standalone --nproc-per-node 2 -m unime mine --k 4"
+    run_ranks("mine", _mine(world, embedder, judge, tmp_path / "ranks"), processes=2, threads=1)
+    run_stage_command("mine", _mine(world, embedder, judge, tmp_path / "here"))  # one torch thread (conftest)
+    shards = sorted((tmp_path / "ranks" / "judge").glob("shard-*.parquet"))
+    assert len(shards) >= 2
+    assert {pq.read_schema(p).metadata[b"unime.rank"] for p in shards} == {b"0", b"1"}
+    for name in ("mined.json", "mined.parquet", "retrieval.parquet"):
+        assert (tmp_path / "ranks" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_failing_torchrun_group_is_raised_with_the_message(tiny_model_dir, tiny_world_dir, tmp_path):
+    from unime.errors import UnimeError
+
+    world = tiny_world_dir(0)
+    options = {**_mine(world, tiny_model_dir("qwen2_vl"), tiny_model_dir("qwen2_5_vl"), tmp_path / "m"),
+               "--records": tmp_path / "missing.jsonl"}
+    with pytest.raises(UnimeError, match=r"`unime mine` failed in process \d of 2: .*missing.jsonl"):
+        run_ranks("mine", options, processes=2, threads=1)

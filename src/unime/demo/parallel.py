@@ -1,4 +1,5 @@
-"""Independent stage commands of the demo (one per seed) run side by side in worker processes.
+"""Independent stage commands of the demo (one per seed) run side by side in worker processes; a command that
+spreads its own work over processes (`unime mine`'s judge shards) runs as a torchrun group (`run_ranks`).
 
 A tiny model's step is too small to keep two CPU cores busy from one process (measured on 2 cores: two
 1-thread training runs side by side finish in ~0.7x the time of the same two runs one after the other at 2
@@ -77,3 +78,36 @@ def _run_one(command: str, options: dict[str, Any]) -> None:
         except Exception:
             raise UnimeError(f"{type(e).__name__}: {e}") from None
         raise
+
+
+# commands whose work divides over the processes of a torchrun group (each process runs the same command)
+RANKED_COMMANDS = ("mine",)
+
+
+def torchrun_line(processes: int, line: str) -> str:
+    """The command a user types for `line` ("unime COMMAND ...") run as `processes` torchrun processes."""
+    return f"torchrun --standalone --nproc-per-node {processes} -m {line}"
+
+
+def run_ranks(command: str, options: dict[str, Any], *, processes: int, threads: int) -> None:
+    """`torchrun --standalone --nproc-per-node PROCESSES -m unime COMMAND ...` (`torchrun_line`), made with torchrun's
+    own launcher (`elastic_launch`, a rendezvous on a free local port): every process makes the command's stage
+    call with `threads` torch threads. A failure of any process stops the others and is raised with its message."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"unime-demo-{os.getpid()}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
+    try:
+        elastic_launch(config, _run_rank)(command, options, threads)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        message = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+        raise UnimeError(f"`unime {command}` failed in process {rank} of {processes}: {message}") from None
+
+
+def _run_rank(command: str, options: dict[str, Any], threads: int) -> None:
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    _init_worker(threads)
+    record(_run_one)(command, options)

@@ -224,12 +224,19 @@ class Demo:
     def run_command(self, command: str, options: dict, commands: list[str]) -> None:
         """Run `unime COMMAND` with `options` ({flag: value}, True = a bare flag) through its stage function
         (`unime.demo.stage_calls`), and list the command in `commands` (the report shows it)."""
+        from unime.demo.parallel import RANKED_COMMANDS, run_ranks, torchrun_line
         from unime.demo.stage_calls import command_line, run_stage_command
 
-        commands.append(command_line(command, options))
+        # a command that spreads its work over processes runs as `jobs` torchrun processes (mining's judge shards)
+        processes = self.jobs if command in RANKED_COMMANDS else 1
+        line = command_line(command, options)
+        commands.append(torchrun_line(processes, line) if processes > 1 else line)
         threads = _torch_threads()
         try:
-            run_stage_command(command, options)
+            if processes > 1:
+                run_ranks(command, options, processes=processes, threads=self.threads_per_job())
+            else:
+                run_stage_command(command, options)
         finally:
             _torch_threads(threads)
 
