@@ -59,7 +59,8 @@ def main() -> None:
         (a, fa), (b, fb) = figures.items()
         print(f"ratio (one process / torchrun): wall {fa['wall'] / fb['wall']:.2f}, "
               f"judge stage {fa['judge'] / fb['judge']:.2f}")
-        same = (Path(tmp) / "one" / "mined.parquet").read_bytes() == (Path(tmp) / "group" / "mined.parquet").read_bytes()
+        one, group = (Path(tmp) / name / "mined.parquet" for name in ("one", "group"))
+        same = one.read_bytes() == group.read_bytes()
         print(f"mined.parquet byte-identical: {same}")
 
 
