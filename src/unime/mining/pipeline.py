@@ -254,8 +254,12 @@ def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embed
     process calls it (`unime.mining.ranks`): rank 0 owns the folder and returns the result, the others None."""
     ranks = Ranks.from_env()
     ranks.check_backend(config.backend)
-    ranks.start()
-    owner = claim(config.out, "mine", {k: v for k, v in asdict(config).items() if k != "show_progress"},
-                  overwrite=config.overwrite) if ranks.primary else nullcontext()
-    with owner:
-        return MiningRun(config, backend=backend, embedder=embedder, ranks=ranks).run()
+    joined = ranks.start()
+    try:
+        owner = claim(config.out, "mine", {k: v for k, v in asdict(config).items() if k != "show_progress"},
+                      overwrite=config.overwrite) if ranks.primary else nullcontext()
+        with owner:
+            return MiningRun(config, backend=backend, embedder=embedder, ranks=ranks).run()
+    finally:
+        if joined:  # a process group this call made: left, so that the caller's process ends (or goes on) clean
+            ranks.stop()

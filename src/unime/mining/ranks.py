@@ -57,14 +57,23 @@ class Ranks:
             return f"cuda:{self.local_rank}"
         return device
 
-    def start(self) -> None:
-        """Join the process group (gloo) if there are several processes and nobody joined it yet."""
+    def start(self) -> bool:
+        """Join the process group (gloo) if there are several processes and nobody joined it yet; True if this
+        call joined it (then `stop` leaves it)."""
         if self.world == 1:
-            return
+            return False
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=self.rank, world_size=self.world, timeout=BARRIER_TIMEOUT)
+        if dist.is_initialized():
+            return False
+        dist.init_process_group("gloo", rank=self.rank, world_size=self.world, timeout=BARRIER_TIMEOUT)
+        return True
+
+    def stop(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
     def barrier(self) -> None:
         if self.world > 1:
