@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from unime.demo.parallel import auto_jobs, run_parallel, run_ranks, threads_per_job, torchrun_line
+from unime.demo.parallel import auto_jobs, root_failure, run_parallel, run_ranks, threads_per_job, torchrun_line
 from unime.demo.stage_calls import run_stage_command
 
 
@@ -84,5 +84,15 @@ def test_a_failing_torchrun_group_is_raised_with_the_message(tiny_model_dir, tin
     world = tiny_world_dir(0)
     options = {**_mine(world, tiny_model_dir("qwen2_vl"), tiny_model_dir("qwen2_5_vl"), tmp_path / "m"),
                "--records": tmp_path / "missing.jsonl"}
-    with pytest.raises(UnimeError, match=r"`unime mine` failed in process \d of 2: .*missing.jsonl"):
+    with pytest.raises(UnimeError, match=r"`unime mine` failed in process 0 of 2: .*missing.jsonl"):
         run_ranks("mine", options, processes=2, threads=1)
+
+
+def test_the_failure_reported_is_the_cause_not_a_peer_that_lost_it():
+    lost = {"message": "RuntimeError: [gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:396"}
+    cause = {"message": "DataError: records.jsonl: record file not found"}
+    # the process that lost its peer is listed first and in the same second (torchrun's timestamps are seconds)
+    assert root_failure({1: lost, 0: cause}, {1: 100, 0: 100}) == (0, cause["message"])
+    assert root_failure({0: lost, 1: cause}, {0: 99, 1: 100}) == (1, cause["message"])  # even when it came first
+    assert root_failure({0: "boom", 1: "bang"}, {0: 101, 1: 100}) == (1, "bang")  # else the earliest
+    assert root_failure({0: "boom", 1: "bang"}, {0: 100, 1: 100}) == (0, "boom")  # then the lowest rank

@@ -101,9 +101,24 @@ def run_ranks(command: str, options: dict[str, Any], *, processes: int, threads:
     try:
         elastic_launch(config, _run_rank)(command, options, threads)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        message = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+        rank, message = root_failure({r: f.message for r, f in e.failures.items()},
+                                     {r: f.timestamp for r, f in e.failures.items()})
         raise UnimeError(f"`unime {command}` failed in process {rank} of {processes}: {message}") from None
+
+
+# what a process says when another process of its group died under it (not the cause)
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "gloo/transport")
+
+
+def root_failure(messages: dict[int, Any], timestamps: dict[int, int]) -> tuple[int, str]:
+    """(rank, message) of the failure that caused the others: a process whose peer died fails too, with the
+    transport's error, in the same second (torchrun's timestamps are whole seconds), so the failures that are not
+    a lost peer come first, then the earliest, then the lowest rank."""
+    def text(m: Any) -> str:
+        return str(m.get("message", m)) if isinstance(m, dict) else str(m)
+
+    rank = min(messages, key=lambda r: (any(s in text(messages[r]) for s in _PEER_LOST), timestamps.get(r, 0), r))
+    return rank, text(messages[rank])
 
 
 def _run_rank(command: str, options: dict[str, Any], threads: int) -> None:
