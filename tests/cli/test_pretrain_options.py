@@ -119,3 +119,16 @@ def test_an_empty_contrastive_datasets_option_trains_on_all_datasets(calls):
     (everything, _), (default, _) = calls
     assert everything == PretrainRecipe() and everything.contrastive_subset() is None
     assert default.contrastive_subset() == {"i2t", "t2i"}
+
+
+def test_under_torchrun_both_pretrainings_are_refused_before_any_work(calls, capsys, monkeypatch):
+    from unime.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for command in ("pretrain", "pretrain-judge"):
+        assert main(["models", command, "--preset", "quick"]) == 2
+        err = capsys.readouterr().err
+        assert f"models {command}" in err and "runs as one process" in err and "(2 processes)" in err
+    assert calls == []  # neither pretraining started
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(["models", "pretrain", "--preset", "quick"]) == 0
