@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import socket
+
 import pytest
 
-from unime.errors import UsageError
+from unime.errors import DataError, UsageError
 from unime.mining.ranks import Ranks
 
 
@@ -18,7 +21,9 @@ def test_one_process_without_torchrun(monkeypatch):
     assert r.share({"a": 1}) == {"a": 1}
     r.check_backend("ray")  # one process: every backend
     assert r.start() is False  # no process group needed
-    r.barrier()
+    assert r.primary_step(lambda: 7) == 7 and r.every_step(lambda: 8) == 8
+    with pytest.raises(DataError, match="bad"):  # one process: its own error, nothing shared
+        r.primary_step(lambda: (_ for _ in ()).throw(DataError("bad")))
 
 
 def test_the_environment_of_torchrun(monkeypatch):
@@ -40,3 +45,51 @@ def test_the_environment_of_torchrun(monkeypatch):
     for backend in ("ray", "vllm"):
         with pytest.raises(UsageError, match=f"--backend {backend} spreads the judge's work itself"):
             r.check_backend(backend)
+
+
+def _fail(message):
+    raise DataError(message)
+
+
+def _group_member(rank: int, port: int, results) -> None:
+    import os
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    ranks = Ranks.from_env()
+    out = []
+    try:
+        assert ranks.start() is True
+        out.append(ranks.primary_step(lambda: "rank 0's value"))  # None on rank 1
+        out.append(ranks.every_step(lambda: rank * 10))
+        for step in (lambda: ranks.primary_step(lambda: _fail("records.jsonl: record file not found")),
+                     lambda: ranks.every_step(lambda: _fail("judge on rank 1: out of memory") if rank else None)):
+            try:
+                step()
+                out.append("no error")
+            except Exception as e:
+                out.append(f"{type(e).__name__}: {e}")
+    finally:
+        ranks.stop()
+    results.put((rank, out))
+
+
+def test_a_failed_step_stops_every_process_with_its_error(tmp_path):
+    """Two real gloo processes: a step's failure on one rank is raised on every rank (the others as `PeerFailed`
+    naming the rank and its error), and the group goes on working after it (no process waits on a dead peer)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_group_member, args=(rank, port, results)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    got = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert got[0] == ["rank 0's value", 0, "DataError: records.jsonl: record file not found",
+                      "PeerFailed: process 1 of 2 failed: DataError: judge on rank 1: out of memory"]
+    assert got[1] == [None, 10, "PeerFailed: process 0 of 2 failed: DataError: records.jsonl: record file not found",
+                      "DataError: judge on rank 1: out of memory"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -108,17 +109,25 @@ def run_ranks(command: str, options: dict[str, Any], *, processes: int, threads:
 
 # what a process says when another process of its group died under it (not the cause)
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "gloo/transport")
+# what a process says when another process's step failed (`unime.mining.ranks.PeerFailed`): the cause, relayed
+_RELAYED = re.compile(r"^PeerFailed: process (\d+) of \d+ failed: (.*)$", re.S)
 
 
 def root_failure(messages: dict[int, Any], timestamps: dict[int, int]) -> tuple[int, str]:
-    """(rank, message) of the failure that caused the others: a process whose peer died fails too, with the
-    transport's error, in the same second (torchrun's timestamps are whole seconds), so the failures that are not
-    a lost peer come first, then the earliest, then the lowest rank."""
+    """(rank, message) of the failure that caused the others. A process whose peer died fails too, with the
+    transport's error, in the same second (torchrun's timestamps are whole seconds); one told of a peer's failure
+    (`PeerFailed`) relays the cause. So the failures that are neither come first, then a relayed one (reported as
+    the failed process's own), then the earliest, then the lowest rank."""
     def text(m: Any) -> str:
         return str(m.get("message", m)) if isinstance(m, dict) else str(m)
 
-    rank = min(messages, key=lambda r: (any(s in text(messages[r]) for s in _PEER_LOST), timestamps.get(r, 0), r))
-    return rank, text(messages[rank])
+    def order(r: int):
+        m = text(messages[r])
+        return (2 if any(s in m for s in _PEER_LOST) else 1 if _RELAYED.match(m) else 0, timestamps.get(r, 0), r)
+
+    rank = min(messages, key=order)
+    relayed = _RELAYED.match(text(messages[rank]))
+    return (int(relayed.group(1)), relayed.group(2)) if relayed else (rank, text(messages[rank]))
 
 
 def _run_rank(command: str, options: dict[str, Any], threads: int) -> None:

@@ -189,22 +189,21 @@ class MiningRun:
 
         c, ranks = self.config, self.ranks
         t_start = time.perf_counter()
-        finished = None
-        if ranks.primary:
+
+        def open_run():
             self.load_inputs()
-            finished = self.manifest.open_run(c, self.inputs, self.config_hash)
-        if ranks.share(finished):
+            return self.manifest.open_run(c, self.inputs, self.config_hash)
+
+        if ranks.share(ranks.primary_step(open_run)):
             if not ranks.primary:
                 return None
             stats = json.loads((self.out / "stats.json").read_text(encoding="utf-8"))
             log.info("%s: this run finished earlier (same options and inputs); nothing to do", self.out)
             return MineResult(out=self.out, n_records=stats["records"], n_mined=stats["mined"], stats=stats,
                               finished_before=True)
-        r_hash = None
-        if ranks.primary:
-            r_hash = self.retrieval_hash()
-            retrieval = run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times)
-        ranks.barrier()
+        r_hash = self.retrieval_hash() if ranks.primary else None
+        retrieval = ranks.primary_step(
+            lambda: run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times))
         if not ranks.primary:  # rank 0's inputs (image digests cached), manifest and retrieval, read from disk
             self.load_inputs()
             self.manifest = Manifest(self.out / "manifest.json")
@@ -256,9 +255,10 @@ def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embed
     ranks.check_backend(config.backend)
     joined = ranks.start()
     try:
-        owner = claim(config.out, "mine", {k: v for k, v in asdict(config).items() if k != "show_progress"},
-                      overwrite=config.overwrite) if ranks.primary else nullcontext()
-        with owner:
+        owner = ranks.primary_step(lambda: claim(config.out, "mine",
+                                                 {k: v for k, v in asdict(config).items() if k != "show_progress"},
+                                                 overwrite=config.overwrite))
+        with owner or nullcontext():
             return MiningRun(config, backend=backend, embedder=embedder, ranks=ranks).run()
     finally:
         if joined:  # a process group this call made: left, so that the caller's process ends (or goes on) clean

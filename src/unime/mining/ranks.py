@@ -8,9 +8,12 @@ scores every `WORLD_SIZE`-th of the shards still to do; rank 0 alone reads the i
 are the others' cache), writes the manifest, runs the retrieval (the other ranks wait, then read it from disk),
 and after the last shard filters, samples, audits and reports. A shard's scores do not depend on which process
 computed them, so at the same torch threads the outputs equal a one-process run's byte for byte, and a killed
-run resumes shard by shard under any number of processes. The ranks wait for each other with
-`torch.distributed` barriers over gloo (CPU tensors, whatever the device), allowed `BARRIER_TIMEOUT` for rank 0's
-retrieval. The `ray` and `vllm` backends spread the work themselves and are refused under several processes.
+run resumes shard by shard under any number of processes. The ranks wait for each other at the end of each step
+(`primary_step`, `every_step`: a `torch.distributed` all-gather over gloo, CPU tensors whatever the device, allowed
+`BARRIER_TIMEOUT` for rank 0's retrieval), where each learns whether another failed: a failure in any process's
+step (rank 0's folder claim, inputs or retrieval; a process's judge) stops every process with that error
+(`PeerFailed` on the others), not with a lost connection. The `ray` and `vllm` backends spread the work themselves
+and are refused under several processes.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-from unime.errors import UsageError
+from unime.errors import UnimeError, UsageError
 
 BARRIER_TIMEOUT = timedelta(hours=24)  # the other ranks wait that long for rank 0's retrieval of a large pool
 SHARDED_BACKENDS = ("local", "oracle")
+
+
+class PeerFailed(UnimeError):
+    """Raised on the other processes when rank 0 fails in a step only it runs (`Ranks.primary_step`)."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +82,6 @@ class Ranks:
         if dist.is_initialized():
             dist.destroy_process_group()
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
     def share(self, value):
         """Rank 0's `value`, on every rank."""
         if self.world == 1:
@@ -90,6 +91,36 @@ class Ranks:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def primary_step(self, fn):
+        """`fn()` on rank 0 alone (its value returned there, None on the other ranks), then `every_step`'s check."""
+        return self._step(fn, self.primary)
+
+    def every_step(self, fn):
+        """`fn()` on every process, then every process learns whether any failed: a failed process raises its own
+        exception, the others `PeerFailed` with the lowest failed rank's error type and message — instead of
+        waiting on a process that has died and failing on the lost connection."""
+        return self._step(fn, True)
+
+    def _step(self, fn, runs: bool):
+        if self.world == 1:
+            return fn()
+        import torch.distributed as dist
+
+        value = error = None
+        if runs:
+            try:
+                value = fn()
+            except Exception as e:
+                error = e
+        failures: list = [None] * self.world
+        dist.all_gather_object(failures, None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        for rank, failure in enumerate(failures):
+            if failure is not None:
+                raise PeerFailed(f"process {rank} of {self.world} failed: {failure}")
+        return value
 
     def mine(self, shards: list[int]) -> list[int]:
         """The shards this process scores: every `world`-th, from its rank."""

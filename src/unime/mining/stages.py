@@ -137,7 +137,8 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
     out = manifest.path.parent
     jdir = out / "judge"
     n_shards = (len(data.records) + c.shard_size - 1) // c.shard_size
-    if ranks.primary:
+
+    def prepare():  # rank 0
         if manifest.stage("judge").get("hash") != stage_hash and jdir.exists():
             require_replaceable(out, "judge")  # never a judge/ folder mining did not write
             log.info("judge: configuration changed, discarding %s", jdir)
@@ -146,7 +147,8 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
         for stale in jdir.glob(".*.tmp-*"):  # leftovers of a killed write
             stale.unlink(missing_ok=True)
         manifest.set_stage("judge", {"hash": stage_hash, "n_shards": n_shards, "shard_size": c.shard_size})
-    ranks.barrier()
+
+    ranks.primary_step(prepare)
     shard_path = lambda i: jdir / f"shard-{i:05d}.parquet"  # noqa: E731
     todo = [i for i in range(n_shards) if not shard_path(i).is_file()]
     if todo and ranks.primary:
@@ -155,7 +157,10 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
     resumed = n_shards - len(todo)
     todo = ranks.mine(todo)
     t0 = time.perf_counter()
-    if todo:
+
+    def score():  # every process, its own shards
+        if not todo:
+            return
         layouts = {}
 
         def shards():
@@ -186,7 +191,7 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
                                                    "unime.rank": str(ranks.rank)})
             with atomic_path(shard_path(sid)) as tmp:
                 pq.write_table(table, tmp)
-    ranks.barrier()  # every process's shards are on disk
+    ranks.every_step(score)  # every process's shards are on disk
     times["judge"] = time.perf_counter() - t0
     if not ranks.primary:
         return None
