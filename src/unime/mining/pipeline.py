@@ -161,8 +161,8 @@ class MiningRun:
             from unime.models.embedder import Embedder
 
             c = self.config
-            self._embedder = Embedder.from_pretrained(c.embedder, device=c.device, dtype=c.dtype,
-                                                      data_root=c.resolved_data_root,
+            self._embedder = Embedder.from_pretrained(c.embedder, device=self.ranks.device(c.device),  # its GPU
+                                                      dtype=c.dtype, data_root=c.resolved_data_root,
                                                       allow_outside_root=c.allow_outside_root,
                                                       batch_size=c.embed_batch_size,
                                                       image_budget=c.image_budget,
@@ -183,7 +183,8 @@ class MiningRun:
 
     def run(self) -> MineResult | None:
         """The run (see the module doc); None on a process other than rank 0 under torchrun (`unime.mining.ranks`:
-        rank 0 reads the inputs, writes the manifest and retrieves first; every rank scores its judge shards)."""
+        rank 0 reads the inputs and writes the manifest first; every rank encodes its share of the retrieval's items,
+        rank 0 retrieves, every rank scores its judge shards)."""
         from unime.mining import report
         from unime.mining.health import label_health
 
@@ -201,14 +202,13 @@ class MiningRun:
             log.info("%s: this run finished earlier (same options and inputs); nothing to do", self.out)
             return MineResult(out=self.out, n_records=stats["records"], n_mined=stats["mined"], stats=stats,
                               finished_before=True)
-        r_hash = self.retrieval_hash() if ranks.primary else None
-        retrieval = ranks.primary_step(
-            lambda: run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times))
-        if not ranks.primary:  # rank 0's inputs (image digests cached), manifest and retrieval, read from disk
+        if not ranks.primary:  # rank 0's inputs (image digests cached) and manifest, read from disk
             self.load_inputs()
             self.manifest = Manifest(self.out / "manifest.json")
-            r_hash = self.retrieval_hash()
-            retrieval = run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times)
+        r_hash = self.retrieval_hash()
+        retrieval = run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times, ranks)
+        if not ranks.primary:
+            self._embedder = None  # its share is encoded: the judge gets the memory
         judged = run_judge(c, self.data, self.manifest, judge_hash(c, self.inputs, r_hash), retrieval, self.backend,
                            self.times, ranks)
         if judged is None:  # another rank: its shards are written

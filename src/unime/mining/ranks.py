@@ -1,11 +1,13 @@
-"""`unime mine` on several processes: the judge's shards spread over the ranks of `torchrun`.
+"""`unime mine` under torchrun: the retrieval's encoding and the judge's shards spread over the processes.
 
     torchrun --standalone --nproc-per-node 8 --no-python unime mine --device cuda ...   # one judge per GPU
 
-Judge scoring is most of mining's work (K + 1 pairs per query). Under `torchrun` (its `RANK` / `WORLD_SIZE` /
-`LOCAL_RANK` environment) every process loads its own judge — on `cuda:LOCAL_RANK` when `--device cuda` — and
-scores every `WORLD_SIZE`-th of the shards still to do; rank 0 alone reads the inputs first (its image digests
-are the others' cache), writes the manifest, runs the retrieval (the other ranks wait, then read it from disk),
+Judge scoring is most of mining's work (K + 1 pairs per query); encoding the pool for the retrieval comes next.
+Under `torchrun` (its `RANK` / `WORLD_SIZE` / `LOCAL_RANK` environment) every process loads its own models — on
+`cuda:LOCAL_RANK` when `--device cuda` —, encodes every `WORLD_SIZE`-th block of the retrieval's items missing
+from the embedding cache (blocks cut as one process cuts them) and scores every `WORLD_SIZE`-th of the judge
+shards still to do; rank 0 alone reads the inputs first (its image digests are the others' cache), writes the
+manifest, retrieves from the filled cache (the other ranks wait, then read the result from disk),
 and after the last shard filters, samples, audits and reports. A shard's scores do not depend on which process
 computed them, so at the same torch threads the outputs equal a one-process run's byte for byte, and a killed
 run resumes shard by shard under any number of processes. The ranks wait for each other at the end of each step

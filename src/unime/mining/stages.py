@@ -37,22 +37,46 @@ log = logging.getLogger(__name__)
 # -- stage A: retrieval --------------------------------------------------------------------------------
 
 def run_retrieval(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: str, embedder: Callable[[], Any],
-                  times: dict[str, float]) -> RetrievalResult:
+                  times: dict[str, float], ranks: Ranks = Ranks()) -> RetrievalResult:
     """Per query its top-K candidates (pool ids, similarities) and sim(q, c_t). `embedder()` gives the
-    `Embedder` (called only when the stage is recomputed)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    `Embedder` (called only when the stage is recomputed). Under several processes every process encodes its
+    share of the items missing from the embedding cache, then rank 0 retrieves from the cache and the others
+    read its result."""
     path = manifest.path.parent / "retrieval.parquet"
     if manifest.stage("retrieval").get("hash") == stage_hash and path.is_file():
         log.info("retrieval: reusing %s", path)
-        t = pq.read_table(path).to_pydict()
-        return RetrievalResult(candidate_ids=[np.asarray(x, dtype=np.int64) for x in t["candidate_ids"]],
-                               candidate_sims=[np.asarray(x, dtype=np.float32) for x in t["candidate_sims"]],
-                               positive_sims=np.asarray(t["positive_sim"], dtype=np.float32),
-                               n_above_positive=np.asarray(t["n_above_positive"], dtype=np.int64))
+        return read_retrieval(path)
     t0 = time.perf_counter()
-    emb = embedder()
+    if ranks.world == 1:
+        encoder, rows = retrieval_encoder(c, data, manifest, embedder())
+        encoder.encode_pending()
+        return retrieve(c, data, manifest, stage_hash, encoder, rows, times, path, t0, encoder.stats.encoded)
+    # every process's cache opened before any process saves its share (each cuts the missing items alike)
+    encoder, rows = ranks.every_step(lambda: retrieval_encoder(c, data, manifest, embedder()))
+    missing = encoder.missing()
+    ranks.every_step(lambda: encoder.encode_pending(share=(ranks.rank, ranks.world)))
+
+    def from_shares():  # rank 0
+        encoder.store.refresh()
+        encoder.encode_pending()  # every vector from the cache now
+        return retrieve(c, data, manifest, stage_hash, encoder, rows, times, path, t0, missing)
+
+    res = ranks.primary_step(from_shares)
+    return res if ranks.primary else read_retrieval(path)
+
+
+def read_retrieval(path: Path) -> RetrievalResult:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path).to_pydict()
+    return RetrievalResult(candidate_ids=[np.asarray(x, dtype=np.int64) for x in t["candidate_ids"]],
+                           candidate_sims=[np.asarray(x, dtype=np.float32) for x in t["candidate_sims"]],
+                           positive_sims=np.asarray(t["positive_sim"], dtype=np.float32),
+                           n_above_positive=np.asarray(t["n_above_positive"], dtype=np.int64))
+
+
+def retrieval_encoder(c: MineConfig, data: MiningInputs, manifest: Manifest, emb) -> tuple[RunEncoder, np.ndarray]:
+    """The embedding cache's encoder with the queries, positives and pool added (in that order), and their rows."""
     # the evaluation's embedding cache: items keyed by text + image content, so the same relative path
     # under another data root (or a regenerated image) is never served a stale vector
     settings = embedding_settings(emb, c.dtype)
@@ -61,12 +85,20 @@ def run_retrieval(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_h
                          model_info={"model": str(c.embedder), "settings": settings},
                          batch_size=c.embed_batch_size, show_progress=c.show_progress,
                          allow_outside_root=c.allow_outside_root)
-    queries = [r.query for r in data.records]
-    positives = [r.positive for r in data.records]
-    rows = encoder.add(queries + positives + data.pool, c.resolved_data_root, source=str(c.records))
-    encoder.encode_pending()
-    vecs, n_encoded = encoder.vectors(rows), encoder.stats.encoded
-    nq = len(queries)
+    rows = encoder.add([r.query for r in data.records] + [r.positive for r in data.records] + data.pool,
+                       c.resolved_data_root, source=str(c.records))
+    return encoder, rows
+
+
+def retrieve(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: str, encoder: RunEncoder,
+             rows: np.ndarray, times: dict[str, float], path: Path, t0: float, n_encoded: int) -> RetrievalResult:
+    """Index the pool, search, write `path`, from `encoder`'s vectors (`retrieval_encoder`'s `rows`, encoded;
+    `n_encoded` of them by this run, since `t0`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vecs = encoder.vectors(rows)
+    nq = len(data.records)
     q_vecs, p_vecs, pool_vecs = vecs[:nq], vecs[nq:2 * nq], vecs[2 * nq:]
     t1 = time.perf_counter()
     index_config = c.index_config()

@@ -145,11 +145,18 @@ class EmbeddingStore:
                 json.dump(model_info, fh, indent=2, default=str)
         self._index: dict[str, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
+        self._read: set[str] = set()
         self.dim: int | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the shards saved since (by another process into the same folder)."""
         for keys_file in sorted(self.folder.glob("shard-*.keys")):
-            self._load_shard(keys_file)
+            if keys_file.name not in self._read:
+                self._load_shard(keys_file)
 
     def _load_shard(self, keys_file: Path) -> None:
+        self._read.add(keys_file.name)
         npy = keys_file.with_suffix(".npy")
         keys = keys_file.read_text(encoding="utf-8").split("\n")
         keys = [k for k in keys if k]
@@ -282,23 +289,37 @@ class RunEncoder:
             rows[i] = row
         return rows
 
-    def encode_pending(self) -> None:
-        """Fill every registered row: from the cache where possible, else by encoding (once)."""
+    def encode_pending(self, share: tuple[int, int] | None = None) -> None:
+        """Fill every registered row: from the cache where possible, else by encoding (once).
+
+        `share=(i, n)`: one of `n` processes encoding the same items into the same cache folder (`unime mine` under
+        torchrun): this one encodes every n-th block of `flush_every` missing items from the i-th — blocks cut as
+        one process cuts them, so each vector is the one a single process computes — and saves them to the cache.
+        Every process must have opened its cache (made its encoder) before any of them saves a share. The rows stay
+        pending: once every share is saved, `store.refresh()` then `encode_pending()` read them all from the cache."""
+        if share is not None and self.store is None:
+            raise ValueError("encoding a share needs the on-disk cache (cache_dir) that the shares are read from")
         todo = []
         for row, key, item, root in self._pending:
             if self.store is not None and key in self.store:
-                self._vectors[row] = self.store.get(key)
-                self.stats.from_cache += 1
+                if share is None:
+                    self._vectors[row] = self.store.get(key)
+                    self.stats.from_cache += 1
             else:
                 todo.append((row, key, item, root))
-        self._pending = []
+        if share is None:
+            self._pending = []
         by_root: dict[Path | None, list[tuple[int, str, Item]]] = {}
         for row, key, item, root in todo:
             by_root.setdefault(root, []).append((row, key, item))
         t0 = time.perf_counter()
+        block = -1
         for root, entries in by_root.items():
             with image_root(self.embedder, root):
                 for s in range(0, len(entries), self.flush_every):
+                    block += 1
+                    if share is not None and block % share[1] != share[0]:
+                        continue
                     chunk = entries[s:s + self.flush_every]
                     vecs = self._encode([it for _, _, it in chunk])
                     if self.store is not None:
@@ -312,6 +333,10 @@ class RunEncoder:
                                                   self.stats.encode_seconds + time.perf_counter() - t0))
         self.stats.encode_seconds += time.perf_counter() - t0
         self._matrix = None
+
+    def missing(self) -> int:
+        """Registered items not found in the on-disk cache (all of them without one): what `encode_pending` encodes."""
+        return sum(1 for _, key, _, _ in self._pending if self.store is None or key not in self.store)
 
     def _encode(self, items: list[Item]) -> np.ndarray:
         kwargs: dict[str, Any] = {}
