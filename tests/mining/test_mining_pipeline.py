@@ -30,7 +30,8 @@ def dataset(tmp_path_factory):
 
 def _config(dataset, tiny_model_dir, out, **kw):
     base = dict(records=str(dataset), embedder=tiny_model_dir("qwen2_vl"), judge=tiny_model_dir("qwen2_5_vl"),
-                out=str(out), k=4, count=3, interval=2, shard_size=2, device="cpu", judge_chunk_size=3)
+                out=str(out), k=4, count=3, interval=2, shard_size=2, device="cpu", judge_chunk_size=3,
+                embed_batch_size=4)
     base.update(kw)
     return MineConfig(**base)
 
@@ -204,7 +205,7 @@ def _mine_cmd(dataset, tiny_model_dir, out):
     return [sys.executable, "-c", _MINE, "--log-level", "WARNING", "mine", "--records", str(dataset),
             "--embedder", tiny_model_dir("qwen2_vl"), "--judge", tiny_model_dir("qwen2_5_vl"), "--out", str(out),
             "--k", "4", "--count", "3", "--interval", "2", "--shard-size", "2", "--device", "cpu",
-            "--chunk-size", "3"]
+            "--chunk-size", "3", "--embed-batch-size", "4"]
 
 
 @pytest.mark.slow  # two `unime mine` subprocesses (~2.5 min on 2 busy cores)
@@ -389,6 +390,11 @@ def test_two_processes_under_torchrun_split_the_judge_shards_and_write_what_one_
         assert (out / name).read_bytes() == (mined.out / name).read_bytes(), name
     stats = json.loads((out / "stats.json").read_text())
     assert stats["judge"]["pairs_requested"] == mined.stats["judge"]["pairs_requested"]
+    # the retrieval's items (batches of 4) were encoded every other batch per process into the shared cache, one
+    # cache shard each, where one process writes one shard (one block)
+    assert len(list((mined.out / "cache" / "embeddings").glob("*/shard-*.keys"))) == 1
+    assert len(list((out / "cache" / "embeddings").glob("*/shard-*.keys"))) == 2
+    assert stats["retrieval"]["encoded_items"] == mined.stats["retrieval"]["encoded_items"] > 4
     # a re-run under torchrun finds the run finished; a re-run as one process too
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]

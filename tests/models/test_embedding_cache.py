@@ -23,27 +23,51 @@ class BatchDependentEmbedder:
         return codes + codes.mean(axis=0, keepdims=True) / 3.0
 
 
+class PlannedEmbedder(BatchDependentEmbedder):
+    """Runs its items in planned batches (`batch_plan`, as `Embedder` does: distinct items by descending text
+    length, cut every 2), each batch's vectors depending on the batch."""
+
+    def batch_plan(self, items, batch_size=None):
+        order = sorted(range(len(items)), key=lambda i: -len(items[i].text))
+        return [order[s:s + (batch_size or 2)] for s in range(0, len(order), batch_size or 2)]
+
+    def encode(self, items, batch_size=None, show_progress=False):
+        out = np.zeros((len(items), 3))
+        for batch in self.batch_plan(items, batch_size):
+            out[batch] = super().encode([items[i] for i in batch])
+        return out
+
+
 def _items():
     texts = [f"{c}{'x' * k}" for k, c in enumerate("abcdefghijk")]
     return [Item(t) for t in texts + texts[:3]]  # repeated items are encoded once
 
 
+def _encoded(model, folder, flush_every, share=None):
+    """(encoder, rows) of `_items()` encoded by `model` into the cache `folder`; `share`: (encoders, rows) of two
+    processes, both cache folders opened before either saves its share."""
+    if share is None:
+        enc = RunEncoder(model, "m", cache_dir=folder, flush_every=flush_every)
+        rows = enc.add(_items(), None)
+        enc.encode_pending()
+        return enc, rows
+    encoders = [RunEncoder(m, "m", cache_dir=folder, flush_every=flush_every) for m in model]
+    rows = [enc.add(_items(), None) for enc in encoders]
+    assert [enc.missing() for enc in encoders] == [11, 11]
+    for i, enc in enumerate(encoders):
+        enc.encode_pending(share=(i, 2))
+    return encoders, rows
+
+
 def test_shares_fill_the_cache_with_the_vectors_one_process_computes(tmp_path):
-    items = _items()
     alone = BatchDependentEmbedder()
-    one = RunEncoder(alone, "m", cache_dir=tmp_path / "alone", flush_every=3)
-    rows = one.add(items, None)
-    one.encode_pending()
+    one, rows = _encoded(alone, tmp_path / "alone", 3)
     expected = one.vectors(rows)
     assert [len(b) for b in alone.batches] == [3, 3, 3, 2]  # 11 distinct items in blocks of 3
 
-    # two processes: both open the cache before either saves; process i encodes blocks i, i + 2, ...
+    # two processes; without a batch plan, process i encodes blocks i, i + 2, ...
     models = [BatchDependentEmbedder(), BatchDependentEmbedder()]
-    shares = [RunEncoder(m, "m", cache_dir=tmp_path / "shared", flush_every=3) for m in models]
-    share_rows = [enc.add(items, None) for enc in shares]
-    assert [enc.missing() for enc in shares] == [11, 11]
-    for i, enc in enumerate(shares):
-        enc.encode_pending(share=(i, 2))
+    shares, share_rows = _encoded(models, tmp_path / "shared", 3, share=True)
     assert models[0].batches == [alone.batches[0], alone.batches[2]]
     assert models[1].batches == [alone.batches[1], alone.batches[3]]
     assert [enc.stats.encoded for enc in shares] == [6, 5]
@@ -57,9 +81,7 @@ def test_shares_fill_the_cache_with_the_vectors_one_process_computes(tmp_path):
     np.testing.assert_array_equal(shares[0].vectors(share_rows[0]), expected)  # bit for bit
 
     reader_model = BatchDependentEmbedder()
-    reader = RunEncoder(reader_model, "m", cache_dir=tmp_path / "shared", flush_every=3)
-    rows = reader.add(items, None)
-    reader.encode_pending()
+    reader, rows = _encoded(reader_model, tmp_path / "shared", 3)
     assert reader_model.batches == [] and reader.stats.from_cache == 11
     np.testing.assert_array_equal(reader.vectors(rows), expected)  # bit for bit
 
@@ -69,3 +91,18 @@ def test_a_share_needs_the_cache_it_is_read_from():
     enc.add(_items(), None)
     with pytest.raises(ValueError, match="needs the on-disk cache"):
         enc.encode_pending(share=(0, 2))
+
+
+def test_shares_of_a_planning_embedder_are_its_batches(tmp_path):
+    alone = PlannedEmbedder()
+    one, rows = _encoded(alone, tmp_path / "alone", 5)
+    expected = one.vectors(rows)
+    assert [len(b) for b in alone.batches] == [2, 2, 1, 2, 2, 1, 1]  # blocks of 5, 5, 1; batches of 2 in each
+
+    models = [PlannedEmbedder(), PlannedEmbedder()]
+    _encoded(models, tmp_path / "shared", 5, share=True)
+    assert models[0].batches == alone.batches[0::2] and models[1].batches == alone.batches[1::2]
+    assert len(list((tmp_path / "shared" / "m").glob("shard-*.keys"))) == 5  # one per block and process with work
+    reader, rows = _encoded(PlannedEmbedder(), tmp_path / "shared", 5)
+    assert reader.stats.from_cache == 11
+    np.testing.assert_array_equal(reader.vectors(rows), expected)  # bit for bit

@@ -4,8 +4,8 @@
 
 Judge scoring is most of mining's work (K + 1 pairs per query); encoding the pool for the retrieval comes next.
 Under `torchrun` (its `RANK` / `WORLD_SIZE` / `LOCAL_RANK` environment) every process loads its own models — on
-`cuda:LOCAL_RANK` when `--device cuda` —, encodes every `WORLD_SIZE`-th block of the retrieval's items missing
-from the embedding cache (blocks cut as one process cuts them) and scores every `WORLD_SIZE`-th of the judge
+`cuda:LOCAL_RANK` when `--device cuda` —, encodes every `WORLD_SIZE`-th batch of the retrieval's items missing
+from the embedding cache (the batches one process runs) and scores every `WORLD_SIZE`-th of the judge
 shards still to do; rank 0 alone reads the inputs first (its image digests are the others' cache), writes the
 manifest, retrieves from the filled cache (the other ranks wait, then read the result from disk),
 and after the last shard filters, samples, audits and reports. A shard's scores do not depend on which process

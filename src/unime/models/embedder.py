@@ -140,42 +140,50 @@ class Embedder:
         """Forward a batch of items, gradients enabled if the caller enabled them (training)."""
         return self.forward(self.build_inputs([as_item(x) for x in items]))
 
+    def batch_plan(self, items: Sequence[Any], batch_size: int | None = None) -> list[list[int]]:
+        """The batches `encode` runs for `items`, as positions in `items`: each distinct item (first occurrence
+        by `Item.key`) once, in `padding_order`, cut every `batch_size`. A batch passed to `encode` alone is run
+        as the same batch, so its vectors equal those of the whole call bit for bit (how `unime mine` splits
+        its encoding over processes)."""
+        items = [as_item(x) for x in items]
+        first: dict[str, int] = {}
+        for i, it in enumerate(items):
+            first.setdefault(it.key, i)
+        unique = list(first.values())
+        ordered = [unique[j] for j in padding_order([items[i] for i in unique])]
+        bs = batch_size or self.batch_size
+        return [ordered[s:s + bs] for s in range(0, len(ordered), bs)]
+
     def encode(self, items: Iterable[Any], *, batch_size: int | None = None, show_progress: bool = False,
                normalize: bool = True) -> np.ndarray:
         """float32 array (n, hidden) in the order of `items`. Identical items (same `Item.key`) are encoded once,
-        in batches cut from `padding_order`."""
+        in the batches of `batch_plan`."""
         import torch
 
         items = [as_item(x) for x in items]
         if not items:
             return np.zeros((0, self.hidden_size), dtype=np.float32)
-        keys = [it.key for it in items]
-        first: dict[str, int] = {}
-        for i, k in enumerate(keys):
-            first.setdefault(k, i)
-        # each distinct item once, in padding order; `row` maps a key to its encoding
-        unique = [items[i] for i in first.values()]
-        order = padding_order(unique)
-        unique = [unique[i] for i in order]
-        distinct_keys = list(first)
-        row = {distinct_keys[i]: j for j, i in enumerate(order)}
-        bs = batch_size or self.batch_size
-        out = np.zeros((len(unique), self.hidden_size), dtype=np.float32)
-        batches = range(0, len(unique), bs)
+        plan = self.batch_plan(items, batch_size)
+        out = np.zeros((sum(map(len, plan)), self.hidden_size), dtype=np.float32)
+        row: dict[str, int] = {}  # an item's key → its encoding
+        batches = plan
         if show_progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="encode", unit="batch")
+            batches = tqdm(plan, desc="encode", unit="batch")
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                for s in batches:
-                    reps = self.forward(self.build_inputs(unique[s:s + bs]), normalize=normalize)
-                    out[s:s + bs] = reps.float().cpu().numpy()
+                s = 0
+                for batch in batches:
+                    reps = self.forward(self.build_inputs([items[i] for i in batch]), normalize=normalize)
+                    out[s:s + len(batch)] = reps.float().cpu().numpy()
+                    row.update((items[i].key, s + j) for j, i in enumerate(batch))
+                    s += len(batch)
         finally:
             self.model.train(was_training)
-        return out[[row[k] for k in keys]]
+        return out[[row[it.key] for it in items]]
 
     @property
     def hidden_size(self) -> int:

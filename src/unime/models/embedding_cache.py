@@ -293,8 +293,9 @@ class RunEncoder:
         """Fill every registered row: from the cache where possible, else by encoding (once).
 
         `share=(i, n)`: one of `n` processes encoding the same items into the same cache folder (`unime mine` under
-        torchrun): this one encodes every n-th block of `flush_every` missing items from the i-th — blocks cut as
-        one process cuts them, so each vector is the one a single process computes — and saves them to the cache.
+        torchrun): this one encodes every n-th batch of the missing items from the i-th — the batches one process
+        runs (blocks of `flush_every`, each cut by the embedder's `batch_plan`), so each vector is the one a single
+        process computes — and saves them to the cache.
         Every process must have opened its cache (made its encoder) before any of them saves a share. The rows stay
         pending: once every share is saved, `store.refresh()` then `encode_pending()` read them all from the cache."""
         if share is not None and self.store is None:
@@ -313,14 +314,14 @@ class RunEncoder:
         for row, key, item, root in todo:
             by_root.setdefault(root, []).append((row, key, item))
         t0 = time.perf_counter()
-        block = -1
+        part = -1
         for root, entries in by_root.items():
             with image_root(self.embedder, root):
                 for s in range(0, len(entries), self.flush_every):
-                    block += 1
-                    if share is not None and block % share[1] != share[0]:
-                        continue
                     chunk = entries[s:s + self.flush_every]
+                    if share is not None:
+                        part = self._encode_share(chunk, share, part)
+                        continue
                     vecs = self._encode([it for _, _, it in chunk])
                     if self.store is not None:
                         self.store.add([k for _, k, _ in chunk], vecs)
@@ -333,6 +334,30 @@ class RunEncoder:
                                                   self.stats.encode_seconds + time.perf_counter() - t0))
         self.stats.encode_seconds += time.perf_counter() - t0
         self._matrix = None
+
+    def _encode_share(self, chunk: list[tuple[int, str, Item]], share: tuple[int, int], part: int) -> int:
+        """`encode_pending`'s share of one block: every n-th of its batches (the embedder's `batch_plan`, so each
+        batch is the one a single process runs), or of the blocks when the embedder has no plan; saved to the
+        cache. Returns the number of the last part counted (parts are numbered across blocks)."""
+        plan_of = getattr(self.embedder, "batch_plan", None)
+        items = [it for _, _, it in chunk]
+        parts = plan_of(items, self.batch_size) if plan_of is not None else [list(range(len(chunk)))]
+        same_item: dict[str, list[int]] = {}  # the embedder encodes one of the items with the same `Item.key`
+        for j, it in enumerate(items):
+            same_item.setdefault(it.key, []).append(j)
+        keys, vecs = [], []
+        for batch in parts:
+            part += 1
+            if part % share[1] != share[0]:
+                continue
+            out = self._encode([items[j] for j in batch])
+            for k, j in enumerate(batch):
+                keys += [chunk[p][1] for p in same_item[items[j].key]]
+                vecs += [out[k]] * len(same_item[items[j].key])
+        if keys:  # one cache shard per block and process
+            self.store.add(keys, np.stack(vecs))
+            self.stats.encoded += len(keys)
+        return part
 
     def missing(self) -> int:
         """Registered items not found in the on-disk cache (all of them without one): what `encode_pending` encodes."""
