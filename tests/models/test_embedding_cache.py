@@ -106,3 +106,21 @@ def test_shares_of_a_planning_embedder_are_its_batches(tmp_path):
     reader, rows = _encoded(PlannedEmbedder(), tmp_path / "shared", 5)
     assert reader.stats.from_cache == 11
     np.testing.assert_array_equal(reader.vectors(rows), expected)  # bit for bit
+
+
+def test_the_item_keys_use_the_callers_image_digests(tmp_path):
+    from PIL import Image
+
+    from unime.data.image_digests import ImageDigests
+    from unime.errors import DataError
+
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "a.png")
+    item = Item("what colour?", ("a.png",))
+    digests = ImageDigests()
+    digests.digest(tmp_path / "a.png")  # as `unime mine` digests its inputs first
+    shared = RunEncoder(BatchDependentEmbedder(), "m", digests=digests)
+    own = RunEncoder(BatchDependentEmbedder(), "m")
+    assert shared.content_key(item, tmp_path) == own.content_key(item, tmp_path)
+    assert digests.hashed == 1 and own.digests.hashed == 1  # the file read once for each set of digests, not again
+    with pytest.raises(DataError, match=r"records.jsonl, field 'images\[0\]': image file not found: 'b.png'"):
+        shared.add([Item("x", ("b.png",))], tmp_path, source="records.jsonl")

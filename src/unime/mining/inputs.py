@@ -54,6 +54,7 @@ class MiningInputs:
     fingerprints: dict[str, Any]  # `unime.mining.manifest.input_fingerprints`
     images_hashed: int  # image files read for their digest (the others known by size + mtime)
     seconds: float
+    digests: ImageDigests | None = None  # every image's digest, for the retrieval's embedding cache keys
 
 
 def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
@@ -85,4 +86,4 @@ def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
                                       images_sha1=images_sha1)
     return MiningInputs(records=records, pool=pool, pool_index={it.key: i for i, it in enumerate(pool)},
                         skips=skips, fingerprints=fingerprints, images_hashed=digests.hashed,
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, digests=digests)

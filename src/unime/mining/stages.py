@@ -84,7 +84,7 @@ def retrieval_encoder(c: MineConfig, data: MiningInputs, manifest: Manifest, emb
                          cache_dir=c.cache_dir or manifest.path.parent / "cache" / "embeddings",
                          model_info={"model": str(c.embedder), "settings": settings},
                          batch_size=c.embed_batch_size, show_progress=c.show_progress,
-                         allow_outside_root=c.allow_outside_root)
+                         allow_outside_root=c.allow_outside_root, digests=data.digests)
     rows = encoder.add([r.query for r in data.records] + [r.positive for r in data.records] + data.pool,
                        c.resolved_data_root, source=str(c.records))
     return encoder, rows

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
-from unime.data.image_digests import file_sha1
+from unime.data.image_digests import ImageDigests, file_sha1
 from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.errors import DataError
@@ -223,8 +223,11 @@ class RunEncoder:
 
     def __init__(self, embedder: Any, model_id: str, *, cache_dir: str | os.PathLike | None = None,
                  model_info: dict | None = None, batch_size: int | None = None, flush_every: int = 2048,
-                 show_progress: bool = False, allow_outside_root: bool = False):
+                 show_progress: bool = False, allow_outside_root: bool = False, digests: ImageDigests | None = None):
         self.embedder = embedder
+        # image files' digests for the item keys: the caller's (`unime mine` passes those its inputs were digested
+        # with, so no image is read twice), else this encoder's own memo
+        self.digests = digests if digests is not None else ImageDigests()
         self.allow_outside_root = allow_outside_root
         self.model_id = model_id
         self.store = EmbeddingStore(Path(cache_dir) / model_id, model_info=model_info) if cache_dir else None
@@ -238,7 +241,6 @@ class RunEncoder:
         self._row_of: dict[str, int] = {}
         self._vectors: list[np.ndarray | None] = []
         self._pending: list[tuple[int, str, Item, Path | None]] = []
-        self._image_digest: dict[tuple[str, int, int], str] = {}
         self._matrix: np.ndarray | None = None
 
     # -- keys ---------------------------------------------------------------------------------------
@@ -246,15 +248,12 @@ class RunEncoder:
         if isinstance(ref, str):
             path = loader.resolve(ref, source=source, field=field_name)
             try:
-                st = path.stat()
-            except OSError:
+                return "sha1:" + self.digests.digest(path)
+            except FileNotFoundError:
                 raise DataError(f"image file not found: {ref!r} (under {loader.root})", source=source,
                                 field=field_name) from None
-            memo = (str(path), st.st_size, st.st_mtime_ns)
-            digest = self._image_digest.get(memo)
-            if digest is None:
-                digest = self._image_digest[memo] = file_sha1(path)
-            return "sha1:" + digest
+            except OSError as e:
+                raise DataError(f"image file {ref!r} cannot be read: {e}", source=source, field=field_name) from None
         if isinstance(ref, (bytes, bytearray)):
             return "sha1:" + hashlib.sha1(ref).hexdigest()
         return "item:" + Item(images=(ref,)).key  # in-memory PIL image: Item hashes its pixels
