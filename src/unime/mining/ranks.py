@@ -31,7 +31,7 @@ SHARDED_BACKENDS = ("local", "oracle")
 
 
 class PeerFailed(UnimeError):
-    """Raised on the other processes when rank 0 fails in a step only it runs (`Ranks.primary_step`)."""
+    """Raised on the other processes when one fails in a step (`Ranks.primary_step`, `Ranks.every_step`)."""
 
 
 @dataclass(frozen=True)
