@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from unime.data.image_digests import ImageDigests
 from unime.data.items import Item
 from unime.data.video import VideoOptions
 from unime.errors import ModelError
@@ -545,7 +546,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     model_id = model_fingerprint(model, settings)
     cache = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     encoder = RunEncoder(embedder, model_id, cache_dir=cache, batch_size=batch_size, show_progress=show_progress,
-                         model_info={"model": str(model), "settings": settings})
+                         model_info={"model": str(model), "settings": settings},
+                         digests=ImageDigests(Path(out_dir) / rerun.DIGESTS_FILE))  # no image read again
     encoder.on_saved = lambda st: rerun.record_work(out_dir, encoded=st.encoded, encode_seconds=st.encode_seconds,
                                                     wall_seconds=time.perf_counter() - t_start)
     run = run_tasks(data, encoder, opts=opts, reranking=reranking, show_progress=show_progress)
