@@ -70,3 +70,14 @@ def gather_constant(tensor: torch.Tensor | None) -> torch.Tensor | None:
     if tensor is None or world_size() == 1:
         return tensor
     return torch.cat(_gather_pieces(tensor))
+
+
+def sum_over_processes(values: list[float]) -> list[float]:
+    """Element-wise sums of `values` over every process, in the same order on each (the values themselves on
+    one process). A collective: every process must call it, with as many values."""
+    if world_size() == 1:
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()

@@ -318,8 +318,16 @@ def _trainer_class():
 
         def log(self, logs, *args, **kwargs):
             if "loss" in logs:
-                for kind, s in self._part_sums.items():
-                    logs[f"loss_{kind}"] = round(s / max(self._part_counts[kind], 1), 6)
+                # under torchrun each process saw its share of the batches: the parts are the mean over all
+                # processes' batches, as the Trainer's own `loss` is (every process logs at the same steps)
+                from unime.train.distributed import sum_over_processes
+
+                kinds = (*LOSSES, "group")
+                totals = sum_over_processes([self._part_sums.get(k, 0.0) for k in kinds]
+                                            + [float(self._part_counts.get(k, 0)) for k in kinds])
+                for kind, s, n in zip(kinds, totals, totals[len(kinds):]):
+                    if n:
+                        logs[f"loss_{kind}"] = round(s / n, 6)
                 self._part_sums, self._part_counts = {}, {}
             super().log(logs, *args, **kwargs)
 
