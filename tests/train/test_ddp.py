@@ -136,3 +136,32 @@ def test_two_processes_train_the_judge_like_one(tiny_model_dir, ddp_data, tmp_pa
         if key in base:
             moved = max(moved, float((a[key] - base[key]).abs().max()))
     assert moved > 1e-3  # the steps moved the weights by far more than the tolerance
+
+
+def test_two_processes_train_the_reranker_like_one(tiny_model_dir, ddp_data, tmp_path):
+    """The reranker (LoRA, pairwise + listwise: two forwards a step meeting one backward) on 2 processes × 1 record
+    per step against 1 process × 2 records: the same losses, parts and adapter weights after SGD steps."""
+    from safetensors.torch import load_file
+
+    from unime.cli import main
+    from unime.models.curves import read_curves_csv
+
+    world, records = ddp_data
+    common = ["--model", tiny_model_dir("qwen2_vl"), "--records", str(records), "--data-root", str(world),
+              "--lora-r", "8", "--lora-dropout", "0", "--lr", "0.05", "--warmup", "0", "--steps", "3",
+              "--logging-steps", "1", "--save-steps", "10", "--seed", "3", "--device", "cpu",
+              "--trainer-arg", "optim=sgd", "--trainer-arg", "max_grad_norm=0"]
+    _torchrun(common + ["--batch-size", "1", "--out", str(tmp_path / "two")], tmp_path / "two.log", command="reranker")
+    assert main(["train", "reranker", *common, "--batch-size", "2", "--out", str(tmp_path / "one")]) == 0
+    one, two = read_curves_csv(tmp_path / "one" / "curves.csv"), read_curves_csv(tmp_path / "two" / "curves.csv")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    for r1, r2 in zip(one, two):
+        for key in ("loss", "loss_pair", "loss_list", "grad_norm"):
+            assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
+        assert r1["loss"] == pytest.approx(r1["loss_pair"] + r1["loss_list"], rel=1e-4)
+    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    assert all(float(a[k].abs().max()) > 1e-4 for k in a if "lora_B" in k)  # B starts at 0: the steps moved it
