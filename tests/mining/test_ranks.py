@@ -93,3 +93,38 @@ def test_a_failed_step_stops_every_process_with_its_error(tmp_path):
                       "PeerFailed: process 1 of 2 failed: DataError: judge on rank 1: out of memory"]
     assert got[1] == [None, 10, "PeerFailed: process 0 of 2 failed: DataError: records.jsonl: record file not found",
                       "DataError: judge on rank 1: out of memory"]
+
+
+def _leaving_member(rank: int, port: int, results) -> None:
+    import os
+    import time
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    ranks = Ranks.from_env()
+    ranks.start()
+    ranks.every_step(lambda: None)  # the last shared step
+    if rank == 0:
+        time.sleep(1.0)  # rank 0's own work after it (mining: the audit and the report)
+    reached = time.time()
+    ranks.stop()
+    results.put((rank, reached, time.time()))
+
+
+def test_a_finished_run_leaves_the_group_together(tmp_path):
+    """`stop()` after a run without an error: a process done early waits for the others before it tears its
+    connections down (one that left early sometimes died at exit in gloo's threads)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_leaving_member, args=(rank, port, results)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    got = {rank: (reached, left) for rank, reached, left in (results.get(timeout=120) for _ in procs)}
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert got[1][0] < got[0][0] - 0.5  # rank 1 reached stop() well before rank 0 ...
+    assert got[1][1] >= got[0][0]  # ... and left only once rank 0 had reached it too

@@ -259,7 +259,11 @@ def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embed
                                                  {k: v for k, v in asdict(config).items() if k != "show_progress"},
                                                  overwrite=config.overwrite))
         with owner or nullcontext():
-            return MiningRun(config, backend=backend, embedder=embedder, ranks=ranks).run()
-    finally:
-        if joined:  # a process group this call made: left, so that the caller's process ends (or goes on) clean
-            ranks.stop()
+            result = MiningRun(config, backend=backend, embedder=embedder, ranks=ranks).run()
+    except BaseException:
+        if joined:  # a failed run leaves at once (the others learnt of the failure at their step, or are gone)
+            ranks.stop(together=False)
+        raise
+    if joined:  # a process group this call made: left by all processes together, so that each ends clean
+        ranks.stop()
+    return result

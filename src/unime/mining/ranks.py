@@ -78,10 +78,16 @@ class Ranks:
         dist.init_process_group("gloo", rank=self.rank, world_size=self.world, timeout=BARRIER_TIMEOUT)
         return True
 
-    def stop(self) -> None:
+    def stop(self, *, together: bool = True) -> None:
+        """Leave the process group. `together` (a run that ended without an error): first wait for every process
+        to get here, so that no process tears its connections down while another still works (rank 0 writes the
+        report after the last shared step); a process that left early sometimes died at exit in gloo's threads
+        (SIGABRT, "terminate called without an active exception")."""
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if together:
+                dist.barrier()
             dist.destroy_process_group()
 
     def share(self, value):
