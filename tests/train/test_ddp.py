@@ -103,65 +103,60 @@ def test_two_processes_plain_symmetric_kl_match_one(tiny_model_dir, ddp_data, tm
     _compare(tmp_path / "one", tmp_path / "two", steps=2)
 
 
-def test_two_processes_train_the_judge_like_one(tiny_model_dir, ddp_data, tmp_path):
-    """The judge's full fine-tuning (`unime train judge --full`, the demo's judge pretraining) with the group loss
-    over each record's pairs: 2 processes × 1 record per step against 1 process × 2 records. The same records in
-    the same order (accelerate shards the one seeded order batch by batch), the same losses — the logged parts
-    (`loss_pair`, `loss_group`) over both processes' batches too — and the same weights after SGD steps."""
-    from safetensors.torch import load_file
-
+def _generative_run(command: str, model: str, world: Path, records: Path, extra: list[str], tmp_path: Path,
+                    parts: tuple[str, str]) -> tuple[Path, Path]:
+    """`unime train COMMAND` on 2 torchrun processes × 1 record a step and on 1 process × 2 records (SGD, 3 steps),
+    their curves compared: the same loss, both parts (logged over both processes' batches) and gradient norm at
+    every step, the loss the sum of the parts. Returns the two output folders."""
     from unime.cli import main
     from unime.models.curves import read_curves_csv
 
-    world, records = ddp_data
-    common = ["--model", tiny_model_dir("qwen2_vl"), "--records", str(records), "--data-root", str(world), "--full",
-              "--judge-negatives", "3", "--group-weight", "1.0", "--holdout", "0", "--lr", "0.05", "--warmup", "0",
-              "--steps", "3", "--logging-steps", "1", "--save-steps", "10", "--seed", "3", "--device", "cpu",
-              "--trainer-arg", "optim=sgd", "--trainer-arg", "max_grad_norm=0"]
-    _torchrun(common + ["--batch-size", "1", "--out", str(tmp_path / "two")], tmp_path / "two.log", command="judge")
-    assert main(["train", "judge", *common, "--batch-size", "2", "--out", str(tmp_path / "one")]) == 0
-    one, two = read_curves_csv(tmp_path / "one" / "curves.csv"), read_curves_csv(tmp_path / "two" / "curves.csv")
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
-    for r1, r2 in zip(one, two):
-        for key in ("loss", "loss_pair", "loss_group", "grad_norm"):
+    common = ["--model", model, "--records", str(records), "--data-root", str(world), *extra, "--lr", "0.05",
+              "--warmup", "0", "--steps", "3", "--logging-steps", "1", "--save-steps", "10", "--seed", "3",
+              "--device", "cpu", "--trainer-arg", "optim=sgd", "--trainer-arg", "max_grad_norm=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _torchrun(common + ["--batch-size", "1", "--out", str(two)], tmp_path / "two.log", command=command)
+    assert main(["train", command, *common, "--batch-size", "2", "--out", str(one)]) == 0
+    c1, c2 = read_curves_csv(one / "curves.csv"), read_curves_csv(two / "curves.csv")
+    assert [r["step"] for r in c1] == [r["step"] for r in c2] == [1, 2, 3]
+    for r1, r2 in zip(c1, c2):
+        for key in ("loss", *(f"loss_{p}" for p in parts), "grad_norm"):
             assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
-        assert r1["loss"] == pytest.approx(r1["loss_pair"] + r1["loss_group"], rel=1e-4)
-    a = load_file(tmp_path / "one" / "merged" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "merged" / "model.safetensors")
+        assert r1["loss"] == pytest.approx(sum(r1[f"loss_{p}"] for p in parts), rel=1e-4)
+    return one, two
+
+
+def _same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    base = load_file(Path(tiny_model_dir("qwen2_vl")) / "model.safetensors")
-    moved = 0.0
-    for key in a:
+    for key in a:  # float summation order differs between one and two processes (all-reduce)
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
-        if key in base:
-            moved = max(moved, float((a[key] - base[key]).abs().max()))
+
+
+def test_two_processes_train_the_judge_like_one(tiny_model_dir, ddp_data, tmp_path):
+    """The judge's full fine-tuning (`unime train judge --full`, the demo's judge pretraining) with the group loss
+    over each record's pairs. The same records in the same order (accelerate shards the one seeded order batch by
+    batch), the same losses and the same weights after SGD steps."""
+    from safetensors.torch import load_file
+
+    world, records = ddp_data
+    model = tiny_model_dir("qwen2_vl")
+    one, two = _generative_run("judge", model, world, records, ["--full", "--judge-negatives", "3", "--group-weight",
+                                                                "1.0", "--holdout", "0"], tmp_path, ("pair", "group"))
+    a, b = load_file(one / "merged" / "model.safetensors"), load_file(two / "merged" / "model.safetensors")
+    _same_weights(a, b)
+    base = load_file(Path(model) / "model.safetensors")
+    moved = max(float((a[k] - base[k]).abs().max()) for k in a if k in base)
     assert moved > 1e-3  # the steps moved the weights by far more than the tolerance
 
 
 def test_two_processes_train_the_reranker_like_one(tiny_model_dir, ddp_data, tmp_path):
-    """The reranker (LoRA, pairwise + listwise: two forwards a step meeting one backward) on 2 processes × 1 record
-    per step against 1 process × 2 records: the same losses, parts and adapter weights after SGD steps."""
+    """The reranker (LoRA, pairwise + listwise: two forwards a step meeting one backward): the same losses and
+    adapter weights after SGD steps."""
     from safetensors.torch import load_file
 
-    from unime.cli import main
-    from unime.models.curves import read_curves_csv
-
     world, records = ddp_data
-    common = ["--model", tiny_model_dir("qwen2_vl"), "--records", str(records), "--data-root", str(world),
-              "--lora-r", "8", "--lora-dropout", "0", "--lr", "0.05", "--warmup", "0", "--steps", "3",
-              "--logging-steps", "1", "--save-steps", "10", "--seed", "3", "--device", "cpu",
-              "--trainer-arg", "optim=sgd", "--trainer-arg", "max_grad_norm=0"]
-    _torchrun(common + ["--batch-size", "1", "--out", str(tmp_path / "two")], tmp_path / "two.log", command="reranker")
-    assert main(["train", "reranker", *common, "--batch-size", "2", "--out", str(tmp_path / "one")]) == 0
-    one, two = read_curves_csv(tmp_path / "one" / "curves.csv"), read_curves_csv(tmp_path / "two" / "curves.csv")
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
-    for r1, r2 in zip(one, two):
-        for key in ("loss", "loss_pair", "loss_list", "grad_norm"):
-            assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
-        assert r1["loss"] == pytest.approx(r1["loss_pair"] + r1["loss_list"], rel=1e-4)
-    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    one, two = _generative_run("reranker", tiny_model_dir("qwen2_vl"), world, records,
+                               ["--lora-r", "8", "--lora-dropout", "0"], tmp_path, ("pair", "list"))
+    a = load_file(one / "adapter" / "adapter_model.safetensors")
+    _same_weights(a, load_file(two / "adapter" / "adapter_model.safetensors"))
     assert all(float(a[k].abs().max()) > 1e-4 for k in a if "lora_B" in k)  # B starts at 0: the steps moved it
