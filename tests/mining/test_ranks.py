@@ -74,21 +74,28 @@ def _group_member(rank: int, port: int, results) -> None:
     results.put((rank, out))
 
 
-def test_a_failed_step_stops_every_process_with_its_error(tmp_path):
-    """Two real gloo processes: a step's failure on one rank is raised on every rank (the others as `PeerFailed`
-    naming the rank and its error), and the group goes on working after it (no process waits on a dead peer)."""
+def _run_pair(member) -> dict:
+    """`member(rank, port, results)` in two spawned processes (ranks 0 and 1 of a gloo group on a free loopback
+    port), each putting (rank, value) on `results`: {rank: value}, once both ended cleanly."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_group_member, args=(rank, port, results)) for rank in (0, 1)]
+    procs = [ctx.Process(target=member, args=(rank, port, results)) for rank in (0, 1)]
     for p in procs:
         p.start()
     got = dict(results.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return got
+
+
+def test_a_failed_step_stops_every_process_with_its_error(tmp_path):
+    """Two real gloo processes: a step's failure on one rank is raised on every rank (the others as `PeerFailed`
+    naming the rank and its error), and the group goes on working after it (no process waits on a dead peer)."""
+    got = _run_pair(_group_member)
     assert got[0] == ["rank 0's value", 0, "DataError: records.jsonl: record file not found",
                       "PeerFailed: process 1 of 2 failed: DataError: judge on rank 1: out of memory"]
     assert got[1] == [None, 10, "PeerFailed: process 0 of 2 failed: DataError: records.jsonl: record file not found",
@@ -108,23 +115,12 @@ def _leaving_member(rank: int, port: int, results) -> None:
         time.sleep(1.0)  # rank 0's own work after it (mining: the audit and the report)
     reached = time.time()
     ranks.stop()
-    results.put((rank, reached, time.time()))
+    results.put((rank, (reached, time.time())))
 
 
 def test_a_finished_run_leaves_the_group_together(tmp_path):
     """`stop()` after a run without an error: a process done early waits for the others before it tears its
     connections down (one that left early sometimes died at exit in gloo's threads)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_leaving_member, args=(rank, port, results)) for rank in (0, 1)]
-    for p in procs:
-        p.start()
-    got = {rank: (reached, left) for rank, reached, left in (results.get(timeout=120) for _ in procs)}
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = _run_pair(_leaving_member)
     assert got[1][0] < got[0][0] - 0.5  # rank 1 reached stop() well before rank 0 ...
     assert got[1][1] >= got[0][0]  # ... and left only once rank 0 had reached it too
