@@ -101,3 +101,26 @@ def test_the_failure_reported_is_the_cause_not_a_peer_that_lost_it():
     assert root_failure({1: relayed}, {1: 100}) == (0, cause["message"])  # rank 0's own failure not recorded
     assert root_failure({1: relayed, 0: cause}, {1: 99, 0: 100}) == (0, cause["message"])
     assert root_failure({0: lost, 1: relayed}, {0: 99, 1: 100}) == (0, cause["message"])  # relayed before lost
+
+
+def test_a_torchrun_worker_whose_command_finished_ends_without_the_teardown():
+    """The demo's torchrun workers end as `unime mine`'s processes do under torchrun: once the command finished (and
+    the launcher read the return), a teardown that would abort does not run; a failed command does not skip it."""
+    import subprocess
+    import sys
+
+    script = ("import atexit, os\natexit.register(os.abort)\n"  # stands for a C++ thread aborting at teardown
+              "import unime.demo.parallel as parallel\n"
+              "def run_one(command, options):\n"
+              "    if options.get('fail'):\n        raise RuntimeError('failed')\n"
+              "    print('ran', command, end='')\n"
+              "parallel._run_one = run_one\n"
+              "try:\n    parallel._run_rank('mine', {OPTIONS}, 1)\nexcept RuntimeError:\n    pass\n")
+
+    def run(options: str):
+        return subprocess.run([sys.executable, "-c", script.replace("{OPTIONS}", options)], capture_output=True,
+                              text=True, timeout=120)
+
+    finished, failed = run("{}"), run("{'fail': True}")
+    assert (finished.returncode, finished.stdout) == (0, "ran mine")
+    assert failed.returncode != 0

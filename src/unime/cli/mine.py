@@ -71,20 +71,14 @@ def _mine(args) -> int:
 
 
 def _end_torchrun_worker() -> None:
-    """Under torchrun, a process whose mining finished (its outputs written, the process group left) ends here,
-    without the interpreter's teardown: in CI, process 1 of a finished two-process run twice died in that teardown
-    (SIGABRT, "terminate called without an active exception", from a C++ thread of gloo or Arrow), which turned
-    the finished run into a failed one for torchrun. One process: nothing (the command returns as usual)."""
-    import logging
+    """Under torchrun, a process whose mining finished ends here without the interpreter's teardown
+    (`unime.mining.ranks.leave_without_teardown`). One process: nothing (the command returns as usual)."""
     import os
-    import sys
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    from unime.mining.ranks import leave_without_teardown
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        leave_without_teardown()
 
 
 def _judge(args) -> int:

@@ -135,3 +135,10 @@ def _run_rank(command: str, options: dict[str, Any], threads: int) -> None:
 
     _init_worker(threads)
     record(_run_one)(command, options)
+    # finished: after the launcher has read this return, the process ends without the interpreter's teardown, as
+    # `unime mine` under torchrun does (a C++ thread sometimes aborted it there, failing a finished run)
+    import atexit
+
+    from unime.mining.ranks import leave_without_teardown
+
+    atexit.register(leave_without_teardown)
