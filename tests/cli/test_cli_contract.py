@@ -130,7 +130,7 @@ def test_a_config_file_fills_the_configs_the_commands_build(tmp_path):
     from unime.eval.runners import EvalConfig
     from unime.index.store import IndexBuildConfig
     from unime.mining.backends import BackendOptions
-    from unime.mining.pipeline import MineConfig
+    from unime.mining.config import MineConfig
 
     args = parse(MINE + ["--config", _cfg(tmp_path, "chunk-size: 4\nprogress: true\nindex-storage: float16\n"
                                                     "vllm-engine-arg: [tensor_parallel_size=8]\nhnsw_m: 8\n")])

@@ -180,7 +180,7 @@ def test_generated_commands_keep_their_options_names_defaults_types_and_choices(
 
 
 @pytest.mark.parametrize("words,configs", [
-    (["mine"], ["unime.mining.pipeline:MineConfig", "unime.mining.backends:BackendOptions"]),
+    (["mine"], ["unime.mining.config:MineConfig", "unime.mining.backends:BackendOptions"]),
     (["judge"], ["unime.mining.pairs:JudgePairsConfig", "unime.mining.backends:BackendOptions"]),
     (["eval"], ["unime.eval.runners:EvalConfig"]),
     (["eval", "reference"], ["unime.eval.reference_config:ReferenceConfig", "unime.eval.reference_config:ReferenceRunOptions"]),
@@ -212,7 +212,7 @@ def test_every_option_of_the_other_commands_is_a_config_field(words, configs):
 def test_a_command_config_is_built_from_its_bare_command_line_with_the_python_api_defaults():
     from unime.eval.runners import EvalConfig
     from unime.index.store import IndexBuildConfig
-    from unime.mining.pipeline import MineConfig
+    from unime.mining.config import MineConfig
 
     args = _command(["mine"]).parse_args(["--records", "r", "--embedder", "e", "--judge", "j", "--out", "o"])
     assert config_from_args(MineConfig, args) == MineConfig(records="r", embedder="e", judge="j", out="o")

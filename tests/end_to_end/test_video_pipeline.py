@@ -20,7 +20,8 @@ CAPTIONS = ["a black square", "a dark red square", "a red square", "a bright red
 @pytest.mark.slow
 def test_video_through_mine_train_eval(tmp_path, tiny_model_dir):
     from unime.eval.runners import EvalConfig, evaluate_checkpoint
-    from unime.mining.pipeline import MineConfig, run_mining
+    from unime.mining.config import MineConfig
+    from unime.mining.pipeline import run_mining
     from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
 
     data = tmp_path / "data"

@@ -167,7 +167,7 @@ def test_index_build_options_reach_the_manifest(tmp_path, monkeypatch, capsys):
 def test_mine_index_options_reach_the_index_and_the_stage_hash(monkeypatch, tmp_path, capsys):
     import unime.mining.pipeline as pipeline
     from unime.cli import main
-    from unime.mining.pipeline import MineConfig
+    from unime.mining.config import MineConfig
 
     base = dict(records="r.jsonl", embedder="e", judge="j", out="o")
     # defaults: the stage key is what it was before these options existed (existing runs stay reused)

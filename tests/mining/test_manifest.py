@@ -8,7 +8,7 @@ import pytest
 
 from unime.errors import ChangedOptions
 from unime.mining.manifest import Manifest, judge_hash, retrieval_hash, run_hash
-from unime.mining.pipeline import MineConfig
+from unime.mining.config import MineConfig
 
 INPUTS = {"records": {"path": "/d/r.jsonl", "sha1": "aa", "n": 3, "skipped": 0}, "pool": "positives", "pool_size": 5,
           "embedder": {"path": "emb", "fingerprint": "fe"}, "judge": {"path": "judge", "fingerprint": "fj"},

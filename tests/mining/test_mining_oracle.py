@@ -40,7 +40,8 @@ def test_oracle_scores_are_the_world_relevance(world_subset):
 
 def test_mining_with_the_oracle_filters_exactly_the_relevant_candidates(world_subset, tmp_path, tiny_model_dir):
     from unime.data.synth import World
-    from unime.mining.pipeline import MineConfig, run_mining
+    from unime.mining.config import MineConfig
+    from unime.mining.pipeline import run_mining
 
     world_dir, subset, keep = world_subset
     out = tmp_path / "mined"

@@ -20,7 +20,8 @@ from tests.mining.helpers import write_dataset
 from unime.data.io import read_records
 from unime.data.items import Item
 from unime.errors import DataError
-from unime.mining.pipeline import MineConfig, run_mining
+from unime.mining.config import MineConfig
+from unime.mining.pipeline import run_mining
 
 
 @pytest.fixture(scope="module")

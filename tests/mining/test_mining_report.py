@@ -167,7 +167,8 @@ def test_filter_curve_and_spearman_hand_worked():
 def test_mine_audit_on_the_demo_world(tmp_path, tiny_model_dir, tiny_world_dir):
     from unime.data.io import read_records, write_records
     from unime.data.synth import World
-    from unime.mining.pipeline import MineConfig, run_mining
+    from unime.mining.config import MineConfig
+    from unime.mining.pipeline import run_mining
 
     world_dir = tiny_world_dir(0)
     records = read_records(world_dir / "train" / "records.jsonl")

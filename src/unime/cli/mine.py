@@ -1,5 +1,5 @@
 """`unime mine` (judge-guided hard-negative mining, UniME-V2 stages A–C) and `unime judge` (scoring alone).
-The options are declared on `MineConfig` (`unime.mining.pipeline`), `JudgePairsConfig` (`unime.mining.pairs`)
+The options are declared on `MineConfig` (`unime.mining.config`), `JudgePairsConfig` (`unime.mining.pairs`)
 and `BackendOptions` (`unime.mining.backends`)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from unime.models.image_budget import IMAGE_GROUP
 def register(sub) -> None:
     from unime.mining.backends import BackendOptions
     from unime.mining.pairs import JudgePairsConfig
-    from unime.mining.pipeline import MineConfig
+    from unime.mining.config import MineConfig
 
     p = sub.add_parser("mine", help="mine judge-scored hard negatives (retrieval → judge → filter + sample)")
     j = sub.add_parser("judge", help="score (query, candidate) pairs with a Yes/No judge")
@@ -37,7 +37,8 @@ def _backend_options(args) -> dict:
 
 
 def _mine(args) -> int:
-    from unime.mining.pipeline import MineConfig, run_mining
+    from unime.mining.config import MineConfig
+    from unime.mining.pipeline import run_mining
 
     if args.audit and not args.world:
         raise UsageError("--audit needs --world", command="mine")

@@ -180,7 +180,8 @@ def _train_embedder(o: _Options) -> Callable[[], Any]:
 
 
 def _mine(o: _Options) -> Callable[[], Any]:
-    from unime.mining.pipeline import MineConfig, run_mining
+    from unime.mining.config import MineConfig
+    from unime.mining.pipeline import run_mining
 
     world = o.get("--world")
     cfg = MineConfig(records=o.get("--records"), embedder=o.get("--embedder"), judge=o.get("--judge"),

@@ -20,7 +20,7 @@ from unime.mining.manifest import input_fingerprints
 from unime.mining.retrieval import build_pool
 
 if TYPE_CHECKING:
-    from unime.mining.pipeline import MineConfig
+    from unime.mining.config import MineConfig
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from unime.options import option_defaults
 from unime.outdir import options_hash
 
 if TYPE_CHECKING:
-    from unime.mining.pipeline import MineConfig
+    from unime.mining.config import MineConfig
 
 log = logging.getLogger(__name__)
 

@@ -35,88 +35,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from unime.index.ann import INDEX_KINDS, AnnOptions
-from unime.mining.backends import JudgeBackend, JudgeOptions, JudgeSpec, make_backend
+from unime.mining.backends import JudgeBackend, JudgeSpec, make_backend
+from unime.mining.config import MineConfig
 from unime.mining.inputs import MiningInputs, load_inputs
 from unime.mining.manifest import Manifest, judge_hash, retrieval_hash, run_hash
 from unime.mining.ranks import Ranks
-from unime.mining.retrieval import IndexConfig
-from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL
 from unime.mining.stages import is_number, run_judge, run_retrieval, run_sampling, write_outputs
-from unime.options import option
 from unime.outdir import claim
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class MineConfig(JudgeOptions, AnnOptions):
-    """Options of `unime mine`: each field declares its option (`unime.options`)."""
-
-    records: str = option(help="training records (.jsonl, .parquet, UniME-V2 .json)")
-    embedder: str = option(help="embedder checkpoint for the global retrieval")
-    judge: str = option(help="judge checkpoint (a generative MLLM answering Yes/No); with --backend oracle, the "
-                        "world folder")
-    out: str = option(help="output folder (resumable: re-run the same command to resume)")
-    pool: str | None = option(None, "JSONL of candidate items (default: the de-duplicated union of all positives)")
-    data_root: str | None = option(None, "folder image paths are relative to (default: --world if given, else the "
-                                   "records' folder)")
-    k: int = option(50, "candidates retrieved per query")
-    beta: float = option(DEFAULT_BETA, "false negative: s(q,c) > s(q,c_t) - beta")
-    interval: int = option(DEFAULT_INTERVAL, "cyclical sampling interval")
-    count: int = option(DEFAULT_COUNT, "negatives stored per query")
-    fallback: str = option("random", "no survivor: draw at random from the K with score 1.0 (paper), or drop the "
-                           "query", choices=["random", "drop"])
-    seed: int = option(0, "random seed (the fallback draw, IVF's training sample)")
-    index: str = option("flat", "FAISS index (flat = exact)", choices=list(INDEX_KINDS))
-    shard_size: int = option(64, "queries per judge shard (unit of resumption)")
-    embed_batch_size: int = option(16, "embedder batch size of the retrieval")
-    cache_dir: str | None = option(None, "embedding cache, shared format with `unime eval --cache-dir` (default: "
-                                   "OUT/cache/embeddings)")
-    on_error: str = option("raise", "skip bad records (counted and reported) instead of stopping at the first",
-                           choices=["raise", "skip"])
-    audit: bool = option(False, "audit the judge against the demo world (needs --world)")
-    world: str | None = option(None, "demo world folder (for --audit)")
-    audit_threshold: float = option(1.0, "audit: relevance at or above which a retrieved candidate is a false "
-                                    "negative")
-    show_progress: bool = option(False, "show progress bars", dest="progress")
-    backend_options: dict = option(factory=dict, cli=False)  # `make_backend`'s (`BackendOptions.for_backend`)
-    overwrite: bool = option(False, cli=False)  # a re-run with other options: redo what depends on them (else refused)
-
-    def index_config(self) -> IndexConfig:
-        return AnnOptions.index_config(self, self.index, self.seed)
-
-    def index_key(self) -> list:
-        """The index parameters in the retrieval stage's hash: [kind, nprobe, efSearch] as before, then only
-        the parameters set away from their defaults (an existing run's stage stays reused)."""
-        c, defaults = self.index_config(), IndexConfig()
-        extra = {k: v for k, v in c.to_dict().items()
-                 if k not in ("kind", "nprobe", "ef_search") and v != getattr(defaults, k)
-                 and (k != "seed" or c.kind == "ivf")}  # the seed draws IVF's training sample
-        return [c.kind, c.nprobe, c.ef_search] + ([extra] if extra else [])
-
-    def __post_init__(self):
-        if self.k < 1:
-            raise ValueError("k must be >= 1")
-        if self.count < 1 or self.interval < 1 or self.shard_size < 1:
-            raise ValueError("count, interval and shard_size must be >= 1")
-        if self.fallback not in ("random", "drop"):
-            raise ValueError(f"fallback must be 'random' or 'drop', got {self.fallback!r}")
-        if self.audit and not self.world:
-            raise ValueError("audit needs a demo world (world=...)")
-
-    @property
-    def video_sampling(self):
-        """A `VideoSampling` from the video options, or None when none is set (the defaults apply)."""
-        from unime.data.video import VideoSampling
-
-        return VideoSampling.from_options(**self.video_options)
-
-    @property
-    def resolved_data_root(self) -> str:
-        from unime.data.roots import resolve_data_root
-
-        return resolve_data_root(self.records, self.data_root)
 
 
 @dataclass

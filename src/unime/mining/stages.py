@@ -29,7 +29,7 @@ from unime.outdir import require_replaceable
 
 if TYPE_CHECKING:
     from unime.mining.inputs import MiningInputs
-    from unime.mining.pipeline import MineConfig
+    from unime.mining.config import MineConfig
 
 log = logging.getLogger(__name__)
 
