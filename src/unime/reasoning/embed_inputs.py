@@ -11,6 +11,9 @@ One user turn, in this order::
 
 and the assistant turn opens with `<emb>` (added by `Embedder.render` when pooling="emb"); the
 embedding is the last-layer hidden state at `<emb>`, L2-normalised — the existing `Embedder` does it.
+Each piece is its own content part of the turn, with no separator added, as in the released Embed-RL code (its
+messages append the item's text, the T-CoT and the summary prompt as separate text parts, which the Qwen-VL chat
+templates write one after the other).
 Without a T-CoT the turn is the item followed by the summary prompt (the "same embedder without
 T-CoT" baseline).
 
