@@ -1,0 +1,51 @@
+"""`unime.data.atomic`: what appears has the modes of a plain write under the umask, not the private modes of
+the temporary file or folder it was written as."""
+
+from __future__ import annotations
+
+import os
+
+from unime.data.atomic import atomic_dir
+
+
+def _mode(path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path):
+    old = os.umask(0o027)
+    try:
+        import importlib
+
+        import unime.data.atomic as atomic
+
+        importlib.reload(atomic)  # the umask is read at import
+        with atomic.atomic_open(tmp_path / "a.json") as fh:
+            fh.write("{}")
+        with atomic.atomic_path(tmp_path / "b.bin") as p:
+            p.write_bytes(b"x")
+        with atomic.atomic_dir(tmp_path / "model") as d:
+            (d / "sub").mkdir()
+            (d / "sub" / "w.bin").write_bytes(b"w")
+            fd = os.open(d / "private.bin", os.O_CREAT | os.O_WRONLY, 0o600)  # as a library may write it
+            os.close(fd)
+        (tmp_path / "out").mkdir()
+        with atomic.merged_dir(tmp_path / "out") as d:
+            (d / "entry").mkdir(mode=0o700)
+            (d / "file.txt").write_text("t")
+    finally:
+        os.umask(old)
+        importlib.reload(atomic)
+    assert _mode(tmp_path / "a.json") == _mode(tmp_path / "b.bin") == 0o640
+    assert _mode(tmp_path / "model") == _mode(tmp_path / "model" / "sub") == 0o750
+    assert _mode(tmp_path / "model" / "sub" / "w.bin") == _mode(tmp_path / "model" / "private.bin") == 0o640
+    assert _mode(tmp_path / "out" / "entry") == 0o750 and _mode(tmp_path / "out" / "file.txt") == 0o640
+
+
+def test_a_link_written_into_an_atomic_folder_is_left_as_it_is(tmp_path):
+    target = tmp_path / "target.txt"
+    target.write_text("t")
+    os.chmod(target, 0o600)
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "link").symlink_to(target)
+    assert _mode(target) == 0o600 and (tmp_path / "d" / "link").is_symlink()
