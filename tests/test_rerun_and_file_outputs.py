@@ -197,6 +197,31 @@ def test_data_synth_claims_locks_and_keeps_foreign_files(tmp_path, capsys):
     assert read_marker(foreign)["preexisting"] == ["notes.txt"]
 
 
+def test_build_tiny_with_overwrite_keeps_the_users_files_and_drops_only_its_own_stale_ones(tmp_path, capsys):
+    """A command whose output is one model folder writes its files into the folder like any other: the user's
+    files stay; a file that an earlier build wrote and a rebuild of another family does not is removed."""
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["models", "build-tiny", "--out", str(out)]) == 2
+    assert "not written by unime" in _error_lines(capsys)[0]
+    assert main(["models", "build-tiny", "--out", str(out), "--overwrite"]) == 0
+    first = {p.name for p in out.iterdir()}
+    assert {"notes.txt", "config.json", "model.safetensors"} <= first
+    (out / "stale_from_first_build.json").write_text("{}")  # as if the first build had written it
+    marker = read_marker(out)
+    assert "stale_from_first_build.json" not in marker["preexisting"]
+    assert main(["models", "build-tiny", "--out", str(out), "--family", "qwen3_vl", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "stale_from_first_build.json").exists()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen3_vl"
+    assert read_marker(out)["command"] == "models build-tiny"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir() if not p.name.startswith(".")} == \
+        {p.name: oct(0o666 & ~mask) for p in out.iterdir() if not p.name.startswith(".")}
+
+
 def test_a_second_data_synth_on_a_locked_folder_fails_at_once(tmp_path, capsys):
     from unime.outdir import claim
 

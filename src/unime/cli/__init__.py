@@ -75,9 +75,9 @@ OWNED_FILE_COMMANDS = {
     "data convert": ("output", lambda a: ()),
 }
 _OVERWRITE_HELP = ("let this command write into an output folder it did not create: what it writes replaces "
-                   "entries of the same name (a command whose output is one model folder replaces the folder), "
-                   "other files stay. A re-run with other options starts over instead of being refused (a "
-                   "trainer discards its checkpoints; mining redoes only the stages the change affects)")
+                   "entries of the same name, other files stay. A re-run with other options starts over instead "
+                   "of being refused (a trainer discards its checkpoints; mining redoes only the stages the "
+                   "change affects)")
 _OVERWRITE_FILE_HELP = "replace an existing output file this command did not write (or that was changed since)"
 # namespace entries that are not options of the run (left out of the output folder's options record)
 _NOT_RUN_OPTIONS = ("func", "log_level", "config", "print_config")

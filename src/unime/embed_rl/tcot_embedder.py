@@ -61,16 +61,16 @@ def prepare_emb_checkpoint(cfg: AddEmbConfig) -> Path:
     """`unime reason add-emb`: copy a checkpoint (HF folder, or a PEFT adapter folder: merged first) with the
     `<emb>` token added and the embeddings resized, as an ordinary HF folder."""
     src, out = cfg.model, cfg.out
-    from unime.data.atomic import atomic_dir
     from unime.models.embedder import add_emb_token
     from unime.models.loading import load_model
+    from unime.models.export import model_folder
 
     loaded = load_model(src, device=cfg.device, dtype=cfg.dtype)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     add_emb_token(model, loaded.processor)
-    with atomic_dir(out, overwrite=True) as tmp:
+    with model_folder(out) as tmp:
         model.save_pretrained(tmp)
         loaded.processor.save_pretrained(tmp)
     return Path(out)

@@ -11,14 +11,42 @@ this run's command did not write is never replaced (`unime.outdir.require_replac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from unime.data.atomic import atomic_dir, atomic_open
+from unime.data.atomic import atomic_dir, atomic_open, merged_dir
 from unime.models.run_state import ADAPTER_DIR, CARD_FILE, EXPORT_NAMES, MERGED_DIR, is_peft  # noqa: F401
+
+
+@contextlib.contextmanager
+def model_folder(folder: str | os.PathLike):
+    """Yield a temporary folder whose entries become `folder`'s model files, for a command whose output is one
+    model folder (`unime models build-tiny`, `unime reason add-emb`): on success each entry replaces the entry of
+    the same name in `folder` (one rename each, `merged_dir`); an entry that an earlier run of the folder's owner
+    wrote and this one did not is deleted (say, a file of another family's processor); the user's files (listed as
+    pre-existing in the folder's marker, or any entry of an unmarked folder), the marker and the lock stay."""
+    from unime.outdir import read_marker
+
+    folder = Path(folder)
+    with merged_dir(folder) as tmp:
+        yield tmp
+        written = {p.name for p in tmp.iterdir()}
+    marker = read_marker(folder)
+    if marker is None:
+        return
+    keep = set(marker.get("preexisting", [])) | written
+    for p in sorted(folder.iterdir()):
+        if p.name in keep or p.name.startswith("."):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCard", adapter: bool | None = None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,13 +320,9 @@ def build_tiny(family: str, out_dir: str | os.PathLike, *, seed: int = 0, size: 
     model.generation_config.pad_token_id = special["<|endoftext|>"]
     model.generation_config.eos_token_id = [special["<|im_end|>"], special["<|endoftext|>"]]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        import shutil
+    from unime.models.export import model_folder
 
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with model_folder(out) as tmp:  # the model's files replace those of the same name; the user's files stay
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     return out
