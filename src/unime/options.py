@@ -6,7 +6,8 @@ field's name, annotation and default do not say it, its argparse settings: `flag
 `choices`, `metavar`, `type`, `nargs`, `const`, `group` (argparse group title), `cli_default` (the command
 line's default where it differs from the Python API's), `cli=False` (no command-line option),
 `positional=True` (a positional argument named by the field) and `exclusive` (the name of a mutually
-exclusive group of options; `exclusive_required=True` on its first field: one of them must be given).
+exclusive group of options; `exclusive_required=True` on its first field: one of them must be given) and
+`switch=(FLAG, VALUE)` (a second flag that sets the option to VALUE, e.g. `--skip-bad-records` = `--on-error skip`).
 `unime.cli.dataclass_options` generates the options and builds the config from the parsed namespace.
 """
 

@@ -95,6 +95,13 @@ def test_flags_from_a_config_mean_what_they_say(tmp_path):
     args = parse(base + ["--config", _cfg(tmp_path, "skip-bad-records: true\nin-batch: 'false'\n")])
     assert args.on_error == "skip" and args.in_batch is False
     assert parse(base + ["--config", _cfg(tmp_path, "resume: true\n")]).resume is True
+    # the trainers take `--on-error skip` as the other commands do; `--skip-bad-records` says the same
+    for command in (["train", "embedder"], ["train", "reranker"], ["train", "judge"]):
+        line = command + base[2:]
+        assert parse(line).on_error == "raise"
+        assert parse(line + ["--on-error", "skip"]).on_error == parse(line + ["--skip-bad-records"]).on_error == "skip"
+        assert parse(line + ["--config", _cfg(tmp_path, "on_error: skip\n")]).on_error == "skip"
+        assert parse(line + ["--config", _cfg(tmp_path, "skip-bad-records: false\n")]).on_error == "raise"
 
 
 def test_key_value_options_from_a_config_as_a_list_or_a_mapping(tmp_path):

@@ -118,8 +118,13 @@ def test_every_trainer_option_is_a_config_field_with_its_default(words, config, 
     module, name = config.split(":")
     cls = getattr(importlib.import_module(module), name)
     parser = _command(words)
-    by_dest = {a.dest: a for a in parser._actions}
     fields = {dest_of(f): f for f, _, _ in option_fields(cls)}
+    # a field's `switch=(FLAG, VALUE)`: a second flag setting the same dest to VALUE (`--skip-bad-records`)
+    switches = [a for a in parser._actions if a.option_strings and fields.get(a.dest) is not None
+                and fields[a.dest].metadata.get("switch", (None,))[0] == a.option_strings[0]]
+    for a in switches:
+        assert (a.const, a.default) == (fields[a.dest].metadata["switch"][1], fields[a.dest].default)
+    by_dest = {a.dest: a for a in parser._actions if a not in switches}
     not_fields = {"help", "config", "recipe", "print_config"}
     assert set(by_dest) - not_fields <= set(fields)
     for dest, action in by_dest.items():

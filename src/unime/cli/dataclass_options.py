@@ -114,6 +114,10 @@ def _add(container, entries, classes, labels, prefix: str = "") -> None:
     if not positional and flags[0].lstrip("-").replace("-", "_") != dest:
         kwargs["dest"] = dest
     container.add_argument(*flags, **kwargs)
+    if md.get("switch"):  # a flag that sets the option to one value (`--skip-bad-records` = `--on-error skip`)
+        switch, value = md["switch"]
+        container.add_argument(switch, dest=dest, action="store_const", const=value, default=kwargs.get("default"),
+                               help=f"the same as {flags[0]} {value}")
 
 
 def option_values(cls: type, args: argparse.Namespace, *, prefix: str = "", unset_is_none: bool = False) -> dict:

@@ -31,8 +31,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)",
                                    group="data")
     out: str = option(help="output folder (checkpoints/, adapter/, merged/, README.md, curves)", group="data")
-    on_error: str = option("raise", "skip malformed records (counted and reported) instead of failing",
-                           flag="--skip-bad-records", action="store_const", const="skip", group="data")
+    on_error: str = option("raise", "a bad record: raise (stop, naming it) or skip (counted and reported)",
+                           choices=["raise", "skip"], switch=("--skip-bad-records", "skip"), group="data")
     homogeneous_batches: bool = option(False, "every per-device batch from one dataset (Record.dataset)", group="data")
     workers: int = option(0, "data-loader worker processes", group="data")
     # loss ("auto" and hard_negatives None are chosen from the records: `resolve_auto_options`)

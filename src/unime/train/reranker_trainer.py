@@ -358,8 +358,8 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)",
                                    group="data")  # default: each record file's folder
     out: str = option(help="output folder", group="data")
-    on_error: str = option("raise", "skip bad records and images (counted and reported) instead of failing",
-                           flag="--skip-bad-records", action="store_const", const="skip", group="data")
+    on_error: str = option("raise", "a bad record or image: raise (stop, naming it) or skip (counted and reported)",
+                           choices=["raise", "skip"], switch=("--skip-bad-records", "skip"), group="data")
     role: str = option("reranker", cli=False)  # reranker | judge (the command)
     # parameters (LoRA, device: the mixins)
     full: bool = option(False, "full fine-tuning (every parameter, fp32 master weights) instead of LoRA; writes "
