@@ -88,3 +88,27 @@ def test_eval_reports_both_rows_and_matches_an_independent_rerank(eval_setup, ti
         assert own["picks"] == 4 and own["parsed"] + own["fallbacks"] == 4 and own["count_mismatches"] == 0
     md = (out / "results.md").read_text()
     assert "| embedder |" in md and f"embedder + reranker ({mode}, top-3)" in md
+    if mode == "top1":  # the report's line counts what the reranker's own stats count
+        assert (f"{own['parsed']} of 4 listwise answers named a candidate, {own['fallbacks']} fell back to the "
+                "reranker's pairwise scores") in md
+
+
+def test_the_report_line_counts_both_fallbacks_and_warns_when_no_answer_parsed():
+    """QA: the line summed only `rerank()`'s fallbacks (0 with a `Reranker`, which falls back to its pairwise
+    scores itself) and said 0 fallbacks where every listwise answer was unparsable."""
+    from unime.eval.report import reranker_line
+
+    def task(queries, picks, parsed, fallbacks, kept=0):
+        return {"queries": queries, "fallbacks": kept,
+                "reranker": {"picks": picks, "parsed": parsed, "fallbacks": fallbacks}}
+
+    none_parsed = reranker_line({"a": task(8, 8, 0, 8), "b": task(16, 16, 0, 16)})
+    assert none_parsed == ("Reranker: 24 reranked queries; 0 of 24 listwise answers named a candidate, 24 fell back "
+                           "to the reranker's pairwise scores (unparsable or out of range); 0 kept the embedder's "
+                           "order (no pick). WARNING: no listwise answer could be read: every pick is the pairwise "
+                           "scores' argmax.")
+    some = reranker_line({"a": task(8, 8, 6, 2), "b": {"queries": 3, "fallbacks": 1}})  # b: a reranker without stats
+    assert some == ("Reranker: 11 reranked queries; 6 of 8 listwise answers named a candidate, 2 fell back to the "
+                    "reranker's pairwise scores (unparsable or out of range); 1 kept the embedder's order (no pick).")
+    assert reranker_line({"a": {"queries": 5, "fallbacks": 0}}) == \
+        "Reranker: 5 reranked queries; 0 kept the embedder's order (no pick)."

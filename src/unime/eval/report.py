@@ -287,12 +287,28 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
     if timing.get("wall_seconds") is not None:
         lines += [f"Wall time: {timing['wall_seconds']:.1f} s", ""]
     if "reranked" in summary:
-        stats = summary["reranked"].get("stats") or {}
-        fallbacks = sum((s or {}).get("fallbacks", 0) for s in stats.values())
-        queries = sum((s or {}).get("queries", 0) for s in stats.values())
-        lines += [f"Reranker: {queries} reranked queries, {fallbacks} fallbacks to the embedder order "
-                  "(no parsable pick).", ""]
+        lines += [reranker_line(summary["reranked"].get("stats") or {}), ""]
     return lines
+
+
+def reranker_line(stats: dict[str, Any]) -> str:
+    """One line on the reranked evaluation from its per-task stats: the queries, the listwise picks that parsed,
+    and the two fallbacks — an unparsable or out-of-range answer falls back to the reranker's pairwise scores
+    (`Reranker.pick`), a reranker that returns no pick at all to the embedder's order (`rerank()`)."""
+    def total(key: str, part: str | None = None) -> int:
+        return sum(int(((s or {}).get(part) or {}).get(key, 0) if part else (s or {}).get(key, 0))
+                   for s in stats.values())
+
+    queries, to_embedder = total("queries"), total("fallbacks")
+    picks, parsed, to_pairwise = total("picks", "reranker"), total("parsed", "reranker"), total("fallbacks", "reranker")
+    line = f"Reranker: {queries} reranked queries"
+    if picks:
+        line += (f"; {parsed} of {picks} listwise answers named a candidate, {to_pairwise} fell back to the "
+                 f"reranker's pairwise scores (unparsable or out of range)")
+    line += f"; {to_embedder} kept the embedder's order (no pick)."
+    if picks and to_pairwise == picks:
+        line += " WARNING: no listwise answer could be read: every pick is the pairwise scores' argmax."
+    return line
 
 
 # -- plots -----------------------------------------------------------------------------------------------

@@ -24,9 +24,10 @@
 The reranking rule (`rerank()`), for an embedder ranking and a reranker that looks at the top k only:
 
 - ``top1`` (the paper's): the reranker *picks* one of the top-k candidates (listwise generation); the
-  picked one moves to rank 1 and every other candidate keeps the embedder's order. If the reranker
-  cannot pick (returns ``None``: unparsable answer), the embedder's order is kept and the fallback is
-  counted.
+  picked one moves to rank 1 and every other candidate keeps the embedder's order. A reranker that
+  returns no pick (``None``) keeps the embedder's order, counted in `rerank_many`'s stats as a fallback;
+  `Reranker.pick` always returns one (an unparsable answer falls back to its pairwise scores, counted in
+  `Reranker.stats`), so with it that count is 0.
 - ``resort``: the reranker scores every top-k candidate against the query (pairwise P(Yes)) and the
   top k are sorted by that score, descending; equal scores keep the embedder's order. Ranks beyond k
   are untouched.
