@@ -278,3 +278,80 @@ def test_convert_names_the_dataset_of_records_without_one(tmp_path):
     write_records([Record(Item("q1"), Item("p1")), Record(Item("q2"), Item("p2"), dataset="kept")], src)
     assert main(["data", "convert", str(src), str(tmp_path / "out.jsonl"), "--dataset", "flowers_t2i"]) == 0
     assert [r.dataset for r in read_records(tmp_path / "out.jsonl")] == ["flowers_t2i", "kept"]
+
+
+def test_images_sharing_a_caption_are_all_relevant_to_it_and_stay_on_one_side_of_the_split(tmp_path):
+    """QA: with several images under one caption (common in captioned data) the import named only the first as
+    the caption's relevant image (qrels), drew the others as the judge's and the eval rows' negatives, and
+    could hold out an image whose caption it trained on."""
+    from tests.captioned_folder import COLOURS, SHAPES, draw
+
+    photos = tmp_path / "src" / "photos"
+    photos.mkdir(parents=True)
+    rows, n = [], 0
+    for colour in COLOURS:
+        for shape in SHAPES:
+            for copy in range(3 if shape == "circle" else 1):  # three images for each "a ... circle"
+                n += 1
+                draw(shape, COLOURS[colour], 0.3 + 0.2 * copy).save(photos / f"p{n:02d}.png")
+                rows.append(f"p{n:02d}.png,a {colour} {shape}")
+    (tmp_path / "src" / "captions.csv").write_text("file,text\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "imp"
+    assert main(["data", "import", "--captions", str(tmp_path / "src" / "captions.csv"), "--images", str(photos),
+                 "--out", str(out), "--eval-candidates", "6", "--eval-fraction", "0.3"]) == 0
+    caption_of = {f"images/{r.split(',')[0]}": r.split(",")[1] for r in rows}
+    with_caption: dict[str, set[str]] = {}
+    for path, cap in caption_of.items():
+        with_caption.setdefault(cap, set()).add(path)
+
+    records = read_records(out / "train" / "records.jsonl")
+    train_images = {r.query.images[0] for r in records if r.query.images}
+    held = {row.query.images[0] for row in read_mmeb(next((out / "eval" / "mmeb").glob("*_i2t.jsonl")))}
+    assert train_images and held and not {caption_of[p] for p in held} & {caption_of[p] for p in train_images}
+    assert len(train_images) + len(held) == n
+
+    def caption_in(query_text: str) -> str:
+        return next(c for c in with_caption if query_text.endswith(c) or f" {c}" in query_text)
+
+    qrels = [json.loads(line) for line in (out / "train" / "qrels.jsonl").read_text().splitlines()]
+    for q in qrels:
+        if not q["query"].get("images"):  # a caption query: every training image with that caption
+            cap = caption_in(q["query"]["text"])
+            assert sorted(c["images"][0] for c in q["candidates"]) == sorted(with_caption[cap])
+    assert any(len(q["candidates"]) == 3 for q in qrels)  # the shared captions were in training
+
+    for r in read_records(out / "train" / "judge.jsonl"):
+        if not r.query.images:
+            cap = caption_in(r.query.text)
+            assert not {neg.images[0] for neg in r.negatives} & with_caption[cap]
+
+    for row in read_mmeb(next((out / "eval" / "mmeb").glob("*_t2i.jsonl"))):
+        cap = caption_in(row.query.text)
+        assert row.candidates[0].images[0] in with_caption[cap]
+        assert not {c.images[0] for c in row.candidates[1:]} & with_caption[cap]
+
+    from unime.mining.pairs import read_pairs
+
+    pairs, labels = read_pairs(str(out / "eval" / "judge_pairs.jsonl"), label_column="label")
+    for (_, q, c), y in zip(pairs, labels):
+        if not q.images:
+            assert (c.images[0] in with_caption[caption_in(q.text)]) == bool(y)
+
+
+def test_the_split_keeps_caption_groups_together_and_is_the_plain_shuffle_without_shared_captions():
+    import random
+
+    from unime.data.import_collection import caption_groups, split_images
+
+    assert caption_groups([["a"], ["b"], ["a", "c"], ["c"], ["d"]]) == [[0, 2, 3], [1], [4]]
+    # unique captions: the seeded shuffle of the images, the first round(n * fraction) held out
+    order = list(range(10))
+    random.Random(7).shuffle(order)
+    assert split_images(10, 0.3, 7, caption_groups([[str(i)] for i in range(10)])) == \
+        (sorted(order[3:]), sorted(order[:3])) == split_images(10, 0.3, 7)
+    groups = caption_groups([["x"], ["x"], ["y"], ["y"], ["z"], ["w"], ["v"], ["x"]])
+    train, held = split_images(8, 0.25, 3, groups)
+    for g in groups:
+        assert set(g) <= set(train) or set(g) <= set(held)
+    with pytest.raises(DataError, match="no split keeps 2 images on each side"):
+        split_images(5, 0.4, 0, caption_groups([["x"], ["x"], ["x"], ["x"], ["y"]]))

@@ -26,8 +26,9 @@ needs `--data-root`)::
                                         others (`unime judge --pairs ... --label-column label`)
     OUT/import.json                     source, options, counts
 
-The held-out split is drawn over images (never a caption of an evaluation image in training), with a
-seeded shuffle. An image is opened once (`ImageLoader`): a broken one raises `DataError` naming the
+The held-out split is drawn over images, with a seeded shuffle; images that share a caption stay on one side
+(`caption_groups`), so no caption of an evaluation image is trained on. A caption shared by several images is
+about all of them: each is relevant to it (qrels) and none is its negative (judge records, eval rows, pairs). An image is opened once (`ImageLoader`): a broken one raises `DataError` naming the
 source file, record and field, or with on_error="skip" is left out and counted.
 """
 
@@ -201,14 +202,50 @@ class ImportSummary:
                 f"\n  oracle: {self.out / 'train' / 'qrels.jsonl'}\n  eval:   {self.out / 'eval_tasks.yaml'}")
 
 
-def split_images(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of image positions into (train, held out); at least 2 on each side."""
+def caption_groups(captions: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Image positions grouped so that images sharing a caption (directly or through others) are in one group;
+    groups in the order of their first image, positions ascending."""
+    parent = list(range(len(captions)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, caps in enumerate(captions):
+        for c in caps:
+            j = first.setdefault(c, i)
+            parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(captions)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def split_images(n: int, eval_fraction: float, seed: int, groups: Sequence[Sequence[int]] | None = None
+                 ) -> tuple[list[int], list[int]]:
+    """Seeded split of image positions into (train, held out); at least 2 on each side. `groups`
+    (`caption_groups`): images sharing a caption stay on one side, so no held-out caption is trained on;
+    without (or with every image its own group) the split is a seeded shuffle of the images."""
     if n < 4:
         raise DataError(f"{n} usable image(s): an import needs at least 4 (2 to train on, 2 to hold out)")
-    order = list(range(n))
+    groups = [list(g) for g in groups] if groups is not None else [[i] for i in range(n)]
+    order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
     n_eval = min(max(2, round(n * eval_fraction)), n - 2)
-    return sorted(order[n_eval:]), sorted(order[:n_eval])
+    held: list[int] = []
+    for g in order:
+        if len(held) >= n_eval:
+            break
+        if n - len(held) - len(groups[g]) >= 2:  # a group too large to hold out stays in training
+            held += groups[g]
+    if len(held) < 2:
+        raise DataError(f"{n} usable images in {len(groups)} group(s) of images that share a caption: no split "
+                        "keeps 2 images on each side without a held-out caption in training")
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], sorted(held)
 
 
 def _image_id(rel: str) -> str:
@@ -229,6 +266,17 @@ def _train_records(train: list[tuple[CaptionedImage, str]], opts: ImportOptions)
     return records
 
 
+def _relevant_images(side: list[tuple[CaptionedImage, str]]) -> dict[str, set[str]]:
+    """Query key → the images a query is about: an image query its image; a caption query every image with that
+    caption (captions shared by several images are common in captioned data)."""
+    relevant: dict[str, set[str]] = {}
+    for img, rel in side:
+        relevant.setdefault(image_query(rel).key, set()).add(rel)
+        for cap in img.captions:
+            relevant.setdefault(caption_query(cap).key, set()).add(rel)
+    return relevant
+
+
 def _owner_map(train: list[tuple[CaptionedImage, str]]) -> dict[str, set[str]]:
     """Item key → the image paths it belongs to (a caption shared by two images belongs to both)."""
     owners: dict[str, set[str]] = {}
@@ -239,9 +287,11 @@ def _owner_map(train: list[tuple[CaptionedImage, str]]) -> dict[str, set[str]]:
     return owners
 
 
-def _judge_records(records: list[Record], owners: dict[str, set[str]], opts: ImportOptions) -> list[Record]:
+def _judge_records(records: list[Record], owners: dict[str, set[str]], relevant: dict[str, set[str]],
+                   opts: ImportOptions) -> list[Record]:
     """Each training record with `judge_negatives` random pool items of the positive's kind that belong to
-    none of the query's images (the pool = the de-duplicated union of the positives, as in mining)."""
+    none of the query's images (`relevant`: for a caption query every image with that caption; the pool = the
+    de-duplicated union of the positives, as in mining)."""
     seen: dict[str, Item] = {}
     for rec in records:  # mining's default pool (`unime.mining.retrieval.build_pool`): positives, first seen first
         seen.setdefault(rec.positive.key, rec.positive)
@@ -250,7 +300,7 @@ def _judge_records(records: list[Record], owners: dict[str, set[str]], opts: Imp
     rng = random.Random(opts.seed + 1)
     out = []
     for rec in records:
-        own = owners.get(rec.positive.key, set())
+        own = relevant.get(rec.query.key, set()) | owners.get(rec.positive.key, set())
         choices = [p for p in by_kind[bool(rec.positive.images)] if not owners.get(p.key, set()) & own]
         if len(choices) < opts.judge_negatives:
             choices = [p for p in pool if not owners.get(p.key, set()) & own]
@@ -262,8 +312,10 @@ def _judge_records(records: list[Record], owners: dict[str, set[str]], opts: Imp
 
 
 def _qrels_rows(records: list[Record], train: list[tuple[CaptionedImage, str]]) -> list[dict]:
-    """Per distinct training query, every item of its own image: captions (i2t) or the image (t2i)."""
+    """Per distinct training query, every item relevant to it: an image query every caption of its image (i2t),
+    a caption query every image with that caption (t2i)."""
     captions_of = {rel: img.captions for img, rel in train}
+    relevant = _relevant_images(train)
     rows: dict[str, dict] = {}
     for rec in records:
         if rec.query.key in rows:
@@ -272,7 +324,7 @@ def _qrels_rows(records: list[Record], train: list[tuple[CaptionedImage, str]]) 
             rel = rec.query.images[0]
             cands = [Item(c) for c in captions_of[rel]]
         else:
-            cands = [rec.positive]
+            cands = [image_target(r) for r in sorted(relevant[rec.query.key])]
         rows[rec.query.key] = {"id": rec.id, "query": rec.query.to_dict(), "candidates": [c.to_dict() for c in cands],
                                "relevance": [1.0] * len(cands)}
     return list(rows.values())
@@ -283,7 +335,8 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_
     """MMEB-eval rows of the held-out images: i2t (image → its first caption among others' captions),
     t2i (first caption → its image among other images), cls (image → its label among the collection's
     labels, as MMEB ranks against the label set). A
-    candidate equal to the positive (another image with the same caption) is never listed."""
+    candidate as right as the positive (another caption of the image; another image with the query's caption)
+    is never listed."""
     rng = random.Random(opts.seed + 2)
     n_cand = opts.eval_candidates
     tasks: dict[str, list[MMEBRow]] = {}
@@ -299,7 +352,7 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_
     if "t2i" in opts.directions:
         rows = []
         for i, (img, rel) in enumerate(held):
-            others = [r for j, (_, r) in enumerate(held) if j != i and r != rel]
+            others = [r for j, (o, r) in enumerate(held) if j != i and r != rel and img.captions[0] not in o.captions]
             negs = rng.sample(others, min(n_cand - 1, len(others)))
             rows.append(MMEBRow(caption_query(img.captions[0]), [image_target(rel)] + [image_target(r) for r in negs],
                                 id=f"{_image_id(rel)}-t2i"))
@@ -333,7 +386,7 @@ def _judge_pairs(held: list[tuple[CaptionedImage, str]], opts: ImportOptions) ->
             q = caption_query(img.captions[0]).to_dict()
             rows.append({"id": f"{_image_id(rel)}-t2i-pos", "query": q, "candidate": image_target(rel).to_dict(),
                          "label": 1})
-            imgs = [r for _, r in others if r != rel]
+            imgs = [r for o, r in others if r != rel and img.captions[0] not in o.captions]
             for k, r in enumerate(rng.sample(imgs, min(opts.judge_negatives, len(imgs))), 1):
                 rows.append({"id": f"{_image_id(rel)}-t2i-neg{k}", "query": q, "candidate": image_target(r).to_dict(),
                              "label": 0})
@@ -438,13 +491,14 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
     if not images:
         raise DataError("the source holds no captioned image", source=json.dumps(opts.source))
     placed = place_images(images, out, policy)
-    tr_idx, ev_idx = split_images(len(placed), opts.eval_fraction, opts.seed)
+    tr_idx, ev_idx = split_images(len(placed), opts.eval_fraction, opts.seed,
+                                  caption_groups([img.captions for img, _ in placed]))
     train, held = [placed[i] for i in tr_idx], [placed[i] for i in ev_idx]
 
     records = _train_records(train, opts)
     (out / "train").mkdir(exist_ok=True)
     write_records(records, out / "train" / "records.jsonl")
-    judge = _judge_records(records, _owner_map(train), opts)
+    judge = _judge_records(records, _owner_map(train), _relevant_images(train), opts)
     write_records(judge, out / "train" / "judge.jsonl")
     _write_jsonl(_qrels_rows(records, train), out / "train" / "qrels.jsonl")
     corpus = list(dict.fromkeys([c for img, _ in placed for c in img.captions] + [img.label for img, _ in placed
