@@ -82,7 +82,7 @@ _QIMG = "query.images[0]"
 
 RECORD_CASES: list[Case] = [
     Case("not_utf8", lambda r: b'{"id": "x", "query": {"text": "caf\xe9"}, "positive": {"text": "p"}}',
-         "malformed_json", None, "not UTF-8 text at column 35"),
+         "not_utf8", None, "not UTF-8 text at column 35"),
     Case("malformed_json", lambda r: b'{"query": {"text": "q"}, ', "malformed_json", None, "malformed JSON"),
     Case("deep_json", lambda r: b"[" * 100_000 + b"]" * 100_000, "malformed_json", None, "nested too deeply"),
     Case("not_an_object", lambda r: b"[1, 2]", "schema", None, "a record must be a JSON object"),

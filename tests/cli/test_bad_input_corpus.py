@@ -338,7 +338,7 @@ def corpus_outside_name() -> str:
 
 
 IMPORT_CASES: list[ImportCase] = [
-    ImportCase("not_utf8", TABLE_FORMATS, _raw_not_utf8, "malformed_json",
+    ImportCase("not_utf8", TABLE_FORMATS, _raw_not_utf8, "not_utf8",
                {"csv": "text", "tsv": "text", "jsonl": None}, "not UTF-8 text at"),
     ImportCase("malformed_json", ("jsonl",), lambda f: b'{"file": "img/good.png", ', "malformed_json",
                {"jsonl": None}, "malformed JSON"),
@@ -889,14 +889,14 @@ WDS_CASES = [
     SourceCase("no_image_member", [("txt", b"a picture")], "image", "image", "no image member (looked for "
                "['jpg', 'jpeg', 'png', 'webp']; the sample has ['txt'])"),
     SourceCase("no_caption_member", [("png", "good")], "schema", "txt", "no caption member"),
-    SourceCase("caption_not_utf8", [("png", "good"), ("txt", b"caf\xe9 au lait")], "malformed_json", "txt",
+    SourceCase("caption_not_utf8", [("png", "good"), ("txt", b"caf\xe9 au lait")], "not_utf8", "txt",
                "not UTF-8 text at byte 4 (b'\\xe9')"),
     SourceCase("caption_empty", [("png", "good"), ("txt", b"  ")], "empty_item", "txt", "empty caption"),
     SourceCase("placeholder", [("png", "good"), ("txt", b"<image> a picture")], "placeholder", "txt",
                "caption holds the image placeholder '<image>'"),
     SourceCase("json_malformed", [("png", "good"), ("json", b'{"caption": ')], "malformed_json", "json",
                "malformed JSON"),
-    SourceCase("label_not_utf8", [("png", "good"), ("txt", b"a picture"), ("cls", b"\xff")], "malformed_json", "cls",
+    SourceCase("label_not_utf8", [("png", "good"), ("txt", b"a picture"), ("cls", b"\xff")], "not_utf8", "cls",
                "not UTF-8 text at byte 1"),
     SourceCase("member_parent_escape", [("png", "good"), ("txt", b"a picture")], "schema", "png",
                "leads out of the archive"),

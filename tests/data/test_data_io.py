@@ -382,3 +382,26 @@ def test_check_images_validates_every_reference(tmp_path):
     with pytest.raises(DataError) as e:
         check_images(rows, loader)
     assert e.value.field == "candidates[1].images[0]" and e.value.record == "m1"
+
+
+def test_a_jsonl_line_error_names_the_column_where_it_is_and_a_byte_order_mark_is_read_as_nothing(tmp_path):
+    """QA: a truncated line was reported at column 1 (of the line break after it), a control character "at at
+    column N", and a file starting with a UTF-8 byte-order mark (as Windows tools write) was refused."""
+    from unime.data.jsonl import iter_jsonl
+
+    good = '{"query": {"text": "q"}, "positive": {"text": "p"}}'
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n" + good.encode() + b"\n")
+    assert [r.query.text for r in read_records(bom)] == ["q", "q"]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(good + "\n" + '{"query": {"text": "q"}' + "\n")
+    with pytest.raises(DataError, match=r"line 2: malformed JSON: Expecting ',' delimiter at column 24$"):
+        list(iter_jsonl(cut))
+    control = tmp_path / "control.jsonl"
+    control.write_text('{"query": {"text": "a\tb"}}\n')
+    with pytest.raises(DataError, match=r"line 1: malformed JSON: Invalid control character at column 22$"):
+        list(iter_jsonl(control))
+    late_bom = tmp_path / "late_bom.jsonl"  # a mark inside the file is not a byte-order mark: refused
+    late_bom.write_bytes(good.encode() + b"\n\xef\xbb\xbf" + good.encode() + b"\n")
+    with pytest.raises(DataError, match="line 2: malformed JSON"):
+        list(iter_jsonl(late_bom))

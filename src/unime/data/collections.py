@@ -177,7 +177,7 @@ def _undecodable(value: Any) -> bool:
 def _not_utf8(value: str, *, source: str, record: str, field: str | None) -> DataError:
     pos = next(i for i, ch in enumerate(value) if "\udc80" <= ch <= "\udcff")
     byte = bytes([ord(value[pos]) - 0xDC00])
-    return data_error("malformed_json", f"not UTF-8 text at character {pos + 1} of the value (byte {byte!r})",
+    return data_error("not_utf8", f"not UTF-8 text at character {pos + 1} of the value (byte {byte!r})",
                       source=source, record=record, field=field)
 
 
@@ -544,7 +544,7 @@ def _wds_text(data: bytes, *, source: str, record: str, field_name: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise data_error("malformed_json", f"not UTF-8 text at byte {e.start + 1} ({data[e.start:e.start + 1]!r})",
+        raise data_error("not_utf8", f"not UTF-8 text at byte {e.start + 1} ({data[e.start:e.start + 1]!r})",
                          source=source, record=record, field=field_name) from None
 
 

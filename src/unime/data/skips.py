@@ -17,7 +17,7 @@ from unime.errors import DataError
 ON_ERROR_CHOICES = ("raise", "skip")
 
 # why a record was rejected; `DataError.reason` carries one of these when unime's readers raise
-REASONS = ("malformed_json", "schema", "empty_item", "bad_score", "placeholder", "image")
+REASONS = ("malformed_json", "not_utf8", "schema", "empty_item", "bad_score", "placeholder", "image")
 
 log = logging.getLogger(__name__)
 
