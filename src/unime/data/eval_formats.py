@@ -158,7 +158,7 @@ def _flat(item: Item, *, record, field) -> tuple[str, str]:
 
 
 def mmeb_row_to_dict(row: MMEBRow, index: int = 0) -> dict:
-    label = row.id or f"index {index + 1}"
+    label = row.id or f"item {index + 1}"
     qt, qi = _flat(row.query, record=label, field="query")
     tt, ti = zip(*[_flat(c, record=label, field=f"candidates[{i}]") for i, c in enumerate(row.candidates)]) \
         if row.candidates else ((), ())

@@ -296,7 +296,7 @@ def _single_image(item: Item, *, record: str, field: str) -> str:
 
 
 def record_to_unime_v2(rec: Record, index: int = 0) -> dict:
-    label = rec.id or f"index {index + 1}"
+    label = rec.id or f"item {index + 1}"
     d: dict[str, Any] = {
         "query_text": rec.query.text, "query_image": _single_image(rec.query, record=label, field="query"),
         "pos_text": rec.positive.text, "pos_image": _single_image(rec.positive, record=label, field="positive"),
