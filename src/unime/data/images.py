@@ -35,6 +35,9 @@ class ImageLoader:
         self.max_pixels = max_pixels
         self.video_sampling = video  # None: `unime.data.video.VideoSampling()` defaults
 
+    # what the two refusals below add: the option exists on the commands that read a user's own image folders
+    _PERMIT_TEXT = "; `unime data import` and `data convert` permit it with --allow-outside-root"
+
     def resolve(self, ref: str, *, source=None, record=None, field=None) -> Path:
         if "\x00" in ref:
             raise DataError(f"image path {ref[:80]!r} holds a NUL byte", source=source, record=record, field=field)
@@ -44,11 +47,12 @@ class ImageLoader:
                             record=record, field=field)
         p = Path(ref)
         if p.is_absolute() and not self.allow_outside_root:
-            raise DataError(f"absolute image path {ref!r} not allowed (pass allow_outside_root to permit)",
-                            source=source, record=record, field=field)
+            raise DataError(f"absolute image path {ref!r} not allowed: image paths are relative to the data root "
+                            f"({self.root}){self._PERMIT_TEXT}", source=source, record=record, field=field)
         full = (p if p.is_absolute() else self.root / p).resolve()
         if not self.allow_outside_root and not full.is_relative_to(self.root):
-            raise DataError(f"image path {ref!r} escapes the data root", source=source, record=record, field=field)
+            raise DataError(f"image path {ref!r} escapes the data root ({self.root}){self._PERMIT_TEXT}", source=source,
+                            record=record, field=field)
         return full
 
     def load(self, ref: ImageRef, *, source=None, record=None, field=None) -> Image.Image:
