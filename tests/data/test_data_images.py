@@ -114,3 +114,22 @@ def test_inline_bytes_and_bad_reference(root):
         ImageLoader(root).load("")
     with pytest.raises(DataError, match="bad image reference"):
         ImageLoader(root).load(12)
+
+
+def test_a_file_that_is_no_image_and_a_huge_image_give_one_clean_message(root):
+    """QA: PIL's message showed a Python file object, and PIL's DecompressionBombWarning was printed before
+    unime's own refusal of a huge image."""
+    import warnings
+
+    (root / "img" / "garbage.png").write_bytes(b"\x00not an image at all" * 10)
+    with pytest.raises(DataError) as e:
+        ImageLoader(root).load("img/garbage.png")
+    assert str(e.value) == "corrupt or unreadable image img/garbage.png: not in an image format PIL can read"
+    Image.new("1", (12000, 12000)).save(root / "img" / "huge.png")  # 144 M pixels: past PIL's warning threshold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataError, match=r"has 12000x12000=144000000 pixels, over the limit"):
+            ImageLoader(root).load("img/huge.png")
+    assert [str(w.message) for w in caught] == []
+    with pytest.raises(DataError, match="^corrupt or unreadable image photos/x.png: not in an image format"):
+        ImageLoader(root).load("img/garbage.png", shown_as="photos/x.png")  # the name the user knows it by

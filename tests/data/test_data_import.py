@@ -108,7 +108,8 @@ def test_csv_folder_import_writes_records_eval_judge_and_qrels(tmp_path):
 
 def test_import_refuses_a_non_empty_folder_and_names_bad_rows(tmp_path, capsys):
     photos, captions = make_captioned_folder(tmp_path / "src")
-    lines = captions.read_text().splitlines()
+    original = captions.read_text()
+    lines = original.splitlines()
     lines[2] = "missing.png,a lost picture,circle"  # the file's line 3
     captions.write_text("\n".join(lines) + "\n")
     # the one-line error contract: exit code 2, the file, record and field on stderr
@@ -131,6 +132,14 @@ def test_import_refuses_a_non_empty_folder_and_names_bad_rows(tmp_path, capsys):
                  str(tmp_path / "o3"), "--on-error", "skip"]) == 2
     assert "not written by unime" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "o3").iterdir()) == ["notes.txt"]
+    # a corrupt picture is named by the user's file, not by the copy the import placed in its output
+    captions.write_text(original)  # the missing file's row made good again
+    broken = original.splitlines()[2].split(",")[0]
+    (photos / broken).write_bytes(b"not a png")
+    assert main(["data", "import", "--captions", str(captions), "--images", str(photos), "--out",
+                 str(tmp_path / "o4")]) == 2
+    err = capsys.readouterr().err
+    assert f"corrupt or unreadable image {photos / broken}: not in an image format" in err
 
 
 def test_jsonl_captions_with_column_options_and_caption_lists(tmp_path, capsys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,7 +56,9 @@ class ImageLoader:
                             record=record, field=field)
         return full
 
-    def load(self, ref: ImageRef, *, source=None, record=None, field=None) -> Image.Image:
+    def load(self, ref: ImageRef, *, source=None, record=None, field=None, shown_as: str | None = None) -> Image.Image:
+        """The image `ref` (a path under the root, bytes or a PIL image) as RGB; any failure is a `DataError`
+        naming `source`, `record`, `field` and the image (`shown_as`, where the user knows it by another path)."""
         if isinstance(ref, Image.Image):
             return _normalise(ref)
         if isinstance(ref, (bytes, bytearray)):
@@ -65,17 +68,22 @@ class ImageLoader:
             try:
                 if not path.is_file():
                     raise DataError(f"image file not found: {ref!r}", source=source, record=record, field=field)
-                fh, name = open(path, "rb"), ref
+                fh, name = open(path, "rb"), shown_as or ref
             except OSError as e:  # unreadable (permissions, a path the OS rejects)
                 raise DataError(f"cannot open image {ref!r}: {e.strerror or e}", source=source, record=record,
                                 field=field) from None
         else:
             raise DataError(f"bad image reference {ref!r}", source=source, record=record, field=field)
         try:
-            with fh:
+            with fh, warnings.catch_warnings():
+                # PIL warns of a large image before our own pixel limit below refuses it (or lets it through)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 try:
                     img = Image.open(fh)
-                except (UnidentifiedImageError, OSError) as e:
+                except UnidentifiedImageError:
+                    raise DataError(f"corrupt or unreadable image {name}: not in an image format PIL can read",
+                                    source=source, record=record, field=field) from None
+                except OSError as e:
                     raise DataError(f"corrupt or unreadable image {name}: {e}", source=source, record=record,
                                     field=field) from None
                 w, h = img.size

@@ -163,7 +163,8 @@ def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolic
             except OSError:
                 shutil.copyfile(img.image, dst)
         try:
-            loader.load(rel, source=img.source, record=img.record, field=img.field)
+            loader.load(rel, source=img.source, record=img.record, field=img.field,
+                        shown_as=None if isinstance(img.image, bytes) else str(img.image))  # the user's file
         except DataError as e:
             dst.unlink(missing_ok=True)
             e.reason = getattr(e, "reason", None) or "image"  # counted as a bad image (`unime.data.skips`)
