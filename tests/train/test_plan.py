@@ -120,3 +120,22 @@ def test_unime_plan_cli_prints_the_recipe_plan(capsys):
     assert "judge Qwen/Qwen2.5-VL-7B-Instruct: 8.29 B parameters" in out
     # 2 (K, V) x 28 layers x 4 KV heads x 128 x 2 bytes = 57344 bytes = 56 KiB per token
     assert "56 KiB of KV per token" in out and "fits" in out
+
+
+def test_every_recipe_plans_and_the_embedder_without_a_recipe_plans_at_the_records_most_negatives(capsys):
+    """QA: `unime plan --recipe embed-rl/...` and `unime plan --stage embedder` (K left to the records: None) died
+    with a TypeError. The Embed-RL contrastive stage trains on pairs (K 0); without K the plan takes the most
+    the records can give the trainer, 8, and says so."""
+    from unime.cli import main
+    from unime.cli.recipes import list_recipes
+
+    for name in list_recipes():
+        assert main(["plan", "--recipe", name, "--gpus", "8", "--gpu-memory", "80GB"]) == 0, name
+        capsys.readouterr()
+    assert main(["plan", "--recipe", "embed-rl/qwen3-vl-2b", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
+    assert "8 queries x 2 sequences (query, positive, 0 negatives)" in capsys.readouterr().out
+    assert main(["plan", "--stage", "embedder", "--model", "Qwen/Qwen2-VL-2B-Instruct"]) == 0
+    out = capsys.readouterr().out
+    assert "x 10 sequences (query, positive, 8 negatives; K left to the records, planned at their most, 8)" in out
+    unset = plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {"hard_negatives": None})
+    assert unset.rows == plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {"hard_negatives": 8}).rows

@@ -18,6 +18,10 @@ from unime.options import option
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
 
+# hard_negatives None (the command's default): the records' count of negatives, at most this many
+MAX_AUTO_HARD_NEGATIVES = 8
+
+
 @dataclass(kw_only=True)
 class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceOptions, EMBEDDER_LORA_OPTIONS):
     """Everything a run depends on (saved as `train_config.json`); each field declares its option of

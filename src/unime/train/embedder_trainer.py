@@ -40,7 +40,7 @@ from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, Reco
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
-from unime.train.embedder_config import EmbedderTrainingConfig
+from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES, EmbedderTrainingConfig
 from unime.train.losses import LOSSES, GroupLoss, build_loss
 
 logger = logging.getLogger(__name__)
@@ -196,8 +196,8 @@ def resolve_auto_options(config: EmbedderTrainingConfig, records: Sequence[Recor
     if LOSSES.get(config.loss) is not None and LOSSES[config.loss].requires_scores:
         k = choose_loss(records).hard_negatives or 8
     else:
-        k = min(8, min((len(r.negatives) for r in records), default=0))
-    logger.info("--hard-negatives: %d (the records' negatives, at most 8)", k)
+        k = min(MAX_AUTO_HARD_NEGATIVES, min((len(r.negatives) for r in records), default=0))
+    logger.info("--hard-negatives: %d (the records' negatives, at most %d)", k, MAX_AUTO_HARD_NEGATIVES)
     return dataclasses.replace(config, hard_negatives=k)
 
 

@@ -29,9 +29,12 @@ from typing import Any
 
 from unime.models.lora import EMBEDDER_LORA, GENERATIVE_LORA
 from unime.options import option
+from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES
 
 GiB = 1024 ** 3
 DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "float32": 4}
+# where the embedder's K is left to the records, the plan takes the most they can give it
+K_UNSET_NOTE = f"; K left to the records, planned at their most, {MAX_AUTO_HARD_NEGATIVES}"
 
 
 @dataclass
@@ -166,8 +169,8 @@ class Plan:
         verdict = ""
         if self.gpu_memory_gb:
             left = self.gpu_memory_gb - self.total / GiB
-            verdict = (f"  of {self.gpu_memory_gb:g} GB: fits ({left:.1f} GiB left for the CUDA context and "
-                       "fragmentation)" if left > 2 else f"  of {self.gpu_memory_gb:g} GB: DOES NOT FIT")
+            verdict = (f"  of {self.gpu_memory_gb:g} GiB: fits ({left:.1f} GiB left for the CUDA context and "
+                       "fragmentation)" if left > 2 else f"  of {self.gpu_memory_gb:g} GiB: DOES NOT FIT")
         lines.append(f"  {'total':<{width}}{self.total / GiB:8.2f}{verdict}")
         lines.append(f"{self.tokens_label}: {self.tokens_per_step:,} ({self.tokens_note})")
         lines += [f"hint: {h}" for h in self.hints]
@@ -227,7 +230,9 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
     vis, vis_what = visual_tokens_per_image(shapes, image_size=o.get("image_size"), max_pixels=o.get("max_pixels"),
                                             min_pixels=o.get("min_pixels"))
     seq = int(round(text_tokens + images_per_item * vis))
-    k = int(o.get("hard_negatives", 8))
+    # K unset (the command's default): the records decide, at most `MAX_AUTO_HARD_NEGATIVES`; planned at that bound
+    k_unset = o.get("hard_negatives") is None
+    k = MAX_AUTO_HARD_NEGATIVES if k_unset else int(o["hard_negatives"])
     per_query = 2 + k
     accum = int(o.get("grad_accum", 1) or 1)
     if o.get("global_batch"):
@@ -250,7 +255,8 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
     facts[:0] = [f"model {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters (vision "
                  f"{shapes.params_vision / 1e9:.2f} B), {shapes.layers} layers, hidden {shapes.hidden}",
                  f"{gpus} device(s), {'bf16 autocast' if bf16 else 'fp32'}; per device {per_device} queries x "
-                 f"{per_query} sequences (query, positive, {k} negatives) per micro-batch, {accum} accumulation step(s)",
+                 f"{per_query} sequences (query, positive, {k} negatives{K_UNSET_NOTE if k_unset else ''}) per "
+                 f"micro-batch, {accum} accumulation step(s)",
                  f"sequence ~{seq} tokens: {text_tokens} text/template + {images_per_item:g} x {vis} visual "
                  f"({vis_what})"]
     plan = Plan(title=title or f"train embedder on {shapes.name}", facts=facts, rows=rows,
