@@ -306,6 +306,22 @@ def test_auth_rules():
     ServeConfig(model="m", api_keys=["k" * 20], host="0.0.0.0").check()
 
 
+def test_bad_api_keys_are_one_line_errors_naming_where_they_are(tmp_path, monkeypatch, capsys):
+    """QA: a key shorter than 16 characters ended `unime serve` with a traceback."""
+    from unime.cli import main
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# keys\n" + "k" * 16 + "\nsk-test-123\n")
+    monkeypatch.setenv("UNIME_API_KEYS", "x" * 20 + ",abc")
+    assert main(["serve", "--model", str(tmp_path / "no-model"), "--api-key-file", str(keys)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"unime: error: API keys must have at least 16 characters; too short: --api-key-file {keys}, "
+                   "line 3, UNIME_API_KEYS, key 2"]
+    monkeypatch.delenv("UNIME_API_KEYS")
+    assert main(["serve", "--model", "m", "--api-key-file", str(tmp_path / "missing.txt")]) == 2
+    assert capsys.readouterr().err.startswith(f"unime: error: --api-key-file {tmp_path / 'missing.txt'}: cannot read")
+
+
 def test_batching_options_are_checked():
     with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
         ServeConfig(model="m", no_auth=True, max_batch_size=0).check()

@@ -13,7 +13,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("serve", help="serve an embedder (+ reranker, + index): OpenAI embeddings, rerank, search, page")
     add_options(p, ServeConfig)
-    p.add_argument("--api-key-file", default=None, help="file of API keys, one per line (also: env UNIME_API_KEYS)")
+    p.add_argument("--api-key-file", default=None, help="file of API keys, one per line, each of at least 16 "
+                   "characters (also: env UNIME_API_KEYS, comma-separated)")
     add_options(p, Limits)
     add_options(p, RayOptions)
     add_config_option(p)

@@ -7,23 +7,32 @@ import hmac
 import os
 from pathlib import Path
 
+from unime.errors import UsageError
+
 ENV_VAR = "UNIME_API_KEYS"
 MIN_KEY_CHARS = 16
 
 
 def load_api_keys(file: str | os.PathLike | None = None, env: str = ENV_VAR) -> list[str]:
-    keys: list[str] = []
+    """The keys of `file` and of the environment variable `env`. A key shorter than `MIN_KEY_CHARS` or a file that
+    cannot be read is a `UsageError` naming where it is (the file and line, or the variable and position)."""
+    keys: list[tuple[str, str]] = []  # (where, key)
     if file:
-        for n, line in enumerate(Path(file).read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--api-key-file {file}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        for n, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if line and not line.startswith("#"):
-                keys.append(line)
+                keys.append((f"--api-key-file {file}, line {n}", line))
     if os.environ.get(env):
-        keys += [k.strip() for k in os.environ[env].split(",") if k.strip()]
-    short = [k for k in keys if len(k) < MIN_KEY_CHARS]
+        keys += [(f"{env}, key {i}", k.strip()) for i, k in enumerate(
+            (k for k in os.environ[env].split(",") if k.strip()), 1)]
+    short = [where for where, k in keys if len(k) < MIN_KEY_CHARS]
     if short:
-        raise ValueError(f"{len(short)} API key(s) shorter than {MIN_KEY_CHARS} characters")
-    return keys
+        raise UsageError(f"API keys must have at least {MIN_KEY_CHARS} characters; too short: {', '.join(short)}")
+    return [k for _, k in keys]
 
 
 def key_matches(given: str, keys: list[str]) -> bool:
