@@ -121,6 +121,18 @@ def test_score_pairs_groups_by_query_and_deduplicates(judges):
     assert scores[0] == scores[3]
 
 
+def test_items_as_dicts_and_strings_score_like_items(judges):
+    """QA: `score_candidates` took only `Item`s where `Embedder.encode` and `Reranker` take dicts and strings."""
+    j = judges("qwen2_vl")
+    as_dicts = [{"text": "red"}, {"images": [CANDIDATES[2].images[0]]}, "a blue square"]
+    as_items = [CANDIDATES[0], CANDIDATES[2], Item(text="a blue square")]
+    query = {"text": QUERY_IMAGE.text, "image": QUERY_IMAGE.images[0]}
+    np.testing.assert_array_equal(j.score_candidates(query, as_dicts), j.score_candidates(QUERY_IMAGE, as_items))
+    np.testing.assert_array_equal(j.score_pairs([(query, c) for c in as_dicts]),
+                                  j.score_pairs([(QUERY_IMAGE, c) for c in as_items]))
+    assert j.score_pair(QUERY_TEXT.text, "red") == j.score_pair(QUERY_TEXT, CANDIDATES[0])
+
+
 def test_only_yes_no_rows_of_the_lm_head_are_used(judges, monkeypatch):
     """The fast path must not compute the full vocabulary projection."""
     j = judges("qwen2_vl")

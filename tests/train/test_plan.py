@@ -13,14 +13,15 @@ from unime.train.memory_plan import GiB, model_shapes, parse_memory, plan_embedd
 def _measure_training_step(model_dir: str, *, r: int, dropout: float, texts=("a red square", "a red square")):
     """Bytes of parameters, gradients and AdamW states after one step, and of the tensors autograd saves
     in the forward of one chunk of 2 sequences (224x224 image + text), for the embedder + LoRA in fp32."""
-    from unime.models.embedder import Embedder, as_item
+    from unime.data.items import Item
+    from unime.models.embedder import Embedder
     from unime.models.lora import LoraSettings, apply_lora
 
     torch.manual_seed(0)
     emb = Embedder.from_pretrained(model_dir, device="cpu", dtype="fp32", trainable=True)
     emb.model = apply_lora(emb.model, LoraSettings(r=r, alpha=2 * r, dropout=dropout))
     emb.model.train()
-    items = [as_item({"text": t, "image": Image.new("RGB", (224, 224), c)}) for t, c in zip(texts, ("red", "blue"))]
+    items = [Item.from_dict({"text": t, "image": Image.new("RGB", (224, 224), c)}) for t, c in zip(texts, ("red", "blue"))]
     inputs = emb.build_inputs(items)
     own = {t.untyped_storage().data_ptr() for t in [*emb.model.parameters(), *emb.model.buffers()]}
     saved: dict[int, int] = {}

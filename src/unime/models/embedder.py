@@ -25,13 +25,6 @@ from unime.models.prompts import EMB_TOKEN
 POOLINGS = ("last", "emb")
 
 
-def as_item(x: Any) -> Item:
-    """`Item`, `{"text": ..., "image": PIL/path, "images": [...], "video": [...]}` or a plain string."""
-    if isinstance(x, Item):
-        return x
-    return Item.from_dict(x)
-
-
 def padding_shape(item: Item) -> tuple[bool, int]:
     """What decides most of an item's length once rendered: a video, and how many images."""
     return bool(item.video), len(item.images)
@@ -138,14 +131,14 @@ class Embedder:
 
     def embed(self, items: Sequence[Any]):
         """Forward a batch of items, gradients enabled if the caller enabled them (training)."""
-        return self.forward(self.build_inputs([as_item(x) for x in items]))
+        return self.forward(self.build_inputs([Item.from_dict(x) for x in items]))
 
     def batch_plan(self, items: Sequence[Any], batch_size: int | None = None) -> list[list[int]]:
         """The batches `encode` runs for `items`, as positions in `items`: each distinct item (first occurrence
         by `Item.key`) once, in `padding_order`, cut every `batch_size`. A batch passed to `encode` alone is run
         as the same batch, so its vectors equal those of the whole call bit for bit (how `unime mine` splits
         its encoding over processes)."""
-        items = [as_item(x) for x in items]
+        items = [Item.from_dict(x) for x in items]
         first: dict[str, int] = {}
         for i, it in enumerate(items):
             first.setdefault(it.key, i)
@@ -160,7 +153,7 @@ class Embedder:
         in the batches of `batch_plan`."""
         import torch
 
-        items = [as_item(x) for x in items]
+        items = [Item.from_dict(x) for x in items]
         if not items:
             return np.zeros((0, self.hidden_size), dtype=np.float32)
         plan = self.batch_plan(items, batch_size)

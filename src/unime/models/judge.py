@@ -12,6 +12,8 @@ Two ways to compute it, with the same prompt and the same numbers (a test holds 
   positions come from the family adapter); only the `Yes` and `No` rows of the LM head are applied to the
   last hidden state. Identical candidates of a query are scored once; a candidate whose tokens do not
   split at the prefix boundary is scored with the reference path (counted in `stats.boundary_fallbacks`).
+- Items are `Item`s, or what `Item.from_dict` reads (`{"text": ..., "image": ...}`, a plain string), as
+  `Embedder.encode` and `Reranker` take them.
 - Video (either side) takes the same path: a query video lives in the prefix, a candidate video in its
   continuation, its vision-encoder output cached like an image's (key = the video reference + sampling).
 """
@@ -149,7 +151,7 @@ class JudgeScorer:
         import torch
 
         self._require_model()
-        segs = self.prompt_segments(query, candidate)
+        segs = self.prompt_segments(Item.from_dict(query), Item.from_dict(candidate))
         text = self.adapter.render_user_turn(segs)
         inputs = self.adapter.processor_inputs([text], [segs]).to(self.device)
         with torch.inference_mode():
@@ -172,6 +174,7 @@ class JudgeScorer:
 
     def score_pairs(self, pairs: Sequence[tuple[Item, Item]], *, show_progress: bool = False) -> np.ndarray:
         """Scores of arbitrary pairs (in order): grouped by query, each distinct pair scored once."""
+        pairs = [(Item.from_dict(q), Item.from_dict(c)) for q, c in pairs]
         groups: dict[str, tuple[Item, list[int]]] = {}
         for i, (q, _) in enumerate(pairs):
             groups.setdefault(q.key, (q, []))[1].append(i)
@@ -188,7 +191,7 @@ class JudgeScorer:
     def margin_candidates(self, query: Item, candidates: Sequence[Item]) -> np.ndarray:
         """l_Yes - l_No for each candidate (float64, in order), fast path."""
         self._require_model()
-        candidates = list(candidates)
+        query, candidates = Item.from_dict(query), [Item.from_dict(c) for c in candidates]
         self.stats.pairs_requested += len(candidates)
         if not candidates:
             return np.zeros(0, dtype=np.float64)

@@ -135,10 +135,6 @@ def rerank_many(orders: Sequence[Sequence[int]], reranker: RerankerProtocol, que
     return out
 
 
-def as_item(x: Any) -> Item:
-    return x if isinstance(x, Item) else Item.from_dict(x)
-
-
 def resolve_checkpoint(path: str | os.PathLike) -> str:
     """A model folder for `path`: itself if it is one (or a hub id), else the `adapter/` or `merged/` folder
     of a `unime train reranker|judge` output folder (the adapter first: it is what the run trained)."""
@@ -237,7 +233,7 @@ class Reranker:
     # -- pairwise ----------------------------------------------------------------------------------
     def score_pairs(self, query: Any, candidates: Sequence[Any]) -> np.ndarray:
         """P(Yes) of the pairwise (judge) prompt for each candidate, float64, in order."""
-        return self.judge.score_candidates(as_item(query), [as_item(c) for c in candidates])
+        return self.judge.score_candidates(Item.from_dict(query), [Item.from_dict(c) for c in candidates])
 
     # -- listwise ----------------------------------------------------------------------------------
     def _content(self, item: Item, field: str) -> list[Segment]:
@@ -247,8 +243,8 @@ class Reranker:
         return item_content(item.text, images, frames)
 
     def listwise_segments(self, query: Any, candidates: Sequence[Any]) -> list[Segment]:
-        q = self._content(as_item(query), "query")
-        return listwise_prompt(q, [self._content(as_item(c), f"candidates[{i}]") for i, c in enumerate(candidates)])
+        q = self._content(Item.from_dict(query), "query")
+        return listwise_prompt(q, [self._content(Item.from_dict(c), f"candidates[{i}]") for i, c in enumerate(candidates)])
 
     def generate_answers(self, queries: Sequence[Any], candidate_lists: Sequence[Sequence[Any]]) -> list[str]:
         """The reranker's greedy listwise answer texts (special tokens removed), `batch_size` prompts per
@@ -312,8 +308,8 @@ class Reranker:
         (default: the trained number of candidates, else all) reranked by `mode`, the rest unchanged."""
         if mode not in RERANK_MODES:
             raise ValueError(f"mode must be one of {RERANK_MODES}, got {mode!r}")
-        ranked = [as_item(c) for c in ranked]
+        ranked = [Item.from_dict(c) for c in ranked]
         if not ranked:
             return []
         k = min(k or self.num_candidates or len(ranked), len(ranked))
-        return [int(i) for i in rerank(range(len(ranked)), self, as_item(query), ranked, k, mode)]
+        return [int(i) for i in rerank(range(len(ranked)), self, Item.from_dict(query), ranked, k, mode)]
