@@ -67,7 +67,9 @@ def test_captioned_folder_through_the_whole_pipeline(tiny_model_dir, tmp_path, c
     stats = json.loads((run / "mined" / "stats.json").read_text())
     health = stats["label_health"]
     out = capsys.readouterr().out
-    assert f"fallback {health['fallback_queries']}/{health['queries']} queries" in out
+    from unime.mining.health import format_health
+
+    assert f"label health: {format_health(health)}" in out and f"{health['fallback_queries']}/{health['queries']}" in out
     assert ("WARNING" in out) == bool(health["warnings"])
     mined = run / "mined" / "mined.parquet"
 

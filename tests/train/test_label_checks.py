@@ -86,6 +86,9 @@ def test_label_health_figures_and_warnings():
     assert h["score_p5"] == pytest.approx(np.percentile([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 5))
     assert len(h["warnings"]) == 1 and "20.0 % of the queries" in h["warnings"][0]
     assert "fallback 2/10 queries (20.0 %)" in format_health(h)
+    # a query with no candidate at all is dropped even under --fallback random: the line names both counts
+    mixed = label_health({**sampling, "counts": {"ok": 7, "fallback": 2, "dropped": 1}}, [])
+    assert "fallback or dropped 3/10 queries (30.0 %: fallback 2, dropped 1)" in format_health(mixed)
     flat = label_health({**sampling, "counts": {"ok": 10}}, _rows([0.2, 0.2], [[0.2, 0.2], [0.2, 0.21]]))
     assert len(flat["warnings"]) == 1 and "barely vary" in flat["warnings"][0]
 

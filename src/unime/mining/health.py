@@ -2,7 +2,8 @@
 `stats.json` (``label_health``) and `report.md`:
 
 - fallback share: queries none of whose K candidates survived the false-negative filter (their negatives
-  are random draws scored 1.0, SPEC 1.4). The paper sees < 1 %; above `FALLBACK_WARN` it warns — a judge
+  are random draws scored 1.0, SPEC 1.4, or the query is dropped: under `--fallback drop`, or with no candidate
+  retrieved at all; the line names both counts when any was dropped). The paper sees < 1 %; above `FALLBACK_WARN` it warns — a judge
   that scores everything near the positive's score (e.g. one that learned the Yes/No base rate) pushes
   almost every query there.
 - filter share: retrieved candidates dropped as false negatives.
@@ -28,7 +29,8 @@ def label_health(sampling: dict[str, Any], audit_rows: Sequence[dict[str, Any]])
     """Figures and warnings from the sampling statistics (`SamplingStats.to_dict()`) and the audit rows."""
     counts = sampling["counts"]
     queries = sum(int(v) for v in counts.values())
-    fallback = int(counts.get("fallback", 0)) + int(counts.get("dropped", 0))
+    dropped = int(counts.get("dropped", 0))  # no survivor under --fallback drop, or no candidate at all
+    fallback = int(counts.get("fallback", 0)) + dropped
     cand = sum(sampling["candidates"].values())
     filtered = sum(sampling["false_negatives"].values())
     scores = np.asarray([r["judge_score"] for r in audit_rows], dtype=np.float64)
@@ -37,7 +39,7 @@ def label_health(sampling: dict[str, Any], audit_rows: Sequence[dict[str, Any]])
         pos.setdefault(r["query_index"], r["positive_score"])
     pos_scores = np.asarray(list(pos.values()), dtype=np.float64)
     out: dict[str, Any] = {
-        "queries": queries, "fallback_queries": fallback,
+        "queries": queries, "fallback_queries": fallback, "dropped_queries": dropped,
         "fallback_share": fallback / queries if queries else 0.0,
         "candidates": int(cand), "filtered": int(filtered), "filter_share": filtered / cand if cand else 0.0,
     }
@@ -64,8 +66,12 @@ def label_health(sampling: dict[str, Any], audit_rows: Sequence[dict[str, Any]])
 
 
 def format_health(h: dict[str, Any]) -> str:
-    line = (f"fallback {h['fallback_queries']}/{h['queries']} queries ({100 * h['fallback_share']:.1f} %), "
-            f"filtered {h['filtered']}/{h['candidates']} candidates ({100 * h['filter_share']:.1f} %)")
+    dropped = int(h.get("dropped_queries", 0))
+    share = f"{100 * h['fallback_share']:.1f} %"
+    line = (f"fallback {h['fallback_queries']}/{h['queries']} queries ({share})" if not dropped else
+            f"fallback or dropped {h['fallback_queries']}/{h['queries']} queries ({share}: fallback "
+            f"{h['fallback_queries'] - dropped}, dropped {dropped})")
+    line += f", filtered {h['filtered']}/{h['candidates']} candidates ({100 * h['filter_share']:.1f} %)"
     if "score_std" in h:
         line += (f"; judge: candidate scores p5 {h['score_p5']:.3f} / median {h['score_median']:.3f} / p95 "
                  f"{h['score_p95']:.3f}, mean positive {h['positive_score_mean']:.3f}, separation "

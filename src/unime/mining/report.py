@@ -465,7 +465,7 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
     lines += ["", "## Sampling (per dataset)", "", "```", stats["sampling_table"], "```", "",
               "Statuses: `ok` = enough survivors; `repeated` = fewer survivors than the count, repeated "
               "cyclically; `fallback` = no survivor, random draw from the K with score 1.0; `dropped` = no "
-              "survivor under `--fallback drop`.", ""]
+              "survivor under `--fallback drop`, or no candidate retrieved at all (nothing to draw from).", ""]
     lines += ["## Time per stage (this run, seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in times.items()]
     recorded = (stats.get("retrieval") or {}).get("seconds") or {}
