@@ -135,7 +135,7 @@ def test_unime_mine_and_judge_sample_video_with_the_video_options(tmp_path, tiny
 
 
 @pytest.mark.slow
-def test_mining_audit_on_the_demo_world_video_records(tmp_path, tiny_model_dir):
+def test_mining_audit_on_the_demo_world_video_records(tmp_path, tiny_model_dir, capsys):
     """`unime mine --audit --world` on the generated world's video records: the audit rows carry the world's
     ground-truth relevance of each retrieved clip / segment / answer (recomputed here), every positive is fully
     relevant, and the audit summary covers the four video datasets."""
@@ -168,6 +168,11 @@ def test_mining_audit_on_the_demo_world_video_records(tmp_path, tiny_model_dir):
         assert row["positive_relevance"] == 1.0
     summary = json.loads((out / "audit.json").read_text())
     assert set(summary["by_dataset"]) == {"clip_cls", "clip_qa", "clip_ret", "clip_moment"}
+    audit_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("judge audit:"))
+    figure = (lambda x: f"{x:.3f}" if isinstance(x, float) else str(x))  # three decimals, as printed
+    assert audit_line == (f"judge audit: ROC-AUC {figure(summary['auc_judge_score'])}, at beta={summary['beta']}: "
+                          f"precision {figure(summary['at_beta']['precision'])}, recall "
+                          f"{figure(summary['at_beta']['recall'])}")
     FRAME_CACHE.clear()
 
 

@@ -38,9 +38,11 @@ def _build(args) -> int:
         raise UsageError(str(e), command="index build") from None
     idx, stats = build_index_folder(cfg)
     info = idx.manifest.get("index", {})
+    recall = info.get("recall") or {}
+    measured = f"{recall['recall']:.4f}" if isinstance(recall.get("recall"), (int, float)) else recall.get("recall")
     print(f"{args.out}: {len(idx)} items ({stats.added} added, {stats.already_indexed} already indexed, "
           f"{stats.encoded} encoded, {stats.from_cache} from the embedding cache); index {info.get('kind')}, "
-          f"recall@{info.get('recall', {}).get('k')} vs exact = {info.get('recall', {}).get('recall')}")
+          f"recall@{recall.get('k')} vs exact = {measured}")
     return 0
 
 

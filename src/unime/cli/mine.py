@@ -65,10 +65,15 @@ def _mine(args) -> int:
         print(f"WARNING: {w}")
     if args.audit:
         a = json.loads((result.out / "audit.json").read_text())
-        print(f"judge audit: ROC-AUC {a['auc_judge_score']}, at beta={a['beta']}: precision "
-              f"{a['at_beta']['precision']}, recall {a['at_beta']['recall']}")
+        print(f"judge audit: ROC-AUC {_figure(a['auc_judge_score'])}, at beta={a['beta']}: precision "
+              f"{_figure(a['at_beta']['precision'])}, recall {_figure(a['at_beta']['recall'])}")
     _end_torchrun_worker()
     return 0
+
+
+def _figure(x) -> str:
+    """A measured fraction, three decimals (None where it was not defined)."""
+    return f"{x:.3f}" if isinstance(x, (int, float)) else str(x)
 
 
 def _end_torchrun_worker() -> None:
