@@ -343,3 +343,27 @@ def test_the_command_line_parses_without_importing_the_model_libraries():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert done.stdout.strip() == ""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """QA: `unime ... | head` printed `unime: error: Broken pipe`. Standard output whose reader has gone ends the
+    command with 141 (128 + SIGPIPE) and nothing on stderr, as a shell tool does."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, sys
+r, w = os.pipe()
+os.close(r)
+os.dup2(w, 1)  # standard output: a pipe whose reader is gone
+import unime.cli.demo as demo_cli
+def noisy(args):
+    for _ in range(10000):
+        print("x" * 100)
+    return 0
+demo_cli._demo = noisy
+from unime.cli import main
+os.write(2, f"rc {{main(['demo', '--out', {str(tmp_path / 'o')!r}])}}".encode())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stderr.strip().splitlines()[-1] == "rc 141" and "error" not in done.stderr

@@ -263,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unime: interrupted", file=sys.stderr)
         return failures.EXIT_INTERRUPTED
+    except BrokenPipeError as exc:
+        if failures.stdout_closed():  # `unime ... | head`: the reader left; end quietly, as a shell tool does
+            return failures.EXIT_BROKEN_PIPE
+        return failures.report(exc, debug=debug)
     except Exception as exc:  # noqa: BLE001 - sorted into user-caused (one line) and bugs (re-raised)
         if not failures.is_user_caused(exc):
             raise

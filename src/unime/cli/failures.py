@@ -17,6 +17,7 @@ from unime.errors import UnimeError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell tool whose reader went away ends with
 
 # failures caused by the input or the environment, even when they escaped a reader's own checks
 USER_CAUSED = (UnimeError, UnicodeDecodeError, OverflowError, RecursionError, OSError, MemoryError)
@@ -49,6 +50,26 @@ def is_user_caused(exc: BaseException) -> bool:
     if isinstance(exc, ValueError) and "embedded null byte" in str(exc):
         return True
     return isinstance(exc, USER_CAUSED) and not isinstance(exc, (NotImplementedError,))
+
+
+def stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (`unime ... | head`). If so, the rest of the
+    output goes to the null device, so that the interpreter's own flush at exit does not fail again."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))  # a pipe without a reader
+    except (AttributeError, ValueError, OSError):  # replaced or closed by a caller: nothing to tell
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
 
 
 def report(exc: BaseException, *, debug: bool) -> int:
