@@ -231,7 +231,8 @@ class TinyBuildConfig:
                                           "words become whole tokens", metavar="FILE", exclusive="tokenizer")
     tokenizer: str | None = option(None, "use an existing tokenizer folder (e.g. a real Qwen-VL checkpoint's) instead "
                                    "of training one", metavar="DIR", exclusive="tokenizer")
-    vocab_size: int = option(TinySize.vocab, "size of the locally trained tokenizer (default %(default)s)")
+    vocab_size: int = option(TinySize.vocab, "the most tokens of the locally trained tokenizer (BPE stops earlier "
+                             "when its corpus has no more merges; default %(default)s)")
 
     def size(self) -> TinySize:
         vision_hidden = self.vision_hidden or self.hidden
