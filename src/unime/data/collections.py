@@ -76,6 +76,8 @@ def _captions_of(value: Any, *, source: str, record: str, field_name: str) -> li
     values = value if isinstance(value, (list, tuple)) else [value]
     out = []
     for i, v in enumerate(values):
+        if v is None and len(values) == 1:  # a JSON row without the key, or with null
+            raise data_error("schema", "missing caption", source=source, record=record, field=field_name)
         if not isinstance(v, str):
             raise data_error("schema", f"expected a caption string, got {type(v).__name__}", source=source,
                              record=record, field=field_name if len(values) == 1 else f"{field_name}[{i}]")
