@@ -5,6 +5,10 @@ every logged value per optimizer step, and `curves.png`, one panel per series (T
 `CurvesCallback` rewrites them from the trainer's `log_history` at every log (atomically), so they are
 complete after a resume as well: the history is restored from the checkpoint. Stages that write their
 output folder in one swap at the end call `write_curves` on it.
+
+`LogLastStep` (added to every trainer by `unime.models.run_state.train_or_finish`) makes the Trainer log at
+the run's last step too, when it is not a multiple of the logging interval: the curves end at the last step,
+and the logged windows cover every step (`run_state.whole_run_loss`).
 """
 
 from __future__ import annotations
@@ -87,6 +91,25 @@ def write_curves(log_history: Sequence[dict[str, Any]], folder: str | os.PathLik
         fh.write(curves_csv_text(log_history))
     if plot and step_rows(log_history):
         plot_curves(log_history, folder / CURVES_PNG, title=title)
+
+
+class LogLastStep(TrainerCallback):
+    """The Trainer logs at the run's last step as well (by default only every `logging_steps` steps, so the
+    steps after the last multiple went unlogged: the curves stopped short, and the whole-run loss, the
+    last loss and a short run's first loss left them out). It only sets the Trainer's `should_log` flag at
+    that step: a run whose last step is a multiple of the interval logs exactly as before, and training (the
+    weights) is the same either way. Also at the end of an epoch where training stops short of `max_steps`
+    (an iterable dataset run dry, a callback's stop), which the step-end check cannot see."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_log = True  # the Trainer skips it if this step is logged already
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_training_stop:
+            control.should_log = True
+        return control
 
 
 class CurvesCallback(TrainerCallback):

@@ -304,9 +304,14 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
 
 def train_or_finish(trainer, checkpoint: Path | None) -> None:
     """`trainer.train`, continuing from `checkpoint`; a checkpoint at the run's last step is only loaded
-    (its weights and state: step, log history), with no optimizer step max_steps + 1."""
+    (its weights and state: step, log history), with no optimizer step max_steps + 1. The trainer logs at
+    the run's last step too (`unime.models.curves.LogLastStep`)."""
     from transformers import TrainerState
 
+    from unime.models.curves import LogLastStep
+
+    if not any(isinstance(c, LogLastStep) for c in trainer.callback_handler.callbacks):
+        trainer.add_callback(LogLastStep())
     state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json")) if checkpoint else None
     if state is None or not state.max_steps or state.global_step < state.max_steps:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
