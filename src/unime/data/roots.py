@@ -3,13 +3,16 @@ finds the images without `--data-root`.
 
 A folder may hold `unime_data.json` = ``{"data_root": PATH}`` (PATH relative to that folder, or
 absolute). `unime data import` writes one beside its records and MMEB files, `unime mine` beside
-`mined.parquet`. `resolve_data_root(file, explicit)` answers, in order: the explicit option; the
-marker in the file's folder; a mining `manifest.json` there (``inputs.data_root``); the file's folder.
+`mined.parquet`, and the Embed-RL commands that write data files (`unime reason teacher` / `generate` /
+`split` / `materialize`) beside their outputs (`record_data_root`). `resolve_data_root(file, explicit)`
+answers, in order: the explicit option; the marker in the file's folder; a mining `manifest.json` there
+(``inputs.data_root``); the file's folder.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from unime.data.atomic import atomic_open
 from unime.errors import DataError
 
 DATA_ROOT_FILE = "unime_data.json"
+
+log = logging.getLogger(__name__)
 
 
 def write_data_root(folder: str | os.PathLike, data_root: str | os.PathLike) -> Path:
@@ -66,3 +71,21 @@ def resolve_data_root(data_file: str | os.PathLike, explicit: str | os.PathLike 
         return str(explicit)
     folder = Path(os.path.abspath(data_file)).parent
     return recorded_data_root(folder) or str(folder)
+
+
+def record_data_root(folder: str | os.PathLike, data_root: str | os.PathLike) -> Path | None:
+    """After a stage wrote data files into `folder` whose image paths are relative to `data_root`: record it
+    there (`write_data_root`) so that the next stage resolves them without `--data-root`. Nothing is written
+    when `folder` already resolves to `data_root` (it is the data root, or records it). A folder that records
+    another root keeps it — its other files rely on it — and a warning says which `--data-root` the new
+    files need. Returns the marker written, or None."""
+    folder = Path(folder)
+    root = Path(data_root).resolve()
+    recorded = recorded_data_root(folder) if folder.is_dir() else None
+    if Path(recorded or folder).resolve() == root:
+        return None
+    if recorded is not None:
+        log.warning("%s records the data root %s, not %s: give the files written there --data-root %s",
+                    folder, recorded, root, data_root)
+        return None
+    return write_data_root(folder, root)

@@ -304,19 +304,22 @@ class GenerateConfig(DeviceOptions):
 
 def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
     """`unime reason generate`: the checkpoint's T-CoTs for the chosen sides of every record, written to
-    `cfg.out`. Returns (T-CoTs written, how many of them are in the T-CoT format)."""
+    `cfg.out`, the records' data root recorded in its folder (`unime.data.roots.record_data_root`: the rows keep
+    the records' image paths). Returns (T-CoTs written, how many of them are in the T-CoT format)."""
     from unime.data.io import read_records
-    from unime.data.roots import resolve_data_root
+    from unime.data.roots import record_data_root, resolve_data_root
     from unime.reasoning.tcot import format_ok
 
     records = read_records(cfg.records)
     sides = [s.strip() for s in cfg.sides.split(",") if s.strip()]
-    reasoner = Reasoner.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype,
-                                        data_root=resolve_data_root(cfg.records, cfg.data_root),
+    data_root = resolve_data_root(cfg.records, cfg.data_root)
+    reasoner = Reasoner.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
                                         batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
             for i, rec in enumerate(records) for side in sides]
     outs = reasoner.generate([j[2] for j in jobs], [j[1] for j in jobs], do_sample=cfg.sample,
                              temperature=cfg.temperature, show_progress=True)
     rows = [TCoTRow(rid, side, item, o[0], source=f"reasoner:{cfg.model}") for (rid, side, item), o in zip(jobs, outs)]
-    return write_tcot_rows(rows, cfg.out), sum(format_ok(r.tcot) for r in rows)
+    n = write_tcot_rows(rows, cfg.out)
+    record_data_root(os.path.dirname(os.path.abspath(cfg.out)), data_root)
+    return n, sum(format_ok(r.tcot) for r in rows)

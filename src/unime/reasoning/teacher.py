@@ -253,8 +253,11 @@ class TeacherConfig:
 def write_teacher_tcots(cfg: TeacherConfig):
     """`unime reason teacher`: the annotation teacher's T-CoTs for `cfg.records` (default: the world's training
     records) written to `cfg.out`; bad records and T-CoT rows raise, or under `on_error="skip"` are left out and
-    counted. Returns (T-CoTs written, records read, the `SkipReport`)."""
+    counted. The world is recorded as the data root of `cfg.out`'s folder (`unime.data.roots.record_data_root`), so
+    the readers of the T-CoT file find its images without `--data-root`. Returns (T-CoTs written, records read,
+    the `SkipReport`)."""
     from unime.data.io import read_records
+    from unime.data.roots import record_data_root
     from unime.data.skips import ErrorPolicy, SkipReport
     from unime.reasoning.reasoner import write_tcot_rows
 
@@ -263,4 +266,6 @@ def write_teacher_tcots(cfg: TeacherConfig):
     teacher = AnnotationTeacher(cfg.world)
     recs = teacher.world.records if recs is None else recs
     rows = teacher.tcot_rows(recs, source=cfg.records, policy=ErrorPolicy(cfg.on_error, skips, "teacher"))
-    return write_tcot_rows(rows, cfg.out), len(recs), skips
+    n = write_tcot_rows(rows, cfg.out)
+    record_data_root(Path(os.path.abspath(cfg.out)).parent, cfg.world)  # the rows' images are the world's
+    return n, len(recs), skips
