@@ -98,11 +98,16 @@ def reasoned_records(records: Sequence[Record], tcot_rows, loader, *, source: st
     def tcot(rec, i, side):
         return None if index is None else _tcot_for(index, rec, i, side, source=source)
 
+    from unime.data.io import origin_of
+
     out = []
     for i, rec in enumerate(records):
         rid = rec.id or str(i)
-        q = reasoned_item(rec.query, tcot(rec, i, "query"), loader, on_invalid="raise", record=rid)
-        p = reasoned_item(rec.positive, tcot(rec, i, "target"), loader, on_invalid="raise", record=rid)
+        where = origin_of(rec) or rid  # the record's line when it was read from a file
+        q = reasoned_item(rec.query, tcot(rec, i, "query"), loader, on_invalid="raise", record=where,
+                          source=source, field="query")
+        p = reasoned_item(rec.positive, tcot(rec, i, "target"), loader, on_invalid="raise", record=where,
+                          source=source, field="positive")
         out.append(Record(query=q, positive=p, dataset=rec.dataset, id=rid))
     return out
 
@@ -182,24 +187,31 @@ class SplitConfig(ReasonOptions):
 
 def split_records_file(cfg: SplitConfig) -> dict:
     """`unime reason split`: `split_by_tcot_match` of the records file with the judge checkpoint; writes
-    OUT_DIR/contrastive.jsonl, rl.jsonl and split.json. Returns the split's counts."""
+    OUT_DIR/contrastive.jsonl, rl.jsonl and split.json, and records the records' data root in OUT_DIR
+    (`unime.data.roots.record_data_root`). Returns the split's counts."""
+    import dataclasses
     import json
 
     from unime.data.atomic import atomic_open
-    from unime.data.io import read_records, write_records
-    from unime.data.roots import resolve_data_root
+    from unime.data.images import ImageLoader
+    from unime.data.io import check_images, origin_of, read_records, with_origin, write_records
+    from unime.data.roots import record_data_root, resolve_data_root
     from unime.models.judge import JudgeScorer
     from unime.reasoning.reasoner import read_tcot_rows
 
     records, out_dir = cfg.records, cfg.out_dir
     recs = read_records(records)
-    scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype,
-                                         data_root=resolve_data_root(records, cfg.data_root))
+    data_root = resolve_data_root(records, cfg.data_root)
+    # the judge opens the query and positive images: a bad one is named by this file's line before it loads
+    check_images([with_origin(dataclasses.replace(r, negatives=[]), origin_of(r)) for r in recs],
+                 ImageLoader(data_root), source=records)
+    scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root)
     split = split_by_tcot_match(recs, read_tcot_rows(cfg.tcots), scorer, threshold=cfg.threshold,
                                 rl_fraction=cfg.rl_fraction, source=records)
     os.makedirs(out_dir, exist_ok=True)
     write_records(split.contrastive, os.path.join(out_dir, "contrastive.jsonl"))
     write_records(split.rl, os.path.join(out_dir, "rl.jsonl"))
+    record_data_root(out_dir, data_root)  # the next stages read the split without --data-root
     with atomic_open(os.path.join(out_dir, "split.json")) as fh:
         json.dump({**split.counts, "scores": split.scores}, fh, indent=1)
     return split.counts
@@ -219,19 +231,23 @@ class MaterializeConfig:
 
 
 def materialize_records_file(cfg: MaterializeConfig) -> int:
-    """`unime reason materialize`: `reasoned_records` of the records file written to `cfg.out`; returns their
-    number."""
+    """`unime reason materialize`: `reasoned_records` of the records file written to `cfg.out`, the records' data
+    root recorded in its folder (`unime.data.roots.record_data_root`); returns their number."""
     from unime.data.images import ImageLoader
     from unime.data.io import read_records, write_records
-    from unime.data.roots import resolve_data_root
+    from unime.data.roots import record_data_root, resolve_data_root
     from unime.reasoning.reasoner import read_tcot_rows
 
     if (cfg.tcots is None) == (not cfg.no_tcots):
         raise UsageError("give --tcots FILE or --no-tcots", command="reason materialize")
     recs = read_records(cfg.records)
-    out_recs = reasoned_records(recs, None if cfg.no_tcots else read_tcot_rows(cfg.tcots),
-                                ImageLoader(resolve_data_root(cfg.records, cfg.data_root)), source=cfg.records)
-    return write_records(out_recs, cfg.out)
+    data_root = resolve_data_root(cfg.records, cfg.data_root)
+    out_recs = reasoned_records(recs, None if cfg.no_tcots else read_tcot_rows(cfg.tcots), ImageLoader(data_root),
+                                source=cfg.records)
+    n = write_records(out_recs, cfg.out)
+    # the items keep their image paths (only the evidence crops are inline): the trainer needs the root
+    record_data_root(Path(os.path.abspath(cfg.out)).parent, data_root)
+    return n
 
 
 class ReasoningEncoder:

@@ -96,16 +96,19 @@ def _png(img) -> bytes:
 
 
 def reasoned_item(item: Item, tcot_text: str | None, loader, *, on_invalid: str = "raw", min_side: int = 10,
-                  max_aspect: float = 50.0, summary_prompt: str = EMBED_SUMMARY_PROMPT, record: Any = None) -> Item:
+                  max_aspect: float = 50.0, summary_prompt: str = EMBED_SUMMARY_PROMPT, record: Any = None,
+                  source: str | None = None, field: str | None = None) -> Item:
     """The reasoning-conditioned input as a plain `Item`: the item's text and images, then the T-CoT text,
     the evidence images as inline PNG bytes at `<|image_k|>` placeholders, and the summary prompt.
 
     `Embedder.segments(reasoned_item(...))` gives exactly `reasoning_segments(...)` (same rendered text, same
     images in the same places), so the embedder trainer, `Embedder.encode`, the RL reward and the eval
     harness all see the same input without knowing about T-CoTs. `loader` (an `ImageLoader`) loads the
-    item's images to cut the evidence from."""
-    images = [loader.load(r, record=record, field=f"images[{i}]") for i, r in enumerate(item.images)]
-    frames = loader.load_video(item.video, record=record, field="video") if item.video else []
+    item's images to cut the evidence from; a bad one is named by `source` (the file), `record` and `field` (the
+    item's field in the record, e.g. "query")."""
+    at = f"{field}." if field else ""
+    images = [loader.load(r, source=source, record=record, field=f"{at}images[{i}]") for i, r in enumerate(item.images)]
+    frames = loader.load_video(item.video, source=source, record=record, field=f"{at}video") if item.video else []
     from unime.models.adapters import item_segments
 
     base = item_segments(item.text, images, frames, record=record)
