@@ -135,3 +135,20 @@ def test_generated_tcots_record_the_records_data_root(tiny_world_dir, tiny_model
     assert main(["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
                  "--data-root", str(world), "--out", str(out), "--max-new-tokens", "2"]) == 0
     assert resolve_data_root(out) == str(world.resolve())
+
+
+def test_a_marker_written_beside_other_files_says_what_it_changes(tiny_world_dir, tmp_path, caplog):
+    """The marker speaks for the whole folder: written where other files are, a warning names it and the option
+    a file whose images are relative to the folder itself then needs; an empty folder gets it without a word."""
+    import logging
+
+    world = tiny_world_dir(0)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "notes.jsonl").write_text("{}\n")
+    with caplog.at_level(logging.WARNING, logger="unime.data.roots"):
+        assert main(["reason", "teacher", "--world", str(world), "--out", str(tmp_path / "shared" / "t.jsonl")]) == 0
+        assert main(["reason", "teacher", "--world", str(world), "--out", str(tmp_path / "alone" / "t.jsonl")]) == 0
+    warned = [r.getMessage() for r in caplog.records if "now resolves its image paths" in r.getMessage()]
+    assert len(warned) == 1 and "shared" in warned[0] and "notes.jsonl" in warned[0]
+    assert f"--data-root {tmp_path / 'shared'}" in warned[0]
+    assert (tmp_path / "shared" / DATA_ROOT_FILE).is_file() and (tmp_path / "alone" / DATA_ROOT_FILE).is_file()

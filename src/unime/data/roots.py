@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Iterable
 
 from unime.data.atomic import atomic_open
 from unime.errors import DataError
@@ -73,12 +74,14 @@ def resolve_data_root(data_file: str | os.PathLike, explicit: str | os.PathLike 
     return recorded_data_root(folder) or str(folder)
 
 
-def record_data_root(folder: str | os.PathLike, data_root: str | os.PathLike) -> Path | None:
+def record_data_root(folder: str | os.PathLike, data_root: str | os.PathLike, *, written: Iterable[str] = ()
+                     ) -> Path | None:
     """After a stage wrote data files into `folder` whose image paths are relative to `data_root`: record it
     there (`write_data_root`) so that the next stage resolves them without `--data-root`. Nothing is written
     when `folder` already resolves to `data_root` (it is the data root, or records it). A folder that records
     another root keeps it — its other files rely on it — and a warning says which `--data-root` the new
-    files need. Returns the marker written, or None."""
+    files need; one written beside other entries than `written` (the stage's own outputs) comes with a warning,
+    since every data file there now resolves under `data_root`. Returns the marker written, or None."""
     folder = Path(folder)
     root = Path(data_root).resolve()
     recorded = recorded_data_root(folder) if folder.is_dir() else None
@@ -88,4 +91,12 @@ def record_data_root(folder: str | os.PathLike, data_root: str | os.PathLike) ->
         log.warning("%s records the data root %s, not %s: give the files written there --data-root %s",
                     folder, recorded, root, data_root)
         return None
-    return write_data_root(folder, root)
+    own = {Path(w).name for w in written}
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in own) \
+        if folder.is_dir() else []
+    marker = write_data_root(folder, root)
+    if others:  # the marker speaks for the whole folder: say so where other files are there
+        log.warning("wrote %s: every data file in %s now resolves its image paths under %s (%d other entries there, "
+                    "e.g. %s; a file whose images are relative to the folder itself needs --data-root %s)", marker,
+                    folder, root, len(others), ", ".join(others[:3]), folder)
+    return marker

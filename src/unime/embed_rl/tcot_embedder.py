@@ -211,7 +211,7 @@ def split_records_file(cfg: SplitConfig) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     write_records(split.contrastive, os.path.join(out_dir, "contrastive.jsonl"))
     write_records(split.rl, os.path.join(out_dir, "rl.jsonl"))
-    record_data_root(out_dir, data_root)  # the next stages read the split without --data-root
+    record_data_root(out_dir, data_root, written=["contrastive.jsonl", "rl.jsonl", "split.json"])  # read next
     with atomic_open(os.path.join(out_dir, "split.json")) as fh:
         json.dump({**split.counts, "scores": split.scores}, fh, indent=1)
     return split.counts
@@ -246,7 +246,7 @@ def materialize_records_file(cfg: MaterializeConfig) -> int:
                                 source=cfg.records)
     n = write_records(out_recs, cfg.out)
     # the items keep their image paths (only the evidence crops are inline): the trainer needs the root
-    record_data_root(Path(os.path.abspath(cfg.out)).parent, data_root)
+    record_data_root(Path(os.path.abspath(cfg.out)).parent, data_root, written=[cfg.out])
     return n
 
 

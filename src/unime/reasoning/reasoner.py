@@ -321,5 +321,5 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
                              temperature=cfg.temperature, show_progress=True)
     rows = [TCoTRow(rid, side, item, o[0], source=f"reasoner:{cfg.model}") for (rid, side, item), o in zip(jobs, outs)]
     n = write_tcot_rows(rows, cfg.out)
-    record_data_root(os.path.dirname(os.path.abspath(cfg.out)), data_root)
+    record_data_root(os.path.dirname(os.path.abspath(cfg.out)), data_root, written=[cfg.out])
     return n, sum(format_ok(r.tcot) for r in rows)

@@ -267,5 +267,5 @@ def write_teacher_tcots(cfg: TeacherConfig):
     recs = teacher.world.records if recs is None else recs
     rows = teacher.tcot_rows(recs, source=cfg.records, policy=ErrorPolicy(cfg.on_error, skips, "teacher"))
     n = write_tcot_rows(rows, cfg.out)
-    record_data_root(Path(os.path.abspath(cfg.out)).parent, cfg.world)  # the rows' images are the world's
+    record_data_root(Path(os.path.abspath(cfg.out)).parent, cfg.world, written=[cfg.out])  # the world's images
     return n, len(recs), skips
