@@ -274,7 +274,8 @@ def test_demo_stops_after_mine_when_the_judge_is_flat_and_continues_when_allowed
     messages.clear()
     report = Demo(out, settings, progress=messages.append, timings=tmp_path / "times.json").run()
     assert any("WARNING" in m and "0.0021" in m for m in messages)
-    assert "judge check failed and the run continued" in report.read_text()
+    # a quick run continues whatever the flag says (its preset never stops): the report does not credit the flag
+    assert "judge check failed and the run continued (the quick preset continues by design" in report.read_text()
 
 
 def test_demo_eta_uses_recorded_stage_times(tmp_path, monkeypatch):

@@ -152,7 +152,10 @@ def write_report(demo: "Demo") -> Path:
     md += _backbones_section(demo)
     gate = _load(out / "judge_gate.json")
     if gate and gate.get("weak"):
-        md += ["**The judge check failed and the run continued (`--allow-weak-judge`):** " + "; ".join(gate["reasons"])
+        quick = type(s).preset("quick")  # `DemoSettings`: the quick preset never stops on the check
+        why = ("the quick preset continues by design: its smoke judge of a few steps cannot pass"
+               if not quick.stop_on_weak_judge and s.world_size == quick.world_size else "`--allow-weak-judge`")
+        md += [f"**The judge check failed and the run continued ({why}):** " + "; ".join(gate["reasons"])
                + ". The hard-negative and soft-label rows below were trained on these scores.", ""]
 
     columns = MMEB_COLUMNS + [(t, t) for _, _, t in EXTRA_COLUMNS] + [("Comp.", "Comp.")]

@@ -158,7 +158,7 @@ def _train_generative(o: _Options) -> Callable[[], Any]:
     cfg = RerankerTrainConfig(
         model=o.get("--model"), records=[o.get("--records")], out=o.get("--out"), role=role,
         **({"losses": ("pair",)} if role == "judge" else {"holdout": 0.0}),  # as `unime train judge|reranker`
-        logging_steps=10,  # the commands' --logging-steps default (RerankerTrainConfig's own is 1)
+        logging_steps=10,  # the commands' --logging-steps default, RerankerTrainConfig's own
         train_modules=(module,) if module else (),
         **({"lora_targets": tuple(t.strip() for t in targets.split(",") if t.strip())} if targets else {}),
         **o.given(data_root=str, num_negatives=("--negatives", int), judge_negatives=int, full=bool, lora_r=int,
