@@ -220,6 +220,8 @@ def test_eval_judge_and_embed_skip_and_count_every_case(corpus_root, tmp_path, c
         assert summary["meta"]["skipped_rows"] == len(bad)
         task = json.loads((out / "tasks" / "t.json").read_text())
         assert task["counts"]["queries"] == N_GOOD and task["counts"]["skipped_rows"] == len(bad)
+        assert (f"- **skipped rows** (`--on-error skip`): {len(bad)} (t {len(bad)}); the metrics leave them out"
+                in (out / "results.md").read_text())  # the report says so, not only the logs
     elif command == "judge":
         assert f"{N_GOOD} scores; skipped {len(bad)} record(s) ({per})" in printed
         assert len((out / "scores.jsonl").read_text().splitlines()) == N_GOOD

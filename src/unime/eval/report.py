@@ -180,6 +180,12 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
     for key in ("model", "model_id", "tasks_config", "reranker", "ties"):
         if meta.get(key) is not None:
             lines.append(f"- {key}: `{meta[key]}`")
+    skipped = {n: int(c.get("skipped_rows", 0)) for n, c in (summary.get("task_counts") or {}).items()
+               if int(c.get("skipped_rows", 0) or 0)}
+    if meta.get("skipped_rows") or skipped:  # under --on-error skip: every figure below leaves these rows out
+        lines.append(f"- **skipped rows** (`--on-error skip`): {int(meta.get('skipped_rows') or sum(skipped.values()))}"
+                     + (" (" + ", ".join(f"{n} {k}" for n, k in sorted(skipped.items())) + ")" if skipped else "")
+                     + "; the metrics leave them out")
     lines.append("")
     by_format: dict[str, list[str]] = {}
     for name, i in info.items():
