@@ -106,6 +106,17 @@ def test_recipe_errors_name_the_choices(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no settings for `unime train reranker`" in err[0]
     assert not out.exists()
+    # a command no recipe has settings for takes no --recipe (QA: every command offered it, then refused it)
+    from unime.cli import _command_path, build_parser
+
+    parser = build_parser()
+    offered = {" ".join(c) for c in (["serve"], ["data", "synth"], ["embed"], ["search"], ["train", "embedder"],
+                                     ["mine"], ["plan"], ["eval"])
+               if any("--recipe" in a.option_strings for a in _command_path(parser, c)[1]._actions)}
+    assert offered == {"train embedder", "mine", "plan", "eval"}
+    with pytest.raises(SystemExit) as refused:  # argparse's own usage error
+        main(["serve", "--model", "m", "--recipe", "unime-v2/qwen2-vl-2b"])
+    assert refused.value.code == 2 and "unrecognized arguments: --recipe" in capsys.readouterr().err
 
 
 def test_global_batch_sets_the_per_device_batch(monkeypatch):

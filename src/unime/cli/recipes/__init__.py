@@ -17,6 +17,8 @@ where each came from. `docs/RECIPES.md` is the table of every recipe (a test hol
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -60,6 +62,13 @@ def list_recipes() -> list[str]:
             names += [f"{group.name}/{f.name[:-5]}" for f in sorted(group.iterdir(), key=lambda p: p.name)
                       if f.name.endswith(".yaml")]
     return names
+
+
+@functools.lru_cache(maxsize=1)
+def recipe_commands() -> frozenset[str]:
+    """The commands some recipe has settings for (`unime train embedder`, ...), and `plan`, which plans them: the
+    commands that take `--recipe`."""
+    return frozenset({"plan"} | {c for name in list_recipes() for c in load_recipe(name).commands})
 
 
 def load_recipe(name: str) -> Recipe:
