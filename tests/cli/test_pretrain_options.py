@@ -132,3 +132,19 @@ def test_under_torchrun_both_pretrainings_are_refused_before_any_work(calls, cap
     assert calls == []  # neither pretraining started
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert main(["models", "pretrain", "--preset", "quick"]) == 0
+
+
+def test_print_config_shows_the_presets_values_of_the_options_left_unset(capsys):
+    """QA: `--print-config` printed None for every recipe option (None = the preset's value)."""
+    from unime.cli import main
+    from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe
+
+    assert main(["models", "pretrain", "--print-config", "--lr", "0.002"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    base = PretrainRecipe.preset("default")
+    assert rows["steps"].split("#")[0].split()[1] == repr(base.steps) and rows["steps"].endswith("# preset default")
+    assert rows["lr"].split()[1] == "0.002" and rows["lr"].endswith("# command line")
+    assert main(["models", "pretrain-judge", "--print-config", "--preset", "quick"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    quick = JudgePretrainRecipe.preset("quick")
+    assert rows["judge-steps"].split()[1] == repr(quick.steps) and rows["judge-steps"].endswith("# preset quick")

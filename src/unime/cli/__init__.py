@@ -197,9 +197,14 @@ def resolved_config(args: argparse.Namespace) -> list[tuple[str, object, str]]:
     """(option, value, origin) of every option of the parsed command, in name order."""
     origins = getattr(args, "_origins", {})
     skip = {"func", "config", "recipe", "print_config", "log_level", "command", "train_command", "role"}
+    # options left unset (None) whose value the command resolves itself, e.g. from a preset: (value, origin)
+    resolved = args._unset_values(args) if callable(getattr(args, "_unset_values", None)) else {}
     rows = []
     for dest, value in sorted(vars(args).items()):
         if dest.startswith("_") or dest in skip or dest.endswith("_command"):
+            continue
+        if value is None and dest in resolved and dest not in origins:
+            rows.append((dest.replace("_", "-"), *resolved[dest]))
             continue
         rows.append((dest.replace("_", "-"), value, origins.get(dest, "default")))
     return rows

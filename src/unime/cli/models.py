@@ -35,15 +35,16 @@ def _add_pretrain_parser(msub) -> None:
 
     p = msub.add_parser(
         "pretrain", help="pretrain the embedded default's tiny backbone on a generated corpus (cached per recipe)",
-        description="Build a tiny model of the real architecture and pretrain it contrastively on the training "
-                    "split of a generated world with its own seed. The result is cached per machine under "
+        description="Build a tiny model of the real architecture and pretrain it on the training split of a "
+                    "generated world with its own seed: a captioning stage, then a contrastive one (the preset's "
+                    "datasets). The result is cached per machine under "
                     "$UNIME_CACHE_DIR/pretrained (else ~/.cache/unime/pretrained) in a folder named by the "
                     "recipe's key: an unchanged recipe is reused, a changed one trains anew. Prints the model folder "
                     "(an ordinary HF folder).")
     add_options(p, PretrainOptions)
     add_options(p.add_argument_group("recipe (overrides of the preset)"), PretrainRecipe)
     add_config_option(p)
-    p.set_defaults(func=_pretrain)
+    p.set_defaults(func=_pretrain, _unset_values=_preset_values)
 
     j = msub.add_parser(
         "pretrain-judge", help="pretrain the embedded default's Yes/No judge on the same corpus (cached per recipe)",
@@ -57,7 +58,7 @@ def _add_pretrain_parser(msub) -> None:
                 PretrainRecipe)
     add_options(j.add_argument_group("judge recipe (overrides of the preset)"), JudgePretrainRecipe, prefix="judge-")
     add_config_option(j)
-    j.set_defaults(func=_pretrain_judge)
+    j.set_defaults(func=_pretrain_judge, _unset_values=_preset_values)
 
 
 def _base_recipe(args, preset: str):
@@ -65,6 +66,27 @@ def _base_recipe(args, preset: str):
     from unime.demo.pretrain import PretrainRecipe
 
     return PretrainRecipe.preset(preset).replace(**option_values(PretrainRecipe, args, unset_is_none=True))
+
+
+def _preset_values(args) -> dict[str, tuple[object, str]]:
+    """`--print-config`: the value and origin of each recipe option left unset (None: the preset's value)."""
+    import dataclasses
+
+    from unime.cli.dataclass_options import dest_of
+    from unime.demo.pretrain import JudgePretrainRecipe
+
+    preset = getattr(args, "preset", "default")
+    recipes = [("", _base_recipe(args, preset))]
+    if any(k.startswith("judge_") for k in vars(args)):
+        recipes.append(("judge-", JudgePretrainRecipe.preset(preset).replace(
+            **option_values(JudgePretrainRecipe, args, prefix="judge-", unset_is_none=True))))
+    out = {}
+    for prefix, recipe in recipes:
+        for f in dataclasses.fields(recipe):
+            dest = dest_of(f, prefix)
+            if hasattr(args, dest) and getattr(args, dest) is None:
+                out[dest] = (getattr(recipe, f.name), f"preset {preset}")
+    return out
 
 
 def _one_process(command: str) -> None:
