@@ -20,7 +20,7 @@ def register(sub) -> None:
     add_options(p, EvalConfig, groups=("video", IMAGE_GROUP), own_first=True)
     add_config_option(p)
     p.set_defaults(func=_eval)
-    actions = p.add_subparsers(dest="eval_command", metavar="ACTION")
+    actions = p.add_subparsers(dest="eval_command", metavar="[reference]")
     r = actions.add_parser(
         "reference", help="train a small independent dual encoder (CNN + GRU, InfoNCE, from scratch) on the "
                           "training records and evaluate it like any checkpoint: how learnable is the world?",
