@@ -273,6 +273,7 @@ def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(server, name, 
         assert r.status_code == status, r.text
         body = r.json()
         assert message in body["error"]["message"], body
+        assert body["error"]["code"] is None or isinstance(body["error"]["code"], str), body  # OpenAI's: str | null
         assert "Traceback" not in r.text and 'File "' not in r.text
         good = _client(server).post("/v1/embeddings", json={"model": MODEL, "input": "still serving"})
         assert good.status_code == 200 and len(good.json()["data"]) == 1
@@ -283,6 +284,7 @@ def test_other_endpoints_reject_bad_requests(server):
         assert c.post("/v1/rerank", json={"query": "q", "documents": []}).status_code == 400
         r = c.post("/v1/rerank", json={"model": MODEL, "query": "q", "documents": ["a"]})
         assert r.status_code == 404 and "reranker is 'tiny-reranker'" in r.json()["error"]["message"]
+        assert r.json()["error"]["code"] == "model_not_found"
         r = c.post("/v1/search", json={"query": "q", "top_k": 5000})
         assert r.status_code == 400 and "top_k" in r.json()["error"]["message"]
         assert c.get("/v1/nothing").status_code == 404

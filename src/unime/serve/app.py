@@ -36,7 +36,9 @@ log = logging.getLogger("unime.serve")
 
 
 def error_body(status: int, message: str, type: str = "invalid_request_error", param=None, code=None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code or status}, "message": message}
+    """OpenAI's error object: `code` a string (e.g. "model_not_found") or null, never the HTTP status (the
+    response's own status code carries it)."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}, "message": message}
 
 
 def _json_error(status: int, message: str, **kw) -> JSONResponse:
