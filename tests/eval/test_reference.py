@@ -99,7 +99,7 @@ def test_missing_image_names_file_record_field(tmp_path):
     with pytest.raises(DataError) as e:
         train_reference(read_records(path), small_cfg(), data_root=tmp_path, source=str(path))
     err = e.value
-    assert (err.source, err.record, err.field) == (str(path), "green-2", "query.images[0]")
+    assert (err.source, err.record, err.field) == (str(path), "line 7 (id green-2)", "query.images[0]")
     assert "green2.png" in str(err) and "records.jsonl" in str(err)
 
 

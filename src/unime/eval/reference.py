@@ -345,7 +345,11 @@ class TrainLog:
 
 
 def _where(records: Sequence[Record], source: str | None, side: str) -> list[tuple]:
-    return [(source, r.id or None, side) for r in records]
+    """(source, record, field) of each record's side for messages: the record as its reader named it ("line 7
+    (id q3)"), else its id."""
+    from unime.data.io import origin_of
+
+    return [(source, origin_of(r) or r.id or None, side) for r in records]
 
 
 def check_images(encoder: ReferenceEncoder, records: Sequence[Record], source: str | None) -> None:
@@ -353,7 +357,7 @@ def check_images(encoder: ReferenceEncoder, records: Sequence[Record], source: s
     naming the file, the record and the field."""
     for r in records:
         for side, it in (("query", r.query), ("positive", r.positive)):
-            encoder.batch([it], where=[(source, r.id or None, side)])
+            encoder.batch([it], where=_where([r], source, side))
 
 
 def train_reference(records: Sequence[Record], cfg: ReferenceConfig, *, data_root: str | os.PathLike | None,
