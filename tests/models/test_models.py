@@ -153,3 +153,32 @@ def test_build_tiny_init_std_sets_the_weight_scale(family, tmp_path):
         assert AutoConfig.from_pretrained(out).text_config.initializer_range == init
     for init, (t, v) in stds.items():  # normal(0, init) over thousands of weights: within 10 %
         assert abs(t - init) < 0.1 * init and abs(v - init) < 0.1 * init, (init, t, v)
+
+
+def test_a_device_the_machine_lacks_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
+    """QA: `--device cuda` on a machine without CUDA ended in a traceback (or, in the trainer, `cuda:1` trained on
+    another device than asked). A torch.device is taken as well as a string."""
+    import torch
+
+    from unime.cli import main
+    from unime.errors import UsageError
+    from unime.models.loading import resolve_device, trainer_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == "cpu" and resolve_device(torch.device("cpu")) == "cpu"
+    with pytest.raises(UsageError, match=r"--device cuda: torch sees no CUDA device on this machine"):
+        resolve_device("cuda")
+    with pytest.raises(UsageError, match=r"--device 'gpu' is not a torch device"):
+        resolve_device("gpu")
+    (tmp_path / "i.jsonl").write_text('{"text": "a"}\n')
+    assert main(["embed", "--model", "m", "--items", str(tmp_path / "i.jsonl"), "--out", str(tmp_path / "x.npy"),
+                 "--device", "cuda:1"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "unime: error: --device cuda:1: torch sees no CUDA device on this machine (use --device cpu)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1" and trainer_device("cuda") == "cuda" == trainer_device("cuda:0")[:4]
+    with pytest.raises(UsageError, match="this machine has 2 CUDA device"):
+        resolve_device("cuda:2")
+    with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES=1 and --device cuda"):
+        trainer_device("cuda:1")

@@ -28,12 +28,41 @@ class EmbedderOptions(DeviceOptions):
     batch_size: int = option(16, "items per encoder forward pass")
 
 
-def resolve_device(device: str | None = None) -> str:
+def resolve_device(device: str | Any | None = None) -> str:
+    """The device to run on: `device` (a string or a `torch.device`), checked against this machine — a device
+    torch does not know, or a CUDA device the machine does not have, is a `UsageError` naming it —, else cuda
+    when present, else cpu."""
     import torch
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from unime.errors import UsageError
+
+    if device is None or device == "":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: torch sees no CUDA device on this machine (use --device cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def trainer_device(device: str | None) -> str:
+    """The device of a Trainer run (`resolve_device`). The Trainer puts one process on cuda:0, or on cuda:LOCAL_RANK
+    under torchrun, and cannot be sent to another index: `cuda:N` with N > 0 is refused, naming the way to pick
+    the GPU (CUDA_VISIBLE_DEVICES), rather than trained on another device than the one asked for."""
+    from unime.errors import UsageError
+
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda:") and resolved != "cuda:0":
+        raise UsageError(f"--device {resolved}: a training run uses the device its process is given (cuda:0, one per "
+                         f"process under torchrun); choose the GPU with CUDA_VISIBLE_DEVICES={resolved[5:]} and "
+                         "--device cuda")
+    return resolved
 
 
 def resolve_dtype(dtype: str | Any | None, device: str):

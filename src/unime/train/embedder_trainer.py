@@ -33,6 +33,7 @@ from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
 from unime.models.hf_arguments import hf_training_arguments
 from unime.models.image_budget import ImageBudget
+from unime.models.loading import trainer_device
 from unime.models.lora import LoraSettings, apply_lora
 from unime.models import export, run_state
 from unime.options import option_defaults
@@ -289,7 +290,7 @@ def lora_model(model, config: EmbedderTrainingConfig):
 
 
 def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -> TrainingArguments:
-    on_cpu = (config.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    on_cpu = trainer_device(config.device).startswith("cpu")
     bf16 = config.dtype in ("bf16", "bfloat16") or (config.dtype == "auto" and not on_cpu)
     # every trainable parameter is used in every forward pass when LoRA adapts only the decoder;
     # otherwise (vision LoRA, full fine-tuning) a text-only chunk leaves vision parameters unused

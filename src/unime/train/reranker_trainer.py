@@ -555,7 +555,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     from unime.data.skips import SkipReport
     from unime.models.hf_arguments import hf_training_arguments
-    from unime.models.loading import load_model, resolve_device, resolve_dtype
+    from unime.models.loading import load_model, resolve_dtype, trainer_device
     from unime.models import run_state
     from unime.models.run_state import is_peft
     from unime.models.curves import CurvesCallback
@@ -587,7 +587,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     n_examples = sum(len(g) for g in groups)
     log.info("%s training: %d records, %d examples (%s)", cfg.role, n_records, n_examples, "+".join(cfg.losses))
 
-    device = resolve_device(cfg.device)
+    device = trainer_device(cfg.device)
     compute_dtype = resolve_dtype(cfg.dtype, device)
     # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
     from unime.models.image_budget import ImageBudget
