@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
+from unime.errors import UsageError
 from unime.models.lora import EMBEDDER_LORA, GENERATIVE_LORA, LoraSettings, apply_lora, lora_config
 
 DECODER = {f"model.language_model.layers.{i}.{proj}" for i in (0, 1)
@@ -39,14 +40,16 @@ def test_lora_targets_the_decoder_only_unless_asked(tiny_model_dir):
     assert any("visual" in n and ".lora_A" in n for n, _ in both.named_parameters())
     # Qwen2-VL's vision blocks use other names: asking for vision LoRA with decoder names is an error
     q2 = tiny_model_dir("qwen2_vl")
-    with pytest.raises(ValueError, match="no vision-tower module"):
+    with pytest.raises(UsageError, match="no vision-tower module"):
         apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(r=4, alpha=8, dropout=0.1, vision=True))
     q2_vision = LoraSettings(r=4, alpha=8, dropout=0.1, vision=True, targets=("q_proj", "qkv", "fc1", "fc2"))
     adapted = [n for n, _ in apply_lora(AutoModelForImageTextToText.from_pretrained(q2), q2_vision).named_parameters()
                if ".lora_A" in n]
     assert any("visual" in n for n in adapted) and any("language_model" in n for n in adapted)
-    with pytest.raises(ValueError, match="matched no module"):
+    with pytest.raises(UsageError, match="matched no module"):
         apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(EMBEDDER_LORA.r, EMBEDDER_LORA.alpha, EMBEDDER_LORA.dropout, targets=("nonexistent",)))
+    with pytest.raises(UsageError, match="--lora-r must be >= 1, got 0"):  # QA: it read "matched no module"
+        apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(0, 8, 0.1))
     dora = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dropout=0.1, dora=True))
     assert any("lora_magnitude_vector" in n for n, _ in dora.named_parameters())
 

@@ -140,3 +140,14 @@ def test_every_recipe_plans_and_the_embedder_without_a_recipe_plans_at_the_recor
     assert "x 10 sequences (query, positive, 8 negatives; K left to the records, planned at their most, 8)" in out
     unset = plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {"hard_negatives": None})
     assert unset.rows == plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {"hard_negatives": 8}).rows
+
+
+def test_bad_plan_options_are_one_line_errors(capsys):
+    """QA: `--gpus 0` ended in ZeroDivisionError, `--gpu-memory 80XB` in a ValueError traceback."""
+    from unime.cli import main
+
+    assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--gpus", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "unime: error: plan: --gpus must be >= 1, got 0"
+    assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--gpu-memory", "80XB"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "unime: error: plan: --gpu-memory '80XB': a positive size such as 80GB, 40GiB or 80"

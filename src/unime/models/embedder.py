@@ -18,6 +18,7 @@ import numpy as np
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item
+from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.loading import LoadedModel, load_model
 from unime.models.prompts import EMB_TOKEN
@@ -58,8 +59,9 @@ class Embedder:
             tok = adapter.tokenizer
             emb_id = tok.convert_tokens_to_ids(EMB_TOKEN)
             if emb_id is None or emb_id == tok.unk_token_id:
-                raise ValueError(f"pooling='emb' needs the {EMB_TOKEN} token in the tokenizer; add it with "
-                                 "`unime.models.embedder.add_emb_token`")
+                raise ModelError(f"pooling 'emb' needs the {EMB_TOKEN} token in the model's tokenizer: make a copy "
+                                 f"with it by `unime reason add-emb --model MODEL --out DIR` (Python: "
+                                 "`unime.models.embedder.add_emb_token`)")
             self._emb_id = emb_id
 
     @classmethod

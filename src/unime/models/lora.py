@@ -13,6 +13,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from unime.errors import UsageError
 from unime.options import option
 
 # The decoder's projections.
@@ -95,16 +96,18 @@ def apply_lora(model, settings: LoraSettings, *, modules_to_save: Sequence[str] 
     `modules_to_save` are trained in full beside it. `task_type="CAUSAL_LM"` for the generative stages."""
     from peft import get_peft_model
 
+    if settings.r < 1:
+        raise UsageError(f"--lora-r must be >= 1, got {settings.r}")
     try:
         peft_model = get_peft_model(model, lora_config(settings, modules_to_save=modules_to_save, task_type=task_type))
     except ValueError as e:  # PEFT: "Target modules ... not found in the base model"
-        raise ValueError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}: {e}") \
+        raise UsageError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}: {e}") \
             from None
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
     if settings.vision and all("language_model" in n for n in adapted):
-        raise ValueError(f"--lora-vision: the targets {list(settings.targets)} match no vision-tower module of "
+        raise UsageError(f"--lora-vision: the targets {list(settings.targets)} match no vision-tower module of "
                          f"{type(model).__name__} (vision blocks: Qwen2-VL qkv, proj, fc1, fc2; Qwen3-VL qkv, "
                          "proj, linear_fc1, linear_fc2)")
     if not any(p.requires_grad for p in peft_model.parameters()):
-        raise ValueError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}")
+        raise UsageError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}")
     return peft_model

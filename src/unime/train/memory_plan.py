@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from unime.models.lora import EMBEDDER_LORA, GENERATIVE_LORA
+from unime.errors import UsageError
 from unime.options import option
 from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES
 
@@ -366,9 +367,12 @@ def parse_memory(text: str | None) -> float | None:
         if s.endswith(suffix):
             s = s[: -len(suffix)]
             break
-    value = float(s)
+    try:
+        value = float(s)
+    except ValueError:
+        value = float("nan")
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"bad memory size {text!r}")
+        raise UsageError(f"--gpu-memory {text!r}: a positive size such as 80GB, 40GiB or 80", command="plan")
     return value
 
 
@@ -392,5 +396,7 @@ class PlanOptions:
 
     def plan(self, stage: str, model: str, options: dict, title: str) -> Plan:
         """The `stage` planner's plan of `model` run with the planned command's resolved `options`."""
+        if self.gpus < 1:
+            raise UsageError(f"--gpus must be >= 1, got {self.gpus}", command="plan")
         return PLANNERS[stage](model, options, gpus=self.gpus, gpu_memory_gb=parse_memory(self.gpu_memory),
                                text_tokens=self.text_tokens, images_per_item=self.images_per_item, title=title)
