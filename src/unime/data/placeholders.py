@@ -24,3 +24,9 @@ def placeholder_refs(text: str) -> Iterator[tuple[re.Match, int]]:
         idx = int(m.group(1)) - 1 if m.group(1) else auto
         auto = idx + 1
         yield m, idx
+
+
+# the chat and vision tokens of the Qwen-VL families (`<|im_start|>`, `<|image_pad|>`, `<|vision_start|>` ...): in a
+# request's text they would end the user turn or claim image slots no image fills
+MODEL_SPECIAL_TOKEN = re.compile(r"<\|(?:im_start|im_end|endoftext|vision_start|vision_end|vision_pad|image_pad|"
+                                 r"video_pad|object_ref_start|object_ref_end|box_start|box_end|quad_start|quad_end)\|>")

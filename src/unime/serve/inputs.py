@@ -15,6 +15,7 @@ from typing import Any
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item
+from unime.data.placeholders import MODEL_SPECIAL_TOKEN
 from unime.errors import DataError
 from unime.serve.config import Limits
 
@@ -62,6 +63,9 @@ def check_text(text: Any, limits: Limits, field: str) -> str:
     if len(text) > limits.max_text_chars:
         raise RequestError(400, f"{field}: text of {len(text)} characters is over the limit of "
                                 f"{limits.max_text_chars}", param=field)
+    special = MODEL_SPECIAL_TOKEN.search(text)
+    if special:  # would end the user turn of the prompt, or claim an image no request sent (a 500 before)
+        raise RequestError(400, f"{field}: text holds the model's special token {special.group(0)!r}", param=field)
     return text
 
 
