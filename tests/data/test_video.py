@@ -337,3 +337,25 @@ def test_seeking_in_a_clip_with_one_keyframe_decodes_from_the_start(tmp_path):
     assert seek.frame_indices == full.frame_indices == (0, 100, 199, 299)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(seek, full))
     assert seek.decoded_frames == full.decoded_frames == 300  # no keyframe to jump to: nothing skipped
+
+
+def test_bad_video_options_are_one_line_errors_in_their_own_names(tmp_path, capsys):
+    """QA: --video-max-frames 1, --video-frames 0, --video-fps 0 / nan ended in tracebacks of VideoSampling's
+    checks; --video-max-pixels 0 shrank frames to 1 x 1; --video-frames with --video-fps let frames win silently."""
+    from unime.cli import main
+    from unime.errors import UsageError
+
+    for kwargs, message in ((dict(frames=0), "--video-frames must be >= 1, got 0"),
+                            (dict(fps=0.0), "--video-fps must be a positive number, got 0.0"),
+                            (dict(fps=float("nan")), "--video-fps must be a positive number, got nan"),
+                            (dict(max_frames=0), "--video-max-frames must be >= 1, got 0"),
+                            (dict(max_pixels=100), "--video-max-pixels must be >= 784"),
+                            (dict(frames=4, fps=2.0), "give --video-frames N or --video-fps F, not both")):
+        with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+            VideoSampling.from_options(**kwargs)
+    one = VideoSampling.from_options(max_frames=1)  # one frame at most: allowed, the least lowered to it
+    assert (one.min_frames, one.max_frames) == (1, 1) and one.frame_count(100, 4.0) == 1
+    (tmp_path / "i.jsonl").write_text('{"text": "a"}\n')
+    assert main(["embed", "--model", "m", "--items", str(tmp_path / "i.jsonl"), "--out", str(tmp_path / "x.npy"),
+                 "--video-fps", "nan"]) == 2
+    assert capsys.readouterr().err.strip() == "unime: error: --video-fps must be a positive number, got nan"

@@ -69,6 +69,24 @@ class VideoOptions:
                                           "are scaled down to fit)", group="video")
 
 
+MIN_VIDEO_PIXELS = 28 * 28  # one frame of one merged 2 x 2 block of 14-pixel patches
+
+
+def _bad_video_options(frames, fps, max_frames, max_pixels) -> str | None:
+    """What is wrong with the `--video-*` options given, in their own names (None: nothing)."""
+    if frames is not None and frames < 1:
+        return f"--video-frames must be >= 1, got {frames}"
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        return f"--video-fps must be a positive number, got {fps}"
+    if frames is not None and fps is not None:
+        return "give --video-frames N or --video-fps F, not both (N uniform frames, or F frames per second)"
+    if max_frames is not None and max_frames < 1:
+        return f"--video-max-frames must be >= 1, got {max_frames}"
+    if max_pixels is not None and max_pixels < MIN_VIDEO_PIXELS:
+        return f"--video-max-pixels must be >= {MIN_VIDEO_PIXELS} (one 28 x 28 frame), got {max_pixels}"
+    return None
+
+
 @dataclass(frozen=True)
 class VideoSampling:
     """How frames are taken from a video and the limits a video must respect."""
@@ -89,7 +107,7 @@ class VideoSampling:
             raise ValueError("VideoSampling needs num_frames or fps")
         if self.num_frames is not None and self.num_frames < 1:
             raise ValueError("num_frames must be >= 1")
-        if self.fps is not None and self.fps <= 0:
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError("fps must be > 0")
         if not 1 <= self.min_frames <= self.max_frames:
             raise ValueError("need 1 <= min_frames <= max_frames")
@@ -105,8 +123,15 @@ class VideoSampling:
                                    ("max_video_pixels", max_pixels)) if v is not None}
         if not given:
             return None
+        bad = _bad_video_options(frames, fps, max_frames, max_pixels)
+        if bad:
+            from unime.errors import UsageError
+
+            raise UsageError(bad)
         if "fps" in given and "num_frames" not in given:
             given["num_frames"] = None
+        if max_frames is not None and max_frames < cls.min_frames:  # --video-max-frames 1: one frame is the most
+            given["min_frames"] = max_frames
         return cls(**given)
 
     @classmethod
