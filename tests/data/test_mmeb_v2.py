@@ -274,3 +274,17 @@ def test_fixture_scores_equal_an_independent_computation(tmp_path, tiny_model_di
                                            dtype="float32", cache_dir=str(tmp_path / "cache"), batch_size=4),
                                 show_progress=False)
     assert again["encoding"]["encoded"] == 0 and again["tasks"] == summary["tasks"]
+
+
+def test_a_label_listed_twice_among_a_rows_candidates_is_relevant_at_both_places(tmp_path):
+    """QA: a local row whose candidate names repeat its label ("up", "up", "down") marked only the last copy
+    relevant, so the first copy ranked first scored Hit@1 0 under either ties policy."""
+    cfg, _ = build_fixture(tmp_path)
+    qa = tmp_path / "video/qa/rows.jsonl"
+    rows = [json.loads(x) for x in qa.read_text().splitlines()]
+    rows[0]["cand_text"] = ["red", "red", "blue"]
+    rows[0]["cand_image"] = [None] * 3
+    rows[0]["dataset_infos"] = {"cand_names": ["red", "red", "blue"], "label_name": "red"}
+    _jsonl(qa, rows)
+    spec = next(t for t in load_task_config(cfg).tasks if t.name == "vid_qa")
+    assert list(load_task_data(spec).grades[0]) == [1.0, 1.0, 0.0]

@@ -421,7 +421,9 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
     queries, cands, grades, ids = [], [], [], []
 
     def grades_for(row: V2Row, names: list[str], where: tuple[str, str]) -> np.ndarray | None:
-        pos = {n: j for j, n in enumerate(names)}
+        pos: dict[str, list[int]] = {}  # a name listed twice names both places: each is that candidate
+        for j, n in enumerate(names):
+            pos.setdefault(n, []).append(j)
         g = np.zeros(len(names), dtype=np.float64)
         for lab in row.labels:
             if lab not in pos:
