@@ -101,7 +101,7 @@ EXPECTED_SKIPS = Counter(c.reason for c in RECORD_CASES)
 
 
 @pytest.mark.slow
-def test_skip_mode_through_mining_counts_every_case(corpus_root, tmp_path, tiny_model_dir):
+def test_skip_mode_through_mining_counts_every_case(corpus_root, tmp_path, tiny_model_dir, capsys):
     path = write_records_file(corpus_root, RECORD_CASES, n_good=N_GOOD, name="all-mine.jsonl")
     before = tree(corpus_root)
     out = tmp_path / "mined"
@@ -112,6 +112,7 @@ def test_skip_mode_through_mining_counts_every_case(corpus_root, tmp_path, tiny_
     assert stats["records"] == N_GOOD
     assert _skip_counts(stats["skipped_records"]["by_reason"]) == EXPECTED_SKIPS
     assert tree(corpus_root) == before
+    assert stats["skipped_records"]["summary"] in capsys.readouterr().out  # on the console too (QA)
 
 
 @pytest.mark.slow

@@ -57,6 +57,9 @@ def _mine(args) -> int:
         print(f"{result.out}: finished earlier with the same options and inputs; nothing to do "
               f"(pass --overwrite to redo it)")
     print(f"{result.out}: {result.n_mined} of {result.n_records} records mined; report: {result.out / 'report.md'}")
+    skipped = s.get("skipped_records") or {}
+    if skipped.get("total"):  # --on-error skip: said here too, not only in the report
+        print(skipped.get("summary") or f"skipped {skipped['total']} record(s)")
     print(s["sampling_table"])
     from unime.mining.health import format_health
 
