@@ -359,3 +359,21 @@ def test_bad_video_options_are_one_line_errors_in_their_own_names(tmp_path, caps
     assert main(["embed", "--model", "m", "--items", str(tmp_path / "i.jsonl"), "--out", str(tmp_path / "x.npy"),
                  "--video-fps", "nan"]) == 2
     assert capsys.readouterr().err.strip() == "unime: error: --video-fps must be a positive number, got nan"
+
+
+def test_frames_of_different_sizes_become_one_size_the_processor_can_stack(tmp_path, tiny_model_dir):
+    """QA: a frame list with frames of different sizes was budgeted frame by frame and crashed the processor
+    ("all input arrays must have the same shape"), under --on-error skip too."""
+    from PIL import Image
+
+    from unime.data.images import ImageLoader
+    from unime.models.embedder import Embedder
+
+    for i, size in enumerate([(40, 30), (80, 60), (40, 30), (64, 64)]):
+        Image.new("RGB", size, (60 * i, 90, 30)).save(tmp_path / f"f{i}.png")
+    refs = [f"f{i}.png" for i in range(4)]
+    video = ImageLoader(tmp_path).load_video(refs)
+    assert len({f.size for f in video.frames}) == 1 and video.frames[0].size == video.frames[1].size
+    vec = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(tmp_path)).encode(
+        [{"video": refs}])
+    assert vec.shape[0] == 1 and np.isfinite(vec).all()

@@ -492,14 +492,11 @@ def load_video(loader: "ImageLoader", refs: Sequence[Any], sampling: VideoSampli
     frames = [loader.load(refs[i], source=source, record=record, field=f"{field or 'video'}[{i}]") for i in wanted]
     w, h = frames[0].size
     out = _budget_size(w, h, len(frames), sampling.max_video_pixels)
-    if any(f.size != (w, h) for f in frames):
-        out = None  # frames of different sizes: budget per frame
     from PIL import Image
 
-    resized = []
-    for f in frames:
-        size = out or _budget_size(f.size[0], f.size[1], len(frames), sampling.max_video_pixels)
-        resized.append(f if f.size == size else f.resize(size, Image.Resampling.BICUBIC))
+    # a video's frames share one size (the processors stack them): a frame of another size is resized to the first
+    # frame's budgeted size (frames of different sizes were budgeted one by one and crashed the processor, QA)
+    resized = [f if f.size == out else f.resize(out, Image.Resampling.BICUBIC) for f in frames]
     return Video(frames=tuple(resized), fps=sampling.frame_list_fps, frame_indices=tuple(wanted), total_frames=total,
                  source="<frame list>")
 
