@@ -377,3 +377,23 @@ def test_frames_of_different_sizes_become_one_size_the_processor_can_stack(tmp_p
     vec = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(tmp_path)).encode(
         [{"video": refs}])
     assert vec.shape[0] == 1 and np.isfinite(vec).all()
+
+
+def test_a_video_of_several_files_or_files_and_frames_is_named_by_its_line_and_skippable(tmp_path, capsys):
+    """QA: such an item stopped `unime embed` at encoding time with an error naming no file or line, even under
+    --on-error skip; the item check now refuses it where it reads the line."""
+    import json
+
+    from PIL import Image
+
+    from tests.data.helpers import write_clip
+    from unime.cli import main
+
+    write_clip(tmp_path / "a.mp4", n=8, fps=8)
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / "f.png")
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(x) + "\n" for x in (
+        {"text": "fine"}, {"video": ["f.png", "a.mp4"]}, {"video": ["a.mp4", "a.mp4"]})))
+    assert main(["embed", "--model", "m", "--items", str(items), "--out", str(tmp_path / "x.npy")]) == 2
+    assert capsys.readouterr().err.strip() == (f"unime: error: {items}, record line 2, field 'item.video': a video is "
+                                               "one video file or a list of frame images, not several files or a mix")

@@ -37,7 +37,7 @@ from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.validate import check_keys, check_str, make_item, parse_item, parse_score, parse_scores
-from unime.data.video import is_video_file_ref
+from unime.data.video import MIXED_VIDEO_REFS, is_video_file_ref
 from unime.errors import DataError
 
 __all__ = [
@@ -423,6 +423,8 @@ class ImageChecker:
         """Raise a `DataError` (reason `image`) naming `source`, `record` and the field of the first bad
         image of `obj` (a Record, MMEBRow, Item, or an eval row with one `image`)."""
         for fname, item in _item_fields(obj):
+            if len(item.video) > 1 and any(is_video_file_ref(r) for r in item.video):
+                raise data_error("image", MIXED_VIDEO_REFS, source=source, record=record, field=f"{fname}.video")
             for kind in ("images", "video"):
                 for j, ref in enumerate(getattr(item, kind)):
                     key = ref if isinstance(ref, (str, bytes)) else id(ref)

@@ -69,6 +69,7 @@ class VideoOptions:
                                           "are scaled down to fit)", group="video")
 
 
+MIXED_VIDEO_REFS = "a video is one video file or a list of frame images, not several files or a mix"
 MIN_VIDEO_PIXELS = 28 * 28  # one frame of one merged 2 x 2 block of 14-pixel patches
 
 
@@ -463,8 +464,7 @@ def load_video(loader: "ImageLoader", refs: Sequence[Any], sampling: VideoSampli
     files = [is_video_file_ref(r) for r in refs]
     if any(files):
         if len(refs) > 1:
-            raise DataError("a video is one video file or a list of frame images, not several files or a mix",
-                            source=source, record=record, field=field)
+            raise DataError(MIXED_VIDEO_REFS, source=source, record=record, field=field)
         ref = refs[0]
         if isinstance(ref, str):
             path = loader.resolve(ref, source=source, record=record, field=field)
