@@ -95,6 +95,31 @@ def test_outputs_load_with_plain_transformers_and_embedder(trained):
     assert abs(v_merged - v_base).max() > 1e-3          # and training changed the model
 
 
+def test_a_relative_base_model_is_recorded_absolute_and_loads_from_another_directory(tiny_model_dir, mined_world,
+                                                                                     tmp_path, monkeypatch):
+    import shutil
+
+    from unime.data.io import read_records
+    from unime.models.embedder import Embedder
+    from unime.models.loading import model_reference
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world
+    batch = fixed_batch(read_records(path))
+    (tmp_path / "work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copytree(tiny_model_dir("qwen2_vl"), tmp_path / "work" / "tiny")
+    monkeypatch.chdir(tmp_path / "work")
+    res = train_embedder(base_config("tiny", Path("run"), world, steps=1), records=batch)
+    config = json.loads((res.adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "work" / "tiny").resolve())
+    assert f"base_model: {(tmp_path / 'work' / 'tiny').resolve()}" in (res.out / "README.md").read_text()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    vecs = Embedder.from_pretrained("../work/run/adapter", device="cpu", data_root=str(world)).encode([batch[0].query])
+    assert vecs.shape == (1, 64)
+    assert model_reference("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"   # a hub id stays as given
+
+
 def test_model_card_curves_and_metrics(trained):
     from unime.models.curves import read_curves_csv
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from unime.data.atomic import atomic_dir, atomic_open, merged_dir
+from unime.models.loading import model_reference
 from unime.models.run_state import ADAPTER_DIR, CARD_FILE, EXPORT_NAMES, MERGED_DIR, is_peft  # noqa: F401
 
 
@@ -57,8 +58,9 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
     Each folder holds the model, the processor, README.md and `folder_files` (name → text). `image_budget`
     (the run's `ImageBudget`, if set) is recorded in OUT and each folder (`unime_images.json`) for eval /
     mining / serving; the processor saved alongside already carries its pixel bounds. `base_model`: how the
-    adapter names its base model. Merging modifies `model` in place (done last). Returns the written
-    folders by name."""
+    adapter names its base model (default: as the PEFT model does); an existing local folder is recorded as
+    an absolute path (`unime.models.loading.model_reference`). Merging modifies `model` in place (done
+    last). Returns the written folders by name."""
     from unime.models.image_budget import BUDGET_FILE
     from unime.outdir import require_replaceable
 
@@ -72,8 +74,10 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
     for name in ((ADAPTER_DIR,) if adapter else ()) + ((MERGED_DIR,) if merged else ()) + (CARD_FILE,) + \
             ((BUDGET_FILE,) if record_budget else ()):
         require_replaceable(out, name)  # never replace a merged/ or README.md this run's command did not write
-    if peft and base_model is not None:
-        model.peft_config["default"].base_model_name_or_path = base_model
+    if peft:  # a local base folder as an absolute path: the adapter then loads from any working directory
+        config = model.peft_config["default"]
+        config.base_model_name_or_path = model_reference(base_model if base_model is not None
+                                                        else config.base_model_name_or_path)
     if record_budget:
         image_budget.save(out)
     written: dict[str, Path] = {}

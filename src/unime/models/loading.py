@@ -79,6 +79,15 @@ def resolve_dtype(dtype: str | Any | None, device: str):
     return table[dtype]
 
 
+def model_reference(path: str | os.PathLike | None) -> str | None:
+    """How a file written to disk (an adapter's config, an index manifest) names a model: an existing local
+    folder as an absolute path, so it loads from any working directory; anything else (a hub id) as given."""
+    if path is None:
+        return None
+    p = Path(path)
+    return str(p.resolve()) if p.exists() else str(path)
+
+
 def is_peft_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 

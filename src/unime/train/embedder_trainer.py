@@ -33,7 +33,7 @@ from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
 from unime.models.hf_arguments import hf_training_arguments
 from unime.models.image_budget import ImageBudget
-from unime.models.loading import trainer_device
+from unime.models.loading import model_reference, trainer_device
 from unime.models.lora import LoraSettings, apply_lora
 from unime.models import export, run_state
 from unime.options import option_defaults
@@ -528,7 +528,8 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
                  "fine_tuning": "full" if config.full else "LoRA",
                  "image_budget": run.embedder.image_budget.to_dict()}
         card = export.ModelCard(
-            title="Universal multimodal embedder (unime, UniME-V2 stage D)", base_model=str(config.model),
+            title="Universal multimodal embedder (unime, UniME-V2 stage D)",
+            base_model=model_reference(config.model),
             summary=f"Fine-tuned from `{config.model}` with `unime train embedder`. The embedding of an item is the "
                     "L2-normalised last-layer hidden state at the last token (or at `<emb>` if the tokenizer has it).",
             usage='from unime import Embedder\nemb = Embedder.from_pretrained("merged")   # or the adapter folder\n'

@@ -46,7 +46,7 @@ from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
-from unime.models.loading import DeviceOptions
+from unime.models.loading import DeviceOptions, model_reference
 from unime.models.lora import GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
 from unime.options import option, option_defaults
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
@@ -512,13 +512,6 @@ def primary_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _base_reference(path: str) -> str:
-    """How the adapter refers to its base model: an absolute path for a local folder (so the adapter loads
-    from any working directory), else the hub id as given."""
-    p = Path(path)
-    return str(p.resolve()) if p.exists() else path
-
-
 def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     """Train a reranker (or, with role='judge', a judge) and write it to `cfg.out` (see the module doc), in
     an output folder the run owns and holds locked (`unime.outdir`). Re-running continues from the last
@@ -653,7 +646,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                      loss_levels["final"]["loss"], loss_levels["base_rate"]["total"])
     meta = {
         "role": cfg.role, "num_candidates": num_candidates, "losses": list(cfg.losses),
-        "base_model": _base_reference(cfg.model), "model_type": model.config.model_type,
+        "base_model": model_reference(cfg.model), "model_type": model.config.model_type,
         "answer_prefix": collator.format.prefix, "records": n_records, "examples": n_examples,
         "skipped": skips.total, "steps": trainer.state.global_step,
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
