@@ -146,6 +146,26 @@ def test_cli_build_and_search_with_a_tiny_model(tmp_path, tiny_model_dir, capsys
     assert [h["id"] for h in hits] == [rows[i]["id"] for i in expected]
 
 
+def test_an_index_built_with_a_relative_model_path_is_searched_from_another_directory(tmp_path, tiny_model_dir,
+                                                                                       capsys, monkeypatch):
+    import shutil
+
+    from unime.cli import main
+
+    shutil.copytree(tiny_model_dir("qwen2_vl"), tmp_path / "tiny")
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n"
+                                                   for i, t in enumerate(["a red star", "a blue circle"])))
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "build", "--model", "tiny", "--items", "corpus.jsonl", "--out", "idx",
+                 "--device", "cpu"]) == 0
+    assert CorpusIndex(tmp_path / "idx").manifest["model"] == str((tmp_path / "tiny").resolve())
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    capsys.readouterr()
+    assert main(["search", "--index", "../idx", "--query", "a red star", "--k", "1", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["id"] == "t0"
+
+
 def test_reads_a_demo_world_items_file(tmp_path):
     p = tmp_path / "items.jsonl"
     p.write_text('{"key": "k1", "item": {"text": "", "images": ["images/a.png"]}, "meta": {"kind": "scene"}}\n'

@@ -2,8 +2,9 @@
 
 Layout of an index folder::
 
-    IDX/manifest.json            model (path, fingerprint, settings), dim, dtype, count, index kind and
-                                 parameters, recall@k of an approximate index against exact search
+    IDX/manifest.json            model (a local folder's absolute path, fingerprint, settings), dim, dtype,
+                                 count, index kind and parameters, recall@k of an approximate index
+                                 against exact search
     IDX/chunks/chunk-NNNNN.npy   L2-normalised vectors (float32 or float16), read memory-mapped
     IDX/chunks/chunk-NNNNN.jsonl one line per row: {"id", "item": {"text", "images", "video"},
                                  "metadata", "thumbnail"?} — written after the .npy: a chunk counts
@@ -41,7 +42,7 @@ from unime.errors import DataError, UnimeError
 from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
                              set_search_breadth)
-from unime.models.loading import EmbedderOptions
+from unime.models.loading import EmbedderOptions, model_reference
 from unime.options import option
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,9 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     elif out.exists() and any(out.iterdir()):
         raise IndexError_(f"{out} exists and is not a unime index: refusing to write into it")
     else:
-        manifest = {"format_version": FORMAT_VERSION, "model": str(model), "model_fingerprint": fingerprint,
+        # a local model folder by its absolute path, as the data root: the index is searched from any directory
+        manifest = {"format_version": FORMAT_VERSION, "model": model_reference(model),
+                    "model_fingerprint": fingerprint,
                     "model_settings": settings, "vector_dtype": vector_dtype, "dim": None,
                     "data_root": str(root.resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (out / "chunks").mkdir(parents=True, exist_ok=True)
@@ -291,8 +294,8 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     todo = [e for e in entries if e.id not in existing]
     stats.already_indexed = len(entries) - len(todo)
     next_chunk = 1 + max((int(p.stem.split("-")[1]) for p in chunks), default=-1)
-    store = EmbeddingStore(Path(cache_dir) / fingerprint, model_info={"model": str(model), "settings": settings}) \
-        if cache_dir else None
+    store = EmbeddingStore(Path(cache_dir) / fingerprint,
+                           model_info={"model": model_reference(model), "settings": settings}) if cache_dir else None
     loader = ImageLoader(root)
     from unime.data.io import ImageChecker
 
