@@ -166,6 +166,46 @@ def test_an_index_built_with_a_relative_model_path_is_searched_from_another_dire
     assert json.loads(capsys.readouterr().out.splitlines()[0])["id"] == "t0"
 
 
+def test_an_index_built_with_the_python_api_is_searched_by_the_cli_whatever_the_dtype_spelling(tmp_path,
+                                                                                               tiny_model_dir, capsys):
+    from unime.cli import main
+    from unime.models.embedder import Embedder
+
+    model = tiny_model_dir("qwen2_vl")
+    _corpus(tmp_path / "corpus.jsonl", 3)
+    emb = Embedder.from_pretrained(model, device="cpu", data_root=str(tmp_path))   # dtype None: float32 on CPU
+    idx, _ = build_corpus_index(tmp_path / "corpus.jsonl", tmp_path / "idx_py", embedder=emb, model=model)
+    assert idx.manifest["model_settings"]["dtype"] == "fp32"
+    assert main(["index", "build", "--model", model, "--items", str(tmp_path / "corpus.jsonl"), "--out",
+                 str(tmp_path / "idx_cli"), "--device", "cpu"]) == 0
+    assert CorpusIndex(tmp_path / "idx_cli").manifest["model_fingerprint"] == idx.manifest["model_fingerprint"]
+    for dtype in ("auto", "fp32"):
+        assert main(["search", "--index", str(tmp_path / "idx_py"), "--query", "document number 1", "--k", "1",
+                     "--json", "--device", "cpu", "--dtype", dtype]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "idx_py"), "--query", "x", "--device", "cpu",
+                 "--dtype", "bf16"]) == 2
+    assert "settings differ: dtype 'fp32' (index) vs 'bf16'" in capsys.readouterr().err
+
+
+def test_an_index_that_recorded_the_dtype_option_as_given_is_still_searched(tmp_path, tiny_model_dir):
+    from unime.index.store import check_model
+    from unime.models.embedder import Embedder
+    from unime.models.embedding_cache import embedding_settings, model_fingerprint
+
+    model = tiny_model_dir("qwen2_vl")
+    _corpus(tmp_path / "corpus.jsonl", 2)
+    emb = Embedder.from_pretrained(model, device="cpu")
+    old = {**embedding_settings(emb), "dtype": "auto"}   # what `unime index build` recorded before
+    idx, _ = build_corpus_index(tmp_path / "corpus.jsonl", tmp_path / "idx", embedder=emb, model=model,
+                                model_settings=old)
+    assert idx.manifest["model_fingerprint"] == model_fingerprint(model, old)
+    check_model(idx, model, embedding_settings(emb, "auto"), device="cpu")   # auto is fp32 on CPU
+    build_corpus_index(_corpus(tmp_path / "corpus.jsonl", 1, start=2), tmp_path / "idx", embedder=emb, model=model)
+    with pytest.raises(IndexError_, match="settings differ: dtype 'auto' \\(index\\) vs 'bf16'"):
+        check_model(idx, model, {**embedding_settings(emb), "dtype": "bf16"}, device="cpu")
+
+
 def test_reads_a_demo_world_items_file(tmp_path):
     p = tmp_path / "items.jsonl"
     p.write_text('{"key": "k1", "item": {"text": "", "images": ["images/a.png"]}, "meta": {"kind": "scene"}}\n'

@@ -124,3 +124,18 @@ def test_the_item_keys_use_the_callers_image_digests(tmp_path):
     assert digests.hashed == 1 and own.digests.hashed == 1  # the file read once for each set of digests, not again
     with pytest.raises(DataError, match=r"records.jsonl, field 'images\[0\]': image file not found: 'b.png'"):
         shared.add([Item("x", ("b.png",))], tmp_path, source="records.jsonl")
+
+
+def test_the_settings_record_the_dtype_the_embedder_computes_in():
+    import torch
+
+    from unime.models.embedding_cache import embedding_settings
+
+    class Fake:
+        pooling, instruction_suffix, device, model = "last", "", "cpu", None
+
+    fake = Fake()
+    assert {embedding_settings(fake, d)["dtype"] for d in (None, "auto", "fp32", "float32", torch.float32)} == {"fp32"}
+    assert embedding_settings(fake, "bf16")["dtype"] == "bf16"
+    fake.model = type("Model", (), {"dtype": torch.bfloat16})()   # a loaded model: its own dtype
+    assert embedding_settings(fake, None)["dtype"] == "bf16"

@@ -42,6 +42,7 @@ from unime.errors import DataError, UnimeError
 from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
                              set_search_breadth)
+from unime.models.embedding_cache import DTYPE_LABELS
 from unime.models.loading import EmbedderOptions, model_reference
 from unime.options import option
 
@@ -268,9 +269,11 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("model_fingerprint") != fingerprint:
+        why = model_mismatch(manifest, model, settings, device=getattr(embedder, "device", None))
+        if why:
             raise IndexError_(f"{out} was built with model {manifest.get('model')!r} (fingerprint "
-                              f"{manifest.get('model_fingerprint')}); {model!r} has {fingerprint}: use another --out")
+                              f"{manifest.get('model_fingerprint')}), not {model!r} ({fingerprint}): {why}; "
+                              "use another --out")
         if manifest.get("vector_dtype") != vector_dtype:
             raise IndexError_(f"{out} stores {manifest.get('vector_dtype')} vectors, not {vector_dtype}")
     elif out.exists() and any(out.iterdir()):
@@ -434,7 +437,7 @@ def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
     idx = CorpusIndex(cfg.index)
     model = cfg.model or idx.manifest["model"]
     emb = Embedder.from_pretrained(model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size)
-    check_model(idx, model, embedding_settings(emb, cfg.dtype))
+    check_model(idx, model, embedding_settings(emb, cfg.dtype), device=emb.device)
     return search_items(idx, emb.encode([query]), cfg.k)[0]
 
 
@@ -462,12 +465,41 @@ def search_items(index: CorpusIndex, query_vectors: np.ndarray, k: int) -> list[
     return out
 
 
-def check_model(index: CorpusIndex, model: str, settings: dict) -> None:
-    """Raise unless `model` with `settings` is the model the index was built with (same fingerprint)."""
+def check_model(index: CorpusIndex, model: str, settings: dict, *, device: str | None = None) -> None:
+    """Raise unless `model` with `settings` is the model the index was built with (`model_mismatch`)."""
+    why = model_mismatch(index.manifest, model, settings, device=device)
+    if why:
+        raise IndexError_(f"index {index.folder} was built with model {index.manifest.get('model')!r} "
+                          f"(fingerprint {index.manifest.get('model_fingerprint')}), not {model!r}; {why}; "
+                          "its vectors are not comparable")
+
+
+def model_mismatch(manifest: dict, model: str, settings: dict, *, device: str | None = None) -> str | None:
+    """None if `model` with `settings` is the model of the index `manifest` (same fingerprint), else why not:
+    the settings that differ, or the model's files. A manifest that records the dtype option as given (auto,
+    None: before the compute dtype was recorded) matches when that option gives the same dtype on `device`."""
     from unime.models.embedding_cache import model_fingerprint
 
     fp = model_fingerprint(model, settings)
-    if fp != index.manifest.get("model_fingerprint"):
-        raise IndexError_(f"index {index.folder} was built with model {index.manifest.get('model')!r} "
-                          f"(fingerprint {index.manifest.get('model_fingerprint')}), not {model!r} ({fp}); "
-                          "its vectors are not comparable")
+    expected = manifest.get("model_fingerprint")
+    if fp == expected:
+        return None
+    built = manifest.get("model_settings") or {}
+    legacy = built.get("dtype")
+    if legacy is not None and legacy not in DTYPE_LABELS.values() and _dtype_label(legacy, device) == \
+            settings.get("dtype") and model_fingerprint(model, {**settings, "dtype": legacy}) == expected:
+        return None
+    differ = [f"{k} {built.get(k)!r} (index) vs {settings.get(k)!r}" for k in sorted(set(built) | set(settings))
+              if built.get(k) != settings.get(k)] if built else []
+    return f"settings differ: {', '.join(differ)}" if differ else f"the model's files differ (fingerprint {fp})"
+
+
+def _dtype_label(dtype: str, device: str | None) -> str | None:
+    """The compute dtype (fp32, bf16, fp16) the dtype option `dtype` gives on `device`; None if unknown."""
+    from unime.models.loading import resolve_dtype
+
+    try:
+        resolved = resolve_dtype(None if dtype == "None" else dtype, device or "cpu")
+    except ValueError:
+        return None
+    return DTYPE_LABELS.get(str(resolved).removeprefix("torch."))

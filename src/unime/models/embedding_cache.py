@@ -101,10 +101,30 @@ def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None =
     return h.hexdigest()[:24]
 
 
+DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch dtype name → option value
+
+
+def compute_dtype_label(embedder: Any, dtype: Any = None) -> str:
+    """The dtype the embedder computes in, as the option names it (fp32, bf16, fp16): its model's dtype, else
+    `dtype` resolved on its device — so auto, None and fp32 on CPU all give 'fp32'."""
+    resolved = getattr(getattr(embedder, "model", None), "dtype", None)
+    if resolved is None:
+        try:
+            from unime.models.loading import resolve_dtype
+
+            resolved = resolve_dtype(dtype, str(getattr(embedder, "device", None) or "cpu"))
+        except (ImportError, ValueError):
+            return str(dtype)
+    name = str(resolved).removeprefix("torch.")
+    return DTYPE_LABELS.get(name, name)
+
+
 def embedding_settings(embedder: Any, dtype: Any = None) -> dict[str, Any]:
-    """The embedding settings that change an embedder's vectors (part of the cache's model identity)."""
-    settings = {"pooling": embedder.pooling, "dtype": str(dtype), "instruction_suffix": embedder.instruction_suffix,
-                "normalize": True}
+    """The embedding settings that change an embedder's vectors (part of the cache's model identity). The
+    dtype is the one the embedder computes in (`compute_dtype_label`), not the option as given: equal
+    vectors, equal settings."""
+    settings = {"pooling": embedder.pooling, "dtype": compute_dtype_label(embedder, dtype),
+                "instruction_suffix": embedder.instruction_suffix, "normalize": True}
     sampling = getattr(getattr(embedder, "image_loader", None), "video_sampling", None)
     if sampling is not None:  # non-default video sampling gives other vectors for video items
         from dataclasses import asdict

@@ -49,7 +49,7 @@ class Engine:
             from unime.models.embedding_cache import embedding_settings
 
             index = CorpusIndex(config.index)
-            check_model(index, config.model, embedding_settings(emb, config.dtype))
+            check_model(index, config.model, embedding_settings(emb, config.dtype), device=emb.device)
         if config.reranker:
             from unime.models.reranker import Reranker
 
