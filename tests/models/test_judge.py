@@ -188,3 +188,33 @@ def test_candidate_image_features_are_cached_across_queries(judges, family):
     j.margin_candidates(QUERY_TEXT, cands)
     assert len(j.engine.image_cache) == 2
     j.engine.image_cache_size = 1024
+
+
+def test_a_trainers_output_folder_is_a_judge_its_adapter_or_its_merged_model(tiny_model_dir, tmp_path):
+    """`unime train reranker` writes OUT/adapter only (OUT/merged with --merge): JudgeScorer (so `unime mine
+    --judge`, `unime judge --model`) loads OUT as a Reranker does."""
+    from unime.models.export import ModelCard, export_final
+    from unime.models.loading import load_model
+    from unime.models.lora import LoraSettings, apply_lora
+
+    loaded = load_model(tiny_model_dir("qwen2_vl"), device="cpu")
+    model = apply_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0), task_type="CAUSAL_LM")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    card = ModelCard(title="t", base_model="b", summary="s", usage="u")
+    export_final(model, loaded.processor, tmp_path / "rr1", card=card, merged=False)
+    query, candidates = QUERY_TEXT, CANDIDATES[:3]
+    base = JudgeScorer.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu").margin_candidates(query, candidates)
+    judge = JudgeScorer.from_pretrained(tmp_path / "rr1", device="cpu")
+    assert judge.name == str(tmp_path / "rr1" / "adapter")
+    scores = judge.margin_candidates(query, candidates)
+    adapter = JudgeScorer.from_pretrained(tmp_path / "rr1" / "adapter", device="cpu")
+    np.testing.assert_allclose(scores, adapter.margin_candidates(query, candidates), atol=1e-6)
+    assert np.abs(scores - base).max() > 1e-4                     # the adapter is applied
+    assert JudgeScorer.from_pretrained(tmp_path / "rr1", load_weights=False).yes_id == judge.yes_id
+    export_final(model, loaded.processor, tmp_path / "rr2", card=card, adapter=False)
+    merged = JudgeScorer.from_pretrained(tmp_path / "rr2", device="cpu")
+    assert merged.name == str(tmp_path / "rr2" / "merged")
+    np.testing.assert_allclose(merged.margin_candidates(query, candidates), scores, atol=1e-4)

@@ -33,7 +33,7 @@ from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.judge_prompt import (judge_candidate_segments, judge_item_segments, judge_prefix_segments,
                                        judge_prompt_segments, merge_text)
-from unime.models.loading import LoadedModel, load_model
+from unime.models.loading import LoadedModel, load_model, trained_model_folder
 from unime.models.prefix_scoring import PrefixEngine
 from unime.models.prompts import NO, YES
 
@@ -95,8 +95,11 @@ class JudgeScorer:
                         adapter_path: str | None = None, load_weights: bool = True, video_sampling=None,
                         image_budget=None,
                         **kwargs) -> "JudgeScorer":
-        """Load a judge checkpoint. `load_weights=False` loads only the processor and config: enough to
-        build prompts and resolve the Yes/No ids (e.g. for a vLLM backend), not to score."""
+        """Load a judge checkpoint: a model or adapter folder, a hub id, or the output folder of `unime train
+        judge|reranker` (its merged/, else its adapter/: a reranker checkpoint is also a judge).
+        `load_weights=False` loads only the processor and config: enough to build prompts and resolve the
+        Yes/No ids (e.g. for a vLLM backend), not to score."""
+        path = trained_model_folder(path)
         loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
         if not load_weights:
             from transformers import AutoConfig

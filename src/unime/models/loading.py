@@ -88,6 +88,18 @@ def model_reference(path: str | os.PathLike | None) -> str | None:
     return str(p.resolve()) if p.exists() else str(path)
 
 
+def trained_model_folder(path: str | os.PathLike) -> str:
+    """The model folder of a trainer's output folder (`unime.models.export`): its merged/ if it has one, else
+    its adapter/; any other path (a model or adapter folder, a hub id) as given."""
+    p = Path(path)
+    if not p.is_dir() or (p / "config.json").is_file() or (p / "adapter_config.json").is_file():
+        return str(path)
+    for sub, marker in (("merged", "config.json"), ("adapter", "adapter_config.json")):
+        if (p / sub / marker).is_file():
+            return str(p / sub)
+    return str(path)
+
+
 def is_peft_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
@@ -116,15 +128,13 @@ def load_processor(path: str, *, image_budget: ImageBudget | None = None, budget
 
 def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None, adapter_path: str | None = None,
                trainable: bool = False, image_budget: ImageBudget | None = None) -> LoadedModel:
-    """Load `*ForConditionalGeneration` + processor (from `path`, or the `merged/` folder of a trainer's output
-    folder `path`). A PEFT adapter folder (or `adapter_path`) is applied
+    """Load `*ForConditionalGeneration` + processor (from `path`, or the merged/ — else adapter/ — folder of a
+    trainer's output folder `path`: `trained_model_folder`). A PEFT adapter folder (or `adapter_path`) is applied
     on top of its base model. The model is in eval mode unless `trainable`. The processor gets the image
     budget recorded with the checkpoint, overridden field by field by `image_budget`."""
     from transformers import AutoModelForImageTextToText
 
-    path = str(path)
-    if not Path(path, "config.json").is_file() and Path(path, "merged", "config.json").is_file():
-        path = str(Path(path, "merged"))  # a trainer's output folder (`unime.models.export`): its merged model
+    path = trained_model_folder(path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     base_path = path
