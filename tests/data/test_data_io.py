@@ -405,3 +405,13 @@ def test_a_jsonl_line_error_names_the_column_where_it_is_and_a_byte_order_mark_i
     late_bom.write_bytes(good.encode() + b"\n\xef\xbb\xbf" + good.encode() + b"\n")
     with pytest.raises(DataError, match="line 2: malformed JSON"):
         list(iter_jsonl(late_bom))
+
+
+@pytest.mark.parametrize("field", ["images", "video"])
+def test_item_refuses_a_single_reference_instead_of_a_sequence(field):
+    """Item(images="x.png") iterated the path's characters ("image file not found: 'x'"); a PIL image gave a raw
+    TypeError. Now both are refused, naming the field; lists and tuples are still accepted (QA)."""
+    for single in ("path.png", b"\x89PNG", Image.new("RGB", (4, 4)), {"image": "x.png"}, 3):
+        with pytest.raises(DataError, match=rf"field '{field}'.*{field} must be a list or tuple.*got a single"):
+            Item(**{field: single})
+    assert getattr(Item(**{field: ["a.png", "b.png"]}), field) == ("a.png", "b.png")

@@ -22,6 +22,11 @@ def _is_pil(ref: Any) -> bool:
     return hasattr(ref, "tobytes") and hasattr(ref, "size") and hasattr(ref, "mode")
 
 
+def _is_single_ref(x: Any) -> bool:
+    """One image reference (a path, bytes, a PIL image) or one item (a str, dict, `Item`), not a sequence."""
+    return isinstance(x, (str, bytes, bytearray, dict, Item)) or _is_pil(x)
+
+
 def _ref_key(ref: ImageRef) -> str:
     if isinstance(ref, str):
         return "path:" + ref
@@ -50,11 +55,16 @@ class Item:
     def __post_init__(self):
         if not isinstance(self.text, str):
             raise DataError(f"text must be a string, got {type(self.text).__name__}", field="text")
-        # accept lists for convenience, store tuples so items stay hashable
-        if not isinstance(self.images, tuple):
-            object.__setattr__(self, "images", tuple(self.images))
-        if not isinstance(self.video, tuple):
-            object.__setattr__(self, "video", tuple(self.video))
+        # accept lists for convenience, store tuples so items stay hashable; a single reference is refused
+        # (a str would be iterated character by character, a PIL image is not iterable)
+        for name in ("images", "video"):
+            refs = getattr(self, name)
+            if isinstance(refs, tuple):
+                continue
+            if _is_single_ref(refs) or not hasattr(refs, "__iter__"):
+                raise DataError(f"{name} must be a list or tuple of image references, got a single "
+                                f"{type(refs).__name__}; wrap it: {name}=[...]", field=name)
+            object.__setattr__(self, name, tuple(refs))
 
     @property
     def is_empty(self) -> bool:
@@ -120,6 +130,20 @@ class Item:
                     raise DataError("image reference must be a non-empty path, bytes or a PIL image", source=source,
                                     record=record, field=f"{field_name}.{k}")
         return cls(text=text, images=tuple(images), video=tuple(video or ()))
+
+
+def require_list(x: Any, *, name: str, of: str = "items (str, dict or Item)") -> list:
+    """`x` as a list, refusing a single item where a list is expected: a bare str (it would be read character by
+    character), a dict, an `Item`, an image, or anything not iterable is a TypeError naming the argument."""
+    if _is_single_ref(x) or not hasattr(x, "__iter__"):
+        raise TypeError(f"{name} must be a list of {of}, got a single {type(x).__name__}; wrap it in a list")
+    return list(x)
+
+
+def item_list(items: Any, *, name: str = "items") -> list[Item]:
+    """`items` (a list, tuple or other iterable of items, each a str, a dict or an `Item`) as a list of `Item`s;
+    a single item instead of a list is a TypeError (`require_list`)."""
+    return [Item.from_dict(x, field_name=f"{name}[{i}]") for i, x in enumerate(require_list(items, name=name))]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from unime.data.images import ImageLoader
-from unime.data.items import Item
+from unime.data.items import Item, item_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.loading import LoadedModel, load_model
@@ -133,14 +133,14 @@ class Embedder:
 
     def embed(self, items: Sequence[Any]):
         """Forward a batch of items, gradients enabled if the caller enabled them (training)."""
-        return self.forward(self.build_inputs([Item.from_dict(x) for x in items]))
+        return self.forward(self.build_inputs(item_list(items)))
 
     def batch_plan(self, items: Sequence[Any], batch_size: int | None = None) -> list[list[int]]:
         """The batches `encode` runs for `items`, as positions in `items`: each distinct item (first occurrence
         by `Item.key`) once, in `padding_order`, cut every `batch_size`. A batch passed to `encode` alone is run
         as the same batch, so its vectors equal those of the whole call bit for bit (how `unime mine` splits
         its encoding over processes)."""
-        items = [Item.from_dict(x) for x in items]
+        items = item_list(items)
         first: dict[str, int] = {}
         for i, it in enumerate(items):
             first.setdefault(it.key, i)
@@ -155,7 +155,7 @@ class Embedder:
         in the batches of `batch_plan`."""
         import torch
 
-        items = [Item.from_dict(x) for x in items]
+        items = item_list(items)
         if not items:
             return np.zeros((0, self.hidden_size), dtype=np.float32)
         plan = self.batch_plan(items, batch_size)

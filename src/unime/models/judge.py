@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from unime.data.images import ImageLoader
-from unime.data.items import Item
+from unime.data.items import Item, item_list, require_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.judge_prompt import (judge_candidate_segments, judge_item_segments, judge_prefix_segments,
@@ -168,6 +168,7 @@ class JudgeScorer:
         return _sigmoid(self.margin_pair(query, candidate))
 
     def score_pairs_reference(self, pairs: Sequence[tuple[Item, Item]]) -> np.ndarray:
+        pairs = [_pair(p, i) for i, p in enumerate(require_list(pairs, name="pairs", of="(query, candidate) pairs"))]
         return np.array([self.score_pair(q, c) for q, c in pairs], dtype=np.float64)
 
     # -- fast path ----------------------------------------------------------------------------------
@@ -177,7 +178,7 @@ class JudgeScorer:
 
     def score_pairs(self, pairs: Sequence[tuple[Item, Item]], *, show_progress: bool = False) -> np.ndarray:
         """Scores of arbitrary pairs (in order): grouped by query, each distinct pair scored once."""
-        pairs = [(Item.from_dict(q), Item.from_dict(c)) for q, c in pairs]
+        pairs = [_pair(p, i) for i, p in enumerate(require_list(pairs, name="pairs", of="(query, candidate) pairs"))]
         groups: dict[str, tuple[Item, list[int]]] = {}
         for i, (q, _) in enumerate(pairs):
             groups.setdefault(q.key, (q, []))[1].append(i)
@@ -194,7 +195,7 @@ class JudgeScorer:
     def margin_candidates(self, query: Item, candidates: Sequence[Item]) -> np.ndarray:
         """l_Yes - l_No for each candidate (float64, in order), fast path."""
         self._require_model()
-        query, candidates = Item.from_dict(query), [Item.from_dict(c) for c in candidates]
+        query, candidates = Item.from_dict(query, field_name="query"), item_list(candidates, name="candidates")
         self.stats.pairs_requested += len(candidates)
         if not candidates:
             return np.zeros(0, dtype=np.float64)
@@ -227,6 +228,12 @@ class JudgeScorer:
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[[self.yes_id, self.no_id]].float()
         return (logits[:, 0] - logits[:, 1]).double().cpu().numpy()
+
+
+def _pair(pair, i: int) -> tuple[Item, Item]:
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        raise TypeError(f"pairs[{i}] must be a (query, candidate) pair, got {type(pair).__name__}")
+    return Item.from_dict(pair[0], field_name=f"pairs[{i}][0]"), Item.from_dict(pair[1], field_name=f"pairs[{i}][1]")
 
 
 def _sigmoid(x: float) -> float:

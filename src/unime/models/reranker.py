@@ -47,7 +47,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from unime.data.images import ImageLoader
-from unime.data.items import Item
+from unime.data.items import Item, item_list, require_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.generation import generate_texts
@@ -233,7 +233,8 @@ class Reranker:
     # -- pairwise ----------------------------------------------------------------------------------
     def score_pairs(self, query: Any, candidates: Sequence[Any]) -> np.ndarray:
         """P(Yes) of the pairwise (judge) prompt for each candidate, float64, in order."""
-        return self.judge.score_candidates(Item.from_dict(query), [Item.from_dict(c) for c in candidates])
+        return self.judge.score_candidates(Item.from_dict(query, field_name="query"),
+                                           item_list(candidates, name="candidates"))
 
     # -- listwise ----------------------------------------------------------------------------------
     def _content(self, item: Item, field: str) -> list[Segment]:
@@ -243,13 +244,16 @@ class Reranker:
         return item_content(item.text, images, frames)
 
     def listwise_segments(self, query: Any, candidates: Sequence[Any]) -> list[Segment]:
-        q = self._content(Item.from_dict(query), "query")
-        return listwise_prompt(q, [self._content(Item.from_dict(c), f"candidates[{i}]") for i, c in enumerate(candidates)])
+        q = self._content(Item.from_dict(query, field_name="query"), "query")
+        return listwise_prompt(q, [self._content(c, f"candidates[{i}]")
+                                   for i, c in enumerate(item_list(candidates, name="candidates"))])
 
     def generate_answers(self, queries: Sequence[Any], candidate_lists: Sequence[Sequence[Any]]) -> list[str]:
         """The reranker's greedy listwise answer texts (special tokens removed), `batch_size` prompts per
         `generate` call; each answer ends where `Ans: (k)` is complete (`listwise_answer_done`)."""
-        segs = [self.listwise_segments(q, c) for q, c in zip(queries, candidate_lists, strict=True)]
+        queries = require_list(queries, name="queries")
+        lists = require_list(candidate_lists, name="candidate_lists", of="candidate lists")
+        segs = [self.listwise_segments(q, c) for q, c in zip(queries, lists, strict=True)]
         out = generate_texts(self.model, self.adapter, segs, device=self.device, max_new_tokens=self.max_new_tokens,
                              batch_size=self.batch_size, assistant_prefix=self.answer_prefix,
                              stop=listwise_answer_done)
@@ -272,11 +276,13 @@ class Reranker:
         """0-based index of the candidate the listwise generation picks; None for an empty list.
 
         An unparsable or out-of-range answer falls back to the argmax of `score_pairs` (counted)."""
-        return self.pick_many([query], [candidates])[0]
+        return self.pick_many([query], [item_list(candidates, name="candidates")])[0]
 
     def pick_many(self, queries: Sequence[Any], candidate_lists: Sequence[Sequence[Any]]) -> list[int | None]:
         """`pick` for many (query, candidates) pairs, their listwise prompts generated `batch_size` at a time."""
-        lists = [list(c) for c in candidate_lists]
+        queries = require_list(queries, name="queries")
+        lists = [item_list(c, name=f"candidate_lists[{i}]")
+                 for i, c in enumerate(require_list(candidate_lists, name="candidate_lists", of="candidate lists"))]
         if len(lists) != len(queries):
             raise ValueError(f"{len(queries)} queries for {len(lists)} candidate lists")
         asked = [i for i, c in enumerate(lists) if c]
@@ -308,7 +314,7 @@ class Reranker:
         (default: the trained number of candidates, else all) reranked by `mode`, the rest unchanged."""
         if mode not in RERANK_MODES:
             raise ValueError(f"mode must be one of {RERANK_MODES}, got {mode!r}")
-        ranked = [Item.from_dict(c) for c in ranked]
+        ranked = item_list(ranked, name="ranked")
         if not ranked:
             return []
         k = min(k or self.num_candidates or len(ranked), len(ranked))

@@ -1,0 +1,59 @@
+"""The public entry points of the embedder, judge and reranker refuse malformed inputs with a clear error
+instead of silently doing something else (QA): a single item where a list is expected."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from unime.data.items import Item
+
+
+@pytest.fixture(scope="module")
+def emb(tiny_model_dir):
+    from unime import Embedder
+
+    return Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_model_dir):
+    from unime.models.reranker import Reranker
+
+    return Reranker.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu")
+
+
+SINGLES = ["hello", {"text": "hello"}, Item("hello"), Image.new("RGB", (8, 8))]
+
+
+@pytest.mark.parametrize("single", SINGLES, ids=["str", "dict", "Item", "PIL"])
+def test_encode_refuses_a_single_item_instead_of_a_list(emb, single):
+    for call in (lambda: emb.encode(single), lambda: emb.embed(single), lambda: emb.batch_plan(single)):
+        with pytest.raises(TypeError, match=r"items must be a list of items.*got a single"):
+            call()
+    assert emb.encode(["hello"]).shape == (1, emb.hidden_size)
+
+
+def test_judge_and_reranker_refuse_a_single_candidate_instead_of_a_list(reranker):
+    judge = reranker.judge
+    with pytest.raises(TypeError, match="candidates must be a list"):
+        judge.score_candidates("q", "hello")
+    with pytest.raises(TypeError, match="candidates must be a list"):
+        judge.margin_candidates("q", {"text": "hello"})
+    with pytest.raises(TypeError, match="pairs must be a list"):
+        judge.score_pairs("hello")
+    with pytest.raises(TypeError, match=r"pairs\[0\] must be a \(query, candidate\) pair"):
+        judge.score_pairs(["ab"])
+    with pytest.raises(TypeError, match=r"pairs\[0\] must be a \(query, candidate\) pair"):
+        judge.score_pairs_reference(["ab"])
+    for call in (lambda: reranker.score_pairs("q", "hello"), lambda: reranker.pick("q", "hello"),
+                 lambda: reranker.listwise_segments("q", Item("hello")), lambda: reranker.rerank("q", "hello")):
+        with pytest.raises(TypeError, match="candidates|ranked"):
+            call()
+    with pytest.raises(TypeError, match="queries must be a list"):
+        reranker.pick_many("q", [["a", "b"]])
+    with pytest.raises(TypeError, match=r"candidate_lists\[0\] must be a list"):
+        reranker.pick_many(["q"], ["ab"])
+    with pytest.raises(TypeError, match="queries must be a list"):
+        reranker.generate_answers("q", [["a", "b"]])
+    assert judge.score_candidates("q", ["hello"]).shape == (1,)
