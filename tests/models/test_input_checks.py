@@ -57,3 +57,33 @@ def test_judge_and_reranker_refuse_a_single_candidate_instead_of_a_list(reranker
     with pytest.raises(TypeError, match="queries must be a list"):
         reranker.generate_answers("q", [["a", "b"]])
     assert judge.score_candidates("q", ["hello"]).shape == (1,)
+
+
+@pytest.mark.parametrize("empty", [{}, "", "   ", {"text": ""}, {"text": None}, Item()])
+def test_an_empty_item_is_refused_naming_it(emb, reranker, empty):
+    """encode([{}]) / encode([""]) returned a vector; now an empty item is refused as the readers refuse it."""
+    from unime.errors import DataError
+
+    with pytest.raises(DataError, match=r"field 'items\[1\]'.*empty item"):
+        emb.encode(["a", empty])
+    with pytest.raises(DataError, match=r"field 'items\[0\]'.*empty item"):
+        emb.embed([empty])
+    with pytest.raises(DataError, match=r"field 'candidates\[0\]'.*empty item"):
+        reranker.judge.score_candidates("q", [empty])
+    with pytest.raises(DataError, match=r"field 'query'.*empty item"):
+        reranker.judge.score_candidates(empty, ["a"])
+    with pytest.raises(DataError, match=r"field 'candidate'.*empty item"):
+        reranker.judge.score_pair("q", empty)
+    with pytest.raises(DataError, match=r"field 'ranked\[1\]'.*empty item"):
+        reranker.rerank("q", ["a", empty])
+
+
+@pytest.mark.parametrize("bad, match", [({"image": ""}, r"items\[0\]\.images.*non-empty path"),
+                                        ({"text": 0}, r"items\[0\]\.text.*text must be a string, got int"),
+                                        ({"text": False, "image": "x.png"}, r"text must be a string, got bool")])
+def test_an_empty_image_path_or_a_non_string_text_is_refused(emb, bad, match):
+    """{"image": ""} was dropped silently (while {"images": [""]} was refused) and {"text": 0} read as ""."""
+    from unime.errors import DataError
+
+    with pytest.raises(DataError, match=match):
+        emb.encode([bad])

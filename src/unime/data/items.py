@@ -106,9 +106,12 @@ class Item:
         unknown = set(d) - {"text", "image", "images", "video"}
         if unknown:
             raise DataError(f"unknown keys {sorted(unknown)}", source=source, record=record, field=field_name)
-        text = d.get("text") or ""
-        if not isinstance(text, str):
-            raise DataError("text must be a string", source=source, record=record, field=f"{field_name}.text")
+        text = d.get("text")
+        if text is None:
+            text = ""
+        elif not isinstance(text, str):  # {"text": 0} was read as "" (`or ""`)
+            raise DataError(f"text must be a string, got {type(text).__name__}", source=source, record=record,
+                            field=f"{field_name}.text")
         video = d.get("video")
         if isinstance(video, (str, bytes)) and video:
             video = [video]  # one video file: {"video": "clips/x.mp4"}
@@ -122,7 +125,7 @@ class Item:
             raise DataError(f"expected an image path, bytes or a PIL image, got {type(d['image']).__name__}",
                             source=source, record=record, field=f"{field_name}.image")
         images = list(d.get("images") or [])
-        if d.get("image"):
+        if d.get("image") is not None:  # an empty path is refused below, as in "images"
             images.insert(0, d["image"])
         for k, refs in (("images", images), ("video", list(video or []))):
             for r in refs:
@@ -140,10 +143,19 @@ def require_list(x: Any, *, name: str, of: str = "items (str, dict or Item)") ->
     return list(x)
 
 
+def one_item(x: Any, *, name: str = "item") -> Item:
+    """`x` (a str, a dict or an `Item`) as an `Item` to embed or score: an empty one (no text, image or video: "",
+    {}, {"text": "  "}) is a DataError naming it, as the readers refuse empty items."""
+    item = Item.from_dict(x, field_name=name)
+    if item.is_empty:
+        raise DataError("empty item (no text, image or video)", field=name)
+    return item
+
+
 def item_list(items: Any, *, name: str = "items") -> list[Item]:
     """`items` (a list, tuple or other iterable of items, each a str, a dict or an `Item`) as a list of `Item`s;
-    a single item instead of a list is a TypeError (`require_list`)."""
-    return [Item.from_dict(x, field_name=f"{name}[{i}]") for i, x in enumerate(require_list(items, name=name))]
+    a single item instead of a list is a TypeError (`require_list`), an empty item a DataError (`one_item`)."""
+    return [one_item(x, name=f"{name}[{i}]") for i, x in enumerate(require_list(items, name=name))]
 
 
 @dataclass

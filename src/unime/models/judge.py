@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from unime.data.images import ImageLoader
-from unime.data.items import Item, item_list, require_list
+from unime.data.items import Item, item_list, one_item, require_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.judge_prompt import (judge_candidate_segments, judge_item_segments, judge_prefix_segments,
@@ -154,7 +154,7 @@ class JudgeScorer:
         import torch
 
         self._require_model()
-        segs = self.prompt_segments(Item.from_dict(query), Item.from_dict(candidate))
+        segs = self.prompt_segments(one_item(query, name="query"), one_item(candidate, name="candidate"))
         text = self.adapter.render_user_turn(segs)
         inputs = self.adapter.processor_inputs([text], [segs]).to(self.device)
         with torch.inference_mode():
@@ -195,7 +195,7 @@ class JudgeScorer:
     def margin_candidates(self, query: Item, candidates: Sequence[Item]) -> np.ndarray:
         """l_Yes - l_No for each candidate (float64, in order), fast path."""
         self._require_model()
-        query, candidates = Item.from_dict(query, field_name="query"), item_list(candidates, name="candidates")
+        query, candidates = one_item(query, name="query"), item_list(candidates, name="candidates")
         self.stats.pairs_requested += len(candidates)
         if not candidates:
             return np.zeros(0, dtype=np.float64)
@@ -233,7 +233,7 @@ class JudgeScorer:
 def _pair(pair, i: int) -> tuple[Item, Item]:
     if not isinstance(pair, (list, tuple)) or len(pair) != 2:
         raise TypeError(f"pairs[{i}] must be a (query, candidate) pair, got {type(pair).__name__}")
-    return Item.from_dict(pair[0], field_name=f"pairs[{i}][0]"), Item.from_dict(pair[1], field_name=f"pairs[{i}][1]")
+    return one_item(pair[0], name=f"pairs[{i}][0]"), one_item(pair[1], name=f"pairs[{i}][1]")
 
 
 def _sigmoid(x: float) -> float:

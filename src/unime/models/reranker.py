@@ -47,7 +47,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from unime.data.images import ImageLoader
-from unime.data.items import Item, item_list, require_list
+from unime.data.items import Item, item_list, one_item, require_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.generation import generate_texts
@@ -233,7 +233,7 @@ class Reranker:
     # -- pairwise ----------------------------------------------------------------------------------
     def score_pairs(self, query: Any, candidates: Sequence[Any]) -> np.ndarray:
         """P(Yes) of the pairwise (judge) prompt for each candidate, float64, in order."""
-        return self.judge.score_candidates(Item.from_dict(query, field_name="query"),
+        return self.judge.score_candidates(one_item(query, name="query"),
                                            item_list(candidates, name="candidates"))
 
     # -- listwise ----------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ class Reranker:
         return item_content(item.text, images, frames)
 
     def listwise_segments(self, query: Any, candidates: Sequence[Any]) -> list[Segment]:
-        q = self._content(Item.from_dict(query, field_name="query"), "query")
+        q = self._content(one_item(query, name="query"), "query")
         return listwise_prompt(q, [self._content(c, f"candidates[{i}]")
                                    for i, c in enumerate(item_list(candidates, name="candidates"))])
 
@@ -318,4 +318,5 @@ class Reranker:
         if not ranked:
             return []
         k = min(k or self.num_candidates or len(ranked), len(ranked))
-        return [int(i) for i in rerank(range(len(ranked)), self, Item.from_dict(query), ranked, k, mode)]
+        query = one_item(query, name="query")
+        return [int(i) for i in rerank(range(len(ranked)), self, query, ranked, k, mode)]
