@@ -87,3 +87,25 @@ def test_an_empty_image_path_or_a_non_string_text_is_refused(emb, bad, match):
 
     with pytest.raises(DataError, match=match):
         emb.encode([bad])
+
+
+@pytest.mark.parametrize("bs", [0, -1, 1.5, True, "2"])
+def test_batch_size_below_one_or_not_an_integer_is_refused(emb, bs):
+    """batch_size=-1 raised a bare KeyError and batch_size=0 silently meant the default."""
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1 \(or None for the default\)"):
+        emb.encode(["a", "b"], batch_size=bs)
+    with pytest.raises(ValueError, match="batch_size must be"):
+        emb.batch_plan(["a", "b"], batch_size=bs)
+
+
+def test_batch_size_none_is_the_default_and_one_works(emb):
+    assert emb.batch_plan(["a", "b", "c"], batch_size=None) == emb.batch_plan(["a", "b", "c"])
+    assert [len(b) for b in emb.batch_plan(["a", "b", "c"], batch_size=1)] == [1, 1, 1]
+    assert emb.encode(["a", "b"], batch_size=1).shape == (2, emb.hidden_size)
+
+
+def test_the_constructor_refuses_a_bad_default_batch_size(emb):
+    from unime import Embedder
+
+    with pytest.raises(ValueError, match="batch_size must be"):
+        Embedder(emb.model, emb.processor, emb.adapter, batch_size=0)

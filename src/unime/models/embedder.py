@@ -40,6 +40,13 @@ def padding_order(items: Sequence[Item], pixels: Sequence[int] | None = None) ->
     return sorted(range(len(items)), key=lambda i: (*padding_shape(items[i]), size[i], len(items[i].text)))
 
 
+def _check_batch_size(batch_size: Any) -> int:
+    """A batch size is an integer >= 1 (0 meant the default, a negative one failed with a bare KeyError)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1 (or None for the default), got {batch_size!r}")
+    return int(batch_size)
+
+
 class Embedder:
     def __init__(self, model, processor, adapter: FamilyAdapter, *, pooling: str = "last",
                  image_loader: ImageLoader | None = None, instruction_suffix: str = "", batch_size: int = 16,
@@ -50,7 +57,7 @@ class Embedder:
         self.pooling = pooling
         self.image_loader = image_loader or ImageLoader()
         self.instruction_suffix = instruction_suffix
-        self.batch_size = batch_size
+        self.batch_size = _check_batch_size(batch_size)
         self.device = device
         self.name = name
         self._emb_id = None
@@ -146,7 +153,7 @@ class Embedder:
             first.setdefault(it.key, i)
         unique = list(first.values())
         ordered = [unique[j] for j in padding_order([items[i] for i in unique])]
-        bs = batch_size or self.batch_size
+        bs = _check_batch_size(self.batch_size if batch_size is None else batch_size)
         return [ordered[s:s + bs] for s in range(0, len(ordered), bs)]
 
     def encode(self, items: Iterable[Any], *, batch_size: int | None = None, show_progress: bool = False,
