@@ -397,3 +397,25 @@ def test_a_video_of_several_files_or_files_and_frames_is_named_by_its_line_and_s
     assert main(["embed", "--model", "m", "--items", str(items), "--out", str(tmp_path / "x.npy")]) == 2
     assert capsys.readouterr().err.strip() == (f"unime: error: {items}, record line 2, field 'item.video': a video is "
                                                "one video file or a list of frame images, not several files or a mix")
+
+
+def test_a_video_shorter_than_a_temporal_patch_is_padded_with_its_last_frame(tmp_path, clips):
+    """A one-frame video crashed Qwen3-VL's processor ('t:1 must be larger than temporal_factor:2'); a frame list
+    or a decoded clip shorter than a temporal patch (2 frames) now repeats its last frame (QA)."""
+    from PIL import Image
+
+    from unime.data.video import as_video
+
+    Image.new("RGB", (40, 30), (90, 0, 0)).save(tmp_path / "f0.png")
+    v = ImageLoader(tmp_path).load_video(["f0.png"])
+    assert len(v) == 2 and v.frame_indices == (0, 0) and v.total_frames == 1 and [_red(f) for f in v] == [90, 90]
+    write_clip(clips / "one.mp4", n=1)
+    one = ImageLoader(clips).load_video(["one.mp4"])
+    assert len(one) == 2 and one.frame_indices == (0, 0) and one.total_frames == 1
+    single = ImageLoader(clips, video=VideoSampling(num_frames=1)).load_video(["b.mkv"])
+    assert len(single) == 2 and single.frame_indices[0] == single.frame_indices[1]
+    mem = as_video([Image.new("RGB", (8, 8))])
+    assert len(mem) == 2 and mem.frame_indices == (0, 0)
+    # two frames or more are left alone (an odd count is padded by the processors themselves)
+    three = as_video([Image.new("RGB", (8, 8))] * 3)
+    assert len(three) == 3 and three.frame_indices == (0, 1, 2)

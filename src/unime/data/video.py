@@ -14,7 +14,9 @@ Sampling (`VideoSampling`): ``num_frames`` frames spread uniformly over the whol
 frame included), or, with ``num_frames=None``, ``fps`` frames per second of video, clamped to
 [min_frames, max_frames]; the count is rounded down to a multiple of ``frame_factor`` (Qwen-VL merges
 2 frames per temporal patch). A frame list longer than ``max_frames`` is sampled the same way; a
-shorter one is used whole.
+shorter one is used whole. A video of fewer frames than a temporal patch (``TEMPORAL_PATCH``: one frame, a
+one-frame clip) is padded by repeating its last frame (`pad_frames`), as Qwen2-VL's processor does inside;
+Qwen3-VL's refuses it ("t:1 must be larger than temporal_factor:2"), so every family gets the padded video.
 
 Safety, as for images (`unime.data.images`): paths stay inside the data root; an empty, corrupt or
 truncated file, a file without a video stream, a duration over ``max_duration_s``, a frame over
@@ -53,6 +55,8 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", "
                               ".wmv", ".3gp", ".ogv"})
 # frame lists carry no frame rate; qwen-vl-utils assumes 2 frames per second for them, so do we
 FRAME_LIST_FPS = 2.0
+# frames per temporal patch of every supported family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): a shorter video is padded
+TEMPORAL_PATCH = 2
 
 
 @dataclass(kw_only=True)
@@ -320,8 +324,8 @@ def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline b
         out_w, out_h = _budget_size(width, height, len(wanted), sampling.max_video_pixels)
         frames, decoded = _decode_frames(container, stream, wanted, fps, (out_w, out_h), total, seek=seek,
                                          fail=fail, name=name)
-    return Video(frames=tuple(frames), fps=fps, frame_indices=tuple(wanted), total_frames=total, source=name,
-                 decoded_frames=decoded)
+    return pad_frames(Video(frames=tuple(frames), fps=fps, frame_indices=tuple(wanted), total_frames=total,
+                            source=name, decoded_frames=decoded))
 
 
 def _frame_image(frame, size: tuple[int, int]):
@@ -497,15 +501,29 @@ def load_video(loader: "ImageLoader", refs: Sequence[Any], sampling: VideoSampli
     # a video's frames share one size (the processors stack them): a frame of another size is resized to the first
     # frame's budgeted size (frames of different sizes were budgeted one by one and crashed the processor, QA)
     resized = [f if f.size == out else f.resize(out, Image.Resampling.BICUBIC) for f in frames]
-    return Video(frames=tuple(resized), fps=sampling.frame_list_fps, frame_indices=tuple(wanted), total_frames=total,
-                 source="<frame list>")
+    return pad_frames(Video(frames=tuple(resized), fps=sampling.frame_list_fps, frame_indices=tuple(wanted),
+                            total_frames=total, source="<frame list>"))
+
+
+def pad_frames(video: Video, n: int = TEMPORAL_PATCH) -> Video:
+    """`video` with at least `n` frames: a shorter (non-empty) one gets its last frame repeated, at the last frame's
+    place in time (its index repeated), as Qwen-VL processors pad a frame count to a multiple of the temporal patch.
+    `total_frames` stays the source's."""
+    short = n - len(video.frames)
+    if short <= 0 or not video.frames:
+        return video
+    import dataclasses
+
+    return dataclasses.replace(video, frames=video.frames + (video.frames[-1],) * short,
+                               frame_indices=video.frame_indices + (video.frame_indices[-1],) * short)
 
 
 def as_video(value: Any, sampling: VideoSampling | None = None) -> Video:
-    """A `Video` from an already loaded one or an in-memory list of PIL frames (used whole)."""
+    """A `Video` from an already loaded one or an in-memory list of PIL frames (used whole), padded to a temporal
+    patch (`pad_frames`)."""
     if isinstance(value, Video):
-        return value
+        return pad_frames(value)
     frames = tuple(value)
     fps = (sampling or VideoSampling()).frame_list_fps
-    return Video(frames=frames, fps=fps, frame_indices=tuple(range(len(frames))), total_frames=len(frames),
-                 source="<frame list>")
+    return pad_frames(Video(frames=frames, fps=fps, frame_indices=tuple(range(len(frames))), total_frames=len(frames),
+                            source="<frame list>"))
