@@ -213,3 +213,47 @@ def test_reads_a_demo_world_items_file(tmp_path):
     e = read_corpus(p)
     assert [(x.id, x.item.images, x.item.text, x.metadata) for x in e] == [
         ("k1", ("images/a.png",), "", {"kind": "scene"}), ("k2", (), "a red star", {})]
+
+
+def test_a_damaged_or_unfinished_index_is_named_as_such_not_a_traceback_or_an_empty_result(tmp_path, model_dir):
+    """QA: a missing or truncated faiss.index, a broken manifest, a truncated chunk ended in tracebacks; an index
+    whose chunk files were gone answered every search with nothing; a build that failed left a folder whose search
+    died with a TypeError."""
+    import shutil
+
+    _corpus(tmp_path / "corpus.jsonl", 12)
+    _build(tmp_path, model_dir, HashEmbedder(), chunk_size=5)
+    assert len(CorpusIndex(tmp_path / "idx")) == 12
+
+    def damaged(name, harm):
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "idx", folder)
+        harm(folder)
+        with pytest.raises(IndexError_) as e:
+            CorpusIndex(folder)
+        return str(e.value)
+
+    def chunk(folder, suffix):
+        return sorted(folder.rglob(f"*{suffix}"))[0]
+
+    assert "the index is damaged" in damaged("no_faiss", lambda f: (f / "faiss.index").unlink())
+    assert "the index is damaged" in damaged("cut_faiss", lambda f: (f / "faiss.index").write_bytes(
+        (f / "faiss.index").read_bytes()[:40]))
+    assert "the index is damaged" in damaged("bad_manifest", lambda f: (f / "manifest.json").write_text("{"))
+    assert "the index is damaged" in damaged("cut_chunk", lambda f: chunk(f, ".npy").write_bytes(b"\x93NUMPY"))
+    gone = damaged("no_chunks", lambda f: [p.unlink() for p in f.rglob("*.jsonl") if p.parent != f])
+    assert "the FAISS index covers 12 rows but 0 are stored" in gone
+
+    def unfinished(f):
+        m = json.loads((f / "manifest.json").read_text())
+        m["index"] = {}
+        (f / "manifest.json").write_text(json.dumps(m))
+        for p in f.rglob("*.jsonl"):
+            if p.parent != f:
+                p.unlink()
+
+    assert CorpusIndex(tmp_path / "idx").search(HashEmbedder().vec("document number 3")[None], 1)[1][0, 0] == 3
+    unfinished_folder = tmp_path / "unfinished"
+    shutil.copytree(tmp_path / "idx", unfinished_folder)
+    unfinished(unfinished_folder)
+    assert len(CorpusIndex(unfinished_folder)) == 0  # nothing committed, nothing claimed: an empty index, no crash

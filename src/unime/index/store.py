@@ -55,6 +55,9 @@ ITEM_KEYS = ("text", "image", "images", "video")
 THUMBNAIL_SIZE = 128
 
 
+_REBUILD = "build it anew with `unime index build` into a new folder (or remove this one first)"
+
+
 class IndexError_(UnimeError):
     """An index folder that cannot be used as asked (another model, another dtype, not an index)."""
 
@@ -181,7 +184,16 @@ class CorpusIndex:
         mf = self.folder / "manifest.json"
         if not mf.is_file():
             raise IndexError_(f"{self.folder} is not a unime index (no manifest.json)")
-        self.manifest = json.loads(mf.read_text(encoding="utf-8"))
+        try:
+            self._open(load_faiss)
+        except IndexError_:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:  # faiss raises RuntimeError
+            what = " ".join(str(e).split())[:200]
+            raise IndexError_(f"{self.folder}: the index is damaged ({type(e).__name__}: {what}); {_REBUILD}") from None
+
+    def _open(self, load_faiss: bool) -> None:
+        self.manifest = json.loads((self.folder / "manifest.json").read_text(encoding="utf-8"))
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise IndexError_(f"{self.folder}: index format {self.manifest.get('format_version')} is not "
                               f"{FORMAT_VERSION}; rebuild it")
@@ -196,13 +208,17 @@ class CorpusIndex:
             self.entries.extend(rows)
         self.row_of_id = {e["id"]: i for i, e in enumerate(self.entries)}
         self.faiss = None
-        if load_faiss and self.entries:
+        count = (self.manifest.get("index") or {}).get("count")
+        if load_faiss and (self.entries or count):
             import faiss
 
-            if self.manifest.get("index", {}).get("count") != len(self.entries):
-                raise IndexError_(f"{self.folder}: the FAISS index covers {self.manifest.get('index', {}).get('count')} "
-                                  f"rows but {len(self.entries)} are stored; re-run `unime index build` to finish it")
+            if count != len(self.entries):
+                raise IndexError_(f"{self.folder}: the FAISS index covers {count} rows but {len(self.entries)} are "
+                                  f"stored; re-run `unime index build` to finish it, or {_REBUILD}")
             self.faiss = faiss.read_index(str(self.folder / "faiss.index"))
+            if self.faiss.ntotal != len(self.entries):
+                raise IndexError_(f"{self.folder}: faiss.index holds {self.faiss.ntotal} vectors for "
+                                  f"{len(self.entries)} stored rows; {_REBUILD}")
 
     def __len__(self) -> int:
         return len(self.entries)
