@@ -257,3 +257,21 @@ def test_a_damaged_or_unfinished_index_is_named_as_such_not_a_traceback_or_an_em
     shutil.copytree(tmp_path / "idx", unfinished_folder)
     unfinished(unfinished_folder)
     assert len(CorpusIndex(unfinished_folder)) == 0  # nothing committed, nothing claimed: an empty index, no crash
+
+
+def test_an_addition_keeps_the_index_kind_and_root_and_refuses_new_content_under_an_indexed_id(tmp_path, model_dir):
+    """QA: adding without --index turned an hnsw index flat; a new item under an indexed id was silently kept old."""
+    _corpus(tmp_path / "corpus.jsonl", 6)
+    _build(tmp_path, model_dir, HashEmbedder(), index="hnsw")
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["index"]["kind"] == "hnsw"
+    _corpus(tmp_path / "corpus.jsonl", 3, start=6)
+    index, stats = _build(tmp_path, model_dir, HashEmbedder())  # no kind asked: the index keeps its own
+    assert stats.added == 3 and index.manifest["index"]["kind"] == "hnsw" and len(index) == 9
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(json.dumps({"id": "doc2", "text": "another text"}) + "\n")
+    with pytest.raises(IndexError_, match=r"changed.jsonl, line 1: id 'doc2' is indexed already with other content"):
+        build_corpus_index(changed, tmp_path / "idx", embedder=HashEmbedder(), model=model_dir,
+                           model_settings={"fake": True})
+    with pytest.raises(IndexError_, match="holds items whose images are relative to"):
+        build_corpus_index(changed, tmp_path / "idx", embedder=HashEmbedder(), model=model_dir,
+                           model_settings={"fake": True}, data_root=tmp_path / "elsewhere")

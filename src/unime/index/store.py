@@ -292,6 +292,19 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                               "use another --out")
         if manifest.get("vector_dtype") != vector_dtype:
             raise IndexError_(f"{out} stores {manifest.get('vector_dtype')} vectors, not {vector_dtype}")
+        # an addition: its items' images are found where the index's are, and the index keeps its kind and settings
+        # unless asked otherwise (QA: a new file's folder became the images' root, and hnsw silently became flat)
+        indexed_root = manifest.get("data_root")
+        if data_root is None and indexed_root:
+            root = Path(indexed_root)
+        elif indexed_root and root.resolve() != Path(indexed_root).resolve():
+            raise IndexError_(f"{out} holds items whose images are relative to {indexed_root}, not {root}: add items "
+                              "relative to that root (--data-root), or build a new index")
+        before = manifest.get("index") or {}
+        if index == "auto" and before.get("requested"):
+            index = before["requested"]
+        if index_config is None and before.get("config"):
+            index_config = IndexConfig(**before["config"])
     elif out.exists() and any(out.iterdir()):
         raise IndexError_(f"{out} exists and is not a unime index: refusing to write into it")
     else:
@@ -306,10 +319,17 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     stats = BuildStats()
     entries = read_corpus(items_path)
     stats.corpus_items = len(entries)
-    existing: set[str] = set()
+    existing: dict[str, dict] = {}  # id -> the item stored under it
     chunks = committed_chunks(out)
     for keys in chunks:
-        existing.update(json.loads(line)["id"] for line in keys.read_text(encoding="utf-8").splitlines() if line)
+        for line in keys.read_text(encoding="utf-8").splitlines():
+            if line:
+                row = json.loads(line)
+                existing[row["id"]] = row.get("item")
+    for e in entries:  # an id is one item: new content under an indexed id would be silently kept old (QA)
+        if e.id in existing and existing[e.id] != _item_json(e.item):
+            raise IndexError_(f"{items_path}, line {e.line}: id {e.id!r} is indexed already with other content; "
+                              "give the new item another id, or build a new index")
     todo = [e for e in entries if e.id not in existing]
     stats.already_indexed = len(entries) - len(todo)
     next_chunk = 1 + max((int(p.stem.split("-")[1]) for p in chunks), default=-1)
