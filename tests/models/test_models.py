@@ -182,3 +182,14 @@ def test_a_device_the_machine_lacks_is_one_line_naming_it(monkeypatch, tmp_path,
         resolve_device("cuda:2")
     with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES=1 and --device cuda"):
         trainer_device("cuda:1")
+
+
+def test_a_model_that_cannot_be_found_is_named(tmp_path, monkeypatch):
+    """QA: offline, every command said Hugging Face's one line ("We couldn't connect to 'https://huggingface.co'")
+    whatever the model, a mistyped local folder included."""
+    from unime.errors import ModelError
+    from unime.models.loading import load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=r"^model 'no_such_dir/model': no such local folder, and the Hugging Face hub"):
+        load_model("no_such_dir/model", device="cpu")

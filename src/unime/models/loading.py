@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -100,6 +101,21 @@ def trained_model_folder(path: str | os.PathLike) -> str:
     return str(path)
 
 
+@contextlib.contextmanager
+def _naming_the_model(path: str | os.PathLike):
+    """A checkpoint that cannot be found or fetched is a `ModelError` naming it (Hugging Face's own message names
+    only the hub it could not reach: every offline command said the same line whatever the model, QA)."""
+    from unime.errors import ModelError
+
+    try:
+        yield
+    except OSError as e:
+        where = "no such local folder, and the Hugging Face hub did not give it" if not Path(path).exists() else \
+            "its folder could not be read as a model"
+        first = " ".join(str(e).split())[:240]
+        raise ModelError(f"model {str(path)!r}: {where} ({first})") from None
+
+
 def is_peft_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
@@ -142,8 +158,10 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
         adapter_path = path
         base_path = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
     proc_path = adapter_path if adapter_path and (Path(adapter_path) / "tokenizer_config.json").is_file() else base_path
-    processor, budget = load_processor(proc_path, image_budget=image_budget, budget_from=adapter_path or path)
-    model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype)
+    with _naming_the_model(proc_path):
+        processor, budget = load_processor(proc_path, image_budget=image_budget, budget_from=adapter_path or path)
+    with _naming_the_model(base_path):
+        model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype)
     tok = processor.tokenizer
     if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added (e.g. <emb>) with the adapter
         model.resize_token_embeddings(len(tok))
