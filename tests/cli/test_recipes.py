@@ -183,3 +183,28 @@ def test_a_config_file_cannot_name_the_recipe(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (f"unime: error: {cfg}: key 'recipe': give --recipe on the command "
                                                "line (a config file holds the options of the run)")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_nearer_batch_size_wins_over_a_farther_global_batch(tmp_path):
+    """QA: the recipe's (or a config file's) --global-batch silently overrode a --batch-size given on the command
+    line, against 'command-line options still win'; both on the command line are refused."""
+    from unime.cli import _add_overwrite_options, _parse, build_parser
+    from unime.cli.train import embedder_config_from_args
+    from unime.errors import UsageError
+
+    def built(*argv):
+        parser = build_parser()
+        _add_overwrite_options(parser)
+        return embedder_config_from_args(_parse(parser, ["train", "embedder", "--model", "m", "--records", "r",
+                                                         "--out", "o", *argv]))
+
+    from_recipe = built("--recipe", "unime-v2/qwen2-vl-2b")
+    assert from_recipe.global_batch == 1024
+    mine = built("--recipe", "unime-v2/qwen2-vl-2b", "--batch-size", "4")
+    assert (mine.batch_size, mine.global_batch) == (4, None)
+    cfg = tmp_path / "gb.yaml"
+    cfg.write_text("global_batch: 8\n")
+    assert (built("--config", str(cfg), "--batch-size", "2").global_batch, built("--config", str(cfg)).global_batch) \
+        == (None, 8)
+    with pytest.raises(UsageError, match="not both"):
+        built("--batch-size", "2", "--global-batch", "8")

@@ -57,8 +57,24 @@ TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisatio
 
 
 def embedder_config_from_args(args):
+    """The embedder's config from the parsed options. `--global-batch` sets the per-device batch: a `--batch-size`
+    from a nearer layer (the command line over a config file or a recipe, a config file over a recipe) wins over a
+    global batch from a farther one, which is then dropped; both on one layer are refused."""
+    from unime.errors import UsageError
     from unime.train.embedder_config import EmbedderTrainingConfig
 
+    origins = getattr(args, "_origins", {})
+    if getattr(args, "global_batch", None) and "batch_size" in origins:
+        rank = {"recipe": 0, "config": 1, "command line": 2}
+
+        def layer(dest: str) -> int:
+            return next((v for k, v in rank.items() if origins.get(dest, "").startswith(k)), -1)
+
+        if layer("batch_size") == layer("global_batch"):
+            raise UsageError("give --batch-size (per device) or --global-batch (over all processes), not both",
+                             command="train embedder")
+        if layer("batch_size") > layer("global_batch"):
+            args.global_batch = None  # the nearer --batch-size wins (README: command-line options win)
     return config_from_args(EmbedderTrainingConfig, args)
 
 
