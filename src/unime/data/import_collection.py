@@ -267,25 +267,25 @@ def _train_records(train: list[tuple[CaptionedImage, str]], opts: ImportOptions)
     return records
 
 
-def _relevant_images(side: list[tuple[CaptionedImage, str]]) -> dict[str, set[str]]:
-    """Query key → the images a query is about: an image query its image; a caption query every image with that
-    caption (captions shared by several images are common in captioned data)."""
-    relevant: dict[str, set[str]] = {}
+def _images_by_key(side: list[tuple[CaptionedImage, str]], of_image, of_caption) -> dict[str, set[str]]:
+    """Item key → the image paths the item is about, for the items `of_image(path)` and `of_caption(caption)` of
+    every image (a caption shared by several images, common in captioned data, is about all of them)."""
+    out: dict[str, set[str]] = {}
     for img, rel in side:
-        relevant.setdefault(image_query(rel).key, set()).add(rel)
+        out.setdefault(of_image(rel).key, set()).add(rel)
         for cap in img.captions:
-            relevant.setdefault(caption_query(cap).key, set()).add(rel)
-    return relevant
+            out.setdefault(of_caption(cap).key, set()).add(rel)
+    return out
+
+
+def _relevant_images(side: list[tuple[CaptionedImage, str]]) -> dict[str, set[str]]:
+    """Query key → the images a query is about: an image query its image, a caption query every image with it."""
+    return _images_by_key(side, image_query, caption_query)
 
 
 def _owner_map(train: list[tuple[CaptionedImage, str]]) -> dict[str, set[str]]:
-    """Item key → the image paths it belongs to (a caption shared by two images belongs to both)."""
-    owners: dict[str, set[str]] = {}
-    for img, rel in train:
-        owners.setdefault(image_target(rel).key, set()).add(rel)
-        for cap in img.captions:
-            owners.setdefault(Item(cap).key, set()).add(rel)
-    return owners
+    """Pool item key (an image target, a caption) → the image paths it belongs to."""
+    return _images_by_key(train, image_target, Item)
 
 
 def _judge_records(records: list[Record], owners: dict[str, set[str]], relevant: dict[str, set[str]],
