@@ -197,9 +197,13 @@ def test_data_synth_claims_locks_and_keeps_foreign_files(tmp_path, capsys):
     assert read_marker(foreign)["preexisting"] == ["notes.txt"]
 
 
-def test_build_tiny_with_overwrite_keeps_the_users_files_and_drops_only_its_own_stale_ones(tmp_path, capsys):
-    """A command whose output is one model folder writes its files into the folder like any other: the user's
-    files stay; a file that an earlier build wrote and a rebuild of another family does not is removed."""
+def test_build_tiny_with_overwrite_keeps_every_file_it_does_not_write_and_names_the_unknown_ones(tmp_path, capsys,
+                                                                                                   caplog):
+    """A command whose output is one model folder writes its files into the folder like any other and touches
+    nothing else: the user's files stay, and a file that is neither the user's recorded one nor written now (an
+    earlier build's, or one the user added later) stays too, named in a warning."""
+    import logging
+
     out = tmp_path / "model"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
@@ -208,12 +212,13 @@ def test_build_tiny_with_overwrite_keeps_the_users_files_and_drops_only_its_own_
     assert main(["models", "build-tiny", "--out", str(out), "--overwrite"]) == 0
     first = {p.name for p in out.iterdir()}
     assert {"notes.txt", "config.json", "model.safetensors"} <= first
-    (out / "stale_from_first_build.json").write_text("{}")  # as if the first build had written it
-    marker = read_marker(out)
-    assert "stale_from_first_build.json" not in marker["preexisting"]
-    assert main(["models", "build-tiny", "--out", str(out), "--family", "qwen3_vl", "--overwrite"]) == 0
-    assert (out / "notes.txt").read_text() == "mine"
-    assert not (out / "stale_from_first_build.json").exists()
+    (out / "added_later.json").write_text("{}")  # an earlier build's file, or the user's: unime cannot tell
+    assert "added_later.json" not in read_marker(out)["preexisting"]
+    with caplog.at_level(logging.WARNING, logger="unime.models.export"):
+        assert main(["models", "build-tiny", "--out", str(out), "--family", "qwen3_vl", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "added_later.json").read_text() == "{}"
+    assert any("left as they were beside the model just written: added_later.json" in r.getMessage()
+               for r in caplog.records)
     assert json.loads((out / "config.json").read_text())["model_type"] == "qwen3_vl"
     assert read_marker(out)["command"] == "models build-tiny"
     mask = os.umask(0)

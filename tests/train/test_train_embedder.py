@@ -106,16 +106,16 @@ def test_a_relative_base_model_is_recorded_absolute_and_loads_from_another_direc
 
     world, path = mined_world
     batch = fixed_batch(read_records(path))
-    (tmp_path / "work").mkdir()
+    (tmp_path / "job").mkdir()
     (tmp_path / "elsewhere").mkdir()
-    shutil.copytree(tiny_model_dir("qwen2_vl"), tmp_path / "work" / "tiny")
-    monkeypatch.chdir(tmp_path / "work")
+    shutil.copytree(tiny_model_dir("qwen2_vl"), tmp_path / "job" / "tiny")
+    monkeypatch.chdir(tmp_path / "job")
     res = train_embedder(base_config("tiny", Path("run"), world, steps=1), records=batch)
     config = json.loads((res.adapter / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str((tmp_path / "work" / "tiny").resolve())
-    assert f"base_model: {(tmp_path / 'work' / 'tiny').resolve()}" in (res.out / "README.md").read_text()
+    assert config["base_model_name_or_path"] == str((tmp_path / "job" / "tiny").resolve())
+    assert f"base_model: {(tmp_path / 'job' / 'tiny').resolve()}" in (res.out / "README.md").read_text()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    vecs = Embedder.from_pretrained("../work/run/adapter", device="cpu", data_root=str(world)).encode([batch[0].query])
+    vecs = Embedder.from_pretrained("../job/run/adapter", device="cpu", data_root=str(world)).encode([batch[0].query])
     assert vecs.shape == (1, 64)
     assert model_reference("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"   # a hub id stays as given
 

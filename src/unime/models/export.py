@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,9 +27,11 @@ from unime.models.run_state import ADAPTER_DIR, CARD_FILE, EXPORT_NAMES, MERGED_
 def model_folder(folder: str | os.PathLike):
     """Yield a temporary folder whose entries become `folder`'s model files, for a command whose output is one
     model folder (`unime models build-tiny`, `unime reason add-emb`): on success each entry replaces the entry of
-    the same name in `folder` (one rename each, `merged_dir`); an entry that an earlier run of the folder's owner
-    wrote and this one did not is deleted (say, a file of another family's processor); the user's files (listed as
-    pre-existing in the folder's marker, or any entry of an unmarked folder), the marker and the lock stay."""
+    the same name in `folder` (one rename each, `merged_dir`), and nothing else is touched — the user's files, the
+    marker and the lock stay. Other entries than the user's recorded ones (files a user added later, or files an
+    earlier build wrote and this one did not, which the model's loader may read) are named in a warning."""
+    import logging
+
     from unime.outdir import read_marker
 
     folder = Path(folder)
@@ -39,15 +40,13 @@ def model_folder(folder: str | os.PathLike):
         written = {p.name for p in tmp.iterdir()}
     marker = read_marker(folder)
     if marker is None:
-        return
-    keep = set(marker.get("preexisting", [])) | written
-    for p in sorted(folder.iterdir()):
-        if p.name in keep or p.name.startswith("."):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+        return  # an unmarked folder: everything else in it is the user's
+    known = set(marker.get("preexisting", [])) | written
+    left = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in known)
+    if left:
+        logging.getLogger(__name__).warning(
+            "%s: left as they were beside the model just written: %s (remove any an earlier build wrote: the "
+            "model's loader may read them)", folder, ", ".join(left))
 
 
 def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCard", adapter: bool | None = None,
