@@ -163,6 +163,28 @@ def test_corrupt_video_corpus_gives_named_errors(tmp_path):
     FRAME_CACHE.clear()
 
 
+def test_the_header_probe_finds_the_corpus_faults_a_header_shows_without_decoding(tmp_path, monkeypatch):
+    import unime.data.video as video
+
+    root = tmp_path / "data"
+    root.mkdir()
+    corpus = _corpus(root)
+    monkeypatch.setattr(video, "_decode_frames", lambda *a, **k: pytest.fail("the probe decoded frames"))
+    for case, (refs, sampling, words) in corpus.items():
+        if len(refs) > 1:  # several references: the checker refuses or checks them frame by frame
+            continue
+        if case == "truncated_mkv":  # its header is whole: only decoding finds the cut
+            video.probe_video_file(ImageLoader(root), refs[0], sampling)
+            continue
+        with pytest.raises(DataError) as e:
+            video.probe_video_file(ImageLoader(root), refs[0], sampling, source="clips.jsonl", record=case,
+                                   field="query.video[0]")
+        assert words in str(e.value) or case == "truncated_mp4", (case, str(e.value))
+        assert (e.value.source, e.value.record, e.value.field) == ("clips.jsonl", case, "query.video[0]")
+    video.probe_video_file(ImageLoader(root), "good.mp4")
+    video.probe_video_file(ImageLoader(root), (root / "good.mkv").read_bytes())
+
+
 def test_corrupt_video_in_a_corpus_stops_encode_naming_the_record(tmp_path, tiny_model_dir):
     from unime.models.embedder import Embedder
 

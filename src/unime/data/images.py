@@ -60,6 +60,16 @@ class ImageLoader:
     def load(self, ref: ImageRef, *, source=None, record=None, field=None, shown_as: str | None = None) -> Image.Image:
         """The image `ref` (a path under the root, bytes or a PIL image) as RGB; any failure is a `DataError`
         naming `source`, `record`, `field` and the image (`shown_as`, where the user knows it by another path)."""
+        return self._read(ref, source=source, record=record, field=field, shown_as=shown_as, decode=True)
+
+    def check_header(self, ref: ImageRef, *, source=None, record=None, field=None) -> None:
+        """What `load` checks before it decodes the pixels, from the image's header alone: the path (inside
+        the root), the file, a format PIL reads, a size within the pixel limit. A file corrupt past its header
+        is found when it is loaded."""
+        self._read(ref, source=source, record=record, field=field, decode=False)
+
+    def _read(self, ref: ImageRef, *, source, record, field, shown_as: str | None = None,
+              decode: bool) -> Image.Image | None:
         if isinstance(ref, Image.Image):
             return _normalise(ref)
         if isinstance(ref, (bytes, bytearray)):
@@ -93,6 +103,8 @@ class ImageLoader:
                                     source=source, record=record, field=field)
                 if w == 0 or h == 0:
                     raise DataError(f"image {name} is empty", source=source, record=record, field=field)
+                if not decode:
+                    return None
                 try:
                     img.load()
                 except (OSError, SyntaxError, ValueError) as e:

@@ -37,7 +37,7 @@ from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.validate import check_keys, check_str, make_item, parse_item, parse_score, parse_scores
-from unime.data.video import MIXED_VIDEO_REFS, is_video_file_ref
+from unime.data.video import MIXED_VIDEO_REFS, is_video_file_ref, probe_video_file
 from unime.errors import DataError
 
 __all__ = [
@@ -399,6 +399,8 @@ def _item_fields(obj: Any) -> Iterator[tuple[str, Item]]:
         yield "item", obj
     elif isinstance(obj, (RetrievalEntry, CompositionalPair)):  # one image path per row
         yield "image", Item(images=(obj.image,))
+    elif hasattr(obj, "item_fields"):  # other rows name their own items (MMEB-V2 rows, qrels rows)
+        yield from obj.item_fields()
     else:
         raise TypeError(f"check_images takes Records, MMEBRows, Items or eval rows, not {type(obj).__name__}")
 
@@ -413,28 +415,38 @@ def raw_message(err: DataError) -> str:
 class ImageChecker:
     """Opens and decodes every image (and video file) an object references (`ImageLoader`: path escapes,
     missing and corrupt files, the pixel limit), each distinct reference once across all the objects it
-    checks."""
+    checks. With ``decode_video=False`` a video is checked from its headers only, no frame decoded (a video
+    file: `unime.data.video.probe_video_file`; a frame-list's frames: `ImageLoader.check_header`) — for a
+    reader whose videos are decoded anyway later (eval), so that a video is not decoded twice."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, *, decode_video: bool = True):
         self.loader = loader
+        self.decode_video = decode_video
         self.verdict: dict[Any, DataError | None] = {}
 
     def check(self, obj: Any, *, source: str | None, record: Any) -> None:
         """Raise a `DataError` (reason `image`) naming `source`, `record` and the field of the first bad
-        image of `obj` (a Record, MMEBRow, Item, or an eval row with one `image`)."""
+        image of `obj` (a Record, MMEBRow, Item, an eval row with one `image`, or a row with an
+        `item_fields()` method yielding (field, Item) pairs)."""
         for fname, item in _item_fields(obj):
             if len(item.video) > 1 and any(is_video_file_ref(r) for r in item.video):
                 raise data_error("image", MIXED_VIDEO_REFS, source=source, record=record, field=f"{fname}.video")
             for kind in ("images", "video"):
+                header_only = kind == "video" and not self.decode_video
                 for j, ref in enumerate(getattr(item, kind)):
-                    key = ref if isinstance(ref, (str, bytes)) else id(ref)
+                    key = (header_only, ref if isinstance(ref, (str, bytes)) else id(ref))
                     field = fname if fname == "image" else f"{fname}.{kind}[{j}]"
                     if key not in self.verdict:
                         try:
-                            if kind == "video" and is_video_file_ref(ref):  # decoded, sampled, checked
-                                self.loader.load_video([ref], source=source, record=record, field=field)
+                            where = {"source": source, "record": record, "field": field}
+                            if header_only and is_video_file_ref(ref):
+                                probe_video_file(self.loader, ref, self.loader.video_sampling, **where)
+                            elif header_only:  # a frame of a frame list
+                                self.loader.check_header(ref, **where)
+                            elif kind == "video" and is_video_file_ref(ref):  # decoded, sampled, checked
+                                self.loader.load_video([ref], **where)
                             else:
-                                self.loader.load(ref, source=source, record=record, field=field)
+                                self.loader.load(ref, **where)
                             self.verdict[key] = None
                         except DataError as e:
                             self.verdict[key] = e

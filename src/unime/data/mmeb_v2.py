@@ -53,6 +53,13 @@ class V2Row:
     rel_scores: dict[str, float] = field(default_factory=dict)  # graded relevance by candidate name
     id: str = ""
 
+    def item_fields(self):
+        """(field, item) of every item of the row, named as the parser names them (`ImageChecker`)."""
+        if self.query is not None:
+            yield "query", self.query
+        for j, c in enumerate(self.candidates):
+            yield f"cand[{j}]", c.item
+
 
 def _one(value: Any, *, source, record, field_name: str) -> Any:
     """VLM2Vec wraps single values in one-element lists; accept both."""

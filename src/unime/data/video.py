@@ -23,6 +23,8 @@ truncated file, a file without a video stream, a duration over ``max_duration_s`
 ``max_frame_pixels`` or a file over ``max_bytes`` raise `DataError` naming source, record and field.
 A pixel budget per video (``max_video_pixels``, the sum over the sampled frames) scales the frames
 down, keeping their aspect ratio, before they reach the processor.
+`probe_video_file` applies the rules a file's header can answer (everything but a stream corrupt past
+its header) without decoding a frame: the up-front check of a reader whose videos are decoded later anyway.
 
 Decoding seeks (`decode_video(seek=True)`, the default): one pass over the packets (no decoding) lists the
 keyframes; each sampled frame whose keyframe lies past the frames already decoded is reached by seeking to
@@ -36,6 +38,8 @@ so the same clip under two paths or two data roots is decoded once; the cache is
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import math
@@ -272,60 +276,101 @@ def _budget_size(width: int, height: int, n_frames: int, budget: int) -> tuple[i
     return max(1, int(width * scale)), max(1, int(height * scale))
 
 
+@dataclass(frozen=True)
+class _StreamHeader:
+    stream: Any
+    width: int
+    height: int
+    fps: float
+    duration: float | None
+    total: int
+
+
+def _stream_header(container, sampling: VideoSampling, fail, name: str) -> _StreamHeader:
+    """The first video stream of an open container, checked by the module's rules from its header alone (no
+    frame decoded): a stream, a frame size and rate, a duration and a frame count within the limits."""
+    if not container.streams.video:
+        raise fail(f"video {name} has no video stream")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width <= 0 or height <= 0:
+        raise fail(f"video {name} has an empty frame size {width}x{height}")
+    if width * height > sampling.max_frame_pixels:
+        raise fail(f"video {name} has {width}x{height}={width * height} pixels per frame, over the limit "
+                   f"{sampling.max_frame_pixels}")
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    if not fps > 0 or not math.isfinite(fps):
+        raise fail(f"video {name} has no usable frame rate")
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000
+    total = int(stream.frames or 0)
+    if total <= 0 and duration:
+        total = int(round(duration * fps))
+    if duration is None:
+        duration = total / fps if total else None
+    if duration is not None and duration > sampling.max_duration_s:
+        raise fail(f"video {name} lasts {duration:.0f} s, over the limit {sampling.max_duration_s:.0f} s")
+    if total <= 0:
+        raise fail(f"video {name} announces no frames")
+    if total > sampling.max_duration_s * max(fps, 1.0):
+        raise fail(f"video {name} announces {total} frames, over {sampling.max_duration_s:.0f} s at {fps:g} fps")
+    return _StreamHeader(stream, width, height, fps, duration, total)
+
+
+def _open_container(data, sampling: VideoSampling, name: str, fail, size: int):
+    """A PyAV container on `data` (bytes, or an open file of `size` bytes, read as far as PyAV needs): an empty,
+    oversized or unreadable file is refused."""
+    import av
+
+    if not size:
+        raise fail(f"video {name} is an empty file")
+    if size > sampling.max_bytes:
+        raise fail(f"video {name} has {size} bytes, over the limit {sampling.max_bytes}")
+    try:
+        return av.open(io.BytesIO(data) if isinstance(data, bytes) else data, mode="r")
+    except (av.error.FFmpegError, ValueError, OSError) as e:  # FFmpeg's words, without the errno and file name
+        raise fail(f"corrupt or unreadable video {name}: {getattr(e, 'strerror', None) or e}") from None
+
+
 def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline bytes>", source=None, record=None,
                  field=None, seek: bool = True) -> Video:
     """Decode and sample one video file given as bytes (see the module notes for the rules). `seek=False`
     decodes the stream from its start up to the last sampled frame (the reference the seeking path equals)."""
-    import av
-
-    def fail(msg: str) -> DataError:
-        return DataError(msg, source=source, record=record, field=field)
-
-    if not data:
-        raise fail(f"video {name} is an empty file")
-    if len(data) > sampling.max_bytes:
-        raise fail(f"video {name} has {len(data)} bytes, over the limit {sampling.max_bytes}")
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except (av.error.FFmpegError, ValueError, OSError) as e:
-        raise fail(f"corrupt or unreadable video {name}: {e}") from None
-    with container:
-        if not container.streams.video:
-            raise fail(f"video {name} has no video stream")
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if width <= 0 or height <= 0:
-            raise fail(f"video {name} has an empty frame size {width}x{height}")
-        if width * height > sampling.max_frame_pixels:
-            raise fail(f"video {name} has {width}x{height}={width * height} pixels per frame, over the limit "
-                       f"{sampling.max_frame_pixels}")
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate else 0.0
-        if not fps > 0 or not math.isfinite(fps):
-            raise fail(f"video {name} has no usable frame rate")
-        duration = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000
-        total = int(stream.frames or 0)
-        if total <= 0 and duration:
-            total = int(round(duration * fps))
-        if duration is None:
-            duration = total / fps if total else None
-        if duration is not None and duration > sampling.max_duration_s:
-            raise fail(f"video {name} lasts {duration:.0f} s, over the limit {sampling.max_duration_s:.0f} s")
-        if total <= 0:
-            raise fail(f"video {name} announces no frames")
-        if total > sampling.max_duration_s * max(fps, 1.0):
-            raise fail(f"video {name} announces {total} frames, over {sampling.max_duration_s:.0f} s at {fps:g} fps")
-        n = sampling.frame_count(total, duration)
-        wanted = uniform_indices(total, n)
-        out_w, out_h = _budget_size(width, height, len(wanted), sampling.max_video_pixels)
-        frames, decoded = _decode_frames(container, stream, wanted, fps, (out_w, out_h), total, seek=seek,
+    fail = functools.partial(DataError, source=source, record=record, field=field)
+    with _open_container(data, sampling, name, fail, len(data)) as container:
+        h = _stream_header(container, sampling, fail, name)
+        n = sampling.frame_count(h.total, h.duration)
+        wanted = uniform_indices(h.total, n)
+        out_w, out_h = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels)
+        frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, (out_w, out_h), h.total, seek=seek,
                                          fail=fail, name=name)
-    return pad_frames(Video(frames=tuple(frames), fps=fps, frame_indices=tuple(wanted), total_frames=total,
+    return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=h.total,
                             source=name, decoded_frames=decoded))
+
+
+def probe_video_file(loader: "ImageLoader", ref: Any, sampling: VideoSampling | None = None, *, source=None,
+                     record=None, field=None) -> None:
+    """The cheap check of one video file (a path under `loader`'s root, or inline bytes), no frame decoded: the
+    path stays inside the root, the file exists, is not empty nor over ``max_bytes``, PyAV opens its container
+    and its header passes `decode_video`'s rules (a video stream; frame size, frame rate, duration and frame
+    count within the limits). A stream corrupt past its header is found when the video is decoded."""
+    sampling = sampling or VideoSampling()
+    fail = functools.partial(DataError, source=source, record=record, field=field)
+    with contextlib.ExitStack() as stack:
+        if isinstance(ref, str):
+            path = _video_path(loader, ref, sampling, source=source, record=record, field=field)
+            try:
+                data, name, size = stack.enter_context(open(path, "rb")), ref, path.stat().st_size
+            except OSError as e:
+                raise fail(f"cannot open video {ref!r}: {e.strerror or e}") from None
+        else:
+            data, name, size = bytes(ref), "<inline video bytes>", len(ref)
+        with _open_container(data, sampling, name, fail, size) as container:
+            _stream_header(container, sampling, fail, name)
 
 
 def _frame_image(frame, size: tuple[int, int]):
@@ -458,6 +503,18 @@ def _content_key(data: bytes, sampling: VideoSampling) -> str:
     return h.hexdigest()
 
 
+def _video_path(loader: "ImageLoader", ref: str, sampling: VideoSampling, *, source, record, field) -> Path:
+    """The file of a video path: inside the data root, existing, within ``max_bytes``."""
+    path = loader.resolve(ref, source=source, record=record, field=field)
+    if not path.is_file():
+        raise DataError(f"video file not found: {ref!r}", source=source, record=record, field=field)
+    size = path.stat().st_size
+    if size > sampling.max_bytes:
+        raise DataError(f"video {ref!r} has {size} bytes, over the limit {sampling.max_bytes}", source=source,
+                        record=record, field=field)
+    return path
+
+
 def load_video(loader: "ImageLoader", refs: Sequence[Any], sampling: VideoSampling | None = None, *,
                cache: FrameCache | None = FRAME_CACHE, source=None, record=None, field=None) -> Video:
     """A `Video` from an item's `video` references: one video file, or a list of frames."""
@@ -471,14 +528,7 @@ def load_video(loader: "ImageLoader", refs: Sequence[Any], sampling: VideoSampli
             raise DataError(MIXED_VIDEO_REFS, source=source, record=record, field=field)
         ref = refs[0]
         if isinstance(ref, str):
-            path = loader.resolve(ref, source=source, record=record, field=field)
-            if not path.is_file():
-                raise DataError(f"video file not found: {ref!r}", source=source, record=record, field=field)
-            size = path.stat().st_size
-            if size > sampling.max_bytes:
-                raise DataError(f"video {ref!r} has {size} bytes, over the limit {sampling.max_bytes}",
-                                source=source, record=record, field=field)
-            data, name = path.read_bytes(), ref
+            data, name = _video_path(loader, ref, sampling, source=source, record=record, field=field).read_bytes(), ref
         else:
             data, name = bytes(ref), "<inline video bytes>"
         key = _content_key(data, sampling)

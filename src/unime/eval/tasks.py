@@ -36,7 +36,8 @@ is read as one task — the layout of a Hugging Face dataset snapshot such as MM
 
 MMEB rows, retrieval entries and compositional pairs are parsed by the data layer
 (`unime.data.eval_formats`), one row at a time, with its error policy: a bad row raises `DataError`
-naming file, record and field, or with ``on_error="skip"`` is left out and counted.
+naming file, record and field, or with ``on_error="skip"`` is left out and counted. Rows of every format
+have their images and videos checked as they are read (`_parsed_rows`), so bad media counts as a bad row.
 
 Each task's data is interned into an `ItemTable` (its distinct items) plus integer arrays, so a task
 with 1,000 queries x 1,000 shared candidates holds 1,000 + distinct items, not a million.
@@ -413,8 +414,9 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
     table = ItemTable()
     eval_type = spec.option("eval_type", "local")
     rows: list[tuple[str, str, V2Row]] = []
+    images = _image_checker(spec)
     for f in _data_files(spec.path, task=spec.name):
-        for label, row in _parsed_rows(f, v2_row_from_dict, policy, task=spec.name):
+        for label, row in _parsed_rows(f, v2_row_from_dict, policy, task=spec.name, images=images):
             rows.append((str(f), label, row))
     if not rows:
         raise _no_rows(spec)
@@ -458,7 +460,7 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
         if corpus:
             for f in _data_files(Path(corpus), task=spec.name):
                 for label, row in _parsed_rows(f, lambda o, **kw: v2_row_from_dict(o, corpus=True, **kw), policy,
-                                               task=spec.name):
+                                               task=spec.name, images=images):
                     add_pool(row, (str(f), label))
         for source, label, row in rows:
             add_pool(row, (source, label))
@@ -517,15 +519,17 @@ def _image_checker(spec: TaskSpec):
     from unime.data.images import ImageLoader
     from unime.data.io import ImageChecker
 
-    return ImageChecker(ImageLoader(spec.data_root))
+    # videos from their headers only: the encoder decodes them anyway (see `ImageChecker`)
+    return ImageChecker(ImageLoader(spec.data_root), decode_video=False)
 
 
 def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str,
                  images=None) -> Iterator[tuple[str, Any]]:
     """(record label, parsed row) for every good row of a task's file(s); bad rows go through `policy`.
     Rows are parsed by the data layer (`unime.data.eval_formats`), one at a time. With `images` (an
-    `ImageChecker`) every image of a row is opened and decoded here, before any model is loaded: a bad
-    one names the file, the row and the field, and under the skip policy leaves the row out."""
+    `ImageChecker`, `_image_checker`) every image of a row is opened and decoded here, before any model is
+    loaded, and every video opened and its header checked: a bad one names the file, the row and the field,
+    and under the skip policy leaves the row out."""
     for f in _data_files(path, task=task):
         for label, obj in iter_format_rows(f, policy):
             try:
@@ -638,6 +642,23 @@ class QrelsRow:
     grades: list[float]
     id: str = ""
 
+    def item_fields(self):
+        """(field, item) of every item of the row (`ImageChecker`)."""
+        yield "query", self.query
+        for j, c in enumerate(self.candidates):
+            yield f"candidates[{j}]", c
+
+
+@dataclass
+class BeirRow:
+    """One line of a BEIR ``corpus.jsonl`` / ``queries.jsonl``."""
+
+    id: str
+    item: Item
+
+    def item_fields(self):
+        yield "image", self.item  # the row's one image, under the key it was read from
+
 
 def qrels_row_from_dict(obj: Any, *, source=None, record=None) -> QrelsRow:
     """``{"id"?, "query": {item}, "candidates": [{item}, ..], "relevance": [grade, ..]}``."""
@@ -660,7 +681,8 @@ def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
     qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
     table = ItemTable()
     queries, cands, grades, ids = [], [], [], []
-    for label, row in _parsed_rows(spec.path, qrels_row_from_dict, policy, task=spec.name):
+    for label, row in _parsed_rows(spec.path, qrels_row_from_dict, policy, task=spec.name,
+                                   images=_image_checker(spec)):
         queries.append(table.add(_templated(row.query, qt)))
         cands.append(np.asarray([table.add(_templated(c, ct)) for c in row.candidates], dtype=np.int64))
         grades.append(np.asarray(row.grades, dtype=np.float64))
@@ -671,7 +693,7 @@ def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
                      ids=ids)
 
 
-def _beir_item(row: Any, *, source, record, template: str) -> tuple[str, Item]:
+def _beir_row(row: Any, *, source, record, template: str) -> BeirRow:
     check_keys(row, {"_id"}, {"text", "title", "image", "metadata"}, source=source, record=record,
                what="BEIR row")
     rid = check_str(row["_id"], source=source, record=record, field="_id", allow_none=False)
@@ -680,7 +702,7 @@ def _beir_item(row: Any, *, source, record, template: str) -> tuple[str, Item]:
     full = f"{title}\n{text}" if title and text else (title or text)
     item = make_item(_template(template, full) if full else "", row.get("image"), source=source, record=record,
                      field="text", image_key="image")
-    return rid, item
+    return BeirRow(rid, item)
 
 
 def _read_beir(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
@@ -689,12 +711,14 @@ def _read_beir(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
     corpus_pos: dict[str, int] = {}
     corpus: list[int] = []
     query_rows: dict[str, Item] = {}
+    images = _image_checker(spec)
     for fname, template, target in (("corpus.jsonl", ct, None), ("queries.jsonl", qt, query_rows)):
         f = spec.path / fname
         if not f.is_file():
             raise DataError(f"task {spec.name!r}: BEIR folder without {fname}", source=str(spec.path))
-        for label, (rid, item) in _parsed_rows(f, lambda o, **kw: _beir_item(o, template=template, **kw), policy,
-                                               task=spec.name):
+        for label, beir in _parsed_rows(f, lambda o, **kw: _beir_row(o, template=template, **kw), policy,
+                                        task=spec.name, images=images):
+            rid, item = beir.id, beir.item
             if rid in (corpus_pos if target is None else target):
                 policy.handle(data_error("schema", f"duplicate _id {rid!r}", source=str(f), record=label,
                                          field="_id"))

@@ -1,0 +1,98 @@
+"""Every task format checks its rows' images and videos when the task is read, before any model is loaded:
+a bad one names the file, the line and the field, and `--on-error skip` leaves the row out and counts it.
+Videos are checked from their headers only (the encoder decodes them later, once)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.data.helpers import build_fixture
+from tests.eval.helpers import build_world, write_jsonl, write_png
+from unime.data.skips import SkipReport
+from unime.errors import DataError
+from unime.eval.tasks import load_task_config, load_task_data
+
+
+def _spec(cfg, name):
+    return next(t for t in load_task_config(cfg).tasks if t.name == name)
+
+
+def _broken_v2_world(root):
+    cfg, _ = build_fixture(root)
+    (root / "clips/c2.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")  # a clip PyAV cannot open
+    (root / "pages/d5.png").write_bytes(b"not a png")
+    (root / "f1.png").unlink()  # a frame of vid_qa's frame-list video (row 2)
+    return cfg
+
+
+def test_mmeb_v2_bad_media_name_file_line_and_field(tmp_path):
+    cfg = _broken_v2_world(tmp_path)
+    with pytest.raises(DataError, match="clips/c2.mp4") as e:
+        load_task_data(_spec(cfg, "vid_ret"))
+    assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "video/ret/rows.jsonl"), "line 3",
+                                                               "cand[0].video[0]")
+    with pytest.raises(DataError, match="f1.png") as e:
+        load_task_data(_spec(cfg, "vid_qa"))
+    assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "video/qa/rows.jsonl"), "line 2",
+                                                               "query.video[1]")
+    with pytest.raises(DataError, match="pages/d5.png") as e:
+        load_task_data(_spec(cfg, "docs"))  # the query file is read first: line 1 lists d5 among its candidates
+    assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "visdoc/docs/queries/q.jsonl"),
+                                                               "line 1", "cand[1].images[0]")
+
+
+def test_mmeb_v2_rows_with_bad_media_are_skipped_and_counted(tmp_path):
+    cfg = _broken_v2_world(tmp_path)
+    skips = SkipReport()
+    ret = load_task_data(_spec(cfg, "vid_ret"), on_error="skip", skips=skips)
+    assert len(ret.query) == 3 and ret.skipped == 1 and len(ret.candidates[0]) == 3  # c2 left the global pool
+    qa = load_task_data(_spec(cfg, "vid_qa"), on_error="skip", skips=skips)
+    assert len(qa.query) == 1 and qa.skipped == 2  # row 2 (missing frame), row 3 (clip c2)
+    # global with a corpus: query line 1 (d5 among its candidates) and the corpus row of d5 are left out
+    docs = load_task_data(_spec(cfg, "docs"), on_error="skip", skips=skips)
+    assert len(docs.query) == 3 and docs.skipped == 2 and len(docs.candidates[0]) == 6
+    assert skips.total == 5 and dict(skips.counts) == {"image": 5}
+
+
+def test_qrels_rows_with_bad_images_name_the_line_or_are_skipped(tmp_path):
+    cfg = build_world(tmp_path)
+    (tmp_path / "images/blue.png").write_bytes(b"junk")
+    spec = _spec(cfg, "colours_docs")
+    with pytest.raises(DataError, match="images/blue.png") as e:
+        load_task_data(spec)
+    assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "eval/qrels/colours.jsonl"),
+                                                               "line 1 (id q0)", "candidates[2].images[0]")
+    data = load_task_data(spec, on_error="skip")
+    assert data.ids == ["q1", "q2"] and data.skipped == 1
+
+
+def test_beir_rows_with_bad_images_name_the_line_or_are_skipped(tmp_path):
+    write_png(tmp_path, "imgs/red.png", "red")
+    d = tmp_path / "beir"
+    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/gone.png"},
+                                     {"_id": "d3", "text": "grass"}])
+    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}])
+    (d / "qrels").mkdir()
+    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq2\td3\t1\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tasks:\n  - {name: b, format: qrels, path: beir}\n")
+    spec = _spec(cfg, "b")
+    with pytest.raises(DataError, match="image file not found: 'imgs/gone.png'") as e:
+        load_task_data(spec)
+    assert (e.value.source, e.value.record, e.value.field) == (str(d / "corpus.jsonl"), "line 2", "image")
+    skips = SkipReport()
+    data = load_task_data(spec, on_error="skip", skips=skips)
+    # d2's corpus line, then its judgement (an unknown corpus id now): both skipped; q2 keeps d3
+    assert data.ids == ["q1", "q2"] and len(data.candidates[0]) == 2 and data.skipped == 2
+    assert dict(skips.counts) == {"image": 1, "schema": 1}
+
+
+def test_reading_a_video_task_decodes_no_frame(tmp_path, monkeypatch):
+    import unime.data.video as video
+
+    cfg, _ = build_fixture(tmp_path)
+    decoded = []
+    monkeypatch.setattr(video, "_decode_frames", lambda *a, **k: decoded.append(1) or ([], 0))
+    for name in ("vid_ret", "vid_qa", "vid_mret"):
+        load_task_data(_spec(cfg, name))
+    assert decoded == []
