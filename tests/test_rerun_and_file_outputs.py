@@ -50,6 +50,11 @@ def test_eval_finished_changed_overwrite_and_interrupted(tiny_model_dir, tmp_pat
     assert main(argv) == 0
     assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
     assert loads == [] and _mtimes(out) == before
+    # the video options' defaults given explicitly are the same options (not "changed", no new embedding ids)
+    defaults = ["--video-frames", "8", "--video-max-frames", "64", "--video-max-pixels", str(32 * 448 * 448)]
+    assert main(argv + defaults) == 0
+    assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
+    assert loads == [] and _mtimes(out) == before
 
     # other options: refused with the keys, nothing touched
     assert main(argv + ["--ties", "index", "--pooling", "last"]) == 2

@@ -48,18 +48,27 @@ class ChangedOptions(UnimeError):
     differing keys; `--overwrite` starts over)."""
 
 
-def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict | None = None) -> list[str]:
+def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict | None = None,
+                        none_means: dict | None = None) -> list[str]:
     """Keys (outside `free`) whose values differ; JSON round-trip so tuples and lists compare equal. A key
     the earlier run did not record (an option added by a later version of unime) whose value now is its
-    default in `added_defaults` is no change: a new option's default keeps the earlier behaviour."""
+    default in `added_defaults` is no change: a new option's default keeps the earlier behaviour.
+    `none_means` ({key: value}, `unime.options.none_meanings`): an option whose None stands for a value
+    (`video_frames`: 8) given at that value is the same as left at None, on either side."""
     import json
 
-    now = json.loads(json.dumps(now, default=str))
-    before = json.loads(json.dumps(before, default=str))
-    added = json.loads(json.dumps(added_defaults or {}, default=str))
+    def plain(d) -> dict:
+        return json.loads(json.dumps(d or {}, default=str))
+
+    now, before, added, means = plain(now), plain(before), plain(added_defaults), plain(none_means)
+
+    def value(d: dict, k: str):
+        v = d.get(k)
+        return None if k in means and v == means[k] else v
+
     free = set(free)
-    return sorted(k for k in (set(before) | set(now)) - free if before.get(k) != now.get(k)
-                  and not (k not in before and k in added and now.get(k) == added[k]))
+    return sorted(k for k in (set(before) | set(now)) - free if value(before, k) != value(now, k)
+                  and not (k not in before and k in added and value(now, k) == added[k]))
 
 
 def refuse_changed_options(out, before: dict, now: dict, keys: list[str]) -> ChangedOptions:

@@ -8,6 +8,8 @@ line's default where it differs from the Python API's), `cli=False` (no command-
 `positional=True` (a positional argument named by the field) and `exclusive` (the name of a mutually
 exclusive group of options; `exclusive_required=True` on its first field: one of them must be given) and
 `switch=(FLAG, VALUE)` (a second flag that sets the option to VALUE, e.g. `--skip-bad-records` = `--on-error skip`).
+`none_means=VALUE` (not an argparse setting) says what an option whose default is None stands for, so that a re-run
+giving it explicitly is no change of options (`none_meanings`).
 `unime.cli.dataclass_options` generates the options and builds the config from the parsed namespace.
 """
 
@@ -17,9 +19,13 @@ from dataclasses import MISSING, field, fields
 from typing import Any
 
 
-def option(default: Any = MISSING, help: str | None = None, *, factory: Any = MISSING, **cli: Any):
-    """A dataclass field declaring its command-line option (see the module doc)."""
-    return field(default=default, default_factory=factory, metadata={"help": help, **cli})
+def option(default: Any = MISSING, help: str | None = None, *, factory: Any = MISSING, none_means: Any = MISSING,
+           **cli: Any):
+    """A dataclass field declaring its command-line option (see the module doc). `none_means`: the value an
+    option whose default is None stands for (`--video-frames`: 8 frames); given explicitly, that value is the
+    option left unset when a re-run's options are compared (`none_meanings`)."""
+    extra = {} if none_means is MISSING else {"none_means": none_means}
+    return field(default=default, default_factory=factory, metadata={"help": help, **cli, **extra})
 
 
 def option_defaults(config) -> dict[str, Any]:
@@ -32,6 +38,13 @@ def option_defaults(config) -> dict[str, Any]:
         elif f.default_factory is not MISSING:
             out[f.name] = f.default_factory()
     return out
+
+
+def none_meanings(config) -> dict[str, Any]:
+    """{field: the value its None default stands for} of a config dataclass's fields that declare one
+    (`option(none_means=)`): `changed_option_keys`' `none_means`, so that a re-run giving an option's default
+    explicitly (`--video-frames 8`) continues a run that left it unset, and the other way round."""
+    return {f.name: f.metadata["none_means"] for f in fields(config) if "none_means" in f.metadata}
 
 
 def key_value_pairs(pairs, flag: str) -> dict[str, Any]:

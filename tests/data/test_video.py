@@ -119,6 +119,21 @@ def test_frame_lists_still_work_and_are_capped(tmp_path):
     assert few.frame_indices == (0, 3, 6, 9) and [_red(f) for f in few] == [0, 60, 120, 180]
 
 
+def test_video_options_at_their_defaults_are_no_options():
+    """`--video-frames 8` asks for the defaults: no sampling of its own (None), like no option at all, so the
+    records of the sampling (run options, embedding-cache ids, stage hashes) do not change with it."""
+    from unime.data.video import sampling_video_options
+
+    assert VideoSampling.from_options(frames=8) is None
+    assert VideoSampling.from_options(max_frames=64, max_pixels=32 * 448 * 448) is None
+    assert VideoSampling.from_options(frames=8, max_frames=32) == VideoSampling.from_options(max_frames=32) == \
+        VideoSampling(max_frames=32)
+    assert sampling_video_options({"frames": 8, "fps": None, "max_frames": 32, "max_pixels": None}) == \
+        {"max_frames": 32}
+    assert sampling_video_options({"frames": 4, "fps": None, "max_frames": 64, "max_pixels": None}) == {"frames": 4}
+    assert sampling_video_options({"frames": None, "fps": 2.0, "max_frames": 64, "max_pixels": None}) == {"fps": 2.0}
+
+
 # -- the corrupt-video corpus -------------------------------------------------------------------------
 
 def _corpus(root: Path) -> dict[str, tuple[list, VideoSampling, str]]:

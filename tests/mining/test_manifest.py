@@ -68,3 +68,20 @@ def test_an_option_an_earlier_version_did_not_record_is_no_change_at_its_default
     other = _config(hnsw_m=MineConfig.hnsw_m + 4)
     with pytest.raises(ChangedOptions, match="hnsw_m"):
         Manifest(tmp_path / "manifest.json").open_run(other, INPUTS, run_hash(other, INPUTS))
+
+
+def test_the_video_options_defaults_given_explicitly_are_no_change(tmp_path):
+    """`--video-frames 8` (and the other video options at their defaults) is the run without them: the folder's run
+    continues, and the stage hashes stay those of the run without them (no stage is redone)."""
+    explicit = _config(video_frames=8, video_max_frames=64, video_max_pixels=32 * 448 * 448)
+    m = Manifest(tmp_path / "manifest.json")
+    m.open_run(_config(), INPUTS, run_hash(_config(), INPUTS))
+    assert Manifest(tmp_path / "manifest.json").open_run(explicit, INPUTS, run_hash(explicit, INPUTS)) is False
+    r = retrieval_hash(explicit, INPUTS)
+    assert (r, judge_hash(explicit, INPUTS, r)) == ("c7ed1a8b49099257", "684600d0be959fe6")  # the defaults' (above)
+    assert explicit.judge_spec("judge", None).video_sampling == ()
+    # and the other way round: a run recorded with them explicit, continued without them
+    Manifest(tmp_path / "manifest.json").open_run(_config(), INPUTS, run_hash(_config(), INPUTS))
+    other = _config(video_frames=4)
+    with pytest.raises(ChangedOptions, match="video_frames: None -> 4"):
+        Manifest(tmp_path / "manifest.json").open_run(other, INPUTS, run_hash(other, INPUTS))

@@ -43,6 +43,23 @@ def test_an_option_the_earlier_run_did_not_record_is_no_change_at_its_default():
     assert changed_options({"dora": True}, {"dora": False}, free=(), added_defaults={"dora": False}) == ["dora"]
 
 
+def test_an_option_given_at_what_its_none_stands_for_is_the_option_unset():
+    from unime.options import none_meanings
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    means = {"video_frames": 8}
+    assert changed_options({"video_frames": None}, {"video_frames": 8}, free=(), none_means=means) == []
+    assert changed_options({"video_frames": 8}, {"video_frames": None}, free=(), none_means=means) == []
+    assert changed_options({"video_frames": None}, {"video_frames": 4}, free=(), none_means=means) == ["video_frames"]
+    assert changed_options({"video_frames": None}, {"video_frames": 8}, free=()) == ["video_frames"]  # undeclared
+    # not recorded by an earlier version: given at what its None stands for is its default
+    assert changed_options({}, {"video_frames": 8}, free=(), added_defaults={"video_frames": None},
+                           none_means=means) == []
+    # what the video options declare: VideoSampling's defaults (8 frames, at most 64, 32 x 448 x 448 pixels)
+    assert none_meanings(EmbedderTrainingConfig) == {"video_frames": 8, "video_max_frames": 64,
+                                                     "video_max_pixels": 32 * 448 * 448}
+
+
 def _final_outputs_removed(out: Path, names) -> None:
     """The state a kill (or a full disk) during the export leaves: the last checkpoint is complete, the
     final folders are not."""
@@ -71,6 +88,10 @@ def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_mod
     again = train_embedder(base_config(model, tmp_path / "a", world, **cfg), records=records)
     assert again.metrics["already_finished"] is True and again.metrics["steps"] == 3
     assert adapter.stat().st_mtime_ns == mtime
+    # the video options' defaults given explicitly (`--video-frames 8`) are the same options
+    explicit = train_embedder(base_config(model, tmp_path / "a", world, **cfg, video_frames=8, video_max_frames=64),
+                              records=records)
+    assert explicit.metrics["already_finished"] is True and adapter.stat().st_mtime_ns == mtime
 
     # recorded by an earlier version that had no `dora` option: the same command still finds it finished; a
     # missing option the command sets away from its default (lr) is a change

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from unime.errors import DataError
-from unime.options import option
+from unime.options import none_meanings, option
 
 if TYPE_CHECKING:  # pragma: no cover
     from unime.data.images import ImageLoader
@@ -61,20 +61,6 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", "
 FRAME_LIST_FPS = 2.0
 # frames per temporal patch of every supported family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): a shorter video is padded
 TEMPORAL_PATCH = 2
-
-
-@dataclass(kw_only=True)
-class VideoOptions:
-    """`--video-frames`, `--video-fps`, `--video-max-frames`, `--video-max-pixels` (`VideoSampling.from_fields`),
-    shared by the commands that read video items; unset: `VideoSampling`'s defaults."""
-
-    option_groups = {"video": "how video items (a file, or a list of frames) are sampled"}
-    video_frames: int | None = option(None, "frames sampled uniformly from each video (default 8)", group="video")
-    video_fps: float | None = option(None, "sample this many frames per second of video instead of a fixed count",
-                                     group="video")
-    video_max_frames: int | None = option(None, "upper bound on frames per video (default 64)", group="video")
-    video_max_pixels: int | None = option(None, "pixel budget per video, summed over its sampled frames (frames "
-                                          "are scaled down to fit)", group="video")
 
 
 MIXED_VIDEO_REFS = "a video is one video file or a list of frame images, not several files or a mix"
@@ -127,7 +113,8 @@ class VideoSampling:
     def from_options(cls, frames: int | None = None, fps: float | None = None, max_frames: int | None = None,
                      max_pixels: int | None = None) -> "VideoSampling | None":
         """The sampling the command-line options (`--video-frames/-fps/-max-frames/-max-pixels`) ask for, or
-        None when none was given (the defaults apply). `fps` without `frames` samples by frame rate."""
+        None when none was given or those given ask for the defaults (the defaults apply). `fps` without `frames`
+        samples by frame rate."""
         given = {k: v for k, v in (("num_frames", frames), ("fps", fps), ("max_frames", max_frames),
                                    ("max_video_pixels", max_pixels)) if v is not None}
         if not given:
@@ -141,7 +128,10 @@ class VideoSampling:
             given["num_frames"] = None
         if max_frames is not None and max_frames < cls.min_frames:  # --video-max-frames 1: one frame is the most
             given["min_frames"] = max_frames
-        return cls(**given)
+        sampling = cls(**given)
+        # the defaults asked for explicitly (--video-frames 8) are no option given: the records of the sampling
+        # (eval's run options, the embedding cache's model id, the judge's cache keys) stay those of a run without
+        return None if sampling == cls() else sampling
 
     @classmethod
     def from_fields(cls, obj) -> "VideoSampling | None":
@@ -161,6 +151,34 @@ class VideoSampling:
         if n >= self.frame_factor:
             n -= n % self.frame_factor
         return max(n, 1)
+
+
+@dataclass(kw_only=True)
+class VideoOptions:
+    """`--video-frames`, `--video-fps`, `--video-max-frames`, `--video-max-pixels` (`VideoSampling.from_fields`),
+    shared by the commands that read video items; unset: `VideoSampling`'s defaults (`none_means`: an option
+    given at its default is the option unset, for a re-run's comparison of recorded options)."""
+
+    option_groups = {"video": "how video items (a file, or a list of frames) are sampled"}
+    video_frames: int | None = option(None, "frames sampled uniformly from each video (default 8)", group="video",
+                                      none_means=VideoSampling.num_frames)
+    video_fps: float | None = option(None, "sample this many frames per second of video instead of a fixed count",
+                                     group="video")
+    video_max_frames: int | None = option(None, "upper bound on frames per video (default 64)", group="video",
+                                          none_means=VideoSampling.max_frames)
+    video_max_pixels: int | None = option(None, "pixel budget per video, summed over its sampled frames (frames "
+                                          "are scaled down to fit)", group="video",
+                                          none_means=VideoSampling.max_video_pixels)
+
+
+def sampling_video_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The `--video-*` options in `options` (`VideoSampling.from_options`' keywords: frames, fps, max_frames,
+    max_pixels; None: not given) that change the sampling: given, and not at the value their absence stands
+    for (`VideoOptions`' `none_means`), so that a record of them reads the same with a default given or not."""
+    if VideoSampling.from_options(**options) is None:
+        return {}
+    means = none_meanings(VideoOptions)  # keyed by field: video_frames, ...
+    return {k: v for k, v in options.items() if v is not None and v != means.get(f"video_{k}")}
 
 
 def uniform_indices(total_frames: int, n: int) -> list[int]:

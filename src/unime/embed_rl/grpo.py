@@ -51,7 +51,7 @@ from unime.embed_rl.stage_options import ReasonerStageOptions
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
-from unime.options import option, option_defaults
+from unime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +449,7 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     try:
         work = out / CHECKPOINTS_DIR
         plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
-                                  finished_file=SUMMARY_FILE, defaults=option_defaults(cfg))
+                                  finished_file=SUMMARY_FILE, config=cfg)
         if plan.finished:
             log.info("%s: this GRPO run is finished; nothing to do (--overwrite starts it over)", out)
             return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))

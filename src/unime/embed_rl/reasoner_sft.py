@@ -30,7 +30,7 @@ from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA, GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
 from unime.models.rerank_prompts import answer_format
-from unime.options import option, option_defaults
+from unime.options import option
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     out = Path(cfg.out)
     work = out / CHECKPOINTS_DIR
     plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
-                              finished_file=SUMMARY_FILE, defaults=option_defaults(cfg))
+                              finished_file=SUMMARY_FILE, config=cfg)
     if plan.finished:
         log.info("%s: this reasoner SFT run is finished; nothing to do (--overwrite starts it over)", out)
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from unime.data.atomic import atomic_open
 from unime.data.image_digests import file_sha1
+from unime.data.video import sampling_video_options
 from unime.errors import changed_option_keys, refuse_changed_options
 from unime.models.embedding_cache import model_fingerprint
-from unime.options import option_defaults
+from unime.options import none_meanings, option_defaults
 from unime.outdir import options_hash
 
 if TYPE_CHECKING:
@@ -66,8 +67,9 @@ def run_hash(c: MineConfig, inputs: dict[str, Any]) -> str:
 
 
 def _video_key(c: MineConfig) -> dict:
-    """The video options in a stage hash, only when set (runs without them keep their earlier hashes)."""
-    given = {k: v for k, v in c.video_options.items() if v is not None}
+    """The video options in a stage hash, only when set away from their defaults (runs without them keep their
+    earlier hashes; `--video-frames 8` is a run without it)."""
+    given = sampling_video_options(c.video_options)
     return {"video": given} if given else {}
 
 
@@ -117,7 +119,8 @@ class Manifest:
         before = self.data.get("config")
         if before:
             # an option added by a later unime, at its default, is no change (the earlier behaviour)
-            keys = changed_option_keys(before, options, free=FREE_OPTIONS, added_defaults=option_defaults(config))
+            keys = changed_option_keys(before, options, free=FREE_OPTIONS, added_defaults=option_defaults(config),
+                                       none_means=none_meanings(config))
             if keys and not config.overwrite:
                 raise refuse_changed_options(out, before, options, keys)
             if keys:

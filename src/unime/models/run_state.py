@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from unime.errors import ChangedOptions, UnimeError, changed_option_keys, refuse_changed_options  # noqa: F401
+from unime.options import none_meanings, option_defaults
 
 CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
 FULL_STATE_FILE = "trainable_state.safetensors"  # resumable state of a full fine-tuning run
@@ -247,37 +248,46 @@ def _has_run_state(out: Path, finished_file: str) -> bool:
     return any((out / n).exists() for n in (finished_file, CHECKPOINTS_DIR, *EXPORT_NAMES))
 
 
+def _changed(before: dict[str, Any], options: dict[str, Any], free: Iterable[str], config) -> list[str]:
+    """`changed_options` with what the trainer's `config` (a config dataclass, or None) declares: its defaults
+    (an option the earlier run did not record is no change at its default) and its `none_means` (an option
+    given at what its None stands for is the option unset)."""
+    if config is None:
+        return changed_options(before, options, free)
+    return changed_options(before, options, free, option_defaults(config), none_meanings(config))
+
+
 def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
-                 finished_file: str, defaults: dict[str, Any] | None = None) -> bool:
+                 finished_file: str, config=None) -> bool:
     """True if `out` holds a finished run with these options (outside `free`) and not `overwrite`: its
     finished marker and its export (the card and a model folder) are there. No side effects (a trainer may
-    ask before it has resolved every option; `plan_run` decides the rest)."""
+    ask before it has resolved every option; `plan_run` decides the rest). `config`: see `plan_run`."""
     out = Path(out)
     before = previous_config(out)
     exported = (out / CARD_FILE).is_file() and any((out / d).is_dir() for d in (ADAPTER_DIR, MERGED_DIR))
     return (not overwrite and before is not None and (out / finished_file).is_file() and exported
-            and not changed_options(before, options, free, defaults))
+            and not _changed(before, options, free, config))
 
 
 def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool, finished_file: str,
-             resume: str | os.PathLike | None = None, defaults: dict[str, Any] | None = None) -> RunPlan:
+             resume: str | os.PathLike | None = None, config=None) -> RunPlan:
     """The convention of the module doc for a trainer writing `out` (its checkpoints under
     `out/checkpoints`, `finished_file` written last): finished with the same options → `finished`;
     changed options → `ChangedOptions` naming the keys, unless `overwrite` (start over: the run's
     checkpoints and finished marker are removed, never an entry this command did not write); else the
-    last complete checkpoint (or `resume`, an explicit checkpoint folder, which must be complete). `defaults`
-    (`option_defaults` of the trainer's config): options the earlier run did not record are no change at
-    their default."""
+    last complete checkpoint (or `resume`, an explicit checkpoint folder, which must be complete). `config`
+    (the trainer's config dataclass): an option the earlier run did not record is no change at its default
+    (`option_defaults`), and one given at what its None stands for is the option unset (`none_meanings`)."""
     from unime.outdir import require_replaceable
 
     out = Path(out)
-    if finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file, defaults=defaults):
+    if finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file, config=config):
         return RunPlan(True, None)
     before = previous_config(out)
     if before is None and not overwrite and _has_run_state(out, finished_file):
         raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
                              f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
-    diff = changed_options(before, options, free, defaults) if before is not None else []
+    diff = _changed(before, options, free, config) if before is not None else []
     if diff and not overwrite:
         raise refuse_changed_options(out, before, options, diff)
     if overwrite or before is None:  # a new run, or starting over: nothing of an earlier run is resumed or reported

@@ -36,7 +36,6 @@ from unime.models.image_budget import ImageBudget
 from unime.models.loading import model_reference, trainer_device
 from unime.models.lora import LoraSettings, apply_lora
 from unime.models import export, run_state
-from unime.options import option_defaults
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
@@ -273,7 +272,7 @@ def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult 
     if options["hard_negatives"] is None:
         options["hard_negatives"] = before.get("hard_negatives")
     if not run_state.finished_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
-                                  finished_file=FINISHED_FILE, defaults=option_defaults(config)):
+                                  finished_file=FINISHED_FILE, config=config):
         return None
     metrics = json.loads((out / FINISHED_FILE).read_text(encoding="utf-8"))
     logger.info("%s: this run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
@@ -428,7 +427,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     data_root = resolve_data_root(source, config.data_root) if os.path.isfile(source) else (config.data_root or ".")
     resume_from = run_state.plan_run(out, config.to_dict(), free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
                                      finished_file=FINISHED_FILE, resume=_resume_path(config),
-                                     defaults=option_defaults(config)).checkpoint
+                                     config=config).checkpoint
     records = _usable_records(config, records, loss, data_root, skips)
     check_fallback_labels(config, records, loss)
 

@@ -48,7 +48,7 @@ from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions, model_reference
 from unime.models.lora import GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
-from unime.options import option, option_defaults
+from unime.options import option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
 from unime.models.export import ADAPTER_DIR, MERGED_DIR, ModelCard
@@ -556,7 +556,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINTS_DIR
     plan = run_state.plan_run(out, _run_options(cfg), free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
-                              finished_file=METADATA_FILE, defaults=option_defaults(cfg))
+                              finished_file=METADATA_FILE, config=cfg)
     if plan.finished:
         meta = json.loads((out / METADATA_FILE).read_text())
         log.info("%s: this %s run is finished (%s steps); nothing to do (--overwrite starts it over)", out,

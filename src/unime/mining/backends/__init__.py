@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from unime.data.video import VideoOptions
+from unime.data.video import VideoOptions, sampling_video_options
 from unime.errors import UsageError
 from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
 from unime.models.image_budget import ImageBudget, ImageOptions
@@ -50,7 +50,7 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
         return JudgeSpec(path=path, device=self.device, dtype=self.dtype, data_root=data_root,
                          allow_outside_root=self.allow_outside_root, chunk_size=self.judge_chunk_size,
                          image_cache_size=self.judge_image_cache, image_budget=self.image_budget.as_items(),
-                         video_sampling=tuple(sorted((k, v) for k, v in self.video_options.items() if v is not None)))
+                         video_sampling=tuple(sorted(sampling_video_options(self.video_options).items())))
 
 
 @dataclass(kw_only=True)
