@@ -208,3 +208,32 @@ def test_a_nearer_batch_size_wins_over_a_farther_global_batch(tmp_path):
         == (None, 8)
     with pytest.raises(UsageError, match="not both"):
         built("--batch-size", "2", "--global-batch", "8")
+
+
+def test_options_that_do_nothing_are_refused_only_where_the_user_gave_them(tmp_path):
+    """QA: --chunk-size without --gradcache and the LoRA options with --full did nothing. Given on the command line
+    or in a config file they are refused; a recipe's values for them are not (the recipe's LoRA settings under
+    --full, its chunk size with gradcache turned off in a config file)."""
+    from unime.cli import _add_overwrite_options, _parse, build_parser
+    from unime.cli.train import embedder_config_from_args
+    from unime.errors import UsageError
+
+    def built(*argv):
+        parser = build_parser()
+        _add_overwrite_options(parser)
+        return embedder_config_from_args(_parse(parser, ["train", "embedder", "--model", "m", "--records", "r",
+                                                         "--out", "o", *argv]))
+
+    recipe = ("--recipe", "unime-v2/qwen2-vl-2b")
+    assert (built(*recipe, "--full").full, built(*recipe).chunk_size) == (True, 2)
+    no_gradcache = tmp_path / "off.yaml"
+    no_gradcache.write_text("gradcache: false\n")
+    assert built(*recipe, "--config", str(no_gradcache)).gradcache is False
+    with pytest.raises(UsageError, match=r"^train embedder: --chunk-size does nothing without --gradcache"):
+        built(*recipe, "--config", str(no_gradcache), "--chunk-size", "4")
+    dropout = tmp_path / "dropout.yaml"
+    dropout.write_text("lora_dropout: 0.2\n")
+    with pytest.raises(UsageError, match=rf"^train embedder: --lora-dropout \(config {dropout}\) does nothing with "
+                                         "--full: drop one of them$"):
+        built("--config", str(dropout), "--full")
+    assert (built("--gradcache", "--chunk-size", "4").chunk_size, built("--lora-r", "4").lora_r) == (4, 4)

@@ -25,6 +25,13 @@ CASES = [
     (["eval", "--out", "{tmp}/ev", "--compare", "a", "b", "--tasks", "t"], "eval: --tasks / --rerank need --model"),
     (["eval", "--out", "{tmp}/ev", "--model", "m"], "eval: --model needs --tasks"),
     (["search", "--index", "{tmp}/idx"], "search: give --query and/or --image"),
+    # QA: --chunk-size without --gradcache and the LoRA options with --full were accepted and did nothing
+    (["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e", "--chunk-size", "4"],
+     "train embedder: --chunk-size does nothing without --gradcache: add --gradcache or drop --chunk-size"),
+    (["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e", "--full", "--lora-r", "4"],
+     "train embedder: --lora-r does nothing with --full: drop one of them"),
+    (["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e", "--lora-targets", "q_proj", "--full"],
+     "train embedder: --lora-targets does nothing with --full: drop one of them"),
     (["train", "reasoner", "--stage", "sft", "--model", "m", "--out", "{tmp}/r"], "train reasoner: --stage sft needs --tcots"),
     (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r"],
      "train reasoner: --stage grpo needs --records and --embedder"),

@@ -193,6 +193,29 @@ def _given_on_command_line(parser, subparser, argv) -> set[str]:
     return given
 
 
+def given_by_user(args: argparse.Namespace, dest: str) -> str | None:
+    """Where the user gave option `dest`: "command line" or "config FILE"; None for a default or a recipe's value
+    (`_parse`'s `_origins`)."""
+    origin = getattr(args, "_origins", {}).get(dest)
+    return None if origin is None or origin.startswith("recipe ") else origin
+
+
+def refuse_ineffective_options(args: argparse.Namespace, command: str, rules) -> None:
+    """UsageError for an option the user gave (`given_by_user`) that does nothing with a flag's value: each rule
+    is (option dest, flag dest, the flag's value the option needs to act), e.g. ("chunk_size", "gradcache", True).
+    A recipe's values stay quiet: a recipe sets options for the settings it is used with."""
+    from unime.errors import UsageError
+
+    for dest, flag_dest, needed in rules:
+        origin = given_by_user(args, dest)
+        if origin is None or bool(getattr(args, flag_dest)) == needed:
+            continue
+        option, flag = (f"--{d.replace('_', '-')}" for d in (dest, flag_dest))
+        where = "" if origin == "command line" else f" ({origin})"
+        raise UsageError(f"{option}{where} does nothing without {flag}: add {flag} or drop {option}" if needed
+                         else f"{option}{where} does nothing with {flag}: drop one of them", command=command)
+
+
 def resolved_config(args: argparse.Namespace) -> list[tuple[str, object, str]]:
     """(option, value, origin) of every option of the parsed command, in name order."""
     origins = getattr(args, "_origins", {})

@@ -9,14 +9,16 @@ listed in `TRAIN_ACTION_MODULES` (imported when the parser is built).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 from typing import Callable
 
-from unime.cli import add_config_option
+from unime.cli import add_config_option, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options, config_from_args
 from unime.models.hf_arguments import TRAINER_ARGS_GROUP
 from unime.models.image_budget import IMAGE_GROUP
+from unime.models.lora import EMBEDDER_LORA_OPTIONS
 
 # CLI modules that call `register_train_action` when imported (e.g. "unime.cli.train_reranker")
 TRAIN_ACTION_MODULES: list[str] = ["unime.cli.train_reasoner", "unime.cli.train_reranker"]
@@ -51,6 +53,11 @@ def _add_embedder_parser(actions) -> None:
     p.set_defaults(func=_train_embedder)
 
 
+# the embedder's options that act only with a flag's value (`refuse_ineffective_options`): --chunk-size with
+# --gradcache, every LoRA option without --full
+_EMBEDDER_NEEDS = [("chunk_size", "gradcache", True),
+                   *((f.name, "full", False) for f in dataclasses.fields(EMBEDDER_LORA_OPTIONS))]
+
 # the option groups of the trainers' --help, in order
 TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisation", "checkpoints",
                 TRAINER_ARGS_GROUP)
@@ -75,6 +82,7 @@ def embedder_config_from_args(args):
                              command="train embedder")
         if layer("batch_size") > layer("global_batch"):
             args.global_batch = None  # the nearer --batch-size wins (README: command-line options win)
+    refuse_ineffective_options(args, "train embedder", _EMBEDDER_NEEDS)
     return config_from_args(EmbedderTrainingConfig, args)
 
 
