@@ -25,6 +25,9 @@ CASES = [
     (["eval", "--out", "{tmp}/ev", "--compare", "a", "b", "--tasks", "t"], "eval: --tasks / --rerank need --model"),
     (["eval", "--out", "{tmp}/ev", "--model", "m"], "eval: --model needs --tasks"),
     (["search", "--index", "{tmp}/idx"], "search: give --query and/or --image"),
+    # QA: --k 0 showed one hit; --topk 0 ended in a traceback
+    (["search", "--index", "{tmp}/idx", "--query", "q", "--k", "0"], "search: k must be >= 1, got 0"),
+    (["eval", "--out", "{tmp}/ev", "--model", "m", "--tasks", "t", "--topk", "0"], "eval: --topk must be >= 1, got 0"),
     # QA: --chunk-size without --gradcache and the LoRA options with --full were accepted and did nothing
     (["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e", "--chunk-size", "4"],
      "train embedder: --chunk-size does nothing without --gradcache: add --gradcache or drop --chunk-size"),

@@ -86,6 +86,17 @@ def test_append_and_resume_encode_only_new_items_and_search_is_exact(tmp_path, m
                            model_settings={"fake": True})
 
 
+def test_a_search_for_no_hits_is_refused_not_answered_with_one(tmp_path, model_dir):
+    """QA: k=0 (and `unime search --k 0`) gave one hit; k larger than the index still gives all of it."""
+    _corpus(tmp_path / "corpus.jsonl", 3)
+    idx, _ = _build(tmp_path, model_dir, HashEmbedder())
+    q = HashEmbedder().vec("a query")[None]
+    for k in (0, -2):
+        with pytest.raises(ValueError, match=f"k must be >= 1, got {k}"):
+            search_items(idx, q, k)
+    assert len(search_items(idx, q, 1)[0]) == 1 and len(search_items(idx, q, 10)[0]) == 3
+
+
 def test_float16_vectors_and_approximate_index_recall_in_the_manifest(tmp_path, model_dir):
     _corpus(tmp_path / "corpus.jsonl", 2000)
     idx, _ = _build(tmp_path, model_dir, HashEmbedder(dim=16), vector_dtype="float16", index="hnsw",

@@ -116,6 +116,18 @@ def test_top1_moves_the_pick_to_rank_one_and_keeps_the_rest(rr):
     assert rr.rerank(QUERY, ranked, k=10, mode="top1") == [5, 0, 1, 2, 3, 4]
 
 
+def test_a_k_below_one_is_refused_not_read_as_the_default(rr):
+    """QA: k=0 meant the default k (the trained number of candidates, else all)."""
+    ranked = [Item(f"cand {i}") for i in range(6)]
+    rr.num_candidates = 2
+    answer_with(rr, lambda q, c: "Ans: (2)")
+    for mode in ("top1", "resort"):
+        for k in (0, -1):
+            with pytest.raises(ValueError, match=f"k must be >= 1, got {k}"):
+                rr.rerank(QUERY, ranked, k=k, mode=mode)
+    assert rr.rerank(QUERY, ranked, k=1, mode="top1") == [0, 1, 2, 3, 4, 5]  # one candidate: its own pick
+
+
 def test_resort_sorts_the_top_k_by_pairwise_score_stably(rr):
     ranked = [Item(f"cand {i}") for i in range(6)]
     rr.score_pairs = lambda q, cands: np.array([0.1, 0.7, 0.7, 0.9][:len(cands)])

@@ -49,8 +49,9 @@ def _eval(args) -> int:
         return 0
     if not args.tasks:
         raise UsageError("--model needs --tasks", command="eval")
-    if args.rerank_batch < 1:
-        raise UsageError(f"--rerank-batch must be >= 1, got {args.rerank_batch}", command="eval")
+    for flag, value in (("--rerank-batch", args.rerank_batch), ("--topk", args.topk)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}", command="eval")
     summary = evaluate_checkpoint(config_from_args(EvalConfig, args, overwrite=bool(getattr(args, "overwrite", False))))
     if summary.get("finished_before"):
         print(f"{args.out}: this evaluation finished earlier with the same options and inputs; nothing to do "

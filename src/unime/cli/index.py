@@ -49,7 +49,10 @@ def _build(args) -> int:
 def _search(args) -> int:
     from unime.index.store import SearchConfig, search_index_folder
 
-    cfg = config_from_args(SearchConfig, args)
+    try:
+        cfg = config_from_args(SearchConfig, args)
+    except ValueError as e:
+        raise UsageError(str(e), command="search") from None
     query = cfg.query_item()
     if query.is_empty:  # refused before the index and the model are loaded
         raise UsageError("give --query and/or --image", command="search")

@@ -249,12 +249,19 @@ class CorpusIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ValueError(f"query vectors have dimension {q.shape[1]}, the index {self.dim}")
+        require_hits(k)  # k=0 gave one hit
         k = max(1, min(int(k), len(self)))
         if self.faiss is None:
             return np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64)
         set_search_breadth(self.faiss, k)
         scores, rows = self.faiss.search(q, k)
         return scores, rows
+
+
+def require_hits(k: int) -> None:
+    """ValueError unless `k` (hits asked of a search) is at least 1."""
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
 
 
 def committed_chunks(folder: Path) -> list[Path]:
@@ -457,6 +464,9 @@ class SearchConfig(IndexModelOptions):
     model: str | None = option(None, "embedder (default: the one recorded in the index manifest)")
     k: int = option(10, "hits shown")
     json: bool = option(False, "print JSON lines instead of a table")
+
+    def __post_init__(self) -> None:
+        require_hits(self.k)  # refused before the index and the model load
 
     def query_item(self) -> Item:
         text = self.query

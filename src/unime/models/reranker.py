@@ -84,6 +84,12 @@ class RerankStats:
         return {"queries": self.queries, "fallbacks": self.fallbacks}
 
 
+def require_k(k: int) -> None:
+    """ValueError unless `k` (the candidates a reranker sees) is at least 1."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+
 def rerank(ranked_indices: Sequence[int], reranker: RerankerProtocol, query: Item, candidates: Sequence[Item],
            k: int, mode: str, *, stats: RerankStats | None = None) -> np.ndarray:
     """Rerank the top `k` of `ranked_indices` (candidate indices, best first); returns the new order.
@@ -100,8 +106,7 @@ def rerank_many(orders: Sequence[Sequence[int]], reranker: RerankerProtocol, que
     reranker has one (the `Reranker` batches its generation), else from `pick` per query."""
     if mode not in RERANK_MODES:
         raise ValueError(f"mode must be one of {RERANK_MODES}, got {mode!r}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    require_k(k)
     if not len(orders) == len(queries) == len(candidate_lists):
         raise ValueError(f"{len(orders)} orders, {len(queries)} queries, {len(candidate_lists)} candidate lists")
     orders = [np.asarray(o, dtype=np.int64) for o in orders]
@@ -314,6 +319,8 @@ class Reranker:
         (default: the trained number of candidates, else all) reranked by `mode`, the rest unchanged."""
         if mode not in RERANK_MODES:
             raise ValueError(f"mode must be one of {RERANK_MODES}, got {mode!r}")
+        if k is not None:  # k=0 meant the default
+            require_k(k)
         ranked = item_list(ranked, name="ranked")
         if not ranked:
             return []
