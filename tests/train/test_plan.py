@@ -151,3 +151,21 @@ def test_bad_plan_options_are_one_line_errors(capsys):
     assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--gpu-memory", "80XB"]) == 2
     assert capsys.readouterr().err.strip() == \
         "unime: error: plan: --gpu-memory '80XB': a positive size such as 80GB, 40GiB or 80"
+
+
+def test_a_global_batch_the_trainer_refuses_is_refused_by_the_plan_too(capsys):
+    """QA: `unime plan` planned --global-batch 1024 on 3 devices as 341 queries each (1023 in all), a run the trainer
+    refuses; now it is refused with the trainer's own message (`per_device_batch`)."""
+    from unime.cli import main
+    from unime.errors import UnimeError
+
+    with pytest.raises(UnimeError, match="--global-batch 1024 is not a multiple of 3 processes x 1 accumulation"):
+        plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {"global_batch": 1024}, gpus=3)
+    with pytest.raises(UnimeError, match="--global-batch 4 is not a multiple of 2 processes x 4 accumulation"):
+        plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {"global_batch": 4, "grad_accum": 4}, gpus=2)
+    assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--gpus", "6"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "unime: error: --global-batch 1024 is not a multiple of 6 processes x 1 accumulation steps"
+    # 1024 = 4 devices x 2 accumulation steps x 128 queries
+    assert "per device 128 queries" in plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {"global_batch": 1024,
+                                                                                  "grad_accum": 2}, gpus=4).facts[1]

@@ -236,8 +236,10 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
     k = MAX_AUTO_HARD_NEGATIVES if k_unset else int(o["hard_negatives"])
     per_query = 2 + k
     accum = int(o.get("grad_accum", 1) or 1)
-    if o.get("global_batch"):
-        per_device = int(o["global_batch"]) // (gpus * accum)
+    if o.get("global_batch"):  # refused as the trainer refuses it: not a multiple of processes x accumulation
+        from unime.train.embedder_trainer import per_device_batch
+
+        per_device = per_device_batch(int(o["global_batch"]), accum, world_size=gpus)
     else:
         per_device = int(o.get("batch_size", 8))
     global_queries = per_device * gpus * accum
