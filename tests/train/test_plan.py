@@ -169,3 +169,18 @@ def test_a_global_batch_the_trainer_refuses_is_refused_by_the_plan_too(capsys):
     # 1024 = 4 devices x 2 accumulation steps x 128 queries
     assert "per device 128 queries" in plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {"global_batch": 1024,
                                                                                   "grad_accum": 2}, gpus=4).facts[1]
+
+
+def test_the_verdict_says_it_keeps_2_gib_for_the_cuda_context():
+    """QA: 'DOES NOT FIT' on a device with room for the plan's total did not say that 2 GiB are kept free."""
+    from unime.train.memory_plan import Plan
+
+    def verdict(memory_gb):
+        plan = Plan(title="t", facts=[], rows=[("activations", 7 * GiB)], tokens_per_step=1, tokens_note="",
+                    gpu_memory_gb=memory_gb)
+        return plan.fits, next(line for line in plan.render().splitlines() if "total" in line).split("GiB: ")[1]
+
+    assert verdict(8.5) == (False, "DOES NOT FIT (it needs 9.0 GiB with the 2 GiB kept for the CUDA context and "
+                                   "fragmentation)")
+    assert verdict(9.5) == (True, "fits (2.5 GiB left for the CUDA context and fragmentation)")
+    assert Plan(title="t", facts=[], rows=[("a", GiB)], tokens_per_step=1, tokens_note="").fits is None

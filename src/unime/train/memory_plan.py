@@ -13,8 +13,9 @@ and layer, B = bytes of the activation dtype):
 (I = MLP width, h = hidden, H·d = query heads × head dim: with padding, grouped K/V are expanded to
 every head and the additive mask (s = padded sequence length) is kept; an unpadded batch keeps
 H·d + 2·K·d + 0 instead; r·n_lora = LoRA rank × adapted linears).
-What is not modelled: the CUDA context and allocator fragmentation (add ~1-3 GB per device), DoRA's
-weight-norm transients, the frozen vision tower's forward transients. `bench/gpu_smoke.sh` prints the
+What is not modelled: the CUDA context and allocator fragmentation (~1-3 GB per device: a plan fits a device
+only with `CUDA_CONTEXT_RESERVE_GIB` = 2 GiB left over), DoRA's weight-norm transients, the frozen vision
+tower's forward transients. `bench/gpu_smoke.sh` prints the
 plan next to `torch.cuda.max_memory_allocated` of the same step on a GPU; a test holds the plan within
 20 % of the measured tensors of a tiny model's training step on CPU.
 """
@@ -33,6 +34,8 @@ from unime.options import option
 from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES
 
 GiB = 1024 ** 3
+# per device, left free for what the plan does not model: the CUDA context and allocator fragmentation
+CUDA_CONTEXT_RESERVE_GIB = 2
 DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "float32": 4}
 # where the embedder's K is left to the records, the plan takes the most they can give it
 K_UNSET_NOTE = f"; K left to the records, planned at their most, {MAX_AUTO_HARD_NEGATIVES}"
@@ -157,6 +160,13 @@ class Plan:
     def total(self) -> float:
         return float(sum(b for _, b in self.rows))
 
+    @property
+    def fits(self) -> bool | None:
+        """Whether the total leaves `CUDA_CONTEXT_RESERVE_GIB` of `gpu_memory_gb` free; None without a memory size."""
+        if not self.gpu_memory_gb:
+            return None
+        return self.gpu_memory_gb - self.total / GiB > CUDA_CONTEXT_RESERVE_GIB
+
     def to_dict(self) -> dict:
         return {"title": self.title, "facts": self.facts, "per_device_bytes": dict(self.rows),
                 "total_bytes": self.total, "tokens_per_step": self.tokens_per_step, "hints": self.hints}
@@ -168,10 +178,12 @@ class Plan:
         for comp, b in self.rows:
             lines.append(f"  {comp:<{width}}{b / GiB:8.2f}")
         verdict = ""
-        if self.gpu_memory_gb:
-            left = self.gpu_memory_gb - self.total / GiB
-            verdict = (f"  of {self.gpu_memory_gb:g} GiB: fits ({left:.1f} GiB left for the CUDA context and "
-                       "fragmentation)" if left > 2 else f"  of {self.gpu_memory_gb:g} GiB: DOES NOT FIT")
+        if self.fits is not None:
+            left, reserve = self.gpu_memory_gb - self.total / GiB, CUDA_CONTEXT_RESERVE_GIB
+            verdict = f"  of {self.gpu_memory_gb:g} GiB: " + (
+                f"fits ({left:.1f} GiB left for the CUDA context and fragmentation)" if self.fits else
+                f"DOES NOT FIT (it needs {self.total / GiB + reserve:.1f} GiB with the {reserve:g} GiB kept for the "
+                "CUDA context and fragmentation)")
         lines.append(f"  {'total':<{width}}{self.total / GiB:8.2f}{verdict}")
         lines.append(f"{self.tokens_label}: {self.tokens_per_step:,} ({self.tokens_note})")
         lines += [f"hint: {h}" for h in self.hints]
@@ -266,7 +278,7 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
                 tokens_per_step=global_queries * per_query * seq,
                 tokens_note=f"{global_queries} queries x {per_query} sequences x {seq} tokens",
                 gpu_memory_gb=gpu_memory_gb)
-    if gpu_memory_gb and plan.total / GiB > gpu_memory_gb - 2:
+    if plan.fits is False:
         plan.hints.append("use --gradcache with a small --chunk-size (activations then scale with the chunk, not "
                           "the batch), more devices, or --max-pixels / --image-size to shorten sequences")
     return plan
@@ -315,7 +327,7 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
     plan = Plan(title=title or f"train reranker on {shapes.name}", facts=facts, rows=rows,
                 tokens_per_step=sum(seqs) * gpus * accum, tokens_note=f"{len(seqs)} prompts x {gpus} devices x "
                 f"{accum} accumulation", gpu_memory_gb=gpu_memory_gb)
-    if gpu_memory_gb and plan.total / GiB > gpu_memory_gb - 2:
+    if plan.fits is False:
         plan.hints.append("--gradient-checkpointing, a smaller --batch-size with --grad-accum, or --max-pixels")
     return plan
 
