@@ -184,3 +184,19 @@ def test_the_verdict_says_it_keeps_2_gib_for_the_cuda_context():
                                    "fragmentation)")
     assert verdict(9.5) == (True, "fits (2.5 GiB left for the CUDA context and fragmentation)")
     assert Plan(title="t", facts=[], rows=[("a", GiB)], tokens_per_step=1, tokens_note="").fits is None
+
+
+def test_hub_ids_of_known_releases_match_in_any_case(capsys):
+    """QA: `unime plan --model qwen/qwen2-vl-2b-instruct` was an unknown checkpoint, though the Hub serves that repo
+    id in any case; another owner's repo of the same name stays unknown."""
+    from unime.cli import main
+    from unime.errors import UnimeError
+    from unime.models.known_checkpoints import known_checkpoint
+
+    assert known_checkpoint("qwen/qwen2-vl-2b-instruct").name == "Qwen/Qwen2-VL-2B-Instruct"
+    assert known_checkpoint("QWEN/QWEN2.5-VL-7B-INSTRUCT").name == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert known_checkpoint("qwen3-vl-2b-instruct").name == "Qwen/Qwen3-VL-2B-Instruct"  # the short name, as before
+    with pytest.raises(UnimeError, match="unknown checkpoint 'someone/qwen2-vl-2b-instruct'"):
+        known_checkpoint("someone/qwen2-vl-2b-instruct")
+    assert main(["plan", "--stage", "embedder", "--model", "qwen/qwen2-vl-2b-instruct"]) == 0
+    assert "model Qwen/Qwen2-VL-2B-Instruct: 2.21 B parameters" in capsys.readouterr().out

@@ -128,11 +128,13 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {c.name: c for c in [
 
 
 def known_checkpoint(name: str) -> KnownCheckpoint:
-    if name in KNOWN_CHECKPOINTS:
-        return KNOWN_CHECKPOINTS[name]
+    """The release of hub id `name` (`qwen/qwen2-vl-2b-instruct` too: the Hub matches repo ids in any case) or of
+    its short name (`Qwen2-VL-2B-Instruct`, in any case)."""
+    lowered = {k.lower(): v for k, v in KNOWN_CHECKPOINTS.items()}
     short = {k.split("/")[-1].lower(): v for k, v in KNOWN_CHECKPOINTS.items()}
-    if name.lower() in short:
-        return short[name.lower()]
+    for names in (lowered, short):
+        if name.lower() in names:
+            return names[name.lower()]
     raise UnimeError(f"unknown checkpoint {name!r}; known: {', '.join(KNOWN_CHECKPOINTS)}")
 
 
