@@ -91,6 +91,10 @@ RECORD_CASES: list[Case] = [
     Case("nan_score", lambda r: _rec()(r).replace(b'"positive_score": 0.9', b'"positive_score": NaN'),
          "bad_score", "positive_score", "not a finite number"),
     Case("string_score", _rec(positive_score="0.9"), "schema", "positive_score", "must be a number"),
+    # QA: judge scores outside [0, 1] were accepted by `data check` and by training alike
+    Case("score_above_one", _rec(positive_score=1.5), "bad_score", "positive_score", "score 1.5 is outside [0, 1]"),
+    Case("score_below_zero", _rec(negative_scores=[-0.25]), "bad_score", "negative_scores[0]",
+         "score -0.25 is outside [0, 1]"),
     Case("scores_count", _rec(negative_scores=[0.1, 0.2]), "schema", "negative_scores", "2 scores for 1"),
     Case("missing_positive", _rec(positive=_DROP), "schema", "positive", "missing"),
     Case("unknown_key", _rec(colour="red"), "schema", "colour", "unknown key(s) ['colour']"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -178,6 +179,19 @@ def test_nan_in_negative_scores_names_the_index(tmp_path):
     assert e.value.field == "negative_scores[0]"
 
 
+def test_records_built_in_memory_get_the_readers_score_check():
+    """Training validates the records it is given (`check_records` -> `Record.validate`) by the readers' own
+    `parse_score`: the same refusals, naming the field; 0 and 1 themselves are scores."""
+    ok = Record(Item("q"), Item("p"), negatives=[Item("a"), Item("b")], positive_score=1, negative_scores=[0.0, 1.0])
+    assert ok.validate() is ok
+    for change, field, fragment in ((dict(positive_score=1.0000001), "positive_score", "outside [0, 1]"),
+                                    (dict(negative_scores=[0.5, -1e-9]), "negative_scores[1]", "outside [0, 1]"),
+                                    (dict(negative_scores=[math.inf, 0.5]), "negative_scores[0]", "not a finite")):
+        with pytest.raises(DataError) as e:
+            dataclasses.replace(ok, **change).validate(source="mem")
+        assert fragment in str(e.value) and e.value.field == field and e.value.reason == "bad_score"
+
+
 def test_writer_refuses_nan(tmp_path):
     rec = Record(Item("q"), Item("p"), positive_score=math.nan)
     with pytest.raises(ValueError):
@@ -196,6 +210,8 @@ V2_GOOD = {"query_text": "q", "query_image": "", "pos_text": "p", "pos_image": "
     ({**V2_GOOD, "pos_text": ""}, "pos", "empty item", "empty_item"),
     ({**V2_GOOD, "hard_negatives_scores": [0.1, 0.3]}, "hard_negatives_scores", "2 scores for 1", "schema"),
     ({**V2_GOOD, "query_pos_scores": float("nan")}, "query_pos_scores", "finite", "bad_score"),
+    ({**V2_GOOD, "query_pos_scores": 2}, "query_pos_scores", "score 2 is outside [0, 1]", "bad_score"),
+    ({**V2_GOOD, "hard_negatives_scores": [-0.5]}, "hard_negatives_scores[0]", "outside [0, 1]", "bad_score"),
     ({**V2_GOOD, "query_text": "<|image_1|>\nq"}, "query_text", "placeholder", "placeholder"),
 ])
 def test_bad_unime_v2_rows(tmp_path, row, field, fragment, reason):

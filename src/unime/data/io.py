@@ -3,7 +3,8 @@
 Formats (chosen from the extension, or sniffed from the content when the extension says nothing):
 - ``.jsonl``   unime JSONL, one record per line:
   ``{"id", "dataset", "query": {"text", "images": [..]}, "positive": {...}, "negatives": [{...}],
-  "positive_score": float|null, "negative_scores": [float]|null}`` (only query and positive required).
+  "positive_score": float|null, "negative_scores": [float]|null}`` (only query and positive required; a score
+  is a judge probability, in [0, 1]).
   Image references are paths relative to a data root; inline bytes cannot be written to JSONL.
 - ``.parquet`` the same columns; an item is a struct ``{text, images: [{path, bytes}], video: [...]}``
   so an image may be held inline (bytes) or by path. Plain strings are also accepted on read.
@@ -36,7 +37,8 @@ from unime.data.eval_formats import (CompositionalPair, MMEBRow, RetrievalEntry,
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
-from unime.data.validate import check_keys, check_str, make_item, parse_item, parse_score, parse_scores
+from unime.data.scores import parse_score, parse_scores
+from unime.data.validate import check_keys, check_str, make_item, parse_item
 from unime.data.video import MIXED_VIDEO_REFS, is_video_file_ref, probe_video_file
 from unime.errors import DataError
 

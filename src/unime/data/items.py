@@ -182,11 +182,9 @@ class Record:
         if self.negative_scores is not None and len(self.negative_scores) != len(self.negatives):
             raise DataError(f"{len(self.negative_scores)} scores for {len(self.negatives)} negatives",
                             source=source, record=rid, field="negative_scores")
-        import math
+        from unime.data.scores import parse_score
 
-        scores = list(self.negative_scores or []) + ([self.positive_score] if self.positive_score is not None else [])
-        for s in scores:
-            if not isinstance(s, (int, float)) or math.isnan(s) or math.isinf(s):
-                raise DataError(f"score {s!r} is not a finite number", source=source, record=rid,
-                                field="negative_scores" if s in (self.negative_scores or []) else "positive_score")
+        parse_score(self.positive_score, source=source, record=rid, field="positive_score")
+        for i, s in enumerate(self.negative_scores or []):
+            parse_score(s, source=source, record=rid, field=f"negative_scores[{i}]", allow_none=False)
         return self

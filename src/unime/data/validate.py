@@ -1,4 +1,4 @@
-"""Checks shared by every reader: item shape, image placeholders, scores.
+"""Checks shared by every reader: item shape, image placeholders (scores: `unime.data.scores`).
 
 Each check raises a `DataError` (tagged with its skip reason, see `unime.data.skips`) that names the
 source file, the record and the field.
@@ -6,7 +6,6 @@ source file, the record and the field.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from unime.data.items import Item
@@ -58,38 +57,6 @@ def make_item(text: Any, image: Any, *, source=None, record=None, field: str = "
                          field=field)
     check_placeholders(item, source=source, record=record, field=text_key)
     return item
-
-
-def parse_score(value: Any, *, source=None, record=None, field: str, allow_none: bool = True) -> float | None:
-    if value is None:
-        if allow_none:
-            return None
-        raise data_error("schema", "missing score", source=source, record=record, field=field)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise data_error("schema", f"score must be a number, got {type(value).__name__}", source=source,
-                         record=record, field=field)
-    try:
-        out = float(value)
-    except OverflowError:  # an integer too large for a float (hundreds of digits)
-        raise data_error("bad_score", f"score {str(value)[:20]}... ({len(str(value))} digits) is too large",
-                         source=source, record=record, field=field) from None
-    if not math.isfinite(out):
-        raise data_error("bad_score", f"score {value!r} is not a finite number", source=source, record=record,
-                         field=field)
-    return out
-
-
-def parse_scores(value: Any, n: int | None, *, source=None, record=None, field: str) -> list[float] | None:
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)):
-        raise data_error("schema", f"expected a list of scores, got {type(value).__name__}", source=source,
-                         record=record, field=field)
-    out = [parse_score(v, source=source, record=record, field=f"{field}[{i}]", allow_none=False)
-           for i, v in enumerate(value)]
-    if n is not None and len(out) != n:
-        raise data_error("schema", f"{len(out)} scores for {n} items", source=source, record=record, field=field)
-    return out
 
 
 def check_keys(obj: Any, required: set[str], optional: set[str], *, source=None, record=None,
