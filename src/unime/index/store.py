@@ -13,11 +13,10 @@ Layout of an index folder::
 
 Building encodes through the shared embedding cache (`unime.models.embedding_cache`), one chunk at a
 time; a re-run (resume after an interruption, or a corpus with more items) encodes only the ids that
-are not in the index yet and appends them. An item file line is ``{"id"?, "metadata"?, "text"?,
-"image"?, "images"?, "video"?}`` (the id defaults to the item's content key), or a line of a demo
-world's ``items.jsonl``: ``{"key", "item": {...}, "meta": {...}}``. Image paths are relative
-to the data root, recorded in the manifest (the service reads candidate images from there only to
-rerank; thumbnails are stored inline in the index so pages never need the files).
+are not in the index yet and appends them. The corpus is an item file (`unime.data.corpus`: the format
+`unime embed` reads too). Image paths are relative to the data root, recorded in the manifest (the service
+reads candidate images from there only to rerank; thumbnails are stored inline in the index so pages never
+need the files).
 """
 
 from __future__ import annotations
@@ -35,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
+from unime.data.corpus import read_corpus
 from unime.data.images import ImageLoader
 from unime.data.items import Item
-from unime.data.jsonl import iter_jsonl
-from unime.errors import DataError, UnimeError
+from unime.errors import UnimeError
 from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
                              set_search_breadth)
@@ -51,7 +50,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 VECTOR_DTYPES = ("float32", "float16")
 DEFAULT_CHUNK_SIZE = 1024  # items per written chunk (the unit of resumption)
-ITEM_KEYS = ("text", "image", "images", "video")
 THUMBNAIL_SIZE = 128
 
 
@@ -60,50 +58,6 @@ _REBUILD = "build it anew with `unime index build` into a new folder (or remove 
 
 class IndexError_(UnimeError):
     """An index folder that cannot be used as asked (another model, another dtype, not an index)."""
-
-
-@dataclass
-class CorpusEntry:
-    id: str
-    item: Item
-    metadata: dict = field(default_factory=dict)
-    line: int = 0  # 1-based line of the corpus file (for messages)
-
-
-def read_corpus(path: str | os.PathLike) -> list[CorpusEntry]:
-    """Entries of a corpus JSONL file (see the module doc); duplicate ids are an error naming both lines."""
-    entries, seen = [], {}
-    for n, obj in iter_jsonl(path):
-        where = dict(source=str(path), record=f"line {n}")
-        if not isinstance(obj, dict):
-            raise DataError(f"expected an object, got {type(obj).__name__}", **where)
-        if "item" in obj:  # the demo world's items.jsonl: {"key", "item": {...}, "meta": {...}}
-            if set(obj) - {"key", "id", "item", "meta", "metadata"} or not isinstance(obj["item"], dict):
-                raise DataError(f"unknown keys {sorted(set(obj) - {'key', 'id', 'item', 'meta', 'metadata'})} "
-                                "next to 'item'", **where)
-            obj = {**obj["item"], "id": obj.get("id", obj.get("key")),
-                   "metadata": obj.get("metadata", obj.get("meta")) or {}}
-            obj = {k: v for k, v in obj.items() if v is not None}
-        unknown = set(obj) - {"id", "metadata", *ITEM_KEYS}
-        if unknown:
-            raise DataError(f"unknown keys {sorted(unknown)} (allowed: id, metadata, {', '.join(ITEM_KEYS)})", **where)
-        meta = obj.get("metadata") or {}
-        if not isinstance(meta, dict):
-            raise DataError("metadata must be an object", field="metadata", **where)
-        item = Item.from_dict({k: obj[k] for k in ITEM_KEYS if k in obj}, **where)
-        if item.is_empty:
-            raise DataError("empty item (no text, image or video)", **where)
-        if any(not isinstance(r, str) for r in (*item.images, *item.video)):
-            raise DataError("image references in a corpus file must be paths", field="images", **where)
-        rid = obj.get("id", item.key)
-        if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
-            raise DataError("id must be a non-empty string or an integer", field="id", **where)
-        rid = str(rid)
-        if rid in seen:
-            raise DataError(f"duplicate id {rid!r} (first on line {seen[rid]})", field="id", **where)
-        seen[rid] = n
-        entries.append(CorpusEntry(rid, item, meta, n))
-    return entries
 
 
 def thumbnail_data_uri(image, size: int = THUMBNAIL_SIZE) -> str:

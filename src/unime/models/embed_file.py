@@ -1,4 +1,4 @@
-"""`unime embed`: a JSONL file of items → one float32 array, written exactly where asked.
+"""`unime embed`: an item file (`unime.data.corpus`) → one float32 array, written exactly where asked.
 
 Every line is parsed and every image opened before the model loads: a bad one stops the run naming the
 file, the line and the field, or under `on_error="skip"` is left out and counted; the array then has a
@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from unime.data.atomic import atomic_open
+from unime.data.corpus import corpus_entry
 from unime.data.images import ImageLoader
 from unime.data.io import ImageChecker
 from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
-from unime.data.skips import ErrorPolicy, SkipReport, data_error
+from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.video import VideoOptions
 from unime.errors import DataError
 from unime.models.image_budget import ImageOptions
@@ -29,15 +30,14 @@ from unime.options import option
 
 def read_items_file(path: str, *, data_root: str, on_error: str = "raise", skips: SkipReport | None = None,
                     video_sampling=None) -> tuple[list[Item], list[int]]:
-    """The good items of a JSONL items file and their line numbers (images and videos opened and decoded)."""
+    """The good items of an item file (`unime.data.corpus`: the lines `unime index build` reads, a generated
+    world's items.jsonl too) and their line numbers (images and videos opened and decoded)."""
     policy = ErrorPolicy(on_error, skips, path)
     checker = ImageChecker(ImageLoader(data_root, video=video_sampling))
     items, lines = [], []
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         try:
-            item = Item.from_dict(obj, source=path, record=f"line {n}")
-            if item.is_empty:
-                raise data_error("empty_item", "empty item (no text and no image)", source=path, record=f"line {n}")
+            item = corpus_entry(obj, source=path, line=n).item  # the reader of `unime index build` too
             checker.check(item, source=path, record=f"line {n}")
             items.append(item)
             lines.append(n)

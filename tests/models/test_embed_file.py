@@ -1,0 +1,31 @@
+"""`unime embed` reads the item files `unime index build` reads (`unime.data.corpus`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from unime.cli import main
+from unime.data.items import Item
+
+
+def test_embed_reads_a_generated_worlds_items_file_like_index_build(tiny_world_dir, tiny_model_dir, tmp_path, capsys):
+    """QA: `unime embed` refused `unime data synth`'s items.jsonl ({"key", "item", "meta"} lines), which
+    `unime index build` reads."""
+    from unime.models.embedder import Embedder
+
+    world = tiny_world_dir(0)
+    lines = (world / "items.jsonl").read_text(encoding="utf-8").splitlines()[:6]
+    assert any(json.loads(x)["item"].get("images") for x in lines) and all("meta" in json.loads(x) for x in lines)
+    items = tmp_path / "items.jsonl"
+    items.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    model, out = tiny_model_dir("qwen2_vl"), tmp_path / "x.npy"
+    assert main(["embed", "--model", model, "--items", str(items), "--data-root", str(world), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    got = np.load(out)
+    # independently: each line's "item" object, encoded by the embedder itself
+    expected = Embedder.from_pretrained(model, device="cpu", data_root=str(world)).encode(
+        [Item.from_dict(json.loads(x)["item"]) for x in lines])
+    assert got.shape == (6, expected.shape[1]) and f"{out}: 6 x {expected.shape[1]}" in capsys.readouterr().out
+    np.testing.assert_allclose(got, expected, atol=1e-5)
