@@ -312,9 +312,25 @@ def test_cli_synth_convert_check(tmp_path, capsys):
     assert main(["data", "convert", str(tmp_path / "r.json"), str(tmp_path / "r.parquet")]) == 0
     assert read_records(tmp_path / "r.parquet") == read_records(src)
     assert main(["data", "check", str(tmp_path / "r.parquet"), "--data-root", str(out)]) == 0
-    assert main(["data", "check", str(src)]) == 1  # images resolved against train/: reported, not crashed
+    assert main(["data", "check", str(src)]) == 0  # train/ records the world as its data root
+    assert main(["data", "check", str(src), "--data-root", str(tmp_path)]) == 1  # a given root still wins: reported
     assert "image file not found" in capsys.readouterr().out
     assert main(["data", "check", str(out / "eval/mmeb/t2i.jsonl"), "--mmeb", "--data-root", str(out)]) == 0
+
+
+def test_the_train_files_find_the_worlds_images_without_data_root(tmp_path):
+    """QA: `data synth` recorded no data root in WORLD/train/, so every command reading train/records.jsonl
+    looked for its images under train/ unless given --data-root WORLD."""
+    from unime.data.roots import resolve_data_root
+
+    generate_world(tmp_path / "w", seed=SEED, sizes="tiny")
+    assert json.loads((tmp_path / "w" / "train" / "unime_data.json").read_text()) == {"data_root": ".."}
+    moved = tmp_path / "moved"
+    (tmp_path / "w").rename(moved)  # recorded relative to train/: the world can move
+    records = moved / "train" / "records.jsonl"
+    assert resolve_data_root(records) == str(moved.resolve())
+    refs = {p for r in read_records(records) for item in (r.query, r.positive, *r.negatives) for p in item.images}
+    assert refs and all((moved / p).is_file() and not (moved / "train" / p).exists() for p in refs)
 
 
 def test_graded_search_grades_are_the_ground_truth(world, world_dir):

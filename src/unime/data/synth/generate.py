@@ -6,6 +6,8 @@ WORLD/images/scenes/<scene>.png      scene images;  WORLD/images/crops/<scene>_o
 WORLD/scenes.jsonl                   scene annotations (objects: shape, colour, size, position, bbox)
 WORLD/items.jsonl                    {"key": Item.key, "item": {...}, "meta": {...}} for every item
 WORLD/train/records.jsonl            training records (unime JSONL), dataset = task name, IND scenes
+WORLD/train/unime_data.json          {"data_root": ".."}: image paths of the files in train/ are relative to
+                                     WORLD (`unime.data.roots`), so they need no --data-root
 WORLD/eval_tasks.yaml                the eval task list
 WORLD/eval/mmeb/<task>.jsonl         MMEB-eval rows (positive at index 0)
 WORLD/eval/retrieval/scene_captions.jsonl   {"image", "captions": [..]}
@@ -41,6 +43,7 @@ from unime.data.atomic import merged_dir
 from unime.data.eval_formats import MMEBRow, write_compositional, write_mmeb, write_retrieval
 from unime.data.io import write_records
 from unime.data.items import Record
+from unime.data.roots import write_data_root
 from unime.data.synth.build import PRESETS, WorldBuilder, WorldSizes
 from unime.data.synth.clips import VideoSizes
 from unime.data.synth.render import crop_box, object_bbox, png_bytes, render_scene
@@ -212,6 +215,7 @@ def _write(b: WorldBuilder, content: dict, root: Path, manifest: dict) -> None:
         for key, (item, meta) in b.items.items():
             fh.write(json.dumps({"key": key, "item": item.to_dict(), "meta": meta}, ensure_ascii=False) + "\n")
     write_records(content["records"], root / "train" / "records.jsonl")
+    write_data_root(root / "train", root)  # the train files' images are the world's: no --data-root needed
     for name, rows in content["mmeb"].items():
         write_mmeb(rows, root / "eval" / "mmeb" / f"{name}.jsonl")
     write_retrieval(content["retrieval"], root / "eval" / "retrieval" / f"{RETRIEVAL_NAME}.jsonl")
