@@ -167,6 +167,26 @@ def test_from_pretrained_reads_the_trained_count(tiny_model_dir, tmp_path):
         Reranker.from_pretrained(folder, device="cpu", batch_size=0)
 
 
+def test_a_run_folder_with_adapter_and_merged_loads_its_merged_as_load_model_does(tiny_model_dir, tmp_path):
+    """QA: `Reranker` preferred a run folder's adapter/ where `load_model` (the judge, the CLI) took its merged/."""
+    import shutil
+
+    from transformers import AutoModelForImageTextToText
+
+    from unime.models.loading import load_model
+    from unime.models.lora import LoraSettings, apply_lora
+    from unime.models.reranker import Reranker
+
+    base, out = tiny_model_dir("qwen2_vl"), tmp_path / "rr"
+    lora = apply_lora(AutoModelForImageTextToText.from_pretrained(base), LoraSettings(r=2, alpha=4, dropout=0.0))
+    lora.save_pretrained(out / "adapter")
+    shutil.copytree(base, out / "merged")
+    for sub, n in (("adapter", 7), ("merged", 4)):  # told apart by their recorded candidate counts
+        (out / sub / "unime_reranker.json").write_text(json.dumps({"role": "reranker", "num_candidates": n}))
+    rr = Reranker.from_pretrained(out, device="cpu")
+    assert rr.name == str(out / "merged") == load_model(out, device="cpu").path and rr.num_candidates == 4
+
+
 def test_reranker_satisfies_the_eval_seam(rr):
     from unime.models.reranker import RerankerProtocol
 

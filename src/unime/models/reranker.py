@@ -52,7 +52,7 @@ from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.generation import generate_texts
 from unime.models.judge import JudgeScorer
-from unime.models.loading import LoadedModel, load_model
+from unime.models.loading import LoadedModel, load_model, trained_model_folder
 from unime.models.rerank_prompts import (answer_format, item_content, listwise_answer_done, listwise_prompt,
                                          parse_listwise_answer)
 
@@ -140,18 +140,6 @@ def rerank_many(orders: Sequence[Sequence[int]], reranker: RerankerProtocol, que
     return out
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> str:
-    """A model folder for `path`: itself if it is one (or a hub id), else the `adapter/` or `merged/` folder
-    of a `unime train reranker|judge` output folder (the adapter first: it is what the run trained)."""
-    p = Path(path)
-    if not p.is_dir() or (p / "config.json").is_file() or (p / "adapter_config.json").is_file():
-        return str(path)
-    for sub in ("adapter", "merged"):
-        if (p / sub / "adapter_config.json").is_file() or (p / sub / "config.json").is_file():
-            return str(p / sub)
-    return str(path)
-
-
 def read_reranker_metadata(path: str | os.PathLike) -> dict:
     """The reranker's training metadata (`unime_reranker.json`), or {} for a plain checkpoint."""
     f = Path(path) / METADATA_FILE
@@ -225,8 +213,10 @@ class Reranker:
                         num_candidates: int | None = None, video_sampling=None, image_budget=None,
                         **kwargs) -> "Reranker":
         """Load the output of `unime train reranker` (its folder, or the adapter/ or merged/ in it), or any
-        plain generative checkpoint. `num_candidates` overrides the trained number."""
-        path = resolve_checkpoint(path)
+        plain generative checkpoint. A run folder loads as every loader loads it
+        (`unime.models.loading.trained_model_folder`): its merged/ when it has one (`--merge`, full fine-tuning),
+        else its adapter/ on its base model. `num_candidates` overrides the trained number."""
+        path = trained_model_folder(path)
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, image_budget=image_budget)
         meta = read_reranker_metadata(path)
         if num_candidates is None:
