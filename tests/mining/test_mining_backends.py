@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 import types
 from collections import Counter
@@ -134,6 +135,35 @@ def test_vllm_backend_with_a_small_top_k_counts_missing_tokens(tiny_model_dir, f
     assert np.all((scores >= 0) & (scores <= 1))
     with pytest.raises(ModelError, match="not among the 2 returned logprobs"):
         VLLMBackend(spec, logprobs=2, missing="error", llm=FakeVLLM(judge, k=2)).score_groups(_groups()[:1])
+
+
+def test_vllm_engine_loads_a_trainer_output_folder_as_the_transformers_backend_does(tiny_model_dir, tmp_path,
+                                                                                    fake_vllm_module):
+    """QA: the vllm backend gave vLLM the output folder itself (merged/, adapter/ and a marker file in it), which is
+    no model folder; the transformers backend loads its merged/ (`trained_model_folder`)."""
+    import shutil
+
+    from transformers import AutoModelForImageTextToText
+
+    from unime.models.loading import trained_model_folder
+    from unime.models.lora import LoraSettings, apply_lora
+
+    base, out = tiny_model_dir("qwen2_vl"), tmp_path / "judge"
+    lora = apply_lora(AutoModelForImageTextToText.from_pretrained(base), LoraSettings(r=2, alpha=4, dropout=0.0))
+    lora.save_pretrained(out / "adapter")
+    shutil.copytree(base, out / "merged")
+    (out / "unime_reranker.json").write_text('{"role": "judge"}')
+    engines = []
+    fake_vllm_module.LLM = lambda **kw: engines.append(kw) or FakeVLLM(None, k=2)
+    backend = VLLMBackend(JudgeSpec(path=str(out), device="cpu"))
+    assert backend.llm is not None and engines[0]["model"] == str(out / "merged") == trained_model_folder(out)
+    from unime.mining.backends.vllm import engine_model
+
+    assert engine_model(JudgeSpec(path=base)) == base  # a model folder as it is
+    shutil.rmtree(out / "merged")  # the adapter alone: vLLM cannot load it as a model, refused before any work
+    with pytest.raises(ModelError, match=re.escape(f"{out / 'adapter'} is a PEFT adapter: give the judge with the "
+                                                   "adapter merged in")):
+        VLLMBackend(JudgeSpec(path=str(out), device="cpu"))
 
 
 @pytest.mark.slow

@@ -15,7 +15,9 @@ judge score of SPEC 1.3 whenever both tokens are among the K returned. When one 
   neither and the score is 0.5. All such cases are counted (`stats()`) and shown in the report; raise
   K (`logprobs`) to make them rare.
 - `missing="error"`: raise `ModelError` naming the pair.
-vLLM is imported lazily, only when the engine is created.
+vLLM is imported lazily, only when the engine is created. The engine loads the folder every other loader
+loads (`engine_model`: a trainer's output folder gives its merged/); vLLM takes full checkpoints only, so a
+PEFT adapter is refused, naming what to give instead.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 from unime.data.video import Video, as_video
 from unime.errors import ModelError
 from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
+from unime.models.loading import is_peft_adapter, trained_model_folder
 
 MISSING_POLICIES = ("bound", "error")
 
@@ -62,6 +65,19 @@ def score_from_logprobs(top: dict[int, Any] | None, yes_id: int, no_id: int, *, 
     return 1.0 / (1.0 + math.exp(-d)) if d >= 0 else math.exp(d) / (1.0 + math.exp(d))
 
 
+def engine_model(spec: JudgeSpec) -> str:
+    """The checkpoint folder (or hub id) the vLLM engine loads for `spec`: resolved as the transformers backend
+    resolves it (`unime.models.loading.trained_model_folder`: a trainer's output folder → its merged/, else its
+    adapter/). An adapter is a `ModelError`: vLLM would read it as a model folder."""
+    path = trained_model_folder(spec.path)
+    adapter = spec.adapter_path or (path if is_peft_adapter(path) else None)
+    if adapter:
+        raise ModelError(f"the vllm backend loads full checkpoints, and {adapter} is a PEFT adapter: give the judge "
+                         "with the adapter merged in (a trainer's merged/ folder: `unime train judge` writes one, "
+                         "`unime train reranker --merge` too), or use --backend local or ray")
+    return path
+
+
 def video_request_item(video: Video) -> tuple[np.ndarray, dict[str, Any]]:
     """vLLM's form of one video: the sampled frames as a (T, H, W, 3) uint8 array with the metadata its
     Qwen-VL processors read (frame rate, sampled indices) to place the frames in time."""
@@ -85,6 +101,7 @@ class VLLMBackend(JudgeBackend):
         self.missing = missing
         self.engine_kwargs = dict(engine_kwargs or {})
         self._llm = llm  # an injected engine (tests) or created on first use
+        self.model_path = engine_model(spec)  # an adapter is refused before any work
         # prompts and token ids come from the checkpoint's processor; no weights loaded here
         self.prompter = spec.load(load_weights=False)
         self.counts: Counter = Counter()
@@ -104,7 +121,7 @@ class VLLMBackend(JudgeBackend):
                 kwargs.setdefault("mm_processor_kwargs", bounds)
             if self.spec.dtype and self.spec.dtype != "auto":
                 kwargs.setdefault("dtype", self.spec.dtype)
-            self._llm = LLM(model=self.spec.path, **kwargs)
+            self._llm = LLM(model=self.model_path, **kwargs)
         return self._llm
 
     def sampling_params(self):
