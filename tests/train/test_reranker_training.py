@@ -543,3 +543,42 @@ def test_full_fine_tuning_refuses_an_adapter_folder(trained_reranker, tmp_path):
                                 full=True, max_steps=1, device="cpu")
     with pytest.raises(ModelError, match="merge it first"):
         train_reranker(again)
+
+
+def test_a_run_folder_as_model_records_the_base_the_adapter_loads_on(trained_reranker, tiny_model_dir, tmp_path):
+    """QA: `train reranker --model RUN` (an embedder's or reranker's output folder) named RUN as the base model in
+    unime_reranker.json, the model card and the adapter's config — no model folder, so the adapter did not load; a
+    run folder holding only an adapter was wrapped in a second LoRA. Now: a run folder's merged/ is the base; an
+    adapter alone is trained on, on its own base, and recorded as the adapter the run started from."""
+    import shutil
+
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForImageTextToText
+
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    cfg, _, root = trained_reranker
+    base = str(Path(tiny_model_dir("qwen2_vl")).resolve())
+    emb = tmp_path / "emb"  # an embedder's run folder: merged/ (what every loader loads) and adapter/
+    shutil.copytree(root / "reranker" / "adapter", emb / "adapter")
+    shutil.copytree(base, emb / "merged")
+    cases = {"emb": (emb, str(emb / "merged"), None),
+             "rr": (root / "reranker", base, str(root / "reranker" / "adapter"))}  # a LoRA reranker: adapter only
+    for name, (model, expected_base, expected_adapter) in cases.items():
+        out = tmp_path / f"from_{name}"
+        train_reranker(RerankerTrainConfig(model=str(model), records=cfg.records, out=str(out), num_negatives=2,
+                                           max_steps=1, batch_size=2, device="cpu"))
+        meta = json.loads((out / "unime_reranker.json").read_text())
+        assert meta["base_model"] == expected_base and meta["started_from_adapter"] == expected_adapter, name
+        assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+            expected_base
+        assert f"\nbase_model: {expected_base}\n" in (out / "README.md").read_text()
+        with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as f:  # one adapter, not nested
+            assert not [k for k in f.keys() if k.count("base_model.model.") > 1], name
+            if expected_adapter:  # the adapter it started from, trained on: same tensors, new values
+                with safe_open(str(Path(expected_adapter) / "adapter_model.safetensors"), "pt") as g:
+                    assert set(f.keys()) == set(g.keys())
+                    assert any(not torch.equal(f.get_tensor(k), g.get_tensor(k)) for k in f.keys())
+        # plain transformers + peft load the adapter on the recorded base
+        PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(expected_base), str(out / "adapter"))

@@ -124,11 +124,13 @@ def is_peft_adapter(path: str | os.PathLike) -> bool:
 class LoadedModel:
     model: Any
     processor: Any
-    adapter: FamilyAdapter
-    path: str
+    adapter: FamilyAdapter                    # the family adapter (chat format, image tokens)
+    path: str                                 # the folder (or hub id) loaded: a run folder's merged/ or adapter/
     device: str
     dtype: Any
     image_budget: ImageBudget = ImageBudget()
+    base_path: str | None = None              # the full model the weights start from (a PEFT adapter's base)
+    peft_path: str | None = None              # the PEFT adapter applied on it, if any
 
 
 def load_processor(path: str, *, image_budget: ImageBudget | None = None, budget_from: str | None = None):
@@ -146,8 +148,9 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
                trainable: bool = False, image_budget: ImageBudget | None = None) -> LoadedModel:
     """Load `*ForConditionalGeneration` + processor (from `path`, or the merged/ — else adapter/ — folder of a
     trainer's output folder `path`: `trained_model_folder`). A PEFT adapter folder (or `adapter_path`) is applied
-    on top of its base model. The model is in eval mode unless `trainable`. The processor gets the image
-    budget recorded with the checkpoint, overridden field by field by `image_budget`."""
+    on top of its base model (`.base_path` and `.peft_path` name the two). The model is in eval mode unless
+    `trainable`. The processor gets the image budget recorded with the checkpoint, overridden field by field by
+    `image_budget`."""
     from transformers import AutoModelForImageTextToText
 
     path = trained_model_folder(path)
@@ -172,4 +175,5 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
     model.to(device)
     model.train(trainable)
     return LoadedModel(model=model, processor=processor, adapter=adapter_for(model.config, processor, budget),
-                       path=path, device=device, dtype=torch_dtype, image_budget=budget)
+                       path=path, device=device, dtype=torch_dtype, image_budget=budget, base_path=str(base_path),
+                       peft_path=str(adapter_path) if adapter_path else None)

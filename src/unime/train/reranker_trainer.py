@@ -26,7 +26,10 @@ Output folder `out` (the layout of every trainer, `unime.models.export`):
     out/unime_reranker.json   written last: its presence means the stage is done
 
 `unime_reranker.json` records the role, the number of listwise candidates the reranker was trained with
-(inference defaults to it) and the training configuration. Re-runs follow `unime.models.run_state`.
+(inference defaults to it), the training configuration, and the model the weights start from: `base_model`, the
+full model the exported adapter loads on, and `started_from_adapter`. `--model` may be a trainer's output folder:
+its merged/ is then the base; without one (a LoRA reranker's folder, or an adapter folder) its adapter is trained
+on, on the adapter's own base, and named in `started_from_adapter`. Re-runs follow `unime.models.run_state`.
 """
 
 from __future__ import annotations
@@ -352,7 +355,8 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     """Options of `unime train reranker` / `unime train judge`: each field declares its option (`unime.options`)."""
 
     # data
-    model: str = option(help="base generative checkpoint: HF folder or hub id", group="data")
+    model: str = option(help="base generative checkpoint: HF folder, hub id, or a trainer's output folder (its "
+                        "merged/, else its adapter/, which is trained on)", group="data")
     records: list[str] = option(help="record file (unime JSONL / Parquet, or released UniME-V2 JSON); repeatable",
                                 action="append", group="data")
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)",
@@ -548,7 +552,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     from unime.data.skips import SkipReport
     from unime.models.hf_arguments import hf_training_arguments
-    from unime.models.loading import load_model, resolve_dtype, trainer_device
+    from unime.models.loading import (is_peft_adapter, load_model, resolve_dtype, trained_model_folder,
+                                      trainer_device)
     from unime.models import run_state
     from unime.models.run_state import is_peft
     from unime.models.curves import CurvesCallback
@@ -585,13 +590,19 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
     from unime.models.image_budget import ImageBudget
 
+    # a PEFT adapter (an adapter folder, or a run folder without merged/) is trained on, not wrapped in a second one
+    from_adapter = is_peft_adapter(trained_model_folder(cfg.model))
     loaded = load_model(cfg.model, device=device, dtype=torch.float32 if cfg.full else compute_dtype,
-                        trainable=cfg.full,
+                        trainable=cfg.full or from_adapter,
                         image_budget=ImageBudget.from_options(cfg.min_pixels, cfg.max_pixels, cfg.image_size))
     if cfg.full:
         if is_peft(loaded.model):
             raise ModelError(f"full fine-tuning of the adapter folder {cfg.model}: merge it first (its merged/ folder)")
         model = loaded.model.requires_grad_(True)
+    elif is_peft(loaded.model):
+        log.info("%s is a PEFT adapter (%s): continuing to train it (LoRA options ignored)", cfg.model,
+                 loaded.peft_path)
+        model = loaded.model
     else:
         torch.manual_seed(cfg.seed)  # LoRA initialisation
         model = lora_model(loaded.model, cfg)
@@ -646,7 +657,10 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                      loss_levels["final"]["loss"], loss_levels["base_rate"]["total"])
     meta = {
         "role": cfg.role, "num_candidates": num_candidates, "losses": list(cfg.losses),
-        "base_model": model_reference(cfg.model), "model_type": model.config.model_type,
+        # the full model the weights start from (a run folder's merged/, an adapter's base), and the adapter
+        # trained on: the adapter written here loads on `base_model` (QA: it named --model's run folder)
+        "base_model": model_reference(loaded.base_path), "started_from_adapter": model_reference(loaded.peft_path),
+        "model_type": model.config.model_type,
         "answer_prefix": collator.format.prefix, "records": n_records, "examples": n_examples,
         "skipped": skips.total, "steps": trainer.state.global_step,
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
@@ -686,6 +700,8 @@ def model_card(meta: dict) -> ModelCard:
     rows = {"records": meta["records"], "examples": meta["examples"], "skipped records": meta["skipped"],
             "steps": meta["steps"], "first loss": meta["first_loss"], "last loss": meta["last_loss"],
             "fine-tuning": "full (every parameter)" if cfg.get("full") else
+                           f"LoRA, continuing the adapter {meta['started_from_adapter']}"
+                           if meta.get("started_from_adapter") else
                            f"LoRA r={cfg.get('lora_r')} alpha={cfg.get('lora_alpha')} dropout={cfg.get('lora_dropout')}"
                            + (" DoRA" if cfg.get("dora") else ""),
             "modules trained in full": "all" if cfg.get("full") else ", ".join(cfg.get("train_modules") or []) or "-",
