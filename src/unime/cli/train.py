@@ -53,10 +53,15 @@ def _add_embedder_parser(actions) -> None:
     p.set_defaults(func=_train_embedder)
 
 
+def lora_needs_no_full(lora_options: type) -> list[tuple[str, str, bool]]:
+    """Rules for `refuse_ineffective_options`: every option of `lora_options` (`unime.models.lora.lora_options`)
+    acts only without --full (full fine-tuning puts no adapter on the model)."""
+    return [(f.name, "full", False) for f in dataclasses.fields(lora_options)]
+
+
 # the embedder's options that act only with a flag's value (`refuse_ineffective_options`): --chunk-size with
 # --gradcache, every LoRA option without --full
-_EMBEDDER_NEEDS = [("chunk_size", "gradcache", True),
-                   *((f.name, "full", False) for f in dataclasses.fields(EMBEDDER_LORA_OPTIONS))]
+_EMBEDDER_NEEDS = [("chunk_size", "gradcache", True), *lora_needs_no_full(EMBEDDER_LORA_OPTIONS)]
 
 # the option groups of the trainers' --help, in order
 TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisation", "checkpoints",

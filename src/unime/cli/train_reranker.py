@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
-from unime.cli import add_config_option
+from unime.cli import add_config_option, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options
 from unime.cli.dataclass_options import config_from_args as build_config
-from unime.cli.train import register_train_action
+from unime.cli.train import lora_needs_no_full, register_train_action
+from unime.models.lora import GENERATIVE_LORA_OPTIONS
+
+# each role's options that act only with a flag's value (`refuse_ineffective_options`): the LoRA options and the
+# reranker's --merge / the judge's --save-adapter act only without --full (full fine-tuning puts no adapter on the
+# model and writes OUT/merged only)
+_ROLE_NEEDS = {"reranker": [*lora_needs_no_full(GENERATIVE_LORA_OPTIONS), ("merge", "full", False)],
+               "judge": [*lora_needs_no_full(GENERATIVE_LORA_OPTIONS), ("save_adapter", "full", False)]}
 
 
 def _add_parser(actions, role: str, **texts) -> None:
@@ -42,6 +49,7 @@ def _add_judge_parser(actions) -> None:
 def config_from_args(args):
     from unime.train.reranker_trainer import PAIR, RerankerTrainConfig
 
+    refuse_ineffective_options(args, f"train {args.role}", _ROLE_NEEDS[args.role])
     # the judge trains the pairwise loss only; a reranker holds nothing out (judge options)
     return build_config(RerankerTrainConfig, args, role=args.role,
                         **({"losses": (PAIR,)} if args.role == "judge" else {"holdout": 0.0}))
