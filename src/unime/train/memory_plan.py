@@ -87,7 +87,7 @@ def model_shapes(model: str) -> ModelShapes:
         config, name = ckpt.config(), ckpt.name
         ip = ckpt.image_processor
         bounds = (ip["min_pixels"], ip["max_pixels"], ip["patch_size"] * ckpt.merge_size)
-    t, v = config.text_config, config.vision_config
+    t = config.text_config
     m = meta_model(config)
     total = sum(p.numel() for p in m.parameters())
     vision = sum(p.numel() for n, p in m.named_parameters() if ".visual." in f".{n}")
