@@ -200,3 +200,26 @@ def test_hub_ids_of_known_releases_match_in_any_case(capsys):
         known_checkpoint("someone/qwen2-vl-2b-instruct")
     assert main(["plan", "--stage", "embedder", "--model", "qwen/qwen2-vl-2b-instruct"]) == 0
     assert "model Qwen/Qwen2-VL-2B-Instruct: 2.21 B parameters" in capsys.readouterr().out
+
+
+def test_a_plan_that_does_not_fit_hints_only_at_what_the_run_does_not_do_yet(capsys):
+    """QA: `unime plan --recipe unime-v2/qwen2-vl-2b --gpus 8 --gpu-memory 8GB` (GradCache on, chunk 2) said "use
+    --gradcache", and a reranker already at --gradient-checkpointing and batch 1 was told to use both."""
+    from unime.cli import main
+    from unime.train.memory_plan import plan_reranker
+
+    assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--gpus", "8", "--gpu-memory", "8GB"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "hint: try a smaller --chunk-size (now 2) or --max-pixels / --image-size to shorten sequences"
+    o = {"gradcache": True, "chunk_size": 1, "global_batch": 64, "hard_negatives": 8}
+    assert plan_embedder("Qwen/Qwen2-VL-2B-Instruct", o, gpus=8, gpu_memory_gb=4).hints == \
+        ["try --max-pixels / --image-size to shorten sequences"]
+    assert plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, "gradcache": False}, gpus=8, gpu_memory_gb=4).hints == \
+        ["try --gradcache with a small --chunk-size (activations then scale with the chunk, not the batch), more "
+         "devices (they split the --global-batch) or --max-pixels / --image-size to shorten sequences"]
+    done = {"gradient_checkpointing": True, "batch_size": 1}
+    assert plan_reranker("Qwen/Qwen2-VL-2B-Instruct", done, gpu_memory_gb=4).hints == \
+        ["try --max-pixels to shorten sequences"]
+    assert plan_reranker("Qwen/Qwen2-VL-2B-Instruct", {"batch_size": 2}, gpu_memory_gb=4).hints == \
+        ["try --gradient-checkpointing, a smaller --batch-size (now 2) with --grad-accum or --max-pixels to shorten "
+         "sequences"]

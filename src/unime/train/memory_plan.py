@@ -279,8 +279,13 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
                 tokens_note=f"{global_queries} queries x {per_query} sequences x {seq} tokens",
                 gpu_memory_gb=gpu_memory_gb)
     if plan.fits is False:
-        plan.hints.append("use --gradcache with a small --chunk-size (activations then scale with the chunk, not "
-                          "the batch), more devices, or --max-pixels / --image-size to shorten sequences")
+        # more devices split a --global-batch; under GradCache the activations are the chunk's, whatever the batch
+        plan.hints.append(_hint([
+            ("--gradcache with a small --chunk-size (activations then scale with the chunk, not the batch)",
+             not o.get("gradcache")),
+            (f"a smaller --chunk-size (now {chunk})", o.get("gradcache") and chunk > 1),
+            ("more devices (they split the --global-batch)", o.get("global_batch") and not o.get("gradcache")),
+            ("--max-pixels / --image-size to shorten sequences", True)]))
     return plan
 
 
@@ -328,8 +333,16 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
                 tokens_per_step=sum(seqs) * gpus * accum, tokens_note=f"{len(seqs)} prompts x {gpus} devices x "
                 f"{accum} accumulation", gpu_memory_gb=gpu_memory_gb)
     if plan.fits is False:
-        plan.hints.append("--gradient-checkpointing, a smaller --batch-size with --grad-accum, or --max-pixels")
+        plan.hints.append(_hint([("--gradient-checkpointing", not o.get("gradient_checkpointing")),
+                                 (f"a smaller --batch-size (now {b}) with --grad-accum", b > 1),
+                                 ("--max-pixels to shorten sequences", True)]))
     return plan
+
+
+def _hint(ways: list[tuple[str, object]]) -> str:
+    """'try A, B or C' of the (way, it still applies) pairs: a way the run already takes is not suggested."""
+    texts = [text for text, applies in ways if applies]
+    return "try " + (f"{', '.join(texts[:-1])} or {texts[-1]}" if len(texts) > 1 else texts[0])
 
 
 def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | None = None, text_tokens: int = 64,
