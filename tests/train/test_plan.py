@@ -98,7 +98,7 @@ def test_real_recipe_plans_are_consistent():
     assert (shapes.layers, shapes.hidden, round(shapes.params_total / 1e9, 2)) == (28, 1536, 2.21)
     o = {"dtype": "bf16", "lora_r": 16, "lora_alpha": 64, "lora_dropout": 0.1, "gradcache": True, "chunk_size": 2,
          "global_batch": 1024, "hard_negatives": 8, "image_size": 672}
-    plan = plan_embedder("Qwen/Qwen2-VL-2B-Instruct", o, gpus=8, gpu_memory_gb=80)
+    plan = plan_embedder("Qwen/Qwen2-VL-2B-Instruct", o, gpus=8, gpu_memory_gib=80)
     rows = dict(plan.rows)
     assert rows["weights (bf16, frozen)"] == shapes.params_total * 2
     # LoRA r=16 on q,k,v,o,gate,up,down of 28 layers (h 1536, 2 KV heads x 128, MLP 8960), by hand
@@ -150,7 +150,8 @@ def test_bad_plan_options_are_one_line_errors(capsys):
     assert capsys.readouterr().err.strip() == "unime: error: plan: --gpus must be >= 1, got 0"
     assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--gpu-memory", "80XB"]) == 2
     assert capsys.readouterr().err.strip() == \
-        "unime: error: plan: --gpu-memory '80XB': a positive size such as 80GB, 40GiB or 80"
+        "unime: error: plan: --gpu-memory '80XB': a positive size in GiB such as 80GB, 40GiB or 80, or nvidia-smi's " \
+        "81920MiB"
 
 
 def test_a_global_batch_the_trainer_refuses_is_refused_by_the_plan_too(capsys):
@@ -177,7 +178,7 @@ def test_the_verdict_says_it_keeps_2_gib_for_the_cuda_context():
 
     def verdict(memory_gb):
         plan = Plan(title="t", facts=[], rows=[("activations", 7 * GiB)], tokens_per_step=1, tokens_note="",
-                    gpu_memory_gb=memory_gb)
+                    gpu_memory_gib=memory_gb)
         return plan.fits, next(line for line in plan.render().splitlines() if "total" in line).split("GiB: ")[1]
 
     assert verdict(8.5) == (False, "DOES NOT FIT (it needs 9.0 GiB with the 2 GiB kept for the CUDA context and "
@@ -212,14 +213,36 @@ def test_a_plan_that_does_not_fit_hints_only_at_what_the_run_does_not_do_yet(cap
     assert capsys.readouterr().out.splitlines()[-1] == \
         "hint: try a smaller --chunk-size (now 2) or --max-pixels / --image-size to shorten sequences"
     o = {"gradcache": True, "chunk_size": 1, "global_batch": 64, "hard_negatives": 8}
-    assert plan_embedder("Qwen/Qwen2-VL-2B-Instruct", o, gpus=8, gpu_memory_gb=4).hints == \
+    assert plan_embedder("Qwen/Qwen2-VL-2B-Instruct", o, gpus=8, gpu_memory_gib=4).hints == \
         ["try --max-pixels / --image-size to shorten sequences"]
-    assert plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, "gradcache": False}, gpus=8, gpu_memory_gb=4).hints == \
+    assert plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, "gradcache": False}, gpus=8, gpu_memory_gib=4).hints == \
         ["try --gradcache with a small --chunk-size (activations then scale with the chunk, not the batch), more "
          "devices (they split the --global-batch) or --max-pixels / --image-size to shorten sequences"]
     done = {"gradient_checkpointing": True, "batch_size": 1}
-    assert plan_reranker("Qwen/Qwen2-VL-2B-Instruct", done, gpu_memory_gb=4).hints == \
+    assert plan_reranker("Qwen/Qwen2-VL-2B-Instruct", done, gpu_memory_gib=4).hints == \
         ["try --max-pixels to shorten sequences"]
-    assert plan_reranker("Qwen/Qwen2-VL-2B-Instruct", {"batch_size": 2}, gpu_memory_gb=4).hints == \
+    assert plan_reranker("Qwen/Qwen2-VL-2B-Instruct", {"batch_size": 2}, gpu_memory_gib=4).hints == \
         ["try --gradient-checkpointing, a smaller --batch-size (now 2) with --grad-accum or --max-pixels to shorten "
          "sequences"]
+
+
+def test_gpu_memory_is_in_gib_as_nvidia_smi_reports_a_card(capsys):
+    """QA: `--gpu-memory` was documented as GB 'as printed on the card' but compared as GiB. It is GiB, the unit of
+    the verdict: a card sold as 80GB is 80 GiB to nvidia-smi (an A100 80GB: 81920 MiB), and nvidia-smi's own MiB
+    are taken as they are (an H100 80GB: 81559 MiB = 79.65 GiB)."""
+    import json
+
+    from unime.cli import main
+    from unime.train.memory_plan import Plan
+
+    assert parse_memory("80GB") == parse_memory("80") == parse_memory("80 GiB") == parse_memory("81920MiB") == 80.0
+    assert parse_memory("81559 MiB") == 81559 / 1024
+    plan = Plan(title="t", facts=[], rows=[("activations", 70 * GiB)], tokens_per_step=1, tokens_note="",
+                gpu_memory_gib=parse_memory("81559 MiB"))
+    assert "  of 79.65 GiB: fits (9.6 GiB left" in plan.render()
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    assert "memory per device in GiB" in " ".join(capsys.readouterr().out.split())
+    assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--gpus", "8", "--gpu-memory", "81920MiB", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["gpu_memory_gib"], out["fits"]) == (80.0, True)

@@ -13,7 +13,7 @@ and layer, B = bytes of the activation dtype):
 (I = MLP width, h = hidden, H·d = query heads × head dim: with padding, grouped K/V are expanded to
 every head and the additive mask (s = padded sequence length) is kept; an unpadded batch keeps
 H·d + 2·K·d + 0 instead; r·n_lora = LoRA rank × adapted linears).
-What is not modelled: the CUDA context and allocator fragmentation (~1-3 GB per device: a plan fits a device
+What is not modelled: the CUDA context and allocator fragmentation (~1-3 GiB per device: a plan fits a device
 only with `CUDA_CONTEXT_RESERVE_GIB` = 2 GiB left over), DoRA's weight-norm transients, the frozen vision
 tower's forward transients. `bench/gpu_smoke.sh` prints the
 plan next to `torch.cuda.max_memory_allocated` of the same step on a GPU; a test holds the plan within
@@ -152,7 +152,7 @@ class Plan:
     rows: list[tuple[str, float]]            # (component, bytes per device)
     tokens_per_step: int
     tokens_note: str
-    gpu_memory_gb: float | None = None
+    gpu_memory_gib: float | None = None
     hints: list[str] = field(default_factory=list)
     tokens_label: str = "tokens per optimizer step (all devices)"
 
@@ -162,14 +162,15 @@ class Plan:
 
     @property
     def fits(self) -> bool | None:
-        """Whether the total leaves `CUDA_CONTEXT_RESERVE_GIB` of `gpu_memory_gb` free; None without a memory size."""
-        if not self.gpu_memory_gb:
+        """Whether the total leaves `CUDA_CONTEXT_RESERVE_GIB` of `gpu_memory_gib` free; None without a memory size."""
+        if not self.gpu_memory_gib:
             return None
-        return self.gpu_memory_gb - self.total / GiB > CUDA_CONTEXT_RESERVE_GIB
+        return self.gpu_memory_gib - self.total / GiB > CUDA_CONTEXT_RESERVE_GIB
 
     def to_dict(self) -> dict:
         return {"title": self.title, "facts": self.facts, "per_device_bytes": dict(self.rows),
-                "total_bytes": self.total, "tokens_per_step": self.tokens_per_step, "hints": self.hints}
+                "total_bytes": self.total, "gpu_memory_gib": self.gpu_memory_gib, "fits": self.fits,
+                "tokens_per_step": self.tokens_per_step, "hints": self.hints}
 
     def render(self) -> str:
         lines = [f"unime plan: {self.title}"] + [f"  {f}" for f in self.facts]
@@ -179,8 +180,8 @@ class Plan:
             lines.append(f"  {comp:<{width}}{b / GiB:8.2f}")
         verdict = ""
         if self.fits is not None:
-            left, reserve = self.gpu_memory_gb - self.total / GiB, CUDA_CONTEXT_RESERVE_GIB
-            verdict = f"  of {self.gpu_memory_gb:g} GiB: " + (
+            left, reserve = self.gpu_memory_gib - self.total / GiB, CUDA_CONTEXT_RESERVE_GIB
+            verdict = f"  of {self.gpu_memory_gib:.4g} GiB: " + (
                 f"fits ({left:.1f} GiB left for the CUDA context and fragmentation)" if self.fits else
                 f"DOES NOT FIT (it needs {self.total / GiB + reserve:.1f} GiB with the {reserve:g} GiB kept for the "
                 "CUDA context and fragmentation)")
@@ -232,7 +233,7 @@ def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -
     return rows, facts, trainable
 
 
-def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | None = None,
+def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None,
                   text_tokens: int = 64, images_per_item: float = 1.0, title: str = "", padded: bool = True) -> Plan:
     """`unime train embedder` with options `o` (the command's resolved options, dest names)."""
     shapes = model_shapes(model)
@@ -277,7 +278,7 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
     plan = Plan(title=title or f"train embedder on {shapes.name}", facts=facts, rows=rows,
                 tokens_per_step=global_queries * per_query * seq,
                 tokens_note=f"{global_queries} queries x {per_query} sequences x {seq} tokens",
-                gpu_memory_gb=gpu_memory_gb)
+                gpu_memory_gib=gpu_memory_gib)
     if plan.fits is False:
         # more devices split a --global-batch; under GradCache the activations are the chunk's, whatever the batch
         plan.hints.append(_hint([
@@ -289,7 +290,7 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
     return plan
 
 
-def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | None = None,
+def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None,
                   text_tokens: int = 64, images_per_item: float = 1.0, title: str = "") -> Plan:
     """`unime train reranker`: per record, two pairwise prompts (query + one candidate) and one listwise
     prompt (query + negatives + 1 candidates), forwarded together before one backward."""
@@ -331,7 +332,7 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | 
                  f"prompt of ~{list_len} tokens ({n_cand} candidates); items ~{item} tokens ({vis} visual: {vis_what})"]
     plan = Plan(title=title or f"train reranker on {shapes.name}", facts=facts, rows=rows,
                 tokens_per_step=sum(seqs) * gpus * accum, tokens_note=f"{len(seqs)} prompts x {gpus} devices x "
-                f"{accum} accumulation", gpu_memory_gb=gpu_memory_gb)
+                f"{accum} accumulation", gpu_memory_gib=gpu_memory_gib)
     if plan.fits is False:
         plan.hints.append(_hint([("--gradient-checkpointing", not o.get("gradient_checkpointing")),
                                  (f"a smaller --batch-size (now {b}) with --grad-accum", b > 1),
@@ -345,7 +346,7 @@ def _hint(ways: list[tuple[str, object]]) -> str:
     return "try " + (f"{', '.join(texts[:-1])} or {texts[-1]}" if len(texts) > 1 else texts[0])
 
 
-def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | None = None, text_tokens: int = 64,
+def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None, text_tokens: int = 64,
                images_per_item: float = 1.0, title: str = "") -> Plan:
     """Stage B (`unime mine`, local backend): frozen weights, the shared query prefix's KV cache, and per
     chunk of candidates a cache holding a copy of the prefix for each row plus the continuations."""
@@ -377,7 +378,7 @@ def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gb: float | Non
     per_query = prefix + (k + 1) * cont
     return Plan(title=title or f"judge (mining stage B) with {shapes.name}", facts=facts, rows=rows,
                 tokens_per_step=per_query * gpus, tokens_note=f"one query per device: {prefix} prefix + "
-                f"{k + 1} x {cont} continuation tokens; x {gpus} devices", gpu_memory_gb=gpu_memory_gb,
+                f"{k + 1} x {cont} continuation tokens; x {gpus} devices", gpu_memory_gib=gpu_memory_gib,
                 tokens_label="tokens per judged query group (all devices, one query each)")
 
 
@@ -386,21 +387,23 @@ STAGE_COMMANDS = {"embedder": "train embedder", "reranker": "train reranker", "j
 
 
 def parse_memory(text: str | None) -> float | None:
-    """'80GB' / '80' / '40 GiB' -> 80.0 (GB, as printed on the card)."""
+    """GiB of a `--gpu-memory` SIZE: '80' / '80GB' / '80 GiB' -> 80.0, '81920MiB' / '81920 MB' -> 80.0. GB is read as
+    GiB, as on NVIDIA's labels: nvidia-smi reports an A100 80GB as 81920 MiB = 80 GiB (`PlanOptions.gpu_memory`)."""
     if text is None or text == "":
         return None
-    s = str(text).strip().lower().replace(" ", "")
-    for suffix in ("gib", "gb", "g"):
+    s, per_gib = str(text).strip().lower().replace(" ", ""), 1
+    for suffix, per in (("gib", 1), ("gb", 1), ("g", 1), ("mib", 1024), ("mb", 1024)):
         if s.endswith(suffix):
-            s = s[: -len(suffix)]
+            s, per_gib = s[: -len(suffix)], per
             break
     try:
         value = float(s)
     except ValueError:
         value = float("nan")
     if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"--gpu-memory {text!r}: a positive size such as 80GB, 40GiB or 80", command="plan")
-    return value
+        raise UsageError(f"--gpu-memory {text!r}: a positive size in GiB such as 80GB, 40GiB or 80, or nvidia-smi's "
+                         "81920MiB", command="plan")
+    return value / per_gib
 
 
 @dataclass(kw_only=True)
@@ -412,7 +415,9 @@ class PlanOptions:
     model: str | None = option(None, "a known release (e.g. Qwen/Qwen2-VL-2B-Instruct) or a local checkpoint folder "
                                "(default: the recipe's)")
     gpus: int = option(1, "devices (data parallel)")
-    gpu_memory: str | None = option(None, "memory per device, e.g. 80GB", metavar="SIZE")
+    gpu_memory: str | None = option(None, "memory per device in GiB, the unit of the verdict: 80, 80GB or 80GiB (GB "
+                                    "as on NVIDIA's labels: nvidia-smi reports an A100 80GB as 81920 MiB = 80 GiB), "
+                                    "or nvidia-smi's MiB, e.g. 81920MiB", metavar="SIZE")
     text_tokens: int = option(64, "text + chat-template tokens per item (default %(default)s)")
     images_per_item: float = option(1.0, "images per query / candidate on average (default 1: every item has an "
                                     "image)")
@@ -425,5 +430,5 @@ class PlanOptions:
         """The `stage` planner's plan of `model` run with the planned command's resolved `options`."""
         if self.gpus < 1:
             raise UsageError(f"--gpus must be >= 1, got {self.gpus}", command="plan")
-        return PLANNERS[stage](model, options, gpus=self.gpus, gpu_memory_gb=parse_memory(self.gpu_memory),
+        return PLANNERS[stage](model, options, gpus=self.gpus, gpu_memory_gib=parse_memory(self.gpu_memory),
                                text_tokens=self.text_tokens, images_per_item=self.images_per_item, title=title)
