@@ -166,6 +166,27 @@ def test_oracle_backend_scores_a_labels_file(tmp_path):
         make_backend("oracle", JudgeSpec(path=str(path)))
 
 
+def test_oracle_backend_divides_graded_qrels_by_the_files_largest_grade(tmp_path):
+    """QA: grades above 1 (qrels 0-3) became judge scores of 2 and 3, which training refuses (scores are in [0, 1]).
+    A file with a grade above 1 has every grade divided by its largest; one within [0, 1] keeps its grades."""
+    from unime.data.scores import parse_score
+    from unime.mining.backends import JudgeSpec, make_backend
+
+    q, a, b, c, d = Item("q"), Item("a"), Item("b"), Item("c"), Item("d")
+    lines = [{"query": q.to_dict(), "candidates": [a.to_dict(), b.to_dict(), c.to_dict()], "relevance": [3, 2, 0]},
+             {"query": q.to_dict(), "candidate": d.to_dict(), "label": 1}]
+    path = tmp_path / "graded.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    be = make_backend("oracle", JudgeSpec(path=str(path)))
+    [scores] = be.score_groups([(q, [a, b, c, d, Item("unlisted")])])
+    assert scores.tolist() == pytest.approx([1.0, 2 / 3, 0.0, 1 / 3, 0.0])
+    assert [parse_score(float(s), field="score") for s in scores] == scores.tolist()  # what training accepts
+    assert be.stats()["grades"] == "divided by the file's largest, 3"
+    path.write_text(json.dumps({"query": q.to_dict(), "candidate": a.to_dict(), "score": 0.5}) + "\n")
+    be = make_backend("oracle", JudgeSpec(path=str(path)))
+    assert be.score_groups([(q, [a])])[0].tolist() == [0.5] and "grades" not in be.stats()
+
+
 def test_judge_pairs_reader_takes_a_label_column(tmp_path):
     from unime.mining.pairs import read_pairs
 

@@ -19,7 +19,8 @@ class MineConfig(JudgeOptions, AnnOptions):
     records: str = option(help="training records (.jsonl, .parquet, UniME-V2 .json)")
     embedder: str = option(help="embedder checkpoint for the global retrieval")
     judge: str = option(help="judge checkpoint (a generative MLLM answering Yes/No); with --backend oracle, the "
-                        "world folder")
+                        "world folder or a labels / qrels JSONL (grades in [0, 1] are the scores; a file with a "
+                        "grade above 1, e.g. qrels 0-3, has every grade divided by its largest)")
     out: str = option(help="output folder (resumable: re-run the same command to resume)")
     pool: str | None = option(None, "JSONL of candidate items (default: the de-duplicated union of all positives)")
     data_root: str | None = option(None, "folder image paths are relative to (default: --world if given, else the "

@@ -8,6 +8,10 @@
   ``{"query": item, "candidate": item, "label": grade}`` (``relevance`` / ``score`` also accepted as the
   grade's key). A pair the file does not list scores 0 (not relevant).
 
+  A judge score is a probability in [0, 1]: grades within it are scores as they are; a file with a grade above
+  1 (graded qrels, e.g. TREC's 0-3) has every grade divided by its largest, so its top grade scores 1 and the
+  others keep their ratios to it (0-3: 0, 1/3, 2/3, 1); `stats()` says so.
+
 The rest of the pipeline (false-negative filter, cyclical sampling, soft labels) then runs on a perfect
 judge. Comparing its rows with the real judge's separates the judge's quality from the training recipe.
 """
@@ -73,9 +77,14 @@ class WorldOracleBackend(JudgeBackend):
         self.path = spec.path
         self.pairs = 0
         self.unlisted = 0
+        self.top_grade = None  # a labels file's largest grade, where it is above 1 and so scales every grade
         if Path(spec.path).is_file():
             self.world = None
             self.labels = read_labels(spec.path)
+            top = max(self.labels.values())
+            if top > 1:
+                self.top_grade = top
+                self.labels = {pair: g / top for pair, g in self.labels.items()}
         else:
             from unime.data.synth import World
 
@@ -97,5 +106,6 @@ class WorldOracleBackend(JudgeBackend):
         if self.world is not None:
             return {"oracle": "ground-truth relevance of the generated world", "world": str(self.world.root),
                     "pairs": self.pairs}
-        return {"oracle": "labels file (unlisted pairs score 0)", "labels": str(self.path), "pairs": self.pairs,
-                "unlisted_pairs": self.unlisted}
+        scaled = {} if self.top_grade is None else {"grades": f"divided by the file's largest, {self.top_grade:g}"}
+        return {"oracle": "labels file (unlisted pairs score 0)", "labels": str(self.path), **scaled,
+                "pairs": self.pairs, "unlisted_pairs": self.unlisted}
