@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +287,58 @@ def test_an_addition_keeps_the_index_kind_and_root_and_refuses_new_content_under
     with pytest.raises(IndexError_, match="holds items whose images are relative to"):
         build_corpus_index(changed, tmp_path / "idx", embedder=HashEmbedder(), model=model_dir,
                            model_settings={"fake": True}, data_root=tmp_path / "elsewhere")
+
+
+def _world_with_a_marked_items_file(tmp_path) -> tuple[Path, Path]:
+    """WORLD/img/{0,1}.png and WORLD/train/c.jsonl whose image paths are relative to WORLD, as `unime data synth`
+    records it beside its train/ files (unime_data.json)."""
+    from unime.data.roots import write_data_root
+
+    world = tmp_path / "world"
+    (world / "img").mkdir(parents=True)
+    for i, rgb in enumerate([(220, 30, 30), (30, 40, 220)]):
+        Image.new("RGB", (40, 32), rgb).save(world / "img" / f"{i}.png")
+    write_data_root(world / "train", world)
+    items = world / "train" / "c.jsonl"
+    items.write_text("".join(json.dumps({"id": f"im{i}", "text": f"picture {i}", "image": f"img/{i}.png"}) + "\n"
+                             for i in range(2)) + json.dumps({"id": "t0", "text": "a red square"}) + "\n")
+    return world, items
+
+
+def test_build_corpus_index_reads_images_under_the_data_root_recorded_beside_the_items_file(tmp_path, model_dir):
+    """QA: index build took the items file's own folder as the data root and ignored unime_data.json there (which
+    `unime embed` reads): a world's train/ file failed with 'image file not found'."""
+    world, items = _world_with_a_marked_items_file(tmp_path)
+    index, _ = build_corpus_index(items, tmp_path / "world_idx", embedder=HashEmbedder(), model=model_dir,
+                                  model_settings={"fake": True})
+    assert index.manifest["data_root"] == str(world.resolve()) and len(index) == 3
+    # an addition from the same folder resolves to the same root
+    with open(items, "a") as fh:
+        fh.write(json.dumps({"id": "im9", "image": "img/1.png", "text": "again"}) + "\n")
+    index, stats = build_corpus_index(items, tmp_path / "world_idx", embedder=HashEmbedder(), model=model_dir,
+                                      model_settings={"fake": True})
+    assert stats.added == 1 and len(index) == 4
+    # adding it to an index of another root is refused (its recorded root is not silently replaced by the index's)
+    _corpus(tmp_path / "corpus.jsonl", 2)
+    _build(tmp_path, model_dir, HashEmbedder())
+    refusal = re.escape(f"holds items whose images are relative to {tmp_path.resolve()}, not ")
+    with pytest.raises(IndexError_, match=refusal):
+        build_corpus_index(items, tmp_path / "idx", embedder=HashEmbedder(), model=model_dir,
+                           model_settings={"fake": True})
+
+
+def test_cli_index_build_reads_images_under_the_data_root_recorded_beside_the_items_file(tmp_path, tiny_model_dir):
+    """QA: `unime embed` found a world's train/ file's images through unime_data.json, `unime index build` failed on
+    the same file with 'image file not found'."""
+    from unime.cli import main
+    from unime.models.embedder import Embedder
+
+    world, items = _world_with_a_marked_items_file(tmp_path)
+    model = tiny_model_dir("qwen2_vl")
+    assert main(["index", "build", "--model", model, "--items", str(items), "--out", str(tmp_path / "idx"),
+                 "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]) == 0
+    idx = CorpusIndex(tmp_path / "idx")
+    assert idx.manifest["data_root"] == str(world.resolve())
+    expected = Embedder.from_pretrained(model, device="cpu", data_root=str(world)).encode(
+        [Item("picture 0", ("img/0.png",)), Item("picture 1", ("img/1.png",)), Item("a red square")])
+    np.testing.assert_allclose(idx.vectors(), expected, atol=1e-5)

@@ -37,6 +37,7 @@ from unime.data.atomic import atomic_open, atomic_path
 from unime.data.corpus import read_corpus
 from unime.data.images import ImageLoader
 from unime.data.items import Item
+from unime.data.roots import recorded_data_root, resolve_data_root
 from unime.errors import UnimeError
 from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
@@ -231,7 +232,9 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                        recall_sample: int = DEFAULT_RECALL_SAMPLE, seed: int = 0, thumbnails: bool = True,
                        batch_size: int | None = None, show_progress: bool = False,
                        model_settings: dict | None = None) -> tuple[CorpusIndex, BuildStats]:
-    """Build or extend the index at `out` from the corpus at `items_path` (see the module doc)."""
+    """Build or extend the index at `out` from the corpus at `items_path` (see the module doc). Image paths are
+    relative to `data_root`, else to the data root recorded beside the file (`unime.data.roots`), else — adding
+    to an index — to the index's, else to the file's folder."""
     from unime.models.embedding_cache import EmbeddingStore, RunEncoder, embedding_settings, model_fingerprint
 
     if vector_dtype not in VECTOR_DTYPES:
@@ -240,7 +243,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         raise ValueError("chunk_size must be >= 1")
     t0 = time.perf_counter()
     out = Path(out)
-    root = Path(data_root) if data_root is not None else Path(items_path).resolve().parent
+    root = Path(resolve_data_root(items_path, data_root))  # --data-root, else the one recorded beside the file
     settings = model_settings if model_settings is not None else embedding_settings(embedder)
     fingerprint = model_fingerprint(model, settings)
     manifest_path = out / "manifest.json"
@@ -253,10 +256,11 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                               "use another --out")
         if manifest.get("vector_dtype") != vector_dtype:
             raise IndexError_(f"{out} stores {manifest.get('vector_dtype')} vectors, not {vector_dtype}")
-        # an addition: its items' images are found where the index's are, and the index keeps its kind and settings
-        # unless asked otherwise (QA: a new file's folder became the images' root, and hnsw silently became flat)
+        # an addition: its items' images are found where the index's are (unless given or recorded beside the file),
+        # and the index keeps its kind and settings unless asked otherwise (QA: a new file's folder became the
+        # images' root, and hnsw silently became flat)
         indexed_root = manifest.get("data_root")
-        if data_root is None and indexed_root:
+        if data_root is None and indexed_root and recorded_data_root(Path(os.path.abspath(items_path)).parent) is None:
             root = Path(indexed_root)
         elif indexed_root and root.resolve() != Path(indexed_root).resolve():
             raise IndexError_(f"{out} holds items whose images are relative to {indexed_root}, not {root}: add items "
@@ -396,7 +400,7 @@ def build_index_folder(cfg: IndexBuildConfig) -> tuple[CorpusIndex, BuildStats]:
     from unime.models.embedding_cache import default_cache_dir, embedding_settings
 
     index_config = cfg.index_config()  # bad index parameters are refused before the model loads
-    root = cfg.data_root or os.path.dirname(os.path.abspath(cfg.items))
+    root = resolve_data_root(cfg.items, cfg.data_root)  # --data-root, else the one recorded beside the file
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
                                    batch_size=cfg.batch_size)
     return build_corpus_index(
