@@ -216,3 +216,17 @@ def test_videos_are_read_in_time_order(tmp_path):
     from_list = enc.frames(records[1].query.video)
     assert from_file.shape == from_list.shape == (8, 3, 16, 16)
     assert float((from_file - from_list).abs().mean()) < 0.1  # codec noise only
+
+
+def test_eval_reference_reads_a_worlds_train_records_without_data_root(tmp_path, tiny_world_dir):
+    """QA: `unime eval reference --records WORLD/train/records.jsonl` took train/ as the data root and ignored the
+    world recorded there (unime_data.json, which the trainers read): 'image file not found'."""
+    from unime.cli import main
+    from unime.eval.report import load_summary
+
+    world = tiny_world_dir(0)
+    out = tmp_path / "ref"
+    assert main(["eval", "reference", "--tasks", str(world), "--task", "shape_cls",
+                 "--records", str(world / "train" / "records.jsonl"), "--out", str(out), "--max-steps", "1",
+                 "--image-size", "16"]) == 0
+    assert load_summary(out)["meta"]["data_root"] == str(world.resolve())

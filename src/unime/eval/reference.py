@@ -54,6 +54,7 @@ from torch import nn
 from unime.data.images import ImageLoader
 from unime.data.io import read_records
 from unime.data.items import Item, Record
+from unime.data.roots import resolve_data_root
 from unime.errors import DataError
 from unime.eval.reference_config import ReferenceConfig, ReferenceRunOptions
 
@@ -451,11 +452,11 @@ def evaluate_reference(tasks: str, records_path: str, out_dir: str, *, data_root
                        only: list[str] | None = None, ties: str = "pessimistic", on_error: str = "raise",
                        clock: Callable[[], float] = time.perf_counter,
                        also: Sequence[tuple[str, str]] = ()) -> dict:
-    """`unime eval reference`: train the reference on `records_path` (images relative to `data_root`,
-    default the records file's folder), evaluate it on `tasks` with `run_tasks`, write the result folder
-    (``summary.json`` like ``unime eval``, plus ``training.json`` and the weights). Each (tasks, folder) of
-    `also` is evaluated with the same trained reference into its own result folder (e.g. a world's video
-    tasks, whose aggregates follow another layout). Returns the summary of `tasks`."""
+    """`unime eval reference`: train the reference on `records_path` (images relative to `data_root`, default
+    the data root recorded beside the file, else its folder: `unime.data.roots`), evaluate it on `tasks` with
+    `run_tasks`, write the result folder (``summary.json`` like ``unime eval``, plus ``training.json`` and the
+    weights). Each (tasks, folder) of `also` is evaluated with the same trained reference into its own result
+    folder (e.g. a world's video tasks, whose aggregates follow another layout). Returns the summary of `tasks`."""
     from unime.eval import report
     from unime.eval.runners import EvalOptions, load_suite_data, run_tasks
     from unime.eval.tasks import load_task_config
@@ -468,7 +469,7 @@ def evaluate_reference(tasks: str, records_path: str, out_dir: str, *, data_root
               for i, (t, out) in enumerate([(tasks, out_dir), *also])]
     datas = [load_suite_data(suite, on_error=on_error) for suite, _ in suites]  # bad eval data fails before training
     records = read_records(records_path)
-    root = data_root if data_root is not None else str(Path(records_path).resolve().parent)
+    root = resolve_data_root(records_path, data_root)  # --data-root, else the one recorded beside the file
     t_data = time.perf_counter()
     enc, tlog = train_reference(records, cfg, data_root=root, source=str(records_path), clock=clock)
     t_train = time.perf_counter()
