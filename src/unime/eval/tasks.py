@@ -168,7 +168,7 @@ def mmeb_file_suite(sources: list[str | os.PathLike], *, root: str | os.PathLike
     relative to `root`, else to the folder's recorded data root (`unime.data.roots`), else the file's
     folder. A name of the shipped MMEB-v1 config keeps its meta-task and split; a name ending in
     ``_cls`` counts as classification."""
-    from unime.data.roots import recorded_data_root
+    from unime.data.roots import resolve_data_root
 
     files: list[Path] = []
     for src in sources:
@@ -190,7 +190,7 @@ def mmeb_file_suite(sources: list[str | os.PathLike], *, root: str | os.PathLike
         seen.add(name)
         guess = "classification" if name.endswith("_cls") else "retrieval" if name.endswith(("_i2t", "_t2i")) else None
         meta, split = known.get(name, (guess, None))
-        data_root = Path(root) if root is not None else Path(recorded_data_root(f.parent) or f.parent)
+        data_root = Path(resolve_data_root(f, root))
         tasks.append(TaskSpec(name=name, format="mmeb", path=f.resolve(), data_root=data_root.resolve(),
                               meta_task=meta, split=split))
     if not tasks:
