@@ -120,6 +120,29 @@ def test_a_relative_base_model_is_recorded_absolute_and_loads_from_another_direc
     assert model_reference("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"   # a hub id stays as given
 
 
+def test_a_run_folder_or_an_adapter_as_model_records_the_base_the_weights_start_from(trained, tmp_path):
+    """QA: `train embedder --model RUN` (a trainer's output folder) named RUN as base_model in the model card — no
+    model folder; from an adapter folder the card named the adapter. Now: a run folder's merged/ is the base; an
+    adapter's own base is, with the adapter trained on named in the card."""
+    from transformers import AutoModelForImageTextToText
+    from peft import PeftModel
+
+    from unime.train.embedder_trainer import train_embedder
+
+    model_dir, world, batch, results = trained
+    run = results["infonce"].out
+    cases = {"run": (run, str((run / "merged").resolve()), None),
+             "adapter": (run / "adapter", str(Path(model_dir).resolve()), str((run / "adapter").resolve()))}
+    for name, (model, expected_base, expected_adapter) in cases.items():
+        res = train_embedder(base_config(str(model), tmp_path / name, world, steps=1), records=batch)
+        card = (res.out / "README.md").read_text()
+        assert f"\nbase_model: {expected_base}\n" in card, name
+        assert json.loads((res.adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+            expected_base, name
+        assert (f"fine_tuning | LoRA, continuing the adapter {expected_adapter} |" in card) == bool(expected_adapter)
+        PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(expected_base), str(res.adapter))
+
+
 def test_model_card_curves_and_metrics(trained):
     from unime.models.curves import read_curves_csv
 

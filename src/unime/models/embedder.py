@@ -50,7 +50,7 @@ def _check_batch_size(batch_size: Any) -> int:
 class Embedder:
     def __init__(self, model, processor, adapter: FamilyAdapter, *, pooling: str = "last",
                  image_loader: ImageLoader | None = None, instruction_suffix: str = "", batch_size: int = 16,
-                 device: str = "cpu", name: str = ""):
+                 device: str = "cpu", name: str = "", origin: dict[str, str | None] | None = None):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.model, self.processor, self.adapter = model, processor, adapter
@@ -60,6 +60,7 @@ class Embedder:
         self.batch_size = _check_batch_size(batch_size)
         self.device = device
         self.name = name
+        self.origin = origin or {}  # the model the weights start from (`LoadedModel.origin`), as a trainer records it
         self._emb_id = None
         self.visual_tokens = 0  # <|image_pad|> / <|video_pad|> tokens seen by build_inputs (a resolution check)
         if pooling == "emb":
@@ -86,7 +87,7 @@ class Embedder:
             pooling = "emb" if EMB_TOKEN in tok.get_vocab() else "last"
         loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
         return cls(loaded.model, loaded.processor, loaded.adapter, pooling=pooling, image_loader=loader,
-                   device=loaded.device, name=str(path), **kwargs)
+                   device=loaded.device, name=str(path), origin=loaded.origin(), **kwargs)
 
     # -- input assembly -------------------------------------------------------------------------
     def segments(self, item: Item, *, record=None) -> list[Segment]:

@@ -132,6 +132,13 @@ class LoadedModel:
     base_path: str | None = None              # the full model the weights start from (a PEFT adapter's base)
     peft_path: str | None = None              # the PEFT adapter applied on it, if any
 
+    def origin(self) -> dict[str, str | None]:
+        """What a trainer records as the model its weights start from (its metadata, model card, and the base its
+        exported adapter names): `base_model`, the full model (a run folder's merged/, an adapter's own base — not
+        the run folder given as --model), and `started_from_adapter`, the PEFT adapter loaded on it, if any; both
+        as `model_reference` writes them."""
+        return {"base_model": model_reference(self.base_path), "started_from_adapter": model_reference(self.peft_path)}
+
 
 def load_processor(path: str, *, image_budget: ImageBudget | None = None, budget_from: str | None = None):
     """`AutoProcessor` of a checkpoint with its image budget applied: `image_budget`'s set fields over

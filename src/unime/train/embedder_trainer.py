@@ -33,7 +33,7 @@ from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
 from unime.models.hf_arguments import hf_training_arguments
 from unime.models.image_budget import ImageBudget
-from unime.models.loading import model_reference, trainer_device
+from unime.models.loading import trainer_device
 from unime.models.lora import LoraSettings, apply_lora
 from unime.models import export, run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
@@ -524,11 +524,12 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
                  "warmup": config.warmup, "optimizer": config.optim, "weight_decay": config.weight_decay,
                  "max_grad_norm": config.max_grad_norm, "precision": "bf16 autocast" if args.bf16 else "fp32",
                  "gradcache": f"chunk size {config.chunk_size}" if config.gradcache else "off", "seed": config.seed,
-                 "fine_tuning": "full" if config.full else "LoRA",
+                 "fine_tuning": "full" if config.full else "LoRA" if run.lora else
+                                f"LoRA, continuing the adapter {run.embedder.origin['started_from_adapter']}",
                  "image_budget": run.embedder.image_budget.to_dict()}
         card = export.ModelCard(
             title="Universal multimodal embedder (unime, UniME-V2 stage D)",
-            base_model=model_reference(config.model),
+            base_model=run.embedder.origin["base_model"],  # the full model, not --model's run folder (QA)
             summary=f"Fine-tuned from `{config.model}` with `unime train embedder`. The embedding of an item is the "
                     "L2-normalised last-layer hidden state at the last token (or at `<emb>` if the tokenizer has it).",
             usage='from unime import Embedder\nemb = Embedder.from_pretrained("merged")   # or the adapter folder\n'
@@ -539,7 +540,8 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
             pipeline_tag="feature-extraction", tags=["embedding", "multimodal", run.loss.name],
             notes=[f"Training curves: {CURVES_CSV}, {CURVES_PNG}; full configuration: train_config.json."])
         written = export.export_final(run.embedder.model, run.embedder.processor, out, card=card,
-                                      image_budget=run.embedder.image_budget)
+                                      image_budget=run.embedder.image_budget,
+                                      base_model=run.embedder.origin["base_model"])
         export.write_json_atomic(out / FINISHED_FILE, metrics)  # last: the run is finished
     trainer.accelerator.wait_for_everyone()
     return EmbedderTrainingResult(out=out, merged=out / export.MERGED_DIR, adapter=written.get("adapter"),

@@ -49,7 +49,7 @@ from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
-from unime.models.loading import DeviceOptions, model_reference
+from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
 from unime.options import option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
@@ -659,8 +659,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         "role": cfg.role, "num_candidates": num_candidates, "losses": list(cfg.losses),
         # the full model the weights start from (a run folder's merged/, an adapter's base), and the adapter
         # trained on: the adapter written here loads on `base_model` (QA: it named --model's run folder)
-        "base_model": model_reference(loaded.base_path), "started_from_adapter": model_reference(loaded.peft_path),
-        "model_type": model.config.model_type,
+        **loaded.origin(), "model_type": model.config.model_type,
         "answer_prefix": collator.format.prefix, "records": n_records, "examples": n_examples,
         "skipped": skips.total, "steps": trainer.state.global_step,
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
