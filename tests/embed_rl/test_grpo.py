@@ -186,12 +186,17 @@ def test_reward_bookkeeping_through_trl_ordering(world, tiny_model_dir, tmp_path
 
 
 def test_grpo_smoke_two_steps_all_rewards(world, tiny_model_dir, tmp_path):
-    """`train_reasoner_grpo` end to end: 2 steps, format + outcome + process (the judge is the tiny reasoner)."""
+    """`train_reasoner_grpo` end to end: 2 steps, format + outcome + process (the judge is the tiny reasoner); the
+    policy given as a run folder (an SFT stage's output), whose merged/ the card names as the base (QA: it named the
+    run folder)."""
+    import shutil
+
     from unime.embed_rl.grpo import train_reasoner_grpo
 
     root, _ = world
-    out = tmp_path / "grpo"
-    cfg = GRPOStageConfig(model=tiny_model_dir("qwen2_vl"), embedder=tiny_model_dir("qwen2_vl", (EMB_TOKEN,)),
+    out, sft = tmp_path / "grpo", tmp_path / "sft"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), sft / "merged")
+    cfg = GRPOStageConfig(model=str(sft), embedder=tiny_model_dir("qwen2_vl", (EMB_TOKEN,)),
                           records=str(root / "records.jsonl"), out=str(out), max_steps=2, max_completion_length=12,
                           device="cpu")
     summary = train_reasoner_grpo(cfg)
@@ -212,6 +217,9 @@ def test_grpo_smoke_two_steps_all_rewards(world, tiny_model_dir, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     AutoModelForImageTextToText.from_pretrained(out / "merged")
+    base = str((sft / "merged").resolve())
+    assert f"\nbase_model: {base}\n" in (out / "README.md").read_text()
+    assert (summary["base_model"], summary["started_from_adapter"]) == (base, None)
 
 
 def test_grpo_prompt_tokens_equal_the_sft_and_generate_prompt(tiny_model_dir):

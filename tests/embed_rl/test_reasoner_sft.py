@@ -183,3 +183,23 @@ def test_lora_sft_exports_the_adapter_and_a_merged_plain_folder(tiny_model_dir, 
     a = load_file(tmp_path / "o" / "merged" / "model.safetensors")
     b = load_file(tmp_path / "again" / "merged" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_folder_as_model_is_recorded_as_the_base_the_weights_start_from(tiny_model_dir, tmp_path):
+    """QA: `train reasoner --model RUN` (a trainer's output folder) named RUN as base_model in the model card — no
+    model folder. Now the card, the adapter's config and sft_summary.json name RUN's merged/."""
+    import shutil
+
+    from unime.embed_rl.reasoner_sft import train_reasoner_sft
+
+    run = tmp_path / "run"  # a trainer's output folder: merged/ is what every loader loads
+    shutil.copytree(tiny_model_dir("qwen2_vl"), run / "merged")
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT)], tmp_path / "t.jsonl")
+    train_reasoner_sft(ReasonerSFTConfig(model=str(run), data=str(tmp_path / "t.jsonl"), out=str(tmp_path / "o"),
+                                         max_steps=1, lora_r=4, device="cpu", logging_steps=1))
+    base = str((run / "merged").resolve())
+    assert f"\nbase_model: {base}\n" in (tmp_path / "o" / "README.md").read_text()
+    adapter_config = json.loads((tmp_path / "o" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == base
+    summary = json.loads((tmp_path / "o" / "sft_summary.json").read_text())
+    assert (summary["base_model"], summary["started_from_adapter"]) == (base, None)

@@ -16,21 +16,25 @@ STAGES = {"sft": ("Reasoner (unime, Embed-RL cold-start SFT)",
 
 
 def export_reasoner(model, processor, out: str | Path, *, stage: str, options: dict[str, Any],
-                    results: dict[str, Any]) -> dict[str, Path]:
+                    results: dict[str, Any], origin: dict[str, str | None]) -> dict[str, Path]:
     """Export the trained reasoner of `stage` ("sft" | "grpo") with its card: the run's `options` (the
-    stage's config) and `results` (its summary figures)."""
+    stage's config), `results` (its summary figures) and `origin`, the model its weights start from
+    (`unime.models.loading.LoadedModel.origin`: the card's and the adapter's base model, not --model's run folder,
+    and the adapter it started from)."""
     title, objective = STAGES[stage]
     lora = {k: options[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_vision")
             if k in options} if options.get("lora_r") else {}
     hyper = {k: v for k, v in options.items() if not k.startswith("lora_") and k not in ("model", "out")}
+    started = {"started from adapter": origin["started_from_adapter"]} if origin.get("started_from_adapter") else {}
     card = ModelCard(
-        title=title, base_model=str(options["model"]),
+        title=title, base_model=origin["base_model"],
         summary=f"Trained from `{options['model']}` with `unime train reasoner --stage {stage}`: {objective}. "
                 "It writes a T-CoT (reasoning, then the summary the T-CoT embedder embeds) for a query or candidate.",
         usage='from unime.reasoning.reasoner import Reasoner\nr = Reasoner.from_pretrained("merged")\n'
               'tcots = r.generate([{"text": "a red circle"}], "query")',
-        sections={"Results": results, "Hyper-parameters": hyper, "LoRA": lora}, tags=["reasoner", "embed-rl"],
+        sections={"Results": results, "Hyper-parameters": hyper, "LoRA": {**started, **lora}},
+        tags=["reasoner", "embed-rl"],
         notes=["Curves: curves.csv" + (", reward_log.csv, reward_curves.png" if stage == "grpo" else ", curves.png")
                + "; configuration: train_config.json."])
     model.train(False)
-    return export_final(model, processor, out, card=card)
+    return export_final(model, processor, out, card=card, base_model=origin["base_model"])

@@ -535,6 +535,8 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     from unime.models.export import write_json_atomic
 
     export_reasoner(trainer.model, policy.processor, out, stage="grpo", options=options,
-                    results={k: summary[k] for k in ("steps", "pairs", "rows", "skipped_records")})
+                    results={k: summary[k] for k in ("steps", "pairs", "rows", "skipped_records")},
+                    origin=policy.origin())
+    summary.update(policy.origin())  # what the weights start from (the card's base_model)
     write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
     return summary

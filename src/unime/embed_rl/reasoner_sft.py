@@ -237,6 +237,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     from unime.models.export import write_json_atomic
 
     export_reasoner(trainer.model, processor, out, stage="sft", options=options,
-                    results={k: v for k, v in summary.items() if k != "config"})
+                    results={k: v for k, v in summary.items() if k != "config"}, origin=loaded.origin())
+    summary.update(loaded.origin())  # what the weights start from (the card's base_model)
     write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
     return summary
