@@ -4,10 +4,13 @@ completion order (checked against an independent recomputation), and a 2-step sm
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.embed_rl.helpers import COLOURS
@@ -222,6 +225,42 @@ def test_grpo_smoke_two_steps_all_rewards(world, tiny_model_dir, tmp_path):
     assert (summary["base_model"], summary["started_from_adapter"]) == (base, None)
 
 
+def test_grpo_from_an_adapter_folder_trains_that_adapter(world, tiny_model_dir, tmp_path):
+    """QA: `train reasoner --stage grpo --model SFT/adapter --lora-r 4` handed TRL the loaded PEFT model with a
+    `peft_config`, which TRL refuses ('You passed a `PeftModel` instance together with a `peft_config`'). Now the
+    adapter is trained on, as in the reasoner SFT (`unime.models.lora.model_to_train`): the exported adapter is the
+    start adapter's tensors, trained, on the same base — without TRL's frozen reference copy beside it — and the run
+    records where it started; full fine-tuning (--lora-r 0) of an adapter is refused."""
+    from transformers import AutoModelForImageTextToText
+
+    from unime.embed_rl.grpo import train_reasoner_grpo
+    from unime.errors import ModelError
+    from unime.models.lora import GENERATIVE_LORA, apply_lora
+    from safetensors.torch import load_file
+
+    root, _ = world
+    base = str(Path(tiny_model_dir("qwen2_vl")).resolve())
+    start = tmp_path / "start"  # an SFT stage's adapter/: a LoRA of rank 4 on the base
+    torch.manual_seed(0)
+    peft = apply_lora(AutoModelForImageTextToText.from_pretrained(base),
+                      dataclasses.replace(GENERATIVE_LORA, r=4), task_type="CAUSAL_LM")
+    peft.save_pretrained(str(start))
+    cfg = GRPOStageConfig(model=str(start), embedder=tiny_model_dir("qwen2_vl", (EMB_TOKEN,)),
+                          records=str(root / "records.jsonl"), out=str(tmp_path / "grpo"), max_steps=1,
+                          max_completion_length=8, weights=(0.05, 0.8, 0.0), lora_r=4, learning_rate=1e-2,
+                          device="cpu")
+    summary = train_reasoner_grpo(cfg)
+    assert summary["steps"] == 1
+    assert (summary["base_model"], summary["started_from_adapter"]) == (base, str(start))
+    adapter = tmp_path / "grpo" / "adapter"
+    a, b = load_file(str(start / "adapter_model.safetensors")), load_file(str(adapter / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # one LoRA, trained
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == base
+    assert sorted(p.name for p in adapter.iterdir() if p.is_dir()) == []  # no "ref" adapter saved beside it
+    with pytest.raises(ModelError, match="merge it first"):
+        train_reasoner_grpo(dataclasses.replace(cfg, lora_r=0, out=str(tmp_path / "full")))
+
+
 def test_grpo_prompt_tokens_equal_the_sft_and_generate_prompt(tiny_model_dir):
     """TRL tokenizes a conversational row with `prepare_multimodal_messages` + `apply_chat_template`; the
     reasoner (generate, SFT) renders the same segments through the family adapter: same token ids."""
@@ -272,10 +311,8 @@ def test_policy_processor_aligns_image_token_types_with_left_padded_prompts(tiny
 
 
 def test_grpo_hands_trl_a_lora_on_the_language_model_only(world, tiny_model_dir, tmp_path, monkeypatch):
-    """With `lora_r > 0` the stage gives TRL a `peft_config`; applied to the Qwen2.5-VL policy (as TRL does
-    with `get_peft_model`) it adapts the decoder's projections and no vision block."""
-    from peft import get_peft_model
-
+    """With `lora_r > 0` the stage hands TRL the Qwen2.5-VL policy with its LoRA on (`unime.models.lora`, as every
+    trainer; no `peft_config`, which TRL refuses beside a PEFT model): the decoder's projections, no vision block."""
     from unime.embed_rl import grpo
 
     seen = {}
@@ -284,10 +321,10 @@ def test_grpo_hands_trl_a_lora_on_the_language_model_only(world, tiny_model_dir,
         pass
 
     class CapturingTrainer:
-        def __init__(self, *, model, peft_config, **_):
-            peft_model = get_peft_model(model, peft_config)
+        def __init__(self, *, model, **kwargs):
+            assert kwargs.get("peft_config") is None
             seen["adapted"] = {n.split("base_model.model.", 1)[1].rsplit(".lora_A", 1)[0]
-                               for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+                               for n, _ in model.named_parameters() if ".lora_A" in n}
             raise Stop
 
     monkeypatch.setattr(grpo, "_trainer_class", lambda: CapturingTrainer)

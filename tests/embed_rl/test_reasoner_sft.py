@@ -4,6 +4,7 @@ labels), the first step's loss against a hand computation on three families, and
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,39 @@ def test_a_run_folder_as_model_is_recorded_as_the_base_the_weights_start_from(ti
     assert adapter_config["base_model_name_or_path"] == base
     summary = json.loads((tmp_path / "o" / "sft_summary.json").read_text())
     assert (summary["base_model"], summary["started_from_adapter"]) == (base, None)
+
+
+def _keys_and_tensors(adapter_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+def test_an_adapter_folder_as_model_is_trained_on_not_wrapped_in_a_second_lora(tiny_model_dir, tmp_path):
+    """QA: `train reasoner --stage sft --model SFT/adapter --lora-r 4` put a second LoRA on the loaded adapter and
+    TRL's SFT failed ('MultimodalCausalLMOutputWithPast' object has no attribute 'last_hidden_state'). Now the
+    adapter is trained on, as the reranker's and embedder's trainers do (`unime.models.lora.model_to_train`): the
+    exported adapter has the start adapter's tensors, trained, on the same base, and the run records where it
+    started; full fine-tuning (--lora-r 0) of an adapter is refused."""
+    from unime.embed_rl.reasoner_sft import train_reasoner_sft
+    from unime.errors import ModelError
+
+    base = str(Path(tiny_model_dir("qwen2_vl")).resolve())
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT)], tmp_path / "t.jsonl")
+    first = ReasonerSFTConfig(model=base, data=str(tmp_path / "t.jsonl"), out=str(tmp_path / "o"), max_steps=1,
+                              lora_r=4, device="cpu", logging_steps=1, learning_rate=1e-2)
+    train_reasoner_sft(first)
+    start = (tmp_path / "o" / "adapter").resolve()
+    summary = train_reasoner_sft(ReasonerSFTConfig(**{**first.__dict__, "model": str(start),
+                                                      "out": str(tmp_path / "o2")}))
+    assert (summary["base_model"], summary["started_from_adapter"]) == (base, str(start))
+    assert summary["steps"] == 1
+    a, b = _keys_and_tensors(start), _keys_and_tensors(tmp_path / "o2" / "adapter")
+    assert a.keys() == b.keys() and not [k for k in b if k.count("base_model.model.") > 1]  # one LoRA, not nested
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # trained
+    config = json.loads((tmp_path / "o2" / "adapter" / "adapter_config.json").read_text())
+    assert (config["base_model_name_or_path"], config["r"]) == (base, 4)
+    assert f"started from adapter | {start}" in (tmp_path / "o2" / "README.md").read_text()
+    with pytest.raises(ModelError, match="merge it first"):
+        train_reasoner_sft(ReasonerSFTConfig(**{**first.__dict__, "model": str(start), "out": str(tmp_path / "o3"),
+                                                "lora_r": 0}))

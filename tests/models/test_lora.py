@@ -136,12 +136,9 @@ def _stage_lora(trainer: str, model, **options):
         from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, lora_model
 
         return lora_model(model, ReasonerSFTConfig(model="m", data="d", out="o", **options))
-    from peft import get_peft_model
-    from unime.embed_rl.grpo import GRPOStageConfig, peft_config
+    from unime.embed_rl.grpo import GRPOStageConfig, lora_model
 
-    # TRL's GRPOTrainer wraps the policy with `get_peft_model(model, peft_config)`
-    return get_peft_model(model, peft_config(GRPOStageConfig(model="m", embedder="e", records="r", out="o",
-                                                             lora_r=8, **options)))
+    return lora_model(model, GRPOStageConfig(model="m", embedder="e", records="r", out="o", lora_r=8, **options))
 
 
 @pytest.mark.parametrize("family", sorted(VISION_TARGETS))

@@ -427,11 +427,15 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
     return gcfg
 
 
-def peft_config(cfg: GRPOStageConfig):
-    """The policy's PEFT `LoraConfig` (`cfg.lora_r > 0`; TRL's trainer applies it), else None."""
-    from unime.models.lora import LoraSettings, lora_config
+def lora_model(model, cfg: GRPOStageConfig):
+    """The policy as GRPO trains it (`unime.models.lora.model_to_train`, the reasoner SFT's rule): with its LoRA
+    adapter (`cfg.lora_r > 0`), else every parameter; an adapter loaded (--model an adapter folder) is trained on.
+    TRL is handed the PEFT model, no `peft_config`: its reference policy is then a frozen copy of the adapter as
+    the run starts (TRL's "ref" adapter), which for a new LoRA is the base model."""
+    from unime.models.lora import LoraSettings, model_to_train
 
-    return lora_config(LoraSettings.from_options(cfg), task_type="CAUSAL_LM") if cfg.lora_r > 0 else None
+    return model_to_train(model, LoraSettings.from_options(cfg) if cfg.lora_r > 0 else None, source=cfg.model,
+                          full_option="--lora-r 0", task_type="CAUSAL_LM")
 
 
 def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
@@ -489,6 +493,10 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     dataset = Dataset.from_list(rows)
 
     policy = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # LoRA initialisation, as the other trainers
+    policy.model = lora_model(policy.model, cfg)
     # the frozen reward model, loaded once
     embedder = ReasonedEmbedder(Embedder.from_pretrained(cfg.embedder, device=policy.device, dtype=cfg.dtype,
                                                          pooling="emb", data_root=data_root))
@@ -519,8 +527,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     gcfg = embed_rl_grpo_config(cfg, output_dir=str(work), use_cpu=policy.device == "cpu",
                                 bf16=policy.dtype == torch.bfloat16, fp16=policy.dtype == torch.float16)
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
-                               processing_class=prepare_policy_processor(policy.processor),
-                               peft_config=peft_config(cfg))  # TRL applies it
+                               processing_class=prepare_policy_processor(policy.processor))
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     history = [h for h in trainer.state.log_history if "reward" in h]

@@ -9,9 +9,9 @@ completions; with `completion_only_loss` the prompt tokens (image tokens include
 the loss is next-token cross-entropy on the T-CoT and end-of-turn tokens only. The prompt ids are the ones
 generation sees, token for token.
 
-LoRA through `unime.models.lora.apply_lora` (`lora_r > 0`, merged into the saved model) or full
-fine-tuning (`lora_r = 0`). The output is every trainer's export (`unime.embed_rl.export`): `merged/` is an
-ordinary HF folder (model + processor) that
+LoRA through `unime.models.lora.model_to_train` (`lora_r > 0`, merged into the saved model; an adapter folder
+given as --model is trained on, not wrapped in a second LoRA) or full fine-tuning (`lora_r = 0`). The output is
+every trainer's export (`unime.embed_rl.export`): `merged/` is an ordinary HF folder (model + processor) that
 `Reasoner.from_pretrained` and the GRPO stage load.
 """
 
@@ -28,7 +28,7 @@ from unime.embed_rl.stage_options import ReasonerStageOptions
 from unime.models.adapters import FamilyAdapter
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
-from unime.models.lora import GENERATIVE_LORA, GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
+from unime.models.lora import GENERATIVE_LORA, GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train
 from unime.models.rerank_prompts import answer_format
 from unime.options import option
 
@@ -128,8 +128,10 @@ def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype)
 
 
 def lora_model(model, cfg: ReasonerSFTConfig):
-    """`model` with the reasoner's LoRA adapter (`cfg.lora_r > 0`)."""
-    return apply_lora(model, LoraSettings.from_options(cfg), task_type="CAUSAL_LM")
+    """`model` as the reasoner SFT trains it (`unime.models.lora.model_to_train`): with its LoRA adapter
+    (`cfg.lora_r > 0`), else every parameter; an adapter loaded (--model an adapter folder) is trained on."""
+    return model_to_train(model, LoraSettings.from_options(cfg) if cfg.lora_r > 0 else None, source=cfg.model,
+                          full_option="--lora-r 0", task_type="CAUSAL_LM")
 
 
 class CheckedImages:
@@ -215,11 +217,10 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
         raise ValueError(f"{cfg.data}: no usable T-CoT rows ({skipped} skipped)")
     log.info("reasoner SFT: %d examples (%d skipped)", len(examples), skipped)
 
-    if cfg.lora_r > 0:
-        from transformers import set_seed
+    from transformers import set_seed
 
-        set_seed(cfg.seed)  # LoRA initialisation, as the embedder and reranker trainers (and TRL with peft_config)
-        model = lora_model(model, cfg)
+    set_seed(cfg.seed)  # LoRA initialisation, as the embedder and reranker trainers
+    model = lora_model(model, cfg)
     args = sft_config(cfg, str(work), use_cpu=loaded.device == "cpu", dtype=loaded.dtype)
     trainer = sft_trainer(model, processor, examples, args)
     run_state.train_or_finish(trainer, plan.checkpoint)

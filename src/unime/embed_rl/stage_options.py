@@ -9,7 +9,8 @@ from unime.options import option
 
 @dataclass(kw_only=True)
 class ReasonerStageOptions:
-    model: str = option(help="reasoner checkpoint to train (grpo: the SFT output folder or its merged/)")
+    model: str = option(help="reasoner checkpoint to train (grpo: the SFT output folder or its merged/); an adapter "
+                        "folder is trained on with LoRA (--lora-r > 0, its rank kept), not wrapped in a second one")
     out: str = option(help="output folder (merged/: an HF folder; adapter/ for LoRA; README.md, checkpoints/, logs)")
     data_root: str | None = option(None, "folder image paths are relative to")
     dtype: str = option("auto")

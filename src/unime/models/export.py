@@ -81,9 +81,9 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
         image_budget.save(out)
     written: dict[str, Path] = {}
 
-    def save(folder: str, m) -> None:
+    def save(folder: str, m, **how) -> None:
         with atomic_dir(out / folder, overwrite=True) as tmp:
-            m.save_pretrained(str(tmp))
+            m.save_pretrained(str(tmp), **how)
             processor.save_pretrained(str(tmp))
             (tmp / CARD_FILE).write_text(text, encoding="utf-8")
             for name, content in (folder_files or {}).items():
@@ -92,8 +92,8 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
                 image_budget.save(tmp)
         written[folder] = out / folder
 
-    if adapter:
-        save(ADAPTER_DIR, model)
+    if adapter:  # the adapter trained, not a frozen copy a trainer kept beside it (TRL GRPO's reference, "ref")
+        save(ADAPTER_DIR, model, selected_adapters=[model.active_adapter])
     if merged:
         save(MERGED_DIR, model.merge_and_unload() if peft else model)
     write_text_atomic(out / CARD_FILE, text)

@@ -1,5 +1,6 @@
 """LoRA for every fine-tuning stage (embedder, reranker / judge, reasoner SFT, GRPO): the settings, the
-default of each path, and the one place a PEFT adapter is put on a model (`apply_lora`, `lora_config`).
+default of each path, and the one place a PEFT adapter is put on a model (`apply_lora`, `lora_config`) — or,
+when the model loaded already is one, not put on it (`model_to_train`, every trainer's one rule).
 
 Targets are module names matched inside the language model only (`.*language_model.*\\.(names)`), unless
 `vision=True`: Qwen2.5-VL's vision blocks use the decoder's MLP names (gate_proj, up_proj, down_proj), so
@@ -10,11 +11,14 @@ bare names would adapt the vision tower too. Modules trained in full beside LoRA
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from unime.errors import UsageError
+from unime.errors import ModelError, UsageError
 from unime.options import option
+
+log = logging.getLogger(__name__)
 
 # The decoder's projections.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -111,3 +115,29 @@ def apply_lora(model, settings: LoraSettings, *, modules_to_save: Sequence[str] 
     if not any(p.requires_grad for p in peft_model.parameters()):
         raise UsageError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}")
     return peft_model
+
+
+def model_to_train(model, settings: LoraSettings | None, *, source: str, full_option: str = "--full",
+                   modules_to_save: Sequence[str] = (), task_type: str | None = None):
+    """The model a trainer trains, from the one it loaded from `source` (its --model) — every trainer's rule:
+
+    - `settings` None (full fine-tuning, chosen by `full_option`): every parameter. A PEFT model (an adapter
+      folder, or a run folder holding only its adapter/) is refused: its merged form is the model to give;
+    - a PEFT model: its adapter is trained on, as loaded (`load_model(..., trainable=True)`), on the adapter's
+      own base; `settings` are ignored. A second LoRA nested in it is what TRL's trainers cannot run (the
+      reasoner's SFT failed on its outputs, GRPO refuses a PEFT model with a `peft_config`) and what loads on no
+      base;
+    - else: `apply_lora(model, settings, ...)` (seed the RNG first for a reproducible initialisation)."""
+    from unime.models.run_state import is_peft
+
+    if settings is None:
+        if is_peft(model):
+            raise ModelError(f"full fine-tuning ({full_option}) of the adapter folder {source}: merge it first (its "
+                             "merged/ folder), or keep training the adapter itself with LoRA")
+        return model.requires_grad_(True)
+    if is_peft(model):
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"{source}: the adapter was loaded frozen; load it with trainable=True to train it")
+        log.info("%s is a PEFT adapter: continuing to train it (LoRA options ignored)", source)
+        return model
+    return apply_lora(model, settings, modules_to_save=modules_to_save, task_type=task_type)

@@ -34,7 +34,7 @@ from unime.data.video import VideoSampling
 from unime.models.hf_arguments import hf_training_arguments
 from unime.models.image_budget import ImageBudget
 from unime.models.loading import trainer_device
-from unime.models.lora import LoraSettings, apply_lora
+from unime.models.lora import LoraSettings, model_to_train
 from unime.models import export, run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
@@ -284,8 +284,10 @@ def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult 
 
 
 def lora_model(model, config: EmbedderTrainingConfig):
-    """`model` with the embedder's LoRA (or DoRA) adapter: `unime.models.lora.apply_lora`."""
-    return apply_lora(model, LoraSettings.from_options(config))
+    """`model` as the embedder trains it (`unime.models.lora.model_to_train`): with its LoRA (or DoRA) adapter;
+    every parameter with --full; an adapter loaded (--model an adapter folder) is trained on."""
+    return model_to_train(model, None if config.full else LoraSettings.from_options(config), source=config.model,
+                          full_option="--full")
 
 
 def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -> TrainingArguments:
@@ -441,19 +443,12 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
                                         video_sampling=VideoSampling.from_fields(config),
                                         image_budget=ImageBudget.from_options(config.min_pixels, config.max_pixels,
                                                                               config.image_size))
-    lora = None
-    if config.full:
-        if run_state.is_peft(embedder.model):
-            raise UnimeError(f"--full on the adapter folder {config.model}: merge it first (its merged/ folder)")
-        embedder.model.requires_grad_(True)
-        if config.freeze_vision:
-            frozen = embedder.adapter.freeze_vision(embedder.model)
-            logger.info("full fine-tuning with the vision tower frozen (%d parameters)", frozen)
-    elif run_state.is_peft(embedder.model):
-        logger.info("%s is a PEFT adapter: continuing to train it (LoRA options ignored)", config.model)
-    else:
-        lora = LoraSettings.from_options(config)
-        embedder.model = lora_model(embedder.model, config)
+    # the LoRA settings of a new adapter (none for --full, or an adapter loaded: it is trained on)
+    lora = None if config.full or run_state.is_peft(embedder.model) else LoraSettings.from_options(config)
+    embedder.model = lora_model(embedder.model, config)
+    if config.full and config.freeze_vision:
+        frozen = embedder.adapter.freeze_vision(embedder.model)
+        logger.info("full fine-tuning with the vision tower frozen (%d parameters)", frozen)
     embedder.model.train()
 
     # input assembly only (no model): the collator runs in data-loader workers, on CPU

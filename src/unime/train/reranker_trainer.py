@@ -50,7 +50,7 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
-from unime.models.lora import GENERATIVE_LORA_OPTIONS, LoraSettings, apply_lora
+from unime.models.lora import GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train
 from unime.options import option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
@@ -542,8 +542,10 @@ def _run_options(cfg: RerankerTrainConfig) -> dict:
 
 
 def lora_model(model, cfg: RerankerTrainConfig):
-    """`model` with the reranker's / judge's LoRA adapter, `cfg.train_modules` trained in full beside it."""
-    return apply_lora(model, LoraSettings.from_options(cfg), modules_to_save=cfg.train_modules, task_type="CAUSAL_LM")
+    """`model` as the reranker / judge trains it (`unime.models.lora.model_to_train`): with its LoRA adapter,
+    `cfg.train_modules` trained in full beside it; every parameter with --full; an adapter loaded, trained on."""
+    return model_to_train(model, None if cfg.full else LoraSettings.from_options(cfg), source=cfg.model,
+                          full_option="--full", modules_to_save=cfg.train_modules, task_type="CAUSAL_LM")
 
 
 def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
@@ -555,7 +557,6 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     from unime.models.loading import (is_peft_adapter, load_model, resolve_dtype, trained_model_folder,
                                       trainer_device)
     from unime.models import run_state
-    from unime.models.run_state import is_peft
     from unime.models.curves import CurvesCallback
 
     out = Path(cfg.out)
@@ -595,17 +596,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     loaded = load_model(cfg.model, device=device, dtype=torch.float32 if cfg.full else compute_dtype,
                         trainable=cfg.full or from_adapter,
                         image_budget=ImageBudget.from_options(cfg.min_pixels, cfg.max_pixels, cfg.image_size))
-    if cfg.full:
-        if is_peft(loaded.model):
-            raise ModelError(f"full fine-tuning of the adapter folder {cfg.model}: merge it first (its merged/ folder)")
-        model = loaded.model.requires_grad_(True)
-    elif is_peft(loaded.model):
-        log.info("%s is a PEFT adapter (%s): continuing to train it (LoRA options ignored)", cfg.model,
-                 loaded.peft_path)
-        model = loaded.model
-    else:
-        torch.manual_seed(cfg.seed)  # LoRA initialisation
-        model = lora_model(loaded.model, cfg)
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
+    model = lora_model(loaded.model, cfg)
     collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root, video=VideoSampling.from_fields(cfg)),
                                     source=", ".join(cfg.records),
                                     train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
