@@ -4,6 +4,7 @@ file and every image it references, before a long job): their options (`unime.op
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from unime.options import option
@@ -25,14 +26,20 @@ class ConvertConfig:
 
 
 def convert_records(cfg: ConvertConfig):
-    """Returns (records written, the `SkipReport` of the records left out)."""
+    """Returns (records written, the `SkipReport` of the records left out). The records keep their image paths, so
+    the input's data root (`unime.data.roots.resolve_data_root`) is recorded beside the output
+    (`record_data_root`): the converted file finds the same images without --data-root."""
     from unime.data.io import SkipReport, iter_records, write_records
+    from unime.data.roots import record_data_root, resolve_data_root
 
     skips = SkipReport()
+    data_root = resolve_data_root(cfg.input)
     records = iter_records(cfg.input, on_error=cfg.on_error, skips=skips, format=cfg.from_format)
     if cfg.dataset:
         records = (r if r.dataset else dataclasses.replace(r, dataset=cfg.dataset) for r in records)
-    return write_records(records, cfg.output, format=cfg.to_format), skips
+    n = write_records(records, cfg.output, format=cfg.to_format)
+    record_data_root(os.path.dirname(os.path.abspath(cfg.output)), data_root, written=[cfg.output])
+    return n, skips
 
 
 @dataclass(kw_only=True)

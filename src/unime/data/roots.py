@@ -3,8 +3,9 @@ finds the images without `--data-root`.
 
 A folder may hold `unime_data.json` = ``{"data_root": PATH}`` (PATH relative to that folder, or
 absolute). `unime data import` writes one beside its records and MMEB files, `unime data synth` in the
-world's `train/`, `unime mine` beside `mined.parquet`, and the Embed-RL commands that write data files
-(`unime reason teacher` / `generate` / `split` / `materialize`) beside their outputs (`record_data_root`).
+world's `train/`, `unime mine` beside `mined.parquet`, and the commands that write data files from others
+(`unime data convert`, `unime reason teacher` / `generate` / `split` / `materialize`) beside their outputs
+(`record_data_root`).
 `resolve_data_root(file, explicit)` answers, in order: the explicit option; the marker in the file's folder; a
 mining `manifest.json` there (``inputs.data_root``); the file's folder.
 """
