@@ -5,6 +5,7 @@ the next command finds the images; an explicit `--data-root` still wins; their i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from unime.cli import main
 from unime.data.images import ImageLoader
 from unime.data.io import check_images, read_records, write_records
-from unime.data.roots import DATA_ROOT_FILE, resolve_data_root
+from unime.data.roots import DATA_ROOT_FILE, file_marker, resolve_data_root, write_data_root
 from unime.reasoning.reasoner import read_tcot_rows
 
 
@@ -22,16 +23,20 @@ def _subset(world: Path, n: int = 6) -> list:
 
 @pytest.fixture(scope="module")
 def chain(tiny_world_dir, tiny_model_dir, tmp_path_factory):
-    """The data commands of the block run in a scratch folder (cwd), as a user types them: the world's
-    training records copied to r.jsonl, `reason teacher`, `reason split` (a tiny judge), `reason materialize`
-    with and without T-CoTs — no `--data-root` anywhere."""
+    """The data commands of the block run in a scratch folder (cwd), as a user types them: some of the world's
+    training records converted to r.jsonl (`data convert`, which records their data root beside it), `reason
+    teacher`, `reason split` (a tiny judge), `reason materialize` with and without T-CoTs — no `--data-root`
+    anywhere."""
     world = tiny_world_dir(0)
     work = tmp_path_factory.mktemp("embed_rl_chain")
-    write_records(_subset(world), work / "r.jsonl")
+    some = tmp_path_factory.mktemp("some_records")  # a few of the world's records, in a folder recording the world
+    write_records(_subset(world), some / "r.jsonl")
+    write_data_root(some, world)
     mp = pytest.MonkeyPatch()
     mp.chdir(work)
     try:
-        codes = [main(["reason", "teacher", "--world", str(world), "--records", "r.jsonl", "--out", "t.jsonl"]),
+        codes = [main(["data", "convert", str(some / "r.jsonl"), "r.jsonl"]),
+                 main(["reason", "teacher", "--world", str(world), "--records", "r.jsonl", "--out", "t.jsonl"]),
                  main(["reason", "split", "--records", "r.jsonl", "--tcots", "t.jsonl", "--judge", tiny_model_dir(),
                        "--out-dir", "split", "--rl-fraction", "0.5"]),
                  main(["reason", "materialize", "--records", "split/contrastive.jsonl", "--tcots", "t.jsonl",
@@ -44,7 +49,7 @@ def chain(tiny_world_dir, tiny_model_dir, tmp_path_factory):
 
 def test_the_data_commands_of_the_block_run_without_data_root(chain):
     world, work, codes = chain
-    assert codes == [0, 0, 0, 0]
+    assert codes == [0, 0, 0, 0, 0]
     assert len(read_records(work / "split" / "contrastive.jsonl")) == 3
     assert len(read_records(work / "reasoned.parquet")) == 3 and len(read_records(work / "plain.parquet")) == 6
 
@@ -114,18 +119,19 @@ def test_the_trainers_of_the_block_read_the_outputs_without_data_root(chain, tin
     assert (work / "tcot-emb" / "merged").is_dir() and (work / "sft" / "merged").is_dir()
 
 
-def test_a_folder_that_records_another_root_keeps_it_and_a_warning_names_the_option(tiny_world_dir, tmp_path,
-                                                                                      caplog):
+def test_a_folder_that_records_another_root_keeps_it_and_the_new_file_records_its_own(tiny_world_dir, tmp_path):
+    """A folder whose marker names another root keeps it (its other files rely on it); the file written there
+    records its own root beside it (`NAME.unime_data.json`), so it needs no --data-root either (it did)."""
     world = tiny_world_dir(0)
     write_records(_subset(world, 2), tmp_path / "r.jsonl")
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / DATA_ROOT_FILE).write_text(json.dumps({"data_root": ".."}))  # its other files rely on it
-    with caplog.at_level("WARNING", logger="unime.data.roots"):
-        assert main(["reason", "materialize", "--records", str(tmp_path / "r.jsonl"), "--no-tcots",
-                     "--data-root", str(world), "--out", str(shared / "plain.parquet")]) == 0
+    assert main(["reason", "materialize", "--records", str(tmp_path / "r.jsonl"), "--no-tcots",
+                 "--data-root", str(world), "--out", str(shared / "plain.parquet")]) == 0
     assert json.loads((shared / DATA_ROOT_FILE).read_text()) == {"data_root": ".."}
-    assert f"--data-root {world}" in caplog.text
+    assert resolve_data_root(shared / "plain.parquet") == str(world.resolve())
+    assert resolve_data_root(shared / "other.jsonl") == str(tmp_path.resolve())
 
 
 def test_generated_tcots_record_the_records_data_root(tiny_world_dir, tiny_model_dir, tmp_path):
@@ -137,18 +143,27 @@ def test_generated_tcots_record_the_records_data_root(tiny_world_dir, tiny_model
     assert resolve_data_root(out) == str(world.resolve())
 
 
-def test_a_marker_written_beside_other_files_says_what_it_changes(tiny_world_dir, tmp_path, caplog):
-    """The marker speaks for the whole folder: written where other files are, a warning names it and the option
-    a file whose images are relative to the folder itself then needs; an empty folder gets it without a word."""
+def test_an_output_beside_other_files_records_its_own_root_and_theirs_is_unchanged(tiny_world_dir, tmp_path,
+                                                                                    caplog):
+    """QA: `reason teacher --out t.jsonl` in a working folder wrote the folder marker there, which re-pointed every
+    data file of the folder to the world (with a warning). Now a folder marker is written only where the command's
+    outputs are alone; beside other entries the output gets a marker of its own (`t.jsonl.unime_data.json`, read
+    before the folder's) and the other files resolve as they did; no warning, nothing to give."""
     import logging
 
     world = tiny_world_dir(0)
-    (tmp_path / "shared").mkdir()
-    (tmp_path / "shared" / "notes.jsonl").write_text("{}\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.jsonl").write_text("{}\n")  # a file of the user's, its images relative to shared/
+    (shared / "models").mkdir()
     with caplog.at_level(logging.WARNING, logger="unime.data.roots"):
-        assert main(["reason", "teacher", "--world", str(world), "--out", str(tmp_path / "shared" / "t.jsonl")]) == 0
+        assert main(["reason", "teacher", "--world", str(world), "--out", str(shared / "t.jsonl")]) == 0
         assert main(["reason", "teacher", "--world", str(world), "--out", str(tmp_path / "alone" / "t.jsonl")]) == 0
-    warned = [r.getMessage() for r in caplog.records if "now resolves its image paths" in r.getMessage()]
-    assert len(warned) == 1 and "shared" in warned[0] and "notes.jsonl" in warned[0]
-    assert f"--data-root {tmp_path / 'shared'}" in warned[0]
-    assert (tmp_path / "shared" / DATA_ROOT_FILE).is_file() and (tmp_path / "alone" / DATA_ROOT_FILE).is_file()
+    assert not caplog.records
+    assert not (shared / DATA_ROOT_FILE).exists()
+    assert json.loads(file_marker(shared / "t.jsonl").read_text()) == \
+        {"data_root": os.path.relpath(world.resolve(), shared.resolve())}
+    assert resolve_data_root(shared / "t.jsonl") == str(world.resolve())
+    assert resolve_data_root(shared / "notes.jsonl") == str(shared.resolve())  # as before the command
+    assert (tmp_path / "alone" / DATA_ROOT_FILE).is_file()  # its own outputs only: the folder marker, as before
+    assert not file_marker(tmp_path / "alone" / "t.jsonl").exists()

@@ -187,7 +187,7 @@ class SplitConfig(ReasonOptions):
 
 def split_records_file(cfg: SplitConfig) -> dict:
     """`unime reason split`: `split_by_tcot_match` of the records file with the judge checkpoint; writes
-    OUT_DIR/contrastive.jsonl, rl.jsonl and split.json, and records the records' data root in OUT_DIR
+    OUT_DIR/contrastive.jsonl, rl.jsonl and split.json, and records the records' data root beside them
     (`unime.data.roots.record_data_root`). Returns the split's counts."""
     import dataclasses
     import json
@@ -211,7 +211,7 @@ def split_records_file(cfg: SplitConfig) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     write_records(split.contrastive, os.path.join(out_dir, "contrastive.jsonl"))
     write_records(split.rl, os.path.join(out_dir, "rl.jsonl"))
-    record_data_root(out_dir, data_root, written=["contrastive.jsonl", "rl.jsonl", "split.json"])  # read next
+    record_data_root(out_dir, data_root, written=["contrastive.jsonl", "rl.jsonl"], companions=["split.json"])
     with atomic_open(os.path.join(out_dir, "split.json")) as fh:
         json.dump({**split.counts, "scores": split.scores}, fh, indent=1)
     return split.counts
@@ -232,7 +232,7 @@ class MaterializeConfig:
 
 def materialize_records_file(cfg: MaterializeConfig) -> int:
     """`unime reason materialize`: `reasoned_records` of the records file written to `cfg.out`, the records' data
-    root recorded in its folder (`unime.data.roots.record_data_root`); returns their number."""
+    root recorded beside it (`unime.data.roots.record_data_root`); returns their number."""
     from unime.data.images import ImageLoader
     from unime.data.io import read_records, write_records
     from unime.data.roots import record_data_root, resolve_data_root

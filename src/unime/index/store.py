@@ -37,7 +37,7 @@ from unime.data.atomic import atomic_open, atomic_path
 from unime.data.corpus import read_corpus
 from unime.data.images import ImageLoader
 from unime.data.items import Item
-from unime.data.roots import recorded_data_root, resolve_data_root
+from unime.data.roots import recorded_root_of, resolve_data_root
 from unime.errors import UnimeError
 from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
@@ -260,7 +260,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         # and the index keeps its kind and settings unless asked otherwise (QA: a new file's folder became the
         # images' root, and hnsw silently became flat)
         indexed_root = manifest.get("data_root")
-        if data_root is None and indexed_root and recorded_data_root(Path(os.path.abspath(items_path)).parent) is None:
+        if data_root is None and indexed_root and recorded_root_of(items_path) is None:
             root = Path(indexed_root)
         elif indexed_root and root.resolve() != Path(indexed_root).resolve():
             raise IndexError_(f"{out} holds items whose images are relative to {indexed_root}, not {root}: add items "

@@ -304,7 +304,7 @@ class GenerateConfig(DeviceOptions):
 
 def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
     """`unime reason generate`: the checkpoint's T-CoTs for the chosen sides of every record, written to
-    `cfg.out`, the records' data root recorded in its folder (`unime.data.roots.record_data_root`: the rows keep
+    `cfg.out`, the records' data root recorded beside it (`unime.data.roots.record_data_root`: the rows keep
     the records' image paths). Returns (T-CoTs written, how many of them are in the T-CoT format)."""
     from unime.data.io import read_records
     from unime.data.roots import record_data_root, resolve_data_root

@@ -253,8 +253,8 @@ class TeacherConfig:
 def write_teacher_tcots(cfg: TeacherConfig):
     """`unime reason teacher`: the annotation teacher's T-CoTs for `cfg.records` (default: the world's training
     records) written to `cfg.out`; bad records and T-CoT rows raise, or under `on_error="skip"` are left out and
-    counted. The world is recorded as the data root of `cfg.out`'s folder (`unime.data.roots.record_data_root`), so
-    the readers of the T-CoT file find its images without `--data-root`. Returns (T-CoTs written, records read,
+    counted. The world is recorded as the T-CoT file's data root beside it (`unime.data.roots.record_data_root`),
+    so its readers find its images without `--data-root`. Returns (T-CoTs written, records read,
     the `SkipReport`)."""
     from unime.data.io import read_records
     from unime.data.roots import record_data_root
