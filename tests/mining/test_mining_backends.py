@@ -187,3 +187,37 @@ def test_ray_backend_with_two_workers_equals_local(tiny_model_dir):
     for g, e in zip(got[7] + got[9], expected):
         np.testing.assert_allclose(g, e, atol=1e-5)
     assert not ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_ray_backend_on_a_cluster_started_elsewhere_sends_absolute_paths_and_raises_a_workers_error(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """The user started the cluster in one folder and runs mining from another with relative --judge /
+    --data-root: the workers (whose working directory is the cluster's) get absolute paths; a worker's own error
+    reaches the driver as itself (the CLI's one line), not as Ray's wrapping with the worker's traceback as text."""
+    ray = pytest.importorskip("ray")
+    from unime.mining.backends.local import LocalBackend
+
+    sub = tmp_path / "sub"
+    (sub / "world").mkdir(parents=True)
+    (sub / "judge").symlink_to(tiny_model_dir("qwen2_vl"))
+    _img(5).save(sub / "world" / "cat.png")
+    groups = [(Item(text="<|image_1|>\nwhat is shown?", images=("cat.png",)), [Item(text="red"), Item(text="a cat")])]
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.chdir(tmp_path)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # the cluster's working directory: tmp_path
+    try:
+        monkeypatch.chdir(sub)
+        spec = JudgeSpec(path="judge", device="cpu", data_root="world")
+        expected = LocalBackend(spec).score_groups(groups)
+        backend = make_backend("ray", spec, num_workers=1)
+        assert backend.spec.path == str(sub / "judge") and backend.spec.data_root == str(sub / "world")
+        got = backend.score_groups(groups)
+        np.testing.assert_allclose(got[0], expected[0], atol=1e-5)
+        with pytest.raises(ModelError) as failed:
+            make_backend("ray", JudgeSpec(path="no-such-judge", device="cpu"), num_workers=1).score_groups(groups)
+        assert type(failed.value) is ModelError and "\n" not in str(failed.value)
+        assert str(failed.value).startswith("model 'no-such-judge': no such local folder")
+    finally:
+        ray.shutdown()

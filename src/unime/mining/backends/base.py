@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -52,10 +52,14 @@ class JudgeSpec:
                                            load_weights=load_weights, image_budget=self.budget,
                                            video_sampling=self.sampling)
 
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = os.path.abspath(self.path) if os.path.exists(self.path) else self.path
-        return d
+    def with_absolute_paths(self) -> "JudgeSpec":
+        """This spec with its local paths (checkpoint, adapter, data root) made absolute, for workers that run in
+        another working directory (a Ray cluster's); a hub model id stays as it is."""
+        def absolute(p: str | None) -> str | None:
+            return os.path.abspath(p) if p is not None and os.path.exists(p) else p
+
+        return replace(self, path=absolute(self.path), adapter_path=absolute(self.adapter_path),
+                       data_root=None if self.data_root is None else os.path.abspath(self.data_root))
 
 
 class JudgeBackend(ABC):

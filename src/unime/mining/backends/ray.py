@@ -7,6 +7,12 @@ once per shard); a shard's scores are yielded as soon as all its groups are back
 pipeline writes it atomically. Query groups travel to the workers pickled; image paths are resolved
 by each worker against `spec.data_root`, so on a multi-node cluster the data root must be on shared
 storage. Scores are those of the local fast path (same code, same numbers).
+
+The workers run in the cluster's working directory, not the driver's: the spec's local paths are made absolute
+before it is sent. A worker's failure (a judge that does not load, an image that does not open) travels back as
+data, the exception itself, and is raised by the driver: the CLI prints it as the one line it prints for the same
+failure in one process. Raised inside the worker, Ray would hand over its own wrapping (an "actor died" or a task
+error whose text is the worker's traceback, the exception lost) and log the traceback twice on the way.
 """
 
 from __future__ import annotations
@@ -30,14 +36,38 @@ class _JudgeWorker:
             import torch
 
             torch.set_num_threads(threads)
-        self.judge = spec.load()
+        self.judge, self.load_error = None, b""
+        try:
+            self.judge = spec.load()
+        except Exception as e:  # noqa: BLE001 - sent back with each batch (`_failure`)
+            self.load_error = _failure(e)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        scores = []
-        for payload in batch["payload"]:
-            query, candidates = pickle.loads(payload)
-            scores.append(np.asarray(self.judge.score_candidates(query, list(candidates)), dtype=np.float64).tobytes())
-        return {"shard": batch["shard"], "group": batch["group"], "scores": np.array(scores, dtype=object)}
+        scores, error = [], self.load_error
+        if not error:
+            try:
+                for payload in batch["payload"]:
+                    query, candidates = pickle.loads(payload)
+                    scores.append(np.asarray(self.judge.score_candidates(query, list(candidates)),
+                                             dtype=np.float64).tobytes())
+            except Exception as e:  # noqa: BLE001 - sent back (`_failure`)
+                error = _failure(e)
+        n = len(batch["payload"])
+        return {"shard": batch["shard"], "group": batch["group"],
+                "scores": np.array(scores if not error else [b""] * n, dtype=object),
+                "error": np.array([error] * n, dtype=object)}
+
+
+def _failure(exc: Exception) -> bytes:
+    """A worker's exception, pickled for the driver to raise (with the worker's traceback as a note, shown when
+    the traceback is: a bug, or `--log-level DEBUG`); raised here if it does not pickle."""
+    import traceback
+
+    exc.add_note("in a Ray judge worker:\n" + "".join(traceback.format_exception(exc)).rstrip())
+    try:
+        return pickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - Ray reports it its own way
+        raise exc from None
 
 
 class RayBackend(JudgeBackend):
@@ -48,7 +78,7 @@ class RayBackend(JudgeBackend):
                  threads_per_worker: int | None = 1, groups_per_batch: int = 1):
         import ray
 
-        self.spec = spec
+        self.spec = spec.with_absolute_paths()  # the workers' working directory is the cluster's
         self.num_workers = num_workers
         self.cpus_per_worker = cpus_per_worker
         self.num_gpus_per_worker = num_gpus_per_worker
@@ -84,6 +114,8 @@ class RayBackend(JudgeBackend):
                             batch_format="numpy")
         pending: dict[int, dict[int, np.ndarray]] = {}
         for row in ds.iter_rows():
+            if row["error"]:
+                raise pickle.loads(row["error"])
             sid, g = int(row["shard"]), int(row["group"])
             pending.setdefault(sid, {})[g] = np.frombuffer(row["scores"], dtype=np.float64).copy()
             if len(pending[sid]) == sizes[sid]:
