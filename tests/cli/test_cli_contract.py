@@ -4,6 +4,7 @@ parsed by the command line's rules, and output folders that are never taken from
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,28 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1] == f"unime: error: {tmp_path / 'none.jsonl'}: record file not found"
+
+
+def test_the_error_line_starts_a_line_of_its_own_after_a_progress_bar(monkeypatch, capsys):
+    """A bar's line ends without a newline: the error goes on the next line, not glued onto it; under torchrun too,
+    where the bar is another process's (the Trainer shows it on the first process only)."""
+    from tqdm import tqdm
+
+    from unime.cli.failures import report
+    from unime.errors import DataError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    bar = tqdm(total=18, file=sys.stderr)
+    bar.update(12)
+    assert report(DataError("corrupt image", source="bad.jsonl", record=70), debug=False) == 2
+    bar.close()
+    err = capsys.readouterr().err
+    assert "12/18" in err and "\nunime: error: bad.jsonl, record 70: corrupt image\n" in err
+    assert report(DataError("bad"), debug=False) == 2  # no bar: no empty line
+    assert capsys.readouterr().err == "unime: error: bad\n"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # another process's bar may be on the terminal's line
+    assert report(DataError("bad"), debug=False) == 2
+    assert capsys.readouterr().err == "\nunime: error: bad\n"
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):

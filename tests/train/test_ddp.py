@@ -5,6 +5,7 @@ batch) and the judge (full fine-tuning, pairwise + within-record group loss)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -31,15 +32,16 @@ def _common(model: str, records: Path, world: Path, loss: str, steps: int, grad_
             "--logging-steps", "1", "--device", "cpu", "--seed", "3"]
 
 
-def _torchrun(args: list[str], log: Path, command: str = "embedder") -> None:
-    """`torchrun --nproc-per-node 2 $(which unime) train COMMAND ...`, the documented launch."""
+def _torchrun(args: list[str], log: Path, command: str = "embedder", succeeds: bool = True) -> str:
+    """`torchrun --nproc-per-node 2 $(which unime) train COMMAND ...`, the documented launch; its output."""
     unime = Path(sys.executable).parent / "unime"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(unime), "train", command, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=600)
-    assert proc.returncode == 0, log.read_text()[-4000:]
+    assert (proc.returncode == 0) == succeeds, log.read_text()[-4000:]
+    return log.read_text()
 
 
 def _compare(one: Path, two: Path, steps: int) -> None:
@@ -160,3 +162,39 @@ def test_two_processes_train_the_reranker_like_one(tiny_model_dir, ddp_data, tmp
     a = load_file(one / "adapter" / "adapter_model.safetensors")
     _same_weights(a, load_file(two / "adapter" / "adapter_model.safetensors"))
     assert all(float(a[k].abs().max()) > 1e-4 for k in a if "lora_B" in k)  # B starts at 0: the steps moved it
+
+
+def test_a_bad_record_in_one_process_ends_every_process_with_one_line(tiny_model_dir, ddp_data, tmp_path):
+    """A record past the image preflight whose image is truncated fails in one process during training: that
+    process prints its error on a line of its own (not glued onto the progress bar), and the other, whose
+    collective fails on the lost connection, prints one line naming the failed process and its error
+    (`unime.process_group.sharing_failures`) instead of the transport's traceback."""
+    import re
+    import shutil
+
+    from unime.data.io import read_records, write_records
+    from unime.train.embedder_trainer import IMAGE_PREFLIGHT
+
+    world, records = ddp_data
+    root = tmp_path / "world"
+    shutil.copytree(world, root)
+    good = read_records(records)
+    rows = [dataclasses.replace(good[i % len(good)], id=f"r{i}") for i in range(IMAGE_PREFLIGHT + 1)]
+    png = (root / rows[-1].query.images[0]).read_bytes()
+    (root / "images" / "truncated.png").write_bytes(png[:len(png) // 2])
+    bad_query = dataclasses.replace(rows[-1].query, images=("images/truncated.png",))
+    rows[-1] = dataclasses.replace(rows[-1], query=bad_query)
+    write_records(rows, tmp_path / "bad.jsonl")
+    steps = -(-len(rows) // 4)  # one epoch: 2 processes x 2 records a step
+    common = _common(tiny_model_dir("qwen2_vl"), tmp_path / "bad.jsonl", root, "symmetric_kl", steps, grad_accum=1)
+    log = _torchrun(common + ["--batch-size", "2", "--out", str(tmp_path / "two")], tmp_path / "two.log",
+                    succeeds=False)
+    errors = [line for line in log.splitlines() if "unime: error:" in line]
+    cause = f"{tmp_path / 'bad.jsonl'}, record r{len(rows) - 1}, field 'query.images[0]': corrupt image " \
+            "images/truncated.png: image file is truncated"
+    assert len(errors) == 2, log[-4000:]
+    own = [line for line in errors if line == f"unime: error: {cause}"]
+    named = [line for line in errors if re.fullmatch(rf"unime: error: process \d of 2 failed: DataError: "
+                                                      rf"{re.escape(cause)}", line)]
+    assert len(own) == 1 and len(named) == 1, errors
+    assert "Connection closed by peer" not in log and not re.search(r"\[rank\d\]: Traceback", log)

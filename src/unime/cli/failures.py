@@ -72,8 +72,24 @@ def stdout_closed() -> bool:
     return gone
 
 
+def progress_bar_may_be_open() -> bool:
+    """Whether a progress bar may be open on stderr: its line ends without a newline, so a line printed now would
+    be glued onto it. One of this process (tqdm: transformers' Trainer, unime's stages), or, under a launcher
+    (WORLD_SIZE > 1), one of another process of the group writing to the same terminal (the Trainer shows its bar
+    on the first process only)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return True
+    tqdm_module = sys.modules.get("tqdm.std")  # not imported: no bar
+    bars = getattr(getattr(tqdm_module, "tqdm", None), "_instances", ())
+    return any(not getattr(bar, "disable", True) for bar in list(bars))
+
+
 def report(exc: BaseException, *, debug: bool) -> int:
-    """Print the one line (and, under DEBUG, the traceback); return the exit code."""
+    """Print the one line, on a line of its own (and, under DEBUG, the traceback); return the exit code."""
+    if progress_bar_may_be_open():
+        print(file=sys.stderr)
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     print(f"unime: error: {describe(exc)}", file=sys.stderr)

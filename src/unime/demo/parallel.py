@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from unime.errors import UnimeError
+from unime.process_group import PEER_LOST
 
 
 def auto_jobs(device: str, runs: int, cores: int | None = None) -> int:
@@ -107,9 +108,7 @@ def run_ranks(command: str, options: dict[str, Any], *, processes: int, threads:
         raise UnimeError(f"`unime {command}` failed in process {rank} of {processes}: {message}") from None
 
 
-# what a process says when another process of its group died under it (not the cause)
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "gloo/transport")
-# what a process says when another process's step failed (`unime.mining.ranks.PeerFailed`): the cause, relayed
+# what a process says when another process's step failed (`unime.process_group.PeerFailed`): the cause, relayed
 _RELAYED = re.compile(r"^PeerFailed: process (\d+) of \d+ failed: (.*)$", re.S)
 
 
@@ -123,7 +122,7 @@ def root_failure(messages: dict[int, Any], timestamps: dict[int, int]) -> tuple[
 
     def order(r: int):
         m = text(messages[r])
-        return (2 if any(s in m for s in _PEER_LOST) else 1 if _RELAYED.match(m) else 0, timestamps.get(r, 0), r)
+        return (2 if any(s in m for s in PEER_LOST) else 1 if _RELAYED.match(m) else 0, timestamps.get(r, 0), r)
 
     rank = min(messages, key=order)
     relayed = _RELAYED.match(text(messages[rank]))

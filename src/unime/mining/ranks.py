@@ -14,8 +14,8 @@ run resumes shard by shard under any number of processes. The ranks wait for eac
 (`primary_step`, `every_step`: a `torch.distributed` all-gather over gloo, CPU tensors whatever the device, allowed
 `BARRIER_TIMEOUT` for rank 0's retrieval), where each learns whether another failed: a failure in any process's
 step (rank 0's folder claim, inputs or retrieval; a process's judge) stops every process with that error
-(`PeerFailed` on the others), not with a lost connection. The `ray` and `vllm` backends spread the work themselves
-and are refused under several processes.
+(`PeerFailed` on the others, `unime.process_group`), not with a lost connection. The `ray` and `vllm` backends
+spread the work themselves and are refused under several processes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-from unime.errors import UnimeError, UsageError
+from unime.errors import UsageError
+from unime.process_group import failure_text, peer_failed
 
 BARRIER_TIMEOUT = timedelta(hours=24)  # the other ranks wait that long for rank 0's retrieval of a large pool
 SHARDED_BACKENDS = ("local", "oracle")
@@ -47,10 +48,6 @@ def leave_without_teardown() -> None:
         except (AttributeError, OSError, ValueError):  # closed or replaced by a caller
             pass
     os._exit(0)
-
-
-class PeerFailed(UnimeError):
-    """Raised on the other processes when one fails in a step (`Ranks.primary_step`, `Ranks.every_step`)."""
 
 
 @dataclass(frozen=True)
@@ -141,12 +138,12 @@ class Ranks:
             except Exception as e:
                 error = e
         failures: list = [None] * self.world
-        dist.all_gather_object(failures, None if error is None else f"{type(error).__name__}: {error}")
+        dist.all_gather_object(failures, None if error is None else failure_text(error))
         if error is not None:
             raise error
         for rank, failure in enumerate(failures):
             if failure is not None:
-                raise PeerFailed(f"process {rank} of {self.world} failed: {failure}")
+                raise peer_failed(rank, self.world, failure)
         return value
 
     def mine(self, shards: list[int]) -> list[int]:
