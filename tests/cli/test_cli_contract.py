@@ -63,6 +63,46 @@ def test_the_error_line_starts_a_line_of_its_own_after_a_progress_bar(monkeypatc
     assert capsys.readouterr().err == "\nunime: error: bad\n"
 
 
+@pytest.mark.parametrize("argv, hint", [
+    (["eval", "--model", "m", "--tasks", "t", "--out", "{out}"], "; for several GPUs, run one `unime eval` per GPU"),
+    (["embed", "--model", "m", "--items", "i.jsonl", "--out", "{out}"], "; for several GPUs, split the items file"),
+    (["index", "build", "--model", "m", "--items", "i.jsonl", "--out", "{out}"], ""),
+    (["judge", "--pairs", "p.jsonl", "--judge", "j", "--out", "{out}"], ""),
+    (["data", "synth", "--out", "{out}"], ""),
+    (["reason", "teacher", "--world", "w", "--out", "{out}"], ""),
+])
+def test_a_one_process_command_under_a_launcher_of_several_is_refused_before_any_work(
+        argv, hint, tmp_path, monkeypatch, capsys):
+    """QA: `torchrun --nproc-per-node 2 -m unime eval ...` ran the whole evaluation in each process, into the same
+    folder. Only the trainers and mining spread their work over the processes."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "out"
+    argv = [a.replace("{out}", str(out)) for a in argv]
+    command = " ".join(argv[:2] if argv[0] in ("index", "data", "reason") else argv[:1])
+    assert main(argv) == 2
+    [line] = _error_lines(capsys)
+    expected = f"unime: error: {command}: runs as one process, not under torchrun or another launcher (2 processes)"
+    assert line.startswith(expected + hint) and (hint or line == expected)
+    assert not out.exists()  # refused before the output was claimed
+
+
+def test_the_trainers_and_mining_are_not_refused_under_a_launcher(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # not the first process: it claims no folder, and fails on the missing records
+    for argv in (["train", "embedder", "--model", "m", "--records", str(tmp_path / "none.jsonl"), "--out",
+                  str(tmp_path / "e")],
+                 ["train", "reranker", "--model", "m", "--records", str(tmp_path / "none.jsonl"), "--out",
+                  str(tmp_path / "r")]):
+        main(argv)
+        err = capsys.readouterr().err
+        assert "runs as one process" not in err and "none.jsonl" in err, err
+    from unime.cli import refuse_several_processes
+
+    for command in ("mine", "train judge", "train reasoner"):  # mining under two processes: tests/mining
+        refuse_several_processes(command)
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     import unime.cli.data as data_cli
 

@@ -241,6 +241,35 @@ def print_config(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {value!r:<28}  # {origin}")
 
 
+# commands whose work is spread over the processes of a launcher (torchrun, accelerate launch): the trainers
+# (transformers' Trainer: data parallel) and mining (`unime.mining.ranks`). Any other command runs as one process:
+# under several, each would do the whole work into the same output, so it is refused (`refuse_several_processes`).
+MULTI_PROCESS_COMMANDS = ("mine", "train")  # a command, or a group whose every action is one
+# why a one-process command is refused, or what to do instead, where there is more to say
+_ONE_PROCESS_HINTS = {
+    "eval": "for several GPUs, run one `unime eval` per GPU on a share of the tasks (--task NAME ... --device cuda:I "
+            "--out DIR_I)",
+    "embed": "for several GPUs, split the items file and run one `unime embed` per part (--device cuda:I)",
+    # one corpus and one cache folder per machine: a measured DDP run of the judge failed after its 8,000 steps,
+    # a clip of the corpus removed by the other process
+    "models pretrain": "it writes its corpus and cache folder once",
+    "models pretrain-judge": "it writes its corpus and cache folder once",
+    "demo": "it starts its own processes (--jobs; mining as a torchrun group)",
+}
+
+
+def refuse_several_processes(command: str) -> None:
+    """UsageError for a command that runs as one process, started as one of several (WORLD_SIZE > 1)."""
+    from unime.errors import UsageError
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world < 2 or command.split(" ")[0] in MULTI_PROCESS_COMMANDS or not command:
+        return
+    hint = _ONE_PROCESS_HINTS.get(command)
+    raise UsageError(f"runs as one process, not under torchrun or another launcher ({world} processes)"
+                     + (f"; {hint}" if hint else ""), command=command)
+
+
 def _claim_output(args: argparse.Namespace, command: str):
     """Claim (create or re-enter, and lock) the command's output folder, or claim its output file (a
     sidecar marker); None for other commands."""
@@ -286,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         if func is None:
             parser.print_help()
             return 2
-        owned = _claim_output(args, " ".join(_command_path(parser, argv)[0]))
+        command = " ".join(_command_path(parser, argv)[0])
+        refuse_several_processes(command)
+        owned = _claim_output(args, command)
         result = func(args)
         if hasattr(owned, "commit") and not result:  # a single-file output: record what was written
             owned.commit()

@@ -4,11 +4,8 @@ recipes and `PretrainOptions`) and calls the stage functions."""
 
 from __future__ import annotations
 
-import os
-
 from unime.cli import add_config_option
 from unime.cli.dataclass_options import add_options, config_from_args, option_values
-from unime.errors import UsageError
 
 
 def register(sub) -> None:
@@ -89,20 +86,9 @@ def _preset_values(args) -> dict[str, tuple[object, str]]:
     return out
 
 
-def _one_process(command: str) -> None:
-    """The pretrainings generate one corpus and fill one cache folder per machine: under torchrun the processes
-    would each write them (a measured DDP run of the judge failed after its 8,000 steps, a clip of the corpus
-    removed by the other process), so several processes are refused before any work."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        raise UsageError(f"runs as one process (it writes its corpus and cache folder once), not under torchrun "
-                         f"({world} processes)", command=f"models {command}")
-
-
 def _pretrain(args) -> int:
     from unime.demo.pretrain import PretrainOptions, pretrain
 
-    _one_process("pretrain")
     opts = config_from_args(PretrainOptions, args)
     print(pretrain(_base_recipe(args, opts.preset), **opts.where()).model)
     return 0
@@ -111,7 +97,6 @@ def _pretrain(args) -> int:
 def _pretrain_judge(args) -> int:
     from unime.demo.pretrain import JudgePretrainRecipe, PretrainOptions, pretrain_judge
 
-    _one_process("pretrain-judge")
     opts = config_from_args(PretrainOptions, args)
     judge = JudgePretrainRecipe.preset(opts.preset).replace(
         **option_values(JudgePretrainRecipe, args, prefix="judge-", unset_is_none=True))
