@@ -103,6 +103,30 @@ def test_the_trainers_and_mining_are_not_refused_under_a_launcher(tmp_path, monk
         refuse_several_processes(command)
 
 
+@pytest.mark.parametrize("rank, log_level, shown", [
+    ("0", "INFO", ["INFO i", "WARNING w", "ERROR e"]),
+    ("1", "INFO", ["ERROR e"]),  # the other processes of a launcher: errors only
+    ("1", "WARNING", ["ERROR e"]),
+    ("1", "DEBUG", ["DEBUG d", "INFO i", "WARNING w", "ERROR e"]),  # debugging a group: every process's lines
+    (None, "INFO", ["INFO i", "WARNING w", "ERROR e"]),  # no launcher
+])
+def test_under_a_launcher_info_and_warnings_are_logged_by_the_first_process_only(rank, log_level, shown):
+    """QA: `resuming from ...` and `skipped 1 record(s)` were printed once per process under torchrun. (A new
+    interpreter: the logging configuration of this one is pytest's.)"""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    if rank is not None:
+        env.update(RANK=rank, WORLD_SIZE="2")
+    code = ("import logging; from unime.cli import configure_logging; configure_logging(%r); "
+            "log = logging.getLogger('unime.x'); log.debug('d'); log.info('i'); log.warning('w'); log.error('e')"
+            % log_level)
+    err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
+    lines = [line.split() for line in err.splitlines()]  # DATE TIME LEVEL unime.x: MESSAGE
+    assert [f"{level} {message}" for _, _, level, _, message in lines] == shown
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     import unime.cli.data as data_cli
 

@@ -292,6 +292,16 @@ def _claim_output(args: argparse.Namespace, command: str):
     return owned
 
 
+def configure_logging(log_level: str) -> None:
+    """Log at `log_level` (DEBUG, INFO, WARNING ...) to stderr. Under a launcher (torchrun), the processes after the
+    first log their errors only: their INFO and WARNING lines would repeat the first one's (`resuming from ...`,
+    `skipped 1 record(s)`), once per process; `--log-level DEBUG` keeps every process's lines."""
+    level = getattr(logging, str(log_level).upper(), logging.INFO)
+    if int(os.environ.get("RANK", "0") or 0) != 0 and level > logging.DEBUG:
+        level = max(level, logging.ERROR)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A failure the user can cause ends as one line and exit code 2 (`cli.failures`)."""
     from unime.cli import failures
@@ -309,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             print_config(args)
             return 0
         debug = str(args.log_level).upper() == "DEBUG"
-        logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(args.log_level)
         func = getattr(args, "func", None)
         if func is None:
             parser.print_help()
