@@ -627,7 +627,8 @@ def test_reason_teacher_strict_and_skip_for_every_case(teacher_world, tmp_path, 
     assert len(out.read_text().splitlines()) == 2 * N_GOOD
     assert tree(teacher_world) == world_before
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("teacher-")) == \
-        [".tcots-all.jsonl.unime-output.json", "tcots-all.jsonl", "unime_data.json"]  # + the world as data root
+        [".tcots-all.jsonl.unime-output.json", "tcots-all.jsonl", "tcots-all.jsonl.unime_data.json"]  # its own root:
+        # the folder holds the inputs too, so the world is recorded beside the output only (unime.data.roots)
 
 
 @pytest.mark.slow
