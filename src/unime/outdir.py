@@ -231,6 +231,26 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
     return owned
 
 
+def is_main_process() -> bool:
+    """This process is the first of a torchrun / accelerate group (`RANK` 0), or runs alone: the one process
+    that owns a run's output folder and writes into it."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def claim_on_main_process(folder: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
+                          overwrite: bool = False):
+    """`claim` the folder in the main process (`is_main_process`) for the `with` block, and release it
+    after; yields the `OwnedFolder`, or None in the other processes of a group: they share the main
+    process's folder (its lock would refuse them)."""
+    owned = claim(folder, command, options, overwrite=overwrite) if is_main_process() else None
+    try:
+        yield owned
+    finally:
+        if owned is not None:
+            owned.release()
+
+
 def _clean_stale_temporaries(folder: Path, keep: set[str]) -> None:
     """Remove the temporary siblings a killed atomic write leaves (`.NAME.tmp-*`, `.NAME.old-*`), for
     entries this folder's owner writes."""

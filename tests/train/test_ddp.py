@@ -198,3 +198,57 @@ def test_a_bad_record_in_one_process_ends_every_process_with_one_line(tiny_model
                                                       rf"{re.escape(cause)}", line)]
     assert len(own) == 1 and len(named) == 1, errors
     assert "Connection closed by peer" not in log and not re.search(r"\[rank\d\]: Traceback", log)
+
+
+def test_two_processes_train_the_reasoner_sft_like_one(tiny_model_dir, ddp_data, tmp_path):
+    """`unime train reasoner --stage sft` under torchrun (each process used to claim the output folder, and the
+    second was refused: the folder in use by its sibling): full fine-tuning on T-CoTs, 2 processes × 1 T-CoT a
+    step and 1 process × 2 (SGD, 3 steps) log the same losses and end with the same weights; the main process
+    wrote the run's outputs."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from unime.cli import main
+    from unime.models.curves import read_curves_csv
+
+    world, _ = ddp_data
+    tcots = tmp_path / "tcots.jsonl"
+    assert main(["reason", "teacher", "--world", str(world), "--out", str(tcots)]) == 0
+    model = tiny_model_dir("qwen2_vl")
+    common = ["--stage", "sft", "--model", model, "--tcots", str(tcots), "--data-root", str(world), "--lora-r", "0",
+              "--lr", "0.05", "--max-steps", "3", "--logging-steps", "1", "--save-steps", "10", "--seed", "3",
+              "--device", "cpu", "--trainer-arg", "optim=sgd", "--trainer-arg", "max_grad_norm=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _torchrun(common + ["--batch-size", "1", "--out", str(two)], tmp_path / "two.log", command="reasoner")
+    assert main(["train", "reasoner", *common, "--batch-size", "2", "--out", str(one)]) == 0
+    c1, c2 = read_curves_csv(one / "curves.csv"), read_curves_csv(two / "curves.csv")
+    assert [r["step"] for r in c1] == [r["step"] for r in c2] == [1, 2, 3]
+    for r1, r2 in zip(c1, c2):
+        for key in ("loss", "grad_norm", "num_tokens"):
+            assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
+    assert json.loads((two / "sft_summary.json").read_text())["steps"] == 3
+    a, b = load_file(one / "merged" / "model.safetensors"), load_file(two / "merged" / "model.safetensors")
+    _same_weights(a, b)
+    base = load_file(Path(model) / "model.safetensors")
+    assert max(float((a[k] - base[k]).abs().max()) for k in a if k in base) > 1e-3  # the steps moved the weights
+
+
+def test_two_processes_run_grpo(tiny_model_dir, ddp_data, tmp_path):
+    """`unime train reasoner --stage grpo` under torchrun (each process used to claim the output folder, and the
+    second was refused): 2 steps, the main process writes the reward log and the finished run."""
+    import csv
+    import json
+
+    from unime.models.prompts import EMB_TOKEN
+
+    world, records = ddp_data
+    out = tmp_path / "grpo"
+    _torchrun(["--stage", "grpo", "--model", tiny_model_dir("qwen2_vl"), "--records", str(records),
+               "--embedder", tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), "--data-root", str(world), "--max-steps", "2",
+               "--max-completion-length", "12", "--device", "cpu", "--out", str(out)], tmp_path / "grpo.log",
+              command="reasoner")
+    assert json.loads((out / "grpo_summary.json").read_text())["steps"] == 2
+    with open(out / "reward_log.csv") as fh:
+        assert [int(float(r["step"])) for r in csv.DictReader(fh)] == [1, 2]
+    assert (out / "merged" / "config.json").is_file()

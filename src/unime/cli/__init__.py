@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 # subcommand modules, in the order they appear in `unime --help`
@@ -273,7 +272,9 @@ def refuse_several_processes(command: str) -> None:
 def _claim_output(args: argparse.Namespace, command: str):
     """Claim (create or re-enter, and lock) the command's output folder, or claim its output file (a
     sidecar marker); None for other commands."""
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the first process owns the folder
+    from unime.outdir import is_main_process
+
+    if not is_main_process():  # under torchrun the first process owns the folder
         return None
     options = {k: v for k, v in vars(args).items() if k not in _NOT_RUN_OPTIONS and not k.startswith("_")}
     overwrite = bool(getattr(args, "overwrite", False))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import os
 from typing import Callable
 
 from unime.cli import add_config_option, refuse_ineffective_options
@@ -92,10 +91,11 @@ def embedder_config_from_args(args):
 
 
 def _train_embedder(args) -> int:
+    from unime.outdir import is_main_process
     from unime.train.embedder_trainer import train_embedder
 
     result = train_embedder(embedder_config_from_args(args))
-    if int(os.environ.get("RANK", "0")) == 0:  # one report under torchrun
+    if is_main_process():  # one report under torchrun
         m = result.metrics
         if "final_loss" in m:
             print(f"loss {m['initial_loss']:.4f} -> {m['final_loss']:.4f} over {m.get('steps')} steps")

@@ -12,7 +12,6 @@ one-line summaries a command prints when it finishes.
 
 from __future__ import annotations
 
-import os
 import shlex
 from typing import Any, Callable
 
@@ -78,23 +77,15 @@ class _Options:
             raise UnimeError(f"the demo gave `unime {self.command}` options its stage call does not read: {unused}")
 
 
-def _primary() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0  # under torchrun the first process owns the output
-
-
 def _in_folder(o: _Options, work: Callable[[], Any], flag: str = "--out") -> Callable[[], Any]:
     """`work` in the claimed output folder of the command (named by `flag`), as the command line claims it."""
     folder, overwrite, record = o.get(flag), o.get("--overwrite", bool, False), o.record()
 
     def run():
-        from unime.outdir import claim
+        from unime.outdir import claim_on_main_process
 
-        owned = claim(folder, o.command, record, overwrite=overwrite) if _primary() else None
-        try:
+        with claim_on_main_process(folder, o.command, record, overwrite=overwrite):
             return work()
-        finally:
-            if owned is not None:
-                owned.release()
     return run
 
 
@@ -103,9 +94,9 @@ def _in_file(o: _Options, work: Callable[[], Any]) -> Callable[[], Any]:
     path, overwrite, record = o.get("--out"), o.get("--overwrite", bool, False), o.record()
 
     def run():
-        from unime.outdir import claim_file
+        from unime.outdir import claim_file, is_main_process
 
-        owned = claim_file(path, o.command, record, overwrite=overwrite) if _primary() else None
+        owned = claim_file(path, o.command, record, overwrite=overwrite) if is_main_process() else None
         try:
             result = work()
             if owned is not None:

@@ -52,6 +52,7 @@ from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
 from unime.options import option
+from unime.outdir import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +121,6 @@ def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int =
 # the reward
 
 
-def _is_main_process() -> bool:
-    try:
-        from accelerate import PartialState
-
-        return PartialState().is_main_process
-    except Exception:  # pragma: no cover - accelerate always comes with TRL
-        return True
-
-
 class RewardLog:
     """Per-step means of the reward components, written to CSV (atomically) after every batch, plotted.
     Under data parallelism each process rewards its own batch (its pairs are its negatives); the CSV holds
@@ -147,7 +139,7 @@ class RewardLog:
 
     def add(self, row: dict[str, float]) -> None:
         self.rows.append(row)
-        if self.csv_path is not None and _is_main_process():
+        if self.csv_path is not None and is_main_process():
             self.write_csv(self.csv_path)
 
     def write_csv(self, path: str | os.PathLike) -> None:
@@ -442,26 +434,25 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     """Run EG-RL. Writes `cfg.out`: the trained reasoner (`merged/`, an HF folder + processor; `adapter/` for
     LoRA; `README.md`: `unime.embed_rl.export`), `reward_log.csv`, `reward_curves.png`, `curves.csv` (TRL's
     per-step metrics), `train_config.json`, `checkpoints/` and, last, `grpo_summary.json`. A re-run follows
-    `unime.models.run_state`."""
-    from unime.outdir import claim
+    `unime.models.run_state`. The folder is owned and locked by the main process (`unime.outdir`), which alone
+    writes into it under torchrun."""
+    from unime.outdir import claim_on_main_process
     from unime.models import run_state
     from unime.models.run_state import CHECKPOINTS_DIR
 
     out = Path(cfg.out)
     options = json.loads(json.dumps(asdict(cfg), default=str))
-    owned = claim(out, "train reasoner", options, overwrite=cfg.overwrite)  # owned and locked (`unime.outdir`)
-    try:
+    with claim_on_main_process(out, "train reasoner", options, overwrite=cfg.overwrite):
         work = out / CHECKPOINTS_DIR
         plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
                                   finished_file=SUMMARY_FILE, config=cfg)
         if plan.finished:
             log.info("%s: this GRPO run is finished; nothing to do (--overwrite starts it over)", out)
             return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-        run_state.write_config(out, options)
-        work.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            run_state.write_config(out, options)
+            work.mkdir(parents=True, exist_ok=True)
         return _train_grpo(cfg, out, work, plan, options)
-    finally:
-        owned.release()
 
 
 def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
@@ -534,16 +525,19 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     summary = {"steps": trainer.state.global_step, "pairs": n_pairs, "rows": len(rows),
                "skipped_records": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))},
                "reward_steps": reward_log.rows, "config": options}
-    reward_log.write_csv(out / "reward_log.csv")
-    if reward_log.rows:
-        reward_log.plot(out / "reward_curves.png")
-    write_curves(history, out, plot=False)  # TRL's per-step metrics; the rewards plot is reward_curves.png
     from unime.embed_rl.export import export_reasoner
     from unime.models.export import write_json_atomic
 
-    export_reasoner(trainer.model, policy.processor, out, stage="grpo", options=options,
-                    results={k: summary[k] for k in ("steps", "pairs", "rows", "skipped_records")},
-                    origin=policy.origin())
+    trainer.accelerator.wait_for_everyone()
     summary.update(policy.origin())  # what the weights start from (the card's base_model)
-    write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
+    if trainer.is_world_process_zero():
+        reward_log.write_csv(out / "reward_log.csv")
+        if reward_log.rows:
+            reward_log.plot(out / "reward_curves.png")
+        write_curves(history, out, plot=False)  # TRL's per-step metrics; the rewards plot is reward_curves.png
+        export_reasoner(trainer.model, policy.processor, out, stage="grpo", options=options,
+                        results={k: summary[k] for k in ("steps", "pairs", "rows", "skipped_records")},
+                        origin=policy.origin())
+        write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
+    trainer.accelerator.wait_for_everyone()
     return summary

@@ -175,12 +175,13 @@ class CheckedImages:
 def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     """Run the cold-start SFT; writes `cfg.out`: `merged/` (HF folder + processor), `adapter/` (LoRA),
     `README.md`, `curves.csv`, `curves.png`, `train_config.json`, `checkpoints/`, `sft_summary.json` (last).
-    Returns a summary dict. The folder is owned and locked (`unime.outdir`); a re-run follows
-    `unime.models.run_state` (continue / finished / changed options refused)."""
-    from unime.outdir import claim
+    Returns a summary dict. The folder is owned and locked by the main process (`unime.outdir`), which alone
+    writes into it under torchrun; a re-run follows `unime.models.run_state` (continue / finished / changed
+    options refused)."""
+    from unime.outdir import claim_on_main_process
 
     options = json.loads(json.dumps(asdict(cfg), default=str))
-    with claim(cfg.out, "train reasoner", options, overwrite=cfg.overwrite):
+    with claim_on_main_process(cfg.out, "train reasoner", options, overwrite=cfg.overwrite):
         return _train_reasoner_sft(cfg, options)
 
 
@@ -192,6 +193,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
 
     from unime.models import run_state
     from unime.models.run_state import CHECKPOINTS_DIR
+    from unime.outdir import is_main_process
 
     out = Path(cfg.out)
     work = out / CHECKPOINTS_DIR
@@ -200,7 +202,8 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     if plan.finished:
         log.info("%s: this reasoner SFT run is finished; nothing to do (--overwrite starts it over)", out)
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-    run_state.write_config(out, options)
+    if is_main_process():
+        run_state.write_config(out, options)
     from unime.data.skips import ErrorPolicy, SkipReport
 
     skips = SkipReport(max_examples=10)
@@ -226,7 +229,6 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     history = run_state.step_log(trainer.state.log_history)
-    write_curves(history, out, title=f"reasoner SFT — {Path(str(cfg.model)).name}")
     summary = {"examples": len(examples), "skipped_invalid": skipped,
                "skipped_records": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))},
                "steps": trainer.state.global_step,
@@ -237,8 +239,13 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     from unime.embed_rl.export import export_reasoner
     from unime.models.export import write_json_atomic
 
-    export_reasoner(trainer.model, processor, out, stage="sft", options=options,
-                    results={k: v for k, v in summary.items() if k != "config"}, origin=loaded.origin())
+    results = {k: v for k, v in summary.items() if k != "config"}
     summary.update(loaded.origin())  # what the weights start from (the card's base_model)
-    write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        write_curves(history, out, title=f"reasoner SFT — {Path(str(cfg.model)).name}")
+        export_reasoner(trainer.model, processor, out, stage="sft", options=options, results=results,
+                        origin=loaded.origin())
+        write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
+    trainer.accelerator.wait_for_everyone()
     return summary

@@ -478,7 +478,7 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
     """Train, then export the adapter, the merged model and the model card — in an output folder the
     run owns and holds locked (`unime.outdir`). Re-running continues from the last complete checkpoint,
     reports a finished run without training, and refuses changed options (`unime.models.run_state`)."""
-    from unime.outdir import claim
+    from unime.outdir import claim_on_main_process
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
@@ -486,16 +486,11 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
         config.validate()  # else once `--loss auto` / the negatives count are resolved from the records
     elif config.records is None:
         raise UnimeError("no training records given")
-    primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process owns the folder
-    owned = claim(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite) if primary else None
-    try:
+    with claim_on_main_process(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite):
         done = _finished_result(config)
         if done is not None:
             return done
         return _train_embedder(config, records=records, callbacks=callbacks)
-    finally:
-        if owned is not None:
-            owned.release()
 
 
 def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None,

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -512,25 +511,16 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
     return groups, n_records, root
 
 
-def primary_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     """Train a reranker (or, with role='judge', a judge) and write it to `cfg.out` (see the module doc), in
     an output folder the run owns and holds locked (`unime.outdir`). Re-running continues from the last
     complete checkpoint, reports a finished run without training, and refuses changed options
     (`unime.models.run_state`); `overwrite` starts over."""
-    from unime.outdir import claim
+    from unime.outdir import claim_on_main_process
 
     cfg.validate()
-    primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process owns the folder
-    owned = claim(cfg.out, f"train {cfg.role}", _run_options(cfg), overwrite=cfg.overwrite) if primary else None
-    try:
+    with claim_on_main_process(cfg.out, f"train {cfg.role}", _run_options(cfg), overwrite=cfg.overwrite):
         return _train_reranker(cfg)
-    finally:
-        if owned is not None:
-            owned.release()
 
 
 # options that may change between a run and its continuation without changing what is trained
@@ -558,6 +548,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                                       trainer_device)
     from unime.models import run_state
     from unime.models.curves import CurvesCallback
+    from unime.outdir import is_main_process
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINTS_DIR
@@ -572,7 +563,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
                            last_loss=meta.get("last_loss"), heldout=meta.get("heldout"),
                            loss_levels=meta.get("loss_levels"))
-    if primary_process():
+    if is_main_process():
         run_state.write_config(out, _run_options(cfg))
     skips = SkipReport()
     groups, n_records, data_root = build_examples(cfg, skips=skips)
