@@ -131,6 +131,30 @@ def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_mod
     assert not torch.equal(load_file(adapter)[next(iter(a))], a[next(iter(a))])
 
 
+def test_embedder_rerun_of_a_finished_global_batch_run_trains_nothing(tiny_model_dir, mined_world, tmp_path):
+    """`--global-batch 4` sets the per-device batch (4 on one process); the run records that. The re-run compared
+    the unresolved --batch-size (its default 8) with it, found the run unfinished, and trained it again from
+    step 0, replacing its export."""
+    from unime.data.io import read_records
+    from unime.errors import UnimeError
+    from unime.train.embedder_trainer import prepare_embedder_training, train_embedder
+
+    world, path = mined_world
+    records = read_records(path)[:8]
+    model = tiny_model_dir("qwen2_vl")
+    cfg = dict(steps=2, batch_size=8, global_batch=4)  # batch_size: the option's default, not what the run uses
+    first = train_embedder(base_config(model, tmp_path / "g", world, **cfg), records=records)
+    assert first.metrics["steps"] == 2
+    adapter = tmp_path / "g" / "adapter" / "adapter_model.safetensors"
+    mtime = adapter.stat().st_mtime_ns
+    again = train_embedder(base_config(model, tmp_path / "g", world, **cfg), records=records)
+    assert again.metrics.get("already_finished") is True and adapter.stat().st_mtime_ns == mtime
+    # building the trainer of a finished run is refused (it trained it from scratch)
+    with pytest.raises(UnimeError, match="finished run"):
+        prepare_embedder_training(base_config(model, tmp_path / "g", world, **cfg), records=records)
+    assert adapter.stat().st_mtime_ns == mtime
+
+
 def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(tiny_model_dir, tmp_path):
     import unime.train.reranker_trainer as T
     from tests.train.helpers import write_world

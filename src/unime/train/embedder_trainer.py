@@ -400,6 +400,14 @@ def per_device_batch(global_batch: int, grad_accum: int = 1, world_size: int | N
     return per
 
 
+def with_resolved_batch(config: EmbedderTrainingConfig) -> EmbedderTrainingConfig:
+    """`config` with `--global-batch` resolved into the per-device `--batch-size` it sets for this run's
+    processes (`per_device_batch`): the value the trainer uses and `train_config.json` records."""
+    if not config.global_batch:
+        return config
+    return dataclasses.replace(config, batch_size=per_device_batch(config.global_batch, config.grad_accum))
+
+
 def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
                               callbacks: Sequence[Any] = ()) -> EmbedderTrainingRun:
     """Validate the configuration and the records, load the model (+ LoRA), and build the trainer.
@@ -413,8 +421,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
-    if config.global_batch:
-        config = dataclasses.replace(config, batch_size=per_device_batch(config.global_batch, config.grad_accum))
+    config = with_resolved_batch(config)
     skips = SkipReport()
     if config.loss == "auto" or config.hard_negatives is None:
         if records is None:
@@ -427,9 +434,12 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     loss = build_loss_from_config(config)
     k = config.hard_negatives
     data_root = resolve_data_root(source, config.data_root) if os.path.isfile(source) else (config.data_root or ".")
-    resume_from = run_state.plan_run(out, config.to_dict(), free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
-                                     finished_file=FINISHED_FILE, resume=_resume_path(config),
-                                     config=config).checkpoint
+    plan = run_state.plan_run(out, config.to_dict(), free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
+                              finished_file=FINISHED_FILE, resume=_resume_path(config), config=config)
+    if plan.finished:  # `train_embedder` reports such a run; training it again would replace its export
+        raise UnimeError(f"{out} holds a finished run with these options: nothing to train (`train_embedder` "
+                         "reports it; --overwrite starts it over)")
+    resume_from = plan.checkpoint
     records = _usable_records(config, records, loss, data_root, skips)
     check_fallback_labels(config, records, loss)
 
@@ -482,6 +492,7 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
+    config = with_resolved_batch(config)  # a finished run recorded the per-device batch it used
     if config.loss != "auto" and config.hard_negatives is not None:
         config.validate()  # else once `--loss auto` / the negatives count are resolved from the records
     elif config.records is None:
