@@ -252,3 +252,39 @@ def test_two_processes_run_grpo(tiny_model_dir, ddp_data, tmp_path):
     with open(out / "reward_log.csv") as fh:
         assert [int(float(r["step"])) for r in csv.DictReader(fh)] == [1, 2]
     assert (out / "merged" / "config.json").is_file()
+
+
+def test_an_interrupted_global_batch_run_continues_on_another_number_of_processes(tiny_model_dir, ddp_data, tmp_path):
+    """`--global-batch 4` on 2 processes (1 query × 2 accumulation steps each), interrupted after step 2, continued on
+    1 process (2 queries × 2): train_config.json recorded the per-device batch (1), the continuation derives 2, and
+    it was refused as changed options (batch_size: 1 -> 2). The Trainer's seeded order and its skip on resume count
+    global batches, so the continued run has the losses and weights of the uninterrupted one."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from unime.cli import main
+    from unime.models.curves import read_curves_csv
+
+    world, records = ddp_data
+    common = _common(tiny_model_dir("qwen2_vl"), records, world, "infonce", steps=4, grad_accum=2) + \
+        ["--global-batch", "4", "--save-steps", "1"]
+    run = tmp_path / "run"
+    _torchrun(common + ["--out", str(run)], tmp_path / "two.log")
+    assert json.loads((run / "train_config.json").read_text())["batch_size"] == 1
+    straight = load_file(run / "adapter" / "adapter_model.safetensors")
+    straight_curves = read_curves_csv(run / "curves.csv")
+    # the state a kill after step 2 leaves
+    for name in ("checkpoints/checkpoint-3", "checkpoints/checkpoint-4", "adapter", "merged"):
+        shutil.rmtree(run / name)
+    for name in ("README.md", "metrics.json", "curves.csv"):
+        (run / name).unlink()
+    assert main(["train", "embedder", *common, "--out", str(run)]) == 0
+    assert json.loads((run / "train_config.json").read_text())["batch_size"] == 2
+    curves = read_curves_csv(run / "curves.csv")
+    assert [r["step"] for r in curves] == [r["step"] for r in straight_curves] == [1, 2, 3, 4]
+    for r1, r2 in zip(straight_curves, curves):
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
+        assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
+    _same_weights(straight, load_file(run / "adapter" / "adapter_model.safetensors"))

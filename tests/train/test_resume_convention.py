@@ -155,6 +155,32 @@ def test_embedder_rerun_of_a_finished_global_batch_run_trains_nothing(tiny_model
     assert adapter.stat().st_mtime_ns == mtime
 
 
+def test_global_batch_run_on_another_number_of_processes(tiny_model_dir, mined_world, tmp_path, monkeypatch):
+    """The per-device batch train_config.json records is derived from --global-batch and the process count: a
+    finished run is finished on any count; an interrupted --homogeneous-batches run (batches cut at the per-device
+    size, so the data order follows it) is refused on another count, the message saying why and with how many
+    processes to resume it (it named `batch_size: 4 -> 2`, an option the user never set)."""
+    from unime.data.io import read_records
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world
+    records = read_records(path)
+    model = tiny_model_dir("qwen2_vl")
+    cfg = dict(steps=2, global_batch=4, homogeneous_batches=True)
+    out = tmp_path / "h"
+    train_embedder(base_config(model, out, world, **cfg), records=records)  # 1 process: 4 queries per device
+    adapter = out / "adapter" / "adapter_model.safetensors"
+    mtime = adapter.stat().st_mtime_ns
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a re-run on 2 processes: 2 queries per device
+    again = train_embedder(base_config(model, out, world, **cfg), records=records)
+    assert again.metrics.get("already_finished") is True and adapter.stat().st_mtime_ns == mtime
+    _final_outputs_removed(out, ["adapter", "merged", "README.md", "metrics.json"])
+    with pytest.raises(ChangedOptions, match=r"a run on 1 process\(es\) and this one has 2: the per-device batch is "
+                                             r"derived from --global-batch 4 and the number of processes \(4 then, 2 "
+                                             r"now\).*resume it with 1 process\(es\), pass --overwrite"):
+        train_embedder(base_config(model, out, world, **cfg), records=records)
+
+
 def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(tiny_model_dir, tmp_path):
     import unime.train.reranker_trainer as T
     from tests.train.helpers import write_world

@@ -255,6 +255,37 @@ _RESUME_FREE_OPTIONS = {"resume", "overwrite", "save_steps", "save_total_limit",
 FINISHED_FILE = "metrics.json"  # written last (`unime.models.run_state`)
 
 
+def _free_options(config: EmbedderTrainingConfig, *, training: bool) -> set[str]:
+    """The options a re-run may change: `_RESUME_FREE_OPTIONS` and, with --global-batch, the per-device batch
+    it derives from the process count (train_config.json records that). A finished run is finished whatever
+    the count; an interrupted one continues at the same global batch with another count — the Trainer's
+    seeded order and its skip on resume count global batches (measured: 2 processes then 1 end with the
+    losses and weights of 2 uninterrupted) — but not with --homogeneous-batches, whose batches are cut at the
+    per-device size (`_refuse_other_process_count`)."""
+    if config.global_batch and not (training and config.homogeneous_batches):
+        return _RESUME_FREE_OPTIONS | {"batch_size"}
+    return _RESUME_FREE_OPTIONS
+
+
+def _refuse_other_process_count(out: Path, config: EmbedderTrainingConfig) -> None:
+    """Raise `ChangedOptions` when an interrupted --global-batch --homogeneous-batches run in `out` ran on
+    another number of processes: its data order depends on the per-device batch."""
+    before = run_state.previous_config(out) or {}
+    if not (config.global_batch and config.homogeneous_batches) or config.overwrite or any(
+            before.get(k) != getattr(config, k) for k in ("global_batch", "grad_accum", "homogeneous_batches")):
+        return
+    was = before.get("batch_size")
+    if not isinstance(was, int) or was == config.batch_size:
+        return
+    processes = config.global_batch // (was * config.grad_accum)
+    now = config.global_batch // (config.batch_size * config.grad_accum)
+    raise run_state.ChangedOptions(
+        f"{out} holds a run on {processes} process(es) and this one has {now}: the per-device batch is derived "
+        f"from --global-batch {config.global_batch} and the number of processes ({was} then, "
+        f"{config.batch_size} now), and --homogeneous-batches cuts the batches at that size, so the data order "
+        f"differs; resume it with {processes} process(es), pass --overwrite to start over, or choose another --out")
+
+
 def _resume_path(config: EmbedderTrainingConfig) -> str | None:
     """`--resume PATH` (an explicit checkpoint folder); True / False / "latest": the convention's choice."""
     return None if config.resume in (False, True, None, "", "false", "true", "latest") else str(config.resume)
@@ -271,7 +302,7 @@ def _finished_result(config: EmbedderTrainingConfig) -> "EmbedderTrainingResult 
         options["loss"] = before.get("loss")
     if options["hard_negatives"] is None:
         options["hard_negatives"] = before.get("hard_negatives")
-    if not run_state.finished_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
+    if not run_state.finished_run(out, options, free=_free_options(config, training=False), overwrite=config.overwrite,
                                   finished_file=FINISHED_FILE, config=config):
         return None
     metrics = json.loads((out / FINISHED_FILE).read_text(encoding="utf-8"))
@@ -434,8 +465,10 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     loss = build_loss_from_config(config)
     k = config.hard_negatives
     data_root = resolve_data_root(source, config.data_root) if os.path.isfile(source) else (config.data_root or ".")
-    plan = run_state.plan_run(out, config.to_dict(), free=_RESUME_FREE_OPTIONS, overwrite=config.overwrite,
-                              finished_file=FINISHED_FILE, resume=_resume_path(config), config=config)
+    _refuse_other_process_count(out, config)
+    plan = run_state.plan_run(out, config.to_dict(), free=_free_options(config, training=True),
+                              overwrite=config.overwrite, finished_file=FINISHED_FILE, resume=_resume_path(config),
+                              config=config)
     if plan.finished:  # `train_embedder` reports such a run; training it again would replace its export
         raise UnimeError(f"{out} holds a finished run with these options: nothing to train (`train_embedder` "
                          "reports it; --overwrite starts it over)")
