@@ -237,3 +237,31 @@ def test_options_that_do_nothing_are_refused_only_where_the_user_gave_them(tmp_p
                                          "--full: drop one of them$"):
         built("--config", str(dropout), "--full")
     assert (built("--gradcache", "--chunk-size", "4").chunk_size, built("--lora-r", "4").lora_r) == (4, 4)
+
+
+def test_print_config_shows_the_batch_the_run_uses(tmp_path, capsys, monkeypatch):
+    """QA: with --global-batch 4 `--print-config` showed `batch-size 8 # default` (the run uses 4 per device on one
+    process, 2 on two); with the recipe's --global-batch 1024 dropped by a command-line --batch-size 16 it still
+    listed `global-batch 1024 # recipe`."""
+    def shown(*argv) -> dict[str, tuple[str, str]]:
+        assert main(["train", "embedder", "--model", "m", "--records", "r", "--out", str(tmp_path / "o"), *argv,
+                     "--print-config"]) == 0
+        rows = [re.match(r"^(\S+)\s+(.+?)\s+# (.*)$", line) for line in capsys.readouterr().out.splitlines()[1:]]
+        return {m[1]: (m[2], m[3]) for m in rows}
+
+    rows = shown("--global-batch", "4")
+    assert rows["batch-size"] == ("4", "derived from --global-batch 4 / (1 process(es) of this launch x "
+                                       "--grad-accum 1)")
+    assert rows["global-batch"] == ("4", "command line")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert shown("--global-batch", "8", "--grad-accum", "2")["batch-size"] == (
+        "2", "derived from --global-batch 8 / (2 process(es) of this launch x --grad-accum 2)")
+    assert shown("--global-batch", "6", "--grad-accum", "2")["batch-size"] == (
+        "None", "--global-batch 6 is not a multiple of 2 processes x 2 accumulation steps")
+    monkeypatch.delenv("WORLD_SIZE")
+    rows = shown("--recipe", "unime-v2/qwen2-vl-2b", "--batch-size", "16")
+    assert rows["batch-size"] == ("16", "command line")
+    assert rows["global-batch"][0] == "None"
+    assert rows["global-batch"][1].startswith("dropped: --batch-size (command line) wins over 1024 (recipe unime-v2/")
+    assert shown("--batch-size", "16")["global-batch"] == ("None", "default")  # no global batch: nothing derived
+    assert not (tmp_path / "o").exists()

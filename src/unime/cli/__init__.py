@@ -221,9 +221,14 @@ def resolved_config(args: argparse.Namespace) -> list[tuple[str, object, str]]:
     skip = {"func", "config", "recipe", "print_config", "log_level", "command", "train_command", "role"}
     # options left unset (None) whose value the command resolves itself, e.g. from a preset: (value, origin)
     resolved = args._unset_values(args) if callable(getattr(args, "_unset_values", None)) else {}
+    # options the command derives from others, shown as the run uses them: (value, origin)
+    derived = args._derived_values(args) if callable(getattr(args, "_derived_values", None)) else {}
     rows = []
     for dest, value in sorted(vars(args).items()):
         if dest.startswith("_") or dest in skip or dest.endswith("_command"):
+            continue
+        if dest in derived:
+            rows.append((dest.replace("_", "-"), *derived[dest]))
             continue
         if value is None and dest in resolved and dest not in origins:
             rows.append((dest.replace("_", "-"), *resolved[dest]))

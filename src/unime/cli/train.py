@@ -49,7 +49,7 @@ def _add_embedder_parser(actions) -> None:
                     "judge scores). Launch with torchrun for data parallelism.")
     add_options(p, EmbedderTrainingConfig, groups=TRAIN_GROUPS, default_group="parameters")
     add_config_option(p)
-    p.set_defaults(func=_train_embedder)
+    p.set_defaults(func=_train_embedder, _derived_values=_embedder_batch_values)
 
 
 def lora_needs_no_full(lora_options: type) -> list[tuple[str, str, bool]]:
@@ -67,27 +67,57 @@ TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisatio
                 TRAINER_ARGS_GROUP)
 
 
-def embedder_config_from_args(args):
-    """The embedder's config from the parsed options. `--global-batch` sets the per-device batch: a `--batch-size`
-    from a nearer layer (the command line over a config file or a recipe, a config file over a recipe) wins over a
-    global batch from a farther one, which is then dropped; both on one layer are refused."""
+def _global_batch_dropped(args) -> bool:
+    """Does a `--batch-size` from a nearer layer (the command line over a config file or a recipe, a config file
+    over a recipe) drop the `--global-batch` of a farther one? Both on one layer are refused."""
     from unime.errors import UsageError
-    from unime.train.embedder_config import EmbedderTrainingConfig
 
     origins = getattr(args, "_origins", {})
-    if getattr(args, "global_batch", None) and "batch_size" in origins:
-        rank = {"recipe": 0, "config": 1, "command line": 2}
+    if not getattr(args, "global_batch", None) or "batch_size" not in origins:
+        return False
+    rank = {"recipe": 0, "config": 1, "command line": 2}
 
-        def layer(dest: str) -> int:
-            return next((v for k, v in rank.items() if origins.get(dest, "").startswith(k)), -1)
+    def layer(dest: str) -> int:
+        return next((v for k, v in rank.items() if origins.get(dest, "").startswith(k)), -1)
 
-        if layer("batch_size") == layer("global_batch"):
-            raise UsageError("give --batch-size (per device) or --global-batch (over all processes), not both",
-                             command="train embedder")
-        if layer("batch_size") > layer("global_batch"):
-            args.global_batch = None  # the nearer --batch-size wins (README: command-line options win)
+    if layer("batch_size") == layer("global_batch"):
+        raise UsageError("give --batch-size (per device) or --global-batch (over all processes), not both",
+                         command="train embedder")
+    return layer("batch_size") > layer("global_batch")  # the nearer --batch-size wins (README: options win)
+
+
+def embedder_config_from_args(args):
+    """The embedder's config from the parsed options. `--global-batch` sets the per-device batch, unless a nearer
+    `--batch-size` drops it (`_global_batch_dropped`)."""
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    if _global_batch_dropped(args):
+        args.global_batch = None
     refuse_ineffective_options(args, "train embedder", _EMBEDDER_NEEDS)
     return config_from_args(EmbedderTrainingConfig, args)
+
+
+def _embedder_batch_values(args) -> dict[str, tuple[object, str]]:
+    """`--print-config`: the batch options as the run uses them (value, origin): a `--global-batch` a nearer
+    `--batch-size` drops is None; a kept one sets the per-device `--batch-size` for this launch's processes."""
+    import os
+
+    from unime.errors import UnimeError
+    from unime.train.embedder_config import per_device_batch
+
+    origins = getattr(args, "_origins", {})
+    if not getattr(args, "global_batch", None):
+        return {}
+    if _global_batch_dropped(args):
+        return {"global_batch": (None, f"dropped: --batch-size ({origins['batch_size']}) wins over "
+                                       f"{args.global_batch} ({origins['global_batch']})")}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    derived = (f"derived from --global-batch {args.global_batch} / ({world} process(es) of this launch x --grad-accum "
+               f"{args.grad_accum})")
+    try:
+        return {"batch_size": (per_device_batch(args.global_batch, args.grad_accum), derived)}
+    except UnimeError as e:
+        return {"batch_size": (None, str(e))}
 
 
 def _train_embedder(args) -> int:

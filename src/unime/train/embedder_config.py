@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,3 +133,13 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
         d = dataclasses.asdict(self)
         d["lora_targets"] = list(self.lora_targets)
         return d
+
+
+def per_device_batch(global_batch: int, grad_accum: int = 1, world_size: int | None = None) -> int:
+    """Queries per device per micro-batch for a global batch (WORLD_SIZE processes under torchrun)."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per, rest = divmod(int(global_batch), world * grad_accum)
+    if rest or per < 1:
+        raise UnimeError(f"--global-batch {global_batch} is not a multiple of {world} processes x {grad_accum} "
+                         "accumulation steps")
+    return per

@@ -40,7 +40,7 @@ from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, Reco
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
-from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES, EmbedderTrainingConfig
+from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES, EmbedderTrainingConfig, per_device_batch
 from unime.train.losses import LOSSES, GroupLoss, build_loss
 
 logger = logging.getLogger(__name__)
@@ -419,16 +419,6 @@ class EmbedderTrainingRun:
     @property
     def out(self) -> Path:
         return Path(self.config.out)
-
-
-def per_device_batch(global_batch: int, grad_accum: int = 1, world_size: int | None = None) -> int:
-    """Queries per device per micro-batch for a global batch (WORLD_SIZE processes under torchrun)."""
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    per, rest = divmod(int(global_batch), world * grad_accum)
-    if rest or per < 1:
-        raise UnimeError(f"--global-batch {global_batch} is not a multiple of {world} processes x {grad_accum} "
-                         "accumulation steps")
-    return per
 
 
 def with_resolved_batch(config: EmbedderTrainingConfig) -> EmbedderTrainingConfig:

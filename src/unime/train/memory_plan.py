@@ -250,7 +250,7 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
     per_query = 2 + k
     accum = int(o.get("grad_accum", 1) or 1)
     if o.get("global_batch"):  # refused as the trainer refuses it: not a multiple of processes x accumulation
-        from unime.train.embedder_trainer import per_device_batch
+        from unime.train.embedder_config import per_device_batch
 
         per_device = per_device_batch(int(o["global_batch"]), accum, world_size=gpus)
     else:
