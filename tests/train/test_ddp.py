@@ -288,3 +288,19 @@ def test_an_interrupted_global_batch_run_continues_on_another_number_of_processe
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
         assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
     _same_weights(straight, load_file(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_epochs_with_dataloader_drop_last_train_like_one_process(tiny_model_dir, ddp_data, tmp_path):
+    """README (multi-GPU): under several processes accelerate pads an epoch's last short batch with records from the
+    epoch's start; `--trainer-arg dataloader_drop_last=true` drops it on any number of processes, so 2 processes
+    train like 1 under --epochs: 16 records, global batch 6 -> 2 steps (4 records left out) either way."""
+    from unime.cli import main
+
+    world, records = ddp_data
+    common = _common(tiny_model_dir("qwen2_vl"), records, world, "infonce", steps=1, grad_accum=1)
+    at = common.index("--steps")
+    common = common[:at] + ["--epochs", "1"] + common[at + 2:] + ["--global-batch", "6", "--trainer-arg",
+                                                                   "dataloader_drop_last=true"]
+    _torchrun(common + ["--out", str(tmp_path / "two")], tmp_path / "two.log")
+    assert main(["train", "embedder", *common, "--out", str(tmp_path / "one")]) == 0
+    _compare(tmp_path / "one", tmp_path / "two", steps=2)

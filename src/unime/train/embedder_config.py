@@ -70,7 +70,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     pooling: str = option("auto", choices=["auto", "last", "emb"])
     # optimisation
     batch_size: int = option(8, "queries per device per micro-batch", group="optimisation")
-    grad_accum: int = option(1, "gradient accumulation steps", group="optimisation")
+    grad_accum: int = option(1, "gradient accumulation steps: micro-batches per optimizer step; in-batch negatives "
+                             "are those of one micro-batch (--gradcache: of the whole batch)", group="optimisation")
     global_batch: int | None = option(None, "queries per optimizer step over all processes (sets --batch-size = N / "
                                       "(processes x --grad-accum); UniME-V2: 1024 with --gradcache)", metavar="N",
                                       group="optimisation")
