@@ -57,7 +57,7 @@ def test_overwrite_takes_the_folder_but_the_users_entries_are_never_deleted(tmp_
         assert not owned.may_replace("notes.txt") and owned.may_replace("report.md")
         with pytest.raises(FolderNotOwned, match="notes.txt was not written by this command"):
             require_replaceable(out, "notes.txt")
-        assert remove_owned(out, "demo") == ["report.md", "stages"]
+        assert remove_owned(out, "demo", {"report.md", "stages", "notes.txt"}) == ["report.md", "stages"]
     assert sorted(p.name for p in out.iterdir()) == sorted(["notes.txt", MARKER_NAME, LOCK_NAME])
 
 
@@ -66,9 +66,30 @@ def test_remove_owned_refuses_a_folder_the_command_does_not_own(tmp_path):
     out.mkdir()
     (out / "thesis.tex").write_text("x")
     with pytest.raises(FolderNotOwned):
-        remove_owned(out, "demo")
+        remove_owned(out, "demo", {"report.md"})
     assert (out / "thesis.tex").read_text() == "x"
-    assert remove_owned(out, "demo", overwrite=True) == ["thesis.tex"]  # --fresh --overwrite: asked for
+    (out / "report.md").write_text("r")
+    assert remove_owned(out, "demo", {"report.md"}, overwrite=True) == ["report.md"]  # --fresh --overwrite: asked for
+    assert (out / "thesis.tex").read_text() == "x"  # not the command's: never deleted
+
+
+def test_remove_owned_keeps_and_names_what_was_added_after_the_claim(tmp_path, caplog):
+    """The marker lists the entries found when the folder was claimed; a file or folder the user adds later is
+    not the command's either: only the command's own layout goes."""
+    import logging
+
+    out = tmp_path / "demo"
+    with claim(out, "demo"):
+        (out / "stages").mkdir()
+        (out / "report.md").write_text("r")
+    (out / "NOTES.md").write_text("x")
+    (out / "mine").mkdir()
+    (out / "mine" / "a.py").write_text("y")
+    with caplog.at_level(logging.WARNING, logger="unime.outdir"):
+        assert remove_owned(out, "demo", {"stages", "report.md", "world"}) == ["report.md", "stages"]
+    assert (out / "NOTES.md").read_text() == "x" and (out / "mine" / "a.py").read_text() == "y"
+    assert any(f"{out}: left as they were (not written by `unime demo`): NOTES.md, mine" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_second_claim_fails_at_once_naming_the_holders_pid(tmp_path):

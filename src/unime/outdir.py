@@ -14,7 +14,7 @@ command):
 `may_replace(folder, name)` is what a stage asks before it deletes or replaces an entry it finds (the
 mining judge stage, a trainer's final folders): yes for entries the command wrote itself, for a
 pre-existing entry only under `--overwrite`. `remove_owned` (`unime demo --fresh`) deletes exactly
-the entries the owner wrote.
+the entries of the command's own layout that it wrote; any other entry stays.
 
 The lock is an `fcntl.flock` on `.unime.lock` in the folder, held for the whole run and released by
 the OS when the process ends, even by kill -9; a second run on the folder fails at once with the
@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from unime.errors import UnimeError
 
@@ -287,19 +287,29 @@ def require_replaceable(folder: str | os.PathLike, name: str) -> None:
                                  "or pass --overwrite to let the command replace it")
 
 
-def remove_owned(folder: str | os.PathLike, command: str, *, overwrite: bool = False) -> list[str]:
-    """Delete what `command` wrote in `folder` (the entries not listed as pre-existing); with `overwrite`
-    and a folder it does not own, everything. The marker and lock stay. Returns the removed names."""
+def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], *,
+                 overwrite: bool = False) -> list[str]:
+    """Delete what `command` wrote in `folder`: its entries named in `own` (the command's layout: the folders
+    and files it writes there) that are not listed as pre-existing (with `overwrite`, in a folder it does not
+    own: every entry named in `own`). Every other entry stays (a file the user added after the folder was
+    claimed is not in the marker either) and is named in a warning; the marker and lock stay. Returns the
+    removed names."""
+    import logging
+
     folder = Path(folder)
     if not folder.exists():
         return []
     check_claim(folder, command, overwrite=overwrite)
     marker = read_marker(folder)
     ours = marker is not None and marker.get("command") == command
-    keep = set(marker.get("preexisting", [])) if ours else set()
-    removed = []
+    preexisting = set(marker.get("preexisting", [])) if ours else set()
+    removed, left = [], []
     for name in _entries(folder):
-        if name in keep:
+        if name in preexisting:
+            continue
+        if name not in own:
+            if not name.startswith("."):
+                left.append(name)
             continue
         p = folder / name
         if p.is_dir() and not p.is_symlink():
@@ -307,6 +317,9 @@ def remove_owned(folder: str | os.PathLike, command: str, *, overwrite: bool = F
         else:
             p.unlink()
         removed.append(name)
+    if left:
+        logging.getLogger(__name__).warning("%s: left as they were (not written by `unime %s`): %s", folder, command,
+                                            ", ".join(left))
     return removed
 
 

@@ -308,7 +308,9 @@ def test_mine_never_deletes_a_judge_folder_it_did_not_write(tmp_path, capsys):
     assert (run / "judge" / "model.safetensors").read_bytes() == b"the judge"
 
 
-def test_demo_fresh_deletes_only_what_the_demo_wrote(tmp_path, monkeypatch, capsys):
+def test_demo_fresh_deletes_only_what_the_demo_wrote(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
     import unime.demo.pipeline as demo
 
     runs: list[str] = []
@@ -335,6 +337,14 @@ def test_demo_fresh_deletes_only_what_the_demo_wrote(tmp_path, monkeypatch, caps
     assert main(["demo", "--out", str(foreign), "--fresh"]) == 2
     assert (foreign / "data.csv").read_text() == "1,2" and not (foreign / MARKER_NAME).exists()
     assert len(runs) == 2
+    (out / "NOTES.md").write_text("x")  # added after the demo made the folder: the user's, not the demo's
+    (out / "mine").mkdir()
+    (out / "mine" / "a.py").write_text("y")
+    with caplog.at_level(logging.WARNING, logger="unime.outdir"):
+        assert main(["demo", "--out", str(out), "--fresh"]) == 0
+    assert (out / "NOTES.md").read_text() == "x" and (out / "mine" / "a.py").read_text() == "y"
+    assert any("left as they were (not written by `unime demo`): NOTES.md, mine" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_overwrite_is_the_way_to_write_into_a_foreign_folder(tmp_path, monkeypatch):

@@ -135,6 +135,10 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     video_tasks = {"clip_cls", "clip_qa", "clip_ret", "clip_moment"}
     assert video_tasks <= {r.dataset for r in read_records(out / "mined" / "mined.parquet")}
     assert video_tasks <= {r.dataset for r in oracle}
+    # `--fresh` knows every entry a run writes (`DEMO_ENTRIES`: what it deletes, nothing else)
+    from unime.demo.pipeline import DEMO_ENTRIES
+
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} <= DEMO_ENTRIES
     # a second run skips every stage but the report
     messages.clear()
     Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True, timings=times).run()

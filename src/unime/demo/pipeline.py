@@ -657,12 +657,21 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+# what a demo run writes in its folder (`Demo.p`, `unime.demo.report`, `unime.demo.embed_rl`, `unime.demo.video_rows`):
+# the stages' folders and files, and the temporaries of the files it writes there
+DEMO_ENTRIES = frozenset({
+    "world", "eval", "models", "judge", "embedders", "mined", "mined-oracle", "reranker", "er", "cache", "stages",
+    "settings.json", "judge_gate.json", "judge_gate.tmp", "train_records.jsonl", "report.md", "report.md.tmp",
+    "report.html"})
+
+
 def fresh(out: str | os.PathLike, *, overwrite: bool = False) -> list[str]:
-    """`unime demo --fresh`: delete what earlier demo runs wrote in `out` (never files they did not
-    write; a folder the demo does not own is refused unless `overwrite`, see `unime.outdir`)."""
+    """`unime demo --fresh`: delete what earlier demo runs wrote in `out`, the entries of its layout
+    (`DEMO_ENTRIES`); every other entry stays — a file the user added is named in a warning — and a folder
+    the demo does not own is refused unless `overwrite` (see `unime.outdir`)."""
     from unime.outdir import remove_owned
 
-    return remove_owned(out, "demo", overwrite=overwrite)
+    return remove_owned(out, "demo", DEMO_ENTRIES, overwrite=overwrite)
 
 
 @dataclass(kw_only=True)
