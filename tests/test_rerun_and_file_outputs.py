@@ -202,6 +202,22 @@ def test_data_synth_claims_locks_and_keeps_foreign_files(tmp_path, capsys):
     assert read_marker(foreign)["preexisting"] == ["notes.txt"]
 
 
+def test_data_synth_overwrite_keeps_the_users_files_inside_the_worlds_folders(tmp_path, caplog):
+    """--overwrite replaces the world's files; a file the user put inside one of the world's folders stays."""
+    import logging
+
+    out = tmp_path / "w2"
+    assert main(["data", "synth", "--out", str(out), "--size", "tiny"]) == 0
+    (out / "train" / "MY_TRAIN.txt").write_text("mine")
+    records = (out / "train" / "records.jsonl").stat().st_ino
+    with caplog.at_level(logging.WARNING, logger="unime.data.atomic"):
+        assert main(["data", "synth", "--out", str(out), "--size", "tiny", "--overwrite"]) == 0
+    assert (out / "train" / "MY_TRAIN.txt").read_text() == "mine"
+    assert (out / "train" / "records.jsonl").stat().st_ino != records  # the world's own file: written anew
+    assert any(f"{out}: left as they were beside the world just written: train/MY_TRAIN.txt" == r.getMessage()
+               for r in caplog.records)
+
+
 def test_build_tiny_with_overwrite_keeps_every_file_it_does_not_write_and_names_the_unknown_ones(tmp_path, capsys,
                                                                                                    caplog):
     """A command whose output is one model folder writes its files into the folder like any other and touches

@@ -49,3 +49,24 @@ def test_a_link_written_into_an_atomic_folder_is_left_as_it_is(tmp_path):
     with atomic_dir(tmp_path / "d") as d:
         (d / "link").symlink_to(target)
     assert _mode(target) == 0o600 and (tmp_path / "d" / "link").is_symlink()
+
+
+def test_merged_dir_merges_folders_file_by_file_and_reports_what_it_kept(tmp_path):
+    from unime.data.atomic import merged_dir
+
+    out = tmp_path / "out"
+    (out / "sub" / "deeper").mkdir(parents=True)
+    (out / "sub" / "w.bin").write_text("old")
+    (out / "sub" / "mine.txt").write_text("the user's")
+    (out / "sub" / "deeper" / "x").write_text("the user's too")
+    (out / "top.txt").write_text("the user's")
+    (out / ".hidden").write_text("h")
+    kept: list[str] = []
+    with merged_dir(out, kept=kept) as d:
+        (d / "sub").mkdir()
+        (d / "sub" / "w.bin").write_text("new")
+        (d / "new.txt").write_text("n")
+    assert (out / "sub" / "w.bin").read_text() == "new" and (out / "new.txt").read_text() == "n"
+    assert (out / "sub" / "mine.txt").read_text() == "the user's" and (out / "sub" / "deeper" / "x").is_file()
+    assert sorted(kept) == ["sub/deeper", "sub/mine.txt", "top.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".hidden", "new.txt", "sub", "top.txt"]  # no temporary left

@@ -4,6 +4,7 @@ refused with the keys listed, and the reported loss covers the whole run."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def _final_outputs_removed(out: Path, names) -> None:
             p.unlink()
 
 
-def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_model_dir, mined_world, tmp_path):
+def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_model_dir, mined_world, tmp_path, caplog):
     from unime.data.io import read_records
     from unime.train.embedder_trainer import train_embedder
 
@@ -125,9 +126,23 @@ def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_mod
     with pytest.raises(ChangedOptions, match=r"lr: 0.002 -> 0.001.*--overwrite"):
         train_embedder(base_config(model, tmp_path / "a", world, **cfg, lr=1e-3), records=records)
     assert adapter.stat().st_mtime_ns == mtime
-    # --overwrite starts over with the new options
-    over = train_embedder(base_config(model, tmp_path / "a", world, **cfg, lr=1e-3, overwrite=True), records=records)
+    # --overwrite starts over with the new options: the run's checkpoint-N folders and model files are replaced,
+    # what the user put beside them stays (named in a warning)
+    (tmp_path / "a" / "checkpoints" / "my-best-copy").mkdir()
+    (tmp_path / "a" / "checkpoints" / "my-best-copy" / "NOTE.txt").write_text("kept")
+    (tmp_path / "a" / "merged" / "EVAL_NOTES.txt").write_text("mine")
+    stale_step = (tmp_path / "a" / "checkpoints" / "checkpoint-3" / "trainer_state.json").stat().st_mtime_ns
+    with caplog.at_level(logging.WARNING):
+        over = train_embedder(base_config(model, tmp_path / "a", world, **cfg, lr=1e-3, overwrite=True),
+                              records=records)
     assert over.metrics["steps"] == 3 and "already_finished" not in over.metrics
+    assert (tmp_path / "a" / "checkpoints" / "my-best-copy" / "NOTE.txt").read_text() == "kept"
+    assert (tmp_path / "a" / "merged" / "EVAL_NOTES.txt").read_text() == "mine"
+    assert (tmp_path / "a" / "checkpoints" / "checkpoint-3" / "trainer_state.json").stat().st_mtime_ns != stale_step
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("checkpoints: left as they were (the run's own checkpoint-N folders were deleted, to start over): "
+               "my-best-copy" in m for m in messages)
+    assert any("merged: left as they were beside the model just written: EVAL_NOTES.txt" in m for m in messages)
     assert not torch.equal(load_file(adapter)[next(iter(a))], a[next(iter(a))])
 
 
@@ -223,15 +238,15 @@ def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monk
                                  learning_rate=1e-3, **kw)
 
     straight = train_reasoner_sft(config(tmp_path / "a"))
-    real = export.atomic_dir
+    real = export.merged_dir
 
     def dying_export(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export, "atomic_dir", dying_export)
+    monkeypatch.setattr(export, "merged_dir", dying_export)
     with pytest.raises(OSError):
         train_reasoner_sft(config(tmp_path / "b"))
-    monkeypatch.setattr(export, "atomic_dir", real)
+    monkeypatch.setattr(export, "merged_dir", real)
     assert (tmp_path / "b" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "t.jsonl"]  # nothing beside --out
     resumed = train_reasoner_sft(config(tmp_path / "b"))

@@ -97,27 +97,48 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
 
 
 @contextlib.contextmanager
-def merged_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder inside `path`; on success each of its entries replaces the entry of the
-    same name in `path` (one `os.replace` per entry: a file or folder is never seen half-written), and
-    every other entry of `path` stays. On error the temporary folder is removed. For output folders that
-    may hold the user's own files beside the command's (`unime.outdir`)."""
+def merged_dir(path: str | os.PathLike, *, kept: list[str] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder; on success its entries are merged into `path`: each file replaces the file of
+    the same name (one `os.replace` each: a file is never seen half-written), a folder is merged into the
+    folder of the same name the same way, and every other entry of `path` and of its merged folders stays —
+    appended to `kept` (paths relative to `path`, hidden ones left out). A missing `path` appears whole, at
+    once. On error the temporary folder is removed. For output folders that may hold the user's own files
+    beside the command's, at any depth (`unime.outdir`)."""
     target = Path(path)
-    target.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        with atomic_dir(target) as tmp:
+            yield tmp
+        return
     tmp = Path(tempfile.mkdtemp(prefix=".merge.tmp-", dir=target))
     try:
         yield tmp
-        for entry in sorted(tmp.iterdir()):
-            ordinary_modes(entry)
-            dest = target / entry.name
-            if dest.is_dir() and not dest.is_symlink() and entry.is_dir():
-                old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.old-", dir=target))
-                os.replace(dest, old / "x")
-                os.replace(entry, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                if dest.is_dir() and not dest.is_symlink():
-                    shutil.rmtree(dest)
-                os.replace(entry, dest)
+        ordinary_modes(tmp)
+        _merge_into(tmp, target, kept if kept is not None else [], "")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merge_into(src: Path, dest: Path, kept: list[str], prefix: str) -> None:
+    written = set()
+    for entry in sorted(src.iterdir()):
+        written.add(entry.name)
+        to = dest / entry.name
+        if entry.is_dir() and not entry.is_symlink() and to.is_dir() and not to.is_symlink():
+            _merge_into(entry, to, kept, f"{prefix}{entry.name}/")
+            continue
+        if to.is_dir() and not to.is_symlink():
+            shutil.rmtree(to)  # a folder where this command writes a file of the same name
+        elif entry.is_dir() and (to.exists() or to.is_symlink()):
+            to.unlink()  # a file where it writes a folder
+        os.replace(entry, to)
+    kept.extend(f"{prefix}{p.name}" for p in sorted(dest.iterdir())
+                if p.name not in written and not p.name.startswith("."))
+
+
+def warn_left(folder: str | os.PathLike, names: list[str], why: str, hint: str = "") -> None:
+    """Name, in one warning, the entries of `folder` a command left as they were (`why`: beside what)."""
+    import logging
+
+    if names:
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        logging.getLogger(__name__).warning("%s: left as they were %s: %s%s", folder, why, shown, hint)

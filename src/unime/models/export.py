@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from unime.data.atomic import atomic_dir, atomic_open, merged_dir
+from unime.data.atomic import atomic_open, merged_dir, warn_left
 from unime.models.loading import model_reference
 from unime.models.run_state import ADAPTER_DIR, CARD_FILE, EXPORT_NAMES, MERGED_DIR, is_peft  # noqa: F401
 
@@ -26,40 +26,34 @@ from unime.models.run_state import ADAPTER_DIR, CARD_FILE, EXPORT_NAMES, MERGED_
 @contextlib.contextmanager
 def model_folder(folder: str | os.PathLike):
     """Yield a temporary folder whose entries become `folder`'s model files, for a command whose output is one
-    model folder (`unime models build-tiny`, `unime reason add-emb`): on success each entry replaces the entry of
-    the same name in `folder` (one rename each, `merged_dir`), and nothing else is touched — the user's files, the
-    marker and the lock stay. Other entries than the user's recorded ones (files a user added later, or files an
-    earlier build wrote and this one did not, which the model's loader may read) are named in a warning."""
-    import logging
-
+    model folder (`unime models build-tiny`, `unime reason add-emb`, a trainer's `merged/` and `adapter/`): on
+    success each file replaces the file of the same name in `folder` (`merged_dir`), and nothing else is touched
+    — the user's files, the marker and the lock stay. Other entries than the user's recorded ones (files a user
+    added later, or files an earlier run wrote and this one did not, which the model's loader may read) are
+    named in a warning."""
     from unime.outdir import read_marker
 
     folder = Path(folder)
-    with merged_dir(folder) as tmp:
+    kept: list[str] = []
+    with merged_dir(folder, kept=kept) as tmp:
         yield tmp
-        written = {p.name for p in tmp.iterdir()}
-    marker = read_marker(folder)
-    if marker is None:
-        return  # an unmarked folder: everything else in it is the user's
-    known = set(marker.get("preexisting", [])) | written
-    left = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in known)
-    if left:
-        logging.getLogger(__name__).warning(
-            "%s: left as they were beside the model just written: %s (remove any an earlier build wrote: the "
-            "model's loader may read them)", folder, ", ".join(left))
+    recorded = set((read_marker(folder) or {}).get("preexisting", []))
+    warn_left(folder, [k for k in kept if k.split("/")[0] not in recorded], "beside the model just written",
+              " (remove any an earlier run wrote: the model's loader may read them)")
 
 
 def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCard", adapter: bool | None = None,
                  merged: bool = True, image_budget=None, folder_files: Mapping[str, str] | None = None,
                  base_model: str | None = None) -> dict[str, Path]:
     """OUT/adapter (`adapter`; default: whenever `model` is a PEFT model), OUT/merged (`merged`; the adapter
-    merged in, or the fully fine-tuned model) and OUT/README.md (`card`, rendered), each written atomically.
-    Each folder holds the model, the processor, README.md and `folder_files` (name → text). `image_budget`
-    (the run's `ImageBudget`, if set) is recorded in OUT and each folder (`unime_images.json`) for eval /
-    mining / serving; the processor saved alongside already carries its pixel bounds. `base_model`: how the
-    adapter names its base model (default: as the PEFT model does); an existing local folder is recorded as
-    an absolute path (`unime.models.loading.model_reference`). Merging modifies `model` in place (done
-    last). Returns the written folders by name."""
+    merged in, or the fully fine-tuned model) and OUT/README.md (`card`, rendered), each file written
+    atomically; a folder's other entries (a file the user put there, one an earlier export wrote) stay, named in
+    a warning (`model_folder`). Each folder holds the model, the processor, README.md and `folder_files` (name →
+    text). `image_budget` (the run's `ImageBudget`, if set) is recorded in OUT and each folder
+    (`unime_images.json`) for eval / mining / serving; the processor saved alongside already carries its pixel
+    bounds. `base_model`: how the adapter names its base model (default: as the PEFT model does); an existing
+    local folder is recorded as an absolute path (`unime.models.loading.model_reference`). Merging modifies
+    `model` in place (done last). Returns the written folders by name."""
     from unime.models.image_budget import BUDGET_FILE
     from unime.outdir import require_replaceable
 
@@ -82,7 +76,7 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
     written: dict[str, Path] = {}
 
     def save(folder: str, m, **how) -> None:
-        with atomic_dir(out / folder, overwrite=True) as tmp:
+        with model_folder(out / folder) as tmp:
             m.save_pretrained(str(tmp), **how)
             processor.save_pretrained(str(tmp))
             (tmp / CARD_FILE).write_text(text, encoding="utf-8")

@@ -7,7 +7,8 @@ the final export (`unime.models.export`: `adapter/`, `merged/`, `README.md`), an
 
 - finished earlier with the same options → nothing to do (the run's result is reported);
 - options changed (outside the trainer's free keys) → `ChangedOptions` listing the keys (exit code 2), or
-  with `--overwrite` start over: the run's checkpoints and its finished marker go. An option the earlier
+  with `--overwrite` start over: the run's `checkpoint-N` folders and its finished marker go (anything else
+  in `checkpoints/` stays, named in a warning). An option the earlier
   run did not record (added by a later version of unime) is no change while it keeps its default;
 - interrupted → continue from the last *complete* checkpoint (`--resume` accepted, not needed). A checkpoint
   counts only if its weights, optimizer, scheduler, RNG state and `trainer_state.json` are all there and
@@ -197,6 +198,25 @@ def last_complete_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
     return None
 
 
+def remove_checkpoints(checkpoint_root: str | os.PathLike) -> None:
+    """Delete the `checkpoint-N` folders the Trainer wrote under `checkpoint_root` (and its `tmp-checkpoint-N`
+    of a save cut short); any other entry (a copy the user keeps there) stays, named in a warning."""
+    import re
+
+    from unime.data.atomic import warn_left
+
+    root = Path(checkpoint_root)
+    if not root.is_dir():
+        return
+    kept = []
+    for p in sorted(root.iterdir()):
+        if re.fullmatch(r"(tmp-)?checkpoint-\d+", p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif not p.name.startswith("."):
+            kept.append(p.name)
+    warn_left(root, kept, "(the run's own checkpoint-N folders were deleted, to start over)")
+
+
 changed_options = changed_option_keys  # keys (outside `free`) whose values differ
 
 
@@ -296,7 +316,7 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
         for name in (finished_file, CHECKPOINTS_DIR):
             require_replaceable(out, name)
         (out / finished_file).unlink(missing_ok=True)
-        shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
+        remove_checkpoints(out / CHECKPOINTS_DIR)
         return RunPlan(False, None)
     if (out / finished_file).exists():  # the export of a finished run went missing: exported again
         require_replaceable(out, finished_file)

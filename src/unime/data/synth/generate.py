@@ -39,7 +39,7 @@ import yaml
 from unime.errors import changed_option_keys, refuse_changed_options
 from unime.options import option
 
-from unime.data.atomic import merged_dir
+from unime.data.atomic import merged_dir, warn_left
 from unime.data.eval_formats import MMEBRow, write_compositional, write_mmeb, write_retrieval
 from unime.data.io import write_records
 from unime.data.items import Record
@@ -310,7 +310,7 @@ def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes |
     lock, `unime.outdir`): the world is written. `out` already holds a world with the same seed, sizes and
     video: it is left as it is (a finished run; the summary says `reused`). With other options, or
     files that are not a world: `ChangedOptions` / `FileExistsError`, unless `overwrite` (the world's
-    entries are replaced; any other file stays)."""
+    files are replaced; any other file, also inside the world's folders, stays and is named in a warning)."""
     start = time.perf_counter()
     root = Path(out)
     if isinstance(sizes, str):
@@ -342,8 +342,10 @@ def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes |
                 "counts": counts}
     if "video" in content:
         manifest["video"] = asdict(video)
-    with merged_dir(root) as tmp:
+    kept: list[str] = []  # the user's files, at any depth, stay
+    with merged_dir(root, kept=kept) as tmp:
         _write(b, content, tmp, manifest)
+    warn_left(root, kept, "beside the world just written")
     nbytes, nfiles = _disk_usage(root)
     return WorldSummary(root, counts, time.perf_counter() - start, nbytes, nfiles)
 
