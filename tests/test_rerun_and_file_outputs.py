@@ -101,10 +101,13 @@ def test_a_file_output_is_claimed_through_its_sidecar(tmp_path):
     owned = claim_file(out, "judge", {"a": 1})
     assert out.parent.is_dir() and read_file_marker(out)["files"] == {"scores.jsonl": None}  # pending
     out.write_text("x\n")
-    # a killed run (never committed; the OS drops its lock) leaves a pending entry: its re-run may replace the file
+    # a killed run (never committed; the OS drops its lock) leaves a pending entry: the file found there may be
+    # the user's, saved after the kill, and is not replaced without --overwrite
     os.close(owned._lock_fd)
     owned._lock_fd = None
-    again = claim_file(out, "judge")
+    with pytest.raises(FileNotOwned, match="not written by `unime judge`"):
+        claim_file(out, "judge")
+    again = claim_file(out, "judge", overwrite=True)
     again.commit()
     again.release()
     marker = read_file_marker(out)
@@ -121,6 +124,40 @@ def test_a_file_output_is_claimed_through_its_sidecar(tmp_path):
         claim_file(out, "embed")  # another command's file
     claim_file(out, "judge", overwrite=True).release()
     assert sorted(p.name for p in out.parent.iterdir()) == [".scores.jsonl.unime-output.json", "scores.jsonl"]
+
+
+def test_a_file_saved_after_a_killed_run_is_not_taken_for_its_output(tmp_path, capsys):
+    """`unime embed --out vecs.npy` killed after its pending sidecar was written (its lock file left, its pid
+    dead); the user then saves their own vecs.npy: the re-run refuses it and cleans the stale lock."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "sf" / "vecs.npy"
+    killed = subprocess.run([sys.executable, "-c", "import os; from unime.outdir import claim_file; "
+                             f"claim_file({str(out)!r}, 'embed'); os._exit(9)"])
+    assert killed.returncode == 9 and (out.parent / ".vecs.npy.unime-lock").is_file()
+    assert read_file_marker(out)["files"] == {"vecs.npy": None}
+    out.write_bytes(b"the user's vectors")
+    argv = ["embed", "--model", "m", "--items", "i.jsonl", "--out", str(out)]
+    assert main(argv) == 2
+    assert "vecs.npy exists and was not written by `unime embed`" in _error_lines(capsys)[0]
+    assert out.read_bytes() == b"the user's vectors"
+    assert sorted(p.name for p in out.parent.iterdir()) == [".vecs.npy.unime-output.json", "vecs.npy"]  # no lock
+
+
+def test_a_rerun_killed_before_replacing_its_own_file_leaves_it_its_own(tmp_path):
+    out = tmp_path / "scores.jsonl"
+    first = claim_file(out, "judge")
+    out.write_text("x\n")
+    first.commit()
+    first.release()
+    killed = claim_file(out, "judge")  # a re-run killed before it wrote anything: the file is still the first's
+    os.close(killed._lock_fd)
+    killed._lock_fd = None
+    claim_file(out, "judge").release()
+    out.write_text("saved by the user\n")
+    with pytest.raises(FileNotOwned):
+        claim_file(out, "judge")
 
 
 def _file_argv(command: str, out: Path) -> list[str]:

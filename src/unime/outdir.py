@@ -330,7 +330,10 @@ def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], 
 # writes (the output and its companions, e.g. `NAME.metrics.json`), the SHA-1 of what it wrote. An
 # existing file is replaced only when the sidecar says this command wrote exactly its current content
 # (a re-run), or under `--overwrite`. The sidecar is written before the work, listing the files still to
-# be written as pending (null), so a killed run's re-run may replace what the killed run left.
+# be written as pending (null; a file it wrote before keeps its SHA-1 until replaced): a file found where
+# a killed run had recorded nothing is not taken for its output — it may be one the user saved after the
+# kill — and is replaced only under `--overwrite`. A killed run's lock file (`.NAME.unime-lock`, its pid
+# dead) is taken over and removed by the next run.
 
 FILE_MARKER_SUFFIX = ".unime-output.json"
 FILE_LOCK_SUFFIX = ".unime-lock"  # `.NAME.unime-lock`: held (flock) for the run, removed at its end
@@ -373,8 +376,8 @@ def written_by(path: str | os.PathLike, target: str | os.PathLike, command: str)
     if marker is None or marker.get("command") != command or target.name not in marker["files"]:
         return False
     recorded = marker["files"][target.name]
-    if recorded is None:  # listed as pending by a run that did not finish: its own partial output
-        return True
+    if recorded is None:  # pending: a run that did not finish recorded nothing it wrote there (the file may be
+        return False      # one the user saved after it stopped)
     return target.is_file() and not target.is_symlink() and _file_sha1(target) == recorded
 
 
@@ -436,7 +439,11 @@ def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | 
                                    "changed since); refusing to replace it. Choose another output name, or pass "
                                    "--overwrite to replace it")
         owned = OwnedFile(path, command, options_hash(options or {}), targets, fd)
-        owned._write({t.name: None for t in targets})
+        before = read_file_marker(path) if not overwrite else None
+        # pending: a file this command wrote keeps its record until replaced (a run killed before that leaves it
+        # ours), any other target is recorded as not written yet
+        owned._write({t.name: before["files"].get(t.name) if before is not None and t.exists() else None
+                      for t in targets})
     except BaseException:
         with contextlib.suppress(OSError):
             file_lock_path(path).unlink()
