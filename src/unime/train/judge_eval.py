@@ -4,7 +4,8 @@ being trained — P(Yes) = sigmoid(l_Yes − l_No) at the answer position of the
 `JudgeScorer` computes when mining — and logs AUC, accuracy and the spread of P(Yes)
 (`unime.mining.judge_check`), warning when the judge predicts its training pairs' Yes rate for every pair.
 
-Every evaluation is appended to `OUT/judge_eval.jsonl`; the last one goes into `unime_reranker.json`
+Every evaluation is added to `OUT/judge_eval.jsonl` (rewritten atomically); a resumed run first drops the
+rows of steps after its checkpoint, which it evaluates again. The last one goes into `unime_reranker.json`
 (``heldout``) and the command's output.
 """
 
@@ -129,19 +130,32 @@ class JudgeHeldOutCallback(TrainerCallback):
         log.info("judge held-out, step %d: %s", step, format_metrics(m))
         for w in m["warnings"]:
             log.warning("judge held-out, step %d: %s", step, w)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(m) + "\n")
+        self._write()
         return m
+
+    def _write(self) -> None:
+        from unime.data.atomic import atomic_open
+
+        with atomic_open(self.path) as fh:  # a kill mid-write leaves the previous log, never half a row
+            fh.writelines(json.dumps(m) + "\n" for m in self.history)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.every <= 0:
             self.every = max(1, state.max_steps // EVALUATIONS)
-        if state.global_step == 0 and self.path.is_file():  # a fresh run (not a resumption): a fresh log
-            from unime.outdir import require_replaceable
+        if not state.is_world_process_zero or not self.path.is_file():
+            return
+        from unime.outdir import require_replaceable
 
-            require_replaceable(self.path.parent, self.path.name)  # never a file this command did not write
+        require_replaceable(self.path.parent, self.path.name)  # never a file this command did not write
+        if state.global_step == 0:  # a fresh run (not a resumption): a fresh log
             self.path.unlink()
+            return
+        # a resumption from the checkpoint at global_step: the rows after it were written by the killed run
+        # past its last save and are evaluated again (QA: they appeared twice)
+        rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        self.history = [r for r in rows if r["step"] <= state.global_step]
+        self._last_step = self.history[-1]["step"] if self.history else -1
+        self._write()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 and state.is_world_process_zero:
