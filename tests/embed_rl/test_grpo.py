@@ -431,3 +431,24 @@ def test_a_process_judge_whose_answers_never_parse_is_reported(caplog):
     assert parsed == 0.0
     warnings = [r.getMessage() for r in caplog.records if "none of the process judge's" in r.getMessage()]
     assert len(warnings) == 1 and "--process-pick score" in warnings[0]  # once, not every step
+
+
+def test_reward_log_resumed_keeps_step_and_completions_integers(tmp_path):
+    """QA: a resumed GRPO run read every reward_log.csv value as a float and wrote step 1.0, completions 8.0."""
+    from unime.embed_rl.grpo import REWARD_LOG_COLUMNS, RewardLog
+
+    path = tmp_path / "reward_log.csv"
+    means = dict(format=1.0, outcome=0.25, process=0.0, total=0.2, acc=0.5, margin=-0.125, judge_parsed=0.75,
+                 judge_picked_positive=0.5)
+    first = RewardLog(path)
+    for step in (1, 2, 3):
+        first.add({"step": step, "completions": 8, **means})
+    resumed = RewardLog(path, resume=True)
+    resumed.truncate(2)
+    assert resumed.rows == [{"step": s, "completions": 8, **means} for s in (1, 2)]
+    assert all(type(r["step"]) is int and type(r["completions"]) is int for r in resumed.rows)
+    resumed.add({"step": 3, "completions": 8, **means})
+    with open(path) as fh:
+        lines = fh.read().splitlines()
+    assert lines[0] == ",".join(REWARD_LOG_COLUMNS)
+    assert [line.split(",")[:2] for line in lines[1:]] == [["1", "8"], ["2", "8"], ["3", "8"]]

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 QUERY, POSITIVE = "query", "positive"
 REWARD_LOG_COLUMNS = ["step", "completions", "format", "outcome", "process", "total", "acc", "margin",
                       "judge_parsed", "judge_picked_positive"]
+_INTEGER_COLUMNS = frozenset({"step", "completions"})  # the rest are means (floats, nan when not computed)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,7 +132,10 @@ class RewardLog:
         self.csv_path = Path(csv_path) if csv_path else None
         if resume and self.csv_path is not None and self.csv_path.is_file():
             with open(self.csv_path, encoding="utf-8") as fh:
-                self.rows = [{k: float(v) for k, v in r.items() if v not in (None, "")} for r in csv.DictReader(fh)]
+                # integer columns stay integers (QA: a resumed run wrote step 1.0, completions 8.0; such a
+                # file, written before the fix, still reads)
+                self.rows = [{k: int(float(v)) if k in _INTEGER_COLUMNS else float(v) for k, v in r.items()
+                              if v not in (None, "")} for r in csv.DictReader(fh)]
 
     def truncate(self, last_step: int) -> None:
         """Drop rows after `last_step` (resuming from a checkpoint re-runs the steps after it)."""
