@@ -429,13 +429,13 @@ def test_eval_counters_and_timings_after_a_resume_describe_the_whole_run(tiny_mo
 
     class Interrupted(RunEncoder):
         def __init__(self, *a, **k):
-            super().__init__(*a, **{**k, "flush_every": block})
+            super().__init__(*a, **{**k, "flush_every": block, "flush_seconds": None})  # one call per block
 
-        def _encode(self, items):
+        def _encode(self, items, **kw):
             calls["n"] += 1
             if calls["n"] == calls["stop_at"]:
                 raise KeyboardInterrupt  # the first attempt dies in its second block
-            return super()._encode(items)
+            return super()._encode(items, **kw)
 
     monkeypatch.setattr(runners, "RunEncoder", Interrupted)
     tasks = build_world(tmp_path / "world")

@@ -139,3 +139,42 @@ def test_the_settings_record_the_dtype_the_embedder_computes_in():
     assert embedding_settings(fake, "bf16")["dtype"] == "bf16"
     fake.model = type("Model", (), {"dtype": torch.bfloat16})()   # a loaded model: its own dtype
     assert embedding_settings(fake, None)["dtype"] == "bf16"
+
+
+class InterruptedEmbedder(PlannedEmbedder):
+    """Killed (Ctrl-C) when asked for its `stop_at`-th batch."""
+
+    def __init__(self, stop_at):
+        super().__init__()
+        self.stop_at = stop_at
+
+    def encode(self, items, batch_size=None, show_progress=False):
+        if len(self.batches) + 1 == self.stop_at:
+            raise KeyboardInterrupt
+        return super().encode(items, batch_size, show_progress)
+
+
+def test_an_interrupted_encoding_keeps_the_batches_it_finished(tmp_path):
+    # QA: an eval killed at 58 of its 92 batches had saved nothing (the cache was written every 2048 items)
+    whole, rows = _encoded(PlannedEmbedder(), tmp_path / "whole", 2048)
+    expected = whole.vectors(rows)
+
+    killed = RunEncoder(InterruptedEmbedder(stop_at=4), "m", cache_dir=tmp_path / "c", flush_seconds=0.0)
+    killed.add(_items(), None)
+    with pytest.raises(KeyboardInterrupt):
+        killed.encode_pending()
+    # 3 batches of 2 finished, each saved: 6 distinct items (9 of the 14 references) are in the cache
+    assert killed.stats.encoded == 6 and len(list((tmp_path / "c" / "m").glob("shard-*.keys"))) == 3
+
+    rerun_model = PlannedEmbedder()
+    rerun, rows = _encoded(rerun_model, tmp_path / "c", 2048)
+    assert rerun.stats.from_cache == 6 and rerun.stats.encoded == 5
+    assert [len(b) for b in rerun_model.batches] == [2, 2, 1]
+    np.testing.assert_array_equal(rerun.vectors(rows), expected)  # bit for bit: each batch as in the whole run
+
+
+def test_flushes_come_every_flush_seconds_not_every_batch(tmp_path):
+    enc = RunEncoder(PlannedEmbedder(), "m", cache_dir=tmp_path, flush_seconds=3600.0)
+    enc.add(_items(), None)
+    enc.encode_pending()
+    assert enc.stats.encoded == 11 and len(list((tmp_path / "m").glob("shard-*.keys"))) == 1

@@ -16,8 +16,10 @@ Keys:
 Cache layout: ``CACHE_DIR/<model fingerprint>/shard-*.npy`` (float32, rows) with a ``.keys`` file per
 shard (one item key per line) and ``model.json``. A shard is written atomically — the ``.npy`` first,
 then its ``.keys`` — and only shards with a ``.keys`` file are read, so an interrupted run leaves no
-half shard; encoding is flushed every `flush_every` items, so an interrupted run resumes where it
-stopped. Shards are read with ``mmap_mode="r"``.
+half shard; encoding is flushed every `flush_every` items and, with an embedder that plans its batches
+(`batch_plan`), at the end of the first batch `flush_seconds` (30 s) after the last flush, so an interrupted
+run resumes where it stopped, having lost at most about half a minute of encoding. Shards are read with
+``mmap_mode="r"``.
 """
 
 from __future__ import annotations
@@ -219,6 +221,9 @@ class EmbeddingStore:
         self._load_shard(self.folder / f"{stem}.keys")
 
 
+FLUSH_SECONDS = 30.0  # the encoding an interruption may lose; one cache shard (milliseconds to write) per flush
+
+
 @dataclass
 class EncodeStats:
     items_seen: int = 0   # item references in the task data (a candidate listed under 1,000 queries counts 1,000)
@@ -243,7 +248,8 @@ class RunEncoder:
 
     def __init__(self, embedder: Any, model_id: str, *, cache_dir: str | os.PathLike | None = None,
                  model_info: dict | None = None, batch_size: int | None = None, flush_every: int = 2048,
-                 show_progress: bool = False, allow_outside_root: bool = False, digests: ImageDigests | None = None):
+                 flush_seconds: float | None = FLUSH_SECONDS, show_progress: bool = False,
+                 allow_outside_root: bool = False, digests: ImageDigests | None = None):
         self.embedder = embedder
         # image files' digests for the item keys: the caller's (`unime mine` passes those its inputs were digested
         # with, so no image is read twice), else this encoder's own memo
@@ -253,6 +259,8 @@ class RunEncoder:
         self.store = EmbeddingStore(Path(cache_dir) / model_id, model_info=model_info) if cache_dir else None
         self.batch_size = batch_size
         self.flush_every = flush_every
+        # QA: an eval killed at 58 of its 92 batches (fewer than `flush_every` items) had saved nothing
+        self.flush_seconds = flush_seconds
         self.show_progress = show_progress
         self.stats = EncodeStats()
         # called after each block of vectors is saved to the cache, with the stats so far (encode_seconds
@@ -341,38 +349,79 @@ class RunEncoder:
                     if share is not None:
                         part = self._encode_share(chunk, share, part)
                         continue
-                    vecs = self._encode([it for _, _, it in chunk])
-                    if self.store is not None:
-                        self.store.add([k for _, k, _ in chunk], vecs)
-                    for (row, _, _), v in zip(chunk, vecs):
-                        self._vectors[row] = v
-                    self.stats.encoded += len(chunk)
-                    if self.store is not None and self.on_saved is not None:
-                        self.on_saved(EncodeStats(self.stats.items_seen, self.stats.distinct, self.stats.from_cache,
-                                                  self.stats.encoded,
-                                                  self.stats.encode_seconds + time.perf_counter() - t0))
+                    self._encode_block(chunk, t0)
         self.stats.encode_seconds += time.perf_counter() - t0
         self._matrix = None
+
+    def _encode_block(self, chunk: list[tuple[int, str, Item]], t0: float) -> None:
+        """Encode one block of `encode_pending` and save it: in one call, or — with a cache and an embedder that
+        plans its batches — batch by batch, saving what is done every `flush_seconds` (a batch encoded alone
+        gives the vectors of the whole call, bit for bit: `Embedder.batch_plan`)."""
+        if self.store is None or self.flush_seconds is None or getattr(self.embedder, "batch_plan", None) is None:
+            self._save(chunk, self._encode([it for _, _, it in chunk]), t0)
+            return
+        items, parts, same_item = self._plan(chunk)
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            parts = tqdm(parts, desc="encode", unit="batch")
+        done: list[int] = []
+        vecs: list[np.ndarray] = []
+        last = time.perf_counter()
+        for batch in parts:
+            positions, out = self._encode_batch(items, batch, same_item)
+            done += positions
+            vecs += out
+            if time.perf_counter() - last >= self.flush_seconds:
+                self._save([chunk[p] for p in done], np.stack(vecs), t0)
+                done, vecs, last = [], [], time.perf_counter()
+        if done:
+            self._save([chunk[p] for p in done], np.stack(vecs), t0)
+
+    def _save(self, entries: list[tuple[int, str, Item]], vecs: np.ndarray, t0: float) -> None:
+        if self.store is not None:
+            self.store.add([k for _, k, _ in entries], vecs)
+        for (row, _, _), v in zip(entries, vecs):
+            self._vectors[row] = v
+        self.stats.encoded += len(entries)
+        if self.store is not None and self.on_saved is not None:
+            self.on_saved(EncodeStats(self.stats.items_seen, self.stats.distinct, self.stats.from_cache,
+                                      self.stats.encoded, self.stats.encode_seconds + time.perf_counter() - t0))
+
+    def _plan(self, chunk: list[tuple[int, str, Item]]) -> tuple[list[Item], list[list[int]], dict[str, list[int]]]:
+        """The block's items, the batches the embedder runs (its `batch_plan`; one batch when it has none) and,
+        per `Item.key`, the positions of the items it encodes once."""
+        plan_of = getattr(self.embedder, "batch_plan", None)
+        items = [it for _, _, it in chunk]
+        parts = plan_of(items, self.batch_size) if plan_of is not None else [list(range(len(chunk)))]
+        same_item: dict[str, list[int]] = {}
+        for j, it in enumerate(items):
+            same_item.setdefault(it.key, []).append(j)
+        return items, parts, same_item
+
+    def _encode_batch(self, items: list[Item], batch: list[int], same_item: dict[str, list[int]], *,
+                      show_progress: bool | None = False) -> tuple[list[int], list[np.ndarray]]:
+        """One planned batch: the positions it fills (every item with the key of one it encodes) and their vectors."""
+        out = self._encode([items[j] for j in batch], show_progress=show_progress)
+        positions, vecs = [], []
+        for k, j in enumerate(batch):
+            positions += same_item[items[j].key]
+            vecs += [out[k]] * len(same_item[items[j].key])
+        return positions, vecs
 
     def _encode_share(self, chunk: list[tuple[int, str, Item]], share: tuple[int, int], part: int) -> int:
         """`encode_pending`'s share of one block: every n-th of its batches (the embedder's `batch_plan`, so each
         batch is the one a single process runs), or of the blocks when the embedder has no plan; saved to the
         cache. Returns the number of the last part counted (parts are numbered across blocks)."""
-        plan_of = getattr(self.embedder, "batch_plan", None)
-        items = [it for _, _, it in chunk]
-        parts = plan_of(items, self.batch_size) if plan_of is not None else [list(range(len(chunk)))]
-        same_item: dict[str, list[int]] = {}  # the embedder encodes one of the items with the same `Item.key`
-        for j, it in enumerate(items):
-            same_item.setdefault(it.key, []).append(j)
+        items, parts, same_item = self._plan(chunk)
         keys, vecs = [], []
         for batch in parts:
             part += 1
             if part % share[1] != share[0]:
                 continue
-            out = self._encode([items[j] for j in batch])
-            for k, j in enumerate(batch):
-                keys += [chunk[p][1] for p in same_item[items[j].key]]
-                vecs += [out[k]] * len(same_item[items[j].key])
+            positions, out = self._encode_batch(items, batch, same_item, show_progress=None)
+            keys += [chunk[p][1] for p in positions]
+            vecs += out
         if keys:  # one cache shard per block and process
             self.store.add(keys, np.stack(vecs))
             self.stats.encoded += len(keys)
@@ -382,11 +431,11 @@ class RunEncoder:
         """Registered items not found in the on-disk cache (all of them without one): what `encode_pending` encodes."""
         return sum(1 for _, key, _, _ in self._pending if self.store is None or key not in self.store)
 
-    def _encode(self, items: list[Item]) -> np.ndarray:
+    def _encode(self, items: list[Item], *, show_progress: bool | None = None) -> np.ndarray:
         kwargs: dict[str, Any] = {}
         if self.batch_size:
             kwargs["batch_size"] = self.batch_size
-        if self.show_progress:
+        if self.show_progress if show_progress is None else show_progress:
             kwargs["show_progress"] = True
         vecs = np.asarray(self.embedder.encode(items, **kwargs), dtype=np.float32)
         if vecs.ndim != 2 or vecs.shape[0] != len(items):
