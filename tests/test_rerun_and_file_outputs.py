@@ -59,7 +59,7 @@ def test_eval_finished_changed_overwrite_and_interrupted(tiny_model_dir, tmp_pat
     # other options: refused with the keys, nothing touched
     assert main(argv + ["--ties", "index", "--pooling", "last"]) == 2
     assert _error_lines(capsys) == [
-        f"unime: error: {out} holds a run with other options (pooling: 'auto' -> 'last', ties: 'pessimistic' -> "
+        f"unime: error: {out} holds a run with other options (--pooling: 'auto' -> 'last', --ties: 'pessimistic' -> "
         "'index'); re-run with the same options to continue it, pass --overwrite to start over, or choose "
         "another --out"]
     assert _mtimes(out) == before and loads == []

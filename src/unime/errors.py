@@ -71,11 +71,15 @@ def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict |
                   and not (k not in before and k in added and value(now, k) == added[k]))
 
 
-def refuse_changed_options(out, before: dict, now: dict, keys: list[str]) -> ChangedOptions:
-    """The one refusal wording of a re-run with other options (trainers, mining, eval, data synth)."""
+def refuse_changed_options(out, before: dict, now: dict, keys: list[str],
+                           flags: dict[str, str] | None = None) -> ChangedOptions:
+    """The one refusal wording of a re-run with other options (trainers, mining, eval, data synth). `flags`
+    ({key: its option flag}, `unime.options.option_flags`): a key is named by the option the user gives
+    (QA: `learning_rate` for --lr)."""
     import json
 
     now = json.loads(json.dumps(now, default=str))
-    shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
+    flags = flags or {}
+    shown = ", ".join(f"{flags.get(k, k)}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
     return ChangedOptions(f"{out} holds a run with other options ({shown}); re-run with the same options to "
                           "continue it, pass --overwrite to start over, or choose another --out")

@@ -47,6 +47,23 @@ def none_meanings(config) -> dict[str, Any]:
     return {f.name: f.metadata["none_means"] for f in fields(config) if "none_means" in f.metadata}
 
 
+def field_flag(f) -> str | tuple[str, ...]:
+    """The command-line flag of config field `f` as declared: its `flag` (a string, or a tuple of aliases), else
+    `--dest-name` (`dest` or the field's name)."""
+    return f.metadata.get("flag", "--" + f.metadata.get("dest", f.name).replace("_", "-"))
+
+
+def option_flags(config) -> dict[str, str]:
+    """{field: the flag a user gives} of a config dataclass's command-line options (the first of several
+    aliases): what a message about an option names (`--lr`, not `learning_rate`)."""
+    out = {}
+    for f in fields(config):
+        if f.metadata.get("cli", True) and not f.metadata.get("positional"):
+            flag = field_flag(f)
+            out[f.name] = flag[0] if isinstance(flag, tuple) else flag
+    return out
+
+
 def key_value_pairs(pairs, flag: str) -> dict[str, Any]:
     """`KEY=VALUE` strings of a repeatable option (`flag`, for the message) → a dict, each value read as YAML
     (8 → int, true → bool, [a, b] → list, {a: 1} → dict). ValueError naming `flag` and a string without

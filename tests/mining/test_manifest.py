@@ -66,7 +66,7 @@ def test_an_option_an_earlier_version_did_not_record_is_no_change_at_its_default
     assert Manifest(tmp_path / "manifest.json").open_run(_config(), INPUTS, run_hash(_config(), INPUTS)) is False
     (tmp_path / "manifest.json").write_text(json.dumps(saved))
     other = _config(hnsw_m=MineConfig.hnsw_m + 4)
-    with pytest.raises(ChangedOptions, match="hnsw_m"):
+    with pytest.raises(ChangedOptions, match="--hnsw-m"):
         Manifest(tmp_path / "manifest.json").open_run(other, INPUTS, run_hash(other, INPUTS))
 
 
@@ -83,5 +83,5 @@ def test_the_video_options_defaults_given_explicitly_are_no_change(tmp_path):
     # and the other way round: a run recorded with them explicit, continued without them
     Manifest(tmp_path / "manifest.json").open_run(_config(), INPUTS, run_hash(_config(), INPUTS))
     other = _config(video_frames=4)
-    with pytest.raises(ChangedOptions, match="video_frames: None -> 4"):
+    with pytest.raises(ChangedOptions, match="--video-frames: None -> 4"):
         Manifest(tmp_path / "manifest.json").open_run(other, INPUTS, run_hash(other, INPUTS))

@@ -10,6 +10,8 @@ import types
 import typing
 from typing import Any
 
+from unime.options import field_flag
+
 _CLI_KEYS = ("action", "choices", "metavar", "type", "nargs", "const", "required")
 
 
@@ -106,7 +108,7 @@ def _add(container, entries, classes, labels, prefix: str = "") -> None:
     if help_text is not None:
         kwargs["help"] = help_text
     dest = dest_of(f, prefix)
-    flag = dest if positional else md.get("flag", "--" + dest_of(f).replace("_", "-"))
+    flag = dest if positional else field_flag(f)
     flags = tuple("--" + prefix + s[2:] if prefix and s.startswith("--") else s
                   for s in (flag if isinstance(flag, tuple) else (flag,)))
     if prefix and "metavar" not in kwargs and not positional and not kwargs.get("action"):

@@ -66,10 +66,11 @@ def write_run(out: str | Path, record: dict[str, Any]) -> None:
         fh.write("\n")
 
 
-def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, overwrite: bool) -> dict | None:
+def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, overwrite: bool,
+          flags: dict[str, str] | None = None) -> dict | None:
     """Before the work. Returns the finished run's summary if the folder holds this very run finished
     (nothing to do), else None after recording the attempt. Raises `ChangedOptions` for other options
-    unless `overwrite`."""
+    unless `overwrite`, naming each option by its flag in `flags` ({key: flag})."""
     out = Path(out)
     options = json.loads(json.dumps(options, default=str))
     before = read_run(out)
@@ -78,7 +79,7 @@ def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, o
     if before is not None:
         keys = changed_option_keys(before["options"], options)
         if keys and not overwrite:
-            raise refuse_changed_options(out, before["options"], options, keys)
+            raise refuse_changed_options(out, before["options"], options, keys, flags)
         if keys:
             log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(keys))
         else:

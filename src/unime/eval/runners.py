@@ -506,6 +506,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
 
     from unime.eval import report, rerun
     from unime.models.embedder import Embedder
+    from unime.options import option_flags
 
     from unime.data.video import VideoSampling
     from unime.models.image_budget import ImageBudget
@@ -526,8 +527,9 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
                    "video_sampling": asdict(video_sampling) if video_sampling is not None else None,
                    "image_budget": image_budget.to_dict()}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    flags = option_flags(cfg)
     finished = rerun.begin(out_dir, run_options, rerun.input_identity(out_dir, model, data, rerank_path),
-                           overwrite=cfg.overwrite)
+                           overwrite=cfg.overwrite, flags={**flags, "reranker": flags["rerank_path"]})
     if finished is not None:
         return {**finished, "finished_before": True}
     t_data = time.perf_counter()

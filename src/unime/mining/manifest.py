@@ -21,7 +21,7 @@ from unime.data.image_digests import file_sha1
 from unime.data.video import sampling_video_options
 from unime.errors import changed_option_keys, refuse_changed_options
 from unime.models.embedding_cache import model_fingerprint
-from unime.options import none_meanings, option_defaults
+from unime.options import none_meanings, option_defaults, option_flags
 from unime.outdir import options_hash
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class Manifest:
             keys = changed_option_keys(before, options, free=FREE_OPTIONS, added_defaults=option_defaults(config),
                                        none_means=none_meanings(config))
             if keys and not config.overwrite:
-                raise refuse_changed_options(out, before, options, keys)
+                raise refuse_changed_options(out, before, options, keys, option_flags(config))
             if keys:
                 log.warning("%s: options changed (%s); --overwrite: redoing the stages that depend on them",
                             out, ", ".join(keys))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from unime.errors import ChangedOptions, UnimeError, changed_option_keys, refuse_changed_options  # noqa: F401
-from unime.options import none_meanings, option_defaults
+from unime.options import none_meanings, option_defaults, option_flags
 
 CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
 FULL_STATE_FILE = "trainable_state.safetensors"  # resumable state of a full fine-tuning run
@@ -309,7 +309,7 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
                              f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
     diff = _changed(before, options, free, config) if before is not None else []
     if diff and not overwrite:
-        raise refuse_changed_options(out, before, options, diff)
+        raise refuse_changed_options(out, before, options, diff, option_flags(config) if config is not None else None)
     if overwrite or before is None:  # a new run, or starting over: nothing of an earlier run is resumed or reported
         if diff:
             log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
