@@ -131,6 +131,19 @@ def test_refuses_to_write_into_a_foreign_folder(tmp_path, model_dir):
     assert (tmp_path / "idx" / "notes.txt").read_text() == "mine"
 
 
+def test_refuses_a_mining_run_folder_naming_it_not_an_index(tmp_path, model_dir):
+    # QA: `index build --out <mining folder>` said "was built with model None (fingerprint None)"
+    _corpus(tmp_path / "corpus.jsonl", 2)
+    (tmp_path / "idx").mkdir()
+    mining = '{"config": {}, "config_hash": "x", "finished": true, "inputs": {}, "stages": {}, "version": 1}'
+    (tmp_path / "idx" / "manifest.json").write_text(mining)
+    with pytest.raises(IndexError_, match=r"idx exists and is not a unime index \(its manifest.json is another "
+                                          r"stage's\): refusing to write into it; use another --out$"):
+        _build(tmp_path, model_dir, HashEmbedder())
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["manifest.json"]
+    assert (tmp_path / "idx" / "manifest.json").read_text() == mining
+
+
 def test_cli_build_and_search_with_a_tiny_model(tmp_path, tiny_model_dir, capsys):
     from unime.cli import main
     from unime.models.embedder import Embedder

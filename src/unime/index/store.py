@@ -224,6 +224,16 @@ def committed_chunks(folder: Path) -> list[Path]:
     return sorted(p for p in (folder / "chunks").glob("chunk-*.jsonl") if p.with_suffix(".npy").is_file())
 
 
+def _is_index_manifest(path: Path) -> bool:
+    """Is `path` an index's manifest (`format_version` and `model_fingerprint`, as `build_corpus_index` writes)? A
+    mining run or an eval also writes a manifest.json."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "format_version" in data and "model_fingerprint" in data
+
+
 def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *, embedder, model: str,
                        data_root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                        vector_dtype: str = "float32", index: str = "auto", index_config: IndexConfig | None = None,
@@ -247,6 +257,9 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     settings = model_settings if model_settings is not None else embedding_settings(embedder)
     fingerprint = model_fingerprint(model, settings)
     manifest_path = out / "manifest.json"
+    if manifest_path.is_file() and not _is_index_manifest(manifest_path):  # QA: a mining run's folder
+        raise IndexError_(f"{out} exists and is not a unime index (its manifest.json is another stage's): refusing "
+                          "to write into it; use another --out")
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         why = model_mismatch(manifest, model, settings, device=getattr(embedder, "device", None))
