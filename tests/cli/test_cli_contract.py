@@ -464,3 +464,21 @@ os.write(2, f"rc {{main(['demo', '--out', {str(tmp_path / 'o')!r}])}}".encode())
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.stderr.strip().splitlines()[-1] == "rc 141" and "error" not in done.stderr
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "judge", "--model", "m", "--records", "r.jsonl", "--out", "j"], "; re-run the same command to resume"),
+    (["mine", "--records", "r.jsonl", "--embedder", "e", "--judge", "j", "--out", "o"],
+     "; re-run the same command to resume"),
+    (["data", "check", "r.jsonl"], ""),  # nothing to resume
+])
+def test_ctrl_c_says_how_to_resume_a_command_that_resumes(argv, hint, monkeypatch, capsys):
+    import unime.cli
+    from unime.cli import failures
+
+    def interrupted(args, command):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unime.cli, "_claim_output", interrupted)
+    assert main(argv) == failures.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.splitlines()[-1] == f"unime: interrupted{hint}"

@@ -55,6 +55,9 @@ OWNED_OUTPUT_COMMANDS = ("mine", "eval", "eval reference", "demo", "train embedd
                          "reason add-emb", "reason eval",
                          "reason split",
                          "data synth", "data import")
+# commands that continue an interrupted run when re-run the same way (README, "Resuming"; docs/DEMO.md)
+RESUMABLE_COMMANDS = ("mine", "eval", "demo", "train embedder", "train reranker", "train judge", "train reasoner",
+                      "models pretrain", "models pretrain-judge", "index build")
 # the option naming the output folder, where it is not `out`
 _OUTPUT_FOLDER_DEST = {"reason split": "out_dir"}
 
@@ -319,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     # before parsing succeeds: is a traceback wanted? (`--log-level DEBUG` / `--log-level=DEBUG`)
     debug = "debug" in [b.lower() for a, b in zip(argv, argv[1:]) if a == "--log-level"] + \
         [a.split("=", 1)[1].lower() for a in argv if a.startswith("--log-level=")]
-    owned, failed = None, True
+    owned, failed, command = None, True, None
     try:
         args = _parse(parser, argv)
+        command = " ".join(_command_path(parser, argv)[0])
         if getattr(args, "print_config", False):  # before any output folder is claimed
             print_config(args)
             return 0
@@ -331,7 +335,6 @@ def main(argv: list[str] | None = None) -> int:
         if func is None:
             parser.print_help()
             return 2
-        command = " ".join(_command_path(parser, argv)[0])
         refuse_several_processes(command)
         owned = _claim_output(args, command)
         result = func(args)
@@ -340,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         failed = bool(result)
         return int(result or 0)
     except KeyboardInterrupt:
-        print("unime: interrupted", file=sys.stderr)
+        hint = "; re-run the same command to resume" if command in RESUMABLE_COMMANDS else ""
+        print(f"unime: interrupted{hint}", file=sys.stderr)
         return failures.EXIT_INTERRUPTED
     except BrokenPipeError as exc:
         if failures.stdout_closed():  # `unime ... | head`: the reader left; end quietly, as a shell tool does
