@@ -410,3 +410,40 @@ def test_every_trainer_follows_one_convention(trainer, tiny_model_dir, tiny_worl
         torch.testing.assert_close(y[k], x[k], rtol=0, atol=1e-6)
     steps = {"embedder": lambda r: r.metrics["steps"], "reranker": lambda r: r.steps}.get(trainer, lambda r: r["steps"])
     assert steps(resumed) == steps(first) == 2
+
+
+def test_grpo_into_the_sft_run_it_starts_from_is_refused_and_another_stage_is_named_first(tmp_path):
+    """QA: `train reasoner --stage grpo --model sftX/merged --out sftX --overwrite` wrote its merged/ over the SFT
+    model it started from, beside SFT's adapter/ and sft_summary.json; without --overwrite the refusal listed 14
+    keys but not the stage."""
+    from dataclasses import asdict
+
+    from unime.embed_rl.grpo import GRPOStageConfig, train_reasoner_grpo
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
+    from unime.errors import UnimeError
+    from unime.models import run_state
+    from unime.outdir import claim
+
+    sft = tmp_path / "sftX"
+    with claim(sft, "train reasoner"):  # what an SFT run leaves
+        for name in ("merged/config.json", "adapter/adapter_config.json", "sft_summary.json"):
+            (sft / name).parent.mkdir(parents=True, exist_ok=True)
+            (sft / name).write_text("{}")
+        run_state.write_config(sft, asdict(ReasonerSFTConfig(model="base", data="t.jsonl", out=str(sft))))
+    def contents():  # the run's files (the folder's ownership marker records each claim)
+        return {p: p.read_bytes() for p in sft.rglob("*") if p.is_file() and not p.name.startswith(".unime")}
+
+    files = contents()
+
+    def grpo(model, out, **kw):
+        return train_reasoner_grpo(GRPOStageConfig(model=str(model), out=str(out), records="r.jsonl",
+                                                   embedder="emb", **kw))
+
+    for out in (sft, tmp_path):  # the model's own run folder, or any folder above it
+        with pytest.raises(UnimeError, match=rf"^--out {out} holds --model {sft / 'merged'}: the run would write over "
+                                             "the model it reads; choose another --out$"):
+            grpo(sft / "merged", out, overwrite=True)
+    (tmp_path / "base").mkdir()
+    with pytest.raises(ChangedOptions, match=r"other options \(stage: 'sft' -> 'grpo', "):
+        grpo(tmp_path / "base", sft)
+    assert contents() == files

@@ -362,6 +362,7 @@ class ScoredPick:
 class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
     """Options of `unime train reasoner --stage grpo` (`unime.options`)."""
 
+    stage: str = option("grpo", cli=False)  # recorded: an SFT folder is refused naming it (`ReasonerStageOptions`)
     learning_rate: float = option(3e-6, "learning rate", dest="lr")
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning")  # of the policy
     save_steps: int = option(100)

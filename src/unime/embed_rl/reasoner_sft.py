@@ -49,6 +49,7 @@ def end_of_turn_text(adapter: FamilyAdapter) -> str:
 class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
     """Options of `unime train reasoner --stage sft` (`unime.options`)."""
 
+    stage: str = option("sft", cli=False)  # recorded: a GRPO folder is refused naming it (`ReasonerStageOptions`)
     learning_rate: float = option(1e-4, "learning rate", dest="lr")
     lora_r: int = option(GENERATIVE_LORA.r, "LoRA rank; 0 = full fine-tuning")
     save_steps: int = option(500)

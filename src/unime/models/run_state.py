@@ -289,6 +289,26 @@ def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str
             and not _changed(before, options, free, config))
 
 
+# a trainer's options naming the models it reads
+INPUT_MODEL_FIELDS = ("model", "embedder", "process_judge")
+
+
+def refuse_output_over_input(out: str | Path, config) -> None:
+    """Raise `UnimeError` if `out` is the folder, or a folder above, of a model the run reads (`INPUT_MODEL_FIELDS`
+    of `config`): writing the run there would replace its own input (QA: GRPO --model sftX/merged --out sftX
+    --overwrite wrote its merged/ over the SFT model it started from, beside the SFT run's other files)."""
+    out_path = Path(out).resolve()
+    for name in INPUT_MODEL_FIELDS:
+        value = getattr(config, name, None)
+        if not value or not Path(str(value)).exists():  # unset, or a hub id
+            continue
+        model = Path(str(value)).resolve()
+        if model == out_path or out_path in model.parents:
+            flag = option_flags(config).get(name, name)
+            raise UnimeError(f"--out {out} holds {flag} {value}: the run would write over the model it reads; choose "
+                             "another --out")
+
+
 def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool, finished_file: str,
              resume: str | os.PathLike | None = None, config=None) -> RunPlan:
     """The convention of the module doc for a trainer writing `out` (its checkpoints under
@@ -301,6 +321,8 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     from unime.outdir import require_replaceable
 
     out = Path(out)
+    if config is not None:
+        refuse_output_over_input(out, config)
     if finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file, config=config):
         return RunPlan(True, None)
     before = previous_config(out)
@@ -308,6 +330,7 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
         raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
                              f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
     diff = _changed(before, options, free, config) if before is not None else []
+    diff.sort(key=lambda k: k != "stage")  # another kind of run (SFT / GRPO) first: the other keys follow from it
     if diff and not overwrite:
         raise refuse_changed_options(out, before, options, diff, option_flags(config) if config is not None else None)
     if overwrite or before is None:  # a new run, or starting over: nothing of an earlier run is resumed or reported
