@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Callable, Collection
 
 from unime.errors import UnimeError
 
@@ -94,8 +94,10 @@ def _refusal(folder: Path, command: str, marker: dict[str, Any] | None) -> Folde
                           "writes there")
 
 
-def check_claim(folder: str | os.PathLike, command: str, *, overwrite: bool = False) -> None:
-    """Raise `FolderNotOwned` if `command` may not write into `folder` (read-only check)."""
+def check_claim(folder: str | os.PathLike, command: str, *, overwrite: bool = False,
+                adopts: Callable[[Path], bool] | None = None) -> None:
+    """Raise `FolderNotOwned` if `command` may not write into `folder` (read-only check). `adopts`
+    recognises an unmarked folder as the command's own output from before it wrote markers (see `claim`)."""
     folder = Path(folder)
     if not folder.exists():
         return
@@ -104,7 +106,7 @@ def check_claim(folder: str | os.PathLike, command: str, *, overwrite: bool = Fa
     marker = read_marker(folder)
     if overwrite or (marker is not None and marker.get("command") == command):
         return
-    if marker is None and not _entries(folder):
+    if marker is None and (not _entries(folder) or (adopts is not None and adopts(folder))):
         return
     raise _refusal(folder, command, marker)
 
@@ -196,25 +198,31 @@ _HELD: dict[Path, "OwnedFolder"] = {}
 
 
 def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
-          overwrite: bool = False) -> OwnedFolder:
+          overwrite: bool = False, adopts: Callable[[Path], bool] | None = None) -> OwnedFolder:
     """Create or take `folder` for `command` (see the module doc), locked. Raises `FolderNotOwned` or
     `FolderInUse`; writes nothing into a folder it refuses. Re-entrant within a process for the same
-    command (the inner claim is a no-op handle)."""
+    command (the inner claim is a no-op handle). An unmarked folder that `adopts(folder)` recognises as
+    the command's own output, written before the command claimed its folders (an index folder), is
+    taken as the command's: nothing in it counts as pre-existing; `adopts` may raise to refuse a folder."""
     folder = Path(folder)
     held = _HELD.get(folder.resolve()) if folder.exists() else None
     if held is not None and held._lock_fd is not None:
         if held.command != command:
             raise FolderInUse(f"output folder {folder} is in use by `unime {held.command}` in this process")
         return OwnedFolder(held.path, command, held.marker, None)
-    check_claim(folder, command, overwrite=overwrite)
+    if adopts is not None and folder.is_dir() and read_marker(folder) is None:
+        adopts(folder)  # it may refuse the folder outright (even under --overwrite), before anything is written
+    check_claim(folder, command, overwrite=overwrite, adopts=adopts)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = _lock(folder)
     try:
-        check_claim(folder, command, overwrite=overwrite)  # again, now that no other run can change it
+        check_claim(folder, command, overwrite=overwrite, adopts=adopts)  # again, now no other run can change it
         old = read_marker(folder)
         if old is not None and old.get("command") == command:
             preexisting = list(old.get("preexisting", []))
+        elif old is None and adopts is not None and adopts(folder):
+            preexisting = []
         else:  # new, or taken with --overwrite: whatever is there now is not ours
             preexisting = _entries(folder)
         marker = {"command": command, "unime_version": _version(), "options_hash": options_hash(options or {}),

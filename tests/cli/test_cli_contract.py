@@ -265,6 +265,7 @@ def _argv(command: str, out: Path) -> list[str]:
         "data import": ["--captions", "c.csv", "--images", "imgs"],
         "models pretrain": ["--preset", "quick"],
         "models pretrain-judge": ["--preset", "quick"],
+        "index build": ["--model", "m", "--items", "i.jsonl"],
     }[command]
     return command.split() + extra + ["--out-dir" if command == "reason split" else "--out", str(out)]
 
@@ -290,7 +291,8 @@ def test_index_build_never_writes_into_a_folder_that_is_not_an_index(tmp_path, t
     items.write_text(json.dumps({"text": "a"}) + "\n")
     assert main(["index", "build", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--out", str(out),
                  "--device", "cpu", "--no-thumbnails"]) == 2
-    assert _error_lines(capsys) == [f"unime: error: {out} exists and is not a unime index: refusing to write into it"]
+    [line] = _error_lines(capsys)
+    assert f"output folder {out} is not empty and was not written by unime" in line and "--overwrite" in line
     assert sorted(p.name for p in out.iterdir()) == ["README.md"] and (out / "README.md").read_text() == "my notes"
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from unime.data.items import Item
 from unime.errors import DataError
 from unime.index.ann import IndexConfig, measure_recall
+from unime.outdir import FolderInUse, FolderNotOwned
 from unime.index.store import CorpusIndex, IndexError_, build_corpus_index, read_corpus, search_items
 
 
@@ -126,9 +127,84 @@ def test_refuses_to_write_into_a_foreign_folder(tmp_path, model_dir):
     _corpus(tmp_path / "corpus.jsonl", 2)
     (tmp_path / "idx").mkdir()
     (tmp_path / "idx" / "notes.txt").write_text("mine")
-    with pytest.raises(IndexError_, match="not a unime index"):
+    with pytest.raises(FolderNotOwned, match="is not empty and was not written by unime"):
         _build(tmp_path, model_dir, HashEmbedder())
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["notes.txt"]
     assert (tmp_path / "idx" / "notes.txt").read_text() == "mine"
+    idx, _ = _build(tmp_path, model_dir, HashEmbedder(), overwrite=True)  # taken under --overwrite, the file kept
+    assert len(idx) == 2 and (tmp_path / "idx" / "notes.txt").read_text() == "mine"
+
+
+def test_a_second_build_on_an_index_being_built_is_refused_naming_the_holder(tmp_path, model_dir):
+    """Two builds appending to one index numbered their chunks alike and lost rows (QA): a build holds the
+    index folder's lock, and another build on it fails at once with the holder's pid, writing nothing."""
+    import signal
+    import subprocess
+    import sys
+
+    _corpus(tmp_path / "a.jsonl", 4)
+    _corpus(tmp_path / "b.jsonl", 4, start=4)
+    holder_script = (
+        "import sys, time, numpy as np\n"
+        "from unime.index.store import build_corpus_index\n"
+        "class Stalled:\n"
+        "    def encode(self, items, **kw):\n"
+        "        print('encoding', flush=True); time.sleep(600)\n"
+        "build_corpus_index(sys.argv[1], sys.argv[2], embedder=Stalled(), model=sys.argv[3], "
+        "model_settings={'fake': True}, chunk_size=1)\n")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "PATH": "/usr/bin:/bin"}
+    holder = subprocess.Popen([sys.executable, "-c", holder_script, str(tmp_path / "a.jsonl"), str(tmp_path / "idx"),
+                               model_dir], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "encoding"
+        with pytest.raises(FolderInUse, match=rf"output folder {re.escape(str(tmp_path / 'idx'))} is in use by "
+                                              rf"another unime run \(pid {holder.pid}\)"):
+            build_corpus_index(tmp_path / "b.jsonl", tmp_path / "idx", embedder=HashEmbedder(), model=model_dir,
+                               model_settings={"fake": True}, chunk_size=1)
+        assert list((tmp_path / "idx" / "chunks").iterdir()) == []
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    for items, ids in (("a.jsonl", range(4)), ("b.jsonl", range(8))):  # the lock died with its holder
+        idx, _ = build_corpus_index(tmp_path / items, tmp_path / "idx", embedder=HashEmbedder(), model=model_dir,
+                                    model_settings={"fake": True}, chunk_size=1)
+        assert [e["id"] for e in idx.entries] == [f"doc{i}" for i in ids]
+
+
+def test_an_index_built_before_index_folders_were_marked_still_takes_additions(tmp_path, model_dir):
+    """An index folder written before `unime index build` claimed its folder has no ownership marker: it is
+    recognised by its manifest and taken as the command's own (nothing in it pre-existing), not refused."""
+    from unime.outdir import MARKER_NAME, read_marker
+
+    _corpus(tmp_path / "corpus.jsonl", 3)
+    _build(tmp_path, model_dir, HashEmbedder())
+    (tmp_path / "idx" / MARKER_NAME).unlink()
+    _corpus(tmp_path / "corpus.jsonl", 2, start=3)
+    idx, stats = _build(tmp_path, model_dir, HashEmbedder())
+    assert (stats.already_indexed, stats.added, len(idx)) == (3, 2, 5)
+    assert read_marker(tmp_path / "idx")["preexisting"] == []
+
+
+def test_the_cli_adds_to_an_unmarked_index_and_marks_it(tmp_path, tiny_model_dir, capsys):
+    """`unime index build` claims its folder before the stage does: an index from before the marker is taken
+    (not refused as a foreign folder), marked, and then named as the index's by another command's refusal."""
+    from unime.cli import main
+    from unime.outdir import MARKER_NAME, read_marker
+
+    model, idx = tiny_model_dir("qwen2_vl"), tmp_path / "idx"
+    build = ["index", "build", "--model", model, "--items", str(tmp_path / "corpus.jsonl"), "--out", str(idx),
+             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    _corpus(tmp_path / "corpus.jsonl", 2)
+    assert main(build) == 0
+    (idx / MARKER_NAME).unlink()
+    assert main(["eval", "--model", model, "--tasks", "t.yaml", "--out", str(idx)]) == 2
+    assert "is not empty and was not written by unime" in capsys.readouterr().err
+    _corpus(tmp_path / "corpus.jsonl", 1, start=2)
+    assert main(build) == 0
+    assert "3 items (1 added, 2 already indexed" in capsys.readouterr().out
+    assert read_marker(idx)["command"] == "index build" and read_marker(idx)["preexisting"] == []
+    assert main(["eval", "--model", model, "--tasks", "t.yaml", "--out", str(idx)]) == 2
+    assert "was written by `unime index build`, not `unime eval`" in capsys.readouterr().err
 
 
 def test_refuses_a_mining_run_folder_naming_it_not_an_index(tmp_path, model_dir):
@@ -137,10 +213,11 @@ def test_refuses_a_mining_run_folder_naming_it_not_an_index(tmp_path, model_dir)
     (tmp_path / "idx").mkdir()
     mining = '{"config": {}, "config_hash": "x", "finished": true, "inputs": {}, "stages": {}, "version": 1}'
     (tmp_path / "idx" / "manifest.json").write_text(mining)
-    with pytest.raises(IndexError_, match=r"idx exists and is not a unime index \(its manifest.json is another "
-                                          r"stage's\): refusing to write into it; use another --out$"):
-        _build(tmp_path, model_dir, HashEmbedder())
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["manifest.json"]
+    for overwrite in (False, True):  # never taken, nothing written into it (the claim's marker neither)
+        with pytest.raises(IndexError_, match=r"idx exists and is not a unime index \(its manifest.json is another "
+                                              r"stage's\): refusing to write into it; use another --out$"):
+            _build(tmp_path, model_dir, HashEmbedder(), overwrite=overwrite)
+        assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["manifest.json"]
     assert (tmp_path / "idx" / "manifest.json").read_text() == mining
 
 

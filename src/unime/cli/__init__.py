@@ -54,12 +54,15 @@ OWNED_OUTPUT_COMMANDS = ("mine", "eval", "eval reference", "demo", "train embedd
                          "train reasoner", "models build-tiny", "models pretrain", "models pretrain-judge",
                          "reason add-emb", "reason eval",
                          "reason split",
-                         "data synth", "data import")
+                         "data synth", "data import", "index build")
 # commands that continue an interrupted run when re-run the same way (README, "Resuming"; docs/DEMO.md)
 RESUMABLE_COMMANDS = ("mine", "eval", "demo", "train embedder", "train reranker", "train judge", "train reasoner",
                       "models pretrain", "models pretrain-judge", "index build")
 # the option naming the output folder, where it is not `out`
 _OUTPUT_FOLDER_DEST = {"reason split": "out_dir"}
+# (module, function) recognising an unmarked folder as the command's own output from before it claimed its
+# folders (`unime.outdir.claim`'s `adopts`): such a folder is taken without --overwrite
+_ADOPTS_UNMARKED = {"index build": ("unime.index.store", "is_index_folder")}
 
 
 def _judge_companions(args) -> tuple[str, ...]:
@@ -297,7 +300,9 @@ def _claim_output(args: argparse.Namespace, command: str):
         return None
     from unime.outdir import claim
 
-    owned = claim(folder, command, options, overwrite=overwrite)
+    module, function = _ADOPTS_UNMARKED.get(command, (None, None))
+    adopts = getattr(importlib.import_module(module), function) if module else None
+    owned = claim(folder, command, options, overwrite=overwrite, adopts=adopts)
     args._owned = owned
     return owned
 

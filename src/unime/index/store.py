@@ -45,6 +45,7 @@ from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RE
 from unime.models.embedding_cache import DTYPE_LABELS
 from unime.models.loading import EmbedderOptions, model_reference
 from unime.options import option
+from unime.outdir import claim
 
 log = logging.getLogger(__name__)
 
@@ -219,19 +220,27 @@ def require_hits(k: int) -> None:
         raise ValueError(f"k must be >= 1, got {k}")
 
 
+def is_index_folder(folder: str | os.PathLike) -> bool:
+    """Does `folder` hold an index (a `manifest.json` with `format_version` and `model_fingerprint`, as
+    `build_corpus_index` writes)? An index built before `unime index build` marked its folder (`unime.outdir`)
+    is recognised by it, and taken as the command's own. A folder whose manifest.json is another stage's (a
+    mining run's, an eval's) is refused, `IndexError_`, even under --overwrite: it is never taken."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return False
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and "format_version" in manifest and "model_fingerprint" in manifest:
+        return True
+    raise IndexError_(f"{folder} exists and is not a unime index (its manifest.json is another stage's): refusing "
+                      "to write into it; use another --out")
+
+
 def committed_chunks(folder: Path) -> list[Path]:
     """The `.jsonl` files of complete chunks (their `.npy` exists and was written first), in order."""
     return sorted(p for p in (folder / "chunks").glob("chunk-*.jsonl") if p.with_suffix(".npy").is_file())
-
-
-def _is_index_manifest(path: Path) -> bool:
-    """Is `path` an index's manifest (`format_version` and `model_fingerprint`, as `build_corpus_index` writes)? A
-    mining run or an eval also writes a manifest.json."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "format_version" in data and "model_fingerprint" in data
 
 
 def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *, embedder, model: str,
@@ -241,10 +250,11 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                        chunk_size: int = DEFAULT_CHUNK_SIZE, recall_k: int = DEFAULT_RECALL_K,
                        recall_sample: int = DEFAULT_RECALL_SAMPLE, seed: int = 0, thumbnails: bool = True,
                        batch_size: int | None = None, show_progress: bool = False,
-                       model_settings: dict | None = None) -> tuple[CorpusIndex, BuildStats]:
+                       model_settings: dict | None = None, overwrite: bool = False) -> tuple[CorpusIndex, BuildStats]:
     """Build or extend the index at `out` from the corpus at `items_path` (see the module doc). Image paths are
     relative to `data_root`, else to the data root recorded beside the file (`unime.data.roots`), else — adding
-    to an index — to the index's, else to the file's folder."""
+    to an index — to the index's, else to the file's folder. `out` is claimed for the build (`unime.outdir`):
+    created, or an index folder (marked, or built before index folders were), or taken under `overwrite`."""
     from unime.models.embedding_cache import EmbeddingStore, RunEncoder, embedding_settings, model_fingerprint
 
     if vector_dtype not in VECTOR_DTYPES:
@@ -253,130 +263,132 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         raise ValueError("chunk_size must be >= 1")
     t0 = time.perf_counter()
     out = Path(out)
-    root = Path(resolve_data_root(items_path, data_root))  # --data-root, else the one recorded beside the file
-    settings = model_settings if model_settings is not None else embedding_settings(embedder)
-    fingerprint = model_fingerprint(model, settings)
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file() and not _is_index_manifest(manifest_path):  # QA: a mining run's folder
-        raise IndexError_(f"{out} exists and is not a unime index (its manifest.json is another stage's): refusing "
-                          "to write into it; use another --out")
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        why = model_mismatch(manifest, model, settings, device=getattr(embedder, "device", None))
-        if why:
-            raise IndexError_(f"{out} was built with model {manifest.get('model')!r} (fingerprint "
-                              f"{manifest.get('model_fingerprint')}), not {model!r} ({fingerprint}): {why}; "
-                              "use another --out")
-        if manifest.get("vector_dtype") != vector_dtype:
-            raise IndexError_(f"{out} stores {manifest.get('vector_dtype')} vectors, not {vector_dtype}")
-        # an addition: its items' images are found where the index's are (unless given or recorded beside the file),
-        # and the index keeps its kind and settings unless asked otherwise (QA: a new file's folder became the
-        # images' root, and hnsw silently became flat)
-        indexed_root = manifest.get("data_root")
-        if data_root is None and indexed_root and recorded_root_of(items_path) is None:
-            root = Path(indexed_root)
-        elif indexed_root and root.resolve() != Path(indexed_root).resolve():
-            raise IndexError_(f"{out} holds items whose images are relative to {indexed_root}, not {root}: add items "
-                              "relative to that root (--data-root), or build a new index")
-        before = manifest.get("index") or {}
-        if index == "auto" and before.get("requested"):
-            index = before["requested"]
-        if index_config is None and before.get("config"):
-            index_config = IndexConfig(**before["config"])
-    elif out.exists() and any(out.iterdir()):
-        raise IndexError_(f"{out} exists and is not a unime index: refusing to write into it")
-    else:
-        # a local model folder by its absolute path, as the data root: the index is searched from any directory
-        manifest = {"format_version": FORMAT_VERSION, "model": model_reference(model),
-                    "model_fingerprint": fingerprint,
-                    "model_settings": settings, "vector_dtype": vector_dtype, "dim": None,
-                    "data_root": str(root.resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (out / "chunks").mkdir(parents=True, exist_ok=True)
-    _write_json(manifest_path, manifest)
-
-    stats = BuildStats()
-    entries = read_corpus(items_path)
-    stats.corpus_items = len(entries)
-    existing: dict[str, dict] = {}  # id -> the item stored under it
-    chunks = committed_chunks(out)
-    for keys in chunks:
-        for line in keys.read_text(encoding="utf-8").splitlines():
-            if line:
-                row = json.loads(line)
-                existing[row["id"]] = row.get("item")
-    for e in entries:  # an id is one item: new content under an indexed id would be silently kept old (QA)
-        if e.id in existing and existing[e.id] != _item_json(e.item):
-            raise IndexError_(f"{items_path}, line {e.line}: id {e.id!r} is indexed already with other content; "
-                              "give the new item another id, or build a new index")
-    todo = [e for e in entries if e.id not in existing]
-    stats.already_indexed = len(entries) - len(todo)
-    next_chunk = 1 + max((int(p.stem.split("-")[1]) for p in chunks), default=-1)
-    store = EmbeddingStore(Path(cache_dir) / fingerprint,
-                           model_info={"model": model_reference(model), "settings": settings}) if cache_dir else None
-    loader = ImageLoader(root)
-    from unime.data.io import ImageChecker
-
-    checker = ImageChecker(loader)  # a bad image stops the build naming its line and field
-    t_enc = time.perf_counter()
-    for s in range(0, len(todo), chunk_size):
-        part = todo[s:s + chunk_size]
-        for e in part:
-            checker.check(e.item, source=str(items_path), record=f"line {e.line}")
-        enc = RunEncoder(embedder, fingerprint, batch_size=batch_size, show_progress=show_progress)
-        enc.store = store
-        rows = enc.add([e.item for e in part], root, source=str(items_path))
-        enc.encode_pending()
-        vecs = enc.vectors(rows)
-        stats.encoded += enc.stats.encoded
-        stats.from_cache += enc.stats.from_cache
-        if manifest["dim"] is None:
-            manifest["dim"] = int(vecs.shape[1])
-        elif vecs.shape[1] != manifest["dim"]:
-            raise IndexError_(f"the model gives {vecs.shape[1]}-d vectors, the index holds {manifest['dim']}-d")
-        stem = out / "chunks" / f"chunk-{next_chunk:05d}"
-        with atomic_path(stem.with_suffix(".npy")) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, vecs.astype(vector_dtype))
-        with atomic_open(stem.with_suffix(".jsonl")) as fh:
-            for e in part:
-                row = {"id": e.id, "item": _item_json(e.item), "metadata": e.metadata}
-                if thumbnails and e.item.images:
-                    row["thumbnail"] = thumbnail_data_uri(loader.load(e.item.images[0], source=str(items_path),
-                                                                      record=e.id, field="images[0]"))
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        next_chunk += 1
-        stats.chunks_written += 1
-        stats.added += len(part)
+    # one build per index folder at a time, in a folder marked as the index's (`unime.outdir`): two builds
+    # appending to one index numbered their chunks alike and lost rows (QA); re-entrant under the CLI's claim
+    options = {"items": str(items_path), "model": model, "vector_dtype": vector_dtype, "index": index}
+    with claim(out, "index build", options, overwrite=overwrite, adopts=is_index_folder):
+        root = Path(resolve_data_root(items_path, data_root))  # --data-root, else the one recorded beside the file
+        settings = model_settings if model_settings is not None else embedding_settings(embedder)
+        fingerprint = model_fingerprint(model, settings)
+        manifest_path = out / "manifest.json"
+        if is_index_folder(out):  # (a folder with another stage's manifest.json is refused)
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            why = model_mismatch(manifest, model, settings, device=getattr(embedder, "device", None))
+            if why:
+                raise IndexError_(f"{out} was built with model {manifest.get('model')!r} (fingerprint "
+                                  f"{manifest.get('model_fingerprint')}), not {model!r} ({fingerprint}): {why}; "
+                                  "use another --out")
+            if manifest.get("vector_dtype") != vector_dtype:
+                raise IndexError_(f"{out} stores {manifest.get('vector_dtype')} vectors, not {vector_dtype}")
+            # an addition: its items' images are found where the index's are (unless given or recorded beside the
+            # file), and the index keeps its kind and settings unless asked otherwise (QA: a new file's folder became
+            # the images' root, and hnsw silently became flat)
+            indexed_root = manifest.get("data_root")
+            if data_root is None and indexed_root and recorded_root_of(items_path) is None:
+                root = Path(indexed_root)
+            elif indexed_root and root.resolve() != Path(indexed_root).resolve():
+                raise IndexError_(f"{out} holds items whose images are relative to {indexed_root}, not {root}: add "
+                                  "items relative to that root (--data-root), or build a new index")
+            before = manifest.get("index") or {}
+            if index == "auto" and before.get("requested"):
+                index = before["requested"]
+            if index_config is None and before.get("config"):
+                index_config = IndexConfig(**before["config"])
+        elif any((out / "chunks").glob("chunk-*")):  # their index's manifest is gone: they cannot be told apart
+            raise IndexError_(f"{out} holds chunks/ but no index manifest: refusing to add to it; {_REBUILD}")
+        else:  # a new index; under --overwrite beside the files found in the folder
+            # a local model folder by its absolute path, as the data root: the index is searched from any directory
+            manifest = {"format_version": FORMAT_VERSION, "model": model_reference(model),
+                        "model_fingerprint": fingerprint,
+                        "model_settings": settings, "vector_dtype": vector_dtype, "dim": None,
+                        "data_root": str(root.resolve()),
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (out / "chunks").mkdir(parents=True, exist_ok=True)
         _write_json(manifest_path, manifest)
-        log.info("index: %d/%d new items written", stats.added, len(todo))
-    stats.seconds["encode"] = round(time.perf_counter() - t_enc, 3)
 
-    idx = CorpusIndex(out, load_faiss=False)
-    n = len(idx)
-    if n and (stats.added or manifest.get("index", {}).get("count") != n or not (out / "faiss.index").is_file()):
-        import faiss
+        stats = BuildStats()
+        entries = read_corpus(items_path)
+        stats.corpus_items = len(entries)
+        existing: dict[str, dict] = {}  # id -> the item stored under it
+        chunks = committed_chunks(out)
+        for keys in chunks:
+            for line in keys.read_text(encoding="utf-8").splitlines():
+                if line:
+                    row = json.loads(line)
+                    existing[row["id"]] = row.get("item")
+        for e in entries:  # an id is one item: new content under an indexed id would be silently kept old (QA)
+            if e.id in existing and existing[e.id] != _item_json(e.item):
+                raise IndexError_(f"{items_path}, line {e.line}: id {e.id!r} is indexed already with other content; "
+                                  "give the new item another id, or build a new index")
+        todo = [e for e in entries if e.id not in existing]
+        stats.already_indexed = len(entries) - len(todo)
+        next_chunk = 1 + max((int(p.stem.split("-")[1]) for p in chunks), default=-1)
+        store = EmbeddingStore(Path(cache_dir) / fingerprint, model_info={"model": model_reference(model),
+                                                                          "settings": settings}) if cache_dir else None
+        loader = ImageLoader(root)
+        from unime.data.io import ImageChecker
 
-        t_idx = time.perf_counter()
-        vectors = idx.rows()
-        kind = choose_kind(index, n, approx_threshold)
-        cfg = index_config or IndexConfig()
-        cfg = IndexConfig(**{**cfg.to_dict(), "kind": kind})
-        fidx = build_index(vectors, cfg)
-        recall = recall_summary(fidx, cfg, vectors, k=recall_k, sample=recall_sample, seed=seed)
-        with atomic_path(out / "faiss.index") as tmp:
-            faiss.write_index(fidx, str(tmp))
-        stats.seconds["index"] = round(time.perf_counter() - t_idx, 3)
-        manifest["index"] = {"kind": kind, "requested": index, "config": cfg.to_dict(), "count": n,
-                             "approx_threshold": approx_threshold, "recall": recall,
-                             "memory_bytes": index_memory_bytes(fidx)}
-        if not recall.get("exact"):
-            log.info("index: %s recall@%d vs exact = %.4f on %d sampled rows", kind, recall["k"], recall["recall"],
-                     recall["sample"])
-    manifest["count"] = n
-    stats.seconds["total"] = round(time.perf_counter() - t0, 3)
-    manifest["last_build"] = stats.to_dict()
-    _write_json(manifest_path, manifest)
-    return CorpusIndex(out), stats
+        checker = ImageChecker(loader)  # a bad image stops the build naming its line and field
+        t_enc = time.perf_counter()
+        for s in range(0, len(todo), chunk_size):
+            part = todo[s:s + chunk_size]
+            for e in part:
+                checker.check(e.item, source=str(items_path), record=f"line {e.line}")
+            enc = RunEncoder(embedder, fingerprint, batch_size=batch_size, show_progress=show_progress)
+            enc.store = store
+            rows = enc.add([e.item for e in part], root, source=str(items_path))
+            enc.encode_pending()
+            vecs = enc.vectors(rows)
+            stats.encoded += enc.stats.encoded
+            stats.from_cache += enc.stats.from_cache
+            if manifest["dim"] is None:
+                manifest["dim"] = int(vecs.shape[1])
+            elif vecs.shape[1] != manifest["dim"]:
+                raise IndexError_(f"the model gives {vecs.shape[1]}-d vectors, the index holds {manifest['dim']}-d")
+            stem = out / "chunks" / f"chunk-{next_chunk:05d}"
+            with atomic_path(stem.with_suffix(".npy")) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, vecs.astype(vector_dtype))
+            with atomic_open(stem.with_suffix(".jsonl")) as fh:
+                for e in part:
+                    row = {"id": e.id, "item": _item_json(e.item), "metadata": e.metadata}
+                    if thumbnails and e.item.images:
+                        row["thumbnail"] = thumbnail_data_uri(loader.load(e.item.images[0], source=str(items_path),
+                                                                          record=e.id, field="images[0]"))
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            next_chunk += 1
+            stats.chunks_written += 1
+            stats.added += len(part)
+            _write_json(manifest_path, manifest)
+            log.info("index: %d/%d new items written", stats.added, len(todo))
+        stats.seconds["encode"] = round(time.perf_counter() - t_enc, 3)
+
+        idx = CorpusIndex(out, load_faiss=False)
+        n = len(idx)
+        if n and (stats.added or manifest.get("index", {}).get("count") != n or not (out / "faiss.index").is_file()):
+            import faiss
+
+            t_idx = time.perf_counter()
+            vectors = idx.rows()
+            kind = choose_kind(index, n, approx_threshold)
+            cfg = index_config or IndexConfig()
+            cfg = IndexConfig(**{**cfg.to_dict(), "kind": kind})
+            fidx = build_index(vectors, cfg)
+            recall = recall_summary(fidx, cfg, vectors, k=recall_k, sample=recall_sample, seed=seed)
+            with atomic_path(out / "faiss.index") as tmp:
+                faiss.write_index(fidx, str(tmp))
+            stats.seconds["index"] = round(time.perf_counter() - t_idx, 3)
+            manifest["index"] = {"kind": kind, "requested": index, "config": cfg.to_dict(), "count": n,
+                                 "approx_threshold": approx_threshold, "recall": recall,
+                                 "memory_bytes": index_memory_bytes(fidx)}
+            if not recall.get("exact"):
+                log.info("index: %s recall@%d vs exact = %.4f on %d sampled rows", kind, recall["k"], recall["recall"],
+                         recall["sample"])
+        manifest["count"] = n
+        stats.seconds["total"] = round(time.perf_counter() - t0, 3)
+        manifest["last_build"] = stats.to_dict()
+        _write_json(manifest_path, manifest)
+        return CorpusIndex(out), stats
 
 
 @dataclass(kw_only=True)
