@@ -295,6 +295,14 @@ def require_replaceable(folder: str | os.PathLike, name: str) -> None:
                                  "or pass --overwrite to let the command replace it")
 
 
+def remove_entry(path: Path) -> None:
+    """Delete a file, a symlink (not what it points to) or a folder tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], *,
                  overwrite: bool = False) -> list[str]:
     """Delete what `command` wrote in `folder`: its entries named in `own` (the command's layout: the folders
@@ -319,11 +327,7 @@ def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], 
             if not name.startswith("."):
                 left.append(name)
             continue
-        p = folder / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+        remove_entry(folder / name)
         removed.append(name)
     if left:
         logging.getLogger(__name__).warning("%s: left as they were (not written by `unime %s`): %s", folder, command,

@@ -179,6 +179,39 @@ def test_rerun_reuses_retrieval_and_judge_and_beta_change_only_resamples(mined, 
     assert len(list((out2 / "cache" / "embeddings").iterdir())) == 1
 
 
+class _Interrupted(_NoJudge):
+    """A judge interrupted as it starts (a user's Ctrl-C, a killed run)."""
+
+    def score_shards(self, shards):
+        raise KeyboardInterrupt("simulated interruption")
+
+
+def test_an_interrupted_run_on_changed_inputs_leaves_no_earlier_mined_set_or_report(mined, dataset, tiny_model_dir):
+    """A re-run on changed inputs, interrupted, kept the earlier run's mined.parquet / stats.json / report.md,
+    looking complete, for a trainer to read (QA): as it starts, a run that is not finished removes them; the
+    resumable stages' files stay, and the next run writes them anew."""
+    import shutil
+
+    out = mined.out.parent / "interrupted"
+    shutil.copytree(mined.out, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["inputs"]["records"]["sha1"] = "0" * 40  # the records file the finished run read was another
+    manifest["finished"]["config_hash"] = "an earlier run"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "judge" / "shard-00004.parquet").unlink()  # so that the judge is called, and interrupted
+    (out / "notes.md").write_text("mine")  # a user's file: mining never removes it
+    with pytest.raises(KeyboardInterrupt):
+        run_mining(_config(dataset, tiny_model_dir, out), backend=_Interrupted())
+    for name in ("mined.parquet", "mined.json", "audit.parquet", "stats.json", "report.md", "plots"):
+        assert not (out / name).exists(), name
+    assert (out / "retrieval.parquet").is_file() and len(list((out / "judge").glob("shard-*.parquet"))) == 4
+    assert (out / "notes.md").read_text() == "mine" and "finished" not in json.loads((out / "manifest.json").read_text())
+    result = run_mining(_config(dataset, tiny_model_dir, out))
+    assert not result.finished_before and result.n_mined == mined.n_mined
+    for name in ("mined.json", "mined.parquet", "audit.parquet"):
+        assert (out / name).read_bytes() == (mined.out / name).read_bytes(), name
+
+
 # `unime mine` in a subprocess; with PAUSE_BEFORE_SHARD=n it sleeps before writing its n-th judge shard (0-based)
 # of this process: the judge stage has scored that shard and written the ones before, the kill test kills it there
 _MINE = """

@@ -16,7 +16,9 @@ Stages and files (all under `out/`, each written atomically):
 Resumption (`unime.mining.manifest`): each stage records a hash of everything its output depends on; on
 a re-run a stage whose hash matches is loaded, not recomputed, and the judge stage resumes shard by shard
 (`unime.mining.stages`). Stage C and the report are cheap and always recomputed: changing β, the interval,
-the count or the fallback policy re-uses the retrieval and the judge scores.
+the count or the fallback policy re-uses the retrieval and the judge scores. A run that is not finished
+removes the earlier run's stage C and report files as it starts (`discard_final_outputs`), so that an
+interrupted run leaves no mined set or statistics of other inputs that look complete.
 
 Judge work: per query one group = its positive + its K candidates, sharing the query prefix
 (`JudgeScorer.score_candidates`); identical queries inside a shard are merged into one group.
@@ -40,7 +42,7 @@ from unime.mining.config import MineConfig
 from unime.mining.inputs import MiningInputs, load_inputs
 from unime.mining.manifest import Manifest, judge_hash, retrieval_hash, run_hash
 from unime.mining.ranks import Ranks
-from unime.mining.stages import is_number, run_judge, run_retrieval, run_sampling, write_outputs
+from unime.mining.stages import discard_final_outputs, is_number, run_judge, run_retrieval, run_sampling, write_outputs
 from unime.outdir import claim
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,10 @@ class MiningRun:
 
         def open_run():
             self.load_inputs()
-            return self.manifest.open_run(c, self.inputs, self.config_hash)
+            done = self.manifest.open_run(c, self.inputs, self.config_hash)
+            if not done:  # nothing an interrupted run leaves may pass for its outputs
+                discard_final_outputs(self.out)
+            return done
 
         if ranks.share(ranks.primary_step(open_run)):
             if not ranks.primary:

@@ -25,7 +25,7 @@ from unime.mining.manifest import Manifest
 from unime.mining.ranks import Ranks
 from unime.mining.retrieval import RetrievalResult, build_index, search_hard_negatives
 from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
-from unime.outdir import require_replaceable
+from unime.outdir import remove_entry, require_replaceable
 
 if TYPE_CHECKING:
     from unime.mining.inputs import MiningInputs
@@ -294,6 +294,27 @@ def run_sampling(c: MineConfig, data: MiningInputs, retrieval: RetrievalResult, 
                             dataset=rec.dataset, id=rec.id))
     times["sample"] = time.perf_counter() - t0
     return mined, audit_rows, stats
+
+
+# what stage C and the report write, recomputed by every run that is not finished (`unime.mining.pipeline`)
+FINAL_OUTPUTS = ("mined.parquet", "mined.json", "audit.parquet", "stats.json", "report.md", "audit.json", "plots")
+
+
+def discard_final_outputs(out: Path) -> list[str]:
+    """Remove an earlier run's final outputs as a run that redoes them starts: interrupted, the run left them
+    looking complete (a changed records file's run killed early kept the old mined.parquet and stats.json for a
+    trainer to read, QA). The resumable stages' files stay. Never an entry mining did not write."""
+    removed = []
+    for name in FINAL_OUTPUTS:
+        path = out / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        require_replaceable(out, name)
+        remove_entry(path)
+        removed.append(name)
+    if removed:
+        log.info("%s: removed the earlier run's %s until this run writes them", out, ", ".join(removed))
+    return removed
 
 
 def write_outputs(out: Path, mined: list[Record], audit_rows: list[dict[str, Any]],
