@@ -142,6 +142,40 @@ def test_import_refuses_a_non_empty_folder_and_names_bad_rows(tmp_path, capsys):
     assert f"corrupt or unreadable image {photos / broken}: not in an image format" in err
 
 
+@pytest.mark.parametrize("earlier_lists_its_files", [True, False])
+def test_an_overwrite_removes_what_the_earlier_import_wrote_and_keeps_user_files(tmp_path, earlier_lists_its_files):
+    """Imported with labels, then again without (another seed, --overwrite): the first run's NAME_cls task
+    stayed, its rows now the new split's training images (QA). The earlier import's files go (listed in its
+    import.json; an import.json from before that list: its eval tasks); the user's files stay."""
+    photos, captions = make_captioned_folder(tmp_path / "src")
+    out = tmp_path / "imp"
+    argv = ["data", "import", "--images", str(photos), "--out", str(out), "--name", "myphotos"]
+    assert main([*argv, "--captions", str(captions), "--seed", "0"]) == 0
+    assert (out / "eval" / "mmeb" / "myphotos_cls.jsonl").is_file()
+    if not earlier_lists_its_files:  # an import.json written before it listed its files
+        manifest = json.loads((out / "import.json").read_text())
+        del manifest["written"]
+        (out / "import.json").write_text(json.dumps(manifest))
+    (out / "eval" / "mmeb" / "user_task.jsonl").write_text("mine")
+    (out / "notes.txt").write_text("mine")
+    unlabelled = tmp_path / "unlabelled.csv"
+    with open(captions, newline="") as src, open(unlabelled, "w", newline="") as dst:
+        w = csv.writer(dst)
+        w.writerows(row[:2] for row in csv.reader(src))  # file, text: no label column
+    assert main([*argv, "--captions", str(unlabelled), "--seed", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "eval" / "mmeb").iterdir()) == sorted([
+        DATA_ROOT_FILE, "myphotos_i2t.jsonl", "myphotos_t2i.jsonl", "user_task.jsonl"])
+    assert (out / "eval" / "mmeb" / "user_task.jsonl").read_text() == "mine"
+    assert (out / "notes.txt").read_text() == "mine"
+    # no task file left in the folder holds an image the new split trains on
+    trained = {img for r in read_records(out / "train" / "records.jsonl") for it in (r.query, r.positive)
+               for img in it.images}
+    for task in (out / "eval" / "mmeb").glob("myphotos_*.jsonl"):
+        for row in read_mmeb(task):
+            assert not {img for it in (row.query, *row.candidates) for img in it.images} & trained, task.name
+    assert "myphotos_cls" not in (out / "eval_tasks.yaml").read_text()
+
+
 def test_jsonl_captions_with_column_options_and_caption_lists(tmp_path, capsys):
     photos, _ = make_captioned_folder(tmp_path / "src", n=8)
     rows = [{"img": f"pic_{i:03d}.png", "sents": [f"caption {i} a", f"caption {i} b"]} for i in range(1, 9)]

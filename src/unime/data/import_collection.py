@@ -24,7 +24,8 @@ needs `--data-root`)::
     OUT/eval/judge_pairs.jsonl          labelled pairs of the held-out images, {"query", "candidate",
                                         "label"}: 1 for its own caption / image, 0 for `judge_negatives`
                                         others (`unime judge --pairs ... --label-column label`)
-    OUT/import.json                     source, options, counts
+    OUT/import.json                     source, options, counts, the files written (`written`): an import
+                                        done again (--overwrite) removes them first, then writes its own
 
 The held-out split is drawn over images, with a seeded shuffle; images that share a caption stay on one side
 (`caption_groups`), so no caption of an evaluation image is trained on. A caption shared by several images is
@@ -77,7 +78,8 @@ class ImportOptions:
     seed: int = option(0, "seed of the held-out split and of the negatives")
     on_error: str = option("raise", "skip bad rows and images (counted and reported) instead of stopping at the "
                            "first", choices=["raise", "skip"])
-    overwrite: bool = option(False, "write into a non-empty OUT (same-named files replaced)")
+    overwrite: bool = option(False, "write into a non-empty OUT: an earlier import's files there are removed "
+                                    "first, other files stay (same-named ones replaced)")
     source: dict = option(factory=dict, cli=False)  # what was read (for import.json)
     ignore: tuple = option((), cli=False)  # names in OUT that are not content (the output folder's marker, lock)
     own_folder: bool = option(False, cli=False)  # OUT is this command's own (claimed by `data import` before): a
@@ -455,6 +457,32 @@ def _earlier_run(out: Path, identity: dict[str, Any]) -> ImportSummary | None:
                          finished_before=True)
 
 
+def _remove_earlier_import(out: Path, keep: set[Path]) -> list[str]:
+    """Before an import is done again in `out`: delete what the finished import there wrote — the files its
+    import.json lists (one written before that list: its eval task files), import.json first, so that a redo
+    keeps none of them unless it writes them again (an earlier labelled import's NAME_cls task stayed beside a
+    new split and held its training images, QA). Files the import did not write stay, and so do the images
+    this import reads (`keep`: resolved paths)."""
+    manifest = _finished_import(out)
+    if manifest is None:
+        return []
+    listed = manifest.get("written")
+    if not isinstance(listed, list):
+        listed = [f"eval/mmeb/{name}.jsonl" for name in manifest.get("eval_tasks") or {}]
+    (out / "import.json").unlink()
+    removed = []
+    for rel in listed:
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            continue  # never a path outside the folder
+        path = out / rel
+        if (path.is_file() or path.is_symlink()) and path.resolve() not in keep:
+            path.unlink()
+            removed.append(rel)
+    if removed:
+        log.info("%s: removed %d file(s) of the earlier import", out, len(removed))
+    return removed
+
+
 def import_from_source(source: CollectionSource, opts: ImportOptions, *, skips: SkipReport) -> ImportSummary:
     """`unime data import`: read the collection, then `import_collection`; the dataset is named after the
     collection's folder unless `opts.name` is given."""
@@ -491,34 +519,42 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
     policy = ErrorPolicy(opts.on_error, skips, "import")
     if not images:
         raise DataError("the source holds no captioned image", source=json.dumps(opts.source))
+    _remove_earlier_import(out, keep={Path(img.image).resolve() for img in images if not isinstance(img.image, bytes)})
+    written: list[str] = []
+
+    def output(rel: str) -> Path:  # a file this import writes, listed in import.json
+        written.append(rel)
+        return out / rel
+
     placed = place_images(images, out, policy)
+    written += [rel for _, rel in placed]
     tr_idx, ev_idx = split_images(len(placed), opts.eval_fraction, opts.seed,
                                   caption_groups([img.captions for img, _ in placed]))
     train, held = [placed[i] for i in tr_idx], [placed[i] for i in ev_idx]
 
     records = _train_records(train, opts)
     (out / "train").mkdir(exist_ok=True)
-    write_records(records, out / "train" / "records.jsonl")
+    write_records(records, output("train/records.jsonl"))
     judge = _judge_records(records, _owner_map(train), _relevant_images(train), opts)
-    write_records(judge, out / "train" / "judge.jsonl")
-    _write_jsonl(_qrels_rows(records, train), out / "train" / "qrels.jsonl")
+    write_records(judge, output("train/judge.jsonl"))
+    _write_jsonl(_qrels_rows(records, train), output("train/qrels.jsonl"))
     corpus = list(dict.fromkeys([c for img, _ in placed for c in img.captions] + [img.label for img, _ in placed
                                                                                   if img.label]))
-    with atomic_open(out / "train" / "corpus.txt") as fh:  # `unime models build-tiny --tokenizer-corpus`
+    with atomic_open(output("train/corpus.txt")) as fh:  # `unime models build-tiny --tokenizer-corpus`
         fh.write("".join(c.replace("\n", " ") + "\n" for c in corpus))
-    write_data_root(out / "train", out)
+    written.append(write_data_root(out / "train", out).relative_to(out).as_posix())
 
     tasks = _mmeb_rows(held, opts, [img.label for img, _ in placed if img.label])
     (out / "eval" / "mmeb").mkdir(parents=True, exist_ok=True)
     cfg_tasks = []
     for name, rows in tasks.items():
-        write_mmeb(rows, out / "eval" / "mmeb" / f"{name}.jsonl")
+        write_mmeb(rows, output(f"eval/mmeb/{name}.jsonl"))
         cfg_tasks.append({"name": name, "format": "mmeb", "path": f"eval/mmeb/{name}.jsonl",
                           "meta_task": "classification" if name.endswith("_cls") else "retrieval", "split": "IND"})
-    write_data_root(out / "eval" / "mmeb", out)
-    _write_jsonl(_judge_pairs(held, opts), out / "eval" / "judge_pairs.jsonl")
-    write_data_root(out / "eval", out)
-    with atomic_open(out / "eval_tasks.yaml") as fh:
+    written.append(write_data_root(out / "eval" / "mmeb", out).relative_to(out).as_posix())
+    _write_jsonl(_judge_pairs(held, opts), output("eval/judge_pairs.jsonl"))
+    written.append(write_data_root(out / "eval", out).relative_to(out).as_posix())
+    with atomic_open(output("eval_tasks.yaml")) as fh:
         fh.write(f"# written by `unime data import` ({opts.name}); image paths are relative to this folder\n")
         yaml.safe_dump({"data_root": ".", "tasks": cfg_tasks}, fh, sort_keys=False)
 
@@ -535,7 +571,8 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
                 "images": summary.images, "train_images": summary.train_images, "eval_images": summary.eval_images,
                 "records": counts, "judge_records": len(judge), "eval_tasks": {n: len(r) for n, r in tasks.items()},
                 "labels": sorted(labels), "skipped": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items())),
-                                                      "summary": skips.summary()}}
+                                                      "summary": skips.summary()},
+                "written": sorted(written)}
     with atomic_open(out / "import.json") as fh:
         json.dump(manifest, fh, indent=1, ensure_ascii=False, default=str)
     return summary
