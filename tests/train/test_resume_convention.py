@@ -86,6 +86,70 @@ def test_an_option_given_at_what_its_none_stands_for_is_the_option_unset():
                                                      "video_max_pixels": 32 * 448 * 448}
 
 
+def _complete_checkpoint(folder: Path, step: int) -> Path:
+    """A checkpoint folder `checkpoint_problem` accepts: weights, optimizer, scheduler, RNG state, trainer state."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({}, folder / name)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def _plan(out: Path, **kw):
+    from unime.models.run_state import plan_run
+
+    return plan_run(out, {"lr": 1.0}, free=("resume", "overwrite"), finished_file="metrics.json",
+                    **{"overwrite": False, **kw})
+
+
+def test_an_explicit_resume_checkpoint_is_continued_from_in_a_new_out_with_overwrite_and_over_a_finished_run(
+        tmp_path):
+    from unime.models.run_state import write_config
+    from unime.outdir import claim
+
+    ckpt = _complete_checkpoint(tmp_path / "other" / "checkpoints" / "checkpoint-10", 10)
+    assert _plan(tmp_path / "new", resume=ckpt).checkpoint == ckpt  # a new OUT
+    assert _plan(tmp_path / "new", resume=str(ckpt)).checkpoint == ckpt
+    done = tmp_path / "done"  # a finished run with the same options, in a folder the trainer created
+    claim(done, "train embedder").release()
+    write_config(done, {"lr": 1.0})
+    for name in ("metrics.json", "README.md"):
+        (done / name).write_text("{}")
+    (done / "merged").mkdir()
+    assert _plan(done).finished
+    plan = _plan(done, resume=ckpt)
+    assert not plan.finished and plan.checkpoint == ckpt and not (done / "metrics.json").exists()
+    # --overwrite (also with other options) starts over from it
+    _complete_checkpoint(done / "checkpoints" / "checkpoint-5", 5)
+    plan = _plan(done, resume=ckpt, overwrite=True)
+    assert plan.checkpoint == ckpt and not list((done / "checkpoints").glob("checkpoint-*"))
+
+
+def test_a_missing_or_incomplete_resume_checkpoint_is_refused(tmp_path):
+    from unime.errors import UnimeError
+    from unime.models.run_state import write_config
+
+    with pytest.raises(UnimeError, match=r"--resume .*does-not-exist: no such checkpoint folder"):
+        _plan(tmp_path / "new", resume=tmp_path / "does-not-exist")
+    ckpt = _complete_checkpoint(tmp_path / "other" / "checkpoint-10", 10)
+    (ckpt / "optimizer.pt").unlink()
+    with pytest.raises(UnimeError, match=r"not a complete checkpoint folder \(missing optimizer.pt\)"):
+        _plan(tmp_path / "new", resume=ckpt, overwrite=True)
+    # one of OUT's own checkpoints, which --overwrite would discard: refused, the checkpoint kept
+    out = tmp_path / "run"
+    write_config(out, {"lr": 1.0})
+    own = _complete_checkpoint(out / "checkpoints" / "checkpoint-5", 5)
+    with pytest.raises(UnimeError, match="which --overwrite discards"):
+        _plan(out, resume=own, overwrite=True)
+    assert own.is_dir()
+    assert _plan(out, resume=own).checkpoint == own  # without --overwrite: continued from
+
+
 def _final_outputs_removed(out: Path, names) -> None:
     """The state a kill (or a full disk) during the export leaves: the last checkpoint is complete, the
     final folders are not."""

@@ -13,6 +13,8 @@ the final export (`unime.models.export`: `adapter/`, `merged/`, `README.md`), an
 - interrupted → continue from the last *complete* checkpoint (`--resume` accepted, not needed). A checkpoint
   counts only if its weights, optimizer, scheduler, RNG state and `trainer_state.json` are all there and
   readable (`checkpoint_problem`); a newer incomplete one is reported and skipped, never used;
+- `--resume CHECKPOINT` (an explicit folder) is always continued from — in a new OUT, with `--overwrite`, over
+  a finished run — or refused at once when it is missing or incomplete; never ignored;
 - a checkpoint at the run's last step (a kill or a full disk during the export) is exported as it is: no
   extra optimizer step (`train_or_finish`);
 - checkpoints are kept after the run (the Trainer's `save_total_limit` rotation bounds them); a command
@@ -315,7 +317,9 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     `out/checkpoints`, `finished_file` written last): finished with the same options → `finished`;
     changed options → `ChangedOptions` naming the keys, unless `overwrite` (start over: the run's
     checkpoints and finished marker are removed, never an entry this command did not write); else the
-    last complete checkpoint (or `resume`, an explicit checkpoint folder, which must be complete). `config`
+    last complete checkpoint. `resume` (an explicit checkpoint folder, `--resume CHECKPOINT`) is always the
+    one continued from, as transformers' `resume_from_checkpoint`: in a new `out`, with `overwrite`, and over
+    a finished run (trained again from it); one that is missing or incomplete is refused first. `config`
     (the trainer's config dataclass): an option the earlier run did not record is no change at its default
     (`option_defaults`), and one given at what its None stands for is the option unset (`none_meanings`)."""
     from unime.outdir import require_replaceable
@@ -323,7 +327,9 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     out = Path(out)
     if config is not None:
         refuse_output_over_input(out, config)
-    if finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file, config=config):
+    explicit = _explicit_checkpoint(resume) if resume is not None else None
+    if explicit is None and finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file,
+                                         config=config):
         return RunPlan(True, None)
     before = previous_config(out)
     if before is None and not overwrite and _has_run_state(out, finished_file):
@@ -334,25 +340,35 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     if diff and not overwrite:
         raise refuse_changed_options(out, before, options, diff, option_flags(config) if config is not None else None)
     if overwrite or before is None:  # a new run, or starting over: nothing of an earlier run is resumed or reported
+        if explicit is not None and (out / CHECKPOINTS_DIR).resolve() in explicit.resolve().parents:
+            raise UnimeError(f"--resume {resume} is one of the checkpoints of {out}, which --overwrite discards: "
+                             "copy it elsewhere first, or continue the run without --overwrite")
         if diff:
             log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
         for name in (finished_file, CHECKPOINTS_DIR):
             require_replaceable(out, name)
         (out / finished_file).unlink(missing_ok=True)
         remove_checkpoints(out / CHECKPOINTS_DIR)
-        return RunPlan(False, None)
-    if (out / finished_file).exists():  # the export of a finished run went missing: exported again
-        require_replaceable(out, finished_file)
-        (out / finished_file).unlink()
-    if resume is not None:
-        problem = checkpoint_problem(resume)
-        if problem:
-            raise UnimeError(f"--resume {resume}: not a complete checkpoint folder ({problem})")
-        return RunPlan(False, Path(resume))
-    checkpoint = last_complete_checkpoint(out / CHECKPOINTS_DIR)
+        checkpoint = explicit
+    else:
+        if (out / finished_file).exists():  # the export of a finished run went missing, or --resume: exported again
+            require_replaceable(out, finished_file)
+            (out / finished_file).unlink()
+        checkpoint = explicit or last_complete_checkpoint(out / CHECKPOINTS_DIR)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     return RunPlan(False, checkpoint)
+
+
+def _explicit_checkpoint(resume: str | os.PathLike) -> Path:
+    """`--resume CHECKPOINT`: the folder, if it is a complete checkpoint (`checkpoint_problem`), else `UnimeError`."""
+    path = Path(resume)
+    if not path.is_dir():
+        raise UnimeError(f"--resume {resume}: no such checkpoint folder")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise UnimeError(f"--resume {resume}: not a complete checkpoint folder ({problem})")
+    return path
 
 
 def train_or_finish(trainer, checkpoint: Path | None) -> None:

@@ -90,8 +90,9 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     save_steps: int = option(500, group="checkpoints")
     save_total_limit: int | None = option(None, "keep at most this many checkpoints", group="checkpoints")
     logging_steps: int = option(10, group="checkpoints")
-    resume: bool | str = option(False, "continue from the given checkpoint (re-running the same command continues "
-                                "from the latest complete one anyway; a finished run does nothing)", nargs="?",
+    resume: bool | str = option(False, "continue from the given checkpoint, also into a new or --overwrite OUT "
+                                "(refused if missing or incomplete); without it, re-running the same command "
+                                "continues from the latest complete one, and a finished run does nothing", nargs="?",
                                 const=True, metavar="CHECKPOINT", group="checkpoints")
     overwrite: bool = option(False, "start over (discard OUT's checkpoints), also with changed options; and write "
                              "into an OUT this command did not create (replacing only what it writes there)",

@@ -521,7 +521,8 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
     elif config.records is None:
         raise UnimeError("no training records given")
     with claim_on_main_process(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite):
-        done = _finished_result(config)
+        # --resume CHECKPOINT trains from it, over a finished run too (`run_state.plan_run`)
+        done = _finished_result(config) if _resume_path(config) is None else None
         if done is not None:
             return done
         return _train_embedder(config, records=records, callbacks=callbacks)
