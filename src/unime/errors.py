@@ -48,9 +48,26 @@ class ChangedOptions(UnimeError):
     differing keys; `--overwrite` starts over)."""
 
 
+def same_path_value(value):
+    """An option's value as a re-run compares it: a string naming an existing file or folder is its resolved
+    absolute path (`os.path.realpath`, a relative one against the working directory: `ref`, `./ref`, `ref/` and
+    `/abs/ref` are one value; a run recorded with relative paths compares as run from here); a list, each
+    element (a dict, each value); anything else as it is."""
+    import os
+
+    if isinstance(value, dict):
+        return {k: same_path_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [same_path_value(v) for v in value]
+    if isinstance(value, str) and value and os.path.exists(value):
+        return os.path.realpath(value)
+    return value
+
+
 def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict | None = None,
                         none_means: dict | None = None) -> list[str]:
-    """Keys (outside `free`) whose values differ; JSON round-trip so tuples and lists compare equal. A key
+    """Keys (outside `free`, and never `out`: the folder compared is OUT itself) whose values differ; JSON
+    round-trip so tuples and lists compare equal, paths by what they name (`same_path_value`). A key
     the earlier run did not record (an option added by a later version of unime) whose value now is its
     default in `added_defaults` is no change: a new option's default keeps the earlier behaviour.
     `none_means` ({key: value}, `unime.options.none_meanings`): an option whose None stands for a value
@@ -64,11 +81,11 @@ def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict |
 
     def value(d: dict, k: str):
         v = d.get(k)
-        return None if k in means and v == means[k] else v
+        return None if k in means and v == means[k] else same_path_value(v)
 
-    free = set(free)
+    free = set(free) | {"out"}
     return sorted(k for k in (set(before) | set(now)) - free if value(before, k) != value(now, k)
-                  and not (k not in before and k in added and value(now, k) == added[k]))
+                  and not (k not in before and k in added and value(now, k) == same_path_value(added[k])))
 
 
 def refuse_changed_options(out, before: dict, now: dict, keys: list[str],

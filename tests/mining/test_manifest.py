@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -19,14 +20,23 @@ def _config(**kw) -> MineConfig:
     return MineConfig(records="r.jsonl", embedder="emb", judge="judge", out="o", **kw)
 
 
+LEGACY = ("c7ed1a8b49099257", "684600d0be959fe6")  # the defaults' stage hashes with the checkpoints' paths in them
+NOW = ("7083a9990ba24ee8", "b92972e8b7ea9d07")  # ... and by their fingerprints only
+
+
 def test_stage_hashes_are_the_ones_earlier_runs_recorded():
-    """Values written by the pipeline before its manifest had a module of its own (its private `_hash`):
-    a folder mined then keeps reusing its retrieval and judge shards."""
-    r = retrieval_hash(_config(), INPUTS)
-    assert (r, judge_hash(_config(), INPUTS, r)) == ("c7ed1a8b49099257", "684600d0be959fe6")
+    """Values written by the pipeline before its manifest had a module of its own (its private `_hash`), and
+    until the stage hashes left the checkpoints' path strings out (`legacy=True`): a folder mined then is
+    re-keyed (`test_a_folder_mined_before_keeps_its_stages_whatever_the_paths_spelling`)."""
+    r = retrieval_hash(_config(), INPUTS, legacy=True)
+    assert (r, judge_hash(_config(), INPUTS, r, legacy=True)) == LEGACY
     c = _config(k=7, shard_size=3, video_frames=4, index="hnsw", hnsw_m=12)
+    r = retrieval_hash(c, INPUTS, legacy=True)
+    assert (r, judge_hash(c, INPUTS, r, legacy=True)) == ("bd57880bf99bb8c5", "08b5a58a06f7a5e9")
+    r = retrieval_hash(_config(), INPUTS)
+    assert (r, judge_hash(_config(), INPUTS, r)) == NOW
     r = retrieval_hash(c, INPUTS)
-    assert (r, judge_hash(c, INPUTS, r)) == ("bd57880bf99bb8c5", "08b5a58a06f7a5e9")
+    assert (r, judge_hash(c, INPUTS, r)) == ("f0e76f974633eb61", "55b5760eb403a1e0")
     # what the later stages do not read leaves them alone; what they read changes them
     assert retrieval_hash(_config(beta=0.5, count=3), INPUTS) == retrieval_hash(_config(), INPUTS)
     assert run_hash(_config(beta=0.5), INPUTS) != run_hash(_config(), INPUTS)
@@ -78,10 +88,53 @@ def test_the_video_options_defaults_given_explicitly_are_no_change(tmp_path):
     m.open_run(_config(), INPUTS, run_hash(_config(), INPUTS))
     assert Manifest(tmp_path / "manifest.json").open_run(explicit, INPUTS, run_hash(explicit, INPUTS)) is False
     r = retrieval_hash(explicit, INPUTS)
-    assert (r, judge_hash(explicit, INPUTS, r)) == ("c7ed1a8b49099257", "684600d0be959fe6")  # the defaults' (above)
+    assert (r, judge_hash(explicit, INPUTS, r)) == NOW  # the defaults' (above)
     assert explicit.judge_spec("judge", None).video_sampling == ()
     # and the other way round: a run recorded with them explicit, continued without them
     Manifest(tmp_path / "manifest.json").open_run(_config(), INPUTS, run_hash(_config(), INPUTS))
     other = _config(video_frames=4)
     with pytest.raises(ChangedOptions, match="--video-frames: None -> 4"):
         Manifest(tmp_path / "manifest.json").open_run(other, INPUTS, run_hash(other, INPUTS))
+
+
+def test_the_stage_and_run_hashes_read_checkpoints_by_content_not_by_path_spelling(tmp_path, monkeypatch):
+    """`--embedder ./emb/ --judge /abs/judge` is the run of `--embedder emb --judge judge`: every stage is reused
+    and a finished run is finished; another fingerprint is another stage."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("emb", "judge"):
+        (tmp_path / name).mkdir()
+    spelled = {**INPUTS, "embedder": {"path": "./emb/", "fingerprint": "fe"},
+               "judge": {"path": str(tmp_path / "judge"), "fingerprint": "fj"}}
+    other = MineConfig(records="r.jsonl", embedder="./emb/", judge=str(tmp_path / "judge"), out="./o/")
+    r = retrieval_hash(other, spelled)
+    assert (r, judge_hash(other, spelled, r)) == NOW
+    assert run_hash(other, spelled) == run_hash(_config(), INPUTS)
+    changed = {**INPUTS, "embedder": {"path": "emb", "fingerprint": "other"}}
+    assert retrieval_hash(_config(), changed) != NOW[0]
+    assert judge_hash(_config(), changed, retrieval_hash(_config(), changed)) != NOW[1]
+
+
+def test_a_folder_mined_before_keeps_its_stages_whatever_the_paths_spelling(tmp_path, monkeypatch):
+    """A manifest whose stages are keyed the earlier way (the checkpoints' paths hashed) and whose run finished:
+    the same command is still finished, and with --overwrite and the paths spelled otherwise its retrieval and
+    judge records are re-keyed to the hashes the stages now ask for (nothing redone)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("emb", "judge"):
+        (tmp_path / name).mkdir()
+    path = tmp_path / "o" / "manifest.json"
+    path.parent.mkdir()
+    legacy = run_hash(_config(), INPUTS, legacy=True)
+    stages = {"retrieval": {"hash": LEGACY[0]}, "judge": {"hash": LEGACY[1], "n_shards": 2}}
+    path.write_text(json.dumps({"version": 1, "config": asdict(_config()), "config_hash": legacy, "inputs": INPUTS,
+                                "stages": stages, "finished": {"config_hash": legacy, "mined": 3}}))
+    for name in ("stats.json", "mined.parquet", "report.md"):
+        (path.parent / name).write_text("x")
+    assert Manifest(path).open_run(_config(), INPUTS, run_hash(_config(), INPUTS)) is True
+    spelled = {**INPUTS, "embedder": {"path": str(tmp_path / "emb"), "fingerprint": "fe"},
+               "judge": {"path": "./judge/", "fingerprint": "fj"}}
+    again = MineConfig(records="r.jsonl", embedder=str(tmp_path / "emb"), judge="./judge/", out="o", overwrite=True)
+    m = Manifest(path)
+    assert m.open_run(again, spelled, run_hash(again, spelled)) is False  # --overwrite: done again ...
+    r = retrieval_hash(again, spelled)
+    assert (m.stage("retrieval")["hash"], m.stage("judge")["hash"]) == (r, judge_hash(again, spelled, r)) == NOW
+    assert m.stage("judge")["n_shards"] == 2  # ... from the stages kept

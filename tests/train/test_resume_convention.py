@@ -32,6 +32,25 @@ def test_changed_options_compare_json_values_and_ignore_free_keys():
                            free=()) == ["lr", "new"]
 
 
+def test_paths_compare_by_what_they_name_and_out_is_never_compared(tmp_path, monkeypatch):
+    """`ref`, `./ref`, `ref/` and the absolute path are one value (a run recorded with relative paths, as every
+    run before this comparison did, continues from the same folder); another file is a change; strings that
+    name nothing compare as they are."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "world").mkdir()
+    for name in ("r.jsonl", "s.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    before = {"out": "ref", "model": "base", "records": "r.jsonl", "data_root": "world", "tasks": ["r.jsonl"],
+              "source": {"images": "world"}, "loss": "auto"}
+    now = {"out": str(tmp_path / "ref"), "model": "./base/", "records": str(tmp_path / "r.jsonl"),
+           "data_root": "world/", "tasks": ["./r.jsonl"], "source": {"images": str(tmp_path / "world")}, "loss": "auto"}
+    assert changed_options(before, now) == []
+    assert changed_options(before, {**now, "out": "elsewhere"}) == []
+    assert changed_options(before, {**now, "records": "s.jsonl", "tasks": ["s.jsonl"]}) == ["records", "tasks"]
+    assert changed_options({"model": "org/name"}, {"model": "./org/name"}) == ["model"]  # no such folder: a hub id
+
+
 def test_an_option_the_earlier_run_did_not_record_is_no_change_at_its_default():
     # a run recorded by an earlier version of unime, before `dora` existed: it ran without DoRA
     before = {"lr": 0.002, "removed": 1}

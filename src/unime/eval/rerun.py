@@ -26,7 +26,7 @@ from typing import Any
 from unime.data.atomic import atomic_open
 from unime.data.image_digests import ImageDigests, digest_items
 from unime.data.images import ImageLoader
-from unime.errors import changed_option_keys, refuse_changed_options
+from unime.errors import changed_option_keys, refuse_changed_options, same_path_value
 from unime.models.embedding_cache import model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,10 @@ def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, o
         if keys:
             log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(keys))
         else:
-            if before.get("inputs") != inputs:
+            recorded, now = same_path_value(before.get("inputs") or {}), same_path_value(inputs)  # task files' paths
+            if recorded != now:
                 log.warning("%s: inputs changed since the last run (%s): evaluating again", out,
-                            ", ".join(k for k in inputs if (before.get("inputs") or {}).get(k) != inputs[k]))
+                            ", ".join(k for k in now if recorded.get(k) != now[k]))
             elif before.get("finished") and not overwrite and (out / "summary.json").is_file():
                 log.info("%s: this evaluation finished earlier (same options and inputs); nothing to do", out)
                 return json.loads((out / "summary.json").read_text(encoding="utf-8"))

@@ -4,7 +4,10 @@ Hashes use `unime.outdir.options_hash`: the whole run (`run_hash`: the options t
 mined, and the input fingerprints) and each resumable stage (`retrieval_hash`, `judge_hash`: only what
 that stage's output depends on, so changing β or the count re-uses the retrieval and the judge scores).
 Checkpoints are fingerprinted with `unime.models.embedding_cache.model_fingerprint`, the embedding
-cache's key; a labels file (the oracle judge's ground truth) by its content.
+cache's key; a labels file (the oracle judge's ground truth) by its content. The hashes read the checkpoints
+by their fingerprints and the options' paths by what they name (`unime.errors.same_path_value`): how a path
+is spelled (`base`, `./base/`, `/abs/base`) changes nothing. Stage records keyed the earlier way (the
+checkpoints' path strings in the hash: `legacy=True`) are re-keyed when a run continues (`Manifest.open_run`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from unime.data.atomic import atomic_open
 from unime.data.image_digests import file_sha1
 from unime.data.video import sampling_video_options
-from unime.errors import changed_option_keys, refuse_changed_options
+from unime.errors import changed_option_keys, refuse_changed_options, same_path_value
 from unime.models.embedding_cache import model_fingerprint
 from unime.options import none_meanings, option_defaults, option_flags
 from unime.outdir import options_hash
@@ -58,12 +61,23 @@ def input_fingerprints(c: MineConfig, *, n_records: int, skipped: int, pool_size
     return inputs
 
 
-def run_hash(c: MineConfig, inputs: dict[str, Any]) -> str:
-    """The run's identity: its options (but `FREE_OPTIONS`) and its inputs."""
+def _hashed_inputs(inputs: dict[str, Any], legacy: bool = False) -> dict[str, Any]:
+    """The inputs as the hashes read them: the checkpoints (embedder, judge) by their content, not their path
+    strings; `legacy`: as unime read them before, paths included."""
+    if legacy:
+        return inputs
+    return {**inputs, **{k: {f: v for f, v in inputs[k].items() if f != "path"}
+                         for k in ("embedder", "judge") if isinstance(inputs.get(k), dict)}}
+
+
+def run_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> str:
+    """The run's identity: its options (but `FREE_OPTIONS`; paths by what they name) and its inputs."""
     cfg = asdict(c)
     for key in FREE_OPTIONS:
         cfg.pop(key)
-    return options_hash({"config": cfg, "inputs": inputs, "version": PIPELINE_VERSION})
+    if not legacy:
+        cfg = {k: same_path_value(v) for k, v in cfg.items()}
+    return options_hash({"config": cfg, "inputs": _hashed_inputs(inputs, legacy), "version": PIPELINE_VERSION})
 
 
 def _video_key(c: MineConfig) -> dict:
@@ -73,19 +87,19 @@ def _video_key(c: MineConfig) -> dict:
     return {"video": given} if given else {}
 
 
-def retrieval_hash(c: MineConfig, inputs: dict[str, Any]) -> str:
+def retrieval_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> str:
     """Stage A's identity: records, pool, image bytes, embedder, K, the index, the data root, dtype, video."""
     return options_hash({"records": inputs["records"]["sha1"], "pool": inputs["pool"],
                          "images": inputs["images"]["sha1"],
-                         "embedder": inputs["embedder"], "k": c.k, "index": c.index_key(),
+                         "embedder": _hashed_inputs(inputs, legacy)["embedder"], "k": c.k, "index": c.index_key(),
                          "data_root": inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION,
                          **_video_key(c)})
 
 
-def judge_hash(c: MineConfig, inputs: dict[str, Any], retrieval: str) -> str:
+def judge_hash(c: MineConfig, inputs: dict[str, Any], retrieval: str, *, legacy: bool = False) -> str:
     """Stage B's identity: stage A's hash, the judge, the shard layout, dtype, video."""
-    return options_hash({"retrieval": retrieval, "judge": inputs["judge"], "shard_size": c.shard_size,
-                         "dtype": c.dtype, "version": PIPELINE_VERSION, **_video_key(c)})
+    return options_hash({"retrieval": retrieval, "judge": _hashed_inputs(inputs, legacy)["judge"],
+                         "shard_size": c.shard_size, "dtype": c.dtype, "version": PIPELINE_VERSION, **_video_key(c)})
 
 
 class Manifest:
@@ -126,20 +140,38 @@ class Manifest:
             if keys:
                 log.warning("%s: options changed (%s); --overwrite: redoing the stages that depend on them",
                             out, ", ".join(keys))
-            changed = sorted(k for k in inputs if self.data.get("inputs", {}).get(k) != inputs[k])
+            recorded = _hashed_inputs(self.data.get("inputs") or {})
+            changed = sorted(k for k in inputs if recorded.get(k) != _hashed_inputs(inputs)[k])
             if changed and not keys:
                 log.warning("%s: inputs changed since the last run (%s): redoing the stages that depend on them",
                             out, ", ".join(changed))
         finished = self.data.get("finished") or {}
-        done = (not config.overwrite and finished.get("config_hash") == config_hash
+        # a run finished before the hashes left the checkpoints' paths out is recognised by its earlier hash
+        hashes = (config_hash, run_hash(config, inputs, legacy=True))
+        done = (not config.overwrite and finished.get("config_hash") in hashes
                 and all((out / n).is_file() for n in ("stats.json", "mined.parquet", "report.md")))
         if not done:
+            self._rekey_legacy_stages(config)
             self.data.pop("finished", None)
             self.data["config"] = options
             self.data["config_hash"] = config_hash
             self.data["inputs"] = inputs
             self.save()
         return done
+
+    def _rekey_legacy_stages(self, config: MineConfig) -> None:
+        """Stage records keyed the earlier way (`legacy=True`: the checkpoints' path strings hashed) for the
+        recorded inputs get the hash of those same inputs now, so a folder mined before keeps its retrieval
+        and judge shards when nothing they depend on changed."""
+        recorded, stages = self.data.get("inputs"), self.data["stages"]
+        try:
+            old_r, new_r = retrieval_hash(config, recorded, legacy=True), retrieval_hash(config, recorded)
+            old_j, new_j = judge_hash(config, recorded, old_r, legacy=True), judge_hash(config, recorded, new_r)
+        except (KeyError, TypeError, AttributeError):  # no inputs recorded, or of another shape: nothing to re-key
+            return
+        for name, old, new in (("retrieval", old_r, new_r), ("judge", old_j, new_j)):
+            if isinstance(stages.get(name), dict) and stages[name].get("hash") == old:
+                stages[name]["hash"] = new
 
     def finish(self, config_hash: str, n_mined: int) -> None:
         self.data["finished"] = {"config_hash": config_hash, "mined": n_mined}
