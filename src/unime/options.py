@@ -9,7 +9,8 @@ line's default where it differs from the Python API's), `cli=False` (no command-
 exclusive group of options; `exclusive_required=True` on its first field: one of them must be given) and
 `switch=(FLAG, VALUE)` (a second flag that sets the option to VALUE, e.g. `--skip-bad-records` = `--on-error skip`).
 `none_means=VALUE` (not an argparse setting) says what an option whose default is None stands for, so that a re-run
-giving it explicitly is no change of options (`none_meanings`).
+giving it explicitly is no change of options (`none_meanings`). `input_file=True` (not an argparse setting either):
+the option names a file (or files) whose content the run depends on (`input_files`: a trainer's records).
 `unime.cli.dataclass_options` generates the options and builds the config from the parsed namespace.
 """
 
@@ -20,11 +21,14 @@ from typing import Any
 
 
 def option(default: Any = MISSING, help: str | None = None, *, factory: Any = MISSING, none_means: Any = MISSING,
-           **cli: Any):
+           input_file: bool = False, **cli: Any):
     """A dataclass field declaring its command-line option (see the module doc). `none_means`: the value an
     option whose default is None stands for (`--video-frames`: 8 frames); given explicitly, that value is the
-    option left unset when a re-run's options are compared (`none_meanings`)."""
+    option left unset when a re-run's options are compared (`none_meanings`). `input_file`: the option names
+    files whose content is part of the run's identity (`input_files`)."""
     extra = {} if none_means is MISSING else {"none_means": none_means}
+    if input_file:
+        extra["input_file"] = True
     return field(default=default, default_factory=factory, metadata={"help": help, **cli, **extra})
 
 
@@ -62,6 +66,13 @@ def option_flags(config) -> dict[str, str]:
             flag = field_flag(f)
             out[f.name] = flag[0] if isinstance(flag, tuple) else flag
     return out
+
+
+def input_files(config) -> dict[str, Any]:
+    """{field: its value} of a config's fields declared `option(input_file=True)`: the files (a path, or a list
+    of paths) whose content a run depends on; a trainer records it and refuses to continue on other content
+    (`unime.models.run_state`)."""
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.metadata.get("input_file")}
 
 
 def key_value_pairs(pairs, flag: str) -> dict[str, Any]:

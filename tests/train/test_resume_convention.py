@@ -169,6 +169,68 @@ def test_a_missing_or_incomplete_resume_checkpoint_is_refused(tmp_path):
     assert _plan(out, resume=own).checkpoint == own  # without --overwrite: continued from
 
 
+def test_a_run_is_not_continued_or_finished_on_other_record_content(tmp_path):
+    """The records' content (the config's `option(input_file=True)` files) is recorded when a run begins; a re-run
+    with the same options on other content is refused naming the file, interrupted or finished; --overwrite starts
+    over and records the new content; a run recorded before there was such a record continues (and is recorded)."""
+    import hashlib
+    import json
+    from dataclasses import dataclass
+
+    from unime.models.run_state import INPUTS_FILE, finished_run, write_config
+    from unime.options import option
+    from unime.outdir import claim
+
+    @dataclass
+    class Config:
+        records: str = option(None, input_file=True)
+        lr: float = option(1.0)
+
+    recs = tmp_path / "recs.jsonl"
+    recs.write_text('{"id": 1}\n')
+    cfg, out = Config(str(recs)), tmp_path / "run"
+    claim(out, "train embedder").release()
+    assert _plan(out, config=cfg).checkpoint is None
+    write_config(out, {"lr": 1.0})
+    sha1 = hashlib.sha1(b'{"id": 1}\n').hexdigest()
+    assert json.loads((out / INPUTS_FILE).read_text()) == {"records": [[str(recs), sha1]]}
+    ckpt = _complete_checkpoint(out / "checkpoints" / "checkpoint-5", 5)
+    assert _plan(out, config=cfg).checkpoint == ckpt  # the same content: continued
+    recs.write_text('{"id": 2}\n')
+    with pytest.raises(ChangedOptions, match=rf"other input content: --records {recs} changed since .*--overwrite"):
+        _plan(out, config=cfg)
+    for name in ("metrics.json", "README.md"):  # finished: not finished on other content either
+        (out / name).write_text("{}")
+    (out / "merged").mkdir()
+    assert not finished_run(out, {"lr": 1.0}, free=(), overwrite=False, finished_file="metrics.json", config=cfg)
+    with pytest.raises(ChangedOptions, match="other input content"):
+        _plan(out, config=cfg)
+    plan = _plan(out, config=cfg, overwrite=True)
+    assert plan.checkpoint is None and not list((out / "checkpoints").glob("checkpoint-*"))
+    assert json.loads((out / INPUTS_FILE).read_text())["records"][0][1] == hashlib.sha1(b'{"id": 2}\n').hexdigest()
+    # recorded by an earlier unime (no record of its inputs): finished is finished, an interrupted run continues
+    (out / INPUTS_FILE).unlink()
+    (out / "metrics.json").write_text("{}")
+    assert finished_run(out, {"lr": 1.0}, free=(), overwrite=False, finished_file="metrics.json", config=cfg)
+    (out / "metrics.json").unlink()
+    ckpt = _complete_checkpoint(out / "checkpoints" / "checkpoint-5", 5)
+    assert _plan(out, config=cfg).checkpoint == ckpt and (out / INPUTS_FILE).is_file()  # and now recorded
+
+
+def test_every_trainer_declares_its_records_as_input_files():
+    from dataclasses import fields
+
+    from unime.embed_rl.grpo import GRPOStageConfig
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
+    from unime.train.embedder_config import EmbedderTrainingConfig
+    from unime.train.reranker_trainer import RerankerTrainConfig
+
+    declared = {c.__name__: [f.name for f in fields(c) if f.metadata.get("input_file")]
+                for c in (EmbedderTrainingConfig, RerankerTrainConfig, ReasonerSFTConfig, GRPOStageConfig)}
+    assert declared == {"EmbedderTrainingConfig": ["records"], "RerankerTrainConfig": ["records"],
+                        "ReasonerSFTConfig": ["data"], "GRPOStageConfig": ["records"]}
+
+
 def _final_outputs_removed(out: Path, names) -> None:
     """The state a kill (or a full disk) during the export leaves: the last checkpoint is complete, the
     final folders are not."""

@@ -367,7 +367,7 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions,
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning")  # of the policy
     save_steps: int = option(100)
     records: str = option(help="(query, positive) records for RL (grpo), e.g. the split's rl.jsonl", cli_default=None,
-                          group="grpo")
+                          group="grpo", input_file=True)
     embedder: str = option(help="frozen <emb> embedder (the reward model)", cli_default=None, group="grpo")
     process_judge: str | None = option(None, "checkpoint for the process reward's pick (default: a frozen copy of "
                                        "--model)", group="grpo")

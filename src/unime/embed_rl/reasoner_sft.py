@@ -53,7 +53,8 @@ class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOption
     learning_rate: float = option(1e-4, "learning rate", dest="lr")
     lora_r: int = option(GENERATIVE_LORA.r, "LoRA rank; 0 = full fine-tuning")
     save_steps: int = option(500)
-    data: str = option(help="T-CoT JSONL (sft)", dest="tcots", cli_default=None, group="sft")  # unime reason teacher / generate
+    # from unime reason teacher / generate
+    data: str = option(help="T-CoT JSONL (sft)", dest="tcots", cli_default=None, group="sft", input_file=True)
     epochs: float = option(3.0, group="sft")
     batch_size: int = option(8, group="sft")
     grad_accum: int = option(1, group="sft")

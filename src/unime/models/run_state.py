@@ -13,6 +13,9 @@ the final export (`unime.models.export`: `adapter/`, `merged/`, `README.md`), an
 - interrupted → continue from the last *complete* checkpoint (`--resume` accepted, not needed). A checkpoint
   counts only if its weights, optimizer, scheduler, RNG state and `trainer_state.json` are all there and
   readable (`checkpoint_problem`); a newer incomplete one is reported and skipped, never used;
+- the inputs changed (the content of the records: the config's `option(input_file=True)` files, by SHA-1, recorded
+  in `train_inputs.json` when the run begins) → `ChangedOptions` naming the file, for a continuation and a finished
+  run alike (`--overwrite` starts over); a run recorded before this file existed continues, and is recorded;
 - `--resume CHECKPOINT` (an explicit folder) is always continued from — in a new OUT, with `--overwrite`, over
   a finished run — or refused at once when it is missing or incomplete; never ignored;
 - a checkpoint at the run's last step (a kill or a full disk during the export) is exported as it is: no
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from unime.errors import ChangedOptions, UnimeError, changed_option_keys, refuse_changed_options  # noqa: F401
-from unime.options import none_meanings, option_defaults, option_flags
+from unime.options import input_files, none_meanings, option_defaults, option_flags
 
 CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
 FULL_STATE_FILE = "trainable_state.safetensors"  # resumable state of a full fine-tuning run
@@ -43,14 +46,19 @@ EXPORT_NAMES = (ADAPTER_DIR, MERGED_DIR, CARD_FILE)
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "train_config.json"
+INPUTS_FILE = "train_inputs.json"  # {option: [[path, sha1], ...]}: the content of the input files the run trains on
 
 
 def write_config(out: str | Path, options: dict[str, Any]) -> None:
     """The run's options, `out/train_config.json` (atomic), compared on every re-run."""
+    _write_json(Path(out) / CONFIG_FILE, options)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     from unime.data.atomic import atomic_open
 
-    with atomic_open(Path(out) / CONFIG_FILE) as fh:
-        fh.write(json.dumps(options, indent=2, sort_keys=True, default=str) + "\n")
+    with atomic_open(path) as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 # -- resumable checkpoints (inside the trainer's checkpoint-N folders) ---------------------------------
@@ -279,16 +287,47 @@ def _changed(before: dict[str, Any], options: dict[str, Any], free: Iterable[str
     return changed_options(before, options, free, option_defaults(config), none_meanings(config))
 
 
+def input_fingerprints(config) -> dict[str, list[list[str]]]:
+    """{option: [[path, sha1], ...]} of the files `config` declares as inputs (`unime.options.input_files`: the
+    records), by content (`file_sha1`, as mining and eval identify theirs); a folder by the files in it. A value
+    that names no file (records given in memory) is left out."""
+    from unime.data.image_digests import file_sha1
+
+    found: dict[str, list[list[str]]] = {}
+    for key, value in (input_files(config) if config is not None else {}).items():
+        files: list[Path] = []
+        for p in map(Path, value if isinstance(value, (list, tuple)) else [value] if value else []):
+            files += [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+        if files:
+            found[key] = [[str(f), file_sha1(f)] for f in files]
+    return found
+
+
+def changed_inputs(out: str | Path, now: dict[str, list[list[str]]], flags: dict[str, str] | None = None) -> list[str]:
+    """The input files (`input_fingerprints`) whose content differs from what the run in `out` recorded, as
+    `--flag path` (`flags`: `option_flags`; else the option's name) (an option recorded on one side only, or no
+    record at all: no change)."""
+    try:
+        before = json.loads((Path(out) / INPUTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(before, dict):
+        return []
+    return [f"{(flags or {}).get(k, k)} {', '.join(p for p, _ in now[k])}" for k in sorted(set(before) & set(now))
+            if [d for _, d in before[k]] != [d for _, d in now[k]]]
+
+
 def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
                  finished_file: str, config=None) -> bool:
-    """True if `out` holds a finished run with these options (outside `free`) and not `overwrite`: its
-    finished marker and its export (the card and a model folder) are there. No side effects (a trainer may
-    ask before it has resolved every option; `plan_run` decides the rest). `config`: see `plan_run`."""
+    """True if `out` holds a finished run with these options (outside `free`) and inputs (`changed_inputs`) and
+    not `overwrite`: its finished marker and its export (the card and a model folder) are there. No side effects
+    (a trainer may ask before it has resolved every option; `plan_run` decides the rest). `config`: see
+    `plan_run`."""
     out = Path(out)
     before = previous_config(out)
     exported = (out / CARD_FILE).is_file() and any((out / d).is_dir() for d in (ADAPTER_DIR, MERGED_DIR))
     return (not overwrite and before is not None and (out / finished_file).is_file() and exported
-            and not _changed(before, options, free, config))
+            and not _changed(before, options, free, config) and not changed_inputs(out, input_fingerprints(config)))
 
 
 # a trainer's options naming the models it reads
@@ -321,7 +360,9 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     one continued from, as transformers' `resume_from_checkpoint`: in a new `out`, with `overwrite`, and over
     a finished run (trained again from it); one that is missing or incomplete is refused first. `config`
     (the trainer's config dataclass): an option the earlier run did not record is no change at its default
-    (`option_defaults`), and one given at what its None stands for is the option unset (`none_meanings`)."""
+    (`option_defaults`), and one given at what its None stands for is the option unset (`none_meanings`); its
+    input files (`input_fingerprints`) are recorded in `INPUTS_FILE`, and other content than the run recorded
+    is refused like other options."""
     from unime.outdir import require_replaceable
 
     out = Path(out)
@@ -339,6 +380,12 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     diff.sort(key=lambda k: k != "stage")  # another kind of run (SFT / GRPO) first: the other keys follow from it
     if diff and not overwrite:
         raise refuse_changed_options(out, before, options, diff, option_flags(config) if config is not None else None)
+    inputs = input_fingerprints(config)
+    changed = changed_inputs(out, inputs, option_flags(config) if config is not None else None) \
+        if before is not None and not overwrite else []
+    if changed:
+        raise ChangedOptions(f"{out} holds a run trained on other input content: {'; '.join(changed)} changed since "
+                             "that run began; pass --overwrite to start over, or choose another --out")
     if overwrite or before is None:  # a new run, or starting over: nothing of an earlier run is resumed or reported
         if explicit is not None and (out / CHECKPOINTS_DIR).resolve() in explicit.resolve().parents:
             raise UnimeError(f"--resume {resume} is one of the checkpoints of {out}, which --overwrite discards: "
@@ -355,6 +402,9 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
             require_replaceable(out, finished_file)
             (out / finished_file).unlink()
         checkpoint = explicit or last_complete_checkpoint(out / CHECKPOINTS_DIR)
+    if inputs or (out / INPUTS_FILE).exists():  # what this run trains on, compared by its re-runs
+        require_replaceable(out, INPUTS_FILE)
+        _write_json(out / INPUTS_FILE, inputs)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     return RunPlan(False, checkpoint)

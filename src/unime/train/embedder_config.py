@@ -32,7 +32,7 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     model: str = option(help="base checkpoint: HF folder or hub id (or a PEFT adapter to continue training)",
                         group="data")
     records: str | None = option(None, "training records: unime JSONL / Parquet, or the released UniME-V2 JSON",
-                                 required=True, group="data")
+                                 required=True, group="data", input_file=True)
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)",
                                    group="data")
     out: str = option(help="output folder (checkpoints/, adapter/, merged/, README.md, curves)", group="data")

@@ -357,7 +357,7 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     model: str = option(help="base generative checkpoint: HF folder, hub id, or a trainer's output folder (its "
                         "merged/, else its adapter/, which is trained on)", group="data")
     records: list[str] = option(help="record file (unime JSONL / Parquet, or released UniME-V2 JSON); repeatable",
-                                action="append", group="data")
+                                action="append", group="data", input_file=True)
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)",
                                    group="data")  # default: each record file's folder
     out: str = option(help="output folder", group="data")
