@@ -192,11 +192,14 @@ def test_a_bad_record_in_one_process_ends_every_process_with_one_line(tiny_model
     errors = [line for line in log.splitlines() if "unime: error:" in line]
     cause = f"{tmp_path / 'bad.jsonl'}, record r{len(rows) - 1}, field 'query.images[0]': corrupt image " \
             "images/truncated.png: image file is truncated"
-    assert len(errors) == 2, log[-4000:]
     own = [line for line in errors if line == f"unime: error: {cause}"]
     named = [line for line in errors if re.fullmatch(rf"unime: error: process \d of 2 failed: DataError: "
                                                       rf"{re.escape(cause)}", line)]
-    assert len(own) == 1 and len(named) == 1, errors
+    # the other process prints its line when its collective fails first; torchrun may SIGTERM it before that
+    # (a loaded machine: its agent sees the failed process's exit first), and then it prints nothing at all
+    terminated = re.search(r"exitcode\s*: -15 .*\(SIGTERM\)", log) is not None
+    assert len(own) == 1 and (len(named) == 1 or terminated and not named), log[-4000:]
+    assert len(errors) == len(own) + len(named), errors
     assert "Connection closed by peer" not in log and not re.search(r"\[rank\d\]: Traceback", log)
 
 
