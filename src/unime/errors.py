@@ -33,6 +33,27 @@ class UsageError(UnimeError):
         super().__init__(f"{command}: {message}" if command else message)
 
 
+class OptionError(UnimeError, ValueError):
+    """An option value a config refuses: outside its range, or not fitting another option. The message names
+    options by their config fields, `{field}` in `template` (other placeholders come from `values`): `str()`
+    shows the field names, the keywords of the Python API; the command line shows its options instead
+    (`--steps` for `max_steps`, `unime.cli.failures`)."""
+
+    def __init__(self, config, template: str, **values):
+        self.config = config if isinstance(config, type) else type(config)
+        self.template, self.values = template, values
+        super().__init__(self.render(str))
+
+    def render(self, name_of) -> str:
+        """The message with each field named by `name_of(field)`."""
+
+        class Names(dict):
+            def __missing__(self, key: str) -> str:
+                return name_of(key)
+
+        return self.template.format_map(Names(self.values))
+
+
 class ModelError(UnimeError):
     """A checkpoint that cannot be used for the requested role (e.g. a judge whose Yes/No are not
     single tokens)."""

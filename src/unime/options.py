@@ -11,12 +11,15 @@ exclusive group of options; `exclusive_required=True` on its first field: one of
 `none_means=VALUE` (not an argparse setting) says what an option whose default is None stands for, so that a re-run
 giving it explicitly is no change of options (`none_meanings`). `input_file=True` (not an argparse setting either):
 the option names a file (or files) whose content the run depends on (`input_files`: a trainer's records).
+`at_least=N` / `above=N` (not argparse settings either) give a number option's range (`range_problem`): the command
+line refuses a value outside it as a one-line usage error naming the option, before any work, and a config's
+`check_ranges` does the same from Python.
 `unime.cli.dataclass_options` generates the options and builds the config from the parsed namespace.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, field, fields
+from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
 
@@ -73,6 +76,34 @@ def input_files(config) -> dict[str, Any]:
     of paths) whose content a run depends on; a trainer records it and refuses to continue on other content
     (`unime.models.run_state`)."""
     return {f.name: getattr(config, f.name) for f in fields(config) if f.metadata.get("input_file")}
+
+
+def range_problem(f: Field, value: Any) -> str | None:
+    """What is wrong with `value` for the field `f` by its range (`option(at_least=N)`: value >= N; `above=N`:
+    value > N), e.g. "must be >= 1, got 0"; None when it is in range or None. A default outside the range is a
+    marker the field accepts too (`max_steps=-1`: train by epochs)."""
+    md = f.metadata
+    if value is None or isinstance(value, bool) or ("at_least" not in md and "above" not in md):
+        return None
+
+    def outside(v: Any) -> bool:
+        return ("at_least" in md and not v >= md["at_least"]) or ("above" in md and not v > md["above"])
+
+    marker = f.default not in (MISSING, None) and not isinstance(f.default, bool) and outside(f.default)
+    if not outside(value) or (marker and value == f.default):
+        return None
+    bound = f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}"
+    return f"must be {bound}{f' (or {f.default!r}, its default)' if marker else ''}, got {value!r}"
+
+
+def check_ranges(config) -> None:
+    """OptionError naming the first field of the dataclass instance `config` outside its range (`range_problem`)."""
+    from unime.errors import OptionError
+
+    for f in fields(config):
+        problem = range_problem(f, getattr(config, f.name))
+        if problem:
+            raise OptionError(config, "{%s} {problem}" % f.name, problem=problem)
 
 
 def key_value_pairs(pairs, flag: str) -> dict[str, Any]:

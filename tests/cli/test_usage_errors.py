@@ -72,6 +72,49 @@ CASES = [
      "--ray-gpus-per-replica (e.g. 1) to run them on GPUs"),
 ]
 
+# a config's validation names the command's options (`unime.errors.OptionError`), and a value outside an option's
+# range (`option(at_least=...)`) is refused before any work, in every command (QA: tracebacks of the reranker's
+# checks, the optimizer's or the data loader's; `--steps 0` or `--epochs 0` silently trained by epochs or not at all)
+_T = {"embedder": ["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e"],
+      "reranker": ["train", "reranker", "--model", "m", "--records", "r", "--out", "{tmp}/k"],
+      "judge": ["train", "judge", "--model", "m", "--records", "r", "--out", "{tmp}/j"],
+      "sft": ["train", "reasoner", "--stage", "sft", "--model", "m", "--tcots", "t", "--out", "{tmp}/r"],
+      "grpo": ["train", "reasoner", "--stage", "grpo", "--model", "m", "--records", "r", "--embedder", "e",
+               "--out", "{tmp}/r"]}
+CONFIG_CASES = [
+    (_T["reranker"] + ["--full", "--train-module", "lm_head"], "train reranker: full fine-tuning (--full) trains every "
+     "module; --train-module lm_head is a LoRA option: drop one of them"),
+    (_T["reranker"] + ["--steps", "0"], "train reranker: --steps must be >= 1 (or -1, its default), got 0"),
+    (_T["reranker"] + ["--negatives", "0"], "train reranker: --negatives must be >= 1, got 0"),
+    (_T["reranker"] + ["--losses", "pairwise"],
+     "train reranker: --losses must be a non-empty subset of ('pair', 'list'), got ('pairwise',)"),
+    (_T["judge"] + ["--batch-size", "0"], "train judge: --batch-size must be >= 1, got 0"),
+    (_T["judge"] + ["--lr", "-1"], "train judge: --lr must be >= 0, got -1.0"),
+    (_T["embedder"] + ["--steps", "0"], "train embedder: --steps must be >= 1, got 0"),
+    (_T["embedder"] + ["--batch-size", "0"], "train embedder: --batch-size must be >= 1, got 0"),
+    (_T["embedder"] + ["--lr", "-0.5"], "train embedder: --lr must be >= 0, got -0.5"),
+    (_T["embedder"] + ["--epochs", "0"], "train embedder: --epochs must be > 0, got 0.0"),
+    (_T["sft"] + ["--max-steps", "-5"], "train reasoner: --max-steps must be >= 1 (or -1, its default), got -5"),
+    (_T["sft"] + ["--batch-size", "0"], "train reasoner: --batch-size must be >= 1, got 0"),
+    (_T["sft"] + ["--grad-accum", "0"], "train reasoner: --grad-accum must be >= 1, got 0"),
+    (_T["grpo"] + ["--lr", "-1"], "train reasoner: --lr must be >= 0, got -1.0"),
+    (_T["grpo"] + ["--max-steps", "0"], "train reasoner: --max-steps must be >= 1 (or -1, its default), got 0"),
+    (_T["grpo"] + ["--pairs-per-batch", "1"], "train reasoner: --pairs-per-batch must be >= 2, got 1"),
+    (["embed", "--model", "m", "--items", "i", "--out", "{tmp}/o.npy", "--batch-size", "0"],
+     "embed: --batch-size must be >= 1, got 0"),
+    (["eval", "--model", "m", "--tasks", "t", "--out", "{tmp}/ev", "--batch-size", "0"],
+     "eval: --batch-size must be >= 1, got 0"),
+    (["index", "build", "--model", "m", "--items", "i", "--out", "{tmp}/x", "--batch-size", "-2"],
+     "index build: --batch-size must be >= 1, got -2"),
+    (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--embed-batch-size", "0"],
+     "mine: --embed-batch-size must be >= 1, got 0"),
+    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--batch-size", "0"],
+     "reason generate: --batch-size must be >= 1, got 0"),
+    (["models", "pretrain", "--out", "{tmp}/p", "--warmup", "-1"], "models pretrain: --warmup must be >= 0, got -1.0"),
+    (["models", "pretrain-judge", "--out", "{tmp}/p", "--judge-steps", "0"],
+     "models pretrain-judge: --judge-steps must be >= 1, got 0"),
+]
+
 
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err
@@ -82,7 +125,8 @@ def _error_line(capsys) -> str:
     return lines[0][len("unime: error: "):]
 
 
-@pytest.mark.parametrize("argv,line", CASES, ids=[" ".join(a[:3]) + f"#{i}" for i, (a, _) in enumerate(CASES)])
+@pytest.mark.parametrize("argv,line", CASES + CONFIG_CASES,
+                         ids=[" ".join(a[:3]) + f"#{i}" for i, (a, _) in enumerate(CASES + CONFIG_CASES)])
 def test_every_usage_error_is_one_line_and_exit_code_2(argv, line, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2

@@ -69,9 +69,8 @@ def test_geometry_keeps_pairs_whole(tmp_path):
     g = embed_rl_grpo_config(cfg, output_dir=str(tmp_path / "unused"), use_cpu=True, bf16=False, fp16=False)
     assert g.per_device_train_batch_size == 24 and g.generation_batch_size == 24 and not g.shuffle_dataset
     assert (g.beta, g.learning_rate, g.temperature, g.use_vllm, g.bf16) == (0.01, 3e-6, 1.0, False, False)
-    with pytest.raises(ValueError, match="pairs_per_batch must be >= 2"):
-        embed_rl_grpo_config(GRPOStageConfig(model="m", embedder="e", records="r", out="o", pairs_per_batch=1),
-                             output_dir=str(tmp_path / "unused"), use_cpu=True, bf16=False, fp16=False)
+    with pytest.raises(ValueError, match="pairs_per_batch must be >= 2, got 1"):
+        GRPOStageConfig(model="m", embedder="e", records="r", out="o", pairs_per_batch=1).validate()
 
 
 class _RecordingJudge:

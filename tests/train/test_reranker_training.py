@@ -413,11 +413,12 @@ def test_config_validation():
         RerankerTrainConfig(**base, losses=("pairwise",)).validate()
     with pytest.raises(ValueError, match="judge"):
         RerankerTrainConfig(**base, role="judge").validate()
-    with pytest.raises(ValueError, match="num_negatives"):
+    # from Python the messages name the fields (the command line names its options: tests/cli/test_usage_errors.py)
+    with pytest.raises(ValueError, match="num_negatives must be >= 1, got 0"):
         RerankerTrainConfig(**base, num_negatives=0).validate()
-    with pytest.raises(ValueError, match="full fine-tuning trains every module"):
+    with pytest.raises(ValueError, match=r"full fine-tuning \(full\) trains every module; train_modules lm_head is"):
         RerankerTrainConfig(**base, full=True, train_modules=("lm_head",)).validate()
-    with pytest.raises(ValueError, match="max_steps must be > 0"):  # 0 used to train one step
+    with pytest.raises(ValueError, match=r"max_steps must be >= 1 \(or -1, its default\), got 0"):  # 0: 1 step
         RerankerTrainConfig(**base, max_steps=0).validate()
 
 

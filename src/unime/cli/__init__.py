@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - sorted into user-caused (one line) and bugs (re-raised)
         if not failures.is_user_caused(exc):
             raise
-        return failures.report(exc, debug=debug)
+        return failures.report(exc, debug=debug, command=command)
     finally:
         if owned is not None:
             if failed and hasattr(owned, "discard_if_unused"):  # a folder it created and left empty goes

@@ -108,9 +108,7 @@ def _add(container, entries, classes, labels, prefix: str = "") -> None:
     if help_text is not None:
         kwargs["help"] = help_text
     dest = dest_of(f, prefix)
-    flag = dest if positional else field_flag(f)
-    flags = tuple("--" + prefix + s[2:] if prefix and s.startswith("--") else s
-                  for s in (flag if isinstance(flag, tuple) else (flag,)))
+    flags = (dest,) if positional else prefixed_flags(f, prefix)
     if prefix and "metavar" not in kwargs and not positional and not kwargs.get("action"):
         kwargs["metavar"] = dest_of(f).upper()
     if not positional and flags[0].lstrip("-").replace("-", "_") != dest:
@@ -122,14 +120,28 @@ def _add(container, entries, classes, labels, prefix: str = "") -> None:
                                help=f"the same as {flags[0]} {value}")
 
 
+def prefixed_flags(f: dataclasses.Field, prefix: str = "") -> tuple[str, ...]:
+    """The command-line flags of `f`'s option (`unime.options.field_flag`), with `prefix` (`--judge-steps`)."""
+    flag = field_flag(f)
+    return tuple("--" + prefix + s[2:] if prefix and s.startswith("--") else s
+                 for s in (flag if isinstance(flag, tuple) else (flag,)))
+
+
 def option_values(cls: type, args: argparse.Namespace, *, prefix: str = "", unset_is_none: bool = False) -> dict:
     """{field: value} of the options of `cls` in the parsed namespace (`prefix` as given to `add_options`);
-    fields the command has no option for are left out, and with `unset_is_none` those left at None too."""
+    fields the command has no option for are left out, and with `unset_is_none` those left at None too. A value
+    outside its option's range (`unime.options.range_problem`) is a UsageError naming the option."""
+    from unime.errors import UsageError
+    from unime.options import range_problem
+
     kwargs = {}
     for f, _, _ in option_fields(cls):
         if not hasattr(args, dest_of(f, prefix)):
             continue
         value = getattr(args, dest_of(f, prefix))
+        problem = range_problem(f, value)
+        if problem:
+            raise UsageError(f"{prefixed_flags(f, prefix)[0]} {problem}", command=getattr(args, "_command", None))
         if not (unset_is_none and value is None):
             kwargs[f.name] = value
     return kwargs

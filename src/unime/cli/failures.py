@@ -13,7 +13,8 @@ import errno
 import sys
 import traceback
 
-from unime.errors import UnimeError
+from unime.errors import OptionError, UnimeError
+from unime.options import option_flags
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -23,9 +24,13 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell tool whose reader went awa
 USER_CAUSED = (UnimeError, UnicodeDecodeError, OverflowError, RecursionError, OSError, MemoryError)
 
 
-def describe(exc: BaseException) -> str:
-    """One line for a user-caused failure."""
-    if isinstance(exc, UnimeError):
+def describe(exc: BaseException, command: str | None = None) -> str:
+    """One line for a user-caused failure (of `command`, named before a config's refusal as a usage error is)."""
+    if isinstance(exc, OptionError):  # a config's refusal, in the command line's names of the options
+        flags = option_flags(exc.config)
+        text = exc.render(lambda name: flags.get(name, name))
+        text = f"{command}: {text}" if command else text
+    elif isinstance(exc, UnimeError):
         text = str(exc)
     elif isinstance(exc, UnicodeDecodeError):
         text = f"input is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})"
@@ -86,11 +91,11 @@ def progress_bar_may_be_open() -> bool:
     return any(not getattr(bar, "disable", True) for bar in list(bars))
 
 
-def report(exc: BaseException, *, debug: bool) -> int:
+def report(exc: BaseException, *, debug: bool, command: str | None = None) -> int:
     """Print the one line, on a line of its own (and, under DEBUG, the traceback); return the exit code."""
     if progress_bar_may_be_open():
         print(file=sys.stderr)
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    print(f"unime: error: {describe(exc)}", file=sys.stderr)
+    print(f"unime: error: {describe(exc, command)}", file=sys.stderr)
     return EXIT_USER_ERROR

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from unime.data.atomic import atomic_dir, atomic_open
-from unime.options import option
+from unime.options import check_ranges, option
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,13 @@ def recipe_field(default, **cli):
 
 
 class _Recipe:
-    """`replace` for the frozen recipe dataclasses below: unknown field names are refused."""
+    """`replace` for the frozen recipe dataclasses below: unknown field names are refused; values outside their
+    option's range too (`unime.options.check_ranges`), as a recipe is made."""
 
     what = "recipe"
+
+    def __post_init__(self):
+        check_ranges(self)
 
     def replace(self, **changes):
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
@@ -80,32 +84,32 @@ class PretrainRecipe(_Recipe):
     seed: int = recipe_field(0)
     # corpus: the train split of a generated world with its own seed
     corpus_seed: int = recipe_field(1)
-    corpus_scenes: int = recipe_field(1200)
-    corpus_per_task: int = recipe_field(300)
+    corpus_scenes: int = recipe_field(1200, at_least=1)
+    corpus_per_task: int = recipe_field(300, at_least=1)
     # tagging of the vision tower before captioning (`unime.demo.vision_tagging`); 0 = none. Measured on the demo
     # world (issue #13, docs/DEMO.md): without it the base's visual tokens do not encode an object's shape
-    tag_steps: int = recipe_field(0)
-    tag_batch_size: int = recipe_field(64)
-    tag_lr: float = recipe_field(1e-3)
+    tag_steps: int = recipe_field(0, at_least=0)
+    tag_batch_size: int = recipe_field(64, at_least=1)
+    tag_lr: float = recipe_field(1e-3, at_least=0)
     # the stages after tagging with the tower frozen (measured with tagging, issue #13: no gain, docs/DEMO.md)
     freeze_vision: bool = option(False, "the captioning and contrastive stages keep the vision tower and its merger "
                                  "frozen, e.g. to keep what --tag-steps taught it (preset default: False)",
                                  cli_default=None)
     # captioning before the contrastive stage (`unime.demo.captioning`); 0 = none. Measured on the demo world
     # (issue #13): the baseline embedder's overall P@1 went from 38.5 to ~46 with 1,500 steps
-    caption_steps: int = recipe_field(1500)
-    caption_batch_size: int = recipe_field(8)
-    caption_lr: float = recipe_field(1e-3)
+    caption_steps: int = recipe_field(1500, at_least=0)
+    caption_batch_size: int = recipe_field(8, at_least=1)
+    caption_lr: float = recipe_field(1e-3, at_least=0)
     # contrastive pretraining: on the corpus records of these datasets (comma-separated; "" = all). Measured on the
     # demo world (docs/DEMO.md): with all, the base already knows the demo's task types and no row trained on the
     # demo world reaches it; the default preset keeps to the caption datasets, as a generic pretrained model would
     contrastive_datasets: str = option("", "the corpus datasets the contrastive stage trains on, comma-separated "
                                        "(preset default: i2t,t2i; \"\" = all)", cli_default=None, type=str)
-    steps: int = recipe_field(600)
-    batch_size: int = recipe_field(64)
-    lr: float = recipe_field(1e-3)
-    tau: float = recipe_field(0.05)
-    warmup: float = recipe_field(0.1)
+    steps: int = recipe_field(600, at_least=1)
+    batch_size: int = recipe_field(64, at_least=1)
+    lr: float = recipe_field(1e-3, at_least=0)
+    tau: float = recipe_field(0.05, above=0)
+    warmup: float = recipe_field(0.1, at_least=0)
 
     @classmethod
     def preset(cls, name: str) -> "PretrainRecipe":
@@ -153,29 +157,29 @@ class JudgePretrainRecipe(_Recipe):
     corpus (its labelled pairs drawn from the corpus's global pool, `unime.demo.judge_data`), the
     embedded default's stand-in for the paper's pretrained zero-shot judge. Its key includes the base's."""
 
-    negatives: int = recipe_field(3)
-    extra_positives: int = recipe_field(1)
+    negatives: int = recipe_field(3, at_least=1)
+    extra_positives: int = recipe_field(1, at_least=0)
     # 3000 on images only; 4000 kept ~3.7 passes over the image records with the clips' records (1 positive +
     # `negatives` each). 8000 (issue #13, measured on the default demo world with the demo's own retrieving
     # embedder): held-out AUC 0.926 -> 0.938, the mining audit's within-query AUC 0.886 -> 0.914 (t2i 0.691 ->
     # 0.722), fallback 1.2 -> 3.8 % of queries; it doubles the judge's one-time pretraining
-    steps: int = recipe_field(8000)
-    batch_size: int = recipe_field(4)
+    steps: int = recipe_field(8000, at_least=1)
+    batch_size: int = recipe_field(4, at_least=1)
     # 1e-3 (the recipe before) trains a judge that ignores the picture: its within-query AUC is the same with
     # another query's image (the audit's media-swap control: 0.777 own, 0.789 swapped) and it ranks an eval
     # row's candidates at chance (P@1 13.1, chance 12.4); at 3e-4 the same 4,000 steps: 0.879 → 0.800 and 29.7
-    lr: float = recipe_field(3e-4)
-    group_weight: float = recipe_field(1.0)
-    warmup: int = recipe_field(100)
-    holdout: float = recipe_field(0.05)
+    lr: float = recipe_field(3e-4, at_least=0)
+    group_weight: float = recipe_field(1.0, at_least=0)
+    warmup: int = recipe_field(100, at_least=0)
+    holdout: float = recipe_field(0.05, at_least=0)
     seed: int = recipe_field(0)
     # the judge's corpus also holds generated clips (train clips of the world's video tasks, 4 records each), so
     # it has seen motion and change before it judges the demo world's video records; 0 = images only
-    video_clips: int = recipe_field(300)
-    video_frames: int = recipe_field(8)
+    video_clips: int = recipe_field(300, at_least=0)
+    video_frames: int = recipe_field(8, at_least=1)
     # the judge's own corpus size (scenes, records per task); 0 = the base recipe's corpus
-    corpus_scenes: int = recipe_field(0)
-    corpus_per_task: int = recipe_field(0)
+    corpus_scenes: int = recipe_field(0, at_least=1)
+    corpus_per_task: int = recipe_field(0, at_least=1)
     what = "judge recipe"
 
     @classmethod

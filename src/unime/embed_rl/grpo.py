@@ -363,8 +363,8 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions,
     """Options of `unime train reasoner --stage grpo` (`unime.options`)."""
 
     stage: str = option("grpo", cli=False)  # recorded: an SFT folder is refused naming it (`ReasonerStageOptions`)
-    learning_rate: float = option(3e-6, "learning rate", dest="lr")
-    lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning")  # of the policy
+    learning_rate: float = option(3e-6, "learning rate", dest="lr", at_least=0)
+    lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning", at_least=0)  # of the policy
     save_steps: int = option(100)
     records: str = option(help="(query, positive) records for RL (grpo), e.g. the split's rl.jsonl", cli_default=None,
                           group="grpo", input_file=True)
@@ -376,13 +376,15 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions,
                                "match judge of `unime train judge`: P(Yes) of each (query, candidate) pair, each "
                                "item followed by its T-CoT as `unime reason split` shows them; the highest is the "
                                "pick)", choices=list(PROCESS_PICKS), group="grpo")
-    num_generations: int = option(4, "group size n (default %(default)s)", group="grpo")
-    pairs_per_batch: int = option(2, "(query, positive) pairs per step (>= 2)", group="grpo")
-    epochs: int = option(1, "passes over the pairs (each reshuffled)", dest="grpo_epochs", group="grpo")
-    beta: float = option(0.01, "KL coefficient (default %(default)s)", group="grpo")
-    temperature: float = option(1.0, group="grpo")
+    # >= 2: GRPO normalises advantages within the group
+    num_generations: int = option(4, "group size n (default %(default)s)", group="grpo", at_least=2)
+    # >= 2: the outcome reward needs other pairs as negatives
+    pairs_per_batch: int = option(2, "(query, positive) pairs per step (>= 2)", group="grpo", at_least=2)
+    epochs: int = option(1, "passes over the pairs (each reshuffled)", dest="grpo_epochs", group="grpo", at_least=1)
+    beta: float = option(0.01, "KL coefficient (default %(default)s)", group="grpo", at_least=0)
+    temperature: float = option(1.0, group="grpo", above=0)
     top_p: float = option(1.0, cli=False)
-    max_completion_length: int = option(128, group="grpo")
+    max_completion_length: int = option(128, group="grpo", at_least=1)
     loss_type: str = option("grpo", "TRL loss_type (default %(default)s)", group="grpo")
     scale_rewards: str = option("group", cli=False)
     weights: tuple[float, float, float] = option(REWARD_WEIGHTS, "format,outcome,process reward weights",
@@ -403,10 +405,6 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
 
     from unime.models.hf_arguments import hf_training_arguments
 
-    if cfg.pairs_per_batch < 2:
-        raise ValueError("pairs_per_batch must be >= 2: the outcome reward needs other pairs as negatives")
-    if cfg.num_generations < 2:
-        raise ValueError("num_generations must be >= 2 (GRPO normalises advantages within the group)")
     per_device = 2 * cfg.pairs_per_batch * cfg.num_generations
     gcfg = hf_training_arguments(
         GRPOConfig, output_dir=output_dir, batch_size=per_device, epochs=1, max_steps=cfg.max_steps,
@@ -445,6 +443,7 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     from unime.models import run_state
     from unime.models.run_state import CHECKPOINTS_DIR
 
+    cfg.validate()
     out = Path(cfg.out)
     options = json.loads(json.dumps(asdict(cfg), default=str))
     with claim_on_main_process(out, "train reasoner", options, overwrite=cfg.overwrite):

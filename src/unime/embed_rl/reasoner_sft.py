@@ -50,14 +50,14 @@ class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOption
     """Options of `unime train reasoner --stage sft` (`unime.options`)."""
 
     stage: str = option("sft", cli=False)  # recorded: a GRPO folder is refused naming it (`ReasonerStageOptions`)
-    learning_rate: float = option(1e-4, "learning rate", dest="lr")
-    lora_r: int = option(GENERATIVE_LORA.r, "LoRA rank; 0 = full fine-tuning")
+    learning_rate: float = option(1e-4, "learning rate", dest="lr", at_least=0)
+    lora_r: int = option(GENERATIVE_LORA.r, "LoRA rank; 0 = full fine-tuning", at_least=0)
     save_steps: int = option(500)
     # from unime reason teacher / generate
     data: str = option(help="T-CoT JSONL (sft)", dest="tcots", cli_default=None, group="sft", input_file=True)
-    epochs: float = option(3.0, group="sft")
-    batch_size: int = option(8, group="sft")
-    grad_accum: int = option(1, group="sft")
+    epochs: float = option(3.0, group="sft", above=0)
+    batch_size: int = option(8, group="sft", at_least=1)
+    grad_accum: int = option(1, group="sft", at_least=1)
     skip_invalid: bool = option(False, "drop T-CoTs that do not parse (counted)", group="sft")
     logging_steps: int = option(10, group="sft")
     warmup_steps: int = option(0, cli=False)
@@ -182,6 +182,7 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     options refused)."""
     from unime.outdir import claim_on_main_process
 
+    cfg.validate()
     options = json.loads(json.dumps(asdict(cfg), default=str))
     with claim_on_main_process(cfg.out, "train reasoner", options, overwrite=cfg.overwrite):
         return _train_reasoner_sft(cfg, options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from unime.options import option
+from unime.options import check_ranges, option
 
 
 @dataclass(kw_only=True)
@@ -15,9 +15,13 @@ class ReasonerStageOptions:
     data_root: str | None = option(None, "folder image paths are relative to")
     dtype: str = option("auto")
     seed: int = option(0)
-    max_steps: int = option(-1)
+    max_steps: int = option(-1, at_least=1)  # -1, the default: the stage's epochs
     resume: bool = option(False, "accepted for compatibility: re-running the same command continues an interrupted "
                           "run anyway")  # `unime.models.run_state`
     overwrite: bool = option(False, cli=False)  # start over (also with changed options): the commands' --overwrite
     on_error: str = option("raise", "skip bad lines of --tcots / --records and rows whose images do not open (counted "
                            "and reported) instead of stopping at the first", choices=["raise", "skip"])
+
+    def validate(self) -> None:
+        """OptionError for an option outside its range (`unime.options.check_ranges`), before any work."""
+        check_ranges(self)

@@ -302,8 +302,8 @@ class ReasonEvalConfig(ReasonOptions):
     reasoner_path: str | None = option(None, "reasoner checkpoint, for --tcots reasoner", dest="reasoner")
     world_root: str | None = option(None, "the world, for --tcots teacher", dest="world")
     only: str | None = option(None, "comma-separated task names")
-    batch_size: int = option(16, "items per batch (embedder and reasoner)")
-    max_new_tokens: int = option(160, "longest T-CoT in tokens")
+    batch_size: int = option(16, "items per batch (embedder and reasoner)", at_least=1)
+    max_new_tokens: int = option(160, "longest T-CoT in tokens", at_least=1)
 
     def task_names(self) -> list[str] | None:
         return [t.strip() for t in self.only.split(",")] if self.only else None

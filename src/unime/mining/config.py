@@ -34,7 +34,7 @@ class MineConfig(JudgeOptions, AnnOptions):
     seed: int = option(0, "random seed (the fallback draw, IVF's training sample)")
     index: str = option("flat", "FAISS index (flat = exact)", choices=list(INDEX_KINDS))
     shard_size: int = option(64, "queries per judge shard (unit of resumption)")
-    embed_batch_size: int = option(16, "embedder batch size of the retrieval")
+    embed_batch_size: int = option(16, "embedder batch size of the retrieval", at_least=1)
     cache_dir: str | None = option(None, "embedding cache, shared format with `unime eval --cache-dir` (default: "
                                    "OUT/cache/embeddings)")
     on_error: str = option("raise", "skip bad records (counted and reported) instead of stopping at the first",

@@ -26,7 +26,7 @@ class EmbedderOptions(DeviceOptions):
     """`--device`, `--dtype`, `--batch-size`: how the commands that encode with an embedder load and run it."""
 
     dtype: str = option("auto", "auto, fp32, bf16, fp16")
-    batch_size: int = option(16, "items per encoder forward pass")
+    batch_size: int = option(16, "items per encoder forward pass", at_least=1)
 
 
 def resolve_device(device: str | Any | None = None) -> str:

@@ -15,7 +15,7 @@ from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import EMBEDDER_LORA_OPTIONS
-from unime.options import option
+from unime.options import check_ranges, option
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
 
@@ -47,7 +47,7 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
                        choices=["auto", "symmetric_kl", "js", "infonce"], group="loss")
     hard_negatives: int | None = option(8, "use the first K stored negatives of each record (default: the records' "
                                         "count, at most 8; 0 for plain pairs)", cli_default=None, metavar="K",
-                                        group="loss")
+                                        group="loss", at_least=0)
     allow_fallback_labels: bool = option(False, "train a soft-label loss on records mined mostly by the fallback "
                                          "(random negatives scored 1.0; refused by default)", group="loss")
     in_batch: bool | None = option(None, "in-batch negatives: infonce default on; symmetric_kl / js default off "
@@ -69,22 +69,25 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     dtype: str = option("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=["auto", "fp32", "bf16"])
     pooling: str = option("auto", choices=["auto", "last", "emb"])
     # optimisation
-    batch_size: int = option(8, "queries per device per micro-batch", group="optimisation")
+    batch_size: int = option(8, "queries per device per micro-batch", group="optimisation", at_least=1)
     grad_accum: int = option(1, "gradient accumulation steps: micro-batches per optimizer step; in-batch negatives "
-                             "are those of one micro-batch (--gradcache: of the whole batch)", group="optimisation")
+                             "are those of one micro-batch (--gradcache: of the whole batch)", group="optimisation",
+                             at_least=1)
     global_batch: int | None = option(None, "queries per optimizer step over all processes (sets --batch-size = N / "
                                       "(processes x --grad-accum); UniME-V2: 1024 with --gradcache)", metavar="N",
-                                      group="optimisation")
-    steps: int | None = option(None, "optimizer steps (default: --epochs 1)", group="optimisation")
-    epochs: float | None = option(None, group="optimisation")
-    lr: float = option(1e-4, group="optimisation")
-    warmup: float = option(0.1, "warm-up: fraction of the steps if < 1, else steps", group="optimisation")
+                                      group="optimisation", at_least=1)
+    steps: int | None = option(None, "optimizer steps (default: --epochs 1)", group="optimisation", at_least=1)
+    epochs: float | None = option(None, group="optimisation", above=0)
+    lr: float = option(1e-4, group="optimisation", at_least=0)
+    warmup: float = option(0.1, "warm-up: fraction of the steps if < 1, else steps", group="optimisation",
+                           at_least=0)
     lr_scheduler: str = option("linear", group="optimisation")
     weight_decay: float = option(0.0, group="optimisation")
     max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group="optimisation")
     optim: str = option("adamw_torch", "a transformers optimizer name (adamw_torch, sgd, ...)", group="optimisation")
     gradcache: bool = option(False, "GradCache: large batches in the memory of one chunk", group="optimisation")
-    chunk_size: int = option(2, "items per forward pass with --gradcache (default 2)", group="optimisation")
+    chunk_size: int = option(2, "items per forward pass with --gradcache (default 2)", group="optimisation",
+                            at_least=1)
     seed: int = option(0, group="optimisation")
     # checkpoints
     save_steps: int = option(500, group="checkpoints")
@@ -104,6 +107,7 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
         if self.loss == "auto" or self.hard_negatives is None:
             raise UnimeError("loss 'auto' / hard_negatives None are resolved from the records first "
                              "(`resolve_auto_options`)")
+        check_ranges(self)
         if self.loss not in LOSSES:
             raise UnimeError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.loss == "infonce" and not self.infonce_in_batch and self.hard_negatives < 1:
@@ -111,10 +115,6 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
         if self.freeze_vision and not self.full:
             raise UnimeError("--freeze-vision is for full fine-tuning (--full); LoRA leaves the vision tower frozen "
                              "unless --lora-vision")
-        if self.hard_negatives < 0:
-            raise UnimeError("--hard-negatives must be >= 0")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.chunk_size < 1:
-            raise UnimeError("--batch-size, --grad-accum and --chunk-size must be >= 1")
         if self.steps is not None and self.epochs is not None:
             raise UnimeError("give --steps or --epochs, not both")
         if self.dtype not in ("auto", "fp32", "float32", "bf16", "bfloat16"):

@@ -44,13 +44,13 @@ from typing import Any, Sequence
 from unime.data.images import ImageLoader
 from unime.data.items import Item, Record
 from unime.data.video import VideoOptions, VideoSampling
-from unime.errors import DataError, ModelError
+from unime.errors import DataError, ModelError, OptionError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train
-from unime.options import option
+from unime.options import check_ranges, option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
 from unime.models.export import ADAPTER_DIR, MERGED_DIR, ModelCard
@@ -378,12 +378,13 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
                                   "only, as the paper)")
     # optimisation
     batch_size: int = option(4, "records per device step (judge: labelled pairs; records with --group-weight > 0)",
-                             group="optimisation")
-    grad_accum: int = option(1, group="optimisation")
-    epochs: float = option(1.0, group="optimisation")
-    max_steps: int = option(-1, "optimizer steps (overrides --epochs when > 0)", dest="steps", group="optimisation")
-    learning_rate: float = option(1e-4, dest="lr", group="optimisation")
-    warmup_steps: int = option(0, "warm-up steps (linear schedule)", dest="warmup", group="optimisation")
+                             group="optimisation", at_least=1)
+    grad_accum: int = option(1, group="optimisation", at_least=1)
+    epochs: float = option(1.0, group="optimisation", above=0)
+    max_steps: int = option(-1, "optimizer steps (overrides --epochs when > 0)", dest="steps", group="optimisation",
+                            at_least=1)  # -1, the default: train `epochs` epochs
+    learning_rate: float = option(1e-4, dest="lr", group="optimisation", at_least=0)
+    warmup_steps: int = option(0, "warm-up steps (linear schedule)", dest="warmup", group="optimisation", at_least=0)
     weight_decay: float = option(0.0, group="optimisation")
     seed: int = option(0, group="optimisation")
     # checkpoints
@@ -394,12 +395,12 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     overwrite: bool = option(False, "retrain even if OUT holds a finished result", group="checkpoints")
     # reranker
     num_negatives: int = option(4, "negatives per listwise prompt; the positive is added at a random position "
-                                "(default %(default)s)", dest="negatives", group="reranker")
+                                "(default %(default)s)", dest="negatives", group="reranker", at_least=1)
     losses: tuple[str, ...] = option(LOSSES, "pair, list or pair,list (default both)", cli_default=",".join(LOSSES),
                                      group="reranker")  # the judge: pair
     merge: bool = option(False, "also write the merged plain checkpoint OUT/merged", group="reranker")
     # judge
-    judge_negatives: int | None = option(None, "negatives per record used (default: all)", group="judge")
+    judge_negatives: int | None = option(None, "negatives per record used (default: all)", group="judge", at_least=1)
     save_adapter: bool = option(False, "also keep the adapter in OUT/adapter", group="judge")
     holdout: float = option(0.1, "share of the records held out: their pairs are scored while training (AUC, "
                             "accuracy, P(Yes) spread; OUT/judge_eval.jsonl). 0 = off (default %(default)s)",
@@ -409,7 +410,7 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     group_weight: float = option(0.0, "weight of a within-record softmax loss over the pairs' judge margins (l_Yes - "
                                  "l_No): trains each query's positive above its own negatives, the ordering the "
                                  "false-negative filter uses; > 0 makes --batch-size count records, not pairs "
-                                 "(default 0: pointwise only)", group="judge")
+                                 "(default 0: pointwise only)", group="judge", at_least=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -420,27 +421,25 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
             self.dtype = None
 
     def validate(self) -> "RerankerTrainConfig":
+        """Self, or an OptionError naming the options at fault (as fields; the CLI shows its flags)."""
         if self.role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+            raise OptionError(self, "{role} must be one of {roles}, got {got!r}", roles=ROLES, got=self.role)
         self.losses = tuple(self.losses)
         bad = [x for x in self.losses if x not in LOSSES]
         if bad or not self.losses:
-            raise ValueError(f"losses must be a non-empty subset of {LOSSES}, got {self.losses}")
+            raise OptionError(self, "{losses} must be a non-empty subset of {all}, got {got}", all=LOSSES,
+                              got=self.losses)
         if self.role == "judge" and self.losses != (PAIR,):
-            raise ValueError("a judge trains the pairwise loss only (losses=('pair',))")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"max_steps must be > 0 (or -1: train `epochs` epochs), got {self.max_steps}")
-        if self.group_weight < 0:
-            raise ValueError(f"group_weight must be >= 0, got {self.group_weight}")
+            raise OptionError(self, "a judge trains the pairwise loss only ({losses} pair)")
+        check_ranges(self)
         if self.group_weight > 0 and self.role != "judge":
-            raise ValueError("group_weight is a judge option (the reranker's listwise loss ranks candidates already)")
+            raise OptionError(self, "{group_weight} is a judge option (the reranker's listwise loss ranks candidates "
+                              "already)")
         if self.full and self.train_modules:
-            raise ValueError(f"full fine-tuning trains every module; train_modules {list(self.train_modules)} "
-                             "is a LoRA option")
-        if self.num_negatives < 1:
-            raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
+            raise OptionError(self, "full fine-tuning ({full}) trains every module; {train_modules} {got} is a LoRA "
+                              "option: drop one of them", got=",".join(self.train_modules))
         if not self.records:
-            raise ValueError("no record files given")
+            raise OptionError(self, "no record files given ({records})")
         return self
 
 
