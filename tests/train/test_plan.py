@@ -246,3 +246,29 @@ def test_gpu_memory_is_in_gib_as_nvidia_smi_reports_a_card(capsys):
     assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--gpus", "8", "--gpu-memory", "81920MiB", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["gpu_memory_gib"], out["fits"]) == (80.0, True)
+
+
+def test_set_takes_each_option_kind_as_a_config_file_does(capsys):
+    """QA: `--set gradcache=false` ended in argparse's "unrecognized arguments: false" (a store_true flag takes no
+    value), so a recipe's flag could not be turned off. --set values now go through the option's own rules."""
+    from unime.cli import main
+    from unime.cli.plan import _command_options
+
+    recipe = "unime-v2/qwen2-vl-2b"  # sets gradcache true, dora true, chunk-size 2
+    off = _command_options("train embedder", recipe, ["gradcache=false", "dora=False", "chunk-size=4"])
+    assert (off["gradcache"], off["dora"], off["chunk_size"]) == (False, False, 4)
+    assert _command_options("train embedder", recipe, [])["gradcache"] is True
+    on = _command_options("train reranker", None, ["gradient-checkpointing", "train-module=lm_head",
+                                                   "train-module=embed_tokens", "skip-bad-records=true"])
+    assert (on["gradient_checkpointing"], on["train_modules"], on["on_error"]) == \
+        (True, ["lm_head", "embed_tokens"], "skip")
+    assert _command_options("train reranker", None, ["gradient-checkpointing=false"])["gradient_checkpointing"] is False
+    # without GradCache the recipe's 1024 queries x 10 sequences go through one forward
+    assert main(["plan", "--recipe", recipe, "--set", "gradcache=false"]) == 0
+    assert "activations (10240 sequences in one forward)" in capsys.readouterr().out
+    for sets, line in ((["gradcache=maybe"], "--set: key 'gradcache': expected true or false, got 'maybe'"),
+                       (["chunk-size=2", "chunk-size=3"], "--set: key 'chunk-size': expected a single value, got "
+                                                          "list ['2', '3']"),
+                       (["nope=1"], "--set: unknown option(s) nope for `unime train embedder`")):
+        assert main(["plan", "--recipe", recipe, *(a for s in sets for a in ("--set", s))]) == 2
+        assert capsys.readouterr().err.strip() == f"unime: error: {line}"

@@ -19,19 +19,31 @@ def register(sub) -> None:
     p.set_defaults(func=_plan)
 
 
-def _command_options(command: str, recipe: str | None, sets: list[str]) -> dict:
-    """The planned command's resolved options (its own parser: defaults < recipe < --set)."""
-    from unime.cli import _apply_config, build_parser
-
-    argv = [*command.split()]
-    if recipe:
-        argv += ["--recipe", recipe]
+def set_values(sets: list[str]) -> dict:
+    """`--set` items as {option: value}: OPTION=VALUE, or OPTION alone for a flag turned on; an option set several
+    times gets the list of its values (a repeatable option, e.g. train-module)."""
+    values: dict = {}
     for item in sets:
         key, sep, value = item.partition("=")
-        argv.append(f"--{key.strip().replace('_', '-')}")  # OPTION alone: a flag (e.g. gradient-checkpointing)
-        if sep:
-            argv.append(value.strip())
-    args = _apply_config(build_parser(), argv + ["--print-config"])
+        key, value = key.strip(), value.strip() if sep else True
+        values[key] = [*(values[key] if isinstance(values[key], list) else [values[key]]), value] \
+            if key in values else value
+    return values
+
+
+def _command_options(command: str, recipe: str | None, sets: list[str]) -> dict:
+    """The planned command's resolved options (its own parser: defaults < recipe < --set). The --set values go
+    through the option's own rules, as a config file's keys do (`options_file.apply_options`): a flag takes
+    true / false (a recipe's flag can be turned off), a number its type, a repeatable option each value."""
+    from unime.cli import _apply_config, _command_path, build_parser
+    from unime.cli.options_file import apply_options
+
+    parser = build_parser()
+    argv = [*command.split(), *(["--recipe", recipe] if recipe else []), "--print-config"]
+    args = _apply_config(parser, argv)
+    subparser = _command_path(parser, argv)[1]
+    for dest in apply_options(subparser, set_values(sets), source="--set").values():
+        setattr(args, dest, subparser.get_default(dest))  # above the recipe, as the command line would be
     return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
 

@@ -421,8 +421,9 @@ class PlanOptions:
     text_tokens: int = option(64, "text + chat-template tokens per item (default %(default)s)")
     images_per_item: float = option(1.0, "images per query / candidate on average (default 1: every item has an "
                                     "image)")
-    overrides: list[str] = option(help="override one option of the planned command, e.g. --set chunk-size=4, or a "
-                                  "flag: --set gradient-checkpointing (repeatable)", factory=list, dest="set",
+    overrides: list[str] = option(help="override one option of the planned command, e.g. --set chunk-size=4 or "
+                                  "--set gradcache=false; a flag alone turns it on: --set gradient-checkpointing "
+                                  "(repeatable; values read as a --config file's)", factory=list, dest="set",
                                   action="append", metavar="OPTION=VALUE", cli_default=[])
     json: bool = option(False, "print the plan as JSON")
 
