@@ -46,6 +46,17 @@ CASES = [
      "train judge: --dora does nothing with --full: drop one of them"),
     (["train", "judge", "--model", "m", "--records", "r", "--out", "{tmp}/j", "--full", "--save-adapter"],
      "train judge: --save-adapter does nothing with --full: drop one of them"),
+    # QA: the reasoner's LoRA options with --lora-r 0 (full fine-tuning; GRPO's default) were accepted and did nothing
+    (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r", "--records", "r", "--embedder", "e",
+      "--lora-alpha", "8"], "train reasoner: --lora-alpha does nothing with --lora-r 0 (its default): give --lora-r "
+     "another value or drop --lora-alpha"),
+    (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r", "--records", "r", "--embedder", "e",
+      "--lora-targets", "q_proj"], "train reasoner: --lora-targets does nothing with --lora-r 0 (its default): give "
+     "--lora-r another value or drop --lora-targets"),
+    (["train", "reasoner", "--stage", "sft", "--model", "m", "--out", "{tmp}/r", "--tcots", "t", "--lora-r", "0",
+      "--lora-vision"], "train reasoner: --lora-vision does nothing with --lora-r 0: drop one of them"),
+    (["train", "reasoner", "--stage", "sft", "--model", "m", "--out", "{tmp}/r", "--tcots", "t", "--lora-dropout",
+      "0.1", "--lora-r", "0"], "train reasoner: --lora-dropout does nothing with --lora-r 0: drop one of them"),
     (["train", "reasoner", "--stage", "sft", "--model", "m", "--out", "{tmp}/r"], "train reasoner: --stage sft needs --tcots"),
     (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r"],
      "train reasoner: --stage grpo needs --records and --embedder"),

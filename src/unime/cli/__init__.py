@@ -206,20 +206,30 @@ def given_by_user(args: argparse.Namespace, dest: str) -> str | None:
     return None if origin is None or origin.startswith("recipe ") else origin
 
 
-def refuse_ineffective_options(args: argparse.Namespace, command: str, rules) -> None:
-    """UsageError for an option the user gave (`given_by_user`) that does nothing with a flag's value: each rule
-    is (option dest, flag dest, the flag's value the option needs to act), e.g. ("chunk_size", "gradcache", True).
-    A recipe's values stay quiet: a recipe sets options for the settings it is used with."""
+def refuse_ineffective_options(args: argparse.Namespace, command: str, rules, values=None) -> None:
+    """UsageError for an option the user gave (`given_by_user`) that does nothing with another option's value: each
+    rule is (option dest, condition dest, the truth of the condition's value the option needs to act), e.g.
+    ("chunk_size", "gradcache", True), or ("lora_alpha", "lora_r", True): a LoRA alpha acts only with a rank above
+    0. The condition's value is read from `values` (the built config, where an option left unset holds its resolved
+    default) or else from `args`. A recipe's values stay quiet: a recipe sets options for the settings it is used
+    with."""
     from unime.errors import UsageError
 
     for dest, flag_dest, needed in rules:
         origin = given_by_user(args, dest)
-        if origin is None or bool(getattr(args, flag_dest)) == needed:
+        value = getattr(args if values is None else values, flag_dest)
+        if origin is None or bool(value) == needed:
             continue
         option, flag = (f"--{d.replace('_', '-')}" for d in (dest, flag_dest))
         where = "" if origin == "command line" else f" ({origin})"
-        raise UsageError(f"{option}{where} does nothing without {flag}: add {flag} or drop {option}" if needed
-                         else f"{option}{where} does nothing with {flag}: drop one of them", command=command)
+        if not isinstance(value, bool):  # a value: named, and whose it is when the user did not give it
+            whose = "" if given_by_user(args, flag_dest) else \
+                " (the recipe's)" if flag_dest in getattr(args, "_origins", {}) else " (its default)"
+            text = f"with {flag} {value}{whose}: " + \
+                (f"give {flag} another value or drop {option}" if whose else "drop one of them")
+        else:
+            text = f"without {flag}: add {flag} or drop {option}" if needed else f"with {flag}: drop one of them"
+        raise UsageError(f"{option}{where} does nothing {text}", command=command)
 
 
 def resolved_config(args: argparse.Namespace) -> list[tuple[str, object, str]]:

@@ -52,15 +52,16 @@ def _add_embedder_parser(actions) -> None:
     p.set_defaults(func=_train_embedder, _derived_values=_embedder_batch_values)
 
 
-def lora_needs_no_full(lora_options: type) -> list[tuple[str, str, bool]]:
+def lora_needs(lora_options: type, condition: str = "full", needed: bool = False) -> list[tuple[str, str, bool]]:
     """Rules for `refuse_ineffective_options`: every option of `lora_options` (`unime.models.lora.lora_options`)
-    acts only without --full (full fine-tuning puts no adapter on the model)."""
-    return [(f.name, "full", False) for f in dataclasses.fields(lora_options)]
+    but `condition` itself acts only with an adapter on the model: without --full (the default), or where a rank of
+    0 means full fine-tuning, with a --lora-r above 0 (`lora_needs(..., "lora_r", True)`: the reasoner)."""
+    return [(f.name, condition, needed) for f in dataclasses.fields(lora_options) if f.name != condition]
 
 
 # the embedder's options that act only with a flag's value (`refuse_ineffective_options`): --chunk-size with
 # --gradcache, every LoRA option without --full
-_EMBEDDER_NEEDS = [("chunk_size", "gradcache", True), *lora_needs_no_full(EMBEDDER_LORA_OPTIONS)]
+_EMBEDDER_NEEDS = [("chunk_size", "gradcache", True), *lora_needs(EMBEDDER_LORA_OPTIONS)]
 
 # the option groups of the trainers' --help, in order
 TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisation", "checkpoints",

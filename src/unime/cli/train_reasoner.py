@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 
-from unime.cli import add_config_option
+from unime.cli import add_config_option, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options, config_from_args
-from unime.cli.train import register_train_action
+from unime.cli.train import lora_needs, register_train_action
 from unime.errors import UsageError
 from unime.models.hf_arguments import TRAINER_ARGS_GROUP
+from unime.models.lora import GENERATIVE_LORA_OPTIONS
+
+# the LoRA options act only with a rank above 0 (`refuse_ineffective_options`): --lora-r 0, GRPO's default, is full
+# fine-tuning
+_LORA_NEEDS = lora_needs(GENERATIVE_LORA_OPTIONS, "lora_r", True)
 
 
 def _add_parser(actions) -> None:
@@ -36,6 +41,7 @@ def _run(args) -> int:
         if not args.tcots:
             raise UsageError("--stage sft needs --tcots", command="train reasoner")
         cfg = config_from_args(ReasonerSFTConfig, args, unset_is_none=True, overwrite=bool(getattr(args, "overwrite", False)))
+        refuse_ineffective_options(args, "train reasoner", _LORA_NEEDS, values=cfg)
         summary = train_reasoner_sft(cfg)
         print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
               f"{summary['last_loss']}; saved {args.out}")
@@ -54,6 +60,7 @@ def _run(args) -> int:
                          command="train reasoner")
     cfg = config_from_args(GRPOStageConfig, args, unset_is_none=True, weights=weights,
                            overwrite=bool(getattr(args, "overwrite", False)))
+    refuse_ineffective_options(args, "train reasoner", _LORA_NEEDS, values=cfg)
     summary = train_reasoner_grpo(cfg)
     _print_skips(summary)
     steps = summary["reward_steps"]

@@ -6,14 +6,14 @@ from __future__ import annotations
 from unime.cli import add_config_option, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options
 from unime.cli.dataclass_options import config_from_args as build_config
-from unime.cli.train import lora_needs_no_full, register_train_action
+from unime.cli.train import lora_needs, register_train_action
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
 
 # each role's options that act only with a flag's value (`refuse_ineffective_options`): the LoRA options and the
 # reranker's --merge / the judge's --save-adapter act only without --full (full fine-tuning puts no adapter on the
 # model and writes OUT/merged only)
-_ROLE_NEEDS = {"reranker": [*lora_needs_no_full(GENERATIVE_LORA_OPTIONS), ("merge", "full", False)],
-               "judge": [*lora_needs_no_full(GENERATIVE_LORA_OPTIONS), ("save_adapter", "full", False)]}
+_ROLE_NEEDS = {"reranker": [*lora_needs(GENERATIVE_LORA_OPTIONS), ("merge", "full", False)],
+               "judge": [*lora_needs(GENERATIVE_LORA_OPTIONS), ("save_adapter", "full", False)]}
 
 
 def _add_parser(actions, role: str, **texts) -> None:
