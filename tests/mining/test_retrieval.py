@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from unime.data.items import Item, Record
-from unime.mining.retrieval import IndexConfig, apply_delta_rule, build_index, build_pool, search_hard_negatives
+from unime.index.ann import IndexConfig, build_index
+from unime.mining.retrieval import apply_delta_rule, build_pool, search_hard_negatives
 
 
 def _unit(rng, n, d):

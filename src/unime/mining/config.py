@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from unime.index.ann import INDEX_KINDS, AnnOptions
+from unime.index.ann import INDEX_KINDS, AnnOptions, IndexConfig
 from unime.mining.backends import JudgeOptions
-from unime.mining.retrieval import IndexConfig
 from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL
 from unime.options import option
 

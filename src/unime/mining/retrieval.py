@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
-from unime.index.ann import INDEX_KINDS, IndexConfig, build_index, set_search_breadth  # noqa: F401 (re-exported)
+from unime.index.ann import set_search_breadth
 
 log = logging.getLogger(__name__)
 

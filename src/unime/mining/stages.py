@@ -19,11 +19,11 @@ import numpy as np
 from unime.data.atomic import atomic_path
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
-from unime.index.ann import DEFAULT_RECALL_SAMPLE, measure_recall, recall_summary
+from unime.index.ann import DEFAULT_RECALL_SAMPLE, build_index, measure_recall, recall_summary
 from unime.mining.backends import JudgeBackend
 from unime.mining.manifest import Manifest
 from unime.mining.ranks import Ranks
-from unime.mining.retrieval import RetrievalResult, build_index, search_hard_negatives
+from unime.mining.retrieval import RetrievalResult, search_hard_negatives
 from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
 from unime.outdir import remove_entry, require_replaceable
 

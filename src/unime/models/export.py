@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from unime.data.atomic import atomic_open, merged_dir, warn_left
 from unime.models.loading import model_reference
-from unime.models.run_state import ADAPTER_DIR, CARD_FILE, EXPORT_NAMES, MERGED_DIR, is_peft  # noqa: F401
+from unime.models.run_state import ADAPTER_DIR, CARD_FILE, MERGED_DIR, is_peft
 
 
 @contextlib.contextmanager
