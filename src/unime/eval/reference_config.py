@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unime.eval.metrics import TIE_POLICIES
-from unime.options import option
+from unime.errors import OptionError
+from unime.options import check_ranges, option
 
 
 @dataclass
@@ -17,27 +18,25 @@ class ReferenceConfig:
 
     seconds: float = option(120.0, "wall-clock training budget (default %(default)s)")
     max_steps: int = option(100_000, "step limit (default %(default)s)")  # whichever of the two comes first
-    batch_size: int = option(64, "training batch size (in-batch negatives)")
-    lr: float = option(2e-3, "learning rate")
+    batch_size: int = option(64, "training batch size (in-batch negatives)", at_least=2)
+    lr: float = option(2e-3, "learning rate", at_least=0)
     weight_decay: float = option(0.01, cli=False)
     dim: int = option(128, cli=False)  # output embedding size
     word_dim: int = option(64, cli=False)
-    image_size: int = option(64, "images are resized to this square size")
+    image_size: int = option(64, "images are resized to this square size", at_least=16)
     channels: tuple[int, int, int, int] = option((32, 64, 96, 128), cli=False)
     init_temperature: float = option(0.07, cli=False)
     seed: int = option(0, "random seed")
-    threads: int = option(1, "torch threads (1 = bit-reproducible; default %(default)s)")  # training and encoding
+    # training and encoding
+    threads: int = option(1, "torch threads (1 = bit-reproducible; default %(default)s)", at_least=1)
     video_frames: int = option(8, "frames sampled uniformly from each video (default: ReferenceConfig.video_frames, 8)",
                                metavar="N", cli_default=None)
     log_every: int = option(20, cli=False)  # steps between training-log lines (running in-batch P@1 and loss)
 
     def __post_init__(self):
         if self.seconds <= 0 and self.max_steps <= 0:
-            raise ValueError("give a positive time budget or step count")
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be at least 2 (in-batch negatives)")
-        if self.image_size < 16:
-            raise ValueError("image_size must be at least 16")
+            raise OptionError(self, "give a positive time budget ({seconds}) or step count ({max_steps})")
+        check_ranges(self)
         self.channels = tuple(int(c) for c in self.channels)
         if len(self.channels) != 4:
             raise ValueError("channels: four conv widths")
