@@ -179,6 +179,27 @@ def test_rerun_reuses_retrieval_and_judge_and_beta_change_only_resamples(mined, 
     assert len(list((out2 / "cache" / "embeddings").iterdir())) == 1
 
 
+def test_a_changed_judge_stage_deletes_only_its_shards(mined, dataset, tiny_model_dir, caplog):
+    """Another shard layout is another judge stage: its earlier shards are deleted and scored anew, and a file the
+    user put into judge/ stays, named in a warning (the folder was deleted whole)."""
+    import logging
+    import shutil
+
+    out = mined.out.parent / "judge-stage-changed"
+    shutil.copytree(mined.out, out)
+    (out / "judge" / "NOTE.txt").write_text("mine")
+    before = len(list((out / "judge").glob("shard-*.parquet")))
+    with caplog.at_level(logging.WARNING):
+        r = run_mining(_config(dataset, tiny_model_dir, out, shard_size=3, overwrite=True))
+    assert (out / "judge" / "NOTE.txt").read_text() == "mine"
+    assert any("NOTE.txt" in rec.getMessage() for rec in caplog.records)
+    stage = json.loads((out / "manifest.json").read_text())["stages"]["judge"]
+    n = len(read_records(dataset))
+    assert stage["shard_size"] == 3 and stage["n_shards"] == -(-n // 3) < before == -(-n // 2)
+    assert len(list((out / "judge").glob("shard-*.parquet"))) == stage["n_shards"]  # no shard of the old layout
+    assert r.stats["judge_shards_resumed"] == 0
+
+
 class _Interrupted(_NoJudge):
     """A judge interrupted as it starts (a user's Ctrl-C, a killed run)."""
 

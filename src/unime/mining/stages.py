@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from unime.data.atomic import atomic_path
+from unime.data.atomic import atomic_path, warn_left
 from unime.data.items import Item, Record
 from unime.errors import DataError, UnimeError
 from unime.index.ann import DEFAULT_RECALL_SAMPLE, build_index, measure_recall, recall_summary
@@ -173,8 +172,11 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
     def prepare():  # rank 0
         if manifest.stage("judge").get("hash") != stage_hash and jdir.exists():
             require_replaceable(out, "judge")  # never a judge/ folder mining did not write
-            log.info("judge: configuration changed, discarding %s", jdir)
-            shutil.rmtree(jdir)
+            log.info("judge: configuration changed, discarding the scored shards in %s", jdir)
+            for shard in jdir.glob("shard-*.parquet"):  # its own files only: nothing else of the folder is mining's
+                shard.unlink()
+            warn_left(jdir, sorted(p.name for p in jdir.iterdir() if not p.name.startswith(".")),
+                      "(the judge's earlier shards were deleted, to score anew)")
         jdir.mkdir(parents=True, exist_ok=True)
         for stale in jdir.glob(".*.tmp-*"):  # leftovers of a killed write
             stale.unlink(missing_ok=True)
