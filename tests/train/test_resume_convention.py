@@ -592,3 +592,34 @@ def test_grpo_into_the_sft_run_it_starts_from_is_refused_and_another_stage_is_na
     with pytest.raises(ChangedOptions, match=r"other options \(stage: 'sft' -> 'grpo', "):
         grpo(tmp_path / "base", sft)
     assert contents() == files
+
+
+def test_a_process_other_than_the_first_writes_and_deletes_nothing_in_the_run_folder(tmp_path, monkeypatch):
+    """Under torchrun every process plans the run, but only the first owns `out`: another one that planned before
+    the first had claimed the folder wrote the inputs record into it, and the first then refused the folder as
+    not written by unime (seen in CI: GRPO on two processes). The others read; they do not write or delete."""
+    from dataclasses import dataclass
+
+    from unime.models.run_state import INPUTS_FILE
+    from unime.options import option
+
+    @dataclass
+    class Config:
+        records: str = option(None, input_file=True)
+
+    recs = tmp_path / "recs.jsonl"
+    recs.write_text('{"id": 1}\n')
+    out = tmp_path / "run"
+    monkeypatch.setenv("RANK", "1")
+    assert _plan(out, config=Config(str(recs))).checkpoint is None
+    assert not out.exists()  # nothing written
+    from unime.outdir import claim
+
+    claim(out, "train embedder").release()  # the first process's claim
+    ckpt = _complete_checkpoint(out / "checkpoints" / "checkpoint-5", 5)
+    (out / "metrics.json").write_text("{}")
+    assert _plan(out, overwrite=True, config=Config(str(recs))).checkpoint is None
+    assert ckpt.is_dir() and (out / "metrics.json").is_file() and not (out / INPUTS_FILE).exists()  # nothing deleted
+    monkeypatch.setenv("RANK", "0")
+    _plan(out, overwrite=True, config=Config(str(recs)))
+    assert not ckpt.exists() and not (out / "metrics.json").exists() and (out / INPUTS_FILE).is_file()

@@ -363,7 +363,7 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     (`option_defaults`), and one given at what its None stands for is the option unset (`none_meanings`); its
     input files (`input_fingerprints`) are recorded in `INPUTS_FILE`, and other content than the run recorded
     is refused like other options."""
-    from unime.outdir import require_replaceable
+    from unime.outdir import is_main_process, require_replaceable
 
     out = Path(out)
     if config is not None:
@@ -380,6 +380,7 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     diff.sort(key=lambda k: k != "stage")  # another kind of run (SFT / GRPO) first: the other keys follow from it
     if diff and not overwrite:
         raise refuse_changed_options(out, before, options, diff, option_flags(config) if config is not None else None)
+    main = is_main_process()  # the one process that owns `out` writes and deletes there; the others only read it
     inputs = input_fingerprints(config)
     changed = changed_inputs(out, inputs, option_flags(config) if config is not None else None) \
         if before is not None and not overwrite else []
@@ -392,17 +393,18 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
                              "copy it elsewhere first, or continue the run without --overwrite")
         if diff:
             log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
-        for name in (finished_file, CHECKPOINTS_DIR):
-            require_replaceable(out, name)
-        (out / finished_file).unlink(missing_ok=True)
-        remove_checkpoints(out / CHECKPOINTS_DIR)
+        if main:
+            for name in (finished_file, CHECKPOINTS_DIR):
+                require_replaceable(out, name)
+            (out / finished_file).unlink(missing_ok=True)
+            remove_checkpoints(out / CHECKPOINTS_DIR)
         checkpoint = explicit
     else:
-        if (out / finished_file).exists():  # the export of a finished run went missing, or --resume: exported again
+        if main and (out / finished_file).exists():  # the export of a finished run went missing, or --resume
             require_replaceable(out, finished_file)
             (out / finished_file).unlink()
         checkpoint = explicit or last_complete_checkpoint(out / CHECKPOINTS_DIR)
-    if inputs or (out / INPUTS_FILE).exists():  # what this run trains on, compared by its re-runs
+    if main and (inputs or (out / INPUTS_FILE).exists()):  # what this run trains on, compared by its re-runs
         require_replaceable(out, INPUTS_FILE)
         _write_json(out / INPUTS_FILE, inputs)
     if checkpoint is not None:
