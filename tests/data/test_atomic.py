@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from unime.data.atomic import atomic_dir
 
 
@@ -70,3 +72,22 @@ def test_merged_dir_merges_folders_file_by_file_and_reports_what_it_kept(tmp_pat
     assert (out / "sub" / "mine.txt").read_text() == "the user's" and (out / "sub" / "deeper" / "x").is_file()
     assert sorted(kept) == ["sub/deeper", "sub/mine.txt", "top.txt"]
     assert sorted(p.name for p in out.iterdir()) == [".hidden", "new.txt", "sub", "top.txt"]  # no temporary left
+
+
+def test_merged_dir_refuses_a_folder_where_it_writes_a_file_and_replaces_nothing(tmp_path):
+    """A user's folder (or file) standing where the command writes a file (or folder) of the same name is not the
+    command's to delete: the merge is refused, naming it, before any file is replaced."""
+    from unime.data.atomic import merged_dir
+    from unime.errors import UnimeError
+
+    out = tmp_path / "out"
+    (out / "model.bin").mkdir(parents=True)
+    (out / "model.bin" / "notes.txt").write_text("the user's")
+    (out / "config.json").write_text("old")
+    with pytest.raises(UnimeError, match=r"model\.bin is in the way: the command writes a file there"):
+        with merged_dir(out) as d:
+            (d / "config.json").write_text("new")
+            (d / "model.bin").write_text("weights")
+    assert (out / "model.bin" / "notes.txt").read_text() == "the user's"
+    assert (out / "config.json").read_text() == "old"  # nothing replaced
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.bin"]  # no temporary left

@@ -113,9 +113,36 @@ def merged_dir(path: str | os.PathLike, *, kept: list[str] | None = None) -> Ite
     try:
         yield tmp
         ordinary_modes(tmp)
+        clash = _kind_clash(tmp, target)
+        if clash is not None:
+            from unime.errors import UnimeError
+
+            raise UnimeError(f"{target / clash} is in the way: the command writes a "
+                             f"{'folder' if (tmp / clash).is_dir() else 'file'} there; move it away and run again "
+                             "(nothing was replaced)")
         _merge_into(tmp, target, kept if kept is not None else [], "")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_folder(p: Path) -> bool:
+    return p.is_dir() and not p.is_symlink()
+
+
+def _kind_clash(src: Path, dest: Path, prefix: str = "") -> str | None:
+    """The first entry (relative path) where `dest` holds a folder and `src` a file of the same name, or the other
+    way round: not the command's to replace, so `merged_dir` refuses before replacing anything."""
+    for entry in sorted(src.iterdir()):
+        to = dest / entry.name
+        if not (to.exists() or to.is_symlink()):
+            continue
+        if _is_folder(entry) and _is_folder(to):
+            found = _kind_clash(entry, to, f"{prefix}{entry.name}/")
+            if found is not None:
+                return found
+        elif _is_folder(entry) or _is_folder(to):
+            return f"{prefix}{entry.name}"
+    return None
 
 
 def _merge_into(src: Path, dest: Path, kept: list[str], prefix: str) -> None:
@@ -123,14 +150,10 @@ def _merge_into(src: Path, dest: Path, kept: list[str], prefix: str) -> None:
     for entry in sorted(src.iterdir()):
         written.add(entry.name)
         to = dest / entry.name
-        if entry.is_dir() and not entry.is_symlink() and to.is_dir() and not to.is_symlink():
+        if _is_folder(entry) and _is_folder(to):
             _merge_into(entry, to, kept, f"{prefix}{entry.name}/")
             continue
-        if to.is_dir() and not to.is_symlink():
-            shutil.rmtree(to)  # a folder where this command writes a file of the same name
-        elif entry.is_dir() and (to.exists() or to.is_symlink()):
-            to.unlink()  # a file where it writes a folder
-        os.replace(entry, to)
+        os.replace(entry, to)  # a file over a file (`_kind_clash` refused a folder against a file)
     kept.extend(f"{prefix}{p.name}" for p in sorted(dest.iterdir())
                 if p.name not in written and not p.name.startswith("."))
 
