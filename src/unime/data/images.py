@@ -13,15 +13,12 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unime.data.items import ImageRef
+from unime.data.video import VideoSampling, load_video
 from unime.errors import DataError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from unime.data.video import VideoSampling
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
 MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: longer image paths are bad input, not an OS error
@@ -30,7 +27,7 @@ MAX_NAME_BYTES = 255   # NAME_MAX: one path component
 
 class ImageLoader:
     def __init__(self, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, video: "VideoSampling | None" = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, video: VideoSampling | None = None):
         self.root = Path(root).resolve() if root is not None else Path.cwd().resolve()
         self.allow_outside_root = allow_outside_root
         self.max_pixels = max_pixels
@@ -117,8 +114,6 @@ class ImageLoader:
     def load_video(self, refs, *, source=None, record=None, field="video"):
         """An item's `video` (one video file, or a list of frames) → `unime.data.video.Video`: decoded,
         sampled and checked by the rules of `unime.data.video`, frames cached by content."""
-        from unime.data.video import load_video
-
         return load_video(self, refs, self.video_sampling, source=source, record=record, field=field)
 
 

@@ -47,13 +47,10 @@ import threading
 from collections import OrderedDict
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from unime.errors import DataError
 from unime.options import none_meanings, option
-
-if TYPE_CHECKING:  # pragma: no cover
-    from unime.data.images import ImageLoader
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
                               ".wmv", ".3gp", ".ogv"})
@@ -80,6 +77,15 @@ def _bad_video_options(frames, fps, max_frames, max_pixels) -> str | None:
     if max_pixels is not None and max_pixels < MIN_VIDEO_PIXELS:
         return f"--video-max-pixels must be >= {MIN_VIDEO_PIXELS} (one 28 x 28 frame), got {max_pixels}"
     return None
+
+
+class FrameLoader(Protocol):
+    """What reading a video needs of an image loader (`unime.data.images.ImageLoader`): its path rule for a
+    video file, and its image rules for the frames of a frame list."""
+
+    def resolve(self, ref: str, *, source=None, record=None, field=None) -> Path: ...
+
+    def load(self, ref: Any, *, source=None, record=None, field=None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -370,7 +376,7 @@ def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline b
                             source=name, decoded_frames=decoded))
 
 
-def probe_video_file(loader: "ImageLoader", ref: Any, sampling: VideoSampling | None = None, *, source=None,
+def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | None = None, *, source=None,
                      record=None, field=None) -> None:
     """The cheap check of one video file (a path under `loader`'s root, or inline bytes), no frame decoded: the
     path stays inside the root, the file exists, is not empty nor over ``max_bytes``, PyAV opens its container
@@ -521,7 +527,7 @@ def _content_key(data: bytes, sampling: VideoSampling) -> str:
     return h.hexdigest()
 
 
-def _video_path(loader: "ImageLoader", ref: str, sampling: VideoSampling, *, source, record, field) -> Path:
+def _video_path(loader: FrameLoader, ref: str, sampling: VideoSampling, *, source, record, field) -> Path:
     """The file of a video path: inside the data root, existing, within ``max_bytes``."""
     path = loader.resolve(ref, source=source, record=record, field=field)
     if not path.is_file():
@@ -533,7 +539,7 @@ def _video_path(loader: "ImageLoader", ref: str, sampling: VideoSampling, *, sou
     return path
 
 
-def load_video(loader: "ImageLoader", refs: Sequence[Any], sampling: VideoSampling | None = None, *,
+def load_video(loader: FrameLoader, refs: Sequence[Any], sampling: VideoSampling | None = None, *,
                cache: FrameCache | None = FRAME_CACHE, source=None, record=None, field=None) -> Video:
     """A `Video` from an item's `video` references: one video file, or a list of frames."""
     sampling = sampling or VideoSampling()
