@@ -35,7 +35,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from unime.cli import main as cli
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
     from unime.demo.pretrain import PretrainRecipe
     from unime.demo.video_rows import world_args
     from unime.models.tiny import TinySize, build_tiny

@@ -30,7 +30,7 @@ OWNERS = {
     (r"dropout", 0.05): {"unime/models/lora.py": 1},          # GENERATIVE_LORA
     (r"interval", 5): {"unime/mining/sampling.py": 1},        # cyclical sampling interval i
     (r"count", 10): {"unime/mining/sampling.py": 1,           # negatives picked per query
-                     "unime/demo/pipeline.py": 1},            # the demo's own setting (its report), not a default
+                     "unime/demo/run.py": 1},                 # the demo's own setting (its report), not a default
     (r"recall_k", 10): {"unime/index/ann.py": 1},             # recall@k of an approximate index
     (r"(recall_)?sample", 200): {"unime/index/ann.py": 1},    # queries of that measurement (index build, mining)
     (r"chunk_size", 1024): {"unime/index/store.py": 1},       # items per index chunk
@@ -156,7 +156,7 @@ def search(k=10, top_k=10, sample_rate=200, n_interval=3): ...
 '''
     assert [b.split(": ", 1)[1] for b in misplaced({"unime/x.py": restated})] == [
         "interval = 5 (defined in unime/mining/sampling.py)",
-        "count = 10 (defined in unime/mining/sampling.py, unime/demo/pipeline.py)",
+        "count = 10 (defined in unime/mining/sampling.py, unime/demo/run.py)",
         "chunk_size = 1024 (defined in unime/index/store.py)",
         "recall_k = 10 (defined in unime/index/ann.py)",
         "recall_sample = 200 (defined in unime/index/ann.py)",

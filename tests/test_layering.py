@@ -4,8 +4,9 @@ every import points down the stage floors (docs/CONTRACTS.md, the project's desi
     errors → data → models → {mining, eval, reasoning} → {train, embed_rl} → demo → cli
 
 Every import counts, also the ones inside functions (a lazy import is still an arrow), except those under
-`if TYPE_CHECKING:` (annotations only: no arrow at run time). Stages on the same floor do not import each
-other either: they talk through files.
+`if TYPE_CHECKING:` (annotations only: no arrow at run time) for the floors. Stages on the same floor do not
+import each other either: they talk through files. No cycle between files even through those annotation-only
+imports: a helper that names its caller's class in an annotation still reaches up into it (issue #14).
 """
 
 from __future__ import annotations
@@ -75,14 +76,16 @@ def _runtime_nodes(tree: ast.AST):
         stack.extend(ast.iter_child_nodes(node))
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module → the package modules it imports (anywhere in the file)."""
+def import_graph(*, annotations: bool = False) -> dict[str, set[str]]:
+    """module → the package modules it imports (anywhere in the file; `annotations`: also under
+    `if TYPE_CHECKING:`)."""
     mods = _modules()
     graph: dict[str, set[str]] = {}
     for mod, (path, is_pkg) in mods.items():
         package = mod if is_pkg else mod.rpartition(".")[0]
         targets: set[str] = set()
-        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree) if annotations else _runtime_nodes(tree):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -190,6 +193,7 @@ def test_the_graph_reader_sees_relative_lazy_and_from_package_imports(tmp_path, 
     assert g["unime.data.a"] == {"unime.models.b"}
     assert g["unime.models"] == {"unime.models.b"}
     assert g["unime.models.b"] == {"unime.data.a", "unime.errors"}
+    assert import_graph(annotations=True)["unime.models.b"] == {"unime.data.a", "unime.errors", "unime.models"}
     assert cycles(g) == [{"unime.data.a", "unime.models.b"}]
     assert upward_imports(g) == ["unime.data.a -> unime.models.b (floor 1 unime.data imports floor 2 unime.models)"]
 
@@ -209,6 +213,12 @@ def _try_floor(mod):
 def test_no_import_cycle_between_files(graph):
     found = [c for c in cycles(graph) if c not in ALLOWED_CYCLES]
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(sorted(c)) for c in found)
+
+
+def test_no_import_cycle_between_files_even_through_annotation_only_imports():
+    found = [c for c in cycles(import_graph(annotations=True)) if c not in ALLOWED_CYCLES]
+    assert not found, "import cycles (counting `if TYPE_CHECKING:` imports):\n" + "\n".join(
+        " <-> ".join(sorted(c)) for c in found)
 
 
 def test_imports_point_down_the_stage_floors(graph):

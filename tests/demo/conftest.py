@@ -8,4 +8,4 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _machine_load_unknown(monkeypatch):
-    monkeypatch.setattr("unime.demo.pipeline.busy_cores", lambda: None)
+    monkeypatch.setattr("unime.demo.run.busy_cores", lambda: None)

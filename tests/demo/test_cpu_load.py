@@ -30,7 +30,8 @@ def test_busy_cores_is_none_where_proc_stat_cannot_be_read():
 
 @pytest.mark.parametrize("busy,flagged", [(1.5, True), (0.2, False), (None, False)])
 def test_a_stage_started_on_a_busy_machine_is_flagged(tmp_path, monkeypatch, busy, flagged):
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
 
     monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
     messages: list[str] = []

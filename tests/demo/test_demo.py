@@ -84,7 +84,8 @@ def test_judge_records_hard_negatives_are_the_hardest_of_their_source(tiny_world
 
 @pytest.mark.slow
 def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
 
     out = tmp_path / "demo"
     messages: list[str] = []
@@ -247,7 +248,8 @@ def _fabricate_done_stages(demo, stages):
 
 
 def test_demo_stops_after_mine_when_the_judge_is_flat_and_continues_when_allowed(tmp_path):
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
     from unime.errors import DemoStopped, UnimeError
 
     out = tmp_path / "demo"
@@ -283,7 +285,8 @@ def test_demo_stops_after_mine_when_the_judge_is_flat_and_continues_when_allowed
 
 
 def test_demo_eta_uses_recorded_stage_times(tmp_path, monkeypatch):
-    from unime.demo.pipeline import Demo, DemoSettings, StageTimes
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings, StageTimes
 
     monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))  # nothing pretrained
 
@@ -313,7 +316,8 @@ def test_demo_eta_uses_recorded_stage_times(tmp_path, monkeypatch):
 def test_a_stage_run_again_for_added_outputs_keeps_its_earlier_commands_and_time(tmp_path, monkeypatch):
     """An eval stage done before and run again because a new option added rows: the marker (which the report lists)
     keeps the earlier commands and adds the new pass's; the time adds up unless the pass redid earlier commands."""
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
 
     monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
     demo = Demo(tmp_path / "a", DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json")
@@ -340,7 +344,8 @@ def test_a_stage_resumed_in_a_copied_folder_knows_its_earlier_commands(tmp_path,
     """A demo folder copied elsewhere and resumed: the marker's commands name the old folder; they are read with this
     run's folder in its place, so a pass that redoes an earlier command is timed anew (not added to the earlier
     time), and the marker lists the commands with the new folder."""
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
 
     monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
     demo = Demo(tmp_path / "copy", DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json")
@@ -366,7 +371,8 @@ def test_a_first_default_demo_estimates_from_the_shipped_reference_run(tmp_path,
     the pretraining of each model the cache lacks; times recorded here win; other settings have no reference."""
     from types import SimpleNamespace
 
-    from unime.demo.pipeline import Demo, DemoSettings, reference_times
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings, reference_times
 
     monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))  # nothing pretrained
     ref = json.loads((Path(pipeline_module().__file__).with_name("reference_times.json")).read_text())["default"]
@@ -437,7 +443,8 @@ def test_a_demo_folder_made_with_other_settings_is_not_resumed(tmp_path):
     or newer unime's) are not compared."""
     from dataclasses import asdict, replace
 
-    from unime.demo.pipeline import Demo, DemoSettings, changed_settings
+    from unime.demo.pipeline import Demo, changed_settings
+    from unime.demo.run import DemoSettings
     from unime.errors import UsageError
 
     s = DemoSettings.preset("quick")

@@ -69,7 +69,8 @@ def test_subset_per_task_is_round_robin():
 @pytest.mark.slow
 def test_quick_embed_rl_group_end_to_end_and_resumes(tmp_path):
     from unime.demo.embed_rl import EVAL_ROWS, run_embed_rl
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
     from unime.demo.report import write_report
 
     s = DemoSettings.preset("quick")

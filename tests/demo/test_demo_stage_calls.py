@@ -14,7 +14,8 @@ import shutil
 import pytest
 
 from unime.cli import main
-from unime.demo.pipeline import Demo, DemoSettings
+from unime.demo.pipeline import Demo
+from unime.demo.run import DemoSettings
 from unime.demo.stage_calls import command_line, run_stage_command
 from unime.demo.video_rows import VIDEO_TASKS_FILE
 

@@ -22,7 +22,8 @@ def test_demo_video_rows_equal_hit_at_1_computed_here(tmp_path, tiny_model_dir):
     from unime.cli import main
     from unime.data.mmeb_v2 import v2_row_from_dict
     from unime.data.video import FRAME_CACHE
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
     from unime.demo.video_rows import COLUMNS, run_video_evals, video_section, world_args
     from unime.models.embedder import Embedder
 
@@ -109,7 +110,8 @@ def test_demo_video_rows_equal_hit_at_1_computed_here(tmp_path, tiny_model_dir):
 
 
 def test_demo_without_video_has_no_video_rows(tmp_path):
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
     from unime.demo.video_rows import video_eval_done, video_section, world_args
 
     settings = DemoSettings.preset("quick")
@@ -124,7 +126,8 @@ def test_demo_trains_and_mines_on_image_and_video_records(tmp_path):
     `video_train` off, or no video in the world, the image records file itself."""
     from unime.cli import main
     from unime.data.io import read_records
-    from unime.demo.pipeline import Demo, DemoSettings
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
     from unime.demo.video_rows import training_records, video_options, world_args
 
     settings = DemoSettings.preset("quick")

@@ -30,7 +30,7 @@ from unime.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from unime.data.synth import World
-    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoRun
 
 # eval folder name under er/eval → what it is (the report's rows, in order)
 EVAL_ROWS = {
@@ -102,7 +102,7 @@ def subset_per_task(records: Sequence[Record], n: int) -> list[Record]:
     return out
 
 
-def embed_rl_paths(demo: "Demo") -> dict[str, Path]:
+def embed_rl_paths(demo: "DemoRun") -> dict[str, Path]:
     er = demo.p("er")
     return {"er": er, "records": er / "records.jsonl", "tcots": er / "tcots_teacher.jsonl",
             "judge_records": er / "judge_records.jsonl", "judge": er / "judge", "split": er / "split",
@@ -114,7 +114,7 @@ def embed_rl_paths(demo: "Demo") -> dict[str, Path]:
             "eval": er / "eval"}
 
 
-def run_embed_rl(demo: "Demo") -> None:
+def run_embed_rl(demo: "DemoRun") -> None:
     """Add the Embed-RL stages to `demo` (needs its `world` and `models` stages done)."""
     s, dev, world = demo.s, {"--device": demo.device}, demo.world
     P = embed_rl_paths(demo)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from unime.demo.pipeline import Demo
+from unime.demo.run import START_ROW
 
-START_ROW = "start"  # the pretrained base before any training on the world (`Demo.evaluated_models`)
+if TYPE_CHECKING:  # pragma: no cover
+    from unime.demo.run import DemoRun
+
 ROW_TITLES = {
     START_ROW: "Pretrained base, not trained on this world (the embedders' start)",
     "baseline": "InfoNCE, in-batch only (no HN, no soft labels)",
@@ -140,7 +141,7 @@ def significance_cells(out: Path, rows: list[str], seeds: list[int], *, baseline
     return out_rows
 
 
-def write_report(demo: "Demo") -> Path:
+def write_report(demo: "DemoRun") -> Path:
     out = demo.out
     s = demo.s
     seeds = list(s.seeds)
@@ -241,7 +242,7 @@ def _captioning(c: dict | None) -> str:
             f"(loss {_num(c.get('first_loss'))} → {_num(c.get('last_loss'))}), then ")
 
 
-def _backbones_section(demo: "Demo") -> list[str]:
+def _backbones_section(demo: "DemoRun") -> list[str]:
     """Where the embedder and the judge start: the pretrained base and the pretrained judge (their recipes,
     corpus, training figures, and whether this run reused them from the per-machine cache)."""
     base = _load(demo.p("models", "pretrained.json"))
@@ -288,7 +289,8 @@ def _backbones_section(demo: "Demo") -> list[str]:
     return md + [""]
 
 
-def _reference_sentence(demo: "Demo", rows: list[tuple[str, list[dict[str, float]]]], boot: dict | None) -> list[str]:
+def _reference_sentence(demo: "DemoRun", rows: list[tuple[str, list[dict[str, float]]]],
+                        boot: dict | None) -> list[str]:
     """Where the VLM baseline stands against the learnability reference trained for the same wall budget."""
     by_title = dict(rows)
     base, ref = by_title.get(ROW_TITLES["baseline"], []), by_title.get(ROW_TITLES["reference"], [])
@@ -394,7 +396,7 @@ def _mining_section(mined: Path, *, judge_trained: bool) -> list[str]:
     return md
 
 
-def _embed_rl_section(demo: "Demo") -> list[str]:
+def _embed_rl_section(demo: "DemoRun") -> list[str]:
     """Embed-RL (`--embed-rl`): `unime reason eval` rows and the GRPO reward components per step."""
     import csv
 
@@ -450,7 +452,7 @@ def _embed_rl_section(demo: "Demo") -> list[str]:
     return md
 
 
-def _curves_section(demo: "Demo") -> list[str]:
+def _curves_section(demo: "DemoRun") -> list[str]:
     md = ["## Training curves", ""]
     candidates = [("judge", demo.p("judge", "model")), ("reranker", demo.p("reranker"))]
     for row, outs in demo.embedder_runs().items():

@@ -20,23 +20,23 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoRun
 
 VIDEO_TASKS_FILE = "eval_tasks_video.yaml"
 COLUMNS = (("classification", "CLS"), ("vqa", "QA"), ("retrieval", "RET"), ("moment_retrieval", "MRET"))
 
 
-def world_args(demo: "Demo") -> dict:
+def world_args(demo: "DemoRun") -> dict:
     """`unime data synth` options of the video part (none when video is off)."""
     s = demo.s
     return {"--video-clips": s.video_clips, "--video-frames": s.video_frames} if s.video_clips > 0 else {}
 
 
-def trains_on_video(demo: "Demo") -> bool:
+def trains_on_video(demo: "DemoRun") -> bool:
     return demo.s.video_clips > 0 and demo.s.video_train
 
 
-def training_records(demo: "Demo") -> Path:
+def training_records(demo: "DemoRun") -> Path:
     """The records the demo's embedders are trained and mined on: the world's image records, followed by its video
     training records when `trains_on_video` (one JSONL in the demo folder, rewritten only when its content would
     change, atomically)."""
@@ -54,24 +54,24 @@ def training_records(demo: "Demo") -> Path:
     return out
 
 
-def video_options(demo: "Demo") -> dict:
+def video_options(demo: "DemoRun") -> dict:
     """The frame sampling of mining (the same as the video evals'; the demo's trainers use the default, 8 frames,
     which `DemoSettings.video_frames` equals)."""
     return {"--video-frames": demo.s.video_frames} if trains_on_video(demo) else {}
 
 
-def video_eval_dir(demo: "Demo", row: str, seed: int) -> Path:
+def video_eval_dir(demo: "DemoRun", row: str, seed: int) -> Path:
     return demo.p("eval", "video", f"{row}_s{seed}")
 
 
-def video_eval_done(demo: "Demo") -> list[Path]:
+def video_eval_done(demo: "DemoRun") -> list[Path]:
     """The summaries the eval stage must have written when video is on (for its resume check)."""
     if demo.s.video_clips <= 0:
         return []
     return [video_eval_dir(demo, row, seed) / "summary.json" for row, seed, _ in demo.evaluated_models()]
 
 
-def run_video_evals(demo: "Demo", commands: list[str]) -> None:
+def run_video_evals(demo: "DemoRun", commands: list[str]) -> None:
     """`unime eval` of every trained embedder on the video tasks (part of the demo's eval stage)."""
     tasks = demo.world / VIDEO_TASKS_FILE
     if demo.s.video_clips <= 0:
@@ -117,7 +117,7 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def video_section(demo: "Demo", titles: dict[str, str], fmt: Callable[[list[float]], str]) -> list[str]:
+def video_section(demo: "DemoRun", titles: dict[str, str], fmt: Callable[[list[float]], str]) -> list[str]:
     """The report's video rows (empty when the demo ran without video): one row per trained embedder (`titles`:
     row name → title), cells formatted by `fmt` (the report's mean ± interval over seeds)."""
     if demo.s.video_clips <= 0:

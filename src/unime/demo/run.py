@@ -1,0 +1,403 @@
+"""What the stages of a demo run share, below the pipeline that orders them (`unime.demo.pipeline`) and the
+stage helpers (`unime.demo.embed_rl`, `unime.demo.video_rows`, `unime.demo.report`): the run's settings
+(`DemoSettings`), its output folder and paths, running a `unime` command (`run_command(s)`), a resumable timed
+stage (`stage`, with its progress line and ETA from earlier runs' stage times), and the embedders it trains
+(`embedder_runs`, `evaluated_models`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from unime.demo.cpu_load import BUSY_CORES, busy_cores
+from unime.train.loss_defaults import DEFAULT_TEMPERATURE
+
+log = logging.getLogger(__name__)
+
+START_ROW = "start"  # the pretrained base before any training on the world (`DemoRun.evaluated_models`)
+
+
+@dataclass
+class DemoSettings:
+    """Sizes and budgets. `quick` is the CI smoke test. `default` (4 seeds) took 20.5 min (1,228 s) on 2 idle CPU cores
+    with both pretrained models cached (the hard-negative and soft-label rows are 47 % of it; docs/DEMO.md)."""
+
+    family: str = "qwen2_vl"
+    world_size: str = "default"
+    pretrain: str = "default"  # `unime models pretrain --preset`: the backbone of the embedder and the judge
+    # world overrides (`unime data synth --train-scenes/--train-per-task`); None = the size preset's value.
+    # 150 records per task (the preset's 50 left even an independent dual encoder far from saturation)
+    world_train_scenes: int | None = 720
+    world_train_per_task: int | None = 150
+    seeds: tuple[int, ...] = (0, 1, 2, 3)  # Table 4 needs >= 4 seeds per row for its intervals
+    # judge: the pretrained judge (`unime models pretrain-judge`: the pretrained base trained as a Yes/No judge
+    # on the same corpus, cached per machine), judging this world zero-shot as the paper's frozen judge does
+    # (`pretrained_judge` off: the embedder's base). judge_steps > 0 fine-tunes it on this world's labelled
+    # pairs first (full fine-tuning, answer-token loss + group_weight × the within-record softmax; the batch
+    # counts records). Measured on the default world's mining audit (within-query AUC, mean over datasets;
+    # fallback): from the base, 400 steps: 0.724, 14.5 %; pretrained judge zero-shot: 0.753, 12.7 %;
+    # pretrained judge + 400 steps: 0.746, 15.4 %.
+    pretrained_judge: bool = True
+    judge_steps: int = 0
+    judge_batch: int = 4
+    judge_lr: float = 5e-4
+    judge_negatives: int = 3
+    judge_group_weight: float = 1.0
+    # embedders
+    embed_steps: int = 80
+    embed_batch: int = 32
+    embed_lr: float = 5e-4
+    tau: float = 0.05
+    hard_negatives: int = 8
+    # mining
+    k: int = 50
+    count: int = 10
+    # reranker. Measured from the pretrained judge (lr 3e-4) on its own mining of the default world, seed 0, 200
+    # steps, the listwise pick over the top 5 of an embedder at 46.3 overall P@1: lr 2e-3 25.8 (answers (1), (3),
+    # (5) only), 3e-4 28.5 (every position), 1e-4 33.7 but the answer format unlearnt (96 % unparsable, the
+    # embedder's order kept). 1,000 steps at 3e-4: 20.3 (listwise does not learn at this scale); pairwise-only
+    # resort 35.0. At this scale the reranker is weaker than the embedder it reranks.
+    rerank_steps: int = 200
+    rerank_batch: int = 4
+    rerank_lr: float = 3e-4
+    rerank_negatives: int = 4
+    rerank_topk: int = 5
+    threads: int = 0  # 0 = torch's default
+    # learnability reference (`unime eval reference`): its wall budget per seed, meant to equal the
+    # baseline embedder's training time per seed (the report shows both)
+    reference_seconds: float = 60.0
+    # the judge check after mining (unime.demo.judge_gate)
+    stop_on_weak_judge: bool = True
+    max_fallback_share: float = 0.2
+    # Embed-RL group (`--embed-rl`, unime.demo.embed_rl)
+    er_records: int = 360  # training records it uses (round-robin over tasks; 0 = all)
+    er_judge_steps: int = 150
+    er_judge_negatives: int = 3
+    er_rl_fraction: float = 0.2
+    er_embed_steps: int = 60
+    er_embed_batch: int = 16
+    er_embed_lr: float = 1e-3
+    er_tau: float = DEFAULT_TEMPERATURE
+    # measured on the default world (well-formed T-CoTs of the SFT reasoner on the 1,810 eval items). From the base
+    # before its captioning stage: 120 records x 16 epochs 83 %, 360 x 8 95 % (120 x 4 epochs gave 3 % on held-out
+    # training records). From the captioned base, 360 records, 128 new tokens: 8 epochs 86.5 %, 12 89.8 %, 16 88.5 %
+    # (it writes caption-like rethinks and skips a closing tag); 12 epochs with 160 new tokens 90.4 % at one thread,
+    # 90.7 % in the demo (2 threads)
+    er_sft_epochs: float = 12.0
+    er_sft_batch: int = 16
+    er_sft_lr: float = 1e-3
+    # 30 GRPO steps (80 s): the reward's trend shows over the steps' noise (total 0.100 → 0.132, outcome accuracy
+    # 0.75 → 0.81 from the first to the last 10 steps); 6 steps showed only the noise (docs/DEMO.md)
+    er_grpo_steps: int = 30
+    er_grpo_epochs: int = 5
+    er_grpo_lr: float = 3e-6
+    er_generations: int = 4
+    er_max_new_tokens: int = 160  # the teacher's T-CoTs are up to 145 tokens in the base's tokenizer (99 % <= 123)
+    # video (unime.demo.video_rows): eval clips of the world (0 = no video), frames per clip; the trained
+    # embedders are evaluated on the world's MMEB-V2 video tasks in the eval stage
+    video_clips: int = 24
+    video_frames: int = 8
+    video_train: bool = True  # train and mine on the world's video training records too (unime.demo.video_rows)
+
+    @classmethod
+    def preset(cls, name: str) -> "DemoSettings":
+        if name == "default":
+            return cls()
+        if name == "quick":
+            return cls(world_size="tiny", pretrain="quick", world_train_scenes=None, world_train_per_task=None,
+                       seeds=(0,), judge_steps=40,
+                       embed_steps=20, rerank_steps=20, k=10, count=4, hard_negatives=4, rerank_negatives=3,
+                       rerank_topk=3, er_records=24, er_judge_steps=20, er_embed_steps=8, er_sft_epochs=1.0,
+                       er_grpo_steps=2, er_max_new_tokens=48, reference_seconds=4.0, video_clips=4,
+                       stop_on_weak_judge=False)  # a 40-step smoke judge cannot pass the check
+        raise ValueError(f"unknown preset {name!r} (default, quick)")
+
+
+@dataclass
+class StageResult:
+    name: str
+    seconds: float
+    commands: list[str] = field(default_factory=list)
+    skipped: bool = False
+    busy_cores: float | None = None  # other work on the machine at the stage's start (`unime.demo.cpu_load`)
+
+
+class DemoRun:
+    """A demo run in its output folder `out`: the stages' shared state and how a stage runs. The stages
+    themselves, in order, are `unime.demo.pipeline.Demo`'s."""
+
+    def __init__(self, out: str | os.PathLike, settings: DemoSettings, *, device: str = "cpu",
+                 progress: Callable[[str], None] = print, embed_rl: bool = False, oracle_judge: bool = False,
+                 timings: str | os.PathLike | None = None, jobs: int = 1,
+                 load_probe: Callable[[], float | None] | None = None):
+        from unime.demo.parallel import auto_jobs
+
+        self.out = Path(out)
+        # independent commands (one per seed) run `jobs` at a time (unime.demo.parallel); 0 = auto
+        self.jobs = jobs if jobs > 0 else auto_jobs(device, len(settings.seeds))
+        self.embed_rl = embed_rl
+        self.oracle_judge = oracle_judge
+        self.s = settings
+        self.device = device
+        self.say = progress
+        # cores busy with other work (None: unknown), checked as each stage starts
+        self.load_probe = load_probe or busy_cores
+        self.results: list[StageResult] = []
+        # stage times of earlier runs with the same settings (for the ETA); default in the user's cache
+        self.timings = StageTimes(Path(timings) if timings else default_timings_path(), self.timings_key())
+        self.pretrain_seconds = 0.0  # of the stage running: pretraining done in it (timed apart, `stage`)
+        self.stage_busy = False  # the stage running started on a busy machine: its times are not recorded
+        self.t_start = time.perf_counter()
+
+    # -- paths ------------------------------------------------------------------------------------
+    @property
+    def world(self) -> Path:
+        return self.out / "world"
+
+    def p(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    def reference_runs(self) -> list[Path]:
+        return [self.p("eval", f"reference_s{seed}") for seed in self.s.seeds]
+
+    def planned_stages(self) -> list[str]:
+        """Every stage `run` goes through, in order (for "stage k of n" and the ETA): the pipeline's stage order
+        (`unime.demo.pipeline.Demo`)."""
+        raise NotImplementedError
+
+    def timings_key(self) -> str:
+        import hashlib
+
+        settings = {k: v for k, v in asdict(self.s).items() if k not in ("stop_on_weak_judge", "max_fallback_share")}
+        key = {"settings": settings, "device": self.device, "embed_rl": self.embed_rl,
+               "oracle_judge": self.oracle_judge, **({"jobs": self.jobs} if self.jobs > 1 else {})}
+        return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def evaluated_models(self) -> list[tuple[str, int, Path]]:
+        """(row, seed, model) of every embedder the eval stage evaluates: the embedders' start (the pretrained base,
+        not trained on this world; one run under the first seed, it has none of its own), then each trained row."""
+        return [(START_ROW, self.s.seeds[0], self.p("models", "embedder-base"))] + [
+            (row, seed, out / "merged") for row, outs in self.embedder_runs().items()
+            for seed, out in zip(self.s.seeds, outs)]
+
+    def embedder_runs(self) -> dict[str, list[Path]]:
+        """Ablation row → one training folder per seed."""
+        rows = ("baseline", "hn", "soft") + (("hn_oracle", "soft_oracle") if self.oracle_judge else ())
+        return {name: [self.p("embedders", f"{name}_s{seed}") for seed in self.s.seeds] for name in rows}
+
+    # -- running ----------------------------------------------------------------------------------
+    def run_command(self, command: str, options: dict, commands: list[str]) -> None:
+        """Run `unime COMMAND` with `options` ({flag: value}, True = a bare flag) through its stage function
+        (`unime.demo.stage_calls`), and list the command in `commands` (the report shows it)."""
+        from unime.demo.parallel import RANKED_COMMANDS, run_ranks, torchrun_line
+        from unime.demo.stage_calls import command_line, run_stage_command
+
+        # a command that spreads its work over processes runs as `jobs` torchrun processes (mining's judge shards)
+        processes = self.jobs if command in RANKED_COMMANDS else 1
+        line = command_line(command, options)
+        commands.append(torchrun_line(processes, line) if processes > 1 else line)
+        threads = _torch_threads()
+        try:
+            if processes > 1:
+                run_ranks(command, options, processes=processes, threads=self.threads_per_job())
+            else:
+                run_stage_command(command, options)
+        finally:
+            _torch_threads(threads)
+
+    def run_commands(self, calls: list[tuple[str, dict]], commands: list[str]) -> None:
+        """`run_command` for independent commands: `self.jobs` at a time in worker processes when jobs > 1
+        (each with its share of the torch threads), in order otherwise."""
+        if self.jobs <= 1 or len(calls) <= 1:
+            for command, options in calls:
+                self.run_command(command, options, commands)
+            return
+        from unime.demo.parallel import run_parallel
+        from unime.demo.stage_calls import command_line
+
+        commands.extend(command_line(command, options) for command, options in calls)
+        run_parallel(calls, jobs=self.jobs, threads=self.threads_per_job())
+
+    def threads_per_job(self) -> int:
+        """Torch threads of each command: the `threads` setting, else the cores shared out among the jobs."""
+        from unime.demo.parallel import threads_per_job
+
+        if self.s.threads:
+            return self.s.threads
+        return threads_per_job(self.jobs) if self.jobs > 1 else _torch_threads()
+
+    def stage(self, name: str, done_when: list[Path], body: Callable[[list[str]], None]) -> None:
+        marker = self.p("stages", f"{name}.json")
+        if marker.is_file() and all(p.exists() for p in done_when):
+            info = json.loads(marker.read_text())
+            self.results.append(StageResult(name, info["seconds"], info["commands"], skipped=True,
+                                            busy_cores=info.get("busy_cores")))
+            self.say(f"[demo] {self.progress_line(name)} done before ({info['seconds']:.0f}s), skipped")
+            return
+        # a stage done before and run again for outputs added since (an eval row of a new option): the body runs only
+        # what is missing, so the stage keeps its earlier commands, and its earlier time when this pass ran only new
+        # commands (a pass that redid earlier ones, their outputs deleted, is timed anew)
+        earlier = json.loads(marker.read_text()) if marker.is_file() else {"seconds": 0.0, "commands": []}
+        earlier["commands"] = self.moved_here(earlier)
+        self.say(f"[demo] {self.progress_line(name, starting=True)} ...")
+        busy = self.load_probe()
+        if busy is not None and busy >= BUSY_CORES:
+            self.say(f"[demo] WARNING: other processes keep {busy:.1f} of {os.cpu_count()} cores busy; this stage's "
+                     "multi-thread steps can run many times slower beside them, so its time is not the demo's "
+                     "(marked in the report)")
+        else:
+            busy = None
+        t0 = time.perf_counter()
+        commands: list[str] = []
+        self.pretrain_seconds, self.stage_busy = 0.0, busy is not None
+        body(commands)
+        seconds = time.perf_counter() - t0
+        if not set(commands) & set(earlier["commands"]):
+            seconds += earlier["seconds"]
+        commands = earlier["commands"] + [c for c in commands if c not in earlier["commands"]]
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"seconds": seconds, "commands": commands, "out": str(self.out),
+                                   **({"busy_cores": round(busy, 2)} if busy is not None else {})}, indent=1))
+        os.replace(tmp, marker)
+        self.results.append(StageResult(name, seconds, commands, busy_cores=busy))
+        # a stage's own time; a first run's pretraining is recorded apart ("pretrain-base", "pretrain-judge"), so a
+        # later run with the models cached does not expect it again. A time taken on a busy machine is not the
+        # demo's: the estimate keeps what it had (an earlier run's time, or the reference run's)
+        if busy is None:
+            self.timings.record(name, max(0.0, seconds - self.pretrain_seconds))
+        self.say(f"[demo] {self.progress_line(name)} {seconds:.0f}s")
+
+    def moved_here(self, marker: dict) -> list[str]:
+        """A stage marker's commands with the output folder it was written in (`out`, when recorded) replaced by
+        this run's: in a demo folder copied or moved elsewhere, the earlier commands are still recognised as the
+        same commands."""
+        was, now = marker.get("out"), str(self.out)
+        if not was or was == now:
+            return list(marker["commands"])
+        return [c.replace(was + os.sep, now + os.sep) for c in marker["commands"]]
+
+    def progress_line(self, name: str, *, starting: bool = False) -> str:
+        """`stage k/n name: elapsed …, remaining ≈ …` — the remaining estimate sums the recorded times of the
+        stages still to run (this folder's markers, else earlier runs with the same settings)."""
+        plan = self.planned_stages()
+        if name not in plan:  # a stage this list does not know yet: shown after the planned ones
+            plan = plan[:-1] + [name, plan[-1]]
+        k = plan.index(name) + 1
+        done = {r.name for r in self.results}
+        todo = [n for n in plan[k - 1 if starting else k:] if n not in done or (starting and n == name)]
+        # a stage with a marker here will be skipped (≈ 0 s); else the time recorded by an earlier run, else the
+        # shipped reference run's (a preset's settings only)
+        known = [(0.0, False) if n != name and self.p("stages", f"{n}.json").is_file() else self.stage_estimate(n)
+                 for n in todo]
+        est = sum(x for x, _ in known if x is not None)
+        missing = sum(x is None for x, _ in known)
+        if not todo:
+            remaining = "remaining 0:00"
+        elif missing == len(todo):
+            remaining = "remaining: no recorded stage times yet"
+        else:
+            remaining = f"remaining ≈ {_clock(est)}" + (f" + {missing} stage(s) without a recorded time" if missing else "")
+            if any(ref for _, ref in known):
+                remaining += " (partly from a reference run on 2 CPU cores)"
+        return f"stage {k}/{len(plan)} {name}: elapsed {_clock(time.perf_counter() - self.t_start)}, {remaining};"
+
+    def note_pretraining(self, what: str, result) -> None:
+        """After `pretrain` / `pretrain_judge` in the models stage: a model trained now (not reused from the cache)
+        has its seconds recorded apart from the stage's (`stage`)."""
+        if not result.reused:
+            seconds = float(result.manifest.get("seconds") or 0.0)
+            self.pretrain_seconds += seconds
+            if not self.stage_busy:
+                self.timings.record(f"pretrain-{what}", seconds)
+
+    def stage_estimate(self, name: str) -> tuple[float | None, bool]:
+        """(seconds, from the shipped reference run) for a stage still to run: the time an earlier run with these
+        settings recorded here, else the reference run's (`reference_times.json`, when the settings are a preset's);
+        the models stage adds the pretraining of each model the cache lacks."""
+        ref = reference_times(self.s)
+        seconds, from_ref = self.timings.get(name), False
+        if seconds is None and ref is not None:
+            stages = {**ref["stages"], **ref.get("embed_rl_stages", {})}
+            seconds, from_ref = stages.get(name), name in stages
+        if name != "models" or seconds is None:
+            return seconds, from_ref
+        from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe, uncached
+
+        recipe = PretrainRecipe.preset(self.s.pretrain).replace(family=self.s.family)
+        judge = JudgePretrainRecipe.preset(self.s.pretrain) if self.s.pretrained_judge else None
+        for what in uncached(recipe, judge, self.world):
+            extra = self.timings.get(f"pretrain-{what}")
+            if extra is None and ref is not None:
+                extra, from_ref = ref["pretraining"][what], True
+            if extra is None:
+                return None, False
+            seconds += extra
+        return seconds, from_ref
+
+
+def _torch_threads(n: int | None = None) -> int:
+    import torch
+
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def _clock(seconds: float) -> str:
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
+
+
+def reference_times(settings: DemoSettings) -> dict | None:
+    """The shipped reference run's stage seconds (`reference_times.json`) when `settings` are those of a preset
+    it has, else None."""
+    data = json.loads((Path(__file__).with_name("reference_times.json")).read_text(encoding="utf-8"))
+    for name, entry in data.items():
+        if isinstance(entry, dict) and asdict(DemoSettings.preset(name)) == asdict(settings):
+            return entry
+    return None
+
+
+def default_timings_path() -> Path:
+    """``$UNIME_CACHE_DIR/demo/stage_seconds.json``, else ``$XDG_CACHE_HOME/unime/demo/...`` (``~/.cache``)."""
+    if os.environ.get("UNIME_CACHE_DIR"):
+        return Path(os.environ["UNIME_CACHE_DIR"]) / "demo" / "stage_seconds.json"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unime" / "demo" / "stage_seconds.json"
+
+
+class StageTimes:
+    """Seconds per stage from earlier demo runs with the same settings (`key`), kept in one small JSON file
+    (the last time of each stage). Only an estimate for the ETA: unreadable or unwritable is not an error."""
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = path, key
+        try:
+            self.data = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            self.data = {}
+
+    def get(self, stage: str) -> float | None:
+        v = self.data.get(self.key, {}).get(stage)
+        return float(v) if isinstance(v, (int, float)) else None
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.data.setdefault(self.key, {})[stage] = round(float(seconds), 1)
+        try:
+            write_json(self.path, self.data)
+        except OSError as e:  # pragma: no cover - a read-only cache folder
+            log.warning("stage times not recorded in %s: %s", self.path, e)
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
