@@ -57,6 +57,13 @@ CASES = [
       "--lora-vision"], "train reasoner: --lora-vision does nothing with --lora-r 0: drop one of them"),
     (["train", "reasoner", "--stage", "sft", "--model", "m", "--out", "{tmp}/r", "--tcots", "t", "--lora-dropout",
       "0.1", "--lora-r", "0"], "train reasoner: --lora-dropout does nothing with --lora-r 0: drop one of them"),
+    # QA: an option of the other stage (GRPO's --beta with --stage sft, SFT's --batch-size with --stage grpo) was
+    # accepted and did nothing
+    (["train", "reasoner", "--stage", "sft", "--model", "m", "--out", "{tmp}/r", "--tcots", "t", "--beta", "0.5"],
+     "train reasoner: --beta does nothing with --stage sft: it acts only with --stage grpo; drop --beta"),
+    (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r", "--records", "r", "--embedder", "e",
+      "--batch-size", "3"],
+     "train reasoner: --batch-size does nothing with --stage grpo: it acts only with --stage sft; drop --batch-size"),
     (["train", "reasoner", "--stage", "sft", "--model", "m", "--out", "{tmp}/r"], "train reasoner: --stage sft needs --tcots"),
     (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r"],
      "train reasoner: --stage grpo needs --records and --embedder"),

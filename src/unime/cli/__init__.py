@@ -210,19 +210,23 @@ def refuse_ineffective_options(args: argparse.Namespace, command: str, rules, va
     """UsageError for an option the user gave (`given_by_user`) that does nothing with another option's value: each
     rule is (option dest, condition dest, the truth of the condition's value the option needs to act), e.g.
     ("chunk_size", "gradcache", True), or ("lora_alpha", "lora_r", True): a LoRA alpha acts only with a rank above
-    0. The condition's value is read from `values` (the built config, where an option left unset holds its resolved
-    default) or else from `args`. A recipe's values stay quiet: a recipe sets options for the settings it is used
-    with."""
+    0. A needed value other than True / False is the one value the option acts with, e.g. ("beta", "stage", "grpo"):
+    --beta acts only with --stage grpo. The condition's value is read from `values` (the built config, where an
+    option left unset holds its resolved default) or else from `args`. A recipe's values stay quiet: a recipe sets
+    options for the settings it is used with."""
     from unime.errors import UsageError
 
     for dest, flag_dest, needed in rules:
         origin = given_by_user(args, dest)
         value = getattr(args if values is None else values, flag_dest)
-        if origin is None or bool(value) == needed:
+        acts = bool(value) == needed if isinstance(needed, bool) else value == needed
+        if origin is None or acts:
             continue
         option, flag = (f"--{d.replace('_', '-')}" for d in (dest, flag_dest))
         where = "" if origin == "command line" else f" ({origin})"
-        if not isinstance(value, bool):  # a value: named, and whose it is when the user did not give it
+        if not isinstance(needed, bool):  # an option of one value of the flag, e.g. of one stage
+            text = f"with {flag} {value}: it acts only with {flag} {needed}; drop {option}"
+        elif not isinstance(value, bool):  # a value: named, and whose it is when the user did not give it
             whose = "" if given_by_user(args, flag_dest) else \
                 " (the recipe's)" if flag_dest in getattr(args, "_origins", {}) else " (its default)"
             text = f"with {flag} {value}{whose}: " + \

@@ -17,6 +17,19 @@ from unime.models.lora import GENERATIVE_LORA_OPTIONS
 _LORA_NEEDS = lora_needs(GENERATIVE_LORA_OPTIONS, "lora_r", True)
 
 
+def _stage_needs() -> list[tuple[str, str, str]]:
+    """Rules for `refuse_ineffective_options`: an option of one stage's config only (e.g. --beta of grpo, --tcots of
+    sft) acts only with that --stage."""
+    from unime.cli.dataclass_options import dest_of, option_fields
+    from unime.embed_rl.grpo import GRPOStageConfig
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
+
+    dests = {stage: {dest_of(f) for f, _, _ in option_fields(cls)}
+             for stage, cls in (("sft", ReasonerSFTConfig), ("grpo", GRPOStageConfig))}
+    return [(dest, "stage", stage) for stage, other in (("sft", "grpo"), ("grpo", "sft"))
+            for dest in sorted(dests[stage] - dests[other])]
+
+
 def _add_parser(actions) -> None:
     from unime.embed_rl.grpo import GRPOStageConfig
     from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
@@ -34,6 +47,7 @@ def _add_parser(actions) -> None:
 
 
 def _run(args) -> int:
+    refuse_ineffective_options(args, "train reasoner", _stage_needs())
     # options the two stages share with their own defaults are None unless given (`add_options`)
     if args.stage == "sft":
         from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
