@@ -366,6 +366,41 @@ def test_global_batch_run_on_another_number_of_processes(tiny_model_dir, mined_w
         train_embedder(base_config(model, out, world, **cfg), records=records)
 
 
+def test_a_batch_size_run_continued_on_another_number_of_processes_warns_of_its_new_global_batch(
+        tiny_model_dir, mined_world, tmp_path, caplog):
+    """A run of a per-device --batch-size (no --global-batch) continued on another number of processes trains at
+    another global batch from there on (per device x processes x accumulation); it did so silently. The run records
+    its process count; the continuation warns in one line with both global batches (not refused: a resize is
+    legitimate). The recorded count is faked: 2 processes then, this one process now."""
+    import json
+
+    from unime.data.io import read_records
+    from unime.train.embedder_trainer import prepare_embedder_training, train_embedder
+
+    world, path = mined_world
+    records = read_records(path)[:8]
+    model = tiny_model_dir("qwen2_vl")
+    cfg = dict(steps=2, save_steps=1, batch_size=2, grad_accum=3)
+    out = tmp_path / "p"
+    train_embedder(base_config(model, out, world, **cfg), records=records)
+    recorded = out / "train_config.json"
+    options = json.loads(recorded.read_text())
+    assert options["processes"] == 1
+    _final_outputs_removed(out, ["adapter", "merged", "README.md", "metrics.json"])  # interrupted in its export
+    with caplog.at_level(logging.WARNING):  # the same count: nothing to say
+        prepare_embedder_training(base_config(model, out, world, **cfg), records=records)
+    assert not [r for r in caplog.records if "global batch" in r.getMessage()]
+    recorded.write_text(json.dumps({**options, "processes": 2}))
+    with caplog.at_level(logging.WARNING):
+        run = prepare_embedder_training(base_config(model, out, world, **cfg), records=records)
+    assert run.resume_from is not None and run.resume_from.name == "checkpoint-2"
+    lines = [r.getMessage() for r in caplog.records if "global batch" in r.getMessage()]
+    # 2 per device x 2 processes x 3 accumulation = 12 then; 2 x 1 x 3 = 6 now
+    assert lines == [f"{out}: continuing a run trained at a global batch of 12 (--batch-size 2 x 2 process(es) x "
+                     "--grad-accum 3) at 6 on 1 process(es) from here on; --global-batch N keeps it fixed across "
+                     "process counts"]
+
+
 def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(tiny_model_dir, tmp_path):
     import unime.train.reranker_trainer as T
     from tests.train.helpers import write_world
