@@ -272,3 +272,21 @@ def test_set_takes_each_option_kind_as_a_config_file_does(capsys):
                        (["nope=1"], "--set: unknown option(s) nope for `unime train embedder`")):
         assert main(["plan", "--recipe", recipe, *(a for s in sets for a in ("--set", s))]) == 2
         assert capsys.readouterr().err.strip() == f"unime: error: {line}"
+
+
+def test_a_set_per_device_batch_size_drops_the_recipes_global_batch(capsys):
+    """QA: `unime plan --recipe unime-v2/qwen2-vl-2b --set batch-size=4` planned the recipe's --global-batch 1024
+    (128 queries per device on 8) and ignored the batch size. A --set batch-size drops the recipe's global batch as
+    the embedder's command line does; --set of both is refused in one line."""
+    from unime.cli import main
+
+    recipe = "unime-v2/qwen2-vl-2b"  # --global-batch 1024, 8 negatives, 672x672 images: 640 tokens per sequence
+    assert main(["plan", "--recipe", recipe, "--gpus", "8", "--set", "batch-size=4"]) == 0
+    out = capsys.readouterr().out
+    # 4 per device x 8 devices = 32 queries x (query, positive, 8 negatives) x 640 tokens
+    assert "per device 4 queries" in out and "(32 queries x 10 sequences x 640 tokens)" in out
+    assert main(["plan", "--recipe", recipe, "--gpus", "8", "--set", "global-batch=64"]) == 0
+    assert "per device 8 queries" in capsys.readouterr().out  # 64 / 8 devices
+    assert main(["plan", "--recipe", recipe, "--set", "batch-size=4", "--set", "global-batch=64"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "unime: error: plan: give --batch-size (per device) or --global-batch (over all processes), not both"

@@ -34,9 +34,12 @@ def set_values(sets: list[str]) -> dict:
 def _command_options(command: str, recipe: str | None, sets: list[str]) -> dict:
     """The planned command's resolved options (its own parser: defaults < recipe < --set). The --set values go
     through the option's own rules, as a config file's keys do (`options_file.apply_options`): a flag takes
-    true / false (a recipe's flag can be turned off), a number its type, a repeatable option each value."""
+    true / false (a recipe's flag can be turned off), a number its type, a repeatable option each value. A --set
+    per-device batch-size drops a recipe's global-batch, as the embedder's command line does (`global_batch_dropped`:
+    it was planned at the recipe's global batch)."""
     from unime.cli import _apply_config, _command_path, build_parser
     from unime.cli.options_file import apply_options
+    from unime.cli.train import global_batch_dropped
 
     parser = build_parser()
     argv = [*command.split(), *(["--recipe", recipe] if recipe else []), "--print-config"]
@@ -44,6 +47,9 @@ def _command_options(command: str, recipe: str | None, sets: list[str]) -> dict:
     subparser = _command_path(parser, argv)[1]
     for dest in apply_options(subparser, set_values(sets), source="--set").values():
         setattr(args, dest, subparser.get_default(dest))  # above the recipe, as the command line would be
+        args._origins[dest] = "command line (--set)"
+    if global_batch_dropped(args, command="plan"):
+        args.global_batch = None
     return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
 

@@ -68,9 +68,10 @@ TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisatio
                 TRAINER_ARGS_GROUP)
 
 
-def _global_batch_dropped(args) -> bool:
+def global_batch_dropped(args, command: str = "train embedder") -> bool:
     """Does a `--batch-size` from a nearer layer (the command line over a config file or a recipe, a config file
-    over a recipe) drop the `--global-batch` of a farther one? Both on one layer are refused."""
+    over a recipe) drop the `--global-batch` of a farther one? Both on one layer are refused (a UsageError of
+    `command`: `unime plan` refuses them in its --set as the trainer does on its command line)."""
     from unime.errors import UsageError
 
     origins = getattr(args, "_origins", {})
@@ -83,16 +84,16 @@ def _global_batch_dropped(args) -> bool:
 
     if layer("batch_size") == layer("global_batch"):
         raise UsageError("give --batch-size (per device) or --global-batch (over all processes), not both",
-                         command="train embedder")
+                         command=command)
     return layer("batch_size") > layer("global_batch")  # the nearer --batch-size wins (README: options win)
 
 
 def embedder_config_from_args(args):
     """The embedder's config from the parsed options. `--global-batch` sets the per-device batch, unless a nearer
-    `--batch-size` drops it (`_global_batch_dropped`)."""
+    `--batch-size` drops it (`global_batch_dropped`)."""
     from unime.train.embedder_config import EmbedderTrainingConfig
 
-    if _global_batch_dropped(args):
+    if global_batch_dropped(args):
         args.global_batch = None
     refuse_ineffective_options(args, "train embedder", _EMBEDDER_NEEDS)
     return config_from_args(EmbedderTrainingConfig, args)
@@ -109,7 +110,7 @@ def _embedder_batch_values(args) -> dict[str, tuple[object, str]]:
     origins = getattr(args, "_origins", {})
     if not getattr(args, "global_batch", None):
         return {}
-    if _global_batch_dropped(args):
+    if global_batch_dropped(args):
         return {"global_batch": (None, f"dropped: --batch-size ({origins['batch_size']}) wins over "
                                        f"{args.global_batch} ({origins['global_batch']})")}
     world = int(os.environ.get("WORLD_SIZE", "1"))
