@@ -345,7 +345,7 @@ def test_data_import_rerun_finished_changed_overwrite_and_interrupted(tmp_path, 
 
     assert main(argv + ["--seed", "1", "--judge-negatives", "2"]) == 2
     (line,) = _error_lines(capsys)
-    assert line == (f"unime: error: {out} holds a run with other options (judge_negatives: 3 -> 2, seed: 0 -> 1); "
+    assert line == (f"unime: error: {out} holds a run with other options (--judge-negatives: 3 -> 2, --seed: 0 -> 1); "
                     "re-run with the same options to continue it, pass --overwrite to start over, or choose another "
                     "--out")
     assert _mtimes(out) == before

@@ -72,9 +72,15 @@ CASES = [
     (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r", "--records", "r", "--embedder", "e",
       "--weights", "1,x,2"], "train reasoner: --weights takes three numbers: format,outcome,process (got '1,x,2')"),
     (["index", "build", "--model", "m", "--items", "c.jsonl", "--out", "{tmp}/x", "--ef-search", "0"],
-     "index build: ef_search must be >= 1, got 0"),
+     "index build: --ef-search must be >= 1, got 0"),
+    # QA: the index options' refusals named the config fields (ef_search, nprobe), not the options
+    *((["index", "build", "--model", "m", "--items", "c.jsonl", "--out", "{tmp}/x", option, value],
+       f"index build: {option} must be >= {bound}, got {value}")
+      for option, value, bound in (("--hnsw-m", "0", 1), ("--train-sample", "-1", 0), ("--chunk-size", "0", 1))),
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--nprobe", "0"],
-     "mine: nprobe must be >= 1, got 0"),
+     "mine: --nprobe must be >= 1, got 0"),
+    (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--ef-construction", "0"],
+     "mine: --ef-construction must be >= 1, got 0"),
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--audit"],
      "mine: --audit needs --world"),
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--backend", "vllm",

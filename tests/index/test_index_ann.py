@@ -160,7 +160,7 @@ def test_index_build_options_reach_the_manifest(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["index", "build", "--model", "m", "--items", "c.jsonl", "--out", str(tmp_path / "x"),
                  "--ef-search", "0"]) == 2
-    assert capsys.readouterr().err.splitlines() == ["unime: error: index build: ef_search must be >= 1, got 0"]
+    assert capsys.readouterr().err.splitlines() == ["unime: error: index build: --ef-search must be >= 1, got 0"]
     assert not (tmp_path / "x").exists()
 
 
@@ -188,5 +188,5 @@ def test_mine_index_options_reach_the_index_and_the_stage_hash(monkeypatch, tmp_
     capsys.readouterr()
     assert main(["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", str(tmp_path / "o2"),
                  "--nprobe", "0"]) == 2
-    assert capsys.readouterr().err.splitlines() == ["unime: error: mine: nprobe must be >= 1, got 0"]
+    assert capsys.readouterr().err.splitlines() == ["unime: error: mine: --nprobe must be >= 1, got 0"]
     assert seen[1:] == []  # refused before mining started

@@ -63,16 +63,18 @@ ANN_GROUP = "FAISS index"
 
 @dataclass(kw_only=True)
 class AnnOptions:
-    """The `IndexConfig` parameters as options of `unime index build` and `unime mine` (defaults: its own)."""
+    """The `IndexConfig` parameters as options of `unime index build` and `unime mine` (defaults: its own; their
+    ranges as `IndexConfig` checks them, so that a value outside is refused naming the option, `--ef-search`)."""
 
     option_groups = {ANN_GROUP: "approximate search (hnsw, ivf) and the precision of the vectors inside the index"}
-    nlist: int = option(IndexConfig.nlist, "ivf: number of lists (0 = 4*sqrt(n))", group=ANN_GROUP)
-    nprobe: int = option(IndexConfig.nprobe, "ivf: lists probed per query", group=ANN_GROUP)
+    nlist: int = option(IndexConfig.nlist, "ivf: number of lists (0 = 4*sqrt(n))", group=ANN_GROUP, at_least=0)
+    nprobe: int = option(IndexConfig.nprobe, "ivf: lists probed per query", group=ANN_GROUP, at_least=1)
     train_sample: int = option(IndexConfig.train_sample, "ivf: vectors sampled to train the lists "
-                               "(0 = min(n, 256*nlist))", group=ANN_GROUP)
-    hnsw_m: int = option(IndexConfig.hnsw_m, "hnsw: graph degree", group=ANN_GROUP)
-    ef_construction: int = option(IndexConfig.ef_construction, "hnsw: build breadth", group=ANN_GROUP)
-    ef_search: int = option(IndexConfig.ef_search, "hnsw: search breadth", group=ANN_GROUP)
+                               "(0 = min(n, 256*nlist))", group=ANN_GROUP, at_least=0)
+    hnsw_m: int = option(IndexConfig.hnsw_m, "hnsw: graph degree", group=ANN_GROUP, at_least=1)
+    ef_construction: int = option(IndexConfig.ef_construction, "hnsw: build breadth", group=ANN_GROUP,
+                                 at_least=1)
+    ef_search: int = option(IndexConfig.ef_search, "hnsw: search breadth", group=ANN_GROUP, at_least=1)
     index_storage: str = option(IndexConfig.storage, "precision of the vectors inside the FAISS index (float16: "
                                 "half the memory)", choices=list(INDEX_STORAGES), group=ANN_GROUP)
 

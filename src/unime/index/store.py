@@ -411,9 +411,10 @@ class IndexBuildConfig(IndexModelOptions, AnnOptions):
     index: str = option("auto", "FAISS index: flat = exact; auto = flat up to --approx-threshold vectors, hnsw above",
                         choices=["auto", *INDEX_KINDS])
     approx_threshold: int = option(AUTO_APPROX_THRESHOLD, "vectors up to which --index auto builds an exact index")
-    recall_k: int = option(DEFAULT_RECALL_K, "k of the recall@k measured for an approximate index")
-    recall_sample: int = option(DEFAULT_RECALL_SAMPLE, "rows sampled as queries for that measurement")
-    chunk_size: int = option(DEFAULT_CHUNK_SIZE, "items per written chunk (unit of resumption)")
+    recall_k: int = option(DEFAULT_RECALL_K, "k of the recall@k measured for an approximate index", at_least=1)
+    recall_sample: int = option(DEFAULT_RECALL_SAMPLE, "rows sampled as queries for that measurement",
+                               at_least=1)
+    chunk_size: int = option(DEFAULT_CHUNK_SIZE, "items per written chunk (unit of resumption)", at_least=1)
     cache_dir: str | None = option(None, "embedding cache shared with eval/mine (default: $UNIME_CACHE_DIR or "
                                    "~/.cache/unime)")
     no_thumbnails: bool = option(False, "do not store image thumbnails in the index")
