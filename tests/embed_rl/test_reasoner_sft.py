@@ -240,3 +240,23 @@ def test_an_adapter_folder_as_model_is_trained_on_not_wrapped_in_a_second_lora(t
     with pytest.raises(ModelError, match="merge it first"):
         train_reasoner_sft(ReasonerSFTConfig(**{**first.__dict__, "model": str(start), "out": str(tmp_path / "o3"),
                                                 "lora_r": 0}))
+    assert not (tmp_path / "o3").exists()  # refused before the run claimed its folder
+
+
+def test_a_retry_after_the_merge_it_first_refusal_runs_into_the_same_out(tiny_model_dir, tmp_path, capsys):
+    """QA: full fine-tuning (--lora-r 0) of an adapter folder was refused ("merge it first") after the run had
+    written its options into --out, so the retry with the merged model was refused as a folder holding a run with
+    other options (--model). The refusal now comes before the folder is claimed; the retry runs."""
+    from unime.cli import main
+    from unime.embed_rl.reasoner_sft import train_reasoner_sft
+
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT)], tmp_path / "t.jsonl")
+    train_reasoner_sft(ReasonerSFTConfig(model=tiny_model_dir("qwen2_vl"), data=str(tmp_path / "t.jsonl"),
+                                         out=str(tmp_path / "o"), max_steps=1, lora_r=4, device="cpu"))
+    argv = ["train", "reasoner", "--stage", "sft", "--tcots", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o2"),
+            "--lora-r", "0", "--max-steps", "1", "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*argv, "--model", str(tmp_path / "o" / "adapter")]) == 2
+    assert "merge it first" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    assert main([*argv, "--model", str(tmp_path / "o" / "merged")]) == 0
+    assert json.loads((tmp_path / "o2" / "sft_summary.json").read_text())["steps"] == 1

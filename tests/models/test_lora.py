@@ -154,3 +154,34 @@ def test_every_trainer_adapts_the_language_model_only_unless_vision_is_asked(tin
                                  lora_targets=GENERATIVE_LORA.targets + VISION_TARGETS[family]))
     assert vision > DECODER and {n for n in vision - DECODER if not n.startswith("model.visual.")} == set()
     assert {n.rsplit(".", 1)[1] for n in vision - DECODER} == set(VISION_TARGETS[family])
+
+
+def test_every_trainer_refuses_full_fine_tuning_of_an_adapter_folder_in_its_validate(tmp_path):
+    """The "merge it first" refusal is the configs' (`validate`, before a run writes in its folder), from the --model
+    path alone: an adapter folder, or a run folder holding only its adapter/; a model folder (or a run folder with
+    merged/) passes. Full fine-tuning only: with LoRA an adapter is trained on."""
+    from unime.embed_rl.grpo import GRPOStageConfig
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
+    from unime.errors import ModelError
+    from unime.train.embedder_config import EmbedderTrainingConfig
+    from unime.train.reranker_trainer import RerankerTrainConfig
+
+    (tmp_path / "run" / "adapter").mkdir(parents=True)
+    (tmp_path / "run" / "adapter" / "adapter_config.json").write_text("{}")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    common = dict(out=str(tmp_path / "o"))
+    configs = {  # (full, LoRA) of each trainer, given --model
+        "embedder": lambda m, full: EmbedderTrainingConfig(model=m, records="r", full=full, loss="infonce",
+                                                           hard_negatives=1, **common),
+        "reranker": lambda m, full: RerankerTrainConfig(model=m, records=["r"], full=full, **common),
+        "sft": lambda m, full: ReasonerSFTConfig(model=m, data="t", lora_r=0 if full else 4, **common),
+        "grpo": lambda m, full: GRPOStageConfig(model=m, records="r", embedder="e", lora_r=0 if full else 4, **common),
+    }
+    for name, make in configs.items():
+        flag = "--lora-r 0" if name in ("sft", "grpo") else "--full"
+        for model in (tmp_path / "run", tmp_path / "run" / "adapter"):
+            with pytest.raises(ModelError, match=rf"full fine-tuning \({flag}\) of the adapter folder {model}: merge"):
+                make(str(model), True).validate()
+            make(str(model), False).validate()
+        make(str(tmp_path / "model"), True).validate()

@@ -23,5 +23,10 @@ class ReasonerStageOptions:
                            "and reported) instead of stopping at the first", choices=["raise", "skip"])
 
     def validate(self) -> None:
-        """OptionError for an option outside its range (`unime.options.check_ranges`), before any work."""
+        """OptionError for an option outside its range (`unime.options.check_ranges`), and ModelError for full
+        fine-tuning (--lora-r 0) of an adapter folder, before any work."""
+        from unime.models.lora import refuse_full_fine_tuning_of_adapter
+
         check_ranges(self)
+        if getattr(self, "lora_r", None) == 0:  # both stages' configs add the LoRA options (rank 0: full)
+            refuse_full_fine_tuning_of_adapter(self.model, "--lora-r 0")

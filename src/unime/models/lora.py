@@ -117,6 +117,22 @@ def apply_lora(model, settings: LoraSettings, *, modules_to_save: Sequence[str] 
     return peft_model
 
 
+def _merge_first(source: str, full_option: str) -> ModelError:
+    return ModelError(f"full fine-tuning ({full_option}) of the adapter folder {source}: merge it first (its "
+                      "merged/ folder), or keep training the adapter itself with LoRA")
+
+
+def refuse_full_fine_tuning_of_adapter(source: str | None, full_option: str = "--full") -> None:
+    """`model_to_train`'s refusal of full fine-tuning (`full_option`) of a PEFT adapter, asked of the --model path
+    before any model is loaded: an adapter folder, or a run folder holding only its adapter/. A trainer's config
+    checks it in its `validate`, before the run writes in its output folder (the refusal came after, and a retry
+    with the merged model was refused as a folder holding a run with other options)."""
+    from unime.models.loading import is_peft_adapter, trained_model_folder
+
+    if source and is_peft_adapter(trained_model_folder(source)):
+        raise _merge_first(source, full_option)
+
+
 def model_to_train(model, settings: LoraSettings | None, *, source: str, full_option: str = "--full",
                    modules_to_save: Sequence[str] = (), task_type: str | None = None):
     """The model a trainer trains, from the one it loaded from `source` (its --model) — every trainer's rule:
@@ -131,9 +147,8 @@ def model_to_train(model, settings: LoraSettings | None, *, source: str, full_op
     from unime.models.run_state import is_peft
 
     if settings is None:
-        if is_peft(model):
-            raise ModelError(f"full fine-tuning ({full_option}) of the adapter folder {source}: merge it first (its "
-                             "merged/ folder), or keep training the adapter itself with LoRA")
+        if is_peft(model):  # an adapter of the hub (a folder is refused before: `refuse_full_fine_tuning_of_adapter`)
+            raise _merge_first(source, full_option)
         return model.requires_grad_(True)
     if is_peft(model):
         if not any(p.requires_grad for p in model.parameters()):

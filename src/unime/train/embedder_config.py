@@ -14,7 +14,7 @@ from unime.errors import UnimeError
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
-from unime.models.lora import EMBEDDER_LORA_OPTIONS
+from unime.models.lora import EMBEDDER_LORA_OPTIONS, refuse_full_fine_tuning_of_adapter
 from unime.options import check_ranges, option
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
@@ -123,6 +123,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
             raise UnimeError(f"on_error must be raise or skip, got {self.on_error!r}")
         if self.records is None:
             raise UnimeError("no training records given")
+        if self.full:
+            refuse_full_fine_tuning_of_adapter(self.model)
         if self.gradcache and any(str(a).partition("=")[0].strip() == "deepspeed" for a in self.trainer_arg):
             raise UnimeError("--gradcache back-propagates each chunk's cached gradient itself, outside DeepSpeed's "
                              "engine: use it without --trainer-arg deepspeed=... (or DeepSpeed without --gradcache)")

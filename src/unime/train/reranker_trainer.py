@@ -49,7 +49,8 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
-from unime.models.lora import GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train
+from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
+                               refuse_full_fine_tuning_of_adapter)
 from unime.options import check_ranges, option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
@@ -440,6 +441,8 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
                               "option: drop one of them", got=",".join(self.train_modules))
         if not self.records:
             raise OptionError(self, "no record files given ({records})")
+        if self.full:
+            refuse_full_fine_tuning_of_adapter(self.model)
         return self
 
 
