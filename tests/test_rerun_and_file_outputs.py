@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,47 @@ def test_eval_finished_changed_overwrite_and_interrupted(tiny_model_dir, tmp_pat
     assert main(argv_index) == 0
     assert "nothing to do" not in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["encoding"]["encoded"] >= 1
+
+
+def test_eval_rerun_from_another_working_directory_with_absolute_paths_is_the_same_run(tiny_model_dir, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """QA: `unime eval --model m --tasks world/eval_tasks.yaml --out ev` re-run from another folder with the same
+    files named by absolute paths was refused as "a run with other options". Now it is the finished run; a model at
+    another path is still another option; a record without the working directory (an earlier unime) is the same run
+    from the folder it was made in."""
+    model = tiny_model_dir("qwen2_vl")
+    here, elsewhere = tmp_path / "here", tmp_path / "else" / "where"  # not as deep: "../../m" names another folder
+    tasks = build_world(here / "world")
+    elsewhere.mkdir(parents=True)
+
+    def argv(model, tasks, cache, out):
+        return ["eval", "--model", model, "--tasks", tasks, "--cache-dir", cache, "--device", "cpu",
+                "--batch-size", "4", "--out", out]
+
+    monkeypatch.chdir(here)
+    relative = argv(os.path.relpath(model), os.path.relpath(tasks), "cache", "ev")
+    assert main(relative) == 0
+    out = here / "ev"
+    record = json.loads((out / "eval_run.json").read_text())
+    before = _mtimes(out)
+    capsys.readouterr()
+    monkeypatch.chdir(elsewhere)
+    absolute = argv(model, str(tasks), str(here / "cache"), str(out))
+    assert main(absolute) == 0
+    assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
+    assert _mtimes(out) == before
+    assert record["options"]["working_dir"] == str(here.resolve())
+    shutil.copytree(model, elsewhere / "model")
+    assert main(argv(str(elsewhere / "model"), str(tasks), str(here / "cache"), str(out))) == 2
+    assert "holds a run with other options (--model: " in _error_lines(capsys)[0]
+    # recorded by an earlier unime: from the folder it was made in
+    del record["options"]["working_dir"]
+    (out / "eval_run.json").write_text(json.dumps(record))
+    before = _mtimes(out)
+    monkeypatch.chdir(here)
+    assert main(relative) == 0
+    assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
+    assert _mtimes(out) == before
 
 
 # -- single-file outputs ------------------------------------------------------------------------------------

@@ -69,26 +69,43 @@ class ChangedOptions(UnimeError):
     differing keys; `--overwrite` starts over)."""
 
 
-def same_path_value(value):
+# beside the options a run records: the working directory it ran in, where its relative paths start
+WORKING_DIR = "working_dir"
+
+
+def with_working_dir(options: dict) -> dict:
+    """`options` as a run records them: with the working directory (`WORKING_DIR`), so that a re-run from another
+    one compares its paths with what the recorded ones named (`changed_option_keys`), not with what they would name
+    there. The options themselves stay as the user gave them."""
+    import os
+
+    return {**options, WORKING_DIR: os.getcwd()}
+
+
+def same_path_value(value, base: str | None = None):
     """An option's value as a re-run compares it: a string naming an existing file or folder is its resolved
-    absolute path (`os.path.realpath`, a relative one against the working directory: `ref`, `./ref`, `ref/` and
-    `/abs/ref` are one value; a run recorded with relative paths compares as run from here); a list, each
-    element (a dict, each value); anything else as it is."""
+    absolute path (`os.path.realpath`: `ref`, `./ref`, `ref/` and `/abs/ref` are one value). A relative one is
+    taken from `base` (the working directory a run recorded, `WORKING_DIR`), else from the working directory: a
+    run recorded without it (by an earlier unime), or whose folder named nothing there any more (moved since),
+    compares as run from here. A list, each element (a dict, each value); anything else as it is."""
     import os
 
     if isinstance(value, dict):
-        return {k: same_path_value(v) for k, v in value.items()}
+        return {k: same_path_value(v, base) for k, v in value.items()}
     if isinstance(value, list):
-        return [same_path_value(v) for v in value]
-    if isinstance(value, str) and value and os.path.exists(value):
-        return os.path.realpath(value)
+        return [same_path_value(v, base) for v in value]
+    if isinstance(value, str) and value:
+        for path in ([os.path.join(base, value)] if isinstance(base, str) and base else []) + [value]:
+            if os.path.exists(path):
+                return os.path.realpath(path)
     return value
 
 
 def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict | None = None,
                         none_means: dict | None = None) -> list[str]:
     """Keys (outside `free`, and never `out`: the folder compared is OUT itself) whose values differ; JSON
-    round-trip so tuples and lists compare equal, paths by what they name (`same_path_value`). A key
+    round-trip so tuples and lists compare equal, paths by what they name (`same_path_value`; the relative paths
+    of `before` from the working directory it recorded, `WORKING_DIR`, which is no option). A key
     the earlier run did not record (an option added by a later version of unime) whose value now is its
     default in `added_defaults` is no change: a new option's default keeps the earlier behaviour.
     `none_means` ({key: value}, `unime.options.none_meanings`): an option whose None stands for a value
@@ -99,13 +116,15 @@ def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict |
         return json.loads(json.dumps(d or {}, default=str))
 
     now, before, added, means = plain(now), plain(before), plain(added_defaults), plain(none_means)
+    base = before.pop(WORKING_DIR, None)
+    now.pop(WORKING_DIR, None)
 
-    def value(d: dict, k: str):
+    def value(d: dict, k: str, base=None):
         v = d.get(k)
-        return None if k in means and v == means[k] else same_path_value(v)
+        return None if k in means and v == means[k] else same_path_value(v, base)
 
     free = set(free) | {"out"}
-    return sorted(k for k in (set(before) | set(now)) - free if value(before, k) != value(now, k)
+    return sorted(k for k in (set(before) | set(now)) - free if value(before, k, base) != value(now, k)
                   and not (k not in before and k in added and value(now, k) == same_path_value(added[k])))
 
 
@@ -113,11 +132,20 @@ def refuse_changed_options(out, before: dict, now: dict, keys: list[str],
                            flags: dict[str, str] | None = None) -> ChangedOptions:
     """The one refusal wording of a re-run with other options (trainers, mining, eval, data synth). `flags`
     ({key: its option flag}, `unime.options.option_flags`): a key is named by the option the user gives
-    (QA: `learning_rate` for --lr)."""
+    (QA: `learning_rate` for --lr). A path typed alike that names another file from another working directory
+    says from where (`WORKING_DIR`)."""
     import json
+    import os
 
     now = json.loads(json.dumps(now, default=str))
     flags = flags or {}
-    shown = ", ".join(f"{flags.get(k, k)}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
+    there = before.get(WORKING_DIR)
+
+    def change(k: str) -> str:
+        if there and before.get(k) == now.get(k):
+            return f"{before.get(k)!r} (from {there}) -> {now.get(k)!r} (from {os.getcwd()})"
+        return f"{before.get(k)!r} -> {now.get(k)!r}"
+
+    shown = ", ".join(f"{flags.get(k, k)}: {change(k)}" for k in keys)
     return ChangedOptions(f"{out} holds a run with other options ({shown}); re-run with the same options to "
                           "continue it, pass --overwrite to start over, or choose another --out")

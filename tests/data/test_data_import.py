@@ -142,6 +142,41 @@ def test_import_refuses_a_non_empty_folder_and_names_bad_rows(tmp_path, capsys):
     assert f"corrupt or unreadable image {photos / broken}: not in an image format" in err
 
 
+def test_a_rerun_from_another_working_directory_with_absolute_paths_is_the_finished_import(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """QA: `unime data import --captions src/captions.csv --images src/photos --out imp` re-run from another folder
+    with the same files named by absolute paths was refused as "a run with other options" (source: ...). Now it is
+    the finished import; another collection at the same relative names is still another source, and an import.json
+    without the working directory (an earlier unime) is the same import from the folder it was made in."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    photos, captions = make_captioned_folder(here / "src")
+    make_captioned_folder(elsewhere / "src", seed=1)
+
+    def argv(captions, photos, out):
+        return ["data", "import", "--captions", str(captions), "--images", str(photos), "--out", str(out),
+                "--eval-candidates", "6"]
+
+    monkeypatch.chdir(here)
+    relative = argv("src/captions.csv", "src/photos", "imp")
+    assert main(relative) == 0
+    out = here / "imp"
+    manifest = json.loads((out / "import.json").read_text())
+    assert manifest["identity"]["source"] == {"captions": "src/captions.csv", "images": "src/photos"}  # as typed
+    capsys.readouterr()
+    monkeypatch.chdir(elsewhere)
+    assert main(argv(captions, photos, out)) == 0
+    assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
+    assert manifest["identity"]["working_dir"] == str(here.resolve())
+    assert main(argv("src/captions.csv", "src/photos", out)) == 2  # elsewhere/src: another collection
+    assert f"source: {{'captions': 'src/captions.csv', 'images': 'src/photos'}} (from {here.resolve()}) -> " \
+        in capsys.readouterr().err
+    del manifest["identity"]["working_dir"]  # recorded by an earlier unime
+    (out / "import.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(here)
+    assert main(relative) == 0
+    assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("earlier_lists_its_files", [True, False])
 def test_an_overwrite_removes_what_the_earlier_import_wrote_and_keeps_user_files(tmp_path, earlier_lists_its_files):
     """Imported with labels, then again without (another seed, --overwrite): the first run's NAME_cls task

@@ -138,3 +138,41 @@ def test_a_folder_mined_before_keeps_its_stages_whatever_the_paths_spelling(tmp_
     r = retrieval_hash(again, spelled)
     assert (m.stage("retrieval")["hash"], m.stage("judge")["hash"]) == (r, judge_hash(again, spelled, r)) == NOW
     assert m.stage("judge")["n_shards"] == 2  # ... from the stages kept
+
+
+def test_a_rerun_from_another_working_directory_with_absolute_paths_is_the_same_run(tmp_path, monkeypatch):
+    """QA: `unime mine --records r.jsonl --embedder emb --judge judge --out o` re-run from another folder with the
+    same files named by absolute paths was refused as "a run with other options": the recorded relative paths were
+    looked up in the new working directory. The manifest records the one they were given in; other files at those
+    names elsewhere are still other options, and a manifest without it (an earlier unime) continues from the folder
+    it was made in."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    for folder in (here, elsewhere):
+        for name in ("emb", "judge"):
+            (folder / name).mkdir(parents=True)
+        (folder / "r.jsonl").write_text("{}\n")
+    monkeypatch.chdir(here)
+    path = here / "o" / "manifest.json"
+    path.parent.mkdir()
+    m = Manifest(path)
+    assert m.open_run(_config(), INPUTS, run_hash(_config(), INPUTS)) is False
+    m.finish(run_hash(_config(), INPUTS), 2)
+    for name in ("stats.json", "mined.parquet", "report.md"):
+        (path.parent / name).write_text("x")
+    saved = json.loads(path.read_text())
+
+    monkeypatch.chdir(elsewhere)
+    absolute = MineConfig(records=str(here / "r.jsonl"), embedder=str(here / "emb"), judge=str(here / "judge"),
+                          out=str(path.parent))
+    assert Manifest(path).open_run(absolute, INPUTS, run_hash(absolute, INPUTS)) is True  # finished: nothing to do
+    assert (saved["config"]["records"], saved["config"]["working_dir"]) == ("r.jsonl", str(here.resolve()))
+    with pytest.raises(ChangedOptions) as refused:  # elsewhere/emb: another folder
+        Manifest(path).open_run(_config(), INPUTS, run_hash(_config(), INPUTS))
+    assert f"(--embedder: 'emb' (from {here.resolve()}) -> 'emb' (from {elsewhere.resolve()}), --judge: " \
+        in str(refused.value)
+    del saved["config"]["working_dir"]  # recorded by an earlier unime
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ChangedOptions, match="--records"):
+        Manifest(path).open_run(absolute, INPUTS, run_hash(absolute, INPUTS))
+    monkeypatch.chdir(here)
+    assert Manifest(path).open_run(absolute, INPUTS, run_hash(absolute, INPUTS)) is True

@@ -51,6 +51,38 @@ def test_paths_compare_by_what_they_name_and_out_is_never_compared(tmp_path, mon
     assert changed_options({"model": "org/name"}, {"model": "./org/name"}) == ["model"]  # no such folder: a hub id
 
 
+def test_recorded_relative_paths_name_files_from_the_working_directory_the_run_recorded(tmp_path, monkeypatch):
+    """QA: a run made in `here` with `--records r.jsonl`, re-run from another folder with the absolute path, was
+    refused as other options (the recorded `r.jsonl` was looked up in the new working directory). Recorded with its
+    working directory (`with_working_dir`), it names here/r.jsonl from anywhere; elsewhere/r.jsonl is another file.
+    A record without it (an earlier unime) compares as run from the current folder, as before; so does one whose
+    folder no longer holds the file (moved since)."""
+    from unime.errors import WORKING_DIR, with_working_dir
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    for folder in (here, elsewhere):
+        (folder / "base").mkdir(parents=True)
+        (folder / "r.jsonl").write_text("{}\n")
+    monkeypatch.chdir(here)
+    before = with_working_dir({"model": "base", "records": "r.jsonl", "tasks": ["r.jsonl"], "loss": "auto"})
+    assert Path(before[WORKING_DIR]) == here.resolve() and before["records"] == "r.jsonl"  # the options stay as typed
+    monkeypatch.chdir(elsewhere)
+    absolute = {"model": str(here / "base"), "records": str(here / "r.jsonl"), "tasks": [str(here / "r.jsonl")],
+                "loss": "auto"}
+    assert changed_options(before, absolute) == []
+    assert changed_options(before, {**absolute, WORKING_DIR: str(elsewhere)}) == []  # a record on both sides
+    assert changed_options(before, {"model": "base", "records": "r.jsonl", "tasks": ["r.jsonl"], "loss": "auto"}) \
+        == ["model", "records", "tasks"]  # the same words, other files
+    old = {k: v for k, v in before.items() if k != WORKING_DIR}
+    assert changed_options(old, absolute) == ["model", "records", "tasks"]
+    monkeypatch.chdir(here)
+    assert changed_options(old, absolute) == []
+    shutil.rmtree(here)  # the recorded folder holds nothing by these names any more: from the current folder
+    monkeypatch.chdir(elsewhere)
+    assert changed_options(before, {"model": "./base/", "records": str(elsewhere / "r.jsonl"), "tasks": ["r.jsonl"],
+                                    "loss": "auto"}) == []
+
+
 def test_an_option_the_earlier_run_did_not_record_is_no_change_at_its_default():
     # a run recorded by an earlier version of unime, before `dora` existed: it ran without DoRA
     before = {"lr": 0.002, "removed": 1}
@@ -314,6 +346,64 @@ def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_mod
                "my-best-copy" in m for m in messages)
     assert any("merged: left as they were beside the model just written: EVAL_NOTES.txt" in m for m in messages)
     assert not torch.equal(load_file(adapter)[next(iter(a))], a[next(iter(a))])
+
+
+def test_embedder_rerun_from_another_working_directory_with_absolute_paths_is_the_same_run(
+        tiny_model_dir, mined_world, tmp_path, monkeypatch, capsys):
+    """QA: `unime train embedder --model q/models/base --records q/r.jsonl --out runs/e` killed, then re-run from
+    another folder with the same files named by absolute paths, was refused as "a run with other options" (and
+    the --overwrite offered discards its checkpoints). Now it continues the run (and a finished run is finished);
+    a model at another path is still another option; a run recorded before the working directory was (relative
+    paths only) continues from the folder it was made in."""
+    import json
+    import os
+
+    from unime.cli import main
+
+    world, records = mined_world
+    model = tiny_model_dir("qwen2_vl")
+    here, elsewhere = tmp_path / "here", tmp_path / "else" / "where"  # not as deep: "../../m" names another folder
+    here.mkdir()
+    elsewhere.mkdir(parents=True)
+
+    def argv(model, records, world, out):
+        return ["train", "embedder", "--model", model, "--records", records, "--data-root", world, "--out", out,
+                "--steps", "2", "--save-steps", "1", "--batch-size", "4", "--device", "cpu"]
+
+    monkeypatch.chdir(here)
+    relative = argv(os.path.relpath(model), os.path.relpath(records), os.path.relpath(world), "runs/e")
+    assert main(relative) == 0
+    run = here / "runs" / "e"
+    absolute = argv(model, str(records), str(world), str(run))
+    adapter = run / "adapter" / "adapter_model.safetensors"
+    mtime = adapter.stat().st_mtime_ns
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(absolute) == 0  # finished: nothing to do
+    assert adapter.stat().st_mtime_ns == mtime and not (elsewhere / "runs").exists()
+    # the options as typed, and where from
+    full = (run / "train_config.json").read_text()
+    recorded = json.loads(full)
+    assert recorded["model"] == os.path.relpath(model, here) and recorded["working_dir"] == str(here.resolve())
+    # recorded by an earlier unime (no working directory): from the folder it was made in, the same run
+    del recorded["working_dir"]
+    (run / "train_config.json").write_text(json.dumps(recorded))
+    monkeypatch.chdir(here)
+    assert main(relative) == 0 and adapter.stat().st_mtime_ns == mtime
+    (run / "train_config.json").write_text(full)
+    monkeypatch.chdir(elsewhere)
+    # killed during the export: continued from checkpoint-2, no step more
+    _final_outputs_removed(run, ["adapter", "merged", "README.md", "metrics.json"])
+    assert main(absolute) == 0
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    mtime = adapter.stat().st_mtime_ns
+    # another model folder (the same files, at another path) is another option
+    shutil.copytree(model, elsewhere / "model")
+    capsys.readouterr()
+    assert main(argv(str(elsewhere / "model"), str(records), str(world), str(run))) == 2
+    assert "holds a run with other options (--model: " in capsys.readouterr().err
+    assert adapter.stat().st_mtime_ns == mtime
 
 
 def test_embedder_rerun_of_a_finished_global_batch_run_trains_nothing(tiny_model_dir, mined_world, tmp_path):

@@ -54,7 +54,7 @@ from unime.data.items import Item, Record
 from unime.data.roots import write_data_root
 from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
-from unime.errors import DataError
+from unime.errors import DataError, with_working_dir
 from unime.options import option
 
 log = logging.getLogger(__name__)
@@ -568,7 +568,7 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
                             skipped=skips.total)
     manifest = {"source": opts.source, "options": {k: v for k, v in asdict(opts).items()
                                                    if k not in ("source", "ignore", "own_folder")},
-                "identity": identity,
+                "identity": with_working_dir(identity),
                 "images": summary.images, "train_images": summary.train_images, "eval_images": summary.eval_images,
                 "records": counts, "judge_records": len(judge), "eval_tasks": {n: len(r) for n, r in tasks.items()},
                 "labels": sorted(labels), "skipped": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items())),

@@ -11,9 +11,9 @@
   one adds the earlier attempts' (`whole_run`; work a kill lost before it reached the cache is not
   counted: it was done again).
 
-The run's record is `OUT/eval_run.json`: the options, the identity of the inputs (the checkpoint
-files, the task files, the bytes of every image the tasks reference — digests cached by size + mtime
-in `OUT/.image_digests.tsv`) and whether the run finished.
+The run's record is `OUT/eval_run.json`: the options (with the working directory, `unime.errors.with_working_dir`),
+the identity of the inputs (the checkpoint files, the task files, the bytes of every image the tasks reference —
+digests cached by size + mtime in `OUT/.image_digests.tsv`) and whether the run finished.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 from unime.data.atomic import atomic_open
 from unime.data.image_digests import ImageDigests, digest_items
 from unime.data.images import ImageLoader
-from unime.errors import changed_option_keys, refuse_changed_options, same_path_value
+from unime.errors import changed_option_keys, refuse_changed_options, same_path_value, with_working_dir
 from unime.models.embedding_cache import model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, o
             attempts = int(before.get("attempts", 0))
             if not before.get("finished") and isinstance(before.get("attempt_work"), dict):
                 earlier = before["attempt_work"]
-    write_run(out, {"options": options, "inputs": inputs, "finished": False, "attempts": attempts + 1,
+    write_run(out, {"options": with_working_dir(options), "inputs": inputs, "finished": False, "attempts": attempts + 1,
                     "attempt_work": earlier})
     return None
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from unime.data.atomic import atomic_open
 from unime.data.image_digests import file_sha1
 from unime.data.video import sampling_video_options
-from unime.errors import changed_option_keys, refuse_changed_options, same_path_value
+from unime.errors import changed_option_keys, refuse_changed_options, same_path_value, with_working_dir
 from unime.models.embedding_cache import model_fingerprint
 from unime.options import none_meanings, option_defaults, option_flags
 from unime.outdir import options_hash
@@ -153,7 +153,7 @@ class Manifest:
         if not done:
             self._rekey_legacy_stages(config)
             self.data.pop("finished", None)
-            self.data["config"] = options
+            self.data["config"] = with_working_dir(options)
             self.data["config_hash"] = config_hash
             self.data["inputs"] = inputs
             self.save()

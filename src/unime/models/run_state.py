@@ -1,6 +1,7 @@
 """One output / resume convention for the four trainers (embedder, reranker / judge, reasoner SFT, GRPO).
 
-A run writes one folder OUT: `train_config.json` (its options), `checkpoints/checkpoint-N` while it trains,
+A run writes one folder OUT: `train_config.json` (its options, and the working directory their relative paths start
+from: `unime.errors.with_working_dir`), `checkpoints/checkpoint-N` while it trains,
 the final export (`unime.models.export`: `adapter/`, `merged/`, `README.md`), and last its *finished marker*
 (the embedder's `metrics.json`, the reranker's `unime_reranker.json`, SFT's `sft_summary.json`, GRPO's
 `grpo_summary.json`). Re-running the same command (`plan_run`):
@@ -35,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from unime.errors import ChangedOptions, UnimeError, changed_option_keys, refuse_changed_options  # noqa: F401
+from unime.errors import (ChangedOptions, UnimeError, changed_option_keys, refuse_changed_options,  # noqa: F401
+                          with_working_dir)
 from unime.options import input_files, none_meanings, option_defaults, option_flags
 
 CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
@@ -50,8 +52,9 @@ INPUTS_FILE = "train_inputs.json"  # {option: [[path, sha1], ...]}: the content 
 
 
 def write_config(out: str | Path, options: dict[str, Any]) -> None:
-    """The run's options, `out/train_config.json` (atomic), compared on every re-run."""
-    _write_json(Path(out) / CONFIG_FILE, options)
+    """The run's options, `out/train_config.json` (atomic), compared on every re-run; with the working directory
+    their relative paths start from (`unime.errors.with_working_dir`)."""
+    _write_json(Path(out) / CONFIG_FILE, with_working_dir(options))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
