@@ -433,3 +433,45 @@ def test_the_split_keeps_caption_groups_together_and_is_the_plain_shuffle_withou
         assert set(g) <= set(train) or set(g) <= set(held)
     with pytest.raises(DataError, match="no split keeps 2 images on each side"):
         split_images(5, 0.4, 0, caption_groups([["x"], ["x"], ["x"], ["x"], ["y"]]))
+
+
+def _photos_in(folder: Path, n: int = 6, *, lines: dict[int, str] | None = None) -> Path:
+    """`n` small distinct PNGs folder/images/p{i}.png and folder/captions.csv (image, caption) naming them;
+    `lines`: {line number (1-based, the header is line 1): the text it holds instead}."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (8, 8), (40 * i, 10, 200 - 20 * i)).save(folder / "images" / f"p{i}.png")
+    rows = ["image,caption"] + [f"p{i}.png,photo {i}" for i in range(n)]
+    for number, text in (lines or {}).items():
+        rows[number - 1] = text
+    (folder / "captions.csv").write_text("".join(row + "\n" for row in rows))
+    return folder / "captions.csv"
+
+
+def test_an_import_into_the_folder_that_holds_the_images_never_deletes_them(tmp_path, capsys):
+    """The images already where the import places them (OUT/images): `--overwrite` unlinked each before linking
+    it to itself, so the first image was deleted and the import failed (QA). The user's files are used as
+    they are, by every run, and a corrupt one skipped is left in place too."""
+    d = tmp_path / "d"
+    captions = _photos_in(d)
+    before = {p.name: p.read_bytes() for p in (d / "images").iterdir()}
+    (d / "images" / "bad.png").write_bytes(b"not a png")
+    with open(captions, "a") as fh:
+        fh.write("bad.png,a broken photo\n")
+    argv = ["data", "import", "--captions", str(captions), "--images", str(d / "images"), "--out", str(d),
+            "--overwrite", "--on-error", "skip"]
+    for _ in range(2):  # the first import, then one done again over it
+        assert main(argv) == 0, capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in (d / "images").iterdir() if p.name != "bad.png"} == before
+        assert (d / "images" / "bad.png").read_bytes() == b"not a png"
+    records = read_records(d / "train" / "records.jsonl")
+    assert {img for r in records for it in (r.query, r.positive) for img in it.images} <= {
+        f"images/{name}" for name in before}
+    assert not [f for f in json.loads((d / "import.json").read_text())["written"] if f.startswith("images/")]
+    # another collection imported over it: the earlier import's files go, the photos it did not write stay
+    photos, other = make_captioned_folder(tmp_path / "src", n=6)
+    assert main(["data", "import", "--captions", str(other), "--images", str(photos), "--out", str(d),
+                 "--overwrite"]) == 0
+    assert {p.name: p.read_bytes() for p in (d / "images").iterdir() if p.name in before} == before

@@ -7,7 +7,8 @@ file are relative to it; each data folder carries a `unime_data.json` saying so,
 needs `--data-root`)::
 
     OUT/images/...                      the images (hard links to the source files when possible, else
-                                        copies; images given as bytes are written in their own format)
+                                        copies; images given as bytes are written in their own format); images
+                                        that already sit there (`--images OUT/images`) are used as they are
     OUT/train/records.jsonl             training records, two per (image, caption): dataset NAME_i2t
                                         (image query → caption) and NAME_t2i (caption query → image)
     OUT/train/judge.jsonl               judge training records: query, positive, `judge_negatives`
@@ -136,12 +137,23 @@ def _safe_relative(hint: str) -> str:
     return "/".join(parts)
 
 
-def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolicy) -> list[tuple[CaptionedImage, str]]:
+def _same_file(a: Path, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # `a` not there (yet)
+        return False
+
+
+def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolicy
+                 ) -> tuple[list[tuple[CaptionedImage, str]], list[str]]:
     """Put every image under OUT/images (hard link, else copy; bytes written) and open it once. Returns
-    (image, path relative to OUT) for the good ones."""
+    (image, path relative to OUT) for the good ones, and the paths it wrote. An image that already is the
+    file it would be placed as (the collection's images in OUT/images) is used as it is: never replaced,
+    removed or listed as written, and no other source image is replaced by one placed under its name."""
     loader = ImageLoader(out)
+    sources = {os.path.realpath(img.image) for img in images if not isinstance(img.image, bytes)}
     used: set[str] = set()
-    placed = []
+    placed, wrote = [], []
     for n, img in enumerate(images, 1):
         if isinstance(img.image, bytes):
             base = _safe_relative(img.name_hint) if img.name_hint else ""
@@ -149,31 +161,37 @@ def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolic
             rel = f"images/{stem}{_image_suffix(img.image)}"
         else:
             rel = "images/" + (_safe_relative(img.name_hint) or Path(img.image).name)
-        if rel in used:  # two sources with one file name: number them
+        in_place = not isinstance(img.image, bytes) and _same_file(out / rel, img.image)
+        if rel in used or (not in_place and os.path.realpath(out / rel) in sources):
+            # two sources with one file name, or the name of another source image (never replaced): number them
             p = Path(rel)
             rel = str(p.with_name(f"{p.stem}-{n:06d}{p.suffix}"))
         used.add(rel)
         dst = out / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists() or dst.is_symlink():
-            dst.unlink()
-        if isinstance(img.image, bytes):
-            dst.write_bytes(img.image)
-        else:
-            try:
-                os.link(img.image, dst)
-            except OSError:
-                shutil.copyfile(img.image, dst)
+        if not in_place:
+            wrote.append(rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists() or dst.is_symlink():
+                dst.unlink()
+            if isinstance(img.image, bytes):
+                dst.write_bytes(img.image)
+            else:
+                try:
+                    os.link(img.image, dst)
+                except OSError:
+                    shutil.copyfile(img.image, dst)
         try:
             loader.load(rel, source=img.source, record=img.record, field=img.field,
                         shown_as=None if isinstance(img.image, bytes) else str(img.image))  # the user's file
         except DataError as e:
-            dst.unlink(missing_ok=True)
+            if not in_place:
+                wrote.remove(rel)
+                dst.unlink(missing_ok=True)
             e.reason = getattr(e, "reason", None) or "image"  # counted as a bad image (`unime.data.skips`)
             policy.handle(e)
             continue
         placed.append((img, rel))
-    return placed
+    return placed, wrote
 
 
 # -- building the outputs --------------------------------------------------------------------------------
@@ -527,8 +545,8 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
         written.append(rel)
         return out / rel
 
-    placed = place_images(images, out, policy)
-    written += [rel for _, rel in placed]
+    placed, wrote = place_images(images, out, policy)
+    written += wrote
     tr_idx, ev_idx = split_images(len(placed), opts.eval_fraction, opts.seed,
                                   caption_groups([img.captions for img, _ in placed]))
     train, held = [placed[i] for i in tr_idx], [placed[i] for i in ev_idx]
