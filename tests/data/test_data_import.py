@@ -475,3 +475,37 @@ def test_an_import_into_the_folder_that_holds_the_images_never_deletes_them(tmp_
     assert main(["data", "import", "--captions", str(other), "--images", str(photos), "--out", str(d),
                  "--overwrite"]) == 0
     assert {p.name: p.read_bytes() for p in (d / "images").iterdir() if p.name in before} == before
+
+
+def test_record_ids_stay_unique_when_two_image_paths_flatten_to_one_name(tmp_path):
+    """`a/x.png` and `a_x.png` both became id stem `a_x` (the `/` mapped to `_`), so every output held each id
+    twice (QA). The first keeps its id, the later one is told apart; ids of other images are unchanged."""
+    d = tmp_path / "d"
+    captions = _photos_in(d)
+    (d / "images" / "a").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(d / "images" / "a" / "x.png")
+    Image.new("RGB", (8, 8), (3, 2, 1)).save(d / "images" / "a_x.png")
+    with open(captions, "a") as fh:
+        fh.write("a/x.png,a photo in a folder\na_x.png,a photo with an underscore\n")
+    out = tmp_path / "out"
+    assert main(["data", "import", "--captions", str(captions), "--images", str(d / "images"), "--out", str(out),
+                 "--seed", "3"]) == 0
+    records = read_records(out / "train" / "records.jsonl")
+    rows = {f.name: [json.loads(line) for line in f.read_text().splitlines()]
+            for f in [out / "train" / "judge.jsonl", out / "train" / "qrels.jsonl", out / "eval" / "judge_pairs.jsonl",
+                      *(out / "eval" / "mmeb").glob("*.jsonl")]}
+    assert len({r.id for r in records}) == len(records)
+    for name, file_rows in rows.items():
+        assert len({r["id"] for r in file_rows}) == len(file_rows), name
+    stems: dict[str, set[str]] = {}  # id stem -> the images its image queries show
+    for r in records:
+        if r.query.images:
+            stems.setdefault(r.id.rsplit("-", 2)[0], set()).add(r.query.images[0])
+    for row in read_mmeb(next((out / "eval" / "mmeb").glob("*_i2t.jsonl"))):
+        stems.setdefault(row.id.rsplit("-", 1)[0], set()).add(row.query.images[0])
+    assert all(len(images) == 1 for images in stems.values()), stems
+    assert {s: i.pop() for s, i in stems.items() if s.startswith("p")} == {f"p{k}": f"images/p{k}.png"
+                                                                           for k in range(6)}
+    assert {s for s in stems if s.startswith("a")} == {"a_x", "a_x~2"}

@@ -30,7 +30,10 @@ needs `--data-root`)::
 
 The held-out split is drawn over images, with a seeded shuffle; images that share a caption stay on one side
 (`caption_groups`), so no caption of an evaluation image is trained on. A caption shared by several images is
-about all of them: each is relevant to it (qrels) and none is its negative (judge records, eval rows, pairs). An image is opened once (`ImageLoader`): a broken one raises `DataError` naming the
+about all of them: each is relevant to it (qrels) and none is its negative (judge records, eval rows, pairs).
+Record ids start with the image's path under images/ without its suffix, `/` as `_` (`a/x.png` → `a_x-1-i2t`:
+caption 1, direction i2t); a later image whose path reads the same (`a_x.png`) is `a_x~2` (`_image_ids`).
+An image is opened once (`ImageLoader`): a broken one raises `DataError` naming the
 source file, record and field, or with on_error="skip" is left out and counted.
 """
 
@@ -270,15 +273,36 @@ def split_images(n: int, eval_fraction: float, seed: int, groups: Sequence[Seque
 
 
 def _image_id(rel: str) -> str:
-    """A record id stem from an image path under images/ (sub-folders kept, so ids stay unique)."""
+    """A record id stem from an image path under images/ (sub-folders kept as `_`; `_image_ids` makes them unique)."""
     return str(Path(rel).with_suffix("")).removeprefix("images/").replace("/", "_")
 
 
-def _train_records(train: list[tuple[CaptionedImage, str]], opts: ImportOptions) -> list[Record]:
+def _image_ids(rels: Sequence[str]) -> dict[str, str]:
+    """Image path → its record id stem (`_image_id`), unique: paths that flatten to one stem (`a/x.png`,
+    `a_x.png`; `a.png`, `a.jpg`) keep it for the first of them, the later ones get `STEM~2`, `STEM~3`, ... (the
+    first free); a stem no other path shares is never changed."""
+    stems = [_image_id(rel) for rel in rels]
+    taken = set(stems)
+    seen: set[str] = set()
+    ids = {}
+    for rel, stem in zip(rels, stems):
+        if stem in seen:
+            k = 2
+            while f"{stem}~{k}" in taken:
+                k += 1
+            stem = f"{stem}~{k}"
+            taken.add(stem)
+        seen.add(stem)
+        ids[rel] = stem
+    return ids
+
+
+def _train_records(train: list[tuple[CaptionedImage, str]], opts: ImportOptions, ids: dict[str, str]
+                   ) -> list[Record]:
     records = []
     for img, rel in train:
         for j, cap in enumerate(img.captions, 1):
-            stem = f"{_image_id(rel)}-{j}"
+            stem = f"{ids[rel]}-{j}"
             if "i2t" in opts.directions:
                 records.append(Record(image_query(rel), Item(cap), dataset=f"{opts.name}_i2t", id=f"{stem}-i2t"))
             if "t2i" in opts.directions:
@@ -351,8 +375,8 @@ def _qrels_rows(records: list[Record], train: list[tuple[CaptionedImage, str]]) 
     return list(rows.values())
 
 
-def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_labels: Sequence[str] = ()
-               ) -> dict[str, list[MMEBRow]]:
+def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, ids: dict[str, str],
+               all_labels: Sequence[str] = ()) -> dict[str, list[MMEBRow]]:
     """MMEB-eval rows of the held-out images: i2t (image → its first caption among others' captions),
     t2i (first caption → its image among other images), cls (image → its label among the collection's
     labels, as MMEB ranks against the label set). A
@@ -368,7 +392,7 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_
             others = sorted({c for j, (o, _) in enumerate(held) if j != i for c in o.captions} - own)
             negs = rng.sample(others, min(n_cand - 1, len(others)))
             rows.append(MMEBRow(image_query(rel), [Item(img.captions[0])] + [Item(c) for c in negs],
-                                id=f"{_image_id(rel)}-i2t"))
+                                id=f"{ids[rel]}-i2t"))
         tasks[f"{opts.name}_i2t"] = rows
     if "t2i" in opts.directions:
         rows = []
@@ -376,7 +400,7 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_
             others = [r for j, (o, r) in enumerate(held) if j != i and r != rel and img.captions[0] not in o.captions]
             negs = rng.sample(others, min(n_cand - 1, len(others)))
             rows.append(MMEBRow(caption_query(img.captions[0]), [image_target(rel)] + [image_target(r) for r in negs],
-                                id=f"{_image_id(rel)}-t2i"))
+                                id=f"{ids[rel]}-t2i"))
         tasks[f"{opts.name}_t2i"] = rows
     labels = sorted(set(all_labels) | {img.label for img, _ in held if img.label})
     if labels and all(img.label for img, _ in held) and len(labels) >= 2:
@@ -385,12 +409,12 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, all_
             others = [lab for lab in labels if lab != img.label]
             negs = rng.sample(others, min(n_cand - 1, len(others)))
             rows.append(MMEBRow(classify_query(rel), [Item(img.label)] + [Item(lab) for lab in negs],
-                                id=f"{_image_id(rel)}-cls"))
+                                id=f"{ids[rel]}-cls"))
         tasks[f"{opts.name}_cls"] = rows
     return tasks
 
 
-def _judge_pairs(held: list[tuple[CaptionedImage, str]], opts: ImportOptions) -> list[dict]:
+def _judge_pairs(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, ids: dict[str, str]) -> list[dict]:
     """Labelled (query, candidate) pairs on the held-out images, for checking a judge on unseen data."""
     rng = random.Random(opts.seed + 3)
     rows = []
@@ -399,17 +423,17 @@ def _judge_pairs(held: list[tuple[CaptionedImage, str]], opts: ImportOptions) ->
         if "i2t" in opts.directions:
             texts = sorted({c for o, _ in others for c in o.captions} - set(img.captions))
             q = image_query(rel).to_dict()
-            rows.append({"id": f"{_image_id(rel)}-i2t-pos", "query": q, "candidate": {"text": img.captions[0]},
+            rows.append({"id": f"{ids[rel]}-i2t-pos", "query": q, "candidate": {"text": img.captions[0]},
                          "label": 1})
             for k, t in enumerate(rng.sample(texts, min(opts.judge_negatives, len(texts))), 1):
-                rows.append({"id": f"{_image_id(rel)}-i2t-neg{k}", "query": q, "candidate": {"text": t}, "label": 0})
+                rows.append({"id": f"{ids[rel]}-i2t-neg{k}", "query": q, "candidate": {"text": t}, "label": 0})
         if "t2i" in opts.directions:
             q = caption_query(img.captions[0]).to_dict()
-            rows.append({"id": f"{_image_id(rel)}-t2i-pos", "query": q, "candidate": image_target(rel).to_dict(),
+            rows.append({"id": f"{ids[rel]}-t2i-pos", "query": q, "candidate": image_target(rel).to_dict(),
                          "label": 1})
             imgs = [r for o, r in others if r != rel and img.captions[0] not in o.captions]
             for k, r in enumerate(rng.sample(imgs, min(opts.judge_negatives, len(imgs))), 1):
-                rows.append({"id": f"{_image_id(rel)}-t2i-neg{k}", "query": q, "candidate": image_target(r).to_dict(),
+                rows.append({"id": f"{ids[rel]}-t2i-neg{k}", "query": q, "candidate": image_target(r).to_dict(),
                              "label": 0})
     return rows
 
@@ -551,7 +575,8 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
                                   caption_groups([img.captions for img, _ in placed]))
     train, held = [placed[i] for i in tr_idx], [placed[i] for i in ev_idx]
 
-    records = _train_records(train, opts)
+    ids = _image_ids([rel for _, rel in placed])
+    records = _train_records(train, opts, ids)
     (out / "train").mkdir(exist_ok=True)
     write_records(records, output("train/records.jsonl"))
     judge = _judge_records(records, _owner_map(train), _relevant_images(train), opts)
@@ -563,7 +588,7 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
         fh.write("".join(c.replace("\n", " ") + "\n" for c in corpus))
     written.append(write_data_root(out / "train", out).relative_to(out).as_posix())
 
-    tasks = _mmeb_rows(held, opts, [img.label for img, _ in placed if img.label])
+    tasks = _mmeb_rows(held, opts, ids, [img.label for img, _ in placed if img.label])
     (out / "eval" / "mmeb").mkdir(parents=True, exist_ok=True)
     cfg_tasks = []
     for name, rows in tasks.items():
@@ -571,7 +596,7 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
         cfg_tasks.append({"name": name, "format": "mmeb", "path": f"eval/mmeb/{name}.jsonl",
                           "meta_task": "classification" if name.endswith("_cls") else "retrieval", "split": "IND"})
     written.append(write_data_root(out / "eval" / "mmeb", out).relative_to(out).as_posix())
-    _write_jsonl(_judge_pairs(held, opts), output("eval/judge_pairs.jsonl"))
+    _write_jsonl(_judge_pairs(held, opts, ids), output("eval/judge_pairs.jsonl"))
     written.append(write_data_root(out / "eval", out).relative_to(out).as_posix())
     with atomic_open(output("eval_tasks.yaml")) as fh:
         fh.write(f"# written by `unime data import` ({opts.name}); image paths are relative to this folder\n")
