@@ -105,6 +105,7 @@ _T = {"embedder": ["train", "embedder", "--model", "m", "--records", "r", "--out
       "sft": ["train", "reasoner", "--stage", "sft", "--model", "m", "--tcots", "t", "--out", "{tmp}/r"],
       "grpo": ["train", "reasoner", "--stage", "grpo", "--model", "m", "--records", "r", "--embedder", "e",
                "--out", "{tmp}/r"]}
+_I = ["data", "import", "--captions", "{tmp}/missing.csv", "--images", "{tmp}", "--out", "{tmp}/imp"]
 CONFIG_CASES = [
     (_T["reranker"] + ["--full", "--train-module", "lm_head"], "train reranker: full fine-tuning (--full) trains every "
      "module; --train-module lm_head is a LoRA option: drop one of them"),
@@ -141,6 +142,15 @@ CONFIG_CASES = [
     (["models", "pretrain", "--out", "{tmp}/p", "--warmup", "-1"], "models pretrain: --warmup must be >= 0, got -1.0"),
     (["models", "pretrain-judge", "--out", "{tmp}/p", "--judge-steps", "0"],
      "models pretrain-judge: --judge-steps must be >= 1, got 0"),
+    # `data import`'s options, before the collection is read (QA: tracebacks of ValueError)
+    (_I + ["--name", "my data"], "data import: --name must be a non-empty word (no spaces or slashes), got 'my data'"),
+    (_I + ["--eval-fraction", "1.0"], "data import: --eval-fraction must be > 0 and < 1, got 1.0"),
+    (_I + ["--eval-fraction", "0"], "data import: --eval-fraction must be > 0 and < 1, got 0.0"),
+    (_I + ["--eval-candidates", "1"], "data import: --eval-candidates must be >= 2, got 1"),
+    (_I + ["--judge-negatives", "0"], "data import: --judge-negatives must be >= 1, got 0"),
+    (_I + ["--directions", "t2x"], "data import: --directions must be a non-empty subset of ('i2t', 't2i'), got "
+     "['t2x']"),
+    (_I + ["--directions", ","], "data import: --directions must be a non-empty subset of ('i2t', 't2i'), got []"),
 ]
 
 

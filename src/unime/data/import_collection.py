@@ -58,8 +58,8 @@ from unime.data.items import Item, Record
 from unime.data.roots import write_data_root
 from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
-from unime.errors import DataError, with_working_dir
-from unime.options import option
+from unime.errors import DataError, OptionError, with_working_dir
+from unime.options import check_ranges, option
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,9 @@ class ImportOptions:
                                          type=lambda text: tuple(d.strip() for d in text.split(",") if d.strip()))
     eval_fraction: float = option(0.2, "share of the images held out (default 0.2)")
     eval_candidates: int = option(100, "candidates per MMEB eval row, positive included (default 100; capped by "
-                                  "the held-out set)")
-    judge_negatives: int = option(3, "negatives per judge training record (default 3)")
+                                  "the held-out set)", at_least=2)  # the positive and at least one negative
+    judge_negatives: int = option(3, "negatives per judge training record (default 3)", at_least=1)  # a judge
+    # trained without negatives answers Yes to all
     seed: int = option(0, "seed of the held-out split and of the negatives")
     on_error: str = option("raise", "skip bad rows and images (counted and reported) instead of stopping at the "
                            "first", choices=["raise", "skip"])
@@ -89,18 +90,19 @@ class ImportOptions:
     own_folder: bool = option(False, cli=False)  # OUT is this command's own (claimed by `data import` before): a
     # non-empty OUT without a finished import is an interrupted one, redone
 
-    def validate(self) -> None:
+    def validate(self, *, named: bool = True) -> None:
+        """`OptionError` naming the first option at fault (the command line shows its flag). `named=False`: the
+        name may still be unset (None: the source's folder name, given once the source is read)."""
         bad = [d for d in self.directions if d not in DIRECTIONS]
         if bad or not self.directions:
-            raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS}, got {list(self.directions)}")
+            raise OptionError(self, "{directions} must be a non-empty subset of {all}, got {got}", all=DIRECTIONS,
+                              got=list(self.directions))
         if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"eval fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.eval_candidates < 2:
-            raise ValueError("eval candidates must be >= 2 (the positive and at least one negative)")
-        if self.judge_negatives < 1:
-            raise ValueError("judge negatives must be >= 1 (a judge trained without negatives answers Yes to all)")
-        if not self.name or any(c in self.name for c in "/\\ "):
-            raise ValueError(f"name must be a non-empty word (no spaces or slashes), got {self.name!r}")
+            raise OptionError(self, "{eval_fraction} must be > 0 and < 1, got {got}", got=self.eval_fraction)
+        check_ranges(self)
+        if (named or self.name is not None) and (not self.name or any(c in self.name for c in "/\\ ")):
+            raise OptionError(self, "{name} must be a non-empty word (no spaces or slashes), got {got!r}",
+                              got=self.name)
 
 
 # -- items of the pipeline -------------------------------------------------------------------------------
@@ -528,7 +530,8 @@ def _remove_earlier_import(out: Path, keep: set[Path]) -> list[str]:
 
 def import_from_source(source: CollectionSource, opts: ImportOptions, *, skips: SkipReport) -> ImportSummary:
     """`unime data import`: read the collection, then `import_collection`; the dataset is named after the
-    collection's folder unless `opts.name` is given."""
+    collection's folder unless `opts.name` is given. The options are checked before the collection is read."""
+    opts.validate(named=False)
     images, described, origin = source.read(ErrorPolicy(opts.on_error, skips, "import"))
     name = opts.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", origin.name) or "mydata"
     return import_collection(images, replace(opts, name=name, source=described), skips=skips)
