@@ -509,3 +509,17 @@ def test_record_ids_stay_unique_when_two_image_paths_flatten_to_one_name(tmp_pat
     assert {s: i.pop() for s, i in stems.items() if s.startswith("p")} == {f"p{k}": f"images/p{k}.png"
                                                                            for k in range(6)}
     assert {s for s in stems if s.startswith("a")} == {"a_x", "a_x~2"}
+
+
+def test_a_caption_row_with_more_fields_than_the_header_is_an_error_not_a_shortened_caption(tmp_path, capsys):
+    """`p1.png,a red, round photo` (an unquoted comma) was read as the caption "a red", the rest dropped (QA)."""
+    d = tmp_path / "d"
+    captions = _photos_in(d, lines={3: "p1.png,a red, round photo"})
+    argv = ["data", "import", "--captions", str(captions), "--images", str(d / "images")]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "captions.csv" in err and "record line 3" in err and "3 fields, the header has 2" in err
+    assert main([*argv, "--out", str(tmp_path / "o2"), "--on-error", "skip"]) == 0
+    assert "skipped 1 record" in capsys.readouterr().out
+    texts = {r.positive.text for r in read_records(tmp_path / "o2" / "train" / "records.jsonl") if r.query.images}
+    assert not any(t.startswith("a red") for t in texts)

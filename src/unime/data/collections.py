@@ -7,6 +7,7 @@ index) and the field. Supported layouts:
 - a folder of images + a captions file (`read_caption_table`): CSV, TSV or JSONL, one row per
   (image, caption), several rows per image allowed; column names are options (defaults: the first of
   ``image, file_name, filename, file, path`` / ``caption, text, captions`` / ``label, category, class``);
+  a row with more fields than the header (a caption holding an unquoted delimiter) is a bad row, not cut short;
 - COCO captions JSON (`read_coco_captions`): ``images: [{id, file_name}]``, ``annotations: [{image_id,
   caption}]``; categories, when an ``instances`` file is given, become labels (first annotation's);
 - a local Hugging Face ``datasets`` dataset (`read_hf_dataset`): a folder saved with ``save_to_disk``,
@@ -167,6 +168,12 @@ def _table_rows(path: Path, delimiter: str | None, policy: ErrorPolicy) -> Itera
                 value = row[key] if isinstance(row[key], str) else "".join(row[key])
                 policy.handle(_not_utf8(value, source=str(path), record=f"line {reader.line_num}",
                                         field=key if isinstance(key, str) else None))
+                continue
+            if None in row:  # DictReader's place for the fields past the header's: a caption cut at a delimiter
+                n = len(columns) + len(row[None])
+                policy.handle(data_error("malformed_json", f"{n} fields, the header has {len(columns)}: quote a "
+                                         f"value that holds the delimiter {delimiter!r}", source=str(path),
+                                         record=f"line {reader.line_num}"))
                 continue
             yield f"line {reader.line_num}", row, columns
 
