@@ -151,6 +151,7 @@ CONFIG_CASES = [
     (_I + ["--directions", "t2x"], "data import: --directions must be a non-empty subset of ('i2t', 't2i'), got "
      "['t2x']"),
     (_I + ["--directions", ","], "data import: --directions must be a non-empty subset of ('i2t', 't2i'), got []"),
+    (_I + ["--delimiter", ";;"], "data import: --delimiter must be one character ('\\t' for a tab), got ';;'"),
 ]
 
 

@@ -523,3 +523,43 @@ def test_a_caption_row_with_more_fields_than_the_header_is_an_error_not_a_shorte
     assert "skipped 1 record" in capsys.readouterr().out
     texts = {r.positive.text for r in read_records(tmp_path / "o2" / "train" / "records.jsonl") if r.query.images}
     assert not any(t.startswith("a red") for t in texts)
+
+
+@pytest.mark.parametrize("header,delimiter,encoding,extra", [
+    ("image,caption", ",", "utf-8-sig", []),  # Excel's "CSV UTF-8" starts with a byte-order mark
+    ("Image,Caption", ",", "utf-8", []),  # header names in any case
+    ("IMAGE;CAPTION", ";", "utf-8", ["--delimiter", ";"]),
+    ("image\tcaption", "\t", "utf-8", ["--delimiter", "\\t"]),  # a tab as typed on a command line
+])
+def test_captions_files_as_spreadsheets_write_them_are_read(tmp_path, capsys, header, delimiter, encoding, extra):
+    d = tmp_path / "d"
+    _photos_in(d)
+    captions = tmp_path / "captions.csv"
+    captions.write_text(header + "\n" + "".join(f"p{i}.png{delimiter}photo {i}\n" for i in range(6)), encoding=encoding)
+    assert main(["data", "import", "--captions", str(captions), "--images", str(d / "images"), "--out",
+                 str(tmp_path / "o"), *extra]) == 0, capsys.readouterr().err
+    records = read_records(tmp_path / "o" / "train" / "records.jsonl")
+    assert {r.positive.text for r in records if r.query.images} <= {f"photo {i}" for i in range(6)}
+    assert len(records) == 2 * 4
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("captions.csv", "image;caption\np0.png;photo 0\n", "the header reads as one column 'image;caption': are the "
+     "fields separated by ';'? give --delimiter ';'"),
+    ("captions.csv", "image\tcaption\np0.png\tphoto 0\n", "are the fields separated by tabs? give --delimiter '\\t'"),
+    ("captions.json", '{"image": "p0.png", "caption": "photo 0"}\n', "a captions file ending in '.json' is not read: "
+     "--captions reads CSV (.csv, .txt), TSV (.tsv, .tab) or JSON lines (.jsonl, .ndjson)"),
+    ("captions.parquet", "PAR1", "a captions file ending in '.parquet' is not read"),
+    ("captions.csv", "image,caption,caption\np0.png,a,b\n", "columns named alike"),
+    ("captions.csv", "Image,IMAGE,caption\np0.png,p1.png,a\n", "2 image columns ['Image', 'IMAGE']"),
+])
+def test_a_captions_file_that_is_not_comma_separated_text_is_named_with_what_to_do(tmp_path, capsys, name, content,
+                                                                                  expected):
+    d = tmp_path / "d"
+    _photos_in(d)
+    (tmp_path / name).write_text(content)
+    assert main(["data", "import", "--captions", str(tmp_path / name), "--images", str(d / "images"), "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and name in err, err
+    assert expected in err, err

@@ -4,9 +4,12 @@ Each reader yields `CaptionedImage`s (an image, its captions, an optional class 
 it came from so that bad input raises `DataError` naming the file, the record (1-based line / row /
 index) and the field. Supported layouts:
 
-- a folder of images + a captions file (`read_caption_table`): CSV, TSV or JSONL, one row per
-  (image, caption), several rows per image allowed; column names are options (defaults: the first of
-  ``image, file_name, filename, file, path`` / ``caption, text, captions`` / ``label, category, class``);
+- a folder of images + a captions file (`read_caption_table`): CSV (``.csv``, ``.txt``), TSV (``.tsv``,
+  ``.tab``) or JSON lines (``.jsonl``, ``.ndjson``), by its ending (another ending is refused, unless a
+  delimiter is given), UTF-8 with or without a byte-order mark, one row per (image, caption), several rows
+  per image allowed; column names are options (defaults: the first of ``image, file_name, filename, file,
+  path`` / ``caption, text, captions`` / ``label, category, class``, in any case when one column alone
+  matches); a header read as one column that holds ``;`` or a tab is refused naming ``--delimiter``;
   a row with more fields than the header (a caption holding an unquoted delimiter) is a bad row, not cut short;
 - COCO captions JSON (`read_coco_captions`): ``images: [{id, file_name}]``, ``annotations: [{image_id,
   caption}]``; categories, when an ``instances`` file is given, become labels (first annotation's);
@@ -35,7 +38,7 @@ from unime.data.images import ImageLoader
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER
 from unime.data.skips import ErrorPolicy, data_error
-from unime.errors import DataError
+from unime.errors import DataError, OptionError
 from unime.options import option
 
 IMAGE_COLUMNS = ("image", "file_name", "filename", "file", "path", "img")
@@ -60,13 +63,25 @@ class CaptionedImage:
 
 def _pick_column(names: Sequence[str], wanted: str | None, defaults: Sequence[str], *, source: str, what: str,
                  required: bool = True) -> str | None:
-    if wanted:
-        if wanted not in names:
-            raise DataError(f"no {what} column {wanted!r}; the columns are {list(names)}", source=source, field=wanted)
-        return wanted
-    for name in defaults:
+    """The column `wanted`, else the first of `defaults` present; a name matches exactly, else in any case
+    (`Image`) when one column alone does."""
+    def match(name: str) -> str | None:
         if name in names:
             return name
+        alike = [c for c in names if isinstance(c, str) and c.casefold() == name.casefold()]
+        if len(alike) > 1:
+            raise DataError(f"{len(alike)} {what} columns {alike}: name one with --{what}-column", source=source)
+        return alike[0] if alike else None
+
+    if wanted:
+        found = match(wanted)
+        if found is None:
+            raise DataError(f"no {what} column {wanted!r}; the columns are {list(names)}", source=source, field=wanted)
+        return found
+    for name in defaults:
+        found = match(name)
+        if found is not None:
+            return found
     if required:
         raise DataError(f"no {what} column (looked for {list(defaults)}; the columns are {list(names)}); "
                         f"name it with --{what}-column", source=source)
@@ -124,9 +139,9 @@ class _Merger:
 
 
 def _table_rows(path: Path, delimiter: str | None, policy: ErrorPolicy) -> Iterator[tuple[str, dict, list[str]]]:
-    """(record label, row dict, column names) per data row of a CSV / TSV / JSONL file."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
+    """(record label, row dict, column names) per data row of a JSONL file (`delimiter` None) or of delimited
+    text (`_delimiter_of`)."""
+    if delimiter is None:
         columns: list[str] = []
         for n, obj in iter_jsonl(path, on_malformed=policy.handle):
             if not isinstance(obj, dict):
@@ -138,10 +153,9 @@ def _table_rows(path: Path, delimiter: str | None, policy: ErrorPolicy) -> Itera
                     columns.append(k)
             yield f"line {n}", obj, columns
         return
-    if delimiter is None:
-        delimiter = "\t" if suffix in (".tsv", ".tab") else ","
-    # bytes that are not UTF-8 are kept as surrogates while parsing, then reported per row and column
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+    # bytes that are not UTF-8 are kept as surrogates while parsing, then reported per row and column; a
+    # byte-order mark (Excel's "CSV UTF-8") is read as nothing
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         try:
             header = reader.fieldnames
@@ -153,6 +167,7 @@ def _table_rows(path: Path, delimiter: str | None, policy: ErrorPolicy) -> Itera
         if bad_header is not None:
             raise _not_utf8(bad_header, source=str(path), record="line 1", field=None)
         columns = [c.strip() for c in header]
+        _check_header(columns, delimiter, source=str(path))
         reader.fieldnames = columns
         while True:
             try:
@@ -176,6 +191,48 @@ def _table_rows(path: Path, delimiter: str | None, policy: ErrorPolicy) -> Itera
                                          record=f"line {reader.line_num}"))
                 continue
             yield f"line {reader.line_num}", row, columns
+
+
+# the captions files `read_caption_table` reads, by their ending: JSON lines, or delimited text and its delimiter
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+TABLE_SUFFIXES = {".csv": ",", ".txt": ",", ".tsv": "\t", ".tab": "\t"}
+# delimiters a header read as one column may be separated by, as a command line gives them
+OTHER_DELIMITERS = {";": ("';'", "';'"), "\t": ("tabs", "'\\t'"), "|": ("'|'", "'|'"), ",": ("commas", "','")}
+
+
+def _delimiter_of(path: Path, delimiter: str | None) -> str | None:
+    """The delimiter of the captions table `path` (None: JSON lines, by its ending): `delimiter` (one character,
+    or a tab written `\\t` / `tab`), else by the file's ending; a file of another kind (`.json`, `.parquet`, ...)
+    is named, not parsed as CSV."""
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return None
+    if delimiter is not None:
+        delimiter = {"\\t": "\t", "tab": "\t"}.get(delimiter, delimiter)
+        if len(delimiter) != 1:
+            raise OptionError(CollectionSource, "{delimiter} must be one character ('\\t' for a tab), got {got!r}",
+                              got=delimiter)
+        return delimiter
+    if suffix not in TABLE_SUFFIXES:
+        ending = f"ending in {suffix!r}" if suffix else "without a file ending"
+        raise DataError(f"a captions file {ending} is not read: --captions reads CSV (.csv, .txt), TSV (.tsv, .tab) or "
+                        "JSON lines (.jsonl, .ndjson); JSON lines: name the file .jsonl; COCO captions JSON: --coco; "
+                        "other delimited text: --delimiter", source=str(path))
+    return TABLE_SUFFIXES[suffix]
+
+
+def _check_header(columns: list[str], delimiter: str, *, source: str) -> None:
+    """A header read as one column that holds another delimiter: which option reads it; two columns of one
+    name: refused (a row's value of the first would be lost)."""
+    if len(columns) == 1:
+        for other, (what, flag) in OTHER_DELIMITERS.items():
+            if other != delimiter and other in columns[0]:
+                raise DataError(f"the header reads as one column {columns[0]!r}: are the fields separated by {what}? "
+                                f"give --delimiter {flag}", source=source, record="line 1")
+    alike = sorted({c for c in columns if columns.count(c) > 1})
+    if alike:
+        raise DataError(f"columns named alike: {alike} (a row's value of each but the last would be lost)",
+                        source=source, record="line 1")
 
 
 def _undecodable(value: Any) -> bool:
@@ -216,6 +273,7 @@ def read_caption_table(captions: str | os.PathLike, images: str | os.PathLike, *
     `allow_outside_root`)."""
     path, root = Path(captions), Path(images)
     src = str(path)
+    delimiter = _delimiter_of(path, delimiter)  # the option and the kind of file, before the file is looked for
     if not path.is_file():
         raise DataError("captions file not found", source=src)
     if not root.is_dir():
@@ -620,7 +678,8 @@ class CollectionSource:
     caption_column: str | None = option(None, "column of the caption (default: caption, text, ...)")
     label_column: str | None = option(None, "column of a class label (default: label, category, class if present); "
                                       "labels add a classification task")
-    delimiter: str | None = option(None, "CSV delimiter (default: tab for .tsv, else comma)")
+    delimiter: str | None = option(None, "CSV delimiter, one character; \\t for a tab (default: tab for .tsv, "
+                                   "else comma)")
 
     def read(self, policy: ErrorPolicy) -> tuple[list[CaptionedImage], dict, Path]:
         """The images, what was read (for import.json) and the folder the collection is named after."""
