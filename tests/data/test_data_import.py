@@ -563,3 +563,19 @@ def test_a_captions_file_that_is_not_comma_separated_text_is_named_with_what_to_
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and name in err, err
     assert expected in err, err
+
+
+def test_an_import_left_with_too_few_images_by_skips_shows_which_rows_it_skipped(tmp_path, capsys):
+    """Only "0 usable image(s): an import needs at least 4" was printed; the skipped rows, and why, never (QA)."""
+    d = tmp_path / "d"
+    captions = _photos_in(d, lines={2: "missing.png,a lost photo"})
+    for i in (1, 2, 3):
+        (d / "images" / f"p{i}.png").write_bytes(b"not a png")
+    assert main(["data", "import", "--captions", str(captions), "--images", str(d / "images"), "--out",
+                 str(tmp_path / "o"), "--on-error", "skip"]) == 2
+    shown = capsys.readouterr()
+    assert "2 usable image(s): an import needs at least 4" in shown.err
+    assert "skipped 4 record(s) (image: 4)" in shown.out
+    assert "record line 2" in shown.out and "missing.png" in shown.out
+    for i in (1, 2, 3):
+        assert f"p{i}.png" in shown.out

@@ -86,7 +86,12 @@ def _import(args) -> int:
     opts = config_from_args(ImportOptions, args, ignore=tuple(_owned_names()),
                             own_folder=getattr(args, "_owned", None) is not None)
     # a non-empty OUT that is not an earlier import: FileExistsError, reported as the contract's one line
-    summary = import_from_source(config_from_args(CollectionSource, args), opts, skips=skips)
+    try:
+        summary = import_from_source(config_from_args(CollectionSource, args), opts, skips=skips)
+    except Exception:
+        if skips.total:  # what was skipped before the import failed (too few images left, ...): shown before the error
+            print(skips.summary(), flush=True)
+        raise
     print(summary.describe())
     if skips.total:
         print(skips.summary())
