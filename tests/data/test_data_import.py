@@ -579,3 +579,22 @@ def test_an_import_left_with_too_few_images_by_skips_shows_which_rows_it_skipped
     assert "record line 2" in shown.out and "missing.png" in shown.out
     for i in (1, 2, 3):
         assert f"p{i}.png" in shown.out
+
+
+def test_a_video_file_given_to_import_is_named_as_a_video_not_a_corrupt_image(tmp_path, capsys):
+    """A clip in the captions file was "a corrupt or unreadable image ... not in an image format PIL can read" (QA):
+    import takes images; a video item is a record with a "video" field."""
+    d = tmp_path / "d"
+    captions = _photos_in(d)
+    (d / "images" / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    with open(captions, "a") as fh:
+        fh.write("clip.mp4,a short clip\n")  # the file's line 8
+    argv = ["data", "import", "--captions", str(captions), "--images", str(d / "images")]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "record line 8" in err and "clip.mp4 is a video file: data import takes images only" in err, err
+    assert 'a video item is a record with a "video" field (docs/CONTRACTS.md, "Items and records")' in err, err
+    assert "corrupt" not in err
+    assert main([*argv, "--out", str(tmp_path / "o2"), "--on-error", "skip"]) == 0
+    assert "skipped 1 record(s) (image: 1)" in capsys.readouterr().out
+    assert not (tmp_path / "o2" / "images" / "clip.mp4").exists()

@@ -34,7 +34,8 @@ about all of them: each is relevant to it (qrels) and none is its negative (judg
 Record ids start with the image's path under images/ without its suffix, `/` as `_` (`a/x.png` → `a_x-1-i2t`:
 caption 1, direction i2t); a later image whose path reads the same (`a_x.png`) is `a_x~2` (`_image_ids`).
 An image is opened once (`ImageLoader`): a broken one raises `DataError` naming the
-source file, record and field, or with on_error="skip" is left out and counted.
+source file, record and field, or with on_error="skip" is left out and counted; so does a video file (import takes
+images; video items are records with a "video" field).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ from unime.data.images import ImageLoader
 from unime.data.io import write_records
 from unime.data.items import Item, Record
 from unime.data.roots import write_data_root
-from unime.data.skips import ErrorPolicy, SkipReport
+from unime.data.skips import ErrorPolicy, SkipReport, data_error
+from unime.data.video import is_video_file_ref
 from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
 from unime.errors import DataError, OptionError, with_working_dir
 from unime.options import check_ranges, option
@@ -160,6 +162,12 @@ def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolic
     used: set[str] = set()
     placed, wrote = [], []
     for n, img in enumerate(images, 1):
+        if is_video_file_ref(img.image):  # by its ending (a path) or its container's signature (bytes)
+            what = "its bytes are a video" if isinstance(img.image, bytes) else f"{img.image} is a video file"
+            policy.handle(data_error("image", f"{what}: data import takes images only; a video item is a record "
+                                     'with a "video" field (docs/CONTRACTS.md, "Items and records")',
+                                     source=img.source, record=img.record, field=img.field))
+            continue
         if isinstance(img.image, bytes):
             base = _safe_relative(img.name_hint) if img.name_hint else ""
             stem = Path(base).stem if base else f"{n:06d}"
