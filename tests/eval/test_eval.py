@@ -412,3 +412,23 @@ def test_report_files_and_comparison(tmp_path):
     assert cmp["tasks"]["colour_cls · precision@1"] == {"run1": 0.5, "run2": 0.75}
     with pytest.raises(DataError, match="summary.json"):
         report.compare_runs([tmp_path / "w"], tmp_path / "cmp2")
+
+
+def test_under_skip_a_task_left_without_rows_is_reported_and_the_others_are_read(tmp_path, caplog):
+    world = build_world(tmp_path)
+    (tmp_path / "images/yellow.png").unlink()  # the positive of both colour_ret rows
+    suite = load_task_config(world)
+    with pytest.raises(DataError, match="images/yellow.png"):
+        load_suite_data(suite)
+    with caplog.at_level("WARNING"):
+        data = load_suite_data(suite, on_error="skip")
+    names = [spec.name for spec, _ in data]
+    assert names == ["colour_cls", "colours_retrieval", "colours_sugarcrepe", "colours_docs"]
+    assert "task 'colour_ret' has no (good) rows; the task is left out" in caplog.text
+    from unime.eval.runners import skipped_task_names
+
+    assert skipped_task_names(suite, data) == ["colour_ret"]
+    for name in ("red", "green", "blue"):
+        (tmp_path / f"images/{name}.png").unlink()
+    with pytest.raises(DataError, match="no task has \\(good\\) rows"):
+        load_suite_data(suite, on_error="skip")

@@ -90,3 +90,36 @@ def test_unime_eval_rerank_without_a_reranker_is_a_clear_error(tiny_model_dir, t
 
     with pytest.raises(ModelError, match="reranker"):  # the error behind the line
         load_reranker("some/ckpt")
+
+
+def test_unime_eval_skip_drops_a_bad_candidate_and_leaves_out_a_task_without_rows(tiny_model_dir, tmp_path):
+    import yaml
+
+    from tests.eval.helpers import write_jsonl
+
+    world = tmp_path / "world"
+    cfg = build_world(world)
+    gone = "images/gone.png"  # no such file
+    write_jsonl(world / "eval/mmeb/t2i.jsonl", [  # like an import's t2i task: every image is a candidate
+        {"qry_text": "red", "qry_img_path": "", "tgt_text": ["", "", ""],
+         "tgt_img_path": ["images/red.png", gone, "images/blue.png"]},
+        {"qry_text": "blue", "qry_img_path": "", "tgt_text": ["", "", ""],
+         "tgt_img_path": ["images/blue.png", "images/red.png", gone]}])
+    write_jsonl(world / "eval/mmeb/lost.jsonl", [  # its one row's positive is missing: no good row
+        {"qry_text": "grey", "qry_img_path": "", "tgt_text": ["", ""], "tgt_img_path": [gone, "images/red.png"]}])
+    tasks = yaml.safe_load(cfg.read_text())
+    tasks["tasks"] += [{"name": n, "format": "mmeb", "path": f"eval/mmeb/{n}.jsonl", "meta_task": "retrieval"}
+                       for n in ("t2i", "lost")]
+    cfg.write_text(yaml.safe_dump(tasks, sort_keys=False))
+    out = tmp_path / "o"
+    argv = ["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(world), "--out", str(out), "--no-cache",
+            "--device", "cpu"]
+    assert main(argv + ["--on-error", "skip"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "lost" not in summary["tasks"] and summary["meta"]["skipped_tasks"] == ["lost"]
+    assert summary["meta"]["dropped_candidates"] == 2 and summary["meta"]["skipped_rows"] == 0
+    t2i = json.loads((out / "tasks" / "t2i.json").read_text())
+    assert t2i["counts"]["queries"] == 2 and t2i["counts"]["dropped_candidates"] == 2
+    md = (out / "results.md").read_text()
+    assert "- **skipped tasks** (`--on-error skip`, no good rows): lost" in md
+    assert "- **dropped candidates** (`--on-error skip`): 2 bad candidates" in md

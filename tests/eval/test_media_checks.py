@@ -96,3 +96,31 @@ def test_reading_a_video_task_decodes_no_frame(tmp_path, monkeypatch):
     for name in ("vid_ret", "vid_qa", "vid_mret"):
         load_task_data(_spec(cfg, name))
     assert decoded == []
+
+
+def test_under_skip_a_bad_mmeb_candidate_leaves_its_row_not_the_whole_row(tmp_path):
+    red, blue = write_png(tmp_path, "images/red.png", "red"), write_png(tmp_path, "images/blue.png", "blue")
+    gone = "images/gone.png"
+    write_jsonl(tmp_path / "t2i.jsonl", [
+        {"id": "r1", "qry_text": "red", "qry_img_path": "", "tgt_text": ["", "", ""],
+         "tgt_img_path": [red, gone, blue]},   # keeps its positive and blue: gone is dropped from the row
+        {"id": "r2", "qry_text": "red", "qry_img_path": "", "tgt_text": ["", ""],
+         "tgt_img_path": [red, gone]},         # only the positive would be left: the row is skipped
+        {"id": "r3", "qry_text": "red", "qry_img_path": "", "tgt_text": ["", "", ""],
+         "tgt_img_path": [gone, red, blue]},   # the positive is bad: the row is skipped
+        {"id": "r4", "qry_text": "", "qry_img_path": gone, "tgt_text": ["red", "blue"],
+         "tgt_img_path": ["", ""]},            # the query is bad: the row is skipped
+    ])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tasks:\n  - {name: t2i, format: mmeb, path: t2i.jsonl}\n")
+    spec = _spec(cfg, "t2i")
+    with pytest.raises(DataError, match="images/gone.png") as e:  # the default policy: unchanged
+        load_task_data(spec)
+    assert (e.value.record, e.value.field) == ("line 1 (id r1)", "candidates[1].images[0]")
+    skips = SkipReport()
+    data = load_task_data(spec, on_error="skip", skips=skips)
+    assert data.ids == ["r1"] and data.skipped == 3 and data.dropped_candidates == 1
+    assert [data.table.items[c].images for c in data.candidates[0]] == [(red,), (blue,)]
+    assert [(x.record, x.field) for x in skips.examples] == [("line 2 (id r2)", "candidates[1].images[0]"),
+                                                             ("line 3 (id r3)", "candidates[0].images[0]"),
+                                                             ("line 4 (id r4)", "query.images[0]")]

@@ -431,30 +431,34 @@ class ImageChecker:
         image of `obj` (a Record, MMEBRow, Item, an eval row with one `image`, or a row with an
         `item_fields()` method yielding (field, Item) pairs)."""
         for fname, item in _item_fields(obj):
-            if len(item.video) > 1 and any(is_video_file_ref(r) for r in item.video):
-                raise data_error("image", MIXED_VIDEO_REFS, source=source, record=record, field=f"{fname}.video")
-            for kind in ("images", "video"):
-                header_only = kind == "video" and not self.decode_video
-                for j, ref in enumerate(getattr(item, kind)):
-                    key = (header_only, ref if isinstance(ref, (str, bytes)) else id(ref))
-                    field = fname if fname == "image" else f"{fname}.{kind}[{j}]"
-                    if key not in self.verdict:
-                        try:
-                            where = {"source": source, "record": record, "field": field}
-                            if header_only and is_video_file_ref(ref):
-                                probe_video_file(self.loader, ref, self.loader.video_sampling, **where)
-                            elif header_only:  # a frame of a frame list
-                                self.loader.check_header(ref, **where)
-                            elif kind == "video" and is_video_file_ref(ref):  # decoded, sampled, checked
-                                self.loader.load_video([ref], **where)
-                            else:
-                                self.loader.load(ref, **where)
-                            self.verdict[key] = None
-                        except DataError as e:
-                            self.verdict[key] = e
-                    err = self.verdict[key]
-                    if err is not None:
-                        raise data_error("image", raw_message(err), source=source, record=record, field=field)
+            self.check_item(fname, item, source=source, record=record)
+
+    def check_item(self, fname: str, item: Item, *, source: str | None, record: Any) -> None:
+        """`check` for one item of a record, named `fname` (e.g. ``candidates[3]``) in the error."""
+        if len(item.video) > 1 and any(is_video_file_ref(r) for r in item.video):
+            raise data_error("image", MIXED_VIDEO_REFS, source=source, record=record, field=f"{fname}.video")
+        for kind in ("images", "video"):
+            header_only = kind == "video" and not self.decode_video
+            for j, ref in enumerate(getattr(item, kind)):
+                key = (header_only, ref if isinstance(ref, (str, bytes)) else id(ref))
+                field = fname if fname == "image" else f"{fname}.{kind}[{j}]"
+                if key not in self.verdict:
+                    try:
+                        where = {"source": source, "record": record, "field": field}
+                        if header_only and is_video_file_ref(ref):
+                            probe_video_file(self.loader, ref, self.loader.video_sampling, **where)
+                        elif header_only:  # a frame of a frame list
+                            self.loader.check_header(ref, **where)
+                        elif kind == "video" and is_video_file_ref(ref):  # decoded, sampled, checked
+                            self.loader.load_video([ref], **where)
+                        else:
+                            self.loader.load(ref, **where)
+                        self.verdict[key] = None
+                    except DataError as e:
+                        self.verdict[key] = e
+                err = self.verdict[key]
+                if err is not None:
+                    raise data_error("image", raw_message(err), source=source, record=record, field=field)
 
 
 def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips: SkipReport | None = None,

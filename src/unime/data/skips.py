@@ -69,11 +69,11 @@ class SkipReport:
     def __len__(self) -> int:
         return self.total
 
-    def summary(self) -> str:
+    def summary(self, what: str = "record(s)") -> str:
         if not self.total:
-            return "skipped 0 records"
+            return f"skipped 0 {what}"
         per = ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items()))
-        lines = [f"skipped {self.total} record(s) ({per})"]
+        lines = [f"skipped {self.total} {what} ({per})"]
         lines += [f"  - {e.message}" for e in self.examples]
         if self.total > len(self.examples):
             lines.append(f"  ... and {self.total - len(self.examples)} more")

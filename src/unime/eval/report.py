@@ -186,6 +186,11 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
         lines.append(f"- **skipped rows** (`--on-error skip`): {int(meta.get('skipped_rows') or sum(skipped.values()))}"
                      + (" (" + ", ".join(f"{n} {k}" for n, k in sorted(skipped.items())) + ")" if skipped else "")
                      + "; the metrics leave them out")
+    if meta.get("dropped_candidates"):
+        lines.append(f"- **dropped candidates** (`--on-error skip`): {int(meta['dropped_candidates'])} bad candidates "
+                     "left out of their rows (each row kept its positive and another candidate)")
+    if meta.get("skipped_tasks"):
+        lines.append(f"- **skipped tasks** (`--on-error skip`, no good rows): {', '.join(meta['skipped_tasks'])}")
     lines.append("")
     by_format: dict[str, list[str]] = {}
     for name, i in info.items():

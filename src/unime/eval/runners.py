@@ -21,11 +21,11 @@ import numpy as np
 from unime.data.image_digests import ImageDigests
 from unime.data.items import Item
 from unime.data.video import VideoOptions
-from unime.errors import ModelError
+from unime.errors import DataError, ModelError
 from unime.eval import metrics as M
 from unime.eval.mmeb_v2 import headline_metric
-from unime.eval.tasks import (CompositionalData, MMEBData, QrelsData, RetrievalData, TaskData, TaskSpec,
-                              TaskSuite, load_task_config, load_task_data)
+from unime.eval.tasks import (CompositionalData, EmptyTaskError, MMEBData, QrelsData, RetrievalData, TaskData,
+                              TaskSpec, TaskSuite, load_task_config, load_task_data)
 from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
                                           model_fingerprint)
 from unime.models.image_budget import ImageOptions
@@ -427,6 +427,8 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
         res.seconds = time.perf_counter() - ts
         if data.skipped:
             res.counts["skipped_rows"] = data.skipped
+        if getattr(data, "dropped_candidates", 0):
+            res.counts["dropped_candidates"] = data.dropped_candidates
         results.append(res)
         log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items()))
     t3 = time.perf_counter()
@@ -441,14 +443,31 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
 
 def load_suite_data(suite: TaskSuite, *, on_error: str = "raise") -> list[tuple[TaskSpec, TaskData]]:
     """Read every task (fails on the first bad row unless ``on_error="skip"``, which counts skipped rows
-    per task: they appear in each task's ``counts["skipped_rows"]``)."""
+    per task: they appear in each task's ``counts["skipped_rows"]``). Under the skip policy a task left
+    with no rows is reported and left out (`skipped_task_names`); an error only when no task is left."""
     out = []
     for spec in suite.tasks:
-        data = load_task_data(spec, on_error=on_error)
-        log.info("task %s (%s): %d distinct items, %d references%s", spec.name, spec.format, len(data.table),
-                 data.references, f", {data.skipped} rows skipped" if data.skipped else "")
+        try:
+            data = load_task_data(spec, on_error=on_error)
+        except EmptyTaskError as e:
+            if on_error != "skip":
+                raise
+            log.warning("%s; the task is left out, the others are scored", e)
+            continue
+        dropped = getattr(data, "dropped_candidates", 0)
+        log.info("task %s (%s): %d distinct items, %d references%s%s", spec.name, spec.format, len(data.table),
+                 data.references, f", {data.skipped} rows skipped" if data.skipped else "",
+                 f", {dropped} bad candidates dropped" if dropped else "")
         out.append((spec, data))
+    if not out:
+        raise DataError(f"no task has (good) rows: {[t.name for t in suite.tasks]}", source=str(suite.source))
     return out
+
+
+def skipped_task_names(suite: TaskSuite, data: list[tuple[TaskSpec, TaskData]]) -> list[str]:
+    """The tasks of `suite` that `load_suite_data` left out (no good rows, under the skip policy)."""
+    read = {spec.name for spec, _ in data}
+    return [t.name for t in suite.tasks if t.name not in read]
 
 
 @dataclass(kw_only=True)
@@ -559,6 +578,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     run.encoding, run.timing = rerun.whole_run(out_dir, run.encoding, run.timing)
     meta = {"model": str(model), "model_id": model_id, "tasks_config": str(suite.source), "ties": ties,
             "on_error": on_error, "skipped_rows": sum(d.skipped for _, d in data),
+            "skipped_tasks": skipped_task_names(suite, data),
+            "dropped_candidates": sum(getattr(d, "dropped_candidates", 0) for _, d in data),
             "cache_dir": str(cache) if cache else None, "device": embedder.device, "dtype": str(dtype),
             "batch_size": batch_size, "image_budget": embedder.image_budget.to_dict(),
             "visual_tokens_encoded": embedder.visual_tokens}

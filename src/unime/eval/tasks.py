@@ -37,7 +37,11 @@ is read as one task — the layout of a Hugging Face dataset snapshot such as MM
 MMEB rows, retrieval entries and compositional pairs are parsed by the data layer
 (`unime.data.eval_formats`), one row at a time, with its error policy: a bad row raises `DataError`
 naming file, record and field, or with ``on_error="skip"`` is left out and counted. Rows of every format
-have their images and videos checked as they are read (`_parsed_rows`), so bad media counts as a bad row.
+have their images and videos checked as they are read (`_parsed_rows`), so bad media counts as a bad row —
+except, under the skip policy, a bad candidate of an MMEB row other than its positive: that candidate leaves
+the row (counted in the task's ``dropped_candidates``) when the row keeps its positive and another candidate.
+A task left with no rows raises `EmptyTaskError` (under the skip policy, `unime eval` reports it and scores
+the other tasks).
 
 Each task's data is interned into an `ItemTable` (its distinct items) plus integer arrays, so a task
 with 1,000 queries x 1,000 shared candidates holds 1,000 + distinct items, not a million.
@@ -45,9 +49,10 @@ with 1,000 queries x 1,000 shared candidates holds 1,000 + distinct items, not a
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -55,7 +60,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from unime.data.eval_formats import compositional_pair_from_dict, mmeb_row_from_dict, retrieval_entry_from_dict
+from unime.data.eval_formats import MMEBRow, compositional_pair_from_dict, mmeb_row_from_dict, retrieval_entry_from_dict
 from unime.data.eval_formats import iter_rows as iter_format_rows
 from unime.data.items import Item
 from unime.data.jsonl import read_text_file
@@ -68,6 +73,12 @@ FORMATS = ("mmeb", "retrieval", "compositional", "qrels", "mmeb_v2")
 MMEB_META_TASKS = ("classification", "vqa", "retrieval", "grounding")  # paper's column order
 SPLITS = ("IND", "OOD")
 TASK_CONFIG_FILENAME = "eval_tasks.yaml"
+
+log = logging.getLogger(__name__)
+
+
+class EmptyTaskError(DataError):
+    """A task with no (good) rows to score."""
 
 _COMMON_KEYS = {"name", "format", "path", "data_root", "meta_task", "split", "modality"}
 _FORMAT_KEYS = {
@@ -350,6 +361,7 @@ class MMEBData:
     ids: list[str]
 
     skipped: int = 0  # rows left out under on_error="skip"
+    dropped_candidates: int = 0  # bad candidates (not the positive) left out of their rows under on_error="skip"
 
     @property
     def references(self) -> int:
@@ -524,17 +536,21 @@ def _image_checker(spec: TaskSpec):
 
 
 def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str,
-                 images=None) -> Iterator[tuple[str, Any]]:
+                 images=None, dropped: SkipReport | None = None) -> Iterator[tuple[str, Any]]:
     """(record label, parsed row) for every good row of a task's file(s); bad rows go through `policy`.
     Rows are parsed by the data layer (`unime.data.eval_formats`), one at a time. With `images` (an
     `ImageChecker`, `_image_checker`) every image of a row is opened and decoded here, before any model is
     loaded, and every video opened and its header checked: a bad one names the file, the row and the field,
-    and under the skip policy leaves the row out."""
+    and under the skip policy leaves the row out. With `dropped` (MMEB rows, skip policy) a bad candidate
+    other than the positive leaves only its row's candidate list, counted in `dropped`
+    (`_without_bad_candidates`)."""
     for f in _data_files(path, task=task):
         for label, obj in iter_format_rows(f, policy):
             try:
                 row = parse(obj, source=str(f), record=label)
-                if images is not None:
+                if images is not None and dropped is not None:
+                    row = _without_bad_candidates(row, images, dropped, source=str(f), record=label)
+                elif images is not None:
                     images.check(row, source=str(f), record=label)
                 yield label, row
             except DataError as e:
@@ -545,8 +561,30 @@ def _template(template: str, text: str) -> str:
     return template.replace("{text}", text)
 
 
-def _no_rows(spec: TaskSpec) -> DataError:
-    return DataError(f"task {spec.name!r} has no (good) rows", source=str(spec.path))
+def _without_bad_candidates(row: MMEBRow, images, dropped: SkipReport, *, source: str, record: str) -> MMEBRow:
+    """`row` without its candidates whose media is bad, each counted in `dropped`, when it keeps its positive
+    (index 0) and at least one other candidate; else the first bad one raises (the whole row is bad). One bad
+    image listed among every row's candidates (an import's t2i task) thus costs each row a candidate, not
+    every row."""
+    where = {"source": source, "record": record}
+    images.check_item("query", row.query, **where)
+    images.check_item("candidates[0]", row.candidates[0], **where)
+    kept, bad = [row.candidates[0]], []
+    for i, c in enumerate(row.candidates[1:], 1):
+        try:
+            images.check_item(f"candidates[{i}]", c, **where)
+            kept.append(c)
+        except DataError as e:
+            bad.append(e)
+    if bad and len(kept) < 2:
+        raise bad[0]
+    for e in bad:
+        dropped.add(e)
+    return replace(row, candidates=kept) if bad else row
+
+
+def _no_rows(spec: TaskSpec) -> EmptyTaskError:
+    return EmptyTaskError(f"task {spec.name!r} has no (good) rows", source=str(spec.path))
 
 
 # -- MMEB ------------------------------------------------------------------------------------------------
@@ -554,15 +592,20 @@ def _no_rows(spec: TaskSpec) -> DataError:
 def read_mmeb_task(spec: TaskSpec, policy: ErrorPolicy) -> MMEBData:
     table = ItemTable()
     queries, candidates, ids = [], [], []
+    dropped = SkipReport() if policy.on_error == "skip" else None
     for label, row in _parsed_rows(spec.path, mmeb_row_from_dict, policy, task=spec.name,
-                                 images=_image_checker(spec)):
+                                   images=_image_checker(spec), dropped=dropped):
         queries.append(table.add(row.query))
         candidates.append(np.fromiter((table.add(c) for c in row.candidates), dtype=np.int64,
                                       count=len(row.candidates)))
         ids.append(row.id or label)
+    if dropped:
+        log.warning("task %s: bad candidates left out of their rows, each row keeping its positive and another "
+                    "candidate: %s", spec.name, dropped.summary(what="candidate(s)"))
     if not queries:
         raise _no_rows(spec)
-    return MMEBData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=candidates, ids=ids)
+    return MMEBData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=candidates, ids=ids,
+                    dropped_candidates=dropped.total if dropped else 0)
 
 
 # -- retrieval -------------------------------------------------------------------------------------------
@@ -768,6 +811,6 @@ def _read_beir(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
         grades.append(g)
         ids.append(qid)
     if not queries:
-        raise DataError(f"task {spec.name!r}: no query has judgements", source=src)
+        raise EmptyTaskError(f"task {spec.name!r}: no query has judgements", source=src)
     return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64),
                      candidates=[corpus_arr] * len(queries), grades=grades, ids=ids, shared_corpus=True)
