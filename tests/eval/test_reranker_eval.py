@@ -66,7 +66,8 @@ def _independent(root, model_dir, rr_dir, k, mode):
 
 
 @pytest.mark.parametrize("mode", ["top1", "resort"])
-def test_eval_reports_both_rows_and_matches_an_independent_rerank(eval_setup, tiny_model_dir, tmp_path, mode):
+def test_eval_reports_both_rows_and_matches_an_independent_rerank(eval_setup, tiny_model_dir, tmp_path, mode,
+                                                                   capsys):
     from unime.cli import main
 
     root, rr_dir = eval_setup
@@ -91,6 +92,12 @@ def test_eval_reports_both_rows_and_matches_an_independent_rerank(eval_setup, ti
     if mode == "top1":  # the report's line counts what the reranker's own stats count
         assert (f"{own['parsed']} of 4 listwise answers named a candidate, {own['fallbacks']} fell back to the "
                 "reranker's pairwise scores") in md
+    # the console shows the reranked figures and the reranker's line (with its warning, if any) too
+    printed = capsys.readouterr().out.splitlines()
+    assert f"colours: precision@1 {100 * task['metrics']['precision@1']:.1f}" in "\n".join(printed)
+    assert any(line.startswith(f"colours [embedder + reranker ({mode}, top-3)]: precision@1 "
+                               f"{100 * task['metrics_reranked']['precision@1']:.1f}") for line in printed), printed
+    assert [line for line in md.splitlines() if line.startswith("Reranker: ")][0] in printed
 
 
 def test_the_report_line_counts_both_fallbacks_and_warns_when_no_answer_parsed():

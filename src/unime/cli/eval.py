@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def _eval(args) -> int:
-    from unime.eval.report import compare_runs
+    from unime.eval.report import compare_runs, reranked_label, reranker_line
     from unime.eval.runners import EvalConfig, evaluate_checkpoint
 
     if not args.out:
@@ -57,13 +57,22 @@ def _eval(args) -> int:
         print(f"{args.out}: this evaluation finished earlier with the same options and inputs; nothing to do "
               "(pass --overwrite to run it again)")
     for name, m in summary["tasks"].items():
-        shown = [f"{k} {100 * v:.1f}" for k, v in m.items() if not k.startswith("chance@")][:6]
-        chance = f" (chance P@1 {100 * m['chance@1']:.1f})" if "chance@1" in m else ""
-        print(f"{name}: {', '.join(shown)}{chance}")
+        print(_task_line(name, m))
+    rr = summary.get("reranked")
+    if rr is not None:  # the reranked figures and the reranker's own line (its warning), as in results.md
+        for name, m in rr["tasks"].items():
+            print(_task_line(f"{name} [{reranked_label(rr)}]", m))
+        print(reranker_line(rr.get("stats") or {}))
     enc = summary["encoding"]
     print(f"{args.out}/results.md  (items seen {enc['items_seen']}, distinct {enc['distinct_items']}, "
           f"from cache {enc['from_cache']}, encoded {enc['encoded']}; wall {summary['timing']['wall_seconds']:.1f} s)")
     return 0
+
+
+def _task_line(name: str, metrics: dict) -> str:
+    shown = [f"{k} {100 * v:.1f}" for k, v in metrics.items() if not k.startswith("chance@")][:6]
+    chance = f" (chance P@1 {100 * metrics['chance@1']:.1f})" if "chance@1" in metrics else ""
+    return f"{name}: {', '.join(shown)}{chance}"
 
 
 def _reference(args) -> int:

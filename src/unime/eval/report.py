@@ -168,9 +168,13 @@ def _variants(summary: dict) -> list[tuple[str, dict, dict]]:
     rows = [(EMBEDDER_ROW, summary["tasks"], summary["aggregates"].get("mmeb", {}))]
     if "reranked" in summary:
         rr = summary["reranked"]
-        label = f"{RERANKED_ROW} ({rr.get('mode')}, top-{rr.get('topk')})"
-        rows.append((label, rr["tasks"], rr["aggregates"].get("mmeb", {})))
+        rows.append((reranked_label(rr), rr["tasks"], rr["aggregates"].get("mmeb", {})))
     return rows
+
+
+def reranked_label(reranked: dict) -> str:
+    """The name of the reranked run (a summary's ``reranked``), e.g. ``embedder + reranker (top1, top-5)``."""
+    return f"{RERANKED_ROW} ({reranked.get('mode')}, top-{reranked.get('topk')})"
 
 
 def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
