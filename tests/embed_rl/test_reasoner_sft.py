@@ -156,8 +156,8 @@ def test_sft_run_lowers_the_loss_and_saves_a_reasoner(tiny_model_dir, tmp_path):
     assert saved["steps"] == summary["steps"] == 30
     from unime.models.curves import read_curves_csv
 
-    curves = read_curves_csv(tmp_path / "sft" / "curves.csv")  # one row per logged step (every 5th)
-    assert [r["step"] for r in curves] == [5, 10, 15, 20, 25, 30]
+    curves = read_curves_csv(tmp_path / "sft" / "curves.csv")  # one row per logged step (the first, every 5th)
+    assert [r["step"] for r in curves] == [1, 5, 10, 15, 20, 25, 30]
     assert (curves[0]["loss"], curves[-1]["loss"]) == (summary["first_loss"], summary["last_loss"])
     assert (tmp_path / "sft" / "curves.png").stat().st_size > 1000
     reasoner = Reasoner.from_pretrained(tmp_path / "sft", device="cpu", data_root=str(tmp_path), max_new_tokens=48)

@@ -318,6 +318,24 @@ def test_unime_train_judge_writes_a_plain_merged_checkpoint(tiny_model_dir, tmp_
     assert np.abs(s - base.score_candidates(q, cands)).max() > 1e-4  # training changed the judge
 
 
+@pytest.mark.parametrize("role", ["reranker", "judge"])
+def test_a_run_shorter_than_logging_steps_logs_its_first_and_last_step(tiny_model_dir, tmp_path, role):
+    """QA: `--steps 4` with the default `--logging-steps 10` logged only step 4, and the CLI printed
+    `loss X -> X` (the first and the last loss were that one row)."""
+    from unime.models.curves import read_curves_csv
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    records = write_world(tmp_path, scores=role == "reranker")
+    cfg = RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(tmp_path / role),
+                              role=role, losses=("pair",) if role == "judge" else ("pair", "list"), learning_rate=1e-2,
+                              max_steps=4, batch_size=2, logging_steps=10, seed=0, device="cpu", holdout=0.0,
+                              train_modules=("lm_head",))
+    result = train_reranker(cfg)
+    assert [h["step"] for h in result.log_history] == [1, 4]
+    assert (result.first_loss, result.last_loss) == (result.log_history[0]["loss"], result.log_history[1]["loss"])
+    assert [r["step"] for r in read_curves_csv(tmp_path / role / "curves.csv")] == [1, 4]
+
+
 def test_judge_group_loss_batches_records_and_logs_both_parts(tiny_model_dir, tmp_path):
     from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
 

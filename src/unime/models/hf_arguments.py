@@ -96,7 +96,10 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
         max_steps=max_steps, num_train_epochs=epochs, learning_rate=learning_rate, lr_scheduler_type=lr_scheduler,
         warmup_steps=warmup_steps, weight_decay=weight_decay, seed=seed, data_seed=data_seed,
-        logging_steps=logging_steps, save_strategy="steps", save_steps=save_steps, save_total_limit=save_total_limit,
+        # the first step logged too: a run shorter than `logging_steps` would log only its last step, and its
+        # "loss first -> last" would be one number twice
+        logging_steps=logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=save_steps, save_total_limit=save_total_limit,
         report_to=[], use_cpu=use_cpu, bf16=bf16, fp16=fp16, dataloader_num_workers=workers,
         activation_checkpointing=activation_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if activation_checkpointing else None,

@@ -350,7 +350,7 @@ def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -
         seed=config.seed, data_seed=config.seed, logging_steps=config.logging_steps, save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, use_cpu=on_cpu, bf16=bf16, workers=config.workers,
         show_progress=logger.isEnabledFor(logging.INFO),
-        max_grad_norm=config.max_grad_norm, optim=config.optim, logging_first_step=True,
+        max_grad_norm=config.max_grad_norm, optim=config.optim,
         dataloader_pin_memory=not on_cpu, ddp_find_unused_parameters=find_unused,
         # the models' buffers are constants (rotary tables): no per-forward broadcast, which would
         # also require the same number of forward passes on every process
