@@ -598,3 +598,31 @@ def test_a_video_file_given_to_import_is_named_as_a_video_not_a_corrupt_image(tm
     assert main([*argv, "--out", str(tmp_path / "o2"), "--on-error", "skip"]) == 0
     assert "skipped 1 record(s) (image: 1)" in capsys.readouterr().out
     assert not (tmp_path / "o2" / "images" / "clip.mp4").exists()
+
+
+def test_data_check_reads_or_names_every_file_the_import_writes(tmp_path, capsys):
+    """QA: `data check` on an import's MMEB file reported every row bad ("missing key(s) ['positive', 'query']"),
+    on train/qrels.jsonl and eval/judge_pairs.jsonl likewise, and on eval_tasks.yaml ended with the Python API's
+    "or pass format=". MMEB-eval rows are recognised by their keys; the files it does not read are named, with the
+    command that reads them."""
+    out = _import(tmp_path)
+    capsys.readouterr()
+    for name in ("photos_i2t", "photos_t2i", "photos_cls"):
+        f = out / "eval" / "mmeb" / f"{name}.jsonl"
+        assert main(["data", "check", str(f)]) == 0
+        assert capsys.readouterr().out.startswith(f"{f}: MMEB-eval rows: 5 good, 0 bad rows, 0 with bad images")
+    for f in ("train/records.jsonl", "train/judge.jsonl"):
+        assert main(["data", "check", str(out / f)]) == 0
+    cases = {"train/qrels.jsonl": "holds qrels rows (query, candidates, relevance grades)",
+             "eval/judge_pairs.jsonl": "holds judge pairs (query, candidate[, label])",
+             "eval_tasks.yaml": "an eval task config, not a data file: `unime eval --tasks FILE` reads it",
+             "train/corpus.txt": "`unime data check` reads training records (.jsonl, .parquet, .json"}
+    capsys.readouterr()
+    for f, fragment in cases.items():
+        assert main(["data", "check", str(out / f)]) == 2, f
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"unime: error: {out / f}: ") and fragment in err[0], err
+        assert "format=" not in err[0]
+    assert main(["data", "check", "--mmeb", str(out / "train/records.jsonl")]) == 2
+    assert "holds training records (query, positive), not MMEB-eval rows: check it without --mmeb" in \
+        capsys.readouterr().err

@@ -7,6 +7,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from unime.errors import DataError
 from unime.options import option
 
 FORMATS = ["jsonl", "parquet", "unime_v2_json"]
@@ -45,22 +46,89 @@ def convert_records(cfg: ConvertConfig):
 @dataclass(kw_only=True)
 class CheckConfig:
     input: str = option(help="records (.jsonl/.parquet/.json) or MMEB-eval rows (with --mmeb)", positional=True)
-    mmeb: bool = option(False, "the file holds MMEB-eval rows")
+    mmeb: bool = option(False, "the file holds MMEB-eval rows (default: recognised by the first row's keys)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the file's folder)")
     allow_outside_root: bool = option(False, "permit absolute paths and '..' in image paths")
     max_pixels: int | None = option(None, "largest image allowed (width x height)")
     no_images: bool = option(False, "check the file only, not the images")
 
 
+# files `unime data import` (and the demo world) write beside the records, which `data check` does not read: what
+# each is, told by its first row's keys, and the command that reads (and checks) it
+_OTHER_FORMATS = (
+    ({"query", "candidates", "relevance"}, "qrels rows (query, candidates, relevance grades)",
+     "`unime mine --backend oracle --judge FILE ...` (and `unime judge`) take them as ground truth; `unime eval` "
+     "reads them as a task of format qrels"),
+    ({"query", "candidate"}, "judge pairs (query, candidate[, label])",
+     "`unime judge --pairs FILE --judge JUDGE --out SCORES [--label-column label]` reads and checks them"),
+)
+_TASK_CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def _first_row_keys(path: str) -> set[str] | None:
+    """The keys of the first JSON object of a JSONL file (told by its extension or content); None for another
+    format or a first line that is no object. A file of no format `data check` reads is a `DataError` with
+    the command line's formats (not the Python API's ``format=``)."""
+    from unime.data.io import detect_format
+    from unime.data.jsonl import iter_jsonl
+
+    if not os.path.isfile(path):
+        return None  # the reader names the missing file
+    try:
+        if detect_format(path) != "jsonl":
+            return None
+    except DataError:
+        raise DataError(f"cannot tell the format of {os.path.basename(path)!r}: `unime data check` reads training "
+                        "records (.jsonl, .parquet, .json = UniME-V2 JSON list) and MMEB-eval rows (.jsonl, "
+                        ".parquet)", source=path) from None
+    try:
+        for _, obj in iter_jsonl(path):
+            return set(obj) if isinstance(obj, dict) else None
+    except DataError:  # a malformed first line: the check itself reports it
+        return None
+    return None
+
+
+def check_format(cfg: CheckConfig) -> bool:
+    """Whether `cfg.input` holds MMEB-eval rows (its first row has MMEB's keys, or `--mmeb` for a file whose first
+    row tells nothing). A file `data check` does not read (an eval task config, qrels rows, judge pairs), or
+    training records under `--mmeb`, is a `DataError` naming what it is and the command line that reads it,
+    not a report of every row as bad."""
+    from unime.data.eval_formats import MMEB_KEYS
+    from unime.data.io import RECORD_KEYS_REQUIRED
+
+    if str(cfg.input).lower().endswith(_TASK_CONFIG_SUFFIXES):
+        raise DataError("an eval task config, not a data file: `unime eval --tasks FILE` reads it; check the data "
+                        "files it lists with `unime data check DATA_FILE` (MMEB-eval rows are recognised)",
+                        source=cfg.input)
+    keys = _first_row_keys(cfg.input)
+    if keys is None:
+        return cfg.mmeb
+    if MMEB_KEYS <= keys:
+        return True
+    if RECORD_KEYS_REQUIRED <= keys:
+        if cfg.mmeb:
+            raise DataError("holds training records (query, positive), not MMEB-eval rows: check it without --mmeb",
+                            source=cfg.input)
+        return False
+    for needed, what, hint in _OTHER_FORMATS:
+        if needed <= keys:
+            raise DataError(f"holds {what}, not training records or MMEB-eval rows (the formats `unime data check` "
+                            f"reads): {hint}", source=cfg.input)
+    return cfg.mmeb
+
+
 def check_file(cfg: CheckConfig) -> tuple[str, int]:
     """Every row of the file read (bad ones skipped) and, unless `no_images`, every image opened. Returns the
-    report (a summary line, then examples of what is bad) and the number of bad rows."""
+    report (a summary line, then examples of what is bad) and the number of bad rows. MMEB-eval rows are
+    recognised by their keys (`check_format`)."""
     from unime.data.images import DEFAULT_MAX_PIXELS, ImageLoader
     from unime.data.io import SkipReport, check_images, read_mmeb, read_records
     from unime.data.roots import resolve_data_root
 
+    mmeb = check_format(cfg)
     skips = SkipReport(max_examples=20)
-    rows = (read_mmeb if cfg.mmeb else read_records)(cfg.input, on_error="skip", skips=skips)
+    rows = (read_mmeb if mmeb else read_records)(cfg.input, on_error="skip", skips=skips)
     root = resolve_data_root(cfg.input, cfg.data_root)
     n_file_bad = skips.total
     if not cfg.no_images:
@@ -68,5 +136,7 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
                              max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS)
         rows = check_images(rows, loader, on_error="skip", skips=skips, source=cfg.input)
     where = "" if cfg.no_images else f" (image paths resolved against {root})"
-    line = f"{cfg.input}: {len(rows)} good, {n_file_bad} bad rows, {skips.total - n_file_bad} with bad images{where}"
+    kind = " MMEB-eval rows:" if mmeb and not cfg.mmeb else ""
+    line = (f"{cfg.input}:{kind} {len(rows)} good, {n_file_bad} bad rows, {skips.total - n_file_bad} with bad "
+            f"images{where}")
     return line + (f"\n{skips.summary()}" if skips.total else ""), skips.total
