@@ -71,6 +71,11 @@ CASES = [
       "--weights", "1,2"], "train reasoner: --weights takes three numbers: format,outcome,process (got '1,2')"),
     (["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r", "--records", "r", "--embedder", "e",
       "--weights", "1,x,2"], "train reasoner: --weights takes three numbers: format,outcome,process (got '1,x,2')"),
+    # QA: ValueError tracebacks, and only after the tasks and the embedder were loaded (the files here do not exist)
+    (["reason", "eval", "--embedder", "e", "--tasks", "t.yaml", "--out", "{tmp}/ev"],
+     "reason eval: --tcots reasoner needs --reasoner (the reasoner checkpoint that writes the T-CoTs)"),
+    (["reason", "eval", "--embedder", "e", "--tasks", "t.yaml", "--out", "{tmp}/ev", "--tcots", "teacher"],
+     "reason eval: --tcots teacher needs --world (the demo world the annotation teacher reads)"),
     (["index", "build", "--model", "m", "--items", "c.jsonl", "--out", "{tmp}/x", "--ef-search", "0"],
      "index build: --ef-search must be >= 1, got 0"),
     # QA: the index options' refusals named the config fields (ef_search, nprobe), not the options
@@ -248,3 +253,17 @@ def test_a_folder_refused_by_the_stage_is_the_contract_line_too(command, monkeyp
     out, err = capsys.readouterr()
     assert "exists and is not empty" not in out and "Traceback" not in err
     assert err.splitlines() == [f"unime: error: {tmp_path / 'o'} exists and is not empty"]
+
+
+def test_reason_eval_on_tasks_of_no_supported_format_names_the_one_it_evaluates(tmp_path, capsys):
+    """QA: `--tasks WORLD/eval_tasks_video.yaml` (MMEB-V2 tasks) ended in a ValueError traceback."""
+    tasks = tmp_path / "eval_tasks_video.yaml"
+    tasks.write_text("tasks:\n  - {name: clip_ret, format: mmeb_v2, path: eval/video/clip_ret.jsonl, modality: video}\n"
+                     "  - {name: caps, format: retrieval, path: eval/retrieval/caps.jsonl}\n")
+    assert main(["reason", "eval", "--embedder", "e", "--tasks", str(tasks), "--out", str(tmp_path / "ev"),
+                 "--tcots", "none"]) == 2
+    assert _error_line(capsys) == (
+        f"reason eval: --tasks {tasks}: no task of format mmeb, the only format `reason eval` evaluates (these tasks: "
+        "mmeb_v2, retrieval; MMEB-V2 tasks such as the video tasks, and retrieval / compositional / qrels tasks, are "
+        "not supported)")
+    assert not (tmp_path / "ev").exists()

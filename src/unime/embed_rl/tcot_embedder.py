@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
-from unime.errors import DataError, UsageError
+from unime.errors import DataError, OptionError, UsageError
 from unime.models.loading import DeviceOptions
 from unime.options import option
 
@@ -308,6 +308,34 @@ class ReasonEvalConfig(ReasonOptions):
     def task_names(self) -> list[str] | None:
         return [t.strip() for t in self.only.split(",")] if self.only else None
 
+    def check(self) -> None:
+        """OptionError for options that do not fit together (the CLI names them by their flags), before anything
+        loads."""
+        if self.tcots not in ("reasoner", "none", "teacher"):
+            raise OptionError(self, "{tcots} must be 'reasoner', 'none' or 'teacher', got {got!r}", got=self.tcots)
+        if self.tcots == "reasoner" and not self.reasoner_path:
+            raise OptionError(self, "{tcots} reasoner needs {reasoner_path} (the reasoner checkpoint that writes the "
+                              "T-CoTs)")
+        if self.tcots == "teacher" and not self.world_root:
+            raise OptionError(self, "{tcots} teacher needs {world_root} (the demo world the annotation teacher reads)")
+
+
+def reasoning_task_suite(cfg: ReasonEvalConfig):
+    """The MMEB-format tasks of `cfg.tasks` (and `--only`) and the names of the others; an OptionError naming the
+    formats `reason eval` supports when there is none. Only MMEB-format tasks say which items are queries (the
+    reasoner's prompt depends on the side); MMEB-V2 tasks (`mmeb_v2`, e.g. the video tasks) are not supported."""
+    from unime.eval.tasks import load_task_config
+
+    suite = load_task_config(cfg.tasks, only=cfg.task_names())
+    skipped = [t.name for t in suite.tasks if t.format != "mmeb"]
+    formats = sorted({t.format for t in suite.tasks})
+    suite.tasks = [t for t in suite.tasks if t.format == "mmeb"]
+    if not suite.tasks:
+        raise OptionError(cfg, "{tasks} {path}: no task of format mmeb, the only format `reason eval` evaluates "
+                          "(these tasks: {formats}; MMEB-V2 tasks such as the video tasks, and retrieval / "
+                          "compositional / qrels tasks, are not supported)", path=cfg.tasks, formats=", ".join(formats))
+    return suite, skipped
+
 
 def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True) -> dict:
     """Evaluate an `<emb>` embedder on the MMEB-format tasks of a task config, items embedded with T-CoTs
@@ -320,22 +348,16 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     from unime.data.atomic import atomic_open
     from unime.eval import report
     from unime.eval.runners import EvalOptions, load_suite_data, run_tasks
-    from unime.eval.tasks import MMEBData, load_task_config
+    from unime.eval.tasks import MMEBData
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import RunEncoder
     from unime.reasoning.embed_inputs import ReasonedEmbedder
 
-    embedder_path, tasks, out_dir, tcots, reasoner_path = cfg.embedder_path, cfg.tasks, cfg.out_dir, cfg.tcots, \
-        cfg.reasoner_path
+    embedder_path, out_dir, tcots, reasoner_path = cfg.embedder_path, cfg.out_dir, cfg.tcots, cfg.reasoner_path
     device, dtype, batch_size = cfg.device, cfg.dtype, cfg.batch_size
-    if tcots not in ("reasoner", "none", "teacher"):
-        raise ValueError(f"tcots must be 'reasoner', 'none' or 'teacher', got {tcots!r}")
+    cfg.check()
     t0 = time.perf_counter()
-    suite = load_task_config(tasks, only=cfg.task_names())
-    skipped = [t.name for t in suite.tasks if t.format != "mmeb"]
-    suite.tasks = [t for t in suite.tasks if t.format == "mmeb"]
-    if not suite.tasks:
-        raise ValueError(f"{tasks}: no MMEB-format task to evaluate with reasoning")
+    suite, skipped = reasoning_task_suite(cfg)
     data = load_suite_data(suite)
     query_keys = {d.table.items[int(q)].key for _, d in data if isinstance(d, MMEBData) for q in d.query}
     loader = ImageLoader()
@@ -344,16 +366,12 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     remb = ReasonedEmbedder(emb)
     fn = None
     if tcots == "reasoner":
-        if not reasoner_path:
-            raise ValueError("tcots='reasoner' needs reasoner_path")
         from unime.reasoning.reasoner import Reasoner
 
         reasoner = Reasoner.from_pretrained(reasoner_path, device=device, dtype=dtype, batch_size=batch_size)
         reasoner.image_loader = loader
         fn = reasoner_tcot_fn(reasoner, max_new_tokens=cfg.max_new_tokens, show_progress=show_progress)
     elif tcots == "teacher":
-        if not cfg.world_root:
-            raise ValueError("tcots='teacher' needs world_root")
         from unime.reasoning.teacher import AnnotationTeacher
 
         fn = teacher_tcot_fn(AnnotationTeacher(cfg.world_root))
