@@ -95,3 +95,76 @@ def test_world_keywords():
 def test_unknown_item_is_a_data_error(teacher):
     with pytest.raises(DataError, match="not an item of this world"):
         teacher.tcot(Item(text="something else"), "query")
+
+
+# -- video (QA: the teacher did not know the need types 'clip' (clip_ret) and 'moment' (clip_moment)) ---------------
+
+@pytest.fixture(scope="module")
+def video_teacher(tmp_path_factory):
+    from unime.data.synth import VideoSizes, generate_world
+
+    root = tmp_path_factory.mktemp("video_world") / "world"
+    generate_world(root, sizes="tiny", video=VideoSizes(eval_clips=2, train_clips=4))
+    return AnnotationTeacher(root)
+
+
+def _video_records(teacher, dataset=None):
+    """The world's video training records (train/video_records.jsonl), of one dataset or all."""
+    from unime.data.io import read_records
+
+    recs = [r for r in read_records(teacher.root / "train" / "video_records.jsonl") if dataset in (None, r.dataset)]
+    assert recs
+    return recs
+
+
+def _frames(teacher, item) -> list:
+    """The item's video as the reasoner and the embedder see it (the default sampling)."""
+    from unime.data.images import ImageLoader
+
+    return list(ImageLoader(teacher.root).load_video(item.video).frames)
+
+
+def test_video_training_tcots_parse_validate_and_name_frames_of_the_video(video_teacher):
+    video = video_teacher.tcot_rows(_video_records(video_teacher))
+    assert {r.record_id.rsplit("-", 1)[0] for r in video} == {"clip_ret", "clip_moment", "clip_cls", "clip_qa"}
+    for r in video:
+        tcot = parse_tcot(r.tcot, allow_outside_text=False)
+        modality = item_modality(r.item)
+        n = len(_frames(video_teacher, r.item)) if modality == "video" else None
+        assert validate_tcot(tcot, modality=modality, num_frames=n, require_evidence=True) == [], r.tcot
+
+
+def test_a_clip_query_and_its_clip_name_the_clips_annotation(video_teacher):
+    for rec in _video_records(video_teacher, "clip_ret"):
+        clip = video_teacher.world.clips[video_teacher.world.meta(rec.positive)["clip"]]
+        q = parse_tcot(video_teacher.tcot(rec.query, "query"))
+        p = parse_tcot(video_teacher.tcot(rec.positive, "target"))
+        assert q.answer == p.answer
+        for word in (clip.background, clip.colour, clip.shape, f"moves {clip.first}", clip.then[1]):
+            assert word in q.answer
+        assert not q.evidence.key_frames and {clip.colour, clip.shape} <= set(q.evidence.text_keywords)
+        assert p.evidence.key_frames == [1, 5, 8]  # 8-frame clips: first, first of the second half, last
+
+
+def test_a_moment_querys_key_frames_are_the_frames_of_its_segment(video_teacher):
+    """Each frame of the positive segment (as sampled) is, up to the codec, closest to a frame of the whole clip
+    that the query's key frames pick; the segment's key frames are all of its frames."""
+    import numpy as np
+
+    def diff(a, b) -> float:
+        return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
+
+    parts = set()
+    for rec in _video_records(video_teacher, "clip_moment"):
+        meta = video_teacher.world.meta(rec.positive)
+        parts.add(meta["part"])
+        q = parse_tcot(video_teacher.tcot(rec.query, "query"))
+        p = parse_tcot(video_teacher.tcot(rec.positive, "target"))
+        assert q.answer == p.answer
+        clip, segment = _frames(video_teacher, rec.query), _frames(video_teacher, rec.positive)
+        assert p.evidence.key_frames == list(range(1, len(segment) + 1))
+        assert len(clip) == 8 and q.evidence.key_frames == ([1, 2, 3, 4] if meta["part"] == 0 else [4, 5, 6, 7, 8])
+        for frame in segment:
+            nearest = min(range(len(clip)), key=lambda k: diff(clip[k], frame))
+            assert nearest + 1 in q.evidence.key_frames
+    assert parts == {0, 1}  # both halves are checked

@@ -16,6 +16,11 @@ What it writes, by item:
   object's box inside the crop window; plus `text_keywords` = the world words of the item's text;
 - text items: `text_keywords` = the world words of the text (shapes, colours, sizes, positions,
   relations, counts, backgrounds) in order;
+- video items (worlds generated with video): `key_frames` (1-based, numbered among the frames the default
+  video sampling takes from the file): a clip's first frame, the first of its second half and its last (its two
+  events); a moment query's half of the clip; a segment's every frame. A clip query (text → clip)
+  and a clip share the answer "the red square moves left then turns blue on a black background", a moment
+  query and its segment "the red square moves left";
 - `<rethink>` one sentence; `<answer>` a few words (the answer of a question, the objects of a scene).
 """
 
@@ -96,6 +101,14 @@ def _matches(obj: dict, mention: dict) -> bool:
     return all(obj.get(a) == v for a, v in mention.items())
 
 
+def _clip_spec_phrase(spec: dict) -> str:
+    """What a clip spec (`Clip.spec`) shows: "the red square moves left then turns blue on a black background"."""
+    from unime.data.synth.clips import event_phrase
+
+    return (f"the {spec['colour']} {spec['shape']} moves {spec['first']} then {event_phrase(tuple(spec['then']))} "
+            f"on a {spec['background']} background")
+
+
 class AnnotationTeacher:
     """Writes T-CoTs for the items of a generated world from its annotations (see the module doc)."""
 
@@ -146,6 +159,65 @@ class AnnotationTeacher:
         box = [max(0, bx1 - x0), max(0, by1 - y0), min(side_w, bx2 - x0), min(side_h, by2 - y0)]
         return self._norm_box(box, side_w, side_h)
 
+    # -- video ------------------------------------------------------------------------------------------
+    def _clip(self, clip_id: str):
+        if clip_id not in self.world.clips:
+            raise DataError(f"clip {clip_id!r} has no annotation", source=str(self.root / "clips.jsonl"), field="id")
+        return self.world.clips[clip_id]
+
+    def _clip_of_video(self, item: Item):
+        """The clip whose file is the item's video (a video query of the world's tasks), None if none is."""
+        paths = {c.path: c for c in self.world.clips.values()}
+        return next((paths[v] for v in item.video if v in paths), None)
+
+    def _key_frames(self, total: int, wanted: Iterable[int]) -> list[int]:
+        """1-based numbers, among the frames the default sampling (`VideoSampling()`: what the reasoner and the
+        embedder are shown) takes from a clip file of `total` frames, of those in `wanted` (0-based frames of the
+        file)."""
+        from unime.data.synth.clips import VideoSizes
+        from unime.data.video import VideoSampling, uniform_indices
+
+        fps = VideoSizes(**self.world.manifest["video"]).fps
+        taken = uniform_indices(total, VideoSampling().frame_count(total, total / fps))
+        wanted = set(wanted)
+        return [i + 1 for i, f in enumerate(taken) if f in wanted]
+
+    def _halves(self) -> tuple[range, range]:
+        """The frames of a clip's two halves, as its segment files hold them: the first half, and the second led
+        by the first half's last frame (`unime.data.synth.clips.clip_files`)."""
+        from unime.data.synth.clips import VideoSizes
+
+        n = VideoSizes(**self.world.manifest["video"]).frames
+        return range(0, n // 2), range(n // 2 - 1, n)
+
+    def clip_key_frames(self) -> list[int]:
+        """A whole clip's key frames: its first, the first of its second half (where the second event starts) and
+        its last."""
+        first, second = self._halves()
+        return self._key_frames(second.stop, (0, first.stop, second.stop - 1))
+
+    def part_key_frames(self, part: int) -> list[int]:
+        """The key frames of one half of a whole clip (a moment query)."""
+        halves = self._halves()
+        return self._key_frames(halves[1].stop, halves[part])
+
+    def segment_key_frames(self, part: int) -> list[int]:
+        """Every frame of a segment file (one half of a clip)."""
+        total = len(self._halves()[part])
+        return self._key_frames(total, range(total))
+
+    def _video_tcot(self, meta: dict, side: str) -> str:
+        from unime.data.synth.clips import part_phrase
+
+        clip = self._clip(meta["clip"])
+        if meta["kind"] == "clip":
+            phrase = _clip_spec_phrase(clip.spec())
+            lead = "In the query video" if side == "query" else "In the video"
+            return render_tcot({"key_frames": self.clip_key_frames()}, f"{lead} {phrase}.", phrase)
+        phrase = part_phrase(clip, meta["part"])
+        return render_tcot({"key_frames": self.segment_key_frames(meta["part"])}, f"In the video clip {phrase}.",
+                           phrase)
+
     # -- T-CoTs -----------------------------------------------------------------------------------------
     def tcot(self, item: Item, side: str) -> str:
         """The teacher T-CoT of an item of the world, as the `side` ("query" / "target") it plays."""
@@ -170,6 +242,8 @@ class AnnotationTeacher:
             obj = self._scene(meta["scene"])["objects"][meta["object"]]
             return render_tcot({"bbox_2d": [self.crop_box(meta["scene"], meta["object"])]},
                                f"The crop shows {_with_article(_object_phrase(obj))}.", _object_phrase(obj))
+        if kind in ("clip", "segment"):
+            return self._video_tcot(meta, side)
         raise DataError(f"the annotation teacher cannot write a T-CoT for an item of kind {kind!r}", field="kind")
 
     def _query_tcot(self, item: Item, meta: dict, keywords: list[str]) -> str:
@@ -185,11 +259,25 @@ class AnnotationTeacher:
                 named = [k for k, o in enumerate(objs) if any(o[a] in keywords for a in ("shape", "colour", "size"))]
                 idx = named or list(range(len(objs)))
             evidence["bbox_2d"] = self.scene_boxes(scene_id, idx or range(len(objs)))
+        clip = self._clip(need["clip"]) if ntype == "moment" else self._clip_of_video(item) if item.video else None
+        if clip is not None:  # a video query: the frames of the half it asks for, else of the whole clip
+            evidence["key_frames"] = self.part_key_frames(need["part"]) if ntype == "moment" else self.clip_key_frames()
         if keywords:
             evidence["text_keywords"] = keywords
-        if ntype == "answer":
+        if ntype == "answer" and clip is not None:
+            rethink = f"In the video {_clip_spec_phrase(clip.spec())}, and the answer is {need['value']}."
+            answer = need["value"]
+        elif ntype == "answer":
             shown = _objects_phrase(self._scene(scene_id)["objects"], articles=True) if scene_id else "the objects"
             rethink, answer = f"The image shows {shown} and the answer is {need['value']}.", need["value"]
+        elif ntype == "clip":
+            phrase = _clip_spec_phrase(need["spec"])
+            rethink, answer = f"The query asks for a video where {phrase}.", phrase
+        elif ntype == "moment":
+            from unime.data.synth.clips import part_phrase
+
+            phrase = part_phrase(clip, need["part"])
+            rethink, answer = f"The query asks for the part of the video where {phrase}.", phrase
         elif ntype == "describe":
             objs = self._scene(need["scene"])["objects"]
             rethink = f"The query asks for a caption of {_objects_phrase(objs, articles=True)}."
