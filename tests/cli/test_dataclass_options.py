@@ -237,6 +237,8 @@ BASE_RECIPE_FLAGS = ("family", "hidden", "layers", "vision-depth", "vision-hidde
                      "corpus-seed", "corpus-scenes", "corpus-per-task", "tag-steps", "tag-batch-size", "tag-lr",
                      "freeze-vision", "caption-steps", "caption-batch-size", "caption-lr", "contrastive-datasets",
                      "steps", "batch-size", "lr", "tau", "warmup")
+# QA: the Embed-RL commands that load a model took no image-resolution options
+IMAGE_OPTIONS = {"--max-pixels": None, "--min-pixels": None, "--image-size": None}
 PINNED = {
     "data check": {"input": None, "--mmeb": False, "--data-root": None, "--allow-outside-root": False,
                    "--max-pixels": None, "--no-images": False},
@@ -268,14 +270,15 @@ PINNED = {
     "reason add-emb": {"--model": None, "--out": None, "--device": "cpu"},
     "reason eval": {"--embedder": None, "--tasks": None, "--out": None, "--tcots": "reasoner", "--reasoner": None,
                     "--world": None, "--only": None, "--batch-size": 16, "--max-new-tokens": 160, "--device": None,
-                    "--dtype": "auto"},
+                    "--dtype": "auto", **IMAGE_OPTIONS},
     "reason generate": {"--model": None, "--records": None, "--data-root": None, "--out": None,
                         "--sides": "query,target", "--batch-size": 8, "--max-new-tokens": 256, "--sample": False,
-                        "--temperature": 1.0, "--device": None, "--dtype": "auto"},
+                        "--temperature": 1.0, "--device": None, "--dtype": "auto", **IMAGE_OPTIONS},
     "reason materialize": {"--records": None, "--tcots": None, "--no-tcots": False, "--data-root": None,
                            "--out": None},
     "reason split": {"--records": None, "--tcots": None, "--judge": None, "--data-root": None, "--threshold": 0.5,
-                     "--rl-fraction": None, "--out-dir": None, "--device": None, "--dtype": "auto"},
+                     "--rl-fraction": None, "--out-dir": None, "--device": None, "--dtype": "auto",
+                     **IMAGE_OPTIONS},
     "reason teacher": {"--world": None, "--records": None, "--out": None, "--on-error": "raise"},
 }
 PINNED_REQUIRED = {

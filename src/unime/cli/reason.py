@@ -9,6 +9,7 @@ import json
 
 from unime.cli import add_config_option
 from unime.cli.dataclass_options import add_options, config_from_args
+from unime.models.image_budget import IMAGE_GROUP
 
 # action -> (config "module:class", help)
 ACTIONS = {
@@ -39,7 +40,7 @@ def register(sub) -> None:
     acts = p.add_subparsers(dest="reason_command", metavar="ACTION")
     for action, (_, help_text) in ACTIONS.items():
         s = acts.add_parser(action, help=help_text)
-        add_options(s, _config_class(action))
+        add_options(s, _config_class(action), groups=(IMAGE_GROUP,))  # the image group of the commands with it
         add_config_option(s)
         s.set_defaults(func=globals()["_" + action.replace("-", "_")])
 

@@ -10,6 +10,7 @@ from unime.cli.dataclass_options import add_options, config_from_args
 from unime.cli.train import lora_needs, register_train_action
 from unime.errors import UsageError
 from unime.models.hf_arguments import TRAINER_ARGS_GROUP
+from unime.models.image_budget import IMAGE_GROUP
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
 
 # the LoRA options act only with a rank above 0 (`refuse_ineffective_options`): --lora-r 0, GRPO's default, is full
@@ -40,7 +41,7 @@ def _add_parser(actions) -> None:
                     "generate). grpo: embedder-guided GRPO on TRL's GRPOTrainer with format / outcome / process "
                     "rewards against a frozen <emb> embedder.")
     p.add_argument("--stage", required=True, choices=["sft", "grpo"])
-    add_options(p, ReasonerSFTConfig, GRPOStageConfig, groups=("sft", "grpo", TRAINER_ARGS_GROUP),
+    add_options(p, ReasonerSFTConfig, GRPOStageConfig, groups=("sft", "grpo", IMAGE_GROUP, "video", TRAINER_ARGS_GROUP),
                 labels=("sft", "grpo"))
     add_config_option(p)
     p.set_defaults(func=_run)

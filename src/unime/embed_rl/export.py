@@ -16,11 +16,12 @@ STAGES = {"sft": ("Reasoner (unime, Embed-RL cold-start SFT)",
 
 
 def export_reasoner(model, processor, out: str | Path, *, stage: str, options: dict[str, Any],
-                    results: dict[str, Any], origin: dict[str, str | None]) -> dict[str, Path]:
+                    results: dict[str, Any], origin: dict[str, str | None], image_budget=None) -> dict[str, Path]:
     """Export the trained reasoner of `stage` ("sft" | "grpo") with its card: the run's `options` (the
     stage's config), `results` (its summary figures) and `origin`, the model its weights start from
     (`unime.models.loading.LoadedModel.origin`: the card's and the adapter's base model, not --model's run folder,
-    and the adapter it started from)."""
+    and the adapter it started from). `image_budget`, the run's `ImageBudget`, is recorded in OUT and its folders
+    (`unime_images.json`) when set."""
     title, objective = STAGES[stage]
     lora = {k: options[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_vision")
             if k in options} if options.get("lora_r") else {}
@@ -37,4 +38,4 @@ def export_reasoner(model, processor, out: str | Path, *, stage: str, options: d
         notes=["Curves: curves.csv" + (", reward_log.csv, reward_curves.png" if stage == "grpo" else ", curves.png")
                + "; configuration: train_config.json."])
     model.train(False)
-    return export_final(model, processor, out, card=card, base_model=origin["base_model"])
+    return export_final(model, processor, out, card=card, base_model=origin["base_model"], image_budget=image_budget)

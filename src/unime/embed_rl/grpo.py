@@ -466,7 +466,9 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     from unime.models.curves import write_curves
     from unime.data.images import ImageLoader
     from unime.data.io import read_records
+    from unime.data.video import VideoSampling
     from unime.models.embedder import Embedder
+    from unime.models.image_budget import ImageBudget
     from unime.models.loading import load_model
     from unime.reasoning.embed_inputs import ReasonedEmbedder
     from unime.reasoning.reasoner import Reasoner
@@ -477,7 +479,8 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     data_root = resolve_data_root(cfg.records, cfg.data_root)
     skips = SkipReport(max_examples=10)
     records = read_records(cfg.records, on_error=cfg.on_error, skips=skips)
-    loader = ImageLoader(data_root)
+    sampling, budget = VideoSampling.from_fields(cfg), ImageBudget.from_args(cfg)
+    loader = ImageLoader(data_root, video=sampling)
     rows = grpo_rows(records, loader, epochs=cfg.epochs, seed=cfg.seed, source=cfg.records,
                      policy=ErrorPolicy(cfg.on_error, skips, "GRPO") if cfg.on_error == "skip" else None)
     n_pairs = len({r["pair_id"] for r in rows})
@@ -485,16 +488,18 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         log.warning("GRPO: %s", skips.summary())
     if n_pairs < cfg.pairs_per_batch:
         raise ValueError(f"{cfg.records}: {n_pairs} pairs, fewer than pairs_per_batch={cfg.pairs_per_batch}")
+    policy = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True, image_budget=budget)
+    for row in rows:  # the policy's fixed resize (if any) on the rows' images; its processor applies the bounds
+        row["images"] = [policy.adapter.image_budget.prepare(im) for im in row["images"]]
     dataset = Dataset.from_list(rows)
-
-    policy = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
     from transformers import set_seed
 
     set_seed(cfg.seed)  # LoRA initialisation, as the other trainers
     policy.model = lora_model(policy.model, cfg)
     # the frozen reward model, loaded once
     embedder = ReasonedEmbedder(Embedder.from_pretrained(cfg.embedder, device=policy.device, dtype=cfg.dtype,
-                                                         pooling="emb", data_root=data_root))
+                                                         pooling="emb", data_root=data_root, image_budget=budget,
+                                                         video_sampling=sampling))
     for p in embedder.embedder.model.parameters():
         p.requires_grad_(False)
     judge = None
@@ -502,13 +507,13 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         from unime.models.judge import JudgeScorer
 
         scorer = JudgeScorer.from_pretrained(cfg.process_judge or cfg.model, device=policy.device, dtype=cfg.dtype,
-                                             data_root=data_root)
+                                             data_root=data_root, image_budget=budget, video_sampling=sampling)
         for p in scorer.model.parameters():
             p.requires_grad_(False)
         judge = ScoredPick(scorer)
     elif cfg.weights[2] != 0:
         judge = Reasoner.from_pretrained(cfg.process_judge or cfg.model, device=policy.device, dtype=cfg.dtype,
-                                         data_root=data_root)
+                                         data_root=data_root, image_budget=budget, video_sampling=sampling)
         for p in judge.model.parameters():
             p.requires_grad_(False)
     resume = plan.checkpoint is not None
@@ -541,7 +546,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         write_curves(history, out, plot=False)  # TRL's per-step metrics; the rewards plot is reward_curves.png
         export_reasoner(trainer.model, policy.processor, out, stage="grpo", options=options,
                         results={k: summary[k] for k in ("steps", "pairs", "rows", "skipped_records")},
-                        origin=policy.origin())
+                        origin=policy.origin(), image_budget=policy.image_budget)
         write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
     trainer.accelerator.wait_for_everyone()
     return summary

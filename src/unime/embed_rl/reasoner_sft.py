@@ -190,7 +190,9 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
 
 def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict[str, Any]:
     from unime.data.images import ImageLoader
+    from unime.data.video import VideoSampling
     from unime.models.curves import write_curves
+    from unime.models.image_budget import ImageBudget
     from unime.models.loading import load_model
     from unime.reasoning.reasoner import read_tcot_rows
 
@@ -212,11 +214,12 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     skips = SkipReport(max_examples=10)
     rows = read_tcot_rows(cfg.data, on_error=cfg.on_error, skips=skips)
     data_root = resolve_data_root(cfg.data, cfg.data_root)
-    images = CheckedImages(ImageLoader(data_root))
+    images = CheckedImages(ImageLoader(data_root, video=VideoSampling.from_fields(cfg)))
     rows = images.check(rows, source=cfg.data, policy=ErrorPolicy(cfg.on_error, skips, "reasoner SFT"))
     if skips.total:
         log.warning("reasoner SFT: %s", skips.summary())
-    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True)
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True,
+                        image_budget=ImageBudget.from_args(cfg))
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
     examples, skipped = sft_rows(rows, adapter, images, skip_invalid=cfg.skip_invalid, source=cfg.data)
     if not examples:
@@ -248,7 +251,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     if trainer.is_world_process_zero():
         write_curves(history, out, title=f"reasoner SFT — {Path(str(cfg.model)).name}")
         export_reasoner(trainer.model, processor, out, stage="sft", options=options, results=results,
-                        origin=loaded.origin())
+                        origin=loaded.origin(), image_budget=loaded.image_budget)
         write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
     trainer.accelerator.wait_for_everyone()
     return summary

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from unime.data.video import VideoOptions
+from unime.models.image_budget import ImageOptions
 from unime.options import check_ranges, option
 
 
 @dataclass(kw_only=True)
-class ReasonerStageOptions:
+class ReasonerStageOptions(ImageOptions, VideoOptions):
     model: str = option(help="reasoner checkpoint to train (grpo: the SFT output folder or its merged/); an adapter "
                         "folder is trained on with LoRA (--lora-r > 0, its rank kept), not wrapped in a second one")
     out: str = option(help="output folder (merged/: an HF folder; adapter/ for LoRA; README.md, checkpoints/, logs)")

@@ -32,6 +32,7 @@ import numpy as np
 
 from unime.data.items import Item, Record
 from unime.errors import DataError, OptionError, UsageError
+from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.options import option
 
@@ -171,7 +172,7 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
 # -- evaluation with reasoning ---------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
-class SplitConfig(ReasonOptions):
+class SplitConfig(ReasonOptions, ImageOptions):
     """Options of `unime reason split` (`unime.options`)."""
 
     records: str = option(help="records (unime JSONL / Parquet / UniME-V2 JSON)")
@@ -205,7 +206,8 @@ def split_records_file(cfg: SplitConfig) -> dict:
     # the judge opens the query and positive images: a bad one is named by this file's line before it loads
     check_images([with_origin(dataclasses.replace(r, negatives=[]), origin_of(r)) for r in recs],
                  ImageLoader(data_root), source=records)
-    scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root)
+    scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
+                                         image_budget=ImageBudget.from_args(cfg))
     split = split_by_tcot_match(recs, read_tcot_rows(cfg.tcots), scorer, threshold=cfg.threshold,
                                 rl_fraction=cfg.rl_fraction, source=records)
     os.makedirs(out_dir, exist_ok=True)
@@ -291,7 +293,7 @@ def teacher_tcot_fn(teacher):
 
 
 @dataclass(kw_only=True)
-class ReasonEvalConfig(ReasonOptions):
+class ReasonEvalConfig(ReasonOptions, ImageOptions):
     """Options of `unime reason eval` (`unime.options`)."""
 
     embedder_path: str = option(help="the <emb> embedder checkpoint", dest="embedder")
@@ -361,14 +363,17 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     data = load_suite_data(suite)
     query_keys = {d.table.items[int(q)].key for _, d in data if isinstance(d, MMEBData) for q in d.query}
     loader = ImageLoader()
-    emb = Embedder.from_pretrained(embedder_path, device=device, dtype=dtype, pooling="emb", batch_size=batch_size)
+    budget = ImageBudget.from_args(cfg)  # explicit resolution options, over each checkpoint's recorded setting
+    emb = Embedder.from_pretrained(embedder_path, device=device, dtype=dtype, pooling="emb", batch_size=batch_size,
+                                   image_budget=budget)
     emb.image_loader = loader
     remb = ReasonedEmbedder(emb)
     fn = None
     if tcots == "reasoner":
         from unime.reasoning.reasoner import Reasoner
 
-        reasoner = Reasoner.from_pretrained(reasoner_path, device=device, dtype=dtype, batch_size=batch_size)
+        reasoner = Reasoner.from_pretrained(reasoner_path, device=device, dtype=dtype, batch_size=batch_size,
+                                            image_budget=budget)
         reasoner.image_loader = loader
         fn = reasoner_tcot_fn(reasoner, max_new_tokens=cfg.max_new_tokens, show_progress=show_progress)
     elif tcots == "teacher":
@@ -382,7 +387,8 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     run.timing["wall_seconds"] = round(time.perf_counter() - t0, 3)
     meta = {"model": f"{embedder_path} + T-CoT ({tcots}{': ' + str(reasoner_path) if reasoner_path else ''})",
             "embedder": str(embedder_path), "tcots": tcots, "reasoner": reasoner_path,
-            "tasks_config": str(suite.source), "skipped_tasks_not_mmeb": skipped, "device": emb.device}
+            "tasks_config": str(suite.source), "skipped_tasks_not_mmeb": skipped, "device": emb.device,
+            "image_budget": emb.image_budget.to_dict(), "visual_tokens_encoded": emb.visual_tokens}
     summary = report.write_run(out_dir, run, meta=meta)
     with atomic_open(Path(out_dir) / "tcots.jsonl") as fh:
         for row in written:

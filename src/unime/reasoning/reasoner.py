@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
+from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.options import option
 
@@ -138,11 +139,15 @@ class Reasoner:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         adapter_path: str | None = None, data_root: str | None = None,
-                        allow_outside_root: bool = False, image_budget=None, **kwargs) -> "Reasoner":
+                        allow_outside_root: bool = False, image_budget=None, video_sampling=None,
+                        **kwargs) -> "Reasoner":
+        """`image_budget` (`unime.models.image_budget.ImageBudget`): its set fields over the checkpoint's recorded
+        budget; `video_sampling` (`unime.data.video.VideoSampling`): how video items are sampled (default: 8
+        frames)."""
         from unime.models.loading import load_model
 
         loaded = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path, image_budget=image_budget)
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root)
+        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
         return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
                    name=str(path), **kwargs)
 
@@ -287,7 +292,7 @@ def tcot_index(rows: Iterable[TCoTRow]) -> dict[tuple[str, str], TCoTRow]:
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(DeviceOptions):
+class GenerateConfig(DeviceOptions, ImageOptions):
     """Options of `unime reason generate` (`unime.options`)."""
 
     model: str = option(help="reasoner / teacher checkpoint (HF folder or hub id)")
@@ -314,7 +319,8 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
     sides = [s.strip() for s in cfg.sides.split(",") if s.strip()]
     data_root = resolve_data_root(cfg.records, cfg.data_root)
     reasoner = Reasoner.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
-                                        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
+                                        image_budget=ImageBudget.from_args(cfg), batch_size=cfg.batch_size,
+                                        max_new_tokens=cfg.max_new_tokens)
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
             for i, rec in enumerate(records) for side in sides]
     outs = reasoner.generate([j[2] for j in jobs], [j[1] for j in jobs], do_sample=cfg.sample,
