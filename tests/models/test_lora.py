@@ -185,3 +185,19 @@ def test_every_trainer_refuses_full_fine_tuning_of_an_adapter_folder_in_its_vali
                 make(str(model), True).validate()
             make(str(model), False).validate()
         make(str(tmp_path / "model"), True).validate()
+
+
+@pytest.mark.parametrize("family", sorted(VISION_TARGETS))
+@pytest.mark.parametrize("trainer", ["embedder", "reranker", "reasoner_sft", "grpo"])
+def test_all_linear_adapts_the_language_model_only_unless_vision_is_asked(tiny_model_dir, family, trainer):
+    """--lora-targets all-linear is every linear layer of the language model (the decoder's 7 projections x 2
+    layers; not lm_head, as PEFT's all-linear); with --lora-vision, every linear layer of the vision tower too
+    (QA: the vision blocks, merger and deepstack mergers were adapted without --lora-vision)."""
+    path = tiny_model_dir(family)
+    names = adapted(_stage_lora(trainer, load(path), lora_targets=("all-linear",)))
+    assert names == DECODER, sorted(names ^ DECODER)
+    vision_linears = {n for n, m in load(path).named_modules()
+                      if n.startswith("model.visual.") and isinstance(m, torch.nn.Linear)}
+    assert vision_linears
+    both = adapted(_stage_lora(trainer, load(path), lora_targets=("all-linear",), lora_vision=True))
+    assert both == DECODER | vision_linears, sorted(both ^ (DECODER | vision_linears))

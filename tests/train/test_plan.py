@@ -290,3 +290,26 @@ def test_a_set_per_device_batch_size_drops_the_recipes_global_batch(capsys):
     assert main(["plan", "--recipe", recipe, "--set", "batch-size=4", "--set", "global-batch=64"]) == 2
     assert capsys.readouterr().err.strip() == \
         "unime: error: plan: give --batch-size (per device) or --global-batch (over all processes), not both"
+
+
+def test_all_linear_plans_the_language_model_and_the_vision_tower_only_with_lora_vision(capsys):
+    """QA: `--set lora-targets=all-linear` planned 29.2 M trainable parameters "on the language model" (the vision
+    tower's too), with or without lora-vision. Qwen2-VL-2B's language model: 28 layers of q,k,v,o,gate,up,down
+    (h 1536, 2 KV heads x 128, MLP 8960); its vision tower: 32 blocks of qkv 1280->3840, proj 1280->1280, fc1
+    1280->5120, fc2 5120->1280 and the merger's 5120->5120, 5120->1536; LoRA r=16 adds r x (in + out) per linear."""
+    from unime.cli import main
+
+    language = 28 * 16 * ((1536 + 1536) + 2 * (1536 + 256) + (1536 + 1536) + 2 * (1536 + 8960) + (8960 + 1536))
+    vision = 32 * 16 * ((1280 + 3840) + (1280 + 1280) + (1280 + 5120) + (5120 + 1280)) + \
+        16 * ((5120 + 5120) + (5120 + 1536))
+    plan = ["plan", "--stage", "embedder", "--model", "Qwen/Qwen2-VL-2B-Instruct", "--set", "lora-targets=all-linear"]
+    assert main(plan) == 0
+    assert f"LoRA r=16 on the language model: {language / 1e6:.1f} M trainable parameters" in capsys.readouterr().out
+    assert main(plan + ["--set", "lora-vision"]) == 0
+    out = capsys.readouterr().out
+    assert f"LoRA r=16 on the language model + vision: {(language + vision) / 1e6:.1f} M trainable parameters" in out
+    # the activations of all-linear are those of the 7 projections, the default targets
+    o = {"dtype": "bf16", "lora_r": 16, "lora_dropout": 0.1, "hard_negatives": 8, "batch_size": 2}
+    rows = [dict(plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, **t}).rows)
+            for t in ({}, {"lora_targets": "all-linear"})]
+    assert rows[0]["activations (20 sequences in one forward)"] == rows[1]["activations (20 sequences in one forward)"]

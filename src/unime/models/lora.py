@@ -2,10 +2,10 @@
 default of each path, and the one place a PEFT adapter is put on a model (`apply_lora`, `lora_config`) — or,
 when the model loaded already is one, not put on it (`model_to_train`, every trainer's one rule).
 
-Targets are module names matched inside the language model only (`.*language_model.*\\.(names)`), unless
-`vision=True`: Qwen2.5-VL's vision blocks use the decoder's MLP names (gate_proj, up_proj, down_proj), so
-bare names would adapt the vision tower too. Modules trained in full beside LoRA go in
-`modules_to_save` (e.g. `lm_head`).
+Targets are module names matched inside the language model only (`.*language_model.*\\.(names)`; all-linear:
+every linear layer of the language model), unless `vision=True`: Qwen2.5-VL's vision blocks use the decoder's MLP
+names (gate_proj, up_proj, down_proj), so bare names would adapt the vision tower too. Modules trained in full
+beside LoRA go in `modules_to_save` (e.g. `lm_head`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from unime.options import option
 
 log = logging.getLogger(__name__)
 
+# A module of the language model, by its name (full match); the vision tower is `model.visual`.
+_IN_LANGUAGE_MODEL = ".*language_model.*"
 # The decoder's projections.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -40,16 +42,25 @@ class LoraSettings:
         return cls(r=opts.lora_r, alpha=opts.lora_alpha, dropout=opts.lora_dropout, targets=tuple(opts.lora_targets),
                    dora=getattr(opts, "dora", False), vision=getattr(opts, "lora_vision", False))
 
+    @property
+    def all_linear(self) -> bool:
+        return tuple(self.targets) == ("all-linear",)
+
     def target_modules(self) -> str | list[str]:
         """PEFT `target_modules`: 'all-linear', or a regex over module names (full match)."""
-        if tuple(self.targets) == ("all-linear",):
+        if self.all_linear:
             return "all-linear"
         names = "|".join(sorted({t.strip() for t in self.targets if t.strip()}))
         if not names:
             raise ValueError("no LoRA target modules given")
         if self.vision:
             return rf".*\.({names})"
-        return rf".*language_model.*\.({names})"
+        return rf"{_IN_LANGUAGE_MODEL}\.({names})"
+
+    def exclude_modules(self) -> str | None:
+        """PEFT `exclude_modules`: 'all-linear' without `vision` leaves out every module outside the language model
+        (PEFT's own all-linear, which also leaves out lm_head, would adapt the vision tower)."""
+        return rf"(?!{_IN_LANGUAGE_MODEL}).*" if self.all_linear and not self.vision else None
 
 
 # The defaults of each path, as they have always been: the embedder's (`unime train embedder`) differ from
@@ -91,7 +102,8 @@ def lora_config(settings: LoraSettings, *, modules_to_save: Sequence[str] = (), 
     from peft import LoraConfig
 
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=settings.target_modules(), use_dora=settings.dora, bias="none",
+                      target_modules=settings.target_modules(), exclude_modules=settings.exclude_modules(),
+                      use_dora=settings.dora, bias="none",
                       modules_to_save=list(modules_to_save) or None, task_type=task_type)
 
 

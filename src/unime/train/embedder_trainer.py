@@ -339,9 +339,9 @@ def lora_model(model, config: EmbedderTrainingConfig):
 def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -> TrainingArguments:
     on_cpu = trainer_device(config.device).startswith("cpu")
     bf16 = config.dtype in ("bf16", "bfloat16") or (config.dtype == "auto" and not on_cpu)
-    # every trainable parameter is used in every forward pass when LoRA adapts only the decoder;
-    # otherwise (vision LoRA, full fine-tuning) a text-only chunk leaves vision parameters unused
-    find_unused = bool(config.full or config.lora_vision or tuple(config.lora_targets) == ("all-linear",))
+    # every trainable parameter is used in every forward pass when LoRA adapts only the decoder (all-linear
+    # too); otherwise (vision LoRA, full fine-tuning) a text-only chunk leaves vision parameters unused
+    find_unused = bool(config.full or config.lora_vision)
     return hf_training_arguments(
         TrainingArguments, output_dir=checkpoint_root, batch_size=config.batch_size, grad_accum=config.grad_accum,
         max_steps=config.steps if config.steps is not None else -1,

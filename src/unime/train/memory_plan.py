@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unime.models.lora import EMBEDDER_LORA, GENERATIVE_LORA
+from unime.models.lora import DEFAULT_LORA_TARGETS, EMBEDDER_LORA, GENERATIVE_LORA
 from unime.errors import UsageError
 from unime.options import option
 from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES
@@ -195,13 +195,12 @@ def _lora_bits(o: dict) -> tuple[int, int, float]:
     if o.get("full"):
         return 0, 0, 0.0
     targets = _targets(o)
-    n = len([t for t in targets if t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")])
+    # all-linear: every linear layer of the decoder, its 7 projections
+    n = len(DEFAULT_LORA_TARGETS if targets == ("all-linear",) else [t for t in targets if t in DEFAULT_LORA_TARGETS])
     return int(o.get("lora_r", EMBEDDER_LORA.r)), n, float(o.get("lora_dropout", 0.0) or 0.0)
 
 
 def _targets(o: dict) -> tuple[str, ...]:
-    from unime.models.lora import DEFAULT_LORA_TARGETS
-
     t = o.get("lora_targets") or DEFAULT_LORA_TARGETS
     if isinstance(t, str):
         t = [x.strip() for x in t.split(",") if x.strip()]
