@@ -267,3 +267,30 @@ def test_reason_eval_on_tasks_of_no_supported_format_names_the_one_it_evaluates(
         "mmeb_v2, retrieval; MMEB-V2 tasks such as the video tasks, and retrieval / compositional / qrels tasks, are "
         "not supported)")
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("trainer,given", [
+    ("embedder", ["--lora-r", "8"]), ("embedder", ["--lora-vision"]), ("embedder", ["--lora-targets", "qkv,q_proj"]),
+    ("embedder", ["--dora"]), ("reranker", ["--lora-alpha", "8"]), ("judge", ["--lora-dropout", "0.2"]),
+    ("sft", ["--lora-r", "8"]), ("grpo", ["--lora-r", "8"]), ("grpo", ["--lora-r", "16", "--lora-vision"])])
+def test_lora_options_given_with_a_peft_adapter_as_model_are_refused(trainer, given, tmp_path, capsys):
+    """QA: continuing from a PEFT adapter (an adapter folder, or a run folder holding only adapter/) trains the
+    adapter's own LoRA; --lora-r 8 --lora-vision ... were accepted and ignored (an INFO line). GRPO's --lora-r
+    chooses LoRA over full fine-tuning (its default 0): the adapter's own rank is accepted there."""
+    import json
+
+    adapter = tmp_path / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16,
+                                                             "base_model_name_or_path": "the-base"}))
+    for model in (adapter, tmp_path / "run"):
+        argv = [str(model) if a == "m" else a.replace("{tmp}", str(tmp_path)) for a in _T[trainer]] + given
+        assert main(argv) == 2
+        option = "--lora-vision" if "--lora-vision" in given else given[0]
+        assert _error_line(capsys) == (
+            f"train {argv[1] if trainer in ('embedder', 'reranker', 'judge') else 'reasoner'}: {option} does nothing "
+            f"with --model {model}, a PEFT adapter trained with its own LoRA (r 16; for a new adapter, give its base "
+            f"model the-base as --model): drop {option}")
+    # not given: accepted (the run goes on to its records, which do not exist)
+    assert main([str(adapter) if a == "m" else a.replace("{tmp}", str(tmp_path)) for a in _T[trainer]]) != 0
+    assert "PEFT adapter" not in capsys.readouterr().err

@@ -206,14 +206,16 @@ def given_by_user(args: argparse.Namespace, dest: str) -> str | None:
     return None if origin is None or origin.startswith("recipe ") else origin
 
 
-def refuse_ineffective_options(args: argparse.Namespace, command: str, rules, values=None) -> None:
+def refuse_ineffective_options(args: argparse.Namespace, command: str, rules, values=None, *,
+                               condition: str | None = None) -> None:
     """UsageError for an option the user gave (`given_by_user`) that does nothing with another option's value: each
     rule is (option dest, condition dest, the truth of the condition's value the option needs to act), e.g.
     ("chunk_size", "gradcache", True), or ("lora_alpha", "lora_r", True): a LoRA alpha acts only with a rank above
     0. A needed value other than True / False is the one value the option acts with, e.g. ("beta", "stage", "grpo"):
     --beta acts only with --stage grpo. The condition's value is read from `values` (the built config, where an
     option left unset holds its resolved default) or else from `args`. A recipe's values stay quiet: a recipe sets
-    options for the settings it is used with."""
+    options for the settings it is used with. `condition`: what the error says the option does nothing with, where
+    that is more than the flag's name (e.g. "with --model X, a PEFT adapter ...")."""
     from unime.errors import UsageError
 
     for dest, flag_dest, needed in rules:
@@ -224,7 +226,9 @@ def refuse_ineffective_options(args: argparse.Namespace, command: str, rules, va
             continue
         option, flag = (f"--{d.replace('_', '-')}" for d in (dest, flag_dest))
         where = "" if origin == "command line" else f" ({origin})"
-        if not isinstance(needed, bool):  # an option of one value of the flag, e.g. of one stage
+        if condition is not None:
+            text = f"{condition}: drop {option}"
+        elif not isinstance(needed, bool):  # an option of one value of the flag, e.g. of one stage
             text = f"with {flag} {value}: it acts only with {flag} {needed}; drop {option}"
         elif not isinstance(value, bool):  # a value: named, and whose it is when the user did not give it
             whose = "" if given_by_user(args, flag_dest) else \

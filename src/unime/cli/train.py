@@ -59,6 +59,31 @@ def lora_needs(lora_options: type, condition: str = "full", needed: bool = False
     return [(f.name, condition, needed) for f in dataclasses.fields(lora_options) if f.name != condition]
 
 
+def refuse_lora_options_on_an_adapter(args, command: str, lora_options: type, values=None, *,
+                                      rank_chooses_lora: bool = False) -> None:
+    """Every trainer's rule (`unime.models.lora.model_to_train`): a PEFT adapter as --model (an adapter folder, or a
+    run folder holding only adapter/) is trained with its own LoRA, so every option of `lora_options` the user gave
+    does nothing and is refused (`refuse_ineffective_options`). `rank_chooses_lora`: --lora-r 0 is full fine-tuning
+    (the reasoner; `model_to_train` refuses it on an adapter), so a --lora-r of the adapter's own rank acts."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from unime.models.loading import is_peft_adapter, trained_model_folder
+
+    folder = trained_model_folder(args.model) if getattr(args, "model", None) else None
+    if folder is None or not is_peft_adapter(folder):
+        return
+    own = json.loads((Path(folder) / "adapter_config.json").read_text())
+    rank = getattr(values if values is not None else args, "lora_r", None)
+    dests = [f.name for f in dataclasses.fields(lora_options)
+             if not (f.name == "lora_r" and rank_chooses_lora and rank in (0, own.get("r")))]
+    refuse_ineffective_options(
+        args, command, [(d, "model", False) for d in dests], values=SimpleNamespace(model=True),
+        condition=f"with --model {args.model}, a PEFT adapter trained with its own LoRA (r {own.get('r')}; for a new "
+                  f"adapter, give its base model {own.get('base_model_name_or_path')} as --model)")
+
+
 # the embedder's options that act only with a flag's value (`refuse_ineffective_options`): --chunk-size with
 # --gradcache, every LoRA option without --full
 _EMBEDDER_NEEDS = [("chunk_size", "gradcache", True), *lora_needs(EMBEDDER_LORA_OPTIONS)]
@@ -96,6 +121,7 @@ def embedder_config_from_args(args):
     if global_batch_dropped(args):
         args.global_batch = None
     refuse_ineffective_options(args, "train embedder", _EMBEDDER_NEEDS)
+    refuse_lora_options_on_an_adapter(args, "train embedder", EMBEDDER_LORA_OPTIONS)
     return config_from_args(EmbedderTrainingConfig, args)
 
 

@@ -7,7 +7,7 @@ import json
 
 from unime.cli import add_config_option, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options, config_from_args
-from unime.cli.train import lora_needs, register_train_action
+from unime.cli.train import lora_needs, refuse_lora_options_on_an_adapter, register_train_action
 from unime.errors import UsageError
 from unime.models.hf_arguments import TRAINER_ARGS_GROUP
 from unime.models.image_budget import IMAGE_GROUP
@@ -56,7 +56,7 @@ def _run(args) -> int:
         if not args.tcots:
             raise UsageError("--stage sft needs --tcots", command="train reasoner")
         cfg = config_from_args(ReasonerSFTConfig, args, unset_is_none=True, overwrite=bool(getattr(args, "overwrite", False)))
-        refuse_ineffective_options(args, "train reasoner", _LORA_NEEDS, values=cfg)
+        _refuse_lora_options(args, cfg)
         summary = train_reasoner_sft(cfg)
         print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
               f"{summary['last_loss']}; saved {args.out}")
@@ -75,13 +75,20 @@ def _run(args) -> int:
                          command="train reasoner")
     cfg = config_from_args(GRPOStageConfig, args, unset_is_none=True, weights=weights,
                            overwrite=bool(getattr(args, "overwrite", False)))
-    refuse_ineffective_options(args, "train reasoner", _LORA_NEEDS, values=cfg)
+    _refuse_lora_options(args, cfg)
     summary = train_reasoner_grpo(cfg)
     _print_skips(summary)
     steps = summary["reward_steps"]
     print(json.dumps([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in steps]))
     print(f"GRPO: {summary['steps']} steps; saved {args.out} (reward_log.csv, reward_curves.png)")
     return 0
+
+
+def _refuse_lora_options(args, cfg) -> None:
+    """The LoRA options that do nothing: with --lora-r 0 (full fine-tuning), or with an adapter as --model."""
+    refuse_ineffective_options(args, "train reasoner", _LORA_NEEDS, values=cfg)
+    refuse_lora_options_on_an_adapter(args, "train reasoner", GENERATIVE_LORA_OPTIONS, values=cfg,
+                                      rank_chooses_lora=True)
 
 
 def _print_skips(summary: dict) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from unime.cli import add_config_option, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options
 from unime.cli.dataclass_options import config_from_args as build_config
-from unime.cli.train import lora_needs, register_train_action
+from unime.cli.train import lora_needs, refuse_lora_options_on_an_adapter, register_train_action
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
 
 # each role's options that act only with a flag's value (`refuse_ineffective_options`): the LoRA options and the
@@ -50,6 +50,7 @@ def config_from_args(args):
     from unime.train.reranker_trainer import PAIR, RerankerTrainConfig
 
     refuse_ineffective_options(args, f"train {args.role}", _ROLE_NEEDS[args.role])
+    refuse_lora_options_on_an_adapter(args, f"train {args.role}", GENERATIVE_LORA_OPTIONS)
     # the judge trains the pairwise loss only; a reranker holds nothing out (judge options)
     return build_config(RerankerTrainConfig, args, role=args.role,
                         **({"losses": (PAIR,)} if args.role == "judge" else {"holdout": 0.0}))

@@ -151,10 +151,11 @@ def model_to_train(model, settings: LoraSettings | None, *, source: str, full_op
 
     - `settings` None (full fine-tuning, chosen by `full_option`): every parameter. A PEFT model (an adapter
       folder, or a run folder holding only its adapter/) is refused: its merged form is the model to give;
-    - a PEFT model: its adapter is trained on, as loaded (`load_model(..., trainable=True)`), on the adapter's
-      own base; `settings` are ignored. A second LoRA nested in it is what TRL's trainers cannot run (the
-      reasoner's SFT failed on its outputs, GRPO refuses a PEFT model with a `peft_config`) and what loads on no
-      base;
+    - a PEFT model: its adapter is trained on, as loaded (`load_model(..., trainable=True)`), on the adapter's own
+      base and its own LoRA settings; `settings` are not used (the commands refuse LoRA options given with an
+      adapter: `unime.cli.train.refuse_lora_options_on_an_adapter`). A second LoRA nested in it is what TRL's
+      trainers cannot run (the reasoner's SFT failed on its outputs, GRPO refuses a PEFT model with a `peft_config`)
+      and what loads on no base;
     - else: `apply_lora(model, settings, ...)` (seed the RNG first for a reproducible initialisation)."""
     from unime.models.run_state import is_peft
 
@@ -165,6 +166,6 @@ def model_to_train(model, settings: LoraSettings | None, *, source: str, full_op
     if is_peft(model):
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"{source}: the adapter was loaded frozen; load it with trainable=True to train it")
-        log.info("%s is a PEFT adapter: continuing to train it (LoRA options ignored)", source)
+        log.info("%s is a PEFT adapter: continuing to train it with its own LoRA settings", source)
         return model
     return apply_lora(model, settings, modules_to_save=modules_to_save, task_type=task_type)
