@@ -313,3 +313,56 @@ def test_all_linear_plans_the_language_model_and_the_vision_tower_only_with_lora
     rows = [dict(plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, **t}).rows)
             for t in ({}, {"lora_targets": "all-linear"})]
     assert rows[0]["activations (20 sequences in one forward)"] == rows[1]["activations (20 sequences in one forward)"]
+
+
+def _sequence_fact(out: str) -> str:
+    return next(line.strip() for line in out.splitlines() if line.strip().startswith("sequence ~"))
+
+
+def test_a_local_checkpoint_is_planned_with_its_recorded_images_and_an_adapter_from_its_base(tiny_model_dir,
+                                                                                             tmp_path, capsys):
+    """QA: a checkpoint trained with --image-size 64 (its unime_images.json) was planned with 1280x720 images, and an
+    adapter folder as --model was an "unknown checkpoint". The recorded size is what every command loading the
+    checkpoint uses, as --image-size 64 would; an adapter is planned on its base with its own LoRA (its trainable
+    parameters are its file's, as training continues it with its own settings)."""
+    import shutil
+
+    from transformers import AutoModelForImageTextToText
+
+    from unime.cli import main
+    from unime.models.image_budget import ImageBudget
+    from unime.models.lora import LoraSettings, apply_lora
+
+    base = tiny_model_dir("qwen2_vl")
+    plan = ["plan", "--stage", "embedder", "--model"]
+    assert main(plan + [base]) == 0
+    default = _sequence_fact(capsys.readouterr().out)
+    assert main(plan + [base, "--set", "image-size=64"]) == 0
+    at_64 = _sequence_fact(capsys.readouterr().out)
+    assert "64x64 image" in at_64 and at_64 != default
+    trained = tmp_path / "trained"
+    shutil.copytree(base, trained)
+    ImageBudget(image_size=(64, 64)).save(trained)
+    assert main(plan + [str(trained)]) == 0
+    assert _sequence_fact(capsys.readouterr().out) == at_64
+    # an adapter (r 4, the language model's 7 projections) on the tiny base, recorded with its run's image size
+    peft = apply_lora(AutoModelForImageTextToText.from_pretrained(base), LoraSettings(r=4, alpha=8, dropout=0.0))
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    run = tmp_path / "run"
+    peft.save_pretrained(run / "adapter")
+    ImageBudget(image_size=(64, 64)).save(run)
+    for model in (run / "adapter", run):
+        assert main(plan + [str(model)]) == 0
+        out = capsys.readouterr().out
+        assert f"PEFT adapter {run / 'adapter'} on {base}" in out, out
+        assert f"LoRA r=4 of the adapter (its own settings) on the language model: {trainable / 1e6:.1f} M " \
+               "trainable parameters" in out, out
+        assert _sequence_fact(out) == at_64
+    # a base that is neither a known release nor a local folder: what to pass
+    config = run / "adapter" / "adapter_config.json"
+    config.write_text(config.read_text().replace(base, "someone/unknown-vl"))
+    assert main(plan + [str(run / "adapter")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"unime: error: {run / 'adapter'} is a PEFT adapter on 'someone/unknown-vl', neither a known "
+                   "release nor a local folder with a config.json: give --model its base (a known release or a "
+                   "local checkpoint folder of the same shapes)"), err

@@ -30,6 +30,7 @@ from typing import Any
 
 from unime.models.lora import DEFAULT_LORA_TARGETS, EMBEDDER_LORA, GENERATIVE_LORA
 from unime.errors import UsageError
+from unime.models.image_budget import ImageBudget
 from unime.options import option
 from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES
 
@@ -57,6 +58,8 @@ class ModelShapes:
     min_pixels: int
     max_pixels: int
     config: Any = field(repr=False, default=None)
+    images: ImageBudget = ImageBudget()    # recorded with the checkpoint (`unime_images.json`), as loading reads it
+    adapter: "AdapterFacts | None" = None  # --model a PEFT adapter: planned on its base (`model_shapes`)
 
     def lora_trainable(self, r: int, targets: tuple[str, ...], vision: bool = False, dora: bool = False) -> int:
         """Trainable parameters of the training code's LoRA on this architecture (counted on meta)."""
@@ -71,11 +74,58 @@ class ModelShapes:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def model_shapes(model: str) -> ModelShapes:
-    """Shapes of a known release (hub id or short name) or of a local checkpoint folder."""
-    from unime.models.known_checkpoints import known_checkpoint, meta_model
+@dataclass(frozen=True)
+class AdapterFacts:
+    """A PEFT adapter given as --model, which training continues with its own LoRA settings
+    (`unime.models.lora.model_to_train`): its rank, and counted from its weights file its trainable parameters,
+    its adapted linears per decoder layer and whether it adapts the vision tower."""
+    path: str
+    base: str
+    r: int
+    trainable: int
+    per_layer: int
+    vision: bool
 
-    path = Path(model)
+    @classmethod
+    def read(cls, folder: Path) -> "AdapterFacts":
+        from safetensors import safe_open
+
+        from unime.errors import ModelError
+
+        config = json.loads((folder / "adapter_config.json").read_text())
+        weights = folder / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise ModelError(f"{folder} is a PEFT adapter without its adapter_model.safetensors")
+        with safe_open(str(weights), "pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        first_layer = [k for k in shapes if ".language_model.layers.0." in k and ".lora_A" in k]
+        return cls(path=str(folder), base=str(config.get("base_model_name_or_path")), r=int(config.get("r", 0)),
+                   trainable=sum(math.prod(v) for v in shapes.values()), per_layer=len(first_layer),
+                   vision=any(".visual." in k for k in shapes))
+
+
+def model_shapes(model: str) -> ModelShapes:
+    """Shapes of a known release (hub id or short name) or of a local checkpoint folder (a trainer's run folder: its
+    merged/, else its adapter/), with the image budget recorded with it. A PEFT adapter is planned on its base: a
+    known release or a local folder."""
+    from unime.errors import UnimeError
+    from unime.models.image_budget import recorded_budget
+    from unime.models.known_checkpoints import known_checkpoint, meta_model
+    from unime.models.loading import is_peft_adapter, trained_model_folder
+
+    folder = trained_model_folder(model)
+    if is_peft_adapter(folder):
+        adapter = AdapterFacts.read(Path(folder))
+        try:
+            shapes = model_shapes(adapter.base)
+        except UnimeError:
+            raise UnimeError(f"{folder} is a PEFT adapter on {adapter.base!r}, neither a known release nor a local "
+                             "folder with a config.json: give --model its base (a known release or a local "
+                             "checkpoint folder of the same shapes)") from None
+        shapes.name, shapes.adapter = f"PEFT adapter {folder} on {shapes.name}", adapter
+        shapes.images = recorded_budget(folder) or ImageBudget()  # what loading the adapter reads (`load_model`)
+        return shapes
+    path = Path(folder)
     if (path / "config.json").is_file():
         from transformers import AutoConfig
 
@@ -95,7 +145,8 @@ def model_shapes(model: str) -> ModelShapes:
     return ModelShapes(name=name, family=config.model_type, hidden=t.hidden_size, intermediate=t.intermediate_size,
                        layers=t.num_hidden_layers, heads=t.num_attention_heads, kv_heads=t.num_key_value_heads,
                        head_dim=head_dim, params_total=total, params_vision=vision, patch_factor=bounds[2],
-                       min_pixels=bounds[0], max_pixels=bounds[1], config=config)
+                       min_pixels=bounds[0], max_pixels=bounds[1], config=config,
+                       images=(recorded_budget(path) if path.is_dir() else None) or ImageBudget())
 
 
 def _folder_pixel_bounds(path: Path) -> tuple[int, int, int]:
@@ -113,13 +164,15 @@ def _folder_pixel_bounds(path: Path) -> tuple[int, int, int]:
 
 def visual_tokens_per_image(shapes: ModelShapes, *, image_size=None, max_pixels=None, min_pixels=None,
                             source_size=(1280, 720)) -> tuple[int, str]:
-    """Merged visual tokens of one image: the fixed resize if given, else a `source_size` photo under the
-    pixel bounds. Returns (tokens, description)."""
-    from unime.models.image_budget import fitted_size, parse_image_size
+    """Merged visual tokens of one image: the fixed resize if given (else the one recorded with the checkpoint), else
+    a `source_size` photo under the pixel bounds (given, else recorded, else the processor's). Returns (tokens,
+    description)."""
+    from unime.models.image_budget import fitted_size
 
-    lo = int(min_pixels or shapes.min_pixels)
-    hi = int(max_pixels or shapes.max_pixels)
-    size = parse_image_size(image_size)
+    budget = ImageBudget.from_options(min_pixels, max_pixels, image_size).over(shapes.images)
+    lo = int(budget.min_pixels or shapes.min_pixels)
+    hi = int(budget.max_pixels or shapes.max_pixels)
+    size = budget.image_size
     w, h = size if size else source_size
     fh, fw = fitted_size(h, w, factor=shapes.patch_factor, min_pixels=lo, max_pixels=hi)
     tokens = (fh // shapes.patch_factor) * (fw // shapes.patch_factor)
@@ -191,9 +244,11 @@ class Plan:
         return "\n".join(lines)
 
 
-def _lora_bits(o: dict) -> tuple[int, int, float]:
+def _lora_bits(shapes: ModelShapes, o: dict) -> tuple[int, int, float]:
     if o.get("full"):
         return 0, 0, 0.0
+    if shapes.adapter:
+        return shapes.adapter.r, shapes.adapter.per_layer, float(o.get("lora_dropout", 0.0) or 0.0)
     targets = _targets(o)
     # all-linear: every linear layer of the decoder, its 7 projections
     n = len(DEFAULT_LORA_TARGETS if targets == ("all-linear",) else [t for t in targets if t in DEFAULT_LORA_TARGETS])
@@ -211,17 +266,24 @@ def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -
     """Weights / trainable / gradients / optimizer rows and facts for a (LoRA or full) training run."""
     rows, facts = [], []
     total = shapes.params_total
+    if o.get("full") and shapes.adapter:  # as the trainers refuse it (`model_to_train`)
+        raise UsageError(f"full fine-tuning of the adapter folder {shapes.adapter.path}: plan its merged/ folder, "
+                         "or LoRA (the adapter itself)", command="plan")
     if o.get("full"):
         trainable = total
         rows.append(("weights (fp32 master copy)", total * 4))
         facts.append(f"full fine-tuning: {trainable / 1e9:.2f} B trainable parameters")
     else:
-        r = int(o.get("lora_r", EMBEDDER_LORA.r))
-        trainable = shapes.lora_trainable(r, _targets(o), bool(o.get("lora_vision")), bool(o.get("dora")))
+        if shapes.adapter:  # training continues the adapter with its own settings
+            a = shapes.adapter
+            r, trainable, vision, what = a.r, a.trainable, a.vision, f"LoRA r={a.r} of the adapter (its own settings)"
+        else:
+            r, vision = int(o.get("lora_r", EMBEDDER_LORA.r)), bool(o.get("lora_vision"))
+            trainable = shapes.lora_trainable(r, _targets(o), vision, bool(o.get("dora")))
+            what = f"LoRA r={r}{' (DoRA)' if o.get('dora') else ''}"
         rows.append((f"weights ({'bf16' if weight_bytes == 2 else 'fp32'}, frozen)", total * weight_bytes))
         rows.append(("trainable weights (fp32)", trainable * 4))
-        facts.append(f"LoRA r={r}{' (DoRA)' if o.get('dora') else ''} on "
-                     f"{'the language model + vision' if o.get('lora_vision') else 'the language model'}: "
+        facts.append(f"{what} on {'the language model + vision' if vision else 'the language model'}: "
                      f"{trainable / 1e6:.1f} M trainable parameters")
     rows.append(("gradients (fp32)", trainable * 4))
     if gpus > 1:
@@ -256,7 +318,7 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
         per_device = int(o.get("batch_size", 8))
     global_queries = per_device * gpus * accum
     rows, facts, _ = _param_rows(shapes, o, weight_bytes=weight_b, gpus=gpus)
-    r, n_lora, drop = _lora_bits(o)
+    r, n_lora, drop = _lora_bits(shapes, o)
     per_tok = activation_bytes_per_token(shapes, seq_len=seq, act_bytes=act_b, lora_r=r, n_lora=n_lora,
                                          lora_dropout=drop, autocast_bf16=bf16 and act_b == 2, padded=padded)
     if o.get("gradcache"):
@@ -306,7 +368,7 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
     pair_len, list_len = prompt + 2 * item, prompt + (1 + n_cand) * item
     b = int(o.get("batch_size", 4))
     rows, facts, _ = _param_rows(shapes, o, weight_bytes=2 if bf16 and not o.get("full") else 4, gpus=gpus)
-    r, n_lora, drop = _lora_bits({**o, "lora_dropout": o.get("lora_dropout", GENERATIVE_LORA.dropout)})
+    r, n_lora, drop = _lora_bits(shapes, {**o, "lora_dropout": o.get("lora_dropout", GENERATIVE_LORA.dropout)})
     seqs = []
     if "pair" in losses:
         seqs += [pair_len] * (2 * b)
@@ -411,8 +473,8 @@ class PlanOptions:
 
     stage: str | None = option(None, "what to plan (default: the recipe's): train embedder, train reranker, or the "
                                "mining judge", choices=list(PLANNERS))
-    model: str | None = option(None, "a known release (e.g. Qwen/Qwen2-VL-2B-Instruct) or a local checkpoint folder "
-                               "(default: the recipe's)")
+    model: str | None = option(None, "a known release (e.g. Qwen/Qwen2-VL-2B-Instruct), or a local checkpoint, run or "
+                               "PEFT adapter folder, planned with its recorded images (default: the recipe's)")
     gpus: int = option(1, "devices (data parallel)")
     gpu_memory: str | None = option(None, "memory per device in GiB, the unit of the verdict: 80, 80GB or 80GiB (GB "
                                     "as on NVIDIA's labels: nvidia-smi reports an A100 80GB as 81920 MiB = 80 GiB), "
