@@ -35,6 +35,12 @@ def option(default: Any = MISSING, help: str | None = None, *, factory: Any = MI
     return field(default=default, default_factory=factory, metadata={"help": help, **cli, **extra})
 
 
+def on_error_option(help: str, **cli: Any):
+    """The `--on-error raise|skip` option of a command that reads data (`unime.data.skips.ErrorPolicy`), with
+    its `--skip-bad-records` switch (= `--on-error skip`) — every command that has one takes both."""
+    return option("raise", help, choices=["raise", "skip"], switch=("--skip-bad-records", "skip"), **cli)
+
+
 def option_defaults(config) -> dict[str, Any]:
     """The defaults of a config dataclass's fields (`changed_option_keys`' `added_defaults`: a run recorded by
     an earlier version, before an option existed, continues when the option keeps its default)."""

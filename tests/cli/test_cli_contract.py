@@ -191,6 +191,44 @@ def test_flags_from_a_config_mean_what_they_say(tmp_path):
         assert parse(line + ["--config", _cfg(tmp_path, "skip-bad-records: false\n")]).on_error == "raise"
 
 
+# a line of each command that has `--on-error` (its required options given)
+ON_ERROR_COMMANDS = {
+    "mine": MINE[1:], "judge": ["--pairs", "p.jsonl", "--judge", "j", "--out", "o"],
+    "eval": ["--model", "m", "--tasks", "t.yaml", "--out", "o"],
+    "eval reference": ["--tasks", "t.yaml", "--records", "r.jsonl", "--out", "o"],
+    "embed": ["--model", "m", "--items", "i.jsonl", "--out", "o.npy"],
+    "train embedder": ["--model", "m", "--records", "r.jsonl", "--out", "o"],
+    "train reranker": ["--model", "m", "--records", "r.jsonl", "--out", "o"],
+    "train judge": ["--model", "m", "--records", "r.jsonl", "--out", "o"],
+    "train reasoner": ["--stage", "sft", "--model", "m", "--tcots", "t.jsonl", "--out", "o"],
+    "reason teacher": ["--world", "w", "--out", "o"],
+    "data import": ["--captions", "c.jsonl", "--images", "img", "--out", "o"],
+    "data convert": ["in.jsonl", "out.jsonl"],
+}
+
+
+def test_every_command_with_on_error_takes_skip_bad_records_as_on_error_skip():
+    """README: `--on-error skip` (or `--skip-bad-records`) in mine, train (also train reasoner), eval, judge, embed,
+    reason teacher and data import — every command that has `--on-error` takes both (they were train embedder,
+    reranker and judge only; the others refused `--skip-bad-records` as an unrecognized argument)."""
+    import argparse
+
+    def with_on_error(p, words=()):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    yield from with_on_error(sub, (*words, name))
+            elif "--on-error" in a.option_strings:
+                yield " ".join(words)
+
+    assert sorted(with_on_error(build_parser())) == sorted(ON_ERROR_COMMANDS)
+    for command, rest in ON_ERROR_COMMANDS.items():
+        line = command.split() + rest
+        assert parse(line).on_error == "raise", command
+        assert parse(line + ["--skip-bad-records"]).on_error == parse(line + ["--on-error", "skip"]).on_error \
+            == "skip", command
+
+
 def test_key_value_options_from_a_config_as_a_list_or_a_mapping(tmp_path):
     """`trainer_arg` (`--trainer-arg KEY=VALUE`, repeatable) from YAML: a list of KEY=VALUE strings, or a mapping whose
     values keep their YAML types through the option's own parsing."""

@@ -9,7 +9,8 @@ import dataclasses
 
 import pytest
 
-from unime.cli.dataclass_options import add_options, config_from_args, dest_of, option_fields, option_values
+from unime.cli.dataclass_options import (add_options, config_from_args, dest_of, option_fields, option_values,
+                                         prefixed_flags)
 from unime.options import option
 
 
@@ -99,6 +100,18 @@ def test_a_prefix_names_a_second_configs_options_beside_the_first():
         "seed": 0, "lr": 0.5, "model": "j", "skip": "raise", "flag": False, "steps": 9}
 
 
+def _is_switch(action: argparse.Action, fields: dict) -> bool:
+    """Whether `action` is a field's `switch=(FLAG, VALUE)`: a second flag setting the same dest to VALUE
+    (`--skip-bad-records` = `--on-error skip`); if so, checked to set the field's dest to VALUE, default as it."""
+    f = fields.get(action.dest)
+    if not (action.option_strings and f is not None
+            and f.metadata.get("switch", (None,))[0] == action.option_strings[0]):
+        return False
+    assert (action.const, action.default) == (f.metadata["switch"][1], f.default), action.dest
+    assert action.help == f"the same as {prefixed_flags(f)[0]} {action.const}", action.dest
+    return True
+
+
 def _command(words):
     from unime.cli import _command_path, build_parser
 
@@ -119,12 +132,7 @@ def test_every_trainer_option_is_a_config_field_with_its_default(words, config, 
     cls = getattr(importlib.import_module(module), name)
     parser = _command(words)
     fields = {dest_of(f): f for f, _, _ in option_fields(cls)}
-    # a field's `switch=(FLAG, VALUE)`: a second flag setting the same dest to VALUE (`--skip-bad-records`)
-    switches = [a for a in parser._actions if a.option_strings and fields.get(a.dest) is not None
-                and fields[a.dest].metadata.get("switch", (None,))[0] == a.option_strings[0]]
-    for a in switches:
-        assert (a.const, a.default) == (fields[a.dest].metadata["switch"][1], fields[a.dest].default)
-    by_dest = {a.dest: a for a in parser._actions if a not in switches}
+    by_dest = {a.dest: a for a in parser._actions if not _is_switch(a, fields)}
     not_fields = {"help", "config", "recipe", "print_config"}
     assert set(by_dest) - not_fields <= set(fields)
     for dest, action in by_dest.items():
@@ -203,7 +211,7 @@ def test_every_option_of_the_other_commands_is_a_config_field(words, configs):
     fields = {dest_of(f): f for f, _, _ in option_fields(*classes)}
     by_dest = {a.dest: a for a in _command(words)._actions
                if a.dest not in ("help", "config", "recipe", "print_config")
-               and not isinstance(a, argparse._SubParsersAction)}
+               and not isinstance(a, argparse._SubParsersAction) and not _is_switch(a, fields)}
     assert set(by_dest) == set(fields)
     for dest, action in by_dest.items():
         f = fields[dest]
@@ -243,12 +251,13 @@ PINNED = {
     "data check": {"input": None, "--mmeb": False, "--data-root": None, "--allow-outside-root": False,
                    "--max-pixels": None, "--no-images": False},
     "data convert": {"input": None, "output": None, "--from": None, "--to": None, "--on-error": "raise",
-                     "--dataset": None},
+                     "--skip-bad-records": "raise", "--dataset": None},
     "data import": {"--captions": None, "--coco": None, "--hf-dataset": None, "--webdataset": None, "--images": None,
                     "--allow-outside-root": False, "--coco-instances": None, "--image-column": None,
                     "--caption-column": None, "--label-column": None, "--delimiter": None, "--out": None,
                     "--name": None, "--directions": "i2t,t2i", "--eval-fraction": 0.2, "--eval-candidates": 100,
-                    "--judge-negatives": 3, "--seed": 0, "--on-error": "raise"},
+                    "--judge-negatives": 3, "--seed": 0, "--on-error": "raise",
+                    "--skip-bad-records": "raise"},
     "data synth": {"--out": None, "--seed": 0, "--size": "default", "--train-scenes": None, "--eval-scenes": None,
                    "--ood-scenes": None, "--train-per-task": None, "--eval-queries": None, "--candidates": None,
                    "--retrieval-images": None, "--compositional-pairs": None, "--image-size": None,
@@ -279,7 +288,8 @@ PINNED = {
     "reason split": {"--records": None, "--tcots": None, "--judge": None, "--data-root": None, "--threshold": 0.5,
                      "--rl-fraction": None, "--out-dir": None, "--device": None, "--dtype": "auto",
                      **IMAGE_OPTIONS},
-    "reason teacher": {"--world": None, "--records": None, "--out": None, "--on-error": "raise"},
+    "reason teacher": {"--world": None, "--records": None, "--out": None, "--on-error": "raise",
+                       "--skip-bad-records": "raise"},
 }
 PINNED_REQUIRED = {
     "data check": {"input"}, "data convert": {"input", "output"}, "data import": {"--out"}, "data synth": {"--out"},
@@ -337,7 +347,7 @@ def test_each_converted_option_is_declared_on_its_config(words, configs, pinned_
     classes = [getattr(importlib.import_module(c.split(":")[0]), c.split(":")[1]) for c in configs]
     fields = {dest_of(f): f for f, _, _ in option_fields(*classes)}
     for action in pinned_parsers[" ".join(words)]._actions:
-        if action.dest in _SHARED:
+        if action.dest in _SHARED or _is_switch(action, fields):
             continue
         f = fields[action.dest]
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

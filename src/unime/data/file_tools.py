@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from unime.errors import DataError
-from unime.options import option
+from unime.options import on_error_option, option
 
 FORMATS = ["jsonl", "parquet", "unime_v2_json"]
 
@@ -20,8 +20,7 @@ class ConvertConfig:
     from_format: str | None = option(None, "input format (default: from the extension)", flag="--from",
                                      choices=FORMATS)
     to_format: str | None = option(None, "output format (default: from the extension)", flag="--to", choices=FORMATS)
-    on_error: str = option("raise", "skip bad records (counted and reported) instead of stopping at the first",
-                           choices=["raise", "skip"])
+    on_error: str = on_error_option("skip bad records (counted and reported) instead of stopping at the first")
     dataset: str | None = option(None, "dataset name given to records that have none (the UniME-V2 JSON carries "
                                  "none)", metavar="NAME")
 

@@ -61,7 +61,7 @@ from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.data.video import is_video_file_ref
 from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
 from unime.errors import DataError, OptionError, with_working_dir
-from unime.options import check_ranges, option
+from unime.options import check_ranges, on_error_option, option
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ class ImportOptions:
     judge_negatives: int = option(3, "negatives per judge training record (default 3)", at_least=1)  # a judge
     # trained without negatives answers Yes to all
     seed: int = option(0, "seed of the held-out split and of the negatives")
-    on_error: str = option("raise", "skip bad rows and images (counted and reported) instead of stopping at the "
-                           "first", choices=["raise", "skip"])
+    on_error: str = on_error_option("skip bad rows and images (counted and reported) instead of stopping at the "
+                                    "first")
     overwrite: bool = option(False, "write into a non-empty OUT: an earlier import's files there are removed "
                                     "first, other files stay (same-named ones replaced)")
     source: dict = option(factory=dict, cli=False)  # what was read (for import.json)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from unime.data.video import VideoOptions
 from unime.models.image_budget import ImageOptions
-from unime.options import check_ranges, option
+from unime.options import check_ranges, on_error_option, option
 
 
 @dataclass(kw_only=True)
@@ -21,8 +21,8 @@ class ReasonerStageOptions(ImageOptions, VideoOptions):
     resume: bool = option(False, "accepted for compatibility: re-running the same command continues an interrupted "
                           "run anyway")  # `unime.models.run_state`
     overwrite: bool = option(False, cli=False)  # start over (also with changed options): the commands' --overwrite
-    on_error: str = option("raise", "skip bad lines of --tcots / --records and rows whose images do not open (counted "
-                           "and reported) instead of stopping at the first", choices=["raise", "skip"])
+    on_error: str = on_error_option("skip bad lines of --tcots / --records and rows whose images do not open (counted "
+                                    "and reported) instead of stopping at the first")
 
     def validate(self) -> None:
         """OptionError for an option outside its range (`unime.options.check_ranges`), and ModelError for full

@@ -31,7 +31,7 @@ from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embeddi
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import EmbedderOptions
 from unime.models.reranker import LISTWISE_BATCH, RERANK_MODES, RerankerProtocol, RerankStats, rerank_many
-from unime.options import option
+from unime.options import on_error_option, option
 
 log = logging.getLogger(__name__)
 
@@ -493,8 +493,7 @@ class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
     no_cache: bool = option(False, "do not read or write the embedding cache")
     ties: str = option("pessimistic", "exact score ties: pessimistic = a tie with a relevant item counts against it "
                        "(default); index = lower candidate index wins (VLM2Vec's argmax)", choices=list(M.TIE_POLICIES))
-    on_error: str = option("raise", "a bad data row stops the run (raise, default) or is left out and counted (skip)",
-                           choices=["raise", "skip"])
+    on_error: str = on_error_option("a bad data row stops the run (raise, default) or is left out and counted (skip)")
     rerank_path: str | None = option(None, "reranker checkpoint: report every task with and without reranking",
                                      dest="rerank", metavar="CKPT")
     rerank_topk: int = option(DEFAULT_RERANK_TOPK, "candidates the reranker sees (default %(default)s, the paper's)",

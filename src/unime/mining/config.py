@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from unime.index.ann import INDEX_KINDS, AnnOptions, IndexConfig
 from unime.mining.backends import JudgeOptions
 from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL
-from unime.options import option
+from unime.options import on_error_option, option
 
 
 @dataclass
@@ -36,8 +36,7 @@ class MineConfig(JudgeOptions, AnnOptions):
     embed_batch_size: int = option(16, "embedder batch size of the retrieval", at_least=1)
     cache_dir: str | None = option(None, "embedding cache, shared format with `unime eval --cache-dir` (default: "
                                    "OUT/cache/embeddings)")
-    on_error: str = option("raise", "skip bad records (counted and reported) instead of stopping at the first",
-                           choices=["raise", "skip"])
+    on_error: str = on_error_option("skip bad records (counted and reported) instead of stopping at the first")
     audit: bool = option(False, "audit the judge against the demo world (needs --world)")
     world: str | None = option(None, "demo world folder (for --audit)")
     audit_threshold: float = option(1.0, "audit: relevance at or above which a retrieved candidate is a false "

@@ -17,7 +17,7 @@ from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
 from unime.errors import DataError
 from unime.mining.backends import JudgeOptions, JudgeSpec, make_backend
-from unime.options import option
+from unime.options import on_error_option, option
 
 
 @dataclass(kw_only=True)
@@ -28,8 +28,8 @@ class JudgePairsConfig(JudgeOptions):
     judge: str = option(help="judge checkpoint")
     out: str = option(help='output JSONL of {"id", "score"}, in input order')
     data_root: str | None = option(None, "folder image paths are relative to (default: the pairs' folder)")
-    on_error: str = option("raise", "skip bad pairs and pairs with a bad image (counted and reported; their ids are "
-                           "missing from the output) instead of stopping at the first", choices=["raise", "skip"])
+    on_error: str = on_error_option("skip bad pairs and pairs with a bad image (counted and reported; their ids are "
+                                    "missing from the output) instead of stopping at the first")
     label_column: str | None = option(None, "the pairs carry a relevance label under KEY (> 0 = relevant): evaluate "
                                       "the judge — AUC, accuracy, score spread printed and in OUT.metrics.json, "
                                       "calibration plot OUT.calibration.png", metavar="KEY")

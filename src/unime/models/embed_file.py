@@ -25,7 +25,7 @@ from unime.data.video import VideoOptions
 from unime.errors import DataError
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import EmbedderOptions
-from unime.options import option
+from unime.options import on_error_option, option
 
 
 def read_items_file(path: str, *, data_root: str, on_error: str = "raise", skips: SkipReport | None = None,
@@ -55,9 +55,9 @@ class EmbedConfig(EmbedderOptions, ImageOptions, VideoOptions):
     items: str = option(help="JSONL, one item per line")
     data_root: str | None = option(None, "folder that image paths are relative to (default: the items file's folder)")
     out: str = option(help="output .npy (float32, L2-normalised)")
-    on_error: str = option("raise", "skip bad lines and items with a bad image (counted and reported; OUT.lines.json "
-                           "then lists the line each row of the array came from) instead of stopping at the first",
-                           choices=["raise", "skip"])
+    on_error: str = on_error_option("skip bad lines and items with a bad image (counted and reported; "
+                                    "OUT.lines.json then lists the line each row of the array came from) instead of "
+                                    "stopping at the first")
 
 
 def encode_items_file(cfg: EmbedConfig) -> tuple[Path, int, int, SkipReport]:

@@ -36,7 +36,7 @@ from typing import Iterable, Sequence
 from unime.data import vocab
 from unime.data.items import Item, Record
 from unime.errors import DataError
-from unime.options import option
+from unime.options import on_error_option, option
 from unime.reasoning.tcot import COORD_MAX, render_tcot
 
 SOURCE = "teacher:annotations"
@@ -334,8 +334,8 @@ class TeacherConfig:
     world: str = option(help="a generated world (unime data synth)")
     records: str | None = option(None, "records to write T-CoTs for (default: WORLD/train/records.jsonl)")
     out: str = option(help="output T-CoT JSONL")
-    on_error: str = option("raise", "skip bad records and records the world does not know (counted and reported) "
-                           "instead of stopping at the first", choices=["raise", "skip"])
+    on_error: str = on_error_option("skip bad records and records the world does not know (counted and reported) "
+                                    "instead of stopping at the first")
 
 
 def write_teacher_tcots(cfg: TeacherConfig):

@@ -15,7 +15,7 @@ from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import EMBEDDER_LORA_OPTIONS, refuse_full_fine_tuning_of_adapter
-from unime.options import check_ranges, option
+from unime.options import check_ranges, on_error_option, option
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
 
@@ -36,8 +36,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)",
                                    group="data")
     out: str = option(help="output folder (checkpoints/, adapter/, merged/, README.md, curves)", group="data")
-    on_error: str = option("raise", "a bad record: raise (stop, naming it) or skip (counted and reported)",
-                           choices=["raise", "skip"], switch=("--skip-bad-records", "skip"), group="data")
+    on_error: str = on_error_option("a bad record: raise (stop, naming it) or skip (counted and reported)",
+                                    group="data")
     homogeneous_batches: bool = option(False, "every per-device batch from one dataset (Record.dataset)", group="data")
     workers: int = option(0, "data-loader worker processes", group="data")
     # loss ("auto" and hard_negatives None are chosen from the records: `resolve_auto_options`)

@@ -51,7 +51,7 @@ from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
                                refuse_full_fine_tuning_of_adapter)
-from unime.options import check_ranges, option
+from unime.options import check_ranges, on_error_option, option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
 from unime.models.export import ADAPTER_DIR, MERGED_DIR, ModelCard
@@ -362,8 +362,8 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)",
                                    group="data")  # default: each record file's folder
     out: str = option(help="output folder", group="data")
-    on_error: str = option("raise", "a bad record or image: raise (stop, naming it) or skip (counted and reported)",
-                           choices=["raise", "skip"], switch=("--skip-bad-records", "skip"), group="data")
+    on_error: str = on_error_option("a bad record or image: raise (stop, naming it) or skip (counted and reported)",
+                                    group="data")
     role: str = option("reranker", cli=False)  # reranker | judge (the command)
     # parameters (LoRA, device: the mixins)
     full: bool = option(False, "full fine-tuning (every parameter, fp32 master weights) instead of LoRA; writes "
