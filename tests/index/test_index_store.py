@@ -379,6 +379,55 @@ def test_an_addition_keeps_the_index_kind_and_root_and_refuses_new_content_under
                            model_settings={"fake": True}, data_root=tmp_path / "elsewhere")
 
 
+def _faiss_file(idx: Path):
+    import faiss
+
+    return faiss.read_index(str(idx / "faiss.index"))
+
+
+def test_another_index_kind_or_storage_asked_without_new_items_rebuilds_from_the_stored_vectors(tmp_path, model_dir):
+    """QA: a re-run adding no item with --index hnsw --index-storage float16 said "0 added; index flat" and left
+    the index as it was. Asked settings now rebuild the FAISS index from the stored vectors; settings not asked
+    keep the stored ones."""
+    _corpus(tmp_path / "corpus.jsonl", 6)
+    _build(tmp_path, model_dir, HashEmbedder())
+    assert type(_faiss_file(tmp_path / "idx")).__name__ == "IndexFlatIP"
+    emb = HashEmbedder()
+    index, stats = _build(tmp_path, model_dir, emb, index="hnsw", index_config=IndexConfig(storage="float16"))
+    assert (stats.added, emb.calls) == (0, 0)  # nothing encoded: the stored vectors
+    assert stats.rebuilt == "kind flat -> hnsw, storage float32 -> float16"
+    assert (index.manifest["index"]["kind"], index.manifest["index"]["config"]["storage"]) == ("hnsw", "float16")
+    built = _faiss_file(tmp_path / "idx")
+    assert (type(built).__name__, built.ntotal) == ("IndexHNSWSQ", 6)
+    vecs = np.stack([HashEmbedder().vec(f"document number {i}") for i in range(6)])
+    np.testing.assert_allclose(index.search(vecs, 1)[0][:, 0], 1.0, atol=1e-3)  # each document finds itself
+    before = (tmp_path / "idx" / "faiss.index").read_bytes()
+    index, stats = _build(tmp_path, model_dir, HashEmbedder())  # nothing asked: kept as stored
+    assert stats.rebuilt is None and index.manifest["index"]["config"]["storage"] == "float16"
+    assert (tmp_path / "idx" / "faiss.index").read_bytes() == before
+    index, stats = _build(tmp_path, model_dir, HashEmbedder(), index_settings={"hnsw_m": 8})  # one setting asked
+    assert stats.rebuilt == "hnsw_m 32 -> 8"
+    assert (index.manifest["index"]["kind"], index.manifest["index"]["config"]["storage"]) == ("hnsw", "float16")
+    assert _faiss_file(tmp_path / "idx").hnsw.nb_neighbors(1) == 8
+
+
+def test_the_cli_rebuilds_an_index_for_the_index_options_given_and_keeps_its_own_otherwise(tmp_path, tiny_model_dir,
+                                                                                          capsys):
+    from unime.cli import main
+
+    build = ["index", "build", "--model", tiny_model_dir("qwen2_vl"), "--items", str(_corpus(tmp_path / "c.jsonl", 3)),
+             "--out", str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(build) == 0
+    assert "; index flat, recall@" in capsys.readouterr().out
+    assert main(build + ["--index", "hnsw", "--index-storage", "float16"]) == 0
+    assert ("3 items (0 added, 3 already indexed, 0 encoded, 0 from the embedding cache); index hnsw (rebuilt from "
+            "the stored vectors: kind flat -> hnsw, storage float32 -> float16), recall@") in capsys.readouterr().out
+    assert type(_faiss_file(tmp_path / "idx")).__name__ == "IndexHNSWSQ"
+    assert main(build) == 0  # the options left at their defaults do not turn the index back
+    assert "; index hnsw, recall@" in capsys.readouterr().out
+    assert type(_faiss_file(tmp_path / "idx")).__name__ == "IndexHNSWSQ"
+
+
 def _world_with_a_marked_items_file(tmp_path) -> tuple[Path, Path]:
     """WORLD/img/{0,1}.png and WORLD/train/c.jsonl whose image paths are relative to WORLD, as `unime data synth`
     records it beside its train/ files (unime_data.json)."""

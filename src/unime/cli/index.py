@@ -3,12 +3,13 @@ options are declared on `IndexBuildConfig` and `SearchConfig` there."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from unime.cli import add_config_option
+from unime.cli import add_config_option, given_by_user
 from unime.cli.dataclass_options import add_options, config_from_args
 from unime.errors import UsageError
-from unime.index.ann import ANN_GROUP
+from unime.index.ann import ANN_GROUP, AnnOptions
 
 
 def register(sub) -> None:
@@ -36,13 +37,16 @@ def _build(args) -> int:
         cfg.index_config()  # bad index parameters are refused before the model loads
     except ValueError as e:
         raise UsageError(str(e), command="index build") from None
-    idx, stats = build_index_folder(cfg)
+    # the index options given (command line or --config) change an existing index's; the others keep its own
+    given = {f.name for f in dataclasses.fields(AnnOptions) if given_by_user(args, f.name)}
+    idx, stats = build_index_folder(cfg, given=given)
     info = idx.manifest.get("index", {})
     recall = info.get("recall") or {}
     measured = f"{recall['recall']:.4f}" if isinstance(recall.get("recall"), (int, float)) else recall.get("recall")
+    rebuilt = f" (rebuilt from the stored vectors: {stats.rebuilt})" if stats.rebuilt else ""
     print(f"{args.out}: {len(idx)} items ({stats.added} added, {stats.already_indexed} already indexed, "
-          f"{stats.encoded} encoded, {stats.from_cache} from the embedding cache); index {info.get('kind')}, "
-          f"recall@{recall.get('k')} vs exact = {measured}")
+          f"{stats.encoded} encoded, {stats.from_cache} from the embedding cache); index {info.get('kind')}"
+          f"{rebuilt}, recall@{recall.get('k')} vs exact = {measured}")
     return 0
 
 

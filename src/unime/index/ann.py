@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -79,9 +79,13 @@ class AnnOptions:
                                 "half the memory)", choices=list(INDEX_STORAGES), group=ANN_GROUP)
 
     def index_config(self, kind: str = "flat", seed: int = 0) -> IndexConfig:
-        return IndexConfig(kind=kind, nlist=self.nlist, nprobe=self.nprobe, train_sample=self.train_sample,
-                           hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, ef_search=self.ef_search,
-                           storage=self.index_storage, seed=seed)
+        return IndexConfig(kind=kind, seed=seed, **AnnOptions.index_settings(self))
+
+    def index_settings(self, given=None) -> dict:
+        """{IndexConfig field: value} of these options; with `given` (option names, e.g. those the user gave),
+        of those only."""
+        return {"storage" if f.name == "index_storage" else f.name: getattr(self, f.name)
+                for f in fields(AnnOptions) if given is None or f.name in given}
 
 
 def choose_kind(kind: str, n: int, threshold: int = AUTO_APPROX_THRESHOLD) -> str:

@@ -9,7 +9,8 @@ Layout of an index folder::
     IDX/chunks/chunk-NNNNN.jsonl one line per row: {"id", "item": {"text", "images", "video"},
                                  "metadata", "thumbnail"?} — written after the .npy: a chunk counts
                                  only once its .jsonl exists, so an interrupted build leaves no half chunk
-    IDX/faiss.index              the FAISS index over every row (rebuilt when rows were added)
+    IDX/faiss.index              the FAISS index over every row (rebuilt when rows were added, or from the
+                                 stored rows when another kind or other settings are asked for)
 
 Building encodes through the shared embedding cache (`unime.models.embedding_cache`), one chunk at a
 time; a re-run (resume after an interruption, or a corpus with more items) encodes only the ids that
@@ -88,6 +89,7 @@ class BuildStats:
     encoded: int = 0        # run through the model (the rest came from the embedding cache)
     from_cache: int = 0
     chunks_written: int = 0
+    rebuilt: str | None = None  # the FAISS index's settings changed ("kind flat -> hnsw"): rebuilt
     seconds: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -246,7 +248,7 @@ def committed_chunks(folder: Path) -> list[Path]:
 def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *, embedder, model: str,
                        data_root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                        vector_dtype: str = "float32", index: str = "auto", index_config: IndexConfig | None = None,
-                       approx_threshold: int = AUTO_APPROX_THRESHOLD,
+                       index_settings: dict | None = None, approx_threshold: int = AUTO_APPROX_THRESHOLD,
                        chunk_size: int = DEFAULT_CHUNK_SIZE, recall_k: int = DEFAULT_RECALL_K,
                        recall_sample: int = DEFAULT_RECALL_SAMPLE, seed: int = 0, thumbnails: bool = True,
                        batch_size: int | None = None, show_progress: bool = False,
@@ -254,7 +256,11 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     """Build or extend the index at `out` from the corpus at `items_path` (see the module doc). Image paths are
     relative to `data_root`, else to the data root recorded beside the file (`unime.data.roots`), else — adding
     to an index — to the index's, else to the file's folder. `out` is claimed for the build (`unime.outdir`):
-    created, or an index folder (marked, or built before index folders were), or taken under `overwrite`."""
+    created, or an index folder (marked, or built before index folders were), or taken under `overwrite`.
+    The FAISS index: of kind `index` (auto: the one an existing index was asked for) with the settings
+    `index_config` (all of them) or `index_settings` ({IndexConfig field: value}, those only), the others an existing
+    index's (else the defaults); an existing index whose kind or settings differ from those is rebuilt from its
+    stored vectors, even when no item is added (`BuildStats.rebuilt` says why)."""
     from unime.models.embedding_cache import EmbeddingStore, RunEncoder, embedding_settings, model_fingerprint
 
     if vector_dtype not in VECTOR_DTYPES:
@@ -282,7 +288,8 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                 raise IndexError_(f"{out} stores {manifest.get('vector_dtype')} vectors, not {vector_dtype}")
             # an addition: its items' images are found where the index's are (unless given or recorded beside the
             # file), and the index keeps its kind and settings unless asked otherwise (QA: a new file's folder became
-            # the images' root, and hnsw silently became flat)
+            # the images' root, and hnsw silently became flat; other settings asked for were ignored when no item
+            # was added)
             indexed_root = manifest.get("data_root")
             if data_root is None and indexed_root and recorded_root_of(items_path) is None:
                 root = Path(indexed_root)
@@ -292,11 +299,11 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
             before = manifest.get("index") or {}
             if index == "auto" and before.get("requested"):
                 index = before["requested"]
-            if index_config is None and before.get("config"):
-                index_config = IndexConfig(**before["config"])
+            stored_settings = before.get("config") or {}
         elif any((out / "chunks").glob("chunk-*")):  # their index's manifest is gone: they cannot be told apart
             raise IndexError_(f"{out} holds chunks/ but no index manifest: refusing to add to it; {_REBUILD}")
         else:  # a new index; under --overwrite beside the files found in the folder
+            stored_settings = {}
             # a local model folder by its absolute path, as the data root: the index is searched from any directory
             manifest = {"format_version": FORMAT_VERSION, "model": model_reference(model),
                         "model_fingerprint": fingerprint,
@@ -365,14 +372,16 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
 
         idx = CorpusIndex(out, load_faiss=False)
         n = len(idx)
-        if n and (stats.added or manifest.get("index", {}).get("count") != n or not (out / "faiss.index").is_file()):
+        asked = index_config.to_dict() if index_config is not None else dict(index_settings or {})
+        cfg = IndexConfig(**{**stored_settings, **asked, "kind": choose_kind(index, n, approx_threshold)})
+        stats.rebuilt = settings_change(manifest.get("index", {}).get("config"), cfg.to_dict())
+        if n and (stats.added or manifest.get("index", {}).get("count") != n or not (out / "faiss.index").is_file()
+                  or stats.rebuilt):
             import faiss
 
             t_idx = time.perf_counter()
             vectors = idx.rows()
-            kind = choose_kind(index, n, approx_threshold)
-            cfg = index_config or IndexConfig()
-            cfg = IndexConfig(**{**cfg.to_dict(), "kind": kind})
+            kind = cfg.kind
             fidx = build_index(vectors, cfg)
             recall = recall_summary(fidx, cfg, vectors, k=recall_k, sample=recall_sample, seed=seed)
             with atomic_path(out / "faiss.index") as tmp:
@@ -420,19 +429,21 @@ class IndexBuildConfig(IndexModelOptions, AnnOptions):
     no_thumbnails: bool = option(False, "do not store image thumbnails in the index")
 
 
-def build_index_folder(cfg: IndexBuildConfig) -> tuple[CorpusIndex, BuildStats]:
-    """`unime index build`: load the embedder and build or extend the index `cfg.out` (`build_corpus_index`)."""
+def build_index_folder(cfg: IndexBuildConfig, *, given=None) -> tuple[CorpusIndex, BuildStats]:
+    """`unime index build`: load the embedder and build or extend the index `cfg.out` (`build_corpus_index`).
+    `given`: the names of the FAISS index options (`AnnOptions`) the user gave — the others keep an existing index's
+    settings; None: all of `cfg`'s."""
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import default_cache_dir, embedding_settings
 
-    index_config = cfg.index_config()  # bad index parameters are refused before the model loads
+    cfg.index_config()  # bad index parameters are refused before the model loads
     root = resolve_data_root(cfg.items, cfg.data_root)  # --data-root, else the one recorded beside the file
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
                                    batch_size=cfg.batch_size)
     return build_corpus_index(
         cfg.items, cfg.out, embedder=emb, model=cfg.model, data_root=root,
         cache_dir=cfg.cache_dir or default_cache_dir(), vector_dtype=cfg.vector_dtype, index=cfg.index,
-        index_config=index_config, approx_threshold=cfg.approx_threshold, chunk_size=cfg.chunk_size,
+        index_settings=cfg.index_settings(given), approx_threshold=cfg.approx_threshold, chunk_size=cfg.chunk_size,
         recall_k=cfg.recall_k, recall_sample=cfg.recall_sample, thumbnails=not cfg.no_thumbnails,
         batch_size=cfg.batch_size, show_progress=True, model_settings=embedding_settings(emb, cfg.dtype))
 
@@ -469,6 +480,13 @@ def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
     emb = Embedder.from_pretrained(model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size)
     check_model(idx, model, embedding_settings(emb, cfg.dtype), device=emb.device)
     return search_items(idx, emb.encode([query]), cfg.k)[0]
+
+
+def settings_change(stored: dict | None, wanted: dict) -> str | None:
+    """What differs between an index's stored FAISS settings (`IndexConfig.to_dict()`; None: a new index) and the
+    wanted ones ("kind flat -> hnsw, storage float32 -> float16"), or None."""
+    changed = [f"{k} {stored.get(k)} -> {v}" for k, v in wanted.items() if stored and k in stored and stored[k] != v]
+    return ", ".join(changed) or None
 
 
 def _write_json(path: Path, obj: Any) -> None:
