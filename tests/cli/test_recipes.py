@@ -119,6 +119,29 @@ def test_recipe_errors_name_the_choices(tmp_path, capsys):
     assert refused.value.code == 2 and "unrecognized arguments: --recipe" in capsys.readouterr().err
 
 
+def test_the_recipe_help_of_each_command_names_recipes_it_takes():
+    """QA: `--recipe`'s help on eval, judge, train reranker and train reasoner said "e.g. unime-v2/qwen2-vl-2b",
+    which they refuse ("has no settings for unime eval"). Each command's help names the recipes it takes."""
+    import argparse
+
+    from unime.cli import _command_path
+
+    parser = build_parser()
+    commands = {}
+    for c in (["eval"], ["judge"], ["mine"], ["plan"], ["train", "embedder"], ["train", "reranker"],
+              ["train", "reasoner"]):
+        helps = [a.help for a in _command_path(parser, c)[1]._actions if "--recipe" in a.option_strings]
+        commands[" ".join(c)] = re.findall(r"\b[a-z0-9-]+/[a-z0-9.-]*[a-z0-9]", helps[0])
+    assert commands["eval"] == commands["train reranker"] == ["unime-v2/reranker-qwen2.5-vl-7b"]
+    assert commands["judge"] == ["unime-v2/judge-qwen2.5-vl-7b"]
+    assert commands["train reasoner"] == ["embed-rl/qwen3-vl-2b", "embed-rl/qwen3-vl-4b"]
+    assert commands["plan"] == list_recipes()
+    for command, names in commands.items():
+        for name in names:  # each resolves (a refused one is a UnimeError)
+            args = _apply_config(build_parser(), [*command.split(), "--recipe", name, "--print-config"])
+            assert isinstance(args, argparse.Namespace) and args.recipe == name
+
+
 def test_global_batch_sets_the_per_device_batch(monkeypatch):
     from unime.errors import UnimeError
     from unime.train.embedder_trainer import per_device_batch

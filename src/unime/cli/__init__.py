@@ -36,12 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_config_option(p: argparse.ArgumentParser) -> None:
     """--config and --print-config; --recipe where a recipe has settings for the command (`recipe_commands`)."""
-    from unime.cli.recipes import recipe_commands
+    from unime.cli.recipes import recipe_commands, recipes_for
 
     p.add_argument("--config", metavar="YAML", help="YAML file of option defaults (command-line options win)")
-    if p.prog.removeprefix("unime").strip() in recipe_commands():
+    command = p.prog.removeprefix("unime").strip()
+    if command in recipe_commands():  # the help names the recipes the command takes (QA: eval's named one it refused)
         p.add_argument("--recipe", metavar="NAME", default=None,
-                       help="a paper's settings as defaults, e.g. unime-v2/qwen2-vl-2b (docs/RECIPES.md; "
+                       help=f"a paper's settings as defaults: {', '.join(recipes_for(command))} (docs/RECIPES.md; "
                             "--config and command-line options win)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved options and where each value comes from, then exit")

@@ -71,6 +71,12 @@ def recipe_commands() -> frozenset[str]:
     return frozenset({"plan"} | {c for name in list_recipes() for c in load_recipe(name).commands})
 
 
+def recipes_for(command: str) -> list[str]:
+    """The recipes `unime COMMAND --recipe` takes: those with settings for the command (for `plan`: with a plan)."""
+    return [name for name in list_recipes()
+            if (bool(load_recipe(name).plan) if command == "plan" else command in load_recipe(name).commands)]
+
+
 def load_recipe(name: str) -> Recipe:
     known = list_recipes()
     if name not in known:
