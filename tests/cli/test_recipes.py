@@ -142,6 +142,21 @@ def test_the_recipe_help_of_each_command_names_recipes_it_takes():
             assert isinstance(args, argparse.Namespace) and args.recipe == name
 
 
+@pytest.mark.parametrize("stage,expected", [("sft", {"lora-r": 16, "lr": 1e-4, "save-steps": 500}),
+                                            ("grpo", {"lora-r": 0, "lr": 3e-6, "save-steps": 100})])
+def test_print_config_of_train_reasoner_shows_the_stages_values_of_its_shared_options(stage, expected):
+    """QA: `unime train reasoner --stage sft --print-config` printed `lora-r None`, `lr None`, `save-steps None`
+    (the options the two stages share with their own defaults: help "default: sft 16, grpo 0"); the README says
+    it prints the options as the run uses them. Values given still win, with their origin."""
+    args = _apply_config(build_parser(), ["train", "reasoner", "--stage", stage, "--model", "a", "--out", "b",
+                                          "--print-config"])
+    rows = {opt: (value, origin) for opt, value, origin in resolved_config(args)}
+    assert {k: rows[k] for k in expected} == {k: (v, f"default (--stage {stage})") for k, v in expected.items()}
+    args = _apply_config(build_parser(), ["train", "reasoner", "--stage", stage, "--model", "a", "--out", "b",
+                                          "--lr", "0.5", "--print-config"])
+    assert dict((o, (v, g)) for o, v, g in resolved_config(args))["lr"] == (0.5, "command line")
+
+
 def test_global_batch_sets_the_per_device_batch(monkeypatch):
     from unime.errors import UnimeError
     from unime.train.embedder_trainer import per_device_batch

@@ -147,6 +147,18 @@ def option_values(cls: type, args: argparse.Namespace, *, prefix: str = "", unse
     return kwargs
 
 
+def unset_defaults(cls: type, args: argparse.Namespace, origin: str) -> dict[str, tuple[Any, str]]:
+    """{dest: (value, `origin`)} of the options of `cls` left unset (None) whose field has another default: an
+    option several configs share with their own defaults (`add_options`) at `cls`'s default, as the run uses it
+    (`--print-config`'s `_unset_values`)."""
+    out = {}
+    for f, _, _ in option_fields(cls):
+        dest = dest_of(f)
+        if hasattr(args, dest) and getattr(args, dest) is None and _default(f) not in (None, dataclasses.MISSING):
+            out[dest] = (_default(f), origin)
+    return out
+
+
 def config_from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", unset_is_none: bool = False,
                      **values: Any):
     """`cls` from the parsed options (each field from its option's dest; fields the command has no option

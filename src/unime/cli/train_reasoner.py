@@ -44,7 +44,18 @@ def _add_parser(actions) -> None:
     add_options(p, ReasonerSFTConfig, GRPOStageConfig, groups=("sft", "grpo", IMAGE_GROUP, "video", TRAINER_ARGS_GROUP),
                 labels=("sft", "grpo"))
     add_config_option(p)
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, _unset_values=_stage_defaults)
+
+
+def _stage_defaults(args) -> dict:
+    """`--print-config`: the options the two stages share with their own defaults, left unset, at the stage's
+    value (`--lora-r` sft 16, grpo 0), not None."""
+    from unime.cli.dataclass_options import unset_defaults
+    from unime.embed_rl.grpo import GRPOStageConfig
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
+
+    cls = {"sft": ReasonerSFTConfig, "grpo": GRPOStageConfig}.get(args.stage)
+    return unset_defaults(cls, args, f"default (--stage {args.stage})") if cls else {}
 
 
 def _run(args) -> int:
