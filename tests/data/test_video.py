@@ -456,3 +456,66 @@ def test_a_video_shorter_than_a_temporal_patch_is_padded_with_its_last_frame(tmp
     # two frames or more are left alone (an odd count is padded by the processors themselves)
     three = as_video([Image.new("RGB", (8, 8))] * 3)
     assert len(three) == 3 and three.frame_indices == (0, 1, 2)
+
+
+# -- clips whose container says less than their video stream ------------------------------------------------------
+
+def _clip_with_longer_audio(path: Path, *, n: int = 20, fps: int = 10, audio_s: float = 3.0) -> Path:
+    """`write_clip`'s frames (red = 12 * i) with a silent audio track lasting `audio_s` seconds, longer than the
+    video's n / fps: the container's duration is the audio's. VP8 + Opus in .webm, MPEG-4 + AAC otherwise."""
+    webm = path.suffix == ".webm"
+    c = av.open(str(path), "w")
+    s = c.add_stream("libvpx" if webm else "mpeg4", rate=fps)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    a = c.add_stream("libopus" if webm else "aac", rate=48000)
+    for i in range(n):
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[..., 0] = 12 * i
+        for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    for k in range(0, int(audio_s * 48000), 960):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 48000, k
+        for p in a.encode(frame):
+            c.mux(p)
+    for p in a.encode():
+        c.mux(p)
+    c.close()
+    return path
+
+
+@pytest.mark.parametrize("name", ["long_audio.webm", "long_audio.mkv"])
+def test_a_matroska_clip_whose_audio_outlasts_its_video_is_its_video_frames(tmp_path, name):
+    from unime.data.video import decode_video
+
+    data = _clip_with_longer_audio(tmp_path / name).read_bytes()
+    with av.open(str(tmp_path / name)) as c:  # the premise: no frame count, the container lasts as long as the audio
+        assert c.streams.video[0].frames == 0 and c.duration / 1e6 >= 2.9
+    for seek in (True, False):
+        v = decode_video(data, VideoSampling(), seek=seek)
+        assert (v.total_frames, v.fps) == (20, 10.0)
+        assert v.frame_indices == (0, 3, 5, 8, 11, 14, 16, 19)   # uniform_indices(20, 8), not of 30 frames
+        assert [_red(f) for f in v] == pytest.approx([12 * i for i in v.frame_indices], abs=8)
+
+
+def test_a_frame_count_estimated_from_the_container_is_corrected_by_decoding(tmp_path, monkeypatch):
+    import unime.data.video as video
+
+    data = _clip_with_longer_audio(tmp_path / "long_audio.mkv").read_bytes()
+    # no packet time stamps to count the frames by: the header's estimate (3 s x 10 fps = 30) stands until decoding
+    # finds 20 frames; those are sampled, not refused as a truncated file
+    monkeypatch.setattr(video, "_packet_index", lambda container, stream: None, raising=False)
+    monkeypatch.setattr(video, "_matroska_duration", lambda stream: None, raising=False)
+    v = video.decode_video(data, VideoSampling())
+    assert v.total_frames == 20 and v.frame_indices == (0, 3, 5, 8, 11, 14, 16, 19)
+    assert [_red(f) for f in v] == pytest.approx([12 * i for i in v.frame_indices], abs=8)
+
+
+def test_a_matroska_clip_cut_before_its_announced_duration_is_truncated(tmp_path):
+    from unime.data.video import decode_video
+
+    whole = _clip_with_longer_audio(tmp_path / "long_audio.webm").read_bytes()
+    with pytest.raises(DataError, match="truncated video"):
+        decode_video(whole[: len(whole) // 3], VideoSampling(), name="cut.webm")

@@ -25,6 +25,10 @@ A pixel budget per video (``max_video_pixels``, the sum over the sampled frames)
 down, keeping their aspect ratio, before they reach the processor.
 `probe_video_file` applies the rules a file's header can answer (everything but a stream corrupt past
 its header) without decoding a frame: the up-front check of a reader whose videos are decoded later anyway.
+A stream without a frame count in its header (Matroska / WebM) is measured by its own duration (the track's
+``DURATION`` tag; the container's lasts as long as its longest stream, an audio track outlasting the video) and,
+when decoded, counted by its packets; it is truncated when its packets end well before its announced duration. A
+frame count that was only an estimate and proves too high when decoding is corrected, not taken for a truncation.
 
 Decoding seeks (`decode_video(seek=True)`, the default): one pass over the packets (no decoding) lists the
 keyframes; each sampled frame whose keyframe lies past the frames already decoded is reached by seeking to
@@ -308,6 +312,33 @@ class _StreamHeader:
     fps: float
     duration: float | None
     total: int
+    counted: bool = True          # `total` is the stream's announced frame count (False: duration x frame rate)
+    own_duration: bool = True     # `duration` is the video stream's own (False: the container's, its longest stream)
+
+
+def _matroska_duration(stream) -> float | None:
+    """The ``DURATION`` tag ("HH:MM:SS.nnnnnnnnn") Matroska / WebM muxers write per track, in seconds."""
+    tag = (stream.metadata or {}).get("DURATION") or ""
+    try:
+        h, m, sec = tag.split(":")
+        seconds = int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return None
+    return seconds if seconds > 0 and math.isfinite(seconds) else None
+
+
+def _video_duration(container, stream) -> tuple[float | None, bool]:
+    """The video stream's duration in seconds and whether it is the stream's own: its header's, else its Matroska
+    ``DURATION`` tag (Matroska / WebM tracks carry no duration field), else the container's, which is the video's
+    own only when the video is its one stream (with an audio track, it is the longer of the two)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base), True
+    tagged = _matroska_duration(stream)
+    if tagged is not None:
+        return tagged, True
+    if container.duration is not None:
+        return container.duration / 1_000_000, len(container.streams) == 1
+    return None, False
 
 
 def _stream_header(container, sampling: VideoSampling, fail, name: str) -> _StreamHeader:
@@ -326,13 +357,10 @@ def _stream_header(container, sampling: VideoSampling, fail, name: str) -> _Stre
     fps = float(rate) if rate else 0.0
     if not fps > 0 or not math.isfinite(fps):
         raise fail(f"video {name} has no usable frame rate")
-    duration = None
-    if stream.duration is not None and stream.time_base is not None:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        duration = container.duration / 1_000_000
+    duration, own = _video_duration(container, stream)
     total = int(stream.frames or 0)
-    if total <= 0 and duration:
+    counted = total > 0
+    if not counted and duration:
         total = int(round(duration * fps))
     if duration is None:
         duration = total / fps if total else None
@@ -342,7 +370,7 @@ def _stream_header(container, sampling: VideoSampling, fail, name: str) -> _Stre
         raise fail(f"video {name} announces no frames")
     if total > sampling.max_duration_s * max(fps, 1.0):
         raise fail(f"video {name} announces {total} frames, over {sampling.max_duration_s:.0f} s at {fps:g} fps")
-    return _StreamHeader(stream, width, height, fps, duration, total)
+    return _StreamHeader(stream, width, height, fps, duration, total, counted, own)
 
 
 def _open_container(data, sampling: VideoSampling, name: str, fail, size: int):
@@ -356,7 +384,7 @@ def _open_container(data, sampling: VideoSampling, name: str, fail, size: int):
         raise fail(f"video {name} has {size} bytes, over the limit {sampling.max_bytes}")
     try:
         return av.open(io.BytesIO(data) if isinstance(data, bytes) else data, mode="r")
-    except (av.error.FFmpegError, ValueError, OSError) as e:  # FFmpeg's words, without the errno and file name
+    except _av_errors() as e:  # FFmpeg's words, without the errno and file name
         raise fail(f"corrupt or unreadable video {name}: {getattr(e, 'strerror', None) or e}") from None
 
 
@@ -367,13 +395,46 @@ def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline b
     fail = functools.partial(DataError, source=source, record=record, field=field)
     with _open_container(data, sampling, name, fail, len(data)) as container:
         h = _stream_header(container, sampling, fail, name)
-        n = sampling.frame_count(h.total, h.duration)
-        wanted = uniform_indices(h.total, n)
-        out_w, out_h = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels)
-        frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, (out_w, out_h), h.total, seek=seek,
-                                         fail=fail, name=name)
-    return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=h.total,
+        index = _packet_index(container, h.stream)
+        total, duration = h.total, h.duration
+        if not h.counted and index is not None:
+            # no frame count in the header (Matroska / WebM): the video's packets are its frames, and a stream that
+            # ends well before its own announced duration was cut
+            span = index.span(h.stream.time_base)
+            if h.own_duration and duration and span < duration - max(1.5 / h.fps, 0.02 * duration):
+                raise fail(f"truncated video {name}: it announces {duration:.2f} s of video, its frames end at "
+                           f"{span:.2f} s")
+            total, duration = len(index.pts), span if not h.own_duration else duration
+        try:
+            return _sample_video(container, h, sampling, total, duration, index if seek else None, fail, name)
+        except _ShortStream as short:
+            if h.counted:
+                raise fail(f"truncated video {name}: it announces {total} frames, {short.decoded} could be "
+                           f"decoded") from None
+            total = short.decoded
+        # the frame count was an estimate (duration x frame rate) and was wrong: sample the frames there are
+        try:
+            container.seek(0, stream=h.stream)
+            return _sample_video(container, h, sampling, total, total / h.fps, None, fail, name)
+        except (_ShortStream, _av_errors()) as e:
+            raise fail(f"corrupt video {name}: it decoded {total} frames once, not again: {e}") from None
+
+
+def _sample_video(container, h: _StreamHeader, sampling: VideoSampling, total: int, duration: float | None,
+                  index: "_PacketIndex | None", fail, name: str) -> Video:
+    """The sampled frames of a clip of `total` frames (`_decode_frames`; seeking when `index` is given)."""
+    wanted = uniform_indices(total, sampling.frame_count(total, duration))
+    size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels)
+    frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, size, index, fail=fail, name=name)
+    return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=total,
                             source=name, decoded_frames=decoded))
+
+
+def _av_errors() -> tuple[type[Exception], ...]:
+    """What PyAV raises on a file it cannot read."""
+    import av
+
+    return av.error.FFmpegError, ValueError, OSError
 
 
 def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | None = None, *, source=None,
@@ -402,44 +463,89 @@ def _frame_image(frame, size: tuple[int, int]):
     return img.convert("RGB")
 
 
-def _decode_frames(container, stream, wanted: list[int], fps: float, size: tuple[int, int], total: int, *,
-                   seek: bool, fail, name: str) -> tuple[list[Any], int]:
-    """The sampled frames and how many frames were decoded to get them: by keyframe seeking when it saves
-    decoding (`_keyframe_plan`), else by decoding from the start up to the last sampled frame."""
-    import av
+class _ShortStream(Exception):
+    """The stream ended before the last sampled frame."""
 
+    def __init__(self, decoded: int):
+        super().__init__(f"the stream ended after {decoded} frame(s)")
+        self.decoded = decoded
+
+
+def _decode_frames(container, stream, wanted: list[int], fps: float, size: tuple[int, int],
+                   index: "_PacketIndex | None", *, fail, name: str) -> tuple[list[Any], int]:
+    """The sampled frames and how many frames were decoded to get them: by keyframe seeking when `index` is given
+    and seeking saves decoding (`_keyframe_plan`), else by decoding from the start up to the last sampled frame
+    (`_ShortStream` when the stream ends before it)."""
     want: dict[int, list[int]] = {}
     for j, i in enumerate(wanted):
         want.setdefault(i, []).append(j)
     frames: list[Any] = [None] * len(wanted)
-    if seek:
-        plan = _keyframe_plan(container, stream, sorted(want), fps)
+    if index is not None:
+        plan = _keyframe_plan(index, stream, sorted(want), fps)
         try:
-            container.seek(0, stream=stream)  # the demux pass read to the end
             if plan is not None:
                 decoded = _decode_seeking(container, stream, plan, want, frames, size)
                 if decoded:
                     return frames, decoded
                 container.seek(0, stream=stream)
-        except (av.error.FFmpegError, ValueError, OSError) as e:
+        except _av_errors() as e:
             raise fail(f"corrupt or unseekable video {name}: {e}") from None
         frames = [None] * len(wanted)
     last = max(wanted)
     decoded = 0
     try:
-        for index, frame in enumerate(container.decode(stream)):
-            decoded = index + 1
-            if index in want:
+        for i, frame in enumerate(container.decode(stream)):
+            decoded = i + 1
+            if i in want:
                 img = _frame_image(frame, size)
-                for j in want[index]:
+                for j in want[i]:
                     frames[j] = img
-            if index >= last:
+            if i >= last:
                 break
-    except (av.error.FFmpegError, ValueError, OSError) as e:
+    except _av_errors() as e:
         raise fail(f"corrupt video {name} (failed after {decoded} decoded frame(s)): {e}") from None
     if decoded <= last:
-        raise fail(f"truncated video {name}: it announces {total} frames, {decoded} could be decoded")
+        raise _ShortStream(decoded)
     return frames, decoded
+
+
+@dataclass(frozen=True)
+class _PacketIndex:
+    """The video stream's packets, listed by one demux pass (no decoding): their presentation time stamps in
+    presentation order, those of the keyframes, and where the last one ends (all in the stream's time base)."""
+
+    pts: tuple[int, ...]
+    keys: tuple[int, ...]
+    end: int
+
+    def span(self, time_base) -> float:
+        """Seconds from the first frame to the end of the last."""
+        return float((self.end - self.pts[0]) * time_base)
+
+
+def _packet_index(container, stream) -> _PacketIndex | None:
+    """The stream's `_PacketIndex`, the container rewound to its start; None when packets lack time stamps or
+    the pass fails (decoding then reports what is wrong with the file)."""
+    if stream.time_base is None:
+        return None
+    pts_all, keys, end = [], [], None
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if packet.pts is None:
+                pts_all = []
+                break
+            pts_all.append(packet.pts)
+            end = max(end if end is not None else packet.pts, packet.pts + (packet.duration or 0))
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+        container.seek(0, stream=stream)  # the demux pass read to the end
+    except _av_errors():
+        return None
+    if not pts_all or not keys:
+        return None
+    return _PacketIndex(tuple(sorted(pts_all)), tuple(keys), end)
 
 
 @dataclass(frozen=True)
@@ -455,30 +561,12 @@ class _SeekPlan:
         return int(math.floor((pts - self.start_pts) * self.seconds_per_tick * self.fps + 0.5))
 
 
-def _keyframe_plan(container, stream, targets: list[int], fps: float) -> _SeekPlan | None:
-    """Where to seek: one demux pass (packets only, no decoding) lists the keyframes; a sampled frame whose
-    keyframe lies beyond the frames already decoded is reached by seeking to that keyframe, the others by
-    decoding on. None (decode from the start) when packets lack time stamps or no seek would skip a frame."""
-    import av
-
-    if stream.time_base is None:
-        return None
-    pts_all, keys = [], []
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            if packet.pts is None:
-                return None
-            pts_all.append(packet.pts)
-            if packet.is_keyframe:
-                keys.append(packet.pts)
-    except (av.error.FFmpegError, ValueError, OSError):
-        return None  # the decoding pass reports what is wrong with the file
-    if not pts_all or not keys:
-        return None
-    grid = _SeekPlan(min(pts_all), float(stream.time_base), fps)
-    key_index = sorted((grid.index(k), k) for k in keys)
+def _keyframe_plan(index: _PacketIndex, stream, targets: list[int], fps: float) -> _SeekPlan | None:
+    """Where to seek (from the stream's `_PacketIndex`): a sampled frame whose keyframe lies beyond the frames
+    already decoded is reached by seeking to that keyframe, the others by decoding on. None (decode from the
+    start) when no seek would skip a frame."""
+    grid = _SeekPlan(index.pts[0], float(stream.time_base), fps)
+    key_index = sorted((grid.index(k), k) for k in index.keys)
     steps, pos = [], -1
     for t in targets:
         before = [kk for kk in key_index if kk[0] <= t]
