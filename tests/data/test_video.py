@@ -519,3 +519,35 @@ def test_a_matroska_clip_cut_before_its_announced_duration_is_truncated(tmp_path
     whole = _clip_with_longer_audio(tmp_path / "long_audio.webm").read_bytes()
     with pytest.raises(DataError, match="truncated video"):
         decode_video(whole[: len(whole) // 3], VideoSampling(), name="cut.webm")
+
+
+def test_a_clip_with_a_rotation_is_decoded_upright_as_players_show_it(tmp_path):
+    from unime.data.video import decode_video
+
+    # stored 64 x 32 (landscape) with a red mark in the top-left quadrant, and a display matrix of -90 degrees
+    # (counter-clockwise, as FFmpeg reads it back): a phone's portrait clip. Players and FFmpeg's autorotate turn it
+    # 90 degrees clockwise: 32 wide, 64 high, the mark in the top-right quadrant
+    c = av.open(str(tmp_path / "portrait.mp4"), "w")
+    s = c.add_stream("mpeg4", rate=10)
+    s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+    s.set_display_rotation(-90)
+    for _ in range(6):
+        a = np.full((32, 64, 3), 30, np.uint8)
+        a[:16, :32] = (220, 30, 30)
+        for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    with av.open(str(tmp_path / "portrait.mp4")) as c:  # the premise: stored landscape, rotation in the header
+        f = next(c.decode(video=0))
+        assert (f.width, f.height, f.rotation) == (64, 32, -90)
+    data = (tmp_path / "portrait.mp4").read_bytes()
+    for sampling in (VideoSampling(num_frames=2), VideoSampling(num_frames=2, max_video_pixels=2 * 16 * 32)):
+        v = decode_video(data, sampling)
+        w, h = v.size
+        assert (w, h) == ((32, 64) if sampling.max_video_pixels > 4096 else (16, 32))  # upright; budget halves it
+        for frame in v:
+            a = np.asarray(frame)[..., 0].astype(float)
+            assert a[: h // 2, w // 2:].mean() > 180 and a[: h // 2, : w // 2].mean() < 70   # the mark: top right
+            assert a[h // 2:].mean() < 70

@@ -22,7 +22,8 @@ Safety, as for images (`unime.data.images`): paths stay inside the data root; an
 truncated file, a file without a video stream, a duration over ``max_duration_s``, a frame over
 ``max_frame_pixels`` or a file over ``max_bytes`` raise `DataError` naming source, record and field.
 A pixel budget per video (``max_video_pixels``, the sum over the sampled frames) scales the frames
-down, keeping their aspect ratio, before they reach the processor.
+down, keeping their aspect ratio, before they reach the processor. Frames are turned upright by the stream's
+rotation (its display matrix, e.g. a phone's portrait clip stored landscape), as players and FFmpeg show them.
 `probe_video_file` applies the rules a file's header can answer (everything but a stream corrupt past
 its header) without decoding a frame: the up-front check of a reader whose videos are decoded later anyway.
 A stream without a frame count in its header (Matroska / WebM) is measured by its own duration (the track's
@@ -459,8 +460,16 @@ def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | No
 
 
 def _frame_image(frame, size: tuple[int, int]):
+    """A decoded frame as an RGB PIL image of `size` (stored orientation), turned upright as players show it: the
+    stream's display matrix rotation (`frame.rotation`, counter-clockwise degrees; a phone's portrait clip is stored
+    landscape with -90) is applied, as FFmpeg's autorotate does. The pixel rules (frame size, budget) count pixels,
+    the same either way up."""
+    from PIL import Image
+
     img = frame.to_image(width=size[0], height=size[1]) if size != (frame.width, frame.height) else frame.to_image()
-    return img.convert("RGB")
+    turn = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}.get(
+        round(getattr(frame, "rotation", 0) or 0) % 360)
+    return (img.transpose(turn) if turn is not None else img).convert("RGB")
 
 
 class _ShortStream(Exception):
