@@ -551,3 +551,51 @@ def test_a_clip_with_a_rotation_is_decoded_upright_as_players_show_it(tmp_path):
             a = np.asarray(frame)[..., 0].astype(float)
             assert a[: h // 2, w // 2:].mean() > 180 and a[: h // 2, : w // 2].mean() < 70   # the mark: top right
             assert a[h // 2:].mean() < 70
+
+
+# -- variable frame rate ------------------------------------------------------------------------------------------
+
+def _vfr_clip(path: Path, times_ms: list[int]) -> Path:
+    """Frame i (red = 12 * i) shown at times_ms[i] milliseconds."""
+    import fractions
+
+    c = av.open(str(path), "w")
+    s = c.add_stream("mpeg4", rate=10)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    s.codec_context.time_base = fractions.Fraction(1, 1000)
+    s.bit_rate = 4_000_000  # each frame its own colour (the default rate smears the 1-s frames)
+    for i, t in enumerate(times_ms):
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[..., 0] = 12 * i
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+        for p in s.encode(frame):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    return path
+
+
+@pytest.mark.parametrize("name", ["vfr.mp4", "vfr.mkv"])
+def test_a_variable_frame_rate_clip_is_sampled_uniformly_in_time_at_its_real_times(tmp_path, name):
+    from unime.data.video import decode_video
+
+    # frames at 0, 0.1, ..., 0.9 s (indices 0-9), then 1, 2, ..., 10 s (indices 10-19)
+    times = [100 * i for i in range(10)] + [1000 * k for k in range(1, 11)]
+    data = _vfr_clip(tmp_path / name, times).read_bytes()
+    v = decode_video(data, VideoSampling())
+    # 8 targets k * 10/7 s = 0, 1.43, 2.86, 4.29, 5.71, 7.14, 8.57, 10 → the nearest frames, at their own times
+    assert v.frame_indices == (0, 10, 12, 13, 15, 16, 18, 19)
+    assert v.timestamps == pytest.approx([0, 1, 3, 4, 6, 7, 9, 10])
+    assert [_red(f) for f in v] == pytest.approx([12 * i for i in v.frame_indices], abs=8)
+
+
+def test_a_constant_frame_rate_clip_keeps_its_frame_number_sampling(tmp_path):
+    from unime.data.video import decode_video
+
+    # 30 fps in Matroska (millisecond time stamps 0, 33, 67, 100, ...: off the 1/30 s grid by rounding only)
+    data = write_clip(tmp_path / "cfr.mkv", n=31, fps=30).read_bytes()
+    v = decode_video(data, VideoSampling())
+    assert v.frame_indices == tuple(uniform_indices(31, 8)) == (0, 4, 9, 13, 17, 21, 26, 30)
+    assert v.timestamps == pytest.approx([i / 30 for i in v.frame_indices]) and v.frame_times is None

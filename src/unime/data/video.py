@@ -36,6 +36,10 @@ keyframes; each sampled frame whose keyframe lies past the frames already decode
 that keyframe, the others by decoding on, so a long clip costs about a GOP per sampled frame instead of the
 whole stream. Frames are identified by their presentation time stamps on the constant frame-rate grid; when
 a frame cannot be found that way (variable frame rate, no time stamps) the clip is decoded from its start.
+A variable frame-rate clip (a frame more than a quarter frame off the i / fps grid) is sampled uniformly in
+*time* from the same pass's time stamps (`time_uniform_indices`: the frame nearest each target time), its
+`Video.timestamps` the frames' own times, and decoded from its start (up to its last sampled frame); a constant
+frame-rate clip is sampled by frame number as above.
 
 Decoded, sampled frames are cached by content (SHA-1 of the file's bytes + the sampling settings),
 so the same clip under two paths or two data roots is decoded once; the cache is bounded in bytes.
@@ -43,6 +47,7 @@ so the same clip under two paths or two data roots is decoded once; the cache is
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import hashlib
@@ -212,10 +217,13 @@ class Video:
     total_frames: int                  # frames in the source
     source: str = ""
     decoded_frames: int = 0            # frames the decoder produced to get these (files; 0 for frame lists)
+    frame_times: tuple[float, ...] | None = None  # seconds per sampled frame, when not index / fps (variable rate)
 
     @property
     def timestamps(self) -> tuple[float, ...]:
         """Seconds from the start of the source, per sampled frame."""
+        if self.frame_times is not None:
+            return self.frame_times
         return tuple(i / self.fps for i in self.frame_indices)
 
     @property
@@ -406,6 +414,13 @@ def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline b
                 raise fail(f"truncated video {name}: it announces {duration:.2f} s of video, its frames end at "
                            f"{span:.2f} s")
             total, duration = len(index.pts), span if not h.own_duration else duration
+        times = _variable_frame_times(index, h.stream.time_base, h.fps) if index and len(index.pts) == total else None
+        if times is not None:  # variable frame rate: sampled uniformly in time, placed at their own times
+            wanted = time_uniform_indices(times, sampling.frame_count(total, index.span(h.stream.time_base)))
+            size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels)
+            frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, size, None, fail=fail, name=name)
+            return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=total,
+                                    source=name, decoded_frames=decoded, frame_times=tuple(times[i] for i in wanted)))
         try:
             return _sample_video(container, h, sampling, total, duration, index if seek else None, fail, name)
         except _ShortStream as short:
@@ -419,6 +434,31 @@ def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline b
             return _sample_video(container, h, sampling, total, total / h.fps, None, fail, name)
         except (_ShortStream, _av_errors()) as e:
             raise fail(f"corrupt video {name}: it decoded {total} frames once, not again: {e}") from None
+
+
+def _variable_frame_times(index: "_PacketIndex", time_base, fps: float) -> list[float] | None:
+    """Seconds from the first frame to each frame (presentation order) when the frames are off the constant
+    `fps` grid (a frame more than a quarter frame from i / fps), else None: a constant frame rate clip is sampled
+    by frame number."""
+    times = [float((p - index.pts[0]) * time_base) for p in index.pts]
+    if all(abs(t - i / fps) <= 0.25 / fps for i, t in enumerate(times)):
+        return None
+    return times
+
+
+def time_uniform_indices(times: Sequence[float], n: int) -> list[int]:
+    """`n` frame indices of frames at `times` (seconds, ascending) spread uniformly in time over [first, last],
+    first and last included: per target time, the nearest frame (the later one on a tie), as `uniform_indices`
+    does over frame numbers."""
+    if n <= 0 or not times:
+        return []
+    first, last = times[0], times[-1]
+    targets = [(first + last) / 2] if n == 1 else [first + k * (last - first) / (n - 1) for k in range(n)]
+    out = []
+    for t in targets:
+        j = min(bisect.bisect_left(times, t), len(times) - 1)
+        out.append(j - 1 if j > 0 and t - times[j - 1] < times[j] - t else j)
+    return out
 
 
 def _sample_video(container, h: _StreamHeader, sampling: VideoSampling, total: int, duration: float | None,
@@ -685,8 +725,10 @@ def pad_frames(video: Video, n: int = TEMPORAL_PATCH) -> Video:
         return video
     import dataclasses
 
+    times = video.frame_times and video.frame_times + (video.frame_times[-1],) * short
     return dataclasses.replace(video, frames=video.frames + (video.frames[-1],) * short,
-                               frame_indices=video.frame_indices + (video.frame_indices[-1],) * short)
+                               frame_indices=video.frame_indices + (video.frame_indices[-1],) * short,
+                               frame_times=times)
 
 
 def as_video(value: Any, sampling: VideoSampling | None = None) -> Video:
