@@ -468,13 +468,7 @@ def _clip_with_longer_audio(path: Path, *, n: int = 20, fps: int = 10, audio_s: 
     s = c.add_stream("libvpx" if webm else "mpeg4", rate=fps)
     s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
     a = c.add_stream("libopus" if webm else "aac", rate=48000)
-    for i in range(n):
-        img = np.zeros((48, 64, 3), np.uint8)
-        img[..., 0] = 12 * i
-        for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
+    _mux_red_frames(c, s, n)
     for k in range(0, int(audio_s * 48000), 960):
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
         frame.sample_rate, frame.pts = 48000, k
@@ -564,17 +558,25 @@ def _vfr_clip(path: Path, times_ms: list[int]) -> Path:
     s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
     s.codec_context.time_base = fractions.Fraction(1, 1000)
     s.bit_rate = 4_000_000  # each frame its own colour (the default rate smears the 1-s frames)
-    for i, t in enumerate(times_ms):
+    _mux_red_frames(c, s, len(times_ms), times_ms=times_ms)
+    c.close()
+    return path
+
+
+def _mux_red_frames(c, s, n: int, times_ms: list[int] | None = None) -> None:
+    """Encode frames 0..n-1 (red = 12 * i, 64 x 48) into stream `s` of container `c`, at `times_ms` when given."""
+    import fractions
+
+    for i in range(n):
         img = np.zeros((48, 64, 3), np.uint8)
         img[..., 0] = 12 * i
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+        if times_ms is not None:
+            frame.pts, frame.time_base = times_ms[i], fractions.Fraction(1, 1000)
         for p in s.encode(frame):
             c.mux(p)
     for p in s.encode():
         c.mux(p)
-    c.close()
-    return path
 
 
 @pytest.mark.parametrize("name", ["vfr.mp4", "vfr.mkv"])
