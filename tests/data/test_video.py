@@ -601,3 +601,33 @@ def test_a_constant_frame_rate_clip_keeps_its_frame_number_sampling(tmp_path):
     v = decode_video(data, VideoSampling())
     assert v.frame_indices == tuple(uniform_indices(31, 8)) == (0, 4, 9, 13, 17, 21, 26, 30)
     assert v.timestamps == pytest.approx([i / 30 for i in v.frame_indices]) and v.frame_times is None
+
+
+def test_a_single_video_path_is_a_video_file_whatever_its_extension(tmp_path):
+    """QA: a camcorder .m2ts / .MTS (or any extension) given alone under "video" was a one-frame list, refused as
+    "corrupt or unreadable image"."""
+    from unime.data.io import ImageChecker, read_records, write_records
+    from unime.data.items import Record
+
+    write_clip(tmp_path / "a.mp4")
+    (tmp_path / "cam.dat").write_bytes((tmp_path / "a.mp4").read_bytes())
+    c = av.open(str(tmp_path / "cam.MTS"), "w", format="mpegts")
+    s = c.add_stream("mpeg4", rate=10)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    _mux_red_frames(c, s, 20)
+    c.close()
+    assert is_video_file_ref("x/cam.MTS") and is_video_file_ref("x/cam.m2ts")
+    loader = ImageLoader(tmp_path)
+    for d in ({"video": "cam.dat"}, {"video": "cam.MTS"}, {"video": ["cam.MTS"]}):
+        item = Item.from_dict(d)
+        assert len(loader.load_video(item.video)) == 8
+        ImageChecker(loader).check_item("positive", item, source="r.jsonl", record=1)
+        ImageChecker(loader, decode_video=False).check_item("positive", item, source="r.jsonl", record=1)
+    item = Item.from_dict({"text": "cam", "video": "cam.dat"})
+    assert item.to_dict() == {"text": "cam", "video": "cam.dat"}  # read back as one video file, not a frame
+    write_records([Record(query=Item("q"), positive=item, id="r0")], tmp_path / "r.jsonl")
+    assert len(loader.load_video(read_records(tmp_path / "r.jsonl")[0].positive.video)) == 8
+    (tmp_path / "bad.dat").write_bytes(b"not a video at all" * 10)
+    with pytest.raises(DataError) as e:
+        loader.load_video(Item.from_dict({"video": "bad.dat"}).video, field="positive.video")
+    assert "video" in str(e.value) and "image" not in str(e.value)

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from unime.data.video import VideoFileRef, is_video_file_ref
 from unime.errors import DataError
 
 # a path relative to the data root, inline encoded bytes, or (in memory only) a PIL image
@@ -86,7 +87,10 @@ class Item:
         d: dict[str, Any] = {"text": self.text}
         if self.images:
             d["images"] = list(self.images)
-        if self.video:
+        ref = self.video[0] if len(self.video) == 1 else None
+        if isinstance(ref, VideoFileRef) and not is_video_file_ref(str(ref)):
+            d["video"] = str(ref)  # a video file without a video extension: read back as one file, not a frame
+        elif self.video:
             d["video"] = list(self.video)
         return d
 
@@ -114,7 +118,8 @@ class Item:
                             field=f"{field_name}.text")
         video = d.get("video")
         if isinstance(video, (str, bytes)) and video:
-            video = [video]  # one video file: {"video": "clips/x.mp4"}
+            # one video file: {"video": "clips/x.mp4"}, whatever its extension (a list of paths is frames)
+            video = [VideoFileRef(video) if isinstance(video, str) else video]
         for k, v in (("images", d.get("images")), ("video", video)):
             if v is not None and not isinstance(v, (list, tuple)):
                 raise DataError(f"expected a video file or a list of image references, got {type(v).__name__}"

@@ -1,7 +1,8 @@
 """Video items: decoding video files with PyAV, uniform frame sampling, safety rules, a frame cache.
 
 An item's `video` is either a list of frames (image references, as extracted beforehand) or exactly
-one video file (a path with a video extension such as ``clips/x.mp4``, or the file's bytes inline).
+one video file (a path given alone, ``{"video": "clips/x.m2ts"}``, whatever its extension; in a list, a path with a
+video extension such as ``clips/x.mp4``; or the file's bytes inline).
 `load_video` turns either into a `Video`: the sampled frames (RGB PIL images) plus what the model's
 processor needs to place them in time (source frame rate, the sampled frame indices).
 
@@ -62,8 +63,8 @@ from typing import Any, Protocol, Sequence
 from unime.errors import DataError
 from unime.options import none_meanings, option
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
-                              ".wmv", ".3gp", ".ogv"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts",
+                              ".mts", ".flv", ".wmv", ".3gp", ".ogv"})
 # frame lists carry no frame rate; qwen-vl-utils assumes 2 frames per second for them, so do we
 FRAME_LIST_FPS = 2.0
 # frames per temporal patch of every supported family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): a shorter video is padded
@@ -244,10 +245,18 @@ class Video:
         return self.frames[i]
 
 
+class VideoFileRef(str):
+    """The path given alone as an item's ``video`` (``{"video": "clips/x.m2ts"}``): a video file whatever its
+    extension (PyAV finds the container from the content), where a list of paths is a list of frames."""
+
+    __slots__ = ()
+
+
 def is_video_file_ref(ref: Any) -> bool:
-    """A path with a video extension, or inline bytes of a video container (MP4/MOV, Matroska/WebM, AVI)."""
+    """A path given alone as an item's video (`VideoFileRef`) or with a video extension, or inline bytes of a video
+    container (MP4/MOV, Matroska/WebM, AVI)."""
     if isinstance(ref, str):
-        return Path(ref).suffix.lower() in VIDEO_EXTENSIONS
+        return isinstance(ref, VideoFileRef) or Path(ref).suffix.lower() in VIDEO_EXTENSIONS
     if isinstance(ref, (bytes, bytearray)):
         head = bytes(ref[:16])
         return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
