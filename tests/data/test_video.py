@@ -113,8 +113,8 @@ def test_frame_lists_still_work_and_are_capped(tmp_path):
     for i in range(10):
         Image.new("RGB", (40, 30), (20 * i, 0, 0)).save(tmp_path / f"f{i}.png")
     refs = [f"f{i}.png" for i in range(10)]
-    v = ImageLoader(tmp_path).load_video(refs)
-    assert len(v) == 10 and v.frame_indices == tuple(range(10)) and v.fps == 2.0
+    v = ImageLoader(tmp_path).load_video(refs)  # 8 frames by default, as from a file
+    assert v.frame_indices == (0, 1, 3, 4, 5, 6, 8, 9) and v.fps == 2.0 and v.total_frames == 10
     few = ImageLoader(tmp_path, video=VideoSampling(max_frames=4)).load_video(refs)
     assert few.frame_indices == (0, 3, 6, 9) and [_red(f) for f in few] == [0, 60, 120, 180]
 
@@ -631,3 +631,24 @@ def test_a_single_video_path_is_a_video_file_whatever_its_extension(tmp_path):
     with pytest.raises(DataError) as e:
         loader.load_video(Item.from_dict({"video": "bad.dat"}).video, field="positive.video")
     assert "video" in str(e.value) and "image" not in str(e.value)
+
+
+def test_frame_lists_are_sampled_by_the_options_as_files_are(tmp_path):
+    """QA: a frame list of up to 64 frames was used whole whatever --video-frames / --video-fps said, one of 65 was
+    sampled to 8."""
+    from PIL import Image
+
+    for i in range(65):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"f{i}.png")
+    refs = [f"f{i}.png" for i in range(65)]
+
+    def indices(n, **options):
+        return ImageLoader(tmp_path, video=VideoSampling.from_options(**options)).load_video(refs[:n]).frame_indices
+
+    assert indices(64) == (0, 9, 18, 27, 36, 45, 54, 63) and indices(65) == (0, 9, 18, 27, 37, 46, 55, 64)
+    assert indices(64, frames=4) == (0, 21, 42, 63) and indices(65, frames=4) == (0, 21, 43, 64)
+    assert indices(64, frames=16) == indices(64, frames=16, max_frames=16) and len(indices(65, frames=16)) == 16
+    # by frame rate: a list is a clip at 2 frames per second, so 20 frames last 10 s: 1 fps -> 10 frames
+    assert indices(20, fps=1.0) == (0, 2, 4, 6, 8, 11, 13, 15, 17, 19)
+    assert len(indices(64, fps=0.25)) == 8 and len(indices(64, fps=10.0)) == 64  # 32 s: 8 frames; all of them
+    assert indices(3) == (0, 2) and indices(1) == (0, 0)  # rounded to a temporal patch; one frame padded

@@ -14,10 +14,11 @@ in favour of torchcodec, which needs a system FFmpeg; decord has no wheels for r
 Sampling (`VideoSampling`): ``num_frames`` frames spread uniformly over the whole clip (first and last
 frame included), or, with ``num_frames=None``, ``fps`` frames per second of video, clamped to
 [min_frames, max_frames]; the count is rounded down to a multiple of ``frame_factor`` (Qwen-VL merges
-2 frames per temporal patch). A frame list longer than ``max_frames`` is sampled the same way; a
-shorter one is used whole. A video of fewer frames than a temporal patch (``TEMPORAL_PATCH``: one frame, a
-one-frame clip) is padded by repeating its last frame (`pad_frames`), as Qwen2-VL's processor does inside;
-Qwen3-VL's refuses it ("t:1 must be larger than temporal_factor:2"), so every family gets the padded video.
+2 frames per temporal patch). A frame list is sampled by the same rules, as a clip of its frames at
+``frame_list_fps`` (2 frames per second, as qwen-vl-utils assumes for frame lists). A video of fewer frames
+than a temporal patch (``TEMPORAL_PATCH``: one frame, a one-frame clip) is padded by repeating its last frame
+(`pad_frames`), as Qwen2-VL's processor does inside; Qwen3-VL's refuses it ("t:1 must be larger than
+temporal_factor:2"), so every family gets the padded video.
 
 Safety, as for images (`unime.data.images`): paths stay inside the data root; an empty, corrupt or
 truncated file, a file without a video stream, a duration over ``max_duration_s``, a frame over
@@ -709,10 +710,9 @@ def load_video(loader: FrameLoader, refs: Sequence[Any], sampling: VideoSampling
         if cache is not None:
             cache.put(key, video)
         return video
-    # a frame list: every frame through the image loader's rules, sampled down to max_frames
+    # a frame list: sampled as a file is (its frames at `frame_list_fps`), each frame through the image loader's rules
     total = len(refs)
-    wanted = list(range(total)) if total <= sampling.max_frames else uniform_indices(total, sampling.frame_count(
-        total, total / sampling.frame_list_fps))
+    wanted = uniform_indices(total, sampling.frame_count(total, total / sampling.frame_list_fps))
     frames = [loader.load(refs[i], source=source, record=record, field=f"{field or 'video'}[{i}]") for i in wanted]
     w, h = frames[0].size
     out = _budget_size(w, h, len(frames), sampling.max_video_pixels)
