@@ -652,3 +652,25 @@ def test_frame_lists_are_sampled_by_the_options_as_files_are(tmp_path):
     assert indices(20, fps=1.0) == (0, 2, 4, 6, 8, 11, 13, 15, 17, 19)
     assert len(indices(64, fps=0.25)) == 8 and len(indices(64, fps=10.0)) == 64  # 32 s: 8 frames; all of them
     assert indices(3) == (0, 2) and indices(1) == (0, 0)  # rounded to a temporal patch; one frame padded
+
+
+def test_embed_skipping_every_item_shows_why_before_the_error(tmp_path, capsys):
+    """QA: `unime embed --on-error skip` with every item skipped said only "no items to encode"; and a bad video
+    was counted as "(image: N)"."""
+    import json
+
+    from unime.cli import main
+
+    write_clip(tmp_path / "a.mp4", n=8, fps=8)
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 20)
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(x) + "\n" for x in (
+        {"video": "gone.mp4"}, {"video": ["a.mp4", "a.mp4"]}, {"video": "junk.mp4"})))
+    assert main(["embed", "--model", "m", "--items", str(items), "--out", str(tmp_path / "x.npy"),
+                 "--on-error", "skip"]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == f"unime: error: {items}: no items to encode"
+    lines = out.strip().splitlines()
+    assert lines[0] == "skipped 3 record(s) (video: 3)" and len(lines) == 4
+    assert "line 1" in lines[1] and "gone.mp4" in lines[1] and "line 3" in lines[3] and "junk.mp4" in lines[3]
+    assert not (tmp_path / "x.npy").exists()

@@ -51,7 +51,7 @@ def test_mmeb_v2_rows_with_bad_media_are_skipped_and_counted(tmp_path):
     # global with a corpus: query line 1 (d5 among its candidates) and the corpus row of d5 are left out
     docs = load_task_data(_spec(cfg, "docs"), on_error="skip", skips=skips)
     assert len(docs.query) == 3 and docs.skipped == 2 and len(docs.candidates[0]) == 6
-    assert skips.total == 5 and dict(skips.counts) == {"image": 5}
+    assert skips.total == 5 and dict(skips.counts) == {"image": 2, "video": 3}  # a video counted as a video
 
 
 def test_qrels_rows_with_bad_images_name_the_line_or_are_skipped(tmp_path):
@@ -124,3 +124,4 @@ def test_under_skip_a_bad_mmeb_candidate_leaves_its_row_not_the_whole_row(tmp_pa
     assert [(x.record, x.field) for x in skips.examples] == [("line 2 (id r2)", "candidates[1].images[0]"),
                                                              ("line 3 (id r3)", "candidates[0].images[0]"),
                                                              ("line 4 (id r4)", "query.images[0]")]
+

@@ -80,18 +80,14 @@ def _check(args) -> int:
 def _import(args) -> int:
     from unime.data.collections import CollectionSource
     from unime.data.import_collection import ImportOptions, import_from_source
-    from unime.data.skips import SkipReport
+    from unime.data.skips import SkipReport, shown_on_failure
 
     skips = SkipReport(max_examples=10)
     opts = config_from_args(ImportOptions, args, ignore=tuple(_owned_names()),
                             own_folder=getattr(args, "_owned", None) is not None)
     # a non-empty OUT that is not an earlier import: FileExistsError, reported as the contract's one line
-    try:
+    with shown_on_failure(skips):  # what was skipped before the import failed (too few images left, ...)
         summary = import_from_source(config_from_args(CollectionSource, args), opts, skips=skips)
-    except Exception:
-        if skips.total:  # what was skipped before the import failed (too few images left, ...): shown before the error
-            print(skips.summary(), flush=True)
-        raise
     print(summary.describe())
     if skips.total:
         print(skips.summary())

@@ -17,8 +17,10 @@ def register(sub) -> None:
 
 
 def _embed(args) -> int:
+    from unime.data.skips import SkipReport, shown_on_failure
     from unime.models.embed_file import EmbedConfig, encode_items_file
 
-    out, n, dim, skips = encode_items_file(config_from_args(EmbedConfig, args))
+    with shown_on_failure(SkipReport()) as skips:  # every item skipped: the reasons before "no items to encode"
+        out, n, dim, skips = encode_items_file(config_from_args(EmbedConfig, args), skips=skips)
     print(f"{out}: {n} x {dim}" + (f"; {skips.summary()}" if skips.total else ""))
     return 0

@@ -436,7 +436,7 @@ class ImageChecker:
     def check_item(self, fname: str, item: Item, *, source: str | None, record: Any) -> None:
         """`check` for one item of a record, named `fname` (e.g. ``candidates[3]``) in the error."""
         if len(item.video) > 1 and any(is_video_file_ref(r) for r in item.video):
-            raise data_error("image", MIXED_VIDEO_REFS, source=source, record=record, field=f"{fname}.video")
+            raise data_error("video", MIXED_VIDEO_REFS, source=source, record=record, field=f"{fname}.video")
         for kind in ("images", "video"):
             header_only = kind == "video" and not self.decode_video
             for j, ref in enumerate(getattr(item, kind)):
@@ -458,7 +458,8 @@ class ImageChecker:
                         self.verdict[key] = e
                 err = self.verdict[key]
                 if err is not None:
-                    raise data_error("image", raw_message(err), source=source, record=record, field=field)
+                    raise data_error("video" if kind == "video" else "image", raw_message(err), source=source,
+                                     record=record, field=field)
 
 
 def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips: SkipReport | None = None,

@@ -8,6 +8,7 @@ logs the summary itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from unime.errors import DataError
 ON_ERROR_CHOICES = ("raise", "skip")
 
 # why a record was rejected; `DataError.reason` carries one of these when unime's readers raise
-REASONS = ("malformed_json", "not_utf8", "schema", "empty_item", "bad_score", "placeholder", "image")
+REASONS = ("malformed_json", "not_utf8", "schema", "empty_item", "bad_score", "placeholder", "image", "video")
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,18 @@ class SkipReport:
         if self.total > len(self.examples):
             lines.append(f"  ... and {self.total - len(self.examples)} more")
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def shown_on_failure(skips: SkipReport):
+    """Print what `skips` counted when the work in the block fails (every record skipped: "no items to encode",
+    too few images left, ...) before the error is reported, so the reasons are not lost with the run."""
+    try:
+        yield skips
+    except Exception:
+        if skips.total:
+            print(skips.summary(), flush=True)
+        raise
 
 
 class ErrorPolicy:

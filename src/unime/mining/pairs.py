@@ -56,7 +56,7 @@ def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, l
     import math
 
     from unime.data.io import raw_message
-    from unime.data.skips import ErrorPolicy, data_error
+    from unime.data.skips import ErrorPolicy, data_error, reason_of
 
     policy = ErrorPolicy(on_error, skips, path)
     pairs, labels = [], []
@@ -92,7 +92,7 @@ def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, l
                     try:
                         images.check(it, source=path, record=where)
                     except DataError as e:  # name the pair's field, not the checker's "item"
-                        raise data_error("image", raw_message(e), source=path, record=where,
+                        raise data_error(reason_of(e), raw_message(e), source=path, record=where,
                                          field=f"{key}.{e.field.split('.', 1)[-1]}") from None
             pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
             if label is not None:

@@ -60,10 +60,11 @@ class EmbedConfig(EmbedderOptions, ImageOptions, VideoOptions):
                                     "stopping at the first")
 
 
-def encode_items_file(cfg: EmbedConfig) -> tuple[Path, int, int, SkipReport]:
+def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tuple[Path, int, int, SkipReport]:
     """Encode the items of `cfg.items` with `cfg.model`; write the array to exactly `cfg.out` (atomic; its
     folder is created). The image options given override the model's pixel bounds
-    (`unime.models.image_budget.ImageBudget`). Returns (path, rows, dimension, skips)."""
+    (`unime.models.image_budget.ImageBudget`). Returns (path, rows, dimension, skips); the skips are counted into
+    `skips` when given (its count so far when it fails)."""
     from unime.data.roots import resolve_data_root
     from unime.data.video import VideoSampling
     from unime.models.embedder import Embedder
@@ -74,7 +75,7 @@ def encode_items_file(cfg: EmbedConfig) -> tuple[Path, int, int, SkipReport]:
         raise DataError("items file not found", source=items_path)
     root = resolve_data_root(items_path, cfg.data_root)  # --data-root, else the one recorded beside the file
     video_sampling = VideoSampling.from_fields(cfg)
-    skips = SkipReport()
+    skips = SkipReport() if skips is None else skips
     items, lines = read_items_file(items_path, data_root=root, on_error=cfg.on_error, skips=skips,
                                    video_sampling=video_sampling)
     if not items:
