@@ -125,3 +125,25 @@ def test_under_skip_a_bad_mmeb_candidate_leaves_its_row_not_the_whole_row(tmp_pa
                                                              ("line 3 (id r3)", "candidates[0].images[0]"),
                                                              ("line 4 (id r4)", "query.images[0]")]
 
+
+def test_data_check_reads_mmeb_v2_rows_and_checks_their_media(tmp_path, capsys):
+    """QA: `unime data check` on MMEB-V2 rows (the demo world's eval/video/*.jsonl) reported every row "missing
+    key(s) ['positive', 'query']"; they are recognised by their keys, and their videos, frames and pages checked."""
+    from unime.cli import main
+
+    _broken_v2_world(tmp_path)
+    root = ["--data-root", str(tmp_path)]
+    mret = tmp_path / "video/mret/rows.jsonl"  # its frame lists miss f1.png: 1 row, its candidates m0 and m2 bad
+    assert main(["data", "check", str(tmp_path / "video/ret/rows.jsonl"), *root]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{tmp_path / 'video/ret/rows.jsonl'}: MMEB-V2 rows: 3 good, 0 bad rows, 1 with bad")
+    assert out[1] == "skipped 1 record(s) (video: 1)" and "line 3, field 'cand[0].video[0]'" in out[2]
+    assert main(["data", "check", str(mret), *root]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{mret}: MMEB-V2 rows: 0 good, 0 bad rows, 1 with bad") and "f1.png" in out[2]
+    corpus = tmp_path / "visdoc/docs/corpus/corpus.jsonl"  # candidates only: d5's page is not a PNG
+    assert main(["data", "check", str(corpus), *root]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{corpus}: MMEB-V2 corpus rows: 6 good, 0 bad rows, 1 with bad") and "d5.png" in out[2]
+    assert main(["data", "check", str(tmp_path / "video/qa/rows.jsonl"), *root, "--no-images"]) == 0
+    assert "MMEB-V2 rows: 3 good, 0 bad rows" in capsys.readouterr().out

@@ -106,7 +106,8 @@ def _label(where: str, obj: Any) -> str:
     return f"{where} (id {rid})" if isinstance(rid, (str, int)) and rid != "" else where
 
 
-def _read(path, parse, on_error: str, skips: SkipReport | None) -> list:
+def read_parsed_rows(path, parse, on_error: str, skips: SkipReport | None) -> list:
+    """`parse(obj, source=, record=)` of every row of `path` (`iter_rows`); a bad one goes through `on_error`."""
     check_on_error(on_error)
     policy = ErrorPolicy(on_error, skips, str(path))
     out = []
@@ -170,7 +171,7 @@ def mmeb_row_to_dict(row: MMEBRow, index: int = 0) -> dict:
 
 def read_mmeb(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None) -> list[MMEBRow]:
     """MMEB-eval rows (positive at index 0) from .jsonl / .json / .parquet."""
-    return _read(path, mmeb_row_from_dict, on_error, skips)
+    return read_parsed_rows(path, mmeb_row_from_dict, on_error, skips)
 
 
 def write_mmeb(rows: Iterable[MMEBRow], path: str | os.PathLike) -> int:
@@ -210,7 +211,7 @@ def retrieval_entry_from_dict(obj: Any, *, source=None, record=None) -> Retrieva
 
 def read_retrieval(path: str | os.PathLike, *, on_error: str = "raise",
                    skips: SkipReport | None = None) -> list[RetrievalEntry]:
-    return _read(path, retrieval_entry_from_dict, on_error, skips)
+    return read_parsed_rows(path, retrieval_entry_from_dict, on_error, skips)
 
 
 def write_retrieval(entries: Iterable[RetrievalEntry], path: str | os.PathLike) -> int:
@@ -231,7 +232,7 @@ def compositional_pair_from_dict(obj: Any, *, source=None, record=None) -> Compo
 
 def read_compositional(path: str | os.PathLike, *, on_error: str = "raise",
                        skips: SkipReport | None = None) -> list[CompositionalPair]:
-    return _read(path, compositional_pair_from_dict, on_error, skips)
+    return read_parsed_rows(path, compositional_pair_from_dict, on_error, skips)
 
 
 def write_compositional(pairs: Iterable[CompositionalPair], path: str | os.PathLike) -> int:

@@ -4,6 +4,7 @@ file and every image it references, before a long job): their options (`unime.op
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ def convert_records(cfg: ConvertConfig):
 
 @dataclass(kw_only=True)
 class CheckConfig:
-    input: str = option(help="records (.jsonl/.parquet/.json) or MMEB-eval rows (with --mmeb)", positional=True)
+    input: str = option(help="records (.jsonl/.parquet/.json), MMEB-eval or MMEB-V2 rows", positional=True)
     mmeb: bool = option(False, "the file holds MMEB-eval rows (default: recognised by the first row's keys)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the file's folder)")
     allow_outside_root: bool = option(False, "permit absolute paths and '..' in image paths")
@@ -88,46 +89,57 @@ def _first_row_keys(path: str) -> set[str] | None:
     return None
 
 
-def check_format(cfg: CheckConfig) -> bool:
-    """Whether `cfg.input` holds MMEB-eval rows (its first row has MMEB's keys, or `--mmeb` for a file whose first
-    row tells nothing). A file `data check` does not read (an eval task config, qrels rows, judge pairs), or
+def check_format(cfg: CheckConfig) -> str | None:
+    """What `cfg.input` holds, told by its first row's keys: "mmeb" (MMEB-eval rows; also `--mmeb` for a file whose
+    first row tells nothing), "mmeb_v2" / "mmeb_v2_corpus" (MMEB-V2 rows / a V2 task's corpus rows), or None
+    (training records). A file `data check` does not read (an eval task config, qrels rows, judge pairs), or
     training records under `--mmeb`, is a `DataError` naming what it is and the command line that reads it,
     not a report of every row as bad."""
     from unime.data.eval_formats import MMEB_KEYS
     from unime.data.io import RECORD_KEYS_REQUIRED
+    from unime.data.mmeb_v2 import CORPUS_KEYS, V2_KEYS
 
     if str(cfg.input).lower().endswith(_TASK_CONFIG_SUFFIXES):
         raise DataError("an eval task config, not a data file: `unime eval --tasks FILE` reads it; check the data "
-                        "files it lists with `unime data check DATA_FILE` (MMEB-eval rows are recognised)",
+                        "files it lists with `unime data check DATA_FILE --data-root DATA_ROOT` (the config's "
+                        "data_root; MMEB-eval and MMEB-V2 rows are recognised)",
                         source=cfg.input)
+    mmeb = "mmeb" if cfg.mmeb else None
     keys = _first_row_keys(cfg.input)
     if keys is None:
-        return cfg.mmeb
+        return mmeb
     if MMEB_KEYS <= keys:
-        return True
+        return "mmeb"
+    if CORPUS_KEYS <= keys:  # the keys VLM2Vec's video / visual-document task files have
+        return "mmeb_v2" if V2_KEYS & {"query_text", "query_image"} & keys else "mmeb_v2_corpus"
     if RECORD_KEYS_REQUIRED <= keys:
         if cfg.mmeb:
             raise DataError("holds training records (query, positive), not MMEB-eval rows: check it without --mmeb",
                             source=cfg.input)
-        return False
+        return None
     for needed, what, hint in _OTHER_FORMATS:
         if needed <= keys:
             raise DataError(f"holds {what}, not training records or MMEB-eval rows (the formats `unime data check` "
                             f"reads): {hint}", source=cfg.input)
-    return cfg.mmeb
+    return mmeb
+
+
+_KIND_WORDS = {"mmeb": " MMEB-eval rows:", "mmeb_v2": " MMEB-V2 rows:", "mmeb_v2_corpus": " MMEB-V2 corpus rows:"}
 
 
 def check_file(cfg: CheckConfig) -> tuple[str, int]:
     """Every row of the file read (bad ones skipped) and, unless `no_images`, every image opened. Returns the
     report (a summary line, then examples of what is bad) and the number of bad rows. MMEB-eval rows are
-    recognised by their keys (`check_format`)."""
+    and MMEB-V2 rows (their videos decoded) recognised by their keys (`check_format`)."""
     from unime.data.images import DEFAULT_MAX_PIXELS, ImageLoader
-    from unime.data.io import SkipReport, check_images, read_mmeb, read_records
+    from unime.data.io import SkipReport, check_images, read_mmeb, read_mmeb_v2, read_records
     from unime.data.roots import resolve_data_root
 
-    mmeb = check_format(cfg)
+    kind = check_format(cfg)
     skips = SkipReport(max_examples=20)
-    rows = (read_mmeb if mmeb else read_records)(cfg.input, on_error="skip", skips=skips)
+    read = {None: read_records, "mmeb": read_mmeb, "mmeb_v2": read_mmeb_v2,
+            "mmeb_v2_corpus": functools.partial(read_mmeb_v2, corpus=True)}[kind]
+    rows = read(cfg.input, on_error="skip", skips=skips)
     root = resolve_data_root(cfg.input, cfg.data_root)
     n_file_bad = skips.total
     if not cfg.no_images:
@@ -135,7 +147,7 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
                              max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS)
         rows = check_images(rows, loader, on_error="skip", skips=skips, source=cfg.input)
     where = "" if cfg.no_images else f" (image paths resolved against {root})"
-    kind = " MMEB-eval rows:" if mmeb and not cfg.mmeb else ""
-    line = (f"{cfg.input}:{kind} {len(rows)} good, {n_file_bad} bad rows, {skips.total - n_file_bad} with bad "
+    words = "" if kind is None or (kind == "mmeb" and cfg.mmeb) else _KIND_WORDS[kind]
+    line = (f"{cfg.input}:{words} {len(rows)} good, {n_file_bad} bad rows, {skips.total - n_file_bad} with bad "
             f"images{where}")
     return line + (f"\n{skips.summary()}" if skips.total else ""), skips.total

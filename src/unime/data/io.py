@@ -33,9 +33,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from unime.data.atomic import atomic_open, atomic_path
 from unime.data.eval_formats import (CompositionalPair, MMEBRow, RetrievalEntry, read_compositional, read_mmeb,
-                                     read_retrieval, write_compositional, write_mmeb, write_retrieval)
+                                     read_parsed_rows, read_retrieval, write_compositional, write_mmeb, write_retrieval)
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
+from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.scores import parse_score, parse_scores
 from unime.data.validate import check_keys, check_str, make_item, parse_item
@@ -98,6 +99,16 @@ def with_origin(obj: Any, label: str | None) -> Any:
 
 def origin_of(obj: Any) -> str | None:
     return getattr(obj, "_unime_origin", None)
+
+
+def read_mmeb_v2(path: str | os.PathLike, *, corpus: bool = False, on_error: str = "raise",
+                 skips: SkipReport | None = None) -> list[V2Row]:
+    """MMEB-V2 rows (`unime.data.mmeb_v2`; with `corpus`, a task's corpus rows: candidates only) of one file, each
+    remembering the line it was read from (`with_origin`)."""
+    def parse(obj, *, source, record):
+        return with_origin(v2_row_from_dict(obj, source=source, record=record, corpus=corpus), record)
+
+    return read_parsed_rows(path, parse, on_error, skips)
 
 
 def _record_label(where: str, obj: Any) -> str:
