@@ -35,7 +35,7 @@ def embedder_arguments(tmp_path, **overrides) -> dict:
 
 
 def reranker_arguments(tmp_path, model, monkeypatch, **overrides) -> dict:
-    """`train_reranker` up to its trainer arguments (the records read, the model loaded), then stopped."""
+    """`train_reranker` up to its trainer arguments (the records read; the model is loaded after them), then stopped."""
     import transformers
 
     from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker

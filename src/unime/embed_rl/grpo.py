@@ -468,8 +468,9 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     from unime.data.io import read_records
     from unime.data.video import VideoSampling
     from unime.models.embedder import Embedder
+    from unime.models.hf_arguments import process_device
     from unime.models.image_budget import ImageBudget
-    from unime.models.loading import load_model
+    from unime.models.loading import load_model, resolve_dtype, trainer_device
     from unime.reasoning.embed_inputs import ReasonedEmbedder
     from unime.reasoning.reasoner import Reasoner
     from unime.models import run_state
@@ -488,7 +489,13 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         log.warning("GRPO: %s", skips.summary())
     if n_pairs < cfg.pairs_per_batch:
         raise ValueError(f"{cfg.records}: {n_pairs} pairs, fewer than pairs_per_batch={cfg.pairs_per_batch}")
-    policy = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True, image_budget=budget)
+    # the arguments first: every model of this process (the policy, the frozen reward models) goes on its device
+    device = trainer_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    gcfg = embed_rl_grpo_config(cfg, output_dir=str(work), use_cpu=device == "cpu",
+                                bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
+    device = process_device(gcfg)
+    policy = load_model(cfg.model, device=device, dtype=dtype, trainable=True, image_budget=budget)
     for row in rows:  # the policy's fixed resize (if any) on the rows' images; its processor applies the bounds
         row["images"] = [policy.adapter.image_budget.prepare(im) for im in row["images"]]
     dataset = Dataset.from_list(rows)
@@ -497,7 +504,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     set_seed(cfg.seed)  # LoRA initialisation, as the other trainers
     policy.model = lora_model(policy.model, cfg)
     # the frozen reward model, loaded once
-    embedder = ReasonedEmbedder(Embedder.from_pretrained(cfg.embedder, device=policy.device, dtype=cfg.dtype,
+    embedder = ReasonedEmbedder(Embedder.from_pretrained(cfg.embedder, device=device, dtype=dtype,
                                                          pooling="emb", data_root=data_root, image_budget=budget,
                                                          video_sampling=sampling))
     for p in embedder.embedder.model.parameters():
@@ -506,13 +513,13 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     if cfg.weights[2] != 0 and cfg.process_pick == "score":
         from unime.models.judge import JudgeScorer
 
-        scorer = JudgeScorer.from_pretrained(cfg.process_judge or cfg.model, device=policy.device, dtype=cfg.dtype,
+        scorer = JudgeScorer.from_pretrained(cfg.process_judge or cfg.model, device=device, dtype=dtype,
                                              data_root=data_root, image_budget=budget, video_sampling=sampling)
         for p in scorer.model.parameters():
             p.requires_grad_(False)
         judge = ScoredPick(scorer)
     elif cfg.weights[2] != 0:
-        judge = Reasoner.from_pretrained(cfg.process_judge or cfg.model, device=policy.device, dtype=cfg.dtype,
+        judge = Reasoner.from_pretrained(cfg.process_judge or cfg.model, device=device, dtype=dtype,
                                          data_root=data_root, image_budget=budget, video_sampling=sampling)
         for p in judge.model.parameters():
             p.requires_grad_(False)
@@ -523,9 +530,6 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     reward = EmbedRLReward(embedder, judge, group_size=cfg.num_generations, weights=tuple(cfg.weights),
                            neg_temperature=cfg.neg_temperature, hard_negative_pairs=cfg.hard_negative_pairs,
                            seed=cfg.seed, reward_log=reward_log)
-
-    gcfg = embed_rl_grpo_config(cfg, output_dir=str(work), use_cpu=policy.device == "cpu",
-                                bf16=policy.dtype == torch.bfloat16, fp16=policy.dtype == torch.float16)
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
                                processing_class=prepare_policy_processor(policy.processor))
     run_state.train_or_finish(trainer, plan.checkpoint)

@@ -192,8 +192,9 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     from unime.data.images import ImageLoader
     from unime.data.video import VideoSampling
     from unime.models.curves import write_curves
+    from unime.models.hf_arguments import process_device
     from unime.models.image_budget import ImageBudget
-    from unime.models.loading import load_model
+    from unime.models.loading import load_model, resolve_dtype, trainer_device
     from unime.reasoning.reasoner import read_tcot_rows
 
     from unime.models import run_state
@@ -218,7 +219,10 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     rows = images.check(rows, source=cfg.data, policy=ErrorPolicy(cfg.on_error, skips, "reasoner SFT"))
     if skips.total:
         log.warning("reasoner SFT: %s", skips.summary())
-    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trainable=True,
+    device = trainer_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    args = sft_config(cfg, str(work), use_cpu=device == "cpu", dtype=dtype)
+    loaded = load_model(cfg.model, device=process_device(args), dtype=dtype, trainable=True,
                         image_budget=ImageBudget.from_args(cfg))
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
     examples, skipped = sft_rows(rows, adapter, images, skip_invalid=cfg.skip_invalid, source=cfg.data)
@@ -230,7 +234,6 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
 
     set_seed(cfg.seed)  # LoRA initialisation, as the embedder and reranker trainers
     model = lora_model(model, cfg)
-    args = sft_config(cfg, str(work), use_cpu=loaded.device == "cpu", dtype=loaded.dtype)
     trainer = sft_trainer(model, processor, examples, args)
     run_state.train_or_finish(trainer, plan.checkpoint)
 

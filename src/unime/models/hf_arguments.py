@@ -106,3 +106,13 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
         disable_tqdm=None if show_progress is None else not show_progress,
         remove_unused_columns=False)
     return args_cls(**{**core, **specific, **user})
+
+
+def process_device(args) -> str:
+    """The device this process of a training run loads its models on: the one its Hugging Face arguments `args`
+    give it — cuda:LOCAL_RANK for each process under torchrun / accelerate launch, cuda:0 for one process, cpu
+    with `use_cpu`. Every trainer builds its arguments first and loads there: a model loaded on --device's plain
+    "cuda" before them sits on GPU 0 in every process (the Trainer later moves the model it trains, but every
+    process has first filled GPU 0, and the frozen models it is not given — GRPO's reward embedder and judge —
+    stay there)."""
+    return str(args.device)

@@ -31,7 +31,7 @@ from unime.data.roots import resolve_data_root
 from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
-from unime.models.hf_arguments import hf_training_arguments
+from unime.models.hf_arguments import hf_training_arguments, process_device
 from unime.models.image_budget import ImageBudget
 from unime.models.loading import trainer_device
 from unime.models.lora import LoraSettings, model_to_train
@@ -484,7 +484,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     args = _training_arguments(config, checkpoint_root)
     if resume_from is not None:
         _warn_other_global_batch(out, config, args.world_size)
-    device = str(args.device)
+    device = process_device(args)
     set_seed(config.seed)  # LoRA initialisation
     # LoRA: frozen base in the compute dtype (bf16 under autocast); full fine-tuning keeps fp32 master weights
     load_dtype = resolve_dtype("bf16" if args.bf16 and not config.full else "fp32", device)

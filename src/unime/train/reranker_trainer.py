@@ -545,7 +545,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     from transformers import TrainingArguments
 
     from unime.data.skips import SkipReport
-    from unime.models.hf_arguments import hf_training_arguments
+    from unime.models.hf_arguments import hf_training_arguments, process_device
     from unime.models.loading import (is_peft_adapter, load_model, resolve_dtype, trained_model_folder,
                                       trainer_device)
     from unime.models import run_state
@@ -581,20 +581,6 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     device = trainer_device(cfg.device)
     compute_dtype = resolve_dtype(cfg.dtype, device)
-    # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
-    from unime.models.image_budget import ImageBudget
-
-    # a PEFT adapter (an adapter folder, or a run folder without merged/) is trained on, not wrapped in a second one
-    from_adapter = is_peft_adapter(trained_model_folder(cfg.model))
-    loaded = load_model(cfg.model, device=device, dtype=torch.float32 if cfg.full else compute_dtype,
-                        trainable=cfg.full or from_adapter,
-                        image_budget=ImageBudget.from_options(cfg.min_pixels, cfg.max_pixels, cfg.image_size))
-    torch.manual_seed(cfg.seed)  # LoRA initialisation
-    model = lora_model(loaded.model, cfg)
-    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root, video=VideoSampling.from_fields(cfg)),
-                                    source=", ".join(cfg.records),
-                                    train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
-
     args = hf_training_arguments(
         TrainingArguments, output_dir=ckpt_dir, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
         learning_rate=cfg.learning_rate, epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
@@ -608,6 +594,19 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg,
         option_keys={"warmup_steps": "--warmup", "weight_decay": "--weight-decay",
                      "activation_checkpointing": "--gradient-checkpointing"})
+    # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
+    from unime.models.image_budget import ImageBudget
+
+    # a PEFT adapter (an adapter folder, or a run folder without merged/) is trained on, not wrapped in a second one
+    from_adapter = is_peft_adapter(trained_model_folder(cfg.model))
+    loaded = load_model(cfg.model, device=process_device(args), dtype=torch.float32 if cfg.full else compute_dtype,
+                        trainable=cfg.full or from_adapter,
+                        image_budget=ImageBudget.from_options(cfg.min_pixels, cfg.max_pixels, cfg.image_size))
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
+    model = lora_model(loaded.model, cfg)
+    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root, video=VideoSampling.from_fields(cfg)),
+                                    source=", ".join(cfg.records),
+                                    train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
     title = f"{cfg.role} — {Path(str(cfg.model)).name}"
     callbacks = [CurvesCallback(out, title=title)]
     judge_check = None
