@@ -38,13 +38,47 @@ def test_the_environment_of_torchrun(monkeypatch):
     assert (r.rank, r.world, r.local_rank, r.primary) == (5, 8, 2, False)
     assert r.mine(list(range(20))) == [5, 13]
     assert r.device("cuda") == "cuda:2"
-    assert r.device("cuda:1") == "cuda:1"  # an explicit GPU is the user's
     assert r.device("cpu") == "cpu"
     r.check_backend("local")
     r.check_backend("oracle")
     for backend in ("ray", "vllm"):
         with pytest.raises(UsageError, match=f"--backend {backend} spreads the judge's work itself"):
             r.check_backend(backend)
+
+
+def test_each_process_of_several_runs_on_its_own_gpu(monkeypatch):
+    """Under torchrun: no --device (cuda when present) and `cuda` go on the process's GPU; `cuda:N` (which would put
+    every process on GPU N) is refused in one line; one process keeps what it was given."""
+    import torch
+
+    r = Ranks(rank=3, world=8, local_rank=3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert [r.device(d) for d in (None, "cuda", "cpu")] == ["cuda:3", "cuda:3", "cpu"]
+    for explicit in ("cuda:0", "cuda:3"):
+        with pytest.raises(UsageError) as e:
+            r.device(explicit)
+        assert str(e.value) == (f"mine: --device {explicit}: under torchrun (8 processes) each process uses its "
+                                "own GPU (cuda:LOCAL_RANK); pass --device cuda and choose the GPUs with "
+                                "CUDA_VISIBLE_DEVICES")
+    assert [Ranks().device(d) for d in (None, "cuda", "cuda:1")] == [None, "cuda", "cuda:1"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert r.device(None) is None  # no CUDA: the CPU, as for one process
+
+
+def test_mine_under_torchrun_refuses_a_gpu_index_before_any_work(monkeypatch, tmp_path):
+    from unime.mining.config import MineConfig
+    from unime.mining.pipeline import run_mining
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(Ranks, "start", lambda self: pytest.fail("joined the process group"))
+    config = MineConfig(records=str(tmp_path / "r.jsonl"), embedder="e", judge="j", out=str(tmp_path / "out"),
+                        device="cuda:0")
+    with pytest.raises(UsageError, match="--device cuda:0: under torchrun"):
+        run_mining(config)
+    assert not (tmp_path / "out").exists()
 
 
 def _fail(message):

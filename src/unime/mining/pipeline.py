@@ -185,6 +185,7 @@ def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embed
     process calls it (`unime.mining.ranks`): rank 0 owns the folder and returns the result, the others None."""
     ranks = Ranks.from_env()
     ranks.check_backend(config.backend)
+    ranks.device(config.device)  # a --device the processes cannot share is refused before any work
     joined = ranks.start()
     try:
         owner = ranks.primary_step(lambda: claim(config.out, "mine",

@@ -2,20 +2,20 @@
 
     torchrun --standalone --nproc-per-node 8 --no-python unime mine --device cuda ...   # one judge per GPU
 
-Judge scoring is most of mining's work (K + 1 pairs per query); encoding the pool for the retrieval comes next.
-Under `torchrun` (its `RANK` / `WORLD_SIZE` / `LOCAL_RANK` environment) every process loads its own models — on
-`cuda:LOCAL_RANK` when `--device cuda` —, encodes every `WORLD_SIZE`-th batch of the retrieval's items missing
-from the embedding cache (the batches one process runs) and scores every `WORLD_SIZE`-th of the judge
-shards still to do; rank 0 alone reads the inputs first (its image digests are the others' cache), writes the
-manifest, retrieves from the filled cache (the other ranks wait, then read the result from disk),
-and after the last shard filters, samples, audits and reports. A shard's scores do not depend on which process
-computed them, so at the same torch threads the outputs equal a one-process run's byte for byte, and a killed
-run resumes shard by shard under any number of processes. The ranks wait for each other at the end of each step
-(`primary_step`, `every_step`: a `torch.distributed` all-gather over gloo, CPU tensors whatever the device, allowed
-`BARRIER_TIMEOUT` for rank 0's retrieval), where each learns whether another failed: a failure in any process's
-step (rank 0's folder claim, inputs or retrieval; a process's judge) stops every process with that error
-(`PeerFailed` on the others, `unime.process_group`), not with a lost connection. The `ray` and `vllm` backends
-spread the work themselves and are refused under several processes.
+Judge scoring is most of mining's work (K + 1 pairs per query); encoding the pool for the retrieval comes next. Under
+`torchrun` (its `RANK` / `WORLD_SIZE` / `LOCAL_RANK` environment) every process loads its own models — on
+`cuda:LOCAL_RANK` with `--device cuda` or no `--device` on a machine with CUDA (`--device cuda:N` is refused) —,
+encodes every `WORLD_SIZE`-th batch of the retrieval's items missing from the embedding cache (the batches one
+process runs) and scores every `WORLD_SIZE`-th of the judge shards still to do; rank 0 alone reads the inputs first
+(its image digests are the others' cache), writes the manifest, retrieves from the filled cache (the other ranks
+wait, then read the result from disk), and after the last shard filters, samples, audits and reports. A shard's
+scores do not depend on which process computed them, so at the same torch threads the outputs equal a one-process
+run's byte for byte, and a killed run resumes shard by shard under any number of processes. The ranks wait for each
+other at the end of each step (`primary_step`, `every_step`: a `torch.distributed` all-gather over gloo, CPU tensors
+whatever the device, allowed `BARRIER_TIMEOUT` for rank 0's retrieval), where each learns whether another failed: a
+failure in any process's step (rank 0's folder claim, inputs or retrieval; a process's judge) stops every process
+with that error (`PeerFailed` on the others, `unime.process_group`), not with a lost connection. The `ray` and `vllm`
+backends spread the work themselves and are refused under several processes.
 """
 
 from __future__ import annotations
@@ -77,9 +77,22 @@ class Ranks:
                              f"under torchrun ({self.world} processes)", command="mine")
 
     def device(self, device: str | None) -> str | None:
-        """`cuda` → this process's GPU (`cuda:LOCAL_RANK`) when there are several processes; else unchanged."""
-        if self.world > 1 and device == "cuda":
+        """The device of this process's models. One process: `device` unchanged. Several: `cuda`, or no --device
+        on a machine with CUDA, → this process's GPU (`cuda:LOCAL_RANK`; no --device without CUDA stays the CPU);
+        an explicit `cuda:N`, which would put every process on the same GPU, is a UsageError naming the way to
+        choose the GPUs (CUDA_VISIBLE_DEVICES)."""
+        if self.world == 1:
+            return device
+        if device is None or device == "":
+            import torch
+
+            return f"cuda:{self.local_rank}" if torch.cuda.is_available() else device
+        if device == "cuda":
             return f"cuda:{self.local_rank}"
+        if device.startswith("cuda:"):
+            raise UsageError(f"--device {device}: under torchrun ({self.world} processes) each process uses its own "
+                             f"GPU (cuda:LOCAL_RANK); pass --device cuda and choose the GPUs with "
+                             f"CUDA_VISIBLE_DEVICES", command="mine")
         return device
 
     def start(self) -> bool:
