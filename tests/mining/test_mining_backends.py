@@ -166,6 +166,16 @@ def test_vllm_engine_loads_a_trainer_output_folder_as_the_transformers_backend_d
         VLLMBackend(JudgeSpec(path=str(out), device="cpu"))
 
 
+def test_vllm_engine_gets_the_judge_dtype_under_vllms_name(tiny_model_dir, fake_vllm_module):
+    """vLLM's `LLM(dtype=)` takes auto / half / float16 / bfloat16 / float / float32: unime's --dtype bf16 was
+    passed as 'bf16'. auto is vLLM's own default, left out."""
+    engines = []
+    fake_vllm_module.LLM = lambda **kw: engines.append(kw) or FakeVLLM(None, k=2)
+    for dtype in ("bf16", "fp16", "fp32", "bfloat16", "auto", None):
+        assert VLLMBackend(JudgeSpec(path=tiny_model_dir("qwen2_vl"), device="cpu", dtype=dtype)).llm is not None
+    assert [e.get("dtype") for e in engines] == ["bfloat16", "float16", "float32", "bfloat16", None, None]
+
+
 @pytest.mark.slow
 def test_ray_backend_with_two_workers_equals_local(tiny_model_dir):
     ray = pytest.importorskip("ray")

@@ -17,7 +17,8 @@ judge score of SPEC 1.3 whenever both tokens are among the K returned. When one 
 - `missing="error"`: raise `ModelError` naming the pair.
 vLLM is imported lazily, only when the engine is created. The engine loads the folder every other loader
 loads (`engine_model`: a trainer's output folder gives its merged/); vLLM takes full checkpoints only, so a
-PEFT adapter is refused, naming what to give instead.
+PEFT adapter is refused, naming what to give instead; the judge's --dtype is passed under vLLM's name for it
+(`engine_dtype`: bf16 → bfloat16, ...).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from unime.data.video import Video, as_video
 from unime.errors import ModelError
 from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
-from unime.models.loading import is_peft_adapter, trained_model_folder
+from unime.models.loading import is_peft_adapter, resolve_dtype, trained_model_folder
 
 MISSING_POLICIES = ("bound", "error")
 
@@ -78,6 +79,12 @@ def engine_model(spec: JudgeSpec) -> str:
     return path
 
 
+def engine_dtype(dtype: Any) -> str:
+    """vLLM's name of the judge's --dtype (fp32 / bf16 / fp16, their long names, or a torch dtype): float32,
+    bfloat16 or float16. vLLM's `dtype` takes those (and auto, half, float), not unime's short names."""
+    return str(resolve_dtype(dtype, "cuda")).removeprefix("torch.")  # the device only decides "auto", not passed
+
+
 def video_request_item(video: Video) -> tuple[np.ndarray, dict[str, Any]]:
     """vLLM's form of one video: the sampled frames as a (T, H, W, 3) uint8 array with the metadata its
     Qwen-VL processors read (frame rate, sampled indices) to place the frames in time."""
@@ -120,7 +127,7 @@ class VLLMBackend(JudgeBackend):
             if bounds:
                 kwargs.setdefault("mm_processor_kwargs", bounds)
             if self.spec.dtype and self.spec.dtype != "auto":
-                kwargs.setdefault("dtype", self.spec.dtype)
+                kwargs.setdefault("dtype", engine_dtype(self.spec.dtype))
             self._llm = LLM(model=self.model_path, **kwargs)
         return self._llm
 
