@@ -190,6 +190,42 @@ def test_candidate_image_features_are_cached_across_queries(judges, family):
     j.engine.image_cache_size = 1024
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_image_feature_cache_is_bounded_by_bytes_and_scores_stay_those_without_it(judges, family):
+    """The cached features sit on the judge's device (a 7B judge's ~4 MB an image): beside the item bound, a byte
+    budget (least recently used first). A budget of one image's features, then of none, forces evictions; the
+    scores equal a run without any cache."""
+    from unime.models.prefix_scoring import IMAGE_CACHE_BYTES
+
+    j = judges(family)
+    cands = [CANDIDATES[2], CANDIDATES[3], CANDIDATES[5]]  # 4 images
+    j.engine.image_cache_size = 0
+    uncached = [j.margin_candidates(q, cands) for q in (QUERY_TEXT, QUERY_IMAGE)]
+    j.engine.image_cache_size = 1024
+    j.clear_image_cache()
+    j.margin_candidates(QUERY_TEXT, cands)  # unbounded: all 4 kept
+    cache = j.engine.image_cache
+    sizes = [entry[1] for entry in cache._entries.values()]
+    pooled, deep = next(iter(cache._entries.values()))[0]
+    assert sizes[0] == sum(t.element_size() * t.nelement() for t in [pooled, *(deep or [])]) > 0
+    assert len(cache) == 4 and cache.nbytes == sum(sizes)
+    try:
+        j.engine.image_cache_bytes = max(sizes)  # the features of one image: the last used stays
+        j.clear_image_cache()
+        j.stats.reset()
+        got = [j.margin_candidates(q, cands) for q in (QUERY_TEXT, QUERY_IMAGE)]
+        assert len(cache) == 1 and cache.nbytes <= max(sizes)
+        # unbounded, the second query's 4 images are all hits (4 misses, 4 hits): evicted ones are encoded again
+        assert j.stats.image_cache_hits + j.stats.image_cache_misses == 8 and j.stats.image_cache_misses > 4
+        j.engine.image_cache_bytes = min(sizes) - 1  # no image fits: nothing kept
+        got.append(j.margin_candidates(QUERY_TEXT, cands))
+        assert len(cache) == 0 and cache.nbytes == 0
+    finally:
+        j.engine.image_cache_bytes = IMAGE_CACHE_BYTES
+    for g, u in zip(got, uncached + uncached[:1]):
+        np.testing.assert_array_equal(g, u)
+
+
 def test_a_trainers_output_folder_is_a_judge_its_adapter_or_its_merged_model(tiny_model_dir, tmp_path):
     """`unime train reranker` writes OUT/adapter only (OUT/merged with --merge): JudgeScorer (so `unime mine
     --judge`, `unime judge --model`) loads OUT as a Reranker does."""

@@ -34,7 +34,7 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.judge_prompt import (judge_candidate_segments, judge_item_segments, judge_prefix_segments,
                                        judge_prompt_segments, merge_text)
 from unime.models.loading import LoadedModel, load_model, trained_model_folder
-from unime.models.prefix_scoring import PrefixEngine
+from unime.models.prefix_scoring import IMAGE_CACHE_BYTES, PrefixEngine
 from unime.models.prompts import NO, YES
 
 
@@ -70,7 +70,8 @@ class JudgeScorer:
     """
 
     def __init__(self, model, processor, adapter: FamilyAdapter, *, image_loader: ImageLoader | None = None,
-                 device: str = "cpu", chunk_size: int = 16, name: str = "", image_cache_size: int = 1024):
+                 device: str = "cpu", chunk_size: int = 16, name: str = "", image_cache_size: int = 1024,
+                 image_cache_bytes: int = IMAGE_CACHE_BYTES):
         self.model, self.processor, self.adapter = model, processor, adapter
         self.tokenizer = adapter.tokenizer
         self.image_loader = image_loader or ImageLoader()
@@ -82,10 +83,13 @@ class JudgeScorer:
         if self.yes_id == self.no_id:
             raise ModelError(f"'{YES}' and '{NO}' map to the same token id {self.yes_id}")
         self.stats = JudgeStats()
-        # the fast path: prefix KV cache, chunks of `chunk_size` candidates, `image_cache_size` candidate
-        # images' vision features kept (`engine.chunk_size` / `engine.image_cache_size` may be changed)
+        # the fast path: prefix KV cache, chunks of `chunk_size` candidates, the vision features of up to
+        # `image_cache_size` candidate images kept on the device, within `image_cache_bytes` (512 MiB: a 7B judge
+        # at 672 px, ~4 MB an image, keeps ~125) (`engine.chunk_size` / `engine.image_cache_size` /
+        # `engine.image_cache_bytes` may be changed)
         self.engine = PrefixEngine(model, adapter, device=device, chunk_size=chunk_size,
-                                   image_cache_size=image_cache_size, stats=self.stats)
+                                   image_cache_size=image_cache_size, image_cache_bytes=image_cache_bytes,
+                                   stats=self.stats)
         if self.model is not None:
             self.model.eval()
 

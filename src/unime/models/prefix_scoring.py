@@ -1,6 +1,7 @@
 """Prefix-KV scoring: many continuations of one shared prompt prefix, the prefix run once.
 
-    engine = PrefixEngine(model, adapter, device="cpu", chunk_size=16, image_cache_size=1024, stats=stats)
+    engine = PrefixEngine(model, adapter, device="cpu", chunk_size=16, image_cache_size=1024,
+                          image_cache_bytes=IMAGE_CACHE_BYTES, stats=stats)
     values, failed = engine.score(prefix_segments, [(full_segments, continuation_segments, media_keys), ...],
                                   readout)
 
@@ -16,7 +17,11 @@ What this must get right (each one breaks equality with a full forward of the pr
 - Continuation images and videos go through the model's own forward (`pixel_values`, `image_grid_thw`,
   `mm_token_type_ids`, ...), so family specifics (e.g. Qwen3-VL's deepstack features) apply unchanged;
   their vision-encoder outputs are cached by media key (LRU), each encoded on its own so that a feature
-  does not depend on which others shared its batch (a resumed run reproduces an uninterrupted one).
+  does not depend on which others shared its batch (a resumed run reproduces an uninterrupted one). The cache
+  holds at most `image_cache_size` items and `image_cache_bytes` bytes of features (`FeatureCache`): they sit on
+  the model's device, and a 7B judge's features of one 672-px image take ~4 MB (576 tokens x 3584 x bf16), so
+  1024 of them would be ~4 GB of GPU memory beside the model. The cache only skips recomputation: the scores
+  are the same whatever it holds.
 - The KV cache goes in and comes out under the name the installed transformers uses (`cache` in recent 5.x, e.g. 5.24;
   `past_key_values` in earlier ones; the old name goes in 5.40): `_cache_argument`, `_output_cache`.
 - Every continuation is checked at the token level (prefix tokens + continuation tokens == tokens of the
@@ -34,6 +39,9 @@ import numpy as np
 
 from unime.models.adapters import FamilyAdapter, PositionInputs, Segment
 
+# the default memory bound of the judge's vision-feature cache (`PrefixEngine.image_cache_bytes`)
+IMAGE_CACHE_BYTES = 512 * 2**20
+
 # A marker that never occurs in real text, used to find where the continuation starts in a rendered prompt.
 _SENTINEL = "\u0000unime-judge-candidate\u0000"
 
@@ -50,19 +58,21 @@ class Prefix:
 class PrefixEngine:
     """Runs continuations of a shared prefix on its KV cache (see the module doc). `stats` is any object
     with the counters `prefix_forwards`, `prefix_tokens`, `continuation_tokens`, `boundary_fallbacks`,
-    `pairs_scored_fast`, `image_cache_hits`, `image_cache_misses` (the judge's `JudgeStats`)."""
+    `pairs_scored_fast`, `image_cache_hits`, `image_cache_misses` (the judge's `JudgeStats`).
+    `image_cache_size` (items) and `image_cache_bytes` bound the vision-feature cache; either may be changed
+    between calls."""
 
     def __init__(self, model, adapter: FamilyAdapter, *, device: str, chunk_size: int, image_cache_size: int,
-                 stats):
+                 stats, image_cache_bytes: int = IMAGE_CACHE_BYTES):
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         self.model, self.adapter, self.device = model, adapter, device
         self.chunk_size = chunk_size
-        self.image_cache_size = image_cache_size
+        self.image_cache_size, self.image_cache_bytes = image_cache_size, image_cache_bytes
         self.stats = stats
         # vision-encoder outputs of continuation images / videos, by media key (LRU): a pool image
         # retrieved for many queries goes through the vision tower once, not once per query
-        self.image_cache: OrderedDict[str, tuple[Any, list[Any] | None]] = OrderedDict()
+        self.image_cache = FeatureCache()
         self._cache_argument: str | None = None  # the forward's KV-cache keyword, looked up at the first chunk
 
     def score(self, prefix_segments: list[Segment],
@@ -194,22 +204,52 @@ class PrefixEngine:
             out = encode(pixel_values[starts[i]:starts[i + 1]], grid[i:i + 1], return_dict=True)
             deep = getattr(out, "deepstack_features", None)
             fresh[keys[i]] = (out.pooler_output[0], [layer[0] for layer in deep] if deep is not None else None)
-        feats = []
-        for k in keys:
-            if k in fresh:
-                feats.append(fresh[k])
-            else:
-                self.image_cache.move_to_end(k)
-                feats.append(self.image_cache[k])
+        feats = [fresh[k] if k in fresh else self.image_cache.use(k) for k in keys]
         for k, v in fresh.items():
-            if self.image_cache_size > 0:
-                self.image_cache[k] = v
-        while len(self.image_cache) > self.image_cache_size:
-            self.image_cache.popitem(last=False)
+            self.image_cache.add(k, v)
+        self.image_cache.shrink(self.image_cache_size, self.image_cache_bytes)
         result = _EncoderOutput(pooler_output=tuple(f[0] for f in feats))
         if feats and feats[0][1] is not None:
             result.deepstack_features = [tuple(f[1][layer] for f in feats) for layer in range(len(feats[0][1]))]
         return result
+
+
+class FeatureCache:
+    """Vision-encoder outputs (pooled features, deepstack features or None) by media key, least recently used
+    first, with the bytes their tensors hold (`element_size() * nelement()`, on whatever device they sit)."""
+
+    def __init__(self):
+        self._entries: OrderedDict[str, tuple[tuple[Any, list[Any] | None], int]] = OrderedDict()
+        self.nbytes = 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def use(self, key: str) -> tuple[Any, list[Any] | None]:
+        """The features of `key`, now the most recently used."""
+        self._entries.move_to_end(key)
+        return self._entries[key][0]
+
+    def add(self, key: str, features: tuple[Any, list[Any] | None]) -> None:
+        pooled, deep = features
+        size = sum(t.element_size() * t.nelement() for t in [pooled, *(deep or [])])
+        if key in self._entries:
+            self.nbytes -= self._entries.pop(key)[1]
+        self._entries[key] = (features, size)
+        self.nbytes += size
+
+    def shrink(self, max_entries: int, max_bytes: int) -> None:
+        """Drop the least recently used entries until at most `max_entries` remain, holding at most `max_bytes`
+        (an entry larger than `max_bytes` alone is not kept)."""
+        while self._entries and (len(self._entries) > max_entries or self.nbytes > max_bytes):
+            self.nbytes -= self._entries.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
 
 
 class _EncoderOutput:

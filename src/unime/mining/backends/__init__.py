@@ -35,7 +35,7 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
     judge_chunk_size: int = option(JudgeSpec.chunk_size, "candidate continuations per judge forward",
                                    dest="chunk_size")
     judge_image_cache: int = option(JudgeSpec.image_cache_size, "candidate images whose vision-encoder outputs "
-                                    "the judge keeps (0 = off)", dest="image_cache")
+                                    "the judge keeps on its device, within 512 MiB (0 = off)", dest="image_cache")
 
     @property
     def image_budget(self) -> ImageBudget:
