@@ -593,6 +593,76 @@ def test_a_variable_frame_rate_clip_is_sampled_uniformly_in_time_at_its_real_tim
     assert [_red(f) for f in v] == pytest.approx([12 * i for i in v.frame_indices], abs=8)
 
 
+@pytest.mark.parametrize("name", ["vfr.mp4", "vfr.mkv"])
+def test_a_variable_frame_rate_clip_lasts_its_real_span(tmp_path, name):
+    """Video.duration was frames / header rate: 2.0 s for the Matroska clip (its header says 10 fps) whose frames
+    run from 0 to 10 s."""
+    from unime.data.video import decode_video
+
+    times = [100 * i for i in range(10)] + [1000 * k for k in range(1, 11)]
+    v = decode_video(_vfr_clip(tmp_path / name, times).read_bytes(), VideoSampling())
+    assert v.duration == pytest.approx(10.1)  # the last frame at 10 s lasts its 0.1 s (the stream's 10 fps)
+    cfr = decode_video(write_clip(tmp_path / "cfr.mkv", n=31, fps=30).read_bytes(), VideoSampling())
+    assert cfr.duration == 31 / 30 and cfr.span is None
+
+
+def _processor_times(emb, inputs) -> tuple[list[float] | None, list[str] | None]:
+    """What a processor made of a video's times: Qwen2.5-VL's `second_per_grid_ts`, Qwen3-VL's prompt timestamps."""
+    seconds = inputs.get("second_per_grid_ts")
+    text = emb.processor.tokenizer.decode(inputs["input_ids"][0])
+    stamps = [p.split(">")[0] + ">" for p in ("<" + s for s in text.split("<")[1:]) if "seconds>" in p]
+    return (None if seconds is None else [float(x) for x in seconds]), stamps
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", ["vfr.mp4", "vfr.mkv"])
+def test_a_variable_frame_rate_clip_reaches_the_processor_at_its_real_times(tmp_path, tiny_model_dir, family, name):
+    """The processors were given the header rate and frame numbers, so the 8 frames at 0, 1, 3, 4, 6, 7, 9, 10 s
+    were timed index / rate: Qwen3-VL wrote <0.5>, <1.2>, <1.6>, <1.9> seconds (mkv, 10 fps) and Qwen2.5-VL's
+    temporal patch lasted 0.5 s, where the patches (2 frames each) sit at 0.5, 3.5, 6.5, 9.5 s, 3 s apart."""
+    from unime.models.embedder import Embedder
+
+    FRAME_CACHE.clear()
+    times = [100 * i for i in range(10)] + [1000 * k for k in range(1, 11)]
+    _vfr_clip(tmp_path / name, times)
+    emb = Embedder.from_pretrained(tiny_model_dir(family), device="cpu", data_root=tmp_path)
+    inputs = emb.build_inputs([Item(text="what happens?", video=(name,))])
+    assert inputs["video_grid_thw"][0].tolist()[0] == 4
+    seconds, stamps = _processor_times(emb, inputs)
+    if family == "qwen2_5_vl":
+        assert seconds == pytest.approx([3.0])
+    if family == "qwen3_vl":
+        assert stamps == ["<0.5 seconds>", "<3.5 seconds>", "<6.5 seconds>", "<9.5 seconds>"]
+    if family == "qwen2_vl":  # frames placed by their order only: no times to give (docs/CONTRACTS.md)
+        assert seconds is None and stamps == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_constant_frame_rate_clip_reaches_the_processor_as_before(clips, tiny_model_dir, family):
+    """A constant frame-rate clip's processor inputs are those of its own rate, frame numbers and frame count."""
+    import torch
+    from transformers.video_utils import VideoMetadata
+
+    from unime.models.embedder import Embedder
+
+    emb = Embedder.from_pretrained(tiny_model_dir(family), device="cpu", data_root=clips)
+    for ref, (fps, total, indices) in {"a.mp4": (10.0, 20, [0, 3, 5, 8, 11, 14, 16, 19]),
+                                       "b.mkv": (15.0, 31, [0, 4, 9, 13, 17, 21, 26, 30])}.items():
+        item = Item(text="what happens?", video=(ref,))
+        got = emb.build_inputs([item])
+        video = ImageLoader(clips).load_video([ref])
+        assert video.processor_metadata() == {"fps": fps, "frames_indices": indices, "total_num_frames": total,
+                                              "duration": total / fps}
+        text = emb.render(emb.segments(item))
+        meta = VideoMetadata(total_num_frames=total, fps=fps, width=video.size[0], height=video.size[1],
+                             duration=total / fps, frames_indices=indices)
+        want = emb.processor(text=[text], videos=[list(video.frames)], video_metadata=[meta], do_sample_frames=False,
+                             cap_pixels_per_frame=True, padding=True, return_tensors="pt")
+        assert sorted(got.keys()) == sorted(want.keys())
+        for k in want:
+            assert torch.equal(torch.as_tensor(got[k]), torch.as_tensor(want[k])), (ref, k)
+
+
 def test_a_constant_frame_rate_clip_keeps_its_frame_number_sampling(tmp_path):
     from unime.data.video import decode_video
 

@@ -169,3 +169,21 @@ def test_vllm_video_requests_score_like_the_local_judge(family, video_root, tiny
     assert qm["fps"] == 10.0 and qm["frames_indices"] == [0, 3, 5, 8, 11, 14, 16, 19] and qm["total_num_frames"] == 20
     assert "multi_modal_data" in requests[3] and "image" not in requests[3]["multi_modal_data"]
     np.testing.assert_allclose(got[0], local.score_groups(groups)[0], atol=1e-5)
+
+
+def test_vllm_request_gives_a_variable_frame_rate_clip_its_real_times():
+    """vLLM's video metadata was the header rate and frame numbers (frames at 0, 1, 3, 4 s timed 0, 1, 1.2, 1.3 s
+    at 10 fps); it is now the real times in milliseconds, the patches (0.5 s and 3.5 s) 3 s apart: 2 frames of 4 per
+    6000 ticks of 1000 per second is 2 / (4 / 6000 * 1000) = 3 s per temporal patch (Qwen2.5-VL's rule)."""
+    from unime.data.video import Video
+    from unime.mining.backends.vllm import video_request_item
+
+    frames = tuple(Image.new("RGB", (28, 28), (12 * i, 0, 0)) for i in range(4))
+    vfr = Video(frames=frames, fps=10.0, frame_indices=(0, 10, 12, 13), total_frames=20, frame_times=(0, 1, 3, 4),
+                span=4.1)
+    _, meta = video_request_item(vfr)
+    assert meta == {"fps": 1000.0, "frames_indices": [0, 1000, 3000, 4000], "total_num_frames": 6000,
+                    "duration": 4.1, "video_backend": "pyav"}
+    cfr = Video(frames=frames, fps=10.0, frame_indices=(0, 6, 13, 19), total_frames=20)
+    assert video_request_item(cfr)[1] == {"fps": 10.0, "frames_indices": [0, 6, 13, 19], "total_num_frames": 20,
+                                          "duration": 2.0, "video_backend": "pyav"}

@@ -40,8 +40,10 @@ whole stream. Frames are identified by their presentation time stamps on the con
 a frame cannot be found that way (variable frame rate, no time stamps) the clip is decoded from its start.
 A variable frame-rate clip (a frame more than a quarter frame off the i / fps grid) is sampled uniformly in
 *time* from the same pass's time stamps (`time_uniform_indices`: the frame nearest each target time), its
-`Video.timestamps` the frames' own times, and decoded from its start (up to its last sampled frame); a constant
-frame-rate clip is sampled by frame number as above.
+`Video.timestamps` the frames' own times, `Video.duration` its real span, and decoded from its start (up to its
+last sampled frame); a constant frame-rate clip is sampled by frame number as above. `Video.processor_metadata`
+gives the processors those real times (a millisecond grid as frame rate and indices); a constant frame-rate clip
+gives its own rate and frame numbers.
 
 Decoded, sampled frames are cached by content (SHA-1 of the file's bytes + the sampling settings),
 so the same clip under two paths or two data roots is decoded once; the cache is bounded in bytes.
@@ -70,6 +72,8 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", "
 FRAME_LIST_FPS = 2.0
 # frames per temporal patch of every supported family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): a shorter video is padded
 TEMPORAL_PATCH = 2
+# ticks per second of the time grid a variable frame-rate clip's real times are given to the processors on (ms)
+PROCESSOR_TIME_GRID = 1000.0
 
 
 MIXED_VIDEO_REFS = "a video is one video file or a list of frame images, not several files or a mix"
@@ -220,6 +224,7 @@ class Video:
     source: str = ""
     decoded_frames: int = 0            # frames the decoder produced to get these (files; 0 for frame lists)
     frame_times: tuple[float, ...] | None = None  # seconds per sampled frame, when not index / fps (variable rate)
+    span: float | None = None          # seconds from the first frame to the end of the last, when not total / fps
 
     @property
     def timestamps(self) -> tuple[float, ...]:
@@ -230,7 +235,30 @@ class Video:
 
     @property
     def duration(self) -> float:
-        return self.total_frames / self.fps
+        """Seconds the source lasts: its real span for a variable frame-rate clip, else its frames / its rate."""
+        return self.span if self.span is not None else self.total_frames / self.fps
+
+    def processor_metadata(self) -> dict[str, Any]:
+        """Where the frames sit in time, as the Qwen-VL processors' video metadata says it (``fps``,
+        ``frames_indices``, ``total_num_frames``, ``duration``). The processors time frame i at
+        ``frames_indices[i] / fps`` (Qwen3-VL's prompt timestamps: the mean of each temporal patch's frames) and
+        a temporal patch at ``TEMPORAL_PATCH / sampled_fps`` seconds, ``sampled_fps = len(frames_indices) /
+        total_num_frames * fps`` (Qwen2.5-VL's ``second_per_grid_ts``). A constant frame-rate clip or a frame list
+        gives its own rate, indices and frame count. A variable frame-rate clip gives its real times on a
+        millisecond grid (``fps`` = `PROCESSOR_TIME_GRID`, indices = its frames' times in ticks) and, as
+        ``total_num_frames``, the ticks that make a temporal patch last the mean step between its patches' times."""
+        if self.frame_times is None:
+            return {"fps": float(self.fps), "frames_indices": list(self.frame_indices),
+                    "total_num_frames": int(self.total_frames), "duration": float(self.duration)}
+        grid, n = PROCESSOR_TIME_GRID, len(self.frame_times)
+        ticks = [int(round(t * grid)) for t in self.frame_times]
+        times = list(self.frame_times) + [self.frame_times[-1]] * (-n % TEMPORAL_PATCH)
+        patches = [sum(times[i:i + TEMPORAL_PATCH]) / TEMPORAL_PATCH for i in range(0, len(times), TEMPORAL_PATCH)]
+        step = (patches[-1] - patches[0]) / (len(patches) - 1) if len(patches) > 1 else 0.0
+        # one patch (or no step): no patch-to-patch time to give; the ticks the clip lasts
+        total = round(n * grid * step / TEMPORAL_PATCH) if step > 0 else max(round(self.duration * grid), 1)
+        return {"fps": grid, "frames_indices": ticks, "total_num_frames": max(int(total), 1),
+                "duration": self.duration}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -430,7 +458,8 @@ def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline b
             size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels)
             frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, size, None, fail=fail, name=name)
             return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=total,
-                                    source=name, decoded_frames=decoded, frame_times=tuple(times[i] for i in wanted)))
+                                    source=name, decoded_frames=decoded, frame_times=tuple(times[i] for i in wanted),
+                                    span=index.span(h.stream.time_base)))
         try:
             return _sample_video(container, h, sampling, total, duration, index if seek else None, fail, name)
         except _ShortStream as short:

@@ -158,15 +158,15 @@ class FamilyAdapter:
 
     @staticmethod
     def video_kwargs(videos: Sequence[Video]) -> dict[str, Any]:
-        """The processor's video path: the sampled frames and, per video, where they sit in time (the
-        processor turns it into `second_per_grid_ts` for Qwen2.5-VL and frame timestamps for Qwen3-VL).
+        """The processor's video path: the sampled frames and, per video, where they sit in time
+        (`Video.processor_metadata`: a variable frame-rate clip's real times; the processor turns it into
+        `second_per_grid_ts` for Qwen2.5-VL and frame timestamps for Qwen3-VL; Qwen2-VL places frames by order).
         Frames are already sampled, so the processor must not sample again. Each frame is capped at an even share
         of the whole video's pixel budget, as the reference implementation (qwen-vl-utils) does and as the
         processors will by default (`cap_pixels_per_frame`; transformers warns while it is left unset)."""
         from transformers.video_utils import VideoMetadata
 
-        meta = [VideoMetadata(total_num_frames=v.total_frames, fps=v.fps, width=v.size[0], height=v.size[1],
-                              duration=v.duration, frames_indices=list(v.frame_indices)) for v in videos]
+        meta = [VideoMetadata(width=v.size[0], height=v.size[1], **v.processor_metadata()) for v in videos]
         return {"videos": [list(v.frames) for v in videos], "video_metadata": meta, "do_sample_frames": False,
                 "cap_pixels_per_frame": True}
 

@@ -87,10 +87,10 @@ def engine_dtype(dtype: Any) -> str:
 
 def video_request_item(video: Video) -> tuple[np.ndarray, dict[str, Any]]:
     """vLLM's form of one video: the sampled frames as a (T, H, W, 3) uint8 array with the metadata its
-    Qwen-VL processors read (frame rate, sampled indices) to place the frames in time."""
+    Qwen-VL processors read (frame rate, sampled indices; `Video.processor_metadata`: a variable frame-rate
+    clip's real times) to place the frames in time."""
     frames = np.stack([np.asarray(f.convert("RGB")) for f in video.frames])
-    meta = {"fps": float(video.fps), "frames_indices": list(video.frame_indices),
-            "total_num_frames": int(video.total_frames), "duration": float(video.duration), "video_backend": "pyav"}
+    meta = {**video.processor_metadata(), "video_backend": "pyav"}
     return frames, meta
 
 
