@@ -147,3 +147,60 @@ def test_data_check_reads_mmeb_v2_rows_and_checks_their_media(tmp_path, capsys):
     assert out[0].startswith(f"{corpus}: MMEB-V2 corpus rows: 6 good, 0 bad rows, 1 with bad") and "d5.png" in out[2]
     assert main(["data", "check", str(tmp_path / "video/qa/rows.jsonl"), *root, "--no-images"]) == 0
     assert "MMEB-V2 rows: 3 good, 0 bad rows" in capsys.readouterr().out
+
+
+# -- media that fails only when decoded (the up-front check reads video headers only) --------------------------
+
+def _late_failure_world(root):
+    """A video QA task (MMEB-V2 rows, local): line 1 a good clip, line 2 an H.264 clip whose headers are fine but
+    whose frame data is overwritten (it fails when decoded), line 3 a frame list whose second frame is a PNG
+    cut short past its header. Returns the task config."""
+    from PIL import Image
+
+    from tests.data.helpers import QRY_V, TGT_V, VID, write_clip, write_jsonl_rows
+
+    (root / "clips").mkdir()
+    write_clip(root / "clips/good.mp4", codec="libx264")
+    bad = write_clip(root / "clips/garbled.mp4", codec="libx264", shift=90)
+    data = bytearray(bad.read_bytes())
+    start, end = data.find(b"mdat") + 4, data.find(b"moov") - 4  # the frames, not the index (`moov`, at the end)
+    data[start:end] = b"\xff" * (end - start)
+    bad.write_bytes(bytes(data))
+    for j, colour in enumerate([(200, 0, 0), (0, 200, 0)]):
+        Image.new("RGB", (40, 32), colour).save(root / f"f{j}.png")
+    png = (root / "f1.png").read_bytes()
+    (root / "f1.png").write_bytes(png[:len(png) // 2])
+    rows = [{"query_text": [f"{VID} {QRY_V}"], "query_image": [{"paths": paths}], "cand_text": [f"a {TGT_V}", "b"],
+             "cand_image": [None, None], "dataset_infos": {"cand_names": ["a", "b"], "label_name": "a"}}
+            for paths in (["clips/good.mp4"], ["clips/garbled.mp4"], ["f0.png", "f1.png"])]
+    write_jsonl_rows(root / "qa.jsonl", rows)
+    cfg = root / "tasks.yaml"
+    cfg.write_text("tasks:\n  - {name: qa, format: mmeb_v2, path: qa.jsonl, modality: video}\n")
+    return cfg
+
+
+def _eval(cfg, out, model, **kw):
+    from unime.eval.runners import EvalConfig, evaluate_checkpoint
+
+    return evaluate_checkpoint(EvalConfig(model=model, tasks=str(cfg), out=str(out), device="cpu", dtype="float32",
+                                          no_cache=True, batch_size=4, **kw), show_progress=False)
+
+
+@pytest.mark.slow
+def test_a_video_that_fails_when_encoded_names_the_task_file_line_and_field(tmp_path, tiny_model_dir):
+    """QA: a clip whose headers pass the up-front check but whose frames do not decode stopped `unime eval` with
+    "field 'video': corrupt video clips/garbled.mp4 ...", naming no task file or line."""
+    import unime.data.video as video
+
+    cfg = _late_failure_world(tmp_path)
+    load_task_data(_spec(cfg, "qa"))  # the headers are fine: the task reads
+    model = tiny_model_dir("qwen2_5_vl")
+    video.FRAME_CACHE.clear()
+    with pytest.raises(DataError, match="corrupt video clips/garbled.mp4") as e:
+        _eval(cfg, tmp_path / "out", model)
+    assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "qa.jsonl"), "line 2", "query.video")
+    (tmp_path / "clips/garbled.mp4").write_bytes((tmp_path / "clips/good.mp4").read_bytes())
+    with pytest.raises(DataError, match="f1.png") as e:  # a frame list's frame cut short past its header
+        _eval(cfg, tmp_path / "out2", model)
+    assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "qa.jsonl"), "line 3",
+                                                               "query.video[1]")

@@ -401,8 +401,8 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
     """Register every task's items, encode the distinct ones once, score every task."""
     opts = opts or EvalOptions()
     t0 = time.perf_counter()
-    task_rows = [encoder.add(data.table.items, spec.data_root, references=data.references, source=str(spec.path))
-                 for spec, data in tasks]
+    task_rows = [encoder.add(data.table.items, spec.data_root, references=data.references, source=str(spec.path),
+                             where=data.table.origins) for spec, data in tasks]
     t1 = time.perf_counter()
     encoder.encode_pending()
     t2 = time.perf_counter()

@@ -335,18 +335,25 @@ def _check_options(options: dict, *, source: str, record) -> None:
 
 # -- interned task data ---------------------------------------------------------------------------------
 
+Where = tuple[str, str, str]  # (file, record, field) an item was read from
+
+
 class ItemTable:
-    """The distinct items of one task, each stored once; `add` returns the item's index."""
+    """The distinct items of one task, each stored once; `add` returns the item's index. `origins` holds, per
+    item, where it was first read (file, record, field), when the reader said: a video decoded only when the
+    item is encoded is named there if it fails (`RunEncoder.add`)."""
 
     def __init__(self):
         self.items: list[Item] = []
+        self.origins: list[Where | None] = []
         self._index: dict[Item, int] = {}
 
-    def add(self, item: Item) -> int:
+    def add(self, item: Item, where: Where | None = None) -> int:
         idx = self._index.get(item)
         if idx is None:
             idx = self._index[item] = len(self.items)
             self.items.append(item)
+            self.origins.append(where)
         return idx
 
     def __len__(self) -> int:
@@ -428,8 +435,8 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
     rows: list[tuple[str, str, V2Row]] = []
     images = _image_checker(spec)
     for f in _data_files(spec.path, task=spec.name):
-        for label, row in _parsed_rows(f, v2_row_from_dict, policy, task=spec.name, images=images):
-            rows.append((str(f), label, row))
+        for source, label, row in _parsed_rows(f, v2_row_from_dict, policy, task=spec.name, images=images):
+            rows.append((source, label, row))
     if not rows:
         raise _no_rows(spec)
     queries, cands, grades, ids = [], [], [], []
@@ -457,8 +464,8 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
         seen: dict[str, int] = {}
 
         def add_pool(row: V2Row, where: tuple[str, str]) -> None:
-            for c in row.candidates:
-                idx = table.add(c.item)
+            for j, c in enumerate(row.candidates):
+                idx = table.add(c.item, (*where, f"cand[{j}]"))
                 if c.name in seen:
                     if pool_items[seen[c.name]] != idx:
                         policy.handle(data_error("schema", f"candidate name {c.name!r} names two different items",
@@ -471,9 +478,10 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
         corpus = spec.option("corpus")
         if corpus:
             for f in _data_files(Path(corpus), task=spec.name):
-                for label, row in _parsed_rows(f, lambda o, **kw: v2_row_from_dict(o, corpus=True, **kw), policy,
+                for source, label, row in _parsed_rows(f, lambda o, **kw: v2_row_from_dict(o, corpus=True, **kw),
+                                                       policy,
                                                task=spec.name, images=images):
-                    add_pool(row, (str(f), label))
+                    add_pool(row, (source, label))
         for source, label, row in rows:
             add_pool(row, (source, label))
         pool = np.asarray(pool_items, dtype=np.int64)
@@ -481,7 +489,7 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
             g = grades_for(row, pool_names, (source, label))
             if g is None:
                 continue
-            queries.append(table.add(row.query))
+            queries.append(table.add(row.query, (source, label, "query")))
             cands.append(pool)
             grades.append(g)
             ids.append(row.id or label)
@@ -491,8 +499,9 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
             g = grades_for(row, [c.name for c in row.candidates], (source, label))
             if g is None:
                 continue
-            queries.append(table.add(row.query))
-            cands.append(np.asarray([table.add(c.item) for c in row.candidates], dtype=np.int64))
+            queries.append(table.add(row.query, (source, label, "query")))
+            cands.append(np.asarray([table.add(c.item, (source, label, f"cand[{j}]"))
+                                     for j, c in enumerate(row.candidates)], dtype=np.int64))
             grades.append(g)
             ids.append(row.id or label)
         shared = False
@@ -536,8 +545,8 @@ def _image_checker(spec: TaskSpec):
 
 
 def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str,
-                 images=None, dropped: SkipReport | None = None) -> Iterator[tuple[str, Any]]:
-    """(record label, parsed row) for every good row of a task's file(s); bad rows go through `policy`.
+                 images=None, dropped: SkipReport | None = None) -> Iterator[tuple[str, str, Any]]:
+    """(file, record label, parsed row) for every good row of a task's file(s); bad rows go through `policy`.
     Rows are parsed by the data layer (`unime.data.eval_formats`), one at a time. With `images` (an
     `ImageChecker`, `_image_checker`) every image of a row is opened and decoded here, before any model is
     loaded, and every video opened and its header checked: a bad one names the file, the row and the field,
@@ -552,7 +561,7 @@ def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str,
                     row = _without_bad_candidates(row, images, dropped, source=str(f), record=label)
                 elif images is not None:
                     images.check(row, source=str(f), record=label)
-                yield label, row
+                yield str(f), label, row
             except DataError as e:
                 policy.handle(e)
 
@@ -593,10 +602,11 @@ def read_mmeb_task(spec: TaskSpec, policy: ErrorPolicy) -> MMEBData:
     table = ItemTable()
     queries, candidates, ids = [], [], []
     dropped = SkipReport() if policy.on_error == "skip" else None
-    for label, row in _parsed_rows(spec.path, mmeb_row_from_dict, policy, task=spec.name,
+    for source, label, row in _parsed_rows(spec.path, mmeb_row_from_dict, policy, task=spec.name,
                                    images=_image_checker(spec), dropped=dropped):
-        queries.append(table.add(row.query))
-        candidates.append(np.fromiter((table.add(c) for c in row.candidates), dtype=np.int64,
+        queries.append(table.add(row.query, (source, label, "query")))
+        candidates.append(np.fromiter((table.add(c, (source, label, f"candidates[{j}]"))
+                                       for j, c in enumerate(row.candidates)), dtype=np.int64,
                                       count=len(row.candidates)))
         ids.append(row.id or label)
     if dropped:
@@ -616,7 +626,7 @@ def read_retrieval_task(spec: TaskSpec, policy: ErrorPolicy) -> RetrievalData:
     table = ItemTable()
     images, captions, caption_image = [], [], []
     seen_images: dict[str, str] = {}
-    for label, entry in _parsed_rows(spec.path, retrieval_entry_from_dict, policy, task=spec.name,
+    for _, label, entry in _parsed_rows(spec.path, retrieval_entry_from_dict, policy, task=spec.name,
                                  images=_image_checker(spec)):
         if entry.image in seen_images:
             policy.handle(DataError(f"image {entry.image!r} listed twice (first at {seen_images[entry.image]}); put "
@@ -644,7 +654,7 @@ def read_compositional_task(spec: TaskSpec, policy: ErrorPolicy) -> Compositiona
     default_cat = spec.option("category", spec.name)
     table = ItemTable()
     image, pos, neg, cats, ids = [], [], [], [], []
-    for label, pair in _parsed_rows(spec.path, compositional_pair_from_dict, policy, task=spec.name,
+    for _, label, pair in _parsed_rows(spec.path, compositional_pair_from_dict, policy, task=spec.name,
                                  images=_image_checker(spec)):
         image.append(table.add(Item(text=_template(image_t, ""), images=(pair.image,))))
         pos.append(table.add(Item(text=_template(text_t, pair.positive))))
@@ -724,10 +734,11 @@ def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
     qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
     table = ItemTable()
     queries, cands, grades, ids = [], [], [], []
-    for label, row in _parsed_rows(spec.path, qrels_row_from_dict, policy, task=spec.name,
+    for source, label, row in _parsed_rows(spec.path, qrels_row_from_dict, policy, task=spec.name,
                                    images=_image_checker(spec)):
-        queries.append(table.add(_templated(row.query, qt)))
-        cands.append(np.asarray([table.add(_templated(c, ct)) for c in row.candidates], dtype=np.int64))
+        queries.append(table.add(_templated(row.query, qt), (source, label, "query")))
+        cands.append(np.asarray([table.add(_templated(c, ct), (source, label, f"candidates[{j}]"))
+                                 for j, c in enumerate(row.candidates)], dtype=np.int64))
         grades.append(np.asarray(row.grades, dtype=np.float64))
         ids.append(row.id or label)
     if not queries:
@@ -759,7 +770,7 @@ def _read_beir(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
         f = spec.path / fname
         if not f.is_file():
             raise DataError(f"task {spec.name!r}: BEIR folder without {fname}", source=str(spec.path))
-        for label, beir in _parsed_rows(f, lambda o, **kw: _beir_row(o, template=template, **kw), policy,
+        for _, label, beir in _parsed_rows(f, lambda o, **kw: _beir_row(o, template=template, **kw), policy,
                                         task=spec.name, images=images):
             rid, item = beir.id, beir.item
             if rid in (corpus_pos if target is None else target):

@@ -18,7 +18,7 @@ import numpy as np
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item, item_list
-from unime.errors import ModelError
+from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.loading import LoadedModel, load_model
 from unime.models.prompts import EMB_TOKEN
@@ -99,12 +99,21 @@ class Embedder:
             segs.append(Segment("text", self.instruction_suffix))
         return segs
 
+    def _segments_of(self, item: Item) -> list[Segment]:
+        """`segments`; a `DataError` (media that fails only now: a video is decoded when it is encoded) is tagged
+        with its item, so a caller that knows where the item was read names it (`RunEncoder`)."""
+        try:
+            return self.segments(item)
+        except DataError as e:
+            e.item = item  # type: ignore[attr-defined]
+            raise
+
     def render(self, segments: Sequence[Segment]) -> str:
         prefix = EMB_TOKEN if self.pooling == "emb" else ""
         return self.adapter.render_user_turn(segments, assistant_prefix=prefix)
 
     def build_inputs(self, items: Sequence[Item], *, segments: Sequence[Sequence[Segment]] | None = None):
-        segs = list(segments) if segments is not None else [self.segments(it) for it in items]
+        segs = list(segments) if segments is not None else [self._segments_of(it) for it in items]
         texts = [self.render(s) for s in segs]
         inputs = self.adapter.processor_inputs(texts, segs)
         self.visual_tokens += self.adapter.count_visual_tokens(inputs["input_ids"])

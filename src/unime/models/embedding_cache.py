@@ -40,6 +40,8 @@ import numpy as np
 from unime.data.atomic import atomic_open, atomic_path
 from unime.data.image_digests import ImageDigests, file_sha1
 from unime.data.images import ImageLoader
+from unime.data.io import raw_message
+from unime.data.skips import data_error, reason_of
 from unime.data.items import Item
 from unime.errors import DataError
 
@@ -269,6 +271,7 @@ class RunEncoder:
         self._row_of: dict[str, int] = {}
         self._vectors: list[np.ndarray | None] = []
         self._pending: list[tuple[int, str, Item, Path | None]] = []
+        self._where: dict[int, tuple[str, str, str]] = {}  # row → where its item was first read (`add`)
         self._matrix: np.ndarray | None = None
 
     # -- keys ---------------------------------------------------------------------------------------
@@ -298,9 +301,11 @@ class RunEncoder:
 
     # -- collect / encode / serve ---------------------------------------------------------------------
     def add(self, items: Sequence[Item], root: str | os.PathLike | None, *, references: int | None = None,
-            source: str | None = None) -> np.ndarray:
+            source: str | None = None, where: Sequence[tuple[str, str, str] | None] | None = None) -> np.ndarray:
         """Register items (whose image paths are relative to `root`); returns their rows. `references`
-        is how many item references the task data holds (defaults to ``len(items)``)."""
+        is how many item references the task data holds (defaults to ``len(items)``). `where`: per item, the
+        (file, record, field) it was read from: media that fails when the item is encoded (a video is decoded
+        only then) is named there (`_named_where_read`), as a bad row of the data is."""
         self.stats.items_seen += len(items) if references is None else references
         rows = np.empty(len(items), dtype=np.int64)
         root_path = Path(root) if root is not None else None
@@ -313,6 +318,8 @@ class RunEncoder:
                 self._vectors.append(None)
                 self._pending.append((row, key, item, root_path))
                 self.stats.distinct += 1
+                if where is not None and where[i] is not None:
+                    self._where[row] = where[i]
             rows[i] = row
         return rows
 
@@ -343,7 +350,7 @@ class RunEncoder:
         t0 = time.perf_counter()
         part = -1
         for root, entries in by_root.items():
-            with image_root(self.embedder, root):
+            with image_root(self.embedder, root), self._named_where_read(entries):
                 for s in range(0, len(entries), self.flush_every):
                     chunk = entries[s:s + self.flush_every]
                     if share is not None:
@@ -352,6 +359,23 @@ class RunEncoder:
                     self._encode_block(chunk, t0)
         self.stats.encode_seconds += time.perf_counter() - t0
         self._matrix = None
+
+    @contextlib.contextmanager
+    def _named_where_read(self, entries: list[tuple[int, str, Item]]):
+        """A `DataError` of an item being encoded (the embedder tags it with the item, `Embedder.build_inputs`)
+        raised again naming the file, record and field the item was read from (`add`'s `where`)."""
+        try:
+            yield
+        except DataError as e:
+            item = getattr(e, "item", None)
+            where = next((self._where.get(row) for row, _, it in entries if it == item), None) \
+                if item is not None else None
+            if where is None:
+                raise
+            source, record, field = where
+            err = data_error(reason_of(e), raw_message(e), source=source, record=record,
+                             field=f"{field}.{e.field}" if e.field else field)
+            raise err from e
 
     def _encode_block(self, chunk: list[tuple[int, str, Item]], t0: float) -> None:
         """Encode one block of `encode_pending` and save it: in one call, or — with a cache and an embedder that
