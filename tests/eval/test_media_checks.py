@@ -1,8 +1,10 @@
 """Every task format checks its rows' images and videos when the task is read, before any model is loaded:
 a bad one names the file, the line and the field, and `--on-error skip` leaves the row out and counts it.
-Videos are checked from their headers only (the encoder decodes them later, once)."""
+Videos are checked from their headers only (the encoder decodes them later, once), except under the skip policy."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -204,3 +206,28 @@ def test_a_video_that_fails_when_encoded_names_the_task_file_line_and_field(tmp_
         _eval(cfg, tmp_path / "out2", model)
     assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "qa.jsonl"), "line 3",
                                                                "query.video[1]")
+
+
+@pytest.mark.slow
+def test_under_skip_a_video_damaged_past_its_header_leaves_its_row_out(tmp_path, tiny_model_dir):
+    """QA: under `--on-error skip` such a clip (or frame) still aborted the whole run when it was encoded. Under
+    skip the task's videos are decoded when it is read: the rows are left out and counted like a bad header, the
+    others scored, and the encoder takes the decoded frames from the frame cache (each clip decoded once)."""
+    import unime.data.video as video
+
+    cfg = _late_failure_world(tmp_path)
+    skips = SkipReport()
+    data = load_task_data(_spec(cfg, "qa"), on_error="skip", skips=skips)
+    assert data.ids == ["line 1"] and data.skipped == 2 and dict(skips.counts) == {"video": 2}
+    assert [(x.record, x.field) for x in skips.examples] == [("line 2", "query.video[0]"),
+                                                             ("line 3", "query.video[1]")]
+    video.FRAME_CACHE.clear()
+    decoded = []
+    real = video.decode_video
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(video, "decode_video", lambda data, *a, **k: decoded.append(len(data)) or real(data, *a, **k))
+        summary = _eval(cfg, tmp_path / "out", tiny_model_dir("qwen2_5_vl"), on_error="skip")
+    assert len(decoded) == 2  # good.mp4 and garbled.mp4, each once: the encoder found good.mp4's frames cached
+    assert summary["meta"]["skipped_rows"] == 2
+    task = json.loads((tmp_path / "out" / "tasks" / "qa.json").read_text())
+    assert task["counts"]["queries"] == 1 and task["counts"]["skipped_rows"] == 2

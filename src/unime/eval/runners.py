@@ -441,14 +441,16 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
     return RunOutput(results=results, encoding=encoder.stats.to_dict(), timing=timing, rerank=rerank_info)
 
 
-def load_suite_data(suite: TaskSuite, *, on_error: str = "raise") -> list[tuple[TaskSpec, TaskData]]:
+def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", video_sampling=None
+                    ) -> list[tuple[TaskSpec, TaskData]]:
     """Read every task (fails on the first bad row unless ``on_error="skip"``, which counts skipped rows
     per task: they appear in each task's ``counts["skipped_rows"]``). Under the skip policy a task left
-    with no rows is reported and left out (`skipped_task_names`); an error only when no task is left."""
+    with no rows is reported and left out (`skipped_task_names`); an error only when no task is left, and
+    videos are decoded with the run's `video_sampling` (`load_task_data`)."""
     out = []
     for spec in suite.tasks:
         try:
-            data = load_task_data(spec, on_error=on_error)
+            data = load_task_data(spec, on_error=on_error, video_sampling=video_sampling)
         except EmptyTaskError as e:
             if on_error != "skip":
                 raise
@@ -536,7 +538,9 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     video_sampling, image_budget = VideoSampling.from_fields(cfg), ImageBudget.from_args(cfg)
     opts = EvalOptions(ties=ties, rerank_topk=cfg.rerank_topk, rerank_mode=cfg.rerank_mode)
     suite = load_task_config(tasks, root=tasks_root, only=only)
-    data = load_suite_data(suite, on_error=on_error)  # bad data fails here, before the model is loaded
+    # bad data fails here, before the model is loaded (under skip, videos decoded: a clip damaged past its header
+    # leaves its row out, not the run)
+    data = load_suite_data(suite, on_error=on_error, video_sampling=video_sampling)
     # the options that change the results (batch size, cache and progress bars do not)
     run_options = {"model": str(model), "tasks": tasks, "tasks_root": tasks_root, "only": only, "device": device,
                    "dtype": str(dtype), "pooling": cfg.pooling, "ties": ties, "on_error": on_error,

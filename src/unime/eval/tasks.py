@@ -428,12 +428,12 @@ TaskData = MMEBData | RetrievalData | CompositionalData | QrelsData
 
 # -- MMEB-V2 rows (format ``mmeb_v2``, options: `unime.eval.mmeb_v2`) ---------------------------------------------------------------------------------------------
 
-def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
+def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
     """V2 rows → per query: candidate item indices and their relevance grades."""
     table = ItemTable()
     eval_type = spec.option("eval_type", "local")
     rows: list[tuple[str, str, V2Row]] = []
-    images = _image_checker(spec)
+    images = images or _image_checker(spec)
     for f in _data_files(spec.path, task=spec.name):
         for source, label, row in _parsed_rows(f, v2_row_from_dict, policy, task=spec.name, images=images):
             rows.append((source, label, row))
@@ -511,13 +511,19 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
                      ids=ids, shared_corpus=shared)
 
 
-def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport | None = None) -> TaskData:
+def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport | None = None,
+                   video_sampling=None) -> TaskData:
     """Read one task's data. Bad rows raise `DataError` (file, record, field), or under
-    ``on_error="skip"`` are left out and counted in `skips` (and in the task's ``skipped``)."""
+    ``on_error="skip"`` are left out and counted in `skips` (and in the task's ``skipped``).
+
+    Videos are checked from their headers (the encoder decodes them later; one that fails then names its
+    file, line and field: `ItemTable.origins`), except under the skip policy: there each is decoded here with
+    `video_sampling` (a `unime.data.video.VideoSampling`, the run's; default: its defaults), so a clip damaged
+    past its header leaves its row out like any bad media, and the encoder finds the frames in the frame cache."""
     reader = {"mmeb": read_mmeb_task, "retrieval": read_retrieval_task, "compositional": read_compositional_task,
               "qrels": read_qrels_task, "mmeb_v2": read_mmeb_v2_task}[spec.format]
     policy = ErrorPolicy(on_error, skips, f"task {spec.name}")
-    data = reader(spec, policy)
+    data = reader(spec, policy, _image_checker(spec, decode_video=on_error == "skip", video_sampling=video_sampling))
     data.skipped = policy.skips.total - policy.start
     policy.finish()
     return data
@@ -536,12 +542,14 @@ def _data_files(path: Path, *, task: str) -> list[Path]:
     return [path]
 
 
-def _image_checker(spec: TaskSpec):
+def _image_checker(spec: TaskSpec, *, decode_video: bool = False, video_sampling=None):
+    """The media check of a task's rows: images decoded; videos from their headers only, as the encoder decodes
+    them anyway, unless `decode_video` (with the run's `video_sampling`: the frames land in the frame cache the
+    encoder reads, `unime.data.video.load_video`). See `ImageChecker`."""
     from unime.data.images import ImageLoader
     from unime.data.io import ImageChecker
 
-    # videos from their headers only: the encoder decodes them anyway (see `ImageChecker`)
-    return ImageChecker(ImageLoader(spec.data_root), decode_video=False)
+    return ImageChecker(ImageLoader(spec.data_root, video=video_sampling), decode_video=decode_video)
 
 
 def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str,
@@ -549,8 +557,8 @@ def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str,
     """(file, record label, parsed row) for every good row of a task's file(s); bad rows go through `policy`.
     Rows are parsed by the data layer (`unime.data.eval_formats`), one at a time. With `images` (an
     `ImageChecker`, `_image_checker`) every image of a row is opened and decoded here, before any model is
-    loaded, and every video opened and its header checked: a bad one names the file, the row and the field,
-    and under the skip policy leaves the row out. With `dropped` (MMEB rows, skip policy) a bad candidate
+    loaded, and every video opened and its header checked (decoded under the skip policy, `load_task_data`): a
+    bad one names the file, the row and the field, and under the skip policy leaves the row out. With `dropped` (MMEB rows, skip policy) a bad candidate
     other than the positive leaves only its row's candidate list, counted in `dropped`
     (`_without_bad_candidates`)."""
     for f in _data_files(path, task=task):
@@ -598,12 +606,12 @@ def _no_rows(spec: TaskSpec) -> EmptyTaskError:
 
 # -- MMEB ------------------------------------------------------------------------------------------------
 
-def read_mmeb_task(spec: TaskSpec, policy: ErrorPolicy) -> MMEBData:
+def read_mmeb_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> MMEBData:
     table = ItemTable()
     queries, candidates, ids = [], [], []
     dropped = SkipReport() if policy.on_error == "skip" else None
     for source, label, row in _parsed_rows(spec.path, mmeb_row_from_dict, policy, task=spec.name,
-                                   images=_image_checker(spec), dropped=dropped):
+                                   images=images or _image_checker(spec), dropped=dropped):
         queries.append(table.add(row.query, (source, label, "query")))
         candidates.append(np.fromiter((table.add(c, (source, label, f"candidates[{j}]"))
                                        for j, c in enumerate(row.candidates)), dtype=np.int64,
@@ -620,14 +628,14 @@ def read_mmeb_task(spec: TaskSpec, policy: ErrorPolicy) -> MMEBData:
 
 # -- retrieval -------------------------------------------------------------------------------------------
 
-def read_retrieval_task(spec: TaskSpec, policy: ErrorPolicy) -> RetrievalData:
+def read_retrieval_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> RetrievalData:
     text_t = spec.option("text_template", "{text}")
     image_t = spec.option("image_template", "")
     table = ItemTable()
     images, captions, caption_image = [], [], []
     seen_images: dict[str, str] = {}
     for _, label, entry in _parsed_rows(spec.path, retrieval_entry_from_dict, policy, task=spec.name,
-                                 images=_image_checker(spec)):
+                                 images=images or _image_checker(spec)):
         if entry.image in seen_images:
             policy.handle(DataError(f"image {entry.image!r} listed twice (first at {seen_images[entry.image]}); put "
                                     "all its captions on one line", source=str(spec.path), record=label,
@@ -648,14 +656,14 @@ def read_retrieval_task(spec: TaskSpec, policy: ErrorPolicy) -> RetrievalData:
 
 # -- compositional ---------------------------------------------------------------------------------------
 
-def read_compositional_task(spec: TaskSpec, policy: ErrorPolicy) -> CompositionalData:
+def read_compositional_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> CompositionalData:
     text_t = spec.option("text_template", "{text}")
     image_t = spec.option("image_template", "")
     default_cat = spec.option("category", spec.name)
     table = ItemTable()
     image, pos, neg, cats, ids = [], [], [], [], []
     for _, label, pair in _parsed_rows(spec.path, compositional_pair_from_dict, policy, task=spec.name,
-                                 images=_image_checker(spec)):
+                                 images=images or _image_checker(spec)):
         image.append(table.add(Item(text=_template(image_t, ""), images=(pair.image,))))
         pos.append(table.add(Item(text=_template(text_t, pair.positive))))
         neg.append(table.add(Item(text=_template(text_t, pair.negative))))
@@ -728,14 +736,14 @@ def qrels_row_from_dict(obj: Any, *, source=None, record=None) -> QrelsRow:
     return QrelsRow(query, cands, grades, check_str(obj.get("id"), source=source, record=record, field="id"))
 
 
-def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
+def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
     if spec.path.is_dir() and (spec.path / "corpus.jsonl").is_file():
-        return _read_beir(spec, policy)
+        return _read_beir(spec, policy, images)
     qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
     table = ItemTable()
     queries, cands, grades, ids = [], [], [], []
     for source, label, row in _parsed_rows(spec.path, qrels_row_from_dict, policy, task=spec.name,
-                                   images=_image_checker(spec)):
+                                   images=images or _image_checker(spec)):
         queries.append(table.add(_templated(row.query, qt), (source, label, "query")))
         cands.append(np.asarray([table.add(_templated(c, ct), (source, label, f"candidates[{j}]"))
                                  for j, c in enumerate(row.candidates)], dtype=np.int64))
@@ -759,13 +767,13 @@ def _beir_row(row: Any, *, source, record, template: str) -> BeirRow:
     return BeirRow(rid, item)
 
 
-def _read_beir(spec: TaskSpec, policy: ErrorPolicy) -> QrelsData:
+def _read_beir(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
     qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
     table = ItemTable()
     corpus_pos: dict[str, int] = {}
     corpus: list[int] = []
     query_rows: dict[str, Item] = {}
-    images = _image_checker(spec)
+    images = images or _image_checker(spec)
     for fname, template, target in (("corpus.jsonl", ct, None), ("queries.jsonl", qt, query_rows)):
         f = spec.path / fname
         if not f.is_file():
