@@ -491,6 +491,43 @@ def test_a_batch_size_run_continued_on_another_number_of_processes_warns_of_its_
                      "process counts"]
 
 
+def test_a_reranker_run_continued_on_another_number_of_processes_warns_of_its_new_global_batch(
+        tiny_model_dir, tmp_path, caplog):
+    """The reranker / judge (and reasoner SFT) take a per-device --batch-size too: a run continued on another
+    number of processes trains at another global batch from there on; it did so silently. The run records its
+    process count; the continuation warns in one line with both global batches, as the embedder's
+    (`run_state.warn_other_global_batch`). The recorded count is faked: 2 processes then, this one process now."""
+    import json
+
+    import unime.train.reranker_trainer as T
+    from tests.train.helpers import write_world
+
+    records = write_world(tmp_path)
+    out = tmp_path / "r"
+    cfg = T.RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(out), num_negatives=2,
+                                max_steps=2, batch_size=2, grad_accum=3, logging_steps=1, save_steps=1,
+                                device="cpu", keep_checkpoints=True)
+    T.train_reranker(cfg)
+    recorded = out / "train_config.json"
+    options = json.loads(recorded.read_text())
+    assert options["processes"] == 1
+    _final_outputs_removed(out, ["adapter", "README.md", T.METADATA_FILE])  # interrupted in its export
+    with caplog.at_level(logging.WARNING):  # the same count: nothing to say
+        T.train_reranker(cfg)
+    assert not [r for r in caplog.records if "global batch" in r.getMessage()]
+    assert json.loads(recorded.read_text())["processes"] == 1
+    _final_outputs_removed(out, ["adapter", "README.md", T.METADATA_FILE])
+    recorded.write_text(json.dumps({**options, "processes": 2}))
+    with caplog.at_level(logging.WARNING):
+        resumed = T.train_reranker(cfg)
+    assert resumed.steps == 2
+    lines = [r.getMessage() for r in caplog.records if "global batch" in r.getMessage()]
+    # 2 per device x 2 processes x 3 accumulation = 12 then; 2 x 1 x 3 = 6 now
+    assert lines == [f"{out}: continuing a run trained at a global batch of 12 (--batch-size 2 x 2 process(es) x "
+                     "--grad-accum 3) at 6 on 1 process(es) from here on; resume it with 2 process(es) to keep it"]
+    assert json.loads(recorded.read_text())["processes"] == 1  # the count it continued on
+
+
 def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(tiny_model_dir, tmp_path):
     import unime.train.reranker_trainer as T
     from tests.train.helpers import write_world

@@ -65,7 +65,8 @@ class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOption
 
 
 # options that may change between a run and its continuation without changing what is trained
-_RESUME_FREE_OPTIONS = {"resume", "overwrite", "logging_steps", "save_steps"}
+# ("processes": the number of processes the run was launched on, recorded beside them, not an option)
+_RESUME_FREE_OPTIONS = {"resume", "overwrite", "logging_steps", "save_steps", "processes"}
 SUMMARY_FILE = "sft_summary.json"
 
 
@@ -208,8 +209,6 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     if plan.finished:
         log.info("%s: this reasoner SFT run is finished; nothing to do (--overwrite starts it over)", out)
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-    if is_main_process():
-        run_state.write_config(out, options)
     from unime.data.skips import ErrorPolicy, SkipReport
 
     skips = SkipReport(max_examples=10)
@@ -222,6 +221,11 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     device = trainer_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     args = sft_config(cfg, str(work), use_cpu=device == "cpu", dtype=dtype)
+    if plan.checkpoint is not None:  # the global batch of a continuation (per device x processes x accumulation)
+        run_state.warn_other_global_batch(out, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                          processes=args.world_size)
+    if is_main_process():
+        run_state.write_config(out, {**options, run_state.PROCESSES_KEY: args.world_size})
     loaded = load_model(cfg.model, device=process_device(args), dtype=dtype, trainable=True,
                         image_budget=ImageBudget.from_args(cfg))
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter

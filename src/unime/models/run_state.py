@@ -244,6 +244,25 @@ def previous_config(out: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+PROCESSES_KEY = "processes"  # train_config.json: the number of processes the run was launched on (not an option)
+
+
+def warn_other_global_batch(out: str | Path, *, batch_size: int, grad_accum: int, processes: int,
+                            fixed_by: str | None = None) -> None:
+    """Warn when a run of a per-device `batch_size` continues on another number of `processes` than its
+    train_config.json records (`PROCESSES_KEY`): its global batch (per device x processes x accumulation) changes
+    from here on. Not refused: resizing a run is legitimate. `fixed_by`: the option that keeps the global batch
+    fixed across process counts (the embedder's --global-batch), else resuming on the recorded count keeps it."""
+    was = (previous_config(out) or {}).get(PROCESSES_KEY)
+    if not isinstance(was, int) or was == processes:
+        return
+    keep = f"{fixed_by} keeps it fixed across process counts" if fixed_by else \
+        f"resume it with {was} process(es) to keep it"
+    log.warning("%s: continuing a run trained at a global batch of %d (--batch-size %d x %d process(es) x "
+                "--grad-accum %d) at %d on %d process(es) from here on; %s", out, batch_size * was * grad_accum,
+                batch_size, was, grad_accum, batch_size * processes * grad_accum, processes, keep)
+
+
 def step_log(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The training-loss log rows, one per step (a step logged twice — a resume repeats the log of the
     checkpoint's step — keeps its last row), by step."""

@@ -251,9 +251,10 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
 
 
 # options that may change between a run and its continuation without changing what is trained; "processes" is
-# not an option: the number of processes the run was launched on, recorded beside them (`_warn_other_global_batch`)
+# not an option: the number of processes the run was launched on, recorded beside them
+# (`run_state.warn_other_global_batch`)
 _RESUME_FREE_OPTIONS = {"resume", "overwrite", "save_steps", "save_total_limit", "logging_steps", "workers",
-                        "processes"}
+                        run_state.PROCESSES_KEY}
 FINISHED_FILE = "metrics.json"  # written last (`unime.models.run_state`)
 
 
@@ -286,19 +287,6 @@ def _refuse_other_process_count(out: Path, config: EmbedderTrainingConfig) -> No
         f"from --global-batch {config.global_batch} and the number of processes ({was} then, "
         f"{config.batch_size} now), and --homogeneous-batches cuts the batches at that size, so the data order "
         f"differs; resume it with {processes} process(es), pass --overwrite to start over, or choose another --out")
-
-
-def _warn_other_global_batch(out: Path, config: EmbedderTrainingConfig, processes: int) -> None:
-    """Warn when a run of a per-device --batch-size (no --global-batch) continues on another number of processes
-    than train_config.json records: its global batch (per device x processes x accumulation) changes from here on.
-    Not refused: resizing a run is legitimate; --global-batch keeps the global batch fixed instead."""
-    was = (run_state.previous_config(out) or {}).get("processes")
-    if config.global_batch or not isinstance(was, int) or was == processes:
-        return
-    per, accum = config.batch_size, config.grad_accum
-    logger.warning("%s: continuing a run trained at a global batch of %d (--batch-size %d x %d process(es) x "
-                   "--grad-accum %d) at %d on %d process(es) from here on; --global-batch N keeps it fixed across "
-                   "process counts", out, per * was * accum, per, was, accum, per * processes * accum, processes)
 
 
 def _resume_path(config: EmbedderTrainingConfig) -> str | None:
@@ -482,8 +470,9 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     check_fallback_labels(config, records, loss)
 
     args = _training_arguments(config, checkpoint_root)
-    if resume_from is not None:
-        _warn_other_global_batch(out, config, args.world_size)
+    if resume_from is not None and not config.global_batch:  # --global-batch keeps the global batch
+        run_state.warn_other_global_batch(out, batch_size=config.batch_size, grad_accum=config.grad_accum,
+                                          processes=args.world_size, fixed_by="--global-batch N")
     device = process_device(args)
     set_seed(config.seed)  # LoRA initialisation
     # LoRA: frozen base in the compute dtype (bf16 under autocast); full fine-tuning keeps fp32 master weights
@@ -550,7 +539,7 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
     run = prepare_embedder_training(config, records=records, callbacks=callbacks)
     config, trainer, out = run.config, run.trainer, run.out
     if trainer.is_world_process_zero():
-        run_state.write_config(out, {**config.to_dict(), "processes": trainer.args.world_size})
+        run_state.write_config(out, {**config.to_dict(), run_state.PROCESSES_KEY: trainer.args.world_size})
     run_state.train_or_finish(trainer, run.resume_from)
 
     history = list(trainer.state.log_history)

@@ -526,7 +526,8 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
 
 # options that may change between a run and its continuation without changing what is trained
-_RESUME_FREE_OPTIONS = {"overwrite", "keep_checkpoints", "logging_steps", "save_steps"}
+# ("processes": the number of processes the run was launched on, recorded beside them, not an option)
+_RESUME_FREE_OPTIONS = {"overwrite", "keep_checkpoints", "logging_steps", "save_steps", "processes"}
 
 
 def _run_options(cfg: RerankerTrainConfig) -> dict:
@@ -565,8 +566,6 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
                            last_loss=meta.get("last_loss"), heldout=meta.get("heldout"),
                            loss_levels=meta.get("loss_levels"))
-    if is_main_process():
-        run_state.write_config(out, _run_options(cfg))
     skips = SkipReport()
     groups, n_records, data_root = build_examples(cfg, skips=skips)
     if skips.total:
@@ -594,6 +593,11 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg,
         option_keys={"warmup_steps": "--warmup", "weight_decay": "--weight-decay",
                      "activation_checkpointing": "--gradient-checkpointing"})
+    if plan.checkpoint is not None:  # the global batch of a continuation (per device x processes x accumulation)
+        run_state.warn_other_global_batch(out, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                          processes=args.world_size)
+    if is_main_process():
+        run_state.write_config(out, {**_run_options(cfg), run_state.PROCESSES_KEY: args.world_size})
     # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
     from unime.models.image_budget import ImageBudget
 
