@@ -366,3 +366,27 @@ def test_a_local_checkpoint_is_planned_with_its_recorded_images_and_an_adapter_f
     assert err == (f"unime: error: {run / 'adapter'} is a PEFT adapter on 'someone/unknown-vl', neither a known "
                    "release nor a local folder with a config.json: give --model its base (a known release or a "
                    "local checkpoint folder of the same shapes)"), err
+
+
+def test_a_lora_option_set_on_an_adapter_is_refused_as_training_refuses_it(tiny_model_dir, tmp_path, capsys):
+    """`unime plan --model ADAPTER --set lora-r=8` planned the adapter's own r quietly, where the trainer refuses
+    --lora-r with an adapter as --model (`refuse_lora_options_on_an_adapter`): the plan refuses it with the
+    trainer's message; without the option it plans the adapter's own LoRA."""
+    from transformers import AutoModelForImageTextToText
+
+    from unime.cli import main
+    from unime.models.lora import LoraSettings, apply_lora
+
+    base = tiny_model_dir("qwen2_vl")
+    peft = apply_lora(AutoModelForImageTextToText.from_pretrained(base), LoraSettings(r=4, alpha=8, dropout=0.0))
+    adapter = tmp_path / "run" / "adapter"
+    peft.save_pretrained(adapter)
+    capsys.readouterr()  # the progress of the save
+    for stage in ("embedder", "reranker"):
+        assert main(["plan", "--stage", stage, "--model", str(adapter), "--set", "lora-r=8"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"unime: error: plan: --lora-r (command line (--set)) does nothing with --model {adapter}, a "
+                       f"PEFT adapter trained with its own LoRA (r 4; for a new adapter, give its base model {base} "
+                       "as --model): drop --lora-r"), err
+        assert main(["plan", "--stage", stage, "--model", str(adapter)]) == 0
+        assert "LoRA r=4 of the adapter (its own settings)" in capsys.readouterr().out

@@ -32,7 +32,17 @@ def set_values(sets: list[str]) -> dict:
 
 
 def _command_options(command: str, recipe: str | None, sets: list[str]) -> dict:
-    """The planned command's resolved options (its own parser: defaults < recipe < --set). The --set values go
+    """The planned command's resolved options (`_command_args`) as {option: value}."""
+    return _options_of(_command_args(command, recipe, sets))
+
+
+def _options_of(args) -> dict:
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
+
+
+def _command_args(command: str, recipe: str | None, sets: list[str]):
+    """The planned command's parsed arguments (its own parser: defaults < recipe < --set), with where each option
+    came from (`_origins`: a --set value is the user's, as on the command line). The --set values go
     through the option's own rules, as a config file's keys do (`options_file.apply_options`): a flag takes
     true / false (a recipe's flag can be turned off), a number its type, a repeatable option each value. A --set
     per-device batch-size drops a recipe's global-batch, as the embedder's command line does (`global_batch_dropped`:
@@ -50,7 +60,20 @@ def _command_options(command: str, recipe: str | None, sets: list[str]) -> dict:
         args._origins[dest] = "command line (--set)"
     if global_batch_dropped(args, command="plan"):
         args.global_batch = None
-    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    return args
+
+
+def _refuse_lora_options_on_an_adapter(stage: str, args, model: str) -> None:
+    """A trainer's rule (`unime.cli.train.refuse_lora_options_on_an_adapter`): with a PEFT adapter as --model, a
+    --set LoRA option does nothing (training refuses it), so the plan refuses it too rather than planning the
+    adapter's own LoRA quietly."""
+    from unime.cli.train import refuse_lora_options_on_an_adapter
+    from unime.models.lora import EMBEDDER_LORA_OPTIONS, GENERATIVE_LORA_OPTIONS
+
+    lora_options = {"embedder": EMBEDDER_LORA_OPTIONS, "reranker": GENERATIVE_LORA_OPTIONS}.get(stage)
+    if lora_options is not None:
+        args.model = model
+        refuse_lora_options_on_an_adapter(args, "plan", lora_options)
 
 
 def _plan(args) -> int:
@@ -65,11 +88,14 @@ def _plan(args) -> int:
     if stage not in PLANNERS:
         raise UsageError("give --recipe NAME or --stage {embedder,reranker,judge}", command="plan")
     command = STAGE_COMMANDS[stage]
-    options = _command_options(command, args.recipe if recipe and command in recipe.commands else None, opts.overrides)
+    command_args = _command_args(command, args.recipe if recipe and command in recipe.commands else None,
+                                 opts.overrides)
+    options = _options_of(command_args)
     model = args.model or (options.get("judge") if stage == "judge" else options.get("model")) or \
         (recipe.plan.get("model") if recipe else None)
     if not model:
         raise UsageError("give --model (a known release or a checkpoint folder)", command="plan")
+    _refuse_lora_options_on_an_adapter(stage, command_args, model)
     title = f"{recipe.name} ({command}) on {model}" if recipe else f"{command} on {model}"
     plan = opts.plan(stage, model, options, title)
     print(json.dumps(plan.to_dict(), indent=2) if opts.json else plan.render())
