@@ -477,6 +477,45 @@ def test_an_import_into_the_folder_that_holds_the_images_never_deletes_them(tmp_
     assert {p.name: p.read_bytes() for p in (d / "images").iterdir() if p.name in before} == before
 
 
+@pytest.mark.parametrize("recorded", ["relative to the folder's parent", "relative to its working_dir"])
+def test_an_older_import_that_listed_the_photos_it_used_in_place_as_written_keeps_them(
+        tmp_path, monkeypatch, caplog, recorded):
+    """An older unime listed the user's photos it used in place (`--images OUT/images`) under `written` in
+    import.json; an import of another collection over it with --overwrite removed them as the earlier import's
+    files. Files of the images folder the earlier import recorded reading are kept, named in a warning; the
+    import's own files still go. The old record is hand-written: its source relative to OUT's parent (no
+    working_dir, run from elsewhere), or to the working_dir it records."""
+    import logging
+
+    d = tmp_path / "d"
+    captions = _photos_in(d)
+    before = {p.name: p.read_bytes() for p in (d / "images").iterdir()}
+    assert main(["data", "import", "--captions", str(captions), "--images", str(d / "images"), "--out", str(d),
+                 "--overwrite"]) == 0
+    manifest = json.loads((d / "import.json").read_text())
+    photos = sorted(f"images/{name}" for name in before)
+    manifest["written"] = sorted(manifest["written"] + photos)  # as the older unime wrote it
+    del manifest["identity"]["working_dir"]
+    if recorded == "relative to its working_dir":
+        manifest["source"] = {"captions": "captions.csv", "images": "images"}
+        manifest["identity"]["working_dir"] = str(d)
+    else:
+        manifest["source"] = {"captions": "d/captions.csv", "images": "d/images"}
+    (d / "import.json").write_text(json.dumps(manifest))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    folder, other = make_captioned_folder(tmp_path / "src", n=6)
+    with caplog.at_level(logging.WARNING):
+        assert main(["data", "import", "--captions", str(other), "--images", str(folder), "--out", str(d),
+                     "--overwrite"]) == 0
+    assert {p.name: p.read_bytes() for p in (d / "images").iterdir() if p.name in before} == before
+    lines = [r.getMessage() for r in caplog.records if "kept" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(": " + ", ".join(photos)), lines
+    # the earlier import's own files went: its records name none of the photos now
+    records = read_records(d / "train" / "records.jsonl")
+    assert not {img for r in records for it in (r.query, r.positive) for img in it.images} & set(photos)
+
+
 def test_record_ids_stay_unique_when_two_image_paths_flatten_to_one_name(tmp_path):
     """`a/x.png` and `a_x.png` both became id stem `a_x` (the `/` mapped to `_`), so every output held each id
     twice (QA). The first keeps its id, the later one is told apart; ids of other images are unchanged."""

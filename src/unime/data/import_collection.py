@@ -60,7 +60,7 @@ from unime.data.roots import write_data_root
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.data.video import is_video_file_ref
 from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
-from unime.errors import DataError, OptionError, with_working_dir
+from unime.errors import WORKING_DIR, DataError, OptionError, with_working_dir
 from unime.options import check_ranges, on_error_option, option
 
 log = logging.getLogger(__name__)
@@ -510,29 +510,64 @@ def _earlier_run(out: Path, identity: dict[str, Any]) -> ImportSummary | None:
                          finished_before=True)
 
 
+def _earlier_image_folders(out: Path, manifest: dict) -> list[Path]:
+    """The images source folder an earlier import recorded (`source.images`), as it exists: a relative one taken
+    from the working directory the import recorded (`identity.working_dir`) when there is one, else from `out`'s
+    parent and from the current directory (each that exists)."""
+    folder = (manifest.get("source") or {}).get("images") if isinstance(manifest.get("source"), dict) else None
+    if not isinstance(folder, str) or not folder:
+        return []
+    identity = manifest.get("identity") if isinstance(manifest.get("identity"), dict) else {}
+    recorded = manifest.get(WORKING_DIR) or identity.get(WORKING_DIR)
+    bases = [Path(recorded)] if isinstance(recorded, str) and recorded else [out.absolute().parent, Path.cwd()]
+    return list(dict.fromkeys(p for p in (b / folder for b in bases) if p.is_dir()))
+
+
+def _a_source_file(out: Path, rel: str, folders: Sequence[Path]) -> bool:
+    """OUT/`rel` (an image placed as images/NAME) is the file NAME of one of the images `folders` itself: its
+    folder is (samefile) that folder's, as for an import that used its images in place (`--images OUT/images`).
+    A hard link there of a file elsewhere is not (removing it leaves that file), nor is a file of `out` when `out`
+    lies inside the folder."""
+    parts = Path(rel).parts
+    if len(parts) < 2 or parts[0] != "images":
+        return False
+    sub = Path(*parts[1:])
+    return any(_same_file((out / rel).parent, str((folder / sub).parent)) for folder in folders)
+
+
 def _remove_earlier_import(out: Path, keep: set[Path]) -> list[str]:
     """Before an import is done again in `out`: delete what the finished import there wrote — the files its
     import.json lists (one written before that list: its eval task files), import.json first, so that a redo
     keeps none of them unless it writes them again (an earlier labelled import's NAME_cls task stayed beside a
     new split and held its training images, QA). Files the import did not write stay, and so do the images
-    this import reads (`keep`: resolved paths)."""
+    this import reads (`keep`: resolved paths), and the files of the images folder the earlier import read
+    (`_earlier_image_folders`): an older unime listed the user's photos it used in place (`--images OUT/images`)
+    as written; each kept for that reason is named in a warning."""
     manifest = _finished_import(out)
     if manifest is None:
         return []
     listed = manifest.get("written")
     if not isinstance(listed, list):
         listed = [f"eval/mmeb/{name}.jsonl" for name in manifest.get("eval_tasks") or {}]
+    sources = _earlier_image_folders(out, manifest)
     (out / "import.json").unlink()
-    removed = []
+    removed, sourced = [], []
     for rel in listed:
         if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
             continue  # never a path outside the folder
         path = out / rel
-        if (path.is_file() or path.is_symlink()) and path.resolve() not in keep:
-            path.unlink()
-            removed.append(rel)
+        if not (path.is_file() or path.is_symlink()) or path.resolve() in keep:
+            continue
+        if _a_source_file(out, rel, sources):
+            sourced.append(rel)
+            continue
+        path.unlink()
+        removed.append(rel)
     if removed:
         log.info("%s: removed %d file(s) of the earlier import", out, len(removed))
+    if sourced:
+        log.warning("%s: kept %d file(s) the earlier import lists as written but which are files of the images "
+                    "folder it read (%s): %s", out, len(sourced), ", ".join(map(str, sources)), ", ".join(sourced))
     return removed
 
 
