@@ -106,10 +106,11 @@ def _generative_run(model: str, records: str, out: Path, role: str, *, steps: in
     return train_reranker(cfg)
 
 
-@pytest.mark.parametrize("role, logging_steps, logged", [("reranker", 2, [2, 3]), ("judge", 10, [3])])
+@pytest.mark.parametrize("role, logging_steps, logged", [("reranker", 2, [1, 2, 3]), ("judge", 10, [1, 3])])
 def test_reranker_and_judge_log_their_last_step(tiny_model_dir, tmp_path, role, logging_steps, logged):
-    """3 steps: logged every 2 (rows at 2 and 3), or every 10 (before the fix: no row at all — first and last
-    loss null, no curves.png). The logged losses are the windows' means of a run logged at every step."""
+    """3 steps: logged every 2 (rows at 1, 2 and 3: the first step is logged too), or every 10 (rows at 1 and 3;
+    before the fix: no row at all — first and last loss null, no curves.png). The logged losses are the windows'
+    means of a run logged at every step."""
     records = write_world(tmp_path, scores=role == "reranker")
     model = tiny_model_dir("qwen2_vl")
     every = _generative_run(model, records, tmp_path / "every", role, steps=3, logging_steps=1)
@@ -131,7 +132,8 @@ def test_reranker_and_judge_log_their_last_step(tiny_model_dir, tmp_path, role, 
 
 # -- reasoner SFT ------------------------------------------------------------------------------------------------
 def test_reasoner_sft_logs_its_last_step_and_averages_every_step(tiny_model_dir, tmp_path):
-    """3 steps logged every 2 (before the fix: one row, at step 2; logged every 10: 'loss None -> None')."""
+    """3 steps logged every 2: rows at 1, 2 and 3 (the first step is logged too; before the fix: one row, at step 2;
+    logged every 10: 'loss None -> None')."""
     from tests.embed_rl.helpers import TCOT
     from unime.data.items import Item
     from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
@@ -152,10 +154,10 @@ def test_reasoner_sft_logs_its_last_step_and_averages_every_step(tiny_model_dir,
     assert len(per_step) == 3
     summary = run("sparse", 2)
     curves = _curves(tmp_path / "sparse")
-    assert [int(r["step"]) for r in curves] == [2, 3]
-    expected = _window_means(per_step, [2, 3])
+    assert [int(r["step"]) for r in curves] == [1, 2, 3]
+    expected = _window_means(per_step, [1, 2, 3])
     assert [r["loss"] for r in curves] == pytest.approx(expected, rel=1e-5)
     assert summary["steps"] == 3
-    assert (summary["first_loss"], summary["last_loss"]) == pytest.approx(tuple(expected), rel=1e-5)
+    assert (summary["first_loss"], summary["last_loss"]) == pytest.approx((expected[0], expected[-1]), rel=1e-5)
     assert summary["train_loss"] == pytest.approx(sum(per_step) / 3, rel=1e-5)
     _assert_same_tensors(_last_checkpoint_tensors(tmp_path / "sparse"), _last_checkpoint_tensors(tmp_path / "every"))
