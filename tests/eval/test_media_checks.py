@@ -64,8 +64,76 @@ def test_qrels_rows_with_bad_images_name_the_line_or_are_skipped(tmp_path):
         load_task_data(spec)
     assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "eval/qrels/colours.jsonl"),
                                                                "line 1 (id q0)", "candidates[2].images[0]")
-    data = load_task_data(spec, on_error="skip")
-    assert data.ids == ["q1", "q2"] and data.skipped == 1
+    data = load_task_data(spec, on_error="skip")  # blue (grade 0) leaves q0's candidates, not q0
+    assert data.ids == ["q0", "q1", "q2"] and data.skipped == 0 and data.dropped_candidates == 1
+    assert [data.table.items[c].images for c in data.candidates[0]] == [("images/red.png",), ("images/yellow.png",)]
+    assert data.grades[0].tolist() == [2, 1]
+
+
+def _bad_candidate_qrels(root):
+    """A qrels task with a missing image among its rows' candidates (see the comment per row)."""
+    for c in ("red", "yellow", "blue", "green"):
+        write_png(root, f"images/{c}.png", c)
+    img = lambda c: {"image": f"images/{c}.png"}  # noqa: E731
+    write_jsonl(root / "q.jsonl", [
+        {"id": "a", "query": {"text": "red"}, "candidates": [img("red"), img("gone"), img("blue")],
+         "relevance": [2, 0, 0]},   # gone is not relevant: it leaves the row
+        {"id": "b", "query": {"text": "yellow"}, "candidates": [img("red"), img("gone"), img("yellow")],
+         "relevance": [1, 2, 0]},   # gone is relevant, red (relevant) and yellow remain: it leaves the row
+        {"id": "c", "query": {"text": "blue"}, "candidates": [img("gone"), img("blue")],
+         "relevance": [1, 0]},      # gone is the only relevant one: the row is skipped
+        {"id": "d", "query": {"text": "green"}, "candidates": [img("green"), img("gone")],
+         "relevance": [1, 0]},      # only one candidate would be left: the row is skipped
+        {"id": "e", "query": img("gone"), "candidates": [img("red"), img("blue")],
+         "relevance": [1, 0]},      # the query is bad: the row is skipped
+    ])
+    cfg = root / "c.yaml"
+    cfg.write_text("tasks:\n  - {name: q, format: qrels, path: q.jsonl}\n")
+    return cfg
+
+
+def test_under_skip_a_bad_qrels_candidate_leaves_its_row_while_a_relevant_one_and_another_remain(tmp_path):
+    spec = _spec(_bad_candidate_qrels(tmp_path), "q")
+    with pytest.raises(DataError, match="images/gone.png") as e:  # the default policy: unchanged
+        load_task_data(spec)
+    assert (e.value.record, e.value.field) == ("line 1 (id a)", "candidates[1].images[0]")
+    skips = SkipReport()
+    data = load_task_data(spec, on_error="skip", skips=skips)
+    assert data.ids == ["a", "b"] and data.skipped == 3 and data.dropped_candidates == 2
+    assert [[data.table.items[c].images[0] for c in cands] for cands in data.candidates] == [
+        ["images/red.png", "images/blue.png"], ["images/red.png", "images/yellow.png"]]
+    assert [g.tolist() for g in data.grades] == [[2, 0], [1, 0]]
+    assert [(x.record, x.field) for x in skips.examples] == [("line 3 (id c)", "candidates[0].images[0]"),
+                                                             ("line 4 (id d)", "candidates[1].images[0]"),
+                                                             ("line 5 (id e)", "query.images[0]")]
+
+
+def test_under_skip_a_qrels_task_is_scored_without_its_bad_candidates_and_one_without_a_relevant_query_is_left_out(
+        tmp_path, caplog):
+    import math
+
+    from tests.eval.helpers import FakeEmbedder
+    from unime.eval.runners import EvalOptions, load_suite_data, run_tasks, skipped_task_names
+    from unime.models.embedding_cache import RunEncoder
+
+    cfg = _bad_candidate_qrels(tmp_path)
+    write_jsonl(tmp_path / "none.jsonl", [  # its one good row has no relevant candidate: nothing to score
+        {"query": {"text": "red"}, "candidates": [{"image": "images/gone.png"}, {"image": "images/red.png"}],
+         "relevance": [1, 0]},
+        {"query": {"text": "blue"}, "candidates": [{"image": "images/red.png"}, {"image": "images/blue.png"}],
+         "relevance": [0, 0]}])
+    cfg.write_text(cfg.read_text() + "  - {name: none, format: qrels, path: none.jsonl}\n")
+    suite = load_task_config(cfg)
+    with caplog.at_level("WARNING"):
+        data = load_suite_data(suite, on_error="skip")
+    assert [spec.name for spec, _ in data] == ["q"] and skipped_task_names(suite, data) == ["none"]
+    assert "task 'none': no query has a relevant candidate; the task is left out" in caplog.text
+    res = run_tasks(data, RunEncoder(FakeEmbedder(), "fake"), opts=EvalOptions()).results[0]
+    # a 'red': red 1.0 (grade 2), blue 0 (0) → ideal order: NDCG, MRR, AP 1
+    # b 'yellow': the yellow image 1.0 (grade 0), red .707 (1) → grades [0, 1]: NDCG 1/log2(3), MRR, AP 1/2
+    assert res.metrics["ndcg@5"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    assert res.metrics["mrr"] == pytest.approx(0.75) and res.metrics["map"] == pytest.approx(0.75)
+    assert res.counts["queries"] == 2 and res.counts["skipped_rows"] == 3 and res.counts["dropped_candidates"] == 2
 
 
 def test_beir_rows_with_bad_images_name_the_line_or_are_skipped(tmp_path):

@@ -192,7 +192,7 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
                      + "; the metrics leave them out")
     if meta.get("dropped_candidates"):
         lines.append(f"- **dropped candidates** (`--on-error skip`): {int(meta['dropped_candidates'])} bad candidates "
-                     "left out of their rows (each row kept its positive and another candidate)")
+                     "left out of their rows (each row kept a relevant candidate and another one)")
     if meta.get("skipped_tasks"):
         lines.append(f"- **skipped tasks** (`--on-error skip`, no good rows): {', '.join(meta['skipped_tasks'])}")
     lines.append("")

@@ -445,7 +445,8 @@ def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", video_sampling
                     ) -> list[tuple[TaskSpec, TaskData]]:
     """Read every task (fails on the first bad row unless ``on_error="skip"``, which counts skipped rows
     per task: they appear in each task's ``counts["skipped_rows"]``). Under the skip policy a task left
-    with no rows is reported and left out (`skipped_task_names`); an error only when no task is left, and
+    with no rows (or, graded, with no query that has a relevant candidate) is reported and left out
+    (`skipped_task_names`); an error only when no task is left, and
     videos are decoded with the run's `video_sampling` (`load_task_data`)."""
     out = []
     for spec in suite.tasks:
@@ -467,7 +468,8 @@ def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", video_sampling
 
 
 def skipped_task_names(suite: TaskSuite, data: list[tuple[TaskSpec, TaskData]]) -> list[str]:
-    """The tasks of `suite` that `load_suite_data` left out (no good rows, under the skip policy)."""
+    """The tasks of `suite` that `load_suite_data` left out (no good rows, or none to
+    score, under the skip policy)."""
     read = {spec.name for spec, _ in data}
     return [t.name for t in suite.tasks if t.name not in read]
 

@@ -38,10 +38,11 @@ MMEB rows, retrieval entries and compositional pairs are parsed by the data laye
 (`unime.data.eval_formats`), one row at a time, with its error policy: a bad row raises `DataError`
 naming file, record and field, or with ``on_error="skip"`` is left out and counted. Rows of every format
 have their images and videos checked as they are read (`_parsed_rows`), so bad media counts as a bad row —
-except, under the skip policy, a bad candidate of an MMEB row other than its positive: that candidate leaves
-the row (counted in the task's ``dropped_candidates``) when the row keeps its positive and another candidate.
-A task left with no rows raises `EmptyTaskError` (under the skip policy, `unime eval` reports it and scores
-the other tasks).
+except, under the skip policy, a bad candidate of an MMEB or qrels row: that candidate leaves the row (counted
+in the task's ``dropped_candidates``) when the row keeps a relevant candidate (MMEB: its positive; qrels: one
+with a grade > 0 — a bad relevant one leaves while another remains) and another candidate.
+A task left with no rows raises `EmptyTaskError`, and so, under the skip policy, does a graded task (qrels,
+MMEB-V2) left with no query that has a relevant candidate (`unime eval` reports it and scores the other tasks).
 
 Each task's data is interned into an `ItemTable` (its distinct items) plus integer arrays, so a task
 with 1,000 queries x 1,000 shared candidates holds 1,000 + distinct items, not a million.
@@ -415,6 +416,7 @@ class QrelsData:
     shared_corpus: bool = False    # BEIR: every query ranks the same corpus
 
     skipped: int = 0  # rows left out under on_error="skip"
+    dropped_candidates: int = 0  # bad candidates left out of their rows under on_error="skip" (format qrels)
 
     @property
     def references(self) -> int:
@@ -526,6 +528,8 @@ def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport
     data = reader(spec, policy, _image_checker(spec, decode_video=on_error == "skip", video_sampling=video_sampling))
     data.skipped = policy.skips.total - policy.start
     policy.finish()
+    if on_error == "skip" and isinstance(data, QrelsData) and not any(np.any(g > 0) for g in data.grades):
+        raise EmptyTaskError(f"task {spec.name!r}: no query has a relevant candidate", source=str(spec.path))
     return data
 
 
@@ -552,21 +556,21 @@ def _image_checker(spec: TaskSpec, *, decode_video: bool = False, video_sampling
     return ImageChecker(ImageLoader(spec.data_root, video=video_sampling), decode_video=decode_video)
 
 
-def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str,
-                 images=None, dropped: SkipReport | None = None) -> Iterator[tuple[str, str, Any]]:
+def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str, images=None,
+                 dropped: SkipReport | None = None, keep: Callable | None = None) -> Iterator[tuple[str, str, Any]]:
     """(file, record label, parsed row) for every good row of a task's file(s); bad rows go through `policy`.
     Rows are parsed by the data layer (`unime.data.eval_formats`), one at a time. With `images` (an
     `ImageChecker`, `_image_checker`) every image of a row is opened and decoded here, before any model is
     loaded, and every video opened and its header checked (decoded under the skip policy, `load_task_data`): a
-    bad one names the file, the row and the field, and under the skip policy leaves the row out. With `dropped` (MMEB rows, skip policy) a bad candidate
-    other than the positive leaves only its row's candidate list, counted in `dropped`
-    (`_without_bad_candidates`)."""
+    bad one names the file, the row and the field, and under the skip policy leaves the row out. With `dropped`
+    and `keep` (MMEB and qrels rows, skip policy) a bad candidate leaves only its row's candidate list when the
+    row stays scorable, counted in `dropped` (`_without_bad_candidates`)."""
     for f in _data_files(path, task=task):
         for label, obj in iter_format_rows(f, policy):
             try:
                 row = parse(obj, source=str(f), record=label)
                 if images is not None and dropped is not None:
-                    row = _without_bad_candidates(row, images, dropped, source=str(f), record=label)
+                    row = _without_bad_candidates(row, images, dropped, keep, source=str(f), record=label)
                 elif images is not None:
                     images.check(row, source=str(f), record=label)
                 yield str(f), label, row
@@ -578,26 +582,55 @@ def _template(template: str, text: str) -> str:
     return template.replace("{text}", text)
 
 
-def _without_bad_candidates(row: MMEBRow, images, dropped: SkipReport, *, source: str, record: str) -> MMEBRow:
-    """`row` without its candidates whose media is bad, each counted in `dropped`, when it keeps its positive
-    (index 0) and at least one other candidate; else the first bad one raises (the whole row is bad). One bad
-    image listed among every row's candidates (an import's t2i task) thus costs each row a candidate, not
-    every row."""
+def _without_bad_candidates(row, images, dropped: SkipReport, keep: Callable, *, source: str, record: str):
+    """`row` (with `query` and `candidates`) without its candidates whose media is bad, each counted in `dropped`,
+    when ``keep(row, kept)`` returns the row reduced to the good candidates at indices `kept` (`None`: it would
+    not be scorable, e.g. `_mmeb_keep`, `_qrels_keep`); else the first bad item raises (the whole row is bad).
+    One bad image listed among every row's candidates (an import's t2i task) thus costs each row a candidate,
+    not every row."""
     where = {"source": source, "record": record}
     images.check_item("query", row.query, **where)
-    images.check_item("candidates[0]", row.candidates[0], **where)
-    kept, bad = [row.candidates[0]], []
-    for i, c in enumerate(row.candidates[1:], 1):
+    kept, bad = [], []
+    for i, c in enumerate(row.candidates):
         try:
             images.check_item(f"candidates[{i}]", c, **where)
-            kept.append(c)
+            kept.append(i)
         except DataError as e:
             bad.append(e)
-    if bad and len(kept) < 2:
+    if not bad:
+        return row
+    reduced = keep(row, kept)
+    if reduced is None:
         raise bad[0]
     for e in bad:
         dropped.add(e)
-    return replace(row, candidates=kept) if bad else row
+    return reduced
+
+
+def _mmeb_keep(row: MMEBRow, kept: list[int]) -> MMEBRow | None:
+    """An MMEB row keeps its good candidates when they are its positive (index 0) and at least one other."""
+    return replace(row, candidates=[row.candidates[i] for i in kept]) if kept[:1] == [0] and len(kept) >= 2 else None
+
+
+def _qrels_keep(row: QrelsRow, kept: list[int]) -> QrelsRow | None:
+    """A qrels row keeps its good candidates when one of them is relevant (grade > 0) and there is another: a
+    bad relevant candidate leaves the row while another relevant one remains."""
+    if len(kept) < 2 or not any(row.grades[i] > 0 for i in kept):
+        return None
+    return replace(row, candidates=[row.candidates[i] for i in kept], grades=[row.grades[i] for i in kept])
+
+
+def _candidate_drops(policy: ErrorPolicy) -> SkipReport | None:
+    """Where a task counts the bad candidates left out of their rows: under the skip policy only."""
+    return SkipReport() if policy.on_error == "skip" else None
+
+
+def _dropped_total(spec: TaskSpec, dropped: SkipReport | None) -> int:
+    """Warn about the bad candidates a task left out of its rows (`_without_bad_candidates`); their number."""
+    if dropped:
+        log.warning("task %s: bad candidates left out of their rows, each row keeping a relevant candidate (MMEB: "
+                    "its positive) and another one: %s", spec.name, dropped.summary(what="candidate(s)"))
+    return dropped.total if dropped else 0
 
 
 def _no_rows(spec: TaskSpec) -> EmptyTaskError:
@@ -609,21 +642,19 @@ def _no_rows(spec: TaskSpec) -> EmptyTaskError:
 def read_mmeb_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> MMEBData:
     table = ItemTable()
     queries, candidates, ids = [], [], []
-    dropped = SkipReport() if policy.on_error == "skip" else None
+    dropped = _candidate_drops(policy)
     for source, label, row in _parsed_rows(spec.path, mmeb_row_from_dict, policy, task=spec.name,
-                                   images=images or _image_checker(spec), dropped=dropped):
+                                           images=images or _image_checker(spec), dropped=dropped, keep=_mmeb_keep):
         queries.append(table.add(row.query, (source, label, "query")))
         candidates.append(np.fromiter((table.add(c, (source, label, f"candidates[{j}]"))
                                        for j, c in enumerate(row.candidates)), dtype=np.int64,
                                       count=len(row.candidates)))
         ids.append(row.id or label)
-    if dropped:
-        log.warning("task %s: bad candidates left out of their rows, each row keeping its positive and another "
-                    "candidate: %s", spec.name, dropped.summary(what="candidate(s)"))
+    n_dropped = _dropped_total(spec, dropped)
     if not queries:
         raise _no_rows(spec)
     return MMEBData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=candidates, ids=ids,
-                    dropped_candidates=dropped.total if dropped else 0)
+                    dropped_candidates=n_dropped)
 
 
 # -- retrieval -------------------------------------------------------------------------------------------
@@ -742,17 +773,19 @@ def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsDa
     qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
     table = ItemTable()
     queries, cands, grades, ids = [], [], [], []
+    dropped = _candidate_drops(policy)
     for source, label, row in _parsed_rows(spec.path, qrels_row_from_dict, policy, task=spec.name,
-                                   images=images or _image_checker(spec)):
+                                           images=images or _image_checker(spec), dropped=dropped, keep=_qrels_keep):
         queries.append(table.add(_templated(row.query, qt), (source, label, "query")))
         cands.append(np.asarray([table.add(_templated(c, ct), (source, label, f"candidates[{j}]"))
                                  for j, c in enumerate(row.candidates)], dtype=np.int64))
         grades.append(np.asarray(row.grades, dtype=np.float64))
         ids.append(row.id or label)
+    n_dropped = _dropped_total(spec, dropped)
     if not queries:
         raise _no_rows(spec)
     return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=cands, grades=grades,
-                     ids=ids)
+                     ids=ids, dropped_candidates=n_dropped)
 
 
 def _beir_row(row: Any, *, source, record, template: str) -> BeirRow:
