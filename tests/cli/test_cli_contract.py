@@ -103,6 +103,53 @@ def test_the_trainers_and_mining_are_not_refused_under_a_launcher(tmp_path, monk
         refuse_several_processes(command)
 
 
+def _reranker_result(cfg):
+    """A finished run's result, in the folder `trained` next to OUT (its `adapter` and `merged`: the test's)."""
+    from unime.train.reranker_trainer import TrainResult
+
+    return TrainResult(out=str(Path(cfg.out).parent / "trained"), role=cfg.role, examples=6, records=3, skipped=0,
+                       steps=2, num_candidates=None, first_loss=0.75, last_loss=0.5)
+
+
+def _embedder_result(cfg):
+    from unime.train.embedder_trainer import EmbedderTrainingResult
+
+    out = Path(cfg.out)
+    return EmbedderTrainingResult(out=out, merged=out / "merged", adapter=None,
+                                  metrics={"initial_loss": 0.75, "final_loss": 0.5, "steps": 2})
+
+
+_SFT = {"examples": 6, "steps": 2, "first_loss": 0.75, "last_loss": 0.5}
+
+
+@pytest.mark.parametrize("argv, stub, result, summary", [
+    (["train", "embedder", "--model", "m", "--records", "r.jsonl"], "unime.train.embedder_trainer.train_embedder",
+     _embedder_result, "loss 0.7500 -> 0.5000 over 2 steps\n{tmp}/out/merged\n"),
+    (["train", "reranker", "--model", "m", "--records", "r.jsonl"], "unime.train.reranker_trainer.train_reranker",
+     _reranker_result, "reranker: 3 records, 6 examples, 2 steps, loss 0.7500 -> 0.5000\n{tmp}/trained/adapter\n"),
+    (["train", "judge", "--model", "m", "--records", "r.jsonl"], "unime.train.reranker_trainer.train_reranker",
+     _reranker_result, "judge: 3 records, 6 examples, 2 steps, loss 0.7500 -> 0.5000\n{tmp}/trained/merged\n"),
+    (["train", "reasoner", "--stage", "sft", "--model", "m", "--tcots", "t.jsonl"],
+     "unime.embed_rl.reasoner_sft.train_reasoner_sft", lambda cfg: _SFT,
+     "SFT: 6 examples, 2 steps, loss 0.75 -> 0.5; saved {tmp}/out\n"),
+    (["train", "reasoner", "--stage", "grpo", "--model", "m", "--records", "r.jsonl", "--embedder", "e"],
+     "unime.embed_rl.grpo.train_reasoner_grpo", lambda cfg: {"steps": 2, "reward_steps": [{"step": 1}]},
+     '[{"step": 1}]\nGRPO: 2 steps; saved {tmp}/out (reward_log.csv, reward_curves.png)\n'),
+], ids=["embedder", "reranker", "judge", "reasoner-sft", "reasoner-grpo"])
+def test_a_trainers_summary_is_printed_by_the_first_process_of_a_launcher_only(
+        argv, stub, result, summary, tmp_path, monkeypatch, capsys):
+    """QA: an 8-GPU `torchrun ... unime train reranker` printed its `reranker: N records, ... loss X -> Y` and output
+    path 8 times, once per process; the embedder trainer and the logging already spoke from the first one only."""
+    monkeypatch.setattr(stub, result)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("adapter", "merged"):
+        (tmp_path / "trained" / name).mkdir(parents=True)
+    for rank, expected in (("1", ""), ("0", summary.replace("{tmp}", str(tmp_path)))):
+        monkeypatch.setenv("RANK", rank)
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+        assert capsys.readouterr().out == expected, rank
+
+
 @pytest.mark.parametrize("rank, log_level, shown", [
     ("0", "INFO", ["INFO i", "WARNING w", "ERROR e"]),
     ("1", "INFO", ["ERROR e"]),  # the other processes of a launcher: errors only

@@ -15,6 +15,7 @@ a command that writes an output folder claims and locks it first (`unime.outdir`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -336,6 +337,21 @@ def configure_logging(log_level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+@contextlib.contextmanager
+def main_process_stdout():
+    """Under a launcher (torchrun, accelerate), the processes after the first print nothing to stdout for the
+    `with` block: a command's end-of-run summary (`reranker: N records, ... loss X -> Y`, the output path) is
+    the first process's (`unime.outdir.is_main_process`), and would otherwise repeat once per process. Errors
+    go to stderr and stay; one process: nothing changes."""
+    from unime.outdir import is_main_process
+
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A failure the user can cause ends as one line and exit code 2 (`cli.failures`)."""
     from unime.cli import failures
@@ -361,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         refuse_several_processes(command)
         owned = _claim_output(args, command)
-        result = func(args)
+        with main_process_stdout():
+            result = func(args)
         if hasattr(owned, "commit") and not result:  # a single-file output: record what was written
             owned.commit()
         failed = bool(result)

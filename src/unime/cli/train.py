@@ -149,15 +149,13 @@ def _embedder_batch_values(args) -> dict[str, tuple[object, str]]:
 
 
 def _train_embedder(args) -> int:
-    from unime.outdir import is_main_process
     from unime.train.embedder_trainer import train_embedder
 
     result = train_embedder(embedder_config_from_args(args))
-    if is_main_process():  # one report under torchrun
-        m = result.metrics
-        if "final_loss" in m:
-            print(f"loss {m['initial_loss']:.4f} -> {m['final_loss']:.4f} over {m.get('steps')} steps")
-        print(result.merged)
+    m = result.metrics  # printed by the first process only under torchrun (`unime.cli.main_process_stdout`)
+    if "final_loss" in m:
+        print(f"loss {m['initial_loss']:.4f} -> {m['final_loss']:.4f} over {m.get('steps')} steps")
+    print(result.merged)
     return 0
 
 
