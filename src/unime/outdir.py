@@ -242,7 +242,7 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
 def is_main_process() -> bool:
     """This process is the first of a torchrun / accelerate group (`RANK` 0), or runs alone: the one process
     that owns a run's output folder and writes into it."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 @contextlib.contextmanager

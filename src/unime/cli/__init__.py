@@ -331,8 +331,10 @@ def configure_logging(log_level: str) -> None:
     """Log at `log_level` (DEBUG, INFO, WARNING ...) to stderr. Under a launcher (torchrun), the processes after the
     first log their errors only: their INFO and WARNING lines would repeat the first one's (`resuming from ...`,
     `skipped 1 record(s)`), once per process; `--log-level DEBUG` keeps every process's lines."""
+    from unime.outdir import is_main_process
+
     level = getattr(logging, str(log_level).upper(), logging.INFO)
-    if int(os.environ.get("RANK", "0") or 0) != 0 and level > logging.DEBUG:
+    if not is_main_process() and level > logging.DEBUG:
         level = max(level, logging.ERROR)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
