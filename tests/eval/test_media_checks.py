@@ -48,12 +48,15 @@ def test_mmeb_v2_rows_with_bad_media_are_skipped_and_counted(tmp_path):
     skips = SkipReport()
     ret = load_task_data(_spec(cfg, "vid_ret"), on_error="skip", skips=skips)
     assert len(ret.query) == 3 and ret.skipped == 1 and len(ret.candidates[0]) == 3  # c2 left the global pool
+    assert ret.dropped_candidates == 1  # row 3 (its relevant clip c2 is bad) is skipped
     qa = load_task_data(_spec(cfg, "vid_qa"), on_error="skip", skips=skips)
     assert len(qa.query) == 1 and qa.skipped == 2  # row 2 (missing frame), row 3 (clip c2)
-    # global with a corpus: query line 1 (d5 among its candidates) and the corpus row of d5 are left out
+    # global with a corpus: d5 (listed by query line 1 and a corpus row) leaves the pool, counted once; line 1
+    # keeps its other relevant page d0
     docs = load_task_data(_spec(cfg, "docs"), on_error="skip", skips=skips)
-    assert len(docs.query) == 3 and docs.skipped == 2 and len(docs.candidates[0]) == 6
-    assert skips.total == 5 and dict(skips.counts) == {"image": 2, "video": 3}  # a video counted as a video
+    assert len(docs.query) == 4 and docs.skipped == 0 and len(docs.candidates[0]) == 6
+    assert docs.dropped_candidates == 1 and docs.grades[0].tolist() == [2, 0, 0, 0, 0, 0]
+    assert skips.total == 3 and dict(skips.counts) == {"video": 3}  # a video counted as a video
 
 
 def test_qrels_rows_with_bad_images_name_the_line_or_are_skipped(tmp_path):
@@ -194,6 +197,98 @@ def test_under_skip_a_bad_mmeb_candidate_leaves_its_row_not_the_whole_row(tmp_pa
     assert [(x.record, x.field) for x in skips.examples] == [("line 2 (id r2)", "candidates[1].images[0]"),
                                                              ("line 3 (id r3)", "candidates[0].images[0]"),
                                                              ("line 4 (id r4)", "query.images[0]")]
+
+
+def _bad_candidate_v2(root):
+    """Two MMEB-V2 tasks with a missing image (images/gone.png, named g) among their candidates: 'loc' (local: each
+    row ranks its own candidates) and 'glob' (global: one pool from a corpus file and the rows); see the comments."""
+    for c in ("red", "yellow", "blue", "green"):
+        write_png(root, f"images/{c}.png", c)
+
+    def row(query, cands, labels):  # cands: (name, colour) with colour None for the missing image
+        out = {"cand_text": ["<|image_pad|>"] * len(cands),
+               "cand_image": [{"paths": [f"images/{c or 'gone'}.png"]} for _, c in cands],
+               "dataset_infos": {"cand_names": [n for n, _ in cands]}}
+        if query is not None:
+            out.update(query_text=[query if query != "gone" else "<|image_pad|>"],
+                       query_image=[{"paths": ["images/gone.png"]} if query == "gone" else None])
+            out["dataset_infos"]["label_name"] = labels
+        return out
+
+    r, y, b, gr, g = ("r", "red"), ("y", "yellow"), ("b", "blue"), ("gr", "green"), ("g", None)
+    write_jsonl(root / "loc/rows.jsonl", [
+        row("red", [r, g, b], "r"),          # g is not relevant: it leaves the row → [r, b]
+        row("yellow", [r, g, y], ["r", "g"]),  # g is relevant, r (relevant) and y remain: it leaves the row
+        row("blue", [g, b], "g"),            # g is the only relevant one: the row is skipped
+        row("green", [gr, g], "gr"),         # only one candidate would be left: the row is skipped
+        row("gone", [r, b], "r"),            # the query is bad: the row is skipped
+    ])
+    write_jsonl(root / "glob/corpus.jsonl", [row(None, [y], None), row(None, [g], None)])
+    write_jsonl(root / "glob/rows/rows.jsonl", [
+        row("red", [r], "r"),
+        row("blue", [b, g], "b"),    # g leaves the pool (once for the task, listed three times)
+        row("yellow", [g], "g"),     # its relevant candidate left the pool: the row is skipped
+        row("green", [gr, g], "gr"),
+    ])
+    cfg = root / "c.yaml"
+    cfg.write_text("tasks:\n  - {name: loc, format: mmeb_v2, path: loc}\n"
+                   "  - {name: glob, format: mmeb_v2, path: glob/rows, eval_type: global, corpus: glob/corpus.jsonl}\n")
+    return cfg
+
+
+def test_under_skip_a_bad_mmeb_v2_candidate_leaves_its_row_or_the_global_pool_not_the_whole_row(tmp_path):
+    cfg = _bad_candidate_v2(tmp_path)
+    loc, glob = _spec(cfg, "loc"), _spec(cfg, "glob")
+    with pytest.raises(DataError, match="images/gone.png") as e:  # the default policy: unchanged
+        load_task_data(loc)
+    assert (e.value.record, e.value.field) == ("line 1", "cand[1].images[0]")
+    with pytest.raises(DataError, match="images/gone.png") as e:
+        load_task_data(glob)
+    assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "glob/rows/rows.jsonl"), "line 2",
+                                                               "cand[1].images[0]")
+    skips = SkipReport()
+    data = load_task_data(loc, on_error="skip", skips=skips)
+    assert data.ids == ["line 1", "line 2"] and data.skipped == 3 and data.dropped_candidates == 2
+    assert [[data.table.items[c].images[0] for c in cands] for cands in data.candidates] == [
+        ["images/red.png", "images/blue.png"], ["images/red.png", "images/yellow.png"]]
+    assert [g.tolist() for g in data.grades] == [[1, 0], [1, 0]]
+    assert [(x.record, x.field) for x in skips.examples] == [("line 3", "cand[0].images[0]"),
+                                                             ("line 4", "cand[1].images[0]"),
+                                                             ("line 5", "query.images[0]")]
+    skips = SkipReport()
+    data = load_task_data(glob, on_error="skip", skips=skips)
+    assert data.ids == ["line 1", "line 2", "line 4"] and data.skipped == 1 and data.dropped_candidates == 1
+    pool = ["images/yellow.png", "images/red.png", "images/blue.png", "images/green.png"]
+    assert all([data.table.items[c].images[0] for c in cands] == pool for cands in data.candidates)
+    assert [g.tolist() for g in data.grades] == [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    assert [(x.source, x.record, x.field) for x in skips.examples] == [
+        (str(tmp_path / "glob/rows/rows.jsonl"), "line 3", "dataset_infos.label_name")]
+    assert "its relevant candidate 'g' is bad: image file not found: 'images/gone.png'" in skips.examples[0].message
+
+
+def test_under_skip_mmeb_v2_tasks_are_scored_without_their_bad_candidates_and_one_left_empty_is_left_out(tmp_path):
+    from tests.eval.helpers import FakeEmbedder
+    from unime.eval.runners import EvalOptions, load_suite_data, run_tasks, skipped_task_names
+    from unime.models.embedding_cache import RunEncoder
+
+    cfg = _bad_candidate_v2(tmp_path)
+    write_jsonl(tmp_path / "one/rows.jsonl", [  # the pool keeps one candidate: no row is left to score
+        {"query_text": ["red"], "query_image": [None], "cand_text": ["<|image_pad|>"] * 2,
+         "cand_image": [{"paths": ["images/red.png"]}, {"paths": ["images/gone.png"]}],
+         "dataset_infos": {"cand_names": ["r", "g"], "label_name": "r"}}])
+    cfg.write_text(cfg.read_text() + "  - {name: one, format: mmeb_v2, path: one, eval_type: global}\n")
+    suite = load_task_config(cfg)
+    data = load_suite_data(suite, on_error="skip")
+    assert [spec.name for spec, _ in data] == ["loc", "glob"] and skipped_task_names(suite, data) == ["one"]
+    loc, glob = run_tasks(data, RunEncoder(FakeEmbedder(tmp_path), "fake"), opts=EvalOptions()).results
+    # loc: 'red' ranks [red, blue]: a hit; 'yellow' ranks [red (relevant), yellow]: yellow first, a miss
+    assert loc.metrics["hit@1"] == pytest.approx(0.5)
+    assert (loc.counts["queries"], loc.counts["candidates_per_query"], loc.counts["skipped_rows"],
+            loc.counts["dropped_candidates"]) == (2, 2, 3, 2)
+    # glob: red, blue and green each find their own colour among the pool of 4
+    assert glob.metrics["hit@1"] == pytest.approx(1.0)
+    assert (glob.counts["queries"], glob.counts["candidates_per_query"], glob.counts["skipped_rows"],
+            glob.counts["dropped_candidates"]) == (3, 4, 1, 1)
 
 
 def test_data_check_reads_mmeb_v2_rows_and_checks_their_media(tmp_path, capsys):

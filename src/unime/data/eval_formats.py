@@ -42,6 +42,12 @@ class MMEBRow:
     def positive(self) -> Item:
         return self.candidates[0]
 
+    def item_fields(self):
+        """(field, item) of every item of the row (`ImageChecker`)."""
+        yield "query", self.query
+        for i, c in enumerate(self.candidates):
+            yield f"candidates[{i}]", c
+
 
 @dataclass
 class RetrievalEntry:

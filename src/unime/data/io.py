@@ -404,15 +404,11 @@ def _item_fields(obj: Any) -> Iterator[tuple[str, Item]]:
         yield "positive", obj.positive
         for i, n in enumerate(obj.negatives):
             yield f"negatives[{i}]", n
-    elif isinstance(obj, MMEBRow):
-        yield "query", obj.query
-        for i, c in enumerate(obj.candidates):
-            yield f"candidates[{i}]", c
     elif isinstance(obj, Item):
         yield "item", obj
     elif isinstance(obj, (RetrievalEntry, CompositionalPair)):  # one image path per row
         yield "image", Item(images=(obj.image,))
-    elif hasattr(obj, "item_fields"):  # other rows name their own items (MMEB-V2 rows, qrels rows)
+    elif hasattr(obj, "item_fields"):  # other rows name their own items (MMEB, MMEB-V2 and qrels rows)
         yield from obj.item_fields()
     else:
         raise TypeError(f"check_images takes Records, MMEBRows, Items or eval rows, not {type(obj).__name__}")

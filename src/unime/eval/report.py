@@ -192,7 +192,8 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
                      + "; the metrics leave them out")
     if meta.get("dropped_candidates"):
         lines.append(f"- **dropped candidates** (`--on-error skip`): {int(meta['dropped_candidates'])} bad candidates "
-                     "left out of their rows (each row kept a relevant candidate and another one)")
+                     "left out of their rows (each row kept a relevant candidate and another one), or of a global "
+                     "task's pool (each counted once)")
     if meta.get("skipped_tasks"):
         lines.append(f"- **skipped tasks** (`--on-error skip`, no good rows): {', '.join(meta['skipped_tasks'])}")
     lines.append("")

@@ -38,9 +38,11 @@ MMEB rows, retrieval entries and compositional pairs are parsed by the data laye
 (`unime.data.eval_formats`), one row at a time, with its error policy: a bad row raises `DataError`
 naming file, record and field, or with ``on_error="skip"`` is left out and counted. Rows of every format
 have their images and videos checked as they are read (`_parsed_rows`), so bad media counts as a bad row —
-except, under the skip policy, a bad candidate of an MMEB or qrels row: that candidate leaves the row (counted
-in the task's ``dropped_candidates``) when the row keeps a relevant candidate (MMEB: its positive; qrels: one
-with a grade > 0 — a bad relevant one leaves while another remains) and another candidate.
+except, under the skip policy, a bad candidate of an MMEB, qrels or MMEB-V2 row: that candidate leaves the row
+(counted in the task's ``dropped_candidates``) when the row keeps a relevant candidate (MMEB: its positive; qrels:
+one with a grade > 0; MMEB-V2: a label or one graded > 0 — a bad relevant one leaves while another remains) and
+another candidate. In a global MMEB-V2 task it leaves the one pool every row ranks (counted once); a row whose
+relevant candidates all left is skipped.
 A task left with no rows raises `EmptyTaskError`, and so, under the skip policy, does a graded task (qrels,
 MMEB-V2) left with no query that has a relevant candidate (`unime eval` reports it and scores the other tasks).
 
@@ -66,7 +68,7 @@ from unime.data.eval_formats import iter_rows as iter_format_rows
 from unime.data.items import Item
 from unime.data.jsonl import read_text_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
-from unime.data.skips import ErrorPolicy, SkipReport, data_error
+from unime.data.skips import ErrorPolicy, SkipReport, data_error, reason_of
 from unime.data.validate import check_keys, check_str, make_item, parse_item
 from unime.errors import DataError
 
@@ -416,7 +418,7 @@ class QrelsData:
     shared_corpus: bool = False    # BEIR: every query ranks the same corpus
 
     skipped: int = 0  # rows left out under on_error="skip"
-    dropped_candidates: int = 0  # bad candidates left out of their rows under on_error="skip" (format qrels)
+    dropped_candidates: int = 0  # bad candidates left out of their rows under on_error="skip" (qrels, mmeb_v2)
 
     @property
     def references(self) -> int:
@@ -431,13 +433,18 @@ TaskData = MMEBData | RetrievalData | CompositionalData | QrelsData
 # -- MMEB-V2 rows (format ``mmeb_v2``, options: `unime.eval.mmeb_v2`) ---------------------------------------------------------------------------------------------
 
 def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
-    """V2 rows → per query: candidate item indices and their relevance grades."""
+    """V2 rows → per query: candidate item indices and their relevance grades. Under the skip policy a bad
+    candidate leaves its row (`_v2_keep`), or in a global task the pool, counted once (`_v2_pool_keep`): a row
+    whose relevant candidates all left the pool, or whose pool was left with one candidate, is skipped."""
     table = ItemTable()
     eval_type = spec.option("eval_type", "local")
     rows: list[tuple[str, str, V2Row]] = []
     images = images or _image_checker(spec)
+    dropped = _candidate_drops(policy, by_name=eval_type == "global")
+    keep = _v2_pool_keep if eval_type == "global" else _v2_keep
     for f in _data_files(spec.path, task=spec.name):
-        for source, label, row in _parsed_rows(f, v2_row_from_dict, policy, task=spec.name, images=images):
+        for source, label, row in _parsed_rows(f, v2_row_from_dict, policy, task=spec.name, images=images,
+                                               dropped=dropped, keep=keep):
             rows.append((source, label, row))
     if not rows:
         raise _no_rows(spec)
@@ -447,18 +454,13 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
         pos: dict[str, list[int]] = {}  # a name listed twice names both places: each is that candidate
         for j, n in enumerate(names):
             pos.setdefault(n, []).append(j)
-        g = np.zeros(len(names), dtype=np.float64)
         for lab in row.labels:
             if lab not in pos:
                 policy.handle(data_error("schema", f"label {lab!r} is not among the "
                                          f"{'pool' if eval_type == 'global' else 'row'}'s candidates",
                                          source=where[0], record=where[1], field="dataset_infos.label_name"))
                 return None
-            g[pos[lab]] = row.rel_scores.get(lab, 1.0)
-        for name, s in row.rel_scores.items():  # graded candidates that are not labels (ViDoRe qrels)
-            if name in pos and name not in row.labels:
-                g[pos[name]] = s
-        return g
+        return np.asarray([_v2_grade(row, n) for n in names], dtype=np.float64)
 
     if eval_type == "global":
         pool_names: list[str] = []
@@ -481,13 +483,18 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
         if corpus:
             for f in _data_files(Path(corpus), task=spec.name):
                 for source, label, row in _parsed_rows(f, lambda o, **kw: v2_row_from_dict(o, corpus=True, **kw),
-                                                       policy,
-                                               task=spec.name, images=images):
+                                                       policy, task=spec.name, images=images, dropped=dropped,
+                                                       keep=keep):
                     add_pool(row, (source, label))
         for source, label, row in rows:
             add_pool(row, (source, label))
         pool = np.asarray(pool_items, dtype=np.int64)
         for source, label, row in rows:
+            try:
+                row = _v2_in_pool(row, dropped, pool_names, source=source, record=label)
+            except DataError as e:
+                policy.handle(e)
+                continue
             g = grades_for(row, pool_names, (source, label))
             if g is None:
                 continue
@@ -507,10 +514,34 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
             grades.append(g)
             ids.append(row.id or label)
         shared = False
+    n_dropped = _dropped_total(spec, dropped)
     if not queries:
         raise _no_rows(spec)
     return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64), candidates=cands, grades=grades,
-                     ids=ids, shared_corpus=shared)
+                     ids=ids, shared_corpus=shared, dropped_candidates=n_dropped)
+
+
+def _v2_in_pool(row: V2Row, dropped: CandidateDrops | None, pool_names: list[str], *, source: str,
+                record: str) -> V2Row:
+    """A global row ready to be graded against the pool after bad candidates left it (`_v2_pool_keep`): without
+    the labels and scores of those candidates. It cannot be scored when all its relevant candidates left, or the
+    pool kept one candidate only: then the error of a bad candidate, named at the row, is raised."""
+    if not dropped or not dropped.first:
+        return row
+    from unime.data.io import raw_message
+
+    in_pool = set(pool_names)
+    relevant = [n for n in dict.fromkeys((*row.labels, *row.rel_scores)) if _v2_grade(row, n) > 0]
+    lost = [n for n in relevant if n in dropped.first and n not in in_pool]
+    if lost and not any(n in in_pool for n in relevant):
+        name, why = lost[0], "its relevant candidate"
+    elif len(pool_names) < 2:
+        name, why = next(iter(dropped.first)), "a candidate of the pool (one is left)"
+    else:
+        return _v2_without(row, row.candidates, set(lost))
+    err = dropped.first[name]
+    raise data_error(reason_of(err), f"{why} {name!r} is bad: {raw_message(err)}", source=source, record=record,
+                     field="dataset_infos.label_name")
 
 
 def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport | None = None,
@@ -557,14 +588,14 @@ def _image_checker(spec: TaskSpec, *, decode_video: bool = False, video_sampling
 
 
 def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str, images=None,
-                 dropped: SkipReport | None = None, keep: Callable | None = None) -> Iterator[tuple[str, str, Any]]:
+                 dropped: CandidateDrops | None = None, keep: Callable | None = None) -> Iterator[tuple[str, str, Any]]:
     """(file, record label, parsed row) for every good row of a task's file(s); bad rows go through `policy`.
     Rows are parsed by the data layer (`unime.data.eval_formats`), one at a time. With `images` (an
     `ImageChecker`, `_image_checker`) every image of a row is opened and decoded here, before any model is
     loaded, and every video opened and its header checked (decoded under the skip policy, `load_task_data`): a
     bad one names the file, the row and the field, and under the skip policy leaves the row out. With `dropped`
-    and `keep` (MMEB and qrels rows, skip policy) a bad candidate leaves only its row's candidate list when the
-    row stays scorable, counted in `dropped` (`_without_bad_candidates`)."""
+    and `keep` (MMEB, qrels and MMEB-V2 rows, skip policy) a bad candidate leaves only its row's candidate list
+    when the row stays scorable, counted in `dropped` (`_without_bad_candidates`)."""
     for f in _data_files(path, task=task):
         for label, obj in iter_format_rows(f, policy):
             try:
@@ -582,28 +613,31 @@ def _template(template: str, text: str) -> str:
     return template.replace("{text}", text)
 
 
-def _without_bad_candidates(row, images, dropped: SkipReport, keep: Callable, *, source: str, record: str):
-    """`row` (with `query` and `candidates`) without its candidates whose media is bad, each counted in `dropped`,
-    when ``keep(row, kept)`` returns the row reduced to the good candidates at indices `kept` (`None`: it would
-    not be scorable, e.g. `_mmeb_keep`, `_qrels_keep`); else the first bad item raises (the whole row is bad).
-    One bad image listed among every row's candidates (an import's t2i task) thus costs each row a candidate,
-    not every row."""
+def _without_bad_candidates(row, images, dropped: CandidateDrops, keep: Callable, *, source: str, record: str):
+    """`row` (with `item_fields()`: its query, if any, then its candidates) without its candidates whose media is
+    bad, each counted in `dropped`, when ``keep(row, kept)`` returns the row reduced to the good candidates at
+    indices `kept` (`None`: it would not be scorable, e.g. `_mmeb_keep`, `_qrels_keep`, `_v2_keep`); else the
+    first bad item raises (the whole row is bad). One bad image listed among every row's candidates (an import's
+    t2i task) thus costs each row a candidate, not every row."""
     where = {"source": source, "record": record}
-    images.check_item("query", row.query, **where)
-    kept, bad = [], []
-    for i, c in enumerate(row.candidates):
+    kept, bad = [], {}
+    for fname, item in row.item_fields():
+        if fname == "query":
+            images.check_item(fname, item, **where)
+            continue
+        i = len(kept) + len(bad)
         try:
-            images.check_item(f"candidates[{i}]", c, **where)
+            images.check_item(fname, item, **where)
             kept.append(i)
         except DataError as e:
-            bad.append(e)
+            bad[i] = e
     if not bad:
         return row
     reduced = keep(row, kept)
     if reduced is None:
-        raise bad[0]
-    for e in bad:
-        dropped.add(e)
+        raise next(iter(bad.values()))
+    for i, e in bad.items():
+        dropped.add(row, i, e)
     return reduced
 
 
@@ -620,17 +654,65 @@ def _qrels_keep(row: QrelsRow, kept: list[int]) -> QrelsRow | None:
     return replace(row, candidates=[row.candidates[i] for i in kept], grades=[row.grades[i] for i in kept])
 
 
-def _candidate_drops(policy: ErrorPolicy) -> SkipReport | None:
-    """Where a task counts the bad candidates left out of their rows: under the skip policy only."""
-    return SkipReport() if policy.on_error == "skip" else None
+def _v2_grade(row: V2Row, name: str) -> float:
+    """The relevance of the candidate named `name` to `row`: a label's score (1 without one), else its
+    ``rel_scores`` entry (ViDoRe qrels grade candidates that are not labels), else 0."""
+    return row.rel_scores.get(name, 1.0) if name in row.labels else row.rel_scores.get(name, 0.0)
 
 
-def _dropped_total(spec: TaskSpec, dropped: SkipReport | None) -> int:
+def _v2_without(row: V2Row, candidates: list, gone: set[str]) -> V2Row:
+    """`row` with `candidates` (some of its own), its labels and scores of the names in `gone` left out."""
+    return replace(row, candidates=candidates, labels=[n for n in row.labels if n not in gone],
+                   rel_scores={n: s for n, s in row.rel_scores.items() if n not in gone})
+
+
+def _v2_keep(row: V2Row, kept: list[int]) -> V2Row | None:
+    """A local MMEB-V2 row keeps its good candidates when one of them is relevant (a label, or graded > 0 by
+    ``rel_scores``) and there is another; the labels and scores of the names that left go with them."""
+    if len(kept) < 2 or not any(_v2_grade(row, row.candidates[i].name) > 0 for i in kept):
+        return None
+    cands = [row.candidates[i] for i in kept]
+    return _v2_without(row, cands, {c.name for c in row.candidates} - {c.name for c in cands})
+
+
+def _v2_pool_keep(row: V2Row, kept: list[int]) -> V2Row:
+    """A global MMEB-V2 row (or corpus row) keeps its good candidates, whatever they are: they only join the
+    task's pool, and whether the row can be scored is decided against the pool (`_v2_in_pool`)."""
+    return replace(row, candidates=[row.candidates[i] for i in kept])
+
+
+class CandidateDrops:
+    """The bad candidates left out of their rows under the skip policy (`_without_bad_candidates`), counted in
+    `report`; with `by_name` once per candidate name (a global MMEB-V2 pool: a candidate listed by many rows is
+    one candidate of the pool), the first error of each name kept in `first`."""
+
+    def __init__(self, *, by_name: bool = False):
+        self.report = SkipReport()
+        self.by_name = by_name
+        self.first: dict[str, DataError] = {}
+
+    def add(self, row, i: int, err: DataError) -> None:
+        if self.by_name:
+            name = row.candidates[i].name
+            if name in self.first:
+                return
+            self.first[name] = err
+        self.report.add(err)
+
+
+def _candidate_drops(policy: ErrorPolicy, *, by_name: bool = False) -> CandidateDrops | None:
+    """Where a task counts the bad candidates left out of its rows: under the skip policy only."""
+    return CandidateDrops(by_name=by_name) if policy.on_error == "skip" else None
+
+
+def _dropped_total(spec: TaskSpec, dropped: CandidateDrops | None) -> int:
     """Warn about the bad candidates a task left out of its rows (`_without_bad_candidates`); their number."""
-    if dropped:
-        log.warning("task %s: bad candidates left out of their rows, each row keeping a relevant candidate (MMEB: "
-                    "its positive) and another one: %s", spec.name, dropped.summary(what="candidate(s)"))
-    return dropped.total if dropped else 0
+    if dropped and dropped.report:
+        log.warning("task %s: bad candidates left out of %s: %s", spec.name,
+                    "the task's candidate pool" if dropped.by_name else
+                    "their rows, each row keeping a relevant candidate (MMEB: its positive) and another one",
+                    dropped.report.summary(what="candidate(s)"))
+    return dropped.report.total if dropped else 0
 
 
 def _no_rows(spec: TaskSpec) -> EmptyTaskError:
