@@ -430,7 +430,7 @@ class QrelsData:
 TaskData = MMEBData | RetrievalData | CompositionalData | QrelsData
 
 
-# -- MMEB-V2 rows (format ``mmeb_v2``, options: `unime.eval.mmeb_v2`) ---------------------------------------------------------------------------------------------
+# -- MMEB-V2 rows (format ``mmeb_v2``, options: `unime.eval.mmeb_v2`) --------------------------------------------------
 
 def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
     """V2 rows → per query: candidate item indices and their relevance grades. Under the skip policy a bad
