@@ -301,17 +301,36 @@ def test_data_check_reads_mmeb_v2_rows_and_checks_their_media(tmp_path, capsys):
     mret = tmp_path / "video/mret/rows.jsonl"  # its frame lists miss f1.png: 1 row, its candidates m0 and m2 bad
     assert main(["data", "check", str(tmp_path / "video/ret/rows.jsonl"), *root]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{tmp_path / 'video/ret/rows.jsonl'}: MMEB-V2 rows: 3 good, 0 bad rows, 1 with bad")
+    assert out[0].startswith(f"{tmp_path / 'video/ret/rows.jsonl'}: MMEB-V2 rows: 3 good, 0 bad rows, 1 with bad "
+                             "videos (")
     assert out[1] == "skipped 1 record(s) (video: 1)" and "line 3, field 'cand[0].video[0]'" in out[2]
     assert main(["data", "check", str(mret), *root]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{mret}: MMEB-V2 rows: 0 good, 0 bad rows, 1 with bad") and "f1.png" in out[2]
+    assert out[0].startswith(f"{mret}: MMEB-V2 rows: 0 good, 0 bad rows, 1 with bad videos (") and "f1.png" in out[2]
     corpus = tmp_path / "visdoc/docs/corpus/corpus.jsonl"  # candidates only: d5's page is not a PNG
     assert main(["data", "check", str(corpus), *root]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{corpus}: MMEB-V2 corpus rows: 6 good, 0 bad rows, 1 with bad") and "d5.png" in out[2]
+    assert out[0].startswith(f"{corpus}: MMEB-V2 corpus rows: 6 good, 0 bad rows, 1 with bad images (") and \
+        "d5.png" in out[2]
     assert main(["data", "check", str(tmp_path / "video/qa/rows.jsonl"), *root, "--no-images"]) == 0
     assert "MMEB-V2 rows: 3 good, 0 bad rows" in capsys.readouterr().out
+
+
+def test_data_check_counts_bad_images_and_bad_videos_apart(tmp_path, capsys):
+    """QA: `data check` summed every row left out for its media as "with bad images", a missing video too. A file
+    with one bad clip and one bad image counts them as bad media of each kind; the examples name each file."""
+    from unime.cli import main
+
+    _broken_v2_world(tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "video/ret/rows.jsonl").read_text().splitlines()]
+    rows[0]["query_image"] = ["gone.png"]  # line 1: a missing image; line 3 keeps its clip PyAV cannot open
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["data", "check", str(tmp_path / "mixed.jsonl"), "--data-root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{tmp_path / 'mixed.jsonl'}: MMEB-V2 rows: 2 good, 0 bad rows, 2 with bad media "
+                             "(1 images, 1 videos) ("), out
+    assert out[1] == "skipped 2 record(s) (image: 1, video: 1)"
+    assert "line 1" in out[2] and "gone.png" in out[2] and "line 3" in out[3] and "clips/c2.mp4" in out[3], out
 
 
 # -- media that fails only when decoded (the up-front check reads video headers only) --------------------------

@@ -148,6 +148,17 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
         rows = check_images(rows, loader, on_error="skip", skips=skips, source=cfg.input)
     where = "" if cfg.no_images else f" (image paths resolved against {root})"
     words = "" if kind is None or (kind == "mmeb" and cfg.mmeb) else _KIND_WORDS[kind]
-    line = (f"{cfg.input}:{words} {len(rows)} good, {n_file_bad} bad rows, {skips.total - n_file_bad} with bad "
-            f"images{where}")
+    line = (f"{cfg.input}:{words} {len(rows)} good, {n_file_bad} bad rows, "
+            f"{bad_media_words(skips, skips.total - n_file_bad)}{where}")
     return line + (f"\n{skips.summary()}" if skips.total else ""), skips.total
+
+
+def bad_media_words(skips, n_bad: int) -> str:
+    """"N with bad images" / "N with bad videos" / "N with bad media (I images, V videos)": the rows left out for
+    their media, told apart by the reason each was counted under (a video file or a frame list's frame: video)."""
+    videos = skips.counts.get("video", 0)
+    if not videos:
+        return f"{n_bad} with bad images"
+    if videos == n_bad:
+        return f"{n_bad} with bad videos"
+    return f"{n_bad} with bad media ({n_bad - videos} images, {videos} videos)"
