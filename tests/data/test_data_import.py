@@ -642,8 +642,8 @@ def test_a_video_file_given_to_import_is_named_as_a_video_not_a_corrupt_image(tm
 def test_data_check_reads_or_names_every_file_the_import_writes(tmp_path, capsys):
     """QA: `data check` on an import's MMEB file reported every row bad ("missing key(s) ['positive', 'query']"),
     on train/qrels.jsonl and eval/judge_pairs.jsonl likewise, and on eval_tasks.yaml ended with the Python API's
-    "or pass format=". MMEB-eval rows are recognised by their keys; the files it does not read are named, with the
-    command that reads them."""
+    "or pass format=". MMEB-eval rows, qrels rows and judge pairs are recognised by their keys and checked with their
+    images; a file it does not read is named, with the command that reads it."""
     out = _import(tmp_path)
     capsys.readouterr()
     for name in ("photos_i2t", "photos_t2i", "photos_cls"):
@@ -652,9 +652,16 @@ def test_data_check_reads_or_names_every_file_the_import_writes(tmp_path, capsys
         assert capsys.readouterr().out.startswith(f"{f}: MMEB-eval rows: 5 good, 0 bad rows, 0 with bad images")
     for f in ("train/records.jsonl", "train/judge.jsonl"):
         assert main(["data", "check", str(out / f)]) == 0
-    cases = {"train/qrels.jsonl": "holds qrels rows (query, candidates, relevance grades)",
-             "eval/judge_pairs.jsonl": "holds judge pairs (query, candidate[, label])",
-             "eval_tasks.yaml": "an eval task config, not a data file: `unime eval --tasks FILE` reads it",
+    n_qrels = len((out / "train/qrels.jsonl").read_text().splitlines())
+    n_pairs = len((out / "eval/judge_pairs.jsonl").read_text().splitlines())
+    capsys.readouterr()
+    assert main(["data", "check", str(out / "train/qrels.jsonl")]) == 0
+    assert capsys.readouterr().out.startswith(f"{out / 'train/qrels.jsonl'}: qrels rows: {n_qrels} good, 0 bad rows, "
+                                              "0 with bad images (image paths resolved against ")
+    assert main(["data", "check", str(out / "eval/judge_pairs.jsonl")]) == 0
+    assert capsys.readouterr().out.startswith(f"{out / 'eval/judge_pairs.jsonl'}: judge pairs (label column "
+                                              f"'label'): {n_pairs} good, 0 bad rows, 0 with bad images")
+    cases = {"eval_tasks.yaml": "an eval task config, not a data file: `unime eval --tasks FILE` reads it",
              "train/corpus.txt": "`unime data check` reads training records (.jsonl, .parquet, .json"}
     capsys.readouterr()
     for f, fragment in cases.items():

@@ -6,6 +6,8 @@
   token (`unime.models.adapters.item_segments`); they are never rewritten here.
 - Retrieval lists (Flickr30K / COCO style): ``{"image": path, "captions": [..], "id"?}``.
 - Compositional pairs (SugarCrepe style): ``{"image", "positive", "negative", "category", "id"?}``.
+- Qrels rows (graded relevance): ``{"id"?, "query": {item}, "candidates": [{item}, ..], "relevance": [grade, ..]}``,
+  grades finite and >= 0.
 
 Each reader takes ``.jsonl`` (one row per line), ``.json`` (a list of rows) or ``.parquet``, with the
 same `on_error` / `SkipReport` policy as the record readers (`unime.data.io`). Writers are atomic
@@ -15,6 +17,7 @@ and write JSONL.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from unime.data.atomic import atomic_open
 from unime.data.items import Item
 from unime.data.jsonl import read_json_file
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
-from unime.data.validate import check_keys, check_str, make_item
+from unime.data.validate import check_keys, check_str, make_item, parse_item
 from unime.errors import DataError
 
 MMEB_KEYS = {"qry_text", "qry_img_path", "tgt_text", "tgt_img_path"}
@@ -67,6 +70,22 @@ class CompositionalPair:
     negative: str
     category: str = ""
     id: str = ""
+
+
+@dataclass
+class QrelsRow:
+    """A query with its candidates and their relevance grades (> 0 = relevant)."""
+
+    query: Item
+    candidates: list[Item]
+    grades: list[float]
+    id: str = ""
+
+    def item_fields(self):
+        """(field, item) of every item of the row (`ImageChecker`)."""
+        yield "query", self.query
+        for j, c in enumerate(self.candidates):
+            yield f"candidates[{j}]", c
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,3 +268,37 @@ def write_compositional(pairs: Iterable[CompositionalPair], path: str | os.PathL
         return d
 
     return _write_jsonl((row(p) for p in pairs), path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# qrels (graded relevance)
+
+QRELS_KEYS = {"query", "candidates", "relevance"}
+
+
+def relevance_grade(v, *, source, record, field_name) -> float:
+    """A relevance grade: a finite number >= 0 (a boolean is not one)."""
+    try:
+        finite = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite or v < 0:
+        raise data_error("bad_score", f"relevance grade must be a finite number >= 0, got {v!r}", source=source,
+                         record=record, field=field_name)
+    return float(v)
+
+
+def qrels_row_from_dict(obj: Any, *, source=None, record=None) -> QrelsRow:
+    """``{"id"?, "query": {item}, "candidates": [{item}, ..], "relevance": [grade, ..]}``."""
+    check_keys(obj, QRELS_KEYS, {"id"}, source=source, record=record, what="qrels row")
+    query = parse_item(obj["query"], source=source, record=record, field="query")
+    items, rel = obj["candidates"], obj["relevance"]
+    if not isinstance(items, list) or not items:
+        raise data_error("schema", "expected a non-empty list", source=source, record=record, field="candidates")
+    if not isinstance(rel, list) or len(rel) != len(items):
+        raise data_error("schema", f"expected a list of {len(items)} grades (one per candidate)", source=source,
+                         record=record, field="relevance")
+    cands = [parse_item(d, source=source, record=record, field=f"candidates[{j}]") for j, d in enumerate(items)]
+    grades = [relevance_grade(g, source=source, record=record, field_name=f"relevance[{j}]")
+              for j, g in enumerate(rel)]
+    return QrelsRow(query, cands, grades, check_str(obj.get("id"), source=source, record=record, field="id"))

@@ -45,7 +45,8 @@ def convert_records(cfg: ConvertConfig):
 
 @dataclass(kw_only=True)
 class CheckConfig:
-    input: str = option(help="records (.jsonl/.parquet/.json), MMEB-eval or MMEB-V2 rows", positional=True)
+    input: str = option(help="records (.jsonl/.parquet/.json), MMEB-eval or MMEB-V2 rows, qrels rows or judge pairs",
+                        positional=True)
     mmeb: bool = option(False, "the file holds MMEB-eval rows (default: recognised by the first row's keys)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the file's folder)")
     allow_outside_root: bool = option(False, "permit absolute paths and '..' in image paths")
@@ -53,15 +54,6 @@ class CheckConfig:
     no_images: bool = option(False, "check the file only, not the images")
 
 
-# files `unime data import` (and the demo world) write beside the records, which `data check` does not read: what
-# each is, told by its first row's keys, and the command that reads (and checks) it
-_OTHER_FORMATS = (
-    ({"query", "candidates", "relevance"}, "qrels rows (query, candidates, relevance grades)",
-     "`unime mine --backend oracle --judge FILE ...` (and `unime judge`) take them as ground truth; `unime eval` "
-     "reads them as a task of format qrels"),
-    ({"query", "candidate"}, "judge pairs (query, candidate[, label])",
-     "`unime judge --pairs FILE --judge JUDGE --out SCORES [--label-column label]` reads and checks them"),
-)
 _TASK_CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
@@ -91,13 +83,14 @@ def _first_row_keys(path: str) -> set[str] | None:
 
 def check_format(cfg: CheckConfig) -> str | None:
     """What `cfg.input` holds, told by its first row's keys: "mmeb" (MMEB-eval rows; also `--mmeb` for a file whose
-    first row tells nothing), "mmeb_v2" / "mmeb_v2_corpus" (MMEB-V2 rows / a V2 task's corpus rows), or None
-    (training records). A file `data check` does not read (an eval task config, qrels rows, judge pairs), or
-    training records under `--mmeb`, is a `DataError` naming what it is and the command line that reads it,
-    not a report of every row as bad."""
-    from unime.data.eval_formats import MMEB_KEYS
+    first row tells nothing), "mmeb_v2" / "mmeb_v2_corpus" (MMEB-V2 rows / a V2 task's corpus rows), "qrels"
+    (qrels rows: `unime eval`'s format qrels, the oracle judge's ground truth), "pairs" (judge pairs, `unime
+    judge --pairs`), or None (training records). An eval task config, or training records under `--mmeb`, is a
+    `DataError` naming what it is and the command line that reads it, not a report of every row as bad."""
+    from unime.data.eval_formats import MMEB_KEYS, QRELS_KEYS
     from unime.data.io import RECORD_KEYS_REQUIRED
     from unime.data.mmeb_v2 import CORPUS_KEYS, V2_KEYS
+    from unime.data.pairs import PAIR_KEYS
 
     if str(cfg.input).lower().endswith(_TASK_CONFIG_SUFFIXES):
         raise DataError("an eval task config, not a data file: `unime eval --tasks FILE` reads it; check the data "
@@ -117,39 +110,58 @@ def check_format(cfg: CheckConfig) -> str | None:
             raise DataError("holds training records (query, positive), not MMEB-eval rows: check it without --mmeb",
                             source=cfg.input)
         return None
-    for needed, what, hint in _OTHER_FORMATS:
-        if needed <= keys:
-            raise DataError(f"holds {what}, not training records or MMEB-eval rows (the formats `unime data check` "
-                            f"reads): {hint}", source=cfg.input)
+    if QRELS_KEYS <= keys:
+        return "qrels"
+    if set(PAIR_KEYS) <= keys:
+        return "pairs"
     return mmeb
 
 
-_KIND_WORDS = {"mmeb": " MMEB-eval rows:", "mmeb_v2": " MMEB-V2 rows:", "mmeb_v2_corpus": " MMEB-V2 corpus rows:"}
+_KIND_WORDS = {"mmeb": " MMEB-eval rows:", "mmeb_v2": " MMEB-V2 rows:", "mmeb_v2_corpus": " MMEB-V2 corpus rows:",
+               "qrels": " qrels rows:", "pairs": " judge pairs:"}
+
+
+def _pairs_label_column(path: str) -> str | None:
+    """The label column of a judge pairs file: the one key of its first row beside id, query and candidate (an
+    import writes `label`), else None (no label column; more than one extra key: `read_pairs` names them)."""
+    from unime.data.pairs import PAIR_KEYS
+
+    extra = (_first_row_keys(path) or set()) - {"id", *PAIR_KEYS}
+    return extra.pop() if len(extra) == 1 else None
 
 
 def check_file(cfg: CheckConfig) -> tuple[str, int]:
-    """Every row of the file read (bad ones skipped) and, unless `no_images`, every image opened. Returns the
-    report (a summary line, then examples of what is bad) and the number of bad rows. MMEB-eval rows are
-    and MMEB-V2 rows (their videos decoded) recognised by their keys (`check_format`)."""
+    """Every row of the file read (bad ones skipped) and, unless `no_images`, every image and video opened. Returns
+    the report (a summary line, then examples of what is bad) and the number of bad rows. MMEB-eval rows, MMEB-V2
+    rows (their videos decoded), qrels rows and judge pairs are recognised by their keys (`check_format`)."""
     from unime.data.images import DEFAULT_MAX_PIXELS, ImageLoader
-    from unime.data.io import SkipReport, check_images, read_mmeb, read_mmeb_v2, read_records
+    from unime.data.io import (ImageChecker, SkipReport, check_images, read_mmeb, read_mmeb_v2, read_qrels,
+                               read_records)
+    from unime.data.pairs import read_pairs
     from unime.data.roots import resolve_data_root
 
     kind = check_format(cfg)
     skips = SkipReport(max_examples=20)
-    read = {None: read_records, "mmeb": read_mmeb, "mmeb_v2": read_mmeb_v2,
-            "mmeb_v2_corpus": functools.partial(read_mmeb_v2, corpus=True)}[kind]
-    rows = read(cfg.input, on_error="skip", skips=skips)
     root = resolve_data_root(cfg.input, cfg.data_root)
-    n_file_bad = skips.total
-    if not cfg.no_images:
-        loader = ImageLoader(root, allow_outside_root=cfg.allow_outside_root,
-                             max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS)
-        rows = check_images(rows, loader, on_error="skip", skips=skips, source=cfg.input)
-    where = "" if cfg.no_images else f" (image paths resolved against {root})"
+    loader = None if cfg.no_images else ImageLoader(root, allow_outside_root=cfg.allow_outside_root,
+                                                    max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS)
     words = "" if kind is None or (kind == "mmeb" and cfg.mmeb) else _KIND_WORDS[kind]
-    line = (f"{cfg.input}:{words} {len(rows)} good, {n_file_bad} bad rows, "
-            f"{bad_media_words(skips, skips.total - n_file_bad)}{where}")
+    if kind == "pairs":  # their reader opens each pair's media as it reads the pair
+        label_column = _pairs_label_column(cfg.input)
+        rows = read_pairs(cfg.input, on_error="skip", skips=skips, images=loader and ImageChecker(loader),
+                          label_column=label_column)
+        rows = rows[0] if label_column else rows
+        words = f" judge pairs (label column {label_column!r}):" if label_column else words
+    else:
+        read = {None: read_records, "mmeb": read_mmeb, "mmeb_v2": read_mmeb_v2, "qrels": read_qrels,
+                "mmeb_v2_corpus": functools.partial(read_mmeb_v2, corpus=True)}[kind]
+        rows = read(cfg.input, on_error="skip", skips=skips)
+        if loader is not None:
+            rows = check_images(rows, loader, on_error="skip", skips=skips, source=cfg.input)
+    n_media_bad = skips.counts.get("image", 0) + skips.counts.get("video", 0)
+    where = "" if cfg.no_images else f" (image paths resolved against {root})"
+    line = (f"{cfg.input}:{words} {len(rows)} good, {skips.total - n_media_bad} bad rows, "
+            f"{bad_media_words(skips, n_media_bad)}{where}")
     return line + (f"\n{skips.summary()}" if skips.total else ""), skips.total
 
 

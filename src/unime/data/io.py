@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from unime.data.atomic import atomic_open, atomic_path
-from unime.data.eval_formats import (CompositionalPair, MMEBRow, RetrievalEntry, read_compositional, read_mmeb,
-                                     read_parsed_rows, read_retrieval, write_compositional, write_mmeb, write_retrieval)
+from unime.data.eval_formats import (CompositionalPair, MMEBRow, QrelsRow, RetrievalEntry, qrels_row_from_dict,
+                                     read_compositional, read_mmeb, read_parsed_rows, read_retrieval,
+                                     write_compositional, write_mmeb, write_retrieval)
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
@@ -47,7 +48,7 @@ __all__ = [
     "FORMATS", "detect_format", "read_records", "iter_records", "write_records", "record_from_dict",
     "record_to_dict", "read_unime_v2_json", "write_unime_v2_json", "check_images", "SkipReport",
     "MMEBRow", "read_mmeb", "write_mmeb", "RetrievalEntry", "read_retrieval", "write_retrieval",
-    "CompositionalPair", "read_compositional", "write_compositional",
+    "CompositionalPair", "read_compositional", "write_compositional", "QrelsRow", "read_qrels",
 ]
 
 FORMATS = ("jsonl", "parquet", "unime_v2_json")
@@ -107,6 +108,15 @@ def read_mmeb_v2(path: str | os.PathLike, *, corpus: bool = False, on_error: str
     remembering the line it was read from (`with_origin`)."""
     def parse(obj, *, source, record):
         return with_origin(v2_row_from_dict(obj, source=source, record=record, corpus=corpus), record)
+
+    return read_parsed_rows(path, parse, on_error, skips)
+
+
+def read_qrels(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None) -> list[QrelsRow]:
+    """Qrels rows (`unime.data.eval_formats.qrels_row_from_dict`) of one file, each remembering the line it was read
+    from (`with_origin`)."""
+    def parse(obj, *, source, record):
+        return with_origin(qrels_row_from_dict(obj, source=source, record=record), record)
 
     return read_parsed_rows(path, parse, on_error, skips)
 

@@ -63,13 +63,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from unime.data.eval_formats import MMEBRow, compositional_pair_from_dict, mmeb_row_from_dict, retrieval_entry_from_dict
+from unime.data.eval_formats import (MMEBRow, QrelsRow, compositional_pair_from_dict, mmeb_row_from_dict,
+                                     qrels_row_from_dict, relevance_grade, retrieval_entry_from_dict)
 from unime.data.eval_formats import iter_rows as iter_format_rows
 from unime.data.items import Item
 from unime.data.jsonl import read_text_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
 from unime.data.skips import ErrorPolicy, SkipReport, data_error, reason_of
-from unime.data.validate import check_keys, check_str, make_item, parse_item
+from unime.data.validate import check_keys, check_str, make_item
 from unime.errors import DataError
 
 FORMATS = ("mmeb", "retrieval", "compositional", "qrels", "mmeb_v2")
@@ -791,36 +792,9 @@ def read_compositional_task(spec: TaskSpec, policy: ErrorPolicy, images=None) ->
 
 # -- qrels -----------------------------------------------------------------------------------------------
 
-QRELS_KEYS = {"query", "candidates", "relevance"}
-
-
-def _grade(v, *, source, record, field_name) -> float:
-    try:
-        finite = not isinstance(v, bool) and isinstance(v, (int, float)) and np.isfinite(float(v))
-    except OverflowError:  # an integer too large for a float
-        finite = False
-    if not finite or v < 0:
-        raise data_error("bad_score", f"relevance grade must be a finite number >= 0, got {v!r}", source=source,
-                         record=record, field=field_name)
-    return float(v)
-
 
 def _templated(item: Item, template: str) -> Item:
     return Item(text=_template(template, item.text), images=item.images, video=item.video)
-
-
-@dataclass
-class QrelsRow:
-    query: Item
-    candidates: list[Item]
-    grades: list[float]
-    id: str = ""
-
-    def item_fields(self):
-        """(field, item) of every item of the row (`ImageChecker`)."""
-        yield "query", self.query
-        for j, c in enumerate(self.candidates):
-            yield f"candidates[{j}]", c
 
 
 @dataclass
@@ -832,21 +806,6 @@ class BeirRow:
 
     def item_fields(self):
         yield "image", self.item  # the row's one image, under the key it was read from
-
-
-def qrels_row_from_dict(obj: Any, *, source=None, record=None) -> QrelsRow:
-    """``{"id"?, "query": {item}, "candidates": [{item}, ..], "relevance": [grade, ..]}``."""
-    check_keys(obj, QRELS_KEYS, {"id"}, source=source, record=record, what="qrels row")
-    query = parse_item(obj["query"], source=source, record=record, field="query")
-    items, rel = obj["candidates"], obj["relevance"]
-    if not isinstance(items, list) or not items:
-        raise data_error("schema", "expected a non-empty list", source=source, record=record, field="candidates")
-    if not isinstance(rel, list) or len(rel) != len(items):
-        raise data_error("schema", f"expected a list of {len(items)} grades (one per candidate)", source=source,
-                         record=record, field="relevance")
-    cands = [parse_item(d, source=source, record=record, field=f"candidates[{j}]") for j, d in enumerate(items)]
-    grades = [_grade(g, source=source, record=record, field_name=f"relevance[{j}]") for j, g in enumerate(rel)]
-    return QrelsRow(query, cands, grades, check_str(obj.get("id"), source=source, record=record, field="id"))
 
 
 def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
@@ -929,8 +888,8 @@ def _read_beir(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
             except ValueError:
                 raise data_error("bad_score", f"score {score!r} is not a number", source=src,
                                  record=f"line {n}", field="score") from None
-            judged.setdefault(qid, {})[corpus_pos[did]] = _grade(g, source=src, record=f"line {n}",
-                                                                 field_name="score")
+            judged.setdefault(qid, {})[corpus_pos[did]] = relevance_grade(g, source=src, record=f"line {n}",
+                                                                          field_name="score")
         except DataError as e:
             policy.handle(e)
     corpus_arr = np.asarray(corpus, dtype=np.int64)

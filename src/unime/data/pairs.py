@@ -1,0 +1,69 @@
+"""Judge pairs files (what `unime judge --pairs` scores; `unime data import` writes eval/judge_pairs.jsonl): JSONL
+of `{"id"?, "query": item, "candidate": item}`, optionally with a relevance label under a column of the caller's
+choice (`read_pairs`)."""
+
+from __future__ import annotations
+
+import math
+
+from unime.data.io import raw_message
+from unime.data.items import Item
+from unime.data.jsonl import iter_jsonl
+from unime.data.skips import ErrorPolicy, data_error, reason_of
+from unime.errors import DataError
+
+PAIR_KEYS = ("query", "candidate")
+
+
+def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, label_column: str | None = None) \
+        -> list[tuple[str, Item, Item]] | tuple[list[tuple[str, Item, Item]], list[float]]:
+    """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the (1-based) line number. A bad
+    line (or, with `images` = an `ImageChecker`, a bad image) raises a `DataError` naming the file, the
+    line and the field, or under `on_error="skip"` is counted in `skips` and left out.
+    With `label_column`, each line also carries a relevance label under that key (a number >= 0 or a
+    boolean; > 0 = relevant) and `(pairs, labels)` is returned (aligned: a skipped line drops both)."""
+    policy = ErrorPolicy(on_error, skips, path)
+    pairs, labels = [], []
+    allowed = {"id", *PAIR_KEYS} | ({label_column} if label_column else set())
+    for n, obj in iter_jsonl(path, on_malformed=policy.handle):
+        where = f"line {n}"
+        try:
+            if not isinstance(obj, dict):
+                raise data_error("schema", "expected an object", source=path, record=where)
+            rid = obj.get("id", n)
+            for key in PAIR_KEYS + ((label_column,) if label_column else ()):
+                if key not in obj:
+                    raise data_error("schema", "missing", source=path, record=where, field=key)
+            unknown = set(obj) - allowed
+            if unknown:
+                hint = " (a label column? pass --label-column NAME)" if not label_column else ""
+                raise data_error("schema", f"unknown keys {sorted(unknown)}{hint}", source=path, record=where)
+            q = Item.from_dict(obj["query"], source=path, record=where, field_name="query")
+            c = Item.from_dict(obj["candidate"], source=path, record=where, field_name="candidate")
+            label = None
+            if label_column:
+                v = obj[label_column]
+                if isinstance(v, bool):
+                    v = float(v)
+                if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                    raise data_error("schema", f"expected a label >= 0 (or true/false), got {v!r}", source=path,
+                                     record=where, field=label_column)
+                label = float(v)
+            for key, it in (("query", q), ("candidate", c)):
+                if it.is_empty:
+                    raise data_error("empty_item", "empty item", source=path, record=where, field=key)
+                if images is not None:
+                    try:
+                        images.check(it, source=path, record=where)
+                    except DataError as e:  # name the pair's field, not the checker's "item"
+                        raise data_error(reason_of(e), raw_message(e), source=path, record=where,
+                                         field=f"{key}.{e.field.split('.', 1)[-1]}") from None
+            pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
+            if label is not None:
+                labels.append(label)
+        except DataError as e:
+            policy.handle(e)
+    policy.finish()
+    if label_column:
+        return pairs, labels
+    return pairs

@@ -1,0 +1,60 @@
+"""`unime data check` on the files it reads beside training records and MMEB rows: qrels rows and judge pairs, every
+row parsed and every image opened, a bad one named by its line and field."""
+
+from __future__ import annotations
+
+from unime.cli import main
+from tests.eval.helpers import write_jsonl, write_png
+
+
+def _img(name: str) -> dict:
+    return {"text": "<|image_1|>", "image": f"images/{name}.png"}
+
+
+def test_data_check_reads_qrels_rows_and_opens_their_images(tmp_path, capsys):
+    """QA: `data check QRELS` stopped with "holds qrels rows ... not checked": it now reads every row (a bad grade, a
+    candidate list without its grades) and opens every image, naming the line and the field."""
+    for c in ("red", "blue"):
+        write_png(tmp_path, f"images/{c}.png", c)
+    f = tmp_path / "q.jsonl"
+    write_jsonl(f, [
+        {"id": "a", "query": {"text": "red"}, "candidates": [_img("red"), _img("blue")], "relevance": [2, 0]},
+        {"id": "b", "query": {"text": "red"}, "candidates": [_img("red"), _img("gone")], "relevance": [1, 0]},
+        {"id": "c", "query": {"text": "red"}, "candidates": [_img("red")], "relevance": [-1]},
+        {"query": {"text": "blue"}, "candidates": [_img("blue"), _img("red")], "relevance": [1]},
+    ])
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{f}: qrels rows: 1 good, 2 bad rows, 1 with bad images (image paths resolved against {tmp_path})"
+    assert out[1] == "skipped 3 record(s) (bad_score: 1, image: 1, schema: 1)"
+    assert out[2].startswith(f"  - {f}, record line 3 (id c), field 'relevance[0]': relevance grade must be"), out
+    assert out[3].startswith(f"  - {f}, record line 4, field 'relevance': expected a list of 2 grades"), out
+    assert out[4] == f"  - {f}, record line 2 (id b), field 'candidates[1].images[0]': image file not found: " \
+        "'images/gone.png'", out
+    assert main(["data", "check", str(f), "--no-images"]) == 1
+    assert capsys.readouterr().out.startswith(f"{f}: qrels rows: 2 good, 2 bad rows, 0 with bad images\n")
+
+
+def test_data_check_reads_judge_pairs_with_their_label_column_and_images(tmp_path, capsys):
+    """QA: `data check PAIRS` stopped with "holds judge pairs ... not checked". The pairs are read as `unime judge`
+    reads them (the one extra key of the first row is the label column), and every image opened."""
+    write_png(tmp_path, "images/red.png", "red")
+    f = tmp_path / "pairs.jsonl"
+    write_jsonl(f, [
+        {"query": {"text": "red"}, "candidate": _img("red"), "label": 1},
+        {"query": {"text": "red"}, "candidate": _img("gone"), "label": 0},
+        {"query": {"text": "red"}, "candidate": _img("red"), "label": "yes"},
+        {"query": {"text": "red"}, "label": 1},
+    ])
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{f}: judge pairs (label column 'label'): 1 good, 2 bad rows, 1 with bad images (image paths " \
+        f"resolved against {tmp_path})"
+    assert out[1] == "skipped 3 record(s) (image: 1, schema: 2)"
+    assert out[2] == f"  - {f}, record line 2, field 'candidate.images[0]': image file not found: 'images/gone.png'"
+    assert out[3].startswith(f"  - {f}, record line 3, field 'label': expected a label >= 0"), out
+    assert out[4] == f"  - {f}, record line 4, field 'candidate': missing", out
+    unlabelled = tmp_path / "u.jsonl"
+    write_jsonl(unlabelled, [{"id": "p1", "query": {"text": "red"}, "candidate": _img("red")}])
+    assert main(["data", "check", str(unlabelled)]) == 0
+    assert capsys.readouterr().out.startswith(f"{unlabelled}: judge pairs: 1 good, 0 bad rows, 0 with bad images")
