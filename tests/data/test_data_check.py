@@ -58,3 +58,27 @@ def test_data_check_reads_judge_pairs_with_their_label_column_and_images(tmp_pat
     write_jsonl(unlabelled, [{"id": "p1", "query": {"text": "red"}, "candidate": _img("red")}])
     assert main(["data", "check", str(unlabelled)]) == 0
     assert capsys.readouterr().out.startswith(f"{unlabelled}: judge pairs: 1 good, 0 bad rows, 0 with bad images")
+
+
+def test_data_check_of_a_worlds_eval_file_says_which_data_root_to_pass(tiny_world_dir, tmp_path, capsys):
+    """QA: `data check WORLD/eval/mmeb/t2i.jsonl` reported every image "not found" and nothing more: the world's
+    eval files are relative to the world (its eval_tasks.yaml tells `unime eval`), which `unime eval --tasks FILE`
+    does not look for either, so the root is not guessed: the report ends with the --data-root to pass, the nearest
+    folder above that holds the first missing path. A given --data-root, or one recorded beside the file, is used
+    without a hint."""
+    world = tiny_world_dir(0)
+    for f in (world / "eval/mmeb/t2i.jsonl", world / "eval/qrels/scene_search.jsonl"):
+        assert main(["data", "check", str(f)]) == 1
+        out = capsys.readouterr().out.splitlines()
+        first = out[2].split("image file not found: ")[1]
+        assert out[-1] == (f"media paths not found under the file's folder {f.parent} (no --data-root given and no "
+                           f"data root recorded beside the file); the first, {first}, is under {world.resolve()}: "
+                           f"pass --data-root {world.resolve()}"), out[-1]
+        assert main(["data", "check", str(f), "--data-root", str(world)]) == 0
+        assert "--data-root" not in capsys.readouterr().out
+    lone = tmp_path / "t2i.jsonl"  # no folder above holds its images
+    lone.write_bytes((world / "eval/mmeb/t2i.jsonl").read_bytes())
+    assert main(["data", "check", str(lone)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith("; pass --data-root with the folder they are relative to")
+    assert main(["data", "check", str(world / "train/records.jsonl"), "--data-root", str(tmp_path)]) == 1
+    assert "pass --data-root" not in capsys.readouterr().out  # a given root is not second-guessed

@@ -143,26 +143,48 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     kind = check_format(cfg)
     skips = SkipReport(max_examples=20)
     root = resolve_data_root(cfg.input, cfg.data_root)
-    loader = None if cfg.no_images else ImageLoader(root, allow_outside_root=cfg.allow_outside_root,
-                                                    max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS)
+    checker = None if cfg.no_images else ImageChecker(ImageLoader(
+        root, allow_outside_root=cfg.allow_outside_root, max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS))
     words = "" if kind is None or (kind == "mmeb" and cfg.mmeb) else _KIND_WORDS[kind]
     if kind == "pairs":  # their reader opens each pair's media as it reads the pair
         label_column = _pairs_label_column(cfg.input)
-        rows = read_pairs(cfg.input, on_error="skip", skips=skips, images=loader and ImageChecker(loader),
-                          label_column=label_column)
+        rows = read_pairs(cfg.input, on_error="skip", skips=skips, images=checker, label_column=label_column)
         rows = rows[0] if label_column else rows
         words = f" judge pairs (label column {label_column!r}):" if label_column else words
     else:
         read = {None: read_records, "mmeb": read_mmeb, "mmeb_v2": read_mmeb_v2, "qrels": read_qrels,
                 "mmeb_v2_corpus": functools.partial(read_mmeb_v2, corpus=True)}[kind]
         rows = read(cfg.input, on_error="skip", skips=skips)
-        if loader is not None:
-            rows = check_images(rows, loader, on_error="skip", skips=skips, source=cfg.input)
+        if checker is not None:
+            rows = check_images(rows, checker, on_error="skip", skips=skips, source=cfg.input)
     n_media_bad = skips.counts.get("image", 0) + skips.counts.get("video", 0)
     where = "" if cfg.no_images else f" (image paths resolved against {root})"
     line = (f"{cfg.input}:{words} {len(rows)} good, {skips.total - n_media_bad} bad rows, "
             f"{bad_media_words(skips, n_media_bad)}{where}")
-    return line + (f"\n{skips.summary()}" if skips.total else ""), skips.total
+    hint = "" if checker is None or cfg.data_root else _data_root_hint(cfg.input, root, checker)
+    return line + (f"\n{skips.summary()}" if skips.total else "") + hint, skips.total
+
+
+def _data_root_hint(data_file: str, root: str, checker) -> str:
+    """When media paths were resolved against the file's own folder (no --data-root, no data root recorded beside
+    the file, `unime.data.roots`) and some are not there: the line that says to pass --data-root, naming the nearest
+    folder above that holds the first missing path (a generated world's eval files are relative to the world,
+    which its eval_tasks.yaml tells `unime eval`, but not the commands that take the file itself). Else ""."""
+    from pathlib import Path
+
+    from unime.data.roots import recorded_root_of
+
+    if recorded_root_of(data_file) is not None:
+        return ""
+    missing = next((ref for (_, ref), err in checker.verdict.items() if err is not None and isinstance(ref, str)
+                    and not os.path.isabs(ref) and not (Path(root) / ref).exists()), None)
+    if missing is None:
+        return ""
+    found = next((up for up in Path(root).resolve().parents if (up / missing).exists()), None)
+    where = f"the first, {missing!r}, is under {found}: pass --data-root {found}" if found else \
+        "pass --data-root with the folder they are relative to"
+    return (f"\nmedia paths not found under the file's folder {root} (no --data-root given and no data root "
+            f"recorded beside the file); {where}")
 
 
 def bad_media_words(skips, n_bad: int) -> str:

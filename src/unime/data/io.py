@@ -482,12 +482,13 @@ class ImageChecker:
 def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips: SkipReport | None = None,
                  source: str | None = None) -> list[Any]:
     """Open and decode every image (and video file) that `objs` (Records, MMEBRows or Items) reference, with `loader`
-    (an `ImageLoader`: path escapes, missing and corrupt files, the pixel limit). Returns the objects
+    (an `ImageLoader`: path escapes, missing and corrupt files, the pixel limit; or an `ImageChecker`, whose
+    verdicts the caller reads afterwards). Returns the objects
     whose images are all good: all of them under on_error="raise", which stops at the first bad one.
     Each distinct image reference is loaded once. A bad one is named by the line (or row) the object
     was read from when the reader recorded it, else by its id, else by its 1-based position."""
     policy = ErrorPolicy(on_error, skips, source or "check_images")
-    checker = ImageChecker(loader)
+    checker = loader if isinstance(loader, ImageChecker) else ImageChecker(loader)
     good = []
     for idx, obj in enumerate(objs):
         rid = origin_of(obj) or getattr(obj, "id", "") or f"item {idx + 1}"
