@@ -27,7 +27,7 @@ from unime.data.atomic import atomic_open
 from unime.data.items import Item
 from unime.data.jsonl import read_json_file
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
-from unime.data.validate import check_keys, check_str, make_item, parse_item
+from unime.data.validate import check_aligned_lists, check_keys, check_str, make_item, parse_item
 from unime.errors import DataError
 
 MMEB_KEYS = {"qry_text", "qry_img_path", "tgt_text", "tgt_img_path"}
@@ -293,11 +293,8 @@ def qrels_row_from_dict(obj: Any, *, source=None, record=None) -> QrelsRow:
     check_keys(obj, QRELS_KEYS, {"id"}, source=source, record=record, what="qrels row")
     query = parse_item(obj["query"], source=source, record=record, field="query")
     items, rel = obj["candidates"], obj["relevance"]
-    if not isinstance(items, list) or not items:
-        raise data_error("schema", "expected a non-empty list", source=source, record=record, field="candidates")
-    if not isinstance(rel, list) or len(rel) != len(items):
-        raise data_error("schema", f"expected a list of {len(items)} grades (one per candidate)", source=source,
-                         record=record, field="relevance")
+    check_aligned_lists(items, rel, source=source, record=record, first_key="candidates", second_key="relevance",
+                        what="grades (one per candidate)")
     cands = [parse_item(d, source=source, record=record, field=f"candidates[{j}]") for j, d in enumerate(items)]
     grades = [relevance_grade(g, source=source, record=record, field_name=f"relevance[{j}]")
               for j, g in enumerate(rel)]

@@ -28,7 +28,7 @@ from typing import Any
 
 from unime.data.items import Item
 from unime.data.skips import data_error
-from unime.data.validate import check_keys
+from unime.data.validate import check_aligned_lists, check_keys
 from unime.data.video import is_video_file_ref
 
 V2_KEYS = {"query_text", "query_image", "cand_text", "cand_image", "dataset_infos"}
@@ -140,11 +140,8 @@ def v2_row_from_dict(obj: Any, *, source=None, record=None, corpus: bool = False
         raise data_error("schema", "dataset_infos must be an object", source=source, record=record,
                          field="dataset_infos")
     texts, visuals = obj["cand_text"], obj["cand_image"]
-    if not isinstance(texts, list) or not texts:
-        raise data_error("schema", "expected a non-empty list", source=source, record=record, field="cand_text")
-    if not isinstance(visuals, list) or len(visuals) != len(texts):
-        raise data_error("schema", f"expected a list of {len(texts)} visuals (null for none)", source=source,
-                         record=record, field="cand_image")
+    check_aligned_lists(texts, visuals, source=source, record=record, first_key="cand_text", second_key="cand_image",
+                        what="visuals (null for none)")
     if "cand_names" not in infos:
         raise data_error("schema", "missing cand_names", source=source, record=record,
                          field="dataset_infos.cand_names")

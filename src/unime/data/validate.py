@@ -84,3 +84,14 @@ def check_str(value: Any, *, source=None, record=None, field: str, allow_none: b
         raise data_error("schema", f"expected a string, got {type(value).__name__}", source=source, record=record,
                          field=field)
     return value
+
+
+def check_aligned_lists(first: Any, second: Any, *, source=None, record=None, first_key: str, second_key: str,
+                        what: str) -> None:
+    """`first` a non-empty list and `second` a list of as many entries (`what`: the words for them, e.g.
+    "grades (one per candidate)"), each error naming its key."""
+    if not isinstance(first, list) or not first:
+        raise data_error("schema", "expected a non-empty list", source=source, record=record, field=first_key)
+    if not isinstance(second, list) or len(second) != len(first):
+        raise data_error("schema", f"expected a list of {len(first)} {what}", source=source, record=record,
+                         field=second_key)
