@@ -82,3 +82,38 @@ def test_data_check_of_a_worlds_eval_file_says_which_data_root_to_pass(tiny_worl
     assert capsys.readouterr().out.splitlines()[-1].endswith("; pass --data-root with the folder they are relative to")
     assert main(["data", "check", str(world / "train/records.jsonl"), "--data-root", str(tmp_path)]) == 1
     assert "pass --data-root" not in capsys.readouterr().out  # a given root is not second-guessed
+
+
+def test_data_check_reads_every_data_file_of_a_generated_world(tiny_world_dir, capsys):
+    """QA: `data check` on a world's eval/retrieval and eval/compositional files reported every row bad ("missing
+    key(s) ['positive', 'query']"): retrieval entries and compositional pairs are recognised by their keys too, and a
+    bad row is named by its line or id and field."""
+    world = tiny_world_dir(0)
+    words = {"mmeb": "MMEB-eval rows", "qrels": "qrels rows", "retrieval": "retrieval entries",
+             "compositional": "compositional pairs"}
+    files = sorted((world / "eval").rglob("*.jsonl"))
+    assert {f.parent.name for f in files} == set(words)
+    for f in files:
+        assert main(["data", "check", str(f), "--data-root", str(world)]) == 0, f
+        n = len(f.read_text().splitlines())
+        assert capsys.readouterr().out == f"{f}: {words[f.parent.name]}: {n} good, 0 bad rows, 0 with bad images " \
+            f"(image paths resolved against {world})\n"
+    assert main(["data", "check", str(world / "train/records.jsonl")]) == 0
+    capsys.readouterr()
+
+
+def test_data_check_names_a_bad_retrieval_entry_and_compositional_pair(tmp_path, capsys):
+    write_png(tmp_path, "images/red.png", "red")
+    ret, comp = tmp_path / "ret.jsonl", tmp_path / "comp.jsonl"
+    write_jsonl(ret, [{"id": "r1", "image": "images/red.png", "captions": ["a red square"]},
+                      {"id": "r2", "image": "images/red.png", "captions": "a red square"}])
+    write_jsonl(comp, [{"image": "images/red.png", "positive": "red", "negative": "blue"},
+                       {"id": "p2", "image": "images/gone.png", "positive": "red", "negative": "blue"}])
+    assert main(["data", "check", str(ret)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{ret}: retrieval entries: 1 good, 1 bad rows, 0 with bad images"), out
+    assert out[2].startswith(f"  - {ret}, record line 2 (id r2), field 'captions': "), out
+    assert main(["data", "check", str(comp)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{comp}: compositional pairs: 1 good, 0 bad rows, 1 with bad images"), out
+    assert out[2] == f"  - {comp}, record p2, field 'image': image file not found: 'images/gone.png'", out

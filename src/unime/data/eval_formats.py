@@ -31,6 +31,8 @@ from unime.data.validate import check_aligned_lists, check_keys, check_str, make
 from unime.errors import DataError
 
 MMEB_KEYS = {"qry_text", "qry_img_path", "tgt_text", "tgt_img_path"}
+RETRIEVAL_KEYS = {"image", "captions"}
+COMPOSITIONAL_KEYS = {"image", "positive", "negative"}
 
 
 @dataclass
@@ -223,7 +225,7 @@ def _nonempty_text(value: Any, *, source, record, field) -> str:
 
 
 def retrieval_entry_from_dict(obj: Any, *, source=None, record=None) -> RetrievalEntry:
-    check_keys(obj, {"image", "captions"}, {"id"}, source=source, record=record, what="retrieval entry")
+    check_keys(obj, RETRIEVAL_KEYS, {"id"}, source=source, record=record, what="retrieval entry")
     image = _image_path(obj["image"], source=source, record=record, field="image")
     caps = obj["captions"]
     if not isinstance(caps, list) or not caps:
@@ -245,7 +247,7 @@ def write_retrieval(entries: Iterable[RetrievalEntry], path: str | os.PathLike) 
 
 
 def compositional_pair_from_dict(obj: Any, *, source=None, record=None) -> CompositionalPair:
-    check_keys(obj, {"image", "positive", "negative"}, {"category", "id"}, source=source, record=record,
+    check_keys(obj, COMPOSITIONAL_KEYS, {"category", "id"}, source=source, record=record,
                what="compositional pair")
     return CompositionalPair(
         image=_image_path(obj["image"], source=source, record=record, field="image"),

@@ -45,8 +45,8 @@ def convert_records(cfg: ConvertConfig):
 
 @dataclass(kw_only=True)
 class CheckConfig:
-    input: str = option(help="records (.jsonl/.parquet/.json), MMEB-eval or MMEB-V2 rows, qrels rows or judge pairs",
-                        positional=True)
+    input: str = option(help="records (.jsonl/.parquet/.json), MMEB-eval or MMEB-V2 rows, qrels rows, retrieval "
+                        "entries, compositional pairs or judge pairs", positional=True)
     mmeb: bool = option(False, "the file holds MMEB-eval rows (default: recognised by the first row's keys)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the file's folder)")
     allow_outside_root: bool = option(False, "permit absolute paths and '..' in image paths")
@@ -84,10 +84,11 @@ def _first_row_keys(path: str) -> set[str] | None:
 def check_format(cfg: CheckConfig) -> str | None:
     """What `cfg.input` holds, told by its first row's keys: "mmeb" (MMEB-eval rows; also `--mmeb` for a file whose
     first row tells nothing), "mmeb_v2" / "mmeb_v2_corpus" (MMEB-V2 rows / a V2 task's corpus rows), "qrels"
-    (qrels rows: `unime eval`'s format qrels, the oracle judge's ground truth), "pairs" (judge pairs, `unime
-    judge --pairs`), or None (training records). An eval task config, or training records under `--mmeb`, is a
+    (qrels rows: `unime eval`'s format qrels, the oracle judge's ground truth), "retrieval" / "compositional"
+    (`unime eval`'s formats of those names), "pairs" (judge pairs, `unime judge --pairs`), or None (training
+    records). An eval task config, or training records under `--mmeb`, is a
     `DataError` naming what it is and the command line that reads it, not a report of every row as bad."""
-    from unime.data.eval_formats import MMEB_KEYS, QRELS_KEYS
+    from unime.data.eval_formats import COMPOSITIONAL_KEYS, MMEB_KEYS, QRELS_KEYS, RETRIEVAL_KEYS
     from unime.data.io import RECORD_KEYS_REQUIRED
     from unime.data.mmeb_v2 import CORPUS_KEYS, V2_KEYS
     from unime.data.pairs import PAIR_KEYS
@@ -112,13 +113,18 @@ def check_format(cfg: CheckConfig) -> str | None:
         return None
     if QRELS_KEYS <= keys:
         return "qrels"
+    if RETRIEVAL_KEYS <= keys:
+        return "retrieval"
+    if COMPOSITIONAL_KEYS <= keys:
+        return "compositional"
     if set(PAIR_KEYS) <= keys:
         return "pairs"
     return mmeb
 
 
 _KIND_WORDS = {"mmeb": " MMEB-eval rows:", "mmeb_v2": " MMEB-V2 rows:", "mmeb_v2_corpus": " MMEB-V2 corpus rows:",
-               "qrels": " qrels rows:", "pairs": " judge pairs:"}
+               "qrels": " qrels rows:", "pairs": " judge pairs:", "retrieval": " retrieval entries:",
+               "compositional": " compositional pairs:"}
 
 
 def _pairs_label_column(path: str) -> str | None:
@@ -133,10 +139,11 @@ def _pairs_label_column(path: str) -> str | None:
 def check_file(cfg: CheckConfig) -> tuple[str, int]:
     """Every row of the file read (bad ones skipped) and, unless `no_images`, every image and video opened. Returns
     the report (a summary line, then examples of what is bad) and the number of bad rows. MMEB-eval rows, MMEB-V2
-    rows (their videos decoded), qrels rows and judge pairs are recognised by their keys (`check_format`)."""
+    rows (their videos decoded), qrels rows, retrieval entries, compositional pairs and judge pairs are recognised by
+    their keys (`check_format`)."""
     from unime.data.images import DEFAULT_MAX_PIXELS, ImageLoader
-    from unime.data.io import (ImageChecker, SkipReport, check_images, read_mmeb, read_mmeb_v2, read_qrels,
-                               read_records)
+    from unime.data.io import (ImageChecker, SkipReport, check_images, read_compositional, read_mmeb, read_mmeb_v2,
+                               read_qrels, read_records, read_retrieval)
     from unime.data.pairs import read_pairs
     from unime.data.roots import resolve_data_root
 
@@ -153,7 +160,8 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
         words = f" judge pairs (label column {label_column!r}):" if label_column else words
     else:
         read = {None: read_records, "mmeb": read_mmeb, "mmeb_v2": read_mmeb_v2, "qrels": read_qrels,
-                "mmeb_v2_corpus": functools.partial(read_mmeb_v2, corpus=True)}[kind]
+                "mmeb_v2_corpus": functools.partial(read_mmeb_v2, corpus=True), "retrieval": read_retrieval,
+                "compositional": read_compositional}[kind]
         rows = read(cfg.input, on_error="skip", skips=skips)
         if checker is not None:
             rows = check_images(rows, checker, on_error="skip", skips=skips, source=cfg.input)
