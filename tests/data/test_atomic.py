@@ -91,3 +91,23 @@ def test_merged_dir_refuses_a_folder_where_it_writes_a_file_and_replaces_nothing
     assert (out / "model.bin" / "notes.txt").read_text() == "the user's"
     assert (out / "config.json").read_text() == "old"  # nothing replaced
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.bin"]  # no temporary left
+
+
+def test_a_merge_killed_midway_leaves_no_temporary_after_the_next_export(tmp_path):
+    """An export killed while merging (the trainer's OUT/merged/, `model_folder`) leaves its `.merge.tmp-*` folder
+    inside merged/; the next export there removes it — and only it: a file or a folder of another name stays."""
+    from unime.models.export import model_folder
+
+    merged = tmp_path / "run" / "merged"
+    with model_folder(merged) as d:
+        (d / "model.safetensors").write_text("weights 1")
+    stale = merged / ".merge.tmp-k1ll3d_x"  # as `tempfile.mkdtemp(prefix=".merge.tmp-")` names it
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "model.safetensors").write_text("half")
+    (merged / ".merge.tmp-notes").mkdir()  # not a name mkdtemp gives: not the merge's
+    (merged / ".merge.tmp-abcdefgh.txt").write_text("the user's")
+    with model_folder(merged) as d:
+        (d / "model.safetensors").write_text("weights 2")
+    assert (merged / "model.safetensors").read_text() == "weights 2"
+    assert sorted(p.name for p in merged.iterdir()) == [".merge.tmp-abcdefgh.txt", ".merge.tmp-notes",
+                                                        "model.safetensors"]

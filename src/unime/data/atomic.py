@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +23,9 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+
+MERGE_TMP_PREFIX = ".merge.tmp-"  # `merged_dir`'s temporary folder inside its target: `tempfile.mkdtemp`'s name
+_MERGE_TMP = re.compile(re.escape(MERGE_TMP_PREFIX) + r"[a-z0-9_]{8}")
 
 
 def ordinary_modes(path: Path) -> None:
@@ -103,13 +107,16 @@ def merged_dir(path: str | os.PathLike, *, kept: list[str] | None = None) -> Ite
     folder of the same name the same way, and every other entry of `path` and of its merged folders stays —
     appended to `kept` (paths relative to `path`, hidden ones left out). A missing `path` appears whole, at
     once. On error the temporary folder is removed. For output folders that may hold the user's own files
-    beside the command's, at any depth (`unime.outdir`)."""
+    beside the command's, at any depth (`unime.outdir`). The temporary folder lies inside `path`: one a killed
+    merge left there (`.merge.tmp-XXXXXXXX`, a folder) is removed first (the caller holds the output folder's lock,
+    so no other merge is running there); nothing else is."""
     target = Path(path)
     if not target.exists():
         with atomic_dir(target) as tmp:
             yield tmp
         return
-    tmp = Path(tempfile.mkdtemp(prefix=".merge.tmp-", dir=target))
+    _remove_stale_merges(target)
+    tmp = Path(tempfile.mkdtemp(prefix=MERGE_TMP_PREFIX, dir=target))
     try:
         yield tmp
         ordinary_modes(tmp)
@@ -123,6 +130,14 @@ def merged_dir(path: str | os.PathLike, *, kept: list[str] | None = None) -> Ite
         _merge_into(tmp, target, kept if kept is not None else [], "")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_merges(target: Path) -> None:
+    """Remove the temporary folders killed `merged_dir`s left in `target`: folders named exactly as `mkdtemp` names
+    them; a file, a link or any other name is not one of them and stays."""
+    for p in target.iterdir():
+        if _MERGE_TMP.fullmatch(p.name) and _is_folder(p):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _is_folder(p: Path) -> bool:
