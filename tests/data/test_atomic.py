@@ -111,3 +111,26 @@ def test_a_merge_killed_midway_leaves_no_temporary_after_the_next_export(tmp_pat
     assert (merged / "model.safetensors").read_text() == "weights 2"
     assert sorted(p.name for p in merged.iterdir()) == [".merge.tmp-abcdefgh.txt", ".merge.tmp-notes",
                                                         "model.safetensors"]
+
+
+def test_remove_listed_deletes_only_listed_files_inside_the_folder(tmp_path):
+    """The files a command listed as written go, and the folders that leaves empty; a path outside the folder, one
+    through a linked folder, a folder, a kept name and an unlisted file stay."""
+    from unime.data.atomic import remove_listed
+
+    root, elsewhere = tmp_path / "w", tmp_path / "elsewhere"
+    (root / "images" / "a").mkdir(parents=True)
+    (root / "images" / "a" / "x.png").write_text("x")
+    (root / "images" / "b").mkdir()
+    (root / "images" / "b" / "y.png").write_text("y")
+    (root / "images" / "b" / "mine.png").write_text("the user's")
+    elsewhere.mkdir()
+    (elsewhere / "z.png").write_text("z")
+    (root / "linked").symlink_to(elsewhere)
+    (root / "keep.json").write_text("k")
+    removed = remove_listed(root, ["images/a/x.png", "images/b/y.png", "../elsewhere/z.png", str(elsewhere / "z.png"),
+                                   "linked/z.png", "images/b", "keep.json", "gone.png"], keep={"keep.json"})
+    assert removed == ["images/a/x.png", "images/b/y.png"]
+    assert not (root / "images" / "a").exists()  # left empty: removed
+    assert (root / "images" / "b" / "mine.png").read_text() == "the user's"
+    assert (elsewhere / "z.png").read_text() == "z" and (root / "keep.json").is_file()

@@ -287,6 +287,39 @@ def test_a_finished_world_is_left_as_it_is_and_other_options_are_refused_with_th
     assert json.loads((out / "world.json").read_text())["seed"] == 1
 
 
+def test_overwrite_with_another_world_removes_the_earlier_worlds_files_and_no_other(tmp_path):
+    """A smaller world with another seed written over a world: the earlier world's files the new one does not write
+    (its extra scenes, its crops) are gone; the folder holds exactly what the same world holds written into an empty
+    folder, plus the user's files (also one inside the world's images/scenes/)."""
+    out, alone = tmp_path / "w", tmp_path / "alone"
+    smaller = resolve_sizes("tiny", train_scenes=24)
+    generate_world(out, seed=0, sizes="tiny")
+    assert (out / "images" / "scenes" / "train00047.png").is_file()  # 48 train scenes
+    (out / "images" / "scenes" / "mine.png").write_bytes(b"the user's")
+    (out / "notes.txt").write_text("x")
+    generate_world(out, seed=1, sizes=smaller, overwrite=True)
+    generate_world(alone, seed=1, sizes=smaller)
+    assert not (out / "images" / "scenes" / "train00047.png").exists()  # the smaller world has fewer scenes
+    assert _files(out) == {**_files(alone), "images/scenes/mine.png": b"the user's", "notes.txt": b"x"}
+
+
+def test_overwrite_over_a_world_that_lists_no_files_leaves_them_and_says_so(tmp_path, caplog):
+    """A world written before world.json listed its files (an older unime): nothing of it is removed (what is the
+    user's cannot be told apart), and the warning naming what was left says to remove the earlier world's by hand."""
+    import logging
+
+    out = tmp_path / "w"
+    generate_world(out, seed=0, sizes="tiny")
+    manifest = json.loads((out / "world.json").read_text())
+    manifest.pop("files", None)
+    (out / "world.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        generate_world(out, seed=1, sizes=resolve_sizes("tiny", train_scenes=24), overwrite=True)
+    assert (out / "images" / "scenes" / "train00047.png").is_file()
+    assert any("left as they were" in r.getMessage() and "remove those by hand" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_sizes_are_validated_and_overridable():
     with pytest.raises(ValueError):
         WorldSizes(candidates=1)

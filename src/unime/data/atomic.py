@@ -12,8 +12,8 @@ import os
 import re
 import shutil
 import tempfile
-from pathlib import Path
-from typing import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Collection, Iterable, Iterator
 
 
 def _read_umask() -> int:
@@ -171,6 +171,31 @@ def _merge_into(src: Path, dest: Path, kept: list[str], prefix: str) -> None:
         os.replace(entry, to)  # a file over a file (`_kind_clash` refused a folder against a file)
     kept.extend(f"{prefix}{p.name}" for p in sorted(dest.iterdir())
                 if p.name not in written and not p.name.startswith("."))
+
+
+def remove_listed(root: str | os.PathLike, listed: Iterable[str], *, keep: Collection[str] = ()) -> list[str]:
+    """Delete the files (or links: never what they point to) `listed` — paths relative to `root`, as a command
+    recorded writing them — except those in `keep`, then each folder that leaves empty (`root` stays). Never a path
+    outside `root` or reached through a linked folder, never a folder, never a file not listed: the other files of
+    the folders stay. Returns the removed paths."""
+    root = Path(root)
+    base = root.resolve()
+    removed = []
+    for rel in listed:
+        parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+        if not parts or rel in keep or PurePosixPath(rel).is_absolute() or ".." in parts:
+            continue
+        path = root.joinpath(*parts)
+        if _is_folder(path) or not (path.exists() or path.is_symlink()):
+            continue
+        if path.parent.resolve() != base.joinpath(*parts[:-1]):
+            continue
+        path.unlink()
+        removed.append(rel)
+        for folder in list(path.parents)[:len(parts) - 1]:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+    return removed
 
 
 def warn_left(folder: str | os.PathLike, names: list[str], why: str, hint: str = "") -> None:

@@ -1,7 +1,8 @@
 """`generate_world`: build the demo world and write it, atomically, in the layout of docs/CONTRACTS.md.
 
 ```
-WORLD/world.json                     manifest: format version, seed, sizes, counts, held-out combinations
+WORLD/world.json                     manifest: format version, seed, sizes, counts, held-out combinations,
+                                     every file the world wrote ("files")
 WORLD/images/scenes/<scene>.png      scene images;  WORLD/images/crops/<scene>_o<k>.png  object crops
 WORLD/scenes.jsonl                   scene annotations (objects: shape, colour, size, position, bbox)
 WORLD/items.jsonl                    {"key": Item.key, "item": {...}, "meta": {...}} for every item
@@ -28,6 +29,7 @@ The same seed and sizes give byte-identical files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +41,7 @@ import yaml
 from unime.errors import changed_option_keys, refuse_changed_options
 from unime.options import option
 
-from unime.data.atomic import merged_dir, warn_left
+from unime.data.atomic import merged_dir, remove_listed, warn_left
 from unime.data.eval_formats import MMEBRow, write_compositional, write_mmeb, write_retrieval
 from unime.data.io import write_records
 from unime.data.items import Record
@@ -50,6 +52,7 @@ from unime.data.synth.render import crop_box, object_bbox, png_bytes, render_sce
 from unime.data.synth.tasks import TASKS, build_compositional, build_graded_search, build_queries, build_retrieval
 
 FORMAT_VERSION = 1
+FILES_KEY = "files"  # world.json: every file the world wrote (relative paths), so --overwrite removes only those
 COMPOSITIONAL_CATEGORIES = ("replace", "swap", "add")
 RETRIEVAL_NAME = "scene_captions"
 GRADED_NAME = "scene_search"
@@ -231,8 +234,9 @@ def _write(b: WorldBuilder, content: dict, root: Path, manifest: dict) -> None:
                        default_flow_style=None, width=120)
     if "video" in content:
         _write_video(content["video"], content["video_sizes"], root)
-    with open(root / "world.json", "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, ensure_ascii=False)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    with open(root / "world.json", "w", encoding="utf-8") as fh:  # last: it lists the files written before it
+        json.dump({**manifest, FILES_KEY: files}, fh, indent=2, ensure_ascii=False)
         fh.write("\n")
 
 
@@ -310,7 +314,8 @@ def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes |
     lock, `unime.outdir`): the world is written. `out` already holds a world with the same seed, sizes and
     video: it is left as it is (a finished run; the summary says `reused`). With other options, or
     files that are not a world: `ChangedOptions` / `FileExistsError`, unless `overwrite` (the world's
-    files are replaced; any other file, also inside the world's folders, stays and is named in a warning)."""
+    files are replaced, and the earlier world's files it does not write — world.json lists them — are removed;
+    any other file, also inside the world's folders, stays and is named in a warning)."""
     start = time.perf_counter()
     root = Path(out)
     if isinstance(sizes, str):
@@ -342,12 +347,33 @@ def generate_world(out: str | os.PathLike, *, seed: int = 0, sizes: WorldSizes |
                 "counts": counts}
     if "video" in content:
         manifest["video"] = asdict(video)
+    earlier = _earlier_world_files(root) if present else []
     kept: list[str] = []  # the user's files, at any depth, stay
     with merged_dir(root, kept=kept) as tmp:
         _write(b, content, tmp, manifest)
-    warn_left(root, kept, "beside the world just written")
+        # before the merge: a kill here leaves the earlier world.json, listing what is still to remove
+        now = json.loads((tmp / "world.json").read_text(encoding="utf-8"))[FILES_KEY]
+        removed = remove_listed(root, earlier or (), keep=ignore | set(now))
+    if removed:
+        logging.getLogger(__name__).info("%s: removed %d file(s) of the earlier world the new one does not write",
+                                         root, len(removed))
+    unlisted = earlier is None and bool(kept)
+    warn_left(root, kept, "beside the world just written",
+              " (an earlier world in this folder did not list its files — written by an older unime —, so any of "
+              "its files the new world does not write are among them: remove those by hand)" if unlisted else "")
     nbytes, nfiles = _disk_usage(root)
     return WorldSummary(root, counts, time.perf_counter() - start, nbytes, nfiles)
+
+
+def _earlier_world_files(root: Path) -> list[str] | None:
+    """The files the world in `root` wrote, as its world.json lists them ([]: no world there; None: a world whose
+    world.json has no list — an older unime's)."""
+    try:
+        manifest = json.loads((root / "world.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    listed = manifest.get(FILES_KEY) if isinstance(manifest, dict) else None
+    return [f for f in listed if isinstance(f, str)] if isinstance(listed, list) else None
 
 
 def _read_world_options(root: Path) -> dict | None:
