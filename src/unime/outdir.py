@@ -14,7 +14,8 @@ command):
 `may_replace(folder, name)` is what a stage asks before it deletes or replaces an entry it finds (the
 mining judge stage, a trainer's final folders): yes for entries the command wrote itself, for a
 pre-existing entry only under `--overwrite`. `remove_owned` (`unime demo --fresh`) deletes exactly
-the entries of the command's own layout that it wrote; any other entry stays.
+the entries of the command's own layout that it wrote (inside its folders, the files it recorded writing); any
+other entry stays.
 
 The lock is an `fcntl.flock` on `.unime.lock` in the folder, held for the whole run and released by
 the OS when the process ends, even by kill -9; a second run on the folder fails at once with the
@@ -304,12 +305,13 @@ def remove_entry(path: Path) -> None:
 
 
 def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], *,
-                 overwrite: bool = False) -> list[str]:
+                 overwrite: bool = False, clear: Callable[[Path], None] | None = None) -> list[str]:
     """Delete what `command` wrote in `folder`: its entries named in `own` (the command's layout: the folders
     and files it writes there) that are not listed as pre-existing (with `overwrite`, in a folder it does not
     own: every entry named in `own`). Every other entry stays (a file the user added after the folder was
-    claimed is not in the marker either) and is named in a warning; the marker and lock stay. Returns the
-    removed names."""
+    claimed is not in the marker either) and is named in a warning; the marker and lock stay. With `clear`, a
+    folder of `own` is not deleted whole: `clear(path)` deletes what the command recorded writing inside it (and
+    names what it left). Returns the removed names (a cleared folder's when nothing was left in it)."""
     import logging
 
     folder = Path(folder)
@@ -327,7 +329,13 @@ def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], 
             if not name.startswith("."):
                 left.append(name)
             continue
-        remove_entry(folder / name)
+        path = folder / name
+        if clear is not None and path.is_dir() and not path.is_symlink():
+            clear(path)
+            if path.exists():
+                continue
+        else:
+            remove_entry(path)
         removed.append(name)
     if left:
         logging.getLogger(__name__).warning("%s: left as they were (not written by `unime %s`): %s", folder, command,

@@ -415,9 +415,9 @@ def test_demo_fresh_deletes_only_what_the_demo_wrote(tmp_path, monkeypatch, caps
     monkeypatch.setattr(demo, "Demo", FakeDemo)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
-    (out / "stages" / "keep-me.txt").write_text("x")  # inside the demo's own folder: the demo's
+    (out / "stages" / "keep-me.txt").write_text("x")  # inside the demo's own folder, but no stage wrote it
     assert main(["demo", "--out", str(out), "--fresh"]) == 0
-    assert not (out / "stages" / "keep-me.txt").exists() and (out / "report.md").is_file()
+    assert (out / "stages" / "keep-me.txt").read_text() == "x" and (out / "report.md").is_file()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "data.csv").write_text("1,2")

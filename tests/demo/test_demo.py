@@ -140,6 +140,10 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     from unime.demo.pipeline import DEMO_ENTRIES
 
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} <= DEMO_ENTRIES
+    # ... and, inside its folders, every file a stage wrote (each stage's marker lists them): none escapes the list
+    from unime.demo.run import files_in_folders, written_by_stages
+
+    assert files_in_folders(out) - written_by_stages(out)[0] == set()
     # a second run skips every stage but the report
     messages.clear()
     Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True, timings=times).run()
@@ -470,3 +474,46 @@ def test_a_demo_folder_made_with_other_settings_is_not_resumed(tmp_path):
     (out / "er").mkdir()
     with pytest.raises(UsageError, match=r"er_grpo_steps 2 → 30"):
         Demo(out, other_er, progress=lambda m: None).check_settings()
+
+
+def test_fresh_deletes_the_files_the_stages_wrote_and_keeps_the_users_inside_the_demos_folders(tmp_path, caplog):
+    """`--fresh` deleted the demo's folders whole: a note the user put in embedders/, a `unime eval` they ran into
+    eval/mine went with them. Now it deletes the files each stage recorded writing (and, for a stage killed midway,
+    those that appeared since it started), then the folders left empty; the user's files stay, named in a warning."""
+    import logging
+
+    from unime.demo.pipeline import Demo, fresh
+    from unime.demo.run import DemoSettings
+    from unime.outdir import claim
+
+    out = tmp_path / "demo"
+
+    def write(*files):
+        def body(commands):
+            for rel in files:
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                (out / rel).write_text("demo")
+        return body
+
+    def killed(commands):
+        write("mined/shard0.jsonl")(commands)
+        raise KeyboardInterrupt
+
+    demo = Demo(out, DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json",
+                load_probe=lambda: None)
+    with claim(out, "demo"):
+        demo.stage("world", [], write("world/world.json", "world/images/a.png"))
+        (out / "eval" / "mine").mkdir(parents=True)  # between two stages: the user's
+        (out / "eval" / "mine" / "summary.json").write_text("the user's")
+        demo.stage("baseline", [], write("embedders/baseline/s0/model.bin", "eval/baseline_s0/summary.json"))
+        (out / "embedders" / "NOTES.md").write_text("the user's")
+        with pytest.raises(KeyboardInterrupt):
+            demo.stage("mine", [], killed)
+        (out / "report.md").write_text("r")
+    with caplog.at_level(logging.WARNING):
+        removed = fresh(out)
+    assert removed == ["mined", "report.md", "stages", "world"]
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == [".unime-output.json", ".unime.lock", "embedders/NOTES.md", "eval/mine/summary.json"]
+    assert any("left as they were inside the demo's folders" in r.getMessage() and "embedders/NOTES.md" in
+               r.getMessage() and "eval/mine/summary.json" in r.getMessage() for r in caplog.records)

@@ -291,12 +291,27 @@ DEMO_ENTRIES = frozenset({
 
 
 def fresh(out: str | os.PathLike, *, overwrite: bool = False) -> list[str]:
-    """`unime demo --fresh`: delete what earlier demo runs wrote in `out`, the entries of its layout
-    (`DEMO_ENTRIES`); every other entry stays — a file the user added is named in a warning — and a folder
-    the demo does not own is refused unless `overwrite` (see `unime.outdir`)."""
+    """`unime demo --fresh`: delete what earlier demo runs wrote in `out`: the files of its layout (`DEMO_ENTRIES`)
+    and, inside its folders, the files its stages recorded writing (`unime.demo.run.written_by_stages`), then the
+    folders that leaves empty. Every other entry stays — a file the user added, also inside the demo's folders, is
+    named in a warning — and a folder the demo does not own is refused unless `overwrite` (see `unime.outdir`)."""
+    from unime.data.atomic import remove_listed, warn_left
+    from unime.demo.run import files_in_folders, written_by_stages
     from unime.outdir import remove_owned
 
-    return remove_owned(out, "demo", DEMO_ENTRIES, overwrite=overwrite)
+    out = Path(out)
+    written, unlisted = written_by_stages(out)
+    left: list[str] = []
+
+    def clear(folder: Path) -> None:
+        remove_listed(out, sorted(f for f in written if f.split("/")[0] == folder.name))
+        left.extend(sorted(f for f in files_in_folders(out) if f.split("/")[0] == folder.name))
+
+    removed = remove_owned(out, "demo", DEMO_ENTRIES, overwrite=overwrite, clear=clear)
+    warn_left(out, left, "inside the demo's folders (no demo stage recorded writing them)",
+              f" (the markers of stages {', '.join(unlisted)} list no files — an older unime's —: remove those "
+              "stages' files by hand, or give another --out)" if unlisted else "")
+    return removed
 
 
 @dataclass(kw_only=True)

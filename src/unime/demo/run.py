@@ -21,6 +21,8 @@ from unime.train.loss_defaults import DEFAULT_TEMPERATURE
 log = logging.getLogger(__name__)
 
 START_ROW = "start"  # the pretrained base before any training on the world (`DemoRun.evaluated_models`)
+STAGES_DIR = "stages"  # OUT/stages/NAME.json: a finished stage's marker (time, commands, the files it wrote)
+RUNNING = ".running.json"  # OUT/stages/NAME.running.json: a stage under way (the files there before it started)
 
 
 @dataclass
@@ -233,7 +235,11 @@ class DemoRun:
         return threads_per_job(self.jobs) if self.jobs > 1 else _torch_threads()
 
     def stage(self, name: str, done_when: list[Path], body: Callable[[list[str]], None]) -> None:
-        marker = self.p("stages", f"{name}.json")
+        """Run `body` as stage `name` unless its marker and `done_when` exist. The marker records the files the stage
+        wrote in the demo's folders (`files`: those there after it and not before it), so that `--fresh` deletes
+        only these; while it runs, `NAME.running.json` holds the files there before it (kept from a killed run of
+        the stage: the files that run wrote count as the stage's)."""
+        marker = self.p(STAGES_DIR, f"{name}.json")
         if marker.is_file() and all(p.exists() for p in done_when):
             info = json.loads(marker.read_text())
             self.results.append(StageResult(name, info["seconds"], info["commands"], skipped=True,
@@ -253,10 +259,18 @@ class DemoRun:
                      "(marked in the report)")
         else:
             busy = None
+        running = self.p(STAGES_DIR, f"{name}{RUNNING}")
+        if running.is_file():
+            before = set(json.loads(running.read_text()).get("before", []))
+        else:
+            before = files_in_folders(self.out)
+            write_json(running, {"before": sorted(before)})
         t0 = time.perf_counter()
         commands: list[str] = []
         self.pretrain_seconds, self.stage_busy = 0.0, busy is not None
         body(commands)
+        now = files_in_folders(self.out) - {f"{STAGES_DIR}/{running.name}"}
+        written = set(earlier.get("files", [])) | (now - before)
         seconds = time.perf_counter() - t0
         if not set(commands) & set(earlier["commands"]):
             seconds += earlier["seconds"]
@@ -264,8 +278,10 @@ class DemoRun:
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps({"seconds": seconds, "commands": commands, "out": str(self.out),
-                                   **({"busy_cores": round(busy, 2)} if busy is not None else {})}, indent=1))
+                                   **({"busy_cores": round(busy, 2)} if busy is not None else {}),
+                                   "files": sorted(written)}, indent=1))
         os.replace(tmp, marker)
+        running.unlink(missing_ok=True)
         self.results.append(StageResult(name, seconds, commands, busy_cores=busy))
         # a stage's own time; a first run's pretraining is recorded apart ("pretrain-base", "pretrain-judge"), so a
         # later run with the models cached does not expect it again. A time taken on a busy machine is not the
@@ -394,6 +410,43 @@ class StageTimes:
             write_json(self.path, self.data)
         except OSError as e:  # pragma: no cover - a read-only cache folder
             log.warning("stage times not recorded in %s: %s", self.path, e)
+
+
+def files_in_folders(out: Path) -> set[str]:
+    """The files (and links) inside the folders of the demo folder `out`, as paths relative to it."""
+    found = set()
+    for top in (out.iterdir() if out.is_dir() else ()):
+        if top.is_dir() and not top.is_symlink():
+            for folder, dirs, files in os.walk(top):
+                rel = Path(folder).relative_to(out).as_posix()
+                found.update(f"{rel}/{n}" for n in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))])
+    return found
+
+
+def written_by_stages(out: Path) -> tuple[set[str], list[str]]:
+    """What the demo's stages wrote inside the demo folder's folders (relative paths): the files their markers list
+    and the markers themselves; for a stage a run left under way (killed), every file there now that was not there
+    before it. Also the stages whose marker lists no files (an older unime's)."""
+    written, unlisted = set(), []
+    stages = out / STAGES_DIR
+    for path in sorted(stages.glob("*.json")) if stages.is_dir() else ():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # not a marker of the demo's
+        if not isinstance(data, dict):
+            continue
+        if path.name.endswith(RUNNING) and isinstance(data.get("before"), list):
+            written |= files_in_folders(out) - set(data["before"])
+        elif "commands" in data:
+            if isinstance(data.get("files"), list):
+                written.update(f for f in data["files"] if isinstance(f, str))
+            else:
+                unlisted.append(path.stem)
+        else:
+            continue
+        written |= {f"{STAGES_DIR}/{path.name}", f"{STAGES_DIR}/{path.with_suffix('.tmp').name}"}
+    return written, unlisted
 
 
 def write_json(path: Path, obj) -> None:
