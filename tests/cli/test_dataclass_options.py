@@ -247,6 +247,7 @@ BASE_RECIPE_FLAGS = ("family", "hidden", "layers", "vision-depth", "vision-hidde
                      "steps", "batch-size", "lr", "tau", "warmup")
 # QA: the Embed-RL commands that load a model took no image-resolution options
 IMAGE_OPTIONS = {"--max-pixels": None, "--min-pixels": None, "--image-size": None}
+VIDEO_OPTIONS = {"--video-frames": None, "--video-fps": None, "--video-max-frames": None, "--video-max-pixels": None}
 PINNED = {
     "data check": {"input": None, "--mmeb": False, "--data-root": None, "--allow-outside-root": False,
                    "--max-pixels": None, "--no-images": False},
@@ -282,12 +283,13 @@ PINNED = {
                     "--dtype": "auto", **IMAGE_OPTIONS},
     "reason generate": {"--model": None, "--records": None, "--data-root": None, "--out": None,
                         "--sides": "query,target", "--batch-size": 8, "--max-new-tokens": 256, "--sample": False,
-                        "--temperature": 1.0, "--device": None, "--dtype": "auto", **IMAGE_OPTIONS},
+                        "--temperature": 1.0, "--device": None, "--dtype": "auto", **IMAGE_OPTIONS,
+                        **VIDEO_OPTIONS},
     "reason materialize": {"--records": None, "--tcots": None, "--no-tcots": False, "--data-root": None,
-                           "--out": None},
+                           "--out": None, **VIDEO_OPTIONS},
     "reason split": {"--records": None, "--tcots": None, "--judge": None, "--data-root": None, "--threshold": 0.5,
                      "--rl-fraction": None, "--out-dir": None, "--device": None, "--dtype": "auto",
-                     **IMAGE_OPTIONS},
+                     **IMAGE_OPTIONS, **VIDEO_OPTIONS},
     "reason teacher": {"--world": None, "--records": None, "--out": None, "--on-error": "raise",
                        "--skip-bad-records": "raise"},
 }

@@ -40,7 +40,8 @@ def register(sub) -> None:
     acts = p.add_subparsers(dest="reason_command", metavar="ACTION")
     for action, (_, help_text) in ACTIONS.items():
         s = acts.add_parser(action, help=help_text)
-        add_options(s, _config_class(action), groups=(IMAGE_GROUP,))  # the image group of the commands with it
+        # the image and video groups of the commands with them
+        add_options(s, _config_class(action), groups=(IMAGE_GROUP, "video"))
         add_config_option(s)
         s.set_defaults(func=globals()["_" + action.replace("-", "_")])
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
+from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, OptionError, UsageError
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
@@ -172,7 +173,7 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
 # -- evaluation with reasoning ---------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
-class SplitConfig(ReasonOptions, ImageOptions):
+class SplitConfig(ReasonOptions, ImageOptions, VideoOptions):
     """Options of `unime reason split` (`unime.options`)."""
 
     records: str = option(help="records (unime JSONL / Parquet / UniME-V2 JSON)")
@@ -203,11 +204,12 @@ def split_records_file(cfg: SplitConfig) -> dict:
     records, out_dir = cfg.records, cfg.out_dir
     recs = read_records(records)
     data_root = resolve_data_root(records, cfg.data_root)
+    sampling = VideoSampling.from_fields(cfg)
     # the judge opens the query and positive images: a bad one is named by this file's line before it loads
     check_images([with_origin(dataclasses.replace(r, negatives=[]), origin_of(r)) for r in recs],
-                 ImageLoader(data_root), source=records)
+                 ImageLoader(data_root, video=sampling), source=records)
     scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
-                                         image_budget=ImageBudget.from_args(cfg))
+                                         image_budget=ImageBudget.from_args(cfg), video_sampling=sampling)
     split = split_by_tcot_match(recs, read_tcot_rows(cfg.tcots), scorer, threshold=cfg.threshold,
                                 rl_fraction=cfg.rl_fraction, source=records)
     os.makedirs(out_dir, exist_ok=True)
@@ -220,7 +222,7 @@ def split_records_file(cfg: SplitConfig) -> dict:
 
 
 @dataclass(kw_only=True)
-class MaterializeConfig:
+class MaterializeConfig(VideoOptions):
     """Options of `unime reason materialize` (`unime.options`)."""
 
     records: str = option(help="records (unime JSONL / Parquet / UniME-V2 JSON)")
@@ -244,8 +246,8 @@ def materialize_records_file(cfg: MaterializeConfig) -> int:
         raise UsageError("give --tcots FILE or --no-tcots", command="reason materialize")
     recs = read_records(cfg.records)
     data_root = resolve_data_root(cfg.records, cfg.data_root)
-    out_recs = reasoned_records(recs, None if cfg.no_tcots else read_tcot_rows(cfg.tcots), ImageLoader(data_root),
-                                source=cfg.records)
+    loader = ImageLoader(data_root, video=VideoSampling.from_fields(cfg))  # the frames the key frames number
+    out_recs = reasoned_records(recs, None if cfg.no_tcots else read_tcot_rows(cfg.tcots), loader, source=cfg.records)
     n = write_records(out_recs, cfg.out)
     # the items keep their image paths (only the evidence crops are inline): the trainer needs the root
     record_data_root(Path(os.path.abspath(cfg.out)).parent, data_root, written=[cfg.out])

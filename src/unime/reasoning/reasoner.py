@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item
+from unime.data.video import VideoOptions, VideoSampling
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
@@ -292,7 +293,7 @@ def tcot_index(rows: Iterable[TCoTRow]) -> dict[tuple[str, str], TCoTRow]:
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(DeviceOptions, ImageOptions):
+class GenerateConfig(DeviceOptions, ImageOptions, VideoOptions):
     """Options of `unime reason generate` (`unime.options`)."""
 
     model: str = option(help="reasoner / teacher checkpoint (HF folder or hub id)")
@@ -320,6 +321,7 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
     data_root = resolve_data_root(cfg.records, cfg.data_root)
     reasoner = Reasoner.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
                                         image_budget=ImageBudget.from_args(cfg), batch_size=cfg.batch_size,
+                                        video_sampling=VideoSampling.from_fields(cfg),
                                         max_new_tokens=cfg.max_new_tokens)
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
             for i, rec in enumerate(records) for side in sides]

@@ -1,0 +1,123 @@
+"""QA: `unime reason generate` and `reason split` took no `--video-*` options, although `eval`, `embed` and `train
+reasoner` do: a clip was shown to the reasoner / the match judge with the default 8 frames whatever the user chose.
+Each now takes them and they reach the processor: the generated world's clips have 8 frames at 4 fps, so
+`--video-frames 4` and `--video-fps 2` (2 s of video) both give 4 frames per clip instead of 8."""
+
+from __future__ import annotations
+
+import pytest
+
+from unime.data.items import Record
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clip_world(tmp_path_factory):
+    """A tiny generated world with clips (8 frames each); its clip classification records (a clip query, a text
+    positive), and T-CoTs for them from the annotation teacher."""
+    from unime.data.io import read_records, write_records
+    from unime.data.synth import VideoSizes, generate_world
+    from unime.reasoning.reasoner import write_tcot_rows
+    from unime.reasoning.teacher import AnnotationTeacher
+
+    root = tmp_path_factory.mktemp("clip_world") / "world"
+    generate_world(root, sizes="tiny", video=VideoSizes(eval_clips=1, train_clips=2))
+    recs = [r for r in read_records(root / "train" / "video_records.jsonl") if r.dataset == "clip_cls"]
+    assert len(recs) == 2 and all(r.query.video and not r.positive.video for r in recs)
+    write_records([Record(query=r.query, positive=r.positive, dataset=r.dataset, id=r.id) for r in recs],
+                  root / "clip_records.jsonl")
+    write_tcot_rows(AnnotationTeacher(root).tcot_rows(recs), root / "clip_tcots.jsonl")
+    return root
+
+
+@pytest.fixture
+def frames_seen(monkeypatch):
+    """Per call of the family adapter's `processor_inputs` (what goes to the processor): the images (the
+    reasoner's prompt shows a clip as its frames, each an image) and the frames of each video (the judge's
+    video path)."""
+    from unime.data.video import as_video
+    from unime.models.adapters import FamilyAdapter
+
+    seen = []
+    original = FamilyAdapter.processor_inputs
+
+    def counting(self, texts, segments_per_text, **kwargs):
+        for segs in segments_per_text:
+            seen.append({"images": sum(s.kind == "image" for s in segs),
+                         "videos": [len(as_video(s.value).frames) for s in segs if s.kind == "video"]})
+        return original(self, texts, segments_per_text, **kwargs)
+
+    monkeypatch.setattr(FamilyAdapter, "processor_inputs", counting)
+    return seen
+
+
+def _argv(command, root, model, out):
+    records, tcots = str(root / "clip_records.jsonl"), str(root / "clip_tcots.jsonl")
+    return {
+        "reason generate": ["reason", "generate", "--model", model, "--records", records, "--sides", "query",
+                            "--max-new-tokens", "1", "--device", "cpu", "--out", f"{out}/t.jsonl"],
+        "reason split": ["reason", "split", "--records", records, "--tcots", tcots, "--judge", model,
+                         "--device", "cpu", "--out-dir", str(out)],
+    }[command]
+
+
+@pytest.mark.parametrize("command", ["reason generate", "reason split"])
+def test_the_video_options_reach_the_processor(command, clip_world, tiny_model_dir, frames_seen, tmp_path):
+    from unime.cli import main
+
+    model = tiny_model_dir("qwen2_vl")
+    seen = {}
+    for name, extra in (("default", []), ("frames", ["--video-frames", "4"]), ("fps", ["--video-fps", "2"])):
+        frames_seen.clear()
+        assert main(_argv(command, clip_world, model, tmp_path / name) + extra) == 0
+        seen[name] = frames_seen[:]
+    for name, frames in (("default", 8), ("frames", 4), ("fps", 4)):
+        assert seen[name], name
+        if command == "reason generate":  # each clip query's prompt: its frames as images
+            assert [s["images"] for s in seen[name]] == [frames] * len(seen[name]), (name, seen[name])
+        else:  # the judge: each pair's query clip as one video (its prefix, scored once; the positives are text)
+            videos = [s["videos"] for s in seen[name] if s["videos"]]
+            assert videos == [[frames]] * 2, (name, seen[name])
+
+
+def test_the_video_options_are_refused_as_the_other_commands_refuse_them(clip_world, tiny_model_dir, tmp_path,
+                                                                          capsys):
+    from unime.cli import main
+
+    argv = _argv("reason generate", clip_world, tiny_model_dir("qwen2_vl"), tmp_path)
+    assert main(argv + ["--video-frames", "4", "--video-fps", "2"]) != 0
+    assert "give --video-frames N or --video-fps F, not both" in capsys.readouterr().err
+    assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_materialize_cuts_the_key_frames_from_the_sampling_given(clip_world, tmp_path):
+    """A T-CoT naming key frame 2 of a clip: the 2nd of the 8 sampled frames by default (the clip's frame 1), of
+    the 4 that `--video-frames 4` samples (frames 0, 2, 5, 7: the clip's frame 2) with it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from unime.cli import main
+    from unime.data.images import ImageLoader
+    from unime.data.io import read_records
+    from unime.reasoning.reasoner import TCoTRow, read_tcot_rows, write_tcot_rows
+    from unime.reasoning.tcot import render_tcot
+
+    rows = read_tcot_rows(clip_world / "clip_tcots.jsonl")
+    tcot = render_tcot({"key_frames": [2]}, "The video shows a shape.", "a shape")
+    write_tcot_rows([TCoTRow(r.record_id, r.side, r.item, tcot if r.side == "query" else r.tcot) for r in rows],
+                    tmp_path / "tcots.jsonl")
+    rec = read_records(clip_world / "clip_records.jsonl")[0]
+    every = ImageLoader(clip_world).load_video(rec.query.video).frames  # the clip's 8 frames
+    for extra, frame in (([], 1), (["--video-frames", "4"], 2)):
+        out = tmp_path / f"m{frame}.parquet"
+        assert main(["reason", "materialize", "--records", str(clip_world / "clip_records.jsonl"), "--tcots",
+                     str(tmp_path / "tcots.jsonl"), "--data-root", str(clip_world), "--out", str(out)] + extra) == 0
+        query = read_records(out)[0].query
+        evidence = [r for r in query.images if isinstance(r, bytes)]
+        assert len(evidence) == 1
+        got = np.asarray(Image.open(io.BytesIO(evidence[0])).convert("RGB"))
+        assert np.array_equal(got, np.asarray(every[frame])), extra
+        assert not np.array_equal(got, np.asarray(every[3 - frame]))  # the two frames differ: the shape moves
