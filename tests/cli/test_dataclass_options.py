@@ -291,7 +291,7 @@ PINNED = {
                      "--rl-fraction": None, "--out-dir": None, "--device": None, "--dtype": "auto",
                      **IMAGE_OPTIONS, **VIDEO_OPTIONS},
     "reason teacher": {"--world": None, "--records": None, "--out": None, "--on-error": "raise",
-                       "--skip-bad-records": "raise"},
+                       "--skip-bad-records": "raise", **VIDEO_OPTIONS},
 }
 PINNED_REQUIRED = {
     "data check": {"input"}, "data convert": {"input", "output"}, "data import": {"--out"}, "data synth": {"--out"},

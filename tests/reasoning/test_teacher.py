@@ -168,3 +168,53 @@ def test_a_moment_querys_key_frames_are_the_frames_of_its_segment(video_teacher)
             nearest = min(range(len(clip)), key=lambda k: diff(clip[k], frame))
             assert nearest + 1 in q.evidence.key_frames
     assert parts == {0, 1}  # both halves are checked
+
+
+# -- video sampling (QA: the key frames assumed the default 8-frame sampling whatever --video-frames said) ----------
+
+def _frames_sampled(teacher, item, sampling) -> list:
+    from unime.data.images import ImageLoader
+
+    return list(ImageLoader(teacher.root, video=sampling).load_video(item.video).frames)
+
+
+def test_key_frames_are_numbered_among_the_frames_the_sampling_given_takes(video_teacher):
+    """8-frame clips sampled with 4 frames take frames 0, 2, 5, 7: a clip's events (frames 0, 4, 7) are shown by
+    sampled frames 1, 3 (frame 5, the nearest to 4) and 4; a moment query's halves (frames 0-3, 3-7) by 1, 2 and
+    3, 4; a segment (4 or 5 frames) by its 4 sampled frames."""
+    from unime.data.video import VideoSampling
+
+    sampling = VideoSampling(num_frames=4)
+    teacher = AnnotationTeacher(video_teacher.root, video_sampling=sampling)
+    assert teacher.clip_key_frames() == [1, 3, 4]
+    assert [teacher.part_key_frames(p) for p in (0, 1)] == [[1, 2], [3, 4]]
+    assert [teacher.segment_key_frames(p) for p in (0, 1)] == [[1, 2, 3, 4], [1, 2, 3, 4]]
+    for r in teacher.tcot_rows(_video_records(teacher)):  # every key frame within the frames the sampling takes
+        if item_modality(r.item) == "video":
+            n = len(_frames_sampled(teacher, r.item, sampling))
+            assert n == 4 and validate_tcot(parse_tcot(r.tcot), modality="video", num_frames=n) == [], r.tcot
+
+
+def test_reason_teacher_takes_the_video_options(video_teacher, tmp_path):
+    """`--video-fps 2` on 8-frame clips at 4 fps (2 s): 4 frames per clip, 2 per segment (1 s, its first and last
+    frame); the key frames of every video row are within them."""
+    from unime.cli import main
+    from unime.data.io import read_records
+    from unime.data.video import VideoSampling
+    from unime.reasoning.reasoner import read_tcot_rows
+
+    out = tmp_path / "t.jsonl"
+    assert main(["reason", "teacher", "--world", str(video_teacher.root), "--records",
+                 str(video_teacher.root / "train" / "video_records.jsonl"), "--out", str(out),
+                 "--video-fps", "2"]) == 0
+    rows = read_tcot_rows(out)
+    assert len(rows) == 2 * len(read_records(video_teacher.root / "train" / "video_records.jsonl"))
+    sampling = VideoSampling(num_frames=None, fps=2.0)
+    seen = set()
+    for r in rows:
+        if item_modality(r.item) == "video":
+            key_frames = parse_tcot(r.tcot).evidence.key_frames
+            n = len(_frames_sampled(video_teacher, r.item, sampling))
+            assert key_frames and max(key_frames) <= n, (r.tcot, n)
+            seen.add((n, tuple(key_frames)))
+    assert (4, (1, 3, 4)) in seen and (2, (1, 2)) in seen, seen  # a whole clip's events; a segment's two frames

@@ -16,9 +16,11 @@ What it writes, by item:
   object's box inside the crop window; plus `text_keywords` = the world words of the item's text;
 - text items: `text_keywords` = the world words of the text (shapes, colours, sizes, positions,
   relations, counts, backgrounds) in order;
-- video items (worlds generated with video): `key_frames` (1-based, numbered among the frames the default
-  video sampling takes from the file): a clip's first frame, the first of its second half and its last (its two
-  events); a moment query's half of the clip; a segment's every frame. A clip query (text → clip)
+- video items (worlds generated with video): `key_frames` (1-based, numbered among the frames the video sampling
+  takes from the file: the default 8 frames, or the `--video-*` options given, which must be those the reasoner and
+  the embedder are then run with): the sampled frames nearest a clip's first frame, the first of its second half and
+  its last (its two events); the sampled frames of a moment query's half of the clip; a segment's every sampled
+  frame. A clip query (text → clip)
   and a clip share the answer "the red square moves left then turns blue on a black background", a moment
   query and its segment "the red square moves left";
 - `<rethink>` one sentence; `<answer>` a few words (the answer of a question, the objects of a scene).
@@ -35,6 +37,7 @@ from typing import Iterable, Sequence
 
 from unime.data import vocab
 from unime.data.items import Item, Record
+from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError
 from unime.options import on_error_option, option
 from unime.reasoning.tcot import COORD_MAX, render_tcot
@@ -112,10 +115,13 @@ def _clip_spec_phrase(spec: dict) -> str:
 class AnnotationTeacher:
     """Writes T-CoTs for the items of a generated world from its annotations (see the module doc)."""
 
-    def __init__(self, world_root: str | os.PathLike):
+    def __init__(self, world_root: str | os.PathLike, *, video_sampling: VideoSampling | None = None):
+        """`video_sampling`: how the reasoner and the embedder sample the world's clips (default: `VideoSampling()`,
+        8 frames); the key frames are numbered among the frames it takes."""
         from unime.data.synth import World
 
         self.root = Path(world_root)
+        self.video_sampling = video_sampling or VideoSampling()
         self.world = World.load(self.root)
         self.annotations: dict[str, dict] = {}
         path = self.root / "scenes.jsonl"
@@ -170,17 +176,31 @@ class AnnotationTeacher:
         paths = {c.path: c for c in self.world.clips.values()}
         return next((paths[v] for v in item.video if v in paths), None)
 
-    def _key_frames(self, total: int, wanted: Iterable[int]) -> list[int]:
-        """1-based numbers, among the frames the default sampling (`VideoSampling()`: what the reasoner and the
-        embedder are shown) takes from a clip file of `total` frames, of those in `wanted` (0-based frames of the
-        file)."""
+    def _sampled(self, total: int) -> list[int]:
+        """The 0-based frames of a clip file of `total` frames that `video_sampling` takes (the reasoner and the
+        embedder are shown these), in order: key frame k is the k-th of them."""
         from unime.data.synth.clips import VideoSizes
-        from unime.data.video import VideoSampling, uniform_indices
+        from unime.data.video import uniform_indices
 
         fps = VideoSizes(**self.world.manifest["video"]).fps
-        taken = uniform_indices(total, VideoSampling().frame_count(total, total / fps))
+        return uniform_indices(total, self.video_sampling.frame_count(total, total / fps))
+
+    def _key_frames(self, total: int, wanted: Iterable[int]) -> list[int]:
+        """1-based numbers, among the sampled frames of a clip file of `total` frames (`_sampled`), of those in
+        `wanted` (0-based frames of the file)."""
         wanted = set(wanted)
-        return [i + 1 for i, f in enumerate(taken) if f in wanted]
+        return [i + 1 for i, f in enumerate(self._sampled(total)) if f in wanted]
+
+    def _nearest_key_frames(self, total: int, events: Iterable[int]) -> list[int]:
+        """1-based numbers of the sampled frames nearest each of the `events` (0-based frames of the file), in
+        order, without repeats: an event frame that the sampling skips is shown by its nearest neighbour."""
+        taken = self._sampled(total)
+        out: list[int] = []
+        for e in events:
+            k = min(range(len(taken)), key=lambda i: (abs(taken[i] - e), i)) + 1
+            if k not in out:
+                out.append(k)
+        return out
 
     def _halves(self) -> tuple[range, range]:
         """The frames of a clip's two halves, as its segment files hold them: the first half, and the second led
@@ -194,7 +214,7 @@ class AnnotationTeacher:
         """A whole clip's key frames: its first, the first of its second half (where the second event starts) and
         its last."""
         first, second = self._halves()
-        return self._key_frames(second.stop, (0, first.stop, second.stop - 1))
+        return self._nearest_key_frames(second.stop, (0, first.stop, second.stop - 1))
 
     def part_key_frames(self, part: int) -> list[int]:
         """The key frames of one half of a whole clip (a moment query)."""
@@ -202,7 +222,7 @@ class AnnotationTeacher:
         return self._key_frames(halves[1].stop, halves[part])
 
     def segment_key_frames(self, part: int) -> list[int]:
-        """Every frame of a segment file (one half of a clip)."""
+        """Every sampled frame of a segment file (one half of a clip)."""
         total = len(self._halves()[part])
         return self._key_frames(total, range(total))
 
@@ -328,8 +348,9 @@ class AnnotationTeacher:
 
 
 @dataclass(kw_only=True)
-class TeacherConfig:
-    """Options of `unime reason teacher` (`unime.options`)."""
+class TeacherConfig(VideoOptions):
+    """Options of `unime reason teacher` (`unime.options`); the `--video-*` options: the sampling the key frames are
+    numbered among (give those the reasoner and the embedder are trained and run with)."""
 
     world: str = option(help="a generated world (unime data synth)")
     records: str | None = option(None, "records to write T-CoTs for (default: WORLD/train/records.jsonl)")
@@ -351,7 +372,7 @@ def write_teacher_tcots(cfg: TeacherConfig):
 
     skips = SkipReport(max_examples=10)
     recs = read_records(cfg.records, on_error=cfg.on_error, skips=skips) if cfg.records else None
-    teacher = AnnotationTeacher(cfg.world)
+    teacher = AnnotationTeacher(cfg.world, video_sampling=VideoSampling.from_fields(cfg))
     recs = teacher.world.records if recs is None else recs
     rows = teacher.tcot_rows(recs, source=cfg.records, policy=ErrorPolicy(cfg.on_error, skips, "teacher"))
     n = write_tcot_rows(rows, cfg.out)
