@@ -121,3 +121,21 @@ def test_materialize_cuts_the_key_frames_from_the_sampling_given(clip_world, tmp
         got = np.asarray(Image.open(io.BytesIO(evidence[0])).convert("RGB"))
         assert np.array_equal(got, np.asarray(every[frame])), extra
         assert not np.array_equal(got, np.asarray(every[3 - frame]))  # the two frames differ: the shape moves
+
+
+def test_materialize_refuses_key_frames_past_the_frames_sampled(clip_world, tmp_path, capsys):
+    """The teacher's T-CoTs numbered among the default 8 frames (a clip's events: key frames 1, 5, 8), read with
+    `--video-frames 4`: key frame 5 is past the 4 frames sampled. It was left out silently (one evidence frame of
+    three); now the run stops naming the records file, the record's line and the key frame."""
+    from unime.cli import main
+
+    records = clip_world / "clip_records.jsonl"
+    out = tmp_path / "m.parquet"
+    argv = ["reason", "materialize", "--records", str(records), "--tcots", str(clip_world / "clip_tcots.jsonl"),
+            "--data-root", str(clip_world), "--out", str(out)]
+    assert main(argv + ["--video-frames", "4"]) != 0
+    err = capsys.readouterr().err
+    assert f"{records}" in err and "line 1" in err and "query.key_frames[1]" in err, err
+    assert "key frame 5 is beyond the last frame (4 frames sampled" in err, err
+    assert not out.exists()
+    assert main(argv + ["--video-frames", "8"]) == 0  # the sampling it was written with

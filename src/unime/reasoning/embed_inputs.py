@@ -24,7 +24,8 @@ Image placeholders that a reasoner happens to write (`<image>`, `<|image_1|>`) a
 T-CoT text: only evidence images are images. A completion that is not a well-formed T-CoT (frequent in early RL rollouts) is handled by
 `on_invalid`: "raw" (default) puts the completion text after the item with no evidence — it is still
 what the reasoner wrote, and the outcome reward should see it; "raise" raises the parser's
-`TCoTError`; "drop" embeds the item without reasoning.
+`TCoTError` (and a `DataError` for a key frame past the frames sampled: a T-CoT file read with another video sampling
+than it was written with); "drop" embeds the item without reasoning.
 """
 
 from __future__ import annotations
@@ -42,24 +43,27 @@ ON_INVALID = ("raw", "raise", "drop")
 
 
 def evidence_images(tcot, images: Sequence[Any], frames: Sequence[Any], *, min_side: int = 10,
-                    max_aspect: float = 50.0) -> list[Any]:
+                    max_aspect: float = 50.0, on_invalid_frame: str = "skip", **where: Any) -> list[Any]:
     """Crops of `images[0]` for the T-CoT's boxes (kept if both sides >= min_side and aspect <= max_aspect),
     then the key frames (1-based) of `frames`. Evidence with nothing to point at (boxes on a text item,
-    key frames outside the video) is left out — a rollout's mistakes must not stop the reward."""
+    key frames outside the video) is left out — a rollout's mistakes must not stop the reward; with
+    `on_invalid_frame="raise"` a key frame outside the video raises `DataError` naming `where` (source, record,
+    field)."""
     from unime.reasoning.evidence import extract_evidence
 
     ev = extract_evidence(tcot.evidence, image=images[0] if images else None, frames=list(frames) if frames else None,
-                          min_side=min_side, max_aspect=max_aspect, on_invalid_frame="skip")
+                          min_side=min_side, max_aspect=max_aspect, on_invalid_frame=on_invalid_frame, **where)
     return ev.images
 
 
 def reasoning_segments(item_segments: Sequence[Segment], tcot_text: str | None, *, images: Sequence[Any] = (),
                        frames: Sequence[Any] = (), on_invalid: str = "raw", min_side: int = 10,
                        max_aspect: float = 50.0, summary_prompt: str = EMBED_SUMMARY_PROMPT,
-                       record: Any = None) -> list[Segment]:
+                       record: Any = None, source: str | None = None, field: str | None = None) -> list[Segment]:
     """The embedder's user turn for an item (`item_segments`, as `Embedder.segments` builds them) with
     its T-CoT (`None` = no reasoning). `images` / `frames` are the item's loaded images and video frames
-    (the evidence is cut from them)."""
+    (the evidence is cut from them). `on_invalid="raise"` also refuses a key frame outside `frames`: a
+    `DataError` naming `source`, `record` and `field` (e.g. `query.key_frames[1]`)."""
     from unime.reasoning.tcot import TCoTError, parse_tcot
 
     if on_invalid not in ON_INVALID:
@@ -79,8 +83,10 @@ def reasoning_segments(item_segments: Sequence[Segment], tcot_text: str | None, 
         else:
             head, tail = tcot.split_for_evidence()
             segs.append(Segment("text", head.strip()))
-            segs.extend(Segment("image", im) for im in evidence_images(tcot, images, frames, min_side=min_side,
-                                                                       max_aspect=max_aspect))
+            frame_rule = "raise" if on_invalid == "raise" else "skip"
+            segs.extend(Segment("image", im) for im in evidence_images(
+                tcot, images, frames, min_side=min_side, max_aspect=max_aspect, on_invalid_frame=frame_rule,
+                source=source, record=record, field=field))
             if tail.strip():
                 segs.append(Segment("text", tail.strip()))
     segs.append(Segment("text", summary_prompt))
@@ -114,7 +120,7 @@ def reasoned_item(item: Item, tcot_text: str | None, loader, *, on_invalid: str 
     base = item_segments(item.text, images, frames, record=record)
     segs = reasoning_segments(base, tcot_text, images=images, frames=frames, on_invalid=on_invalid,
                               min_side=min_side, max_aspect=max_aspect, summary_prompt=summary_prompt,
-                              record=record)
+                              record=record, source=source, field=field)
     text, refs = item.text, list(item.images)
     for s in segs[len(base):]:
         if s.kind == "text":

@@ -73,11 +73,12 @@ def crop_evidence(image: Image.Image, bboxes: Sequence[Sequence[float]], *, min_
 
 def select_key_frames(frames: Sequence[Any], key_frames_1_based: Sequence[int], *,
                       on_invalid: Literal["raise", "skip"] = "raise", dedupe: bool = True,
-                      source: str | None = None, record: str | int | None = None) -> list[Any]:
+                      source: str | None = None, record: str | int | None = None,
+                      field: str | None = None) -> list[Any]:
     """`frames[k - 1]` for each 1-based key frame k, in the given order (repeats dropped if `dedupe`).
 
-    A key frame outside 1..len(frames) (or not an integer) raises `DataError` naming `key_frames[i]`,
-    or is skipped when `on_invalid="skip"`.
+    A key frame outside 1..len(frames) (or not an integer) raises `DataError` naming `source`, `record` and
+    `key_frames[i]` (after `field`, e.g. `query.key_frames[1]`), or is skipped when `on_invalid="skip"`.
     """
     if on_invalid not in ("raise", "skip"):
         raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
@@ -90,10 +91,12 @@ def select_key_frames(frames: Sequence[Any], key_frames_1_based: Sequence[int], 
         elif k < 1:
             problem = f"key frame {k} is not a 1-based frame number (frames are numbered 1..{n})"
         elif k > n:
-            problem = f"key frame {k} is beyond the last frame ({n} frames, numbered 1..{n})"
+            problem = (f"key frame {k} is beyond the last frame ({n} frames sampled, numbered 1..{n}; key frames "
+                       "are numbered among the frames sampled: give the --video-* options the T-CoT was written with)")
         if problem:
             if on_invalid == "raise":
-                raise DataError(problem, source=source, record=record, field=f"key_frames[{i}]")
+                raise DataError(problem, source=source, record=record,
+                                field=f"{field}.key_frames[{i}]" if field else f"key_frames[{i}]")
             continue
         if dedupe and k in seen:
             continue
@@ -112,12 +115,14 @@ class ExtractedEvidence:
 
 def extract_evidence(evidence: Evidence, *, image: Image.Image | None = None, frames: Sequence[Any] | None = None,
                      min_side: int = 10, max_aspect: float = 50.0,
-                     on_invalid_frame: Literal["raise", "skip"] = "skip") -> ExtractedEvidence:
+                     on_invalid_frame: Literal["raise", "skip"] = "skip", source: str | None = None,
+                     record: str | int | None = None, field: str | None = None) -> ExtractedEvidence:
     """Crops of `image` for the boxes, then the key frames of `frames`, as the Embedder's extra images.
 
     Boxes refer to the item's first image (`image`); evidence that has nothing to point at (boxes
     without an image, key frames without frames), crops failing the size / aspect rules and invalid
-    key frames (under the default `on_invalid_frame="skip"`) are listed in `skipped`.
+    key frames (under the default `on_invalid_frame="skip"`) are listed in `skipped`; with "raise" an invalid key
+    frame raises `DataError` naming `source`, `record` and `field` (`select_key_frames`).
     """
     out = ExtractedEvidence()
     if evidence.bboxes:
@@ -134,7 +139,8 @@ def extract_evidence(evidence: Evidence, *, image: Image.Image | None = None, fr
         if frames is None:
             out.skipped.append(f"{len(evidence.key_frames)} key frame(s) but no video")
         else:
-            out.images.extend(select_key_frames(frames, evidence.key_frames, on_invalid=on_invalid_frame))
+            out.images.extend(select_key_frames(frames, evidence.key_frames, on_invalid=on_invalid_frame,
+                                                source=source, record=record, field=field))
             n_invalid = sum(1 for k in evidence.key_frames if not 1 <= k <= len(frames))
             if n_invalid:
                 out.skipped.append(f"{n_invalid} key frame(s) outside 1..{len(frames)}")
