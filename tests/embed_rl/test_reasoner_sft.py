@@ -260,3 +260,22 @@ def test_a_retry_after_the_merge_it_first_refusal_runs_into_the_same_out(tiny_mo
     assert "merge it first" in capsys.readouterr().err and not (tmp_path / "o2").exists()
     assert main([*argv, "--model", str(tmp_path / "o" / "merged")]) == 0
     assert json.loads((tmp_path / "o2" / "sft_summary.json").read_text())["steps"] == 1
+
+
+def test_a_key_frame_past_the_frames_of_the_prompt_is_refused_naming_the_row(loaded, image_root):
+    """A T-CoT naming key frame 3 of a two-frame video (written with another video sampling than the prompt's): the
+    reasoner would be taught to name a frame it is not shown. It is a DataError naming the file, the row and the key
+    frame, or with --skip-invalid a skipped row (counted); key frames 1 and 2 are kept."""
+    from unime.data.images import ImageLoader
+    from unime.errors import DataError
+
+    loader = ImageLoader(str(image_root))
+    video = Item(video=("frame0.png", "frame1.png"))
+    rows = [TCoTRow("v", "target", video, render_tcot({"key_frames": [1, 3]}, "Frames.", "frames")),
+            TCoTRow("w", "target", video, render_tcot({"key_frames": [1, 2]}, "Frames.", "frames"))]
+    with pytest.raises(DataError) as e:
+        sft_rows(rows, loaded.adapter, loader, source="t.jsonl")
+    assert (e.value.source, e.value.record, e.value.field) == ("t.jsonl", "v/target", "tcot.key_frames[1]")
+    assert "key frame 3 is beyond the last frame (2 frames sampled" in str(e.value)
+    out, skipped = sft_rows(rows, loaded.adapter, loader, skip_invalid=True)
+    assert skipped == 1 and len(out) == 1 and "[1, 2]" in out[0]["completion"]

@@ -58,7 +58,8 @@ class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOption
     epochs: float = option(3.0, group="sft", above=0)
     batch_size: int = option(8, group="sft", at_least=1)
     grad_accum: int = option(1, group="sft", at_least=1)
-    skip_invalid: bool = option(False, "drop T-CoTs that do not parse (counted)", group="sft")
+    skip_invalid: bool = option(False, "drop T-CoTs that do not parse or name key frames past the frames sampled "
+                                "(counted)", group="sft")
     logging_steps: int = option(10, group="sft")
     warmup_steps: int = option(0, cli=False)
     weight_decay: float = option(0.0, cli=False)
@@ -73,8 +74,10 @@ SUMMARY_FILE = "sft_summary.json"
 def sft_rows(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False,
              source: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """TRL prompt-completion rows (`prompt`, `completion`, `images`) for T-CoT rows. A T-CoT that does not
-    parse raises `TCoTError` naming the row, or is skipped and counted when `skip_invalid`. Returns
-    (rows, skipped)."""
+    parse, or names a key frame past the frames its prompt shows (a T-CoT file written with another video sampling
+    than the --video-* options given), raises `TCoTError` / `DataError` naming the row, or is skipped and counted
+    when `skip_invalid`. Returns (rows, skipped)."""
+    from unime.reasoning.evidence import select_key_frames
     from unime.reasoning.reasoner import reasoning_prompt_segments
     from unime.reasoning.tcot import TCoTError, parse_tcot
 
@@ -83,7 +86,7 @@ def sft_rows(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False
     for r in rows:
         rid = f"{r.record_id}/{r.side}"
         try:
-            parse_tcot(r.tcot, source=source, record=rid)
+            tcot = parse_tcot(r.tcot, source=source, record=rid)
         except TCoTError:
             if not skip_invalid:
                 raise
@@ -93,6 +96,12 @@ def sft_rows(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False
                   for i, ref in enumerate(r.item.images)]
         frames = loader.load_video(r.item.video, source=source, record=rid, field="item.video") if r.item.video \
             else []
+        if tcot.evidence.key_frames and frames:  # past the frames shown: the T-CoT was written with another sampling
+            kept = select_key_frames(frames, tcot.evidence.key_frames, on_invalid="skip" if skip_invalid else "raise",
+                                     dedupe=False, source=source, record=rid, field="tcot")
+            if len(kept) < len(tcot.evidence.key_frames):
+                skipped += 1
+                continue
         segs = reasoning_prompt_segments(r.item.text, images, frames, r.side, record=rid)
         out.append({"prompt": adapter.render_user_turn(segs), "completion": r.tcot + eot,
                     "images": [adapter.image_budget.prepare(s.value) for s in segs if s.kind == "image"]})
