@@ -128,3 +128,26 @@ def test_train_reasoner_refuses_a_device_index_as_the_other_trainers_do(monkeypa
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "unime: error: --device cuda:1: a training run uses the device its process is given (cuda:0, one per process "
         "under torchrun); choose the GPU with CUDA_VISIBLE_DEVICES=1 and --device cuda")
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_train_reasoner_refuses_a_bad_device_before_it_claims_its_output_folder(monkeypatch, tmp_path, capsys, stage):
+    """QA: `--device bogus` was refused after the run had claimed --out (its marker, lock and train_inputs.json
+    left behind). Now it is refused first, as a full fine-tuning of an adapter is: --out is not created."""
+    from tests.embed_rl.helpers import TCOT
+    from unime.cli import main
+    from unime.data.io import write_records
+    from unime.data.items import Item, Record
+    from unime.reasoning.reasoner import TCoTRow, write_tcot_rows
+
+    seen = _record_loads(monkeypatch)
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT)], tmp_path / "t.jsonl")
+    write_records([Record(query=Item(text=f"q{i}"), positive=Item(text=f"p{i}"), id=f"r{i}") for i in range(4)],
+                  tmp_path / "records.jsonl")
+    inputs = (["--tcots", str(tmp_path / "t.jsonl")] if stage == "sft" else
+              ["--records", str(tmp_path / "records.jsonl"), "--embedder", str(tmp_path / "e")])
+    assert main(["train", "reasoner", "--stage", stage, "--model", str(tmp_path / "m"), *inputs,
+                 "--out", str(tmp_path / "o"), "--device", "bogus"]) == 2
+    assert seen == [] and not (tmp_path / "o").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "unime: error: --device 'bogus' is not a torch device (cpu, cuda, cuda:N, mps)")

@@ -25,10 +25,13 @@ class ReasonerStageOptions(ImageOptions, VideoOptions):
                                     "and reported) instead of stopping at the first")
 
     def validate(self) -> None:
-        """OptionError for an option outside its range (`unime.options.check_ranges`), and ModelError for full
-        fine-tuning (--lora-r 0) of an adapter folder, before any work."""
+        """OptionError for an option outside its range (`unime.options.check_ranges`), UsageError for a --device the
+        run cannot train on (`trainer_device`), and ModelError for full fine-tuning (--lora-r 0) of an adapter folder,
+        before any work: before the run claims its output folder."""
+        from unime.models.loading import trainer_device
         from unime.models.lora import refuse_full_fine_tuning_of_adapter
 
         check_ranges(self)
+        trainer_device(getattr(self, "device", None))  # both stages' configs add --device (`DeviceOptions`)
         if getattr(self, "lora_r", None) == 0:  # both stages' configs add the LoRA options (rank 0: full)
             refuse_full_fine_tuning_of_adapter(self.model, "--lora-r 0")
