@@ -157,6 +157,17 @@ def test_print_config_of_train_reasoner_shows_the_stages_values_of_its_shared_op
     assert dict((o, (v, g)) for o, v, g in resolved_config(args))["lr"] == (0.5, "command line")
 
 
+def test_print_config_of_train_reasoner_without_a_stage_shows_each_stages_value():
+    """QA: without --stage, `--print-config` printed `lora-r None`, `lr None`, `save-steps None`: the values the run
+    uses depend on the stage, so each stage's is shown (the help's "default: sft 16, grpo 0")."""
+    args = _apply_config(build_parser(), ["train", "reasoner", "--model", "a", "--out", "b", "--print-config"])
+    rows = {opt: (value, origin) for opt, value, origin in resolved_config(args)}
+    assert {k: rows[k][0] for k in ("lora-r", "lr", "save-steps")} == {
+        "lora-r": {"sft": 16, "grpo": 0}, "lr": {"sft": 1e-4, "grpo": 3e-6}, "save-steps": {"sft": 500, "grpo": 100}}
+    assert rows["lora-r"][1] == "default of each --stage (none given)"
+    assert rows["beta"] == (0.01, "default")  # an option of one stage: its own default, as before
+
+
 def test_global_batch_sets_the_per_device_batch(monkeypatch):
     from unime.errors import UnimeError
     from unime.train.embedder_trainer import per_device_batch

@@ -49,13 +49,18 @@ def _add_parser(actions) -> None:
 
 def _stage_defaults(args) -> dict:
     """`--print-config`: the options the two stages share with their own defaults, left unset, at the stage's
-    value (`--lora-r` sft 16, grpo 0), not None."""
+    value (`--lora-r` sft 16, grpo 0), not None; without --stage, each stage's value ({'sft': 16, 'grpo': 0})."""
     from unime.cli.dataclass_options import unset_defaults
     from unime.embed_rl.grpo import GRPOStageConfig
     from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
 
-    cls = {"sft": ReasonerSFTConfig, "grpo": GRPOStageConfig}.get(args.stage)
-    return unset_defaults(cls, args, f"default (--stage {args.stage})") if cls else {}
+    stages = {"sft": ReasonerSFTConfig, "grpo": GRPOStageConfig}
+    if args.stage in stages:
+        return unset_defaults(stages[args.stage], args, f"default (--stage {args.stage})")
+    per_stage = {stage: unset_defaults(cls, args, "") for stage, cls in stages.items()}
+    return {dest: ({stage: per_stage[stage].get(dest, (None,))[0] for stage in stages},
+                   "default of each --stage (none given)")
+            for dest in sorted(set().union(*per_stage.values()))}
 
 
 def _run(args) -> int:
