@@ -272,11 +272,13 @@ def test_reason_eval_on_tasks_of_no_supported_format_names_the_one_it_evaluates(
 @pytest.mark.parametrize("trainer,given", [
     ("embedder", ["--lora-r", "8"]), ("embedder", ["--lora-vision"]), ("embedder", ["--lora-targets", "qkv,q_proj"]),
     ("embedder", ["--dora"]), ("reranker", ["--lora-alpha", "8"]), ("judge", ["--lora-dropout", "0.2"]),
-    ("sft", ["--lora-r", "8"]), ("grpo", ["--lora-r", "8"]), ("grpo", ["--lora-r", "16", "--lora-vision"])])
+    ("sft", ["--lora-r", "8"]), ("grpo", ["--lora-r", "8"]), ("grpo", ["--lora-vision"]),
+    ("sft", ["--lora-r", "16"]), ("grpo", ["--lora-r", "16"])])
 def test_lora_options_given_with_a_peft_adapter_as_model_are_refused(trainer, given, tmp_path, capsys):
     """QA: continuing from a PEFT adapter (an adapter folder, or a run folder holding only adapter/) trains the
-    adapter's own LoRA; --lora-r 8 --lora-vision ... were accepted and ignored (an INFO line). GRPO's --lora-r
-    chooses LoRA over full fine-tuning (its default 0): the adapter's own rank is accepted there."""
+    adapter's own LoRA; --lora-r 8 --lora-vision ... were accepted and ignored (an INFO line). The reasoner's
+    --lora-r of the adapter's own rank (16) was let through: a given option is refused whatever its value (the
+    run's rank is the adapter's: `test_the_reasoner_on_an_adapter_takes_its_rank_without_lora_r`)."""
     import json
 
     adapter = tmp_path / "run" / "adapter"
@@ -294,3 +296,28 @@ def test_lora_options_given_with_a_peft_adapter_as_model_are_refused(trainer, gi
     # not given: accepted (the run goes on to its records, which do not exist)
     assert main([str(adapter) if a == "m" else a.replace("{tmp}", str(tmp_path)) for a in _T[trainer]]) != 0
     assert "PEFT adapter" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_the_reasoner_on_an_adapter_takes_its_rank_without_lora_r(stage, tmp_path, monkeypatch, capsys):
+    """With an adapter as --model and no --lora-r, the run's rank is the adapter's own (16), not the stage's default
+    (sft 16 by chance, GRPO 0: full fine-tuning, refused as 'merge it first'); --print-config shows it."""
+    import json
+
+    from unime.embed_rl import grpo, reasoner_sft
+
+    adapter = tmp_path / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 6,
+                                                             "base_model_name_or_path": "the-base"}))
+    seen = []
+    train = {"sft": (reasoner_sft, "train_reasoner_sft"), "grpo": (grpo, "train_reasoner_grpo")}[stage]
+    monkeypatch.setattr(*train, lambda cfg: (cfg.validate(), seen.append(cfg.lora_r), 1 / 0))
+    argv = [str(tmp_path / "run") if a == "m" else a.replace("{tmp}", str(tmp_path)) for a in _T[stage]]
+    with pytest.raises(ZeroDivisionError):
+        main(argv)
+    assert seen == [6]
+    capsys.readouterr()
+    assert main([*argv, "--print-config"]) == 0
+    assert "lora-r                 6                             # the own rank of the PEFT adapter given as --model" \
+        in capsys.readouterr().out.splitlines()

@@ -63,21 +63,19 @@ def refuse_lora_options_on_an_adapter(args, command: str, lora_options: type, va
                                       rank_chooses_lora: bool = False) -> None:
     """Every trainer's rule (`unime.models.lora.model_to_train`): a PEFT adapter as --model (an adapter folder, or a
     run folder holding only adapter/) is trained with its own LoRA, so every option of `lora_options` the user gave
-    does nothing and is refused (`refuse_ineffective_options`). `rank_chooses_lora`: --lora-r 0 is full fine-tuning
-    (the reasoner; `model_to_train` refuses it on an adapter), so a --lora-r of the adapter's own rank acts."""
-    import json
-    from pathlib import Path
+    does nothing and is refused (`refuse_ineffective_options`), whatever its value — the adapter's own rank too.
+    `rank_chooses_lora`: --lora-r 0 is full fine-tuning (the reasoner), refused on an adapter with its own message
+    (merge it first: `unime.models.lora.refuse_full_fine_tuning_of_adapter`)."""
     from types import SimpleNamespace
 
-    from unime.models.loading import is_peft_adapter, trained_model_folder
+    from unime.models.loading import peft_adapter_config
 
-    folder = trained_model_folder(args.model) if getattr(args, "model", None) else None
-    if folder is None or not is_peft_adapter(folder):
+    own = peft_adapter_config(args.model) if getattr(args, "model", None) else None
+    if own is None:
         return
-    own = json.loads((Path(folder) / "adapter_config.json").read_text())
     rank = getattr(values if values is not None else args, "lora_r", None)
     dests = [f.name for f in dataclasses.fields(lora_options)
-             if not (f.name == "lora_r" and rank_chooses_lora and rank in (0, own.get("r")))]
+             if not (f.name == "lora_r" and rank_chooses_lora and rank == 0)]
     refuse_ineffective_options(
         args, command, [(d, "model", False) for d in dests], values=SimpleNamespace(model=True),
         condition=f"with --model {args.model}, a PEFT adapter trained with its own LoRA (r {own.get('r')}; for a new "

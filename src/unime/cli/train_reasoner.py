@@ -49,18 +49,23 @@ def _add_parser(actions) -> None:
 
 def _stage_defaults(args) -> dict:
     """`--print-config`: the options the two stages share with their own defaults, left unset, at the stage's
-    value (`--lora-r` sft 16, grpo 0), not None; without --stage, each stage's value ({'sft': 16, 'grpo': 0})."""
+    value (`--lora-r` sft 16, grpo 0), not None; without --stage, each stage's value ({'sft': 16, 'grpo': 0});
+    `--lora-r` with an adapter as --model, the adapter's own rank (`_adapter_rank`)."""
     from unime.cli.dataclass_options import unset_defaults
     from unime.embed_rl.grpo import GRPOStageConfig
     from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
 
     stages = {"sft": ReasonerSFTConfig, "grpo": GRPOStageConfig}
     if args.stage in stages:
-        return unset_defaults(stages[args.stage], args, f"default (--stage {args.stage})")
-    per_stage = {stage: unset_defaults(cls, args, "") for stage, cls in stages.items()}
-    return {dest: ({stage: per_stage[stage].get(dest, (None,))[0] for stage in stages},
-                   "default of each --stage (none given)")
-            for dest in sorted(set().union(*per_stage.values()))}
+        values = unset_defaults(stages[args.stage], args, f"default (--stage {args.stage})")
+    else:
+        per_stage = {stage: unset_defaults(cls, args, "") for stage, cls in stages.items()}
+        values = {dest: ({stage: per_stage[stage].get(dest, (None,))[0] for stage in stages},
+                         "default of each --stage (none given)")
+                  for dest in sorted(set().union(*per_stage.values()))}
+    if rank := _adapter_rank(args):
+        values["lora_r"] = (rank["lora_r"], "the own rank of the PEFT adapter given as --model")
+    return values
 
 
 def _run(args) -> int:
@@ -71,7 +76,8 @@ def _run(args) -> int:
 
         if not args.tcots:
             raise UsageError("--stage sft needs --tcots", command="train reasoner")
-        cfg = config_from_args(ReasonerSFTConfig, args, unset_is_none=True, overwrite=bool(getattr(args, "overwrite", False)))
+        cfg = config_from_args(ReasonerSFTConfig, args, unset_is_none=True, **_adapter_rank(args),
+                               overwrite=bool(getattr(args, "overwrite", False)))
         _refuse_lora_options(args, cfg)
         summary = train_reasoner_sft(cfg)
         print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
@@ -89,7 +95,7 @@ def _run(args) -> int:
     if len(weights) != 3:
         raise UsageError(f"--weights takes three numbers: format,outcome,process (got {args.weights!r})",
                          command="train reasoner")
-    cfg = config_from_args(GRPOStageConfig, args, unset_is_none=True, weights=weights,
+    cfg = config_from_args(GRPOStageConfig, args, unset_is_none=True, weights=weights, **_adapter_rank(args),
                            overwrite=bool(getattr(args, "overwrite", False)))
     _refuse_lora_options(args, cfg)
     summary = train_reasoner_grpo(cfg)
@@ -98,6 +104,16 @@ def _run(args) -> int:
     print(json.dumps([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in steps]))
     print(f"GRPO: {summary['steps']} steps; saved {args.out} (reward_log.csv, reward_curves.png)")
     return 0
+
+
+def _adapter_rank(args) -> dict[str, int]:
+    """{"lora_r": r} for a PEFT adapter as --model with --lora-r left unset: the adapter is trained with its own LoRA
+    (`unime.models.lora.model_to_train`), so the run's rank is its own — not the stage's default (GRPO's 0 is full
+    fine-tuning, refused on an adapter); a --lora-r given with it is refused (`_refuse_lora_options`)."""
+    from unime.models.loading import peft_adapter_config
+
+    own = peft_adapter_config(args.model) if getattr(args, "model", None) and args.lora_r is None else None
+    return {"lora_r": own["r"]} if own and own.get("r") else {}
 
 
 def _refuse_lora_options(args, cfg) -> None:

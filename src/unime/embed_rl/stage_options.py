@@ -12,7 +12,8 @@ from unime.options import check_ranges, on_error_option, option
 @dataclass(kw_only=True)
 class ReasonerStageOptions(ImageOptions, VideoOptions):
     model: str = option(help="reasoner checkpoint to train (grpo: the SFT output folder or its merged/); an adapter "
-                        "folder is trained on with LoRA (--lora-r > 0, its rank kept), not wrapped in a second one")
+                        "folder is trained on with its own LoRA (its rank; no --lora-* option), not wrapped in a "
+                        "second one")
     out: str = option(help="output folder (merged/: an HF folder; adapter/ for LoRA; README.md, checkpoints/, logs)")
     data_root: str | None = option(None, "folder image paths are relative to")
     dtype: str = option("auto")

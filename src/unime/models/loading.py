@@ -120,6 +120,15 @@ def is_peft_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def peft_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
+    """The adapter_config.json (rank `r`, `base_model_name_or_path` ...) of a PEFT adapter given as --model: an
+    adapter folder, or a run folder holding only its adapter/ (`trained_model_folder`); None for any other model."""
+    folder = trained_model_folder(model)
+    if not is_peft_adapter(folder):
+        return None
+    return json.loads((Path(folder) / "adapter_config.json").read_text())
+
+
 @dataclass
 class LoadedModel:
     model: Any
