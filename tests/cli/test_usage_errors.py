@@ -298,6 +298,38 @@ def test_lora_options_given_with_a_peft_adapter_as_model_are_refused(trainer, gi
     assert "PEFT adapter" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("trainer,full", [("embedder", "--full"), ("reranker", "--full"), ("judge", "--full"),
+                                          ("sft", "--lora-r 0"), ("grpo", "--lora-r 0")])
+def test_full_fine_tuning_of_a_hub_adapter_is_refused_before_anything_is_loaded_or_claimed(trainer, full, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """QA: a PEFT adapter given as a hub id (here in the local hub cache, as a download leaves it) with full
+    fine-tuning was refused only after the run had claimed --out and loaded the model (an adapter folder was refused
+    before, from its adapter_config.json). Now the hub id's adapter_config.json is read first."""
+    import json
+
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--someone--an-adapter" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    (snapshot / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8,
+                                                              "base_model_name_or_path": "someone/the-base"}))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    argv = ["someone/an-adapter" if a == "m" else a.replace("{tmp}", str(tmp_path)) for a in _T[trainer]]
+    if trainer in ("embedder", "reranker", "judge"):
+        (tmp_path / "r.jsonl").write_text(json.dumps({"query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
+        argv[argv.index("r")] = str(tmp_path / "r.jsonl")
+    assert main([*argv, *full.split()]) == 2
+    assert _error_line(capsys) == (
+        f"full fine-tuning ({full}) of someone/an-adapter, a PEFT adapter of the hub on someone/the-base: "
+        "merge it into its base first and give the merged folder as --model")
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("hub", "r.jsonl")]  # no --out claimed
+    # another hub id (not in the cache, no hub here): not refused as an adapter
+    assert main([*[a.replace("someone/an-adapter", "someone/a-model") for a in argv], *full.split()]) != 0
+    assert "PEFT adapter" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("stage", ["sft", "grpo"])
 def test_the_reasoner_on_an_adapter_takes_its_rank_without_lora_r(stage, tmp_path, monkeypatch, capsys):
     """With an adapter as --model and no --lora-r, the run's rank is the adapter's own (16), not the stage's default

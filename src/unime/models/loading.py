@@ -120,6 +120,21 @@ def is_peft_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def hub_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
+    """The adapter_config.json of a hub id that names a PEFT adapter (from the local cache; else fetched, a small
+    file, as `from_pretrained` fetches it), read before any model is loaded; None for a local path, a model that is
+    no adapter, or a hub that cannot be reached (the load then says what is missing)."""
+    from transformers.utils.peft_utils import find_adapter_config_file
+
+    if Path(model).exists():
+        return None
+    try:
+        found = find_adapter_config_file(str(model))
+    except (OSError, ValueError):  # not a repo id (e.g. a missing local path)
+        return None
+    return json.loads(Path(found).read_text()) if found else None
+
+
 def peft_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
     """The adapter_config.json (rank `r`, `base_model_name_or_path` ...) of a PEFT adapter given as --model: an
     adapter folder, or a run folder holding only its adapter/ (`trained_model_folder`); None for any other model."""

@@ -136,13 +136,21 @@ def _merge_first(source: str, full_option: str) -> ModelError:
 
 def refuse_full_fine_tuning_of_adapter(source: str | None, full_option: str = "--full") -> None:
     """`model_to_train`'s refusal of full fine-tuning (`full_option`) of a PEFT adapter, asked of the --model path
-    before any model is loaded: an adapter folder, or a run folder holding only its adapter/. A trainer's config
-    checks it in its `validate`, before the run writes in its output folder (the refusal came after, and a retry
-    with the merged model was refused as a folder holding a run with other options)."""
-    from unime.models.loading import is_peft_adapter, trained_model_folder
+    before any model is loaded: an adapter folder, a run folder holding only its adapter/, or a hub id whose
+    adapter_config.json names it an adapter (`hub_adapter_config`). A trainer's config checks it in its `validate`,
+    before the run writes in its output folder (the refusal came after, and a retry with the merged model was
+    refused as a folder holding a run with other options)."""
+    from unime.models.loading import hub_adapter_config, is_peft_adapter, trained_model_folder
 
-    if source and is_peft_adapter(trained_model_folder(source)):
+    if not source:
+        return
+    if is_peft_adapter(trained_model_folder(source)):
         raise _merge_first(source, full_option)
+    hub = hub_adapter_config(source)
+    if hub is not None:
+        raise ModelError(f"full fine-tuning ({full_option}) of {source}, a PEFT adapter of the hub on "
+                         f"{hub.get('base_model_name_or_path')}: merge it into its base first and give the merged "
+                         "folder as --model")
 
 
 def model_to_train(model, settings: LoraSettings | None, *, source: str, full_option: str = "--full",
@@ -160,7 +168,7 @@ def model_to_train(model, settings: LoraSettings | None, *, source: str, full_op
     from unime.models.run_state import is_peft
 
     if settings is None:
-        if is_peft(model):  # an adapter of the hub (a folder is refused before: `refuse_full_fine_tuning_of_adapter`)
+        if is_peft(model):  # refused before loading too, from the --model path (`refuse_full_fine_tuning_of_adapter`)
             raise _merge_first(source, full_option)
         return model.requires_grad_(True)
     if is_peft(model):
