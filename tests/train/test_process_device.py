@@ -151,3 +151,18 @@ def test_train_reasoner_refuses_a_bad_device_before_it_claims_its_output_folder(
     assert seen == [] and not (tmp_path / "o").exists()
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "unime: error: --device 'bogus' is not a torch device (cpu, cuda, cuda:N, mps)")
+
+
+@pytest.mark.parametrize("trainer", ["embedder", "reranker", "judge"])
+def test_the_other_trainers_refuse_a_bad_device_before_they_claim_their_output_folder(monkeypatch, tmp_path, capsys,
+                                                                                      trainer):
+    """As the reasoner's: `--device bogus` was refused after the run had claimed --out."""
+    from unime.cli import main
+
+    seen = _record_loads(monkeypatch)
+    records = write_world(tmp_path / "data")
+    assert main(["train", trainer, "--model", str(tmp_path / "m"), "--records", str(records),
+                 "--out", str(tmp_path / "o"), "--device", "bogus"]) == 2
+    assert seen == [] and not (tmp_path / "o").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "unime: error: --device 'bogus' is not a torch device (cpu, cuda, cuda:N, mps)")

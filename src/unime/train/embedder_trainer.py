@@ -526,6 +526,7 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
         config.validate()  # else once `--loss auto` / the negatives count are resolved from the records
     elif config.records is None:
         raise UnimeError("no training records given")
+    trainer_device(config.device)  # a --device the run cannot train on: refused before the folder is claimed
     with claim_on_main_process(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite):
         # --resume CHECKPOINT trains from it, over a finished run too (`run_state.plan_run`)
         done = _finished_result(config) if _resume_path(config) is None else None

@@ -48,7 +48,7 @@ from unime.errors import DataError, ModelError, OptionError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
-from unime.models.loading import DeviceOptions
+from unime.models.loading import DeviceOptions, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
                                refuse_full_fine_tuning_of_adapter)
 from unime.options import check_ranges, on_error_option, option
@@ -441,6 +441,7 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
                               "option: drop one of them", got=",".join(self.train_modules))
         if not self.records:
             raise OptionError(self, "no record files given ({records})")
+        trainer_device(self.device)  # before the run claims its folder, as every check here
         if self.full:
             refuse_full_fine_tuning_of_adapter(self.model)
         return self
@@ -547,8 +548,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     from unime.data.skips import SkipReport
     from unime.models.hf_arguments import hf_training_arguments, process_device
-    from unime.models.loading import (is_peft_adapter, load_model, resolve_dtype, trained_model_folder,
-                                      trainer_device)
+    from unime.models.loading import is_peft_adapter, load_model, resolve_dtype, trained_model_folder
     from unime.models import run_state
     from unime.models.curves import CurvesCallback
     from unime.outdir import is_main_process
