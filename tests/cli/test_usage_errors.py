@@ -26,7 +26,7 @@ CASES = [
     (["eval", "--out", "{tmp}/ev", "--model", "m"], "eval: --model needs --tasks"),
     (["search", "--index", "{tmp}/idx"], "search: give --query and/or --image"),
     # QA: --k 0 showed one hit; --topk 0 ended in a traceback
-    (["search", "--index", "{tmp}/idx", "--query", "q", "--k", "0"], "search: k must be >= 1, got 0"),
+    (["search", "--index", "{tmp}/idx", "--query", "q", "--k", "0"], "search: --k must be >= 1, got 0"),
     (["eval", "--out", "{tmp}/ev", "--model", "m", "--tasks", "t", "--topk", "0"], "eval: --topk must be >= 1, got 0"),
     # QA: --chunk-size without --gradcache and the LoRA options with --full were accepted and did nothing
     (["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e", "--chunk-size", "4"],
@@ -86,6 +86,17 @@ CASES = [
      "mine: --nprobe must be >= 1, got 0"),
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--ef-construction", "0"],
      "mine: --ef-construction must be >= 1, got 0"),
+    # a config's own refusals named its fields (QA: "mine: count, interval and shard_size must be >= 1", "serve:
+    # rerank_batch must be >= 1"); the judge's --chunk-size 0 failed only once the judge had loaded
+    *((["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", option, value],
+       f"mine: {option} must be >= {bound}, got {value}")
+      for option, value, bound in (("--k", "0", 1), ("--count", "0", 1), ("--interval", "0", 1),
+                                   ("--shard-size", "0", 1), ("--chunk-size", "0", 1), ("--image-cache", "-1", 0))),
+    (["judge", "--pairs", "p", "--judge", "j", "--out", "{tmp}/o", "--chunk-size", "0"],
+     "judge: --chunk-size must be >= 1, got 0"),
+    *((["serve", "--model", "m", "--no-auth", option, value], f"serve: {option} must be >= {bound}, got {shown}")
+      for option, value, bound, shown in (("--rerank-batch", "0", 1, "0"), ("--max-batch-size", "0", 1, "0"),
+                                          ("--max-wait-ms", "-1", 0, "-1.0"))),
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--audit"],
      "mine: --audit needs --world"),
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--backend", "vllm",

@@ -457,7 +457,7 @@ class SearchConfig(IndexModelOptions):
     image: str | None = option(None, "query image file")
     instruction: str | None = option(None, "instruction put before the query text")
     model: str | None = option(None, "embedder (default: the one recorded in the index manifest)")
-    k: int = option(10, "hits shown")
+    k: int = option(10, "hits shown", at_least=1)
     json: bool = option(False, "print JSON lines instead of a table")
 
     def __post_init__(self) -> None:

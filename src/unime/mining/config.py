@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from unime.index.ann import INDEX_KINDS, AnnOptions, IndexConfig
 from unime.mining.backends import JudgeOptions
 from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL
-from unime.options import on_error_option, option
+from unime.options import check_ranges, on_error_option, option
 
 
 @dataclass
@@ -24,15 +24,15 @@ class MineConfig(JudgeOptions, AnnOptions):
     pool: str | None = option(None, "JSONL of candidate items (default: the de-duplicated union of all positives)")
     data_root: str | None = option(None, "folder image paths are relative to (default: --world if given, else the "
                                    "records' folder)")
-    k: int = option(50, "candidates retrieved per query")
+    k: int = option(50, "candidates retrieved per query", at_least=1)
     beta: float = option(DEFAULT_BETA, "false negative: s(q,c) > s(q,c_t) - beta")
-    interval: int = option(DEFAULT_INTERVAL, "cyclical sampling interval")
-    count: int = option(DEFAULT_COUNT, "negatives stored per query")
+    interval: int = option(DEFAULT_INTERVAL, "cyclical sampling interval", at_least=1)
+    count: int = option(DEFAULT_COUNT, "negatives stored per query", at_least=1)
     fallback: str = option("random", "no survivor: draw at random from the K with score 1.0 (paper), or drop the "
                            "query", choices=["random", "drop"])
     seed: int = option(0, "random seed (the fallback draw, IVF's training sample)")
     index: str = option("flat", "FAISS index (flat = exact)", choices=list(INDEX_KINDS))
-    shard_size: int = option(64, "queries per judge shard (unit of resumption)")
+    shard_size: int = option(64, "queries per judge shard (unit of resumption)", at_least=1)
     embed_batch_size: int = option(16, "embedder batch size of the retrieval", at_least=1)
     cache_dir: str | None = option(None, "embedding cache, shared format with `unime eval --cache-dir` (default: "
                                    "OUT/cache/embeddings)")
@@ -58,10 +58,7 @@ class MineConfig(JudgeOptions, AnnOptions):
         return [c.kind, c.nprobe, c.ef_search] + ([extra] if extra else [])
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ValueError("k must be >= 1")
-        if self.count < 1 or self.interval < 1 or self.shard_size < 1:
-            raise ValueError("count, interval and shard_size must be >= 1")
+        check_ranges(self)  # OptionError naming the field (`k`; on the command line `--k`)
         if self.fallback not in ("random", "drop"):
             raise ValueError(f"fallback must be 'random' or 'drop', got {self.fallback!r}")
         if self.audit and not self.world:

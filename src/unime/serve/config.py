@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from unime.options import option
+from unime.options import check_ranges, option
 
 
 def is_loopback(host: str) -> bool:
@@ -43,10 +43,10 @@ class ServeConfig:
     port: int = option(8000)
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
     dtype: str = option("auto", "auto, fp32, bf16, fp16")
-    max_batch_size: int = option(32, "dynamic batching: items per encoder batch")
-    max_wait_ms: float = option(5.0, "dynamic batching: wait for more items (ms)")
+    max_batch_size: int = option(32, "dynamic batching: items per encoder batch", at_least=1)
+    max_wait_ms: float = option(5.0, "dynamic batching: wait for more items (ms)", at_least=0)
     rerank_batch: int | None = option(None, "dynamic batching: listwise rerank requests generated together "
-                                           "(default: the reranker's)")
+                                           "(default: the reranker's)", at_least=1)
     api_keys: list[str] = option(factory=list, cli=False)  # --api-key-file (`unime.serve.auth.load_api_keys`)
     no_auth: bool = option(False, "no API keys (only when binding to loopback)")
     cors_origins: list[str] = option(help="allow this browser origin (CORS off by default)", factory=list,
@@ -59,11 +59,9 @@ class ServeConfig:
                                  "floor(--ray-cpus-per-replica))")
 
     def check(self) -> None:
-        """Refuse unsafe combinations: no keys is only allowed on loopback with `no_auth`."""
-        if self.max_batch_size < 1 or self.max_wait_ms < 0:
-            raise ValueError("max_batch_size must be >= 1 and max_wait_ms >= 0")
-        if self.rerank_batch is not None and self.rerank_batch < 1:
-            raise ValueError(f"rerank_batch must be >= 1, got {self.rerank_batch}")
+        """Refuse unsafe combinations: no keys is only allowed on loopback with `no_auth`; and a batching option
+        outside its range (OptionError naming it: `rerank_batch` here, `--rerank-batch` on the command line)."""
+        check_ranges(self)
         if self.no_auth and not is_loopback(self.host):
             raise ValueError(f"--no-auth is only allowed when binding to loopback (127.0.0.1, ::1, localhost), "
                              f"not {self.host}")

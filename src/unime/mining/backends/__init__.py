@@ -33,9 +33,10 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
                           "labels / qrels JSONL file (e.g. `data import`'s train/qrels.jsonl) whose ground truth "
                           "replaces the judge's scores (unlisted pairs: 0)", choices=list(BACKENDS))
     judge_chunk_size: int = option(JudgeSpec.chunk_size, "candidate continuations per judge forward",
-                                   dest="chunk_size")
+                                   dest="chunk_size", at_least=1)
     judge_image_cache: int = option(JudgeSpec.image_cache_size, "candidate images whose vision-encoder outputs "
-                                    "the judge keeps on its device, within 512 MiB (0 = off)", dest="image_cache")
+                                    "the judge keeps on its device, within 512 MiB (0 = off)", dest="image_cache",
+                                    at_least=0)
 
     @property
     def image_budget(self) -> ImageBudget:
