@@ -231,3 +231,44 @@ def test_ray_backend_on_a_cluster_started_elsewhere_sends_absolute_paths_and_rai
         assert str(failed.value).startswith("model 'no-such-judge': no such local folder")
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("command", ["mine", "judge"])
+def test_the_judge_cache_budget_option_reaches_the_scorer(command, tiny_model_dir):
+    """`--image-cache-mib` (the judge's vision-feature cache budget, 512 MiB by default) reaches the judge the
+    command builds: at 0 the cache keeps no entry (no hit, no miss); at one image's features it keeps one image,
+    dropping the least recently used."""
+    from unime.cli import _parse, build_parser
+    from unime.cli.dataclass_options import config_from_args
+    from unime.mining.config import MineConfig
+    from unime.mining.pairs import JudgePairsConfig
+    from unime.models.prefix_scoring import IMAGE_CACHE_BYTES
+
+    judge_path = tiny_model_dir("qwen2_vl")
+    config = {"mine": MineConfig, "judge": JudgePairsConfig}[command]
+    argv = {"mine": ["mine", "--records", "r", "--embedder", "e"], "judge": ["judge", "--pairs", "p"]}[command]
+
+    def judge_with(*budget: str):
+        args = _parse(build_parser(), argv + ["--judge", judge_path, "--out", "o", *budget])
+        cfg = config_from_args(config, args)
+        return cfg.judge_spec(cfg.judge, None).load()
+
+    query = Item(text="which picture is red?")
+    candidates = [Item(images=(_img(i),)) for i in range(4)]
+    judge = judge_with()
+    assert judge.engine.image_cache_bytes == IMAGE_CACHE_BYTES
+    judge.score_candidates(query, candidates)
+    sizes = [entry[1] for entry in judge.engine.image_cache._entries.values()]
+    assert len(sizes) == 4 and judge.stats.image_cache_misses == 4
+
+    off = judge_with("--image-cache-mib", "0")
+    assert off.engine.image_cache_bytes == 0
+    off.score_candidates(query, candidates)
+    assert len(off.engine.image_cache) == 0 and off.stats.image_cache_hits == off.stats.image_cache_misses == 0
+
+    one = judge_with("--image-cache-mib", repr((max(sizes) + 0.5) / 2**20))  # one image's features
+    assert one.engine.image_cache_bytes == max(sizes)
+    one.score_candidates(query, candidates)
+    one.score_candidates(query, candidates)
+    assert len(one.engine.image_cache) == 1 and one.engine.image_cache.nbytes <= max(sizes)
+    assert one.stats.image_cache_misses > 4  # evicted features were encoded again

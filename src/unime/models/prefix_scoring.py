@@ -59,8 +59,8 @@ class PrefixEngine:
     """Runs continuations of a shared prefix on its KV cache (see the module doc). `stats` is any object
     with the counters `prefix_forwards`, `prefix_tokens`, `continuation_tokens`, `boundary_fallbacks`,
     `pairs_scored_fast`, `image_cache_hits`, `image_cache_misses` (the judge's `JudgeStats`).
-    `image_cache_size` (items) and `image_cache_bytes` bound the vision-feature cache; either may be changed
-    between calls."""
+    `image_cache_size` (items) and `image_cache_bytes` bound the vision-feature cache (either at 0: no cache, the
+    media go through the model's own forward); either may be changed between calls."""
 
     def __init__(self, model, adapter: FamilyAdapter, *, device: str, chunk_size: int, image_cache_size: int,
                  stats, image_cache_bytes: int = IMAGE_CACHE_BYTES):
@@ -166,7 +166,7 @@ class PrefixEngine:
                                              for k, v in prefix.kv], config=self.model.config)
         kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         if (layout.image_grid_thw is not None or layout.video_grid_thw is not None) and media_keys is not None \
-                and self.image_cache_size > 0:
+                and self.image_cache_size > 0 and self.image_cache_bytes > 0:  # either bound at 0: no cache
             encoded = {}
             if layout.image_grid_thw is not None:
                 flat = [k for row in media_keys for k in row["image"]]

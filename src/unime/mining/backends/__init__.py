@@ -35,8 +35,12 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
     judge_chunk_size: int = option(JudgeSpec.chunk_size, "candidate continuations per judge forward",
                                    dest="chunk_size", at_least=1)
     judge_image_cache: int = option(JudgeSpec.image_cache_size, "candidate images whose vision-encoder outputs "
-                                    "the judge keeps on its device, within 512 MiB (0 = off)", dest="image_cache",
-                                    at_least=0)
+                                    "the judge keeps on its device, within --image-cache-mib (0 = off)",
+                                    dest="image_cache", at_least=0)
+    judge_image_cache_mib: float = option(JudgeSpec.image_cache_bytes / 2**20, "memory (MiB) the judge's cache of "
+                                          "vision-encoder outputs may hold on its device, least recently used "
+                                          "dropped first (default %(default)g; 0 = off)", dest="image_cache_mib",
+                                          at_least=0)
 
     @property
     def image_budget(self) -> ImageBudget:
@@ -50,7 +54,9 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
     def judge_spec(self, path: str, data_root: str | None) -> JudgeSpec:
         return JudgeSpec(path=path, device=self.device, dtype=self.dtype, data_root=data_root,
                          allow_outside_root=self.allow_outside_root, chunk_size=self.judge_chunk_size,
-                         image_cache_size=self.judge_image_cache, image_budget=self.image_budget.as_items(),
+                         image_cache_size=self.judge_image_cache,
+                         image_cache_bytes=int(self.judge_image_cache_mib * 2**20),
+                         image_budget=self.image_budget.as_items(),
                          video_sampling=tuple(sorted(sampling_video_options(self.video_options).items())))
 
 

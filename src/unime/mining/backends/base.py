@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from unime.data.items import Item
+from unime.models.prefix_scoring import IMAGE_CACHE_BYTES
 
 QueryGroup = tuple[Item, Sequence[Item]]
 
@@ -18,7 +19,8 @@ QueryGroup = tuple[Item, Sequence[Item]]
 @dataclass(frozen=True)
 class JudgeSpec:
     """How to load the judge: checkpoint, device/dtype, the data root its image paths are relative to,
-    the fast path's chunk size (continuations per forward) and its candidate-image feature cache size."""
+    the fast path's chunk size (continuations per forward) and its candidate-image feature cache's bounds (items,
+    bytes)."""
 
     path: str
     device: str | None = None
@@ -28,6 +30,7 @@ class JudgeSpec:
     adapter_path: str | None = None
     chunk_size: int = 16
     image_cache_size: int = 1024
+    image_cache_bytes: int = IMAGE_CACHE_BYTES
     image_budget: tuple = ()  # explicit resolution options as sorted (field, value) pairs (ImageBudget)
     video_sampling: tuple = ()  # video options given, as sorted (name, value) pairs (VideoSampling.from_options)
 
@@ -49,6 +52,7 @@ class JudgeSpec:
         return JudgeScorer.from_pretrained(self.path, device=self.device, dtype=self.dtype, data_root=self.data_root,
                                            allow_outside_root=self.allow_outside_root, adapter_path=self.adapter_path,
                                            chunk_size=self.chunk_size, image_cache_size=self.image_cache_size,
+                                           image_cache_bytes=self.image_cache_bytes,
                                            load_weights=load_weights, image_budget=self.budget,
                                            video_sampling=self.sampling)
 
