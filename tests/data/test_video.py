@@ -744,3 +744,25 @@ def test_embed_skipping_every_item_shows_why_before_the_error(tmp_path, capsys):
     assert lines[0] == "skipped 3 record(s) (video: 3)" and len(lines) == 4
     assert "line 1" in lines[1] and "gone.mp4" in lines[1] and "line 3" in lines[3] and "junk.mp4" in lines[3]
     assert not (tmp_path / "x.npy").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_lone_video_path_of_any_extension_stays_a_video_file_through_a_written_records_file(suffix, tmp_path):
+    """QA: a lone video path with an extension unime does not know (cam.dat) kept its mark through JSONL but came
+    back from Parquet as a one-frame list (an image, not a video); a frame list stays a frame list in both."""
+    from unime.data.io import read_records, write_records
+    from unime.data.items import Record
+    from unime.data.video import VideoFileRef
+
+    write_clip(tmp_path / "a.mp4")
+    (tmp_path / "cam.dat").write_bytes((tmp_path / "a.mp4").read_bytes())
+    lone = Item.from_dict({"text": "cam", "video": "cam.dat"})
+    frames = Item(text="frames", video=("f0.png", "f1.png"))
+    one_frame = Item(text="one frame", video=("f0.png",))
+    write_records([Record(query=Item("q"), positive=lone, negatives=[frames, one_frame], id="r0")],
+                  tmp_path / f"r{suffix}")
+    back = read_records(tmp_path / f"r{suffix}")[0]
+    assert back.positive.video == ("cam.dat",) and isinstance(back.positive.video[0], VideoFileRef)
+    assert not is_video_file_ref(back.negatives[1].video[0])  # a one-frame list is still a frame
+    assert [n.video for n in back.negatives] == [("f0.png", "f1.png"), ("f0.png",)]
+    assert len(ImageLoader(tmp_path).load_video(back.positive.video)) == 8

@@ -6,8 +6,10 @@ Formats (chosen from the extension, or sniffed from the content when the extensi
   "positive_score": float|null, "negative_scores": [float]|null}`` (only query and positive required; a score
   is a judge probability, in [0, 1]).
   Image references are paths relative to a data root; inline bytes cannot be written to JSONL.
-- ``.parquet`` the same columns; an item is a struct ``{text, images: [{path, bytes}], video: [...]}``
-  so an image may be held inline (bytes) or by path. Plain strings are also accepted on read.
+- ``.parquet`` the same columns; an item is a struct ``{text, images: [{path, bytes}], video: [{path, bytes,
+  file}]}`` so an image may be held inline (bytes) or by path; ``file`` true marks a lone video path without a
+  video extension as one video file (JSONL's ``"video": "clips/x.dat"``), not a frame. Plain strings are also
+  accepted on read.
 - ``.json``    the released UniME-V2 training JSON (SPEC 1.4): a list of ``{query_text, query_image,
   pos_text, pos_image, query_pos_scores, hard_negatives: [[text, image_path], ...],
   hard_negatives_scores}``; ``""`` = no image; ``hard_negatives_scores`` may be absent. unime adds
@@ -173,7 +175,8 @@ def _arrow_schema():
     import pyarrow as pa
 
     image = pa.struct([("path", pa.string()), ("bytes", pa.binary())])
-    item = pa.struct([("text", pa.string()), ("images", pa.list_(image)), ("video", pa.list_(image))])
+    video = pa.struct([("path", pa.string()), ("bytes", pa.binary()), ("file", pa.bool_())])
+    item = pa.struct([("text", pa.string()), ("images", pa.list_(image)), ("video", pa.list_(video))])
     return pa.schema([("id", pa.string()), ("dataset", pa.string()), ("query", item), ("positive", item),
                       ("negatives", pa.list_(item)), ("positive_score", pa.float64()),
                       ("negative_scores", pa.list_(pa.float64()))])
@@ -192,8 +195,9 @@ def _ref_to_arrow(ref: Any) -> dict:
 
 
 def _item_to_arrow(item: Item) -> dict:
+    lone = item.lone_video_file  # one video file, not a frame (`file`; JSONL: the path alone)
     return {"text": item.text, "images": [_ref_to_arrow(r) for r in item.images],
-            "video": [_ref_to_arrow(r) for r in item.video]}
+            "video": [{**_ref_to_arrow(r), "file": lone is not None} for r in item.video]}
 
 
 def _item_from_arrow(obj: Any, *, source, record, field) -> Item:
@@ -219,7 +223,8 @@ def _item_from_arrow(obj: Any, *, source, record, field) -> Item:
                     raise data_error("schema", "image has neither path nor bytes", source=source, record=record,
                                      field=f"{field}.{key}[{i}]")
             out.append(r)
-        d[key] = out
+        lone_file = key == "video" and len(refs) == 1 and isinstance(refs[0], dict) and refs[0].get("file")
+        d[key] = out[0] if lone_file and isinstance(out[0], str) else out  # the path alone: one video file
     return parse_item(d, source=source, record=record, field=field)
 
 

@@ -80,6 +80,14 @@ class Item:
         )
         return hashlib.sha1(payload.encode("utf-8")).hexdigest()
 
+    @property
+    def lone_video_file(self) -> str | None:
+        """The path of this item's video when it is one video file that a list holding the path would not say (no
+        video extension: read back from a list, it would be one frame); a written file marks it (JSONL: the path
+        alone, `to_dict`; Parquet: `unime.data.io`)."""
+        ref = self.video[0] if len(self.video) == 1 else None
+        return str(ref) if isinstance(ref, VideoFileRef) and not is_video_file_ref(str(ref)) else None
+
     def to_dict(self) -> dict[str, Any]:
         if any(not isinstance(r, str) for r in self.images + self.video):
             raise DataError("items with inline images are not JSON-serialisable; write Parquet",
@@ -87,9 +95,8 @@ class Item:
         d: dict[str, Any] = {"text": self.text}
         if self.images:
             d["images"] = list(self.images)
-        ref = self.video[0] if len(self.video) == 1 else None
-        if isinstance(ref, VideoFileRef) and not is_video_file_ref(str(ref)):
-            d["video"] = str(ref)  # a video file without a video extension: read back as one file, not a frame
+        if self.lone_video_file is not None:
+            d["video"] = self.lone_video_file  # a video file without a video extension: read back as one file
         elif self.video:
             d["video"] = list(self.video)
         return d
