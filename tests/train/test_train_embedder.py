@@ -13,7 +13,7 @@ import torch
 from tests.conftest import HARD_NEGATIVES as K  # hard negatives per query in these tests
 from tests.train.helpers import base_config
 from unime.data.items import Item, Record
-from unime.errors import DataError, UnimeError
+from unime.errors import DataError, OptionError, UnimeError
 
 
 def fixed_batch(records: list[Record], n: int = 4) -> list[Record]:
@@ -361,6 +361,26 @@ def test_deduplicated_batch_gives_the_loss_and_gradients_of_the_full_batch(tiny_
                                        msg=lambda m: f"{name} (max |g| {scale:.3g}): {m}")
 
 
+def test_homogeneous_batches_that_leave_no_full_batch_are_refused_naming_the_options(tiny_model_dir, mined_world,
+                                                                                     tmp_path, capsys):
+    """QA: the refusal said "homogeneous batching with batch size 16", not the options a user gives."""
+    from unime.cli import main
+    from unime.data.io import read_records
+
+    world, path = mined_world
+    per_dataset: dict[str, int] = {}  # in the order the datasets first appear
+    for r in read_records(path):
+        per_dataset[r.dataset] = per_dataset.get(r.dataset, 0) + 1
+    assert max(per_dataset.values()) < 16
+    assert main(["train", "embedder", "--model", tiny_model_dir("qwen2_vl"), "--records", str(path), "--data-root",
+                 str(world), "--out", str(tmp_path / "e"), "--homogeneous-batches", "--batch-size", "16",
+                 "--steps", "1", "--device", "cpu"]) == 2
+    sizes = ", ".join(f"{n}: {k}" for n, k in per_dataset.items())
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: train embedder: --homogeneous-batches with --batch-size 16 leaves no full batch (records per "
+        f"dataset: {sizes}): lower --batch-size or drop --homogeneous-batches")
+
+
 def test_homogeneous_batches(tiny_model_dir, mined_world, tmp_path):
     from accelerate.data_loader import BatchSamplerShard
 
@@ -379,7 +399,8 @@ def test_homogeneous_batches(tiny_model_dir, mined_world, tmp_path):
     for rank in (0, 1):  # accelerate deals whole batches to processes: still homogeneous per device
         shard = list(BatchSamplerShard(sampler, num_processes=2, process_index=rank))
         assert len(shard) == 3 and all(len({names[i] for i in b}) == 1 for b in shard)
-    with pytest.raises(DataError, match="no full batch"):
+    with pytest.raises(OptionError, match=r"homogeneous_batches with batch_size 2 leaves no full batch \(records per "
+                       r"dataset: a: 1, b: 1\)"):
         HomogeneousBatchSampler(["a", "b"], 2)
 
     world, path = mined_world

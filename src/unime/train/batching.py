@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from unime.data.items import Item, Record
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
-from unime.errors import DataError
+from unime.errors import DataError, OptionError
 from unime.models.adapters import Segment, item_segments
 from unime.models.embedder import padding_order, padding_shape
 
@@ -212,10 +212,13 @@ class HomogeneousBatchSampler(Sampler[list[int]]):
         self.groups: dict[str, list[int]] = {}
         for i, name in enumerate(datasets):
             self.groups.setdefault(name, []).append(i)
-        if len(self) == 0:
+        if len(self) == 0:  # named by the trainer's options (`OptionError`: `--batch-size` on the command line)
+            from unime.train.embedder_config import EmbedderTrainingConfig
+
             sizes = ", ".join(f"{n or '<unnamed>'}: {len(ix)}" for n, ix in self.groups.items())
-            raise DataError(f"homogeneous batching with batch size {batch_size} leaves no full batch "
-                            f"(records per dataset: {sizes})", field="dataset")
+            raise OptionError(EmbedderTrainingConfig, "{homogeneous_batches} with {batch_size} {size} leaves no full "
+                              "batch (records per dataset: {sizes}): lower {batch_size} or drop {homogeneous_batches}",
+                              size=batch_size, sizes=sizes)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
