@@ -308,6 +308,24 @@ def test_video_options_map_to_sampling():
     assert (s.num_frames, s.fps, s.max_frames) == (None, 1.5, 12)
 
 
+def test_the_numbering_of_a_sampling_is_what_decides_the_frames_taken():
+    """Frame counts are rounded down to a multiple of 2 within max_frames (`frame_count`): 7 frames take the 6 that
+    6 take, 8 frames within at most 4 the 4 that 4 take; by frame rate the rate and the maximum decide."""
+    from unime.data.video import VideoSampling, numbering_options, parse_numbering
+
+    assert VideoSampling().numbering() == {"frames": 8}
+    assert VideoSampling(num_frames=7).numbering() == VideoSampling(num_frames=6).numbering() == {"frames": 6}
+    assert VideoSampling(max_frames=4).numbering() == {"frames": 4}
+    fps = VideoSampling.from_options(fps=1.5, max_frames=12)
+    assert fps.numbering() == {"fps": 1.5, "max_frames": 12}
+    assert numbering_options(fps.numbering()) == "--video-fps 1.5 --video-max-frames 12"
+    assert numbering_options({"frames": 8}) == "--video-frames 8"
+    assert parse_numbering({"fps": 2, "max_frames": 64}) == {"fps": 2, "max_frames": 64}
+    for bad in ({"frames": 0}, {"frames": 8, "fps": 2}, {"fps": 2}, [8], {"frames": True}):
+        with pytest.raises(ValueError, match="expected"):
+            parse_numbering(bad)
+
+
 # -- seeking in long clips ----------------------------------------------------------------------------------
 
 def _keyframes(path: Path) -> list[int]:

@@ -113,6 +113,10 @@ def test_tcot_files_roundtrip_and_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"record_id": "a", "side": "left", "item": {"text": "x"}, "tcot": ""}\n')
     with pytest.raises(DataError, match="bad.jsonl.*record line 1, field .side."):
         read_tcot_rows(tmp_path / "bad.jsonl")
+    (tmp_path / "bad2.jsonl").write_text('{"record_id": "a", "side": "query", "item": {"video": ["f.png"]}, '
+                                         '"tcot": "", "video_sampling": {"frames": "eight"}}\n')
+    with pytest.raises(DataError, match="bad2.jsonl, record line 1, field 'video_sampling': expected"):
+        read_tcot_rows(tmp_path / "bad2.jsonl")
 
 
 def test_prompts_are_modality_and_side_specific():

@@ -52,8 +52,8 @@ def frames_seen(monkeypatch):
     return seen
 
 
-def _argv(command, root, model, out):
-    records, tcots = str(root / "clip_records.jsonl"), str(root / "clip_tcots.jsonl")
+def _argv(command, root, model, out, tcots=None):
+    records, tcots = str(root / "clip_records.jsonl"), str(tcots or root / "clip_tcots.jsonl")
     return {
         "reason generate": ["reason", "generate", "--model", model, "--records", records, "--sides", "query",
                             "--max-new-tokens", "1", "--device", "cpu", "--out", f"{out}/t.jsonl"],
@@ -65,17 +65,24 @@ def _argv(command, root, model, out):
 @pytest.mark.parametrize("command", ["reason generate", "reason split"])
 def test_the_video_options_reach_the_processor(command, clip_world, tiny_model_dir, frames_seen, tmp_path):
     from unime.cli import main
+    from unime.reasoning.reasoner import read_tcot_rows
 
     model = tiny_model_dir("qwen2_vl")
     seen = {}
     for name, extra in (("default", []), ("frames", ["--video-frames", "4"]), ("fps", ["--video-fps", "2"])):
+        tcots = tmp_path / f"{name}.jsonl"  # the split reads T-CoTs written with the sampling it is run with
+        assert main(["reason", "teacher", "--world", str(clip_world), "--records",
+                     str(clip_world / "clip_records.jsonl"), "--out", str(tcots)] + extra) == 0
         frames_seen.clear()
-        assert main(_argv(command, clip_world, model, tmp_path / name) + extra) == 0
+        assert main(_argv(command, clip_world, model, tmp_path / name, tcots) + extra) == 0
         seen[name] = frames_seen[:]
+    recorded = {"default": {"frames": 8}, "frames": {"frames": 4}, "fps": {"fps": 2, "max_frames": 64}}
     for name, frames in (("default", 8), ("frames", 4), ("fps", 4)):
         assert seen[name], name
         if command == "reason generate":  # each clip query's prompt: its frames as images
             assert [s["images"] for s in seen[name]] == [frames] * len(seen[name]), (name, seen[name])
+            # and the T-CoT file records the sampling the key frames the reasoner wrote are numbered under
+            assert [r.video_sampling for r in read_tcot_rows(tmp_path / name / "t.jsonl")] == [recorded[name]] * 2
         else:  # the judge: each pair's query clip as one video (its prefix, scored once; the positives are text)
             videos = [s["videos"] for s in seen[name] if s["videos"]]
             assert videos == [[frames]] * 2, (name, seen[name])
@@ -124,14 +131,18 @@ def test_materialize_cuts_the_key_frames_from_the_sampling_given(clip_world, tmp
 
 
 def test_materialize_refuses_key_frames_past_the_frames_sampled(clip_world, tmp_path, capsys):
-    """The teacher's T-CoTs numbered among the default 8 frames (a clip's events: key frames 1, 5, 8), read with
-    `--video-frames 4`: key frame 5 is past the 4 frames sampled. It was left out silently (one evidence frame of
-    three); now the run stops naming the records file, the record's line and the key frame."""
+    """The teacher's T-CoTs numbered among the default 8 frames (a clip's events: key frames 1, 5, 8), in a file
+    that does not record its sampling (written before it was recorded), read with `--video-frames 4`: key frame 5
+    is past the 4 frames sampled. It was left out silently (one evidence frame of three); now the run stops naming
+    the records file, the record's line and the key frame."""
     from unime.cli import main
+    from unime.reasoning.reasoner import TCoTRow, read_tcot_rows, write_tcot_rows
 
     records = clip_world / "clip_records.jsonl"
     out = tmp_path / "m.parquet"
-    argv = ["reason", "materialize", "--records", str(records), "--tcots", str(clip_world / "clip_tcots.jsonl"),
+    write_tcot_rows([TCoTRow(r.record_id, r.side, r.item, r.tcot, r.source)
+                     for r in read_tcot_rows(clip_world / "clip_tcots.jsonl")], tmp_path / "older.jsonl")
+    argv = ["reason", "materialize", "--records", str(records), "--tcots", str(tmp_path / "older.jsonl"),
             "--data-root", str(clip_world), "--out", str(out)]
     assert main(argv + ["--video-frames", "4"]) != 0
     err = capsys.readouterr().err
@@ -139,3 +150,43 @@ def test_materialize_refuses_key_frames_past_the_frames_sampled(clip_world, tmp_
     assert "key frame 5 is beyond the last frame (4 frames sampled" in err, err
     assert not out.exists()
     assert main(argv + ["--video-frames", "8"]) == 0  # the sampling it was written with
+
+
+def test_key_frames_numbered_under_another_sampling_are_refused_naming_both(clip_world, tiny_model_dir, tmp_path,
+                                                                           capsys):
+    """The teacher at `--video-frames 4` numbers a clip's events among 4 frames (key frames 1..4): all in range of
+    the default 8 frames, where they name other frames. Materialize and the reasoner's SFT read them with the
+    default sampling: they used them silently; now the T-CoT file records its sampling (rows of a video item) and
+    a mismatch stops the run naming the T-CoT file, the row's line and both samplings (SFT: with --skip-invalid
+    the row is skipped and counted). The same sampling given: the file is read."""
+    import json
+
+    from unime.cli import main
+    from unime.reasoning.reasoner import read_tcot_rows
+
+    records = clip_world / "clip_records.jsonl"
+    tcots = tmp_path / "t4.jsonl"
+    assert main(["reason", "teacher", "--world", str(clip_world), "--records", str(records), "--out", str(tcots),
+                 "--video-frames", "4"]) == 0
+    assert '"key_frames": [1, 3, 4]' in json.loads(tcots.read_text().splitlines()[0])["tcot"]  # in range of 8
+    expected = (f"{tcots}, record line 1, field 'video_sampling': the T-CoT's key frames are numbered among the "
+                "frames of --video-frames 4, this command samples --video-frames 8: give it the --video-* options "
+                "the T-CoT file was written with")
+    out = tmp_path / "m.parquet"
+    materialize = ["reason", "materialize", "--records", str(records), "--tcots", str(tcots), "--data-root",
+                   str(clip_world), "--out", str(out)]
+    assert main(materialize) != 0
+    assert expected in capsys.readouterr().err and not out.exists()
+    assert main(materialize + ["--video-frames", "4"]) == 0 and out.exists()
+    rows = read_tcot_rows(tcots)
+    assert [(r.side, r.video_sampling) for r in rows[:2]] == [("query", {"frames": 4}), ("target", None)]
+    lines = tcots.read_text().splitlines()
+    assert '"video_sampling"' in lines[0] and '"video_sampling"' not in lines[1]  # rows without video: unchanged
+
+    sft = ["train", "reasoner", "--stage", "sft", "--model", tiny_model_dir("qwen2_vl"), "--tcots", str(tcots),
+           "--data-root", str(clip_world), "--lora-r", "4", "--max-steps", "1", "--device", "cpu"]
+    assert main(sft + ["--out", str(tmp_path / "sft")]) != 0
+    assert expected in capsys.readouterr().err and not (tmp_path / "sft" / "sft_summary.json").exists()
+    assert main(sft + ["--out", str(tmp_path / "skip"), "--skip-invalid"]) == 0  # the two clip queries left out
+    summary = json.loads((tmp_path / "skip" / "sft_summary.json").read_text())
+    assert (summary["examples"], summary["skipped_invalid"]) == (2, 2)

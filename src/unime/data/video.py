@@ -162,6 +162,15 @@ class VideoSampling:
         return cls.from_options(getattr(obj, "video_frames", None), getattr(obj, "video_fps", None),
                                 getattr(obj, "video_max_frames", None), getattr(obj, "video_max_pixels", None))
 
+    def numbering(self) -> dict[str, Any]:
+        """What decides which frames of a video are taken, and so what a frame's number among them means (a T-CoT's
+        key frames): `{"frames": N}` (N uniform frames: `num_frames` within `max_frames`, rounded as `frame_count`
+        rounds it) or `{"fps": F, "max_frames": M}`. Two samplings with the same numbering take the same frames of
+        every video (the pixel budget only scales them)."""
+        if self.num_frames is not None:
+            return {"frames": self.frame_count(self.max_frames, None)}
+        return {"fps": self.fps, "max_frames": self.max_frames}
+
     def frame_count(self, total_frames: int, duration_s: float | None) -> int:
         """How many frames to sample from a clip of `total_frames` frames lasting `duration_s` seconds."""
         if self.num_frames is not None:
@@ -201,6 +210,27 @@ def sampling_video_options(options: dict[str, Any]) -> dict[str, Any]:
         return {}
     means = none_meanings(VideoOptions)  # keyed by field: video_frames, ...
     return {k: v for k, v in options.items() if v is not None and v != means.get(f"video_{k}")}
+
+
+def numbering_options(numbering: dict[str, Any]) -> str:
+    """The `--video-*` options that give a sampling of this `VideoSampling.numbering` ("--video-frames 8")."""
+    if "frames" in numbering:
+        return f"--video-frames {numbering['frames']}"
+    return f"--video-fps {numbering['fps']:g} --video-max-frames {numbering['max_frames']}"
+
+
+def parse_numbering(value: Any) -> dict[str, Any]:
+    """A recorded `VideoSampling.numbering` (read back from JSON), checked; ValueError saying what is wrong."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if isinstance(value, dict) and set(value) == {"frames"} and count(value["frames"]):
+        return dict(value)
+    if (isinstance(value, dict) and set(value) == {"fps", "max_frames"} and count(value["max_frames"])
+            and isinstance(value["fps"], (int, float)) and not isinstance(value["fps"], bool)
+            and math.isfinite(value["fps"]) and value["fps"] > 0):
+        return dict(value)
+    raise ValueError(f'expected {{"frames": N}} or {{"fps": F, "max_frames": M}} (N, M >= 1, F > 0), got {value!r}')
 
 
 def uniform_indices(total_frames: int, n: int) -> list[int]:

@@ -75,11 +75,13 @@ def sft_rows(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False
              source: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """TRL prompt-completion rows (`prompt`, `completion`, `images`) for T-CoT rows. A T-CoT that does not
     parse, or names a key frame past the frames its prompt shows (a T-CoT file written with another video sampling
-    than the --video-* options given), raises `TCoTError` / `DataError` naming the row, or is skipped and counted
-    when `skip_invalid`. Returns (rows, skipped)."""
+    than the --video-* options given), or whose key frames the file records numbered under another sampling
+    (`refuse_other_sampling`), raises `TCoTError` / `DataError` naming the row, or is skipped and counted when
+    `skip_invalid`. Returns (rows, skipped)."""
+    from unime.errors import DataError
     from unime.reasoning.evidence import select_key_frames
-    from unime.reasoning.reasoner import reasoning_prompt_segments
-    from unime.reasoning.tcot import TCoTError, parse_tcot
+    from unime.reasoning.reasoner import reasoning_prompt_segments, refuse_other_sampling
+    from unime.reasoning.tcot import parse_tcot
 
     eot = end_of_turn_text(adapter)
     out, skipped = [], 0
@@ -87,7 +89,8 @@ def sft_rows(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False
         rid = f"{r.record_id}/{r.side}"
         try:
             tcot = parse_tcot(r.tcot, source=source, record=rid)
-        except TCoTError:
+            refuse_other_sampling(r, loader.video_sampling, source=source)
+        except DataError:  # a TCoTError, or key frames of another sampling
             if not skip_invalid:
                 raise
             skipped += 1
@@ -152,6 +155,7 @@ class CheckedImages:
 
     def __init__(self, loader):
         self.loader, self._opened = loader, {}
+        self.video_sampling = loader.video_sampling  # what the key frames of the rows must be numbered under
 
     def load(self, ref, **where):
         key = ref if isinstance(ref, str) else id(ref)

@@ -199,7 +199,7 @@ def split_records_file(cfg: SplitConfig) -> dict:
     from unime.data.io import check_images, origin_of, read_records, with_origin, write_records
     from unime.data.roots import record_data_root, resolve_data_root
     from unime.models.judge import JudgeScorer
-    from unime.reasoning.reasoner import read_tcot_rows
+    from unime.reasoning.reasoner import read_tcot_rows, refuse_other_sampling
 
     records, out_dir = cfg.records, cfg.out_dir
     recs = read_records(records)
@@ -210,7 +210,10 @@ def split_records_file(cfg: SplitConfig) -> dict:
                  ImageLoader(data_root, video=sampling), source=records)
     scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
                                          image_budget=ImageBudget.from_args(cfg), video_sampling=sampling)
-    split = split_by_tcot_match(recs, read_tcot_rows(cfg.tcots), scorer, threshold=cfg.threshold,
+    tcot_rows = read_tcot_rows(cfg.tcots)
+    for row in tcot_rows:  # the judge reads the key frames of a T-CoT beside the frames of this sampling
+        refuse_other_sampling(row, sampling, source=cfg.tcots)
+    split = split_by_tcot_match(recs, tcot_rows, scorer, threshold=cfg.threshold,
                                 rl_fraction=cfg.rl_fraction, source=records)
     os.makedirs(out_dir, exist_ok=True)
     write_records(split.contrastive, os.path.join(out_dir, "contrastive.jsonl"))
@@ -240,14 +243,17 @@ def materialize_records_file(cfg: MaterializeConfig) -> int:
     from unime.data.images import ImageLoader
     from unime.data.io import read_records, write_records
     from unime.data.roots import record_data_root, resolve_data_root
-    from unime.reasoning.reasoner import read_tcot_rows
+    from unime.reasoning.reasoner import read_tcot_rows, refuse_other_sampling
 
     if (cfg.tcots is None) == (not cfg.no_tcots):
         raise UsageError("give --tcots FILE or --no-tcots", command="reason materialize")
     recs = read_records(cfg.records)
     data_root = resolve_data_root(cfg.records, cfg.data_root)
     loader = ImageLoader(data_root, video=VideoSampling.from_fields(cfg))  # the frames the key frames number
-    out_recs = reasoned_records(recs, None if cfg.no_tcots else read_tcot_rows(cfg.tcots), loader, source=cfg.records)
+    tcot_rows = None if cfg.no_tcots else read_tcot_rows(cfg.tcots)
+    for row in tcot_rows or ():  # key frames numbered under another sampling would cut other frames
+        refuse_other_sampling(row, loader.video_sampling, source=cfg.tcots)
+    out_recs = reasoned_records(recs, tcot_rows, loader, source=cfg.records)
     n = write_records(out_recs, cfg.out)
     # the items keep their image paths (only the evidence crops are inline): the trainer needs the root
     record_data_root(Path(os.path.abspath(cfg.out)).parent, data_root, written=[cfg.out])

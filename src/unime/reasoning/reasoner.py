@@ -212,8 +212,9 @@ class Reasoner:
 
 # -- T-CoT files ---------------------------------------------------------------------------------------
 # One JSON object per line: {"record_id", "side": "query"|"target", "item": {text, images, video},
-# "tcot": str, "source": str}. Written by `unime reason teacher` / `unime reason generate`, read by the
-# SFT, the T-CoT-match split, GRPO and the T-CoT embedder.
+# "tcot": str, "source": str, "video_sampling": {...}}. Written by `unime reason teacher` / `unime reason
+# generate`, read by the SFT, the T-CoT-match split and the T-CoT embedder. "video_sampling" (rows of a video item
+# only; absent in older files): the sampling the T-CoT's key frames are numbered under (`VideoSampling.numbering`).
 
 @dataclass
 class TCoTRow:
@@ -222,10 +223,44 @@ class TCoTRow:
     item: Item
     tcot: str
     source: str = ""
+    video_sampling: dict | None = None  # `VideoSampling.numbering` the item's frames were shown with (video only)
 
     def to_dict(self) -> dict:
-        return {"record_id": self.record_id, "side": self.side, "item": self.item.to_dict(), "tcot": self.tcot,
-                "source": self.source}
+        d = {"record_id": self.record_id, "side": self.side, "item": self.item.to_dict(), "tcot": self.tcot,
+             "source": self.source}
+        if self.video_sampling is not None:
+            d["video_sampling"] = self.video_sampling
+        return d
+
+
+def numbering_of(item: Item, sampling: VideoSampling | None) -> dict | None:
+    """What a T-CoT row of `item` records as its `video_sampling`: the numbering of `sampling` (None: the default
+    sampling) for a video item, None for the others (nothing of theirs is numbered)."""
+    return (sampling or VideoSampling()).numbering() if item.video else None
+
+
+def refuse_other_sampling(row: TCoTRow, sampling: VideoSampling | None, *, source: str | None) -> None:
+    """Raise `DataError` naming `source`, the row (its line, else record/side) and both samplings when the row's
+    key frames were numbered under another video sampling than `sampling` (the command's; None: the default): the
+    same numbers would name other frames. Rows without video, without key frames or without a recorded sampling (a
+    file written before it was recorded) pass."""
+    from unime.data.io import origin_of
+    from unime.data.video import numbering_options
+    from unime.errors import DataError
+    from unime.reasoning.tcot import TCoTError, parse_tcot
+
+    ours = (sampling or VideoSampling()).numbering()
+    if not row.item.video or row.video_sampling is None or row.video_sampling == ours:
+        return
+    try:
+        if not parse_tcot(row.tcot).evidence.key_frames:
+            return
+    except TCoTError:  # nothing numbered to compare; the T-CoT's readers report it
+        return
+    raise DataError(f"the T-CoT's key frames are numbered among the frames of {numbering_options(row.video_sampling)}"
+                    f", this command samples {numbering_options(ours)}: give it the --video-* options the T-CoT "
+                    "file was written with", source=source, record=origin_of(row) or f"{row.record_id}/{row.side}",
+                    field="video_sampling")
 
 
 def write_tcot_rows(rows: Iterable[TCoTRow], path: str | os.PathLike) -> int:
@@ -250,6 +285,7 @@ def read_tcot_rows(path: str | os.PathLike, *, on_error: str = "raise", skips=No
     from unime.data.jsonl import iter_jsonl
     from unime.data.skips import ErrorPolicy, data_error
     from unime.data.validate import parse_item
+    from unime.data.video import parse_numbering
     from unime.errors import DataError
 
     src = str(path)
@@ -269,11 +305,17 @@ def read_tcot_rows(path: str | os.PathLike, *, on_error: str = "raise", skips=No
             if not isinstance(obj["tcot"], str):
                 raise data_error("schema", "tcot must be a string", source=src, record=where, field="tcot")
             item = parse_item(obj["item"], source=src, record=where, field="item")
+            numbering = obj.get("video_sampling")
+            if numbering is not None:
+                try:
+                    numbering = parse_numbering(numbering)
+                except ValueError as e:
+                    raise data_error("schema", str(e), source=src, record=where, field="video_sampling") from None
         except DataError as e:
             policy.handle(e)
             continue
         row = TCoTRow(record_id=str(obj["record_id"]), side=obj["side"], item=item, tcot=obj["tcot"],
-                      source=str(obj.get("source", "")))
+                      source=str(obj.get("source", "")), video_sampling=numbering)
         rows.append(with_origin(row, where))
     policy.finish()
     return rows
@@ -327,7 +369,9 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
             for i, rec in enumerate(records) for side in sides]
     outs = reasoner.generate([j[2] for j in jobs], [j[1] for j in jobs], do_sample=cfg.sample,
                              temperature=cfg.temperature, show_progress=True)
-    rows = [TCoTRow(rid, side, item, o[0], source=f"reasoner:{cfg.model}") for (rid, side, item), o in zip(jobs, outs)]
+    sampling = reasoner.image_loader.video_sampling
+    rows = [TCoTRow(rid, side, item, o[0], source=f"reasoner:{cfg.model}", video_sampling=numbering_of(item, sampling))
+            for (rid, side, item), o in zip(jobs, outs)]
     n = write_tcot_rows(rows, cfg.out)
     record_data_root(os.path.dirname(os.path.abspath(cfg.out)), data_root, written=[cfg.out])
     return n, sum(format_ok(r.tcot) for r in rows)

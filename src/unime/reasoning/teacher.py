@@ -321,7 +321,7 @@ class AnnotationTeacher:
         (`unime.data.skips.ErrorPolicy`) it is counted and left out."""
         from unime.data.io import origin_of
         from unime.data.skips import data_error
-        from unime.reasoning.reasoner import TCoTRow
+        from unime.reasoning.reasoner import TCoTRow, numbering_of
 
         source = source or str(self.root / "train" / "records.jsonl")
         rows = []
@@ -342,8 +342,8 @@ class AnnotationTeacher:
                     raise
                 policy.handle(e)
                 continue
-            rows += [TCoTRow(record_id=rid, side=side, item=item, tcot=text, source=SOURCE)
-                     for side, item, text in texts]
+            rows += [TCoTRow(record_id=rid, side=side, item=item, tcot=text, source=SOURCE,
+                             video_sampling=numbering_of(item, self.video_sampling)) for side, item, text in texts]
         return rows
 
 
