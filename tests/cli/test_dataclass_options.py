@@ -250,7 +250,7 @@ IMAGE_OPTIONS = {"--max-pixels": None, "--min-pixels": None, "--image-size": Non
 VIDEO_OPTIONS = {"--video-frames": None, "--video-fps": None, "--video-max-frames": None, "--video-max-pixels": None}
 PINNED = {
     "data check": {"input": None, "--mmeb": False, "--data-root": None, "--allow-outside-root": False,
-                   "--max-pixels": None, "--no-images": False},
+                   "--max-pixels": None, "--no-images": False, "--label-column": None},
     "data convert": {"input": None, "output": None, "--from": None, "--to": None, "--on-error": "raise",
                      "--skip-bad-records": "raise", "--dataset": None},
     "data import": {"--captions": None, "--coco": None, "--hf-dataset": None, "--webdataset": None, "--images": None,

@@ -60,6 +60,32 @@ def test_data_check_reads_judge_pairs_with_their_label_column_and_images(tmp_pat
     assert capsys.readouterr().out.startswith(f"{unlabelled}: judge pairs: 1 good, 0 bad rows, 0 with bad images")
 
 
+def test_data_check_takes_the_label_column_its_hint_names(tmp_path, capsys):
+    """QA: on a pairs file with two extra keys `data check` said "pass --label-column NAME", an option it did not
+    have (the hint is `unime judge`'s, whose pairs reader it shares). It has it now: the label is read from that
+    key, and a file without judge pairs refuses it."""
+    write_png(tmp_path, "images/red.png", "red")
+    f = tmp_path / "pairs.jsonl"
+    write_jsonl(f, [
+        {"query": {"text": "red"}, "candidate": _img("red"), "grade": 1, "note": "checked by hand"},
+        {"query": {"text": "red"}, "candidate": _img("red"), "grade": 0},
+        {"query": {"text": "red"}, "candidate": _img("red"), "grade": -1},
+    ])
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "unknown keys ['grade', 'note'] (a label column? pass --label-column NAME)" in out, out
+    assert main(["data", "check", str(f), "--label-column", "grade"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{f}: judge pairs (label column 'grade'): 1 good, 2 bad rows, 0 with bad images (image paths " \
+        f"resolved against {tmp_path})", out
+    assert out[2] == f"  - {f}, record line 1: unknown keys ['note']", out
+    assert out[3] == f"  - {f}, record line 3, field 'grade': expected a label >= 0 (or true/false), got -1", out
+    records = tmp_path / "r.jsonl"
+    write_jsonl(records, [{"query": {"text": "red"}, "positive": _img("red")}])
+    assert main(["data", "check", str(records), "--label-column", "grade"]) == 2
+    assert "--label-column names the label of judge pairs; this file holds no judge pairs" in capsys.readouterr().err
+
+
 def test_data_check_of_a_worlds_eval_file_says_which_data_root_to_pass(tiny_world_dir, tmp_path, capsys):
     """QA: `data check WORLD/eval/mmeb/t2i.jsonl` reported every image "not found" and nothing more: the world's
     eval files are relative to the world (its eval_tasks.yaml tells `unime eval`), which `unime eval --tasks FILE`

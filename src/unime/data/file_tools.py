@@ -52,6 +52,9 @@ class CheckConfig:
     allow_outside_root: bool = option(False, "permit absolute paths and '..' in image paths")
     max_pixels: int | None = option(None, "largest image allowed (width x height)")
     no_images: bool = option(False, "check the file only, not the images")
+    label_column: str | None = option(None, "judge pairs: their relevance label is under KEY (default: the one key "
+                                      "of the first row beside id, query and candidate, if there is one)",
+                                      metavar="KEY")
 
 
 _TASK_CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -153,8 +156,11 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     checker = None if cfg.no_images else ImageChecker(ImageLoader(
         root, allow_outside_root=cfg.allow_outside_root, max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS))
     words = "" if kind is None or (kind == "mmeb" and cfg.mmeb) else _KIND_WORDS[kind]
+    if cfg.label_column and kind != "pairs":
+        raise DataError("--label-column names the label of judge pairs; this file holds no judge pairs (rows of "
+                        "query and candidate only, besides id and a label)", source=cfg.input)
     if kind == "pairs":  # their reader opens each pair's media as it reads the pair
-        label_column = _pairs_label_column(cfg.input)
+        label_column = cfg.label_column or _pairs_label_column(cfg.input)
         rows = read_pairs(cfg.input, on_error="skip", skips=skips, images=checker, label_column=label_column)
         rows = rows[0] if label_column else rows
         words = f" judge pairs (label column {label_column!r}):" if label_column else words
