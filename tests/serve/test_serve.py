@@ -99,6 +99,26 @@ def test_multimodal_items_with_instruction_and_base64(server, world):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_embeddings_usage_counts_the_tokens_the_model_read(server, world):
+    """usage.prompt_tokens = the processor's input_ids per item (chat template, image placeholder tokens), not the
+    text's tokens alone (3 for "what shape")."""
+    proc = world["emb"].processor
+    img = Image.new("RGB", (40, 30), COLOURS["blue"])
+
+    def input_ids_length(text, images):
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        prompt = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        return proc(text=[prompt], images=images or None, return_tensors="pt")["input_ids"].shape[1]
+
+    expected = input_ids_length("what shape", [img]) + input_ids_length("plain text", [])
+    assert expected > len(proc.tokenizer("what shape plain text", add_special_tokens=False)["input_ids"]) + 20
+    with _client(server) as c:
+        r = c.post("/v1/embeddings", json={"model": MODEL, "input": [{"text": "what shape", "image": png_uri(img)},
+                                                                     "plain text"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
+
+
 def test_rerank_pairwise_and_listwise_equal_the_in_process_reranker(server, world):
     rr = world["rr"]
     docs = ["a red square", "a blue circle", "green grass", "a yellow star", "red"]

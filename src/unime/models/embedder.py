@@ -167,16 +167,20 @@ class Embedder:
         return [ordered[s:s + bs] for s in range(0, len(ordered), bs)]
 
     def encode(self, items: Iterable[Any], *, batch_size: int | None = None, show_progress: bool = False,
-               normalize: bool = True) -> np.ndarray:
+               normalize: bool = True, return_token_counts: bool = False):
         """float32 array (n, hidden) in the order of `items`. Identical items (same `Item.key`) are encoded once,
-        in the batches of `batch_plan`."""
+        in the batches of `batch_plan`. With `return_token_counts`: (that array, int64 array (n,)) — the tokens the
+        model read for each item (its row of the processor's input_ids without padding: the chat template and the
+        image/video placeholder tokens included), counted on the encoded batches, not by a second tokenisation."""
         import torch
 
         items = item_list(items)
         if not items:
-            return np.zeros((0, self.hidden_size), dtype=np.float32)
+            out = np.zeros((0, self.hidden_size), dtype=np.float32)
+            return (out, np.zeros(0, dtype=np.int64)) if return_token_counts else out
         plan = self.batch_plan(items, batch_size)
         out = np.zeros((sum(map(len, plan)), self.hidden_size), dtype=np.float32)
+        tokens = np.zeros(len(out), dtype=np.int64)
         row: dict[str, int] = {}  # an item's key → its encoding
         batches = plan
         if show_progress:
@@ -189,13 +193,16 @@ class Embedder:
             with torch.inference_mode():
                 s = 0
                 for batch in batches:
-                    reps = self.forward(self.build_inputs([items[i] for i in batch]), normalize=normalize)
+                    inputs = self.build_inputs([items[i] for i in batch])
+                    reps = self.forward(inputs, normalize=normalize)
                     out[s:s + len(batch)] = reps.float().cpu().numpy()
+                    tokens[s:s + len(batch)] = inputs["attention_mask"].sum(dim=1).cpu().numpy()
                     row.update((items[i].key, s + j) for j, i in enumerate(batch))
                     s += len(batch)
         finally:
             self.model.train(was_training)
-        return out[[row[it.key] for it in items]]
+        rows = [row[it.key] for it in items]
+        return (out[rows], tokens[rows]) if return_token_counts else out[rows]
 
     @property
     def hidden_size(self) -> int:

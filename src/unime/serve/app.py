@@ -219,6 +219,11 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         picked, = await picker.submit_each([(query, docs)])
         return listwise_order(picked, len(docs))
 
+    async def embed(items):
+        """(embeddings (n, d), tokens the model read for them) of `items`, through the encoder batcher."""
+        encoded = await batcher.submit_each(items)
+        return np.stack([e.vector for e in encoded]), sum(e.tokens for e in encoded)
+
     async def with_timeout(coro):
         try:
             return await asyncio.wait_for(coro, limits.request_timeout_s)
@@ -234,14 +239,13 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             raise RequestError(400, f"dimensions: this model gives {engine.dim}-d embeddings, not {req.dimensions}",
                                param="dimensions")
         items = [to_item(x, limits, f"input[{i}]", instruction=req.instruction) for i, x in enumerate(raw)]
-        vecs = await with_timeout(batcher.submit(items))
+        vecs, tokens = await with_timeout(embed(items))
         metrics.items.labels("embedded").inc(len(items))
         data = []
         for i, v in enumerate(np.asarray(vecs, dtype=np.float32)):
             emb = base64.b64encode(v.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" \
                 else v.tolist()
             data.append({"object": "embedding", "index": i, "embedding": emb})
-        tokens = engine.count_tokens([it.text for it in items])
         return JSONResponse({"object": "list", "data": data, "model": model,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
@@ -278,7 +282,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         from unime.index.store import search_items
 
         async def work():
-            qv = await batcher.submit([query])
+            qv, _ = await embed([query])
             hits = search_items(engine.index, qv, req.top_k)[0]
             if req.rerank and hits:
                 k = min(req.rerank_top_k or req.top_k, len(hits))

@@ -8,7 +8,7 @@ import concurrent.futures
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -24,6 +24,13 @@ def default_name(path: str) -> str:
     if p.name in ("merged", "adapter") and p.parent.name:
         return p.parent.name
     return p.name or str(path)
+
+
+class Encoded(NamedTuple):
+    """One item's embedding and the tokens the model read for it (the usage an OpenAI client is told)."""
+
+    vector: np.ndarray
+    tokens: int
 
 
 @dataclass
@@ -67,8 +74,11 @@ class Engine:
     def dim(self) -> int:
         return int(self.embedder.hidden_size)
 
-    def encode(self, items: Sequence[Item]) -> np.ndarray:
-        return self.embedder.encode(list(items), batch_size=max(1, len(items)))
+    def encode(self, items: Sequence[Item]) -> list[Encoded]:
+        """Each item's embedding and token count: its processor input_ids (chat template and image/video
+        placeholder tokens included), taken from the batch the model ran."""
+        vecs, tokens = self.embedder.encode(list(items), batch_size=max(1, len(items)), return_token_counts=True)
+        return [Encoded(v, int(n)) for v, n in zip(vecs, tokens)]
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         tok = getattr(getattr(self.embedder, "adapter", None), "tokenizer", None)
