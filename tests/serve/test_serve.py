@@ -139,6 +139,47 @@ def test_rerank_pairwise_and_listwise_equal_the_in_process_reranker(server, worl
     assert r2.json()["results"][0]["relevance_score"] == 1.0
 
 
+@pytest.mark.parametrize("answer, source", [("Ans: (2)", "answer"), ("no idea at all", "fallback"),
+                                            ("Ans: (9)", "fallback")])
+def test_listwise_responses_say_whether_the_answer_or_the_pairwise_fallback_ordered_them(world, monkeypatch,
+                                                                                      caplog, answer, source):
+    """The real app in process, its reranker's generation patched: an answer naming a document orders by it
+    ("answer"); one naming none (unparsable, or out of range) falls back to the pairwise scores' argmax, and the
+    response says "fallback" (rerank: meta.listwise; search: listwise), the log warns, /metrics counts it."""
+    from fastapi.testclient import TestClient
+
+    from unime.index.store import CorpusIndex
+    from unime.serve.app import create_app
+    from unime.serve.engine import Engine
+
+    rr = world["rr"]
+    monkeypatch.setattr(rr, "generate_answers", lambda queries, lists: [answer] * len(queries))
+    docs = ["a red square", "a blue circle", "green grass"]
+    expected = 1 if source == "answer" else int(np.argmax(rr.score_pairs(Item(text="something red"), docs)))
+    engine = Engine(world["emb"], MODEL, rr, RERANKER, CorpusIndex(world["root"] / "idx"))
+    app = create_app(engine, ServeConfig(model=world["model"], no_auth=True))
+    try:
+        with TestClient(app) as c, caplog.at_level("WARNING", logger="unime.serve"):
+            r = c.post("/v1/rerank", json={"query": "something red", "documents": docs, "mode": "listwise"})
+            pairwise = c.post("/v1/rerank", json={"query": "something red", "documents": docs})
+            s = c.post("/v1/search", json={"query": "red", "top_k": 4, "rerank": True, "rerank_mode": "listwise",
+                                           "rerank_top_k": 3})
+            plain = c.post("/v1/search", json={"query": "red", "top_k": 4})
+            metrics = c.get("/metrics").text
+    finally:
+        engine.close()
+    assert r.status_code == 200, r.text
+    assert r.json()["meta"] == {"listwise": source}
+    assert [x["index"] for x in r.json()["results"]] == [expected] + [i for i in range(3) if i != expected]
+    assert "meta" not in pairwise.json()
+    assert s.status_code == 200, s.text
+    assert s.json()["reranked"] is True and s.json()["listwise"] == source
+    assert "listwise" not in plain.json()
+    assert _metric(metrics, f'unime_listwise_picks_total{{source="{source}"}}') == 2
+    warned = [rec for rec in caplog.records if "named none" in rec.getMessage()]
+    assert len(warned) == (2 if source == "fallback" else 0)
+
+
 def test_concurrent_listwise_requests_share_generation_batches(server, world):
     """Listwise requests arriving together are picked in shared `pick_many` calls (at most the reranker's batch of
     8 each), and each gets the pick the in-process reranker makes for it alone."""

@@ -5,6 +5,7 @@
     p_yes = rr.score_pairs(query, candidates)      # pairwise P(Yes), the judge's fast prefix-cached path
     best = rr.pick(query, candidates)              # listwise generation → 0-based index
     picks = rr.pick_many(queries, candidate_lists) # the same, `batch_size` prompts per generate call
+    picks = rr.listwise_picks(queries, candidate_lists)  # the same as (index, "answer" | "fallback")
     order = rr.rerank(query, ranked, k=5, mode="top1")
 
 - `score_pairs` is `JudgeScorer.score_candidates` on the reranker's model: the pairwise prompt the
@@ -13,7 +14,7 @@
   `Ans: (k)` is complete) and parses `Ans: (k)` and its variants; `pick_many` left-pads `batch_size`
   prompts into one `generate` call (the same picks up to float rounding). An unparsable or
   out-of-range answer falls back to the argmax of the pairwise scores; every fallback is counted in
-  `stats`.
+  `stats`, and `listwise_picks` marks each pick's source (`ListwisePick`: "answer" or "fallback").
 - The number of listwise candidates the checkpoint was trained with (`unime_reranker.json`) is the
   default k of `rerank`; `pick` on a different number works but warns (once per number) and counts it.
 - `rerank` reorders with the module's `rerank()`; `rerank_many()`, its form for many queries, is what
@@ -42,7 +43,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -146,6 +147,14 @@ def read_reranker_metadata(path: str | os.PathLike) -> dict:
     if not f.is_file():
         return {}
     return json.loads(f.read_text(encoding="utf-8"))
+
+
+class ListwisePick(NamedTuple):
+    """A listwise pick and where it came from: "answer" (the generated `Ans: (k)` named a candidate) or
+    "fallback" (the answer named none: the argmax of the pairwise scores)."""
+
+    index: int
+    source: str
 
 
 @dataclass
@@ -275,6 +284,11 @@ class Reranker:
 
     def pick_many(self, queries: Sequence[Any], candidate_lists: Sequence[Sequence[Any]]) -> list[int | None]:
         """`pick` for many (query, candidates) pairs, their listwise prompts generated `batch_size` at a time."""
+        return [p.index if p is not None else None for p in self.listwise_picks(queries, candidate_lists)]
+
+    def listwise_picks(self, queries: Sequence[Any],
+                       candidate_lists: Sequence[Sequence[Any]]) -> list[ListwisePick | None]:
+        """`pick_many` with where each pick came from (`ListwisePick.source`); None for an empty list."""
         queries = require_list(queries, name="queries")
         lists = [item_list(c, name=f"candidate_lists[{i}]")
                  for i, c in enumerate(require_list(candidate_lists, name="candidate_lists", of="candidate lists"))]
@@ -282,26 +296,26 @@ class Reranker:
             raise ValueError(f"{len(queries)} queries for {len(lists)} candidate lists")
         asked = [i for i, c in enumerate(lists) if c]
         answers = self.generate_answers([queries[i] for i in asked], [lists[i] for i in asked])
-        picks: list[int | None] = [None] * len(lists)
+        picks: list[ListwisePick | None] = [None] * len(lists)
         for i, answer in zip(asked, answers):
             picks[i] = self._read_answer(answer, queries[i], lists[i])
         return picks
 
-    def _read_answer(self, answer: str, query: Any, candidates: list) -> int:
+    def _read_answer(self, answer: str, query: Any, candidates: list) -> ListwisePick:
         self._check_count(len(candidates))
         self.stats.picks += 1
         k = parse_listwise_answer(answer)
         if k is not None and 1 <= k <= len(candidates):
             self.stats.parsed += 1
             self.stats.picked_positions[k] = self.stats.picked_positions.get(k, 0) + 1
-            return k - 1
+            return ListwisePick(k - 1, "answer")
         if k is None:
             self.stats.unparsable += 1
         else:
             self.stats.out_of_range += 1
         self.stats.note_bad(answer)
         scores = self.score_pairs(query, candidates)
-        return int(np.argmax(scores))  # first maximum on ties: the embedder's order
+        return ListwisePick(int(np.argmax(scores)), "fallback")  # first maximum on ties: the embedder's order
 
     # -- reordering --------------------------------------------------------------------------------
     def rerank(self, query: Any, ranked: Sequence[Any], k: int | None = None, mode: str = "top1") -> list[int]:

@@ -212,12 +212,17 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         return await asyncio.get_running_loop().run_in_executor(engine.executor, fn, *args)
 
     async def rerank_docs(query, docs, mode):
-        """(order, score per document) of `docs` for `query`: pairwise on the model thread, listwise through
-        the pick batcher."""
+        """(order, score per document, listwise source) of `docs` for `query`: pairwise on the model thread
+        (source None), listwise through the pick batcher (source "answer", or "fallback" when the model's answer
+        named no document and the pairwise scores' argmax was picked; logged and counted in /metrics)."""
         if mode == "pairwise":
-            return await run_model(engine.rerank_pairwise, query, docs)
-        picked, = await picker.submit_each([(query, docs)])
-        return listwise_order(picked, len(docs))
+            return (*await run_model(engine.rerank_pairwise, query, docs), None)
+        pick, = await picker.submit_each([(query, docs)])
+        metrics.listwise_picks.labels(pick.source).inc()
+        if pick.source == "fallback":
+            log.warning("listwise rerank: the reranker's answer named none of the %d documents; document %d, the "
+                        "pairwise scores' argmax, is put first (meta.listwise = \"fallback\")", len(docs), pick.index)
+        return (*listwise_order(pick.index, len(docs)), pick.source)
 
     async def embed(items):
         """(embeddings (n, d), tokens the model read for them) of `items`, through the encoder batcher."""
@@ -256,7 +261,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         check_count(len(req.documents), "documents")
         query = to_item(req.query, limits, "query", instruction=req.instruction)
         docs = [to_item(d, limits, f"documents[{i}]") for i, d in enumerate(req.documents)]
-        order, scores = await with_timeout(rerank_docs(query, docs, req.mode))
+        order, scores, source = await with_timeout(rerank_docs(query, docs, req.mode))
         metrics.items.labels("reranked").inc(len(docs))
         results = []
         for i in order[:req.top_n or len(order)]:
@@ -266,7 +271,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                 r["document"] = {"text": d} if isinstance(d, str) else d.model_dump(exclude_none=True)
             results.append(r)
         tokens = engine.count_tokens([query.text] + [d.text for d in docs])
-        return {"model": model, "results": results, "usage": {"total_tokens": tokens}}
+        return {"model": model, "results": results, "usage": {"total_tokens": tokens},
+                "meta": {"listwise": source} if source else None}
 
     @app.post("/v1/search", response_model=SearchResponse, response_model_exclude_none=True,
               dependencies=[Depends(require_key)])
@@ -283,22 +289,22 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
         async def work():
             qv, _ = await embed([query])
-            hits = search_items(engine.index, qv, req.top_k)[0]
+            hits, source = search_items(engine.index, qv, req.top_k)[0], None
             if req.rerank and hits:
                 k = min(req.rerank_top_k or req.top_k, len(hits))
                 cands = [engine.index.item(h["row"]) for h in hits[:k]]
-                order, scores = await rerank_docs(query, cands, req.rerank_mode)
+                order, scores, source = await rerank_docs(query, cands, req.rerank_mode)
                 top = [dict(hits[i], rerank_score=float(scores[i])) for i in order]
                 hits = top + hits[k:]
-            return hits
+            return hits, source
 
-        hits = await with_timeout(work())
+        hits, source = await with_timeout(work())
         for r, h in enumerate(hits, 1):
             h["rank"] = r
             if not req.include_thumbnails:
                 h.pop("thumbnail", None)
         return {"object": "list", "model": model, "reranked": bool(req.rerank and engine.reranker is not None),
-                "data": hits}
+                "listwise": source, "data": hits}
 
     @app.get("/health")
     async def health():

@@ -8,13 +8,16 @@ import concurrent.futures
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 
 from unime.data.items import Item
 from unime.serve.config import ServeConfig
 from unime.serve.inputs import InlineOnlyLoader
+
+if TYPE_CHECKING:
+    from unime.models.reranker import ListwisePick
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +94,13 @@ class Engine:
         scores = np.asarray(self.reranker.score_pairs(query, list(docs)), dtype=np.float64)
         return np.argsort(-scores, kind="stable").tolist(), scores.tolist()
 
-    def pick_many(self, requests: Sequence[tuple[Item, Sequence[Item]]]) -> list[int]:
-        """The listwise pick of each (query, documents) request, from one `Reranker.pick_many` call: concurrent
-        requests share the reranker's batched generation (`DynamicBatcher` in `unime.serve.app`)."""
+    def pick_many(self, requests: Sequence[tuple[Item, Sequence[Item]]]) -> list[ListwisePick]:
+        """The listwise pick of each (query, documents) request and its source ("answer", or "fallback" to the
+        pairwise scores' argmax), from one `Reranker.listwise_picks` call: concurrent requests share the
+        reranker's batched generation (`DynamicBatcher` in `unime.serve.app`)."""
         if any(not docs for _, docs in requests):
             raise ValueError("a listwise rerank request without documents")
-        picks = self.reranker.pick_many([q for q, _ in requests], [list(d) for _, d in requests])
-        return [int(p) for p in picks]
+        return self.reranker.listwise_picks([q for q, _ in requests], [list(d) for _, d in requests])
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

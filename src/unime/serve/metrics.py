@@ -23,4 +23,7 @@ class Metrics:
                                            buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("unime_queue_depth", "items waiting for the encoder", registry=r)
         self.in_flight = Gauge("unime_in_flight_requests", "requests being served", registry=r)
+        self.listwise_picks = Counter("unime_listwise_picks_total", "listwise rerank picks by source: the model's "
+                                      "answer, or a fallback to the pairwise scores (an answer naming no document)",
+                                      ["source"], registry=r)
         self.items = Counter("unime_items_total", "items encoded or scored", ["kind"], registry=r)

@@ -64,10 +64,20 @@ class RerankResult(BaseModel):
     document: dict | None = None
 
 
+ListwiseSource = Literal["answer", "fallback"]
+LISTWISE_SOURCE = ("where a listwise order came from: the model's answer, or a fallback to the pairwise scores' "
+                   "argmax when the answer named no document")
+
+
+class RerankMeta(BaseModel):
+    listwise: ListwiseSource | None = Field(None, description=LISTWISE_SOURCE)
+
+
 class RerankResponse(BaseModel):
     model: str
     results: list[RerankResult]
     usage: dict
+    meta: RerankMeta | None = Field(None, description="listwise mode only")
 
 
 class SearchRequest(BaseModel):
@@ -96,4 +106,5 @@ class SearchResponse(BaseModel):
     object: Literal["list"] = "list"
     model: str
     reranked: bool
+    listwise: ListwiseSource | None = Field(None, description=LISTWISE_SOURCE + " (rerank_mode listwise only)")
     data: list[SearchHit]
