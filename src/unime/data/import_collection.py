@@ -46,6 +46,7 @@ import os
 import random
 import re
 import shutil
+from collections import abc
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -346,23 +347,34 @@ def _judge_records(records: list[Record], owners: dict[str, set[str]], relevant:
                    opts: ImportOptions) -> list[Record]:
     """Each training record with `judge_negatives` random pool items of the positive's kind that belong to
     none of the query's images (`relevant`: for a caption query every image with that caption; the pool = the
-    de-duplicated union of the positives, as in mining)."""
+    de-duplicated union of the positives, as in mining). Linear in the records: each item's key is computed once
+    and a record's barred items are looked up by its images (`_sample_without`), not found by scanning the pool."""
+    positive_keys = [rec.positive.key for rec in records]
     seen: dict[str, Item] = {}
-    for rec in records:  # mining's default pool (`unime.mining.retrieval.build_pool`): positives, first seen first
-        seen.setdefault(rec.positive.key, rec.positive)
+    for key, rec in zip(positive_keys, records):  # mining's default pool (`build_pool`): positives, first seen first
+        seen.setdefault(key, rec.positive)
     pool = list(seen.values())
-    by_kind = {True: [p for p in pool if p.images], False: [p for p in pool if not p.images]}
+    items_of: dict[str, list[int]] = {}  # image path -> the pool positions of the items that belong to it
+    for i, key in enumerate(seen):
+        for rel in owners.get(key, ()):
+            items_of.setdefault(rel, []).append(i)
+    kind = [bool(p.images) for p in pool]
+    by_kind = {k: [i for i in range(len(pool)) if kind[i] == k] for k in (True, False)}
+    position = {i: n for members in by_kind.values() for n, i in enumerate(members)}  # pool -> in its kind
+    items_by_kind = {k: [pool[i] for i in members] for k, members in by_kind.items()}
     rng = random.Random(opts.seed + 1)
     out = []
-    for rec in records:
-        own = relevant.get(rec.query.key, set()) | owners.get(rec.positive.key, set())
-        choices = [p for p in by_kind[bool(rec.positive.images)] if not owners.get(p.key, set()) & own]
-        if len(choices) < opts.judge_negatives:
-            choices = [p for p in pool if not owners.get(p.key, set()) & own]
-        if not choices:
-            continue
-        negs = rng.sample(choices, min(opts.judge_negatives, len(choices)))
-        out.append(Record(rec.query, rec.positive, negatives=negs, dataset=rec.dataset, id=rec.id))
+    for rec, positive_key in zip(records, positive_keys):
+        own = relevant.get(rec.query.key, set()) | owners.get(positive_key, set())
+        barred = {i for rel in own for i in items_of.get(rel, ())}
+        k = bool(rec.positive.images)
+        of_kind = [position[i] for i in barred if kind[i] == k]
+        if len(by_kind[k]) - len(of_kind) >= opts.judge_negatives:
+            negs = _sample_without(rng, items_by_kind[k], of_kind, opts.judge_negatives)
+        else:  # too few of the positive's kind: any pool item
+            negs = _sample_without(rng, pool, barred, opts.judge_negatives)
+        if negs:
+            out.append(Record(rec.query, rec.positive, negatives=negs, dataset=rec.dataset, id=rec.id))
     return out
 
 
@@ -385,6 +397,69 @@ def _qrels_rows(records: list[Record], train: list[tuple[CaptionedImage, str]]) 
     return list(rows.values())
 
 
+class _Remaining(abc.Sequence):
+    """The positions 0..n-1 without `excluded`, ascending, without building their list."""
+
+    def __init__(self, n: int, excluded) -> None:
+        self._n = n
+        self._excluded = sorted({e for e in excluded if 0 <= e < n})
+
+    def __len__(self) -> int:
+        return self._n - len(self._excluded)
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [self[i] for i in range(*j.indices(len(self)))]
+        j = j + len(self) if j < 0 else j
+        if not 0 <= j < len(self):
+            raise IndexError(j)
+        for e in self._excluded:  # the j-th kept position: j + the excluded positions at or before it
+            if e > j:
+                break
+            j += 1
+        return j
+
+    def __iter__(self):
+        excluded = set(self._excluded)
+        return (i for i in range(self._n) if i not in excluded)
+
+
+def _sample_without(rng: random.Random, items: Sequence, excluded, k: int) -> list:
+    """`rng.sample` of min(k, available) of `items` but those at the positions `excluded`: the very draws
+    `rng.sample([x for i, x in enumerate(items) if i not in excluded], ...)` makes (`random.Random.sample` picks
+    positions by the population's length alone), in time of k and the excluded positions, not of `items`."""
+    rest = _Remaining(len(items), excluded)
+    return [items[j] for j in rng.sample(rest, min(k, len(rest)))]
+
+
+class _HeldOutNegatives:
+    """Negatives among the held-out images (eval rows, judge pairs), looked up instead of scanned for per image:
+    the other images' captions (`captions`: every held-out caption, sorted) and the other images (`held`
+    positions) that do not have the image's first caption."""
+
+    def __init__(self, held: list[tuple[CaptionedImage, str]]) -> None:
+        self.captions = sorted({c for img, _ in held for c in img.captions})
+        self._caption_position = {c: n for n, c in enumerate(self.captions)}
+        self._with_caption: dict[str, list[int]] = {}
+        self._with_path: dict[str, list[int]] = {}
+        for j, (img, rel) in enumerate(held):
+            for c in dict.fromkeys(img.captions):
+                self._with_caption.setdefault(c, []).append(j)
+            self._with_path.setdefault(rel, []).append(j)
+        self._held = held
+
+    def captions_of_others(self, rng: random.Random, i: int, k: int) -> list[str]:
+        """k random captions of the other held-out images that are none of image i's own."""
+        own = [self._caption_position[c] for c in self._held[i][0].captions]
+        return _sample_without(rng, self.captions, own, k)
+
+    def other_images(self, rng: random.Random, i: int, k: int) -> list[str]:
+        """k random paths of the other held-out images (not image i's path) without image i's first caption."""
+        img, rel = self._held[i]
+        barred = [i, *self._with_path[rel], *self._with_caption[img.captions[0]]]
+        return [self._held[j][1] for j in _sample_without(rng, range(len(self._held)), barred, k)]
+
+
 def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, ids: dict[str, str],
                all_labels: Sequence[str] = ()) -> dict[str, list[MMEBRow]]:
     """MMEB-eval rows of the held-out images: i2t (image → its first caption among others' captions),
@@ -394,30 +469,28 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, ids:
     is never listed."""
     rng = random.Random(opts.seed + 2)
     n_cand = opts.eval_candidates
+    negatives = _HeldOutNegatives(held)
     tasks: dict[str, list[MMEBRow]] = {}
     if "i2t" in opts.directions:
         rows = []
         for i, (img, rel) in enumerate(held):
-            own = set(img.captions)
-            others = sorted({c for j, (o, _) in enumerate(held) if j != i for c in o.captions} - own)
-            negs = rng.sample(others, min(n_cand - 1, len(others)))
+            negs = negatives.captions_of_others(rng, i, n_cand - 1)
             rows.append(MMEBRow(image_query(rel), [Item(img.captions[0])] + [Item(c) for c in negs],
                                 id=f"{ids[rel]}-i2t"))
         tasks[f"{opts.name}_i2t"] = rows
     if "t2i" in opts.directions:
         rows = []
         for i, (img, rel) in enumerate(held):
-            others = [r for j, (o, r) in enumerate(held) if j != i and r != rel and img.captions[0] not in o.captions]
-            negs = rng.sample(others, min(n_cand - 1, len(others)))
+            negs = negatives.other_images(rng, i, n_cand - 1)
             rows.append(MMEBRow(caption_query(img.captions[0]), [image_target(rel)] + [image_target(r) for r in negs],
                                 id=f"{ids[rel]}-t2i"))
         tasks[f"{opts.name}_t2i"] = rows
     labels = sorted(set(all_labels) | {img.label for img, _ in held if img.label})
     if labels and all(img.label for img, _ in held) and len(labels) >= 2:
+        label_position = {lab: n for n, lab in enumerate(labels)}
         rows = []
         for img, rel in held:
-            others = [lab for lab in labels if lab != img.label]
-            negs = rng.sample(others, min(n_cand - 1, len(others)))
+            negs = _sample_without(rng, labels, [label_position[img.label]], n_cand - 1)
             rows.append(MMEBRow(classify_query(rel), [Item(img.label)] + [Item(lab) for lab in negs],
                                 id=f"{ids[rel]}-cls"))
         tasks[f"{opts.name}_cls"] = rows
@@ -427,22 +500,20 @@ def _mmeb_rows(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, ids:
 def _judge_pairs(held: list[tuple[CaptionedImage, str]], opts: ImportOptions, ids: dict[str, str]) -> list[dict]:
     """Labelled (query, candidate) pairs on the held-out images, for checking a judge on unseen data."""
     rng = random.Random(opts.seed + 3)
+    negatives = _HeldOutNegatives(held)
     rows = []
     for i, (img, rel) in enumerate(held):
-        others = [(o, r) for j, (o, r) in enumerate(held) if j != i]
         if "i2t" in opts.directions:
-            texts = sorted({c for o, _ in others for c in o.captions} - set(img.captions))
             q = image_query(rel).to_dict()
             rows.append({"id": f"{ids[rel]}-i2t-pos", "query": q, "candidate": {"text": img.captions[0]},
                          "label": 1})
-            for k, t in enumerate(rng.sample(texts, min(opts.judge_negatives, len(texts))), 1):
+            for k, t in enumerate(negatives.captions_of_others(rng, i, opts.judge_negatives), 1):
                 rows.append({"id": f"{ids[rel]}-i2t-neg{k}", "query": q, "candidate": {"text": t}, "label": 0})
         if "t2i" in opts.directions:
             q = caption_query(img.captions[0]).to_dict()
             rows.append({"id": f"{ids[rel]}-t2i-pos", "query": q, "candidate": image_target(rel).to_dict(),
                          "label": 1})
-            imgs = [r for o, r in others if r != rel and img.captions[0] not in o.captions]
-            for k, r in enumerate(rng.sample(imgs, min(opts.judge_negatives, len(imgs))), 1):
+            for k, r in enumerate(negatives.other_images(rng, i, opts.judge_negatives), 1):
                 rows.append({"id": f"{ids[rel]}-t2i-neg{k}", "query": q, "candidate": image_target(r).to_dict(),
                              "label": 0})
     return rows
