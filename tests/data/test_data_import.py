@@ -672,3 +672,21 @@ def test_data_check_reads_or_names_every_file_the_import_writes(tmp_path, capsys
     assert main(["data", "check", "--mmeb", str(out / "train/records.jsonl")]) == 2
     assert "holds training records (query, positive), not MMEB-eval rows: check it without --mmeb" in \
         capsys.readouterr().err
+
+
+def test_the_import_logs_each_stage_with_its_count_and_elapsed_time(tmp_path, caplog):
+    """QA: an import of 20,000 captions printed nothing for minutes after writing train/records.jsonl."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="unime.data.import_collection"):
+        out = _import(tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.name == "unime.data.import_collection"]
+    n_records = len(read_records(out / "train" / "records.jsonl"))
+    n_qrels = len((out / "train" / "qrels.jsonl").read_text().splitlines())
+    expected = [r"24 captioned images read", r"24 of 24 images placed and read",
+                rf"{n_records} training records written \(19 train images, 5 held out\)",
+                rf"{n_records} judge records written", rf"{n_qrels} qrels rows written",
+                r"eval rows written: photos_i2t 5, photos_t2i 5, photos_cls 5", r"40 judge pairs written"]
+    assert len(lines) == len(expected)
+    for line, what in zip(lines, expected):
+        assert re.fullmatch(rf"{re.escape(str(out))}: {what} \(\d+\.\d s\)", line), line

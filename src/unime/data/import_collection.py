@@ -46,6 +46,7 @@ import os
 import random
 import re
 import shutil
+import time
 from collections import abc
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -646,7 +647,9 @@ def import_from_source(source: CollectionSource, opts: ImportOptions, *, skips: 
     """`unime data import`: read the collection, then `import_collection`; the dataset is named after the
     collection's folder unless `opts.name` is given. The options are checked before the collection is read."""
     opts.validate(named=False)
+    started = time.perf_counter()
     images, described, origin = source.read(ErrorPolicy(opts.on_error, skips, "import"))
+    log.info("%s: %d captioned images read (%.1f s)", opts.out, len(images), time.perf_counter() - started)
     name = opts.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", origin.name) or "mydata"
     return import_collection(images, replace(opts, name=name, source=described), skips=skips)
 
@@ -686,8 +689,14 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
         written.append(rel)
         return out / rel
 
+    started = time.perf_counter()
+
+    def progress(message: str, *args) -> None:  # a large collection takes minutes: say where the import is
+        log.info("%s: " + message + " (%.1f s)", out, *args, time.perf_counter() - started)
+
     placed, wrote = place_images(images, out, policy)
     written += wrote
+    progress("%d of %d images placed and read", len(placed), len(images))
     tr_idx, ev_idx = split_images(len(placed), opts.eval_fraction, opts.seed,
                                   caption_groups([img.captions for img, _ in placed]))
     train, held = [placed[i] for i in tr_idx], [placed[i] for i in ev_idx]
@@ -696,9 +705,13 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
     records = _train_records(train, opts, ids)
     (out / "train").mkdir(exist_ok=True)
     write_records(records, output("train/records.jsonl"))
+    progress("%d training records written (%d train images, %d held out)", len(records), len(train), len(held))
     judge = _judge_records(records, _owner_map(train), _relevant_images(train), opts)
     write_records(judge, output("train/judge.jsonl"))
-    _write_jsonl(_qrels_rows(records, train), output("train/qrels.jsonl"))
+    progress("%d judge records written", len(judge))
+    qrels = _qrels_rows(records, train)
+    _write_jsonl(qrels, output("train/qrels.jsonl"))
+    progress("%d qrels rows written", len(qrels))
     corpus = list(dict.fromkeys([c for img, _ in placed for c in img.captions] + [img.label for img, _ in placed
                                                                                   if img.label]))
     with atomic_open(output("train/corpus.txt")) as fh:  # `unime models build-tiny --tokenizer-corpus`
@@ -713,7 +726,10 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
         cfg_tasks.append({"name": name, "format": "mmeb", "path": f"eval/mmeb/{name}.jsonl",
                           "meta_task": "classification" if name.endswith("_cls") else "retrieval", "split": "IND"})
     written.append(write_data_root(out / "eval" / "mmeb", out).relative_to(out).as_posix())
-    _write_jsonl(_judge_pairs(held, opts, ids), output("eval/judge_pairs.jsonl"))
+    progress("eval rows written: %s", ", ".join(f"{name} {len(rows)}" for name, rows in tasks.items()))
+    pairs = _judge_pairs(held, opts, ids)
+    _write_jsonl(pairs, output("eval/judge_pairs.jsonl"))
+    progress("%d judge pairs written", len(pairs))
     written.append(write_data_root(out / "eval", out).relative_to(out).as_posix())
     with atomic_open(output("eval_tasks.yaml")) as fh:
         fh.write(f"# written by `unime data import` ({opts.name}); image paths are relative to this folder\n")
