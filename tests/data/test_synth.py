@@ -84,6 +84,24 @@ def test_eval_tasks_yaml_matches_the_contract(world_dir):
     assert [t["path"] for t in cfg["tasks"] if t["format"] == "qrels"] == ["eval/qrels/scene_search.jsonl"]
 
 
+def test_the_eval_config_says_what_its_paths_are_relative_to_as_eval_reads_them(world_dir, tmp_path, monkeypatch):
+    """Its header said "paths are relative to data_root": a task's path is relative to the config's folder."""
+    from unime.eval.tasks import load_task_config
+
+    text = (world_dir / "eval_tasks.yaml").read_text()
+    assert text.splitlines()[0] == ("# eval tasks of the generated demo world; task paths, and the image and video "
+                                    "paths in their data (data_root: .), are relative to this folder")
+    monkeypatch.chdir(tmp_path)  # not the working directory
+    cfg = yaml.safe_load(text)
+    for spec, task in zip(load_task_config(str(world_dir / "eval_tasks.yaml")).tasks, cfg["tasks"]):
+        assert spec.path == (world_dir / task["path"]).resolve() and spec.data_root == world_dir.resolve()
+    # data_root moved elsewhere: the task files are still those beside the config, their images under data_root
+    (tmp_path / "eval_tasks.yaml").write_text(yaml.safe_dump({**cfg, "data_root": "images"}))
+    spec = load_task_config(str(tmp_path / "eval_tasks.yaml")).tasks[0]
+    assert spec.path == (tmp_path / cfg["tasks"][0]["path"]).resolve()
+    assert spec.data_root == (tmp_path / "images").resolve()
+
+
 def test_every_file_loads_and_every_image_resolves(world_dir, world):
     loader = ImageLoader(world_dir)
     records = read_records(world_dir / "train/records.jsonl")

@@ -90,6 +90,10 @@ def test_video_world_tasks_agree_with_the_ground_truth(video_world):
     world = World.load(video_world)
     assert len(world.clips) == 26 and world.manifest["video"]["eval_clips"] == 10
     specs = load_task_config(str(video_world / "eval_tasks_video.yaml")).tasks
+    assert (video_world / "eval_tasks_video.yaml").read_text().splitlines()[0] == (
+        "# video tasks of the generated demo world (MMEB-V2 layout); task paths, and the image and video paths in "
+        "their data (data_root: .), are relative to this folder")
+    assert all(s.data_root == video_world.resolve() and s.path.is_relative_to(video_world.resolve()) for s in specs)
     assert [(s.name, s.meta_task, s.modality, s.option("eval_type")) for s in specs] == [
         ("clip_cls", "classification", "video", "local"), ("clip_qa", "vqa", "video", "local"),
         ("clip_ret", "retrieval", "video", "global"), ("clip_moment", "moment_retrieval", "video", "local")]

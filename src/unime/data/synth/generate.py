@@ -56,6 +56,9 @@ FILES_KEY = "files"  # world.json: every file the world wrote (relative paths), 
 COMPOSITIONAL_CATEGORIES = ("replace", "swap", "add")
 RETRIEVAL_NAME = "scene_captions"
 GRADED_NAME = "scene_search"
+# what the paths of a world's task configs are relative to (`unime.eval.tasks.load_task_config`: a task's path to the
+# config's folder, the image and video paths in its data to data_root, "." there)
+TASK_PATHS = "task paths, and the image and video paths in their data (data_root: .), are relative to this folder"
 SINGLE_FRACTION = {"train": 0.4, "eval": 0.4, "ood": 0.5}
 
 
@@ -229,7 +232,7 @@ def _write(b: WorldBuilder, content: dict, root: Path, manifest: dict) -> None:
         for row in content["graded"]:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(root / "eval_tasks.yaml", "w", encoding="utf-8") as fh:
-        fh.write("# eval tasks of the generated demo world; paths are relative to data_root\n")
+        fh.write(f"# eval tasks of the generated demo world; {TASK_PATHS}\n")
         yaml.safe_dump({"data_root": ".", "tasks": eval_task_list(content)}, fh, sort_keys=False,
                        default_flow_style=None, width=120)
     if "video" in content:
@@ -258,7 +261,7 @@ def _write_video(video: dict, sizes: VideoSizes, root: Path) -> None:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(root / "eval_tasks_video.yaml", "w", encoding="utf-8") as fh:
-        fh.write("# video tasks of the generated demo world (MMEB-V2 layout); paths are relative to data_root\n")
+        fh.write(f"# video tasks of the generated demo world (MMEB-V2 layout); {TASK_PATHS}\n")
         yaml.safe_dump({"data_root": ".", "tasks": video_task_list()}, fh, sort_keys=False,
                        default_flow_style=None, width=120)
 
