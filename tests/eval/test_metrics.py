@@ -10,6 +10,35 @@ import pytest
 from unime.eval import metrics as M
 
 
+# -- the sorting implementation the counting one replaced: the reference (and bench/eval_scoring_scale.py's "old")
+
+def reference_rank_order(scores, relevance=None, *, ties="pessimistic"):
+    scores = np.asarray(scores, dtype=np.float64)
+    index = np.broadcast_to(np.arange(scores.shape[-1]), scores.shape)
+    if ties == "pessimistic" and relevance is not None:
+        return np.lexsort((index, np.asarray(relevance, dtype=np.float64), -scores), axis=-1)
+    return np.lexsort((index, -scores), axis=-1)
+
+
+def reference_ranked_grades(scores, relevance, *, ties="pessimistic"):
+    relevance = np.asarray(relevance, dtype=np.float64)
+    return np.take_along_axis(relevance, reference_rank_order(scores, relevance, ties=ties), axis=-1)
+
+
+def reference_first_relevant_rank(scores, relevance, *, ties="pessimistic"):
+    g = reference_ranked_grades(scores, relevance, ties=ties) > 0
+    return np.where(g.any(axis=-1), g.argmax(axis=-1), g.shape[-1])
+
+
+def random_tied_rows(rng, rows, n, levels, dtype):
+    """Scores drawn from `levels` distinct values (many exact ties), with a positive and a negative zero."""
+    values = np.linspace(-1, 1, levels).astype(dtype)
+    values[levels // 2] = -0.0
+    s = values[rng.integers(0, levels, size=(rows, n))]
+    s[:, 0] = 0.0
+    return s
+
+
 def test_rank_order_breaks_ties_pessimistically_or_by_index():
     scores = [0.5, 0.9, 0.5, 0.9]
     rel = [1, 0, 0, 1]
@@ -90,3 +119,54 @@ def test_first_relevant_rank_and_recall_at_ks():
     assert r == {1: pytest.approx(1 / 3), 3: 1.0}
     # no relevant item in a row: rank = row length, never a hit
     assert M.first_relevant_rank([[0.1, 0.2]], [[0, 0]]).tolist() == [2]
+
+
+@pytest.mark.parametrize("ties", M.TIE_POLICIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_relevant_rank_equals_the_sorting_reference_with_ties_and_grades(ties, dtype):
+    rng = np.random.default_rng(7)
+    for levels in (2, 5, 50, 100_000):
+        s = random_tied_rows(rng, 40, 30, levels, dtype)
+        graded = rng.choice([0, 0, 0, 0, 1, 2, 3], size=s.shape).astype(float)
+        graded[:3] = 0  # rows without a relevant candidate rank it at len(row)
+        binary = rng.random(s.shape) < 0.1
+        for rel in (graded, binary, binary.astype(np.int8), graded.astype(np.int64)):
+            want = reference_first_relevant_rank(s, rel, ties=ties)
+            assert M.first_relevant_rank(s, rel, ties=ties).tolist() == want.tolist()
+            for i in (0, 5, 17):  # one row at a time (run_mmeb)
+                assert int(M.first_relevant_rank(s[i], rel[i], ties=ties)) == int(want[i])
+
+
+@pytest.fixture
+def no_pool_sized_sort(monkeypatch):
+    """np.lexsort / argsort / sort refuse rows longer than 100 (the relevant candidates alone may be sorted)."""
+    def guard(name):
+        real = getattr(np, name)
+
+        def sort(a, *args, **kwargs):
+            keys = a if name == "lexsort" else [a]
+            assert all(np.shape(k)[-1] <= 100 for k in keys), f"np.{name} of a pool-sized row"
+            return real(a, *args, **kwargs)
+        return sort
+    for name in ("lexsort", "argsort", "sort"):
+        monkeypatch.setattr(np, name, guard(name))
+
+
+def test_first_relevant_rank_sorts_no_pool_row_and_makes_no_float_copy(no_pool_sized_sort):
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((64, 5000)).astype(np.float32)
+    rel = np.zeros(scores.shape, dtype=bool)
+    rel[np.arange(64), rng.integers(0, 5000, 64)] = True
+    want = [int(np.sum(scores[i] > scores[i][rel[i]][0])) for i in range(64)]  # no ties in normal draws
+    tracemalloc.start()
+    try:
+        got = M.first_relevant_rank(scores, rel)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got.tolist() == want
+    # the sorting version held a float64 copy and an int64 order of the chunk (2 x 2.5 MB); masks are 0.3 MB
+    assert peak < scores.nbytes / 2, peak
+

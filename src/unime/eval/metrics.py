@@ -52,6 +52,47 @@ def rank_order(scores, relevance=None, *, ties: str = "pessimistic") -> np.ndarr
     return np.lexsort((index, -scores), axis=-1)
 
 
+def _finite_scores(scores) -> np.ndarray:
+    """`scores` as an array in their own float dtype (comparisons in float32 order exactly as in float64, so a
+    pool-sized float64 copy is not needed), refusing NaN and infinity as `rank_order` does."""
+    scores = np.asarray(scores)
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinity")
+    return scores
+
+
+def _paired(scores, relevance, ties: str, *, grades_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    check_ties(ties)
+    scores = _finite_scores(scores)
+    relevance = np.asarray(relevance, dtype=grades_dtype)
+    if relevance.shape != scores.shape:
+        raise ValueError(f"relevance shape {relevance.shape} != scores shape {scores.shape}")
+    return scores, relevance
+
+
+def _nonzero_2d(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the True entries of a 2-D mask; `np.nonzero` of the flat mask is ~20x faster than of a
+    2-D one."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[-1])
+
+
+def _count_ahead(rows_scores: np.ndarray, rows_grades: np.ndarray, score: np.ndarray, grade: np.ndarray,
+                 col: np.ndarray, ties: str) -> np.ndarray:
+    """For each row t of `rows_scores` (and its grades): how many candidates `rank_order` puts before candidate
+    `col[t]` (score `score[t]`, grade `grade[t]`), counted instead of sorted: a higher score, or an equal score
+    and first by the tie rule. The temporaries are boolean masks; a tie is rare, so its entries are listed."""
+    ahead = np.count_nonzero(rows_scores > score[:, None], axis=-1)
+    tr, tc = _nonzero_2d(rows_scores == score[:, None])
+    if ties == "pessimistic":
+        g = rows_grades[tr, tc]
+        before = (g < grade[tr]) | ((g == grade[tr]) & (tc < col[tr]))
+    else:
+        before = tc < col[tr]
+    return ahead + np.bincount(tr[before], minlength=len(score))
+
+
 def ranked_grades(scores, relevance, *, ties: str = "pessimistic") -> np.ndarray:
     """The relevance grades in ranked order (best first), along the last axis."""
     relevance = np.asarray(relevance, dtype=np.float64)
@@ -134,10 +175,26 @@ def positive_first_hits(scores_rows: Sequence[np.ndarray], *, ties: str = "pessi
 
 
 def first_relevant_rank(scores, relevance, *, ties: str = "pessimistic") -> np.ndarray:
-    """0-based rank of the best-ranked relevant candidate per row (len(row) if the row has none)."""
-    g = ranked_grades(scores, relevance, ties=ties) > 0
-    has = g.any(axis=-1)
-    return np.where(has, g.argmax(axis=-1), g.shape[-1])
+    """0-based rank of the best-ranked relevant candidate per row (len(row) if the row has none), as in
+    `rank_order`'s order, without sorting a row: the relevant candidates (a few per row) are ordered among
+    themselves, and the first one's rank is the count of candidates before it. `relevance` may be a boolean
+    mask or grades (relevant: > 0); no pool-sized float copy of either is made."""
+    scores, relevance = _paired(scores, relevance, ties)
+    n = scores.shape[-1]
+    s2, r2 = scores.reshape(-1, n), relevance.reshape(-1, n)
+    rows, cols = _nonzero_2d(r2 if r2.dtype == bool else r2 > 0)
+    s_rel, g_rel = s2[rows, cols], r2[rows, cols]
+    # the relevant entries in rank_order's order within each row (np.lexsort: the last key is the primary one)
+    order = np.lexsort((cols, g_rel, -s_rel, rows) if ties == "pessimistic" else (cols, -s_rel, rows))
+    rows, first = np.unique(rows[order], return_index=True)
+    first = order[first]
+    score = np.full(len(s2), np.inf, dtype=s2.dtype)  # rows without a relevant candidate: nothing is ahead
+    grade = np.zeros(len(s2), dtype=r2.dtype)
+    col = np.full(len(s2), n)
+    score[rows], grade[rows], col[rows] = s_rel[first], g_rel[first], cols[first]
+    out = _count_ahead(s2, r2, score, grade, col, ties)
+    out[np.setdiff1d(np.arange(len(s2)), rows)] = n
+    return out.reshape(scores.shape[:-1])
 
 
 def recall_at_ks(first_ranks: np.ndarray, ks: Sequence[int]) -> dict[int, float]:

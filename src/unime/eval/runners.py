@@ -226,8 +226,9 @@ def run_retrieval(spec: TaskSpec, data: RetrievalData, vecs: Vectors, opts: Eval
     ks = spec.option("recall_ks", [1, 5, 10])
     img, cap = vecs(data.image), vecs(data.caption)
     n_img = len(data.image)
-    t2i_rel = lambda idx: (data.caption_image[idx][:, None] == np.arange(n_img)[None, :]).astype(float)  # noqa: E731
-    i2t_rel = lambda idx: (idx[:, None] == data.caption_image[None, :]).astype(float)  # noqa: E731
+    # relevance as boolean masks (a chunk's float64 copy would be 8x their size)
+    t2i_rel = lambda idx: data.caption_image[idx][:, None] == np.arange(n_img)[None, :]  # noqa: E731
+    i2t_rel = lambda idx: idx[:, None] == data.caption_image[None, :]  # noqa: E731
     items = data.table.items
     img_items = [items[i] for i in data.image]
     cap_items = [items[i] for i in data.caption]
