@@ -137,6 +137,19 @@ def test_first_relevant_rank_equals_the_sorting_reference_with_ties_and_grades(t
                 assert int(M.first_relevant_rank(s[i], rel[i], ties=ties)) == int(want[i])
 
 
+@pytest.mark.parametrize("ties", M.TIE_POLICIES)
+def test_ranked_grades_equal_the_sorting_reference_few_or_many_graded(ties):
+    rng = np.random.default_rng(11)
+    for levels in (2, 7, 100_000):
+        for p_graded in (0.02, 0.3, 1.0):  # counted (<= RANK_BY_COUNTING_MAX graded) and sorted rows
+            s = random_tied_rows(rng, 6, 300, levels, np.float64)
+            g = np.where(rng.random(s.shape) < p_graded, rng.choice([0.5, 1, 2], size=s.shape), 0.0)
+            assert M.ranked_grades(s, g, ties=ties).tolist() == reference_ranked_grades(s, g, ties=ties).tolist()
+            for i in range(len(s)):
+                got = M.ranked_grades(list(s[i]), list(g[i]), ties=ties)
+                assert got.tolist() == reference_ranked_grades(s[i], g[i], ties=ties).tolist()
+
+
 @pytest.fixture
 def no_pool_sized_sort(monkeypatch):
     """np.lexsort / argsort / sort refuse rows longer than 100 (the relevant candidates alone may be sorted)."""
@@ -170,3 +183,10 @@ def test_first_relevant_rank_sorts_no_pool_row_and_makes_no_float_copy(no_pool_s
     # the sorting version held a float64 copy and an int64 order of the chunk (2 x 2.5 MB); masks are 0.3 MB
     assert peak < scores.nbytes / 2, peak
 
+
+def test_ranked_grades_of_a_pool_row_sorts_only_its_graded_candidates(no_pool_sized_sort):
+    s = np.linspace(1, 0, 5000)  # candidate i at rank i
+    g = np.zeros(5000)
+    g[[10, 4000]] = [2, 1]
+    ranked = M.ranked_grades(s, g)
+    assert np.flatnonzero(ranked).tolist() == [10, 4000] and ranked[[10, 4000]].tolist() == [2, 1]

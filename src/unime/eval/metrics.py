@@ -93,11 +93,28 @@ def _count_ahead(rows_scores: np.ndarray, rows_grades: np.ndarray, score: np.nda
     return ahead + np.bincount(tr[before], minlength=len(score))
 
 
+RANK_BY_COUNTING_MAX = 64  # ranked_grades: rows with more graded candidates than this are sorted instead
+
+
 def ranked_grades(scores, relevance, *, ties: str = "pessimistic") -> np.ndarray:
-    """The relevance grades in ranked order (best first), along the last axis."""
-    relevance = np.asarray(relevance, dtype=np.float64)
-    order = rank_order(scores, relevance, ties=ties)
-    return np.take_along_axis(relevance, order, axis=-1)
+    """The relevance grades in ranked order (best first), along the last axis.
+
+    Only the candidates with a non-zero grade need a place: each one's rank is the count of candidates that
+    `rank_order` puts before it, the rest of the list is zeros, so a pool-sized row is not sorted (a row with
+    more than `RANK_BY_COUNTING_MAX` graded candidates is, where sorting is the cheaper way)."""
+    scores, relevance = _paired(scores, relevance, ties, grades_dtype=np.float64)
+    n = scores.shape[-1]
+    out = np.zeros(scores.shape, dtype=np.float64)
+    s2, r2, o2 = scores.reshape(-1, n), relevance.reshape(-1, n), out.reshape(-1, n)
+    for row, (s, r) in enumerate(zip(s2, r2)):
+        cols = np.flatnonzero(r)
+        if len(cols) > RANK_BY_COUNTING_MAX:
+            o2[row] = r[rank_order(s, r, ties=ties)]
+            continue
+        ranks = _count_ahead(np.broadcast_to(s, (len(cols), n)), np.broadcast_to(r, (len(cols), n)),
+                             s[cols], r[cols], cols, ties)
+        o2[row, ranks] = r[cols]
+    return out
 
 
 # -- metrics of one ranked list of grades (best first) ----------------------------------------------
