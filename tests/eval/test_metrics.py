@@ -190,3 +190,24 @@ def test_ranked_grades_of_a_pool_row_sorts_only_its_graded_candidates(no_pool_si
     g[[10, 4000]] = [2, 1]
     ranked = M.ranked_grades(s, g)
     assert np.flatnonzero(ranked).tolist() == [10, 4000] and ranked[[10, 4000]].tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("ties", M.TIE_POLICIES)
+def test_top_ranked_is_the_first_of_the_sorting_reference(ties):
+    rng = np.random.default_rng(5)
+    for levels in (2, 5, 100_000):
+        s = random_tied_rows(rng, 30, 40, levels, np.float32)
+        g = rng.choice([0, 0, 1, 2], size=s.shape)
+        for i in range(len(s)):
+            assert M.top_ranked(s[i], g[i], ties=ties) == int(reference_rank_order(s[i], g[i], ties=ties)[0])
+            assert M.top_ranked(s[i], ties=ties) == int(reference_rank_order(s[i], ties=ties)[0])
+
+
+def test_top_ranked_of_a_pool_row_sorts_only_the_tied_best(no_pool_sized_sort):
+    s = np.zeros(5000)
+    s[[7, 300, 4000]] = 1.0  # three tied best; pessimistic: the least relevant, then the lowest index
+    g = np.zeros(5000)
+    g[[7, 4000]] = [2, 1]
+    assert M.top_ranked(s, g) == 300 and M.top_ranked(s, g, ties="index") == 7
+    g[300] = 1
+    assert M.top_ranked(s, g) == 300 and M.top_ranked(np.linspace(0, 1, 5000)) == 4999

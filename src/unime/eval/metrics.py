@@ -52,6 +52,18 @@ def rank_order(scores, relevance=None, *, ties: str = "pessimistic") -> np.ndarr
     return np.lexsort((index, -scores), axis=-1)
 
 
+def top_ranked(scores, relevance=None, *, ties: str = "pessimistic") -> int:
+    """`rank_order(scores, relevance, ties=ties)[0]` of one row without sorting it: only the candidates that share
+    the highest score are ordered (an order restricted to a subset keeps its relative order)."""
+    check_ties(ties)
+    scores = _finite_scores(scores)
+    best = np.flatnonzero(scores == scores.max())
+    if len(best) == 1:
+        return int(best[0])
+    sub = None if relevance is None else np.asarray(relevance)[best]
+    return int(best[rank_order(scores[best], sub, ties=ties)[0]])
+
+
 def _finite_scores(scores) -> np.ndarray:
     """`scores` as an array in their own float dtype (comparisons in float32 order exactly as in float64, so a
     pool-sized float64 copy is not needed), refusing NaN and infinity as `rank_order` does."""

@@ -166,7 +166,7 @@ def run_mmeb(spec: TaskSpec, data: MMEBData, vecs: Vectors, opts: EvalOptions, r
         rel[0] = 1.0
         if np.any(cands[1:] == cands[0]):
             repeated.append(i)
-        top = int(M.rank_order(s, rel, ties=opts.ties)[0])
+        top = M.top_ranked(s, rel, ties=opts.ties)
         ranks.append(int(M.first_relevant_rank(s, rel, ties=opts.ties)))
         per_query.append({"id": data.ids[i], "top1": top, "hit": top == 0, "rank": ranks[-1] + 1})
     rows_rr = []
@@ -177,7 +177,7 @@ def run_mmeb(spec: TaskSpec, data: MMEBData, vecs: Vectors, opts: EvalOptions, r
         for entry, s2 in zip(per_query, rows_rr):
             rel = np.zeros(len(s2))
             rel[0] = 1.0
-            entry["top1_reranked"] = int(M.rank_order(s2, rel, ties=opts.ties)[0])
+            entry["top1_reranked"] = M.top_ranked(s2, rel, ties=opts.ties)
     hits = M.positive_first_hits(rows, ties=opts.ties)
     sizes = np.array([len(c) for c in data.candidates])
     counts = {"queries": len(rows), "candidates": int(sizes.sum()), "candidates_per_query_min": int(sizes.min()),
