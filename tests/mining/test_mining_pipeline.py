@@ -303,6 +303,19 @@ def test_sigkill_in_the_judge_stage_then_resume_is_byte_identical(mined, dataset
     assert len(audit_q) == len(pq.read_table(mined.out / "audit.parquet"))
 
 
+def test_the_embedder_is_released_before_the_judge_loads_and_the_mined_set_is_unchanged(
+        mined, dataset, tiny_model_dir, tmp_path, monkeypatch):
+    # QA: one process held the embedder through the whole judge stage (real size: 4.8 GB beside a 4.9 GB judge)
+    from tests.model_release import alive_when_loading
+    from unime.models.embedder import Embedder
+    from unime.models.judge import JudgeScorer
+
+    alive_when_the_judge_loads = alive_when_loading(monkeypatch, Embedder, JudgeScorer)
+    result = run_mining(_config(dataset, tiny_model_dir, tmp_path / "run"))
+    assert alive_when_the_judge_loads == [[False]]  # one embedder loaded, gone when the one judge loads
+    assert (result.out / "mined.json").read_bytes() == (mined.out / "mined.json").read_bytes()
+
+
 def test_bad_image_is_a_data_error_naming_the_record(tmp_path, tiny_model_dir):
     path = write_dataset(tmp_path / "d")
     lines = path.read_text().splitlines()

@@ -98,6 +98,16 @@ class MiningRun:
                                                       video_sampling=c.video_sampling)
         return self._embedder
 
+    def release_embedder(self) -> None:
+        """Drop the embedder once the retrieval's vectors are computed, in every process: no later stage uses it
+        (the judge, the audit and the health check use the retrieval's result, not the model), so the judge gets
+        its memory."""
+        if self._embedder is not None:
+            from unime.models.loading import free_dropped_models
+
+            self._embedder = None
+            free_dropped_models()
+
     def judge_spec(self) -> JudgeSpec:
         spec = self.config.judge_spec(self.config.judge, self.config.resolved_data_root)
         return replace(spec, device=self.ranks.device(spec.device))  # one GPU per process under torchrun
@@ -139,8 +149,7 @@ class MiningRun:
             self.manifest = Manifest(self.out / "manifest.json")
         r_hash = self.retrieval_hash()
         retrieval = run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times, ranks)
-        if not ranks.primary:
-            self._embedder = None  # its share is encoded: the judge gets the memory
+        self.release_embedder()
         judged = run_judge(c, self.data, self.manifest, judge_hash(c, self.inputs, r_hash), retrieval, self.backend,
                            self.times, ranks)
         if judged is None:  # another rank: its shards are written

@@ -52,6 +52,19 @@ def resolve_device(device: str | Any | None = None) -> str:
     return device
 
 
+def free_dropped_models() -> None:
+    """Give back the memory of models the caller has just dropped every reference to, before the next model loads:
+    collect them now (a model caught in a reference cycle would otherwise wait for the garbage collector) and, when
+    CUDA is in use, return the caching allocator's freed blocks to the device (`torch.cuda.empty_cache`)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def trainer_device(device: str | None) -> str:
     """The device of a Trainer run (`resolve_device`). The Trainer puts one process on cuda:0, or on cuda:LOCAL_RANK
     under torchrun, and cannot be sent to another index: `cuda:N` with N > 0 is refused, naming the way to pick
