@@ -1,8 +1,10 @@
 """Benchmark runners: MMEB protocol, global image↔text retrieval, compositional accuracy, graded relevance.
 
 A run: read every task (bad data fails before any model work) → register every item with one
-`RunEncoder` (distinct items across all tasks are encoded once, cached on disk) → score each task →
-optionally rerank the top k (`unime.models.reranker.rerank_many`) → write the report (`report`).
+`RunEncoder` (distinct items across all tasks are encoded once, cached on disk; `encode_tasks`) → let the
+embedder go → score each task (`score_tasks`), optionally reranking the top k
+(`unime.models.reranker.rerank_many`: the reranker loads only now, never beside the embedder) → write the
+report (`report`).
 
 Scores are cosine similarities of L2-normalised embeddings. Ties follow `metrics` (``ties=``).
 Metric values are fractions in [0, 1]; the markdown table shows them x100 like the papers.
@@ -29,7 +31,7 @@ from unime.eval.tasks import (CompositionalData, EmptyTaskError, MMEBData, Qrels
 from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
                                           model_fingerprint)
 from unime.models.image_budget import ImageOptions
-from unime.models.loading import EmbedderOptions
+from unime.models.loading import EmbedderOptions, free_dropped_models
 from unime.models.reranker import LISTWISE_BATCH, RERANK_MODES, RerankerProtocol, RerankStats, rerank_many
 from unime.options import on_error_option, option
 
@@ -397,18 +399,40 @@ class RunOutput:
     attempts: int | None = None  # this run's attempt (1 + the interrupted ones it continued), when resumable
 
 
+@dataclass
+class EncodedTasks:
+    """`encode_tasks`' result: the tasks, each task's rows in the encoder (every row encoded) and the timings."""
+    tasks: list[tuple[TaskSpec, TaskData]]
+    rows: list[np.ndarray]
+    timing: dict[str, float]
+
+
 def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, opts: EvalOptions | None = None,
               reranking: Reranking | None = None, show_progress: bool = False) -> RunOutput:
     """Register every task's items, encode the distinct ones once, score every task."""
-    opts = opts or EvalOptions()
+    return score_tasks(encode_tasks(tasks, encoder), encoder, opts=opts, reranking=reranking,
+                       show_progress=show_progress)
+
+
+def encode_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder) -> EncodedTasks:
+    """Register every task's items and encode the distinct ones once: after this the scoring (`score_tasks`)
+    reads vectors only, and the embedder can be let go before a reranker loads."""
     t0 = time.perf_counter()
     task_rows = [encoder.add(data.table.items, spec.data_root, references=data.references, source=str(spec.path),
                              where=data.table.origins) for spec, data in tasks]
     t1 = time.perf_counter()
     encoder.encode_pending()
     t2 = time.perf_counter()
+    return EncodedTasks(tasks, task_rows, {"keys_seconds": round(t1 - t0, 3), "encode_seconds": round(t2 - t1, 3)})
+
+
+def score_tasks(encoded: EncodedTasks, encoder: RunEncoder, *, opts: EvalOptions | None = None,
+                reranking: Reranking | None = None, show_progress: bool = False) -> RunOutput:
+    """Score every task of `encoded` from `encoder`'s vectors (and rerank each one's top k with `reranking`)."""
+    opts = opts or EvalOptions()
+    t2 = time.perf_counter()
     results = []
-    it = zip(tasks, task_rows)
+    it = zip(encoded.tasks, encoded.rows)
     if show_progress:
         from tqdm.auto import tqdm
 
@@ -433,8 +457,7 @@ def run_tasks(tasks: list[tuple[TaskSpec, TaskData]], encoder: RunEncoder, *, op
         results.append(res)
         log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items()))
     t3 = time.perf_counter()
-    timing = {"keys_seconds": round(t1 - t0, 3), "encode_seconds": round(t2 - t1, 3),
-              "score_seconds": round(t3 - t2, 3)}
+    timing = {**encoded.timing, "score_seconds": round(t3 - t2, 3)}
     rerank_info = None
     if reranking is not None:
         rerank_info = {"topk": reranking.topk, "mode": reranking.mode,
@@ -561,13 +584,6 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     # image_budget: explicit resolution options, over each checkpoint's recorded setting
     embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=cfg.pooling, batch_size=batch_size,
                                         video_sampling=video_sampling, image_budget=image_budget)
-    reranking = None
-    if rerank_path:
-        reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype, image_budget=image_budget,
-                                            batch_size=cfg.rerank_batch),
-                              cfg.rerank_topk, cfg.rerank_mode, compositional_mode=cfg.rerank_compositional)
-        if video_sampling is not None and hasattr(reranking.reranker, "image_loader"):
-            reranking.reranker.image_loader.video_sampling = video_sampling
     t_model = time.perf_counter()
     settings = embedding_settings(embedder, dtype)
     model_id = model_fingerprint(model, settings)
@@ -577,8 +593,24 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
                          digests=ImageDigests(Path(out_dir) / rerun.DIGESTS_FILE))  # no image read again
     encoder.on_saved = lambda st: rerun.record_work(out_dir, encoded=st.encoded, encode_seconds=st.encode_seconds,
                                                     wall_seconds=time.perf_counter() - t_start)
-    run = run_tasks(data, encoder, opts=opts, reranking=reranking, show_progress=show_progress)
-    run.timing = {"load_data_seconds": round(t_data - t_start, 3), "load_model_seconds": round(t_model - t_data, 3),
+    encoded = encode_tasks(data, encoder)
+    # every item is encoded: the embedder is let go (what the report says of it kept), so that the reranker does
+    # not load beside it
+    embedder_meta = {"device": embedder.device, "image_budget": embedder.image_budget.to_dict(),
+                     "visual_tokens_encoded": embedder.visual_tokens}
+    encoder.embedder = embedder = None
+    free_dropped_models()
+    t_reranker = time.perf_counter()
+    reranking = None
+    if rerank_path:
+        reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype, image_budget=image_budget,
+                                            batch_size=cfg.rerank_batch),
+                              cfg.rerank_topk, cfg.rerank_mode, compositional_mode=cfg.rerank_compositional)
+        if video_sampling is not None and hasattr(reranking.reranker, "image_loader"):
+            reranking.reranker.image_loader.video_sampling = video_sampling
+    load_model_seconds = (t_model - t_data) + (time.perf_counter() - t_reranker)
+    run = score_tasks(encoded, encoder, opts=opts, reranking=reranking, show_progress=show_progress)
+    run.timing = {"load_data_seconds": round(t_data - t_start, 3), "load_model_seconds": round(load_model_seconds, 3),
                   **run.timing, "wall_seconds": round(time.perf_counter() - t_start, 3)}
     # a resumed run: the counters and timings of the whole run (the interrupted attempts' saved work added)
     run.encoding, run.timing = rerun.whole_run(out_dir, run.encoding, run.timing)
@@ -586,9 +618,9 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
             "on_error": on_error, "skipped_rows": sum(d.skipped for _, d in data),
             "skipped_tasks": skipped_task_names(suite, data),
             "dropped_candidates": sum(getattr(d, "dropped_candidates", 0) for _, d in data),
-            "cache_dir": str(cache) if cache else None, "device": embedder.device, "dtype": str(dtype),
-            "batch_size": batch_size, "image_budget": embedder.image_budget.to_dict(),
-            "visual_tokens_encoded": embedder.visual_tokens}
+            "cache_dir": str(cache) if cache else None, "device": embedder_meta["device"], "dtype": str(dtype),
+            "batch_size": batch_size, "image_budget": embedder_meta["image_budget"],
+            "visual_tokens_encoded": embedder_meta["visual_tokens_encoded"]}
     if rerank_path:
         meta["reranker"] = str(rerank_path)
     run.attempts = rerun.attempts(out_dir)  # 1 + the interrupted attempts this run continued from
