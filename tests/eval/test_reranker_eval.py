@@ -25,7 +25,7 @@ def eval_setup(tiny_model_dir, tmp_path_factory):
     for i, name in enumerate(names[:4]):
         others = [n for n in names if n != name][:4]
         cands = [name] + others  # positive at index 0 (MMEB-eval)
-        rows.append({"id": f"q{i}", "qry_text": f"<|image_1|>\nWhat colour is the square?",
+        rows.append({"id": f"q{i}", "qry_text": "<|image_1|>\nWhat colour is the square?",
                      "qry_img_path": f"images/{name}.png", "tgt_text": [f"a {c} square" for c in cands],
                      "tgt_img_path": [f"images/{c}.png" if j % 2 else "" for j, c in enumerate(cands)]})
     (root / "colours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -137,3 +137,33 @@ def test_the_report_line_counts_both_fallbacks_and_warns_when_no_answer_parsed()
                     "reranker's pairwise scores (unparsable or out of range); 1 kept the embedder's order (no pick).")
     assert reranker_line({"a": {"queries": 5, "fallbacks": 0}}) == \
         "Reranker: 5 reranked queries; 0 kept the embedder's order (no pick)."
+
+
+@pytest.mark.parametrize("bad", ["missing_parent/reranker", "{root}/rerankerr", "{root}/images"])
+def test_a_reranker_path_that_names_no_model_is_refused_before_any_encoding(eval_setup, tiny_model_dir, tmp_path,
+                                                                           monkeypatch, capsys, bad):
+    """The reranker loads after every item is encoded (the embedder let go first): a typo in --rerank was found
+    only then, the encoding spent. A local path that is missing, or a folder holding no model, is refused first;
+    a hub-like id (`org/name`, nothing local by its first part) is left to the load."""
+    from unime.cli import main
+    from unime.models.embedder import Embedder
+
+    root, _ = eval_setup
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "missing_parent").mkdir()
+
+    def no_encoding(*a, **k):
+        raise AssertionError("the embedder was loaded before the reranker path was checked")
+
+    monkeypatch.setattr(Embedder, "from_pretrained", no_encoding)
+    path = bad.format(root=root)
+    assert main(["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(root), "--out", str(tmp_path / "e"),
+                 "--rerank", path, "--no-cache", "--device", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert f"--rerank {path!r}" in err and ("no such folder" in err or "holds no model" in err)
+
+
+def test_a_hub_like_reranker_id_is_left_to_the_load():
+    from unime.models.loading import refuse_missing_local_model
+
+    refuse_missing_local_model("Qwen/Qwen2-VL-2B-Instruct", "--rerank")  # no local folder 'Qwen': may be a hub id

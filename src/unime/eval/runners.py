@@ -31,7 +31,7 @@ from unime.eval.tasks import (CompositionalData, EmptyTaskError, MMEBData, Qrels
 from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
                                           model_fingerprint)
 from unime.models.image_budget import ImageOptions
-from unime.models.loading import EmbedderOptions, free_dropped_models
+from unime.models.loading import EmbedderOptions, free_dropped_models, refuse_missing_local_model
 from unime.models.reranker import LISTWISE_BATCH, RERANK_MODES, RerankerProtocol, RerankStats, rerank_many
 from unime.options import on_error_option, option
 
@@ -574,6 +574,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
                    "rerank_compositional": cfg.rerank_compositional, "compare": list(cfg.compare),
                    "video_sampling": asdict(video_sampling) if video_sampling is not None else None,
                    "image_budget": image_budget.to_dict()}
+    if rerank_path:  # before any encoding: the reranker loads only after it (a typo found late cost the encoding)
+        refuse_missing_local_model(rerank_path, "--rerank")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     flags = option_flags(cfg)
     finished = rerun.begin(out_dir, run_options, rerun.input_identity(out_dir, model, data, rerank_path),

@@ -129,6 +129,26 @@ def _naming_the_model(path: str | os.PathLike):
         raise ModelError(f"model {str(path)!r}: {where} ({first})") from None
 
 
+def refuse_missing_local_model(path: str | os.PathLike, option: str) -> None:
+    """Refuse, before any work, a model path that names a local folder which is missing or holds no model: one
+    that exists (a folder with neither config.json nor adapter_config.json, itself or in a trainer's merged/ or
+    adapter/), or one that cannot be a hub id (more than one '/', a leading '.', '/' or '~') or whose first part is
+    a local folder. Anything else may be a hub id (`org/name`, `name`): left to the load, which fetches it."""
+    from unime.errors import ModelError
+
+    p = Path(path)
+    if p.exists():
+        folder = Path(trained_model_folder(p))
+        if p.is_dir() and not ((folder / "config.json").is_file() or is_peft_adapter(folder)):
+            raise ModelError(f"{option} {str(path)!r}: the folder holds no model (no config.json or "
+                             "adapter_config.json, itself or in merged/ or adapter/)")
+        return
+    text = str(path)
+    local = text.startswith((".", "/", "~")) or text.count("/") > 1 or (len(p.parts) > 1 and Path(p.parts[0]).is_dir())
+    if local:
+        raise ModelError(f"{option} {text!r}: no such folder")
+
+
 def is_peft_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
