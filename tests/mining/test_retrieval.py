@@ -118,3 +118,44 @@ def test_exact_topk_matches_argsort_across_chunks():
     pool = _unit(rng, 1000, 8)
     q = _unit(rng, 5, 8)
     assert exact_topk(pool, q, 7, chunk=128).tolist() == np.argsort(-(q @ pool.T), axis=1)[:, :7].tolist()
+
+
+def _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, k):
+    """The δ rule on a full NumPy sort of the pool per query: similarity descending, ties by the higher id
+    first (FAISS's order), dropping the positive, the query and everything at or above the positive."""
+    out = []
+    for i in range(len(q)):
+        sims = pool @ q[i]
+        order = np.lexsort((-np.arange(len(pool)), -sims))
+        pos_sim = q[i] @ pool[pos_ids[i]]
+        others = [j for j in order if j not in (pos_ids[i], query_ids[i])]
+        kept = [j for j in others if sims[j] < pos_sim]
+        out.append((kept[:k], [sims[j] for j in kept[:k]], len(others) - len(kept)))
+    return out
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+@pytest.mark.parametrize("block_bytes", [None, 3000])
+def test_search_equals_a_full_sort_with_ties_and_low_ranked_positives(storage, block_bytes):
+    """Vectors of quarter-integers: every inner product is exact in float32 (and fp16 storage), so ties are
+    real ties and the reference needs no tolerance. A third of the pool repeats other rows (ties across
+    ids); positives from the top to the very bottom of the ranking; some queries are pool items."""
+    rng = np.random.default_rng(5)
+    pool = rng.integers(-3, 4, size=(300, 8)).astype(np.float32) / 4
+    pool[200:] = pool[rng.integers(0, 200, size=100)]
+    q = rng.integers(-3, 4, size=(60, 8)).astype(np.float32) / 4
+    query_ids = np.full(60, -1)
+    query_ids[::7] = rng.integers(0, 300, size=len(query_ids[::7]))
+    q[::7] = pool[query_ids[::7]]
+    pos_ids = []
+    for i in range(60):
+        order = np.lexsort((-np.arange(300), -(pool @ q[i])))
+        pos_ids.append(int(order[[0, 3, 40, 150, 280, 299][i % 6]]))
+    kw = {} if block_bytes is None else {"block_bytes": block_bytes}
+    res = search_hard_negatives(build_index(pool, IndexConfig(storage=storage)), q, pool[pos_ids], pos_ids, k=10,
+                                overfetch=2, query_ids=query_ids, **kw)
+    for i, (ids, sims, n_above) in enumerate(_delta_rule_by_full_sort(q, pool, pos_ids, query_ids, 10)):
+        assert res.candidate_ids[i].tolist() == ids, i
+        assert res.candidate_sims[i].tolist() == sims, i
+        assert res.n_above_positive[i] == n_above, i
+    assert sum(len(x) < 10 for x in res.candidate_ids) > 0 and sum(res.n_above_positive > 12) > 10

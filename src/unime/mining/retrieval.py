@@ -7,7 +7,10 @@
   or approximate `hnsw` / `ivf` for large pools, whose recall@K against exact search is measured on a
   sample of the queries and written into the mining manifest and report.
 - `search_hard_negatives`: top-K per query under the δ rule: the positive, the query itself, and every
-  candidate whose similarity is >= sim(q, c_t) are excluded; the retrieval rank order is kept.
+  candidate whose similarity is >= sim(q, c_t) are excluded; the retrieval rank order is kept (similarity
+  descending, ties by the higher pool id first, as FAISS orders them). A query whose positive ranks low is
+  finished on an exact index by a scan of the pool in blocks (`exhaustive_delta_rule`): time linear in
+  queries x pool, memory bounded by `SEARCH_BLOCK_BYTES` whatever the pool.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from unime.data.items import Item, Record
 from unime.index.ann import set_search_breadth
 
 log = logging.getLogger(__name__)
+
+SEARCH_BLOCK_BYTES = 64 << 20  # memory of a search's result, or of a block of the pool scan, at a time
+SCAN_ROWS = 1024  # queries scanned against the pool together (`exhaustive_delta_rule`)
 
 # -- the pool ----------------------------------------------------------------------------------------
 
@@ -45,12 +51,25 @@ def apply_delta_rule(candidate_ids: np.ndarray, candidate_sims: np.ndarray, *, p
     Drops padding (-1), the positive itself, the query itself (when it is in the pool), and every
     candidate with similarity >= sim(q, c_t); keeps rank order; returns the first k as (ids, sims,
     number dropped for scoring at or above the positive)."""
-    ids = np.asarray(candidate_ids)
-    sims = np.asarray(candidate_sims)
-    valid = ids >= 0
-    above = valid & (sims >= positive_sim) & (ids != positive_id) & (ids != query_id)
-    keep = valid & ~above & (ids != positive_id) & (ids != query_id)
-    return ids[keep][:k], sims[keep][:k], int(above.sum())
+    ids, sims, above, _ = delta_rule_rows(np.asarray(candidate_ids)[None], np.asarray(candidate_sims)[None],
+                                          positive_ids=[positive_id], positive_sims=[positive_sim],
+                                          query_ids=[query_id], k=k)
+    return ids[0], sims[0], int(above[0])
+
+
+def delta_rule_rows(ids: np.ndarray, sims: np.ndarray, *, positive_ids, positive_sims, query_ids, k: int) \
+        -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """`apply_delta_rule` on a block of rows (one per query) at once: per row the first k kept ids and
+    sims, the number dropped for scoring at or above the positive, and the number kept before the cut at k."""
+    pos = np.asarray(positive_ids, dtype=np.int64)[:, None]
+    qid = np.asarray(query_ids, dtype=np.int64)[:, None]
+    valid = (ids >= 0) & (ids != pos) & (ids != qid)
+    above = valid & (sims >= np.asarray(positive_sims, dtype=sims.dtype)[:, None])
+    keep = valid & ~above
+    n_kept = keep.sum(axis=1)
+    keep &= np.cumsum(keep, axis=1) <= k
+    cut = np.cumsum(np.minimum(n_kept, k))[:-1]
+    return np.split(ids[keep], cut), np.split(sims[keep], cut), above.sum(axis=1), n_kept
 
 
 @dataclass
@@ -66,11 +85,16 @@ class RetrievalResult:
 
 def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np.ndarray,
                           positive_ids: Sequence[int], *, k: int = 50, query_ids: Sequence[int] | None = None,
-                          overfetch: int = 16, batch_size: int = 4096) -> RetrievalResult:
+                          overfetch: int = 16, batch_size: int = 4096,
+                          block_bytes: int = SEARCH_BLOCK_BYTES) -> RetrievalResult:
     """Top-k hard-negative candidates per query under the δ rule (SPEC 1.2).
 
-    A query whose positive ranks low has many candidates at or above it; those rows are searched again
-    with a larger fetch until k survive or the pool is exhausted."""
+    Every query is searched for k + `overfetch` candidates. A query whose positive ranks low has more
+    candidates at or above it than that: on an exhaustive index (flat, float32 or float16) it is finished by
+    `exhaustive_delta_rule`, a scan of the pool in blocks (the result of a search to the depth it needs, in
+    time and memory linear in the pool); on an approximate one (hnsw, ivf) it is searched again with 4x the
+    fetch until k survive or the pool is exhausted. A search's result (rows x fetch) is held to about
+    `block_bytes`, `batch_size` rows at most."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     q = np.ascontiguousarray(query_vectors, dtype=np.float32)
@@ -85,24 +109,118 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     above = np.zeros(n, dtype=np.int64)
     pending = np.arange(n)
     fetch = min(k + overfetch, ntotal)
+    exhaustive = is_exhaustive(index)
     while len(pending):
         set_search_breadth(index, fetch)
+        rows_per_search = max(1, min(batch_size, block_bytes // (12 * max(fetch, 1))))
         still = []
-        for s in range(0, len(pending), batch_size):
-            rows = pending[s:s + batch_size]
+        for s in range(0, len(pending), rows_per_search):
+            rows = pending[s:s + rows_per_search]
             sims, ids = index.search(q[rows], fetch)
-            for r, row in enumerate(rows):
-                kept_ids, kept_sims, n_above = apply_delta_rule(ids[r], sims[r], positive_id=int(pos_ids[row]),
-                                                                positive_sim=float(pos_sims[row]),
-                                                                query_id=int(qids[row]), k=k)
-                exhausted = fetch >= ntotal or (ids[r] < 0).any()
-                if len(kept_ids) >= k or exhausted:
-                    out_ids[row] = kept_ids.astype(np.int64)
-                    out_sims[row] = kept_sims.astype(np.float32)
-                    above[row] = n_above
-                else:
-                    still.append(row)
-        pending = np.array(still, dtype=np.int64)
+            kept_ids, kept_sims, n_above, n_kept = delta_rule_rows(ids, sims, positive_ids=pos_ids[rows],
+                                                                   positive_sims=pos_sims[rows],
+                                                                   query_ids=qids[rows], k=k)
+            done = (n_kept >= k) | (fetch >= ntotal) | (ids < 0).any(axis=1)
+            if exhaustive and fetch < ntotal:  # the k-th kept ties the last fetched: which of its ties made
+                # the fetch is FAISS's choice; the scan takes them by the higher id, as FAISS orders the rest
+                last_kept = np.array([x[-1] if len(x) else np.nan for x in kept_sims], dtype=np.float32)
+                done &= ~((n_kept >= k) & (last_kept == sims[:, -1]))
+            for r in np.flatnonzero(done):
+                out_ids[rows[r]] = kept_ids[r].astype(np.int64)
+                out_sims[rows[r]] = kept_sims[r].astype(np.float32)
+            above[rows[done]] = n_above[done]
+            still.append(rows[~done])
+        pending = np.concatenate(still)
+        if exhaustive and len(pending):
+            for s in range(0, len(pending), min(batch_size, SCAN_ROWS)):
+                rows = pending[s:s + min(batch_size, SCAN_ROWS)]
+                kept_ids, kept_sims, n_above = exhaustive_delta_rule(index, q[rows], positive_ids=pos_ids[rows],
+                                                                     positive_sims=pos_sims[rows],
+                                                                     query_ids=qids[rows], k=k,
+                                                                     block_bytes=block_bytes)
+                for r, row in enumerate(rows):
+                    out_ids[row], out_sims[row] = kept_ids[r], kept_sims[r]
+                above[rows] = n_above
+            break
         fetch = min(fetch * 4, ntotal)
     return RetrievalResult(candidate_ids=out_ids, candidate_sims=out_sims, positive_sims=pos_sims,
                            n_above_positive=above)
+
+
+# -- the exhaustive scan --------------------------------------------------------------------------------
+
+def is_exhaustive(index) -> bool:
+    """Whether `index` scores every pool vector by inner product (flat float32, or flat float16 storage):
+    `exhaustive_delta_rule` gives its search's result."""
+    import faiss
+
+    if getattr(index, "metric_type", None) != faiss.METRIC_INNER_PRODUCT:
+        return False
+    if type(index) in (faiss.IndexFlat, faiss.IndexFlatIP):
+        return True
+    return type(index) is faiss.IndexScalarQuantizer and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+
+
+def _pool_block(index, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of the vectors `index` scores (a view of a flat index's own; float16 storage decoded)."""
+    import faiss
+
+    if isinstance(index, faiss.IndexFlat):
+        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)[start:stop]
+    return index.reconstruct_n(start, stop - start)
+
+
+def _rank_keys(sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """int64 keys that order (similarity, id) pairs as FAISS ranks them, larger first: by similarity, ties by the
+    higher id (float32 bits made monotonic in the high half, the id in the low half)."""
+    bits = (np.asarray(sims, dtype=np.float32) + np.float32(0)).view(np.int32).astype(np.int64)  # -0.0 as 0.0
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    return (bits << 32) | ids
+
+
+def _from_rank_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    bits = keys >> 32
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    return bits.astype(np.int32).view(np.float32), keys & 0xFFFFFFFF
+
+
+def exhaustive_delta_rule(index, queries: np.ndarray, *, positive_ids, positive_sims, query_ids, k: int,
+                          block_bytes: int = SEARCH_BLOCK_BYTES) \
+        -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """The δ rule on a search of the whole pool of an exhaustive index (`is_exhaustive`), without the
+    rows x pool result: per query the first k kept (ids, sims) in FAISS's rank order (similarity descending,
+    ties by the higher id first) and the number at or above the positive. The pool is scanned in blocks
+    (about `block_bytes` of scores at a time), keeping a running top-k per query; the similarities are NumPy's
+    inner products of the index's vectors (equal to FAISS's up to float32 rounding, which FAISS's own vary
+    by as much with the number of queries searched together)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    b = len(q)
+    n = index.ntotal
+    rows = np.arange(b)
+    pos = np.asarray(positive_ids, dtype=np.int64)
+    qid = np.asarray(query_ids, dtype=np.int64)
+    psim = np.asarray(positive_sims, dtype=np.float32)[:, None]
+    cols = max(1, min(n, block_bytes // (16 * max(b, 1))))  # the scores and a few masks of a block
+    dropped = np.iinfo(np.int64).min
+    top = np.full((b, k), dropped, dtype=np.int64)  # rank keys of the best k kept so far, the k-th first
+    floor = np.full((b, 1), -np.inf, dtype=np.float32)  # the k-th best similarity kept so far
+    above = np.zeros(b, dtype=np.int64)
+    for s in range(0, n, cols):
+        y = _pool_block(index, s, min(n, s + cols))
+        sims = q @ y.T
+        for excluded in (pos, qid):  # NaN: neither at or above the positive nor kept
+            inside = (excluded >= s) & (excluded < s + len(y))
+            sims[rows[inside], excluded[inside] - s] = np.nan
+        above += (sims >= psim).sum(axis=1)
+        r, c = np.nonzero((sims < psim) & (sims >= floor))  # only these can enter a row's best k
+        if not len(r):
+            continue
+        per_row = np.bincount(r, minlength=b)
+        new = np.full((b, per_row.max()), dropped, dtype=np.int64)
+        new[r, np.arange(len(r)) - (np.cumsum(per_row) - per_row)[r]] = _rank_keys(sims[r, c], s + c)
+        top = np.partition(np.concatenate([top, new], axis=1), -k, axis=1)[:, -k:]
+        floor = np.where(top[:, :1] == dropped, -np.inf, _from_rank_keys(top[:, :1])[0])
+    top = np.sort(top, axis=1)[:, ::-1]
+    sims, ids = _from_rank_keys(top)
+    kept = top != dropped
+    return [ids[r][kept[r]] for r in range(b)], [sims[r][kept[r]] for r in range(b)], above
