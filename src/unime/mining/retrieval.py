@@ -23,6 +23,7 @@ import numpy as np
 
 from unime.data.items import Item, Record
 from unime.index.ann import set_search_breadth
+from unime.mining.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     pending = np.arange(n)
     fetch = min(k + overfetch, ntotal)
     exhaustive = is_exhaustive(index)
+    progress = ProgressLog(log, "retrieval: searched", n, "queries")
     while len(pending):
         set_search_breadth(index, fetch)
         rows_per_search = max(1, min(batch_size, block_bytes // (12 * max(fetch, 1))))
@@ -130,6 +132,7 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
                 out_sims[rows[r]] = kept_sims[r].astype(np.float32)
             above[rows[done]] = n_above[done]
             still.append(rows[~done])
+            progress.add(int(done.sum()))
         pending = np.concatenate(still)
         if exhaustive and len(pending):
             for s in range(0, len(pending), min(batch_size, SCAN_ROWS)):
@@ -141,8 +144,10 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
                 for r, row in enumerate(rows):
                     out_ids[row], out_sims[row] = kept_ids[r], kept_sims[r]
                 above[rows] = n_above
+                progress.add(len(rows))
             break
         fetch = min(fetch * 4, ntotal)
+    progress.finish()
     return RetrievalResult(candidate_ids=out_ids, candidate_sims=out_sims, positive_sims=pos_sims,
                            n_above_positive=above)
 

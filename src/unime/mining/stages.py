@@ -6,6 +6,7 @@ filter and sampling, the mined records and audit rows, written by `write_outputs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from unime.errors import DataError, UnimeError
 from unime.index.ann import DEFAULT_RECALL_SAMPLE, build_index, measure_recall, recall_summary
 from unime.mining.backends import JudgeBackend
 from unime.mining.manifest import Manifest
+from unime.mining.progress import ProgressLog
 from unime.mining.ranks import Ranks
 from unime.mining.retrieval import RetrievalResult, search_hard_negatives
 from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
@@ -48,12 +50,14 @@ def run_retrieval(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_h
     t0 = time.perf_counter()
     if ranks.world == 1:
         encoder, rows = retrieval_encoder(c, data, manifest, embedder())
-        encoder.encode_pending()
+        with encoding_logged(encoder, ranks):
+            encoder.encode_pending()
         return retrieve(c, data, manifest, stage_hash, encoder, rows, times, path, t0, encoder.stats.encoded)
     # every process's cache opened before any process saves its share (each cuts the missing items alike)
     encoder, rows = ranks.every_step(lambda: retrieval_encoder(c, data, manifest, embedder()))
     missing = encoder.missing()
-    ranks.every_step(lambda: encoder.encode_pending(share=(ranks.rank, ranks.world)))
+    with encoding_logged(encoder, ranks):
+        ranks.every_step(lambda: encoder.encode_pending(share=(ranks.rank, ranks.world)))
 
     def from_shares():  # rank 0
         encoder.store.refresh()
@@ -62,6 +66,28 @@ def run_retrieval(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_h
 
     res = ranks.primary_step(from_shares)
     return res if ranks.primary else read_retrieval(path)
+
+
+@contextlib.contextmanager
+def encoding_logged(encoder: RunEncoder, ranks: Ranks):
+    """INFO lines on the retrieval's encoding while it runs (`unime.mining.progress`), from the first process only;
+    under several processes it encodes about 1/world of the items missing from the cache."""
+    missing = encoder.missing()
+    if ranks.primary:
+        log.info("retrieval: %s distinct items, %s to encode (the rest from the embedding cache)",
+                 f"{encoder.stats.distinct:,}", f"{missing:,}")
+    if ranks.world == 1:
+        progress = ProgressLog(log, "retrieval: encoded", missing, "items", enabled=ranks.primary and missing > 0)
+    else:
+        progress = ProgressLog(log, "retrieval: process 0 encoded", -(-missing // ranks.world),
+                               f"items (its share of {missing:,} over {ranks.world} processes)",
+                               enabled=ranks.primary and missing > 0)
+    encoder.on_saved = lambda stats: progress.update(stats.encoded)
+    try:
+        yield
+    finally:
+        encoder.on_saved = None
+    progress.finish()
 
 
 def read_retrieval(path: Path) -> RetrievalResult:
@@ -104,6 +130,8 @@ def retrieve(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: 
     index = build_index(pool_vecs, index_config)
     pos_ids = [data.pool_index.get(r.positive.key, -1) for r in data.records]
     query_ids = [data.pool_index.get(r.query.key, -1) for r in data.records]
+    log.info("retrieval: searching %s queries in a pool of %s (%s index)", f"{nq:,}", f"{len(pool_vecs):,}",
+             index_config.kind)
     res = search_hard_negatives(index, q_vecs, p_vecs, pos_ids, k=c.k, query_ids=query_ids)
     t2 = time.perf_counter()
     # recall@K of an approximate index against exact search, on a sample of this run's queries

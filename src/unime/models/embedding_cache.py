@@ -354,7 +354,7 @@ class RunEncoder:
                 for s in range(0, len(entries), self.flush_every):
                     chunk = entries[s:s + self.flush_every]
                     if share is not None:
-                        part = self._encode_share(chunk, share, part)
+                        part = self._encode_share(chunk, share, part, t0)
                         continue
                     self._encode_block(chunk, t0)
         self.stats.encode_seconds += time.perf_counter() - t0
@@ -408,6 +408,10 @@ class RunEncoder:
         for (row, _, _), v in zip(entries, vecs):
             self._vectors[row] = v
         self.stats.encoded += len(entries)
+        self._saved(t0)
+
+    def _saved(self, t0: float) -> None:
+        """`on_saved` after a block of vectors is saved to the cache (`encode_pending` started at `t0`)."""
         if self.store is not None and self.on_saved is not None:
             self.on_saved(EncodeStats(self.stats.items_seen, self.stats.distinct, self.stats.from_cache,
                                       self.stats.encoded, self.stats.encode_seconds + time.perf_counter() - t0))
@@ -433,7 +437,7 @@ class RunEncoder:
             vecs += [out[k]] * len(same_item[items[j].key])
         return positions, vecs
 
-    def _encode_share(self, chunk: list[tuple[int, str, Item]], share: tuple[int, int], part: int) -> int:
+    def _encode_share(self, chunk: list[tuple[int, str, Item]], share: tuple[int, int], part: int, t0: float) -> int:
         """`encode_pending`'s share of one block: every n-th of its batches (the embedder's `batch_plan`, so each
         batch is the one a single process runs), or of the blocks when the embedder has no plan; saved to the
         cache. Returns the number of the last part counted (parts are numbered across blocks)."""
@@ -449,6 +453,7 @@ class RunEncoder:
         if keys:  # one cache shard per block and process
             self.store.add(keys, np.stack(vecs))
             self.stats.encoded += len(keys)
+            self._saved(t0)
         return part
 
     def missing(self) -> int:
