@@ -307,6 +307,7 @@ def test_unime_train_judge_writes_a_plain_merged_checkpoint(tiny_model_dir, tmp_
     assert not (merged / "adapter_config.json").exists()  # a plain HF folder: no PEFT needed to load it
     model = AutoModelForImageTextToText.from_pretrained(merged)
     assert model.config.model_type == family
+    assert json.loads((merged / "config.json").read_text()).get("use_cache") is not False  # generate uses its cache
     judge = JudgeScorer.from_pretrained(merged, data_root=tmp_path, device="cpu")
     q, cands = Item("a red square"), [Item("red", images=("images/red.png",)), Item("blue")]
     s = judge.score_candidates(q, cands)

@@ -73,6 +73,9 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
                                                         else config.base_model_name_or_path)
     if record_budget:
         image_budget.save(out)
+    base_config = checkpoint_config(base_model if base_model is not None else
+                                    model.peft_config["default"].base_model_name_or_path if peft else None)
+    restore_inference_config(model.config, base_config)
     written: dict[str, Path] = {}
 
     def save(folder: str, m, **how) -> None:
@@ -92,6 +95,36 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
         save(MERGED_DIR, model.merge_and_unload() if peft else model)
     write_text_atomic(out / CARD_FILE, text)
     return written
+
+
+def checkpoint_config(reference: str | None):
+    """The Hugging Face config of the checkpoint `reference` (a folder or a cached hub id), or None when it
+    cannot be read (not given, not cached offline)."""
+    if not reference:
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(reference)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def restore_inference_config(config, base_config) -> None:
+    """Undo in `config` (the trained model's, saved with it) what training changed for training only: the HF
+    `Trainer` sets `use_cache = False` (its `TrainingArguments.use_cache`), which a generative checkpoint (a
+    judge, a reranker, a reasoner) then carries into `generate`. Each (sub-)config gets the base checkpoint's
+    value back, or loses the key where the base has none (`base_config`; the library default, True, when the
+    base cannot be read). Gradient checkpointing is a flag on the modules, not in the config, and is not saved."""
+    for name in ("", *getattr(config, "sub_configs", {})):
+        cfg = getattr(config, name, None) if name else config
+        if cfg is None or not hasattr(cfg, "use_cache"):
+            continue
+        base = getattr(base_config, name, None) if name and base_config is not None else base_config
+        if base is None or hasattr(base, "use_cache"):
+            cfg.use_cache = getattr(base, "use_cache", True)
+        elif "use_cache" in vars(cfg):
+            delattr(cfg, "use_cache")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
