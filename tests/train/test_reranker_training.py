@@ -319,6 +319,25 @@ def test_unime_train_judge_writes_a_plain_merged_checkpoint(tiny_model_dir, tmp_
     assert np.abs(s - base.score_candidates(q, cands)).max() > 1e-4  # training changed the judge
 
 
+def test_train_judge_merged_dtype_sets_the_dtype_of_the_merged_weights(tiny_model_dir, tmp_path, caplog):
+    """CPU training runs in fp32; `--merged-dtype bf16` writes merged/ in bf16 (half the size), and the export
+    names the dtype and size."""
+    from safetensors import safe_open
+
+    from unime.cli import main
+
+    records = write_world(tmp_path, scores=False)
+    out = tmp_path / "judge"
+    with caplog.at_level("INFO", logger="unime.models.export"):
+        assert main(["train", "judge", "--model", tiny_model_dir("qwen2_vl"), "--records", records, "--out", str(out),
+                     "--steps", "1", "--batch-size", "4", "--merged-dtype", "bf16", "--device", "cpu"]) == 0
+    with safe_open(str(out / "merged" / "model.safetensors"), "pt") as f:
+        n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert json.loads((out / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert f"merged/: bfloat16, {2 * n / 1e3:.3g} KB (the base checkpoint is float32)" in caplog.text
+
+
 @pytest.mark.parametrize("role", ["reranker", "judge"])
 def test_a_run_shorter_than_logging_steps_logs_its_first_and_last_step(tiny_model_dir, tmp_path, role):
     """QA: `--steps 4` with the default `--logging-steps 10` logged only step 4, and the CLI printed

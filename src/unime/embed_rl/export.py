@@ -38,4 +38,5 @@ def export_reasoner(model, processor, out: str | Path, *, stage: str, options: d
         notes=["Curves: curves.csv" + (", reward_log.csv, reward_curves.png" if stage == "grpo" else ", curves.png")
                + "; configuration: train_config.json."])
     model.train(False)
-    return export_final(model, processor, out, card=card, base_model=origin["base_model"], image_budget=image_budget)
+    return export_final(model, processor, out, card=card, base_model=origin["base_model"], image_budget=image_budget,
+                        merged_dtype=options.get("merged_dtype", "auto"))

@@ -48,6 +48,7 @@ import numpy as np
 from unime.data.items import Item, Record
 from unime.data.roots import resolve_data_root
 from unime.embed_rl.stage_options import ReasonerStageOptions
+from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
@@ -359,7 +360,8 @@ class ScoredPick:
 
 
 @dataclass(kw_only=True)
-class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
+class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions, DeviceOptions,
+                      ReasonerStageOptions):
     """Options of `unime train reasoner --stage grpo` (`unime.options`)."""
 
     stage: str = option("grpo", cli=False)  # recorded: an SFT folder is refused naming it (`ReasonerStageOptions`)

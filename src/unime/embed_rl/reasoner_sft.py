@@ -26,6 +26,7 @@ from typing import Any
 from unime.data.roots import resolve_data_root
 from unime.embed_rl.stage_options import ReasonerStageOptions
 from unime.models.adapters import FamilyAdapter
+from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA, GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train
@@ -46,7 +47,8 @@ def end_of_turn_text(adapter: FamilyAdapter) -> str:
 
 
 @dataclass(kw_only=True)
-class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, DeviceOptions, ReasonerStageOptions):
+class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions, DeviceOptions,
+                        ReasonerStageOptions):
     """Options of `unime train reasoner --stage sft` (`unime.options`)."""
 
     stage: str = option("sft", cli=False)  # recorded: a GRPO folder is refused naming it (`ReasonerStageOptions`)

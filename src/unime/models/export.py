@@ -12,7 +12,9 @@ this run's command did not write is never replaced (`unime.outdir.require_replac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,23 @@ from typing import Any, Mapping
 from unime.data.atomic import atomic_open, merged_dir, warn_left
 from unime.models.loading import model_reference
 from unime.models.run_state import ADAPTER_DIR, CARD_FILE, MERGED_DIR, is_peft
+from unime.options import option
+
+log = logging.getLogger(__name__)
+
+# `--merged-dtype`: the dtype OUT/merged is written in — auto: the one the model was trained in (its weights'),
+# base: the base checkpoint's (its config.json), or as named
+MERGED_DTYPES = ("auto", "base", "fp32", "bf16")
+_NAMED_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    """The export options of every trainer config (beside its LoRA options: they act with full fine-tuning and
+    on an adapter trained on too)."""
+
+    merged_dtype: str = option("auto", "dtype of the merged weights OUT/merged (when written): auto (the dtype "
+                               "trained in), base (the base checkpoint's), fp32, bf16", choices=list(MERGED_DTYPES))
 
 
 @contextlib.contextmanager
@@ -44,7 +63,7 @@ def model_folder(folder: str | os.PathLike):
 
 def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCard", adapter: bool | None = None,
                  merged: bool = True, image_budget=None, folder_files: Mapping[str, str] | None = None,
-                 base_model: str | None = None) -> dict[str, Path]:
+                 base_model: str | None = None, merged_dtype: str = "auto") -> dict[str, Path]:
     """OUT/adapter (`adapter`; default: whenever `model` is a PEFT model), OUT/merged (`merged`; the adapter
     merged in, or the fully fine-tuned model) and OUT/README.md (`card`, rendered), each file written
     atomically; a folder's other entries (a file the user put there, one an earlier export wrote) stay, named in
@@ -52,8 +71,9 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
     text). `image_budget` (the run's `ImageBudget`, if set) is recorded in OUT and each folder
     (`unime_images.json`) for eval / mining / serving; the processor saved alongside already carries its pixel
     bounds. `base_model`: how the adapter names its base model (default: as the PEFT model does); an existing
-    local folder is recorded as an absolute path (`unime.models.loading.model_reference`). Merging modifies
-    `model` in place (done last). Returns the written folders by name."""
+    local folder is recorded as an absolute path (`unime.models.loading.model_reference`). `merged_dtype` (one
+    of `MERGED_DTYPES`): the dtype of OUT/merged's weights, recorded with its size in the card ("Merged weights")
+    and logged. Merging modifies `model` in place (done last). Returns the written folders by name."""
     from unime.models.image_budget import BUDGET_FILE
     from unime.outdir import require_replaceable
 
@@ -92,8 +112,15 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
     if adapter:  # the adapter trained, not a frozen copy a trainer kept beside it (TRL GRPO's reference, "ref")
         save(ADAPTER_DIR, model, selected_adapters=[model.active_adapter])
     if merged:
-        save(MERGED_DIR, model.merge_and_unload() if peft else model)
+        dtype = resolve_merged_dtype(merged_dtype, model, base_config)
+        full = merge_in_dtype(model, dtype) if peft else model.to(dtype)
+        card = dataclasses.replace(card, sections={**card.sections, "Merged weights": merged_summary(
+            full, dtype, checkpoint_dtype(base_config))})
+        text = card.render()
+        save(MERGED_DIR, full)
     write_text_atomic(out / CARD_FILE, text)
+    if adapter and merged:  # the adapter's card, written before the merge, with the merged weights' table too
+        write_text_atomic(out / ADAPTER_DIR / CARD_FILE, text)
     return written
 
 
@@ -125,6 +152,78 @@ def restore_inference_config(config, base_config) -> None:
             cfg.use_cache = getattr(base, "use_cache", True)
         elif "use_cache" in vars(cfg):
             delattr(cfg, "use_cache")
+
+
+def checkpoint_dtype(config):
+    """The torch dtype a checkpoint's config records (`dtype`, formerly `torch_dtype`), or None."""
+    import torch
+
+    name = (getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)) if config is not None else None
+    if isinstance(name, str):
+        name = getattr(torch, name, None)
+    return name if isinstance(name, torch.dtype) else None
+
+
+def _weights_dtype(model):
+    """The dtype the model's (base) weights are held in: what `save_pretrained` writes as they are."""
+    base = model.get_base_model() if is_peft(model) else model
+    return base.dtype
+
+
+def resolve_merged_dtype(choice: str, model, base_config):
+    """The torch dtype of `--merged-dtype choice` (`MERGED_DTYPES`) for `model` trained from the checkpoint of
+    `base_config`: auto → the dtype of the model's weights as trained; base → the base checkpoint's (when its
+    config records none: as auto, with a warning); fp32 / bf16."""
+    import torch
+
+    if choice not in MERGED_DTYPES:
+        raise ValueError(f"merged dtype {choice!r}: expected one of {', '.join(MERGED_DTYPES)}")
+    if choice in _NAMED_DTYPES:
+        return getattr(torch, _NAMED_DTYPES[choice])
+    trained = _weights_dtype(model)
+    if choice == "base":
+        base = checkpoint_dtype(base_config)
+        if base is not None:
+            return base
+        log.warning("--merged-dtype base: the base checkpoint's config records no dtype (or cannot be read); "
+                    "merged/ is written in %s, the dtype trained in", _dtype_name(trained))
+    return trained
+
+
+def merge_in_dtype(model, dtype):
+    """`model`'s adapter merged into its base, the result in `dtype`: a wider dtype than the weights' is cast to
+    first (the merge then adds the update at that precision), a narrower one after the merge (rounded once)."""
+    widen = dtype.itemsize > _weights_dtype(model).itemsize
+    return (model.to(dtype) if widen else model).merge_and_unload().to(dtype)
+
+
+def merged_summary(model, dtype, base_dtype) -> dict[str, Any]:
+    """The "Merged weights" table of the card, also logged: the dtype, the size of the weights, and the base
+    checkpoint's dtype when it differs."""
+    seen, size = set(), 0
+    for t in model.state_dict().values():  # tied weights are written once
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            size += t.numel() * t.element_size()
+    table: dict[str, Any] = {"dtype": _dtype_name(dtype), "size": _size_text(size), "bytes": size}
+    if base_dtype is not None and base_dtype != dtype:
+        table["base checkpoint dtype"] = (f"{_dtype_name(base_dtype)} (differs: --merged-dtype base writes the "
+                                          "base's)")
+    log.info("merged/: %s, %s%s", table["dtype"], table["size"],
+             f" (the base checkpoint is {_dtype_name(base_dtype)})" if "base checkpoint dtype" in table else "")
+    return table
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _size_text(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from unime.data.video import VideoOptions
 from unime.errors import UnimeError
+from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import DeviceOptions
@@ -24,7 +25,8 @@ MAX_AUTO_HARD_NEGATIVES = 8
 
 
 @dataclass(kw_only=True)
-class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceOptions, EMBEDDER_LORA_OPTIONS):
+class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceOptions, EMBEDDER_LORA_OPTIONS,
+                             ExportOptions):
     """Everything a run depends on (saved as `train_config.json`); each field declares its option of
     `unime train embedder` (`unime.options`)."""
 

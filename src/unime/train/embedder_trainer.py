@@ -573,7 +573,8 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
             notes=[f"Training curves: {CURVES_CSV}, {CURVES_PNG}; full configuration: train_config.json."])
         written = export.export_final(run.embedder.model, run.embedder.processor, out, card=card,
                                       image_budget=run.embedder.image_budget,
-                                      base_model=run.embedder.origin["base_model"])
+                                      base_model=run.embedder.origin["base_model"],
+                                      merged_dtype=config.merged_dtype)
         export.write_json_atomic(out / FINISHED_FILE, metrics)  # last: the run is finished
     trainer.accelerator.wait_for_everyone()
     return EmbedderTrainingResult(out=out, merged=out / export.MERGED_DIR, adapter=written.get("adapter"),

@@ -54,7 +54,7 @@ from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_t
 from unime.options import check_ranges, on_error_option, option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
-from unime.models.export import ADAPTER_DIR, MERGED_DIR, ModelCard
+from unime.models.export import ADAPTER_DIR, MERGED_DIR, ExportOptions, ModelCard
 from unime.models.run_state import CHECKPOINTS_DIR
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,8 @@ class ExampleDataset:
 
 
 @dataclass(kw_only=True)
-class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceOptions, GENERATIVE_LORA_OPTIONS):
+class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceOptions, GENERATIVE_LORA_OPTIONS,
+                          ExportOptions):
     """Options of `unime train reranker` / `unime train judge`: each field declares its option (`unime.options`)."""
 
     # data
@@ -659,7 +660,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     if trainer.is_world_process_zero():
         export_reranker(trainer.model, loaded.processor, out, meta=meta,
                         adapter=not cfg.full and (cfg.role == "reranker" or cfg.save_adapter),
-                        merged=cfg.full or cfg.role == "judge" or cfg.merge, image_budget=loaded.image_budget)
+                        merged=cfg.full or cfg.role == "judge" or cfg.merge, image_budget=loaded.image_budget,
+                        merged_dtype=cfg.merged_dtype)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(out=str(out), role=cfg.role, examples=n_examples, records=n_records, skipped=skips.total,
                        steps=trainer.state.global_step, num_candidates=num_candidates,
@@ -700,7 +702,7 @@ def model_card(meta: dict) -> ModelCard:
 
 
 def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool,
-                    image_budget=None) -> dict[str, Path]:
+                    image_budget=None, merged_dtype: str = "auto") -> dict[str, Path]:
     """The stage's final folders (`unime.models.export.export_final`, with unime_reranker.json in each),
     then, last, out/unime_reranker.json. Merging modifies `model` in place (done last)."""
     from unime.models.export import export_final, write_json_atomic
@@ -709,6 +711,6 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
     require_replaceable(out, METADATA_FILE)  # never replace what this run's command did not write
     written = export_final(model, processor, out, card=model_card(meta), adapter=adapter, merged=merged,
                            image_budget=image_budget, folder_files={METADATA_FILE: json.dumps(meta, indent=1)},
-                           base_model=meta["base_model"])
+                           base_model=meta["base_model"], merged_dtype=merged_dtype)
     write_json_atomic(out / METADATA_FILE, meta)
     return written
