@@ -69,3 +69,46 @@ def test_merged_dtype_auto_keeps_the_trained_dtype_and_says_it_differs_from_the_
         assert f"| dtype | {name} |\n" in card and f"| bytes | {size} |\n" in card
         assert ("| base checkpoint dtype | bfloat16" in card) == (dtype == torch.float32)
         assert card == (out / "merged" / "README.md").read_text()
+
+
+def _constant_update_model(base: str, delta: float):
+    """A bf16 model whose every adapted weight is 1.0 and whose LoRA update is `delta` in every entry (r 4, alpha
+    8: ΔW = 2 · B·A = 2 · 4 · 1 · delta / 8)."""
+    from peft.tuners.lora import LoraLayer
+
+    model, processor = _lora_model(base, dtype=torch.bfloat16)
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.get_base_layer().weight.fill_(1.0)
+            layer.lora_A["default"].weight.fill_(1.0)
+            layer.lora_B["default"].weight.fill_(delta / 8)
+    return model, processor, len(layers)
+
+
+def test_merge_reports_the_share_of_the_update_lost_to_rounding(tiny_model_dir, tmp_path, caplog):
+    """Next to 1.0, bf16 holds 1 and 1 + 2^-7 only: an update of 1e-3 rounds away entirely (loss 1), one of
+    0.75 · 2^-7 rounds up to 2^-7 (error 0.25 · 2^-7: loss 1/3), and merged in fp32 nothing is lost (0)."""
+    base = tiny_model_dir("qwen2_vl")
+    for delta, choice, loss in ((1e-3, "auto", 1.0), (0.75 * 2 ** -7, "bf16", 1 / 3), (1e-3, "fp32", 0.0)):
+        model, processor, n = _constant_update_model(base, delta)
+        out = tmp_path / f"{choice}-{delta}"
+        caplog.clear()
+        with caplog.at_level("INFO", logger="unime.models.export"):
+            export_final(model, processor, out, card=_card(), base_model=base, merged_dtype=choice)
+        lost = json.loads((out / "merged" / "unime_merge.json").read_text())["LoRA update lost to rounding"]
+        assert lost["modules"] == n == 14  # q k v o gate up down, 2 layers
+        for key in ("overall", "median", "max"):
+            assert abs(lost[key] - loss) < 1e-6, (choice, key, lost)
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        if loss > 0.1:
+            assert len(warned) == 1 and f"lost {100 * loss:.0f}% of the trained LoRA update" in warned[0]
+            assert "OUT/adapter" in warned[0] and "--merged-dtype fp32" in warned[0]
+        else:
+            assert warned == []
+        weights = _saved_weights(out / "merged")
+        q = weights["model.layers.0.self_attn.q_proj.weight"].float()
+        expected = {1.0: 1.0, 1 / 3: 1 + 2 ** -7, 0.0: 1 + 1e-3}[loss]
+        assert torch.allclose(q, torch.full_like(q, expected), rtol=0, atol=1e-7)
+        assert f"rounding lost {100 * loss:.1f}% of the LoRA update's norm" in caplog.text
+        assert "| LoRA update lost to rounding | modules: 14," in (out / "README.md").read_text()

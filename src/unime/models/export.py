@@ -2,7 +2,8 @@
 
     OUT/adapter/   PEFT adapter folder (LoRA runs) + processor + README.md
     OUT/merged/    the base model with the adapter merged in (or the fully fine-tuned model): an ordinary
-                   Hugging Face folder (`AutoModelForImageTextToText.from_pretrained`) + processor + README.md
+                   Hugging Face folder (`AutoModelForImageTextToText.from_pretrained`) + processor + README.md +
+                   unime_merge.json (its dtype, size, and the share of the LoRA update its rounding lost)
     OUT/README.md  the model card (`ModelCard`): data, loss, hyper-parameters, final metrics
 
 Every file and folder is written to a temporary sibling and moved into place (`unime.data.atomic`); an entry
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 # base: the base checkpoint's (its config.json), or as named
 MERGED_DTYPES = ("auto", "base", "fp32", "bf16")
 _NAMED_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+# the share of the LoRA update's norm lost to the merged weights' rounding above which the export warns
+UPDATE_LOSS_WARNING = 0.10
+MERGE_FILE = "unime_merge.json"  # in OUT/merged: the "Merged weights" table (dtype, size, update lost)
 
 
 @dataclass(kw_only=True)
@@ -72,8 +76,10 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
     (`unime_images.json`) for eval / mining / serving; the processor saved alongside already carries its pixel
     bounds. `base_model`: how the adapter names its base model (default: as the PEFT model does); an existing
     local folder is recorded as an absolute path (`unime.models.loading.model_reference`). `merged_dtype` (one
-    of `MERGED_DTYPES`): the dtype of OUT/merged's weights, recorded with its size in the card ("Merged weights")
-    and logged. Merging modifies `model` in place (done last). Returns the written folders by name."""
+    of `MERGED_DTYPES`): the dtype of OUT/merged's weights, recorded with its size and the share of the LoRA update
+    its rounding lost (`merge_in_dtype`) in the card ("Merged weights"), in OUT/merged/unime_merge.json, and logged
+    (a warning above `UPDATE_LOSS_WARNING`). Merging modifies `model` in place (done last). Returns the written
+    folders by name."""
     from unime.models.image_budget import BUDGET_FILE
     from unime.outdir import require_replaceable
 
@@ -98,12 +104,12 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
     restore_inference_config(model.config, base_config)
     written: dict[str, Path] = {}
 
-    def save(folder: str, m, **how) -> None:
+    def save(folder: str, m, files: Mapping[str, str] | None = folder_files, **how) -> None:
         with model_folder(out / folder) as tmp:
             m.save_pretrained(str(tmp), **how)
             processor.save_pretrained(str(tmp))
             (tmp / CARD_FILE).write_text(text, encoding="utf-8")
-            for name, content in (folder_files or {}).items():
+            for name, content in (files or {}).items():
                 (tmp / name).write_text(content, encoding="utf-8")
             if record_budget:
                 image_budget.save(tmp)
@@ -113,11 +119,11 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
         save(ADAPTER_DIR, model, selected_adapters=[model.active_adapter])
     if merged:
         dtype = resolve_merged_dtype(merged_dtype, model, base_config)
-        full = merge_in_dtype(model, dtype) if peft else model.to(dtype)
-        card = dataclasses.replace(card, sections={**card.sections, "Merged weights": merged_summary(
-            full, dtype, checkpoint_dtype(base_config))})
+        full, lost = merge_in_dtype(model, dtype) if peft else (model.to(dtype), None)
+        summary = merged_summary(full, dtype, checkpoint_dtype(base_config), lost)
+        card = dataclasses.replace(card, sections={**card.sections, "Merged weights": summary})
         text = card.render()
-        save(MERGED_DIR, full)
+        save(MERGED_DIR, full, files={**(folder_files or {}), MERGE_FILE: json.dumps(summary, indent=1) + "\n"})
     write_text_atomic(out / CARD_FILE, text)
     if adapter and merged:  # the adapter's card, written before the merge, with the merged weights' table too
         write_text_atomic(out / ADAPTER_DIR / CARD_FILE, text)
@@ -190,16 +196,49 @@ def resolve_merged_dtype(choice: str, model, base_config):
     return trained
 
 
-def merge_in_dtype(model, dtype):
-    """`model`'s adapter merged into its base, the result in `dtype`: a wider dtype than the weights' is cast to
-    first (the merge then adds the update at that precision), a narrower one after the merge (rounded once)."""
-    widen = dtype.itemsize > _weights_dtype(model).itemsize
-    return (model.to(dtype) if widen else model).merge_and_unload().to(dtype)
+def merge_in_dtype(model, dtype) -> tuple[Any, dict[str, Any] | None]:
+    """`model`'s adapter merged into its base, the result in `dtype`, and how much of the update the rounding to
+    `dtype` lost. Module by module (one module's weights at a time in fp32, never a second model copy): each
+    adapted layer is merged in fp32 — ΔW = merged_fp32 − W, its base weight W — then cast to `dtype`; its loss is
+    |(merged − W) − ΔW| / |ΔW|, computed in fp32. Returns the merged model and `{"modules": n, "median",
+    "max", "overall"}` (overall: the root of the summed squared errors over that of the summed |ΔW|²; None
+    without a non-zero update)."""
+    import warnings
+
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    per_module, err2, delta2 = [], 0.0, 0.0
+    for layer in [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]:
+        base = layer.get_base_layer()
+        if not isinstance(getattr(base, "weight", None), torch.Tensor):
+            continue  # merged by merge_and_unload below, unmeasured
+        before = base.weight.detach().to(torch.float32, copy=True)
+        layer.to(torch.float32)
+        layer.merge()
+        exact = base.weight.detach()
+        delta = float((exact - before).norm()) ** 2
+        del before
+        base.to(dtype)
+        err = float((base.weight.detach().to(torch.float32) - exact).norm()) ** 2
+        if delta > 0:
+            per_module.append((err / delta) ** 0.5)
+        err2, delta2 = err2 + err, delta2 + delta
+    with warnings.catch_warnings():  # PEFT: "All adapters are already merged" for each layer merged above
+        warnings.filterwarnings("ignore", message="All adapters are already merged")
+        merged = model.merge_and_unload().to(dtype)
+    if not per_module:
+        return merged, None
+    per_module.sort()
+    n = len(per_module)
+    median = per_module[n // 2] if n % 2 else (per_module[n // 2 - 1] + per_module[n // 2]) / 2
+    return merged, {"modules": n, "median": median, "max": per_module[-1], "overall": (err2 / delta2) ** 0.5}
 
 
-def merged_summary(model, dtype, base_dtype) -> dict[str, Any]:
-    """The "Merged weights" table of the card, also logged: the dtype, the size of the weights, and the base
-    checkpoint's dtype when it differs."""
+def merged_summary(model, dtype, base_dtype, update_lost: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The "Merged weights" table of the card, also logged: the dtype, the size of the weights, the base
+    checkpoint's dtype when it differs, and the share of the LoRA update the rounding to `dtype` lost
+    (`merge_in_dtype`; a warning above `UPDATE_LOSS_WARNING`)."""
     seen, size = set(), 0
     for t in model.state_dict().values():  # tied weights are written once
         if t.data_ptr() not in seen:
@@ -209,8 +248,18 @@ def merged_summary(model, dtype, base_dtype) -> dict[str, Any]:
     if base_dtype is not None and base_dtype != dtype:
         table["base checkpoint dtype"] = (f"{_dtype_name(base_dtype)} (differs: --merged-dtype base writes the "
                                           "base's)")
-    log.info("merged/: %s, %s%s", table["dtype"], table["size"],
-             f" (the base checkpoint is {_dtype_name(base_dtype)})" if "base checkpoint dtype" in table else "")
+    lost = ""
+    if update_lost is not None:
+        table["LoRA update lost to rounding"] = update_lost
+        lost = (f"; rounding lost {update_lost['overall']:.1%} of the LoRA update's norm (|(merged - base) - dW| "
+                f"/ |dW| over {update_lost['modules']} modules: median {update_lost['median']:.1%}, max "
+                f"{update_lost['max']:.1%})")
+    log.info("merged/: %s, %s%s%s", table["dtype"], table["size"],
+             f" (the base checkpoint is {_dtype_name(base_dtype)})" if "base checkpoint dtype" in table else "", lost)
+    if update_lost is not None and update_lost["overall"] > UPDATE_LOSS_WARNING:
+        log.warning("merged/ in %s lost %.0f%% of the trained LoRA update to rounding: it is not the model trained. "
+                    "Evaluate OUT/adapter instead, or export the merged weights in fp32 (--merged-dtype fp32)",
+                    table["dtype"], 100 * update_lost["overall"])
     return table
 
 
