@@ -3,8 +3,6 @@ the user's words, or uses an existing tokenizer."""
 
 from __future__ import annotations
 
-import pytest
-
 from unime.cli import main
 
 CAPTIONS = ["a bowl of lettuce and tomatoes", "fresh lettuce on a wooden board", "sliced cucumber with lettuce",
