@@ -127,6 +127,8 @@ CONFIG_CASES = [
      "module; --train-module lm_head is a LoRA option: drop one of them"),
     (_T["reranker"] + ["--steps", "0"], "train reranker: --steps must be >= 1 (or -1, its default), got 0"),
     (_T["reranker"] + ["--negatives", "0"], "train reranker: --negatives must be >= 1, got 0"),
+    (_T["reranker"] + ["--merged-dtype", "bf16"], "train reranker: --merged-dtype sets the dtype of OUT/merged, which "
+     "a LoRA reranker writes only with --merge"),
     (_T["reranker"] + ["--losses", "pairwise"],
      "train reranker: --losses must be a non-empty subset of ('pair', 'list'), got ('pairwise',)"),
     (_T["judge"] + ["--batch-size", "0"], "train judge: --batch-size must be >= 1, got 0"),

@@ -442,6 +442,9 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
                               "option: drop one of them", got=",".join(self.train_modules))
         if not self.records:
             raise OptionError(self, "no record files given ({records})")
+        if self.merged_dtype != "auto" and not (self.full or self.role == "judge" or self.merge):
+            raise OptionError(self, "{merged_dtype} sets the dtype of OUT/merged, which a LoRA reranker writes only "
+                              "with {merge}")
         trainer_device(self.device)  # before the run claims its folder, as every check here
         if self.full:
             refuse_full_fine_tuning_of_adapter(self.model)
