@@ -7,7 +7,7 @@ import pytest
 
 from unime.data.items import Item, Record
 from unime.index.ann import IndexConfig, build_index
-from unime.mining.retrieval import apply_delta_rule, build_pool, search_hard_negatives
+from unime.mining.retrieval import CandidateWindow, apply_delta_rule, build_pool, search_hard_negatives
 
 
 def _unit(rng, n, d):
@@ -32,6 +32,26 @@ def test_delta_rule_hand_worked():
     # the query itself in the pool is dropped too; k truncates in rank order
     kept, _, above = apply_delta_rule(ids, sims, positive_id=2, positive_sim=0.99, query_id=3, k=2)
     assert kept.tolist() == [7, 9] and above == 0
+
+
+def test_margins_and_range_min_hand_worked():
+    """sentence-transformers' knobs on the same ranking: positive 9 at 0.80. absolute 0.10 keeps sim <= 0.70
+    (0.70 itself kept: not strict); relative 0.25 keeps sim <= 0.60; range_min skips the most similar survivors
+    and the window ends at rank k (range_max), as `mine_hard_negatives`' range_min / range_max."""
+    ids = np.array([7, 3, 9, 4, 8, 5, 2, 6, -1])
+    sims = np.array([0.95, 0.90, 0.80, 0.80, 0.75, 0.70, 0.60, 0.50, -np.inf])
+    kw = dict(positive_id=9, positive_sim=0.80)
+    kept, _, above = apply_delta_rule(ids, sims, k=5, rule=CandidateWindow(absolute_margin=0.10), **kw)
+    assert kept.tolist() == [5, 2, 6] and above == 3  # 8 (0.75) dropped; above counts only >= the positive
+    kept, _, _ = apply_delta_rule(ids, sims, k=5, rule=CandidateWindow(relative_margin=0.25), **kw)
+    assert kept.tolist() == [2, 6]
+    kept, ksims, _ = apply_delta_rule(ids, sims, k=3, rule=CandidateWindow(range_min=1), **kw)
+    assert kept.tolist() == [5, 2] and ksims.tolist() == [0.70, 0.60]  # survivors 8, 5, 2 up to k=3, 8 skipped
+    kept, _, _ = apply_delta_rule(ids, sims, k=5, rule=CandidateWindow(range_min=1, absolute_margin=0.10), **kw)
+    assert kept.tolist() == [2, 6]  # the margin first, then the skip
+    with pytest.raises(ValueError, match="range_min"):
+        search_hard_negatives(build_index(np.eye(4, dtype=np.float32)), np.eye(4, dtype=np.float32)[:1],
+                              np.eye(4, dtype=np.float32)[:1], [0], k=2, rule=CandidateWindow(range_min=2))
 
 
 def _brute_force(q, pool, pos_ids, k, query_ids=None):
@@ -120,26 +140,37 @@ def test_exact_topk_matches_argsort_across_chunks():
     assert exact_topk(pool, q, 7, chunk=128).tolist() == np.argsort(-(q @ pool.T), axis=1)[:, :7].tolist()
 
 
-def _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, k):
+def _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, k, range_min=0, absolute=0.0, relative=0.0):
     """The δ rule on a full NumPy sort of the pool per query: similarity descending, ties by the higher id
-    first (FAISS's order), dropping the positive, the query and everything at or above the positive."""
+    first (FAISS's order), dropping the positive, the query and everything at or above the positive; then
+    sentence-transformers' margins (sim <= pos - absolute, sim <= pos * (1 - relative), in float64) and the
+    window [range_min, k) of what is left."""
     out = []
     for i in range(len(q)):
         sims = pool @ q[i]
         order = np.lexsort((-np.arange(len(pool)), -sims))
         pos_sim = q[i] @ pool[pos_ids[i]]
         others = [j for j in order if j not in (pos_ids[i], query_ids[i])]
-        kept = [j for j in others if sims[j] < pos_sim]
-        out.append((kept[:k], [sims[j] for j in kept[:k]], len(others) - len(kept)))
+        n_above = sum(sims[j] >= pos_sim for j in others)
+        kept = [j for j in others if sims[j] < pos_sim and float(sims[j]) <= float(pos_sim) - absolute
+                and float(sims[j]) <= float(pos_sim) * (1 - relative)][range_min:k]
+        out.append((kept, [sims[j] for j in kept], n_above))
     return out
+
+
+RULES = [{}, {"range_min": 3}, {"absolute": 0.25}, {"relative": 0.1},
+         {"range_min": 2, "absolute": 0.5, "relative": 0.2}]
 
 
 @pytest.mark.parametrize("storage", ["float32", "float16"])
 @pytest.mark.parametrize("block_bytes", [None, 3000])
-def test_search_equals_a_full_sort_with_ties_and_low_ranked_positives(storage, block_bytes):
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: ",".join(f"{k}={v}" for k, v in r.items()) or "delta")
+def test_search_equals_a_full_sort_with_ties_and_low_ranked_positives(storage, block_bytes, rule):
     """Vectors of quarter-integers: every inner product is exact in float32 (and fp16 storage), so ties are
-    real ties and the reference needs no tolerance. A third of the pool repeats other rows (ties across
-    ids); positives from the top to the very bottom of the ranking; some queries are pool items."""
+    real ties and the reference needs no tolerance (a candidate at exactly pos - 0.25 tests the margin's
+    non-strict edge). A third of the pool repeats other rows (ties across ids); positives from the top to the
+    very bottom of the ranking; some queries are pool items. The margins and range_min (`CandidateWindow`)
+    on both paths (the FAISS search and the exhaustive scan) against the brute-force reference."""
     rng = np.random.default_rng(5)
     pool = rng.integers(-3, 4, size=(300, 8)).astype(np.float32) / 4
     pool[200:] = pool[rng.integers(0, 200, size=100)]
@@ -152,10 +183,16 @@ def test_search_equals_a_full_sort_with_ties_and_low_ranked_positives(storage, b
         order = np.lexsort((-np.arange(300), -(pool @ q[i])))
         pos_ids.append(int(order[[0, 3, 40, 150, 280, 299][i % 6]]))
     kw = {} if block_bytes is None else {"block_bytes": block_bytes}
+    window = CandidateWindow(rule.get("range_min", 0), rule.get("absolute", 0.0), rule.get("relative", 0.0))
     res = search_hard_negatives(build_index(pool, IndexConfig(storage=storage)), q, pool[pos_ids], pos_ids, k=10,
-                                overfetch=2, query_ids=query_ids, **kw)
-    for i, (ids, sims, n_above) in enumerate(_delta_rule_by_full_sort(q, pool, pos_ids, query_ids, 10)):
+                                overfetch=2, query_ids=query_ids, rule=window, **kw)
+    expected = _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, 10, **rule)
+    for i, (ids, sims, n_above) in enumerate(expected):
         assert res.candidate_ids[i].tolist() == ids, i
         assert res.candidate_sims[i].tolist() == sims, i
         assert res.n_above_positive[i] == n_above, i
-    assert sum(len(x) < 10 for x in res.candidate_ids) > 0 and sum(res.n_above_positive > 12) > 10
+    full = 10 - rule.get("range_min", 0)
+    assert sum(len(x) < full for x in res.candidate_ids) > 0 and sum(res.n_above_positive > 12) > 10
+    if rule.get("absolute") or rule.get("relative"):  # the margin drops some that the δ rule alone keeps
+        plain = _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, 10, range_min=rule.get("range_min", 0))
+        assert [e[0] for e in expected] != [p[0] for p in plain]

@@ -11,6 +11,8 @@
   descending, ties by the higher pool id first, as FAISS orders them). A query whose positive ranks low is
   finished on an exact index by a scan of the pool in blocks (`exhaustive_delta_rule`): time linear in
   queries x pool, memory bounded by `SEARCH_BLOCK_BYTES` whatever the pool.
+- `CandidateWindow`: sentence-transformers' `mine_hard_negatives` knobs on top of the δ rule (margins below the
+  positive, skipping the most similar survivors); at its defaults the δ rule alone.
 """
 
 from __future__ import annotations
@@ -45,28 +47,62 @@ def build_pool(records: Sequence[Record], extra: Sequence[Item] = ()) -> list[It
 
 # -- index and search --------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class CandidateWindow:
+    """Which of a query's candidates survive the δ rule, as sentence-transformers' `mine_hard_negatives` reads
+    its knobs: a candidate is kept only if sim(q, c) < sim(q, c_t) (the δ rule), sim(q, c) <= sim(q, c_t) -
+    `absolute_margin` and sim(q, c) <= sim(q, c_t) * (1 - `relative_margin`); of the survivors in rank order the
+    first `range_min` are skipped and those up to rank k (range_max) are the candidates. The defaults (0) are
+    the δ rule alone: a margin of 0 keeps nothing the strict δ rule drops."""
+
+    range_min: int = 0
+    absolute_margin: float = 0.0
+    relative_margin: float = 0.0
+
+    def within_margins(self, sims: np.ndarray, positive_sims: np.ndarray) -> np.ndarray:
+        """Mask of the similarities (rows x candidates) the margins keep (`positive_sims`: a column, one per row),
+        compared in float64; all True at margins 0 (the δ rule, applied beside it, decides alone)."""
+        keep = np.ones(sims.shape, dtype=bool)
+        if self.absolute_margin:
+            keep &= sims.astype(np.float64) <= positive_sims.astype(np.float64) - self.absolute_margin
+        if self.relative_margin:
+            keep &= sims.astype(np.float64) <= positive_sims.astype(np.float64) * (1.0 - self.relative_margin)
+        return keep
+
+    def window(self, ranked: np.ndarray) -> np.ndarray:
+        """One query's first k survivors (rank order) without the first `range_min`."""
+        return ranked[self.range_min:]
+
+
+DELTA_RULE = CandidateWindow()
+
+
 def apply_delta_rule(candidate_ids: np.ndarray, candidate_sims: np.ndarray, *, positive_id: int, positive_sim: float,
-                     query_id: int = -1, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+                     query_id: int = -1, k: int, rule: CandidateWindow = DELTA_RULE) \
+        -> tuple[np.ndarray, np.ndarray, int]:
     """The δ rule on one query's ranked search results (pure).
 
     Drops padding (-1), the positive itself, the query itself (when it is in the pool), and every
-    candidate with similarity >= sim(q, c_t); keeps rank order; returns the first k as (ids, sims,
-    number dropped for scoring at or above the positive)."""
+    candidate with similarity >= sim(q, c_t) (or within `rule`'s margins of it); keeps rank order; returns
+    the first k as (ids, sims, number dropped for scoring at or above the positive), without `rule.range_min`."""
     ids, sims, above, _ = delta_rule_rows(np.asarray(candidate_ids)[None], np.asarray(candidate_sims)[None],
                                           positive_ids=[positive_id], positive_sims=[positive_sim],
-                                          query_ids=[query_id], k=k)
-    return ids[0], sims[0], int(above[0])
+                                          query_ids=[query_id], k=k, rule=rule)
+    return rule.window(ids[0]), rule.window(sims[0]), int(above[0])
 
 
-def delta_rule_rows(ids: np.ndarray, sims: np.ndarray, *, positive_ids, positive_sims, query_ids, k: int) \
+def delta_rule_rows(ids: np.ndarray, sims: np.ndarray, *, positive_ids, positive_sims, query_ids, k: int,
+                    rule: CandidateWindow = DELTA_RULE) \
         -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     """`apply_delta_rule` on a block of rows (one per query) at once: per row the first k kept ids and
-    sims, the number dropped for scoring at or above the positive, and the number kept before the cut at k."""
+    sims (`rule.range_min` not applied yet), the number dropped for scoring at or above the positive, and
+    the number kept before the cut at k."""
     pos = np.asarray(positive_ids, dtype=np.int64)[:, None]
     qid = np.asarray(query_ids, dtype=np.int64)[:, None]
     valid = (ids >= 0) & (ids != pos) & (ids != qid)
-    above = valid & (sims >= np.asarray(positive_sims, dtype=sims.dtype)[:, None])
-    keep = valid & ~above
+    psim = np.asarray(positive_sims, dtype=sims.dtype)[:, None]
+    above = valid & (sims >= psim)
+    keep = valid & ~above & rule.within_margins(sims, psim)
     n_kept = keep.sum(axis=1)
     keep &= np.cumsum(keep, axis=1) <= k
     cut = np.cumsum(np.minimum(n_kept, k))[:-1]
@@ -86,9 +122,10 @@ class RetrievalResult:
 
 def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np.ndarray,
                           positive_ids: Sequence[int], *, k: int = 50, query_ids: Sequence[int] | None = None,
-                          overfetch: int = 16, batch_size: int = 4096,
-                          block_bytes: int = SEARCH_BLOCK_BYTES) -> RetrievalResult:
-    """Top-k hard-negative candidates per query under the δ rule (SPEC 1.2).
+                          overfetch: int = 16, batch_size: int = 4096, block_bytes: int = SEARCH_BLOCK_BYTES,
+                          rule: CandidateWindow = DELTA_RULE) -> RetrievalResult:
+    """Top-k hard-negative candidates per query under the δ rule (SPEC 1.2), and `rule`'s margins; the first
+    `rule.range_min` of each query's k are left out (both paths below find the k, then `rule.window`).
 
     Every query is searched for k + `overfetch` candidates. A query whose positive ranks low has more
     candidates at or above it than that: on an exhaustive index (flat, float32 or float16) it is finished by
@@ -98,6 +135,8 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     `block_bytes`, `batch_size` rows at most."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if not 0 <= rule.range_min < k:
+        raise ValueError(f"range_min must be in [0, k) = [0, {k}), got {rule.range_min}")
     q = np.ascontiguousarray(query_vectors, dtype=np.float32)
     p = np.asarray(positive_vectors, dtype=np.float32)
     n = len(q)
@@ -121,15 +160,15 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
             sims, ids = index.search(q[rows], fetch)
             kept_ids, kept_sims, n_above, n_kept = delta_rule_rows(ids, sims, positive_ids=pos_ids[rows],
                                                                    positive_sims=pos_sims[rows],
-                                                                   query_ids=qids[rows], k=k)
+                                                                   query_ids=qids[rows], k=k, rule=rule)
             done = (n_kept >= k) | (fetch >= ntotal) | (ids < 0).any(axis=1)
             if exhaustive and fetch < ntotal:  # the k-th kept ties the last fetched: which of its ties made
                 # the fetch is FAISS's choice; the scan takes them by the higher id, as FAISS orders the rest
                 last_kept = np.array([x[-1] if len(x) else np.nan for x in kept_sims], dtype=np.float32)
                 done &= ~((n_kept >= k) & (last_kept == sims[:, -1]))
             for r in np.flatnonzero(done):
-                out_ids[rows[r]] = kept_ids[r].astype(np.int64)
-                out_sims[rows[r]] = kept_sims[r].astype(np.float32)
+                out_ids[rows[r]] = rule.window(kept_ids[r].astype(np.int64))
+                out_sims[rows[r]] = rule.window(kept_sims[r].astype(np.float32))
             above[rows[done]] = n_above[done]
             still.append(rows[~done])
             progress.add(int(done.sum()))
@@ -140,9 +179,9 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
                 kept_ids, kept_sims, n_above = exhaustive_delta_rule(index, q[rows], positive_ids=pos_ids[rows],
                                                                      positive_sims=pos_sims[rows],
                                                                      query_ids=qids[rows], k=k,
-                                                                     block_bytes=block_bytes)
+                                                                     block_bytes=block_bytes, rule=rule)
                 for r, row in enumerate(rows):
-                    out_ids[row], out_sims[row] = kept_ids[r], kept_sims[r]
+                    out_ids[row], out_sims[row] = rule.window(kept_ids[r]), rule.window(kept_sims[r])
                 above[rows] = n_above
                 progress.add(len(rows))
             break
@@ -190,11 +229,12 @@ def _from_rank_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def exhaustive_delta_rule(index, queries: np.ndarray, *, positive_ids, positive_sims, query_ids, k: int,
-                          block_bytes: int = SEARCH_BLOCK_BYTES) \
+                          block_bytes: int = SEARCH_BLOCK_BYTES, rule: CandidateWindow = DELTA_RULE) \
         -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """The δ rule on a search of the whole pool of an exhaustive index (`is_exhaustive`), without the
-    rows x pool result: per query the first k kept (ids, sims) in FAISS's rank order (similarity descending,
-    ties by the higher id first) and the number at or above the positive. The pool is scanned in blocks
+    """The δ rule (and `rule`'s margins; `rule.range_min` not applied yet) on a search of the whole pool of an
+    exhaustive index (`is_exhaustive`), without the rows x pool result: per query the first k kept (ids, sims)
+    in FAISS's rank order (similarity descending, ties by the higher id first) and the number at or above the
+    positive. The pool is scanned in blocks
     (about `block_bytes` of scores at a time), keeping a running top-k per query; the similarities are NumPy's
     inner products of the index's vectors (equal to FAISS's up to float32 rounding, which FAISS's own vary
     by as much with the number of queries searched together)."""
@@ -217,7 +257,8 @@ def exhaustive_delta_rule(index, queries: np.ndarray, *, positive_ids, positive_
             inside = (excluded >= s) & (excluded < s + len(y))
             sims[rows[inside], excluded[inside] - s] = np.nan
         above += (sims >= psim).sum(axis=1)
-        r, c = np.nonzero((sims < psim) & (sims >= floor))  # only these can enter a row's best k
+        # only these can enter a row's best k
+        r, c = np.nonzero((sims < psim) & (sims >= floor) & rule.within_margins(sims, psim))
         if not len(r):
             continue
         per_row = np.bincount(r, minlength=b)
