@@ -132,6 +132,42 @@ def test_sample_repeats_when_few_survivors():
     assert (res.n_filtered, res.n_survivors) == (2, 3)
 
 
+def _fifteen_with_false_negatives_at_0_4_9():
+    scores = [0.3] * 15
+    for i in (0, 4, 9):
+        scores[i] = 0.95
+    return list(range(15)), scores
+
+
+def test_strategy_top_takes_the_first_survivors_in_retrieval_order():
+    # survivors [1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 14]; top 10 = the first ten of them
+    ids, scores = _fifteen_with_false_negatives_at_0_4_9()
+    res = sample_negatives(ids, scores, 0.8, count=10, rng=rng(), strategy="top")
+    assert res.status == "ok" and res.indices == [1, 2, 3, 5, 6, 7, 8, 10, 11, 12]
+    # fewer survivors than count: the survivors in order, repeated
+    res = sample_negatives(["a", "fn1", "b", "fn2", "c"], [0.1, 0.99, 0.2, 0.99, 0.3], 0.7, count=7, rng=rng(),
+                           strategy="top")
+    assert res.status == "repeated" and res.indices == [0, 2, 4, 0, 2, 4, 0]
+
+
+def test_strategy_random_draws_distinct_survivors_with_the_seed():
+    ids, scores = _fifteen_with_false_negatives_at_0_4_9()
+    survivors = [1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 14]
+    res = sample_negatives(ids, scores, 0.8, count=10, rng=rng(3), strategy="random")
+    assert res.status == "ok" and len(set(res.indices)) == 10 and set(res.indices) <= set(survivors)
+    assert res.indices == [survivors[j] for j in np.random.default_rng(3).permutation(12)[:10]]
+    assert sample_negatives(ids, scores, 0.8, count=10, rng=rng(3), strategy="random").indices == res.indices
+    others = {tuple(sample_negatives(ids, scores, 0.8, count=10, rng=rng(s), strategy="random").indices)
+              for s in range(4, 9)}
+    assert len(others | {tuple(res.indices)}) > 1
+    # fewer survivors than count: one drawn order of all of them, repeated
+    res = sample_negatives(["a", "fn1", "b", "fn2", "c"], [0.1, 0.99, 0.2, 0.99, 0.3], 0.7, count=7, rng=rng(1),
+                           strategy="random")
+    assert res.status == "repeated" and sorted(res.indices[:3]) == [0, 2, 4] and res.indices[3:6] == res.indices[:3]
+    with pytest.raises(ValueError, match="strategy"):
+        sample_negatives(ids, scores, 0.8, rng=rng(), strategy="hardest")
+
+
 def test_sample_two_survivors_alternate_like_released_data():
     res = sample_negatives(["a", "b", "x"], [0.1, 0.2, 0.95], 0.5, count=6, rng=rng())
     assert res.ids == ["a", "b", "a", "b", "a", "b"]

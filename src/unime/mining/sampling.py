@@ -8,6 +8,9 @@ Choices (all options):
 - a candidate is a false negative iff its judge score s > α = s(q, c_t) − β (strict: s == α is kept);
 - cyclical sampling visits the survivors' positions 0, i, 2i, …, then 1, 1+i, 1+2i, …, and so on
   (i = `interval`, default `DEFAULT_INTERVAL`) — our reading of the paper's "five-step interval";
+- `strategy` (sentence-transformers' `sampling_strategy`): "cyclical" (the above, default), "top" (the
+  survivors in retrieval order), "random" (the survivors in an order drawn with the query's `rng`); the
+  first `count` of that order are picked;
 - fewer survivors than `count`: the picked list is repeated cyclically ([a, b, a, b, …]), as the
   released data shows;
 - no survivor: `fallback="random"` draws `count` of the original candidates at random (without
@@ -30,6 +33,7 @@ DEFAULT_BETA = 0.01  # β: a candidate is a false negative when its judge score 
 DEFAULT_INTERVAL = 5  # i: the cyclical sampling interval
 DEFAULT_COUNT = 10  # negatives picked per query
 STATUSES = ("ok", "repeated", "fallback", "dropped")
+STRATEGIES = ("cyclical", "top", "random")  # the order the survivors are picked in (`survivor_order`)
 FALLBACK_SCORE = 1.0  # score the paper gives to randomly drawn negatives of a query with no survivor
 
 Fallback = Literal["random", "drop"]
@@ -79,6 +83,21 @@ def cyclical_order(n: int, interval: int = DEFAULT_INTERVAL) -> list[int]:
     return [p for offset in range(min(interval, n)) for p in range(offset, n, interval)]
 
 
+def survivor_order(n: int, strategy: str = "cyclical", *, interval: int = DEFAULT_INTERVAL,
+                   rng: np.random.Generator | None = None) -> list[int]:
+    """All positions 0..n-1 of the survivors in the order `strategy` picks them: cyclical (`cyclical_order`),
+    top (0, 1, …, n-1), random (a permutation drawn with `rng`)."""
+    if strategy == "cyclical":
+        return cyclical_order(n, interval)
+    if strategy == "top":
+        return list(range(n))
+    if strategy == "random":
+        if rng is None:
+            raise ValueError("strategy 'random' needs an rng")
+        return [int(p) for p in rng.permutation(n)]
+    raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+
+
 @dataclass(frozen=True)
 class SampleResult:
     """The negatives picked for one query.
@@ -103,9 +122,10 @@ class SampleResult:
 def sample_negatives(candidate_ids: Sequence[Any], candidate_scores: Sequence[float] | np.ndarray,
                      positive_score: float, *, beta: float = DEFAULT_BETA, interval: int = DEFAULT_INTERVAL,
                      count: int = DEFAULT_COUNT,
-                     fallback: Fallback = "random", rng: np.random.Generator,
+                     fallback: Fallback = "random", rng: np.random.Generator, strategy: str = "cyclical",
                      source: str | None = None, record: str | int | None = None) -> SampleResult:
-    """Filter false negatives, then pick `count` negatives by cyclical sampling (SPEC §1.4).
+    """Filter false negatives, then pick `count` negatives by cyclical sampling (SPEC §1.4), or in `strategy`'s
+    order (`survivor_order`).
 
     `candidate_ids` / `candidate_scores` are one query's retrieved candidates in retrieval-rank order.
     Status: "ok" (enough survivors), "repeated" (1..count-1 survivors, list repeated cyclically),
@@ -116,6 +136,8 @@ def sample_negatives(candidate_ids: Sequence[Any], candidate_scores: Sequence[fl
         raise ValueError(f"count must be >= 1, got {count}")
     if fallback not in ("random", "drop"):
         raise ValueError(f"fallback must be 'random' or 'drop', got {fallback!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     ids = list(candidate_ids)
     scores = _finite_scores(candidate_scores, field_name="candidate_scores", source=source, record=record)
     if scores.ndim != 1 or len(scores) != len(ids):
@@ -126,13 +148,10 @@ def sample_negatives(candidate_ids: Sequence[Any], candidate_scores: Sequence[fl
     n_filtered = int(is_false_negative.sum())
     n_survivors = len(survivors)
 
-    if n_survivors >= count:
-        picked = [survivors[j] for j in cyclical_order(n_survivors, interval)[:count]]
-        status = "ok"
-    elif n_survivors > 0:
-        once = [survivors[j] for j in cyclical_order(n_survivors, interval)]
+    if n_survivors > 0:
+        once = [survivors[j] for j in survivor_order(n_survivors, strategy, interval=interval, rng=rng)]
         picked = [once[k % len(once)] for k in range(count)]
-        status = "repeated"
+        status = "ok" if n_survivors >= count else "repeated"
     elif fallback == "random" and ids:
         drawn = rng.choice(len(ids), size=count, replace=len(ids) < count)
         picked = [int(i) for i in drawn]
