@@ -97,6 +97,37 @@ def test_the_video_options_defaults_given_explicitly_are_no_change(tmp_path):
         Manifest(tmp_path / "manifest.json").open_run(other, INPUTS, run_hash(other, INPUTS))
 
 
+def test_range_margins_and_sampling_strategy_are_part_of_the_runs_identity(tmp_path):
+    """--range-min and the margins change what is retrieved (the retrieval's hash, so its stage and the judge's are
+    redone), --sampling-strategy only stage C (the run's hash); at their defaults every hash is the one a run
+    recorded before they existed (the run hash of the defaults as the version without them computed it), and a
+    folder continues; another value is refused by its flag like --k."""
+    assert run_hash(_config(), INPUTS) == "edfa712eba82cbaa"
+    explicit = _config(range_min=0, absolute_margin=0.0, relative_margin=0.0, sampling_strategy="cyclical")
+    r = retrieval_hash(explicit, INPUTS)
+    assert (r, judge_hash(explicit, INPUTS, r)) == NOW and run_hash(explicit, INPUTS) == "edfa712eba82cbaa"
+    hashes = {retrieval_hash(_config(**kw), INPUTS) for kw in
+              ({}, {"range_min": 1}, {"absolute_margin": 0.1}, {"relative_margin": 0.1}, {"k": 7})}
+    assert len(hashes) == 5
+    top = _config(sampling_strategy="top")
+    assert retrieval_hash(top, INPUTS) == NOW[0] and run_hash(top, INPUTS) != run_hash(_config(), INPUTS)
+    Manifest(tmp_path / "manifest.json").open_run(_config(), INPUTS, run_hash(_config(), INPUTS))
+    assert Manifest(tmp_path / "manifest.json").open_run(explicit, INPUTS, run_hash(explicit, INPUTS)) is False
+    for kw, flag in (({"range_min": 2}, "--range-min"), ({"absolute_margin": 0.1}, "--absolute-margin"),
+                     ({"sampling_strategy": "random"}, "--sampling-strategy")):
+        with pytest.raises(ChangedOptions, match=flag):
+            Manifest(tmp_path / "manifest.json").open_run(_config(**kw), INPUTS, run_hash(_config(**kw), INPUTS))
+
+
+def test_range_min_must_leave_a_candidate():
+    from unime.errors import OptionError
+
+    with pytest.raises(OptionError, match="range_min must be below k"):
+        _config(k=5, range_min=5)
+    with pytest.raises(OptionError, match="absolute_margin"):
+        _config(absolute_margin=-0.1)
+
+
 def test_the_stage_and_run_hashes_read_checkpoints_by_content_not_by_path_spelling(tmp_path, monkeypatch):
     """`--embedder ./emb/ --judge /abs/judge` is the run of `--embedder emb --judge judge`: every stage is reused
     and a finished run is finished; another fingerprint is another stage."""

@@ -179,6 +179,53 @@ def test_rerun_reuses_retrieval_and_judge_and_beta_change_only_resamples(mined, 
     assert len(list((out2 / "cache" / "embeddings").iterdir())) == 1
 
 
+def test_sampling_strategy_top_resamples_and_range_min_skips_the_first_candidate(mined, dataset, tiny_model_dir):
+    """--sampling-strategy top re-uses the retrieval and the judge scores and stores each query's first --count
+    survivors in retrieval order (with --beta -1 all of them survive); --range-min 1 redoes the retrieval (from
+    the embedding cache) and the judge, and each query's candidates are the earlier run's without its most
+    similar one (same K)."""
+    import dataclasses
+    import shutil
+
+    from unime.models.embedder import Embedder
+
+    out2 = mined.out.parent / "knobs"
+    shutil.copytree(mined.out, out2)
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(dataset.parent))
+    calls = []
+    emb.encode = lambda *a, **k: calls.append(1)
+    # beta -1: no false negative (the tiny judge's scores barely vary; at 0.01 every query falls back)
+    cfg = _config(dataset, tiny_model_dir, out2, sampling_strategy="top", beta=-1.0, overwrite=True)
+    run_mining(cfg, backend=_NoJudge(), embedder=emb)
+    assert calls == []
+
+    def by_query(out):
+        rows: dict[int, list[dict]] = {}
+        for row in sorted(pq.read_table(out / "audit.parquet").to_pylist(), key=lambda r: r["rank"]):
+            rows.setdefault(row["query_index"], []).append(row)
+        return rows
+
+    before, top = by_query(mined.out), by_query(out2)
+    mined_top = {r.id: r for r in read_records(out2 / "mined.parquet")}
+    n_ok = 0
+    for qi, rows in top.items():
+        assert [r["judge_score"] for r in rows] == [r["judge_score"] for r in before[qi]]
+        survivors = [r for r in rows if not r["false_negative"]]
+        if rows[0]["status"] == "ok":  # the first 3 survivors, once each, in rank order
+            n_ok += 1
+            assert [r["times_sampled"] for r in survivors] == [1, 1, 1] + [0] * (len(survivors) - 3)
+            assert [n.text for n in mined_top[rows[0]["record_id"]].negatives] == \
+                [r["candidate_text"] for r in survivors[:3]]
+    assert n_ok >= 1
+    skip = dataclasses.replace(cfg, range_min=1)
+    run_mining(skip, embedder=emb)
+    assert calls == []
+    skipped = by_query(out2)
+    assert set(skipped) == {qi for qi, rows in before.items() if len(rows) > 1}
+    for qi, rows in skipped.items():
+        assert [r["pool_index"] for r in rows] == [r["pool_index"] for r in before[qi][1:]], qi
+
+
 def test_a_changed_judge_stage_deletes_only_its_shards(mined, dataset, tiny_model_dir, caplog):
     """Another shard layout is another judge stage: its earlier shards are deleted and scored anew, and a file the
     user put into judge/ stays, named in a warning (the folder was deleted whole)."""

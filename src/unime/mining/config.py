@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from unime.index.ann import INDEX_KINDS, AnnOptions, IndexConfig
 from unime.mining.backends import JudgeOptions
-from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL
+from unime.mining.retrieval import CandidateWindow
+from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL, STRATEGIES
+from unime.errors import OptionError
 from unime.options import check_ranges, on_error_option, option
 
 
@@ -24,13 +26,23 @@ class MineConfig(JudgeOptions, AnnOptions):
     pool: str | None = option(None, "JSONL of candidate items (default: the de-duplicated union of all positives)")
     data_root: str | None = option(None, "folder image paths are relative to (default: --world if given, else the "
                                    "records' folder)")
-    k: int = option(50, "candidates retrieved per query", at_least=1)
+    k: int = option(50, "candidates retrieved per query: the survivors of the δ rule (and margins) up to this rank "
+                    "(--range-max: sentence-transformers' range_max)", at_least=1, flag=("--k", "--range-max"))
+    range_min: int = option(0, "skip the N most similar candidates left after the δ rule and margins (the judge "
+                            "sees ranks N+1..K); must be below --k", at_least=0, metavar="N")
+    absolute_margin: float = option(0.0, "keep a candidate only if sim(q,c) <= sim(q,pos) - M (0: the δ rule "
+                                    "alone, sim(q,c) < sim(q,pos))", at_least=0, metavar="M")
+    relative_margin: float = option(0.0, "keep a candidate only if sim(q,c) <= sim(q,pos) * (1 - R) (0: the δ rule "
+                                    "alone)", at_least=0, metavar="R")
     beta: float = option(DEFAULT_BETA, "false negative: s(q,c) > s(q,c_t) - beta")
     interval: int = option(DEFAULT_INTERVAL, "cyclical sampling interval", at_least=1)
+    sampling_strategy: str = option("cyclical", "which survivors of the judge's filter are stored: cyclical (SPEC "
+                                    "1.4, every --interval-th in retrieval order), top (the first --count), random "
+                                    "(--count drawn with --seed)", choices=list(STRATEGIES))
     count: int = option(DEFAULT_COUNT, "negatives stored per query", at_least=1)
     fallback: str = option("random", "no survivor: draw at random from the K with score 1.0 (paper), or drop the "
                            "query", choices=["random", "drop"])
-    seed: int = option(0, "random seed (the fallback draw, IVF's training sample)")
+    seed: int = option(0, "random seed (the fallback draw, --sampling-strategy random, IVF's training sample)")
     index: str = option("flat", "FAISS index (flat = exact)", choices=list(INDEX_KINDS))
     shard_size: int = option(64, "queries per judge shard (unit of resumption)", at_least=1)
     embed_batch_size: int = option(16, "embedder batch size of the retrieval", at_least=1)
@@ -57,8 +69,18 @@ class MineConfig(JudgeOptions, AnnOptions):
                  and (k != "seed" or c.kind == "ivf")}  # the seed draws IVF's training sample
         return [c.kind, c.nprobe, c.ef_search] + ([extra] if extra else [])
 
+    def candidate_window(self) -> CandidateWindow:
+        """The retrieval's range and margins (`unime.mining.retrieval.CandidateWindow`)."""
+        return CandidateWindow(self.range_min, self.absolute_margin, self.relative_margin)
+
     def __post_init__(self):
         check_ranges(self)  # OptionError naming the field (`k`; on the command line `--k`)
+        if self.range_min >= self.k:
+            raise OptionError(self, "{range_min} must be below {k} (it skips that many of the K candidates), got "
+                              f"{self.range_min} with {self.k}")
+        if self.sampling_strategy not in STRATEGIES:
+            raise ValueError(f"sampling_strategy must be one of {', '.join(STRATEGIES)}, got "
+                             f"{self.sampling_strategy!r}")
         if self.fallback not in ("random", "drop"):
             raise ValueError(f"fallback must be 'random' or 'drop', got {self.fallback!r}")
         if self.audit and not self.world:

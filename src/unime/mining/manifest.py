@@ -70,11 +70,20 @@ def _hashed_inputs(inputs: dict[str, Any], legacy: bool = False) -> dict[str, An
                          for k in ("embedder", "judge") if isinstance(inputs.get(k), dict)}}
 
 
+# options added after runs were recorded: in the run's identity only when set away from their defaults, so a
+# run finished before them is still finished
+LATER_OPTIONS = {"range_min": 0, "absolute_margin": 0.0, "relative_margin": 0.0, "sampling_strategy": "cyclical"}
+
+
 def run_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> str:
-    """The run's identity: its options (but `FREE_OPTIONS`; paths by what they name) and its inputs."""
+    """The run's identity: its options (but `FREE_OPTIONS`, and `LATER_OPTIONS` at their defaults; paths by what
+    they name) and its inputs."""
     cfg = asdict(c)
     for key in FREE_OPTIONS:
         cfg.pop(key)
+    for key, default in LATER_OPTIONS.items():
+        if cfg[key] == default:
+            cfg.pop(key)
     if not legacy:
         cfg = {k: same_path_value(v) for k, v in cfg.items()}
     return options_hash({"config": cfg, "inputs": _hashed_inputs(inputs, legacy), "version": PIPELINE_VERSION})
@@ -87,13 +96,22 @@ def _video_key(c: MineConfig) -> dict:
     return {"video": given} if given else {}
 
 
+def _window_key(c: MineConfig) -> dict:
+    """--range-min and the margins in the retrieval's hash, only when set away from their defaults (0: the δ rule
+    alone; runs without them keep their earlier hashes)."""
+    window = {k: getattr(c, k) for k in ("range_min", "absolute_margin", "relative_margin")
+              if getattr(c, k) != LATER_OPTIONS[k]}
+    return {"window": window} if window else {}
+
+
 def retrieval_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> str:
-    """Stage A's identity: records, pool, image bytes, embedder, K, the index, the data root, dtype, video."""
+    """Stage A's identity: records, pool, image bytes, embedder, K, the range and margins, the index, the data
+    root, dtype, video."""
     return options_hash({"records": inputs["records"]["sha1"], "pool": inputs["pool"],
                          "images": inputs["images"]["sha1"],
                          "embedder": _hashed_inputs(inputs, legacy)["embedder"], "k": c.k, "index": c.index_key(),
                          "data_root": inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION,
-                         **_video_key(c)})
+                         **_video_key(c), **_window_key(c)})
 
 
 def judge_hash(c: MineConfig, inputs: dict[str, Any], retrieval: str, *, legacy: bool = False) -> str:

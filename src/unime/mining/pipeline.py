@@ -16,13 +16,15 @@ Stages and files (all under `out/`, each written atomically):
 Resumption (`unime.mining.manifest`): each stage records a hash of everything its output depends on; on
 a re-run a stage whose hash matches is loaded, not recomputed, and the judge stage resumes shard by shard
 (`unime.mining.stages`). Stage C and the report are cheap and always recomputed: changing β, the interval,
-the count or the fallback policy re-uses the retrieval and the judge scores. A run that is not finished
+the count, the sampling strategy or the fallback policy re-uses the retrieval and the judge scores (the range
+and margins are the retrieval's: they redo it and the judge). A run that is not finished
 removes the earlier run's stage C and report files as it starts (`discard_final_outputs`), so that an
 interrupted run leaves no mined set or statistics of other inputs that look complete.
 
 Judge work: per query one group = its positive + its K candidates, sharing the query prefix
 (`JudgeScorer.score_candidates`); identical queries inside a shard are merged into one group.
-Determinism: the fallback draw of query i uses `np.random.default_rng((seed, i))`, and the judge
+Determinism: the fallback draw (and `--sampling-strategy random`) of query i uses
+`np.random.default_rng((seed, i))`, and the judge
 encodes each candidate image on its own (cached by image), so on the same machine and thread settings a
 resumed run writes byte-identical outputs to an uninterrupted one (a test kills a run to check it).
 """

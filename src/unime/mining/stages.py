@@ -132,7 +132,7 @@ def retrieve(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: 
     query_ids = [data.pool_index.get(r.query.key, -1) for r in data.records]
     log.info("retrieval: searching %s queries in a pool of %s (%s index)", f"{nq:,}", f"{len(pool_vecs):,}",
              index_config.kind)
-    res = search_hard_negatives(index, q_vecs, p_vecs, pos_ids, k=c.k, query_ids=query_ids)
+    res = search_hard_negatives(index, q_vecs, p_vecs, pos_ids, k=c.k, query_ids=query_ids, rule=c.candidate_window())
     t2 = time.perf_counter()
     # recall@K of an approximate index against exact search, on a sample of this run's queries
     if index_config.kind == "flat":
@@ -301,6 +301,7 @@ def run_sampling(c: MineConfig, data: MiningInputs, retrieval: RetrievalResult, 
         pos_score, cand_scores = float(s[0]), s[1:]
         result = sample_negatives(list(range(len(ids))), cand_scores, pos_score, beta=c.beta, interval=c.interval,
                                   count=c.count, fallback=c.fallback, rng=np.random.default_rng((c.seed, i)),
+                                  strategy=c.sampling_strategy,
                                   source=c.records, record=rec.id or f"index {i + 1}")
         stats.add(result, rec.dataset)
         filtered = cand_scores > pos_score - c.beta
