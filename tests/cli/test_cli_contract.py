@@ -34,6 +34,16 @@ def test_a_data_error_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert _error_lines(capsys) == [f"unime: error: {bad}, record line 2: not UTF-8 text at column 21 (byte b'\\xff')"]
 
 
+def test_a_mine_option_that_does_not_fit_another_is_named_by_its_flags(tmp_path, capsys):
+    """MineConfig's own refusal (OptionError) names the options as the user gives them, not the config fields."""
+    argv = ["mine", "--records", "r.jsonl", "--embedder", "e", "--judge", "j", "--out", str(tmp_path / "o"),
+            "--k", "4", "--range-min", "4"]
+    assert main(argv) == 2
+    assert _error_lines(capsys) == ["unime: error: mine: --range-min must be below --k (it skips that many of the K "
+                                    "candidates), got 4 with 4"]
+    assert not (tmp_path / "o").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys):
     argv = ["--log-level", "DEBUG", "data", "check", str(tmp_path / "none.jsonl")]
     assert main(argv) == 2

@@ -8,7 +8,7 @@ import json
 
 from unime.cli import add_config_option
 from unime.cli.dataclass_options import add_options, config_from_args
-from unime.errors import UsageError
+from unime.errors import OptionError, UsageError
 from unime.index.ann import ANN_GROUP
 from unime.models.image_budget import IMAGE_GROUP
 
@@ -46,6 +46,8 @@ def _mine(args) -> int:
         cfg = config_from_args(MineConfig, args, data_root=args.data_root or args.world,
                                backend_options=_backend_options(args), overwrite=bool(getattr(args, "overwrite", False)))
         cfg.index_config()  # bad index parameters are refused before anything loads
+    except OptionError:
+        raise  # a config's refusal: the one line names the options by their flags (`unime.cli.failures.describe`)
     except ValueError as e:
         raise UsageError(str(e), command="mine") from None
     result = run_mining(cfg)
