@@ -314,3 +314,21 @@ def test_print_config_shows_the_batch_the_run_uses(tmp_path, capsys, monkeypatch
     assert rows["global-batch"][1].startswith("dropped: --batch-size (command line) wins over 1024 (recipe unime-v2/")
     assert shown("--batch-size", "16")["global-batch"] == ("None", "default")  # no global batch: nothing derived
     assert not (tmp_path / "o").exists()
+
+
+def test_every_flag_a_recipe_turns_on_can_be_turned_off_on_the_command_line():
+    """QA: `--no-gradcache` / `--no-symmetric` were unrecognized, so a recipe's true flag could not be undone
+    (docs/RECIPES.md: command-line options win over the recipe). Each boolean a recipe sets to true has a --no- form
+    that wins over it."""
+    seen = set()
+    for name in list_recipes():
+        for command, opts in load_recipe(name).commands.items():
+            for key, rv in opts.items():
+                if rv.value is not True:
+                    continue
+                flag = "--no-" + key.replace("_", "-")
+                args = _apply_config(build_parser(), [*command.split(), "--recipe", name, flag, "--print-config"])
+                assert getattr(args, key) is False, (name, command, flag)
+                assert args._origins[key] == "command line", (name, command, flag)
+                seen.add((command, key))
+    assert {("train embedder", k) for k in ("gradcache", "symmetric", "dora", "in_batch")} <= seen

@@ -60,7 +60,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     label_tau: float | None = option(None, "temperature of the judge-score softmax (default: --tau)", group="loss")
     kl_eps: float = option(DEFAULT_KL_EPS, "symmetric_kl: log(p + eps) as released; 0 = exact (measured: no faster "
                            "with 1/0 labels, docs/SOFT_LABELS.md)", group="loss")
-    symmetric: bool = option(False, "infonce: add the target-to-query direction", group="loss")
+    symmetric: bool = option(False, "infonce: add the target-to-query direction", group="loss",
+                             action=argparse.BooleanOptionalAction)
     mask_duplicates: bool = option(True, "in-batch infonce: other copies of a query's positive in the batch (same "
                                    "text and images) are masked, not negatives (default on; --no-mask-duplicates "
                                    "keeps them)", action=argparse.BooleanOptionalAction, group="loss")
@@ -87,7 +88,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     weight_decay: float = option(0.0, group="optimisation")
     max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group="optimisation")
     optim: str = option("adamw_torch", "a transformers optimizer name (adamw_torch, sgd, ...)", group="optimisation")
-    gradcache: bool = option(False, "GradCache: large batches in the memory of one chunk", group="optimisation")
+    gradcache: bool = option(False, "GradCache: large batches in the memory of one chunk", group="optimisation",
+                             action=argparse.BooleanOptionalAction)
     chunk_size: int = option(2, "items per forward pass with --gradcache (default 2)", group="optimisation",
                             at_least=1)
     seed: int = option(0, group="optimisation")
