@@ -332,3 +332,13 @@ def test_every_flag_a_recipe_turns_on_can_be_turned_off_on_the_command_line():
                 assert args._origins[key] == "command line", (name, command, flag)
                 seen.add((command, key))
     assert {("train embedder", k) for k in ("gradcache", "symmetric", "dora", "in_batch")} <= seen
+
+
+def test_the_judge_recipe_sets_the_judge_of_unime_judge_as_of_unime_mine(tmp_path):
+    """QA: `unime judge --recipe unime-v2/judge-qwen2.5-vl-7b --pairs p.jsonl --out s.jsonl` failed 'the following
+    arguments are required: --judge', though the same recipe sets --judge for `unime mine`."""
+    argv = ["--recipe", "unime-v2/judge-qwen2.5-vl-7b", "--out", str(tmp_path / "s.jsonl")]
+    judge = _apply_config(build_parser(), ["judge", "--pairs", "p.jsonl", *argv])
+    mine = _apply_config(build_parser(), ["mine", "--records", "r", "--embedder", "e", *argv])
+    assert judge.judge == mine.judge == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert judge._origins["judge"].startswith("recipe unime-v2/judge-qwen2.5-vl-7b: ")
