@@ -342,3 +342,41 @@ def test_the_judge_recipe_sets_the_judge_of_unime_judge_as_of_unime_mine(tmp_pat
     mine = _apply_config(build_parser(), ["mine", "--records", "r", "--embedder", "e", *argv])
     assert judge.judge == mine.judge == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert judge._origins["judge"].startswith("recipe unime-v2/judge-qwen2.5-vl-7b: ")
+
+
+def test_a_nearer_epochs_drops_a_farther_steps_in_every_trainer(tmp_path, capsys):
+    """QA: `unime train embedder --recipe unime-v2/qwen2-vl-2b --epochs 1` was refused 'give --steps or --epochs, not
+    both' though the user gave only --epochs: the recipe's --steps 2000 is dropped, as a nearer --batch-size drops a
+    farther --global-batch; the same for a config file's steps under the reranker / judge and the reasoner."""
+    from unime.cli import _add_overwrite_options, _parse
+    from unime.cli.train import embedder_config_from_args
+    from unime.cli.train_reranker import config_from_args as reranker_config_from_args
+
+    def parsed(*argv):
+        parser = build_parser()
+        _add_overwrite_options(parser)
+        return _parse(parser, list(argv))
+
+    base = ["--records", "r", "--out", "o"]
+    cfg = embedder_config_from_args(parsed("train", "embedder", "--recipe", "unime-v2/qwen2-vl-2b", *base,
+                                           "--epochs", "1"))
+    assert (cfg.steps, cfg.epochs, cfg.warmup) == (None, 1.0, 200)
+    assert main(["train", "embedder", "--recipe", "unime-v2/qwen2-vl-2b", "--epochs", "1", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^steps\s+None\s+# dropped: --epochs \(command line\) wins over 2000 \(recipe "
+                     r"unime-v2/qwen2-vl-2b: ", out, re.M), out
+    steps_file = tmp_path / "steps.yaml"
+    steps_file.write_text("steps: 10\n")
+    for role in ("reranker", "judge"):
+        cfg = reranker_config_from_args(parsed("train", role, "--model", "m", *base, "--config", str(steps_file),
+                                               "--epochs", "2"))
+        assert (cfg.max_steps, cfg.epochs) == (-1, 2.0), role
+        # kept where nothing nearer drops it
+        assert reranker_config_from_args(parsed("train", role, "--model", "m", *base, "--config",
+                                                str(steps_file))).max_steps == 10, role
+    steps_file.write_text("max_steps: 10\n")
+    for stage, flag in (("sft", "--epochs"), ("grpo", "--grpo-epochs")):
+        args = parsed("train", "reasoner", "--stage", stage, "--model", "m", "--out", "o", "--config", str(steps_file),
+                      flag, "2", "--print-config")
+        rows = {opt: (value, origin) for opt, value, origin in resolved_config(args)}
+        assert rows["max-steps"] == (-1, f"dropped: {flag} (command line) wins over 10 (config {steps_file})"), stage

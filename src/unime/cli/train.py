@@ -91,24 +91,60 @@ TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisatio
                 TRAINER_ARGS_GROUP)
 
 
+# the layers an option's value comes from, farthest first (`unime.cli._parse`'s `_origins`)
+_LAYERS = ("recipe", "config", "command line")
+
+
+def option_layer(args, dest: str) -> int:
+    """The layer option `dest` came from: 0 a recipe, 1 a config file, 2 the command line; -1 its default."""
+    origin = getattr(args, "_origins", {}).get(dest, "")
+    return next((rank for rank, layer in enumerate(_LAYERS) if origin.startswith(layer)), -1)
+
+
 def global_batch_dropped(args, command: str = "train embedder") -> bool:
     """Does a `--batch-size` from a nearer layer (the command line over a config file or a recipe, a config file
     over a recipe) drop the `--global-batch` of a farther one? Both on one layer are refused (a UsageError of
     `command`: `unime plan` refuses them in its --set as the trainer does on its command line)."""
     from unime.errors import UsageError
 
-    origins = getattr(args, "_origins", {})
-    if not getattr(args, "global_batch", None) or "batch_size" not in origins:
+    if not getattr(args, "global_batch", None) or "batch_size" not in getattr(args, "_origins", {}):
         return False
-    rank = {"recipe": 0, "config": 1, "command line": 2}
-
-    def layer(dest: str) -> int:
-        return next((v for k, v in rank.items() if origins.get(dest, "").startswith(k)), -1)
-
-    if layer("batch_size") == layer("global_batch"):
+    if option_layer(args, "batch_size") == option_layer(args, "global_batch"):
         raise UsageError("give --batch-size (per device) or --global-batch (over all processes), not both",
                          command=command)
-    return layer("batch_size") > layer("global_batch")  # the nearer --batch-size wins (README: options win)
+    return option_layer(args, "batch_size") > option_layer(args, "global_batch")  # the nearer wins (README)
+
+
+def dropped_options(args, rules) -> dict[str, tuple[object, str]]:
+    """{dest: (the value it takes, why)} of the options a nearer layer's other option drops: each rule is (the
+    nearer option's dest, the dropped option's dest, the dropped option's unset value), e.g. ("epochs", "steps",
+    None): an `--epochs` given on the command line drops a recipe's or a config file's `--steps`, as a nearer
+    `--batch-size` drops a farther `--global-batch` (README: options win). Both on one layer are left to the
+    command's own rule."""
+    origins = getattr(args, "_origins", {})
+    out: dict[str, tuple[object, str]] = {}
+    for nearer, farther, unset in rules:
+        if nearer in origins and farther in origins and getattr(args, farther) != unset \
+                and option_layer(args, nearer) > option_layer(args, farther):
+            out[farther] = (unset, dropped_reason(args, nearer, farther))
+    return out
+
+
+def dropped_reason(args, nearer: str, farther: str) -> str:
+    """`--print-config`'s origin of option `farther`, dropped by the nearer `nearer`."""
+    origins = getattr(args, "_origins", {})
+    return f"dropped: --{nearer.replace('_', '-')} ({origins[nearer]}) wins over {getattr(args, farther)} " \
+           f"({origins[farther]})"
+
+
+def drop_farther_options(args, rules) -> None:
+    """Set each option a nearer layer's other option drops (`dropped_options`) to its unset value."""
+    for dest, (unset, _) in dropped_options(args, rules).items():
+        setattr(args, dest, unset)
+
+
+# --steps and --epochs: the nearer one wins (both None unless given)
+_EMBEDDER_DROPS = [("epochs", "steps", None), ("steps", "epochs", None)]
 
 
 def embedder_config_from_args(args):
@@ -118,6 +154,7 @@ def embedder_config_from_args(args):
 
     if global_batch_dropped(args):
         args.global_batch = None
+    drop_farther_options(args, _EMBEDDER_DROPS)
     refuse_ineffective_options(args, "train embedder", _EMBEDDER_NEEDS)
     refuse_lora_options_on_an_adapter(args, "train embedder", EMBEDDER_LORA_OPTIONS)
     return config_from_args(EmbedderTrainingConfig, args)
@@ -131,19 +168,18 @@ def _embedder_batch_values(args) -> dict[str, tuple[object, str]]:
     from unime.errors import UnimeError
     from unime.train.embedder_config import per_device_batch
 
-    origins = getattr(args, "_origins", {})
+    dropped = dropped_options(args, _EMBEDDER_DROPS)
     if not getattr(args, "global_batch", None):
-        return {}
+        return dropped
     if global_batch_dropped(args):
-        return {"global_batch": (None, f"dropped: --batch-size ({origins['batch_size']}) wins over "
-                                       f"{args.global_batch} ({origins['global_batch']})")}
+        return {**dropped, "global_batch": (None, dropped_reason(args, "batch_size", "global_batch"))}
     world = int(os.environ.get("WORLD_SIZE", "1"))
     derived = (f"derived from --global-batch {args.global_batch} / ({world} process(es) of this launch x --grad-accum "
                f"{args.grad_accum})")
     try:
-        return {"batch_size": (per_device_batch(args.global_batch, args.grad_accum), derived)}
+        return {**dropped, "batch_size": (per_device_batch(args.global_batch, args.grad_accum), derived)}
     except UnimeError as e:
-        return {"batch_size": (None, str(e))}
+        return {**dropped, "batch_size": (None, str(e))}
 
 
 def _train_embedder(args) -> int:

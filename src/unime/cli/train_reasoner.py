@@ -4,10 +4,12 @@ This module only parses options and calls the stage functions."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from unime.cli import add_config_option, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options, config_from_args
-from unime.cli.train import lora_needs, refuse_lora_options_on_an_adapter, register_train_action
+from unime.cli.train import (drop_farther_options, dropped_options, lora_needs, refuse_lora_options_on_an_adapter,
+                              register_train_action)
 from unime.errors import UsageError
 from unime.models.hf_arguments import TRAINER_ARGS_GROUP
 from unime.models.image_budget import IMAGE_GROUP
@@ -16,6 +18,9 @@ from unime.models.lora import GENERATIVE_LORA_OPTIONS
 # the LoRA options act only with a rank above 0 (`refuse_ineffective_options`): --lora-r 0, GRPO's default, is full
 # fine-tuning
 _LORA_NEEDS = lora_needs(GENERATIVE_LORA_OPTIONS, "lora_r", True)
+# a nearer --epochs (sft) / --grpo-epochs drops a farther --max-steps (-1: the stage's epochs;
+# `unime.cli.train.dropped_options`)
+_DROPS = [("epochs", "max_steps", -1), ("grpo_epochs", "max_steps", -1)]
 
 
 def _stage_needs() -> list[tuple[str, str, str]]:
@@ -44,7 +49,8 @@ def _add_parser(actions) -> None:
     add_options(p, ReasonerSFTConfig, GRPOStageConfig, groups=("sft", "grpo", IMAGE_GROUP, "video", TRAINER_ARGS_GROUP),
                 labels=("sft", "grpo"))
     add_config_option(p)
-    p.set_defaults(func=_run, _unset_values=_stage_defaults)
+    p.set_defaults(func=_run, _unset_values=_stage_defaults,
+                   _derived_values=partial(dropped_options, rules=_DROPS))
 
 
 def _stage_defaults(args) -> dict:
@@ -69,6 +75,7 @@ def _stage_defaults(args) -> dict:
 
 
 def _run(args) -> int:
+    drop_farther_options(args, _DROPS)
     refuse_ineffective_options(args, "train reasoner", _stage_needs())
     # options the two stages share with their own defaults are None unless given (`add_options`)
     if args.stage == "sft":

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from unime.cli import add_config_option, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options
 from unime.cli.dataclass_options import config_from_args as build_config
-from unime.cli.train import lora_needs, refuse_lora_options_on_an_adapter, register_train_action
+from unime.cli.train import (drop_farther_options, dropped_options, lora_needs, refuse_lora_options_on_an_adapter,
+                              register_train_action)
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
 
 # each role's options that act only with a flag's value (`refuse_ineffective_options`): the LoRA options and the
@@ -26,7 +29,7 @@ def _add_parser(actions, role: str, **texts) -> None:
     groups = (*(g for g in TRAIN_GROUPS if g != TRAINER_ARGS_GROUP), role, TRAINER_ARGS_GROUP)
     add_options(p, RerankerTrainConfig, groups=groups, default_group="parameters")
     add_config_option(p)
-    p.set_defaults(func=_train, role=role)
+    p.set_defaults(func=_train, role=role, _derived_values=partial(dropped_options, rules=_DROPS))
 
 
 def _add_reranker_parser(actions) -> None:
@@ -46,9 +49,14 @@ def _add_judge_parser(actions) -> None:
                     "`unime mine --judge OUT/merged`.")
 
 
+# a nearer --epochs drops a farther --steps (-1: train by epochs; `unime.cli.train.dropped_options`)
+_DROPS = [("epochs", "steps", -1)]
+
+
 def config_from_args(args):
     from unime.train.reranker_trainer import PAIR, RerankerTrainConfig
 
+    drop_farther_options(args, _DROPS)
     refuse_ineffective_options(args, f"train {args.role}", _ROLE_NEEDS[args.role])
     refuse_lora_options_on_an_adapter(args, f"train {args.role}", GENERATIVE_LORA_OPTIONS)
     # the judge trains the pairwise loss only; a reranker holds nothing out (judge options)
