@@ -473,6 +473,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     from unime.models.hf_arguments import process_device
     from unime.models.image_budget import ImageBudget
     from unime.models.loading import load_model, resolve_dtype, trainer_device
+    from unime.models.warmup import WarmupCheck
     from unime.reasoning.embed_inputs import ReasonedEmbedder
     from unime.reasoning.reasoner import Reasoner
     from unime.models import run_state
@@ -534,6 +535,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
                            seed=cfg.seed, reward_log=reward_log)
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
                                processing_class=prepare_policy_processor(policy.processor))
+    trainer.add_callback(WarmupCheck("--trainer-arg warmup_steps", "--max-steps"))
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     history = [h for h in trainer.state.log_history if "reward" in h]

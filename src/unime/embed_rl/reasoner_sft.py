@@ -215,6 +215,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
 
     from unime.models import run_state
     from unime.models.run_state import CHECKPOINTS_DIR
+    from unime.models.warmup import WarmupCheck
     from unime.outdir import is_main_process
 
     out = Path(cfg.out)
@@ -254,6 +255,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     set_seed(cfg.seed)  # LoRA initialisation, as the embedder and reranker trainers
     model = lora_model(model, cfg)
     trainer = sft_trainer(model, processor, examples, args)
+    trainer.add_callback(WarmupCheck("--trainer-arg warmup_steps", "--max-steps"))
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     history = run_state.step_log(trainer.state.log_history)

@@ -38,6 +38,7 @@ from unime.models.lora import LoraSettings, model_to_train
 from unime.models import export, run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
+from unime.models.warmup import WarmupCheck
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
 from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES, EmbedderTrainingConfig, per_device_batch
@@ -499,7 +500,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     sampler = (HomogeneousBatchSampler([r.dataset for r in records], config.batch_size, seed=config.seed)
                if config.homogeneous_batches else None)
 
-    all_callbacks: list[Any] = [CurvesCallback(out, title=f"{loss.name} — {Path(str(config.model)).name}")]
+    all_callbacks: list[Any] = [CurvesCallback(out, title=f"{loss.name} — {Path(str(config.model)).name}"),
+                                WarmupCheck("--warmup", "--steps")]
     if args.process_index == 0:
         tensorboard = _tensorboard_callback(out)
         if tensorboard is not None:

@@ -555,6 +555,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     from unime.models.loading import is_peft_adapter, load_model, resolve_dtype, trained_model_folder
     from unime.models import run_state
     from unime.models.curves import CurvesCallback
+    from unime.models.warmup import WarmupCheck
     from unime.outdir import is_main_process
 
     out = Path(cfg.out)
@@ -616,7 +617,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                                     source=", ".join(cfg.records),
                                     train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
     title = f"{cfg.role} — {Path(str(cfg.model)).name}"
-    callbacks = [CurvesCallback(out, title=title)]
+    callbacks = [CurvesCallback(out, title=title), WarmupCheck("--warmup", "--steps")]
     judge_check = None
     if held_out:
         from unime.train.judge_eval import JudgeHeldOutCallback

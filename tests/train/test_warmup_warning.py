@@ -1,0 +1,58 @@
+"""QA: a shortened run never left warm-up, silently (`--recipe unime-v2/qwen2-vl-2b --steps 100` keeps the recipe's
+`--warmup 200`; a 3-step run's learning rate was 0.0 then 1e-06). Every trainer warns once, naming --warmup and
+--steps, when the warm-up covers the run; the values are not changed."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.train.helpers import base_config, write_world
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "warm-up" in r.getMessage()]
+
+
+@pytest.mark.parametrize("warmup,warned", [(5, True), (2, True), (1, False), (0.1, False)])
+def test_the_embedder_warns_when_the_warm_up_covers_the_run(tiny_model_dir, mined_world, tmp_path, caplog, warmup,
+                                                             warned):
+    from unime.data.io import read_records
+    from unime.models.curves import read_curves_csv
+    from unime.train.embedder_trainer import train_embedder
+
+    world, records = mined_world
+    caplog.set_level(logging.WARNING, logger="unime")
+    train_embedder(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "run", world, steps=2, warmup=warmup),
+                   records=read_records(records)[:4])
+    got = _warnings(caplog)
+    assert len(got) == int(warned), got
+    if warned:
+        assert f"--warmup {warmup} >= the run's 2 optimizer steps (--steps" in got[0]
+        # not changed: the learning rate is still rising at the last step (lr x step / warmup)
+        rows = read_curves_csv(tmp_path / "run" / "curves.csv")
+        assert [float(r["learning_rate"]) for r in rows] == pytest.approx([0.0, 2e-3 / warmup])
+
+
+@pytest.mark.parametrize("role", ["reranker", "judge"])
+def test_the_reranker_and_judge_warn_when_the_warm_up_covers_the_run(tiny_model_dir, tmp_path, caplog, role):
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    records = write_world(tmp_path, scores=role == "reranker")
+    caplog.set_level(logging.WARNING, logger="unime")
+    train_reranker(RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(tmp_path / role),
+                                       role=role, losses=("pair",), max_steps=2, warmup_steps=5, batch_size=2,
+                                       logging_steps=1, seed=0, device="cpu", holdout=0.0,
+                                       train_modules=("lm_head",)))
+    got = _warnings(caplog)
+    assert len(got) == 1 and "--warmup 5 >= the run's 2 optimizer steps (--steps" in got[0], got
+
+
+def test_the_warning_names_the_reasoners_options_and_the_fraction_in_steps():
+    from unime.models.warmup import warmup_warning
+
+    text = warmup_warning(10, 10, 3, "--trainer-arg warmup_steps", "--max-steps")
+    assert text.startswith("--trainer-arg warmup_steps 10 >= the run's 3 optimizer steps (--max-steps")
+    assert warmup_warning(0.5, 1, 1, "--warmup", "--steps").startswith("--warmup 0.5 (1 steps) >= the run's 1 ")
+    assert warmup_warning(0.5, 2, 3, "--warmup", "--steps") is None
