@@ -1,5 +1,6 @@
 """Shared by the video tests of several folders: clips written with PyAV whose frames tell which source
-frame they are, and a small MMEB-V2 world of video and visual-document tasks (`build_fixture`)."""
+frame they are, a small MMEB-V2 world of video and visual-document tasks (`build_fixture`), and a mined set with
+a video negative (`mined_parquet_with_one_video_negative`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from unime.data.items import Item
+from unime.data.io import write_records
+from unime.data.items import Item, Record
 
 av = pytest.importorskip("av")
 
@@ -157,3 +159,18 @@ def build_fixture(root: Path) -> tuple[Path, dict]:
     path = root / "eval_tasks.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path, expect
+
+
+def mined_parquet_with_one_video_negative(path) -> str:
+    """Three mined records as `unime mine` writes them; the second one's negatives[1] is a video clip (an image query
+    given a video negative from the global pool), which the UniME-V2 JSON format cannot hold."""
+    recs = [Record(Item("<|image_1|>\nq1", ("img/a.png",)), Item("red"), [Item("green"), Item("blue")],
+                   positive_score=0.9, negative_scores=[0.1, 0.2], dataset="colour_cls", id="m1"),
+            Record(Item("<|image_1|>\nq2", ("img/b.png",)), Item("green"),
+                   [Item("red"), Item("Understand the content of the provided video.", video=("clips/v0.mp4",))],
+                   positive_score=0.8, negative_scores=[0.3, 0.4], dataset="colour_cls", id="m2"),
+            Record(Item("a red circle"), Item("<|image_1|>\nimg", ("img/a.png",)), [Item("", ("img/b.png",))],
+                   positive_score=0.7, negative_scores=[0.5], dataset="t2i", id="m3")]
+    write_records(recs, path)
+    return str(path)
+

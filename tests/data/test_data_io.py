@@ -10,6 +10,7 @@ import math
 import pytest
 from PIL import Image
 
+from tests.data.helpers import mined_parquet_with_one_video_negative
 from unime.data.images import ImageLoader
 from unime.data.io import (CompositionalPair, MMEBRow, RetrievalEntry, SkipReport, check_images, detect_format,
                            read_compositional, read_mmeb, read_records, read_retrieval, read_unime_v2_json,
@@ -70,9 +71,14 @@ def test_parquet_holds_inline_images_and_jsonl_refuses_them(tmp_path):
     back = read_records(tmp_path / "r.parquet")
     assert back[0].query.images == (png,) and back[0].positive.images == ("rel/x.png",)
     assert back[0].query.key == recs[0].query.key
-    with pytest.raises(DataError, match="inline"):
+    with pytest.raises(DataError, match="^record i, field 'images': items with inline images"):
         write_records(recs, tmp_path / "r.jsonl")
     assert not (tmp_path / "r.jsonl").exists()  # atomic: nothing half-written
+    skips = SkipReport()  # under the skip policy: left out, counted, named, and the others written
+    both = [Record(Item("q0"), Item("p0"), id="ok"), *recs]
+    assert write_records(both, tmp_path / "r.jsonl", on_error="skip", skips=skips) == 1
+    assert [r.id for r in read_records(tmp_path / "r.jsonl")] == ["ok"]
+    assert dict(skips.counts) == {"output_format": 1} and skips.examples[0].record == "i"
 
 
 def test_pil_image_is_stored_as_png_in_parquet(tmp_path):
@@ -431,3 +437,27 @@ def test_item_refuses_a_single_reference_instead_of_a_sequence(field):
         with pytest.raises(DataError, match=rf"field '{field}'.*{field} must be a list or tuple.*got a single"):
             Item(**{field: single})
     assert getattr(Item(**{field: ["a.png", "b.png"]}), field) == ("a.png", "b.png")
+
+
+def test_convert_under_skip_leaves_out_the_records_the_json_cannot_hold_and_writes_the_rest(tmp_path):
+    from unime.data.file_tools import ConvertConfig, convert_records
+
+    src = mined_parquet_with_one_video_negative(tmp_path / "mined.parquet")
+    n, skips = convert_records(ConvertConfig(input=src, output=str(tmp_path / "conv.json"), on_error="skip"))
+    assert n == 2 and [r.id for r in read_unime_v2_json(tmp_path / "conv.json")] == ["m1", "m3"]
+    assert skips.total == 1 and dict(skips.counts) == {"output_format": 1}
+    assert skips.examples[0].message == "record m2, field 'negatives[1]': the UniME-V2 JSON format holds no video"
+    # the default policy still stops at the record, writing nothing
+    with pytest.raises(DataError, match=r"record m2, field 'negatives\[1\]': the UniME-V2 JSON format holds no "):
+        convert_records(ConvertConfig(input=src, output=str(tmp_path / "raise.json")))
+    assert not (tmp_path / "raise.json").exists()
+
+
+def test_data_convert_command_reports_the_records_left_out(tmp_path, capsys):
+    from unime.cli import main
+
+    src = mined_parquet_with_one_video_negative(tmp_path / "mined.parquet")
+    assert main(["data", "convert", src, str(tmp_path / "conv.json"), "--on-error", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'conv.json'}: 2 records" in out
+    assert "skipped 1 record(s) (output_format: 1)" in out and "record m2, field 'negatives[1]'" in out

@@ -21,15 +21,17 @@ class ConvertConfig:
     from_format: str | None = option(None, "input format (default: from the extension)", flag="--from",
                                      choices=FORMATS)
     to_format: str | None = option(None, "output format (default: from the extension)", flag="--to", choices=FORMATS)
-    on_error: str = on_error_option("skip bad records (counted and reported) instead of stopping at the first")
+    on_error: str = on_error_option("skip bad records and records the output format cannot hold (counted and "
+                                    "reported) instead of stopping at the first")
     dataset: str | None = option(None, "dataset name given to records that have none (the UniME-V2 JSON carries "
                                  "none)", metavar="NAME")
 
 
 def convert_records(cfg: ConvertConfig):
-    """Returns (records written, the `SkipReport` of the records left out). The records keep their image paths, so
-    the input's data root (`unime.data.roots.resolve_data_root`) is recorded beside the output
-    (`record_data_root`): the converted file finds the same images without --data-root."""
+    """Returns (records written, the `SkipReport` of the records left out: bad input records and, under
+    ``on_error="skip"``, the records the output format cannot hold, e.g. one with a video written as UniME-V2 JSON).
+    The records keep their image paths, so the input's data root (`unime.data.roots.resolve_data_root`) is recorded
+    beside the output (`record_data_root`): the converted file finds the same images without --data-root."""
     from unime.data.io import SkipReport, iter_records, write_records
     from unime.data.roots import record_data_root, resolve_data_root
 
@@ -38,7 +40,7 @@ def convert_records(cfg: ConvertConfig):
     records = iter_records(cfg.input, on_error=cfg.on_error, skips=skips, format=cfg.from_format)
     if cfg.dataset:
         records = (r if r.dataset else dataclasses.replace(r, dataset=cfg.dataset) for r in records)
-    n = write_records(records, cfg.output, format=cfg.to_format)
+    n = write_records(records, cfg.output, format=cfg.to_format, on_error=cfg.on_error, skips=skips)
     record_data_root(os.path.dirname(os.path.abspath(cfg.output)), data_root, written=[cfg.output])
     return n, skips
 

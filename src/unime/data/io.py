@@ -388,8 +388,12 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise", skips: Ski
     return list(iter_records(path, on_error=on_error, skips=skips, format=format))
 
 
-def write_records(records: Iterable[Record], path: str | os.PathLike, *, format: str | None = None) -> int:
-    """Write records atomically in the format of `path`'s extension (or `format`). Returns the count."""
+def write_records(records: Iterable[Record], path: str | os.PathLike, *, format: str | None = None,
+                  on_error: str = "raise", skips: SkipReport | None = None) -> int:
+    """Write records atomically in the format of `path`'s extension (or `format`). Returns the count written. A
+    record the format cannot hold (a video or several images per item in UniME-V2 JSON, an inline image in either
+    JSON format) is a `DataError` naming it and the field; under ``on_error="skip"`` it is left out and counted in
+    `skips` under the reason ``output_format`` (Parquet holds every record)."""
     p = Path(path)
     fmt = format or _EXT.get(p.suffix.lower())
     if fmt is None:
@@ -397,17 +401,31 @@ def write_records(records: Iterable[Record], path: str | os.PathLike, *, format:
     detect_format(p, fmt)  # validates the name
     if fmt == "parquet":
         return _write_parquet(records, p)
+    policy = ErrorPolicy(on_error, skips, f"{p.name}: records the {fmt} format cannot hold")
     n = 0
     if fmt == "jsonl":
         with atomic_open(p) as fh:
-            for rec in records:
-                fh.write(json.dumps(record_to_dict(rec), ensure_ascii=False, allow_nan=False) + "\n")
+            for row in _rows_held(records, lambda rec, i: record_to_dict(rec), policy):
+                fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
                 n += 1
         return n
-    rows = [record_to_unime_v2(rec, i) for i, rec in enumerate(records)]
+    rows = list(_rows_held(records, record_to_unime_v2, policy))
     with atomic_open(p) as fh:  # a JSON list, one record per line
         fh.write("[\n" + ",\n".join(json.dumps(r, ensure_ascii=False, allow_nan=False) for r in rows) + "\n]\n")
     return len(rows)
+
+
+def _rows_held(records: Iterable[Record], to_row, policy: ErrorPolicy) -> Iterator[dict]:
+    """`to_row(record, index)` of each record, a record the target format cannot hold going to `policy`."""
+    for i, rec in enumerate(records):
+        try:
+            yield to_row(rec, i)
+        except DataError as e:
+            if e.record is None:  # an item's own error (inline images) names no record
+                e = DataError(raw_message(e), source=e.source, record=rec.id or f"item {i + 1}", field=e.field)
+            e.reason = "output_format"  # type: ignore[attr-defined]
+            policy.handle(e)
+    policy.finish()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ from unime.errors import DataError
 
 ON_ERROR_CHOICES = ("raise", "skip")
 
-# why a record was rejected; `DataError.reason` carries one of these when unime's readers raise
-REASONS = ("malformed_json", "not_utf8", "schema", "empty_item", "bad_score", "placeholder", "image", "video")
+# why a record was rejected; `DataError.reason` carries one of these when unime's readers raise ("output_format":
+# a writer's, the record is good but the format written cannot hold it, e.g. a video in UniME-V2 JSON)
+REASONS = ("malformed_json", "not_utf8", "schema", "empty_item", "bad_score", "placeholder", "image", "video",
+           "output_format")
 
 log = logging.getLogger(__name__)
 
