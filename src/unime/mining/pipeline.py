@@ -7,8 +7,9 @@ Stages and files (all under `out/`, each written atomically):
     manifest.json             config, its hash, input fingerprints, per-stage hashes and times
     retrieval.parquet         stage A: per query its top-K candidates (pool ids, similarities), sim(q, c_t)
     judge/shard-NNNNN.parquet stage B: per query the judge score of its positive and of each candidate
-    mined.json                stage C: the mined set, UniME-V2 released JSON (SPEC 1.4)
-    mined.parquet             the same records, unime Parquet (holds what the JSON cannot: inline images…)
+    mined.json                stage C: the mined set, UniME-V2 released JSON (SPEC 1.4): the records it can hold
+                              (a record with a video is left out, counted in stats.json and report.md)
+    mined.parquet             every mined record, unime Parquet (holds what the JSON cannot: video, inline images…)
     audit.parquet             per query and candidate: rank, similarity, judge score, filtered?, sampled?
     stats.json, report.md, plots/*.png   counts, timings, plots (`unime.mining.report`)
     audit.json                with `audit=True` and a demo world: the judge against ground truth

@@ -460,8 +460,14 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
         lines += [f"- **warning**: {w}" for w in health["warnings"]]
     if stats["skipped_records"].get("total"):
         lines += ["", "Skipped input records:", "```", stats["skipped_records"]["summary"], "```"]
-    if stats["outputs"].get("json") != "written":
-        lines += ["", f"**mined.json {stats['outputs'].get('json')}** (mined.parquet holds every record)"]
+    json_notes = stats["outputs"]
+    if json_notes.get("json") != "written":
+        lines += ["", f"**mined.json {json_notes.get('json')}** (mined.parquet holds every record)"]
+    elif json_notes.get("json_left_out"):
+        lines += ["", f"**mined.json holds {json_notes['json_records']} of the {stats['mined']} mined records** "
+                  "(mined.parquet holds every record)"]
+    if json_notes.get("json_left_out"):
+        lines += ["", "```", json_notes["json_left_out_summary"], "```"]
     lines += ["", "## Sampling (per dataset)", "", "```", stats["sampling_table"], "```", "",
               "Statuses: `ok` = enough survivors; `repeated` = fewer survivors than the count, repeated "
               "cyclically; `fallback` = no survivor, random draw from the K with score 1.0; `dropped` = no "

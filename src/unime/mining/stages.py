@@ -18,7 +18,7 @@ import numpy as np
 
 from unime.data.atomic import atomic_path, warn_left
 from unime.data.items import Item, Record
-from unime.errors import DataError, UnimeError
+from unime.errors import UnimeError
 from unime.index.ann import DEFAULT_RECALL_SAMPLE, build_index, measure_recall, recall_summary
 from unime.mining.backends import JudgeBackend
 from unime.mining.manifest import Manifest
@@ -348,24 +348,45 @@ def discard_final_outputs(out: Path) -> list[str]:
     return removed
 
 
+def write_mined_json(path: Path, mined: list[Record]) -> dict[str, Any]:
+    """Write the records the released UniME-V2 JSON format can hold (one image path per item, no video) to `path`,
+    leaving out, with a WARNING, the others (mined.parquet has them). Not a skip policy: the records are good, the
+    format is narrow, and a user of the released format expects the file; only when it would hold none is it not
+    written. Returns {"json": "written" | "not written: WHY", "json_records": N, "json_left_out": K, and when K:
+    "json_left_out_summary": the first few left out and why}."""
+    from unime.data.io import write_records
+    from unime.data.skips import SkipReport
+
+    left_out = SkipReport()
+    n = write_records(mined, path, format="unime_v2_json", on_error="skip", skips=left_out)
+    notes: dict[str, Any] = {"json": "written", "json_records": n, "json_left_out": left_out.total}
+    if not left_out.total:
+        return notes
+    notes["json_left_out_summary"] = left_out.summary("record(s) the UniME-V2 JSON format cannot hold")
+    if not n:  # an empty list is no training set
+        path.unlink()
+        why = f"none of the {len(mined)} mined records fits the UniME-V2 JSON format"
+        notes["json"] = f"not written: {why}"
+        log.warning("mined.json not written (mined.parquet has every record): %s\n%s", why,
+                    notes["json_left_out_summary"])
+    else:
+        log.warning("mined.json holds %d of the %d mined records (mined.parquet has every record): %s", n,
+                    len(mined), notes["json_left_out_summary"])
+    return notes
+
+
 def write_outputs(out: Path, mined: list[Record], audit_rows: list[dict[str, Any]],
                   times: dict[str, float]) -> dict[str, Any]:
-    """`mined.parquet`, `mined.json` (when the released format can hold the records) and `audit.parquet`."""
+    """`mined.parquet` (every record), `mined.json` (the records the released format can hold) and `audit.parquet`.
+    Returns the notes on mined.json that stats.json and the report carry (`write_mined_json`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from unime.data.io import write_records, write_unime_v2_json
+    from unime.data.io import write_records
 
     t0 = time.perf_counter()
-    notes: dict[str, Any] = {}
     write_records(mined, out / "mined.parquet")
-    try:
-        write_unime_v2_json(mined, out / "mined.json")
-        notes["json"] = "written"
-    except DataError as e:  # e.g. several images per item: the JSON format cannot hold them
-        (out / "mined.json").unlink(missing_ok=True)
-        notes["json"] = f"not written: {e}"
-        log.warning("mined.json not written (mined.parquet has every record): %s", e)
+    notes = write_mined_json(out / "mined.json", mined)
     schema = pa.schema([("query_index", pa.int64()), ("record_id", pa.string()), ("dataset", pa.string()),
                         ("rank", pa.int32()), ("pool_index", pa.int64()), ("candidate_text", pa.string()),
                         ("candidate_image", pa.string()), ("similarity", pa.float32()),

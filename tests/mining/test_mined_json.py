@@ -1,0 +1,76 @@
+"""mined.json, the released UniME-V2 JSON format (SPEC 1.4), beside mined.parquet: the format holds no video, so a
+mined set with one video negative gets a mined.json of the records it can hold (with a WARNING and the count in
+stats.json and report.md), not none at all; the parquet keeps every record."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+from PIL import Image
+
+from tests.data.helpers import mined_parquet_with_one_video_negative
+from unime.data.io import read_records, read_unime_v2_json
+from unime.mining.stages import write_outputs
+
+
+def test_mined_json_holds_the_records_the_format_can_hold(tmp_path, caplog):
+    mined = read_records(mined_parquet_with_one_video_negative(tmp_path / "in.parquet"))
+    out = tmp_path / "run"
+    out.mkdir()
+    with caplog.at_level(logging.WARNING, logger="unime.mining.stages"):
+        notes = write_outputs(out, mined, [], {})
+    assert [r.id for r in read_records(out / "mined.parquet")] == ["m1", "m2", "m3"]
+    assert [r.id for r in read_unime_v2_json(out / "mined.json")] == ["m1", "m3"]
+    assert notes["json"] == "written" and notes["json_records"] == 2 and notes["json_left_out"] == 1
+    assert "record m2, field 'negatives[1]': the UniME-V2 JSON format holds no video" in notes["json_left_out_summary"]
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and warning[0].startswith("mined.json holds 2 of the 3 mined records")
+    assert "record m2, field 'negatives[1]'" in warning[0]
+
+
+def test_mined_json_is_not_written_when_it_would_hold_no_record(tmp_path):
+    mined = read_records(mined_parquet_with_one_video_negative(tmp_path / "in.parquet"))[1:2]  # only m2
+    out = tmp_path / "run"
+    out.mkdir()
+    notes = write_outputs(out, mined, [], {})
+    assert not (out / "mined.json").exists() and [r.id for r in read_records(out / "mined.parquet")] == ["m2"]
+    assert notes["json"] == "not written: none of the 1 mined records fits the UniME-V2 JSON format"
+    assert notes["json_records"] == 0 and notes["json_left_out"] == 1
+    json.dumps(notes)  # stats.json carries them
+
+
+def test_mining_with_a_video_in_the_pool_writes_mined_json_and_reports_what_it_left_out(tmp_path, tiny_model_dir):
+    from tests.data.helpers import write_clip
+    from tests.mining.helpers import write_dataset
+    from unime.mining.config import MineConfig
+    from unime.mining.pipeline import run_mining
+
+    records = write_dataset(tmp_path / "data")
+    (tmp_path / "data/clips").mkdir()
+    write_clip(tmp_path / "data/clips/v0.mp4", n=6, fps=5)
+    # a global pool: one video and four noise images, the candidates of image and text queries alike
+    lines = [{"text": "Understand the content of the provided video.", "video": ["clips/v0.mp4"]}]
+    rng = np.random.default_rng(1)
+    for j in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3)).astype(np.uint8)).save(tmp_path / f"data/img/n{j}.png")
+        lines.append({"text": "<|image_1|>\nRepresent the given image.", "images": [f"img/n{j}.png"]})
+    pool = tmp_path / "data/pool.jsonl"
+    pool.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    result = run_mining(MineConfig(records=str(records), pool=str(pool), embedder=tiny_model_dir("qwen2_vl"),
+                                   judge=tiny_model_dir("qwen2_5_vl"), out=str(tmp_path / "run"), k=2, count=1,
+                                   interval=1, shard_size=4, device="cpu", judge_chunk_size=4, embed_batch_size=4))
+    out = result.out
+    mined = read_records(out / "mined.parquet")
+    with_video = [r.id for r in mined if any(n.video for n in r.negatives)]
+    held = [r.id for r in mined if r.id not in with_video]
+    assert with_video and held  # the run leaves some out and keeps others (deterministic tiny models)
+    assert [r.id for r in read_unime_v2_json(out / "mined.json")] == held
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))["outputs"]
+    assert stats["json"] == "written" and stats["json_records"] == len(held)
+    assert stats["json_left_out"] == len(with_video)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert f"**mined.json holds {len(held)} of the {len(mined)} mined records**" in report
+    assert f"skipped {len(with_video)} record(s) the UniME-V2 JSON format cannot hold" in report
+    assert f"record {with_video[0]}, field 'negatives[" in report
