@@ -390,3 +390,14 @@ def test_a_lora_option_set_on_an_adapter_is_refused_as_training_refuses_it(tiny_
                        "as --model): drop --lora-r"), err
         assert main(["plan", "--stage", stage, "--model", str(adapter)]) == 0
         assert "LoRA r=4 of the adapter (its own settings)" in capsys.readouterr().out
+
+
+def test_the_reranker_recipe_as_shipped_fits_eight_80_gib_devices(capsys):
+    """QA: `unime plan --recipe unime-v2/reranker-qwen2.5-vl-7b --gpus 8 --gpu-memory 80` said 275.67 GiB: DOES NOT
+    FIT (4 records of 2 pairwise prompts ~1360 tokens + a listwise prompt ~3920 tokens, every layer's activations
+    kept); the recipe now sets --gradient-checkpointing, so only each layer's input is kept."""
+    from unime.cli import main
+
+    assert main(["plan", "--recipe", "unime-v2/reranker-qwen2.5-vl-7b", "--gpus", "8", "--gpu-memory", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "activations (gradient checkpointing)" in out and "of 80 GiB: fits" in out, out

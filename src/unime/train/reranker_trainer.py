@@ -34,6 +34,7 @@ on, on the adapter's own base, and named in `started_from_adapter`. Re-runs foll
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
@@ -375,7 +376,9 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
                                             cli_default=[])
     dtype: str | None = option("auto", "weights dtype (auto: bf16 on GPU, fp32 on CPU)",
                                choices=["auto", "fp32", "bf16", "fp16"])
-    gradient_checkpointing: bool = option(False, "trade compute for activation memory")
+    gradient_checkpointing: bool = option(False, "trade compute for activation memory (the unime-v2 reranker "
+                                          "recipe turns it on; --no-gradient-checkpointing turns it off)",
+                                          action=argparse.BooleanOptionalAction)
     train_turn_end: bool = option(False, "also train the end-of-turn token after the answer (default: answer tokens "
                                   "only, as the paper)")
     # optimisation
