@@ -10,30 +10,35 @@ from PIL import Image
 from unime.train.memory_plan import GiB, model_shapes, parse_memory, plan_embedder, plan_judge
 
 
-def _measure_training_step(model_dir: str, *, r: int, dropout: float, texts=("a red square", "a red square")):
+def _measure_training_step(model_dir: str, *, r: int, dropout: float, texts=("a red square", "a red square"),
+                           dora: bool = False):
     """Bytes of parameters, gradients and AdamW states after one step, and of the tensors autograd saves
-    in the forward of one chunk of 2 sequences (224x224 image + text), for the embedder + LoRA in fp32."""
+    in the forward of one chunk of 2 sequences (224x224 image + text) and still holds when it ends (a graph the
+    forward drops, as DoRA's weight norm, frees its tensors), for the embedder + LoRA (or DoRA) in fp32."""
+    import weakref
+
     from unime.data.items import Item
     from unime.models.embedder import Embedder
     from unime.models.lora import LoraSettings, apply_lora
 
     torch.manual_seed(0)
     emb = Embedder.from_pretrained(model_dir, device="cpu", dtype="fp32", trainable=True)
-    emb.model = apply_lora(emb.model, LoraSettings(r=r, alpha=2 * r, dropout=dropout))
+    emb.model = apply_lora(emb.model, LoraSettings(r=r, alpha=2 * r, dropout=dropout, dora=dora))
     emb.model.train()
     items = [Item.from_dict({"text": t, "image": Image.new("RGB", (224, 224), c)}) for t, c in zip(texts, ("red", "blue"))]
     inputs = emb.build_inputs(items)
     own = {t.untyped_storage().data_ptr() for t in [*emb.model.parameters(), *emb.model.buffers()]}
-    saved: dict[int, int] = {}
+    packed = []
 
     def pack(t):
-        key = t.untyped_storage().data_ptr()
-        if key not in own:
-            saved[key] = max(saved.get(key, 0), t.untyped_storage().nbytes())
+        if t.untyped_storage().data_ptr() not in own:
+            packed.append(weakref.ref(t))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         reps = emb.forward(inputs)
+    saved = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (ref() for ref in packed)
+             if t is not None}
     reps.sum().backward()
     trainable = [p for p in emb.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3)
@@ -47,8 +52,12 @@ def _measure_training_step(model_dir: str, *, r: int, dropout: float, texts=("a 
 
 
 LONG = "a red square left of a large blue circle in the upper corner of a grey picture"
+# QA: DoRA was planned as LoRA (half of its measured activations): it keeps 2 values per output feature of each
+# adapted linear and token (`activation_bytes_per_token`'s dora_outputs)
+DORA = [(16, 0.1, ("a red square",) * 2, True), (8, 0.0, ("a red square", LONG), True),
+        (16, 0.1, ("a red square", LONG), True)]
 CASES = {"qwen2_vl": [(8, 0.0, ("a red square",) * 2), (16, 0.1, ("a red square",) * 2),
-                      (8, 0.0, ("a red square", LONG)), (16, 0.1, ("a red square", LONG))],
+                      (8, 0.0, ("a red square", LONG)), (16, 0.1, ("a red square", LONG)), *DORA],
          "qwen2_5_vl": [(16, 0.1, ("a red square",) * 2), (16, 0.1, ("a red square", LONG))],
          "qwen3_vl": [(16, 0.1, ("a red square",) * 2), (16, 0.1, ("a red square", LONG))]}
 
@@ -56,10 +65,12 @@ CASES = {"qwen2_vl": [(8, 0.0, ("a red square",) * 2), (16, 0.1, ("a red square"
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_plan_is_within_20_percent_of_a_measured_tiny_training_step(tiny_model_dir, family):
     model = tiny_model_dir(family)
-    for r, dropout, texts in CASES[family]:
-        m = _measure_training_step(model, r=r, dropout=dropout, texts=texts)
+    for r, dropout, texts, *dora in CASES[family]:
+        dora = bool(dora and dora[0])
+        m = _measure_training_step(model, r=r, dropout=dropout, texts=texts, dora=dora)
         padded = texts[0] != texts[1]  # rows of different lengths: padding, an attention mask, expanded K/V
         plan = plan_embedder(model, {"dtype": "fp32", "lora_r": r, "lora_dropout": dropout, "gradcache": True,
+                                     "dora": dora,
                                      "chunk_size": 2, "batch_size": 1, "hard_negatives": 0, "image_size": 224},
                              text_tokens=m["seq"] - m["visual"], padded=padded)
         rows = dict(plan.rows)
@@ -71,7 +82,8 @@ def test_plan_is_within_20_percent_of_a_measured_tiny_training_step(tiny_model_d
         assert rows["gradients (fp32)"] == m["grads"]
         assert rows["optimizer states (adamw_torch, fp32 x2)"] == m["optimizer"]
         act = rows["activations per GradCache chunk (2 sequences)"]
-        assert abs(act - m["activations"]) / m["activations"] < 0.20, (r, dropout, padded, act, m["activations"])
+        assert abs(act - m["activations"]) / m["activations"] < 0.20, (r, dropout, dora, padded, act,
+                                                                        m["activations"])
         print(f"tiny {family} r={r} dropout={dropout} padded={padded}: activations planned {act} measured "
               f"{m['activations']} ({act / m['activations'] - 1:+.1%}); total planned {plan.total:.0f} measured "
               f"{m['params'] + m['grads'] + m['optimizer'] + m['activations']}")
@@ -401,3 +413,17 @@ def test_the_reranker_recipe_as_shipped_fits_eight_80_gib_devices(capsys):
     assert main(["plan", "--recipe", "unime-v2/reranker-qwen2.5-vl-7b", "--gpus", "8", "--gpu-memory", "80"]) == 0
     out = capsys.readouterr().out
     assert "activations (gradient checkpointing)" in out and "of 80 GiB: fits" in out, out
+
+
+def test_dora_adds_two_values_per_adapted_output_feature_to_the_real_recipe_plan(capsys):
+    """QA: `unime plan --recipe unime-v2/qwen2-vl-2b` printed the same activations (5.50 GiB) with and without
+    `--set dora=false`. DoRA keeps, per token and decoder layer, the base and the LoRA output of each adapted linear:
+    on Qwen2-VL-2B (28 layers, h 1536, 2 KV heads x 128, MLP 8960) 2 x (1536 + 256 + 256 + 1536 + 8960 + 8960 +
+    1536) = 46080 values, in bf16, for a GradCache chunk of 2 sequences of 640 tokens (672x672 images)."""
+    from unime.cli.plan import _command_options
+
+    recipe = "unime-v2/qwen2-vl-2b"  # dora true
+    label = "activations per GradCache chunk (2 sequences)"
+    dora, lora = (dict(plan_embedder("Qwen/Qwen2-VL-2B-Instruct", _command_options("train embedder", recipe, s)).rows)
+                  for s in ([], ["dora=false"]))
+    assert dora[label] - lora[label] == 2 * 640 * 28 * 2 * 46080

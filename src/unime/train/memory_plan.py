@@ -8,13 +8,15 @@ token and decoder layer (measured on the tiny models with saved-tensor hooks, el
 and layer, B = bytes of the activation dtype):
 
     B · (4·I + 5·h + 3·H·d + s + r·n_lora + H)     [+ (6h + I)·(B + 1) with LoRA dropout > 0]
-    [+ 2·h·4 under bf16 autocast: RMSNorm upcasts]
+    [+ 2·h·4 under bf16 autocast: RMSNorm upcasts]   [+ B · 2·Σout with DoRA]
 
 (I = MLP width, h = hidden, H·d = query heads × head dim: with padding, grouped K/V are expanded to
 every head and the additive mask (s = padded sequence length) is kept; an unpadded batch keeps
-H·d + 2·K·d + 0 instead; r·n_lora = LoRA rank × adapted linears).
+H·d + 2·K·d + 0 instead; r·n_lora = LoRA rank × adapted linears; Σout = the output features of a layer's
+adapted linears: PEFT's DoRA keeps each one's base output and LoRA output for the magnitude's gradient).
 What is not modelled: the CUDA context and allocator fragmentation (~1-3 GiB per device: a plan fits a device
-only with `CUDA_CONTEXT_RESERVE_GIB` = 2 GiB left over), DoRA's weight-norm transients, the frozen vision
+only with `CUDA_CONTEXT_RESERVE_GIB` = 2 GiB left over), DoRA's weight-norm transients (one adapted linear's
+weight-sized products at a time), the frozen vision
 tower's forward transients. `bench/gpu_smoke.sh` prints the
 plan next to `torch.cuda.max_memory_allocated` of the same step on a GPU; a test holds the plan within
 20 % of the measured tensors of a tiny model's training step on CPU.
@@ -85,6 +87,8 @@ class AdapterFacts:
     trainable: int
     per_layer: int
     vision: bool
+    dora: bool = False
+    outputs_per_layer: int = 0  # output features of a decoder layer's adapted linears (its lora_B rows)
 
     @classmethod
     def read(cls, folder: Path) -> "AdapterFacts":
@@ -99,9 +103,11 @@ class AdapterFacts:
         with safe_open(str(weights), "pt") as f:
             shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
         first_layer = [k for k in shapes if ".language_model.layers.0." in k and ".lora_A" in k]
+        outputs = sum(v[0] for k, v in shapes.items() if ".language_model.layers.0." in k and ".lora_B" in k)
         return cls(path=str(folder), base=str(config.get("base_model_name_or_path")), r=int(config.get("r", 0)),
                    trainable=sum(math.prod(v) for v in shapes.values()), per_layer=len(first_layer),
-                   vision=any(".visual." in k for k in shapes))
+                   vision=any(".visual." in k for k in shapes), dora=bool(config.get("use_dora")),
+                   outputs_per_layer=outputs)
 
 
 def model_shapes(model: str) -> ModelShapes:
@@ -181,14 +187,16 @@ def visual_tokens_per_image(shapes: ModelShapes, *, image_size=None, max_pixels=
 
 
 def activation_bytes_per_token(shapes: ModelShapes, *, seq_len: int, act_bytes: int, lora_r: int, n_lora: int,
-                               lora_dropout: float, autocast_bf16: bool, padded: bool = True) -> float:
+                               lora_dropout: float, autocast_bf16: bool, padded: bool = True,
+                               dora_outputs: int = 0) -> float:
     """Bytes autograd keeps per token for the whole decoder (see the module doc). `padded`: the batch
     has padding, so attention gets a mask: transformers then expands grouped K/V to every head and the
-    additive mask (s per token) is kept; without padding, SDPA takes K/V grouped and no mask."""
+    additive mask (s per token) is kept; without padding, SDPA takes K/V grouped and no mask. `dora_outputs`:
+    with DoRA, the output features of a layer's adapted linears (`_lora_bits`), two values of each kept."""
     h, i, hd = shapes.hidden, shapes.intermediate, shapes.heads * shapes.head_dim
     kv = shapes.kv_heads * shapes.head_dim
     attention = 3 * hd + seq_len if padded else hd + 2 * kv
-    elems = 4 * i + 5 * h + attention + lora_r * n_lora + shapes.heads
+    elems = 4 * i + 5 * h + attention + lora_r * n_lora + shapes.heads + 2 * dora_outputs
     per_layer = act_bytes * elems
     if lora_dropout > 0 and n_lora:
         per_layer += (6 * h + i) * (act_bytes + 1)
@@ -244,15 +252,22 @@ class Plan:
         return "\n".join(lines)
 
 
-def _lora_bits(shapes: ModelShapes, o: dict) -> tuple[int, int, float]:
+def _lora_bits(shapes: ModelShapes, o: dict) -> tuple[int, int, float, int]:
+    """(LoRA rank, adapted linears per decoder layer, dropout, their output features if DoRA else 0)."""
     if o.get("full"):
-        return 0, 0, 0.0
+        return 0, 0, 0.0, 0
+    drop = float(o.get("lora_dropout", 0.0) or 0.0)
     if shapes.adapter:
-        return shapes.adapter.r, shapes.adapter.per_layer, float(o.get("lora_dropout", 0.0) or 0.0)
+        a = shapes.adapter
+        return a.r, a.per_layer, drop, a.outputs_per_layer if a.dora else 0
     targets = _targets(o)
     # all-linear: every linear layer of the decoder, its 7 projections
-    n = len(DEFAULT_LORA_TARGETS if targets == ("all-linear",) else [t for t in targets if t in DEFAULT_LORA_TARGETS])
-    return int(o.get("lora_r", EMBEDDER_LORA.r)), n, float(o.get("lora_dropout", 0.0) or 0.0)
+    adapted = DEFAULT_LORA_TARGETS if targets == ("all-linear",) else [t for t in targets if t in DEFAULT_LORA_TARGETS]
+    hd, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
+    width = {"q_proj": hd, "k_proj": kv, "v_proj": kv, "o_proj": shapes.hidden, "gate_proj": shapes.intermediate,
+             "up_proj": shapes.intermediate, "down_proj": shapes.hidden}
+    outputs = sum(width[t] for t in adapted) if o.get("dora") else 0
+    return int(o.get("lora_r", EMBEDDER_LORA.r)), len(adapted), drop, outputs
 
 
 def _targets(o: dict) -> tuple[str, ...]:
@@ -318,9 +333,10 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
         per_device = int(o.get("batch_size", 8))
     global_queries = per_device * gpus * accum
     rows, facts, _ = _param_rows(shapes, o, weight_bytes=weight_b, gpus=gpus)
-    r, n_lora, drop = _lora_bits(shapes, o)
+    r, n_lora, drop, dora_out = _lora_bits(shapes, o)
     per_tok = activation_bytes_per_token(shapes, seq_len=seq, act_bytes=act_b, lora_r=r, n_lora=n_lora,
-                                         lora_dropout=drop, autocast_bf16=bf16 and act_b == 2, padded=padded)
+                                         lora_dropout=drop, autocast_bf16=bf16 and act_b == 2, padded=padded,
+                                         dora_outputs=dora_out)
     if o.get("gradcache"):
         chunk = int(o.get("chunk_size", 2))
         label = f"activations per GradCache chunk ({chunk} sequences)"
@@ -368,7 +384,8 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
     pair_len, list_len = prompt + 2 * item, prompt + (1 + n_cand) * item
     b = int(o.get("batch_size", 4))
     rows, facts, _ = _param_rows(shapes, o, weight_bytes=2 if bf16 and not o.get("full") else 4, gpus=gpus)
-    r, n_lora, drop = _lora_bits(shapes, {**o, "lora_dropout": o.get("lora_dropout", GENERATIVE_LORA.dropout)})
+    r, n_lora, drop, dora_out = _lora_bits(shapes, {**o, "lora_dropout": o.get("lora_dropout",
+                                                                               GENERATIVE_LORA.dropout)})
     seqs = []
     if "pair" in losses:
         seqs += [pair_len] * (2 * b)
@@ -377,7 +394,7 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
     act = 0.0
     for s in seqs:
         per_tok = activation_bytes_per_token(shapes, seq_len=s, act_bytes=act_b, lora_r=r, n_lora=n_lora,
-                                             lora_dropout=drop, autocast_bf16=bf16)
+                                             lora_dropout=drop, autocast_bf16=bf16, dora_outputs=dora_out)
         act += s * per_tok
     if o.get("gradient_checkpointing"):
         # only each layer's input is kept; one layer is recomputed at a time
