@@ -551,3 +551,26 @@ def test_freeze_vision_needs_full_fine_tuning(tiny_model_dir, mined_world, tmp_p
     world, _ = mined_world
     with pytest.raises(UnimeError, match="--freeze-vision is for full fine-tuning"):
         base_config(tiny_model_dir("qwen2_vl"), tmp_path / "a", world, freeze_vision=True).validate()
+
+
+def test_fewer_records_than_the_global_batch_are_warned_and_the_card_records_the_batch_that_ran(
+        tiny_model_dir, mined_world, tmp_path, caplog):
+    """QA: 136 records with --global-batch 1024 trained every step on the 136 queries without a word, and the card
+    said global_batch_queries 1024, per_device_batch_size 1024. 4 records with --batch-size 8 on one process: each
+    step holds the 4; the start warns, the card records 4 and the configured 8."""
+    import logging
+
+    from unime.data.io import read_records, write_records
+    from unime.train.embedder_trainer import train_embedder
+
+    world, records_path = mined_world
+    records = tmp_path / "four.jsonl"
+    write_records(fixed_batch(read_records(records_path)), records)
+    with caplog.at_level(logging.WARNING, logger="unime.train.embedder_trainer"):
+        res = train_embedder(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "run", world, records=str(records),
+                                         batch_size=8, steps=1))
+    assert f"{records}: 4 records, fewer than the global batch of 8 queries (--batch-size 8 x 1 process(es) x 1 " \
+           "accumulation): each optimizer step holds these 4 (4 per device)" in caplog.text
+    card = (res.out / "README.md").read_text()
+    for needle in ("per_device_batch_size | 4 ", "global_batch_queries | 4 ", "global_batch_configured | 8 "):
+        assert needle in card, card

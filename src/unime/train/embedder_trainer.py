@@ -471,6 +471,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     check_fallback_labels(config, records, loss)
 
     args = _training_arguments(config, checkpoint_root)
+    _warn_short_batch(config, len(records), args.world_size)
     if resume_from is not None and not config.global_batch:  # --global-batch keeps the global batch
         run_state.warn_other_global_batch(out, batch_size=config.batch_size, grad_accum=config.grad_accum,
                                           processes=args.world_size, fixed_by="--global-batch N")
@@ -551,9 +552,10 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         args = trainer.args
-        hyper = {"per_device_batch_size": config.batch_size, "processes": args.world_size,
-                 "gradient_accumulation": config.grad_accum,
-                 "global_batch_queries": config.batch_size * args.world_size * config.grad_accum,
+        per_device, per_step, configured = batch_that_runs(config, len(run.records), args.world_size)  # as it ran
+        hyper = {"per_device_batch_size": per_device, "processes": args.world_size,
+                 "gradient_accumulation": config.grad_accum, "global_batch_queries": per_step,
+                 **({"global_batch_configured": configured} if per_step < configured else {}),
                  "max_steps": trainer.state.max_steps, "learning_rate": config.lr, "lr_scheduler": config.lr_scheduler,
                  "warmup": config.warmup, "optimizer": config.optim, "weight_decay": config.weight_decay,
                  "max_grad_norm": config.max_grad_norm, "precision": "bf16 autocast" if args.bf16 else "fp32",
@@ -581,6 +583,27 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
     trainer.accelerator.wait_for_everyone()
     return EmbedderTrainingResult(out=out, merged=out / export.MERGED_DIR, adapter=written.get("adapter"),
                                   metrics=metrics, log_history=history)
+
+
+def batch_that_runs(config: EmbedderTrainingConfig, records: int, processes: int) -> tuple[int, int, int]:
+    """(queries per device and micro-batch, queries per optimizer step) a step holds, and the configured global
+    batch: the configured batch, or with fewer records than its global batch, all the records (the data loader's
+    one short batch, split over the processes; accelerate pads an uneven split with a record or so). With
+    --homogeneous-batches too few records for a full batch are refused (`HomogeneousBatchSampler`)."""
+    configured = config.batch_size * processes * config.grad_accum
+    if records >= configured or config.homogeneous_batches:
+        return config.batch_size, configured, configured
+    return min(config.batch_size, -(-records // processes)), records, configured
+
+
+def _warn_short_batch(config: EmbedderTrainingConfig, records: int, processes: int) -> None:
+    """A warning when the records cannot fill the global batch: every step then holds all of them."""
+    per_device, per_step, configured = batch_that_runs(config, records, processes)
+    if per_step < configured:
+        given = f"--global-batch {config.global_batch}" if config.global_batch else \
+            f"--batch-size {config.batch_size} x {processes} process(es) x {config.grad_accum} accumulation"
+        logger.warning("%s: %d records, fewer than the global batch of %d queries (%s): each optimizer step holds "
+                       "these %d (%d per device)", config.records, records, configured, given, per_step, per_device)
 
 
 def _tensorboard_callback(out: Path):
