@@ -143,6 +143,15 @@ CONFIG_CASES = [
     (_T["grpo"] + ["--lr", "-1"], "train reasoner: --lr must be >= 0, got -1.0"),
     (_T["grpo"] + ["--max-steps", "0"], "train reasoner: --max-steps must be >= 1 (or -1, its default), got 0"),
     (_T["grpo"] + ["--pairs-per-batch", "1"], "train reasoner: --pairs-per-batch must be >= 2, got 1"),
+    # QA: 4 hard negative pairs with 2 pairs per batch silently showed the process judge 1 (a batch of B pairs has
+    # B - 1 negatives)
+    (_T["grpo"] + ["--hard-negative-pairs", "4"], "train reasoner: --hard-negative-pairs 4 needs more pairs per "
+     "batch: a batch of --pairs-per-batch 2 pairs has 1 negative pair(s); give --pairs-per-batch >= 5 or "
+     "--hard-negative-pairs <= 1"),
+    (_T["grpo"] + ["--pairs-per-batch", "4", "--hard-negative-pairs", "4"], "train reasoner: --hard-negative-pairs 4 "
+     "needs more pairs per batch: a batch of --pairs-per-batch 4 pairs has 3 negative pair(s); give "
+     "--pairs-per-batch >= 5 or --hard-negative-pairs <= 3"),
+    (_T["grpo"] + ["--hard-negative-pairs", "-1"], "train reasoner: --hard-negative-pairs must be >= 0, got -1"),
     (["embed", "--model", "m", "--items", "i", "--out", "{tmp}/o.npy", "--batch-size", "0"],
      "embed: --batch-size must be >= 1, got 0"),
     (["eval", "--model", "m", "--tasks", "t", "--out", "{tmp}/ev", "--batch-size", "0"],

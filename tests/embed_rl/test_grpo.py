@@ -73,6 +73,24 @@ def test_geometry_keeps_pairs_whole(tmp_path):
         GRPOStageConfig(model="m", embedder="e", records="r", out="o", pairs_per_batch=1).validate()
 
 
+def test_hard_negative_pairs_must_fit_in_the_batch():
+    """QA: --hard-negative-pairs 4 (the Embed-RL recipe) with --pairs-per-batch 2 (the default) silently showed the
+    process judge one negative pair: a batch of B pairs has B - 1. Refused before any work; B - 1 is accepted, and
+    the defaults fit together."""
+    from unime.errors import OptionError
+
+    def cfg(**kw):
+        return GRPOStageConfig(model="m", embedder="e", records="r", out="o", **kw)
+
+    for pairs, hard in ((2, 4), (2, 2), (4, 4)):
+        with pytest.raises(OptionError, match=rf"hard_negative_pairs {hard} needs more pairs per batch: a batch of "
+                           rf"pairs_per_batch {pairs} pairs has {pairs - 1} negative pair\(s\)"):
+            cfg(pairs_per_batch=pairs, hard_negative_pairs=hard).validate()
+    cfg(pairs_per_batch=5, hard_negative_pairs=4).validate()
+    cfg(pairs_per_batch=2, hard_negative_pairs=1).validate()
+    cfg().validate()
+
+
 class _RecordingJudge:
     """Stands in for the process judge: picks candidate (k mod #candidates) and records what it saw."""
 

@@ -20,7 +20,8 @@ format 0.05 · r_fmt + outcome 0.8 · r_out + process 0.2 · r_proc, all compute
 evidence (`ReasonedEmbedder`, SPEC 2.1); S = cosine(query rollouts, positive rollouts) gives acc,
 margin and r_out for both sides; the process judge (a generative checkpoint, `Reasoner.pick`) is shown
 each rollout's reasoning and, in a shuffled order, the other side's rollouts of the same pair and of
-the 4 hardest negative pairs. The per-step mean of every component is logged to TRL's metrics, to
+the `hard_negative_pairs` hardest negative pairs (the paper's 4 need `pairs_per_batch` >= 5: a batch of B pairs has
+B - 1 negatives, and a larger value is refused). The per-step mean of every component is logged to TRL's metrics, to
 `reward_log.csv` and plotted to `reward_curves.png`.
 
 **Two TRL adaptations.** The processor handed to TRL pads on the left (`prepare_policy_processor`; TRL
@@ -48,6 +49,7 @@ import numpy as np
 from unime.data.items import Item, Record
 from unime.data.roots import resolve_data_root
 from unime.embed_rl.stage_options import ReasonerStageOptions
+from unime.errors import OptionError
 from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
@@ -392,7 +394,22 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
     weights: tuple[float, float, float] = option(REWARD_WEIGHTS, "format,outcome,process reward weights",
                                                  cli_default=",".join(map(str, REWARD_WEIGHTS)), group="grpo")
     neg_temperature: float = option(0.5, "outcome reward: hardness temperature", group="grpo")
-    hard_negative_pairs: int = option(4, "process reward: negative pairs shown", group="grpo")
+    # a batch of B pairs has B - 1 negative pairs: at most --pairs-per-batch - 1 (`validate`)
+    hard_negative_pairs: int = option(1, "process reward: the hardest other pairs of the batch whose rollouts the "
+                                      "judge is shown beside the own pair's (< --pairs-per-batch; the paper's 4 "
+                                      "needs --pairs-per-batch >= 5)", group="grpo", at_least=0)
+
+    def validate(self) -> None:
+        """`ReasonerStageOptions.validate`, and an OptionError for more hard negative pairs than a batch has: a batch
+        of --pairs-per-batch B pairs has B - 1 (QA: 4 with B = 2 silently showed the judge one)."""
+        super().validate()
+        if self.hard_negative_pairs >= self.pairs_per_batch:
+            raise OptionError(self, "{hard_negative_pairs} {hard} needs more pairs per batch: a batch of "
+                              "{pairs_per_batch} {pairs} pairs has {negatives} negative pair(s); give "
+                              "{pairs_per_batch} >= {least} or {hard_negative_pairs} <= {negatives}",
+                              hard=self.hard_negative_pairs,
+                              pairs=self.pairs_per_batch, negatives=self.pairs_per_batch - 1,
+                              least=self.hard_negative_pairs + 1)
 
 
 # options that may change between a run and its continuation without changing what is trained
