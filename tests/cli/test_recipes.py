@@ -380,3 +380,18 @@ def test_a_nearer_epochs_drops_a_farther_steps_in_every_trainer(tmp_path, capsys
                       flag, "2", "--print-config")
         rows = {opt: (value, origin) for opt, value, origin in resolved_config(args)}
         assert rows["max-steps"] == (-1, f"dropped: {flag} (command line) wins over 10 (config {steps_file})"), stage
+
+
+@pytest.mark.parametrize("name", ["embed-rl/qwen3-vl-2b", "embed-rl/qwen3-vl-4b"])
+def test_embed_rl_recipes_show_the_process_judge_4_negative_pairs(name):
+    """SPEC 2.3: the process judge sees the 4 hardest negative pairs. QA: the recipes set --hard-negative-pairs 4 with
+    the default --pairs-per-batch 2, whose batch has 2 - 1 = 1 negative pair (now refused); the recipe's batch holds
+    at least 5 pairs, so the GRPO config it gives validates."""
+    from unime.cli.dataclass_options import config_from_args
+    from unime.embed_rl.grpo import GRPOStageConfig
+
+    args = _apply_config(build_parser(), ["train", "reasoner", "--stage", "grpo", "--recipe", name, "--model", "m",
+                                           "--records", "r.jsonl", "--embedder", "e", "--out", "o"])
+    cfg = config_from_args(GRPOStageConfig, args, unset_is_none=True, weights=(0.05, 0.8, 0.2))
+    cfg.validate()
+    assert cfg.hard_negative_pairs == 4 and cfg.pairs_per_batch - 1 >= 4
