@@ -103,6 +103,30 @@ class _RecordingJudge:
         return picks
 
 
+class _RandomEmbedder:
+    """Stands in for the frozen embedder: a seeded random vector per completion."""
+
+    def encode(self, items, texts):
+        return np.random.default_rng(len(texts)).normal(size=(len(texts), 8))
+
+
+@pytest.mark.parametrize("pairs,hard", [(3, 2), (3, 1), (5, 4)])
+def test_reward_records_the_negative_pairs_it_used(pairs, hard):
+    """The summary's `negative_pairs`: a batch of B pairs gives the outcome reward B - 1 negative pairs, and the
+    process judge is shown the own pair's n rollouts and those of `hard` other pairs (counted in what it saw)."""
+    n = 2
+    judge = _RecordingJudge()
+    reward = EmbedRLReward(_RandomEmbedder(), judge, group_size=n, hard_negative_pairs=hard)
+    assert reward.negative_pairs() == {"outcome": [], "process": []}
+    pair_id = [f"p{b}" for b in range(pairs) for _ in range(2 * n)]
+    side = (["query"] * n + ["positive"] * n) * pairs
+    reward(prompts=[""] * len(side), completions=[f"c{i}" for i in range(len(side))], pair_id=pair_id, side=side,
+           item=[json.dumps({"text": "x"})] * len(side))
+    (queries, candidate_lists, _), = judge.calls
+    assert {len(c) for c in candidate_lists} == {n * (1 + hard)}
+    assert reward.negative_pairs() == {"outcome": [pairs - 1], "process": [hard]}
+
+
 def test_split_pair_is_a_clear_error():
     reward = EmbedRLReward(embedder=None, judge=None, group_size=2, weights=(0.05, 0.8, 0.0))
     with pytest.raises(ValueError, match="does not hold whole .* pairs"):
@@ -221,6 +245,8 @@ def test_grpo_smoke_two_steps_all_rewards(world, tiny_model_dir, tmp_path):
                           device="cpu")
     summary = train_reasoner_grpo(cfg)
     assert summary["steps"] == 2
+    # the default batch of 2 pairs: 1 negative pair for the outcome reward, 1 shown to the process judge
+    assert summary["negative_pairs"] == {"outcome": [1], "process": [1]}
     with open(out / "reward_log.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(float(r["step"])) for r in rows] == [1, 2]

@@ -214,7 +214,14 @@ class EmbedRLReward:
         self.reward_log = reward_log if reward_log is not None else RewardLog()
         self.calls = 0
         self.last: dict[str, Any] | None = None
+        # the negative pairs the batches actually had: the outcome reward's (B - 1), the process judge's shown
+        self.negative_pairs_seen: dict[str, set[int]] = {"outcome": set(), "process": set()}
         self._warned_unparsed = False
+
+    def negative_pairs(self) -> dict[str, list[int]]:
+        """The negative pairs the rewarded batches had, for the summary: {"outcome": [...], "process": [...]}, each
+        the distinct counts seen (one value when every batch had the same; process [] when no judge was asked)."""
+        return {k: sorted(v) for k, v in self.negative_pairs_seen.items()}
 
     def layout(self, pair_id: Sequence[Any], side: Sequence[str]):
         from unime.reasoning.rewards import RolloutLayout
@@ -259,6 +266,7 @@ class EmbedRLReward:
 
         fmt = np.asarray(format_reward(texts), dtype=np.float64)
         E = self.embedder.encode(list(items), list(texts))
+        self.negative_pairs_seen["outcome"].add(layout.batch_pairs - 1)
         oc = layout.outcome_rewards(E, neg_temperature=self.neg_temperature, scale=self.outcome_scale)
         proc, parsed, picked_pos = self.process(texts, items, layout.similarity_matrix(E), layout, oc.margin,
                                                 step=step)
@@ -285,6 +293,7 @@ class EmbedRLReward:
             cands, mask = process_candidates(row, S, layout, n_hard=self.hard_negative_pairs, rng=rng)
             cand_rows.append(cands)
             masks.append(mask)
+            self.negative_pairs_seen["process"].add(int((~mask).sum()) // layout.group_size)
         if isinstance(self.judge, ScoredPick):
             shown = [tcot_judge_item(item, text) for item, text in zip(items, texts)]
             picks = self.judge.pick(shown, [[shown[c] for c in cands] for cands in cand_rows])
@@ -558,6 +567,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     history = [h for h in trainer.state.log_history if "reward" in h]
     summary = {"steps": trainer.state.global_step, "pairs": n_pairs, "rows": len(rows),
                "skipped_records": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))},
+               "negative_pairs": reward.negative_pairs(),
                "reward_steps": reward_log.rows, "config": options}
     from unime.embed_rl.export import export_reasoner
     from unime.models.export import write_json_atomic
