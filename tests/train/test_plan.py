@@ -427,3 +427,22 @@ def test_dora_adds_two_values_per_adapted_output_feature_to_the_real_recipe_plan
     dora, lora = (dict(plan_embedder("Qwen/Qwen2-VL-2B-Instruct", _command_options("train embedder", recipe, s)).rows)
                   for s in ([], ["dora=false"]))
     assert dora[label] - lora[label] == 2 * 640 * 28 * 2 * 46080
+
+
+def _planned_recipes() -> list[str]:
+    from unime.cli.recipes import list_recipes, load_recipe
+
+    return [name for name in list_recipes() if load_recipe(name).plan]
+
+
+@pytest.mark.parametrize("recipe", _planned_recipes())
+def test_every_recipe_as_shipped_fits_eight_80_gib_devices_by_its_own_plan(recipe, capsys):
+    """QA: `unime plan --recipe embed-rl/qwen3-vl-4b --gpus 8 --gpu-memory 80` said 123.44 GiB: DOES NOT FIT (8
+    queries x 2 sequences of ~944 tokens in one forward at unime's default batch and image bounds); the recipe now
+    sets --gradcache with chunks of 2 sequences (23.2 GiB). A recipe a user launches as shipped must fit the paper's
+    hardware class by the plan unime itself prints."""
+    from unime.cli import main
+
+    assert main(["plan", "--recipe", recipe, "--gpus", "8", "--gpu-memory", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "of 80 GiB: fits" in out, out
