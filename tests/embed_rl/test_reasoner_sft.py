@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from tests.embed_rl.helpers import TCOT
+from tests.models.helpers import in_a_hub_cache
 from unime.data.items import Item
 from unime.reasoning.reasoner import TCoTRow, reasoning_prompt_segments, write_tcot_rows
 from unime.reasoning.tcot import render_tcot
@@ -241,6 +242,33 @@ def test_an_adapter_folder_as_model_is_trained_on_not_wrapped_in_a_second_lora(t
         train_reasoner_sft(ReasonerSFTConfig(**{**first.__dict__, "model": str(start), "out": str(tmp_path / "o3"),
                                                 "lora_r": 0}))
     assert not (tmp_path / "o3").exists()  # refused before the run claimed its folder
+
+
+def test_a_hub_adapter_as_model_is_trained_on_as_an_adapter_folder_is(tiny_model_dir, tmp_path, monkeypatch):
+    """QA: a PEFT adapter given as a hub id loaded through transformers' own adapter loading, as a plain model, so the
+    run put a fresh LoRA on it instead of training the adapter (a local adapter folder was trained on). Now the hub
+    id's snapshot is loaded as an adapter folder: the exported adapter holds the hub adapter's tensors, trained, and
+    the run records the hub id it started from. Offline, from a hub cache laid out as huggingface_hub lays it out."""
+    from unime.embed_rl.reasoner_sft import train_reasoner_sft
+    from unime.models.loading import load_model
+
+    base = str(Path(tiny_model_dir("qwen2_vl")).resolve())
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT)], tmp_path / "t.jsonl")
+    first = ReasonerSFTConfig(model=base, data=str(tmp_path / "t.jsonl"), out=str(tmp_path / "o"), max_steps=1,
+                              lora_r=4, device="cpu", logging_steps=1, learning_rate=1e-2)
+    train_reasoner_sft(first)
+    in_a_hub_cache(tmp_path / "o" / "adapter", tmp_path / "hub", "someone/an-adapter", monkeypatch)
+    start = _keys_and_tensors(tmp_path / "o" / "adapter")
+    loaded = load_model("someone/an-adapter", device="cpu")
+    assert (loaded.base_path, loaded.peft_path) == (base, "someone/an-adapter")
+    state = {k.replace(".default.", "."): v for k, v in loaded.model.state_dict().items()}
+    assert all(torch.equal(state[k], v) for k, v in start.items())  # the hub adapter's own weights
+    summary = train_reasoner_sft(ReasonerSFTConfig(**{**first.__dict__, "model": "someone/an-adapter",
+                                                      "out": str(tmp_path / "o2")}))
+    assert (summary["base_model"], summary["started_from_adapter"]) == (base, "someone/an-adapter")
+    trained = _keys_and_tensors(tmp_path / "o2" / "adapter")
+    assert start.keys() == trained.keys() and any(not torch.equal(start[k], trained[k]) for k in start)
+    assert "started from adapter | someone/an-adapter" in (tmp_path / "o2" / "README.md").read_text()
 
 
 def test_a_retry_after_the_merge_it_first_refusal_runs_into_the_same_out(tiny_model_dir, tmp_path, capsys):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
 
 
@@ -14,3 +17,16 @@ def sharpen(model, seed: int = 0) -> None:
         for p in model.parameters():
             if p.ndim >= 2:
                 p.normal_(0.0, 1.2 / p.shape[-1] ** 0.5, generator=g)
+
+
+def in_a_hub_cache(folder: Path, cache: Path, repo_id: str, monkeypatch) -> None:
+    """`folder`'s files as huggingface_hub lays out a download of `repo_id` in `cache` (snapshots/<rev>/, refs/main),
+    with `cache` as the Hugging Face cache and the hub offline."""
+    import huggingface_hub.constants
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / ("1" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -572,6 +572,29 @@ def test_full_fine_tuning_of_a_reranker_writes_the_merged_folder_that_rerankers_
     assert rr.name == str(out / "merged") and rr.num_candidates == 3
 
 
+def test_a_hub_adapter_as_model_is_trained_on_as_an_adapter_folder_is(trained_reranker, tiny_model_dir, tmp_path,
+                                                                      monkeypatch):
+    """QA: a reranker adapter given as a hub id loaded through transformers as a plain model, and the run put a
+    fresh LoRA on it. Now it is trained on as an adapter folder is: its tensors, trained, on its own base; the run
+    records the hub id it started from. Offline, from a hub cache laid out as huggingface_hub lays it out."""
+    from safetensors.torch import load_file
+
+    from tests.models.helpers import in_a_hub_cache
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    cfg, _, root = trained_reranker
+    in_a_hub_cache(root / "reranker" / "adapter", tmp_path / "hub", "someone/a-reranker", monkeypatch)
+    out = tmp_path / "o"
+    train_reranker(RerankerTrainConfig(model="someone/a-reranker", records=cfg.records, out=str(out), num_negatives=2,
+                                       max_steps=1, batch_size=2, learning_rate=1e-2, device="cpu"))
+    meta = json.loads((out / "unime_reranker.json").read_text())
+    base = str(Path(tiny_model_dir("qwen2_vl")).resolve())
+    assert (meta["base_model"], meta["started_from_adapter"]) == (base, "someone/a-reranker")
+    start = load_file(str(root / "reranker" / "adapter" / "adapter_model.safetensors"))
+    trained = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert start.keys() == trained.keys() and any(not torch.equal(start[k], trained[k]) for k in start)
+
+
 def test_full_fine_tuning_refuses_an_adapter_folder(trained_reranker, tmp_path):
     from unime.errors import ModelError
     from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker

@@ -13,6 +13,8 @@ from unime.models.adapters import FamilyAdapter, adapter_for
 from unime.models.image_budget import ImageBudget, resolve_budget
 from unime.options import option
 
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder (or a hub repo) a PEFT adapter
+
 
 @dataclass(kw_only=True)
 class DeviceOptions:
@@ -168,13 +170,31 @@ def hub_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(Path(found).read_text()) if found else None
 
 
+def adapter_folder(model: str | os.PathLike) -> str | None:
+    """The local folder of the PEFT adapter `model` names: an adapter folder, a run folder holding only its adapter/
+    (`trained_model_folder`), or a hub id whose adapter_config.json names it an adapter (`hub_adapter_config`): its
+    snapshot in the local Hugging Face cache, downloaded if need be — the same folder as a local adapter's, so it
+    loads as one (transformers' own loading put a hub adapter in the model as a plain model: a LoRA run added a
+    fresh LoRA instead of continuing it). None for any other model."""
+    folder = trained_model_folder(model)
+    if is_peft_adapter(folder):
+        return folder
+    if hub_adapter_config(model) is None:
+        return None
+    from huggingface_hub import snapshot_download
+
+    with _naming_the_model(model):
+        return snapshot_download(str(model))
+
+
 def peft_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
     """The adapter_config.json (rank `r`, `base_model_name_or_path` ...) of a PEFT adapter given as --model: an
-    adapter folder, or a run folder holding only its adapter/ (`trained_model_folder`); None for any other model."""
+    adapter folder, a run folder holding only its adapter/ (`trained_model_folder`), or a hub id naming an adapter
+    (`hub_adapter_config`); None for any other model."""
     folder = trained_model_folder(model)
-    if not is_peft_adapter(folder):
-        return None
-    return json.loads((Path(folder) / "adapter_config.json").read_text())
+    if is_peft_adapter(folder):
+        return json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
+    return hub_adapter_config(model)
 
 
 @dataclass
@@ -220,10 +240,10 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
     path = trained_model_folder(path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    base_path = path
-    if is_peft_adapter(path) and adapter_path is None:
-        adapter_path = path
-        base_path = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_path, peft_path = path, adapter_path
+    if adapter_path is None and (adapter_path := adapter_folder(path)) is not None:  # `path` is an adapter
+        peft_path = path  # as given: a hub adapter by its id, not its cache folder
+        base_path = json.loads((Path(adapter_path) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
     proc_path = adapter_path if adapter_path and (Path(adapter_path) / "tokenizer_config.json").is_file() else base_path
     with _naming_the_model(proc_path):
         processor, budget = load_processor(proc_path, image_budget=image_budget, budget_from=adapter_path or path)
@@ -240,4 +260,4 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
     model.train(trainable)
     return LoadedModel(model=model, processor=processor, adapter=adapter_for(model.config, processor, budget),
                        path=path, device=device, dtype=torch_dtype, image_budget=budget, base_path=str(base_path),
-                       peft_path=str(adapter_path) if adapter_path else None)
+                       peft_path=str(peft_path) if peft_path else None)

@@ -555,7 +555,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     from unime.data.skips import SkipReport
     from unime.models.hf_arguments import hf_training_arguments, process_device
-    from unime.models.loading import is_peft_adapter, load_model, resolve_dtype, trained_model_folder
+    from unime.models.loading import load_model, peft_adapter_config, resolve_dtype
     from unime.models import run_state
     from unime.models.curves import CurvesCallback
     from unime.models.warmup import WarmupCheck
@@ -609,8 +609,9 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
     from unime.models.image_budget import ImageBudget
 
-    # a PEFT adapter (an adapter folder, or a run folder without merged/) is trained on, not wrapped in a second one
-    from_adapter = is_peft_adapter(trained_model_folder(cfg.model))
+    # a PEFT adapter (an adapter folder, a run folder without merged/, a hub id) is trained on, not wrapped in a
+    # second one
+    from_adapter = peft_adapter_config(cfg.model) is not None
     loaded = load_model(cfg.model, device=process_device(args), dtype=torch.float32 if cfg.full else compute_dtype,
                         trainable=cfg.full or from_adapter,
                         image_budget=ImageBudget.from_options(cfg.min_pixels, cfg.max_pixels, cfg.image_size))
