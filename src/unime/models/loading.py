@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 from unime.models.adapters import FamilyAdapter, adapter_for
 from unime.models.image_budget import ImageBudget, resolve_budget
 from unime.options import option
+
+log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder (or a hub repo) a PEFT adapter
 
@@ -155,18 +158,39 @@ def is_peft_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
-def hub_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
-    """The adapter_config.json of a hub id that names a PEFT adapter (from the local cache; else fetched, a small
-    file, as `from_pretrained` fetches it), read before any model is loaded; None for a local path, a model that is
-    no adapter, or a hub that cannot be reached (the load then says what is missing)."""
-    from transformers.utils.peft_utils import find_adapter_config_file
+def _hub_adapter_config_file(model: str) -> str | None:
+    """The local copy of the adapter_config.json of hub id `model`, or None (no such file, or no hub id). The local
+    cache answers first — a cached file, or a cached "no such file" —, so a cached adapter costs no request; else,
+    unless HF_HUB_OFFLINE, the hub is asked once, without retries: huggingface_hub's backoff (1+2+4+8+8 s) made every
+    command on a hub id wait ~23 s on a machine without network before it loaded anything."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
 
-    if Path(model).exists():
+    try:
+        cached = try_to_load_from_cache(model, ADAPTER_CONFIG)
+    except ValueError:  # not a repo id (e.g. a missing local path)
+        return None
+    if cached is not None:
+        return cached if isinstance(cached, str) else None  # else the cache knows the file does not exist
+    if constants.HF_HUB_OFFLINE:
         return None
     try:
-        found = find_adapter_config_file(str(model))
-    except (OSError, ValueError):  # not a repo id (e.g. a missing local path)
+        get_hf_file_metadata(hf_hub_url(model, ADAPTER_CONFIG), retry_on_errors=False)
+        return hf_hub_download(model, ADAPTER_CONFIG)
+    except (HfHubHTTPError, OSError, ValueError, RuntimeError):  # none, or no hub here
         return None
+    except Exception as e:  # noqa: BLE001 - the HTTP client's own network errors: the load says what is missing
+        log.debug("%s: no adapter_config.json from the hub (%s)", model, e)
+        return None
+
+
+def hub_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
+    """The adapter_config.json of a hub id that names a PEFT adapter (`_hub_adapter_config_file`: the local cache
+    first; else fetched, a small file, as `from_pretrained` fetches it), read before any model is loaded; None for a
+    local path, a model that is no adapter, or a hub that cannot be reached (the load then says what is missing)."""
+    if Path(model).exists():
+        return None
+    found = _hub_adapter_config_file(str(model))
     return json.loads(Path(found).read_text()) if found else None
 
 
