@@ -244,6 +244,26 @@ def test_an_adapter_folder_as_model_is_trained_on_not_wrapped_in_a_second_lora(t
     assert not (tmp_path / "o3").exists()  # refused before the run claimed its folder
 
 
+def test_the_card_of_a_run_on_an_adapter_shows_the_adapters_own_lora_settings(tiny_model_dir, tmp_path):
+    """QA: with an adapter as --model, the reasoner's model card showed the stage's default LoRA alpha, dropout and
+    targets (32, 0.05, the seven decoder projections), not those the adapter was trained with. Now they are read from
+    the adapter's config."""
+    from unime.embed_rl.reasoner_sft import train_reasoner_sft
+
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT)], tmp_path / "t.jsonl")
+    first = ReasonerSFTConfig(model=tiny_model_dir("qwen2_vl"), data=str(tmp_path / "t.jsonl"),
+                              out=str(tmp_path / "o"), max_steps=1, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                              lora_targets=("q_proj", "v_proj"), device="cpu", logging_steps=1)
+    train_reasoner_sft(first)
+    train_reasoner_sft(ReasonerSFTConfig(model=str(tmp_path / "o" / "adapter"), data=first.data,
+                                         out=str(tmp_path / "o2"), max_steps=1, lora_r=4, device="cpu"))
+    card = (tmp_path / "o2" / "README.md").read_text()
+    lora = card[card.index("## LoRA"):]
+    for row in ("| lora_r | 4 |", "| lora_alpha | 8 |", "| lora_dropout | 0 |", "| lora_targets | q_proj, v_proj |",
+                "| lora_vision | False |"):
+        assert row in lora
+
+
 def test_a_hub_adapter_as_model_is_trained_on_as_an_adapter_folder_is(tiny_model_dir, tmp_path, monkeypatch):
     """QA: a PEFT adapter given as a hub id loaded through transformers' own adapter loading, as a plain model, so the
     run put a fresh LoRA on it instead of training the adapter (a local adapter folder was trained on). Now the hub

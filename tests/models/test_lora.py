@@ -76,6 +76,21 @@ def test_modules_to_save_are_trained_in_full_beside_lora(tiny_model_dir):
     assert adapted(model) == DECODER
 
 
+@pytest.mark.parametrize("settings", [LoraSettings(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj")),
+                                      LoraSettings(r=2, alpha=3, dropout=0.25, targets=("fc1", "qkv"), vision=True,
+                                                   dora=True),
+                                      LoraSettings(r=8, alpha=16, dropout=0.1, targets=("all-linear",))])
+def test_the_settings_of_an_adapter_are_read_back_from_its_peft_config(settings):
+    """`LoraSettings.from_peft_config` undoes `lora_config`: what an adapter unime made was trained with."""
+    assert LoraSettings.from_peft_config(lora_config(settings).to_dict()) == settings
+
+
+def test_another_tools_target_names_are_read_as_given():
+    config = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["v_proj", "q_proj"]}
+    assert LoraSettings.from_peft_config(config) == LoraSettings(r=8, alpha=16, dropout=0.05,
+                                                                 targets=("q_proj", "v_proj"))
+
+
 def test_stage_configs_read_the_settings_of_their_path():
     from unime.embed_rl.grpo import GRPOStageConfig
     from unime.embed_rl.reasoner_sft import ReasonerSFTConfig

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unime.models.export import ModelCard, export_final
+from unime.models.lora import LoraSettings
 
 STAGES = {"sft": ("Reasoner (unime, Embed-RL cold-start SFT)",
                   "next-token cross-entropy on the assistant tokens of teacher T-CoTs"),
@@ -25,6 +26,10 @@ def export_reasoner(model, processor, out: str | Path, *, stage: str, options: d
     title, objective = STAGES[stage]
     lora = {k: options[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_vision")
             if k in options} if options.get("lora_r") else {}
+    if origin.get("started_from_adapter"):  # trained with the adapter's own LoRA, not the stage's defaults
+        own = LoraSettings.from_peft_config(model.peft_config[model.active_adapter].to_dict())
+        lora = {"lora_r": own.r, "lora_alpha": own.alpha, "lora_dropout": own.dropout, "lora_targets": own.targets,
+                "lora_vision": own.vision, **({"dora": True} if own.dora else {})}
     hyper = {k: v for k, v in options.items() if not k.startswith("lora_") and k not in ("model", "out")}
     started = {"started from adapter": origin["started_from_adapter"]} if origin.get("started_from_adapter") else {}
     card = ModelCard(

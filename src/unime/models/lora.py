@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -41,6 +42,20 @@ class LoraSettings:
         `lora_vision` and `dora`."""
         return cls(r=opts.lora_r, alpha=opts.lora_alpha, dropout=opts.lora_dropout, targets=tuple(opts.lora_targets),
                    dora=getattr(opts, "dora", False), vision=getattr(opts, "lora_vision", False))
+
+    @classmethod
+    def from_peft_config(cls, config: dict[str, Any]) -> "LoraSettings":
+        """The settings of a PEFT adapter, from its adapter_config.json (or a loaded `LoraConfig.to_dict()`): the
+        inverse of `lora_config` for an adapter unime made (its target pattern back to names and `vision`); another
+        tool's list of names as given."""
+        targets = config.get("target_modules") or ()
+        vision = False
+        if isinstance(targets, str):
+            made_here = re.fullmatch(r"(.*)\\\.\(([^()]*)\)", targets)  # `target_modules`: PREFIX\.(a|b|...)
+            vision, targets = (made_here[1] == ".*", made_here[2].split("|")) if made_here else (False, [targets])
+        return cls(r=int(config.get("r") or 0), alpha=config.get("lora_alpha"),
+                   dropout=float(config.get("lora_dropout") or 0.0), targets=tuple(sorted(targets)),
+                   dora=bool(config.get("use_dora")), vision=vision)
 
     @property
     def all_linear(self) -> bool:
