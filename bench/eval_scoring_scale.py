@@ -1,9 +1,10 @@
 """Seconds per 512-query chunk of `unime eval`'s global-retrieval scoring (the rank of each query's first
-relevant item) and per query of graded scoring (`ranked_grades`, as qrels / MMEB-V2 tasks use it), for pools of
-2,000 and 20,000 random float32 scores: the counting implementation (`unime.eval.metrics`) against the sorting
-one it replaced (kept as the reference in tests/eval/test_metrics.py), the ranks checked equal.
+relevant item) and of `unime eval --rerank`'s selection of each row's top k (`top_order`, the candidates shown to
+the reranker), and per query of graded scoring (`ranked_grades`, as qrels / MMEB-V2 tasks use it), for pools of
+2,000 and 20,000 random float32 scores: the counting / selecting implementation (`unime.eval.metrics`) against the
+sorting one it replaced (kept as the reference in tests/eval/ranking_reference.py), the results checked equal.
 
-    python bench/eval_scoring_scale.py [--pools 2000 20000] [--repeats 3]
+    python bench/eval_scoring_scale.py [--pools 2000 20000] [--topk 5] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests folder's reference implementation
 
-from tests.eval.test_metrics import reference_first_relevant_rank, reference_ranked_grades  # noqa: E402
+from tests.eval.ranking_reference import (reference_first_relevant_rank, reference_ranked_grades,  # noqa: E402
+                                          reference_top_order)
 from unime.eval import metrics as M  # noqa: E402
 
 CHUNK = 512  # EvalOptions.chunk_rows
@@ -37,10 +39,11 @@ def compare(label: str, old, new, repeats: int) -> None:
     t_new, r_new = best_seconds(new, repeats)
     if not np.array_equal(np.asarray(r_old), np.asarray(r_new)):
         raise SystemExit(f"{label}: the implementations disagree")
-    print(f"{label:<44} old {t_old:8.4f} s   new {t_new:8.4f} s   old/new {t_old / t_new:6.1f}x")
+    print(f"{label:<46} old {t_old:8.4f} s   new {t_new:8.4f} s   old/new {t_old / t_new:6.1f}x")
 
 
-def main(pools: list[int], repeats: int) -> None:
+def main(pools: list[int], topk: int, repeats: int) -> None:
+    M.top_order(np.zeros((1, 2)), 1)  # its first call imports torch, which `unime eval` has loaded before it scores
     rng = np.random.default_rng(0)
     for n in pools:
         scores = rng.standard_normal((CHUNK, n)).astype(np.float32)
@@ -48,6 +51,8 @@ def main(pools: list[int], repeats: int) -> None:
         mask = np.arange(n)[None, :] == rng.integers(0, n, CHUNK)[:, None]
         compare(f"first relevant rank, {CHUNK} x {n:,} chunk", lambda: reference_first_relevant_rank(
             scores, mask.astype(float)), lambda: M.first_relevant_rank(scores, mask), repeats)
+        compare(f"reranked top-{topk} selection, {CHUNK} x {n:,} chunk",
+                lambda: [reference_top_order(r, topk) for r in scores], lambda: M.top_order(scores, topk), repeats)
         row, grades = scores[0], np.zeros(n)
         grades[rng.choice(n, 3, replace=False)] = [1.0, 2.0, 1.0]
         compare(f"ranked grades, one query x {n:,} (3 graded)", lambda: reference_ranked_grades(row, grades),
@@ -57,6 +62,7 @@ def main(pools: list[int], repeats: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pools", type=int, nargs="+", default=[2000, 20000])
+    ap.add_argument("--topk", type=int, default=5, help="the reranked top k (unime eval --topk's default: 5)")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    main(a.pools, a.repeats)
+    main(a.pools, a.topk, a.repeats)

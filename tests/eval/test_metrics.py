@@ -7,36 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from tests.eval.ranking_reference import (forbid_pool_sized_sort, random_tied_rows, reference_first_relevant_rank,
+                                          reference_rank_order, reference_ranked_grades, reference_top_order)
 from unime.eval import metrics as M
-
-
-# -- the sorting implementation the counting one replaced: the reference (and bench/eval_scoring_scale.py's "old")
-
-def reference_rank_order(scores, relevance=None, *, ties="pessimistic"):
-    scores = np.asarray(scores, dtype=np.float64)
-    index = np.broadcast_to(np.arange(scores.shape[-1]), scores.shape)
-    if ties == "pessimistic" and relevance is not None:
-        return np.lexsort((index, np.asarray(relevance, dtype=np.float64), -scores), axis=-1)
-    return np.lexsort((index, -scores), axis=-1)
-
-
-def reference_ranked_grades(scores, relevance, *, ties="pessimistic"):
-    relevance = np.asarray(relevance, dtype=np.float64)
-    return np.take_along_axis(relevance, reference_rank_order(scores, relevance, ties=ties), axis=-1)
-
-
-def reference_first_relevant_rank(scores, relevance, *, ties="pessimistic"):
-    g = reference_ranked_grades(scores, relevance, ties=ties) > 0
-    return np.where(g.any(axis=-1), g.argmax(axis=-1), g.shape[-1])
-
-
-def random_tied_rows(rng, rows, n, levels, dtype):
-    """Scores drawn from `levels` distinct values (many exact ties), with a positive and a negative zero."""
-    values = np.linspace(-1, 1, levels).astype(dtype)
-    values[levels // 2] = -0.0
-    s = values[rng.integers(0, levels, size=(rows, n))]
-    s[:, 0] = 0.0
-    return s
 
 
 def test_rank_order_breaks_ties_pessimistically_or_by_index():
@@ -152,17 +125,8 @@ def test_ranked_grades_equal_the_sorting_reference_few_or_many_graded(ties):
 
 @pytest.fixture
 def no_pool_sized_sort(monkeypatch):
-    """np.lexsort / argsort / sort refuse rows longer than 100 (the relevant candidates alone may be sorted)."""
-    def guard(name):
-        real = getattr(np, name)
-
-        def sort(a, *args, **kwargs):
-            keys = a if name == "lexsort" else [a]
-            assert all(np.shape(k)[-1] <= 100 for k in keys), f"np.{name} of a pool-sized row"
-            return real(a, *args, **kwargs)
-        return sort
-    for name in ("lexsort", "argsort", "sort"):
-        monkeypatch.setattr(np, name, guard(name))
+    """`forbid_pool_sized_sort` for the whole test."""
+    forbid_pool_sized_sort(monkeypatch)
 
 
 def test_first_relevant_rank_sorts_no_pool_row_and_makes_no_float_copy(no_pool_sized_sort):
@@ -211,3 +175,37 @@ def test_top_ranked_of_a_pool_row_sorts_only_the_tied_best(no_pool_sized_sort):
     assert M.top_ranked(s, g) == 300 and M.top_ranked(s, g, ties="index") == 7
     g[300] = 1
     assert M.top_ranked(s, g) == 300 and M.top_ranked(np.linspace(0, 1, 5000)) == 4999
+
+
+def test_top_order_on_a_written_out_row_with_ties():
+    s = [0.5, 0.9, 0.5, 0.9, 0.5, 0.1]
+    # 0.9: candidates 1 then 3 (lower index first); 0.5: 0, 2, 4; then 0.1: 5
+    assert M.top_order(s, 1).tolist() == [1]
+    assert M.top_order(s, 3).tolist() == [1, 3, 0]  # a tie at the k-th score keeps the lower index
+    assert M.top_order(s, 4).tolist() == [1, 3, 0, 2]
+    assert M.top_order(s, 10).tolist() == [1, 3, 0, 2, 4, 5]  # a row shorter than k: all of it
+    assert M.top_order([[0.1, 0.3, 0.2], [0.3, 0.3, 0.1]], 2).tolist() == [[1, 2], [0, 1]]
+    with pytest.raises(ValueError):
+        M.top_order([0.1, float("nan")], 1)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        M.top_order(s, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_order_equals_the_sorting_reference_with_ties(dtype):
+    rng = np.random.default_rng(13)
+    for levels in (2, 3, 5, 50, 100_000):
+        s = random_tied_rows(rng, 40, 60, levels, dtype)
+        for k in (1, 2, 5, 10, 59, 60, 100):
+            want = reference_top_order(s, k)
+            assert M.top_order(s, k).tolist() == want.tolist()
+            assert M.top_order(s[:, ::-1], k).tolist() == reference_top_order(s[:, ::-1], k).tolist()
+            for i in (0, 7, 33):  # one row at a time (MMEB, qrels)
+                assert M.top_order(list(s[i]), k).tolist() == want[i].tolist()
+
+
+def test_top_order_of_a_pool_row_sorts_only_its_top_k(no_pool_sized_sort):
+    s = np.zeros(5000)
+    s[[4000, 12, 300, 2500]] = [0.9, 0.8, 0.8, 0.8]  # three tied at the 3rd score: 12 and 300 are kept
+    assert M.top_order(s, 3).tolist() == [4000, 12, 300]
+    assert M.top_order(np.stack([s, np.linspace(0, 1, 5000)]), 2).tolist() == [[4000, 12], [4999, 4998]]

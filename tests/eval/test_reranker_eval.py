@@ -167,3 +167,58 @@ def test_a_hub_like_reranker_id_is_left_to_the_load():
     from unime.models.loading import refuse_missing_local_model
 
     refuse_missing_local_model("Qwen/Qwen2-VL-2B-Instruct", "--rerank")  # no local folder 'Qwen': may be a hub id
+
+
+class TiedScoresReranker:
+    """pick: query q takes shown candidate q mod the count, none for q = 3 mod 4 (the embedder's order kept);
+    score_pairs: candidate c scores c mod 3 (many equal scores: resort keeps the embedder's order among them)."""
+
+    def pick(self, query, candidates):
+        return None if query % 4 == 3 else query % len(candidates)
+
+    def score_pairs(self, query, candidates):
+        return np.array([c % 3 for c in candidates], dtype=float)
+
+
+def reference_rerank_scores(rows, rr, queries, candidate_lists):
+    """`_rerank_scores` as it was: every row sorted whole (the reference), its top k reranked."""
+    from tests.eval.ranking_reference import reference_rank_order
+    from unime.models.reranker import rerank_many
+    from unime.eval.runners import scores_after_rerank
+
+    orders = [reference_rank_order(s) for s in rows]
+    new = rerank_many(orders, rr.reranker, queries, candidate_lists, rr.topk, rr.mode)
+    return [scores_after_rerank(s, o, min(rr.topk, len(s))) for s, o in zip(rows, new)]
+
+
+@pytest.mark.parametrize("mode", ["top1", "resort"])
+def test_reranked_rows_equal_the_full_sort_reference_with_ties(mode):
+    from tests.eval.ranking_reference import random_tied_rows
+    from unime.eval.runners import Reranking, _rerank_scores
+
+    rng = np.random.default_rng(21)
+    for levels in (2, 5, 100_000):
+        chunk = random_tied_rows(rng, 12, 40, levels, np.float32)  # a global task's chunk: one matrix
+        rows = [r[:n] for r, n in zip(chunk, rng.integers(1, 41, len(chunk)))]  # MMEB / qrels: rows of any length
+        queries = list(range(len(chunk)))
+        for k in (1, 2, 5, 40, 60):
+            for scores in (chunk, rows):
+                lists = [list(range(len(s))) for s in scores]
+                want = reference_rerank_scores(scores, Reranking(TiedScoresReranker(), k, mode), queries, lists)
+                got = _rerank_scores(scores, Reranking(TiedScoresReranker(), k, mode), queries, lists)
+                assert [g.tolist() for g in got] == [w.tolist() for w in want]
+
+
+@pytest.mark.parametrize("mode", ["top1", "resort"])
+def test_reranking_a_pool_sorts_only_each_rows_top_k(mode, monkeypatch):
+    from tests.eval.ranking_reference import forbid_pool_sized_sort
+    from unime.eval.runners import Reranking, _rerank_scores
+
+    chunk = np.random.default_rng(4).standard_normal((8, 3000)).astype(np.float32)
+    queries, lists = list(range(8)), [list(range(3000))] * 8
+    want = reference_rerank_scores(chunk, Reranking(TiedScoresReranker(), 5, mode), queries, lists)
+    forbid_pool_sized_sort(monkeypatch)  # the reference above sorted each row of 3,000
+    got = _rerank_scores(chunk, Reranking(TiedScoresReranker(), 5, mode), queries, lists)
+    assert [g.tolist() for g in got] == [w.tolist() for w in want]
+    rows = _rerank_scores(list(chunk), Reranking(TiedScoresReranker(), 5, mode), queries, lists)
+    assert [r.tolist() for r in rows] == [w.tolist() for w in want]

@@ -141,8 +141,10 @@ def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root
 def _rerank_scores(rows: Sequence[np.ndarray], rr: Reranking, queries: Sequence[Item],
                    candidate_lists: Sequence[Sequence[Item]]) -> list[np.ndarray]:
     """Each row of embedder scores after reranking its top k (the queries' picks asked of the reranker
-    together: `rerank_many`)."""
-    orders = [M.rank_order(s) for s in rows]  # label-free: ties by index
+    together: `rerank_many`). Only each row's top k is selected (`M.top_order`, the label-free order: ties by
+    index), not the whole row sorted; the rows of a matrix (a chunk of a global pool) are selected at once."""
+    orders = (list(M.top_order(rows, rr.topk)) if isinstance(rows, np.ndarray)
+              else [M.top_order(s, rr.topk) for s in rows])
     new = rerank_many(orders, rr.reranker, queries, candidate_lists, rr.topk, rr.mode, stats=rr.stats)
     return [scores_after_rerank(s, o, min(rr.topk, len(s))) for s, o in zip(rows, new)]
 
