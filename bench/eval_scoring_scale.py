@@ -1,6 +1,7 @@
 """Seconds per 512-query chunk of `unime eval`'s global-retrieval scoring (the rank of each query's first
 relevant item) and of `unime eval --rerank`'s selection of each row's top k (`top_order`, the candidates shown to
-the reranker), and per query of graded scoring (`ranked_grades`, as qrels / MMEB-V2 tasks use it), for pools of
+the reranker), and per query of graded scoring (`ranked_grades` and `ndcg_at_k`, as qrels / MMEB-V2 tasks use
+them), for pools of
 2,000 and 20,000 random float32 scores: the counting / selecting implementation (`unime.eval.metrics`) against the
 sorting one it replaced (kept as the reference in tests/eval/ranking_reference.py), the results checked equal.
 
@@ -18,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests folder's reference implementation
 
-from tests.eval.ranking_reference import (reference_first_relevant_rank, reference_ranked_grades,  # noqa: E402
-                                          reference_top_order)
+from tests.eval.ranking_reference import (reference_first_relevant_rank, reference_ndcg_at_k,  # noqa: E402
+                                          reference_ranked_grades, reference_top_order)
 from unime.eval import metrics as M  # noqa: E402
 
 CHUNK = 512  # EvalOptions.chunk_rows
@@ -57,6 +58,10 @@ def main(pools: list[int], topk: int, repeats: int) -> None:
         grades[rng.choice(n, 3, replace=False)] = [1.0, 2.0, 1.0]
         compare(f"ranked grades, one query x {n:,} (3 graded)", lambda: reference_ranked_grades(row, grades),
                 lambda: M.ranked_grades(row, grades), repeats)
+        ranked = M.ranked_grades(scores[:100], np.broadcast_to(grades, (100, n)))  # 100 queries' ranked grades
+        compare(f"nDCG@5, @10, 100 queries x {n:,} (3 graded)",
+                lambda: [reference_ndcg_at_k(g, k) for g in ranked for k in (5, 10)],
+                lambda: [M.ndcg_at_k(g, k) for g in ranked for k in (5, 10)], repeats)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from unime.eval import metrics as M
+
 
 def reference_rank_order(scores, relevance=None, *, ties="pessimistic"):
     scores = np.asarray(scores, dtype=np.float64)
@@ -28,6 +30,13 @@ def reference_first_relevant_rank(scores, relevance, *, ties="pessimistic"):
 def reference_top_order(scores, k):
     """What `unime eval --rerank` took a row's top k with before `M.top_order`: the whole row sorted."""
     return reference_rank_order(scores)[..., :k]
+
+
+def reference_ndcg_at_k(grades_ranked, k):
+    """`M.ndcg_at_k` as it was: the ideal DCG from the whole list of grades sorted."""
+    g = np.asarray(grades_ranked, dtype=np.float64)
+    ideal = M.dcg_at_k(np.sort(g)[::-1], k)
+    return M.dcg_at_k(g, k) / ideal if ideal > 0 else 0.0
 
 
 def random_tied_rows(rng, rows, n, levels, dtype):

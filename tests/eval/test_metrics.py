@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.eval.ranking_reference import (forbid_pool_sized_sort, random_tied_rows, reference_first_relevant_rank,
-                                          reference_rank_order, reference_ranked_grades, reference_top_order)
+                                          reference_ndcg_at_k, reference_rank_order, reference_ranked_grades,
+                                          reference_top_order)
 from unime.eval import metrics as M
 
 
@@ -209,3 +210,20 @@ def test_top_order_of_a_pool_row_sorts_only_its_top_k(no_pool_sized_sort):
     s[[4000, 12, 300, 2500]] = [0.9, 0.8, 0.8, 0.8]  # three tied at the 3rd score: 12 and 300 are kept
     assert M.top_order(s, 3).tolist() == [4000, 12, 300]
     assert M.top_order(np.stack([s, np.linspace(0, 1, 5000)]), 2).tolist() == [[4000, 12], [4999, 4998]]
+
+
+def test_ndcg_equals_the_full_sort_reference_with_tied_grades():
+    rng = np.random.default_rng(17)
+    for n in (1, 2, 7, 300):
+        for levels in ([0, 0, 0, 0.5, 1, 1, 2, 3], [-0.0, 0, 1, 2], [0, 0], [-1, 0, 0, 1, 2]):  # -1: sorted whole
+            g = rng.choice(levels, size=n)
+            for k in (1, 2, 3, 5, 10, n - 1, n, n + 5):
+                assert M.ndcg_at_k(g, k) == reference_ndcg_at_k(g, k)  # the same k grades, summed in the same order
+                assert M.ndcg_at_k(list(g), k) == reference_ndcg_at_k(g, k)
+
+
+def test_ndcg_of_a_pool_sized_list_sorts_only_its_relevant_grades(no_pool_sized_sort):
+    g = np.zeros(5000)
+    g[[3, 40, 2000, 4999]] = [1, 3, 2, 2]
+    # DCG@5: 1 at rank 4, 3 at rank 41 (beyond 5) → 1/log2(5); IDCG@5: 3, 2, 2, 1 → 3 + 2/log2(3) + 2/2 + 1/log2(5)
+    assert M.ndcg_at_k(g, 5) == pytest.approx((1 / math.log2(5)) / (3 + 2 / math.log2(3) + 1 + 1 / math.log2(5)))

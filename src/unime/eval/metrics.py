@@ -198,9 +198,15 @@ def dcg_at_k(grades_ranked: Sequence[float], k: int) -> float:
 
 
 def ndcg_at_k(grades_ranked: Sequence[float], k: int) -> float:
-    """DCG@k / ideal DCG@k (grades sorted descending); 0.0 when no candidate is relevant."""
+    """DCG@k / ideal DCG@k (grades sorted descending); 0.0 when no candidate is relevant. The ideal list needs
+    only the k highest grades: of grades >= 0 (every task's) the relevant ones sorted, then zeros, not the
+    pool-sized list sorted."""
     g = np.asarray(grades_ranked, dtype=np.float64)
-    ideal = dcg_at_k(np.sort(g)[::-1], k)
+    if g.ndim == 1 and k >= 1 and g.size and g.min() >= 0:
+        best = np.sort(g[g > 0])[::-1][:k]
+        ideal = dcg_at_k(np.concatenate([best, np.zeros(min(k, g.size) - len(best))]), k)
+    else:
+        ideal = dcg_at_k(np.sort(g)[::-1], k)
     return dcg_at_k(g, k) / ideal if ideal > 0 else 0.0
 
 
