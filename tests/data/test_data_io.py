@@ -453,6 +453,33 @@ def test_convert_under_skip_leaves_out_the_records_the_json_cannot_hold_and_writ
     assert not (tmp_path / "raise.json").exists()
 
 
+def test_convert_refuses_when_every_record_is_skipped_and_writes_nothing(tmp_path, capsys):
+    """Every record skipped under --on-error skip wrote an empty output file (exit 0). Now a one-line error names
+    the count, the reasons and the first record's reason; the output is not written (QA)."""
+    from unime.cli import main
+    from unime.data.file_tools import ConvertConfig, convert_records
+
+    src = tmp_path / "bad.jsonl"
+    _write_lines(src, [{"query": {"text": "a"}}, {"query": {"text": "b"}, "positive": {"text": ""}}])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(DataError) as err:
+        convert_records(ConvertConfig(input=str(src), output=str(out), on_error="skip"))
+    assert str(err.value) == (f"{src}: every record was skipped, 2 (empty_item: 1, schema: 1), so {out} was not "
+                              f"written; the first: {src}, record line 1, field 'positive': missing key(s) "
+                              "['positive']")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+    # records the output format cannot hold, all of them: refused the same way, through the command line
+    video = tmp_path / "video.jsonl"
+    _write_lines(video, [{"id": "v1", "query": {"text": "q", "video": "clips/a.mp4"}, "positive": {"text": "p"}}])
+    assert main(["data", "convert", str(video), str(tmp_path / "out.json"), "--on-error", "skip"]) == 2
+    assert ("every record was skipped, 1 (output_format: 1), so " in capsys.readouterr().err
+            and not (tmp_path / "out.json").exists())
+    # a valid input with no record at all is still converted to an empty file
+    (tmp_path / "empty.jsonl").write_text("")
+    assert convert_records(ConvertConfig(input=str(tmp_path / "empty.jsonl"), output=str(out)))[0] == 0
+    assert out.read_text() == ""
+
+
 def test_data_convert_command_reports_the_records_left_out(tmp_path, capsys):
     from unime.cli import main
 

@@ -31,16 +31,23 @@ def convert_records(cfg: ConvertConfig):
     """Returns (records written, the `SkipReport` of the records left out: bad input records and, under
     ``on_error="skip"``, the records the output format cannot hold, e.g. one with a video written as UniME-V2 JSON).
     The records keep their image paths, so the input's data root (`unime.data.roots.resolve_data_root`) is recorded
-    beside the output (`record_data_root`): the converted file finds the same images without --data-root."""
-    from unime.data.io import SkipReport, iter_records, write_records
+    beside the output (`record_data_root`): the converted file finds the same images without --data-root. Every
+    record skipped is a `DataError` naming the count and the first one's reason; nothing is written then."""
+    from unime.data.atomic import atomic_path
+    from unime.data.io import SkipReport, iter_records, output_format, write_records
     from unime.data.roots import record_data_root, resolve_data_root
 
     skips = SkipReport()
     data_root = resolve_data_root(cfg.input)
+    fmt = output_format(cfg.output, cfg.to_format)
     records = iter_records(cfg.input, on_error=cfg.on_error, skips=skips, format=cfg.from_format)
     if cfg.dataset:
         records = (r if r.dataset else dataclasses.replace(r, dataset=cfg.dataset) for r in records)
-    n = write_records(records, cfg.output, format=cfg.to_format, on_error=cfg.on_error, skips=skips)
+    with atomic_path(cfg.output) as tmp:  # an error leaves the output as it was
+        n = write_records(records, tmp, format=fmt, on_error=cfg.on_error, skips=skips)
+        if not n and skips.total:
+            raise DataError(f"every record was skipped, {skips.total} ({skips.per_reason}), so {cfg.output} was not "
+                            f"written; the first: {skips.examples[0].message}", source=cfg.input)
     record_data_root(os.path.dirname(os.path.abspath(cfg.output)), data_root, written=[cfg.output])
     return n, skips
 

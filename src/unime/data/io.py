@@ -388,6 +388,15 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise", skips: Ski
     return list(iter_records(path, on_error=on_error, skips=skips, format=format))
 
 
+def output_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The record format `write_records` writes to `path`: `format` if given, else told by the extension."""
+    fmt = format or _EXT.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the format from {Path(path).name!r}; use .jsonl, .parquet, .json or pass "
+                         "format=")
+    return detect_format(path, fmt)  # validates the name
+
+
 def write_records(records: Iterable[Record], path: str | os.PathLike, *, format: str | None = None,
                   on_error: str = "raise", skips: SkipReport | None = None) -> int:
     """Write records atomically in the format of `path`'s extension (or `format`). Returns the count written. A
@@ -395,10 +404,7 @@ def write_records(records: Iterable[Record], path: str | os.PathLike, *, format:
     JSON format) is a `DataError` naming it and the field; under ``on_error="skip"`` it is left out and counted in
     `skips` under the reason ``output_format`` (Parquet holds every record)."""
     p = Path(path)
-    fmt = format or _EXT.get(p.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"cannot tell the format from {p.name!r}; use .jsonl, .parquet, .json or pass format=")
-    detect_format(p, fmt)  # validates the name
+    fmt = output_format(p, format)
     if fmt == "parquet":
         return _write_parquet(records, p)
     policy = ErrorPolicy(on_error, skips, f"{p.name}: records the {fmt} format cannot hold")

@@ -72,11 +72,15 @@ class SkipReport:
     def __len__(self) -> int:
         return self.total
 
+    @property
+    def per_reason(self) -> str:
+        """"reason: n, ..." of the counts, sorted by reason."""
+        return ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items()))
+
     def summary(self, what: str = "record(s)") -> str:
         if not self.total:
             return f"skipped 0 {what}"
-        per = ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items()))
-        lines = [f"skipped {self.total} {what} ({per})"]
+        lines = [f"skipped {self.total} {what} ({self.per_reason})"]
         lines += [f"  - {e.message}" for e in self.examples]
         if self.total > len(self.examples):
             lines.append(f"  ... and {self.total - len(self.examples)} more")
