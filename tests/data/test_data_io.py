@@ -480,6 +480,24 @@ def test_convert_refuses_when_every_record_is_skipped_and_writes_nothing(tmp_pat
     assert out.read_text() == ""
 
 
+def test_convert_names_an_id_less_record_the_output_cannot_hold_by_its_input_line(tmp_path):
+    """A record without an id skipped for the output format was named by its position among the records written
+    ("item 2": a malformed line before it was already left out); now by the line it was read from (QA)."""
+    from unime.data.file_tools import ConvertConfig, convert_records
+
+    src = tmp_path / "r.jsonl"
+    _write_lines(src, [{"id": "r1", "query": {"text": "a"}, "positive": {"text": "b"}}, "not json",
+                       {"query": {"text": "q", "video": "clips/x.mp4"}, "positive": {"text": "p"}},
+                       {"query": {"text": "q", "images": ["a.png", "b.png"]}, "positive": {"text": "p"}}])
+    n, skips = convert_records(ConvertConfig(input=str(src), output=str(tmp_path / "out.json"), on_error="skip"))
+    assert n == 1 and [e.record for e in skips.examples] == ["line 2", "line 3", "line 4"]
+    assert skips.examples[1].message == "record line 3, field 'query': the UniME-V2 JSON format holds no video"
+    # a record not read from a file (inline images in JSONL: the item's own error): named by its position
+    rec = Record(Item("q", (_png_bytes(),)), Item("p"))
+    with pytest.raises(DataError, match=r"^record item 1, field 'images"):
+        write_records([rec], tmp_path / "inline.jsonl")
+
+
 def test_data_convert_command_reports_the_records_left_out(tmp_path, capsys):
     from unime.cli import main
 

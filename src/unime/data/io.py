@@ -323,8 +323,14 @@ def _single_image(item: Item, *, record: str, field: str) -> str:
     return item.images[0] if item.images else ""
 
 
+def record_name(rec: Any, index: int) -> str:
+    """How a message names a record: its id, else the line (or row) it was read from when the reader recorded
+    it (`with_origin`), else its 1-based position (`index` + 1) among the records written."""
+    return getattr(rec, "id", "") or origin_of(rec) or f"item {index + 1}"
+
+
 def record_to_unime_v2(rec: Record, index: int = 0) -> dict:
-    label = rec.id or f"item {index + 1}"
+    label = record_name(rec, index)
     d: dict[str, Any] = {
         "query_text": rec.query.text, "query_image": _single_image(rec.query, record=label, field="query"),
         "pos_text": rec.positive.text, "pos_image": _single_image(rec.positive, record=label, field="positive"),
@@ -428,7 +434,7 @@ def _rows_held(records: Iterable[Record], to_row, policy: ErrorPolicy) -> Iterat
             yield to_row(rec, i)
         except DataError as e:
             if e.record is None:  # an item's own error (inline images) names no record
-                e = DataError(raw_message(e), source=e.source, record=rec.id or f"item {i + 1}", field=e.field)
+                e = DataError(raw_message(e), source=e.source, record=record_name(rec, i), field=e.field)
             e.reason = "output_format"  # type: ignore[attr-defined]
             policy.handle(e)
     policy.finish()
