@@ -63,7 +63,8 @@ def test_data_check_reads_judge_pairs_with_their_label_column_and_images(tmp_pat
 def test_data_check_takes_the_label_column_its_hint_names(tmp_path, capsys):
     """QA: on a pairs file with two extra keys `data check` said "pass --label-column NAME", an option it did not
     have (the hint is `unime judge`'s, whose pairs reader it shares). It has it now: the label is read from that
-    key, and a file without judge pairs refuses it."""
+    key, the other extra keys are ignored (they made every line "unknown keys ['note']": a file with two extra keys
+    was unreadable), and a file without judge pairs refuses it."""
     write_png(tmp_path, "images/red.png", "red")
     f = tmp_path / "pairs.jsonl"
     write_jsonl(f, [
@@ -73,13 +74,14 @@ def test_data_check_takes_the_label_column_its_hint_names(tmp_path, capsys):
     ])
     assert main(["data", "check", str(f)]) == 1
     out = capsys.readouterr().out
-    assert "unknown keys ['grade', 'note'] (a label column? pass --label-column NAME)" in out, out
+    assert f"{f}, record line 1: unknown keys ['grade', 'note'] (a label column? pass --label-column NAME; the " \
+        "other keys are then ignored)" in out, out
     assert main(["data", "check", str(f), "--label-column", "grade"]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{f}: judge pairs (label column 'grade'): 1 good, 2 bad rows, 0 with bad images (image paths " \
+    assert out[0] == f"{f}: judge pairs (label column 'grade'): 2 good, 1 bad rows, 0 with bad images (image paths " \
         f"resolved against {tmp_path})", out
-    assert out[2] == f"  - {f}, record line 1: unknown keys ['note']", out
-    assert out[3] == f"  - {f}, record line 3, field 'grade': expected a label >= 0 (or true/false), got -1", out
+    assert out[1:] == ["skipped 1 record(s) (schema: 1)",
+                       f"  - {f}, record line 3, field 'grade': expected a label >= 0 (or true/false), got -1"], out
     records = tmp_path / "r.jsonl"
     write_jsonl(records, [{"query": {"text": "red"}, "positive": _img("red")}])
     assert main(["data", "check", str(records), "--label-column", "grade"]) == 2

@@ -197,6 +197,13 @@ def test_judge_pairs_reader_takes_a_label_column(tmp_path):
     assert [x[0] for x in pairs] == [1, 2] and labels == [1.0, 0.0]
     with pytest.raises(DataError, match="--label-column"):
         read_pairs(str(p))
+    # with the label column named, the lines' other keys are ignored (two or more made them unreadable)
+    p.write_text(json.dumps({"id": "a", "query": {"text": "q"}, "candidate": {"text": "c"}, "y": 1, "src": "coco",
+                             "note": "x"}) + "\n")
+    assert read_pairs(str(p), label_column="y") == ([("a", Item("q"), Item("c"))], [1.0])
+    with pytest.raises(DataError, match=r"line 1: unknown keys \['note', 'src', 'y'\] \(a label column\? pass "
+                                        "--label-column NAME; the other keys are then ignored"):
+        read_pairs(str(p))
 
 
 def test_judge_pairs_reader_skips_bad_lines_keeping_labels_aligned(tmp_path):

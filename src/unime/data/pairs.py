@@ -21,10 +21,10 @@ def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, l
     line (or, with `images` = an `ImageChecker`, a bad image) raises a `DataError` naming the file, the
     line and the field, or under `on_error="skip"` is counted in `skips` and left out.
     With `label_column`, each line also carries a relevance label under that key (a number >= 0 or a
-    boolean; > 0 = relevant) and `(pairs, labels)` is returned (aligned: a skipped line drops both)."""
+    boolean; > 0 = relevant), any other key is ignored, and `(pairs, labels)` is returned (aligned: a skipped line
+    drops both). Without it, a key beside id, query and candidate is an error naming the keys."""
     policy = ErrorPolicy(on_error, skips, path)
     pairs, labels = [], []
-    allowed = {"id", *PAIR_KEYS} | ({label_column} if label_column else set())
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         where = f"line {n}"
         try:
@@ -34,10 +34,10 @@ def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, l
             for key in PAIR_KEYS + ((label_column,) if label_column else ()):
                 if key not in obj:
                     raise data_error("schema", "missing", source=path, record=where, field=key)
-            unknown = set(obj) - allowed
-            if unknown:
-                hint = " (a label column? pass --label-column NAME)" if not label_column else ""
-                raise data_error("schema", f"unknown keys {sorted(unknown)}{hint}", source=path, record=where)
+            unknown = set(obj) - {"id", *PAIR_KEYS}
+            if unknown and not label_column:
+                raise data_error("schema", f"unknown keys {sorted(unknown)} (a label column? pass --label-column "
+                                 "NAME; the other keys are then ignored)", source=path, record=where)
             q = Item.from_dict(obj["query"], source=path, record=where, field_name="query")
             c = Item.from_dict(obj["candidate"], source=path, record=where, field_name="candidate")
             label = None
