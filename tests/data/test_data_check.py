@@ -144,4 +144,29 @@ def test_data_check_names_a_bad_retrieval_entry_and_compositional_pair(tmp_path,
     assert main(["data", "check", str(comp)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{comp}: compositional pairs: 1 good, 0 bad rows, 1 with bad images"), out
-    assert out[2] == f"  - {comp}, record p2, field 'image': image file not found: 'images/gone.png'", out
+    assert out[2] == f"  - {comp}, record line 2 (id p2), field 'image': image file not found: 'images/gone.png'", out
+
+
+def test_data_check_names_a_bad_image_of_an_eval_row_by_its_line(tmp_path, capsys):
+    """QA: a bad image of an MMEB-eval row, retrieval entry or compositional pair was named by the row's id alone
+    ("record p2"), and an id-less row by its position among the rows left after the bad ones; now by the file's
+    line, with the id when there is one, as for training records and qrels rows."""
+    write_png(tmp_path, "images/red.png", "red")
+    mmeb, ret, comp = tmp_path / "m.jsonl", tmp_path / "ret.jsonl", tmp_path / "comp.jsonl"
+    write_jsonl(mmeb, [{"id": "q1", "qry_text": "red", "qry_img_path": "", "tgt_text": ["", ""],
+                        "tgt_img_path": ["images/red.png", "images/gone.png"]}, "a string",
+                       {"qry_text": "red", "qry_img_path": "images/gone.png", "tgt_text": ["red"],
+                        "tgt_img_path": [""]}])
+    write_jsonl(ret, [{"image": "images/red.png", "captions": []}, {"image": "images/gone.png", "captions": ["a"]},
+                      {"id": "r3", "image": "images/gone.png", "captions": ["b"]}])
+    write_jsonl(comp, [{"image": "images/red.png", "positive": "red", "negative": " "},
+                       {"image": "images/gone.png", "positive": "red", "negative": "blue"}])
+    expected = {mmeb: ["line 2: a MMEB row must be ", "line 1 (id q1), field 'candidates[1].images[0]': image file not",
+                       "line 3, field 'query.images[0]': image file not found"],
+                ret: ["line 1, field 'captions'", "line 2, field 'image': image file not found",
+                      "line 3 (id r3), field 'image': image file not found"],
+                comp: ["line 1, field 'negative'", "line 2, field 'image': image file not found"]}
+    for f, lines in expected.items():
+        assert main(["data", "check", str(f)]) == 1
+        out = capsys.readouterr().out.splitlines()
+        assert [o.split(", record ", 1)[1][:len(want)] for o, want in zip(out[2:], lines)] == lines, out

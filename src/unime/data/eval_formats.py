@@ -133,14 +133,32 @@ def _label(where: str, obj: Any) -> str:
     return f"{where} (id {rid})" if isinstance(rid, (str, int)) and rid != "" else where
 
 
+def with_origin(obj: Any, label: str | None) -> Any:
+    """Remember where a record (or item / row) was read ("line 7 (id q3)"), so a later check of its
+    images names the line, not a position in a list."""
+    if label is None:
+        return obj
+    try:
+        object.__setattr__(obj, "_unime_origin", label)
+    except (AttributeError, TypeError):  # a type without a __dict__
+        pass
+    return obj
+
+
+def origin_of(obj: Any) -> str | None:
+    return getattr(obj, "_unime_origin", None)
+
+
 def read_parsed_rows(path, parse, on_error: str, skips: SkipReport | None) -> list:
-    """`parse(obj, source=, record=)` of every row of `path` (`iter_rows`); a bad one goes through `on_error`."""
+    """`parse(obj, source=, record=)` of every row of `path` (`iter_rows`), each remembering the line (row, list
+    item) it was read from (`with_origin`: a later check of its images names it); a bad one goes through
+    `on_error`."""
     check_on_error(on_error)
     policy = ErrorPolicy(on_error, skips, str(path))
     out = []
     for label, obj in iter_rows(path, policy):
         try:
-            out.append(parse(obj, source=str(path), record=label))
+            out.append(with_origin(parse(obj, source=str(path), record=label), label))
         except DataError as e:
             policy.handle(e)
     policy.finish()

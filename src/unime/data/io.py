@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from unime.data.atomic import atomic_open, atomic_path
-from unime.data.eval_formats import (CompositionalPair, MMEBRow, QrelsRow, RetrievalEntry, qrels_row_from_dict,
-                                     read_compositional, read_mmeb, read_parsed_rows, read_retrieval,
-                                     write_compositional, write_mmeb, write_retrieval)
+from unime.data.eval_formats import (CompositionalPair, MMEBRow, QrelsRow, RetrievalEntry, origin_of,
+                                     qrels_row_from_dict, read_compositional, read_mmeb, read_parsed_rows,
+                                     read_retrieval, with_origin, write_compositional, write_mmeb, write_retrieval)
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
@@ -88,28 +88,12 @@ def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------
 # unime record dicts (JSONL lines, Parquet rows)
 
-def with_origin(obj: Any, label: str | None) -> Any:
-    """Remember where a record (or item / row) was read ("line 7 (id q3)"), so a later check of its
-    images names the line, not a position in a list."""
-    if label is None:
-        return obj
-    try:
-        object.__setattr__(obj, "_unime_origin", label)
-    except (AttributeError, TypeError):  # a type without a __dict__
-        pass
-    return obj
-
-
-def origin_of(obj: Any) -> str | None:
-    return getattr(obj, "_unime_origin", None)
-
-
 def read_mmeb_v2(path: str | os.PathLike, *, corpus: bool = False, on_error: str = "raise",
                  skips: SkipReport | None = None) -> list[V2Row]:
     """MMEB-V2 rows (`unime.data.mmeb_v2`; with `corpus`, a task's corpus rows: candidates only) of one file, each
     remembering the line it was read from (`with_origin`)."""
     def parse(obj, *, source, record):
-        return with_origin(v2_row_from_dict(obj, source=source, record=record, corpus=corpus), record)
+        return v2_row_from_dict(obj, source=source, record=record, corpus=corpus)
 
     return read_parsed_rows(path, parse, on_error, skips)
 
@@ -117,10 +101,7 @@ def read_mmeb_v2(path: str | os.PathLike, *, corpus: bool = False, on_error: str
 def read_qrels(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None) -> list[QrelsRow]:
     """Qrels rows (`unime.data.eval_formats.qrels_row_from_dict`) of one file, each remembering the line it was read
     from (`with_origin`)."""
-    def parse(obj, *, source, record):
-        return with_origin(qrels_row_from_dict(obj, source=source, record=record), record)
-
-    return read_parsed_rows(path, parse, on_error, skips)
+    return read_parsed_rows(path, qrels_row_from_dict, on_error, skips)
 
 
 def _record_label(where: str, obj: Any) -> str:
