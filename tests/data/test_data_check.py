@@ -170,3 +170,42 @@ def test_data_check_names_a_bad_image_of_an_eval_row_by_its_line(tmp_path, capsy
         assert main(["data", "check", str(f)]) == 1
         out = capsys.readouterr().out.splitlines()
         assert [o.split(", record ", 1)[1][:len(want)] for o, want in zip(out[2:], lines)] == lines, out
+
+
+def test_data_check_reads_a_beir_folder_as_eval_does(tmp_path, capsys):
+    """QA: `data check` did not read the BEIR folders `unime eval` takes as qrels tasks (a folder: "record file not
+    found"). It reads corpus.jsonl and queries.jsonl with eval's reader (`unime.data.beir`), opens their images, and
+    reads every qrels/*.tsv line: a bad row, a repeated _id, a judgement naming an unknown (or bad) row, a bad score
+    or a malformed line is named by file, line and field; a missing file is one error naming it."""
+    write_png(tmp_path, "b/imgs/red.png", "red")
+    d = tmp_path / "b"
+    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/gone.png"},
+                                     {"_id": "d3", "title": "green", "text": "grass"}, {"_id": "d3", "text": "again"},
+                                     {"text": "no id"}])
+    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}])
+    (d / "qrels").mkdir()
+    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td1\t1\n"
+                                          "q1\td3\tx\nq1 d3 1\n")
+    (d / "qrels" / "dev.tsv").write_text("q2\td3\t2\n")
+    assert main(["data", "check", str(d)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    corpus, test = d / "corpus.jsonl", d / "qrels" / "test.tsv"
+    assert out[:9] == [
+        f"{d}: BEIR folder (2 corpus rows, 2 queries, 2 judgements in dev.tsv, test.tsv): 6 good, 6 bad rows, 1 with "
+        f"bad images (image paths resolved against {d})",
+        "skipped 7 record(s) (bad_score: 1, image: 1, schema: 5)",
+        f"  - {corpus}, record line 5, field '_id': missing key(s) ['_id']",
+        f"  - {corpus}, record line 2, field 'image': image file not found: 'imgs/gone.png'",
+        f"  - {corpus}, record line 4, field '_id': duplicate _id 'd3'",
+        f"  - {test}, record line 3, field 'corpus-id': unknown corpus id 'd2'",
+        f"  - {test}, record line 4, field 'query-id': unknown query id 'q3'",
+        f"  - {test}, record line 5, field 'score': score 'x' is not a number",
+        f"  - {test}, record line 6: expected 3 tab-separated columns"], out
+    assert main(["data", "check", str(d), "--no-images"]) == 1
+    assert capsys.readouterr().out.startswith(f"{d}: BEIR folder (3 corpus rows, 2 queries, 3 judgements in dev.tsv, "
+                                              "test.tsv): 8 good, 5 bad rows, 0 with bad images\n")
+    (d / "queries.jsonl").unlink()
+    assert main(["data", "check", str(d)]) == 2
+    assert f"{d}: BEIR folder without queries.jsonl" in capsys.readouterr().err
+    assert main(["data", "check", str(tmp_path / "b" / "imgs")]) == 2
+    assert "a folder that is not a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv)" in capsys.readouterr().err

@@ -55,7 +55,8 @@ def convert_records(cfg: ConvertConfig):
 @dataclass(kw_only=True)
 class CheckConfig:
     input: str = option(help="records (.jsonl/.parquet/.json), MMEB-eval or MMEB-V2 rows, qrels rows, retrieval "
-                        "entries, compositional pairs or judge pairs", positional=True)
+                        "entries, compositional pairs, judge pairs, or a BEIR folder (corpus.jsonl, queries.jsonl, "
+                        "qrels/*.tsv)", positional=True)
     mmeb: bool = option(False, "the file holds MMEB-eval rows (default: recognised by the first row's keys)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the file's folder)")
     allow_outside_root: bool = option(False, "permit absolute paths and '..' in image paths")
@@ -97,7 +98,8 @@ def check_format(cfg: CheckConfig) -> str | None:
     """What `cfg.input` holds, told by its first row's keys: "mmeb" (MMEB-eval rows; also `--mmeb` for a file whose
     first row tells nothing), "mmeb_v2" / "mmeb_v2_corpus" (MMEB-V2 rows / a V2 task's corpus rows), "qrels"
     (qrels rows: `unime eval`'s format qrels, the oracle judge's ground truth), "retrieval" / "compositional"
-    (`unime eval`'s formats of those names), "pairs" (judge pairs, `unime judge --pairs`), or None (training
+    (`unime eval`'s formats of those names), "pairs" (judge pairs, `unime judge --pairs`), "beir" (a folder: a BEIR
+    qrels task, `unime.data.beir`), or None (training
     records). An eval task config, or training records under `--mmeb`, is a
     `DataError` naming what it is and the command line that reads it, not a report of every row as bad."""
     from unime.data.eval_formats import COMPOSITIONAL_KEYS, MMEB_KEYS, QRELS_KEYS, RETRIEVAL_KEYS
@@ -110,6 +112,13 @@ def check_format(cfg: CheckConfig) -> str | None:
                         "files it lists with `unime data check DATA_FILE --data-root DATA_ROOT` (the config's "
                         "data_root; MMEB-eval and MMEB-V2 rows are recognised)",
                         source=cfg.input)
+    if os.path.isdir(cfg.input):  # a BEIR folder, its missing files named (`unime.data.beir.beir_files`)
+        from unime.data.beir import CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE
+
+        if any(os.path.exists(os.path.join(cfg.input, n)) for n in (CORPUS_FILE, QUERIES_FILE, QRELS_FOLDER)):
+            return "beir"
+        raise DataError(f"a folder that is not a BEIR folder ({CORPUS_FILE}, {QUERIES_FILE}, {QRELS_FOLDER}/*.tsv): "
+                        "`unime data check` reads a data file or a BEIR folder", source=cfg.input)
     mmeb = "mmeb" if cfg.mmeb else None
     keys = _first_row_keys(cfg.input)
     if keys is None:
@@ -136,7 +145,7 @@ def check_format(cfg: CheckConfig) -> str | None:
 
 _KIND_WORDS = {"mmeb": " MMEB-eval rows:", "mmeb_v2": " MMEB-V2 rows:", "mmeb_v2_corpus": " MMEB-V2 corpus rows:",
                "qrels": " qrels rows:", "pairs": " judge pairs:", "retrieval": " retrieval entries:",
-               "compositional": " compositional pairs:"}
+               "compositional": " compositional pairs:", "beir": " BEIR folder:"}
 
 
 def _pairs_label_column(path: str) -> str | None:
@@ -156,19 +165,23 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     from unime.data.images import DEFAULT_MAX_PIXELS, ImageLoader
     from unime.data.io import (ImageChecker, SkipReport, check_images, read_compositional, read_mmeb, read_mmeb_v2,
                                read_qrels, read_records, read_retrieval)
+    from unime.data.beir import beir_files
     from unime.data.pairs import read_pairs
     from unime.data.roots import resolve_data_root
 
     kind = check_format(cfg)
     skips = SkipReport(max_examples=20)
-    root = resolve_data_root(cfg.input, cfg.data_root)
+    data_file = beir_files(cfg.input)[0] if kind == "beir" else cfg.input  # a BEIR folder's paths: as its corpus'
+    root = resolve_data_root(data_file, cfg.data_root)
     checker = None if cfg.no_images else ImageChecker(ImageLoader(
         root, allow_outside_root=cfg.allow_outside_root, max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS))
     words = "" if kind is None or (kind == "mmeb" and cfg.mmeb) else _KIND_WORDS[kind]
     if cfg.label_column and kind != "pairs":
         raise DataError("--label-column names the label of judge pairs; this file holds no judge pairs (rows of "
                         "query and candidate only, besides id and a label)", source=cfg.input)
-    if kind == "pairs":  # their reader opens each pair's media as it reads the pair
+    if kind == "beir":
+        rows, words = _check_beir(cfg.input, skips, checker)
+    elif kind == "pairs":  # their reader opens each pair's media as it reads the pair
         label_column = cfg.label_column or _pairs_label_column(cfg.input)
         rows = read_pairs(cfg.input, on_error="skip", skips=skips, images=checker, label_column=label_column)
         rows = rows[0] if label_column else rows
@@ -184,8 +197,35 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     where = "" if cfg.no_images else f" (image paths resolved against {root})"
     line = (f"{cfg.input}:{words} {len(rows)} good, {skips.total - n_media_bad} bad rows, "
             f"{bad_media_words(skips, n_media_bad)}{where}")
-    hint = "" if checker is None or cfg.data_root else _data_root_hint(cfg.input, root, checker)
+    hint = "" if checker is None or cfg.data_root else _data_root_hint(str(data_file), root, checker)
     return line + (f"\n{skips.summary()}" if skips.total else "") + hint, skips.total
+
+
+def _check_beir(folder: str, skips, checker) -> tuple[list, str]:
+    """The good rows and judgements of a BEIR folder, read as `unime eval` reads them (`unime.data.beir`): corpus
+    and query rows (each image opened by `checker`, unless None; a repeated ``_id`` is bad), then every
+    ``qrels/*.tsv`` line (an id naming no good corpus or query row is bad). Bad ones are counted in `skips`.
+    Returns (the good rows and judgements, the report's words naming how many of each)."""
+    from unime.data.beir import beir_files, beir_row_from_dict, first_of_each_id, read_beir_qrels
+    from unime.data.eval_formats import origin_of, read_parsed_rows
+    from unime.data.io import check_images
+    from unime.data.skips import ErrorPolicy
+
+    corpus_file, queries_file, qrels_files = beir_files(folder)
+    ids = []
+    for f in (corpus_file, queries_file):
+        rows = read_parsed_rows(f, beir_row_from_dict, "skip", skips)
+        if checker is not None:
+            rows = check_images(rows, checker, on_error="skip", skips=skips, source=str(f))
+        policy = ErrorPolicy("skip", skips, str(f))
+        ids.append({row.id: row for _, row in first_of_each_id(((origin_of(r), r) for r in rows), policy,
+                                                               source=str(f))})
+    corpus, queries = ids
+    judged = [j for f in qrels_files
+              for j in read_beir_qrels(f, queries, corpus, ErrorPolicy("skip", skips, str(f)))]
+    words = (f" BEIR folder ({len(corpus)} corpus rows, {len(queries)} queries, {len(judged)} judgements in "
+             f"{', '.join(f.name for f in qrels_files)}):")
+    return [*corpus.values(), *queries.values(), *judged], words
 
 
 def _data_root_hint(data_file: str, root: str, checker) -> str:

@@ -34,8 +34,8 @@ is read as one task — the layout of a Hugging Face dataset snapshot such as MM
   global ranking, Hit@1 or NDCG@5 (``unime.eval.mmeb_v2``). Any task may carry ``modality`` (image, video,
   visdoc): the MMEB-V2 aggregates group by it.
 
-MMEB rows, retrieval entries and compositional pairs are parsed by the data layer
-(`unime.data.eval_formats`), one row at a time, with its error policy: a bad row raises `DataError`
+MMEB rows, retrieval entries, compositional pairs and BEIR folders are parsed by the data layer
+(`unime.data.eval_formats`, `unime.data.beir`), one row at a time, with its error policy: a bad row raises `DataError`
 naming file, record and field, or with ``on_error="skip"`` is left out and counted. Rows of every format
 have their images and videos checked as they are read (`_parsed_rows`), so bad media counts as a bad row —
 except, under the skip policy, a bad candidate of an MMEB, qrels or MMEB-V2 row: that candidate leaves the row
@@ -63,14 +63,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
+from unime.data.beir import (CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE, beir_row_from_dict, first_of_each_id,
+                             is_beir_folder, read_beir_qrels)
 from unime.data.eval_formats import (MMEBRow, QrelsRow, compositional_pair_from_dict, mmeb_row_from_dict,
-                                     qrels_row_from_dict, relevance_grade, retrieval_entry_from_dict)
+                                     qrels_row_from_dict, retrieval_entry_from_dict)
 from unime.data.eval_formats import iter_rows as iter_format_rows
 from unime.data.items import Item
 from unime.data.jsonl import read_text_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
 from unime.data.skips import ErrorPolicy, SkipReport, data_error, reason_of
-from unime.data.validate import check_keys, check_str, make_item
 from unime.errors import DataError
 
 FORMATS = ("mmeb", "retrieval", "compositional", "qrels", "mmeb_v2")
@@ -797,19 +798,8 @@ def _templated(item: Item, template: str) -> Item:
     return Item(text=_template(template, item.text), images=item.images, video=item.video)
 
 
-@dataclass
-class BeirRow:
-    """One line of a BEIR ``corpus.jsonl`` / ``queries.jsonl``."""
-
-    id: str
-    item: Item
-
-    def item_fields(self):
-        yield "image", self.item  # the row's one image, under the key it was read from
-
-
 def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
-    if spec.path.is_dir() and (spec.path / "corpus.jsonl").is_file():
+    if is_beir_folder(spec.path):
         return _read_beir(spec, policy, images)
     qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
     table = ItemTable()
@@ -829,18 +819,6 @@ def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsDa
                      ids=ids, dropped_candidates=n_dropped)
 
 
-def _beir_row(row: Any, *, source, record, template: str) -> BeirRow:
-    check_keys(row, {"_id"}, {"text", "title", "image", "metadata"}, source=source, record=record,
-               what="BEIR row")
-    rid = check_str(row["_id"], source=source, record=record, field="_id", allow_none=False)
-    text = check_str(row.get("text"), source=source, record=record, field="text")
-    title = check_str(row.get("title"), source=source, record=record, field="title")
-    full = f"{title}\n{text}" if title and text else (title or text)
-    item = make_item(_template(template, full) if full else "", row.get("image"), source=source, record=record,
-                     field="text", image_key="image")
-    return BeirRow(rid, item)
-
-
 def _read_beir(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
     qt, ct = spec.option("query_template", "{text}"), spec.option("candidate_template", "{text}")
     table = ItemTable()
@@ -848,50 +826,25 @@ def _read_beir(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
     corpus: list[int] = []
     query_rows: dict[str, Item] = {}
     images = images or _image_checker(spec)
-    for fname, template, target in (("corpus.jsonl", ct, None), ("queries.jsonl", qt, query_rows)):
+    for fname, template, target in ((CORPUS_FILE, ct, None), (QUERIES_FILE, qt, query_rows)):
         f = spec.path / fname
         if not f.is_file():
             raise DataError(f"task {spec.name!r}: BEIR folder without {fname}", source=str(spec.path))
-        for _, label, beir in _parsed_rows(f, lambda o, **kw: _beir_row(o, template=template, **kw), policy,
-                                        task=spec.name, images=images):
-            rid, item = beir.id, beir.item
-            if rid in (corpus_pos if target is None else target):
-                policy.handle(data_error("schema", f"duplicate _id {rid!r}", source=str(f), record=label,
-                                         field="_id"))
-                continue
+        rows = _parsed_rows(f, lambda o, **kw: beir_row_from_dict(o, template=template, **kw), policy,
+                            task=spec.name, images=images)
+        for _, beir in first_of_each_id(((label, row) for _, label, row in rows), policy, source=str(f)):
             if target is None:
-                corpus_pos[rid] = len(corpus)
-                corpus.append(table.add(item))
+                corpus_pos[beir.id] = len(corpus)
+                corpus.append(table.add(beir.item))
             else:
-                target[rid] = item
-    qrels_path = spec.path / "qrels" / f"{spec.option('qrels_split', 'test')}.tsv"
+                target[beir.id] = beir.item
+    qrels_path = spec.path / QRELS_FOLDER / f"{spec.option('qrels_split', 'test')}.tsv"
     if not qrels_path.is_file():
         raise DataError(f"task {spec.name!r}: qrels file not found", source=str(qrels_path))
     judged: dict[str, dict[int, float]] = {}
     src = str(qrels_path)
-    for n, line in enumerate(read_text_file(qrels_path).splitlines(keepends=True), 1):
-        parts = line.rstrip("\r\n").split("\t")
-        if (n == 1 and parts[:2] == ["query-id", "corpus-id"]) or not line.strip():
-            continue
-        try:
-            if len(parts) != 3:
-                raise data_error("schema", "expected 3 tab-separated columns", source=src, record=f"line {n}")
-            qid, did, score = parts
-            if qid not in query_rows:
-                raise data_error("schema", f"unknown query id {qid!r}", source=src, record=f"line {n}",
-                                 field="query-id")
-            if did not in corpus_pos:
-                raise data_error("schema", f"unknown corpus id {did!r}", source=src, record=f"line {n}",
-                                 field="corpus-id")
-            try:
-                g = float(score)
-            except ValueError:
-                raise data_error("bad_score", f"score {score!r} is not a number", source=src,
-                                 record=f"line {n}", field="score") from None
-            judged.setdefault(qid, {})[corpus_pos[did]] = relevance_grade(g, source=src, record=f"line {n}",
-                                                                          field_name="score")
-        except DataError as e:
-            policy.handle(e)
+    for qid, did, grade in read_beir_qrels(qrels_path, query_rows, corpus_pos, policy):
+        judged.setdefault(qid, {})[corpus_pos[did]] = grade
     corpus_arr = np.asarray(corpus, dtype=np.int64)
     queries, grades, ids = [], [], []
     for qid, item in query_rows.items():
