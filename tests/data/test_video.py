@@ -326,6 +326,23 @@ def test_the_numbering_of_a_sampling_is_what_decides_the_frames_taken():
             parse_numbering(bad)
 
 
+def test_a_sampling_with_a_recorded_numbering_takes_the_frames_the_recorded_one_takes():
+    """`with_numbering` (the T-CoT check's sampling of a recorded numbering): for clips of 1..100 frames over 0.5..50
+    s, the frames the recorded sampling takes (`frame_count`), whatever limits it is given."""
+    from unime.data.video import VideoSampling
+
+    recorded = [VideoSampling(), VideoSampling(num_frames=7), VideoSampling(num_frames=100, max_frames=12),
+                VideoSampling(num_frames=None, fps=1.5, max_frames=12), VideoSampling(num_frames=None, fps=8.0),
+                VideoSampling.from_options(fps=2.0, max_frames=1)]
+    for s in recorded:
+        for base in (VideoSampling(), VideoSampling(num_frames=None, fps=4.0, max_frames=3)):
+            t = base.with_numbering(s.numbering())
+            assert t.max_video_pixels == base.max_video_pixels and t.numbering() == s.numbering()
+            for total in (1, 2, 3, 7, 8, 16, 100):
+                for duration in (0.5, 2.0, 50.0):
+                    assert t.frame_count(total, duration) == s.frame_count(total, duration), (s, base, total)
+
+
 # -- seeking in long clips ----------------------------------------------------------------------------------
 
 def _keyframes(path: Path) -> list[int]:

@@ -169,8 +169,10 @@ def test_key_frames_numbered_under_another_sampling_are_refused_naming_both(clip
     assert main(["reason", "teacher", "--world", str(clip_world), "--records", str(records), "--out", str(tcots),
                  "--video-frames", "4"]) == 0
     assert '"key_frames": [1, 3, 4]' in json.loads(tcots.read_text().splitlines()[0])["tcot"]  # in range of 8
+    clip = json.loads(tcots.read_text().splitlines()[0])["item"]["video"][0]
     expected = (f"{tcots}, record line 1, field 'video_sampling': the T-CoT's key frames are numbered among the "
-                "frames of --video-frames 4, this command samples --video-frames 8: give it the --video-* options "
+                f"frames of --video-frames 4, this command samples --video-frames 8: of video {clip!r} they take "
+                "frames [0, 2, 5, 7], this command frames [0, 1, 2, 3, 4, 5, 6, 7]: give it the --video-* options "
                 "the T-CoT file was written with")
     out = tmp_path / "m.parquet"
     materialize = ["reason", "materialize", "--records", str(records), "--tcots", str(tcots), "--data-root",
@@ -190,3 +192,34 @@ def test_key_frames_numbered_under_another_sampling_are_refused_naming_both(clip
     assert main(sft + ["--out", str(tmp_path / "skip"), "--skip-invalid"]) == 0  # the two clip queries left out
     summary = json.loads((tmp_path / "skip" / "sft_summary.json").read_text())
     assert (summary["examples"], summary["skipped_invalid"]) == (2, 2)
+
+
+def test_key_frames_of_another_sampling_that_takes_the_same_frames_are_accepted(clip_world, tmp_path, capsys):
+    """The world's clips have 8 frames at 4 fps. A T-CoT file written at `--video-fps 8` (16 frames for 2 s, at most
+    the clip's 8: frames 0..7) was refused when read at `--video-frames 8` (frames 0..7) because the settings
+    differ; the check now compares the frames each takes of the clip: equal, the file is read. `--video-fps 2` (4
+    frames: 0, 2, 5, 7) read at `--video-frames 4` (the same 4) is read too; read at the default 8 frames it is
+    refused naming the line, the clip and both selections."""
+    import json
+
+    from unime.cli import main
+
+    records = clip_world / "clip_records.jsonl"
+    for written, read, ok in ((["--video-fps", "8"], ["--video-frames", "8"], True),
+                              (["--video-fps", "2"], ["--video-frames", "4"], True),
+                              (["--video-fps", "2"], [], False)):
+        tcots = tmp_path / f"t{written[1]}.jsonl"
+        assert main(["reason", "teacher", "--world", str(clip_world), "--records", str(records), "--out", str(tcots)]
+                    + written) == 0
+        first = json.loads(tcots.read_text().splitlines()[0])
+        assert first["video_sampling"] == {"fps": int(written[1]), "max_frames": 64}
+        out = tmp_path / f"m{written[1]}{read}.parquet"
+        code = main(["reason", "materialize", "--records", str(records), "--tcots", str(tcots), "--data-root",
+                     str(clip_world), "--out", str(out)] + read)
+        err = capsys.readouterr().err
+        assert (code == 0) == ok and out.exists() == ok, (written, read, err)
+        if not ok:
+            assert (f"{tcots}, record line 1, field 'video_sampling': the T-CoT's key frames are numbered among the "
+                    f"frames of --video-fps 2 --video-max-frames 64, this command samples --video-frames 8: of video "
+                    f"{first['item']['video'][0]!r} they take frames [0, 2, 5, 7], this command frames "
+                    "[0, 1, 2, 3, 4, 5, 6, 7]") in err, err

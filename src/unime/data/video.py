@@ -171,6 +171,18 @@ class VideoSampling:
             return {"frames": self.frame_count(self.max_frames, None)}
         return {"fps": self.fps, "max_frames": self.max_frames}
 
+    def with_numbering(self, numbering: dict[str, Any]) -> "VideoSampling":
+        """This sampling's limits taking the frames a recorded `numbering` (`numbering`, `parse_numbering`) takes: of
+        every video, the frames the sampling it was recorded from takes."""
+        import dataclasses
+
+        if "frames" in numbering:
+            n = numbering["frames"]  # already rounded within its max_frames (`numbering`)
+            return dataclasses.replace(self, num_frames=n, fps=None, max_frames=n, min_frames=min(self.min_frames, n))
+        m = numbering["max_frames"]
+        return dataclasses.replace(self, num_frames=None, fps=numbering["fps"], max_frames=m,
+                                   min_frames=min(self.min_frames, m))
+
     def frame_count(self, total_frames: int, duration_s: float | None) -> int:
         """How many frames to sample from a clip of `total_frames` frames lasting `duration_s` seconds."""
         if self.num_frames is not None:

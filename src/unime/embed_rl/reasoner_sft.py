@@ -91,7 +91,7 @@ def sft_rows(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False
         rid = f"{r.record_id}/{r.side}"
         try:
             tcot = parse_tcot(r.tcot, source=source, record=rid)
-            refuse_other_sampling(r, loader.video_sampling, source=source)
+            refuse_other_sampling(r, loader, source=source)
         except DataError:  # a TCoTError, or key frames of another sampling
             if not skip_invalid:
                 raise
@@ -167,6 +167,9 @@ class CheckedImages:
 
     def load_video(self, refs, **where):
         return self.loader.load_video(refs, **where)
+
+    def resolve(self, ref, **where):  # a `unime.data.video.FrameLoader` too: a clip under another sampling
+        return self.loader.resolve(ref, **where)
 
     def check(self, rows, *, source: str | None, policy) -> list:
         """The rows whose images and video open; a failure names the row's line and field, and goes to

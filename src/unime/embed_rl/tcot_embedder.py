@@ -206,13 +206,14 @@ def split_records_file(cfg: SplitConfig) -> dict:
     data_root = resolve_data_root(records, cfg.data_root)
     sampling = VideoSampling.from_fields(cfg)
     # the judge opens the query and positive images: a bad one is named by this file's line before it loads
-    check_images([with_origin(dataclasses.replace(r, negatives=[]), origin_of(r)) for r in recs],
-                 ImageLoader(data_root, video=sampling), source=records)
+    loader = ImageLoader(data_root, video=sampling)
+    check_images([with_origin(dataclasses.replace(r, negatives=[]), origin_of(r)) for r in recs], loader,
+                 source=records)
     scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
                                          image_budget=ImageBudget.from_args(cfg), video_sampling=sampling)
     tcot_rows = read_tcot_rows(cfg.tcots)
     for row in tcot_rows:  # the judge reads the key frames of a T-CoT beside the frames of this sampling
-        refuse_other_sampling(row, sampling, source=cfg.tcots)
+        refuse_other_sampling(row, loader, source=cfg.tcots)
     split = split_by_tcot_match(recs, tcot_rows, scorer, threshold=cfg.threshold,
                                 rl_fraction=cfg.rl_fraction, source=records)
     os.makedirs(out_dir, exist_ok=True)
@@ -252,7 +253,7 @@ def materialize_records_file(cfg: MaterializeConfig) -> int:
     loader = ImageLoader(data_root, video=VideoSampling.from_fields(cfg))  # the frames the key frames number
     tcot_rows = None if cfg.no_tcots else read_tcot_rows(cfg.tcots)
     for row in tcot_rows or ():  # key frames numbered under another sampling would cut other frames
-        refuse_other_sampling(row, loader.video_sampling, source=cfg.tcots)
+        refuse_other_sampling(row, loader, source=cfg.tcots)
     out_recs = reasoned_records(recs, tcot_rows, loader, source=cfg.records)
     n = write_records(out_recs, cfg.out)
     # the items keep their image paths (only the evidence crops are inline): the trainer needs the root
