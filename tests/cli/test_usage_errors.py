@@ -277,17 +277,17 @@ def test_a_folder_refused_by_the_stage_is_the_contract_line_too(command, monkeyp
     assert err.splitlines() == [f"unime: error: {tmp_path / 'o'} exists and is not empty"]
 
 
-def test_reason_eval_on_tasks_of_no_supported_format_names_the_one_it_evaluates(tmp_path, capsys):
-    """QA: `--tasks WORLD/eval_tasks_video.yaml` (MMEB-V2 tasks) ended in a ValueError traceback."""
-    tasks = tmp_path / "eval_tasks_video.yaml"
-    tasks.write_text("tasks:\n  - {name: clip_ret, format: mmeb_v2, path: eval/video/clip_ret.jsonl, modality: video}\n"
-                     "  - {name: caps, format: retrieval, path: eval/retrieval/caps.jsonl}\n")
+def test_reason_eval_on_tasks_of_no_supported_format_names_the_ones_it_evaluates(tmp_path, capsys):
+    """QA: `--tasks WORLD/eval_tasks_video.yaml` (MMEB-V2 tasks) ended in a ValueError traceback; MMEB-V2 tasks are
+    evaluated now, tasks of other formats only are refused naming the formats it evaluates."""
+    tasks = tmp_path / "eval_tasks.yaml"
+    tasks.write_text("tasks:\n  - {name: caps, format: retrieval, path: eval/retrieval/caps.jsonl}\n"
+                     "  - {name: comp, format: compositional, path: eval/comp.jsonl}\n")
     assert main(["reason", "eval", "--embedder", "e", "--tasks", str(tasks), "--out", str(tmp_path / "ev"),
                  "--tcots", "none"]) == 2
     assert _error_line(capsys) == (
-        f"reason eval: --tasks {tasks}: no task of format mmeb, the only format `reason eval` evaluates (these tasks: "
-        "mmeb_v2, retrieval; MMEB-V2 tasks such as the video tasks, and retrieval / compositional / qrels tasks, are "
-        "not supported)")
+        f"reason eval: --tasks {tasks}: no task of format mmeb or mmeb_v2, the formats `reason eval` evaluates (these "
+        "tasks: compositional, retrieval; retrieval / compositional / qrels tasks are not supported)")
     assert not (tmp_path / "ev").exists()
 
 

@@ -223,3 +223,37 @@ def test_key_frames_of_another_sampling_that_takes_the_same_frames_are_accepted(
                     f"frames of --video-fps 2 --video-max-frames 64, this command samples --video-frames 8: of video "
                     f"{first['item']['video'][0]!r} they take frames [0, 2, 5, 7], this command frames "
                     "[0, 1, 2, 3, 4, 5, 6, 7]") in err, err
+
+
+def test_reason_eval_evaluates_the_video_tasks_as_eval_loads_them(clip_world, tiny_model_dir, frames_seen, tmp_path,
+                                                                  capsys):
+    """`reason eval` evaluated MMEB-format (image) tasks only and refused the world's video tasks (MMEB-V2 rows). It
+    now reads them as `unime eval` does (the same rows and candidates per task) and scores them with T-CoTs, the
+    clips sampled by its `--video-*` options: 4 frames per clip with `--video-frames 4`, up to 8 by default."""
+    import json
+
+    from unime.cli import main
+    from unime.models.prompts import EMB_TOKEN
+
+    model = tiny_model_dir("qwen2_vl", (EMB_TOKEN,))
+    tasks = str(clip_world / "eval_tasks_video.yaml")
+    names = {"clip_cls", "clip_qa", "clip_ret", "clip_moment"}
+    assert main(["eval", "--model", model, "--tasks", tasks, "--device", "cpu", "--no-cache",
+                 "--out", str(tmp_path / "eval")]) == 0
+    plain = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    frames = {}
+    for name, extra in (("default", []), ("four", ["--video-frames", "4"])):
+        frames_seen.clear()
+        out = tmp_path / name
+        assert main(["reason", "eval", "--embedder", model, "--tasks", tasks, "--tcots", "teacher", "--world",
+                     str(clip_world), "--device", "cpu", "--out", str(out)] + extra) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert set(summary["tasks"]) == names and "mmeb_v2" in summary["aggregates"]
+        assert summary["task_counts"] == plain["task_counts"]  # the same rows and candidates as `unime eval`'s
+        assert summary["meta"]["skipped_tasks_other_formats"] == []
+        frames[name] = {n for s in frames_seen for n in s["videos"]}
+        rows = [json.loads(x) for x in (out / "tcots.jsonl").read_text().splitlines()]
+        assert {r["side"] for r in rows} == {"query", "target"}
+        assert all(r["tcot"].startswith("<thinking>") for r in rows)
+    assert max(frames["default"]) == 8 and frames["four"] == {4}  # (clip_moment's segments are shorter clips)
+    assert '"mmeb_v2"' in capsys.readouterr().out

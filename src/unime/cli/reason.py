@@ -24,7 +24,8 @@ ACTIONS = {
     "add-emb": ("unime.embed_rl.tcot_embedder:AddEmbConfig",
                 "copy a checkpoint with the <emb> token added (embeddings resized)"),
     "eval": ("unime.embed_rl.tcot_embedder:ReasonEvalConfig",
-             "evaluate an <emb> embedder on MMEB-format tasks with items embedded with T-CoTs"),
+             "evaluate an <emb> embedder on MMEB-format and MMEB-V2 (video) tasks with items embedded with "
+             "T-CoTs"),
 }
 
 
@@ -95,5 +96,9 @@ def _eval(args) -> int:
     from unime.embed_rl.tcot_embedder import evaluate_with_reasoning
 
     summary = evaluate_with_reasoning(_cfg(args))
-    print(json.dumps(summary.get("aggregates", {}).get("mmeb", {}), indent=1))
+    aggregates = summary.get("aggregates", {})
+    # video tasks (MMEB-V2) add their own aggregates beside the MMEB ones
+    shown = {k: aggregates[k] for k in ("mmeb", "mmeb_v2") if aggregates.get(k)} if "mmeb_v2" in aggregates else \
+        aggregates.get("mmeb", {})
+    print(json.dumps(shown, indent=1))
     return 0
