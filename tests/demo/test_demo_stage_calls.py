@@ -119,3 +119,20 @@ def test_an_option_the_stage_call_does_not_read_is_refused(recorded_stage_functi
     with pytest.raises(UnimeError, match="--no-such-option"):
         run_stage_command("reason materialize", {"--records": "r", "--tcots": "t", "--out": str(tmp_path / "o"),
                                                  "--no-such-option": 1})
+
+
+EMBED_RL_READERS = {"reason teacher", "reason split", "reason materialize", "train reasoner", "reason eval"}
+
+
+@pytest.mark.parametrize("preset", ["quick", "default"])
+def test_the_embed_rl_stages_sample_clips_as_the_demo_mines_them(preset, tmp_path, tiny_world_dir, monkeypatch):
+    """The demo passed no `--video-*` options to its Embed-RL stages: the teacher, the split, materialize, the
+    reasoner's SFT and GRPO and `reason eval` sampled clips with the default 8 frames whatever the demo's
+    `video_frames` (consistent only at the default). Each now gets the demo's sampling, the one its mining gets."""
+    settings = dataclasses.replace(DemoSettings.preset(preset), video_frames=4)
+    calls = _demo_commands(tmp_path, tiny_world_dir(0), settings, monkeypatch)
+    mine = [o for c, o in calls if c == "mine"]
+    assert mine and mine[0]["--video-frames"] == 4
+    embed_rl = [(c, o) for c, o in calls if c in EMBED_RL_READERS]
+    assert {c for c, _ in embed_rl} == EMBED_RL_READERS and len(embed_rl) >= 10  # 2 materialize, 2 reasoner, 5 evals
+    assert [(c, o.get("--video-frames")) for c, o in embed_rl] == [(c, 4) for c, _ in embed_rl]

@@ -116,9 +116,13 @@ def embed_rl_paths(demo: "DemoRun") -> dict[str, Path]:
 
 def run_embed_rl(demo: "DemoRun") -> None:
     """Add the Embed-RL stages to `demo` (needs its `world` and `models` stages done)."""
+    from unime.demo.video_rows import video_options
+
     s, dev, world = demo.s, {"--device": demo.device}, demo.world
     P = embed_rl_paths(demo)
     tasks = world / "eval_tasks.yaml"
+    # the clips' sampling of the demo's mining: the teacher numbers key frames among the frames the readers take
+    video = video_options(demo)
 
     # the <emb> embedders start from the pretrained base, as Embed-RL's from a pretrained MLLM: the base with the
     # <emb> token added (its embedding row new)
@@ -133,7 +137,8 @@ def run_embed_rl(demo: "DemoRun") -> None:
         write_records(recs, P["records"])
         c.append(f"# python: unime.demo.embed_rl.subset_per_task(train records, {s.er_records}) -> "
                  f"{len(recs)} records in {P['records']}")
-        demo.run_command("reason teacher", {"--world": world, "--records": P["records"], "--out": P["tcots"]}, c)
+        demo.run_command("reason teacher", {"--world": world, "--records": P["records"], "--out": P["tcots"],
+                                            **video}, c)
     demo.stage("er-teacher", [P["records"], P["tcots"]], teacher)
 
     def judge_data(c):
@@ -156,7 +161,7 @@ def run_embed_rl(demo: "DemoRun") -> None:
 
     demo.stage("er-split", [P["split"] / "split.json"], lambda c: demo.run_command("reason split", {
         "--records": P["records"], "--tcots": P["tcots"], "--judge": P["judge"] / "merged", "--data-root": world,
-        "--out-dir": P["split"], "--rl-fraction": s.er_rl_fraction, **dev}, c))
+        "--out-dir": P["split"], "--rl-fraction": s.er_rl_fraction, **video, **dev}, c))
 
     def materialize(c):
         # the T-CoT embedder's records (the contrastive split with teacher T-CoTs), and the records of the embedder
@@ -164,7 +169,7 @@ def run_embed_rl(demo: "DemoRun") -> None:
         for out, how in ((P["reasoned"], {"--records": P["split"] / "contrastive.jsonl", "--tcots": P["tcots"]}),
                          (P["plain_records"], {"--records": P["records"], "--no-tcots": True})):
             if not out.exists():
-                demo.run_command("reason materialize", {**how, "--data-root": world, "--out": out}, c)
+                demo.run_command("reason materialize", {**how, "--data-root": world, "--out": out, **video}, c)
     demo.stage("er-materialize", [P["reasoned"], P["plain_records"]], materialize)
 
     def embedders(c):
@@ -181,7 +186,7 @@ def run_embed_rl(demo: "DemoRun") -> None:
     demo.stage("er-sft", [P["sft"] / "sft_summary.json"], lambda c: demo.run_command("train reasoner", {
         "--stage": "sft", "--model": P["reasoner_base"], "--tcots": P["tcots"], "--data-root": world,
         "--out": P["sft"], "--lora-r": 0, "--lr": s.er_sft_lr, "--epochs": s.er_sft_epochs,
-        "--batch-size": s.er_sft_batch, "--seed": 0, "--logging-steps": 5, **dev}, c))
+        "--batch-size": s.er_sft_batch, "--seed": 0, "--logging-steps": 5, **video, **dev}, c))
 
     demo.stage("er-grpo", [P["grpo"] / "grpo_summary.json"], lambda c: demo.run_command("train reasoner", {
         "--stage": "grpo", "--model": P["sft"] / "merged", "--embedder": P["tcot"] / "merged",
@@ -190,7 +195,7 @@ def run_embed_rl(demo: "DemoRun") -> None:
         "--data-root": world,
         "--out": P["grpo"], "--max-steps": s.er_grpo_steps, "--num-generations": s.er_generations,
         "--pairs-per-batch": 2, "--grpo-epochs": s.er_grpo_epochs, "--lr": s.er_grpo_lr,
-        "--max-completion-length": s.er_max_new_tokens, "--seed": 0, **dev}, c))
+        "--max-completion-length": s.er_max_new_tokens, "--seed": 0, **video, **dev}, c))
 
     runs = {"plain_none": (P["plain"], {"--tcots": "none"}),
             "tcot_none": (P["tcot"], {"--tcots": "none"}),
@@ -204,5 +209,6 @@ def run_embed_rl(demo: "DemoRun") -> None:
             if (dest / "summary.json").exists():
                 continue
             demo.run_command("reason eval", {"--embedder": emb / "merged", "--tasks": tasks, "--out": dest, **how,
-                                             "--batch-size": 32, "--max-new-tokens": s.er_max_new_tokens, **dev}, c)
+                                             "--batch-size": 32, "--max-new-tokens": s.er_max_new_tokens, **video,
+                                             **dev}, c)
     demo.stage("er-eval", [P["eval"] / name / "summary.json" for name in runs], evaluate)

@@ -194,7 +194,8 @@ def _eval(o: _Options) -> Callable[[], Any]:
 def _reason_teacher(o: _Options) -> Callable[[], Any]:
     from unime.reasoning.teacher import TeacherConfig, write_teacher_tcots
 
-    cfg = TeacherConfig(world=o.get("--world"), out=o.get("--out"), records=o.get("--records"))
+    cfg = TeacherConfig(world=o.get("--world"), out=o.get("--out"), records=o.get("--records"),
+                        **o.given(video_frames=int))
     return _in_file(o, lambda: write_teacher_tcots(cfg))
 
 
@@ -202,7 +203,8 @@ def _reason_split(o: _Options) -> Callable[[], Any]:
     from unime.embed_rl.tcot_embedder import SplitConfig, split_records_file
 
     cfg = SplitConfig(records=o.get("--records"), tcots=o.get("--tcots"), judge=o.get("--judge"),
-                      out_dir=o.get("--out-dir"), **o.given(data_root=str, rl_fraction=float, device=str))
+                      out_dir=o.get("--out-dir"),
+                      **o.given(data_root=str, rl_fraction=float, device=str, video_frames=int))
     return _in_folder(o, lambda: split_records_file(cfg), "--out-dir")
 
 
@@ -210,7 +212,7 @@ def _reason_materialize(o: _Options) -> Callable[[], Any]:
     from unime.embed_rl.tcot_embedder import MaterializeConfig, materialize_records_file
 
     cfg = MaterializeConfig(records=o.get("--records"), out=o.get("--out"),
-                            **o.given(tcots=str, no_tcots=bool, data_root=str))
+                            **o.given(tcots=str, no_tcots=bool, data_root=str, video_frames=int))
     return _in_file(o, lambda: materialize_records_file(cfg))
 
 
@@ -224,7 +226,8 @@ def _reason_add_emb(o: _Options) -> Callable[[], Any]:
 def _train_reasoner(o: _Options) -> Callable[[], Any]:
     stage = o.get("--stage")
     common = dict(model=o.get("--model"), out=o.get("--out"),
-                  **o.given(data_root=str, lora_r=int, learning_rate=("--lr", float), seed=int, device=str))
+                  **o.given(data_root=str, lora_r=int, learning_rate=("--lr", float), seed=int, device=str,
+                            video_frames=int))
     if stage == "sft":
         from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
 
@@ -245,7 +248,7 @@ def _reason_eval(o: _Options) -> Callable[[], Any]:
 
     cfg = ReasonEvalConfig(embedder_path=o.get("--embedder"), tasks=o.get("--tasks"), out_dir=o.get("--out"),
                            **o.given(tcots=str, reasoner_path=("--reasoner", str), world_root=("--world", str),
-                                     batch_size=int, max_new_tokens=int, device=str))
+                                     batch_size=int, max_new_tokens=int, device=str, video_frames=int))
     return _in_folder(o, lambda: evaluate_with_reasoning(cfg))
 
 

@@ -55,8 +55,9 @@ def training_records(demo: "DemoRun") -> Path:
 
 
 def video_options(demo: "DemoRun") -> dict:
-    """The frame sampling of mining (the same as the video evals'; the demo's trainers use the default, 8 frames,
-    which `DemoSettings.video_frames` equals)."""
+    """The frame sampling of mining and of the Embed-RL stages (`unime.demo.embed_rl`: the teacher's key frames are
+    numbered among the frames its readers take), the same as the video evals'; the demo's embedder trainers use the
+    default, 8 frames, which `DemoSettings.video_frames` equals."""
     return {"--video-frames": demo.s.video_frames} if trains_on_video(demo) else {}
 
 
