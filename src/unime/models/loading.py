@@ -252,6 +252,49 @@ def load_processor(path: str, *, image_budget: ImageBudget | None = None, budget
     return processor, budget
 
 
+def _adapter_key_mapping(model) -> dict[str, Any] | None:
+    """peft's `key_mapping` that renames the keys of an adapter saved in an older layout of `model`'s class to its
+    layout, by the renamings transformers applies to that class's full checkpoints (`get_model_conversion_mapping`):
+    transformers 5's Qwen2-VL / Qwen2.5-VL hold the language model in model.language_model and the vision tower in
+    model.visual where an adapter saved on transformers 4 (VLM2Vec's training, older unime, most adapters on the
+    hub) says model.layers and visual. None where the class has no renamings, or where peft converts the keys itself
+    (a model type with its own conversion mapping: peft's `convert_peft_adapter_state_dict_for_transformers`)."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping, get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    if get_checkpoint_conversion_mapping(model.config.model_type) is not None:
+        return None
+    renamings = [t for t in get_model_conversion_mapping(model, add_legacy=False) if isinstance(t, WeightRenaming)]
+    if not renamings:
+        return None
+    # peft replaces each pattern's match in the key stripped of its base_model.model. prefix; a whole-key match with
+    # a callable replacement (as `re.sub` takes) renames it exactly as transformers renames a checkpoint's key
+    return {r"^.+$": lambda key: rename_source_key(key.group(0), renamings, [])[0]}
+
+
+def load_peft_adapter(model, adapter_path: str, *, trainable: bool, name: str):
+    """`model` with the PEFT adapter of the local folder `adapter_path` (given as `name`) loaded on it, its keys in
+    an older layout renamed to the model's (`_adapter_key_mapping`). Refused (`ModelError`) when any adapter weight
+    of the model is not in the adapter's file: peft only warns, and the model ran as its untrained base."""
+    from peft import PeftModel, get_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    from unime.errors import ModelError
+
+    key_mapping = _adapter_key_mapping(model)
+    model = PeftModel.from_pretrained(model, adapter_path, is_trainable=trainable, key_mapping=key_mapping)
+    wanted = set(get_peft_model_state_dict(model, save_embedding_layers=False))  # the keys peft saves the adapter by
+    saved = load_peft_weights(adapter_path, device="cpu", key_mapping=key_mapping)
+    if missing := sorted(wanted - set(saved)):
+        as_saved = dict(zip(saved, load_peft_weights(adapter_path, device="cpu")))  # peft renames key by key, in order
+        unmatched = sorted(as_saved[k] for k in saved if k not in wanted)
+        more = f" (and {len(unmatched) - 3} more)" if len(unmatched) > 3 else ""
+        raise ModelError(f"adapter {name!r} does not fit {type(model.get_base_model()).__name__}: {len(missing)} of "
+                         f"the {len(wanted)} adapter weights it puts on the model are not in its file (e.g. "
+                         f"{missing[0]}); its keys that match no module: {', '.join(unmatched[:3]) or 'none'}{more}")
+    return model
+
+
 def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None, adapter_path: str | None = None,
                trainable: bool = False, image_budget: ImageBudget | None = None) -> LoadedModel:
     """Load `*ForConditionalGeneration` + processor (from `path`, or the merged/ — else adapter/ — folder of a
@@ -277,9 +320,7 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
     if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added (e.g. <emb>) with the adapter
         model.resize_token_embeddings(len(tok))
     if adapter_path:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=trainable)
+        model = load_peft_adapter(model, adapter_path, trainable=trainable, name=str(peft_path or adapter_path))
     model.to(device)
     model.train(trainable)
     return LoadedModel(model=model, processor=processor, adapter=adapter_for(model.config, processor, budget),
