@@ -4,6 +4,8 @@ Rules (all violations raise `DataError` naming source, record and field):
 - a path must stay inside the data root: absolute paths and `..` escapes are rejected unless the
   loader was created with `allow_outside_root=True`;
 - a pixel limit guards against decompression bombs (checked on the header, before decoding);
+- with `max_aspect_ratio` (the caller's model's processor limit), an image whose longer side is more than that
+  many times its shorter one is refused from its header too (in-memory images included);
 - EXIF orientation is applied and every mode is converted to RGB (alpha composited on white).
 """
 
@@ -27,10 +29,14 @@ MAX_NAME_BYTES = 255   # NAME_MAX: one path component
 
 class ImageLoader:
     def __init__(self, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, video: VideoSampling | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, video: VideoSampling | None = None,
+                 max_aspect_ratio: float | None = None):
         self.root = Path(root).resolve() if root is not None else Path.cwd().resolve()
         self.allow_outside_root = allow_outside_root
         self.max_pixels = max_pixels
+        # the processor's own limit (`unime.models.image_budget.ImageBudget.max_aspect_ratio`): beyond it the
+        # processor raises a bare ValueError in the middle of a batch; None: no limit
+        self.max_aspect_ratio = max_aspect_ratio
         self.video_sampling = video  # None: `unime.data.video.VideoSampling()` defaults
 
     # what the two refusals below add: the option exists on the commands that read a user's own image folders
@@ -68,6 +74,7 @@ class ImageLoader:
     def _read(self, ref: ImageRef, *, source, record, field, shown_as: str | None = None,
               decode: bool) -> Image.Image | None:
         if isinstance(ref, Image.Image):
+            self._check_aspect(ref.size, "<in-memory image>", source=source, record=record, field=field)
             return _normalise(ref)
         if isinstance(ref, (bytes, bytearray)):
             fh, name = io.BytesIO(ref), "<inline bytes>"
@@ -100,6 +107,7 @@ class ImageLoader:
                                     source=source, record=record, field=field)
                 if w == 0 or h == 0:
                     raise DataError(f"image {name} is empty", source=source, record=record, field=field)
+                self._check_aspect((w, h), name, source=source, record=record, field=field)
                 if not decode:
                     return None
                 try:
@@ -110,6 +118,13 @@ class ImageLoader:
         except Image.DecompressionBombError as e:  # PIL's own guard, in case ours was raised higher
             raise DataError(f"image {name} rejected as a decompression bomb: {e}", source=source, record=record,
                             field=field) from None
+
+    def _check_aspect(self, size: tuple[int, int], name: str, *, source, record, field) -> None:
+        w, h = size
+        if self.max_aspect_ratio is not None and min(w, h) > 0 and max(w, h) / min(w, h) > self.max_aspect_ratio:
+            raise DataError(f"image {name} is {w}x{h}: its long side is {max(w, h) / min(w, h):g} times its short "
+                            f"side, over the {self.max_aspect_ratio:g} the model's image processor accepts",
+                            source=source, record=record, field=field)
 
     def load_video(self, refs, *, source=None, record=None, field="video"):
         """An item's `video` (one video file, or a list of frames) → `unime.data.video.Video`: decoded,

@@ -24,16 +24,17 @@ from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.video import VideoOptions
 from unime.errors import DataError
 from unime.models.image_budget import ImageOptions
-from unime.models.loading import EmbedderOptions
+from unime.models.loading import EmbedderOptions, checkpoint_max_aspect_ratio
 from unime.options import on_error_option, option
 
 
 def read_items_file(path: str, *, data_root: str, on_error: str = "raise", skips: SkipReport | None = None,
-                    video_sampling=None) -> tuple[list[Item], list[int]]:
+                    video_sampling=None, max_aspect_ratio: float | None = None) -> tuple[list[Item], list[int]]:
     """The good items of an item file (`unime.data.corpus`: the lines `unime index build` reads, a generated
-    world's items.jsonl too) and their line numbers (images and videos opened and decoded)."""
+    world's items.jsonl too) and their line numbers (images and videos opened and decoded; images within the
+    processor's `max_aspect_ratio`, `ImageLoader`)."""
     policy = ErrorPolicy(on_error, skips, path)
-    checker = ImageChecker(ImageLoader(data_root, video=video_sampling))
+    checker = ImageChecker(ImageLoader(data_root, video=video_sampling, max_aspect_ratio=max_aspect_ratio))
     items, lines = [], []
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         try:
@@ -76,13 +77,14 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
     root = resolve_data_root(items_path, cfg.data_root)  # --data-root, else the one recorded beside the file
     video_sampling = VideoSampling.from_fields(cfg)
     skips = SkipReport() if skips is None else skips
+    image_budget = ImageBudget.from_args(cfg)
     items, lines = read_items_file(items_path, data_root=root, on_error=cfg.on_error, skips=skips,
-                                   video_sampling=video_sampling)
+                                   video_sampling=video_sampling,
+                                   max_aspect_ratio=checkpoint_max_aspect_ratio(cfg.model, image_budget))
     if not items:
         raise DataError("no items to encode", source=items_path)
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
-                                   batch_size=cfg.batch_size, video_sampling=video_sampling,
-                                   image_budget=ImageBudget.from_args(cfg))
+                                   batch_size=cfg.batch_size, video_sampling=video_sampling, image_budget=image_budget)
     vecs = emb.encode(items, show_progress=True)
     path = Path(cfg.out)
     with atomic_open(path, "wb") as fh:  # np.save on a file object: no ".npy" appended to the name

@@ -32,6 +32,9 @@ from typing import Any, Sequence
 from unime.options import option
 
 BUDGET_FILE = "unime_images.json"
+# transformers' `smart_resize` (every Qwen-VL image and video processor) raises a bare ValueError for an image whose
+# long side is over 200 times its short side: a literal in its code, not exposed (pinned by a test against it)
+PROCESSOR_MAX_ASPECT_RATIO = 200
 
 
 def parse_image_size(value: Any) -> tuple[int, int] | None:
@@ -102,6 +105,12 @@ class ImageBudget:
     def as_items(self) -> tuple:
         """Hashable, picklable form: sorted (field, value) pairs (`from_dict(dict(items))` inverts it)."""
         return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(self.to_dict().items()))
+
+    def max_aspect_ratio(self) -> float | None:
+        """The longest ratio of an image's long side to its short side the processor takes (`ImageLoader`'s
+        check): the Qwen-VL processors' (`PROCESSOR_MAX_ASPECT_RATIO`); None under a fixed `image_size`, whose
+        resize is what the processor sees."""
+        return None if self.image_size is not None else PROCESSOR_MAX_ASPECT_RATIO
 
     @property
     def is_set(self) -> bool:

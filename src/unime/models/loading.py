@@ -241,6 +241,13 @@ class LoadedModel:
         return {"base_model": model_reference(self.base_path), "started_from_adapter": model_reference(self.peft_path)}
 
 
+def checkpoint_max_aspect_ratio(path: str | os.PathLike, image_budget: ImageBudget | None) -> float | None:
+    """The aspect-ratio limit of the images `load_model(path, image_budget=)`'s processor takes
+    (`ImageBudget.max_aspect_ratio`), read before the model loads, from the budget recorded with the checkpoint:
+    for a command's image check ahead of the model, which leaves the image out under its skip policy."""
+    return resolve_budget(trained_model_folder(path), image_budget).max_aspect_ratio()
+
+
 def load_processor(path: str, *, image_budget: ImageBudget | None = None, budget_from: str | None = None):
     """`AutoProcessor` of a checkpoint with its image budget applied: `image_budget`'s set fields over
     the budget recorded with `budget_from` (default `path`). Returns (processor, effective budget)."""

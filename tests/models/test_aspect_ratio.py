@@ -1,0 +1,99 @@
+"""An image whose long side is more than 200 times its short side: every Qwen-VL processor refuses it (transformers'
+`smart_resize` raises a bare ValueError mid-batch). unime refuses it when it checks images, before the model, naming
+the file, record and field, and `--on-error skip` leaves it out and counts it like any bad image."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.eval.helpers import build_world
+from unime.cli import main
+from unime.data.images import ImageLoader
+from unime.errors import DataError
+from unime.models.image_budget import PROCESSOR_MAX_ASPECT_RATIO, ImageBudget, fitted_size
+
+
+def test_the_limit_is_transformers_own():
+    """transformers keeps the 200 as a literal inside `smart_resize`: pinned here against the function itself."""
+    assert PROCESSOR_MAX_ASPECT_RATIO == 200
+    assert fitted_size(8, 1600, factor=28, min_pixels=784, max_pixels=50176)  # 200: taken
+    with pytest.raises(ValueError, match="aspect ratio"):
+        fitted_size(8, 1608, factor=28, min_pixels=784, max_pixels=50176)  # 201
+    with pytest.raises(ValueError, match="aspect ratio"):
+        fitted_size(1608, 8, factor=28, min_pixels=784, max_pixels=50176)
+
+
+def test_the_loader_refuses_an_image_over_the_ratio_from_its_header_naming_it(tmp_path):
+    Image.new("RGB", (2000, 8)).save(tmp_path / "wide.png")
+    Image.new("RGB", (8, 1600)).save(tmp_path / "tall.png")
+    loader = ImageLoader(tmp_path, max_aspect_ratio=200)
+    with pytest.raises(DataError, match=r"^items.jsonl, record line 2, field 'images\[0\]': image wide.png is 2000x8: "
+                       r"its long side is 250 times its short side, over the 200 the model's image processor "
+                       r"accepts$"):
+        loader.check_header("wide.png", source="items.jsonl", record="line 2", field="images[0]")
+    assert loader.load("tall.png").size == (8, 1600)  # 200 exactly: the processor takes it
+    with pytest.raises(DataError, match="in-memory image> is 2000x8"):
+        loader.load(Image.new("RGB", (2000, 8)))
+    assert ImageLoader(tmp_path).load("wide.png").size == (2000, 8)  # no limit unless the caller sets one
+    # a fixed --image-size is what the processor sees: no limit then
+    assert ImageBudget().max_aspect_ratio() == 200 and ImageBudget(image_size=32).max_aspect_ratio() is None
+
+
+def _items(tmp_path):
+    Image.new("RGB", (2000, 8), (200, 0, 0)).save(tmp_path / "wide.png")
+    Image.new("RGB", (64, 64), (0, 0, 200)).save(tmp_path / "ok.png")
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(x) + "\n" for x in
+                             [{"text": "hi"}, {"images": ["wide.png"]}, {"images": ["ok.png"]}]))
+    return items
+
+
+def test_embed_names_the_image_or_skips_and_counts_it(tiny_model_dir, tmp_path, capsys):
+    """QA: `unime embed` (even under --on-error skip) ended in transformers' traceback "absolute aspect ratio must be
+    smaller than 200"."""
+    items, model = _items(tmp_path), tiny_model_dir("qwen2_vl")
+    capsys.readouterr()  # the fixture's own output
+    assert main(["embed", "--model", model, "--items", str(items), "--out", str(tmp_path / "a.npy"),
+                 "--device", "cpu"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"unime: error: {items}, record line 2, field 'item.images[0]': image wide.png is 2000x8: its long "
+                   "side is 250 times its short side, over the 200 the model's image processor accepts"]
+    assert main(["embed", "--model", model, "--items", str(items), "--out", str(tmp_path / "b.npy"),
+                 "--device", "cpu", "--on-error", "skip"]) == 0
+    assert "skipped 1 record(s) (image: 1)" in capsys.readouterr().out
+    assert np.load(tmp_path / "b.npy").shape[0] == 2
+    assert json.loads((tmp_path / "b.npy.lines.json").read_text())["lines"] == [1, 3]
+    # with a fixed --image-size the processor gets a square: the image is encoded, as before
+    assert main(["embed", "--model", model, "--items", str(items), "--out", str(tmp_path / "c.npy"),
+                 "--device", "cpu", "--image-size", "32"]) == 0
+    assert np.load(tmp_path / "c.npy").shape[0] == 3
+
+
+def test_the_embedder_refuses_it_in_python_too(tiny_model_dir):
+    from unime import Embedder
+
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu")
+    with pytest.raises(DataError, match="is 2000x8"):
+        emb.encode([{"image": Image.new("RGB", (2000, 8))}])
+
+
+@pytest.mark.slow
+def test_eval_names_the_image_or_leaves_its_row_out_and_counts_it(tiny_model_dir, tmp_path):
+    from unime.eval.runners import EvalConfig, evaluate_checkpoint
+
+    cfg = build_world(tmp_path)
+    Image.new("RGB", (8, 2000), (0, 200, 0)).save(tmp_path / "images/green.png")  # colour_cls row c1's query
+    run = dict(model=tiny_model_dir("qwen2_vl"), tasks=str(cfg), only=["colour_cls"], device="cpu", dtype="float32",
+               no_cache=True)
+    with pytest.raises(DataError, match="images/green.png is 8x2000: its long side is 250 times") as e:
+        evaluate_checkpoint(EvalConfig(out=str(tmp_path / "a"), **run), show_progress=False)
+    assert (e.value.source, e.value.record, e.value.field) == (str(tmp_path / "eval/mmeb/colour_cls.jsonl"),
+                                                               "line 2 (id c1)", "query.images[0]")
+    summary = evaluate_checkpoint(EvalConfig(out=str(tmp_path / "b"), on_error="skip", **run), show_progress=False)
+    assert summary["meta"]["skipped_rows"] == 1
+    task = json.loads((tmp_path / "b" / "tasks" / "colour_cls.json").read_text())
+    assert task["counts"]["skipped_rows"] == 1 and task["counts"]["queries"] == 3
