@@ -44,6 +44,15 @@ def test_format_reward_strings_and_conversational():
         completion_text(3)
 
 
+@pytest.mark.parametrize("prefix", ["\n", " ", "Sure! ", "<think>\n\n</think>\n\n"])
+def test_format_reward_finds_the_tags_after_a_prefix(prefix):
+    # SPEC §2.3 / the release (re.search): the tags in order anywhere; a Qwen3 empty <think> block, a leading
+    # space or newline, or a preamble before <thinking> still earns the format reward (QA: all four got 0)
+    assert format_reward([prefix + GOOD]) == [1.0]
+    assert format_reward([prefix + GOOD], mode="match") == [0.0]  # the anchored mode, on request
+    assert format_reward([prefix + "<rethink>r</rethink>" + GOOD.split("<rethink>")[0]]) == [0.0]  # order
+
+
 # ------------------------------------------------------------------------------------------------
 # outcome reward, by hand on B = 2 pairs, n = 2 rollouts
 

@@ -65,8 +65,12 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"cannot read a completion of type {type(completion).__name__}")
 
 
-def format_reward(completions: Sequence[Any], *, mode: MatchMode = "match", **trl_kwargs: Any) -> list[float]:
+def format_reward(completions: Sequence[Any], *, mode: MatchMode = "search", **trl_kwargs: Any) -> list[float]:
     """1.0 per completion matching the T-CoT regex (`unime.reasoning.tcot.format_ok`), else 0.0.
+
+    `mode="search"` (default): the tags in order anywhere in the completion, as SPEC §2.3 ("matches ... (in
+    order)") and the release (`re.search`) have it, so a leading space / newline, a preamble or a Qwen3
+    `<think>\n\n</think>\n\n` prefix still earns the format reward; "match" anchors it at the start.
 
     Usable directly as a TRL reward function: TRL's other keyword arguments (prompts, completion_ids,
     dataset columns, trainer state) are accepted and ignored.
