@@ -47,6 +47,16 @@ def test_segment_order_image_item_with_box():
     assert segs[5].value == EMBED_SUMMARY_PROMPT
 
 
+def test_prose_before_the_json_keeps_the_evidence_crop():
+    # the release's T-CoTs: prose, then the JSON, inside <thinking>; before, on_invalid="raw" lost the crop
+    img = _scene()
+    thinking = '<thinking>The red shape is top left. {"bbox_2d": [0, 0, 500, 500]}</thinking>'
+    tcot = f"{thinking}<rethink>{RETHINK}</rethink><answer>{ANSWER}</answer>"
+    segs = reasoning_segments([Segment("image", img), Segment("text", "Find it")], tcot, images=[img])
+    assert _kinds(segs) == ["image", "text", "text", "image", "text", "text"]
+    assert segs[2].value == thinking and segs[3].value.size == (100, 50)
+
+
 def test_crop_rules_drop_small_and_elongated_boxes():
     img = Image.new("RGB", (1000, 1000))
     # 9 px wide (dropped), 10x10 (kept), 600x11 aspect 54.5 (dropped), 500x10 aspect 50 (kept)

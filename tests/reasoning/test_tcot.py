@@ -110,6 +110,32 @@ def test_parse_whitespace_and_code_fence():
     assert t.evidence.text_keywords == ["a"] and t.rethink == "r." and t.answer == "yes"
 
 
+PROSE_JSON = ('<thinking>The bear stands in a clearing at [220, 150, 380, 320]. It is the subject. '
+              '{"bbox_2d": [220, 150, 380, 320]} That box frames it.</thinking>\n'
+              "<rethink>The box confirms the bear.</rethink>\n<answer>A brown bear.</answer>")
+
+
+def test_parse_prose_around_the_json_takes_the_first_json_object():
+    # the release's prompts have the model write prose, then the JSON, inside <thinking> (QA: refused as invalid JSON)
+    t = parse_tcot(PROSE_JSON)
+    assert t.evidence.bboxes == [(220, 150, 380, 320)]
+    assert t.thinking_json == '{"bbox_2d": [220, 150, 380, 320]}'
+    assert t.text == PROSE_JSON and "clearing" in t.split_for_evidence()[0]  # the prose stays in the text
+    assert t.rethink == "The box confirms the bear." and t.answer == "A brown bear."
+    # a "{" that opens no JSON object before the real one is skipped; JSON first, prose after works too
+    t = parse_tcot('<thinking>set {a, b}; {"text_keywords": ["a"]}</thinking><rethink>r</rethink><answer>a</answer>')
+    assert t.evidence.text_keywords == ["a"]
+    t = parse_tcot('<thinking>{"key_frames": [2]} frame 2 shows it</thinking><rethink>r</rethink><answer>a</answer>')
+    assert t.evidence.key_frames == [2] and t.thinking_json == '{"key_frames": [2]}'
+
+
+def test_parse_prose_without_a_json_object_is_refused():
+    with pytest.raises(TCoTError) as e:
+        parse_tcot("<thinking>The bear is at [1, 2, 3, 4].</thinking><rethink>r</rethink><answer>a</answer>",
+                   record=7)
+    assert "invalid JSON in <thinking>" in str(e.value) and e.value.field == "thinking" and "record 7" in str(e.value)
+
+
 @pytest.mark.parametrize("text,expected", [
     ("<thinking>{}</thinking><answer>a</answer>", "missing tag '<rethink>'"),
     ("<thinking>{}</thinking><rethink>r</rethink><answer>a", "missing tag '</answer>'"),

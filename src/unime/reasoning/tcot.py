@@ -1,7 +1,8 @@
 """T-CoT, the traceability chain of thought of Embed-RL (SPEC §2.2): parse, check, validate, render.
 
-Format: `<thinking>{JSON}</thinking><rethink>…</rethink><answer>…</answer>`. The JSON holds the
-evidence, by modality:
+Format: `<thinking>{JSON}</thinking><rethink>…</rethink><answer>…</answer>`; prose may surround the JSON
+inside `<thinking>` (as the release's prompts ask: the first balanced JSON object is the evidence, the prose
+stays in the text). The JSON holds the evidence, by modality:
 
 - `{"text_keywords": ["...", ...]}` for text;
 - `{"bbox_2d": [x1, y1, x2, y2]}` or `{"bbox_2d": [[x1, y1, x2, y2], ...]}` for images, coordinates
@@ -95,7 +96,7 @@ class TCoT:
 
     text: str
     evidence: Evidence
-    thinking_json: str  # the raw JSON between the thinking tags (whitespace-stripped)
+    thinking_json: str  # the evidence JSON of <thinking> (whitespace-stripped; the object only if prose surrounds it)
     rethink: str
     answer: str
     thinking_span: tuple[int, int]
@@ -200,13 +201,34 @@ def evidence_from_json(obj: Any, *, unknown_keys: Literal["raise", "ignore"] = "
     return ev
 
 
+def _first_json_object(payload: str) -> tuple[Any, str] | None:
+    """The evidence of a `<thinking>` that mixes prose and JSON (the release's prompts ask for prose, then the
+    JSON; its parser takes the first `{...}`): (object, its text) of the first balanced JSON object, or None.
+
+    A payload that opens with `{` is meant to be the JSON itself: only an object starting there counts (prose may
+    follow it), so a broken object keeps its own JSON error instead of yielding a nested object."""
+    decoder = json.JSONDecoder()
+    starts = [0] if payload.startswith("{") else [m.start() for m in re.finditer(r"\{", payload)]
+    for start in starts:
+        try:
+            obj, end = decoder.raw_decode(payload, start)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj, payload[start:end]
+    return None
+
+
 def parse_tcot(text: str, *, allow_outside_text: bool = True, unknown_keys: Literal["raise", "ignore"] = "raise",
                source: str | None = None, record: str | int | None = None) -> TCoT:
     """Parse a T-CoT completion. Raises `TCoTError` naming the missing / repeated / misplaced tag, the
     JSON error and its position, or the badly typed evidence field.
 
     Whitespace around the elements is always fine; other text outside them is ignored unless
-    `allow_outside_text=False`. A ```json fence around the JSON is tolerated.
+    `allow_outside_text=False`. A ```json fence around the JSON is tolerated. Prose around the JSON inside
+    `<thinking>` is accepted: the evidence is the first balanced JSON object (`thinking_json` holds that object's
+    text) and the prose stays in `text`, so the embedder and the judges still read it; a `<thinking>` with no
+    JSON object raises the JSON error.
     """
     if not isinstance(text, str):
         raise TCoTError(f"expected a string, got {type(text).__name__}", source=source, record=record)
@@ -233,13 +255,16 @@ def parse_tcot(text: str, *, allow_outside_text: bool = True, unknown_keys: Lite
         raise TCoTError("empty <thinking>: expected a JSON object with the evidence", source=source, record=record,
                         field="thinking")
     try:
-        obj = json.loads(payload)
+        obj, thinking_json = json.loads(payload), stripped
     except json.JSONDecodeError as e:
-        raise TCoTError(f"invalid JSON in <thinking>: {e.msg} at line {e.lineno} column {e.colno} "
-                        f"(char {offset + e.pos} of the text)", source=source, record=record,
-                        field="thinking") from None
+        found = _first_json_object(payload)
+        if found is None:
+            raise TCoTError(f"invalid JSON in <thinking>: {e.msg} at line {e.lineno} column {e.colno} "
+                            f"(char {offset + e.pos} of the text)", source=source, record=record,
+                            field="thinking") from None
+        obj, thinking_json = found
     evidence = evidence_from_json(obj, unknown_keys=unknown_keys, source=source, record=record)
-    return TCoT(text=text, evidence=evidence, thinking_json=stripped, rethink=text[ends[2]:p[3]].strip(),
+    return TCoT(text=text, evidence=evidence, thinking_json=thinking_json, rethink=text[ends[2]:p[3]].strip(),
                 answer=text[ends[4]:p[5]].strip(), thinking_span=thinking_span, rethink_span=rethink_span,
                 answer_span=answer_span)
 
