@@ -121,10 +121,33 @@ def test_reward_records_the_negative_pairs_it_used(pairs, hard):
     pair_id = [f"p{b}" for b in range(pairs) for _ in range(2 * n)]
     side = (["query"] * n + ["positive"] * n) * pairs
     reward(prompts=[""] * len(side), completions=[f"c{i}" for i in range(len(side))], pair_id=pair_id, side=side,
-           item=[json.dumps({"text": "x"})] * len(side))
+           item=[json.dumps({"text": f"x{p}"}) for p in pair_id])
     (queries, candidate_lists, _), = judge.calls
     assert {len(c) for c in candidate_lists} == {n * (1 + hard)}
     assert reward.negative_pairs() == {"outcome": [pairs - 1], "process": [hard]}
+
+
+@pytest.mark.parametrize("mask,expected", [(True, [1, 2]), (False, [2])])
+def test_reward_pairs_sharing_a_positive_are_not_negatives(mask, expected):
+    """3 pairs, the positives of p0 and p1 the same item (same text): with mask_duplicates (default) p0 and p1 have 1
+    negative pair each (p2), p2 has 2; the outcome reward equals the one computed with those columns left out."""
+    from unime.reasoning.rewards import RolloutLayout
+
+    n = 2
+    reward = EmbedRLReward(_RandomEmbedder(), None, group_size=n, weights=(0.05, 0.8, 0.0), mask_duplicates=mask)
+    pair_id = [f"p{b}" for b in range(3) for _ in range(2 * n)]
+    side = (["query"] * n + ["positive"] * n) * 3
+    texts = {("p0", "positive"): "dog", ("p1", "positive"): "dog", ("p2", "positive"): "cat"}
+    item = [json.dumps({"text": texts.get((p, s), f"query {p}")}) for p, s in zip(pair_id, side)]
+    reward(prompts=[""] * len(side), completions=[f"c{i}" for i in range(len(side))], pair_id=pair_id, side=side,
+           item=item)
+    assert reward.negative_pairs()["outcome"] == expected
+    lay = RolloutLayout(3, n)
+    E = _RandomEmbedder().encode(None, [""] * len(side))
+    want = lay.outcome_rewards(E, positive_keys=["dog", "dog", "cat"] if mask else None)
+    np.testing.assert_allclose(reward.last["per_completion"]["outcome"], want.reward)
+    if mask:
+        assert not np.allclose(want.reward, lay.outcome_rewards(E).reward)
 
 
 def test_split_pair_is_a_clear_error():

@@ -118,6 +118,52 @@ def test_outcome_rewards_options_and_torch_input():
     assert r.margin[3] == pytest.approx(0.0 - 0.4, abs=1e-6)
 
 
+def test_outcome_rewards_pairs_sharing_a_positive_are_not_negatives():
+    # B = 3 pairs, n = 1; pairs 0 and 1 have the same positive item, pair 2 another
+    S = np.array([[0.5, 0.6, 0.1],
+                  [0.7, 0.4, 0.2],
+                  [0.3, 0.2, 0.8]])
+    lay = RolloutLayout(3, 1)
+    excl = lay.duplicate_index_sets(["same", "same", "other"])
+    assert excl == [[1], [0], []] and lay.duplicate_pairs(["same", "same", "other"]) == [[1], [0], []]
+    # row 0: Pos c0 0.5; c1 (0.6, a copy of its positive) left out; Neg c2 0.1 → acc 1, margin 0.4, r 0.2
+    #   (counted as a negative it would rank first: acc 0, r 0 — the QA's finding)
+    # row 1: Pos c1 0.4; c0 left out; Neg c2 0.2 → acc 1, margin 0.2, r 0.1
+    # row 2: Pos c2 0.8; Neg [0.3, 0.2]: w(0.3) = 1/(1+e^{-0.2}) = 0.549834 → 0.254983 ; margin 0.545017
+    r = outcome_rewards(S, lay.pos_index_sets(), excluded_index_sets=excl)
+    assert r.acc.tolist() == [1.0, 1.0, 1.0]
+    assert r.margin == pytest.approx([0.4, 0.2, 0.545017], abs=1e-6)
+    assert r.reward == pytest.approx([0.2, 0.1, 0.272508], abs=1e-6)
+    assert outcome_rewards(S, lay.pos_index_sets()).acc.tolist() == [0.0, 0.0, 1.0]  # without: ties lost
+    # columns (positive rollouts vs queries): col 0 [0.5, 0.7, 0.3] → Pos 0.5, q1 left out, Neg 0.3 → margin 0.2
+    #   col 1 [0.6, 0.4, 0.2] → Pos 0.4, q0 left out, Neg 0.2 → margin 0.2
+    #   col 2 [0.1, 0.2, 0.8] → Neg [0.1, 0.2]: w(0.2) = 0.549834 → 0.154983 ; margin 0.645017
+    r = outcome_rewards(S.T, lay.pos_index_sets(), excluded_index_sets=excl)
+    assert r.margin == pytest.approx([0.2, 0.2, 0.645017], abs=1e-6)
+    assert r.reward == pytest.approx([0.1, 0.1, 0.322508], abs=1e-6)
+
+
+def test_outcome_rewards_two_pairs_with_one_positive_have_no_negatives():
+    # B = 2, n = 2, both pairs' positive the same item: no negatives from each other → the negative term is 0
+    # (as the release does for an empty Neg), acc 1, margin = mean(Pos)
+    # rows of S_HAND: [0.9, 0.7] → 0.8 ; [0.6, 0.5] → 0.55 ; [0.3, 0.9] → 0.6 ; [-0.2, 0.2] → 0.0
+    excl = RolloutLayout(2, 2).duplicate_index_sets(["a", "a"])
+    assert excl == [[2, 3], [2, 3], [0, 1], [0, 1]]
+    r = outcome_rewards(S_HAND, POS, excluded_index_sets=excl)
+    assert r.acc.tolist() == [1.0] * 4
+    assert r.margin == pytest.approx([0.8, 0.55, 0.6, 0.0])
+    assert r.reward == pytest.approx([0.4, 0.275, 0.3, 0.0])
+    # through the layout: embeddings in flat completion order (interleaved: q0 q0 p0 p0 q1 q1 p1 p1)
+    E = np.array([[1, 0], [1, 0], [1, 0], [0.6, 0.8], [0, 1], [0, 1], [1, 0], [0.6, 0.8]], dtype=float)
+    lay = RolloutLayout(2, 2)
+    with_keys = lay.outcome_rewards(E, positive_keys=["a", "a"])
+    # q0 rollouts: Pos p0 = [1, 0.6] → margin 0.8 ; q1 rollouts: Pos p1 = [0, 0.8] → margin 0.4
+    assert with_keys.margin[lay.side_flat_indices("query")] == pytest.approx([0.8, 0.8, 0.4, 0.4])
+    assert lay.outcome_rewards(E, positive_keys=["a", "b"]).margin == pytest.approx(lay.outcome_rewards(E).margin)
+    with pytest.raises(ValueError, match="not positives"):
+        outcome_rewards(S_HAND, POS, excluded_index_sets=[[0], [], [], []])
+
+
 def test_outcome_rewards_reject_bad_input():
     with pytest.raises(ValueError, match="no negative"):
         outcome_rewards(np.ones((2, 2)), [[0, 1], [0, 1]])

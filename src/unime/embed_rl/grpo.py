@@ -18,10 +18,12 @@ a clear error if a pair is split — it never assumes a completion order.
 format 0.05 · r_fmt + outcome 0.8 · r_out + process 0.2 · r_proc, all computed by
 `unime.reasoning.rewards`. The frozen embedder (loaded once) embeds every rollout with its item and
 evidence (`ReasonedEmbedder`, SPEC 2.1); S = cosine(query rollouts, positive rollouts) gives acc,
-margin and r_out for both sides; the process judge (a generative checkpoint, `Reasoner.pick`) is shown
-each rollout's reasoning and, in a shuffled order, the other side's rollouts of the same pair and of
-the `hard_negative_pairs` hardest negative pairs (the paper's 4 need `pairs_per_batch` >= 5: a batch of B pairs has
-B - 1 negatives, and a larger value is refused). The per-step mean of every component is logged to TRL's metrics, to
+margin and r_out for both sides (the rollouts of pairs sharing a positive item, `Item.key` as the contrastive
+trainer's `--mask-duplicates`, are not each other's negatives: `mask_duplicates`, on by default); the process
+judge (a generative checkpoint, `Reasoner.pick`) is shown each rollout's reasoning and, in a shuffled order, the
+other side's rollouts of the same pair and of the `hard_negative_pairs` hardest negative pairs (the paper's 4 need
+`pairs_per_batch` >= 5: a batch of B pairs has B - 1 negatives, and a larger value is refused). The per-step mean of
+every component is logged to TRL's metrics, to
 `reward_log.csv` and plotted to `reward_curves.png`.
 
 **Two TRL adaptations.** The processor handed to TRL pads on the left (`prepare_policy_processor`; TRL
@@ -36,6 +38,7 @@ scaling. On CPU: fp32 (TRL's bf16 default fails or crawls there), gradient check
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -199,7 +202,8 @@ class EmbedRLReward:
 
     def __init__(self, embedder, judge=None, *, group_size: int, weights: tuple[float, float, float] = (0.05, 0.8, 0.2),
                  neg_temperature: float = 0.5, outcome_scale: float = 0.5, hard_negative_pairs: int = 4,
-                 judge_max_new_tokens: int = 8, seed: int = 0, reward_log: RewardLog | None = None):
+                 judge_max_new_tokens: int = 8, seed: int = 0, reward_log: RewardLog | None = None,
+                 mask_duplicates: bool = True):
         if judge is None and weights[2] != 0:
             raise ValueError("the process reward needs a judge (or set its weight to 0)")
         self.embedder = embedder  # a ReasonedEmbedder around the frozen embedder
@@ -209,6 +213,7 @@ class EmbedRLReward:
         self.neg_temperature = neg_temperature
         self.outcome_scale = outcome_scale
         self.hard_negative_pairs = hard_negative_pairs
+        self.mask_duplicates = mask_duplicates  # pairs sharing a positive item are not each other's negatives
         self.judge_max_new_tokens = judge_max_new_tokens
         self.seed = seed
         self.reward_log = reward_log if reward_log is not None else RewardLog()
@@ -266,8 +271,11 @@ class EmbedRLReward:
 
         fmt = np.asarray(format_reward(texts), dtype=np.float64)
         E = self.embedder.encode(list(items), list(texts))
-        self.negative_pairs_seen["outcome"].add(layout.batch_pairs - 1)
-        oc = layout.outcome_rewards(E, neg_temperature=self.neg_temperature, scale=self.outcome_scale)
+        keys = self.positive_keys(items, layout)
+        dup = layout.duplicate_pairs(keys) if keys is not None else [[] for _ in range(layout.batch_pairs)]
+        self.negative_pairs_seen["outcome"].update(layout.batch_pairs - 1 - len(d) for d in dup)
+        oc = layout.outcome_rewards(E, neg_temperature=self.neg_temperature, scale=self.outcome_scale,
+                                    positive_keys=keys)
         proc, parsed, picked_pos = self.process(texts, items, layout.similarity_matrix(E), layout, oc.margin,
                                                 step=step)
         total = combine_rewards(fmt, oc.reward, proc, self.weights)
@@ -275,6 +283,13 @@ class EmbedRLReward:
                 "total": float(np.mean(total)), "acc": float(oc.acc.mean()), "margin": float(oc.margin.mean()),
                 "judge_parsed": parsed, "judge_picked_positive": picked_pos, "total_per_completion": total,
                 "per_completion": {"format": fmt, "outcome": oc.reward, "process": proc, "margin": oc.margin}}
+
+    def positive_keys(self, items: Sequence[Item], layout) -> list[str] | None:
+        """Each pair's positive identity (`Item.key`: same text and images, the identity of the contrastive
+        trainer's `--mask-duplicates`), or None with `mask_duplicates` off (every other pair is a negative)."""
+        if not self.mask_duplicates:
+            return None
+        return [items[layout.flat_index(b, POSITIVE, 0)].key for b in range(layout.batch_pairs)]
 
     def process(self, texts: Sequence[str], items: Sequence[Item], S: np.ndarray, layout, margin: np.ndarray, *,
                 step: int = 0):
@@ -404,6 +419,10 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
                                                  cli_default=",".join(map(str, REWARD_WEIGHTS)), group="grpo")
     neg_temperature: float = option(0.5, "outcome reward: hardness temperature", group="grpo")
     # a batch of B pairs has B - 1 negative pairs: at most --pairs-per-batch - 1 (`validate`)
+    mask_duplicates: bool = option(True, "outcome reward: the rollouts of other pairs in the batch whose positive is "
+                                   "the same item (same text and images) are not negatives (default on, as `train "
+                                   "embedder`; --no-mask-duplicates counts them)", group="grpo",
+                                   action=argparse.BooleanOptionalAction)
     hard_negative_pairs: int = option(1, "process reward: the hardest other pairs of the batch whose rollouts the "
                                       "judge is shown beside the own pair's (< --pairs-per-batch; the paper's 4 "
                                       "needs --pairs-per-batch >= 5)", group="grpo", at_least=0)
@@ -558,6 +577,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         reward_log.truncate(int(plan.checkpoint.name.split("-")[-1]))
     reward = EmbedRLReward(embedder, judge, group_size=cfg.num_generations, weights=tuple(cfg.weights),
                            neg_temperature=cfg.neg_temperature, hard_negative_pairs=cfg.hard_negative_pairs,
+                           mask_duplicates=cfg.mask_duplicates,
                            seed=cfg.seed, reward_log=reward_log)
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
                                processing_class=prepare_policy_processor(policy.processor))

@@ -6,7 +6,8 @@ so the rewards never depend on an assumed completion order (the release mixed it
 
 Outcome reward of a query rollout (row i of S = cosine(query rollouts, positive rollouts)):
 
-    Pos(i)   = the n columns of i's own positive's rollouts, Neg(i) = every other column
+    Pos(i)   = the n columns of i's own positive's rollouts, Neg(i) = every other column, except (by default
+               in GRPO, `--mask-duplicates`) those of other pairs whose positive is the same item
     acc_i    = |Pos(i) ∩ top-|Pos(i)| columns of row i| / |Pos(i)|
     margin_i = mean(S_i[Pos]) − Σ_j softmax(S_i[Neg] / 0.5)_j · S_i[Neg]_j
     r_out    = 0.5 · acc_i · margin_i
@@ -96,10 +97,16 @@ def _softmax_weighted_mean(values: np.ndarray, temperature: float) -> float:
 
 
 def outcome_rewards(S: Any, pos_index_sets: Sequence[Sequence[int]], *, neg_temperature: float = 0.5,
-                    scale: float = 0.5) -> OutcomeRewards:
+                    scale: float = 0.5, excluded_index_sets: Sequence[Sequence[int]] | None = None
+                    ) -> OutcomeRewards:
     """Per-row outcome reward of SPEC §2.3 for a similarity matrix `S` (rows = the rollouts being
     rewarded, columns = the other side's rollouts of the whole batch). `pos_index_sets[i]` = the
     columns of row i's own pair. Returns `(reward, acc, margin)`, each of shape (rows,).
+
+    `excluded_index_sets[i]`: columns that are neither positives nor negatives of row i (the rollouts of
+    other pairs with the same positive item, `RolloutLayout.duplicate_index_sets`); they leave the top-k and
+    the Neg softmax. A row left with no negative gets the negative term 0 (as the release does), so
+    acc = 1 and margin = mean(S_i[Pos]).
 
     For the positive rollouts pass `S.T` with the query-rollout columns of each positive's own pair.
     """
@@ -112,6 +119,8 @@ def outcome_rewards(S: Any, pos_index_sets: Sequence[Sequence[int]], *, neg_temp
         raise ValueError(f"{len(pos_index_sets)} positive index sets for {S.shape[0]} rows")
     if neg_temperature <= 0:
         raise ValueError(f"neg_temperature must be > 0, got {neg_temperature}")
+    if excluded_index_sets is not None and len(excluded_index_sets) != S.shape[0]:
+        raise ValueError(f"{len(excluded_index_sets)} excluded index sets for {S.shape[0]} rows")
     n_rows, n_cols = S.shape
     acc, margin = np.zeros(n_rows), np.zeros(n_rows)
     for i, pos in enumerate(pos_index_sets):
@@ -126,11 +135,20 @@ def outcome_rewards(S: Any, pos_index_sets: Sequence[Sequence[int]], *, neg_temp
             raise ValueError(f"row {i} has no negative column (a batch needs at least 2 pairs)")
         is_pos = np.zeros(n_cols, dtype=bool)
         is_pos[pos] = True
-        row = S[i]
+        kept = np.ones(n_cols, dtype=bool)
+        if excluded_index_sets is not None and len(excluded_index_sets[i]):
+            excl = np.asarray(list(excluded_index_sets[i]), dtype=np.int64)
+            if excl.min() < 0 or excl.max() >= n_cols or is_pos[excl].any():
+                raise ValueError(f"row {i}: excluded columns {excl.tolist()} must be in 0..{n_cols - 1} and not "
+                                 f"positives {pos.tolist()}")
+            kept[excl] = False
+        row, is_pos = S[i][kept], is_pos[kept]
         # sort by similarity descending; among equal similarities negatives come first (pessimistic ties)
         order = np.lexsort((is_pos.astype(np.int8), -row))
         acc[i] = is_pos[order[:pos.size]].sum() / pos.size
-        margin[i] = row[is_pos].mean() - _softmax_weighted_mean(row[~is_pos], neg_temperature)
+        negatives = row[~is_pos]
+        neg_term = _softmax_weighted_mean(negatives, neg_temperature) if negatives.size else 0.0
+        margin[i] = row[is_pos].mean() - neg_term
     return OutcomeRewards(reward=scale * acc * margin, acc=acc, margin=margin)
 
 
@@ -238,6 +256,22 @@ class RolloutLayout:
         """`pos_index_sets` for `outcome_rewards`, valid for S (query rows) and S.T (positive rows)."""
         return [self.own_pair_indices(b) for b in range(self.batch_pairs) for _ in range(self.group_size)]
 
+    def duplicate_pairs(self, positive_keys: Sequence[Hashable]) -> list[list[int]]:
+        """Per pair b: the other pairs whose positive has the same key (`positive_keys[c]`, one per pair, e.g.
+        `Item.key`: same text and images, the contrastive trainer's `--mask-duplicates` identity)."""
+        if len(positive_keys) != self.batch_pairs:
+            raise ValueError(f"{len(positive_keys)} positive keys for {self.batch_pairs} pairs")
+        return [[c for c in range(self.batch_pairs) if c != b and positive_keys[c] == positive_keys[b]]
+                for b in range(self.batch_pairs)]
+
+    def duplicate_index_sets(self, positive_keys: Sequence[Hashable]) -> list[list[int]]:
+        """`excluded_index_sets` for `outcome_rewards`: per matrix row, the rollouts of the other pairs sharing
+        the row's positive item (`duplicate_pairs`); those are copies of its match, not negatives. Valid for S and
+        S.T: a query's rollouts match the positive of every pair with its positive, and the other way round."""
+        dup = self.duplicate_pairs(positive_keys)
+        return [[j for c in dup[b] for j in self.own_pair_indices(c)]
+                for b in range(self.batch_pairs) for _ in range(self.group_size)]
+
     # -- matrices and rewards --------------------------------------------------------------------
 
     def similarity_matrix(self, embeddings: Any) -> np.ndarray:
@@ -252,13 +286,16 @@ class RolloutLayout:
         E = E / norms
         return E[self.side_flat_indices(QUERY)] @ E[self.side_flat_indices(POSITIVE)].T
 
-    def outcome_rewards(self, embeddings: Any, *, neg_temperature: float = 0.5, scale: float = 0.5
-                        ) -> OutcomeRewards:
-        """Outcome reward, acc and margin of every completion, in flat completion order."""
+    def outcome_rewards(self, embeddings: Any, *, neg_temperature: float = 0.5, scale: float = 0.5,
+                        positive_keys: Sequence[Hashable] | None = None) -> OutcomeRewards:
+        """Outcome reward, acc and margin of every completion, in flat completion order. `positive_keys` (one
+        per pair): the rollouts of pairs with the same positive are not each other's negatives
+        (`duplicate_index_sets`); None counts every other pair as negative."""
         S = self.similarity_matrix(embeddings)
         pos = self.pos_index_sets()
-        q = outcome_rewards(S, pos, neg_temperature=neg_temperature, scale=scale)
-        p = outcome_rewards(S.T, pos, neg_temperature=neg_temperature, scale=scale)
+        excl = None if positive_keys is None else self.duplicate_index_sets(positive_keys)
+        q = outcome_rewards(S, pos, neg_temperature=neg_temperature, scale=scale, excluded_index_sets=excl)
+        p = outcome_rewards(S.T, pos, neg_temperature=neg_temperature, scale=scale, excluded_index_sets=excl)
         out = [np.zeros(self.num_completions) for _ in range(3)]
         qi, pi = self.side_flat_indices(QUERY), self.side_flat_indices(POSITIVE)
         for arr, a, b in zip(out, q, p):
