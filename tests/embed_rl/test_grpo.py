@@ -113,7 +113,8 @@ class _RandomEmbedder:
 @pytest.mark.parametrize("pairs,hard", [(3, 2), (3, 1), (5, 4)])
 def test_reward_records_the_negative_pairs_it_used(pairs, hard):
     """The summary's `negative_pairs`: a batch of B pairs gives the outcome reward B - 1 negative pairs, and the
-    process judge is shown the own pair's n rollouts and those of `hard` other pairs (counted in what it saw)."""
+    process judge is shown the own pair's n rollouts and one rollout of each of `hard` other pairs (counted in what it
+    saw)."""
     n = 2
     judge = _RecordingJudge()
     reward = EmbedRLReward(_RandomEmbedder(), judge, group_size=n, hard_negative_pairs=hard)
@@ -123,7 +124,7 @@ def test_reward_records_the_negative_pairs_it_used(pairs, hard):
     reward(prompts=[""] * len(side), completions=[f"c{i}" for i in range(len(side))], pair_id=pair_id, side=side,
            item=[json.dumps({"text": f"x{p}"}) for p in pair_id])
     (queries, candidate_lists, _), = judge.calls
-    assert {len(c) for c in candidate_lists} == {n * (1 + hard)}
+    assert {len(c) for c in candidate_lists} == {n + hard}
     assert reward.negative_pairs() == {"outcome": [pairs - 1], "process": [hard]}
 
 
@@ -187,7 +188,7 @@ def test_reward_bookkeeping_through_trl_ordering(world, tiny_model_dir, tmp_path
     from unime.data.images import ImageLoader
     from unime.models.loading import load_model
     from unime.reasoning.embed_inputs import ReasonedEmbedder
-    from unime.reasoning.rewards import format_reward
+    from unime.reasoning.rewards import format_reward, process_judge_text
 
     root, recs = world
     emb = ReasonedEmbedder(Embedder.from_pretrained(tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), device="cpu",
@@ -236,12 +237,14 @@ def test_reward_bookkeeping_through_trl_ordering(world, tiny_model_dir, tmp_path
         # process: the judge saw each completion's text and its candidates; reward = margin iff the picked
         # candidate is a completion of the same pair's other side
         queries, cands, picks = judge.calls[step]
-        assert queries == texts
+        # each completion with its item's text (the release's "Instruction: ..." / "Text: ..."), candidates likewise
+        assert queries == [process_judge_text(t, it.text, s) for t, it, s in zip(texts, items, sides)]
+        shown = [process_judge_text(t, it.text, s, as_candidate=True) for t, it, s in zip(texts, items, sides)]
         proc = np.zeros(len(texts))
         for i, (cl, k) in enumerate(zip(cands, picks)):
             other = "positive" if sides[i] == "query" else "query"
-            same = {texts[j] for j in range(len(texts)) if pair_ids[j] == pair_ids[i] and sides[j] == other}
-            assert len(cl) == 4  # 2 same-pair rollouts + 2 of the one other pair (B = 2)
+            same = {shown[j] for j in range(len(texts)) if pair_ids[j] == pair_ids[i] and sides[j] == other}
+            assert len(cl) == 3  # 2 same-pair rollouts + the most similar one of the one other pair (B = 2)
             positions.append(tuple(c in same for c in cl))
             proc[i] = margins[i] if cl[k] in same else 0.0
         np.testing.assert_allclose(last["per_completion"]["process"], proc, atol=1e-5)
@@ -466,7 +469,7 @@ def test_scored_process_pick_shows_items_with_their_tcots_and_takes_the_highest(
     np.testing.assert_allclose(proc, margin)  # every pick a same-pair rollout
     assert (parsed, picked_pos) == (1.0, 1.0)
     shown = {(q.key, c.key) for q, c in scorer.pairs}
-    assert len(scorer.pairs) == 8 * 4  # each completion against the other side's 4 rollouts (B = 2)
+    assert len(scorer.pairs) == 8 * 3  # each completion against its pair's 2 rollouts + 1 of the other pair (B = 2)
     want = [tcot_judge_item(it, t) for it, t in zip(items, texts)]
     assert all(any(q.key == w.key for w in want) and any(c.key == w.key for w in want) for q, c in scorer.pairs)
     assert (want[0].key, want[2].key) in shown and want[0].text == "q r0\n" + texts[0]

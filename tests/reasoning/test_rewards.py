@@ -17,6 +17,7 @@ from unime.reasoning.rewards import (
     parse_pick,
     pick_answer_done,
     process_candidates,
+    process_judge_text,
     process_reward,
 )
 
@@ -296,28 +297,44 @@ def test_layout_rejects_bad_specs():
 
 
 def _process_setup():
-    # B = 6 pairs, n = 2. Row q0r1 (flat index 1 in the interleaved layout) has, per positive pair,
-    # the similarities below; pair means: p0 0.9, p1 0.15, p2 0.55, p3 0.35, p4 0.65, p5 0.45
-    # → the 4 hardest other pairs are 4 (0.65), 2 (0.55), 5 (0.45), 3 (0.35); pair 1 is left out.
+    # B = 6 pairs, n = 2. Row q0r1 (flat index 1 in the interleaved layout) has, per positive pair (r0, r1),
+    # p0 (0.9, 0.9) own ; p1 (0.1, 0.2) ; p2 (0.75, 0.05) ; p3 (0.5, 0.5) ; p4 (0.6, 0.7) ; p5 (0.45, 0.45)
+    # most similar rollout per pair: p1 r1 0.2, p2 r0 0.75, p3 r0 0.5 (tie → r0), p4 r1 0.7, p5 r0 0.45
+    # → the 4 hardest other pairs by it: 2 (0.75), 4 (0.7), 3 (0.5), 5 (0.45); pair 1 left out
+    # (by mean they would be 4 (0.65), 3 (0.5), 5 (0.45), 2 (0.4))
     B, n = 6, 2
     lay = RolloutLayout(B, n)
     S = np.zeros((B * n, B * n))
-    S[1] = [0.9, 0.9, 0.1, 0.2, 0.5, 0.6, 0.3, 0.4, 0.6, 0.7, 0.4, 0.5]
+    S[1] = [0.9, 0.9, 0.1, 0.2, 0.75, 0.05, 0.5, 0.5, 0.6, 0.7, 0.45, 0.45]
     return lay, S
 
 
 def test_process_candidates_selection():
     lay, S = _process_setup()
     cands, mask = process_candidates(1, S, lay, n_hard=4, rng=np.random.default_rng(0))
-    # candidates are flat indices of positive rollouts: pair b's are 4b + 2, 4b + 3 (interleaved, n = 2)
+    # candidates are flat indices of positive rollouts: pair b's rollout r is 4b + 2 + r (interleaved, n = 2)
+    # own pair: 2, 3 ; one rollout per hard pair (the release): p2 r0 = 10, p4 r1 = 19, p3 r0 = 14, p5 r0 = 22
     expected_pos = {2, 3}
-    expected_neg = {4 * b + 2 + r for b in (4, 2, 5, 3) for r in (0, 1)}
-    assert len(cands) == 10 and set(cands) == expected_pos | expected_neg
+    expected_neg = {10, 19, 14, 22}
+    assert len(cands) == 6 and set(cands) == expected_pos | expected_neg
     assert {c for c, m in zip(cands, mask) if m} == expected_pos
     assert all(lay.slot(c)[1] == "positive" for c in cands)
-    # n_hard = 1 → only pair 4 joins
+    # n_hard = 2 → pairs 2 and 4 (by mean it would be 4 and 3)
+    cands, mask = process_candidates(1, S, lay, n_hard=2, rng=np.random.default_rng(0))
+    assert set(cands) == {2, 3, 10, 19} and int((~mask).sum()) == 2
+    # n_hard = 1 → only pair 2's rollout r0
     cands, mask = process_candidates(1, S, lay, n_hard=1, rng=np.random.default_rng(0))
-    assert set(cands) == {2, 3, 18, 19}
+    assert set(cands) == {2, 3, 10}
+
+
+def test_process_candidates_count_of_the_recipe_batch():
+    # B = 5 pairs, n = 4, 4 hard pairs: 4 own rollouts + 4 (one per negative pair) = 8 candidates, not 20
+    lay = RolloutLayout(5, 4)
+    S = np.random.default_rng(3).uniform(-1, 1, size=(20, 20))
+    for row in range(lay.num_completions):
+        cands, mask = process_candidates(row, S, lay, n_hard=4, rng=np.random.default_rng(row))
+        assert len(cands) == 8 and int(mask.sum()) == 4
+        assert len({lay.slot(c)[0] for c, m in zip(cands, mask) if not m}) == 4  # 4 different pairs
 
 
 def test_process_candidates_shuffled_and_reproducible():
@@ -333,16 +350,26 @@ def test_process_candidates_shuffled_and_reproducible():
 
 def test_process_candidates_positive_side_uses_columns():
     lay, S = _process_setup()
-    # positive rollout p3r0 is flat index 4·3 + 2 = 14, column 6 of S; give its column pair means
-    # q0 0.8, q5 0.7, others 0 → hardest (n_hard = 1) is pair 0
+    # positive rollout p3r0 is flat index 4·3 + 2 = 14, column 6 of S; in its column q0 (0.3, 0.8), q5 (0.7, 0.7),
+    # others 0 → hardest (n_hard = 1) is pair 0 by its rollout r1 (0.8), flat index 1
     S = np.zeros_like(S)
-    S[0:2, 6] = 0.8
+    S[0:2, 6] = [0.3, 0.8]
     S[10:12, 6] = 0.7
     cands, mask = process_candidates(14, S, lay, n_hard=1, rng=np.random.default_rng(0))
-    assert set(cands) == {lay.flat_index(3, "query", 0), lay.flat_index(3, "query", 1), 0, 1}
+    assert set(cands) == {lay.flat_index(3, "query", 0), lay.flat_index(3, "query", 1), 1}
     assert {c for c, m in zip(cands, mask) if m} == {12, 13}
     with pytest.raises(ValueError, match="shape"):
         process_candidates(14, S[:4], lay, rng=np.random.default_rng(0))
+
+
+def test_process_judge_text_as_the_release_shows_it():
+    cot = "<thinking>{}</thinking><rethink>r</rethink><answer>a</answer>"
+    assert process_judge_text(cot, "find it", "query") == f"Instruction: find it\n\nReasoning: {cot}"
+    assert process_judge_text(cot, "a red circle", "positive") == f"Text: a red circle\n\nReasoning: {cot}"
+    # candidates: a query rollout with its instruction, a positive rollout by its reasoning alone (the release's)
+    assert process_judge_text(cot, "q", "query", as_candidate=True) == f"Instruction: q\n\nReasoning: {cot}"
+    assert process_judge_text(cot, "p", "positive", as_candidate=True) == cot
+    assert process_judge_text(cot, "  ", "query") == cot  # an image alone: no empty label
 
 
 @pytest.mark.parametrize("text,n,expected", [

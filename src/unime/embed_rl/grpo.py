@@ -20,8 +20,9 @@ format 0.05 · r_fmt + outcome 0.8 · r_out + process 0.2 · r_proc, all compute
 evidence (`ReasonedEmbedder`, SPEC 2.1); S = cosine(query rollouts, positive rollouts) gives acc,
 margin and r_out for both sides (the rollouts of pairs sharing a positive item, `Item.key` as the contrastive
 trainer's `--mask-duplicates`, are not each other's negatives: `mask_duplicates`, on by default); the process
-judge (a generative checkpoint, `Reasoner.pick`) is shown each rollout's reasoning and, in a shuffled order, the
-other side's rollouts of the same pair and of the `hard_negative_pairs` hardest negative pairs (the paper's 4 need
+judge (a generative checkpoint, `Reasoner.pick`) is shown each rollout's reasoning with its item's text and, in a
+shuffled order, the other side's rollouts of the same pair and, of each of the `hard_negative_pairs` hardest negative
+pairs, the rollout most similar to it (as the release: n + hard_negative_pairs candidates; the paper's 4 need
 `pairs_per_batch` >= 5: a batch of B pairs has B - 1 negatives, and a larger value is refused). The per-step mean of
 every component is logged to TRL's metrics, to
 `reward_log.csv` and plotted to `reward_curves.png`.
@@ -295,9 +296,9 @@ class EmbedRLReward:
                 step: int = 0):
         """r_proc per completion, the fraction of parsable judge answers, the fraction of positive picks.
         A `ScoredPick` judge sees each completion with its item (`tcot_judge_item`); a generative one the
-        completion texts (`Reasoner.pick`)."""
+        completion texts with their items' texts as the release shows them (`process_judge_text`, `Reasoner.pick`)."""
         from unime.embed_rl.tcot_embedder import tcot_judge_item
-        from unime.reasoning.rewards import process_candidates, process_reward
+        from unime.reasoning.rewards import process_candidates, process_judge_text, process_reward
 
         n = len(texts)
         if self.judge is None or self.weights[2] == 0:
@@ -308,12 +309,15 @@ class EmbedRLReward:
             cands, mask = process_candidates(row, S, layout, n_hard=self.hard_negative_pairs, rng=rng)
             cand_rows.append(cands)
             masks.append(mask)
-            self.negative_pairs_seen["process"].add(int((~mask).sum()) // layout.group_size)
+            self.negative_pairs_seen["process"].add(int((~mask).sum()))  # one rollout per negative pair
         if isinstance(self.judge, ScoredPick):
             shown = [tcot_judge_item(item, text) for item, text in zip(items, texts)]
             picks = self.judge.pick(shown, [[shown[c] for c in cands] for cands in cand_rows])
         else:
-            picks = self.judge.pick(list(texts), [[texts[c] for c in cands] for cands in cand_rows],
+            sides = [layout.slot(i)[1] for i in range(n)]
+            shown = [process_judge_text(t, it.text, s) for t, it, s in zip(texts, items, sides)]
+            as_cand = [process_judge_text(t, it.text, s, as_candidate=True) for t, it, s in zip(texts, items, sides)]
+            picks = self.judge.pick(shown, [[as_cand[c] for c in cands] for cands in cand_rows],
                                     max_new_tokens=self.judge_max_new_tokens)
         proc = np.array([process_reward(p, m, margin[i]) for i, (p, m) in enumerate(zip(picks, masks))])
         parsed = [p for p in picks if p is not None]
@@ -400,7 +404,8 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
     process_judge: str | None = option(None, "checkpoint for the process reward's pick (default: a frozen copy of "
                                        "--model)", group="grpo")
     process_pick: str = option("generate", "how the process judge picks: generate (the paper's: it is asked for the "
-                               "number of the most relevant candidate) or score (a Yes/No judge, e.g. the T-CoT "
+                               "number of the most relevant candidate; each reasoning shown with its item's text "
+                               "as the release does) or score (a Yes/No judge, e.g. the T-CoT "
                                "match judge of `unime train judge`: P(Yes) of each (query, candidate) pair, each "
                                "item followed by its T-CoT as `unime reason split` shows them; the highest is the "
                                "pick)", choices=list(PROCESS_PICKS), group="grpo")
@@ -423,9 +428,10 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
                                    "the same item (same text and images) are not negatives (default on, as `train "
                                    "embedder`; --no-mask-duplicates counts them)", group="grpo",
                                    action=argparse.BooleanOptionalAction)
-    hard_negative_pairs: int = option(1, "process reward: the hardest other pairs of the batch whose rollouts the "
-                                      "judge is shown beside the own pair's (< --pairs-per-batch; the paper's 4 "
-                                      "needs --pairs-per-batch >= 5)", group="grpo", at_least=0)
+    hard_negative_pairs: int = option(1, "process reward: the hardest other pairs of the batch, each by its rollout "
+                                      "most similar to the one judged, shown to the judge beside the own pair's "
+                                      "rollouts (< --pairs-per-batch; the paper's 4 needs --pairs-per-batch >= 5)",
+                                      group="grpo", at_least=0)
 
     def validate(self) -> None:
         """`ReasonerStageOptions.validate`, and an OptionError for more hard negative pairs than a batch has: a batch

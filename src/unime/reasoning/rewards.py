@@ -17,8 +17,9 @@ Ties in the top-k count against the rollout (a negative tied with a positive ran
 depends only on the scores, never on the column order.
 
 Process reward: a judge sees the rollout's reasoning and, in a shuffled order, the same-pair
-rollouts of the other side plus those of the `n_hard` hardest negative pairs; r_proc = margin_i if
-it picks a same-pair rollout, else 0. Total r = 0.05·r_fmt + 0.8·r_out + 0.2·r_proc.
+rollouts of the other side plus, of each of the `n_hard` hardest negative pairs, its rollout most similar
+to this one (as the release); r_proc = margin_i if it picks a same-pair rollout, else 0.
+Total r = 0.05·r_fmt + 0.8·r_out + 0.2·r_proc.
 """
 
 from __future__ import annotations
@@ -311,9 +312,11 @@ def process_candidates(row: int, S: Any, layout: RolloutLayout, *, n_hard: int =
                        rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
     """The judge's candidates for completion `row` (a flat completion index, either side).
 
-    Candidates = the other side's rollouts of the same pair + those of the `n_hard` hardest other pairs
-    (highest mean similarity to this rollout; ties → lower pair index), as **flat completion indices**
-    in a random order drawn from `rng` (never positives-first). Returns (candidates, positive_mask).
+    Candidates = the other side's n rollouts of the same pair + **one** rollout of each of the `n_hard`
+    hardest other pairs, as the release does: of each other pair, its rollout most similar to this one
+    (ties → lower rollout index); the hardest pairs are those whose such rollout is the most similar (ties →
+    lower pair index). n + n_hard candidates (B = 5, n = 4, n_hard = 4: 8), as **flat completion indices** in
+    a random order drawn from `rng` (never positives-first, SPEC §2.3). Returns (candidates, positive_mask).
     """
     S = _to_numpy(S)
     B, n = layout.batch_pairs, layout.group_size
@@ -322,12 +325,31 @@ def process_candidates(row: int, S: Any, layout: RolloutLayout, *, n_hard: int =
     b, side, r = layout.slot(row)
     sims = S[b * n + r, :] if side == QUERY else S[:, b * n + r]
     other: Side = POSITIVE if side == QUERY else QUERY
-    pair_means = sims.reshape(B, n).mean(axis=1)
-    others = [c for c in np.argsort(-pair_means, kind="stable").tolist() if c != b][:max(0, n_hard)]
-    cands = [layout.flat_index(p, other, k) for p in [b, *others] for k in range(n)]
+    per_pair = sims.reshape(B, n)
+    best_rollout = per_pair.argmax(axis=1)  # the first of equal maxima
+    best_sim = per_pair.max(axis=1)
+    others = [c for c in np.argsort(-best_sim, kind="stable").tolist() if c != b][:max(0, n_hard)]
+    cands = [layout.flat_index(b, other, k) for k in range(n)]
+    cands += [layout.flat_index(c, other, int(best_rollout[c])) for c in others]
     mask = np.array([k < n for k in range(len(cands))])
     perm = rng.permutation(len(cands))
     return [cands[i] for i in perm], mask[perm]
+
+
+ITEM_LABELS = {QUERY: "Instruction", POSITIVE: "Text"}  # the release's labels of a query's / a positive's text
+
+
+def process_judge_text(reasoning: str, item_text: str, side: Side, *, as_candidate: bool = False) -> str:
+    """What the generative process judge reads of a rollout, as the release shows it: the rollout being rewarded
+    with its item's text — `Instruction: {query text}\n\nReasoning: {T-CoT}` for a query, `Text: {positive
+    text}\n\nReasoning: {T-CoT}` for a positive; a candidate that is a query rollout the same way as a query, a
+    candidate that is a positive rollout by its reasoning alone (the release's candidates for a query). An item
+    without text (an image alone): the reasoning alone, not an empty label."""
+    if side not in ITEM_LABELS:
+        raise ValueError(f"side must be 'query' or 'positive', got {side!r}")
+    if (as_candidate and side == POSITIVE) or not (item_text or "").strip():
+        return reasoning
+    return f"{ITEM_LABELS[side]}: {item_text.strip()}\n\nReasoning: {reasoning}"
 
 
 _ANS = re.compile(r"Ans\s*:\s*\(?\s*(\d+)\s*\)?", re.IGNORECASE)
