@@ -143,6 +143,16 @@ def test_reward_pairs_sharing_a_positive_are_not_negatives(mask, expected):
     reward(prompts=[""] * len(side), completions=[f"c{i}" for i in range(len(side))], pair_id=pair_id, side=side,
            item=item)
     assert reward.negative_pairs()["outcome"] == expected
+    # the process judge: p0's and p1's rollouts are not shown as each other's negatives (only p2's)
+    judge = _RecordingJudge()
+    reward = EmbedRLReward(_RandomEmbedder(), judge, group_size=n, hard_negative_pairs=2, mask_duplicates=mask)
+    reward(prompts=[""] * len(side), completions=[f"c{i}" for i in range(len(side))], pair_id=pair_id, side=side,
+           item=item)
+    assert reward.negative_pairs()["process"] == expected
+    (_, candidate_lists, _), = judge.calls
+    pair_of = {f"c{i}": p for i, p in enumerate(pair_id)}
+    negatives_of_p0 = {pair_of[c] for cl in candidate_lists[:n] for c in cl} - {"p0"}  # p0's query rollouts
+    assert negatives_of_p0 == ({"p2"} if mask else {"p1", "p2"})
     lay = RolloutLayout(3, n)
     E = _RandomEmbedder().encode(None, [""] * len(side))
     want = lay.outcome_rewards(E, positive_keys=["dog", "dog", "cat"] if mask else None)

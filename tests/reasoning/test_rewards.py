@@ -327,6 +327,14 @@ def test_process_candidates_selection():
     assert set(cands) == {2, 3, 10}
 
 
+def test_process_candidates_leave_out_pairs_sharing_the_positive():
+    # as _process_setup, pair 2 (the hardest, 0.75) has the same positive item as pair 0: it is no negative;
+    # the 2 hardest are then 4 (0.7) and 3 (0.5, r0 = 14)
+    lay, S = _process_setup()
+    cands, mask = process_candidates(1, S, lay, n_hard=2, rng=np.random.default_rng(0), excluded_pairs=[2])
+    assert set(cands) == {2, 3, 19, 14} and {c for c, m in zip(cands, mask) if m} == {2, 3}
+
+
 def test_process_candidates_count_of_the_recipe_batch():
     # B = 5 pairs, n = 4, 4 hard pairs: 4 own rollouts + 4 (one per negative pair) = 8 candidates, not 20
     lay = RolloutLayout(5, 4)

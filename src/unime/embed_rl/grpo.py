@@ -19,7 +19,8 @@ format 0.05 · r_fmt + outcome 0.8 · r_out + process 0.2 · r_proc, all compute
 `unime.reasoning.rewards`. The frozen embedder (loaded once) embeds every rollout with its item and
 evidence (`ReasonedEmbedder`, SPEC 2.1); S = cosine(query rollouts, positive rollouts) gives acc,
 margin and r_out for both sides (the rollouts of pairs sharing a positive item, `Item.key` as the contrastive
-trainer's `--mask-duplicates`, are not each other's negatives: `mask_duplicates`, on by default); the process
+trainer's `--mask-duplicates`, are not each other's negatives, in the outcome and the process rewards:
+`mask_duplicates`, on by default); the process
 judge (a generative checkpoint, `Reasoner.pick`) is shown each rollout's reasoning with its item's text and, in a
 shuffled order, the other side's rollouts of the same pair and, of each of the `hard_negative_pairs` hardest negative
 pairs, the rollout most similar to it (as the release: n + hard_negative_pairs candidates; the paper's 4 need
@@ -272,11 +273,10 @@ class EmbedRLReward:
 
         fmt = np.asarray(format_reward(texts), dtype=np.float64)
         E = self.embedder.encode(list(items), list(texts))
-        keys = self.positive_keys(items, layout)
-        dup = layout.duplicate_pairs(keys) if keys is not None else [[] for _ in range(layout.batch_pairs)]
+        dup = self.duplicate_pairs(items, layout)
         self.negative_pairs_seen["outcome"].update(layout.batch_pairs - 1 - len(d) for d in dup)
         oc = layout.outcome_rewards(E, neg_temperature=self.neg_temperature, scale=self.outcome_scale,
-                                    positive_keys=keys)
+                                    positive_keys=self.positive_keys(items, layout))
         proc, parsed, picked_pos = self.process(texts, items, layout.similarity_matrix(E), layout, oc.margin,
                                                 step=step)
         total = combine_rewards(fmt, oc.reward, proc, self.weights)
@@ -292,6 +292,11 @@ class EmbedRLReward:
             return None
         return [items[layout.flat_index(b, POSITIVE, 0)].key for b in range(layout.batch_pairs)]
 
+    def duplicate_pairs(self, items: Sequence[Item], layout) -> list[list[int]]:
+        """Per pair: the other pairs sharing its positive item (none with `mask_duplicates` off)."""
+        keys = self.positive_keys(items, layout)
+        return layout.duplicate_pairs(keys) if keys is not None else [[] for _ in range(layout.batch_pairs)]
+
     def process(self, texts: Sequence[str], items: Sequence[Item], S: np.ndarray, layout, margin: np.ndarray, *,
                 step: int = 0):
         """r_proc per completion, the fraction of parsable judge answers, the fraction of positive picks.
@@ -304,9 +309,11 @@ class EmbedRLReward:
         if self.judge is None or self.weights[2] == 0:
             return np.zeros(n), float("nan"), float("nan")
         rng = np.random.default_rng([self.seed, step])
+        dup = self.duplicate_pairs(items, layout)
         cand_rows, masks = [], []
         for row in range(n):
-            cands, mask = process_candidates(row, S, layout, n_hard=self.hard_negative_pairs, rng=rng)
+            cands, mask = process_candidates(row, S, layout, n_hard=self.hard_negative_pairs, rng=rng,
+                                             excluded_pairs=dup[layout.slot(row)[0]])
             cand_rows.append(cands)
             masks.append(mask)
             self.negative_pairs_seen["process"].add(int((~mask).sum()))  # one rollout per negative pair
@@ -424,9 +431,9 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
                                                  cli_default=",".join(map(str, REWARD_WEIGHTS)), group="grpo")
     neg_temperature: float = option(0.5, "outcome reward: hardness temperature", group="grpo")
     # a batch of B pairs has B - 1 negative pairs: at most --pairs-per-batch - 1 (`validate`)
-    mask_duplicates: bool = option(True, "outcome reward: the rollouts of other pairs in the batch whose positive is "
-                                   "the same item (same text and images) are not negatives (default on, as `train "
-                                   "embedder`; --no-mask-duplicates counts them)", group="grpo",
+    mask_duplicates: bool = option(True, "outcome and process rewards: the rollouts of other pairs in the batch whose "
+                                   "positive is the same item (same text and images) are not negatives (default on, "
+                                   "as `train embedder`; --no-mask-duplicates counts them)", group="grpo",
                                    action=argparse.BooleanOptionalAction)
     hard_negative_pairs: int = option(1, "process reward: the hardest other pairs of the batch, each by its rollout "
                                       "most similar to the one judged, shown to the judge beside the own pair's "

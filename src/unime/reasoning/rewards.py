@@ -308,8 +308,8 @@ class RolloutLayout:
 # process reward
 
 
-def process_candidates(row: int, S: Any, layout: RolloutLayout, *, n_hard: int = 4,
-                       rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
+def process_candidates(row: int, S: Any, layout: RolloutLayout, *, n_hard: int = 4, rng: np.random.Generator,
+                       excluded_pairs: Sequence[int] = ()) -> tuple[list[int], np.ndarray]:
     """The judge's candidates for completion `row` (a flat completion index, either side).
 
     Candidates = the other side's n rollouts of the same pair + **one** rollout of each of the `n_hard`
@@ -317,6 +317,8 @@ def process_candidates(row: int, S: Any, layout: RolloutLayout, *, n_hard: int =
     (ties → lower rollout index); the hardest pairs are those whose such rollout is the most similar (ties →
     lower pair index). n + n_hard candidates (B = 5, n = 4, n_hard = 4: 8), as **flat completion indices** in
     a random order drawn from `rng` (never positives-first, SPEC §2.3). Returns (candidates, positive_mask).
+    `excluded_pairs`: pairs never shown as negatives (those sharing the row's positive item,
+    `RolloutLayout.duplicate_pairs`: their rollouts match it as well as its own pair's).
     """
     S = _to_numpy(S)
     B, n = layout.batch_pairs, layout.group_size
@@ -328,7 +330,8 @@ def process_candidates(row: int, S: Any, layout: RolloutLayout, *, n_hard: int =
     per_pair = sims.reshape(B, n)
     best_rollout = per_pair.argmax(axis=1)  # the first of equal maxima
     best_sim = per_pair.max(axis=1)
-    others = [c for c in np.argsort(-best_sim, kind="stable").tolist() if c != b][:max(0, n_hard)]
+    skip = {b, *excluded_pairs}
+    others = [c for c in np.argsort(-best_sim, kind="stable").tolist() if c not in skip][:max(0, n_hard)]
     cands = [layout.flat_index(b, other, k) for k in range(n)]
     cands += [layout.flat_index(c, other, int(best_rollout[c])) for c in others]
     mask = np.array([k < n for k in range(len(cands))])
