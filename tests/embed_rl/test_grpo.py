@@ -531,3 +531,28 @@ def test_reward_log_resumed_keeps_step_and_completions_integers(tmp_path):
         lines = fh.read().splitlines()
     assert lines[0] == ",".join(REWARD_LOG_COLUMNS)
     assert [line.split(",")[:2] for line in lines[1:]] == [["1", "8"], ["2", "8"], ["3", "8"]]
+
+
+def test_python_api_reward_refuses_more_hard_negative_pairs_than_the_batch_has():
+    """QA: `EmbedRLReward(hard_negative_pairs=4)` on batches of 2 pairs (1 negative pair) showed the process judge 1
+    negative pair without a word, while the command line refuses it. The reward refuses the batch with the command
+    line's message, before the embedder or the judge sees it; B - 1 is accepted, and the default fits 2 pairs."""
+    from unime.errors import OptionError
+
+    n = 2
+    pair_id = [f"p{b}" for b in range(2) for _ in range(2 * n)]
+    side = (["query"] * n + ["positive"] * n) * 2
+    batch = dict(prompts=[""] * 8, completions=[f"c{i}" for i in range(8)], pair_id=pair_id, side=side,
+                 item=[json.dumps({"text": f"x{p}"}) for p in pair_id])  # distinct pairs
+    judge = _RecordingJudge()
+    reward = EmbedRLReward(None, judge, group_size=n, hard_negative_pairs=4)
+    with pytest.raises(OptionError, match=r"^hard_negative_pairs 4 needs more pairs per batch: a batch of "
+                       r"pairs_per_batch 2 pairs has 1 negative pair\(s\); give pairs_per_batch >= 5 or "
+                       r"hard_negative_pairs <= 1$"):
+        reward(**batch)
+    assert judge.calls == [] and reward.negative_pairs() == {"outcome": [], "process": []}
+    for hard in (1, None):
+        reward = EmbedRLReward(_RandomEmbedder(), judge, group_size=n,
+                               **({} if hard is None else {"hard_negative_pairs": hard}))
+        reward(**batch)
+        assert reward.negative_pairs() == {"outcome": [1], "process": [1]}

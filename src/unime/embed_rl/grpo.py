@@ -197,13 +197,14 @@ class EmbedRLReward:
 
     Needs the dataset columns `pair_id`, `side` and `item` (see `grpo_rows`). `judge` makes the process pick: a
     `Reasoner` (any generative checkpoint, asked for a number) or a `ScoredPick` (a Yes/No judge scoring each
-    candidate); it may be None only if the process weight is 0.
+    candidate); it may be None only if the process weight is 0. `hard_negative_pairs` (default 1, as the command
+    line's) must be below the pairs of every batch it rewards (`check_hard_negative_pairs`: B pairs have B - 1).
     """
 
     __name__ = "embed_rl"
 
     def __init__(self, embedder, judge=None, *, group_size: int, weights: tuple[float, float, float] = (0.05, 0.8, 0.2),
-                 neg_temperature: float = 0.5, outcome_scale: float = 0.5, hard_negative_pairs: int = 4,
+                 neg_temperature: float = 0.5, outcome_scale: float = 0.5, hard_negative_pairs: int = 1,
                  judge_max_new_tokens: int = 8, seed: int = 0, reward_log: RewardLog | None = None,
                  mask_duplicates: bool = True):
         if judge is None and weights[2] != 0:
@@ -271,6 +272,7 @@ class EmbedRLReward:
         `total_per_completion`."""
         from unime.reasoning.rewards import combine_rewards, format_reward
 
+        check_hard_negative_pairs(self.hard_negative_pairs, layout.batch_pairs)  # before any work on the batch
         fmt = np.asarray(format_reward(texts), dtype=np.float64)
         E = self.embedder.encode(list(items), list(texts))
         dup = self.duplicate_pairs(items, layout)
@@ -444,13 +446,21 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
         """`ReasonerStageOptions.validate`, and an OptionError for more hard negative pairs than a batch has: a batch
         of --pairs-per-batch B pairs has B - 1 (QA: 4 with B = 2 silently showed the judge one)."""
         super().validate()
-        if self.hard_negative_pairs >= self.pairs_per_batch:
-            raise OptionError(self, "{hard_negative_pairs} {hard} needs more pairs per batch: a batch of "
-                              "{pairs_per_batch} {pairs} pairs has {negatives} negative pair(s); give "
-                              "{pairs_per_batch} >= {least} or {hard_negative_pairs} <= {negatives}",
-                              hard=self.hard_negative_pairs,
-                              pairs=self.pairs_per_batch, negatives=self.pairs_per_batch - 1,
-                              least=self.hard_negative_pairs + 1)
+        check_hard_negative_pairs(self.hard_negative_pairs, self.pairs_per_batch, config=self)
+
+
+def check_hard_negative_pairs(hard_negative_pairs: int, pairs_per_batch: int, *, config=None) -> None:
+    """An OptionError unless `hard_negative_pairs` < `pairs_per_batch`: a batch of B pairs has B - 1 negative pairs,
+    and `process_candidates` would silently show the judge fewer than asked. The one check of the command line
+    (`GRPOStageConfig.validate`, before any work) and of the Python API (`EmbedRLReward`, on every batch it gets);
+    the message names the options as `config`'s fields (its command-line options on the command line)."""
+    if hard_negative_pairs >= pairs_per_batch:
+        raise OptionError(config or GRPOStageConfig,
+                          "{hard_negative_pairs} {hard} needs more pairs per batch: a batch of "
+                          "{pairs_per_batch} {pairs} pairs has {negatives} negative pair(s); give "
+                          "{pairs_per_batch} >= {least} or {hard_negative_pairs} <= {negatives}",
+                          hard=hard_negative_pairs, pairs=pairs_per_batch, negatives=pairs_per_batch - 1,
+                          least=hard_negative_pairs + 1)
 
 
 # options that may change between a run and its continuation without changing what is trained
