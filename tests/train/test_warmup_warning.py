@@ -56,3 +56,65 @@ def test_the_warning_names_the_reasoners_options_and_the_fraction_in_steps():
     assert text.startswith("--trainer-arg warmup_steps 10 >= the run's 3 optimizer steps (--max-steps")
     assert warmup_warning(0.5, 1, 1, "--warmup", "--steps").startswith("--warmup 0.5 (1 steps) >= the run's 1 ")
     assert warmup_warning(0.5, 2, 3, "--warmup", "--steps") is None
+
+
+def test_warmup_steps_follow_transformers_rule():
+    """`--print-config` computes the warm-up's steps without transformers; they must be the ones the run uses."""
+    from transformers import TrainingArguments
+
+    from unime.models.warmup import warmup_steps
+
+    for warmup, steps, want in ((200, 10, 200), (200.0, 500, 200), (0.1, 10, 1), (0.1, 11, 2), (0.5, 3, 2),
+                                (0, 7, 0), (1, 1, 1)):
+        assert warmup_steps(warmup, steps) == want
+        assert TrainingArguments.get_warmup_steps(type("A", (), {"warmup_steps": warmup})(), steps) == want
+
+
+@pytest.mark.parametrize("argv,warning", [
+    # the recipe's 200 warm-up steps (released code) with a shortened run: what the run logs at its start
+    (["train", "embedder", "--recipe", "unime-v2/qwen2-vl-2b", "--steps", "10"],
+     "--warmup 200 >= the run's 10 optimizer steps (--steps"),
+    (["train", "embedder", "--recipe", "unime-v2/qwen2-vl-2b", "--steps", "200"],
+     "--warmup 200 >= the run's 200 optimizer steps (--steps"),
+    (["train", "embedder", "--recipe", "unime-v2/qwen2-vl-2b", "--steps", "201"], None),
+    (["train", "embedder", "--model", "m", "--steps", "1"], "--warmup 0.1 (1 steps) >= the run's 1 optimizer steps"),
+    (["train", "embedder", "--recipe", "unime-v2/qwen2-vl-2b"], None),  # steps from the epochs: not known
+    (["train", "reranker", "--model", "m", "--steps", "3", "--warmup", "3"],
+     "--warmup 3 >= the run's 3 optimizer steps (--steps"),
+    (["train", "judge", "--model", "m", "--steps", "4", "--warmup", "3"], None),
+])
+def test_print_config_shows_the_warm_up_warning_of_the_run(capsys, argv, warning):
+    """QA: `--print-config` of `--recipe unime-v2/qwen2-vl-2b --steps 10` showed warmup 200 without a word, while
+    the run itself warns at its start. It prints the run's WARNING (the same function) on stderr."""
+    from unime.cli import main
+
+    assert main([*argv, "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("# unime train ")
+    lines = [line for line in err.splitlines() if "warm-up" in line]
+    if warning is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith("unime: WARNING: " + warning), err
+
+
+def test_print_config_uses_the_steps_the_run_uses(tmp_path, capsys):
+    """A --steps that an --epochs on the command line drops is not the run's: no warning from it."""
+    from unime.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("steps: 3\nwarmup: 3\n", encoding="utf-8")
+    base = ["train", "reranker", "--model", "m", "--config", str(config), "--print-config"]
+    assert main(base) == 0
+    assert "--warmup 3 >= the run's 3 optimizer steps" in capsys.readouterr().err
+    assert main([*base, "--epochs", "2"]) == 0
+    assert "warm-up" not in capsys.readouterr().err
+
+
+def test_the_warm_up_module_does_not_import_transformers():
+    """`--print-config` imports `unime.models.warmup`; transformers takes seconds to import."""
+    import subprocess
+    import sys
+
+    code = "import sys, unime.models.warmup as w; w.run_warmup_warning(5, 2); assert 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

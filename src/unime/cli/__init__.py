@@ -265,11 +265,17 @@ def resolved_config(args: argparse.Namespace) -> list[tuple[str, object, str]]:
 
 
 def print_config(args: argparse.Namespace) -> None:
+    """The resolved options on stdout; on stderr, the WARNINGs the run would log at its start about these values
+    (a command's `_config_warnings(values)`, `values` the resolved option values by field, e.g. a warm-up longer
+    than the run: `unime.cli.train.warmup_warnings`)."""
     rows = resolved_config(args)
     print(f"# unime {args._command}: resolved options (value, origin)")
     width = max((len(r[0]) for r in rows), default=10)
     for name, value, origin in rows:
         print(f"{name:<{width}}  {value!r:<28}  # {origin}")
+    warnings = getattr(args, "_config_warnings", None)
+    for text in warnings({name.replace("-", "_"): value for name, value, _ in rows}) if callable(warnings) else ():
+        print(f"unime: WARNING: {text}", file=sys.stderr)
 
 
 # commands whose work is spread over the processes of a launcher (torchrun, accelerate launch): the trainers

@@ -49,7 +49,17 @@ def _add_embedder_parser(actions) -> None:
                     "judge scores). Launch with torchrun for data parallelism.")
     add_options(p, EmbedderTrainingConfig, groups=TRAIN_GROUPS, default_group="parameters")
     add_config_option(p)
-    p.set_defaults(func=_train_embedder, _derived_values=_embedder_batch_values)
+    p.set_defaults(func=_train_embedder, _derived_values=_embedder_batch_values, _config_warnings=warmup_warnings)
+
+
+def warmup_warnings(values: dict) -> list[str]:
+    """`--print-config` of a trainer with --warmup and --steps: the WARNING its run logs at the start when the warm-up
+    covers the run (`unime.models.warmup.run_warmup_warning`), from the resolved values; none when the steps come
+    from the epochs (they depend on the records)."""
+    from unime.models.warmup import run_warmup_warning
+
+    text = run_warmup_warning(values.get("warmup") or 0, values.get("steps"))
+    return [text] if text else []
 
 
 def lora_needs(lora_options: type, condition: str = "full", needed: bool = False) -> list[tuple[str, str, bool]]:

@@ -9,7 +9,7 @@ from unime.cli import add_config_option, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options
 from unime.cli.dataclass_options import config_from_args as build_config
 from unime.cli.train import (drop_farther_options, dropped_options, lora_needs, refuse_lora_options_on_an_adapter,
-                              register_train_action)
+                              register_train_action, warmup_warnings)
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
 
 # each role's options that act only with a flag's value (`refuse_ineffective_options`): the LoRA options and the
@@ -29,7 +29,8 @@ def _add_parser(actions, role: str, **texts) -> None:
     groups = (*(g for g in TRAIN_GROUPS if g != TRAINER_ARGS_GROUP), role, TRAINER_ARGS_GROUP)
     add_options(p, RerankerTrainConfig, groups=groups, default_group="parameters")
     add_config_option(p)
-    p.set_defaults(func=_train, role=role, _derived_values=partial(dropped_options, rules=_DROPS))
+    p.set_defaults(func=_train, role=role, _derived_values=partial(dropped_options, rules=_DROPS),
+                   _config_warnings=warmup_warnings)
 
 
 def _add_reranker_parser(actions) -> None:
