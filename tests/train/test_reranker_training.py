@@ -643,3 +643,38 @@ def test_a_run_folder_as_model_records_the_base_the_adapter_loads_on(trained_rer
                     assert any(not torch.equal(f.get_tensor(k), g.get_tensor(k)) for k in f.keys())
         # plain transformers + peft load the adapter on the recorded base
         PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(expected_base), str(out / "adapter"))
+
+
+@pytest.mark.parametrize("role,batch_size,unit", [("reranker", 8, "records"), ("judge", 32, "labelled pairs"),
+                                                   ("reranker", 2, "records")])
+def test_fewer_records_than_the_global_batch_are_warned_and_the_card_records_the_batch_that_ran(
+        tiny_model_dir, tmp_path, caplog, role, batch_size, unit):
+    """QA: 4 records with --batch-size 8 trained every step on the 4 without a word, and the card said batch size 8
+    (the embedder's card was fixed the same way: `unime.train.global_batch`). The start warns, the card and
+    unime_reranker.json record the batch that ran beside the configured one. The judge's items are its labelled
+    pairs: 4 records x (1 positive + 3 negatives) = 16, none held out."""
+    import logging
+
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    records = write_world(tmp_path)
+    out = tmp_path / role
+    with caplog.at_level(logging.WARNING, logger="unime"):
+        train_reranker(RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(out),
+                                           role=role, losses=("pair",), max_steps=1, batch_size=batch_size, seed=0,
+                                           device="cpu", holdout=0.0, train_modules=("lm_head",)))
+    items = 16 if role == "judge" else 4
+    ran = min(items, batch_size)
+    warning = (f"{records}: {items} {unit}, fewer than the global batch of {batch_size} {unit} (--batch-size "
+               f"{batch_size} x 1 process(es) x 1 accumulation): each optimizer step holds these {ran} ({ran} per "
+               "device)")
+    short = items < batch_size
+    assert (warning in caplog.text) == short, caplog.text
+    meta = json.loads((out / "unime_reranker.json").read_text())
+    assert meta["batch"] == {"unit": unit, "per_device": ran, "processes": 1, "gradient_accumulation": 1,
+                             "global": ran, **({"global_configured": batch_size} if short else {})}
+    card = (out / "README.md").read_text()
+    assert f"| batch size ({unit} per device) | {ran} |" in card
+    assert f"| global batch ({unit} per step) | {ran} |" in card
+    assert (f"| global batch configured | {batch_size} |" in card) == short
+    assert meta["config"]["batch_size"] == batch_size  # the option as given

@@ -39,6 +39,7 @@ from unime.models import export, run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.models.warmup import WarmupCheck
+from unime.train import global_batch
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
 from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES, EmbedderTrainingConfig, per_device_batch
@@ -586,24 +587,18 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
 
 
 def batch_that_runs(config: EmbedderTrainingConfig, records: int, processes: int) -> tuple[int, int, int]:
-    """(queries per device and micro-batch, queries per optimizer step) a step holds, and the configured global
-    batch: the configured batch, or with fewer records than its global batch, all the records (the data loader's
-    one short batch, split over the processes; accelerate pads an uneven split with a record or so). With
-    --homogeneous-batches too few records for a full batch are refused (`HomogeneousBatchSampler`)."""
-    configured = config.batch_size * processes * config.grad_accum
-    if records >= configured or config.homogeneous_batches:
-        return config.batch_size, configured, configured
-    return min(config.batch_size, -(-records // processes)), records, configured
+    """`unime.train.global_batch.batch_that_runs` of this config: with --homogeneous-batches too few records for a
+    full batch are refused (`HomogeneousBatchSampler`)."""
+    return global_batch.batch_that_runs(records, batch_size=config.batch_size, grad_accum=config.grad_accum,
+                                        processes=processes, fixed=config.homogeneous_batches)
 
 
 def _warn_short_batch(config: EmbedderTrainingConfig, records: int, processes: int) -> None:
     """A warning when the records cannot fill the global batch: every step then holds all of them."""
-    per_device, per_step, configured = batch_that_runs(config, records, processes)
-    if per_step < configured:
-        given = f"--global-batch {config.global_batch}" if config.global_batch else \
-            f"--batch-size {config.batch_size} x {processes} process(es) x {config.grad_accum} accumulation"
-        logger.warning("%s: %d records, fewer than the global batch of %d queries (%s): each optimizer step holds "
-                       "these %d (%d per device)", config.records, records, configured, given, per_step, per_device)
+    global_batch.warn_short_batch(
+        config.records, records, batch_size=config.batch_size, grad_accum=config.grad_accum, processes=processes,
+        given=f"--global-batch {config.global_batch}" if config.global_batch else None, batch_unit="queries",
+        fixed=config.homogeneous_batches)
 
 
 def _tensorboard_callback(out: Path):

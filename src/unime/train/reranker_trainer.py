@@ -560,6 +560,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     from unime.models.curves import CurvesCallback
     from unime.models.warmup import WarmupCheck
     from unime.outdir import is_main_process
+    from unime.train.global_batch import batch_that_runs, warn_short_batch
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINTS_DIR
@@ -601,9 +602,11 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg,
         option_keys={"warmup_steps": "--warmup", "weight_decay": "--weight-decay",
                      "activation_checkpointing": "--gradient-checkpointing"})
+    batch_unit = "labelled pairs" if cfg.role == "judge" and cfg.group_weight == 0 else "records"  # a dataset item
+    batch = dict(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, processes=args.world_size)
+    warn_short_batch(", ".join(map(str, cfg.records)), len(groups), unit=batch_unit, **batch)
     if plan.checkpoint is not None:  # the global batch of a continuation (per device x processes x accumulation)
-        run_state.warn_other_global_batch(out, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                          processes=args.world_size)
+        run_state.warn_other_global_batch(out, **batch)
     if is_main_process():
         run_state.write_config(out, {**_run_options(cfg), run_state.PROCESSES_KEY: args.world_size})
     # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
@@ -652,8 +655,12 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         if "loss" in loss_levels["final"]:
             log.info("judge: final training loss %.4f against its base-rate level %.4f (a prior-only judge)",
                      loss_levels["final"]["loss"], loss_levels["base_rate"]["total"])
+    per_device, per_step, configured = batch_that_runs(len(groups), **batch)  # the batch that ran
     meta = {
         "role": cfg.role, "num_candidates": num_candidates, "losses": list(cfg.losses),
+        "batch": {"unit": batch_unit, "per_device": per_device, "processes": args.world_size,
+                  "gradient_accumulation": cfg.grad_accum, "global": per_step,
+                  **({"global_configured": configured} if per_step < configured else {})},
         # the full model the weights start from (a run folder's merged/, an adapter's base), and the adapter
         # trained on: the adapter written here loads on `base_model` (QA: it named --model's run folder)
         **loaded.origin(), "model_type": model.config.model_type,
@@ -702,11 +709,22 @@ def model_card(meta: dict) -> ModelCard:
                            f"LoRA r={cfg.get('lora_r')} alpha={cfg.get('lora_alpha')} dropout={cfg.get('lora_dropout')}"
                            + (" DoRA" if cfg.get("dora") else ""),
             "modules trained in full": "all" if cfg.get("full") else ", ".join(cfg.get("train_modules") or []) or "-",
-            "learning rate": cfg.get("learning_rate"), "batch size": cfg.get("batch_size"),
-            "gradient accumulation": cfg.get("grad_accum"), "seed": cfg.get("seed")}
+            "learning rate": cfg.get("learning_rate"), **_batch_rows(meta), "seed": cfg.get("seed")}
     return ModelCard(title=title, base_model=meta["base_model"], summary=summary, usage=usage,
                      sections={"Training": rows}, tags=[role, "multimodal"],
                      notes=[f"Curves: curves.csv, curves.png; configuration: {METADATA_FILE}."])
+
+
+def _batch_rows(meta: dict) -> dict:
+    """The card's batch rows: the batch that ran (`meta["batch"]`), with the configured global batch beside it when
+    the records could not fill it (`unime.train.global_batch`)."""
+    batch = meta["batch"]
+    unit = batch["unit"]
+    rows = {f"batch size ({unit} per device)": batch["per_device"], "processes": batch["processes"],
+            "gradient accumulation": batch["gradient_accumulation"], f"global batch ({unit} per step)": batch["global"]}
+    if "global_configured" in batch:
+        rows["global batch configured"] = batch["global_configured"]
+    return rows
 
 
 def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, merged: bool,
