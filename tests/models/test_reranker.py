@@ -33,7 +33,11 @@ def rr(reranker):
 
 def answer_with(rr, answer):
     """Replace the reranker's generation: `answer(query, candidates)` gives each listwise answer text."""
-    rr.generate_answers = lambda queries, lists: [answer(q, c) for q, c in zip(queries, lists)]
+    def generate_answers(queries, lists, return_token_counts=False):
+        texts = [answer(q, c) for q, c in zip(queries, lists)]
+        return (texts, [0] * len(texts)) if return_token_counts else texts
+
+    rr.generate_answers = generate_answers
 
 
 QUERY = Item("a red square")

@@ -119,6 +119,36 @@ def test_embeddings_usage_counts_the_tokens_the_model_read(server, world):
     assert r.json()["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
 
 
+def test_rerank_usage_counts_the_tokens_the_model_read(server, world):
+    """QA: /v1/rerank's usage.total_tokens counted the query's and documents' text tokens only (with the embedder's
+    tokenizer), while /v1/embeddings counts the tokens the model read. Pairwise: each judge prompt's tokens (chat
+    template included), the query's shared prefix read once (the fast path's KV cache): L1 + L2 - the prefix the
+    two prompts share. Listwise: the multi-candidate prompt's tokens (+ the pairwise ones when it falls back)."""
+    rr = world["rr"]
+    tok = rr.adapter.tokenizer
+    query, docs = "something red", ["a red square", "blue circle"]
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    prompts = [ids(rr.judge.prompt(Item(text=query), Item(text=d))) for d in docs]
+    shared = next(i for i, (a, b) in enumerate(zip(*prompts)) if a != b)
+    pairwise = len(prompts[0]) + len(prompts[1]) - shared
+    text_only = sum(len(ids(t)) for t in [query, *docs])
+    assert pairwise > 2 * text_only
+    listwise = len(ids(rr.adapter.render_user_turn(rr.listwise_segments(Item(text=query), [Item(text=d) for d in docs]),
+                                                   assistant_prefix=rr.answer_prefix)))
+    with _client(server) as c:
+        r = c.post("/v1/rerank", json={"query": query, "documents": docs})
+        one = c.post("/v1/rerank", json={"query": query, "documents": docs[:1]})
+        r2 = c.post("/v1/rerank", json={"query": query, "documents": docs, "mode": "listwise"})
+    assert r.status_code == 200 and one.status_code == 200 and r2.status_code == 200, (r.text, r2.text)
+    assert r.json()["usage"] == {"total_tokens": pairwise}
+    assert one.json()["usage"] == {"total_tokens": len(prompts[0])}
+    fallback = r2.json()["meta"]["listwise"] == "fallback"
+    assert r2.json()["usage"] == {"total_tokens": listwise + (pairwise if fallback else 0)}
+
+
 def test_rerank_pairwise_and_listwise_equal_the_in_process_reranker(server, world):
     rr = world["rr"]
     docs = ["a red square", "a blue circle", "green grass", "a yellow star", "red"]
@@ -153,7 +183,11 @@ def test_listwise_responses_say_whether_the_answer_or_the_pairwise_fallback_orde
     from unime.serve.engine import Engine
 
     rr = world["rr"]
-    monkeypatch.setattr(rr, "generate_answers", lambda queries, lists: [answer] * len(queries))
+
+    def generate_answers(queries, lists, return_token_counts=False):
+        return ([answer] * len(queries), [0] * len(queries)) if return_token_counts else [answer] * len(queries)
+
+    monkeypatch.setattr(rr, "generate_answers", generate_answers)
     docs = ["a red square", "a blue circle", "green grass"]
     expected = 1 if source == "answer" else int(np.argmax(rr.score_pairs(Item(text="something red"), docs)))
     engine = Engine(world["emb"], MODEL, rr, RERANKER, CorpusIndex(world["root"] / "idx"))

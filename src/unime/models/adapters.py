@@ -151,6 +151,13 @@ class FamilyAdapter:
             kwargs["padding_side"] = padding_side
         return self.processor(**kwargs)
 
+    @staticmethod
+    def input_token_counts(inputs) -> list[int]:
+        """The tokens the model reads for each row of `processor_inputs`' batch: the row's input_ids without padding
+        (its attention mask), the chat template and the image/video placeholder tokens included. What unime serve
+        reports as a request's usage (embeddings, rerank)."""
+        return [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]
+
     def count_visual_tokens(self, input_ids) -> int:
         """Image and video placeholder tokens in a batch of token ids (after the processor's expansion)."""
         ids = [self.tokenizer.convert_tokens_to_ids(t) for t in (self.image_token, self.video_token)]

@@ -197,7 +197,7 @@ class Embedder:
                     inputs = self.build_inputs([items[i] for i in batch])
                     reps = self.forward(inputs, normalize=normalize)
                     out[s:s + len(batch)] = reps.float().cpu().numpy()
-                    tokens[s:s + len(batch)] = inputs["attention_mask"].sum(dim=1).cpu().numpy()
+                    tokens[s:s + len(batch)] = self.adapter.input_token_counts(inputs)
                     row.update((items[i].key, s + j) for j, i in enumerate(batch))
                     s += len(batch)
         finally:

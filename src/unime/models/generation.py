@@ -18,10 +18,12 @@ from unime.models.adapters import FamilyAdapter, Segment
 def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequence[Segment]], *, device,
                    max_new_tokens: int, batch_size: int, assistant_prefix: str = "", num_samples: int = 1,
                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                   stop: Callable[[str], bool] | None = None, show_progress: bool = False) -> list[list[str]]:
+                   stop: Callable[[str], bool] | None = None, show_progress: bool = False,
+                   return_token_counts: bool = False):
     """`num_samples` completions (decoded, special tokens removed) of each user turn, `batch_size` turns
     per `generate` call, in the order given. The turn ends with the assistant's header and then
-    `assistant_prefix` (the answer's fixed start, if any)."""
+    `assistant_prefix` (the answer's fixed start, if any). With `return_token_counts`: (those lists, the tokens
+    of each turn's prompt the model read, `FamilyAdapter.input_token_counts`)."""
     import torch
 
     if batch_size < 1:
@@ -40,6 +42,7 @@ def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequen
 
         batches = tqdm(batches, desc="generate", unit="batch")
     out: list[list[str]] = []
+    counts: list[int] = []
     was_training = model.training
     model.eval()
     try:
@@ -49,6 +52,7 @@ def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequen
                 texts = [adapter.render_user_turn(x, assistant_prefix=assistant_prefix) for x in segs]
                 inputs = adapter.processor_inputs(texts, segs, padding_side="left").to(device)
                 start = inputs["input_ids"].shape[1]
+                counts += adapter.input_token_counts(inputs)
                 extra = {"stopping_criteria": _stopping_criteria(stop, tok, start)} if stop is not None else {}
                 new = model.generate(**inputs, **gen_kwargs, **extra)[:, start:]
                 decoded = ([_until_stop(row, tok, stop) for row in new.tolist()] if stop is not None
@@ -56,7 +60,7 @@ def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequen
                 out += [decoded[i * num_samples:(i + 1) * num_samples] for i in range(len(segs))]
     finally:
         model.train(was_training)
-    return out
+    return (out, counts) if return_token_counts else out
 
 
 def _stopping_criteria(stop: Callable[[str], bool], tok, start: int):

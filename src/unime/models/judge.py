@@ -49,6 +49,7 @@ class JudgeStats:
     prefix_forwards: int = 0
     prefix_tokens: int = 0
     continuation_tokens: int = 0
+    reference_tokens: int = 0
     boundary_fallbacks: int = 0
     image_cache_hits: int = 0
     image_cache_misses: int = 0
@@ -59,6 +60,12 @@ class JudgeStats:
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @property
+    def tokens_read(self) -> int:
+        """The tokens the model read: each prefix once, the continuations after it, the reference forwards'
+        prompts (`FamilyAdapter.input_token_counts`)."""
+        return self.prefix_tokens + self.continuation_tokens + self.reference_tokens
 
 
 class JudgeScorer:
@@ -165,6 +172,7 @@ class JudgeScorer:
             out = self.model(**inputs, use_cache=False, logits_to_keep=1)
         logits = out.logits[0, -1].float()
         self.stats.pairs_scored_reference += 1
+        self.stats.reference_tokens += sum(self.adapter.input_token_counts(inputs))
         return float(logits[self.yes_id] - logits[self.no_id])
 
     def score_pair(self, query: Item, candidate: Item) -> float:

@@ -155,6 +155,7 @@ class ListwisePick(NamedTuple):
 
     index: int
     source: str
+    tokens: int = 0  # the tokens the model read for it: the listwise prompt's, and the fallback's pairwise prompts'
 
 
 @dataclass
@@ -235,10 +236,13 @@ class Reranker:
                    num_candidates=num_candidates, name=str(path), **kwargs)
 
     # -- pairwise ----------------------------------------------------------------------------------
-    def score_pairs(self, query: Any, candidates: Sequence[Any]) -> np.ndarray:
-        """P(Yes) of the pairwise (judge) prompt for each candidate, float64, in order."""
-        return self.judge.score_candidates(one_item(query, name="query"),
-                                           item_list(candidates, name="candidates"))
+    def score_pairs(self, query: Any, candidates: Sequence[Any], *, return_token_counts: bool = False):
+        """P(Yes) of the pairwise (judge) prompt for each candidate, float64, in order. With `return_token_counts`:
+        (those scores, the tokens the model read for them: the query's prefix once and each candidate's
+        continuation, `JudgeStats.tokens_read`)."""
+        before = self.judge.stats.tokens_read
+        scores = self.judge.score_candidates(one_item(query, name="query"), item_list(candidates, name="candidates"))
+        return (scores, self.judge.stats.tokens_read - before) if return_token_counts else scores
 
     # -- listwise ----------------------------------------------------------------------------------
     def _content(self, item: Item, field: str) -> list[Segment]:
@@ -252,16 +256,19 @@ class Reranker:
         return listwise_prompt(q, [self._content(c, f"candidates[{i}]")
                                    for i, c in enumerate(item_list(candidates, name="candidates"))])
 
-    def generate_answers(self, queries: Sequence[Any], candidate_lists: Sequence[Sequence[Any]]) -> list[str]:
+    def generate_answers(self, queries: Sequence[Any], candidate_lists: Sequence[Sequence[Any]], *,
+                         return_token_counts: bool = False):
         """The reranker's greedy listwise answer texts (special tokens removed), `batch_size` prompts per
-        `generate` call; each answer ends where `Ans: (k)` is complete (`listwise_answer_done`)."""
+        `generate` call; each answer ends where `Ans: (k)` is complete (`listwise_answer_done`). With
+        `return_token_counts`: (those texts, each prompt's tokens the model read)."""
         queries = require_list(queries, name="queries")
         lists = require_list(candidate_lists, name="candidate_lists", of="candidate lists")
         segs = [self.listwise_segments(q, c) for q, c in zip(queries, lists, strict=True)]
         out = generate_texts(self.model, self.adapter, segs, device=self.device, max_new_tokens=self.max_new_tokens,
                              batch_size=self.batch_size, assistant_prefix=self.answer_prefix,
-                             stop=listwise_answer_done)
-        return [o[0] for o in out]
+                             stop=listwise_answer_done, return_token_counts=True)
+        texts = [o[0] for o in out[0]]
+        return (texts, out[1]) if return_token_counts else texts
 
     def generate_answer(self, query: Any, candidates: Sequence[Any]) -> str:
         """`generate_answers` for one prompt."""
@@ -295,10 +302,13 @@ class Reranker:
         if len(lists) != len(queries):
             raise ValueError(f"{len(queries)} queries for {len(lists)} candidate lists")
         asked = [i for i, c in enumerate(lists) if c]
-        answers = self.generate_answers([queries[i] for i in asked], [lists[i] for i in asked])
+        answers, tokens = self.generate_answers([queries[i] for i in asked], [lists[i] for i in asked],
+                                                return_token_counts=True)
         picks: list[ListwisePick | None] = [None] * len(lists)
-        for i, answer in zip(asked, answers):
-            picks[i] = self._read_answer(answer, queries[i], lists[i])
+        for i, answer, n in zip(asked, answers, tokens):
+            before = self.judge.stats.tokens_read  # a fallback's pairwise scoring
+            pick = self._read_answer(answer, queries[i], lists[i])
+            picks[i] = pick._replace(tokens=n + self.judge.stats.tokens_read - before)
         return picks
 
     def _read_answer(self, answer: str, query: Any, candidates: list) -> ListwisePick:

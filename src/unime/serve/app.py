@@ -212,17 +212,19 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         return await asyncio.get_running_loop().run_in_executor(engine.executor, fn, *args)
 
     async def rerank_docs(query, docs, mode):
-        """(order, score per document, listwise source) of `docs` for `query`: pairwise on the model thread
-        (source None), listwise through the pick batcher (source "answer", or "fallback" when the model's answer
-        named no document and the pairwise scores' argmax was picked; logged and counted in /metrics)."""
+        """(order, score per document, listwise source, tokens the model read) of `docs` for `query`: pairwise on
+        the model thread (source None), listwise through the pick batcher (source "answer", or "fallback" when the
+        model's answer named no document and the pairwise scores' argmax was picked; logged and counted in
+        /metrics)."""
         if mode == "pairwise":
-            return (*await run_model(engine.rerank_pairwise, query, docs), None)
+            order, scores, tokens = await run_model(engine.rerank_pairwise, query, docs)
+            return order, scores, None, tokens
         pick, = await picker.submit_each([(query, docs)])
         metrics.listwise_picks.labels(pick.source).inc()
         if pick.source == "fallback":
             log.warning("listwise rerank: the reranker's answer named none of the %d documents; document %d, the "
                         "pairwise scores' argmax, is put first (meta.listwise = \"fallback\")", len(docs), pick.index)
-        return (*listwise_order(pick.index, len(docs)), pick.source)
+        return (*listwise_order(pick.index, len(docs)), pick.source, pick.tokens)
 
     async def embed(items):
         """(embeddings (n, d), tokens the model read for them) of `items`, through the encoder batcher."""
@@ -261,7 +263,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         check_count(len(req.documents), "documents")
         query = to_item(req.query, limits, "query", instruction=req.instruction)
         docs = [to_item(d, limits, f"documents[{i}]") for i, d in enumerate(req.documents)]
-        order, scores, source = await with_timeout(rerank_docs(query, docs, req.mode))
+        order, scores, source, tokens = await with_timeout(rerank_docs(query, docs, req.mode))
         metrics.items.labels("reranked").inc(len(docs))
         results = []
         for i in order[:req.top_n or len(order)]:
@@ -270,7 +272,6 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                 d = req.documents[i]
                 r["document"] = {"text": d} if isinstance(d, str) else d.model_dump(exclude_none=True)
             results.append(r)
-        tokens = engine.count_tokens([query.text] + [d.text for d in docs])
         return {"model": model, "results": results, "usage": {"total_tokens": tokens},
                 "meta": {"listwise": source} if source else None}
 
@@ -293,7 +294,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             if req.rerank and hits:
                 k = min(req.rerank_top_k or req.top_k, len(hits))
                 cands = [engine.index.item(h["row"]) for h in hits[:k]]
-                order, scores, source = await rerank_docs(query, cands, req.rerank_mode)
+                order, scores, source, _ = await rerank_docs(query, cands, req.rerank_mode)
                 top = [dict(hits[i], rerank_score=float(scores[i])) for i in order]
                 hits = top + hits[k:]
             return hits, source

@@ -83,16 +83,12 @@ class Engine:
         vecs, tokens = self.embedder.encode(list(items), batch_size=max(1, len(items)), return_token_counts=True)
         return [Encoded(v, int(n)) for v, n in zip(vecs, tokens)]
 
-    def count_tokens(self, texts: Sequence[str]) -> int:
-        tok = getattr(getattr(self.embedder, "adapter", None), "tokenizer", None)
-        if tok is None:
-            return 0
-        return int(sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts if t))
-
-    def rerank_pairwise(self, query: Item, docs: Sequence[Item]) -> tuple[list[int], list[float]]:
-        """(order, score per document): P(Yes) per document, sorted (stable: ties keep the given order)."""
-        scores = np.asarray(self.reranker.score_pairs(query, list(docs)), dtype=np.float64)
-        return np.argsort(-scores, kind="stable").tolist(), scores.tolist()
+    def rerank_pairwise(self, query: Item, docs: Sequence[Item]) -> tuple[list[int], list[float], int]:
+        """(order, score per document, tokens the model read): P(Yes) per document, sorted (stable: ties keep the
+        given order)."""
+        scores, tokens = self.reranker.score_pairs(query, list(docs), return_token_counts=True)
+        scores = np.asarray(scores, dtype=np.float64)
+        return np.argsort(-scores, kind="stable").tolist(), scores.tolist(), int(tokens)
 
     def pick_many(self, requests: Sequence[tuple[Item, Sequence[Item]]]) -> list[ListwisePick]:
         """The listwise pick of each (query, documents) request and its source ("answer", or "fallback" to the
