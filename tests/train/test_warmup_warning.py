@@ -118,3 +118,46 @@ def test_the_warm_up_module_does_not_import_transformers():
 
     code = "import sys, unime.models.warmup as w; w.run_warmup_warning(5, 2); assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("argv,warning", [
+    (["--stage", "sft", "--trainer-arg", "warmup_steps=50", "--max-steps", "10"],
+     "--trainer-arg warmup_steps 50 >= the run's 10 optimizer steps (--max-steps"),
+    (["--stage", "grpo", "--trainer-arg", "warmup_steps=3", "--max-steps", "3"],
+     "--trainer-arg warmup_steps 3 >= the run's 3 optimizer steps (--max-steps"),
+    # a fraction of the run: ceil(0.5 x 1) = 1 step, the whole run
+    (["--stage", "grpo", "--trainer-arg", "warmup_steps=0.5", "--max-steps", "1"],
+     "--trainer-arg warmup_steps 0.5 (1 steps) >= the run's 1 optimizer steps"),
+    (["--stage", "sft", "--trainer-arg", "warmup_steps=3", "--max-steps", "4"], None),
+    (["--stage", "sft", "--trainer-arg", "warmup_steps=0.5", "--max-steps", "3"], None),  # 2 steps of 3
+    (["--stage", "sft", "--trainer-arg", "warmup_steps=50"], None),  # steps from the epochs: not known
+    (["--stage", "sft", "--max-steps", "1"], None),  # no warm-up (the stages' default, 0)
+    (["--stage", "sft", "--trainer-arg", "report_to=none", "--max-steps", "1"], None),
+])
+def test_print_config_of_the_reasoner_shows_the_warm_up_warning_of_the_run(capsys, argv, warning):
+    """QA: `train reasoner --stage sft --trainer-arg warmup_steps=50 --max-steps 10 --print-config` showed no
+    warning, while its run warns at the start (and `train embedder|reranker|judge --print-config` do)."""
+    from unime.cli import main
+
+    assert main(["train", "reasoner", "--model", "m", *argv, "--print-config"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warm-up" in line]
+    if warning is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith("unime: WARNING: " + warning), lines
+
+
+def test_the_reasoner_sft_run_warns_at_its_start(tiny_model_dir, tmp_path, caplog):
+    """The run's WARNING names the same options as `--print-config`'s."""
+    from tests.embed_rl.helpers import TCOT
+    from unime.data.items import Item
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
+    from unime.reasoning.reasoner import TCoTRow, write_tcot_rows
+
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT)], tmp_path / "t.jsonl")
+    caplog.set_level(logging.WARNING, logger="unime")
+    train_reasoner_sft(ReasonerSFTConfig(model=tiny_model_dir("qwen2_vl"), data=str(tmp_path / "t.jsonl"),
+                                         out=str(tmp_path / "o"), max_steps=1, lora_r=4, device="cpu",
+                                         trainer_arg=["warmup_steps=2"]))
+    got = _warnings(caplog)
+    assert len(got) == 1 and got[0].startswith("--trainer-arg warmup_steps 2 >= the run's 1 optimizer steps"), got

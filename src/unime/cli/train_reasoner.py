@@ -50,7 +50,17 @@ def _add_parser(actions) -> None:
                 labels=("sft", "grpo"))
     add_config_option(p)
     p.set_defaults(func=_run, _unset_values=_stage_defaults,
-                   _derived_values=partial(dropped_options, rules=_DROPS))
+                   _derived_values=partial(dropped_options, rules=_DROPS), _config_warnings=_warmup_warnings)
+
+
+def _warmup_warnings(values: dict) -> list[str]:
+    """`--print-config`: the warm-up WARNING the stage's run logs at its start (`warmup_check`), from the resolved
+    `--trainer-arg warmup_steps=N` and --max-steps (none when the steps come from the epochs)."""
+    from unime.embed_rl.stage_options import WARMUP_OPTIONS, trainer_arg_warmup
+    from unime.models.warmup import run_warmup_warning
+
+    text = run_warmup_warning(trainer_arg_warmup(values.get("trainer_arg")), values.get("max_steps"), *WARMUP_OPTIONS)
+    return [text] if text else []
 
 
 def _stage_defaults(args) -> dict:

@@ -53,7 +53,7 @@ import numpy as np
 
 from unime.data.items import Item, Record
 from unime.data.roots import resolve_data_root
-from unime.embed_rl.stage_options import ReasonerStageOptions
+from unime.embed_rl.stage_options import ReasonerStageOptions, warmup_check
 from unime.errors import OptionError
 from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
@@ -541,7 +541,6 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     from unime.models.hf_arguments import process_device
     from unime.models.image_budget import ImageBudget
     from unime.models.loading import load_model, resolve_dtype, trainer_device
-    from unime.models.warmup import WarmupCheck
     from unime.reasoning.embed_inputs import ReasonedEmbedder
     from unime.reasoning.reasoner import Reasoner
     from unime.models import run_state
@@ -604,7 +603,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
                            seed=cfg.seed, reward_log=reward_log)
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
                                processing_class=prepare_policy_processor(policy.processor))
-    trainer.add_callback(WarmupCheck("--trainer-arg warmup_steps", "--max-steps"))
+    trainer.add_callback(warmup_check())
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     history = [h for h in trainer.state.log_history if "reward" in h]

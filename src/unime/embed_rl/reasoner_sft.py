@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unime.data.roots import resolve_data_root
-from unime.embed_rl.stage_options import ReasonerStageOptions
+from unime.embed_rl.stage_options import ReasonerStageOptions, warmup_check
 from unime.models.adapters import FamilyAdapter
 from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
@@ -218,7 +218,6 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
 
     from unime.models import run_state
     from unime.models.run_state import CHECKPOINTS_DIR
-    from unime.models.warmup import WarmupCheck
     from unime.outdir import is_main_process
 
     out = Path(cfg.out)
@@ -258,7 +257,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     set_seed(cfg.seed)  # LoRA initialisation, as the embedder and reranker trainers
     model = lora_model(model, cfg)
     trainer = sft_trainer(model, processor, examples, args)
-    trainer.add_callback(WarmupCheck("--trainer-arg warmup_steps", "--max-steps"))
+    trainer.add_callback(warmup_check())
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     history = run_state.step_log(trainer.state.log_history)

@@ -6,7 +6,29 @@ from dataclasses import dataclass
 
 from unime.data.video import VideoOptions
 from unime.models.image_budget import ImageOptions
-from unime.options import check_ranges, on_error_option, option
+from unime.options import check_ranges, key_value_pairs, on_error_option, option
+
+# a reasoner stage's warm-up is transformers' `warmup_steps` (steps, or a fraction of the run below 1: transformers 5
+# has no warmup_ratio), given as `--trainer-arg warmup_steps=N`; its run is --max-steps
+WARMUP_OPTIONS = ("--trainer-arg warmup_steps", "--max-steps")
+
+
+def trainer_arg_warmup(trainer_arg) -> float:
+    """The warm-up `--trainer-arg warmup_steps=N` among the `trainer_arg` strings sets (0 without one, or with a
+    value that is no number: the run refuses it)."""
+    try:
+        value = key_value_pairs(trainer_arg, "--trainer-arg").get("warmup_steps", 0)
+    except ValueError:
+        return 0
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def warmup_check():
+    """The trainer callback that logs the warm-up WARNING at the start of a reasoner stage's run
+    (`unime.models.warmup.WarmupCheck`, named by the stage's options)."""
+    from unime.models.warmup import WarmupCheck
+
+    return WarmupCheck(*WARMUP_OPTIONS)
 
 
 @dataclass(kw_only=True)
