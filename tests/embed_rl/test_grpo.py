@@ -556,3 +556,20 @@ def test_python_api_reward_refuses_more_hard_negative_pairs_than_the_batch_has()
                                **({} if hard is None else {"hard_negative_pairs": hard}))
         reward(**batch)
         assert reward.negative_pairs() == {"outcome": [1], "process": [1]}
+
+
+def test_python_api_reward_given_the_pairs_per_batch_refuses_too_many_hard_negative_pairs_as_it_is_built():
+    """QA: the reward checked `hard_negative_pairs` only when the first batch arrived, after the policy's first
+    generation. Given `pairs_per_batch` (as the command line gives it), it refuses as it is built, with the same
+    message; B - 1 is accepted."""
+    from unime.errors import OptionError
+
+    judge = _RecordingJudge()
+    with pytest.raises(OptionError, match=r"^hard_negative_pairs 4 needs more pairs per batch: a batch of "
+                       r"pairs_per_batch 3 pairs has 2 negative pair\(s\); give pairs_per_batch >= 5 or "
+                       r"hard_negative_pairs <= 2$"):
+        EmbedRLReward(None, judge, group_size=2, hard_negative_pairs=4, pairs_per_batch=3)
+    with pytest.raises(OptionError, match=r"^hard_negative_pairs 1 needs more pairs per batch"):
+        EmbedRLReward(None, judge, group_size=2, pairs_per_batch=1)  # the default 1
+    assert EmbedRLReward(None, judge, group_size=2, hard_negative_pairs=2, pairs_per_batch=3).hard_negative_pairs == 2
+    assert judge.calls == []

@@ -198,7 +198,9 @@ class EmbedRLReward:
     Needs the dataset columns `pair_id`, `side` and `item` (see `grpo_rows`). `judge` makes the process pick: a
     `Reasoner` (any generative checkpoint, asked for a number) or a `ScoredPick` (a Yes/No judge scoring each
     candidate); it may be None only if the process weight is 0. `hard_negative_pairs` (default 1, as the command
-    line's) must be below the pairs of every batch it rewards (`check_hard_negative_pairs`: B pairs have B - 1).
+    line's) must be below the pairs of every batch it rewards (`check_hard_negative_pairs`: B pairs have B - 1);
+    `pairs_per_batch`, the pairs of the batches it will get (the command line's --pairs-per-batch), checks it as the
+    reward is built, before the first generation (without it, the first batch is checked when it arrives).
     """
 
     __name__ = "embed_rl"
@@ -206,9 +208,11 @@ class EmbedRLReward:
     def __init__(self, embedder, judge=None, *, group_size: int, weights: tuple[float, float, float] = (0.05, 0.8, 0.2),
                  neg_temperature: float = 0.5, outcome_scale: float = 0.5, hard_negative_pairs: int = 1,
                  judge_max_new_tokens: int = 8, seed: int = 0, reward_log: RewardLog | None = None,
-                 mask_duplicates: bool = True):
+                 mask_duplicates: bool = True, pairs_per_batch: int | None = None):
         if judge is None and weights[2] != 0:
             raise ValueError("the process reward needs a judge (or set its weight to 0)")
+        if pairs_per_batch is not None:
+            check_hard_negative_pairs(hard_negative_pairs, pairs_per_batch)
         self.embedder = embedder  # a ReasonedEmbedder around the frozen embedder
         self.judge = judge
         self.group_size = group_size
@@ -452,8 +456,9 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
 def check_hard_negative_pairs(hard_negative_pairs: int, pairs_per_batch: int, *, config=None) -> None:
     """An OptionError unless `hard_negative_pairs` < `pairs_per_batch`: a batch of B pairs has B - 1 negative pairs,
     and `process_candidates` would silently show the judge fewer than asked. The one check of the command line
-    (`GRPOStageConfig.validate`, before any work) and of the Python API (`EmbedRLReward`, on every batch it gets);
-    the message names the options as `config`'s fields (its command-line options on the command line)."""
+    (`GRPOStageConfig.validate`, before any work) and of the Python API (`EmbedRLReward`: as it is built with
+    `pairs_per_batch`, and on every batch it gets); the message names the options as `config`'s fields (its
+    command-line options on the command line)."""
     if hard_negative_pairs >= pairs_per_batch:
         raise OptionError(config or GRPOStageConfig,
                           "{hard_negative_pairs} {hard} needs more pairs per batch: a batch of "
@@ -599,7 +604,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         reward_log.truncate(int(plan.checkpoint.name.split("-")[-1]))
     reward = EmbedRLReward(embedder, judge, group_size=cfg.num_generations, weights=tuple(cfg.weights),
                            neg_temperature=cfg.neg_temperature, hard_negative_pairs=cfg.hard_negative_pairs,
-                           mask_duplicates=cfg.mask_duplicates,
+                           mask_duplicates=cfg.mask_duplicates, pairs_per_batch=cfg.pairs_per_batch,
                            seed=cfg.seed, reward_log=reward_log)
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
                                processing_class=prepare_policy_processor(policy.processor))
