@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 
 import pytest
 from PIL import Image
@@ -446,9 +447,12 @@ def test_convert_under_skip_leaves_out_the_records_the_json_cannot_hold_and_writ
     n, skips = convert_records(ConvertConfig(input=src, output=str(tmp_path / "conv.json"), on_error="skip"))
     assert n == 2 and [r.id for r in read_unime_v2_json(tmp_path / "conv.json")] == ["m1", "m3"]
     assert skips.total == 1 and dict(skips.counts) == {"output_format": 1}
-    assert skips.examples[0].message == "record m2, field 'negatives[1]': the UniME-V2 JSON format holds no video"
+    # named with the file it was read from, as the reader's errors
+    assert skips.examples[0].message == (f"{src}, record m2, field 'negatives[1]': the UniME-V2 JSON format holds no "
+                                         "video")
     # the default policy still stops at the record, writing nothing
-    with pytest.raises(DataError, match=r"record m2, field 'negatives\[1\]': the UniME-V2 JSON format holds no "):
+    with pytest.raises(DataError, match=rf"^{re.escape(src)}, record m2, field 'negatives\[1\]': the UniME-V2 JSON "
+                       "format holds no "):
         convert_records(ConvertConfig(input=src, output=str(tmp_path / "raise.json")))
     assert not (tmp_path / "raise.json").exists()
 
@@ -491,7 +495,7 @@ def test_convert_names_an_id_less_record_the_output_cannot_hold_by_its_input_lin
                        {"query": {"text": "q", "images": ["a.png", "b.png"]}, "positive": {"text": "p"}}])
     n, skips = convert_records(ConvertConfig(input=str(src), output=str(tmp_path / "out.json"), on_error="skip"))
     assert n == 1 and [e.record for e in skips.examples] == ["line 2", "line 3", "line 4"]
-    assert skips.examples[1].message == "record line 3, field 'query': the UniME-V2 JSON format holds no video"
+    assert skips.examples[1].message == f"{src}, record line 3, field 'query': the UniME-V2 JSON format holds no video"
     # a record not read from a file (inline images in JSONL: the item's own error): named by its position
     rec = Record(Item("q", (_png_bytes(),)), Item("p"))
     with pytest.raises(DataError, match=r"^record item 1, field 'images"):
@@ -505,4 +509,4 @@ def test_data_convert_command_reports_the_records_left_out(tmp_path, capsys):
     assert main(["data", "convert", src, str(tmp_path / "conv.json"), "--on-error", "skip"]) == 0
     out = capsys.readouterr().out
     assert f"{tmp_path / 'conv.json'}: 2 records" in out
-    assert "skipped 1 record(s) (output_format: 1)" in out and "record m2, field 'negatives[1]'" in out
+    assert "skipped 1 record(s) (output_format: 1)" in out and f"  - {src}, record m2, field 'negatives[1]'" in out

@@ -44,7 +44,7 @@ def convert_records(cfg: ConvertConfig):
     if cfg.dataset:
         records = (r if r.dataset else dataclasses.replace(r, dataset=cfg.dataset) for r in records)
     with atomic_path(cfg.output) as tmp:  # an error leaves the output as it was
-        n = write_records(records, tmp, format=fmt, on_error=cfg.on_error, skips=skips)
+        n = write_records(records, tmp, format=fmt, on_error=cfg.on_error, skips=skips, source=str(cfg.input))
         if not n and skips.total:
             raise DataError(f"every record was skipped, {skips.total} ({skips.per_reason}), so {cfg.output} was not "
                             f"written; the first: {skips.examples[0].message}", source=cfg.input)

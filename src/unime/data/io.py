@@ -385,11 +385,12 @@ def output_format(path: str | os.PathLike, format: str | None = None) -> str:
 
 
 def write_records(records: Iterable[Record], path: str | os.PathLike, *, format: str | None = None,
-                  on_error: str = "raise", skips: SkipReport | None = None) -> int:
+                  on_error: str = "raise", skips: SkipReport | None = None, source: str | None = None) -> int:
     """Write records atomically in the format of `path`'s extension (or `format`). Returns the count written. A
     record the format cannot hold (a video or several images per item in UniME-V2 JSON, an inline image in either
-    JSON format) is a `DataError` naming it and the field; under ``on_error="skip"`` it is left out and counted in
-    `skips` under the reason ``output_format`` (Parquet holds every record)."""
+    JSON format) is a `DataError` naming it and the field (and `source`, the file the records were read from, if
+    given); under ``on_error="skip"`` it is left out and counted in `skips` under the reason ``output_format``
+    (Parquet holds every record)."""
     p = Path(path)
     fmt = output_format(p, format)
     if fmt == "parquet":
@@ -398,24 +399,27 @@ def write_records(records: Iterable[Record], path: str | os.PathLike, *, format:
     n = 0
     if fmt == "jsonl":
         with atomic_open(p) as fh:
-            for row in _rows_held(records, lambda rec, i: record_to_dict(rec), policy):
+            for row in _rows_held(records, lambda rec, i: record_to_dict(rec), policy, source):
                 fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
                 n += 1
         return n
-    rows = list(_rows_held(records, record_to_unime_v2, policy))
+    rows = list(_rows_held(records, record_to_unime_v2, policy, source))
     with atomic_open(p) as fh:  # a JSON list, one record per line
         fh.write("[\n" + ",\n".join(json.dumps(r, ensure_ascii=False, allow_nan=False) for r in rows) + "\n]\n")
     return len(rows)
 
 
-def _rows_held(records: Iterable[Record], to_row, policy: ErrorPolicy) -> Iterator[dict]:
-    """`to_row(record, index)` of each record, a record the target format cannot hold going to `policy`."""
+def _rows_held(records: Iterable[Record], to_row, policy: ErrorPolicy, source: str | None = None) -> Iterator[dict]:
+    """`to_row(record, index)` of each record, a record the target format cannot hold going to `policy`, named
+    with `source` (the file the records were read from) when the error names no file."""
     for i, rec in enumerate(records):
         try:
             yield to_row(rec, i)
         except DataError as e:
-            if e.record is None:  # an item's own error (inline images) names no record
-                e = DataError(raw_message(e), source=e.source, record=record_name(rec, i), field=e.field)
+            # an item's own error (inline images) names no record; the format's errors name no file
+            if e.record is None or (e.source is None and source is not None):
+                e = DataError(raw_message(e), source=e.source or source, record=e.record or record_name(rec, i),
+                              field=e.field)
             e.reason = "output_format"  # type: ignore[attr-defined]
             policy.handle(e)
     policy.finish()
