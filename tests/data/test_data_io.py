@@ -496,6 +496,11 @@ def test_convert_names_an_id_less_record_the_output_cannot_hold_by_its_input_lin
     n, skips = convert_records(ConvertConfig(input=str(src), output=str(tmp_path / "out.json"), on_error="skip"))
     assert n == 1 and [e.record for e in skips.examples] == ["line 2", "line 3", "line 4"]
     assert skips.examples[1].message == f"{src}, record line 3, field 'query': the UniME-V2 JSON format holds no video"
+    # with --dataset too (it named them "item 1", "item 2": their positions among the records written)
+    n, skips = convert_records(ConvertConfig(input=str(src), output=str(tmp_path / "out2.json"), on_error="skip",
+                                             dataset="d"))
+    assert n == 1 and [e.record for e in skips.examples] == ["line 2", "line 3", "line 4"]
+    assert read_unime_v2_json(tmp_path / "out2.json")[0].dataset == "d"
     # a record not read from a file (inline images in JSONL: the item's own error): named by its position
     rec = Record(Item("q", (_png_bytes(),)), Item("p"))
     with pytest.raises(DataError, match=r"^record item 1, field 'images"):

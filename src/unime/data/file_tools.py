@@ -34,6 +34,7 @@ def convert_records(cfg: ConvertConfig):
     beside the output (`record_data_root`): the converted file finds the same images without --data-root. Every
     record skipped is a `DataError` naming the count and the first one's reason; nothing is written then."""
     from unime.data.atomic import atomic_path
+    from unime.data.eval_formats import origin_of, with_origin
     from unime.data.io import SkipReport, iter_records, output_format, write_records
     from unime.data.roots import record_data_root, resolve_data_root
 
@@ -42,7 +43,9 @@ def convert_records(cfg: ConvertConfig):
     fmt = output_format(cfg.output, cfg.to_format)
     records = iter_records(cfg.input, on_error=cfg.on_error, skips=skips, format=cfg.from_format)
     if cfg.dataset:
-        records = (r if r.dataset else dataclasses.replace(r, dataset=cfg.dataset) for r in records)
+        # the record keeps the line it was read from (`with_origin`): an error about it names that line
+        records = (r if r.dataset else with_origin(dataclasses.replace(r, dataset=cfg.dataset), origin_of(r))
+                   for r in records)
     with atomic_path(cfg.output) as tmp:  # an error leaves the output as it was
         n = write_records(records, tmp, format=fmt, on_error=cfg.on_error, skips=skips, source=str(cfg.input))
         if not n and skips.total:
