@@ -148,8 +148,10 @@ def build_fixture(root: Path) -> tuple[Path, dict]:
     cfg = {"data_root": ".", "tasks": [
         {"name": "vid_ret", "format": "mmeb_v2", "path": "video/ret", "modality": "video", "meta_task": "retrieval",
          "eval_type": "global"},
-        {"name": "vid_qa", "format": "mmeb_v2", "path": "video/qa", "modality": "video", "meta_task": "vqa"},
-        {"name": "vid_mret", "format": "mmeb_v2", "path": "video/mret", "modality": "video", "meta_task": "mret"},
+        {"name": "vid_qa", "format": "mmeb_v2", "path": "video/qa", "modality": "video", "meta_task": "vqa",
+         "eval_type": "local"},
+        {"name": "vid_mret", "format": "mmeb_v2", "path": "video/mret", "modality": "video", "meta_task": "mret",
+         "eval_type": "local"},
         {"name": "docs", "format": "mmeb_v2", "path": "visdoc/docs/queries", "corpus": "visdoc/docs/corpus",
          "modality": "visdoc", "meta_task": "vidore_v1", "eval_type": "global"},
         {"name": "docs_small", "format": "mmeb_v2", "path": "visdoc/small", "modality": "visdoc",

@@ -231,7 +231,7 @@ def _bad_candidate_v2(root):
         row("green", [gr, g], "gr"),
     ])
     cfg = root / "c.yaml"
-    cfg.write_text("tasks:\n  - {name: loc, format: mmeb_v2, path: loc}\n"
+    cfg.write_text("tasks:\n  - {name: loc, format: mmeb_v2, path: loc, eval_type: local}\n"
                    "  - {name: glob, format: mmeb_v2, path: glob/rows, eval_type: global, corpus: glob/corpus.jsonl}\n")
     return cfg
 
@@ -359,7 +359,7 @@ def _late_failure_world(root):
             for paths in (["clips/good.mp4"], ["clips/garbled.mp4"], ["f0.png", "f1.png"])]
     write_jsonl_rows(root / "qa.jsonl", rows)
     cfg = root / "tasks.yaml"
-    cfg.write_text("tasks:\n  - {name: qa, format: mmeb_v2, path: qa.jsonl, modality: video}\n")
+    cfg.write_text("tasks:\n  - {name: qa, format: mmeb_v2, path: qa.jsonl, modality: video, eval_type: local}\n")
     return cfg
 
 

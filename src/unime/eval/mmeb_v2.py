@@ -3,11 +3,12 @@ aggregates. The format's reader is `unime.eval.tasks.read_mmeb_v2_task`, its sco
 `unime.eval.runners.run_mmeb_v2` (beside the other formats' readers and scorers).
 
 Task format ``mmeb_v2`` (rows: `unime.data.mmeb_v2`). Options:
-- ``eval_type``: ``local`` (default; each query ranks its own row's candidates — video QA, moment
-  retrieval, SSv2) or ``global`` (every query ranks one pool: all rows' candidates deduplicated by
-  ``cand_names``, plus the rows of ``corpus`` if given — video classification / retrieval, visual documents);
+- ``eval_type``: ``global`` (the default, as in VLM2Vec's eval.py: every query ranks one pool, all rows'
+  candidates deduplicated by ``cand_names`` plus the rows of ``corpus`` if given — video classification /
+  retrieval, visual documents) or ``local`` (each query ranks its own row's candidates — video QA, moment
+  retrieval, SSv2; a row with a single candidate then scores a hit, so such rows are warned about);
 - ``corpus``: a file or folder of corpus rows (``cand_text``, ``cand_image``, ``dataset_infos.cand_names``),
-  relative to the config's root;
+  relative to the config's root; global tasks only (refused with ``eval_type: local``);
 - ``metric``: the task's headline metric, ``hit@1`` (image and video tasks) or ``ndcg@5`` (visual documents,
   NDCG with linear gain over the rows' ``rel_scores``, 1 for a label without a score); default by
   ``modality``: ``visdoc`` → ``ndcg@5``, otherwise ``hit@1``;
@@ -20,14 +21,12 @@ every dataset. Image datasets are the 36 MMEB-V1 ones (format ``mmeb``, Precisio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from unime.eval.tasks import TaskSpec
-
 EVAL_TYPES = ("local", "global")
+DEFAULT_EVAL_TYPE = "global"  # VLM2Vec's eval.py default
 V2_METRICS = ("hit@1", "ndcg@5")
 MODALITIES = ("image", "video", "visdoc")
 # the leaderboard's column groups, in its order
@@ -42,7 +41,9 @@ META_TITLES = {"classification": "CLS", "vqa": "QA", "retrieval": "RET", "ground
 MODALITY_TITLES = {"image": "Image", "video": "Video", "visdoc": "VisDoc"}
 
 
-def headline_metric(spec: TaskSpec) -> str:
+def headline_metric(spec) -> str:
+    """The headline metric of `spec` (a `unime.eval.tasks.TaskSpec`, not imported: that module reads this
+    one's option defaults)."""
     if spec.format == "mmeb":
         return "precision@1"
     return spec.option("metric") or ("ndcg@5" if spec.modality == "visdoc" else "hit@1")

@@ -73,6 +73,7 @@ from unime.data.jsonl import read_text_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
 from unime.data.skips import ErrorPolicy, SkipReport, data_error, reason_of
 from unime.errors import DataError
+from unime.eval.mmeb_v2 import DEFAULT_EVAL_TYPE, EVAL_TYPES
 
 FORMATS = ("mmeb", "retrieval", "compositional", "qrels", "mmeb_v2")
 MMEB_META_TASKS = ("classification", "vqa", "retrieval", "grounding")  # paper's column order
@@ -299,8 +300,13 @@ def load_task_config(path_or_dir: str | os.PathLike | list, *, root: str | os.Pa
             raise DataError(f"modality must be one of {MODALITIES}, got {modality!r}", source=source, record=rec,
                             field="modality")
         if fmt == "mmeb_v2":
-            if options.get("eval_type", "local") not in ("local", "global"):
+            eval_type = options.get("eval_type", DEFAULT_EVAL_TYPE)
+            if eval_type not in EVAL_TYPES:
                 raise DataError("eval_type must be 'local' or 'global'", source=source, record=rec, field="eval_type")
+            if eval_type == "local" and options.get("corpus") is not None:
+                raise DataError("a corpus joins the pool of a global task; a local task ranks each row's own "
+                                "candidates (drop `corpus` or set `eval_type: global`)", source=source, record=rec,
+                                field="corpus")
             if options.get("metric", "hit@1") not in ("hit@1", "ndcg@5"):
                 raise DataError("metric must be 'hit@1' or 'ndcg@5'", source=source, record=rec, field="metric")
             if options.get("corpus") is not None:
@@ -439,7 +445,7 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
     candidate leaves its row (`_v2_keep`), or in a global task the pool, counted once (`_v2_pool_keep`): a row
     whose relevant candidates all left the pool, or whose pool was left with one candidate, is skipped."""
     table = ItemTable()
-    eval_type = spec.option("eval_type", "local")
+    eval_type = spec.option("eval_type", DEFAULT_EVAL_TYPE)
     rows: list[tuple[str, str, V2Row]] = []
     images = images or _image_checker(spec)
     dropped = _candidate_drops(policy, by_name=eval_type == "global")
@@ -506,6 +512,11 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
             ids.append(row.id or label)
         shared = True
     else:
+        single = [label for _, label, row in rows if len(row.candidates) == 1]
+        if single:
+            log.warning("task %s: %d of %d rows have a single candidate, a hit whatever the model (local ranking; "
+                        "VLM2Vec's default, eval_type: global, ranks the pool of all rows' candidates): rows %s%s",
+                        spec.name, len(single), len(rows), ", ".join(single[:5]), ", ..." if len(single) > 5 else "")
         for source, label, row in rows:
             g = grades_for(row, [c.name for c in row.candidates], (source, label))
             if g is None:

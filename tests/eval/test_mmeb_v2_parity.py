@@ -1,0 +1,74 @@
+"""MMEB-V2 evaluation as VLM2Vec-V2 does it (eval.py, base_eval_dataset.py): the default ranking, the pool of a
+global task, the rows its parsers write. Text-only rows scored with fixed vectors, figures computed by hand."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from unime.errors import DataError
+from unime.eval.runners import EvalOptions, run_mmeb_v2
+from unime.eval.tasks import load_task_config, load_task_data
+
+
+def _row(query: str, cands: list[str], label, **infos) -> dict:
+    return {"query_text": [query], "query_image": [None], "cand_text": cands, "cand_image": [None] * len(cands),
+            "dataset_infos": {"cand_names": cands, "label_name": label, **infos}}
+
+
+def _write(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _task(tmp_path, line: str, on_error: str = "raise"):
+    cfg = tmp_path / "tasks.yaml"
+    cfg.write_text("tasks:\n  - " + line + "\n", encoding="utf-8")
+    spec = load_task_config(cfg).tasks[0]
+    return spec, load_task_data(spec, on_error=on_error)
+
+
+def _hit1(spec, data, vectors: dict[str, list[float]], ties: str = "pessimistic") -> float:
+    """Hit@1 with each item's vector looked up by its text (unit vectors: cosine = dot)."""
+    def vecs(idx):
+        v = np.asarray([vectors[data.table.items[i].text] for i in idx], dtype=np.float64)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+    return run_mmeb_v2(spec, data, vecs, EvalOptions(ties=ties)).metrics["hit@1"]
+
+
+# -- 1. eval_type defaults to global ----------------------------------------------------------------------
+
+def test_a_task_without_eval_type_ranks_the_global_pool_like_vlm2vec(tmp_path):
+    # two rows, one candidate each: ranked locally both score a hit (100); VLM2Vec's default pools {a, b}
+    _write(tmp_path / "rows.jsonl", [_row("qa", ["a"], "a"), _row("qb", ["b"], "b")])
+    spec, data = _task(tmp_path, "{name: t, format: mmeb_v2, path: rows.jsonl}")
+    assert data.shared_corpus and [len(c) for c in data.candidates] == [2, 2]
+    # qa is closer to b than to a: a miss; qb is closest to b: a hit → 0.5
+    vectors = {"qa": [0.2, 1.0], "qb": [0.0, 1.0], "a": [1.0, 0.0], "b": [0.0, 1.0]}
+    assert _hit1(spec, data, vectors) == 0.5
+
+
+def test_a_corpus_is_read_by_a_task_without_eval_type(tmp_path):
+    _write(tmp_path / "rows.jsonl", [_row("qa", ["a"], "a")])
+    _write(tmp_path / "corpus.jsonl", [{"cand_text": ["c"], "cand_image": [None],
+                                        "dataset_infos": {"cand_names": ["c"]}}])
+    spec, data = _task(tmp_path, "{name: t, format: mmeb_v2, path: rows.jsonl, corpus: corpus.jsonl}")
+    assert sorted(data.table.items[i].text for i in data.candidates[0]) == ["a", "c"]
+    assert _hit1(spec, data, {"qa": [0.0, 1.0], "a": [1.0, 0.0], "c": [0.0, 1.0]}) == 0.0
+
+
+def test_a_corpus_with_local_ranking_is_refused_naming_the_task(tmp_path):
+    _write(tmp_path / "rows.jsonl", [_row("qa", ["a", "b"], "a")])
+    with pytest.raises(DataError, match="a corpus joins the pool of a global task") as e:
+        _task(tmp_path, "{name: loc1, format: mmeb_v2, path: rows.jsonl, eval_type: local, corpus: rows.jsonl}")
+    assert "loc1" in str(e.value) and e.value.field == "corpus"
+
+
+def test_local_rows_with_a_single_candidate_are_warned_about_once_per_task(tmp_path, caplog):
+    _write(tmp_path / "rows.jsonl", [_row("qa", ["a"], "a"), _row("qb", ["b"], "b"), _row("qc", ["c", "d"], "c")])
+    with caplog.at_level(logging.WARNING, logger="unime.eval.tasks"):
+        _task(tmp_path, "{name: loc1, format: mmeb_v2, path: rows.jsonl, eval_type: local}")
+    warned = [r.getMessage() for r in caplog.records if "single candidate" in r.getMessage()]
+    assert len(warned) == 1 and "loc1" in warned[0] and "2 of 3 rows" in warned[0]
