@@ -72,3 +72,38 @@ def test_local_rows_with_a_single_candidate_are_warned_about_once_per_task(tmp_p
         _task(tmp_path, "{name: loc1, format: mmeb_v2, path: rows.jsonl, eval_type: local}")
     warned = [r.getMessage() for r in caplog.records if "single candidate" in r.getMessage()]
     assert len(warned) == 1 and "loc1" in warned[0] and "2 of 3 rows" in warned[0]
+
+
+# -- 2. video classification: the pool is every label of the dataset ------------------------------------
+
+def _label_corpus(path, labels: list[str]) -> None:
+    _write(path, [{"cand_text": [x], "cand_image": [None], "dataset_infos": {"cand_names": [x]}} for x in labels])
+
+
+def test_the_shipped_video_cls_tasks_rank_a_label_corpus_outside_their_rows_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMEB_V2_ROOT", str(tmp_path))
+    by_name = {t.name: t for t in load_task_config("mmeb_v2").tasks}
+    for name in ("K700", "HMDB51", "UCF101", "Breakfast"):
+        spec = by_name[name]
+        assert spec.option("eval_type") == "global"
+        assert spec.option("corpus") == str(tmp_path / "video" / "labels" / f"{name}.jsonl")
+        assert not spec.option("corpus").startswith(str(spec.path) + "/")  # not read as query rows
+    assert by_name["SmthSmthV2"].option("corpus") is None
+
+
+def test_a_label_missing_from_the_rows_still_competes_through_the_label_corpus(tmp_path, caplog):
+    # rows label only "run" and "jump"; the dataset also has "walk", which the first query is closest to
+    _write(tmp_path / "rows.jsonl", [_row("q1", ["run"], "run"), _row("q2", ["jump"], "jump")])
+    _label_corpus(tmp_path / "labels.jsonl", ["jump", "run", "walk"])
+    vectors = {"q1": [0.2, 0.0, 1.0], "q2": [0.0, 1.0, 0.0], "run": [1.0, 0.0, 0.0], "jump": [0.0, 1.0, 0.0],
+               "walk": [0.0, 0.0, 1.0]}
+    with caplog.at_level(logging.WARNING, logger="unime.eval.tasks"):
+        spec, data = _task(tmp_path, "{name: cls, format: mmeb_v2, path: rows.jsonl, meta_task: classification}")
+    assert _hit1(spec, data, vectors) == 1.0  # q1: run (0.2) vs jump (0.0) → run: only the rows' labels
+    assert any("cls" in r.getMessage() and "without `corpus`" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unime.eval.tasks"):
+        spec, data = _task(tmp_path, "{name: cls, format: mmeb_v2, path: rows.jsonl, corpus: labels.jsonl, "
+                                     "meta_task: classification}")
+    assert _hit1(spec, data, vectors) == 0.5  # q1 → walk, a miss
+    assert not any("without `corpus`" in r.getMessage() for r in caplog.records)

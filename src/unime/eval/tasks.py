@@ -488,6 +488,10 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
                 pool_items.append(idx)
 
         corpus = spec.option("corpus")
+        if not corpus and spec.meta_task == "classification":
+            log.warning("task %s: a global classification task without `corpus`: its pool holds only the labels its "
+                        "rows list, VLM2Vec's every label of the dataset (leaderboard parity needs the label "
+                        "corpus: see the shipped mmeb_v2 config)", spec.name)
         if corpus:
             for f in _data_files(Path(corpus), task=spec.name):
                 for source, label, row in _parsed_rows(f, lambda o, **kw: v2_row_from_dict(o, corpus=True, **kw),
