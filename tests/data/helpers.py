@@ -120,8 +120,10 @@ def build_fixture(root: Path) -> tuple[Path, dict]:
          "cand_text": [f"{IMG} {TGT_D}"] * len(rel), "cand_image": [{"paths": [pages[n]]} for n in rel],
          "dataset_infos": {"cand_names": list(rel), "label_name": list(rel), "rel_scores": list(rel.values())}}
         for q, rel in judged])
-    corpus = [Item(text=f"<|image_1|> {TGT_D}", images=(p,)) for p in pages.values()]
-    expect["docs"] = [(Item(text=f"{QRY_D} {q}"), corpus, [float(rel.get(n, 0)) for n in pages]) for q, rel in judged]
+    # the pool as VLM2Vec builds it: the rows' candidates by first appearance, then the rest of the corpus
+    in_pool = list(dict.fromkeys([n for _, rel in judged for n in rel] + list(pages)))
+    corpus = [Item(text=f"<|image_1|> {TGT_D}", images=(pages[n],)) for n in in_pool]
+    expect["docs"] = [(Item(text=f"{QRY_D} {q}"), corpus, [float(rel.get(n, 0)) for n in in_pool]) for q, rel in judged]
 
     # a second visdoc task without a corpus file: the pool is the rows' candidates
     write_jsonl_rows(root / "visdoc/small/q.jsonl", [

@@ -258,9 +258,9 @@ def test_under_skip_a_bad_mmeb_v2_candidate_leaves_its_row_or_the_global_pool_no
     skips = SkipReport()
     data = load_task_data(glob, on_error="skip", skips=skips)
     assert data.ids == ["line 1", "line 2", "line 4"] and data.skipped == 1 and data.dropped_candidates == 1
-    pool = ["images/yellow.png", "images/red.png", "images/blue.png", "images/green.png"]
+    pool = ["images/red.png", "images/blue.png", "images/green.png", "images/yellow.png"]  # rows first, then corpus
     assert all([data.table.items[c].images[0] for c in cands] == pool for cands in data.candidates)
-    assert [g.tolist() for g in data.grades] == [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    assert [g.tolist() for g in data.grades] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
     assert [(x.source, x.record, x.field) for x in skips.examples] == [
         (str(tmp_path / "glob/rows/rows.jsonl"), "line 3", "dataset_infos.label_name")]
     assert "its relevant candidate 'g' is bad: image file not found: 'images/gone.png'" in skips.examples[0].message

@@ -107,3 +107,16 @@ def test_a_label_missing_from_the_rows_still_competes_through_the_label_corpus(t
                                      "meta_task: classification}")
     assert _hit1(spec, data, vectors) == 0.5  # q1 → walk, a miss
     assert not any("without `corpus`" in r.getMessage() for r in caplog.records)
+
+
+# -- 3. the pool of a global task: the rows' candidates first, then the corpus (VLM2Vec) -------------------
+
+def test_the_global_pool_lists_the_rows_candidates_before_the_corpus(tmp_path):
+    # "copy" (corpus) has the vector of the label "a": an exact tie with the positive
+    _write(tmp_path / "rows.jsonl", [_row("q", ["a", "b"], "a")])
+    _label_corpus(tmp_path / "corpus.jsonl", ["copy", "a"])  # "a" again: the pool keeps it once, at its first place
+    spec, data = _task(tmp_path, "{name: g, format: mmeb_v2, path: rows.jsonl, corpus: corpus.jsonl}")
+    assert [data.table.items[i].text for i in data.candidates[0]] == ["a", "b", "copy"]
+    vectors = {"q": [1.0, 0.0], "a": [1.0, 0.0], "copy": [1.0, 0.0], "b": [0.0, 1.0]}
+    assert _hit1(spec, data, vectors, ties="index") == 1.0        # like VLM2Vec's argsort: "a" is listed first
+    assert _hit1(spec, data, vectors, ties="pessimistic") == 0.0  # order-free: a tie counts against the positive

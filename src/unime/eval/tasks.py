@@ -492,14 +492,15 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
             log.warning("task %s: a global classification task without `corpus`: its pool holds only the labels its "
                         "rows list, VLM2Vec's every label of the dataset (leaderboard parity needs the label "
                         "corpus: see the shipped mmeb_v2 config)", spec.name)
+        # VLM2Vec's order (generate_cand_dataset): the rows' candidates, then the corpus; `--ties index` sees it
+        for source, label, row in rows:
+            add_pool(row, (source, label))
         if corpus:
             for f in _data_files(Path(corpus), task=spec.name):
                 for source, label, row in _parsed_rows(f, lambda o, **kw: v2_row_from_dict(o, corpus=True, **kw),
                                                        policy, task=spec.name, images=images, dropped=dropped,
                                                        keep=keep):
                     add_pool(row, (source, label))
-        for source, label, row in rows:
-            add_pool(row, (source, label))
         pool = np.asarray(pool_items, dtype=np.int64)
         for source, label, row in rows:
             try:
