@@ -120,3 +120,19 @@ def test_the_global_pool_lists_the_rows_candidates_before_the_corpus(tmp_path):
     vectors = {"q": [1.0, 0.0], "a": [1.0, 0.0], "copy": [1.0, 0.0], "b": [0.0, 1.0]}
     assert _hit1(spec, data, vectors, ties="index") == 1.0        # like VLM2Vec's argsort: "a" is listed first
     assert _hit1(spec, data, vectors, ties="pessimistic") == 0.0  # order-free: a tie counts against the positive
+
+
+# -- 4. rows as VLM2Vec's parsers write them ---------------------------------------------------------------
+
+def test_extra_columns_of_vlm2vec_rows_are_ignored_and_named_once_per_file(tmp_path, caplog):
+    extra = {"global_dataset_name": "Video-MME", "question_id": "001-1", "duration": "short"}
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / "rows").mkdir(exist_ok=True)
+        _write(tmp_path / "rows" / name, [{**_row("q1", ["x", "y"], "x"), **extra},
+                                          {**_row("q2", ["x", "y"], "y"), **extra}])
+    with caplog.at_level(logging.WARNING, logger="unime.data.mmeb_v2"):
+        spec, data = _task(tmp_path, "{name: vmme, format: mmeb_v2, path: rows, eval_type: local}")
+    assert len(data.query) == 4 and [g.tolist() for g in data.grades] == [[1.0, 0.0], [0.0, 1.0]] * 2
+    logged = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(logged) == 2 and all("['duration', 'global_dataset_name', 'question_id']" in m for m in logged)
+    assert {m.split(":")[0] for m in logged} == {str(tmp_path / "rows" / "a.jsonl"), str(tmp_path / "rows" / "b.jsonl")}

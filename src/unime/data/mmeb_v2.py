@@ -18,10 +18,14 @@ adapter puts the image there), a video token → removed (the video segment lead
 ``cand_names`` identify candidates across rows (global tasks rank one pool built from all rows' candidates,
 deduplicated by name, plus an optional corpus file of rows without queries); ``label_name`` names the
 positive(s); ``rel_scores`` (ViDoRe / VisRAG qrels) are the graded relevance of the row's candidates.
+
+Other keys (VLM2Vec's parsers keep source columns and add ``global_dataset_name``) are ignored, logged once per
+file.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +37,9 @@ from unime.data.video import is_video_file_ref
 
 V2_KEYS = {"query_text", "query_image", "cand_text", "cand_image", "dataset_infos"}
 CORPUS_KEYS = {"cand_text", "cand_image", "dataset_infos"}
+
+log = logging.getLogger(__name__)
+_IGNORED_LOGGED: set[tuple[str, tuple[str, ...]]] = set()  # (file, keys) already logged
 
 _IMAGE_TOKENS = re.compile(r"<\|vision_start\|>\s*<\|image_pad\|>\s*<\|vision_end\|>|<\|image_pad\|>")
 _VIDEO_TOKENS = re.compile(r"<\|vision_start\|>\s*<\|video_pad\|>\s*<\|vision_end\|>|<\|video_pad\|>|<\|video_\d+\|>"
@@ -133,8 +140,16 @@ def _names(value: Any, n: int | None, *, source, record, field_name: str) -> lis
 
 
 def v2_row_from_dict(obj: Any, *, source=None, record=None, corpus: bool = False) -> V2Row:
-    """Parse one V2 row (or, with `corpus=True`, one corpus row: candidates only)."""
-    check_keys(obj, CORPUS_KEYS if corpus else V2_KEYS, {"id"}, source=source, record=record, what="MMEB-V2 row")
+    """Parse one V2 row (or, with `corpus=True`, one corpus row: candidates only). Keys beyond the format's are
+    ignored (VLM2Vec's rows carry extras by design), logged once per file."""
+    keys = CORPUS_KEYS if corpus else V2_KEYS
+    if isinstance(obj, dict) and obj.keys() - keys - {"id"}:
+        extra = tuple(sorted(map(str, obj.keys() - keys - {"id"})))
+        if (str(source), extra) not in _IGNORED_LOGGED:
+            _IGNORED_LOGGED.add((str(source), extra))
+            log.warning("%s: MMEB-V2 rows: ignoring the key(s) %s (not part of the format)", source, list(extra))
+        obj = {k: v for k, v in obj.items() if k in keys or k == "id"}
+    check_keys(obj, keys, {"id"}, source=source, record=record, what="MMEB-V2 row")
     infos = obj["dataset_infos"]
     if not isinstance(infos, dict):
         raise data_error("schema", "dataset_infos must be an object", source=source, record=record,
