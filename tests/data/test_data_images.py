@@ -25,13 +25,19 @@ def test_relative_path_loads(root):
     assert img.mode == "RGB" and img.size == (6, 4) and img.getpixel((0, 0)) == (10, 20, 30)
 
 
-def test_absolute_path_rejected_unless_allowed(root):
-    abs_path = str(root / "img" / "ok.png")
-    with pytest.raises(DataError, match="absolute image path") as e:
+def test_absolute_path_inside_the_root_loads(root):
+    # VLM2Vec's MMEB-V2 parsers write absolute frame paths; inside the data root they are no escape
+    assert ImageLoader(root).load(str(root / "img" / "ok.png")).size == (6, 4)
+    assert ImageLoader(root).resolve(str(root / "img" / "ok.png")) == (root / "img" / "ok.png").resolve()
+
+
+def test_absolute_path_outside_the_root_rejected_unless_allowed(root):
+    abs_path = str(root.parent / "outside.png")
+    with pytest.raises(DataError, match="absolute image path .* not allowed outside the data root") as e:
         ImageLoader(root).load(abs_path, source="f.jsonl", record=3, field="query.images[0]")
     assert str(e.value).startswith("f.jsonl, record 3, field 'query.images[0]'")
     assert "permit it with --allow-outside-root (in Python: ImageLoader(..., allow_outside_root=True))" in str(e.value)
-    assert ImageLoader(root, allow_outside_root=True).load(abs_path).size == (6, 4)
+    assert ImageLoader(root, allow_outside_root=True).load(abs_path).size == (3, 3)
 
 
 def test_dotdot_escape_rejected_unless_allowed(root):

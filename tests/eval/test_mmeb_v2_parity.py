@@ -136,3 +136,25 @@ def test_extra_columns_of_vlm2vec_rows_are_ignored_and_named_once_per_file(tmp_p
     logged = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
     assert len(logged) == 2 and all("['duration', 'global_dataset_name', 'question_id']" in m for m in logged)
     assert {m.split(":")[0] for m in logged} == {str(tmp_path / "rows" / "a.jsonl"), str(tmp_path / "rows" / "b.jsonl")}
+
+
+def _frames(folder, n: int = 2) -> list[str]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        Image.new("RGB", (8, 8), (40 * k, 0, 0)).save(folder / f"f{k}.png")
+    return [str(folder / f"f{k}.png") for k in range(n)]
+
+
+def test_absolute_frame_paths_inside_the_data_root_are_read_outside_refused(tmp_path):
+    inside = _frames(tmp_path / "frames")  # as VLM2Vec's parsers write them: absolute frame paths
+    row = {**_row("", ["x", "y"], "x"), "query_image": [{"paths": inside}]}
+    _write(tmp_path / "rows.jsonl", [row])
+    spec, data = _task(tmp_path, "{name: vid, format: mmeb_v2, path: rows.jsonl, eval_type: local}")
+    assert data.table.items[data.query[0]].video == tuple(inside)
+    outside = _frames(tmp_path.parent / f"{tmp_path.name}-elsewhere")
+    _write(tmp_path / "rows.jsonl", [{**row, "query_image": [{"paths": outside}]}])
+    with pytest.raises(DataError, match="absolute image path .* not allowed outside the data root") as e:
+        _task(tmp_path, "{name: vid, format: mmeb_v2, path: rows.jsonl, eval_type: local}")
+    assert e.value.record == "line 1" and e.value.field.startswith("query")

@@ -1,8 +1,8 @@
 """Safe image loading.
 
 Rules (all violations raise `DataError` naming source, record and field):
-- a path must stay inside the data root: absolute paths and `..` escapes are rejected unless the
-  loader was created with `allow_outside_root=True`;
+- a path must stay inside the data root: absolute paths outside it and `..` escapes are rejected unless the
+  loader was created with `allow_outside_root=True` (an absolute path inside the root is accepted);
 - a pixel limit guards against decompression bombs (checked on the header, before decoding);
 - with `max_aspect_ratio` (the caller's model's processor limit), an image whose longer side is more than that
   many times its shorter one is refused from its header too (in-memory images included);
@@ -51,14 +51,15 @@ class ImageLoader:
             raise DataError(f"image path {ref[:80]!r}... is too long ({len(ref)} characters)", source=source,
                             record=record, field=field)
         p = Path(ref)
-        if p.is_absolute() and not self.allow_outside_root:
-            raise DataError(f"absolute image path {ref!r} not allowed: image paths are relative to the data root "
-                            f"({self.root}){self._PERMIT_TEXT}", source=source, record=record, field=field)
         full = (p if p.is_absolute() else self.root / p).resolve()
-        if not self.allow_outside_root and not full.is_relative_to(self.root):
-            raise DataError(f"image path {ref!r} escapes the data root ({self.root}){self._PERMIT_TEXT}", source=source,
-                            record=record, field=field)
-        return full
+        if self.allow_outside_root or full.is_relative_to(self.root):
+            return full  # an absolute path inside the root too (VLM2Vec's parsers write absolute frame paths)
+        if p.is_absolute():
+            raise DataError(f"absolute image path {ref!r} not allowed outside the data root ({self.root}): image "
+                            f"paths are relative to it or inside it{self._PERMIT_TEXT}", source=source, record=record,
+                            field=field)
+        raise DataError(f"image path {ref!r} escapes the data root ({self.root}){self._PERMIT_TEXT}", source=source,
+                        record=record, field=field)
 
     def load(self, ref: ImageRef, *, source=None, record=None, field=None, shown_as: str | None = None) -> Image.Image:
         """The image `ref` (a path under the root, bytes or a PIL image) as RGB; any failure is a `DataError`
