@@ -51,7 +51,10 @@ def test_v2_rows_map_vision_tokens_and_visuals():
 
 @pytest.mark.parametrize("patch, field", [
     ({"cand_image": [None]}, "cand_image"),
-    ({"dataset_infos": {"cand_names": ["a", "b"], "label_name": "a", "rel_scores": [1]}}, "dataset_infos.rel_scores"),
+    ({"dataset_infos": {"cand_names": ["a", "b"], "label_name": "a", "rel_scores": [1, 2, 3]}},
+     "dataset_infos.rel_scores"),
+    ({"dataset_infos": {"cand_names": ["a", "b"], "label_name": ["b", "a"], "rel_scores": [1, 2]}},
+     "dataset_infos.rel_scores"),
     ({"dataset_infos": {"cand_names": ["a", "b"], "label_name": "a", "rel_scores": [1, -2]}},
      "dataset_infos.rel_scores[1]"),
     ({"dataset_infos": {"cand_names": ["a"], "label_name": "a"}}, "dataset_infos.cand_names"),

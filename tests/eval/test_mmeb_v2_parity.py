@@ -30,12 +30,16 @@ def _task(tmp_path, line: str, on_error: str = "raise"):
     return spec, load_task_data(spec, on_error=on_error)
 
 
-def _hit1(spec, data, vectors: dict[str, list[float]], ties: str = "pessimistic") -> float:
-    """Hit@1 with each item's vector looked up by its text (unit vectors: cosine = dot)."""
+def _metrics(spec, data, vectors: dict[str, list[float]], ties: str = "pessimistic") -> dict[str, float]:
+    """The task's metrics with each item's vector looked up by its text (normalised: cosine = dot)."""
     def vecs(idx):
         v = np.asarray([vectors[data.table.items[i].text] for i in idx], dtype=np.float64)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
-    return run_mmeb_v2(spec, data, vecs, EvalOptions(ties=ties)).metrics["hit@1"]
+    return run_mmeb_v2(spec, data, vecs, EvalOptions(ties=ties)).metrics
+
+
+def _hit1(spec, data, vectors: dict[str, list[float]], ties: str = "pessimistic") -> float:
+    return _metrics(spec, data, vectors, ties)["hit@1"]
 
 
 # -- 1. eval_type defaults to global ----------------------------------------------------------------------
@@ -158,3 +162,27 @@ def test_absolute_frame_paths_inside_the_data_root_are_read_outside_refused(tmp_
     with pytest.raises(DataError, match="absolute image path .* not allowed outside the data root") as e:
         _task(tmp_path, "{name: vid, format: mmeb_v2, path: rows.jsonl, eval_type: local}")
     assert e.value.record == "line 1" and e.value.field.startswith("query")
+
+
+# -- 5. rel_scores: one per label_name (VLM2Vec's alignment) or one per candidate --------------------------
+
+def test_rel_scores_aligned_with_label_name_grade_the_labels(tmp_path):
+    # VLM2Vec: rel_scores pairs with label_name; here 2 labels among 4 candidates
+    row = {**_row("q", ["a", "b", "c", "d"], ["c", "a"]), "id": "r1"}
+    row["dataset_infos"]["rel_scores"] = [2, 1]
+    _write(tmp_path / "rows.jsonl", [row])
+    spec, data = _task(tmp_path, "{name: d, format: mmeb_v2, path: rows.jsonl, metric: ndcg@5}")
+    assert data.grades[0].tolist() == [1.0, 0.0, 2.0, 0.0]  # pool a, b, c, d
+    # ranked d, c, a, b: DCG = 2/log2(3) + 1/log2(4); ideal = 2 + 1/log2(3)
+    vectors = {"q": [1.0, 0.0], "d": [1.0, 0.0], "c": [0.9, 0.1], "a": [0.5, 0.5], "b": [0.0, 1.0]}
+    got = _metrics(spec, data, vectors)["ndcg@5"]
+    assert got == pytest.approx((2 / np.log2(3) + 1 / np.log2(4)) / (2 + 1 / np.log2(3)))
+
+
+def test_rel_scores_of_another_length_are_refused_naming_the_row(tmp_path):
+    row = _row("q", ["a", "b", "c"], ["a"])
+    row["dataset_infos"]["rel_scores"] = [1, 1]
+    _write(tmp_path / "rows.jsonl", [row])
+    with pytest.raises(DataError, match="1 rel_scores .* or 3 .*got 2") as e:
+        _task(tmp_path, "{name: d, format: mmeb_v2, path: rows.jsonl}")
+    assert e.value.record == "line 1" and e.value.field == "dataset_infos.rel_scores"

@@ -17,7 +17,8 @@ adapter puts the image there), a video token → removed (the video segment lead
 
 ``cand_names`` identify candidates across rows (global tasks rank one pool built from all rows' candidates,
 deduplicated by name, plus an optional corpus file of rows without queries); ``label_name`` names the
-positive(s); ``rel_scores`` (ViDoRe / VisRAG qrels) are the graded relevance of the row's candidates.
+positive(s); ``rel_scores`` (ViDoRe / VisRAG qrels) are the graded relevance of the labels (one per
+``label_name``, VLM2Vec's alignment) or of the row's candidates (one per ``cand_names``).
 
 Other keys (VLM2Vec's parsers keep source columns and add ``global_dataset_name``) are ignored, logged once per
 file.
@@ -177,12 +178,29 @@ def v2_row_from_dict(obj: Any, *, source=None, record=None, corpus: bool = False
     rel: dict[str, float] = {}
     if infos.get("rel_scores") is not None:
         scores = infos["rel_scores"]
-        if not isinstance(scores, list) or len(scores) != len(names):
-            raise data_error("schema", f"expected {len(names)} rel_scores (one per candidate)", source=source,
-                             record=record, field="dataset_infos.rel_scores")
+        graded = _graded_names(scores, names, labels, source=source, record=record)
         for j, s in enumerate(scores):
             if isinstance(s, bool) or not isinstance(s, (int, float)) or s != s or s < 0:
                 raise data_error("bad_score", f"relevance must be a number >= 0, got {s!r}", source=source,
                                  record=record, field=f"dataset_infos.rel_scores[{j}]")
-            rel[names[j]] = float(s)
+            rel[graded[j]] = float(s)
     return V2Row(query=query, candidates=cands, labels=labels, rel_scores=rel, id=rid)
+
+
+def _graded_names(scores: Any, names: list[str], labels: list[str], *, source, record) -> list[str]:
+    """The names `rel_scores` grade, one per score: the labels (VLM2Vec's alignment: eval.py pairs
+    ``label_name`` with ``rel_scores``) or the candidates (``cand_names``; grades for candidates that are not
+    labels). Both lengths equal means both readings, and they must agree (VLM2Vec's visdoc rows list the same
+    names in both)."""
+    n = len(scores) if isinstance(scores, list) else -1
+    if n == len(labels) and n == len(names) and labels != names:
+        raise data_error("schema", f"{n} rel_scores for {n} labels and {n} candidates, which are not the same names "
+                         "in the same order: which ones they grade is ambiguous (list label_name in cand_names' "
+                         "order)", source=source, record=record, field="dataset_infos.rel_scores")
+    if n == len(labels):
+        return labels
+    if n == len(names):
+        return names
+    raise data_error("schema", f"expected a list of {len(labels)} rel_scores (one per label_name, VLM2Vec's) or "
+                     f"{len(names)} (one per candidate), got {n if n >= 0 else type(scores).__name__}",
+                     source=source, record=record, field="dataset_infos.rel_scores")
