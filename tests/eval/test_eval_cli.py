@@ -121,5 +121,5 @@ def test_unime_eval_skip_drops_a_bad_candidate_and_leaves_out_a_task_without_row
     t2i = json.loads((out / "tasks" / "t2i.json").read_text())
     assert t2i["counts"]["queries"] == 2 and t2i["counts"]["dropped_candidates"] == 2
     md = (out / "results.md").read_text()
-    assert "- **skipped tasks** (`--on-error skip`, no good rows): lost" in md
+    assert "- **skipped tasks** (`--on-error skip`; no data file, or no good rows): lost" in md
     assert "- **dropped candidates** (`--on-error skip`): 2 bad candidates" in md

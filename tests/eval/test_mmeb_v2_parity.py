@@ -186,3 +186,38 @@ def test_rel_scores_of_another_length_are_refused_naming_the_row(tmp_path):
     with pytest.raises(DataError, match="1 rel_scores .* or 3 .*got 2") as e:
         _task(tmp_path, "{name: d, format: mmeb_v2, path: rows.jsonl}")
     assert e.value.record == "line 1" and e.value.field == "dataset_infos.rel_scores"
+
+
+# -- 6. a partial copy of MMEB-V2 -------------------------------------------------------------------------
+
+def _partial_copy(tmp_path):
+    (tmp_path / "video").mkdir()
+    _write(tmp_path / "video" / "have.jsonl", [_row("q", ["a", "b"], "a")])
+    cfg = tmp_path / "tasks.yaml"
+    cfg.write_text("tasks:\n"
+                   "  - {name: ImageNet-1K, format: mmeb, path: image/ImageNet-1K}\n"
+                   "  - {name: have, format: mmeb_v2, path: video/have.jsonl, eval_type: local}\n"
+                   "  - {name: K700, format: mmeb_v2, path: video/have.jsonl, corpus: video/labels/K700.jsonl}\n",
+                   encoding="utf-8")
+    return load_task_config(cfg)
+
+
+def test_a_partial_copy_stops_naming_the_way_to_evaluate_what_you_have(tmp_path):
+    from unime.eval.runners import load_suite_data
+
+    with pytest.raises(DataError, match=r"task 'ImageNet-1K': data file not found; evaluate the tasks you have with "
+                                        r"--task NAME \(repeatable\), or .* --on-error skip") as e:
+        load_suite_data(_partial_copy(tmp_path))
+    assert e.value.source == str(tmp_path / "image" / "ImageNet-1K")
+
+
+def test_under_skip_tasks_without_their_data_are_left_out_and_named(tmp_path, caplog):
+    from unime.eval.runners import load_suite_data, skipped_task_names
+
+    suite = _partial_copy(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="unime.eval.runners"):
+        data = load_suite_data(suite, on_error="skip")
+    assert [spec.name for spec, _ in data] == ["have"]
+    assert skipped_task_names(suite, data) == ["ImageNet-1K", "K700"]  # K700: its label corpus is missing
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(left_out) == 2 and "ImageNet-1K" in left_out[0] and "K700.jsonl" in left_out[1]

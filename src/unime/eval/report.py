@@ -195,7 +195,8 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
                      "left out of their rows (each row kept a relevant candidate and another one), or of a global "
                      "task's pool (each counted once)")
     if meta.get("skipped_tasks"):
-        lines.append(f"- **skipped tasks** (`--on-error skip`, no good rows): {', '.join(meta['skipped_tasks'])}")
+        lines.append("- **skipped tasks** (`--on-error skip`; no data file, or no good rows): "
+                     + ", ".join(meta["skipped_tasks"]))
     lines.append("")
     by_format: dict[str, list[str]] = {}
     for name, i in info.items():

@@ -21,13 +21,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from unime.data.image_digests import ImageDigests
+from unime.data.io import raw_message
 from unime.data.items import Item
 from unime.data.video import VideoOptions
 from unime.errors import DataError, ModelError
 from unime.eval import metrics as M
 from unime.eval.mmeb_v2 import headline_metric
-from unime.eval.tasks import (CompositionalData, EmptyTaskError, MMEBData, QrelsData, RetrievalData, TaskData,
-                              TaskSpec, TaskSuite, load_task_config, load_task_data)
+from unime.eval.tasks import (CompositionalData, EmptyTaskError, MissingTaskDataError, MMEBData, QrelsData,
+                              RetrievalData, TaskData, TaskSpec, TaskSuite, load_task_config, load_task_data)
 from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
                                           model_fingerprint)
 from unime.models.image_budget import ImageOptions
@@ -471,8 +472,9 @@ def score_tasks(encoded: EncodedTasks, encoder: RunEncoder, *, opts: EvalOptions
 def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", video_sampling=None,
                     max_aspect_ratio: float | None = None) -> list[tuple[TaskSpec, TaskData]]:
     """Read every task (fails on the first bad row unless ``on_error="skip"``, which counts skipped rows
-    per task: they appear in each task's ``counts["skipped_rows"]``). Under the skip policy a task left
-    with no rows (or, graded, with no query that has a relevant candidate) is reported and left out
+    per task: they appear in each task's ``counts["skipped_rows"]``). Under the skip policy a task without
+    its data file (a partial copy of a benchmark), or left with no rows (or, graded, with no query that has a
+    relevant candidate) is reported and left out
     (`skipped_task_names`); an error only when no task is left, and
     videos are decoded with the run's `video_sampling` (`load_task_data`); images are held to the model's
     processor's `max_aspect_ratio`."""
@@ -481,6 +483,13 @@ def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", video_sampling
         try:
             data = load_task_data(spec, on_error=on_error, video_sampling=video_sampling,
                                   max_aspect_ratio=max_aspect_ratio)
+        except MissingTaskDataError as e:
+            if on_error != "skip":
+                raise MissingTaskDataError(f"{raw_message(e)}; evaluate the tasks you have with --task NAME "
+                                           "(repeatable), or leave out the ones without data with --on-error skip",
+                                           source=e.source) from e
+            log.warning("%s; the task is left out, the others are scored", e)
+            continue
         except EmptyTaskError as e:
             if on_error != "skip":
                 raise
@@ -497,7 +506,7 @@ def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", video_sampling
 
 
 def skipped_task_names(suite: TaskSuite, data: list[tuple[TaskSpec, TaskData]]) -> list[str]:
-    """The tasks of `suite` that `load_suite_data` left out (no good rows, or none to
+    """The tasks of `suite` that `load_suite_data` left out (no data file, no good rows, or none to
     score, under the skip policy)."""
     read = {spec.name for spec, _ in data}
     return [t.name for t in suite.tasks if t.name not in read]

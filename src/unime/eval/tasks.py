@@ -43,7 +43,9 @@ except, under the skip policy, a bad candidate of an MMEB, qrels or MMEB-V2 row:
 one with a grade > 0; MMEB-V2: a label or one graded > 0 — a bad relevant one leaves while another remains) and
 another candidate. In a global MMEB-V2 task it leaves the one pool every row ranks (counted once); a row whose
 relevant candidates all left is skipped.
-A task left with no rows raises `EmptyTaskError`, and so, under the skip policy, does a graded task (qrels,
+A task whose data file (or folder, or corpus) is missing raises `MissingTaskDataError`, an `EmptyTaskError`
+(under the skip policy `unime eval` reports it and scores the tasks it has). A task left with no rows raises
+`EmptyTaskError`, and so, under the skip policy, does a graded task (qrels,
 MMEB-V2) left with no query that has a relevant candidate (`unime eval` reports it and scores the other tasks).
 
 Each task's data is interned into an `ItemTable` (its distinct items) plus integer arrays, so a task
@@ -85,6 +87,11 @@ log = logging.getLogger(__name__)
 
 class EmptyTaskError(DataError):
     """A task with no (good) rows to score."""
+
+
+class MissingTaskDataError(EmptyTaskError):
+    """A task whose data file or folder (or corpus) is not there: a partial copy of a benchmark."""
+
 
 _COMMON_KEYS = {"name", "format", "path", "data_root", "meta_task", "split", "modality"}
 _FORMAT_KEYS = {
@@ -590,10 +597,10 @@ def _data_files(path: Path, *, task: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".parquet") and p.is_file())
         if not files:
-            raise DataError(f"task {task!r}: folder has no .jsonl or .parquet files", source=str(path))
+            raise MissingTaskDataError(f"task {task!r}: folder has no .jsonl or .parquet files", source=str(path))
         return files
     if not path.is_file():
-        raise DataError(f"task {task!r}: data file not found", source=str(path))
+        raise MissingTaskDataError(f"task {task!r}: data file not found", source=str(path))
     return [path]
 
 
