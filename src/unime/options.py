@@ -35,6 +35,12 @@ def option(default: Any = MISSING, help: str | None = None, *, factory: Any = MI
     return field(default=default, default_factory=factory, metadata={"help": help, **cli, **extra})
 
 
+def allow_outside_root_option(help: str = "permit image and video paths outside the data root (absolute, '..')"):
+    """`--allow-outside-root`: media paths may leave the data root (`unime.data.images.ImageLoader`); every
+    command that reads a user's media takes it."""
+    return option(False, help)
+
+
 def on_error_option(help: str, **cli: Any):
     """The `--on-error raise|skip` option of a command that reads data (`unime.data.skips.ErrorPolicy`), with
     its `--skip-bad-records` switch (= `--on-error skip`) — every command that has one takes both."""

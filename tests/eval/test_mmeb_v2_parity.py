@@ -221,3 +221,25 @@ def test_under_skip_tasks_without_their_data_are_left_out_and_named(tmp_path, ca
     assert skipped_task_names(suite, data) == ["ImageNet-1K", "K700"]  # K700: its label corpus is missing
     left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert len(left_out) == 2 and "ImageNet-1K" in left_out[0] and "K700.jsonl" in left_out[1]
+
+
+def test_unime_eval_reads_frames_outside_the_data_root_with_allow_outside_root(tiny_model_dir, tmp_path, capsys):
+    from unime.cli import main
+
+    elsewhere = _frames(tmp_path / "elsewhere")  # another disk's frames, say
+    (tmp_path / "bench").mkdir()
+    row = {**_row("", ["x", "y"], "x"), "query_image": [{"paths": elsewhere}]}
+    _write(tmp_path / "bench" / "rows.jsonl", [row, {**row, "dataset_infos": {"cand_names": ["x", "y"],
+                                                                              "label_name": "y"}}])
+    (tmp_path / "bench" / "eval_tasks.yaml").write_text(
+        "tasks:\n  - {name: vid, format: mmeb_v2, path: rows.jsonl, eval_type: local}\n", encoding="utf-8")
+    argv = ["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(tmp_path / "bench"), "--no-cache",
+            "--device", "cpu"]
+    assert main(argv + ["--out", str(tmp_path / "refused")]) == 2  # outside the data root: refused, named
+    err = capsys.readouterr().err
+    assert "rows.jsonl, record line 1" in err and "not allowed outside the data root" in err
+    assert "--allow-outside-root" in err
+    assert main(argv + ["--out", str(tmp_path / "o"), "--allow-outside-root"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    # both queries are the same clip and rank the same two labels: one of the two is a hit, whatever the model
+    assert summary["tasks"]["vid"]["hit@1"] == 0.5

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 
 from unime.errors import DataError
-from unime.options import on_error_option, option
+from unime.options import allow_outside_root_option, on_error_option, option
 
 FORMATS = ["jsonl", "parquet", "unime_v2_json"]
 
@@ -62,7 +62,7 @@ class CheckConfig:
                         "qrels/*.tsv)", positional=True)
     mmeb: bool = option(False, "the file holds MMEB-eval rows (default: recognised by the first row's keys)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the file's folder)")
-    allow_outside_root: bool = option(False, "permit absolute paths and '..' in image paths")
+    allow_outside_root: bool = allow_outside_root_option()
     max_pixels: int | None = option(None, "largest image allowed (width x height)")
     no_images: bool = option(False, "check the file only, not the images")
     label_column: str | None = option(None, "judge pairs: their relevance label is under KEY (default: the one key "

@@ -40,8 +40,8 @@ class ImageLoader:
         self.video_sampling = video  # None: `unime.data.video.VideoSampling()` defaults
 
     # what the two refusals below add: the option exists on the commands that read a user's own image folders
-    _PERMIT_TEXT = ("; `unime data import` and `data convert` permit it with --allow-outside-root (in Python: "
-                    "ImageLoader(..., allow_outside_root=True))")
+    _PERMIT_TEXT = ("; `unime data import`, `data convert` and `eval` permit it with --allow-outside-root (in "
+                    "Python: ImageLoader(..., allow_outside_root=True))")
 
     def resolve(self, ref: str, *, source=None, record=None, field=None) -> Path:
         if "\x00" in ref:

@@ -35,16 +35,18 @@ RUN_FILE = "eval_run.json"
 DIGESTS_FILE = ".image_digests.tsv"
 
 
-def input_identity(out: str | Path, model: str, tasks, reranker: str | None = None) -> dict[str, Any]:
+def input_identity(out: str | Path, model: str, tasks, reranker: str | None = None, *,
+                   allow_outside_root: bool = False) -> dict[str, Any]:
     """What the results depend on besides the options: checkpoint files, task files, image bytes.
-    `tasks`: the loaded (spec, data) pairs."""
+    `tasks`: the loaded (spec, data) pairs; `allow_outside_root`: their media may lie outside the data root."""
     digests = ImageDigests(Path(out) / DIGESTS_FILE)
     files, images = {}, {}
     for spec, data in tasks:
         path = Path(spec.path)
         parts = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         files[spec.name] = [[str(p), digests.digest(p)] for p in parts if p.is_file()]
-        images[spec.name] = digest_items(data.table.items, ImageLoader(str(spec.data_root)), digests)
+        loader = ImageLoader(str(spec.data_root), allow_outside_root=allow_outside_root)
+        images[spec.name] = digest_items(data.table.items, loader, digests)
     digests.save()
     ident = {"model": model_fingerprint(model), "task_files": files, "images": images}
     if reranker:

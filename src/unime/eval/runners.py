@@ -35,7 +35,7 @@ from unime.models.image_budget import ImageOptions
 from unime.models.loading import (EmbedderOptions, checkpoint_max_aspect_ratio, free_dropped_models,
                                  refuse_missing_local_model)
 from unime.models.reranker import LISTWISE_BATCH, RERANK_MODES, RerankerProtocol, RerankStats, rerank_many
-from unime.options import on_error_option, option
+from unime.options import allow_outside_root_option, on_error_option, option
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def scores_after_rerank(scores: np.ndarray, new_order: np.ndarray, k: int) -> np
 
 
 def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root: str | None = None,
-                  image_budget=None, batch_size: int | None = None):
+                  image_budget=None, batch_size: int | None = None, allow_outside_root: bool = False):
     """`unime.models.reranker.Reranker.from_pretrained(path, ...)`, imported only when asked for."""
     try:
         from unime.models.reranker import Reranker  # type: ignore[import-not-found]
@@ -134,6 +134,8 @@ def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root
         kwargs["image_budget"] = image_budget
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
+    if allow_outside_root:
+        kwargs["allow_outside_root"] = True
     reranker = Reranker.from_pretrained(path, **kwargs)
     if not isinstance(reranker, RerankerProtocol):
         raise ModelError(f"{type(reranker).__name__} does not provide pick() and score_pairs()")
@@ -470,19 +472,20 @@ def score_tasks(encoded: EncodedTasks, encoder: RunEncoder, *, opts: EvalOptions
 
 
 def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", video_sampling=None,
-                    max_aspect_ratio: float | None = None) -> list[tuple[TaskSpec, TaskData]]:
+                    max_aspect_ratio: float | None = None, allow_outside_root: bool = False
+                    ) -> list[tuple[TaskSpec, TaskData]]:
     """Read every task (fails on the first bad row unless ``on_error="skip"``, which counts skipped rows
     per task: they appear in each task's ``counts["skipped_rows"]``). Under the skip policy a task without
     its data file (a partial copy of a benchmark), or left with no rows (or, graded, with no query that has a
     relevant candidate) is reported and left out
     (`skipped_task_names`); an error only when no task is left, and
     videos are decoded with the run's `video_sampling` (`load_task_data`); images are held to the model's
-    processor's `max_aspect_ratio`."""
+    processor's `max_aspect_ratio`; media paths stay inside each task's data root unless `allow_outside_root`."""
     out = []
     for spec in suite.tasks:
         try:
             data = load_task_data(spec, on_error=on_error, video_sampling=video_sampling,
-                                  max_aspect_ratio=max_aspect_ratio)
+                                  max_aspect_ratio=max_aspect_ratio, allow_outside_root=allow_outside_root)
         except MissingTaskDataError as e:
             if on_error != "skip":
                 raise MissingTaskDataError(f"{raw_message(e)}; evaluate the tasks you have with --task NAME "
@@ -536,6 +539,7 @@ class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
     ties: str = option("pessimistic", "exact score ties: pessimistic = a tie with a relevant item counts against it "
                        "(default); index = lower candidate index wins (VLM2Vec's argmax)", choices=list(M.TIE_POLICIES))
     on_error: str = on_error_option("a bad data row stops the run (raise, default) or is left out and counted (skip)")
+    allow_outside_root: bool = allow_outside_root_option()
     rerank_path: str | None = option(None, "reranker checkpoint: report every task with and without reranking",
                                      dest="rerank", metavar="CKPT")
     rerank_topk: int = option(DEFAULT_RERANK_TOPK, "candidates the reranker sees (default %(default)s, the paper's)",
@@ -581,7 +585,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     # bad data fails here, before the model is loaded (under skip, videos decoded: a clip damaged past its header
     # leaves its row out, not the run)
     data = load_suite_data(suite, on_error=on_error, video_sampling=video_sampling,
-                           max_aspect_ratio=checkpoint_max_aspect_ratio(model, image_budget))
+                           max_aspect_ratio=checkpoint_max_aspect_ratio(model, image_budget),
+                           allow_outside_root=cfg.allow_outside_root)
     # the options that change the results (batch size, cache and progress bars do not)
     run_options = {"model": str(model), "tasks": tasks, "tasks_root": tasks_root, "only": only, "device": device,
                    "dtype": str(dtype), "pooling": cfg.pooling, "ties": ties, "on_error": on_error,
@@ -589,24 +594,29 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
                    "rerank_compositional": cfg.rerank_compositional, "compare": list(cfg.compare),
                    "video_sampling": asdict(video_sampling) if video_sampling is not None else None,
                    "image_budget": image_budget.to_dict()}
+    if cfg.allow_outside_root:  # recorded when given only: a run recorded before the option existed is the same run
+        run_options["allow_outside_root"] = True
     if rerank_path:  # before any encoding: the reranker loads only after it (a typo found late cost the encoding)
         refuse_missing_local_model(rerank_path, "--rerank")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     flags = option_flags(cfg)
-    finished = rerun.begin(out_dir, run_options, rerun.input_identity(out_dir, model, data, rerank_path),
+    finished = rerun.begin(out_dir, run_options, rerun.input_identity(out_dir, model, data, rerank_path,
+                                                                     allow_outside_root=cfg.allow_outside_root),
                            overwrite=cfg.overwrite, flags={**flags, "reranker": flags["rerank_path"]})
     if finished is not None:
         return {**finished, "finished_before": True}
     t_data = time.perf_counter()
     # image_budget: explicit resolution options, over each checkpoint's recorded setting
     embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=cfg.pooling, batch_size=batch_size,
-                                        video_sampling=video_sampling, image_budget=image_budget)
+                                        video_sampling=video_sampling, image_budget=image_budget,
+                                        allow_outside_root=cfg.allow_outside_root)
     t_model = time.perf_counter()
     settings = embedding_settings(embedder, dtype)
     model_id = model_fingerprint(model, settings)
     cache = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     encoder = RunEncoder(embedder, model_id, cache_dir=cache, batch_size=batch_size, show_progress=show_progress,
                          model_info={"model": str(model), "settings": settings},
+                         allow_outside_root=cfg.allow_outside_root,
                          digests=ImageDigests(Path(out_dir) / rerun.DIGESTS_FILE))  # no image read again
     encoder.on_saved = lambda st: rerun.record_work(out_dir, encoded=st.encoded, encode_seconds=st.encode_seconds,
                                                     wall_seconds=time.perf_counter() - t_start)
@@ -621,7 +631,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     reranking = None
     if rerank_path:
         reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype, image_budget=image_budget,
-                                            batch_size=cfg.rerank_batch),
+                                            batch_size=cfg.rerank_batch, allow_outside_root=cfg.allow_outside_root),
                               cfg.rerank_topk, cfg.rerank_mode, compositional_mode=cfg.rerank_compositional)
         if video_sampling is not None and hasattr(reranking.reranker, "image_loader"):
             reranking.reranker.image_loader.video_sampling = video_sampling

@@ -570,7 +570,8 @@ def _v2_in_pool(row: V2Row, dropped: CandidateDrops | None, pool_names: list[str
 
 
 def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport | None = None,
-                   video_sampling=None, max_aspect_ratio: float | None = None) -> TaskData:
+                   video_sampling=None, max_aspect_ratio: float | None = None,
+                   allow_outside_root: bool = False) -> TaskData:
     """Read one task's data. Bad rows raise `DataError` (file, record, field), or under
     ``on_error="skip"`` are left out and counted in `skips` (and in the task's ``skipped``).
 
@@ -578,12 +579,14 @@ def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport
     file, line and field: `ItemTable.origins`), except under the skip policy: there each is decoded here with
     `video_sampling` (a `unime.data.video.VideoSampling`, the run's; default: its defaults), so a clip damaged
     past its header leaves its row out like any bad media, and the encoder finds the frames in the frame cache.
-    An image beyond the model's processor's `max_aspect_ratio` is bad media too (`ImageLoader`)."""
+    An image beyond the model's processor's `max_aspect_ratio` is bad media too (`ImageLoader`); a media path
+    outside the task's data root is, unless `allow_outside_root`."""
     reader = {"mmeb": read_mmeb_task, "retrieval": read_retrieval_task, "compositional": read_compositional_task,
               "qrels": read_qrels_task, "mmeb_v2": read_mmeb_v2_task}[spec.format]
     policy = ErrorPolicy(on_error, skips, f"task {spec.name}")
     data = reader(spec, policy, _image_checker(spec, decode_video=on_error == "skip", video_sampling=video_sampling,
-                                               max_aspect_ratio=max_aspect_ratio))
+                                               max_aspect_ratio=max_aspect_ratio,
+                                               allow_outside_root=allow_outside_root))
     data.skipped = policy.skips.total - policy.start
     policy.finish()
     if on_error == "skip" and isinstance(data, QrelsData) and not any(np.any(g > 0) for g in data.grades):
@@ -604,15 +607,16 @@ def _data_files(path: Path, *, task: str) -> list[Path]:
     return [path]
 
 
-def _image_checker(spec: TaskSpec, *, decode_video: bool = False, video_sampling=None, max_aspect_ratio=None):
+def _image_checker(spec: TaskSpec, *, decode_video: bool = False, video_sampling=None, max_aspect_ratio=None,
+                   allow_outside_root: bool = False):
     """The media check of a task's rows: images decoded; videos from their headers only, as the encoder decodes
     them anyway, unless `decode_video` (with the run's `video_sampling`: the frames land in the frame cache the
     encoder reads, `unime.data.video.load_video`). See `ImageChecker`."""
     from unime.data.images import ImageLoader
     from unime.data.io import ImageChecker
 
-    return ImageChecker(ImageLoader(spec.data_root, video=video_sampling, max_aspect_ratio=max_aspect_ratio),
-                        decode_video=decode_video)
+    return ImageChecker(ImageLoader(spec.data_root, video=video_sampling, max_aspect_ratio=max_aspect_ratio,
+                                    allow_outside_root=allow_outside_root), decode_video=decode_video)
 
 
 def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str, images=None,

@@ -15,7 +15,7 @@ from unime.errors import UsageError
 from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
-from unime.options import key_value_pairs, option
+from unime.options import allow_outside_root_option, key_value_pairs, option
 
 __all__ = ["BACKENDS", "BackendOptions", "JudgeBackend", "JudgeOptions", "JudgeSpec", "QueryGroup", "make_backend"]
 
@@ -28,7 +28,7 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
     `unime mine` and `unime judge` share."""
 
     dtype: str | None = option(None, "auto, fp32, bf16, fp16 (default: bf16 on GPU, fp32 on CPU)")
-    allow_outside_root: bool = option(False, "permit absolute paths and '..' in image paths")
+    allow_outside_root: bool = allow_outside_root_option()
     backend: str = option("local", "where the judge runs; `oracle` = diagnostic: --judge is a generated world or a "
                           "labels / qrels JSONL file (e.g. `data import`'s train/qrels.jsonl) whose ground truth "
                           "replaces the judge's scores (unlisted pairs: 0)", choices=list(BACKENDS))
