@@ -4,6 +4,7 @@ in docs/RECIPES.md; the layering recipe < --config < command line; `--print-conf
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from unime.cli import _apply_config, build_parser, main, resolved_config
 from unime.cli.recipes import list_recipes, load_recipe, recipes_markdown
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "RECIPES.md"
+README = DOCS.parents[1] / "README.md"
 EXPECTED_RECIPES = {"unime-v2/qwen2-vl-2b", "unime-v2/qwen2-vl-7b", "unime-v2/reranker-qwen2.5-vl-7b",
                     "unime-v2/judge-qwen2.5-vl-7b", "embed-rl/qwen3-vl-4b", "embed-rl/qwen3-vl-2b"}
 
@@ -59,6 +61,36 @@ def test_every_recipe_resolves_to_its_table(name):
             else:
                 assert _as_text(value) == written, (name, command, opt)
             assert origin.startswith(f"recipe {name}: "), (opt, origin)
+
+
+def _readme_commands(prefix: str) -> list[list[str]]:
+    """The README's shell commands starting with `prefix` (continuation lines joined, comments dropped), as argv."""
+    commands, pending = [], ""
+    for line in README.read_text(encoding="utf-8").splitlines():
+        line = (pending + " " + line.strip()) if pending else line
+        pending = ""
+        if line.rstrip().endswith("\\"):
+            pending = line.rstrip()[:-1]
+            continue
+        if line.startswith(prefix):
+            commands.append(shlex.split(line, comments=True)[1:])
+    return commands
+
+
+def test_the_readme_tcot_embedder_command_trains_the_embed_rl_loss():
+    """QA: the README's T-CoT embedder command (`unime train embedder ... --pooling emb`) trained one-directional
+    InfoNCE (`--print-config`: symmetric False), while SPEC 2.1, the release, the embed-rl recipes and the demo train
+    symmetric InfoNCE (query->target and target->query). It gives `--symmetric`; tau and pooling are the paper's."""
+    commands = [argv for argv in _readme_commands("unime train embedder")
+                if "--pooling" in argv and argv[argv.index("--pooling") + 1] == "emb"]
+    assert commands, "the README shows the T-CoT embedder command"
+    recipe = load_recipe("embed-rl/qwen3-vl-2b").options("train embedder")
+    for argv in commands:
+        args = _apply_config(build_parser(), [*argv, "--print-config"])
+        rows = {opt: value for opt, value, _ in resolved_config(args)}
+        assert (rows["symmetric"], rows["tau"], rows["pooling"]) == (True, 0.02, "emb"), argv  # SPEC 2.1
+        assert [rows[k] for k in ("symmetric", "tau", "pooling")] == \
+            [recipe[k].value for k in ("symmetric", "tau", "pooling")]
 
 
 def test_the_unime_v2_2b_recipe_is_the_paper_setting():

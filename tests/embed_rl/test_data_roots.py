@@ -113,7 +113,7 @@ def test_the_trainers_of_the_block_read_the_outputs_without_data_root(chain, tin
     base = tiny_model_dir()
     assert main(["reason", "add-emb", "--model", base, "--out", "emb-base"]) == 0
     assert main(["train", "embedder", "--model", "emb-base", "--records", "reasoned.parquet", "--pooling", "emb",
-                 "--out", "tcot-emb", "--steps", "1", "--batch-size", "2"]) == 0
+                 "--symmetric", "--out", "tcot-emb", "--steps", "1", "--batch-size", "2"]) == 0
     assert main(["train", "reasoner", "--stage", "sft", "--model", base, "--tcots", "t.jsonl", "--out", "sft",
                  "--max-steps", "1", "--batch-size", "2"]) == 0
     assert (work / "tcot-emb" / "merged").is_dir() and (work / "sft" / "merged").is_dir()
