@@ -1,6 +1,7 @@
 """Each default of τ (loss temperature), the symmetric-KL ε, β (the judge's false-negative margin, and GRPO's
-KL β), LoRA r / alpha / dropout, the cyclical sampling's interval / count and the index's recall@k / recall
-sample / chunk size is written once, in the module that owns it; everything else names that constant.
+KL β), LoRA r / alpha / dropout, the cyclical sampling's interval / count, the index's recall@k / recall
+sample / chunk size and the longest T-CoT (generation and GRPO rollouts) is written once, in the module that
+owns it; everything else names that constant.
 
 Reads the source (ast): a *definition* is a number given to a watched name as a function parameter default,
 a class or module variable, a keyword argument, or the `default=` of an `add_argument` for a watched option
@@ -34,6 +35,7 @@ OWNERS = {
     (r"recall_k", 10): {"unime/index/ann.py": 1},             # recall@k of an approximate index
     (r"(recall_)?sample", 200): {"unime/index/ann.py": 1},    # queries of that measurement (index build, mining)
     (r"chunk_size", 1024): {"unime/index/store.py": 1},       # items per index chunk
+    (r"max_new_tokens|max_completion_length", 256): {"unime/reasoning/tcot.py": 1},  # longest T-CoT
 }
 
 
@@ -166,3 +168,28 @@ def search(k=10, top_k=10, sample_rate=200, n_interval=3): ...
     assert misplaced({"unime/mining/sampling.py": owner}) == []
     assert misplaced({"unime/mining/sampling.py": owner + "def cyclical_order(n, interval=5): ...\n"}) == [
         "unime/mining/sampling.py: 2 definitions of interval = 5, expected 1"]
+
+
+def test_the_longest_tcot_has_one_default_for_generate_eval_and_grpo():
+    """QA: GRPO trained on rollouts cut at 128 tokens, `reason eval` let the reasoner write 160 and `reason generate`
+    256; nothing said why. One declared default (`unime.reasoning.tcot.TCOT_MAX_NEW_TOKENS`) serves the three and
+    the `Reasoner` itself, and it holds the demo teacher's longest T-CoT (145 tokens)."""
+    import inspect
+
+    from unime.cli import _apply_config, build_parser
+    from unime.reasoning.reasoner import Reasoner
+
+    def parsed(*argv):
+        return _apply_config(build_parser(), list(argv))
+
+    defaults = {
+        "reason generate": parsed("reason", "generate", "--model", "m", "--records", "r", "--out", "o").max_new_tokens,
+        "reason eval": parsed("reason", "eval", "--embedder", "e", "--tasks", "t", "--out", "o").max_new_tokens,
+        "train reasoner --stage grpo": parsed("train", "reasoner", "--stage", "grpo", "--model", "m",
+                                              "--out", "o").max_completion_length,
+        "Reasoner": inspect.signature(Reasoner).parameters["max_new_tokens"].default,
+    }
+    assert len(set(defaults.values())) == 1, defaults
+    from unime.reasoning.tcot import TCOT_MAX_NEW_TOKENS
+
+    assert set(defaults.values()) == {TCOT_MAX_NEW_TOKENS} and TCOT_MAX_NEW_TOKENS >= 145

@@ -279,7 +279,7 @@ PINNED = {
                         **{f"--{n}": None for n in BASE_RECIPE_FLAGS}},
     "reason add-emb": {"--model": None, "--out": None, "--device": "cpu"},
     "reason eval": {"--embedder": None, "--tasks": None, "--out": None, "--tcots": "reasoner", "--reasoner": None,
-                    "--world": None, "--only": None, "--batch-size": 16, "--max-new-tokens": 160, "--device": None,
+                    "--world": None, "--only": None, "--batch-size": 16, "--max-new-tokens": 256, "--device": None,
                     "--dtype": "auto", **IMAGE_OPTIONS, **VIDEO_OPTIONS},
     "reason generate": {"--model": None, "--records": None, "--data-root": None, "--out": None,
                         "--sides": "query,target", "--batch-size": 8, "--max-new-tokens": 256, "--sample": False,

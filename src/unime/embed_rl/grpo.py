@@ -61,6 +61,7 @@ from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
 from unime.options import option
 from unime.outdir import is_main_process
+from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +431,7 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
     beta: float = option(0.01, "KL coefficient (default %(default)s)", group="grpo", at_least=0)
     temperature: float = option(1.0, group="grpo", above=0)
     top_p: float = option(1.0, cli=False)
-    max_completion_length: int = option(128, group="grpo", at_least=1)
+    max_completion_length: int = option(TCOT_MAX_NEW_TOKENS, TCOT_LENGTH_HELP, group="grpo", at_least=1)
     loss_type: str = option("grpo", "TRL loss_type (default %(default)s)", group="grpo")
     scale_rewards: str = option("group", cli=False)
     weights: tuple[float, float, float] = option(REWARD_WEIGHTS, "format,outcome,process reward weights",

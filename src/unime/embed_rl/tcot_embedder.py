@@ -37,6 +37,7 @@ from unime.errors import DataError, OptionError, UsageError
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.options import option
+from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ class ReasonEvalConfig(ReasonOptions, ImageOptions, VideoOptions):
     world_root: str | None = option(None, "the world, for --tcots teacher", dest="world")
     only: str | None = option(None, "comma-separated task names")
     batch_size: int = option(16, "items per batch (embedder and reasoner)", at_least=1)
-    max_new_tokens: int = option(160, "longest T-CoT in tokens", at_least=1)
+    max_new_tokens: int = option(TCOT_MAX_NEW_TOKENS, TCOT_LENGTH_HELP, at_least=1)
 
     def task_names(self) -> list[str] | None:
         return [t.strip() for t in self.only.split(",")] if self.only else None

@@ -32,6 +32,7 @@ from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions
 from unime.options import option
+from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
 
 SIDES = ("query", "target")
 MODALITIES = ("text", "image", "video")
@@ -129,7 +130,8 @@ class Reasoner:
     """A generative MLLM wrapped for T-CoT generation and listwise picks."""
 
     def __init__(self, model, processor, adapter: FamilyAdapter, *, image_loader: ImageLoader | None = None,
-                 device: str = "cpu", max_new_tokens: int = 256, batch_size: int = 8, name: str = ""):
+                 device: str = "cpu", max_new_tokens: int = TCOT_MAX_NEW_TOKENS, batch_size: int = 8,
+                 name: str = ""):
         self.model, self.processor, self.adapter = model, processor, adapter
         self.image_loader = image_loader or ImageLoader()
         self.device = device
@@ -356,7 +358,7 @@ class GenerateConfig(DeviceOptions, ImageOptions, VideoOptions):
     out: str = option(help="output T-CoT JSONL")
     sides: str = option("query,target", "which sides to write (comma-separated: query,target)")
     batch_size: int = option(8, "items per generation batch", at_least=1)
-    max_new_tokens: int = option(256, "longest T-CoT in tokens", at_least=1)
+    max_new_tokens: int = option(TCOT_MAX_NEW_TOKENS, TCOT_LENGTH_HELP, at_least=1)
     sample: bool = option(False, "sample (default: greedy)")
     temperature: float = option(1.0, "sampling temperature (with --sample)")
     dtype: str = option("auto", "auto, fp32, bf16, fp16")

@@ -30,6 +30,14 @@ from unime.errors import DataError
 FORMAT_REGEX = r"<thinking>.*</thinking>.*<rethink>.*</rethink>.*<answer>.*</answer>"
 FORMAT_PATTERN = re.compile(FORMAT_REGEX, re.DOTALL)
 
+# The longest T-CoT a reasoner writes, in tokens: one default for `reason generate`, `reason eval` and GRPO's
+# rollouts (`--max-completion-length`), so a reasoner is evaluated at the length it was trained to write (they were
+# 256 / 160 / 128: GRPO cut rollouts that eval then let run on). The teacher's T-CoTs of the demo world are at most
+# 145 tokens; the Embed-RL release trains its GRPO at 2048 (its recipes set that).
+TCOT_MAX_NEW_TOKENS = 256
+TCOT_LENGTH_HELP = ("longest T-CoT in tokens (default %(default)s, one default for `reason generate`, `reason eval` "
+                    "and `train reasoner --stage grpo --max-completion-length`)")
+
 TAG_ORDER = ("<thinking>", "</thinking>", "<rethink>", "</rethink>", "<answer>", "</answer>")
 EVIDENCE_KEYS = ("text_keywords", "bbox_2d", "key_frames")
 COORD_MAX = 1000  # boxes are normalised to 0..1000
