@@ -182,3 +182,21 @@ def test_trainer_arg_on_the_command_line(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["train", command, "--help"])
         assert "--trainer-arg KEY=VALUE" in capsys.readouterr().out, command
+
+
+def test_grpo_learning_rate_schedule_is_an_option(tmp_path):
+    """The Embed-RL release trains GRPO at a constant learning rate (`lr_scheduler_type: constant`); unime's GRPO
+    always decayed it linearly, with no option for it. `--lr-scheduler` (GRPO; default linear, as before) sets it,
+    and `--trainer-arg lr_scheduler_type=...` is refused naming the option."""
+    pytest.importorskip("trl")
+    from unime.embed_rl.grpo import GRPOStageConfig, embed_rl_grpo_config
+    from unime.errors import UsageError
+
+    def schedule(**kw):
+        cfg = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=str(tmp_path / "g"), **kw)
+        args = embed_rl_grpo_config(cfg, output_dir=str(tmp_path / "g"), use_cpu=True, bf16=False, fp16=False)
+        return str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+
+    assert schedule() == "linear" and schedule(lr_scheduler="constant") == "constant"
+    with pytest.raises(UsageError, match=r"--trainer-arg lr_scheduler_type: unime sets it \(--lr-scheduler\)"):
+        schedule(trainer_arg=["lr_scheduler_type=constant"])

@@ -410,6 +410,8 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
 
     stage: str = option("grpo", cli=False)  # recorded: an SFT folder is refused naming it (`ReasonerStageOptions`)
     learning_rate: float = option(3e-6, "learning rate", dest="lr", at_least=0)
+    lr_scheduler: str = option("linear", "learning-rate schedule (transformers' lr_scheduler_type: linear, constant, "
+                               "cosine, ...; the Embed-RL release's GRPO: constant)", group="grpo")
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning", at_least=0)  # of the policy
     save_steps: int = option(100)
     records: str = option(help="(query, positive) records for RL (grpo), e.g. the split's rl.jsonl", cli_default=None,
@@ -484,12 +486,13 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
     per_device = 2 * cfg.pairs_per_batch * cfg.num_generations
     gcfg = hf_training_arguments(
         GRPOConfig, output_dir=output_dir, batch_size=per_device, epochs=1, max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate, logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2,
-        seed=cfg.seed, use_cpu=use_cpu, bf16=bf16, fp16=fp16,
+        learning_rate=cfg.learning_rate, lr_scheduler=cfg.lr_scheduler, logging_steps=1, save_steps=cfg.save_steps,
+        save_total_limit=2, seed=cfg.seed, use_cpu=use_cpu, bf16=bf16, fp16=fp16,
         steps_per_generation=1, num_generations=cfg.num_generations, num_iterations=1,
         max_completion_length=cfg.max_completion_length, beta=cfg.beta, temperature=cfg.temperature,
         top_p=cfg.top_p, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False,
-        use_vllm=False, disable_dropout=True, log_completions=False, trainer_arg=cfg.trainer_arg)
+        use_vllm=False, disable_dropout=True, log_completions=False, trainer_arg=cfg.trainer_arg,
+        option_keys={"lr_scheduler_type": "--lr-scheduler"})
     # the geometry that keeps pairs whole (see the module docstring)
     local = gcfg.per_device_train_batch_size * gcfg.steps_per_generation
     if local % (2 * cfg.num_generations) or gcfg.generation_batch_size % (2 * cfg.num_generations * num_processes):
