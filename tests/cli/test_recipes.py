@@ -110,6 +110,25 @@ def test_the_unime_v2_2b_recipe_is_the_paper_setting():
     assert (args.lora_r, args.losses, args.model) == (128, "pair,list", "Qwen/Qwen2.5-VL-7B-Instruct")
 
 
+@pytest.mark.parametrize("name", ["embed-rl/qwen3-vl-2b", "embed-rl/qwen3-vl-4b"])
+def test_the_embed_rl_recipes_train_grpo_as_the_release(name, tmp_path):
+    """Independent of the files: the release's GRPO config (vlm2vec_grpo.yaml: lr_scheduler_type constant,
+    max_response_length 2048, verl's default loss_agg_mode token-mean, which is TRL's dapo: one mean over the tokens
+    of the batch) reaches TRL's GRPOConfig. QA: the recipes left unime's defaults (a linear decay, per-sequence
+    means, unime's shorter completions)."""
+    pytest.importorskip("trl")
+    from unime.embed_rl.grpo import GRPOStageConfig, embed_rl_grpo_config
+
+    args = _apply_config(build_parser(), ["train", "reasoner", "--stage", "grpo", "--recipe", name, "--model", "m",
+                                          "--records", "r", "--embedder", "e", "--out", str(tmp_path / "o")])
+    cfg = GRPOStageConfig(model="m", records="r", embedder="e", out=str(tmp_path / "o"),
+                          lr_scheduler=args.lr_scheduler, loss_type=args.loss_type,
+                          max_completion_length=args.max_completion_length)
+    grpo = embed_rl_grpo_config(cfg, output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, fp16=False)
+    schedule = str(getattr(grpo.lr_scheduler_type, "value", grpo.lr_scheduler_type))
+    assert (schedule, grpo.loss_type, grpo.max_completion_length) == ("constant", "dapo", 2048)
+
+
 def test_config_file_and_command_line_win_over_the_recipe(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lora-r: 32\nsteps: 10\n")
