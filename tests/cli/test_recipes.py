@@ -129,6 +129,20 @@ def test_the_embed_rl_recipes_train_grpo_as_the_release(name, tmp_path):
     assert (schedule, grpo.loss_type, grpo.max_completion_length) == ("constant", "dapo", 2048)
 
 
+@pytest.mark.parametrize("name", ["embed-rl/qwen3-vl-2b", "embed-rl/qwen3-vl-4b"])
+def test_the_embed_rl_recipes_size_the_embedders_images_as_the_release(name):
+    """Independent of the files: the release's Embedder reads images and evidence crops at 128x32x32 .. 768x32x32
+    pixels and video at total_pixels 300x32x32 x 8 frames (its contrastive data, embedder_actor_api.py); QA: the
+    recipes left the processor's own bounds (Qwen3-VL: up to 16,777,216 pixels an image)."""
+    from unime.cli.train import embedder_config_from_args
+
+    args = _apply_config(build_parser(), ["train", "embedder", "--recipe", name, "--model", "m", "--records", "r",
+                                          "--out", "o"])
+    cfg = embedder_config_from_args(args)
+    assert (cfg.min_pixels, cfg.max_pixels, cfg.video_max_pixels) == (128 * 32 * 32, 768 * 32 * 32,
+                                                                      300 * 32 * 32 * 8)
+
+
 def test_config_file_and_command_line_win_over_the_recipe(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lora-r: 32\nsteps: 10\n")
