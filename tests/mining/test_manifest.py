@@ -207,3 +207,13 @@ def test_a_rerun_from_another_working_directory_with_absolute_paths_is_the_same_
         Manifest(path).open_run(absolute, INPUTS, run_hash(absolute, INPUTS))
     monkeypatch.chdir(here)
     assert Manifest(path).open_run(absolute, INPUTS, run_hash(absolute, INPUTS)) is True
+
+
+def test_a_given_item_format_is_a_new_retrieval_and_none_keeps_the_earlier_hashes():
+    """`--item-format vlm2vec` writes the embedder's items otherwise: other vectors, so the retrieval is redone; left
+    unset (the checkpoint's record, part of its fingerprint) the hashes stay those runs before the option recorded."""
+    r = retrieval_hash(_config(item_format=None), INPUTS)
+    assert (r, judge_hash(_config(item_format=None), INPUTS, r)) == NOW
+    assert retrieval_hash(_config(item_format="vlm2vec"), INPUTS) != retrieval_hash(_config(), INPUTS)
+    assert run_hash(_config(item_format="vlm2vec"), INPUTS) != run_hash(_config(), INPUTS)
+    assert run_hash(_config(item_format=None), INPUTS) == run_hash(_config(), INPUTS)

@@ -593,7 +593,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
                    "reranker": rerank_path, "rerank_topk": cfg.rerank_topk, "rerank_mode": cfg.rerank_mode,
                    "rerank_compositional": cfg.rerank_compositional, "compare": list(cfg.compare),
                    "video_sampling": asdict(video_sampling) if video_sampling is not None else None,
-                   "image_budget": image_budget.to_dict()}
+                   "image_budget": image_budget.to_dict(),
+                   **({"item_format": cfg.item_format} if cfg.item_format else {})}  # absent: as runs before it
     if cfg.allow_outside_root:  # recorded when given only: a run recorded before the option existed is the same run
         run_options["allow_outside_root"] = True
     if rerank_path:  # before any encoding: the reranker loads only after it (a typo found late cost the encoding)
@@ -609,7 +610,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     # image_budget: explicit resolution options, over each checkpoint's recorded setting
     embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=cfg.pooling, batch_size=batch_size,
                                         video_sampling=video_sampling, image_budget=image_budget,
-                                        allow_outside_root=cfg.allow_outside_root)
+                                        allow_outside_root=cfg.allow_outside_root, item_format=cfg.item_format)
     t_model = time.perf_counter()
     settings = embedding_settings(embedder, dtype)
     model_id = model_fingerprint(model, settings)
@@ -624,7 +625,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     # every item is encoded: the embedder is let go (what the report says of it kept), so that the reranker does
     # not load beside it
     embedder_meta = {"device": embedder.device, "image_budget": embedder.image_budget.to_dict(),
-                     "visual_tokens_encoded": embedder.visual_tokens}
+                     "item_format": embedder.item_format, "visual_tokens_encoded": embedder.visual_tokens}
     encoder.embedder = embedder = None
     free_dropped_models()
     t_reranker = time.perf_counter()
@@ -647,6 +648,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
             "dropped_candidates": sum(getattr(d, "dropped_candidates", 0) for _, d in data),
             "cache_dir": str(cache) if cache else None, "device": embedder_meta["device"], "dtype": str(dtype),
             "batch_size": batch_size, "image_budget": embedder_meta["image_budget"],
+            "item_format": embedder_meta["item_format"],
             "visual_tokens_encoded": embedder_meta["visual_tokens_encoded"]}
     if rerank_path:
         meta["reranker"] = str(rerank_path)

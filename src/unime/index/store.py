@@ -439,7 +439,7 @@ def build_index_folder(cfg: IndexBuildConfig, *, given=None) -> tuple[CorpusInde
     cfg.index_config()  # bad index parameters are refused before the model loads
     root = resolve_data_root(cfg.items, cfg.data_root)  # --data-root, else the one recorded beside the file
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
-                                   batch_size=cfg.batch_size)
+                                   batch_size=cfg.batch_size, item_format=cfg.item_format)
     return build_corpus_index(
         cfg.items, cfg.out, embedder=emb, model=cfg.model, data_root=root,
         cache_dir=cfg.cache_dir or default_cache_dir(), vector_dtype=cfg.vector_dtype, index=cfg.index,
@@ -477,7 +477,8 @@ def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
 
     idx = CorpusIndex(cfg.index)
     model = cfg.model or idx.manifest["model"]
-    emb = Embedder.from_pretrained(model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    emb = Embedder.from_pretrained(model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                                   item_format=cfg.item_format)
     check_model(idx, model, embedding_settings(emb, cfg.dtype), device=emb.device)
     return search_items(idx, emb.encode([query]), cfg.k)[0]
 

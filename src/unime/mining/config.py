@@ -10,11 +10,12 @@ from unime.mining.backends import JudgeOptions
 from unime.mining.retrieval import CandidateWindow
 from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL, STRATEGIES
 from unime.errors import OptionError
+from unime.models.item_format import ItemFormatOptions
 from unime.options import check_ranges, on_error_option, option
 
 
 @dataclass
-class MineConfig(JudgeOptions, AnnOptions):
+class MineConfig(JudgeOptions, AnnOptions, ItemFormatOptions):
     """Options of `unime mine`: each field declares its option (`unime.options`)."""
 
     records: str = option(help="training records (.jsonl, .parquet, UniME-V2 .json)")

@@ -72,7 +72,8 @@ def _hashed_inputs(inputs: dict[str, Any], legacy: bool = False) -> dict[str, An
 
 # options added after runs were recorded: in the run's identity only when set away from their defaults, so a
 # run finished before them is still finished
-LATER_OPTIONS = {"range_min": 0, "absolute_margin": 0.0, "relative_margin": 0.0, "sampling_strategy": "cyclical"}
+LATER_OPTIONS = {"range_min": 0, "absolute_margin": 0.0, "relative_margin": 0.0, "sampling_strategy": "cyclical",
+                 "item_format": None}
 
 
 def run_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> str:
@@ -111,7 +112,8 @@ def retrieval_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = Fals
                          "images": inputs["images"]["sha1"],
                          "embedder": _hashed_inputs(inputs, legacy)["embedder"], "k": c.k, "index": c.index_key(),
                          "data_root": inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION,
-                         **_video_key(c), **_window_key(c)})
+                         **_video_key(c), **_window_key(c),
+                         **({"item_format": c.item_format} if c.item_format else {})})  # given: other vectors
 
 
 def judge_hash(c: MineConfig, inputs: dict[str, Any], retrieval: str, *, legacy: bool = False) -> str:

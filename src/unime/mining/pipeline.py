@@ -97,7 +97,7 @@ class MiningRun:
                                                       dtype=c.dtype, data_root=c.resolved_data_root,
                                                       allow_outside_root=c.allow_outside_root,
                                                       batch_size=c.embed_batch_size,
-                                                      image_budget=c.image_budget,
+                                                      image_budget=c.image_budget, item_format=c.item_format,
                                                       video_sampling=c.video_sampling)
         return self._embedder
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from unime.data.placeholders import placeholder_refs
+from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER, placeholder_refs
 from unime.data.video import Video, as_video
 from unime.errors import DataError, ModelError
 
@@ -91,6 +91,8 @@ class FamilyAdapter:
     model_types: tuple[str, ...] = ()
     image_token = "<|image_pad|>"
     video_token = "<|video_pad|>"
+    vlm2vec_model_types: tuple[str, ...] = ()  # the families VLM2Vec's raw input text is defined for (`vlm2vec_text`)
+    model_type: str | None = None  # the checkpoint's `config.model_type` (`adapter_for` sets it)
 
     def __init__(self, processor, image_budget=None):
         from unime.models.image_budget import ImageBudget
@@ -127,6 +129,31 @@ class FamilyAdapter:
             messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
         messages.append({"role": "user", "content": self.content_parts(segments)})
         return self.render(messages, add_generation_prompt=True) + assistant_prefix
+
+    def check_vlm2vec(self) -> None:
+        """Refuse a family VLM2Vec's input format is not defined for (`vlm2vec_text`)."""
+        if self.model_type not in self.vlm2vec_model_types:
+            raise ModelError(f"--item-format vlm2vec is defined for VLM2Vec's Qwen2-VL / Qwen2.5-VL input "
+                             f"({', '.join(self.vlm2vec_model_types) or 'no family of this adapter'}), not for "
+                             f"model_type {self.model_type!r}; use --item-format chat")
+
+    def vlm2vec_text(self, text: str, images: int, video: bool) -> str:
+        """An item as the raw text VLM2Vec's Qwen2-VL / Qwen2.5-VL path feeds the processor (no chat template; its
+        `process_input_text` and evaluation datasets): with an image, the image token, a space and the text with
+        its image placeholders removed, then every " \n" made "\n" and a newline added
+        (`'<|image_1|>\nRepresent the image.'` → `'<|image_pad|>\nRepresent the image.\n'`); with a video, the
+        video token, a space and the text; text alone as it is. One image or one video per item: VLM2Vec defines
+        no other layout, so more is a `DataError`."""
+        if images > 1 or (images and video):
+            what = f"{images} images" + (" and a video" if video else "")
+            raise DataError(f"--item-format vlm2vec takes one image or one video per item (VLM2Vec's Qwen2-VL "
+                            f"input), this item has {what}; use --item-format chat", field="images")
+        if video:
+            return f"{self.video_token} {text}"
+        if images:
+            body = SOURCE_IMAGE_PLACEHOLDER.sub("", text)
+            return f"{self.image_token} {body}".replace(" \n", "\n") + "\n"
+        return text
 
     # -- tensors --------------------------------------------------------------------------------
     def processor_inputs(self, texts: list[str], segments_per_text: list[Sequence[Segment]], *,
@@ -272,6 +299,7 @@ class FamilyAdapter:
 
 class QwenVLAdapter(FamilyAdapter):
     model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+    vlm2vec_model_types = ("qwen2_vl", "qwen2_5_vl")  # VLM2Vec has no Qwen3-VL backbone
 
 
 ADAPTERS: dict[str, type[FamilyAdapter]] = {t: cls for cls in (QwenVLAdapter,) for t in cls.model_types}
@@ -288,7 +316,9 @@ def adapter_for(config, processor, image_budget=None) -> FamilyAdapter:
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTERS:
         raise ModelError(f"no family adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}")
-    return ADAPTERS[model_type](processor, image_budget=image_budget)
+    adapter = ADAPTERS[model_type](processor, image_budget=image_budget)
+    adapter.model_type = model_type
+    return adapter
 
 
 def _as_1d(values, device):

@@ -20,6 +20,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item, item_list
 from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
+from unime.models.item_format import DEFAULT_ITEM_FORMAT, check_item_format, resolve_item_format
 from unime.models.loading import LoadedModel, load_model
 from unime.models.prompts import EMB_TOKEN
 
@@ -50,11 +51,18 @@ def _check_batch_size(batch_size: Any) -> int:
 class Embedder:
     def __init__(self, model, processor, adapter: FamilyAdapter, *, pooling: str = "last",
                  image_loader: ImageLoader | None = None, instruction_suffix: str = "", batch_size: int = 16,
-                 device: str = "cpu", name: str = "", origin: dict[str, str | None] | None = None):
+                 device: str = "cpu", name: str = "", origin: dict[str, str | None] | None = None,
+                 item_format: str = DEFAULT_ITEM_FORMAT):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.model, self.processor, self.adapter = model, processor, adapter
         self.pooling = pooling
+        self.item_format = check_item_format(item_format)  # how items become input text (`unime.models.item_format`)
+        if item_format == "vlm2vec":
+            adapter.check_vlm2vec()
+            if pooling == "emb":
+                raise ModelError(f"--item-format vlm2vec pools the last token (VLM2Vec's eos pooling); this model "
+                                 f"pools at {EMB_TOKEN} (a tokenizer with it): use --item-format chat")
         self.image_loader = image_loader or ImageLoader()
         self.instruction_suffix = instruction_suffix
         self.batch_size = _check_batch_size(batch_size)
@@ -76,10 +84,11 @@ class Embedder:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         pooling: str = "auto", data_root: str | None = None, allow_outside_root: bool = False,
                         adapter_path: str | None = None, trainable: bool = False, video_sampling=None,
-                        image_budget=None, **kwargs) -> "Embedder":
+                        image_budget=None, item_format: str | None = None, **kwargs) -> "Embedder":
         """`video_sampling`: a `unime.data.video.VideoSampling` for video items (default: 8 frames).
         `image_budget` (`unime.models.image_budget.ImageBudget`): its set fields override the budget
-        recorded with the checkpoint."""
+        recorded with the checkpoint. `item_format` (`unime.models.item_format`): None for the one recorded with
+        the checkpoint, else chat."""
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
                                          trainable=trainable, image_budget=image_budget)
         if pooling == "auto":
@@ -88,7 +97,8 @@ class Embedder:
         loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling,
                              max_aspect_ratio=loaded.image_budget.max_aspect_ratio())
         return cls(loaded.model, loaded.processor, loaded.adapter, pooling=pooling, image_loader=loader,
-                   device=loaded.device, name=str(path), origin=loaded.origin(), **kwargs)
+                   device=loaded.device, name=str(path), origin=loaded.origin(),
+                   item_format=resolve_item_format(adapter_path or path, item_format), **kwargs)
 
     # -- input assembly -------------------------------------------------------------------------
     def segments(self, item: Item, *, record=None) -> list[Segment]:
@@ -109,13 +119,24 @@ class Embedder:
             e.item = item  # type: ignore[attr-defined]
             raise
 
-    def render(self, segments: Sequence[Segment]) -> str:
+    def render(self, segments: Sequence[Segment], item: Item | None = None) -> str:
+        """The model's input text of an item: its `segments` in the family's chat template, or with
+        `item_format` vlm2vec the `item` written as VLM2Vec writes it (`FamilyAdapter.vlm2vec_text`)."""
+        if self.item_format == "vlm2vec":
+            if item is None:
+                raise ValueError("the vlm2vec item format renders the item, not its segments: pass item=")
+            try:
+                return self.adapter.vlm2vec_text(item.text + self.instruction_suffix, len(item.images),
+                                                 bool(item.video))
+            except DataError as e:
+                e.item = item  # type: ignore[attr-defined]  # named where it was read (`RunEncoder`)
+                raise
         prefix = EMB_TOKEN if self.pooling == "emb" else ""
         return self.adapter.render_user_turn(segments, assistant_prefix=prefix)
 
     def build_inputs(self, items: Sequence[Item], *, segments: Sequence[Sequence[Segment]] | None = None):
         segs = list(segments) if segments is not None else [self._segments_of(it) for it in items]
-        texts = [self.render(s) for s in segs]
+        texts = [self.render(s, it) for s, it in zip(segs, items)]
         inputs = self.adapter.processor_inputs(texts, segs)
         self.visual_tokens += self.adapter.count_visual_tokens(inputs["input_ids"])
         return inputs.to(self.device)

@@ -137,6 +137,9 @@ def embedding_settings(embedder: Any, dtype: Any = None) -> dict[str, Any]:
     budget = getattr(getattr(embedder, "adapter", None), "image_budget", None)
     if budget is not None and budget.is_set:  # another resolution gives other vectors (unset: ids unchanged)
         settings["image_budget"] = budget.to_dict()
+    item_format = getattr(embedder, "item_format", "chat")
+    if item_format != "chat":  # other input text, other vectors (chat: the key as before the option)
+        settings["item_format"] = item_format
     return settings
 
 

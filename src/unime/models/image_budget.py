@@ -209,18 +209,24 @@ def visual_tokens(height: int, width: int, processor) -> int:
     return (h // f) * (w // f)
 
 
-def recorded_budget(path: str | os.PathLike | None) -> ImageBudget | None:
-    """The budget recorded with a checkpoint: `PATH/unime_images.json`, or the run folder's when PATH is
-    its `merged/` or `adapter/` (or a `checkpoints/checkpoint-N`) sub-folder. None if none is recorded."""
+def record_folders(path: str | os.PathLike | None) -> list[Path]:
+    """Where a checkpoint's records (`unime_images.json`, `unime_item_format.json`) are looked for: PATH, then the
+    run folder when PATH is its `merged/` or `adapter/` (or a `checkpoints/checkpoint-N`) sub-folder."""
     if path is None:
-        return None
+        return []
     p = Path(path)
     folders = [p]
     if p.name in ("merged", "adapter"):
         folders.append(p.parent)
     if p.parent.name == "checkpoints":
         folders.append(p.parent.parent)
-    for folder in folders:
+    return folders
+
+
+def recorded_budget(path: str | os.PathLike | None) -> ImageBudget | None:
+    """The budget recorded with a checkpoint: `PATH/unime_images.json`, or the run folder's when PATH is
+    its `merged/` or `adapter/` (or a `checkpoints/checkpoint-N`) sub-folder. None if none is recorded."""
+    for folder in record_folders(path):
         f = folder / BUDGET_FILE
         if f.is_file():
             try:

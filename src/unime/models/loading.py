@@ -12,6 +12,7 @@ from typing import Any
 
 from unime.models.adapters import FamilyAdapter, adapter_for
 from unime.models.image_budget import ImageBudget, resolve_budget
+from unime.models.item_format import ItemFormatOptions
 from unime.options import option
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,9 @@ class DeviceOptions:
 
 
 @dataclass(kw_only=True)
-class EmbedderOptions(DeviceOptions):
-    """`--device`, `--dtype`, `--batch-size`: how the commands that encode with an embedder load and run it."""
+class EmbedderOptions(DeviceOptions, ItemFormatOptions):
+    """`--device`, `--dtype`, `--batch-size`, `--item-format`: how the commands that encode with an embedder load
+    and run it."""
 
     dtype: str = option("auto", "auto, fp32, bf16, fp16")
     batch_size: int = option(16, "items per encoder forward pass", at_least=1)

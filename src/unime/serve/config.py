@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from unime.models.item_format import ItemFormatOptions
 from unime.options import check_ranges, option
 
 
@@ -31,7 +32,7 @@ class Limits:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(ItemFormatOptions):
     """Options of `unime serve`: each field declares its option (`unime.options`)."""
 
     model: str = option(help="embedder checkpoint")

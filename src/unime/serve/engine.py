@@ -51,7 +51,8 @@ class Engine:
     def load(cls, config: ServeConfig) -> "Engine":
         from unime.models.embedder import Embedder
 
-        emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype)
+        emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,
+                                       item_format=config.item_format)
         emb.image_loader = InlineOnlyLoader()  # requests carry decoded images only
         index = reranker = None
         if config.index:

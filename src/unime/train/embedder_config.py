@@ -14,6 +14,7 @@ from unime.errors import UnimeError
 from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.image_budget import ImageOptions
+from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import EMBEDDER_LORA_OPTIONS, refuse_full_fine_tuning_of_adapter
 from unime.options import check_ranges, on_error_option, option
@@ -26,7 +27,7 @@ MAX_AUTO_HARD_NEGATIVES = 8
 
 @dataclass(kw_only=True)
 class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceOptions, EMBEDDER_LORA_OPTIONS,
-                             ExportOptions):
+                             ExportOptions, ItemFormatOptions):
     """Everything a run depends on (saved as `train_config.json`); each field declares its option of
     `unime train embedder` (`unime.options`)."""
 

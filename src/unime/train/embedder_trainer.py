@@ -33,6 +33,7 @@ from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
 from unime.models.hf_arguments import hf_training_arguments, process_device
 from unime.models.image_budget import ImageBudget
+from unime.models.item_format import item_format_record, save_item_format
 from unime.models.loading import trainer_device
 from unime.models.lora import LoraSettings, model_to_train
 from unime.models import export, run_state
@@ -484,7 +485,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
                                         data_root=data_root, trainable=True,
                                         video_sampling=VideoSampling.from_fields(config),
                                         image_budget=ImageBudget.from_options(config.min_pixels, config.max_pixels,
-                                                                              config.image_size))
+                                                                              config.image_size),
+                                        item_format=config.item_format)
     # the LoRA settings of a new adapter (none for --full, or an adapter loaded: it is trained on)
     lora = None if config.full or run_state.is_peft(embedder.model) else LoraSettings.from_options(config)
     embedder.model = lora_model(embedder.model, config)
@@ -496,7 +498,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     # input assembly only (no model): the collator runs in data-loader workers, on CPU
     input_builder = Embedder(None, embedder.processor, embedder.adapter, pooling=embedder.pooling,
                              image_loader=embedder.image_loader, instruction_suffix=embedder.instruction_suffix,
-                             device="cpu")
+                             device="cpu", item_format=embedder.item_format)
     collator = EmbedderCollator(input_builder, num_negatives=k, with_scores=loss.requires_scores,
                                 chunk_size=config.chunk_size if config.gradcache else None, source=source)
     sampler = (HomogeneousBatchSampler([r.dataset for r in records], config.batch_size, seed=config.seed)
@@ -563,7 +565,7 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
                  "gradcache": f"chunk size {config.chunk_size}" if config.gradcache else "off", "seed": config.seed,
                  "fine_tuning": "full" if config.full else "LoRA" if run.lora else
                                 f"LoRA, continuing the adapter {run.embedder.origin['started_from_adapter']}",
-                 "image_budget": run.embedder.image_budget.to_dict()}
+                 "image_budget": run.embedder.image_budget.to_dict(), "item_format": run.embedder.item_format}
         card = export.ModelCard(
             title="Universal multimodal embedder (unime, UniME-V2 stage D)",
             base_model=run.embedder.origin["base_model"],  # the full model, not --model's run folder (QA)
@@ -579,7 +581,9 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
         written = export.export_final(run.embedder.model, run.embedder.processor, out, card=card,
                                       image_budget=run.embedder.image_budget,
                                       base_model=run.embedder.origin["base_model"],
-                                      merged_dtype=config.merged_dtype)
+                                      merged_dtype=config.merged_dtype,
+                                      folder_files=item_format_record(run.embedder.item_format))
+        save_item_format(out, run.embedder.item_format)  # beside the run's unime_images.json (checkpoints/)
         export.write_json_atomic(out / FINISHED_FILE, metrics)  # last: the run is finished
     trainer.accelerator.wait_for_everyone()
     return EmbedderTrainingResult(out=out, merged=out / export.MERGED_DIR, adapter=written.get("adapter"),
