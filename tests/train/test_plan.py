@@ -446,3 +446,31 @@ def test_every_recipe_as_shipped_fits_eight_80_gib_devices_by_its_own_plan(recip
     assert main(["plan", "--recipe", recipe, "--gpus", "8", "--gpu-memory", "80"]) == 0
     out = capsys.readouterr().out
     assert "of 80 GiB: fits" in out, out
+
+
+def test_a_hub_adapter_is_planned_on_its_base_with_its_own_lora(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """QA: a PEFT adapter given to `unime plan` as a hub id was an unknown checkpoint, while training loads it as an
+    adapter (`adapter_folder`). Now it is planned as its local folder is: on its base, with its own LoRA and the
+    image size recorded with it. Offline, from a hub cache laid out as huggingface_hub lays it out."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.models.helpers import in_a_hub_cache
+    from unime.cli import main
+    from unime.models.image_budget import ImageBudget
+    from unime.models.lora import LoraSettings, apply_lora
+
+    base = tiny_model_dir("qwen2_vl")
+    peft = apply_lora(AutoModelForImageTextToText.from_pretrained(base), LoraSettings(r=4, alpha=8, dropout=0.0))
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    peft.save_pretrained(tmp_path / "adapter")
+    ImageBudget(image_size=(64, 64)).save(tmp_path / "adapter")
+    plan = ["plan", "--stage", "embedder", "--model"]
+    assert main(plan + [base, "--set", "image-size=64"]) == 0
+    at_64 = _sequence_fact(capsys.readouterr().out)
+    in_a_hub_cache(tmp_path / "adapter", tmp_path / "hub", "someone/an-adapter", monkeypatch)
+    assert main(plan + ["someone/an-adapter"]) == 0
+    out = capsys.readouterr().out
+    assert f"PEFT adapter someone/an-adapter on {base}" in out, out
+    assert f"LoRA r=4 of the adapter (its own settings) on the language model: {trainable / 1e6:.1f} M " \
+           "trainable parameters" in out, out
+    assert _sequence_fact(out) == at_64

@@ -91,20 +91,22 @@ class AdapterFacts:
     outputs_per_layer: int = 0  # output features of a decoder layer's adapted linears (its lora_B rows)
 
     @classmethod
-    def read(cls, folder: Path) -> "AdapterFacts":
+    def read(cls, folder: Path, name: str | None = None) -> "AdapterFacts":
+        """The facts of the adapter in `folder`, named `name` (default: the folder; a hub adapter: its id)."""
         from safetensors import safe_open
 
         from unime.errors import ModelError
 
+        name = name or str(folder)
         config = json.loads((folder / "adapter_config.json").read_text())
         weights = folder / "adapter_model.safetensors"
         if not weights.is_file():
-            raise ModelError(f"{folder} is a PEFT adapter without its adapter_model.safetensors")
+            raise ModelError(f"{name} is a PEFT adapter without its adapter_model.safetensors")
         with safe_open(str(weights), "pt") as f:
             shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
         first_layer = [k for k in shapes if ".language_model.layers.0." in k and ".lora_A" in k]
         outputs = sum(v[0] for k, v in shapes.items() if ".language_model.layers.0." in k and ".lora_B" in k)
-        return cls(path=str(folder), base=str(config.get("base_model_name_or_path")), r=int(config.get("r", 0)),
+        return cls(path=name, base=str(config.get("base_model_name_or_path")), r=int(config.get("r", 0)),
                    trainable=sum(math.prod(v) for v in shapes.values()), per_layer=len(first_layer),
                    vision=any(".visual." in k for k in shapes), dora=bool(config.get("use_dora")),
                    outputs_per_layer=outputs)
@@ -112,16 +114,17 @@ class AdapterFacts:
 
 def model_shapes(model: str) -> ModelShapes:
     """Shapes of a known release (hub id or short name) or of a local checkpoint folder (a trainer's run folder: its
-    merged/, else its adapter/), with the image budget recorded with it. A PEFT adapter is planned on its base: a
-    known release or a local folder."""
+    merged/, else its adapter/), with the image budget recorded with it. A PEFT adapter (a local folder, or a hub id
+    naming one: `unime.models.loading.adapter_folder`, as training loads it) is planned on its base: a known release
+    or a local folder."""
     from unime.errors import UnimeError
     from unime.models.image_budget import recorded_budget
     from unime.models.known_checkpoints import known_checkpoint, meta_model
-    from unime.models.loading import is_peft_adapter, trained_model_folder
+    from unime.models.loading import adapter_folder, trained_model_folder
 
-    folder = trained_model_folder(model)
-    if is_peft_adapter(folder):
-        adapter = AdapterFacts.read(Path(folder))
+    folder = trained_model_folder(model)  # a hub adapter is named by its id, as given
+    if (adapter_dir := adapter_folder(model)) is not None:
+        adapter = AdapterFacts.read(Path(adapter_dir), name=folder)
         try:
             shapes = model_shapes(adapter.base)
         except UnimeError:
@@ -129,7 +132,7 @@ def model_shapes(model: str) -> ModelShapes:
                              "folder with a config.json: give --model its base (a known release or a local "
                              "checkpoint folder of the same shapes)") from None
         shapes.name, shapes.adapter = f"PEFT adapter {folder} on {shapes.name}", adapter
-        shapes.images = recorded_budget(folder) or ImageBudget()  # what loading the adapter reads (`load_model`)
+        shapes.images = recorded_budget(adapter_dir) or ImageBudget()  # what loading the adapter reads (`load_model`)
         return shapes
     path = Path(folder)
     if (path / "config.json").is_file():
@@ -490,8 +493,9 @@ class PlanOptions:
 
     stage: str | None = option(None, "what to plan (default: the recipe's): train embedder, train reranker, or the "
                                "mining judge", choices=list(PLANNERS))
-    model: str | None = option(None, "a known release (e.g. Qwen/Qwen2-VL-2B-Instruct), or a local checkpoint, run or "
-                               "PEFT adapter folder, planned with its recorded images (default: the recipe's)")
+    model: str | None = option(None, "a known release (e.g. Qwen/Qwen2-VL-2B-Instruct), a local checkpoint, run or "
+                               "PEFT adapter folder, or a PEFT adapter's hub id, planned with its recorded images "
+                               "(default: the recipe's)")
     gpus: int = option(1, "devices (data parallel)")
     gpu_memory: str | None = option(None, "memory per device in GiB, the unit of the verdict: 80, 80GB or 80GiB (GB "
                                     "as on NVIDIA's labels: nvidia-smi reports an A100 80GB as 81920 MiB = 80 GiB), "
