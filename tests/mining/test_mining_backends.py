@@ -166,6 +166,30 @@ def test_vllm_engine_loads_a_trainer_output_folder_as_the_transformers_backend_d
         VLLMBackend(JudgeSpec(path=str(out), device="cpu"))
 
 
+def test_vllm_engine_refuses_a_hub_adapter_as_it_refuses_an_adapter_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """QA: a PEFT adapter given as a hub id went to vLLM as a model (only a local adapter folder was refused), and
+    the judge's prompts-only load read its processor and config as a model's. Now the hub id resolves as the
+    trainers resolve it (`peft_adapter_config` / `adapter_folder`): refused before any work, naming it; the prompts
+    are its base's. Offline, from a hub cache laid out as huggingface_hub lays it out."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.models.helpers import in_a_hub_cache
+    from unime.mining.backends.vllm import engine_model
+    from unime.models.judge import JudgeScorer
+    from unime.models.lora import LoraSettings, apply_lora
+
+    base = tiny_model_dir("qwen2_vl")
+    lora = apply_lora(AutoModelForImageTextToText.from_pretrained(base), LoraSettings(r=2, alpha=4, dropout=0.0))
+    lora.save_pretrained(tmp_path / "adapter")
+    in_a_hub_cache(tmp_path / "adapter", tmp_path / "hub", "someone/a-judge", monkeypatch)
+    with pytest.raises(ModelError, match=re.escape("someone/a-judge is a PEFT adapter: give the judge with the "
+                                                   "adapter merged in")):
+        engine_model(JudgeSpec(path="someone/a-judge"))
+    prompter = JudgeScorer.from_pretrained("someone/a-judge", load_weights=False)
+    own = JudgeScorer.from_pretrained(base, load_weights=False)
+    assert (prompter.yes_id, prompter.no_id, type(prompter.adapter)) == (own.yes_id, own.no_id, type(own.adapter))
+
+
 def test_vllm_engine_gets_the_judge_dtype_under_vllms_name(tiny_model_dir, fake_vllm_module):
     """vLLM's `LLM(dtype=)` takes auto / half / float16 / bfloat16 / float / float32: unime's --dtype bf16 was
     passed as 'bf16'. auto is vLLM's own default, left out."""

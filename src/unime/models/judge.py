@@ -106,8 +106,8 @@ class JudgeScorer:
                         adapter_path: str | None = None, load_weights: bool = True, video_sampling=None,
                         image_budget=None,
                         **kwargs) -> "JudgeScorer":
-        """Load a judge checkpoint: a model or adapter folder, a hub id, or the output folder of `unime train
-        judge|reranker` (its merged/, else its adapter/: a reranker checkpoint is also a judge).
+        """Load a judge checkpoint: a model or adapter folder, a hub id (of a model or an adapter), or the output
+        folder of `unime train judge|reranker` (its merged/, else its adapter/: a reranker checkpoint is also a judge).
         `load_weights=False` loads only the processor and config: enough to build prompts and resolve the
         Yes/No ids (e.g. for a vLLM backend), not to score."""
         path = trained_model_folder(path)
@@ -116,17 +116,18 @@ class JudgeScorer:
             from transformers import AutoConfig
 
             from unime.models.adapters import adapter_for
-            from unime.models.loading import is_peft_adapter, load_processor
+            from unime.models.loading import adapter_folder, load_processor
 
-            base = str(path)
-            if is_peft_adapter(path):
+            base = folder = str(path)
+            if (adapter := adapter_folder(path)) is not None:  # an adapter folder, or a hub id naming one
                 import json
                 from pathlib import Path
 
-                base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
-            has_tokenizer = os.path.isfile(os.path.join(str(path), "tokenizer_config.json"))
-            processor, budget = load_processor(str(path) if has_tokenizer else base, image_budget=image_budget,
-                                               budget_from=str(path))
+                folder = adapter
+                base = json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]
+            has_tokenizer = os.path.isfile(os.path.join(folder, "tokenizer_config.json"))
+            processor, budget = load_processor(folder if has_tokenizer else base, image_budget=image_budget,
+                                               budget_from=folder)
             config = AutoConfig.from_pretrained(base)
             return cls(None, processor, adapter_for(config, processor, budget), image_loader=loader,
                        device=device or "cpu",

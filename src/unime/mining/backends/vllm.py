@@ -32,7 +32,7 @@ import numpy as np
 from unime.data.video import Video, as_video
 from unime.errors import ModelError
 from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
-from unime.models.loading import is_peft_adapter, resolve_dtype, trained_model_folder
+from unime.models.loading import peft_adapter_config, resolve_dtype, trained_model_folder
 
 MISSING_POLICIES = ("bound", "error")
 
@@ -69,9 +69,10 @@ def score_from_logprobs(top: dict[int, Any] | None, yes_id: int, no_id: int, *, 
 def engine_model(spec: JudgeSpec) -> str:
     """The checkpoint folder (or hub id) the vLLM engine loads for `spec`: resolved as the transformers backend
     resolves it (`unime.models.loading.trained_model_folder`: a trainer's output folder → its merged/, else its
-    adapter/). An adapter is a `ModelError`: vLLM would read it as a model folder."""
+    adapter/). An adapter (a folder, or a hub id naming one: `peft_adapter_config`) is a `ModelError`: vLLM would
+    read it as a model."""
     path = trained_model_folder(spec.path)
-    adapter = spec.adapter_path or (path if is_peft_adapter(path) else None)
+    adapter = spec.adapter_path or (path if peft_adapter_config(path) is not None else None)
     if adapter:
         raise ModelError(f"the vllm backend loads full checkpoints, and {adapter} is a PEFT adapter: give the judge "
                          "with the adapter merged in (a trainer's merged/ folder: `unime train judge` writes one, "
