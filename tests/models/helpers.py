@@ -19,14 +19,27 @@ def sharpen(model, seed: int = 0) -> None:
                 p.normal_(0.0, 1.2 / p.shape[-1] ** 0.5, generator=g)
 
 
-def in_a_hub_cache(folder: Path, cache: Path, repo_id: str, monkeypatch) -> None:
+def in_a_hub_cache(folder: Path, cache: Path, repo_id: str, monkeypatch, *,
+                   not_fetched: dict[str, int] | None = None) -> None:
     """`folder`'s files as huggingface_hub lays out a download of `repo_id` in `cache` (snapshots/<rev>/, refs/main),
-    with `cache` as the Hugging Face cache and the hub offline."""
+    with `cache` as the Hugging Face cache and the hub offline. `not_fetched` (repo path → size): files the repo
+    also holds, named in the cached listing of the repo's files (trees/<rev>.json) but not downloaded — offline,
+    huggingface_hub's snapshot_download refuses the snapshot as incomplete unless its allow_patterns leave them
+    out."""
+    import json
+
     import huggingface_hub.constants
 
     repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(folder, repo / "snapshots" / ("1" * 40))
+    snapshot = repo / "snapshots" / ("1" * 40)
+    shutil.copytree(folder, snapshot)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("1" * 40)
+    if not_fetched:
+        files = {f.relative_to(snapshot).as_posix(): f.stat().st_size for f in snapshot.rglob("*") if f.is_file()}
+        listing = {name: {"size": size, "blob_id": f"{i:040x}"} for i, (name, size) in
+                   enumerate({**files, **not_fetched}.items())}
+        (repo / "trees").mkdir()
+        (repo / "trees" / ("1" * 40 + ".json")).write_text(json.dumps({"format_version": 1, "files": listing}))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -18,6 +18,14 @@ from unime.options import option
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder (or a hub repo) a PEFT adapter
+# what a hub adapter's snapshot needs to load as an adapter folder (`adapter_folder`): the folder unime writes (the
+# adapter, its processor and chat template, README.md and unime_*.json: `unime.models.export`), and another tool's
+# tokenizer / processor files; not the rest of its repo (a merged model, checkpoints: gigabytes)
+ADAPTER_FOLDER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_model.bin", "tokenizer*",
+                        "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+                        "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                        "chat_template.json", "chat_template.jinja", "additional_chat_templates/*", "README.md",
+                        "unime_*.json")
 
 
 @dataclass(kw_only=True)
@@ -201,7 +209,8 @@ def adapter_folder(model: str | os.PathLike) -> str | None:
     (`trained_model_folder`), or a hub id whose adapter_config.json names it an adapter (`hub_adapter_config`): its
     snapshot in the local Hugging Face cache, downloaded if need be — the same folder as a local adapter's, so it
     loads as one (transformers' own loading put a hub adapter in the model as a plain model: a LoRA run added a
-    fresh LoRA instead of continuing it). None for any other model."""
+    fresh LoRA instead of continuing it). Only the files of an adapter folder are fetched (`ADAPTER_FOLDER_FILES`),
+    not a merged model or checkpoints the repo also holds. None for any other model."""
     folder = trained_model_folder(model)
     if is_peft_adapter(folder):
         return folder
@@ -210,7 +219,7 @@ def adapter_folder(model: str | os.PathLike) -> str | None:
     from huggingface_hub import snapshot_download
 
     with _naming_the_model(model):
-        return snapshot_download(str(model))
+        return snapshot_download(str(model), allow_patterns=list(ADAPTER_FOLDER_FILES))
 
 
 def peft_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
