@@ -595,6 +595,30 @@ def test_a_hub_adapter_as_model_is_trained_on_as_an_adapter_folder_is(trained_re
     assert start.keys() == trained.keys() and any(not torch.equal(start[k], trained[k]) for k in start)
 
 
+def test_the_card_of_a_run_on_an_adapter_shows_the_adapters_own_lora_settings(trained_reranker, tiny_model_dir,
+                                                                              tmp_path, monkeypatch):
+    """QA: with an adapter as --model, the reranker's model card said only "LoRA, continuing the adapter X", not the
+    settings the run trained with (the adapter's own, `model_to_train`). Now they are read from the adapter on the
+    trained model (`LoraSettings.of_peft_model`): here a hub adapter (fake offline cache) made with r 2, alpha 6,
+    which the run's options (r 16, alpha 32, dropout 0.05) are not."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.models.helpers import in_a_hub_cache
+    from unime.models.lora import LoraSettings, apply_lora
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    cfg, _, _ = trained_reranker
+    made = LoraSettings(r=2, alpha=6, dropout=0.0, targets=("q_proj", "v_proj"))
+    model = apply_lora(AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_vl")), made)
+    model.save_pretrained(tmp_path / "adapter")
+    in_a_hub_cache(tmp_path / "adapter", tmp_path / "hub", "someone/a-reranker", monkeypatch)
+    out = tmp_path / "o"
+    train_reranker(RerankerTrainConfig(model="someone/a-reranker", records=cfg.records, out=str(out), num_negatives=2,
+                                       max_steps=1, batch_size=2, device="cpu"))
+    assert "| fine-tuning | LoRA r=2 alpha=6 dropout=0.0, continuing the adapter someone/a-reranker |" in \
+        (out / "README.md").read_text()
+
+
 def test_full_fine_tuning_refuses_an_adapter_folder(trained_reranker, tmp_path):
     from unime.errors import ModelError
     from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker

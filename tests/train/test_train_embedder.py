@@ -143,6 +143,34 @@ def test_a_run_folder_or_an_adapter_as_model_records_the_base_the_weights_start_
         PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(expected_base), str(res.adapter))
 
 
+def test_the_card_of_a_run_on_a_hub_adapter_shows_the_adapters_own_lora_settings(tiny_model_dir, mined_world,
+                                                                                  tmp_path, monkeypatch):
+    """QA: with an adapter as --model, the embedder's model card showed an empty LoRA section ({}), though the run
+    trained the adapter with its own settings. Now they are read from the adapter on the trained model
+    (`LoraSettings.of_peft_model`): here a hub adapter (fake offline cache) made with r 2, alpha 6, q_proj and v_proj,
+    which the run's options (r 8, alpha 16, seven projections) are not."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.models.helpers import in_a_hub_cache
+    from unime.data.io import read_records
+    from unime.models.lora import LoraSettings, apply_lora
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world
+    base = tiny_model_dir("qwen2_vl")
+    made = LoraSettings(r=2, alpha=6, dropout=0.0, targets=("q_proj", "v_proj"))
+    apply_lora(AutoModelForImageTextToText.from_pretrained(base), made).save_pretrained(tmp_path / "adapter")
+    in_a_hub_cache(tmp_path / "adapter", tmp_path / "hub", "someone/an-embedder", monkeypatch)
+    res = train_embedder(base_config("someone/an-embedder", tmp_path / "run", world, steps=1),
+                         records=fixed_batch(read_records(path)))
+    card = (res.out / "README.md").read_text()
+    assert "fine_tuning | LoRA, continuing the adapter someone/an-embedder |" in card
+    lora = card[card.index("## LoRA"):]
+    for row in ("| r | 2 |", "| alpha | 6 |", "| dropout | 0 |", "| targets | q_proj, v_proj |", "| dora | False |",
+                "| vision | False |"):
+        assert row in lora, lora
+
+
 def test_model_card_curves_and_metrics(trained):
     from unime.models.curves import read_curves_csv
 

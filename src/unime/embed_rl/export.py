@@ -27,7 +27,7 @@ def export_reasoner(model, processor, out: str | Path, *, stage: str, options: d
     lora = {k: options[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_vision")
             if k in options} if options.get("lora_r") else {}
     if origin.get("started_from_adapter"):  # trained with the adapter's own LoRA, not the stage's defaults
-        own = LoraSettings.from_peft_config(model.peft_config[model.active_adapter].to_dict())
+        own = LoraSettings.of_peft_model(model)
         lora = {"lora_r": own.r, "lora_alpha": own.alpha, "lora_dropout": own.dropout, "lora_targets": own.targets,
                 "lora_vision": own.vision, **({"dora": True} if own.dora else {})}
     hyper = {k: v for k, v in options.items() if not k.startswith("lora_") and k not in ("model", "out")}

@@ -57,6 +57,12 @@ class LoraSettings:
                    dropout=float(config.get("lora_dropout") or 0.0), targets=tuple(sorted(targets)),
                    dora=bool(config.get("use_dora")), vision=vision)
 
+    @classmethod
+    def of_peft_model(cls, model) -> "LoraSettings":
+        """The settings of a loaded PEFT model's active adapter (`from_peft_config`): what a run that continued an
+        adapter trained with (`model_to_train`), for its model card."""
+        return cls.from_peft_config(model.peft_config[model.active_adapter].to_dict())
+
     @property
     def all_linear(self) -> bool:
         return tuple(self.targets) == ("all-linear",)

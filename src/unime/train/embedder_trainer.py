@@ -556,6 +556,8 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
     if trainer.is_world_process_zero():
         args = trainer.args
         per_device, per_step, configured = batch_that_runs(config, len(run.records), args.world_size)  # as it ran
+        started = run.embedder.origin["started_from_adapter"]  # trained with that adapter's own LoRA settings
+        lora = run.lora or (LoraSettings.of_peft_model(run.embedder.model) if started else None)
         hyper = {"per_device_batch_size": per_device, "processes": args.world_size,
                  "gradient_accumulation": config.grad_accum, "global_batch_queries": per_step,
                  **({"global_batch_configured": configured} if per_step < configured else {}),
@@ -564,7 +566,7 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
                  "max_grad_norm": config.max_grad_norm, "precision": "bf16 autocast" if args.bf16 else "fp32",
                  "gradcache": f"chunk size {config.chunk_size}" if config.gradcache else "off", "seed": config.seed,
                  "fine_tuning": "full" if config.full else "LoRA" if run.lora else
-                                f"LoRA, continuing the adapter {run.embedder.origin['started_from_adapter']}",
+                                f"LoRA, continuing the adapter {started}",
                  "image_budget": run.embedder.image_budget.to_dict(), "item_format": run.embedder.item_format}
         card = export.ModelCard(
             title="Universal multimodal embedder (unime, UniME-V2 stage D)",
@@ -575,7 +577,7 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
                   'vecs = emb.encode([{"text": "a red circle"}, {"image": "img.png"}])',
             sections={"Data": _data_summary(config, run.records, run.data_root, run.skips),
                       "Loss": {"name": run.loss.name, **run.loss.config()}, "Hyper-parameters": hyper,
-                      "LoRA": dataclasses.asdict(run.lora) if run.lora else {}, "Final metrics (training)": metrics},
+                      "LoRA": dataclasses.asdict(lora) if lora else {}, "Final metrics (training)": metrics},
             pipeline_tag="feature-extraction", tags=["embedding", "multimodal", run.loss.name],
             notes=[f"Training curves: {CURVES_CSV}, {CURVES_PNG}; full configuration: train_config.json."])
         written = export.export_final(run.embedder.model, run.embedder.processor, out, card=card,

@@ -684,9 +684,12 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                        heldout=meta["heldout"], loss_levels=loss_levels)
 
 
-def model_card(meta: dict) -> ModelCard:
-    """README.md of a reranker / judge folder."""
+def model_card(meta: dict, adapter_lora: LoraSettings | None = None) -> ModelCard:
+    """README.md of a reranker / judge folder. `adapter_lora`: the LoRA settings of the adapter a run continued
+    (`meta["started_from_adapter"]`), which it trained with, not its options'."""
     cfg = meta.get("config", {})
+    lora = adapter_lora or LoraSettings(r=cfg.get("lora_r"), alpha=cfg.get("lora_alpha"),
+                                        dropout=cfg.get("lora_dropout"), dora=bool(cfg.get("dora")))
     role = meta["role"]
     if role == "judge":
         title = "Yes/No judge (unime, UniME-V2 §1.3 prompt)"
@@ -704,10 +707,9 @@ def model_card(meta: dict) -> ModelCard:
     rows = {"records": meta["records"], "examples": meta["examples"], "skipped records": meta["skipped"],
             "steps": meta["steps"], "first loss": meta["first_loss"], "last loss": meta["last_loss"],
             "fine-tuning": "full (every parameter)" if cfg.get("full") else
-                           f"LoRA, continuing the adapter {meta['started_from_adapter']}"
-                           if meta.get("started_from_adapter") else
-                           f"LoRA r={cfg.get('lora_r')} alpha={cfg.get('lora_alpha')} dropout={cfg.get('lora_dropout')}"
-                           + (" DoRA" if cfg.get("dora") else ""),
+                           f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout}" + (" DoRA" if lora.dora else "")
+                           + (f", continuing the adapter {meta['started_from_adapter']}"
+                              if meta.get("started_from_adapter") else ""),
             "modules trained in full": "all" if cfg.get("full") else ", ".join(cfg.get("train_modules") or []) or "-",
             "learning rate": cfg.get("learning_rate"), **_batch_rows(meta), "seed": cfg.get("seed")}
     return ModelCard(title=title, base_model=meta["base_model"], summary=summary, usage=usage,
@@ -735,7 +737,8 @@ def export_reranker(model, processor, out: Path, *, meta: dict, adapter: bool, m
     from unime.outdir import require_replaceable
 
     require_replaceable(out, METADATA_FILE)  # never replace what this run's command did not write
-    written = export_final(model, processor, out, card=model_card(meta), adapter=adapter, merged=merged,
+    own = LoraSettings.of_peft_model(model) if meta.get("started_from_adapter") else None  # trained with its LoRA
+    written = export_final(model, processor, out, card=model_card(meta, own), adapter=adapter, merged=merged,
                            image_budget=image_budget, folder_files={METADATA_FILE: json.dumps(meta, indent=1)},
                            base_model=meta["base_model"], merged_dtype=merged_dtype)
     write_json_atomic(out / METADATA_FILE, meta)
