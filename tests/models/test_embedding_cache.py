@@ -178,3 +178,33 @@ def test_flushes_come_every_flush_seconds_not_every_batch(tmp_path):
     enc.add(_items(), None)
     enc.encode_pending()
     assert enc.stats.encoded == 11 and len(list((tmp_path / "m").glob("shard-*.keys"))) == 1
+
+
+def test_a_hub_adapter_is_keyed_by_its_files_as_its_local_folder_is(tmp_path, monkeypatch):
+    """QA: a hub adapter whose repo also holds files beside the adapter (here a merged/ model the cache lacks) was
+    keyed by its name only — huggingface_hub refuses the whole repo's cached snapshot as incomplete —, so an adapter
+    changed under the same id was served the old adapter's embeddings. Now the key is its files', resolved as loading
+    resolves it (`adapter_folder`): equal to its local folder's, and another when its weights change."""
+    import json
+    import shutil
+
+    from tests.models.helpers import in_a_hub_cache
+    from unime.models.embedding_cache import model_fingerprint
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2,
+                                                             "base_model_name_or_path": str(base)}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"\1" * 64)
+    in_a_hub_cache(adapter, tmp_path / "hub", "someone/an-adapter", monkeypatch,
+                   not_fetched={"merged/model.safetensors": 5 * 10 ** 9})
+    settings = {"pooling": "last"}
+    first = model_fingerprint("someone/an-adapter", settings)
+    assert first == model_fingerprint(adapter, settings)
+    snapshot = tmp_path / "hub" / "models--someone--an-adapter" / "snapshots" / ("1" * 40)
+    (snapshot / "adapter_model.safetensors").write_bytes(b"\2" * 64)  # the adapter changed under the same id
+    shutil.copy(snapshot / "adapter_model.safetensors", adapter / "adapter_model.safetensors")
+    assert model_fingerprint("someone/an-adapter", settings) == model_fingerprint(adapter, settings) != first

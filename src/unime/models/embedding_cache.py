@@ -5,7 +5,8 @@ and the candidate pool of the global retrieval).
 Keys:
 - **model identity** (`model_fingerprint`): a hash of the checkpoint folder's top-level files — the
   content of every small file (config, tokenizer, processor, adapter config, chat template) and the
-  name, size and mtime of every large one (weights) — plus a PEFT adapter's base model, plus the
+  name, size and mtime of every large one (weights); a hub adapter's are those of its snapshot, resolved as
+  loading resolves it (`unime.models.loading.adapter_folder`) — plus a PEFT adapter's base model, plus the
   embedding settings that change the vectors (pooling, dtype, ...). The folder's path is recorded
   for people (``model.json``) but is not part of the key, so a copy of the same files still hits.
 - **item identity** (`RunEncoder.content_key`): the item's text plus the *content* (SHA-1 of the bytes)
@@ -81,9 +82,14 @@ def _folder_fingerprint(folder: Path, h, depth: int = 0) -> None:
 
 
 def _local_model_dir(path: str) -> Path | None:
+    from unime.models.loading import adapter_folder
+
     p = Path(path)
     if p.is_dir():
         return p
+    adapter = adapter_folder(path)  # a hub adapter: the snapshot loading reads (fetched as it fetches it)
+    if adapter is not None:
+        return Path(adapter)
     try:  # a hub id already in the local Hugging Face cache (never downloads)
         from huggingface_hub import snapshot_download
 
