@@ -16,7 +16,7 @@ from unime.data.atomic import atomic_open
 from unime.data.items import Item
 from unime.data.pairs import read_pairs
 from unime.errors import DataError
-from unime.mining.backends import JudgeOptions, JudgeSpec, make_backend
+from unime.mining.backends import JudgeOptions, JudgeSpec, judge_models, make_backend
 from unime.options import on_error_option, option
 
 
@@ -55,11 +55,12 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
     With `label_column`: the lines also carry `label`, and the judge is evaluated on the labels
     (`unime.mining.judge_check`): OUT with suffix `.metrics.json` and `.calibration.png` are written and
     the metrics dict is returned (else the number of pairs)."""
-    from unime.data.images import ImageLoader
     from unime.data.io import ImageChecker
+    from unime.models.loading import checkpoint_image_loader
 
-    checker = ImageChecker(ImageLoader(spec.data_root, allow_outside_root=spec.allow_outside_root,
-                                       video=spec.sampling))
+    # the judge's processor's limits, checked here (a bad pair named, or skipped under the skip policy)
+    checker = ImageChecker(checkpoint_image_loader(judge_models(spec.path, backend), spec.budget, spec.data_root,
+                                                   allow_outside_root=spec.allow_outside_root, video=spec.sampling))
     if label_column:
         pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker,
                                    label_column=label_column)

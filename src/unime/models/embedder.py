@@ -94,8 +94,8 @@ class Embedder:
         if pooling == "auto":
             tok = loaded.processor.tokenizer
             pooling = "emb" if EMB_TOKEN in tok.get_vocab() else "last"
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling,
-                             max_aspect_ratio=loaded.image_budget.max_aspect_ratio())
+        loader = loaded.image_budget.image_loader(data_root, allow_outside_root=allow_outside_root,
+                                                  video=video_sampling)
         return cls(loaded.model, loaded.processor, loaded.adapter, pooling=pooling, image_loader=loader,
                    device=loaded.device, name=str(path), origin=loaded.origin(),
                    item_format=resolve_item_format(adapter_path or path, item_format), **kwargs)

@@ -112,6 +112,14 @@ class ImageBudget:
         resize is what the processor sees."""
         return None if self.image_size is not None else PROCESSOR_MAX_ASPECT_RATIO
 
+    def image_loader(self, root=None, **kwargs):
+        """An `ImageLoader` (`root`, `kwargs`) for the images a processor with this budget sees: it refuses an image
+        beyond `max_aspect_ratio` as bad data. Every loader unime builds for a model comes from here (or
+        `unime.models.loading.checkpoint_image_loader`), so none forgets the limit."""
+        from unime.data.images import ImageLoader
+
+        return ImageLoader(root, max_aspect_ratio=self.max_aspect_ratio(), **kwargs)
+
     @property
     def is_set(self) -> bool:
         return any(v is not None for v in (self.min_pixels, self.max_pixels, self.image_size))

@@ -111,7 +111,7 @@ class JudgeScorer:
         `load_weights=False` loads only the processor and config: enough to build prompts and resolve the
         Yes/No ids (e.g. for a vLLM backend), not to score."""
         path = trained_model_folder(path)
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
+        loader_options = dict(allow_outside_root=allow_outside_root, video=video_sampling)
         if not load_weights:
             from transformers import AutoConfig
 
@@ -129,12 +129,14 @@ class JudgeScorer:
             processor, budget = load_processor(folder if has_tokenizer else base, image_budget=image_budget,
                                                budget_from=folder)
             config = AutoConfig.from_pretrained(base)
-            return cls(None, processor, adapter_for(config, processor, budget), image_loader=loader,
+            return cls(None, processor, adapter_for(config, processor, budget),
+                       image_loader=budget.image_loader(data_root, **loader_options),
                        device=device or "cpu",
                        name=str(path), **kwargs)
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
                                          image_budget=image_budget)
-        return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
+        return cls(loaded.model, loaded.processor, loaded.adapter,
+                   image_loader=loaded.image_budget.image_loader(data_root, **loader_options), device=loaded.device,
                    name=str(path), **kwargs)
 
     def clear_image_cache(self) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from unime.models.adapters import FamilyAdapter, adapter_for
 from unime.models.image_budget import ImageBudget, resolve_budget
@@ -257,6 +258,21 @@ def checkpoint_max_aspect_ratio(path: str | os.PathLike, image_budget: ImageBudg
     (`ImageBudget.max_aspect_ratio`), read before the model loads, from the budget recorded with the checkpoint:
     for a command's image check ahead of the model, which leaves the image out under its skip policy."""
     return resolve_budget(trained_model_folder(path), image_budget).max_aspect_ratio()
+
+
+def checkpoint_image_loader(paths: str | os.PathLike | Sequence[str | os.PathLike], image_budget: ImageBudget | None,
+                            root=None, **kwargs):
+    """`ImageBudget.image_loader(root, **kwargs)` for the images the checkpoint(s) `paths` will see, read before
+    they load (the budget recorded with each, `image_budget`'s set fields over it): the strictest aspect-ratio limit
+    of them, so a command's image check ahead of its models leaves out what any of them would refuse. No path (no
+    model sees the images, e.g. the oracle judge): no limit."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        from unime.data.images import ImageLoader
+
+        return ImageLoader(root, **kwargs)
+    budgets = [resolve_budget(trained_model_folder(p), image_budget) for p in paths]
+    return min(budgets, key=lambda b: b.max_aspect_ratio() or math.inf).image_loader(root, **kwargs)
 
 
 def load_processor(path: str, *, image_budget: ImageBudget | None = None, budget_from: str | None = None):

@@ -231,7 +231,8 @@ class Reranker:
         meta = read_reranker_metadata(path)
         if num_candidates is None:
             num_candidates = meta.get("num_candidates")
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
+        loader = loaded.image_budget.image_loader(data_root, allow_outside_root=allow_outside_root,
+                                                  video=video_sampling)
         return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
                    num_candidates=num_candidates, name=str(path), **kwargs)
 

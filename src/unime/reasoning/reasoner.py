@@ -150,7 +150,8 @@ class Reasoner:
         from unime.models.loading import load_model
 
         loaded = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path, image_budget=image_budget)
-        loader = ImageLoader(data_root, allow_outside_root=allow_outside_root, video=video_sampling)
+        loader = loaded.image_budget.image_loader(data_root, allow_outside_root=allow_outside_root,
+                                                  video=video_sampling)
         return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
                    name=str(path), **kwargs)
 

@@ -103,6 +103,12 @@ def vllm_engine_kwargs(pairs: list[str]) -> dict:
         raise UsageError(str(e), command="mine") from None
 
 
+def judge_models(judge: str, backend: str) -> list[str]:
+    """The checkpoints that see the judge's images (whose processor's limits apply): `judge`; none for the oracle
+    (`judge` is a world or labels there)."""
+    return [] if backend == "oracle" else [judge]
+
+
 def make_backend(name: str, spec: JudgeSpec, **options) -> JudgeBackend:
     """`local` (default), `ray` (options: num_workers, address, num_cpus, threads_per_worker) or
     `vllm` (options: logprobs, missing, engine_kwargs); `oracle` (`spec.path` = a generated world)."""

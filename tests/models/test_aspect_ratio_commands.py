@@ -1,0 +1,54 @@
+"""The aspect-ratio limit of the model's image processor (`tests/models/test_aspect_ratio.py`) in every command that
+gives images to a model: a 2000x8 image (250:1, over the 200 every Qwen-VL processor takes) ended in transformers'
+bare "absolute aspect ratio must be smaller than 200" traceback in `unime judge`, `unime train embedder`,
+`unime mine` (skip policy ignored), `unime serve` (a 500) ... It is now a bad image: named (file, record, field),
+or skipped and counted under --on-error skip; a request gets a 400 naming the input."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from unime.cli import main
+
+WIDE = "image wide.png is 2000x8: its long side is 250 times its short side, over the 200 the model's image " \
+       "processor accepts"
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _images(root):
+    Image.new("RGB", (2000, 8), (200, 0, 0)).save(root / "wide.png")
+    for name, colour in (("red", (220, 0, 0)), ("blue", (0, 0, 220)), ("green", (0, 200, 0)),
+                         ("yellow", (220, 220, 0))):
+        Image.new("RGB", (32, 32), colour).save(root / f"{name}.png")
+
+
+def _records(root):
+    """Four records, the second's positive the wide image (line 2)."""
+    _images(root)
+    rows = [{"id": f"r{i}", "query": {"text": f"a {c} picture"}, "positive": {"images": [f"{p}.png"]}}
+            for i, (c, p) in enumerate([("red", "red"), ("wide", "wide"), ("blue", "blue"), ("green", "green"),
+                                        ("yellow", "yellow")])]
+    return _jsonl(root / "records.jsonl", rows)
+
+
+def test_judge_names_the_image_or_skips_and_counts_it(tiny_model_dir, tmp_path, capsys):
+    _images(tmp_path)
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [
+        {"id": "p1", "query": {"text": "red"}, "candidate": {"images": ["red.png"]}},
+        {"id": "p2", "query": {"text": "red"}, "candidate": {"images": ["wide.png"]}},
+    ])
+    model = tiny_model_dir("qwen2_vl")
+    capsys.readouterr()
+    run = ["judge", "--pairs", str(pairs), "--judge", model, "--device", "cpu"]
+    assert main([*run, "--out", str(tmp_path / "a.jsonl")]) != 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"unime: error: {pairs}, record line 2, field 'candidate.images[0]': {WIDE}"]
+    assert main([*run, "--out", str(tmp_path / "b.jsonl"), "--on-error", "skip"]) == 0
+    assert "skipped 1 record(s) (image: 1)" in capsys.readouterr().out
+    assert [json.loads(x)["id"] for x in (tmp_path / "b.jsonl").read_text().splitlines()] == ["p1"]
