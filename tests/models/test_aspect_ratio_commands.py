@@ -52,3 +52,16 @@ def test_judge_names_the_image_or_skips_and_counts_it(tiny_model_dir, tmp_path, 
     assert main([*run, "--out", str(tmp_path / "b.jsonl"), "--on-error", "skip"]) == 0
     assert "skipped 1 record(s) (image: 1)" in capsys.readouterr().out
     assert [json.loads(x)["id"] for x in (tmp_path / "b.jsonl").read_text().splitlines()] == ["p1"]
+
+
+def test_mine_skips_and_counts_it(tiny_model_dir, tmp_path, capsys):
+    records, model = _records(tmp_path), tiny_model_dir("qwen2_vl")
+    capsys.readouterr()
+    run = ["mine", "--records", str(records), "--embedder", model, "--judge", model, "--k", "3", "--count", "1",
+           "--device", "cpu"]
+    assert main([*run, "--out", str(tmp_path / "a")]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: {records}, record line 2 (id r1), field 'positive.images[0]': {WIDE}")
+    assert main([*run, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+    skipped = json.loads((tmp_path / "b" / "stats.json").read_text())["skipped_records"]
+    assert (skipped["total"], skipped["by_reason"]) == (1, {"image": 1})

@@ -59,14 +59,18 @@ class MiningInputs:
 
 def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
     """Read and check the records and the pool; digest every image (cached in `out/cache`)."""
-    from unime.data.images import ImageLoader
     from unime.data.io import check_images, read_records
     from unime.data.skips import SkipReport
+    from unime.mining.backends import judge_models
+    from unime.models.loading import checkpoint_image_loader
 
     t0 = time.perf_counter()
     skips = SkipReport()
     records = read_records(c.records, on_error=c.on_error, skips=skips)
-    loader = ImageLoader(c.resolved_data_root, allow_outside_root=c.allow_outside_root, video=c.video_sampling)
+    # held to the embedder's and the judge's processor limits: an image either would refuse is a bad record here
+    loader = checkpoint_image_loader([c.embedder, *judge_models(c.judge, c.backend)], c.image_budget,
+                                     c.resolved_data_root, allow_outside_root=c.allow_outside_root,
+                                     video=c.video_sampling)
     records = check_images(records, loader, on_error=c.on_error, skips=skips, source=c.records)
     if not records:
         raise DataError("no records to mine", source=c.records)
