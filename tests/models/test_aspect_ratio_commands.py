@@ -54,6 +54,18 @@ def test_judge_names_the_image_or_skips_and_counts_it(tiny_model_dir, tmp_path, 
     assert [json.loads(x)["id"] for x in (tmp_path / "b.jsonl").read_text().splitlines()] == ["p1"]
 
 
+def test_train_embedder_names_the_image_or_skips_and_counts_it(tiny_model_dir, tmp_path, capsys):
+    records, model = _records(tmp_path), tiny_model_dir("qwen2_vl")
+    capsys.readouterr()
+    run = ["train", "embedder", "--model", model, "--records", str(records), "--full", "--steps", "1",
+           "--batch-size", "2", "--device", "cpu"]
+    assert main([*run, "--out", str(tmp_path / "a")]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: {records}, record line 2 (id r1), field 'positive.images[0]': {WIDE}")
+    assert main([*run, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+    assert "| skipped_records | total: 1, image: 1 |" in (tmp_path / "b" / "README.md").read_text()
+
+
 def test_mine_skips_and_counts_it(tiny_model_dir, tmp_path, capsys):
     records, model = _records(tmp_path), tiny_model_dir("qwen2_vl")
     capsys.readouterr()
@@ -65,3 +77,18 @@ def test_mine_skips_and_counts_it(tiny_model_dir, tmp_path, capsys):
     assert main([*run, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
     skipped = json.loads((tmp_path / "b" / "stats.json").read_text())["skipped_records"]
     assert (skipped["total"], skipped["by_reason"]) == (1, {"image": 1})
+
+
+def test_train_judge_names_the_image_or_skips_and_counts_it(tiny_model_dir, tmp_path, capsys):
+    _images(tmp_path)
+    rows = [{"id": f"r{i}", "query": {"text": f"a {c} picture"}, "positive": {"images": [f"{c}.png"]},
+             "negatives": [{"images": [n]}]}
+            for i, (c, n) in enumerate([("red", "blue.png"), ("green", "wide.png"), ("yellow", "red.png")])]
+    records, model = _jsonl(tmp_path / "records.jsonl", rows), tiny_model_dir("qwen2_vl")
+    capsys.readouterr()
+    run = ["train", "judge", "--model", model, "--records", str(records), "--full", "--steps", "1", "--batch-size", "2",
+           "--device", "cpu"]
+    assert main([*run, "--out", str(tmp_path / "a")]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: {records}, record line 2 (id r1), field 'negatives[0].images[0]': {WIDE}")
+    assert main([*run, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0

@@ -543,13 +543,12 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     from datasets import Dataset
 
     from unime.models.curves import write_curves
-    from unime.data.images import ImageLoader
     from unime.data.io import read_records
     from unime.data.video import VideoSampling
     from unime.models.embedder import Embedder
     from unime.models.hf_arguments import process_device
     from unime.models.image_budget import ImageBudget
-    from unime.models.loading import load_model, resolve_dtype, trainer_device
+    from unime.models.loading import checkpoint_image_loader, load_model, resolve_dtype, trainer_device
     from unime.reasoning.embed_inputs import ReasonedEmbedder
     from unime.reasoning.reasoner import Reasoner
     from unime.models import run_state
@@ -560,7 +559,9 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     skips = SkipReport(max_examples=10)
     records = read_records(cfg.records, on_error=cfg.on_error, skips=skips)
     sampling, budget = VideoSampling.from_fields(cfg), ImageBudget.from_args(cfg)
-    loader = ImageLoader(data_root, video=sampling)
+    # the images the policy, the embedder and the process judge see: within all their processors' limits
+    loader = checkpoint_image_loader([cfg.model, cfg.embedder, *([cfg.process_judge] if cfg.process_judge else [])],
+                                     budget, data_root, video=sampling)
     rows = grpo_rows(records, loader, epochs=cfg.epochs, seed=cfg.seed, source=cfg.records,
                      policy=ErrorPolicy(cfg.on_error, skips, "GRPO") if cfg.on_error == "skip" else None)
     n_pairs = len({r["pair_id"] for r in rows})

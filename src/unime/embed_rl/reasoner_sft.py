@@ -208,12 +208,11 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
 
 
 def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict[str, Any]:
-    from unime.data.images import ImageLoader
     from unime.data.video import VideoSampling
     from unime.models.curves import write_curves
     from unime.models.hf_arguments import process_device
     from unime.models.image_budget import ImageBudget
-    from unime.models.loading import load_model, resolve_dtype, trainer_device
+    from unime.models.loading import checkpoint_image_loader, load_model, resolve_dtype, trainer_device
     from unime.reasoning.reasoner import read_tcot_rows
 
     from unime.models import run_state
@@ -232,7 +231,8 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     skips = SkipReport(max_examples=10)
     rows = read_tcot_rows(cfg.data, on_error=cfg.on_error, skips=skips)
     data_root = resolve_data_root(cfg.data, cfg.data_root)
-    images = CheckedImages(ImageLoader(data_root, video=VideoSampling.from_fields(cfg)))
+    images = CheckedImages(checkpoint_image_loader(cfg.model, ImageBudget.from_args(cfg), data_root,
+                                                   video=VideoSampling.from_fields(cfg)))
     rows = images.check(rows, source=cfg.data, policy=ErrorPolicy(cfg.on_error, skips, "reasoner SFT"))
     if skips.total:
         log.warning("reasoner SFT: %s", skips.summary())

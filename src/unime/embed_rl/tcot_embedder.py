@@ -197,10 +197,10 @@ def split_records_file(cfg: SplitConfig) -> dict:
     import json
 
     from unime.data.atomic import atomic_open
-    from unime.data.images import ImageLoader
     from unime.data.io import check_images, origin_of, read_records, with_origin, write_records
     from unime.data.roots import record_data_root, resolve_data_root
     from unime.models.judge import JudgeScorer
+    from unime.models.loading import checkpoint_image_loader
     from unime.reasoning.reasoner import read_tcot_rows, refuse_other_sampling
 
     records, out_dir = cfg.records, cfg.out_dir
@@ -208,7 +208,7 @@ def split_records_file(cfg: SplitConfig) -> dict:
     data_root = resolve_data_root(records, cfg.data_root)
     sampling = VideoSampling.from_fields(cfg)
     # the judge opens the query and positive images: a bad one is named by this file's line before it loads
-    loader = ImageLoader(data_root, video=sampling)
+    loader = checkpoint_image_loader(cfg.judge, ImageBudget.from_args(cfg), data_root, video=sampling)
     check_images([with_origin(dataclasses.replace(r, negatives=[]), origin_of(r)) for r in recs], loader,
                  source=records)
     scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root,

@@ -224,13 +224,17 @@ def check_fallback_labels(config: EmbedderTrainingConfig, records: Sequence[Reco
                        "the paper sees < 1 %%", n, 100 * share, where)
 
 
+def _image_budget(config: EmbedderTrainingConfig) -> ImageBudget:
+    return ImageBudget.from_options(config.min_pixels, config.max_pixels, config.image_size)
+
+
 def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | None, loss: GroupLoss,
                     data_root: str, skips: SkipReport) -> list[Record]:
     """Read (unless given) and check the records; images are decoded up front — all of them under the
     skip policy (bad ones are skipped and counted), the first `IMAGE_PREFLIGHT` records otherwise (a
     wrong --data-root fails in seconds, not after the model has loaded)."""
-    from unime.data.images import ImageLoader
     from unime.data.io import check_images, origin_of, read_records, with_origin
+    from unime.models.loading import checkpoint_image_loader
 
     source = config.records
     if records is None:
@@ -240,7 +244,9 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     # only the negatives training uses are checked
     used = [with_origin(dataclasses.replace(r, negatives=r.negatives[:config.hard_negatives]), origin_of(r))
             for r in records]  # (the line each was read from names it in errors)
-    loader = ImageLoader(data_root, video=VideoSampling.from_fields(config))  # the frames training will use
+    # the frames training will use, the images within the model's processor's limits
+    loader = checkpoint_image_loader(config.model, _image_budget(config), data_root,
+                                     video=VideoSampling.from_fields(config))
     if config.on_error == "skip":
         keep = {id(r) for r in check_images(used, loader, on_error="skip", skips=skips, source=source)}
         records = [r for r, u in zip(records, used) if id(u) in keep]
@@ -484,9 +490,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     embedder = Embedder.from_pretrained(config.model, device=device, dtype=load_dtype, pooling=config.pooling,
                                         data_root=data_root, trainable=True,
                                         video_sampling=VideoSampling.from_fields(config),
-                                        image_budget=ImageBudget.from_options(config.min_pixels, config.max_pixels,
-                                                                              config.image_size),
-                                        item_format=config.item_format)
+                                        image_budget=_image_budget(config), item_format=config.item_format)
     # the LoRA settings of a new adapter (none for --full, or an adapter loaded: it is trained on)
     lora = None if config.full or run_state.is_peft(embedder.model) else LoraSettings.from_options(config)
     embedder.model = lora_model(embedder.model, config)

@@ -48,8 +48,8 @@ from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, ModelError, OptionError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import TrainerArgOptions
-from unime.models.image_budget import ImageOptions
-from unime.models.loading import DeviceOptions, trainer_device
+from unime.models.image_budget import ImageBudget, ImageOptions
+from unime.models.loading import DeviceOptions, checkpoint_image_loader, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
                                refuse_full_fine_tuning_of_adapter)
 from unime.options import check_ranges, on_error_option, option
@@ -492,8 +492,10 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
     for path in cfg.records:
         recs = read_records(path, on_error=cfg.on_error, skips=skips)
         file_root = root if root is not None else resolve_data_root(path)
-        recs = check_images(recs, ImageLoader(file_root, video=VideoSampling.from_fields(cfg)), on_error=cfg.on_error,
-                            skips=skips, source=str(path))
+        # within the model's processor's limits: an image it would refuse is a bad record here
+        loader = checkpoint_image_loader(cfg.model, ImageBudget.from_args(cfg), file_root,
+                                         video=VideoSampling.from_fields(cfg))
+        recs = check_images(recs, loader, on_error=cfg.on_error, skips=skips, source=str(path))
         policy = ErrorPolicy(cfg.on_error, skips, str(path))
         for rec in recs:
             if cfg.role == "reranker" and not rec.negatives:
@@ -610,17 +612,16 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     if is_main_process():
         run_state.write_config(out, {**_run_options(cfg), run_state.PROCESSES_KEY: args.world_size})
     # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
-    from unime.models.image_budget import ImageBudget
-
     # a PEFT adapter (an adapter folder, a run folder without merged/, a hub id) is trained on, not wrapped in a
     # second one
     from_adapter = peft_adapter_config(cfg.model) is not None
     loaded = load_model(cfg.model, device=process_device(args), dtype=torch.float32 if cfg.full else compute_dtype,
                         trainable=cfg.full or from_adapter,
-                        image_budget=ImageBudget.from_options(cfg.min_pixels, cfg.max_pixels, cfg.image_size))
+                        image_budget=ImageBudget.from_args(cfg))
     torch.manual_seed(cfg.seed)  # LoRA initialisation
     model = lora_model(loaded.model, cfg)
-    collator = PromptAnswerCollator(loaded.adapter, ImageLoader(data_root, video=VideoSampling.from_fields(cfg)),
+    collator = PromptAnswerCollator(loaded.adapter,
+                                    loaded.image_budget.image_loader(data_root, video=VideoSampling.from_fields(cfg)),
                                     source=", ".join(cfg.records),
                                     train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
     title = f"{cfg.role} — {Path(str(cfg.model)).name}"
