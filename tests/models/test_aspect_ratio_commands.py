@@ -92,3 +92,13 @@ def test_train_judge_names_the_image_or_skips_and_counts_it(tiny_model_dir, tmp_
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"unime: error: {records}, record line 2 (id r1), field 'negatives[0].images[0]': {WIDE}")
     assert main([*run, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+
+
+def test_index_build_names_the_image(tiny_model_dir, tmp_path, capsys):
+    _images(tmp_path)
+    items = _jsonl(tmp_path / "items.jsonl", [{"id": "a", "text": "hi"}, {"id": "b", "images": ["wide.png"]}])
+    capsys.readouterr()
+    assert main(["index", "build", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items),
+                 "--out", str(tmp_path / "idx"), "--device", "cpu"]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: {items}, record line 2, field 'item.images[0]': {WIDE}")

@@ -36,7 +36,6 @@ import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
 from unime.data.corpus import read_corpus
-from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.data.roots import recorded_root_of, resolve_data_root
 from unime.errors import UnimeError
@@ -332,10 +331,12 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         next_chunk = 1 + max((int(p.stem.split("-")[1]) for p in chunks), default=-1)
         store = EmbeddingStore(Path(cache_dir) / fingerprint, model_info={"model": model_reference(model),
                                                                           "settings": settings}) if cache_dir else None
-        loader = ImageLoader(root)
         from unime.data.io import ImageChecker
+        from unime.models.loading import checkpoint_image_loader
 
-        checker = ImageChecker(loader)  # a bad image stops the build naming its line and field
+        # a bad image (one the model's processor would refuse too) stops the build naming its line and field
+        loader = checkpoint_image_loader(model, getattr(embedder, "image_budget", None), root)
+        checker = ImageChecker(loader)
         t_enc = time.perf_counter()
         for s in range(0, len(todo), chunk_size):
             part = todo[s:s + chunk_size]
