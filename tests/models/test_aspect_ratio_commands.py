@@ -6,6 +6,8 @@ or skipped and counted under --on-error skip; a request gets a 400 naming the in
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 from PIL import Image
@@ -77,6 +79,39 @@ def test_mine_skips_and_counts_it(tiny_model_dir, tmp_path, capsys):
     assert main([*run, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
     skipped = json.loads((tmp_path / "b" / "stats.json").read_text())["skipped_records"]
     assert (skipped["total"], skipped["by_reason"]) == (1, {"image": 1})
+
+
+def _data_uri(size):
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 0, 0)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_serve_answers_400_naming_the_input(tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from unime.serve.app import create_app
+    from unime.serve.config import ServeConfig
+    from unime.serve.engine import Engine
+
+    model = tiny_model_dir("qwen2_vl")
+    engine = Engine.load(ServeConfig(model=model, reranker=model, device="cpu", no_auth=True))
+    app = create_app(engine, ServeConfig(model=model, no_auth=True))
+    try:
+        with TestClient(app) as c:
+            name = c.get("/health").json()["model"]
+            r = c.post("/v1/embeddings", json={"model": name, "input": ["x", {"image": _data_uri((2000, 8))}]})
+            rr = c.post("/v1/rerank", json={"query": "red", "documents": ["a", {"image": _data_uri((8, 2000))}]})
+            ok = c.post("/v1/embeddings", json={"model": name, "input": [{"image": _data_uri((1600, 8))}]})
+    finally:
+        engine.close()
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"] == ("field 'input[1].image': image <inline bytes> is 2000x8: its long side is "
+                                            "250 times its short side, over the 200 the model's image processor "
+                                            "accepts")
+    assert rr.status_code == 400, rr.text
+    assert rr.json()["error"]["message"].startswith("field 'documents[1].image': image <inline bytes> is 8x2000")
+    assert ok.status_code == 200, ok.text  # 200: the processor takes it
 
 
 def test_train_judge_names_the_image_or_skips_and_counts_it(tiny_model_dir, tmp_path, capsys):

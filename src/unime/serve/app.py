@@ -9,6 +9,7 @@ Bearer key unless auth is off. Every error is a JSON body ``{"error": {"message"
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import base64
 import logging
 import os
@@ -123,7 +124,7 @@ class Observe:
 
 
 def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
-    limits = config.limits
+    limits = dataclasses.replace(config.limits, max_aspect_ratio=engine.max_aspect_ratio)
     metrics = Metrics()
     batcher = DynamicBatcher(engine.encode, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                              executor=engine.executor, on_batch=lambda n: metrics.batch_size.observe(n))

@@ -29,6 +29,9 @@ class Limits:
     max_top_k: int = option(1000)                    # search results
     # a request still running after this gets 503
     request_timeout_s: float = option(60.0, "seconds", dest="request_timeout")
+    # the served models' image processors' limit (`Engine.max_aspect_ratio`, set by `create_app`): an image beyond
+    # it is a 400 naming the input, not a 500 from the processor
+    max_aspect_ratio: float | None = option(None, cli=False)
 
 
 @dataclass

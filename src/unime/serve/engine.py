@@ -53,7 +53,8 @@ class Engine:
 
         emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,
                                        item_format=config.item_format)
-        emb.image_loader = InlineOnlyLoader()  # requests carry decoded images only
+        # requests carry decoded images only (held to the model's processor's limits)
+        emb.image_loader = InlineOnlyLoader(max_aspect_ratio=emb.image_loader.max_aspect_ratio)
         index = reranker = None
         if config.index:
             from unime.index.store import CorpusIndex, check_model
@@ -73,6 +74,14 @@ class Engine:
                 reranker.image_loader.__class__ = InlineOnlyLoader
         return cls(emb, config.model_name or default_name(config.model), reranker,
                    config.reranker_name or (default_name(config.reranker) if config.reranker else None), index)
+
+    @property
+    def max_aspect_ratio(self) -> float | None:
+        """The strictest aspect-ratio limit of the served models' image processors (their loaders'), which
+        request images are decoded under (`unime.serve.inputs.decode_image`); None: no limit."""
+        limits = [m.image_loader.max_aspect_ratio for m in (self.embedder, self.reranker)
+                  if getattr(getattr(m, "image_loader", None), "max_aspect_ratio", None) is not None]
+        return min(limits, default=None)
 
     @property
     def dim(self) -> int:

@@ -52,7 +52,8 @@ def decode_image(uri: Any, limits: Limits, field: str):
     except (binascii.Error, ValueError):
         raise RequestError(400, f"{field}: invalid base64 in the data URI", param=field) from None
     try:
-        return ImageLoader(max_pixels=limits.max_image_pixels).load(raw, field=field)
+        return ImageLoader(max_pixels=limits.max_image_pixels, max_aspect_ratio=limits.max_aspect_ratio).load(
+            raw, field=field)
     except DataError as e:
         raise RequestError(400, str(e), param=field) from None
 
