@@ -9,9 +9,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
+
+import pytest
 
 from PIL import Image
 
+from tests.embed_rl.helpers import embed_rl_commands, write_image_world
 from unime.cli import main
 
 WIDE = "image wide.png is 2000x8: its long side is 250 times its short side, over the 200 the model's image " \
@@ -137,3 +141,26 @@ def test_index_build_names_the_image(tiny_model_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "idx"), "--device", "cpu"]) != 0
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"unime: error: {items}, record line 2, field 'item.images[0]': {WIDE}")
+
+
+@pytest.fixture(scope="module")
+def image_world(tmp_path_factory):
+    return write_image_world(tmp_path_factory.mktemp("image_world"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, where", [
+    ("train reasoner sft", "tcots.jsonl, record line 4, field 'item.images[0]'"),
+    ("train reasoner grpo", "records.jsonl, record line 2 (id r1), field 'positive.images[0]'"),
+    ("reason eval", "task.jsonl, record line 1, field 'candidates[1].images[0]'")])
+def test_embed_rl_commands_name_the_image(command, where, image_world, tiny_model_dir, tmp_path, capsys):
+    """The Embed-RL commands (`write_image_world`, its blue image made 2000x8)."""
+    root = tmp_path / "world"
+    shutil.copytree(image_world, root)
+    Image.new("RGB", (2000, 8), (40, 80, 220)).save(root / "blue.png")
+    commands = embed_rl_commands(root, tiny_model_dir)
+    argv = [a.replace("{out}", str(tmp_path / "out")) for a in commands[command]]
+    capsys.readouterr()
+    assert main(argv) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: {root}/{where}: {WIDE.replace('wide.png', 'blue.png')}")

@@ -364,13 +364,13 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     import dataclasses
     import time
 
-    from unime.data.images import ImageLoader
     from unime.data.atomic import atomic_open
     from unime.eval import report
     from unime.eval.runners import EvalOptions, load_suite_data, run_tasks
     from unime.eval.tasks import MMEBData, QrelsData
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import RunEncoder
+    from unime.models.loading import checkpoint_image_loader
     from unime.reasoning.embed_inputs import ReasonedEmbedder
 
     embedder_path, out_dir, tcots, reasoner_path = cfg.embedder_path, cfg.out_dir, cfg.tcots, cfg.reasoner_path
@@ -379,10 +379,12 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     t0 = time.perf_counter()
     suite, skipped = reasoning_task_suite(cfg)
     sampling = VideoSampling.from_fields(cfg)
-    data = load_suite_data(suite, video_sampling=sampling)
-    query_keys = {d.table.items[int(q)].key for _, d in data if isinstance(d, (MMEBData, QrelsData)) for q in d.query}
-    loader = ImageLoader(video=sampling)  # the embedder's and the reasoner's: the same frames of each clip
     budget = ImageBudget.from_args(cfg)  # explicit resolution options, over each checkpoint's recorded setting
+    # the embedder's and the reasoner's: the same frames of each clip, images within both processors' limits
+    loader = checkpoint_image_loader([embedder_path, *([reasoner_path] if tcots == "reasoner" else [])], budget,
+                                     video=sampling)
+    data = load_suite_data(suite, video_sampling=sampling, max_aspect_ratio=loader.max_aspect_ratio)
+    query_keys = {d.table.items[int(q)].key for _, d in data if isinstance(d, (MMEBData, QrelsData)) for q in d.query}
     emb = Embedder.from_pretrained(embedder_path, device=device, dtype=dtype, pooling="emb", batch_size=batch_size,
                                    image_budget=budget, video_sampling=sampling)
     emb.image_loader = loader
