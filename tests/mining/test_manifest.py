@@ -119,6 +119,24 @@ def test_range_margins_and_sampling_strategy_are_part_of_the_runs_identity(tmp_p
             Manifest(tmp_path / "manifest.json").open_run(_config(**kw), INPUTS, run_hash(_config(**kw), INPUTS))
 
 
+
+def test_a_relative_margin_run_recorded_with_the_earlier_formula_is_not_reused():
+    """--relative-margin R was sim(q,pos) * (1 - R), now sim(q,pos) - |sim(q,pos)| * R (sentence-transformers'),
+    which keeps fewer candidates of a query whose positive scores below 0: the hashes a run with R recorded
+    under the earlier formula (values that version computed) are not the ones now, so its retrieval, judge
+    shards and finished state are redone; the other knobs keep theirs."""
+    c = _config(relative_margin=0.1)
+    r = retrieval_hash(c, INPUTS)
+    earlier = ("b4642a0eddc3fe21", "df780644ff8e56fd", "47ad799fa5322f11", "8b19d81b6921c32c", "9c71bd60d4cfb6da")
+    now = (r, judge_hash(c, INPUTS, r), run_hash(c, INPUTS), run_hash(c, INPUTS, legacy=True),
+           retrieval_hash(c, INPUTS, legacy=True))
+    assert not set(now) & set(earlier) and r != retrieval_hash(_config(relative_margin=0.2), INPUTS)
+    a = _config(absolute_margin=0.1)
+    r = retrieval_hash(a, INPUTS)
+    assert (r, judge_hash(a, INPUTS, r), run_hash(a, INPUTS)) == ("2c4acd9607825f18", "f26b0d371350d9aa",
+                                                                  "c13215f4bf75f024")
+
+
 def test_range_min_must_leave_a_candidate():
     from unime.errors import OptionError
 

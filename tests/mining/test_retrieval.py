@@ -54,6 +54,19 @@ def test_margins_and_range_min_hand_worked():
                               np.eye(4, dtype=np.float32)[:1], [0], k=2, rule=CandidateWindow(range_min=2))
 
 
+def test_relative_margin_is_below_a_negative_positive_as_in_sentence_transformers():
+    """sentence-transformers drops a candidate when sim > pos - |pos| * R (its documented threshold, sign-safe):
+    positive 9 at -0.40 with R = 0.25 keeps sim <= -0.40 - 0.40 * 0.25 = -0.50. pos * (1 - R) = -0.30 would
+    lie above the positive and keep 4 (-0.42) and 8 (-0.48) too."""
+    ids = np.array([7, 3, 9, 4, 8, 5, 2, 6])
+    sims = np.array([-0.10, -0.30, -0.40, -0.42, -0.48, -0.55, -0.60, -0.70])
+    kw = dict(positive_id=9, positive_sim=-0.40)
+    kept, ksims, above = apply_delta_rule(ids, sims, k=5, rule=CandidateWindow(relative_margin=0.25), **kw)
+    assert kept.tolist() == [5, 2, 6] and ksims.tolist() == [-0.55, -0.60, -0.70] and above == 2
+    kept, _, _ = apply_delta_rule(ids, sims, k=2, rule=CandidateWindow(range_min=1, relative_margin=0.25), **kw)
+    assert kept.tolist() == [2]  # survivors 5, 2 up to k = 2, the first skipped
+
+
 def _brute_force(q, pool, pos_ids, k, query_ids=None):
     out = []
     for i in range(len(q)):
@@ -143,7 +156,7 @@ def test_exact_topk_matches_argsort_across_chunks():
 def _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, k, range_min=0, absolute=0.0, relative=0.0):
     """The δ rule on a full NumPy sort of the pool per query: similarity descending, ties by the higher id
     first (FAISS's order), dropping the positive, the query and everything at or above the positive; then
-    sentence-transformers' margins (sim <= pos - absolute, sim <= pos * (1 - relative), in float64) and the
+    sentence-transformers' margins (sim <= pos - absolute, sim <= pos - |pos| * relative, in float64) and the
     window [range_min, k) of what is left."""
     out = []
     for i in range(len(q)):
@@ -153,7 +166,7 @@ def _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, k, range_min=0, absolu
         others = [j for j in order if j not in (pos_ids[i], query_ids[i])]
         n_above = sum(sims[j] >= pos_sim for j in others)
         kept = [j for j in others if sims[j] < pos_sim and float(sims[j]) <= float(pos_sim) - absolute
-                and float(sims[j]) <= float(pos_sim) * (1 - relative)][range_min:k]
+                and float(sims[j]) <= float(pos_sim) - abs(float(pos_sim)) * relative][range_min:k]
         out.append((kept, [sims[j] for j in kept], n_above))
     return out
 

@@ -33,8 +33,8 @@ class MineConfig(JudgeOptions, AnnOptions, ItemFormatOptions):
                             "sees ranks N+1..K); must be below --k", at_least=0, metavar="N")
     absolute_margin: float = option(0.0, "keep a candidate only if sim(q,c) <= sim(q,pos) - M (0: the δ rule "
                                     "alone, sim(q,c) < sim(q,pos))", at_least=0, metavar="M")
-    relative_margin: float = option(0.0, "keep a candidate only if sim(q,c) <= sim(q,pos) * (1 - R) (0: the δ rule "
-                                    "alone)", at_least=0, metavar="R")
+    relative_margin: float = option(0.0, "keep a candidate only if sim(q,c) <= sim(q,pos) - |sim(q,pos)| * R, "
+                                    "as sentence-transformers (0: the δ rule alone)", at_least=0, metavar="R")
     beta: float = option(DEFAULT_BETA, "false negative: s(q,c) > s(q,c_t) - beta")
     interval: int = option(DEFAULT_INTERVAL, "cyclical sampling interval", at_least=1)
     sampling_strategy: str = option("cyclical", "which survivors of the judge's filter are stored: cyclical (SPEC "

@@ -74,6 +74,14 @@ def _hashed_inputs(inputs: dict[str, Any], legacy: bool = False) -> dict[str, An
 # run finished before them is still finished
 LATER_OPTIONS = {"range_min": 0, "absolute_margin": 0.0, "relative_margin": 0.0, "sampling_strategy": "cyclical",
                  "item_format": None}
+# --relative-margin R keeps sim(q,c) <= sim(q,pos) - |sim(q,pos)| * R (sentence-transformers') since its hashes carry
+# this rule; runs recorded before used sim(q,pos) * (1 - R), which lies above a negative positive: not reused
+RELATIVE_MARGIN_RULE = "pos-|pos|*R"
+
+
+def _hashed_later(key: str, value: Any) -> Any:
+    """A `LATER_OPTIONS` value set away from its default as the hashes take it (the relative margin with its rule)."""
+    return {"R": value, "rule": RELATIVE_MARGIN_RULE} if key == "relative_margin" else value
 
 
 def run_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> str:
@@ -85,6 +93,8 @@ def run_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> 
     for key, default in LATER_OPTIONS.items():
         if cfg[key] == default:
             cfg.pop(key)
+        else:
+            cfg[key] = _hashed_later(key, cfg[key])
     if not legacy:
         cfg = {k: same_path_value(v) for k, v in cfg.items()}
     return options_hash({"config": cfg, "inputs": _hashed_inputs(inputs, legacy), "version": PIPELINE_VERSION})
@@ -100,7 +110,7 @@ def _video_key(c: MineConfig) -> dict:
 def _window_key(c: MineConfig) -> dict:
     """--range-min and the margins in the retrieval's hash, only when set away from their defaults (0: the δ rule
     alone; runs without them keep their earlier hashes)."""
-    window = {k: getattr(c, k) for k in ("range_min", "absolute_margin", "relative_margin")
+    window = {k: _hashed_later(k, getattr(c, k)) for k in ("range_min", "absolute_margin", "relative_margin")
               if getattr(c, k) != LATER_OPTIONS[k]}
     return {"window": window} if window else {}
 

@@ -51,9 +51,12 @@ def build_pool(records: Sequence[Record], extra: Sequence[Item] = ()) -> list[It
 class CandidateWindow:
     """Which of a query's candidates survive the δ rule, as sentence-transformers' `mine_hard_negatives` reads
     its knobs: a candidate is kept only if sim(q, c) < sim(q, c_t) (the δ rule), sim(q, c) <= sim(q, c_t) -
-    `absolute_margin` and sim(q, c) <= sim(q, c_t) * (1 - `relative_margin`); of the survivors in rank order the
-    first `range_min` are skipped and those up to rank k (range_max) are the candidates. The defaults (0) are
-    the δ rule alone: a margin of 0 keeps nothing the strict δ rule drops."""
+    `absolute_margin` and sim(q, c) <= sim(q, c_t) - |sim(q, c_t)| * `relative_margin` (sentence-transformers'
+    formula: `relative_margin` below the positive whatever its sign, where sim(q, c_t) * (1 - R) would lie above
+    a negative positive); of the survivors in rank order the first `range_min` are skipped and those up to rank
+    k are the candidates. Unlike sentence-transformers' range_max (a rank among everything retrieved but the
+    positives), k counts the survivors (SPEC 1.2's K): the search goes deeper until k survive. The defaults (0)
+    are the δ rule alone: a margin of 0 keeps nothing the strict δ rule drops."""
 
     range_min: int = 0
     absolute_margin: float = 0.0
@@ -66,7 +69,8 @@ class CandidateWindow:
         if self.absolute_margin:
             keep &= sims.astype(np.float64) <= positive_sims.astype(np.float64) - self.absolute_margin
         if self.relative_margin:
-            keep &= sims.astype(np.float64) <= positive_sims.astype(np.float64) * (1.0 - self.relative_margin)
+            pos = positive_sims.astype(np.float64)
+            keep &= sims.astype(np.float64) <= pos - np.abs(pos) * self.relative_margin
         return keep
 
     def window(self, ranked: np.ndarray) -> np.ndarray:
