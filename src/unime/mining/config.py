@@ -39,7 +39,8 @@ class MineConfig(JudgeOptions, AnnOptions, ItemFormatOptions):
     interval: int = option(DEFAULT_INTERVAL, "cyclical sampling interval", at_least=1)
     sampling_strategy: str = option("cyclical", "which survivors of the judge's filter are stored: cyclical (SPEC "
                                     "1.4, every --interval-th in retrieval order), top (the first --count), random "
-                                    "(--count drawn with --seed)", choices=list(STRATEGIES))
+                                    "(--count drawn with --seed, stored in retrieval order as sentence-transformers)",
+                                    choices=list(STRATEGIES))
     count: int = option(DEFAULT_COUNT, "negatives stored per query", at_least=1)
     fallback: str = option("random", "no survivor: draw at random from the K with score 1.0 (paper), or drop the "
                            "query", choices=["random", "drop"])

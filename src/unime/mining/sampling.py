@@ -10,7 +10,8 @@ Choices (all options):
   (i = `interval`, default `DEFAULT_INTERVAL`) — our reading of the paper's "five-step interval";
 - `strategy` (sentence-transformers' `sampling_strategy`): "cyclical" (the above, default), "top" (the
   survivors in retrieval order), "random" (the survivors in an order drawn with the query's `rng`); the
-  first `count` of that order are picked;
+  first `count` of that order are picked, "random"'s put back in retrieval order (similarity descending, as
+  sentence-transformers sorts its draw);
 - fewer survivors than `count`: the picked list is repeated cyclically ([a, b, a, b, …]), as the
   released data shows;
 - no survivor: `fallback="random"` draws `count` of the original candidates at random (without
@@ -150,6 +151,8 @@ def sample_negatives(candidate_ids: Sequence[Any], candidate_scores: Sequence[fl
 
     if n_survivors > 0:
         once = [survivors[j] for j in survivor_order(n_survivors, strategy, interval=interval, rng=rng)]
+        if strategy == "random":  # the draw in retrieval order: the most similar first, as sentence-transformers
+            once[:count] = sorted(once[:count])
         picked = [once[k % len(once)] for k in range(count)]
         status = "ok" if n_survivors >= count else "repeated"
     elif fallback == "random" and ids:
