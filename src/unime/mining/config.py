@@ -27,8 +27,10 @@ class MineConfig(JudgeOptions, AnnOptions, ItemFormatOptions):
     pool: str | None = option(None, "JSONL of candidate items (default: the de-duplicated union of all positives)")
     data_root: str | None = option(None, "folder image paths are relative to (default: --world if given, else the "
                                    "records' folder)")
-    k: int = option(50, "candidates retrieved per query: the survivors of the δ rule (and margins) up to this rank "
-                    "(--range-max: sentence-transformers' range_max)", at_least=1, flag=("--k", "--range-max"))
+    k: int = option(50, "candidates retrieved per query: the first K survivors of the δ rule (and margins), "
+                    "searching deeper until K survive (SPEC 1.2); alias --range-max, but sentence-transformers' "
+                    "range_max is a rank before its margins, which can leave fewer", at_least=1,
+                    flag=("--k", "--range-max"))
     range_min: int = option(0, "skip the N most similar candidates left after the δ rule and margins (the judge "
                             "sees ranks N+1..K); must be below --k", at_least=0, metavar="N")
     absolute_margin: float = option(0.0, "keep a candidate only if sim(q,c) <= sim(q,pos) - M (0: the δ rule "
