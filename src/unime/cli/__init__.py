@@ -25,10 +25,17 @@ import sys
 COMMAND_MODULES = ["data", "models", "embed", "index", "eval", "mine", "train", "reason", "plan", "serve", "demo"]
 
 
+def _version() -> str:
+    """The running unime's version: its package's `__version__` (imported with `unime.cli`), which the installed
+    metadata takes too (pyproject.toml: `version = {attr = "unime.__version__"}`)."""
+    return sys.modules["unime"].__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unime", description="unime: train universal multimodal embedders and rerankers with an MLLM judge (UniME-V2), and reasoning-driven embedders with embedder-guided RL (Embed-RL).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    parser.add_argument("--version", action="version", version=f"unime {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"unime.cli.{name}").register(sub)

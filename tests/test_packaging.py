@@ -1,0 +1,32 @@
+"""What an install from the wheel or sdist gets: the declared dependencies (pyproject.toml), the files the sdist
+carries (MANIFEST.in), the version. Read from the files, nothing built (a build takes minutes)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+def test_version_option_prints_the_package_version(capsys):
+    import unime
+    from unime.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == f"unime {unime.__version__}\n"
+
+
+def test_installed_version_is_the_package_version():
+    """The wheel's metadata takes its version from `unime.__version__`: one number, never two."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in data["project"] and "version" in data["project"]["dynamic"]
+    assert data["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "unime.__version__"}
