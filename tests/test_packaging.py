@@ -30,3 +30,17 @@ def test_installed_version_is_the_package_version():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "version" not in data["project"] and "version" in data["project"]["dynamic"]
     assert data["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "unime.__version__"}
+
+
+def requirement_names(requirements: list[str]) -> dict[str, str]:
+    """{name: the whole requirement} of requirement strings ("torch", "trl>=1.0", "ray[data]>=2")."""
+    import re
+
+    return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower(): r for r in requirements}
+
+
+def test_torch_and_torchvision_are_required_unpinned():
+    """A plain install needs both (a Qwen-VL processor needs torchvision); unpinned, so that the pair the install
+    step puts first (constraints.txt) is kept."""
+    deps = requirement_names(project()["dependencies"])
+    assert deps["torch"] == "torch" and deps["torchvision"] == "torchvision"
