@@ -44,3 +44,13 @@ def test_torch_and_torchvision_are_required_unpinned():
     step puts first (constraints.txt) is kept."""
     deps = requirement_names(project()["dependencies"])
     assert deps["torch"] == "torch" and deps["torchvision"] == "torchvision"
+
+
+def test_the_demo_pretraining_needs_no_extra():
+    """`unime models pretrain` (its default captioning stage: TRL's SFT trainer on a `datasets.Dataset`) and so
+    `unime demo` run on a plain install (before: No module named 'trl' after 22 s, without the [rl] extra)."""
+    from unime.demo.pretrain import PretrainRecipe
+
+    assert PretrainRecipe().caption_steps > 0  # the default preset captions, with TRL
+    deps = requirement_names(project()["dependencies"])
+    assert {"trl", "datasets"} <= set(deps)
