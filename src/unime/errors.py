@@ -59,6 +59,27 @@ class ModelError(UnimeError):
     single tokens)."""
 
 
+class MissingExtra(UnimeError):
+    """A feature whose optional requirements are not installed. The message names the feature, the missing module
+    and the pip extra that brings it (`require_extra`)."""
+
+
+def require_extra(extra: str, feature: str, *modules: str) -> None:
+    """Import `modules` (the first is the one the feature is named after), or raise `MissingExtra`:
+    `FEATURE needs MODULE, which is not installed: pip install 'unime[EXTRA]'`. The one check of every optional
+    feature (`unime serve`, the ray and vllm backends, `train reasoner`, `data import --hf-dataset`), before any
+    work, instead of a traceback from deep inside it."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            missing = e.name or module
+            raise MissingExtra(f"{feature} needs {missing}, which is not installed: "
+                               f"pip install 'unime[{extra}]'") from None
+
+
 class DemoStopped(UnimeError):
     """The demo stopped on purpose between stages: what it found would make the next stages meaningless.
     The message names the numbers and what to do (including how to continue anyway)."""

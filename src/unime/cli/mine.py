@@ -30,10 +30,13 @@ def register(sub) -> None:
 def _backend_options(args) -> dict:
     """`make_backend`'s options from the parsed `BackendOptions` (torch's threads set on the way)."""
     from unime.mining.backends import BackendOptions
+    from unime.mining.backends.base import require_backend
 
     backend = config_from_args(BackendOptions, args)
+    options = backend.for_backend(args.backend)  # its usage errors first
+    require_backend(args.backend)  # then a missing extra, before any work
     backend.set_threads()
-    return backend.for_backend(args.backend)
+    return options
 
 
 def _mine(args) -> int:

@@ -38,7 +38,7 @@ from unime.data.images import ImageLoader
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER
 from unime.data.skips import ErrorPolicy, data_error
-from unime.errors import DataError, OptionError
+from unime.errors import DataError, OptionError, require_extra
 from unime.options import option
 
 IMAGE_COLUMNS = ("image", "file_name", "filename", "file", "path", "img")
@@ -486,11 +486,9 @@ def _dataset_rows(ds, *, source: str, split_name: str) -> Iterator[tuple[int, di
 
 
 def _datasets():
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError("reading a `datasets` folder (--hf-dataset) needs the `datasets` library: "
-                          "pip install 'unime[data]'") from None
+    require_extra("data", "reading a `datasets` folder (--hf-dataset)", "datasets")
+    import datasets
+
     return datasets
 
 

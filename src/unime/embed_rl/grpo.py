@@ -54,7 +54,7 @@ import numpy as np
 from unime.data.items import Item, Record
 from unime.data.roots import resolve_data_root
 from unime.embed_rl.stage_options import ReasonerStageOptions, warmup_check
-from unime.errors import OptionError
+from unime.errors import OptionError, require_extra
 from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
@@ -523,6 +523,7 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     from unime.models.run_state import CHECKPOINTS_DIR
 
     cfg.validate()
+    require_extra("rl", "train reasoner", "trl", "datasets")
     out = Path(cfg.out)
     options = json.loads(json.dumps(asdict(cfg), default=str))
     with claim_on_main_process(out, "train reasoner", options, overwrite=cfg.overwrite):

@@ -25,6 +25,7 @@ from typing import Any
 
 from unime.data.roots import resolve_data_root
 from unime.embed_rl.stage_options import ReasonerStageOptions, warmup_check
+from unime.errors import require_extra
 from unime.models.adapters import FamilyAdapter
 from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
@@ -202,6 +203,7 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     from unime.outdir import claim_on_main_process
 
     cfg.validate()
+    require_extra("rl", "train reasoner", "trl", "datasets")
     options = json.loads(json.dumps(asdict(cfg), default=str))
     with claim_on_main_process(cfg.out, "train reasoner", options, overwrite=cfg.overwrite):
         return _train_reasoner_sft(cfg, options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from unime.errors import require_extra
 from unime.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -12,8 +13,14 @@ log = logging.getLogger(__name__)
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+# what the app and its server import (the `serve` extra)
+SERVE_MODULES = ("fastapi", "uvicorn", "pydantic", "prometheus_client")
+
+
 def build_app(config: ServeConfig):
     import sys
+
+    require_extra("serve", "unime serve", *SERVE_MODULES)
 
     from unime.serve.app import create_app
     from unime.serve.engine import Engine
@@ -33,9 +40,9 @@ def build_app(config: ServeConfig):
 def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM. On SIGTERM uvicorn stops accepting connections and lets in-flight
     requests finish (up to `graceful_timeout_s`) before the app's shutdown drains the batcher."""
+    app = build_app(config)  # checks the extra first
     import uvicorn
 
-    app = build_app(config)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
                                            timeout_graceful_shutdown=config.graceful_timeout_s,
                                            proxy_headers=False, server_header=False, access_log=False))
@@ -84,6 +91,8 @@ def run_ray(config: ServeConfig, *, replicas: int = 1, min_replicas: int | None 
     """The same app as a Ray Serve deployment: `replicas` copies (or autoscaling between `min_replicas`
     and `max_replicas`), each loading its own models and batching its own requests. Returns the
     handle when not `blocking` (tests)."""
+    require_extra("ray", "unime serve --ray", "ray", "ray.serve")
+    require_extra("serve", "unime serve", *SERVE_MODULES)
     import ray
     from ray import serve
 

@@ -11,9 +11,22 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from unime.data.items import Item
+from unime.errors import require_extra
 from unime.models.prefix_scoring import IMAGE_CACHE_BYTES
 
 QueryGroup = tuple[Item, Sequence[Item]]
+
+
+# the pip extra and the modules of each backend that needs one
+BACKEND_EXTRAS = {"ray": ("ray", "ray", "ray.data"), "vllm": ("vllm", "vllm")}
+
+
+def require_backend(name: str) -> None:
+    """`MissingExtra` (`unime.errors.require_extra`) when the backend `name` needs an extra that is not installed:
+    checked before mining starts (`unime mine`) and by the backend itself."""
+    if name in BACKEND_EXTRAS:
+        extra, *modules = BACKEND_EXTRAS[name]
+        require_extra(extra, f"the {name} backend (--backend {name})", *modules)
 
 
 @dataclass(frozen=True)

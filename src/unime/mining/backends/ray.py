@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
+from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup, require_backend
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class RayBackend(JudgeBackend):
     def __init__(self, spec: JudgeSpec, *, num_workers: int = 2, address: str | None = None,
                  num_cpus: int | None = None, cpus_per_worker: float = 1.0, num_gpus_per_worker: float = 0.0,
                  threads_per_worker: int | None = 1, groups_per_batch: int = 1):
+        require_backend("ray")
         import ray
 
         self.spec = spec.with_absolute_paths()  # the workers' working directory is the cluster's

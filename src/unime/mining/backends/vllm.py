@@ -31,7 +31,7 @@ import numpy as np
 
 from unime.data.video import Video, as_video
 from unime.errors import ModelError
-from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
+from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup, require_backend
 from unime.models.loading import peft_adapter_config, resolve_dtype, trained_model_folder
 
 MISSING_POLICIES = ("bound", "error")
@@ -117,10 +117,9 @@ class VLLMBackend(JudgeBackend):
     @property
     def llm(self):
         if self._llm is None:
-            try:
-                from vllm import LLM
-            except ImportError as e:  # pragma: no cover - depends on the extra
-                raise ModelError("the vllm backend needs vLLM: pip install 'unime[vllm]'") from e
+            require_backend("vllm")
+            from vllm import LLM
+
             kwargs = {"limit_mm_per_prompt": {"image": 4, "video": 2}, **self.engine_kwargs}
             # the judge's pixel bounds (recorded with it or given) go to vLLM's copy of the HF processor
             budget = self.prompter.adapter.image_budget
