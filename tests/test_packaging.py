@@ -54,3 +54,34 @@ def test_the_demo_pretraining_needs_no_extra():
     assert PretrainRecipe().caption_steps > 0  # the default preset captions, with TRL
     deps = requirement_names(project()["dependencies"])
     assert {"trl", "datasets"} <= set(deps)
+
+
+def sdist_template_files() -> set[str]:
+    """The repository's files that MANIFEST.in adds to the sdist (setuptools' own reading of the template; the package
+    and the files setuptools always takes come on top)."""
+    import os
+
+    from setuptools._distutils.filelist import FileList
+
+    files = FileList()
+    files.allfiles = sorted(str(Path(d, f).relative_to(ROOT)) for d, dirs, names in os.walk(ROOT)
+                            if not {".git", ".venv"} & set(Path(d).relative_to(ROOT).parts) for f in names)
+    for line in (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            files.process_template_line(line)
+    return set(files.files)
+
+
+def test_the_sdist_carries_the_docs_constraints_bench_and_the_whole_test_suite():
+    """What --help, errors and the report name (docs/RECIPES.md, CONTRACTS.md ...), the pinned torch pair, the bench
+    scripts the README runs, and every file of tests/ (before: six loose tests/test_*.py without their conftest or
+    helpers, one importing the absent tests.eval.helpers)."""
+    shipped = sdist_template_files()
+    for name in ("docs/RECIPES.md", "docs/CONTRACTS.md", "docs/SOFT_LABELS.md", "docs/DEMO.md", "constraints.txt",
+                 "Makefile", "bench/gpu_smoke.sh", "bench/judge_throughput.py", "tests/conftest.py",
+                 "tests/eval/helpers.py", "tests/cli/cli_options_pinned.json"):
+        assert name in shipped, name
+    tests = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*") if p.is_file()
+             and "__pycache__" not in p.parts}
+    assert tests <= shipped, sorted(tests - shipped)[:5]
+    assert not [f for f in shipped if f.endswith(".pyc")]
