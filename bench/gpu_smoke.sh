@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU smoke test of unime on the tiny models (bf16 + SDPA, judge fast path vs per-pair, GradCache vs
 # plain gradients, encode throughput, peak memory vs `unime plan`): one line of figures per check.
-# Under 8 minutes on one GPU. Without a GPU it says so and exits 0.
+# Under 8 minutes on one GPU. Without a GPU it says so and exits 0; a python without torch fails (exit 1).
 #   bash bench/gpu_smoke.sh            # uses ./.venv/bin/python if present, else python3
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,7 +10,12 @@ py="${PYTHON:-}"
 if [ -z "$py" ]; then
   if [ -x "$root/.venv/bin/python" ]; then py="$root/.venv/bin/python"; else py="python3"; fi
 fi
-if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+# a python that cannot import torch fails with its error; only a real "no CUDA device" skips
+if ! cuda="$("$py" -c "import torch; print(int(torch.cuda.is_available()))")"; then
+  echo "gpu_smoke: $py cannot import torch (error above); install unime into it first" >&2
+  exit 1
+fi
+if [ "${cuda##*$'\n'}" != "1" ]; then
   echo "gpu_smoke: no CUDA device visible to $py; skipped (nothing here needs a GPU otherwise)"
   exit 0
 fi

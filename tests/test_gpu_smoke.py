@@ -21,6 +21,18 @@ def test_the_script_exits_0_with_a_message_without_a_gpu():
     assert out.returncode == 0 and "no CUDA device" in out.stdout
 
 
+def test_a_python_without_torch_fails_with_its_error(tmp_path):
+    """Before, the ImportError went to /dev/null and the script passed (exit 0, 'no CUDA device ... skipped')."""
+    shim = tmp_path / "python3"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')  # -S: no site-packages, so no torch
+    shim.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(shim))
+    out = subprocess.run(["bash", str(BENCH / "gpu_smoke.sh")], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "No module named 'torch'" in out.stderr and "cannot import torch" in out.stderr
+    assert "no CUDA device" not in out.stdout
+
+
 @pytest.mark.slow
 def test_the_checks_pass_on_cpu(capsys):
     spec = importlib.util.spec_from_file_location("gpu_smoke", BENCH / "gpu_smoke.py")
