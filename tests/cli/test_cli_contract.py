@@ -184,6 +184,25 @@ def test_under_a_launcher_info_and_warnings_are_logged_by_the_first_process_only
     assert [f"{level} {message}" for _, _, level, _, message in lines] == shown
 
 
+@pytest.mark.parametrize("log_level, shown", [
+    ("INFO", ["INFO unime.x: i", "WARNING faiss.loader: w"]),
+    ("DEBUG", ["INFO faiss.loader: i", "INFO unime.x: i", "WARNING faiss.loader: w"]),
+])
+def test_other_libraries_log_from_warning_up(log_level, shown):
+    """QA: every mine / index / search run printed faiss's loader lines at INFO ('Could not load library with AVX512
+    support ...'). unime's own INFO lines stay; the other libraries' from WARNING up, all of them under DEBUG."""
+    import subprocess
+
+    code = ("import logging; from unime.cli import configure_logging; configure_logging(%r); "
+            "logging.getLogger('faiss.loader').info('i'); logging.getLogger('unime.x').info('i'); "
+            "logging.getLogger('faiss.loader').warning('w')" % log_level)
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert [" ".join(line.split()[2:]) for line in err.splitlines()] == shown
+    faiss = subprocess.run([sys.executable, "-c", "from unime.cli import configure_logging; "
+                            "configure_logging('INFO'); import faiss"], capture_output=True, text=True, check=True)
+    assert "faiss.loader" not in faiss.stderr
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     import unime.cli.data as data_cli
 

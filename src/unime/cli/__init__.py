@@ -340,8 +340,17 @@ def _claim_output(args: argparse.Namespace, command: str):
     return owned
 
 
+class _OtherLibrariesFromWarning(logging.Filter):
+    """unime's own records pass at the level asked for; other libraries' (faiss's loader, which tells at INFO
+    which CPU build it could not load, on every run that searches) from WARNING up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name == "unime" or record.name.startswith("unime.")
+
+
 def configure_logging(log_level: str) -> None:
-    """Log at `log_level` (DEBUG, INFO, WARNING ...) to stderr. Under a launcher (torchrun), the processes after the
+    """Log at `log_level` (DEBUG, INFO, WARNING ...) to stderr: unime's own loggers at that level, the other libraries'
+    at WARNING and above unless it is DEBUG. Under a launcher (torchrun), the processes after the
     first log their errors only: their INFO and WARNING lines would repeat the first one's (`resuming from ...`,
     `skipped 1 record(s)`), once per process; `--log-level DEBUG` keeps every process's lines."""
     from unime.outdir import is_main_process
@@ -349,7 +358,11 @@ def configure_logging(log_level: str) -> None:
     level = getattr(logging, str(log_level).upper(), logging.INFO)
     if not is_main_process() and level > logging.DEBUG:
         level = max(level, logging.ERROR)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if level > logging.DEBUG:
+        handler.addFilter(_OtherLibrariesFromWarning())
+    logging.basicConfig(level=level, handlers=[handler])  # as before: nothing changes where logging is set up
 
 
 @contextlib.contextmanager
