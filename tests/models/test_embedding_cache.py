@@ -208,3 +208,67 @@ def test_a_hub_adapter_is_keyed_by_its_files_as_its_local_folder_is(tmp_path, mo
     (snapshot / "adapter_model.safetensors").write_bytes(b"\2" * 64)  # the adapter changed under the same id
     shutil.copy(snapshot / "adapter_model.safetensors", adapter / "adapter_model.safetensors")
     assert model_fingerprint("someone/an-adapter", settings) == model_fingerprint(adapter, settings) != first
+
+
+def _hand_key(files: dict[str, bytes], settings: dict, extra: str = "") -> str:
+    """The key of a folder holding small `files` (content-hashed), computed by hand as the module doc describes."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0content\0{hashlib.sha1(files[name]).hexdigest()}\n".encode())
+    h.update(extra.encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def test_a_run_folder_is_keyed_by_the_weights_loading_reads(tmp_path):
+    """QA: a training run folder given as --model (RUN/merged/, RUN/adapter/, README.md, train_config.json) was
+    keyed by its top-level files only, not the weights in the merged/ (or adapter/) folder loading reads: RUN's
+    weights replaced (a resumed run, a new merged/) under the same top-level files were served the old vectors.
+    Now it is keyed as that folder is; a plain model folder's and an adapter folder's keys are unchanged."""
+    import hashlib
+    import json
+
+    from unime.models.embedding_cache import model_fingerprint
+
+    settings = {"pooling": "last"}
+    run = tmp_path / "run"
+    (run / "merged").mkdir(parents=True)
+    (run / "adapter").mkdir()
+    (run / "README.md").write_text("# a run\n")
+    (run / "train_config.json").write_text("{}")
+    merged = {"config.json": b'{"model_type": "qwen2_vl"}', "model.safetensors": b"\1" * 64}
+    for name, data in merged.items():
+        (run / "merged" / name).write_bytes(data)
+    first = model_fingerprint(run, settings)
+    assert first == model_fingerprint(run / "merged", settings) == _hand_key(merged, settings)
+    (run / "merged" / "model.safetensors").write_bytes(b"\2" * 64)  # new weights, same top-level files
+    assert model_fingerprint(run, settings) == _hand_key({**merged, "model.safetensors": b"\2" * 64}, settings)
+    assert model_fingerprint(run, settings) != first
+
+    # a run folder holding only its adapter/: keyed as that adapter folder (with its base), here hand-computed
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_bytes(merged["config.json"])
+    adapter = {"adapter_config.json": json.dumps({"r": 2, "base_model_name_or_path": str(base)}).encode(),
+               "adapter_model.safetensors": b"\3" * 64}
+    lora_run = tmp_path / "lora_run"
+    (lora_run / "adapter").mkdir(parents=True)
+    (lora_run / "README.md").write_text("# a run\n")
+    for name, data in adapter.items():
+        (lora_run / "adapter" / name).write_bytes(data)
+    base_part = f"base\0{base}\nconfig.json\0content\0{hashlib.sha1(merged['config.json']).hexdigest()}\n"
+    expected = _hand_key(adapter, settings, base_part)
+    assert model_fingerprint(lora_run / "adapter", settings) == expected  # an adapter folder's key, as before
+    assert model_fingerprint(lora_run, settings) == expected
+    (lora_run / "adapter" / "adapter_model.safetensors").write_bytes(b"\4" * 64)
+    assert model_fingerprint(lora_run, settings) != expected
+
+    # a plain model folder's key is its own files', as before
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name, data in merged.items():
+        (plain / name).write_bytes(data)
+    assert model_fingerprint(plain, settings) == _hand_key(merged, settings)

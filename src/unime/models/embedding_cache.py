@@ -5,10 +5,11 @@ and the candidate pool of the global retrieval).
 Keys:
 - **model identity** (`model_fingerprint`): a hash of the checkpoint folder's top-level files — the
   content of every small file (config, tokenizer, processor, adapter config, chat template) and the
-  name, size and mtime of every large one (weights); a hub adapter's are those of its snapshot, resolved as
-  loading resolves it (`unime.models.loading.adapter_folder`) — plus a PEFT adapter's base model, plus the
-  embedding settings that change the vectors (pooling, dtype, ...). The folder's path is recorded
-  for people (``model.json``) but is not part of the key, so a copy of the same files still hits.
+  name, size and mtime of every large one (weights); a training run folder's are those of the folder loading
+  reads (its merged/, else its adapter/: `unime.models.loading.trained_model_folder`), a hub adapter's those of
+  its snapshot, resolved as loading resolves it (`unime.models.loading.adapter_folder`) — plus a PEFT adapter's
+  base model, plus the embedding settings that change the vectors (pooling, dtype, ...). The folder's path
+  is recorded for people (``model.json``) but is not part of the key, so a copy of the same files still hits.
 - **item identity** (`RunEncoder.content_key`): the item's text plus the *content* (SHA-1 of the bytes)
   of each image / video frame, resolved against the task's data root. This extends `Item.key`, which
   names images by their relative path: the same relative path under two data roots, or a regenerated
@@ -82,9 +83,9 @@ def _folder_fingerprint(folder: Path, h, depth: int = 0) -> None:
 
 
 def _local_model_dir(path: str) -> Path | None:
-    from unime.models.loading import adapter_folder
+    from unime.models.loading import adapter_folder, trained_model_folder
 
-    p = Path(path)
+    p = Path(trained_model_folder(path))  # a run folder: the merged/ (else adapter/) folder loading reads
     if p.is_dir():
         return p
     adapter = adapter_folder(path)  # a hub adapter: the snapshot loading reads (fetched as it fetches it)
