@@ -481,3 +481,29 @@ def test_cli_index_build_reads_images_under_the_data_root_recorded_beside_the_it
     expected = Embedder.from_pretrained(model, device="cpu", data_root=str(world)).encode(
         [Item("picture 0", ("img/0.png",)), Item("picture 1", ("img/1.png",)), Item("a red square")])
     np.testing.assert_allclose(idx.vectors(), expected, atol=1e-5)
+
+
+def test_an_index_of_a_run_folder_keyed_before_its_weights_were_says_to_rebuild_it(tmp_path):
+    """A run folder (RUN/merged/ ...) is now keyed by the weights loading reads (`model_fingerprint`); an index
+    built on it before, keyed by RUN's top-level files only, is refused saying so and how to rebuild it, not as
+    another model's files."""
+    import hashlib
+    import json
+
+    from unime.index.store import model_mismatch
+
+    run = tmp_path / "run"
+    (run / "merged").mkdir(parents=True)
+    (run / "merged" / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    readme = b"# a run\n"
+    (run / "README.md").write_bytes(readme)
+    settings = {"pooling": "last"}
+    h = hashlib.sha256()  # the key before: README.md's content, then the settings
+    h.update(f"README.md\0content\0{hashlib.sha1(readme).hexdigest()}\n".encode())
+    h.update(json.dumps(settings).encode())
+    manifest = {"model_fingerprint": h.hexdigest()[:24], "model_settings": settings}
+    why = model_mismatch(manifest, str(run), settings)
+    assert why is not None and "built before a run folder was keyed by the weights it loads" in why
+    assert "index build --overwrite" in why
+    other = {**manifest, "model_fingerprint": "0" * 24}
+    assert model_mismatch(other, str(run), settings).startswith("the model's files differ")

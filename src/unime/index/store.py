@@ -528,7 +528,7 @@ def model_mismatch(manifest: dict, model: str, settings: dict, *, device: str | 
     """None if `model` with `settings` is the model of the index `manifest` (same fingerprint), else why not:
     the settings that differ, or the model's files. A manifest that records the dtype option as given (auto,
     None: before the compute dtype was recorded) matches when that option gives the same dtype on `device`."""
-    from unime.models.embedding_cache import model_fingerprint
+    from unime.models.embedding_cache import model_fingerprint, run_folder_top_level_fingerprint
 
     fp = model_fingerprint(model, settings)
     expected = manifest.get("model_fingerprint")
@@ -541,7 +541,12 @@ def model_mismatch(manifest: dict, model: str, settings: dict, *, device: str | 
         return None
     differ = [f"{k} {built.get(k)!r} (index) vs {settings.get(k)!r}" for k in sorted(set(built) | set(settings))
               if built.get(k) != settings.get(k)] if built else []
-    return f"settings differ: {', '.join(differ)}" if differ else f"the model's files differ (fingerprint {fp})"
+    if differ:
+        return f"settings differ: {', '.join(differ)}"
+    if run_folder_top_level_fingerprint(model, settings) == expected:
+        return ("the index was built before a run folder was keyed by the weights it loads (its merged/ or adapter/), "
+                f"so they cannot be told to be the same (fingerprint now {fp}); rebuild it (index build --overwrite)")
+    return f"the model's files differ (fingerprint {fp})"
 
 
 def _dtype_label(dtype: str, device: str | None) -> str | None:

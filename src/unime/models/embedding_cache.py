@@ -101,8 +101,23 @@ def _local_model_dir(path: str) -> Path | None:
 
 def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None = None) -> str:
     """Identity of (checkpoint files, embedding settings) as a short hex string; see the module doc."""
+    return _fingerprint(path, _local_model_dir(str(path)), settings)
+
+
+def run_folder_top_level_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None = None) -> str | None:
+    """The key a training run folder had before it was keyed by the folder loading reads (`model_fingerprint`): that
+    of its own top-level files, blind to its weights; None for any other model. Lets a record keyed that way (an
+    index manifest) be told apart from one of another model."""
+    from unime.models.loading import trained_model_folder
+
+    p = Path(path)
+    if not p.is_dir() or Path(trained_model_folder(p)) == p:
+        return None
+    return _fingerprint(path, p, settings)
+
+
+def _fingerprint(path: str | os.PathLike, folder: Path | None, settings: dict[str, Any] | None) -> str:
     h = hashlib.sha256()
-    folder = _local_model_dir(str(path))
     if folder is None:
         log.warning("model %s is not a local folder; the embedding cache is keyed by its name only", path)
         h.update(f"name\0{path}\n".encode())
