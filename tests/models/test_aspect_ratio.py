@@ -97,3 +97,26 @@ def test_eval_names_the_image_or_leaves_its_row_out_and_counts_it(tiny_model_dir
     assert summary["meta"]["skipped_rows"] == 1
     task = json.loads((tmp_path / "b" / "tasks" / "colour_cls.json").read_text())
     assert task["counts"]["skipped_rows"] == 1 and task["counts"]["queries"] == 3
+
+
+def test_wrappers_built_directly_default_to_the_processors_limit(tiny_model_dir):
+    """QA: `Embedder(model, processor, adapter)` (and the judge, reranker, reasoner, collator built the same way)
+    defaulted to an `ImageLoader()` without a limit, so a 2000x8 image ended in transformers' bare ValueError."""
+    from unime import Embedder
+    from unime.models.judge import JudgeScorer
+    from unime.models.loading import load_model
+    from unime.models.reranker import Reranker
+    from unime.reasoning.reasoner import Reasoner
+    from unime.train.reranker_trainer import PromptAnswerCollator
+
+    loaded = load_model(tiny_model_dir("qwen2_vl"), device="cpu")
+    emb = Embedder(loaded.model, loaded.processor, loaded.adapter)
+    with pytest.raises(DataError, match="is 2000x8: its long side is 250 times its short side, over the 200"):
+        emb.encode([{"image": Image.new("RGB", (2000, 8))}])
+    for wrapper in (JudgeScorer(loaded.model, loaded.processor, loaded.adapter),
+                    Reranker(loaded.model, loaded.processor, loaded.adapter),
+                    Reasoner(loaded.model, loaded.processor, loaded.adapter),
+                    PromptAnswerCollator(loaded.adapter)):
+        assert wrapper.image_loader.max_aspect_ratio == 200, type(wrapper).__name__
+    fixed = load_model(tiny_model_dir("qwen2_vl"), device="cpu", image_budget=ImageBudget(image_size=32))
+    assert Embedder(fixed.model, fixed.processor, fixed.adapter).image_loader.max_aspect_ratio is None

@@ -20,6 +20,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item, item_list
 from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
+from unime.models.image_budget import adapter_image_loader
 from unime.models.item_format import DEFAULT_ITEM_FORMAT, check_item_format, resolve_item_format
 from unime.models.loading import LoadedModel, load_model
 from unime.models.prompts import EMB_TOKEN
@@ -63,7 +64,7 @@ class Embedder:
             if pooling == "emb":
                 raise ModelError(f"--item-format vlm2vec pools the last token (VLM2Vec's eos pooling); this model "
                                  f"pools at {EMB_TOKEN} (a tokenizer with it): use --item-format chat")
-        self.image_loader = image_loader or ImageLoader()
+        self.image_loader = adapter_image_loader(adapter, image_loader)
         self.instruction_suffix = instruction_suffix
         self.batch_size = _check_batch_size(batch_size)
         self.device = device

@@ -280,3 +280,18 @@ class ImageOptions:
     min_pixels: int | None = option(None, "lower bound of pixels per image", metavar="N", group=IMAGE_GROUP)
     image_size: Any = option(None, "resize every image to a fixed size before the processor (UniME-V2: 672)",
                              type=image_size_option, metavar="N|WxH", group=IMAGE_GROUP)
+
+
+def adapter_image_loader(adapter, image_loader=None):
+    """`image_loader`, else the loader of `adapter`'s budget (`ImageBudget.image_loader`: the processor's
+    aspect-ratio limit): the default of a model wrapper built directly (`Embedder(model, processor, adapter)`), so
+    an image its processor refuses is bad data, not transformers' bare ValueError. An adapter without a budget (a
+    test's fake): a loader without a limit."""
+    if image_loader is not None:
+        return image_loader
+    budget = getattr(adapter, "image_budget", None)
+    if isinstance(budget, ImageBudget):
+        return budget.image_loader()
+    from unime.data.images import ImageLoader
+
+    return ImageLoader()

@@ -31,6 +31,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item, item_list, one_item, require_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
+from unime.models.image_budget import adapter_image_loader
 from unime.models.judge_prompt import (judge_candidate_segments, judge_item_segments, judge_prefix_segments,
                                        judge_prompt_segments, merge_text)
 from unime.models.loading import LoadedModel, load_model, trained_model_folder
@@ -81,7 +82,7 @@ class JudgeScorer:
                  image_cache_bytes: int = IMAGE_CACHE_BYTES):
         self.model, self.processor, self.adapter = model, processor, adapter
         self.tokenizer = adapter.tokenizer
-        self.image_loader = image_loader or ImageLoader()
+        self.image_loader = adapter_image_loader(adapter, image_loader)
         self.device = device
         self.name = name
         # refuse a judge whose answers are not single tokens (ModelError from the adapter)

@@ -52,6 +52,7 @@ from unime.data.items import Item, item_list, one_item, require_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.generation import generate_texts
+from unime.models.image_budget import adapter_image_loader
 from unime.models.judge import JudgeScorer
 from unime.models.loading import LoadedModel, load_model, trained_model_folder
 from unime.models.rerank_prompts import (answer_format, item_content, listwise_answer_done, listwise_prompt,
@@ -203,7 +204,7 @@ class Reranker:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.processor, self.adapter = model, processor, adapter
-        self.image_loader = image_loader or ImageLoader()
+        self.image_loader = adapter_image_loader(adapter, image_loader)
         self.device = device
         self.num_candidates = num_candidates
         self.max_new_tokens = max_new_tokens

@@ -29,7 +29,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.data.video import VideoOptions, VideoSampling
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
-from unime.models.image_budget import ImageBudget, ImageOptions
+from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
 from unime.models.loading import DeviceOptions
 from unime.options import option
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
@@ -133,7 +133,7 @@ class Reasoner:
                  device: str = "cpu", max_new_tokens: int = TCOT_MAX_NEW_TOKENS, batch_size: int = 8,
                  name: str = ""):
         self.model, self.processor, self.adapter = model, processor, adapter
-        self.image_loader = image_loader or ImageLoader()
+        self.image_loader = adapter_image_loader(adapter, image_loader)
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size

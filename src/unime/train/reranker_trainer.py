@@ -48,7 +48,7 @@ from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, ModelError, OptionError
 from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import TrainerArgOptions
-from unime.models.image_budget import ImageBudget, ImageOptions
+from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
 from unime.models.loading import DeviceOptions, checkpoint_image_loader, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
                                refuse_full_fine_tuning_of_adapter)
@@ -157,7 +157,7 @@ class PromptAnswerCollator:
                  source: str | None = None, train_turn_end: bool = False, group_ids: bool = False):
         self.adapter = adapter
         self.group_ids = group_ids
-        self.image_loader = image_loader or ImageLoader()
+        self.image_loader = adapter_image_loader(adapter, image_loader)
         self.source = source
         self.format = answer_format(adapter)
         self.train_turn_end = train_turn_end
