@@ -120,3 +120,44 @@ def test_wrappers_built_directly_default_to_the_processors_limit(tiny_model_dir)
         assert wrapper.image_loader.max_aspect_ratio == 200, type(wrapper).__name__
     fixed = load_model(tiny_model_dir("qwen2_vl"), device="cpu", image_budget=ImageBudget(image_size=32))
     assert Embedder(fixed.model, fixed.processor, fixed.adapter).image_loader.max_aspect_ratio is None
+
+
+def test_a_video_file_over_the_ratio_is_refused_from_its_header_naming_it(tmp_path, tiny_model_dir, capsys,
+                                                                          monkeypatch):
+    """QA: a video FILE (not a frame list) of 2000x8 frames ended in transformers' bare 'absolute aspect ratio must
+    be smaller than 200' ValueError, even under --on-error skip."""
+    import unime.data.video as video
+    from tests.data.helpers import write_clip
+    from unime.data.video import FRAME_CACHE, probe_video_file
+
+    write_clip(tmp_path / "wide.mp4", n=4, size=(2000, 8))
+    FRAME_CACHE.clear()
+    assert ImageLoader(tmp_path).load_video(["wide.mp4"]).size == (2000, 8)  # no limit: decoded (and cached)
+    message = (r"^items.jsonl, record line 2, field 'video': video wide.mp4 is 2000x8: its long side is 250 times "
+               r"its short side, over the 200 the model's video processor accepts$")
+    loader = ImageLoader(tmp_path, max_aspect_ratio=200)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("frames decoded")
+
+    with monkeypatch.context() as m:
+        m.setattr(video, "_decode_frames", no_decoding)  # refused from the stream's header, the cache not used
+        with pytest.raises(DataError, match=message):
+            loader.load_video(["wide.mp4"], source="items.jsonl", record="line 2")
+        with pytest.raises(DataError, match=message):
+            probe_video_file(loader, "wide.mp4", source="items.jsonl", record="line 2", field="video")
+    FRAME_CACHE.clear()
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"text": "hi"}) + "\n" + json.dumps({"video": "wide.mp4"}) + "\n")
+    model = tiny_model_dir("qwen2_vl")
+    capsys.readouterr()
+    assert main(["embed", "--model", model, "--items", str(items), "--out", str(tmp_path / "a.npy"),
+                 "--device", "cpu"]) != 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"unime: error: {items}, record line 2, field 'item.video[0]': video wide.mp4 is 2000x8: its long side is 250 "
+        "times its short side, over the 200 the model's video processor accepts"]
+    assert main(["embed", "--model", model, "--items", str(items), "--out", str(tmp_path / "b.npy"),
+                 "--device", "cpu", "--on-error", "skip"]) == 0
+    assert "skipped 1 record(s) (video: 1)" in capsys.readouterr().out
+    assert np.load(tmp_path / "b.npy").shape[0] == 1
+    FRAME_CACHE.clear()

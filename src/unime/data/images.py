@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unime.data.items import ImageRef
-from unime.data.video import VideoSampling, load_video
+from unime.data.video import VideoSampling, aspect_ratio_problem, load_video
 from unime.errors import DataError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
@@ -121,11 +121,9 @@ class ImageLoader:
                             field=field) from None
 
     def _check_aspect(self, size: tuple[int, int], name: str, *, source, record, field) -> None:
-        w, h = size
-        if self.max_aspect_ratio is not None and min(w, h) > 0 and max(w, h) / min(w, h) > self.max_aspect_ratio:
-            raise DataError(f"image {name} is {w}x{h}: its long side is {max(w, h) / min(w, h):g} times its short "
-                            f"side, over the {self.max_aspect_ratio:g} the model's image processor accepts",
-                            source=source, record=record, field=field)
+        problem = aspect_ratio_problem(f"image {name}", size, self.max_aspect_ratio)
+        if problem:
+            raise DataError(problem, source=source, record=record, field=field)
 
     def load_video(self, refs, *, source=None, record=None, field="video"):
         """An item's `video` (one video file, or a list of frames) → `unime.data.video.Video`: decoded,

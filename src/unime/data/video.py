@@ -22,7 +22,9 @@ temporal_factor:2"), so every family gets the padded video.
 
 Safety, as for images (`unime.data.images`): paths stay inside the data root; an empty, corrupt or
 truncated file, a file without a video stream, a duration over ``max_duration_s``, a frame over
-``max_frame_pixels`` or a file over ``max_bytes`` raise `DataError` naming source, record and field.
+``max_frame_pixels`` or a file over ``max_bytes`` raise `DataError` naming source, record and field; so do, under
+the loader's ``max_aspect_ratio`` (the model's processor limit), frames whose long side is more than that many times
+their short one, from the stream's header (a frame list's frames: by the image loader's rules).
 A pixel budget per video (``max_video_pixels``, the sum over the sampled frames) scales the frames
 down, keeping their aspect ratio, before they reach the processor. Frames are turned upright by the stream's
 rotation (its display matrix, e.g. a phone's portrait clip stored landscape), as players and FFmpeg show them.
@@ -97,7 +99,8 @@ def _bad_video_options(frames, fps, max_frames, max_pixels) -> str | None:
 
 class FrameLoader(Protocol):
     """What reading a video needs of an image loader (`unime.data.images.ImageLoader`): its path rule for a
-    video file, and its image rules for the frames of a frame list."""
+    video file, and its image rules for the frames of a frame list. Its ``max_aspect_ratio``, where it has one
+    (the model's processor limit), applies to a video file's frames too."""
 
     def resolve(self, ref: str, *, source=None, record=None, field=None) -> Path: ...
 
@@ -385,6 +388,18 @@ FRAME_CACHE = FrameCache()
 
 # -- decoding ------------------------------------------------------------------------------------------
 
+def aspect_ratio_problem(what: str, size: tuple[int, int], limit: float | None, *,
+                         processor: str = "image") -> str | None:
+    """Why a processor refuses `what` (e.g. "image x.png") of `size` (w, h) under its aspect-ratio `limit`
+    (`unime.models.image_budget.ImageBudget.max_aspect_ratio`; None: no limit): its long side over `limit` times
+    its short one (transformers' `smart_resize` raises a bare ValueError mid-batch). None when it takes it."""
+    w, h = size
+    if limit is None or min(w, h) <= 0 or max(w, h) / min(w, h) <= limit:
+        return None
+    return (f"{what} is {w}x{h}: its long side is {max(w, h) / min(w, h):g} times its short side, over the "
+            f"{limit:g} the model's {processor} processor accepts")
+
+
 def _budget_size(width: int, height: int, n_frames: int, budget: int) -> tuple[int, int]:
     """Frame size after the per-video pixel budget (aspect kept, never upscaled, >= 1 px)."""
     if n_frames * width * height <= budget:
@@ -430,9 +445,11 @@ def _video_duration(container, stream) -> tuple[float | None, bool]:
     return None, False
 
 
-def _stream_header(container, sampling: VideoSampling, fail, name: str) -> _StreamHeader:
+def _stream_header(container, sampling: VideoSampling, fail, name: str,
+                   max_aspect_ratio: float | None = None) -> _StreamHeader:
     """The first video stream of an open container, checked by the module's rules from its header alone (no
-    frame decoded): a stream, a frame size and rate, a duration and a frame count within the limits."""
+    frame decoded): a stream, a frame size (within `max_aspect_ratio`) and rate, a duration and a frame count
+    within the limits."""
     if not container.streams.video:
         raise fail(f"video {name} has no video stream")
     stream = container.streams.video[0]
@@ -442,6 +459,9 @@ def _stream_header(container, sampling: VideoSampling, fail, name: str) -> _Stre
     if width * height > sampling.max_frame_pixels:
         raise fail(f"video {name} has {width}x{height}={width * height} pixels per frame, over the limit "
                    f"{sampling.max_frame_pixels}")
+    problem = aspect_ratio_problem(f"video {name}", (width, height), max_aspect_ratio, processor="video")
+    if problem:
+        raise fail(problem)
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
     if not fps > 0 or not math.isfinite(fps):
@@ -478,12 +498,13 @@ def _open_container(data, sampling: VideoSampling, name: str, fail, size: int):
 
 
 def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline bytes>", source=None, record=None,
-                 field=None, seek: bool = True) -> Video:
-    """Decode and sample one video file given as bytes (see the module notes for the rules). `seek=False`
-    decodes the stream from its start up to the last sampled frame (the reference the seeking path equals)."""
+                 field=None, seek: bool = True, max_aspect_ratio: float | None = None) -> Video:
+    """Decode and sample one video file given as bytes (see the module notes for the rules; frames beyond
+    `max_aspect_ratio` are refused from the header). `seek=False` decodes the stream from its start up to the last
+    sampled frame (the reference the seeking path equals)."""
     fail = functools.partial(DataError, source=source, record=record, field=field)
     with _open_container(data, sampling, name, fail, len(data)) as container:
-        h = _stream_header(container, sampling, fail, name)
+        h = _stream_header(container, sampling, fail, name, max_aspect_ratio)
         index = _packet_index(container, h.stream)
         total, duration = h.total, h.duration
         if not h.counted and index is not None:
@@ -577,7 +598,7 @@ def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | No
         else:
             data, name, size = bytes(ref), "<inline video bytes>", len(ref)
         with _open_container(data, sampling, name, fail, size) as container:
-            _stream_header(container, sampling, fail, name)
+            _stream_header(container, sampling, fail, name, getattr(loader, "max_aspect_ratio", None))
 
 
 def _frame_image(frame, size: tuple[int, int]):
@@ -739,9 +760,10 @@ def _decode_seeking(container, stream, plan: _SeekPlan, want: dict[int, list[int
     return decoded
 
 
-def _content_key(data: bytes, sampling: VideoSampling) -> str:
+def _content_key(data: bytes, sampling: VideoSampling, max_aspect_ratio: float | None = None) -> str:
+    """The frame cache's key: the file's content, the sampling and the limit its header was checked under."""
     h = hashlib.sha1(data)
-    h.update(repr(astuple(sampling)).encode())
+    h.update(repr((astuple(sampling), max_aspect_ratio)).encode())
     return h.hexdigest()
 
 
@@ -773,11 +795,13 @@ def load_video(loader: FrameLoader, refs: Sequence[Any], sampling: VideoSampling
             data, name = _video_path(loader, ref, sampling, source=source, record=record, field=field).read_bytes(), ref
         else:
             data, name = bytes(ref), "<inline video bytes>"
-        key = _content_key(data, sampling)
+        limit = getattr(loader, "max_aspect_ratio", None)  # the image loader's, the model's processor limit
+        key = _content_key(data, sampling, limit)
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
             return hit
-        video = decode_video(data, sampling, name=name, source=source, record=record, field=field)
+        video = decode_video(data, sampling, name=name, source=source, record=record, field=field,
+                             max_aspect_ratio=limit)
         if cache is not None:
             cache.put(key, video)
         return video
