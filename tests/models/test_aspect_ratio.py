@@ -161,3 +161,19 @@ def test_a_video_file_over_the_ratio_is_refused_from_its_header_naming_it(tmp_pa
     assert "skipped 1 record(s) (video: 1)" in capsys.readouterr().out
     assert np.load(tmp_path / "b.npy").shape[0] == 1
     FRAME_CACHE.clear()
+
+
+def test_an_eval_suite_reads_each_task_by_the_models_loader_under_the_tasks_root(tmp_path):
+    """`load_suite_data(image_loader=)` takes the model's loader (`checkpoint_image_loader`, the one way a loader for
+    a model's images is built) and applies its rules under each task's data root, not its own root."""
+    from unime.eval.runners import load_suite_data
+    from unime.eval.tasks import load_task_config
+
+    cfg = build_world(tmp_path)
+    Image.new("RGB", (8, 2000), (0, 200, 0)).save(tmp_path / "images/green.png")
+    suite = load_task_config(str(cfg), only=["colour_cls"])
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(DataError, match=r"images/green.png is 8x2000: its long side is 250 times"):
+        load_suite_data(suite, image_loader=ImageBudget().image_loader(tmp_path / "elsewhere"))
+    [(spec, data)] = load_suite_data(suite, image_loader=ImageBudget(image_size=32).image_loader(tmp_path / "x"))
+    assert spec.name == "colour_cls" and data.skipped == 0

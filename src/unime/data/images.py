@@ -39,6 +39,15 @@ class ImageLoader:
         self.max_aspect_ratio = max_aspect_ratio
         self.video_sampling = video  # None: `unime.data.video.VideoSampling()` defaults
 
+    def under(self, root: str | os.PathLike | None) -> "ImageLoader":
+        """This loader (its limits, video sampling, path rule) with image paths relative to `root`: one loader's
+        rules over the data roots of several files (an eval suite's tasks)."""
+        import copy
+
+        rooted = copy.copy(self)
+        rooted.root = Path(root).resolve() if root is not None else Path.cwd().resolve()
+        return rooted
+
     # what the two refusals below add: the option exists on the commands that read a user's own image folders
     _PERMIT_TEXT = ("; `unime data import`, `data convert` and `eval` permit it with --allow-outside-root (in "
                     "Python: ImageLoader(..., allow_outside_root=True))")

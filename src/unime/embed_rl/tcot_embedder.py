@@ -383,7 +383,7 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     # the embedder's and the reasoner's: the same frames of each clip, images within both processors' limits
     loader = checkpoint_image_loader([embedder_path, *([reasoner_path] if tcots == "reasoner" else [])], budget,
                                      video=sampling)
-    data = load_suite_data(suite, video_sampling=sampling, max_aspect_ratio=loader.max_aspect_ratio)
+    data = load_suite_data(suite, image_loader=loader)
     query_keys = {d.table.items[int(q)].key for _, d in data if isinstance(d, (MMEBData, QrelsData)) for q in d.query}
     emb = Embedder.from_pretrained(embedder_path, device=device, dtype=dtype, pooling="emb", batch_size=batch_size,
                                    image_budget=budget, video_sampling=sampling)

@@ -32,7 +32,7 @@ from unime.eval.tasks import (CompositionalData, EmptyTaskError, MissingTaskData
 from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
                                           model_fingerprint)
 from unime.models.image_budget import ImageOptions
-from unime.models.loading import (EmbedderOptions, checkpoint_max_aspect_ratio, free_dropped_models,
+from unime.models.loading import (EmbedderOptions, checkpoint_image_loader, free_dropped_models,
                                  refuse_missing_local_model)
 from unime.models.reranker import LISTWISE_BATCH, RERANK_MODES, RerankerProtocol, RerankStats, rerank_many
 from unime.options import allow_outside_root_option, on_error_option, option
@@ -471,21 +471,19 @@ def score_tasks(encoded: EncodedTasks, encoder: RunEncoder, *, opts: EvalOptions
     return RunOutput(results=results, encoding=encoder.stats.to_dict(), timing=timing, rerank=rerank_info)
 
 
-def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", video_sampling=None,
-                    max_aspect_ratio: float | None = None, allow_outside_root: bool = False
+def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", image_loader=None
                     ) -> list[tuple[TaskSpec, TaskData]]:
     """Read every task (fails on the first bad row unless ``on_error="skip"``, which counts skipped rows
     per task: they appear in each task's ``counts["skipped_rows"]``). Under the skip policy a task without
     its data file (a partial copy of a benchmark), or left with no rows (or, graded, with no query that has a
     relevant candidate) is reported and left out
     (`skipped_task_names`); an error only when no task is left, and
-    videos are decoded with the run's `video_sampling` (`load_task_data`); images are held to the model's
-    processor's `max_aspect_ratio`; media paths stay inside each task's data root unless `allow_outside_root`."""
+    media are checked by `image_loader`'s rules under each task's data root (`load_task_data`: the model's loader,
+    `unime.models.loading.checkpoint_image_loader`, with the run's video sampling)."""
     out = []
     for spec in suite.tasks:
         try:
-            data = load_task_data(spec, on_error=on_error, video_sampling=video_sampling,
-                                  max_aspect_ratio=max_aspect_ratio, allow_outside_root=allow_outside_root)
+            data = load_task_data(spec, on_error=on_error, image_loader=image_loader)
         except MissingTaskDataError as e:
             if on_error != "skip":
                 raise MissingTaskDataError(f"{raw_message(e)}; evaluate the tasks you have with --task NAME "
@@ -584,9 +582,9 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     suite = load_task_config(tasks, root=tasks_root, only=only)
     # bad data fails here, before the model is loaded (under skip, videos decoded: a clip damaged past its header
     # leaves its row out, not the run)
-    data = load_suite_data(suite, on_error=on_error, video_sampling=video_sampling,
-                           max_aspect_ratio=checkpoint_max_aspect_ratio(model, image_budget),
-                           allow_outside_root=cfg.allow_outside_root)
+    data = load_suite_data(suite, on_error=on_error,
+                           image_loader=checkpoint_image_loader(model, image_budget, video=video_sampling,
+                                                                allow_outside_root=cfg.allow_outside_root))
     # the options that change the results (batch size, cache and progress bars do not)
     run_options = {"model": str(model), "tasks": tasks, "tasks_root": tasks_root, "only": only, "device": device,
                    "dtype": str(dtype), "pooling": cfg.pooling, "ties": ties, "on_error": on_error,

@@ -570,23 +570,21 @@ def _v2_in_pool(row: V2Row, dropped: CandidateDrops | None, pool_names: list[str
 
 
 def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport | None = None,
-                   video_sampling=None, max_aspect_ratio: float | None = None,
-                   allow_outside_root: bool = False) -> TaskData:
+                   image_loader=None) -> TaskData:
     """Read one task's data. Bad rows raise `DataError` (file, record, field), or under
     ``on_error="skip"`` are left out and counted in `skips` (and in the task's ``skipped``).
 
     Videos are checked from their headers (the encoder decodes them later; one that fails then names its
     file, line and field: `ItemTable.origins`), except under the skip policy: there each is decoded here with
-    `video_sampling` (a `unime.data.video.VideoSampling`, the run's; default: its defaults), so a clip damaged
-    past its header leaves its row out like any bad media, and the encoder finds the frames in the frame cache.
-    An image beyond the model's processor's `max_aspect_ratio` is bad media too (`ImageLoader`); a media path
-    outside the task's data root is, unless `allow_outside_root`."""
+    the run's video sampling, so a clip damaged past its header leaves its row out like any bad media, and the
+    encoder finds the frames in the frame cache. The media are checked by the rules of `image_loader` (the
+    model's, from `unime.models.loading.checkpoint_image_loader`: its video sampling, its processor's
+    aspect-ratio limit, whether paths may leave the data root), under the task's data root; default: an
+    `ImageLoader`'s defaults (no aspect-ratio limit, media paths inside the task's data root)."""
     reader = {"mmeb": read_mmeb_task, "retrieval": read_retrieval_task, "compositional": read_compositional_task,
               "qrels": read_qrels_task, "mmeb_v2": read_mmeb_v2_task}[spec.format]
     policy = ErrorPolicy(on_error, skips, f"task {spec.name}")
-    data = reader(spec, policy, _image_checker(spec, decode_video=on_error == "skip", video_sampling=video_sampling,
-                                               max_aspect_ratio=max_aspect_ratio,
-                                               allow_outside_root=allow_outside_root))
+    data = reader(spec, policy, _image_checker(spec, image_loader, decode_video=on_error == "skip"))
     data.skipped = policy.skips.total - policy.start
     policy.finish()
     if on_error == "skip" and isinstance(data, QrelsData) and not any(np.any(g > 0) for g in data.grades):
@@ -607,16 +605,15 @@ def _data_files(path: Path, *, task: str) -> list[Path]:
     return [path]
 
 
-def _image_checker(spec: TaskSpec, *, decode_video: bool = False, video_sampling=None, max_aspect_ratio=None,
-                   allow_outside_root: bool = False):
-    """The media check of a task's rows: images decoded; videos from their headers only, as the encoder decodes
-    them anyway, unless `decode_video` (with the run's `video_sampling`: the frames land in the frame cache the
-    encoder reads, `unime.data.video.load_video`). See `ImageChecker`."""
+def _image_checker(spec: TaskSpec, image_loader=None, *, decode_video: bool = False):
+    """The media check of a task's rows by `image_loader`'s rules (default: `ImageLoader`'s) under the task's data
+    root: images decoded; videos from their headers only, as the encoder decodes them anyway, unless
+    `decode_video` (with the loader's video sampling: the frames land in the frame cache the encoder reads,
+    `unime.data.video.load_video`). See `ImageChecker`."""
     from unime.data.images import ImageLoader
     from unime.data.io import ImageChecker
 
-    return ImageChecker(ImageLoader(spec.data_root, video=video_sampling, max_aspect_ratio=max_aspect_ratio,
-                                    allow_outside_root=allow_outside_root), decode_video=decode_video)
+    return ImageChecker((image_loader or ImageLoader()).under(spec.data_root), decode_video=decode_video)
 
 
 def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str, images=None,

@@ -24,17 +24,17 @@ from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.video import VideoOptions
 from unime.errors import DataError
 from unime.models.image_budget import ImageOptions
-from unime.models.loading import EmbedderOptions, checkpoint_max_aspect_ratio
+from unime.models.loading import EmbedderOptions, checkpoint_image_loader
 from unime.options import on_error_option, option
 
 
-def read_items_file(path: str, *, data_root: str, on_error: str = "raise", skips: SkipReport | None = None,
-                    video_sampling=None, max_aspect_ratio: float | None = None) -> tuple[list[Item], list[int]]:
+def read_items_file(path: str, *, image_loader: ImageLoader, on_error: str = "raise", skips: SkipReport | None = None
+                    ) -> tuple[list[Item], list[int]]:
     """The good items of an item file (`unime.data.corpus`: the lines `unime index build` reads, a generated
-    world's items.jsonl too) and their line numbers (images and videos opened and decoded; images within the
-    processor's `max_aspect_ratio`, `ImageLoader`)."""
+    world's items.jsonl too) and their line numbers (images and videos opened and decoded by `image_loader`: the
+    model's, `unime.models.loading.checkpoint_image_loader`, under the items' data root)."""
     policy = ErrorPolicy(on_error, skips, path)
-    checker = ImageChecker(ImageLoader(data_root, video=video_sampling, max_aspect_ratio=max_aspect_ratio))
+    checker = ImageChecker(image_loader)
     items, lines = [], []
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         try:
@@ -78,9 +78,9 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
     video_sampling = VideoSampling.from_fields(cfg)
     skips = SkipReport() if skips is None else skips
     image_budget = ImageBudget.from_args(cfg)
-    items, lines = read_items_file(items_path, data_root=root, on_error=cfg.on_error, skips=skips,
-                                   video_sampling=video_sampling,
-                                   max_aspect_ratio=checkpoint_max_aspect_ratio(cfg.model, image_budget))
+    items, lines = read_items_file(items_path, on_error=cfg.on_error, skips=skips,
+                                   image_loader=checkpoint_image_loader(cfg.model, image_budget, root,
+                                                                        video=video_sampling))
     if not items:
         raise DataError("no items to encode", source=items_path)
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,

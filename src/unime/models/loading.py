@@ -253,13 +253,6 @@ class LoadedModel:
         return {"base_model": model_reference(self.base_path), "started_from_adapter": model_reference(self.peft_path)}
 
 
-def checkpoint_max_aspect_ratio(path: str | os.PathLike, image_budget: ImageBudget | None) -> float | None:
-    """The aspect-ratio limit of the images `load_model(path, image_budget=)`'s processor takes
-    (`ImageBudget.max_aspect_ratio`), read before the model loads, from the budget recorded with the checkpoint:
-    for a command's image check ahead of the model, which leaves the image out under its skip policy."""
-    return resolve_budget(trained_model_folder(path), image_budget).max_aspect_ratio()
-
-
 def checkpoint_image_loader(paths: str | os.PathLike | Sequence[str | os.PathLike], image_budget: ImageBudget | None,
                             root=None, **kwargs):
     """`ImageBudget.image_loader(root, **kwargs)` for the images the checkpoint(s) `paths` will see, read before
