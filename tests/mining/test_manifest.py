@@ -98,23 +98,26 @@ def test_the_video_options_defaults_given_explicitly_are_no_change(tmp_path):
 
 
 def test_range_margins_and_sampling_strategy_are_part_of_the_runs_identity(tmp_path):
-    """--range-min and the margins change what is retrieved (the retrieval's hash, so its stage and the judge's are
-    redone), --sampling-strategy only stage C (the run's hash); at their defaults every hash is the one a run
-    recorded before they existed (the run hash of the defaults as the version without them computed it), and a
-    folder continues; another value is refused by its flag like --k."""
+    """--range-min, the margins and --exclude-query-positives change what is retrieved (the retrieval's hash, so its
+    stage and the judge's are redone), --sampling-strategy only stage C (the run's hash); at their defaults every
+    hash is the one a run recorded before they existed (the run hash of the defaults as the version without them
+    computed it), and a folder continues; another value is refused by its flag like --k."""
     assert run_hash(_config(), INPUTS) == "edfa712eba82cbaa"
-    explicit = _config(range_min=0, absolute_margin=0.0, relative_margin=0.0, sampling_strategy="cyclical")
+    explicit = _config(range_min=0, absolute_margin=0.0, relative_margin=0.0, sampling_strategy="cyclical",
+                       exclude_query_positives=False)
     r = retrieval_hash(explicit, INPUTS)
     assert (r, judge_hash(explicit, INPUTS, r)) == NOW and run_hash(explicit, INPUTS) == "edfa712eba82cbaa"
     hashes = {retrieval_hash(_config(**kw), INPUTS) for kw in
-              ({}, {"range_min": 1}, {"absolute_margin": 0.1}, {"relative_margin": 0.1}, {"k": 7})}
-    assert len(hashes) == 5
+              ({}, {"range_min": 1}, {"absolute_margin": 0.1}, {"relative_margin": 0.1}, {"k": 7},
+               {"exclude_query_positives": True})}
+    assert len(hashes) == 6
     top = _config(sampling_strategy="top")
     assert retrieval_hash(top, INPUTS) == NOW[0] and run_hash(top, INPUTS) != run_hash(_config(), INPUTS)
     Manifest(tmp_path / "manifest.json").open_run(_config(), INPUTS, run_hash(_config(), INPUTS))
     assert Manifest(tmp_path / "manifest.json").open_run(explicit, INPUTS, run_hash(explicit, INPUTS)) is False
     for kw, flag in (({"range_min": 2}, "--range-min"), ({"absolute_margin": 0.1}, "--absolute-margin"),
-                     ({"sampling_strategy": "random"}, "--sampling-strategy")):
+                     ({"sampling_strategy": "random"}, "--sampling-strategy"),
+                     ({"exclude_query_positives": True}, "--exclude-query-positives")):
         with pytest.raises(ChangedOptions, match=flag):
             Manifest(tmp_path / "manifest.json").open_run(_config(**kw), INPUTS, run_hash(_config(**kw), INPUTS))
 

@@ -226,6 +226,44 @@ def test_sampling_strategy_top_resamples_and_range_min_skips_the_first_candidate
         assert [r["pool_index"] for r in rows] == [r["pool_index"] for r in before[qi][1:]], qi
 
 
+def test_exclude_query_positives_reaches_the_retrieval(dataset, tiny_model_dir, tmp_path):
+    """Two more captions for two of the classification images (records with the same query item as an earlier
+    one): by default the caption scoring below a record's positive is one of its candidates (K above the pool, so
+    every survivor of the δ rule is kept); with exclude_query_positives the retrieval's candidates are the default's
+    without the other positives of the record's query, and nothing else changes."""
+    import dataclasses
+
+    from unime.data.io import write_records
+    from unime.mining.inputs import load_inputs
+    from unime.mining.manifest import Manifest
+    from unime.mining.stages import run_retrieval
+    from unime.models.embedder import Embedder
+
+    records = read_records(dataset)
+    extra = [dataclasses.replace(records[0], positive=Item(text="scarlet"), id="cls-scarlet"),
+             dataclasses.replace(records[2], positive=Item(text="lime"), id="cls-lime")]
+    path = dataset.parent / "records_multipos.jsonl"
+    write_records(records + extra, path)
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(dataset.parent))
+    cfg = _config(dataset, tiny_model_dir, tmp_path / "plain", records=str(path), k=10)
+    found = {}
+    for name, c in (("plain", cfg), ("grouped", dataclasses.replace(cfg, out=str(tmp_path / "grouped"),
+                                                                     exclude_query_positives=True))):
+        Path(c.out).mkdir()
+        data = load_inputs(c, Path(c.out))
+        res = run_retrieval(c, data, Manifest(Path(c.out) / "manifest.json"), name, lambda: emb, {})
+        found[name] = [x.tolist() for x in res.candidate_ids]
+    ids = {it.key: n for n, it in enumerate(data.pool)}
+    assert len(data.pool) == 9 and len(data.records) == 11  # red and green are the positives of two images each
+    pairs = {0: 9, 9: 0, 2: 10, 10: 2}  # record -> the record with the same query
+    others = {i: ids[data.records[j].positive.key] for i, j in pairs.items()}
+    for i in range(11):
+        expected = [c for c in found["plain"][i] if c != others.get(i)]
+        assert found["grouped"][i] == expected, i
+    # by default the other caption is a candidate of one record of each pair (the one whose positive scores higher)
+    assert sum(others[i] in found["plain"][i] for i in pairs) == 2
+
+
 def test_a_changed_judge_stage_deletes_only_its_shards(mined, dataset, tiny_model_dir, caplog):
     """Another shard layout is another judge stage: its earlier shards are deleted and scored anew, and a file the
     user put into judge/ stays, named in a warning (the folder was deleted whole)."""

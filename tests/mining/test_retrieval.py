@@ -7,7 +7,8 @@ import pytest
 
 from unime.data.items import Item, Record
 from unime.index.ann import IndexConfig, build_index
-from unime.mining.retrieval import CandidateWindow, apply_delta_rule, build_pool, search_hard_negatives
+from unime.mining.retrieval import (CandidateWindow, apply_delta_rule, build_pool, query_positive_ids,
+                                    search_hard_negatives)
 
 
 def _unit(rng, n, d):
@@ -110,6 +111,43 @@ def test_query_in_pool_is_excluded():
     assert 3 not in res.candidate_ids[0].tolist()
 
 
+@pytest.mark.parametrize("kind,overfetch", [("flat", 16), ("flat", 0), ("hnsw", 0)],
+                         ids=["flat-search", "flat-scan", "hnsw"])
+def test_query_positives_are_excluded_for_every_record_of_the_query(kind, overfetch):
+    """Image-to-text: two records with the same query image and different captions (c1, c2) are one query under
+    --exclude-query-positives; neither caption is a candidate of either record, as sentence-transformers groups
+    rows by anchor. Pool ids c1 0, c2 1, c3 2, c4 3 (c4 an extra pool item). Image I scores c2 1.0, c3 0.75,
+    c1 0.5, c4 0.25; image J (its own query) c1 0.75, c3 0.5, c2 0, c4 -1. Hand-worked, k = 3:
+    record 0 (I, c1 at 0.5): c2 and c3 above it, [c4] kept; grouped, c2 is a positive: one above.
+    record 1 (I, c2 at 1.0): [c3, c1, c4]; grouped [c3, c4] (c1 is the other caption).
+    record 2 (J, c3 at 0.5): c1 above, [c2, c4] either way (J's only positive is c3).
+    Every path: the FAISS search alone (fetch = pool), its exhaustive scan (fetch 3 < pool, fewer than k kept),
+    an approximate index searched again deeper."""
+    img_i, img_j = Item(images=["i.png"]), Item(images=["j.png"])
+    c1, c2, c3, c4 = (Item(text=t) for t in ("c1", "c2", "c3", "c4"))
+    records = [Record(img_i, c1, dataset="x"), Record(Item(images=["i.png"]), c2, dataset="x"),
+               Record(img_j, c3, dataset="x")]
+    pool_items = build_pool(records, extra=[c4])
+    assert [it.text for it in pool_items] == ["c1", "c2", "c3", "c4"]
+    pool_index = {it.key: n for n, it in enumerate(pool_items)}
+    groups = query_positive_ids(records, pool_index)
+    assert [g.tolist() for g in groups] == [[0, 1], [0, 1], [2]]
+    pool = np.array([[0.5, 0.75], [1, 0], [0.75, 0.5], [0.25, -1]], dtype=np.float32)
+    q = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    pos = [0, 1, 2]
+    index = build_index(pool, IndexConfig(kind=kind))
+    plain = search_hard_negatives(index, q, pool[pos], pos, k=3, overfetch=overfetch)
+    assert [x.tolist() for x in plain.candidate_ids] == [[3], [2, 0, 3], [1, 3]]
+    assert plain.n_above_positive.tolist() == [2, 0, 1]
+    grouped = search_hard_negatives(index, q, pool[pos], pos, k=3, overfetch=overfetch, query_positive_ids=groups)
+    assert [x.tolist() for x in grouped.candidate_ids] == [[3], [2, 3], [1, 3]]
+    assert [x.tolist() for x in grouped.candidate_sims] == [[0.25], [0.75, 0.25], [0.0, -1.0]]
+    assert grouped.n_above_positive.tolist() == [1, 0, 1]
+    kept, _, above = apply_delta_rule(np.array([1, 2, 0, 3]), np.array([1.0, 0.75, 0.5, 0.25]), positive_id=1,
+                                      positive_sim=1.0, k=3, query_positive_ids=groups[1])
+    assert kept.tolist() == [2, 3] and above == 0
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_indexes_agree_with_exact(kind):
     rng = np.random.default_rng(2)
@@ -153,9 +191,10 @@ def test_exact_topk_matches_argsort_across_chunks():
     assert exact_topk(pool, q, 7, chunk=128).tolist() == np.argsort(-(q @ pool.T), axis=1)[:, :7].tolist()
 
 
-def _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, k, range_min=0, absolute=0.0, relative=0.0):
+def _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, k, range_min=0, absolute=0.0, relative=0.0, grouped=False):
     """The δ rule on a full NumPy sort of the pool per query: similarity descending, ties by the higher id
-    first (FAISS's order), dropping the positive, the query and everything at or above the positive; then
+    first (FAISS's order), dropping the positive, the query (and, `grouped`, the positives of the other rows of
+    its group, `_groups`) and everything at or above the positive; then
     sentence-transformers' margins (sim <= pos - absolute, sim <= pos - |pos| * relative, in float64) and the
     window [range_min, k) of what is left."""
     out = []
@@ -163,7 +202,8 @@ def _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, k, range_min=0, absolu
         sims = pool @ q[i]
         order = np.lexsort((-np.arange(len(pool)), -sims))
         pos_sim = q[i] @ pool[pos_ids[i]]
-        others = [j for j in order if j not in (pos_ids[i], query_ids[i])]
+        dropped = {pos_ids[i], query_ids[i]} | (set(_groups(pos_ids)[i].tolist()) if grouped else set())
+        others = [j for j in order if j not in dropped]
         n_above = sum(sims[j] >= pos_sim for j in others)
         kept = [j for j in others if sims[j] < pos_sim and float(sims[j]) <= float(pos_sim) - absolute
                 and float(sims[j]) <= float(pos_sim) - abs(float(pos_sim)) * relative][range_min:k]
@@ -171,8 +211,15 @@ def _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, k, range_min=0, absolu
     return out
 
 
+def _groups(pos_ids):
+    """Rows 3g, 3g+1, 3g+2 as one query (--exclude-query-positives): per row the positives of its group."""
+    pos = np.asarray(pos_ids, dtype=np.int64)
+    return [pos[i - i % 3:i - i % 3 + 3] for i in range(len(pos))]
+
+
 RULES = [{}, {"range_min": 3}, {"absolute": 0.25}, {"relative": 0.1},
-         {"range_min": 2, "absolute": 0.5, "relative": 0.2}]
+         {"range_min": 2, "absolute": 0.5, "relative": 0.2}, {"grouped": True},
+         {"grouped": True, "range_min": 2, "absolute": 0.25}]
 
 
 @pytest.mark.parametrize("storage", ["float32", "float16"])
@@ -198,7 +245,8 @@ def test_search_equals_a_full_sort_with_ties_and_low_ranked_positives(storage, b
     kw = {} if block_bytes is None else {"block_bytes": block_bytes}
     window = CandidateWindow(rule.get("range_min", 0), rule.get("absolute", 0.0), rule.get("relative", 0.0))
     res = search_hard_negatives(build_index(pool, IndexConfig(storage=storage)), q, pool[pos_ids], pos_ids, k=10,
-                                overfetch=2, query_ids=query_ids, rule=window, **kw)
+                                overfetch=2, query_ids=query_ids, rule=window, **kw,
+                                query_positive_ids=_groups(pos_ids) if rule.get("grouped") else None)
     expected = _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, 10, **rule)
     for i, (ids, sims, n_above) in enumerate(expected):
         assert res.candidate_ids[i].tolist() == ids, i
@@ -206,6 +254,6 @@ def test_search_equals_a_full_sort_with_ties_and_low_ranked_positives(storage, b
         assert res.n_above_positive[i] == n_above, i
     full = 10 - rule.get("range_min", 0)
     assert sum(len(x) < full for x in res.candidate_ids) > 0 and sum(res.n_above_positive > 12) > 10
-    if rule.get("absolute") or rule.get("relative"):  # the margin drops some that the δ rule alone keeps
+    if rule.get("absolute") or rule.get("relative") or rule.get("grouped"):  # drops some the δ rule alone keeps
         plain = _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, 10, range_min=rule.get("range_min", 0))
         assert [e[0] for e in expected] != [p[0] for p in plain]

@@ -37,6 +37,10 @@ class MineConfig(JudgeOptions, AnnOptions, ItemFormatOptions):
                                     "alone, sim(q,c) < sim(q,pos))", at_least=0, metavar="M")
     relative_margin: float = option(0.0, "keep a candidate only if sim(q,c) <= sim(q,pos) - |sim(q,pos)| * R, "
                                     "as sentence-transformers (0: the δ rule alone)", at_least=0, metavar="R")
+    exclude_query_positives: bool = option(False, "records with the same query item are one query, as "
+                                           "sentence-transformers groups rows by anchor: no positive of the query "
+                                           "is a candidate of any of its records (default: only the record's own "
+                                           "positive is excluded)")
     beta: float = option(DEFAULT_BETA, "false negative: s(q,c) > s(q,c_t) - beta")
     interval: int = option(DEFAULT_INTERVAL, "cyclical sampling interval", at_least=1)
     sampling_strategy: str = option("cyclical", "which survivors of the judge's filter are stored: cyclical (SPEC "

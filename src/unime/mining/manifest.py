@@ -73,7 +73,7 @@ def _hashed_inputs(inputs: dict[str, Any], legacy: bool = False) -> dict[str, An
 # options added after runs were recorded: in the run's identity only when set away from their defaults, so a
 # run finished before them is still finished
 LATER_OPTIONS = {"range_min": 0, "absolute_margin": 0.0, "relative_margin": 0.0, "sampling_strategy": "cyclical",
-                 "item_format": None}
+                 "item_format": None, "exclude_query_positives": False}
 # --relative-margin R keeps sim(q,c) <= sim(q,pos) - |sim(q,pos)| * R (sentence-transformers') since its hashes carry
 # this rule; runs recorded before used sim(q,pos) * (1 - R), which lies above a negative positive: not reused
 RELATIVE_MARGIN_RULE = "pos-|pos|*R"
@@ -108,15 +108,16 @@ def _video_key(c: MineConfig) -> dict:
 
 
 def _window_key(c: MineConfig) -> dict:
-    """--range-min and the margins in the retrieval's hash, only when set away from their defaults (0: the δ rule
-    alone; runs without them keep their earlier hashes)."""
-    window = {k: _hashed_later(k, getattr(c, k)) for k in ("range_min", "absolute_margin", "relative_margin")
+    """--range-min, the margins and --exclude-query-positives in the retrieval's hash, only when set away from their
+    defaults (0, off: the δ rule alone; runs without them keep their earlier hashes)."""
+    window = {k: _hashed_later(k, getattr(c, k))
+              for k in ("range_min", "absolute_margin", "relative_margin", "exclude_query_positives")
               if getattr(c, k) != LATER_OPTIONS[k]}
     return {"window": window} if window else {}
 
 
 def retrieval_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> str:
-    """Stage A's identity: records, pool, image bytes, embedder, K, the range and margins, the index, the data
+    """Stage A's identity: records, pool, image bytes, embedder, K, the range, margins and grouping, the index, the data
     root, dtype, video."""
     return options_hash({"records": inputs["records"]["sha1"], "pool": inputs["pool"],
                          "images": inputs["images"]["sha1"],

@@ -13,6 +13,9 @@
   queries x pool, memory bounded by `SEARCH_BLOCK_BYTES` whatever the pool.
 - `CandidateWindow`: sentence-transformers' `mine_hard_negatives` knobs on top of the δ rule (margins below the
   positive, skipping the most similar survivors); at its defaults the δ rule alone.
+- `query_positive_ids`: per record every positive of the records sharing its query (`Item.key`), which
+  `search_hard_negatives` can exclude too (`unime mine --exclude-query-positives`, sentence-transformers' grouping
+  of rows by anchor).
 """
 
 from __future__ import annotations
@@ -43,6 +46,20 @@ def build_pool(records: Sequence[Record], extra: Sequence[Item] = ()) -> list[It
     for it in extra:
         seen.setdefault(it.key, it)
     return list(seen.values())
+
+
+def query_positive_ids(records: Sequence[Record], pool_index: dict[str, int]) -> list[np.ndarray]:
+    """Per record the pool ids of the positives of every record with the same query item (`Item.key`, the identity
+    the trainer's duplicate masking reads), its own among them, in first-seen order; a positive not in the pool
+    has none. The records of one query share one array (memory per query, not per record)."""
+    groups: dict[str, dict[int, None]] = {}
+    for rec in records:
+        pid = pool_index.get(rec.positive.key, -1)
+        ids = groups.setdefault(rec.query.key, {})
+        if pid >= 0:
+            ids[pid] = None
+    arrays = {key: np.fromiter(ids, dtype=np.int64, count=len(ids)) for key, ids in groups.items()}
+    return [arrays[rec.query.key] for rec in records]
 
 
 # -- index and search --------------------------------------------------------------------------------
@@ -82,28 +99,48 @@ DELTA_RULE = CandidateWindow()
 
 
 def apply_delta_rule(candidate_ids: np.ndarray, candidate_sims: np.ndarray, *, positive_id: int, positive_sim: float,
-                     query_id: int = -1, k: int, rule: CandidateWindow = DELTA_RULE) \
-        -> tuple[np.ndarray, np.ndarray, int]:
+                     query_id: int = -1, k: int, rule: CandidateWindow = DELTA_RULE,
+                     query_positive_ids: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray, int]:
     """The δ rule on one query's ranked search results (pure).
 
-    Drops padding (-1), the positive itself, the query itself (when it is in the pool), and every
-    candidate with similarity >= sim(q, c_t) (or within `rule`'s margins of it); keeps rank order; returns
-    the first k as (ids, sims, number dropped for scoring at or above the positive), without `rule.range_min`."""
+    Drops padding (-1), the positive itself, the query itself (when it is in the pool), the query's other
+    positives (`query_positive_ids`), and every candidate with similarity >= sim(q, c_t) (or within `rule`'s
+    margins of it); keeps rank order; returns the first k as (ids, sims, number dropped for scoring at or above
+    the positive), without `rule.range_min`."""
     ids, sims, above, _ = delta_rule_rows(np.asarray(candidate_ids)[None], np.asarray(candidate_sims)[None],
                                           positive_ids=[positive_id], positive_sims=[positive_sim],
-                                          query_ids=[query_id], k=k, rule=rule)
+                                          query_ids=[query_id], k=k, rule=rule,
+                                          query_positive_ids=padded_ids([np.asarray(query_positive_ids)]))
     return rule.window(ids[0]), rule.window(sims[0]), int(above[0])
 
 
+def padded_ids(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Ragged rows of pool ids as one (rows x longest) int64 array, -1 (no id) after each row's own."""
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def excluded_columns(positive_ids, query_ids, query_positive_ids: np.ndarray | None) -> list[np.ndarray]:
+    """The pool ids a block of rows drops before the δ rule, one id per row in each column (-1: none): the
+    positive, the query itself and, when given (rows x m, `padded_ids`), the other positives of the row's query.
+    Both search paths (`delta_rule_rows`, `exhaustive_delta_rule`) drop these."""
+    columns = [np.asarray(positive_ids, dtype=np.int64), np.asarray(query_ids, dtype=np.int64)]
+    if query_positive_ids is not None:
+        columns += list(np.asarray(query_positive_ids, dtype=np.int64).T)
+    return columns
+
+
 def delta_rule_rows(ids: np.ndarray, sims: np.ndarray, *, positive_ids, positive_sims, query_ids, k: int,
-                    rule: CandidateWindow = DELTA_RULE) \
+                    rule: CandidateWindow = DELTA_RULE, query_positive_ids: np.ndarray | None = None) \
         -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     """`apply_delta_rule` on a block of rows (one per query) at once: per row the first k kept ids and
     sims (`rule.range_min` not applied yet), the number dropped for scoring at or above the positive, and
     the number kept before the cut at k."""
-    pos = np.asarray(positive_ids, dtype=np.int64)[:, None]
-    qid = np.asarray(query_ids, dtype=np.int64)[:, None]
-    valid = (ids >= 0) & (ids != pos) & (ids != qid)
+    valid = ids >= 0
+    for excluded in excluded_columns(positive_ids, query_ids, query_positive_ids):
+        valid &= ids != excluded[:, None]
     psim = np.asarray(positive_sims, dtype=sims.dtype)[:, None]
     above = valid & (sims >= psim)
     keep = valid & ~above & rule.within_margins(sims, psim)
@@ -127,9 +164,12 @@ class RetrievalResult:
 def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np.ndarray,
                           positive_ids: Sequence[int], *, k: int = 50, query_ids: Sequence[int] | None = None,
                           overfetch: int = 16, batch_size: int = 4096, block_bytes: int = SEARCH_BLOCK_BYTES,
-                          rule: CandidateWindow = DELTA_RULE) -> RetrievalResult:
+                          rule: CandidateWindow = DELTA_RULE,
+                          query_positive_ids: Sequence[np.ndarray] | None = None) -> RetrievalResult:
     """Top-k hard-negative candidates per query under the δ rule (SPEC 1.2), and `rule`'s margins; the first
-    `rule.range_min` of each query's k are left out (both paths below find the k, then `rule.window`).
+    `rule.range_min` of each query's k are left out (both paths below find the k, then `rule.window`). With
+    `query_positive_ids` (per query, `query_positive_ids()`) every positive of the query is excluded, not only
+    its own (sentence-transformers' rows sharing an anchor); the δ rule still reads the query's own positive.
 
     Every query is searched for k + `overfetch` candidates. A query whose positive ranks low has more
     candidates at or above it than that: on an exhaustive index (flat, float32 or float16) it is finished by
@@ -147,6 +187,9 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     pos_sims = np.einsum("ij,ij->i", q, p).astype(np.float32)
     pos_ids = np.asarray(positive_ids, dtype=np.int64)
     qids = np.asarray(query_ids if query_ids is not None else [-1] * n, dtype=np.int64)
+
+    def others(rows):  # the block's other positives of its queries, padded for the block only
+        return None if query_positive_ids is None else padded_ids([query_positive_ids[r] for r in rows])
     ntotal = index.ntotal
     out_ids: list[Any] = [None] * n
     out_sims: list[Any] = [None] * n
@@ -164,7 +207,8 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
             sims, ids = index.search(q[rows], fetch)
             kept_ids, kept_sims, n_above, n_kept = delta_rule_rows(ids, sims, positive_ids=pos_ids[rows],
                                                                    positive_sims=pos_sims[rows],
-                                                                   query_ids=qids[rows], k=k, rule=rule)
+                                                                   query_ids=qids[rows], k=k, rule=rule,
+                                                                   query_positive_ids=others(rows))
             done = (n_kept >= k) | (fetch >= ntotal) | (ids < 0).any(axis=1)
             if exhaustive and fetch < ntotal:  # the k-th kept ties the last fetched: which of its ties made
                 # the fetch is FAISS's choice; the scan takes them by the higher id, as FAISS orders the rest
@@ -183,7 +227,8 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
                 kept_ids, kept_sims, n_above = exhaustive_delta_rule(index, q[rows], positive_ids=pos_ids[rows],
                                                                      positive_sims=pos_sims[rows],
                                                                      query_ids=qids[rows], k=k,
-                                                                     block_bytes=block_bytes, rule=rule)
+                                                                     block_bytes=block_bytes, rule=rule,
+                                                                     query_positive_ids=others(rows))
                 for r, row in enumerate(rows):
                     out_ids[row], out_sims[row] = rule.window(kept_ids[r]), rule.window(kept_sims[r])
                 above[rows] = n_above
@@ -233,21 +278,21 @@ def _from_rank_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def exhaustive_delta_rule(index, queries: np.ndarray, *, positive_ids, positive_sims, query_ids, k: int,
-                          block_bytes: int = SEARCH_BLOCK_BYTES, rule: CandidateWindow = DELTA_RULE) \
+                          block_bytes: int = SEARCH_BLOCK_BYTES, rule: CandidateWindow = DELTA_RULE,
+                          query_positive_ids: np.ndarray | None = None) \
         -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """The δ rule (and `rule`'s margins; `rule.range_min` not applied yet) on a search of the whole pool of an
-    exhaustive index (`is_exhaustive`), without the rows x pool result: per query the first k kept (ids, sims)
-    in FAISS's rank order (similarity descending, ties by the higher id first) and the number at or above the
-    positive. The pool is scanned in blocks
-    (about `block_bytes` of scores at a time), keeping a running top-k per query; the similarities are NumPy's
+    """The δ rule (and `rule`'s margins; `rule.range_min` not applied yet; the ids of `excluded_columns` dropped)
+    on a search of the whole pool of an exhaustive index (`is_exhaustive`), without the rows x pool result: per
+    query the first k kept (ids, sims) in FAISS's rank order (similarity descending, ties by the higher id first)
+    and the number at or above the positive. The pool is scanned in blocks (about `block_bytes` of scores at a
+    time), keeping a running top-k per query; the similarities are NumPy's
     inner products of the index's vectors (equal to FAISS's up to float32 rounding, which FAISS's own vary
     by as much with the number of queries searched together)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     b = len(q)
     n = index.ntotal
     rows = np.arange(b)
-    pos = np.asarray(positive_ids, dtype=np.int64)
-    qid = np.asarray(query_ids, dtype=np.int64)
+    excluded_ids = excluded_columns(positive_ids, query_ids, query_positive_ids)
     psim = np.asarray(positive_sims, dtype=np.float32)[:, None]
     cols = max(1, min(n, block_bytes // (16 * max(b, 1))))  # the scores and a few masks of a block
     dropped = np.iinfo(np.int64).min
@@ -257,7 +302,7 @@ def exhaustive_delta_rule(index, queries: np.ndarray, *, positive_ids, positive_
     for s in range(0, n, cols):
         y = _pool_block(index, s, min(n, s + cols))
         sims = q @ y.T
-        for excluded in (pos, qid):  # NaN: neither at or above the positive nor kept
+        for excluded in excluded_ids:  # NaN: neither at or above the positive nor kept
             inside = (excluded >= s) & (excluded < s + len(y))
             sims[rows[inside], excluded[inside] - s] = np.nan
         above += (sims >= psim).sum(axis=1)

@@ -24,7 +24,7 @@ from unime.mining.backends import JudgeBackend
 from unime.mining.manifest import Manifest
 from unime.mining.progress import ProgressLog
 from unime.mining.ranks import Ranks
-from unime.mining.retrieval import RetrievalResult, search_hard_negatives
+from unime.mining.retrieval import RetrievalResult, query_positive_ids, search_hard_negatives
 from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
 from unime.outdir import remove_entry, require_replaceable
 
@@ -132,7 +132,9 @@ def retrieve(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: 
     query_ids = [data.pool_index.get(r.query.key, -1) for r in data.records]
     log.info("retrieval: searching %s queries in a pool of %s (%s index)", f"{nq:,}", f"{len(pool_vecs):,}",
              index_config.kind)
-    res = search_hard_negatives(index, q_vecs, p_vecs, pos_ids, k=c.k, query_ids=query_ids, rule=c.candidate_window())
+    query_positives = query_positive_ids(data.records, data.pool_index) if c.exclude_query_positives else None
+    res = search_hard_negatives(index, q_vecs, p_vecs, pos_ids, k=c.k, query_ids=query_ids, rule=c.candidate_window(),
+                                query_positive_ids=query_positives)
     t2 = time.perf_counter()
     # recall@K of an approximate index against exact search, on a sample of this run's queries
     if index_config.kind == "flat":
