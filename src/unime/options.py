@@ -47,6 +47,20 @@ def on_error_option(help: str, **cli: Any):
     return option("raise", help, choices=["raise", "skip"], switch=("--skip-bad-records", "skip"), **cli)
 
 
+# transformers' `SchedulerType` values (`lr_scheduler_type`), copied: importing transformers.trainer_utils loads torch,
+# which parsing a command line does not (tests/train/test_hf_arguments.py keeps the copy equal to transformers')
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+
+
+def lr_scheduler_option(default: str = "linear", help: str | None = None, **cli: Any):
+    """The `--lr-scheduler NAME` option of a trainer (transformers' `lr_scheduler_type`), whose every trainer takes
+    the same names: another is refused when the command line is parsed (and in an options file), as a one-line usage
+    error listing them, instead of a traceback from transformers once the models are loaded."""
+    return option(default, help, choices=list(LR_SCHEDULERS), metavar="NAME", **cli)
+
+
 def option_defaults(config) -> dict[str, Any]:
     """The defaults of a config dataclass's fields (`changed_option_keys`' `added_defaults`: a run recorded by
     an earlier version, before an option existed, continues when the option keeps its default)."""

@@ -209,6 +209,24 @@ def test_argparse_usage_errors_and_help_keep_their_exit_codes(capsys):
     assert e.value.code == 0
 
 
+@pytest.mark.parametrize("argv", [
+    ["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e"],
+    ["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r", "--records", "r", "--embedder", "e"],
+], ids=["embedder", "grpo"])
+def test_an_unknown_lr_scheduler_is_a_usage_error_listing_the_names(argv, tmp_path, capsys):
+    """QA: `--lr-scheduler bogus` was accepted and ended, after the models were loaded, in a ValueError traceback
+    from transformers' `SchedulerType`; the parser now refuses it (exit 2), its one error line naming the option
+    and transformers' schedule names, and nothing is written."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--lr-scheduler", "bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --lr-scheduler: invalid choice: 'bogus'" in err
+    assert "'linear'" in err and "'constant'" in err and "'cosine_with_restarts'" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_no_command_module_exits_with_a_message():
     """`raise SystemExit("...")` exits 1 without the contract's line: the command modules raise
     `UsageError` instead (an exit code as the argument stays allowed)."""

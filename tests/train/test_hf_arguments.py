@@ -200,3 +200,13 @@ def test_grpo_learning_rate_schedule_is_an_option(tmp_path):
     assert schedule() == "linear" and schedule(lr_scheduler="constant") == "constant"
     with pytest.raises(UsageError, match=r"--trainer-arg lr_scheduler_type: unime sets it \(--lr-scheduler\)"):
         schedule(trainer_arg=["lr_scheduler_type=constant"])
+
+
+def test_the_lr_scheduler_names_are_transformers_scheduler_types():
+    """`--lr-scheduler` takes transformers' `SchedulerType` names (`unime.options.LR_SCHEDULERS`, a copy kept so
+    that parsing a command line does not import torch): the same names, every one accepted by the arguments."""
+    from transformers.trainer_utils import SchedulerType
+
+    from unime.options import LR_SCHEDULERS
+
+    assert sorted(LR_SCHEDULERS) == sorted(s.value for s in SchedulerType)

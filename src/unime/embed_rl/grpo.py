@@ -59,7 +59,7 @@ from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
-from unime.options import option
+from unime.options import lr_scheduler_option, option
 from unime.outdir import is_main_process
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
 
@@ -410,8 +410,9 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
 
     stage: str = option("grpo", cli=False)  # recorded: an SFT folder is refused naming it (`ReasonerStageOptions`)
     learning_rate: float = option(3e-6, "learning rate", dest="lr", at_least=0)
-    lr_scheduler: str = option("linear", "learning-rate schedule (transformers' lr_scheduler_type: linear, constant, "
-                               "cosine, ...; the Embed-RL release's GRPO: constant)", group="grpo")
+    lr_scheduler: str = lr_scheduler_option("linear", "learning-rate schedule (transformers' lr_scheduler_type: "
+                                            "linear, constant, cosine, ...; the Embed-RL release's GRPO: constant)",
+                                            group="grpo")
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning", at_least=0)  # of the policy
     save_steps: int = option(100)
     records: str = option(help="(query, positive) records for RL (grpo), e.g. the split's rl.jsonl", cli_default=None,

@@ -17,7 +17,7 @@ from unime.models.image_budget import ImageOptions
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import DeviceOptions
 from unime.models.lora import EMBEDDER_LORA_OPTIONS, refuse_full_fine_tuning_of_adapter
-from unime.options import check_ranges, on_error_option, option
+from unime.options import check_ranges, lr_scheduler_option, on_error_option, option
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
 
@@ -85,7 +85,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     lr: float = option(1e-4, group="optimisation", at_least=0)
     warmup: float = option(0.1, "warm-up: fraction of the steps if < 1, else steps", group="optimisation",
                            at_least=0)
-    lr_scheduler: str = option("linear", group="optimisation")
+    lr_scheduler: str = lr_scheduler_option("linear", "learning-rate schedule (transformers' lr_scheduler_type: "
+                                            "linear, constant, cosine, ...)", group="optimisation")
     weight_decay: float = option(0.0, group="optimisation")
     max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group="optimisation")
     optim: str = option("adamw_torch", "a transformers optimizer name (adamw_torch, sgd, ...)", group="optimisation")
