@@ -432,3 +432,31 @@ def test_under_skip_a_task_left_without_rows_is_reported_and_the_others_are_read
         (tmp_path / f"images/{name}.png").unlink()
     with pytest.raises(DataError, match="no task has \\(good\\) rows"):
         load_suite_data(suite, on_error="skip")
+
+
+def test_under_skip_each_task_left_out_is_reported_with_why(tmp_path):
+    """QA: summary.json and results.md named the tasks left out on one line, "no data file, or no good rows",
+    not which of the two each was; now each task's reason is recorded (`meta.skipped_task_reasons`) and shown."""
+    import yaml
+
+    cfg = build_world(tmp_path)
+    tasks = yaml.safe_load(cfg.read_text())
+    tasks["tasks"].append({"name": "absent", "format": "mmeb", "path": "eval/mmeb/absent.jsonl",
+                           "meta_task": "retrieval"})
+    cfg.write_text(yaml.safe_dump(tasks, sort_keys=False))
+    (tmp_path / "images/yellow.png").unlink()  # the positive of both colour_ret rows: no good row
+    suite = load_task_config(cfg)
+    data = load_suite_data(suite, on_error="skip")
+    why = data.skipped_tasks
+    assert sorted(why) == ["absent", "colour_ret"]
+    assert why["absent"].startswith("no data file: ") and "absent.jsonl" in why["absent"]
+    assert "data file not found" in why["absent"]
+    assert why["colour_ret"].startswith("no good rows: ") and "has no (good) rows" in why["colour_ret"]
+    summary = {"meta": {"skipped_tasks": ["colour_ret", "absent"], "skipped_task_reasons": why},
+               "task_info": {}, "tasks": {}, "aggregates": {}}
+    line = [x for x in report.results_markdown(summary) if "skipped tasks" in x]
+    assert line == [f"- **skipped tasks** (`--on-error skip`): colour_ret ({why['colour_ret']}); "
+                    f"absent ({why['absent']})"]
+    # a summary written before the reasons were recorded: the names alone
+    del summary["meta"]["skipped_task_reasons"]
+    assert "- **skipped tasks** (`--on-error skip`): colour_ret; absent" in report.results_markdown(summary)

@@ -121,5 +121,7 @@ def test_unime_eval_skip_drops_a_bad_candidate_and_leaves_out_a_task_without_row
     t2i = json.loads((out / "tasks" / "t2i.json").read_text())
     assert t2i["counts"]["queries"] == 2 and t2i["counts"]["dropped_candidates"] == 2
     md = (out / "results.md").read_text()
-    assert "- **skipped tasks** (`--on-error skip`; no data file, or no good rows): lost" in md
+    why = summary["meta"]["skipped_task_reasons"]
+    assert list(why) == ["lost"] and why["lost"].startswith("no good rows: ") and "lost.jsonl" in why["lost"]
+    assert f"- **skipped tasks** (`--on-error skip`): lost ({why['lost']})" in md
     assert "- **dropped candidates** (`--on-error skip`): 2 bad candidates" in md

@@ -194,9 +194,10 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
         lines.append(f"- **dropped candidates** (`--on-error skip`): {int(meta['dropped_candidates'])} bad candidates "
                      "left out of their rows (each row kept a relevant candidate and another one), or of a global "
                      "task's pool (each counted once)")
-    if meta.get("skipped_tasks"):
-        lines.append("- **skipped tasks** (`--on-error skip`; no data file, or no good rows): "
-                     + ", ".join(meta["skipped_tasks"]))
+    if meta.get("skipped_tasks"):  # each with why (a run recorded before the reasons were: the names alone)
+        why = meta.get("skipped_task_reasons") or {}
+        lines.append("- **skipped tasks** (`--on-error skip`): "
+                     + "; ".join(f"{n} ({why[n]})" if n in why else n for n in meta["skipped_tasks"]))
     lines.append("")
     by_format: dict[str, list[str]] = {}
     for name, i in info.items():

@@ -471,30 +471,37 @@ def score_tasks(encoded: EncodedTasks, encoder: RunEncoder, *, opts: EvalOptions
     return RunOutput(results=results, encoding=encoder.stats.to_dict(), timing=timing, rerank=rerank_info)
 
 
-def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", image_loader=None
-                    ) -> list[tuple[TaskSpec, TaskData]]:
+class SuiteData(list):
+    """`load_suite_data`'s (spec, data) pairs of the tasks read, and `skipped_tasks`: {task name: why the skip
+    policy left it out ("no data file: ..." or "no good rows: ...", the task's error)}."""
+
+    def __init__(self, pairs=(), skipped_tasks: dict[str, str] | None = None):
+        super().__init__(pairs)
+        self.skipped_tasks = dict(skipped_tasks or {})
+
+
+def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", image_loader=None) -> SuiteData:
     """Read every task (fails on the first bad row unless ``on_error="skip"``, which counts skipped rows
     per task: they appear in each task's ``counts["skipped_rows"]``). Under the skip policy a task without
     its data file (a partial copy of a benchmark), or left with no rows (or, graded, with no query that has a
-    relevant candidate) is reported and left out
+    relevant candidate) is reported and left out, why recorded in the result's `skipped_tasks`
     (`skipped_task_names`); an error only when no task is left, and
     media are checked by `image_loader`'s rules under each task's data root (`load_task_data`: the model's loader,
     `unime.models.loading.checkpoint_image_loader`, with the run's video sampling)."""
-    out = []
+    out = SuiteData()
     for spec in suite.tasks:
         try:
             data = load_task_data(spec, on_error=on_error, image_loader=image_loader)
-        except MissingTaskDataError as e:
+        except EmptyTaskError as e:  # MissingTaskDataError included
+            missing = isinstance(e, MissingTaskDataError)
             if on_error != "skip":
+                if not missing:
+                    raise
                 raise MissingTaskDataError(f"{raw_message(e)}; evaluate the tasks you have with --task NAME "
                                            "(repeatable), or leave out the ones without data with --on-error skip",
                                            source=e.source) from e
             log.warning("%s; the task is left out, the others are scored", e)
-            continue
-        except EmptyTaskError as e:
-            if on_error != "skip":
-                raise
-            log.warning("%s; the task is left out, the others are scored", e)
+            out.skipped_tasks[spec.name] = f"{'no data file' if missing else 'no good rows'}: {e}"
             continue
         dropped = getattr(data, "dropped_candidates", 0)
         log.info("task %s (%s): %d distinct items, %d references%s%s", spec.name, spec.format, len(data.table),
@@ -642,7 +649,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     run.encoding, run.timing = rerun.whole_run(out_dir, run.encoding, run.timing)
     meta = {"model": str(model), "model_id": model_id, "tasks_config": str(suite.source), "ties": ties,
             "on_error": on_error, "skipped_rows": sum(d.skipped for _, d in data),
-            "skipped_tasks": skipped_task_names(suite, data),
+            "skipped_tasks": skipped_task_names(suite, data), "skipped_task_reasons": data.skipped_tasks,
             "dropped_candidates": sum(getattr(d, "dropped_candidates", 0) for _, d in data),
             "cache_dir": str(cache) if cache else None, "device": embedder_meta["device"], "dtype": str(dtype),
             "batch_size": batch_size, "image_budget": embedder_meta["image_budget"],
