@@ -50,8 +50,9 @@ def add_config_option(p: argparse.ArgumentParser) -> None:
     command = p.prog.removeprefix("unime").strip()
     if command in recipe_commands():  # the help names the recipes the command takes (QA: eval's named one it refused)
         p.add_argument("--recipe", metavar="NAME", default=None,
-                       help=f"a paper's settings as defaults: {', '.join(recipes_for(command))} (docs/RECIPES.md; "
-                            "--config and command-line options win)")
+                       help=f"a paper's settings as defaults: {', '.join(recipes_for(command))} (--recipe NAME "
+                            "--print-config shows each value with its source, as docs/RECIPES.md of the repository "
+                            "does; --config and command-line options win)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved options and where each value comes from, then exit")
 
