@@ -61,6 +61,19 @@ def lr_scheduler_option(default: str = "linear", help: str | None = None, **cli:
     return option(default, help, choices=list(LR_SCHEDULERS), metavar="NAME", **cli)
 
 
+def check_optimizer_name(name: str) -> None:
+    """`--optim`: one of transformers' optimizer names (`OptimizerNames`), checked before a run claims its output
+    folder, as a one-line error listing them, instead of a traceback from transformers once the models are loaded.
+    (transformers is imported only here: its list changes between versions, unlike the scheduler names above.)"""
+    from transformers.training_args import OptimizerNames
+
+    from unime.errors import UnimeError
+
+    names = [o.value for o in OptimizerNames]
+    if name not in names:
+        raise UnimeError(f"--optim {name!r} is not one of transformers' optimizer names: {', '.join(names)}")
+
+
 def option_defaults(config) -> dict[str, Any]:
     """The defaults of a config dataclass's fields (`changed_option_keys`' `added_defaults`: a run recorded by
     an earlier version, before an option existed, continues when the option keeps its default)."""

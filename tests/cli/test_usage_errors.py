@@ -393,3 +393,22 @@ def test_the_reasoner_on_an_adapter_takes_its_rank_without_lora_r(stage, tmp_pat
     assert main([*argv, "--print-config"]) == 0
     assert "lora-r                 6                             # the own rank of the PEFT adapter given as --model" \
         in capsys.readouterr().out.splitlines()
+
+
+def test_an_unknown_optimizer_is_refused_before_the_run_claims_its_folder(tmp_path, capsys):
+    """QA: `train embedder --optim bogus` claimed the output folder (train_inputs.json written) and ended, once the
+    models were loaded, in transformers' `ValueError: bogus is not a valid OptimizerNames` traceback. It is now one
+    error line naming the option and transformers' names, before anything is written; a known name passes."""
+    from transformers.training_args import OptimizerNames
+
+    from unime.options import check_optimizer_name
+
+    out = tmp_path / "e"
+    code = main(["train", "embedder", "--model", "m", "--records", "r", "--out", str(out), "--optim", "bogus"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--optim 'bogus' is not one of transformers' optimizer names" in err
+    assert "adamw_torch" in err and "sgd" in err
+    assert not out.exists()
+    for name in ("sgd", "adafactor", OptimizerNames.ADAMW_TORCH.value):
+        check_optimizer_name(name)

@@ -40,6 +40,7 @@ from unime.models import export, run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.models.warmup import WarmupCheck
+from unime.options import check_optimizer_name
 from unime.train import global_batch
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
@@ -537,6 +538,8 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
     elif config.records is None:
         raise UnimeError("no training records given")
     trainer_device(config.device)  # a --device the run cannot train on: refused before the folder is claimed
+    if config.optim != EmbedderTrainingConfig.optim:  # likewise an optimizer transformers does not know
+        check_optimizer_name(config.optim)
     with claim_on_main_process(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite):
         # --resume CHECKPOINT trains from it, over a finished run too (`run_state.plan_run`)
         done = _finished_result(config) if _resume_path(config) is None else None
