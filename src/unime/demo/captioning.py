@@ -59,9 +59,9 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
     from trl import SFTConfig
 
     from unime.data.atomic import atomic_dir
-    from unime.data.images import ImageLoader
     from unime.embed_rl.reasoner_sft import sft_trainer
     from unime.models.hf_arguments import hf_training_arguments
+    from unime.models.image_budget import adapter_image_loader
     from unime.models.loading import load_model
 
     if not pairs:
@@ -69,7 +69,7 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
     loaded = load_model(model, device=device, trainable=True)
     if freeze_vision:
         loaded.adapter.freeze_vision(loaded.model)
-    rows = caption_rows(pairs, loaded.adapter, ImageLoader(corpus_root))
+    rows = caption_rows(pairs, loaded.adapter, adapter_image_loader(loaded.adapter).under(corpus_root))
     progress(f"[pretrain] captioning: {steps} steps of {batch_size} on {len(rows)} scene captions")
     out = Path(out)
     with atomic_dir(out, overwrite=out.exists()) as tmp:  # `out` is this stage's own folder in the recipe's work folder

@@ -71,7 +71,7 @@ def train_tagger(model: str | os.PathLike, corpus_root: str | os.PathLike, rows:
     from transformers import get_scheduler
 
     from unime.data.atomic import atomic_dir
-    from unime.data.images import ImageLoader
+    from unime.models.image_budget import adapter_image_loader
     from unime.models.loading import load_model
 
     if not rows:
@@ -81,7 +81,7 @@ def train_tagger(model: str | os.PathLike, corpus_root: str | os.PathLike, rows:
     torch.manual_seed(seed)
     loaded = load_model(model, device=device, trainable=True)
     net, adapter = loaded.model, loaded.adapter
-    loader = ImageLoader(corpus_root)
+    loader = adapter_image_loader(adapter).under(corpus_root)  # the processor's aspect-ratio limit
     images = [adapter.image_budget.prepare(loader.load(ref, record=str(ref), field="image")) for ref, _ in rows]
     vocab, targets = tag_targets([tags for _, tags in rows])
     dim = pooled_image_features(net, *_pixels(loaded, images[:1])).shape[-1]
