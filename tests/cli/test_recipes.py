@@ -240,6 +240,31 @@ def test_print_config_of_train_reasoner_shows_the_stages_values_of_its_shared_op
     assert dict((o, (v, g)) for o, v, g in resolved_config(args))["lr"] == (0.5, "command line")
 
 
+@pytest.mark.parametrize("stage,other,shown,hidden", [
+    ("sft", "grpo", {"tcots": None, "epochs": 3.0, "batch-size": 8},
+     ["beta", "loss-type", "lr-scheduler", "max-completion-length", "num-generations", "weights"]),
+    ("grpo", "sft", {"loss-type": "'dapo'", "max-completion-length": 2048, "lr-scheduler": "'constant'"},
+     ["batch-size", "epochs", "tcots"])])
+def test_print_config_of_train_reasoner_shows_only_the_options_of_the_stage(capsys, stage, other, shown, hidden):
+    """QA: `unime train reasoner --recipe embed-rl/qwen3-vl-2b --stage sft --print-config` listed the recipe's GRPO
+    values (lr-scheduler 'constant', loss-type 'dapo', max-completion-length 2048), which SFT ignores, as if the run
+    used them. The options of the other stage only are left out, named on one line."""
+    assert main(["train", "reasoner", "--recipe", "embed-rl/qwen3-vl-2b", "--stage", stage, "--print-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in lines if not line.startswith("#")}
+    assert {k: rows[k] for k in shown} == {k: str(v) for k, v in shown.items()}
+    assert not set(hidden) & set(rows)
+    note = [line for line in lines if line.startswith("# not shown")]
+    assert len(note) == 1 and note[0].startswith(
+        f"# not shown, as they do nothing with --stage {stage} (they act only with --stage {other}): ")
+    assert set(hidden) <= set(note[0].split(": ", 1)[1].split(", "))
+    assert rows["stage"] == f"'{stage}'" and rows["lr"] == ("0.0001" if stage == "sft" else "3e-06")
+    # without --stage (the run refuses it): every option shown, each stage's value of the shared ones
+    assert main(["train", "reasoner", "--recipe", "embed-rl/qwen3-vl-2b", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "# not shown" not in out and all(f"\n{k} " in out for k in hidden + list(shown))
+
+
 def test_print_config_of_train_reasoner_without_a_stage_shows_each_stages_value():
     """QA: without --stage, `--print-config` printed `lora-r None`, `lr None`, `save-steps None`: the values the run
     uses depend on the stage, so each stage's is shown (the help's "default: sft 16, grpo 0")."""

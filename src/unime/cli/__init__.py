@@ -231,8 +231,7 @@ def refuse_ineffective_options(args: argparse.Namespace, command: str, rules, va
     for dest, flag_dest, needed in rules:
         origin = given_by_user(args, dest)
         value = getattr(args if values is None else values, flag_dest)
-        acts = bool(value) == needed if isinstance(needed, bool) else value == needed
-        if origin is None or acts:
+        if origin is None or _rule_acts(value, needed):
             continue
         option, flag = (f"--{d.replace('_', '-')}" for d in (dest, flag_dest))
         where = "" if origin == "command line" else f" ({origin})"
@@ -248,6 +247,30 @@ def refuse_ineffective_options(args: argparse.Namespace, command: str, rules, va
         else:
             text = f"without {flag}: add {flag} or drop {option}" if needed else f"with {flag}: drop one of them"
         raise UsageError(f"{option}{where} does nothing {text}", command=command)
+
+
+def _rule_acts(value, needed) -> bool:
+    """Whether the option of a rule (dest, flag dest, `needed`) acts with the flag's `value`
+    (`refuse_ineffective_options`)."""
+    return bool(value) == needed if isinstance(needed, bool) else value == needed
+
+
+def ineffective_options(args: argparse.Namespace, values: dict) -> dict[str, list[str]]:
+    """`--print-config`: the options that do nothing with the resolved `values` (by dest) under the command's
+    `_option_needs()` rules (`refuse_ineffective_options`' rules, e.g. train reasoner's options of one --stage), by
+    why: {"with --stage sft (they act only with --stage grpo)": ["beta", ...]}. A flag left unset (None) hides
+    nothing: which options act is not known yet."""
+    needs = getattr(args, "_option_needs", None)
+    unused: dict[str, list[str]] = {}
+    for dest, flag_dest, needed in needs() if callable(needs) else ():
+        value = values.get(flag_dest)
+        if value is None or _rule_acts(value, needed):
+            continue
+        flag = f"--{flag_dest.replace('_', '-')}"
+        why = f"with {flag} {value} (they act only with {flag} {needed})" if not isinstance(needed, bool) else \
+            f"with {flag} {value}"
+        unused.setdefault(why, []).append(dest.replace("_", "-"))
+    return unused
 
 
 def resolved_config(args: argparse.Namespace) -> list[tuple[str, object, str]]:
@@ -277,12 +300,18 @@ def print_config(args: argparse.Namespace) -> None:
     (a command's `_config_warnings(values)`, `values` the resolved option values by field, e.g. a warm-up longer
     than the run: `unime.cli.train.warmup_warnings`)."""
     rows = resolved_config(args)
+    values = {name.replace("-", "_"): value for name, value, _ in rows}
+    unused = ineffective_options(args, values)
+    hidden = {name for names in unused.values() for name in names}
     print(f"# unime {args._command}: resolved options (value, origin)")
     width = max((len(r[0]) for r in rows), default=10)
     for name, value, origin in rows:
-        print(f"{name:<{width}}  {value!r:<28}  # {origin}")
+        if name not in hidden:
+            print(f"{name:<{width}}  {value!r:<28}  # {origin}")
+    for why, names in unused.items():
+        print(f"# not shown, as they do nothing {why}: {', '.join(names)}")
     warnings = getattr(args, "_config_warnings", None)
-    for text in warnings({name.replace("-", "_"): value for name, value, _ in rows}) if callable(warnings) else ():
+    for text in warnings(values) if callable(warnings) else ():
         print(f"unime: WARNING: {text}", file=sys.stderr)
 
 

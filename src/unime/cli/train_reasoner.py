@@ -49,7 +49,7 @@ def _add_parser(actions) -> None:
     add_options(p, ReasonerSFTConfig, GRPOStageConfig, groups=("sft", "grpo", IMAGE_GROUP, "video", TRAINER_ARGS_GROUP),
                 labels=("sft", "grpo"))
     add_config_option(p)
-    p.set_defaults(func=_run, _unset_values=_stage_defaults,
+    p.set_defaults(func=_run, _unset_values=_stage_defaults, _option_needs=_stage_needs,
                    _derived_values=partial(dropped_options, rules=_DROPS), _config_warnings=_warmup_warnings)
 
 
