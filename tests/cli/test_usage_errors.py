@@ -304,8 +304,9 @@ def test_reason_eval_on_tasks_of_no_supported_format_names_the_ones_it_evaluates
     assert main(["reason", "eval", "--embedder", "e", "--tasks", str(tasks), "--out", str(tmp_path / "ev"),
                  "--tcots", "none"]) == 2
     assert _error_line(capsys) == (
-        f"reason eval: --tasks {tasks}: no task of format mmeb or mmeb_v2, the formats `reason eval` evaluates (these "
-        "tasks: compositional, retrieval; retrieval / compositional / qrels tasks are not supported)")
+        f"reason eval: --tasks {tasks}: no task of format mmeb, mmeb_v2 or qrels, the formats `reason eval` evaluates "
+        "(these tasks: compositional, retrieval; retrieval / compositional tasks are not supported: their items are on "
+        "both sides)")
     assert not (tmp_path / "ev").exists()
 
 

@@ -189,3 +189,31 @@ def test_evaluate_with_reasoning_on_a_tiny_world(tiny_model_dir, tiny_world_dir,
     assert {r["side"] for r in rows} == {"query", "target"}
     none_rows = [json.loads(x) for x in (tmp_path / "none" / "tcots.jsonl").read_text().splitlines()]
     assert all(r["tcot"] is None for r in none_rows)
+
+
+def test_reason_eval_evaluates_the_qrels_task_as_eval_loads_it(tiny_model_dir, tiny_world_dir, tmp_path):
+    """`reason eval` refused qrels tasks (the world's `scene_search`, graded relevance) though their rows say which
+    item is the query. It now reads them with `unime eval`'s loader (the same queries and candidates per task) and
+    embeds each query with its T-CoT as a query, each candidate as a target."""
+    from unime.cli import main
+
+    root = tiny_world_dir(2)
+    model = tiny_model_dir("qwen2_vl", (EMB_TOKEN,))
+    tasks = str(root / "eval_tasks.yaml")
+    rows = [json.loads(x) for x in (root / "eval" / "qrels" / "scene_search.jsonl").read_text().splitlines()]
+    assert main(["eval", "--model", model, "--tasks", tasks, "--task", "scene_search", "--device", "cpu", "--no-cache",
+                 "--out", str(tmp_path / "eval")]) == 0
+    plain = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    out = tmp_path / "reason"
+    assert main(["reason", "eval", "--embedder", model, "--tasks", tasks, "--only", "scene_search", "--tcots",
+                 "teacher", "--world", str(root), "--device", "cpu", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tasks"]) == {"scene_search"}
+    assert summary["task_counts"] == plain["task_counts"]  # the same rows and candidates as `unime eval`'s
+    written = [json.loads(x) for x in (out / "tcots.jsonl").read_text().splitlines()]
+    queries = {r["query"]["text"][:200] for r in rows}
+    assert {r["item"] for r in written if r["side"] == "query"} == queries
+    candidates = {(c["text"], tuple(c.get("images", ()))) for r in rows for c in r["candidates"]}
+    assert sum(r["side"] == "target" for r in written) == len(candidates)  # each distinct candidate once
+    assert sum(r["side"] == "query" for r in written) == len(rows)
+    assert all(r["tcot"].startswith("<thinking>") for r in written)

@@ -24,8 +24,8 @@ ACTIONS = {
     "add-emb": ("unime.embed_rl.tcot_embedder:AddEmbConfig",
                 "copy a checkpoint with the <emb> token added (embeddings resized)"),
     "eval": ("unime.embed_rl.tcot_embedder:ReasonEvalConfig",
-             "evaluate an <emb> embedder on MMEB-format and MMEB-V2 (video) tasks with items embedded with "
-             "T-CoTs"),
+             "evaluate an <emb> embedder on MMEB-format, MMEB-V2 (video) and qrels tasks with items embedded "
+             "with T-CoTs"),
 }
 
 
