@@ -227,6 +227,21 @@ def test_an_unknown_lr_scheduler_is_a_usage_error_listing_the_names(argv, tmp_pa
     assert not any(tmp_path.iterdir())
 
 
+def test_an_unknown_grpo_loss_type_is_a_usage_error_listing_the_names(tmp_path, capsys):
+    """QA: `train reasoner --stage grpo --loss-type bogus` was accepted (any string reached TRL's GRPOConfig, whose
+    trainer raises "Unknown loss type" only when computing the first loss); the parser now refuses it (exit 2), its
+    one error line naming the option and TRL's loss types, and nothing is written."""
+    with pytest.raises(SystemExit) as e:
+        main(["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", str(tmp_path / "r"), "--records", "r",
+              "--embedder", "e", "--loss-type", "bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "error:" in line] == err[-1:]  # argparse's usage, then the one error line
+    assert "argument --loss-type: invalid choice: 'bogus'" in err[-1]
+    assert "'grpo'" in err[-1] and "'dapo'" in err[-1] and "'dr_grpo'" in err[-1]
+    assert not any(tmp_path.iterdir())
+
+
 def test_no_command_module_exits_with_a_message():
     """`raise SystemExit("...")` exits 1 without the contract's line: the command modules raise
     `UsageError` instead (an exit code as the argument stays allowed)."""

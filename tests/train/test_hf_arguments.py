@@ -210,3 +210,20 @@ def test_the_lr_scheduler_names_are_transformers_scheduler_types():
     from unime.options import LR_SCHEDULERS
 
     assert sorted(LR_SCHEDULERS) == sorted(s.value for s in SchedulerType)
+
+
+def test_grpo_loss_types_are_trls():
+    """`--loss-type` takes TRL's GRPOConfig loss types (`unime.embed_rl.grpo.GRPO_LOSS_TYPES`, a copy kept so that
+    parsing a command line does not import torch): the values its `loss_type` help lists as supported, its default
+    among them."""
+    import dataclasses
+    import re
+
+    from trl import GRPOConfig
+
+    from unime.embed_rl.grpo import GRPO_LOSS_TYPES
+
+    field = next(f for f in dataclasses.fields(GRPOConfig) if f.name == "loss_type")
+    supported = re.search(r"Supported values are (.*?)\.", field.metadata["help"]).group(1)
+    assert sorted(GRPO_LOSS_TYPES) == sorted(re.findall(r"'(\w+)'", supported))
+    assert field.default in GRPO_LOSS_TYPES

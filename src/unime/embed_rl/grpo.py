@@ -63,6 +63,10 @@ from unime.options import lr_scheduler_option, option
 from unime.outdir import is_main_process
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
 
+# TRL's GRPOConfig `loss_type` values ("Supported values are ..." of its help), copied: importing trl loads torch, which
+# parsing a command line does not (tests/train/test_hf_arguments.py keeps the copy equal to the installed TRL's)
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+
 log = logging.getLogger(__name__)
 
 QUERY, POSITIVE = "query", "positive"
@@ -435,7 +439,8 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
     temperature: float = option(1.0, group="grpo", above=0)
     top_p: float = option(1.0, cli=False)
     max_completion_length: int = option(TCOT_MAX_NEW_TOKENS, TCOT_LENGTH_HELP, group="grpo", at_least=1)
-    loss_type: str = option("grpo", "TRL loss_type (default %(default)s)", group="grpo")
+    loss_type: str = option("grpo", "TRL's GRPOConfig loss_type (default %(default)s)", choices=list(GRPO_LOSS_TYPES),
+                            metavar="NAME", group="grpo")
     scale_rewards: str = option("group", cli=False)
     weights: tuple[float, float, float] = option(REWARD_WEIGHTS, "format,outcome,process reward weights",
                                                  cli_default=",".join(map(str, REWARD_WEIGHTS)), group="grpo")
