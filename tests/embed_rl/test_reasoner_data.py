@@ -217,3 +217,25 @@ def test_reason_eval_evaluates_the_qrels_task_as_eval_loads_it(tiny_model_dir, t
     assert sum(r["side"] == "target" for r in written) == len(candidates)  # each distinct candidate once
     assert sum(r["side"] == "query" for r in written) == len(rows)
     assert all(r["tcot"].startswith("<thinking>") for r in written)
+
+
+def test_reason_eval_refuses_a_candidate_that_is_also_a_query(tiny_model_dir, tmp_path, capsys):
+    """A qrels row may list as a candidate the item another row asks with (a duplicate-question search): `reason
+    eval` embeds each item once, and gave that candidate the query's T-CoT prompt. It is refused before the models
+    load, one line naming the task, the file, the record and the field."""
+    from unime.cli import main
+
+    rows = [{"id": "a", "query": {"text": "red circle"}, "candidates": [{"text": "a red circle"}, {"text": "blue"}],
+             "relevance": [1, 0]},
+            {"id": "b", "query": {"text": "blue"}, "candidates": [{"text": "a blue square"}, {"text": "red circle"}],
+             "relevance": [1, 0]}]
+    (tmp_path / "dup.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval_tasks.yaml").write_text("tasks:\n  - {name: dup, format: qrels, path: dup.jsonl}\n")
+    model = tiny_model_dir("qwen2_vl", (EMB_TOKEN,))
+    assert main(["reason", "eval", "--embedder", model, "--tasks", str(tmp_path / "eval_tasks.yaml"), "--tcots",
+                 "none", "--device", "cpu", "--out", str(tmp_path / "ev")]) != 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (not the tiny model's build)
+    assert err == [f"unime: error: {tmp_path / 'dup.jsonl'}, record line 1 (id a), field 'candidates[1]': task "
+                   "'dup': a candidate is also a query ('blue'); `reason eval` embeds each item once, as a query or a "
+                   "target, with that side's T-CoT"]
+    assert not (tmp_path / "ev").exists()

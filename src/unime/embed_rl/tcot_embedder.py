@@ -356,6 +356,24 @@ def reasoning_task_suite(cfg: ReasonEvalConfig):
     return suite, skipped
 
 
+def reasoning_query_keys(data) -> set[str]:
+    """The keys (`Item.key`) of the query items of the loaded tasks (`load_suite_data`), which `ReasoningEncoder`
+    embeds as queries and every other item as a target; a DataError naming the task, and the file, record and field
+    when the reader recorded them, for a candidate that is also a query (of any task): each item is embedded once,
+    with one side's T-CoT."""
+    keys = {d.table.items[int(q)].key for _, d in data for q in d.query}
+    for spec, d in data:
+        for cands in d.candidates:
+            for c in cands:
+                item = d.table.items[int(c)]
+                if item.key in keys:
+                    source, record, fname = d.table.origins[int(c)] or (str(spec.path), None, None)
+                    raise DataError(f"task {spec.name!r}: a candidate is also a query ({item.text[:60]!r}); "
+                                    "`reason eval` embeds each item once, as a query or a target, with that side's "
+                                    "T-CoT", source=source, record=record, field=fname)
+    return keys
+
+
 def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True) -> dict:
     """Evaluate an `<emb>` embedder on the MMEB-format, MMEB-V2 and qrels tasks of a task config (videos sampled by the
     `--video-*` options, as `unime eval` samples them), items embedded with T-CoTs
@@ -368,7 +386,6 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     from unime.data.atomic import atomic_open
     from unime.eval import report
     from unime.eval.runners import EvalOptions, load_suite_data, run_tasks
-    from unime.eval.tasks import MMEBData, QrelsData
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import RunEncoder
     from unime.models.loading import checkpoint_image_loader
@@ -385,7 +402,7 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     loader = checkpoint_image_loader([embedder_path, *([reasoner_path] if tcots == "reasoner" else [])], budget,
                                      video=sampling)
     data = load_suite_data(suite, image_loader=loader)
-    query_keys = {d.table.items[int(q)].key for _, d in data if isinstance(d, (MMEBData, QrelsData)) for q in d.query}
+    query_keys = reasoning_query_keys(data)
     emb = Embedder.from_pretrained(embedder_path, device=device, dtype=dtype, pooling="emb", batch_size=batch_size,
                                    image_budget=budget, video_sampling=sampling)
     emb.image_loader = loader
