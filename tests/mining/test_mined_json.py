@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from tests.data.helpers import mined_parquet_with_one_video_negative
-from unime.data.io import read_records, read_unime_v2_json
+from unime.data.io import read_records, read_unime_v2_json, write_records
 from unime.mining.stages import write_outputs
 
 
@@ -39,6 +39,30 @@ def test_mined_json_is_not_written_when_it_would_hold_no_record(tmp_path):
     assert notes["json"] == "not written: none of the 1 mined records fits the UniME-V2 JSON format"
     assert notes["json_records"] == 0 and notes["json_left_out"] == 1
     json.dumps(notes)  # stats.json carries them
+
+
+def test_mined_json_without_a_record_never_appears_at_its_path(tmp_path):
+    """write_mined_json wrote mined.json and then unlinked it when it held no record: for a moment the path held an
+    empty list (and a file already there was replaced, then deleted). It writes through `atomic_path` now: the
+    path is left as it was, no temporary file is left beside it."""
+    from unime.mining.stages import write_mined_json
+
+    mined = read_records(mined_parquet_with_one_video_negative(tmp_path / "in.parquet"))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "mined.json").write_bytes(b"not mine\n")
+    notes = write_mined_json(out / "mined.json", mined[1:2])  # only m2, which has a video negative
+    assert notes["json"].startswith("not written") and notes["json_records"] == 0
+    assert (out / "mined.json").read_bytes() == b"not mine\n"
+    assert sorted(p.name for p in out.iterdir()) == ["mined.json"]
+    (out / "mined.json").unlink()
+    write_mined_json(out / "mined.json", mined[1:2])
+    assert list(out.iterdir()) == []
+    # a file that holds records: the bytes write_records writes
+    assert write_mined_json(out / "mined.json", mined)["json_records"] == 2
+    write_records(mined, tmp_path / "direct.json", format="unime_v2_json", on_error="skip")
+    assert (out / "mined.json").read_bytes() == (tmp_path / "direct.json").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["mined.json"]
 
 
 def test_mining_with_a_video_in_the_pool_writes_mined_json_and_reports_what_it_left_out(tmp_path, tiny_model_dir):

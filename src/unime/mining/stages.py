@@ -356,17 +356,20 @@ def write_mined_json(path: Path, mined: list[Record]) -> dict[str, Any]:
     format is narrow, and a user of the released format expects the file; only when it would hold none is it not
     written. Returns {"json": "written" | "not written: WHY", "json_records": N, "json_left_out": K, and when K:
     "json_left_out_summary": the first few left out and why}."""
+    from unime.data.atomic import atomic_path
     from unime.data.io import write_records
     from unime.data.skips import SkipReport
 
     left_out = SkipReport()
-    n = write_records(mined, path, format="unime_v2_json", on_error="skip", skips=left_out)
+    with atomic_path(path) as tmp:  # `path` appears only when it holds a record
+        n = write_records(mined, tmp, format="unime_v2_json", on_error="skip", skips=left_out)
+        if not n:  # an empty list is no training set
+            tmp.unlink()
     notes: dict[str, Any] = {"json": "written", "json_records": n, "json_left_out": left_out.total}
     if not left_out.total:
         return notes
     notes["json_left_out_summary"] = left_out.summary("record(s) the UniME-V2 JSON format cannot hold")
-    if not n:  # an empty list is no training set
-        path.unlink()
+    if not n:
         why = f"none of the {len(mined)} mined records fits the UniME-V2 JSON format"
         notes["json"] = f"not written: {why}"
         log.warning("mined.json not written (mined.parquet has every record): %s\n%s", why,
