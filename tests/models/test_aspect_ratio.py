@@ -177,3 +177,46 @@ def test_an_eval_suite_reads_each_task_by_the_models_loader_under_the_tasks_root
         load_suite_data(suite, image_loader=ImageBudget().image_loader(tmp_path / "elsewhere"))
     [(spec, data)] = load_suite_data(suite, image_loader=ImageBudget(image_size=32).image_loader(tmp_path / "x"))
     assert spec.name == "colour_cls" and data.skipped == 0
+
+
+@pytest.mark.parametrize("kind", ["file", "frame list"])
+def test_the_video_pixel_budget_never_pushes_a_videos_frames_over_the_ratio(tmp_path, kind):
+    """QA: the ratio was checked on the stream's (or frame's) size, then the per-video pixel budget scaled both sides
+    down, each rounded down on its own: 2000x10 frames (200:1, taken) under a budget of 2 x 1100 x 5.5 pixels came
+    out 1100x5 (220:1), and transformers raised its bare ValueError. The long side is now cut to 200 x the short
+    side: 1000x5, which the processor takes."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    from tests.data.helpers import write_clip
+    from unime.data.video import FRAME_CACHE, VideoSampling
+
+    sampling = VideoSampling(num_frames=2, max_video_pixels=12100)  # scale sqrt(12100 / (2 x 2000 x 10)) = 0.55
+    if kind == "file":
+        refs = [write_clip(tmp_path / "wide.mp4", n=4, size=(2000, 10)).name]
+    else:
+        refs = [f"f{i}.png" for i in range(2)]
+        for r in refs:
+            Image.new("RGB", (2000, 10), (0, 90, 0)).save(tmp_path / r)
+    FRAME_CACHE.clear()
+    video = ImageLoader(tmp_path, max_aspect_ratio=200, video=sampling).load_video(refs)
+    assert [f.size for f in video.frames] == [(1000, 5), (1000, 5)]  # 2000 x 0.55 = 1100 > 200 x 5
+    assert smart_resize(5, 1000, factor=28, min_pixels=784, max_pixels=50176)  # transformers' own check: taken
+    assert ImageLoader(tmp_path, video=sampling).load_video(refs).frames[0].size == (1100, 5)  # no limit: as before
+    FRAME_CACHE.clear()
+
+
+def test_the_frames_fitted_to_max_pixels_stay_within_the_ratio(tiny_model_dir):
+    """QA: with --max-pixels, video frames are fitted to the budget by `smart_resize` (each side a multiple of the
+    patch factor) before the processor, which checks the ratio of the fitted size: 10000x50 frames (200:1) under
+    672x672 pixels were fitted to 9492x28 (339:1) and the embedder ended in transformers' bare ValueError. The long
+    side is now cut to 200 x the short side (in factor multiples): 5600x28, and the video is embedded."""
+    from unime import Embedder
+    from unime.models.loading import load_model
+
+    frames = [Image.new("RGB", (10000, 50), (0, 0, 90))] * 2
+    assert fitted_size(50, 10000, factor=28, min_pixels=784, max_pixels=451584) == (28, 9492)  # transformers' rule
+    fitted = ImageBudget(max_pixels=451584).prepare_frames(frames, factor=28)
+    assert [f.size for f in fitted] == [(5600, 28), (5600, 28)]
+    loaded = load_model(tiny_model_dir("qwen2_vl"), device="cpu", image_budget=ImageBudget(max_pixels=451584))
+    emb = Embedder(loaded.model, loaded.processor, loaded.adapter)
+    assert emb.encode([{"video": frames}]).shape[0] == 1  # a frame list of the two frames

@@ -26,7 +26,9 @@ truncated file, a file without a video stream, a duration over ``max_duration_s`
 the loader's ``max_aspect_ratio`` (the model's processor limit), frames whose long side is more than that many times
 their short one, from the stream's header (a frame list's frames: by the image loader's rules).
 A pixel budget per video (``max_video_pixels``, the sum over the sampled frames) scales the frames
-down, keeping their aspect ratio, before they reach the processor. Frames are turned upright by the stream's
+down, keeping their aspect ratio, before they reach the processor; under ``max_aspect_ratio`` the scaled long side
+is cut to that many times the scaled short side (`within_aspect_ratio`: each side is rounded down on its own, and
+the processor checks the size it is given). Frames are turned upright by the stream's
 rotation (its display matrix, e.g. a phone's portrait clip stored landscape), as players and FFmpeg show them.
 `probe_video_file` applies the rules a file's header can answer (everything but a stream corrupt past
 its header) without decoding a frame: the up-front check of a reader whose videos are decoded later anyway.
@@ -400,12 +402,26 @@ def aspect_ratio_problem(what: str, size: tuple[int, int], limit: float | None, 
             f"{limit:g} the model's {processor} processor accepts")
 
 
-def _budget_size(width: int, height: int, n_frames: int, budget: int) -> tuple[int, int]:
-    """Frame size after the per-video pixel budget (aspect kept, never upscaled, >= 1 px)."""
+def within_aspect_ratio(size: tuple[int, int], limit: float | None, *, multiple: int = 1) -> tuple[int, int]:
+    """`size` (w, h) with its long side cut, in whole `multiple`s, to at most `limit` times its short side (None: no
+    limit). A size scaled down with each side rounded on its own can come out over the processor's limit though the
+    source was within it (a short side of 5.5 px rounded to 5): the processor checks the size it is given."""
+    w, h = size
+    short = min(w, h)
+    if limit is None or short <= 0 or max(w, h) <= short * limit:
+        return w, h
+    long = max(multiple, int(short * limit) // multiple * multiple)
+    return (long, h) if w > h else (w, long)
+
+
+def _budget_size(width: int, height: int, n_frames: int, budget: int,
+                 max_aspect_ratio: float | None = None) -> tuple[int, int]:
+    """Frame size after the per-video pixel budget (aspect kept, never upscaled, >= 1 px), within
+    `max_aspect_ratio` (`within_aspect_ratio`)."""
     if n_frames * width * height <= budget:
         return width, height
     scale = math.sqrt(budget / (n_frames * width * height))
-    return max(1, int(width * scale)), max(1, int(height * scale))
+    return within_aspect_ratio((max(1, int(width * scale)), max(1, int(height * scale))), max_aspect_ratio)
 
 
 @dataclass(frozen=True)
@@ -418,6 +434,7 @@ class _StreamHeader:
     total: int
     counted: bool = True          # `total` is the stream's announced frame count (False: duration x frame rate)
     own_duration: bool = True     # `duration` is the video stream's own (False: the container's, its longest stream)
+    max_aspect_ratio: float | None = None  # the processor's limit the frames are checked (and budgeted) by
 
 
 def _matroska_duration(stream) -> float | None:
@@ -479,7 +496,7 @@ def _stream_header(container, sampling: VideoSampling, fail, name: str,
         raise fail(f"video {name} announces no frames")
     if total > sampling.max_duration_s * max(fps, 1.0):
         raise fail(f"video {name} announces {total} frames, over {sampling.max_duration_s:.0f} s at {fps:g} fps")
-    return _StreamHeader(stream, width, height, fps, duration, total, counted, own)
+    return _StreamHeader(stream, width, height, fps, duration, total, counted, own, max_aspect_ratio)
 
 
 def _open_container(data, sampling: VideoSampling, name: str, fail, size: int):
@@ -518,7 +535,7 @@ def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline b
         times = _variable_frame_times(index, h.stream.time_base, h.fps) if index and len(index.pts) == total else None
         if times is not None:  # variable frame rate: sampled uniformly in time, placed at their own times
             wanted = time_uniform_indices(times, sampling.frame_count(total, index.span(h.stream.time_base)))
-            size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels)
+            size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels, h.max_aspect_ratio)
             frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, size, None, fail=fail, name=name)
             return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=total,
                                     source=name, decoded_frames=decoded, frame_times=tuple(times[i] for i in wanted),
@@ -567,7 +584,7 @@ def _sample_video(container, h: _StreamHeader, sampling: VideoSampling, total: i
                   index: "_PacketIndex | None", fail, name: str) -> Video:
     """The sampled frames of a clip of `total` frames (`_decode_frames`; seeking when `index` is given)."""
     wanted = uniform_indices(total, sampling.frame_count(total, duration))
-    size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels)
+    size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels, h.max_aspect_ratio)
     frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, size, index, fail=fail, name=name)
     return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=total,
                             source=name, decoded_frames=decoded))
@@ -810,7 +827,7 @@ def load_video(loader: FrameLoader, refs: Sequence[Any], sampling: VideoSampling
     wanted = uniform_indices(total, sampling.frame_count(total, total / sampling.frame_list_fps))
     frames = [loader.load(refs[i], source=source, record=record, field=f"{field or 'video'}[{i}]") for i in wanted]
     w, h = frames[0].size
-    out = _budget_size(w, h, len(frames), sampling.max_video_pixels)
+    out = _budget_size(w, h, len(frames), sampling.max_video_pixels, getattr(loader, "max_aspect_ratio", None))
     from PIL import Image
 
     # a video's frames share one size (the processors stack them): a frame of another size is resized to the first

@@ -175,17 +175,22 @@ class ImageBudget:
 
     def prepare_frames(self, frames: Sequence[Any], *, factor: int) -> list:
         """Video frames under the same budget: the fixed resize, then each frame's area brought within
-        [min_pixels, max_pixels] by the Qwen-VL `smart_resize` rule (multiples of `factor`)."""
+        [min_pixels, max_pixels] by the Qwen-VL `smart_resize` rule (multiples of `factor`), the long side cut to
+        the processors' aspect-ratio limit (`within_aspect_ratio`: the rule rounds each side on its own, a short
+        side of 1.7 factors down to 1, and the processor checks the ratio of the size it is given)."""
         out = [self.prepare(f) for f in frames]
         if self.min_pixels is None and self.max_pixels is None:
             return out
         from PIL import Image
+
+        from unime.data.video import within_aspect_ratio
 
         fitted = []
         for f in out:
             w, h = f.size
             nh, nw = fitted_size(h, w, factor=factor, min_pixels=self.min_pixels or factor * factor,
                                  max_pixels=self.max_pixels or 1 << 62)
+            nw, nh = within_aspect_ratio((nw, nh), PROCESSOR_MAX_ASPECT_RATIO, multiple=factor)
             fitted.append(f if (nw, nh) == (w, h) else f.resize((nw, nh), Image.Resampling.BICUBIC))
         return fitted
 
