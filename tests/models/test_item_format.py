@@ -197,3 +197,34 @@ def test_train_records_vlm2vec_and_eval_encodes_with_it(tiny_model_dir, tmp_path
                  "--out", str(more), "--loss", "infonce", "--hard-negatives", "0", "--batch-size", "2", "--steps", "1",
                  "--device", "cpu", "--save-steps", "100"]) == 0
     assert json.loads((more / "merged" / FORMAT_FILE).read_text()) == {"item_format": "vlm2vec"}
+
+
+def test_vlm2vec_enlarges_an_image_with_a_side_under_28_px_to_56_square(tiny_model_dir, tmp_path):
+    """VLM2Vec's `Qwen2_VL_process_fn` (src/model/processor.py): `if image.size[0] < 28 or image.size[1] < 28:
+    image = image.resize((56, 56))`, then the processor. 56 px = 4 patches of 14: grid (1, 4, 4). A 28 px side is
+    not under 28: as it is. `chat` keeps the image as it was read. The collator resizes to `--image-size` first.
+    """
+    from unime.models.embedder import Embedder
+
+    assert _adapter().vlm2vec_image(Image.new("RGB", (27, 300))).size == (56, 56)
+    assert _adapter().vlm2vec_image(Image.new("RGB", (300, 10))).size == (56, 56)
+    assert _adapter().vlm2vec_image(Image.new("RGB", (28, 300))).size == (28, 300)
+    noise = np.random.default_rng(0).integers(0, 256, (84, 20, 3), dtype=np.uint8)  # resizes show in its pixels
+    Image.fromarray(noise).save(tmp_path / "thin.png")
+    item = Item(text=CLS_QUERY, images=("thin.png",))
+    raw = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(tmp_path),
+                                   item_format="vlm2vec")
+    assert raw.build_inputs([item])["image_grid_thw"].tolist() == [[1, 4, 4]]
+    chat = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(tmp_path))
+    seen = chat.segments(item)[0].value
+    assert seen.size == (20, 84)
+    want = chat.processor.image_processor(images=[seen], return_tensors="pt")["image_grid_thw"].tolist()
+    assert chat.build_inputs([item])["image_grid_thw"].tolist() == want != [[1, 4, 4]]
+    # their collator's fixed resize (`--image-size`) comes first: 20x84 -> 112x112, no side under 28, not enlarged
+    from unime.models.image_budget import ImageBudget
+
+    sized = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(tmp_path),
+                                     item_format="vlm2vec", image_budget=ImageBudget(image_size=(112, 112)))
+    direct = seen.resize((112, 112), Image.Resampling.BICUBIC)
+    expect = sized.processor.image_processor(images=[direct], return_tensors="pt")["pixel_values"]
+    assert np.array_equal(sized.build_inputs([item])["pixel_values"].numpy(), expect.numpy())

@@ -85,6 +85,9 @@ def item_segments(text: str, images: Sequence[Any], video: Sequence[Any] | None 
     return out
 
 
+VLM2VEC_MIN_SIDE = 28  # VLM2Vec enlarges an image with a side under this to 56×56 (`FamilyAdapter.vlm2vec_image`)
+
+
 class FamilyAdapter:
     """Qwen-VL style adapter (Qwen2-VL, Qwen2.5-VL, Qwen3-VL share the message format)."""
 
@@ -155,11 +158,24 @@ class FamilyAdapter:
             return f"{self.image_token} {body}".replace(" \n", "\n") + "\n"
         return text
 
+    @staticmethod
+    def vlm2vec_image(image):
+        """An image as VLM2Vec's Qwen2-VL / Qwen2.5-VL input function hands it to the processor: one with a side
+        under `VLM2VEC_MIN_SIDE` px is resized to twice that square (56×56, PIL's default resampling), any other
+        as it is (their `Qwen2_VL_process_fn`, after the collator's fixed resize of `--image-size`)."""
+        if min(image.size) < VLM2VEC_MIN_SIDE:
+            return image.resize((2 * VLM2VEC_MIN_SIDE, 2 * VLM2VEC_MIN_SIDE))
+        return image
+
     # -- tensors --------------------------------------------------------------------------------
     def processor_inputs(self, texts: list[str], segments_per_text: list[Sequence[Segment]], *,
-                         padding_side: str | None = None, add_special_tokens: bool = False):
+                         padding_side: str | None = None, add_special_tokens: bool = False, vlm2vec: bool = False):
+        """The processor's batch of `texts`; `vlm2vec`: images after the fixed resize as VLM2Vec passes them
+        (`vlm2vec_image`)."""
         budget = self.image_budget
         images = [budget.prepare(s.value) for segs in segments_per_text for s in segs if s.kind == "image"]
+        if vlm2vec:
+            images = [self.vlm2vec_image(im) for im in images]
         videos = [as_video(s.value) for segs in segments_per_text for s in segs if s.kind == "video"]
         if videos and budget.is_set:  # the frames under the same budget as images
             import dataclasses

@@ -138,7 +138,7 @@ class Embedder:
     def build_inputs(self, items: Sequence[Item], *, segments: Sequence[Sequence[Segment]] | None = None):
         segs = list(segments) if segments is not None else [self._segments_of(it) for it in items]
         texts = [self.render(s, it) for s, it in zip(segs, items)]
-        inputs = self.adapter.processor_inputs(texts, segs)
+        inputs = self.adapter.processor_inputs(texts, segs, vlm2vec=self.item_format == "vlm2vec")
         self.visual_tokens += self.adapter.count_visual_tokens(inputs["input_ids"])
         return inputs.to(self.device)
 
