@@ -12,7 +12,7 @@ from tests.conftest import FAMILIES
 from tests.data.helpers import write_clip
 from unime.data.images import ImageLoader
 from unime.data.items import Item
-from unime.data.video import FRAME_CACHE, VideoSampling, is_video_file_ref, uniform_indices
+from unime.data.video import FRAME_CACHE, VideoSampling, is_video_file_ref, uniform_indices, vlm2vec_indices
 from unime.errors import DataError
 
 av = pytest.importorskip("av")
@@ -36,6 +36,25 @@ def test_uniform_indices_by_hand():
     assert uniform_indices(5, 5) == [0, 1, 2, 3, 4]
     assert uniform_indices(9, 1) == [4]
     assert uniform_indices(3, 0) == []
+
+
+def test_vlm2vec_indices_by_hand():
+    """VLM2Vec-V2 (src/utils/vision_utils/vision_utils.py): save_frames keeps floor(j * T / 64), j < 64, of a video
+    over 64 frames; process_video_frames takes np.linspace(0, S - 1, 8, dtype=int) of the S saved, or all S < 8."""
+    # T = 100: saved j -> floor(j * 1.5625); linspace(0, 63, 8) = 0, 9, ..., 63 -> floor(9i * 1.5625)
+    assert vlm2vec_indices(100, 8, 64) == [0, 14, 28, 42, 56, 70, 84, 98]
+    assert uniform_indices(100, 8) == [0, 14, 28, 42, 57, 71, 85, 99]  # unime's rule, for contrast
+    # T = 30 (all saved): i * 29 / 7 = 0, 4.14, 8.29, 12.43, 16.57, 20.71, 24.86, 29 truncated
+    assert vlm2vec_indices(30, 8, 64) == [0, 4, 8, 12, 16, 20, 24, 29]
+    # fewer frames than asked: every frame, an odd count as it is (unime's rule rounds 5 down to 4)
+    assert vlm2vec_indices(5, 8, 64) == [0, 1, 2, 3, 4]
+    assert VideoSampling().indices(5, 0.5) == [0, 1, 3, 4]
+    # a frame list is its saved frames (no 64 cap): 129 frames, i * 128 / 7 truncated
+    assert vlm2vec_indices(129, 8, None) == [0, 18, 36, 54, 73, 91, 109, 128]
+    assert vlm2vec_indices(9, 1, 64) == [0]
+    assert VideoSampling(frame_rule="vlm2vec").indices(100, 10.0) == [0, 14, 28, 42, 56, 70, 84, 98]
+    with pytest.raises(ValueError, match="frame count"):
+        VideoSampling(num_frames=None, fps=2.0, frame_rule="vlm2vec")
 
 
 def test_decode_samples_uniform_frames_with_timestamps(clips):

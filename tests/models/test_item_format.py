@@ -8,6 +8,7 @@ token, a space, then the instruction) and its MMEB evaluation datasets (`src/dat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -228,3 +229,42 @@ def test_vlm2vec_enlarges_an_image_with_a_side_under_28_px_to_56_square(tiny_mod
     direct = seen.resize((112, 112), Image.Resampling.BICUBIC)
     expect = sized.processor.image_processor(images=[direct], return_tensors="pt")["pixel_values"]
     assert np.array_equal(sized.build_inputs([item])["pixel_values"].numpy(), expect.numpy())
+
+
+def test_vlm2vec_takes_a_videos_frames_as_vlm2vec_does(tiny_model_dir, tmp_path):
+    """VLM2Vec-V2's video tasks (experiments/public/eval/video.yaml: max_frames_saved 64, num_frames 8;
+    src/utils/vision_utils/vision_utils.py save_frames + process_video_frames): of a 100-frame file, frames
+    floor(9i * 100 / 64) = 0, 14, 28, 42, 56, 70, 84, 98; of a 5-frame file all 5 (the processor pads to 6: 3
+    temporal patches). `chat` keeps unime's round(i * 99 / 7) and 4 frames of 5."""
+    pytest.importorskip("av")
+    from tests.data.helpers import write_clip
+    from unime.data.video import FRAME_CACHE
+    from unime.models.embedder import Embedder
+
+    write_clip(tmp_path / "long.mp4", n=100, size=(32, 32))
+    write_clip(tmp_path / "short.mp4", n=5, size=(32, 32))
+    FRAME_CACHE.clear()
+    long_, short = Item(text="clip", video=("long.mp4",)), Item(text="clip", video=("short.mp4",))
+    raw = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(tmp_path),
+                                   item_format="vlm2vec")
+    assert raw.segments(long_)[0].value.frame_indices == (0, 14, 28, 42, 56, 70, 84, 98)
+    assert raw.segments(short)[0].value.frame_indices == (0, 1, 2, 3, 4)
+    assert raw.build_inputs([short])["video_grid_thw"][0, 0].item() == 3
+    chat = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(tmp_path))
+    assert chat.segments(long_)[0].value.frame_indices == (0, 14, 28, 42, 57, 71, 85, 99)
+    assert chat.segments(short)[0].value.frame_indices == (0, 1, 3, 4)
+    assert chat.image_loader.video_sampling is None  # chat's sampling, and so its cache key, as before
+    from unime.data.video import VideoSampling
+    from unime.models.embedding_cache import embedding_settings
+
+    assert embedding_settings(raw)["video_sampling"]["frame_rule"] == "vlm2vec"
+    four = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu",
+                                    video_sampling=VideoSampling(num_frames=4))
+    before = dataclasses.asdict(VideoSampling(num_frames=4))  # chat's key: the fields before the rule existed
+    del before["frame_rule"]
+    assert embedding_settings(four)["video_sampling"] == before
+
+    with pytest.raises(ModelError, match="--video-fps"):
+        Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", item_format="vlm2vec",
+                                 video_sampling=VideoSampling(num_frames=None, fps=2.0))
+    FRAME_CACHE.clear()

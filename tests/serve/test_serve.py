@@ -43,6 +43,24 @@ def world(tmp_path_factory, tiny_model_dir):
     return {"root": root, "model": model, "emb": emb, "rr": rr, "idx": idx}
 
 
+def test_a_vlm2vec_index_is_served_with_the_vlm2vec_embedder_it_was_built_with(world, tmp_path):
+    """`index build --item-format vlm2vec` records the embedder's settings, its video sampling (VLM2Vec's frame
+    rule) with them; the service's embedder, whose loader reads inline images only, keeps that sampling, so the
+    index is its own (it was refused: 'settings differ: video_sampling')."""
+    from unime.index.store import build_corpus_index
+    from unime.models.embedder import Embedder
+    from unime.models.embedding_cache import embedding_settings
+    from unime.serve.engine import Engine
+
+    emb = Embedder.from_pretrained(world["model"], device="cpu", dtype="auto", data_root=str(world["root"]),
+                                   item_format="vlm2vec")
+    build_corpus_index(write_corpus(tmp_path), tmp_path / "idx", embedder=emb, model=world["model"],
+                       cache_dir=tmp_path / "cache", model_settings=embedding_settings(emb, "auto"))
+    engine = Engine.load(ServeConfig(model=world["model"], dtype="auto", index=str(tmp_path / "idx"),
+                                     item_format="vlm2vec", no_auth=True))
+    assert engine.embedder.image_loader.video_sampling.frame_rule == "vlm2vec"
+
+
 @pytest.fixture(scope="module")
 def server(world):
     s = Server(["--model", world["model"], "--model-name", MODEL, "--reranker", world["model"], "--reranker-name",

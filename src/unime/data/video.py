@@ -15,7 +15,8 @@ Sampling (`VideoSampling`): ``num_frames`` frames spread uniformly over the whol
 frame included), or, with ``num_frames=None``, ``fps`` frames per second of video, clamped to
 [min_frames, max_frames]; the count is rounded down to a multiple of ``frame_factor`` (Qwen-VL merges
 2 frames per temporal patch). A frame list is sampled by the same rules, as a clip of its frames at
-``frame_list_fps`` (2 frames per second, as qwen-vl-utils assumes for frame lists). A video of fewer frames
+``frame_list_fps`` (2 frames per second, as qwen-vl-utils assumes for frame lists). ``frame_rule="vlm2vec"`` (an
+embedder under ``--item-format vlm2vec``) takes VLM2Vec-V2's frames instead (`vlm2vec_indices`). A video of fewer frames
 than a temporal patch (``TEMPORAL_PATCH``: one frame, a one-frame clip) is padded by repeating its last frame
 (`pad_frames`), as Qwen2-VL's processor does inside; Qwen3-VL's refuses it ("t:1 must be larger than
 temporal_factor:2"), so every family gets the padded video.
@@ -76,6 +77,7 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", "
 FRAME_LIST_FPS = 2.0
 # frames per temporal patch of every supported family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): a shorter video is padded
 TEMPORAL_PATCH = 2
+FRAME_RULES = ("uniform", "vlm2vec")  # `VideoSampling.frame_rule`: unime's uniform sampling, VLM2Vec-V2's
 # ticks per second of the time grid a variable frame-rate clip's real times are given to the processors on (ms)
 PROCESSOR_TIME_GRID = 1000.0
 
@@ -123,10 +125,15 @@ class VideoSampling:
     max_duration_s: float = 6 * 3600.0       # a longer video is refused (absurd duration)
     max_bytes: int = 4 * 1024 ** 3
     frame_list_fps: float = FRAME_LIST_FPS
+    frame_rule: str = "uniform"              # which frames: `FRAME_RULES` (`indices`)
 
     def __post_init__(self):
         if self.num_frames is None and not self.fps:
             raise ValueError("VideoSampling needs num_frames or fps")
+        if self.frame_rule not in FRAME_RULES:
+            raise ValueError(f"frame_rule must be one of {FRAME_RULES}, got {self.frame_rule!r}")
+        if self.frame_rule == "vlm2vec" and self.num_frames is None:
+            raise ValueError("VLM2Vec's frame rule takes a frame count (--video-frames), not a frame rate")
         if self.num_frames is not None and self.num_frames < 1:
             raise ValueError("num_frames must be >= 1")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
@@ -188,6 +195,14 @@ class VideoSampling:
         return dataclasses.replace(self, num_frames=None, fps=numbering["fps"], max_frames=m,
                                    min_frames=min(self.min_frames, m))
 
+    def indices(self, total_frames: int, duration_s: float | None, *, saved: bool = True) -> list[int]:
+        """The frame numbers taken from a clip of `total_frames` frames lasting `duration_s` seconds: `uniform`,
+        `frame_count` frames spread by `uniform_indices`; `vlm2vec`, VLM2Vec's (`vlm2vec_indices`: at most
+        `max_frames` saved from a file (`saved`; a frame list is its saved frames), `num_frames` of them)."""
+        if self.frame_rule == "vlm2vec":
+            return vlm2vec_indices(total_frames, self.num_frames, self.max_frames if saved else None)
+        return uniform_indices(total_frames, self.frame_count(total_frames, duration_s))
+
     def frame_count(self, total_frames: int, duration_s: float | None) -> int:
         """How many frames to sample from a clip of `total_frames` frames lasting `duration_s` seconds."""
         if self.num_frames is not None:
@@ -248,6 +263,24 @@ def parse_numbering(value: Any) -> dict[str, Any]:
             and math.isfinite(value["fps"]) and value["fps"] > 0):
         return dict(value)
     raise ValueError(f'expected {{"frames": N}} or {{"fps": F, "max_frames": M}} (N, M >= 1, F > 0), got {value!r}')
+
+
+def vlm2vec_indices(total_frames: int, n: int, max_saved: int | None) -> list[int]:
+    """The frames VLM2Vec-V2's evaluation feeds of a video of `total_frames` frames (TIGER-AI-Lab/VLM2Vec
+    `src/utils/vision_utils/vision_utils.py`): `save_frames` keeps every frame of a video of at most `max_saved`
+    (None: the frames are already saved, a frame list), else frame floor(j·T/max_saved) for j < max_saved; then
+    `process_video_frames` takes `n` of the S saved by `np.linspace(0, S - 1, n, dtype=int)` (i·(S−1)/(n−1)
+    truncated, the last exactly S − 1), or all S when S < n. Counts are not rounded to even: the processor pads."""
+    saved = list(range(total_frames))
+    if max_saved is not None and total_frames > max_saved:
+        step = total_frames / max_saved
+        saved = [math.floor(j * step) for j in range(max_saved)]
+    if n > len(saved):
+        return saved
+    if n == 1:
+        return [saved[0]]  # np.linspace(0, S - 1, 1) is [0.0]
+    step = (len(saved) - 1) / (n - 1)
+    return [saved[int(i * step)] for i in range(n - 1)] + [saved[-1]]
 
 
 def uniform_indices(total_frames: int, n: int) -> list[int]:
@@ -533,7 +566,8 @@ def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline b
                            f"{span:.2f} s")
             total, duration = len(index.pts), span if not h.own_duration else duration
         times = _variable_frame_times(index, h.stream.time_base, h.fps) if index and len(index.pts) == total else None
-        if times is not None:  # variable frame rate: sampled uniformly in time, placed at their own times
+        if times is not None and sampling.frame_rule == "uniform":
+            # variable frame rate: sampled uniformly in time, placed at their own times (VLM2Vec's rule counts frames)
             wanted = time_uniform_indices(times, sampling.frame_count(total, index.span(h.stream.time_base)))
             size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels, h.max_aspect_ratio)
             frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, size, None, fail=fail, name=name)
@@ -583,7 +617,7 @@ def time_uniform_indices(times: Sequence[float], n: int) -> list[int]:
 def _sample_video(container, h: _StreamHeader, sampling: VideoSampling, total: int, duration: float | None,
                   index: "_PacketIndex | None", fail, name: str) -> Video:
     """The sampled frames of a clip of `total` frames (`_decode_frames`; seeking when `index` is given)."""
-    wanted = uniform_indices(total, sampling.frame_count(total, duration))
+    wanted = sampling.indices(total, duration)
     size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels, h.max_aspect_ratio)
     frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, size, index, fail=fail, name=name)
     return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=total,
@@ -824,7 +858,7 @@ def load_video(loader: FrameLoader, refs: Sequence[Any], sampling: VideoSampling
         return video
     # a frame list: sampled as a file is (its frames at `frame_list_fps`), each frame through the image loader's rules
     total = len(refs)
-    wanted = uniform_indices(total, sampling.frame_count(total, total / sampling.frame_list_fps))
+    wanted = sampling.indices(total, total / sampling.frame_list_fps, saved=False)
     frames = [loader.load(refs[i], source=source, record=record, field=f"{field or 'video'}[{i}]") for i in wanted]
     w, h = frames[0].size
     out = _budget_size(w, h, len(frames), sampling.max_video_pixels, getattr(loader, "max_aspect_ratio", None))

@@ -42,6 +42,23 @@ def padding_order(items: Sequence[Item], pixels: Sequence[int] | None = None) ->
     return sorted(range(len(items)), key=lambda i: (*padding_shape(items[i]), size[i], len(items[i].text)))
 
 
+def vlm2vec_video_loader(loader: ImageLoader) -> ImageLoader:
+    """A copy of `loader` whose video sampling (its frame count, at most `max_frames` saved from a file) takes the
+    frames by VLM2Vec's rule; a frame rate (`--video-fps`) is refused: VLM2Vec samples a fixed count."""
+    import copy
+    import dataclasses
+
+    from unime.data.video import VideoSampling
+
+    sampling = loader.video_sampling or VideoSampling()
+    if sampling.num_frames is None:
+        raise ModelError("--item-format vlm2vec takes a video's frames as VLM2Vec does, a fixed count "
+                         "(--video-frames), not --video-fps")
+    out = copy.copy(loader)
+    out.video_sampling = dataclasses.replace(sampling, frame_rule="vlm2vec")
+    return out
+
+
 def _check_batch_size(batch_size: Any) -> int:
     """A batch size is an integer >= 1 (0 meant the default, a negative one failed with a bare KeyError)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -65,6 +82,8 @@ class Embedder:
                 raise ModelError(f"--item-format vlm2vec pools the last token (VLM2Vec's eos pooling); this model "
                                  f"pools at {EMB_TOKEN} (a tokenizer with it): use --item-format chat")
         self.image_loader = adapter_image_loader(adapter, image_loader)
+        if item_format == "vlm2vec":  # videos' frames as VLM2Vec takes them (`unime.data.video.vlm2vec_indices`)
+            self.image_loader = vlm2vec_video_loader(self.image_loader)
         self.instruction_suffix = instruction_suffix
         self.batch_size = _check_batch_size(batch_size)
         self.device = device

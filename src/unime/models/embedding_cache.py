@@ -156,6 +156,8 @@ def embedding_settings(embedder: Any, dtype: Any = None) -> dict[str, Any]:
         from dataclasses import asdict
 
         settings["video_sampling"] = asdict(sampling)
+        if sampling.frame_rule == "uniform":  # the rule's default: the key as before the rule existed
+            del settings["video_sampling"]["frame_rule"]
     budget = getattr(getattr(embedder, "adapter", None), "image_budget", None)
     if budget is not None and budget.is_set:  # another resolution gives other vectors (unset: ids unchanged)
         settings["image_budget"] = budget.to_dict()

@@ -53,8 +53,10 @@ class Engine:
 
         emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,
                                        item_format=config.item_format)
-        # requests carry decoded images only (held to the model's processor's limits)
-        emb.image_loader = InlineOnlyLoader(max_aspect_ratio=emb.image_loader.max_aspect_ratio)
+        # requests carry decoded images only (held to the model's processor's limits); the video sampling stays the
+        # embedder's (--item-format vlm2vec's frame rule), as does the index's record of it (`check_model`)
+        emb.image_loader = InlineOnlyLoader(max_aspect_ratio=emb.image_loader.max_aspect_ratio,
+                                            video=emb.image_loader.video_sampling)
         index = reranker = None
         if config.index:
             from unime.index.store import CorpusIndex, check_model
