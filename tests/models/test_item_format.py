@@ -51,6 +51,22 @@ def test_vlm2vec_text_of_image_query_text_query_and_candidates_is_theirs(model_t
         "<|video_pad|> Understand the content of the provided video."
 
 
+def test_vlm2vec_text_of_mmeb_rows_is_the_row_as_vlm2vec_reads_it():
+    """MMEB's own rows (TIGER-Lab/MMEB-train `qry` / `pos_text`, MMEB-eval `qry_text` / `tgt_text`) end with a
+    newline: `'<|image_1|>\\nRepresent the given image.\\n'`. VLM2Vec's training (src/data/dataset/mmeb_dataset.py,
+    data_prepare: `qry_text.replace(VLM_IMAGE_TOKENS[PHI3V], VLM_IMAGE_TOKENS[model_backbone])`, the collator
+    passing the text on as it is) and v1 evaluation (EvalDataset.__getitem__, the same replace) feed the row with
+    its token swapped, one newline at the end; V2's evaluation rebuilds the same string ("to stay consistent with
+    v1 eval"). A text-only row (a t2i query) keeps its newline as it is."""
+    a = _adapter()
+    assert a.vlm2vec_text("<|image_1|>\nRepresent the given image.\n", 1, False) == \
+        "<|image_pad|>\nRepresent the given image.\n"
+    assert a.vlm2vec_text("<|image_1|>\nFind a day-to-day image that looks similar to the provided image.\n", 1,
+                          False) == "<|image_pad|>\nFind a day-to-day image that looks similar to the provided image.\n"
+    assert a.vlm2vec_text("Find me an everyday image that matches the given caption: a red circle.\n", 0, False) == \
+        "Find me an everyday image that matches the given caption: a red circle.\n"
+
+
 def test_vlm2vec_refuses_what_their_format_does_not_define():
     a = _adapter()
     with pytest.raises(DataError, match="one image or one video per item.*2 images"):

@@ -143,8 +143,9 @@ class FamilyAdapter:
     def vlm2vec_text(self, text: str, images: int, video: bool) -> str:
         """An item as the raw text VLM2Vec's Qwen2-VL / Qwen2.5-VL path feeds the processor (no chat template; its
         `process_input_text` and evaluation datasets): with an image, the image token, a space and the text with
-        its image placeholders removed, then every " \n" made "\n" and a newline added
-        (`'<|image_1|>\nRepresent the image.'` → `'<|image_pad|>\nRepresent the image.\n'`); with a video, the
+        its image placeholders removed, then every " \n" made "\n" and a newline added unless it ends with one
+        (`'<|image_1|>\nRepresent the image.'` and MMEB's row `'<|image_1|>\nRepresent the image.\n'` →
+        `'<|image_pad|>\nRepresent the image.\n'`); with a video, the
         video token, a space and the text; text alone as it is. One image or one video per item: VLM2Vec defines
         no other layout, so more is a `DataError`."""
         if images > 1 or (images and video):
@@ -155,7 +156,8 @@ class FamilyAdapter:
             return f"{self.video_token} {text}"
         if images:
             body = SOURCE_IMAGE_PLACEHOLDER.sub("", text)
-            return f"{self.image_token} {body}".replace(" \n", "\n") + "\n"
+            out = f"{self.image_token} {body}".replace(" \n", "\n")
+            return out if out.endswith("\n") else out + "\n"  # MMEB's rows end with it already: one, as VLM2Vec
         return text
 
     @staticmethod
