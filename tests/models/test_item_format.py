@@ -165,6 +165,10 @@ def test_the_embedding_cache_key_holds_a_non_default_format(tiny_model_dir):
     raw = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", item_format="vlm2vec")
     assert "item_format" not in embedding_settings(chat)  # chat: the key as before the option
     assert embedding_settings(raw)["item_format"] == "vlm2vec"
+    # the first vlm2vec rendering's key (before small images were enlarged and MMEB rows kept their one newline):
+    # vectors cached under it must not be taken for today's
+    first = {k: v for k, v in embedding_settings(raw).items() if k != "item_format_revision"}
+    assert embedding_settings(raw) != first and embedding_settings(raw)["item_format_revision"] == 2
 
 
 @pytest.mark.slow

@@ -163,7 +163,10 @@ def embedding_settings(embedder: Any, dtype: Any = None) -> dict[str, Any]:
         settings["image_budget"] = budget.to_dict()
     item_format = getattr(embedder, "item_format", "chat")
     if item_format != "chat":  # other input text, other vectors (chat: the key as before the option)
+        from unime.models.item_format import RENDERING_REVISIONS
+
         settings["item_format"] = item_format
+        settings["item_format_revision"] = RENDERING_REVISIONS[item_format]
     return settings
 
 

@@ -24,6 +24,10 @@ from unime.options import option
 ITEM_FORMATS = ("chat", "vlm2vec")
 DEFAULT_ITEM_FORMAT = "chat"
 FORMAT_FILE = "unime_item_format.json"
+# the revision of each non-default format's rendering, part of the embedding-cache key: bumped when the rendering
+# changes, so vectors cached under an earlier one are computed again (vlm2vec 2: images under 28 px enlarged, an
+# MMEB row's text not given a second newline; its video frames are keyed by their own rule)
+RENDERING_REVISIONS = {"vlm2vec": 2}
 
 
 def check_item_format(value: str) -> str:
