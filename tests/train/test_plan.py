@@ -474,3 +474,20 @@ def test_a_hub_adapter_is_planned_on_its_base_with_its_own_lora(tiny_model_dir, 
     assert f"LoRA r=4 of the adapter (its own settings) on the language model: {trainable / 1e6:.1f} M " \
            "trainable parameters" in out, out
     assert _sequence_fact(out) == at_64
+
+
+def test_dora_plans_peft_weight_norm_transient_of_the_largest_adapted_linear(tiny_model_dir):
+    """QA: the plan left out DoRA's weight-norm transient. PEFT's DoRA forward rebuilds each adapted linear's LoRA
+    weight from an identity (in x in, fp32) and adds the scaled product to the weight before the norm (3 out x in
+    matrices). Tiny Qwen2-VL (h 64, MLP 128, 4 heads x 16, 2 KV heads): down_proj (128 -> 64) is the largest."""
+    model = tiny_model_dir("qwen2_vl")
+    o = {"dtype": "fp32", "lora_r": 8, "gradcache": True, "chunk_size": 2, "batch_size": 1, "hard_negatives": 0}
+    label = "DoRA weight-norm transient (largest adapted linear)"
+    assert dict(plan_embedder(model, {**o, "dora": True}).rows)[label] == 128 * 128 * 4 + 3 * 64 * 128 * 4
+    # bf16: the three out x in matrices at 2 bytes; down_proj's identity still the largest
+    assert dict(plan_embedder(model, {**o, "dtype": "bf16", "dora": True}).rows)[label] == \
+        128 * 128 * 4 + 3 * 64 * 128 * 2
+    # q_proj and v_proj only: q_proj (64 -> 64) is the larger
+    assert dict(plan_embedder(model, {**o, "dora": True, "lora_targets": "q_proj,v_proj"}).rows)[label] == \
+        64 * 64 * 4 + 3 * 64 * 64 * 4
+    assert label not in dict(plan_embedder(model, o).rows)

@@ -15,9 +15,9 @@ every head and the additive mask (s = padded sequence length) is kept; an unpadd
 H·d + 2·K·d + 0 instead; r·n_lora = LoRA rank × adapted linears; Σout = the output features of a layer's
 adapted linears: PEFT's DoRA keeps each one's base output and LoRA output for the magnitude's gradient).
 What is not modelled: the CUDA context and allocator fragmentation (~1-3 GiB per device: a plan fits a device
-only with `CUDA_CONTEXT_RESERVE_GIB` = 2 GiB left over), DoRA's weight-norm transients (one adapted linear's
-weight-sized products at a time), the frozen vision
-tower's forward transients. `bench/gpu_smoke.sh` prints the
+only with `CUDA_CONTEXT_RESERVE_GIB` = 2 GiB left over), the frozen vision tower's forward transients. DoRA's
+weight-norm transient (one adapted linear's weight-sized products at a time) is a row of its own
+(`dora_weight_norm_bytes`). `bench/gpu_smoke.sh` prints the
 plan next to `torch.cuda.max_memory_allocated` of the same step on a GPU; a test holds the plan within
 20 % of the measured tensors of a tiny model's training step on CPU.
 """
@@ -263,14 +263,38 @@ def _lora_bits(shapes: ModelShapes, o: dict) -> tuple[int, int, float, int]:
     if shapes.adapter:
         a = shapes.adapter
         return a.r, a.per_layer, drop, a.outputs_per_layer if a.dora else 0
-    targets = _targets(o)
-    # all-linear: every linear layer of the decoder, its 7 projections
-    adapted = DEFAULT_LORA_TARGETS if targets == ("all-linear",) else [t for t in targets if t in DEFAULT_LORA_TARGETS]
-    hd, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
-    width = {"q_proj": hd, "k_proj": kv, "v_proj": kv, "o_proj": shapes.hidden, "gate_proj": shapes.intermediate,
-             "up_proj": shapes.intermediate, "down_proj": shapes.hidden}
-    outputs = sum(width[t] for t in adapted) if o.get("dora") else 0
+    adapted = _adapted_linears(shapes, o)
+    outputs = sum(out for _, out in adapted.values()) if o.get("dora") else 0
     return int(o.get("lora_r", EMBEDDER_LORA.r)), len(adapted), drop, outputs
+
+
+def _adapted_linears(shapes: ModelShapes, o: dict) -> dict[str, tuple[int, int]]:
+    """{name: (in features, out features)} of a decoder layer's linears the run's LoRA adapts (all-linear: its 7
+    projections); an adapter given as --model: every projection (its weights file names no target list here)."""
+    h, i = shapes.hidden, shapes.intermediate
+    hd, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
+    linears = {"q_proj": (h, hd), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (hd, h), "gate_proj": (h, i),
+               "up_proj": (h, i), "down_proj": (i, h)}
+    targets = DEFAULT_LORA_TARGETS if shapes.adapter else _targets(o)
+    return {t: linears[t] for t in (DEFAULT_LORA_TARGETS if targets == ("all-linear",) else targets) if t in linears}
+
+
+def dora_weight_norm_bytes(shapes: ModelShapes, o: dict, act_bytes: int) -> int:
+    """Bytes of DoRA's weight-norm transient, 0 without DoRA. PEFT's `DoraLinearLayer.forward` (peft 0.21) rebuilds
+    each adapted linear's LoRA weight from an identity matrix (in x in, in the adapter's fp32) passed through lora_A
+    and lora_B (out x in), then takes the norm of W + scaling * BA: the scaled product and the sum, two more out x in
+    matrices (activation dtype). Nothing of it is kept; one linear at a time, so the largest one's."""
+    dora = shapes.adapter.dora if shapes.adapter else bool(o.get("dora"))
+    if not dora or o.get("full"):
+        return 0
+    return max((n_in * n_in * 4 + 3 * n_out * n_in * act_bytes for n_in, n_out in _adapted_linears(shapes, o).values()),
+               default=0)
+
+
+def _dora_rows(shapes: ModelShapes, o: dict, act_bytes: int) -> list[tuple[str, float]]:
+    """The DoRA weight-norm row of a LoRA run's plan (`dora_weight_norm_bytes`), none without DoRA."""
+    transient = dora_weight_norm_bytes(shapes, o, act_bytes)
+    return [("DoRA weight-norm transient (largest adapted linear)", transient)] if transient else []
 
 
 def _targets(o: dict) -> tuple[str, ...]:
@@ -348,6 +372,7 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
         chunk = per_device * per_query
         label = f"activations ({chunk} sequences in one forward)"
     rows.append((label, chunk * seq * per_tok))
+    rows += _dora_rows(shapes, o, act_b)
     facts[:0] = [f"model {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters (vision "
                  f"{shapes.params_vision / 1e9:.2f} B), {shapes.layers} layers, hidden {shapes.hidden}",
                  f"{gpus} device(s), {'bf16 autocast' if bf16 else 'fp32'}; per device {per_device} queries x "
@@ -407,6 +432,7 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
     else:
         label = "activations (pair + list forwards of the batch)"
     rows.append((label, act))
+    rows += _dora_rows(shapes, o, act_b)
     accum = int(o.get("grad_accum", 1) or 1)
     facts[:0] = [f"model {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters, {shapes.layers} layers",
                  f"{gpus} device(s); per device {b} records: 2 pairwise prompts of ~{pair_len} tokens + 1 listwise "
