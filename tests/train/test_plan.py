@@ -491,3 +491,25 @@ def test_dora_plans_peft_weight_norm_transient_of_the_largest_adapted_linear(tin
     assert dict(plan_embedder(model, {**o, "dora": True, "lora_targets": "q_proj,v_proj"}).rows)[label] == \
         64 * 64 * 4 + 3 * 64 * 64 * 4
     assert label not in dict(plan_embedder(model, o).rows)
+
+
+def test_an_embed_rl_embedder_is_planned_with_each_items_tcot_and_evidence_crops(tiny_model_dir, capsys):
+    """QA: the Embed-RL embedder trains on reasoned items (the item, its T-CoT and the evidence crops its boxes cut:
+    `reasoned_item`), but the plan sized the bare item. Qwen3-VL-2B under the recipe's 131072..786432 pixels (factor
+    32): a 1280x720 photo is scaled by sqrt(921600 / 786432) to 36 x 20 = 720 tokens, a 640x360 crop rounds to
+    640x352, 20 x 11 = 220 tokens; 64 text + 720 + 256 T-CoT (the reasoner's longest) + 220 = 1260."""
+    from unime.cli import main
+
+    assert main(["plan", "--recipe", "embed-rl/qwen3-vl-2b", "--gpus", "8", "--gpu-memory", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "sequence ~1260 tokens: 64 text/template + 1 x 720 visual" in out and \
+        "+ 256 T-CoT + 1 x 220 evidence crop (640x360 image" in out, out
+    model = tiny_model_dir("qwen2_vl")  # 224x224 -> 8 x 8 = 64 visual tokens, a crop too (the fixed resize)
+    o = {"dtype": "fp32", "image_size": 224, "batch_size": 2, "hard_negatives": 0}
+    assert plan_embedder(model, o).tokens_per_step == 2 * 2 * (64 + 64)  # no <emb> pooling: the bare item
+    assert plan_embedder(model, {**o, "pooling": "emb"}).tokens_per_step == 2 * 2 * (64 + 64 + 256 + 64)
+    assert plan_embedder(model, {**o, "pooling": "emb"}, tcot_tokens=100, evidence_crops=2).tokens_per_step == \
+        2 * 2 * (64 + 64 + 100 + 2 * 64)
+    assert main(["plan", "--recipe", "unime-v2/judge-qwen2.5-vl-7b", "--tcot-tokens", "5"]) == 2
+    assert capsys.readouterr().err.strip() == "unime: error: plan: --tcot-tokens: the judge stage reads no T-CoT " \
+        "(planned stages that do: embedder)"

@@ -40,6 +40,9 @@ GiB = 1024 ** 3
 # per device, left free for what the plan does not model: the CUDA context and allocator fragmentation
 CUDA_CONTEXT_RESERVE_GIB = 2
 DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "float32": 4}
+# an evidence crop (a T-CoT box cut from its item's image) is planned as a region of half the side of the photo
+# an image is planned as (`visual_tokens_per_image`'s source_size), under the same image bounds
+EVIDENCE_CROP_SIZE = (640, 360)
 # where the embedder's K is left to the records, the plan takes the most they can give it
 K_UNSET_NOTE = f"; K left to the records, planned at their most, {MAX_AUTO_HARD_NEGATIVES}"
 
@@ -187,6 +190,36 @@ def visual_tokens_per_image(shapes: ModelShapes, *, image_size=None, max_pixels=
     tokens = (fh // shapes.patch_factor) * (fw // shapes.patch_factor)
     what = f"{w}x{h} image" + ("" if size else f" under {lo}..{hi} pixels") + f" -> {fw}x{fh}"
     return tokens, what
+
+
+def item_tokens(shapes: ModelShapes, o: dict, *, text_tokens: int, images_per_item: float, tcot_tokens: int = 0,
+                evidence_crops: float = 0.0) -> tuple[int, str]:
+    """Tokens of one item as the embedder reads it and their description: its text / template and images, and with
+    a T-CoT (Embed-RL's reasoned item, `unime.reasoning.embed_inputs.reasoned_item`) the T-CoT text and its evidence
+    crops (each an `EVIDENCE_CROP_SIZE` region under the run's image bounds, as the images)."""
+    bounds = dict(image_size=o.get("image_size"), max_pixels=o.get("max_pixels"), min_pixels=o.get("min_pixels"))
+    vis, vis_what = visual_tokens_per_image(shapes, **bounds)
+    what = f"{text_tokens} text/template + {images_per_item:g} x {vis} visual ({vis_what})"
+    tokens = text_tokens + images_per_item * vis
+    if tcot_tokens:
+        what += f" + {tcot_tokens} T-CoT"
+    if evidence_crops:
+        crop, crop_what = visual_tokens_per_image(shapes, **bounds, source_size=EVIDENCE_CROP_SIZE)
+        tokens += evidence_crops * crop
+        what += f" + {evidence_crops:g} x {crop} evidence crop ({crop_what})"
+    return int(round(tokens + tcot_tokens)), what
+
+
+def embedder_tcot(o: dict, tcot_tokens: int | None, evidence_crops: float | None,
+                  images_per_item: float) -> tuple[int, float]:
+    """(T-CoT tokens, evidence crops) per item the embedder reads. Unset: an Embed-RL embedder (pooling at <emb>,
+    trained and rewarded on reasoned items) reads the reasoner's longest T-CoT (`TCOT_MAX_NEW_TOKENS`), another
+    none; one crop per image with a T-CoT."""
+    from unime.reasoning.tcot import TCOT_MAX_NEW_TOKENS
+
+    tcot = int(tcot_tokens if tcot_tokens is not None else TCOT_MAX_NEW_TOKENS if o.get("pooling") == "emb" else 0)
+    crops = float(evidence_crops if evidence_crops is not None else images_per_item if tcot else 0.0)
+    return tcot, crops
 
 
 def activation_bytes_per_token(shapes: ModelShapes, *, seq_len: int, act_bytes: int, lora_r: int, n_lora: int,
@@ -337,16 +370,18 @@ def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -
 
 
 def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None,
-                  text_tokens: int = 64, images_per_item: float = 1.0, title: str = "", padded: bool = True) -> Plan:
-    """`unime train embedder` with options `o` (the command's resolved options, dest names)."""
+                  text_tokens: int = 64, images_per_item: float = 1.0, title: str = "", padded: bool = True,
+                  tcot_tokens: int | None = None, evidence_crops: float | None = None) -> Plan:
+    """`unime train embedder` with options `o` (the command's resolved options, dest names); an Embed-RL embedder's
+    items with their T-CoT and evidence crops (`embedder_tcot`)."""
     shapes = model_shapes(model)
     dtype = str(o.get("dtype", "auto"))
     bf16 = dtype in ("auto", "bf16", "bfloat16")
     act_b = 2 if bf16 else 4
     weight_b = 2 if bf16 and not o.get("full") else 4
-    vis, vis_what = visual_tokens_per_image(shapes, image_size=o.get("image_size"), max_pixels=o.get("max_pixels"),
-                                            min_pixels=o.get("min_pixels"))
-    seq = int(round(text_tokens + images_per_item * vis))
+    tcot, crops = embedder_tcot(o, tcot_tokens, evidence_crops, images_per_item)
+    seq, seq_what = item_tokens(shapes, o, text_tokens=text_tokens, images_per_item=images_per_item, tcot_tokens=tcot,
+                                evidence_crops=crops)
     # K unset (the command's default): the records decide, at most `MAX_AUTO_HARD_NEGATIVES`; planned at that bound
     k_unset = o.get("hard_negatives") is None
     k = MAX_AUTO_HARD_NEGATIVES if k_unset else int(o["hard_negatives"])
@@ -378,8 +413,7 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
                  f"{gpus} device(s), {'bf16 autocast' if bf16 else 'fp32'}; per device {per_device} queries x "
                  f"{per_query} sequences (query, positive, {k} negatives{K_UNSET_NOTE if k_unset else ''}) per "
                  f"micro-batch, {accum} accumulation step(s)",
-                 f"sequence ~{seq} tokens: {text_tokens} text/template + {images_per_item:g} x {vis} visual "
-                 f"({vis_what})"]
+                 f"sequence ~{seq} tokens: {seq_what}"]
     plan = Plan(title=title or f"train embedder on {shapes.name}", facts=facts, rows=rows,
                 tokens_per_step=global_queries * per_query * seq,
                 tokens_note=f"{global_queries} queries x {per_query} sequences x {seq} tokens",
@@ -490,6 +524,8 @@ def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | No
 
 
 PLANNERS = {"embedder": plan_embedder, "reranker": plan_reranker, "judge": plan_judge}
+# the stages whose items may carry a T-CoT (`--tcot-tokens`, `--evidence-crops`)
+TCOT_STAGES = ("embedder",)
 STAGE_COMMANDS = {"embedder": "train embedder", "reranker": "train reranker", "judge": "mine"}
 
 
@@ -529,6 +565,12 @@ class PlanOptions:
     text_tokens: int = option(64, "text + chat-template tokens per item (default %(default)s)")
     images_per_item: float = option(1.0, "images per query / candidate on average (default 1: every item has an "
                                     "image)")
+    tcot_tokens: int | None = option(None, "T-CoT tokens per item the embedder reads with it (Embed-RL's reasoned "
+                                     "items; default: with --pooling emb, the reasoner's longest T-CoT, 256, else 0)",
+                                     at_least=0)
+    evidence_crops: float | None = option(None, "evidence crops per item read with its T-CoT, each planned as a "
+                                          "640x360 region of its image under the image bounds (default: one per "
+                                          "image with a T-CoT, else 0)", at_least=0)
     overrides: list[str] = option(help="override one option of the planned command, e.g. --set chunk-size=4 or "
                                   "--set gradcache=false; a flag alone turns it on: --set gradient-checkpointing "
                                   "(repeatable; values read as a --config file's)", factory=list, dest="set",
@@ -539,5 +581,13 @@ class PlanOptions:
         """The `stage` planner's plan of `model` run with the planned command's resolved `options`."""
         if self.gpus < 1:
             raise UsageError(f"--gpus must be >= 1, got {self.gpus}", command="plan")
+        tcot = {"tcot_tokens": self.tcot_tokens, "evidence_crops": self.evidence_crops}
+        if stage not in TCOT_STAGES:
+            given = [f"--{k.replace('_', '-')}" for k, v in tcot.items() if v is not None]
+            if given:
+                raise UsageError(f"{' and '.join(given)}: the {stage} stage reads no T-CoT (planned stages that do: "
+                                 f"{', '.join(TCOT_STAGES)})", command="plan")
+            tcot = {}
         return PLANNERS[stage](model, options, gpus=self.gpus, gpu_memory_gib=parse_memory(self.gpu_memory),
-                               text_tokens=self.text_tokens, images_per_item=self.images_per_item, title=title)
+                               text_tokens=self.text_tokens, images_per_item=self.images_per_item, title=title,
+                               **tcot)
