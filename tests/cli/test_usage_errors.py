@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 # (argv, the one error line after "unime: error: "); each is refused before any model or data is loaded
 CASES = [
-    (["plan"], "plan: give --recipe NAME or --stage {embedder,reranker,judge}"),
+    (["plan"], "plan: give --recipe NAME or --stage {embedder,reranker,judge,reasoner-sft,reasoner-grpo}"),
     (["plan", "--stage", "embedder"], "plan: give --model (a known release or a checkpoint folder)"),
     (["eval", "--model", "m", "--tasks", "t"], "eval: --out is required"),
     (["eval", "--out", "{tmp}/ev"], "eval: give --model and --tasks to evaluate, or --compare DIR ... to compare"),
@@ -267,7 +267,7 @@ def test_bare_plan_through_the_installed_entry_point_exits_2(tmp_path):
     proc = subprocess.run([str(exe), "plan"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "unime: error: plan: give --recipe NAME or --stage {embedder,reranker,judge}"]
+        "unime: error: plan: give --recipe NAME or --stage {embedder,reranker,judge,reasoner-sft,reasoner-grpo}"]
     assert proc.stdout == "" and list(tmp_path.iterdir()) == []
 
 

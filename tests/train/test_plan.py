@@ -511,5 +511,84 @@ def test_an_embed_rl_embedder_is_planned_with_each_items_tcot_and_evidence_crops
     assert plan_embedder(model, {**o, "pooling": "emb"}, tcot_tokens=100, evidence_crops=2).tokens_per_step == \
         2 * 2 * (64 + 64 + 100 + 2 * 64)
     assert main(["plan", "--recipe", "unime-v2/judge-qwen2.5-vl-7b", "--tcot-tokens", "5"]) == 2
-    assert capsys.readouterr().err.strip() == "unime: error: plan: --tcot-tokens: the judge stage reads no T-CoT " \
-        "(planned stages that do: embedder)"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "unime: error: plan: --tcot-tokens: the judge stage " \
+        "reads no T-CoT " \
+        "(planned stages that do: embedder, reasoner-sft, reasoner-grpo)"
+
+
+def _tiny_counts(model_dir: str, r: int) -> tuple[int, int]:
+    """(all parameters, LoRA-trainable parameters) of the real tiny model, counted on its weights."""
+    from transformers import AutoModelForImageTextToText
+
+    from unime.models.lora import LoraSettings, apply_lora
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    total = sum(p.numel() for p in model.parameters())
+    peft = apply_lora(model, LoraSettings(r=r, alpha=2 * r, dropout=0.0))
+    return total, sum(p.numel() for p in peft.parameters() if p.requires_grad)
+
+
+# tiny Qwen2-VL: hidden 64, MLP 128, 2 layers, 4 heads x 16, 2 KV heads, vocabulary 745; a 224x224 image: 64 tokens;
+# the reasoning instruction: (270 + 123 characters + 20 for "Query: see above. ") // 4 = 103 tokens
+TINY_PROMPT = 64 + 64 + 103
+
+
+def test_the_reasoner_sft_plan_counts_the_policy_its_lora_and_the_logits_of_every_token(tiny_model_dir):
+    from unime.train.memory_plan import plan_reasoner_sft
+
+    model = tiny_model_dir("qwen2_vl")
+    total, lora = _tiny_counts(model, 8)
+    # LoRA r=8 on q, k, v, o, gate, up, down of 2 layers: 8 x ((64+64) + 2 (64+32) + (64+64) + 3 (64+128)) x 2
+    assert lora == 8 * (128 + 2 * 96 + 128 + 3 * 192) * 2 == 16384
+    o = {"dtype": "fp32", "lora_r": 8, "lora_dropout": 0.0, "batch_size": 2, "image_size": 224}
+    plan = plan_reasoner_sft(model, o, tcot_tokens=100)
+    rows, seq = dict(plan.rows), TINY_PROMPT + 100
+    assert rows["weights (fp32, frozen)"] == total * 4 and rows["trainable weights (fp32)"] == lora * 4
+    assert rows["optimizer states (adamw_torch, fp32 x2)"] == lora * 4 * 2
+    assert plan.tokens_per_step == 2 * seq
+    # the logits of every token (745 wide) in fp32, then the loss's fp32 copy and log-softmax: 4 + 8 bytes
+    assert rows["logits + their fp32 loss copies (every token)"] == 2 * seq * 745 * 12
+    # full fine-tuning (--lora-r 0) in bf16: the weights, their gradients and AdamW's two states, all bf16
+    full = dict(plan_reasoner_sft(model, {**o, "lora_r": 0, "dtype": "bf16"}).rows)
+    assert (full["weights (bf16, trained in place)"], full["gradients (bf16)"],
+            full["optimizer states (adamw_torch, bf16 x2)"]) == (total * 2, total * 2, total * 2 * 2)
+
+
+def test_the_reasoner_grpo_plan_holds_the_policy_its_reference_the_reward_embedder_and_the_judge(tiny_model_dir):
+    from unime.train.memory_plan import plan_reasoner_grpo
+
+    model = tiny_model_dir("qwen2_vl")
+    total, lora = _tiny_counts(model, 8)
+    o = {"dtype": "fp32", "lora_r": 0, "num_generations": 4, "pairs_per_batch": 2, "max_completion_length": 32,
+         "beta": 0.01, "embedder": model, "weights": "0.05,0.8,0.2", "hard_negative_pairs": 1, "image_size": 224}
+    plan = plan_reasoner_grpo(model, o)
+    rows = dict(plan.rows)
+    assert rows["reference policy (frozen copy, fp32)"] == total * 4  # beta > 0, full fine-tuning: TRL's copy
+    assert rows[f"reward embedder {model} (frozen)"] == rows[f"process judge {model} (frozen)"] == total * 4
+    # 2 x 2 pairs x 4 generations = 16 completions of (prompt + 32) tokens; KV: 2 (K, V) x 2 layers x 2 heads x 16 x 4 B
+    completions, seq = 16, TINY_PROMPT + 32
+    assert plan.tokens_per_step == completions * seq
+    assert f"generation: KV cache of the completions {completions * seq * 512 / GiB:.2f}" in plan.facts[-1]
+    assert sum(1 for name in rows if name.startswith("largest phase: ")) == 1
+    # LoRA: the reference policy is TRL's copy of the adapter; no process weight: no judge; beta 0: no reference
+    lora_rows = dict(plan_reasoner_grpo(model, {**o, "lora_r": 8, "lora_dropout": 0.0}).rows)
+    assert lora_rows["reference policy (TRL: LoRA adapter copy, fp32)"] == lora * 4
+    bare = dict(plan_reasoner_grpo(model, {**o, "weights": "0.05,0.8,0", "beta": 0.0}).rows)
+    assert not [name for name in bare if name.startswith(("process judge", "reference policy"))]
+
+
+def test_unime_plan_plans_the_reasoner_stages_of_an_embed_rl_recipe(capsys):
+    """The recipe names its reasoner (Qwen3-VL-8B) for the reasoner stages; each stage's own --lora-r default (sft
+    16, grpo 0: full fine-tuning), and GRPO's reward embedder is the recipe's embedder (Qwen3-VL-2B)."""
+    from unime.cli import main
+
+    recipe = ["plan", "--recipe", "embed-rl/qwen3-vl-2b", "--stage"]
+    assert main(recipe + ["reasoner-sft"]) == 0
+    out = capsys.readouterr().out
+    assert "reasoner Qwen/Qwen3-VL-8B-Instruct: 8.77 B parameters" in out and "LoRA r=16 on the language model" in out
+    assert main(recipe + ["reasoner-grpo"]) == 0
+    out = capsys.readouterr().out
+    assert "full fine-tuning: 8.77 B" in out and "reward embedder Qwen/Qwen3-VL-2B-Instruct (frozen)" in out, out
+    assert "10 prompts (5 pairs) x 4 generations = 40 completions of <= 2048 tokens" in out, out
+    assert main(["plan", "--stage", "reasoner-grpo", "--model", "Qwen/Qwen3-VL-8B-Instruct"]) == 2
+    assert "give the reward embedder: --set embedder=CHECKPOINT" in capsys.readouterr().err

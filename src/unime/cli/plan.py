@@ -40,19 +40,20 @@ def _options_of(args) -> dict:
     return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
 
-def _command_args(command: str, recipe: str | None, sets: list[str]):
+def _command_args(command: str, recipe: str | None, sets: list[str], stage_args: tuple[str, ...] = ()):
     """The planned command's parsed arguments (its own parser: defaults < recipe < --set), with where each option
     came from (`_origins`: a --set value is the user's, as on the command line). The --set values go
     through the option's own rules, as a config file's keys do (`options_file.apply_options`): a flag takes
     true / false (a recipe's flag can be turned off), a number its type, a repeatable option each value. A --set
     per-device batch-size drops a recipe's global-batch, as the embedder's command line does (`global_batch_dropped`:
-    it was planned at the recipe's global batch)."""
+    it was planned at the recipe's global batch). `stage_args`: the command's own arguments naming the planned stage
+    (`train reasoner --stage grpo`)."""
     from unime.cli import _apply_config, _command_path, build_parser
     from unime.cli.options_file import apply_options
     from unime.cli.train import global_batch_dropped
 
     parser = build_parser()
-    argv = [*command.split(), *(["--recipe", recipe] if recipe else []), "--print-config"]
+    argv = [*command.split(), *stage_args, *(["--recipe", recipe] if recipe else []), "--print-config"]
     args = _apply_config(parser, argv)
     subparser = _command_path(parser, argv)[1]
     for dest in apply_options(subparser, set_values(sets), source="--set").values():
@@ -76,26 +77,40 @@ def _refuse_lora_options_on_an_adapter(stage: str, args, model: str) -> None:
         refuse_lora_options_on_an_adapter(args, "plan", lora_options)
 
 
+def _stage_defaults(command_args, model: str, options: dict) -> dict:
+    """The planned command's options left unset whose default depends on its stage (`_unset_values`, as its
+    `--print-config` shows them: `train reasoner`'s --lora-r, sft 16 / grpo 0, or an adapter's own rank)."""
+    unset = getattr(command_args, "_unset_values", None)
+    if not callable(unset):
+        return {}
+    command_args.model = model
+    return {dest: value for dest, (value, _) in unset(command_args).items() if options.get(dest) is None}
+
+
 def _plan(args) -> int:
     import json
 
     from unime.cli.recipes import load_recipe
-    from unime.train.memory_plan import PLANNERS, STAGE_COMMANDS, PlanOptions
+    from unime.train.memory_plan import PLANNERS, STAGE_ARGS, STAGE_COMMANDS, PlanOptions
 
     opts = config_from_args(PlanOptions, args)
     recipe = load_recipe(args.recipe) if args.recipe else None
     stage = args.stage or (recipe.plan.get("stage") if recipe else None)
     if stage not in PLANNERS:
-        raise UsageError("give --recipe NAME or --stage {embedder,reranker,judge}", command="plan")
+        raise UsageError(f"give --recipe NAME or --stage {{{','.join(PLANNERS)}}}", command="plan")
     command = STAGE_COMMANDS[stage]
     command_args = _command_args(command, args.recipe if recipe and command in recipe.commands else None,
-                                 opts.overrides)
+                                 opts.overrides, STAGE_ARGS.get(stage, ()))
     options = _options_of(command_args)
-    model = args.model or (options.get("judge") if stage == "judge" else options.get("model")) or \
-        (recipe.plan.get("model") if recipe else None)
+    # a recipe's plan names the model of its plan stage; its reasoner (`plan: {reasoner: ...}`) for the reasoner's
+    plan_model = (recipe.plan.get("reasoner") if stage in STAGE_ARGS else recipe.plan.get("model")) if recipe else None
+    model = args.model or (options.get("judge") if stage == "judge" else options.get("model")) or plan_model
     if not model:
         raise UsageError("give --model (a known release or a checkpoint folder)", command="plan")
     _refuse_lora_options_on_an_adapter(stage, command_args, model)
+    options = {**options, **_stage_defaults(command_args, model, options)}
+    if stage == "reasoner-grpo" and not options.get("embedder") and recipe:
+        options["embedder"] = recipe.plan.get("model")  # an Embed-RL recipe's embedder: GRPO's reward model
     title = f"{recipe.name} ({command}) on {model}" if recipe else f"{command} on {model}"
     plan = opts.plan(stage, model, options, title)
     print(json.dumps(plan.to_dict(), indent=2) if opts.json else plan.render())

@@ -65,6 +65,7 @@ class ModelShapes:
     config: Any = field(repr=False, default=None)
     images: ImageBudget = ImageBudget()    # recorded with the checkpoint (`unime_images.json`), as loading reads it
     adapter: "AdapterFacts | None" = None  # --model a PEFT adapter: planned on its base (`model_shapes`)
+    vocab: int = 0                         # the language-model head's outputs (logits per token)
 
     def lora_trainable(self, r: int, targets: tuple[str, ...], vision: bool = False, dora: bool = False) -> int:
         """Trainable parameters of the training code's LoRA on this architecture (counted on meta)."""
@@ -158,7 +159,8 @@ def model_shapes(model: str) -> ModelShapes:
                        layers=t.num_hidden_layers, heads=t.num_attention_heads, kv_heads=t.num_key_value_heads,
                        head_dim=head_dim, params_total=total, params_vision=vision, patch_factor=bounds[2],
                        min_pixels=bounds[0], max_pixels=bounds[1], config=config,
-                       images=(recorded_budget(path) if path.is_dir() else None) or ImageBudget())
+                       images=(recorded_budget(path) if path.is_dir() else None) or ImageBudget(),
+                       vocab=t.vocab_size)
 
 
 def _folder_pixel_bounds(path: Path) -> tuple[int, int, int]:
@@ -337,16 +339,20 @@ def _targets(o: dict) -> tuple[str, ...]:
     return tuple(t)
 
 
-def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -> tuple[list, list[str], int]:
-    """Weights / trainable / gradients / optimizer rows and facts for a (LoRA or full) training run."""
+def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int,
+                full_bytes: int = 4) -> tuple[list, list[str], int]:
+    """Weights / trainable / gradients / optimizer rows and facts for a (LoRA or full) training run. `full_bytes`: the
+    bytes per parameter of a fully fine-tuned model's weights, gradients and optimizer states (4: an fp32 master
+    copy; the reasoner trains its bf16 weights in place, 2)."""
     rows, facts = [], []
     total = shapes.params_total
     if o.get("full") and shapes.adapter:  # as the trainers refuse it (`model_to_train`)
         raise UsageError(f"full fine-tuning of the adapter folder {shapes.adapter.path}: plan its merged/ folder, "
                          "or LoRA (the adapter itself)", command="plan")
+    tb, tname = (full_bytes, {2: "bf16", 4: "fp32"}[full_bytes]) if o.get("full") else (4, "fp32")
     if o.get("full"):
         trainable = total
-        rows.append(("weights (fp32 master copy)", total * 4))
+        rows.append(("weights (fp32 master copy)" if tb == 4 else f"weights ({tname}, trained in place)", total * tb))
         facts.append(f"full fine-tuning: {trainable / 1e9:.2f} B trainable parameters")
     else:
         if shapes.adapter:  # training continues the adapter with its own settings
@@ -360,12 +366,12 @@ def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -
         rows.append(("trainable weights (fp32)", trainable * 4))
         facts.append(f"{what} on {'the language model + vision' if vision else 'the language model'}: "
                      f"{trainable / 1e6:.1f} M trainable parameters")
-    rows.append(("gradients (fp32)", trainable * 4))
+    rows.append((f"gradients ({tname})", trainable * tb))
     if gpus > 1:
-        rows.append(("DDP gradient buckets (fp32)", trainable * 4))
+        rows.append((f"DDP gradient buckets ({tname})", trainable * tb))
     optim = str(o.get("optim", "adamw_torch"))
     states = 2 if "adam" in optim else (1 if "sgd" not in optim else 0)
-    rows.append((f"optimizer states ({optim}, fp32 x{states})", trainable * 4 * states))
+    rows.append((f"optimizer states ({optim}, {tname} x{states})", trainable * tb * states))
     return rows, facts, trainable
 
 
@@ -487,6 +493,17 @@ def _hint(ways: list[tuple[str, object]]) -> str:
     return "try " + (f"{', '.join(texts[:-1])} or {texts[-1]}" if len(texts) > 1 else texts[0])
 
 
+def forward_transient_bytes(shapes: ModelShapes, tokens: int, act_bytes: int) -> int:
+    """A frozen model's forward of `tokens` without autograd: one decoder layer's intermediates at a time (the MLP's
+    two I-wide projections, four h-wide tensors)."""
+    return tokens * (2 * shapes.intermediate + 4 * shapes.hidden) * act_bytes
+
+
+def kv_bytes_per_token(shapes: ModelShapes, act_bytes: int) -> int:
+    """The KV cache of one token: keys and values of every layer's KV heads."""
+    return 2 * shapes.layers * shapes.kv_heads * shapes.head_dim * act_bytes
+
+
 def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None, text_tokens: int = 64,
                images_per_item: float = 1.0, title: str = "") -> Plan:
     """Stage B (`unime mine`, local backend): frozen weights, the shared query prefix's KV cache, and per
@@ -501,11 +518,11 @@ def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | No
     prefix, cont = prompt + item, item + 8
     m = int(o.get("chunk_size", 16))
     k = int(o.get("k", 50))
-    kv_per_token = 2 * shapes.layers * shapes.kv_heads * shapes.head_dim * b
+    kv_per_token = kv_bytes_per_token(shapes, b)
     rows = [(f"weights ({'bf16' if b == 2 else 'fp32'}, frozen)", shapes.params_total * b),
             ("KV cache: shared query prefix", prefix * kv_per_token),
             (f"KV cache: chunk of {m} continuations (prefix copy per row)", m * (prefix + cont) * kv_per_token),
-            ("forward transients (one layer, chunk)", m * cont * (2 * shapes.intermediate + 4 * shapes.hidden) * b)]
+            ("forward transients (one layer, chunk)", forward_transient_bytes(shapes, m * cont, b))]
     vcfg = shapes.config.vision_config
     vwidth = getattr(vcfg, "embed_dim", None) or getattr(vcfg, "hidden_size")
     vmlp = getattr(vcfg, "intermediate_size", None) or vwidth * int(getattr(vcfg, "mlp_ratio", 4))
@@ -523,10 +540,131 @@ def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | No
                 tokens_label="tokens per judged query group (all devices, one query each)")
 
 
-PLANNERS = {"embedder": plan_embedder, "reranker": plan_reranker, "judge": plan_judge}
+def logits_bytes(tokens: int, vocab: int, act_bytes: int) -> int:
+    """The language-model head's logits of `tokens` (activation dtype) and, for the loss, their fp32 copy and its
+    log-softmax (transformers' causal-LM loss and TRL's per-token log-probabilities upcast them)."""
+    return tokens * vocab * (act_bytes + 8)
+
+
+def reasoning_prompt_tokens(shapes: ModelShapes, o: dict, *, text_tokens: int,
+                            images_per_item: float) -> tuple[int, str]:
+    """Tokens of the reasoner's prompt (`reasoning_prompt_segments`): the item, then the longest reasoning instruction
+    (counted at ~4 characters a token)."""
+    from unime.reasoning.reasoner import REASONING_INSTRUCTIONS, TCOT_FORMAT_INSTRUCTION
+
+    instruction = (max(len(v) for v in REASONING_INSTRUCTIONS.values()) + len(TCOT_FORMAT_INSTRUCTION) + 20) // 4
+    item, what = item_tokens(shapes, o, text_tokens=text_tokens, images_per_item=images_per_item)
+    return item + instruction, f"{what} + ~{instruction} reasoning instruction"
+
+
+def _policy(model: str, o: dict, gpus: int, *, text_tokens: int, images_per_item: float):
+    """The reasoner being trained (`unime train reasoner`, either stage): its shapes, activation bytes, parameter
+    rows and facts (`_param_rows`: LoRA, or `lora_r` 0 full fine-tuning of its weights in the run's dtype), LoRA
+    bits, trainable parameters and prompt (tokens, description). `o["lora_r"]` is the stage's (`unime.cli.plan` fills
+    an unset one with the stage's default)."""
+    shapes = model_shapes(model)
+    act_b = 2 if str(o.get("dtype") or "auto") in ("auto", "bf16", "bfloat16", "fp16", "float16") else 4
+    o = {**o, "full": not shapes.adapter and not int(o.get("lora_r") or 0)}
+    rows, facts, trainable = _param_rows(shapes, o, weight_bytes=act_b, gpus=gpus, full_bytes=act_b)
+    prompt = reasoning_prompt_tokens(shapes, o, text_tokens=text_tokens, images_per_item=images_per_item)
+    facts.insert(0, f"reasoner {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters, {shapes.layers} layers, "
+                    f"vocabulary {shapes.vocab:,}")
+    return shapes, act_b, rows, facts, _lora_bits(shapes, o), trainable, prompt
+
+
+def plan_reasoner_sft(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None,
+                      text_tokens: int = 64, images_per_item: float = 1.0, title: str = "",
+                      tcot_tokens: int | None = None, evidence_crops: float | None = None) -> Plan:
+    """`unime train reasoner --stage sft`: per device --batch-size prompt + T-CoT sequences in one forward (TRL's
+    SFTTrainer, no gradient checkpointing), the logits of every token for the loss on the T-CoT."""
+    from unime.reasoning.tcot import TCOT_MAX_NEW_TOKENS
+
+    if evidence_crops:
+        raise UsageError("--evidence-crops: the reasoner reads no evidence crops (its T-CoT names them)",
+                         command="plan")
+    shapes, act_b, rows, facts, (r, n_lora, drop, dora_out), _, (prompt, what) = _policy(
+        model, o, gpus, text_tokens=text_tokens, images_per_item=images_per_item)
+    tcot = TCOT_MAX_NEW_TOKENS if tcot_tokens is None else int(tcot_tokens)
+    seq, b, accum = prompt + tcot, int(o.get("batch_size", 8)), int(o.get("grad_accum", 1) or 1)
+    per_tok = activation_bytes_per_token(shapes, seq_len=seq, act_bytes=act_b, lora_r=r, n_lora=n_lora,
+                                         lora_dropout=drop, autocast_bf16=act_b == 2, dora_outputs=dora_out)
+    rows += [(f"activations ({b} sequences in one forward)", b * seq * per_tok),
+             ("logits + their fp32 loss copies (every token)", logits_bytes(b * seq, shapes.vocab, act_b)),
+             *_dora_rows(shapes, o, act_b)]
+    facts.append(f"{gpus} device(s); per device {b} sequences of ~{seq} tokens: prompt {prompt} ({what}) + "
+                 f"{tcot} T-CoT; {accum} accumulation step(s)")
+    return Plan(title=title or f"train reasoner --stage sft on {shapes.name}", facts=facts, rows=rows,
+                tokens_per_step=b * gpus * accum * seq, tokens_note=f"{b} sequences x {gpus} devices x {accum} "
+                f"accumulation x {seq} tokens", gpu_memory_gib=gpu_memory_gib)
+
+
+def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None,
+                       text_tokens: int = 64, images_per_item: float = 1.0, title: str = "",
+                       tcot_tokens: int | None = None, evidence_crops: float | None = None) -> Plan:
+    """`unime train reasoner --stage grpo` (`unime.embed_rl.grpo`): per device and step 2 x --pairs-per-batch prompts,
+    each with --num-generations completions of up to --max-completion-length tokens. Held throughout: the policy
+    (LoRA or full), TRL's reference policy (beta > 0: a frozen copy of the model, or of the LoRA adapter), the frozen
+    reward embedder (`o["embedder"]`) and, with a process weight, the frozen process judge (--process-judge, else a
+    copy of --model). The step's phases run one after the other, so only the largest one's transients are added:
+    generation (the completions' KV cache), the reward embedder's forward (its items with their T-CoT and evidence
+    crops), the process judge's listwise prompts (KV cache of a batch of 8), and the policy's forward and backward
+    (activations, and the logits of the completion tokens)."""
+    if not o.get("embedder"):
+        raise UsageError("give the reward embedder: --set embedder=CHECKPOINT (the frozen <emb> embedder GRPO rewards "
+                         "with; a recipe's plan model is used otherwise)", command="plan")
+    shapes, act_b, rows, facts, (r, n_lora, _, dora_out), trainable, (prompt, what) = _policy(
+        model, o, gpus, text_tokens=text_tokens, images_per_item=images_per_item)
+    n, pairs = int(o.get("num_generations", 4)), int(o.get("pairs_per_batch", 2))
+    completion = int(o.get("max_completion_length") or 256)
+    tcot = completion if tcot_tokens is None else int(tcot_tokens)  # the rollouts the reward embedder reads
+    crops = images_per_item if evidence_crops is None else float(evidence_crops)
+    rollouts, seq = 2 * pairs * n, prompt + completion
+    if float(o.get("beta", 0.01) or 0) > 0:
+        rows.append(("reference policy (TRL: LoRA adapter copy, fp32)", trainable * 4) if n_lora or shapes.adapter
+                    else (f"reference policy (frozen copy, {'bf16' if act_b == 2 else 'fp32'})",
+                          shapes.params_total * act_b))
+    embedder = model_shapes(str(o["embedder"]))
+    rows.append((f"reward embedder {embedder.name} (frozen)", embedder.params_total * act_b))
+    weights = [float(w) for w in str(o.get("weights") or "0.05,0.8,0.2").split(",")]
+    judge = model_shapes(str(o.get("process_judge") or model)) if weights[-1] != 0 else None
+    if judge:
+        rows.append((f"process judge {judge.name} (frozen)", judge.params_total * act_b))
+    per_tok = activation_bytes_per_token(shapes, seq_len=seq, act_bytes=act_b, lora_r=r, n_lora=n_lora,
+                                         lora_dropout=0.0, autocast_bf16=act_b == 2, dora_outputs=dora_out)
+    e_seq, e_what = item_tokens(embedder, o, text_tokens=text_tokens, images_per_item=images_per_item,
+                                tcot_tokens=tcot, evidence_crops=crops)
+    phases = [("generation: KV cache of the completions", rollouts * seq * kv_bytes_per_token(shapes, act_b)),
+              ("reward embedder forward (a batch of 16)",
+               forward_transient_bytes(embedder, min(rollouts, 16) * e_seq, act_b)),
+              ("policy forward + backward: activations + completion logits",
+               rollouts * seq * per_tok + logits_bytes(rollouts * completion, shapes.vocab, act_b)
+               + dora_weight_norm_bytes(shapes, o, act_b))]
+    judge_what = ""
+    if judge:
+        shown = 1 + n + int(o.get("hard_negative_pairs", 1))  # the rollout judged and its candidates
+        j_seq = 80 + shown * (text_tokens + tcot)
+        phases.append((f"process judge: {min(rollouts, 8)} listwise prompts' KV cache",
+                       min(rollouts, 8) * j_seq * kv_bytes_per_token(judge, act_b)))
+        judge_what = f"; process judge prompts ~{j_seq} tokens ({shown} reasonings with their items' text)"
+    largest = max(phases, key=lambda p: p[1])
+    rows.append((f"largest phase: {largest[0]}", largest[1]))
+    facts += [f"{gpus} device(s); per device and step {2 * pairs} prompts ({pairs} pairs) x {n} generations = "
+              f"{rollouts} completions of <= {completion} tokens; prompt ~{prompt} tokens ({what})",
+              f"reward embedder items ~{e_seq} tokens: {e_what}{judge_what}",
+              "phases (one at a time, GiB): " + ", ".join(f"{name} {b / GiB:.2f}" for name, b in phases)]
+    return Plan(title=title or f"train reasoner --stage grpo on {shapes.name}", facts=facts, rows=rows,
+                tokens_per_step=rollouts * gpus * seq, tokens_note=f"{rollouts} completions x {gpus} devices x "
+                f"{seq} tokens (prompt + longest completion)", gpu_memory_gib=gpu_memory_gib)
+
+
+PLANNERS = {"embedder": plan_embedder, "reranker": plan_reranker, "judge": plan_judge,
+            "reasoner-sft": plan_reasoner_sft, "reasoner-grpo": plan_reasoner_grpo}
 # the stages whose items may carry a T-CoT (`--tcot-tokens`, `--evidence-crops`)
-TCOT_STAGES = ("embedder",)
-STAGE_COMMANDS = {"embedder": "train embedder", "reranker": "train reranker", "judge": "mine"}
+TCOT_STAGES = ("embedder", "reasoner-sft", "reasoner-grpo")
+STAGE_COMMANDS = {"embedder": "train embedder", "reranker": "train reranker", "judge": "mine",
+                  "reasoner-sft": "train reasoner", "reasoner-grpo": "train reasoner"}
+# the planned command's own arguments that name the stage
+STAGE_ARGS = {"reasoner-sft": ("--stage", "sft"), "reasoner-grpo": ("--stage", "grpo")}
 
 
 def parse_memory(text: str | None) -> float | None:
@@ -553,8 +691,8 @@ def parse_memory(text: str | None) -> float | None:
 class PlanOptions:
     """Options of `unime plan` (the planned command's own options come from its recipe and `--set`)."""
 
-    stage: str | None = option(None, "what to plan (default: the recipe's): train embedder, train reranker, or the "
-                               "mining judge", choices=list(PLANNERS))
+    stage: str | None = option(None, "what to plan (default: the recipe's): train embedder, train reranker, the "
+                               "mining judge, or train reasoner --stage sft / grpo", choices=list(PLANNERS))
     model: str | None = option(None, "a known release (e.g. Qwen/Qwen2-VL-2B-Instruct), a local checkpoint, run or "
                                "PEFT adapter folder, or a PEFT adapter's hub id, planned with its recorded images "
                                "(default: the recipe's)")
@@ -565,12 +703,13 @@ class PlanOptions:
     text_tokens: int = option(64, "text + chat-template tokens per item (default %(default)s)")
     images_per_item: float = option(1.0, "images per query / candidate on average (default 1: every item has an "
                                     "image)")
-    tcot_tokens: int | None = option(None, "T-CoT tokens per item the embedder reads with it (Embed-RL's reasoned "
-                                     "items; default: with --pooling emb, the reasoner's longest T-CoT, 256, else 0)",
-                                     at_least=0)
-    evidence_crops: float | None = option(None, "evidence crops per item read with its T-CoT, each planned as a "
-                                          "640x360 region of its image under the image bounds (default: one per "
-                                          "image with a T-CoT, else 0)", at_least=0)
+    tcot_tokens: int | None = option(None, "T-CoT tokens per item: read with it by the embedder (Embed-RL's reasoned "
+                                     "items; default: with --pooling emb, the reasoner's longest T-CoT, 256, else 0), "
+                                     "learnt by the reasoner's SFT (default 256), read by GRPO's reward embedder "
+                                     "(default: --max-completion-length)", at_least=0)
+    evidence_crops: float | None = option(None, "evidence crops per item read with its T-CoT by the embedder or GRPO's "
+                                          "reward embedder, each planned as a 640x360 region of its image under the "
+                                          "image bounds (default: one per image with a T-CoT, else 0)", at_least=0)
     overrides: list[str] = option(help="override one option of the planned command, e.g. --set chunk-size=4 or "
                                   "--set gradcache=false; a flag alone turns it on: --set gradient-checkpointing "
                                   "(repeatable; values read as a --config file's)", factory=list, dest="set",

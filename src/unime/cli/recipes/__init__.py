@@ -4,7 +4,8 @@ A recipe is a YAML file shipped with the package (`unime/cli/recipes/<paper>/<na
 
     title: ...
     paper: ...
-    plan: {stage: embedder, model: Qwen/Qwen2-VL-2B-Instruct, ...}     # what `unime plan` sizes
+    plan: {stage: embedder, model: Qwen/Qwen2-VL-2B-Instruct, ...}     # what `unime plan` sizes (reasoner: the
+                                                                       # model of its reasoner stages)
     commands:
       train embedder:                                                  # `unime train embedder`
         lora-r: {value: 16, source: "UniME-V2 implementation details (SPEC 1.5)"}
