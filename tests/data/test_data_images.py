@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from unime.data.images import ImageLoader
+from unime.data.images import ImageLoader, real_path_under
 from unime.errors import DataError
 
 
@@ -52,6 +54,34 @@ def test_symlink_leaving_the_root_is_an_escape(root, tmp_path):
     (root / "img" / "link.png").symlink_to(tmp_path / "outside.png")
     with pytest.raises(DataError, match="escapes"):
         ImageLoader(root).load("img/link.png")
+
+
+def test_real_path_under_is_path_resolve_and_looks_below_the_root_only(root, tmp_path, monkeypatch):
+    # the string form of `Path.resolve()` + `is_relative_to` that reading a collection calls per row
+    (tmp_path / "away").mkdir()
+    (root / "img" / "inner").symlink_to(root / "img")  # a folder link that stays inside
+    (root / "out").symlink_to(tmp_path / "away")  # a folder link that leads out
+    (root / "img" / "up.png").symlink_to("../img/ok.png")  # a relative file link
+    refs = ["img/ok.png", "./img//ok.png", "img/inner/ok.png", "img/inner/../ok.png", "out/x.png", "out/../img/ok.png",
+            "img/up.png", "img/ok.png/x", "missing/../img/ok.png", "../outside.png", "img/../../outside.png", ".", "",
+            str(root / "img" / "ok.png"), str(tmp_path / "outside.png"), str(root / "out" / "x.png")]
+    real_root = root.resolve()
+    for ref in refs:
+        want = (root / ref).resolve()
+        full, below = real_path_under(real_root, ref)
+        assert full == str(want), ref
+        assert below == (str(want.relative_to(real_root)) if want.is_relative_to(real_root) else None), ref
+    assert real_path_under(real_root, "img/inner/ok.png")[1] == os.path.join("img", "ok.png")
+    with pytest.raises(DataError, match="escapes the data root"):
+        ImageLoader(root).resolve("out/x.png")
+    # the root's own folders are real already: only the components of the path below it are looked at
+    loader = ImageLoader(root)
+    seen = []
+    real_lstat = os.lstat
+    monkeypatch.setattr(os, "lstat", lambda p, *a, **kw: seen.append(str(p)) or real_lstat(p, *a, **kw))
+    assert loader.resolve("img/ok.png") == Path(real_root, "img", "ok.png")
+    monkeypatch.undo()
+    assert seen == [str(real_root / "img"), str(real_root / "img" / "ok.png")]
 
 
 def test_missing_file(root):

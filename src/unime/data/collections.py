@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from unime.data.images import ImageLoader
+from unime.data.images import ImageLoader, path_below
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER
 from unime.data.skips import ErrorPolicy, data_error
@@ -294,8 +294,7 @@ def read_caption_table(captions: str | os.PathLike, images: str | os.PathLike, *
             resolved = _image_file(loader, ref.strip(), source=src, record=label, field=icol)
             caps = _captions_of(row.get(ccol), source=src, record=label, field_name=ccol)
             lab = _label_of(row.get(lcol), source=src, record=label, field_name=lcol) if lcol else ""
-            hint = (str(resolved.relative_to(loader.root)) if resolved.is_relative_to(loader.root)
-                    else resolved.name)
+            hint = path_below(loader.root, str(resolved)) or resolved.name
             merger.add(resolved, lambda: CaptionedImage(id="", image=str(resolved), source=src, record=label,
                                                         name_hint=hint, field=icol),
                        caps, lab, source=src, record=label, field_name=lcol or "label")

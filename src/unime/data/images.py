@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,42 @@ from unime.errors import DataError
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
 MAX_PATH_BYTES = 4096  # PATH_MAX on Linux: longer image paths are bad input, not an OS error
 MAX_NAME_BYTES = 255   # NAME_MAX: one path component
+
+
+def path_below(root: Path, full: str) -> str | None:
+    """The part of the absolute, normalised path `full` below the folder `root` ('.': the root itself; None: not
+    inside it), compared as strings: `Path.is_relative_to` / `relative_to` without their parsing per row."""
+    base = str(root)
+    if full == base:
+        return "."
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    return full[len(prefix):] if full.startswith(prefix) else None
+
+
+def real_path_under(root: Path, ref: str) -> tuple[str, str | None]:
+    """The real path `ref` names, as `Path.resolve()` gives it (symlinks and `..` resolved; a relative `ref` is
+    relative to `root`, a resolved folder: `ImageLoader.root`), and its part below `root` (`path_below`). On
+    strings, and a relative path's components are looked at below the root only (the root is real already):
+    a collection of 20,000 rows spent seconds in pathlib's parsing and a `lstat` of every folder above."""
+    if os.path.isabs(ref):
+        full = os.path.realpath(ref)
+        return full, path_below(root, full)
+    full = base = str(root)
+    for part in ref.split(os.sep):
+        if part in ("", "."):
+            continue
+        if part == "..":  # the components so far are real folders (or missing): `..` is their parent
+            full = os.path.dirname(full)
+            continue
+        full = os.path.join(full, part)
+        try:
+            link = stat.S_ISLNK(os.lstat(full).st_mode)
+        except OSError:  # missing, or below a file: not a link, as `realpath` takes it
+            link = False
+        if link:  # a symlink below the root: where it leads is realpath's to say
+            full = os.path.realpath(os.path.join(base, ref))
+            break
+    return full, path_below(root, full)
 
 
 class ImageLoader:
@@ -59,11 +96,10 @@ class ImageLoader:
                 len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in ref.split("/")):
             raise DataError(f"image path {ref[:80]!r}... is too long ({len(ref)} characters)", source=source,
                             record=record, field=field)
-        p = Path(ref)
-        full = (p if p.is_absolute() else self.root / p).resolve()
-        if self.allow_outside_root or full.is_relative_to(self.root):
-            return full  # an absolute path inside the root too (VLM2Vec's parsers write absolute frame paths)
-        if p.is_absolute():
+        full, inside = real_path_under(self.root, ref)
+        if self.allow_outside_root or inside is not None:
+            return Path(full)  # an absolute path inside the root too (VLM2Vec's parsers write absolute frame paths)
+        if os.path.isabs(ref):
             raise DataError(f"absolute image path {ref!r} not allowed outside the data root ({self.root}): image "
                             f"paths are relative to it or inside it{self._PERMIT_TEXT}", source=source, record=record,
                             field=field)
