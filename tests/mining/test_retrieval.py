@@ -164,6 +164,29 @@ def test_approximate_indexes_agree_with_exact(kind):
         assert np.all(approx.candidate_sims[i] < approx.positive_sims[i])
 
 
+def test_ivf_searches_a_low_ranked_positive_once_more_to_its_whole_ranking():
+    rng = np.random.default_rng(5)
+    pool = _unit(rng, 3000, 16)
+    q = _unit(rng, 40, 16)
+    # positives from the top to deep in the ranking: most queries need more than the first fetch of k + 2
+    pos = [int(np.argsort(-(pool @ q[i]))[[0, 3, 60, 400, 2500][i % 5]]) for i in range(40)]
+    index = build_index(pool, IndexConfig(kind="ivf", nlist=30, nprobe=4))
+    # the oracle: each query's whole IVF ranking (every vector of its probed lists), then the δ rule
+    full_sims, full_ids = index.search(q, 3000)
+    fetches = []
+    search = index.search
+    index.search = lambda x, f: fetches.append(f) or search(x, f)
+    res = search_hard_negatives(index, q, pool[pos], pos, k=10, overfetch=2)
+    probed = (full_ids >= 0).sum(axis=1)
+    assert fetches == [12, int(probed.max()) + 1]  # before: 12, 48, 192, 768 (4x deeper until all probed)
+    for i in range(40):
+        want, want_sims, want_above = apply_delta_rule(full_ids[i], full_sims[i], positive_id=pos[i],
+                                                       positive_sim=float(res.positive_sims[i]), k=10)
+        assert res.candidate_ids[i].tolist() == want.tolist(), i
+        np.testing.assert_array_equal(res.candidate_sims[i], want_sims)
+        assert res.n_above_positive[i] == want_above, i
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_measured_recall_equals_a_hand_count_of_the_overlap(kind):
     from unime.index.ann import measure_recall

@@ -153,6 +153,20 @@ def set_search_breadth(index, fetch: int) -> None:
         hnsw.efSearch = fetch
 
 
+def ivf_probed_sizes(index, queries: np.ndarray) -> np.ndarray | None:
+    """Per query the number of vectors an IVF index's search scores (the sizes of the `nprobe` lists its coarse
+    quantizer picks, as the search picks them): more than that it never returns, and its top-n for any n is a
+    prefix of that ranking. None when `index` is no IVF index."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
+    _, lists = ivf.quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), min(ivf.nprobe, ivf.nlist))
+    return np.where(lists >= 0, sizes[np.maximum(lists, 0)], 0).sum(axis=1)
+
+
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 65536) -> np.ndarray:
     """Ids of the exact top-k by inner product (NumPy, independent of FAISS), rows in rank order."""
     q = np.asarray(queries, dtype=np.float32)

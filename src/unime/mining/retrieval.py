@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
-from unime.index.ann import set_search_breadth
+from unime.index.ann import ivf_probed_sizes, set_search_breadth
 from unime.mining.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -174,9 +174,11 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     Every query is searched for k + `overfetch` candidates. A query whose positive ranks low has more
     candidates at or above it than that: on an exhaustive index (flat, float32 or float16) it is finished by
     `exhaustive_delta_rule`, a scan of the pool in blocks (the result of a search to the depth it needs, in
-    time and memory linear in the pool); on an approximate one (hnsw, ivf) it is searched again with 4x the
-    fetch until k survive or the pool is exhausted. A search's result (rows x fetch) is held to about
-    `block_bytes`, `batch_size` rows at most."""
+    time and memory linear in the pool); on an IVF index it is searched once more, past the number of vectors
+    its probed lists hold (`ivf_probed_sizes`: the whole of its ranking, of which the 4x deeper searches took
+    prefixes); on another approximate one (hnsw) it is searched again with 4x the fetch until k survive or
+    the pool is exhausted. A search's result (rows x fetch) is held to about `block_bytes`, `batch_size` rows
+    at most."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not 0 <= rule.range_min < k:
@@ -197,6 +199,7 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     pending = np.arange(n)
     fetch = min(k + overfetch, ntotal)
     exhaustive = is_exhaustive(index)
+    ivf = None  # an IVF index's probed vectors per query (False: no IVF index), once a query needs more
     progress = ProgressLog(log, "retrieval: searched", n, "queries")
     while len(pending):
         set_search_breadth(index, fetch)
@@ -234,7 +237,12 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
                 above[rows] = n_above
                 progress.add(len(rows))
             break
-        fetch = min(fetch * 4, ntotal)
+        if ivf is None and len(pending):
+            ivf = ivf_probed_sizes(index, q)
+            ivf = False if ivf is None else ivf
+        # IVF: one past the most the pending queries' lists hold, so that each ends on padding (all it has)
+        wanted = int(ivf[pending].max()) + 1 if ivf is not False and len(pending) else 0
+        fetch = min(wanted if wanted > fetch else fetch * 4, ntotal)
     progress.finish()
     return RetrievalResult(candidate_ids=out_ids, candidate_sims=out_sims, positive_sims=pos_sims,
                            n_above_positive=above)
