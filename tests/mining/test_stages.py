@@ -28,3 +28,42 @@ def test_a_shard_merges_identical_queries_and_scores_each_distinct_pair_once():
     idx, groups = shard_groups(data, retrieval, 1, 3)  # the last, short shard
     assert idx == [3] and [[c.text for c in cands] for _, cands in groups] == [["candidate 3", "candidate 4",
                                                                                  "candidate 0"]]
+
+
+def test_the_audit_rows_are_columns_read_and_written_as_the_row_dicts_were(tmp_path):
+    import pyarrow.parquet as pq
+
+    from unime.mining.config import MineConfig
+    from unime.mining.stages import run_sampling, write_outputs
+
+    pool = [Item(text=f"candidate {i}", images=[f"img/{i}.png"] if i % 2 else []) for i in range(4)]
+    records = [Record(query=Item(text="q0"), positive=pool[0], id="r0", dataset="a"),
+               Record(query=Item(text="q1"), positive=pool[1], id="r1", dataset="b")]
+    data = MiningInputs(records=records, pool=pool, pool_index={p.key: i for i, p in enumerate(pool)}, skips=None,
+                        fingerprints={}, images_hashed=0, seconds=0.0)
+    retrieval = RetrievalResult(candidate_ids=[np.array([2, 3]), np.array([0])],
+                                candidate_sims=[np.array([0.5, 0.25], np.float32), np.array([0.125], np.float32)],
+                                positive_sims=np.array([0.75, 0.5], np.float32), n_above_positive=np.zeros(2, np.int64))
+    scores = {0: np.array([0.9, 0.95, 0.2]), 1: np.array([0.8, 0.1])}  # query 0's first candidate: a false negative
+    c = MineConfig(records="r.jsonl", embedder="e", judge="j", out=str(tmp_path), count=1, beta=0.0)
+    _, rows, _ = run_sampling(c, data, retrieval, scores, {})
+    assert isinstance(rows.column("judge_score"), np.ndarray)  # a million rows at 20,000 records: no dict each
+    expected = [
+        {"query_index": 0, "record_id": "r0", "dataset": "a", "rank": 0, "pool_index": 2,
+         "candidate_text": "candidate 2", "candidate_image": "", "similarity": 0.5, "positive_similarity": 0.75,
+         "judge_score": 0.95,
+         "positive_score": 0.9, "false_negative": True, "times_sampled": 0, "status": "ok"},
+        {"query_index": 0, "record_id": "r0", "dataset": "a", "rank": 1, "pool_index": 3,
+         "candidate_text": "candidate 3", "candidate_image": "img/3.png", "similarity": 0.25,
+         "positive_similarity": 0.75, "judge_score": 0.2,
+         "positive_score": 0.9, "false_negative": False, "times_sampled": 1, "status": "ok"},
+        {"query_index": 1, "record_id": "r1", "dataset": "b", "rank": 0, "pool_index": 0,
+         "candidate_text": "candidate 0", "candidate_image": "", "similarity": 0.125, "positive_similarity": 0.5,
+         "judge_score": 0.1,
+         "positive_score": 0.8, "false_negative": False, "times_sampled": 1, "status": "ok"}]
+    assert [dict(r) for r in rows] == expected and len(rows) == 3 and dict(rows[-1]) == expected[-1]
+    assert [type(v) for v in rows[0].values()] == [type(v) for v in expected[0].values()]
+    write_outputs(tmp_path, [], rows, {})
+    assert pq.read_table(tmp_path / "audit.parquet").to_pylist() == expected
+    rows[1]["relevance"] = 0.5  # the demo audit adds its columns a cell at a time
+    assert rows[1]["relevance"] == 0.5 and rows[0]["relevance"] is None

@@ -20,6 +20,7 @@ from unime.data.atomic import atomic_path, warn_left
 from unime.data.items import Item, Record
 from unime.errors import UnimeError
 from unime.index.ann import DEFAULT_RECALL_SAMPLE, build_index, measure_recall, recall_summary
+from unime.mining.audit_rows import AuditRows
 from unime.mining.backends import JudgeBackend
 from unime.mining.manifest import Manifest
 from unime.mining.progress import ProgressLog
@@ -295,7 +296,7 @@ def run_sampling(c: MineConfig, data: MiningInputs, retrieval: RetrievalResult, 
     t0 = time.perf_counter()
     stats = SamplingStats()
     mined: list[Record] = []
-    audit_rows: list[dict[str, Any]] = []
+    audit_rows = AuditRows()
     for i, rec in enumerate(data.records):
         ids = retrieval.candidate_ids[i]
         sims = retrieval.candidate_sims[i]
@@ -308,17 +309,16 @@ def run_sampling(c: MineConfig, data: MiningInputs, retrieval: RetrievalResult, 
         stats.add(result, rec.dataset)
         filtered = cand_scores > pos_score - c.beta
         times_sampled = np.bincount(np.asarray(result.indices, dtype=np.int64), minlength=len(ids))
-        for r in range(len(ids)):
-            cand = data.pool[int(ids[r])]
-            audit_rows.append({
-                "query_index": i, "record_id": rec.id, "dataset": rec.dataset, "rank": r,
-                "pool_index": int(ids[r]), "candidate_text": cand.text,
-                "candidate_image": cand.images[0] if cand.images and isinstance(cand.images[0], str) else "",
-                "similarity": float(sims[r]), "positive_similarity": float(retrieval.positive_sims[i]),
-                "judge_score": float(cand_scores[r]), "positive_score": pos_score,
-                "false_negative": bool(filtered[r]), "times_sampled": int(times_sampled[r]),
-                "status": result.status,
-            })
+        cands = [data.pool[int(j)] for j in ids]
+        audit_rows.add_query(len(ids), texts={
+            "candidate_text": [cand.text for cand in cands],
+            "candidate_image": [cand.images[0] if cand.images and isinstance(cand.images[0], str) else ""
+                                for cand in cands]},
+            numbers={"rank": np.arange(len(ids)), "pool_index": ids, "similarity": sims, "judge_score": cand_scores,
+                     "false_negative": filtered, "times_sampled": times_sampled},
+            per_query={"query_index": i, "record_id": rec.id, "dataset": rec.dataset,
+                       "positive_similarity": retrieval.positive_sims[i], "positive_score": pos_score,
+                       "status": result.status})
         if result.status == "dropped":
             continue
         mined.append(Record(query=rec.query, positive=rec.positive,
@@ -326,7 +326,7 @@ def run_sampling(c: MineConfig, data: MiningInputs, retrieval: RetrievalResult, 
                             positive_score=pos_score, negative_scores=[float(x) for x in result.scores],
                             dataset=rec.dataset, id=rec.id))
     times["sample"] = time.perf_counter() - t0
-    return mined, audit_rows, stats
+    return mined, audit_rows.finish(), stats
 
 
 # what stage C and the report write, recomputed by every run that is not finished (`unime.mining.pipeline`)
@@ -380,7 +380,7 @@ def write_mined_json(path: Path, mined: list[Record]) -> dict[str, Any]:
     return notes
 
 
-def write_outputs(out: Path, mined: list[Record], audit_rows: list[dict[str, Any]],
+def write_outputs(out: Path, mined: list[Record], audit_rows: AuditRows | list[dict[str, Any]],
                   times: dict[str, float]) -> dict[str, Any]:
     """`mined.parquet` (every record), `mined.json` (the records the released format can hold) and `audit.parquet`.
     Returns the notes on mined.json that stats.json and the report carry (`write_mined_json`)."""
@@ -400,7 +400,8 @@ def write_outputs(out: Path, mined: list[Record], audit_rows: list[dict[str, Any
                         ("times_sampled", pa.int32()), ("status", pa.string())]
                        + ([("relevance", pa.float64()), ("positive_relevance", pa.float64())]
                           if audit_rows and "relevance" in audit_rows[0] else []))
-    table = pa.Table.from_pylist(audit_rows, schema=schema)
+    table = audit_rows.arrow_table(schema) if isinstance(audit_rows, AuditRows) \
+        else pa.Table.from_pylist(audit_rows, schema=schema)
     with atomic_path(out / "audit.parquet") as tmp:
         pq.write_table(table, tmp)
     times["write"] = time.perf_counter() - t0
