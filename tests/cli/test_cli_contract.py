@@ -278,6 +278,7 @@ ON_ERROR_COMMANDS = {
     "train judge": ["--model", "m", "--records", "r.jsonl", "--out", "o"],
     "train reasoner": ["--stage", "sft", "--model", "m", "--tcots", "t.jsonl", "--out", "o"],
     "reason teacher": ["--world", "w", "--out", "o"],
+    "reason eval": ["--embedder", "e", "--tasks", "t.yaml", "--out", "o"],
     "data import": ["--captions", "c.jsonl", "--images", "img", "--out", "o"],
     "data convert": ["in.jsonl", "out.jsonl"],
 }
@@ -285,8 +286,8 @@ ON_ERROR_COMMANDS = {
 
 def test_every_command_with_on_error_takes_skip_bad_records_as_on_error_skip():
     """README: `--on-error skip` (or `--skip-bad-records`) in mine, train (also train reasoner), eval, judge, embed,
-    reason teacher and data import — every command that has `--on-error` takes both (they were train embedder,
-    reranker and judge only; the others refused `--skip-bad-records` as an unrecognized argument)."""
+    reason teacher, reason eval and data import — every command that has `--on-error` takes both (they were train
+    embedder, reranker and judge only; the others refused `--skip-bad-records` as an unrecognized argument)."""
     import argparse
 
     def with_on_error(p, words=()):

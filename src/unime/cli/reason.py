@@ -94,6 +94,7 @@ def _add_emb(args) -> int:
 
 def _eval(args) -> int:
     from unime.embed_rl.tcot_embedder import evaluate_with_reasoning
+    from unime.eval.report import skip_lines
 
     summary = evaluate_with_reasoning(_cfg(args))
     aggregates = summary.get("aggregates", {})
@@ -101,4 +102,6 @@ def _eval(args) -> int:
     shown = {k: aggregates[k] for k in ("mmeb", "mmeb_v2") if aggregates.get(k)} if "mmeb_v2" in aggregates else \
         aggregates.get("mmeb", {})
     print(json.dumps(shown, indent=1))
+    for line in skip_lines(summary):  # --on-error skip: said here too, not only in results.md
+        print(line[2:].replace("**", ""))
     return 0

@@ -177,13 +177,10 @@ def reranked_label(reranked: dict) -> str:
     return f"{RERANKED_ROW} ({reranked.get('mode')}, top-{reranked.get('topk')})"
 
 
-def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
-    meta, info = summary.get("meta", {}), summary["task_info"]
-    variants = _variants(summary)
-    lines = [f"# {title or 'Evaluation: ' + str(meta.get('model', ''))}", ""]
-    for key in ("model", "model_id", "tasks_config", "reranker", "ties"):
-        if meta.get(key) is not None:
-            lines.append(f"- {key}: `{meta[key]}`")
+def skip_lines(summary: dict) -> list[str]:
+    """The report's lines (markdown) on what `--on-error skip` left out of a run: rows, candidates and tasks, each
+    task with why; none when nothing was."""
+    meta, lines = summary.get("meta", {}), []
     skipped = {n: int(c.get("skipped_rows", 0)) for n, c in (summary.get("task_counts") or {}).items()
                if int(c.get("skipped_rows", 0) or 0)}
     if meta.get("skipped_rows") or skipped:  # under --on-error skip: every figure below leaves these rows out
@@ -198,6 +195,17 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
         why = meta.get("skipped_task_reasons") or {}
         lines.append("- **skipped tasks** (`--on-error skip`): "
                      + "; ".join(f"{n} ({why[n]})" if n in why else n for n in meta["skipped_tasks"]))
+    return lines
+
+
+def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
+    meta, info = summary.get("meta", {}), summary["task_info"]
+    variants = _variants(summary)
+    lines = [f"# {title or 'Evaluation: ' + str(meta.get('model', ''))}", ""]
+    for key in ("model", "model_id", "tasks_config", "reranker", "ties"):
+        if meta.get(key) is not None:
+            lines.append(f"- {key}: `{meta[key]}`")
+    lines += skip_lines(summary)
     lines.append("")
     by_format: dict[str, list[str]] = {}
     for name, i in info.items():

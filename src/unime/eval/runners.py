@@ -520,6 +520,20 @@ def skipped_task_names(suite: TaskSuite, data: list[tuple[TaskSpec, TaskData]]) 
     return [t.name for t in suite.tasks if t.name not in read]
 
 
+def eval_on_error_option():
+    """The `--on-error` option of the commands that evaluate a task config (`unime eval`, `unime reason eval`):
+    `load_suite_data`'s policy, what it left out reported by `skipped_data_meta`."""
+    return on_error_option("a bad data row stops the run (raise, default) or is left out and counted (skip)")
+
+
+def skipped_data_meta(suite: TaskSuite, data: SuiteData, on_error: str) -> dict:
+    """A run's meta entries on what `load_suite_data(suite, on_error=...)` left out (`data`): rows, bad candidates,
+    tasks and why (the report's `unime.eval.report.skip_lines`)."""
+    return {"on_error": on_error, "skipped_rows": sum(d.skipped for _, d in data),
+            "skipped_tasks": skipped_task_names(suite, data), "skipped_task_reasons": data.skipped_tasks,
+            "dropped_candidates": sum(getattr(d, "dropped_candidates", 0) for _, d in data)}
+
+
 @dataclass(kw_only=True)
 class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
     """Options of `unime eval`: each field declares its option (`unime.options`)."""
@@ -543,7 +557,7 @@ class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
     no_cache: bool = option(False, "do not read or write the embedding cache")
     ties: str = option("pessimistic", "exact score ties: pessimistic = a tie with a relevant item counts against it "
                        "(default); index = lower candidate index wins (VLM2Vec's argmax)", choices=list(M.TIE_POLICIES))
-    on_error: str = on_error_option("a bad data row stops the run (raise, default) or is left out and counted (skip)")
+    on_error: str = eval_on_error_option()
     allow_outside_root: bool = allow_outside_root_option()
     rerank_path: str | None = option(None, "reranker checkpoint: report every task with and without reranking",
                                      dest="rerank", metavar="CKPT")
@@ -648,9 +662,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     # a resumed run: the counters and timings of the whole run (the interrupted attempts' saved work added)
     run.encoding, run.timing = rerun.whole_run(out_dir, run.encoding, run.timing)
     meta = {"model": str(model), "model_id": model_id, "tasks_config": str(suite.source), "ties": ties,
-            "on_error": on_error, "skipped_rows": sum(d.skipped for _, d in data),
-            "skipped_tasks": skipped_task_names(suite, data), "skipped_task_reasons": data.skipped_tasks,
-            "dropped_candidates": sum(getattr(d, "dropped_candidates", 0) for _, d in data),
+            **skipped_data_meta(suite, data, on_error),
             "cache_dir": str(cache) if cache else None, "device": embedder_meta["device"], "dtype": str(dtype),
             "batch_size": batch_size, "image_budget": embedder_meta["image_budget"],
             "item_format": embedder_meta["item_format"],
