@@ -15,8 +15,8 @@ from unime.errors import DataError
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "unime"
 
-# the places that may call ImageLoader(...) themselves, and why (none hands its images to a model's processor
-# without a limit)
+# the places that may call ImageLoader(...) or one of its subclasses (`loader_classes`) themselves, and why (none
+# hands its images to a model's processor without a limit)
 ALLOWED = {
     "models/image_budget.py",  # the helpers themselves
     "models/loading.py",  # checkpoint_image_loader with no checkpoint: no model sees the images
@@ -30,24 +30,54 @@ ALLOWED = {
     "eval/rerun.py",  # digests the task images for eval_run.json, no model
     "embed_rl/tcot_embedder.py",  # `unime reason materialize`: crops evidence into records, no model
     "serve/inputs.py",  # request images under Limits.max_aspect_ratio (the served models' strictest limit)
+    "serve/engine.py",  # InlineOnlyLoader (reads no file) with the embedder's own loader's max_aspect_ratio
 }
 
 
-def _image_loader_calls():
-    for path in sorted(SRC.rglob("*.py")):
-        rel = path.relative_to(SRC).as_posix()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call):
-                f = node.func
-                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
-                if name == "ImageLoader":
-                    yield rel, node.lineno
+def _src_texts() -> dict[str, str]:
+    return {path.relative_to(SRC).as_posix(): path.read_text(encoding="utf-8") for path in sorted(SRC.rglob("*.py"))}
+
+
+def _called_name(node: ast.AST) -> str | None:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+
+def loader_classes(trees: dict[str, ast.Module]) -> set[str]:
+    """`ImageLoader` and the names of the classes of `trees` that subclass it, directly or through another."""
+    bases = {node.name: {_called_name(b) for b in node.bases} for tree in trees.values() for node in ast.walk(tree)
+             if isinstance(node, ast.ClassDef)}
+    names = {"ImageLoader"}
+    while True:
+        more = {name for name, of in bases.items() if of & names} - names
+        if not more:
+            return names
+        names |= more
+
+
+def _image_loader_calls(texts: dict[str, str]):
+    """(file, line) of each call of `ImageLoader` or a subclass of it (`loader_classes`) in `texts` {file: source}."""
+    trees = {rel: ast.parse(text) for rel, text in texts.items()}
+    names = loader_classes(trees)
+    for rel, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _called_name(node.func) in names:
+                yield rel, node.lineno
+
+
+def test_the_walk_finds_calls_of_image_loader_subclasses():
+    """A subclass (`InlineOnlyLoader` of the service) escaped the walk, which looked for the name `ImageLoader`
+    only: a loader built by hand through a subclass, in any file, is found too."""
+    texts = {"a.py": "from unime.data.images import ImageLoader\n\nclass Wide(ImageLoader):\n    pass\n",
+             "b.py": "from a import Wide\n\nclass Wider(Wide):\n    pass\n\nWider(root='.')\nx = a.Wide()\n"
+                     "ImageLoader()\nprint(len('Wide'))\n"}
+    assert loader_classes({k: ast.parse(v) for k, v in texts.items()}) == {"ImageLoader", "Wide", "Wider"}
+    assert list(_image_loader_calls(texts)) == [("b.py", 6), ("b.py", 7), ("b.py", 8)]
 
 
 def test_no_image_loader_is_built_by_hand_outside_the_allowed_places():
-    calls = list(_image_loader_calls())
+    calls = list(_image_loader_calls(_src_texts()))
     assert {rel for rel, _ in calls} <= ALLOWED, [c for c in calls if c[0] not in ALLOWED]
-    assert "models/image_budget.py" in {rel for rel, _ in calls}  # the walk does find calls
+    assert {"models/image_budget.py", "serve/engine.py"} <= {rel for rel, _ in calls}  # the walk does find calls
 
 
 @pytest.fixture
