@@ -104,13 +104,15 @@ class Embedder:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         pooling: str = "auto", data_root: str | None = None, allow_outside_root: bool = False,
                         adapter_path: str | None = None, trainable: bool = False, video_sampling=None,
-                        image_budget=None, item_format: str | None = None, **kwargs) -> "Embedder":
+                        image_budget=None, item_format: str | None = None, attn_implementation: str | None = None,
+                        **kwargs) -> "Embedder":
         """`video_sampling`: a `unime.data.video.VideoSampling` for video items (default: 8 frames).
         `image_budget` (`unime.models.image_budget.ImageBudget`): its set fields override the budget
         recorded with the checkpoint. `item_format` (`unime.models.item_format`): None for the one recorded with
-        the checkpoint, else chat."""
+        the checkpoint, else chat. `attn_implementation`: transformers' attention kernel (`load_model`)."""
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
-                                         trainable=trainable, image_budget=image_budget)
+                                         trainable=trainable, image_budget=image_budget,
+                                         attn_implementation=attn_implementation)
         if pooling == "auto":
             tok = loaded.processor.tokenizer
             pooling = "emb" if EMB_TOKEN in tok.get_vocab() else "last"

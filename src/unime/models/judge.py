@@ -105,7 +105,7 @@ class JudgeScorer:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         data_root: str | os.PathLike | None = None, allow_outside_root: bool = False,
                         adapter_path: str | None = None, load_weights: bool = True, video_sampling=None,
-                        image_budget=None,
+                        image_budget=None, attn_implementation: str | None = None,
                         **kwargs) -> "JudgeScorer":
         """Load a judge checkpoint: a model or adapter folder, a hub id (of a model or an adapter), or the output
         folder of `unime train judge|reranker` (its merged/, else its adapter/: a reranker checkpoint is also a judge).
@@ -135,7 +135,7 @@ class JudgeScorer:
                        device=device or "cpu",
                        name=str(path), **kwargs)
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
-                                         image_budget=image_budget)
+                                         image_budget=image_budget, attn_implementation=attn_implementation)
         return cls(loaded.model, loaded.processor, loaded.adapter,
                    image_loader=loaded.image_budget.image_loader(data_root, **loader_options), device=loaded.device,
                    name=str(path), **kwargs)

@@ -109,6 +109,65 @@ def resolve_dtype(dtype: str | Any | None, device: str):
     return table[dtype]
 
 
+def attn_implementations() -> list[str]:
+    """The attention implementations the installed transformers registers (`AttentionInterface`: sdpa,
+    flash_attention_2, flex_attention, ... and any a user registered), with eager, its built-in one."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+
+
+def check_attn_implementation(name: str | None, device: str, model: str | os.PathLike) -> None:
+    """Refuse (`ModelError`, one line naming `--attn-implementation` and `model`) an attention implementation
+    `model` cannot run with on `device` before its weights load: a name transformers does not know (a hub kernel,
+    ORG/REPO[:FUNCTION], is left to transformers), flash_attention_N on a CPU (its kernels run on GPUs), or with
+    neither its package nor `kernels` installed (`flash_attention_installed`). None (transformers' default) is
+    always fine."""
+    from unime.errors import ModelError
+
+    if name is None:
+        return
+    where = f"--attn-implementation {name} (model {str(model)!r})"
+    if "/" not in name and name not in (known := attn_implementations()):
+        raise ModelError(f"{where}: transformers knows no such attention implementation; choose one of "
+                         f"{', '.join(known)}")
+    if name.startswith("flash_attention"):
+        if device.split(":")[0] in ("cpu", "mps"):
+            raise ModelError(f"{where}: FlashAttention needs a GPU, not --device {device} (use sdpa or eager)")
+        if not flash_attention_installed(name):
+            raise ModelError(f"{where}: its package is not installed (flash_attention_2: pip install flash-attn "
+                             "--no-build-isolation; or the kernels package, which fetches a build), or use sdpa")
+
+
+def flash_attention_installed(name: str) -> bool:
+    """Whether transformers can run the flash_attention_N `name` here: its package (flash-attn for 2, flash-attn-3
+    for 3, ... by transformers' own check) is installed, or the `kernels` package, from which transformers fetches a
+    build of it when the package is missing."""
+    from transformers.modeling_flash_attention_utils import FLASH_ATTENTION_COMPATIBILITY_MATRIX
+    from transformers.utils import is_kernels_available
+
+    version = name.removeprefix("flash_attention_")
+    entry = FLASH_ATTENTION_COMPATIBILITY_MATRIX.get(int(version)) if version.isdigit() else None
+    return entry is None or entry["pkg_availability_check"]() or is_kernels_available()
+
+
+@contextlib.contextmanager
+def _naming_the_attention(name: str | None, model: str | os.PathLike):
+    """What transformers raises when the model cannot use the attention implementation `name` (the model's class
+    lacks support for it, a kernel cannot be fetched or imported: ValueError / ImportError at load) as a one-line
+    `ModelError` naming `--attn-implementation` and the model; anything else passes as it is."""
+    from unime.errors import ModelError
+
+    try:
+        yield
+    except (ValueError, ImportError) as e:
+        text = " ".join(str(e).split())
+        if name is None or not any(w in text.lower() for w in ("attn", "attention", "kernel")):
+            raise
+        raise ModelError(f"--attn-implementation {name} (model {str(model)!r}): transformers cannot use it "
+                         f"({text[:240]})") from None
+
+
 def model_reference(path: str | os.PathLike | None) -> str | None:
     """How a file written to disk (an adapter's config, an index manifest) names a model: an existing local
     folder as an absolute path, so it loads from any working directory; anything else (a hub id) as given."""
@@ -323,12 +382,14 @@ def load_peft_adapter(model, adapter_path: str, *, trainable: bool, name: str):
 
 
 def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None, adapter_path: str | None = None,
-               trainable: bool = False, image_budget: ImageBudget | None = None) -> LoadedModel:
+               trainable: bool = False, image_budget: ImageBudget | None = None,
+               attn_implementation: str | None = None) -> LoadedModel:
     """Load `*ForConditionalGeneration` + processor (from `path`, or the merged/ — else adapter/ — folder of a
     trainer's output folder `path`: `trained_model_folder`). A PEFT adapter folder (or `adapter_path`) is applied
     on top of its base model (`.base_path` and `.peft_path` name the two). The model is in eval mode unless
     `trainable`. The processor gets the image budget recorded with the checkpoint, overridden field by field by
-    `image_budget`."""
+    `image_budget`. `attn_implementation` (`--attn-implementation`): transformers' attention kernel, None its default;
+    one the model cannot use is a `ModelError` (`check_attn_implementation`) before the weights load."""
     from transformers import AutoModelForImageTextToText
 
     path = trained_model_folder(path)
@@ -341,8 +402,11 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
     proc_path = adapter_path if adapter_path and (Path(adapter_path) / "tokenizer_config.json").is_file() else base_path
     with _naming_the_model(proc_path):
         processor, budget = load_processor(proc_path, image_budget=image_budget, budget_from=adapter_path or path)
-    with _naming_the_model(base_path):
-        model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype)
+    check_attn_implementation(attn_implementation, device, base_path)
+    # only when asked for: without the option the call is transformers' default load, as before it existed
+    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    with _naming_the_model(base_path), _naming_the_attention(attn_implementation, base_path):
+        model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype, **attn)
     tok = processor.tokenizer
     if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added (e.g. <emb>) with the adapter
         model.resize_token_embeddings(len(tok))

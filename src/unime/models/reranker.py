@@ -222,13 +222,14 @@ class Reranker:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         data_root: str | os.PathLike | None = None, allow_outside_root: bool = False,
                         num_candidates: int | None = None, video_sampling=None, image_budget=None,
-                        **kwargs) -> "Reranker":
+                        attn_implementation: str | None = None, **kwargs) -> "Reranker":
         """Load the output of `unime train reranker` (its folder, or the adapter/ or merged/ in it), or any
         plain generative checkpoint. A run folder loads as every loader loads it
         (`unime.models.loading.trained_model_folder`): its merged/ when it has one (`--merge`, full fine-tuning),
         else its adapter/ on its base model. `num_candidates` overrides the trained number."""
         path = trained_model_folder(path)
-        loaded: LoadedModel = load_model(path, device=device, dtype=dtype, image_budget=image_budget)
+        loaded: LoadedModel = load_model(path, device=device, dtype=dtype, image_budget=image_budget,
+                                         attn_implementation=attn_implementation)
         meta = read_reranker_metadata(path)
         if num_candidates is None:
             num_candidates = meta.get("num_candidates")

@@ -143,13 +143,14 @@ class Reasoner:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype=None,
                         adapter_path: str | None = None, data_root: str | None = None,
                         allow_outside_root: bool = False, image_budget=None, video_sampling=None,
-                        **kwargs) -> "Reasoner":
+                        attn_implementation: str | None = None, **kwargs) -> "Reasoner":
         """`image_budget` (`unime.models.image_budget.ImageBudget`): its set fields over the checkpoint's recorded
         budget; `video_sampling` (`unime.data.video.VideoSampling`): how video items are sampled (default: 8
         frames)."""
         from unime.models.loading import load_model
 
-        loaded = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path, image_budget=image_budget)
+        loaded = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path, image_budget=image_budget,
+                            attn_implementation=attn_implementation)
         loader = loaded.image_budget.image_loader(data_root, allow_outside_root=allow_outside_root,
                                                   video=video_sampling)
         return cls(loaded.model, loaded.processor, loaded.adapter, image_loader=loader, device=loaded.device,
