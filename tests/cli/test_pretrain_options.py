@@ -92,7 +92,7 @@ def test_the_overrides_change_only_the_named_fields_of_the_preset(calls, capsys)
     from unime.demo.pretrain import JudgePretrainRecipe, PretrainRecipe
 
     assert main(["models", "pretrain", "--preset", "quick", "--steps", "7", "--lr", "0.5", "--family", "qwen3_vl",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--attn-implementation", "eager"]) == 0
     assert main(["models", "pretrain-judge", "--preset", "quick", "--judge-steps", "9", "--judge-holdout", "0.25",
                  "--judge-video-clips", "0"]) == 0
     assert main(["models", "pretrain"]) == 0
@@ -101,7 +101,7 @@ def test_the_overrides_change_only_the_named_fields_of_the_preset(calls, capsys)
     assert capsys.readouterr().out == "MODEL\nMODEL\nMODEL\nMODEL\n"
     (base, where), (judge, judge_base, _), (default, _), (judge8, base8, _) = calls
     assert base == PretrainRecipe.preset("quick").replace(steps=7, lr=0.5, family="qwen3_vl")
-    assert where == {"out": None, "exclude_world": None, "device": "cpu"}
+    assert where == {"out": None, "exclude_world": None, "device": "cpu", "attn_implementation": "eager"}
     assert judge == JudgePretrainRecipe.preset("quick").replace(steps=9, holdout=0.25, video_clips=0)
     assert judge_base == PretrainRecipe.preset("quick")
     assert default == PretrainRecipe.preset("default")

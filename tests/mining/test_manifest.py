@@ -238,3 +238,12 @@ def test_a_given_item_format_is_a_new_retrieval_and_none_keeps_the_earlier_hashe
     assert retrieval_hash(_config(item_format="vlm2vec"), INPUTS) != retrieval_hash(_config(), INPUTS)
     assert run_hash(_config(item_format="vlm2vec"), INPUTS) != run_hash(_config(), INPUTS)
     assert run_hash(_config(item_format=None), INPUTS) == run_hash(_config(), INPUTS)
+
+
+def test_the_attention_kernel_is_no_part_of_a_mining_run():
+    """--attn-implementation is the machine's choice (flash-attention on a GPU, sdpa elsewhere): a run's identity is
+    the one it had before the option existed (the value `run_hash` gave then), whatever the kernel, so a run goes
+    on with another."""
+    assert run_hash(_config(), INPUTS) == "edfa712eba82cbaa"
+    assert run_hash(_config(attn_implementation="flash_attention_2"), INPUTS) == "edfa712eba82cbaa"
+    assert _config(attn_implementation="eager").judge_spec("judge", None).attn_implementation == "eager"

@@ -50,7 +50,8 @@ def caption_rows(pairs: list[tuple[str, str]], adapter, loader) -> list[dict[str
 
 def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pairs: list[tuple[str, str]],
                     out: str | os.PathLike, *, steps: int, batch_size: int, lr: float, seed: int, device: str | None,
-                    freeze_vision: bool = False, progress: Callable[[str], None] = print) -> dict[str, Any]:
+                    freeze_vision: bool = False, progress: Callable[[str], None] = print,
+                    attn_implementation: str | None = None) -> dict[str, Any]:
     """Fine-tune `model` as a captioner of `pairs` ((image path relative to `corpus_root`, caption); the
     pretraining stage passes `unime.demo.pretrain.corpus_captions`) for `steps` steps, with the vision tower
     frozen if `freeze_vision`; writes the model, its processor and `METRICS_FILE` to `out` (one rename).
@@ -66,7 +67,7 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
 
     if not pairs:
         raise ValueError(f"{corpus_root}: no training scene left to caption")
-    loaded = load_model(model, device=device, trainable=True)
+    loaded = load_model(model, device=device, trainable=True, attn_implementation=attn_implementation)
     if freeze_vision:
         loaded.adapter.freeze_vision(loaded.model)
     rows = caption_rows(pairs, loaded.adapter, adapter_image_loader(loaded.adapter).under(corpus_root))

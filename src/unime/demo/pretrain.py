@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from unime.data.atomic import atomic_dir, atomic_open
+from unime.models.loading import attn_implementation_option
 from unime.options import check_ranges, option
 
 log = logging.getLogger(__name__)
@@ -415,10 +416,12 @@ class PretrainOptions:
     exclude_world: str | None = option(None, "a generated world whose eval/OOD scenes the corpus must not show "
                                        "(part of the cache key)")
     device: str | None = option("cpu", "cpu or cuda")
+    attn_implementation: str | None = attn_implementation_option()  # not in the cache key: it is the machine's
 
     def where(self) -> dict:
         """The keywords of `pretrain` / `pretrain_judge`."""
-        return {"out": self.out, "exclude_world": self.exclude_world, "device": self.device}
+        return {"out": self.out, "exclude_world": self.exclude_world, "device": self.device,
+                "attn_implementation": self.attn_implementation}
 
 
 def _check_contrastive_datasets(recipe: PretrainRecipe) -> None:
@@ -434,8 +437,9 @@ def _check_contrastive_datasets(recipe: PretrainRecipe) -> None:
 
 def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
              exclude_world: str | os.PathLike | None = None, device: str | None = "cpu",
-             progress: Callable[[str], None] = print) -> PretrainResult:
-    """Pretrain (or reuse) the base for `recipe`. With `out=None` the result lives in the per-machine cache."""
+             attn_implementation: str | None = None, progress: Callable[[str], None] = print) -> PretrainResult:
+    """Pretrain (or reuse) the base for `recipe`. With `out=None` the result lives in the per-machine cache.
+    `attn_implementation`: the attention kernel of every stage's model (`unime.models.loading.load_model`)."""
     from unime.data.io import write_records
     from unime.models.tiny import TinySize, build_tiny
     from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
@@ -479,7 +483,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
             rows = [(scene.image, vision_tagging.scene_tags(scene)) for scene in corpus_scenes(corpus, exclude)]
             vision_tagging.train_tagger(base, corpus, rows, start, steps=recipe.tag_steps,
                                         batch_size=recipe.tag_batch_size, lr=recipe.tag_lr, seed=recipe.seed,
-                                        device=device, progress=progress)
+                                        device=device, attn_implementation=attn_implementation, progress=progress)
         tagging = vision_tagging.read_metrics(start)
     if recipe.caption_steps:
         from unime.demo.captioning import METRICS_FILE, read_metrics, train_captioner
@@ -488,7 +492,8 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
         if not (captioned / METRICS_FILE).is_file():  # written last, in the same rename as the model
             train_captioner(start, corpus, corpus_captions(corpus, exclude), captioned, steps=recipe.caption_steps,
                             batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
-                            device=device, freeze_vision=recipe.freeze_vision, progress=progress)
+                            device=device, freeze_vision=recipe.freeze_vision, progress=progress,
+                            attn_implementation=attn_implementation)
         start, captioning = captioned, read_metrics(captioned)
     trained = work / "embedder"
     if not (trained / "merged" / "config.json").is_file():
@@ -500,6 +505,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
             hard_negatives=0, in_batch=True, tau=recipe.tau, full=True, freeze_vision=recipe.freeze_vision,
             batch_size=recipe.batch_size,
             steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed, device=device,
+            attn_implementation=attn_implementation,
             save_steps=max(recipe.steps // 4, 1), logging_steps=max(recipe.steps // 20, 1),
             resume=bool(has_checkpoint))
         train_embedder(config)
@@ -516,6 +522,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
 
 def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
                    exclude_world: str | os.PathLike | None = None, device: str | None = "cpu",
+                   attn_implementation: str | None = None,
                    progress: Callable[[str], None] = print) -> PretrainResult:
     """Pretrain (or reuse) the judge for (`judge`, `recipe`): the base of `recipe` (pretrained or reused first),
     fully fine-tuned as a Yes/No judge (`unime train judge`, answer-token loss + `group_weight` × the
@@ -525,7 +532,8 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     from unime.demo.judge_data import judge_training_records
     from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
 
-    base = pretrain(recipe, exclude_world=exclude_world, device=device, progress=progress)
+    base = pretrain(recipe, exclude_world=exclude_world, device=device, attn_implementation=attn_implementation,
+                    progress=progress)
     exclude_clips, clips_digest = excluded_clip_signatures(exclude_world) if exclude_world else (set(), "")
     key = judge.key(base.manifest["key"], clips_digest if judge.video_clips else "")
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-judge-{key}"
@@ -559,7 +567,8 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
         model=str(base.model), records=[str(records_path)], out=str(trained), role="judge", losses=("pair",),
         data_root=str(corpus), judge_negatives=judge.negatives, full=True, learning_rate=judge.lr,
         max_steps=judge.steps, batch_size=judge.batch_size, warmup_steps=judge.warmup, seed=judge.seed,
-        device=device, logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
+        device=device, attn_implementation=attn_implementation,
+        logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
         holdout=judge.holdout, group_weight=judge.group_weight, video_frames=judge.video_frames))
     manifest = {"key": key, "recipe_version": RECIPE_VERSION, "judge_recipe": asdict(judge),
                 "base": {"key": base.manifest["key"], "path": str(base.path)},

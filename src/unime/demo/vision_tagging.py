@@ -62,7 +62,7 @@ def pooled_image_features(model, pixel_values, image_grid_thw):
 
 def train_tagger(model: str | os.PathLike, corpus_root: str | os.PathLike, rows: list[tuple[str, list[str]]],
                  out: str | os.PathLike, *, steps: int, batch_size: int, lr: float, seed: int, device: str | None,
-                 progress: Callable[[str], None] = print) -> dict[str, Any]:
+                 attn_implementation: str | None = None, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the vision tower (and merger) of `model` on `rows` ((image path relative to `corpus_root`, tags))
     for `steps` steps of `batch_size`; write the model, its processor and `METRICS_FILE` to `out` (one rename).
     Returns the metrics."""
@@ -79,7 +79,7 @@ def train_tagger(model: str | os.PathLike, corpus_root: str | os.PathLike, rows:
     if steps < 1 or batch_size < 1:
         raise ValueError("the tagging stage needs steps >= 1 and batch_size >= 1")
     torch.manual_seed(seed)
-    loaded = load_model(model, device=device, trainable=True)
+    loaded = load_model(model, device=device, trainable=True, attn_implementation=attn_implementation)
     net, adapter = loaded.model, loaded.adapter
     loader = adapter_image_loader(adapter).under(corpus_root)  # the processor's aspect-ratio limit
     images = [adapter.image_budget.prepare(loader.load(ref, record=str(ref), field="image")) for ref, _ in rows]

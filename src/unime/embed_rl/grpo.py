@@ -582,7 +582,9 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     gcfg = embed_rl_grpo_config(cfg, output_dir=str(work), use_cpu=device == "cpu",
                                 bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
     device = process_device(gcfg)
-    policy = load_model(cfg.model, device=device, dtype=dtype, trainable=True, image_budget=budget)
+    attn = cfg.attn_implementation  # every model of the run: the policy, the frozen embedder, the process judge
+    policy = load_model(cfg.model, device=device, dtype=dtype, trainable=True, image_budget=budget,
+                        attn_implementation=attn)
     for row in rows:  # the policy's fixed resize (if any) on the rows' images; its processor applies the bounds
         row["images"] = [policy.adapter.image_budget.prepare(im) for im in row["images"]]
     dataset = Dataset.from_list(rows)
@@ -593,7 +595,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     # the frozen reward model, loaded once
     embedder = ReasonedEmbedder(Embedder.from_pretrained(cfg.embedder, device=device, dtype=dtype,
                                                          pooling="emb", data_root=data_root, image_budget=budget,
-                                                         video_sampling=sampling))
+                                                         video_sampling=sampling, attn_implementation=attn))
     for p in embedder.embedder.model.parameters():
         p.requires_grad_(False)
     judge = None
@@ -601,13 +603,15 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         from unime.models.judge import JudgeScorer
 
         scorer = JudgeScorer.from_pretrained(cfg.process_judge or cfg.model, device=device, dtype=dtype,
-                                             data_root=data_root, image_budget=budget, video_sampling=sampling)
+                                             data_root=data_root, image_budget=budget, video_sampling=sampling,
+                                             attn_implementation=attn)
         for p in scorer.model.parameters():
             p.requires_grad_(False)
         judge = ScoredPick(scorer)
     elif cfg.weights[2] != 0:
         judge = Reasoner.from_pretrained(cfg.process_judge or cfg.model, device=device, dtype=dtype,
-                                         data_root=data_root, image_budget=budget, video_sampling=sampling)
+                                         data_root=data_root, image_budget=budget, video_sampling=sampling,
+                                         attn_implementation=attn)
         for p in judge.model.parameters():
             p.requires_grad_(False)
     resume = plan.checkpoint is not None

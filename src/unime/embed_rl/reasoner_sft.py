@@ -247,7 +247,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     if is_main_process():
         run_state.write_config(out, {**options, run_state.PROCESSES_KEY: args.world_size})
     loaded = load_model(cfg.model, device=process_device(args), dtype=dtype, trainable=True,
-                        image_budget=ImageBudget.from_args(cfg))
+                        image_budget=ImageBudget.from_args(cfg), attn_implementation=cfg.attn_implementation)
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
     examples, skipped = sft_rows(rows, adapter, images, skip_invalid=cfg.skip_invalid, source=cfg.data)
     if not examples:

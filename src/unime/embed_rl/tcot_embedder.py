@@ -60,6 +60,7 @@ class AddEmbConfig(ReasonOptions):
     out: str = option(help="output folder (an ordinary HF folder)")
     device: str | None = option("cpu", "cpu or cuda")
     dtype: str = option("auto", cli=False)
+    attn_implementation: str | None = option(None, cli=False)  # a copy of the weights runs no attention
 
 
 def prepare_emb_checkpoint(cfg: AddEmbConfig) -> Path:
@@ -213,7 +214,8 @@ def split_records_file(cfg: SplitConfig) -> dict:
     check_images([with_origin(dataclasses.replace(r, negatives=[]), origin_of(r)) for r in recs], loader,
                  source=records)
     scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
-                                         image_budget=ImageBudget.from_args(cfg), video_sampling=sampling)
+                                         image_budget=ImageBudget.from_args(cfg), video_sampling=sampling,
+                                         attn_implementation=cfg.attn_implementation)
     tcot_rows = read_tcot_rows(cfg.tcots)
     for row in tcot_rows:  # the judge reads the key frames of a T-CoT beside the frames of this sampling
         refuse_other_sampling(row, loader, source=cfg.tcots)
@@ -409,7 +411,8 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     data = load_suite_data(suite, on_error=cfg.on_error, image_loader=loader)
     query_keys = reasoning_query_keys(data)
     emb = Embedder.from_pretrained(embedder_path, device=device, dtype=dtype, pooling="emb", batch_size=batch_size,
-                                   image_budget=budget, video_sampling=sampling)
+                                   image_budget=budget, video_sampling=sampling,
+                                   attn_implementation=cfg.attn_implementation)
     emb.image_loader = loader
     remb = ReasonedEmbedder(emb)
     fn = None
@@ -417,7 +420,7 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
         from unime.reasoning.reasoner import Reasoner
 
         reasoner = Reasoner.from_pretrained(reasoner_path, device=device, dtype=dtype, batch_size=batch_size,
-                                            image_budget=budget)
+                                            image_budget=budget, attn_implementation=cfg.attn_implementation)
         reasoner.image_loader = loader
         fn = reasoner_tcot_fn(reasoner, max_new_tokens=cfg.max_new_tokens, show_progress=show_progress)
     elif tcots == "teacher":

@@ -117,7 +117,8 @@ def scores_after_rerank(scores: np.ndarray, new_order: np.ndarray, k: int) -> np
 
 
 def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root: str | None = None,
-                  image_budget=None, batch_size: int | None = None, allow_outside_root: bool = False):
+                  image_budget=None, batch_size: int | None = None, allow_outside_root: bool = False,
+                  attn_implementation: str | None = None):
     """`unime.models.reranker.Reranker.from_pretrained(path, ...)`, imported only when asked for."""
     try:
         from unime.models.reranker import Reranker  # type: ignore[import-not-found]
@@ -136,6 +137,8 @@ def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root
         kwargs["batch_size"] = batch_size
     if allow_outside_root:
         kwargs["allow_outside_root"] = True
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     reranker = Reranker.from_pretrained(path, **kwargs)
     if not isinstance(reranker, RerankerProtocol):
         raise ModelError(f"{type(reranker).__name__} does not provide pick() and score_pairs()")
@@ -629,7 +632,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     # image_budget: explicit resolution options, over each checkpoint's recorded setting
     embedder = Embedder.from_pretrained(model, device=device, dtype=dtype, pooling=cfg.pooling, batch_size=batch_size,
                                         video_sampling=video_sampling, image_budget=image_budget,
-                                        allow_outside_root=cfg.allow_outside_root, item_format=cfg.item_format)
+                                        allow_outside_root=cfg.allow_outside_root, item_format=cfg.item_format,
+                                        attn_implementation=cfg.attn_implementation)
     t_model = time.perf_counter()
     settings = embedding_settings(embedder, dtype)
     model_id = model_fingerprint(model, settings)
@@ -651,7 +655,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     reranking = None
     if rerank_path:
         reranking = Reranking(load_reranker(rerank_path, device=device, dtype=dtype, image_budget=image_budget,
-                                            batch_size=cfg.rerank_batch, allow_outside_root=cfg.allow_outside_root),
+                                            batch_size=cfg.rerank_batch, allow_outside_root=cfg.allow_outside_root,
+                                            attn_implementation=cfg.attn_implementation),
                               cfg.rerank_topk, cfg.rerank_mode, compositional_mode=cfg.rerank_compositional)
         if video_sampling is not None and hasattr(reranking.reranker, "image_loader"):
             reranking.reranker.image_loader.video_sampling = video_sampling

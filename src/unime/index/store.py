@@ -440,7 +440,8 @@ def build_index_folder(cfg: IndexBuildConfig, *, given=None) -> tuple[CorpusInde
     cfg.index_config()  # bad index parameters are refused before the model loads
     root = resolve_data_root(cfg.items, cfg.data_root)  # --data-root, else the one recorded beside the file
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
-                                   batch_size=cfg.batch_size, item_format=cfg.item_format)
+                                   batch_size=cfg.batch_size, item_format=cfg.item_format,
+                                   attn_implementation=cfg.attn_implementation)
     return build_corpus_index(
         cfg.items, cfg.out, embedder=emb, model=cfg.model, data_root=root,
         cache_dir=cfg.cache_dir or default_cache_dir(), vector_dtype=cfg.vector_dtype, index=cfg.index,
@@ -479,7 +480,7 @@ def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
     idx = CorpusIndex(cfg.index)
     model = cfg.model or idx.manifest["model"]
     emb = Embedder.from_pretrained(model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                                   item_format=cfg.item_format)
+                                   item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
     check_model(idx, model, embedding_settings(emb, cfg.dtype), device=emb.device)
     return search_items(idx, emb.encode([query]), cfg.k)[0]
 

@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 PIPELINE_VERSION = 1
 
 # MineConfig fields that do not change what is mined (left out of the run's identity): where the output
-# goes, how the work is spread and batched, progress bars
+# goes, how the work is spread and batched, progress bars, the attention kernel the models run (a choice of the
+# machine: a run started with flash-attention continues with sdpa on another)
 FREE_OPTIONS = ("out", "show_progress", "backend", "backend_options", "cache_dir", "judge_chunk_size",
-                "judge_image_cache", "judge_image_cache_mib", "embed_batch_size", "overwrite")
+                "judge_image_cache", "judge_image_cache_mib", "embed_batch_size", "overwrite", "attn_implementation")
 
 
 def input_fingerprints(c: MineConfig, *, n_records: int, skipped: int, pool_size: int, images_sha1: str) \

@@ -98,7 +98,8 @@ class MiningRun:
                                                       allow_outside_root=c.allow_outside_root,
                                                       batch_size=c.embed_batch_size,
                                                       image_budget=c.image_budget, item_format=c.item_format,
-                                                      video_sampling=c.video_sampling)
+                                                      video_sampling=c.video_sampling,
+                                                      attn_implementation=c.attn_implementation)
         return self._embedder
 
     def release_embedder(self) -> None:

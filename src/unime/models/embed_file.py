@@ -85,7 +85,7 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
         raise DataError("no items to encode", source=items_path)
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
                                    batch_size=cfg.batch_size, video_sampling=video_sampling, image_budget=image_budget,
-                                   item_format=cfg.item_format)
+                                   item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
     vecs = emb.encode(items, show_progress=True)
     path = Path(cfg.out)
     with atomic_open(path, "wb") as fh:  # np.save on a file object: no ".npy" appended to the name

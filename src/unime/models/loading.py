@@ -29,11 +29,24 @@ ADAPTER_FOLDER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_mo
                         "unime_*.json")
 
 
+ATTN_IMPLEMENTATION_HELP = ("the models' attention kernel, as transformers names it: sdpa, eager, flash_attention_2 "
+                             "(GPU, pip install flash-attn), flash_attention_3, flex_attention ... (default: "
+                             "transformers' own, sdpa where the model supports it)")
+
+
+def attn_implementation_option(help: str = ATTN_IMPLEMENTATION_HELP):
+    """`--attn-implementation NAME` (transformers' `attn_implementation`, `load_model`), beside `--device` wherever
+    a command loads a model. Any string parses (transformers' names change between versions, and parsing a command
+    line does not import it); one the model cannot use is refused before it loads (`check_attn_implementation`)."""
+    return option(None, help, metavar="NAME")
+
+
 @dataclass(kw_only=True)
 class DeviceOptions:
-    """`--device`, shared by the commands that load a model."""
+    """`--device` and `--attn-implementation`, shared by the commands that load a model."""
 
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
+    attn_implementation: str | None = attn_implementation_option()
 
 
 @dataclass(kw_only=True)

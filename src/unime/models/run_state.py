@@ -231,6 +231,9 @@ def remove_checkpoints(checkpoint_root: str | os.PathLike) -> None:
 
 
 changed_options = changed_option_keys  # keys (outside `free`) whose values differ
+# options every trainer records but a re-run may change: a choice of the machine the run is on, not of the run (one
+# started with flash-attention continues with sdpa on a machine without it)
+MACHINE_OPTIONS = ("attn_implementation",)
 
 
 def previous_config(out: str | Path) -> dict[str, Any] | None:
@@ -303,7 +306,8 @@ def _has_run_state(out: Path, finished_file: str) -> bool:
 def _changed(before: dict[str, Any], options: dict[str, Any], free: Iterable[str], config) -> list[str]:
     """`changed_options` with what the trainer's `config` (a config dataclass, or None) declares: its defaults
     (an option the earlier run did not record is no change at its default) and its `none_means` (an option
-    given at what its None stands for is the option unset)."""
+    given at what its None stands for is the option unset). `MACHINE_OPTIONS` are free too."""
+    free = {*free, *MACHINE_OPTIONS}
     if config is None:
         return changed_options(before, options, free)
     return changed_options(before, options, free, option_defaults(config), none_meanings(config))

@@ -380,7 +380,7 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
     reasoner = Reasoner.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
                                         image_budget=ImageBudget.from_args(cfg), batch_size=cfg.batch_size,
                                         video_sampling=VideoSampling.from_fields(cfg),
-                                        max_new_tokens=cfg.max_new_tokens)
+                                        max_new_tokens=cfg.max_new_tokens, attn_implementation=cfg.attn_implementation)
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
             for i, rec in enumerate(records) for side in sides]
     outs = reasoner.generate([j[2] for j in jobs], [j[1] for j in jobs], do_sample=cfg.sample,

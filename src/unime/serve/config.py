@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from unime.models.item_format import ItemFormatOptions
+from unime.models.loading import attn_implementation_option
 from unime.options import check_ranges, option
 
 
@@ -46,6 +47,7 @@ class ServeConfig(ItemFormatOptions):
     host: str = option("127.0.0.1")
     port: int = option(8000)
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
+    attn_implementation: str | None = attn_implementation_option()
     dtype: str = option("auto", "auto, fp32, bf16, fp16")
     max_batch_size: int = option(32, "dynamic batching: items per encoder batch", at_least=1)
     max_wait_ms: float = option(5.0, "dynamic batching: wait for more items (ms)", at_least=0)

@@ -52,7 +52,7 @@ class Engine:
         from unime.models.embedder import Embedder
 
         emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,
-                                       item_format=config.item_format)
+                                       item_format=config.item_format, attn_implementation=config.attn_implementation)
         # requests carry decoded images only (held to the model's processor's limits); the video sampling stays the
         # embedder's (--item-format vlm2vec's frame rule), as does the index's record of it (`check_model`)
         emb.image_loader = InlineOnlyLoader(max_aspect_ratio=emb.image_loader.max_aspect_ratio,
@@ -71,7 +71,8 @@ class Engine:
             root = config.rerank_data_root or (index.data_root if index is not None else None)
             batch = {"batch_size": config.rerank_batch} if config.rerank_batch else {}
             reranker = Reranker.from_pretrained(config.reranker, device=config.device, dtype=config.dtype,
-                                                data_root=root, **batch)
+                                                data_root=root, attn_implementation=config.attn_implementation,
+                                                **batch)
             if root is None:
                 reranker.image_loader.__class__ = InlineOnlyLoader
         return cls(emb, config.model_name or default_name(config.model), reranker,

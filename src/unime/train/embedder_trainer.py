@@ -491,7 +491,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     embedder = Embedder.from_pretrained(config.model, device=device, dtype=load_dtype, pooling=config.pooling,
                                         data_root=data_root, trainable=True,
                                         video_sampling=VideoSampling.from_fields(config),
-                                        image_budget=_image_budget(config), item_format=config.item_format)
+                                        image_budget=_image_budget(config), item_format=config.item_format,
+                                        attn_implementation=config.attn_implementation)
     # the LoRA settings of a new adapter (none for --full, or an adapter loaded: it is trained on)
     lora = None if config.full or run_state.is_peft(embedder.model) else LoraSettings.from_options(config)
     embedder.model = lora_model(embedder.model, config)

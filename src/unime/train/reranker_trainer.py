@@ -617,7 +617,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     from_adapter = peft_adapter_config(cfg.model) is not None
     loaded = load_model(cfg.model, device=process_device(args), dtype=torch.float32 if cfg.full else compute_dtype,
                         trainable=cfg.full or from_adapter,
-                        image_budget=ImageBudget.from_args(cfg))
+                        image_budget=ImageBudget.from_args(cfg), attn_implementation=cfg.attn_implementation)
     torch.manual_seed(cfg.seed)  # LoRA initialisation
     model = lora_model(loaded.model, cfg)
     collator = PromptAnswerCollator(loaded.adapter,

@@ -57,7 +57,8 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
                          image_cache_size=self.judge_image_cache,
                          image_cache_bytes=int(self.judge_image_cache_mib * 2**20),
                          image_budget=self.image_budget.as_items(),
-                         video_sampling=tuple(sorted(sampling_video_options(self.video_options).items())))
+                         video_sampling=tuple(sorted(sampling_video_options(self.video_options).items())),
+                         attn_implementation=self.attn_implementation)
 
 
 @dataclass(kw_only=True)

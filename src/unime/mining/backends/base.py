@@ -46,6 +46,7 @@ class JudgeSpec:
     image_cache_bytes: int = IMAGE_CACHE_BYTES
     image_budget: tuple = ()  # explicit resolution options as sorted (field, value) pairs (ImageBudget)
     video_sampling: tuple = ()  # video options given, as sorted (name, value) pairs (VideoSampling.from_options)
+    attn_implementation: str | None = None  # --attn-implementation (transformers' default when None)
 
     @property
     def sampling(self):
@@ -67,7 +68,8 @@ class JudgeSpec:
                                            chunk_size=self.chunk_size, image_cache_size=self.image_cache_size,
                                            image_cache_bytes=self.image_cache_bytes,
                                            load_weights=load_weights, image_budget=self.budget,
-                                           video_sampling=self.sampling)
+                                           video_sampling=self.sampling,
+                                           attn_implementation=self.attn_implementation)
 
     def with_absolute_paths(self) -> "JudgeSpec":
         """This spec with its local paths (checkpoint, adapter, data root) made absolute, for workers that run in
