@@ -200,6 +200,18 @@ def test_vllm_engine_gets_the_judge_dtype_under_vllms_name(tiny_model_dir, fake_
     assert [e.get("dtype") for e in engines] == ["bfloat16", "float16", "float32", "bfloat16", None, None]
 
 
+def test_vllm_judge_says_it_does_not_run_transformers_attention_kernel(tiny_model_dir, fake_vllm_module, caplog):
+    """--attn-implementation is transformers' `attn_implementation`; vLLM picks its own kernels, so the judge it
+    runs does not take the option: a WARNING says so (`unime mine`'s embedder still loads with it)."""
+    fake_vllm_module.LLM = lambda **kw: FakeVLLM(None, k=2)
+    with caplog.at_level("WARNING", logger="unime.mining.backends.vllm"):
+        VLLMBackend(JudgeSpec(path=tiny_model_dir("qwen2_vl"), device="cpu"))
+        assert caplog.messages == []
+        VLLMBackend(JudgeSpec(path=tiny_model_dir("qwen2_vl"), device="cpu", attn_implementation="flash_attention_2"))
+    assert caplog.messages == ["--attn-implementation flash_attention_2: the vllm backend's judge runs vLLM's own "
+                               "attention kernels (choose them with VLLM_ATTENTION_BACKEND), not transformers'"]
+
+
 @pytest.mark.slow
 def test_ray_backend_with_two_workers_equals_local(tiny_model_dir):
     ray = pytest.importorskip("ray")

@@ -18,11 +18,14 @@ judge score of SPEC 1.3 whenever both tokens are among the K returned. When one 
 vLLM is imported lazily, only when the engine is created. The engine loads the folder every other loader
 loads (`engine_model`: a trainer's output folder gives its merged/); vLLM takes full checkpoints only, so a
 PEFT adapter is refused, naming what to give instead; the judge's --dtype is passed under vLLM's name for it
-(`engine_dtype`: bf16 → bfloat16, ...).
+(`engine_dtype`: bf16 → bfloat16, ...). vLLM runs its own attention kernels (its VLLM_ATTENTION_BACKEND), not
+transformers': --attn-implementation is not the judge's there (a WARNING says so; `unime mine`'s embedder loads with
+it).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from typing import Any, Sequence
@@ -35,6 +38,7 @@ from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup, requ
 from unime.models.loading import peft_adapter_config, resolve_dtype, trained_model_folder
 
 MISSING_POLICIES = ("bound", "error")
+log = logging.getLogger(__name__)
 
 
 def _logprob_value(entry: Any) -> float:
@@ -110,6 +114,9 @@ class VLLMBackend(JudgeBackend):
         self.engine_kwargs = dict(engine_kwargs or {})
         self._llm = llm  # an injected engine (tests) or created on first use
         self.model_path = engine_model(spec)  # an adapter is refused before any work
+        if spec.attn_implementation is not None:
+            log.warning("--attn-implementation %s: the vllm backend's judge runs vLLM's own attention kernels "
+                        "(choose them with VLLM_ATTENTION_BACKEND), not transformers'", spec.attn_implementation)
         # prompts and token ids come from the checkpoint's processor; no weights loaded here
         self.prompter = spec.load(load_weights=False)
         self.counts: Counter = Counter()
