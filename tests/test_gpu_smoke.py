@@ -33,12 +33,43 @@ def test_a_python_without_torch_fails_with_its_error(tmp_path):
     assert "no CUDA device" not in out.stdout
 
 
-@pytest.mark.slow
-def test_the_checks_pass_on_cpu(capsys):
+def _script(monkeypatch):
+    """bench/gpu_smoke.py as a module (registered while the test runs: its dataclass looks its module up)."""
     spec = importlib.util.spec_from_file_location("gpu_smoke", BENCH / "gpu_smoke.py")
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_smoke", mod)
     spec.loader.exec_module(mod)
-    assert mod.main(["--device", "cpu", "--family", "qwen2_vl"]) == 0  # at one thread (conftest)
+    return mod
+
+
+def _lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.split(" ", 1)[0] in ("PASS", "FAIL", "SKIP")]
+
+
+def test_the_bf16_judge_comparison_fails_beyond_its_tolerance(capsys, monkeypatch):
+    """Before, the bf16 fast path vs per-pair difference was only printed (`ok` was set by fp32 alone). On CPU in
+    bf16 (the bf16 paths, slowly) the check passes at the stated tolerance and fails at an impossible one (0: a
+    difference is never below 0), and the run exits 1 with a FAIL line."""
+    smoke = _script(monkeypatch)
+    argv = ["--device", "cpu", "--dtype", "bf16", "--family", "qwen2_vl", "--checks", "judge"]
+    assert smoke.main(argv) == 0
+    passed = _lines(capsys.readouterr().out)
+    assert len(passed) == 1 and passed[0].startswith("PASS qwen2_vl judge fast path:")
+    assert "fp32 max |fast - per-pair|" in passed[0] and "bf16 max |fast - per-pair|" in passed[0]
+    assert smoke.main(argv + ["--tolerance", "judge_bf16=0"]) == 1
     out = capsys.readouterr().out
-    checks = [line for line in out.splitlines() if line.startswith("CHECK ")]
-    assert len(checks) == 5 and all(line.endswith("-> ok") for line in checks)
+    failed = _lines(out)
+    assert len(failed) == 1 and failed[0].startswith("FAIL qwen2_vl judge fast path:")
+    assert "bf16 max |fast - per-pair|" in failed[0] and "(tolerance 0e+00;" in failed[0]
+    assert out.splitlines()[-1].startswith("gpu_smoke: FAIL: some checks failed")
+
+
+@pytest.mark.slow
+def test_the_checks_pass_on_cpu(capsys, monkeypatch):
+    smoke = _script(monkeypatch)
+    assert smoke.main(["--device", "cpu", "--family", "qwen2_vl"]) == 0  # at one thread (conftest)
+    lines = _lines(capsys.readouterr().out)
+    expected = ["bf16+sdpa", "judge fast path", "gradcache", "encode throughput", "peak memory"]
+    assert [line.split(":")[0].split(" ", 2)[2] for line in lines] == expected
+    for line, name in zip(lines, expected):
+        assert line.startswith("SKIP " if name == "peak memory" else "PASS "), line
