@@ -64,12 +64,40 @@ def test_the_bf16_judge_comparison_fails_beyond_its_tolerance(capsys, monkeypatc
     assert out.splitlines()[-1].startswith("gpu_smoke: FAIL: some checks failed")
 
 
-@pytest.mark.slow
-def test_the_checks_pass_on_cpu(capsys, monkeypatch):
+def test_a_failing_command_check_fails_the_run(capsys, monkeypatch):
+    """A trainer that exits non-zero is a FAIL line and exit status 1 (here `unime train embedder` refuses the
+    injected usage error of a chunk size of 0), not an exception that ends the script."""
     smoke = _script(monkeypatch)
-    assert smoke.main(["--device", "cpu", "--family", "qwen2_vl"]) == 0  # at one thread (conftest)
+    argv = smoke._embedder_argv
+    smoke._embedder_argv = lambda ctx, out, batch_size: argv(ctx, out, batch_size) + ["--chunk-size", "0"]
+    assert smoke.main(["--device", "cpu", "--quick", "--family", "qwen2_vl", "--checks", "train_embedder"]) == 1
     lines = _lines(capsys.readouterr().out)
-    expected = ["bf16+sdpa", "judge fast path", "gradcache", "encode throughput", "peak memory"]
+    assert len(lines) == 1 and lines[0].startswith("FAIL qwen2_vl train embedder (LoRA + GradCache): exit status 2")
+
+
+@pytest.mark.slow  # ~1 min on one thread: the library checks and every trainer, one step each
+def test_the_quick_run_passes_on_cpu(capsys, monkeypatch):
+    smoke = _script(monkeypatch)
+    assert smoke.main(["--device", "cpu", "--quick", "--family", "qwen2_vl"]) == 0  # at one thread (conftest)
+    lines = _lines(capsys.readouterr().out)
+    expected = ["bf16+sdpa", "judge fast path", "gradcache", "encode throughput", "peak memory",
+                "train embedder (LoRA + GradCache)", "train reranker", "reranker listwise pick (generate)",
+                "train judge", "train reasoner --stage sft", "reason generate (T-CoT generate)",
+                "train reasoner --stage grpo", "torchrun x1 train embedder (gloo)", "torchrun x1 mine (gloo)"]
     assert [line.split(":")[0].split(" ", 2)[2] for line in lines] == expected
+    skipped = {"peak memory", "train reasoner --stage grpo", "torchrun x1 train embedder (gloo)",
+               "torchrun x1 mine (gloo)"}
     for line, name in zip(lines, expected):
-        assert line.startswith("SKIP " if name == "peak memory" else "PASS "), line
+        assert line.startswith("SKIP " if name in skipped else "PASS "), line
+
+
+@pytest.mark.slow  # ~2 min on 2 busy cores: two torchrun launches of 2 processes
+def test_processes_2_runs_train_embedder_and_mine_under_torchrun_on_cpu(capsys, monkeypatch):
+    smoke = _script(monkeypatch)
+    assert smoke.main(["--device", "cpu", "--quick", "--family", "qwen2_vl", "--processes", "2",
+                       "--checks", "torchrun_train_embedder,torchrun_mine"]) == 0
+    lines = _lines(capsys.readouterr().out)
+    assert len(lines) == 2
+    assert lines[0].startswith("PASS qwen2_vl torchrun x2 train embedder (gloo): fp32, 1 of 1 steps logged")
+    assert lines[1].startswith("PASS qwen2_vl torchrun x2 mine (gloo):")
+    assert "judge shards written by ranks 0,1" in lines[1]
