@@ -9,17 +9,25 @@ checkpointing (non-reentrant) only when asked for. It lives beside `run_state` a
 `unime.train` and `unime.embed_rl` build on it.
 
 Every other field of `args_cls` is open to the user: `--trainer-arg KEY=VALUE` (`TrainerArgOptions`, repeatable,
-the value read as YAML) passes it to `args_cls` as is — DeepSpeed or FSDP (`deepspeed=ds_zero3.json`,
-`fsdp="full_shard auto_wrap"`), an experiment tracker (`report_to=wandb`, `run_name=...`), optimizer details
-(`adam_beta2=0.95`), `torch_compile=true`, ... A key that unime sets from one of its own options, or that its
+the value read as YAML) passes it to `args_cls` as is — an experiment tracker (`report_to=wandb`,
+`run_name=...`), optimizer details (`adam_beta2=0.95`), `torch_compile=true`, DeepSpeed ZeRO-1/2
+(`deepspeed=ds_zero2.json`), ... A key that unime sets from one of its own options, or that its
 trainer needs at its own value, is refused with the option to use (`PROTECTED`, and the trainer's `specific`
 keywords); an unknown key is refused with the nearest field names.
+
+A configuration that shards the parameters across the processes — FSDP (`fsdp=...`, or `accelerate launch` with FSDP)
+or DeepSpeed ZeRO-3 — is refused (`refuse_sharded_parameters`): every trainer saves its checkpoints and exports its
+model from the module in its own process, whose parameters would then be shards (measured with FSDP2 on the CPU: the
+first checkpoint failed in `_save`), and none of it has been run on such a configuration.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
+import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from unime.errors import UsageError
@@ -41,7 +49,7 @@ SPECIFIC_OPTIONS = {
 }
 
 
-TRAINER_ARGS_GROUP = "Hugging Face trainer (any other field of its arguments, e.g. DeepSpeed, FSDP, a tracker)"
+TRAINER_ARGS_GROUP = "Hugging Face trainer (any other field of its arguments, e.g. a tracker)"
 
 
 @dataclass
@@ -51,8 +59,8 @@ class TrainerArgOptions:
     trainer_arg: list[str] = option(
         help="a field of the trainer's arguments (transformers' TrainingArguments; TRL's SFTConfig / GRPOConfig for "
              "the reasoner) that unime has no option for, value read as YAML, e.g. report_to=wandb, "
-             "deepspeed=ds_zero3.json, adam_beta2=0.95 (repeatable; replaces unime's fixed settings, e.g. "
-             "report_to; a key one of unime's options sets is refused, naming the option)",
+             "adam_beta2=0.95 (repeatable; replaces unime's fixed settings, e.g. report_to; a key one of unime's "
+             "options sets is refused, naming the option, and so are FSDP and DeepSpeed ZeRO-3)",
         factory=list, action="append", metavar="KEY=VALUE", cli_default=[], group=TRAINER_ARGS_GROUP)
 
 
@@ -73,7 +81,42 @@ def user_trainer_args(args_cls: type, pairs: Sequence[str], unime_keys: Mapping[
         if key in PROTECTED or key in unime_keys:
             by = PROTECTED.get(key) or unime_keys.get(key) or SPECIFIC_OPTIONS.get(key) or "this trainer's own setting"
             raise UsageError(f"--trainer-arg {key}: unime sets it ({by})")
+    refuse_sharded_parameters(extra)
     return extra
+
+
+SHARDED_REFUSAL = ("shards the model's parameters across the processes, and unime saves its checkpoints and exports "
+                   "its model from each process's own module (which would then hold shards, not the weights): "
+                   "train without it (torchrun / accelerate launch then use DDP, each process a whole copy)")
+
+
+def refuse_sharded_parameters(extra: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> None:
+    """UsageError naming the setting if the run would shard the parameters: `--trainer-arg fsdp=...` (any value that
+    enables FSDP), `--trainer-arg deepspeed=CONFIG` of ZeRO stage 3, or `accelerate launch`'s FSDP / DeepSpeed ZeRO-3
+    (its environment variables, `environ`: os.environ)."""
+    environ = os.environ if environ is None else environ
+    if extra.get("fsdp") not in (None, False, "", []):
+        raise UsageError(f"--trainer-arg fsdp={extra['fsdp']} {SHARDED_REFUSAL}")
+    if extra.get("deepspeed") is not None and _is_zero3(extra["deepspeed"]):
+        raise UsageError(f"--trainer-arg deepspeed={extra['deepspeed']} (ZeRO stage 3) {SHARDED_REFUSAL}")
+    if environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise UsageError(f"accelerate launch's FSDP (ACCELERATE_USE_FSDP) {SHARDED_REFUSAL}")
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        config = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip() == "3" or (config and _is_zero3(config)):
+            raise UsageError(f"accelerate launch's DeepSpeed ZeRO-3 {SHARDED_REFUSAL}")
+
+
+def _is_zero3(config: Any) -> bool:
+    """Whether a DeepSpeed config — a mapping, a JSON string or a JSON file's path — has `zero_optimization.stage` 3
+    (one that cannot be read is not: DeepSpeed then reports it itself)."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(Path(config).read_text(encoding="utf-8") if os.path.isfile(config) else config)
+        except (OSError, ValueError):
+            return False
+    section = config.get("zero_optimization") if isinstance(config, Mapping) else None
+    return isinstance(section, Mapping) and str(section.get("stage")).strip() == "3"
 
 
 def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, learning_rate: float, seed: int,
