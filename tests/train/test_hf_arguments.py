@@ -283,3 +283,43 @@ def test_configurations_that_shard_the_parameters_are_refused_by_each_trainer(tm
                            ({}, {"ACCELERATE_USE_FSDP": "false"}),
                            ({}, {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"})]:
         refuse_sharded_parameters(extra, environ=environ)
+
+
+def test_checkpointing_trainer_args_are_refused_or_reach_the_arguments(tmp_path):
+    """QA: `--trainer-arg gradient_checkpointing=true` was accepted and silently ignored (transformers reads the
+    deprecated name only when `activation_checkpointing` is unset, and unime always set it), and so was
+    `gradient_checkpointing_kwargs`. Both names, and `activation_checkpointing`, are refused naming
+    --gradient-checkpointing in every trainer; `activation_checkpointing_kwargs` goes over unime's non-reentrant
+    default, and is refused without --gradient-checkpointing, where it would do nothing."""
+    pytest.importorskip("trl")
+    from trl import GRPOConfig, SFTConfig
+    from transformers import TrainingArguments
+
+    from unime.errors import UsageError
+    from unime.models.hf_arguments import hf_training_arguments
+
+    def build(args_cls, pairs, on=False):
+        return hf_training_arguments(args_cls, output_dir=tmp_path / "o", batch_size=2, learning_rate=1e-4, seed=0,
+                                     logging_steps=1, save_steps=10, save_total_limit=None, use_cpu=True,
+                                     activation_checkpointing=on, trainer_arg=pairs,
+                                     **({"num_generations": 2} if args_cls is GRPOConfig else {}))
+
+    for args_cls in (TrainingArguments, SFTConfig, GRPOConfig):
+        for key in ("gradient_checkpointing", "activation_checkpointing"):
+            for on in (False, True):
+                with pytest.raises(UsageError, match=rf"^--trainer-arg {key}: unime sets it "
+                                                     r"\(--gradient-checkpointing\)$"):
+                    build(args_cls, [f"{key}={str(not on).lower()}"], on=on)
+        with pytest.raises(UsageError, match=r"^--trainer-arg gradient_checkpointing_kwargs: unime sets it "
+                                             r"\(--gradient-checkpointing; its settings: --trainer-arg "
+                                             r"activation_checkpointing_kwargs=...\)$"):
+            build(args_cls, ["gradient_checkpointing_kwargs={use_reentrant: true}"], on=True)
+        with pytest.raises(UsageError, match=r"^--trainer-arg activation_checkpointing_kwargs: has no effect "
+                                             r"without --gradient-checkpointing$"):
+            build(args_cls, ["activation_checkpointing_kwargs={every_n_layers: 2}"])
+        got = build(args_cls, ["activation_checkpointing_kwargs={every_n_layers: 2}"], on=True)
+        assert (got.activation_checkpointing, got.activation_checkpointing_kwargs) == \
+            (True, {"use_reentrant": False, "every_n_layers": 2})
+        got = build(args_cls, ["activation_checkpointing_kwargs={use_reentrant: true}"], on=True)
+        assert got.activation_checkpointing_kwargs == {"use_reentrant": True}
+        assert build(args_cls, [], on=False).activation_checkpointing is False

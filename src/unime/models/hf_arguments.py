@@ -13,7 +13,11 @@ the value read as YAML) passes it to `args_cls` as is — an experiment tracker 
 `run_name=...`), optimizer details (`adam_beta2=0.95`), `torch_compile=true`, DeepSpeed ZeRO-1/2
 (`deepspeed=ds_zero2.json`), ... A key that unime sets from one of its own options, or that its
 trainer needs at its own value, is refused with the option to use (`PROTECTED`, and the trainer's `specific`
-keywords); an unknown key is refused with the nearest field names.
+keywords); an unknown key is refused with the nearest field names. Activation checkpointing is switched by
+--gradient-checkpointing alone: `--trainer-arg activation_checkpointing=...` and its deprecated alias
+`gradient_checkpointing=...` (which transformers would ignore beside the new name) are refused naming it;
+`activation_checkpointing_kwargs=...` (`every_n_layers`, `offload`, ...) goes over unime's `use_reentrant: false`, and
+is refused without --gradient-checkpointing, where it would do nothing.
 
 A configuration that shards the parameters across the processes — FSDP (`fsdp=...`, or `accelerate launch` with FSDP)
 or DeepSpeed ZeRO-3 — is refused (`refuse_sharded_parameters`): every trainer saves its checkpoints and exports its
@@ -40,7 +44,11 @@ PROTECTED = {
     "data_seed": "--seed", "logging_steps": "--logging-steps", "save_steps": "--save-steps",
     "save_strategy": "unime's checkpoint and resume convention", "use_cpu": "--device", "bf16": "--dtype",
     "fp16": "--dtype", "remove_unused_columns": "the trainer's data collator",
+    "activation_checkpointing": "--gradient-checkpointing", "gradient_checkpointing": "--gradient-checkpointing",
+    "gradient_checkpointing_kwargs": "--gradient-checkpointing; its settings: --trainer-arg "
+                                     "activation_checkpointing_kwargs=...",
 }
+CHECKPOINTING_KWARGS = "activation_checkpointing_kwargs"
 # the option behind a trainer's `specific` keywords, where it has one
 SPECIFIC_OPTIONS = {
     "optim": "--optim", "max_grad_norm": "--max-grad-norm", "beta": "--beta", "temperature": "--temperature",
@@ -135,6 +143,15 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
     `max_steps=-1`: train `epochs` epochs. `data_seed=None`: the data order follows `seed`.
     `show_progress=None` leaves the progress bars to transformers' own rule (its logging level)."""
     user = user_trainer_args(args_cls, trainer_arg, {**dict.fromkeys(specific), **(option_keys or {})})
+    checkpointing_kwargs = {"use_reentrant": False} if activation_checkpointing else None
+    if CHECKPOINTING_KWARGS in user:  # the user's settings over unime's non-reentrant default
+        given = user.pop(CHECKPOINTING_KWARGS)
+        if not activation_checkpointing:
+            raise UsageError(f"--trainer-arg {CHECKPOINTING_KWARGS}: has no effect without --gradient-checkpointing")
+        if not isinstance(given, Mapping):
+            raise UsageError(f"--trainer-arg {CHECKPOINTING_KWARGS}: a mapping, e.g. {{every_n_layers: 2}}, got "
+                             f"{given!r}")
+        checkpointing_kwargs = {**checkpointing_kwargs, **given}
     core = dict(
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
         max_steps=max_steps, num_train_epochs=epochs, learning_rate=learning_rate, lr_scheduler_type=lr_scheduler,
@@ -145,7 +162,7 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
         save_strategy="steps", save_steps=save_steps, save_total_limit=save_total_limit,
         report_to=[], use_cpu=use_cpu, bf16=bf16, fp16=fp16, dataloader_num_workers=workers,
         activation_checkpointing=activation_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if activation_checkpointing else None,
+        activation_checkpointing_kwargs=checkpointing_kwargs,
         disable_tqdm=None if show_progress is None else not show_progress,
         remove_unused_columns=False)
     return args_cls(**{**core, **specific, **user})

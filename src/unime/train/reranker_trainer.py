@@ -602,8 +602,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         # the two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training.
         # Full fine-tuning: a text-only batch leaves the vision tower unused.
         ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg,
-        option_keys={"warmup_steps": "--warmup", "weight_decay": "--weight-decay",
-                     "activation_checkpointing": "--gradient-checkpointing"})
+        option_keys={"warmup_steps": "--warmup", "weight_decay": "--weight-decay"})
     batch_unit = "labelled pairs" if cfg.role == "judge" and cfg.group_weight == 0 else "records"  # a dataset item
     batch = dict(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, processes=args.world_size)
     warn_short_batch(", ".join(map(str, cfg.records)), len(groups), unit=batch_unit, **batch)
