@@ -327,3 +327,41 @@ def test_a_key_frame_past_the_frames_of_the_prompt_is_refused_naming_the_row(loa
     assert "key frame 3 is beyond the last frame (2 frames sampled" in str(e.value)
     out, skipped = sft_rows(rows, loaded.adapter, loader, skip_invalid=True)
     assert skipped == 1 and len(out) == 1 and "[1, 2]" in out[0]["completion"]
+
+
+def test_gradient_checkpointing_recomputes_the_decoder_and_trains_the_same_weights(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    """QA: TRL's SFTConfig turns activation checkpointing on by default and unime always turned it off, with no
+    option to ask for it (`--trainer-arg gradient_checkpointing=true` was ignored). --gradient-checkpointing sends
+    every decoder layer through transformers' checkpoint, and a LoRA run on an image row and a text row gives the
+    losses and weights of the run without it; without the option nothing is checkpointed, as before."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from tests.train.helpers import count_checkpointed_layers
+    from unime.embed_rl.reasoner_sft import train_reasoner_sft
+    from unime.models.curves import read_curves_csv
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(tmp_path / "imgs" / "red.png")
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT),
+                     TCoTRow("r0", "target", Item(images=("imgs/red.png",)), TCOT)], tmp_path / "t.jsonl")
+    model = tiny_model_dir("qwen2_vl")
+    runs = {}
+    for on in (False, True):
+        calls = count_checkpointed_layers(monkeypatch)
+        cfg = ReasonerSFTConfig(model=model, data=str(tmp_path / "t.jsonl"), out=str(tmp_path / str(on)), max_steps=3,
+                                lora_r=4, batch_size=2, learning_rate=1e-2, device="cpu", logging_steps=1,
+                                gradient_checkpointing=on)
+        train_reasoner_sft(cfg)
+        monkeypatch.undo()
+        runs[on] = (dict(calls), load_file(tmp_path / str(on) / "adapter" / "adapter_model.safetensors"),
+                    [r["loss"] for r in read_curves_csv(tmp_path / str(on) / "curves.csv") if "loss" in r])
+    (off_calls, off_weights, off_losses), (on_calls, on_weights, on_losses) = runs[False], runs[True]
+    layers = AutoConfig.from_pretrained(model).text_config.num_hidden_layers
+    assert off_calls == {} and on_calls["Qwen2VLDecoderLayer"] == 3 * layers  # one forward per step
+    assert len(on_losses) == 3 and on_losses == pytest.approx(off_losses, rel=1e-6, abs=1e-7)
+    assert on_weights.keys() == off_weights.keys()
+    for key in off_weights:
+        torch.testing.assert_close(on_weights[key], off_weights[key], rtol=1e-5, atol=1e-6)
+    assert all(off_weights[k].abs().max() > 0 for k in off_weights if "lora_B" in k)

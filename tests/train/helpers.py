@@ -41,3 +41,22 @@ def base_config(model_dir: str, out: Path, world_dir: Path, **overrides):
                device="cpu", seed=0)
     cfg.update(overrides)
     return EmbedderTrainingConfig(**cfg)
+
+
+def count_checkpointed_layers(monkeypatch):
+    """{layer class name: calls} of the activation checkpoints transformers takes (its `checkpoint`, wrapped), as a
+    Counter filled while the test runs."""
+    import collections
+
+    import transformers.modeling_utils as modeling_utils
+
+    calls = collections.Counter()
+    real = modeling_utils.checkpoint
+
+    def counting(function, *args, **kwargs):
+        layer = function.args[0]  # transformers hands over partial(Layer.forward, layer, **kwargs)
+        calls[type(layer).__name__] += 1
+        return real(function, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "checkpoint", counting)
+    return calls

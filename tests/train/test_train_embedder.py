@@ -602,3 +602,50 @@ def test_fewer_records_than_the_global_batch_are_warned_and_the_card_records_the
     card = (res.out / "README.md").read_text()
     for needle in ("per_device_batch_size | 4 ", "global_batch_queries | 4 ", "global_batch_configured | 8 "):
         assert needle in card, card
+
+
+@pytest.mark.parametrize("gradcache", [False, True])
+def test_gradient_checkpointing_recomputes_the_decoder_and_trains_the_same_weights(tiny_model_dir, mined_world,
+                                                                                    tmp_path, monkeypatch, gradcache):
+    """QA: `train embedder` had no --gradient-checkpointing, and `--trainer-arg activation_checkpointing=true` crashed
+    (the trainer's model, a wrapper, has no `gradient_checkpointing_enable`). With it, every decoder layer goes
+    through transformers' checkpoint, and two SGD steps give the losses and LoRA weights of the run without it (also
+    under GradCache, whose replay back-propagates inside the loss's backward). The frozen vision tower (LoRA on the
+    language model) stays out of the backward pass: its blocks' MLPs run as often as without checkpointing (a block
+    the backward reached would be recomputed)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+    from transformers.models.qwen2_vl import modeling_qwen2_vl
+
+    from tests.train.helpers import count_checkpointed_layers
+    from unime.data.io import read_records
+    from unime.models.curves import read_curves_csv
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world
+    records = read_records(path)[:8]
+    model = tiny_model_dir("qwen2_vl")
+    common = dict(optim="sgd", lr=0.5, max_grad_norm=0.0, steps=2, gradcache=gradcache, chunk_size=3)
+    runs = {}
+    for on in (False, True):
+        calls = count_checkpointed_layers(monkeypatch)
+        vision_mlp = modeling_qwen2_vl.VisionMlp  # inside each vision block: run again when a block is recomputed
+        vision_runs = []
+        monkeypatch.setattr(vision_mlp, "forward", lambda self, *a, _f=vision_mlp.forward, **k:
+                            vision_runs.append(1) or _f(self, *a, **k))
+        res = train_embedder(base_config(model, tmp_path / str(on), world, gradient_checkpointing=on, **common),
+                             records=records)
+        monkeypatch.undo()
+        runs[on] = (dict(calls), len(vision_runs), load_file(res.adapter / "adapter_model.safetensors"),
+                    [r["loss"] for r in read_curves_csv(res.out / "curves.csv") if "loss" in r])
+    (off_calls, off_vision, off_weights, off_losses), (on_calls, on_vision, on_weights, on_losses) = \
+        runs[False], runs[True]
+    layers = AutoConfig.from_pretrained(model).text_config.num_hidden_layers
+    assert off_calls == {} and on_calls.get("Qwen2VLDecoderLayer", 0) >= 2 * layers  # each layer, each step
+    assert on_calls["Qwen2VLDecoderLayer"] % layers == 0
+    assert on_vision == off_vision > 0
+    assert on_losses == pytest.approx(off_losses, rel=1e-6, abs=1e-7) and len(on_losses) == 2
+    assert on_weights.keys() == off_weights.keys()
+    for key in off_weights:
+        torch.testing.assert_close(on_weights[key], off_weights[key], rtol=1e-5, atol=1e-6)
+    assert all(off_weights[k].abs().max() > 0 for k in off_weights if "lora_B" in k)  # the steps moved them

@@ -35,7 +35,8 @@ query with an image positive is the common case here). The subclass maps `None` 
 processor accepts that — and changes nothing else.
 
 Defaults follow the paper: n = 4, beta = 0.01, lr 3e-6, temperature 1.0, loss "grpo" with group
-scaling. On CPU: fp32 (TRL's bf16 default fails or crawls there), gradient checkpointing off, no vLLM.
+scaling. On CPU: fp32 (TRL's bf16 default fails or crawls there), no vLLM. Activation checkpointing only with
+--gradient-checkpointing, on every device (TRL's default of on is not taken).
 """
 
 from __future__ import annotations
@@ -498,6 +499,7 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
         max_completion_length=cfg.max_completion_length, beta=cfg.beta, temperature=cfg.temperature,
         top_p=cfg.top_p, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False,
         use_vllm=False, disable_dropout=True, log_completions=False, trainer_arg=cfg.trainer_arg,
+        activation_checkpointing=cfg.gradient_checkpointing,
         option_keys={"lr_scheduler_type": "--lr-scheduler"})
     # the geometry that keeps pairs whole (see the module docstring)
     local = gcfg.per_device_train_batch_size * gcfg.steps_per_generation

@@ -129,7 +129,8 @@ def sft_trainer(model, processor, rows: list[dict[str, Any]], args):
 
 
 def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype):
-    """TRL's `SFTConfig` for `cfg`: completion-only loss, no truncation, no gradient checkpointing."""
+    """TRL's `SFTConfig` for `cfg`: completion-only loss, no truncation, activation checkpointing only with
+    --gradient-checkpointing (TRL's default of on is not taken)."""
     import torch
     from trl import SFTConfig
 
@@ -140,7 +141,7 @@ def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype)
         grad_accum=cfg.grad_accum, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
         save_total_limit=2, seed=cfg.seed, use_cpu=use_cpu, bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16, show_progress=True,
+        fp16=dtype == torch.float16, show_progress=True, activation_checkpointing=cfg.gradient_checkpointing,
         # SFTConfig's own default, kept (the core's False is for the collators that read whole records)
         remove_unused_columns=True, completion_only_loss=True, max_length=None, trainer_arg=cfg.trainer_arg)
 

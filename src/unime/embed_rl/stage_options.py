@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unime.data.video import VideoOptions
+from unime.models.hf_arguments import gradient_checkpointing_option
 from unime.models.image_budget import ImageOptions
 from unime.options import check_ranges, key_value_pairs, on_error_option, option
 
@@ -39,6 +40,7 @@ class ReasonerStageOptions(ImageOptions, VideoOptions):
     out: str = option(help="output folder (merged/: an HF folder; adapter/ for LoRA; README.md, checkpoints/, logs)")
     data_root: str | None = option(None, "folder image paths are relative to")
     dtype: str = option("auto")
+    gradient_checkpointing: bool = gradient_checkpointing_option()
     seed: int = option(0)
     max_steps: int = option(-1, at_least=1)  # -1, the default: the stage's epochs
     resume: bool = option(False, "accepted for compatibility: re-running the same command continues an interrupted "

@@ -5,7 +5,8 @@ one place: the common core here, each trainer's own settings passed through.
 what every trainer sets the same way: checkpoints every `save_steps` steps into `output_dir`, no
 reporting integration (`report_to=[]`), the data collators see every column (`remove_unused_columns=False`,
 unless a trainer asks otherwise), mixed precision from the compute dtype (`bf16` / `fp16`), and activation
-checkpointing (non-reentrant) only when asked for. It lives beside `run_state` and `curves` because both
+checkpointing (non-reentrant) only when asked for (`gradient_checkpointing_option`: off by default on every device,
+TRL's SFTConfig / GRPOConfig default of on included). It lives beside `run_state` and `curves` because both
 `unime.train` and `unime.embed_rl` build on it.
 
 Every other field of `args_cls` is open to the user: `--trainer-arg KEY=VALUE` (`TrainerArgOptions`, repeatable,
@@ -27,6 +28,7 @@ first checkpoint failed in `_save`), and none of it has been run on such a confi
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import os
@@ -70,6 +72,15 @@ class TrainerArgOptions:
              "adam_beta2=0.95 (repeatable; replaces unime's fixed settings, e.g. report_to; a key one of unime's "
              "options sets is refused, naming the option, and so are FSDP and DeepSpeed ZeRO-3)",
         factory=list, action="append", metavar="KEY=VALUE", cli_default=[], group=TRAINER_ARGS_GROUP)
+
+
+def gradient_checkpointing_option():
+    """`--gradient-checkpointing`, the activation-checkpointing switch of every trainer (embedder, reranker / judge,
+    reasoner SFT and GRPO): off unless asked for, on every device."""
+    return option(False, "trade compute for activation memory: keep only each layer's input and recompute the rest "
+                  "in the backward pass (non-reentrant; same losses and weights). Off by default on every device "
+                  "(a recipe may turn it on; --no-gradient-checkpointing turns it off); --trainer-arg "
+                  "activation_checkpointing_kwargs={every_n_layers: 2} tunes it", action=argparse.BooleanOptionalAction)
 
 
 def user_trainer_args(args_cls: type, pairs: Sequence[str], unime_keys: Mapping[str, str | None]) -> dict[str, Any]:

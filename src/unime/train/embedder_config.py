@@ -12,7 +12,7 @@ from typing import Any
 from unime.data.video import VideoOptions
 from unime.errors import UnimeError
 from unime.models.export import ExportOptions
-from unime.models.hf_arguments import TrainerArgOptions
+from unime.models.hf_arguments import TrainerArgOptions, gradient_checkpointing_option
 from unime.models.image_budget import ImageOptions
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import DeviceOptions
@@ -71,6 +71,7 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     freeze_vision: bool = option(False, "with --full: keep the vision tower and its merger frozen (only the "
                                  "language model trains)")
     dtype: str = option("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=["auto", "fp32", "bf16"])
+    gradient_checkpointing: bool = gradient_checkpointing_option()
     pooling: str = option("auto", choices=["auto", "last", "emb"])
     # optimisation
     batch_size: int = option(8, "queries per device per micro-batch", group="optimisation", at_least=1)

@@ -81,6 +81,21 @@ class EmbeddingModel(nn.Module):
     def forward(self, **inputs) -> torch.Tensor:
         return self.embedder.forward(inputs)
 
+    # --gradient-checkpointing: the Trainer switches it on the model it trains, this wrapper; the layers are the
+    # encoder's
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                     **kwargs)
+        if not (activation_checkpointing_kwargs or {}).get("use_reentrant"):
+            # transformers also makes the output of every input embedding (the text's, the vision tower's patch
+            # embedding) require grad, which only reentrant checkpoints need (they give the parameters inside them
+            # no gradient otherwise); non-reentrant ones do not, and the hook on the patch embedding would make a
+            # frozen vision tower (LoRA on the language model) a part of every backward pass
+            self.encoder.disable_input_require_grads()
+
+    def activation_checkpointing_disable(self) -> None:
+        self.encoder.activation_checkpointing_disable()
+
 
 class EmbedderTrainer(Trainer):
     """`transformers.Trainer` with an embedding loss. Batches come from `EmbedderCollator`."""
@@ -347,7 +362,7 @@ def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -
         lr_scheduler=config.lr_scheduler, warmup_steps=config.warmup, weight_decay=config.weight_decay,
         seed=config.seed, data_seed=config.seed, logging_steps=config.logging_steps, save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, use_cpu=on_cpu, bf16=bf16, workers=config.workers,
-        show_progress=logger.isEnabledFor(logging.INFO),
+        show_progress=logger.isEnabledFor(logging.INFO), activation_checkpointing=config.gradient_checkpointing,
         max_grad_norm=config.max_grad_norm, optim=config.optim,
         dataloader_pin_memory=not on_cpu, ddp_find_unused_parameters=find_unused,
         # the models' buffers are constants (rotary tables): no per-forward broadcast, which would

@@ -34,7 +34,6 @@ on, on the adapter's own base, and named in `started_from_adapter`. Re-runs foll
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -47,7 +46,7 @@ from unime.data.items import Item, Record
 from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, ModelError, OptionError
 from unime.models.adapters import FamilyAdapter, Segment
-from unime.models.hf_arguments import TrainerArgOptions
+from unime.models.hf_arguments import TrainerArgOptions, gradient_checkpointing_option
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
 from unime.models.loading import DeviceOptions, checkpoint_image_loader, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
@@ -376,9 +375,7 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
                                             cli_default=[])
     dtype: str | None = option("auto", "weights dtype (auto: bf16 on GPU, fp32 on CPU)",
                                choices=["auto", "fp32", "bf16", "fp16"])
-    gradient_checkpointing: bool = option(False, "trade compute for activation memory (the unime-v2 reranker "
-                                          "recipe turns it on; --no-gradient-checkpointing turns it off)",
-                                          action=argparse.BooleanOptionalAction)
+    gradient_checkpointing: bool = gradient_checkpointing_option()
     train_turn_end: bool = option(False, "also train the end-of-turn token after the answer (default: answer tokens "
                                   "only, as the paper)")
     # optimisation
