@@ -223,13 +223,16 @@ def test_a_plan_that_does_not_fit_hints_only_at_what_the_run_does_not_do_yet(cap
 
     assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--gpus", "8", "--gpu-memory", "8GB"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == \
-        "hint: try a smaller --chunk-size (now 2) or --max-pixels / --image-size to shorten sequences"
-    o = {"gradcache": True, "chunk_size": 1, "global_batch": 64, "hard_negatives": 8}
+        "hint: try a smaller --chunk-size (now 2), --gradient-checkpointing or --max-pixels / --image-size to " \
+        "shorten sequences"
+    o = {"gradcache": True, "chunk_size": 1, "global_batch": 64, "hard_negatives": 8, "gradient_checkpointing": True}
     assert plan_embedder("Qwen/Qwen2-VL-2B-Instruct", o, gpus=8, gpu_memory_gib=4).hints == \
         ["try --max-pixels / --image-size to shorten sequences"]
-    assert plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, "gradcache": False}, gpus=8, gpu_memory_gib=4).hints == \
-        ["try --gradcache with a small --chunk-size (activations then scale with the chunk, not the batch), more "
-         "devices (they split the --global-batch) or --max-pixels / --image-size to shorten sequences"]
+    assert plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, "gradcache": False, "gradient_checkpointing": False},
+                         gpus=8, gpu_memory_gib=4).hints == \
+        ["try --gradcache with a small --chunk-size (activations then scale with the chunk, not the batch), "
+         "--gradient-checkpointing, more devices (they split the --global-batch) or --max-pixels / --image-size to "
+         "shorten sequences"]
     done = {"gradient_checkpointing": True, "batch_size": 1}
     assert plan_reranker("Qwen/Qwen2-VL-2B-Instruct", done, gpu_memory_gib=4).hints == \
         ["try --max-pixels to shorten sequences"]
@@ -592,3 +595,23 @@ def test_unime_plan_plans_the_reasoner_stages_of_an_embed_rl_recipe(capsys):
     assert "10 prompts (5 pairs) x 4 generations = 40 completions of <= 2048 tokens" in out, out
     assert main(["plan", "--stage", "reasoner-grpo", "--model", "Qwen/Qwen3-VL-8B-Instruct"]) == 2
     assert "give the reward embedder: --set embedder=CHECKPOINT" in capsys.readouterr().err
+
+
+def test_the_embedder_plan_keeps_only_each_layers_input_with_gradient_checkpointing():
+    """`train embedder --gradient-checkpointing` (new) was planned with every layer's activations kept. With it, per
+    sequence token only each decoder layer's input is kept (Qwen2-VL-2B: 28 layers x hidden 1536, bf16) plus one
+    layer's activations at a time (1/28 of the run without it); a GradCache chunk the same way, and the hint names it
+    only while it is off."""
+    o = {"batch_size": 2, "hard_negatives": 2, "dtype": "bf16"}
+    for extra, label in (({}, "activations (8 sequences in one forward)"),
+                         ({"gradcache": True, "chunk_size": 2}, "activations per GradCache chunk (2 sequences)")):
+        off = plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, **extra}, text_tokens=64, images_per_item=1.0,
+                            gpu_memory_gib=1)
+        on = plan_embedder("Qwen/Qwen2-VL-2B-Instruct", {**o, **extra, "gradient_checkpointing": True},
+                           text_tokens=64, images_per_item=1.0, gpu_memory_gib=1)
+        sequences = 8 if not extra else 2
+        seq = int(next(f for f in off.facts if f.startswith("sequence ~")).split("~")[1].split()[0])
+        tokens = sequences * seq
+        assert dict(on.rows)[label + " (gradient checkpointing)"] == \
+            pytest.approx(tokens * 1536 * 2 * 28 + dict(off.rows)[label] / 28)
+        assert "--gradient-checkpointing" in off.hints[0] and "--gradient-checkpointing" not in on.hints[0]

@@ -375,6 +375,12 @@ def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int,
     return rows, facts, trainable
 
 
+def checkpointed_activations(activations: float, tokens: int, shapes: ModelShapes, act_bytes: int) -> float:
+    """The activation bytes of a forward of `tokens` tokens (`activations` without checkpointing) under
+    --gradient-checkpointing: only each decoder layer's input is kept, and one layer is recomputed at a time."""
+    return tokens * shapes.hidden * act_bytes * shapes.layers + activations / shapes.layers
+
+
 def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None,
                   text_tokens: int = 64, images_per_item: float = 1.0, title: str = "", padded: bool = True,
                   tcot_tokens: int | None = None, evidence_crops: float | None = None) -> Plan:
@@ -412,7 +418,11 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
     else:
         chunk = per_device * per_query
         label = f"activations ({chunk} sequences in one forward)"
-    rows.append((label, chunk * seq * per_tok))
+    act = chunk * seq * per_tok
+    if o.get("gradient_checkpointing"):
+        act = checkpointed_activations(act, chunk * seq, shapes, act_b)
+        label += " (gradient checkpointing)"
+    rows.append((label, act))
     rows += _dora_rows(shapes, o, act_b)
     facts[:0] = [f"model {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters (vision "
                  f"{shapes.params_vision / 1e9:.2f} B), {shapes.layers} layers, hidden {shapes.hidden}",
@@ -430,6 +440,7 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
             ("--gradcache with a small --chunk-size (activations then scale with the chunk, not the batch)",
              not o.get("gradcache")),
             (f"a smaller --chunk-size (now {chunk})", o.get("gradcache") and chunk > 1),
+            ("--gradient-checkpointing", not o.get("gradient_checkpointing")),
             ("more devices (they split the --global-batch)", o.get("global_batch") and not o.get("gradcache")),
             ("--max-pixels / --image-size to shorten sequences", True)]))
     return plan
@@ -465,9 +476,7 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
                                              lora_dropout=drop, autocast_bf16=bf16, dora_outputs=dora_out)
         act += s * per_tok
     if o.get("gradient_checkpointing"):
-        # only each layer's input is kept; one layer is recomputed at a time
-        kept = sum(seqs) * shapes.hidden * act_b * shapes.layers
-        act = kept + act / shapes.layers
+        act = checkpointed_activations(act, sum(seqs), shapes, act_b)
         label = "activations (gradient checkpointing)"
     else:
         label = "activations (pair + list forwards of the batch)"
