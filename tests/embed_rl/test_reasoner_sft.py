@@ -334,11 +334,13 @@ def test_gradient_checkpointing_recomputes_the_decoder_and_trains_the_same_weigh
     """QA: TRL's SFTConfig turns activation checkpointing on by default and unime always turned it off, with no
     option to ask for it (`--trainer-arg gradient_checkpointing=true` was ignored). --gradient-checkpointing sends
     every decoder layer through transformers' checkpoint, and a LoRA run on an image row and a text row gives the
-    losses and weights of the run without it; without the option nothing is checkpointed, as before."""
+    losses and weights of the run without it, and leaves the frozen vision tower out of the backward pass (TRL and
+    transformers hook its patch embedding to require grad, which only reentrant checkpoints need); without the option
+    nothing is checkpointed, as before."""
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from tests.train.helpers import count_checkpointed_layers
+    from tests.train.helpers import count_checkpointed_layers, count_vision_mlp_runs
     from unime.embed_rl.reasoner_sft import train_reasoner_sft
     from unime.models.curves import read_curves_csv
 
@@ -350,16 +352,20 @@ def test_gradient_checkpointing_recomputes_the_decoder_and_trains_the_same_weigh
     runs = {}
     for on in (False, True):
         calls = count_checkpointed_layers(monkeypatch)
+        vision_runs = count_vision_mlp_runs(monkeypatch)
         cfg = ReasonerSFTConfig(model=model, data=str(tmp_path / "t.jsonl"), out=str(tmp_path / str(on)), max_steps=3,
                                 lora_r=4, batch_size=2, learning_rate=1e-2, device="cpu", logging_steps=1,
                                 gradient_checkpointing=on)
         train_reasoner_sft(cfg)
         monkeypatch.undo()
-        runs[on] = (dict(calls), load_file(tmp_path / str(on) / "adapter" / "adapter_model.safetensors"),
+        runs[on] = (dict(calls), len(vision_runs),
+                    load_file(tmp_path / str(on) / "adapter" / "adapter_model.safetensors"),
                     [r["loss"] for r in read_curves_csv(tmp_path / str(on) / "curves.csv") if "loss" in r])
-    (off_calls, off_weights, off_losses), (on_calls, on_weights, on_losses) = runs[False], runs[True]
+    (off_calls, off_vision, off_weights, off_losses), (on_calls, on_vision, on_weights, on_losses) = \
+        runs[False], runs[True]
     layers = AutoConfig.from_pretrained(model).text_config.num_hidden_layers
     assert off_calls == {} and on_calls["Qwen2VLDecoderLayer"] == 3 * layers  # one forward per step
+    assert on_vision == off_vision > 0  # the frozen vision tower is not recomputed: no backward goes through it
     assert len(on_losses) == 3 and on_losses == pytest.approx(off_losses, rel=1e-6, abs=1e-7)
     assert on_weights.keys() == off_weights.keys()
     for key in off_weights:

@@ -60,3 +60,14 @@ def count_checkpointed_layers(monkeypatch):
 
     monkeypatch.setattr(modeling_utils, "checkpoint", counting)
     return calls
+
+
+def count_vision_mlp_runs(monkeypatch) -> list:
+    """A list that grows by one per run of a Qwen2-VL vision block's MLP: a checkpointed block the backward pass goes
+    through is recomputed, so its MLP runs twice per step instead of once."""
+    from transformers.models.qwen2_vl import modeling_qwen2_vl
+
+    runs: list = []
+    mlp = modeling_qwen2_vl.VisionMlp
+    monkeypatch.setattr(mlp, "forward", lambda self, *a, _f=mlp.forward, **k: runs.append(1) or _f(self, *a, **k))
+    return runs

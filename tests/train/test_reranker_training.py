@@ -702,3 +702,35 @@ def test_fewer_records_than_the_global_batch_are_warned_and_the_card_records_the
     assert f"| global batch ({unit} per step) | {ran} |" in card
     assert (f"| global batch configured | {batch_size} |" in card) == short
     assert meta["config"]["batch_size"] == batch_size  # the option as given
+
+
+def test_gradient_checkpointing_recomputes_the_decoder_and_leaves_the_frozen_vision_tower_out(tiny_model_dir,
+                                                                                             tmp_path, monkeypatch):
+    """--gradient-checkpointing sends every decoder layer through transformers' checkpoint and trains the weights of
+    the run without it; transformers' hook that makes the vision tower's patch embedding require grad (for reentrant
+    checkpoints only) made the frozen tower part of every backward pass: its blocks were recomputed (their MLPs ran
+    twice per forward). They run as often as without checkpointing now."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from tests.train.helpers import count_checkpointed_layers, count_vision_mlp_runs
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    records = write_world(tmp_path / "world")
+    model = tiny_model_dir("qwen2_vl")
+    runs = {}
+    for on in (False, True):
+        calls, vision_runs = count_checkpointed_layers(monkeypatch), count_vision_mlp_runs(monkeypatch)
+        cfg = RerankerTrainConfig(model=model, records=[records], out=str(tmp_path / str(on)), num_negatives=2,
+                                  learning_rate=1e-2, max_steps=2, batch_size=2, logging_steps=1, seed=0, device="cpu",
+                                  gradient_checkpointing=on)
+        result = train_reranker(cfg)
+        monkeypatch.undo()
+        runs[on] = (dict(calls), len(vision_runs),
+                    load_file(Path(result.out) / "adapter" / "adapter_model.safetensors"))
+    (off_calls, off_vision, off_weights), (on_calls, on_vision, on_weights) = runs[False], runs[True]
+    layers = AutoConfig.from_pretrained(model).text_config.num_hidden_layers
+    assert off_calls == {} and on_calls["Qwen2VLDecoderLayer"] % layers == 0 and on_calls["Qwen2VLDecoderLayer"] > 0
+    assert on_vision == off_vision > 0
+    for key in off_weights:
+        torch.testing.assert_close(on_weights[key], off_weights[key], rtol=1e-5, atol=1e-6)

@@ -615,9 +615,8 @@ def test_gradient_checkpointing_recomputes_the_decoder_and_trains_the_same_weigh
     the backward reached would be recomputed)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig
-    from transformers.models.qwen2_vl import modeling_qwen2_vl
 
-    from tests.train.helpers import count_checkpointed_layers
+    from tests.train.helpers import count_checkpointed_layers, count_vision_mlp_runs
     from unime.data.io import read_records
     from unime.models.curves import read_curves_csv
     from unime.train.embedder_trainer import train_embedder
@@ -629,10 +628,7 @@ def test_gradient_checkpointing_recomputes_the_decoder_and_trains_the_same_weigh
     runs = {}
     for on in (False, True):
         calls = count_checkpointed_layers(monkeypatch)
-        vision_mlp = modeling_qwen2_vl.VisionMlp  # inside each vision block: run again when a block is recomputed
-        vision_runs = []
-        monkeypatch.setattr(vision_mlp, "forward", lambda self, *a, _f=vision_mlp.forward, **k:
-                            vision_runs.append(1) or _f(self, *a, **k))
+        vision_runs = count_vision_mlp_runs(monkeypatch)
         res = train_embedder(base_config(model, tmp_path / str(on), world, gradient_checkpointing=on, **common),
                              records=records)
         monkeypatch.undo()

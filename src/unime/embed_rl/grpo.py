@@ -57,7 +57,7 @@ from unime.data.roots import resolve_data_root
 from unime.embed_rl.stage_options import ReasonerStageOptions, warmup_check
 from unime.errors import OptionError, require_extra
 from unime.models.export import ExportOptions
-from unime.models.hf_arguments import TrainerArgOptions
+from unime.models.hf_arguments import TrainerArgOptions, non_reentrant_checkpointing_callback
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA_OPTIONS
 from unime.options import lr_scheduler_option, option
@@ -627,6 +627,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
     trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
                                processing_class=prepare_policy_processor(policy.processor))
     trainer.add_callback(warmup_check())
+    trainer.add_callback(non_reentrant_checkpointing_callback())
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     history = [h for h in trainer.state.log_history if "reward" in h]

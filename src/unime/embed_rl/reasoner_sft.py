@@ -28,7 +28,7 @@ from unime.embed_rl.stage_options import ReasonerStageOptions, warmup_check
 from unime.errors import require_extra
 from unime.models.adapters import FamilyAdapter
 from unime.models.export import ExportOptions
-from unime.models.hf_arguments import TrainerArgOptions
+from unime.models.hf_arguments import TrainerArgOptions, non_reentrant_checkpointing_callback
 from unime.models.loading import DeviceOptions
 from unime.models.lora import GENERATIVE_LORA, GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train
 from unime.models.rerank_prompts import answer_format
@@ -261,6 +261,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     model = lora_model(model, cfg)
     trainer = sft_trainer(model, processor, examples, args)
     trainer.add_callback(warmup_check())
+    trainer.add_callback(non_reentrant_checkpointing_callback())
     run_state.train_or_finish(trainer, plan.checkpoint)
 
     history = run_state.step_log(trainer.state.log_history)

@@ -83,6 +83,32 @@ def gradient_checkpointing_option():
                   "activation_checkpointing_kwargs={every_n_layers: 2} tunes it", action=argparse.BooleanOptionalAction)
 
 
+def non_reentrant_checkpointing_callback():
+    """A trainer callback that, once the Trainer has switched activation checkpointing on (non-reentrant, unime's),
+    removes the forward hooks with which transformers (and TRL, a second time, for a PEFT model) make the output of
+    every input embedding require grad — the text's and the vision tower's patch embedding. Only reentrant
+    checkpoints need them (they give the parameters inside them no gradient otherwise); non-reentrant ones do not,
+    and the hook on the patch embedding makes a frozen vision tower (LoRA on the language model) a part of every
+    backward pass: its blocks recomputed and back-propagated through for nothing."""
+    from transformers import TrainerCallback
+
+    class NonReentrantCheckpointing(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if model is None or not args.activation_checkpointing \
+                    or (args.activation_checkpointing_kwargs or {}).get("use_reentrant"):
+                return
+            for module in model.modules():
+                for key, hook in list(module._forward_hooks.items()):
+                    if getattr(hook, "__name__", "") in INPUT_GRAD_HOOKS:
+                        del module._forward_hooks[key]
+
+    return NonReentrantCheckpointing()
+
+
+# the names of transformers' (`PreTrainedModel.enable_input_require_grads`) and PEFT's input-grad hooks
+INPUT_GRAD_HOOKS = ("make_inputs_require_grads", "make_inputs_require_grad")
+
+
 def user_trainer_args(args_cls: type, pairs: Sequence[str], unime_keys: Mapping[str, str | None]) -> dict[str, Any]:
     """`--trainer-arg` strings → keywords of `args_cls`, checked: each key a field of `args_cls` and not one that
     unime sets (`PROTECTED`, or among `unime_keys`: the trainer's own settings → the option behind each, or None).

@@ -31,7 +31,8 @@ from unime.data.roots import resolve_data_root
 from unime.data.skips import SkipReport
 from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
-from unime.models.hf_arguments import hf_training_arguments, process_device
+from unime.models.hf_arguments import (hf_training_arguments, non_reentrant_checkpointing_callback,
+                                     process_device)
 from unime.models.image_budget import ImageBudget
 from unime.models.item_format import item_format_record, save_item_format
 from unime.models.loading import trainer_device
@@ -83,15 +84,8 @@ class EmbeddingModel(nn.Module):
 
     # --gradient-checkpointing: the Trainer switches it on the model it trains, this wrapper; the layers are the
     # encoder's
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
-        self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
-                                                     **kwargs)
-        if not (activation_checkpointing_kwargs or {}).get("use_reentrant"):
-            # transformers also makes the output of every input embedding (the text's, the vision tower's patch
-            # embedding) require grad, which only reentrant checkpoints need (they give the parameters inside them
-            # no gradient otherwise); non-reentrant ones do not, and the hook on the patch embedding would make a
-            # frozen vision tower (LoRA on the language model) a part of every backward pass
-            self.encoder.disable_input_require_grads()
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        self.encoder.activation_checkpointing_enable(**kwargs)
 
     def activation_checkpointing_disable(self) -> None:
         self.encoder.activation_checkpointing_disable()
@@ -525,7 +519,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     sampler = (HomogeneousBatchSampler([r.dataset for r in records], config.batch_size, seed=config.seed)
                if config.homogeneous_batches else None)
 
-    all_callbacks: list[Any] = [CurvesCallback(out, title=f"{loss.name} — {Path(str(config.model)).name}"),
+    all_callbacks: list[Any] = [non_reentrant_checkpointing_callback(),
+                                CurvesCallback(out, title=f"{loss.name} — {Path(str(config.model)).name}"),
                                 WarmupCheck("--warmup", "--steps")]
     if args.process_index == 0:
         tensorboard = _tensorboard_callback(out)

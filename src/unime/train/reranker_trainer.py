@@ -46,7 +46,8 @@ from unime.data.items import Item, Record
 from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, ModelError, OptionError
 from unime.models.adapters import FamilyAdapter, Segment
-from unime.models.hf_arguments import TrainerArgOptions, gradient_checkpointing_option
+from unime.models.hf_arguments import (TrainerArgOptions, gradient_checkpointing_option,
+                                     non_reentrant_checkpointing_callback)
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
 from unime.models.loading import DeviceOptions, checkpoint_image_loader, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
@@ -621,7 +622,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                                     source=", ".join(cfg.records),
                                     train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
     title = f"{cfg.role} — {Path(str(cfg.model)).name}"
-    callbacks = [CurvesCallback(out, title=title), WarmupCheck("--warmup", "--steps")]
+    callbacks = [non_reentrant_checkpointing_callback(), CurvesCallback(out, title=title),
+                 WarmupCheck("--warmup", "--steps")]
     judge_check = None
     if held_out:
         from unime.train.judge_eval import JudgeHeldOutCallback
