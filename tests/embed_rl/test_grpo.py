@@ -573,3 +573,25 @@ def test_python_api_reward_given_the_pairs_per_batch_refuses_too_many_hard_negat
         EmbedRLReward(None, judge, group_size=2, pairs_per_batch=1)  # the default 1
     assert EmbedRLReward(None, judge, group_size=2, hard_negative_pairs=2, pairs_per_batch=3).hard_negative_pairs == 2
     assert judge.calls == []
+
+
+def test_grpo_gradient_checkpointing_recomputes_the_policys_decoder(world, tiny_model_dir, tmp_path, monkeypatch):
+    """QA: GRPO had no way to ask for activation checkpointing (TRL's GRPOConfig default of on was always turned off,
+    `--trainer-arg gradient_checkpointing=true` ignored). --gradient-checkpointing: every decoder layer of the policy
+    goes through transformers' checkpoint in the loss's forward (none while generating: no backward there)."""
+    from transformers import AutoConfig
+
+    from tests.train.helpers import count_checkpointed_layers
+    from unime.embed_rl.grpo import train_reasoner_grpo
+
+    root, _ = world
+    model = tiny_model_dir("qwen2_vl")
+    calls = count_checkpointed_layers(monkeypatch)
+    cfg = GRPOStageConfig(model=model, embedder=tiny_model_dir("qwen2_vl", (EMB_TOKEN,)),
+                          records=str(root / "records.jsonl"), out=str(tmp_path / "grpo"), max_steps=1,
+                          max_completion_length=8, weights=(0.05, 0.8, 0.0), lora_r=4, device="cpu",
+                          gradient_checkpointing=True)
+    assert train_reasoner_grpo(cfg)["steps"] == 1
+    layers = AutoConfig.from_pretrained(model).text_config.num_hidden_layers
+    assert calls["Qwen2VLDecoderLayer"] % layers == 0
+    assert calls["Qwen2VLDecoderLayer"] > 0
