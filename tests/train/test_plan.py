@@ -615,3 +615,26 @@ def test_the_embedder_plan_keeps_only_each_layers_input_with_gradient_checkpoint
         assert dict(on.rows)[label + " (gradient checkpointing)"] == \
             pytest.approx(tokens * 1536 * 2 * 28 + dict(off.rows)[label] / 28)
         assert "--gradient-checkpointing" in off.hints[0] and "--gradient-checkpointing" not in on.hints[0]
+
+
+def test_the_reasoner_plans_keep_only_each_layers_input_with_gradient_checkpointing():
+    """`train reasoner --gradient-checkpointing` (new; TRL's default of on had been turned off): SFT's activations of
+    8 sequences, and GRPO's policy phase (2 x 2 prompts x 4 completions), each layer's input only (Qwen2-VL-2B: 28
+    layers x hidden 1536, bf16) plus 1/28 of the activations without it; the logits are the same."""
+    from unime.train.memory_plan import plan_reasoner_grpo, plan_reasoner_sft
+
+    model, o = "Qwen/Qwen2-VL-2B-Instruct", {"batch_size": 8, "lora_r": 16}
+    off, on = (plan_reasoner_sft(model, {**o, "gradient_checkpointing": c}, tcot_tokens=100) for c in (False, True))
+    seq = int(next(f for f in off.facts if "sequences of ~" in f).split("sequences of ~")[1].split()[0])
+    label = "activations (8 sequences in one forward)"
+    assert dict(on.rows)[label + " (gradient checkpointing)"] == \
+        pytest.approx(8 * seq * 1536 * 2 * 28 + dict(off.rows)[label] / 28)
+    logits = "logits + their fp32 loss copies (every token)"
+    assert dict(on.rows)[logits] == dict(off.rows)[logits]
+    o = {"lora_r": 16, "embedder": model, "max_completion_length": 64, "weights": "0.05,0.8,0"}
+    off, on = (plan_reasoner_grpo(model, {**o, "gradient_checkpointing": c}) for c in (False, True))
+    phase = "largest phase: policy forward + backward: activations"
+    (off_label, off_bytes), = [(k, v) for k, v in off.rows if k.startswith(phase)]
+    (on_label, on_bytes), = [(k, v) for k, v in on.rows if k.startswith(phase)]
+    assert on_label == phase + " (gradient checkpointing) + completion logits" and off_label != on_label
+    assert on_bytes < off_bytes

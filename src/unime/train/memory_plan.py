@@ -381,6 +381,14 @@ def checkpointed_activations(activations: float, tokens: int, shapes: ModelShape
     return tokens * shapes.hidden * act_bytes * shapes.layers + activations / shapes.layers
 
 
+def activations_row(label: str, activations: float, tokens: int, shapes: ModelShapes, act_bytes: int,
+                    o: dict) -> tuple[str, float]:
+    """The plan's row of a forward's activations: as they are, or under the run's --gradient-checkpointing."""
+    if o.get("gradient_checkpointing"):
+        return f"{label} (gradient checkpointing)", checkpointed_activations(activations, tokens, shapes, act_bytes)
+    return label, activations
+
+
 def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None,
                   text_tokens: int = 64, images_per_item: float = 1.0, title: str = "", padded: bool = True,
                   tcot_tokens: int | None = None, evidence_crops: float | None = None) -> Plan:
@@ -418,11 +426,7 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
     else:
         chunk = per_device * per_query
         label = f"activations ({chunk} sequences in one forward)"
-    act = chunk * seq * per_tok
-    if o.get("gradient_checkpointing"):
-        act = checkpointed_activations(act, chunk * seq, shapes, act_b)
-        label += " (gradient checkpointing)"
-    rows.append((label, act))
+    rows.append(activations_row(label, chunk * seq * per_tok, chunk * seq, shapes, act_b, o))
     rows += _dora_rows(shapes, o, act_b)
     facts[:0] = [f"model {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters (vision "
                  f"{shapes.params_vision / 1e9:.2f} B), {shapes.layers} layers, hidden {shapes.hidden}",
@@ -585,7 +589,8 @@ def plan_reasoner_sft(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: flo
                       text_tokens: int = 64, images_per_item: float = 1.0, title: str = "",
                       tcot_tokens: int | None = None, evidence_crops: float | None = None) -> Plan:
     """`unime train reasoner --stage sft`: per device --batch-size prompt + T-CoT sequences in one forward (TRL's
-    SFTTrainer, no gradient checkpointing), the logits of every token for the loss on the T-CoT."""
+    SFTTrainer; with --gradient-checkpointing only each layer's input kept), the logits of every token for the loss on
+    the T-CoT."""
     from unime.reasoning.tcot import TCOT_MAX_NEW_TOKENS
 
     if evidence_crops:
@@ -597,7 +602,8 @@ def plan_reasoner_sft(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: flo
     seq, b, accum = prompt + tcot, int(o.get("batch_size", 8)), int(o.get("grad_accum", 1) or 1)
     per_tok = activation_bytes_per_token(shapes, seq_len=seq, act_bytes=act_b, lora_r=r, n_lora=n_lora,
                                          lora_dropout=drop, autocast_bf16=act_b == 2, dora_outputs=dora_out)
-    rows += [(f"activations ({b} sequences in one forward)", b * seq * per_tok),
+    rows += [activations_row(f"activations ({b} sequences in one forward)", b * seq * per_tok, b * seq, shapes, act_b,
+                             o),
              ("logits + their fp32 loss copies (every token)", logits_bytes(b * seq, shapes.vocab, act_b)),
              *_dora_rows(shapes, o, act_b)]
     facts.append(f"{gpus} device(s); per device {b} sequences of ~{seq} tokens: prompt {prompt} ({what}) + "
@@ -617,7 +623,7 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     copy of --model). The step's phases run one after the other, so only the largest one's transients are added:
     generation (the completions' KV cache), the reward embedder's forward (its items with their T-CoT and evidence
     crops), the process judge's listwise prompts (KV cache of a batch of 8), and the policy's forward and backward
-    (activations, and the logits of the completion tokens)."""
+    (activations, each layer's input only with --gradient-checkpointing, and the logits of the completion tokens)."""
     if not o.get("embedder"):
         raise UsageError("give the reward embedder: --set embedder=CHECKPOINT (the frozen <emb> embedder GRPO rewards "
                          "with; a recipe's plan model is used otherwise)", command="plan")
@@ -642,11 +648,13 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
                                          lora_dropout=0.0, autocast_bf16=act_b == 2, dora_outputs=dora_out)
     e_seq, e_what = item_tokens(embedder, o, text_tokens=text_tokens, images_per_item=images_per_item,
                                 tcot_tokens=tcot, evidence_crops=crops)
+    policy_label, policy_act = activations_row("policy forward + backward: activations", rollouts * seq * per_tok,
+                                               rollouts * seq, shapes, act_b, o)
     phases = [("generation: KV cache of the completions", rollouts * seq * kv_bytes_per_token(shapes, act_b)),
               ("reward embedder forward (a batch of 16)",
                forward_transient_bytes(embedder, min(rollouts, 16) * e_seq, act_b)),
-              ("policy forward + backward: activations + completion logits",
-               rollouts * seq * per_tok + logits_bytes(rollouts * completion, shapes.vocab, act_b)
+              (policy_label + " + completion logits",
+               policy_act + logits_bytes(rollouts * completion, shapes.vocab, act_b)
                + dora_weight_norm_bytes(shapes, o, act_b))]
     judge_what = ""
     if judge:
