@@ -18,10 +18,12 @@ steps each: each must exit 0, log a finite loss at every step, and move its trai
 - train embedder (LoRA + GradCache), train reranker (LoRA) and its listwise pick (`generate`), train judge (LoRA),
   train reasoner --stage sft and `unime reason generate` (the reasoner's T-CoT `generate`) from it,
   train reasoner --stage grpo (EG-RL on TRL, skipped by --quick);
-- with --processes 2: `torchrun --nproc-per-node 2` of train embedder and of mine (NCCL on GPUs, gloo on CPU).
+- with --processes 2: `torchrun --nproc-per-node 2` of train embedder and of mine (NCCL on GPUs, gloo on CPU); mine
+  must keep the records one process keeps on the same inputs (not all: a query the δ rule leaves without any
+  candidate is dropped, SPEC 1.4; the line names each dropped record and why).
 The tolerances are `TOLERANCES` below (--tolerance NAME=VALUE replaces one, e.g. to see a check fail).
 On the CPU at one thread: --quick on one family about 45 s; the default run (3 families, GRPO) about 2.5 minutes;
---processes 2 adds about 2 minutes per family.
+--processes 2 adds about 2.5 minutes per family (mine also runs once as one process, to compare).
 """
 
 from __future__ import annotations
@@ -465,26 +467,83 @@ def check_torchrun_train_embedder(ctx: Smoke) -> bool:
     return _trainer_check(ctx, name, _embedder_argv(ctx, out, 2), out, ctx.steps, torchrun=True)
 
 
+def _mine_argv(ctx: Smoke, out: Path) -> list[str]:
+    data = _data(ctx)
+    return ["mine", "--records", data["records"], "--embedder", ctx.model_dir, "--judge", ctx.model_dir,
+            "--out", str(out), "--k", "4", "--count", "2", "--shard-size", "2", "--device", ctx.device,
+            "--dtype", ctx.dtype]
+
+
+def dropped_records(out: Path) -> dict[str, str]:
+    """The records a finished `unime mine` run in `out` left out of mined.parquet, each with why (SPEC 1.4): no
+    candidate retrieved (every pool item but the positive at or above the positive's similarity: the δ rule leaves
+    nothing to judge, not even a random fallback to draw), or none survived the false-negative filter under
+    `--fallback drop`."""
+    import pyarrow.parquet as pq
+
+    from unime.data.io import read_records
+    from unime.mining.stages import read_retrieval
+
+    stats = json.loads((out / "stats.json").read_text())
+    kept = set(pq.read_table(out / "mined.parquet", columns=["id"]).column("id").to_pylist())
+    retrieval = read_retrieval(out / "retrieval.parquet")
+    why = {}
+    for i, rec in enumerate(read_records(stats["config"]["records"])):
+        name = rec.id or f"index {i + 1}"
+        if name in kept:
+            continue
+        if len(retrieval.candidate_ids[i]) == 0:
+            why[name] = (f"no candidate retrieved ({retrieval.n_above_positive[i]} of {stats['pool_size']} pool items "
+                         f"at or above its positive's similarity)")
+        else:
+            why[name] = "no candidate survived the false-negative filter (--fallback drop)"
+    return why
+
+
+def compare_mined(out: Path, reference: Path) -> tuple[bool, str]:
+    """A torchrun run of `unime mine` (`out`) against one process's on the same inputs (`reference`): it passes when
+    it keeps the same records. Not every record need be kept: `dropped_records` says why each was left out."""
+    ours, theirs = dropped_records(out), dropped_records(reference)
+    n = json.loads((out / "stats.json").read_text())["records"]
+    same = ours.keys() == theirs.keys()
+    figures = f"{n - len(ours)} of {n} records mined"
+    if same:
+        identical = (out / "mined.parquet").read_bytes() == (reference / "mined.parquet").read_bytes()
+        figures += f", as one process ({'identical' if identical else 'different'} mined.parquet)"
+    else:
+        figures += f", one process {n - len(theirs)}"
+        lost, extra = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+        figures += "".join(f"; {label}: {', '.join(names)}" for label, names in
+                           (("dropped here, kept by one process", lost), ("kept here, dropped by one process", extra))
+                           if names)
+    if ours:
+        figures += "; dropped " + "; ".join(f"{name}: {reason}" for name, reason in ours.items())
+    return same, figures
+
+
 def check_torchrun_mine(ctx: Smoke) -> bool:
+    """`unime mine` under torchrun, then as one process on the same inputs: the same records must be mined (records
+    without any candidate are dropped by both, SPEC 1.4; the figures name them and why)."""
     import pyarrow.parquet as pq
 
     name, ctx = _torchrun_setup(ctx, "mine")
     if ctx is None:
         return True
-    data, out = _data(ctx), ctx.work / "mined"
-    argv = ["mine", "--records", data["records"], "--embedder", ctx.model_dir, "--judge", ctx.model_dir,
-            "--out", str(out), "--k", "4", "--count", "2", "--shard-size", "2", "--device", ctx.device,
-            "--dtype", ctx.dtype]
+    out, one = ctx.work / "mined", ctx.work / "mined_one_process"
     t0 = time.perf_counter()
-    code = _torchrun_unime(ctx, argv, ctx.work / "mined.log")
+    code = _torchrun_unime(ctx, _mine_argv(ctx, out), ctx.work / "mined.log")
     if code != 0:
         return _line(ctx, name, False, f"exit status {code}")
+    seconds = time.perf_counter() - t0
+    code = _run_unime(_mine_argv(ctx, one))
+    if code != 0:
+        return _line(ctx, name, False, f"the one-process run to compare with: exit status {code}")
     ranks = sorted({pq.read_schema(p).metadata[b"unime.rank"].decode() for p in (out / "judge").glob("*.parquet")})
     stats = json.loads((out / "stats.json").read_text())
-    mined = pq.read_table(out / "mined.parquet").num_rows
-    return _line(ctx, name, ranks == [str(r) for r in range(ctx.processes)] and mined > 0,
-                 f"{mined} records mined, judge shards written by ranks {','.join(ranks)}, "
-                 f"{stats['judge']['pairs_requested']} pairs judged, {time.perf_counter() - t0:.1f} s")
+    same, figures = compare_mined(out, one)
+    return _line(ctx, name, same and ranks == [str(r) for r in range(ctx.processes)] and stats["mined"] > 0,
+                 f"{figures}; judge shards written by ranks {','.join(ranks)}, "
+                 f"{stats['judge']['pairs_requested']} pairs judged, {seconds:.1f} s")
 
 
 LIBRARY_CHECKS = (check_bf16_sdpa, check_judge, check_gradcache, check_encode, check_memory)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,5 +101,40 @@ def test_processes_2_runs_train_embedder_and_mine_under_torchrun_on_cpu(capsys, 
     lines = _lines(capsys.readouterr().out)
     assert len(lines) == 2
     assert lines[0].startswith("PASS qwen2_vl torchrun x2 train embedder (gloo): fp32, 1 of 1 steps logged")
-    assert lines[1].startswith("PASS qwen2_vl torchrun x2 mine (gloo):")
+    assert lines[1].startswith("PASS qwen2_vl torchrun x2 mine (gloo): ")
+    assert " of 8 records mined, as one process (identical mined.parquet)" in lines[1]
     assert "judge shards written by ranks 0,1" in lines[1]
+
+
+@pytest.mark.slow  # one `unime mine` of the smoke's 8 records in this process (~30 s on one thread)
+def test_the_mine_check_wants_the_records_one_process_keeps_and_says_why_the_others_were_dropped(
+        tmp_path, monkeypatch, tiny_model_dir):
+    """Before, the torchrun mine check passed on any number of records mined above 0 and said nothing of those left
+    out (7 of 8 here: records can be dropped by design, SPEC 1.4, when the δ rule leaves a query no candidate). It
+    now compares with one process on the same inputs: the same records pass, each dropped one named with its reason;
+    a record the torchrun run loses and one process keeps fails the check."""
+    import pyarrow.parquet as pq
+
+    smoke = _script(monkeypatch)
+    ctx = smoke.Smoke(family="qwen2_vl", model_dir=tiny_model_dir(), device="cpu", work=tmp_path)
+    one, ranks = tmp_path / "one", tmp_path / "ranks"
+    assert smoke._run_unime(smoke._mine_argv(ctx, one)) == 0
+    shutil.copytree(one, ranks)  # the torchrun run writes what one process writes (tests/mining's torchrun test)
+    # read from the run's own files, not through the check: the records left out are those retrieval gave nothing
+    ids = [json.loads(line)["id"] for line in (tmp_path / "data" / "records.jsonl").read_text().splitlines()]
+    empty = [ids[row["query_index"]] for row in pq.read_table(one / "retrieval.parquet").to_pylist()
+             if not row["candidate_ids"]]
+    kept = pq.read_table(one / "mined.parquet").column("id").to_pylist()
+    assert len(ids) == 8 and empty and sorted(kept + empty) == sorted(ids)
+    ok, figures = smoke.compare_mined(ranks, one)
+    assert ok and figures.startswith(f"{len(kept)} of 8 records mined, as one process (identical mined.parquet); "
+                                     "dropped "), figures
+    for name in empty:
+        assert f"{name}: no candidate retrieved (" in figures
+
+    table = pq.read_table(ranks / "mined.parquet")
+    pq.write_table(table.slice(1), ranks / "mined.parquet")  # the torchrun run loses its first record
+    ok, figures = smoke.compare_mined(ranks, one)
+    assert not ok
+    assert figures.startswith(f"{len(kept) - 1} of 8 records mined, one process {len(kept)}; dropped here, kept by "
+                              f"one process: {kept[0]}; dropped "), figures
