@@ -125,10 +125,11 @@ def test_the_mine_check_wants_the_records_one_process_keeps_and_says_why_the_oth
     empty = [ids[row["query_index"]] for row in pq.read_table(one / "retrieval.parquet").to_pylist()
              if not row["candidate_ids"]]
     kept = pq.read_table(one / "mined.parquet").column("id").to_pylist()
-    assert len(ids) == 8 and empty and sorted(kept + empty) == sorted(ids)
+    assert len(ids) == 8 and sorted(kept + empty) == sorted(ids)
     ok, figures = smoke.compare_mined(ranks, one)
-    assert ok and figures.startswith(f"{len(kept)} of 8 records mined, as one process (identical mined.parquet); "
-                                     "dropped "), figures
+    # here one record is dropped (r2: every pool item at or above its positive); the check must not count on it
+    assert ok and figures.startswith(f"{len(kept)} of 8 records mined, as one process (identical mined.parquet)"), \
+        figures
     for name in empty:
         assert f"{name}: no candidate retrieved (" in figures
 
