@@ -113,6 +113,22 @@ def test_float16_vectors_and_approximate_index_recall_in_the_manifest(tmp_path, 
     assert idx.manifest["index"]["memory_bytes"] > 2000 * 16 * 4
 
 
+def test_a_deep_search_of_an_hnsw_index_does_not_widen_the_searches_after_it(tmp_path, model_dir):
+    """A search for k hits widens efSearch to k; it stayed widened, so a later search's hits depended on the
+    deepest search asked before it (`unime serve`). Now every search runs at max(--ef-search, k)."""
+    _corpus(tmp_path / "corpus.jsonl", 2000)
+    idx, _ = _build(tmp_path, model_dir, HashEmbedder(dim=16), index="hnsw",
+                    index_config=IndexConfig(hnsw_m=4, ef_search=10), chunk_size=500)
+    q = np.stack([HashEmbedder(dim=16).vec(f"query {i}") for i in range(50)])
+    first = idx.search(q, 5)
+    idx.search(q, 1500)
+    assert idx.faiss.hnsw.efSearch == 10
+    again = idx.search(q, 5)
+    np.testing.assert_array_equal(again[1], first[1])
+    idx.faiss.hnsw.efSearch = 1500  # the breadth the later search ran at before: other hits
+    assert not np.array_equal(idx.search(q, 5)[1], first[1])
+
+
 def test_corpus_errors_name_the_line(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n')

@@ -187,6 +187,29 @@ def test_ivf_searches_a_low_ranked_positive_once_more_to_its_whole_ranking():
         assert res.n_above_positive[i] == want_above, i
 
 
+def test_a_deep_hnsw_search_puts_the_breadth_back_so_the_recall_after_it_is_the_configured_one():
+    """`unime mine` measures the index's recall after the search. The search widens an hnsw index's efSearch for
+    the queries whose positive ranks deep (fetch 12, 48, ..., the pool); it used to leave it widened, so the
+    recall in the mining report was that of the widest search (here near 1.0), not of --ef-search 16."""
+    from unime.index.ann import measure_recall
+
+    rng = np.random.default_rng(5)
+    pool = _unit(rng, 3000, 16)
+    q = _unit(rng, 40, 16)
+    pos = [int(np.argsort(-(pool @ q[i]))[[0, 3, 60, 400, 2500][i % 5]]) for i in range(40)]
+    index = build_index(pool, IndexConfig(kind="hnsw", ef_search=16, hnsw_m=4))
+    configured = measure_recall(index, pool, k=10, queries=q)["recall"]
+    fetches = []
+    search = index.search
+    index.search = lambda x, f: fetches.append(f) or search(x, f)
+    search_hard_negatives(index, q, pool[pos], pos, k=10, overfetch=2)
+    index.search = search
+    assert max(fetches) > 16 and index.hnsw.efSearch == 16
+    assert measure_recall(index, pool, k=10, queries=q)["recall"] == configured
+    index.hnsw.efSearch = max(fetches)  # what the recall was measured at before: another value
+    assert measure_recall(index, pool, k=10, queries=q)["recall"] > configured + 0.1
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_measured_recall_equals_a_hand_count_of_the_overlap(kind):
     from unime.index.ann import measure_recall
@@ -197,6 +220,9 @@ def test_measured_recall_equals_a_hand_count_of_the_overlap(kind):
     index = build_index(pool, IndexConfig(kind=kind, nprobe=2, ef_search=16, hnsw_m=4))
     r = measure_recall(index, pool, k=20, queries=q)
     # independent count: FAISS approximate ids vs a full argsort of the exact similarities
+    if kind == "hnsw":
+        assert index.hnsw.efSearch == 16  # put back after the measurement
+        index.hnsw.efSearch = 20  # the measurement searches at max(ef_search, k) to return k hits
     _, approx = index.search(q, 20)
     exact = np.argsort(-(q @ pool.T), axis=1)[:, :20]
     expected = np.mean([len(set(a.tolist()) & set(e.tolist())) / 20 for a, e in zip(approx, exact)])

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, fields
+from typing import Iterator
 
 import numpy as np
 
@@ -146,11 +148,20 @@ def build_index(vectors, config: IndexConfig = IndexConfig()):
     return index
 
 
-def set_search_breadth(index, fetch: int) -> None:
-    """Widen an HNSW index's search breadth so that it can return `fetch` results."""
+@contextlib.contextmanager
+def search_breadth(index, fetch: int) -> Iterator[None]:
+    """Within the block, an HNSW index's search breadth (efSearch) is at least `fetch`, so that it can return
+    `fetch` results; on leaving it, the breadth is put back to what it was (the configured `ef_search`), so a
+    deep search never widens the searches after it (their results, their time, a recall measured after it)."""
     hnsw = getattr(index, "hnsw", None)
-    if hnsw is not None and hnsw.efSearch < fetch:
+    before = hnsw.efSearch if hnsw is not None else None
+    if hnsw is not None and before < fetch:
         hnsw.efSearch = fetch
+    try:
+        yield
+    finally:
+        if hnsw is not None:
+            hnsw.efSearch = before
 
 
 def ivf_probed_sizes(index, queries: np.ndarray) -> np.ndarray | None:
@@ -201,8 +212,8 @@ def measure_recall(index, vectors: np.ndarray, *, k: int = DEFAULT_RECALL_K, sam
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if k < 1 or not len(queries):
         return {"k": k, "sample": 0, "recall": None, "exact": False}
-    set_search_breadth(index, k)
-    _, approx = index.search(queries, k)
+    with search_breadth(index, k):
+        _, approx = index.search(queries, k)
     exact = exact_topk(vectors, queries, k)
     hits = [len(set(a[a >= 0].tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]
     return {"k": k, "sample": int(len(queries)), "recall": float(np.mean(hits)), "seed": seed}

@@ -41,7 +41,7 @@ from unime.data.roots import recorded_root_of, resolve_data_root
 from unime.errors import UnimeError
 from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
-                             set_search_breadth)
+                             search_breadth)
 from unime.models.embedding_cache import DTYPE_LABELS
 from unime.models.loading import EmbedderOptions, model_reference
 from unime.options import option
@@ -210,8 +210,8 @@ class CorpusIndex:
         k = max(1, min(int(k), len(self)))
         if self.faiss is None:
             return np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64)
-        set_search_breadth(self.faiss, k)
-        scores, rows = self.faiss.search(q, k)
+        with search_breadth(self.faiss, k):
+            scores, rows = self.faiss.search(q, k)
         return scores, rows
 
 

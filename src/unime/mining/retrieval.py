@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
-from unime.index.ann import ivf_probed_sizes, set_search_breadth
+from unime.index.ann import ivf_probed_sizes, search_breadth
 from unime.mining.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -202,12 +202,12 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     ivf = None  # an IVF index's probed vectors per query (False: no IVF index), once a query needs more
     progress = ProgressLog(log, "retrieval: searched", n, "queries")
     while len(pending):
-        set_search_breadth(index, fetch)
         rows_per_search = max(1, min(batch_size, block_bytes // (12 * max(fetch, 1))))
         still = []
         for s in range(0, len(pending), rows_per_search):
             rows = pending[s:s + rows_per_search]
-            sims, ids = index.search(q[rows], fetch)
+            with search_breadth(index, fetch):  # hnsw: widened for this search only, then its configured breadth
+                sims, ids = index.search(q[rows], fetch)
             kept_ids, kept_sims, n_above, n_kept = delta_rule_rows(ids, sims, positive_ids=pos_ids[rows],
                                                                    positive_sims=pos_sims[rows],
                                                                    query_ids=qids[rows], k=k, rule=rule,
