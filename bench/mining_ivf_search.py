@@ -21,8 +21,10 @@ import time
 from unittest import mock
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def deep_positives(argv: list[str] | None, doc: str):
+    """The options (--pool, --dim, --k, --signal) and the synthetic set of this bench and
+    bench/mining_hnsw_search.py: (args, pool, positive ids, queries), unit float32 vectors."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--pool", type=int, default=20000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--k", type=int, default=50)
@@ -30,9 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import numpy as np
-
-    from unime.index.ann import IndexConfig, build_index
-    from unime.mining.retrieval import search_hard_negatives
 
     rng = np.random.default_rng(0)
 
@@ -42,18 +41,35 @@ def main(argv: list[str] | None = None) -> int:
     pool = unit(rng.normal(size=(args.pool, args.dim)))
     pos = rng.permutation(args.pool)
     q = unit(pool[pos] * args.signal + rng.normal(size=(args.pool, args.dim)))
-    index = build_index(pool, IndexConfig(kind="ivf"))
-    search = index.search
+    return args, pool, pos, q
+
+
+def before_and_now(index, search, target: str, replacement) -> dict:
+    """`search()` timed twice on `index`: "before" with `target` (a name in unime.mining.retrieval) patched to
+    `replacement` (the loop as it was), then "now"; {name: (seconds, the fetches asked of the index, result)}."""
+    index_search = index.search
     runs = {}
     for name in ("before", "now"):
         fetches: list[int] = []
-        index.search = lambda x, f: fetches.append(f) or search(x, f)
-        patch = mock.patch("unime.mining.retrieval.ivf_probed_sizes", lambda index, queries: None) \
-            if name == "before" else mock.patch.dict({})
+        index.search = lambda x, f: fetches.append(f) or index_search(x, f)
+        patch = mock.patch(f"unime.mining.retrieval.{target}", replacement) if name == "before" \
+            else mock.patch.dict({})
         with patch:
             t = time.perf_counter()
-            res = search_hard_negatives(index, q, pool[pos], pos, k=args.k)
+            res = search()
             runs[name] = (time.perf_counter() - t, sorted(set(fetches)), res)
+    index.search = index_search
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, pool, pos, q = deep_positives(argv, __doc__)
+    from unime.index.ann import IndexConfig, build_index
+    from unime.mining.retrieval import search_hard_negatives
+
+    index = build_index(pool, IndexConfig(kind="ivf"))
+    runs = before_and_now(index, lambda: search_hard_negatives(index, q, pool[pos], pos, k=args.k),
+                          "ivf_probed_sizes", lambda index, queries: None)
     same = all(a.tolist() == b.tolist() for a, b in zip(runs["before"][2].candidate_ids, runs["now"][2].candidate_ids))
     for name, (seconds, fetches, _) in runs.items():
         print(f"{name:>6}: {seconds:6.2f} s, fetches {fetches}")

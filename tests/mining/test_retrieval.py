@@ -187,6 +187,34 @@ def test_ivf_searches_a_low_ranked_positive_once_more_to_its_whole_ranking():
         assert res.n_above_positive[i] == want_above, i
 
 
+def test_hnsw_scans_its_own_vectors_for_a_positive_ranked_deeper_than_a_search_is_worth():
+    """hnsw (hnsw_m 4: up to 8 neighbours scored per visited vector) on a pool of 3000: a search of fetch f scores
+    up to 8f vectors, more than the pool past f = 375. Queries still short after fetch 192 used to be searched at
+    768, then at the whole pool (efSearch 3000, slower than a scan and still approximate); they are now finished
+    by the exact scan of the index's own vectors: their lists are those of an exact (flat) index of the same storage."""
+    rng = np.random.default_rng(5)
+    pool = _unit(rng, 3000, 16)
+    q = _unit(rng, 40, 16)
+    ranks = [[0, 3, 60, 400, 2500][i % 5] for i in range(40)]
+    pos = [int(np.argsort(-(pool @ q[i]))[ranks[i]]) for i in range(40)]
+    for storage in ("float32", "float16"):  # float16: the exact index of the same fp16-rounded vectors
+        exact = search_hard_negatives(build_index(pool, IndexConfig(storage=storage)), q, pool[pos], pos, k=10,
+                                      overfetch=2)
+        index = build_index(pool, IndexConfig(kind="hnsw", ef_search=16, hnsw_m=4, storage=storage))
+        fetches = []
+        search = index.search
+        index.search = lambda x, f: fetches.append(f) or search(x, f)
+        res = search_hard_negatives(index, q, pool[pos], pos, k=10, overfetch=2)
+        assert sorted(set(fetches)) == [12, 48, 192]  # before: 12, 48, 192, 768, 3000
+        for i in range(40):
+            if ranks[i] >= 400:  # 400 candidates above the positive: past 192, scanned
+                assert res.candidate_ids[i].tolist() == exact.candidate_ids[i].tolist(), (storage, i)
+                np.testing.assert_allclose(res.candidate_sims[i], exact.candidate_sims[i], atol=1e-6)
+                assert res.n_above_positive[i] == exact.n_above_positive[i]
+                assert storage == "float16" or res.n_above_positive[i] == ranks[i]  # fp16: rounded scores
+            assert pos[i] not in res.candidate_ids[i].tolist()
+
+
 def test_a_deep_hnsw_search_puts_the_breadth_back_so_the_recall_after_it_is_the_configured_one():
     """`unime mine` measures the index's recall after the search. The search widens an hnsw index's efSearch for
     the queries whose positive ranks deep (fetch 12, 48, ..., the pool); it used to leave it widened, so the

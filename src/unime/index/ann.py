@@ -164,6 +164,19 @@ def search_breadth(index, fetch: int) -> Iterator[None]:
             hnsw.efSearch = before
 
 
+def hnsw_stored_vectors(index):
+    """An HNSW index's own vectors as the flat index it keeps them in (IndexFlat, or the fp16 scalar quantizer of
+    float16 storage), which an exhaustive scan can read, and the most neighbours a vector has in its graph's
+    bottom layer (2 x hnsw_m: about the vectors one step of its search scores). None when `index` is no HNSW
+    index."""
+    import faiss
+
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is None or getattr(index, "storage", None) is None:
+        return None
+    return faiss.downcast_index(index.storage), int(hnsw.nb_neighbors(0))
+
+
 def ivf_probed_sizes(index, queries: np.ndarray) -> np.ndarray | None:
     """Per query the number of vectors an IVF index's search scores (the sizes of the `nprobe` lists its coarse
     quantizer picks, as the search picks them): more than that it never returns, and its top-n for any n is a

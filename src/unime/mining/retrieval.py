@@ -9,8 +9,9 @@
 - `search_hard_negatives`: top-K per query under the δ rule: the positive, the query itself, and every
   candidate whose similarity is >= sim(q, c_t) are excluded; the retrieval rank order is kept (similarity
   descending, ties by the higher pool id first, as FAISS orders them). A query whose positive ranks low is
-  finished on an exact index by a scan of the pool in blocks (`exhaustive_delta_rule`): time linear in
-  queries x pool, memory bounded by `SEARCH_BLOCK_BYTES` whatever the pool.
+  finished on an exact index, or on an hnsw one past the depth a search is worth (`scanned_index`), by a scan of
+  the pool in blocks (`exhaustive_delta_rule`): time linear in queries x pool, memory bounded by
+  `SEARCH_BLOCK_BYTES` whatever the pool.
 - `CandidateWindow`: sentence-transformers' `mine_hard_negatives` knobs on top of the δ rule (margins below the
   positive, skipping the most similar survivors); at its defaults the δ rule alone.
 - `query_positive_ids`: per record every positive of the records sharing its query (`Item.key`), which
@@ -27,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
-from unime.index.ann import ivf_probed_sizes, search_breadth
+from unime.index.ann import hnsw_stored_vectors, ivf_probed_sizes, search_breadth
 from unime.mining.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -176,9 +177,10 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     `exhaustive_delta_rule`, a scan of the pool in blocks (the result of a search to the depth it needs, in
     time and memory linear in the pool); on an IVF index it is searched once more, past the number of vectors
     its probed lists hold (`ivf_probed_sizes`: the whole of its ranking, of which the 4x deeper searches took
-    prefixes); on another approximate one (hnsw) it is searched again with 4x the fetch until k survive or
-    the pool is exhausted. A search's result (rows x fetch) is held to about `block_bytes`, `batch_size` rows
-    at most."""
+    prefixes); on an hnsw index it is searched again with 4x the fetch until k survive, and finished by the scan
+    of the index's own vectors once a 4x deeper search would score more vectors than the pool holds
+    (`scanned_index`: exact, where the deeper searches, up to efSearch = the pool, were slower and still
+    approximate). A search's result (rows x fetch) is held to about `block_bytes`, `batch_size` rows at most."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not 0 <= rule.range_min < k:
@@ -199,6 +201,7 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     pending = np.arange(n)
     fetch = min(k + overfetch, ntotal)
     exhaustive = is_exhaustive(index)
+    scan_index, scan_past = scanned_index(index, exhaustive)
     ivf = None  # an IVF index's probed vectors per query (False: no IVF index), once a query needs more
     progress = ProgressLog(log, "retrieval: searched", n, "queries")
     while len(pending):
@@ -224,10 +227,15 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
             still.append(rows[~done])
             progress.add(int(done.sum()))
         pending = np.concatenate(still)
-        if exhaustive and len(pending):
+        if scan_index is not None and len(pending) and min(fetch * 4, ntotal) > scan_past:
+            if scan_index is not index:
+                log.info("retrieval: %s queries with fewer than %d candidates below the positive in the hnsw "
+                         "search's top %d: finished by an exact scan of the index's vectors", f"{len(pending):,}",
+                         k, fetch)
             for s in range(0, len(pending), min(batch_size, SCAN_ROWS)):
                 rows = pending[s:s + min(batch_size, SCAN_ROWS)]
-                kept_ids, kept_sims, n_above = exhaustive_delta_rule(index, q[rows], positive_ids=pos_ids[rows],
+                kept_ids, kept_sims, n_above = exhaustive_delta_rule(scan_index, q[rows],
+                                                                     positive_ids=pos_ids[rows],
                                                                      positive_sims=pos_sims[rows],
                                                                      query_ids=qids[rows], k=k,
                                                                      block_bytes=block_bytes, rule=rule,
@@ -249,6 +257,20 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
 
 
 # -- the exhaustive scan --------------------------------------------------------------------------------
+
+def scanned_index(index, exhaustive: bool) -> tuple[Any, int]:
+    """The index whose pool `exhaustive_delta_rule` scans for the queries a search leaves short, and the fetch
+    past which they are scanned rather than searched deeper: an exhaustive index itself, at once (0); an HNSW
+    index's own vectors (`hnsw_stored_vectors`) once a 4x deeper search would score more vectors than the pool
+    holds (its search scores up to 2 x hnsw_m neighbours of each of `fetch` vectors it visits); (None, pool) for
+    another index (IVF), which is only searched."""
+    if exhaustive:
+        return index, 0
+    stored = hnsw_stored_vectors(index)
+    if stored is not None and is_exhaustive(stored[0]):
+        return stored[0], index.ntotal // max(stored[1], 1)
+    return None, index.ntotal
+
 
 def is_exhaustive(index) -> bool:
     """Whether `index` scores every pool vector by inner product (flat float32, or flat float16 storage):
