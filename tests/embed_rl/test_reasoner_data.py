@@ -247,7 +247,7 @@ def test_reason_eval_on_error_skip_leaves_out_a_bad_image_row_and_a_task_without
     limit) stopped the whole run. It takes `unime eval`'s option: raise (the default) stops with one line naming the
     file, the record and the field; skip leaves the row out (and a task left without rows), counted and named in
     summary.json and results.md as `unime eval` does."""
-    from unime.cli import main
+    from tests.eval.helpers import raise_then_skip
 
     for c, rgb in (("red", (220, 40, 40)), ("blue", (40, 80, 220))):
         Image.new("RGB", (224, 224), rgb).save(tmp_path / f"{c}.png")
@@ -263,25 +263,11 @@ def test_reason_eval_on_error_skip_leaves_out_a_bad_image_row_and_a_task_without
         "  - {name: lost, format: mmeb, path: lost.jsonl, meta_task: retrieval}\n")
     argv = ["reason", "eval", "--embedder", tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), "--tasks",
             str(tmp_path / "eval_tasks.yaml"), "--tcots", "none", "--device", "cpu"]
-    capsys.readouterr()
-    assert main(argv + ["--out", str(tmp_path / "stop")]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    err, summary = raise_then_skip(argv, tmp_path, capsys, kept={"pick": 2}, skipped_rows={"pick": 1}, lost=["lost"])
     assert err == [f"unime: error: {tmp_path / 'pick.jsonl'}, record line 3, field 'query.images[0]': image wide.png "
                    "is 2000x8: its long side is 250 times its short side, over the 200 the model's image processor "
                    "accepts"]
-    assert not (tmp_path / "stop").exists()
-
-    out = tmp_path / "skip"
-    assert main(argv + ["--out", str(out), "--on-error", "skip"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["tasks"]) == {"pick"}
-    meta = summary["meta"]
-    assert meta["on_error"] == "skip" and meta["skipped_rows"] == 1 and meta["skipped_tasks"] == ["lost"]
-    assert meta["skipped_task_reasons"]["lost"].startswith("no good rows: ")
-    assert summary["task_counts"]["pick"]["skipped_rows"] == 1 and summary["task_counts"]["pick"]["queries"] == 2
-    md = (out / "results.md").read_text()
-    assert "- **skipped rows** (`--on-error skip`): 1" in md
-    assert f"- **skipped tasks** (`--on-error skip`): lost ({meta['skipped_task_reasons']['lost']})" in md
+    meta, out = summary["meta"], tmp_path / "skip"
     printed = capsys.readouterr().out
     assert "skipped rows (`--on-error skip`): 1 (pick 1); the metrics leave them out" in printed.splitlines()
     assert f"skipped tasks (`--on-error skip`): lost ({meta['skipped_task_reasons']['lost']})" in printed.splitlines()

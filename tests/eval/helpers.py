@@ -132,3 +132,35 @@ def run_suite(world: Path, embedder=None, *, cache_dir=None, ties="pessimistic",
     enc = RunEncoder(embedder, model_id, cache_dir=cache_dir)
     out = run_tasks(load_suite_data(suite), enc, opts=EvalOptions(ties=ties), reranking=reranking)
     return {r.name: r for r in out.results}, out, embedder
+
+
+def raise_then_skip(argv: list[str], out_root: Path, capsys, *, kept: dict[str, int], skipped_rows: dict[str, int],
+                    lost: list[str]) -> tuple[list[str], dict]:
+    """Run a command that evaluates a task config with bad rows (`argv`, without --out: `unime eval`, `eval
+    reference`, `reason eval`) twice. Under the default raise it exits 2 and writes nothing in its --out; under
+    --on-error skip it scores the `kept` tasks ({task: queries}) and reports the rows left out ({task: rows}) and
+    the tasks `lost` (no good rows) as `unime eval` does: summary.json (`skipped_data_meta`) and results.md
+    (`report.skip_lines`). Returns (the raise run's error lines, the skip run's summary); the skip run's stdout is
+    left in `capsys`."""
+    from unime.cli import main
+
+    capsys.readouterr()
+    assert main(argv + ["--out", str(out_root / "stop")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert not (out_root / "stop").exists()
+    out = out_root / "skip"
+    assert main(argv + ["--out", str(out), "--on-error", "skip"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tasks"]) == set(kept) and {n: summary["task_counts"][n]["queries"] for n in kept} == kept
+    assert {n: c["skipped_rows"] for n, c in summary["task_counts"].items() if c.get("skipped_rows")} == skipped_rows
+    meta = summary["meta"]
+    assert meta["on_error"] == "skip" and meta["skipped_rows"] == sum(skipped_rows.values())
+    assert meta["dropped_candidates"] == 0
+    assert meta["skipped_tasks"] == lost and list(meta["skipped_task_reasons"]) == lost
+    why = meta["skipped_task_reasons"]
+    assert all(why[n].startswith("no good rows: ") for n in lost)
+    md = (out / "results.md").read_text().splitlines()
+    assert (f"- **skipped rows** (`--on-error skip`): {sum(skipped_rows.values())} ("
+            + ", ".join(f"{n} {k}" for n, k in sorted(skipped_rows.items())) + "); the metrics leave them out") in md
+    assert "- **skipped tasks** (`--on-error skip`): " + "; ".join(f"{n} ({why[n]})" for n in lost) in md
+    return err, summary

@@ -230,3 +230,30 @@ def test_eval_reference_reads_a_worlds_train_records_without_data_root(tmp_path,
                  "--records", str(world / "train" / "records.jsonl"), "--out", str(out), "--max-steps", "1",
                  "--image-size", "16"]) == 0
     assert load_summary(out)["meta"]["data_root"] == str(world.resolve())
+
+
+def test_eval_reference_on_error_skip_reports_skipped_rows_and_tasks_as_unime_eval(tmp_path, capsys):
+    """`unime eval reference` declared its own `--on-error` and its summary had only `skipped_rows`: a task left
+    without rows under `--on-error skip` was named nowhere. It takes `unime eval`'s option and skip report
+    (`skipped_data_meta`): summary.json's skipped_rows, skipped_tasks, skipped_task_reasons and dropped_candidates,
+    and results.md's skip lines; raise (the default) stops with one line naming the file, the record and the field."""
+    from tests.eval.helpers import raise_then_skip
+
+    records = colour_world(tmp_path)
+    write_records(records, tmp_path / "records.jsonl")
+    ok = [{"qry_text": "<|image_1|>\nWhat colour is it?", "qry_img_path": f"img/{c}0.png", "tgt_text": [c, o],
+           "tgt_img_path": ["", ""]} for c, o in (("red", "green"), ("green", "blue"), ("blue", "red"))]
+    bad = {"qry_text": "<|image_1|>\nWhat colour is it?", "qry_img_path": "img/gone.png", "tgt_text": ["red", "blue"],
+           "tgt_img_path": ["", ""]}  # no such image
+    (tmp_path / "pick.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ok + [bad]))
+    (tmp_path / "lost.jsonl").write_text(json.dumps(bad) + "\n")  # its one row is the bad one
+    (tmp_path / "eval_tasks.yaml").write_text(
+        "tasks:\n  - {name: pick, format: mmeb, path: pick.jsonl, meta_task: classification}\n"
+        "  - {name: lost, format: mmeb, path: lost.jsonl, meta_task: classification}\n")
+    argv = ["eval", "reference", "--tasks", str(tmp_path / "eval_tasks.yaml"), "--records",
+            str(tmp_path / "records.jsonl"), "--data-root", str(tmp_path), "--max-steps", "1", "--image-size", "16",
+            "--batch-size", "4"]
+    err, summary = raise_then_skip(argv, tmp_path, capsys, kept={"pick": 3}, skipped_rows={"pick": 1}, lost=["lost"])
+    assert len(err) == 1 and err[0].startswith(f"unime: error: {tmp_path / 'pick.jsonl'}, record line 4, "
+                                               "field 'query.images[0]': ")
+    assert "lost.jsonl" in summary["meta"]["skipped_task_reasons"]["lost"]

@@ -455,10 +455,12 @@ def evaluate_reference(tasks: str, records_path: str, out_dir: str, *, data_root
     """`unime eval reference`: train the reference on `records_path` (images relative to `data_root`, default
     the data root recorded beside the file, else its folder: `unime.data.roots`), evaluate it on `tasks` with
     `run_tasks`, write the result folder (``summary.json`` like ``unime eval``, plus ``training.json`` and the
-    weights). Each (tasks, folder) of `also` is evaluated with the same trained reference into its own result
+    weights). A bad eval data row stops the run before training, or under `on_error="skip"` is left out, counted
+    and reported (with the tasks left without rows) as `unime eval` does (`unime.eval.runners.skipped_data_meta`).
+    Each (tasks, folder) of `also` is evaluated with the same trained reference into its own result
     folder (e.g. a world's video tasks, whose aggregates follow another layout). Returns the summary of `tasks`."""
     from unime.eval import report
-    from unime.eval.runners import EvalOptions, load_suite_data, run_tasks
+    from unime.eval.runners import EvalOptions, load_suite_data, run_tasks, skipped_data_meta
     from unime.eval.tasks import load_task_config
     from unime.models.embedding_cache import RunEncoder
 
@@ -481,8 +483,8 @@ def evaluate_reference(tasks: str, records_path: str, out_dir: str, *, data_root
         run.timing = {"load_data_seconds": round(t_data - t_start, 3), "train_seconds": round(t_train - t_data, 3),
                       **run.timing, "wall_seconds": round(time.perf_counter() - (t_start if not summaries else t_eval), 3)}
         meta = {"model": REFERENCE_MODEL_NAME, "model_id": "reference-" + tlog.weights_hash[:16],
-                "tasks_config": str(suite.source), "ties": ties, "on_error": on_error,
-                "skipped_rows": sum(d.skipped for _, d in data), "records": str(records_path), "data_root": str(root),
+                "tasks_config": str(suite.source), "ties": ties, **skipped_data_meta(suite, data, on_error),
+                "records": str(records_path), "data_root": str(root),
                 "device": "cpu", "reference": {"config": asdict(cfg), "training": {
                     k: v for k, v in tlog.to_dict().items() if k != "curve"}}}
         if summaries:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from unime.eval.metrics import TIE_POLICIES
 from unime.errors import OptionError
-from unime.options import check_ranges, on_error_option, option
+from unime.eval.runners import eval_on_error_option
+from unime.options import check_ranges, option
 
 
 @dataclass
@@ -57,4 +58,4 @@ class ReferenceRunOptions:
                                           "folder OUT like `unime eval` (repeatable; e.g. a world's "
                                           "eval_tasks_video.yaml)", nargs=2, action="append", metavar=("TASKS", "OUT"))
     ties: str = option("pessimistic", "exact score ties (as `unime eval --ties`)", choices=list(TIE_POLICIES))
-    on_error: str = on_error_option("a bad eval data row stops the run (raise) or is left out and counted (skip)")
+    on_error: str = eval_on_error_option()  # `unime eval`'s: the same policy and report

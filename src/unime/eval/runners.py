@@ -524,8 +524,8 @@ def skipped_task_names(suite: TaskSuite, data: list[tuple[TaskSpec, TaskData]]) 
 
 
 def eval_on_error_option():
-    """The `--on-error` option of the commands that evaluate a task config (`unime eval`, `unime reason eval`):
-    `load_suite_data`'s policy, what it left out reported by `skipped_data_meta`."""
+    """The `--on-error` option of the commands that evaluate a task config (`unime eval`, `unime eval reference`,
+    `unime reason eval`): `load_suite_data`'s policy, what it left out reported by `skipped_data_meta`."""
     return on_error_option("a bad data row stops the run (raise, default) or is left out and counted (skip)")
 
 
