@@ -22,7 +22,7 @@ from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.image_budget import adapter_image_loader
 from unime.models.item_format import DEFAULT_ITEM_FORMAT, check_item_format, resolve_item_format
-from unime.models.loading import LoadedModel, load_model
+from unime.models.loading import LoadedModel, grow_embeddings, load_model
 from unime.models.prompts import EMB_TOKEN
 
 POOLINGS = ("last", "emb")
@@ -256,9 +256,35 @@ class Embedder:
 
 
 def add_emb_token(model, processor) -> int:
-    """Add the `<emb>` special token to the tokenizer and resize the model's embeddings. Returns its id."""
+    """Add the `<emb>` special token to the tokenizer and give it an embedding row. Returns its id (nothing changes
+    when the tokenizer has it already).
+
+    The matrix grows only when the tokenizer outgrows it (`grow_embeddings`): a checkpoint whose matrix is padded
+    past its vocabulary keeps its rows, and `<emb>` takes the first unused one, whose weights are arbitrary. Either
+    way the `<emb>` row of the input embeddings (and of the output head, when untied) is set to the mean of that
+    matrix's rows of the tokenizer's other tokens: what transformers' mean resizing gives a new row, without its
+    noise (variance 1e-9 × the rows' covariance) and without the padding rows."""
     tok = processor.tokenizer
-    if EMB_TOKEN not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]}, replace_extra_special_tokens=False)
-        model.resize_token_embeddings(len(tok))
-    return tok.convert_tokens_to_ids(EMB_TOKEN)
+    if EMB_TOKEN in tok.get_vocab():
+        return tok.convert_tokens_to_ids(EMB_TOKEN)
+    tok.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]}, replace_extra_special_tokens=False)
+    grow_embeddings(model, tok)
+    emb_id = tok.convert_tokens_to_ids(EMB_TOKEN)
+    others = sorted(i for t, i in tok.get_vocab().items() if t != EMB_TOKEN)
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    for module in (inputs,) if outputs is None or outputs.weight is inputs.weight else (inputs, outputs):
+        set_row_to_mean(module.weight, emb_id, others)
+    return emb_id
+
+
+def set_row_to_mean(weight, row: int, rows: Sequence[int], *, chunk: int = 8192) -> None:
+    """`weight[row]` = the mean of `weight[rows]`, summed in float32 a `chunk` of rows at a time (never a float32
+    copy of the whole matrix), stored in `weight`'s dtype."""
+    import torch
+
+    with torch.no_grad():
+        total = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
+        for s in range(0, len(rows), chunk):
+            index = torch.tensor(rows[s:s + chunk], dtype=torch.long, device=weight.device)
+            total += weight.index_select(0, index).to(torch.float32).sum(0)
+        weight[row] = (total / len(rows)).to(weight.dtype)

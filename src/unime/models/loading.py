@@ -181,6 +181,17 @@ def _naming_the_attention(name: str | None, model: str | os.PathLike):
                          f"({text[:240]})") from None
 
 
+def grow_embeddings(model, tokenizer) -> bool:
+    """Give `model` an embedding row for every token of `tokenizer`: `resize_token_embeddings(len(tokenizer))` (new
+    rows by transformers' `mean_resizing`) when the matrix has fewer rows, and nothing otherwise — never shrunk: a
+    checkpoint's matrix padded past its vocabulary (Qwen's 151936 rows for 151669 tokens) keeps its rows, and a
+    token added to the tokenizer takes one of them. Returns whether the matrix grew."""
+    if len(tokenizer) <= model.get_input_embeddings().num_embeddings:
+        return False
+    model.resize_token_embeddings(len(tokenizer))
+    return True
+
+
 def model_reference(path: str | os.PathLike | None) -> str | None:
     """How a file written to disk (an adapter's config, an index manifest) names a model: an existing local
     folder as an absolute path, so it loads from any working directory; anything else (a hub id) as given."""
@@ -420,9 +431,7 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
     attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with _naming_the_model(base_path), _naming_the_attention(attn_implementation, base_path):
         model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype, **attn)
-    tok = processor.tokenizer
-    if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added (e.g. <emb>) with the adapter
-        model.resize_token_embeddings(len(tok))
+    grow_embeddings(model, processor.tokenizer)  # tokens added (e.g. <emb>) with the adapter
     if adapter_path:
         model = load_peft_adapter(model, adapter_path, trainable=trainable, name=str(peft_path or adapter_path))
     model.to(device)

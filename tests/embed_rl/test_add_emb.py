@@ -1,0 +1,74 @@
+"""`unime reason add-emb` (`prepare_emb_checkpoint`, `add_emb_token`): the copy keeps the checkpoint's embedding rows
+(a matrix padded past the vocabulary is never shrunk) and gives `<emb>` the mean of the other tokens' rows."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from unime.embed_rl.tcot_embedder import AddEmbConfig, prepare_emb_checkpoint
+from unime.models.prompts import EMB_TOKEN
+
+PADDING = 8  # rows past the tokenizer's tokens, as Qwen pads 151669 tokens to 151936 rows
+PAD_VALUE = 5.0  # what the source's padding rows hold (arbitrary in a real checkpoint)
+
+
+def _source(tiny_model_dir, folder, *, dtype=torch.float32, padding=0):
+    """The tiny Qwen2-VL (untied output head) saved in `dtype`, its matrices `padding` rows longer than its
+    tokenizer, those rows set to PAD_VALUE. Returns (folder, input rows, output rows) of the saved weights."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    base = tiny_model_dir("qwen2_vl")
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(base)
+    n = len(processor.tokenizer)
+    if padding:
+        model.resize_token_embeddings(n + padding, mean_resizing=False)
+        with torch.no_grad():
+            model.get_input_embeddings().weight[n:] = PAD_VALUE
+            model.get_output_embeddings().weight[n:] = PAD_VALUE
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return (str(folder), model.get_input_embeddings().weight.detach().clone(),
+            model.get_output_embeddings().weight.detach().clone())
+
+
+def _copy(path):
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _mean_row(rows, n):
+    """The mean of the first `n` rows (the tokenizer's tokens), computed in float64, in the rows' dtype."""
+    return rows[:n].to(torch.float64).mean(0).to(rows.dtype)
+
+
+def test_a_padded_matrix_keeps_its_rows_and_emb_takes_the_first_padding_row_set_to_the_mean(tiny_model_dir,
+                                                                                           tmp_path):
+    src, inputs, outputs = _source(tiny_model_dir, tmp_path / "src", padding=PADDING)
+    n = inputs.shape[0] - PADDING
+    model, tok = _copy(prepare_emb_checkpoint(AddEmbConfig(model=src, out=str(tmp_path / "emb"))))
+    emb = tok.convert_tokens_to_ids(EMB_TOKEN)
+    assert (len(tok), emb) == (n + 1, n)
+    for got, before in ((model.get_input_embeddings().weight, inputs), (model.get_output_embeddings().weight,
+                                                                         outputs)):
+        assert got.shape == before.shape  # 8 rows past the tokenizer before: 8 rows past it after, never shrunk
+        assert torch.equal(got[:n], before[:n])  # the tokens' rows unchanged
+        assert torch.allclose(got[emb], _mean_row(before, n), rtol=0, atol=1e-6)  # not the padding row's 5.0
+        assert torch.all(got[n + 1:] == PAD_VALUE)  # the other padding rows as they were
+    config = json.loads((tmp_path / "emb" / "config.json").read_text())
+    assert config["text_config"]["vocab_size"] == n + PADDING
+
+
+def test_a_matrix_the_tokenizer_fills_grows_by_the_emb_row_set_to_the_mean(tiny_model_dir, tmp_path):
+    src, inputs, outputs = _source(tiny_model_dir, tmp_path / "src")
+    n = inputs.shape[0]
+    model, tok = _copy(prepare_emb_checkpoint(AddEmbConfig(model=src, out=str(tmp_path / "emb"))))
+    assert tok.convert_tokens_to_ids(EMB_TOKEN) == n
+    for got, before in ((model.get_input_embeddings().weight, inputs), (model.get_output_embeddings().weight,
+                                                                         outputs)):
+        assert got.shape[0] == n + 1 and torch.equal(got[:n], before)
+        assert torch.allclose(got[n], _mean_row(before, n), rtol=0, atol=1e-6)
