@@ -279,7 +279,7 @@ PINNED = {
     "models pretrain": {"--preset": "default", "--out": None, "--exclude-world": None, "--device": "cpu",
                         "--attn-implementation": None,
                         **{f"--{n}": None for n in BASE_RECIPE_FLAGS}},
-    "reason add-emb": {"--model": None, "--out": None, "--device": "cpu"},
+    "reason add-emb": {"--model": None, "--out": None, "--device": "cpu", "--dtype": "auto"},
     "reason eval": {"--embedder": None, "--tasks": None, "--out": None, "--tcots": "reasoner", "--reasoner": None,
                     "--world": None, "--only": None, "--on-error": "raise", "--skip-bad-records": "raise",
                     "--batch-size": 16, "--max-new-tokens": 256, "--device": None,

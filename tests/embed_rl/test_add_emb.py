@@ -1,10 +1,12 @@
 """`unime reason add-emb` (`prepare_emb_checkpoint`, `add_emb_token`): the copy keeps the checkpoint's embedding rows
-(a matrix padded past the vocabulary is never shrunk) and gives `<emb>` the mean of the other tokens' rows."""
+(a matrix padded past the vocabulary is never shrunk), gives `<emb>` the mean of the other tokens' rows, and keeps
+the checkpoint's dtype unless another is asked for."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from unime.embed_rl.tcot_embedder import AddEmbConfig, prepare_emb_checkpoint
@@ -72,3 +74,19 @@ def test_a_matrix_the_tokenizer_fills_grows_by_the_emb_row_set_to_the_mean(tiny_
                                                                          outputs)):
         assert got.shape[0] == n + 1 and torch.equal(got[:n], before)
         assert torch.allclose(got[n], _mean_row(before, n), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("asked, written", [("auto", torch.bfloat16), ("fp32", torch.float32)])
+def test_the_copy_keeps_the_checkpoints_dtype_unless_another_is_asked(tiny_model_dir, tmp_path, asked, written):
+    src, inputs, _ = _source(tiny_model_dir, tmp_path / "src", dtype=torch.bfloat16, padding=PADDING)
+    out = prepare_emb_checkpoint(AddEmbConfig(model=src, out=str(tmp_path / "emb"), dtype=asked))
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16" if written == torch.bfloat16 else "F32"}
+    assert json.loads((out / "config.json").read_text())["dtype"] == str(written).removeprefix("torch.")
+    model, tok = _copy(out)
+    n = inputs.shape[0] - PADDING
+    got = model.get_input_embeddings().weight
+    assert got.dtype == written and torch.equal(got[:n], inputs[:n].to(written))

@@ -219,7 +219,7 @@ def _reason_materialize(o: _Options) -> Callable[[], Any]:
 def _reason_add_emb(o: _Options) -> Callable[[], Any]:
     from unime.embed_rl.tcot_embedder import AddEmbConfig, prepare_emb_checkpoint
 
-    cfg = AddEmbConfig(model=o.get("--model"), out=o.get("--out"), **o.given(device=str))
+    cfg = AddEmbConfig(model=o.get("--model"), out=o.get("--out"), **o.given(device=str, dtype=str))
     return _in_folder(o, lambda: prepare_emb_checkpoint(cfg))
 
 

@@ -59,19 +59,20 @@ class AddEmbConfig(ReasonOptions):
     model: str = option(help="checkpoint to copy (HF folder, or a PEFT adapter folder: merged first)")
     out: str = option(help="output folder (an ordinary HF folder)")
     device: str | None = option("cpu", "cpu or cuda")
-    dtype: str = option("auto", cli=False)
+    dtype: str = option("auto", "dtype of the copy: auto (the checkpoint's own), fp32, bf16, fp16")
     attn_implementation: str | None = option(None, cli=False)  # a copy of the weights runs no attention
 
 
 def prepare_emb_checkpoint(cfg: AddEmbConfig) -> Path:
     """`unime reason add-emb`: copy a checkpoint (HF folder, or a PEFT adapter folder: merged first) with the
-    `<emb>` token added and the embeddings resized, as an ordinary HF folder."""
+    `<emb>` token added and given an embedding row (`add_emb_token`: the matrix grows only when the tokenizer
+    outgrows it), as an ordinary HF folder in the checkpoint's own dtype (`cfg.dtype` auto) or the one named."""
     src, out = cfg.model, cfg.out
     from unime.models.embedder import add_emb_token
-    from unime.models.loading import load_model
+    from unime.models.loading import CHECKPOINT_DTYPE, load_model
     from unime.models.export import model_folder
 
-    loaded = load_model(src, device=cfg.device, dtype=cfg.dtype)
+    loaded = load_model(src, device=cfg.device, dtype=CHECKPOINT_DTYPE if cfg.dtype == "auto" else cfg.dtype)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

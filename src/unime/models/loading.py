@@ -108,6 +108,11 @@ def trainer_device(device: str | None) -> str:
     return resolved
 
 
+# `load_model(dtype=CHECKPOINT_DTYPE)`: the weights in the dtype the (base) checkpoint records (its config's `dtype`,
+# else its first floating-point weight's: transformers' `dtype="auto"`), whatever the device
+CHECKPOINT_DTYPE = "checkpoint"
+
+
 def resolve_dtype(dtype: str | Any | None, device: str):
     import torch
 
@@ -409,16 +414,17 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
                trainable: bool = False, image_budget: ImageBudget | None = None,
                attn_implementation: str | None = None) -> LoadedModel:
     """Load `*ForConditionalGeneration` + processor (from `path`, or the merged/ — else adapter/ — folder of a
-    trainer's output folder `path`: `trained_model_folder`). A PEFT adapter folder (or `adapter_path`) is applied
-    on top of its base model (`.base_path` and `.peft_path` name the two). The model is in eval mode unless
-    `trainable`. The processor gets the image budget recorded with the checkpoint, overridden field by field by
-    `image_budget`. `attn_implementation` (`--attn-implementation`): transformers' attention kernel, None its default;
-    one the model cannot use is a `ModelError` (`check_attn_implementation`) before the weights load."""
+    trainer's output folder `path`: `trained_model_folder`) in `dtype` (`resolve_dtype`; `CHECKPOINT_DTYPE`: the
+    one the checkpoint records). A PEFT adapter folder (or `adapter_path`) is applied on top of its base model
+    (`.base_path` and `.peft_path` name the two). The model is in eval mode unless `trainable`. The processor gets
+    the image budget recorded with the checkpoint, overridden field by field by `image_budget`.
+    `attn_implementation` (`--attn-implementation`): transformers' attention kernel, None its default; one the
+    model cannot use is a `ModelError` (`check_attn_implementation`) before the weights load."""
     from transformers import AutoModelForImageTextToText
 
     path = trained_model_folder(path)
     device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = None if dtype == CHECKPOINT_DTYPE else resolve_dtype(dtype, device)
     base_path, peft_path = path, adapter_path
     if adapter_path is None and (adapter_path := adapter_folder(path)) is not None:  # `path` is an adapter
         peft_path = path  # as given: a hub adapter by its id, not its cache folder
@@ -430,7 +436,8 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
     # only when asked for: without the option the call is transformers' default load, as before it existed
     attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with _naming_the_model(base_path), _naming_the_attention(attn_implementation, base_path):
-        model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype, **attn)
+        model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype or "auto", **attn)
+    torch_dtype = torch_dtype or model.dtype
     grow_embeddings(model, processor.tokenizer)  # tokens added (e.g. <emb>) with the adapter
     if adapter_path:
         model = load_peft_adapter(model, adapter_path, trainable=trainable, name=str(peft_path or adapter_path))
