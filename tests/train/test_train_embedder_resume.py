@@ -115,6 +115,79 @@ def fake_checkpoint(folder: Path, step: int, *, weights: str = "adapter_model.sa
     return folder
 
 
+def fake_deepspeed_checkpoint(folder: Path, step: int, *, processes: int = 1, bf16: bool = True) -> Path:
+    """A checkpoint folder as transformers (5.25) writes it under DeepSpeed ZeRO-1/2, with tiny real torch files.
+
+    transformers/trainer.py `_save_checkpoint`: weights by `save_model` (l. 3421; under DeepSpeed `_save` with the
+    engine's state dict, l. 4153-4165: here unime's own weights file), then `_save_optimizer_and_scheduler` (l. 3444),
+    whose DeepSpeed branch calls `self.model_wrapped.save_checkpoint(output_dir)` (l. 3596-3605) and writes no
+    `optimizer.pt`; `scheduler.pt` only if the LR scheduler is not DeepSpeed's wrapper (l. 3619-3628), which it is
+    unless the DeepSpeed config leaves the scheduler to the Trainer; `rng_state.pth`, or `rng_state_{process}.pth`
+    per process when there are several (l. 3560-3563); `trainer_state.json` last (l. 3461). DeepSpeed's
+    `save_checkpoint` writes `global_step{N}/mp_rank_00_model_states.pt` and one
+    `[bf16_]zero_pp_rank_{rank}_mp_rank_00_optim_states.pt` per data-parallel rank, then `latest` holding the tag
+    `global_step{N}` (transformers' tests/deepspeed/test_deepspeed.py `check_saved_checkpoints_deepspeed` checks
+    these names: `mp_rank_00_model_states.pt`, `bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt`); a resume loads it
+    through `deepspeed_load_checkpoint` (integrations/deepspeed.py l. 682-703: `global_step*` folders, the engine's
+    `load_checkpoint`, which reads `latest`), not `optimizer.pt` / `scheduler.pt` (trainer.py l. 3943-3952)."""
+    from unime.models.run_state import FULL_STATE_FILE
+
+    fake_checkpoint(folder, step, weights=FULL_STATE_FILE)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (folder / name).unlink()
+    for rank in range(processes):
+        torch.save({"cpu": torch.ones(4)}, folder / ("rng_state.pth" if processes == 1 else f"rng_state_{rank}.pth"))
+    tag = folder / f"global_step{step}"
+    tag.mkdir()
+    torch.save({"module": {"w": torch.ones(4)}, "lr_scheduler": {"last_epoch": step}, "global_steps": step},
+               tag / "mp_rank_00_model_states.pt")
+    for rank in range(processes):
+        torch.save({"optimizer_state_dict": {"exp_avg": torch.ones(4)}},
+                   tag / f"{'bf16_' if bf16 else ''}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    (folder / "latest").write_text(f"global_step{step}")
+    return folder
+
+
+def test_a_deepspeed_checkpoint_is_complete_by_deepspeed_s_files_and_a_partial_one_is_skipped(tmp_path, caplog):
+    """Under DeepSpeed ZeRO-1/2 the optimizer (and usually the scheduler) state is DeepSpeed's `latest` +
+    `global_stepN/`, not `optimizer.pt` / `scheduler.pt`: such a checkpoint is resumed from (it counted as incomplete,
+    and a re-run started again from step 1); one whose DeepSpeed state is partial is not."""
+    from unime.models.run_state import checkpoint_problem, last_complete_checkpoint
+
+    root = tmp_path / "checkpoints"
+    one = fake_deepspeed_checkpoint(root / "checkpoint-2", 2)
+    two = fake_deepspeed_checkpoint(root / "checkpoint-4", 4, processes=2, bf16=False)
+    assert checkpoint_problem(one) is None and checkpoint_problem(two) is None
+    # the Trainer's own scheduler (the DeepSpeed config has none): its scheduler.pt is checked like any torch file
+    (one / "scheduler.pt").write_bytes(b"PK\x03\x04 cut")
+    assert checkpoint_problem(one).startswith("scheduler.pt unreadable")
+    (one / "scheduler.pt").unlink()
+
+    def partial(step: int, damage, **kw) -> str | None:
+        folder = fake_deepspeed_checkpoint(root / f"checkpoint-{step}", step, **kw)
+        damage(folder, folder / f"global_step{step}")
+        return checkpoint_problem(folder)
+
+    assert partial(6, lambda f, t: (f / "latest").write_text("global_step5")) == \
+        "missing global_step5/ (named by latest)"
+    assert partial(8, lambda f, t: (f / "latest").unlink()) == "missing latest (DeepSpeed's)"
+    assert partial(10, lambda f, t: (t / "mp_rank_00_model_states.pt").unlink()) == \
+        "missing global_step10/mp_rank_00_model_states.pt"
+    assert partial(12, lambda f, t: (t / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink(), processes=2,
+                   bf16=False) == "global_step12/ holds the ZeRO optimizer states of 1 of the run's 2 processes"
+    assert partial(14, lambda f, t: (t / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink(),
+                   processes=2) == "missing global_step14/zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    shard = "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    assert partial(16, lambda f, t: (t / shard).write_bytes((t / shard).read_bytes()[:50])).startswith(
+        f"global_step16/{shard} unreadable")
+    assert partial(18, lambda f, t: (f / "trainer_state.json").unlink()) == "missing trainer_state.json"
+    with caplog.at_level("WARNING", logger="unime.models.run_state"):
+        assert last_complete_checkpoint(root) == two
+    assert [m for m in caplog.messages if "incomplete" in m and "checkpoint-" in m] == [
+        f"{root / f'checkpoint-{n}'} is incomplete ({checkpoint_problem(root / f'checkpoint-{n}')}): skipped, not "
+        "resumed from" for n in (18, 16, 14, 12, 10, 8, 6)]
+
+
 def test_resume_picks_the_latest_complete_checkpoint_and_reports_the_incomplete_ones(tmp_path, caplog):
     from unime.models.run_state import FULL_STATE_FILE, checkpoint_problem, last_complete_checkpoint
 

@@ -13,7 +13,9 @@ the final export (`unime.models.export`: `adapter/`, `merged/`, `README.md`), an
   run did not record (added by a later version of unime) is no change while it keeps its default;
 - interrupted → continue from the last *complete* checkpoint (`--resume` accepted, not needed). A checkpoint
   counts only if its weights, optimizer, scheduler, RNG state and `trainer_state.json` are all there and
-  readable (`checkpoint_problem`); a newer incomplete one is reported and skipped, never used;
+  readable (`checkpoint_problem`; under DeepSpeed ZeRO-1/2 the optimizer and scheduler are DeepSpeed's own
+  `latest` + `global_stepN/` instead: `deepspeed_state_problem`); a newer incomplete one is reported and
+  skipped, never used;
 - the inputs changed (the content of the records: the config's `option(input_file=True)` files, by SHA-1, recorded
   in `train_inputs.json` when the run begins) → `ChangedOptions` naming the file, for a continuation and a finished
   run alike (`--overwrite` starts over); a run recorded before this file existed continues, and is recorded;
@@ -31,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,13 +159,69 @@ def _torch_file_problem(path: Path) -> str | None:
     return None
 
 
+# DeepSpeed's own checkpoint inside checkpoint-N (transformers' `_save_optimizer_and_scheduler` under DeepSpeed calls
+# the engine's `save_checkpoint(checkpoint-N)`): `latest` names the tag folder (`global_step{N}`) holding
+# `mp_rank_{MM}_model_states.pt` (module, LR scheduler, step) and one
+# `[bf16_]zero_pp_rank_{R}_mp_rank_{MM}_optim_states.pt` per data-parallel rank R (ZeRO-1/2); no `optimizer.pt`,
+# and `scheduler.pt` only when the LR scheduler is not DeepSpeed's (transformers' `is_deepspeed_custom_scheduler`)
+DEEPSPEED_LATEST = "latest"
+_DS_MODEL_STATES = re.compile(r"mp_rank_(\d+)_model_states\.pt")
+_DS_OPTIM_STATES = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt")
+
+
+def is_deepspeed_checkpoint(folder: Path) -> bool:
+    """`folder` holds DeepSpeed's checkpoint (its `latest` file or a `global_stepN` folder), whole or not."""
+    return (folder / DEEPSPEED_LATEST).exists() or any(p.is_dir() for p in folder.glob("global_step*"))
+
+
+def deepspeed_state_problem(folder: Path) -> str | None:
+    """Why the DeepSpeed checkpoint in `folder` (a `checkpoint-N`) cannot be resumed from, or None: `latest` names a
+    tag folder beside it holding `mp_rank_00_model_states.pt` (and that of every other model-parallel rank), and the
+    ZeRO optimizer states of data-parallel ranks 0..R, one per process that saved its RNG state (`rng_state_N.pth`),
+    every file a whole torch archive. DeepSpeed writes `latest` after its states, and resuming from a folder without
+    it fails; a missing optimizer shard would restart that part of the optimizer state. (No shard at all is whole:
+    DeepSpeed without ZeRO keeps the optimizer state in the model states.)"""
+    latest = folder / DEEPSPEED_LATEST
+    try:
+        tag = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"missing {DEEPSPEED_LATEST} (DeepSpeed's)" if not latest.exists() else \
+            f"{DEEPSPEED_LATEST} unreadable ({e.__class__.__name__})"
+    state = folder / tag
+    if not tag or Path(tag).name != tag or not state.is_dir():
+        return f"missing {tag or '?'}/ (named by {DEEPSPEED_LATEST})"
+    names = sorted(p.name for p in state.iterdir() if p.is_file())
+    optim: dict[int, set[int]] = {}  # model-parallel rank -> the data-parallel ranks of its optimizer shards
+    for m in filter(None, map(_DS_OPTIM_STATES.fullmatch, names)):
+        optim.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    model = {int(m.group(1)) for m in filter(None, map(_DS_MODEL_STATES.fullmatch, names))}
+    for mp in sorted(model | set(optim) | {0}):
+        if mp not in model:
+            return f"missing {tag}/mp_rank_{mp:02d}_model_states.pt"
+        gaps = sorted(set(range(max(optim.get(mp, {-1})) + 1)) - optim.get(mp, set()))
+        if gaps:
+            return f"missing {tag}/zero_pp_rank_{gaps[0]}_mp_rank_{mp:02d}_optim_states.pt"
+    shards, processes = sum(map(len, optim.values())), len(list(folder.glob("rng_state_*.pth"))) or 1
+    if shards and shards != processes:
+        return f"{tag}/ holds the ZeRO optimizer states of {shards} of the run's {processes} processes"
+    for name in names:
+        if _DS_MODEL_STATES.fullmatch(name) or _DS_OPTIM_STATES.fullmatch(name):
+            problem = _torch_file_problem(state / name)
+            if problem:
+                return f"{tag}/{problem}"
+    return None
+
+
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     """Why `folder` (a Trainer `checkpoint-N`) cannot be resumed from, or None if it is complete: its
     weights, `optimizer.pt`, `scheduler.pt`, `rng_state*.pth` and `trainer_state.json` are all there and
-    readable (safetensors sizes match their headers, torch files are whole zip archives, the state parses)."""
+    readable (safetensors sizes match their headers, torch files are whole zip archives, the state parses).
+    Under DeepSpeed (`is_deepspeed_checkpoint`) DeepSpeed's checkpoint replaces `optimizer.pt` and `scheduler.pt`
+    (`deepspeed_state_problem`; a `scheduler.pt` there, transformers' own scheduler, is checked too)."""
     folder = Path(folder)
+    deepspeed = is_deepspeed_checkpoint(folder)
     weights = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()]
-    missing = [n for n in TRAINER_FILES if not (folder / n).is_file()]
+    missing = [n for n in TRAINER_FILES if not (folder / n).is_file() and not (deepspeed and n.endswith(".pt"))]
     if not weights:
         missing.insert(0, "weights (" + " | ".join(WEIGHT_FILES[:3]) + ")")
     if not any(folder.glob("rng_state*.pth")):
@@ -182,7 +241,11 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
             problems = [_torch_file_problem(w)]
         if any(problems):
             return next(p for p in problems if p)
-    for f in (folder / "optimizer.pt", folder / "scheduler.pt", *sorted(folder.glob("rng_state*.pth"))):
+    problem = deepspeed_state_problem(folder) if deepspeed else None
+    if problem:
+        return problem
+    for f in (*(folder / n for n in TRAINER_FILES if n.endswith(".pt") and (folder / n).is_file()),
+              *sorted(folder.glob("rng_state*.pth"))):
         problem = _torch_file_problem(f)
         if problem:
             return problem
@@ -214,8 +277,6 @@ def last_complete_checkpoint(checkpoint_root: str | os.PathLike) -> Path | None:
 def remove_checkpoints(checkpoint_root: str | os.PathLike) -> None:
     """Delete the `checkpoint-N` folders the Trainer wrote under `checkpoint_root` (and its `tmp-checkpoint-N`
     of a save cut short); any other entry (a copy the user keeps there) stays, named in a warning."""
-    import re
-
     from unime.data.atomic import warn_left
 
     root = Path(checkpoint_root)
