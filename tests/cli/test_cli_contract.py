@@ -370,7 +370,8 @@ def _argv(command: str, out: Path) -> list[str]:
         "train embedder": ["--model", "m", "--records", "r.jsonl"],
         "train reranker": ["--model", "m", "--records", "r.jsonl"],
         "train judge": ["--model", "m", "--records", "r.jsonl"],
-        "train reasoner": ["--stage", "sft", "--model", "m"],
+        "train reasoner": ["--stage", "sft", "--model", "m", "--tcots", "t.jsonl"],  # a complete one: an
+        # option refusal (--tcots missing) comes before the folder is claimed
         "models build-tiny": [],
         "reason add-emb": ["--model", "m"],
         "reason eval": ["--embedder", "e", "--tasks", "t.yaml"],

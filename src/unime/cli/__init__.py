@@ -434,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         refuse_several_processes(command)
+        if getattr(args, "_before_claim", None):  # the command's checks that need no model (a trainer's options):
+            args._before_claim(args)  # a command they refuse writes nothing, not even its output folder
         owned = _claim_output(args, command)
         with main_process_stdout():
             result = func(args)

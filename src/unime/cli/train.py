@@ -49,7 +49,8 @@ def _add_embedder_parser(actions) -> None:
                     "judge scores). Launch with torchrun for data parallelism.")
     add_options(p, EmbedderTrainingConfig, groups=TRAIN_GROUPS, default_group="parameters")
     add_config_option(p)
-    p.set_defaults(func=_train_embedder, _derived_values=_embedder_batch_values, _config_warnings=warmup_warnings)
+    p.set_defaults(func=_train_embedder, _derived_values=_embedder_batch_values, _config_warnings=warmup_warnings,
+                   _before_claim=_check_embedder)
 
 
 def warmup_warnings(values: dict) -> list[str]:
@@ -190,6 +191,13 @@ def _embedder_batch_values(args) -> dict[str, tuple[object, str]]:
         return {**dropped, "batch_size": (per_device_batch(args.global_batch, args.grad_accum), derived)}
     except UnimeError as e:
         return {**dropped, "batch_size": (None, str(e))}
+
+
+def _check_embedder(args) -> None:
+    """The embedder's checks that need no model, before the output folder is claimed (`unime.cli.main`)."""
+    from unime.train.embedder_trainer import check_embedder_options
+
+    check_embedder_options(embedder_config_from_args(args))
 
 
 def _train_embedder(args) -> int:

@@ -50,7 +50,8 @@ def _add_parser(actions) -> None:
                 labels=("sft", "grpo"))
     add_config_option(p)
     p.set_defaults(func=_run, _unset_values=_stage_defaults, _option_needs=_stage_needs,
-                   _derived_values=partial(dropped_options, rules=_DROPS), _config_warnings=_warmup_warnings)
+                   _derived_values=partial(dropped_options, rules=_DROPS), _config_warnings=_warmup_warnings,
+                   _before_claim=_check)
 
 
 def _warmup_warnings(values: dict) -> list[str]:
@@ -84,24 +85,22 @@ def _stage_defaults(args) -> dict:
     return values
 
 
-def _run(args) -> int:
+def _stage_config(args):
+    """The --stage's config (`ReasonerSFTConfig` or `GRPOStageConfig`) from the parsed options, the options that
+    do nothing with it refused."""
     drop_farther_options(args, _DROPS)
     refuse_ineffective_options(args, "train reasoner", _stage_needs())
     # options the two stages share with their own defaults are None unless given (`add_options`)
     if args.stage == "sft":
-        from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft
+        from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
 
         if not args.tcots:
             raise UsageError("--stage sft needs --tcots", command="train reasoner")
         cfg = config_from_args(ReasonerSFTConfig, args, unset_is_none=True, **_adapter_rank(args),
                                overwrite=bool(getattr(args, "overwrite", False)))
         _refuse_lora_options(args, cfg)
-        summary = train_reasoner_sft(cfg)
-        print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
-              f"{summary['last_loss']}; saved {args.out}")
-        _print_skips(summary)
-        return 0
-    from unime.embed_rl.grpo import GRPOStageConfig, train_reasoner_grpo
+        return cfg
+    from unime.embed_rl.grpo import GRPOStageConfig
 
     if not args.records or not args.embedder:
         raise UsageError("--stage grpo needs --records and --embedder", command="train reasoner")
@@ -115,6 +114,29 @@ def _run(args) -> int:
     cfg = config_from_args(GRPOStageConfig, args, unset_is_none=True, weights=weights, **_adapter_rank(args),
                            overwrite=bool(getattr(args, "overwrite", False)))
     _refuse_lora_options(args, cfg)
+    return cfg
+
+
+def _check(args) -> None:
+    """The stage's checks that need no model, before the output folder is claimed (`unime.cli.main`)."""
+    from unime.embed_rl.grpo import check_grpo_options
+    from unime.embed_rl.reasoner_sft import check_sft_options
+
+    (check_sft_options if args.stage == "sft" else check_grpo_options)(_stage_config(args))
+
+
+def _run(args) -> int:
+    cfg = _stage_config(args)
+    if args.stage == "sft":
+        from unime.embed_rl.reasoner_sft import train_reasoner_sft
+
+        summary = train_reasoner_sft(cfg)
+        print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
+              f"{summary['last_loss']}; saved {args.out}")
+        _print_skips(summary)
+        return 0
+    from unime.embed_rl.grpo import train_reasoner_grpo
+
     summary = train_reasoner_grpo(cfg)
     _print_skips(summary)
     steps = summary["reward_steps"]

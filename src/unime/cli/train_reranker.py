@@ -30,7 +30,7 @@ def _add_parser(actions, role: str, **texts) -> None:
     add_options(p, RerankerTrainConfig, groups=groups, default_group="parameters")
     add_config_option(p)
     p.set_defaults(func=_train, role=role, _derived_values=partial(dropped_options, rules=_DROPS),
-                   _config_warnings=warmup_warnings)
+                   _config_warnings=warmup_warnings, _before_claim=_check)
 
 
 def _add_reranker_parser(actions) -> None:
@@ -63,6 +63,13 @@ def config_from_args(args):
     # the judge trains the pairwise loss only; a reranker holds nothing out (judge options)
     return build_config(RerankerTrainConfig, args, role=args.role,
                         **({"losses": (PAIR,)} if args.role == "judge" else {"holdout": 0.0}))
+
+
+def _check(args) -> None:
+    """The reranker's (judge's) checks that need no model, before the output folder is claimed (`unime.cli.main`)."""
+    from unime.train.reranker_trainer import check_reranker_options
+
+    check_reranker_options(config_from_args(args))
 
 
 def _train(args) -> int:

@@ -484,8 +484,9 @@ SUMMARY_FILE = "grpo_summary.json"
 
 
 def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool, bf16: bool, fp16: bool,
-                         num_processes: int = 1):
-    """TRL `GRPOConfig` for EG-RL with the batch geometry that keeps pairs whole."""
+                         num_processes: int = 1, check_only: bool = False):
+    """TRL `GRPOConfig` for EG-RL with the batch geometry that keeps pairs whole. With `check_only`, its
+    --trainer-arg strings checked and nothing built (None)."""
     from trl import GRPOConfig
 
     from unime.models.hf_arguments import hf_training_arguments
@@ -500,7 +501,9 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
         top_p=cfg.top_p, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False,
         use_vllm=False, disable_dropout=True, log_completions=False, trainer_arg=cfg.trainer_arg,
         activation_checkpointing=cfg.gradient_checkpointing,
-        option_keys={"lr_scheduler_type": "--lr-scheduler"})
+        option_keys={"lr_scheduler_type": "--lr-scheduler"}, check_only=check_only)
+    if check_only:
+        return None
     # the geometry that keeps pairs whole (see the module docstring)
     local = gcfg.per_device_train_batch_size * gcfg.steps_per_generation
     if local % (2 * cfg.num_generations) or gcfg.generation_batch_size % (2 * cfg.num_generations * num_processes):
@@ -530,8 +533,7 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     from unime.models import run_state
     from unime.models.run_state import CHECKPOINTS_DIR
 
-    cfg.validate()
-    require_extra("rl", "train reasoner", "trl", "datasets")
+    check_grpo_options(cfg)
     out = Path(cfg.out)
     options = json.loads(json.dumps(asdict(cfg), default=str))
     with claim_on_main_process(out, "train reasoner", options, overwrite=cfg.overwrite):
@@ -545,6 +547,19 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
             run_state.write_config(out, options)
             work.mkdir(parents=True, exist_ok=True)
         return _train_grpo(cfg, out, work, plan, options)
+
+
+def check_grpo_options(cfg: GRPOStageConfig) -> GRPOStageConfig:
+    """The checks of `cfg` that need no model and no records — the options, the extra packages, the --trainer-arg
+    keys — run before the output folder is claimed (by the trainer, and by the command line:
+    `unime.cli.train_reasoner`), so that a refused run writes nothing. Returns `cfg`."""
+    from unime.models.run_state import CHECKPOINTS_DIR
+
+    cfg.validate()
+    require_extra("rl", "train reasoner", "trl", "datasets")
+    embed_rl_grpo_config(cfg, output_dir=str(Path(cfg.out) / CHECKPOINTS_DIR), use_cpu=True, bf16=False, fp16=False,
+                         check_only=True)
+    return cfg
 
 
 def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:

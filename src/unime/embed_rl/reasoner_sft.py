@@ -128,9 +128,10 @@ def sft_trainer(model, processor, rows: list[dict[str, Any]], args):
     return ReasonerSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
 
 
-def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype):
+def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype, check_only: bool = False):
     """TRL's `SFTConfig` for `cfg`: completion-only loss, no truncation, activation checkpointing only with
-    --gradient-checkpointing (TRL's default of on is not taken)."""
+    --gradient-checkpointing (TRL's default of on is not taken). With `check_only`, its --trainer-arg strings
+    checked and nothing built (None)."""
     import torch
     from trl import SFTConfig
 
@@ -143,7 +144,8 @@ def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype)
         save_total_limit=2, seed=cfg.seed, use_cpu=use_cpu, bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16, show_progress=True, activation_checkpointing=cfg.gradient_checkpointing,
         # SFTConfig's own default, kept (the core's False is for the collators that read whole records)
-        remove_unused_columns=True, completion_only_loss=True, max_length=None, trainer_arg=cfg.trainer_arg)
+        remove_unused_columns=True, completion_only_loss=True, max_length=None, trainer_arg=cfg.trainer_arg,
+        check_only=check_only)
 
 
 def lora_model(model, cfg: ReasonerSFTConfig):
@@ -203,11 +205,22 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
     options refused)."""
     from unime.outdir import claim_on_main_process
 
-    cfg.validate()
-    require_extra("rl", "train reasoner", "trl", "datasets")
+    check_sft_options(cfg)
     options = json.loads(json.dumps(asdict(cfg), default=str))
     with claim_on_main_process(cfg.out, "train reasoner", options, overwrite=cfg.overwrite):
         return _train_reasoner_sft(cfg, options)
+
+
+def check_sft_options(cfg: ReasonerSFTConfig) -> ReasonerSFTConfig:
+    """The checks of `cfg` that need no model and no data — the options, the extra packages, the --trainer-arg
+    keys — run before the output folder is claimed (by the trainer, and by the command line:
+    `unime.cli.train_reasoner`), so that a refused run writes nothing. Returns `cfg`."""
+    from unime.models.run_state import CHECKPOINTS_DIR
+
+    cfg.validate()
+    require_extra("rl", "train reasoner", "trl", "datasets")
+    sft_config(cfg, str(Path(cfg.out) / CHECKPOINTS_DIR), use_cpu=True, dtype=None, check_only=True)
+    return cfg
 
 
 def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict[str, Any]:

@@ -171,14 +171,16 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
                           lr_scheduler: str = "linear", data_seed: int | None = None, workers: int = 0,
                           activation_checkpointing: bool = False, show_progress: bool | None = None,
                           trainer_arg: Sequence[str] = (), option_keys: Mapping[str, str] | None = None,
-                          **specific: Any):
+                          check_only: bool = False, **specific: Any):
     """`args_cls(...)` with the common core, the trainer's `specific` keywords (`optim`, `beta`, ...) and the
     user's `--trainer-arg` strings (`user_trainer_args`: they override the core's other settings, e.g. `report_to`,
     except the ones this trainer takes from its options: `option_keys`, field → option, e.g. `{"warmup_steps":
     "--warmup"}`).
 
     `max_steps=-1`: train `epochs` epochs. `data_seed=None`: the data order follows `seed`.
-    `show_progress=None` leaves the progress bars to transformers' own rule (its logging level)."""
+    `show_progress=None` leaves the progress bars to transformers' own rule (its logging level).
+    `check_only`: only check the `--trainer-arg` strings (a UsageError), build nothing and return None — what a
+    trainer does before it claims its output folder, so that a refused run writes nothing there."""
     user = user_trainer_args(args_cls, trainer_arg, {**dict.fromkeys(specific), **(option_keys or {})})
     checkpointing_kwargs = {"use_reentrant": False} if activation_checkpointing else None
     if CHECKPOINTING_KWARGS in user:  # the user's settings over unime's non-reentrant default
@@ -189,6 +191,8 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
             raise UsageError(f"--trainer-arg {CHECKPOINTING_KWARGS}: a mapping, e.g. {{every_n_layers: 2}}, got "
                              f"{given!r}")
         checkpointing_kwargs = {**checkpointing_kwargs, **given}
+    if check_only:
+        return None
     core = dict(
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
         max_steps=max_steps, num_train_epochs=epochs, learning_rate=learning_rate, lr_scheduler_type=lr_scheduler,

@@ -343,7 +343,8 @@ def lora_model(model, config: EmbedderTrainingConfig):
                           full_option="--full")
 
 
-def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -> TrainingArguments:
+def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path,
+                        check_only: bool = False) -> TrainingArguments | None:
     on_cpu = trainer_device(config.device).startswith("cpu")
     bf16 = config.dtype in ("bf16", "bfloat16") or (config.dtype == "auto" and not on_cpu)
     # every trainable parameter is used in every forward pass when LoRA adapts only the decoder (all-linear
@@ -361,7 +362,7 @@ def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path) -
         dataloader_pin_memory=not on_cpu, ddp_find_unused_parameters=find_unused,
         # the models' buffers are constants (rotary tables): no per-forward broadcast, which would
         # also require the same number of forward passes on every process
-        ddp_broadcast_buffers=False, trainer_arg=config.trainer_arg,
+        ddp_broadcast_buffers=False, trainer_arg=config.trainer_arg, check_only=check_only,
         option_keys={"lr_scheduler_type": "--lr-scheduler", "warmup_steps": "--warmup",
                      "weight_decay": "--weight-decay", "dataloader_num_workers": "--workers",
                      "save_total_limit": "--save-total-limit"})
@@ -534,6 +535,22 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
                                data_root=data_root, lora=lora, resume_from=resume_from, skips=skips)
 
 
+def check_embedder_options(config: EmbedderTrainingConfig) -> EmbedderTrainingConfig:
+    """The checks of `config` that need no model and no records — the options, the --device, the optimizer, the
+    --trainer-arg keys — run before the output folder is claimed (by the trainer, and by the command line:
+    `unime.cli.train`), so that a refused run writes nothing. Returns `config` with its batch resolved."""
+    config = with_resolved_batch(config)  # a finished run recorded the per-device batch it used
+    if config.loss != "auto" and config.hard_negatives is not None:
+        config.validate()  # else once `--loss auto` / the negatives count are resolved from the records
+    elif config.records is None:
+        raise UnimeError("no training records given")
+    trainer_device(config.device)  # a --device the run cannot train on
+    if config.optim != EmbedderTrainingConfig.optim:  # likewise an optimizer transformers does not know
+        check_optimizer_name(config.optim)
+    _training_arguments(config, Path(config.out) / run_state.CHECKPOINTS_DIR, check_only=True)
+    return config
+
+
 def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
                    callbacks: Sequence[Any] = ()) -> EmbedderTrainingResult:
     """Train, then export the adapter, the merged model and the model card — in an output folder the
@@ -543,14 +560,7 @@ def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] 
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
-    config = with_resolved_batch(config)  # a finished run recorded the per-device batch it used
-    if config.loss != "auto" and config.hard_negatives is not None:
-        config.validate()  # else once `--loss auto` / the negatives count are resolved from the records
-    elif config.records is None:
-        raise UnimeError("no training records given")
-    trainer_device(config.device)  # a --device the run cannot train on: refused before the folder is claimed
-    if config.optim != EmbedderTrainingConfig.optim:  # likewise an optimizer transformers does not know
-        check_optimizer_name(config.optim)
+    config = check_embedder_options(config)
     with claim_on_main_process(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite):
         # --resume CHECKPOINT trains from it, over a finished run too (`run_state.plan_run`)
         done = _finished_result(config) if _resume_path(config) is None else None

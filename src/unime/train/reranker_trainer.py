@@ -528,9 +528,43 @@ def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     (`unime.models.run_state`); `overwrite` starts over."""
     from unime.outdir import claim_on_main_process
 
-    cfg.validate()
+    check_reranker_options(cfg)
     with claim_on_main_process(cfg.out, f"train {cfg.role}", _run_options(cfg), overwrite=cfg.overwrite):
         return _train_reranker(cfg)
+
+
+def check_reranker_options(cfg: RerankerTrainConfig) -> RerankerTrainConfig:
+    """The checks of `cfg` that need no model and no records — the options, the --device, the --trainer-arg keys —
+    run before the output folder is claimed (by the trainer, and by the command line: `unime.cli.train_reranker`),
+    so that a refused run writes nothing. Returns `cfg`."""
+    cfg.validate()
+    _training_arguments(cfg, Path(cfg.out) / CHECKPOINTS_DIR, check_only=True)
+    return cfg
+
+
+def _training_arguments(cfg: RerankerTrainConfig, ckpt_dir: Path, check_only: bool = False):
+    """transformers' `TrainingArguments` of the run (`unime.models.hf_arguments.hf_training_arguments`); with
+    `check_only`, its --trainer-arg strings checked and nothing built (None)."""
+    import torch
+    from transformers import TrainingArguments
+
+    from unime.models.hf_arguments import hf_training_arguments
+    from unime.models.loading import resolve_dtype
+
+    device = trainer_device(cfg.device)
+    compute_dtype = resolve_dtype(cfg.dtype, device)
+    return hf_training_arguments(
+        TrainingArguments, output_dir=ckpt_dir, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
+        save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed, use_cpu=device == "cpu",
+        bf16=compute_dtype == torch.bfloat16, fp16=compute_dtype == torch.float16,
+        activation_checkpointing=cfg.gradient_checkpointing, show_progress=log.isEnabledFor(logging.INFO),
+        # LoRA on the decoder (and modules_to_save): every trainable parameter takes part in each forward;
+        # the two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training.
+        # Full fine-tuning: a text-only batch leaves the vision tower unused.
+        ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg, check_only=check_only,
+        option_keys={"warmup_steps": "--warmup", "weight_decay": "--weight-decay"})
 
 
 # options that may change between a run and its continuation without changing what is trained
@@ -551,10 +585,9 @@ def lora_model(model, cfg: RerankerTrainConfig):
 
 def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     import torch
-    from transformers import TrainingArguments
 
     from unime.data.skips import SkipReport
-    from unime.models.hf_arguments import hf_training_arguments, process_device
+    from unime.models.hf_arguments import process_device
     from unime.models.loading import load_model, peft_adapter_config, resolve_dtype
     from unime.models import run_state
     from unime.models.curves import CurvesCallback
@@ -587,20 +620,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     n_examples = sum(len(g) for g in groups)
     log.info("%s training: %d records, %d examples (%s)", cfg.role, n_records, n_examples, "+".join(cfg.losses))
 
-    device = trainer_device(cfg.device)
-    compute_dtype = resolve_dtype(cfg.dtype, device)
-    args = hf_training_arguments(
-        TrainingArguments, output_dir=ckpt_dir, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
-        save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed, use_cpu=device == "cpu",
-        bf16=compute_dtype == torch.bfloat16, fp16=compute_dtype == torch.float16,
-        activation_checkpointing=cfg.gradient_checkpointing, show_progress=log.isEnabledFor(logging.INFO),
-        # LoRA on the decoder (and modules_to_save): every trainable parameter takes part in each forward;
-        # the two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training.
-        # Full fine-tuning: a text-only batch leaves the vision tower unused.
-        ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg,
-        option_keys={"warmup_steps": "--warmup", "weight_decay": "--weight-decay"})
+    compute_dtype = resolve_dtype(cfg.dtype, trainer_device(cfg.device))
+    args = _training_arguments(cfg, ckpt_dir)
     batch_unit = "labelled pairs" if cfg.role == "judge" and cfg.group_weight == 0 else "records"  # a dataset item
     batch = dict(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, processes=args.world_size)
     warn_short_batch(", ".join(map(str, cfg.records)), len(groups), unit=batch_unit, **batch)

@@ -1,0 +1,92 @@
+"""A training command refused for its options (a `--trainer-arg` unime refuses, ...) writes nothing: every trainer
+checks what needs no model before the output folder is claimed. Before, the folder was claimed first and
+`train embedder` left `.unime-output.json`, `.unime.lock` and `train_inputs.json` in a new --out."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.embed_rl.helpers import write_image_world
+from tests.train.helpers import write_world
+
+
+def _argv(trainer: str, tmp_path, tiny_model_dir) -> list[str]:
+    model = tiny_model_dir("qwen2_vl")
+    if trainer in ("embedder", "reranker", "judge"):
+        records = write_world(tmp_path / "data")
+        return ["train", trainer, "--model", model, "--records", records, "--device", "cpu", "--steps", "2"]
+    world = tmp_path / "rl"
+    world.mkdir()
+    write_image_world(world)
+    if trainer == "reasoner sft":
+        return ["train", "reasoner", "--stage", "sft", "--model", model, "--tcots", str(world / "tcots.jsonl"),
+                "--max-steps", "1", "--device", "cpu"]
+    return ["train", "reasoner", "--stage", "grpo", "--model", model, "--embedder", model, "--records",
+            str(world / "records.jsonl"), "--max-steps", "1", "--num-generations", "2", "--device", "cpu"]
+
+
+TRAINERS = ["embedder", "reranker", "judge", "reasoner sft", "reasoner grpo"]
+REFUSALS = {"fsdp=full_shard": "--trainer-arg fsdp=full_shard shards the model's parameters",
+            "learning_rate=1": "--trainer-arg learning_rate: unime sets it",
+            "adam_beta3=0.9": "has no field 'adam_beta3'",
+            "activation_checkpointing_kwargs={every_n_layers: 2}": "has no effect without --gradient-checkpointing"}
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+@pytest.mark.parametrize("refused", sorted(REFUSALS))
+def test_a_refused_trainer_arg_leaves_no_output_folder(trainer, refused, tmp_path, tiny_model_dir, capsys,
+                                                       monkeypatch):
+    pytest.importorskip("trl")
+    from unime.cli import main
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    out = tmp_path / "out"
+    assert main([*_argv(trainer, tmp_path, tiny_model_dir), "--out", str(out), "--trainer-arg", refused]) == 2
+    assert REFUSALS[refused] in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_a_refused_command_leaves_an_existing_folder_untouched(trainer, tmp_path, tiny_model_dir, capsys):
+    """An empty folder stays empty (no marker, no lock); with --overwrite, a folder of another command keeps its
+    marker and files."""
+    pytest.importorskip("trl")
+    from unime.cli import main
+
+    argv = [*_argv(trainer, tmp_path, tiny_model_dir), "--trainer-arg", "learning_rate=1"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*argv, "--out", str(empty)]) == 2
+    assert list(empty.iterdir()) == []
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    (other / ".unime-output.json").write_text('{"command": "data synth"}')
+    assert main([*argv, "--out", str(other), "--overwrite"]) == 2
+    assert sorted(p.name for p in other.iterdir()) == [".unime-output.json", "notes.txt"]
+    assert (other / ".unime-output.json").read_text() == '{"command": "data synth"}'
+    assert "unime sets it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trainer", ["embedder", "reranker", "reasoner sft", "reasoner grpo"])
+def test_the_trainer_functions_check_before_they_claim(trainer, tmp_path):
+    """Called as a library (the demo's stages), each trainer refuses before it claims its folder too."""
+    pytest.importorskip("trl")
+    from unime.errors import UsageError
+
+    out, extra = str(tmp_path / "out"), ["fsdp=full_shard"]
+    if trainer == "embedder":
+        from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder as train
+        cfg = EmbedderTrainingConfig(model="m", records="r.jsonl", out=out, device="cpu", trainer_arg=extra)
+    elif trainer == "reranker":
+        from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker as train
+        cfg = RerankerTrainConfig(model="m", records=["r.jsonl"], out=out, device="cpu", trainer_arg=extra)
+    elif trainer == "reasoner sft":
+        from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, train_reasoner_sft as train
+        cfg = ReasonerSFTConfig(model="m", data="t.jsonl", out=out, trainer_arg=extra)
+    else:
+        from unime.embed_rl.grpo import GRPOStageConfig, train_reasoner_grpo as train
+        cfg = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=out, trainer_arg=extra)
+    with pytest.raises(UsageError, match="fsdp=full_shard shards"):
+        train(cfg)
+    assert not (tmp_path / "out").exists()
