@@ -536,7 +536,7 @@ def _tiny_counts(model_dir: str, r: int) -> tuple[int, int]:
 TINY_PROMPT = 64 + 64 + 103
 
 
-def test_the_reasoner_sft_plan_counts_the_policy_its_lora_and_the_logits_of_every_token(tiny_model_dir):
+def test_the_reasoner_sft_plan_counts_the_policy_its_lora_and_trls_fused_lm_head(tiny_model_dir):
     from unime.train.memory_plan import plan_reasoner_sft
 
     model = tiny_model_dir("qwen2_vl")
@@ -549,12 +549,17 @@ def test_the_reasoner_sft_plan_counts_the_policy_its_lora_and_the_logits_of_ever
     assert rows["weights (fp32, frozen)"] == total * 4 and rows["trainable weights (fp32)"] == lora * 4
     assert rows["optimizer states (adamw_torch, fp32 x2)"] == lora * 4 * 2
     assert plan.tokens_per_step == 2 * seq
-    # the logits of every token (745 wide) in fp32, then the loss's fp32 copy and log-softmax: 4 + 8 bytes
-    assert rows["logits + their fp32 loss copies (every token)"] == 2 * seq * 745 * 12
+    # QA: planned as the logits of every token (745 wide) with fp32 copies, 2 x seq x 745 x 12 bytes. TRL's SFTTrainer
+    # scores the 2 x 100 T-CoT tokens with its fused LM head: one tile of 200 tokens x 32768 logits, their hidden
+    # states (64 wide) saved, their fp32 gradient and its cast (4 + 4 + 4 bytes in fp32); the LoRA run's head is frozen
+    assert rows["TRL's fused LM head (200 T-CoT tokens)"] == 200 * 32768 * 4 + 200 * 64 * (4 + 4 + 4)
     # full fine-tuning (--lora-r 0) in bf16: the weights, their gradients and AdamW's two states, all bf16
-    full = dict(plan_reasoner_sft(model, {**o, "lora_r": 0, "dtype": "bf16"}).rows)
+    full = dict(plan_reasoner_sft(model, {**o, "lora_r": 0, "dtype": "bf16"}, tcot_tokens=100).rows)
     assert (full["weights (bf16, trained in place)"], full["gradients (bf16)"],
             full["optimizer states (adamw_torch, bf16 x2)"]) == (total * 2, total * 2, total * 2 * 2)
+    # ... whose trained head (745 x 64) gets its gradient in fp32, then cast to bf16
+    assert full["TRL's fused LM head (200 T-CoT tokens)"] == \
+        200 * 32768 * 2 + 200 * 64 * (2 + 4 + 2) + 745 * 64 * (4 + 2)
 
 
 def test_the_reasoner_grpo_plan_holds_the_policy_its_reference_the_reward_embedder_and_the_judge(tiny_model_dir):
@@ -629,12 +634,45 @@ def test_the_reasoner_plans_keep_only_each_layers_input_with_gradient_checkpoint
     label = "activations (8 sequences in one forward)"
     assert dict(on.rows)[label + " (gradient checkpointing)"] == \
         pytest.approx(8 * seq * 1536 * 2 * 28 + dict(off.rows)[label] / 28)
-    logits = "logits + their fp32 loss copies (every token)"
+    logits = "TRL's fused LM head (800 T-CoT tokens)"
     assert dict(on.rows)[logits] == dict(off.rows)[logits]
     o = {"lora_r": 16, "embedder": model, "max_completion_length": 64, "weights": "0.05,0.8,0"}
     off, on = (plan_reasoner_grpo(model, {**o, "gradient_checkpointing": c}) for c in (False, True))
     phase = "largest phase: policy forward + backward: activations"
     (off_label, off_bytes), = [(k, v) for k, v in off.rows if k.startswith(phase)]
     (on_label, on_bytes), = [(k, v) for k, v in on.rows if k.startswith(phase)]
-    assert on_label == phase + " (gradient checkpointing) + completion logits" and off_label != on_label
+    assert on_label == phase + " (gradient checkpointing) + TRL's fused LM head" and off_label != on_label
     assert on_bytes < off_bytes
+
+
+def test_the_grpo_policy_phase_counts_trls_fused_lm_head_not_the_completion_logits():
+    """QA: `unime plan --recipe embed-rl/qwen3-vl-2b --stage reasoner-grpo` planned the logits of the 40 x 2048
+    completion tokens over Qwen3-VL-8B's 151,936-word vocabulary with fp32 copies (40 x 2048 x 151936 x 10 B = 116
+    GiB). TRL's GRPOTrainer (>= 1.16, `add_fused_lm_head`) never builds them: one tile of 4096 tokens x 32768 logits
+    (bf16), the 81,920 completion tokens' hidden states (4096 wide) saved, their gradient in fp32 and its bf16 cast,
+    and, the head being trained (full fine-tuning), its 151936 x 4096 weight gradient in fp32 and its bf16 cast."""
+    from unime.cli.plan import _command_options
+    from unime.train.memory_plan import activation_bytes_per_token, model_shapes, plan_reasoner_grpo
+
+    model = "Qwen/Qwen3-VL-8B-Instruct"
+    o = {**_command_options("train reasoner", "embed-rl/qwen3-vl-2b", []), "embedder": "Qwen/Qwen3-VL-2B-Instruct",
+         "lora_r": 0, "gradient_checkpointing": False, "micro_batch": None}
+    plan = plan_reasoner_grpo(model, o)
+    (label, phase), = [(k, v) for k, v in plan.rows if k.startswith("largest phase: policy")]
+    assert label == "largest phase: policy forward + backward: activations + TRL's fused LM head"
+    seq = int(next(f for f in plan.facts if "prompt ~" in f).split("prompt ~")[1].split()[0]) + 2048
+    per_tok = activation_bytes_per_token(model_shapes(model), seq_len=seq, act_bytes=2, lora_r=0, n_lora=0,
+                                         lora_dropout=0.0, autocast_bf16=True)
+    fused = 4096 * 32768 * 2 + 40 * 2048 * 4096 * (2 + 4 + 2) + 151936 * 4096 * (4 + 2)
+    assert phase == pytest.approx(40 * seq * per_tok + fused)
+
+
+def test_the_fused_lm_head_tile_sizes_are_the_installed_trls():
+    """`fused_lm_head_bytes` copies TRL's tile sizes (planning does not import trl): the installed TRL's."""
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    from unime.train.memory_plan import TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK
+
+    assert (TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK) == (chunked_logprob.TOKEN_CHUNK_SIZE,
+                                                  trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE)

@@ -553,10 +553,23 @@ def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | No
                 tokens_label="tokens per judged query group (all devices, one query each)")
 
 
-def logits_bytes(tokens: int, vocab: int, act_bytes: int) -> int:
-    """The language-model head's logits of `tokens` (activation dtype) and, for the loss, their fp32 copy and its
-    log-softmax (transformers' causal-LM loss and TRL's per-token log-probabilities upcast them)."""
-    return tokens * vocab * (act_bytes + 8)
+# TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`, its kernel `trl.kernels.chunked_logprob`): the token
+# and vocabulary sizes of one logits tile, copied (importing trl loads torch, which planning does not need;
+# tests/train/test_plan.py keeps them equal to the installed TRL's)
+TRL_TOKEN_CHUNK = 4096
+TRL_VOCAB_CHUNK = 32768
+
+
+def fused_lm_head_bytes(tokens: int, shapes: ModelShapes, act_bytes: int, *, lm_head_trained: bool) -> int:
+    """What TRL's fused LM head holds for `tokens` labelled tokens: GRPOTrainer's log-probabilities and SFTTrainer's
+    loss (TRL >= 1.16) never build the tokens x vocabulary logits. Kept: one tile of at most `TRL_TOKEN_CHUNK` tokens x
+    `TRL_VOCAB_CHUNK` logits (activation dtype), the labelled tokens' final hidden states it saves for the backward
+    (a copy: only the labelled positions are scored on a GPU), in the backward their gradient accumulated in fp32 and
+    cast back, and with a trained LM head (full fine-tuning) its weight's gradient in fp32 and cast back."""
+    tile = min(tokens, TRL_TOKEN_CHUNK) * TRL_VOCAB_CHUNK * act_bytes
+    hidden = tokens * shapes.hidden * (act_bytes + 4 + act_bytes)
+    head = shapes.vocab * shapes.hidden * (4 + act_bytes) if lm_head_trained else 0
+    return tile + hidden + head
 
 
 def reasoning_prompt_tokens(shapes: ModelShapes, o: dict, *, text_tokens: int,
@@ -570,6 +583,11 @@ def reasoning_prompt_tokens(shapes: ModelShapes, o: dict, *, text_tokens: int,
     return item + instruction, f"{what} + ~{instruction} reasoning instruction"
 
 
+def full_fine_tuning(shapes: ModelShapes, o: dict) -> bool:
+    """Whether the reasoner stage trains every weight of `shapes` (`--lora-r 0` on a model that is no adapter)."""
+    return not shapes.adapter and not int(o.get("lora_r") or 0)
+
+
 def _policy(model: str, o: dict, gpus: int, *, text_tokens: int, images_per_item: float):
     """The reasoner being trained (`unime train reasoner`, either stage): its shapes, activation bytes, parameter
     rows and facts (`_param_rows`: LoRA, or `lora_r` 0 full fine-tuning of its weights in the run's dtype), LoRA
@@ -577,7 +595,7 @@ def _policy(model: str, o: dict, gpus: int, *, text_tokens: int, images_per_item
     an unset one with the stage's default)."""
     shapes = model_shapes(model)
     act_b = 2 if str(o.get("dtype") or "auto") in ("auto", "bf16", "bfloat16", "fp16", "float16") else 4
-    o = {**o, "full": not shapes.adapter and not int(o.get("lora_r") or 0)}
+    o = {**o, "full": full_fine_tuning(shapes, o)}
     rows, facts, trainable = _param_rows(shapes, o, weight_bytes=act_b, gpus=gpus, full_bytes=act_b)
     prompt = reasoning_prompt_tokens(shapes, o, text_tokens=text_tokens, images_per_item=images_per_item)
     facts.insert(0, f"reasoner {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters, {shapes.layers} layers, "
@@ -589,8 +607,8 @@ def plan_reasoner_sft(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: flo
                       text_tokens: int = 64, images_per_item: float = 1.0, title: str = "",
                       tcot_tokens: int | None = None, evidence_crops: float | None = None) -> Plan:
     """`unime train reasoner --stage sft`: per device --batch-size prompt + T-CoT sequences in one forward (TRL's
-    SFTTrainer; with --gradient-checkpointing only each layer's input kept), the logits of every token for the loss on
-    the T-CoT."""
+    SFTTrainer; with --gradient-checkpointing only each layer's input kept) and, for the loss on the T-CoT tokens, TRL's
+    fused LM head (`fused_lm_head_bytes`: no full logits)."""
     from unime.reasoning.tcot import TCOT_MAX_NEW_TOKENS
 
     if evidence_crops:
@@ -604,7 +622,8 @@ def plan_reasoner_sft(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: flo
                                          lora_dropout=drop, autocast_bf16=act_b == 2, dora_outputs=dora_out)
     rows += [activations_row(f"activations ({b} sequences in one forward)", b * seq * per_tok, b * seq, shapes, act_b,
                              o),
-             ("logits + their fp32 loss copies (every token)", logits_bytes(b * seq, shapes.vocab, act_b)),
+             (f"TRL's fused LM head ({b * tcot} T-CoT tokens)",
+              fused_lm_head_bytes(b * tcot, shapes, act_b, lm_head_trained=full_fine_tuning(shapes, o))),
              *_dora_rows(shapes, o, act_b)]
     facts.append(f"{gpus} device(s); per device {b} sequences of ~{seq} tokens: prompt {prompt} ({what}) + "
                  f"{tcot} T-CoT; {accum} accumulation step(s)")
@@ -623,7 +642,8 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     copy of --model). The step's phases run one after the other, so only the largest one's transients are added:
     generation (the completions' KV cache), the reward embedder's forward (its items with their T-CoT and evidence
     crops), the process judge's listwise prompts (KV cache of a batch of 8), and the policy's forward and backward
-    (activations, each layer's input only with --gradient-checkpointing, and the logits of the completion tokens)."""
+    (activations, each layer's input only with --gradient-checkpointing, and TRL's fused LM head over the completion
+    tokens, `fused_lm_head_bytes`: no full logits)."""
     if not o.get("embedder"):
         raise UsageError("give the reward embedder: --set embedder=CHECKPOINT (the frozen <emb> embedder GRPO rewards "
                          "with; a recipe's plan model is used otherwise)", command="plan")
@@ -634,6 +654,7 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     tcot = completion if tcot_tokens is None else int(tcot_tokens)  # the rollouts the reward embedder reads
     crops = images_per_item if evidence_crops is None else float(evidence_crops)
     rollouts, seq = 2 * pairs * n, prompt + completion
+    full = full_fine_tuning(shapes, o)
     if float(o.get("beta", 0.01) or 0) > 0:
         rows.append(("reference policy (TRL: LoRA adapter copy, fp32)", trainable * 4) if n_lora or shapes.adapter
                     else (f"reference policy (frozen copy, {'bf16' if act_b == 2 else 'fp32'})",
@@ -653,9 +674,9 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     phases = [("generation: KV cache of the completions", rollouts * seq * kv_bytes_per_token(shapes, act_b)),
               ("reward embedder forward (a batch of 16)",
                forward_transient_bytes(embedder, min(rollouts, 16) * e_seq, act_b)),
-              (policy_label + " + completion logits",
-               policy_act + logits_bytes(rollouts * completion, shapes.vocab, act_b)
-               + dora_weight_norm_bytes(shapes, o, act_b))]
+              (policy_label + " + TRL's fused LM head",
+               policy_act + dora_weight_norm_bytes(shapes, o, act_b)
+               + fused_lm_head_bytes(rollouts * completion, shapes, act_b, lm_head_trained=full))]
     judge_what = ""
     if judge:
         shown = 1 + n + int(o.get("hard_negative_pairs", 1))  # the rollout judged and its candidates
