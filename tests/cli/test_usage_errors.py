@@ -152,6 +152,9 @@ CONFIG_CASES = [
      "needs more pairs per batch: a batch of --pairs-per-batch 4 pairs has 3 negative pair(s); give "
      "--pairs-per-batch >= 5 or --hard-negative-pairs <= 3"),
     (_T["grpo"] + ["--hard-negative-pairs", "-1"], "train reasoner: --hard-negative-pairs must be >= 0, got -1"),
+    (_T["grpo"] + ["--micro-batch", "3"], "train reasoner: --micro-batch 3 does not divide a step's 16 completions (2 "
+     "x --pairs-per-batch 2 x --num-generations 4): give a divisor of 16"),
+    (_T["grpo"] + ["--micro-batch", "0"], "train reasoner: --micro-batch must be >= 1, got 0"),
     (["embed", "--model", "m", "--items", "i", "--out", "{tmp}/o.npy", "--batch-size", "0"],
      "embed: --batch-size must be >= 1, got 0"),
     (["eval", "--model", "m", "--tasks", "t", "--out", "{tmp}/ev", "--batch-size", "0"],

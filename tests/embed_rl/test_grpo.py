@@ -73,6 +73,30 @@ def test_geometry_keeps_pairs_whole(tmp_path):
         GRPOStageConfig(model="m", embedder="e", records="r", out="o", pairs_per_batch=1).validate()
 
 
+def test_micro_batch_splits_the_steps_one_generation_into_accumulated_forwards(tmp_path):
+    """--micro-batch (new): TRL's forward and backward of the policy ran on all 2 x 5 pairs x 4 generations = 40
+    completions of a step at once (per_device_train_batch_size 40: the embed-rl recipes' 8B reasoner, ~850 GiB of
+    activations). With --micro-batch 4, TRL gets per_device_train_batch_size 4 and 40 / 4 = 10 accumulation steps, and
+    steps_per_generation 10, so its generation batch (per_device x processes x steps_per_generation) is still the
+    step's 40 completions, generated and rewarded together; a micro-batch that does not divide them is refused."""
+    from unime.errors import OptionError
+
+    def cfg(**kw):
+        return GRPOStageConfig(model="m", embedder="e", records="r", out="o", num_generations=4, pairs_per_batch=5,
+                               hard_negative_pairs=4, **kw)
+
+    g = embed_rl_grpo_config(cfg(micro_batch=4), output_dir=str(tmp_path / "unused"), use_cpu=True, bf16=False,
+                             fp16=False)
+    assert (g.per_device_train_batch_size, g.gradient_accumulation_steps, g.steps_per_generation,
+            g.generation_batch_size, g.num_iterations) == (4, 10, 10, 40, 1)
+    g = embed_rl_grpo_config(cfg(), output_dir=str(tmp_path / "unused"), use_cpu=True, bf16=False, fp16=False)
+    assert (g.per_device_train_batch_size, g.gradient_accumulation_steps, g.steps_per_generation) == (40, 1, 1)
+    with pytest.raises(OptionError, match=r"micro_batch 3 does not divide a step's 40 completions \(2 x "
+                       r"pairs_per_batch 5 x num_generations 4\): give a divisor of 40"):
+        cfg(micro_batch=3).validate()
+    cfg(micro_batch=8).validate()
+
+
 def test_hard_negative_pairs_must_fit_in_the_batch():
     """QA: --hard-negative-pairs 4 (the Embed-RL recipe) with --pairs-per-batch 2 (the default) silently showed the
     process judge one negative pair: a batch of B pairs has B - 1. Refused before any work; B - 1 is accepted, and
@@ -595,3 +619,29 @@ def test_grpo_gradient_checkpointing_recomputes_the_policys_decoder(world, tiny_
     layers = AutoConfig.from_pretrained(model).text_config.num_hidden_layers
     assert calls["Qwen2VLDecoderLayer"] % layers == 0
     assert calls["Qwen2VLDecoderLayer"] > 0
+
+
+def test_grpo_micro_batch_rewards_whole_generations_and_runs_the_loss_in_micro_batches(world, tiny_model_dir,
+                                                                                        tmp_path, monkeypatch):
+    """`train reasoner --stage grpo --micro-batch 2` through TRL: each of the 2 optimizer steps generates and rewards
+    its 2 pairs x 2 sides x 4 generations = 16 completions at once (whole pairs, the reward's layout), and TRL's
+    policy loss runs on them 2 at a time, 8 forwards a step, all on-policy (no old log-probabilities computed)."""
+    import unime.embed_rl.grpo as grpo
+
+    seen: list[tuple[int, bool]] = []
+    trainer_class = grpo._trainer_class()
+
+    class Spy(trainer_class):
+        def _compute_loss(self, model, inputs):
+            seen.append((inputs["completion_ids"].shape[0], inputs.get("old_per_token_logps") is None))
+            return super()._compute_loss(model, inputs)
+
+    monkeypatch.setattr(grpo, "_trainer_class", lambda: Spy)
+    root, _ = world
+    cfg = GRPOStageConfig(model=tiny_model_dir("qwen2_vl"), embedder=tiny_model_dir("qwen2_vl", (EMB_TOKEN,)),
+                          records=str(root / "records.jsonl"), out=str(tmp_path / "grpo"), max_steps=2,
+                          max_completion_length=8, device="cpu", weights=(0.05, 0.8, 0.0), micro_batch=2)
+    summary = grpo.train_reasoner_grpo(cfg)
+    assert summary["steps"] == 2
+    assert [r["completions"] for r in summary["reward_steps"]] == [16, 16]
+    assert seen == [(2, True)] * 16

@@ -638,7 +638,7 @@ def test_the_reasoner_plans_keep_only_each_layers_input_with_gradient_checkpoint
     assert dict(on.rows)[logits] == dict(off.rows)[logits]
     o = {"lora_r": 16, "embedder": model, "max_completion_length": 64, "weights": "0.05,0.8,0"}
     off, on = (plan_reasoner_grpo(model, {**o, "gradient_checkpointing": c}) for c in (False, True))
-    phase = "largest phase: policy forward + backward: activations"
+    phase = "largest phase: policy forward + backward of 16 completions: activations"
     (off_label, off_bytes), = [(k, v) for k, v in off.rows if k.startswith(phase)]
     (on_label, on_bytes), = [(k, v) for k, v in on.rows if k.startswith(phase)]
     assert on_label == phase + " (gradient checkpointing) + TRL's fused LM head" and off_label != on_label
@@ -659,7 +659,7 @@ def test_the_grpo_policy_phase_counts_trls_fused_lm_head_not_the_completion_logi
          "lora_r": 0, "gradient_checkpointing": False, "micro_batch": None}
     plan = plan_reasoner_grpo(model, o)
     (label, phase), = [(k, v) for k, v in plan.rows if k.startswith("largest phase: policy")]
-    assert label == "largest phase: policy forward + backward: activations + TRL's fused LM head"
+    assert label == "largest phase: policy forward + backward of 40 completions: activations + TRL's fused LM head"
     seq = int(next(f for f in plan.facts if "prompt ~" in f).split("prompt ~")[1].split()[0]) + 2048
     per_tok = activation_bytes_per_token(model_shapes(model), seq_len=seq, act_bytes=2, lora_r=0, n_lora=0,
                                          lora_dropout=0.0, autocast_bf16=True)
@@ -676,3 +676,27 @@ def test_the_fused_lm_head_tile_sizes_are_the_installed_trls():
 
     assert (TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK) == (chunked_logprob.TOKEN_CHUNK_SIZE,
                                                   trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+
+
+def test_the_grpo_policy_phase_is_one_micro_batch_and_generation_still_holds_every_completion():
+    """`train reasoner --micro-batch 4` (new): TRL runs the policy's loss on per_device_train_batch_size = 4 of the
+    step's 2 x 5 x 4 = 40 completions at a time (`embed_rl_grpo_config`), but generates all 40 together. The policy
+    phase is then that of 4 completions: 4 x seq tokens of activations and 4 x 2048 tokens through the fused LM head;
+    the generation phase's KV cache still holds 40 x seq tokens (36 layers x 2 x 8 KV heads x 128 x 2 B a token)."""
+    from unime.cli.plan import _command_options
+    from unime.train.memory_plan import activation_bytes_per_token, model_shapes, plan_reasoner_grpo
+
+    model = "Qwen/Qwen3-VL-8B-Instruct"
+    o = {**_command_options("train reasoner", "embed-rl/qwen3-vl-2b", []), "embedder": "Qwen/Qwen3-VL-2B-Instruct",
+         "lora_r": 0, "gradient_checkpointing": False, "micro_batch": 4}
+    plan = plan_reasoner_grpo(model, o)
+    seq = int(next(f for f in plan.facts if "prompt ~" in f).split("prompt ~")[1].split()[0]) + 2048
+    per_tok = activation_bytes_per_token(model_shapes(model), seq_len=seq, act_bytes=2, lora_r=0, n_lora=0,
+                                         lora_dropout=0.0, autocast_bf16=True)
+    fused = 4096 * 32768 * 2 + 4 * 2048 * 4096 * (2 + 4 + 2) + 151936 * 4096 * (4 + 2)
+    phase = "policy forward + backward of 4 completions: activations + TRL's fused LM head"
+    phases = plan.facts[-1]
+    assert f"{phase} {(4 * seq * per_tok + fused) / GiB:.2f}" in phases, phases
+    assert f"generation: KV cache of the completions {40 * seq * 36 * 2 * 8 * 128 * 2 / GiB:.2f}" in phases, phases
+    assert "the policy's loss on 4 at a time (10 accumulated forward + backward)" in plan.facts[-3], plan.facts
+    assert plan.tokens_per_step == 40 * 8 // 8 * seq  # one device: all 40 completions, as without micro-batches

@@ -8,8 +8,9 @@ module adds is the data layout and the reward:
 then the positive's — with columns `prompt` (conversational, `{"type": "image"}` placeholders),
 `images`, `pair_id`, `side` ("query" / "positive") and `item` (the item as JSON, for the embedder).
 Pairs are shuffled as units (one permutation per epoch, seeded) and TRL's own shuffling is off, so a
-batch is always whole pairs: TRL takes consecutive prompts, each repeated n times, and a step holds
-`per_device_train_batch_size = 2 · pairs_per_batch · n` completions (one generation per step).
+batch is always whole pairs: TRL takes consecutive prompts, each repeated n times, and a step generates and
+rewards `2 · pairs_per_batch · n` completions per process (one generation per step), whose loss runs in micro-batches
+of `--micro-batch` (TRL's `per_device_train_batch_size`) accumulated over TRL's `steps_per_generation`.
 `embed_rl_grpo_config` derives and checks those numbers; the reward function re-checks every batch
 from the `pair_id` / `side` columns it receives (`RolloutLayout.from_completion_keys`) and stops with
 a clear error if a pair is split — it never assumes a completion order.
@@ -28,11 +29,12 @@ pairs, the rollout most similar to it (as the release: n + hard_negative_pairs c
 every component is logged to TRL's metrics, to
 `reward_log.csv` and plotted to `reward_curves.png`.
 
-**Two TRL adaptations.** The processor handed to TRL pads on the left (`prepare_policy_processor`; TRL
+**TRL adaptations.** The processor handed to TRL pads on the left (`prepare_policy_processor`; TRL
 does this only for processors it loads itself). `EmbedRLGRPOTrainer`: TRL 1.16 returns `None` as the image list of a text-only
 prompt, which its processor call then rejects when a batch mixes text-only and image prompts (a text
 query with an image positive is the common case here). The subclass maps `None` to `[]` — the
-processor accepts that — and changes nothing else.
+processor accepts that — and, as TRL slices the vision inputs per chunk of its log-probability forwards (one
+--micro-batch), gives a chunk without an image none instead of empty ones; it changes nothing else.
 
 Defaults follow the paper: n = 4, beta = 0.01, lr 3e-6, temperature 1.0, loss "grpo" with group
 scaling. On CPU: fp32 (TRL's bf16 default fails or crawls there), no vLLM. Activation checkpointing only with
@@ -251,7 +253,8 @@ class EmbedRLReward:
                 f"EG-RL batch does not hold whole (query, positive) pairs with {self.group_size} rollouts per side: "
                 f"{e}. Each pair must contribute its query row and its positive row to the same batch; build the "
                 "dataset with `grpo_rows` (pairs interleaved, TRL shuffling off) and the config with "
-                "`embed_rl_grpo_config` (per_device_train_batch_size = 2 x pairs_per_batch x num_generations). "
+                "`embed_rl_grpo_config` (a generation of 2 x pairs_per_batch x num_generations completions per "
+                "process: per_device_train_batch_size x steps_per_generation). "
                 f"Batch: {list(zip(pair_id, side))}") from None
 
     def __call__(self, prompts=None, completions=None, *, pair_id=None, side=None, item=None, trainer_state=None,
@@ -371,6 +374,37 @@ def _trainer_class():
                 out = (*out[:6], [im if im else [] for im in images], out[7])
             return out
 
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, num_images=None, pixel_values=None,
+                                               image_grid_thw=None, **kwargs):
+            """TRL's, one chunk (`batch_size` rows, else all) at a time, a chunk without an image given no vision
+            inputs: TRL slices them per chunk and hands an image-less chunk of a mixed batch (a --micro-batch of
+            text queries) empty ones, which the model's vision tower fails on."""
+            run = super()._get_per_token_logps_and_entropies
+            if pixel_values is None or image_grid_thw is None or num_images is None:
+                return run(model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                           num_images=num_images, pixel_values=pixel_values, image_grid_thw=image_grid_thw, **kwargs)
+            import itertools
+
+            import torch
+
+            size, rows = batch_size or input_ids.size(0), input_ids.size(0)
+            image_at = [0, *itertools.accumulate(num_images)]
+            pixel_at = [0, *itertools.accumulate(image_grid_thw.prod(dim=-1).tolist())]
+            parts = []
+            for start in range(0, rows, size):
+                end = min(start + size, rows)
+                first, last = image_at[start], image_at[end]
+                vision = {} if first == last else {
+                    "num_images": list(num_images[start:end]), "image_grid_thw": image_grid_thw[first:last],
+                    "pixel_values": pixel_values[pixel_at[first]:pixel_at[last]]}
+                chunk = {k: v[start:end] if torch.is_tensor(v) else v for k, v in kwargs.items()}
+                parts.append(run(model, input_ids[start:end], attention_mask[start:end], logits_to_keep, **vision,
+                                 **chunk))
+            logps, entropies, aux = zip(*parts)
+            return (torch.cat(logps), None if entropies[0] is None else torch.cat(entropies),
+                    None if aux[0] is None else torch.stack(aux).mean())
+
     return EmbedRLGRPOTrainer
 
 
@@ -435,6 +469,11 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
     num_generations: int = option(4, "group size n (default %(default)s)", group="grpo", at_least=2)
     # >= 2: the outcome reward needs other pairs as negatives
     pairs_per_batch: int = option(2, "(query, positive) pairs per step (>= 2)", group="grpo", at_least=2)
+    # TRL's per_device_train_batch_size; the step's one generation is split into micro-batches (`embed_rl_grpo_config`)
+    micro_batch: int | None = option(None, "completions per forward and backward of the policy (default: all of a "
+                                     "step's, 2 x --pairs-per-batch x --num-generations, in one); a divisor of them, "
+                                     "the rest accumulated into the same optimizer step from the step's one "
+                                     "generation", group="grpo", at_least=1)
     epochs: int = option(1, "passes over the pairs (each reshuffled)", dest="grpo_epochs", group="grpo", at_least=1)
     beta: float = option(0.01, "KL coefficient (default %(default)s)", group="grpo", at_least=0)
     temperature: float = option(1.0, group="grpo", above=0)
@@ -461,6 +500,17 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
         of --pairs-per-batch B pairs has B - 1 (QA: 4 with B = 2 silently showed the judge one)."""
         super().validate()
         check_hard_negative_pairs(self.hard_negative_pairs, self.pairs_per_batch, config=self)
+        completions = self.completions_per_step
+        if self.micro_batch is not None and completions % self.micro_batch:
+            raise OptionError(self, "{micro_batch} {micro} does not divide a step's {completions} completions (2 x "
+                              "{pairs_per_batch} {pairs} x {num_generations} {n}): give a divisor of {completions}",
+                              micro=self.micro_batch, completions=completions, pairs=self.pairs_per_batch,
+                              n=self.num_generations)
+
+    @property
+    def completions_per_step(self) -> int:
+        """The completions each process generates and rewards per optimizer step: 2 x pairs x generations."""
+        return 2 * self.pairs_per_batch * self.num_generations
 
 
 def check_hard_negative_pairs(hard_negative_pairs: int, pairs_per_batch: int, *, config=None) -> None:
@@ -485,18 +535,23 @@ SUMMARY_FILE = "grpo_summary.json"
 
 def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool, bf16: bool, fp16: bool,
                          num_processes: int = 1, check_only: bool = False):
-    """TRL `GRPOConfig` for EG-RL with the batch geometry that keeps pairs whole. With `check_only`, its
-    --trainer-arg strings checked and nothing built (None)."""
+    """TRL `GRPOConfig` for EG-RL with the batch geometry that keeps pairs whole: per process and optimizer step one
+    generation of `completions_per_step` completions (2 x pairs x n, rewarded together), whose policy loss runs in
+    micro-batches of --micro-batch (TRL's per_device_train_batch_size), accumulated: TRL's steps_per_generation =
+    gradient_accumulation_steps = completions / micro-batch, so the step stays on-policy (no old log-probabilities).
+    With `check_only`, its --trainer-arg strings checked and nothing built (None)."""
     from trl import GRPOConfig
 
     from unime.models.hf_arguments import hf_training_arguments
 
-    per_device = 2 * cfg.pairs_per_batch * cfg.num_generations
+    completions = cfg.completions_per_step
+    per_device = cfg.micro_batch or completions
+    accum = completions // per_device
     gcfg = hf_training_arguments(
-        GRPOConfig, output_dir=output_dir, batch_size=per_device, epochs=1, max_steps=cfg.max_steps,
+        GRPOConfig, output_dir=output_dir, batch_size=per_device, grad_accum=accum, epochs=1, max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, lr_scheduler=cfg.lr_scheduler, logging_steps=1, save_steps=cfg.save_steps,
         save_total_limit=2, seed=cfg.seed, use_cpu=use_cpu, bf16=bf16, fp16=fp16,
-        steps_per_generation=1, num_generations=cfg.num_generations, num_iterations=1,
+        steps_per_generation=accum, num_generations=cfg.num_generations, num_iterations=1,
         max_completion_length=cfg.max_completion_length, beta=cfg.beta, temperature=cfg.temperature,
         top_p=cfg.top_p, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False,
         use_vllm=False, disable_dropout=True, log_completions=False, trainer_arg=cfg.trainer_arg,

@@ -641,9 +641,10 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     reward embedder (`o["embedder"]`) and, with a process weight, the frozen process judge (--process-judge, else a
     copy of --model). The step's phases run one after the other, so only the largest one's transients are added:
     generation (the completions' KV cache), the reward embedder's forward (its items with their T-CoT and evidence
-    crops), the process judge's listwise prompts (KV cache of a batch of 8), and the policy's forward and backward
-    (activations, each layer's input only with --gradient-checkpointing, and TRL's fused LM head over the completion
-    tokens, `fused_lm_head_bytes`: no full logits)."""
+    crops), the process judge's listwise prompts (KV cache of a batch of 8), and the policy's forward and backward of
+    one --micro-batch of completions (default: all of the step's; TRL accumulates the others into the same step):
+    activations (each layer's input only with --gradient-checkpointing) and TRL's fused LM head over the completion
+    tokens (`fused_lm_head_bytes`: no full logits)."""
     if not o.get("embedder"):
         raise UsageError("give the reward embedder: --set embedder=CHECKPOINT (the frozen <emb> embedder GRPO rewards "
                          "with; a recipe's plan model is used otherwise)", command="plan")
@@ -669,14 +670,15 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
                                          lora_dropout=0.0, autocast_bf16=act_b == 2, dora_outputs=dora_out)
     e_seq, e_what = item_tokens(embedder, o, text_tokens=text_tokens, images_per_item=images_per_item,
                                 tcot_tokens=tcot, evidence_crops=crops)
-    policy_label, policy_act = activations_row("policy forward + backward: activations", rollouts * seq * per_tok,
-                                               rollouts * seq, shapes, act_b, o)
+    micro = int(o.get("micro_batch") or rollouts)  # TRL's per_device_train_batch_size (`embed_rl_grpo_config`)
+    policy_label, policy_act = activations_row(f"policy forward + backward of {micro} completions: activations",
+                                               micro * seq * per_tok, micro * seq, shapes, act_b, o)
     phases = [("generation: KV cache of the completions", rollouts * seq * kv_bytes_per_token(shapes, act_b)),
               ("reward embedder forward (a batch of 16)",
                forward_transient_bytes(embedder, min(rollouts, 16) * e_seq, act_b)),
               (policy_label + " + TRL's fused LM head",
                policy_act + dora_weight_norm_bytes(shapes, o, act_b)
-               + fused_lm_head_bytes(rollouts * completion, shapes, act_b, lm_head_trained=full))]
+               + fused_lm_head_bytes(micro * completion, shapes, act_b, lm_head_trained=full))]
     judge_what = ""
     if judge:
         shown = 1 + n + int(o.get("hard_negative_pairs", 1))  # the rollout judged and its candidates
@@ -687,7 +689,8 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     largest = max(phases, key=lambda p: p[1])
     rows.append((f"largest phase: {largest[0]}", largest[1]))
     facts += [f"{gpus} device(s); per device and step {2 * pairs} prompts ({pairs} pairs) x {n} generations = "
-              f"{rollouts} completions of <= {completion} tokens; prompt ~{prompt} tokens ({what})",
+              f"{rollouts} completions of <= {completion} tokens; prompt ~{prompt} tokens ({what}); the policy's "
+              f"loss on {micro} at a time ({rollouts // micro} accumulated forward + backward)",
               f"reward embedder items ~{e_seq} tokens: {e_what}{judge_what}",
               "phases (one at a time, GiB): " + ", ".join(f"{name} {b / GiB:.2f}" for name, b in phases)]
     return Plan(title=title or f"train reasoner --stage grpo on {shapes.name}", facts=facts, rows=rows,
