@@ -432,21 +432,26 @@ def test_dora_adds_two_values_per_adapted_output_feature_to_the_real_recipe_plan
     assert dora[label] - lora[label] == 2 * 640 * 28 * 2 * 46080
 
 
-def _planned_recipes() -> list[str]:
+def _planned_recipes() -> list[tuple[str, list[str]]]:
+    """Each recipe with a plan, at its own stage, and at the reasoner's two stages where it names a reasoner."""
     from unime.cli.recipes import list_recipes, load_recipe
 
-    return [name for name in list_recipes() if load_recipe(name).plan]
+    return [(name, stage) for name in list_recipes() if load_recipe(name).plan
+            for stage in ([[]] + ([["--stage", "reasoner-sft"], ["--stage", "reasoner-grpo"]]
+                                  if load_recipe(name).plan.get("reasoner") else []))]
 
 
-@pytest.mark.parametrize("recipe", _planned_recipes())
-def test_every_recipe_as_shipped_fits_eight_80_gib_devices_by_its_own_plan(recipe, capsys):
+@pytest.mark.parametrize("recipe,stage", _planned_recipes())
+def test_every_recipe_as_shipped_fits_eight_80_gib_devices_by_its_own_plan(recipe, stage, capsys):
     """QA: `unime plan --recipe embed-rl/qwen3-vl-4b --gpus 8 --gpu-memory 80` said 123.44 GiB: DOES NOT FIT (8
     queries x 2 sequences of ~944 tokens in one forward at unime's default batch and image bounds); the recipe now
     sets --gradcache with chunks of 2 sequences (23.2 GiB). A recipe a user launches as shipped must fit the paper's
-    hardware class by the plan unime itself prints."""
+    hardware class by the plan unime itself prints. Also the reasoner's stages (QA: SFT 140 GiB, 8 sequences with
+    every layer's activations kept; GRPO 1078 GiB, the 8B fully fine-tuned on 40 completions in one forward): the
+    recipes now set --gradient-checkpointing, LoRA and --micro-batch 4 (the release's micro-batch)."""
     from unime.cli import main
 
-    assert main(["plan", "--recipe", recipe, "--gpus", "8", "--gpu-memory", "80"]) == 0
+    assert main(["plan", "--recipe", recipe, *stage, "--gpus", "8", "--gpu-memory", "80"]) == 0
     out = capsys.readouterr().out
     assert "of 80 GiB: fits" in out, out
 
@@ -586,8 +591,9 @@ def test_the_reasoner_grpo_plan_holds_the_policy_its_reference_the_reward_embedd
 
 
 def test_unime_plan_plans_the_reasoner_stages_of_an_embed_rl_recipe(capsys):
-    """The recipe names its reasoner (Qwen3-VL-8B) for the reasoner stages; each stage's own --lora-r default (sft
-    16, grpo 0: full fine-tuning), and GRPO's reward embedder is the recipe's embedder (Qwen3-VL-2B)."""
+    """The recipe names its reasoner (Qwen3-VL-8B) for the reasoner stages; the recipe's --lora-r 16 for both (else
+    each stage's own default: sft 16, grpo 0, full fine-tuning), and GRPO's reward embedder is the recipe's embedder
+    (Qwen3-VL-2B)."""
     from unime.cli import main
 
     recipe = ["plan", "--recipe", "embed-rl/qwen3-vl-2b", "--stage"]
@@ -596,8 +602,10 @@ def test_unime_plan_plans_the_reasoner_stages_of_an_embed_rl_recipe(capsys):
     assert "reasoner Qwen/Qwen3-VL-8B-Instruct: 8.77 B parameters" in out and "LoRA r=16 on the language model" in out
     assert main(recipe + ["reasoner-grpo"]) == 0
     out = capsys.readouterr().out
-    assert "full fine-tuning: 8.77 B" in out and "reward embedder Qwen/Qwen3-VL-2B-Instruct (frozen)" in out, out
+    assert "LoRA r=16 on the language model" in out and "reward embedder Qwen/Qwen3-VL-2B-Instruct (frozen)" in out
     assert "10 prompts (5 pairs) x 4 generations = 40 completions of <= 2048 tokens" in out, out
+    assert main(recipe + ["reasoner-grpo", "--set", "lora-r=0"]) == 0
+    assert "full fine-tuning: 8.77 B" in capsys.readouterr().out
     assert main(["plan", "--stage", "reasoner-grpo", "--model", "Qwen/Qwen3-VL-8B-Instruct"]) == 2
     assert "give the reward embedder: --set embedder=CHECKPOINT" in capsys.readouterr().err
 
