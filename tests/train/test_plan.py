@@ -708,3 +708,32 @@ def test_the_grpo_policy_phase_is_one_micro_batch_and_generation_still_holds_eve
     assert f"generation: KV cache of the completions {40 * seq * 36 * 2 * 8 * 128 * 2 / GiB:.2f}" in phases, phases
     assert "the policy's loss on 4 at a time (10 accumulated forward + backward)" in plan.facts[-3], plan.facts
     assert plan.tokens_per_step == 40 * 8 // 8 * seq  # one device: all 40 completions, as without micro-batches
+
+
+def test_the_reasoner_plans_hint_as_the_embedder_plan_does(capsys):
+    """Review: `unime plan --stage reasoner-sft --gpu-memory 80` said DOES NOT FIT without a hint line (the embedder and
+    reranker plans name what would help). Both reasoner stages now hint through the same writer: the ways the run does
+    not take yet, and LoRA (--lora-r N) while it fine-tunes fully (GRPO's default --lora-r 0); GRPO a smaller
+    --micro-batch while the policy's loss runs on more than one completion at a time."""
+    from unime.cli import main
+    from unime.train.memory_plan import plan_reasoner_grpo, plan_reasoner_sft
+
+    model = "Qwen/Qwen2-VL-2B-Instruct"
+    assert plan_reasoner_sft(model, {"lora_r": 16}, gpu_memory_gib=4).hints == \
+        ["try --gradient-checkpointing, a smaller --batch-size (now 8) with --grad-accum or --max-pixels to shorten "
+         "sequences"]
+    assert plan_reasoner_sft(model, {"lora_r": 0, "batch_size": 1, "gradient_checkpointing": True},
+                             gpu_memory_gib=4).hints == \
+        ["try --lora-r N (LoRA: no full gradients and optimizer states) or --max-pixels to shorten sequences"]
+    grpo = {"lora_r": 0, "embedder": model}  # 2 x 2 pairs x 4 generations: 16 completions in one micro-batch
+    assert plan_reasoner_grpo(model, grpo, gpu_memory_gib=4).hints == \
+        ["try --gradient-checkpointing, --lora-r N (LoRA: no full gradients and optimizer states), a smaller "
+         "--micro-batch (now 16) or --max-pixels to shorten sequences"]
+    done = {**grpo, "lora_r": 16, "gradient_checkpointing": True, "micro_batch": 1}
+    assert plan_reasoner_grpo(model, done, gpu_memory_gib=4).hints == ["try --max-pixels to shorten sequences"]
+    assert plan_reasoner_sft(model, {"lora_r": 16}, gpu_memory_gib=1000).hints == []  # it fits: no hint
+    assert main(["plan", "--stage", "reasoner-grpo", "--model", model, "--set", f"embedder={model}",
+                 "--gpu-memory", "40"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "hint: try --gradient-checkpointing, --lora-r N (LoRA: no full gradients and optimizer states), a smaller " \
+        "--micro-batch (now 16) or --max-pixels to shorten sequences"

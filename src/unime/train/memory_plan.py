@@ -438,16 +438,14 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
                 tokens_per_step=global_queries * per_query * seq,
                 tokens_note=f"{global_queries} queries x {per_query} sequences x {seq} tokens",
                 gpu_memory_gib=gpu_memory_gib)
-    if plan.fits is False:
-        # more devices split a --global-batch; under GradCache the activations are the chunk's, whatever the batch
-        plan.hints.append(_hint([
-            ("--gradcache with a small --chunk-size (activations then scale with the chunk, not the batch)",
-             not o.get("gradcache")),
-            (f"a smaller --chunk-size (now {chunk})", o.get("gradcache") and chunk > 1),
-            ("--gradient-checkpointing", not o.get("gradient_checkpointing")),
-            ("more devices (they split the --global-batch)", o.get("global_batch") and not o.get("gradcache")),
-            ("--max-pixels / --image-size to shorten sequences", True)]))
-    return plan
+    # more devices split a --global-batch; under GradCache the activations are the chunk's, whatever the batch
+    return with_hint(plan, [
+        ("--gradcache with a small --chunk-size (activations then scale with the chunk, not the batch)",
+         not o.get("gradcache")),
+        (f"a smaller --chunk-size (now {chunk})", o.get("gradcache") and chunk > 1),
+        ("--gradient-checkpointing", not o.get("gradient_checkpointing")),
+        ("more devices (they split the --global-batch)", o.get("global_batch") and not o.get("gradcache")),
+        ("--max-pixels / --image-size to shorten sequences", True)])
 
 
 def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None,
@@ -493,17 +491,18 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
     plan = Plan(title=title or f"train reranker on {shapes.name}", facts=facts, rows=rows,
                 tokens_per_step=sum(seqs) * gpus * accum, tokens_note=f"{len(seqs)} prompts x {gpus} devices x "
                 f"{accum} accumulation", gpu_memory_gib=gpu_memory_gib)
-    if plan.fits is False:
-        plan.hints.append(_hint([("--gradient-checkpointing", not o.get("gradient_checkpointing")),
-                                 (f"a smaller --batch-size (now {b}) with --grad-accum", b > 1),
-                                 ("--max-pixels to shorten sequences", True)]))
-    return plan
+    return with_hint(plan, [("--gradient-checkpointing", not o.get("gradient_checkpointing")),
+                            (f"a smaller --batch-size (now {b}) with --grad-accum", b > 1),
+                            ("--max-pixels to shorten sequences", True)])
 
 
-def _hint(ways: list[tuple[str, object]]) -> str:
-    """'try A, B or C' of the (way, it still applies) pairs: a way the run already takes is not suggested."""
+def with_hint(plan: Plan, ways: list[tuple[str, object]]) -> Plan:
+    """`plan`, with the hint 'try A, B or C' of the (way, it still applies) pairs when it does not fit: a way the run
+    already takes is not suggested. Every planner's hint is written here."""
     texts = [text for text, applies in ways if applies]
-    return "try " + (f"{', '.join(texts[:-1])} or {texts[-1]}" if len(texts) > 1 else texts[0])
+    if plan.fits is False and texts:
+        plan.hints.append("try " + (f"{', '.join(texts[:-1])} or {texts[-1]}" if len(texts) > 1 else texts[0]))
+    return plan
 
 
 def forward_transient_bytes(shapes: ModelShapes, tokens: int, act_bytes: int) -> int:
@@ -588,6 +587,15 @@ def full_fine_tuning(shapes: ModelShapes, o: dict) -> bool:
     return not shapes.adapter and not int(o.get("lora_r") or 0)
 
 
+def reasoner_hint(plan: Plan, shapes: ModelShapes, o: dict, *ways: tuple[str, object]) -> Plan:
+    """`with_hint` of either reasoner stage's `plan`: --gradient-checkpointing while it is off, LoRA instead of full
+    fine-tuning (`--lora-r 0`, GRPO's default: sharding it with FSDP / ZeRO-3 is refused), the stage's own `ways`,
+    and shorter sequences."""
+    return with_hint(plan, [("--gradient-checkpointing", not o.get("gradient_checkpointing")),
+                            ("--lora-r N (LoRA: no full gradients and optimizer states)", full_fine_tuning(shapes, o)),
+                            *ways, ("--max-pixels to shorten sequences", True)])
+
+
 def _policy(model: str, o: dict, gpus: int, *, text_tokens: int, images_per_item: float):
     """The reasoner being trained (`unime train reasoner`, either stage): its shapes, activation bytes, parameter
     rows and facts (`_param_rows`: LoRA, or `lora_r` 0 full fine-tuning of its weights in the run's dtype), LoRA
@@ -627,9 +635,10 @@ def plan_reasoner_sft(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: flo
              *_dora_rows(shapes, o, act_b)]
     facts.append(f"{gpus} device(s); per device {b} sequences of ~{seq} tokens: prompt {prompt} ({what}) + "
                  f"{tcot} T-CoT; {accum} accumulation step(s)")
-    return Plan(title=title or f"train reasoner --stage sft on {shapes.name}", facts=facts, rows=rows,
+    plan = Plan(title=title or f"train reasoner --stage sft on {shapes.name}", facts=facts, rows=rows,
                 tokens_per_step=b * gpus * accum * seq, tokens_note=f"{b} sequences x {gpus} devices x {accum} "
                 f"accumulation x {seq} tokens", gpu_memory_gib=gpu_memory_gib)
+    return reasoner_hint(plan, shapes, o, (f"a smaller --batch-size (now {b}) with --grad-accum", b > 1))
 
 
 def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None,
@@ -693,9 +702,10 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
               f"loss on {micro} at a time ({rollouts // micro} accumulated forward + backward)",
               f"reward embedder items ~{e_seq} tokens: {e_what}{judge_what}",
               "phases (one at a time, GiB): " + ", ".join(f"{name} {b / GiB:.2f}" for name, b in phases)]
-    return Plan(title=title or f"train reasoner --stage grpo on {shapes.name}", facts=facts, rows=rows,
+    plan = Plan(title=title or f"train reasoner --stage grpo on {shapes.name}", facts=facts, rows=rows,
                 tokens_per_step=rollouts * gpus * seq, tokens_note=f"{rollouts} completions x {gpus} devices x "
                 f"{seq} tokens (prompt + longest completion)", gpu_memory_gib=gpu_memory_gib)
+    return reasoner_hint(plan, shapes, o, (f"a smaller --micro-batch (now {micro})", micro > 1))
 
 
 PLANNERS = {"embedder": plan_embedder, "reranker": plan_reranker, "judge": plan_judge,
