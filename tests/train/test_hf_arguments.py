@@ -277,10 +277,21 @@ def test_configurations_that_shard_the_parameters_are_refused_by_each_trainer(tm
     with pytest.raises(UsageError, match="accelerate launch's DeepSpeed ZeRO-3 shards"):
         refuse_sharded_parameters({}, environ={"ACCELERATE_USE_DEEPSPEED": "true",
                                                "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(zero3)})
+    # accelerate's own reading of its switches (`str_to_bool`): 1 / yes / on, any case, are on too
+    for value in ("1", "yes", "On", "TRUE", "y", "t"):
+        with pytest.raises(UsageError, match=r"accelerate launch's FSDP \(ACCELERATE_USE_FSDP\) shards"):
+            refuse_sharded_parameters({}, environ={"ACCELERATE_USE_FSDP": value})
+        with pytest.raises(UsageError, match="accelerate launch's DeepSpeed ZeRO-3 shards"):
+            refuse_sharded_parameters({}, environ={"ACCELERATE_USE_DEEPSPEED": value,
+                                                   "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"})
+    with pytest.raises(UsageError, match="ACCELERATE_USE_FSDP='maybe': accelerate reads 1 / 0, true / false"):
+        refuse_sharded_parameters({}, environ={"ACCELERATE_USE_FSDP": "maybe"})
     # not sharded: no refusal
     for extra, environ in [({"fsdp": ""}, {}), ({"fsdp": False}, {}), ({"deepspeed": str(zero2)}, {}),
                            ({"deepspeed": {"zero_optimization": {"stage": 2}}}, {}),
-                           ({}, {"ACCELERATE_USE_FSDP": "false"}),
+                           ({}, {"ACCELERATE_USE_FSDP": "false"}), ({}, {"ACCELERATE_USE_FSDP": "0"}),
+                           ({}, {"ACCELERATE_USE_FSDP": "no"}),
+                           ({}, {"ACCELERATE_USE_DEEPSPEED": "0", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}),
                            ({}, {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"})]:
         refuse_sharded_parameters(extra, environ=environ)
 

@@ -144,12 +144,26 @@ def refuse_sharded_parameters(extra: Mapping[str, Any], environ: Mapping[str, st
         raise UsageError(f"--trainer-arg fsdp={extra['fsdp']} {SHARDED_REFUSAL}")
     if extra.get("deepspeed") is not None and _is_zero3(extra["deepspeed"]):
         raise UsageError(f"--trainer-arg deepspeed={extra['deepspeed']} (ZeRO stage 3) {SHARDED_REFUSAL}")
-    if environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    if accelerate_flag("ACCELERATE_USE_FSDP", environ):
         raise UsageError(f"accelerate launch's FSDP (ACCELERATE_USE_FSDP) {SHARDED_REFUSAL}")
-    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if accelerate_flag("ACCELERATE_USE_DEEPSPEED", environ):
         config = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
         if environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip() == "3" or (config and _is_zero3(config)):
             raise UsageError(f"accelerate launch's DeepSpeed ZeRO-3 {SHARDED_REFUSAL}")
+
+
+def accelerate_flag(key: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `accelerate launch`'s switch `key` (e.g. ACCELERATE_USE_DEEPSPEED) is on in `environ` (os.environ), by
+    accelerate's own rule (`accelerate.utils.str_to_bool`, as its `parse_flag_from_env`: 1, true, yes, on, y, t in any
+    case); a value accelerate cannot read is refused naming it."""
+    from accelerate.utils import str_to_bool
+
+    environ = os.environ if environ is None else environ
+    try:
+        return bool(str_to_bool(environ.get(key, "false")))
+    except ValueError:
+        raise UsageError(f"{key}={environ[key]!r}: accelerate reads 1 / 0, true / false, yes / no or on / off") \
+            from None
 
 
 def _is_zero3(config: Any) -> bool:
