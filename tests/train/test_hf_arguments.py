@@ -167,6 +167,26 @@ def test_gradcache_with_deepspeed_is_refused():
                                trainer_arg=["deepspeed=ds.json"]).validate()
 
 
+def test_gradcache_under_accelerate_launchs_deepspeed_is_refused(monkeypatch):
+    """Review: the refusal looked only at `--trainer-arg deepspeed=`, so `accelerate launch --use_deepspeed ...
+    --gradcache` (ACCELERATE_USE_DEEPSPEED in the environment, which accelerate reads as 1 / true / yes / on) ran.
+    It is refused naming accelerate's setting, by the same detection as the sharded-parameter refusal."""
+    from unime.errors import UnimeError
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    config = EmbedderTrainingConfig(model="m", records="r.jsonl", out="o", gradcache=True)
+    for value in ("true", "1", "yes", "ON"):
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", value)
+        with pytest.raises(UnimeError, match=r"--gradcache .* outside DeepSpeed's engine: use it without accelerate "
+                                             r"launch's DeepSpeed \(ACCELERATE_USE_DEEPSPEED\)"):
+            config.validate()
+    for value in ("false", "0", "no"):
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", value)
+        config.validate()
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    EmbedderTrainingConfig(model="m", records="r.jsonl", out="o", gradcache=False).validate()  # DeepSpeed alone runs
+
+
 def test_trainer_arg_on_the_command_line(capsys):
     """Repeatable on each training command; absent, the configs' default (empty)."""
     from unime.cli import build_parser

@@ -166,6 +166,17 @@ def accelerate_flag(key: str, environ: Mapping[str, str] | None = None) -> bool:
             from None
 
 
+def deepspeed_setting(extra: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> str | None:
+    """The setting that runs the trainer under DeepSpeed, as the user gave it: `--trainer-arg deepspeed=CONFIG` (among
+    the `extra` keywords) or `accelerate launch`'s DeepSpeed (ACCELERATE_USE_DEEPSPEED in `environ`: os.environ);
+    None without DeepSpeed."""
+    if extra.get("deepspeed") is not None:
+        return f"--trainer-arg deepspeed={extra['deepspeed']}"
+    if accelerate_flag("ACCELERATE_USE_DEEPSPEED", environ):
+        return "accelerate launch's DeepSpeed (ACCELERATE_USE_DEEPSPEED)"
+    return None
+
+
 def _is_zero3(config: Any) -> bool:
     """Whether a DeepSpeed config — a mapping, a JSON string or a JSON file's path — has `zero_optimization.stage` 3
     (one that cannot be read is not: DeepSpeed then reports it itself)."""

@@ -12,7 +12,7 @@ from typing import Any
 from unime.data.video import VideoOptions
 from unime.errors import UnimeError
 from unime.models.export import ExportOptions
-from unime.models.hf_arguments import TrainerArgOptions, gradient_checkpointing_option
+from unime.models.hf_arguments import TrainerArgOptions, deepspeed_setting, gradient_checkpointing_option
 from unime.models.image_budget import ImageOptions
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import DeviceOptions
@@ -132,9 +132,11 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
             raise UnimeError("no training records given")
         if self.full:
             refuse_full_fine_tuning_of_adapter(self.model)
-        if self.gradcache and any(str(a).partition("=")[0].strip() == "deepspeed" for a in self.trainer_arg):
-            raise UnimeError("--gradcache back-propagates each chunk's cached gradient itself, outside DeepSpeed's "
-                             "engine: use it without --trainer-arg deepspeed=... (or DeepSpeed without --gradcache)")
+        deepspeed = self.gradcache and deepspeed_setting(
+            {key.strip(): value for key, _, value in (str(a).partition("=") for a in self.trainer_arg)})
+        if deepspeed:
+            raise UnimeError(f"--gradcache back-propagates each chunk's cached gradient itself, outside DeepSpeed's "
+                             f"engine: use it without {deepspeed} (or DeepSpeed without --gradcache)")
 
     @property
     def infonce_in_batch(self) -> bool:
