@@ -263,13 +263,14 @@ def test_reason_eval_on_error_skip_leaves_out_a_bad_image_row_and_a_task_without
         "  - {name: lost, format: mmeb, path: lost.jsonl, meta_task: retrieval}\n")
     argv = ["reason", "eval", "--embedder", tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), "--tasks",
             str(tmp_path / "eval_tasks.yaml"), "--tcots", "none", "--device", "cpu"]
-    err, summary = raise_then_skip(argv, tmp_path, capsys, kept={"pick": 2}, skipped_rows={"pick": 1}, lost=["lost"])
+    err, summary = raise_then_skip(argv, tmp_path, capsys, kept={"pick": 2}, skipped_rows={"pick": 1, "lost": 1},
+                                   lost=["lost"])
     assert err == [f"unime: error: {tmp_path / 'pick.jsonl'}, record line 3, field 'query.images[0]': image wide.png "
                    "is 2000x8: its long side is 250 times its short side, over the 200 the model's image processor "
                    "accepts"]
     meta, out = summary["meta"], tmp_path / "skip"
     printed = capsys.readouterr().out
-    assert "skipped rows (`--on-error skip`): 1 (pick 1); the metrics leave them out" in printed.splitlines()
+    assert "skipped rows (`--on-error skip`): 2 (lost 1, pick 1); the metrics leave them out" in printed.splitlines()
     assert f"skipped tasks (`--on-error skip`): lost ({meta['skipped_task_reasons']['lost']})" in printed.splitlines()
     written = [json.loads(x) for x in (out / "tcots.jsonl").read_text().splitlines()]
     assert sum(r["side"] == "query" for r in written) == 2  # the bad row's query is not embedded

@@ -126,6 +126,22 @@ def build_world(root: Path) -> Path:
     return path
 
 
+def half_and_gone_tasks(root: Path) -> Path:
+    """A task config of two MMEB tasks with missing query images: 'half' (4 rows, its line 3 bad) and 'gone' (6 rows,
+    every one bad: the skip policy leaves no row). Returns the config's path."""
+    img = {c: write_png(root, f"images/{c}.png", c) for c in ("red", "blue")}
+
+    def row(query: str) -> dict:
+        return {"qry_text": Q, "qry_img_path": query, "tgt_text": ["red", "blue"], "tgt_img_path": ["", ""]}
+
+    write_jsonl(root / "half.jsonl", [row(img["red"]), row(img["blue"]), row("images/gone.png"), row(img["red"])])
+    write_jsonl(root / "gone.jsonl", [row(f"images/gone{i}.png") for i in range(6)])
+    path = root / "eval_tasks.yaml"
+    path.write_text("tasks:\n  - {name: half, format: mmeb, path: half.jsonl, meta_task: classification}\n"
+                    "  - {name: gone, format: mmeb, path: gone.jsonl, meta_task: classification}\n")
+    return path
+
+
 def run_suite(world: Path, embedder=None, *, cache_dir=None, ties="pessimistic", reranking=None, model_id="fake"):
     suite = load_task_config(world)
     embedder = embedder or FakeEmbedder()
@@ -138,10 +154,10 @@ def raise_then_skip(argv: list[str], out_root: Path, capsys, *, kept: dict[str, 
                     lost: list[str]) -> tuple[list[str], dict]:
     """Run a command that evaluates a task config with bad rows (`argv`, without --out: `unime eval`, `eval
     reference`, `reason eval`) twice. Under the default raise it exits 2 and writes nothing in its --out; under
-    --on-error skip it scores the `kept` tasks ({task: queries}) and reports the rows left out ({task: rows}) and
-    the tasks `lost` (no good rows) as `unime eval` does: summary.json (`skipped_data_meta`) and results.md
-    (`report.skip_lines`). Returns (the raise run's error lines, the skip run's summary); the skip run's stdout is
-    left in `capsys`."""
+    --on-error skip it scores the `kept` tasks ({task: queries}) and reports the rows left out ({task: rows}, the
+    `lost` tasks' included) and the tasks `lost` (no good rows) as `unime eval` does: summary.json
+    (`skipped_data_meta`) and results.md (`report.skip_lines`). Returns (the raise run's error lines, the skip run's
+    summary); the skip run's stdout is left in `capsys`."""
     from unime.cli import main
 
     capsys.readouterr()
@@ -152,8 +168,10 @@ def raise_then_skip(argv: list[str], out_root: Path, capsys, *, kept: dict[str, 
     assert main(argv + ["--out", str(out), "--on-error", "skip"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == set(kept) and {n: summary["task_counts"][n]["queries"] for n in kept} == kept
-    assert {n: c["skipped_rows"] for n, c in summary["task_counts"].items() if c.get("skipped_rows")} == skipped_rows
     meta = summary["meta"]
+    assert {n: c["skipped_rows"] for n, c in summary["task_counts"].items() if c.get("skipped_rows")} == {
+        n: k for n, k in skipped_rows.items() if n not in lost}
+    assert meta["skipped_task_rows"] == {n: k for n, k in skipped_rows.items() if n in lost}
     assert meta["on_error"] == "skip" and meta["skipped_rows"] == sum(skipped_rows.values())
     assert meta["dropped_candidates"] == 0
     assert meta["skipped_tasks"] == lost and list(meta["skipped_task_reasons"]) == lost

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.eval.helpers import Q, build_world, run_suite, write_jsonl, write_png
+from tests.eval.helpers import Q, build_world, half_and_gone_tasks, run_suite, write_jsonl, write_png
 from unime.data.items import Item
 from unime.errors import DataError, ModelError
 from unime.eval import report
@@ -460,3 +460,26 @@ def test_under_skip_each_task_left_out_is_reported_with_why(tmp_path):
     # a summary written before the reasons were recorded: the names alone
     del summary["meta"]["skipped_task_reasons"]
     assert "- **skipped tasks** (`--on-error skip`): colour_ret; absent" in report.results_markdown(summary)
+
+
+def test_skip_meta_counts_the_rows_of_a_task_left_without_rows_and_names_its_first_bad_row(tmp_path):
+    """`skipped_data_meta` (shared by `unime eval`, `eval reference`, `reason eval`) counted only the rows skipped in
+    the tasks that were scored: a task whose 6 rows were all bad added 0 to `skipped_rows`, and its reason said only
+    that it had no good rows. Now its rows are counted (per task in `skipped_task_rows`) and its reason keeps the
+    first bad row's error, as the raise policy reports it (file, record line, field)."""
+    from unime.eval.runners import skipped_data_meta
+
+    suite = load_task_config(half_and_gone_tasks(tmp_path))
+    gone = next(t for t in suite.tasks if t.name == "gone")
+    with pytest.raises(DataError) as raised:  # the first bad row, as the default policy names it
+        load_task_data(gone)
+    assert "record line 1, field 'query.images[0]'" in str(raised.value)
+    data = load_suite_data(suite, on_error="skip")
+    meta = skipped_data_meta(suite, data, "skip")
+    assert meta["skipped_rows"] == 1 + 6 and meta["skipped_task_rows"] == {"gone": 6}
+    assert meta["skipped_tasks"] == ["gone"]
+    assert meta["skipped_task_reasons"]["gone"] == (f"no good rows: {tmp_path / 'gone.jsonl'}: task 'gone' has no "
+                                                    f"(good) rows; first bad row: {raised.value}")
+    lines = report.skip_lines({"meta": meta, "task_counts": {"half": {"skipped_rows": 1}}})
+    assert lines[0] == "- **skipped rows** (`--on-error skip`): 7 (gone 6, half 1); the metrics leave them out"
+

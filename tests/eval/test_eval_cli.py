@@ -117,7 +117,7 @@ def test_unime_eval_skip_drops_a_bad_candidate_and_leaves_out_a_task_without_row
     assert main(argv + ["--on-error", "skip"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert "lost" not in summary["tasks"] and summary["meta"]["skipped_tasks"] == ["lost"]
-    assert summary["meta"]["dropped_candidates"] == 2 and summary["meta"]["skipped_rows"] == 0
+    assert summary["meta"]["dropped_candidates"] == 2 and summary["meta"]["skipped_rows"] == 1  # lost's row
     t2i = json.loads((out / "tasks" / "t2i.json").read_text())
     assert t2i["counts"]["queries"] == 2 and t2i["counts"]["dropped_candidates"] == 2
     md = (out / "results.md").read_text()
@@ -125,3 +125,26 @@ def test_unime_eval_skip_drops_a_bad_candidate_and_leaves_out_a_task_without_row
     assert list(why) == ["lost"] and why["lost"].startswith("no good rows: ") and "lost.jsonl" in why["lost"]
     assert f"- **skipped tasks** (`--on-error skip`): lost ({why['lost']})" in md
     assert "- **dropped candidates** (`--on-error skip`): 2 bad candidates" in md
+
+
+def test_unime_eval_skip_counts_the_rows_of_a_task_left_without_rows(tiny_model_dir, tmp_path):
+    """Under `--on-error skip` a task whose 6 rows were all bad was left out with `skipped_rows` counting only the
+    other task's 1 bad row, and a reason naming no row. summary.json now counts 7 (per task: half 1, gone 6), and
+    the reason (summary.json and results.md) keeps the first bad row's file, line, field and message."""
+    from tests.eval.helpers import half_and_gone_tasks
+
+    cfg = half_and_gone_tasks(tmp_path)
+    out = tmp_path / "o"
+    assert main(["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(cfg), "--out", str(out), "--no-cache",
+                 "--device", "cpu", "--on-error", "skip"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    meta = summary["meta"]
+    assert list(summary["tasks"]) == ["half"] and summary["task_counts"]["half"]["queries"] == 3
+    assert summary["task_counts"]["half"]["skipped_rows"] == 1
+    assert meta["skipped_rows"] == 7 and meta["skipped_task_rows"] == {"gone": 6} and meta["skipped_tasks"] == ["gone"]
+    why = meta["skipped_task_reasons"]["gone"]
+    assert why.startswith("no good rows: ")
+    assert f"; first bad row: {tmp_path / 'gone.jsonl'}, record line 1, field 'query.images[0]': " in why
+    md = (out / "results.md").read_text().splitlines()
+    assert "- **skipped rows** (`--on-error skip`): 7 (gone 6, half 1); the metrics leave them out" in md
+    assert f"- **skipped tasks** (`--on-error skip`): gone ({why})" in md

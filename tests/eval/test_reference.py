@@ -253,7 +253,8 @@ def test_eval_reference_on_error_skip_reports_skipped_rows_and_tasks_as_unime_ev
     argv = ["eval", "reference", "--tasks", str(tmp_path / "eval_tasks.yaml"), "--records",
             str(tmp_path / "records.jsonl"), "--data-root", str(tmp_path), "--max-steps", "1", "--image-size", "16",
             "--batch-size", "4"]
-    err, summary = raise_then_skip(argv, tmp_path, capsys, kept={"pick": 3}, skipped_rows={"pick": 1}, lost=["lost"])
+    err, summary = raise_then_skip(argv, tmp_path, capsys, kept={"pick": 3}, skipped_rows={"pick": 1, "lost": 1},
+                                   lost=["lost"])
     assert len(err) == 1 and err[0].startswith(f"unime: error: {tmp_path / 'pick.jsonl'}, record line 4, "
                                                "field 'query.images[0]': ")
     assert "lost.jsonl" in summary["meta"]["skipped_task_reasons"]["lost"]

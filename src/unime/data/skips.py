@@ -109,13 +109,19 @@ class ErrorPolicy:
         self.skips = SkipReport() if skips is None else skips
         self.start = self.skips.total
         self.what = what
+        self.first: DataError | None = None  # this read's first skipped record (a shared report keeps only a few)
+
+    @property
+    def skipped(self) -> int:
+        """Records this read skipped."""
+        return self.skips.total - self.start
 
     def handle(self, err: DataError) -> None:
         if self.on_error == "raise":
             raise err
+        self.first = self.first or err
         self.skips.add(err)
 
     def finish(self) -> None:
-        n = self.skips.total - self.start
-        if n and self.own:
+        if self.skipped and self.own:
             log.warning("%s: %s", self.what, self.skips.summary())

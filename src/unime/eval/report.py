@@ -183,6 +183,7 @@ def skip_lines(summary: dict) -> list[str]:
     meta, lines = summary.get("meta", {}), []
     skipped = {n: int(c.get("skipped_rows", 0)) for n, c in (summary.get("task_counts") or {}).items()
                if int(c.get("skipped_rows", 0) or 0)}
+    skipped.update({n: int(k) for n, k in (meta.get("skipped_task_rows") or {}).items()})  # the tasks left out
     if meta.get("skipped_rows") or skipped:  # under --on-error skip: every figure below leaves these rows out
         lines.append(f"- **skipped rows** (`--on-error skip`): {int(meta.get('skipped_rows') or sum(skipped.values()))}"
                      + (" (" + ", ".join(f"{n} {k}" for n, k in sorted(skipped.items())) + ")" if skipped else "")

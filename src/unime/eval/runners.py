@@ -475,12 +475,15 @@ def score_tasks(encoded: EncodedTasks, encoder: RunEncoder, *, opts: EvalOptions
 
 
 class SuiteData(list):
-    """`load_suite_data`'s (spec, data) pairs of the tasks read, and `skipped_tasks`: {task name: why the skip
-    policy left it out ("no data file: ..." or "no good rows: ...", the task's error)}."""
+    """`load_suite_data`'s (spec, data) pairs of the tasks read, `skipped_tasks`: {task name: why the skip
+    policy left it out ("no data file: ..." or "no good rows: ...", the task's error and its first bad row)}, and
+    `skipped_task_rows`: {task name: its bad rows} of the tasks left out that had rows."""
 
-    def __init__(self, pairs=(), skipped_tasks: dict[str, str] | None = None):
+    def __init__(self, pairs=(), skipped_tasks: dict[str, str] | None = None,
+                 skipped_task_rows: dict[str, int] | None = None):
         super().__init__(pairs)
         self.skipped_tasks = dict(skipped_tasks or {})
+        self.skipped_task_rows = dict(skipped_task_rows or {})
 
 
 def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", image_loader=None) -> SuiteData:
@@ -503,8 +506,11 @@ def load_suite_data(suite: TaskSuite, *, on_error: str = "raise", image_loader=N
                 raise MissingTaskDataError(f"{raw_message(e)}; evaluate the tasks you have with --task NAME "
                                            "(repeatable), or leave out the ones without data with --on-error skip",
                                            source=e.source) from e
-            log.warning("%s; the task is left out, the others are scored", e)
-            out.skipped_tasks[spec.name] = f"{'no data file' if missing else 'no good rows'}: {e}"
+            first = f"; first bad row: {e.first_skipped}" if e.first_skipped is not None else ""
+            log.warning("%s; the task is left out, the others are scored%s", e, first)
+            out.skipped_tasks[spec.name] = f"{'no data file' if missing else 'no good rows'}: {e}{first}"
+            if e.skipped:
+                out.skipped_task_rows[spec.name] = e.skipped
             continue
         dropped = getattr(data, "dropped_candidates", 0)
         log.info("task %s (%s): %d distinct items, %d references%s%s", spec.name, spec.format, len(data.table),
@@ -530,9 +536,11 @@ def eval_on_error_option():
 
 
 def skipped_data_meta(suite: TaskSuite, data: SuiteData, on_error: str) -> dict:
-    """A run's meta entries on what `load_suite_data(suite, on_error=...)` left out (`data`): rows, bad candidates,
-    tasks and why (the report's `unime.eval.report.skip_lines`)."""
-    return {"on_error": on_error, "skipped_rows": sum(d.skipped for _, d in data),
+    """A run's meta entries on what `load_suite_data(suite, on_error=...)` left out (`data`): rows (those of the
+    tasks left out included, per task in `skipped_task_rows`), bad candidates, tasks and why (the report's
+    `unime.eval.report.skip_lines`)."""
+    rows = sum(d.skipped for _, d in data) + sum(data.skipped_task_rows.values())
+    return {"on_error": on_error, "skipped_rows": rows, "skipped_task_rows": data.skipped_task_rows,
             "skipped_tasks": skipped_task_names(suite, data), "skipped_task_reasons": data.skipped_tasks,
             "dropped_candidates": sum(getattr(d, "dropped_candidates", 0) for _, d in data)}
 

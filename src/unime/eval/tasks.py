@@ -86,7 +86,11 @@ log = logging.getLogger(__name__)
 
 
 class EmptyTaskError(DataError):
-    """A task with no (good) rows to score."""
+    """A task with no (good) rows to score; under the skip policy `load_task_data` sets the rows it skipped
+    (`skipped`) and the first of them (`first_skipped`, its `DataError`: file, record, field)."""
+
+    skipped: int = 0
+    first_skipped: DataError | None = None
 
 
 class MissingTaskDataError(EmptyTaskError):
@@ -584,11 +588,15 @@ def load_task_data(spec: TaskSpec, *, on_error: str = "raise", skips: SkipReport
     reader = {"mmeb": read_mmeb_task, "retrieval": read_retrieval_task, "compositional": read_compositional_task,
               "qrels": read_qrels_task, "mmeb_v2": read_mmeb_v2_task}[spec.format]
     policy = ErrorPolicy(on_error, skips, f"task {spec.name}")
-    data = reader(spec, policy, _image_checker(spec, image_loader, decode_video=on_error == "skip"))
-    data.skipped = policy.skips.total - policy.start
-    policy.finish()
-    if on_error == "skip" and isinstance(data, QrelsData) and not any(np.any(g > 0) for g in data.grades):
-        raise EmptyTaskError(f"task {spec.name!r}: no query has a relevant candidate", source=str(spec.path))
+    try:
+        data = reader(spec, policy, _image_checker(spec, image_loader, decode_video=on_error == "skip"))
+        data.skipped = policy.skipped
+        policy.finish()
+        if on_error == "skip" and isinstance(data, QrelsData) and not any(np.any(g > 0) for g in data.grades):
+            raise EmptyTaskError(f"task {spec.name!r}: no query has a relevant candidate", source=str(spec.path))
+    except EmptyTaskError as e:  # the rows skipped before the task ran empty: counted and the first one named
+        e.skipped, e.first_skipped = policy.skipped, policy.first
+        raise
     return data
 
 
