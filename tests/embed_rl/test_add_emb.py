@@ -90,3 +90,30 @@ def test_the_copy_keeps_the_checkpoints_dtype_unless_another_is_asked(tiny_model
     n = inputs.shape[0] - PADDING
     got = model.get_input_embeddings().weight
     assert got.dtype == written and torch.equal(got[:n], inputs[:n].to(written))
+
+
+@pytest.mark.parametrize("value", ["fp8", "checkpoint"])
+def test_a_dtype_add_emb_has_no_weights_for_is_one_usage_line_and_writes_nothing(tiny_model_dir, tmp_path, capsys,
+                                                                                  value):
+    """`--dtype fp8` ended in a traceback (`ValueError: unknown dtype 'fp8'`) after the model loaded, and
+    `--dtype checkpoint`, the loader's internal sentinel, was taken (the checkpoint's own dtype, as auto). Both are
+    now refused by the option's choices, one usage line before anything is read or written."""
+    from unime.cli import main
+
+    out = tmp_path / "emb"
+    with pytest.raises(SystemExit) as stop:
+        main(["reason", "add-emb", "--model", tiny_model_dir("qwen2_vl"), "--out", str(out), "--dtype", value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --dtype: invalid choice: '{value}' (choose from 'auto', 'fp32', 'bf16', 'fp16')" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_the_string_checkpoint_is_not_the_loaders_checkpoint_dtype(tiny_model_dir):
+    """`load_model(dtype="checkpoint")` loaded the checkpoint's own dtype: any command's `--dtype checkpoint`
+    reached that internal meaning. The sentinel is an object now; the string is an unknown dtype."""
+    from unime.models.loading import CHECKPOINT_DTYPE, load_model
+
+    assert not isinstance(CHECKPOINT_DTYPE, str)
+    with pytest.raises(ValueError, match="unknown dtype 'checkpoint'"):
+        load_model(tiny_model_dir("qwen2_vl"), device="cpu", dtype="checkpoint")

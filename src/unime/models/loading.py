@@ -108,9 +108,19 @@ def trainer_device(device: str | None) -> str:
     return resolved
 
 
+# the `--dtype` values of the commands that load a model (`resolve_dtype`): auto = the device's
+LOAD_DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+class _CheckpointDtype:
+    def __repr__(self) -> str:
+        return "CHECKPOINT_DTYPE"
+
+
 # `load_model(dtype=CHECKPOINT_DTYPE)`: the weights in the dtype the (base) checkpoint records (its config's `dtype`,
-# else its first floating-point weight's: transformers' `dtype="auto"`), whatever the device
-CHECKPOINT_DTYPE = "checkpoint"
+# else its first floating-point weight's: transformers' `dtype="auto"`), whatever the device. An object, not a
+# string: no `--dtype` value (no user's string) can mean it
+CHECKPOINT_DTYPE = _CheckpointDtype()
 
 
 def resolve_dtype(dtype: str | Any | None, device: str):
@@ -424,7 +434,7 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
 
     path = trained_model_folder(path)
     device = resolve_device(device)
-    torch_dtype = None if dtype == CHECKPOINT_DTYPE else resolve_dtype(dtype, device)
+    torch_dtype = None if dtype is CHECKPOINT_DTYPE else resolve_dtype(dtype, device)
     base_path, peft_path = path, adapter_path
     if adapter_path is None and (adapter_path := adapter_folder(path)) is not None:  # `path` is an adapter
         peft_path = path  # as given: a hub adapter by its id, not its cache folder
