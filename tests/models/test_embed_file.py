@@ -29,3 +29,19 @@ def test_embed_reads_a_generated_worlds_items_file_like_index_build(tiny_world_d
         [Item.from_dict(json.loads(x)["item"]) for x in lines])
     assert got.shape == (6, expected.shape[1]) and f"{out}: 6 x {expected.shape[1]}" in capsys.readouterr().out
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_an_unknown_dtype_is_one_error_line_naming_it_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
+    """The commands whose `--dtype` has no parse-time choices (embed, eval, serve, reason ..., resolved by
+    `resolve_dtype`) ended `--dtype fp8` — or `--dtype checkpoint`, once the loader's internal word — in a traceback
+    (`ValueError: unknown dtype`). It is the error contract's one line, exit code 2, and no output."""
+    items, out = tmp_path / "items.jsonl", tmp_path / "x.npy"
+    items.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n", encoding="utf-8")
+    for value in ("fp8", "checkpoint"):
+        capsys.readouterr()
+        assert main(["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--out", str(out),
+                     "--device", "cpu", "--dtype", value]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines() == [f"unime: error: unknown dtype '{value}'; choose one of auto, fp32, float32, bf16, "
+                                    "bfloat16, fp16, float16"]
+        assert not out.exists()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from unime.errors import UsageError
 from unime.models.adapters import FamilyAdapter, adapter_for
 from unime.models.image_budget import ImageBudget, resolve_budget
 from unime.models.item_format import ItemFormatOptions
@@ -64,8 +65,6 @@ def resolve_device(device: str | Any | None = None) -> str:
     when present, else cpu."""
     import torch
 
-    from unime.errors import UsageError
-
     if device is None or device == "":
         return "cuda" if torch.cuda.is_available() else "cpu"
     device = str(device)
@@ -98,8 +97,6 @@ def trainer_device(device: str | None) -> str:
     """The device of a Trainer run (`resolve_device`). The Trainer puts one process on cuda:0, or on cuda:LOCAL_RANK
     under torchrun, and cannot be sent to another index: `cuda:N` with N > 0 is refused, naming the way to pick
     the GPU (CUDA_VISIBLE_DEVICES), rather than trained on another device than the one asked for."""
-    from unime.errors import UsageError
-
     resolved = resolve_device(device)
     if resolved.startswith("cuda:") and resolved != "cuda:0":
         raise UsageError(f"--device {resolved}: a training run uses the device its process is given (cuda:0, one per "
@@ -123,6 +120,11 @@ class _CheckpointDtype:
 CHECKPOINT_DTYPE = _CheckpointDtype()
 
 
+class UnknownDtypeError(UsageError, ValueError):
+    """A dtype (`--dtype` value) `resolve_dtype` does not know: the command line's one usage line; a ValueError
+    still for the callers that fall back on a dtype they cannot resolve."""
+
+
 def resolve_dtype(dtype: str | Any | None, device: str):
     import torch
 
@@ -133,7 +135,7 @@ def resolve_dtype(dtype: str | Any | None, device: str):
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
              "fp16": torch.float16, "float16": torch.float16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
+        raise UnknownDtypeError(f"unknown dtype {dtype!r}; choose one of {', '.join(['auto', *table])}")
     return table[dtype]
 
 
