@@ -243,7 +243,8 @@ def test_a_command_config_is_built_from_its_bare_command_line_with_the_python_ap
 # are left out)
 BASE_RECIPE_FLAGS = ("family", "hidden", "layers", "vision-depth", "vision-hidden", "vision-heads", "init-std", "seed",
                      "corpus-seed", "corpus-scenes", "corpus-per-task", "tag-steps", "tag-batch-size", "tag-lr",
-                     "freeze-vision", "caption-steps", "caption-batch-size", "caption-lr", "contrastive-datasets",
+                     "freeze-vision", "caption-steps", "caption-batch-size", "caption-lr", "caption-questions",
+                     "contrastive-datasets",
                      "steps", "batch-size", "lr", "tau", "warmup")
 # QA: the Embed-RL commands that load a model took no image-resolution options
 IMAGE_OPTIONS = {"--max-pixels": None, "--min-pixels": None, "--image-size": None}

@@ -25,37 +25,47 @@ CAPTION_PROMPT = "Describe the image."
 METRICS_FILE = "captioning.json"
 
 
-def caption_prompt(image, adapter) -> tuple[str, list]:
-    """The captioning prompt for `image` in the family's chat format, and its segments (the processor's input)."""
+def caption_prompt(image, adapter, text: str = CAPTION_PROMPT) -> tuple[str, list]:
+    """The captioning prompt (or a question `text`) for `image` in the family's chat format, and its segments
+    (the processor's input)."""
     from unime.models.adapters import Segment
 
-    segments = [Segment("image", image), Segment("text", CAPTION_PROMPT)]
+    segments = [Segment("image", image), Segment("text", text)]
     return adapter.render_user_turn(segments), segments
 
 
-def caption_row(image, caption: str, adapter, eot: str) -> dict[str, Any]:
-    """One TRL prompt-completion row (`prompt`, `completion` = caption + end of turn `eot`, `images`)."""
-    return {"prompt": caption_prompt(image, adapter)[0], "completion": caption + eot,
+def caption_row(image, caption: str, adapter, eot: str, text: str = CAPTION_PROMPT) -> dict[str, Any]:
+    """One TRL prompt-completion row (`prompt` = the image + `text`, `completion` = caption + end of turn `eot`,
+    `images`)."""
+    return {"prompt": caption_prompt(image, adapter, text)[0], "completion": caption + eot,
             "images": [adapter.image_budget.prepare(image)]}
 
 
-def caption_rows(pairs: list[tuple[str, str]], adapter, loader) -> list[dict[str, Any]]:
-    """TRL prompt-completion rows (`prompt`, `completion`, `images`) for (image, caption) pairs."""
+def caption_rows(pairs: list[tuple[str, str]], adapter, loader,
+                 questions: list[tuple[str, str, str]] = ()) -> list[dict[str, Any]]:
+    """TRL prompt-completion rows (`prompt`, `completion`, `images`) for (image, caption) pairs, then for
+    (image, question, answer) triples."""
     from unime.embed_rl.reasoner_sft import end_of_turn_text
 
     eot = end_of_turn_text(adapter)
-    return [caption_row(loader.load(ref, record=str(ref), field="image"), caption, adapter, eot)
-            for ref, caption in pairs]
+
+    def image(ref):
+        return loader.load(ref, record=str(ref), field="image")
+
+    return ([caption_row(image(ref), caption, adapter, eot) for ref, caption in pairs]
+            + [caption_row(image(ref), answer, adapter, eot, question) for ref, question, answer in questions])
 
 
 def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pairs: list[tuple[str, str]],
                     out: str | os.PathLike, *, steps: int, batch_size: int, lr: float, seed: int, device: str | None,
                     freeze_vision: bool = False, progress: Callable[[str], None] = print,
-                    attn_implementation: str | None = None) -> dict[str, Any]:
+                    attn_implementation: str | None = None,
+                    questions: list[tuple[str, str, str]] = ()) -> dict[str, Any]:
     """Fine-tune `model` as a captioner of `pairs` ((image path relative to `corpus_root`, caption); the
-    pretraining stage passes `unime.demo.pretrain.corpus_captions`) for `steps` steps, with the vision tower
-    frozen if `freeze_vision`; writes the model, its processor and `METRICS_FILE` to `out` (one rename).
-    Returns the metrics."""
+    pretraining stage passes `unime.demo.pretrain.corpus_captions`) and as an answerer of `questions` ((image
+    path, question, answer); `unime.demo.pretrain.corpus_questions`), the rows shuffled together, for `steps`
+    steps, with the vision tower frozen if `freeze_vision`; writes the model, its processor and `METRICS_FILE` to
+    `out` (one rename). Returns the metrics."""
     import torch
     from trl import SFTConfig
 
@@ -70,8 +80,9 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
     loaded = load_model(model, device=device, trainable=True, attn_implementation=attn_implementation)
     if freeze_vision:
         loaded.adapter.freeze_vision(loaded.model)
-    rows = caption_rows(pairs, loaded.adapter, adapter_image_loader(loaded.adapter).under(corpus_root))
-    progress(f"[pretrain] captioning: {steps} steps of {batch_size} on {len(rows)} scene captions")
+    rows = caption_rows(pairs, loaded.adapter, adapter_image_loader(loaded.adapter).under(corpus_root), questions)
+    progress(f"[pretrain] captioning: {steps} steps of {batch_size} on {len(pairs)} scene captions"
+             + (f" and {len(questions)} questions" if questions else ""))
     out = Path(out)
     with atomic_dir(out, overwrite=out.exists()) as tmp:  # `out` is this stage's own folder in the recipe's work folder
         args = hf_training_arguments(
@@ -86,7 +97,7 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
         trainer.model.save_pretrained(str(tmp))  # the whole model (the trainer's own save writes checkpoints' state)
         loaded.processor.save_pretrained(str(tmp))
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # made by this stage, inside its own temporary folder
-        metrics = {"captions": len(rows), "steps": trainer.state.global_step, "batch_size": batch_size,
+        metrics = {"captions": len(pairs), **({"questions": len(questions)} if questions else {}), "steps": trainer.state.global_step, "batch_size": batch_size,
                    "vision_frozen": freeze_vision,
                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1), encoding="utf-8")

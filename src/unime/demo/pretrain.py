@@ -101,6 +101,12 @@ class PretrainRecipe(_Recipe):
     caption_steps: int = recipe_field(1500, at_least=0)
     caption_batch_size: int = recipe_field(8, at_least=1)
     caption_lr: float = recipe_field(1e-3, at_least=0)
+    # questions per corpus scene answered in the captioning stage (an object's colour, shape, size or position, or
+    # a shape's count, one word each: `unime.data.synth.tasks.attribute_question`), as a real VLM is instruction-
+    # tuned on VQA before it is used; 0 = captions only
+    caption_questions: int = option(0, "questions per corpus scene the captioning stage also answers (an object's "
+                                    "colour, shape, size or position, or a shape's count; preset default: 0)",
+                                    cli_default=None, at_least=0)
     # contrastive pretraining: on the corpus records of these datasets (comma-separated; "" = all). Measured on the
     # demo world (docs/DEMO.md): with all, the base already knows the demo's task types and no row trained on the
     # demo world reaches it; the default preset keeps to the caption datasets, as a generic pretrained model would
@@ -133,6 +139,8 @@ class PretrainRecipe(_Recipe):
         if not self.caption_steps:
             for name in CAPTION_FIELDS:
                 fields_.pop(name)
+        if not (self.caption_steps and self.caption_questions):  # captions only, as the recipes before the field
+            fields_.pop("caption_questions")
         if not self.tag_steps:  # likewise for the tagging stage
             for name in TAG_FIELDS:
                 fields_.pop(name)
@@ -341,6 +349,25 @@ def corpus_captions(corpus_root: str | os.PathLike, exclude: set) -> list[tuple[
     return [(scene.image, full_caption(scene)[0]) for scene in corpus_scenes(corpus_root, exclude)]
 
 
+def corpus_questions(corpus_root: str | os.PathLike, exclude: set, per_scene: int,
+                     seed: int) -> list[tuple[str, str, str]]:
+    """(image path relative to the corpus, question, answer): `per_scene` attribute or count questions drawn for
+    each corpus scene (`corpus_scenes`; a draw without a unique reference is skipped), seeded by `seed`. The
+    captioning stage's questions, `unime.demo.captioning`."""
+    import random
+
+    from unime.data.synth.tasks import attribute_question
+
+    rng = random.Random(f"corpus-questions-{seed}")
+    out = []
+    for scene in corpus_scenes(corpus_root, exclude):
+        for _ in range(per_scene):
+            asked = attribute_question(rng, scene)
+            if asked is not None:
+                out.append((scene.image, asked[0], asked[1]))
+    return out
+
+
 def _generate_corpus(recipe: PretrainRecipe, corpus: Path, progress: Callable[[str], None], *,
                      video_clips: int = 0, video_frames: int = 8) -> None:
     """The corpus world (its image part depends on `recipe` only; `video_clips` train clips added)."""
@@ -490,10 +517,11 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
 
         captioned = work / "captioned"
         if not (captioned / METRICS_FILE).is_file():  # written last, in the same rename as the model
+            questions = corpus_questions(corpus, exclude, recipe.caption_questions, recipe.seed)
             train_captioner(start, corpus, corpus_captions(corpus, exclude), captioned, steps=recipe.caption_steps,
                             batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
                             device=device, freeze_vision=recipe.freeze_vision, progress=progress,
-                            attn_implementation=attn_implementation)
+                            attn_implementation=attn_implementation, questions=questions)
         start, captioning = captioned, read_metrics(captioned)
     trained = work / "embedder"
     if not (trained / "merged" / "config.json").is_file():

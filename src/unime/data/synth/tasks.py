@@ -87,20 +87,28 @@ def _object_distract(b, rng, ex: Example, pool, n: int) -> list[Item]:
 
 # --- VQA ----------------------------------------------------------------------------------------------
 
-def _attr_vqa(b: WorldBuilder, rng: random.Random, scene: Scene, *, train: bool) -> Example | None:
+def attribute_question(rng: random.Random, scene: Scene) -> tuple[str, str, str] | None:
+    """(question, answer, answer type) about one object's colour, shape, size or position, or a shape's count in
+    `scene`; None when the drawn object has no unique reference. The attr_vqa task's questions, also the base's
+    pretraining questions (`unime.demo.pretrain.corpus_questions`)."""
     kind = rng.choice(("colour", "shape", "size", "position", "count"))
     if kind == "count":
         present = [o.shape for o in scene.objects]
         shape = rng.choice(present) if rng.random() < 0.6 else rng.choice(vocab.SHAPES)
-        value = lang.COUNT_WORDS[present.count(shape)]
         text = lang.question("count", {}, plural=vocab.SHAPE_PLURALS[shape])
-    else:
-        k = rng.randrange(len(scene.objects))
-        ref = lang.pick_ref(rng, scene, k, exclude=(kind,))
-        if ref is None:
-            return None
-        value = scene.objects[k].attr(kind)
-        text = lang.question(kind, ref)
+        return text, lang.COUNT_WORDS[present.count(shape)], kind
+    k = rng.randrange(len(scene.objects))
+    ref = lang.pick_ref(rng, scene, k, exclude=(kind,))
+    if ref is None:
+        return None
+    return lang.question(kind, ref), scene.objects[k].attr(kind), kind
+
+
+def _attr_vqa(b: WorldBuilder, rng: random.Random, scene: Scene, *, train: bool) -> Example | None:
+    asked = attribute_question(rng, scene)
+    if asked is None:
+        return None
+    text, value, kind = asked
     need = {"type": "answer", "value": value}
     q = b.image_query(scene, INSTR["vqa"].format(question=text), need, "attr_vqa")
     return Example(q, b.answer(value), need, scene, {"answer_type": kind})
