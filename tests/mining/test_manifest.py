@@ -30,13 +30,13 @@ def test_stage_hashes_are_the_ones_earlier_runs_recorded():
     re-keyed (`test_a_folder_mined_before_keeps_its_stages_whatever_the_paths_spelling`)."""
     r = retrieval_hash(_config(), INPUTS, legacy=True)
     assert (r, judge_hash(_config(), INPUTS, r, legacy=True)) == LEGACY
-    c = _config(k=7, shard_size=3, video_frames=4, index="hnsw", hnsw_m=12)
+    c = _config(k=7, shard_size=3, video_frames=4, index="ivf", hnsw_m=12)  # hnsw's: redone since its search changed
     r = retrieval_hash(c, INPUTS, legacy=True)
-    assert (r, judge_hash(c, INPUTS, r, legacy=True)) == ("bd57880bf99bb8c5", "08b5a58a06f7a5e9")
+    assert (r, judge_hash(c, INPUTS, r, legacy=True)) == ("d5b2142422ccaa51", "afd046f34e8d0b67")
     r = retrieval_hash(_config(), INPUTS)
     assert (r, judge_hash(_config(), INPUTS, r)) == NOW
     r = retrieval_hash(c, INPUTS)
-    assert (r, judge_hash(c, INPUTS, r)) == ("f0e76f974633eb61", "55b5760eb403a1e0")
+    assert (r, judge_hash(c, INPUTS, r)) == ("bc6e40216f07546d", "0a0e8003b017a386")
     # what the later stages do not read leaves them alone; what they read changes them
     assert retrieval_hash(_config(beta=0.5, count=3), INPUTS) == retrieval_hash(_config(), INPUTS)
     assert run_hash(_config(beta=0.5), INPUTS) != run_hash(_config(), INPUTS)
@@ -138,6 +138,47 @@ def test_a_relative_margin_run_recorded_with_the_earlier_formula_is_not_reused()
     r = retrieval_hash(a, INPUTS)
     assert (r, judge_hash(a, INPUTS, r), run_hash(a, INPUTS)) == ("2c4acd9607825f18", "f26b0d371350d9aa",
                                                                   "c13215f4bf75f024")
+
+
+def test_an_hnsw_run_recorded_before_its_search_changed_redoes_its_retrieval_and_what_depends_on_it(tmp_path,
+                                                                                                    caplog):
+    """An hnsw index's search changed: a deep search no longer leaves efSearch widened (the recall recorded was that
+    of the widest search), and a query whose positive ranks deep is finished by an exact scan (other candidates).
+    The hashes an hnsw run recorded before (values that version computed) are not the ones now, so a folder mined
+    then redoes its retrieval, the judge's shards and its finished state (not the embeddings: their cache has its
+    own key); flat and ivf, whose candidates did not change, keep their hashes and a finished run stays finished."""
+    c = _config(k=7, shard_size=3, video_frames=4, index="hnsw", hnsw_m=12)
+    earlier = {"bd57880bf99bb8c5", "08b5a58a06f7a5e9", "b104d68c6bf5c2cc",  # legacy: retrieval, judge, run
+               "f0e76f974633eb61", "55b5760eb403a1e0", "d70b56e0aa17998f"}  # by fingerprints: the same three
+    now = set()
+    for legacy in (True, False):
+        r = retrieval_hash(c, INPUTS, legacy=legacy)
+        now |= {r, judge_hash(c, INPUTS, r, legacy=legacy), run_hash(c, INPUTS, legacy=legacy)}
+    assert len(now) == 6 and not now & earlier
+    ivf = _config(k=7, shard_size=3, video_frames=4, index="ivf", hnsw_m=12)
+    assert run_hash(ivf, INPUTS) == "329dd9612d15f0fe" and run_hash(_config(), INPUTS) == "edfa712eba82cbaa"
+    # manifests as the earlier version wrote them for a finished run at the defaults, hnsw and flat
+    for kind, (r_hash, j_hash, config_hash), finished in (
+            ("hnsw", ("3743ee8a7417a2a9", "19409aacf55f951d", "a20d98432018e125"), False),
+            ("flat", (*NOW, "edfa712eba82cbaa"), True)):
+        path = tmp_path / kind / "manifest.json"
+        path.parent.mkdir()
+        cfg = _config(index=kind)
+        stages = {"retrieval": {"hash": r_hash, "encoded_items": 5}, "judge": {"hash": j_hash, "n_shards": 1}}
+        path.write_text(json.dumps({"version": 1, "config": asdict(cfg), "config_hash": config_hash,
+                                    "inputs": INPUTS, "stages": stages,
+                                    "finished": {"config_hash": config_hash, "mined": 3}}))
+        for name in ("stats.json", "mined.parquet", "report.md"):
+            (path.parent / name).write_text("x")
+        m = Manifest(path)
+        caplog.clear()
+        assert m.open_run(cfg, INPUTS, run_hash(cfg, INPUTS)) is finished, kind
+        # the user is told why a run finished before is done again
+        assert ("earlier version of the hnsw search" in caplog.text) == (kind == "hnsw"), kind
+        r = retrieval_hash(cfg, INPUTS)
+        # a stage is reused when its recorded hash is the one asked for (`stages.run_retrieval`, `run_judge`)
+        assert (m.stage("retrieval")["hash"] == r, m.stage("judge")["hash"] == judge_hash(cfg, INPUTS, r)) \
+            == (finished, finished), kind
 
 
 def test_range_min_must_leave_a_candidate():

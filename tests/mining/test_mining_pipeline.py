@@ -552,3 +552,48 @@ def test_two_processes_under_torchrun_split_the_judge_shards_and_write_what_one_
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished earlier") == 1
+
+
+class _CountingJudge(_NoJudge):
+    """A judge whose scores are 0.5 for every pair, counting the shards it is asked to score."""
+
+    def __init__(self):
+        self.shards: list[int] = []
+
+    def score_shards(self, shards):
+        for sid, groups in shards:
+            self.shards.append(sid)
+            yield sid, [np.full(len(cands), 0.5) for _, cands in groups]
+
+
+def test_an_hnsw_run_mined_before_its_search_changed_redoes_retrieval_and_judge_not_the_embeddings(
+        dataset, tiny_model_dir, tmp_path, monkeypatch):
+    """A folder mined on an hnsw index by the version before the exact scan (its hashes: `SEARCH_VERSIONS`
+    empty, the values test_manifest pins) kept its approximate candidates and its recall when re-run, finished or
+    not: the same command now redoes the retrieval (from the embedding cache: nothing encoded again) and every
+    judge shard, and records the current hashes."""
+    from unime.mining import manifest as mining_manifest
+    from unime.mining.manifest import judge_hash, retrieval_hash
+    from unime.models.embedder import Embedder
+
+    out = tmp_path / "hnsw"
+    cfg = _config(dataset, tiny_model_dir, out, index="hnsw")
+    with monkeypatch.context() as m:
+        m.setattr(mining_manifest, "SEARCH_VERSIONS", {}, raising=False)  # the hashes as the earlier version wrote
+        first = _CountingJudge()
+        run_mining(cfg, backend=first)
+    before = json.loads((out / "manifest.json").read_text())
+    assert first.shards == [0, 1, 2, 3, 4] and before["finished"]
+    emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=str(dataset.parent))
+    calls = []
+    emb.encode = lambda *a, **k: calls.append(1)
+    again = _CountingJudge()
+    r = run_mining(cfg, backend=again, embedder=emb)
+    after = json.loads((out / "manifest.json").read_text())
+    assert not r.finished_before and again.shards == [0, 1, 2, 3, 4] and calls == []
+    assert after["stages"]["retrieval"]["encoded_items"] == 0  # the vectors came from the cache
+    rh = retrieval_hash(cfg, after["inputs"])
+    assert (after["stages"]["retrieval"]["hash"], after["stages"]["judge"]["hash"]) == \
+        (rh, judge_hash(cfg, after["inputs"], rh))
+    assert rh != before["stages"]["retrieval"]["hash"] and after["config_hash"] != before["config_hash"]
+    assert run_mining(cfg, backend=_NoJudge(), embedder=emb).finished_before  # and now it is finished

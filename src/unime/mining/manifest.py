@@ -80,6 +80,19 @@ LATER_OPTIONS = {"range_min": 0, "absolute_margin": 0.0, "relative_margin": 0.0,
 RELATIVE_MARGIN_RULE = "pos-|pos|*R"
 
 
+# the version of an index kind's search in the retrieval's and the run's hashes, for the kinds whose search changed
+# what runs recorded (the others keep their hashes). hnsw 2: a deep search puts efSearch back (the recall recorded
+# before was that of the widest search) and a query whose positive ranks deep is finished by an exact scan (other
+# candidates than the deeper approximate searches): a run recorded before redoes its retrieval and judge shards
+SEARCH_VERSIONS = {"hnsw": 2}
+
+
+def _search_key(c: MineConfig) -> dict:
+    """{"search": version} for an index kind in `SEARCH_VERSIONS`, else nothing (the earlier hashes)."""
+    version = SEARCH_VERSIONS.get(c.index_config().kind)
+    return {"search": version} if version else {}
+
+
 def _hashed_later(key: str, value: Any) -> Any:
     """A `LATER_OPTIONS` value set away from its default as the hashes take it (the relative margin with its rule)."""
     return {"R": value, "rule": RELATIVE_MARGIN_RULE} if key == "relative_margin" else value
@@ -98,7 +111,8 @@ def run_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> 
             cfg[key] = _hashed_later(key, cfg[key])
     if not legacy:
         cfg = {k: same_path_value(v) for k, v in cfg.items()}
-    return options_hash({"config": cfg, "inputs": _hashed_inputs(inputs, legacy), "version": PIPELINE_VERSION})
+    return options_hash({"config": cfg, "inputs": _hashed_inputs(inputs, legacy), "version": PIPELINE_VERSION,
+                         **_search_key(c)})
 
 
 def _video_key(c: MineConfig) -> dict:
@@ -117,14 +131,14 @@ def _window_key(c: MineConfig) -> dict:
     return {"window": window} if window else {}
 
 
-def retrieval_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> str:
-    """Stage A's identity: records, pool, image bytes, embedder, K, the range, margins and grouping, the index, the data
-    root, dtype, video."""
+def retrieval_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False, search: bool = True) -> str:
+    """Stage A's identity: records, pool, image bytes, embedder, K, the range, margins and grouping, the index and the
+    version of its search (`SEARCH_VERSIONS`; `search=False`: as unime keyed it before), the data root, dtype, video."""
     return options_hash({"records": inputs["records"]["sha1"], "pool": inputs["pool"],
                          "images": inputs["images"]["sha1"],
                          "embedder": _hashed_inputs(inputs, legacy)["embedder"], "k": c.k, "index": c.index_key(),
                          "data_root": inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION,
-                         **_video_key(c), **_window_key(c),
+                         **_video_key(c), **_window_key(c), **(_search_key(c) if search else {}),
                          **({"item_format": c.item_format} if c.item_format else {})})  # given: other vectors
 
 
@@ -183,6 +197,10 @@ class Manifest:
         done = (not config.overwrite and finished.get("config_hash") in hashes
                 and all((out / n).is_file() for n in ("stats.json", "mined.parquet", "report.md")))
         if not done:
+            if self._searched_before(config):
+                log.warning("%s: its retrieval was done by an earlier version of the %s search (before the exact scan "
+                            "of the queries whose positive ranks deep): redoing the retrieval and the judge's shards",
+                            out, config.index)
             self._rekey_legacy_stages(config)
             self.data.pop("finished", None)
             self.data["config"] = with_working_dir(options)
@@ -190,6 +208,17 @@ class Manifest:
             self.data["inputs"] = inputs
             self.save()
         return done
+
+    def _searched_before(self, config: MineConfig) -> bool:
+        """Whether the recorded retrieval stage was keyed before its index kind's search changed (`SEARCH_VERSIONS`)."""
+        recorded, stage = self.data.get("inputs"), self.data["stages"].get("retrieval")
+        if not _search_key(config) or not isinstance(stage, dict):
+            return False
+        try:
+            earlier = {retrieval_hash(config, recorded, legacy=legacy, search=False) for legacy in (True, False)}
+        except (KeyError, TypeError, AttributeError):  # no inputs recorded, or of another shape
+            return False
+        return stage.get("hash") in earlier
 
     def _rekey_legacy_stages(self, config: MineConfig) -> None:
         """Stage records keyed the earlier way (`legacy=True`: the checkpoints' path strings hashed) for the
