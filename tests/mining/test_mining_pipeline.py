@@ -597,3 +597,6 @@ def test_an_hnsw_run_mined_before_its_search_changed_redoes_retrieval_and_judge_
         (rh, judge_hash(cfg, after["inputs"], rh))
     assert rh != before["stages"]["retrieval"]["hash"] and after["config_hash"] != before["config_hash"]
     assert run_mining(cfg, backend=_NoJudge(), embedder=emb).finished_before  # and now it is finished
+    # the pool's 7 items are fewer than a first search's K + 16: every query is finished by it, none scanned
+    assert r.stats["retrieval"]["exact_scan"] == {"queries": 0, "of": 9} and r.stats["pool_size"] == 7
+    assert "- exact scan: 0 of 9 queries (0.0 %) had fewer than K" in (out / "report.md").read_text()

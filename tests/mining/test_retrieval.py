@@ -334,3 +334,23 @@ def test_search_equals_a_full_sort_with_ties_and_low_ranked_positives(storage, b
     if rule.get("absolute") or rule.get("relative") or rule.get("grouped"):  # drops some the δ rule alone keeps
         plain = _delta_rule_by_full_sort(q, pool, pos_ids, query_ids, 10, range_min=rule.get("range_min", 0))
         assert [e[0] for e in expected] != [p[0] for p in plain]
+
+
+def test_the_queries_finished_by_the_exact_scan_are_counted():
+    """`n_exact_scan`: the queries a search left short, finished by the exact scan. Pool 3000, k 10, fetch 12
+    (overfetch 2), positives at ranks 0, 3, 60, 400, 2500 (8 queries each). flat: a positive at rank 3 or deeper
+    leaves at most 12 - 4 = 8 < 10 candidates below it in the first search, so 32 queries are scanned at once.
+    hnsw (hnsw_m 4): searched at 12, 48, 192, then scanned (a search of 768 would score more than the pool): the
+    positives at rank 60 have 192 - 61 >= 10 below them by then, those at 400 and 2500 are scanned: 16. ivf never
+    scans."""
+    rng = np.random.default_rng(5)
+    pool = _unit(rng, 3000, 16)
+    q = _unit(rng, 40, 16)
+    ranks = [[0, 3, 60, 400, 2500][i % 5] for i in range(40)]
+    pos = [int(np.argsort(-(pool @ q[i]))[ranks[i]]) for i in range(40)]
+    for kind, scanned in (("flat", sum(r >= 3 for r in ranks)), ("hnsw", sum(r >= 400 for r in ranks)),
+                          ("ivf", 0)):
+        index = build_index(pool, IndexConfig(kind=kind, ef_search=16, hnsw_m=4, nprobe=2))
+        res = search_hard_negatives(index, q, pool[pos], pos, k=10, overfetch=2)
+        assert res.n_exact_scan == scanned, kind
+    assert (32, 16) == (sum(r >= 3 for r in ranks), sum(r >= 400 for r in ranks))

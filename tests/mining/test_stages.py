@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from unime.data.items import Item, Record
@@ -67,3 +69,53 @@ def test_the_audit_rows_are_columns_read_and_written_as_the_row_dicts_were(tmp_p
     assert pq.read_table(tmp_path / "audit.parquet").to_pylist() == expected
     rows[1]["relevance"] = 0.5  # the demo audit adds its columns a cell at a time
     assert rows[1]["relevance"] == 0.5 and rows[0]["relevance"] is None
+
+
+def test_the_exact_scan_count_is_in_the_retrieval_record_stats_and_report(tmp_path):
+    """An hnsw retrieval whose queries' positives rank deep: the number finished by the exact scan was only logged;
+    it is in the retrieval stage's record of manifest.json (stats.json carries that record) and in report.md.
+    Pool 3000, k 10 (fetch 26 with the default overfetch 16), hnsw_m 4: searched at 26 and 104, then scanned (a
+    search of 416 would score more than the pool); positives at ranks 0, 3, 60 have at least 104 - 61 >= 10
+    candidates below them by then, those at 400 and 2500 are scanned: 16 of 40 queries."""
+    from unime.mining.config import MineConfig
+    from unime.mining.manifest import Manifest
+    from unime.mining.report import write_report
+    from unime.mining.sampling import SamplingStats
+    from unime.mining.stages import retrieve
+
+    rng = np.random.default_rng(5)
+
+    def unit(n):
+        v = rng.normal(size=(n, 16)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    pool_vecs, q = unit(3000), unit(40)
+    ranks = [[0, 3, 60, 400, 2500][i % 5] for i in range(40)]
+    pos = [int(np.argsort(-(pool_vecs @ q[i]))[ranks[i]]) for i in range(40)]
+    pool = [Item(text=f"candidate {i}") for i in range(3000)]
+    records = [Record(query=Item(text=f"query {i}"), positive=pool[p], id=f"r{i}") for i, p in enumerate(pos)]
+    data = MiningInputs(records=records, pool=pool, pool_index={p.key: i for i, p in enumerate(pool)}, skips=None,
+                        fingerprints={}, images_hashed=0, seconds=0.0)
+
+    class Vectors:  # the embedding cache's encoder, its vectors given: queries, positives, pool (`retrieval_encoder`)
+        def vectors(self, rows):
+            return np.concatenate([q, pool_vecs[pos], pool_vecs])[rows]
+
+    c = MineConfig(records="r.jsonl", embedder="e", judge="j", out=str(tmp_path), index="hnsw", hnsw_m=4,
+                   ef_search=16, k=10)
+    manifest = Manifest(tmp_path / "manifest.json")
+    res = retrieve(c, data, manifest, "h", Vectors(), np.arange(3080), {}, tmp_path / "retrieval.parquet", 0.0, 0)
+    assert res.n_exact_scan == 16 == sum(r >= 400 for r in ranks)
+    stage = json.loads((tmp_path / "manifest.json").read_text())["stages"]["retrieval"]
+    assert stage["exact_scan"] == {"queries": 16, "of": 40}
+    stats = {"records": 40, "mined": 0, "pool_size": 3000, "retrieval": stage, "config_hash": "h",
+             "config": {"k": 10, "index": "hnsw", "judge": "j", "backend": "local", "embedder": "e", "beta": 0.01,
+                        "interval": 2, "count": 3, "fallback": "random", "seed": 0},
+             "sampling": SamplingStats().to_dict(), "sampling_table": "", "skipped_records": {"total": 0},
+             "outputs": {"json": "written"}, "times_this_run": {"search": 1.0}, "judge_shard_seconds": 0.0,
+             "judge_shards_resumed": 0, "judge": {}}
+    write_report(tmp_path, stats, [], None)
+    assert json.loads((tmp_path / "stats.json").read_text())["retrieval"]["exact_scan"] == {"queries": 16, "of": 40}
+    assert "- exact scan: 16 of 40 queries (40.0 %) had fewer than K candidates below their positive in the " \
+           "deepest hnsw search worth doing and were finished by an exact scan of the index's vectors" \
+           in (tmp_path / "report.md").read_text()

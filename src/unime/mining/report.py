@@ -445,6 +445,8 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
         f"- records: {stats['records']} → mined: {stats['mined']} (dropped: {s['counts'].get('dropped', 0)})",
         f"- global pool: {stats['pool_size']} items; K = {cfg['k']}, index = {cfg['index']}",
         f"- index recall: {_index_recall_text((stats.get('retrieval') or {}).get('index_recall'))}",
+        *([f"- exact scan: {_exact_scan_text((stats.get('retrieval') or {}).get('exact_scan'))}"]
+          if cfg["index"] == "hnsw" else []),
         f"- judge: `{cfg['judge']}`, backend `{cfg['backend']}`; embedder: `{cfg['embedder']}`",
         f"- β = {cfg['beta']}, interval = {cfg['interval']}, count = {cfg['count']}, fallback = {cfg['fallback']}, "
         f"seed = {cfg['seed']}",
@@ -538,6 +540,15 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
                       f"**{_fmt(ms['mean_auc_swapped_media'])}** | |", ""]
     with atomic_open(out / "report.md") as fh:
         fh.write("\n".join(lines) + "\n")
+
+
+def _exact_scan_text(r: dict | None) -> str:
+    """The queries of an hnsw retrieval finished by the exact scan (`unime.mining.retrieval.search_hard_negatives`)."""
+    if not r:
+        return "not recorded (retrieval reused from an earlier version)"
+    share = f" ({100 * r['queries'] / r['of']:.1f} %)" if r["of"] else ""
+    return (f"{r['queries']} of {r['of']} queries{share} had fewer than K candidates below their positive in the "
+            "deepest hnsw search worth doing and were finished by an exact scan of the index's vectors")
 
 
 def _index_recall_text(r: dict | None) -> str:

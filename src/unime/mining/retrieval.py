@@ -154,12 +154,15 @@ def delta_rule_rows(ids: np.ndarray, sims: np.ndarray, *, positive_ids, positive
 @dataclass
 class RetrievalResult:
     """Per query: candidate pool ids and similarities (rank order, at most K), sim(q, c_t), and how many
-    retrieved candidates the δ rule dropped for scoring at or above the positive."""
+    retrieved candidates the δ rule dropped for scoring at or above the positive; `n_exact_scan`: the queries a
+    search left short that the exact scan finished (`search_hard_negatives`; not stored in retrieval.parquet: the
+    retrieval stage's record in manifest.json keeps it)."""
 
     candidate_ids: list[np.ndarray]
     candidate_sims: list[np.ndarray]
     positive_sims: np.ndarray
     n_above_positive: np.ndarray
+    n_exact_scan: int = 0
 
 
 def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np.ndarray,
@@ -180,7 +183,8 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     prefixes); on an hnsw index it is searched again with 4x the fetch until k survive, and finished by the scan
     of the index's own vectors once a 4x deeper search would score more vectors than the pool holds
     (`scanned_index`: exact, where the deeper searches, up to efSearch = the pool, were slower and still
-    approximate). A search's result (rows x fetch) is held to about `block_bytes`, `batch_size` rows at most."""
+    approximate). A search's result (rows x fetch) is held to about `block_bytes`, `batch_size` rows at most.
+    The result counts the queries the scan finished (`RetrievalResult.n_exact_scan`)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not 0 <= rule.range_min < k:
@@ -203,6 +207,7 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
     exhaustive = is_exhaustive(index)
     scan_index, scan_past = scanned_index(index, exhaustive)
     ivf = None  # an IVF index's probed vectors per query (False: no IVF index), once a query needs more
+    n_scanned = 0
     progress = ProgressLog(log, "retrieval: searched", n, "queries")
     while len(pending):
         rows_per_search = max(1, min(batch_size, block_bytes // (12 * max(fetch, 1))))
@@ -232,6 +237,7 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
                 log.info("retrieval: %s queries with fewer than %d candidates below the positive in the hnsw "
                          "search's top %d: finished by an exact scan of the index's vectors", f"{len(pending):,}",
                          k, fetch)
+            n_scanned = len(pending)
             for s in range(0, len(pending), min(batch_size, SCAN_ROWS)):
                 rows = pending[s:s + min(batch_size, SCAN_ROWS)]
                 kept_ids, kept_sims, n_above = exhaustive_delta_rule(scan_index, q[rows],
@@ -253,7 +259,7 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
         fetch = min(wanted if wanted > fetch else fetch * 4, ntotal)
     progress.finish()
     return RetrievalResult(candidate_ids=out_ids, candidate_sims=out_sims, positive_sims=pos_sims,
-                           n_above_positive=above)
+                           n_above_positive=above, n_exact_scan=n_scanned)
 
 
 # -- the exhaustive scan --------------------------------------------------------------------------------

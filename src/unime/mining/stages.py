@@ -156,8 +156,10 @@ def retrieve(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     times["encode"], times["search"] = t1 - t0, t2 - t1
+    # the queries a search left short (their positive ranks deep), finished by an exact scan of the pool
+    exact_scan = {"queries": int(res.n_exact_scan), "of": nq}
     manifest.set_stage("retrieval", {"hash": stage_hash, "encoded_items": n_encoded, "index_recall": index_recall,
-                                     "seconds": {"encode": t1 - t0, "search": t2 - t1}})
+                                     "exact_scan": exact_scan, "seconds": {"encode": t1 - t0, "search": t2 - t1}})
     return res
 
 
