@@ -51,7 +51,7 @@ def before_and_now(index, search, target: str, replacement) -> dict:
     runs = {}
     for name in ("before", "now"):
         fetches: list[int] = []
-        index.search = lambda x, f: fetches.append(f) or index_search(x, f)
+        index.search = lambda x, f, **kw: fetches.append(f) or index_search(x, f, **kw)
         patch = mock.patch(f"unime.mining.retrieval.{target}", replacement) if name == "before" \
             else mock.patch.dict({})
         with patch:

@@ -523,3 +523,29 @@ def test_an_index_of_a_run_folder_keyed_before_its_weights_were_says_to_rebuild_
     assert "index build --overwrite" in why
     other = {**manifest, "model_fingerprint": "0" * 24}
     assert model_mismatch(other, str(run), settings).startswith("the model's files differ")
+
+
+def test_a_deep_hnsw_search_never_changes_the_indexs_breadth_even_while_it_runs(tmp_path, model_dir):
+    """A search for k hits needs efSearch >= k. It used to widen the index's efSearch in place for the search and put
+    it back after: the index shared by every search ran at the wide breadth meanwhile (a search beside it in another
+    thread got other hits, and two overlapping ones could leave it widened). Now the breadth is the search's own
+    (FAISS's per-search parameters): efSearch reads 10 during and after the search, whose hits are those of the
+    index set to efSearch 1500 by hand."""
+    _corpus(tmp_path / "corpus.jsonl", 2000)
+    idx, _ = _build(tmp_path, model_dir, HashEmbedder(dim=16), index="hnsw",
+                    index_config=IndexConfig(hnsw_m=4, ef_search=10), chunk_size=500)
+    q = np.stack([HashEmbedder(dim=16).vec(f"query {i}") for i in range(50)])
+    idx.faiss.hnsw.efSearch = 1500
+    wide = idx.faiss.search(q, 1500)
+    idx.faiss.hnsw.efSearch = 10
+    search, during = idx.faiss.search, []
+
+    def spy(*args, **kwargs):
+        during.append(idx.faiss.hnsw.efSearch)
+        return search(*args, **kwargs)
+
+    idx.faiss.search = spy
+    scores, rows = idx.search(q, 1500)
+    assert during == [10] and idx.faiss.hnsw.efSearch == 10
+    np.testing.assert_array_equal(rows, wide[1])
+    np.testing.assert_array_equal(scores, wide[0])

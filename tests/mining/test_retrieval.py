@@ -175,7 +175,7 @@ def test_ivf_searches_a_low_ranked_positive_once_more_to_its_whole_ranking():
     full_sims, full_ids = index.search(q, 3000)
     fetches = []
     search = index.search
-    index.search = lambda x, f: fetches.append(f) or search(x, f)
+    index.search = lambda x, f, **kw: fetches.append(f) or search(x, f, **kw)
     res = search_hard_negatives(index, q, pool[pos], pos, k=10, overfetch=2)
     probed = (full_ids >= 0).sum(axis=1)
     assert fetches == [12, int(probed.max()) + 1]  # before: 12, 48, 192, 768 (4x deeper until all probed)
@@ -203,7 +203,7 @@ def test_hnsw_scans_its_own_vectors_for_a_positive_ranked_deeper_than_a_search_i
         index = build_index(pool, IndexConfig(kind="hnsw", ef_search=16, hnsw_m=4, storage=storage))
         fetches = []
         search = index.search
-        index.search = lambda x, f: fetches.append(f) or search(x, f)
+        index.search = lambda x, f, **kw: fetches.append(f) or search(x, f, **kw)
         res = search_hard_negatives(index, q, pool[pos], pos, k=10, overfetch=2)
         assert sorted(set(fetches)) == [12, 48, 192]  # before: 12, 48, 192, 768, 3000
         for i in range(40):
@@ -229,13 +229,48 @@ def test_a_deep_hnsw_search_puts_the_breadth_back_so_the_recall_after_it_is_the_
     configured = measure_recall(index, pool, k=10, queries=q)["recall"]
     fetches = []
     search = index.search
-    index.search = lambda x, f: fetches.append(f) or search(x, f)
+    index.search = lambda x, f, **kw: fetches.append(f) or search(x, f, **kw)
     search_hard_negatives(index, q, pool[pos], pos, k=10, overfetch=2)
     index.search = search
     assert max(fetches) > 16 and index.hnsw.efSearch == 16
     assert measure_recall(index, pool, k=10, queries=q)["recall"] == configured
     index.hnsw.efSearch = max(fetches)  # what the recall was measured at before: another value
     assert measure_recall(index, pool, k=10, queries=q)["recall"] > configured + 0.1
+
+
+def test_mining_never_changes_an_hnsw_indexs_breadth_even_while_it_searches():
+    """The retrieval's deeper searches (fetch 12, 48, 192) and the recall measurement (k 20 > --ef-search 16) ran at
+    efSearch widened in place on the index, put back after each: now each search has its own breadth (FAISS's
+    per-search parameters), so the index reads 16 throughout, and the results are those of the index set by hand."""
+    from unime.index.ann import measure_recall
+
+    rng = np.random.default_rng(5)
+    pool = _unit(rng, 3000, 16)
+    q = _unit(rng, 40, 16)
+    pos = [int(np.argsort(-(pool @ q[i]))[[0, 3, 60, 400, 2500][i % 5]]) for i in range(40)]
+    index = build_index(pool, IndexConfig(kind="hnsw", ef_search=16, hnsw_m=4))
+    wide = {}
+    for f in (12, 20, 48, 192):  # the reference: the index's own breadth set to each fetch
+        index.hnsw.efSearch = max(16, f)
+        wide[f] = index.search(q, f)[1]
+    index.hnsw.efSearch = 16
+    search, seen = index.search, []
+
+    def spy(x, f, **kw):
+        seen.append((f, index.hnsw.efSearch))
+        return search(x, f, **kw)
+
+    index.search = spy
+    res = search_hard_negatives(index, q, pool[pos], pos, k=10, overfetch=2)
+    recall = measure_recall(index, pool, k=20, queries=q)
+    index.search = search
+    assert seen and {e for _, e in seen} == {16} and {f for f, _ in seen} == {12, 48, 192, 20}
+    exact = np.argsort(-(q @ pool.T), axis=1)[:, :20]
+    assert recall["recall"] == pytest.approx(np.mean([len(set(a) & set(e)) / 20 for a, e in zip(wide[20], exact)]))
+    for i in range(40):  # a query finished by the first search: its candidates are the first wide search's
+        kept = [j for j in wide[12][i].tolist() if j != pos[i] and float(q[i] @ pool[j]) < float(q[i] @ pool[pos[i]])]
+        if len(kept) >= 10:
+            assert res.candidate_ids[i].tolist() == kept[:10], i
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])

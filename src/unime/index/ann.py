@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, fields
-from typing import Iterator
 
 import numpy as np
 
@@ -148,20 +146,21 @@ def build_index(vectors, config: IndexConfig = IndexConfig()):
     return index
 
 
-@contextlib.contextmanager
-def search_breadth(index, fetch: int) -> Iterator[None]:
-    """Within the block, an HNSW index's search breadth (efSearch) is at least `fetch`, so that it can return
-    `fetch` results; on leaving it, the breadth is put back to what it was (the configured `ef_search`), so a
-    deep search never widens the searches after it (their results, their time, a recall measured after it)."""
+def search(index, queries: np.ndarray, k: int):
+    """`index.search(queries, k)`: (scores, ids). An HNSW index is searched at efSearch max(its own, k), so that it
+    can return k results, by FAISS's per-search parameters: the index's efSearch (the configured `ef_search`) is
+    never changed, so a deep search widens neither the searches after it (their results, their time, a recall
+    measured after it) nor those running beside it in another thread."""
     hnsw = getattr(index, "hnsw", None)
-    before = hnsw.efSearch if hnsw is not None else None
-    if hnsw is not None and before < fetch:
-        hnsw.efSearch = fetch
-    try:
-        yield
-    finally:
-        if hnsw is not None:
-            hnsw.efSearch = before
+    if hnsw is None or hnsw.efSearch >= k:
+        return index.search(queries, k)
+    import faiss
+
+    params = faiss.SearchParametersHNSW()
+    params.efSearch = int(k)
+    params.check_relative_distance = hnsw.check_relative_distance  # the index's other search settings
+    params.bounded_queue = hnsw.search_bounded_queue
+    return index.search(queries, k, params=params)
 
 
 def hnsw_stored_vectors(index):
@@ -225,8 +224,7 @@ def measure_recall(index, vectors: np.ndarray, *, k: int = DEFAULT_RECALL_K, sam
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if k < 1 or not len(queries):
         return {"k": k, "sample": 0, "recall": None, "exact": False}
-    with search_breadth(index, k):
-        _, approx = index.search(queries, k)
+    _, approx = search(index, queries, k)
     exact = exact_topk(vectors, queries, k)
     hits = [len(set(a[a >= 0].tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]
     return {"k": k, "sample": int(len(queries)), "recall": float(np.mean(hits)), "seed": seed}

@@ -41,7 +41,7 @@ from unime.data.roots import recorded_root_of, resolve_data_root
 from unime.errors import UnimeError
 from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
-                             search_breadth)
+                             search)
 from unime.models.embedding_cache import DTYPE_LABELS
 from unime.models.loading import EmbedderOptions, model_reference
 from unime.options import option
@@ -210,9 +210,7 @@ class CorpusIndex:
         k = max(1, min(int(k), len(self)))
         if self.faiss is None:
             return np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64)
-        with search_breadth(self.faiss, k):
-            scores, rows = self.faiss.search(q, k)
-        return scores, rows
+        return search(self.faiss, q, k)  # an hnsw index at efSearch max(--ef-search, k), for this search only
 
 
 def require_hits(k: int) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unime.data.items import Item, Record
-from unime.index.ann import hnsw_stored_vectors, ivf_probed_sizes, search_breadth
+from unime.index.ann import hnsw_stored_vectors, ivf_probed_sizes, search
 from unime.mining.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -214,8 +214,7 @@ def search_hard_negatives(index, query_vectors: np.ndarray, positive_vectors: np
         still = []
         for s in range(0, len(pending), rows_per_search):
             rows = pending[s:s + rows_per_search]
-            with search_breadth(index, fetch):  # hnsw: widened for this search only, then its configured breadth
-                sims, ids = index.search(q[rows], fetch)
+            sims, ids = search(index, q[rows], fetch)  # hnsw: at efSearch max(its own, fetch), this search only
             kept_ids, kept_sims, n_above, n_kept = delta_rule_rows(ids, sims, positive_ids=pos_ids[rows],
                                                                    positive_sims=pos_sims[rows],
                                                                    query_ids=qids[rows], k=k, rule=rule,
