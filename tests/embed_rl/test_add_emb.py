@@ -105,7 +105,8 @@ def test_a_dtype_add_emb_has_no_weights_for_is_one_usage_line_and_writes_nothing
         main(["reason", "add-emb", "--model", tiny_model_dir("qwen2_vl"), "--out", str(out), "--dtype", value])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument --dtype: invalid choice: '{value}' (choose from 'auto', 'fp32', 'bf16', 'fp16')" in err
+    assert (f"argument --dtype: invalid choice: '{value}' (choose from 'auto', 'fp32', 'float32', 'bf16', "
+            "'bfloat16', 'fp16', 'float16')") in err
     assert "Traceback" not in err and not out.exists()
 
 

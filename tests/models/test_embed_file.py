@@ -32,16 +32,27 @@ def test_embed_reads_a_generated_worlds_items_file_like_index_build(tiny_world_d
 
 
 def test_an_unknown_dtype_is_one_error_line_naming_it_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
-    """The commands whose `--dtype` has no parse-time choices (embed, eval, serve, reason ..., resolved by
-    `resolve_dtype`) ended `--dtype fp8` — or `--dtype checkpoint`, once the loader's internal word — in a traceback
-    (`ValueError: unknown dtype`). It is the error contract's one line, exit code 2, and no output."""
+    """The commands whose `--dtype` had no parse-time choices (embed, eval, serve, reason ...) ended `--dtype fp8`
+    — or `--dtype checkpoint`, once the loader's internal word — in a traceback (`ValueError: unknown dtype`). Every
+    `--dtype` takes its choices at parse time now: argparse's one error line naming the option, exit code 2, no
+    output; `resolve_dtype` (the Python API) refuses it as the error contract's one line."""
+    import pytest
+
+    from unime.models.loading import UnknownDtypeError, resolve_dtype
+
     items, out = tmp_path / "items.jsonl", tmp_path / "x.npy"
     items.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n", encoding="utf-8")
     for value in ("fp8", "checkpoint"):
         capsys.readouterr()
-        assert main(["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--out", str(out),
-                     "--device", "cpu", "--dtype", value]) == 2
-        err = capsys.readouterr().err
-        assert err.splitlines() == [f"unime: error: unknown dtype '{value}'; choose one of auto, fp32, float32, bf16, "
-                                    "bfloat16, fp16, float16"]
+        with pytest.raises(SystemExit) as stop:
+            main(["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--out", str(out),
+                  "--device", "cpu", "--dtype", value])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[-1] == (f"unime embed: error: argument --dtype: invalid choice: '{value}' (choose from 'auto', "
+                           "'fp32', 'float32', 'bf16', 'bfloat16', 'fp16', 'float16')")
         assert not out.exists()
+        with pytest.raises(UnknownDtypeError) as refused:
+            resolve_dtype(value, "cpu")
+        assert str(refused.value) == (f"unknown dtype '{value}'; choose one of auto, fp32, float32, bf16, bfloat16, "
+                                      "fp16, float16")

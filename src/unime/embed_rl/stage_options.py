@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from unime.data.video import VideoOptions
 from unime.models.hf_arguments import gradient_checkpointing_option
 from unime.models.image_budget import ImageOptions
+from unime.models.loading import dtype_option
 from unime.options import check_ranges, key_value_pairs, on_error_option, option
 
 # a reasoner stage's warm-up is transformers' `warmup_steps` (steps, or a fraction of the run below 1: transformers 5
@@ -39,7 +40,7 @@ class ReasonerStageOptions(ImageOptions, VideoOptions):
                         "second one")
     out: str = option(help="output folder (merged/: an HF folder; adapter/ for LoRA; README.md, checkpoints/, logs)")
     data_root: str | None = option(None, "folder image paths are relative to")
-    dtype: str = option("auto")
+    dtype: str = dtype_option(before="weights and training dtype: ")
     gradient_checkpointing: bool = gradient_checkpointing_option()
     seed: int = option(0)
     max_steps: int = option(-1, at_least=1)  # -1, the default: the stage's epochs

@@ -36,7 +36,7 @@ from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, OptionError, UsageError
 from unime.eval.runners import eval_on_error_option
 from unime.models.image_budget import ImageBudget, ImageOptions
-from unime.models.loading import LOAD_DTYPES, DeviceOptions
+from unime.models.loading import DeviceOptions, dtype_option
 from unime.options import option
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 class ReasonOptions(DeviceOptions):
     """The options the `unime reason` commands that load a model share."""
 
-    dtype: str = option("auto", "auto, fp32, bf16, fp16")
+    dtype: str = dtype_option()
 
 
 @dataclass(kw_only=True)
@@ -59,8 +59,7 @@ class AddEmbConfig(ReasonOptions):
     model: str = option(help="checkpoint to copy (HF folder, or a PEFT adapter folder: merged first)")
     out: str = option(help="output folder (an ordinary HF folder)")
     device: str | None = option("cpu", "cpu or cuda")
-    dtype: str = option("auto", "dtype of the copy: auto (the checkpoint's own), fp32, bf16, fp16",
-                        choices=list(LOAD_DTYPES))
+    dtype: str = dtype_option(auto="the checkpoint's own", before="dtype of the copy: ")
     attn_implementation: str | None = option(None, cli=False)  # a copy of the weights runs no attention
 
 

@@ -43,7 +43,7 @@ from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RE
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
                              search)
 from unime.models.embedding_cache import DTYPE_LABELS
-from unime.models.loading import EmbedderOptions, model_reference
+from unime.models.loading import EmbedderOptions, dtype_option, model_reference
 from unime.options import option
 from unime.outdir import claim
 
@@ -403,7 +403,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
 class IndexModelOptions(EmbedderOptions):
     """The embedder options of `unime index build` and `unime search`."""
 
-    dtype: str = option(EmbedderOptions.dtype, "auto, fp32, bf16, fp16 (part of the index's model identity)")
+    dtype: str = dtype_option(EmbedderOptions.dtype, after=" (part of the index's model identity)")
 
 
 @dataclass(kw_only=True)

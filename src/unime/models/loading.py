@@ -50,12 +50,35 @@ class DeviceOptions:
     attn_implementation: str | None = attn_implementation_option()
 
 
+# the `--dtype` spellings of every command (`dtype_option`, `resolve_dtype`): each short name with torch's long name
+# as its alias (--dtype bf16 = --dtype bfloat16); auto = the command's own choice (the device's, mostly)
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def dtype_choices(names: Sequence[str] = tuple(DTYPE_ALIASES)) -> list[str]:
+    """auto, then each of the short dtype `names` followed by its long alias (`DTYPE_ALIASES`)."""
+    return ["auto", *(spelling for name in names for spelling in (name, DTYPE_ALIASES[name]))]
+
+
+# the `--dtype` values of the commands that load a model (`resolve_dtype`)
+LOAD_DTYPES = tuple(dtype_choices())
+
+
+def dtype_option(default: str | None = "auto", auto: str = "bf16 on GPU, fp32 on CPU", *, before: str = "",
+                 after: str = "", names: Sequence[str] = tuple(DTYPE_ALIASES)):
+    """`--dtype`, the same option on every command: the spellings of `dtype_choices(names)`, checked when the command
+    line (or a --config file) is parsed, a value kept as given; the help ("`before`auto (`auto`), fp32 (= float32),
+    ...`after`") lists them all."""
+    spelled = ", ".join(f"{name} (= {DTYPE_ALIASES[name]})" for name in names)
+    return option(default, f"{before}auto ({auto}), {spelled}{after}", choices=dtype_choices(names), metavar="DTYPE")
+
+
 @dataclass(kw_only=True)
 class EmbedderOptions(DeviceOptions, ItemFormatOptions):
     """`--device`, `--dtype`, `--batch-size`, `--item-format`: how the commands that encode with an embedder load
     and run it."""
 
-    dtype: str = option("auto", "auto, fp32, bf16, fp16")
+    dtype: str = dtype_option()
     batch_size: int = option(16, "items per encoder forward pass", at_least=1)
 
 
@@ -105,10 +128,6 @@ def trainer_device(device: str | None) -> str:
     return resolved
 
 
-# the `--dtype` values of the commands that load a model (`resolve_dtype`): auto = the device's
-LOAD_DTYPES = ("auto", "fp32", "bf16", "fp16")
-
-
 class _CheckpointDtype:
     def __repr__(self) -> str:
         return "CHECKPOINT_DTYPE"
@@ -132,8 +151,7 @@ def resolve_dtype(dtype: str | Any | None, device: str):
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
+    table = {spelling: getattr(torch, long) for short, long in DTYPE_ALIASES.items() for spelling in (short, long)}
     if dtype not in table:
         raise UnknownDtypeError(f"unknown dtype {dtype!r}; choose one of {', '.join(['auto', *table])}")
     return table[dtype]

@@ -30,7 +30,7 @@ from unime.data.items import Item
 from unime.data.video import VideoOptions, VideoSampling
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
-from unime.models.loading import DeviceOptions
+from unime.models.loading import DeviceOptions, dtype_option
 from unime.options import option
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
 
@@ -363,7 +363,7 @@ class GenerateConfig(DeviceOptions, ImageOptions, VideoOptions):
     max_new_tokens: int = option(TCOT_MAX_NEW_TOKENS, TCOT_LENGTH_HELP, at_least=1)
     sample: bool = option(False, "sample (default: greedy)")
     temperature: float = option(1.0, "sampling temperature (with --sample)")
-    dtype: str = option("auto", "auto, fp32, bf16, fp16")
+    dtype: str = dtype_option()
 
 
 def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:

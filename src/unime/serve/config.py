@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from unime.models.item_format import ItemFormatOptions
-from unime.models.loading import attn_implementation_option
+from unime.models.loading import attn_implementation_option, dtype_option
 from unime.options import check_ranges, option
 
 
@@ -48,7 +48,7 @@ class ServeConfig(ItemFormatOptions):
     port: int = option(8000)
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
     attn_implementation: str | None = attn_implementation_option()
-    dtype: str = option("auto", "auto, fp32, bf16, fp16")
+    dtype: str = dtype_option()
     max_batch_size: int = option(32, "dynamic batching: items per encoder batch", at_least=1)
     max_wait_ms: float = option(5.0, "dynamic batching: wait for more items (ms)", at_least=0)
     rerank_batch: int | None = option(None, "dynamic batching: listwise rerank requests generated together "

@@ -15,7 +15,7 @@ from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions, deepspeed_setting, gradient_checkpointing_option
 from unime.models.image_budget import ImageOptions
 from unime.models.item_format import ItemFormatOptions
-from unime.models.loading import DeviceOptions
+from unime.models.loading import DeviceOptions, dtype_choices, dtype_option
 from unime.models.lora import EMBEDDER_LORA_OPTIONS, refuse_full_fine_tuning_of_adapter
 from unime.options import check_ranges, lr_scheduler_option, on_error_option, option
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
@@ -23,6 +23,9 @@ from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
 # hard_negatives None (the command's default): the records' count of negatives, at most this many
 MAX_AUTO_HARD_NEGATIVES = 8
+# the `--dtype` names the embedder trains in (bf16 autocast or fp32; its trainer has no fp16 mode), with
+# their long aliases (`dtype_choices`)
+TRAIN_DTYPES = ("fp32", "bf16")
 
 
 @dataclass(kw_only=True)
@@ -70,7 +73,7 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     full: bool = option(False, "full fine-tuning instead of LoRA")
     freeze_vision: bool = option(False, "with --full: keep the vision tower and its merger frozen (only the "
                                  "language model trains)")
-    dtype: str = option("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=["auto", "fp32", "bf16"])
+    dtype: str = dtype_option(auto="bf16 autocast on GPU, fp32 on CPU", names=TRAIN_DTYPES)
     gradient_checkpointing: bool = gradient_checkpointing_option()
     pooling: str = option("auto", choices=["auto", "last", "emb"])
     # optimisation
@@ -124,8 +127,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
                              "unless --lora-vision")
         if self.steps is not None and self.epochs is not None:
             raise UnimeError("give --steps or --epochs, not both")
-        if self.dtype not in ("auto", "fp32", "float32", "bf16", "bfloat16"):
-            raise UnimeError(f"--dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        if self.dtype not in dtype_choices(TRAIN_DTYPES):
+            raise UnimeError(f"--dtype must be one of {', '.join(dtype_choices(TRAIN_DTYPES))}, got {self.dtype!r}")
         if self.on_error not in ("raise", "skip"):
             raise UnimeError(f"on_error must be raise or skip, got {self.on_error!r}")
         if self.records is None:

@@ -49,7 +49,7 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import (TrainerArgOptions, gradient_checkpointing_option,
                                      non_reentrant_checkpointing_callback)
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
-from unime.models.loading import LOAD_DTYPES, DeviceOptions, checkpoint_image_loader, trainer_device
+from unime.models.loading import DeviceOptions, checkpoint_image_loader, dtype_option, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
                                refuse_full_fine_tuning_of_adapter)
 from unime.options import check_ranges, on_error_option, option
@@ -374,8 +374,7 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     train_modules: tuple[str, ...] = option((), "module trained in full beside LoRA (PEFT modules_to_save), e.g. "
                                             "lm_head; repeatable", flag="--train-module", action="append",
                                             cli_default=[])
-    dtype: str | None = option("auto", "weights dtype (auto: bf16 on GPU, fp32 on CPU)",
-                               choices=list(LOAD_DTYPES))
+    dtype: str | None = dtype_option(before="weights dtype: ")
     gradient_checkpointing: bool = gradient_checkpointing_option()
     train_turn_end: bool = option(False, "also train the end-of-turn token after the answer (default: answer tokens "
                                   "only, as the paper)")

@@ -14,7 +14,7 @@ from unime.data.video import VideoOptions, sampling_video_options
 from unime.errors import UsageError
 from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
 from unime.models.image_budget import ImageBudget, ImageOptions
-from unime.models.loading import DeviceOptions
+from unime.models.loading import DeviceOptions, dtype_option
 from unime.options import allow_outside_root_option, key_value_pairs, option
 
 __all__ = ["BACKENDS", "BackendOptions", "JudgeBackend", "JudgeOptions", "JudgeSpec", "QueryGroup", "make_backend"]
@@ -27,7 +27,7 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
     """How the judge (and `unime mine`'s embedder) is loaded, and where the judge runs: the options
     `unime mine` and `unime judge` share."""
 
-    dtype: str | None = option(None, "auto, fp32, bf16, fp16 (default: bf16 on GPU, fp32 on CPU)")
+    dtype: str | None = dtype_option(None, "the default: bf16 on GPU, fp32 on CPU")
     allow_outside_root: bool = allow_outside_root_option()
     backend: str = option("local", "where the judge runs; `oracle` = diagnostic: --judge is a generated world or a "
                           "labels / qrels JSONL file (e.g. `data import`'s train/qrels.jsonl) whose ground truth "
