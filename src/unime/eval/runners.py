@@ -29,8 +29,8 @@ from unime.eval import metrics as M
 from unime.eval.mmeb_v2 import headline_metric
 from unime.eval.tasks import (CompositionalData, EmptyTaskError, MissingTaskDataError, MMEBData, QrelsData,
                               RetrievalData, TaskData, TaskSpec, TaskSuite, load_task_config, load_task_data)
-from unime.models.embedding_cache import (RunEncoder, default_cache_dir, embedding_settings, image_root,
-                                          model_fingerprint)
+from unime.models.embedding_cache import (RunEncoder, cache_settings, default_cache_dir, embedding_settings,
+                                          image_root, model_fingerprint)
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import (EmbedderOptions, checkpoint_image_loader, free_dropped_models,
                                  refuse_missing_local_model)
@@ -643,7 +643,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
                                         allow_outside_root=cfg.allow_outside_root, item_format=cfg.item_format,
                                         attn_implementation=cfg.attn_implementation)
     t_model = time.perf_counter()
-    settings = embedding_settings(embedder, dtype)
+    settings = cache_settings(embedding_settings(embedder, dtype), embedder)
     model_id = model_fingerprint(model, settings)
     cache = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     encoder = RunEncoder(embedder, model_id, cache_dir=cache, batch_size=batch_size, show_progress=show_progress,

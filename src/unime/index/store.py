@@ -258,7 +258,8 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     `index_config` (all of them) or `index_settings` ({IndexConfig field: value}, those only), the others an existing
     index's (else the defaults); an existing index whose kind or settings differ from those is rebuilt from its
     stored vectors, even when no item is added (`BuildStats.rebuilt` says why)."""
-    from unime.models.embedding_cache import EmbeddingStore, RunEncoder, embedding_settings, model_fingerprint
+    from unime.models.embedding_cache import (EmbeddingStore, RunEncoder, cache_settings, embedding_settings,
+                                              model_fingerprint)
 
     if vector_dtype not in VECTOR_DTYPES:
         raise ValueError(f"vector dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
@@ -327,8 +328,10 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         todo = [e for e in entries if e.id not in existing]
         stats.already_indexed = len(entries) - len(todo)
         next_chunk = 1 + max((int(p.stem.split("-")[1]) for p in chunks), default=-1)
-        store = EmbeddingStore(Path(cache_dir) / fingerprint, model_info={"model": model_reference(model),
-                                                                          "settings": settings}) if cache_dir else None
+        # the cache's key: the model identity and the attention kernel (`cache_settings`; not the index's identity)
+        cached = cache_settings(settings, embedder)
+        store = EmbeddingStore(Path(cache_dir) / model_fingerprint(model, cached),
+                               model_info={"model": model_reference(model), "settings": cached}) if cache_dir else None
         from unime.data.io import ImageChecker
         from unime.models.loading import checkpoint_image_loader
 

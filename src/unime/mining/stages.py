@@ -26,7 +26,7 @@ from unime.mining.manifest import Manifest
 from unime.mining.progress import ProgressLog
 from unime.mining.ranks import Ranks
 from unime.mining.retrieval import RetrievalResult, query_positive_ids, search_hard_negatives
-from unime.models.embedding_cache import RunEncoder, embedding_settings, model_fingerprint
+from unime.models.embedding_cache import RunEncoder, cache_settings, embedding_settings, model_fingerprint
 from unime.outdir import remove_entry, require_replaceable
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def retrieval_encoder(c: MineConfig, data: MiningInputs, manifest: Manifest, emb
     """The embedding cache's encoder with the queries, positives and pool added (in that order), and their rows."""
     # the evaluation's embedding cache: items keyed by text + image content, so the same relative path
     # under another data root (or a regenerated image) is never served a stale vector
-    settings = embedding_settings(emb, c.dtype)
+    settings = cache_settings(embedding_settings(emb, c.dtype), emb)
     encoder = RunEncoder(emb, model_fingerprint(c.embedder, settings),
                          cache_dir=c.cache_dir or manifest.path.parent / "cache" / "embeddings",
                          model_info={"model": str(c.embedder), "settings": settings},
