@@ -519,7 +519,8 @@ def kv_bytes_per_token(shapes: ModelShapes, act_bytes: int) -> int:
 def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None, text_tokens: int = 64,
                images_per_item: float = 1.0, title: str = "") -> Plan:
     """Stage B (`unime mine`, local backend): frozen weights, the shared query prefix's KV cache, and per
-    chunk of candidates a cache holding a copy of the prefix for each row plus the continuations."""
+    chunk of candidates a cache holding a copy of the prefix for each row plus the continuations; when it does not fit,
+    the hint of the `unime mine` options that reduce it, by how much (`with_hint`)."""
     shapes = model_shapes(model)
     dtype = str(o.get("dtype") or "auto")
     b = 2 if dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "None") else 4
@@ -531,10 +532,11 @@ def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | No
     m = int(o.get("chunk_size", 16))
     k = int(o.get("k", 50))
     kv_per_token = kv_bytes_per_token(shapes, b)
+    chunk_kv, chunk_transients = m * (prefix + cont) * kv_per_token, forward_transient_bytes(shapes, m * cont, b)
     rows = [(f"weights ({'bf16' if b == 2 else 'fp32'}, frozen)", shapes.params_total * b),
             ("KV cache: shared query prefix", prefix * kv_per_token),
-            (f"KV cache: chunk of {m} continuations (prefix copy per row)", m * (prefix + cont) * kv_per_token),
-            ("forward transients (one layer, chunk)", forward_transient_bytes(shapes, m * cont, b))]
+            (f"KV cache: chunk of {m} continuations (prefix copy per row)", chunk_kv),
+            ("forward transients (one layer, chunk)", chunk_transients)]
     vcfg = shapes.config.vision_config
     vwidth = getattr(vcfg, "embed_dim", None) or getattr(vcfg, "hidden_size")
     vmlp = getattr(vcfg, "intermediate_size", None) or vwidth * int(getattr(vcfg, "mlp_ratio", 4))
@@ -546,10 +548,16 @@ def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | No
              f"per query: prefix ~{prefix} tokens (prompt + query with {images_per_item:g} x {vis} visual: "
              f"{vis_what}), {k + 1} candidates of ~{cont} tokens, {m} per forward"]
     per_query = prefix + (k + 1) * cont
-    return Plan(title=title or f"judge (mining stage B) with {shapes.name}", facts=facts, rows=rows,
+    plan = Plan(title=title or f"judge (mining stage B) with {shapes.name}", facts=facts, rows=rows,
                 tokens_per_step=per_query * gpus, tokens_note=f"one query per device: {prefix} prefix + "
                 f"{k + 1} x {cont} continuation tokens; x {gpus} devices", gpu_memory_gib=gpu_memory_gib,
                 tokens_label="tokens per judged query group (all devices, one query each)")
+    # the chunk's KV cache and transients scale with --chunk-size; every row with the dtype's bytes
+    chunk_1_saves = (chunk_kv + chunk_transients) * (m - 1) / m
+    return with_hint(plan, [
+        (f"a smaller --chunk-size (now {m}: --chunk-size 1 saves {chunk_1_saves / GiB:.2f} GiB)", m > 1),
+        (f"--dtype bf16 (now fp32: saves {plan.total / 2 / GiB:.2f} GiB, half of every row)", b == 4),
+        ("--max-pixels / --image-size to shorten sequences", True)])
 
 
 # TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`, its kernel `trl.kernels.chunked_logprob`): the token
