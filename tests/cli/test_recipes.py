@@ -158,6 +158,31 @@ def test_the_embed_rl_recipes_size_the_embedders_images_as_the_release(name):
                                                                       300 * 32 * 32 * 8)
 
 
+@pytest.mark.parametrize("name", ["embed-rl/qwen3-vl-2b", "embed-rl/qwen3-vl-4b"])
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_the_embed_rl_recipes_size_the_reasoners_images_as_the_release(name, stage, capsys):
+    """Independent of the files: the release's reasoner reads its images at 128x32x32 .. 768x32x32 pixels and video
+    frames at 300x32x32, 8 of them (its GRPO data, vlm2vec_dataset.py), the Embedder's bounds. QA: the recipes' note
+    told the user to give `train reasoner` those bounds but the recipes did not set them, so the reasoner's stages
+    ran (and `unime plan` planned them) at the processor's own bounds (Qwen3-VL: up to 16,777,216 pixels an image).
+    Both stages' configs now carry them, and the plan of either reasoner stage reads them: a 1280x720 photo under
+    131072..786432 pixels is scaled by sqrt(1280 x 720 / 786432) to 1152x640 (multiples of Qwen3-VL's 32-pixel merged
+    patch), 36 x 20 = 720 visual tokens (at the processor's bounds 1280x704: 880)."""
+    from unime.cli.train_reasoner import _stage_config
+    from unime.data.video import VideoSampling
+    from unime.models.image_budget import ImageBudget
+
+    argv = ["train", "reasoner", "--stage", stage, "--recipe", name, "--model", "m", "--out", "o",
+            *(["--tcots", "t.jsonl"] if stage == "sft" else ["--records", "r", "--embedder", "e"])]
+    cfg = _stage_config(_apply_config(build_parser(), argv))
+    budget = ImageBudget.from_args(cfg)
+    assert (budget.min_pixels, budget.max_pixels) == (128 * 32 * 32, 768 * 32 * 32)
+    assert VideoSampling.from_fields(cfg).max_video_pixels == 300 * 32 * 32 * 8
+    assert main(["plan", "--recipe", name, "--stage", f"reasoner-{stage}"]) == 0
+    out = capsys.readouterr().out
+    assert "1 x 720 visual (1280x720 image under 131072..786432 pixels -> 1152x640)" in out, out
+
+
 def test_config_file_and_command_line_win_over_the_recipe(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lora-r: 32\nsteps: 10\n")
