@@ -768,3 +768,29 @@ def test_the_judge_plan_hints_as_the_other_stages_do(capsys):
     out = capsys.readouterr().out
     assert "DOES NOT FIT" in out and out.splitlines()[-1].startswith("hint: try a smaller --chunk-size (now 16: "
                                                                      "--chunk-size 1 saves ")
+
+
+def test_the_grpo_process_judge_phase_is_its_prefill_kv_cache_and_one_layers_transients():
+    """Review: the process judge phase counted only the KV cache of its listwise prompts (20.97 GiB on the embed-rl
+    recipes, the step's largest phase). Each reasoning is counted at --max-completion-length, which is what the judge
+    reads at most: `EmbedRLReward.process` shows it every completion's full decoded text (TRL cuts them at that length),
+    the judged rollout and its n + hard-negative-pairs candidates in one prompt, 8 prompts per `generate` call
+    (`Reasoner.batch_size`), padded to the longest. But the judge reads them in one prefill forward: at its last
+    layer every layer's KV cache is held and that layer's intermediates over all the batch's tokens, as the reward
+    embedder's and the mining judge's forwards are planned (`forward_transient_bytes`). By hand for the recipe's
+    Qwen3-VL-8B judge (36 layers, 8 KV heads x 128, hidden 4096, MLP 12288, bf16): prompts of 80 + 9 x (64 + 2048) =
+    19088 tokens, 8 of them."""
+    from unime.cli.plan import _command_options
+    from unime.train.memory_plan import plan_reasoner_grpo
+
+    model = "Qwen/Qwen3-VL-8B-Instruct"
+    o = {**_command_options("train reasoner", "embed-rl/qwen3-vl-2b", []), "embedder": "Qwen/Qwen3-VL-2B-Instruct",
+         "lora_r": 16}
+    plan = plan_reasoner_grpo(model, o)
+    tokens = 8 * (80 + 9 * (64 + 2048))
+    kv = tokens * 2 * 36 * 8 * 128 * 2
+    transients = tokens * (2 * 12288 + 4 * 4096) * 2
+    assert (tokens, kv, transients) == (152704, 22517121024, 12509511680)
+    phase = "process judge: 8 listwise prompts' KV cache + the prefill's transients (one layer)"
+    assert f"{phase} {(kv + transients) / GiB:.2f}" in plan.facts[-1], plan.facts[-1]
+    assert dict(plan.rows)[f"largest phase: {phase}"] == kv + transients

@@ -658,7 +658,8 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     reward embedder (`o["embedder"]`) and, with a process weight, the frozen process judge (--process-judge, else a
     copy of --model). The step's phases run one after the other, so only the largest one's transients are added:
     generation (the completions' KV cache), the reward embedder's forward (its items with their T-CoT and evidence
-    crops), the process judge's listwise prompts (KV cache of a batch of 8), and the policy's forward and backward of
+    crops), the process judge's listwise prompts (a batch of 8: their KV cache and the prefill's one-layer transients,
+    each reasoning at its longest, the completion length), and the policy's forward and backward of
     one --micro-batch of completions (default: all of the step's; TRL accumulates the others into the same step):
     activations (each layer's input only with --gradient-checkpointing) and TRL's fused LM head over the completion
     tokens (`fused_lm_head_bytes`: no full logits)."""
@@ -698,10 +699,13 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
                + fused_lm_head_bytes(micro * completion, shapes, act_b, lm_head_trained=full))]
     judge_what = ""
     if judge:
-        shown = 1 + n + int(o.get("hard_negative_pairs", 1))  # the rollout judged and its candidates
-        j_seq = 80 + shown * (text_tokens + tcot)
-        phases.append((f"process judge: {min(rollouts, 8)} listwise prompts' KV cache",
-                       min(rollouts, 8) * j_seq * kv_bytes_per_token(judge, act_b)))
+        # the rollout judged and its candidates, each reasoning the full completion text (`EmbedRLReward.process`)
+        shown = 1 + n + int(o.get("hard_negative_pairs", 1))
+        j_seq, j_batch = 80 + shown * (text_tokens + tcot), min(rollouts, 8)  # `Reasoner.batch_size` prompts a call
+        # their prefill: at its last layer every layer's KV cache and that layer's intermediates over the batch
+        phases.append((f"process judge: {j_batch} listwise prompts' KV cache + the prefill's transients (one layer)",
+                       j_batch * j_seq * kv_bytes_per_token(judge, act_b)
+                       + forward_transient_bytes(judge, j_batch * j_seq, act_b)))
         judge_what = f"; process judge prompts ~{j_seq} tokens ({shown} reasonings with their items' text)"
     largest = max(phases, key=lambda p: p[1])
     rows.append((f"largest phase: {largest[0]}", largest[1]))
