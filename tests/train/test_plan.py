@@ -581,7 +581,7 @@ def test_the_reasoner_grpo_plan_holds_the_policy_its_reference_the_reward_embedd
     # 2 x 2 pairs x 4 generations = 16 completions of (prompt + 32) tokens; KV: 2 (K, V) x 2 layers x 2 heads x 16 x 4 B
     completions, seq = 16, TINY_PROMPT + 32
     assert plan.tokens_per_step == completions * seq
-    assert f"generation: KV cache of the completions {completions * seq * 512 / GiB:.2f}" in plan.facts[-1]
+    assert f"generation, decoding: KV cache of the completions {completions * seq * 512 / GiB:.2f}" in plan.facts[-1]
     assert sum(1 for name in rows if name.startswith("largest phase: ")) == 1
     # LoRA: the reference policy is TRL's copy of the adapter; no process weight: no judge; beta 0: no reference
     lora_rows = dict(plan_reasoner_grpo(model, {**o, "lora_r": 8, "lora_dropout": 0.0}).rows)
@@ -705,7 +705,8 @@ def test_the_grpo_policy_phase_is_one_micro_batch_and_generation_still_holds_eve
     phase = "policy forward + backward of 4 completions: activations + TRL's fused LM head"
     phases = plan.facts[-1]
     assert f"{phase} {(4 * seq * per_tok + fused) / GiB:.2f}" in phases, phases
-    assert f"generation: KV cache of the completions {40 * seq * 36 * 2 * 8 * 128 * 2 / GiB:.2f}" in phases, phases
+    kv = 40 * seq * 36 * 2 * 8 * 128 * 2
+    assert f"generation, decoding: KV cache of the completions {kv / GiB:.2f}" in phases, phases
     assert "the policy's loss on 4 at a time (10 accumulated forward + backward)" in plan.facts[-3], plan.facts
     assert plan.tokens_per_step == 40 * 8 // 8 * seq  # one device: all 40 completions, as without micro-batches
 
@@ -794,3 +795,33 @@ def test_the_grpo_process_judge_phase_is_its_prefill_kv_cache_and_one_layers_tra
     phase = "process judge: 8 listwise prompts' KV cache + the prefill's transients (one layer)"
     assert f"{phase} {(kv + transients) / GiB:.2f}" in plan.facts[-1], plan.facts[-1]
     assert dict(plan.rows)[f"largest phase: {phase}"] == kv + transients
+
+
+def test_the_grpo_generation_phase_is_the_larger_of_its_prefill_and_its_decoding():
+    """Review: the generation phase counted only the completions' KV cache at the end of decoding. Before it, the
+    policy reads the step's prompts in one prefill forward (TRL's `generate` with the KV cache on: gradient
+    checkpointing is off while it generates), which at its last layer holds every layer's KV cache of the prompts and
+    that layer's intermediates over all of them (`forward_transient_bytes`, as the process judge's prefill). Those
+    transients are freed before the completions' cache grows, so the phase is the larger of the two, not their sum.
+    By hand for Qwen3-VL-8B (36 layers, 8 KV heads x 128, hidden 4096, MLP 12288, bf16): 40 prompts of 887 tokens
+    (64 text + 720 visual + 103 instruction); a token's KV 147456 B, its one-layer transients 81920 B."""
+    from unime.cli.plan import _command_options
+    from unime.train.memory_plan import plan_reasoner_grpo
+
+    model = "Qwen/Qwen3-VL-8B-Instruct"
+    o = {**_command_options("train reasoner", "embed-rl/qwen3-vl-2b", []), "embedder": "Qwen/Qwen3-VL-2B-Instruct",
+         "lora_r": 16, "weights": "0.05,0.8,0"}
+    prefill = "generation, prefill: the prompts' KV cache + one layer's transients"
+    decoding = "generation, decoding: KV cache of the completions"
+    # the recipe's 2048-token completions: decoding's cache is the larger, the phase as before
+    plan = plan_reasoner_grpo(model, o)
+    assert "prompt ~887 tokens" in plan.facts[-3], plan.facts
+    assert (40 * 887 * (147456 + 81920), 40 * (887 + 2048) * 147456) == (8138260480, 17311334400)
+    assert f"{prefill} {8138260480 / GiB:.2f}, " in plan.facts[-1], plan.facts[-1]
+    assert f"{decoding} {17311334400 / GiB:.2f}, " in plan.facts[-1], plan.facts[-1]
+    assert dict(plan.rows)[f"largest phase: {decoding}"] == 17311334400
+    # 256-token completions (the stage's default): the prefill is the larger, 7.58 GiB against 6.28
+    short = plan_reasoner_grpo(model, {**o, "max_completion_length": 256})
+    assert 40 * (887 + 256) * 147456 == 6741688320
+    assert f"{decoding} {6741688320 / GiB:.2f}, " in short.facts[-1], short.facts[-1]
+    assert dict(short.rows)[f"largest phase: {prefill}"] == 8138260480

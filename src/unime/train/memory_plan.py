@@ -657,7 +657,8 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     (LoRA or full), TRL's reference policy (beta > 0: a frozen copy of the model, or of the LoRA adapter), the frozen
     reward embedder (`o["embedder"]`) and, with a process weight, the frozen process judge (--process-judge, else a
     copy of --model). The step's phases run one after the other, so only the largest one's transients are added:
-    generation (the completions' KV cache), the reward embedder's forward (its items with their T-CoT and evidence
+    generation (the prompts' prefill: their KV cache and one layer's transients; then decoding: the completions' KV
+    cache), the reward embedder's forward (its items with their T-CoT and evidence
     crops), the process judge's listwise prompts (a batch of 8: their KV cache and the prefill's one-layer transients,
     each reasoning at its longest, the completion length), and the policy's forward and backward of
     one --micro-batch of completions (default: all of the step's; TRL accumulates the others into the same step):
@@ -691,7 +692,12 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     micro = int(o.get("micro_batch") or rollouts)  # TRL's per_device_train_batch_size (`embed_rl_grpo_config`)
     policy_label, policy_act = activations_row(f"policy forward + backward of {micro} completions: activations",
                                                micro * seq * per_tok, micro * seq, shapes, act_b, o)
-    phases = [("generation: KV cache of the completions", rollouts * seq * kv_bytes_per_token(shapes, act_b)),
+    # generation (TRL's `generate`, KV cache on): the prompts' prefill holds at its last layer every layer's KV cache
+    # of the prompts and that layer's intermediates; they are freed before decoding grows the completions' cache
+    phases = [("generation, prefill: the prompts' KV cache + one layer's transients",
+               rollouts * prompt * kv_bytes_per_token(shapes, act_b)
+               + forward_transient_bytes(shapes, rollouts * prompt, act_b)),
+              ("generation, decoding: KV cache of the completions", rollouts * seq * kv_bytes_per_token(shapes, act_b)),
               ("reward embedder forward (a batch of 16)",
                forward_transient_bytes(embedder, min(rollouts, 16) * e_seq, act_b)),
               (policy_label + " + TRL's fused LM head",
