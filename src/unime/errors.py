@@ -123,25 +123,29 @@ def same_path_value(value, base: str | None = None):
 
 
 def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict | None = None,
-                        none_means: dict | None = None) -> list[str]:
+                        none_means: dict | None = None, aliases: dict | None = None) -> list[str]:
     """Keys (outside `free`, and never `out`: the folder compared is OUT itself) whose values differ; JSON
     round-trip so tuples and lists compare equal, paths by what they name (`same_path_value`; the relative paths
     of `before` from the working directory it recorded, `WORKING_DIR`, which is no option). A key
     the earlier run did not record (an option added by a later version of unime) whose value now is its
     default in `added_defaults` is no change: a new option's default keeps the earlier behaviour.
     `none_means` ({key: value}, `unime.options.none_meanings`): an option whose None stands for a value
-    (`video_frames`: 8) given at that value is the same as left at None, on either side."""
+    (`video_frames`: 8) given at that value is the same as left at None, on either side. `aliases` ({key:
+    {spelling: value}}, `unime.options.option_aliases`): the spellings of one value (`dtype`: bfloat16 = bf16) are
+    that value, on either side."""
     import json
 
     def plain(d) -> dict:
         return json.loads(json.dumps(d or {}, default=str))
 
     now, before, added, means = plain(now), plain(before), plain(added_defaults), plain(none_means)
+    spelled = plain(aliases)
     base = before.pop(WORKING_DIR, None)
     now.pop(WORKING_DIR, None)
 
     def value(d: dict, k: str, base=None):
         v = d.get(k)
+        v = spelled[k].get(v, v) if isinstance(v, str) and isinstance(spelled.get(k), dict) else v
         return None if k in means and v == means[k] else same_path_value(v, base)
 
     free = set(free) | {"out"}

@@ -9,7 +9,9 @@ line's default where it differs from the Python API's), `cli=False` (no command-
 exclusive group of options; `exclusive_required=True` on its first field: one of them must be given) and
 `switch=(FLAG, VALUE)` (a second flag that sets the option to VALUE, e.g. `--skip-bad-records` = `--on-error skip`).
 `none_means=VALUE` (not an argparse setting) says what an option whose default is None stands for, so that a re-run
-giving it explicitly is no change of options (`none_meanings`). `input_file=True` (not an argparse setting either):
+giving it explicitly is no change of options (`none_meanings`); `aliases={SPELLING: VALUE}` (not an argparse setting)
+names the spellings of one value (`--dtype bfloat16` = `bf16`), no change of options either (`option_aliases`).
+`input_file=True` (not an argparse setting either):
 the option names a file (or files) whose content the run depends on (`input_files`: a trainer's records).
 `at_least=N` / `above=N` (not argparse settings either) give a number option's range (`range_problem`): the command
 line refuses a value outside it as a one-line usage error naming the option, before any work, and a config's
@@ -24,12 +26,15 @@ from typing import Any
 
 
 def option(default: Any = MISSING, help: str | None = None, *, factory: Any = MISSING, none_means: Any = MISSING,
-           input_file: bool = False, **cli: Any):
+           aliases: dict[str, str] | None = None, input_file: bool = False, **cli: Any):
     """A dataclass field declaring its command-line option (see the module doc). `none_means`: the value an
     option whose default is None stands for (`--video-frames`: 8 frames); given explicitly, that value is the
-    option left unset when a re-run's options are compared (`none_meanings`). `input_file`: the option names
-    files whose content is part of the run's identity (`input_files`)."""
+    option left unset when a re-run's options are compared (`none_meanings`). `aliases`: {spelling: the value it
+    spells} of an option kept as typed, one value when a re-run's options are compared (`option_aliases`).
+    `input_file`: the option names files whose content is part of the run's identity (`input_files`)."""
     extra = {} if none_means is MISSING else {"none_means": none_means}
+    if aliases:
+        extra["aliases"] = dict(aliases)
     if input_file:
         extra["input_file"] = True
     return field(default=default, default_factory=factory, metadata={"help": help, **cli, **extra})
@@ -91,6 +96,13 @@ def none_meanings(config) -> dict[str, Any]:
     (`option(none_means=)`): `changed_option_keys`' `none_means`, so that a re-run giving an option's default
     explicitly (`--video-frames 8`) continues a run that left it unset, and the other way round."""
     return {f.name: f.metadata["none_means"] for f in fields(config) if "none_means" in f.metadata}
+
+
+def option_aliases(config) -> dict[str, dict[str, str]]:
+    """{field: {spelling: the value it spells}} of a config dataclass's fields that declare aliases
+    (`option(aliases=)`): `changed_option_keys`' `aliases`, so that a run recorded with `--dtype bf16` continues
+    under `--dtype bfloat16`, and the other way round."""
+    return {f.name: f.metadata["aliases"] for f in fields(config) if "aliases" in f.metadata}
 
 
 def field_flag(f) -> str | tuple[str, ...]:

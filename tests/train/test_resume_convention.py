@@ -788,3 +788,31 @@ def test_a_process_other_than_the_first_writes_and_deletes_nothing_in_the_run_fo
     monkeypatch.setenv("RANK", "0")
     _plan(out, overwrite=True, config=Config(str(recs)))
     assert not ckpt.exists() and not (out / "metrics.json").exists() and (out / INPUTS_FILE).is_file()
+
+
+def test_a_run_recorded_with_one_dtype_spelling_continues_and_finishes_under_the_other(tmp_path):
+    """Review: `--dtype` keeps its value as typed (`bf16` or its alias `bfloat16`, `DTYPE_ALIASES`), so a run
+    recorded with --dtype bf16 and re-run with --dtype bfloat16 was refused as a run with other options. The two
+    spellings are one setting: the run continues from its checkpoint (and a finished one is finished); another dtype
+    is still a change."""
+    from dataclasses import asdict, replace
+
+    from unime.models import run_state
+    from unime.train.reranker_trainer import RerankerTrainConfig
+
+    for config in (RerankerTrainConfig(model="m", records=["r.jsonl"], out=str(tmp_path / "rr"), dtype="bf16"),
+                   replace(base_config("m", tmp_path / "emb", tmp_path), dtype="bfloat16")):
+        out = Path(config.out)
+        run_state.write_config(out, asdict(config))
+        ckpt = _complete_checkpoint(out / "checkpoints" / "checkpoint-3", 3)
+        other = replace(config, dtype={"bf16": "bfloat16", "bfloat16": "bf16"}[config.dtype])
+        plan = run_state.plan_run(out, asdict(other), free=(), overwrite=False, finished_file="done.json",
+                                  config=other)
+        assert (plan.finished, plan.checkpoint) == (False, ckpt)
+        assert (out / "checkpoints" / "checkpoint-3").is_dir()
+        with pytest.raises(ChangedOptions, match=r"--dtype: '(bf16|bfloat16)' -> 'fp32'"):
+            fp32 = replace(config, dtype="fp32")
+            run_state.plan_run(out, asdict(fp32), free=(), overwrite=False, finished_file="done.json", config=fp32)
+    # the comparison itself: aliases are one value, on either side
+    assert changed_options({"dtype": "bf16"}, {"dtype": "bfloat16"}, free=(),
+                           aliases={"dtype": {"bfloat16": "bf16"}}) == []

@@ -67,10 +67,12 @@ LOAD_DTYPES = tuple(dtype_choices())
 def dtype_option(default: str | None = "auto", auto: str = "bf16 on GPU, fp32 on CPU", *, before: str = "",
                  after: str = "", names: Sequence[str] = tuple(DTYPE_ALIASES)):
     """`--dtype`, the same option on every command: the spellings of `dtype_choices(names)`, checked when the command
-    line (or a --config file) is parsed, a value kept as given; the help ("`before`auto (`auto`), fp32 (= float32),
-    ...`after`") lists them all."""
+    line (or a --config file) is parsed, a value kept as given (a re-run's comparison with the options a run
+    recorded reads the long name as the short one: `option(aliases=)`); the help ("`before`auto (`auto`), fp32
+    (= float32), ...`after`") lists them all."""
     spelled = ", ".join(f"{name} (= {DTYPE_ALIASES[name]})" for name in names)
-    return option(default, f"{before}auto ({auto}), {spelled}{after}", choices=dtype_choices(names), metavar="DTYPE")
+    return option(default, f"{before}auto ({auto}), {spelled}{after}", choices=dtype_choices(names), metavar="DTYPE",
+                  aliases={DTYPE_ALIASES[name]: name for name in names})
 
 
 @dataclass(kw_only=True)

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 
 from unime.errors import (ChangedOptions, UnimeError, changed_option_keys, refuse_changed_options,  # noqa: F401
                           with_working_dir)
-from unime.options import input_files, none_meanings, option_defaults, option_flags
+from unime.options import input_files, none_meanings, option_aliases, option_defaults, option_flags
 
 CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
 FULL_STATE_FILE = "trainable_state.safetensors"  # resumable state of a full fine-tuning run
@@ -366,12 +366,14 @@ def _has_run_state(out: Path, finished_file: str) -> bool:
 
 def _changed(before: dict[str, Any], options: dict[str, Any], free: Iterable[str], config) -> list[str]:
     """`changed_options` with what the trainer's `config` (a config dataclass, or None) declares: its defaults
-    (an option the earlier run did not record is no change at its default) and its `none_means` (an option
-    given at what its None stands for is the option unset). `MACHINE_OPTIONS` are free too."""
+    (an option the earlier run did not record is no change at its default), its `none_means` (an option
+    given at what its None stands for is the option unset) and its `aliases` (`--dtype bf16` = `bfloat16`).
+    `MACHINE_OPTIONS` are free too."""
     free = {*free, *MACHINE_OPTIONS}
     if config is None:
         return changed_options(before, options, free)
-    return changed_options(before, options, free, option_defaults(config), none_meanings(config))
+    return changed_options(before, options, free, option_defaults(config), none_meanings(config),
+                           option_aliases(config))
 
 
 def input_fingerprints(config) -> dict[str, list[list[str]]]:
