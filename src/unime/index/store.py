@@ -328,7 +328,8 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         todo = [e for e in entries if e.id not in existing]
         stats.already_indexed = len(entries) - len(todo)
         next_chunk = 1 + max((int(p.stem.split("-")[1]) for p in chunks), default=-1)
-        # the cache's key: the model identity and the attention kernel (`cache_settings`; not the index's identity)
+        # the cache's key: the model identity, the attention kernel and the device type (`cache_settings`; not the
+        # index's identity)
         cached = cache_settings(settings, embedder)
         store = EmbeddingStore(Path(cache_dir) / model_fingerprint(model, cached),
                                model_info={"model": model_reference(model), "settings": cached}) if cache_dir else None

@@ -9,7 +9,8 @@ Keys:
   reads (its merged/, else its adapter/: `unime.models.loading.trained_model_folder`), a hub adapter's those of
   its snapshot, resolved as loading resolves it (`unime.models.loading.adapter_folder`) — plus a PEFT adapter's
   base model, plus the embedding settings that change the vectors (pooling, dtype, ...: `embedding_settings`, an
-  index's model identity too) and the attention kernel they are computed with (`cache_settings`). The folder's path
+  index's model identity too) and the attention kernel and device type they are computed with (`cache_settings`:
+  sdpa and cpu add nothing). The folder's path
   is recorded for people (``model.json``) but is not part of the key, so a copy of the same files still hits.
 - **item identity** (`RunEncoder.content_key`): the item's text plus the *content* (SHA-1 of the bytes)
   of each image / video frame, resolved against the task's data root. This extends `Item.key`, which
@@ -182,16 +183,29 @@ def attention_kernel(embedder: Any) -> str | None:
     return getattr(getattr(getattr(embedder, "model", None), "config", None), "_attn_implementation", None)
 
 
+# the device type of the vectors cached before the device was part of the key (unime's tests and demo: the CPU)
+DEFAULT_DEVICE_TYPE = "cpu"
+
+
+def device_type(embedder: Any) -> str | None:
+    """The type of the device the embedder computes on (cpu, cuda, mps ...: `cuda:1` is cuda); None without one."""
+    device = getattr(embedder, "device", None)
+    return None if device is None else str(device).split(":")[0]
+
+
 def cache_settings(settings: dict[str, Any], embedder: Any) -> dict[str, Any]:
-    """The settings an embedding cache folder is keyed by: `settings` (`embedding_settings`) and the attention kernel
+    """The settings an embedding cache folder is keyed by: `settings` (`embedding_settings`), the attention kernel
     the embedder computes with, which changes the vectors too (eager against sdpa on a tiny model, CPU: 6e-8 apart in
-    fp32, 3e-3 in bf16): a run under another kernel than the cached vectors' encodes them again. sdpa (the default,
-    `DEFAULT_ATTENTION_KERNEL`) adds nothing: the key as before. Not part of an index's model identity (the settings
-    an index records): the kernel is a machine option, as the device is."""
-    kernel = attention_kernel(embedder)
-    if kernel is None or kernel == DEFAULT_ATTENTION_KERNEL:
-        return settings
-    return {**settings, "attn_implementation": kernel}
+    fp32, 3e-3 in bf16), and the type of its device (vectors computed on cuda and on cpu differ in the last digits):
+    a run under another kernel or on another device type than the cached vectors' encodes them again. sdpa (the
+    default, `DEFAULT_ATTENTION_KERNEL`) and cpu (`DEFAULT_DEVICE_TYPE`) add nothing: the key as before. Neither is
+    part of an index's model identity (the settings an index records): both are machine options."""
+    kernel, device = attention_kernel(embedder), device_type(embedder)
+    if kernel is not None and kernel != DEFAULT_ATTENTION_KERNEL:
+        settings = {**settings, "attn_implementation": kernel}
+    if device is not None and device != DEFAULT_DEVICE_TYPE:
+        settings = {**settings, "device": device}
+    return settings
 
 
 @contextlib.contextmanager
