@@ -71,3 +71,22 @@ def count_vision_mlp_runs(monkeypatch) -> list:
     mlp = modeling_qwen2_vl.VisionMlp
     monkeypatch.setattr(mlp, "forward", lambda self, *a, _f=mlp.forward, **k: runs.append(1) or _f(self, *a, **k))
     return runs
+
+
+def trainer_argv(trainer: str, tmp_path, tiny_model_dir) -> list[str]:
+    """The command line of a short CPU run of `trainer` (embedder, reranker, judge, reasoner sft, reasoner grpo) on
+    data written under `tmp_path`, without --out."""
+    from tests.embed_rl.helpers import write_image_world
+
+    model = tiny_model_dir("qwen2_vl")
+    if trainer in ("embedder", "reranker", "judge"):
+        records = write_world(tmp_path / "data")
+        return ["train", trainer, "--model", model, "--records", records, "--device", "cpu", "--steps", "2"]
+    world = tmp_path / "rl"
+    world.mkdir()
+    write_image_world(world)
+    if trainer == "reasoner sft":
+        return ["train", "reasoner", "--stage", "sft", "--model", model, "--tcots", str(world / "tcots.jsonl"),
+                "--max-steps", "1", "--device", "cpu"]
+    return ["train", "reasoner", "--stage", "grpo", "--model", model, "--embedder", model, "--records",
+            str(world / "records.jsonl"), "--max-steps", "1", "--num-generations", "2", "--device", "cpu"]

@@ -6,23 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.embed_rl.helpers import write_image_world
-from tests.train.helpers import write_world
-
-
-def _argv(trainer: str, tmp_path, tiny_model_dir) -> list[str]:
-    model = tiny_model_dir("qwen2_vl")
-    if trainer in ("embedder", "reranker", "judge"):
-        records = write_world(tmp_path / "data")
-        return ["train", trainer, "--model", model, "--records", records, "--device", "cpu", "--steps", "2"]
-    world = tmp_path / "rl"
-    world.mkdir()
-    write_image_world(world)
-    if trainer == "reasoner sft":
-        return ["train", "reasoner", "--stage", "sft", "--model", model, "--tcots", str(world / "tcots.jsonl"),
-                "--max-steps", "1", "--device", "cpu"]
-    return ["train", "reasoner", "--stage", "grpo", "--model", model, "--embedder", model, "--records",
-            str(world / "records.jsonl"), "--max-steps", "1", "--num-generations", "2", "--device", "cpu"]
+from tests.train.helpers import trainer_argv as _argv
 
 
 TRAINERS = ["embedder", "reranker", "judge", "reasoner sft", "reasoner grpo"]

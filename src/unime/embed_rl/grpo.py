@@ -593,15 +593,18 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     options = json.loads(json.dumps(asdict(cfg), default=str))
     with claim_on_main_process(out, "train reasoner", options, overwrite=cfg.overwrite):
         work = out / CHECKPOINTS_DIR
-        plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
-                                  finished_file=SUMMARY_FILE, config=cfg)
-        if plan.finished:
+        # the refusals for the options, then the records read and checked: all before anything is written in `out`
+        if run_state.check_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
+                               finished_file=SUMMARY_FILE, config=cfg):
             log.info("%s: this GRPO run is finished; nothing to do (--overwrite starts it over)", out)
             return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+        data = _grpo_data(cfg)
+        plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
+                                  finished_file=SUMMARY_FILE, config=cfg)  # not finished: `check_run` said so
         if is_main_process():
             run_state.write_config(out, options)
             work.mkdir(parents=True, exist_ok=True)
-        return _train_grpo(cfg, out, work, plan, options)
+        return _train_grpo(cfg, out, work, plan, options, data)
 
 
 def check_grpo_options(cfg: GRPOStageConfig) -> GRPOStageConfig:
@@ -617,22 +620,27 @@ def check_grpo_options(cfg: GRPOStageConfig) -> GRPOStageConfig:
     return cfg
 
 
-def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
-    import torch
-    from datasets import Dataset
+@dataclass
+class _GRPOData:
+    """The run's rows, read and checked before anything is written into its output folder (`_grpo_data`)."""
 
-    from unime.models.curves import write_curves
+    rows: list
+    n_pairs: int
+    skips: Any
+    data_root: str
+    sampling: Any
+    budget: Any
+
+
+def _grpo_data(cfg: GRPOStageConfig) -> _GRPOData:
+    """Read the records, load and check their images (the rows GRPO trains on), and refuse too few pairs: the input
+    checks, which a run makes before it writes its config, input fingerprints or checkpoints into --out, so that a
+    refused run leaves nothing of it there."""
     from unime.data.io import read_records
-    from unime.data.video import VideoSampling
-    from unime.models.embedder import Embedder
-    from unime.models.hf_arguments import process_device
-    from unime.models.image_budget import ImageBudget
-    from unime.models.loading import checkpoint_image_loader, load_model, resolve_dtype, trainer_device
-    from unime.reasoning.embed_inputs import ReasonedEmbedder
-    from unime.reasoning.reasoner import Reasoner
-    from unime.models import run_state
-
     from unime.data.skips import ErrorPolicy, SkipReport
+    from unime.data.video import VideoSampling
+    from unime.models.image_budget import ImageBudget
+    from unime.models.loading import checkpoint_image_loader
 
     data_root = resolve_data_root(cfg.records, cfg.data_root)
     skips = SkipReport(max_examples=10)
@@ -648,6 +656,23 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict) -> dict:
         log.warning("GRPO: %s", skips.summary())
     if n_pairs < cfg.pairs_per_batch:
         raise ValueError(f"{cfg.records}: {n_pairs} pairs, fewer than pairs_per_batch={cfg.pairs_per_batch}")
+    return _GRPOData(rows, n_pairs, skips, data_root, sampling, budget)
+
+
+def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData) -> dict:
+    import torch
+    from datasets import Dataset
+
+    from unime.models.curves import write_curves
+    from unime.models.embedder import Embedder
+    from unime.models.hf_arguments import process_device
+    from unime.models.loading import load_model, resolve_dtype, trainer_device
+    from unime.reasoning.embed_inputs import ReasonedEmbedder
+    from unime.reasoning.reasoner import Reasoner
+    from unime.models import run_state
+
+    rows, n_pairs, skips = data.rows, data.n_pairs, data.skips
+    data_root, sampling, budget = data.data_root, data.sampling, data.budget
     # the arguments first: every model of this process (the policy, the frozen reward models) goes on its device
     device = trainer_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

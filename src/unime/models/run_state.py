@@ -439,6 +439,48 @@ def refuse_output_over_input(out: str | Path, config) -> None:
                              "another --out")
 
 
+def check_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
+              finished_file: str, resume: str | os.PathLike | None = None, config=None) -> RunPlan | None:
+    """The refusals of `plan_run` (same arguments), with no side effects: a trainer asks before it reads its data,
+    so that a run refused for its options reads nothing, and one refused for its data (read next) has written
+    nothing into `out` yet. `RunPlan(True, None)` for a finished run (`finished_run`), else None."""
+    return _decide(out, options, free=free, overwrite=overwrite, finished_file=finished_file, resume=resume,
+                   config=config)[0]
+
+
+def _decide(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool, finished_file: str,
+            resume: str | os.PathLike | None, config) -> tuple[RunPlan | None, dict | None, list[str], Path | None,
+                                                               dict[str, list[list[str]]]]:
+    """`check_run`, and what `plan_run` goes on with: the earlier run's options, the changed ones, the explicit
+    checkpoint and the input fingerprints."""
+    out = Path(out)
+    if config is not None:
+        refuse_output_over_input(out, config)
+    explicit = _explicit_checkpoint(resume) if resume is not None else None
+    if explicit is None and finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file,
+                                         config=config):
+        return RunPlan(True, None), None, [], None, {}
+    before = previous_config(out)
+    if before is None and not overwrite and _has_run_state(out, finished_file):
+        raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
+                             f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
+    diff = _changed(before, options, free, config) if before is not None else []
+    diff.sort(key=lambda k: k != "stage")  # another kind of run (SFT / GRPO) first: the other keys follow from it
+    if diff and not overwrite:
+        raise refuse_changed_options(out, before, options, diff, option_flags(config) if config is not None else None)
+    inputs = input_fingerprints(config)
+    changed = changed_inputs(out, inputs, option_flags(config) if config is not None else None) \
+        if before is not None and not overwrite else []
+    if changed:
+        raise ChangedOptions(f"{out} holds a run trained on other input content: {'; '.join(changed)} changed since "
+                             "that run began; pass --overwrite to start over, or choose another --out")
+    if (overwrite or before is None) and explicit is not None \
+            and (out / CHECKPOINTS_DIR).resolve() in explicit.resolve().parents:
+        raise UnimeError(f"--resume {resume} is one of the checkpoints of {out}, which --overwrite discards: "
+                         "copy it elsewhere first, or continue the run without --overwrite")
+    return None, before, diff, explicit, inputs
+
+
 def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool, finished_file: str,
              resume: str | os.PathLike | None = None, config=None) -> RunPlan:
     """The convention of the module doc for a trainer writing `out` (its checkpoints under
@@ -451,35 +493,16 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     (the trainer's config dataclass): an option the earlier run did not record is no change at its default
     (`option_defaults`), and one given at what its None stands for is the option unset (`none_meanings`); its
     input files (`input_fingerprints`) are recorded in `INPUTS_FILE`, and other content than the run recorded
-    is refused like other options."""
+    is refused like other options. The refusals come first (`check_run`), before anything is written or removed."""
     from unime.outdir import is_main_process, require_replaceable
 
     out = Path(out)
-    if config is not None:
-        refuse_output_over_input(out, config)
-    explicit = _explicit_checkpoint(resume) if resume is not None else None
-    if explicit is None and finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file,
-                                         config=config):
-        return RunPlan(True, None)
-    before = previous_config(out)
-    if before is None and not overwrite and _has_run_state(out, finished_file):
-        raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
-                             f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
-    diff = _changed(before, options, free, config) if before is not None else []
-    diff.sort(key=lambda k: k != "stage")  # another kind of run (SFT / GRPO) first: the other keys follow from it
-    if diff and not overwrite:
-        raise refuse_changed_options(out, before, options, diff, option_flags(config) if config is not None else None)
+    finished, before, diff, explicit, inputs = _decide(out, options, free=free, overwrite=overwrite,
+                                                       finished_file=finished_file, resume=resume, config=config)
+    if finished is not None:
+        return finished
     main = is_main_process()  # the one process that owns `out` writes and deletes there; the others only read it
-    inputs = input_fingerprints(config)
-    changed = changed_inputs(out, inputs, option_flags(config) if config is not None else None) \
-        if before is not None and not overwrite else []
-    if changed:
-        raise ChangedOptions(f"{out} holds a run trained on other input content: {'; '.join(changed)} changed since "
-                             "that run began; pass --overwrite to start over, or choose another --out")
     if overwrite or before is None:  # a new run, or starting over: nothing of an earlier run is resumed or reported
-        if explicit is not None and (out / CHECKPOINTS_DIR).resolve() in explicit.resolve().parents:
-            raise UnimeError(f"--resume {resume} is one of the checkpoints of {out}, which --overwrite discards: "
-                             "copy it elsewhere first, or continue the run without --overwrite")
         if diff:
             log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(diff))
         if main:
