@@ -143,3 +143,74 @@ def test_a_whole_folder_replacement_keeps_the_marker(tmp_path):
             (tmp / "config.json").write_text("{}")
     assert read_marker(out)["command"] == "models build-tiny"
     assert json.loads((out / MARKER_NAME).read_text())["preexisting"] == []
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_a_run_that_fails_before_writing_leaves_a_taken_folder_as_it_was(tmp_path):
+    """A run refused for its input after it took another command's folder with --overwrite: the marker it wrote
+    is put back as it was (before, the folder stayed marked as the failed command's), whether the run failed
+    in a `with claim(...)` block or the command line undid it (`undo_if_unused`)."""
+    other = tmp_path / "synth"
+    with claim(other, "data synth"):
+        (other / "records.jsonl").write_text("{}\n")
+        (other / "images").mkdir()
+        (other / "images" / "a.png").write_bytes(b"png")
+    before = _snapshot(other)
+    assert json.loads(before[MARKER_NAME])["command"] == "data synth"
+    with pytest.raises(ValueError, match="bad record"):
+        with claim(other, "train embedder", {"records": "x"}, overwrite=True):
+            assert read_marker(other)["command"] == "train embedder"  # taken for the run
+            raise ValueError("bad record")
+    assert _snapshot(other) == before
+    owned = claim(other, "train embedder", overwrite=True)
+    assert owned.undo_if_unused() and read_marker(other)["command"] == "data synth"
+    owned.release()
+    assert _snapshot(other) == before
+
+
+def test_a_failed_run_in_an_unmarked_folder_leaves_no_marker_and_no_lock(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError):
+        with claim(out, "eval", overwrite=True):
+            raise ValueError("bad task file")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_failed_run_that_wrote_keeps_the_folder_its_own(tmp_path):
+    """Only a run that wrote nothing is undone: one that wrote a file, or replaced one, or wrote inside a folder,
+    keeps its marker (its re-run finds its own output)."""
+    def replace_whole(f):  # the same bytes and times, written whole (a new file put in its place)
+        st = (f / "records.jsonl").stat()
+        (f / "tmp").write_text("{}\n")
+        os.utime(f / "tmp", ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(f / "tmp", f / "records.jsonl")
+
+    for i, write in enumerate([lambda f: (f / "new.json").write_text("{}"),
+                               lambda f: (f / "records.jsonl").write_text("changed, longer\n"),
+                               lambda f: (f / "images" / "b.png").write_bytes(b"png"), replace_whole]):
+        other = tmp_path / f"synth{i}"
+        with claim(other, "data synth"):
+            (other / "records.jsonl").write_text("{}\n")
+            (other / "images").mkdir()
+        with pytest.raises(ValueError):
+            with claim(other, "train embedder", overwrite=True):
+                write(other)
+                raise ValueError("failed later")
+        assert read_marker(other)["command"] == "train embedder", i
+
+
+def test_a_failed_rerun_of_the_same_command_keeps_its_earlier_marker(tmp_path):
+    out = tmp_path / "run"
+    with claim(out, "mine", {"k": 5}):
+        (out / "judge").mkdir()
+    before = (out / MARKER_NAME).read_bytes()
+    with pytest.raises(ValueError):
+        with claim(out, "mine", {"k": 6}, overwrite=True):
+            assert (out / MARKER_NAME).read_bytes() != before
+            raise ValueError("bad records")
+    assert (out / MARKER_NAME).read_bytes() == before

@@ -11,6 +11,11 @@ command):
   `--overwrite`. With `--overwrite` the command takes the folder; the entries found in it are listed
   in the marker as `preexisting`: replaced only when the command writes the same name, never deleted.
 
+A run that fails before it wrote anything into the folder leaves it as the claim found it
+(`OwnedFolder.undo_if_unused`, done by the CLI and on leaving a `with claim(...)` block with an error): a
+folder the claim created goes, and a folder that was there keeps the marker it had (none, another
+command's, or this command's earlier one), so that a run refused for its input marks no folder as its own.
+
 `may_replace(folder, name)` is what a stage asks before it deletes or replaces an entry it finds (the
 mining judge stage, a trainer's final folders): yes for entries the command wrote itself, for a
 pre-existing entry only under `--overwrite`. `remove_owned` (`unime demo --fresh`) deletes exactly
@@ -121,9 +126,39 @@ class OwnedFolder:
     marker: dict[str, Any]
     _lock_fd: int | None = field(default=None, repr=False)
     created: bool = False  # this claim created the folder
+    # a folder that was there: its marker as it was (None: unmarked), whether it held the lock file, and what it
+    # held once claimed (`_contents`), so that a run that fails before writing anything leaves it as it was
+    _marker_before: bytes | None = field(default=None, repr=False)
+    _lock_before: bool = field(default=True, repr=False)
+    _contents: list | None = field(default=None, repr=False)
+    _restored: bool = field(default=False, repr=False)
 
     def may_replace(self, name: str) -> bool:
         return _may_replace(self.marker, name)
+
+    def undo_if_unused(self) -> bool:
+        """After a failed run (call before `release`): leave the folder as the claim found it when the run wrote
+        nothing into it — a folder this claim created is removed (`discard_if_unused`); in a folder that was there
+        (another command's, taken with --overwrite, or this command's own), the marker this claim wrote is put
+        back as it was (removed, in a folder that had none), so that a run refused for its input does not mark
+        the folder as its own. True when the folder was left as found."""
+        if self.created:
+            return self.discard_if_unused()
+        if self._lock_fd is None or self._contents is None or _contents(self.path) != self._contents:
+            return False
+        try:
+            if self._marker_before is None:
+                (self.path / MARKER_NAME).unlink(missing_ok=True)
+            else:
+                tmp = self.path / f".{MARKER_NAME}.tmp-{os.getpid()}"
+                tmp.write_bytes(self._marker_before)
+                os.replace(tmp, self.path / MARKER_NAME)
+            if not self._lock_before:  # removed while still held, then unlocked (see `_lock_path`)
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
+        except OSError:
+            return False
+        self._restored = True
+        return True
 
     def discard_if_unused(self) -> bool:
         """After a failed run (call before `release`): remove the folder this claim created when it holds
@@ -143,7 +178,7 @@ class OwnedFolder:
 
     def release(self) -> None:
         """Unlock; re-write the marker if the command replaced the whole folder (and with it the marker)."""
-        if self.path.is_dir() and read_marker(self.path) is None:
+        if not self._restored and self.path.is_dir() and read_marker(self.path) is None:
             with contextlib.suppress(OSError):
                 _write_marker(self.path, self.marker)
         if self._lock_fd is not None:
@@ -155,8 +190,35 @@ class OwnedFolder:
     def __enter__(self) -> "OwnedFolder":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.undo_if_unused()
         self.release()
+
+
+# a folder with more entries than this is not compared after a failed run (`OwnedFolder.undo_if_unused`): the
+# marker a failed run wrote there stays
+_CONTENTS_LIMIT = 100_000
+
+
+def _contents(folder: Path) -> list | None:
+    """What `folder` holds, for telling whether a run wrote into it: every entry below it (the marker and the
+    lock excepted) with its kind, inode (a file replaced whole is another), size and modification time; None when
+    it holds more than `_CONTENTS_LIMIT`."""
+    found: list = []
+    try:
+        for root, dirs, files in os.walk(folder):
+            for name in sorted(dirs) + sorted(files):
+                path = Path(root, name)
+                if root == str(folder) and name in _OWN_FILES:
+                    continue
+                st = path.lstat()
+                found.append((str(path.relative_to(folder)), st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns))
+                if len(found) > _CONTENTS_LIMIT:
+                    return None
+    except OSError:
+        return None
+    return sorted(found)
 
 
 def _lock(folder: Path) -> int:
@@ -215,10 +277,15 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
         adopts(folder)  # it may refuse the folder outright (even under --overwrite), before anything is written
     check_claim(folder, command, overwrite=overwrite, adopts=adopts)
     created = not folder.exists()
+    lock_before = (folder / LOCK_NAME).exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = _lock(folder)
     try:
         check_claim(folder, command, overwrite=overwrite, adopts=adopts)  # again, now no other run can change it
+        try:
+            marker_before = (folder / MARKER_NAME).read_bytes() if not created else None
+        except FileNotFoundError:
+            marker_before = None
         old = read_marker(folder)
         if old is not None and old.get("command") == command:
             preexisting = list(old.get("preexisting", []))
@@ -232,10 +299,12 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         _write_marker(folder, marker)
         _clean_stale_temporaries(folder, keep=set(preexisting))
+        contents = None if created else _contents(folder)
     except BaseException:
         os.close(fd)
         raise
-    owned = OwnedFolder(folder, command, marker, fd, created=created)
+    owned = OwnedFolder(folder, command, marker, fd, created=created, _marker_before=marker_before,
+                        _lock_before=lock_before, _contents=contents)
     _HELD[folder.resolve()] = owned
     return owned
 
@@ -255,6 +324,10 @@ def claim_on_main_process(folder: str | os.PathLike, command: str, options: dict
     owned = claim(folder, command, options, overwrite=overwrite) if is_main_process() else None
     try:
         yield owned
+    except BaseException:
+        if owned is not None:  # a run that failed before writing anything leaves the folder as it was
+            owned.undo_if_unused()
+        raise
     finally:
         if owned is not None:
             owned.release()

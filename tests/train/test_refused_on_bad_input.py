@@ -35,3 +35,25 @@ def test_malformed_records_leave_no_output_folder(trainer, tmp_path, tiny_model_
     assert len(errors) == 1 and path in errors[0] and "malformed JSON" in errors[0], errors  # one line naming it
     assert not out.exists(), sorted(p.name for p in out.iterdir())
 
+
+@pytest.mark.parametrize("trainer", ["reasoner grpo"])
+def test_malformed_records_leave_another_commands_folder_as_it_was(trainer, tmp_path, tiny_model_dir, capsys):
+    """With --overwrite on a folder another unime command made, a run refused for its records leaves the folder's
+    marker as it was (before, it stayed re-marked as this command's) and writes nothing there."""
+    pytest.importorskip("trl")
+    from unime.cli import main
+    from unime.outdir import claim
+
+    argv = _argv(trainer, tmp_path, tiny_model_dir)
+    _break_records(argv)
+    other = tmp_path / "other"
+    with claim(other, "data synth"):
+        (other / "notes.txt").write_text("mine")
+
+    def snapshot():
+        return {p.name: p.read_bytes() for p in sorted(other.iterdir())}
+
+    before = snapshot()
+    assert main([*argv, "--out", str(other), "--overwrite"]) == 2
+    assert "malformed JSON" in capsys.readouterr().err
+    assert snapshot() == before

@@ -457,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         return failures.report(exc, debug=debug, command=command)
     finally:
         if owned is not None:
-            if failed and hasattr(owned, "discard_if_unused"):  # a folder it created and left empty goes
-                owned.discard_if_unused()
+            if failed and hasattr(owned, "undo_if_unused"):  # a folder it created and left empty goes; one it
+                owned.undo_if_unused()  # took and wrote nothing into keeps the marker it had
             owned.release()
 
 
