@@ -549,3 +549,27 @@ def test_a_deep_hnsw_search_never_changes_the_indexs_breadth_even_while_it_runs(
     assert during == [10] and idx.faiss.hnsw.efSearch == 10
     np.testing.assert_array_equal(rows, wide[1])
     np.testing.assert_array_equal(scores, wide[0])
+
+
+@pytest.mark.parametrize("bad", ["malformed", "missing image", "indexed id"])
+def test_a_corpus_refused_for_its_items_leaves_the_index_folder_as_it_was(tmp_path, model_dir, bad):
+    """The corpus is read and its ids (and the first chunk's images) checked before the build writes its manifest
+    and chunks/ into --out: a refused build leaves no new folder, and an index it was adding to unchanged. Before,
+    the manifest and chunks/ were written first and a new --out was left half-made."""
+    corpus = tmp_path / "corpus.jsonl"
+    if bad == "indexed id":
+        _corpus(corpus, 2)
+        _build(tmp_path, model_dir, HashEmbedder())
+        before = {p: p.read_bytes() for p in sorted((tmp_path / "idx").rglob("*")) if p.is_file()}
+        corpus.write_text(json.dumps({"id": "doc0", "text": "other content"}) + "\n")
+        with pytest.raises(IndexError_, match="id 'doc0' is indexed already"):
+            _build(tmp_path, model_dir, HashEmbedder())
+        assert {p: p.read_bytes() for p in sorted((tmp_path / "idx").rglob("*")) if p.is_file()} == before
+        return
+    _corpus(corpus, 2)
+    with open(corpus, "a") as fh:
+        fh.write('{"id": "doc9", "text": \n' if bad == "malformed" else
+                 json.dumps({"id": "x", "image": "no.png"}) + "\n")
+    with pytest.raises(DataError, match="line 3"):
+        _build(tmp_path, model_dir, HashEmbedder())
+    assert not (tmp_path / "idx").exists()

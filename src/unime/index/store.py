@@ -308,9 +308,6 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                         "model_settings": settings, "vector_dtype": vector_dtype, "dim": None,
                         "data_root": str(root.resolve()),
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (out / "chunks").mkdir(parents=True, exist_ok=True)
-        _write_json(manifest_path, manifest)
-
         stats = BuildStats()
         entries = read_corpus(items_path)
         stats.corpus_items = len(entries)
@@ -339,6 +336,11 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         # a bad image (one the model's processor would refuse too) stops the build naming its line and field
         loader = checkpoint_image_loader(model, getattr(embedder, "image_budget", None), root)
         checker = ImageChecker(loader)
+        for e in todo[:chunk_size]:  # the first chunk's, before anything is written (each image is checked once)
+            checker.check(e.item, source=str(items_path), record=f"line {e.line}")
+        # the corpus read and its ids checked: the build writes into `out` from here on
+        (out / "chunks").mkdir(parents=True, exist_ok=True)
+        _write_json(manifest_path, manifest)
         t_enc = time.perf_counter()
         for s in range(0, len(todo), chunk_size):
             part = todo[s:s + chunk_size]
