@@ -1,43 +1,73 @@
-"""A training command refused for its input (a malformed records file) writes nothing into --out: the records are
-read and checked before the run writes its config, its input fingerprints or its checkpoints folder, so that the
-claimed folder holds nothing of the run and goes (a new --out) or keeps its marker (a folder taken with
---overwrite). Before, `train reasoner --stage grpo` wrote `train_config.json`, `train_inputs.json` and
+"""A training command refused for its input (a malformed records file, a missing image) writes nothing into --out:
+the records are read and checked before the run writes its config, its input fingerprints or its checkpoints
+folder, so that the claimed folder holds nothing of the run and goes (a new --out) or keeps its marker (a folder
+taken with --overwrite). Before, `train reasoner --stage grpo` wrote `train_config.json`, `train_inputs.json` and
 `checkpoints/` first, and left them in a half-made folder."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from tests.train.helpers import trainer_argv as _argv
 
+TRAINERS = ["reasoner sft", "reasoner grpo"]
 BAD_LINE = '{"id": "broken", "query": {"text": "unfinished"\n'
 
 
-def _break_records(argv: list[str]) -> str:
-    """Append a malformed line to the run's records (or T-CoTs) file; returns its path."""
+def _missing_image(value):
+    """`value` (a parsed record) with every image path pointing to a file that does not exist."""
+    if isinstance(value, dict):
+        return {k: _missing_image(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_missing_image(v) for v in value]
+    return "nope.png" if isinstance(value, str) and value.endswith(".png") else value
+
+
+def _break_records(argv: list[str], bad: str) -> str:
+    """Spoil the run's records (or T-CoTs) file: a malformed line appended, or the images of its first record with
+    images made missing; returns its path."""
     flag = "--tcots" if "--tcots" in argv else "--records"
     path = argv[argv.index(flag) + 1]
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(BAD_LINE)
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    if bad == "malformed":
+        lines.append(BAD_LINE.strip())
+    else:  # the first line with an image
+        first = next(i for i, line in enumerate(lines) if ".png" in line)
+        lines[first] = json.dumps(_missing_image(json.loads(lines[first])))
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
     return path
 
 
-@pytest.mark.parametrize("trainer", ["reasoner grpo"])
-def test_malformed_records_leave_no_output_folder(trainer, tmp_path, tiny_model_dir, capsys):
+EXPECTED = {"malformed": "malformed JSON", "missing image": "nope.png"}
+
+
+def _error_line(capsys) -> str:
+    errors = [line for line in capsys.readouterr().err.splitlines() if "unime: error:" in line]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+@pytest.mark.parametrize("bad", sorted(EXPECTED))
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_bad_records_leave_no_output_folder(trainer, bad, tmp_path, tiny_model_dir, capsys):
     pytest.importorskip("trl")
     from unime.cli import main
 
     argv = _argv(trainer, tmp_path, tiny_model_dir)
-    path = _break_records(argv)
+    path = _break_records(argv, bad)
     out = tmp_path / "out"
     assert main([*argv, "--out", str(out)]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "unime: error:" in line]
-    assert len(errors) == 1 and path in errors[0] and "malformed JSON" in errors[0], errors  # one line naming it
+    error = _error_line(capsys)  # one line naming the file and what is wrong
+    assert path in error and EXPECTED[bad] in error, error
     assert not out.exists(), sorted(p.name for p in out.iterdir())
 
 
-@pytest.mark.parametrize("trainer", ["reasoner grpo"])
-def test_malformed_records_leave_another_commands_folder_as_it_was(trainer, tmp_path, tiny_model_dir, capsys):
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_bad_records_leave_another_commands_folder_as_it_was(trainer, tmp_path, tiny_model_dir, capsys):
     """With --overwrite on a folder another unime command made, a run refused for its records leaves the folder's
     marker as it was (before, it stayed re-marked as this command's) and writes nothing there."""
     pytest.importorskip("trl")
@@ -45,7 +75,7 @@ def test_malformed_records_leave_another_commands_folder_as_it_was(trainer, tmp_
     from unime.outdir import claim
 
     argv = _argv(trainer, tmp_path, tiny_model_dir)
-    _break_records(argv)
+    _break_records(argv, "missing image")
     other = tmp_path / "other"
     with claim(other, "data synth"):
         (other / "notes.txt").write_text("mine")
@@ -55,5 +85,5 @@ def test_malformed_records_leave_another_commands_folder_as_it_was(trainer, tmp_
 
     before = snapshot()
     assert main([*argv, "--out", str(other), "--overwrite"]) == 2
-    assert "malformed JSON" in capsys.readouterr().err
+    assert "nope.png" in _error_line(capsys)
     assert snapshot() == before

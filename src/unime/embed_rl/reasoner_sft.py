@@ -237,9 +237,10 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
 
     out = Path(cfg.out)
     work = out / CHECKPOINTS_DIR
-    plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
-                              finished_file=SUMMARY_FILE, config=cfg)
-    if plan.finished:
+    # the refusals for the options, then the T-CoTs read and checked: all before anything is written in `out`
+    # (`run_state.plan_run`, below, records the inputs and, under --overwrite, removes the earlier checkpoints)
+    if run_state.check_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
+                           finished_file=SUMMARY_FILE, config=cfg):
         log.info("%s: this reasoner SFT run is finished; nothing to do (--overwrite starts it over)", out)
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
     from unime.data.skips import ErrorPolicy, SkipReport
@@ -255,11 +256,6 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     device = trainer_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     args = sft_config(cfg, str(work), use_cpu=device == "cpu", dtype=dtype)
-    if plan.checkpoint is not None:  # the global batch of a continuation (per device x processes x accumulation)
-        run_state.warn_other_global_batch(out, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                          processes=args.world_size)
-    if is_main_process():
-        run_state.write_config(out, {**options, run_state.PROCESSES_KEY: args.world_size})
     loaded = load_model(cfg.model, device=process_device(args), dtype=dtype, trainable=True,
                         image_budget=ImageBudget.from_args(cfg), attn_implementation=cfg.attn_implementation)
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
@@ -267,6 +263,13 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     if not examples:
         raise ValueError(f"{cfg.data}: no usable T-CoT rows ({skipped} skipped)")
     log.info("reasoner SFT: %d examples (%d skipped)", len(examples), skipped)
+    plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
+                              finished_file=SUMMARY_FILE, config=cfg)  # not finished: `check_run` said so
+    if plan.checkpoint is not None:  # the global batch of a continuation (per device x processes x accumulation)
+        run_state.warn_other_global_batch(out, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                          processes=args.world_size)
+    if is_main_process():
+        run_state.write_config(out, {**options, run_state.PROCESSES_KEY: args.world_size})
 
     from transformers import set_seed
 
