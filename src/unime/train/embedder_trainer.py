@@ -479,18 +479,19 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     k = config.hard_negatives
     data_root = resolve_data_root(source, config.data_root) if os.path.isfile(source) else (config.data_root or ".")
     _refuse_other_process_count(out, config)
-    plan = run_state.plan_run(out, config.to_dict(), free=_free_options(config, training=True),
-                              overwrite=config.overwrite, finished_file=FINISHED_FILE, resume=_resume_path(config),
-                              config=config)
-    if plan.finished:  # `train_embedder` reports such a run; training it again would replace its export
+    plan_options = dict(free=_free_options(config, training=True), overwrite=config.overwrite,
+                        finished_file=FINISHED_FILE, resume=_resume_path(config), config=config)
+    # the refusals for the options, then the records checked: all before anything is written in `out`
+    # (`run_state.plan_run`, below, records the inputs and, under --overwrite, removes the earlier checkpoints)
+    if run_state.check_run(out, config.to_dict(), **plan_options):  # `train_embedder` reports such a run;
         raise UnimeError(f"{out} holds a finished run with these options: nothing to train (`train_embedder` "
-                         "reports it; --overwrite starts it over)")
-    resume_from = plan.checkpoint
+                         "reports it; --overwrite starts it over)")  # training it again would replace its export
     records = _usable_records(config, records, loss, data_root, skips)
     check_fallback_labels(config, records, loss)
 
     args = _training_arguments(config, checkpoint_root)
     _warn_short_batch(config, len(records), args.world_size)
+    resume_from = run_state.plan_run(out, config.to_dict(), **plan_options).checkpoint  # not finished (above)
     if resume_from is not None and not config.global_batch:  # --global-batch keeps the global batch
         run_state.warn_other_global_batch(out, batch_size=config.batch_size, grad_accum=config.grad_accum,
                                           processes=args.world_size, fixed_by="--global-batch N")
