@@ -12,7 +12,7 @@ import pytest
 
 from tests.train.helpers import trainer_argv as _argv
 
-TRAINERS = ["embedder", "reasoner sft", "reasoner grpo"]
+TRAINERS = ["embedder", "reranker", "judge", "reasoner sft", "reasoner grpo"]
 BAD_LINE = '{"id": "broken", "query": {"text": "unfinished"\n'
 
 

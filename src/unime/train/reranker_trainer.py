@@ -596,9 +596,10 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINTS_DIR
-    plan = run_state.plan_run(out, _run_options(cfg), free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
-                              finished_file=METADATA_FILE, config=cfg)
-    if plan.finished:
+    plan_options = dict(free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite, finished_file=METADATA_FILE, config=cfg)
+    # the refusals for the options, then the records read and checked: all before anything is written in `out`
+    # (`run_state.plan_run`, below, records the inputs and, under --overwrite, removes the earlier checkpoints)
+    if run_state.check_run(out, _run_options(cfg), **plan_options):
         meta = json.loads((out / METADATA_FILE).read_text())
         log.info("%s: this %s run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
                  meta.get("role"), meta.get("steps"))
@@ -624,6 +625,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     batch_unit = "labelled pairs" if cfg.role == "judge" and cfg.group_weight == 0 else "records"  # a dataset item
     batch = dict(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, processes=args.world_size)
     warn_short_batch(", ".join(map(str, cfg.records)), len(groups), unit=batch_unit, **batch)
+    plan = run_state.plan_run(out, _run_options(cfg), **plan_options)  # not finished: `check_run` said so
     if plan.checkpoint is not None:  # the global batch of a continuation (per device x processes x accumulation)
         run_state.warn_other_global_batch(out, **batch)
     if is_main_process():
