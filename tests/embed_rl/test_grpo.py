@@ -621,6 +621,58 @@ def test_grpo_gradient_checkpointing_recomputes_the_policys_decoder(world, tiny_
     assert calls["Qwen2VLDecoderLayer"] > 0
 
 
+def test_grpo_gradient_checkpointing_trains_the_same_lora_and_leaves_the_frozen_vision_tower_out(
+        world, tiny_model_dir, tmp_path, monkeypatch):
+    """Effects, not names: a LoRA GRPO run with --gradient-checkpointing (its image rows through the policy) takes the
+    steps of the run without it — the same completions and rewards, the same adapter weights after 2 SGD steps — and
+    no backward pass goes through the frozen vision tower: none of its blocks' MLP outputs requires grad, and they run
+    as often as without checkpointing. QA: the input-require-grad hooks (which only reentrant checkpoints need) were
+    removed as training began, but TRL switches checkpointing off for each generation and on again after it, which
+    put them back on the patch embedding: every loss forward from the first step on back-propagated into the tower.
+    Without the option nothing is checkpointed."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+    from transformers.models.qwen2_vl import modeling_qwen2_vl
+
+    from tests.train.helpers import count_checkpointed_layers
+    from unime.embed_rl.grpo import train_reasoner_grpo
+
+    root, _ = world
+    model = tiny_model_dir("qwen2_vl")
+    runs = {}
+    for on in (False, True):
+        calls = count_checkpointed_layers(monkeypatch)
+        vision: list[bool] = []  # per run of a vision block's MLP (the policy's, the embedder's): output needs grad
+        mlp = modeling_qwen2_vl.VisionMlp
+
+        def forward(self, *a, _f=mlp.forward, **k):
+            out = _f(self, *a, **k)
+            vision.append(out.requires_grad)
+            return out
+
+        monkeypatch.setattr(mlp, "forward", forward)
+        cfg = GRPOStageConfig(model=model, embedder=tiny_model_dir("qwen2_vl", (EMB_TOKEN,)),
+                              records=str(root / "records.jsonl"), out=str(tmp_path / str(on)), max_steps=2,
+                              max_completion_length=8, weights=(0.05, 0.8, 0.0), lora_r=4, learning_rate=0.5,
+                              trainer_arg=["optim=sgd", "max_grad_norm=0"], device="cpu", gradient_checkpointing=on)
+        assert train_reasoner_grpo(cfg)["steps"] == 2
+        monkeypatch.undo()
+        with open(tmp_path / str(on) / "reward_log.csv") as fh:
+            rewards = list(csv.DictReader(fh))
+        runs[on] = (dict(calls), vision, rewards,
+                    load_file(tmp_path / str(on) / "adapter" / "adapter_model.safetensors"))
+    (off_calls, off_vision, off_rewards, off_weights), (on_calls, on_vision, on_rewards, on_weights) = \
+        runs[False], runs[True]
+    layers = AutoConfig.from_pretrained(model).text_config.num_hidden_layers
+    assert off_calls == {} and on_calls["Qwen2VLDecoderLayer"] > 0 and on_calls["Qwen2VLDecoderLayer"] % layers == 0
+    assert len(on_vision) == len(off_vision) > 0 and not any(on_vision) and not any(off_vision)
+    assert on_rewards == off_rewards and len(on_rewards) == 2
+    assert on_weights.keys() == off_weights.keys()
+    for key in off_weights:
+        torch.testing.assert_close(on_weights[key], off_weights[key], rtol=1e-5, atol=1e-6)
+    assert all(off_weights[k].abs().max() > 0 for k in off_weights if "lora_B" in k)  # the steps moved them
+
+
 def test_grpo_micro_batch_rewards_whole_generations_and_runs_the_loss_in_micro_batches(world, tiny_model_dir,
                                                                                         tmp_path, monkeypatch):
     """`train reasoner --stage grpo --micro-batch 2` through TRL: each of the 2 optimizer steps generates and rewards

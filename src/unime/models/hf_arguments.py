@@ -85,11 +85,13 @@ def gradient_checkpointing_option():
 
 def non_reentrant_checkpointing_callback():
     """A trainer callback that, once the Trainer has switched activation checkpointing on (non-reentrant, unime's),
-    removes the forward hooks with which transformers (and TRL, a second time, for a PEFT model) make the output of
-    every input embedding require grad — the text's and the vision tower's patch embedding. Only reentrant
-    checkpoints need them (they give the parameters inside them no gradient otherwise); non-reentrant ones do not,
-    and the hook on the patch embedding makes a frozen vision tower (LoRA on the language model) a part of every
-    backward pass: its blocks recomputed and back-propagated through for nothing."""
+    keeps the model free of the forward hooks with which transformers (and TRL, a second time, for a PEFT model) make
+    the output of every input embedding require grad — the text's and the vision tower's patch embedding. Only
+    reentrant checkpoints need them (they give the parameters inside them no gradient otherwise); non-reentrant ones
+    do not, and the hook on the patch embedding makes a frozen vision tower (LoRA on the language model) a part of
+    every backward pass: its blocks back-propagated through for nothing. They are removed as training begins and
+    again before every forward of the trained model: TRL's GRPO switches checkpointing off for each generation and
+    on again after it, which puts them back."""
     from transformers import TrainerCallback
 
     class NonReentrantCheckpointing(TrainerCallback):
@@ -97,12 +99,20 @@ def non_reentrant_checkpointing_callback():
             if model is None or not args.activation_checkpointing \
                     or (args.activation_checkpointing_kwargs or {}).get("use_reentrant"):
                 return
-            for module in model.modules():
-                for key, hook in list(module._forward_hooks.items()):
-                    if getattr(hook, "__name__", "") in INPUT_GRAD_HOOKS:
-                        del module._forward_hooks[key]
+            remove_input_grad_hooks(model)
+            if not getattr(model, "_unime_input_grad_hooks_removed", False):  # once, if training begins again
+                model.register_forward_pre_hook(lambda module, inputs: remove_input_grad_hooks(module))
+                model._unime_input_grad_hooks_removed = True
 
     return NonReentrantCheckpointing()
+
+
+def remove_input_grad_hooks(model) -> None:
+    """Remove transformers' and PEFT's input-require-grad forward hooks (`INPUT_GRAD_HOOKS`) from `model`."""
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__name__", "") in INPUT_GRAD_HOOKS:
+                del module._forward_hooks[key]
 
 
 # the names of transformers' (`PreTrainedModel.enable_input_require_grads`) and PEFT's input-grad hooks
