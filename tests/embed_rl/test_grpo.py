@@ -697,3 +697,44 @@ def test_grpo_micro_batch_rewards_whole_generations_and_runs_the_loss_in_micro_b
     assert summary["steps"] == 2
     assert [r["completions"] for r in summary["reward_steps"]] == [16, 16]
     assert seen == [(2, True)] * 16
+
+
+@pytest.mark.parametrize("mode", ["full", "lora_vision"])
+def test_grpo_gradient_checkpointing_trains_the_same_weights_in_full_and_vision_lora_runs(world, tiny_model_dir,
+                                                                                          tmp_path, monkeypatch, mode):
+    """--gradient-checkpointing with full fine-tuning (--lora-r 0, GRPO's default: the vision tower trained too) and
+    with --lora-vision (LoRA in the vision tower too), where the policy's vision blocks are checkpointed and
+    back-propagated through: 2 SGD steps on image rows give the completions, rewards and weights of the run without
+    it, and the vision tower's trained tensors moved."""
+    from safetensors.torch import load_file
+
+    from tests.train.helpers import (assert_same_weights_and_vision_trained, count_checkpointed_layers,
+                                      count_vision_mlp_runs)
+    from unime.embed_rl.grpo import train_reasoner_grpo
+
+    root, _ = world
+    model = tiny_model_dir("qwen2_vl")
+    own = {"full": dict(lora_r=0, learning_rate=0.05),
+           "lora_vision": dict(lora_r=4, lora_vision=True, lora_targets=("q_proj", "v_proj", "qkv", "fc1"),
+                               lora_dropout=0.0, learning_rate=0.5)}[mode]
+    runs = {}
+    for on in (False, True):
+        out = tmp_path / str(on)
+        cfg = GRPOStageConfig(model=model, embedder=tiny_model_dir("qwen2_vl", (EMB_TOKEN,)),
+                              records=str(root / "records.jsonl"), out=str(out), max_steps=2, max_completion_length=8,
+                              weights=(0.05, 0.8, 0.0), trainer_arg=["optim=sgd", "max_grad_norm=0"], device="cpu",
+                              gradient_checkpointing=on, **own)
+        calls, vision_runs = count_checkpointed_layers(monkeypatch), count_vision_mlp_runs(monkeypatch)
+        assert train_reasoner_grpo(cfg)["steps"] == 2
+        monkeypatch.undo()
+        with open(out / "reward_log.csv") as fh:
+            rewards = list(csv.DictReader(fh))
+        weights = out / "merged" / "model.safetensors" if mode == "full" else \
+            out / "adapter" / "adapter_model.safetensors"
+        runs[on] = (dict(calls), len(vision_runs), rewards, load_file(weights))
+    (off_calls, off_vision, off_rewards, off_weights), (on_calls, on_vision, on_rewards, on_weights) = \
+        runs[False], runs[True]
+    assert off_calls == {} and on_calls["Qwen2VLDecoderLayer"] > 0 and on_calls["Qwen2VLVisionBlock"] > 0
+    assert on_vision > off_vision > 0
+    assert on_rewards == off_rewards and len(on_rewards) == 2
+    assert_same_weights_and_vision_trained(on_weights, off_weights, model, mode)

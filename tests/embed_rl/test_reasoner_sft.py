@@ -371,3 +371,39 @@ def test_gradient_checkpointing_recomputes_the_decoder_and_trains_the_same_weigh
     for key in off_weights:
         torch.testing.assert_close(on_weights[key], off_weights[key], rtol=1e-5, atol=1e-6)
     assert all(off_weights[k].abs().max() > 0 for k in off_weights if "lora_B" in k)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora_vision"])
+def test_gradient_checkpointing_trains_the_same_weights_in_full_and_vision_lora_runs(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch, mode):
+    """--gradient-checkpointing with full fine-tuning (--lora-r 0: the vision tower trained too) and with
+    --lora-vision (LoRA in the vision tower too), where the vision tower's blocks are checkpointed and back-propagated
+    through (and so recomputed: their MLPs run more often): 3 SGD steps on an image row and a text row give the
+    losses and weights of the run without it, and the vision tower's trained tensors moved."""
+    from tests.train.helpers import (assert_same_weights_and_vision_trained, count_checkpointed_layers,
+                                      count_vision_mlp_runs, trained_run)
+    from unime.embed_rl.reasoner_sft import train_reasoner_sft
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(tmp_path / "imgs" / "red.png")
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT),
+                     TCoTRow("r0", "target", Item(images=("imgs/red.png",)), TCOT)], tmp_path / "t.jsonl")
+    model = tiny_model_dir("qwen2_vl")
+    own = {"full": dict(lora_r=0, learning_rate=1e-2),
+           "lora_vision": dict(lora_r=4, lora_vision=True, lora_targets=("q_proj", "v_proj", "qkv", "fc1"),
+                               lora_dropout=0.0, learning_rate=0.5)}[mode]
+    runs = {}
+    for on in (False, True):
+        out = tmp_path / str(on)
+        calls, vision_runs = count_checkpointed_layers(monkeypatch), count_vision_mlp_runs(monkeypatch)
+        train_reasoner_sft(ReasonerSFTConfig(model=model, data=str(tmp_path / "t.jsonl"), out=str(out), max_steps=3,
+                                             batch_size=2, device="cpu", logging_steps=1, gradient_checkpointing=on,
+                                             trainer_arg=["optim=sgd", "max_grad_norm=0"], **own))
+        monkeypatch.undo()
+        runs[on] = trained_run(out, mode, calls, vision_runs)
+    (off_calls, off_vision, off_weights, off_losses), (on_calls, on_vision, on_weights, on_losses) = \
+        runs[False], runs[True]
+    assert off_calls == {} and on_calls["Qwen2VLDecoderLayer"] > 0 and on_calls["Qwen2VLVisionBlock"] > 0
+    assert on_vision > off_vision > 0
+    assert len(on_losses) == 3 and on_losses == pytest.approx(off_losses, rel=1e-6, abs=1e-7)
+    assert_same_weights_and_vision_trained(on_weights, off_weights, model, mode)

@@ -90,3 +90,37 @@ def trainer_argv(trainer: str, tmp_path, tiny_model_dir) -> list[str]:
                 "--max-steps", "1", "--device", "cpu"]
     return ["train", "reasoner", "--stage", "grpo", "--model", model, "--embedder", model, "--records",
             str(world / "records.jsonl"), "--max-steps", "1", "--num-generations", "2", "--device", "cpu"]
+
+
+def assert_same_weights_and_vision_trained(on: dict, off: dict, model_dir: str, mode: str) -> None:
+    """The weights of a run with --gradient-checkpointing (`on`) are those of the run without it (`off`), and the
+    vision tower's trained tensors moved: every LoRA B of it (mode "lora_vision"; B starts at 0), else most of its
+    tensors from the base model's in `model_dir` (full fine-tuning), or none of them (mode "full_freeze_vision")."""
+    import torch
+    from safetensors.torch import load_file
+
+    assert on.keys() == off.keys()
+    for key in off:
+        torch.testing.assert_close(on[key], off[key], rtol=1e-5, atol=1e-6)
+    vision = [k for k in off if ".visual." in k or k.startswith("visual.")]
+    if mode == "lora_vision":
+        vision_b = [k for k in vision if "lora_B" in k]
+        assert vision_b and all(off[k].abs().max() > 0 for k in vision_b)
+        return
+    base = load_file(Path(model_dir) / "model.safetensors")
+    moved = [not torch.equal(off[k], base[k]) for k in vision]
+    assert moved and (not any(moved) if mode == "full_freeze_vision" else sum(moved) > len(moved) // 2)
+
+
+def trained_run(out, mode: str, calls, vision_runs) -> tuple:
+    """What a run into `out` left for the checkpointing comparisons: ({layer class: checkpoints}, vision MLP runs,
+    its weights — OUT/merged's with full fine-tuning (mode "full..."), else OUT/adapter's — and its logged losses)."""
+    from safetensors.torch import load_file
+
+    from unime.models.curves import read_curves_csv
+
+    out = Path(out)
+    weights = out / "merged" / "model.safetensors" if mode.startswith("full") else \
+        out / "adapter" / "adapter_model.safetensors"
+    return (dict(calls), len(vision_runs), load_file(weights),
+            [r["loss"] for r in read_curves_csv(out / "curves.csv") if "loss" in r])

@@ -6,6 +6,7 @@ batch) and the judge (full fine-tuning, pairwise + within-record group loss)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -106,10 +107,10 @@ def test_two_processes_plain_symmetric_kl_match_one(tiny_model_dir, ddp_data, tm
 
 
 def _generative_run(command: str, model: str, world: Path, records: Path, extra: list[str], tmp_path: Path,
-                    parts: tuple[str, str]) -> tuple[Path, Path]:
-    """`unime train COMMAND` on 2 torchrun processes × 1 record a step and on 1 process × 2 records (SGD, 3 steps),
-    their curves compared: the same loss, both parts (logged over both processes' batches) and gradient norm at
-    every step, the loss the sum of the parts. Returns the two output folders."""
+                    parts: tuple[str, ...], two_extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """`unime train COMMAND` on 2 torchrun processes × 1 record a step (with `two_extra` too) and on 1 process × 2
+    records (SGD, 3 steps), their curves compared: the same loss, both parts (logged over both processes' batches)
+    and gradient norm at every step, the loss the sum of the parts. Returns the two output folders."""
     from unime.cli import main
     from unime.models.curves import read_curves_csv
 
@@ -117,7 +118,7 @@ def _generative_run(command: str, model: str, world: Path, records: Path, extra:
               "--warmup", "0", "--steps", "3", "--logging-steps", "1", "--save-steps", "10", "--seed", "3",
               "--device", "cpu", "--trainer-arg", "optim=sgd", "--trainer-arg", "max_grad_norm=0"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _torchrun(common + ["--batch-size", "1", "--out", str(two)], tmp_path / "two.log", command=command)
+    _torchrun(common + [*two_extra, "--batch-size", "1", "--out", str(two)], tmp_path / "two.log", command=command)
     assert main(["train", command, *common, "--batch-size", "2", "--out", str(one)]) == 0
     c1, c2 = read_curves_csv(one / "curves.csv"), read_curves_csv(two / "curves.csv")
     assert [r["step"] for r in c1] == [r["step"] for r in c2] == [1, 2, 3]
@@ -164,6 +165,56 @@ def test_two_processes_train_the_reranker_like_one(tiny_model_dir, ddp_data, tmp
     assert all(float(a[k].abs().max()) > 1e-4 for k in a if "lora_B" in k)  # B starts at 0: the steps moved it
 
 
+def test_two_processes_with_gradient_checkpointing_train_the_vision_lora_embedder_like_one_without(tiny_model_dir,
+                                                                                                   ddp_data, tmp_path):
+    """--lora-vision (LoRA in the vision tower too; DDP looks for unused parameters) with --gradient-checkpointing
+    on 2 processes (GradCache) trains the losses, gradient norms and adapter weights of 1 process without
+    checkpointing; the vision tower's LoRA moved."""
+    from safetensors.torch import load_file
+
+    from unime.cli import main
+
+    world, records = ddp_data
+    common = _common(tiny_model_dir("qwen2_vl"), records, world, "infonce", steps=2, grad_accum=1) + \
+        ["--lora-vision", "--lora-targets", "q_proj,v_proj,qkv,fc1"]
+    _torchrun(common + ["--batch-size", "2", "--gradcache", "--chunk-size", "3", "--gradient-checkpointing",
+                        "--out", str(tmp_path / "two")], tmp_path / "two.log")
+    assert main(["train", "embedder", *common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    _compare(tmp_path / "one", tmp_path / "two", steps=2)
+    for out, on in (("one", False), ("two", True)):
+        assert json.loads((tmp_path / out / "train_config.json").read_text())["gradient_checkpointing"] is on
+    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    vision_b = [k for k in a if ".visual." in k and "lora_B" in k]
+    assert vision_b and all(float(a[k].abs().max()) > 1e-4 for k in vision_b)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora_vision"])
+def test_two_processes_with_gradient_checkpointing_train_the_reranker_like_one_without(tiny_model_dir, ddp_data,
+                                                                                       tmp_path, mode):
+    """The reranker with --full (every parameter; DDP looks for unused parameters) and with --lora-vision, with
+    --gradient-checkpointing on 2 processes: the losses and weights of 1 process without checkpointing; the vision
+    tower's trained tensors moved."""
+    from safetensors.torch import load_file
+
+    world, records = ddp_data
+    model = tiny_model_dir("qwen2_vl")
+    extra = ["--full"] if mode == "full" else \
+        ["--lora-r", "8", "--lora-dropout", "0", "--lora-vision", "--lora-targets", "q_proj,v_proj,qkv,fc1"]
+    one, two = _generative_run("reranker", model, world, records, extra, tmp_path, ("pair", "list"),
+                               two_extra=("--gradient-checkpointing",))
+    for out, on in ((one, False), (two, True)):
+        assert json.loads((out / "train_config.json").read_text())["gradient_checkpointing"] is on
+    name = "merged/model.safetensors" if mode == "full" else "adapter/adapter_model.safetensors"
+    a = load_file(one / name)
+    _same_weights(a, load_file(two / name))
+    vision = [k for k in a if ".visual." in k or k.startswith("visual.")]
+    if mode == "full":
+        base = load_file(Path(model) / "model.safetensors")
+        assert vision and sum(float((a[k] - base[k]).abs().max()) > 1e-4 for k in vision) > len(vision) // 2
+    else:
+        vision_b = [k for k in vision if "lora_B" in k]
+        assert vision_b and all(float(a[k].abs().max()) > 1e-4 for k in vision_b)
+
 def test_a_bad_record_in_one_process_ends_every_process_with_one_line(tiny_model_dir, ddp_data, tmp_path):
     """A record past the image preflight whose image is truncated fails in one process during training: that
     process prints its error on a line of its own (not glued onto the progress bar), and the other, whose
@@ -203,13 +254,13 @@ def test_a_bad_record_in_one_process_ends_every_process_with_one_line(tiny_model
     assert "Connection closed by peer" not in log and not re.search(r"\[rank\d\]: Traceback", log)
 
 
-def test_two_processes_train_the_reasoner_sft_like_one(tiny_model_dir, ddp_data, tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_two_processes_train_the_reasoner_sft_like_one(tiny_model_dir, ddp_data, tmp_path, checkpointing):
     """`unime train reasoner --stage sft` under torchrun (each process used to claim the output folder, and the
     second was refused: the folder in use by its sibling): full fine-tuning on T-CoTs, 2 processes × 1 T-CoT a
     step and 1 process × 2 (SGD, 3 steps) log the same losses and end with the same weights; the main process
-    wrote the run's outputs."""
-    import json
-
+    wrote the run's outputs. Also with --gradient-checkpointing on the 2 processes only (the vision tower trained,
+    its blocks checkpointed): the losses and weights of the 1 process without it."""
     from safetensors.torch import load_file
 
     from unime.cli import main
@@ -223,8 +274,10 @@ def test_two_processes_train_the_reasoner_sft_like_one(tiny_model_dir, ddp_data,
               "--lr", "0.05", "--max-steps", "3", "--logging-steps", "1", "--save-steps", "10", "--seed", "3",
               "--device", "cpu", "--trainer-arg", "optim=sgd", "--trainer-arg", "max_grad_norm=0"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _torchrun(common + ["--batch-size", "1", "--out", str(two)], tmp_path / "two.log", command="reasoner")
+    _torchrun(common + ["--batch-size", "1", "--out", str(two), *(["--gradient-checkpointing"] * checkpointing)],
+              tmp_path / "two.log", command="reasoner")
     assert main(["train", "reasoner", *common, "--batch-size", "2", "--out", str(one)]) == 0
+    assert json.loads((two / "train_config.json").read_text())["gradient_checkpointing"] is checkpointing
     c1, c2 = read_curves_csv(one / "curves.csv"), read_curves_csv(two / "curves.csv")
     assert [r["step"] for r in c1] == [r["step"] for r in c2] == [1, 2, 3]
     for r1, r2 in zip(c1, c2):

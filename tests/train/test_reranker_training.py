@@ -734,3 +734,37 @@ def test_gradient_checkpointing_recomputes_the_decoder_and_leaves_the_frozen_vis
     assert on_vision == off_vision > 0
     for key in off_weights:
         torch.testing.assert_close(on_weights[key], off_weights[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("role,mode", [("reranker", "full"), ("reranker", "lora_vision"), ("judge", "full")])
+def test_gradient_checkpointing_trains_the_same_weights_in_full_and_vision_lora_runs(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch, role, mode):
+    """--gradient-checkpointing with --full (every parameter, the vision tower's too) and with --lora-vision (LoRA
+    in the vision tower too), where the vision tower's blocks are checkpointed and back-propagated through (and so
+    recomputed: their MLPs run more often): two SGD steps give the losses and weights of the run without it, and the
+    vision tower's trained tensors moved."""
+    from tests.train.helpers import (assert_same_weights_and_vision_trained, count_checkpointed_layers,
+                                      count_vision_mlp_runs, trained_run)
+    from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
+
+    records = write_world(tmp_path / "world")
+    model = tiny_model_dir("qwen2_vl")
+    own = {"full": dict(full=True, learning_rate=1e-2),
+           "lora_vision": dict(lora_vision=True, lora_targets=("q_proj", "v_proj", "qkv", "fc1"), lora_dropout=0.0,
+                               learning_rate=0.5)}[mode]
+    runs = {}
+    for on in (False, True):
+        cfg = RerankerTrainConfig(model=model, records=[records], out=str(tmp_path / str(on)), role=role,
+                                  num_negatives=2, max_steps=2, batch_size=2, logging_steps=1, seed=0, device="cpu",
+                                  trainer_arg=["optim=sgd", "max_grad_norm=0"], gradient_checkpointing=on,
+                                  **({"holdout": 0.0, "losses": ("pair",)} if role == "judge" else {}), **own)
+        calls, vision_runs = count_checkpointed_layers(monkeypatch), count_vision_mlp_runs(monkeypatch)
+        result = train_reranker(cfg)
+        monkeypatch.undo()
+        runs[on] = trained_run(result.out, mode, calls, vision_runs)
+    (off_calls, off_vision, off_weights, off_losses), (on_calls, on_vision, on_weights, on_losses) = \
+        runs[False], runs[True]
+    assert off_calls == {} and on_calls["Qwen2VLDecoderLayer"] > 0 and on_calls["Qwen2VLVisionBlock"] > 0
+    assert on_vision > off_vision > 0
+    assert on_losses == pytest.approx(off_losses, rel=1e-6, abs=1e-7) and len(on_losses) == 2
+    assert_same_weights_and_vision_trained(on_weights, off_weights, model, mode)

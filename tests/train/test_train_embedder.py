@@ -645,3 +645,39 @@ def test_gradient_checkpointing_recomputes_the_decoder_and_trains_the_same_weigh
     for key in off_weights:
         torch.testing.assert_close(on_weights[key], off_weights[key], rtol=1e-5, atol=1e-6)
     assert all(off_weights[k].abs().max() > 0 for k in off_weights if "lora_B" in k)  # the steps moved them
+
+
+@pytest.mark.parametrize("mode,gradcache", [("full", False), ("full", True), ("full_freeze_vision", False),
+                                            ("lora_vision", False), ("lora_vision", True)])
+def test_gradient_checkpointing_trains_the_same_weights_in_full_and_vision_lora_runs(tiny_model_dir, mined_world,
+                                                                                     tmp_path, monkeypatch, mode,
+                                                                                     gradcache):
+    """--gradient-checkpointing with --full (the vision tower trained, or frozen by --freeze-vision) and with
+    --lora-vision (LoRA in the vision tower too), where the vision tower's blocks are checkpointed and back-propagated
+    through (and so recomputed: their MLPs run more often; as often with --freeze-vision, which keeps the tower out of
+    the backward pass): two SGD steps give the losses and weights of the run without it, and the vision tower's
+    trained tensors moved, or stayed the base's with --freeze-vision."""
+    from tests.train.helpers import (assert_same_weights_and_vision_trained, count_checkpointed_layers,
+                                      count_vision_mlp_runs, trained_run)
+    from unime.data.io import read_records
+    from unime.train.embedder_trainer import train_embedder
+
+    world, path = mined_world
+    records = read_records(path)[:8]
+    model = tiny_model_dir("qwen2_vl")
+    own = {"full": dict(full=True, lr=1e-3), "full_freeze_vision": dict(full=True, freeze_vision=True, lr=1e-3),
+           "lora_vision": dict(lora_vision=True, lora_targets=("q_proj", "v_proj", "qkv", "fc1"), lr=0.5)}[mode]
+    common = dict(optim="sgd", max_grad_norm=0.0, steps=2, gradcache=gradcache, chunk_size=3, **own)
+    runs = {}
+    for on in (False, True):
+        calls, vision_runs = count_checkpointed_layers(monkeypatch), count_vision_mlp_runs(monkeypatch)
+        res = train_embedder(base_config(model, tmp_path / str(on), world, gradient_checkpointing=on, **common),
+                             records=records)
+        monkeypatch.undo()
+        runs[on] = trained_run(res.out, mode, calls, vision_runs)
+    (off_calls, off_vision, off_weights, off_losses), (on_calls, on_vision, on_weights, on_losses) = \
+        runs[False], runs[True]
+    assert off_calls == {} and on_calls["Qwen2VLDecoderLayer"] > 0 and on_calls["Qwen2VLVisionBlock"] > 0
+    assert (on_vision == off_vision > 0) if mode == "full_freeze_vision" else (on_vision > off_vision > 0)
+    assert on_losses == pytest.approx(off_losses, rel=1e-6, abs=1e-7) and len(on_losses) == 2
+    assert_same_weights_and_vision_trained(on_weights, off_weights, model, mode)
