@@ -673,6 +673,36 @@ def test_grpo_gradient_checkpointing_trains_the_same_lora_and_leaves_the_frozen_
     assert all(off_weights[k].abs().max() > 0 for k in off_weights if "lora_B" in k)  # the steps moved them
 
 
+def test_grpo_gradient_checkpointing_keeps_every_n_layers_through_its_generations(world, tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    """QA: `--trainer-arg activation_checkpointing_kwargs={every_n_layers: 2}` was lost in GRPO: TRL switches
+    checkpointing off for each generation and on again after it without the setting, so every loss forward
+    checkpointed every layer. Now each loss forward runs with the checkpointing the trainer set up: of the tiny
+    model's 1 vision block and 2 decoder layers, every 2nd (the vision block, the 2nd decoder layer) — half the
+    decoder layer checkpoints of a run without the setting, the same vision block checkpoints."""
+    from transformers import AutoConfig
+
+    from tests.train.helpers import count_checkpointed_layers
+    from unime.embed_rl.grpo import train_reasoner_grpo
+
+    root, _ = world
+    model = tiny_model_dir("qwen2_vl")
+    config = AutoConfig.from_pretrained(model)
+    assert (config.vision_config.depth, config.text_config.num_hidden_layers) == (1, 2)
+    runs = {}
+    for every in (1, 2):
+        calls = count_checkpointed_layers(monkeypatch)
+        cfg = GRPOStageConfig(model=model, embedder=tiny_model_dir("qwen2_vl", (EMB_TOKEN,)),
+                              records=str(root / "records.jsonl"), out=str(tmp_path / str(every)), max_steps=2,
+                              max_completion_length=8, weights=(0.05, 0.8, 0.0), lora_r=4, device="cpu",
+                              gradient_checkpointing=True,
+                              trainer_arg=[f"activation_checkpointing_kwargs={{every_n_layers: {every}}}"])
+        assert train_reasoner_grpo(cfg)["steps"] == 2
+        monkeypatch.undo()
+        runs[every] = dict(calls)
+    assert runs[1]["Qwen2VLDecoderLayer"] == 2 * runs[2]["Qwen2VLDecoderLayer"] > 0
+    assert runs[1]["Qwen2VLVisionBlock"] == runs[2]["Qwen2VLVisionBlock"] > 0
+
 def test_grpo_micro_batch_rewards_whole_generations_and_runs_the_loss_in_micro_batches(world, tiny_model_dir,
                                                                                         tmp_path, monkeypatch):
     """`train reasoner --stage grpo --micro-batch 2` through TRL: each of the 2 optimizer steps generates and rewards

@@ -84,25 +84,41 @@ def gradient_checkpointing_option():
 
 
 def non_reentrant_checkpointing_callback():
-    """A trainer callback that, once the Trainer has switched activation checkpointing on (non-reentrant, unime's),
-    keeps the model free of the forward hooks with which transformers (and TRL, a second time, for a PEFT model) make
-    the output of every input embedding require grad — the text's and the vision tower's patch embedding. Only
-    reentrant checkpoints need them (they give the parameters inside them no gradient otherwise); non-reentrant ones
-    do not, and the hook on the patch embedding makes a frozen vision tower (LoRA on the language model) a part of
-    every backward pass: its blocks back-propagated through for nothing. They are removed as training begins and
-    again before every forward of the trained model: TRL's GRPO switches checkpointing off for each generation and
-    on again after it, which puts them back."""
+    """A trainer callback that keeps every training forward on the activation checkpointing the Trainer switched on.
+
+    Non-reentrant checkpoints (unime's) need none of the forward hooks with which transformers (and TRL, a second
+    time, for a PEFT model) make the output of every input embedding require grad — the text's and the vision
+    tower's patch embedding. Only reentrant checkpoints need them (they give the parameters inside them no gradient
+    otherwise), and the hook on the patch embedding makes a frozen vision tower (LoRA on the language model) a part
+    of every backward pass: its blocks back-propagated through for nothing. They are removed as training begins and
+    again before every forward of the trained model, as is the checkpointing of each layer put back as the Trainer set
+    it up (`every_n_layers`, `offload`, the checkpoint's keywords): TRL's GRPO switches checkpointing off for each
+    generation and on again after it, which puts the hooks back and checkpoints every layer with its own keywords."""
+    import torch
     from transformers import TrainerCallback
 
     class NonReentrantCheckpointing(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if model is None or not args.activation_checkpointing \
-                    or (args.activation_checkpointing_kwargs or {}).get("use_reentrant"):
+            if model is None or not args.activation_checkpointing:
                 return
-            remove_input_grad_hooks(model)
-            if not getattr(model, "_unime_input_grad_hooks_removed", False):  # once, if training begins again
-                model.register_forward_pre_hook(lambda module, inputs: remove_input_grad_hooks(module))
-                model._unime_input_grad_hooks_removed = True
+            layers = [(m, m.gradient_checkpointing, getattr(m, "_gradient_checkpointing_func", None))
+                      for m in model.modules() if hasattr(m, "gradient_checkpointing")]
+            non_reentrant = not (args.activation_checkpointing_kwargs or {}).get("use_reentrant")
+
+            def before_forward(module, inputs):
+                if torch.is_grad_enabled():  # a training forward (generation runs without grad, unchecked)
+                    for layer, on, func in layers:
+                        layer.gradient_checkpointing = on
+                        if func is not None:
+                            layer._gradient_checkpointing_func = func
+                if non_reentrant:
+                    remove_input_grad_hooks(module)
+
+            before_forward(model, ())
+            old = getattr(model, "_unime_checkpointing_hook", None)
+            if old is not None:  # training begins again (another train() of the same model)
+                old.remove()
+            model._unime_checkpointing_hook = model.register_forward_pre_hook(before_forward)
 
     return NonReentrantCheckpointing()
 
