@@ -4,7 +4,8 @@ The paper's regime is a *pretrained* embedder and a *pretrained* judge; no pretr
 weights can be had offline, so the embedded default pretrains its own: a tiny model of the real
 architecture (`unime.models.tiny.build_tiny`), optionally with its vision tower trained first on the
 corpus scenes' tags (`tag_steps`, `unime.demo.vision_tagging`) and fine-tuned as a captioner of the corpus's
-scenes (`caption_steps`, `unime.demo.captioning`), then trained contrastively (in-batch InfoNCE, the
+scenes (`caption_steps`, `unime.demo.captioning`; with `caption_questions`, also answering questions about them),
+then trained contrastively (in-batch InfoNCE, the
 baseline recipe of `unime train embedder`) on a large generated corpus: the *training* split of a
 world generated with its own seed, never the demo world's; `freeze_vision` keeps the tower frozen in the
 captioning and contrastive stages. Records that show a scene of an excluded
