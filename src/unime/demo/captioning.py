@@ -97,7 +97,8 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
         trainer.model.save_pretrained(str(tmp))  # the whole model (the trainer's own save writes checkpoints' state)
         loaded.processor.save_pretrained(str(tmp))
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # made by this stage, inside its own temporary folder
-        metrics = {"captions": len(pairs), **({"questions": len(questions)} if questions else {}), "steps": trainer.state.global_step, "batch_size": batch_size,
+        metrics = {"captions": len(pairs), **({"questions": len(questions)} if questions else {}),
+                   "steps": trainer.state.global_step, "batch_size": batch_size,
                    "vision_frozen": freeze_vision,
                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
