@@ -106,11 +106,14 @@ def non_reentrant_checkpointing_callback():
             non_reentrant = not (args.activation_checkpointing_kwargs or {}).get("use_reentrant")
 
             def before_forward(module, inputs):
-                if torch.is_grad_enabled():  # a training forward (generation runs without grad, unchecked)
-                    for layer, on, func in layers:
-                        layer.gradient_checkpointing = on
-                        if func is not None:
-                            layer._gradient_checkpointing_func = func
+                # a training forward only: generation runs without grad, once per token, and neither the
+                # checkpointing nor the input-grad hooks do anything there
+                if not torch.is_grad_enabled():
+                    return
+                for layer, on, func in layers:
+                    layer.gradient_checkpointing = on
+                    if func is not None:
+                        layer._gradient_checkpointing_func = func
                 if non_reentrant:
                     remove_input_grad_hooks(module)
 
