@@ -288,3 +288,45 @@ def test_the_attention_kernel_is_no_part_of_a_mining_run():
     assert run_hash(_config(), INPUTS) == "edfa712eba82cbaa"
     assert run_hash(_config(attn_implementation="flash_attention_2"), INPUTS) == "edfa712eba82cbaa"
     assert _config(attn_implementation="eager").judge_spec("judge", None).attn_implementation == "eager"
+
+
+# the (retrieval, judge, run) hashes unime recorded for `--dtype bf16` and `--dtype bfloat16` while it hashed the
+# value as typed (the values that version computed; the checkpoints by their fingerprints, and `legacy`: by path)
+TYPED = {"bf16": ("a1575ab387e7d85e", "7af4af89512fdd2e", "b58e7f9951c117ed"),
+         "bfloat16": ("01f66b8ab6dc243e", "7465e993a23d6cf1", "0a8e5eda21cfb411"),
+         "bfloat16 legacy": ("7659b832f6f29918", "7e23b9f98bba0dd4", "2554d3bd5d096999")}
+
+
+def test_the_dtype_spellings_are_one_run_and_a_folder_mined_with_either_keeps_its_stages(tmp_path):
+    """`--dtype bfloat16` is `--dtype bf16` (`DTYPE_ALIASES`): one identity, the short name's (the hashes a folder
+    mined with bf16 recorded). A folder mined before with either spelling (its manifest as that version wrote it),
+    re-run with either: finished, it is finished; interrupted, its retrieval and judge records are re-keyed to the
+    hashes the stages now ask for (nothing redone). Another dtype is still another run."""
+    for spelling in ("bf16", "bfloat16"):
+        c = _config(dtype=spelling)
+        r = retrieval_hash(c, INPUTS)
+        assert (r, judge_hash(c, INPUTS, r), run_hash(c, INPUTS)) == TYPED["bf16"]
+    fp32 = _config(dtype="fp32")
+    assert retrieval_hash(fp32, INPUTS) != TYPED["bf16"][0] and run_hash(fp32, INPUTS) != TYPED["bf16"][2]
+    for case, (r_hash, j_hash, config_hash) in TYPED.items():
+        typed = case.split()[0]
+        for finished in (True, False):
+            for again in ("bf16", "bfloat16"):
+                path = tmp_path / f"{case}-{finished}-{again}".replace(" ", "_") / "manifest.json"
+                path.parent.mkdir()
+                stages = {"retrieval": {"hash": r_hash, "encoded_items": 5}, "judge": {"hash": j_hash, "n_shards": 2}}
+                data = {"version": 1, "config": asdict(_config(dtype=typed)), "config_hash": config_hash,
+                        "inputs": INPUTS, "stages": stages}
+                if finished:
+                    data["finished"] = {"config_hash": config_hash, "mined": 3}
+                path.write_text(json.dumps(data))
+                for name in ("stats.json", "mined.parquet", "report.md"):
+                    (path.parent / name).write_text("x")
+                cfg = _config(dtype=again)
+                m = Manifest(path)
+                assert m.open_run(cfg, INPUTS, run_hash(cfg, INPUTS)) is finished, (case, finished, again)
+                if not finished:
+                    assert (m.stage("retrieval")["hash"], m.stage("judge")["hash"]) == TYPED["bf16"][:2], case
+                    assert m.stage("judge")["n_shards"] == 2
+                with pytest.raises(ChangedOptions, match=r"--dtype: '(bf16|bfloat16)' -> 'fp32'"):
+                    Manifest(path).open_run(fp32, INPUTS, run_hash(fp32, INPUTS))

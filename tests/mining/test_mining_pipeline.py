@@ -600,3 +600,52 @@ def test_an_hnsw_run_mined_before_its_search_changed_redoes_retrieval_and_judge_
     # the pool's 7 items are fewer than a first search's K + 16: every query is finished by it, none scanned
     assert r.stats["retrieval"]["exact_scan"] == {"queries": 0, "of": 9} and r.stats["pool_size"] == 7
     assert "- exact scan: 0 of 9 queries (0.0 %) had fewer than K" in (out / "report.md").read_text()
+
+
+class _NoEmbedder:
+    """An embedder that must not be used (the retrieval is reused)."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the embedder was used ({name})")
+
+
+def test_a_rerun_with_the_other_dtype_spelling_is_the_same_run(dataset, tiny_model_dir, tmp_path, monkeypatch):
+    """`--dtype fp32` and `--dtype float32` are one setting (`DTYPE_ALIASES`): a folder mined with one and re-run with
+    the other is finished, and interrupted it continues from its retrieval and judge shards (nothing encoded, no shard
+    scored again). A folder mined before the hashes read the value a spelling names (its hashes with --dtype as
+    typed, `canonical_dtype` left out), finished or interrupted, continues alike under either spelling."""
+    from unime.mining import manifest as mining_manifest
+    from unime.mining.manifest import judge_hash, retrieval_hash
+
+    def kept(out: Path) -> dict:  # the retrieval and the judge's shards
+        return {p: p.stat().st_mtime_ns for p in [out / "retrieval.parquet", *(out / "judge").glob("shard-*")]}
+
+    for typed, as_typed in (("fp32", False), ("float32", True)):
+        out = tmp_path / typed
+        with monkeypatch.context() as m:
+            if as_typed:  # the hashes as the earlier version wrote them
+                m.setattr(mining_manifest, "canonical_dtype", lambda value: value, raising=False)
+            first = _CountingJudge()
+            mined = run_mining(_config(dataset, tiny_model_dir, out, dtype=typed), backend=first)
+        assert first.shards == [0, 1, 2, 3, 4]
+        recorded = json.loads((out / "manifest.json").read_text())
+        cfg = _config(dataset, tiny_model_dir, out, dtype="fp32")
+        r_now = retrieval_hash(cfg, recorded["inputs"])
+        assert (recorded["stages"]["retrieval"]["hash"] != r_now) == as_typed  # a folder keyed the earlier way
+        stages, mined_json = kept(out), (out / "mined.json").read_bytes()
+        for spelling in ("fp32", "float32"):  # finished: nothing to do, under either spelling
+            r = run_mining(_config(dataset, tiny_model_dir, out, dtype=spelling), backend=_NoJudge(),
+                           embedder=_NoEmbedder())
+            assert r.finished_before and r.n_mined == mined.n_mined, (typed, spelling)
+        assert kept(out) == stages
+        # interrupted after its judge stage (its manifest not finished): the other spelling continues it
+        data = json.loads((out / "manifest.json").read_text())
+        del data["finished"]
+        (out / "manifest.json").write_text(json.dumps(data))
+        other = {"fp32": "float32", "float32": "fp32"}[typed]
+        r = run_mining(_config(dataset, tiny_model_dir, out, dtype=other), backend=_NoJudge(), embedder=_NoEmbedder())
+        assert not r.finished_before and r.n_mined == mined.n_mined and kept(out) == stages
+        after = json.loads((out / "manifest.json").read_text())
+        assert (after["stages"]["retrieval"]["hash"], after["stages"]["judge"]["hash"]) == \
+            (r_now, judge_hash(cfg, recorded["inputs"], r_now))
+        assert (out / "mined.json").read_bytes() == mined_json  # the same mined set

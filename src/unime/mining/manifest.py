@@ -6,8 +6,9 @@ that stage's output depends on, so changing β or the count re-uses the retrieva
 Checkpoints are fingerprinted with `unime.models.embedding_cache.model_fingerprint`, the embedding
 cache's key; a labels file (the oracle judge's ground truth) by its content. The hashes read the checkpoints
 by their fingerprints and the options' paths by what they name (`unime.errors.same_path_value`): how a path
-is spelled (`base`, `./base/`, `/abs/base`) changes nothing. Stage records keyed the earlier way (the
-checkpoints' path strings in the hash: `legacy=True`) are re-keyed when a run continues (`Manifest.open_run`).
+is spelled (`base`, `./base/`, `/abs/base`) changes nothing, nor how `--dtype` is (`bfloat16` = `bf16`: the hashes
+read `canonical_dtype`). Stage records keyed the earlier ways (the checkpoints' path strings in the hash:
+`legacy=True`; the dtype as typed: `typed_dtype`) are re-keyed when a run continues (`Manifest.open_run`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from unime.data.image_digests import file_sha1
 from unime.data.video import sampling_video_options
 from unime.errors import changed_option_keys, refuse_changed_options, same_path_value, with_working_dir
 from unime.models.embedding_cache import model_fingerprint
-from unime.options import none_meanings, option_defaults, option_flags
+from unime.models.loading import DTYPE_ALIASES, canonical_dtype
+from unime.options import none_meanings, option_aliases, option_defaults, option_flags
 from unime.outdir import options_hash
 
 if TYPE_CHECKING:
@@ -98,10 +100,23 @@ def _hashed_later(key: str, value: Any) -> Any:
     return {"R": value, "rule": RELATIVE_MARGIN_RULE} if key == "relative_margin" else value
 
 
-def run_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False) -> str:
+def _hashed_dtype(c: MineConfig, typed_dtype: str | None) -> Any:
+    """--dtype as the hashes take it: the value it spells (`canonical_dtype`: bfloat16 and bf16 are one run);
+    `typed_dtype`: the spelling an earlier unime hashed as typed (`_typed_dtypes`)."""
+    return typed_dtype if typed_dtype is not None else canonical_dtype(c.dtype)
+
+
+def _typed_dtypes(c: MineConfig) -> tuple[str | None, ...]:
+    """None (the hashes now), then the other spellings of `c`'s dtype that an earlier unime, which hashed --dtype as
+    typed, may have recorded for the same setting (bfloat16 for bf16: `DTYPE_ALIASES`)."""
+    canonical = canonical_dtype(c.dtype)
+    return (None, DTYPE_ALIASES[canonical]) if canonical in DTYPE_ALIASES else (None,)
+
+
+def run_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False, typed_dtype: str | None = None) -> str:
     """The run's identity: its options (but `FREE_OPTIONS`, and `LATER_OPTIONS` at their defaults; paths by what
-    they name) and its inputs."""
-    cfg = asdict(c)
+    they name; the dtype by the value it spells, `_hashed_dtype`) and its inputs."""
+    cfg = {**asdict(c), "dtype": _hashed_dtype(c, typed_dtype)}
     for key in FREE_OPTIONS:
         cfg.pop(key)
     for key, default in LATER_OPTIONS.items():
@@ -131,21 +146,25 @@ def _window_key(c: MineConfig) -> dict:
     return {"window": window} if window else {}
 
 
-def retrieval_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False, search: bool = True) -> str:
+def retrieval_hash(c: MineConfig, inputs: dict[str, Any], *, legacy: bool = False, search: bool = True,
+                   typed_dtype: str | None = None) -> str:
     """Stage A's identity: records, pool, image bytes, embedder, K, the range, margins and grouping, the index and the
     version of its search (`SEARCH_VERSIONS`; `search=False`: as unime keyed it before), the data root, dtype, video."""
     return options_hash({"records": inputs["records"]["sha1"], "pool": inputs["pool"],
                          "images": inputs["images"]["sha1"],
                          "embedder": _hashed_inputs(inputs, legacy)["embedder"], "k": c.k, "index": c.index_key(),
-                         "data_root": inputs["data_root"], "dtype": c.dtype, "version": PIPELINE_VERSION,
+                         "data_root": inputs["data_root"], "dtype": _hashed_dtype(c, typed_dtype),
+                         "version": PIPELINE_VERSION,
                          **_video_key(c), **_window_key(c), **(_search_key(c) if search else {}),
                          **({"item_format": c.item_format} if c.item_format else {})})  # given: other vectors
 
 
-def judge_hash(c: MineConfig, inputs: dict[str, Any], retrieval: str, *, legacy: bool = False) -> str:
+def judge_hash(c: MineConfig, inputs: dict[str, Any], retrieval: str, *, legacy: bool = False,
+               typed_dtype: str | None = None) -> str:
     """Stage B's identity: stage A's hash, the judge, the shard layout, dtype, video."""
     return options_hash({"retrieval": retrieval, "judge": _hashed_inputs(inputs, legacy)["judge"],
-                         "shard_size": c.shard_size, "dtype": c.dtype, "version": PIPELINE_VERSION, **_video_key(c)})
+                         "shard_size": c.shard_size, "dtype": _hashed_dtype(c, typed_dtype),
+                         "version": PIPELINE_VERSION, **_video_key(c)})
 
 
 class Manifest:
@@ -180,7 +199,7 @@ class Manifest:
         if before:
             # an option added by a later unime, at its default, is no change (the earlier behaviour)
             keys = changed_option_keys(before, options, free=FREE_OPTIONS, added_defaults=option_defaults(config),
-                                       none_means=none_meanings(config))
+                                       none_means=none_meanings(config), aliases=option_aliases(config))
             if keys and not config.overwrite:
                 raise refuse_changed_options(out, before, options, keys, option_flags(config))
             if keys:
@@ -192,8 +211,10 @@ class Manifest:
                 log.warning("%s: inputs changed since the last run (%s): redoing the stages that depend on them",
                             out, ", ".join(changed))
         finished = self.data.get("finished") or {}
-        # a run finished before the hashes left the checkpoints' paths out is recognised by its earlier hash
-        hashes = (config_hash, run_hash(config, inputs, legacy=True))
+        # a run finished before the hashes left the checkpoints' paths out, or read the dtype as typed, is
+        # recognised by its earlier hash
+        hashes = {config_hash, *(run_hash(config, inputs, legacy=legacy, typed_dtype=typed)
+                                 for legacy in (True, False) for typed in _typed_dtypes(config))}
         done = (not config.overwrite and finished.get("config_hash") in hashes
                 and all((out / n).is_file() for n in ("stats.json", "mined.parquet", "report.md")))
         if not done:
@@ -215,23 +236,29 @@ class Manifest:
         if not _search_key(config) or not isinstance(stage, dict):
             return False
         try:
-            earlier = {retrieval_hash(config, recorded, legacy=legacy, search=False) for legacy in (True, False)}
+            earlier = {retrieval_hash(config, recorded, legacy=legacy, search=False, typed_dtype=typed)
+                       for legacy in (True, False) for typed in _typed_dtypes(config)}
         except (KeyError, TypeError, AttributeError):  # no inputs recorded, or of another shape
             return False
         return stage.get("hash") in earlier
 
     def _rekey_legacy_stages(self, config: MineConfig) -> None:
-        """Stage records keyed the earlier way (`legacy=True`: the checkpoints' path strings hashed) for the
-        recorded inputs get the hash of those same inputs now, so a folder mined before keeps its retrieval
-        and judge shards when nothing they depend on changed."""
+        """Stage records keyed an earlier way (`legacy=True`: the checkpoints' path strings hashed; `typed_dtype`:
+        --dtype as typed, bfloat16 apart from bf16) for the recorded inputs get the hash of those same inputs now,
+        so a folder mined before keeps its retrieval and judge shards when nothing they depend on changed."""
         recorded, stages = self.data.get("inputs"), self.data["stages"]
         try:
-            old_r, new_r = retrieval_hash(config, recorded, legacy=True), retrieval_hash(config, recorded)
-            old_j, new_j = judge_hash(config, recorded, old_r, legacy=True), judge_hash(config, recorded, new_r)
+            new_r = retrieval_hash(config, recorded)
+            new_j = judge_hash(config, recorded, new_r)
+            earlier = []
+            for legacy in (True, False):
+                for typed in _typed_dtypes(config):
+                    old_r = retrieval_hash(config, recorded, legacy=legacy, typed_dtype=typed)
+                    earlier.append((old_r, judge_hash(config, recorded, old_r, legacy=legacy, typed_dtype=typed)))
         except (KeyError, TypeError, AttributeError):  # no inputs recorded, or of another shape: nothing to re-key
             return
-        for name, old, new in (("retrieval", old_r, new_r), ("judge", old_j, new_j)):
-            if isinstance(stages.get(name), dict) and stages[name].get("hash") == old:
+        for i, (name, new) in enumerate((("retrieval", new_r), ("judge", new_j))):
+            if isinstance(stages.get(name), dict) and stages[name].get("hash") in {old[i] for old in earlier}:
                 stages[name]["hash"] = new
 
     def finish(self, config_hash: str, n_mined: int) -> None:

@@ -60,6 +60,13 @@ def dtype_choices(names: Sequence[str] = tuple(DTYPE_ALIASES)) -> list[str]:
     return ["auto", *(spelling for name in names for spelling in (name, DTYPE_ALIASES[name]))]
 
 
+def canonical_dtype(value: Any) -> Any:
+    """A `--dtype` value by the name it spells: a long alias as its short name (`DTYPE_ALIASES`: bfloat16 → bf16),
+    any other value (a short name, auto, None) as it is. What a run's identity hashes, so that one setting under
+    either spelling is one run."""
+    return next((short for short, long in DTYPE_ALIASES.items() if value == long), value)
+
+
 # the `--dtype` values of the commands that load a model (`resolve_dtype`)
 LOAD_DTYPES = tuple(dtype_choices())
 
