@@ -137,6 +137,46 @@ def test_eval_rerun_from_another_working_directory_with_absolute_paths_is_the_sa
     assert _mtimes(out) == before
 
 
+def test_eval_rerun_with_the_other_dtype_spelling_is_the_same_run(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`--dtype fp32` and `--dtype float32` are one setting (`DTYPE_ALIASES`): an evaluation finished with one is
+    finished under the other (no model loaded, nothing rewritten), and interrupted it continues from the embedding
+    cache (nothing encoded again). A record written by an earlier unime with the long spelling (the value as typed)
+    is the same run too; another dtype is still another option."""
+    from unime.models.embedder import Embedder
+
+    tasks = build_world(tmp_path / "world")
+    out, cache = tmp_path / "ev", tmp_path / "cache"
+    argv = ["eval", "--model", tiny_model_dir("qwen2_vl"), "--tasks", str(tasks), "--cache-dir", str(cache),
+            "--device", "cpu", "--batch-size", "4", "--out", str(out), "--dtype"]
+    assert main(argv + ["fp32"]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    record = json.loads((out / "eval_run.json").read_text())
+    assert record["options"]["dtype"] == "fp32"
+    loads = []
+    original = Embedder.from_pretrained.__func__
+    monkeypatch.setattr(Embedder, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(1) or original(cls, *a, **k)))
+    for recorded, again in (("fp32", "float32"), ("float32", "fp32"), ("float32", "float32")):
+        (out / "eval_run.json").write_text(json.dumps({**record, "options": {**record["options"], "dtype": recorded}}))
+        before = _mtimes(out)
+        capsys.readouterr()
+        assert main(argv + [again]) == 0, (recorded, again)
+        assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
+        assert loads == [] and _mtimes(out) == before
+    assert main(argv + ["bf16"]) == 2
+    assert "holds a run with other options (--dtype: 'float32' -> 'bf16')" in _error_lines(capsys)[0]
+    # interrupted (its record unfinished, no summary yet), recorded with the long spelling: continued from the cache
+    (out / "eval_run.json").write_text(json.dumps({**record, "finished": False,
+                                                   "options": {**record["options"], "dtype": "float32"}}))
+    (out / "summary.json").unlink()
+    assert main(argv + ["fp32"]) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    # this attempt encoded nothing: every vector came from the cache the first attempt filled
+    assert resumed["run"] == {"attempts": 2} and resumed["encoding"]["last_attempt"]["encoded"] == 0
+    assert resumed["encoding"]["last_attempt"]["from_cache"] == first["encoding"]["distinct_items"]
+    assert resumed["tasks"] == first["tasks"]
+
+
 # -- single-file outputs ------------------------------------------------------------------------------------
 def test_a_file_output_is_claimed_through_its_sidecar(tmp_path):
     out = tmp_path / "sub" / "scores.jsonl"

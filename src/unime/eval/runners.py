@@ -600,7 +600,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
 
     from unime.eval import report, rerun
     from unime.models.embedder import Embedder
-    from unime.options import option_flags
+    from unime.options import option_aliases, option_flags
 
     from unime.data.video import VideoSampling
     from unime.models.image_budget import ImageBudget
@@ -633,7 +633,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     flags = option_flags(cfg)
     finished = rerun.begin(out_dir, run_options, rerun.input_identity(out_dir, model, data, rerank_path,
                                                                      allow_outside_root=cfg.allow_outside_root),
-                           overwrite=cfg.overwrite, flags={**flags, "reranker": flags["rerank_path"]})
+                           overwrite=cfg.overwrite, flags={**flags, "reranker": flags["rerank_path"]},
+                           aliases=option_aliases(cfg))
     if finished is not None:
         return {**finished, "finished_before": True}
     t_data = time.perf_counter()
