@@ -792,7 +792,8 @@ def test_the_grpo_process_judge_phase_is_its_prefill_kv_cache_and_one_layers_tra
     kv = tokens * 2 * 36 * 8 * 128 * 2
     transients = tokens * (2 * 12288 + 4 * 4096) * 2
     assert (tokens, kv, transients) == (152704, 22517121024, 12509511680)
-    phase = "process judge: 8 listwise prompts' KV cache + the prefill's transients (one layer)"
+    phase = ("process judge (--process-pick generate): 8 listwise prompts' KV cache + the prefill's transients "
+             "(one layer)")
     assert f"{phase} {(kv + transients) / GiB:.2f}" in plan.facts[-1], plan.facts[-1]
     assert dict(plan.rows)[f"largest phase: {phase}"] == kv + transients
 
@@ -825,3 +826,83 @@ def test_the_grpo_generation_phase_is_the_larger_of_its_prefill_and_its_decoding
     assert 40 * (887 + 256) * 147456 == 6741688320
     assert f"{decoding} {6741688320 / GiB:.2f}, " in short.facts[-1], short.facts[-1]
     assert dict(short.rows)[f"largest phase: {prefill}"] == 8138260480
+
+
+# the process judge of the scored-pick tests: Qwen2-VL-2B (28 layers, 2 KV heads x 128, hidden 1536, MLP 8960) in fp32
+SCORED_JUDGE = "Qwen/Qwen2-VL-2B-Instruct"
+JUDGE_KV_TOKEN, JUDGE_TRANSIENT_TOKEN = 2 * 28 * 2 * 128 * 4, (2 * 8960 + 4 * 1536) * 4
+
+
+def test_the_grpo_process_judge_phase_follows_the_pick_the_options_select(tiny_model_dir):
+    """Review: `--process-pick score` (`ScoredPick`, the demo's Embed-RL group) was planned as the generative pick's 8
+    listwise prompts. A Yes/No judge scores every (query rollout, candidate) pair instead (`JudgeScorer.score_pairs`):
+    per rollout, the query's prefix run once with its KV cache, then its n + hard-negative-pairs candidates in chunks
+    of at most 16 (JudgeScorer's), each chunk with a cache holding a prefix copy per row plus the continuations and
+    one layer's transients over the continuation tokens, as mining's judge is planned. Each side is its item (text and
+    images) followed by its T-CoT (`tcot_judge_item`), the reasoning at its longest. By hand: a tiny policy and
+    embedder, the 2B judge in fp32, 224x224 images (8 x 8 = 64 visual tokens), 32-token completions: items of 64 text
+    + 64 visual + 32 T-CoT = 160 tokens; prefix 80 + 160 (the prompt's instruction and template), continuation
+    160 + 8 (the prompt's end and the assistant's opening)."""
+    from unime.train.memory_plan import plan_reasoner_grpo
+
+    model = tiny_model_dir("qwen2_vl")
+    o = {"dtype": "fp32", "lora_r": 8, "lora_dropout": 0.0, "num_generations": 4, "pairs_per_batch": 2,
+         "max_completion_length": 32, "micro_batch": 1, "beta": 0.0, "embedder": model, "process_judge": SCORED_JUDGE,
+         "weights": "0.05,0.8,0.2", "hard_negative_pairs": 1, "image_size": 224}
+    prefix, cont = 80 + 160, 160 + 8
+
+    def scored(chunk: int) -> int:
+        return (prefix * JUDGE_KV_TOKEN + chunk * (prefix + cont) * JUDGE_KV_TOKEN
+                + chunk * cont * JUDGE_TRANSIENT_TOKEN)
+
+    def phase(chunk: int) -> str:
+        return (f"largest phase: process judge (--process-pick score): the query prefix's KV cache + a chunk of "
+                f"{chunk} candidates' KV cache (a prefix copy per row) + the chunk's transients (one layer)")
+
+    # 4 generations + 1 hard negative pair: 5 candidates a rollout, one chunk
+    assert scored(5) == 211599360
+    assert dict(plan_reasoner_grpo(model, {**o, "process_pick": "score"}).rows)[phase(5)] == 211599360
+    # 16 generations + 1: 17 candidates, chunks of 16 (and 1): the phase is a 16-row chunk's
+    assert scored(16) == 646840320
+    many = {**o, "process_pick": "score", "num_generations": 16}
+    assert dict(plan_reasoner_grpo(model, many).rows)[phase(16)] == 646840320
+    # generate (the default) as before: 8 listwise prompts of 80 + (1 + 4 + 1) x (64 text + 32 reasoning) tokens
+    listwise = 8 * (80 + 6 * (64 + 32))
+    assert listwise * (JUDGE_KV_TOKEN + JUDGE_TRANSIENT_TOKEN) == 806092800
+    generate = ("largest phase: process judge (--process-pick generate): 8 listwise prompts' KV cache + the "
+                "prefill's transients (one layer)")
+    for pick in ({}, {"process_pick": "generate"}):
+        assert dict(plan_reasoner_grpo(model, {**o, **pick}).rows)[generate] == 806092800
+
+
+def test_unime_plan_takes_the_process_pick_from_set_and_from_a_recipe(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`unime plan --stage reasoner-grpo` plans the process pick the planned command would make: the stage's default
+    (generate), `--set process-pick=score`, or a recipe's `process-pick`."""
+    import shutil
+    from importlib import resources
+    from pathlib import Path
+
+    import yaml
+
+    from unime.cli import main
+
+    model = tiny_model_dir("qwen2_vl")
+    grpo = ["plan", "--stage", "reasoner-grpo", "--model", model, "--set", f"embedder={model}",
+            "--set", f"process-judge={SCORED_JUDGE}", "--set", "image-size=224", "--set", "micro-batch=1"]
+    for sets, pick in (([], "generate"), (["--set", "process-pick=score"], "score"),
+                       (["--set", "process_pick=score"], "score"), (["--set", "process-pick=generate"], "generate")):
+        assert main(grpo + sets) == 0
+        out = capsys.readouterr().out
+        assert f"largest phase: process judge (--process-pick {pick})" in out, (sets, out)
+    # a recipe that sets it (the shipped ones keep the paper's generate): a copy of the recipes with one more
+    root = tmp_path / "recipes"
+    shutil.copytree(Path(str(resources.files("unime.cli.recipes"))), root)
+    raw = yaml.safe_load((root / "embed-rl" / "qwen3-vl-2b.yaml").read_text())
+    raw["commands"]["train reasoner"]["process-pick"] = {"value": "score", "source": "a test"}
+    (root / "embed-rl" / "scored.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr("unime.cli.recipes._root", lambda: root)
+    recipe = ["plan", "--recipe", "embed-rl/scored", "--stage", "reasoner-grpo"]
+    assert main(recipe) == 0
+    assert "process judge (--process-pick score): the query prefix's KV cache" in capsys.readouterr().out
+    assert main(recipe + ["--set", "process-pick=generate"]) == 0
+    assert "process judge (--process-pick generate): 8 listwise prompts" in capsys.readouterr().out

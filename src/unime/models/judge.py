@@ -38,6 +38,10 @@ from unime.models.loading import LoadedModel, load_model, trained_model_folder
 from unime.models.prefix_scoring import IMAGE_CACHE_BYTES, PrefixEngine
 from unime.models.prompts import NO, YES
 
+# candidates per forward of the fast path unless the caller gives its own (`PrefixEngine.chunk_size`); GRPO's process
+# judge (`ScoredPick`) takes it, and `unime plan` plans that judge's chunks with it
+CHUNK_SIZE = 16
+
 
 @dataclass
 class JudgeStats:
@@ -78,7 +82,7 @@ class JudgeScorer:
     """
 
     def __init__(self, model, processor, adapter: FamilyAdapter, *, image_loader: ImageLoader | None = None,
-                 device: str = "cpu", chunk_size: int = 16, name: str = "", image_cache_size: int = 1024,
+                 device: str = "cpu", chunk_size: int = CHUNK_SIZE, name: str = "", image_cache_size: int = 1024,
                  image_cache_bytes: int = IMAGE_CACHE_BYTES):
         self.model, self.processor, self.adapter = model, processor, adapter
         self.tokenizer = adapter.tokenizer

@@ -45,6 +45,10 @@ DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "fl
 EVIDENCE_CROP_SIZE = (640, 360)
 # where the embedder's K is left to the records, the plan takes the most they can give it
 K_UNSET_NOTE = f"; K left to the records, planned at their most, {MAX_AUTO_HARD_NEGATIVES}"
+# a judge prompt's tokens besides its items: the instructions and the chat template, and after a Yes/No judge's
+# candidate the prompt's end and the assistant's opening
+JUDGE_PROMPT_TOKENS = 80
+JUDGE_END_TOKENS = 8
 
 
 @dataclass
@@ -516,6 +520,17 @@ def kv_bytes_per_token(shapes: ModelShapes, act_bytes: int) -> int:
     return 2 * shapes.layers * shapes.kv_heads * shapes.head_dim * act_bytes
 
 
+def prefix_scoring_bytes(shapes: ModelShapes, *, prefix: int, continuation: int, chunk: int,
+                         act_bytes: int) -> tuple[int, int, int]:
+    """What a Yes/No judge's fast path (`unime.models.prefix_scoring.PrefixEngine.score`) holds while it scores a chunk
+    of `chunk` continuations of `continuation` tokens after a shared prefix of `prefix` tokens: (the prefix's KV
+    cache, the chunk's cache: a copy of the prefix for each row plus the continuations, and one layer's transients
+    of the chunk's forward over the continuation tokens)."""
+    kv = kv_bytes_per_token(shapes, act_bytes)
+    return (prefix * kv, chunk * (prefix + continuation) * kv,
+            forward_transient_bytes(shapes, chunk * continuation, act_bytes))
+
+
 def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | None = None, text_tokens: int = 64,
                images_per_item: float = 1.0, title: str = "") -> Plan:
     """Stage B (`unime mine`, local backend): frozen weights, the shared query prefix's KV cache, and per
@@ -527,14 +542,14 @@ def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | No
     vis, vis_what = visual_tokens_per_image(shapes, image_size=o.get("image_size"), max_pixels=o.get("max_pixels"),
                                             min_pixels=o.get("min_pixels"))
     item = int(round(text_tokens + images_per_item * vis))
-    prompt = 80
-    prefix, cont = prompt + item, item + 8
+    prefix, cont = JUDGE_PROMPT_TOKENS + item, item + JUDGE_END_TOKENS
     m = int(o.get("chunk_size", 16))
     k = int(o.get("k", 50))
     kv_per_token = kv_bytes_per_token(shapes, b)
-    chunk_kv, chunk_transients = m * (prefix + cont) * kv_per_token, forward_transient_bytes(shapes, m * cont, b)
+    prefix_kv, chunk_kv, chunk_transients = prefix_scoring_bytes(shapes, prefix=prefix, continuation=cont, chunk=m,
+                                                                 act_bytes=b)
     rows = [(f"weights ({'bf16' if b == 2 else 'fp32'}, frozen)", shapes.params_total * b),
-            ("KV cache: shared query prefix", prefix * kv_per_token),
+            ("KV cache: shared query prefix", prefix_kv),
             (f"KV cache: chunk of {m} continuations (prefix copy per row)", chunk_kv),
             ("forward transients (one layer, chunk)", chunk_transients)]
     vcfg = shapes.config.vision_config
@@ -659,8 +674,10 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
     copy of --model). The step's phases run one after the other, so only the largest one's transients are added:
     generation (the prompts' prefill: their KV cache and one layer's transients; then decoding: the completions' KV
     cache), the reward embedder's forward (its items with their T-CoT and evidence
-    crops), the process judge's listwise prompts (a batch of 8: their KV cache and the prefill's one-layer transients,
-    each reasoning at its longest, the completion length), and the policy's forward and backward of
+    crops), the process judge's pick as --process-pick makes it (generate: its listwise prompts, a batch of 8, their KV
+    cache and the prefill's one-layer transients; score: a Yes/No judge's (query rollout, candidate) pairs, the query's
+    prefix shared, as mining's judge, `prefix_scoring_bytes`; each reasoning at its longest, the completion length),
+    and the policy's forward and backward of
     one --micro-batch of completions (default: all of the step's; TRL accumulates the others into the same step):
     activations (each layer's input only with --gradient-checkpointing) and TRL's fused LM head over the completion
     tokens (`fused_lm_head_bytes`: no full logits)."""
@@ -703,13 +720,30 @@ def plan_reasoner_grpo(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: fl
               (policy_label + " + TRL's fused LM head",
                policy_act + dora_weight_norm_bytes(shapes, o, act_b)
                + fused_lm_head_bytes(micro * completion, shapes, act_b, lm_head_trained=full))]
-    judge_what = ""
-    if judge:
+    judge_what, pick = "", str(o.get("process_pick") or "generate")
+    candidates = n + int(o.get("hard_negative_pairs", 1))  # a rollout's: the other side's n, one per hard pair
+    if judge and pick == "score":
+        from unime.models.judge import CHUNK_SIZE
+
+        # `ScoredPick`: each rollout's (query, candidate) pairs through `JudgeScorer.score_pairs`, the query's prefix
+        # run once and its candidates in chunks (`prefix_scoring_bytes`); each side its item (text and images)
+        # followed by its reasoning at its longest (`tcot_judge_item`)
+        j_item, j_what = item_tokens(judge, o, text_tokens=text_tokens, images_per_item=images_per_item,
+                                     tcot_tokens=tcot)
+        j_prefix, j_cont, m = JUDGE_PROMPT_TOKENS + j_item, j_item + JUDGE_END_TOKENS, min(CHUNK_SIZE, candidates)
+        phases.append((f"process judge (--process-pick score): the query prefix's KV cache + a chunk of {m} "
+                       "candidates' KV cache (a prefix copy per row) + the chunk's transients (one layer)",
+                       sum(prefix_scoring_bytes(judge, prefix=j_prefix, continuation=j_cont, chunk=m,
+                                                act_bytes=act_b))))
+        judge_what = (f"; process judge (score) query prefixes ~{j_prefix} tokens, {candidates} candidates of "
+                      f"~{j_cont}, {m} per forward (items {j_what})")
+    elif judge:
         # the rollout judged and its candidates, each reasoning the full completion text (`EmbedRLReward.process`)
-        shown = 1 + n + int(o.get("hard_negative_pairs", 1))
-        j_seq, j_batch = 80 + shown * (text_tokens + tcot), min(rollouts, 8)  # `Reasoner.batch_size` prompts a call
+        shown = 1 + candidates  # in each prompt; `Reasoner.batch_size` (8) prompts a call
+        j_seq, j_batch = JUDGE_PROMPT_TOKENS + shown * (text_tokens + tcot), min(rollouts, 8)
         # their prefill: at its last layer every layer's KV cache and that layer's intermediates over the batch
-        phases.append((f"process judge: {j_batch} listwise prompts' KV cache + the prefill's transients (one layer)",
+        phases.append((f"process judge (--process-pick generate): {j_batch} listwise prompts' KV cache + the "
+                       "prefill's transients (one layer)",
                        j_batch * j_seq * kv_bytes_per_token(judge, act_b)
                        + forward_transient_bytes(judge, j_batch * j_seq, act_b)))
         judge_what = f"; process judge prompts ~{j_seq} tokens ({shown} reasonings with their items' text)"
