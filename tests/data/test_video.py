@@ -356,7 +356,9 @@ def test_a_sampling_with_a_recorded_numbering_takes_the_frames_the_recorded_one_
                 VideoSampling(num_frames=None, fps=1.5, max_frames=12), VideoSampling(num_frames=None, fps=8.0),
                 VideoSampling.from_options(fps=2.0, max_frames=1)]
     for s in recorded:
-        for base in (VideoSampling(), VideoSampling(num_frames=None, fps=4.0, max_frames=3)):
+        # (a base under --video-max-frames 1 has a minimum of 1 frame: the recorded rate's minimum is its own, 2)
+        for base in (VideoSampling(), VideoSampling(num_frames=None, fps=4.0, max_frames=3),
+                     VideoSampling.from_options(frames=8, max_frames=1)):
             t = base.with_numbering(s.numbering())
             assert t.max_video_pixels == base.max_video_pixels and t.numbering() == s.numbering()
             for total in (1, 2, 3, 7, 8, 16, 100):

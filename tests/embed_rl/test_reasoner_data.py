@@ -119,6 +119,49 @@ def test_tcot_files_roundtrip_and_errors(tmp_path):
         read_tcot_rows(tmp_path / "bad2.jsonl")
 
 
+def test_tcot_key_frames_are_checked_by_the_frames_each_sampling_takes_of_the_clip(tmp_path):
+    """`refuse_other_sampling` compares the frames of the row's clip that the recorded sampling and the command's
+    take, not the options. Clips written with PyAV: 8 frames at 4 fps (2 s) and 4 frames at 4 fps (1 s).
+    - `--video-fps 8` (16 frames for 2 s, at most the clip's 8: 0..7) read at `--video-frames 8` (0..7): read;
+    - `--video-fps 2` (4 frames: uniform of 8 at steps of 7/3 = 0, 2, 5, 7) read at the default 8 frames: refused in
+      one line naming the file, the record, the field and both frame lists;
+    - `--video-fps 1` of the 1-s clip (1 frame, raised to the 2 frames minimum: 0, 3) read at `--video-max-frames 1`
+      (1 frame, the middle one, padded to a temporal patch: 1, 1): refused. The check rebuilt the recorded sampling
+      with the command's minimum (1 under --video-max-frames 1), found 1 frame (1, 1) for it too and let the T-CoT
+      through, its key frame 2 (frame 3) then naming frame 1;
+    - `--video-fps 1 --video-max-frames 1` (1 frame: 1, 1) read at `--video-frames 1` (1, 1): read."""
+    pytest.importorskip("av")
+    from tests.data.helpers import write_clip
+    from unime.data.images import ImageLoader
+    from unime.data.video import FRAME_CACHE, VideoSampling
+    from unime.reasoning.reasoner import refuse_other_sampling
+
+    write_clip(tmp_path / "clip.mp4", n=8, fps=4)
+    write_clip(tmp_path / "seg.mp4", n=4, fps=4)
+    FRAME_CACHE.clear()
+
+    def check(clip, written, read):
+        numbering = (VideoSampling.from_options(**written) or VideoSampling()).numbering()
+        row = TCoTRow("r1", "query", Item(text="", video=(clip,)), render_tcot({"key_frames": [1, 2]}, "x.", "x"),
+                      video_sampling=numbering)
+        refuse_other_sampling(row, ImageLoader(tmp_path, video=VideoSampling.from_options(**read)), source="t.jsonl")
+
+    check("clip.mp4", {"fps": 8.0}, {"frames": 8})
+    check("seg.mp4", {"fps": 1.0, "max_frames": 1}, {"frames": 1})
+    start = "t.jsonl, record r1/query, field 'video_sampling': the T-CoT's key frames are numbered among the frames of"
+    for clip, written, read, message in (
+            ("clip.mp4", {"fps": 2.0}, {}, f"{start} --video-fps 2 --video-max-frames 64, this command samples "
+             "--video-frames 8: of video 'clip.mp4' they take frames [0, 2, 5, 7], this command frames "
+             "[0, 1, 2, 3, 4, 5, 6, 7]: give it the --video-* options the T-CoT file was written with"),
+            ("seg.mp4", {"fps": 1.0}, {"max_frames": 1}, f"{start} --video-fps 1 --video-max-frames 64, this command "
+             "samples --video-frames 1: of video 'seg.mp4' they take frames [0, 3], this command frames [1, 1]: give "
+             "it the --video-* options the T-CoT file was written with")):
+        with pytest.raises(DataError) as e:
+            check(clip, written, read)
+        assert str(e.value) == message
+    FRAME_CACHE.clear()
+
+
 def test_prompts_are_modality_and_side_specific():
     img = Image.new("RGB", (32, 32))
     frames = [Image.new("RGB", (32, 32), (k, 0, 0)) for k in range(3)]

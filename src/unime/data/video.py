@@ -185,7 +185,9 @@ class VideoSampling:
 
     def with_numbering(self, numbering: dict[str, Any]) -> "VideoSampling":
         """This sampling's limits taking the frames a recorded `numbering` (`numbering`, `parse_numbering`) takes: of
-        every video, the frames the sampling it was recorded from takes."""
+        every video, the frames the sampling it was recorded from takes. A frame rate's count is raised to the
+        recorded sampling's minimum, the default within its max_frames as `from_options` gives it, not this one's
+        (1 under --video-max-frames 1)."""
         import dataclasses
 
         if "frames" in numbering:
@@ -193,7 +195,7 @@ class VideoSampling:
             return dataclasses.replace(self, num_frames=n, fps=None, max_frames=n, min_frames=min(self.min_frames, n))
         m = numbering["max_frames"]
         return dataclasses.replace(self, num_frames=None, fps=numbering["fps"], max_frames=m,
-                                   min_frames=min(self.min_frames, m))
+                                   min_frames=min(VideoSampling.min_frames, m))
 
     def indices(self, total_frames: int, duration_s: float | None, *, saved: bool = True) -> list[int]:
         """The frame numbers taken from a clip of `total_frames` frames lasting `duration_s` seconds: `uniform`,
