@@ -573,3 +573,71 @@ def test_a_corpus_refused_for_its_items_leaves_the_index_folder_as_it_was(tmp_pa
     with pytest.raises(DataError, match="line 3"):
         _build(tmp_path, model_dir, HashEmbedder())
     assert not (tmp_path / "idx").exists()
+
+
+def _image_corpus(tmp_path: Path, n: int, last: dict) -> Path:
+    """corpus.jsonl: `n` items of good images (img/0.png ...), then `last` (line n + 1)."""
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (24, 20), (10 * i, 40, 200)).save(tmp_path / "img" / f"{i}.png")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"im{i}", "text": f"picture {i}", "image": f"img/{i}.png"}) + "\n"
+                              for i in range(n)) + json.dumps({"id": "last", **last}) + "\n")
+    return corpus
+
+
+@pytest.mark.parametrize("last, field, message", [
+    ({"image": "img/missing.png"}, "item.images[0]", "image file not found: 'img/missing.png'"),
+    ({"image": "img"}, "item.images[0]", "image file not found: 'img'"),  # a folder, not a file
+    ({"images": ["img/0.png", "img/gone.png"]}, "item.images[1]", "image file not found: 'img/gone.png'"),
+    ({"video": "clips/missing.mp4"}, "item.video[0]", "video file not found: 'clips/missing.mp4'"),
+    ({"video": ["img/0.png", "img/1.png", "img/no-frame.png"]}, "item.video[2]",
+     "image file not found: 'img/no-frame.png'"),
+    ({"image": "../outside.png"}, "item.images[0]", "escapes the data root"),
+], ids=["missing image", "folder", "second image", "missing video", "missing frame", "outside the root"])
+def test_a_missing_file_in_the_last_chunk_stops_the_build_before_any_chunk_is_written(tmp_path, model_dir, last,
+                                                                                        field, message):
+    """Every new item's files are looked up (a stat) before the first chunk is encoded: a missing image in the last
+    chunk of a large corpus stopped the build only there, hours of chunks later. Now the build is refused naming
+    the line and the field, no item encoded, and a new --out is not left behind (no chunk, no manifest)."""
+    _image_corpus(tmp_path, 6, last)  # chunks of 2: the bad item (line 7) is alone in the fourth
+    emb = HashEmbedder()
+    with pytest.raises(DataError) as err:
+        _build(tmp_path, model_dir, emb, chunk_size=2)
+    assert str(err.value).startswith(f"{tmp_path / 'corpus.jsonl'}, record line 7, field '{field}': "), err.value
+    assert message in str(err.value) and err.value.reason == ("video" if "video" in last else "image")
+    assert emb.calls == 0 and not (tmp_path / "idx").exists()
+
+
+def test_an_addition_with_a_missing_image_leaves_the_index_as_it_was(tmp_path, model_dir):
+    """Adding to an index: the new items' files are checked before anything is written, the index stays as it was."""
+    corpus = _image_corpus(tmp_path, 4, {"text": "no image"})
+    _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2)
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "idx").rglob("*")) if p.is_file()}
+    with open(corpus, "a") as fh:
+        for i in range(5):
+            fh.write(json.dumps({"id": f"new{i}", "image": "img/0.png" if i < 4 else "img/missing.png"}) + "\n")
+    with pytest.raises(DataError, match=re.escape("record line 10, field 'item.images[0]': image file not found")):
+        _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2)
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "idx").rglob("*")) if p.is_file()} == before
+
+
+def test_a_resumed_build_looks_only_at_the_files_of_the_items_not_yet_indexed(tmp_path, model_dir, monkeypatch):
+    """A resumed build checks the files of the items it has still to encode, not those of the chunks already written:
+    the first two chunks' images may even be gone since (they are never read again)."""
+    from unime.data.images import ImageLoader
+
+    _image_corpus(tmp_path, 6, {"image": "img/5.png"})
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, model_dir, HashEmbedder(fail_after=2), chunk_size=2)
+    assert len(CorpusIndex(tmp_path / "idx", load_faiss=False)) == 4  # im0..im3 written
+    for i in range(4):
+        (tmp_path / "img" / f"{i}.png").unlink()
+    looked_up, opened = [], []
+    file_path, read = ImageLoader.file_path, ImageLoader._read
+    monkeypatch.setattr(ImageLoader, "file_path", lambda self, ref, **kw: looked_up.append(ref) or
+                        file_path(self, ref, **kw))
+    monkeypatch.setattr(ImageLoader, "_read", lambda self, ref, **kw: opened.append(ref) or read(self, ref, **kw))
+    idx, stats = _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2)
+    assert (stats.already_indexed, stats.added, len(idx)) == (4, 3, 7)
+    assert set(looked_up) == {"img/4.png", "img/5.png"} and set(opened) == {"img/4.png", "img/5.png"}

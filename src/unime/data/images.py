@@ -106,6 +106,18 @@ class ImageLoader:
         raise DataError(f"image path {ref!r} escapes the data root ({self.root}){self._PERMIT_TEXT}", source=source,
                         record=record, field=field)
 
+    def file_path(self, ref: str, *, source=None, record=None, field=None) -> Path:
+        """The file of the image path `ref`, checked by a stat without opening it: inside the data root (`resolve`),
+        existing, a file — the first checks of `load`, with its messages (`ImageChecker.check_files`)."""
+        path = self.resolve(ref, source=source, record=record, field=field)
+        try:
+            if not path.is_file():
+                raise DataError(f"image file not found: {ref!r}", source=source, record=record, field=field)
+        except OSError as e:  # a path the OS rejects
+            raise DataError(f"cannot open image {ref!r}: {e.strerror or e}", source=source, record=record,
+                            field=field) from None
+        return path
+
     def load(self, ref: ImageRef, *, source=None, record=None, field=None, shown_as: str | None = None) -> Image.Image:
         """The image `ref` (a path under the root, bytes or a PIL image) as RGB; any failure is a `DataError`
         naming `source`, `record`, `field` and the image (`shown_as`, where the user knows it by another path)."""
@@ -125,10 +137,8 @@ class ImageLoader:
         if isinstance(ref, (bytes, bytearray)):
             fh, name = io.BytesIO(ref), "<inline bytes>"
         elif isinstance(ref, str) and ref:
-            path = self.resolve(ref, source=source, record=record, field=field)
+            path = self.file_path(ref, source=source, record=record, field=field)
             try:
-                if not path.is_file():
-                    raise DataError(f"image file not found: {ref!r}", source=source, record=record, field=field)
                 fh, name = open(path, "rb"), shown_as or ref
             except OSError as e:  # unreadable (permissions, a path the OS rejects)
                 raise DataError(f"cannot open image {ref!r}: {e.strerror or e}", source=source, record=record,

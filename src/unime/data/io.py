@@ -43,7 +43,7 @@ from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.scores import parse_score, parse_scores
 from unime.data.validate import check_keys, check_str, make_item, parse_item
-from unime.data.video import MIXED_VIDEO_REFS, is_video_file_ref, probe_video_file
+from unime.data.video import MIXED_VIDEO_REFS, VideoSampling, is_video_file_ref, probe_video_file, video_file_path
 from unime.errors import DataError
 
 __all__ = [
@@ -463,26 +463,40 @@ class ImageChecker:
         self.decode_video = decode_video
         self.verdict: dict[Any, DataError | None] = {}
 
-    def check(self, obj: Any, *, source: str | None, record: Any) -> None:
+    def check(self, obj: Any, *, source: str | None, record: Any, files_only: bool = False) -> None:
         """Raise a `DataError` (reason `image`) naming `source`, `record` and the field of the first bad
         image of `obj` (a Record, MMEBRow, Item, an eval row with one `image`, or a row with an
-        `item_fields()` method yielding (field, Item) pairs)."""
+        `item_fields()` method yielding (field, Item) pairs). `files_only`: `check_files`."""
         for fname, item in _item_fields(obj):
-            self.check_item(fname, item, source=source, record=record)
+            self.check_item(fname, item, source=source, record=record, files_only=files_only)
 
-    def check_item(self, fname: str, item: Item, *, source: str | None, record: Any) -> None:
+    def check_files(self, obj: Any, *, source: str | None, record: Any) -> None:
+        """The cheap part of `check`, no file opened: each image, video file and frame path of `obj` stays inside
+        the data root and names an existing file (a stat; a video file within the sampling's byte limit, a video is
+        one file or a list of frames). Raises the `DataError` `check` raises for the same file, naming `source`,
+        `record` and the field; a whole corpus is checked so before its first item is encoded (`unime index
+        build`), its images decoded later, as they are read."""
+        self.check(obj, source=source, record=record, files_only=True)
+
+    def check_item(self, fname: str, item: Item, *, source: str | None, record: Any, files_only: bool = False) -> None:
         """`check` for one item of a record, named `fname` (e.g. ``candidates[3]``) in the error."""
         if len(item.video) > 1 and any(is_video_file_ref(r) for r in item.video):
             raise data_error("video", MIXED_VIDEO_REFS, source=source, record=record, field=f"{fname}.video")
         for kind in ("images", "video"):
             header_only = kind == "video" and not self.decode_video
             for j, ref in enumerate(getattr(item, kind)):
-                key = (header_only, ref if isinstance(ref, (str, bytes)) else id(ref))
+                if files_only and not isinstance(ref, str):  # inline bytes, an in-memory image: nothing on disk
+                    continue
+                key = ("file" if files_only else header_only, ref if isinstance(ref, (str, bytes)) else id(ref))
                 field = fname if fname == "image" else f"{fname}.{kind}[{j}]"
                 if key not in self.verdict:
                     try:
                         where = {"source": source, "record": record, "field": field}
-                        if header_only and is_video_file_ref(ref):
+                        if files_only and kind == "video" and is_video_file_ref(ref):
+                            video_file_path(self.loader, ref, self.loader.video_sampling or VideoSampling(), **where)
+                        elif files_only:  # an image, or a frame of a frame list
+                            self.loader.file_path(ref, **where)
+                        elif header_only and is_video_file_ref(ref):
                             probe_video_file(self.loader, ref, self.loader.video_sampling, **where)
                         elif header_only:  # a frame of a frame list
                             self.loader.check_header(ref, **where)

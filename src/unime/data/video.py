@@ -643,7 +643,7 @@ def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | No
     fail = functools.partial(DataError, source=source, record=record, field=field)
     with contextlib.ExitStack() as stack:
         if isinstance(ref, str):
-            path = _video_path(loader, ref, sampling, source=source, record=record, field=field)
+            path = video_file_path(loader, ref, sampling, source=source, record=record, field=field)
             try:
                 data, name, size = stack.enter_context(open(path, "rb")), ref, path.stat().st_size
             except OSError as e:
@@ -820,8 +820,9 @@ def _content_key(data: bytes, sampling: VideoSampling, max_aspect_ratio: float |
     return h.hexdigest()
 
 
-def _video_path(loader: FrameLoader, ref: str, sampling: VideoSampling, *, source, record, field) -> Path:
-    """The file of a video path: inside the data root, existing, within ``max_bytes``."""
+def video_file_path(loader: FrameLoader, ref: str, sampling: VideoSampling, *, source, record, field) -> Path:
+    """The file of a video path: inside the data root, existing, within ``max_bytes`` (a stat, the file not opened:
+    `unime.data.io.ImageChecker.check_files` too)."""
     path = loader.resolve(ref, source=source, record=record, field=field)
     if not path.is_file():
         raise DataError(f"video file not found: {ref!r}", source=source, record=record, field=field)
@@ -845,7 +846,8 @@ def load_video(loader: FrameLoader, refs: Sequence[Any], sampling: VideoSampling
             raise DataError(MIXED_VIDEO_REFS, source=source, record=record, field=field)
         ref = refs[0]
         if isinstance(ref, str):
-            data, name = _video_path(loader, ref, sampling, source=source, record=record, field=field).read_bytes(), ref
+            path = video_file_path(loader, ref, sampling, source=source, record=record, field=field)
+            data, name = path.read_bytes(), ref
         else:
             data, name = bytes(ref), "<inline video bytes>"
         limit = getattr(loader, "max_aspect_ratio", None)  # the image loader's, the model's processor limit

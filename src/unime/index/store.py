@@ -336,7 +336,15 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         # a bad image (one the model's processor would refuse too) stops the build naming its line and field
         loader = checkpoint_image_loader(model, getattr(embedder, "image_budget", None), root)
         checker = ImageChecker(loader)
-        for e in todo[:chunk_size]:  # the first chunk's, before anything is written (each image is checked once)
+        # before anything is written: every new item's files exist (a stat each, no file opened: the items already
+        # indexed are not looked at), and the first chunk's images decode (each image is checked once); the other
+        # chunks' images are decoded as their chunk is reached. A missing image in the last chunk stopped a build
+        # only there, after every chunk before it was encoded.
+        t_check = time.perf_counter()
+        for e in todo:
+            checker.check_files(e.item, source=str(items_path), record=f"line {e.line}")
+        stats.seconds["check_files"] = round(time.perf_counter() - t_check, 3)
+        for e in todo[:chunk_size]:
             checker.check(e.item, source=str(items_path), record=f"line {e.line}")
         # the corpus read and its ids checked: the build writes into `out` from here on
         (out / "chunks").mkdir(parents=True, exist_ok=True)
