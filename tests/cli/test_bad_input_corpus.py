@@ -274,7 +274,7 @@ def test_commands_without_a_skip_policy_stop_with_the_one_line(corpus_root, tmp_
 @pytest.mark.slow
 def test_index_build_names_the_file_line_and_field_of_every_case(corpus_root, tmp_path, tiny_model_dir, capsys,
                                                                  monkeypatch):
-    """`unime index build` (no skip policy; the model is loaded before the corpus is read): every line
+    """`unime index build` (strict, its default; the model is loaded before the corpus is read): every line
     case and every image case of the corpus, as corpus items, stops with the one line."""
     from unime.models.embedder import Embedder
 

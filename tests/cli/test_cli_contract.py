@@ -273,6 +273,7 @@ ON_ERROR_COMMANDS = {
     "eval": ["--model", "m", "--tasks", "t.yaml", "--out", "o"],
     "eval reference": ["--tasks", "t.yaml", "--records", "r.jsonl", "--out", "o"],
     "embed": ["--model", "m", "--items", "i.jsonl", "--out", "o.npy"],
+    "index build": ["--model", "m", "--items", "i.jsonl", "--out", "o"],
     "train embedder": ["--model", "m", "--records", "r.jsonl", "--out", "o"],
     "train reranker": ["--model", "m", "--records", "r.jsonl", "--out", "o"],
     "train judge": ["--model", "m", "--records", "r.jsonl", "--out", "o"],
@@ -286,8 +287,9 @@ ON_ERROR_COMMANDS = {
 
 def test_every_command_with_on_error_takes_skip_bad_records_as_on_error_skip():
     """README: `--on-error skip` (or `--skip-bad-records`) in mine, train (also train reasoner), eval, judge, embed,
-    reason teacher, reason eval and data import — every command that has `--on-error` takes both (they were train
-    embedder, reranker and judge only; the others refused `--skip-bad-records` as an unrecognized argument)."""
+    index build, reason teacher, reason eval and data import — every command that has `--on-error` takes both (they
+    were train embedder, reranker and judge only; the others refused `--skip-bad-records` as an unrecognized
+    argument)."""
     import argparse
 
     def with_on_error(p, words=()):

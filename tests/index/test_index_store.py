@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -641,3 +642,66 @@ def test_a_resumed_build_looks_only_at_the_files_of_the_items_not_yet_indexed(tm
     idx, stats = _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2)
     assert (stats.already_indexed, stats.added, len(idx)) == (4, 3, 7)
     assert set(looked_up) == {"img/4.png", "img/5.png"} and set(opened) == {"img/4.png", "img/5.png"}
+
+
+def _corpus_with_bad_lines(tmp_path: Path) -> Path:
+    """corpus.jsonl: im0..im5 (good images), then line 7 a missing image, line 8 malformed, line 9 a second im0,
+    line 10 an image that is no image (found only when decoded, in the last chunk of 2), line 11 a text."""
+    corpus = _image_corpus(tmp_path, 6, {"image": "img/missing.png"})
+    (tmp_path / "img" / "bad.png").write_bytes(b"not a png at all")
+    with open(corpus, "a") as fh:
+        fh.write('{"id": "broken", "text": \n')
+        fh.write(json.dumps({"id": "im0", "text": "picture 0 again"}) + "\n")
+        fh.write(json.dumps({"id": "bad", "image": "img/bad.png"}) + "\n")
+        fh.write(json.dumps({"id": "words", "text": "only words"}) + "\n")
+    return corpus
+
+
+def test_under_on_error_skip_bad_items_are_left_out_counted_and_tried_again_by_a_re_run(tmp_path, model_dir, caplog):
+    """`on_error="skip"` (`unime index build --on-error skip`, as `unime embed`): a bad line, a duplicate id, an item
+    whose file is missing (found up front) or does not decode (found in its chunk) is left out of the index and counted
+    under its reason, in the build's stats and the manifest; the good items are all indexed. The items left out are
+    not indexed, so a re-run, their files fixed, adds them."""
+    from unime.data.skips import SkipReport
+
+    _corpus_with_bad_lines(tmp_path)
+    skips = SkipReport()
+    idx, stats = _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2, on_error="skip", skips=skips)
+    assert [e["id"] for e in idx.entries] == ["im0", "im1", "im2", "im3", "im4", "im5", "words"]
+    assert (stats.added, stats.skipped) == (7, {"total": 4, "by_reason": {"image": 2, "malformed_json": 1,
+                                                                          "schema": 1}})
+    assert idx.manifest["last_build"]["skipped"] == stats.skipped
+    assert sorted(e.record for e in skips.examples) == ["line 10", "line 7", "line 8", "line 9"]
+    ref = HashEmbedder()
+    np.testing.assert_allclose(idx.vectors()[-1], ref.vec("only words"), atol=1e-6)
+    Image.new("RGB", (24, 20), (1, 2, 3)).save(tmp_path / "img" / "missing.png")
+    Image.new("RGB", (24, 20), (4, 5, 6)).save(tmp_path / "img" / "bad.png")
+    with caplog.at_level(logging.WARNING, logger="unime.data.skips"):  # no report given: the build logs its own
+        idx, stats = _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2, on_error="skip")
+    assert (stats.already_indexed, stats.added) == (7, 2) and [e["id"] for e in idx.entries][-2:] == ["last", "bad"]
+    assert stats.skipped == {"total": 2, "by_reason": {"malformed_json": 1, "schema": 1}}
+    assert "skipped 2 record(s) (malformed_json: 1, schema: 1)" in caplog.text
+    # the default stops at the first bad line, naming it, before anything is written
+    with pytest.raises(DataError, match="line 8"):
+        _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2)
+
+
+def test_under_on_error_skip_a_new_index_of_only_bad_items_is_refused_not_written_empty(tmp_path, model_dir):
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"id": "a", "image": "img/no.png"}) + "\n{oops\n")
+    with pytest.raises(DataError, match="no items to index: every item was skipped"):
+        _build(tmp_path, model_dir, HashEmbedder(), on_error="skip")
+    assert not (tmp_path / "idx").exists()
+
+
+def test_the_cli_skips_bad_items_under_on_error_skip_and_says_so(tmp_path, tiny_model_dir, capsys):
+    from unime.cli import main
+
+    corpus = _image_corpus(tmp_path, 2, {"image": "img/missing.png"})
+    build = ["--log-level", "WARNING", "index", "build", "--model", tiny_model_dir("qwen2_vl"), "--items", str(corpus),
+             "--out", str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(build) == 2
+    assert "record line 3, field 'item.images[0]': image file not found: 'img/missing.png'" in capsys.readouterr().err
+    assert main(build + ["--skip-bad-records"]) == 0
+    out = capsys.readouterr().out
+    assert ": 2 items (2 added, 0 already indexed" in out and "; skipped 1 record(s) (image: 1)" in out, out
+    assert "record line 3, field 'item.images[0]': image file not found" in out

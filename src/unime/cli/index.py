@@ -30,6 +30,7 @@ def register(sub) -> None:
 
 
 def _build(args) -> int:
+    from unime.data.skips import SkipReport, shown_on_failure
     from unime.index.store import IndexBuildConfig, build_index_folder
 
     cfg = config_from_args(IndexBuildConfig, args)
@@ -39,14 +40,16 @@ def _build(args) -> int:
         raise UsageError(str(e), command="index build") from None
     # the index options given (command line or --config) change an existing index's; the others keep its own
     given = {f.name for f in dataclasses.fields(AnnOptions) if given_by_user(args, f.name)}
-    idx, stats = build_index_folder(cfg, given=given)
+    with shown_on_failure(SkipReport()) as skips:  # every item skipped: the reasons before "no items to index"
+        idx, stats = build_index_folder(cfg, given=given, skips=skips)
     info = idx.manifest.get("index", {})
     recall = info.get("recall") or {}
     measured = f"{recall['recall']:.4f}" if isinstance(recall.get("recall"), (int, float)) else recall.get("recall")
     rebuilt = f" (rebuilt from the stored vectors: {stats.rebuilt})" if stats.rebuilt else ""
     print(f"{args.out}: {len(idx)} items ({stats.added} added, {stats.already_indexed} already indexed, "
           f"{stats.encoded} encoded, {stats.from_cache} from the embedding cache); index {info.get('kind')}"
-          f"{rebuilt}, recall@{recall.get('k')} vs exact = {measured}")
+          f"{rebuilt}, recall@{recall.get('k')} vs exact = {measured}"
+          + (f"; {skips.summary()}" if skips.total else ""))
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
-from unime.data.skips import data_error
+from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.errors import DataError
 
 ITEM_KEYS = ("text", "image", "images", "video")
@@ -57,14 +57,23 @@ def corpus_entry(obj: Any, *, source: str, line: int) -> CorpusEntry:
     return CorpusEntry(str(rid), item, meta, line)
 
 
-def read_corpus(path: str | os.PathLike) -> list[CorpusEntry]:
-    """Entries of an item file (see the module doc); duplicate ids are an error naming both lines."""
+def read_corpus(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None
+                ) -> list[CorpusEntry]:
+    """Entries of an item file (see the module doc); duplicate ids are an error naming both lines. Under
+    `on_error="skip"` a bad line (a repeated id: the later line) is left out and counted in `skips`
+    (`unime.data.skips.ErrorPolicy`)."""
+    policy = ErrorPolicy(on_error, skips, str(path))
     entries, seen = [], {}
-    for n, obj in iter_jsonl(path):
-        entry = corpus_entry(obj, source=str(path), line=n)
-        if entry.id in seen:
-            raise DataError(f"duplicate id {entry.id!r} (first on line {seen[entry.id]})", field="id",
-                            source=str(path), record=f"line {n}")
+    for n, obj in iter_jsonl(path, on_malformed=policy.handle):
+        try:
+            entry = corpus_entry(obj, source=str(path), line=n)
+            if entry.id in seen:
+                raise DataError(f"duplicate id {entry.id!r} (first on line {seen[entry.id]})", field="id",
+                                source=str(path), record=f"line {n}")
+        except DataError as e:
+            policy.handle(e)
+            continue
         seen[entry.id] = n
         entries.append(entry)
+    policy.finish()
     return entries

@@ -35,16 +35,17 @@ from typing import Any
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
-from unime.data.corpus import read_corpus
+from unime.data.corpus import CorpusEntry, read_corpus
 from unime.data.items import Item
 from unime.data.roots import recorded_root_of, resolve_data_root
-from unime.errors import UnimeError
+from unime.data.skips import ErrorPolicy, SkipReport
+from unime.errors import DataError, UnimeError
 from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
                              search)
 from unime.models.embedding_cache import DTYPE_LABELS
 from unime.models.loading import EmbedderOptions, dtype_option, model_reference
-from unime.options import option
+from unime.options import on_error_option, option
 from unime.outdir import claim
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class BuildStats:
     encoded: int = 0        # run through the model (the rest came from the embedding cache)
     from_cache: int = 0
     chunks_written: int = 0
+    skipped: dict = field(default_factory=dict)  # under on_error="skip": {"total", "by_reason"} of the report
     rebuilt: str | None = None  # the FAISS index's settings changed ("kind flat -> hnsw"): rebuilt
     seconds: dict = field(default_factory=dict)
 
@@ -249,7 +251,8 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                        chunk_size: int = DEFAULT_CHUNK_SIZE, recall_k: int = DEFAULT_RECALL_K,
                        recall_sample: int = DEFAULT_RECALL_SAMPLE, seed: int = 0, thumbnails: bool = True,
                        batch_size: int | None = None, show_progress: bool = False,
-                       model_settings: dict | None = None, overwrite: bool = False) -> tuple[CorpusIndex, BuildStats]:
+                       model_settings: dict | None = None, overwrite: bool = False, on_error: str = "raise",
+                       skips: SkipReport | None = None) -> tuple[CorpusIndex, BuildStats]:
     """Build or extend the index at `out` from the corpus at `items_path` (see the module doc). Image paths are
     relative to `data_root`, else to the data root recorded beside the file (`unime.data.roots`), else — adding
     to an index — to the index's, else to the file's folder. `out` is claimed for the build (`unime.outdir`):
@@ -257,7 +260,11 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     The FAISS index: of kind `index` (auto: the one an existing index was asked for) with the settings
     `index_config` (all of them) or `index_settings` ({IndexConfig field: value}, those only), the others an existing
     index's (else the defaults); an existing index whose kind or settings differ from those is rebuilt from its
-    stored vectors, even when no item is added (`BuildStats.rebuilt` says why)."""
+    stored vectors, even when no item is added (`BuildStats.rebuilt` says why).
+    Every new item's files are looked up before anything is written, the first chunk's images decoded, the others' as
+    their chunk is reached: a bad line or item stops the build naming it (`DataError`), or under `on_error="skip"`
+    is left out and counted in `skips` (`BuildStats.skipped`, the manifest's last_build); an id already indexed
+    with other content stops it either way."""
     from unime.models.embedding_cache import (EmbeddingStore, RunEncoder, cache_settings, embedding_settings,
                                               model_fingerprint)
 
@@ -265,6 +272,8 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         raise ValueError(f"vector dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
+    policy = ErrorPolicy(on_error, skips, f"index build {items_path}")  # logs what it skipped unless given `skips`
+    skips = policy.skips
     t0 = time.perf_counter()
     out = Path(out)
     # one build per index folder at a time, in a folder marked as the index's (`unime.outdir`): two builds
@@ -309,7 +318,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                         "data_root": str(root.resolve()),
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         stats = BuildStats()
-        entries = read_corpus(items_path)
+        entries = read_corpus(items_path, on_error=on_error, skips=skips)
         stats.corpus_items = len(entries)
         existing: dict[str, dict] = {}  # id -> the item stored under it
         chunks = committed_chunks(out)
@@ -340,20 +349,29 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         # indexed are not looked at), and the first chunk's images decode (each image is checked once); the other
         # chunks' images are decoded as their chunk is reached. A missing image in the last chunk stopped a build
         # only there, after every chunk before it was encoded.
+        # Under on_error="skip" a bad item is left out, counted (not indexed: a re-run tries it again).
+        def good(e: CorpusEntry, check) -> bool:
+            try:
+                check(e.item, source=str(items_path), record=f"line {e.line}")
+                return True
+            except DataError as err:
+                policy.handle(err)  # raises under on_error="raise"
+                return False
+
         t_check = time.perf_counter()
-        for e in todo:
-            checker.check_files(e.item, source=str(items_path), record=f"line {e.line}")
+        todo = [e for e in todo if good(e, checker.check_files)]
         stats.seconds["check_files"] = round(time.perf_counter() - t_check, 3)
-        for e in todo[:chunk_size]:
-            checker.check(e.item, source=str(items_path), record=f"line {e.line}")
+        todo = [e for e in todo[:chunk_size] if good(e, checker.check)] + todo[chunk_size:]
+        if not todo and not existing and skips.total:
+            raise DataError("no items to index: every item was skipped", source=str(items_path))
         # the corpus read and its ids checked: the build writes into `out` from here on
         (out / "chunks").mkdir(parents=True, exist_ok=True)
         _write_json(manifest_path, manifest)
         t_enc = time.perf_counter()
         for s in range(0, len(todo), chunk_size):
-            part = todo[s:s + chunk_size]
-            for e in part:
-                checker.check(e.item, source=str(items_path), record=f"line {e.line}")
+            part = [e for e in todo[s:s + chunk_size] if good(e, checker.check)]  # (checked once: the first's)
+            if not part:
+                continue
             enc = RunEncoder(embedder, fingerprint, batch_size=batch_size, show_progress=show_progress)
             enc.store = store
             rows = enc.add([e.item for e in part], root, source=str(items_path))
@@ -408,6 +426,8 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                          recall["sample"])
         manifest["count"] = n
         stats.seconds["total"] = round(time.perf_counter() - t0, 3)
+        stats.skipped = {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))}
+        policy.finish()
         manifest["last_build"] = stats.to_dict()
         _write_json(manifest_path, manifest)
         return CorpusIndex(out), stats
@@ -440,12 +460,16 @@ class IndexBuildConfig(IndexModelOptions, AnnOptions):
     cache_dir: str | None = option(None, "embedding cache shared with eval/mine (default: $UNIME_CACHE_DIR or "
                                    "~/.cache/unime)")
     no_thumbnails: bool = option(False, "do not store image thumbnails in the index")
+    on_error: str = on_error_option("skip bad lines and items whose image or video is missing or does not open "
+                                    "(counted and reported; not indexed, so a re-run tries them again) instead of "
+                                    "stopping at the first")
 
 
-def build_index_folder(cfg: IndexBuildConfig, *, given=None) -> tuple[CorpusIndex, BuildStats]:
+def build_index_folder(cfg: IndexBuildConfig, *, given=None, skips: SkipReport | None = None
+                       ) -> tuple[CorpusIndex, BuildStats]:
     """`unime index build`: load the embedder and build or extend the index `cfg.out` (`build_corpus_index`).
     `given`: the names of the FAISS index options (`AnnOptions`) the user gave — the others keep an existing index's
-    settings; None: all of `cfg`'s."""
+    settings; None: all of `cfg`'s. Under `cfg.on_error="skip"` the items left out are counted into `skips`."""
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import default_cache_dir, embedding_settings
 
@@ -459,7 +483,8 @@ def build_index_folder(cfg: IndexBuildConfig, *, given=None) -> tuple[CorpusInde
         cache_dir=cfg.cache_dir or default_cache_dir(), vector_dtype=cfg.vector_dtype, index=cfg.index,
         index_settings=cfg.index_settings(given), approx_threshold=cfg.approx_threshold, chunk_size=cfg.chunk_size,
         recall_k=cfg.recall_k, recall_sample=cfg.recall_sample, thumbnails=not cfg.no_thumbnails,
-        batch_size=cfg.batch_size, show_progress=True, model_settings=embedding_settings(emb, cfg.dtype))
+        batch_size=cfg.batch_size, show_progress=True, model_settings=embedding_settings(emb, cfg.dtype),
+        on_error=cfg.on_error, skips=skips)
 
 
 @dataclass(kw_only=True)
