@@ -448,11 +448,11 @@ def test_convert_under_skip_leaves_out_the_records_the_json_cannot_hold_and_writ
     assert n == 2 and [r.id for r in read_unime_v2_json(tmp_path / "conv.json")] == ["m1", "m3"]
     assert skips.total == 1 and dict(skips.counts) == {"output_format": 1}
     # named with the file it was read from, as the reader's errors
-    assert skips.examples[0].message == (f"{src}, record m2, field 'negatives[1]': the UniME-V2 JSON format holds no "
-                                         "video")
+    assert skips.examples[0].message == (f"{src}, record row 2 (id m2), field 'negatives[1]': the UniME-V2 JSON "
+                                         "format holds no video")
     # the default policy still stops at the record, writing nothing
-    with pytest.raises(DataError, match=rf"^{re.escape(src)}, record m2, field 'negatives\[1\]': the UniME-V2 JSON "
-                       "format holds no "):
+    with pytest.raises(DataError, match=rf"^{re.escape(src)}, record row 2 \(id m2\), field 'negatives\[1\]': the "
+                       "UniME-V2 JSON format holds no "):
         convert_records(ConvertConfig(input=src, output=str(tmp_path / "raise.json")))
     assert not (tmp_path / "raise.json").exists()
 
@@ -507,6 +507,26 @@ def test_convert_names_an_id_less_record_the_output_cannot_hold_by_its_input_lin
         write_records([rec], tmp_path / "inline.jsonl")
 
 
+def test_convert_names_a_record_with_an_id_the_output_cannot_hold_by_its_input_line_and_id(tmp_path):
+    """A record with an id skipped for the output format was named by its id alone ("record r3"), unlike the
+    reader's skips ("record line 2 (id r2)"); now by its input file, line and id (QA)."""
+    from unime.data.file_tools import ConvertConfig, convert_records
+
+    src = _write_lines(tmp_path / "r.jsonl", [
+        {"query": {"text": "a"}, "positive": {"text": "b"}}, {"id": "r2", "query": {"text": "q"}},
+        {"id": "r3", "query": {"text": "q", "video": "clips/x.mp4"}, "positive": {"text": "p"}}])
+    for extra in ({}, {"dataset": "d"}):  # --dataset copies the records
+        n, skips = convert_records(ConvertConfig(input=str(src), output=str(tmp_path / "out.json"),
+                                                 on_error="skip", **extra))
+        assert n == 1 and [e.record for e in skips.examples] == ["line 2 (id r2)", "line 3 (id r3)"]
+        assert skips.examples[1].message == (f"{src}, record line 3 (id r3), field 'query': the UniME-V2 JSON "
+                                             "format holds no video")
+    # records not read from a named file (the writer is given no source): still named by their id
+    rec = read_records(src, on_error="skip")[-1]
+    with pytest.raises(DataError, match=r"^record r3, field 'query': the UniME-V2 JSON format holds no video"):
+        write_records([rec], tmp_path / "direct.json")
+
+
 def test_data_convert_command_reports_the_records_left_out(tmp_path, capsys):
     from unime.cli import main
 
@@ -514,4 +534,5 @@ def test_data_convert_command_reports_the_records_left_out(tmp_path, capsys):
     assert main(["data", "convert", src, str(tmp_path / "conv.json"), "--on-error", "skip"]) == 0
     out = capsys.readouterr().out
     assert f"{tmp_path / 'conv.json'}: 2 records" in out
-    assert "skipped 1 record(s) (output_format: 1)" in out and f"  - {src}, record m2, field 'negatives[1]'" in out
+    assert "skipped 1 record(s) (output_format: 1)" in out
+    assert f"  - {src}, record row 2 (id m2), field 'negatives[1]'" in out

@@ -411,15 +411,18 @@ def write_records(records: Iterable[Record], path: str | os.PathLike, *, format:
 
 def _rows_held(records: Iterable[Record], to_row, policy: ErrorPolicy, source: str | None = None) -> Iterator[dict]:
     """`to_row(record, index)` of each record, a record the target format cannot hold going to `policy`, named
-    with `source` (the file the records were read from) when the error names no file."""
+    with `source` (the file the records were read from) when the error names no file, and then by the line (or
+    row) of `source` it was read from, with its id (`with_origin`), as the reader names a bad record."""
     for i, rec in enumerate(records):
         try:
             yield to_row(rec, i)
         except DataError as e:
-            # an item's own error (inline images) names no record; the format's errors name no file
-            if e.record is None or (e.source is None and source is not None):
-                e = DataError(raw_message(e), source=e.source or source, record=e.record or record_name(rec, i),
-                              field=e.field)
+            # an item's own error (inline images) names no record; the format's errors name no file, and name the
+            # record by its id first (`record_name`): a line means nothing without its file
+            line = origin_of(rec) if source is not None and e.source is None else None
+            if line or e.record is None or (e.source is None and source is not None):
+                e = DataError(raw_message(e), source=e.source or source,
+                              record=line or e.record or record_name(rec, i), field=e.field)
             e.reason = "output_format"  # type: ignore[attr-defined]
             policy.handle(e)
     policy.finish()
