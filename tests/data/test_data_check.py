@@ -72,10 +72,9 @@ def test_data_check_takes_the_label_column_its_hint_names(tmp_path, capsys):
         {"query": {"text": "red"}, "candidate": _img("red"), "grade": 0},
         {"query": {"text": "red"}, "candidate": _img("red"), "grade": -1},
     ])
-    assert main(["data", "check", str(f)]) == 1
-    out = capsys.readouterr().out
-    assert f"{f}, record line 1: unknown keys ['grade', 'note'] (a label column? pass --label-column NAME; the " \
-        "other keys are then ignored)" in out, out
+    assert main(["data", "check", str(f)]) == 2  # which key is the label: refused in one line (test below)
+    assert f"{f}, record line 1: 2 keys beside id, query and candidate, ['grade', 'note']: which is the label? pass " \
+        "--label-column KEY" in capsys.readouterr().err
     assert main(["data", "check", str(f), "--label-column", "grade"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{f}: judge pairs (label column 'grade'): 2 good, 1 bad rows, 0 with bad images (image paths " \
@@ -86,6 +85,33 @@ def test_data_check_takes_the_label_column_its_hint_names(tmp_path, capsys):
     write_jsonl(records, [{"query": {"text": "red"}, "positive": _img("red")}])
     assert main(["data", "check", str(records), "--label-column", "grade"]) == 2
     assert "--label-column names the label of judge pairs; this file holds no judge pairs" in capsys.readouterr().err
+
+
+def test_data_check_refuses_judge_pairs_whose_label_column_is_ambiguous_in_one_line(tmp_path, capsys):
+    """QA: a pairs file whose first row has one key beside id, query and candidate is read with that key as its
+    label, but one with two or more was reported row by row, every row bad for the same reason ("0 good, 3 bad
+    rows", the same "unknown keys" line repeated). Which key is the label is ambiguous then: `data check` refuses
+    with one line naming the file, the line and the keys, and reads the file when --label-column names the label
+    (the other keys ignored)."""
+    write_png(tmp_path, "images/red.png", "red")
+    f = tmp_path / "pairs.jsonl"
+    rows = [{"id": f"p{i}", "query": {"text": "red"}, "candidate": _img("red"), "label": i % 2, "source": "coco",
+             "score": 0.5, "note": "x"} for i in range(3)]
+    write_jsonl(f, [{"id": "p0", "query": {"text": "red"}, "candidate": _img("red"), "label": 1, "source": "coco"},
+                    *rows[1:]])
+    assert main(["data", "check", str(f)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        f"unime: error: {f}, record line 1: 2 keys beside id, query and candidate, ['label', 'source']: which is the "
+        "label? pass --label-column KEY (the other keys are then ignored)"], err
+    assert main(["data", "check", str(f), "--label-column", "label"]) == 0
+    assert capsys.readouterr().out == f"{f}: judge pairs (label column 'label'): 3 good, 0 bad rows, 0 with bad " \
+        f"images (image paths resolved against {tmp_path})\n"
+    # one extra key: still its label column
+    write_jsonl(f, [{k: v for k, v in r.items() if k not in ("source", "score", "note")} for r in rows])
+    assert main(["data", "check", str(f), "--no-images"]) == 0
+    assert capsys.readouterr().out == f"{f}: judge pairs (label column 'label'): 3 good, 0 bad rows, 0 with bad " \
+        "images\n"
 
 
 def test_data_check_of_a_worlds_eval_file_says_which_data_root_to_pass(tiny_world_dir, tmp_path, capsys):

@@ -65,17 +65,17 @@ class CheckConfig:
     allow_outside_root: bool = allow_outside_root_option()
     max_pixels: int | None = option(None, "largest image allowed (width x height)")
     no_images: bool = option(False, "check the file only, not the images")
-    label_column: str | None = option(None, "judge pairs: their relevance label is under KEY (default: the one key "
-                                      "of the first row beside id, query and candidate, if there is one)",
-                                      metavar="KEY")
+    label_column: str | None = option(None, "judge pairs: their relevance label is under KEY, their other keys "
+                                      "ignored (default: the one key of the first row beside id, query and "
+                                      "candidate, if there is one; two or more are refused)", metavar="KEY")
 
 
 _TASK_CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
-def _first_row_keys(path: str) -> set[str] | None:
-    """The keys of the first JSON object of a JSONL file (told by its extension or content); None for another
-    format or a first line that is no object. A file of no format `data check` reads is a `DataError` with
+def _first_row(path: str) -> tuple[int, set[str]] | None:
+    """The line and the keys of the first JSON object of a JSONL file (told by its extension or content); None for
+    another format or a first line that is no object. A file of no format `data check` reads is a `DataError` with
     the command line's formats (not the Python API's ``format=``)."""
     from unime.data.io import detect_format
     from unime.data.jsonl import iter_jsonl
@@ -90,11 +90,17 @@ def _first_row_keys(path: str) -> set[str] | None:
                         "records (.jsonl, .parquet, .json = UniME-V2 JSON list) and MMEB-eval rows (.jsonl, "
                         ".parquet)", source=path) from None
     try:
-        for _, obj in iter_jsonl(path):
-            return set(obj) if isinstance(obj, dict) else None
+        for n, obj in iter_jsonl(path):
+            return (n, set(obj)) if isinstance(obj, dict) else None
     except DataError:  # a malformed first line: the check itself reports it
         return None
     return None
+
+
+def _first_row_keys(path: str) -> set[str] | None:
+    """The keys of the first JSON object of a JSONL file (`_first_row`)."""
+    first = _first_row(path)
+    return first[1] if first else None
 
 
 def check_format(cfg: CheckConfig) -> str | None:
@@ -153,11 +159,16 @@ _KIND_WORDS = {"mmeb": " MMEB-eval rows:", "mmeb_v2": " MMEB-V2 rows:", "mmeb_v2
 
 def _pairs_label_column(path: str) -> str | None:
     """The label column of a judge pairs file: the one key of its first row beside id, query and candidate (an
-    import writes `label`), else None (no label column; more than one extra key: `read_pairs` names them)."""
+    import writes `label`), else None (no label column). Two or more such keys are a `DataError` naming the line
+    and the keys: which one is the label is for --label-column to say (every row would be bad otherwise)."""
     from unime.data.pairs import PAIR_KEYS
 
-    extra = (_first_row_keys(path) or set()) - {"id", *PAIR_KEYS}
-    return extra.pop() if len(extra) == 1 else None
+    n, keys = _first_row(path) or (0, set())
+    extra = keys - {"id", *PAIR_KEYS}
+    if len(extra) > 1:
+        raise DataError(f"{len(extra)} keys beside id, query and candidate, {sorted(extra)}: which is the label? "
+                        "pass --label-column KEY (the other keys are then ignored)", source=path, record=f"line {n}")
+    return extra.pop() if extra else None
 
 
 def check_file(cfg: CheckConfig) -> tuple[str, int]:

@@ -22,7 +22,9 @@ def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, l
     line and the field, or under `on_error="skip"` is counted in `skips` and left out.
     With `label_column`, each line also carries a relevance label under that key (a number >= 0 or a
     boolean; > 0 = relevant), any other key is ignored, and `(pairs, labels)` is returned (aligned: a skipped line
-    drops both). Without it, a key beside id, query and candidate is an error naming the keys."""
+    drops both): any number of extra keys reads. Without it, a key beside id, query and candidate is an error
+    naming the line and the keys, one extra key or several alike (`unime data check`, which takes a first row's one
+    extra key as the label column, refuses several in one line: `unime.data.file_tools`)."""
     policy = ErrorPolicy(on_error, skips, path)
     pairs, labels = [], []
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
