@@ -206,6 +206,33 @@ def test_judge_pairs_reader_takes_a_label_column(tmp_path):
         read_pairs(str(p))
 
 
+def test_judge_command_under_skip_shows_why_every_pair_was_skipped(tmp_path, capsys):
+    """QA: `unime judge --on-error skip` on a pairs file with extra keys and no --label-column skipped every line
+    and said only "pairs.jsonl: no pairs to score", the reasons lost with the run (`unime embed` and `unime data
+    import` print them). It now prints what it skipped, each pair named by its line, before the error; with
+    --label-column the same file (two extra keys beside the label) is scored."""
+    from unime.cli import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": {"text": f"q{i}"}, "candidate": {"text": f"c{i}"}, "label": i % 2,
+                                         "source": "coco", "note": "x"}) + "\n" for i in range(2)))
+    oracle = tmp_path / "oracle.jsonl"
+    oracle.write_text("".join(json.dumps({"query": {"text": f"q{i}"}, "candidate": {"text": f"c{i}"},
+                                          "score": 0.25 + 0.5 * i}) + "\n" for i in range(2)))
+    argv = ["judge", "--pairs", str(pairs), "--judge", str(oracle), "--backend", "oracle", "--on-error", "skip"]
+    assert main([*argv, "--out", str(tmp_path / "s.jsonl")]) == 2
+    out, err = capsys.readouterr()
+    hint = "unknown keys ['label', 'note', 'source'] (a label column? pass --label-column NAME; the other keys are " \
+        "then ignored)"
+    assert out.splitlines() == ["skipped 2 record(s) (schema: 2)", f"  - {pairs}, record line 1: {hint}",
+                                f"  - {pairs}, record line 2: {hint}"], out
+    assert err.strip().splitlines()[-1] == f"unime: error: {pairs}: no pairs to score", err
+    assert not (tmp_path / "s.jsonl").exists()
+    assert main([*argv, "--out", str(tmp_path / "l.jsonl"), "--label-column", "label"]) == 0
+    assert [json.loads(x) for x in (tmp_path / "l.jsonl").read_text().splitlines()] == [
+        {"id": 1, "score": 0.25, "label": 0.0}, {"id": 2, "score": 0.75, "label": 1.0}]
+
+
 def test_judge_pairs_reader_skips_bad_lines_keeping_labels_aligned(tmp_path):
     from unime.data.skips import SkipReport
     from unime.mining.pairs import read_pairs

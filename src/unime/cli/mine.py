@@ -96,11 +96,12 @@ def _end_torchrun_worker() -> None:
 
 
 def _judge(args) -> int:
-    from unime.data.skips import SkipReport
+    from unime.data.skips import SkipReport, shown_on_failure
     from unime.mining.pairs import JudgePairsConfig, judge_pairs
 
-    skips = SkipReport()
-    res = judge_pairs(config_from_args(JudgePairsConfig, args, backend_options=_backend_options(args)), skips=skips)
+    with shown_on_failure(SkipReport()) as skips:  # every pair skipped: the reasons before "no pairs to score"
+        res = judge_pairs(config_from_args(JudgePairsConfig, args, backend_options=_backend_options(args)),
+                          skips=skips)
     skipped = f"; {skips.summary()}" if skips.total else ""
     if not args.label_column:
         print(f"{args.out}: {res} scores{skipped}")
