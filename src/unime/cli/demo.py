@@ -13,7 +13,16 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole method end to end on the embedded default and write a report")
     add_options(p, DemoOptions)
     add_config_option(p)
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_demo, _before_claim=_check)
+
+
+def _check(args) -> None:
+    """The demo's checks that need no model, before the output folder is claimed (`unime.cli.main`): a device this
+    machine does not have is refused before the world is generated (or `--fresh` deletes anything)."""
+    from unime.demo.pipeline import DemoOptions
+    from unime.models.loading import resolve_device
+
+    resolve_device(config_from_args(DemoOptions, args).device)
 
 
 def _demo(args) -> int:
