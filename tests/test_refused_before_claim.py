@@ -68,3 +68,47 @@ def test_demo_fresh_refused_for_its_device_deletes_nothing(tmp_path, capsys):
     assert main(["demo", "--quick", "--fresh", "--device", "nodev", "--out", str(out)]) == 2
     assert len(_error_lines(capsys)) == 1
     assert _tree(out) == before
+
+
+# -- single-file outputs (`unime.outdir.claim_file`): data convert, embed, judge, reason teacher / generate / ... ----
+
+RECORD = '{"id": "r%d", "query": {"text": "a query %d"}, "positive": {"text": "its answer %d"}}\n'
+
+
+def _records(path: Path, n: int = 3) -> Path:
+    path.write_text("".join(RECORD % (i, i, i) for i in range(n)), encoding="utf-8")
+    return path
+
+
+def test_a_refused_file_command_leaves_no_folder_it_made_for_its_output(tmp_path, capsys):
+    """Before, the output file's missing folders were made when the file was claimed, and stayed after the
+    refusal (`data convert nope.jsonl new/sub/out.jsonl` left new/sub/)."""
+    out = tmp_path / "new" / "sub" / "out.jsonl"
+    assert main(["data", "convert", str(tmp_path / "nope.jsonl"), str(out)]) == 2
+    assert len(_error_lines(capsys)) == 1
+    assert not (tmp_path / "new").exists(), sorted(_tree(tmp_path / "new"))
+    (tmp_path / "kept").mkdir()  # a folder that was there stays, empty as it was
+    assert main(["data", "convert", str(tmp_path / "nope.jsonl"), str(tmp_path / "kept" / "a" / "out.jsonl")]) == 2
+    assert len(_error_lines(capsys)) == 1
+    assert _tree(tmp_path / "kept") == {}
+
+
+def test_a_refused_file_command_leaves_another_commands_file_and_its_record_as_they_were(tmp_path, capsys):
+    """Before, a run refused for its input under --overwrite re-marked the file another command wrote as its own
+    pending output (its sidecar replaced), and the file's owner was then refused its own re-run without
+    --overwrite; the same for a re-run of the owner refused for its input."""
+    good = _records(tmp_path / "good.jsonl")
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    out = folder / "records.jsonl"
+    assert main(["data", "convert", str(good), str(out)]) == 0
+    before = _tree(folder)
+    assert main(["reason", "materialize", "--records", str(tmp_path / "nope.jsonl"), "--no-tcots",
+                 "--out", str(out), "--overwrite"]) == 2
+    assert len(_error_lines(capsys)) == 1
+    assert _tree(folder) == before
+    assert main(["data", "convert", str(tmp_path / "nope.jsonl"), str(out), "--overwrite"]) == 2
+    assert len(_error_lines(capsys)) == 1
+    assert _tree(folder) == before
+    capsys.readouterr()
+    assert main(["data", "convert", str(good), str(out)]) == 0  # still the owner's: re-run without --overwrite

@@ -425,8 +425,9 @@ def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], 
 # (a re-run), or under `--overwrite`. The sidecar is written before the work, listing the files still to
 # be written as pending (null; a file it wrote before keeps its SHA-1 until replaced): a file found where
 # a killed run had recorded nothing is not taken for its output — it may be one the user saved after the
-# kill — and is replaced only under `--overwrite`. A killed run's lock file (`.NAME.unime-lock`, its pid
-# dead) is taken over and removed by the next run.
+# kill — and is replaced only under `--overwrite`. A run that fails before it wrote any of its files (refused for
+# its input) puts the sidecar back as it found it and removes the folders it made for the output. A killed run's
+# lock file (`.NAME.unime-lock`, its pid dead) is taken over and removed by the next run.
 
 FILE_MARKER_SUFFIX = ".unime-output.json"
 FILE_LOCK_SUFFIX = ".unime-lock"  # `.NAME.unime-lock`: held (flock) for the run, removed at its end
@@ -493,6 +494,11 @@ class OwnedFile:
         os.replace(tmp, marker)
 
     committed: bool = False
+    # as the claim found them: the sidecar's bytes (None: there was none), each target's `_file_state`, and the
+    # folders it made for the output (deepest first), so that a run that fails before writing leaves them so
+    _marker_before: bytes | None = field(default=None, repr=False)
+    _targets_before: tuple | None = field(default=None, repr=False)
+    _made_folders: tuple[Path, ...] = field(default=(), repr=False)
 
     def commit(self) -> None:
         """Record the SHA-1 of every target the command wrote (targets it did not write are dropped)."""
@@ -500,9 +506,21 @@ class OwnedFile:
         self.committed = True
 
     def release(self) -> None:
-        """After a failed run that wrote none of its files: the pending sidecar goes too (a run killed by
-        the OS keeps it, so that its re-run may replace what it left)."""
-        if not self.committed and not any(t.exists() or t.is_symlink() for t in self.targets):
+        """After a failed run that wrote none of its files (each target as the claim found it): the sidecar is put
+        back as it was (removed, where there was none), and the folders the claim made for the output go when they
+        are empty, so that a run refused for its input leaves no trace and marks no other command's file as its
+        own. A run killed by the OS keeps its pending sidecar, so that its re-run may replace what it left."""
+        if not self.committed and self._targets_before is not None \
+                and tuple(_file_state(t) for t in self.targets) == self._targets_before:
+            with contextlib.suppress(OSError):
+                if self._marker_before is None:
+                    file_marker_path(self.path).unlink(missing_ok=True)
+                else:
+                    marker = file_marker_path(self.path)
+                    tmp = marker.parent / f"{marker.name}.tmp-{os.getpid()}"
+                    tmp.write_bytes(self._marker_before)
+                    os.replace(tmp, marker)
+        elif not self.committed and not any(t.exists() or t.is_symlink() for t in self.targets):
             with contextlib.suppress(OSError):
                 file_marker_path(self.path).unlink()
         if self._lock_fd is not None:  # removed while still held, then unlocked (see `_lock_path`)
@@ -510,6 +528,22 @@ class OwnedFile:
                 file_lock_path(self.path).unlink()
             os.close(self._lock_fd)
             self._lock_fd = None
+        if not self.committed:
+            for folder in self._made_folders:  # deepest first; one that holds anything stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def _file_state(path: Path) -> tuple | None:
+    """What a target is, for telling whether a run wrote it: None when missing, else its kind, inode (a file
+    replaced whole is another), size and modification time."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
@@ -522,16 +556,27 @@ def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | 
     for t in targets:
         if t.is_dir():
             raise FileNotOwned(f"output {t} is a folder; this command writes a file there (choose a file name)")
+    made = []  # the output's missing folders, deepest first (removed again by a run that fails before writing)
+    for parent in path.absolute().parents:
+        if parent.exists():
+            break
+        made.append(parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     # one run per output file at a time: an OS lock beside it, held until `release` (or the process ends)
     fd = _lock_path(file_lock_path(path), f"output file {path}", "choose another output name")
     try:
+        try:
+            marker_before = file_marker_path(path).read_bytes()
+        except OSError:
+            marker_before = None
+        targets_before = tuple(_file_state(t) for t in targets)
         for t in targets:
             if (t.exists() or t.is_symlink()) and not overwrite and not written_by(path, t, command):
                 raise FileNotOwned(f"output file {t} exists and was not written by `unime {command}` (or was "
                                    "changed since); refusing to replace it. Choose another output name, or pass "
                                    "--overwrite to replace it")
-        owned = OwnedFile(path, command, options_hash(options or {}), targets, fd)
+        owned = OwnedFile(path, command, options_hash(options or {}), targets, fd, _marker_before=marker_before,
+                          _targets_before=targets_before, _made_folders=tuple(made))
         before = read_file_marker(path) if not overwrite else None
         # pending: a file this command wrote keeps its record until replaced (a run killed before that leaves it
         # ours), any other target is recorded as not written yet
@@ -541,5 +586,8 @@ def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | 
         with contextlib.suppress(OSError):
             file_lock_path(path).unlink()
         os.close(fd)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return owned
