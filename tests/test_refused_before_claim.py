@@ -112,3 +112,46 @@ def test_a_refused_file_command_leaves_another_commands_file_and_its_record_as_t
     assert _tree(folder) == before
     capsys.readouterr()
     assert main(["data", "convert", str(good), str(out)]) == 0  # still the owner's: re-run without --overwrite
+
+
+# -- unime models pretrain / pretrain-judge ----------------------------------------------------------------
+
+def _nothing_beside(out: Path) -> None:
+    """Neither --out nor its work folder (`.NAME.work`, where the stages are built) exists."""
+    assert not out.exists(), sorted(_tree(out))
+    work = out.parent / f".{out.name}.work"
+    assert not work.exists(), sorted(_tree(work))
+
+
+def test_pretrain_refused_for_its_family_or_datasets_writes_nothing(tmp_path, capsys):
+    """Before, an unknown --family was refused (a traceback) only when the backbone was built, and a dataset of the
+    corpus without training records (an OOD task) once the backbone and the corpus were made: both left the work
+    folder stamped with the refused recipe's key, so that the corrected run into the same --out was refused (`holds an
+    interrupted base pretraining of another recipe`) until the user removed it."""
+    out = tmp_path / "base"
+    for option, value, named in (("--family", "nofam", "--family 'nofam'"),
+                                 ("--contrastive-datasets", "i2t,t2i_ood", "t2i_ood"),
+                                 ("--contrastive-datasets", "i2t,nosuch", "nosuch")):
+        assert main(["models", "pretrain", "--preset", "quick", option, value, "--out", str(out)]) == 2
+        lines = _error_lines(capsys)
+        assert len(lines) == 1 and option in lines[0] and named in lines[0], lines
+        _nothing_beside(out)
+    other = _other_commands_folder(tmp_path / "other")
+    before = _tree(other)
+    assert main(["models", "pretrain", "--preset", "quick", "--family", "nofam", "--out", str(other),
+                 "--overwrite"]) == 2
+    assert len(_error_lines(capsys)) == 1
+    assert _tree(other) == before and not (tmp_path / ".other.work").exists()
+
+
+def test_pretrain_judge_refused_for_its_base_family_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Before, `pretrain-judge --family nofam` failed with a traceback after the base's work folder was made in the
+    per-machine cache, stamped with the refused recipe's key (the base's `pretrain` checks its recipe first now)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(cache))
+    out = tmp_path / "judge"
+    assert main(["models", "pretrain-judge", "--preset", "quick", "--family", "nofam", "--out", str(out)]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and "--family 'nofam'" in lines[0], lines
+    _nothing_beside(out)
+    assert not cache.exists(), sorted(_tree(cache))

@@ -89,9 +89,11 @@ def test_pretrain_refuses_a_contrastive_dataset_the_corpus_lacks(tmp_path, monke
     with pytest.raises(ValueError, match="no_such_task is not a dataset of the generated corpus"):
         pretrain(recipe, progress=lambda m: None)
     assert not (tmp_path / "cache").exists()  # refused before the backbone or the corpus was made
-    # a dataset the generator makes but the corpus's training split has no records of: refused once generated
+    # a dataset the generator makes but the corpus's training split has no records of (a held-out task): refused
+    # before anything is made too
     with pytest.raises(ValueError, match="no corpus records of t2i_ood"):
         pretrain(recipe.replace(contrastive_datasets="i2t,t2i_ood"), progress=lambda m: None)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_pretrain_trains_on_the_contrastive_datasets_only(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def _add_pretrain_parser(msub) -> None:
     add_options(p, PretrainOptions)
     add_options(p.add_argument_group("recipe (overrides of the preset)"), PretrainRecipe)
     add_config_option(p)
-    p.set_defaults(func=_pretrain, _unset_values=_preset_values)
+    p.set_defaults(func=_pretrain, _unset_values=_preset_values, _before_claim=_check_recipe)
 
     j = msub.add_parser(
         "pretrain-judge", help="pretrain the embedded default's Yes/No judge on the same corpus (cached per recipe)",
@@ -84,6 +84,14 @@ def _preset_values(args) -> dict[str, tuple[object, str]]:
             if hasattr(args, dest) and getattr(args, dest) is None:
                 out[dest] = (getattr(recipe, f.name), f"preset {preset}")
     return out
+
+
+def _check_recipe(args) -> None:
+    """The recipe's checks, before --out is claimed (`unime.cli.main`): a refused recipe writes nothing, neither
+    into --out nor into the work folder beside it."""
+    from unime.demo.pretrain import PretrainOptions, check_recipe
+
+    check_recipe(_base_recipe(args, config_from_args(PretrainOptions, args).preset))
 
 
 def _pretrain(args) -> int:

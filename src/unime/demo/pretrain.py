@@ -452,15 +452,29 @@ class PretrainOptions:
                 "attn_implementation": self.attn_implementation}
 
 
-def _check_contrastive_datasets(recipe: PretrainRecipe) -> None:
-    """Refuse a dataset the world generator does not make before anything is built or generated (a dataset it
-    makes but the corpus holds no records of is refused once the corpus exists)."""
+def check_recipe(recipe: PretrainRecipe) -> None:
+    """Refuse (`OptionError`, naming the option) a model family `build_tiny` does not build, and a contrastive
+    dataset the world generator does not make or makes no training records of (a held-out OOD task), before anything
+    is built or generated: `unime models pretrain` / `pretrain-judge` ask before they claim --out, so that a refused
+    recipe leaves no work folder stamped with its key. (A dataset whose training records the excluded world's scenes
+    all remove is refused once the corpus exists.)"""
     from unime.data.synth import TASKS
+    from unime.errors import OptionError
+    from unime.models.tiny import FAMILIES
 
-    unknown = sorted((recipe.contrastive_subset() or set()) - {t.name for t in TASKS})
+    if recipe.family not in FAMILIES:
+        raise OptionError(recipe, "{family} {got!r} is not a model family (choose one of {families})",
+                          got=recipe.family, families=", ".join(FAMILIES))
+    subset = recipe.contrastive_subset() or set()
+    unknown = sorted(subset - {t.name for t in TASKS})
     if unknown:
-        raise ValueError(f"contrastive_datasets: {', '.join(unknown)} is not a dataset of the generated corpus "
-                         f"(its datasets: {', '.join(t.name for t in TASKS)})")
+        raise OptionError(recipe, "{contrastive_datasets}: {unknown} is not a dataset of the generated corpus (its "
+                          "datasets: {names})", unknown=", ".join(unknown), names=", ".join(t.name for t in TASKS))
+    untrained = sorted(subset - {t.name for t in TASKS if t.trained})
+    if untrained:
+        raise OptionError(recipe, "{contrastive_datasets}: no corpus records of {untrained} (a held-out task without "
+                          "training records; the datasets with records: {names})", untrained=", ".join(untrained),
+                          names=", ".join(t.name for t in TASKS if t.trained))
 
 
 def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
@@ -472,7 +486,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
     from unime.models.tiny import TinySize, build_tiny
     from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
 
-    _check_contrastive_datasets(recipe)
+    check_recipe(recipe)
     exclude, digest = excluded_signatures(exclude_world) if exclude_world else (set(), "")
     key = recipe.key(digest)
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-{key}"
