@@ -155,3 +155,18 @@ def test_pretrain_judge_refused_for_its_base_family_writes_nothing(tmp_path, mon
     assert len(lines) == 1 and "--family 'nofam'" in lines[0], lines
     _nothing_beside(out)
     assert not cache.exists(), sorted(_tree(cache))
+
+
+# -- unime reason split -------------------------------------------------------------------------------------
+
+def test_reason_split_refuses_an_rl_fraction_outside_0_1_first_with_one_line(tmp_path, capsys):
+    """Before, --rl-fraction 1.5 was refused with a ValueError traceback after the records were read and the judge
+    loaded; now with one line naming the option, before --out-dir is claimed or any input read."""
+    out = tmp_path / "split"
+    argv = ["reason", "split", "--records", str(tmp_path / "nope.jsonl"), "--tcots", str(tmp_path / "nope.tcots"),
+            "--judge", str(tmp_path / "no-judge"), "--out-dir", str(out)]
+    for bad in ("1.5", "-0.1"):
+        assert main([*argv, "--rl-fraction", bad]) == 2
+        lines = _error_lines(capsys)
+        assert len(lines) == 1 and "--rl-fraction must be in [0, 1]" in lines[0] and bad in lines[0], lines
+        assert not out.exists()

@@ -45,6 +45,7 @@ def register(sub) -> None:
         add_options(s, _config_class(action), groups=(IMAGE_GROUP, "video"))
         add_config_option(s)
         s.set_defaults(func=globals()["_" + action.replace("-", "_")])
+    acts.choices["split"].set_defaults(_before_claim=lambda args: _cfg(args).check())  # before --out-dir is claimed
 
 
 def _cfg(args):

@@ -191,6 +191,11 @@ class SplitConfig(ReasonOptions, ImageOptions, VideoOptions):
                                        "paper reports ~0.2)")
     out_dir: str = option(help="writes contrastive.jsonl, rl.jsonl, split.json")
 
+    def check(self) -> None:
+        """OptionError for an option out of its range (the CLI names it by its flag), before anything is read."""
+        if self.rl_fraction is not None and not 0.0 <= self.rl_fraction <= 1.0:
+            raise OptionError(self, "{rl_fraction} must be in [0, 1], got {got}", got=self.rl_fraction)
+
 
 def split_records_file(cfg: SplitConfig) -> dict:
     """`unime reason split`: `split_by_tcot_match` of the records file with the judge checkpoint; writes
@@ -206,6 +211,7 @@ def split_records_file(cfg: SplitConfig) -> dict:
     from unime.models.loading import checkpoint_image_loader
     from unime.reasoning.reasoner import read_tcot_rows, refuse_other_sampling
 
+    cfg.check()
     records, out_dir = cfg.records, cfg.out_dir
     recs = read_records(records)
     data_root = resolve_data_root(records, cfg.data_root)
