@@ -170,3 +170,17 @@ def test_reason_split_refuses_an_rl_fraction_outside_0_1_first_with_one_line(tmp
         lines = _error_lines(capsys)
         assert len(lines) == 1 and "--rl-fraction must be in [0, 1]" in lines[0] and bad in lines[0], lines
         assert not out.exists()
+
+
+# -- every command that claims an output folder --------------------------------------------------------------
+
+def test_a_refused_run_leaves_the_lock_file_of_a_folder_it_took_as_it_was(tmp_path, capsys):
+    """The lock file of a folder another run wrote holds that run's pid. Before, a run refused for its input under
+    --overwrite left its own pid there (the folder's marker was put back, the lock file's content was not)."""
+    other = _other_commands_folder(tmp_path / "other")
+    (other / ".unime.lock").write_text("4242\n")  # as the synth run, another process, left it
+    before = _tree(other)
+    assert main(["data", "import", "--captions", str(tmp_path / "nope.csv"), "--images", str(tmp_path),
+                 "--out", str(other), "--overwrite"]) == 2
+    assert len(_error_lines(capsys)) == 1
+    assert _tree(other) == before

@@ -130,6 +130,7 @@ class OwnedFolder:
     # held once claimed (`_contents`), so that a run that fails before writing anything leaves it as it was
     _marker_before: bytes | None = field(default=None, repr=False)
     _lock_before: bool = field(default=True, repr=False)
+    _lock_content: tuple | None = field(default=None, repr=False)  # the lock file's bytes and times as found
     _contents: list | None = field(default=None, repr=False)
     _restored: bool = field(default=False, repr=False)
 
@@ -140,8 +141,8 @@ class OwnedFolder:
         """After a failed run (call before `release`): leave the folder as the claim found it when the run wrote
         nothing into it — a folder this claim created is removed (`discard_if_unused`); in a folder that was there
         (another command's, taken with --overwrite, or this command's own), the marker this claim wrote is put
-        back as it was (removed, in a folder that had none), so that a run refused for its input does not mark
-        the folder as its own. True when the folder was left as found."""
+        back as it was (removed, in a folder that had none) and the lock file gets back the pid it held, so that a
+        run refused for its input does not mark the folder as its own. True when the folder was left as found."""
         if self.created:
             return self.discard_if_unused()
         if self._lock_fd is None or self._contents is None or _contents(self.path) != self._contents:
@@ -155,6 +156,11 @@ class OwnedFolder:
                 os.replace(tmp, self.path / MARKER_NAME)
             if not self._lock_before:  # removed while still held, then unlocked (see `_lock_path`)
                 (self.path / LOCK_NAME).unlink(missing_ok=True)
+            elif self._lock_content is not None:  # the pid of the run that wrote the folder, not this one's
+                data, times = self._lock_content
+                os.ftruncate(self._lock_fd, 0)
+                os.pwrite(self._lock_fd, data, 0)
+                os.utime(self.path / LOCK_NAME, ns=times)
         except OSError:
             return False
         self._restored = True
@@ -278,6 +284,11 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
     check_claim(folder, command, overwrite=overwrite, adopts=adopts)
     created = not folder.exists()
     lock_before = (folder / LOCK_NAME).exists()
+    try:
+        st = (folder / LOCK_NAME).stat()
+        lock_content = ((folder / LOCK_NAME).read_bytes(), (st.st_atime_ns, st.st_mtime_ns))
+    except OSError:
+        lock_content = None
     folder.mkdir(parents=True, exist_ok=True)
     fd = _lock(folder)
     try:
@@ -304,7 +315,7 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
         os.close(fd)
         raise
     owned = OwnedFolder(folder, command, marker, fd, created=created, _marker_before=marker_before,
-                        _lock_before=lock_before, _contents=contents)
+                        _lock_before=lock_before, _lock_content=lock_content, _contents=contents)
     _HELD[folder.resolve()] = owned
     return owned
 
