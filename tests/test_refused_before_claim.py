@@ -184,3 +184,18 @@ def test_a_refused_run_leaves_the_lock_file_of_a_folder_it_took_as_it_was(tmp_pa
                  "--out", str(other), "--overwrite"]) == 2
     assert len(_error_lines(capsys)) == 1
     assert _tree(other) == before
+
+
+# -- unime data synth ----------------------------------------------------------------------------------------
+
+def test_data_synth_refuses_a_size_out_of_range_with_one_line_before_claiming(tmp_path, capsys):
+    """Before, a world size out of range (--image-size 1, --candidates 1, --train-scenes -1) was a ValueError
+    traceback raised from the world builder after --out was claimed."""
+    out = tmp_path / "world"
+    for option, value, named in (("--image-size", "1", "image_size must be at least 32 pixels"),
+                                 ("--candidates", "1", "candidates must be at least 2"),
+                                 ("--train-scenes", "-1", "size train_scenes must be a non-negative integer")):
+        assert main(["data", "synth", "--size", "tiny", option, value, "--out", str(out)]) == 2
+        lines = _error_lines(capsys)
+        assert len(lines) == 1 and named in lines[0], lines
+        assert not out.exists()

@@ -20,7 +20,7 @@ def register(sub) -> None:
     s = dsub.add_parser("synth", help="generate the deterministic demo world (training records + MMEB-format eval)")
     add_options(s, SynthConfig, WorldSizes, groups=("video",))
     add_config_option(s)
-    s.set_defaults(func=_synth)
+    s.set_defaults(func=_synth, _before_claim=_synth_config)
 
     c = dsub.add_parser("convert", help="convert training records between unime JSONL, Parquet and UniME-V2 JSON")
     add_options(c, ConvertConfig)
@@ -44,16 +44,26 @@ def register(sub) -> None:
     k.set_defaults(func=_check)
 
 
-def _synth(args) -> int:
+def _synth_config(args):
+    """The command's config; its world and video sizes checked (a size out of range: one line, `UsageError`), also
+    before --out is claimed (`unime.cli.main`)."""
     from dataclasses import fields
 
-    from unime.data.synth import SynthConfig, WorldSizes, synth_world
+    from unime.data.synth import SynthConfig, WorldSizes, resolve_sizes
 
     cfg = config_from_args(SynthConfig, args, sizes={f.name: getattr(args, f.name) for f in fields(WorldSizes)})
     try:
+        resolve_sizes(cfg.size, **cfg.sizes)
         cfg.video()
     except ValueError as e:
         raise UsageError(str(e), command="data synth") from None
+    return cfg
+
+
+def _synth(args) -> int:
+    from unime.data.synth import synth_world
+
+    cfg = _synth_config(args)
     # a folder that is not a world: FileExistsError, reported as the contract's one line (`cli.failures`)
     print(synth_world(cfg, ignore=_owned_names()).describe())
     return 0
