@@ -199,3 +199,46 @@ def test_data_synth_refuses_a_size_out_of_range_with_one_line_before_claiming(tm
         lines = _error_lines(capsys)
         assert len(lines) == 1 and named in lines[0], lines
         assert not out.exists()
+
+
+# -- unime eval reference --also TASKS OUT --------------------------------------------------------------------
+
+def test_eval_reference_also_folder_is_claimed_like_out(tiny_world_dir, tmp_path, capsys):
+    """Before, the result folder of --also was written without a claim: no marker, no lock, and a folder another
+    command wrote (an `unime eval` result) had its summary.json and results.md replaced without --overwrite. It is
+    checked before anything runs and claimed like --out."""
+    from unime.outdir import claim, read_marker
+
+    world = tiny_world_dir(0)
+    evaluated = tmp_path / "eval-result"
+    with claim(evaluated, "eval"):
+        (evaluated / "summary.json").write_text('{"the": "eval run"}\n')
+        (evaluated / "results.md").write_text("# the eval run\n")
+    before = _tree(evaluated)
+    out = tmp_path / "ref"
+    argv = ["eval", "reference", "--tasks", str(world), "--task", "shape_cls", "--records",
+            str(world / "train" / "records.jsonl"), "--data-root", str(world), "--out", str(out), "--max-steps", "1",
+            "--image-size", "16"]
+    assert main([*argv, "--also", str(world), str(evaluated)]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and str(evaluated) in lines[0] and "--overwrite" in lines[0], lines
+    assert _tree(evaluated) == before and not out.exists()
+    also = tmp_path / "also"
+    assert main([*argv, "--also", str(world), str(also)]) == 0
+    assert read_marker(also)["command"] == "eval reference" and (also / "summary.json").is_file()
+
+
+def test_eval_reference_takes_its_unmarked_also_folder_of_an_earlier_version(tiny_world_dir, tmp_path, capsys):
+    """An --also folder written before the command claimed them (no marker) is its own: a re-run is not refused."""
+    from unime.outdir import MARKER_NAME, read_marker
+
+    world = tiny_world_dir(0)
+    also = tmp_path / "also"
+    argv = ["eval", "reference", "--tasks", str(world), "--task", "shape_cls", "--records",
+            str(world / "train" / "records.jsonl"), "--data-root", str(world), "--out", str(tmp_path / "ref"),
+            "--max-steps", "1", "--image-size", "16", "--also", str(world), str(also)]
+    assert main(argv) == 0
+    (also / MARKER_NAME).unlink()  # as an earlier version left it
+    (also / ".unime.lock").unlink()
+    assert main(argv) == 0
+    assert read_marker(also)["command"] == "eval reference"

@@ -30,7 +30,7 @@ def register(sub) -> None:
                     "and the weights (reference.pt, reference.json).")
     add_options(r, ReferenceRunOptions, ReferenceConfig)
     add_config_option(r)
-    r.set_defaults(func=_reference)
+    r.set_defaults(func=_reference, _before_claim=_check_also_folders)
 
 
 def _eval(args) -> int:
@@ -75,12 +75,46 @@ def _task_line(name: str, metrics: dict) -> str:
     return f"{name}: {', '.join(shown)}{chance}"
 
 
+def _check_also_folders(args) -> None:
+    """Each --also result folder may be written by `eval reference` (`unime.outdir.check_claim`), asked before --out
+    is claimed (`unime.cli.main`): another command's folder is refused (without --overwrite) before anything runs."""
+    from unime.outdir import check_claim
+
+    for _, folder in args.also or ():
+        check_claim(folder, "eval reference", overwrite=bool(getattr(args, "overwrite", False)),
+                    adopts=_earlier_also_folder)
+
+
+def _earlier_also_folder(folder) -> bool:
+    """An unmarked --also result folder of `eval reference` from before it claimed them (its summary.json names the
+    reference and the folder it was trained for): taken as the command's own (`unime.outdir.claim`'s `adopts`)."""
+    import json
+    from pathlib import Path
+
+    from unime.eval.reference import REFERENCE_MODEL_NAME
+
+    try:
+        meta = json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))["meta"]
+        return meta["model"] == REFERENCE_MODEL_NAME and "trained_for" in meta["reference"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _reference(args) -> int:
+    import contextlib
+
     from unime.eval.reference import run_reference
     from unime.eval.reference_config import ReferenceConfig, ReferenceRunOptions
+    from unime.outdir import claim
 
     cfg = config_from_args(ReferenceConfig, args, unset_is_none=True)  # --video-frames unset: the config's own
-    summary = run_reference(config_from_args(ReferenceRunOptions, args), cfg)
+    opts = config_from_args(ReferenceRunOptions, args)
+    with contextlib.ExitStack() as stack:  # each --also folder claimed like --out (left as found by a failed run)
+        for tasks, folder in opts.also or ():
+            stack.enter_context(claim(folder, "eval reference", {"tasks": tasks, "trained_for": opts.out},
+                                      overwrite=bool(getattr(args, "overwrite", False)),
+                                      adopts=_earlier_also_folder))
+        summary = run_reference(opts, cfg)
     training = summary["meta"]["reference"]["training"]
     overall = summary["aggregates"].get("mmeb", {}).get("scores", {}).get("overall")
     print(f"{args.out}/results.md  ({training['steps']} steps in {training['seconds']:.0f} s, stopped by "
