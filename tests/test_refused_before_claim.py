@@ -29,6 +29,13 @@ def _error_lines(capsys) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("unime: error:")]
 
 
+def _refused(argv: list[str], capsys, *named: str) -> None:
+    """`unime ARGV` ends with exit code 2 and one error line, naming each of `named`."""
+    assert main(argv) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and all(n in lines[0] for n in named), lines
+
+
 def _other_commands_folder(path: Path) -> Path:
     """A folder `unime data synth` claimed and wrote a file into."""
     from unime.outdir import claim
@@ -44,14 +51,11 @@ def test_demo_refused_for_its_device_writes_no_world(tmp_path, capsys):
     """Before, `unime demo --device nodev` generated the whole world into --out (also into a folder taken with
     --overwrite) and refused the device only when the first model loaded."""
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--device", "nodev", "--out", str(out)]) == 2
-    lines = _error_lines(capsys)
-    assert len(lines) == 1 and "--device 'nodev'" in lines[0], lines
+    _refused(["demo", "--quick", "--device", "nodev", "--out", str(out)], capsys, "--device 'nodev'")
     assert not out.exists(), sorted(_tree(out))
     other = _other_commands_folder(tmp_path / "other")
     before = _tree(other)
-    assert main(["demo", "--quick", "--device", "nodev", "--out", str(other), "--overwrite"]) == 2
-    assert len(_error_lines(capsys)) == 1
+    _refused(["demo", "--quick", "--device", "nodev", "--out", str(other), "--overwrite"], capsys)
     assert _tree(other) == before
 
 
@@ -65,8 +69,7 @@ def test_demo_fresh_refused_for_its_device_deletes_nothing(tmp_path, capsys):
         (out / "stages" / "world.done").write_text("done\n")
         (out / "report.md").write_text("# an earlier demo run\n")
     before = _tree(out)
-    assert main(["demo", "--quick", "--fresh", "--device", "nodev", "--out", str(out)]) == 2
-    assert len(_error_lines(capsys)) == 1
+    _refused(["demo", "--quick", "--fresh", "--device", "nodev", "--out", str(out)], capsys)
     assert _tree(out) == before
 
 
@@ -84,12 +87,10 @@ def test_a_refused_file_command_leaves_no_folder_it_made_for_its_output(tmp_path
     """Before, the output file's missing folders were made when the file was claimed, and stayed after the
     refusal (`data convert nope.jsonl new/sub/out.jsonl` left new/sub/)."""
     out = tmp_path / "new" / "sub" / "out.jsonl"
-    assert main(["data", "convert", str(tmp_path / "nope.jsonl"), str(out)]) == 2
-    assert len(_error_lines(capsys)) == 1
+    _refused(["data", "convert", str(tmp_path / "nope.jsonl"), str(out)], capsys)
     assert not (tmp_path / "new").exists(), sorted(_tree(tmp_path / "new"))
     (tmp_path / "kept").mkdir()  # a folder that was there stays, empty as it was
-    assert main(["data", "convert", str(tmp_path / "nope.jsonl"), str(tmp_path / "kept" / "a" / "out.jsonl")]) == 2
-    assert len(_error_lines(capsys)) == 1
+    _refused(["data", "convert", str(tmp_path / "nope.jsonl"), str(tmp_path / "kept" / "a" / "out.jsonl")], capsys)
     assert _tree(tmp_path / "kept") == {}
 
 
@@ -103,12 +104,10 @@ def test_a_refused_file_command_leaves_another_commands_file_and_its_record_as_t
     out = folder / "records.jsonl"
     assert main(["data", "convert", str(good), str(out)]) == 0
     before = _tree(folder)
-    assert main(["reason", "materialize", "--records", str(tmp_path / "nope.jsonl"), "--no-tcots",
-                 "--out", str(out), "--overwrite"]) == 2
-    assert len(_error_lines(capsys)) == 1
+    _refused(["reason", "materialize", "--records", str(tmp_path / "nope.jsonl"), "--no-tcots",
+              "--out", str(out), "--overwrite"], capsys)
     assert _tree(folder) == before
-    assert main(["data", "convert", str(tmp_path / "nope.jsonl"), str(out), "--overwrite"]) == 2
-    assert len(_error_lines(capsys)) == 1
+    _refused(["data", "convert", str(tmp_path / "nope.jsonl"), str(out), "--overwrite"], capsys)
     assert _tree(folder) == before
     capsys.readouterr()
     assert main(["data", "convert", str(good), str(out)]) == 0  # still the owner's: re-run without --overwrite
@@ -132,15 +131,13 @@ def test_pretrain_refused_for_its_family_or_datasets_writes_nothing(tmp_path, ca
     for option, value, named in (("--family", "nofam", "--family 'nofam'"),
                                  ("--contrastive-datasets", "i2t,t2i_ood", "t2i_ood"),
                                  ("--contrastive-datasets", "i2t,nosuch", "nosuch")):
-        assert main(["models", "pretrain", "--preset", "quick", option, value, "--out", str(out)]) == 2
-        lines = _error_lines(capsys)
-        assert len(lines) == 1 and option in lines[0] and named in lines[0], lines
+        _refused(["models", "pretrain", "--preset", "quick", option, value, "--out", str(out)], capsys, option,
+                 named)
         _nothing_beside(out)
     other = _other_commands_folder(tmp_path / "other")
     before = _tree(other)
-    assert main(["models", "pretrain", "--preset", "quick", "--family", "nofam", "--out", str(other),
-                 "--overwrite"]) == 2
-    assert len(_error_lines(capsys)) == 1
+    _refused(["models", "pretrain", "--preset", "quick", "--family", "nofam", "--out", str(other),
+              "--overwrite"], capsys)
     assert _tree(other) == before and not (tmp_path / ".other.work").exists()
 
 
@@ -150,9 +147,8 @@ def test_pretrain_judge_refused_for_its_base_family_writes_nothing(tmp_path, mon
     cache = tmp_path / "cache"
     monkeypatch.setenv("UNIME_CACHE_DIR", str(cache))
     out = tmp_path / "judge"
-    assert main(["models", "pretrain-judge", "--preset", "quick", "--family", "nofam", "--out", str(out)]) == 2
-    lines = _error_lines(capsys)
-    assert len(lines) == 1 and "--family 'nofam'" in lines[0], lines
+    _refused(["models", "pretrain-judge", "--preset", "quick", "--family", "nofam", "--out", str(out)], capsys,
+             "--family 'nofam'")
     _nothing_beside(out)
     assert not cache.exists(), sorted(_tree(cache))
 
@@ -166,9 +162,7 @@ def test_reason_split_refuses_an_rl_fraction_outside_0_1_first_with_one_line(tmp
     argv = ["reason", "split", "--records", str(tmp_path / "nope.jsonl"), "--tcots", str(tmp_path / "nope.tcots"),
             "--judge", str(tmp_path / "no-judge"), "--out-dir", str(out)]
     for bad in ("1.5", "-0.1"):
-        assert main([*argv, "--rl-fraction", bad]) == 2
-        lines = _error_lines(capsys)
-        assert len(lines) == 1 and "--rl-fraction must be in [0, 1]" in lines[0] and bad in lines[0], lines
+        _refused([*argv, "--rl-fraction", bad], capsys, "--rl-fraction must be in [0, 1]", bad)
         assert not out.exists()
 
 
@@ -180,9 +174,8 @@ def test_a_refused_run_leaves_the_lock_file_of_a_folder_it_took_as_it_was(tmp_pa
     other = _other_commands_folder(tmp_path / "other")
     (other / ".unime.lock").write_text("4242\n")  # as the synth run, another process, left it
     before = _tree(other)
-    assert main(["data", "import", "--captions", str(tmp_path / "nope.csv"), "--images", str(tmp_path),
-                 "--out", str(other), "--overwrite"]) == 2
-    assert len(_error_lines(capsys)) == 1
+    _refused(["data", "import", "--captions", str(tmp_path / "nope.csv"), "--images", str(tmp_path),
+              "--out", str(other), "--overwrite"], capsys)
     assert _tree(other) == before
 
 
@@ -195,9 +188,7 @@ def test_data_synth_refuses_a_size_out_of_range_with_one_line_before_claiming(tm
     for option, value, named in (("--image-size", "1", "image_size must be at least 32 pixels"),
                                  ("--candidates", "1", "candidates must be at least 2"),
                                  ("--train-scenes", "-1", "size train_scenes must be a non-negative integer")):
-        assert main(["data", "synth", "--size", "tiny", option, value, "--out", str(out)]) == 2
-        lines = _error_lines(capsys)
-        assert len(lines) == 1 and named in lines[0], lines
+        _refused(["data", "synth", "--size", "tiny", option, value, "--out", str(out)], capsys, named)
         assert not out.exists()
 
 
@@ -219,9 +210,7 @@ def test_eval_reference_also_folder_is_claimed_like_out(tiny_world_dir, tmp_path
     argv = ["eval", "reference", "--tasks", str(world), "--task", "shape_cls", "--records",
             str(world / "train" / "records.jsonl"), "--data-root", str(world), "--out", str(out), "--max-steps", "1",
             "--image-size", "16"]
-    assert main([*argv, "--also", str(world), str(evaluated)]) == 2
-    lines = _error_lines(capsys)
-    assert len(lines) == 1 and str(evaluated) in lines[0] and "--overwrite" in lines[0], lines
+    _refused([*argv, "--also", str(world), str(evaluated)], capsys, str(evaluated), "--overwrite")
     assert _tree(evaluated) == before and not out.exists()
     also = tmp_path / "also"
     assert main([*argv, "--also", str(world), str(also)]) == 0
