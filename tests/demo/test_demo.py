@@ -508,7 +508,7 @@ def test_fresh_deletes_the_files_the_stages_wrote_and_keeps_the_users_inside_the
         demo.stage("baseline", [], write("embedders/baseline/s0/model.bin", "eval/baseline_s0/summary.json"))
         (out / "embedders" / "NOTES.md").write_text("the user's")
         with pytest.raises(KeyboardInterrupt):
-            demo.stage("mine", [], killed)
+            demo.stage("mine", [], killed, writes=[out / "mined"])
         (out / "report.md").write_text("r")
     with caplog.at_level(logging.WARNING):
         removed = fresh(out)

@@ -62,7 +62,8 @@ def _demo_commands(tmp_path, world_dir, settings: DemoSettings, monkeypatch) -> 
     calls = []
     monkeypatch.setattr(Demo, "run_command", lambda self, command, options, c: calls.append((command, options)))
     monkeypatch.setattr(Demo, "check_judge", lambda self, mined: None)
-    monkeypatch.setattr(Demo, "stage", lambda self, name, done, body: None if name in NOT_COMMANDS else body([]))
+    monkeypatch.setattr(Demo, "stage", lambda self, name, done, body, writes=(): None if name in NOT_COMMANDS
+                        else body([]))
     Demo(out, settings, progress=lambda m: None, embed_rl=True, oracle_judge=True,
          timings=tmp_path / "times.json").run()
     monkeypatch.undo()

@@ -139,7 +139,7 @@ def run_embed_rl(demo: "DemoRun") -> None:
                  f"{len(recs)} records in {P['records']}")
         demo.run_command("reason teacher", {"--world": world, "--records": P["records"], "--out": P["tcots"],
                                             **video}, c)
-    demo.stage("er-teacher", [P["records"], P["tcots"]], teacher)
+    demo.stage("er-teacher", [P["records"], P["tcots"]], teacher, writes=[P["records"]])
 
     def judge_data(c):
         from unime.data.io import read_records, write_records
@@ -150,7 +150,7 @@ def run_embed_rl(demo: "DemoRun") -> None:
                                         negatives_per_query=s.er_judge_negatives, source=str(P["tcots"]))
         write_records(recs, P["judge_records"])
         c.append(f"# python: unime.demo.embed_rl.tcot_match_judge_records(world, records, T-CoTs) -> {len(recs)} records")
-    demo.stage("er-judge-data", [P["judge_records"]], judge_data)
+    demo.stage("er-judge-data", [P["judge_records"]], judge_data, writes=[P["judge_records"]])
 
     demo.stage("er-judge", [P["judge"] / "merged"], lambda c: demo.run_command("train judge", {
         "--model": demo.p("models", "judge-base"), "--records": P["judge_records"], "--data-root": world,

@@ -145,7 +145,9 @@ class Demo(DemoRun):
                 (self.p("models", "pretrained_judge.json")).write_text(json.dumps(
                     {**judge_base.manifest, "path": str(judge_base.path), "reused": judge_base.reused}, indent=1))
             shutil.copytree(judge_base.model, self.p("models", "judge-base"))
-        self.stage("models", [self.p("models", "embedder-base"), self.p("models", "judge-base")], models)
+        self.stage("models", [self.p("models", "embedder-base"), self.p("models", "judge-base")], models,
+                   writes=[self.p("models", name) for name in ("embedder-base", "pretrained.json", "judge-base",
+                                                               "pretrained_judge.json")])
 
         judge_records = self.p("judge", "records.jsonl")
 
@@ -162,7 +164,8 @@ class Demo(DemoRun):
             c.append(f"# python: unime.demo.judge_data.judge_training_records(World.load('{world}')) "
                      f"-> {len(recs)} records ({stats.get('other_task', 0)} of {stats.get('negatives', 0)} "
                      "negatives from other tasks)")
-        self.stage("judge-data", [judge_records], judge_data)
+        self.stage("judge-data", [judge_records], judge_data,
+                   writes=[judge_records, self.p("judge", "records_stats.json")])
 
         judge_dir = self.p("judge", "model")
         # judge_steps 0: the judge base judges as it is (zero-shot on this world); the stage has nothing to do

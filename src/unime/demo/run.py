@@ -12,8 +12,8 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
 
 from unime.demo.cpu_load import BUSY_CORES, busy_cores
 from unime.train.loss_defaults import DEFAULT_TEMPERATURE
@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 START_ROW = "start"  # the pretrained base before any training on the world (`DemoRun.evaluated_models`)
 STAGES_DIR = "stages"  # OUT/stages/NAME.json: a finished stage's marker (time, commands, the files it wrote)
-RUNNING = ".running.json"  # OUT/stages/NAME.running.json: a stage under way (the files there before it started)
+RUNNING = ".running.json"  # OUT/stages/NAME.running.json: a stage under way (the files there before it started and
+# the outputs it named before writing them: `DemoRun.claim_outputs`)
+OUTPUT_FLAGS = ("--out", "--out-dir", "--cache-dir")  # the options of a demo command that name what it writes
 
 
 @dataclass
@@ -155,6 +157,8 @@ class DemoRun:
         self.timings = StageTimes(Path(timings) if timings else default_timings_path(), self.timings_key())
         self.pretrain_seconds = 0.0  # of the stage running: pretraining done in it (timed apart, `stage`)
         self.stage_busy = False  # the stage running started on a busy machine: its times are not recorded
+        self._running: Path | None = None  # the running stage's marker (`stage`) and what it holds
+        self._running_data: dict = {}
         self.t_start = time.perf_counter()
 
     # -- paths ------------------------------------------------------------------------------------
@@ -202,6 +206,7 @@ class DemoRun:
 
         # a command that spreads its work over processes runs as `jobs` torchrun processes (mining's judge shards)
         processes = self.jobs if command in RANKED_COMMANDS else 1
+        self.claim_outputs(command_outputs(options))
         line = command_line(command, options)
         commands.append(torchrun_line(processes, line) if processes > 1 else line)
         threads = _torch_threads()
@@ -223,6 +228,7 @@ class DemoRun:
         from unime.demo.parallel import run_parallel
         from unime.demo.stage_calls import command_line
 
+        self.claim_outputs([p for _, options in calls for p in command_outputs(options)])
         commands.extend(command_line(command, options) for command, options in calls)
         run_parallel(calls, jobs=self.jobs, threads=self.threads_per_job())
 
@@ -234,11 +240,15 @@ class DemoRun:
             return self.s.threads
         return threads_per_job(self.jobs) if self.jobs > 1 else _torch_threads()
 
-    def stage(self, name: str, done_when: list[Path], body: Callable[[list[str]], None]) -> None:
+    def stage(self, name: str, done_when: list[Path], body: Callable[[list[str]], None], *,
+              writes: Iterable[Path] = ()) -> None:
         """Run `body` as stage `name` unless its marker and `done_when` exist. The marker records the files the stage
         wrote in the demo's folders (`files`: those there after it and not before it), so that `--fresh` deletes
-        only these; while it runs, `NAME.running.json` holds the files there before it (kept from a killed run of
-        the stage: the files that run wrote count as the stage's)."""
+        only these; while it runs, `NAME.running.json` holds the files there before it and the outputs the stage
+        named before writing them (`writes`: the files or folders `body` writes itself; the commands it runs name
+        theirs, `claim_outputs`). A killed run's marker is kept: its new files inside those outputs count as the
+        stage's (`written_by_stages`), and when the stage is run again, a file added since outside them (the
+        user's, between the kill and the resume) is not listed as the stage's."""
         marker = self.p(STAGES_DIR, f"{name}.json")
         if marker.is_file() and all(p.exists() for p in done_when):
             info = json.loads(marker.read_text())
@@ -260,17 +270,31 @@ class DemoRun:
         else:
             busy = None
         running = self.p(STAGES_DIR, f"{name}{RUNNING}")
+        found: set[str] = set()  # new since a killed run of the stage began (its files, or the user's since the kill)
         if running.is_file():
-            before = set(json.loads(running.read_text()).get("before", []))
+            killed = json.loads(running.read_text())
+            before = set(killed.get("before", []))
+            self._running_data = {"before": sorted(before), "writes": sorted(set(killed.get("writes", [])))}
+            self._running = running
+            self.claim_outputs(writes)
+            found = files_in_folders(self.out) - before
         else:
             before = files_in_folders(self.out)
-            write_json(running, {"before": sorted(before)})
+            self._running_data = {"before": sorted(before), "writes": []}
+            self._running = running
+            self.claim_outputs(writes)
+            write_json(running, self._running_data)
         t0 = time.perf_counter()
         commands: list[str] = []
         self.pretrain_seconds, self.stage_busy = 0.0, busy is not None
-        body(commands)
+        try:
+            body(commands)
+        finally:
+            self._running = None
         now = files_in_folders(self.out) - {f"{STAGES_DIR}/{running.name}"}
-        written = set(earlier.get("files", [])) | (now - before)
+        # of the files found on resuming, those outside every output the stage named (either run) are not its
+        foreign = {f for f in found if not within(f, self._running_data["writes"])}
+        written = set(earlier.get("files", [])) | (now - before - foreign)
         seconds = time.perf_counter() - t0
         if not set(commands) & set(earlier["commands"]):
             seconds += earlier["seconds"]
@@ -289,6 +313,25 @@ class DemoRun:
         if busy is None:
             self.timings.record(name, max(0.0, seconds - self.pretrain_seconds))
         self.say(f"[demo] {self.progress_line(name)} {seconds:.0f}s")
+
+    def claim_outputs(self, paths: Iterable[Path]) -> None:
+        """Name in the running stage's marker (`writes`), before they are written, files or folders the stage writes:
+        of the files new in the demo's folders, a killed stage claims only those inside these (`within`)."""
+        if self._running is None:
+            return
+        claimed = set(self._running_data["writes"])
+        new = {rel for rel in map(self.relative, paths) if rel is not None} - claimed
+        if new:
+            self._running_data["writes"] = sorted(claimed | new)
+            write_json(self._running, self._running_data)
+
+    def relative(self, path: Path) -> str | None:
+        """`path` relative to the demo folder (a POSIX path), None when it is not inside it."""
+        try:
+            rel = Path(path).relative_to(self.out).as_posix()
+        except ValueError:
+            return None
+        return rel if rel != "." else None
 
     def moved_here(self, marker: dict) -> list[str]:
         """A stage marker's commands with the output folder it was written in (`out`, when recorded) replaced by
@@ -412,6 +455,33 @@ class StageTimes:
             log.warning("stage times not recorded in %s: %s", self.path, e)
 
 
+def command_outputs(options: dict) -> list[Path]:
+    """What a demo command writes, from its options (`DemoRun.run_command`): the values of `OUTPUT_FLAGS` and the
+    output folder of `--also TASKS OUT`."""
+    paths = [Path(options[flag]) for flag in OUTPUT_FLAGS if flag in options]
+    also = options.get("--also")
+    if isinstance(also, tuple) and len(also) == 2:
+        paths.append(Path(also[1]))
+    return paths
+
+
+def within(rel: str, outputs: Iterable[str]) -> bool:
+    """Is `rel` (a path relative to the demo folder) one of `outputs`, inside one, or beside one as writing it leaves
+    there (`NAME.*`, `.NAME.*`, also with NAME's suffix dropped: an atomic write's temporary, an output file's sidecar
+    marker or companion)?"""
+    for path in outputs:
+        if rel == path or rel.startswith(path + "/"):
+            return True
+        parent, _, name = path.rpartition("/")
+        if parent and not rel.startswith(parent + "/"):
+            continue
+        entry = rel[len(parent) + 1 if parent else 0:].split("/")[0]
+        stem = PurePosixPath(name).stem
+        if entry.startswith((name + ".", "." + name + ".", stem + ".", "." + stem + ".")):
+            return True
+    return False
+
+
 def files_in_folders(out: Path) -> set[str]:
     """The files (and links) inside the folders of the demo folder `out`, as paths relative to it."""
     found = set()
@@ -425,8 +495,9 @@ def files_in_folders(out: Path) -> set[str]:
 
 def written_by_stages(out: Path) -> tuple[set[str], list[str]]:
     """What the demo's stages wrote inside the demo folder's folders (relative paths): the files their markers list
-    and the markers themselves; for a stage a run left under way (killed), every file there now that was not there
-    before it. Also the stages whose marker lists no files (an older unime's)."""
+    and the markers themselves; for a stage a run left under way (killed), the files there now that were not there
+    before it, inside the outputs it named (`writes`, `within`: a file added after the kill elsewhere is not its).
+    Also the stages whose marker lists no files, nor, for a killed one, its outputs (an older unime's)."""
     written, unlisted = set(), []
     stages = out / STAGES_DIR
     for path in sorted(stages.glob("*.json")) if stages.is_dir() else ():
@@ -437,7 +508,11 @@ def written_by_stages(out: Path) -> tuple[set[str], list[str]]:
         if not isinstance(data, dict):
             continue
         if path.name.endswith(RUNNING) and isinstance(data.get("before"), list):
-            written |= files_in_folders(out) - set(data["before"])
+            if isinstance(data.get("writes"), list):
+                outputs = [w for w in data["writes"] if isinstance(w, str)]
+                written |= {f for f in files_in_folders(out) - set(data["before"]) if within(f, outputs)}
+            else:
+                unlisted.append(path.name[:-len(RUNNING)])
         elif "commands" in data:
             if isinstance(data.get("files"), list):
                 written.update(f for f in data["files"] if isinstance(f, str))

@@ -91,6 +91,7 @@ def run_video_evals(demo: "DemoRun", commands: list[str]) -> None:
     ran = len(calls)
     if ran:
         timing = demo.p("eval", "video", "timing.json")
+        demo.claim_outputs([timing])
         timing.write_text(json.dumps({"runs": ran, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
 
 

@@ -1,0 +1,140 @@
+"""The demo's resume and `--fresh` guards (`unime.demo.run.DemoRun.stage`, `unime.demo.pipeline.fresh`): a stage killed
+midway claims only the files it can have written, so `--fresh` never deletes a file the user put in the demo's
+folders after the kill."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+
+def _files(out):
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def _demo(out, tmp_path):
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
+
+    return Demo(out, DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json",
+                load_probe=lambda: None)
+
+
+def _killed_command(written: list[str]):
+    """A stand-in for `run_stage_command`: writes a file into the command's --out and --cache-dir, then is killed."""
+    def run(command, options):
+        for flag in ("--out", "--cache-dir"):
+            options[flag].mkdir(parents=True, exist_ok=True)
+            (options[flag] / "part.bin").write_text(command)
+            written.append(flag)
+        raise KeyboardInterrupt
+    return run
+
+
+def test_fresh_after_a_killed_stage_deletes_its_outputs_and_leaves_the_files_the_user_added_since(
+        tmp_path, monkeypatch, caplog):
+    """Before: every file new in the demo's folders since a killed stage started counted as that stage's, so a note
+    or a checkpoint the user put in eval/ or embedders/ after the kill was deleted by `--fresh`. Now a killed stage
+    claims only what is inside the outputs it named before writing (its commands' --out / --cache-dir, the paths
+    its body declares); the other new files stay, named in the warning."""
+    from unime.demo.pipeline import fresh
+    from unime.outdir import claim
+
+    out = tmp_path / "demo"
+    demo = _demo(out, tmp_path)
+    written: list[str] = []
+    monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", _killed_command(written))
+    with claim(out, "demo"):
+        demo.stage("world", [], lambda c: (out / "world").mkdir(parents=True) or (out / "world" / "w.json").touch())
+        with pytest.raises(KeyboardInterrupt):
+            demo.stage("mine", [], lambda c: demo.run_command("mine", {"--out": out / "mined",
+                                                                      "--cache-dir": out / "cache" / "mining"}, c))
+        # a python body that names what it writes, killed midway
+        def models(c):
+            (out / "models" / "embedder-base").mkdir(parents=True)
+            (out / "models" / "embedder-base" / "w.bin").write_text("demo")
+            (out / "models" / "pretrained.json.tmp").write_text("demo")  # a temporary beside a declared file
+            raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            demo.stage("models", [], models,
+                       writes=[out / "models" / "embedder-base", out / "models" / "pretrained.json"])
+        # after the kills: the user's own files inside the demo's folders
+        for rel in ("eval/mine/notes.md", "embedders/copied/model.bin", "cache/mining-old/x.txt", "cache/notes.md",
+                    "models/my-model/w.bin"):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_text("the user's")
+    assert written == ["--out", "--cache-dir"]
+    running = json.loads((out / "stages" / "mine.running.json").read_text())
+    assert running["writes"] == ["cache/mining", "mined"]
+    with caplog.at_level(logging.WARNING):
+        fresh(out)
+    assert _files(out) == [".unime-output.json", ".unime.lock", "cache/mining-old/x.txt", "cache/notes.md",
+                           "embedders/copied/model.bin", "eval/mine/notes.md", "models/my-model/w.bin"]
+    warning = "\n".join(r.getMessage() for r in caplog.records)
+    assert "left as they were inside the demo's folders" in warning
+    for rel in ("cache/mining-old/x.txt", "cache/notes.md", "embedders/copied/model.bin", "eval/mine/notes.md",
+                "models/my-model/w.bin"):
+        assert rel in warning
+
+
+def test_a_killed_stage_resumed_to_its_end_does_not_claim_the_files_the_user_added_after_the_kill(tmp_path):
+    """A killed stage run again finishes and lists its files (what `--fresh` deletes): the files the killed run wrote
+    count, a file the user added between the kill and the resume outside the stage's outputs does not."""
+    out = tmp_path / "demo"
+    emb = out / "embedders"
+
+    def train(seeds, kill):
+        def body(c):
+            for s in seeds:
+                (emb / f"baseline_s{s}").mkdir(parents=True, exist_ok=True)
+                (emb / f"baseline_s{s}" / "model.bin").write_text("demo")
+            if kill:
+                raise KeyboardInterrupt
+        return body
+    writes = [emb / "baseline_s0", emb / "baseline_s1"]
+    with pytest.raises(KeyboardInterrupt):
+        _demo(out, tmp_path).stage("baseline", [], train([0], kill=True), writes=writes)
+    (emb / "NOTES.md").write_text("the user's")
+    _demo(out, tmp_path).stage("baseline", [], train([1], kill=False), writes=writes)
+    marker = json.loads((out / "stages" / "baseline.json").read_text())
+    assert marker["files"] == ["embedders/baseline_s0/model.bin", "embedders/baseline_s1/model.bin"]
+    assert not (out / "stages" / "baseline.running.json").exists()
+
+
+def test_a_running_marker_of_an_older_unime_claims_nothing(tmp_path, caplog):
+    """A killed stage's marker written before stages named their outputs (no `writes`): what it wrote cannot be told
+    from what the user added, so `--fresh` deletes none of it and says so."""
+    from unime.demo.pipeline import fresh
+    from unime.outdir import claim
+
+    out = tmp_path / "demo"
+    with claim(out, "demo"):
+        (out / "stages").mkdir(parents=True)
+        (out / "stages" / "mine.running.json").write_text(json.dumps({"before": []}))
+        (out / "mined").mkdir()
+        (out / "mined" / "shard0.jsonl").write_text("demo or the user's")
+    with caplog.at_level(logging.WARNING):
+        fresh(out)
+    assert _files(out) == [".unime-output.json", ".unime.lock", "mined/shard0.jsonl"]
+    warning = "\n".join(r.getMessage() for r in caplog.records)
+    assert "mined/shard0.jsonl" in warning and "stages mine" in warning
+
+
+def test_what_a_killed_stage_claims_around_the_outputs_it_named():
+    from pathlib import Path
+
+    from unime.demo.run import command_outputs, within
+
+    assert command_outputs({"--model": "m", "--out": "o", "--cache-dir": "c", "--also": ("tasks", "v")}) == [
+        Path("o"), Path("c"), Path("v")]
+    assert command_outputs({"--out-dir": "s", "--records": "r"}) == [Path("s")]
+    named = ["mined", "cache/mining", "judge/records_stats.json", "er/tcots.jsonl"]
+    for rel in ("mined/a/b.parquet", "mined.tmp-1/x", ".mined.tmp-2", "cache/mining/q.npy",
+                "judge/records_stats.json", "judge/records_stats.tmp",  # `write_json`'s temporary
+                "er/.tcots.jsonl.tmp-x7", "er/.tcots.jsonl.unime-output.json", "er/tcots.jsonl.unime_data.json"):
+        assert within(rel, named), rel
+    for rel in ("minedx/a", "cache/mining-old/x", "cache/notes.md", "judge/records.jsonl", "er/tcots2.jsonl",
+                "eval/mined/x", "embedders/mined"):
+        assert not within(rel, named), rel
