@@ -230,7 +230,9 @@ def test_judge_gate_names_the_datasets_where_the_judge_is_flat(tmp_path):
 
 
 def _fabricate_done_stages(demo, stages):
-    """Stage markers and outputs as if these stages had run (so `Demo.run` skips them)."""
+    """Stage markers and outputs as if these stages had run (so `Demo.run` skips them), by this unime."""
+    from unime.demo.run import unime_code
+
     out = demo.out
     paths = {"world": [out / "world" / "world.json"], "reference": [d / "summary.json" for d in demo.reference_runs()],
              "models": [out / "models" / "embedder-base", out / "models" / "judge-base"],
@@ -248,7 +250,7 @@ def _fabricate_done_stages(demo, stages):
                 p.mkdir(exist_ok=True)
         marker = out / "stages" / f"{name}.json"
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"seconds": 10.0, "commands": [f"unime {name}"]}))
+        marker.write_text(json.dumps({"seconds": 10.0, "commands": [f"unime {name}"], "unime": [unime_code()]}))
 
 
 def test_demo_stops_after_mine_when_the_judge_is_flat_and_continues_when_allowed(tmp_path):

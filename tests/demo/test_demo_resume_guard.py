@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 
 import pytest
 
@@ -138,3 +139,77 @@ def test_what_a_killed_stage_claims_around_the_outputs_it_named():
     for rel in ("minedx/a", "cache/mining-old/x", "cache/notes.md", "judge/records.jsonl", "er/tcots2.jsonl",
                 "eval/mined/x", "embedders/mined"):
         assert not within(rel, named), rel
+
+
+def test_resuming_a_demo_folder_with_stages_of_another_unime_names_them_in_one_warning(tmp_path, monkeypatch):
+    """Before: the resume guard compared the settings only, so a folder resumed by a newer unime reused the stages
+    the older code computed without a word. Now each marker records the unime that computed the stage (its version,
+    and the commit when it runs from a git checkout; no path), and a resume names the stages of another unime in one
+    warning line (it goes on: users upgrade); the report marks them."""
+    import unime
+    from unime.demo.pipeline import Demo
+    from unime.demo.report import stage_notes
+    from unime.demo.run import DemoSettings, unime_code
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    messages: list[str] = []
+    demo = Demo(out, DemoSettings.preset("quick"), progress=messages.append, timings=tmp_path / "t.json",
+                load_probe=lambda: None)
+    world = out / "world" / "world.json"
+    demo.stage("world", [world], lambda c: world.parent.mkdir(parents=True) or world.write_text("{}"))
+    now = unime_code()
+    assert json.loads((out / "stages" / "world.json").read_text())["unime"] == [now]
+    assert now.split("+")[0] == unime.__version__ and "/" not in now  # nothing of this machine
+    # a stage computed by an older release, and one by a unime from before markers recorded it
+    (out / "stages" / "reference.json").write_text(json.dumps({"seconds": 5.0, "commands": ["unime eval reference"],
+                                                               "unime": ["0.0.9"]}))
+    (out / "stages" / "models.json").write_text(json.dumps({"seconds": 5.0, "commands": ["unime models pretrain"]}))
+    (out / "stages" / "report.json").write_text(json.dumps({"seconds": 1.0, "commands": [], "unime": ["0.0.9"]}))
+    (out / "settings.json").write_text(json.dumps(asdict(DemoSettings.preset("quick"))))
+
+    class Stop(Exception):
+        pass
+
+    def stop(self, name, done, body, writes=()):
+        raise Stop
+    messages.clear()
+    monkeypatch.setattr(Demo, "stage", stop)
+    with pytest.raises(Stop):
+        Demo(out, DemoSettings.preset("quick"), progress=messages.append, timings=tmp_path / "t.json").run()
+    monkeypatch.undo()
+    warned = [m for m in messages if "another unime" in m]
+    assert warned == [f"[demo] WARNING: stages reference, models were computed by another unime (0.0.9, an older "
+                      f"unime that did not record its version), this is unime {now}: they are reused as they are "
+                      "(--fresh recomputes every stage)"], messages
+    # a stage skipped as done before carries the unime that computed it to the report's stage table
+    ref = out / "eval" / "reference_s0" / "summary.json"
+    ref.parent.mkdir(parents=True)
+    ref.write_text("{}")
+    demo = Demo(out, DemoSettings.preset("quick"), progress=messages.append, timings=tmp_path / "t.json")
+    demo.stage("reference", [ref], lambda c: pytest.fail("a stage done before ran again"))
+    demo.stage("world", [world], lambda c: pytest.fail("a stage done before ran again"))
+    assert [r.other_unime for r in demo.results] == [["0.0.9"], []]
+    assert stage_notes(demo.results[0]) == ["skipped (done before)", "computed by unime 0.0.9, not this unime"]
+    assert stage_notes(demo.results[1]) == ["skipped (done before)"]
+
+
+def test_a_stage_resumed_after_a_kill_by_another_unime_records_both(tmp_path, monkeypatch):
+    """A stage killed under one unime and finished under another: its outputs come from both, and its marker says
+    so (the later resume then names the stage)."""
+    from unime.demo.run import unime_code
+
+    out = tmp_path / "demo"
+    (out / "stages").mkdir(parents=True)
+    (out / "stages" / "world.running.json").write_text(json.dumps({"before": [], "writes": ["world"],
+                                                                  "unime": "0.0.9"}))
+    demo = _demo(out, tmp_path)
+
+    def killed_again(c):
+        assert json.loads((out / "stages" / "world.running.json").read_text())["unime"] == ["0.0.9", unime_code()]
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        demo.stage("world", [], killed_again)
+    demo.stage("world", [], lambda c: None)
+    assert json.loads((out / "stages" / "world.json").read_text())["unime"] == ["0.0.9", unime_code()]
+    assert demo.results[-1].other_unime == ["0.0.9"]

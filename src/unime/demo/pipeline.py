@@ -89,8 +89,26 @@ class Demo(DemoRun):
                              "would be reused as they are. Start over with --fresh, or give another --out",
                              command="demo")
 
+    def warn_other_unime(self) -> None:
+        """On resuming: one warning line naming the stages another unime computed (reused as they are, not refused:
+        users upgrade; the report marks them). Not the report stage: each run rewrites it."""
+        from unime.demo.run import unime_code
+
+        other = {k: v for k, v in self.stages_of_other_unime().items() if k != "report"}
+        if not other:
+            return
+        codes = {c for cs in other.values() for c in cs}
+        shown = sorted(c for c in codes if c) + ["an older unime that did not record its version"] * (None in codes)
+        many = len(other) > 1
+        were = f"stages {', '.join(other)} were" if many else f"stage {next(iter(other))} was"
+        they = "they are" if many else "it is"
+        self.say(f"[demo] WARNING: {were} computed by another unime ({', '.join(shown)}), this is unime "
+                 f"{unime_code()}: {they} reused as {they} "
+                 "(--fresh recomputes every stage)")
+
     def run(self) -> Path:
         self.check_settings()
+        self.warn_other_unime()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "settings.json").write_text(json.dumps(asdict(self.s), indent=1))
         s, dev = self.s, {"--device": self.device}

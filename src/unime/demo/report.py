@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unime.demo.run import START_ROW
+from unime.demo.run import START_ROW, unime_names
 
 if TYPE_CHECKING:  # pragma: no cover
-    from unime.demo.run import DemoRun
+    from unime.demo.run import DemoRun, StageResult
 
 ROW_TITLES = {
     START_ROW: "Pretrained base, not trained on this world (the embedders' start)",
@@ -217,10 +217,7 @@ def write_report(demo: "DemoRun") -> Path:
     total = 0.0
     for r in demo.results:
         total += r.seconds
-        notes = (["skipped (done before)"] if r.skipped else []) + (
-            [f"started beside other work ({r.busy_cores:.1f} cores busy): not the demo's time"]
-            if r.busy_cores is not None else [])
-        md.append(f"| {r.name} | {r.seconds:.0f} | {'; '.join(notes)} |")
+        md.append(f"| {r.name} | {r.seconds:.0f} | {'; '.join(stage_notes(r))} |")
     md += [f"| **total** | **{total:.0f}** | |", "", "Commands, in order (each stage is a `unime` command):", "",
            "```"]
     for r in demo.results:
@@ -232,6 +229,18 @@ def write_report(demo: "DemoRun") -> Path:
     tmp.replace(path)
     _write_html(out, md)
     return path
+
+
+def stage_notes(r: "StageResult") -> list[str]:
+    """The notes of a stage in the report's stage table: skipped, started on a busy machine, computed (in part) by
+    another unime than this run's (`unime.demo.run.unime_code`)."""
+    notes = (["skipped (done before)"] if r.skipped else []) + (
+        [f"started beside other work ({r.busy_cores:.1f} cores busy): not the demo's time"]
+        if r.busy_cores is not None else [])
+    if r.other_unime:
+        notes.append(f"computed by {unime_names(r.other_unime)}, not this unime" if r.skipped else
+                     f"partly computed by {unime_names(r.other_unime)} (an earlier run)")
+    return notes
 
 
 def _captioning(c: dict | None) -> str:

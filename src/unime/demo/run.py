@@ -7,9 +7,13 @@ stage (`stage`, with its progress line and ETA from earlier runs' stage times), 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -130,6 +134,8 @@ class StageResult:
     commands: list[str] = field(default_factory=list)
     skipped: bool = False
     busy_cores: float | None = None  # other work on the machine at the stage's start (`unime.demo.cpu_load`)
+    # the other unimes that computed (part of) the stage's outputs (`unime_code`; None: one that did not record it)
+    other_unime: list[str | None] = field(default_factory=list)
 
 
 class DemoRun:
@@ -253,7 +259,8 @@ class DemoRun:
         if marker.is_file() and all(p.exists() for p in done_when):
             info = json.loads(marker.read_text())
             self.results.append(StageResult(name, info["seconds"], info["commands"], skipped=True,
-                                            busy_cores=info.get("busy_cores")))
+                                            busy_cores=info.get("busy_cores"),
+                                            other_unime=[c for c in computed_by(info) if c != unime_code()]))
             self.say(f"[demo] {self.progress_line(name)} done before ({info['seconds']:.0f}s), skipped")
             return
         # a stage done before and run again for outputs added since (an eval row of a new option): the body runs only
@@ -271,19 +278,22 @@ class DemoRun:
             busy = None
         running = self.p(STAGES_DIR, f"{name}{RUNNING}")
         found: set[str] = set()  # new since a killed run of the stage began (its files, or the user's since the kill)
+        # the unimes that computed the stage's outputs: an earlier pass's, a killed run's, this one
+        codes = (computed_by(earlier) if marker.is_file() else []) + [unime_code()]
         if running.is_file():
             killed = json.loads(running.read_text())
+            codes[-1:-1] = computed_by(killed)
             before = set(killed.get("before", []))
-            self._running_data = {"before": sorted(before), "writes": sorted(set(killed.get("writes", [])))}
-            self._running = running
-            self.claim_outputs(writes)
             found = files_in_folders(self.out) - before
+            self._running_data = {"before": sorted(before), "writes": sorted(set(killed.get("writes", []))),
+                                  "unime": list(dict.fromkeys(computed_by(killed) + [unime_code()]))}
         else:
             before = files_in_folders(self.out)
-            self._running_data = {"before": sorted(before), "writes": []}
-            self._running = running
-            self.claim_outputs(writes)
-            write_json(running, self._running_data)
+            self._running_data = {"before": sorted(before), "writes": [], "unime": [unime_code()]}
+        self._running_data["writes"] = sorted(set(self._running_data["writes"]) | {
+            rel for rel in map(self.relative, writes) if rel is not None})
+        write_json(running, self._running_data)
+        self._running = running
         t0 = time.perf_counter()
         commands: list[str] = []
         self.pretrain_seconds, self.stage_busy = 0.0, busy is not None
@@ -299,20 +309,40 @@ class DemoRun:
         if not set(commands) & set(earlier["commands"]):
             seconds += earlier["seconds"]
         commands = earlier["commands"] + [c for c in commands if c not in earlier["commands"]]
+        codes = list(dict.fromkeys(codes))
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps({"seconds": seconds, "commands": commands, "out": str(self.out),
                                    **({"busy_cores": round(busy, 2)} if busy is not None else {}),
-                                   "files": sorted(written)}, indent=1))
+                                   "unime": codes, "files": sorted(written)}, indent=1))
         os.replace(tmp, marker)
         running.unlink(missing_ok=True)
-        self.results.append(StageResult(name, seconds, commands, busy_cores=busy))
+        self.results.append(StageResult(name, seconds, commands, busy_cores=busy,
+                                        other_unime=[c for c in codes if c != unime_code()]))
         # a stage's own time; a first run's pretraining is recorded apart ("pretrain-base", "pretrain-judge"), so a
         # later run with the models cached does not expect it again. A time taken on a busy machine is not the
         # demo's: the estimate keeps what it had (an earlier run's time, or the reference run's)
         if busy is None:
             self.timings.record(name, max(0.0, seconds - self.pretrain_seconds))
         self.say(f"[demo] {self.progress_line(name)} {seconds:.0f}s")
+
+    def stages_of_other_unime(self) -> dict[str, list[str | None]]:
+        """{stage: the other unimes that computed it} of the stages this folder's markers (finished or killed) say
+        another unime computed (`unime_code`; None: a unime that did not record it), in the order of the plan."""
+        stages, found = self.out / STAGES_DIR, {}
+        for path in sorted(stages.glob("*.json")) if stages.is_dir() else ():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(data, dict) or not ("commands" in data or "before" in data):
+                continue  # not a marker of the demo's
+            name = path.name[:-len(RUNNING)] if path.name.endswith(RUNNING) else path.stem
+            other = [c for c in computed_by(data) if c != unime_code()]
+            if other:
+                found[name] = list(dict.fromkeys(found.get(name, []) + other))
+        plan = self.planned_stages()
+        return dict(sorted(found.items(), key=lambda kv: (plan.index(kv[0]) if kv[0] in plan else len(plan), kv[0])))
 
     def claim_outputs(self, paths: Iterable[Path]) -> None:
         """Name in the running stage's marker (`writes`), before they are written, files or folders the stage writes:
@@ -453,6 +483,45 @@ class StageTimes:
             write_json(self.path, self.data)
         except OSError as e:  # pragma: no cover - a read-only cache folder
             log.warning("stage times not recorded in %s: %s", self.path, e)
+
+
+@functools.lru_cache(maxsize=None)
+def unime_code() -> str:
+    """The unime running, as a stage marker records it: its version, and when it runs from a git checkout, the
+    commit (`+g` and its first 12 hex digits; `.dirty` with uncommitted changes to the tracked files of its
+    source). Nothing of the machine: no path."""
+    version = str(getattr(sys.modules.get("unime"), "__version__", None) or "unknown")
+    root = Path(__file__).resolve().parents[3]  # src/unime/demo/run.py in a checkout
+    if not ((root / ".git").exists() and (root / "src" / "unime").is_dir()):
+        return version
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                                  check=True).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src")
+    except (OSError, subprocess.SubprocessError):
+        return version
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return version
+    return f"{version}+g{commit[:12]}" + (".dirty" if dirty else "")
+
+
+def computed_by(marker: dict) -> list[str | None]:
+    """The unimes a stage marker (finished or running) says computed the stage: its `unime`; [None] when it records
+    none (a marker of a unime from before it did)."""
+    recorded = marker.get("unime")
+    if isinstance(recorded, str):
+        return [recorded]
+    if isinstance(recorded, list) and recorded:
+        return [c if isinstance(c, str) else None for c in recorded]
+    return [None]
+
+
+def unime_names(codes: list[str | None]) -> str:
+    """Other unimes (`computed_by`) in words, for a warning or the report."""
+    named = [f"unime {c}" if c else "an older unime that did not record its version" for c in codes]
+    return " and ".join(named)
 
 
 def command_outputs(options: dict) -> list[Path]:
