@@ -519,3 +519,18 @@ def test_fresh_deletes_the_files_the_stages_wrote_and_keeps_the_users_inside_the
     assert files == [".unime-output.json", ".unime.lock", "embedders/NOTES.md", "eval/mine/summary.json"]
     assert any("left as they were inside the demo's folders" in r.getMessage() and "embedders/NOTES.md" in
                r.getMessage() and "eval/mine/summary.json" in r.getMessage() for r in caplog.records)
+
+
+def test_demo_embed_steps_sets_every_embedder_rows_steps(tmp_path, capsys):
+    """`unime demo --embed-steps N`: the steps of the baseline, hard-negative and soft-label rows (the preset's
+    otherwise: 80, quick 20); refused below 1 in one line, before anything is written."""
+    from unime.cli import main
+    from unime.demo.pipeline import DemoOptions
+
+    assert DemoOptions().settings().embed_steps == 80
+    assert DemoOptions(quick=True).settings().embed_steps == 20
+    assert DemoOptions(embed_steps=240).settings().embed_steps == 240
+    assert DemoOptions(quick=True, embed_steps=7).settings().embed_steps == 7
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--embed-steps", "0"]) == 2
+    assert "--embed-steps" in capsys.readouterr().err and not out.exists()

@@ -343,6 +343,9 @@ class DemoOptions:
     quick: bool = option(False, "smoke-test sizes (CI): a tiny world and a few steps")
     fresh: bool = option(False, "delete what earlier demo runs wrote in OUT and re-run every stage (other files stay)")
     seeds: int | None = option(None, "seeds per embedder row (default: preset's)")
+    embed_steps: int | None = option(None, "training steps of each embedder row: baseline, hard negatives, soft "
+                                     "labels (default: preset's, 80; docs/DEMO.md measures 240: three times the "
+                                     "rows' time)", metavar="N", at_least=1)
     family: str | None = option(None, "model family of the tiny models (default qwen2_vl)",
                                 choices=list(FAMILIES))
     embed_rl: bool = option(False, "also run the Embed-RL stages (T-CoTs, match judge, <emb> embedders, reasoner "
@@ -365,6 +368,8 @@ class DemoOptions:
         settings = DemoSettings.preset("quick" if self.quick else "default")
         if self.seeds:
             settings.seeds = tuple(range(self.seeds))
+        if self.embed_steps:
+            settings.embed_steps = self.embed_steps
         if self.family:
             settings.family = self.family
         if self.allow_weak_judge:
