@@ -9,6 +9,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from unime.cli import main
 
 
@@ -164,6 +166,18 @@ def test_reason_split_refuses_an_rl_fraction_outside_0_1_first_with_one_line(tmp
     for bad in ("1.5", "-0.1"):
         _refused([*argv, "--rl-fraction", bad], capsys, "--rl-fraction must be in [0, 1]", bad)
         assert not out.exists()
+
+
+def test_reason_split_refuses_a_threshold_beside_an_rl_fraction_first_with_one_line(tmp_path, capsys):
+    """Before, --threshold given beside --rl-fraction was ignored without a word (the fraction decided the split)."""
+    out = tmp_path / "split"
+    argv = ["reason", "split", "--records", str(tmp_path / "nope.jsonl"), "--tcots", str(tmp_path / "nope.tcots"),
+            "--judge", str(tmp_path / "no-judge"), "--out-dir", str(out)]
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error for two options of one exclusive group
+        main([*argv, "--threshold", "0.3", "--rl-fraction", "0.2"])
+    assert exit_.value.code == 2
+    assert "argument --rl-fraction: not allowed with argument --threshold" in capsys.readouterr().err
+    assert not out.exists()
 
 
 # -- every command that claims an output folder --------------------------------------------------------------

@@ -293,7 +293,7 @@ PINNED = {
                         **VIDEO_OPTIONS},
     "reason materialize": {"--records": None, "--tcots": None, "--no-tcots": False, "--data-root": None,
                            "--out": None, **VIDEO_OPTIONS},
-    "reason split": {"--records": None, "--tcots": None, "--judge": None, "--data-root": None, "--threshold": 0.5,
+    "reason split": {"--records": None, "--tcots": None, "--judge": None, "--data-root": None, "--threshold": None,
                      "--rl-fraction": None, "--out-dir": None, "--device": None, "--attn-implementation": None,
                      "--dtype": "auto",
                      **IMAGE_OPTIONS, **VIDEO_OPTIONS},
@@ -310,7 +310,8 @@ PINNED_REQUIRED = {
 }
 PINNED_EXCLUSIVE = {"data import": [{"--captions", "--coco", "--hf-dataset", "--webdataset"}],
                     "models build-tiny": [{"--tokenizer-corpus", "--tokenizer"}],
-                    "reason materialize": [{"--tcots", "--no-tcots"}]}
+                    "reason materialize": [{"--tcots", "--no-tcots"}],
+                    "reason split": [{"--threshold", "--rl-fraction"}]}
 _SHARED = {"help", "config", "recipe", "print_config", "overwrite"}
 
 

@@ -58,6 +58,16 @@ def test_split_by_rl_fraction_sends_the_lowest_scores_to_rl():
     assert len(split.contrastive) == 3
 
 
+def test_split_refuses_a_threshold_beside_an_rl_fraction():
+    """Before, a threshold given beside rl_fraction was ignored without a word: the split used the fraction."""
+    recs = _records()
+    with pytest.raises(ValueError, match="threshold.*rl_fraction|rl_fraction.*threshold"):
+        split_by_tcot_match(recs, _rows(recs), _StubJudge([0.5] * 5), threshold=0.3, rl_fraction=0.2)
+    # the threshold left unset is the paper's 0.5
+    split = split_by_tcot_match(recs, _rows(recs), _StubJudge([0.9, 0.5, 0.49, 0.1, 0.7]))
+    assert split.threshold == 0.5 and [r.id for r in split.rl] == ["r2", "r3"]
+
+
 def test_missing_tcot_is_an_error_naming_the_record():
     recs = _records()
     rows = [r for r in _rows(recs) if not (r.record_id == "r3" and r.side == "target")]

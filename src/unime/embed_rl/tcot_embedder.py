@@ -141,16 +141,23 @@ def tcot_judge_item(item: Item, tcot: str) -> Item:
     return Item(text=text, images=item.images, video=item.video)
 
 
-def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshold: float = 0.5,
+MATCH_THRESHOLD = 0.5  # the paper's: a pair the judge says matches (P(Yes) >= 0.5) feeds contrastive training
+
+
+def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshold: float | None = None,
                         rl_fraction: float | None = None, source: str | None = None) -> TCoTSplit:
     """The paper's filtering: `judge.score_pairs([(query + its T-CoT, positive + its T-CoT)])` gives P(Yes);
-    pairs with P(Yes) >= threshold feed contrastive training, the rest RL.
+    pairs with P(Yes) >= threshold (None: the paper's `MATCH_THRESHOLD`) feed contrastive training, the rest RL.
 
     `rl_fraction` (an option beyond the paper, for a judge whose P(Yes) is not calibrated to 0.5): send the
     `round(rl_fraction * n)` lowest-scoring pairs to RL instead (ties broken by record order); the
-    reported threshold is then the lowest score kept for contrastive training."""
+    reported threshold is then the lowest score kept for contrastive training. Not together with `threshold`."""
     from unime.reasoning.reasoner import tcot_index
 
+    if threshold is not None and rl_fraction is not None:
+        raise ValueError(f"threshold {threshold} and rl_fraction {rl_fraction} are two ways to split: give one")
+    if threshold is None:
+        threshold = MATCH_THRESHOLD
     index = tcot_index(tcot_rows)
     pairs = []
     for i, rec in enumerate(records):
@@ -185,10 +192,11 @@ class SplitConfig(ReasonOptions, ImageOptions, VideoOptions):
     tcots: str = option(help="T-CoT JSONL (teacher or generate)")
     judge: str = option(help="Yes/No judge checkpoint (JudgeScorer)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)")
-    threshold: float = option(0.5, "match if P(Yes) >= threshold (default 0.5)")
+    threshold: float | None = option(None, f"match if P(Yes) >= threshold (default {MATCH_THRESHOLD})",
+                                     none_means=MATCH_THRESHOLD, exclusive="split_rule")
     rl_fraction: float | None = option(None, "instead of --threshold: the given fraction of lowest-P(Yes) pairs "
                                        "goes to RL (for a judge whose scores are not calibrated around 0.5; the "
-                                       "paper reports ~0.2)")
+                                       "paper reports ~0.2)", exclusive="split_rule")
     out_dir: str = option(help="writes contrastive.jsonl, rl.jsonl, split.json")
 
     def check(self) -> None:
