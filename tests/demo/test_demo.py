@@ -504,10 +504,11 @@ def test_fresh_deletes_the_files_the_stages_wrote_and_keeps_the_users_inside_the
     demo = Demo(out, DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json",
                 load_probe=lambda: None)
     with claim(out, "demo"):
-        demo.stage("world", [], write("world/world.json", "world/images/a.png"))
+        demo.stage("world", [], write("world/world.json", "world/images/a.png"), writes=[out / "world"])
         (out / "eval" / "mine").mkdir(parents=True)  # between two stages: the user's
         (out / "eval" / "mine" / "summary.json").write_text("the user's")
-        demo.stage("baseline", [], write("embedders/baseline/s0/model.bin", "eval/baseline_s0/summary.json"))
+        demo.stage("baseline", [], write("embedders/baseline/s0/model.bin", "eval/baseline_s0/summary.json"),
+                   writes=[out / "embedders" / "baseline", out / "eval" / "baseline_s0"])
         (out / "embedders" / "NOTES.md").write_text("the user's")
         with pytest.raises(KeyboardInterrupt):
             demo.stage("mine", [], killed, writes=[out / "mined"])

@@ -48,7 +48,8 @@ def test_fresh_after_a_killed_stage_deletes_its_outputs_and_leaves_the_files_the
     written: list[str] = []
     monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", _killed_command(written))
     with claim(out, "demo"):
-        demo.stage("world", [], lambda c: (out / "world").mkdir(parents=True) or (out / "world" / "w.json").touch())
+        demo.stage("world", [], lambda c: (out / "world").mkdir(parents=True) or (out / "world" / "w.json").touch(),
+                   writes=[out / "world"])
         with pytest.raises(KeyboardInterrupt):
             demo.stage("mine", [], lambda c: demo.run_command("mine", {"--out": out / "mined",
                                                                       "--cache-dir": out / "cache" / "mining"}, c))
@@ -102,6 +103,72 @@ def test_a_killed_stage_resumed_to_its_end_does_not_claim_the_files_the_user_add
     marker = json.loads((out / "stages" / "baseline.json").read_text())
     assert marker["files"] == ["embedders/baseline_s0/model.bin", "embedders/baseline_s1/model.bin"]
     assert not (out / "stages" / "baseline.running.json").exists()
+
+
+def test_a_stage_run_to_its_end_does_not_claim_a_file_the_user_added_while_it_ran(tmp_path, monkeypatch, caplog):
+    """Before: a stage that ran uninterrupted listed every file new in the demo's folders since it started as its
+    own (`files`), so a note the user put in eval/ or embedders/ while it ran was deleted by `--fresh`. Now it lists
+    only the new files inside the outputs it named (its body's `writes`, its commands' --out / --cache-dir), and its
+    marker keeps those outputs (`writes`); the user's file stays at `--fresh`, named in the warning."""
+    from unime.demo.pipeline import fresh
+    from unime.outdir import claim
+
+    out = tmp_path / "demo"
+    demo = _demo(out, tmp_path)
+    user = ("eval/mine/notes.md", "embedders/NOTES.md", "cache/mining-old/x.txt", "embedders/baseline_s0-old/w.bin")
+
+    def command(command, options):  # a stand-in for `run_stage_command`: writes into its --out and --cache-dir
+        for flag in ("--out", "--cache-dir"):
+            options[flag].mkdir(parents=True, exist_ok=True)
+            (options[flag] / "part.bin").write_text(command)
+    monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", command)
+
+    def body(c):
+        (out / "embedders" / "baseline_s0").mkdir(parents=True)
+        (out / "embedders" / "baseline_s0" / "model.bin").write_text("demo")
+        for rel in user:  # meanwhile, the user
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_text("the user's")
+        (out / "embedders" / "baseline_s0.json").write_text("demo")  # a companion beside a named output
+        demo.run_command("mine", {"--out": out / "mined", "--cache-dir": out / "cache" / "mining"}, c)
+    with claim(out, "demo"):
+        demo.stage("mine", [], body, writes=[out / "embedders" / "baseline_s0"])
+    marker = json.loads((out / "stages" / "mine.json").read_text())
+    assert marker["files"] == ["cache/mining/part.bin", "embedders/baseline_s0.json",
+                               "embedders/baseline_s0/model.bin", "mined/part.bin"]
+    assert marker["writes"] == ["cache/mining", "embedders/baseline_s0", "mined"]
+    assert not (out / "stages" / "mine.running.json").exists()
+    with caplog.at_level(logging.WARNING):
+        fresh(out)
+    assert _files(out) == [".unime-output.json", ".unime.lock", *sorted(user)]
+    warning = "\n".join(r.getMessage() for r in caplog.records)
+    assert "left as they were inside the demo's folders" in warning
+    for rel in user:
+        assert rel in warning
+
+
+def test_a_finished_stage_run_again_keeps_the_outputs_it_named_before(tmp_path):
+    """A stage done before and run again for outputs added since (its `done_when` missing), then killed: the outputs
+    its first run named (the finished marker's `writes`) still count, so `--fresh` deletes the files the second run
+    wrote inside them."""
+    from unime.demo.run import written_by_stages
+
+    out = tmp_path / "demo"
+    emb = out / "embedders"
+
+    def train(seed, kill=False):
+        def body(c):
+            (emb / f"baseline_s{seed}").mkdir(parents=True, exist_ok=True)
+            (emb / f"baseline_s{seed}" / "model.bin").write_text("demo")
+            if kill:
+                raise KeyboardInterrupt
+        return body
+    _demo(out, tmp_path).stage("baseline", [], train(0), writes=[emb])
+    with pytest.raises(KeyboardInterrupt):
+        _demo(out, tmp_path).stage("baseline", [emb / "baseline_s1"], train(1, kill=True))
+    assert json.loads((out / "stages" / "baseline.running.json").read_text())["writes"] == ["embedders"]
+    written, unlisted = written_by_stages(out)
+    assert {"embedders/baseline_s0/model.bin", "embedders/baseline_s1/model.bin"} <= written and not unlisted
 
 
 def test_a_running_marker_of_an_older_unime_claims_nothing(tmp_path, caplog):

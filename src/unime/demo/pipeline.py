@@ -313,9 +313,11 @@ DEMO_ENTRIES = frozenset({
 
 def fresh(out: str | os.PathLike, *, overwrite: bool = False) -> list[str]:
     """`unime demo --fresh`: delete what earlier demo runs wrote in `out`: the files of its layout (`DEMO_ENTRIES`)
-    and, inside its folders, the files its stages recorded writing (`unime.demo.run.written_by_stages`), then the
-    folders that leaves empty. Every other entry stays — a file the user added, also inside the demo's folders, is
-    named in a warning — and a folder the demo does not own is refused unless `overwrite` (see `unime.outdir`)."""
+    and, inside its folders, the files its stages recorded writing (`unime.demo.run.written_by_stages`: a finished
+    stage's `files`, a killed stage's new files inside the outputs it named), then the folders that leaves empty.
+    A stage's files are only those inside the outputs it named (`DemoRun.stage`), so every other entry stays — a
+    file the user added inside the demo's folders, before, while or after a stage ran, is named in a warning — and
+    a folder the demo does not own is refused unless `overwrite` (see `unime.outdir`)."""
     from unime.data.atomic import remove_listed, warn_left
     from unime.demo.run import files_in_folders, written_by_stages
     from unime.outdir import remove_owned

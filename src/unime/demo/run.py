@@ -248,13 +248,16 @@ class DemoRun:
 
     def stage(self, name: str, done_when: list[Path], body: Callable[[list[str]], None], *,
               writes: Iterable[Path] = ()) -> None:
-        """Run `body` as stage `name` unless its marker and `done_when` exist. The marker records the files the stage
-        wrote in the demo's folders (`files`: those there after it and not before it), so that `--fresh` deletes
-        only these; while it runs, `NAME.running.json` holds the files there before it and the outputs the stage
-        named before writing them (`writes`: the files or folders `body` writes itself; the commands it runs name
-        theirs, `claim_outputs`). A killed run's marker is kept: its new files inside those outputs count as the
-        stage's (`written_by_stages`), and when the stage is run again, a file added since outside them (the
-        user's, between the kill and the resume) is not listed as the stage's."""
+        """Run `body` as stage `name` unless its marker and `done_when` exist. A stage names the outputs it writes
+        before writing them (`writes`: the files or folders `body` writes itself; the commands it runs name theirs,
+        `claim_outputs`), and only files inside these (`within`) are its: the marker records the files new in the
+        demo's folders since it started that are inside them (`files`), so that `--fresh` deletes only these, and
+        keeps the outputs (`writes`; a later pass of the stage, run again for outputs added since, claims them
+        too). A new file outside them — the user's, added while the stage ran or between a kill and the resume —
+        is not the stage's: `--fresh` leaves it and names it in its warning (so a body must name everything it
+        writes inside the demo's folders). While it runs, `NAME.running.json` holds the files there before it and
+        the outputs named so far; a killed run's is kept: its new files inside those outputs count as the stage's
+        (`written_by_stages`), and a resumed run carries them on."""
         marker = self.p(STAGES_DIR, f"{name}.json")
         if marker.is_file() and all(p.exists() for p in done_when):
             info = json.loads(marker.read_text())
@@ -277,20 +280,21 @@ class DemoRun:
         else:
             busy = None
         running = self.p(STAGES_DIR, f"{name}{RUNNING}")
-        found: set[str] = set()  # new since a killed run of the stage began (its files, or the user's since the kill)
         # the unimes that computed the stage's outputs: an earlier pass's, a killed run's, this one
         codes = (computed_by(earlier) if marker.is_file() else []) + [unime_code()]
         if running.is_file():
             killed = json.loads(running.read_text())
             codes[-1:-1] = computed_by(killed)
             before = set(killed.get("before", []))
-            found = files_in_folders(self.out) - before
             self._running_data = {"before": sorted(before), "writes": sorted(set(killed.get("writes", []))),
                                   "unime": list(dict.fromkeys(computed_by(killed) + [unime_code()]))}
         else:
             before = files_in_folders(self.out)
             self._running_data = {"before": sorted(before), "writes": [], "unime": [unime_code()]}
-        self._running_data["writes"] = sorted(set(self._running_data["writes"]) | {
+        # the outputs named: by an earlier pass (the finished marker's), a killed run, this body
+        earlier_writes = [w for w in earlier.get("writes", []) if isinstance(w, str)] if isinstance(
+            earlier.get("writes"), list) else []
+        self._running_data["writes"] = sorted(set(self._running_data["writes"]) | set(earlier_writes) | {
             rel for rel in map(self.relative, writes) if rel is not None})
         write_json(running, self._running_data)
         self._running = running
@@ -302,9 +306,14 @@ class DemoRun:
         finally:
             self._running = None
         now = files_in_folders(self.out) - {f"{STAGES_DIR}/{running.name}"}
-        # of the files found on resuming, those outside every output the stage named (either run) are not its
-        foreign = {f for f in found if not within(f, self._running_data["writes"])}
-        written = set(earlier.get("files", [])) | (now - before - foreign)
+        # the stage's files: the new ones inside the outputs it named (this run's, a killed run's, an earlier
+        # pass's); a new file elsewhere (the user's, added while it ran or since a kill) is not its
+        claimed = self._running_data["writes"]
+        new = now - before
+        written = set(earlier.get("files", [])) | {f for f in new if within(f, claimed)}
+        if new - written:
+            log.debug("stage %s: files new in the demo's folders outside the outputs it named, not listed as its: %s",
+                      name, ", ".join(sorted(new - written)))
         seconds = time.perf_counter() - t0
         if not set(commands) & set(earlier["commands"]):
             seconds += earlier["seconds"]
@@ -314,7 +323,7 @@ class DemoRun:
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps({"seconds": seconds, "commands": commands, "out": str(self.out),
                                    **({"busy_cores": round(busy, 2)} if busy is not None else {}),
-                                   "unime": codes, "files": sorted(written)}, indent=1))
+                                   "unime": codes, "files": sorted(written), "writes": claimed}, indent=1))
         os.replace(tmp, marker)
         running.unlink(missing_ok=True)
         self.results.append(StageResult(name, seconds, commands, busy_cores=busy,
