@@ -524,11 +524,11 @@ def test_fresh_deletes_the_files_the_stages_wrote_and_keeps_the_users_inside_the
 
 def test_demo_embed_steps_sets_every_embedder_rows_steps(tmp_path, capsys):
     """`unime demo --embed-steps N`: the steps of the baseline, hard-negative and soft-label rows (the preset's
-    otherwise: 80, quick 20); refused below 1 in one line, before anything is written."""
+    otherwise: 240, quick 20); refused below 1 in one line, before anything is written."""
     from unime.cli import main
     from unime.demo.pipeline import DemoOptions
 
-    assert DemoOptions().settings().embed_steps == 80
+    assert DemoOptions().settings().embed_steps == 240
     assert DemoOptions(quick=True).settings().embed_steps == 20
     assert DemoOptions(embed_steps=240).settings().embed_steps == 240
     assert DemoOptions(quick=True, embed_steps=7).settings().embed_steps == 7

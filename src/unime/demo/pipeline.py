@@ -346,8 +346,8 @@ class DemoOptions:
     fresh: bool = option(False, "delete what earlier demo runs wrote in OUT and re-run every stage (other files stay)")
     seeds: int | None = option(None, "seeds per embedder row (default: preset's)")
     embed_steps: int | None = option(None, "training steps of each embedder row: baseline, hard negatives, soft "
-                                     "labels (default: preset's, 80; docs/DEMO.md measures 240: three times the "
-                                     "rows' time)", metavar="N", at_least=1)
+                                     "labels (default: preset's, 240; 80 takes a third of the rows' time, and there "
+                                     "hard negatives do not pay: docs/DEMO.md)", metavar="N", at_least=1)
     family: str | None = option(None, "model family of the tiny models (default qwen2_vl)",
                                 choices=list(FAMILIES))
     embed_rl: bool = option(False, "also run the Embed-RL stages (T-CoTs, match judge, <emb> embedders, reasoner "
