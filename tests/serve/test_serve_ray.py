@@ -21,9 +21,12 @@ def test_two_ray_serve_replicas_answer_like_the_in_process_embedder(tiny_model_d
 
     model = tiny_model_dir("qwen2_vl")
     # the environment asks for 2 OpenMP threads; each replica runs the torch threads its CPU reservation
-    # gives (floor(0.5) -> at least 1) and, reserving no GPU, on the CPU
+    # gives (floor(0.5) -> at least 1) and, reserving no GPU, on the CPU. Ray Serve's controller kills an HTTP
+    # proxy not ready within 5 s, and `serve.start` then fails with ActorDiedError: on 2 cores busy with other
+    # work that happened (CI beside a demo run); the proxy gets 60 s here
     s = Server(["--model", model, "--model-name", "tiny", "--no-auth", "--ray", "--replicas", "2",
-                "--ray-cpus-per-replica", "0.5"], log_path=tmp_path / "ray.log", env={"OMP_NUM_THREADS": "2"})
+                "--ray-cpus-per-replica", "0.5"], log_path=tmp_path / "ray.log",
+               env={"OMP_NUM_THREADS": "2", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"})
     try:
         s.wait_ready(timeout=300)
         # both replicas serve requests (Ray's proxy learns of the second one shortly after the app is up)
