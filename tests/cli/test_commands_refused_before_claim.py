@@ -178,6 +178,11 @@ def test_reason_split_refuses_a_threshold_beside_an_rl_fraction_first_with_one_l
     assert exit_.value.code == 2
     assert "argument --rl-fraction: not allowed with argument --threshold" in capsys.readouterr().err
     assert not out.exists()
+    # a threshold from a --config file passes argparse's group (it is a default there): the config's check refuses it
+    config = tmp_path / "split.yaml"
+    config.write_text("threshold: 0.3\n")
+    _refused([*argv, "--config", str(config), "--rl-fraction", "0.2"], capsys, "--threshold", "--rl-fraction")
+    assert not out.exists()
 
 
 # -- every command that claims an output folder --------------------------------------------------------------
