@@ -200,7 +200,8 @@ class SplitConfig(ReasonOptions, ImageOptions, VideoOptions):
     out_dir: str = option(help="writes contrastive.jsonl, rl.jsonl, split.json")
 
     def check(self) -> None:
-        """OptionError for an option out of its range or two ways to split given (the CLI names them by their flags), before anything is read."""
+        """OptionError for an option out of its range or for both ways to split given (the CLI names them by
+        their flags), before anything is read."""
         if self.rl_fraction is not None and not 0.0 <= self.rl_fraction <= 1.0:
             raise OptionError(self, "{rl_fraction} must be in [0, 1], got {got}", got=self.rl_fraction)
         if self.threshold is not None and self.rl_fraction is not None:  # one from a --config file, say
