@@ -100,6 +100,39 @@ def test_decoding_is_deterministic_and_cached_by_content(clips):
     assert _red(d[0]) == pytest.approx(100, abs=6) and FRAME_CACHE.misses == 3
 
 
+def test_decoded_frames_are_pyav_s_own_rgb_frames_at_either_size_and_in_any_thread(clips):
+    """The frames come out of one swscale context per thread (`unime.data.video._reformatter`, kept from frame to
+    frame) where PyAV's `frame.to_image()` makes a new one per frame: the pixels must be PyAV's own, at the clip's
+    size and resized to a pixel budget, decoded in this thread and in two others at once."""
+    import threading
+
+    from unime.data.video import decode_video, uniform_indices
+
+    data = (clips / "a.mp4").read_bytes()
+    with av.open(str(clips / "a.mp4")) as c:
+        stored = list(c.decode(video=0))
+    wanted = uniform_indices(len(stored), 8)
+    for budget, size in ((None, (64, 48)), (8 * 32 * 24, (32, 24))):
+        sampling = VideoSampling(num_frames=8) if budget is None else VideoSampling(num_frames=8,
+                                                                                    max_video_pixels=budget)
+        expected = [np.asarray(stored[i].to_image(width=size[0], height=size[1])) for i in wanted]
+        results: dict[str, list] = {}
+
+        def decode(name: str) -> None:
+            results[name] = [np.asarray(f) for f in decode_video(data, sampling)]
+
+        threads = [threading.Thread(target=decode, args=(n,)) for n in ("t1", "t2")]
+        for t in threads:
+            t.start()
+        decode("main")
+        for t in threads:
+            t.join()
+        assert sorted(results) == ["main", "t1", "t2"]
+        for frames in results.values():
+            assert [f.shape for f in frames] == [(size[1], size[0], 3)] * 8
+            assert all(np.array_equal(f, e) for f, e in zip(frames, expected))
+
+
 def test_pixel_budget_per_video_scales_frames_down(clips):
     budget = 8 * 32 * 24
     v = ImageLoader(clips, video=VideoSampling(max_video_pixels=budget)).load_video(["a.mp4"])

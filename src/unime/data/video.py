@@ -654,6 +654,23 @@ def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | No
             _stream_header(container, sampling, fail, name, getattr(loader, "max_aspect_ratio", None))
 
 
+_REFORMATTER = threading.local()
+
+
+def _reformatter():
+    """This thread's PyAV `VideoReformatter`. `frame.to_image()` makes a new one for every frame, and with it a
+    new swscale context (1-7 ms at the demo's 56 px clips, more than decoding the frame); one reformatter per
+    thread keeps FFmpeg's cached context (`sws_getCachedContext`) from frame to frame: the same pixels
+    (`tests/data/test_video.py`), several times faster (`bench/video_throughput.py`). A context is not shared
+    between threads."""
+    r = getattr(_REFORMATTER, "instance", None)
+    if r is None:
+        from av.video.reformatter import VideoReformatter
+
+        r = _REFORMATTER.instance = VideoReformatter()
+    return r
+
+
 def _frame_image(frame, size: tuple[int, int]):
     """A decoded frame as an RGB PIL image of `size` (stored orientation), turned upright as players show it: the
     stream's display matrix rotation (`frame.rotation`, counter-clockwise degrees; a phone's portrait clip is stored
@@ -661,7 +678,8 @@ def _frame_image(frame, size: tuple[int, int]):
     the same either way up."""
     from PIL import Image
 
-    img = frame.to_image(width=size[0], height=size[1]) if size != (frame.width, frame.height) else frame.to_image()
+    resize = {"width": size[0], "height": size[1]} if size != (frame.width, frame.height) else {}
+    img = _reformatter().reformat(frame, format="rgb24", **resize).to_image()
     turn = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}.get(
         round(getattr(frame, "rotation", 0) or 0) % 360)
     return (img.transpose(turn) if turn is not None else img).convert("RGB")
