@@ -118,3 +118,117 @@ def test_the_string_checkpoint_is_not_the_loaders_checkpoint_dtype(tiny_model_di
     assert not isinstance(CHECKPOINT_DTYPE, str)
     with pytest.raises(ValueError, match="unknown dtype 'checkpoint'"):
         load_model(tiny_model_dir("qwen2_vl"), device="cpu", dtype="checkpoint")
+
+
+# -- a PEFT adapter folder as the checkpoint: merged as the trainers' export merges, its rounding reported --------
+
+def _adapter(base: str, folder, scale: float) -> str:
+    """A LoRA adapter (peft: r 4, alpha 8 on q_proj and v_proj, 2 layers: 4 modules) on the fp32 `base`, its B
+    weights drawn at `scale` (peft starts them at zero), saved in `folder`."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape) * scale)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def _update_lost(base: str, adapter: str, out, dtype) -> tuple[int, float]:
+    """Independently of the export: the adapted modules and |(merged - W) - dW| / |dW| summed over them, W each
+    module's base weight as the merge holds it (the saved fp32 weight in `dtype`), dW peft's own `get_delta_weight`
+    in fp32, merged the weight the copy `out` holds."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForImageTextToText
+
+    peft_model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32),
+                                           adapter)
+    merged = dict(AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).named_parameters())
+    n, err2, delta2 = 0, 0.0, 0.0
+    with torch.no_grad():
+        for name, layer in peft_model.get_base_model().named_modules():
+            if isinstance(layer, LoraLayer):
+                w = layer.get_base_layer().weight.to(dtype).to(torch.float64)
+                delta = layer.get_delta_weight("default").to(torch.float64)
+                err2 += float(((merged[name + ".weight"].to(torch.float64) - w) - delta).norm()) ** 2
+                delta2 += float(delta.norm()) ** 2
+                n += 1
+    return n, (err2 / delta2) ** 0.5
+
+
+def _saved_bytes(folder) -> tuple[set, int]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        tensors = [f.get_tensor(k) for k in f.keys()]
+    return {t.dtype for t in tensors}, sum(t.numel() * t.element_size() for t in tensors)
+
+
+@pytest.mark.parametrize("asked, dtype, name", [("bf16", torch.bfloat16, "bfloat16"),
+                                                ("fp32", torch.float32, "float32"),
+                                                ("auto", torch.float32, "float32")])  # the tiny base is fp32
+def test_an_adapter_is_merged_as_the_export_merges_and_the_update_its_rounding_lost_is_reported(
+        tiny_model_dir, tmp_path, capsys, caplog, asked, dtype, name):
+    """add-emb merged an adapter folder with peft's `merge_and_unload` in the copy's dtype and said nothing of what
+    bf16's rounding took from the update (the trainers' export reports it: `merge_in_dtype`). Now it merges through
+    `merge_in_dtype`: the copy gets unime_merge.json (dtype, size, update lost), the log line names the
+    share, and above `UPDATE_LOSS_WARNING` the export's warning is logged. An update of about 1e-4 per entry on
+    weights of about 0.02 loses a large share to bf16 and none in fp32."""
+    from unime.cli import main
+    from unime.models.export import MERGE_FILE, UPDATE_LOSS_WARNING
+
+    base = tiny_model_dir("qwen2_vl")
+    adapter = _adapter(base, tmp_path / "adapter", scale=2e-4)
+    out = tmp_path / "emb"
+    capsys.readouterr()
+    with caplog.at_level("INFO", logger="unime"):
+        assert main(["reason", "add-emb", "--model", adapter, "--out", str(out), "--dtype", asked]) == 0
+    n, expected = _update_lost(base, adapter, out, dtype)
+    assert n == 4
+    summary = json.loads((out / MERGE_FILE).read_text())
+    lost = summary["LoRA update lost to rounding"]
+    assert summary["dtype"] == name and lost["modules"] == n
+    dtypes, size = _saved_bytes(out)
+    assert dtypes == {dtype} and summary["bytes"] == size
+    if dtype == torch.float32:
+        assert lost["overall"] == lost["max"] == 0.0 and expected < 1e-3  # fp32's own rounding of W + dW only
+    else:
+        assert expected > UPDATE_LOSS_WARNING and abs(lost["overall"] - expected) < 1e-4 * expected, (lost, expected)
+    assert capsys.readouterr().out == f"{out}\n"  # the folder alone, as before (scripts read it)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "INFO" and r.getMessage().startswith(str(out))]
+    assert len(said) == 1 and name in said[0]
+    assert f"rounding lost {100 * lost['overall']:.1f}% of the LoRA update" in said[0]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("unime")]
+    if lost["overall"] > UPDATE_LOSS_WARNING:
+        assert len(warned) == 1 and f"lost {100 * lost['overall']:.0f}% of the trained LoRA update" in warned[0]
+        assert "--dtype fp32" in warned[0]
+    else:
+        assert warned == []
+
+
+def test_a_plain_checkpoint_is_copied_as_before_without_a_merge_report(tiny_model_dir, tmp_path, capsys, caplog):
+    """A model folder (no adapter) is copied as it always was: the folder printed alone, the model's and the
+    processor's files as `save_pretrained` writes them (and the output marker and lock), no unime_merge.json,
+    nothing logged of a merge."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from unime.cli import main
+
+    base = tiny_model_dir("qwen2_vl")
+    out = tmp_path / "emb"
+    capsys.readouterr()
+    with caplog.at_level("INFO", logger="unime"):
+        assert main(["reason", "add-emb", "--model", base, "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"{out}\n"
+    plain = tmp_path / "plain"
+    AutoModelForImageTextToText.from_pretrained(base).save_pretrained(plain)
+    AutoProcessor.from_pretrained(base).save_pretrained(plain)
+    assert {p.name for p in out.iterdir()} == {p.name for p in plain.iterdir()} | {".unime-output.json",
+                                                                                   ".unime.lock"}
+    assert "rounding" not in caplog.text and "merged" not in caplog.text

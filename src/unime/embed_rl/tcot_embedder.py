@@ -66,20 +66,32 @@ class AddEmbConfig(ReasonOptions):
 def prepare_emb_checkpoint(cfg: AddEmbConfig) -> Path:
     """`unime reason add-emb`: copy a checkpoint (HF folder, or a PEFT adapter folder: merged first) with the
     `<emb>` token added and given an embedding row (`add_emb_token`: the matrix grows only when the tokenizer
-    outgrows it), as an ordinary HF folder in the checkpoint's own dtype (`cfg.dtype` auto) or the one named."""
+    outgrows it), as an ordinary HF folder in the checkpoint's own dtype (`cfg.dtype` auto) or the one named.
+    An adapter is merged as a trainer's export merges it (`unime.models.export.merge_in_dtype`: in fp32, then
+    rounded to the copy's dtype), and the copy gets the export's unime_merge.json (dtype, size, the share of the
+    LoRA update the rounding lost; logged, a warning above `UPDATE_LOSS_WARNING`)."""
     src, out = cfg.model, cfg.out
     from unime.models.embedder import add_emb_token
+    from unime.models.export import (MERGE_FILE, checkpoint_config, checkpoint_dtype, merge_in_dtype, merged_summary,
+                                     model_folder)
     from unime.models.loading import CHECKPOINT_DTYPE, load_model
-    from unime.models.export import model_folder
+    from unime.models.run_state import is_peft
 
     loaded = load_model(src, device=cfg.device, dtype=CHECKPOINT_DTYPE if cfg.dtype == "auto" else cfg.dtype)
-    model = loaded.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model, lost, summary = loaded.model, None, None
+    adapter = is_peft(model)
+    if adapter:
+        model, lost = merge_in_dtype(model, loaded.dtype)
     add_emb_token(model, loaded.processor)
+    if adapter:  # the table of the copy as written, `<emb>`'s row included
+        summary = merged_summary(model, loaded.dtype, checkpoint_dtype(checkpoint_config(loaded.base_path)), lost,
+                                 folder=str(out), base_choice="--dtype auto",
+                                 advice="Write the copy in fp32 instead (--dtype fp32)")
     with model_folder(out) as tmp:
         model.save_pretrained(tmp)
         loaded.processor.save_pretrained(tmp)
+        if summary is not None:
+            (tmp / MERGE_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return Path(out)
 
 

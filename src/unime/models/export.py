@@ -235,10 +235,15 @@ def merge_in_dtype(model, dtype) -> tuple[Any, dict[str, Any] | None]:
     return merged, {"modules": n, "median": median, "max": per_module[-1], "overall": (err2 / delta2) ** 0.5}
 
 
-def merged_summary(model, dtype, base_dtype, update_lost: dict[str, Any] | None = None) -> dict[str, Any]:
+def merged_summary(model, dtype, base_dtype, update_lost: dict[str, Any] | None = None, *, folder: str = "merged/",
+                   base_choice: str = "--merged-dtype base",
+                   advice: str = "Evaluate OUT/adapter instead, or export the merged weights in fp32 (--merged-dtype "
+                                 "fp32)") -> dict[str, Any]:
     """The "Merged weights" table of the card, also logged: the dtype, the size of the weights, the base
     checkpoint's dtype when it differs, and the share of the LoRA update the rounding to `dtype` lost
-    (`merge_in_dtype`; a warning above `UPDATE_LOSS_WARNING`)."""
+    (`merge_in_dtype`; a warning above `UPDATE_LOSS_WARNING`). `folder` names the merged folder in the log,
+    `base_choice` the option that writes the base's dtype, `advice` what to do instead of a lossy merge (a trainer's
+    export: OUT/adapter, --merged-dtype; `unime reason add-emb`: its --dtype)."""
     seen, size = set(), 0
     for t in model.state_dict().values():  # tied weights are written once
         if t.data_ptr() not in seen:
@@ -246,21 +251,27 @@ def merged_summary(model, dtype, base_dtype, update_lost: dict[str, Any] | None 
             size += t.numel() * t.element_size()
     table: dict[str, Any] = {"dtype": _dtype_name(dtype), "size": _size_text(size), "bytes": size}
     if base_dtype is not None and base_dtype != dtype:
-        table["base checkpoint dtype"] = (f"{_dtype_name(base_dtype)} (differs: --merged-dtype base writes the "
-                                          "base's)")
-    lost = ""
+        table["base checkpoint dtype"] = f"{_dtype_name(base_dtype)} (differs: {base_choice} writes the base's)"
     if update_lost is not None:
         table["LoRA update lost to rounding"] = update_lost
-        lost = (f"; rounding lost {update_lost['overall']:.1%} of the LoRA update's norm (|(merged - base) - dW| "
-                f"/ |dW| over {update_lost['modules']} modules: median {update_lost['median']:.1%}, max "
-                f"{update_lost['max']:.1%})")
-    log.info("merged/: %s, %s%s%s", table["dtype"], table["size"],
-             f" (the base checkpoint is {_dtype_name(base_dtype)})" if "base checkpoint dtype" in table else "", lost)
+    lost = update_lost_text(table)
+    log.info("%s: %s, %s%s%s", folder, table["dtype"], table["size"],
+             f" (the base checkpoint is {_dtype_name(base_dtype)})" if "base checkpoint dtype" in table else "",
+             f"; {lost}" if lost else "")
     if update_lost is not None and update_lost["overall"] > UPDATE_LOSS_WARNING:
-        log.warning("merged/ in %s lost %.0f%% of the trained LoRA update to rounding: it is not the model trained. "
-                    "Evaluate OUT/adapter instead, or export the merged weights in fp32 (--merged-dtype fp32)",
-                    table["dtype"], 100 * update_lost["overall"])
+        log.warning("%s in %s lost %.0f%% of the trained LoRA update to rounding: it is not the model trained. %s",
+                    folder, table["dtype"], 100 * update_lost["overall"], advice)
     return table
+
+
+def update_lost_text(summary: Mapping[str, Any]) -> str:
+    """The share of the LoRA update a merge's rounding lost, from its `merged_summary` table (unime_merge.json), as
+    the log says it; "" when the table has none (no adapter, or a zero update)."""
+    lost = summary.get("LoRA update lost to rounding")
+    if lost is None:
+        return ""
+    return (f"rounding lost {lost['overall']:.1%} of the LoRA update's norm (|(merged - base) - dW| / |dW| over "
+            f"{lost['modules']} modules: median {lost['median']:.1%}, max {lost['max']:.1%})")
 
 
 def _dtype_name(dtype) -> str:
