@@ -33,9 +33,11 @@ def _common(model: str, records: Path, world: Path, loss: str, steps: int, grad_
             "--logging-steps", "1", "--device", "cpu", "--seed", "3"]
 
 
-def _torchrun(args: list[str], log: Path, command: str = "embedder", succeeds: bool = True) -> str:
-    """`torchrun --nproc-per-node 2 $(which unime) train COMMAND ...`, the documented launch; its output."""
-    unime = Path(sys.executable).parent / "unime"
+def _torchrun(args: list[str], log: Path, command: str = "embedder", succeeds: bool = True,
+              program: Path | None = None) -> str:
+    """`torchrun --nproc-per-node 2 $(which unime) train COMMAND ...`, the documented launch (or `program` in place of
+    `unime`); its output."""
+    unime = program or Path(sys.executable).parent / "unime"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(unime), "train", command, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -309,6 +311,79 @@ def test_two_processes_run_grpo(tiny_model_dir, ddp_data, tmp_path):
         assert [int(float(r["step"])) for r in csv.DictReader(fh)] == [1, 2]
     assert (out / "merged" / "config.json").is_file()
 
+
+
+def _counting_unime(path: Path, counts: Path) -> Path:
+    """A `unime` launcher at `path` that counts the activation checkpoints transformers takes in its process, by layer
+    class (`tests.train.helpers.count_checkpointed_layers`), and writes them to COUNTS/rankRANK.json as it ends."""
+    counts.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"""import collections, json, os, sys
+import transformers.modeling_utils as modeling_utils
+calls, real = collections.Counter(), modeling_utils.checkpoint
+def counting(function, *args, **kwargs):
+    calls[type(function.args[0]).__name__] += 1
+    return real(function, *args, **kwargs)
+modeling_utils.checkpoint = counting
+from unime.cli import main
+code = main()
+with open(os.path.join({str(counts)!r}, "rank" + os.environ["RANK"] + ".json"), "w") as fh:
+    json.dump(calls, fh)
+sys.exit(code)
+""")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_two_processes_run_grpo_with_gradient_checkpointing_like_without(tiny_model_dir, ddp_data, tmp_path, mode):
+    """`unime train reasoner --stage grpo --gradient-checkpointing` under torchrun (2 processes, DDP; never run
+    before), in full fine-tuning (GRPO's default, the vision tower trained too) and with LoRA (the vision tower
+    frozen): 2 SGD steps with the same seed with and without checkpointing. Both finish, train_config.json records
+    the setting, each process checkpointed the policy's decoder layers in its loss forwards (none without the option),
+    the reward log has the same rewards at every step (the same generations) and the trained weights are equal (the
+    same loss and gradients), moved from the starting weights: most of the vision tower's tensors, some by far more
+    than the tolerance (full); every LoRA B, which starts at 0 (LoRA)."""
+    import csv
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from tests.train.helpers import assert_same_weights_and_vision_trained
+    from unime.models.prompts import EMB_TOKEN
+
+    world, records = ddp_data
+    model = tiny_model_dir("qwen2_vl")
+    own = ["--lr", "0.05"] if mode == "full" else ["--lora-r", "4", "--lora-dropout", "0", "--lr", "0.5"]
+    common = ["--stage", "grpo", "--model", model, "--records", str(records),
+              "--embedder", tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), "--data-root", str(world), "--max-steps", "2",
+              "--max-completion-length", "12", "--weights", "0.05,0.8,0", "--seed", "3", "--trainer-arg", "optim=sgd",
+              "--trainer-arg", "max_grad_norm=0", "--device", "cpu", *own]
+    weights = "merged/model.safetensors" if mode == "full" else "adapter/adapter_model.safetensors"
+    runs = {}
+    for on in (False, True):
+        out, counts = tmp_path / str(on), tmp_path / f"counts-{on}"
+        _torchrun(common + ["--out", str(out), *(["--gradient-checkpointing"] * on)], tmp_path / f"{on}.log",
+                  command="reasoner", program=_counting_unime(tmp_path / f"unime-{on}.py", counts))
+        assert json.loads((out / "grpo_summary.json").read_text())["steps"] == 2
+        assert json.loads((out / "train_config.json").read_text())["gradient_checkpointing"] is on
+        with open(out / "reward_log.csv") as fh:
+            rewards = list(csv.DictReader(fh))
+        calls = [json.loads((counts / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+        runs[on] = (calls, rewards, load_file(out / weights))
+    (off_calls, off_rewards, off_weights), (on_calls, on_rewards, on_weights) = runs[False], runs[True]
+    layers = AutoConfig.from_pretrained(model).text_config.num_hidden_layers
+    assert off_calls == [{}, {}]
+    for calls in on_calls:  # 2 steps, one loss forward each
+        assert calls["Qwen2VLDecoderLayer"] == 2 * layers
+    assert [int(float(r["step"])) for r in off_rewards] == [1, 2]
+    assert on_rewards == off_rewards
+    if mode == "full":
+        assert_same_weights_and_vision_trained(on_weights, off_weights, model, "full")
+        base = load_file(Path(model) / "model.safetensors")
+        assert max(float((off_weights[k] - base[k]).abs().max()) for k in base) > 1e-3
+    else:
+        _same_weights(off_weights, on_weights)
+        lora_b = [k for k in off_weights if "lora_B" in k]
+        assert lora_b and all(float(off_weights[k].abs().max()) > 1e-4 for k in lora_b)
 
 def test_an_interrupted_global_batch_run_continues_on_another_number_of_processes(tiny_model_dir, ddp_data, tmp_path):
     """`--global-batch 4` on 2 processes (1 query × 2 accumulation steps each), interrupted after step 2, continued on
