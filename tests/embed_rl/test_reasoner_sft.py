@@ -329,6 +329,51 @@ def test_a_key_frame_past_the_frames_of_the_prompt_is_refused_naming_the_row(loa
     assert skipped == 1 and len(out) == 1 and "[1, 2]" in out[0]["completion"]
 
 
+def test_a_video_rows_clip_is_decoded_once_by_the_check_and_its_frames_are_the_prompts(loaded, tiny_model_dir,
+                                                                                       tmp_path, monkeypatch):
+    """The run's checks of a row of a video clip (`CheckedImages.check` before the model loads, then `sft_rows`'s
+    key-frame checks) decode the clip once under the command's sampling: the row's T-CoT was written at --video-fps 2
+    and is read at --video-frames 4, two samplings that take the same frames of the 2-s, 20-frame clip (uniform 4 of
+    20: round(i * 19 / 3) = 0, 6, 13, 19), so the clip is decoded once more under the recorded sampling to compare.
+    The key-frame check decoded the clip again under the command's (its frame-cache key lacked the checkpoint's
+    aspect limit, which `CheckedImages` did not show): 2 decodes of the same frames. The prompt's frames are the
+    frames compared: frame i of the clip has red 12 * i, so 0, 72, 156, 228; the key frames 2 and 4 name 72 and 228."""
+    pytest.importorskip("av")
+    from tests.data.helpers import write_clip
+    from unime.data import video as video_module
+    from unime.data.skips import ErrorPolicy, SkipReport
+    from unime.data.video import FRAME_CACHE, VideoSampling
+    from unime.embed_rl.reasoner_sft import CheckedImages
+    from unime.models.image_budget import ImageBudget
+    from unime.models.loading import checkpoint_image_loader
+    from unime.reasoning import evidence
+
+    write_clip(tmp_path / "clip.mp4", n=20, fps=10)
+    ours = VideoSampling.from_options(frames=4)
+    decoded, picked = [], []
+    real_decode, real_select = video_module.decode_video, evidence.select_key_frames
+    monkeypatch.setattr(video_module, "decode_video", lambda data, sampling, **kw: decoded.append(sampling)
+                        or real_decode(data, sampling, **kw))
+    monkeypatch.setattr(evidence, "select_key_frames", lambda frames, keys, **kw: picked.append(
+        (list(frames), real_select(frames, keys, **kw))) or picked[-1][1])
+    FRAME_CACHE.clear()
+    row = TCoTRow("v", "query", Item(text="", video=("clip.mp4",)),
+                  render_tcot({"key_frames": [2, 4]}, "Frames.", "frames"),
+                  video_sampling=VideoSampling.from_options(fps=2.0).numbering())
+    loader = CheckedImages(checkpoint_image_loader(tiny_model_dir("qwen2_vl"), ImageBudget(), tmp_path, video=ours))
+    try:
+        rows = loader.check([row], source="t.jsonl", policy=ErrorPolicy("raise", SkipReport(), "reasoner SFT"))
+        out, skipped = sft_rows(rows, loaded.adapter, loader, source="t.jsonl")
+    finally:
+        FRAME_CACHE.clear()
+    assert decoded.count(ours) == 1 and len(decoded) == 2 and skipped == 0
+    red = [float(np.asarray(f)[..., 0].mean()) for f in out[0]["images"]]
+    assert red == pytest.approx([0, 72, 156, 228], abs=6)
+    (shown, keys), = picked
+    assert [float(np.asarray(f)[..., 0].mean()) for f in shown] == pytest.approx([0, 72, 156, 228], abs=6)
+    assert [float(np.asarray(f)[..., 0].mean()) for f in keys] == pytest.approx([72, 228], abs=6)
+
+
 def test_gradient_checkpointing_recomputes_the_decoder_and_trains_the_same_weights(tiny_model_dir, tmp_path,
                                                                                    monkeypatch):
     """QA: TRL's SFTConfig turns activation checkpointing on by default and unime always turned it off, with no

@@ -92,16 +92,23 @@ def sft_rows(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False
         rid = f"{r.record_id}/{r.side}"
         try:
             tcot = parse_tcot(r.tcot, source=source, record=rid)
-            refuse_other_sampling(r, loader, source=source)
-        except DataError:  # a TCoTError, or key frames of another sampling
+        except DataError:  # a TCoTError
+            if not skip_invalid:
+                raise
+            skipped += 1
+            continue
+        # decoded once: the frames the sampling check compares are the prompt's (a bad video is raised, not skipped)
+        frames = loader.load_video(r.item.video, source=source, record=rid, field="item.video") if r.item.video \
+            else []
+        try:
+            refuse_other_sampling(r, loader, source=source, video=frames or None)
+        except DataError:  # key frames numbered under another sampling
             if not skip_invalid:
                 raise
             skipped += 1
             continue
         images = [loader.load(ref, source=source, record=rid, field=f"item.images[{i}]")
                   for i, ref in enumerate(r.item.images)]
-        frames = loader.load_video(r.item.video, source=source, record=rid, field="item.video") if r.item.video \
-            else []
         if tcot.evidence.key_frames and frames:  # past the frames shown: the T-CoT was written with another sampling
             kept = select_key_frames(frames, tcot.evidence.key_frames, on_invalid="skip" if skip_invalid else "raise",
                                      dedupe=False, source=source, record=rid, field="tcot")

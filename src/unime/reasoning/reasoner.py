@@ -243,13 +243,14 @@ def numbering_of(item: Item, sampling: VideoSampling | None) -> dict | None:
     return (sampling or VideoSampling()).numbering() if item.video else None
 
 
-def refuse_other_sampling(row: TCoTRow, loader: ImageLoader, *, source: str | None) -> None:
+def refuse_other_sampling(row: TCoTRow, loader: ImageLoader, *, source: str | None, video=None) -> None:
     """Raise `DataError` naming `source`, the row (its line, else record/side), the video and both samplings when the
     row's key frames were numbered among other frames of its video than `loader`'s sampling (the command's) takes:
     the same numbers would name other frames. Two samplings that take the same frames of this video (8 frames of an
     8-frame clip, or 8 per second of it) pass, as do rows without video, without key frames or without a recorded
     sampling (a file written before it was recorded). The frames are those `load_video` samples (the clip is
-    decoded, once per sampling: the frame cache keeps the command's own)."""
+    decoded, once per sampling: the frame cache keeps the command's own); `video`, the row's clip as `loader` sampled
+    it (its `load_video`) when the caller has it, gives the command's frames without a second decode."""
     from unime.data.io import origin_of
     from unime.data.video import load_video, numbering_options
     from unime.errors import DataError
@@ -269,12 +270,13 @@ def refuse_other_sampling(row: TCoTRow, loader: ImageLoader, *, source: str | No
     def frames(sampling):
         return list(load_video(loader, refs, sampling, source=source, record=where, field="item.video").frame_indices)
 
-    theirs, mine = frames(ours.with_numbering(row.video_sampling)), frames(ours)
+    theirs = frames(ours.with_numbering(row.video_sampling))
+    mine = list(video.frame_indices) if video is not None else frames(ours)
     if theirs == mine:
         return
-    video = repr(refs[0]) if len(refs) == 1 and isinstance(refs[0], str) else f"of {len(refs)} references"
+    named = repr(refs[0]) if len(refs) == 1 and isinstance(refs[0], str) else f"of {len(refs)} references"
     raise DataError(f"the T-CoT's key frames are numbered among the frames of {numbering_options(row.video_sampling)}"
-                    f", this command samples {numbering_options(ours.numbering())}: of video {video} they take frames "
+                    f", this command samples {numbering_options(ours.numbering())}: of video {named} they take frames "
                     f"{theirs}, this command frames {mine}: give it the --video-* options the T-CoT file was written "
                     "with", source=source, record=where, field="video_sampling")
 
