@@ -83,16 +83,36 @@ def test_judge_records_hard_negatives_are_the_hardest_of_their_source(tiny_world
 
 
 @pytest.mark.slow
-def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
+def test_demo_quick_runs_end_to_end_and_resumes(tmp_path, capfd):
+    import logging
+
     from unime.demo.pipeline import Demo
     from unime.demo.run import DemoSettings
 
     out = tmp_path / "demo"
     messages: list[str] = []
     times = tmp_path / "stage_seconds.json"
-    report = Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True,
-                  timings=times).run()
+    root, console = logging.getLogger(), logging.StreamHandler()  # the console `unime.cli.configure_logging` sets up
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    level = root.level
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+    try:
+        report = Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True,
+                      timings=times).run()
+    finally:
+        root.removeHandler(console)
+        root.setLevel(level)
     text = report.read_text()
+    # the stages' INFO lines are in their log files, not on the console; the warnings on both
+    err = capfd.readouterr().err
+    eval_log = (out / "logs" / "eval.log").read_text()
+    assert "hit@1=" in eval_log and "hit@1=" not in err
+    assert eval_log.startswith("===== stage eval: attempt started ") and " INFO unime.eval." in eval_log
+    assert " INFO " not in err and " WARNING unime." in err
+    warned = [line for line in err.splitlines() if " WARNING unime.mining.pipeline: " in line]
+    assert warned and all(line in (out / "logs" / "mine.log").read_text() for line in warned)
+    assert "Each stage's log: `logs/STAGE.log` in this folder" in text
     assert messages[0].startswith("[demo] stage 1/15 world: elapsed 0:00, remaining: no recorded stage times yet")
     # the learnability reference ran per seed, and the Table 4 rows carry the bootstrap against the baseline
     assert (out / "eval" / "reference_s0" / "summary.json").is_file()
@@ -149,6 +169,9 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path):
     Demo(out, DemoSettings.preset("quick"), progress=messages.append, oracle_judge=True, timings=times).run()
     skipped = [m for m in messages if m.endswith("skipped")]
     assert len(skipped) == 14, messages
+    # the report stage ran again: its log holds both attempts; a skipped stage's log has no new attempt
+    assert (out / "logs" / "report.log").read_text().count("===== stage report: attempt started ") == 2
+    assert (out / "logs" / "eval.log").read_text() == eval_log
 
 
 def test_listwise_positions_sum_over_seeds_and_tasks():
@@ -492,6 +515,7 @@ def test_fresh_deletes_the_files_the_stages_wrote_and_keeps_the_users_inside_the
 
     def write(*files):
         def body(commands):
+            logging.getLogger("unime.demo.test").info("writing %s", ", ".join(files))
             for rel in files:
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 (out / rel).write_text("demo")
@@ -513,13 +537,45 @@ def test_fresh_deletes_the_files_the_stages_wrote_and_keeps_the_users_inside_the
         with pytest.raises(KeyboardInterrupt):
             demo.stage("mine", [], killed, writes=[out / "mined"])
         (out / "report.md").write_text("r")
+        (out / "logs" / "NOTES.md").write_text("the user's")  # beside the stages' logs
+    # each stage wrote its log (the killed one too), which its marker lists as its own
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["NOTES.md", "baseline.log", "mine.log", "world.log"]
+    assert "writing mined/shard0.jsonl" in (out / "logs" / "mine.log").read_text()
     with caplog.at_level(logging.WARNING):
         removed = fresh(out)
     assert removed == ["mined", "report.md", "stages", "world"]
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == [".unime-output.json", ".unime.lock", "embedders/NOTES.md", "eval/mine/summary.json"]
+    assert files == [".unime-output.json", ".unime.lock", "embedders/NOTES.md", "eval/mine/summary.json",
+                     "logs/NOTES.md"]
     assert any("left as they were inside the demo's folders" in r.getMessage() and "embedders/NOTES.md" in
-               r.getMessage() and "eval/mine/summary.json" in r.getMessage() for r in caplog.records)
+               r.getMessage() and "eval/mine/summary.json" in r.getMessage() and "logs/NOTES.md" in r.getMessage()
+               for r in caplog.records)
+    # without the user's file the logs folder goes too
+    demo.stage("world", [], write("world/world.json"), writes=[out / "world"])
+    (out / "logs" / "NOTES.md").unlink()
+    assert fresh(out) == ["logs", "stages", "world"] and not (out / "logs").exists()
+
+
+def test_a_failed_stage_names_its_log(tmp_path):
+    """A stage that fails says where its log is, and the log holds the failure (the console shows the error as the
+    command line reports it)."""
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
+    from unime.errors import UnimeError
+
+    def body(commands):
+        raise UnimeError("the judge's records are missing")
+
+    messages: list[str] = []
+    demo = Demo(tmp_path / "demo", DemoSettings.preset("quick"), progress=messages.append,
+                timings=tmp_path / "t.json", load_probe=lambda: None)
+    with pytest.raises(UnimeError):
+        demo.stage("judge", [], body)
+    log = tmp_path / "demo" / "logs" / "judge.log"
+    assert messages[-1] == f"[demo] stage judge failed; its log: {log}"
+    text = log.read_text()
+    assert text.startswith("===== stage judge: attempt started ") and "stage judge failed:" in text
+    assert "UnimeError: the judge's records are missing" in text
 
 
 def test_demo_embed_steps_sets_every_embedder_rows_steps(tmp_path, capsys):

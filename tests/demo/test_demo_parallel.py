@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from unime.demo.parallel import auto_jobs, root_failure, run_parallel, run_ranks, threads_per_job, torchrun_line
 from unime.demo.stage_calls import run_stage_command
+from unime.demo.stage_logs import StageLogging
 
 
 def test_jobs_and_threads_share_the_cores():
@@ -68,7 +69,11 @@ def test_mining_as_a_torchrun_group_writes_what_one_process_writes(tiny_model_di
 
     world, embedder, judge = tiny_world_dir(0), tiny_model_dir("qwen2_vl"), tiny_model_dir("qwen2_5_vl")
     assert torchrun_line(2, "unime mine --k 4") == "torchrun --standalone --nproc-per-node 2 -m unime mine --k 4"
-    run_ranks("mine", _mine(world, embedder, judge, tmp_path / "ranks"), processes=2, threads=1)
+    log = tmp_path / "logs" / "mine.log"  # the demo's stage log: every process appends its records to it
+    run_ranks("mine", _mine(world, embedder, judge, tmp_path / "ranks"), processes=2, threads=1,
+              logs=StageLogging(log))
+    info = [line for line in log.read_text().splitlines() if " INFO unime.mining." in line]
+    assert len({line.split("[process ")[1].split("]")[0] for line in info}) == 2, info  # both ranks' lines
     run_stage_command("mine", _mine(world, embedder, judge, tmp_path / "here"))  # one torch thread (conftest)
     shards = sorted((tmp_path / "ranks" / "judge").glob("shard-*.parquet"))
     assert len(shards) >= 2

@@ -69,7 +69,7 @@ def test_fresh_after_a_killed_stage_deletes_its_outputs_and_leaves_the_files_the
             (out / rel).write_text("the user's")
     assert written == ["--out", "--cache-dir"]
     running = json.loads((out / "stages" / "mine.running.json").read_text())
-    assert running["writes"] == ["cache/mining", "mined"]
+    assert running["writes"] == ["cache/mining", "logs/mine.log", "mined"]  # the stage's log is its own too
     with caplog.at_level(logging.WARNING):
         fresh(out)
     assert _files(out) == [".unime-output.json", ".unime.lock", "cache/mining-old/x.txt", "cache/notes.md",
@@ -101,7 +101,8 @@ def test_a_killed_stage_resumed_to_its_end_does_not_claim_the_files_the_user_add
     (emb / "NOTES.md").write_text("the user's")
     _demo(out, tmp_path).stage("baseline", [], train([1], kill=False), writes=writes)
     marker = json.loads((out / "stages" / "baseline.json").read_text())
-    assert marker["files"] == ["embedders/baseline_s0/model.bin", "embedders/baseline_s1/model.bin"]
+    assert marker["files"] == ["embedders/baseline_s0/model.bin", "embedders/baseline_s1/model.bin",
+                               "logs/baseline.log"]
     assert not (out / "stages" / "baseline.running.json").exists()
 
 
@@ -135,8 +136,8 @@ def test_a_stage_run_to_its_end_does_not_claim_a_file_the_user_added_while_it_ra
         demo.stage("mine", [], body, writes=[out / "embedders" / "baseline_s0"])
     marker = json.loads((out / "stages" / "mine.json").read_text())
     assert marker["files"] == ["cache/mining/part.bin", "embedders/baseline_s0.json",
-                               "embedders/baseline_s0/model.bin", "mined/part.bin"]
-    assert marker["writes"] == ["cache/mining", "embedders/baseline_s0", "mined"]
+                               "embedders/baseline_s0/model.bin", "logs/mine.log", "mined/part.bin"]
+    assert marker["writes"] == ["cache/mining", "embedders/baseline_s0", "logs/mine.log", "mined"]
     assert not (out / "stages" / "mine.running.json").exists()
     with caplog.at_level(logging.WARNING):
         fresh(out)
@@ -166,7 +167,8 @@ def test_a_finished_stage_run_again_keeps_the_outputs_it_named_before(tmp_path):
     _demo(out, tmp_path).stage("baseline", [], train(0), writes=[emb])
     with pytest.raises(KeyboardInterrupt):
         _demo(out, tmp_path).stage("baseline", [emb / "baseline_s1"], train(1, kill=True))
-    assert json.loads((out / "stages" / "baseline.running.json").read_text())["writes"] == ["embedders"]
+    assert json.loads((out / "stages" / "baseline.running.json").read_text())["writes"] == [
+        "embedders", "logs/baseline.log"]
     written, unlisted = written_by_stages(out)
     assert {"embedders/baseline_s0/model.bin", "embedders/baseline_s1/model.bin"} <= written and not unlisted
 

@@ -34,7 +34,11 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unime", description="unime: train universal multimodal embedders and rerankers with an MLLM judge (UniME-V2), and reasoning-driven embedders with embedder-guided RL (Embed-RL).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    # default None, logged as INFO: `unime demo` tells a level given (its console shows what the level lets
+    # through) from none (its console shows warnings; the stages' INFO lines go to OUT/logs/STAGE.log)
+    parser.add_argument("--log-level", default=None,
+                        help="logging level (DEBUG, INFO, WARNING; default INFO; `unime demo` logs its stages' INFO "
+                             "lines to OUT/logs/ only, unless a level is given)")
     parser.add_argument("--version", action="version", version=f"unime {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -378,14 +382,14 @@ class _OtherLibrariesFromWarning(logging.Filter):
         return record.levelno >= logging.WARNING or record.name == "unime" or record.name.startswith("unime.")
 
 
-def configure_logging(log_level: str) -> None:
-    """Log at `log_level` (DEBUG, INFO, WARNING ...) to stderr: unime's own loggers at that level, the other libraries'
-    at WARNING and above unless it is DEBUG. Under a launcher (torchrun), the processes after the
+def configure_logging(log_level: str | None) -> None:
+    """Log at `log_level` (DEBUG, INFO, WARNING ...; None: INFO) to stderr: unime's own loggers at that level, the
+    other libraries' at WARNING and above unless it is DEBUG. Under a launcher (torchrun), the processes after the
     first log their errors only: their INFO and WARNING lines would repeat the first one's (`resuming from ...`,
     `skipped 1 record(s)`), once per process; `--log-level DEBUG` keeps every process's lines."""
     from unime.outdir import is_main_process
 
-    level = getattr(logging, str(log_level).upper(), logging.INFO)
+    level = getattr(logging, str(log_level or "INFO").upper(), logging.INFO)
     if not is_main_process() and level > logging.DEBUG:
         level = max(level, logging.ERROR)
     handler = logging.StreamHandler()

@@ -25,12 +25,24 @@ def _check(args) -> None:
     resolve_device(config_from_args(DemoOptions, args).device)
 
 
+def _given_level(args) -> int | None:
+    """The level `--log-level` gives (the demo's console then shows what it lets through), None when not given (the
+    console shows warnings and errors; the stages' INFO lines go to OUT/logs/STAGE.log)."""
+    import logging
+
+    if getattr(args, "log_level", None) is None:
+        return None
+    level = logging.getLevelName(str(args.log_level).upper())
+    return level if isinstance(level, int) else logging.INFO
+
+
 def _demo(args) -> int:
     from unime.demo.pipeline import DemoOptions, run_demo
     from unime.errors import DemoStopped
 
     try:
-        report = run_demo(config_from_args(DemoOptions, args, overwrite=bool(getattr(args, "overwrite", False))))
+        report = run_demo(config_from_args(DemoOptions, args, overwrite=bool(getattr(args, "overwrite", False))),
+                          console_level=_given_level(args))
     except DemoStopped as e:
         print(f"[demo] stopped: {e}")
         return 3

@@ -51,5 +51,5 @@ def _serve(args) -> int:
     else:
         from unime.serve.runner import run_uvicorn
 
-        run_uvicorn(config, log_level=args.log_level)
+        run_uvicorn(config, log_level=args.log_level or "INFO")
     return 0

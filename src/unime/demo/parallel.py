@@ -21,6 +21,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from unime.demo.stage_logs import StageLogging
 from unime.errors import UnimeError
 from unime.process_group import PEER_LOST
 
@@ -38,12 +39,14 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     return max(1, cores // max(jobs, 1))
 
 
-def run_parallel(calls: list[tuple[str, dict[str, Any]]], *, jobs: int, threads: int) -> None:
+def run_parallel(calls: list[tuple[str, dict[str, Any]]], *, jobs: int, threads: int,
+                 logs: StageLogging | None = None) -> None:
     """Run every (command, options) of `calls`, `jobs` at a time; the first failure (in call order) is raised
-    once the calls already running have finished, and calls not yet started are not run."""
+    once the calls already running have finished, and calls not yet started are not run. `logs`: where the
+    workers' log records go (the stage's file and the console, `unime.demo.stage_logs`)."""
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(calls))), mp_context=ctx,
-                               initializer=_init_worker, initargs=(threads,))
+                               initializer=_init_worker, initargs=(threads, logs))
     try:
         futures = [pool.submit(_run_one, command, options) for command, options in calls]
         for future in futures:
@@ -54,7 +57,9 @@ def run_parallel(calls: list[tuple[str, dict[str, Any]]], *, jobs: int, threads:
     pool.shutdown(wait=True)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, logs: StageLogging | None = None, rank: int | None = None) -> None:
+    if logs is not None:
+        logs.install(rank=rank)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     if sys.platform.startswith("linux"):  # a worker does not outlive the demo (kill -9 of the demo included)
@@ -91,17 +96,19 @@ def torchrun_line(processes: int, line: str) -> str:
     return f"torchrun --standalone --nproc-per-node {processes} -m {line}"
 
 
-def run_ranks(command: str, options: dict[str, Any], *, processes: int, threads: int) -> None:
+def run_ranks(command: str, options: dict[str, Any], *, processes: int, threads: int,
+              logs: StageLogging | None = None) -> None:
     """`torchrun --standalone --nproc-per-node PROCESSES -m unime COMMAND ...` (`torchrun_line`), made with torchrun's
     own launcher (`elastic_launch`, a rendezvous on a free local port): every process makes the command's stage
-    call with `threads` torch threads. A failure of any process stops the others and is raised with its message."""
+    call with `threads` torch threads. A failure of any process stops the others and is raised with its message.
+    `logs`: where the processes' log records go (`run_parallel`)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"unime-demo-{os.getpid()}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
     try:
-        elastic_launch(config, _run_rank)(command, options, threads)
+        elastic_launch(config, _run_rank)(command, options, threads, logs)
     except ChildFailedError as e:
         rank, message = root_failure({r: f.message for r, f in e.failures.items()},
                                      {r: f.timestamp for r, f in e.failures.items()})
@@ -129,10 +136,10 @@ def root_failure(messages: dict[int, Any], timestamps: dict[int, int]) -> tuple[
     return (int(relayed.group(1)), relayed.group(2)) if relayed else (rank, text(messages[rank]))
 
 
-def _run_rank(command: str, options: dict[str, Any], threads: int) -> None:
+def _run_rank(command: str, options: dict[str, Any], threads: int, logs: StageLogging | None = None) -> None:
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    _init_worker(threads)
+    _init_worker(threads, logs, rank=int(os.environ.get("RANK", "0") or 0))
     record(_run_one)(command, options)
     # finished: after the launcher has read this return, the process ends without the interpreter's teardown, as
     # `unime mine` under torchrun does (a C++ thread sometimes aborted it there, failing a finished run)

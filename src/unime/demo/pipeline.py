@@ -307,6 +307,7 @@ def changed_settings(recorded: dict, current: dict) -> dict[str, tuple]:
 # the stages' folders and files, and the temporaries of the files it writes there
 DEMO_ENTRIES = frozenset({
     "world", "eval", "models", "judge", "embedders", "mined", "mined-oracle", "reranker", "er", "cache", "stages",
+    "logs",
     "settings.json", "judge_gate.json", "judge_gate.tmp", "train_records.jsonl", "report.md", "report.md.tmp",
     "report.html"})
 
@@ -381,9 +382,10 @@ class DemoOptions:
         return settings
 
 
-def run_demo(opts: DemoOptions) -> Path:
-    """`unime demo`: the report's path (`DemoStopped` when a gate stops the run)."""
+def run_demo(opts: DemoOptions, *, console_level: int | None = None) -> Path:
+    """`unime demo`: the report's path (`DemoStopped` when a gate stops the run). `console_level`: the level
+    `--log-level` gives (the console shows every record it lets through), None when not given (`DemoRun`)."""
     if opts.fresh:
         fresh(opts.out, overwrite=opts.overwrite)
     return Demo(opts.out, opts.settings(), device=opts.device, embed_rl=opts.embed_rl, oracle_judge=opts.oracle_judge,
-                jobs=max(0, opts.jobs)).run()
+                jobs=max(0, opts.jobs), console_level=console_level).run()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unime.demo.run import START_ROW, unime_names
+from unime.demo.stage_logs import LOGS_DIR
 
 if TYPE_CHECKING:  # pragma: no cover
     from unime.demo.run import DemoRun, StageResult
@@ -218,8 +219,10 @@ def write_report(demo: "DemoRun") -> Path:
     for r in demo.results:
         total += r.seconds
         md.append(f"| {r.name} | {r.seconds:.0f} | {'; '.join(stage_notes(r))} |")
-    md += [f"| **total** | **{total:.0f}** | |", "", "Commands, in order (each stage is a `unime` command):", "",
-           "```"]
+    md += [f"| **total** | **{total:.0f}** | |", "",
+           f"Each stage's log: `{LOGS_DIR}/STAGE.log` in this folder (its commands' INFO lines, warnings and errors; "
+           "each attempt of a resumed stage appended below a line naming its start).", "",
+           "Commands, in order (each stage is a `unime` command):", "", "```"]
     for r in demo.results:
         md += r.commands
     md += ["```", ""]

@@ -15,11 +15,13 @@ import re
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
 from unime.demo.cpu_load import BUSY_CORES, busy_cores
+from unime.demo.stage_logs import StageLogging, attempt_header, stage_log_path
 from unime.train.loss_defaults import DEFAULT_TEMPERATURE
 
 log = logging.getLogger(__name__)
@@ -147,7 +149,7 @@ class DemoRun:
     def __init__(self, out: str | os.PathLike, settings: DemoSettings, *, device: str = "cpu",
                  progress: Callable[[str], None] = print, embed_rl: bool = False, oracle_judge: bool = False,
                  timings: str | os.PathLike | None = None, jobs: int = 1,
-                 load_probe: Callable[[], float | None] | None = None):
+                 load_probe: Callable[[], float | None] | None = None, console_level: int | None = None):
         from unime.demo.parallel import auto_jobs
 
         self.out = Path(out)
@@ -167,6 +169,10 @@ class DemoRun:
         self.stage_busy = False  # the stage running started on a busy machine: its times are not recorded
         self._running: Path | None = None  # the running stage's marker (`stage`) and what it holds
         self._running_data: dict = {}
+        # the console during a stage (`unime.demo.stage_logs`): None shows from WARNING up, the stages' records in
+        # OUT/logs/STAGE.log; a level (`--log-level` given) shows what it lets through, as without the demo
+        self.console_level = console_level
+        self._logging = None  # the running stage's (`StageLogging`), for the worker processes of its commands
         self.t_start = time.perf_counter()
 
     # -- paths ------------------------------------------------------------------------------------
@@ -220,7 +226,7 @@ class DemoRun:
         threads = _torch_threads()
         try:
             if processes > 1:
-                run_ranks(command, options, processes=processes, threads=self.threads_per_job())
+                run_ranks(command, options, processes=processes, threads=self.threads_per_job(), logs=self._logging)
             else:
                 run_stage_command(command, options)
         finally:
@@ -238,7 +244,7 @@ class DemoRun:
 
         self.claim_outputs([p for _, options in calls for p in command_outputs(options)])
         commands.extend(command_line(command, options) for command, options in calls)
-        run_parallel(calls, jobs=self.jobs, threads=self.threads_per_job())
+        run_parallel(calls, jobs=self.jobs, threads=self.threads_per_job(), logs=self._logging)
 
     def threads_per_job(self) -> int:
         """Torch threads of each command: the `threads` setting, else the cores shared out among the jobs."""
@@ -259,7 +265,9 @@ class DemoRun:
         is not the stage's: `--fresh` leaves it and names it in its warning (so a body must name everything it
         writes inside the demo's folders). While it runs, `NAME.running.json` holds the files there before it and
         the outputs named so far; a killed run's is kept: its new files inside those outputs count as the stage's
-        (`written_by_stages`), and a resumed run carries them on."""
+        (`written_by_stages`), and a resumed run carries them on. Its log records go to `OUT/logs/NAME.log` (the
+        stage's file, appended to by each attempt, `unime.demo.stage_logs`); on a failure its console line names
+        the file."""
         marker = self.p(STAGES_DIR, f"{name}.json")
         if marker.is_file() and all(p.exists() for p in done_when):
             info = json.loads(marker.read_text())
@@ -296,23 +304,35 @@ class DemoRun:
         # the outputs named: by an earlier pass (the finished marker's), a killed run, this body
         earlier_writes = [w for w in earlier.get("writes", []) if isinstance(w, str)] if isinstance(
             earlier.get("writes"), list) else []
+        log_file = stage_log_path(self.out, name)
         self._running_data["writes"] = sorted(set(self._running_data["writes"]) | set(earlier_writes) | {
-            rel for rel in map(self.relative, writes) if rel is not None})
+            rel for rel in map(self.relative, [*writes, log_file]) if rel is not None})
         write_json(running, self._running_data)
         self._running = running
         t0 = time.perf_counter()
         commands: list[str] = []
         self.pretrain_seconds, self.stage_busy = 0.0, busy is not None
+        self._logging = StageLogging(log_file) if self.console_level is None else \
+            StageLogging(log_file, console_level=self.console_level, summary=False)
         try:
-            body(commands)
+            with self._logging.routed(attempt_header(name, unime_code())) as stage_log:
+                try:
+                    body(commands)
+                except BaseException as e:
+                    stage_log.write_line(f"stage {name} failed:\n{traceback.format_exc()}" if isinstance(e, Exception)
+                                         else f"stage {name} interrupted ({type(e).__name__})")
+                    if isinstance(e, Exception):
+                        self.say(f"[demo] stage {name} failed; its log: {log_file}")
+                    raise
         finally:
-            self._running = None
+            self._running, self._logging = None, None
         now = files_in_folders(self.out) - {f"{STAGES_DIR}/{running.name}"}
         # the stage's files: the new ones inside the outputs it named (this run's, a killed run's, an earlier
         # pass's); a new file elsewhere (the user's, added while it ran or since a kill) is not its
         claimed = self._running_data["writes"]
         new = now - before
-        written = set(earlier.get("files", [])) | {f for f in new if within(f, claimed)}
+        # the stage's log is its own also when an earlier attempt wrote it (each attempt appends)
+        written = set(earlier.get("files", [])) | {f for f in new if within(f, claimed)} | {self.relative(log_file)}
         if new - written:
             log.debug("stage %s: files new in the demo's folders outside the outputs it named, not listed as its: %s",
                       name, ", ".join(sorted(new - written)))
