@@ -111,7 +111,13 @@ def test_demo_quick_runs_end_to_end_and_resumes(tmp_path, capfd):
     assert eval_log.startswith("===== stage eval: attempt started ") and " INFO unime.eval." in eval_log
     assert " INFO " not in err and " WARNING unime." in err
     warned = [line for line in err.splitlines() if " WARNING unime.mining.pipeline: " in line]
-    assert warned and all(line in (out / "logs" / "mine.log").read_text() for line in warned)
+    mining_logs = (out / "logs" / "mine.log").read_text() + (out / "logs" / "mine-oracle.log").read_text()
+    assert warned and all(line in mining_logs for line in warned)
+    # mining's warning about what mined.json left out: its summary on the console, its example records in the log
+    mine_log = (out / "logs" / "mine.log").read_text()
+    assert "  - record " in mine_log and "  - record " not in err
+    assert any("WARNING unime.mining.stages: mined.json holds " in line and line.endswith("logs/mine.log)")
+               for line in err.splitlines())
     assert "Each stage's log: `logs/STAGE.log` in this folder" in text
     assert messages[0].startswith("[demo] stage 1/15 world: elapsed 0:00, remaining: no recorded stage times yet")
     # the learnability reference ran per seed, and the Table 4 rows carry the bootstrap against the baseline

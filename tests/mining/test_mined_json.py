@@ -98,3 +98,38 @@ def test_mining_with_a_video_in_the_pool_writes_mined_json_and_reports_what_it_l
     assert f"**mined.json holds {len(held)} of the {len(mined)} mined records**" in report
     assert f"skipped {len(with_video)} record(s) the UniME-V2 JSON format cannot hold" in report
     assert f"record {with_video[0]}, field 'negatives[" in report
+
+
+def test_in_the_demo_the_left_out_examples_go_to_the_stages_log_only(tmp_path):
+    """The warning's example records (one line each) are details: the demo's console shows its first line (naming the
+    log), the stage's log all of it; `unime mine`'s console (`unime.cli.configure_logging`'s handler) all of it, as
+    before."""
+    import io
+
+    from unime.demo.stage_logs import StageLogging
+
+    mined = read_records(mined_parquet_with_one_video_negative(tmp_path / "in.parquet"))
+    root, stream = logging.getLogger(), io.StringIO()
+    console = logging.StreamHandler(stream)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    saved = root.level
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+    try:
+        (tmp_path / "mine").mkdir()
+        write_outputs(tmp_path / "mine", mined, [], {})  # `unime mine`: no stage routing
+        alone = stream.getvalue()
+        stream.truncate(0), stream.seek(0)
+        (tmp_path / "demo").mkdir()
+        log = tmp_path / "logs" / "mine.log"
+        with StageLogging(log).routed():
+            write_outputs(tmp_path / "demo", mined, [], {})
+    finally:
+        root.removeHandler(console)
+        root.setLevel(saved)
+    summary = ("WARNING unime.mining.stages: mined.json holds 2 of the 3 mined records (mined.parquet has every "
+               "record): skipped 1 record(s) the UniME-V2 JSON format cannot hold (output_format: 1)")
+    example = "  - record m2, field 'negatives[1]': the UniME-V2 JSON format holds no video"
+    assert alone.splitlines() == [summary, example]
+    assert stream.getvalue().splitlines() == [f"{summary} (1 more line(s) in {log})"]
+    assert example in log.read_text().splitlines()

@@ -352,6 +352,11 @@ def discard_final_outputs(out: Path) -> list[str]:
     return removed
 
 
+# a warning's `extra`: the lines after its first (the example records) are details, which the demo's console leaves to
+# the stage's log file (`unime.demo.stage_logs.DETAILS`); `unime mine` shows them as they are
+_DETAILS = {"details_after_first_line": True}
+
+
 def write_mined_json(path: Path, mined: list[Record]) -> dict[str, Any]:
     """Write the records the released UniME-V2 JSON format can hold (one image path per item, no video) to `path`,
     leaving out, with a WARNING, the others (mined.parquet has them). Not a skip policy: the records are good, the
@@ -375,10 +380,10 @@ def write_mined_json(path: Path, mined: list[Record]) -> dict[str, Any]:
         why = f"none of the {len(mined)} mined records fits the UniME-V2 JSON format"
         notes["json"] = f"not written: {why}"
         log.warning("mined.json not written (mined.parquet has every record): %s\n%s", why,
-                    notes["json_left_out_summary"])
+                    notes["json_left_out_summary"], extra=_DETAILS)
     else:
         log.warning("mined.json holds %d of the %d mined records (mined.parquet has every record): %s", n,
-                    len(mined), notes["json_left_out_summary"])
+                    len(mined), notes["json_left_out_summary"], extra=_DETAILS)
     return notes
 
 
