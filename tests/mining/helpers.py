@@ -1,12 +1,22 @@
-"""Shared by the mining tests (and the end-to-end kill test): a small record set over two datasets."""
+"""Shared by the mining tests (and the end-to-end kill test): a small record set over two datasets; the Ray backend
+tests' driver process (`run_ray_driver`)."""
 
 from __future__ import annotations
 
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+import unime
 from unime.data.io import write_records
 from unime.data.items import Item, Record
 
@@ -36,3 +46,86 @@ def write_dataset(root: Path) -> Path:
     path = root / "records.jsonl"
     write_records(records, path)
     return path
+
+
+RAY_DRIVER = Path(__file__).with_name("ray_driver.py")
+SRC = str(Path(unime.__file__).resolve().parents[1])  # this tree's src/, for the driver process
+
+
+@dataclass
+class DriverRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    result: Any  # what the case returned (None if it wrote nothing)
+
+    def check(self) -> Any:
+        """The case's result, after checking the driver exited 0 and wrote it (else: its stderr's end)."""
+        assert self.returncode == 0 and self.result is not None, (
+            f"the Ray driver process exited with {self.returncode}:\n{self.stderr[-4000:]}")
+        return self.result
+
+
+def run_ray_driver(case: str, folder: Path, *, cwd: Path, timeout: float = 900.0, **inputs: Any) -> DriverRun:
+    """Run `ray_driver.py`'s `case(**inputs)` as its own process, in its own session, in `cwd`; files in `folder`.
+
+    The driver's Ray processes (cluster included) are in the driver's process group: once the driver has ended
+    (or, past `timeout`, been killed) the group gets SIGTERM, then SIGKILL after 10 s, so a crash leaves no Ray
+    process behind. The driver is reaped only after that: until then its pid, the group's id, is not reused."""
+    in_path, out_path = folder / f"ray_{case}.in.pkl", folder / f"ray_{case}.out.pkl"
+    in_path.write_bytes(pickle.dumps(inputs))
+    out_path.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(folder / f"ray_{case}.stdout", "w+") as out, open(folder / f"ray_{case}.stderr", "w+") as err:
+        proc = subprocess.Popen([sys.executable, str(RAY_DRIVER), case, str(in_path), str(out_path)], cwd=cwd,
+                                env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            _wait_unreaped(proc.pid, timeout)
+        finally:
+            _end_group(proc.pid)
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    result = pickle.loads(out_path.read_bytes()) if out_path.exists() else None
+    return DriverRun(proc.returncode, stdout, stderr, result)
+
+
+def _wait_unreaped(pid: int, timeout: float) -> None:
+    """Wait until process `pid` (a child) has exited, without reaping it; at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
+def _end_group(pgid: int, grace: float = 10.0) -> None:
+    """SIGTERM to process group `pgid`, SIGKILL to what is left of it after `grace` seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (an exited, unreaped leader is a zombie: not running)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 import sys
 import types
 from collections import Counter
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.mining.helpers import run_ray_driver
 from unime.data.items import Item
 from unime.errors import ModelError
 from unime.mining.backends import JudgeSpec, make_backend
@@ -212,27 +214,54 @@ def test_vllm_judge_says_it_does_not_run_transformers_attention_kernel(tiny_mode
                                "attention kernels (choose them with VLLM_ATTENTION_BACKEND), not transformers'"]
 
 
+def _runs(pid: int) -> bool:
+    """Whether process `pid` is a running `sleep 600` (not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return state != "Z" and cmdline == b"sleep\x00600\x00"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("hang", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_ray_driver_process_that_dies_or_hangs_fails_the_test_and_leaves_no_process(tmp_path, hang):
+    """The Ray tests' driver process (`run_ray_driver`) stands in for the test's own process, which Ray may end: a
+    driver that exits without its result (3, as Ray's core worker does) or that runs past the timeout (then ended
+    with SIGTERM) is the test's failure with its stderr, and no process of the driver's group survives it. (The
+    timeout leaves a busy machine's driver the time to start its child first.)"""
+    run = run_ray_driver("crash", tmp_path, cwd=tmp_path, timeout=20 if hang else 300, pid_file=str(tmp_path / "pid"),
+                         hang=hang)
+    pid = int((tmp_path / "pid").read_text())
+    assert (run.returncode, run.result) == ((-signal.SIGTERM if hang else 3), None)
+    assert run.stderr == "a driver's last words\n"
+    with pytest.raises(AssertionError, match=f"exited with {run.returncode}:\na driver's last words"):
+        run.check()
+    assert not _runs(pid)
+
+
 @pytest.mark.slow
-def test_ray_backend_with_two_workers_equals_local(tiny_model_dir):
-    ray = pytest.importorskip("ray")
+def test_ray_backend_with_two_workers_equals_local(tiny_model_dir, tmp_path):
+    """The Ray driver runs as its own process (`tests/mining/ray_driver.py`): Ray may end a driver's process."""
+    pytest.importorskip("ray")
     from unime.mining.backends.local import LocalBackend
 
     spec = JudgeSpec(path=tiny_model_dir("qwen2_5_vl"), device="cpu", chunk_size=2)
     groups = _groups()
     expected = LocalBackend(spec).score_groups(groups)
-    if ray.is_initialized():
-        ray.shutdown()
-    backend = make_backend("ray", spec, num_workers=2, num_cpus=2)
-    try:
-        # two shards streamed through one pipeline, as the mining pipeline uses it
-        got = dict(backend.score_shards([(7, groups[:2]), (9, groups[2:])]))
-        nodes = ray.nodes()
-    finally:
-        backend.close()
-    assert sorted(got) == [7, 9] and len(nodes) == 1
+    # two shards streamed through one pipeline, as the mining pipeline uses it
+    run = run_ray_driver("two_workers", tmp_path, cwd=tmp_path, spec=spec, shards=[(7, groups[:2]), (9, groups[2:])],
+                         num_workers=2, num_cpus=2)
+    out = run.check()
+    got = out["scores"]
+    assert sorted(got) == [7, 9] and out["nodes"] == 1
+    assert len(got[7] + got[9]) == len(expected)
     for g, e in zip(got[7] + got[9], expected):
         np.testing.assert_allclose(g, e, atol=1e-5)
-    assert not ray.is_initialized()
+    assert out["initialized_after_close"] is False
 
 
 @pytest.mark.slow
@@ -240,8 +269,10 @@ def test_ray_backend_on_a_cluster_started_elsewhere_sends_absolute_paths_and_rai
         tiny_model_dir, tmp_path, monkeypatch):
     """The user started the cluster in one folder and runs mining from another with relative --judge /
     --data-root: the workers (whose working directory is the cluster's) get absolute paths; a worker's own error
-    reaches the driver as itself (the CLI's one line), not as Ray's wrapping with the worker's traceback as text."""
-    ray = pytest.importorskip("ray")
+    reaches the driver as itself (the CLI's one line), not as Ray's wrapping with the worker's traceback as text.
+    The Ray driver (which starts the cluster in tmp_path) runs as its own process (`tests/mining/ray_driver.py`):
+    in CI the pytest-xdist worker running it in-process died once, after its `ray.shutdown()`."""
+    pytest.importorskip("ray")
     from unime.mining.backends.local import LocalBackend
 
     sub = tmp_path / "sub"
@@ -249,24 +280,20 @@ def test_ray_backend_on_a_cluster_started_elsewhere_sends_absolute_paths_and_rai
     (sub / "judge").symlink_to(tiny_model_dir("qwen2_vl"))
     _img(5).save(sub / "world" / "cat.png")
     groups = [(Item(text="<|image_1|>\nwhat is shown?", images=("cat.png",)), [Item(text="red"), Item(text="a cat")])]
-    if ray.is_initialized():
-        ray.shutdown()
-    monkeypatch.chdir(tmp_path)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # the cluster's working directory: tmp_path
-    try:
-        monkeypatch.chdir(sub)
-        spec = JudgeSpec(path="judge", device="cpu", data_root="world")
-        expected = LocalBackend(spec).score_groups(groups)
-        backend = make_backend("ray", spec, num_workers=1)
-        assert backend.spec.path == str(sub / "judge") and backend.spec.data_root == str(sub / "world")
-        got = backend.score_groups(groups)
-        np.testing.assert_allclose(got[0], expected[0], atol=1e-5)
-        with pytest.raises(ModelError) as failed:
-            make_backend("ray", JudgeSpec(path="no-such-judge", device="cpu"), num_workers=1).score_groups(groups)
-        assert type(failed.value) is ModelError and "\n" not in str(failed.value)
-        assert str(failed.value).startswith("model 'no-such-judge': no such local folder")
-    finally:
-        ray.shutdown()
+    spec = JudgeSpec(path="judge", device="cpu", data_root="world")
+    monkeypatch.chdir(sub)
+    expected = LocalBackend(spec).score_groups(groups)
+    run = run_ray_driver("cluster_started_elsewhere", tmp_path, cwd=tmp_path, sub=str(sub), spec=spec,
+                         bad_spec=JudgeSpec(path="no-such-judge", device="cpu"), groups=groups)
+    out = run.check()
+    assert out["spec_paths"] == (str(sub / "judge"), str(sub / "world"))
+    assert len(out["scores"]) == 1
+    np.testing.assert_allclose(out["scores"][0], expected[0], atol=1e-5)
+    failed = out["error"]
+    assert type(failed) is ModelError and "\n" not in str(failed), repr(failed)
+    assert str(failed).startswith("model 'no-such-judge': no such local folder")
+    # nor did Ray log the worker's failure on the way (the CLI prints its one line)
+    assert "no-such-judge" not in run.stderr + run.stdout
 
 
 @pytest.mark.parametrize("command", ["mine", "judge"])
