@@ -71,6 +71,7 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
 
     from unime.data.atomic import atomic_dir
     from unime.embed_rl.reasoner_sft import sft_trainer
+    from unime.models.curves import log_training_dicts
     from unime.models.hf_arguments import hf_training_arguments
     from unime.models.image_budget import adapter_image_loader
     from unime.models.loading import load_model
@@ -92,6 +93,7 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
             bf16=loaded.dtype == torch.bfloat16, fp16=loaded.dtype == torch.float16, show_progress=False,
             remove_unused_columns=True, completion_only_loss=True, max_length=None)
         trainer = sft_trainer(loaded.model, loaded.processor, rows, args)
+        log_training_dicts(trainer)  # its log dicts to the stage's log, not stdout (trains outside train_or_finish)
         trainer.train()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         trainer.model.save_pretrained(str(tmp))  # the whole model (the trainer's own save writes checkpoints' state)

@@ -9,22 +9,32 @@ output folder in one swap at the end call `write_curves` on it.
 `LogLastStep` (added to every trainer by `unime.models.run_state.train_or_finish`) makes the Trainer log at
 the run's last step too, when it is not a multiple of the logging interval: the curves end at the last step,
 and the logged windows cover every step (`run_state.whole_run_loss`).
+
+`log_training_dicts` (called on every trainer by `train_or_finish`, and by the demo's captioning stage, which trains
+without it) sends the Trainer's log dicts (`{'loss': ..., 'grad_norm': ...}`) through `logging` at INFO, one line
+each (`training_log_line`: `step 40/240: loss 0.4123, grad_norm 1.235, learning_rate 4.5e-05, epoch 0.1667`):
+transformers' `ProgressCallback` wrote them to stdout with `tqdm.write` (and `PrinterCallback`, without a bar, with
+`print`), where they mixed with a command's output (`unime train embedder`'s last line, the merged folder) and the
+demo could not route them to its stage logs. The bar stays as it was.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from transformers import TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from unime.data.atomic import atomic_open
 
 CURVES_CSV = "curves.csv"
 CURVES_PNG = "curves.png"
+log = logging.getLogger(__name__)
 # keys of the trainer's end-of-training summary, not per-step values
 _SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"}
 
@@ -133,3 +143,77 @@ class CurvesCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._write(state, plot=True)
+
+
+# -- the Trainer's log dicts, logged ----------------------------------------------------------------------------
+def training_log_line(state, logs: Mapping[str, Any], max_str_len: int = 100) -> str:
+    """One log dict of the Trainer as a line: `step N/MAX: key value, ...`, every key in order but `total_flos`
+    (transformers' bar and printer leave it out too), floats to 4 significant digits, a string longer than
+    `max_str_len` by its length."""
+    parts = []
+    for key, value in logs.items():
+        if key == "total_flos":
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, str) and len(value) > max_str_len:
+            value = f"[a string of {len(value)} characters]"
+        parts.append(f"{key} {value}")
+    step = f"step {state.global_step}/{state.max_steps}" if state.max_steps else f"step {state.global_step}"
+    return f"{step}: {', '.join(parts)}"
+
+
+def _reaches_a_console(logger: logging.Logger, record: logging.LogRecord) -> bool:
+    """Whether a handler of `logger` or its parents writes `record` to stdout / stderr."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        for h in current.handlers:
+            if (isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
+                    and record.levelno >= h.level and h.filter(record)):
+                return True
+        current = current.parent if current.propagate else None
+    return False
+
+
+def _log_training_dict(state, logs: Mapping[str, Any], max_str_len: int, bar=None) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, training_log_line(state, logs, max_str_len), (),
+                            None)
+    write_mode = getattr(type(bar), "external_write_mode", None) if bar is not None else None
+    if write_mode is not None and _reaches_a_console(log, record):
+        with write_mode(file=sys.stderr):  # the bar cleared, the line written, the bar drawn again (as tqdm.write)
+            log.handle(record)
+    else:
+        log.handle(record)
+
+
+class LoggedProgressCallback(ProgressCallback):
+    """transformers' progress bar as it is; each log dict goes to `logging` (INFO) instead of `tqdm.write`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs is not None:
+            _log_training_dict(state, logs, self.max_str_len, self.training_bar)
+
+
+class LoggedPrinterCallback(PrinterCallback):
+    """transformers' printer without a bar (`disable_tqdm`): each log dict goes to `logging` (INFO) instead of
+    `print`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None:
+            return
+        logs.pop("total_flos", None)  # as PrinterCallback: the callbacks after it get the dict without it
+        if state.is_local_process_zero:
+            _log_training_dict(state, logs, 100)
+
+
+def log_training_dicts(trainer) -> None:
+    """Replace `trainer`'s `ProgressCallback` / `PrinterCallback` (transformers adds one of them to every Trainer)
+    by `LoggedProgressCallback` / `LoggedPrinterCallback`, in the same place among its callbacks. Again: nothing."""
+    callbacks = trainer.callback_handler.callbacks
+    for i, callback in enumerate(callbacks):
+        if type(callback) is ProgressCallback:
+            callbacks[i] = LoggedProgressCallback(max_str_len=callback.max_str_len)
+        elif type(callback) is PrinterCallback:
+            callbacks[i] = LoggedPrinterCallback()

@@ -538,16 +538,18 @@ def _explicit_checkpoint(resume: str | os.PathLike) -> Path:
 def train_or_finish(trainer, checkpoint: Path | None) -> None:
     """`trainer.train`, continuing from `checkpoint`; a checkpoint at the run's last step is only loaded
     (its weights and state: step, log history), with no optimizer step max_steps + 1. The trainer logs at
-    the run's last step too (`unime.models.curves.LogLastStep`). Under torchrun, a process that fails while
+    the run's last step too (`unime.models.curves.LogLastStep`), and its log dicts go to `logging`, not stdout
+    (`unime.models.curves.log_training_dicts`). Under torchrun, a process that fails while
     training tells the others, which end naming it rather than on the lost connection
     (`unime.process_group.sharing_failures`)."""
     from transformers import TrainerState
 
-    from unime.models.curves import LogLastStep
+    from unime.models.curves import LogLastStep, log_training_dicts
     from unime.process_group import sharing_failures
 
     if not any(isinstance(c, LogLastStep) for c in trainer.callback_handler.callbacks):
         trainer.add_callback(LogLastStep())
+    log_training_dicts(trainer)
     state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json")) if checkpoint else None
     if state is None or not state.max_steps or state.global_step < state.max_steps:
         with sharing_failures():
