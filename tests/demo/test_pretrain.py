@@ -291,3 +291,68 @@ def test_uncached_names_what_a_first_run_still_pretrains(tmp_path, monkeypatch, 
     judge_key = judge.key(base_key, pt.excluded_clip_signatures(world)[1])
     _fake_cached(root, f"qwen2_vl-judge-{judge_key}", {"key": judge_key})
     assert pt.uncached(recipe, judge, world) == []
+
+
+def _fake_cached_pair(cache: Path, world: Path) -> tuple:
+    """A cached quick base and judge (manifests and a model folder) for `world`, as `pretrain` / `pretrain_judge`
+    name them; their keys."""
+    recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
+    digest = pt.excluded_signatures(world)[1]
+    base_key = recipe.key(digest)
+    judge_key = judge.key(base_key, pt.excluded_clip_signatures(world)[1] if judge.video_clips else "")
+    root = cache / "pretrained"
+    _fake_cached(root, f"{recipe.family}-{base_key}", {"key": base_key, "exclude_world": str(world),
+                                                       "exclude_digest": digest})
+    _fake_cached(root, f"{recipe.family}-judge-{judge_key}", {"key": judge_key})
+    for name in (f"{recipe.family}-{base_key}", f"{recipe.family}-judge-{judge_key}"):
+        (root / name / pt.MODEL_DIR).mkdir()
+        (root / name / pt.MODEL_DIR / "config.json").write_text("{}")
+    return recipe, judge, base_key, judge_key
+
+
+def test_pretrain_judge_given_the_base_does_not_look_it_up_again(tmp_path, monkeypatch, tiny_world_dir):
+    """`pretrain_judge(base=...)`: the base the caller already pretrained or reused (the demo's models stage) is
+    not looked up again, so its `[pretrain] reusing` line is said once; a base of another recipe is refused."""
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    world = tiny_world_dir(0)
+    recipe, judge, base_key, judge_key = _fake_cached_pair(tmp_path / "cache", world)
+    said: list[str] = []
+    base = pretrain(recipe, exclude_world=world, progress=said.append)
+    judged = pt.pretrain_judge(judge, recipe, exclude_world=world, base=base, progress=said.append)
+    assert judged.reused and judged.manifest["key"] == judge_key
+    assert [line.split(" (")[1].split(",")[0] for line in said] == ["base", "judge"], said
+    assert all(line.startswith("[pretrain] reusing ") for line in said)
+    other = PretrainRecipe.preset("quick").replace(seed=1)
+    with pytest.raises(ValueError, match=f"not the base of this recipe.*{base_key}"):
+        pt.pretrain_judge(judge, other, exclude_world=world, base=base, progress=said.append)
+
+
+def test_the_demos_models_stage_says_reusing_once_per_model(tmp_path, monkeypatch, tiny_world_dir):
+    """Both models cached: the demo's console shows one `[pretrain] reusing` line for the base and one for the judge
+    (the judge's recipe looked the base up again, and said so a second time)."""
+    import shutil
+
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    shutil.copytree(tiny_world_dir(0), out / "world")
+    _fake_cached_pair(tmp_path / "cache", out / "world")
+    said: list[str] = []
+    demo = Demo(out, DemoSettings.preset("quick"), progress=said.append, timings=tmp_path / "t.json",
+                load_probe=lambda: None)
+
+    def only_models(name, done_when, body, **kw):
+        if name == "models":
+            body([])
+            raise Stop
+    monkeypatch.setattr(demo, "stage", only_models)
+    with pytest.raises(Stop):
+        demo.run()
+    reusing = [line for line in said if line.startswith("[pretrain] reusing")]
+    assert [line.split(" (")[1].split(",")[0] for line in reusing] == ["base", "judge"], said
+    assert (out / "models" / "judge-base" / "config.json").is_file()

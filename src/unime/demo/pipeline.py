@@ -158,7 +158,7 @@ class Demo(DemoRun):
                 c.append(f"unime models pretrain-judge --preset {s.pretrain} --exclude-world "
                          f"{shlex.quote(str(world))} --device {self.device}")
                 judge_base = pretrain_judge(JudgePretrainRecipe.preset(s.pretrain), recipe, exclude_world=world,
-                                            device=self.device, progress=self.say)
+                                            device=self.device, progress=self.say, base=result)
                 self.note_pretraining("judge", judge_base)
                 (self.p("models", "pretrained_judge.json")).write_text(json.dumps(
                     {**judge_base.manifest, "path": str(judge_base.path), "reused": judge_base.reused}, indent=1))

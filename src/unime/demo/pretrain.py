@@ -565,18 +565,26 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
 
 def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
                    exclude_world: str | os.PathLike | None = None, device: str | None = "cpu",
-                   attn_implementation: str | None = None,
-                   progress: Callable[[str], None] = print) -> PretrainResult:
+                   attn_implementation: str | None = None, progress: Callable[[str], None] = print,
+                   base: PretrainResult | None = None) -> PretrainResult:
     """Pretrain (or reuse) the judge for (`judge`, `recipe`): the base of `recipe` (pretrained or reused first),
     fully fine-tuned as a Yes/No judge (`unime train judge`, answer-token loss + `group_weight` × the
-    within-record softmax) on labelled pairs of the same corpus, minus the excluded world's scenes."""
+    within-record softmax) on labelled pairs of the same corpus, minus the excluded world's scenes. `base`: that
+    base as the caller's `pretrain(recipe, exclude_world=...)` returned it (the demo's models stage), not looked up
+    (and said to be reused) again; a base of another recipe or excluded world is refused."""
     from unime.data.io import write_records
     from unime.data.synth import World
     from unime.demo.judge_data import judge_training_records
     from unime.train.reranker_trainer import RerankerTrainConfig, train_reranker
 
-    base = pretrain(recipe, exclude_world=exclude_world, device=device, attn_implementation=attn_implementation,
-                    progress=progress)
+    if base is None:
+        base = pretrain(recipe, exclude_world=exclude_world, device=device, attn_implementation=attn_implementation,
+                        progress=progress)
+    else:
+        wanted = recipe.key(excluded_signatures(exclude_world)[1] if exclude_world else "")
+        if base.manifest.get("key") != wanted:
+            raise ValueError(f"{base.path} is not the base of this recipe and excluded world (key "
+                             f"{base.manifest.get('key')}, wanted {wanted})")
     exclude_clips, clips_digest = excluded_clip_signatures(exclude_world) if exclude_world else (set(), "")
     key = judge.key(base.manifest["key"], clips_digest if judge.video_clips else "")
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-judge-{key}"
