@@ -690,3 +690,47 @@ def test_the_import_logs_each_stage_with_its_count_and_elapsed_time(tmp_path, ca
     assert len(lines) == len(expected)
     for line, what in zip(lines, expected):
         assert re.fullmatch(rf"{re.escape(str(out))}: {what} \(\d+\.\d s\)", line), line
+
+
+def _red_squares(folder: Path, n: int = 8) -> list[str]:
+    """`n` distinct PNGs folder/a{i}.png; returns their names."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (16, 16), (i * 30, 0, 0)).save(folder / f"a{i}.png")
+    return [f"a{i}.png" for i in range(n)]
+
+
+@pytest.mark.parametrize("layout", ["imagefolder", "saved_strings"])
+@pytest.mark.parametrize("link_fails", [False, True])
+def test_a_dataset_listing_one_image_on_several_rows_gives_one_image_with_each_caption(tmp_path, monkeypatch,
+                                                                                      layout, link_fails):
+    """An imagefolder (metadata.jsonl) or save_to_disk dataset with two rows for a1.png (two captions): the second
+    row's image was renamed a1-000009.png and never written, so the import stopped with 'image file not found'
+    (QA; when os.link worked). It is one image with both captions, as the --captions reader merges a repeated
+    image, whether the image is hard-linked or copied."""
+    datasets = pytest.importorskip("datasets")
+    if link_fails:
+        def no_link(*args, **kwargs):
+            raise OSError("cross-device link")
+        monkeypatch.setattr("os.link", no_link)
+    data = tmp_path / "ds"
+    names = [f"a{i}.png" for i in range(8)] + ["a1.png"]
+    captions = [f"red {i}" for i in range(8)] + ["red 1 again"]
+    if layout == "imagefolder":
+        data.mkdir()
+        (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f, "text": c}) + "\n"
+                                                     for f, c in zip(names, captions)))
+    else:  # image paths as strings, relative to the dataset folder
+        datasets.Dataset.from_dict({"image": names, "caption": captions}).save_to_disk(str(data))
+    _red_squares(data)
+    out = tmp_path / "out"
+    assert main(["data", "import", "--hf-dataset", str(data), "--out", str(out), "--seed", "1"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(names[:8])
+    manifest = json.loads((out / "import.json").read_text())
+    assert manifest["images"] == 8 and manifest["skipped"]["total"] == 0
+    records = read_records(out / "train" / "records.jsonl")
+    of_a1 = {r.positive.text for r in records if r.query.images == ("images/a1.png",)}
+    assert of_a1 == {"red 1", "red 1 again"}  # a1 is a training image with seed 1
+    assert {r.positive.images[0] for r in records if r.query.text.endswith("red 1 again")} == {"images/a1.png"}

@@ -31,6 +31,7 @@ needs `--data-root`)::
 The held-out split is drawn over images, with a seeded shuffle; images that share a caption stay on one side
 (`caption_groups`), so no caption of an evaluation image is trained on. A caption shared by several images is
 about all of them: each is relevant to it (qrels) and none is its negative (judge records, eval rows, pairs).
+Rows that name one image file (a dataset's rows of an image, one per caption) are one image with their captions.
 Record ids start with the image's path under images/ without its suffix, `/` as `_` (`a/x.png` → `a_x-1-i2t`:
 caption 1, direction i2t); a later image whose path reads the same (`a_x.png`) is `a_x~2` (`_image_ids`).
 An image is opened once (`ImageLoader`): a broken one raises `DataError` naming the
@@ -158,12 +159,27 @@ def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolic
     """Put every image under OUT/images (hard link, else copy; bytes written) and open it once. Returns
     (image, path relative to OUT) for the good ones, and the paths it wrote. An image that already is the
     file it would be placed as (the collection's images in OUT/images) is used as it is: never replaced,
-    removed or listed as written, and no other source image is replaced by one placed under its name."""
+    removed or listed as written, and no other source image is replaced by one placed under its name. A file
+    given again (a dataset's rows of one image, one per caption) is that image: its captions are added to it,
+    as the --captions reader merges the rows of one image (a label it disagrees on is a bad row)."""
     loader = ImageLoader(out)
     sources = {os.path.realpath(img.image) for img in images if not isinstance(img.image, bytes)}
     used: set[str] = set()
     placed, wrote = [], []
+    at: dict[str, int] = {}  # a placed source file (realpath) -> its position in `placed`
     for n, img in enumerate(images, 1):
+        if not isinstance(img.image, bytes) and os.path.realpath(img.image) in at:
+            k = at[os.path.realpath(img.image)]
+            first = placed[k][0]
+            if img.label and first.label and img.label != first.label:
+                policy.handle(data_error("schema", f"label {img.label!r} disagrees with {first.label!r} given for "
+                                         f"the same image at {first.record}", source=img.source, record=img.record,
+                                         field="label"))
+                continue
+            placed[k] = (replace(first, captions=first.captions + [c for c in img.captions
+                                                                   if c not in first.captions],
+                                 label=first.label or img.label), placed[k][1])
+            continue
         if is_video_file_ref(img.image):  # by its ending (a path) or its container's signature (bytes)
             what = "its bytes are a video" if isinstance(img.image, bytes) else f"{img.image} is a video file"
             policy.handle(data_error("image", f"{what}: data import takes images only; a video item is a record "
@@ -205,6 +221,8 @@ def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolic
             e.reason = getattr(e, "reason", None) or "image"  # counted as a bad image (`unime.data.skips`)
             policy.handle(e)
             continue
+        if not isinstance(img.image, bytes):
+            at[os.path.realpath(img.image)] = len(placed)
         placed.append((img, rel))
     return placed, wrote
 
