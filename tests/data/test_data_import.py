@@ -734,3 +734,43 @@ def test_a_dataset_listing_one_image_on_several_rows_gives_one_image_with_each_c
     of_a1 = {r.positive.text for r in records if r.query.images == ("images/a1.png",)}
     assert of_a1 == {"red 1", "red 1 again"}  # a1 is a training image with seed 1
     assert {r.positive.images[0] for r in records if r.query.text.endswith("red 1 again")} == {"images/a1.png"}
+
+
+def test_images_is_the_folder_of_a_datasets_relative_image_paths_and_is_checked(tmp_path, capsys):
+    """--images was ignored with --hf-dataset: a save_to_disk dataset naming its images by relative path, kept in
+    a folder of their own, failed with "image file not found: 'a0.png'" naming no folder, and --images /nonexistent
+    ran without complaint (QA). --images is the folder those paths are relative to (default: the dataset folder);
+    a missing file names the folder looked in; a folder that does not exist is refused."""
+    datasets = pytest.importorskip("datasets")
+    photos = tmp_path / "photos"
+    names = _red_squares(photos)
+    saved = tmp_path / "hf_str"
+    datasets.Dataset.from_dict({"image": names, "caption": [f"red {i}" for i in range(8)]}).save_to_disk(str(saved))
+
+    assert main(["data", "import", "--hf-dataset", str(saved), "--out", str(tmp_path / "no_images")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: {saved}, record row 1, field 'image': image file not found: 'a0.png' (looked in "
+        f"{str(saved)!r})")
+
+    out = tmp_path / "out"
+    assert main(["data", "import", "--hf-dataset", str(saved), "--images", str(photos), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == names
+    assert (out / "images" / "a3.png").read_bytes() == (photos / "a3.png").read_bytes()
+
+    (photos / "a5.png").unlink()
+    assert main(["data", "import", "--hf-dataset", str(saved), "--images", str(photos), "--out",
+                 str(tmp_path / "gone")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: {saved}, record row 6, field 'image': image file not found: 'a5.png' (looked in "
+        f"{str(photos)!r})")
+
+    folder = tmp_path / "imgfolder"  # an imagefolder names its files itself; --images must still exist
+    _red_squares(folder)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f, "text": f"red {f}"}) + "\n"
+                                                   for f in names))
+    missing = tmp_path / "nonexistent"
+    assert main(["data", "import", "--hf-dataset", str(folder), "--images", str(missing), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: {folder}: images folder not found: {str(missing)!r}")
+    assert not (tmp_path / "x" / "images").exists()

@@ -15,7 +15,8 @@ index) and the field. Supported layouts:
   caption}]``; categories, when an ``instances`` file is given, become labels (first annotation's);
 - a local Hugging Face ``datasets`` dataset (`read_hf_dataset`): a folder saved with ``save_to_disk``,
   or an ``imagefolder`` (images + ``metadata.csv``/``metadata.jsonl``, class sub-folders as labels);
-  images named by path stay inside the dataset folder (unless ``allow_outside_root``);
+  relative image paths are under ``--images`` when given, else under the dataset folder; images named by path
+  stay inside the dataset folder or ``--images`` (unless ``allow_outside_root``);
 - WebDataset tar shards (`read_webdataset`), read member by member with ``tarfile`` (nothing extracted;
   one bad sample is one record): the image under ``jpg``/``jpeg``/``png``/``webp``, the caption under
   ``txt``/``caption`` or ``json["caption"]``, the label under ``cls`` or ``json["label"]``. A sample is
@@ -379,21 +380,22 @@ def _coco_labels(instances: str | os.PathLike) -> dict[Any, str]:
 
 # -- Hugging Face datasets -----------------------------------------------------------------------------
 
-def _image_value(value: Any, *, source: str, record: str, field_name: str,
-                 root: Path | None = None, allow_outside_root: bool = False) -> tuple[str | bytes, str]:
+def _image_value(value: Any, *, source: str, record: str, field_name: str, root: Path | None = None,
+                 allow_outside_root: bool = False, images: Path | None = None) -> tuple[str | bytes, str]:
     """A `datasets` image cell (undecoded {bytes, path}, a PIL image, bytes or a path) → (ref, name hint).
-    A path (relative: to `root`, the dataset folder) must stay inside `root` unless `allow_outside_root`."""
+    A path (relative: to `images` when given, else to `root`, the dataset folder) must stay inside `root` or
+    `images` unless `allow_outside_root`."""
     if isinstance(value, dict):
         if value.get("bytes"):
             return bytes(value["bytes"]), os.path.basename(value.get("path") or "")
         if value.get("path"):
             return _dataset_file(value["path"], source=source, record=record, field_name=field_name, root=root,
-                                 allow_outside_root=allow_outside_root)
+                                 allow_outside_root=allow_outside_root, images=images)
     elif isinstance(value, (bytes, bytearray)):
         return bytes(value), ""
     elif isinstance(value, str) and value:
         return _dataset_file(value, source=source, record=record, field_name=field_name, root=root,
-                             allow_outside_root=allow_outside_root)
+                             allow_outside_root=allow_outside_root, images=images)
     elif hasattr(value, "save"):  # a decoded PIL image
         import io
 
@@ -405,16 +407,21 @@ def _image_value(value: Any, *, source: str, record: str, field_name: str,
 
 
 def _dataset_file(ref: str, *, source: str, record: str, field_name: str, root: Path | None,
-                  allow_outside_root: bool) -> tuple[str, str]:
-    """An image a dataset names by path: resolved against the dataset folder, confined to it."""
+                  allow_outside_root: bool, images: Path | None = None) -> tuple[str, str]:
+    """An image a dataset names by path: a relative one resolved against `images` (--images) when given, else
+    the dataset folder `root`; confined to those two folders."""
+    base = images if images is not None else root
+    relative = base is not None and not os.path.isabs(ref)
     try:
         if "\x00" in ref:
             raise ValueError("holds a NUL byte")
-        path = Path(ref) if root is None or os.path.isabs(ref) else root / ref
+        path = base / ref if relative else Path(ref)
         resolved = path.resolve()
-        if root is not None and not allow_outside_root and not resolved.is_relative_to(root.resolve()):
-            raise data_error("image", f"image path {ref[:200]!r} leads out of the dataset folder {str(root)!r} "
-                             "(--allow-outside-root permits it)", source=source, record=record, field=field_name)
+        allowed = [r for r in (root, images) if r is not None]
+        if allowed and not allow_outside_root and not any(resolved.is_relative_to(r.resolve()) for r in allowed):
+            where = f"the dataset folder {str(root)!r}" + (f" and --images {str(images)!r}" if images else "")
+            raise data_error("image", f"image path {ref[:200]!r} leads out of {where} (--allow-outside-root permits "
+                             "it)", source=source, record=record, field=field_name)
         found = resolved.is_file()
     except (OSError, ValueError) as e:
         if isinstance(e, DataError):
@@ -422,7 +429,8 @@ def _dataset_file(ref: str, *, source: str, record: str, field_name: str, root: 
         raise data_error("image", f"cannot use image path {ref[:200]!r}: {getattr(e, 'strerror', None) or e}",
                          source=source, record=record, field=field_name) from None
     if not found:
-        raise data_error("image", f"image file not found: {ref[:200]!r}", source=source, record=record,
+        looked = f" (looked in {str(base)!r})" if relative else ""
+        raise data_error("image", f"image file not found: {ref[:200]!r}{looked}", source=source, record=record,
                          field=field_name)
     return str(resolved), resolved.name
 
@@ -430,7 +438,7 @@ def _dataset_file(ref: str, *, source: str, record: str, field_name: str, root: 
 def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_column: str | None,
                      label_column: str | None, image_keys: Sequence[str], policy: ErrorPolicy,
                      json_column: str | None = None, split_name: str = "", root: Path | None = None,
-                     allow_outside_root: bool = False) -> list[CaptionedImage]:
+                     allow_outside_root: bool = False, images: Path | None = None) -> list[CaptionedImage]:
     from datasets import ClassLabel, Image
 
     names = list(ds.column_names)
@@ -446,7 +454,7 @@ def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_colum
         rec = f"{split_name + ' ' if split_name else ''}row {n}"
         try:
             ref, hint = _image_value(row[icol], source=source, record=rec, field_name=icol, root=root,
-                                     allow_outside_root=allow_outside_root)
+                                     allow_outside_root=allow_outside_root, images=images)
             extra = row.get(json_column) if json_column else None
             extra = extra if isinstance(extra, dict) else {}
             if ccol is not None:
@@ -492,11 +500,12 @@ def _datasets():
 
 
 def read_hf_dataset(path: str | os.PathLike, *, image_column: str | None = None, caption_column: str | None = None,
-                    label_column: str | None = None, policy: ErrorPolicy,
-                    allow_outside_root: bool = False) -> list[CaptionedImage]:
+                    label_column: str | None = None, policy: ErrorPolicy, allow_outside_root: bool = False,
+                    images: str | os.PathLike | None = None) -> list[CaptionedImage]:
     """A local `datasets` dataset: a `save_to_disk` folder, or an imagefolder (every split, in order;
     streamed, with the library's cache in a temporary folder removed afterwards, so nothing is left outside
-    the output). Images named by path must lie inside the dataset folder unless `allow_outside_root`."""
+    the output). Relative image paths are under `images` (--images) when given, else under the dataset folder;
+    images named by path must lie inside the dataset folder or `images` unless `allow_outside_root`."""
     import tempfile
 
     datasets = _datasets()
@@ -505,6 +514,8 @@ def read_hf_dataset(path: str | os.PathLike, *, image_column: str | None = None,
     src = str(p)
     if not p.is_dir():
         raise DataError("dataset folder not found", source=src)
+    if images is not None and not Path(images).is_dir():
+        raise DataError(f"images folder not found: {str(images)!r}", source=src)
     saved = any((p / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
     with tempfile.TemporaryDirectory(prefix="unime-datasets-") as cache:
         try:
@@ -519,7 +530,8 @@ def read_hf_dataset(path: str | os.PathLike, *, image_column: str | None = None,
             out += _rows_of_dataset(split, source=src, image_column=image_column, caption_column=caption_column,
                                     label_column=label_column, image_keys=IMAGE_COLUMNS, policy=policy,
                                     split_name=name if len(splits) > 1 else "", root=p,
-                                    allow_outside_root=allow_outside_root)
+                                    allow_outside_root=allow_outside_root,
+                                    images=Path(images) if images is not None else None)
     return out
 
 
@@ -666,7 +678,8 @@ class CollectionSource:
                                     exclusive="source")
     webdataset: list[str] | None = option(None, "WebDataset .tar shards", nargs="+", metavar="SHARD",
                                           exclusive="source")
-    images: str | None = option(None, "folder of the images (--captions, --coco)", metavar="DIR")
+    images: str | None = option(None, "folder of the images (--captions, --coco); with --hf-dataset the folder its "
+                                "relative image paths are under (default: the dataset folder)", metavar="DIR")
     allow_outside_root: bool = option(False, "permit absolute image paths and '..' / symlinks leading out of --images "
                                       "(or out of the --hf-dataset folder)")
     coco_instances: str | None = option(None, "COCO instances JSON: the largest object's category becomes the "
@@ -697,7 +710,9 @@ class CollectionSource:
                                         allow_outside_root=self.allow_outside_root)
             return images, {"coco": self.coco, "images": self.images}, Path(self.coco).resolve().parent
         if self.hf_dataset:
-            images = read_hf_dataset(self.hf_dataset, policy=policy, allow_outside_root=self.allow_outside_root, **cols)
-            return images, {"hf_dataset": self.hf_dataset}, Path(self.hf_dataset).resolve()
+            images = read_hf_dataset(self.hf_dataset, policy=policy, allow_outside_root=self.allow_outside_root,
+                                     images=self.images, **cols)
+            return images, {"hf_dataset": self.hf_dataset, **({"images": self.images} if self.images else {})}, \
+                Path(self.hf_dataset).resolve()
         images = read_webdataset(self.webdataset, policy=policy, **cols)
         return images, {"webdataset": list(self.webdataset)}, Path(self.webdataset[0]).resolve().parent
