@@ -774,3 +774,55 @@ def test_images_is_the_folder_of_a_datasets_relative_image_paths_and_is_checked(
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"unime: error: {folder}: images folder not found: {str(missing)!r}")
     assert not (tmp_path / "x" / "images").exists()
+
+
+def _class_folders(folder: Path, *, at_root: int = 0, own_label: bool = False) -> None:
+    """folder/{circle,square}/img_00k.png (4 each; `at_root` of the squares directly in folder) and
+    folder/metadata.jsonl naming them with a caption (and, `own_label`, a label of its own)."""
+    from PIL import Image
+
+    rows = []
+    for c, shape in enumerate(("circle", "square")):
+        (folder / shape).mkdir(parents=True, exist_ok=True)
+        for k in range(4):
+            name = f"img_{c}{k}.png" if shape == "square" and k < at_root else f"{shape}/img_{c}{k}.png"
+            Image.new("RGB", (16, 16), (60 * k, 100 * c, 20)).save(folder / name)
+            row = {"file_name": name, "caption": f"a {shape} number {k}"}
+            if own_label:
+                row["label"] = "round" if shape == "circle" else "boxy"
+            rows.append(row)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_an_imagefolder_with_metadata_keeps_its_class_sub_folders_as_labels(tmp_path, capsys):
+    """`datasets` drops an imagefolder's class sub-folder labels whenever it has a metadata file, so
+    clsfold/{circle,square}/*.png + metadata.jsonl imported with no labels and no _cls task, and --label-column
+    label said "no label column 'label'" (QA), though the docs promised class sub-folders as labels. When every
+    file sits in a first-level sub-folder its name is the label (column `label`), unless the metadata has one."""
+    pytest.importorskip("datasets")
+    folder = tmp_path / "clsfold"
+    _class_folders(folder)
+    for n, extra in enumerate(([], ["--label-column", "label"])):
+        out = tmp_path / f"out{n}"
+        assert main(["data", "import", "--hf-dataset", str(folder), "--out", str(out), "--eval-fraction", "0.5",
+                     *extra]) == 0
+        manifest = json.loads((out / "import.json").read_text())
+        assert manifest["labels"] == ["circle", "square"] and "clsfold_cls" in manifest["eval_tasks"]
+        rows = read_mmeb(out / "eval" / "mmeb" / "clsfold_cls.jsonl")
+        assert len(rows) == 4
+        for row in rows:  # the positive: the image's folder (img_0k: a circle, img_1k: a square)
+            shape = ("circle", "square")[int(re.search(r"img_(\d)\d\.png$", row.query.images[0]).group(1))]
+            assert row.candidates[0].text == shape
+
+    own = tmp_path / "own"  # the metadata's own label column wins
+    _class_folders(own, own_label=True)
+    assert main(["data", "import", "--hf-dataset", str(own), "--out", str(tmp_path / "o_own")]) == 0
+    assert json.loads((tmp_path / "o_own" / "import.json").read_text())["labels"] == ["boxy", "round"]
+
+    mixed = tmp_path / "mixed"  # files beside the sub-folders: no folder labels (HF's own rule)
+    _class_folders(mixed, at_root=2)
+    assert main(["data", "import", "--hf-dataset", str(mixed), "--out", str(tmp_path / "o_mixed")]) == 0
+    assert json.loads((tmp_path / "o_mixed" / "import.json").read_text())["labels"] == []
+    assert main(["data", "import", "--hf-dataset", str(mixed), "--out", str(tmp_path / "o_mixed2"),
+                 "--label-column", "label"]) == 2
+    assert "no label column 'label'" in capsys.readouterr().err

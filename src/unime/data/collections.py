@@ -14,7 +14,9 @@ index) and the field. Supported layouts:
 - COCO captions JSON (`read_coco_captions`): ``images: [{id, file_name}]``, ``annotations: [{image_id,
   caption}]``; categories, when an ``instances`` file is given, become labels (first annotation's);
 - a local Hugging Face ``datasets`` dataset (`read_hf_dataset`): a folder saved with ``save_to_disk``,
-  or an ``imagefolder`` (images + ``metadata.csv``/``metadata.jsonl``, class sub-folders as labels);
+  or an ``imagefolder`` (images + ``metadata.csv``/``metadata.jsonl``); when every image of an imagefolder
+  sits in a first-level sub-folder, the sub-folder is its class label (column ``label``; also with a metadata
+  file, where ``datasets`` drops it) unless the metadata has a label column of its own;
   relative image paths are under ``--images`` when given, else under the dataset folder; images named by path
   stay inside the dataset folder or ``--images`` (unless ``allow_outside_root``);
 - WebDataset tar shards (`read_webdataset`), read member by member with ``tarfile`` (nothing extracted;
@@ -438,14 +440,21 @@ def _dataset_file(ref: str, *, source: str, record: str, field_name: str, root: 
 def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_column: str | None,
                      label_column: str | None, image_keys: Sequence[str], policy: ErrorPolicy,
                      json_column: str | None = None, split_name: str = "", root: Path | None = None,
-                     allow_outside_root: bool = False, images: Path | None = None) -> list[CaptionedImage]:
+                     allow_outside_root: bool = False, images: Path | None = None,
+                     folder_labels: bool = False) -> list[CaptionedImage]:
+    """The rows of one split. `folder_labels` (an imagefolder, `root` its folder): without a label column, the
+    label of each image is its class sub-folder when every image sits in a first-level sub-folder of `root`
+    (`_folder_labels`); `label_column` "label" then names them."""
     from datasets import ClassLabel, Image
 
     names = list(ds.column_names)
     icol = _pick_column(names, image_column, image_keys, source=source, what="image")
     ccol = _pick_column(names, caption_column, CAPTION_COLUMNS + ("txt",), source=source, what="caption",
                         required=json_column is None)
-    lcol = _pick_column(names, label_column, LABEL_COLUMNS + ("cls",), source=source, what="label", required=False)
+    by_folder = folder_labels and root is not None and label_column in (None, FOLDER_LABEL) and not any(
+        isinstance(c, str) and c.casefold() in {name.casefold() for name in LABEL_COLUMNS + ("cls",)} for c in names)
+    lcol = None if by_folder else _pick_column(names, label_column, LABEL_COLUMNS + ("cls",), source=source,
+                                               what="label", required=False)
     if isinstance(ds.features.get(icol), Image):
         ds = ds.cast_column(icol, Image(decode=False))
     label_names = ds.features[lcol] if lcol and isinstance(ds.features.get(lcol), ClassLabel) else None
@@ -471,7 +480,32 @@ def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_colum
                                       name_hint=hint, field=icol))
         except DataError as e:
             policy.handle(e)
+    if by_folder:
+        labels = _folder_labels(out, root)
+        if labels is None and label_column == FOLDER_LABEL:
+            raise DataError(f"no label column {FOLDER_LABEL!r}; the columns are {names} and the images are not all "
+                            "in class sub-folders", source=source, field=FOLDER_LABEL)
+        for item, lab in zip(out, labels or ()):
+            item.label = lab
     return out
+
+
+FOLDER_LABEL = "label"  # the column an imagefolder's class sub-folders are (`datasets`' own name)
+
+
+def _folder_labels(items: Sequence[CaptionedImage], root: Path) -> list[str] | None:
+    """Each image's first-level sub-folder of `root`, when every image is a file there (`datasets`' rule for an
+    imagefolder's class labels, which it drops when the folder has a metadata file); else None."""
+    top = root.resolve()
+    labels = []
+    for item in items:
+        if isinstance(item.image, bytes) or not Path(item.image).is_relative_to(top):
+            return None
+        parts = Path(item.image).relative_to(top).parts
+        if len(parts) != 2:
+            return None
+        labels.append(parts[0])
+    return labels or None
 
 
 def _dataset_rows(ds, *, source: str, split_name: str) -> Iterator[tuple[int, dict]]:
@@ -531,7 +565,7 @@ def read_hf_dataset(path: str | os.PathLike, *, image_column: str | None = None,
                                     label_column=label_column, image_keys=IMAGE_COLUMNS, policy=policy,
                                     split_name=name if len(splits) > 1 else "", root=p,
                                     allow_outside_root=allow_outside_root,
-                                    images=Path(images) if images is not None else None)
+                                    images=Path(images) if images is not None else None, folder_labels=not saved)
     return out
 
 
