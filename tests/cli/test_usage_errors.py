@@ -103,6 +103,8 @@ CASES = [
       "--vllm-engine-arg", "tensor_parallel_size"],
      "mine: --vllm-engine-arg expects KEY=VALUE, got 'tensor_parallel_size'"),
     (["data", "import", "--captions", "c.tsv", "--out", "{tmp}/imp"], "data import: --captions / --coco need --images DIR"),
+    (["data", "import", "--webdataset", "s.tar", "--images", "d", "--out", "{tmp}/imp"],
+     "data import: --images does not apply to --webdataset: its shards hold the images"),
     (["data", "synth", "--out", "{tmp}/w", "--size", "tiny", "--video-clips", "3", "--video-frames", "5"],
      "data synth: video frames must be even and >= 4, got 5"),
     (["serve", "--model", "m", "--no-auth", "--host", "0.0.0.0"],

@@ -733,6 +733,8 @@ class CollectionSource:
                     label_column=self.label_column)
         if (self.captions or self.coco) and not self.images:
             raise UsageError("--captions / --coco need --images DIR", command="data import")
+        if self.webdataset and self.images:
+            raise UsageError("--images does not apply to --webdataset: its shards hold the images", command="data import")
         if self.captions:
             images = read_caption_table(self.captions, self.images, delimiter=self.delimiter, policy=policy,
                                         allow_outside_root=self.allow_outside_root, **cols)
