@@ -90,3 +90,47 @@ def test_an_implementation_the_model_cannot_use_is_one_line_before_any_work(tiny
         assert len(err) == 1 and err[0].startswith(f"unime: error: --attn-implementation {name} (model ")
         assert why in err[0]
     assert not (tmp_path / "x.npy").exists()
+
+
+class _Loading(Exception):
+    """A model's weights began to load: the run got past its option checks and its output folder's."""
+
+
+def _run_argv(command: str, tmp_path, tiny_model_dir) -> list[str]:
+    from tests.mining.helpers import write_dataset
+    from tests.train.helpers import trainer_argv
+
+    if command == "mine":
+        model = tiny_model_dir("qwen2_vl")
+        return ["mine", "--records", str(write_dataset(tmp_path / "data")), "--embedder", model, "--judge", model,
+                "--device", "cpu"]
+    return trainer_argv(command, tmp_path, tiny_model_dir)
+
+
+@pytest.mark.parametrize("command, other_option", [("mine", ["--k", "8"]), ("reranker", ["--steps", "3"]),
+                                                   ("reasoner grpo", ["--max-steps", "2"])])
+def test_a_run_refused_for_its_attention_claims_no_output(command, other_option, tiny_model_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    """Before, `mine`, `train reranker` and GRPO claimed --out and wrote their run's options (manifest.json,
+    train_config.json) before the model's loading refused the attention implementation; the corrected run, with
+    another option changed too, was then refused as another run's folder (`--k: 50 -> 8`)."""
+    import transformers
+
+    argv = _run_argv(command, tmp_path, tiny_model_dir)
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    for out in (new, empty):
+        capsys.readouterr()
+        assert main([*argv, "--out", str(out), "--attn-implementation", "flash_attention_2"]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("unime: error:")]
+        assert len(err) == 1 and "--attn-implementation flash_attention_2" in err[0], err
+        assert "FlashAttention needs a GPU, not --device cpu" in err[0]
+    assert not new.exists() and sorted(p.name for p in empty.iterdir()) == []
+
+    def loading(cls, path, *args, **kwargs):
+        raise _Loading(str(path))
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", classmethod(loading))
+    for out in (new, empty):  # the corrected run, another option changed too: accepted, it goes on to load the model
+        with pytest.raises(_Loading):
+            main([*argv, "--out", str(out), *other_option])

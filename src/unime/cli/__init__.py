@@ -348,6 +348,25 @@ def refuse_several_processes(command: str) -> None:
                      + (f"; {hint}" if hint else ""), command=command)
 
 
+# the options naming the model a command loads first, which `check_attention_option`'s error line names
+_FIRST_MODEL_OPTIONS = ("model", "embedder", "judge")
+
+
+def check_attention_option(args: argparse.Namespace) -> None:
+    """`--attn-implementation` with `--device` (`unime.models.loading.check_attn_implementation`: a name
+    transformers does not know, FlashAttention on a CPU or without its package), checked when the command is parsed,
+    before it claims its output folder: a refused run writes nothing (`mine`, the trainers would otherwise have
+    recorded their options in --out, and a corrected run with another option changed too would be refused). The
+    check needs no model; loading one checks again (`load_model`)."""
+    name = getattr(args, "attn_implementation", None)
+    if name is None:
+        return
+    from unime.models.loading import check_attn_implementation, resolve_device
+
+    model = next((str(m) for m in (getattr(args, o, None) for o in _FIRST_MODEL_OPTIONS) if m), None)
+    check_attn_implementation(name, resolve_device(getattr(args, "device", None)), model)
+
+
 def _claim_output(args: argparse.Namespace, command: str):
     """Claim (create or re-enter, and lock) the command's output folder, or claim its output file (a
     sidecar marker); None for other commands."""
@@ -438,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         refuse_several_processes(command)
+        check_attention_option(args)
         if getattr(args, "_before_claim", None):  # the command's checks that need no model (a trainer's options):
             args._before_claim(args)  # a command they refuse writes nothing, not even its output folder
         owned = _claim_output(args, command)

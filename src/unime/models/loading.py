@@ -174,17 +174,17 @@ def attn_implementations() -> list[str]:
     return ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
 
 
-def check_attn_implementation(name: str | None, device: str, model: str | os.PathLike) -> None:
-    """Refuse (`ModelError`, one line naming `--attn-implementation` and `model`) an attention implementation
-    `model` cannot run with on `device` before its weights load: a name transformers does not know (a hub kernel,
-    ORG/REPO[:FUNCTION], is left to transformers), flash_attention_N on a CPU (its kernels run on GPUs), or with
-    neither its package nor `kernels` installed (`flash_attention_installed`). None (transformers' default) is
-    always fine."""
+def check_attn_implementation(name: str | None, device: str, model: str | os.PathLike | None) -> None:
+    """Refuse (`ModelError`, one line naming `--attn-implementation` and `model`, if given) an attention
+    implementation `model` cannot run with on `device` before its weights load: a name transformers does not know (a
+    hub kernel, ORG/REPO[:FUNCTION], is left to transformers), flash_attention_N on a CPU (its kernels run on GPUs),
+    or with neither its package nor `kernels` installed (`flash_attention_installed`). None (transformers' default)
+    is always fine. The CLI checks it before a command claims its output (`unime.cli.check_attention_option`)."""
     from unime.errors import ModelError
 
     if name is None:
         return
-    where = f"--attn-implementation {name} (model {str(model)!r})"
+    where = f"--attn-implementation {name}" + (f" (model {str(model)!r})" if model is not None else "")
     if "/" not in name and name not in (known := attn_implementations()):
         raise ModelError(f"{where}: transformers knows no such attention implementation; choose one of "
                          f"{', '.join(known)}")
