@@ -37,6 +37,47 @@ def test_build_tiny_saves_an_ordinary_hf_folder(tiny_model_dir, family):
     assert tok.convert_tokens_to_ids("<|image_pad|>") == model.config.image_token_id
 
 
+# the releases' image normalisation, patch and merge sizes (their preprocessor_config.json on the hub:
+# Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct: CLIP's mean / std, patch 14; Qwen/Qwen3-VL-4B-Instruct:
+# 0.5 / 0.5, patch 16), merge size 2, 2 frames per temporal patch, the image processor class Qwen2VLImageProcessor
+_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+RELEASE_IMAGES = {"qwen2_vl": (_CLIP_MEAN, _CLIP_STD, 14), "qwen2_5_vl": (_CLIP_MEAN, _CLIP_STD, 14),
+                  "qwen3_vl": ([0.5] * 3, [0.5] * 3, 16)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_image_processor_is_the_releases(tiny_model_dir, family):
+    """Before, the tiny Qwen3-VL normalised images with CLIP's mean / std (the image processor's default), while the
+    release (and the tiny folder's own video processor) use 0.5 / 0.5."""
+    from transformers import AutoProcessor
+
+    mean, std, patch = RELEASE_IMAGES[family]
+    processor = AutoProcessor.from_pretrained(tiny_model_dir(family))
+    for part in (processor.image_processor, processor.video_processor):
+        assert [*part.image_mean, *part.image_std] == pytest.approx([*mean, *std], abs=1e-8), type(part)
+        assert (part.patch_size, part.merge_size, part.temporal_patch_size) == (patch, 2, 2)
+    assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessor"
+    pixels = processor.image_processor(Image.new("RGB", (64, 64), (255, 0, 0)), return_tensors="pt").pixel_values
+    # a pure red image: each channel's one value, normalised by the release's mean / std
+    red = sorted({round(float(v), 4) for v in pixels.flatten()})
+    assert red == sorted({round((c - m) / s, 4) for c, m, s in zip((1.0, 0.0, 0.0), mean, std)})
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen2-VL-7B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct",
+                                  "Qwen/Qwen3-VL-4B-Instruct"])
+def test_known_checkpoint_processor_normalises_as_the_release(tiny_model_dir, name):
+    from transformers import AutoTokenizer
+
+    from unime.models.known_checkpoints import known_checkpoint
+
+    ckpt = known_checkpoint(name)
+    mean, std, patch = RELEASE_IMAGES[ckpt.family]
+    processor = ckpt.processor(AutoTokenizer.from_pretrained(tiny_model_dir("qwen2_vl")))
+    for part in (processor.image_processor, processor.video_processor):
+        assert [*part.image_mean, *part.image_std] == pytest.approx([*mean, *std], abs=1e-8), type(part)
+    assert (processor.image_processor.patch_size, processor.image_processor.merge_size) == (patch, 2)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_reload_gives_same_outputs(tiny_model_dir, family, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -5,7 +5,8 @@ parts; the rest keeps transformers' defaults, which match the releases). They le
 real-size model on a machine that cannot download it: `meta_model(name)` instantiates the real
 `*ForConditionalGeneration` class on the `meta` device (no memory), which is what the real-size tests
 and `unime plan` (memory estimates) use. `image_processor_kwargs` are the releases'
-`preprocessor_config.json` pixel bounds.
+`preprocessor_config.json` pixel bounds and, where it is not the image processor's default (CLIP's mean / std),
+its normalisation. `family_checkpoint` gives the tiny models (`unime.models.tiny`) what they copy from the releases.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class KnownCheckpoint:
     text: dict[str, Any]
     vision: dict[str, Any]
     tie_word_embeddings: bool
-    image_processor: dict[str, Any] = field(default_factory=dict)  # patch_size, size bounds
+    image_processor: dict[str, Any] = field(default_factory=dict)  # patch_size, size bounds, image_mean / _std
 
     @property
     def patch_size(self) -> int:
@@ -33,17 +34,22 @@ class KnownCheckpoint:
     def merge_size(self) -> int:
         return int(self.vision.get("spatial_merge_size", 2))
 
+    @property
+    def image_normalisation(self) -> dict[str, list[float]]:
+        """The release image processor's `image_mean` / `image_std` where they are not the class's default."""
+        return {k: list(self.image_processor[k]) for k in ("image_mean", "image_std") if k in self.image_processor}
+
     def processor(self, tokenizer):
         """The family's processor with the release's image bounds and chat template around `tokenizer`
         (e.g. the real Qwen tokenizer); no download."""
         from transformers import (Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor,
                                   Qwen3VLProcessor, Qwen3VLVideoProcessor)
 
-        from unime.models.tiny import QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
+        from unime.models.chat_templates import QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
 
         ip = self.image_processor
         image_processor = Qwen2VLImageProcessor(patch_size=ip["patch_size"], merge_size=self.merge_size,
-                                                temporal_patch_size=2,
+                                                temporal_patch_size=2, **self.image_normalisation,
                                                 size={"shortest_edge": ip["min_pixels"], "longest_edge": ip["max_pixels"]})
         if self.family == "qwen3_vl":
             return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
@@ -71,7 +77,8 @@ _QWEN3_VISION_SMALL = dict(depth=24, hidden_size=1024, intermediate_size=4096, n
                            patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
                            deepstack_visual_indexes=[5, 11, 17], hidden_act="gelu_pytorch_tanh")
 _QWEN2_IMAGES = dict(patch_size=14, min_pixels=56 * 56, max_pixels=28 * 28 * 16384)       # 3136 .. 12845056
-_QWEN3_IMAGES = dict(patch_size=16, min_pixels=65536, max_pixels=16777216)
+_QWEN3_IMAGES = dict(patch_size=16, min_pixels=65536, max_pixels=16777216, image_mean=(0.5, 0.5, 0.5),
+                     image_std=(0.5, 0.5, 0.5))
 
 _MROPE2 = {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0}
 _MROPE3 = {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True, "rope_theta": 5000000.0}
@@ -136,6 +143,15 @@ def known_checkpoint(name: str) -> KnownCheckpoint:
         if name.lower() in names:
             return names[name.lower()]
     raise UnimeError(f"unknown checkpoint {name!r}; known: {', '.join(KNOWN_CHECKPOINTS)}")
+
+
+def family_checkpoint(family: str) -> KnownCheckpoint:
+    """The first known release of `family` (config.model_type): what the family's releases share (their image
+    normalisation, the Qwen2.5-VL vision's tokens_per_second), which the tiny model of the family copies."""
+    for ckpt in KNOWN_CHECKPOINTS.values():
+        if ckpt.family == family:
+            return ckpt
+    raise UnimeError(f"no known checkpoint of the family {family!r}")
 
 
 def meta_model(name_or_config):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from unime.data import vocab
 from unime.models import prompts
+from unime.models.chat_templates import QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
 from unime.options import option
 
 # Special tokens shared by the Qwen-VL families (same strings as the released checkpoints).
@@ -27,45 +28,6 @@ QWEN_SPECIAL_TOKENS = [
     "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
-
-# The real Qwen2-VL / Qwen2.5-VL chat template (default system prompt, vision placeholders).
-QWEN2_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# Qwen3-VL-Instruct's template without the tool-calling branches: no default system prompt.
-QWEN3_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 
 @dataclass(frozen=True)
 class TinySize:
@@ -258,6 +220,8 @@ def build_tiny(family: str, out_dir: str | os.PathLike, *, seed: int = 0, size: 
     import torch
     from transformers import AutoModelForImageTextToText
 
+    from unime.models.known_checkpoints import family_checkpoint
+
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     out = Path(out_dir)
@@ -309,7 +273,9 @@ def build_tiny(family: str, out_dir: str | os.PathLike, *, seed: int = 0, size: 
 
     scale = (patch * 2) ** 2 / (28 * 28)  # keep the same number of merged tokens per image across families
     pixel_bounds = {"shortest_edge": int(size.min_pixels * scale), "longest_edge": int(size.max_pixels * scale)}
-    image_processor = img_cls(size=pixel_bounds, patch_size=patch, merge_size=2, temporal_patch_size=2)
+    # normalised as the family's releases (Qwen3-VL: 0.5 / 0.5, not the image processor's default CLIP mean / std)
+    image_processor = img_cls(size=pixel_bounds, patch_size=patch, merge_size=2, temporal_patch_size=2,
+                              **family_checkpoint(family).image_normalisation)
     video_processor = vid_cls(size=pixel_bounds, patch_size=patch, merge_size=2, temporal_patch_size=2)
     processor = proc_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                          chat_template=template)
