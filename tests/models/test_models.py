@@ -63,6 +63,26 @@ def test_tiny_image_processor_is_the_releases(tiny_model_dir, family):
     assert red == sorted({round((c - m) / s, 4) for c, m, s in zip((1.0, 0.0, 0.0), mean, std)})
 
 
+def test_tiny_qwen2_5_vl_video_time_positions_are_the_releases(tiny_model_dir):
+    """Before, the tiny Qwen2.5-VL had transformers' default tokens_per_second 4; the releases' config.json (and
+    the known-checkpoints table) have 2, which sets the M-RoPE time positions of a video's frames."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from unime.models.known_checkpoints import known_checkpoint
+
+    config = AutoConfig.from_pretrained(tiny_model_dir("qwen2_5_vl"))
+    assert config.vision_config.tokens_per_second == 2
+    assert known_checkpoint("Qwen/Qwen2.5-VL-7B-Instruct").vision["tokens_per_second"] == 2
+    # one text token, then a video of 4 temporal patches of one merged token each (8 frames at 2 fps: 1 s per
+    # patch): its time positions are 1 + 2 s x 2 tokens per second x patch index, not 1 + 4 x index
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_5_vl"))
+    positions, _ = model.model.get_rope_index(torch.zeros(1, 5, dtype=torch.long),
+                                              torch.tensor([[0, 2, 2, 2, 2]], dtype=torch.int32),
+                                              video_grid_thw=torch.tensor([[4, 2, 2]]),
+                                              second_per_grid_ts=torch.tensor([1.0]))
+    assert positions[0, 0].tolist() == [0, 1, 3, 5, 7]
+
+
 @pytest.mark.parametrize("name", ["Qwen/Qwen2-VL-7B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct",
                                   "Qwen/Qwen3-VL-4B-Instruct"])
 def test_known_checkpoint_processor_normalises_as_the_release(tiny_model_dir, name):

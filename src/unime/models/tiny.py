@@ -254,7 +254,9 @@ def build_tiny(family: str, out_dir: str | os.PathLike, *, seed: int = 0, size: 
         vision = dict(depth=size.vision_depth, hidden_size=size.vision_hidden, intermediate_size=2 * size.vision_hidden,
                       num_heads=size.vision_heads, out_hidden_size=size.hidden, patch_size=14,
                       spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                      fullatt_block_indexes=[size.vision_depth - 1])
+                      fullatt_block_indexes=[size.vision_depth - 1],
+                      # the releases' (transformers' default is 4): a video frame's M-RoPE time position
+                      tokens_per_second=family_checkpoint(family).vision["tokens_per_second"])
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
         patch = 14
         proc_cls, img_cls, vid_cls, template = (Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
