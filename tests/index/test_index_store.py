@@ -705,3 +705,109 @@ def test_the_cli_skips_bad_items_under_on_error_skip_and_says_so(tmp_path, tiny_
     out = capsys.readouterr().out
     assert ": 2 items (2 added, 0 already indexed" in out and "; skipped 1 record(s) (image: 1)" in out, out
     assert "record line 3, field 'item.images[0]': image file not found" in out
+
+
+class PixelEmbedder(HashEmbedder):
+    """Vectors from each item's text and the bytes of its image files (under `root`), counting encoded items."""
+
+    def __init__(self, root: Path, dim=16):
+        super().__init__(dim)
+        self.root, self.items = root, 0
+
+    def encode(self, items, **kw):
+        self.items += len(items)
+        return super().encode([Item(text=self.key(it)) for it in items])
+
+    def key(self, item):
+        return item.text + "|" + "|".join(hashlib.sha1((self.root / r).read_bytes()).hexdigest() for r in item.images)
+
+
+def test_a_rebuild_re_encodes_an_item_whose_image_changed_and_updates_edited_metadata(tmp_path, model_dir):
+    """QA: an image replaced at the same path kept its old vector and an edited caption its old metadata: the
+    rebuild said "0 added, 9 already indexed" and a search for the new image no longer found it. Now the item whose
+    file changed is re-encoded (its vector, thumbnail and content digest replaced, in place), the edited metadata is
+    rewritten without encoding anything, and an untouched file is not read again (known by size + mtime)."""
+    corpus = _image_corpus(tmp_path, 4, {"text": "words only"})
+    emb = PixelEmbedder(tmp_path)
+    idx, stats = _build(tmp_path, model_dir, emb, chunk_size=2)
+    assert (stats.added, emb.items) == (5, 5)
+    old_thumb = idx.entries[1]["thumbnail"]
+    Image.new("RGB", (30, 30), (255, 255, 0)).save(tmp_path / "img" / "1.png")  # replaced at the same path
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    rows[2]["metadata"] = {"caption": "edited"}
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    emb = PixelEmbedder(tmp_path)
+    idx, stats = _build(tmp_path, model_dir, emb, chunk_size=2)
+    assert (stats.added, stats.already_indexed, stats.reencoded, stats.metadata_updated) == (0, 5, 1, 1)
+    assert (stats.encoded, emb.items) == (1, 1)  # only im1 went through the model
+    assert [e["id"] for e in idx.entries] == ["im0", "im1", "im2", "im3", "last"]
+    expected = np.stack([PixelEmbedder(tmp_path).vec(PixelEmbedder(tmp_path).key(Item.from_dict(e["item"])))
+                         for e in idx.entries])
+    np.testing.assert_allclose(idx.vectors(), expected, atol=1e-6)
+    assert idx.entries[1]["thumbnail"] != old_thumb and idx.entries[2]["metadata"] == {"caption": "edited"}
+    hits = search_items(idx, expected[1][None], 1)[0]
+    assert hits[0]["id"] == "im1" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    # nothing changed: nothing encoded, rewritten or read again
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "idx" / "chunks").rglob("*"))}
+    from unime.data import image_digests
+
+    reads = []
+    sha1 = image_digests.file_sha1
+    image_digests.file_sha1 = lambda p: reads.append(p) or sha1(p)
+    try:
+        idx, stats = _build(tmp_path, model_dir, PixelEmbedder(tmp_path), chunk_size=2)
+    finally:
+        image_digests.file_sha1 = sha1
+    assert (stats.reencoded, stats.metadata_updated, stats.encoded, reads) == (0, 0, 0, [])
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "idx" / "chunks").rglob("*"))} == before
+
+
+def test_the_cli_says_what_a_rebuild_re_encoded_and_updated_and_finds_the_new_image(tmp_path, tiny_model_dir, capsys):
+    from unime.cli import main
+
+    corpus = _image_corpus(tmp_path, 3, {"text": "words only"})
+    rows = [{k: v for k, v in json.loads(line).items() if k != "text" or "image" not in line}
+            for line in corpus.read_text().splitlines()]  # image-only items: the same image as a query scores 1
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build = ["index", "build", "--model", tiny_model_dir("qwen2_vl"), "--items", str(corpus), "--out",
+             str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(build) == 0
+    Image.new("RGB", (48, 40), (250, 250, 250)).save(tmp_path / "img" / "0.png")
+    (tmp_path / "img" / "0.png").rename(tmp_path / "new.png")
+    Image.new("RGB", (48, 40), (250, 250, 250)).save(tmp_path / "img" / "0.png")
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    rows[1]["metadata"] = {"caption": "edited"}
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    assert main(build) == 0
+    out = capsys.readouterr().out
+    assert ": 4 items (0 added, 4 already indexed, 1 re-encoded (content changed), 1 metadata updated, 1 encoded" \
+        in out, out
+    assert main(["search", "--index", str(tmp_path / "idx"), "--image", str(tmp_path / "new.png"), "--k", "1",
+                 "--json", "--device", "cpu"]) == 0
+    hit = json.loads(capsys.readouterr().out)
+    assert hit["id"] == "im0" and hit["score"] == pytest.approx(1.0, abs=1e-4)
+    assert CorpusIndex(tmp_path / "idx").entries[1]["metadata"] == {"caption": "edited"}
+
+
+def test_rows_indexed_before_contents_were_recorded_get_their_digest_with_a_warning(tmp_path, model_dir, caplog):
+    """An index built before rows recorded their files' digest: the digest is recorded (nothing encoded), and the
+    build warns that a file changed before it cannot be seen; the next build compares against it."""
+    _image_corpus(tmp_path, 2, {"text": "words only"})
+    _build(tmp_path, model_dir, PixelEmbedder(tmp_path))
+    keys = committed_chunks_of(tmp_path / "idx")
+    rows = [json.loads(line) for line in keys.read_text().splitlines()]
+    keys.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "content"}) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="unime.index.store"):
+        idx, stats = _build(tmp_path, model_dir, PixelEmbedder(tmp_path))
+    assert (stats.content_recorded, stats.reencoded, stats.encoded) == (2, 0, 0)
+    assert "2 row(s) were indexed before their files' content was recorded" in caplog.text
+    assert [e.get("content") for e in idx.entries] == [r.get("content") for r in rows]
+    Image.new("RGB", (30, 30), (0, 0, 0)).save(tmp_path / "img" / "0.png")
+    idx, stats = _build(tmp_path, model_dir, PixelEmbedder(tmp_path))
+    assert (stats.content_recorded, stats.reencoded, stats.encoded) == (0, 1, 1)
+
+
+def committed_chunks_of(idx: Path) -> Path:
+    (keys,) = sorted((idx / "chunks").glob("chunk-*.jsonl"))
+    return keys

@@ -46,7 +46,9 @@ def _build(args) -> int:
     recall = info.get("recall") or {}
     measured = f"{recall['recall']:.4f}" if isinstance(recall.get("recall"), (int, float)) else recall.get("recall")
     rebuilt = f" (rebuilt from the stored vectors: {stats.rebuilt})" if stats.rebuilt else ""
-    print(f"{args.out}: {len(idx)} items ({stats.added} added, {stats.already_indexed} already indexed, "
+    updated = "".join([f", {stats.reencoded} re-encoded (content changed)" if stats.reencoded else "",
+                       f", {stats.metadata_updated} metadata updated" if stats.metadata_updated else ""])
+    print(f"{args.out}: {len(idx)} items ({stats.added} added, {stats.already_indexed} already indexed{updated}, "
           f"{stats.encoded} encoded, {stats.from_cache} from the embedding cache); index {info.get('kind')}"
           f"{rebuilt}, recall@{recall.get('k')} vs exact = {measured}"
           + (f"; {skips.summary()}" if skips.total else ""))

@@ -9,12 +9,15 @@ Layout of an index folder::
     IDX/chunks/chunk-NNNNN.jsonl one line per row: {"id", "item": {"text", "images", "video"},
                                  "metadata", "thumbnail"?} — written after the .npy: a chunk counts
                                  only once its .jsonl exists, so an interrupted build leaves no half chunk
-    IDX/faiss.index              the FAISS index over every row (rebuilt when rows were added, or from the
-                                 stored rows when another kind or other settings are asked for)
+    IDX/faiss.index              the FAISS index over every row (rebuilt when rows were added or re-encoded,
+                                 or from the stored rows when another kind or other settings are asked for)
+    IDX/.image_digests.tsv       the sha1 of each image file, known by size + mtime (`unime.data.image_digests`)
 
 Building encodes through the shared embedding cache (`unime.models.embedding_cache`), one chunk at a
 time; a re-run (resume after an interruption, or a corpus with more items) encodes only the ids that
-are not in the index yet and appends them. The corpus is an item file (`unime.data.corpus`: the format
+are not in the index yet and appends them. Each row records the digest of its image/video files ("content"): an
+item whose files changed since is re-encoded in place, and an item whose metadata was edited gets the new
+metadata (not re-encoded). The corpus is an item file (`unime.data.corpus`: the format
 `unime embed` reads too). Image paths are relative to the data root, recorded in the manifest (the service
 reads candidate images from there only to rerank; thumbnails are stored inline in the index so pages never
 need the files).
@@ -36,6 +39,7 @@ import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path
 from unime.data.corpus import CorpusEntry, read_corpus
+from unime.data.image_digests import ImageDigests, digest_items
 from unime.data.items import Item
 from unime.data.roots import recorded_root_of, resolve_data_root
 from unime.data.skips import ErrorPolicy, SkipReport
@@ -53,6 +57,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 VECTOR_DTYPES = ("float32", "float16")
 DEFAULT_CHUNK_SIZE = 1024  # items per written chunk (the unit of resumption)
+DIGESTS_FILE = ".image_digests.tsv"  # the image files' sha1, known by size + mtime (as eval's)
 THUMBNAIL_SIZE = 128
 
 
@@ -86,6 +91,9 @@ class BuildStats:
     corpus_items: int = 0
     already_indexed: int = 0
     added: int = 0
+    reencoded: int = 0      # indexed items whose image/video files changed: encoded again, their rows replaced
+    metadata_updated: int = 0  # indexed items whose metadata was edited: rewritten, not encoded
+    content_recorded: int = 0  # rows of an index built before contents were recorded: their digest recorded now
     encoded: int = 0        # run through the model (the rest came from the embedding cache)
     from_cache: int = 0
     chunks_written: int = 0
@@ -320,15 +328,17 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         stats = BuildStats()
         entries = read_corpus(items_path, on_error=on_error, skips=skips)
         stats.corpus_items = len(entries)
-        existing: dict[str, dict] = {}  # id -> the item stored under it
+        existing: dict[str, dict] = {}  # id -> the row stored under it
+        chunk_of: dict[str, Path] = {}  # id -> its chunk's .jsonl
         chunks = committed_chunks(out)
         for keys in chunks:
             for line in keys.read_text(encoding="utf-8").splitlines():
                 if line:
                     row = json.loads(line)
-                    existing[row["id"]] = row.get("item")
+                    existing[row["id"]] = row
+                    chunk_of[row["id"]] = keys
         for e in entries:  # an id is one item: new content under an indexed id would be silently kept old (QA)
-            if e.id in existing and existing[e.id] != _item_json(e.item):
+            if e.id in existing and existing[e.id].get("item") != _item_json(e.item):
                 raise IndexError_(f"{items_path}, line {e.line}: id {e.id!r} is indexed already with other content; "
                                   "give the new item another id, or build a new index")
         todo = [e for e in entries if e.id not in existing]
@@ -345,6 +355,41 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         # a bad image (one the model's processor would refuse too) stops the build naming its line and field
         loader = checkpoint_image_loader(model, getattr(embedder, "image_budget", None), root)
         checker = ImageChecker(loader)
+        # the indexed items: an image replaced at the same path kept its old vector, an edited caption its old
+        # metadata (QA). Their files' digests (a stat each; a file is read again only when its size or mtime
+        # changed) against those recorded: changed content is re-encoded, edited metadata rewritten.
+        digests = ImageDigests(out / DIGESTS_FILE)
+        changed: list[CorpusEntry] = []
+        rewrite: dict[str, dict] = {}  # id -> its new row (metadata, content digest), vector kept
+        gone = 0
+        for e in entries:
+            row = existing.get(e.id)
+            if row is None:
+                continue
+            new = dict(row)
+            if e.item.images or e.item.video:
+                try:
+                    content = digest_items([e.item], loader, digests)
+                except (OSError, DataError):  # its files are gone: the row is kept as it was indexed
+                    gone += 1
+                    content = row.get("content")
+                if row.get("content") is None and content is not None:
+                    new["content"] = content  # indexed before contents were recorded: cannot be compared
+                    stats.content_recorded += 1
+                elif content != row.get("content"):
+                    changed.append(e)
+                    continue
+            if (e.metadata or {}) != (row.get("metadata") or {}):
+                new["metadata"] = e.metadata
+                stats.metadata_updated += 1
+            if new != row:
+                rewrite[e.id] = new
+        if gone:
+            log.info("index: the files of %d indexed item(s) are gone; their rows are kept as indexed", gone)
+        if stats.content_recorded:
+            log.warning("index: %d row(s) were indexed before their files' content was recorded: recorded now, so "
+                        "files changed before this build are not seen (build a new index to be sure)",
+                        stats.content_recorded)
         # before anything is written: every new item's files exist (a stat each, no file opened: the items already
         # indexed are not looked at), and the first chunk's images decode (each image is checked once); the other
         # chunks' images are decoded as their chunk is reached. A missing image in the last chunk stopped a build
@@ -361,6 +406,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         t_check = time.perf_counter()
         todo = [e for e in todo if good(e, checker.check_files)]
         stats.seconds["check_files"] = round(time.perf_counter() - t_check, 3)
+        changed = [e for e in changed if good(e, checker.check)]  # (under skip: its row kept, tried again later)
         todo = [e for e in todo[:chunk_size] if good(e, checker.check)] + todo[chunk_size:]
         if not todo and not existing and skips.total:
             raise DataError("no items to index: every item was skipped", source=str(items_path))
@@ -368,11 +414,10 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         (out / "chunks").mkdir(parents=True, exist_ok=True)
         _write_json(manifest_path, manifest)
         t_enc = time.perf_counter()
-        for s in range(0, len(todo), chunk_size):
-            part = [e for e in todo[s:s + chunk_size] if good(e, checker.check)]  # (checked once: the first's)
-            if not part:
-                continue
-            enc = RunEncoder(embedder, fingerprint, batch_size=batch_size, show_progress=show_progress)
+
+        def encode(part: list[CorpusEntry]) -> tuple[np.ndarray, list[dict]]:
+            enc = RunEncoder(embedder, fingerprint, batch_size=batch_size, show_progress=show_progress,
+                             digests=digests)
             enc.store = store
             rows = enc.add([e.item for e in part], root, source=str(items_path))
             enc.encode_pending()
@@ -383,16 +428,38 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                 manifest["dim"] = int(vecs.shape[1])
             elif vecs.shape[1] != manifest["dim"]:
                 raise IndexError_(f"the model gives {vecs.shape[1]}-d vectors, the index holds {manifest['dim']}-d")
+            out_rows = []
+            for e in part:
+                row = {"id": e.id, "item": _item_json(e.item), "metadata": e.metadata}
+                if e.item.images or e.item.video:
+                    row["content"] = digest_items([e.item], loader, digests)
+                if thumbnails and e.item.images:
+                    row["thumbnail"] = thumbnail_data_uri(loader.load(e.item.images[0], source=str(items_path),
+                                                                      record=e.id, field="images[0]"))
+                out_rows.append(row)
+            return vecs.astype(vector_dtype), out_rows
+
+        # the indexed items first: the changed ones re-encoded, each chunk holding one rewritten in place
+        new_vectors: dict[str, np.ndarray] = {}
+        for s in range(0, len(changed), chunk_size):
+            part = changed[s:s + chunk_size]
+            vecs, rows = encode(part)
+            for e, v, row in zip(part, vecs, rows):
+                new_vectors[e.id], rewrite[e.id] = v, row
+        stats.reencoded = len(new_vectors)
+        for keys in chunks:
+            _rewrite_chunk(keys, rewrite, new_vectors)
+        for s in range(0, len(todo), chunk_size):
+            part = [e for e in todo[s:s + chunk_size] if good(e, checker.check)]  # (checked once: the first's)
+            if not part:
+                continue
+            vecs, rows = encode(part)
             stem = out / "chunks" / f"chunk-{next_chunk:05d}"
             with atomic_path(stem.with_suffix(".npy")) as tmp:
                 with open(tmp, "wb") as fh:
-                    np.save(fh, vecs.astype(vector_dtype))
+                    np.save(fh, vecs)
             with atomic_open(stem.with_suffix(".jsonl")) as fh:
-                for e in part:
-                    row = {"id": e.id, "item": _item_json(e.item), "metadata": e.metadata}
-                    if thumbnails and e.item.images:
-                        row["thumbnail"] = thumbnail_data_uri(loader.load(e.item.images[0], source=str(items_path),
-                                                                          record=e.id, field="images[0]"))
+                for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             next_chunk += 1
             stats.chunks_written += 1
@@ -406,7 +473,8 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         asked = index_config.to_dict() if index_config is not None else dict(index_settings or {})
         cfg = IndexConfig(**{**stored_settings, **asked, "kind": choose_kind(index, n, approx_threshold)})
         stats.rebuilt = settings_change(manifest.get("index", {}).get("config"), cfg.to_dict())
-        if n and (stats.added or manifest.get("index", {}).get("count") != n or not (out / "faiss.index").is_file()
+        if n and (stats.added or stats.reencoded or manifest.get("index", {}).get("count") != n
+                  or not (out / "faiss.index").is_file()
                   or stats.rebuilt):
             import faiss
 
@@ -428,6 +496,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         stats.seconds["total"] = round(time.perf_counter() - t0, 3)
         stats.skipped = {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))}
         policy.finish()
+        digests.save()
         manifest["last_build"] = stats.to_dict()
         _write_json(manifest_path, manifest)
         return CorpusIndex(out), stats
@@ -527,6 +596,26 @@ def settings_change(stored: dict | None, wanted: dict) -> str | None:
     wanted ones ("kind flat -> hnsw, storage float32 -> float16"), or None."""
     changed = [f"{k} {stored.get(k)} -> {v}" for k, v in wanted.items() if stored and k in stored and stored[k] != v]
     return ", ".join(changed) or None
+
+
+def _rewrite_chunk(keys: Path, rows: dict[str, dict], vectors: dict[str, np.ndarray]) -> None:
+    """Replace, in the chunk `keys` (its .jsonl; its .npy beside it), the rows of the ids in `rows` and the vectors of
+    those in `vectors`; a chunk holding none is left as it is. The vectors are written first: interrupted between the
+    two, the .jsonl still holds the old content digest, so the next build re-encodes the item again."""
+    old = [json.loads(line) for line in keys.read_text(encoding="utf-8").splitlines() if line]
+    if not any(r["id"] in rows for r in old):
+        return
+    if any(r["id"] in vectors for r in old):
+        arr = np.load(keys.with_suffix(".npy"))
+        for i, r in enumerate(old):
+            if r["id"] in vectors:
+                arr[i] = vectors[r["id"]]
+        with atomic_path(keys.with_suffix(".npy")) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr)
+    with atomic_open(keys) as fh:
+        for r in old:
+            fh.write(json.dumps(rows.get(r["id"], r), ensure_ascii=False) + "\n")
 
 
 def _write_json(path: Path, obj: Any) -> None:
