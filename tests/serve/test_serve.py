@@ -557,3 +557,44 @@ def test_search_page_in_a_real_browser(server, world, tmp_path):
         assert browser.find_element(By.ID, "status").text == ""
     finally:
         browser.quit()
+
+
+def test_search_reranks_rerank_top_k_candidates_even_beyond_top_k(world, monkeypatch):
+    """QA: `rerank_top_k` over `top_k` reranked only the `top_k` hits retrieved ("how many of the top results to
+    rerank"). Now max(top_k, rerank_top_k) hits are retrieved, the first rerank_top_k reranked and the best top_k
+    returned. A fake pairwise reranker that prefers the 5th plain hit: with rerank_top_k 5 and top_k 2, it comes
+    first, then the plain first hit; a rerank_top_k over the server's max_top_k is refused like top_k."""
+    from fastapi.testclient import TestClient
+
+    from unime.index.store import CorpusIndex, search_items
+    from unime.serve.app import create_app
+    from unime.serve.config import Limits
+    from unime.serve.engine import Engine
+
+    plain = search_items(world["idx"], world["emb"].encode(["a red square"]), 5)[0]
+    assert len(plain) == 5
+    engine = Engine(world["emb"], MODEL, world["rr"], RERANKER, CorpusIndex(world["root"] / "idx"))
+    target = engine.index.item(plain[4]["row"])
+    seen = []
+
+    def rerank_pairwise(query, docs):
+        seen.append(len(docs))
+        scores = [1.0 if d == target else 0.0 for d in docs]
+        return sorted(range(len(docs)), key=lambda i: -scores[i]), scores, 0
+
+    monkeypatch.setattr(engine, "rerank_pairwise", rerank_pairwise)
+    app = create_app(engine, ServeConfig(model=world["model"], no_auth=True,
+                                         limits=Limits(max_top_k=6)))
+    try:
+        with TestClient(app) as c:
+            r = c.post("/v1/search", json={"query": "a red square", "top_k": 2, "rerank": True, "rerank_top_k": 5})
+            over = c.post("/v1/search", json={"query": "a red square", "top_k": 2, "rerank": True,
+                                              "rerank_top_k": 7})
+    finally:
+        engine.close()
+    assert r.status_code == 200, r.text
+    assert seen == [5]
+    assert [h["id"] for h in r.json()["data"]] == [plain[4]["id"], plain[0]["id"]]
+    assert [h["rerank_score"] for h in r.json()["data"]] == [1.0, 0.0]
+    assert [h["rank"] for h in r.json()["data"]] == [1, 2]
+    assert over.status_code == 400 and "rerank_top_k: 7 is over the limit of 6" in over.text, over.text

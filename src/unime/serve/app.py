@@ -282,8 +282,10 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         if engine.index is None:
             raise RequestError(404, "this server has no index (start it with --index IDX)", type="not_found_error")
         model = check_model(req.model, engine.model_name, "embedding model")
-        if req.top_k > limits.max_top_k:
-            raise RequestError(400, f"top_k: {req.top_k} is over the limit of {limits.max_top_k}", param="top_k")
+        for name in ("top_k", "rerank_top_k") if req.rerank else ("top_k",):  # the more of them are retrieved
+            if (getattr(req, name) or 0) > limits.max_top_k:
+                raise RequestError(400, f"{name}: {getattr(req, name)} is over the limit of {limits.max_top_k}",
+                                   param=name)
         if req.rerank and engine.reranker is None:
             raise RequestError(400, "rerank: this server has no reranker (start it with --reranker R)", param="rerank")
         query = to_item(req.query, limits, "query", instruction=req.instruction)
@@ -291,14 +293,17 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
         async def work():
             qv, _ = await embed([query])
-            hits, source = search_items(engine.index, qv, req.top_k)[0], None
-            if req.rerank and hits:
-                k = min(req.rerank_top_k or req.top_k, len(hits))
+            # the top rerank_top_k are reranked, the best top_k returned: a rerank_top_k over top_k reranked only
+            # the top_k hits retrieved (QA)
+            rerank_k = (req.rerank_top_k or req.top_k) if req.rerank else 0
+            hits, source = search_items(engine.index, qv, max(req.top_k, rerank_k))[0], None
+            if rerank_k and hits:
+                k = min(rerank_k, len(hits))
                 cands = [engine.index.item(h["row"]) for h in hits[:k]]
                 order, scores, source, _ = await rerank_docs(query, cands, req.rerank_mode)
                 top = [dict(hits[i], rerank_score=float(scores[i])) for i in order]
                 hits = top + hits[k:]
-            return hits, source
+            return hits[:req.top_k], source
 
         hits, source = await with_timeout(work())
         for r, h in enumerate(hits, 1):

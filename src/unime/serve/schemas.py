@@ -88,7 +88,9 @@ class SearchRequest(BaseModel):
     top_k: int = Field(10, ge=1)
     rerank: bool = False
     rerank_mode: Literal["pairwise", "listwise"] = "pairwise"
-    rerank_top_k: int | None = Field(None, ge=1, description="how many of the top results to rerank (default top_k)")
+    rerank_top_k: int | None = Field(None, ge=1, description="how many of the top results to rerank (default top_k); "
+                                        "more than top_k: that many are retrieved and reranked, the best top_k "
+                                        "returned")
     include_thumbnails: bool = True
 
 
