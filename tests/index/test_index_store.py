@@ -811,3 +811,23 @@ def test_rows_indexed_before_contents_were_recorded_get_their_digest_with_a_warn
 def committed_chunks_of(idx: Path) -> Path:
     (keys,) = sorted((idx / "chunks").glob("chunk-*.jsonl"))
     return keys
+
+
+def test_search_names_a_bad_query_image_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    """QA: `unime search --image photos/corrupt.png` loaded the model, then said "corrupt or unreadable image
+    <inline bytes>". Now the file is checked first, named, and nothing is loaded (the index folder is not even
+    opened: here it does not exist)."""
+    from unime.cli import main
+    from unime.models import embedder
+
+    monkeypatch.setattr(embedder.Embedder, "from_pretrained", lambda *a, **kw: pytest.fail("the model was loaded"))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "corrupt.png").write_bytes(b"not a png at all")
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--index", "no-index", "--image", "photos/corrupt.png"]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or unreadable image photos/corrupt.png: not in an image format PIL can read" in err, err
+    assert "--image" in err and "<inline bytes>" not in err
+    assert main(["search", "--index", "no-index", "--image", "photos/gone.png"]) == 2
+    err = capsys.readouterr().err
+    assert "image file not found: 'photos/gone.png'" in err and "--image" in err, err

@@ -575,6 +575,10 @@ class SearchConfig(IndexModelOptions):
         text = self.query
         if self.instruction:
             text = f"{self.instruction}\n{text}" if text else self.instruction
+        if self.image:  # checked here, before the index and the model load, and named (QA: "<inline bytes>")
+            from unime.data.images import ImageLoader
+
+            ImageLoader(allow_outside_root=True).load(self.image, field="--image")
         return Item(text=text, images=(Path(self.image).read_bytes(),) if self.image else ())
 
 
