@@ -831,3 +831,22 @@ def test_search_names_a_bad_query_image_before_loading_the_model(tmp_path, monke
     assert main(["search", "--index", "no-index", "--image", "photos/gone.png"]) == 2
     err = capsys.readouterr().err
     assert "image file not found: 'photos/gone.png'" in err and "--image" in err, err
+
+
+def test_the_search_table_shows_each_hits_metadata_truncated(tmp_path, model_dir, monkeypatch, capsys):
+    """QA: only --json showed a hit's metadata. The table has a metadata column (its JSON cut to 60 characters, after
+    the labels padded to one width) when any hit has metadata, and none otherwise."""
+    from unime.cli import main
+    from unime.index import store
+
+    hits = [{"rank": 1, "score": 0.9, "id": "a", "item": {"text": "first"},
+             "metadata": {"caption": "x" * 100}},
+            {"rank": 2, "score": 0.5, "id": "b", "item": {"images": ["img/1.png"]}, "metadata": {}}]
+    monkeypatch.setattr(store, "search_index_folder", lambda cfg, query: [dict(h) for h in hits])
+    assert main(["search", "--index", "idx", "--query", "q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    meta = json.dumps({"caption": "x" * 100}, ensure_ascii=False)
+    assert lines == [f"  1  0.9000  a  {'first':<9}  {meta[:59]}…", "  2  0.5000  b  img/1.png"], lines
+    hits[0]["metadata"] = {}
+    assert main(["search", "--index", "idx", "--query", "q"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["  1  0.9000  a  first", "  2  0.5000  b  img/1.png"]

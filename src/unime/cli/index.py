@@ -65,11 +65,25 @@ def _search(args) -> int:
     query = cfg.query_item()
     if query.is_empty:  # refused before the index and the model are loaded
         raise UsageError("give --query and/or --image", command="search")
-    for h in search_index_folder(cfg, query):
-        if args.json:
+    hits = search_index_folder(cfg, query)
+    if args.json:
+        for h in hits:
             h = {k: v for k, v in h.items() if k != "thumbnail"}
             print(json.dumps(h, ensure_ascii=False))
-        else:
-            label = h["item"].get("text") or ", ".join(h["item"].get("images", []))
-            print(f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}  {label[:80]}")
+        return 0
+    labels = [(h["item"].get("text") or ", ".join(h["item"].get("images", [])))[:80] for h in hits]
+    # the metadata (only --json showed it: QA), cut short, in a column after the labels padded to one width
+    metas = [_cut(json.dumps(h["metadata"], ensure_ascii=False), META_CHARS) if h.get("metadata") else ""
+             for h in hits]
+    width = max(map(len, labels), default=0) if any(metas) else 0
+    for h, label, meta in zip(hits, labels, metas):
+        print(f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}  {label:<{width}}  {meta}".rstrip()
+              if meta else f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}  {label}")
     return 0
+
+
+META_CHARS = 60  # of a hit's metadata shown in `unime search`'s table
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
