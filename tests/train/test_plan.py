@@ -558,10 +558,11 @@ def test_the_reasoner_sft_plan_counts_the_policy_its_lora_and_trls_fused_lm_head
     # scores the 2 x 100 T-CoT tokens with its fused LM head: one tile of 200 tokens x 32768 logits, their hidden
     # states (64 wide) saved, their fp32 gradient and its cast (4 + 4 + 4 bytes in fp32); the LoRA run's head is frozen
     assert rows["TRL's fused LM head (200 T-CoT tokens)"] == 200 * 32768 * 4 + 200 * 64 * (4 + 4 + 4)
-    # full fine-tuning (--lora-r 0) in bf16: the weights, their gradients and AdamW's two states, all bf16
+    # full fine-tuning (--lora-r 0) in bf16: fp32 master weights, their gradients and AdamW's two states, all fp32 (QA:
+    # planned as bf16 weights trained in place, which lost most updates of a small learning rate)
     full = dict(plan_reasoner_sft(model, {**o, "lora_r": 0, "dtype": "bf16"}, tcot_tokens=100).rows)
-    assert (full["weights (bf16, trained in place)"], full["gradients (bf16)"],
-            full["optimizer states (adamw_torch, bf16 x2)"]) == (total * 2, total * 2, total * 2 * 2)
+    assert (full["weights (fp32 master copy)"], full["gradients (fp32)"],
+            full["optimizer states (adamw_torch, fp32 x2)"]) == (total * 4, total * 4, total * 4 * 2)
     # ... whose trained head (745 x 64) gets its gradient in fp32, then cast to bf16
     assert full["TRL's fused LM head (200 T-CoT tokens)"] == \
         200 * 32768 * 2 + 200 * 64 * (2 + 4 + 2) + 745 * 64 * (4 + 2)
@@ -588,6 +589,13 @@ def test_the_reasoner_grpo_plan_holds_the_policy_its_reference_the_reward_embedd
     assert lora_rows["reference policy (TRL: LoRA adapter copy, fp32)"] == lora * 4
     bare = dict(plan_reasoner_grpo(model, {**o, "weights": "0.05,0.8,0", "beta": 0.0}).rows)
     assert not [name for name in bare if name.startswith(("process judge", "reference policy"))]
+    # full fine-tuning in bf16 (the GPU default): fp32 master weights, gradients and optimizer states, as the trainer
+    # holds them; TRL's reference policy and the frozen models in bf16
+    bf16 = dict(plan_reasoner_grpo(model, {**o, "dtype": "bf16"}).rows)
+    assert (bf16["weights (fp32 master copy)"], bf16["gradients (fp32)"],
+            bf16["optimizer states (adamw_torch, fp32 x2)"]) == (total * 4, total * 4, total * 4 * 2)
+    assert bf16["reference policy (frozen copy, bf16)"] == bf16[f"reward embedder {model} (frozen)"] == total * 2
+    assert not [name for name in bf16 if "in place" in name]
 
 
 def test_unime_plan_plans_the_reasoner_stages_of_an_embed_rl_recipe(capsys):

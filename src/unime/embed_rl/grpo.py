@@ -44,6 +44,7 @@ scaling. On CPU: fp32 (TRL's bf16 default fails or crawls there), no vLLM. Activ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -659,6 +660,23 @@ def _grpo_data(cfg: GRPOStageConfig) -> _GRPOData:
     return _GRPOData(rows, n_pairs, skips, data_root, sampling, budget)
 
 
+@contextlib.contextmanager
+def _reference_dtype_given(gcfg):
+    """TRL's GRPOTrainer built with `gcfg`: its `model_init_kwargs` (set by `_train_grpo` only for the reference
+    policy's dtype) are used for the reference policy it loads, but it warns, as it is handed a model instance, that
+    they "will be ignored"; that warning is left out."""
+    class NotIgnored(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "model_init_kwargs" not in record.getMessage()
+
+    trl_log, note = logging.getLogger("trl.trainer.grpo_trainer"), NotIgnored()
+    trl_log.addFilter(note)
+    try:
+        yield
+    finally:
+        trl_log.removeFilter(note)
+
+
 def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData) -> dict:
     import torch
     from datasets import Dataset
@@ -666,7 +684,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
     from unime.models.curves import write_curves
     from unime.models.embedder import Embedder
     from unime.models.hf_arguments import process_device
-    from unime.models.loading import load_model, resolve_dtype, trainer_device
+    from unime.models.loading import load_model, resolve_dtype, trainer_device, training_load_dtype
     from unime.reasoning.embed_inputs import ReasonedEmbedder
     from unime.reasoning.reasoner import Reasoner
     from unime.models import run_state
@@ -680,8 +698,13 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
                                 bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
     device = process_device(gcfg)
     attn = cfg.attn_implementation  # every model of the run: the policy, the frozen embedder, the process judge
-    policy = load_model(cfg.model, device=device, dtype=dtype, trainable=True, image_budget=budget,
-                        attn_implementation=attn)
+    # LoRA: the frozen base in the run's dtype; full fine-tuning (--lora-r 0): fp32 master weights, computed in the
+    # run's dtype under TRL's autocast (`gcfg.bf16` / `fp16`); its frozen reference policy stays in the run's dtype
+    full = cfg.lora_r == 0
+    policy = load_model(cfg.model, device=device, dtype=training_load_dtype(dtype, full=full), trainable=True,
+                        image_budget=budget, attn_implementation=attn)
+    if full and cfg.beta > 0:
+        gcfg.model_init_kwargs = {"dtype": dtype, **(gcfg.model_init_kwargs or {})}
     for row in rows:  # the policy's fixed resize (if any) on the rows' images; its processor applies the bounds
         row["images"] = [policy.adapter.image_budget.prepare(im) for im in row["images"]]
     dataset = Dataset.from_list(rows)
@@ -719,8 +742,9 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
                            neg_temperature=cfg.neg_temperature, hard_negative_pairs=cfg.hard_negative_pairs,
                            mask_duplicates=cfg.mask_duplicates, pairs_per_batch=cfg.pairs_per_batch,
                            seed=cfg.seed, reward_log=reward_log)
-    trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
-                               processing_class=prepare_policy_processor(policy.processor))
+    with _reference_dtype_given(gcfg):
+        trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
+                                   processing_class=prepare_policy_processor(policy.processor))
     trainer.add_callback(warmup_check())
     trainer.add_callback(non_reentrant_checkpointing_callback())
     run_state.train_or_finish(trainer, plan.checkpoint)
@@ -742,7 +766,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
         write_curves(history, out, plot=False)  # TRL's per-step metrics; the rewards plot is reward_curves.png
         export_reasoner(trainer.model, policy.processor, out, stage="grpo", options=options,
                         results={k: summary[k] for k in ("steps", "pairs", "rows", "skipped_records")},
-                        origin=policy.origin(), image_budget=policy.image_budget)
+                        origin=policy.origin(), image_budget=policy.image_budget, dtype=dtype)
         write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
     trainer.accelerator.wait_for_everyone()
     return summary

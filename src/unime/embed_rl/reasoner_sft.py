@@ -10,7 +10,8 @@ the loss is next-token cross-entropy on the T-CoT and end-of-turn tokens only. T
 generation sees, token for token.
 
 LoRA through `unime.models.lora.model_to_train` (`lora_r > 0`, merged into the saved model; an adapter folder
-given as --model is trained on, not wrapped in a second LoRA) or full fine-tuning (`lora_r = 0`). The output is
+given as --model is trained on, not wrapped in a second LoRA) or full fine-tuning (`lora_r = 0`: fp32 master weights,
+computed in the run's dtype under autocast, `unime.models.loading.training_load_dtype`). The output is
 every trainer's export (`unime.embed_rl.export`): `merged/` is an ordinary HF folder (model + processor) that
 `Reasoner.from_pretrained` and the GRPO stage load.
 """
@@ -235,7 +236,8 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     from unime.models.curves import write_curves
     from unime.models.hf_arguments import process_device
     from unime.models.image_budget import ImageBudget
-    from unime.models.loading import checkpoint_image_loader, load_model, resolve_dtype, trainer_device
+    from unime.models.loading import (checkpoint_image_loader, load_model, resolve_dtype, trainer_device,
+                                      training_load_dtype)
     from unime.reasoning.reasoner import read_tcot_rows
 
     from unime.models import run_state
@@ -263,8 +265,11 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     device = trainer_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     args = sft_config(cfg, str(work), use_cpu=device == "cpu", dtype=dtype)
-    loaded = load_model(cfg.model, device=process_device(args), dtype=dtype, trainable=True,
-                        image_budget=ImageBudget.from_args(cfg), attn_implementation=cfg.attn_implementation)
+    # LoRA: the frozen base in the run's dtype; full fine-tuning (--lora-r 0): fp32 master weights, computed in the
+    # run's dtype under TRL's autocast (`args.bf16` / `fp16`)
+    loaded = load_model(cfg.model, device=process_device(args), dtype=training_load_dtype(dtype, full=cfg.lora_r == 0),
+                        trainable=True, image_budget=ImageBudget.from_args(cfg),
+                        attn_implementation=cfg.attn_implementation)
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
     examples, skipped = sft_rows(rows, adapter, images, skip_invalid=cfg.skip_invalid, source=cfg.data)
     if not examples:
@@ -304,7 +309,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     if trainer.is_world_process_zero():
         write_curves(history, out, title=f"reasoner SFT — {Path(str(cfg.model)).name}")
         export_reasoner(trainer.model, processor, out, stage="sft", options=options, results=results,
-                        origin=loaded.origin(), image_budget=loaded.image_budget)
+                        origin=loaded.origin(), image_budget=loaded.image_budget, dtype=dtype)
         write_json_atomic(out / SUMMARY_FILE, summary)  # last: the run is finished
     trainer.accelerator.wait_for_everyone()
     return summary

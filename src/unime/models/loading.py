@@ -166,6 +166,16 @@ def resolve_dtype(dtype: str | Any | None, device: str):
     return table[dtype]
 
 
+def training_load_dtype(compute_dtype, *, full: bool):
+    """The dtype a trainer loads the model it trains in, every trainer's rule: full fine-tuning keeps fp32 master
+    weights, which the optimizer updates, and computes in `compute_dtype` under the trainer's autocast (its Hugging
+    Face arguments' `bf16` / `fp16`); LoRA loads its frozen base in `compute_dtype` (peft keeps the adapter in
+    fp32). Weights trained in place in bf16 lose the updates below half their ulp: at lr 3e-6 most of them."""
+    import torch
+
+    return torch.float32 if full else compute_dtype
+
+
 def attn_implementations() -> list[str]:
     """The attention implementations the installed transformers registers (`AttentionInterface`: sdpa,
     flash_attention_2, flex_attention, ... and any a user registered), with eager, its built-in one."""

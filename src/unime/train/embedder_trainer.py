@@ -461,7 +461,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     from transformers import set_seed
 
     from unime.models.embedder import Embedder
-    from unime.models.loading import resolve_dtype
+    from unime.models.loading import training_load_dtype
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
@@ -498,7 +498,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     device = process_device(args)
     set_seed(config.seed)  # LoRA initialisation
     # LoRA: frozen base in the compute dtype (bf16 under autocast); full fine-tuning keeps fp32 master weights
-    load_dtype = resolve_dtype("bf16" if args.bf16 and not config.full else "fp32", device)
+    load_dtype = training_load_dtype(torch.bfloat16 if args.bf16 else torch.float32, full=config.full)
     embedder = Embedder.from_pretrained(config.model, device=device, dtype=load_dtype, pooling=config.pooling,
                                         data_root=data_root, trainable=True,
                                         video_sampling=VideoSampling.from_fields(config),

@@ -343,20 +343,19 @@ def _targets(o: dict) -> tuple[str, ...]:
     return tuple(t)
 
 
-def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int,
-                full_bytes: int = 4) -> tuple[list, list[str], int]:
-    """Weights / trainable / gradients / optimizer rows and facts for a (LoRA or full) training run. `full_bytes`: the
-    bytes per parameter of a fully fine-tuned model's weights, gradients and optimizer states (4: an fp32 master
-    copy; the reasoner trains its bf16 weights in place, 2)."""
+def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -> tuple[list, list[str], int]:
+    """Weights / trainable / gradients / optimizer rows and facts for a (LoRA or full) training run. Full fine-tuning
+    holds fp32 master weights, gradients and optimizer states in every trainer
+    (`unime.models.loading.training_load_dtype`)."""
     rows, facts = [], []
     total = shapes.params_total
     if o.get("full") and shapes.adapter:  # as the trainers refuse it (`model_to_train`)
         raise UsageError(f"full fine-tuning of the adapter folder {shapes.adapter.path}: plan its merged/ folder, "
                          "or LoRA (the adapter itself)", command="plan")
-    tb, tname = (full_bytes, {2: "bf16", 4: "fp32"}[full_bytes]) if o.get("full") else (4, "fp32")
+    tb, tname = 4, "fp32"  # the trained weights', their gradients' and optimizer states' (LoRA's adapter too)
     if o.get("full"):
         trainable = total
-        rows.append(("weights (fp32 master copy)" if tb == 4 else f"weights ({tname}, trained in place)", total * tb))
+        rows.append(("weights (fp32 master copy)", total * tb))
         facts.append(f"full fine-tuning: {trainable / 1e9:.2f} B trainable parameters")
     else:
         if shapes.adapter:  # training continues the adapter with its own settings
@@ -621,13 +620,13 @@ def reasoner_hint(plan: Plan, shapes: ModelShapes, o: dict, *ways: tuple[str, ob
 
 def _policy(model: str, o: dict, gpus: int, *, text_tokens: int, images_per_item: float):
     """The reasoner being trained (`unime train reasoner`, either stage): its shapes, activation bytes, parameter
-    rows and facts (`_param_rows`: LoRA, or `lora_r` 0 full fine-tuning of its weights in the run's dtype), LoRA
+    rows and facts (`_param_rows`: LoRA, or `lora_r` 0 full fine-tuning of fp32 master weights), LoRA
     bits, trainable parameters and prompt (tokens, description). `o["lora_r"]` is the stage's (`unime.cli.plan` fills
     an unset one with the stage's default)."""
     shapes = model_shapes(model)
     act_b = 2 if str(o.get("dtype") or "auto") in ("auto", "bf16", "bfloat16", "fp16", "float16") else 4
     o = {**o, "full": full_fine_tuning(shapes, o)}
-    rows, facts, trainable = _param_rows(shapes, o, weight_bytes=act_b, gpus=gpus, full_bytes=act_b)
+    rows, facts, trainable = _param_rows(shapes, o, weight_bytes=act_b, gpus=gpus)
     prompt = reasoning_prompt_tokens(shapes, o, text_tokens=text_tokens, images_per_item=images_per_item)
     facts.insert(0, f"reasoner {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters, {shapes.layers} layers, "
                     f"vocabulary {shapes.vocab:,}")

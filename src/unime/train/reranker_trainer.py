@@ -587,7 +587,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
 
     from unime.data.skips import SkipReport
     from unime.models.hf_arguments import process_device
-    from unime.models.loading import load_model, peft_adapter_config, resolve_dtype
+    from unime.models.loading import load_model, peft_adapter_config, resolve_dtype, training_load_dtype
     from unime.models import run_state
     from unime.models.curves import CurvesCallback
     from unime.models.warmup import WarmupCheck
@@ -634,7 +634,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     # a PEFT adapter (an adapter folder, a run folder without merged/, a hub id) is trained on, not wrapped in a
     # second one
     from_adapter = peft_adapter_config(cfg.model) is not None
-    loaded = load_model(cfg.model, device=process_device(args), dtype=torch.float32 if cfg.full else compute_dtype,
+    loaded = load_model(cfg.model, device=process_device(args), dtype=training_load_dtype(compute_dtype, full=cfg.full),
                         trainable=cfg.full or from_adapter,
                         image_budget=ImageBudget.from_args(cfg), attn_implementation=cfg.attn_implementation)
     torch.manual_seed(cfg.seed)  # LoRA initialisation
