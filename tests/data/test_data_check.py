@@ -235,3 +235,29 @@ def test_data_check_reads_a_beir_folder_as_eval_does(tmp_path, capsys):
     assert f"{d}: BEIR folder without queries.jsonl" in capsys.readouterr().err
     assert main(["data", "check", str(tmp_path / "b" / "imgs")]) == 2
     assert "a folder that is not a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv)" in capsys.readouterr().err
+
+
+def test_data_check_counts_an_image_over_the_processors_aspect_ratio_as_bad(tmp_path, capsys):
+    """QA: a 1000x4 banner (250:1) passed `data check` ("0 with bad images"), then every model command refused it
+    (the Qwen-VL processors take 200:1 at most). It is a bad image now, with the models' reason and a last line
+    saying what takes it (--image-size: a fixed resize is what the processor sees); 200:1 exactly is good."""
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (1000, 4), (200, 0, 0)).save(tmp_path / "images/banner.png")
+    Image.new("RGB", (4, 800), (200, 0, 0)).save(tmp_path / "images/pole.png")  # 200:1, taken
+    f = tmp_path / "r.jsonl"
+    write_jsonl(f, [{"query": {"text": "a banner"}, "positive": {"images": ["images/banner.png"]}},
+                    {"query": {"text": "a pole"}, "positive": {"images": ["images/pole.png"]}}])
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{f}: 1 good, 0 bad rows, 1 with bad images (image paths resolved against {tmp_path})",
+        "skipped 1 record(s) (image: 1)",
+        f"  - {f}, record line 1, field 'positive.images[0]': image images/banner.png is 1000x4: its long side is 250 "
+        "times its short side, over the 200 the model's image processor accepts",
+        "1 image(s) over the aspect ratio the models' image processors accept: every command that gives them to a "
+        "model refuses them (or skips them under --on-error skip) unless it is given --image-size (a fixed resize, "
+        "what the processor then sees); crop or pad them, or leave them out"], out
+    assert main(["data", "check", str(f), "--no-images"]) == 0
+    capsys.readouterr()

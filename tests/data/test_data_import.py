@@ -826,3 +826,27 @@ def test_an_imagefolder_with_metadata_keeps_its_class_sub_folders_as_labels(tmp_
     assert main(["data", "import", "--hf-dataset", str(mixed), "--out", str(tmp_path / "o_mixed2"),
                  "--label-column", "label"]) == 2
     assert "no label column 'label'" in capsys.readouterr().err
+
+
+def test_import_refuses_or_skips_an_image_over_the_processors_aspect_ratio(tmp_path, capsys):
+    """QA: a 1000x4 banner.png (250:1) in a captions CSV was imported, and every model command then refused it (the
+    Qwen-VL processors take 200:1 at most). It is a bad image of the import now: refused naming the row (the default
+    policy), or left out and counted under --on-error skip, its records and its copy under OUT/images with it."""
+    from PIL import Image
+
+    photos, captions = make_captioned_folder(tmp_path / "src")
+    Image.new("RGB", (1000, 4), (200, 0, 0)).save(photos / "banner.png")
+    banner_line = len(captions.read_text().splitlines()) + 1  # after the header and the rows
+    with open(captions, "a") as fh:
+        fh.write("banner.png,a long red banner,square\n")
+    run = ["data", "import", "--captions", str(captions), "--images", str(photos)]
+    assert main([*run, "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"unime: error: {captions}, record line {banner_line}, field 'file': image {photos / 'banner.png'} is 1000x4: "
+        "its long side is 250 times its short side, over the 200 the model's image processor accepts")
+    assert main([*run, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 record(s) (image: 1)" in out, out
+    assert not (tmp_path / "b" / "images" / "banner.png").exists()
+    assert "banner" not in "".join(p.read_text() for p in (tmp_path / "b").rglob("*.jsonl"))
+    assert main(["data", "check", str(tmp_path / "b" / "train" / "records.jsonl")]) == 0

@@ -182,13 +182,16 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     from unime.data.beir import beir_files
     from unime.data.pairs import read_pairs
     from unime.data.roots import resolve_data_root
+    from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO
 
     kind = check_format(cfg)
     skips = SkipReport(max_examples=20)
     data_file = beir_files(cfg.input)[0] if kind == "beir" else cfg.input  # a BEIR folder's paths: as its corpus'
     root = resolve_data_root(data_file, cfg.data_root)
+    # an image over the processors' aspect ratio is bad: every command that gives it to a model refuses it
     checker = None if cfg.no_images else ImageChecker(ImageLoader(
-        root, allow_outside_root=cfg.allow_outside_root, max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS))
+        root, allow_outside_root=cfg.allow_outside_root, max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS,
+        max_aspect_ratio=PROCESSOR_MAX_ASPECT_RATIO))
     words = "" if kind is None or (kind == "mmeb" and cfg.mmeb) else _KIND_WORDS[kind]
     if cfg.label_column and kind != "pairs":
         raise DataError("--label-column names the label of judge pairs; this file holds no judge pairs (rows of "
@@ -212,6 +215,7 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     line = (f"{cfg.input}:{words} {len(rows)} good, {skips.total - n_media_bad} bad rows, "
             f"{bad_media_words(skips, n_media_bad)}{where}")
     hint = "" if checker is None or cfg.data_root else _data_root_hint(str(data_file), root, checker)
+    hint += "" if checker is None else _aspect_ratio_hint(checker)
     return line + (f"\n{skips.summary()}" if skips.total else "") + hint, skips.total
 
 
@@ -262,6 +266,17 @@ def _data_root_hint(data_file: str, root: str, checker) -> str:
         "pass --data-root with the folder they are relative to"
     return (f"\nmedia paths not found under the file's folder {root} (no --data-root given and no data root "
             f"recorded beside the file); {where}")
+
+
+def _aspect_ratio_hint(checker) -> str:
+    """When some images are over the models' processors' aspect ratio (`ImageLoader`'s check): the line that says
+    what refuses them and what takes them (--image-size: the fixed resize is what the processor sees). Else ""."""
+    n = sum(1 for err in checker.verdict.values() if getattr(err, "over_aspect_ratio", False))
+    if not n:
+        return ""
+    return (f"\n{n} image(s) over the aspect ratio the models' image processors accept: every command that gives "
+            "them to a model refuses them (or skips them under --on-error skip) unless it is given --image-size (a "
+            "fixed resize, what the processor then sees); crop or pad them, or leave them out")
 
 
 def bad_media_words(skips, n_bad: int) -> str:

@@ -178,7 +178,9 @@ class ImageLoader:
     def _check_aspect(self, size: tuple[int, int], name: str, *, source, record, field) -> None:
         problem = aspect_ratio_problem(f"image {name}", size, self.max_aspect_ratio)
         if problem:
-            raise DataError(problem, source=source, record=record, field=field)
+            err = DataError(problem, source=source, record=record, field=field)
+            err.over_aspect_ratio = True  # type: ignore[attr-defined]  # `data check` says what takes such images
+            raise err
 
     def load_video(self, refs, *, source=None, record=None, field="video"):
         """An item's `video` (one video file, or a list of frames) → `unime.data.video.Video`: decoded,

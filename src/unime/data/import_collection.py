@@ -61,7 +61,7 @@ from unime.data.io import write_records
 from unime.data.items import Item, Record
 from unime.data.roots import write_data_root
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
-from unime.data.video import is_video_file_ref
+from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO, is_video_file_ref
 from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
 from unime.errors import WORKING_DIR, DataError, OptionError, with_working_dir
 from unime.options import check_ranges, on_error_option, option
@@ -162,7 +162,8 @@ def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolic
     removed or listed as written, and no other source image is replaced by one placed under its name. A file
     given again (a dataset's rows of one image, one per caption) is that image: its captions are added to it,
     as the --captions reader merges the rows of one image (a label it disagrees on is a bad row)."""
-    loader = ImageLoader(out)
+    # the processors' aspect-ratio limit too: an image beyond it would be refused by every model command
+    loader = ImageLoader(out, max_aspect_ratio=PROCESSOR_MAX_ASPECT_RATIO)
     sources = {os.path.realpath(img.image) for img in images if not isinstance(img.image, bytes)}
     used: set[str] = set()
     placed, wrote = [], []

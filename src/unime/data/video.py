@@ -425,6 +425,13 @@ FRAME_CACHE = FrameCache()
 
 # -- decoding ------------------------------------------------------------------------------------------
 
+# transformers' `smart_resize` (every Qwen-VL image and video processor) raises a bare ValueError for an image whose
+# long side is over 200 times its short side: a literal in its code, not exposed (pinned by a test against it). The
+# models' loaders refuse such an image (`unime.models.image_budget.ImageBudget.max_aspect_ratio`), and so do `data
+# check` and `data import`, which give no image to a model but tell of one every model command would refuse.
+PROCESSOR_MAX_ASPECT_RATIO = 200
+
+
 def aspect_ratio_problem(what: str, size: tuple[int, int], limit: float | None, *,
                          processor: str = "image") -> str | None:
     """Why a processor refuses `what` (e.g. "image x.png") of `size` (w, h) under its aspect-ratio `limit`

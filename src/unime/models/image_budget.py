@@ -29,12 +29,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+# the processors' aspect-ratio limit is the data layer's (its loaders and checks refuse an image beyond it)
+from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO
 from unime.options import option
 
 BUDGET_FILE = "unime_images.json"
-# transformers' `smart_resize` (every Qwen-VL image and video processor) raises a bare ValueError for an image whose
-# long side is over 200 times its short side: a literal in its code, not exposed (pinned by a test against it)
-PROCESSOR_MAX_ASPECT_RATIO = 200
 
 
 def parse_image_size(value: Any) -> tuple[int, int] | None:
