@@ -261,3 +261,51 @@ def test_data_check_counts_an_image_over_the_processors_aspect_ratio_as_bad(tmp_
         "what the processor then sees); crop or pad them, or leave them out"], out
     assert main(["data", "check", str(f), "--no-images"]) == 0
     capsys.readouterr()
+
+
+def test_data_check_reads_an_items_file_as_index_build_and_embed_do(tmp_path, capsys):
+    """QA: `data check corpus.jsonl` (an items file for `unime index build --items` / `unime embed --items`) reported
+    every line bad ("field 'positive': missing key(s) ['positive', 'query']"). An items file is recognised by its
+    first line's keys (id, metadata, text, image(s), video; no query or positive) and read as those commands read it
+    (`unime.data.corpus.read_corpus`): a bad line, a repeated id, a missing image named by the line and field."""
+    write_png(tmp_path, "images/red.png", "red")
+    f = tmp_path / "corpus.jsonl"
+    write_jsonl(f, [{"id": "a", "text": "red", "image": "images/red.png", "metadata": {"k": 1}},
+                    {"id": "b", "text": "blue"},
+                    {"id": "a", "text": "again"},
+                    {"id": "c", "images": ["images/gone.png"]},
+                    {"id": "d", "caption": "x"},
+                    {"id": "e"},
+                    {"text": "no id, its content key"}])
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{f}: items (`unime index build --items`, `unime embed --items`): 3 good, 3 bad rows, 1 with bad images "
+        f"(image paths resolved against {tmp_path})",
+        "skipped 4 record(s) (empty_item: 1, image: 1, schema: 2)",
+        f"  - {f}, record line 3, field 'id': duplicate id 'a' (first on line 1)",
+        f"  - {f}, record line 5: unknown keys ['caption'] (allowed: id, metadata, text, image, images, video)",
+        f"  - {f}, record line 6: empty item (no text, image or video)",
+        f"  - {f}, record line 4, field 'item.images[0]': image file not found: 'images/gone.png'",
+        f"media paths not found under the file's folder {tmp_path} (no --data-root given and no data root recorded "
+        "beside the file); pass --data-root with the folder they are relative to"], out
+    assert main(["data", "check", str(f), "--no-images"]) == 1
+    assert capsys.readouterr().out.startswith(f"{f}: items (`unime index build --items`, `unime embed --items`): 4 "
+                                              "good, 3 bad rows, 0 with bad images\n")
+    world = tmp_path / "items.jsonl"  # a generated world's items.jsonl: {"key", "item", "meta"}
+    write_jsonl(world, [{"key": "k1", "item": {"text": "red", "image": "images/red.png"}, "meta": {"c": "red"}}])
+    assert main(["data", "check", str(world)]) == 0
+    assert capsys.readouterr().out == f"{world}: items (`unime index build --items`, `unime embed --items`): 1 " \
+        f"good, 0 bad rows, 0 with bad images (image paths resolved against {tmp_path})\n"
+
+
+def test_data_check_help_names_every_format_it_reads(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("records", "MMEB-eval or MMEB-V2 rows", "qrels rows", "retrieval entries", "compositional pairs",
+                  "judge pairs", "items (a corpus: `unime index build --items`, `unime embed --items`)",
+                  "BEIR folder"):
+        assert words in text, words

@@ -17,7 +17,7 @@ from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.errors import DataError
 
 ITEM_KEYS = ("text", "image", "images", "video")
-_WORLD_KEYS = {"key", "id", "item", "meta", "metadata"}  # a generated world's items.jsonl line
+WORLD_KEYS = {"key", "id", "item", "meta", "metadata"}  # a generated world's items.jsonl line
 
 
 @dataclass
@@ -35,8 +35,8 @@ def corpus_entry(obj: Any, *, source: str, line: int) -> CorpusEntry:
     if not isinstance(obj, dict):
         raise DataError(f"expected an object, got {type(obj).__name__}", **where)
     if "item" in obj:  # a generated world's items.jsonl: {"key", "item": {...}, "meta": {...}}
-        if set(obj) - _WORLD_KEYS or not isinstance(obj["item"], dict):
-            raise DataError(f"unknown keys {sorted(set(obj) - _WORLD_KEYS)} next to 'item'", **where)
+        if set(obj) - WORLD_KEYS or not isinstance(obj["item"], dict):
+            raise DataError(f"unknown keys {sorted(set(obj) - WORLD_KEYS)} next to 'item'", **where)
         obj = {**obj["item"], "id": obj.get("id", obj.get("key")),
                "metadata": obj.get("metadata", obj.get("meta")) or {}}
         obj = {k: v for k, v in obj.items() if v is not None}

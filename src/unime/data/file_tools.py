@@ -58,8 +58,9 @@ def convert_records(cfg: ConvertConfig):
 @dataclass(kw_only=True)
 class CheckConfig:
     input: str = option(help="records (.jsonl/.parquet/.json), MMEB-eval or MMEB-V2 rows, qrels rows, retrieval "
-                        "entries, compositional pairs, judge pairs, or a BEIR folder (corpus.jsonl, queries.jsonl, "
-                        "qrels/*.tsv)", positional=True)
+                        "entries, compositional pairs, judge pairs, items (a corpus: `unime index build --items`, "
+                        "`unime embed --items`), or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv)",
+                        positional=True)
     mmeb: bool = option(False, "the file holds MMEB-eval rows (default: recognised by the first row's keys)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the file's folder)")
     allow_outside_root: bool = allow_outside_root_option()
@@ -107,10 +108,11 @@ def check_format(cfg: CheckConfig) -> str | None:
     """What `cfg.input` holds, told by its first row's keys: "mmeb" (MMEB-eval rows; also `--mmeb` for a file whose
     first row tells nothing), "mmeb_v2" / "mmeb_v2_corpus" (MMEB-V2 rows / a V2 task's corpus rows), "qrels"
     (qrels rows: `unime eval`'s format qrels, the oracle judge's ground truth), "retrieval" / "compositional"
-    (`unime eval`'s formats of those names), "pairs" (judge pairs, `unime judge --pairs`), "beir" (a folder: a BEIR
-    qrels task, `unime.data.beir`), or None (training
-    records). An eval task config, or training records under `--mmeb`, is a
-    `DataError` naming what it is and the command line that reads it, not a report of every row as bad."""
+    (`unime eval`'s formats of those names), "pairs" (judge pairs, `unime judge --pairs`), "items" (an items file, a
+    corpus: `unime index build --items`, `unime embed --items`, `unime.data.corpus`), "beir" (a folder: a BEIR
+    qrels task, `unime.data.beir`), or None (training records). An eval task config, or training records under
+    `--mmeb`, is a `DataError` naming what it is and the command line that reads it, not a report of every row as
+    bad."""
     from unime.data.eval_formats import COMPOSITIONAL_KEYS, MMEB_KEYS, QRELS_KEYS, RETRIEVAL_KEYS
     from unime.data.io import RECORD_KEYS_REQUIRED
     from unime.data.mmeb_v2 import CORPUS_KEYS, V2_KEYS
@@ -149,12 +151,25 @@ def check_format(cfg: CheckConfig) -> str | None:
         return "compositional"
     if set(PAIR_KEYS) <= keys:
         return "pairs"
+    if not cfg.mmeb and _items_keys(keys):
+        return "items"
     return mmeb
+
+
+def _items_keys(keys: set[str]) -> bool:
+    """The keys of an items file's line (`unime.data.corpus`): an item's (text, image, images, video; one at least)
+    with id and metadata, or a generated world's items.jsonl line (key, item, meta)."""
+    from unime.data.corpus import ITEM_KEYS, WORLD_KEYS
+
+    if "item" in keys:
+        return keys <= WORLD_KEYS
+    return bool(keys & set(ITEM_KEYS)) and keys <= {"id", "metadata", *ITEM_KEYS}
 
 
 _KIND_WORDS = {"mmeb": " MMEB-eval rows:", "mmeb_v2": " MMEB-V2 rows:", "mmeb_v2_corpus": " MMEB-V2 corpus rows:",
                "qrels": " qrels rows:", "pairs": " judge pairs:", "retrieval": " retrieval entries:",
-               "compositional": " compositional pairs:", "beir": " BEIR folder:"}
+               "compositional": " compositional pairs:", "beir": " BEIR folder:",
+               "items": " items (`unime index build --items`, `unime embed --items`):"}
 
 
 def _pairs_label_column(path: str) -> str | None:
@@ -198,6 +213,8 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
                         "query and candidate only, besides id and a label)", source=cfg.input)
     if kind == "beir":
         rows, words = _check_beir(cfg.input, skips, checker)
+    elif kind == "items":
+        rows = _check_items(cfg.input, skips, checker)
     elif kind == "pairs":  # their reader opens each pair's media as it reads the pair
         label_column = cfg.label_column or _pairs_label_column(cfg.input)
         rows = read_pairs(cfg.input, on_error="skip", skips=skips, images=checker, label_column=label_column)
@@ -244,6 +261,27 @@ def _check_beir(folder: str, skips, checker) -> tuple[list, str]:
     words = (f" BEIR folder ({len(corpus)} corpus rows, {len(queries)} queries, {len(judged)} judgements in "
              f"{', '.join(f.name for f in qrels_files)}):")
     return [*corpus.values(), *queries.values(), *judged], words
+
+
+def _check_items(path: str, skips, checker) -> list:
+    """The good entries of an items file, read as `unime index build` and `unime embed` read it
+    (`unime.data.corpus.read_corpus`: a bad line or a repeated id is bad), each entry's images and videos opened by
+    `checker` (unless None) and named as the build names them (line, field). Bad ones are counted in `skips`."""
+    from unime.data.corpus import read_corpus
+    from unime.data.skips import ErrorPolicy
+
+    entries = read_corpus(path, on_error="skip", skips=skips)
+    if checker is None:
+        return entries
+    policy, good = ErrorPolicy("skip", skips, str(path)), []
+    for e in entries:
+        try:
+            checker.check(e.item, source=str(path), record=f"line {e.line}")
+            good.append(e)
+        except DataError as err:
+            policy.handle(err)
+    policy.finish()
+    return good
 
 
 def _data_root_hint(data_file: str, root: str, checker) -> str:
