@@ -80,6 +80,11 @@ def require_extra(extra: str, feature: str, *modules: str) -> None:
                                f"pip install 'unime[{extra}]'") from None
 
 
+class ServeAppInUse(UnimeError):
+    """`unime serve --ray` on a Ray cluster whose Ray Serve already runs an application it would replace (one named
+    "unime", or one on its route prefix "/"). The message names the application and the cluster's address."""
+
+
 class DemoStopped(UnimeError):
     """The demo stopped on purpose between stages: what it found would make the next stages meaningless.
     The message names the numbers and what to do (including how to continue anyway)."""

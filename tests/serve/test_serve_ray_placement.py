@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from unime.serve.config import ServeConfig
-from unime.serve.runner import replica_placement
+from unime.serve.runner import replica_placement, serve_conflict, serve_http
 
 
 def cfg(**kw) -> ServeConfig:
@@ -56,3 +56,26 @@ def test_cli_refuses_a_contradictory_placement_before_starting_ray(capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert err.startswith("unime: error: serve: --device cuda with --ray-gpus-per-replica 0: Ray reserves no GPU")
+
+
+def details(apps: dict[str, str | None]) -> dict:
+    """Ray Serve's `get_serve_details()` for apps {name: route prefix}, as far as unime reads it."""
+    return {"applications": {name: {"name": name, "route_prefix": prefix, "status": "RUNNING"}
+                             for name, prefix in apps.items()},
+            "http_options": {"host": "0.0.0.0", "port": 8123, "root_path": ""}}
+
+
+@pytest.mark.parametrize("apps, conflict", [
+    ({}, None),
+    ({"other": "/other", "batch": None}, None),  # route prefixes of their own, or none (handles only)
+    ({"other": "/other", "unime": "/"}, "a Ray Serve application named 'unime' already runs (route prefix /)"),
+    ({"unime": "/theirs"}, "a Ray Serve application named 'unime' already runs (route prefix /theirs)"),
+    ({"unime": None}, "a Ray Serve application named 'unime' already runs"),
+    ({"a": "/a", "frontend": "/"}, "the Ray Serve application 'frontend' already serves route prefix /"),
+])
+def test_the_serve_applications_unime_would_replace_are_named(apps, conflict):
+    assert serve_conflict(details(apps)) == conflict
+
+
+def test_the_http_options_serve_runs_with():
+    assert serve_http(details({})) == ("0.0.0.0", 8123)

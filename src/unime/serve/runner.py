@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from unime.errors import require_extra
+from unime.errors import ServeAppInUse, require_extra
 from unime.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
 
 GIL_SWITCH_INTERVAL_S = 0.0005
+
+# the Ray Serve application `unime serve --ray` deploys (on route prefix "/")
+APP_NAME = "unime"
 
 
 # what the app and its server import (the `serve` extra)
@@ -98,9 +101,31 @@ def run_ray(config: ServeConfig, *, replicas: int = 1, min_replicas: int | None 
 
     config.check()
     config = replica_placement(config, num_cpus=num_cpus, num_gpus=num_gpus)
-    if not ray.is_initialized():
+    initialized_here = not ray.is_initialized()
+    if initialized_here:
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    serve.start(http_options={"host": config.host, "port": config.port})
+    try:
+        where = ray.get_runtime_context().gcs_address
+        # Serve already running on the cluster (the user's own applications): nothing of it is ours but our app
+        details = _serve_details()
+        if details is not None:
+            conflict = serve_conflict(details)
+            if conflict:
+                raise ServeAppInUse(f"serve --ray: {conflict} on the Ray cluster at {where}; unime does not "
+                                    "replace an application it did not deploy")
+            host, port = serve_http(details)
+            if (host, port) != (config.host, config.port):
+                log.warning("Ray Serve already runs on the Ray cluster at %s with HTTP on %s:%d: unime's app is "
+                            "served there; --host %s --port %d do not apply", where, host, port, config.host,
+                            config.port)
+        else:
+            serve.start(http_options={"host": config.host, "port": config.port})
+            host, port = config.host, config.port
+    except BaseException:
+        if initialized_here:
+            ray.shutdown()
+        raise
+    started_serve = details is None
 
     def builder():
         return build_app(config)
@@ -113,23 +138,78 @@ def run_ray(config: ServeConfig, *, replicas: int = 1, min_replicas: int | None 
                                          "target_ongoing_requests": config.max_batch_size}
     else:
         options["num_replicas"] = replicas
-    deployment = serve.deployment(serve.ingress(builder)(), name="unime", **options)
-    handle = serve.run(deployment.bind(), name="unime", route_prefix="/", blocking=False)
-    log.info("Ray Serve: unime on http://%s:%d with %s, each on %s with %g CPU(s) (%d torch threads) and %g GPU(s)",
-             config.host, config.port, options.get("autoscaling_config") or f"{replicas} replica(s)", config.device,
-             num_cpus, config.threads, num_gpus)
-    if not blocking:
-        return handle
+    deployment = serve.deployment(serve.ingress(builder)(), name=APP_NAME, **options)
+
+    def stop_serving():
+        """Remove what this process added: Serve itself if it started it, else only its app; then leave Ray (stops
+        the local cluster `ray.init` started, disconnects from one it connected to)."""
+        try:
+            if started_serve:
+                serve.shutdown()  # Ray Serve drains its replicas' in-flight requests
+            else:
+                serve.delete(APP_NAME)  # the cluster's other Serve applications and its controller stay
+        finally:
+            if initialized_here:
+                ray.shutdown()
+
     import signal
     import threading
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    deploying = True
+
+    def on_sigterm(*_):
+        stop.set()
+        if deploying:  # interrupts `serve.run`, still waiting for the app: what it deployed goes too
+            raise KeyboardInterrupt
+
+    if blocking:  # from the start of the deployment: a SIGTERM while it runs leaves nothing behind either
+        signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        handle = serve.run(deployment.bind(), name=APP_NAME, route_prefix="/", blocking=False)
+        deploying = False
+    except BaseException as e:
+        stop_serving()
+        if isinstance(e, KeyboardInterrupt) and stop.is_set():
+            return None
+        raise
+    log.info("Ray Serve: unime on http://%s:%d with %s, each on %s with %g CPU(s) (%d torch threads) and %g GPU(s)",
+             host, port, options.get("autoscaling_config") or f"{replicas} replica(s)", config.device,
+             num_cpus, config.threads, num_gpus)
+    if not blocking:
+        return handle
     try:
         stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()  # Ray Serve drains its replicas' in-flight requests
-        ray.shutdown()
+        stop_serving()
     return None
+
+
+def _serve_details() -> dict | None:
+    """What Ray Serve runs on the connected cluster (its controller's `get_serve_details()`: "applications",
+    "http_options", ...), or None if Serve does not run there; looked up without starting it."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return None if client is None else client.get_serve_details()
+
+
+def serve_conflict(details: dict) -> str | None:
+    """What of the Serve applications in `details` (`_serve_details`) unime's app would replace: one named
+    `APP_NAME`, or one on its route prefix "/"; None if none."""
+    for name, app in sorted((details.get("applications") or {}).items()):
+        prefix = (app or {}).get("route_prefix")
+        if name == APP_NAME:
+            return f"a Ray Serve application named '{name}' already runs" + (f" (route prefix {prefix})"
+                                                                             if prefix else "")
+        if prefix == "/":
+            return f"the Ray Serve application '{name}' already serves route prefix /"
+    return None
+
+
+def serve_http(details: dict) -> tuple[str, int]:
+    """The host and port Serve's HTTP proxies listen on, from `details` (`_serve_details`)."""
+    http = details.get("http_options") or {}
+    return str(http.get("host")), int(http.get("port"))
