@@ -84,7 +84,9 @@ class RayOptions:
     replicas: int = option(1, "ray: replicas (each loads the models)")
     min_replicas: int | None = option(None, "ray: autoscaling lower bound")
     max_replicas: int | None = option(None, "ray: autoscaling upper bound")
-    address: str | None = option(None, "ray: cluster address (default: start a local one)", dest="ray_address")
+    address: str | None = option(None, "ray: the address of a running cluster to serve on (default: the cluster "
+                                 "that RAY_ADDRESS or a local `ray start` names, else a new local one)",
+                                 dest="ray_address")
     num_cpus: float = option(1.0, "ray: CPUs reserved per replica (ray_actor_options num_cpus; also its torch threads)",
                              dest="ray_cpus_per_replica")
     num_gpus: float = option(0.0, "ray: GPUs reserved per replica (num_gpus; > 0 runs each replica on its own GPU(s), "
