@@ -31,6 +31,8 @@ ALLOWED = {
     "embed_rl/tcot_embedder.py",  # `unime reason materialize`: crops evidence into records, no model
     "serve/inputs.py",  # request images under Limits.max_aspect_ratio (the served models' strictest limit)
     "serve/engine.py",  # InlineOnlyLoader (reads no file) with the embedder's own loader's max_aspect_ratio
+    "index/store.py",  # `unime search --image`: the file decoded before the model loads, to name it; the embedder's
+                       # own loader then reads its bytes
 }
 
 
