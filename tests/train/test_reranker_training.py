@@ -459,6 +459,27 @@ def test_config_validation():
         RerankerTrainConfig(**base, max_steps=0).validate()
 
 
+def _crash_then_resume(T, monkeypatch, cfg, *, crash_in_step: int, checkpoint: int):
+    """`train_reranker(cfg)` failing inside step `crash_in_step` (after `checkpoint-{checkpoint}` was saved; two
+    losses, pair and list, per step), then the same call again: the resumed run's result."""
+    real_loss, calls = T.answer_token_loss, {"n": 0}
+
+    def failing_loss(model, inputs):
+        calls["n"] += 1
+        if calls["n"] == 2 * crash_in_step - 1:
+            raise RuntimeError("simulated crash")
+        return real_loss(model, inputs)
+
+    monkeypatch.setattr(T, "answer_token_loss", failing_loss)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        T.train_reranker(cfg)
+    out = Path(cfg.out)
+    assert not (out / "unime_reranker.json").exists()
+    assert max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*")) == checkpoint
+    monkeypatch.setattr(T, "answer_token_loss", real_loss)
+    return T.train_reranker(cfg)
+
+
 @pytest.mark.parametrize("full", [False, True], ids=["lora", "full"])
 def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch, full):
     import unime.train.reranker_trainer as T
@@ -472,27 +493,63 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_pa
                                      lora_dropout=0.0, full=full, device="cpu")
 
     straight = T.train_reranker(config(tmp_path / "straight"))
-
-    real_loss, calls = T.answer_token_loss, {"n": 0}
-
-    def failing_loss(model, inputs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # two losses (pair, list) per step: fails inside step 3, after checkpoint-2
-            raise RuntimeError("simulated crash")
-        return real_loss(model, inputs)
-
-    monkeypatch.setattr(T, "answer_token_loss", failing_loss)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        T.train_reranker(config(tmp_path / "resumed"))
-    assert not (tmp_path / "resumed" / "unime_reranker.json").exists()
-    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-2").is_dir()
-    monkeypatch.setattr(T, "answer_token_loss", real_loss)
-    resumed = T.train_reranker(config(tmp_path / "resumed"))
+    resumed = _crash_then_resume(T, monkeypatch, config(tmp_path / "resumed"), crash_in_step=3, checkpoint=2)
     assert resumed.steps == 4
     # the history restored from checkpoint-2 plus steps 3-4: the same losses as the uninterrupted run
     assert [h["step"] for h in resumed.log_history] == [1, 2, 3, 4]
     np.testing.assert_allclose([h["loss"] for h in resumed.log_history],
                                [h["loss"] for h in straight.log_history], rtol=1e-4)
+
+
+def test_a_run_resumed_from_a_save_step_that_was_not_a_logging_step_reports_the_uninterrupted_losses(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """QA (kill -9 once checkpoint-4 existed, the same command again): the weights were bit-equal, the last
+    loss was not. Each logged loss is the mean since the previous log; with `--save-steps 2` and the default
+    `--logging-steps 10` the uninterrupted run's last window was steps 2-6, the resumed run's 5-6 (the Trainer
+    starts a window at the checkpoint's step). Every save step now ends a window (logged at steps 1, 2, 4, 6)."""
+    import dataclasses
+
+    import unime.train.reranker_trainer as T
+    from unime.models import run_state
+    from unime.models.curves import read_curves_csv
+
+    records = write_world(tmp_path)
+
+    def config(out):
+        return T.RerankerTrainConfig(model=tiny_model_dir("qwen2_vl"), records=[records], out=str(out),
+                                     num_negatives=2, learning_rate=1e-2, max_steps=6, batch_size=2, save_steps=2,
+                                     train_modules=("lm_head",), lora_dropout=0.0, seed=0, device="cpu")
+
+    assert config(tmp_path).logging_steps == 10  # the default: no save step (2, 4, 6) is a logging step but 6
+    straight = T.train_reranker(config(tmp_path / "straight"))
+    resumed = _crash_then_resume(T, monkeypatch, config(tmp_path / "resumed"), crash_in_step=5, checkpoint=4)
+
+    # the first step (logging_first_step), every save step and the last step end a window
+    assert [h["step"] for h in straight.log_history] == [1, 2, 4, 6]
+    assert [h["step"] for h in resumed.log_history] == [1, 2, 4, 6]
+    for key in ("loss", "loss_pair", "loss_list", "grad_norm", "learning_rate", "epoch"):
+        np.testing.assert_allclose([h[key] for h in resumed.log_history], [h[key] for h in straight.log_history],
+                                   rtol=1e-5, err_msg=key)
+    assert resumed.last_loss == pytest.approx(straight.last_loss, rel=1e-5)
+    assert resumed.first_loss == pytest.approx(straight.first_loss, rel=1e-5)
+    # the windows cover every step once: the last loss is the mean of step 5's and step 6's losses, the
+    # whole-run loss (steps x window) the Trainer's own mean over the six steps
+    a = read_curves_csv(tmp_path / "straight" / "curves.csv")
+    b = read_curves_csv(tmp_path / "resumed" / "curves.csv")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 4, 6]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-5), k
+    # independently: a run logging every step (logging_steps does not change training) has the per-step losses
+    every = T.train_reranker(dataclasses.replace(config(tmp_path / "every"), logging_steps=1))
+    per_step = {h["step"]: h["loss"] for h in every.log_history}
+    assert straight.last_loss == pytest.approx((per_step[5] + per_step[6]) / 2, rel=1e-5)
+    assert [h["loss"] for h in straight.log_history[:3]] == pytest.approx(
+        [per_step[1], per_step[2], (per_step[3] + per_step[4]) / 2], rel=1e-5)
+    assert run_state.whole_run_loss(resumed.log_history) == pytest.approx(sum(per_step.values()) / 6, rel=1e-5)
+    meta = json.loads((tmp_path / "resumed" / "unime_reranker.json").read_text())
+    assert meta["last_loss"] == pytest.approx(straight.last_loss, rel=1e-5)
 
 
 # -- full fine-tuning ----------------------------------------------------------------------------------

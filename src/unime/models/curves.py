@@ -8,7 +8,8 @@ output folder in one swap at the end call `write_curves` on it.
 
 `LogLastStep` (added to every trainer by `unime.models.run_state.train_or_finish`) makes the Trainer log at
 the run's last step too, when it is not a multiple of the logging interval: the curves end at the last step,
-and the logged windows cover every step (`run_state.whole_run_loss`).
+and the logged windows cover every step (`run_state.whole_run_loss`). It logs at every step the Trainer saves a
+checkpoint at as well, so a resumed run's windows are an uninterrupted run's (and so its losses).
 
 `log_training_dicts` (called on every trainer by `train_or_finish`, and by the demo's captioning stage, which trains
 without it) sends the Trainer's log dicts (`{'loss': ..., 'grad_norm': ...}`) through `logging` at INFO, one line
@@ -109,10 +110,18 @@ class LogLastStep(TrainerCallback):
     last loss and a short run's first loss left them out). It only sets the Trainer's `should_log` flag at
     that step: a run whose last step is a multiple of the interval logs exactly as before, and training (the
     weights) is the same either way. Also at the end of an epoch where training stops short of `max_steps`
-    (an iterable dataset run dry, a callback's stop), which the step-end check cannot see."""
+    (an iterable dataset run dry, a callback's stop), which the step-end check cannot see.
+
+    And at every step it saves a checkpoint at: each logged loss is the mean since the previous log, and a run
+    resumed from checkpoint-N starts its first window at step N, where an uninterrupted run's started at its
+    previous logging step — with `save_steps` not a multiple of `logging_steps` the two reported other losses
+    (the last one too) for the same weights. A checkpoint's step now ends a window in both, so their logged
+    windows and values are the same; an uninterrupted run gets one more log row at each save step that was no
+    logging step. (The Trainer's `DefaultFlowCallback`, first among the callbacks, has set `should_save` by
+    then; the log is written before the checkpoint, so the checkpoint's history holds it.)"""
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.max_steps > 0 and state.global_step >= state.max_steps:
+        if control.should_save or (state.max_steps > 0 and state.global_step >= state.max_steps):
             control.should_log = True  # the Trainer skips it if this step is logged already
         return control
 
