@@ -541,6 +541,10 @@ def test_a_run_resumed_from_a_save_step_that_was_not_a_logging_step_reports_the_
         assert ra.keys() == rb.keys()
         for k in ra:
             assert rb[k] == pytest.approx(ra[k], rel=1e-5), k
+    # the same bytes: the columns in one order (the restored history's keys come back sorted), the same values
+    csv_text = (tmp_path / "straight" / "curves.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("step,epoch,loss,grad_norm,learning_rate,")
+    assert (tmp_path / "resumed" / "curves.csv").read_text() == csv_text
     # independently: a run logging every step (logging_steps does not change training) has the per-step losses
     every = T.train_reranker(dataclasses.replace(config(tmp_path / "every"), logging_steps=1))
     per_step = {h["step"]: h["loss"] for h in every.log_history}

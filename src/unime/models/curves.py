@@ -45,11 +45,18 @@ def step_rows(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [dict(e) for e in log_history if "step" in e and not (_SUMMARY_KEYS & set(e))]
 
 
+# curves.csv's first columns, in this order; the others follow sorted
+_FIRST_COLUMNS = ("step", "epoch", "loss", "grad_norm", "learning_rate")
+
+
 def curves_csv_text(log_history: Sequence[dict[str, Any]]) -> str:
+    """The step rows as CSV, the columns in one order whatever order the rows hold their keys in (`_FIRST_COLUMNS`,
+    then the rest sorted): a resumed run's history comes back from `trainer_state.json` with its keys sorted, and
+    the columns followed the first row's order, so a resumed run's file differed from an uninterrupted one's."""
     rows = step_rows(log_history)
-    columns = ["step", "epoch"]
-    for r in rows:
-        columns += [k for k in r if k not in columns]
+    keys = {k for r in rows for k in r}
+    columns = ["step", "epoch"] + [k for k in _FIRST_COLUMNS[2:] if k in keys]
+    columns += sorted(keys - set(columns))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
