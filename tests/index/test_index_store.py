@@ -850,3 +850,22 @@ def test_the_search_table_shows_each_hits_metadata_truncated(tmp_path, model_dir
     hits[0]["metadata"] = {}
     assert main(["search", "--index", "idx", "--query", "q"]) == 0
     assert capsys.readouterr().out.splitlines() == ["  1  0.9000  a  first", "  2  0.5000  b  img/1.png"]
+
+
+def test_a_build_interrupted_before_its_faiss_index_says_to_finish_it_not_covers_none(tmp_path, model_dir):
+    """Before, an index whose build was killed after its chunks were committed but before faiss.index was written
+    was refused with "the FAISS index covers None rows but 10 are stored"; now it says there is no FAISS index yet
+    and to re-run the build with the same arguments, which finishes it."""
+    _corpus(tmp_path / "corpus.jsonl", 12)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, model_dir, HashEmbedder(fail_after=2), chunk_size=5)
+    folder = tmp_path / "idx"
+    assert not (folder / "faiss.index").exists()
+    with pytest.raises(IndexError_) as e:
+        CorpusIndex(folder)
+    message = str(e.value)
+    assert "None" not in message, message
+    assert message == (f"{folder}: the index has no FAISS index yet (its build was interrupted after 10 rows were "
+                       "stored); re-run `unime index build` with the same arguments to finish it")
+    _build(tmp_path, model_dir, HashEmbedder(), chunk_size=5)  # as the message says: the build is finished
+    assert len(CorpusIndex(folder)) == 12

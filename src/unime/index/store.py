@@ -179,6 +179,10 @@ class CorpusIndex:
         if load_faiss and (self.entries or count):
             import faiss
 
+            if count is None:  # the build was stopped after its chunks were committed, before faiss.index
+                raise IndexError_(f"{self.folder}: the index has no FAISS index yet (its build was interrupted after "
+                                  f"{len(self.entries)} rows were stored); re-run `unime index build` with the same "
+                                  "arguments to finish it")
             if count != len(self.entries):
                 raise IndexError_(f"{self.folder}: the FAISS index covers {count} rows but {len(self.entries)} are "
                                   f"stored; re-run `unime index build` to finish it, or {_REBUILD}")
