@@ -250,3 +250,66 @@ def test_eval_reference_takes_its_unmarked_also_folder_of_an_earlier_version(tin
     (also / ".unime.lock").unlink()
     assert main(argv) == 0
     assert read_marker(also)["command"] == "eval reference"
+
+
+# -- trainers whose embedder pools at <emb>: GRPO's --embedder, train embedder --pooling emb ---------------------
+
+class _Loading(Exception):
+    """A model's weights began to load: the run got past its checks and claimed its output folder."""
+
+
+@pytest.mark.parametrize("command", ["reasoner grpo", "embedder"])
+def test_a_run_refused_for_a_tokenizer_without_emb_claims_no_output(command, tiny_model_dir, tmp_path, capsys,
+                                                                     monkeypatch):
+    """Before, GRPO with an --embedder whose tokenizer lacks <emb> (and `train embedder --pooling emb` with such a
+    --model) claimed --out and wrote checkpoints/, train_config.json / train_inputs.json before the embedder loaded
+    and refused its pooling; the corrected run (an --embedder made by `unime reason add-emb`) was then refused as a
+    run with other options (--embedder ...) without --overwrite. The pooling is checked from the tokenizer before
+    the claim now."""
+    import transformers
+
+    from tests.train.helpers import trainer_argv
+
+    plain, with_emb = tiny_model_dir("qwen2_vl"), tiny_model_dir("qwen2_vl", ("<emb>",))
+    argv = trainer_argv(command, tmp_path, tiny_model_dir)
+    option = "--embedder" if command == "reasoner grpo" else "--model"
+    if command == "embedder":
+        argv += ["--pooling", "emb"]
+    at = argv.index(option) + 1
+    argv[at] = plain
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    errors = []
+    for out in (new, empty):
+        capsys.readouterr()
+        assert main([*argv, "--out", str(out)]) == 2
+        errors += _error_lines(capsys)
+    assert not new.exists() and _tree(empty) == {}, (sorted(_tree(new)), sorted(_tree(empty)))
+    assert len(errors) == 2 and all(f"{option} {plain!r}: pooling 'emb' needs the <emb> token" in e
+                                    and "unime reason add-emb" in e for e in errors), errors
+
+    def loading(cls, path, *args, **kwargs):
+        raise _Loading(str(path))
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", classmethod(loading))
+    argv[at] = with_emb
+    for out in (new, empty):  # the corrected run: accepted, it goes on to load the model
+        with pytest.raises(_Loading):
+            main([*argv, "--out", str(out)])
+
+
+def test_the_emb_check_reads_the_tokenizer_a_run_folder_loads_with(tiny_model_dir, tmp_path):
+    """The check before the claim reads the tokenizer the load would: a trainer's run folder's merged/ (not the
+    run folder itself, which holds none); a path with no tokenizer to read is left to the load, which names it."""
+    import shutil
+
+    from unime.errors import ModelError
+    from unime.models.embedder import check_emb_pooling
+
+    for name, source in (("plain", tiny_model_dir("qwen2_vl")), ("emb", tiny_model_dir("qwen2_vl", ("<emb>",)))):
+        shutil.copytree(source, tmp_path / name / "merged")
+    check_emb_pooling(tmp_path / "emb")
+    with pytest.raises(ModelError) as refused:
+        check_emb_pooling(tmp_path / "plain", "--embedder")
+    assert str(refused.value).startswith(f"--embedder {str(tmp_path / 'plain')!r}: pooling 'emb' needs the <emb> ")
+    check_emb_pooling(tmp_path / "nope")

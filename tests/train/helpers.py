@@ -88,7 +88,8 @@ def trainer_argv(trainer: str, tmp_path, tiny_model_dir) -> list[str]:
     if trainer == "reasoner sft":
         return ["train", "reasoner", "--stage", "sft", "--model", model, "--tcots", str(world / "tcots.jsonl"),
                 "--max-steps", "1", "--device", "cpu"]
-    return ["train", "reasoner", "--stage", "grpo", "--model", model, "--embedder", model, "--records",
+    embedder = tiny_model_dir("qwen2_vl", ("<emb>",))  # GRPO's frozen embedder pools at <emb>
+    return ["train", "reasoner", "--stage", "grpo", "--model", model, "--embedder", embedder, "--records",
             str(world / "records.jsonl"), "--max-steps", "1", "--num-generations", "2", "--device", "cpu"]
 
 

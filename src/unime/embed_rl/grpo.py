@@ -609,13 +609,16 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
 
 
 def check_grpo_options(cfg: GRPOStageConfig) -> GRPOStageConfig:
-    """The checks of `cfg` that need no model and no records — the options, the extra packages, the --trainer-arg
-    keys — run before the output folder is claimed (by the trainer, and by the command line:
-    `unime.cli.train_reasoner`), so that a refused run writes nothing. Returns `cfg`."""
+    """The checks of `cfg` that need no model weights and no records — the options, the extra packages, the
+    --trainer-arg keys, the <emb> token of the embedder's tokenizer — run before the output folder is claimed (by
+    the trainer, and by the command line: `unime.cli.train_reasoner`), so that a refused run writes nothing. Returns
+    `cfg`."""
+    from unime.models.embedder import check_emb_pooling
     from unime.models.run_state import CHECKPOINTS_DIR
 
     cfg.validate()
     require_extra("rl", "train reasoner", "trl", "datasets")
+    check_emb_pooling(cfg.embedder, "--embedder")  # the frozen embedder pools at <emb>: its tokenizer only
     embed_rl_grpo_config(cfg, output_dir=str(Path(cfg.out) / CHECKPOINTS_DIR), use_cpu=True, bf16=False, fp16=False,
                          check_only=True)
     return cfg

@@ -66,6 +66,26 @@ def _check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
+def _no_emb_token(model: str | os.PathLike | None = None, option: str = "--model") -> ModelError:
+    """The error of pooling 'emb' with a tokenizer without `EMB_TOKEN` (naming `option` `model` if given)."""
+    where = f"{option} {str(model)!r}: " if model is not None else ""
+    return ModelError(f"{where}pooling 'emb' needs the {EMB_TOKEN} token in the model's tokenizer: make a copy "
+                      f"with it by `unime reason add-emb --model MODEL --out DIR` (Python: "
+                      "`unime.models.embedder.add_emb_token`)")
+
+
+def check_emb_pooling(model: str | os.PathLike, option: str = "--model") -> None:
+    """Refuse pooling 'emb' for the checkpoint `model` (given as `option`) whose tokenizer has no `EMB_TOKEN`, from
+    its tokenizer only: a trainer checks it before it claims its output folder, so that a refused run records
+    nothing there (`Embedder` checks it again once loaded). A tokenizer that cannot be read here is left to the
+    load (`unime.models.loading.checkpoint_vocabulary`)."""
+    from unime.models.loading import checkpoint_vocabulary
+
+    vocab = checkpoint_vocabulary(model)
+    if vocab is not None and EMB_TOKEN not in vocab:
+        raise _no_emb_token(model, option)
+
+
 class Embedder:
     def __init__(self, model, processor, adapter: FamilyAdapter, *, pooling: str = "last",
                  image_loader: ImageLoader | None = None, instruction_suffix: str = "", batch_size: int = 16,
@@ -95,9 +115,7 @@ class Embedder:
             tok = adapter.tokenizer
             emb_id = tok.convert_tokens_to_ids(EMB_TOKEN)
             if emb_id is None or emb_id == tok.unk_token_id:
-                raise ModelError(f"pooling 'emb' needs the {EMB_TOKEN} token in the model's tokenizer: make a copy "
-                                 f"with it by `unime reason add-emb --model MODEL --out DIR` (Python: "
-                                 "`unime.models.embedder.add_emb_token`)")
+                raise _no_emb_token()
             self._emb_id = emb_id
 
     @classmethod

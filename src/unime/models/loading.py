@@ -459,6 +459,31 @@ def load_peft_adapter(model, adapter_path: str, *, trainable: bool, name: str):
     return model
 
 
+def _checkpoint_paths(path: str | os.PathLike, adapter_path: str | None = None) -> tuple:
+    """What `load_model` reads for `path` (and `adapter_path`): (the model folder `trained_model_folder`, the full
+    model's path, the PEFT adapter as given or None, the adapter's folder or None, the processor's folder — the
+    adapter's when it holds a tokenizer, else the full model's)."""
+    path = trained_model_folder(path)
+    base_path, peft_path = path, adapter_path
+    if adapter_path is None and (adapter_path := adapter_folder(path)) is not None:  # `path` is an adapter
+        peft_path = path  # as given: a hub adapter by its id, not its cache folder
+        base_path = json.loads((Path(adapter_path) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    proc_path = adapter_path if adapter_path and (Path(adapter_path) / "tokenizer_config.json").is_file() else base_path
+    return path, base_path, peft_path, adapter_path, proc_path
+
+
+def checkpoint_vocabulary(path: str | os.PathLike) -> dict[str, int] | None:
+    """The tokenizer's vocabulary of the checkpoint `path` loads with (`load_model`: a trainer's output folder, a
+    PEFT adapter's own tokenizer, else its base's), read without the weights; None when the tokenizer cannot be
+    read here (not found, a hub id not cached): the load then says why."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(_checkpoint_paths(path)[4]).get_vocab()
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+
+
 def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None, adapter_path: str | None = None,
                trainable: bool = False, image_budget: ImageBudget | None = None,
                attn_implementation: str | None = None) -> LoadedModel:
@@ -471,14 +496,9 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None
     model cannot use is a `ModelError` (`check_attn_implementation`) before the weights load."""
     from transformers import AutoModelForImageTextToText
 
-    path = trained_model_folder(path)
+    path, base_path, peft_path, adapter_path, proc_path = _checkpoint_paths(path, adapter_path)
     device = resolve_device(device)
     torch_dtype = None if dtype is CHECKPOINT_DTYPE else resolve_dtype(dtype, device)
-    base_path, peft_path = path, adapter_path
-    if adapter_path is None and (adapter_path := adapter_folder(path)) is not None:  # `path` is an adapter
-        peft_path = path  # as given: a hub adapter by its id, not its cache folder
-        base_path = json.loads((Path(adapter_path) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
-    proc_path = adapter_path if adapter_path and (Path(adapter_path) / "tokenizer_config.json").is_file() else base_path
     with _naming_the_model(proc_path):
         processor, budget = load_processor(proc_path, image_budget=image_budget, budget_from=adapter_path or path)
     check_attn_implementation(attn_implementation, device, base_path)

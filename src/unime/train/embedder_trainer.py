@@ -546,6 +546,10 @@ def check_embedder_options(config: EmbedderTrainingConfig) -> EmbedderTrainingCo
     elif config.records is None:
         raise UnimeError("no training records given")
     trainer_device(config.device)  # a --device the run cannot train on
+    if config.pooling == "emb":  # the model's tokenizer has <emb> (read without the weights)
+        from unime.models.embedder import check_emb_pooling
+
+        check_emb_pooling(config.model)
     if config.optim != EmbedderTrainingConfig.optim:  # likewise an optimizer transformers does not know
         check_optimizer_name(config.optim)
     _training_arguments(config, Path(config.out) / run_state.CHECKPOINTS_DIR, check_only=True)
