@@ -309,3 +309,14 @@ def test_data_check_help_names_every_format_it_reads(capsys):
                   "judge pairs", "items (a corpus: `unime index build --items`, `unime embed --items`)",
                   "BEIR folder"):
         assert words in text, words
+
+
+def test_data_check_names_every_format_it_reads_for_a_file_of_another(tmp_path, capsys):
+    f = tmp_path / "captions.csv"
+    f.write_text("image,caption\na.png,a red square\n", encoding="utf-8")
+    assert main(["data", "check", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot tell the format of 'captions.csv'" in err
+    for name in ("MMEB-V2 rows", "qrels rows", "retrieval entries", "compositional pairs", "judge pairs", "items",
+                 "BEIR folders"):
+        assert name in err, name

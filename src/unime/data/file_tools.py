@@ -87,9 +87,10 @@ def _first_row(path: str) -> tuple[int, set[str]] | None:
         if detect_format(path) != "jsonl":
             return None
     except DataError:
-        raise DataError(f"cannot tell the format of {os.path.basename(path)!r}: `unime data check` reads training "
-                        "records (.jsonl, .parquet, .json = UniME-V2 JSON list) and MMEB-eval rows (.jsonl, "
-                        ".parquet)", source=path) from None
+        raise DataError(f"cannot tell the format of {os.path.basename(path)!r}: `unime data check` reads JSON Lines "
+                        "(.jsonl: training records, MMEB-eval or MMEB-V2 rows, qrels rows, retrieval entries, "
+                        "compositional pairs, judge pairs, items), training records or MMEB-eval rows as .parquet, "
+                        "training records as .json (UniME-V2 JSON list), and BEIR folders", source=path) from None
     try:
         for n, obj in iter_jsonl(path):
             return (n, set(obj)) if isinstance(obj, dict) else None
