@@ -662,7 +662,7 @@ def test_data_check_reads_or_names_every_file_the_import_writes(tmp_path, capsys
     assert capsys.readouterr().out.startswith(f"{out / 'eval/judge_pairs.jsonl'}: judge pairs (label column "
                                               f"'label'): {n_pairs} good, 0 bad rows, 0 with bad images")
     cases = {"eval_tasks.yaml": "an eval task config, not a data file: `unime eval --tasks FILE` reads it",
-             "train/corpus.txt": "`unime data check` reads training records (.jsonl, .parquet, .json"}
+             "train/corpus.txt": "`unime data check` reads JSON Lines (.jsonl: training records"}
     capsys.readouterr()
     for f, fragment in cases.items():
         assert main(["data", "check", str(out / f)]) == 2, f
