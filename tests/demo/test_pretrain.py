@@ -34,6 +34,21 @@ def test_recipe_key_changes_with_every_field_and_the_excluded_world():
         base.replace(stpes=3)
 
 
+def test_a_revised_tiny_build_of_a_family_changes_its_recipe_keys_only(monkeypatch):
+    """A base cached from an earlier `build_tiny` of its family is not reused as today's: the family's build
+    revision enters the key; the families never revised (Qwen2-VL, the default) keep the keys they had."""
+    qwen2 = PretrainRecipe.preset("default")
+    qwen3 = qwen2.replace(family="qwen3_vl")
+    assert qwen2.key() == "bb68263762bd4680"  # the default's key from before the revisions: its caches stay valid
+    before = {"qwen2_vl": qwen2.key(), "qwen3_vl": qwen3.key()}
+    monkeypatch.setitem(pt.BUILD_REVISION, "qwen3_vl", pt.BUILD_REVISION["qwen3_vl"] + 1)
+    assert qwen3.key() != before["qwen3_vl"]
+    assert qwen2.key() == before["qwen2_vl"]
+    monkeypatch.delitem(pt.BUILD_REVISION, "qwen3_vl")  # never revised: the key of the recipe alone
+    blob = json.dumps({"recipe": qwen3.key_fields(), "version": pt.RECIPE_VERSION, "exclude": ""}, sort_keys=True)
+    assert qwen3.key() == hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def test_corpus_drops_exactly_the_records_that_show_an_excluded_scene(tiny_world_dir):
     root = tiny_world_dir(3)
     world = World.load(root)

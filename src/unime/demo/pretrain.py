@@ -14,7 +14,8 @@ evaluation stays disjoint from everything the base has seen.
 
 The result is an ordinary HF folder cached per machine under ``$UNIME_CACHE_DIR/pretrained`` (else
 ``~/.cache/unime/pretrained``), in a folder named by the recipe's key: a changed recipe (or a changed
-excluded world, or a new `RECIPE_VERSION`) trains anew, an unchanged one is reused. The work happens in
+excluded world, a new `RECIPE_VERSION`, or a revised tiny build of the family: `unime.models.tiny.BUILD_REVISION`)
+trains anew, an unchanged one is reused. The work happens in
 a hidden sibling folder (resumable: a finished stage is not redone, the trainer resumes from its last
 checkpoint; the folder holds the key of its recipe, and another recipe will not take it over) and the finished
 folder appears by one rename.
@@ -39,6 +40,7 @@ from typing import Callable
 
 from unime.data.atomic import atomic_dir, atomic_open
 from unime.models.loading import attn_implementation_option
+from unime.models.tiny import BUILD_REVISION
 from unime.options import check_ranges, option
 
 log = logging.getLogger(__name__)
@@ -129,8 +131,10 @@ class PretrainRecipe(_Recipe):
         raise ValueError(f"unknown pretraining preset {name!r} (default, quick)")
 
     def key(self, exclude_digest: str = "") -> str:
-        blob = json.dumps({"recipe": self.key_fields(), "version": RECIPE_VERSION, "exclude": exclude_digest},
-                          sort_keys=True)
+        parts = {"recipe": self.key_fields(), "version": RECIPE_VERSION, "exclude": exclude_digest}
+        if BUILD_REVISION.get(self.family):  # a family whose tiny build was revised (none: the keys from before)
+            parts["build"] = BUILD_REVISION[self.family]
+        blob = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def key_fields(self) -> dict:

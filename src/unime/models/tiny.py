@@ -29,6 +29,13 @@ QWEN_SPECIAL_TOKENS = [
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
 
+# What `build_tiny` writes for a family, revised when that changes: a pretrained recipe's cache key includes it
+# (`unime.demo.pretrain`), so that a base cached from an earlier build is not reused as if it were today's.
+# Qwen2.5-VL: 1 = vision_config.tokens_per_second 2, as released (before: transformers' default);
+# Qwen3-VL: 1 = images normalised with the release's mean / std 0.5 (before: CLIP's).
+BUILD_REVISION = {"qwen2_5_vl": 1, "qwen3_vl": 1}
+
+
 @dataclass(frozen=True)
 class TinySize:
     hidden: int = 64
