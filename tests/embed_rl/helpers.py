@@ -16,6 +16,23 @@ COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), 
 IMAGE_COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220)}
 
 
+def write_colour_records(root, prompt_repeats: int = 0) -> list[Record]:
+    """One 64×64 image per colour under root/imgs and `root/records.jsonl` (text query → image positive). With
+    `prompt_repeats`, record i's image prompt is longer by i × that many sentences (prompts of different lengths in
+    one batch: TRL pads prompts on the left; a right-padding processor misplaced the image tokens of shorter ones)."""
+    from unime.data.io import write_records
+
+    (root / "imgs").mkdir()
+    recs = []
+    for i, (c, rgb) in enumerate(COLOURS.items()):
+        Image.new("RGB", (64, 64), rgb).save(root / "imgs" / f"{c}.png")
+        positive = Item(text="<|image_1|>" + " Represent the given image." * (prompt_repeats * i),
+                        images=(f"imgs/{c}.png",))
+        recs.append(Record(query=Item(text=f"a {c} circle"), positive=positive, id=f"r{i}"))
+    write_records(recs, root / "records.jsonl")
+    return recs
+
+
 def write_image_world(root):
     """224×224 images, records (text query → image positive), their T-CoTs and one MMEB task over the images."""
     from unime.data.io import write_records

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.embed_rl.helpers import COLOURS
+from tests.embed_rl.helpers import COLOURS, write_colour_records
 from unime.data.items import Item, Record
 from unime.models.prompts import EMB_TOKEN
 from unime.embed_rl.grpo import EmbedRLReward, GRPOStageConfig, _trainer_class, embed_rl_grpo_config, grpo_rows
@@ -21,18 +21,7 @@ from unime.embed_rl.grpo import EmbedRLReward, GRPOStageConfig, _trainer_class, 
 
 @pytest.fixture
 def world(tmp_path):
-    from unime.data.io import write_records
-
-    (tmp_path / "imgs").mkdir()
-    recs = []
-    for i, (c, rgb) in enumerate(COLOURS.items()):
-        Image.new("RGB", (64, 64), rgb).save(tmp_path / "imgs" / f"{c}.png")
-        # image prompts of different lengths in one batch (TRL pads prompts on the left; a right-padding
-        # processor misplaced the image tokens of the shorter ones)
-        positive = Item(text="<|image_1|>" + " Represent the given image." * (6 * i), images=(f"imgs/{c}.png",))
-        recs.append(Record(query=Item(text=f"a {c} circle"), positive=positive, id=f"r{i}"))
-    write_records(recs, tmp_path / "records.jsonl")
-    return tmp_path, recs
+    return tmp_path, write_colour_records(tmp_path, prompt_repeats=6)
 
 
 def test_rows_interleave_whole_pairs_and_reshuffle_per_epoch(world):

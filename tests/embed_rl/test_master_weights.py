@@ -11,22 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.embed_rl.helpers import COLOURS, TCOT
-from unime.data.items import Item, Record
+from tests.embed_rl.helpers import TCOT, write_colour_records
+from unime.data.items import Item
 from unime.models.prompts import EMB_TOKEN
 
 
 @pytest.fixture
 def records(tmp_path):
-    from unime.data.io import write_records
-
-    (tmp_path / "imgs").mkdir()
-    recs = []
-    for i, (c, rgb) in enumerate(COLOURS.items()):
-        Image.new("RGB", (64, 64), rgb).save(tmp_path / "imgs" / f"{c}.png")
-        recs.append(Record(query=Item(text=f"a {c} circle"), positive=Item(text="<|image_1|>",
-                                                                          images=(f"imgs/{c}.png",)), id=f"r{i}"))
-    write_records(recs, tmp_path / "records.jsonl")
+    write_colour_records(tmp_path)
     return str(tmp_path / "records.jsonl")
 
 
