@@ -415,6 +415,21 @@ def test_judge_base_rate_levels_are_the_losses_of_a_prior_only_judge():
     assert training_loss_levels(groups)["group"] is None and training_loss_levels(groups)["total"] == pytest.approx(h)
     rows = [{"loss": float(i), "loss_pair": 2.0 * i} for i in range(20)]
     assert final_losses(rows) == {"loss": 18.5, "loss_pair": 37.0}
+    # even odds on Yes / No: the trainer's pair loss of logits equal on the two answers, plus the same group term
+    even_pair = F.cross_entropy(torch.cat([torch.zeros(len(answers), 2), eot_logits]), torch.cat([target, eot]))
+    assert levels["even_odds"] == pytest.approx(float(even_pair) + 0.5 * levels["group"], rel=1e-6)
+
+
+def test_a_judge_loss_above_even_odds_is_read_as_mass_off_the_two_answers():
+    """QA: a 152k-token vocabulary after 4 steps printed 12.2 against a base-rate level of 0.64 with no word that the
+    loss is over the whole vocabulary; at or below even odds on Yes / No nothing is added."""
+    import math
+
+    from unime.train.judge_eval import loss_level_note
+
+    levels = {"pair": 0.6365, "total": 0.6365, "even_odds": math.log(2)}
+    assert "whole vocabulary" in loss_level_note(12.2347, levels) and "0.6931" in loss_level_note(12.2347, levels)
+    assert loss_level_note(0.69, levels) == "" and loss_level_note(0.3, levels) == ""
 
 
 def test_reranker_records_need_negatives_or_a_skip_policy(tiny_model_dir, tmp_path):

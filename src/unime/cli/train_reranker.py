@@ -81,9 +81,12 @@ def _train(args) -> int:
               f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}")
     levels = result.loss_levels or {}
     if "loss" in levels.get("final", {}):
+        from unime.train.judge_eval import loss_level_note
+
         print(f"training loss over the last 10 % of logged steps {levels['final']['loss']:.4f}, its base-rate level "
               f"{levels['base_rate']['total']:.4f} (what a judge predicting only the Yes share "
-              f"{levels['base_rate']['yes_share']:.3f} reaches)")
+              f"{levels['base_rate']['yes_share']:.3f} reaches)"
+              + loss_level_note(levels['final']['loss'], levels['base_rate']))
     if result.heldout:
         from unime.mining.judge_check import format_metrics
 

@@ -80,7 +80,8 @@ def training_loss_levels(groups: Sequence[Sequence[Any]], *, answer_tokens: int 
     tokens per row (`answer_tokens`: 1, or 1 + the end-of-turn tokens when they are trained — a prior-only
     model predicts those perfectly). `group` (the within-query softmax, `group_softmax_loss`): at equal
     margins a positive among n negatives costs ln(1 + n), averaged over the positives of groups that have
-    negatives. `total` = pair + group_weight × group, the logged `loss`."""
+    negatives. `total` = pair + group_weight × group, the logged `loss`; `even_odds`: the same with the pair term of
+    a judge answering Yes or No at even odds, ln 2 per labelled token (`loss_level_note`)."""
     import math
 
     answers = [ex.answer for g in groups for ex in g]
@@ -92,8 +93,20 @@ def training_loss_levels(groups: Sequence[Sequence[Any]], *, answer_tokens: int 
         if n_neg:
             terms += [math.log(1 + n_neg)] * sum(ex.answer == YES for ex in g)
     group = sum(terms) / len(terms) if terms else None
-    total = pair + (group_weight * group if group_weight > 0 and group is not None else 0.0)
-    return {"yes_share": b, "pair": pair, "group": group if group_weight > 0 else None, "total": total}
+    group_part = group_weight * group if group_weight > 0 and group is not None else 0.0
+    return {"yes_share": b, "pair": pair, "group": group if group_weight > 0 else None, "total": pair + group_part,
+            "even_odds": math.log(2) / answer_tokens + group_part}
+
+
+def loss_level_note(final_loss: float, levels: dict) -> str:
+    """"" or a note for a final loss above `even_odds`, what a judge answering Yes or No at even odds reaches: the
+    loss is a cross-entropy over the whole vocabulary, so above that level the judge does not yet put its mass on the
+    two answers, which the base-rate level assumes (QA: a 152k-token vocabulary after 4 steps read 12.2 against a
+    base-rate level of 0.64, as if the judge were 20 times worse than a prior)."""
+    if final_loss <= levels.get("even_odds", float("inf")):
+        return ""
+    return (f"; above {levels['even_odds']:.4f}, the level of even odds on Yes / No: the loss is over the whole "
+            "vocabulary, and the judge does not yet put its mass on the two answers")
 
 
 def final_losses(history: Sequence[dict[str, Any]], *, share: float = 0.1) -> dict[str, float]:

@@ -665,7 +665,7 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     num_candidates = cfg.num_negatives + 1 if cfg.role == "reranker" and LIST in cfg.losses else None
     loss_levels = None
     if cfg.role == "judge":
-        from unime.train.judge_eval import final_losses, training_loss_levels
+        from unime.train.judge_eval import final_losses, loss_level_note, training_loss_levels
 
         answer_tokens = (len(loaded.adapter.tokenizer(judge_answer(True) + collator.format.turn_end,
                                                       add_special_tokens=False)["input_ids"])
@@ -674,8 +674,9 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
                        "base_rate": training_loss_levels(groups, answer_tokens=answer_tokens,
                                                          group_weight=cfg.group_weight)}
         if "loss" in loss_levels["final"]:
-            log.info("judge: final training loss %.4f against its base-rate level %.4f (a prior-only judge)",
-                     loss_levels["final"]["loss"], loss_levels["base_rate"]["total"])
+            log.info("judge: final training loss %.4f against its base-rate level %.4f (a prior-only judge)%s",
+                     loss_levels["final"]["loss"], loss_levels["base_rate"]["total"],
+                     loss_level_note(loss_levels["final"]["loss"], loss_levels["base_rate"]))
     per_device, per_step, configured = batch_that_runs(len(groups), **batch)  # the batch that ran
     meta = {
         "role": cfg.role, "num_candidates": num_candidates, "losses": list(cfg.losses),
