@@ -312,6 +312,11 @@ def test_grpo_smoke_two_steps_all_rewards(world, tiny_model_dir, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     AutoModelForImageTextToText.from_pretrained(out / "merged")
+    # exported with the model's own padding side (QA: TRL's left padding was saved with it)
+    from transformers import AutoTokenizer
+
+    side = AutoTokenizer.from_pretrained(sft / "merged").padding_side
+    assert AutoTokenizer.from_pretrained(out / "merged").padding_side == side == "right"
     base = str((sft / "merged").resolve())
     assert f"\nbase_model: {base}\n" in (out / "README.md").read_text()
     assert (summary["base_model"], summary["started_from_adapter"]) == (base, None)

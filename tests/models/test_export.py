@@ -112,3 +112,21 @@ def test_merge_reports_the_share_of_the_update_lost_to_rounding(tiny_model_dir, 
         assert torch.allclose(q, torch.full_like(q, expected), rtol=0, atol=1e-7)
         assert f"rounding lost {100 * loss:.1f}% of the LoRA update's norm" in caplog.text
         assert "| LoRA update lost to rounding | modules: 14," in (out / "README.md").read_text()
+
+
+def test_an_export_after_a_left_padded_call_loads_with_the_processors_own_padding_side(tiny_model_dir, tmp_path):
+    """QA: the GRPO output loaded left-padded. A fast tokenizer's backend keeps the padding of its last padded call
+    (a reranker's or generator's `padding_side="left"`) and `save_pretrained` writes it into tokenizer.json, where
+    transformers reads the padding side from at load. The export writes the tokenizer's own side and leaves the
+    backend as it was."""
+    from transformers import AutoTokenizer
+
+    base = tiny_model_dir("qwen2_vl")
+    model, processor = _lora_model(base)
+    processor(text=["a", "a b c"], padding=True, padding_side="left", return_tensors="pt")
+    backend = processor.tokenizer._tokenizer
+    assert backend.padding["direction"] == "left" and processor.tokenizer.padding_side == "right"
+    export_final(model, processor, tmp_path / "out", card=_card(), base_model=base)
+    for folder in ("adapter", "merged"):
+        assert AutoTokenizer.from_pretrained(tmp_path / "out" / folder).padding_side == "right"
+    assert backend.padding["direction"] == "left"  # the processor in memory as it was

@@ -421,6 +421,19 @@ def prepare_policy_processor(processor):
     return processor
 
 
+def padding_sides(processor) -> tuple[str, str | None]:
+    """The processor's padding sides (its tokenizer's, its own), to put back with `restore_padding_sides` before
+    the policy is exported: the left padding `prepare_policy_processor` sets is TRL's training need, not the model's
+    (QA: the GRPO output saved `padding_side: left`, every other stage's output the base's own)."""
+    return processor.tokenizer.padding_side, getattr(processor, "padding_side", None)
+
+
+def restore_padding_sides(processor, sides: tuple[str, str | None]) -> None:
+    processor.tokenizer.padding_side = sides[0]
+    if hasattr(processor, "padding_side"):
+        processor.padding_side = sides[1]
+
+
 REWARD_WEIGHTS = (0.05, 0.8, 0.2)  # format, outcome, process
 PROCESS_PICKS = ("generate", "score")
 
@@ -745,12 +758,14 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
                            neg_temperature=cfg.neg_temperature, hard_negative_pairs=cfg.hard_negative_pairs,
                            mask_duplicates=cfg.mask_duplicates, pairs_per_batch=cfg.pairs_per_batch,
                            seed=cfg.seed, reward_log=reward_log)
+    own_sides = padding_sides(policy.processor)
     with _reference_dtype_given(gcfg):
         trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
                                    processing_class=prepare_policy_processor(policy.processor))
     trainer.add_callback(warmup_check())
     trainer.add_callback(non_reentrant_checkpointing_callback())
     run_state.train_or_finish(trainer, plan.checkpoint)
+    restore_padding_sides(policy.processor, own_sides)  # exported as the model came
 
     history = [h for h in trainer.state.log_history if "reward" in h]
     summary = {"steps": trainer.state.global_step, "pairs": n_pairs, "rows": len(rows),

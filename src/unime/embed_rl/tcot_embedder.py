@@ -73,7 +73,7 @@ def prepare_emb_checkpoint(cfg: AddEmbConfig) -> Path:
     src, out = cfg.model, cfg.out
     from unime.models.embedder import add_emb_token
     from unime.models.export import (MERGE_FILE, checkpoint_config, checkpoint_dtype, merge_in_dtype, merged_summary,
-                                     model_folder)
+                                     model_folder, save_processor)
     from unime.models.loading import CHECKPOINT_DTYPE, load_model
     from unime.models.run_state import is_peft
 
@@ -89,7 +89,7 @@ def prepare_emb_checkpoint(cfg: AddEmbConfig) -> Path:
                                  advice="Write the copy in fp32 instead (--dtype fp32)")
     with model_folder(out) as tmp:
         model.save_pretrained(tmp)
-        loaded.processor.save_pretrained(tmp)
+        save_processor(loaded.processor, tmp)
         if summary is not None:
             (tmp / MERGE_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return Path(out)

@@ -107,7 +107,7 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
     def save(folder: str, m, files: Mapping[str, str] | None = folder_files, **how) -> None:
         with model_folder(out / folder) as tmp:
             m.save_pretrained(str(tmp), **how)
-            processor.save_pretrained(str(tmp))
+            save_processor(processor, tmp)
             (tmp / CARD_FILE).write_text(text, encoding="utf-8")
             for name, content in (files or {}).items():
                 (tmp / name).write_text(content, encoding="utf-8")
@@ -158,6 +158,23 @@ def restore_inference_config(config, base_config) -> None:
             cfg.use_cache = getattr(base, "use_cache", True)
         elif "use_cache" in vars(cfg):
             delattr(cfg, "use_cache")
+
+
+def save_processor(processor, folder) -> None:
+    """`processor.save_pretrained(folder)` with its tokenizer's own padding side. A fast tokenizer's backend keeps the
+    padding of its last padded call (a reranker's or a generator's `padding_side="left"`), `save_pretrained` writes it
+    into tokenizer.json, and transformers takes the padding side from there at load: QA found the GRPO output loading
+    left-padded, every other stage's output right-padded. The backend's padding is set back afterwards."""
+    tok = getattr(processor, "tokenizer", processor)
+    backend = getattr(tok, "_tokenizer", None)
+    state = getattr(backend, "padding", None)
+    if state is not None and state.get("direction") != tok.padding_side:
+        backend.enable_padding(**{**state, "direction": tok.padding_side})
+    try:
+        processor.save_pretrained(str(folder))
+    finally:
+        if state is not None:
+            backend.enable_padding(**state)
 
 
 def checkpoint_dtype(config):
