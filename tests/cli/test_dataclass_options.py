@@ -409,3 +409,15 @@ def test_the_converted_commands_read_their_config_files(tmp_path):
 
     assert config_from_args(SplitConfig, parse(["reason", "split", "--config", str(cfg)])) == SplitConfig(
         records="r.jsonl", tcots="t.jsonl", judge="j", out_dir="s", threshold=0.7)
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_train_reasoner_takes_steps_as_the_other_trainers_spell_it(stage):
+    """QA: `train reasoner --steps 3` was refused ("unrecognized arguments") while `train embedder / judge / reranker`
+    take --steps; it is the same option as --max-steps."""
+    from unime.cli import build_parser
+
+    parser = build_parser()
+    base = ["train", "reasoner", "--stage", stage, "--model", "m", "--out", "o"]
+    assert parser.parse_args(base + ["--steps", "3"]).max_steps == 3
+    assert parser.parse_args(base + ["--max-steps", "3"]).max_steps == 3

@@ -43,7 +43,9 @@ class ReasonerStageOptions(ImageOptions, VideoOptions):
     dtype: str = dtype_option(before="weights and training dtype: ")
     gradient_checkpointing: bool = gradient_checkpointing_option()
     seed: int = option(0)
-    max_steps: int = option(-1, at_least=1)  # -1, the default: the stage's epochs
+    # --steps as the other trainers spell it (QA: `train reasoner --steps 3` was refused)
+    max_steps: int = option(-1, "optimizer steps (default: the stage's epochs)", at_least=1,
+                            flag=("--max-steps", "--steps"))
     resume: bool = option(False, "accepted for compatibility: re-running the same command continues an interrupted "
                           "run anyway")  # `unime.models.run_state`
     overwrite: bool = option(False, cli=False)  # start over (also with changed options): the commands' --overwrite
