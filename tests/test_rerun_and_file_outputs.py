@@ -4,6 +4,7 @@ outputs owned through a sidecar marker, and `data synth` / `data import` on clai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -225,6 +226,116 @@ def test_a_file_saved_after_a_killed_run_is_not_taken_for_its_output(tmp_path, c
     assert "vecs.npy exists and was not written by `unime embed`" in _error_lines(capsys)[0]
     assert out.read_bytes() == b"the user's vectors"
     assert sorted(p.name for p in out.parent.iterdir()) == [".vecs.npy.unime-output.json", "vecs.npy"]  # no lock
+
+
+def _killed_after_rename(out: Path, command: str, writes: dict, companions: tuple = (), before_rename=False) -> None:
+    """A run of `command` in a process killed (os._exit) right after its files were renamed into place, before the
+    CLI's commit — as the commands do: claim, then `atomic_open` each file; with `before_rename`, killed in the
+    rename instead, after the sidecar recorded what it was putting in place."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "from unime.data.atomic import atomic_open\n"
+            "from unime.outdir import OwnedFile, claim_file\n"
+            "if %r:\n"
+            "    put = OwnedFile._put_in_place\n"
+            "    OwnedFile._put_in_place = lambda self, t, tmp: (put(self, t, tmp), os._exit(9))\n"
+            f"owned = claim_file({str(out)!r}, {command!r}, companions={tuple(str(c) for c in companions)!r})\n"
+            "for name, text in %r.items():\n"
+            "    with atomic_open(name) as fh:\n"
+            "        fh.write(text)\n"
+            "os._exit(9)\n") % (before_rename, {str(k): v for k, v in writes.items()})
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+
+
+def test_a_file_command_killed_after_writing_its_files_is_replaced_by_its_rerun(tmp_path, caplog):
+    """QA: `unime judge --out jd/k2.jsonl` killed after its files were renamed into place, before it recorded them:
+    the re-run of the same command was refused (its sidecar pending). The files it put in place are its own."""
+    import logging
+
+    out = tmp_path / "jd" / "k2.jsonl"
+    metrics, png = tmp_path / "jd" / "k2.metrics.json", tmp_path / "jd" / "k2.calibration.png"
+    _killed_after_rename(out, "judge", {out: "scores\n", metrics: "{}"}, companions=(metrics, png))
+    marker = read_file_marker(out)
+    assert marker["files"] == {"k2.jsonl": None, "k2.metrics.json": None, "k2.calibration.png": None}
+    assert (out.parent / ".k2.jsonl.unime-lock").is_file()  # the killed run's lock file, its pid gone
+    # another command: refused, naming the command whose interrupted run left the file
+    with pytest.raises(FileNotOwned, match=rf"output file {out} exists and was left by an interrupted `unime judge` "
+                                           r"run, not written by `unime reason generate`; .*--overwrite"):
+        claim_file(out, "reason generate")
+    with caplog.at_level(logging.INFO, logger="unime.outdir"):
+        rerun = claim_file(out, "judge", companions=(metrics, png))
+    replaced = [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()]
+    assert replaced == [f"{out}: replacing the output of an interrupted `unime judge` run",
+                        f"{metrics}: replacing the output of an interrupted `unime judge` run"]
+    # the re-run holds the files as the killed run's, until it replaces them: killed again first, they stay its own
+    assert read_file_marker(out)["files"]["k2.jsonl"] == hashlib.sha1(b"scores\n").hexdigest()
+    from unime.data.atomic import atomic_open
+
+    with atomic_open(out) as fh:
+        fh.write("new scores\n")
+    rerun.commit()
+    rerun.release()
+    assert read_file_marker(out)["files"] == {"k2.jsonl": hashlib.sha1(b"new scores\n").hexdigest(),
+                                              "k2.metrics.json": hashlib.sha1(b"{}").hexdigest()}
+    assert sorted(p.name for p in out.parent.iterdir()) == [".k2.jsonl.unime-output.json", "k2.jsonl",
+                                                            "k2.metrics.json"]
+
+
+def test_a_file_saved_where_a_killed_run_was_putting_its_own_is_not_replaced(tmp_path):
+    """Killed in the rename (the sidecar recorded what the run was putting in place, the file never came): the file
+    the user saves there afterwards has other content and stays theirs."""
+    out = tmp_path / "t.jsonl"
+    _killed_after_rename(out, "reason generate", {out: "tcots\n"}, before_rename=True)
+    assert not out.exists() and read_file_marker(out)["placing"] == {"t.jsonl": hashlib.sha1(b"tcots\n").hexdigest()}
+    out.write_text("the user's tcots\n")
+    with pytest.raises(FileNotOwned, match=rf"output file {out} exists and was not written by `unime reason generate` "
+                                           r"\(or was changed since\)"):
+        claim_file(out, "reason generate")
+    assert out.read_text() == "the user's tcots\n"
+
+
+def test_embed_killed_after_writing_its_array_reruns(tiny_model_dir, tmp_path, caplog):
+    """The same through the CLI: `unime embed --out ed/k3.npy` killed (SIGKILL) after the array was put in place,
+    before the CLI's commit; the same command again replaces it and records it."""
+    import logging
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    model, out = tiny_model_dir("qwen2_vl"), tmp_path / "ed" / "k3.npy"
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("a red cube", "a blue ball")))
+    argv = ["embed", "--model", model, "--items", str(items), "--out", str(out), "--device", "cpu"]
+    code = ("import os, signal\nfrom unime.outdir import OwnedFile\n"
+            "OwnedFile.commit = lambda self: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"from unime.cli import main\nmain({argv!r})\n")
+    killed = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -9 and read_file_marker(out)["files"] == {"k3.npy": None}
+    first = np.load(out)
+    with caplog.at_level(logging.INFO, logger="unime.outdir"):
+        assert main(argv) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "unime.outdir"] == [
+        f"{out}: replacing the output of an interrupted `unime embed` run"]
+    np.testing.assert_array_equal(np.load(out), first)
+    assert read_file_marker(out)["files"] == {"k3.npy": hashlib.sha1(out.read_bytes()).hexdigest()}
+
+
+def test_the_calibration_figure_is_put_in_place_by_rename(tmp_path):
+    """`unime judge`'s calibration figure is written as its other files are (a temporary sibling renamed into
+    place, announced to the output's owner), so a kill leaves no half-written figure and the re-run knows it."""
+    from unime.data.atomic import before_replace
+    from unime.mining.judge_check import plot_calibration
+
+    path, heard = tmp_path / "c.png", []
+    before_replace(path, lambda target, tmp: heard.append((target, tmp.read_bytes()[:8])))
+    try:
+        plot_calibration([1, 0, 1, 1], [0.05, 0.08, 0.95, 0.91], path)
+    finally:
+        before_replace(path, None)
+    assert heard == [(path, b"\x89PNG\r\n\x1a\n")] and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_rerun_killed_before_replacing_its_own_file_leaves_it_its_own(tmp_path):

@@ -33,6 +33,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -396,8 +397,6 @@ def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], 
     claimed is not in the marker either) and is named in a warning; the marker and lock stay. With `clear`, a
     folder of `own` is not deleted whole: `clear(path)` deletes what the command recorded writing inside it (and
     names what it left). Returns the removed names (a cleared folder's when nothing was left in it)."""
-    import logging
-
     folder = Path(folder)
     if not folder.exists():
         return []
@@ -434,11 +433,21 @@ def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], 
 # writes (the output and its companions, e.g. `NAME.metrics.json`), the SHA-1 of what it wrote. An
 # existing file is replaced only when the sidecar says this command wrote exactly its current content
 # (a re-run), or under `--overwrite`. The sidecar is written before the work, listing the files still to
-# be written as pending (null; a file it wrote before keeps its SHA-1 until replaced): a file found where
-# a killed run had recorded nothing is not taken for its output — it may be one the user saved after the
-# kill — and is replaced only under `--overwrite`. A run that fails before it wrote any of its files (refused for
-# its input) puts the sidecar back as it found it and removes the folders it made for the output. A killed run's
-# lock file (`.NAME.unime-lock`, its pid dead) is taken over and removed by the next run.
+# be written as pending (null; a file it wrote before keeps its SHA-1 until replaced). Just before the run renames a
+# finished file into place (`unime.data.atomic.atomic_path`, `before_replace`), the sidecar records that file's
+# SHA-1 under `placing`; `commit` then records every file it wrote and drops `placing`.
+#
+# A run killed between a rename and its commit leaves a pending entry and the file it put there: the re-run of the
+# same command replaces that file, as that run's output, when its content is what `placing` recorded (one line
+# says so). A pending entry alone does not make a file the command's: the claim found no file there (one that was,
+# and was not the command's, was refused before the pending entry was written), but a run killed before its rename
+# leaves the same pending entry with no file, and a file the user saves there after the kill would then pass for
+# the run's. `placing` is written by the run holding the output's lock, after the claim and before the rename:
+# a file found with that content is the one the run put there (or a byte-identical one, which replacing does not
+# lose); a file saved after the kill has other content, and is replaced only under `--overwrite`. A file left by
+# an interrupted run of another command is refused, naming that command. A run that fails before it wrote any of
+# its files (refused for its input) puts the sidecar back as it found it and removes the folders it made for the
+# output. A killed run's lock file (`.NAME.unime-lock`, its pid dead) is taken over and removed by the next run.
 
 FILE_MARKER_SUFFIX = ".unime-output.json"
 FILE_LOCK_SUFFIX = ".unime-lock"  # `.NAME.unime-lock`: held (flock) for the run, removed at its end
@@ -474,16 +483,34 @@ def read_file_marker(path: str | os.PathLike) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
 
 
+def _sha1_if_file(target: Path) -> str | None:
+    return _file_sha1(target) if target.is_file() and not target.is_symlink() else None
+
+
+def _recorded(marker: dict[str, Any] | None, target: Path) -> tuple[str | None, bool]:
+    """The SHA-1 the sidecar `marker` records for `target` as it is now (None: none, or other content), and whether
+    it is one an interrupted run recorded as it put the file in place (`placing`) rather than one it committed."""
+    if marker is None:
+        return None, False
+    written = marker["files"].get(target.name)
+    placing = (marker.get("placing") or {}).get(target.name)
+    if written is None and placing is None:  # pending, and nothing put in place: the file is not the run's
+        return None, False
+    sha = _sha1_if_file(target)
+    if sha is not None and sha == written:
+        return sha, False
+    if sha is not None and sha == placing:
+        return sha, True
+    return None, False
+
+
 def written_by(path: str | os.PathLike, target: str | os.PathLike, command: str) -> bool:
-    """Did `command` write `target` (the output `path` or one of its companions) as it is now?"""
+    """Did `command` write `target` (the output `path` or one of its companions) as it is now? Also true for the
+    file a run of `command` put in place before it was killed (see the section's comment)."""
     marker = read_file_marker(path)
-    target = Path(target)
-    if marker is None or marker.get("command") != command or target.name not in marker["files"]:
+    if marker is None or marker.get("command") != command:
         return False
-    recorded = marker["files"][target.name]
-    if recorded is None:  # pending: a run that did not finish recorded nothing it wrote there (the file may be
-        return False      # one the user saved after it stopped)
-    return target.is_file() and not target.is_symlink() and _file_sha1(target) == recorded
+    return _recorded(marker, Path(target))[0] is not None
 
 
 @dataclass
@@ -496,9 +523,11 @@ class OwnedFile:
     targets: tuple[Path, ...]
     _lock_fd: int | None = field(default=None, repr=False)
 
-    def _write(self, files: dict[str, str | None]) -> None:
+    def _write(self, files: dict[str, str | None], placing: dict[str, str] | None = None) -> None:
         data = {"command": self.command, "unime_version": _version(), "options_hash": self.options_hash,
                 "files": files}
+        if placing:
+            data["placing"] = placing
         marker = file_marker_path(self.path)
         tmp = marker.parent / f"{marker.name}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -510,17 +539,33 @@ class OwnedFile:
     _marker_before: bytes | None = field(default=None, repr=False)
     _targets_before: tuple | None = field(default=None, repr=False)
     _made_folders: tuple[Path, ...] = field(default=(), repr=False)
+    _pending: dict = field(default_factory=dict, repr=False)  # the sidecar's `files` as the claim wrote them
+    _placing: dict = field(default_factory=dict, repr=False)  # what this run put in place so far (`_put_in_place`)
+
+    def _put_in_place(self, target: Path, tmp: Path) -> None:
+        """Called by `atomic_path` just before it renames the finished `tmp` onto `target`: record its SHA-1, so
+        that a kill before `commit` leaves a file the re-run knows for this run's."""
+        self._placing[Path(target).name] = _file_sha1(tmp)
+        self._write(self._pending, self._placing)
+
+    def _listen(self, on: bool) -> None:
+        from unime.data.atomic import before_replace
+
+        for t in self.targets:
+            before_replace(t, self._put_in_place if on else None)
 
     def commit(self) -> None:
         """Record the SHA-1 of every target the command wrote (targets it did not write are dropped)."""
         self._write({t.name: _file_sha1(t) for t in self.targets if t.is_file()})
         self.committed = True
+        self._listen(False)
 
     def release(self) -> None:
         """After a failed run that wrote none of its files (each target as the claim found it): the sidecar is put
         back as it was (removed, where there was none), and the folders the claim made for the output go when they
         are empty, so that a run refused for its input leaves no trace and marks no other command's file as its
         own. A run killed by the OS keeps its pending sidecar, so that its re-run may replace what it left."""
+        self._listen(False)
         if not self.committed and self._targets_before is not None \
                 and tuple(_file_state(t) for t in self.targets) == self._targets_before:
             with contextlib.suppress(OSError):
@@ -557,11 +602,23 @@ def _file_state(path: Path) -> tuple | None:
     return st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _file_refusal(target: Path, command: str, marker: dict[str, Any] | None) -> str:
+    other = (marker or {}).get("command")
+    if other is not None and other != command and _recorded(marker, target)[1]:
+        why = f"was left by an interrupted `unime {other}` run, not written by `unime {command}`"
+    else:
+        why = f"was not written by `unime {command}` (or was changed since)"
+    return (f"output file {target} exists and {why}; refusing to replace it. Choose another output name, or pass "
+            "--overwrite to replace it")
+
+
 def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
                overwrite: bool = False, companions: tuple[str | os.PathLike, ...] = ()) -> OwnedFile:
     """Check that `command` may write the file `path` (and its `companions`): each is missing, or was
-    written by this command and not changed since, or `overwrite`. Raises `FileNotOwned` naming the file
-    and `--overwrite`, before any work; creates the parent folder; writes the pending sidecar."""
+    written by this command and not changed since (also by a run of it killed after it put the file in place: see
+    the section's comment), or `overwrite`. Raises `FileNotOwned` naming the file and `--overwrite`, before any
+    work; creates the parent folder; writes the pending sidecar, then records each file as the run puts it in
+    place (until `commit` or `release`)."""
     path = Path(path)
     targets = (path, *(Path(c) for c in companions))
     for t in targets:
@@ -581,18 +638,27 @@ def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | 
         except OSError:
             marker_before = None
         targets_before = tuple(_file_state(t) for t in targets)
+        before = read_file_marker(path)
+        ours = before is not None and before.get("command") == command
+        found = {}  # target name -> the SHA-1 the sidecar records for it as it is now (this command's)
         for t in targets:
-            if (t.exists() or t.is_symlink()) and not overwrite and not written_by(path, t, command):
-                raise FileNotOwned(f"output file {t} exists and was not written by `unime {command}` (or was "
-                                   "changed since); refusing to replace it. Choose another output name, or pass "
-                                   "--overwrite to replace it")
+            if not (t.exists() or t.is_symlink()):
+                continue
+            sha, interrupted = _recorded(before, t) if ours else (None, False)
+            if sha is not None and not overwrite:
+                found[t.name] = sha
+                if interrupted:
+                    logging.getLogger(__name__).info("%s: replacing the output of an interrupted `unime %s` run",
+                                                     t, command)
+            elif not overwrite:
+                raise FileNotOwned(_file_refusal(t, command, before))
         owned = OwnedFile(path, command, options_hash(options or {}), targets, fd, _marker_before=marker_before,
                           _targets_before=targets_before, _made_folders=tuple(made))
-        before = read_file_marker(path) if not overwrite else None
         # pending: a file this command wrote keeps its record until replaced (a run killed before that leaves it
         # ours), any other target is recorded as not written yet
-        owned._write({t.name: before["files"].get(t.name) if before is not None and t.exists() else None
-                      for t in targets})
+        owned._pending = {t.name: found.get(t.name) for t in targets}
+        owned._write(owned._pending)
+        owned._listen(True)
     except BaseException:
         with contextlib.suppress(OSError):
             file_lock_path(path).unlink()

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Collection, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 
 def _read_umask() -> int:
@@ -47,10 +47,27 @@ def ordinary_modes(path: Path) -> None:
                 os.chmod(os.path.join(root, f), 0o666 & ~mask)
 
 
+# outputs whose owner is told, just before a finished temporary file is renamed onto them, what it holds
+# (`unime.outdir.OwnedFile` records its SHA-1, so that a run killed right after the rename leaves a file the next
+# run can tell for that run's): absolute path -> callback(target, temporary file)
+_BEFORE_REPLACE: dict[str, Callable[[Path, Path], None]] = {}
+
+
+def before_replace(path: str | os.PathLike, callback: Callable[[Path, Path], None] | None) -> None:
+    """Have `atomic_path` call `callback(path, tmp)` before it renames a finished `tmp` onto `path` (None: no
+    more). A callback that raises stops the write: `path` stays as it was."""
+    key = os.path.abspath(path)
+    if callback is None:
+        _BEFORE_REPLACE.pop(key, None)
+    else:
+        _BEFORE_REPLACE[key] = callback
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path`, on error it is removed. A block that
-    removes the temporary file itself (it found nothing to write) leaves `path` as it was."""
+    removes the temporary file itself (it found nothing to write) leaves `path` as it was. The `before_replace`
+    callback registered for `path` hears of the rename before it happens."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
@@ -61,6 +78,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if not (tmp_path.exists() or tmp_path.is_symlink()):
             return
         ordinary_modes(tmp_path)
+        announce = _BEFORE_REPLACE.get(os.path.abspath(target))
+        if announce is not None:
+            announce(target, tmp_path)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

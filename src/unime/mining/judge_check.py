@@ -117,6 +117,8 @@ def plot_calibration(labels: Sequence[float], scores: Sequence[float], path: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    from unime.data.atomic import atomic_path
+
+    with atomic_path(path) as tmp:  # a kill mid-write leaves no half-written figure (nor one its owner can't tell)
+        fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
