@@ -74,7 +74,7 @@ def _generate(args) -> int:
 def _split(args) -> int:
     from unime.embed_rl.tcot_embedder import split_records_file
 
-    c = split_records_file(_cfg(args))
+    c = split_records_file(_cfg(args), overwrite=bool(getattr(args, "overwrite", False)))
     print(f"{c['pairs']} pairs: {c['contrastive']} contrastive ({100 * c['contrastive_fraction']:.1f}%), {c['rl']} RL")
     return 0
 
@@ -97,7 +97,7 @@ def _eval(args) -> int:
     from unime.embed_rl.tcot_embedder import evaluate_with_reasoning
     from unime.eval.report import skip_lines
 
-    summary = evaluate_with_reasoning(_cfg(args))
+    summary = evaluate_with_reasoning(_cfg(args), overwrite=bool(getattr(args, "overwrite", False)))
     aggregates = summary.get("aggregates", {})
     # video tasks (MMEB-V2) add their own aggregates beside the MMEB ones
     shown = {k: aggregates[k] for k in ("mmeb", "mmeb_v2") if aggregates.get(k)} if "mmeb_v2" in aggregates else \

@@ -205,7 +205,7 @@ def _reason_split(o: _Options) -> Callable[[], Any]:
     cfg = SplitConfig(records=o.get("--records"), tcots=o.get("--tcots"), judge=o.get("--judge"),
                       out_dir=o.get("--out-dir"),
                       **o.given(data_root=str, rl_fraction=float, device=str, video_frames=int))
-    return _in_folder(o, lambda: split_records_file(cfg), "--out-dir")
+    return _in_folder(o, lambda: split_records_file(cfg, overwrite=o.get("--overwrite", bool, False)), "--out-dir")
 
 
 def _reason_materialize(o: _Options) -> Callable[[], Any]:
@@ -249,7 +249,7 @@ def _reason_eval(o: _Options) -> Callable[[], Any]:
     cfg = ReasonEvalConfig(embedder_path=o.get("--embedder"), tasks=o.get("--tasks"), out_dir=o.get("--out"),
                            **o.given(tcots=str, reasoner_path=("--reasoner", str), world_root=("--world", str),
                                      batch_size=int, max_new_tokens=int, device=str, video_frames=int))
-    return _in_folder(o, lambda: evaluate_with_reasoning(cfg))
+    return _in_folder(o, lambda: evaluate_with_reasoning(cfg, overwrite=o.get("--overwrite", bool, False)))
 
 
 _CALLS: dict[str, Callable[[_Options], Callable[[], Any]]] = {

@@ -22,6 +22,7 @@ reward and the evaluation see.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -194,6 +195,52 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
     return split
 
 
+# -- the options of the run whose outputs a folder holds (`reason split`, `reason eval`) -----------------------
+# They write their outputs at the end of the run, all at once: the options are recorded just before them
+# (`OUT/reason_run.json`, with the working directory their relative paths start from), and a re-run with other options
+# is refused before any work, naming them by their flags (as `unime mine` and the trainers refuse one), unless
+# --overwrite (then the outputs are replaced). A folder of an earlier unime, without the record, is taken as it is.
+RUN_OPTIONS_FILE = "reason_run.json"
+
+
+def _recorded_options(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    try:
+        data = json.loads((Path(out_dir) / RUN_OPTIONS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("options") if isinstance(data, dict) and isinstance(data.get("options"), dict) else None
+
+
+def refuse_other_options(cfg, *, overwrite: bool) -> None:
+    """`ChangedOptions` when `cfg.out_dir` holds the outputs of a run with other options (outside `out_dir` and the
+    machine's options, `unime.models.run_state.MACHINE_OPTIONS`), unless `overwrite`. Reads only: asked before the
+    work, so that a refused run writes nothing."""
+    from unime.errors import refuse_changed_options
+    from unime.models.run_state import changed_config_options
+    from unime.options import option_flags
+
+    before = _recorded_options(cfg.out_dir)
+    if before is None:
+        return
+    now = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    keys = changed_config_options(before, now, ("out_dir",), cfg)
+    if keys and not overwrite:
+        raise refuse_changed_options(cfg.out_dir, before, now, keys, option_flags(cfg))
+    if keys:
+        log.warning("%s: options changed (%s); --overwrite: replacing the outputs", cfg.out_dir, ", ".join(keys))
+
+
+def record_options(cfg) -> None:
+    """Record the run's options in `cfg.out_dir` (atomic), before the outputs they produced are written."""
+    from unime.data.atomic import atomic_open
+    from unime.errors import with_working_dir
+
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with atomic_open(Path(cfg.out_dir) / RUN_OPTIONS_FILE) as fh:
+        json.dump({"options": with_working_dir(dataclasses.asdict(cfg))}, fh, indent=1, sort_keys=True, default=str)
+        fh.write("\n")
+
+
 # -- evaluation with reasoning ---------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
@@ -220,13 +267,11 @@ class SplitConfig(ReasonOptions, ImageOptions, VideoOptions):
             raise OptionError(self, "{threshold} and {rl_fraction} are two ways to split: give one")
 
 
-def split_records_file(cfg: SplitConfig) -> dict:
+def split_records_file(cfg: SplitConfig, *, overwrite: bool = False) -> dict:
     """`unime reason split`: `split_by_tcot_match` of the records file with the judge checkpoint; writes
-    OUT_DIR/contrastive.jsonl, rl.jsonl and split.json, and records the records' data root beside them
-    (`unime.data.roots.record_data_root`). Returns the split's counts."""
-    import dataclasses
-    import json
-
+    OUT_DIR/contrastive.jsonl, rl.jsonl and split.json, and records the records' data root and the run's options
+    beside them (`unime.data.roots.record_data_root`, `record_options`). A folder holding a split with other options
+    is refused unless `overwrite` (`refuse_other_options`). Returns the split's counts."""
     from unime.data.atomic import atomic_open
     from unime.data.io import check_images, origin_of, read_records, with_origin, write_records
     from unime.data.roots import record_data_root, resolve_data_root
@@ -235,6 +280,7 @@ def split_records_file(cfg: SplitConfig) -> dict:
     from unime.reasoning.reasoner import read_tcot_rows, refuse_other_sampling
 
     cfg.check()
+    refuse_other_options(cfg, overwrite=overwrite)
     records, out_dir = cfg.records, cfg.out_dir
     recs = read_records(records)
     data_root = resolve_data_root(records, cfg.data_root)
@@ -251,10 +297,11 @@ def split_records_file(cfg: SplitConfig) -> dict:
         refuse_other_sampling(row, loader, source=cfg.tcots)
     split = split_by_tcot_match(recs, tcot_rows, scorer, threshold=cfg.threshold,
                                 rl_fraction=cfg.rl_fraction, source=records)
-    os.makedirs(out_dir, exist_ok=True)
+    record_options(cfg)
     write_records(split.contrastive, os.path.join(out_dir, "contrastive.jsonl"))
     write_records(split.rl, os.path.join(out_dir, "rl.jsonl"))
-    record_data_root(out_dir, data_root, written=["contrastive.jsonl", "rl.jsonl"], companions=["split.json"])
+    record_data_root(out_dir, data_root, written=["contrastive.jsonl", "rl.jsonl"],
+                     companions=["split.json", RUN_OPTIONS_FILE])
     with atomic_open(os.path.join(out_dir, "split.json")) as fh:
         json.dump({**split.counts, "scores": split.scores}, fh, indent=1)
     return split.counts
@@ -323,9 +370,10 @@ class ReasoningEncoder:
 
 
 def reasoner_tcot_fn(reasoner, *, max_new_tokens: int | None = None, show_progress: bool = False):
+    """One greedy T-CoT per item (what `reason eval` records as its `generation`)."""
     def fn(items, sides):
-        return [o[0] for o in reasoner.generate(items, sides, max_new_tokens=max_new_tokens,
-                                                show_progress=show_progress)]
+        return [o[0] for o in reasoner.generate(items, sides, num_samples=1, do_sample=False,
+                                                max_new_tokens=max_new_tokens, show_progress=show_progress)]
     return fn
 
 
@@ -408,15 +456,16 @@ def reasoning_query_keys(data) -> set[str]:
     return keys
 
 
-def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True) -> dict:
+def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True, overwrite: bool = False) -> dict:
     """Evaluate an `<emb>` embedder on the MMEB-format, MMEB-V2 and qrels tasks of a task config (videos sampled by the
     `--video-*` options, as `unime eval` samples them), items embedded with T-CoTs
     from `tcots` = "reasoner" (generated by `reasoner_path`, greedy), "none" (no reasoning: the baseline) or
     "teacher" (the demo world's annotation teacher — an oracle that reads the answers, for reference only).
     A bad data row stops the run before the models load, or under `on_error="skip"` is left out, counted and
     reported (with the tasks left without rows) as `unime eval` does (`unime.eval.runners.skipped_data_meta`).
-    Writes the harness's report (summary.json, results.md, per_task.png) plus tcots.jsonl; returns the summary."""
-    import dataclasses
+    Writes the harness's report (summary.json, results.md, per_task.png; the reasoner's generation settings in its
+    `meta.generation`) plus tcots.jsonl, and the run's options (`record_options`); a folder holding an evaluation with
+    other options is refused unless `overwrite` (`refuse_other_options`). Returns the summary."""
     import time
 
     from unime.data.atomic import atomic_open
@@ -430,6 +479,7 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     embedder_path, out_dir, tcots, reasoner_path = cfg.embedder_path, cfg.out_dir, cfg.tcots, cfg.reasoner_path
     device, dtype, batch_size = cfg.device, cfg.dtype, cfg.batch_size
     cfg.check()
+    refuse_other_options(cfg, overwrite=overwrite)
     t0 = time.perf_counter()
     suite, skipped = reasoning_task_suite(cfg)
     sampling = VideoSampling.from_fields(cfg)
@@ -467,7 +517,11 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
             "tasks_config": str(suite.source), **skipped_data_meta(suite, data, cfg.on_error),
             "skipped_tasks_other_formats": skipped, "device": emb.device,
             "video_sampling": dataclasses.asdict(sampling) if sampling is not None else None,
-            "image_budget": emb.image_budget.to_dict(), "visual_tokens_encoded": emb.visual_tokens}
+            "image_budget": emb.image_budget.to_dict(), "visual_tokens_encoded": emb.visual_tokens,
+            # how the reasoner wrote the T-CoTs (`reasoner_tcot_fn`: greedy, one per item)
+            "generation": {"max_new_tokens": cfg.max_new_tokens, "do_sample": False, "num_samples": 1,
+                           "batch_size": batch_size} if tcots == "reasoner" else None}
+    record_options(cfg)
     summary = report.write_run(out_dir, run, meta=meta)
     with atomic_open(Path(out_dir) / "tcots.jsonl") as fh:
         for row in written:

@@ -364,7 +364,7 @@ def _has_run_state(out: Path, finished_file: str) -> bool:
     return any((out / n).exists() for n in (finished_file, CHECKPOINTS_DIR, *EXPORT_NAMES))
 
 
-def _changed(before: dict[str, Any], options: dict[str, Any], free: Iterable[str], config) -> list[str]:
+def changed_config_options(before: dict[str, Any], options: dict[str, Any], free: Iterable[str], config) -> list[str]:
     """`changed_options` with what the trainer's `config` (a config dataclass, or None) declares: its defaults
     (an option the earlier run did not record is no change at its default), its `none_means` (an option
     given at what its None stands for is the option unset) and its `aliases` (`--dtype bf16` = `bfloat16`).
@@ -416,7 +416,8 @@ def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str
     before = previous_config(out)
     exported = (out / CARD_FILE).is_file() and any((out / d).is_dir() for d in (ADAPTER_DIR, MERGED_DIR))
     return (not overwrite and before is not None and (out / finished_file).is_file() and exported
-            and not _changed(before, options, free, config) and not changed_inputs(out, input_fingerprints(config)))
+            and not changed_config_options(before, options, free, config)
+            and not changed_inputs(out, input_fingerprints(config)))
 
 
 # a trainer's options naming the models it reads
@@ -464,7 +465,7 @@ def _decide(out: str | Path, options: dict[str, Any], *, free: Iterable[str], ov
     if before is None and not overwrite and _has_run_state(out, finished_file):
         raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
                              f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
-    diff = _changed(before, options, free, config) if before is not None else []
+    diff = changed_config_options(before, options, free, config) if before is not None else []
     diff.sort(key=lambda k: k != "stage")  # another kind of run (SFT / GRPO) first: the other keys follow from it
     if diff and not overwrite:
         raise refuse_changed_options(out, before, options, diff, option_flags(config) if config is not None else None)

@@ -1,0 +1,76 @@
+"""`reason split` and `reason eval` re-run on their own output folder: other options are refused, naming them (as
+`unime mine` refuses them), unless --overwrite; the same options run again. QA: `reason split --threshold 0.6` then
+`0.7`, and `reason eval --max-new-tokens 24` then 16, silently replaced the first run's outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.embed_rl.helpers import embed_rl_commands, write_image_world
+from unime.cli import main
+
+
+@pytest.fixture(scope="module")
+def image_world(tmp_path_factory):
+    return write_image_world(tmp_path_factory.mktemp("rerun_options"))
+
+
+def _argv(image_world, tiny_model_dir, command: str, out, *extra: str) -> list[str]:
+    return [a.replace("{out}", str(out)) for a in embed_rl_commands(image_world, tiny_model_dir)[command]] + list(extra)
+
+
+def _outputs(out) -> dict:
+    """The run's outputs, byte for byte (not the folder's ownership marker and lock, which each claim refreshes)."""
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".unime")}
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("unime: error:")][0]
+
+
+def test_reason_split_with_another_threshold_is_refused_unless_overwrite(image_world, tiny_model_dir, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "split"
+    assert main(_argv(image_world, tiny_model_dir, "reason split", out, "--threshold", "0.6")) == 0
+    first = _outputs(out)
+    capsys.readouterr()
+
+    assert main(_argv(image_world, tiny_model_dir, "reason split", out, "--threshold", "0.7")) == 2
+    assert _error(capsys) == (f"unime: error: {out} holds a run with other options (--threshold: 0.6 -> 0.7); re-run "
+                              "with the same options to continue it, pass --overwrite to start over, or choose "
+                              "another --out")
+    assert _outputs(out) == first  # nothing replaced
+    assert json.loads(first["reason_run.json"])["options"]["threshold"] == 0.6
+    # the same options: run again (the split is done again; its outputs are the same)
+    assert main(_argv(image_world, tiny_model_dir, "reason split", out, "--threshold", "0.6")) == 0
+    assert _outputs(out) == first
+    assert main(_argv(image_world, tiny_model_dir, "reason split", out, "--threshold", "0.7", "--overwrite")) == 0
+    assert json.loads((out / "reason_run.json").read_text())["options"]["threshold"] == 0.7
+    split = json.loads((out / "split.json").read_text())
+    scores = split["scores"]
+    assert split["contrastive"] == sum(s >= 0.7 for s in scores)  # the new threshold's split
+
+
+def test_reason_eval_with_other_max_new_tokens_is_refused_and_summary_records_generation(image_world, tiny_model_dir,
+                                                                                        tmp_path, capsys):
+    out = tmp_path / "eval"
+    reasoner = ["--tcots", "reasoner", "--reasoner", tiny_model_dir("qwen2_vl"), "--batch-size", "4"]
+    argv = [a for a in _argv(image_world, tiny_model_dir, "reason eval", out)]
+    argv = argv[:argv.index("--tcots")] + argv[argv.index("--tcots") + 2:] + reasoner  # the reasoner's T-CoTs
+    assert main(argv + ["--max-new-tokens", "3"]) == 0
+    first = _outputs(out)
+    capsys.readouterr()
+
+    assert main(argv + ["--max-new-tokens", "2"]) == 2
+    assert _error(capsys) == (f"unime: error: {out} holds a run with other options (--max-new-tokens: 3 -> 2); "
+                              "re-run with the same options to continue it, pass --overwrite to start over, or choose "
+                              "another --out")
+    assert _outputs(out) == first
+    assert json.loads(first["summary.json"])["meta"]["generation"] == {"max_new_tokens": 3, "do_sample": False,
+                                                                       "num_samples": 1, "batch_size": 4}
+    assert main(argv + ["--max-new-tokens", "2", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["meta"]["generation"]["max_new_tokens"] == 2
