@@ -20,8 +20,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # floor of each top-level part of the package; a module's floor is that of `unime.<part>`
 FLOORS = {
-    "unime.errors": 0, "unime.options": 0.5, "unime.outdir": 1, "unime.process_group": 1,  # options raise OptionError
+    "unime.errors": 0, "unime.options": 0.5, "unime.process_group": 1,  # options raise OptionError
     "unime.data": 1,
+    "unime.outdir": 1.5,  # output folders and files: atomic writes from unime.data.atomic
     "unime.models": 2,
     "unime.index": 2.5,
     "unime.mining": 3, "unime.eval": 3, "unime.reasoning": 3, "unime.serve": 3,
