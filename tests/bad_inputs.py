@@ -111,8 +111,10 @@ RECORD_CASES: list[Case] = [
     Case("image_symlink_escape", _img("img/link.png"), "image", _QIMG, "escapes the data root"),
     Case("image_url", _img("https://example.com/cat.png"), "image", _QIMG, "image file not found"),
     Case("image_missing", _img("img/none.png"), "image", _QIMG, "image file not found"),
-    Case("image_directory", _img("img"), "image", _QIMG, "image file not found"),
-    Case("image_fifo", _img("img/fifo.png"), "image", _QIMG, "image file not found"),
+    Case("image_directory", _img("img"), "image", _QIMG, "image 'img' exists but is not a regular file: it is a "
+         "directory"),
+    Case("image_fifo", _img("img/fifo.png"), "image", _QIMG, "image 'img/fifo.png' exists but is not a regular file: "
+         "it is a FIFO (named pipe)"),
     Case("image_garbage", _img("img/garbage.png"), "image", _QIMG, "corrupt or unreadable image"),
     Case("image_truncated", _img("img/truncated.png"), "image", _QIMG, "corrupt image"),
     Case("image_bomb", _img("img/bomb.png"), "image", _QIMG, "decompression bomb"),

@@ -5,6 +5,7 @@ a video negative (`mined_parquet_with_one_video_negative`)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,11 @@ def mined_parquet_with_one_video_negative(path) -> str:
     write_records(recs, path)
     return str(path)
 
+
+def not_regular_files(root: Path, suffix: str) -> dict[str, str]:
+    """Paths under `root` ending in `suffix` that exist but are no regular file (a FIFO, a folder, a link to
+    /dev/zero, which lies outside any data root), by what they are."""
+    os.mkfifo(root / f"pipe{suffix}")
+    (root / f"folder{suffix}").mkdir()
+    os.symlink("/dev/zero", root / f"zero{suffix}")
+    return {f"pipe{suffix}": "a FIFO (named pipe)", f"folder{suffix}": "a directory", f"zero{suffix}": "a device"}

@@ -169,3 +169,21 @@ def test_a_file_that_is_no_image_and_a_huge_image_give_one_clean_message(root):
     assert [str(w.message) for w in caught] == []
     with pytest.raises(DataError, match="^corrupt or unreadable image photos/x.png: not in an image format"):
         ImageLoader(root).load("img/garbage.png", shown_as="photos/x.png")  # the name the user knows it by
+
+
+def test_a_fifo_a_folder_or_a_device_under_an_image_path_is_not_a_regular_file(root):
+    """QA: a FIFO, a directory or a link to /dev/zero named x.png said "image file not found"."""
+    from tests.data.helpers import not_regular_files
+
+    for ref, kind in not_regular_files(root, ".png").items():
+        loader = ImageLoader(root, allow_outside_root=True)  # /dev/zero lies outside the root
+        for read in (loader.load, loader.check_header, loader.file_path):
+            with pytest.raises(DataError) as e:
+                read(ref, source="s.jsonl", record="r", field="image")
+            assert str(e.value) == f"s.jsonl, record r, field 'image': image {ref!r} exists but is not a regular " \
+                f"file: it is {kind}", ref
+    with pytest.raises(DataError, match="image file not found: 'img/gone.png'"):
+        ImageLoader(root).load("img/gone.png")
+    os.symlink(root / "img" / "gone.png", root / "dangling.png")
+    with pytest.raises(DataError, match="image file not found: 'dangling.png'"):
+        ImageLoader(root).load("dangling.png")

@@ -857,3 +857,24 @@ def test_a_lone_video_path_of_any_extension_stays_a_video_file_through_a_written
     assert not is_video_file_ref(back.negatives[1].video[0])  # a one-frame list is still a frame
     assert [n.video for n in back.negatives] == [("f0.png", "f1.png"), ("f0.png",)]
     assert len(ImageLoader(tmp_path).load_video(back.positive.video)) == 8
+
+
+def test_a_fifo_a_folder_or_a_device_under_a_video_path_is_not_a_regular_file(tmp_path):
+    """QA: a FIFO, a directory or a link to /dev/zero named clips/x.mp4 said "video file not found"."""
+    from tests.data.helpers import not_regular_files
+    from unime.data.io import ImageChecker
+    from unime.data.video import probe_video_file
+
+    loader = ImageLoader(tmp_path, allow_outside_root=True)  # /dev/zero lies outside the root
+    for ref, kind in not_regular_files(tmp_path, ".mp4").items():
+        item = Item.from_dict({"video": ref})
+        reads = (lambda: loader.load_video(item.video, source="v.jsonl", record="r", field="video"),
+                 lambda: probe_video_file(loader, ref, source="v.jsonl", record="r", field="video"),
+                 lambda: ImageChecker(loader).check_files(item, source="v.jsonl", record="r"))
+        for read in reads:
+            with pytest.raises(DataError) as e:
+                read()
+            assert f"video {ref!r} exists but is not a regular file: it is {kind}" in str(e.value), ref
+            assert (e.value.source, e.value.record) == ("v.jsonl", "r")
+    with pytest.raises(DataError, match="video file not found: 'gone.mp4'"):
+        loader.load_video(Item.from_dict({"video": "gone.mp4"}).video)

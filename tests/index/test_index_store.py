@@ -589,7 +589,7 @@ def _image_corpus(tmp_path: Path, n: int, last: dict) -> Path:
 
 @pytest.mark.parametrize("last, field, message", [
     ({"image": "img/missing.png"}, "item.images[0]", "image file not found: 'img/missing.png'"),
-    ({"image": "img"}, "item.images[0]", "image file not found: 'img'"),  # a folder, not a file
+    ({"image": "img"}, "item.images[0]", "image 'img' exists but is not a regular file: it is a directory"),
     ({"images": ["img/0.png", "img/gone.png"]}, "item.images[1]", "image file not found: 'img/gone.png'"),
     ({"video": "clips/missing.mp4"}, "item.video[0]", "video file not found: 'clips/missing.mp4'"),
     ({"video": ["img/0.png", "img/1.png", "img/no-frame.png"]}, "item.video[2]",

@@ -41,6 +41,7 @@ from unime.data.images import ImageLoader, path_below
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER
 from unime.data.skips import ErrorPolicy, data_error
+from unime.data.video import missing_file_problem
 from unime.errors import DataError, OptionError, require_extra
 from unime.options import option
 
@@ -255,15 +256,15 @@ def _image_file(loader: ImageLoader, ref: str, *, source: str, record: str, fiel
     `..` or symlink out of it unless `allow_outside_root`; NUL bytes and over-long paths refused)."""
     try:
         file = loader.resolve(ref)  # its DataError carries no place: this function adds it
-        found = file.is_file()
+        problem = missing_file_problem("image", ref, file)
     except DataError as e:
         raise data_error("image", str(e), source=source, record=record, field=field) from None
     except OSError as e:
         raise data_error("image", f"cannot open image {ref!r}: {e.strerror or e}", source=source, record=record,
                          field=field) from None
-    if not found:
-        raise data_error("image", f"image file not found: {ref!r} (looked in {str(loader.root)!r})", source=source,
-                         record=record, field=field)
+    if problem:
+        raise data_error("image", f"{problem} (looked in {str(loader.root)!r})", source=source, record=record,
+                         field=field)
     return file
 
 
@@ -424,16 +425,15 @@ def _dataset_file(ref: str, *, source: str, record: str, field_name: str, root: 
             where = f"the dataset folder {str(root)!r}" + (f" and --images {str(images)!r}" if images else "")
             raise data_error("image", f"image path {ref[:200]!r} leads out of {where} (--allow-outside-root permits "
                              "it)", source=source, record=record, field=field_name)
-        found = resolved.is_file()
+        problem = missing_file_problem("image", ref[:200], resolved)
     except (OSError, ValueError) as e:
         if isinstance(e, DataError):
             raise
         raise data_error("image", f"cannot use image path {ref[:200]!r}: {getattr(e, 'strerror', None) or e}",
                          source=source, record=record, field=field_name) from None
-    if not found:
+    if problem:
         looked = f" (looked in {str(base)!r})" if relative else ""
-        raise data_error("image", f"image file not found: {ref[:200]!r}{looked}", source=source, record=record,
-                         field=field_name)
+        raise data_error("image", f"{problem}{looked}", source=source, record=record, field=field_name)
     return str(resolved), resolved.name
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unime.data.items import ImageRef
-from unime.data.video import VideoSampling, aspect_ratio_problem, load_video
+from unime.data.video import VideoSampling, aspect_ratio_problem, load_video, missing_file_problem
 from unime.errors import DataError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
@@ -108,14 +108,16 @@ class ImageLoader:
 
     def file_path(self, ref: str, *, source=None, record=None, field=None) -> Path:
         """The file of the image path `ref`, checked by a stat without opening it: inside the data root (`resolve`),
-        existing, a file — the first checks of `load`, with its messages (`ImageChecker.check_files`)."""
+        a regular file (`missing_file_problem`) — the first checks of `load`, with its messages
+        (`ImageChecker.check_files`)."""
         path = self.resolve(ref, source=source, record=record, field=field)
         try:
-            if not path.is_file():
-                raise DataError(f"image file not found: {ref!r}", source=source, record=record, field=field)
+            problem = missing_file_problem("image", ref, path)
         except OSError as e:  # a path the OS rejects
             raise DataError(f"cannot open image {ref!r}: {e.strerror or e}", source=source, record=record,
                             field=field) from None
+        if problem:
+            raise DataError(problem, source=source, record=record, field=field)
         return path
 
     def load(self, ref: ImageRef, *, source=None, record=None, field=None, shown_as: str | None = None) -> Image.Image:

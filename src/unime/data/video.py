@@ -62,6 +62,7 @@ import functools
 import hashlib
 import io
 import math
+import stat
 import threading
 from collections import OrderedDict
 from dataclasses import astuple, dataclass
@@ -845,12 +846,33 @@ def _content_key(data: bytes, sampling: VideoSampling, max_aspect_ratio: float |
     return h.hexdigest()
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def missing_file_problem(what: str, ref: str, path: Path) -> str | None:
+    """Why the path `ref` of a `what` ("image", "video"), resolved to `path`, names no file to read: nothing there,
+    or something that is not a regular file (a directory; a FIFO, whose reading waits for a writer; a device, e.g. a
+    link to /dev/zero, which never ends). None: a regular file. `Path.is_file`'s OSErrors are the caller's."""
+    if path.is_file():
+        return None
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # nothing there, or a broken link
+        mode = None
+    if mode is None or not ref:  # an empty path names no file (it resolves to the folder it is relative to)
+        return f"{what} file not found: {ref!r}"
+    kind = next((k for test, k in _NOT_REGULAR if test(mode)), "not a file")
+    return f"{what} {ref!r} exists but is not a regular file: it is {kind}"
+
+
 def video_file_path(loader: FrameLoader, ref: str, sampling: VideoSampling, *, source, record, field) -> Path:
-    """The file of a video path: inside the data root, existing, within ``max_bytes`` (a stat, the file not opened:
-    `unime.data.io.ImageChecker.check_files` too)."""
+    """The file of a video path: inside the data root, a regular file (`missing_file_problem`), within ``max_bytes``
+    (a stat, the file not opened: `unime.data.io.ImageChecker.check_files` too)."""
     path = loader.resolve(ref, source=source, record=record, field=field)
-    if not path.is_file():
-        raise DataError(f"video file not found: {ref!r}", source=source, record=record, field=field)
+    problem = missing_file_problem("video", ref, path)
+    if problem:
+        raise DataError(problem, source=source, record=record, field=field)
     size = path.stat().st_size
     if size > sampling.max_bytes:
         raise DataError(f"video {ref!r} has {size} bytes, over the limit {sampling.max_bytes}", source=source,
