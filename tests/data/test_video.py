@@ -878,3 +878,21 @@ def test_a_fifo_a_folder_or_a_device_under_a_video_path_is_not_a_regular_file(tm
             assert (e.value.source, e.value.record) == ("v.jsonl", "r")
     with pytest.raises(DataError, match="video file not found: 'gone.mp4'"):
         loader.load_video(Item.from_dict({"video": "gone.mp4"}).video)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_an_image_file_named_as_a_video_is_said_to_be_an_image(tmp_path, fmt):
+    """QA: a PNG saved as bad_png.mp4 said "video clips/bad_png.mp4 announces no frames"."""
+    from PIL import Image
+
+    from unime.data.video import probe_video_file
+
+    (tmp_path / "clips").mkdir()
+    Image.new("RGB", (16, 12), (200, 0, 0)).save(tmp_path / "clips" / "bad_image.mp4", fmt)
+    loader = ImageLoader(tmp_path)
+    for read in (lambda: loader.load_video(["clips/bad_image.mp4"], source="v.jsonl", record="r", field="video"),
+                 lambda: probe_video_file(loader, "clips/bad_image.mp4", source="v.jsonl", record="r", field="video")):
+        with pytest.raises(DataError) as e:
+            read()
+        assert str(e.value) == "v.jsonl, record r, field 'video': video clips/bad_image.mp4 is an image file " \
+            f"({fmt}), not a video"

@@ -505,11 +505,19 @@ def _video_duration(container, stream) -> tuple[float | None, bool]:
     return None, False
 
 
+# the suffix of FFmpeg's demuxers of still images (png_pipe, jpeg_pipe, webp_pipe, ...: its image2pipe family), the
+# container format PyAV reports for an image file; animated GIF has a demuxer of its own ("gif"), a video
+_IMAGE_DEMUXER = "_pipe"
+
+
 def _stream_header(container, sampling: VideoSampling, fail, name: str,
                    max_aspect_ratio: float | None = None) -> _StreamHeader:
     """The first video stream of an open container, checked by the module's rules from its header alone (no
     frame decoded): a stream, a frame size (within `max_aspect_ratio`) and rate, a duration and a frame count
     within the limits."""
+    fmt = container.format.name or ""
+    if fmt.endswith(_IMAGE_DEMUXER):  # it announces no frames, no duration: say what the file is
+        raise fail(f"video {name} is an image file ({fmt[:-len(_IMAGE_DEMUXER)].upper()}), not a video")
     if not container.streams.video:
         raise fail(f"video {name} has no video stream")
     stream = container.streams.video[0]
