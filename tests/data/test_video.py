@@ -896,3 +896,49 @@ def test_an_image_file_named_as_a_video_is_said_to_be_an_image(tmp_path, fmt):
             read()
         assert str(e.value) == "v.jsonl, record r, field 'video': video clips/bad_image.mp4 is an image file " \
             f"({fmt}), not a video"
+
+
+def _pad_with_free_box(path: Path, size: int) -> Path:
+    """`path` (an MP4) with a top-level `free` box appended up to `size` bytes in all (a sparse file: no disk used)."""
+    n = size - path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(0, 2)
+        f.write(n.to_bytes(4, "big") + b"free")
+        f.truncate(size)
+    return path
+
+
+def test_a_video_file_is_hashed_and_decoded_without_holding_it_in_memory(tmp_path):
+    """QA: a 600 MB padded mp4 took 631 MB of Python memory to give 8 frames: `load_video` read the whole file
+    (`read_bytes`) to hash it for the frame cache and decoded from those bytes. Now the file is hashed in chunks
+    and decoded from the open file: memory does not grow with its size. The cache key is the same value as before
+    (the SHA-1 of the file's bytes, then the sampling and the aspect-ratio limit), computed here independently."""
+    import hashlib
+    import tracemalloc
+    from dataclasses import astuple
+
+    small = write_clip(tmp_path / "small.mp4")
+    padded = _pad_with_free_box(write_clip(tmp_path / "padded.mp4"), 50 * 1024 * 1024)
+    sampling = VideoSampling()
+    FRAME_CACHE.clear()
+    tracemalloc.start()
+    try:
+        v = ImageLoader(tmp_path).load_video(Item.from_dict({"video": "padded.mp4"}).video)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < padded.stat().st_size / 4, peak
+    ref = ImageLoader(tmp_path).load_video(["small.mp4"])
+    assert v.frame_indices == ref.frame_indices == (0, 3, 5, 8, 11, 14, 16, 19)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(v, ref))
+
+    def old_key(p: Path) -> str:
+        return hashlib.sha1(p.read_bytes() + repr((astuple(sampling), None)).encode()).hexdigest()
+
+    assert set(FRAME_CACHE._entries) == {old_key(padded), old_key(small)}
+    # an in-memory video (inline bytes) is read as before, under the same key as its file
+    FRAME_CACHE.clear()
+    inline = ImageLoader(tmp_path).load_video([small.read_bytes()])
+    assert inline.frame_indices == ref.frame_indices and set(FRAME_CACHE._entries) == {old_key(small)}
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(inline, ref))
+    FRAME_CACHE.clear()

@@ -407,7 +407,7 @@ def test_under_skip_a_video_damaged_past_its_header_leaves_its_row_out(tmp_path,
     decoded = []
     real = video.decode_video
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(video, "decode_video", lambda data, *a, **k: decoded.append(len(data)) or real(data, *a, **k))
+        mp.setattr(video, "decode_video", lambda data, *a, **k: decoded.append(k["name"]) or real(data, *a, **k))
         summary = _eval(cfg, tmp_path / "out", tiny_model_dir("qwen2_5_vl"), on_error="skip")
     assert len(decoded) == 2  # good.mp4 and garbled.mp4, each once: the encoder found good.mp4's frames cached
     assert summary["meta"]["skipped_rows"] == 2

@@ -14,16 +14,14 @@ from pathlib import Path
 from typing import Iterable
 
 from unime.data.atomic import atomic_open
+from unime.data.hashing import stream_sha1
 from unime.data.images import ImageLoader
 from unime.data.items import Item
 
 
 def file_sha1(path: str | os.PathLike) -> str:
-    h = hashlib.sha1()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return stream_sha1(fh).hexdigest()
 
 
 class ImageDigests:

@@ -6,10 +6,11 @@ video extension such as ``clips/x.mp4``; or the file's bytes inline).
 `load_video` turns either into a `Video`: the sampled frames (RGB PIL images) plus what the model's
 processor needs to place them in time (source frame rate, the sampled frame indices).
 
-Why PyAV: its wheels bundle FFmpeg (no system codecs to install), it reads from memory (so a file is
-read once, hashed for the cache and decoded from the same bytes) and reports stream metadata before
-any frame is decoded (so absurd files are refused before the work). torchvision's reader is deprecated
-in favour of torchcodec, which needs a system FFmpeg; decord has no wheels for recent Pythons.
+Why PyAV: its wheels bundle FFmpeg (no system codecs to install), it reads from a Python file object (a file
+is hashed for the cache in chunks and decoded from the same open file, as far as decoding needs: never held
+whole in memory, QA's 600 MB clip took 631 MB to decode 8 frames; inline bytes are read from memory) and reports
+stream metadata before any frame is decoded (so absurd files are refused before the work). torchvision's reader
+is deprecated in favour of torchcodec, which needs a system FFmpeg; decord has no wheels for recent Pythons.
 
 Sampling (`VideoSampling`): ``num_frames`` frames spread uniformly over the whole clip (first and last
 frame included), or, with ``num_frames=None``, ``fps`` frames per second of video, clamped to
@@ -62,13 +63,15 @@ import functools
 import hashlib
 import io
 import math
+import os
 import stat
 import threading
 from collections import OrderedDict
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, BinaryIO, Protocol, Sequence
 
+from unime.data.hashing import stream_sha1
 from unime.errors import DataError
 from unime.options import none_meanings, option
 
@@ -550,11 +553,16 @@ def _stream_header(container, sampling: VideoSampling, fail, name: str,
     return _StreamHeader(stream, width, height, fps, duration, total, counted, own, max_aspect_ratio)
 
 
-def _open_container(data, sampling: VideoSampling, name: str, fail, size: int):
-    """A PyAV container on `data` (bytes, or an open file of `size` bytes, read as far as PyAV needs): an empty,
-    oversized or unreadable file is refused."""
+def _open_container(data: bytes | BinaryIO, sampling: VideoSampling, name: str, fail):
+    """A PyAV container on `data` (bytes, or an open binary file, read from its start as far as PyAV needs): an
+    empty, oversized or unreadable file is refused."""
     import av
 
+    if isinstance(data, bytes):
+        size = len(data)
+    else:
+        size = os.fstat(data.fileno()).st_size
+        data.seek(0)
     if not size:
         raise fail(f"video {name} is an empty file")
     if size > sampling.max_bytes:
@@ -565,13 +573,14 @@ def _open_container(data, sampling: VideoSampling, name: str, fail, size: int):
         raise fail(f"corrupt or unreadable video {name}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def decode_video(data: bytes, sampling: VideoSampling, *, name: str = "<inline bytes>", source=None, record=None,
-                 field=None, seek: bool = True, max_aspect_ratio: float | None = None) -> Video:
-    """Decode and sample one video file given as bytes (see the module notes for the rules; frames beyond
-    `max_aspect_ratio` are refused from the header). `seek=False` decodes the stream from its start up to the last
+def decode_video(data: bytes | BinaryIO, sampling: VideoSampling, *, name: str = "<inline bytes>", source=None,
+                 record=None, field=None, seek: bool = True, max_aspect_ratio: float | None = None) -> Video:
+    """Decode and sample one video file given as bytes or an open binary file (read from its start, as far as
+    decoding needs: a file is never held whole in memory). See the module notes for the rules; frames beyond
+    `max_aspect_ratio` are refused from the header. `seek=False` decodes the stream from its start up to the last
     sampled frame (the reference the seeking path equals)."""
     fail = functools.partial(DataError, source=source, record=record, field=field)
-    with _open_container(data, sampling, name, fail, len(data)) as container:
+    with _open_container(data, sampling, name, fail) as container:
         h = _stream_header(container, sampling, fail, name, max_aspect_ratio)
         index = _packet_index(container, h.stream)
         total, duration = h.total, h.duration
@@ -658,15 +667,8 @@ def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | No
     sampling = sampling or VideoSampling()
     fail = functools.partial(DataError, source=source, record=record, field=field)
     with contextlib.ExitStack() as stack:
-        if isinstance(ref, str):
-            path = video_file_path(loader, ref, sampling, source=source, record=record, field=field)
-            try:
-                data, name, size = stack.enter_context(open(path, "rb")), ref, path.stat().st_size
-            except OSError as e:
-                raise fail(f"cannot open video {ref!r}: {e.strerror or e}") from None
-        else:
-            data, name, size = bytes(ref), "<inline video bytes>", len(ref)
-        with _open_container(data, sampling, name, fail, size) as container:
+        data, name = _opened_video(stack, loader, ref, sampling, source=source, record=record, field=field)
+        with _open_container(data, sampling, name, fail) as container:
             _stream_header(container, sampling, fail, name, getattr(loader, "max_aspect_ratio", None))
 
 
@@ -847,9 +849,24 @@ def _decode_seeking(container, stream, plan: _SeekPlan, want: dict[int, list[int
     return decoded
 
 
-def _content_key(data: bytes, sampling: VideoSampling, max_aspect_ratio: float | None = None) -> str:
-    """The frame cache's key: the file's content, the sampling and the limit its header was checked under."""
-    h = hashlib.sha1(data)
+def _opened_video(stack: contextlib.ExitStack, loader: FrameLoader, ref: Any, sampling: VideoSampling, *, source,
+                  record, field) -> tuple[bytes | BinaryIO, str]:
+    """One video file to read, and its name in messages: a path (`video_file_path`'s checks) opened, closed with
+    `stack`; inline bytes as they are."""
+    if not isinstance(ref, str):
+        return bytes(ref), "<inline video bytes>"
+    path = video_file_path(loader, ref, sampling, source=source, record=record, field=field)
+    try:
+        return stack.enter_context(open(path, "rb")), ref
+    except OSError as e:
+        raise DataError(f"cannot open video {ref!r}: {e.strerror or e}", source=source, record=record,
+                        field=field) from None
+
+
+def _content_key(data: bytes | BinaryIO, sampling: VideoSampling, max_aspect_ratio: float | None = None) -> str:
+    """The frame cache's key: the file's content (the SHA-1 of its bytes; an open file is read in chunks from where
+    it stands), the sampling and the limit its header was checked under."""
+    h = hashlib.sha1(data) if isinstance(data, bytes) else stream_sha1(data)
     h.update(repr((astuple(sampling), max_aspect_ratio)).encode())
     return h.hexdigest()
 
@@ -899,19 +916,20 @@ def load_video(loader: FrameLoader, refs: Sequence[Any], sampling: VideoSampling
     if any(files):
         if len(refs) > 1:
             raise DataError(MIXED_VIDEO_REFS, source=source, record=record, field=field)
-        ref = refs[0]
-        if isinstance(ref, str):
-            path = video_file_path(loader, ref, sampling, source=source, record=record, field=field)
-            data, name = path.read_bytes(), ref
-        else:
-            data, name = bytes(ref), "<inline video bytes>"
         limit = getattr(loader, "max_aspect_ratio", None)  # the image loader's, the model's processor limit
-        key = _content_key(data, sampling, limit)
-        hit = cache.get(key) if cache is not None else None
-        if hit is not None:
-            return hit
-        video = decode_video(data, sampling, name=name, source=source, record=record, field=field,
-                             max_aspect_ratio=limit)
+        with contextlib.ExitStack() as stack:
+            # an open file, hashed in chunks and decoded from the same file: memory does not grow with its size
+            data, name = _opened_video(stack, loader, refs[0], sampling, source=source, record=record, field=field)
+            try:
+                key = _content_key(data, sampling, limit)
+            except OSError as e:
+                raise DataError(f"cannot read video {name}: {e.strerror or e}", source=source, record=record,
+                                field=field) from None
+            hit = cache.get(key) if cache is not None else None
+            if hit is not None:
+                return hit
+            video = decode_video(data, sampling, name=name, source=source, record=record, field=field,
+                                 max_aspect_ratio=limit)
         if cache is not None:
             cache.put(key, video)
         return video
