@@ -560,15 +560,20 @@ def _clip_with_longer_audio(path: Path, *, n: int = 20, fps: int = 10, audio_s: 
     s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
     a = c.add_stream("libopus" if webm else "aac", rate=48000)
     _mux_red_frames(c, s, n)
-    for k in range(0, int(audio_s * 48000), 960):
+    _mux_silence(c, a, audio_s)
+    c.close()
+    return path
+
+
+def _mux_silence(c, a, seconds: float) -> None:
+    """`seconds` of mono silence at 48 kHz encoded by the audio stream `a` of the container `c`."""
+    for k in range(0, int(seconds * 48000), 960):
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
         frame.sample_rate, frame.pts = 48000, k
         for p in a.encode(frame):
             c.mux(p)
     for p in a.encode():
         c.mux(p)
-    c.close()
-    return path
 
 
 @pytest.mark.parametrize("name", ["long_audio.webm", "long_audio.mkv"])
@@ -942,3 +947,74 @@ def test_a_video_file_is_hashed_and_decoded_without_holding_it_in_memory(tmp_pat
     assert inline.frame_indices == ref.frame_indices and set(FRAME_CACHE._entries) == {old_key(small)}
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(inline, ref))
     FRAME_CACHE.clear()
+
+
+def _animated_gif(path: Path, n: int = 10) -> Path:
+    """A GIF of `n` frames at 10 fps whose frame i is a flat colour of red 25 * i (exact in its palette)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [Image.new("RGB", (32, 24), (25 * i, 0, 0)) for i in range(n)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
+def test_an_animated_gif_is_one_video_file_in_every_form_and_an_image_as_an_image(tmp_path):
+    """QA: an animated GIF given as a one-entry frame list (``{"video": ["clips/anim.gif"]}``, MMEB-V2's
+    ``"query_image": [{"paths": ["clips/anim.gif"]}]``) was its first frame twice, where ``{"video": "clips/anim.gif"}``
+    gave 8 of its 10 frames: every form now reads it as the video file it is. As an image it stays its first frame."""
+    from PIL import Image
+
+    from tests.data.helpers import QRY_V, VID
+    from unime.data.io import ImageChecker
+    from unime.data.mmeb_v2 import v2_row_from_dict
+
+    gif = _animated_gif(tmp_path / "clips" / "anim.gif")
+    loader = ImageLoader(tmp_path)
+
+    def mmeb_query(text):
+        return v2_row_from_dict({"query_text": [text], "query_image": [{"paths": ["clips/anim.gif"]}],
+                                 "cand_text": ["a"], "cand_image": [None],
+                                 "dataset_infos": {"cand_names": ["a"], "label_name": "a"}}).query
+
+    forms = {"list": Item.from_dict({"video": ["clips/anim.gif"]}),
+             "alone": Item.from_dict({"video": "clips/anim.gif"}),
+             "mmeb_v2": mmeb_query(f"{VID} {QRY_V}"), "inline": Item(video=(gif.read_bytes(),))}
+    for form, item in forms.items():
+        FRAME_CACHE.clear()
+        v = loader.load_video(item.video)
+        assert (v.frame_indices, v.total_frames, v.fps) == ((0, 1, 3, 4, 5, 6, 8, 9), 10, 10.0), form
+        assert [_red(f) for f in v] == pytest.approx([25 * i for i in v.frame_indices], abs=1), form
+        for decode in (True, False):
+            ImageChecker(loader, decode_video=decode).check_item("query", item, source="q.jsonl", record=1)
+    # as an image (an item's "image", an MMEB-V2 visual without a video token): its first frame
+    for item in (Item.from_dict({"image": "clips/anim.gif"}), mmeb_query(QRY_V)):
+        assert item.images == ("clips/anim.gif",) and not item.video
+        first = loader.load(item.images[0])
+        assert first.size == (32, 24) and _red(first) == 0
+    # a still image in a one-entry list stays one frame (padded to a temporal patch), a GIF of one frame too
+    Image.new("RGB", (32, 24), (90, 0, 0)).save(tmp_path / "still.gif")
+    Image.new("RGB", (32, 24), (90, 0, 0)).save(tmp_path / "still.png")
+    for ref in ("still.gif", "still.png"):
+        v = loader.load_video([ref])
+        assert (v.frame_indices, v.total_frames, v.source) == ((0, 0), 1, "<frame list>"), ref
+    FRAME_CACHE.clear()
+
+
+def test_an_audio_file_in_a_one_entry_frame_list_is_said_to_have_no_video_stream(tmp_path):
+    """QA: an audio-only .m4a in a `paths` list was "corrupt or unreadable image ...: not in an image format PIL can
+    read", as a record's "video" "has no video stream": a media container in a one-entry list is a video file."""
+    from unime.data.io import ImageChecker
+
+    c = av.open(str(tmp_path / "voice.m4a"), "w", format="ipod")
+    _mux_silence(c, c.add_stream("aac", rate=48000), 1.0)
+    c.close()
+    loader = ImageLoader(tmp_path)
+    for item in (Item.from_dict({"video": ["voice.m4a"]}), Item.from_dict({"video": "voice.m4a"})):
+        with pytest.raises(DataError, match="video voice.m4a has no video stream"):
+            loader.load_video(item.video, source="v.jsonl", record=1, field="video")
+        for decode in (True, False):
+            with pytest.raises(DataError, match="video voice.m4a has no video stream"):
+                ImageChecker(loader, decode_video=decode).check_item("query", item, source="v.jsonl", record=1)
+    with pytest.raises(DataError, match="not in an image format PIL can read"):  # as an image: an image's message
+        loader.load("voice.m4a")

@@ -43,7 +43,8 @@ from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.scores import parse_score, parse_scores
 from unime.data.validate import check_keys, check_str, make_item, parse_item
-from unime.data.video import MIXED_VIDEO_REFS, VideoSampling, is_video_file_ref, probe_video_file, video_file_path
+from unime.data.video import (MIXED_VIDEO_REFS, VideoSampling, is_one_video_file, is_video_file_ref, probe_video_file,
+                              video_file_path)
 from unime.errors import DataError
 
 __all__ = [
@@ -487,23 +488,28 @@ class ImageChecker:
             raise data_error("video", MIXED_VIDEO_REFS, source=source, record=record, field=f"{fname}.video")
         for kind in ("images", "video"):
             header_only = kind == "video" and not self.decode_video
+            # one video file, checked as a video; `files_only` opens no file: by its name alone
+            video_file = kind == "video" and len(item.video) == 1 and (
+                is_video_file_ref(item.video[0]) if files_only else is_one_video_file(self.loader, item.video))
             for j, ref in enumerate(getattr(item, kind)):
                 if files_only and not isinstance(ref, str):  # inline bytes, an in-memory image: nothing on disk
                     continue
-                key = ("file" if files_only else header_only, ref if isinstance(ref, (str, bytes)) else id(ref))
+                # (how it is checked, the reference): a path read as an image and as a video file, two verdicts
+                key = (("file" if files_only else header_only, video_file),
+                       ref if isinstance(ref, (str, bytes)) else id(ref))
                 field = fname if fname == "image" else f"{fname}.{kind}[{j}]"
                 if key not in self.verdict:
                     try:
                         where = {"source": source, "record": record, "field": field}
-                        if files_only and kind == "video" and is_video_file_ref(ref):
+                        if files_only and video_file:
                             video_file_path(self.loader, ref, self.loader.video_sampling or VideoSampling(), **where)
                         elif files_only:  # an image, or a frame of a frame list
                             self.loader.file_path(ref, **where)
-                        elif header_only and is_video_file_ref(ref):
+                        elif header_only and video_file:
                             probe_video_file(self.loader, ref, self.loader.video_sampling, **where)
                         elif header_only:  # a frame of a frame list
                             self.loader.check_header(ref, **where)
-                        elif kind == "video" and is_video_file_ref(ref):  # decoded, sampled, checked
+                        elif video_file:  # decoded, sampled, checked
                             self.loader.load_video([ref], **where)
                         else:
                             self.loader.load(ref, **where)

@@ -2,7 +2,8 @@
 
 An item's `video` is either a list of frames (image references, as extracted beforehand) or exactly
 one video file (a path given alone, ``{"video": "clips/x.m2ts"}``, whatever its extension; in a list, a path with a
-video extension such as ``clips/x.mp4``; or the file's bytes inline).
+video extension such as ``clips/x.mp4``, or a list's one entry holding a video, an animated GIF or a media container
+PIL cannot read: `is_one_video_file`; or the file's bytes inline).
 `load_video` turns either into a `Video`: the sampled frames (RGB PIL images) plus what the model's
 processor needs to place them in time (source frame rate, the sampled frame indices).
 
@@ -66,6 +67,7 @@ import math
 import os
 import stat
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -367,15 +369,60 @@ class VideoFileRef(str):
     __slots__ = ()
 
 
+def _container_signature(head: bytes) -> bool:
+    """The first bytes of a media container: MP4 / MOV / M4A (``ftyp``), Matroska / WebM (EBML), AVI."""
+    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+
+
 def is_video_file_ref(ref: Any) -> bool:
     """A path given alone as an item's video (`VideoFileRef`) or with a video extension, or inline bytes of a video
-    container (MP4/MOV, Matroska/WebM, AVI)."""
+    container (MP4/MOV, Matroska/WebM, AVI). By the name alone: `is_one_video_file` also looks at a lone file."""
     if isinstance(ref, str):
         return isinstance(ref, VideoFileRef) or Path(ref).suffix.lower() in VIDEO_EXTENSIONS
     if isinstance(ref, (bytes, bytearray)):
-        head = bytes(ref[:16])
-        return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+        return _container_signature(bytes(ref[:16]))
     return False
+
+
+def _holds_video(loader: FrameLoader, ref: Any) -> bool:
+    """Whether `ref` (a path under `loader`'s root, or inline bytes), the one entry of an item's video, holds a
+    video its name does not tell of: an animated GIF (PIL reads an image of several frames), or a file PIL cannot
+    read whose first bytes are a media container's (`_container_signature`, an audio-only .m4a too: its message is
+    then the video one, "no video stream"). A still image, or a file that cannot be read, is left to the image
+    loader's rules and messages."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(ref, (bytes, bytearray)):
+        fh = io.BytesIO(ref)
+    elif isinstance(ref, str):
+        try:
+            path = loader.resolve(ref)
+            if not path.is_file():  # a FIFO would block the open
+                return False
+            fh = open(path, "rb")
+        except (DataError, OSError, ValueError):
+            return False
+    else:
+        return False
+    with fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fh) as img:
+                return img.format == "GIF" and bool(getattr(img, "is_animated", False))
+        except UnidentifiedImageError:
+            fh.seek(0)
+            return _container_signature(fh.read(16))
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+            return False
+
+
+def is_one_video_file(loader: FrameLoader, refs: Sequence[Any]) -> bool:
+    """Whether an item's video `refs` is read as one video file, not as a list of frames: one reference that is a
+    video file by its name or bytes (`is_video_file_ref`) or that holds a video (`_holds_video`: an animated GIF, a
+    media container of any name), so that ``["clips/anim.gif"]`` (MMEB-V2's ``{"paths": [...]}``) gives the frames
+    ``"clips/anim.gif"`` gives. Several references are frames. An item's *image* is an image whatever its file
+    holds (a GIF: its first frame)."""
+    return len(refs) == 1 and (is_video_file_ref(refs[0]) or _holds_video(loader, refs[0]))
 
 
 # -- the frame cache ---------------------------------------------------------------------------------
@@ -912,10 +959,9 @@ def load_video(loader: FrameLoader, refs: Sequence[Any], sampling: VideoSampling
     refs = list(refs)
     if not refs:
         raise DataError("empty video (no frames, no file)", source=source, record=record, field=field)
-    files = [is_video_file_ref(r) for r in refs]
-    if any(files):
-        if len(refs) > 1:
-            raise DataError(MIXED_VIDEO_REFS, source=source, record=record, field=field)
+    if len(refs) > 1 and any(is_video_file_ref(r) for r in refs):
+        raise DataError(MIXED_VIDEO_REFS, source=source, record=record, field=field)
+    if is_one_video_file(loader, refs):
         limit = getattr(loader, "max_aspect_ratio", None)  # the image loader's, the model's processor limit
         with contextlib.ExitStack() as stack:
             # an open file, hashed in chunks and decoded from the same file: memory does not grow with its size
