@@ -187,3 +187,21 @@ def test_a_fifo_a_folder_or_a_device_under_an_image_path_is_not_a_regular_file(r
     os.symlink(root / "img" / "gone.png", root / "dangling.png")
     with pytest.raises(DataError, match="image file not found: 'dangling.png'"):
         ImageLoader(root).load("dangling.png")
+
+
+def test_a_video_escaping_the_data_root_is_named_a_video_path_and_the_commands_that_permit_it(root, tmp_path):
+    """QA: a symlink out of the data root for a video said "image path 'clips/link_out.mp4' escapes the data root",
+    and named `data convert` (no such option) but not `data check` among the commands with --allow-outside-root."""
+    (tmp_path / "outside.mp4").write_bytes(b"not decoded: refused before it is opened")
+    (root / "clips").mkdir()
+    (root / "clips" / "link_out.mp4").symlink_to(tmp_path / "outside.mp4")
+    with pytest.raises(DataError) as e:
+        ImageLoader(root).load_video(["clips/link_out.mp4"], source="items.jsonl", record="line 2", field="video")
+    assert str(e.value) == (
+        f"items.jsonl, record line 2, field 'video': video path 'clips/link_out.mp4' escapes the data root "
+        f"({root.resolve()}); `unime data import`, `data check`, `eval`, `mine` and `judge` permit it with "
+        "--allow-outside-root (in Python: ImageLoader(..., allow_outside_root=True))")
+    with pytest.raises(DataError, match=r": absolute video path '/[^']*outside\.mp4' not allowed outside the data "):
+        ImageLoader(root).load_video([str(tmp_path / "outside.mp4")])
+    with pytest.raises(DataError, match=": image path 'img/../../outside.png' escapes the data root"):  # a frame
+        ImageLoader(root).load_video(["img/../../outside.png", "img/ok.png"])

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unime.data.items import ImageRef
-from unime.data.video import VideoSampling, aspect_ratio_problem, load_video, missing_file_problem
+from unime.data.video import VideoSampling, aspect_ratio_problem, is_video_file_ref, load_video, missing_file_problem
 from unime.errors import DataError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
@@ -85,9 +85,9 @@ class ImageLoader:
         rooted.root = Path(root).resolve() if root is not None else Path.cwd().resolve()
         return rooted
 
-    # what the two refusals below add: the option exists on the commands that read a user's own image folders
-    _PERMIT_TEXT = ("; `unime data import`, `data convert` and `eval` permit it with --allow-outside-root (in "
-                    "Python: ImageLoader(..., allow_outside_root=True))")
+    # what the two refusals below add: the commands that have the option (those that read a user's own folders)
+    _PERMIT_TEXT = ("; `unime data import`, `data check`, `eval`, `mine` and `judge` permit it with "
+                    "--allow-outside-root (in Python: ImageLoader(..., allow_outside_root=True))")
 
     def resolve(self, ref: str, *, source=None, record=None, field=None) -> Path:
         if "\x00" in ref:
@@ -99,11 +99,12 @@ class ImageLoader:
         full, inside = real_path_under(self.root, ref)
         if self.allow_outside_root or inside is not None:
             return Path(full)  # an absolute path inside the root too (VLM2Vec's parsers write absolute frame paths)
+        what = "video" if is_video_file_ref(ref) else "image"  # a video file's path is resolved here too
         if os.path.isabs(ref):
-            raise DataError(f"absolute image path {ref!r} not allowed outside the data root ({self.root}): image "
-                            f"paths are relative to it or inside it{self._PERMIT_TEXT}", source=source, record=record,
-                            field=field)
-        raise DataError(f"image path {ref!r} escapes the data root ({self.root}){self._PERMIT_TEXT}", source=source,
+            raise DataError(f"absolute {what} path {ref!r} not allowed outside the data root ({self.root}): image "
+                            f"and video paths are relative to it or inside it{self._PERMIT_TEXT}", source=source,
+                            record=record, field=field)
+        raise DataError(f"{what} path {ref!r} escapes the data root ({self.root}){self._PERMIT_TEXT}", source=source,
                         record=record, field=field)
 
     def file_path(self, ref: str, *, source=None, record=None, field=None) -> Path:
