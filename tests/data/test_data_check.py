@@ -267,7 +267,8 @@ def test_data_check_reads_an_items_file_as_index_build_and_embed_do(tmp_path, ca
     """QA: `data check corpus.jsonl` (an items file for `unime index build --items` / `unime embed --items`) reported
     every line bad ("field 'positive': missing key(s) ['positive', 'query']"). An items file is recognised by its
     first line's keys (id, metadata, text, image(s), video; no query or positive) and read as those commands read it
-    (`unime.data.corpus.read_corpus`): a bad line, a repeated id, a missing image named by the line and field."""
+    (`unime.data.corpus.read_corpus`): a bad line, a repeated id, a missing image named by the line, the id the line
+    gives (QA: left out, where records and MMEB rows show it) and the field."""
     write_png(tmp_path, "images/red.png", "red")
     f = tmp_path / "corpus.jsonl"
     write_jsonl(f, [{"id": "a", "text": "red", "image": "images/red.png", "metadata": {"k": 1}},
@@ -283,10 +284,10 @@ def test_data_check_reads_an_items_file_as_index_build_and_embed_do(tmp_path, ca
         f"{f}: items (`unime index build --items`, `unime embed --items`): 3 good, 3 bad rows, 1 with bad images "
         f"(image paths resolved against {tmp_path})",
         "skipped 4 record(s) (empty_item: 1, image: 1, schema: 2)",
-        f"  - {f}, record line 3, field 'id': duplicate id 'a' (first on line 1)",
-        f"  - {f}, record line 5: unknown keys ['caption'] (allowed: id, metadata, text, image, images, video)",
-        f"  - {f}, record line 6: empty item (no text, image or video)",
-        f"  - {f}, record line 4, field 'item.images[0]': image file not found: 'images/gone.png'",
+        f"  - {f}, record line 3 (id a), field 'id': duplicate id 'a' (first on line 1)",
+        f"  - {f}, record line 5 (id d): unknown keys ['caption'] (allowed: id, metadata, text, image, images, video)",
+        f"  - {f}, record line 6 (id e): empty item (no text, image or video)",
+        f"  - {f}, record line 4 (id c), field 'item.images[0]': image file not found: 'images/gone.png'",
         f"media paths not found under the file's folder {tmp_path} (no --data-root given and no data root recorded "
         "beside the file); pass --data-root with the folder they are relative to"], out
     assert main(["data", "check", str(f), "--no-images"]) == 1
@@ -297,6 +298,13 @@ def test_data_check_reads_an_items_file_as_index_build_and_embed_do(tmp_path, ca
     assert main(["data", "check", str(world)]) == 0
     assert capsys.readouterr().out == f"{world}: items (`unime index build --items`, `unime embed --items`): 1 " \
         f"good, 0 bad rows, 0 with bad images (image paths resolved against {tmp_path})\n"
+    # its line's id is its key, unless it gives an id
+    write_jsonl(world, [{"key": "k1", "item": {"video": "clips/gone.mp4"}, "meta": {}},
+                        {"key": "k2", "id": "v2", "item": {"video": "clips/gone.mp4"}, "meta": {}}])
+    assert main(["data", "check", str(world), "--data-root", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        f"  - {world}, record line 1 (id k1), field 'item.video[0]': video file not found: 'clips/gone.mp4'",
+        f"  - {world}, record line 2 (id v2), field 'item.video[0]': video file not found: 'clips/gone.mp4'"]
 
 
 def test_data_check_help_names_every_format_it_reads(capsys):

@@ -605,7 +605,8 @@ def test_a_missing_file_in_the_last_chunk_stops_the_build_before_any_chunk_is_wr
     emb = HashEmbedder()
     with pytest.raises(DataError) as err:
         _build(tmp_path, model_dir, emb, chunk_size=2)
-    assert str(err.value).startswith(f"{tmp_path / 'corpus.jsonl'}, record line 7, field '{field}': "), err.value
+    assert str(err.value).startswith(f"{tmp_path / 'corpus.jsonl'}, record line 7 (id last), field '{field}': "), \
+        err.value
     assert message in str(err.value) and err.value.reason == ("video" if "video" in last else "image")
     assert emb.calls == 0 and not (tmp_path / "idx").exists()
 
@@ -618,7 +619,8 @@ def test_an_addition_with_a_missing_image_leaves_the_index_as_it_was(tmp_path, m
     with open(corpus, "a") as fh:
         for i in range(5):
             fh.write(json.dumps({"id": f"new{i}", "image": "img/0.png" if i < 4 else "img/missing.png"}) + "\n")
-    with pytest.raises(DataError, match=re.escape("record line 10, field 'item.images[0]': image file not found")):
+    with pytest.raises(DataError,
+                       match=re.escape("record line 10 (id new4), field 'item.images[0]': image file not found")):
         _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2)
     assert {p: p.read_bytes() for p in sorted((tmp_path / "idx").rglob("*")) if p.is_file()} == before
 
@@ -671,7 +673,8 @@ def test_under_on_error_skip_bad_items_are_left_out_counted_and_tried_again_by_a
     assert (stats.added, stats.skipped) == (7, {"total": 4, "by_reason": {"image": 2, "malformed_json": 1,
                                                                           "schema": 1}})
     assert idx.manifest["last_build"]["skipped"] == stats.skipped
-    assert sorted(e.record for e in skips.examples) == ["line 10", "line 7", "line 8", "line 9"]
+    assert sorted(e.record for e in skips.examples) == ["line 10 (id bad)", "line 7 (id last)", "line 8",
+                                                        "line 9 (id im0)"]
     ref = HashEmbedder()
     np.testing.assert_allclose(idx.vectors()[-1], ref.vec("only words"), atol=1e-6)
     Image.new("RGB", (24, 20), (1, 2, 3)).save(tmp_path / "img" / "missing.png")
@@ -700,11 +703,12 @@ def test_the_cli_skips_bad_items_under_on_error_skip_and_says_so(tmp_path, tiny_
     build = ["--log-level", "WARNING", "index", "build", "--model", tiny_model_dir("qwen2_vl"), "--items", str(corpus),
              "--out", str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
     assert main(build) == 2
-    assert "record line 3, field 'item.images[0]': image file not found: 'img/missing.png'" in capsys.readouterr().err
+    assert "record line 3 (id last), field 'item.images[0]': image file not found: 'img/missing.png'" in \
+        capsys.readouterr().err
     assert main(build + ["--skip-bad-records"]) == 0
     out = capsys.readouterr().out
     assert ": 2 items (2 added, 0 already indexed" in out and "; skipped 1 record(s) (image: 1)" in out, out
-    assert "record line 3, field 'item.images[0]': image file not found" in out
+    assert "record line 3 (id last), field 'item.images[0]': image file not found" in out
 
 
 class PixelEmbedder(HashEmbedder):

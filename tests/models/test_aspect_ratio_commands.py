@@ -140,7 +140,7 @@ def test_index_build_names_the_image(tiny_model_dir, tmp_path, capsys):
     assert main(["index", "build", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items),
                  "--out", str(tmp_path / "idx"), "--device", "cpu"]) != 0
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"unime: error: {items}, record line 2, field 'item.images[0]': {WIDE}")
+        f"unime: error: {items}, record line 2 (id b), field 'item.images[0]': {WIDE}")
 
 
 @pytest.fixture(scope="module")

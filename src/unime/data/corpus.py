@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from unime.data.eval_formats import row_label
 from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
@@ -26,12 +27,15 @@ class CorpusEntry:
     item: Item
     metadata: dict = field(default_factory=dict)
     line: int = 0  # 1-based line of the corpus file (for messages)
+    record: str = ""  # where it was read, as messages name it: "line 7 (id q3)" (`corpus_entry`)
 
 
 def corpus_entry(obj: Any, *, source: str, line: int) -> CorpusEntry:
-    """One parsed line of an item file (see the module doc); a bad one is a `DataError` naming the line and
-    the field (an empty item: reason `empty_item`)."""
-    where = dict(source=source, record=f"line {line}")
+    """One parsed line of an item file (see the module doc); a bad one is a `DataError` naming the line, the id the
+    line gives (``id``, a generated world's ``key``; not the content key it defaults to) and the field, as a
+    record's line is named (an empty item: reason `empty_item`). The entry's `record` names it so."""
+    label = row_label(f"line {line}", obj, ("id", "key") if isinstance(obj, dict) and "item" in obj else ("id",))
+    where = dict(source=source, record=label)
     if not isinstance(obj, dict):
         raise DataError(f"expected an object, got {type(obj).__name__}", **where)
     if "item" in obj:  # a generated world's items.jsonl: {"key", "item": {...}, "meta": {...}}
@@ -54,7 +58,7 @@ def corpus_entry(obj: Any, *, source: str, line: int) -> CorpusEntry:
     rid = obj.get("id", item.key)
     if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
         raise DataError("id must be a non-empty string or an integer", field="id", **where)
-    return CorpusEntry(str(rid), item, meta, line)
+    return CorpusEntry(str(rid), item, meta, line, label)
 
 
 def read_corpus(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None
@@ -69,7 +73,7 @@ def read_corpus(path: str | os.PathLike, *, on_error: str = "raise", skips: Skip
             entry = corpus_entry(obj, source=str(path), line=n)
             if entry.id in seen:
                 raise DataError(f"duplicate id {entry.id!r} (first on line {seen[entry.id]})", field="id",
-                                source=str(path), record=f"line {n}")
+                                source=str(path), record=entry.record)
         except DataError as e:
             policy.handle(e)
             continue

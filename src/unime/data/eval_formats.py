@@ -112,7 +112,7 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
         n = 1  # 1-based, like lines
         for batch in pf.iter_batches(batch_size=256):
             for row in batch.to_pylist():
-                yield _label(f"row {n}", row), row
+                yield row_label(f"row {n}", row), row
                 n += 1
         return
     if suffix == ".json":
@@ -120,17 +120,20 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
         if not isinstance(data, list):
             raise data_error("schema", f"expected a list of rows, got {type(data).__name__}", source=src)
         for i, obj in enumerate(data):
-            yield _label(f"item {i + 1}", obj), obj  # 1-based position in the list
+            yield row_label(f"item {i + 1}", obj), obj  # 1-based position in the list
         return
     from unime.data.jsonl import iter_jsonl
 
     for n, obj in iter_jsonl(p, on_malformed=policy.handle):
-        yield _label(f"line {n}", obj), obj
+        yield row_label(f"line {n}", obj), obj
 
 
-def _label(where: str, obj: Any) -> str:
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    return f"{where} (id {rid})" if isinstance(rid, (str, int)) and rid != "" else where
+def row_label(where: str, obj: Any, keys: tuple[str, ...] = ("id",)) -> str:
+    """`where` a row was read ("line 7") with the id the row gives ("line 7 (id q3)"): its first key of `keys`
+    present, when that is a non-empty string or an integer; else `where` alone."""
+    key = next((k for k in keys if k in obj), None) if isinstance(obj, dict) else None
+    rid = obj[key] if key is not None else None
+    return f"{where} (id {rid})" if isinstance(rid, (str, int)) and not isinstance(rid, bool) and rid != "" else where
 
 
 def with_origin(obj: Any, label: str | None) -> Any:

@@ -277,7 +277,7 @@ def _check_items(path: str, skips, checker) -> list:
     policy, good = ErrorPolicy("skip", skips, str(path)), []
     for e in entries:
         try:
-            checker.check(e.item, source=str(path), record=f"line {e.line}")
+            checker.check(e.item, source=str(path), record=e.record)
             good.append(e)
         except DataError as err:
             policy.handle(err)

@@ -36,7 +36,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from unime.data.atomic import atomic_open, atomic_path
 from unime.data.eval_formats import (CompositionalPair, MMEBRow, QrelsRow, RetrievalEntry, origin_of,
                                      qrels_row_from_dict, read_compositional, read_mmeb, read_parsed_rows,
-                                     read_retrieval, with_origin, write_compositional, write_mmeb, write_retrieval)
+                                     read_retrieval, row_label, with_origin, write_compositional, write_mmeb,
+                                     write_retrieval)
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
@@ -105,11 +106,6 @@ def read_qrels(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipR
     return read_parsed_rows(path, qrels_row_from_dict, on_error, skips)
 
 
-def _record_label(where: str, obj: Any) -> str:
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    return f"{where} (id {rid})" if isinstance(rid, (str, int)) and rid != "" else where
-
-
 def record_from_dict(obj: Any, *, source: str | None = None, record: str | int | None = None) -> Record:
     """A validated `Record` from a unime JSONL object / Parquet row."""
     check_keys(obj, RECORD_KEYS_REQUIRED, RECORD_KEYS_OPTIONAL, source=source, record=record)
@@ -144,7 +140,7 @@ def _iter_jsonl(path: Path, policy: ErrorPolicy) -> Iterator[Record]:
     src = str(path)
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         try:
-            label = _record_label(f"line {n}", obj)
+            label = row_label(f"line {n}", obj)
             yield with_origin(record_from_dict(obj, source=src, record=label), label)
         except DataError as e:
             policy.handle(e)
@@ -242,7 +238,7 @@ def _iter_parquet(path: Path, policy: ErrorPolicy, batch_size: int = 256) -> Ite
     for batch in pf.iter_batches(batch_size=batch_size):
         for row in batch.to_pylist():
             row = {k: v for k, v in row.items()}
-            label = _record_label(f"row {row_no}", row)
+            label = row_label(f"row {row_no}", row)
             row_no += 1
             try:
                 yield with_origin(_row_to_record(row, source=src, record=label), label)
@@ -337,7 +333,7 @@ def _iter_unime_v2(path: Path, policy: ErrorPolicy) -> Iterator[Record]:
                          source=src)
     for i, obj in enumerate(data):
         try:
-            label = _record_label(f"item {i + 1}", obj)  # 1-based position in the list
+            label = row_label(f"item {i + 1}", obj)  # 1-based position in the list
             yield with_origin(_v2_to_record(obj, source=src, record=label), label)
         except DataError as e:
             policy.handle(e)

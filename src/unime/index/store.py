@@ -401,7 +401,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         # Under on_error="skip" a bad item is left out, counted (not indexed: a re-run tries it again).
         def good(e: CorpusEntry, check) -> bool:
             try:
-                check(e.item, source=str(items_path), record=f"line {e.line}")
+                check(e.item, source=str(items_path), record=e.record)
                 return True
             except DataError as err:
                 policy.handle(err)  # raises under on_error="raise"
@@ -439,7 +439,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                     row["content"] = digest_items([e.item], loader, digests)
                 if thumbnails and e.item.images:
                     row["thumbnail"] = thumbnail_data_uri(loader.load(e.item.images[0], source=str(items_path),
-                                                                      record=e.id, field="images[0]"))
+                                                                      record=e.record, field="item.images[0]"))
                 out_rows.append(row)
             return vecs.astype(vector_dtype), out_rows
 

@@ -38,9 +38,9 @@ def read_items_file(path: str, *, image_loader: ImageLoader, on_error: str = "ra
     items, lines = [], []
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         try:
-            item = corpus_entry(obj, source=path, line=n).item  # the reader of `unime index build` too
-            checker.check(item, source=path, record=f"line {n}")
-            items.append(item)
+            entry = corpus_entry(obj, source=path, line=n)  # the reader of `unime index build` too
+            checker.check(entry.item, source=path, record=entry.record)
+            items.append(entry.item)
             lines.append(n)
         except DataError as e:
             policy.handle(e)
