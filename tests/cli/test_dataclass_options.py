@@ -250,8 +250,9 @@ BASE_RECIPE_FLAGS = ("family", "hidden", "layers", "vision-depth", "vision-hidde
 IMAGE_OPTIONS = {"--max-pixels": None, "--min-pixels": None, "--image-size": None}
 VIDEO_OPTIONS = {"--video-frames": None, "--video-fps": None, "--video-max-frames": None, "--video-max-pixels": None}
 PINNED = {
+    # QA: data check took no video options, so a clip it passed was refused by a run sampling other frames
     "data check": {"input": None, "--mmeb": False, "--data-root": None, "--allow-outside-root": False,
-                   "--max-pixels": None, "--no-images": False, "--label-column": None},
+                   "--max-pixels": None, "--no-images": False, "--label-column": None, **VIDEO_OPTIONS},
     "data convert": {"input": None, "output": None, "--from": None, "--to": None, "--on-error": "raise",
                      "--skip-bad-records": "raise", "--dataset": None},
     "data import": {"--captions": None, "--coco": None, "--hf-dataset": None, "--webdataset": None, "--images": None,

@@ -328,3 +328,36 @@ def test_data_check_names_every_format_it_reads_for_a_file_of_another(tmp_path, 
     for name in ("MMEB-V2 rows", "qrels rows", "retrieval entries", "compositional pairs", "judge pairs", "items",
                  "BEIR folders"):
         assert name in err, name
+
+
+def test_data_check_samples_videos_as_the_run_given_its_video_options_does(tmp_path, capsys, monkeypatch):
+    """QA: `data check` had no --video-* options: it checked a clip at the default 8 frames, then `train embedder
+    --video-frames 64` failed on it (a clip damaged between the frames checked). It takes the options of the commands
+    that read videos, and decodes the frames a run with them samples: of a 20-frame clip, 4 frames are 0, 6, 13 and 19
+    (i * 19 / 3 rounded), at 2 frames per second of its 2 s, 4 again; unset, the default 8."""
+    from tests.data.helpers import write_clip
+    import unime.data.images
+    from unime.data.video import FRAME_CACHE
+
+    (tmp_path / "clips").mkdir()
+    write_clip(tmp_path / "clips" / "a.mp4", n=20, fps=10)
+    f = tmp_path / "items.jsonl"
+    write_jsonl(f, [{"id": "a", "text": "a clip", "video": "clips/a.mp4"}])
+    taken = []
+    real = unime.data.images.load_video
+
+    def spy(*args, **kwargs):
+        video = real(*args, **kwargs)
+        taken.append(video.frame_indices)
+        return video
+
+    monkeypatch.setattr(unime.data.images, "load_video", spy)
+    for options, frames in [(["--video-frames", "4"], (0, 6, 13, 19)), (["--video-fps", "2"], (0, 6, 13, 19)),
+                            ([], (0, 3, 5, 8, 11, 14, 16, 19))]:
+        FRAME_CACHE.clear()
+        taken.clear()
+        assert main(["data", "check", str(f), *options]) == 0, capsys.readouterr()
+        assert taken == [frames], options
+        assert " 1 good, 0 bad rows, 0 with bad images" in capsys.readouterr().out
+    assert main(["data", "check", str(f), "--video-frames", "0"]) == 2
+    assert "--video-frames must be >= 1, got 0" in capsys.readouterr().err

@@ -39,7 +39,7 @@ def register(sub) -> None:
     i.set_defaults(func=_import)
 
     k = dsub.add_parser("check", help="validate a data file and every image it references, before a long job")
-    add_options(k, CheckConfig)
+    add_options(k, CheckConfig, groups=("video",))
     add_config_option(k)
     k.set_defaults(func=_check)
 

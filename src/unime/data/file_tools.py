@@ -8,6 +8,7 @@ import functools
 import os
 from dataclasses import dataclass
 
+from unime.data.video import VideoOptions
 from unime.errors import DataError
 from unime.options import allow_outside_root_option, on_error_option, option
 
@@ -56,7 +57,10 @@ def convert_records(cfg: ConvertConfig):
 
 
 @dataclass(kw_only=True)
-class CheckConfig:
+class CheckConfig(VideoOptions):
+    """Options of `unime data check`; the `--video-*` options are those of the commands that read the videos (a
+    video is decoded as a run with the same options samples it: good means good for that run)."""
+
     input: str = option(help="records (.jsonl/.parquet/.json), MMEB-eval or MMEB-V2 rows, qrels rows, retrieval "
                         "entries, compositional pairs, judge pairs, items (a corpus: `unime index build --items`, "
                         "`unime embed --items`), or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv)",
@@ -188,7 +192,8 @@ def _pairs_label_column(path: str) -> str | None:
 
 
 def check_file(cfg: CheckConfig) -> tuple[str, int]:
-    """Every row of the file read (bad ones skipped) and, unless `no_images`, every image and video opened. Returns
+    """Every row of the file read (bad ones skipped) and, unless `no_images`, every image and video opened (a video's
+    frames sampled by the `--video-*` options, as the run they are given to samples them). Returns
     the report (a summary line, then examples of what is bad) and the number of bad rows. MMEB-eval rows, MMEB-V2
     rows (their videos decoded), qrels rows, retrieval entries, compositional pairs and judge pairs are recognised by
     their keys (`check_format`)."""
@@ -198,7 +203,7 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     from unime.data.beir import beir_files
     from unime.data.pairs import read_pairs
     from unime.data.roots import resolve_data_root
-    from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO
+    from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO, VideoSampling
 
     kind = check_format(cfg)
     skips = SkipReport(max_examples=20)
@@ -207,7 +212,7 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     # an image over the processors' aspect ratio is bad: every command that gives it to a model refuses it
     checker = None if cfg.no_images else ImageChecker(ImageLoader(
         root, allow_outside_root=cfg.allow_outside_root, max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS,
-        max_aspect_ratio=PROCESSOR_MAX_ASPECT_RATIO))
+        max_aspect_ratio=PROCESSOR_MAX_ASPECT_RATIO, video=VideoSampling.from_fields(cfg)))
     words = "" if kind is None or (kind == "mmeb" and cfg.mmeb) else _KIND_WORDS[kind]
     if cfg.label_column and kind != "pairs":
         raise DataError("--label-column names the label of judge pairs; this file holds no judge pairs (rows of "
