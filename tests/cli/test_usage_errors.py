@@ -24,7 +24,7 @@ CASES = [
     (["eval", "--out", "{tmp}/ev"], "eval: give --model and --tasks to evaluate, or --compare DIR ... to compare"),
     (["eval", "--out", "{tmp}/ev", "--compare", "a", "b", "--tasks", "t"], "eval: --tasks / --rerank need --model"),
     (["eval", "--out", "{tmp}/ev", "--model", "m"], "eval: --model needs --tasks"),
-    (["search", "--index", "{tmp}/idx"], "search: give --query and/or --image"),
+    (["search", "--index", "{tmp}/idx"], "search: give --query, --image and/or --video"),
     # QA: --k 0 showed one hit; --topk 0 ended in a traceback
     (["search", "--index", "{tmp}/idx", "--query", "q", "--k", "0"], "search: --k must be >= 1, got 0"),
     (["eval", "--out", "{tmp}/ev", "--model", "m", "--tasks", "t", "--topk", "0"], "eval: --topk must be >= 1, got 0"),

@@ -873,3 +873,60 @@ def test_a_build_interrupted_before_its_faiss_index_says_to_finish_it_not_covers
                        "stored); re-run `unime index build` with the same arguments to finish it")
     _build(tmp_path, model_dir, HashEmbedder(), chunk_size=5)  # as the message says: the build is finished
     assert len(CorpusIndex(folder)) == 12
+
+
+def test_index_build_samples_videos_by_its_video_options_and_search_takes_a_video_query_alike(tmp_path,
+                                                                                               tiny_model_dir, capsys):
+    """QA: `index build --video-frames 4` was "unrecognized arguments" (an index could not be built with the frames
+    the embedder was trained with), and `unime search --image clip.mp4` said the MP4 is "not in an image format PIL
+    can read". The build takes the --video-* options; the sampling is one of the index's model settings (an addition
+    with another sampling is refused, as with another dtype); `search --video FILE` encodes its clip sampled as the
+    index's videos."""
+    from tests.data.helpers import write_clip
+    from tests.eval.helpers import write_jsonl
+    from unime.cli import main
+    from unime.data.video import VideoSampling
+    from unime.models.embedder import Embedder
+
+    (tmp_path / "clips").mkdir()
+    for i in range(2):
+        write_clip(tmp_path / "clips" / f"c{i}.mp4", n=16, fps=8, shift=100 * i)
+    rows = [{"id": f"c{i}", "video": f"clips/c{i}.mp4"} for i in range(2)] + [{"id": "t0", "text": "a red square"}]
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, rows)
+    model = tiny_model_dir("qwen2_vl")
+    build = ["index", "build", "--model", model, "--items", str(corpus), "--out", str(tmp_path / "idx"),
+             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(build + ["--video-frames", "4"]) == 0, capsys.readouterr()
+    idx = CorpusIndex(tmp_path / "idx")
+    assert idx.manifest["model_settings"]["video_sampling"]["num_frames"] == 4
+    items = [Item(video=(f"clips/c{i}.mp4",)) for i in range(2)] + [Item(text="a red square")]
+    four = Embedder.from_pretrained(model, device="cpu", data_root=str(tmp_path),
+                                    video_sampling=VideoSampling(num_frames=4)).encode(items)
+    eight = Embedder.from_pretrained(model, device="cpu", data_root=str(tmp_path)).encode(items)
+    np.testing.assert_allclose(idx.vectors(), four, atol=1e-5)
+    assert not np.allclose(four[:2], eight[:2], atol=1e-3)  # the sampling changes the clips' vectors
+    capsys.readouterr()
+    # an addition sampled otherwise is refused, naming the setting; with the same options it is the index's own
+    assert main(build) == 2
+    err = capsys.readouterr().err
+    assert "settings differ: video_sampling" in err and "use another --out" in err, err
+    assert main(build + ["--video-frames", "4"]) == 0
+    assert "3 items (0 added, 3 already indexed" in capsys.readouterr().out
+    # a video query, sampled as the index's videos (4 frames): the clip itself first, at its own vector's score
+    assert main(["search", "--index", str(tmp_path / "idx"), "--video", str(tmp_path / "clips" / "c1.mp4"),
+                 "--json", "--device", "cpu"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = four @ four[1]
+    assert [h["id"] for h in hits] == [rows[i]["id"] for i in np.argsort(-expected)]
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(expected)[::-1], atol=1e-4)
+    assert main(["search", "--index", str(tmp_path / "idx"), "--video", str(tmp_path / "clips" / "c1.mp4"),
+                 "--device", "cpu"]) == 0
+    assert "clips/c1.mp4" in capsys.readouterr().out.splitlines()[0]  # a video hit is labelled by its file
+    # a video given as --image: told to give it as --video, before the model loads
+    assert main(["search", "--index", str(tmp_path / "idx"), "--image", str(tmp_path / "clips" / "c1.mp4")]) == 2
+    assert capsys.readouterr().err.strip() == (f"unime: error: search: --image {tmp_path / 'clips' / 'c1.mp4'} is a "
+                                               "video file: give it as --video")
+    (tmp_path / "broken.mp4").write_bytes(b"no video at all")
+    assert main(["search", "--index", str(tmp_path / "idx"), "--video", str(tmp_path / "broken.mp4")]) != 0
+    assert "field '--video'" in capsys.readouterr().err

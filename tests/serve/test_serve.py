@@ -61,6 +61,28 @@ def test_a_vlm2vec_index_is_served_with_the_vlm2vec_embedder_it_was_built_with(w
     assert engine.embedder.image_loader.video_sampling.frame_rule == "vlm2vec"
 
 
+def test_an_index_of_another_video_sampling_is_served_with_that_sampling(world, tmp_path):
+    """`index build --video-frames 4` records the sampling with the index's model settings; the service's embedder
+    takes the index's sampling (it was refused: 'settings differ: video_sampling'), its loader still inline only."""
+    from unime.data.video import VideoSampling
+    from unime.index.store import build_corpus_index
+    from unime.models.embedder import Embedder
+    from unime.models.embedding_cache import embedding_settings
+    from unime.serve.engine import Engine
+    from unime.serve.inputs import InlineOnlyLoader
+
+    emb = Embedder.from_pretrained(world["model"], device="cpu", dtype="auto", data_root=str(world["root"]),
+                                   video_sampling=VideoSampling(num_frames=4))
+    build_corpus_index(write_corpus(tmp_path), tmp_path / "idx", embedder=emb, model=world["model"],
+                       cache_dir=tmp_path / "cache", model_settings=embedding_settings(emb, "auto"))
+    engine = Engine.load(ServeConfig(model=world["model"], dtype="auto", index=str(tmp_path / "idx"), no_auth=True))
+    assert engine.embedder.image_loader.video_sampling == VideoSampling(num_frames=4)
+    assert isinstance(engine.embedder.image_loader, InlineOnlyLoader)
+    default = Engine.load(ServeConfig(model=world["model"], dtype="auto", index=str(world["root"] / "idx"),
+                                      no_auth=True))
+    assert default.embedder.image_loader.video_sampling is None  # an index of the default sampling: the default
+
+
 @pytest.fixture(scope="module")
 def server(world):
     s = Server(["--model", world["model"], "--model-name", MODEL, "--reranker", world["model"], "--reranker-name",

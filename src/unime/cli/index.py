@@ -18,12 +18,13 @@ def register(sub) -> None:
     p = sub.add_parser("index", help="build a searchable index of a corpus (vectors, ids, metadata, FAISS)")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
     b = isub.add_parser("build", help="encode a corpus JSONL into an index folder (resumable; new ids are appended)")
-    add_options(b, IndexBuildConfig, groups=(ANN_GROUP,), own_first=True)
+    add_options(b, IndexBuildConfig, groups=(ANN_GROUP, "video"), own_first=True)
     add_config_option(b)
     b.set_defaults(func=_build)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    s = sub.add_parser("search", help="search an index built by `unime index build` with a text and/or image query")
+    s = sub.add_parser("search",
+                       help="search an index built by `unime index build` with a text, image and/or video query")
     add_options(s, SearchConfig, own_first=True)
     add_config_option(s)
     s.set_defaults(func=_search)
@@ -64,14 +65,15 @@ def _search(args) -> int:
         raise UsageError(str(e), command="search") from None
     query = cfg.query_item()
     if query.is_empty:  # refused before the index and the model are loaded
-        raise UsageError("give --query and/or --image", command="search")
+        raise UsageError("give --query, --image and/or --video", command="search")
     hits = search_index_folder(cfg, query)
     if args.json:
         for h in hits:
             h = {k: v for k, v in h.items() if k != "thumbnail"}
             print(json.dumps(h, ensure_ascii=False))
         return 0
-    labels = [(h["item"].get("text") or ", ".join(h["item"].get("images", [])))[:80] for h in hits]
+    labels = [(h["item"].get("text") or ", ".join(h["item"].get("images", []) or h["item"].get("video", [])))[:80]
+              for h in hits]
     # the metadata (only --json showed it: QA), cut short, in a column after the labels padded to one width
     metas = [_cut(json.dumps(h["metadata"], ensure_ascii=False), META_CHARS) if h.get("metadata") else ""
              for h in hits]

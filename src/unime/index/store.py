@@ -43,6 +43,7 @@ from unime.data.image_digests import ImageDigests, digest_items
 from unime.data.items import Item
 from unime.data.roots import recorded_root_of, resolve_data_root
 from unime.data.skips import ErrorPolicy, SkipReport
+from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, UnimeError
 from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RECALL_SAMPLE, INDEX_KINDS, AnnOptions,
                              IndexConfig, build_index, choose_kind, index_memory_bytes, recall_summary,
@@ -356,8 +357,10 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         from unime.data.io import ImageChecker
         from unime.models.loading import checkpoint_image_loader
 
-        # a bad image (one the model's processor would refuse too) stops the build naming its line and field
-        loader = checkpoint_image_loader(model, getattr(embedder, "image_budget", None), root)
+        # a bad image (one the model's processor would refuse too) stops the build naming its line and field; a
+        # video is checked by the frames the embedder samples
+        loader = checkpoint_image_loader(model, getattr(embedder, "image_budget", None), root,
+                                         video=getattr(getattr(embedder, "image_loader", None), "video_sampling", None))
         checker = ImageChecker(loader)
         # the indexed items: an image replaced at the same path kept its old vector, an edited caption its old
         # metadata (QA). Their files' digests (a stat each; a file is read again only when its size or mtime
@@ -514,8 +517,10 @@ class IndexModelOptions(EmbedderOptions):
 
 
 @dataclass(kw_only=True)
-class IndexBuildConfig(IndexModelOptions, AnnOptions):
-    """Options of `unime index build`: each field declares its option (`unime.options`)."""
+class IndexBuildConfig(IndexModelOptions, AnnOptions, VideoOptions):
+    """Options of `unime index build`: each field declares its option (`unime.options`). The `--video-*` options
+    sample the video items as the embedder was trained to see them; the sampling is one of the index's model
+    settings (`embedding_settings`): an addition with another is refused, as with another dtype."""
 
     model: str = option(help="embedder checkpoint (HF folder, hub id, or PEFT adapter)")
     items: str = option(help='JSONL, one {"id"?, "metadata"?, "text"?, "image"?|"images"?} per line (id defaults to '
@@ -550,7 +555,8 @@ def build_index_folder(cfg: IndexBuildConfig, *, given=None, skips: SkipReport |
     root = resolve_data_root(cfg.items, cfg.data_root)  # --data-root, else the one recorded beside the file
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
                                    batch_size=cfg.batch_size, item_format=cfg.item_format,
-                                   attn_implementation=cfg.attn_implementation)
+                                   attn_implementation=cfg.attn_implementation,
+                                   video_sampling=VideoSampling.from_fields(cfg))
     return build_corpus_index(
         cfg.items, cfg.out, embedder=emb, model=cfg.model, data_root=root,
         cache_dir=cfg.cache_dir or default_cache_dir(), vector_dtype=cfg.vector_dtype, index=cfg.index,
@@ -567,6 +573,7 @@ class SearchConfig(IndexModelOptions):
     index: str = option(help="index folder")
     query: str = option("", "query text")
     image: str | None = option(None, "query image file")
+    video: str | None = option(None, "query video file (its frames sampled as the index's video items were)")
     instruction: str | None = option(None, "instruction put before the query text")
     model: str | None = option(None, "embedder (default: the one recorded in the index manifest)")
     k: int = option(10, "hits shown", at_least=1)
@@ -579,24 +586,46 @@ class SearchConfig(IndexModelOptions):
         text = self.query
         if self.instruction:
             text = f"{self.instruction}\n{text}" if text else self.instruction
-        if self.image:  # checked here, before the index and the model load, and named (QA: "<inline bytes>")
-            from unime.data.images import ImageLoader
+        from unime.data.images import ImageLoader
+        from unime.data.video import VideoFileRef, is_video_file_ref, probe_video_file
 
-            ImageLoader(allow_outside_root=True).load(self.image, field="--image")
-        return Item(text=text, images=(Path(self.image).read_bytes(),) if self.image else ())
+        # the files are checked here, before the index and the model load, and named (QA: "<inline bytes>")
+        loader = ImageLoader(allow_outside_root=True)
+        if self.image and is_video_file_ref(self.image):  # QA: "not in an image format PIL can read"
+            from unime.errors import UsageError
+
+            raise UsageError(f"--image {self.image} is a video file: give it as --video", command="search")
+        if self.image:
+            loader.load(self.image, field="--image")
+        video = ()
+        if self.video:  # its header (the frames are decoded when it is encoded), a file whatever its extension
+            video = (VideoFileRef(str(Path(self.video).resolve())),)
+            probe_video_file(loader, video[0], None, field="--video")
+        return Item(text=text, images=(Path(self.image).read_bytes(),) if self.image else (), video=video)
 
 
 def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
-    """`unime search`: the top `cfg.k` hits of `query` in the index `cfg.index`, encoded by its embedder."""
+    """`unime search`: the top `cfg.k` hits of `query` in the index `cfg.index`, encoded by its embedder (a query
+    video sampled as the index's videos, `index_video_sampling`; its path is the user's own, anywhere)."""
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import embedding_settings
 
     idx = CorpusIndex(cfg.index)
     model = cfg.model or idx.manifest["model"]
     emb = Embedder.from_pretrained(model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                                   item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
+                                   item_format=cfg.item_format, attn_implementation=cfg.attn_implementation,
+                                   video_sampling=index_video_sampling(idx.manifest), allow_outside_root=True)
     check_model(idx, model, embedding_settings(emb, cfg.dtype), device=emb.device)
     return search_items(idx, emb.encode([query]), cfg.k)[0]
+
+
+def index_video_sampling(manifest: dict) -> VideoSampling | None:
+    """The video sampling an index's items were encoded with (its manifest's model settings, `embedding_settings`;
+    None: the default): a query, or a service over the index, samples videos alike and so has the index's model
+    settings (`check_model`). The frame rule is left to the embedder (`--item-format vlm2vec` sets its own)."""
+    recorded = dict((manifest.get("model_settings") or {}).get("video_sampling") or {})
+    recorded.pop("frame_rule", None)
+    return VideoSampling(**recorded) if recorded else None
 
 
 def settings_change(stored: dict | None, wanted: dict) -> str | None:

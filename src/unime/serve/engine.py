@@ -51,18 +51,23 @@ class Engine:
     def load(cls, config: ServeConfig) -> "Engine":
         from unime.models.embedder import Embedder
 
-        emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,
-                                       item_format=config.item_format, attn_implementation=config.attn_implementation)
-        # requests carry decoded images only (held to the model's processor's limits); the video sampling stays the
-        # embedder's (--item-format vlm2vec's frame rule), as does the index's record of it (`check_model`)
-        emb.image_loader = InlineOnlyLoader(max_aspect_ratio=emb.image_loader.max_aspect_ratio,
-                                            video=emb.image_loader.video_sampling)
-        index = reranker = None
+        index = reranker = sampling = None
         if config.index:
-            from unime.index.store import CorpusIndex, check_model
-            from unime.models.embedding_cache import embedding_settings
+            from unime.index.store import CorpusIndex, index_video_sampling
 
             index = CorpusIndex(config.index)
+            sampling = index_video_sampling(index.manifest)  # the index's (QA: --video-frames 4 was refused)
+        emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,
+                                       item_format=config.item_format, attn_implementation=config.attn_implementation,
+                                       video_sampling=sampling)
+        # requests carry decoded images only (held to the model's processor's limits); the video sampling stays the
+        # embedder's (the index's; --item-format vlm2vec's frame rule), as does the index's record of it
+        emb.image_loader = InlineOnlyLoader(max_aspect_ratio=emb.image_loader.max_aspect_ratio,
+                                            video=emb.image_loader.video_sampling)
+        if index is not None:
+            from unime.index.store import check_model
+            from unime.models.embedding_cache import embedding_settings
+
             check_model(index, config.model, embedding_settings(emb, config.dtype), device=emb.device)
         if config.reranker:
             from unime.models.reranker import Reranker
