@@ -288,3 +288,41 @@ def test_vlm2vec_takes_a_videos_frames_as_vlm2vec_does(tiny_model_dir, tmp_path)
         Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", item_format="vlm2vec",
                                  video_sampling=VideoSampling(num_frames=None, fps=2.0))
     FRAME_CACHE.clear()
+
+
+def test_an_item_vlm2vec_cannot_write_is_named_by_its_file_line_id_and_field(tiny_model_dir, tmp_path, capsys):
+    """QA: `--item-format vlm2vec` refused an item with an image and a video with only `field 'images': ...`: no
+    file, line or record id. `unime embed`, `unime index build` and a training batch (the records file, its line and
+    id, and query / positive) name where the item was read, as other errors of an item do."""
+    from tests.data.helpers import write_clip
+    from unime.cli import main
+    from unime.data.io import read_records
+    from unime.models.embedder import Embedder
+    from unime.train.batching import EmbedderCollator
+
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / "red.png")
+    write_clip(tmp_path / "a.mp4", n=8, fps=8)
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(x) + "\n" for x in
+                             [{"id": "t", "text": "hi"}, {"id": "both", "image": "red.png", "video": "a.mp4"}]))
+    model = tiny_model_dir("qwen2_vl")
+    refusal = ("--item-format vlm2vec takes one image or one video per item (VLM2Vec's Qwen2-VL input), this item "
+               "has 1 images and a video; use --item-format chat")
+    capsys.readouterr()
+    assert main(["embed", "--model", model, "--items", str(items), "--out", str(tmp_path / "a.npy"), "--device", "cpu",
+                 "--item-format", "vlm2vec"]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"unime: error: {items}, record line 2 (id both), field 'item.images': {refusal}"
+    assert main(["index", "build", "--model", model, "--items", str(items), "--out", str(tmp_path / "idx"),
+                 "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--item-format", "vlm2vec"]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"unime: error: {items}, record line 2 (id both), field 'item.images': {refusal}"
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "r1", "query": {"text": "red"}, "positive": {"image": "red.png"}},
+        {"id": "r2", "query": {"text": "red"}, "positive": {"image": "red.png", "video": "a.mp4"}}]))
+    emb = Embedder.from_pretrained(model, device="cpu", data_root=str(tmp_path), item_format="vlm2vec")
+    collate = EmbedderCollator(emb, num_negatives=0, with_scores=False, source=str(records))
+    with pytest.raises(DataError) as e:
+        collate(list(enumerate(read_records(records))))
+    assert str(e.value) == f"{records}, record line 2 (id r2), field 'positive.images': {refusal}"

@@ -243,8 +243,8 @@ def test_a_bad_record_in_one_process_ends_every_process_with_one_line(tiny_model
     log = _torchrun(common + ["--batch-size", "2", "--out", str(tmp_path / "two")], tmp_path / "two.log",
                     succeeds=False)
     errors = [line for line in log.splitlines() if "unime: error:" in line]
-    cause = f"{tmp_path / 'bad.jsonl'}, record r{len(rows) - 1}, field 'query.images[0]': corrupt image " \
-            "images/truncated.png: image file is truncated"
+    cause = f"{tmp_path / 'bad.jsonl'}, record line {len(rows)} (id r{len(rows) - 1}), field 'query.images[0]': " \
+            "corrupt image images/truncated.png: image file is truncated"
     own = [line for line in errors if line == f"unime: error: {cause}"]
     named = [line for line in errors if re.fullmatch(rf"unime: error: process \d of 2 failed: DataError: "
                                                       rf"{re.escape(cause)}", line)]

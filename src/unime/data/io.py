@@ -41,7 +41,7 @@ from unime.data.eval_formats import (CompositionalPair, MMEBRow, QrelsRow, Retri
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
-from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
+from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error, reason_of
 from unime.data.scores import parse_score, parse_scores
 from unime.data.validate import check_keys, check_str, make_item, parse_item
 from unime.data.video import (MIXED_VIDEO_REFS, VideoSampling, is_one_video_file, is_video_file_ref, probe_video_file,
@@ -449,6 +449,21 @@ def raw_message(err: DataError) -> str:
     prefix = str(DataError("", source=err.source, record=err.record, field=err.field))
     text = str(err)
     return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
+def named_where_read(err: DataError, items: Sequence[Item], where: Sequence[tuple[str, Any, str] | None]) -> DataError:
+    """`err`, raised when one of `items` was encoded (the embedder tags it with the item, `Embedder.build_inputs`: a
+    video decoded only then, a layout the item format refuses), again naming the file, record and field that item
+    was read from (`where`, per item: (file, record, field); the field within the item after it, "query.images"):
+    that error, or `err` itself when it names no item of `items` with a place."""
+    item = getattr(err, "item", None)
+    place = next((w for it, w in zip(items, where) if w is not None and it == item), None) \
+        if item is not None else None
+    if place is None:
+        return err
+    source, record, field = place
+    return data_error(reason_of(err), raw_message(err), source=source, record=record,
+                      field=f"{field}.{err.field}" if err.field else field)
 
 
 class ImageChecker:

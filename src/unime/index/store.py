@@ -426,7 +426,10 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
             enc = RunEncoder(embedder, fingerprint, batch_size=batch_size, show_progress=show_progress,
                              digests=digests)
             enc.store = store
-            rows = enc.add([e.item for e in part], root, source=str(items_path))
+            # an item failing only when encoded (a video decoded then, a layout the item format refuses) is named by
+            # its line, id and field
+            rows = enc.add([e.item for e in part], root, source=str(items_path),
+                           where=[(str(items_path), e.record, "item") for e in part])
             enc.encode_pending()
             vecs = enc.vectors(rows)
             stats.encoded += enc.stats.encoded

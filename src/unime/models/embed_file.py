@@ -17,7 +17,7 @@ import numpy as np
 from unime.data.atomic import atomic_open
 from unime.data.corpus import corpus_entry
 from unime.data.images import ImageLoader
-from unime.data.io import ImageChecker
+from unime.data.io import ImageChecker, named_where_read
 from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
 from unime.data.skips import ErrorPolicy, SkipReport
@@ -29,23 +29,25 @@ from unime.options import on_error_option, option
 
 
 def read_items_file(path: str, *, image_loader: ImageLoader, on_error: str = "raise", skips: SkipReport | None = None
-                    ) -> tuple[list[Item], list[int]]:
+                    ) -> tuple[list[Item], list[int], list[str]]:
     """The good items of an item file (`unime.data.corpus`: the lines `unime index build` reads, a generated
-    world's items.jsonl too) and their line numbers (images and videos opened and decoded by `image_loader`: the
-    model's, `unime.models.loading.checkpoint_image_loader`, under the items' data root)."""
+    world's items.jsonl too), their line numbers and where each was read as errors name it ("line 2 (id a)") (images
+    and videos opened and decoded by `image_loader`: the model's, `unime.models.loading.checkpoint_image_loader`,
+    under the items' data root)."""
     policy = ErrorPolicy(on_error, skips, path)
     checker = ImageChecker(image_loader)
-    items, lines = [], []
+    items, lines, records = [], [], []
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         try:
             entry = corpus_entry(obj, source=path, line=n)  # the reader of `unime index build` too
             checker.check(entry.item, source=path, record=entry.record)
             items.append(entry.item)
             lines.append(n)
+            records.append(entry.record)
         except DataError as e:
             policy.handle(e)
     policy.finish()
-    return items, lines
+    return items, lines, records
 
 
 @dataclass(kw_only=True)
@@ -78,15 +80,20 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
     video_sampling = VideoSampling.from_fields(cfg)
     skips = SkipReport() if skips is None else skips
     image_budget = ImageBudget.from_args(cfg)
-    items, lines = read_items_file(items_path, on_error=cfg.on_error, skips=skips,
-                                   image_loader=checkpoint_image_loader(cfg.model, image_budget, root,
-                                                                        video=video_sampling))
+    loader = checkpoint_image_loader(cfg.model, image_budget, root, video=video_sampling)
+    items, lines, records = read_items_file(items_path, on_error=cfg.on_error, skips=skips, image_loader=loader)
     if not items:
         raise DataError("no items to encode", source=items_path)
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
                                    batch_size=cfg.batch_size, video_sampling=video_sampling, image_budget=image_budget,
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
-    vecs = emb.encode(items, show_progress=True)
+    try:
+        vecs = emb.encode(items, show_progress=True)
+    except DataError as e:  # an item failing only when encoded (its video decoded, its layout rendered): its line
+        err = named_where_read(e, items, [(items_path, r, "item") for r in records])
+        if err is e:
+            raise
+        raise err from e
     path = Path(cfg.out)
     with atomic_open(path, "wb") as fh:  # np.save on a file object: no ".npy" appended to the name
         np.save(fh, vecs)

@@ -44,8 +44,7 @@ import numpy as np
 from unime.data.atomic import atomic_open, atomic_path
 from unime.data.image_digests import ImageDigests, file_sha1
 from unime.data.images import ImageLoader
-from unime.data.io import raw_message
-from unime.data.skips import data_error, reason_of
+from unime.data.io import named_where_read
 from unime.data.items import Item
 from unime.errors import DataError
 
@@ -435,14 +434,9 @@ class RunEncoder:
         try:
             yield
         except DataError as e:
-            item = getattr(e, "item", None)
-            where = next((self._where.get(row) for row, _, it in entries if it == item), None) \
-                if item is not None else None
-            if where is None:
+            err = named_where_read(e, [it for _, _, it in entries], [self._where.get(row) for row, _, _ in entries])
+            if err is e:
                 raise
-            source, record, field = where
-            err = data_error(reason_of(e), raw_message(e), source=source, record=record,
-                             field=f"{field}.{e.field}" if e.field else field)
             raise err from e
 
     def _encode_block(self, chunk: list[tuple[int, str, Item]], t0: float) -> None:

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from unime.data.io import named_where_read, origin_of
 from unime.data.items import Item, Record
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.errors import DataError, OptionError
@@ -154,12 +155,12 @@ class EmbedderCollator:
         groups: list[list[Item]] = []
         scores = []
         for index, rec in batch:
-            places.append((rec.query, record_label(rec, index), "query"))
+            places.append((rec.query, origin_of(rec) or record_label(rec, index), "query"))
             groups.append([rec.positive] + list(rec.negatives[:k]))
             if self.with_scores:
                 scores.append([float(rec.positive_score)] + [float(s) for s in (rec.negative_scores or [])[:k]])
         for (index, rec), group in zip(batch, groups):
-            label = record_label(rec, index)
+            label = origin_of(rec) or record_label(rec, index)  # the line it was read from, and its id
             places += [(item, label, "positive" if j == 0 else f"negatives[{j - 1}]") for j, item in enumerate(group)]
         rows: dict[str, int] = {}  # content key -> row among the encoded items
         item_index: list[int] = []
@@ -180,8 +181,14 @@ class EmbedderCollator:
         shapes = [padding_shape(it) for it in items]
         starts = [i for i in range(len(items)) if i == 0 or shapes[i] != shapes[i - 1]] + [len(items)]
         size = self.chunk_size or FORWARD_ROWS
-        chunks = [self.builder.build_inputs(items[s:min(s + size, end)], segments=segments[s:min(s + size, end)])
-                  for start, end in zip(starts, starts[1:]) for s in range(start, end, size)]
+        try:
+            chunks = [self.builder.build_inputs(items[s:min(s + size, end)], segments=segments[s:min(s + size, end)])
+                      for start, end in zip(starts, starts[1:]) for s in range(start, end, size)]
+        except DataError as e:  # an item the item format refuses (`Embedder.render`): named by its record and field
+            err = named_where_read(e, [p[0] for p in places], [(self.source, p[1], p[2]) for p in places])
+            if err is e:
+                raise
+            raise err from e
         out = {"chunks": chunks, "num_queries": len(batch), "group_size": 1 + k,
                "candidate_ids": torch.tensor([[item_id(item) for item in group] for group in groups],
                                              dtype=torch.long).reshape(len(batch), 1 + k),
