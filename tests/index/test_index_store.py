@@ -911,6 +911,8 @@ def test_index_build_samples_videos_by_its_video_options_and_search_takes_a_vide
     assert main(build) == 2
     err = capsys.readouterr().err
     assert "settings differ: video_sampling" in err and "use another --out" in err, err
+    assert ": the index's videos were sampled by --video-frames 4, these by the defaults (no --video-* option);" \
+        in err, err
     assert main(build + ["--video-frames", "4"]) == 0
     assert "3 items (0 added, 3 already indexed" in capsys.readouterr().out
     # a video query, sampled as the index's videos (4 frames): the clip itself first, at its own vector's score
@@ -930,3 +932,21 @@ def test_index_build_samples_videos_by_its_video_options_and_search_takes_a_vide
     (tmp_path / "broken.mp4").write_bytes(b"no video at all")
     assert main(["search", "--index", str(tmp_path / "idx"), "--video", str(tmp_path / "broken.mp4")]) != 0
     assert "field '--video'" in capsys.readouterr().err
+
+
+def test_a_refusal_for_another_video_sampling_names_the_video_options_of_each(model_dir):
+    """The sampling recorded with an index's model settings, and the one asked for, said as the --video-* options
+    that give them (a frame rate with its bound; a pixel budget other than the default)."""
+    from dataclasses import asdict
+
+    from unime.data.video import VideoSampling
+    from unime.index.store import model_mismatch
+
+    built = {"video_sampling": asdict(VideoSampling(num_frames=None, fps=2.0, max_frames=16))}
+    asked = {"video_sampling": asdict(VideoSampling(num_frames=4, max_video_pixels=50_000))}
+    why = model_mismatch({"model_fingerprint": "other", "model_settings": built}, model_dir, asked)
+    assert why.endswith(": the index's videos were sampled by --video-fps 2 --video-max-frames 16, these by "
+                        "--video-frames 4 --video-max-pixels 50000"), why
+    why = model_mismatch({"model_fingerprint": "other", "model_settings": {**built, "dtype": "fp32"}}, model_dir,
+                         {"dtype": "bf16", **built})
+    assert why == "settings differ: dtype 'fp32' (index) vs 'bf16'"  # the same sampling: not said

@@ -709,11 +709,26 @@ def model_mismatch(manifest: dict, model: str, settings: dict, *, device: str | 
     differ = [f"{k} {built.get(k)!r} (index) vs {settings.get(k)!r}" for k in sorted(set(built) | set(settings))
               if built.get(k) != settings.get(k)] if built else []
     if differ:
-        return f"settings differ: {', '.join(differ)}"
+        ours, theirs = built.get("video_sampling"), settings.get("video_sampling")
+        sampled = "" if ours == theirs else \
+            f": the index's videos were sampled by {_video_options(ours)}, these by {_video_options(theirs)}"
+        return f"settings differ: {', '.join(differ)}{sampled}"
     if run_folder_top_level_fingerprint(model, settings) == expected:
         return ("the index was built before a run folder was keyed by the weights it loads (its merged/ or adapter/), "
                 f"so they cannot be told to be the same (fingerprint now {fp}); rebuild it (index build --overwrite)")
     return f"the model's files differ (fingerprint {fp})"
+
+
+def _video_options(recorded: dict | None) -> str:
+    """The `--video-*` options that give a recorded video sampling (`embedding_settings`' "video_sampling")."""
+    from unime.data.video import numbering_options
+
+    if not recorded:
+        return "the defaults (no --video-* option)"
+    sampling = VideoSampling(**{k: v for k, v in recorded.items() if k != "frame_rule"})
+    pixels = sampling.max_video_pixels
+    return numbering_options(sampling.numbering()) + \
+        (f" --video-max-pixels {pixels}" if pixels != VideoSampling.max_video_pixels else "")
 
 
 def _dtype_label(dtype: str, device: str | None) -> str | None:
