@@ -8,6 +8,7 @@ import io
 import signal
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -620,3 +621,46 @@ def test_search_reranks_rerank_top_k_candidates_even_beyond_top_k(world, monkeyp
     assert [h["rerank_score"] for h in r.json()["data"]] == [1.0, 0.0]
     assert [h["rank"] for h in r.json()["data"]] == [1, 2]
     assert over.status_code == 400 and "rerank_top_k: 7 is over the limit of 6" in over.text, over.text
+
+
+@contextmanager
+def _in_process(world, **limits):
+    """A TestClient of the real app in process, on the module's models and index (no auth), with `limits`."""
+    from fastapi.testclient import TestClient
+
+    from unime.index.store import CorpusIndex
+    from unime.serve.app import create_app
+    from unime.serve.config import Limits
+    from unime.serve.engine import Engine
+
+    engine = Engine(world["emb"], MODEL, world["rr"], RERANKER, CorpusIndex(world["root"] / "idx"))
+    try:
+        with TestClient(create_app(engine, ServeConfig(model=world["model"], no_auth=True,
+                                                       limits=Limits(**limits)))) as c:
+            yield c
+    finally:
+        engine.close()
+
+
+SURROGATE = [  # raw JSON: the "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder writes
+    ("/v1/embeddings", '{"model": "%s", "input": "a\\ud800b"}' % MODEL, "input[0]", 1),
+    ("/v1/embeddings", '{"model": "%s", "input": ["ok", {"text": "\\udc00"}]}' % MODEL, "input[1].text", 0),
+    ("/v1/embeddings", '{"model": "%s", "input": "ok", "instruction": "ab\\ud83d"}' % MODEL, "instruction", 2),
+    ("/v1/rerank", '{"query": "q\\ud800", "documents": ["a"]}', "query", 1),
+    ("/v1/rerank", '{"query": "q", "documents": ["a", "b\\udfff"]}', "documents[1]", 1),
+    ("/v1/search", '{"query": "\\ud800"}', "query", 0),
+    ("/v1/search", '{"query": "q", "instruction": "\\ud800"}', "instruction", 0),
+]
+
+
+@pytest.mark.parametrize("path,body,field,at", SURROGATE, ids=[f"{p} {f}" for p, _, f, _ in SURROGATE])
+def test_a_lone_surrogate_in_a_text_is_a_400_naming_the_field(world, path, body, field, at):
+    """QA: `{"query": "a\\ud800b"}` was a 500 (UnicodeEncodeError at `Item.key`)."""
+    with _in_process(world) as c:
+        r = c.post(path, content=body.encode(), headers={"Content-Type": "application/json"})
+        good = c.post("/v1/search", json={"query": "a red square", "top_k": 1})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field
+    assert r.json()["error"]["message"].startswith(f"{field}: text holds a lone UTF-16 surrogate ")
+    assert f"at character {at}," in r.json()["error"]["message"]
+    assert good.status_code == 200

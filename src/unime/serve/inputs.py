@@ -64,6 +64,11 @@ def check_text(text: Any, limits: Limits, field: str) -> str:
     if len(text) > limits.max_text_chars:
         raise RequestError(400, f"{field}: text of {len(text)} characters is over the limit of "
                                 f"{limits.max_text_chars}", param=field)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's "\ud800" escape: a lone UTF-16 surrogate (was a 500 at `Item.key`)
+        raise RequestError(400, f"{field}: text holds a lone UTF-16 surrogate {text[e.start]!r} at character "
+                                f"{e.start}, which is not valid Unicode", param=field) from None
     special = MODEL_SPECIAL_TOKEN.search(text)
     if special:  # would end the user turn of the prompt, or claim an image no request sent (a 500 before)
         raise RequestError(400, f"{field}: text holds the model's special token {special.group(0)!r}", param=field)
