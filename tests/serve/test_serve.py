@@ -664,3 +664,39 @@ def test_a_lone_surrogate_in_a_text_is_a_400_naming_the_field(world, path, body,
     assert r.json()["error"]["message"].startswith(f"{field}: text holds a lone UTF-16 surrogate ")
     assert f"at character {at}," in r.json()["error"]["message"]
     assert good.status_code == 200
+
+
+LOOSE = [  # a string, a bool or a float where an integer is expected, a string or a number where a bool is
+    ("/v1/search", {"query": "q", "top_k": "3"}, "top_k"),
+    ("/v1/search", {"query": "q", "top_k": True}, "top_k"),  # was a top_k of 1
+    ("/v1/search", {"query": "q", "top_k": 3.0}, "top_k"),
+    ("/v1/search", {"query": "q", "rerank": "yes"}, "rerank"),
+    ("/v1/search", {"query": "q", "rerank": 1}, "rerank"),
+    ("/v1/search", {"query": "q", "rerank": True, "rerank_top_k": "4"}, "rerank_top_k"),
+    ("/v1/search", {"query": "q", "include_thumbnails": "false"}, "include_thumbnails"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": "1"}, "top_n"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "return_documents": "true"}, "return_documents"),
+    ("/v1/embeddings", {"model": MODEL, "input": "x", "dimensions": "8"}, "dimensions"),
+]
+
+
+@pytest.mark.parametrize("path,body,field", LOOSE, ids=[f"{p} {f}={b[f]!r}" for p, b, f in LOOSE])
+def test_a_string_or_bool_where_an_int_or_bool_is_expected_is_a_422_naming_the_field(world, path, body, field):
+    """QA: `"top_k": "3"`, `"top_k": true` (a top_k of 1), `"top_k": 3.0` and `"rerank": "yes"` were accepted."""
+    with _in_process(world) as c:
+        r = c.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == field
+    assert r.json()["error"]["message"].startswith(f"invalid request: {field}: ")
+
+
+def test_json_integers_and_booleans_are_accepted(world):
+    """What the OpenAI / Cohere clients send: JSON integers and booleans."""
+    with _in_process(world) as c:
+        s = c.post("/v1/search", json={"query": "a red square", "top_k": 3, "rerank": False,
+                                       "include_thumbnails": False})
+        r = c.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"], "top_n": 1, "return_documents": True})
+        e = c.post("/v1/embeddings", json={"model": MODEL, "input": "x", "dimensions": world["emb"].hidden_size})
+    assert s.status_code == 200 and len(s.json()["data"]) == 3 and "thumbnail" not in s.json()["data"][0], s.text
+    assert r.status_code == 200 and len(r.json()["results"]) == 1 and "document" in r.json()["results"][0], r.text
+    assert e.status_code == 200 and len(e.json()["data"][0]["embedding"]) == world["emb"].hidden_size, e.text

@@ -1,10 +1,14 @@
-"""Request and response bodies (pydantic): OpenAI embeddings, Cohere/Jina rerank, search."""
+"""Request and response bodies (pydantic): OpenAI embeddings, Cohere/Jina rerank, search.
+
+A request's integers and booleans are strict (`StrictInt`, `StrictBool`): `"top_k": "3"`, `true` or `3.0` and
+`"rerank": "yes"` or `1` are a 422 naming the field, not coerced (`true` was a top_k of 1). What OpenAI's and
+Cohere's clients send (JSON integers and booleans) is what they accept."""
 
 from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 
 class MultimodalInput(BaseModel):
@@ -24,7 +28,7 @@ class EmbeddingsRequest(BaseModel):
     input: Union[str, MultimodalInput, list[Input]]
     model: str
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: StrictInt | None = None
     user: str | None = None
     instruction: str | None = Field(None, description="put before every input's text, on its own line")
 
@@ -52,8 +56,8 @@ class RerankRequest(BaseModel):
     query: Input
     documents: list[Input]
     model: str | None = None
-    top_n: int | None = Field(None, ge=1)
-    return_documents: bool = False
+    top_n: StrictInt | None = Field(None, ge=1)
+    return_documents: StrictBool = False
     mode: Literal["pairwise", "listwise"] = "pairwise"
     instruction: str | None = None
 
@@ -85,13 +89,13 @@ class SearchRequest(BaseModel):
     query: Input
     model: str | None = None
     instruction: str | None = None
-    top_k: int = Field(10, ge=1)
-    rerank: bool = False
+    top_k: StrictInt = Field(10, ge=1)
+    rerank: StrictBool = False
     rerank_mode: Literal["pairwise", "listwise"] = "pairwise"
-    rerank_top_k: int | None = Field(None, ge=1, description="how many of the top results to rerank (default top_k); "
-                                        "more than top_k: that many are retrieved and reranked, the best top_k "
-                                        "returned")
-    include_thumbnails: bool = True
+    rerank_top_k: StrictInt | None = Field(None, ge=1, description="how many of the top results to rerank (default "
+                                              "top_k); more than top_k: that many are retrieved and reranked, the "
+                                              "best top_k returned")
+    include_thumbnails: StrictBool = True
 
 
 class SearchHit(BaseModel):
