@@ -700,3 +700,52 @@ def test_json_integers_and_booleans_are_accepted(world):
     assert s.status_code == 200 and len(s.json()["data"]) == 3 and "thumbnail" not in s.json()["data"][0], s.text
     assert r.status_code == 200 and len(r.json()["results"]) == 1 and "document" in r.json()["results"][0], r.text
     assert e.status_code == 200 and len(e.json()["data"][0]["embedding"]) == world["emb"].hidden_size, e.text
+
+
+def _tokens(world, text: str) -> int:
+    """`text`'s tokens by the embedder's tokenizer (the transformers tokenizer's own call, not the service's copy)."""
+    return len(world["emb"].adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_a_text_over_the_token_limit_is_a_400_naming_the_field_and_the_count(world):
+    """QA: 8,000 emoji pass the 8,192-character limit but are 32,000 tokens (8 times the tiny model's context), which
+    held the model thread, and every request behind it, past the request timeout. A text is held to
+    `max_text_tokens` (default 2048) too: 600 emoji are 2,400 tokens in 600 characters."""
+    rockets = "\N{ROCKET}" * 600
+    n = _tokens(world, rockets)
+    assert n == 2400 and len(rockets) < 8192
+    long_doc = "a red rocket: " + rockets
+    with _in_process(world) as c:
+        s = c.post("/v1/search", json={"query": rockets, "top_k": 1})
+        e = c.post("/v1/embeddings", json={"model": MODEL, "input": ["ok", {"text": rockets}]})
+        r = c.post("/v1/rerank", json={"query": "q", "documents": ["a", long_doc]})
+        good = c.post("/v1/search", json={"query": "\N{ROCKET}" * 500, "top_k": 1})  # 2,000 tokens
+    assert s.status_code == 400 and s.json()["error"]["param"] == "query", s.text
+    assert s.json()["error"]["message"] == f"query: text of {n} tokens is over the limit of 2048"
+    assert e.status_code == 400 and e.json()["error"]["message"] == \
+        f"input[1].text: text of {n} tokens is over the limit of 2048", e.text
+    assert r.status_code == 400 and r.json()["error"]["message"] == \
+        f"documents[1]: text of {_tokens(world, long_doc)} tokens is over the limit of 2048", r.text
+    assert good.status_code == 200, good.text
+
+
+def test_the_token_limit_counts_the_instruction_and_is_at_most_the_models_context(world):
+    """The text with its instruction (on its own line) is counted; a `max_text_tokens` over the served models'
+    max_position_embeddings (the tiny models': 4096) is capped to it."""
+    context = world["emb"].model.config.text_config.max_position_embeddings
+    assert context == 4096
+    instruction, text = "Find the picture.", "\N{ROCKET}" * 10
+    n = _tokens(world, f"{instruction}\n{text}")
+    assert n > _tokens(world, text) + _tokens(world, instruction)  # the newline is a token of its own
+    over = "\N{ROCKET}" * 1100  # 4,400 tokens
+    with _in_process(world, max_text_tokens=n) as c:
+        at = c.post("/v1/embeddings", json={"model": MODEL, "input": text, "instruction": instruction})
+    with _in_process(world, max_text_tokens=n - 1) as c:
+        past = c.post("/v1/embeddings", json={"model": MODEL, "input": text, "instruction": instruction})
+    with _in_process(world, max_text_tokens=10 ** 6, max_text_chars=10 ** 6) as c:
+        capped = c.post("/v1/search", json={"query": over})
+    assert at.status_code == 200, at.text
+    assert past.status_code == 400 and past.json()["error"]["message"] == \
+        f"input[0]: text of {n} tokens with the instruction is over the limit of {n - 1}", past.text
+    assert capped.status_code == 400 and capped.json()["error"]["message"] == \
+        f"query: text of {_tokens(world, over)} tokens is over the limit of {context}", capped.text

@@ -124,7 +124,10 @@ class Observe:
 
 
 def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
-    limits = dataclasses.replace(config.limits, max_aspect_ratio=engine.max_aspect_ratio)
+    max_tokens = config.limits.max_text_tokens
+    if engine.context_tokens is not None:  # never more than the models are built for
+        max_tokens = min(max_tokens, engine.context_tokens)
+    limits = dataclasses.replace(config.limits, max_aspect_ratio=engine.max_aspect_ratio, max_text_tokens=max_tokens)
     metrics = Metrics()
     batcher = DynamicBatcher(engine.encode, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                              executor=engine.executor, on_batch=lambda n: metrics.batch_size.observe(n))
@@ -202,6 +205,10 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                                type="not_found_error", param="model", code="model_not_found")
         return served
 
+    def item(x, field: str, instruction: str | None = None):
+        """`to_item` under the service's limits, its text's tokens counted by the embedder's tokenizer."""
+        return to_item(x, limits, field, instruction=instruction, count_tokens=engine.count_tokens)
+
     def check_count(n: int, field: str) -> None:
         if n == 0:
             raise RequestError(400, f"{field}: empty input list", param=field)
@@ -246,7 +253,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         if req.dimensions is not None and req.dimensions != engine.dim:
             raise RequestError(400, f"dimensions: this model gives {engine.dim}-d embeddings, not {req.dimensions}",
                                param="dimensions")
-        items = [to_item(x, limits, f"input[{i}]", instruction=req.instruction) for i, x in enumerate(raw)]
+        items = [item(x, f"input[{i}]", req.instruction) for i, x in enumerate(raw)]
         vecs, tokens = await with_timeout(embed(items))
         metrics.items.labels("embedded").inc(len(items))
         data = []
@@ -262,8 +269,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     async def rerank(req: RerankRequest):
         model = check_model(req.model, engine.reranker_name, "reranker")
         check_count(len(req.documents), "documents")
-        query = to_item(req.query, limits, "query", instruction=req.instruction)
-        docs = [to_item(d, limits, f"documents[{i}]") for i, d in enumerate(req.documents)]
+        query = item(req.query, "query", req.instruction)
+        docs = [item(d, f"documents[{i}]") for i, d in enumerate(req.documents)]
         order, scores, source, tokens = await with_timeout(rerank_docs(query, docs, req.mode))
         metrics.items.labels("reranked").inc(len(docs))
         results = []
@@ -288,7 +295,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                                    param=name)
         if req.rerank and engine.reranker is None:
             raise RequestError(400, "rerank: this server has no reranker (start it with --reranker R)", param="rerank")
-        query = to_item(req.query, limits, "query", instruction=req.instruction)
+        query = item(req.query, "query", req.instruction)
         from unime.index.store import search_items
 
         async def work():

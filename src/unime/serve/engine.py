@@ -46,6 +46,7 @@ class Engine:
 
     def __post_init__(self):
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="unime-model")
+        self._counter = None  # `count_tokens`'s tokenizer
 
     @classmethod
     def load(cls, config: ServeConfig) -> "Engine":
@@ -90,6 +91,32 @@ class Engine:
         limits = [m.image_loader.max_aspect_ratio for m in (self.embedder, self.reranker)
                   if getattr(getattr(m, "image_loader", None), "max_aspect_ratio", None) is not None]
         return min(limits, default=None)
+
+    @property
+    def context_tokens(self) -> int | None:
+        """The smallest `max_position_embeddings` of the served models (their text model's): the longest input they
+        are built for, which caps the service's token limit per text (`unime.serve.app`); None: not known."""
+        sizes = []
+        for m in (self.embedder, self.reranker):
+            config = getattr(getattr(m, "model", None), "config", None)
+            n = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+            if isinstance(n, int):
+                sizes.append(n)
+        return min(sizes, default=None)
+
+    def count_tokens(self, text: str) -> int:
+        """The tokens of `text` alone (no chat template, no special tokens) by the embedder's tokenizer, on the
+        request's thread: a copy of its Rust tokenizer, never padded or truncated, since the model thread's
+        processor sets padding on the original and a fast tokenizer used by two threads at once fails ("Already
+        borrowed")."""
+        if self._counter is None:
+            from tokenizers import Tokenizer
+
+            counter = Tokenizer.from_str(self.embedder.adapter.tokenizer.backend_tokenizer.to_str())
+            counter.no_padding()
+            counter.no_truncation()
+            self._counter = counter
+        return len(self._counter.encode(text, add_special_tokens=False).ids)
 
     @property
     def dim(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any
+from typing import Any, Callable
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item
@@ -75,20 +75,31 @@ def check_text(text: Any, limits: Limits, field: str) -> str:
     return text
 
 
-def to_item(x: Any, limits: Limits, field: str, *, instruction: str | None = None) -> Item:
+def to_item(x: Any, limits: Limits, field: str, *, instruction: str | None = None,
+            count_tokens: Callable[[str], int] | None = None) -> Item:
     """A request input (a string, or an object with `text`, `image` and/or `images`) → `Item`.
-    An `instruction` is put before the text, on its own line."""
+    An `instruction` is put before the text, on its own line. `count_tokens` (the model's tokenizer,
+    `Engine.count_tokens`): the text with its instruction is held to `limits.max_text_tokens`."""
+    text_field = field
     if isinstance(x, str):
         text, images = check_text(x, limits, field), []
     else:
         d = x if isinstance(x, dict) else x.model_dump(exclude_none=True)
-        text = check_text(d.get("text") or "", limits, f"{field}.text")
+        text_field = f"{field}.text"
+        text = check_text(d.get("text") or "", limits, text_field)
         refs = ([d["image"]] if d.get("image") is not None else []) + list(d.get("images") or [])
         images = [decode_image(r, limits, f"{field}.image" if i == 0 and d.get("image") is not None
                                else f"{field}.images[{i}]") for i, r in enumerate(refs)]
     if instruction:
         check_text(instruction, limits, "instruction")
         text = f"{instruction}\n{text}" if text else instruction
+    if count_tokens is not None and text:
+        # characters do not bound tokens (8000 emoji: 32,000 tokens, 8 times the tiny models' context, which
+        # held the model thread, and every request queued behind it, for minutes)
+        n = count_tokens(text)
+        if n > limits.max_text_tokens:
+            raise RequestError(400, f"{text_field}: text of {n} tokens{' with the instruction' if instruction else ''} "
+                                    f"is over the limit of {limits.max_text_tokens}", param=text_field)
     item = Item(text=text, images=tuple(images))
     if item.is_empty:
         raise RequestError(400, f"{field}: empty input (no text and no image)", param=field)
