@@ -66,3 +66,39 @@ def test_submit_stacks_the_results():
 def test_one_item_at_a_time_when_the_batch_size_is_one(n):
     out, calls = _run(lambda items: items, [[i] for i in range(n)], max_batch_size=1)
     assert out == [[i] for i in range(n)] and all(len(c) == 1 for c in calls) and len(calls) == n
+
+
+def test_an_item_whose_submission_was_cancelled_is_never_run():
+    """A request that timed out (or whose client went away) while its item waited behind a running batch: the item
+    is dropped from the queue, not run once the model is free (a running batch cannot be interrupted)."""
+    import threading
+
+    release, started = threading.Event(), threading.Event()
+    calls: list[list] = []
+
+    def model(items):
+        calls.append(list(items))
+        started.set()
+        release.wait(10)
+        return [x * 10 for x in items]
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            b = DynamicBatcher(model, max_batch_size=4, max_wait_ms=1.0, executor=pool)
+            b.start()
+            try:
+                first = asyncio.ensure_future(b.submit_each(["long"]))
+                await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+                with pytest.raises(asyncio.TimeoutError):  # as `unime.serve.app`'s request timeout does
+                    await asyncio.wait_for(b.submit_each([1, 2]), 0.05)
+                gone = asyncio.ensure_future(b.submit_each([3]))
+                await asyncio.sleep(0.01)
+                gone.cancel()
+                later = asyncio.ensure_future(b.submit_each([4]))
+                await asyncio.sleep(0.01)
+                release.set()
+                return await first, await later
+            finally:
+                await b.stop()
+    assert asyncio.run(main()) == (["longlonglonglonglonglonglonglonglonglong"], [40])
+    assert calls == [["long"], [4]]

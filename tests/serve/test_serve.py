@@ -749,3 +749,78 @@ def test_the_token_limit_counts_the_instruction_and_is_at_most_the_models_contex
         f"input[0]: text of {n} tokens with the instruction is over the limit of {n - 1}", past.text
     assert capped.status_code == 400 and capped.json()["error"]["message"] == \
         f"query: text of {_tokens(world, over)} tokens is over the limit of {context}", capped.text
+
+
+@pytest.mark.parametrize("ends", ["disconnect", "timeout"])
+def test_a_request_whose_client_disconnected_or_that_timed_out_is_not_encoded(world, monkeypatch, ends):
+    """QA: an abandoned request's item was still encoded, and every request behind it waited for that. The app
+    called as uvicorn calls it: request 1 holds the model thread; request 2's client goes away (499), or its
+    request times out (503), while its item is queued: its work is cancelled and its item dropped from the queue;
+    request 3, sent once the model is free, is encoded next, alone. (A timeout dropped it before too.)"""
+    import asyncio
+    import json
+
+    from unime.serve.app import create_app
+    from unime.serve.engine import Encoded, Engine
+
+    release, started = threading.Event(), threading.Event()
+    encoded: list[list[str]] = []
+
+    def encode(items):
+        encoded.append([it.text for it in items])
+        started.set()
+        release.wait(30)
+        return [Encoded(np.ones(world["emb"].hidden_size, dtype=np.float32), 1) for _ in items]
+
+    engine = Engine(world["emb"], MODEL)
+    monkeypatch.setattr(engine, "encode", encode)
+    from unime.serve.config import Limits
+
+    timeout = 1.0 if ends == "timeout" else 60.0  # request 1 and 2 time out; request 3 is encoded at once
+    app = create_app(engine, ServeConfig(model=world["model"], no_auth=True, max_wait_ms=1.0,
+                                         limits=Limits(request_timeout_s=timeout)))
+
+    async def call(text, gone: asyncio.Event):
+        body = json.dumps({"model": MODEL, "input": text}).encode()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": "/v1/embeddings", "raw_path": b"/v1/embeddings", "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent = []
+
+        async def receive():
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(msg):
+            sent.append(msg)
+
+        await app(scope, receive, send)
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with app.router.lifespan_context(app):
+            stays, leaves = asyncio.Event(), asyncio.Event()
+            first = asyncio.ensure_future(call("first", stays))
+            await loop.run_in_executor(None, started.wait, 30)
+            second = asyncio.ensure_future(call("second", leaves))
+            while app.state.batcher.depth() < 1:
+                await asyncio.sleep(0.01)
+            if ends == "disconnect":
+                leaves.set()
+            await asyncio.wait({second}, timeout=10)  # on the old code a disconnected request waits for its encoding
+            release.set()
+            third = asyncio.ensure_future(call("third", stays))
+            return await asyncio.gather(first, second, third)
+
+    try:
+        statuses = asyncio.run(main())
+    finally:
+        release.set()
+        engine.close()
+    assert encoded == [["first"], ["third"]]
+    assert statuses == ([200, 499, 200] if ends == "disconnect" else [503, 503, 200])

@@ -239,14 +239,34 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         encoded = await batcher.submit_each(items)
         return np.stack([e.vector for e in encoded]), sum(e.tokens for e in encoded)
 
-    async def with_timeout(coro):
+    async def until_disconnected(request: Request) -> None:
+        """Returns once the client of `request` (whose body was read) has gone away."""
         try:
-            return await asyncio.wait_for(coro, limits.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestError(503, f"request timed out after {limits.request_timeout_s} s", type="timeout") from None
+            while (await request.receive())["type"] != "http.disconnect":
+                await asyncio.sleep(0.1)  # a server that answers at once with nothing more: no busy loop
+        except Exception:  # noqa: BLE001 - a server whose receive cannot tell: the request timeout still holds
+            await asyncio.Event().wait()
+
+    async def with_timeout(coro, request: Request):
+        """`coro`'s result; after the request timeout a 503, and when the client disconnects, its work is cancelled:
+        either way the request's items still queued for the model are dropped (`DynamicBatcher._collect`), not
+        encoded for nobody while the requests behind them wait (QA: a request that timed out held its successors)."""
+        work = asyncio.ensure_future(coro)
+        gone = asyncio.ensure_future(until_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({work, gone}, timeout=limits.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            work.cancel()  # nothing if it finished
+        if work in done:
+            return work.result()
+        if gone in done:
+            raise RequestError(499, "the client closed the request", type="client_closed_request")
+        raise RequestError(503, f"request timed out after {limits.request_timeout_s} s", type="timeout")
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[Depends(require_key)])
-    async def embeddings(req: EmbeddingsRequest):
+    async def embeddings(req: EmbeddingsRequest, request: Request):
         model = check_model(req.model, engine.model_name, "embedding model")
         raw = req.input if isinstance(req.input, list) else [req.input]
         check_count(len(raw), "input")
@@ -254,7 +274,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             raise RequestError(400, f"dimensions: this model gives {engine.dim}-d embeddings, not {req.dimensions}",
                                param="dimensions")
         items = [item(x, f"input[{i}]", req.instruction) for i, x in enumerate(raw)]
-        vecs, tokens = await with_timeout(embed(items))
+        vecs, tokens = await with_timeout(embed(items), request)
         metrics.items.labels("embedded").inc(len(items))
         data = []
         for i, v in enumerate(np.asarray(vecs, dtype=np.float32)):
@@ -266,12 +286,12 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
               dependencies=[Depends(require_key)])
-    async def rerank(req: RerankRequest):
+    async def rerank(req: RerankRequest, request: Request):
         model = check_model(req.model, engine.reranker_name, "reranker")
         check_count(len(req.documents), "documents")
         query = item(req.query, "query", req.instruction)
         docs = [item(d, f"documents[{i}]") for i, d in enumerate(req.documents)]
-        order, scores, source, tokens = await with_timeout(rerank_docs(query, docs, req.mode))
+        order, scores, source, tokens = await with_timeout(rerank_docs(query, docs, req.mode), request)
         metrics.items.labels("reranked").inc(len(docs))
         results = []
         for i in order[:req.top_n or len(order)]:
@@ -285,7 +305,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/search", response_model=SearchResponse, response_model_exclude_none=True,
               dependencies=[Depends(require_key)])
-    async def search(req: SearchRequest):
+    async def search(req: SearchRequest, request: Request):
         if engine.index is None:
             raise RequestError(404, "this server has no index (start it with --index IDX)", type="not_found_error")
         model = check_model(req.model, engine.model_name, "embedding model")
@@ -312,7 +332,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                 hits = top + hits[k:]
             return hits[:req.top_k], source
 
-        hits, source = await with_timeout(work())
+        hits, source = await with_timeout(work(), request)
         for r, h in enumerate(hits, 1):
             h["rank"] = r
             if not req.include_thumbnails:
