@@ -824,3 +824,43 @@ def test_a_request_whose_client_disconnected_or_that_timed_out_is_not_encoded(wo
         engine.close()
     assert encoded == [["first"], ["third"]]
     assert statuses == ([200, 499, 200] if ends == "disconnect" else [503, 503, 200])
+
+
+def test_token_batches_cut_by_shape_and_padded_tokens():
+    from unime.serve.engine import token_batches
+
+    text = (False, 0)
+    # by length: 10, 11, 12, 30 pad to 4 x 30 = 120 tokens; the 2000-token text would make 5 x 2000 > 8192
+    assert token_batches([10, 2000, 12, 11, 30], [text] * 5, 8192) == [[0, 3, 2, 4], [1]]
+    assert token_batches([100] * 5, [text] * 5, 250) == [[0, 1], [2, 3], [4]]  # 2 x 100 fit, 3 x 100 do not
+    assert token_batches([500, 3], [text] * 2, 100) == [[1], [0]]  # longer than the budget: alone
+    assert token_batches([5, 5, 5], [(False, 1), text, (False, 1)], 8192) == [[1], [0, 2]]  # a new shape: a new call
+    assert token_batches([0, 0], [(False, 1)] * 2, 1) == [[0], [1]]  # an image without text counts 1
+
+
+def test_a_long_text_does_not_pad_the_short_ones_of_its_batch(world, monkeypatch):
+    """QA: long and short items shared one padded model call. The engine runs a dynamic batch in calls of at most
+    `max_batch_tokens` padded tokens, by length; each item's embedding and token count are those it gets alone."""
+    from unime.serve.engine import Engine
+
+    emb = world["emb"]
+    texts = ["a red square", "\N{ROCKET}" * 300, "green", "a blue circle"]  # the rockets: 1,200 tokens
+    calls = []
+    real = emb.encode
+
+    def encode(items, **kw):
+        calls.append([it.text for it in items])
+        return real(items, **kw)
+
+    monkeypatch.setattr(emb, "encode", encode)
+    engine = Engine(emb, MODEL, max_batch_tokens=1000)
+    try:
+        got = engine.encode([Item(text=t) for t in texts])
+    finally:
+        engine.close()
+    monkeypatch.setattr(emb, "encode", real)
+    assert calls == [["green", "a red square", "a blue circle"], [texts[1]]]
+    for t, g in zip(texts, got):
+        alone, n = emb.encode([t], return_token_counts=True)
+        np.testing.assert_allclose(g.vector, alone[0], atol=1e-5)
+        assert g.tokens == n[0]

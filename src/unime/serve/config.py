@@ -54,6 +54,9 @@ class ServeConfig(ItemFormatOptions):
     dtype: str = dtype_option()
     max_batch_size: int = option(32, "dynamic batching: items per encoder batch", at_least=1)
     max_wait_ms: float = option(5.0, "dynamic batching: wait for more items (ms)", at_least=0)
+    max_batch_tokens: int = option(16384, "dynamic batching: padded text tokens per encoder call (its longest text's "
+                                   "tokens x its items); a batch's items are run by length in calls of at most this",
+                                   at_least=1)
     rerank_batch: int | None = option(None, "dynamic batching: listwise rerank requests generated together "
                                            "(default: the reranker's)", at_least=1)
     api_keys: list[str] = option(factory=list, cli=False)  # --api-key-file (`unime.serve.auth.load_api_keys`)

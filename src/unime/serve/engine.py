@@ -43,6 +43,7 @@ class Engine:
     reranker: Any = None
     reranker_name: str | None = None
     index: Any = None
+    max_batch_tokens: int | None = None  # `encode`'s padded tokens per model call (None: one call)
 
     def __post_init__(self):
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="unime-model")
@@ -82,7 +83,8 @@ class Engine:
             if root is None:
                 reranker.image_loader.__class__ = InlineOnlyLoader
         return cls(emb, config.model_name or default_name(config.model), reranker,
-                   config.reranker_name or (default_name(config.reranker) if config.reranker else None), index)
+                   config.reranker_name or (default_name(config.reranker) if config.reranker else None), index,
+                   config.max_batch_tokens)
 
     @property
     def max_aspect_ratio(self) -> float | None:
@@ -124,9 +126,20 @@ class Engine:
 
     def encode(self, items: Sequence[Item]) -> list[Encoded]:
         """Each item's embedding and token count: its processor input_ids (chat template and image/video
-        placeholder tokens included), taken from the batch the model ran."""
-        vecs, tokens = self.embedder.encode(list(items), batch_size=max(1, len(items)), return_token_counts=True)
-        return [Encoded(v, int(n)) for v, n in zip(vecs, tokens)]
+        placeholder tokens included), taken from the batch the model ran. The items (a dynamic batch) are run in
+        `token_batches` of `max_batch_tokens`: one long text does not pad a model call of short ones."""
+        from unime.models.embedder import padding_shape
+
+        items = list(items)
+        batches = [list(range(len(items)))] if self.max_batch_tokens is None else token_batches(
+            [self.count_tokens(it.text) for it in items], [padding_shape(it) for it in items], self.max_batch_tokens)
+        out: list[Encoded] = [None] * len(items)  # type: ignore[list-item]
+        for batch in batches:
+            vecs, tokens = self.embedder.encode([items[i] for i in batch], batch_size=len(batch),
+                                                return_token_counts=True)
+            for i, v, n in zip(batch, vecs, tokens):
+                out[i] = Encoded(v, int(n))
+        return out
 
     def rerank_pairwise(self, query: Item, docs: Sequence[Item]) -> tuple[list[int], list[float], int]:
         """(order, score per document, tokens the model read): P(Yes) per document, sorted (stable: ties keep the
@@ -145,6 +158,21 @@ class Engine:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+def token_batches(lengths: Sequence[int], shapes: Sequence[Any], max_tokens: int) -> list[list[int]]:
+    """Positions of items cut into batches of at most `max_tokens` padded tokens (a batch's longest `lengths` times
+    its size; an item longer than that alone): ordered by (`shapes`, length), so that items of one shape (the
+    embedder's `padding_shape`: video, image count) and alike lengths stand together, a new batch begun at each
+    new shape and where the next item would take the batch past `max_tokens`."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (shapes[i], lengths[i])):
+        last = batches[-1] if batches else None
+        if last and shapes[last[-1]] == shapes[i] and (len(last) + 1) * max(lengths[i], 1) <= max_tokens:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def listwise_order(picked: int, n: int) -> tuple[list[int], list[float]]:
