@@ -96,7 +96,8 @@ CASES = [
      "judge: --chunk-size must be >= 1, got 0"),
     *((["serve", "--model", "m", "--no-auth", option, value], f"serve: {option} must be >= {bound}, got {shown}")
       for option, value, bound, shown in (("--rerank-batch", "0", 1, "0"), ("--max-batch-size", "0", 1, "0"),
-                                          ("--max-wait-ms", "-1", 0, "-1.0"))),
+                                          ("--max-wait-ms", "-1", 0, "-1.0"), ("--max-batch-tokens", "0", 1, "0"),
+                                          ("--max-text-tokens", "0", 1, "0"))),
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--audit"],
      "mine: --audit needs --world"),
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--backend", "vllm",
