@@ -53,15 +53,19 @@ def input_fingerprints(c: MineConfig, *, n_records: int, skipped: int, pool_size
         "pool": {"path": str(Path(c.pool).resolve()), "sha1": file_sha1(c.pool)} if c.pool else "positives",
         "pool_size": pool_size,
         "embedder": {"path": c.embedder, "fingerprint": model_fingerprint(c.embedder)},
-        # a labels file (the oracle's ground truth) is identified by its content
-        "judge": {"path": c.judge, "fingerprint": file_sha1(c.judge) if os.path.isfile(c.judge)
-                  else model_fingerprint(c.judge)},
+        "judge": {"path": c.judge, "fingerprint": judge_fingerprint(c.judge)},
         "data_root": str(Path(c.resolved_data_root).resolve()),
         "images": {"sha1": images_sha1},
     }
     if c.backend == "oracle":  # ground truth, not a model's scores: shards are never shared with a model's
         inputs["judge"]["scores"] = "world ground truth"
     return inputs
+
+
+def judge_fingerprint(judge: str) -> str:
+    """The judge by its content: a checkpoint's `model_fingerprint`; a labels file (the oracle's ground truth) the
+    SHA-1 of its bytes."""
+    return file_sha1(judge) if os.path.isfile(judge) else model_fingerprint(judge)
 
 
 def _hashed_inputs(inputs: dict[str, Any], legacy: bool = False) -> dict[str, Any]:

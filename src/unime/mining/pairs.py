@@ -2,22 +2,37 @@
 command's options and call), optionally checked against labels.
 
 A pairs file is JSONL of `{"id"?, "query": item, "candidate": item}` (`unime.data.pairs.read_pairs`). The pairs
-are grouped by query, so each query's prefix is run once and each distinct (query, candidate) pair scored once
-(`JudgeBackend.score_groups`); the scores are written in input order.
+are scored in chunks of `PAIRS_PER_CHUNK`, and within a chunk grouped by query, so each query's prefix is run once
+and each distinct (query, candidate) pair scored once (`JudgeBackend.score_shards`); the scores are written in input
+order. Finished chunks are kept in `.OUT.unime-work/` until OUT is written: a re-run of a killed run resumes there
+(`unime.models.chunk_work`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from unime.data.atomic import atomic_open
 from unime.data.items import Item
 from unime.data.pairs import read_pairs
-from unime.errors import DataError
+from unime.errors import DataError, same_path_value
 from unime.mining.backends import JudgeOptions, JudgeSpec, judge_models, make_backend
+from unime.models.chunk_work import ChunkWork
 from unime.options import on_error_option, option
+
+# pairs per chunk, the unit of resumption: each finished chunk's scores are kept in the work folder beside the output
+# (`unime.models.chunk_work`) until the output is written, so a killed run loses at most one chunk's scoring (a 7B
+# judge: some minutes) and a re-run of the same command scores only the chunks not done. Queries whose pairs straddle
+# two chunks run their prefix once per chunk.
+PAIRS_PER_CHUNK = 4096
+# `make_backend` options that spread the work without changing a score (left out of the chunks' key)
+SPREAD_OPTIONS = ("num_workers", "address", "num_gpus_per_worker")
 
 
 @dataclass(kw_only=True)
@@ -50,7 +65,8 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
                      backend_options: dict | None = None, on_error: str = "raise", skips=None,
                      label_column: str | None = None) -> int | dict:
     """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic).
-    Every image is opened first; under `on_error="skip"` bad pairs are left out (and counted).
+    Every image is opened first; under `on_error="skip"` bad pairs are left out (and counted). Scored chunk by chunk,
+    resuming from the chunks an interrupted run of the same pairs, judge and settings left (`pairs_work_key`).
 
     With `label_column`: the lines also carry `label`, and the judge is evaluated on the labels
     (`unime.mining.judge_check`): OUT with suffix `.metrics.json` and `.calibration.png` are written and
@@ -68,16 +84,27 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
         pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker), None
     if not pairs:
         raise DataError("no pairs to score", source=pairs_path)
-    groups: dict[str, tuple[Item, list[Item]]] = {}
-    for _, q, c in pairs:
-        g = groups.setdefault(q.key, (q, []))
-        if all(x.key != c.key for x in g[1]):
-            g[1].append(c)
-    with make_backend(backend, spec, **(backend_options or {})) as be:
-        group_list = list(groups.values())
-        results = be.score_groups(group_list)
-    lookup = {q.key: {c.key: float(s) for c, s in zip(cands, sc)} for (q, cands), sc in zip(group_list, results)}
-    scores = [lookup[q.key][c.key] for _, q, c in pairs]
+    n_chunks = (len(pairs) + PAIRS_PER_CHUNK - 1) // PAIRS_PER_CHUNK
+    work = ChunkWork(out_path, "judge", pairs_work_key(pairs, spec, backend, backend_options), n_chunks)
+    work.open()
+    todo = work.todo()
+    if todo:
+        chunk_groups = {}
+
+        def chunks():
+            for i in todo:
+                chunk_groups[i] = query_groups(pairs[i * PAIRS_PER_CHUNK:(i + 1) * PAIRS_PER_CHUNK])
+                yield i, chunk_groups[i]
+
+        with make_backend(backend, spec, **(backend_options or {})) as be:
+            for i, results in be.score_shards(chunks()):
+                lookup = {q.key: {c.key: float(s) for c, s in zip(cands, sc)}
+                          for (q, cands), sc in zip(chunk_groups.pop(i), results)}
+                work.save(i, np.array([lookup[q.key][c.key]
+                                       for _, q, c in pairs[i * PAIRS_PER_CHUNK:(i + 1) * PAIRS_PER_CHUNK]],
+                                      dtype=np.float64))
+    scores = [float(s) for i in range(n_chunks)
+              for s in work.load(i, len(pairs[i * PAIRS_PER_CHUNK:(i + 1) * PAIRS_PER_CHUNK]))]
     with atomic_open(out_path) as fh:
         for i, (rid, q, c) in enumerate(pairs):
             row = {"id": rid, "score": scores[i]}
@@ -85,6 +112,7 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
                 row["label"] = labels[i]
             fh.write(json.dumps(row) + "\n")
     if labels is None:
+        work.finish()
         return len(pairs)
     from unime.mining.judge_check import binary_metrics, calibration_bins, plot_calibration
 
@@ -94,4 +122,45 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
     with atomic_open(f"{stem}.metrics.json") as fh:
         json.dump(metrics, fh, indent=1)
     plot_calibration(labels, scores, f"{stem}.calibration.png", title=f"judge {Path(spec.path).name}")
+    work.finish()
     return metrics
+
+
+def query_groups(pairs: list[tuple[Any, Item, Item]]) -> list[tuple[Item, list[Item]]]:
+    """The judge groups of `pairs`: one per query (its prefix run once), each distinct candidate once, in first-seen
+    order."""
+    groups: dict[str, tuple[Item, list[Item]]] = {}
+    for _, q, c in pairs:
+        g = groups.setdefault(q.key, (q, []))
+        if all(x.key != c.key for x in g[1]):
+            g[1].append(c)
+    return list(groups.values())
+
+
+def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend: str,
+                   backend_options: dict | None) -> dict[str, Any]:
+    """What the scores of `pairs` depend on, the key of `score_pairs_file`'s finished chunks: the pairs scored (their
+    items, in order) and the bytes of their images, the judge by its content, the backend and its options, and the
+    judge's settings that change scores (not how many continuations a forward runs or what its image cache keeps;
+    the attention kernel is the machine's choice, as for `unime mine`: `unime.mining.manifest.FREE_OPTIONS`)."""
+    from unime.data.image_digests import ImageDigests, digest_items
+    from unime.data.images import ImageLoader
+    from unime.models.embedding_cache import model_fingerprint
+    from unime.models.loading import canonical_dtype
+    from unime.mining.manifest import judge_fingerprint
+
+    listed = hashlib.sha1()
+    for _, q, c in pairs:
+        listed.update(f"{q.key}\t{c.key}\n".encode())
+    loader = ImageLoader(spec.data_root, allow_outside_root=spec.allow_outside_root)
+    return {"pairs": listed.hexdigest(), "per_chunk": PAIRS_PER_CHUNK,
+            "images": digest_items((it for _, q, c in pairs for it in (q, c)), loader, ImageDigests()),
+            "judge": judge_fingerprint(spec.path),
+            "adapter": model_fingerprint(spec.adapter_path) if spec.adapter_path else None,
+            "backend": backend,
+            "backend_options": same_path_value({k: v for k, v in (backend_options or {}).items()
+                                                if k not in SPREAD_OPTIONS}),
+            "device": spec.device, "dtype": canonical_dtype(spec.dtype),
+            "data_root": str(Path(spec.data_root).resolve()) if spec.data_root else None,
+            "allow_outside_root": spec.allow_outside_root, "image_budget": spec.image_budget,
+            "video_sampling": spec.video_sampling}

@@ -1,0 +1,138 @@
+"""The work folder of a long job that writes one file (`unime judge --pairs`, `unime embed`): the job runs in
+chunks of a fixed size, each finished chunk is written atomically into a hidden folder beside the output,
+`.NAME.unime-work/`, and a re-run of the same job reuses the chunks it finds there, so a run killed after hours
+loses at most the chunk it was in. `unime mine` resumes its judge stage the same way (its shards, in its own
+output folder: `unime.mining.stages.run_judge`); a single-file command has no folder of its own, hence this one.
+
+Layout: `unime-work.json` (the key file: the command, the output's name, the job's key, the chunk count) and
+`chunk-00000.npy`, ... A chunk is written with `unime.data.atomic.atomic_path`: a killed write leaves a
+`.chunk-*.tmp-*` sibling, removed by the next run.
+
+The key is a digest (`unime.outdir.options_hash`) of what the results depend on — the inputs by content, the model
+by its fingerprint, the options that change the numbers, the chunk size — chosen by the command. A re-run whose key
+differs discards the chunks found (unime's own files only) and starts over. The folder is unime's when it holds the
+key file (or nothing at all): a folder of that name without it is not touched, the command refuses it. When the
+output is written the command calls `finish`: unime's files go, and the folder when they leave it empty.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unime.data.atomic import atomic_open, atomic_path, warn_left
+from unime.errors import UnimeError
+from unime.outdir import options_hash
+
+log = logging.getLogger(__name__)
+
+WORK_SUFFIX = ".unime-work"
+KEY_FILE = "unime-work.json"
+_OWN = re.compile(r"chunk-\d{5,}\.npy")
+_OWN_TMP = re.compile(r"\.(chunk-\d{5,}\.npy|" + re.escape(KEY_FILE) + r")\.tmp-.+")
+
+
+def work_folder(out: str | Path) -> Path:
+    """`.NAME.unime-work` beside the output file NAME."""
+    out = Path(out)
+    return out.parent / f".{out.name}{WORK_SUFFIX}"
+
+
+class ChunkWork:
+    """The finished chunks of one job writing `out` (see the module doc). `open()` before the work; `todo()`, the
+    chunks left; `save(i, array)` as each finishes; `load(i)` to assemble the output; `finish()` once it is written."""
+
+    def __init__(self, out: str | Path, command: str, key: dict[str, Any], n_chunks: int):
+        self.out = Path(out)
+        self.folder = work_folder(out)
+        self.command = command
+        self.n_chunks = n_chunks
+        self.key = options_hash({**key, "chunks": n_chunks})
+
+    def path(self, i: int) -> Path:
+        return self.folder / f"chunk-{i:05d}.npy"
+
+    def _own_files(self) -> list[Path]:
+        return [p for p in self.folder.iterdir()
+                if p.name == KEY_FILE or _OWN.fullmatch(p.name) or _OWN_TMP.fullmatch(p.name)]
+
+    def open(self) -> int:
+        """Re-enter the folder an earlier run left, if any; returns the number of chunks done before (logged when there
+        are some). A folder of another key loses its chunks; one that is not unime's (no key file, not empty) is
+        refused."""
+        f = self.folder
+        if f.is_symlink() or (f.exists() and not f.is_dir()):
+            raise UnimeError(f"{f} is in the way: `unime {self.command}` keeps its finished chunks of {self.out.name} "
+                             "in a folder of that name; move it away and run again")
+        if f.is_dir():
+            recorded = self._recorded()
+            if recorded is None and any(f.iterdir()):
+                raise UnimeError(f"{f} exists and is not unime's work folder (no {KEY_FILE}); `unime {self.command}` "
+                                 f"keeps its finished chunks of {self.out.name} there: move it away and run again")
+            if recorded is not None and recorded.get("key") != self.key:
+                stale = [p for p in self._own_files() if p.name != KEY_FILE]
+                log.info("%s: the inputs or options changed since the chunks in %s were written: %d discarded, "
+                         "starting over", self.out, f, sum(1 for p in stale if _OWN.fullmatch(p.name)))
+                for p in stale:
+                    p.unlink(missing_ok=True)
+                self._write_key()
+            for p in f.iterdir():
+                if _OWN_TMP.fullmatch(p.name):  # leftovers of a killed write
+                    p.unlink(missing_ok=True)
+        done = self.n_chunks - len(self.todo())
+        if done:
+            log.info("%s: resuming: %d of %d chunks done before (in %s)", self.out, done, self.n_chunks, f)
+        return done
+
+    def _write_key(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_open(self.folder / KEY_FILE) as fh:
+            json.dump({"command": self.command, "output": self.out.name, "key": self.key, "chunks": self.n_chunks},
+                      fh, indent=1)
+
+    def _recorded(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.folder / KEY_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def todo(self) -> list[int]:
+        return [i for i in range(self.n_chunks) if not self.path(i).is_file()]
+
+    def save(self, i: int, values: np.ndarray) -> None:
+        """Chunk `i` done: written atomically (the folder appears with the first chunk: a run that fails before it
+        finished one leaves nothing beside the output)."""
+        if not (self.folder / KEY_FILE).is_file():
+            self._write_key()
+        with atomic_path(self.path(i)) as tmp:
+            with open(tmp, "wb") as fh:  # np.save on a file object: no ".npy" appended to the temporary name
+                np.save(fh, values)
+
+    def load(self, i: int, rows: int) -> np.ndarray:
+        """Chunk `i`, which must hold `rows` rows."""
+        path = self.path(i)
+        try:
+            values = np.load(path)
+        except (OSError, ValueError) as e:
+            raise UnimeError(f"{path}: unreadable chunk ({e}); remove it and run again (it is redone)") from None
+        if len(values) != rows:
+            raise UnimeError(f"{path}: {len(values)} rows, chunk {i} has {rows}; remove it and run again")
+        return values
+
+    def finish(self) -> None:
+        """The output is written: remove unime's files of the folder, then the folder when that leaves it empty."""
+        if not self.folder.is_dir():
+            return
+        for p in self._own_files():
+            p.unlink(missing_ok=True)
+        left = sorted(p.name for p in self.folder.iterdir())
+        if left:
+            warn_left(self.folder, left, f"(not unime's: the finished chunks of {self.out.name} were removed)")
+            return
+        self.folder.rmdir()

@@ -1,0 +1,137 @@
+"""`unime judge --pairs` resumes a killed run from its finished chunks (`unime.mining.pairs`,
+`unime.models.chunk_work`), on the oracle judge: scores read from a labels file, so the expected values are known."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from unime.mining import pairs as pairs_mod
+from unime.mining.backends import JudgeSpec
+from unime.mining.backends.oracle import WorldOracleBackend
+from unime.models.chunk_work import KEY_FILE, work_folder
+
+
+class Killed(BaseException):
+    """Stands for the SIGKILL of a run (no `except Exception` catches it)."""
+
+
+def _inputs(folder, n=10, *, grade=lambda i: i / 10):
+    pairs, labels = folder / "pairs.jsonl", folder / "labels.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"p{i}", "query": {"text": f"query {i % 3}"},
+                                         "candidate": {"text": f"candidate {i}"}}) + "\n" for i in range(n)))
+    labels.write_text("".join(json.dumps({"query": {"text": f"query {i % 3}"}, "candidate": {"text": f"candidate {i}"},
+                                          "score": grade(i)}) + "\n" for i in range(n)))
+    return pairs, labels
+
+
+@pytest.fixture
+def scored_chunks(monkeypatch):
+    """Chunks of 3 pairs; records the chunks the judge scores; `kill_after[0] = k` kills the run as the judge starts
+    its (k+1)-th chunk."""
+    monkeypatch.setattr(pairs_mod, "PAIRS_PER_CHUNK", 3, raising=False)
+    scored, kill_after = [], [None]
+    real = WorldOracleBackend.score_groups
+
+    def score_groups(self, groups):
+        if kill_after[0] is not None and len(scored) == kill_after[0]:
+            raise Killed()
+        scored.append(sorted(c.text for _, cands in groups for c in cands))
+        return real(self, groups)
+
+    monkeypatch.setattr(WorldOracleBackend, "score_groups", score_groups)
+    return scored, kill_after
+
+
+def _score(pairs, labels, out):
+    return pairs_mod.score_pairs_file(str(pairs), str(out), JudgeSpec(path=str(labels)), backend="oracle")
+
+
+def test_a_killed_judge_run_resumes_from_its_finished_chunks_and_writes_the_uninterrupted_output(tmp_path,
+                                                                                                   scored_chunks,
+                                                                                                   caplog):
+    scored, kill_after = scored_chunks
+    pairs, labels = _inputs(tmp_path)
+    assert _score(pairs, labels, tmp_path / "whole.jsonl") == 10  # uninterrupted: 4 chunks (3 + 3 + 3 + 1)
+    assert len(scored) == 4
+    whole = (tmp_path / "whole.jsonl").read_bytes()
+    assert [json.loads(x)["score"] for x in whole.decode().splitlines()] == pytest.approx([i / 10 for i in range(10)])
+
+    out = tmp_path / "scores.jsonl"
+    scored.clear()
+    kill_after[0] = 2
+    with pytest.raises(Killed):
+        _score(pairs, labels, out)
+    assert not out.exists()
+    work = work_folder(out)
+    assert work == tmp_path / ".scores.jsonl.unime-work"
+    assert sorted(p.name for p in work.iterdir()) == ["chunk-00000.npy", "chunk-00001.npy", KEY_FILE]
+
+    scored.clear()
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert _score(pairs, labels, out) == 10
+    assert scored == [["candidate 6", "candidate 7", "candidate 8"], ["candidate 9"]]  # the chunks not done only
+    assert f"{out}: resuming: 2 of 4 chunks done before" in caplog.text
+    assert out.read_bytes() == whole
+    assert not work.exists()  # the output written: the work folder is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.jsonl", "pairs.jsonl", "scores.jsonl",
+                                                          "whole.jsonl"]
+
+
+@pytest.mark.parametrize("change", ["judge", "pairs"])
+def test_a_rerun_with_other_inputs_does_not_reuse_the_chunks_of_the_killed_run(tmp_path, scored_chunks, caplog,
+                                                                              change):
+    scored, kill_after = scored_chunks
+    pairs, labels = _inputs(tmp_path)
+    out = tmp_path / "scores.jsonl"
+    kill_after[0] = 3
+    with pytest.raises(Killed):
+        _score(pairs, labels, out)
+    if change == "judge":  # another labels file: other scores for the same pairs
+        _inputs(tmp_path, grade=lambda i: 1 - i / 10)
+        expected = [1 - i / 10 for i in range(10)]
+    else:  # the first pair's candidate is another one (the labels list it, graded 0.0)
+        lines = pairs.read_text().splitlines()
+        lines[0] = lines[0].replace('"candidate 0"', '"candidate 9"')
+        pairs.write_text("\n".join(lines) + "\n")
+        expected = [0.9] + [i / 10 for i in range(1, 10)]
+    scored.clear()
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert _score(pairs, labels, out) == 10
+    assert len(scored) == 4  # every chunk scored anew
+    assert "3 discarded, starting over" in caplog.text and "resuming" not in caplog.text
+    assert [json.loads(x)["score"] for x in out.read_text().splitlines()] == pytest.approx(expected)
+    assert not work_folder(out).exists()
+
+
+def test_the_work_folder_appears_with_a_chunk_keeps_the_users_files_and_a_foreign_one_is_refused(tmp_path,
+                                                                                                   scored_chunks,
+                                                                                                   caplog):
+    scored, kill_after = scored_chunks
+    pairs, labels = _inputs(tmp_path)
+    out = tmp_path / "scores.jsonl"
+    work = work_folder(out)
+    kill_after[0] = 0
+    with pytest.raises(Killed):
+        _score(pairs, labels, out)
+    assert not work.exists()  # killed before a chunk was done: nothing beside the output
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match=rf"{work} exists and is not unime's work folder \(no {KEY_FILE}\)"):
+        _score(pairs, labels, out)
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"] and not out.exists()
+
+    (work / "notes.txt").unlink()
+    kill_after[0] = 1
+    with pytest.raises(Killed):
+        _score(pairs, labels, out)
+    (work / "notes.txt").write_text("mine")  # put there while the run was stopped
+    kill_after[0] = None
+    with caplog.at_level(logging.WARNING, logger="unime"):
+        assert _score(pairs, labels, out) == 10
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # unime's files gone, the user's kept
+    assert "notes.txt" in caplog.text
