@@ -84,8 +84,8 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
         pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker), None
     if not pairs:
         raise DataError("no pairs to score", source=pairs_path)
-    n_chunks = (len(pairs) + PAIRS_PER_CHUNK - 1) // PAIRS_PER_CHUNK
-    work = ChunkWork(out_path, "judge", pairs_work_key(pairs, spec, backend, backend_options), n_chunks)
+    work = ChunkWork(out_path, "judge", pairs_work_key(pairs, spec, backend, backend_options), rows=len(pairs),
+                     per_chunk=PAIRS_PER_CHUNK)
     work.open()
     todo = work.todo()
     if todo:
@@ -93,18 +93,15 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
 
         def chunks():
             for i in todo:
-                chunk_groups[i] = query_groups(pairs[i * PAIRS_PER_CHUNK:(i + 1) * PAIRS_PER_CHUNK])
+                chunk_groups[i] = query_groups(pairs[work.span(i)])
                 yield i, chunk_groups[i]
 
         with make_backend(backend, spec, **(backend_options or {})) as be:
             for i, results in be.score_shards(chunks()):
                 lookup = {q.key: {c.key: float(s) for c, s in zip(cands, sc)}
                           for (q, cands), sc in zip(chunk_groups.pop(i), results)}
-                work.save(i, np.array([lookup[q.key][c.key]
-                                       for _, q, c in pairs[i * PAIRS_PER_CHUNK:(i + 1) * PAIRS_PER_CHUNK]],
-                                      dtype=np.float64))
-    scores = [float(s) for i in range(n_chunks)
-              for s in work.load(i, len(pairs[i * PAIRS_PER_CHUNK:(i + 1) * PAIRS_PER_CHUNK]))]
+                work.save(i, np.array([lookup[q.key][c.key] for _, q, c in pairs[work.span(i)]], dtype=np.float64))
+    scores = [float(s) for s in work.load_all()]
     with atomic_open(out_path) as fh:
         for i, (rid, q, c) in enumerate(pairs):
             row = {"id": rid, "score": scores[i]}
@@ -153,7 +150,7 @@ def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend
     for _, q, c in pairs:
         listed.update(f"{q.key}\t{c.key}\n".encode())
     loader = ImageLoader(spec.data_root, allow_outside_root=spec.allow_outside_root)
-    return {"pairs": listed.hexdigest(), "per_chunk": PAIRS_PER_CHUNK,
+    return {"pairs": listed.hexdigest(),
             "images": digest_items((it for _, q, c in pairs for it in (q, c)), loader, ImageDigests()),
             "judge": judge_fingerprint(spec.path),
             "adapter": model_fingerprint(spec.adapter_path) if spec.adapter_path else None,

@@ -44,15 +44,22 @@ def work_folder(out: str | Path) -> Path:
 
 
 class ChunkWork:
-    """The finished chunks of one job writing `out` (see the module doc). `open()` before the work; `todo()`, the
-    chunks left; `save(i, array)` as each finishes; `load(i)` to assemble the output; `finish()` once it is written."""
+    """The finished chunks of one job writing `out` (see the module doc): `rows` rows (pairs, items) cut in chunks of
+    `per_chunk` (chunk `i` holds the rows of `span(i)`). `open()` before the work; `todo()`, the chunks left;
+    `save(i, array)` as each finishes (a row per row); `load_all()` to assemble the output; `finish()` once it is
+    written."""
 
-    def __init__(self, out: str | Path, command: str, key: dict[str, Any], n_chunks: int):
+    def __init__(self, out: str | Path, command: str, key: dict[str, Any], *, rows: int, per_chunk: int):
         self.out = Path(out)
         self.folder = work_folder(out)
         self.command = command
-        self.n_chunks = n_chunks
-        self.key = options_hash({**key, "chunks": n_chunks})
+        self.rows, self.per_chunk = rows, per_chunk
+        self.n_chunks = (rows + per_chunk - 1) // per_chunk
+        self.key = options_hash({**key, "rows": rows, "per_chunk": per_chunk})
+
+    def span(self, i: int) -> slice:
+        """The rows of chunk `i`."""
+        return slice(i * self.per_chunk, min(self.rows, (i + 1) * self.per_chunk))
 
     def path(self, i: int) -> Path:
         return self.folder / f"chunk-{i:05d}.npy"
@@ -114,9 +121,10 @@ class ChunkWork:
             with open(tmp, "wb") as fh:  # np.save on a file object: no ".npy" appended to the temporary name
                 np.save(fh, values)
 
-    def load(self, i: int, rows: int) -> np.ndarray:
-        """Chunk `i`, which must hold `rows` rows."""
+    def load(self, i: int) -> np.ndarray:
+        """Chunk `i`'s values, one row per row of its `span`."""
         path = self.path(i)
+        rows = len(range(self.rows)[self.span(i)])
         try:
             values = np.load(path)
         except (OSError, ValueError) as e:
@@ -124,6 +132,10 @@ class ChunkWork:
         if len(values) != rows:
             raise UnimeError(f"{path}: {len(values)} rows, chunk {i} has {rows}; remove it and run again")
         return values
+
+    def load_all(self) -> np.ndarray:
+        """Every chunk's values, in order (all done)."""
+        return np.concatenate([self.load(i) for i in range(self.n_chunks)])
 
     def finish(self) -> None:
         """The output is written: remove unime's files of the folder, then the folder when that leaves it empty."""
