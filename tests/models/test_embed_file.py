@@ -56,3 +56,62 @@ def test_an_unknown_dtype_is_one_error_line_naming_it_and_writes_nothing(tiny_mo
             resolve_dtype(value, "cpu")
         assert str(refused.value) == (f"unknown dtype '{value}'; choose one of auto, fp32, float32, bf16, bfloat16, "
                                       "fp16, float16")
+
+
+class Killed(BaseException):
+    """Stands for the SIGKILL of a run (no `except Exception` catches it)."""
+
+
+def test_a_killed_embed_run_resumes_from_its_finished_chunks_and_writes_the_uninterrupted_output(
+        tiny_world_dir, tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """QA: `unime embed` killed mid-way and run again encoded every item again (a million-item corpus: hours of GPU
+    time). Its chunks (here of 4 items, batches of 2) are kept beside the output until it is written: the re-run
+    encodes only the items of the chunks not finished, and writes the array an uninterrupted run writes."""
+    import logging
+
+    import pytest
+
+    from unime.models import embed_file
+    from unime.models.embedder import Embedder
+
+    world = tiny_world_dir(0)
+    lines = (world / "items.jsonl").read_text(encoding="utf-8").splitlines()[:10]
+    items = tmp_path / "items.jsonl"
+    items.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 4, raising=False)
+    encoded, kill_after = [], [None]
+    forward = Embedder.forward
+
+    def counted(self, inputs, **kw):
+        if kill_after[0] is not None and len(encoded) == kill_after[0]:
+            raise Killed()
+        encoded.append(int(inputs["input_ids"].shape[0]))
+        return forward(self, inputs, **kw)
+
+    monkeypatch.setattr(Embedder, "forward", counted)
+    argv = ["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--data-root", str(world),
+            "--device", "cpu", "--batch-size", "2"]
+    assert main([*argv, "--out", str(tmp_path / "whole.npy")]) == 0
+    assert sum(encoded) == 10
+    out = tmp_path / "vecs.npy"
+    encoded.clear()
+    kill_after[0] = 4  # killed as the third chunk starts: two chunks (8 items) done
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(out)])
+    assert not out.exists() and sum(encoded) == 8
+    encoded.clear()
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert main([*argv, "--out", str(out)]) == 0
+    assert sum(encoded) == 2  # the last chunk's items only
+    assert f"{out}: resuming: 2 of 3 chunks done before" in caplog.text
+    np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
+    assert not (tmp_path / ".vecs.npy.unime-work").exists()
+
+    encoded.clear()  # another model setting (the dtype): the chunks of a killed run are not reused
+    kill_after[0] = 3
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(out), "--overwrite"])
+    encoded.clear()
+    kill_after[0] = None
+    assert main([*argv, "--out", str(out), "--dtype", "bf16", "--overwrite"]) == 0 and sum(encoded) == 10

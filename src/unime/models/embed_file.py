@@ -3,6 +3,9 @@
 Every line is parsed and every image opened before the model loads: a bad one stops the run naming the
 file, the line and the field, or under `on_error="skip"` is left out and counted; the array then has a
 row per kept line and `OUT.lines.json` lists the (1-based) line each row came from.
+
+The items are encoded in chunks of `ITEMS_PER_CHUNK`, kept in `.OUT.unime-work/` until OUT is written: a re-run of a
+killed run encodes only the chunks it had not finished (`encode_in_chunks`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,15 @@ from unime.data.jsonl import iter_jsonl
 from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.video import VideoOptions
 from unime.errors import DataError
+from unime.models.chunk_work import ChunkWork
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import EmbedderOptions, checkpoint_image_loader
 from unime.options import on_error_option, option
+
+# items per chunk, the unit of resumption: each encoded chunk is kept in the work folder beside the output
+# (`unime.models.chunk_work`) until the output is written, so a killed run loses at most one chunk's encoding and a
+# re-run of the same command encodes only the chunks not done (the embedding cache's block size too, `RunEncoder`)
+ITEMS_PER_CHUNK = 2048
 
 
 def read_items_file(path: str, *, image_loader: ImageLoader, on_error: str = "raise", skips: SkipReport | None = None
@@ -87,17 +96,54 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
                                    batch_size=cfg.batch_size, video_sampling=video_sampling, image_budget=image_budget,
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
+    path = Path(cfg.out)
+    work = ChunkWork(path, "embed", embed_work_key(emb, cfg.model, cfg.dtype, items, root), rows=len(items),
+                     per_chunk=ITEMS_PER_CHUNK)
     try:
-        vecs = emb.encode(items, show_progress=True)
+        vecs = encode_in_chunks(emb, items, work)
     except DataError as e:  # an item failing only when encoded (its video decoded, its layout rendered): its line
         err = named_where_read(e, items, [(items_path, r, "item") for r in records])
         if err is e:
             raise
         raise err from e
-    path = Path(cfg.out)
     with atomic_open(path, "wb") as fh:  # np.save on a file object: no ".npy" appended to the name
         np.save(fh, vecs)
     if skips.total:
         with atomic_open(f"{path}.lines.json") as fh:
             json.dump({"items": items_path, "lines": lines, "skipped": skips.total}, fh)
+    work.finish()  # the output written: its chunks go
     return path, int(vecs.shape[0]), int(vecs.shape[1]), skips
+
+
+def embed_work_key(emb, model: str, dtype: str | None, items: list[Item], root) -> dict:
+    """What the vectors of `items` depend on, the key of the finished chunks: the items (in order) and the bytes of
+    their images, and the model as the embedding cache identifies its vectors (`model_fingerprint` with the settings
+    that change them: pooling, dtype, resolution, attention kernel, device type). Not the batch size, which `unime
+    mine` does not count as changing its vectors either."""
+    import hashlib
+
+    from unime.data.image_digests import ImageDigests, digest_items
+    from unime.data.images import ImageLoader
+    from unime.models.embedding_cache import cache_settings, embedding_settings, model_fingerprint
+
+    listed = hashlib.sha1()
+    for it in items:
+        listed.update(f"{it.key}\n".encode())
+    loader = ImageLoader(root, allow_outside_root=getattr(emb.image_loader, "allow_outside_root", False))
+    return {"items": listed.hexdigest(), "images": digest_items(items, loader, ImageDigests()),
+            "model": model_fingerprint(model, cache_settings(embedding_settings(emb, dtype), emb))}
+
+
+def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:
+    """`emb.encode(items)` chunk by chunk, each chunk kept in `work`'s folder and the chunks an earlier run of the same
+    key finished read back, not encoded."""
+    from tqdm.auto import tqdm
+
+    work.open()
+    todo = work.todo()
+    left = sum(len(items[work.span(i)]) for i in todo)
+    with tqdm(total=len(items), initial=len(items) - left, desc="encode", unit="item") as bar:
+        for i in todo:
+            work.save(i, np.asarray(emb.encode(items[work.span(i)]), dtype=np.float32))
+            bar.update(len(items[work.span(i)]))
+    return work.load_all()
