@@ -84,8 +84,8 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
         pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker), None
     if not pairs:
         raise DataError("no pairs to score", source=pairs_path)
-    work = ChunkWork(out_path, "judge", pairs_work_key(pairs, spec, backend, backend_options), rows=len(pairs),
-                     per_chunk=PAIRS_PER_CHUNK)
+    work = ChunkWork(out_path, "judge", pairs_work_key(pairs, spec, backend, backend_options, checker.loader),
+                     rows=len(pairs), per_chunk=PAIRS_PER_CHUNK)
     work.open()
     todo = work.todo()
     if todo:
@@ -134,14 +134,14 @@ def query_groups(pairs: list[tuple[Any, Item, Item]]) -> list[tuple[Item, list[I
     return list(groups.values())
 
 
-def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend: str,
-                   backend_options: dict | None) -> dict[str, Any]:
+def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend: str, backend_options: dict | None,
+                   loader) -> dict[str, Any]:
     """What the scores of `pairs` depend on, the key of `score_pairs_file`'s finished chunks: the pairs scored (their
     items, in order) and the bytes of their images, the judge by its content, the backend and its options, and the
     judge's settings that change scores (not how many continuations a forward runs or what its image cache keeps;
-    the attention kernel is the machine's choice, as for `unime mine`: `unime.mining.manifest.FREE_OPTIONS`)."""
+    the attention kernel is the machine's choice, as for `unime mine`: `unime.mining.manifest.FREE_OPTIONS`). The
+    image paths are resolved by `loader`, the one the pairs were checked with."""
     from unime.data.image_digests import ImageDigests, digest_items
-    from unime.data.images import ImageLoader
     from unime.models.embedding_cache import model_fingerprint
     from unime.models.loading import canonical_dtype
     from unime.mining.manifest import judge_fingerprint
@@ -149,7 +149,6 @@ def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend
     listed = hashlib.sha1()
     for _, q, c in pairs:
         listed.update(f"{q.key}\t{c.key}\n".encode())
-    loader = ImageLoader(spec.data_root, allow_outside_root=spec.allow_outside_root)
     return {"pairs": listed.hexdigest(),
             "images": digest_items((it for _, q, c in pairs for it in (q, c)), loader, ImageDigests()),
             "judge": judge_fingerprint(spec.path),

@@ -97,7 +97,7 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
                                    batch_size=cfg.batch_size, video_sampling=video_sampling, image_budget=image_budget,
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
     path = Path(cfg.out)
-    work = ChunkWork(path, "embed", embed_work_key(emb, cfg.model, cfg.dtype, items, root), rows=len(items),
+    work = ChunkWork(path, "embed", embed_work_key(emb, cfg.model, cfg.dtype, items), rows=len(items),
                      per_chunk=ITEMS_PER_CHUNK)
     try:
         vecs = encode_in_chunks(emb, items, work)
@@ -115,22 +115,20 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
     return path, int(vecs.shape[0]), int(vecs.shape[1]), skips
 
 
-def embed_work_key(emb, model: str, dtype: str | None, items: list[Item], root) -> dict:
+def embed_work_key(emb, model: str, dtype: str | None, items: list[Item]) -> dict:
     """What the vectors of `items` depend on, the key of the finished chunks: the items (in order) and the bytes of
     their images, and the model as the embedding cache identifies its vectors (`model_fingerprint` with the settings
     that change them: pooling, dtype, resolution, attention kernel, device type). Not the batch size, which `unime
-    mine` does not count as changing its vectors either."""
+    mine` does not count as changing its vectors either. The image paths are resolved by the embedder's loader."""
     import hashlib
 
     from unime.data.image_digests import ImageDigests, digest_items
-    from unime.data.images import ImageLoader
     from unime.models.embedding_cache import cache_settings, embedding_settings, model_fingerprint
 
     listed = hashlib.sha1()
     for it in items:
         listed.update(f"{it.key}\n".encode())
-    loader = ImageLoader(root, allow_outside_root=getattr(emb.image_loader, "allow_outside_root", False))
-    return {"items": listed.hexdigest(), "images": digest_items(items, loader, ImageDigests()),
+    return {"items": listed.hexdigest(), "images": digest_items(items, emb.image_loader, ImageDigests()),
             "model": model_fingerprint(model, cache_settings(embedding_settings(emb, dtype), emb))}
 
 
