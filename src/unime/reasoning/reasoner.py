@@ -25,14 +25,22 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+
 from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.data.video import VideoOptions, VideoSampling
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
+from unime.models.chunk_work import ChunkWork
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
 from unime.models.loading import DeviceOptions, dtype_option
 from unime.options import option
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
+
+# T-CoTs per chunk of `unime reason generate`, the unit of resumption: each chunk's T-CoTs are kept in the work folder
+# beside the output (`unime.models.chunk_work`) until it is written, so a killed run loses at most one chunk's
+# generation and a re-run of the same command generates only the chunks not done
+TCOTS_PER_CHUNK = 256
 
 SIDES = ("query", "target")
 MODALITIES = ("text", "image", "video")
@@ -372,6 +380,8 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
     """`unime reason generate`: the checkpoint's T-CoTs for the chosen sides of every record, written to
     `cfg.out`, the records' data root recorded beside it (`unime.data.roots.record_data_root`: the rows keep
     the records' image paths). Returns (T-CoTs written, how many of them are in the T-CoT format)."""
+    from tqdm.auto import tqdm
+
     from unime.data.io import read_records
     from unime.data.roots import record_data_root, resolve_data_root
     from unime.reasoning.tcot import format_ok
@@ -385,11 +395,44 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
                                         max_new_tokens=cfg.max_new_tokens, attn_implementation=cfg.attn_implementation)
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
             for i, rec in enumerate(records) for side in sides]
-    outs = reasoner.generate([j[2] for j in jobs], [j[1] for j in jobs], do_sample=cfg.sample,
-                             temperature=cfg.temperature, show_progress=True)
+    work = ChunkWork(cfg.out, "reason generate", generate_work_key(cfg, jobs, reasoner.image_loader), rows=len(jobs),
+                     per_chunk=TCOTS_PER_CHUNK)
+    work.open()
+    todo = work.todo()
+    left = sum(len(jobs[work.span(i)]) for i in todo)
+    with tqdm(total=len(jobs), initial=len(jobs) - left, desc="generate", unit="T-CoT") as bar:
+        for i in todo:
+            part = jobs[work.span(i)]
+            outs = reasoner.generate([j[2] for j in part], [j[1] for j in part], do_sample=cfg.sample,
+                                     temperature=cfg.temperature)
+            work.save(i, np.array([o[0] for o in outs], dtype=str))  # fixed-width unicode: no pickle
+            bar.update(len(part))
     sampling = reasoner.image_loader.video_sampling
-    rows = [TCoTRow(rid, side, item, o[0], source=f"reasoner:{cfg.model}", video_sampling=numbering_of(item, sampling))
-            for (rid, side, item), o in zip(jobs, outs)]
+    rows = [TCoTRow(rid, side, item, str(text), source=f"reasoner:{cfg.model}",
+                    video_sampling=numbering_of(item, sampling))
+            for (rid, side, item), text in zip(jobs, work.load_all())]
     n = write_tcot_rows(rows, cfg.out)
+    work.finish()  # the output written: its chunks go
     record_data_root(os.path.dirname(os.path.abspath(cfg.out)), data_root, written=[cfg.out])
     return n, sum(format_ok(r.tcot) for r in rows)
+
+
+def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], loader: ImageLoader) -> dict[str, Any]:
+    """What the T-CoTs of `jobs` depend on, the key of `generate_tcots`' finished chunks: the jobs (record id, side,
+    item, in order) and the bytes of their images, the checkpoint by its content, and every other option but where
+    the output goes (the batch size and the attention kernel too: a greedy decoding over other padding or another
+    kernel may pick other tokens). The image paths are resolved by `loader`, the reasoner's."""
+    import hashlib
+    from dataclasses import asdict
+
+    from unime.data.image_digests import ImageDigests, digest_items
+    from unime.models.embedding_cache import model_fingerprint
+    from unime.models.loading import canonical_dtype
+
+    listed = hashlib.sha1()
+    for rid, side, item in jobs:
+        listed.update(f"{rid}\t{side}\t{item.key}\n".encode())
+    options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "records", "data_root", "model")}
+    return {**options, "dtype": canonical_dtype(cfg.dtype), "jobs": listed.hexdigest(),
+            "images": digest_items((j[2] for j in jobs), loader, ImageDigests()),
+            "model": model_fingerprint(cfg.model)}
