@@ -590,6 +590,10 @@ os.write(2, f"rc {{main(['demo', '--out', {str(tmp_path / 'o')!r}])}}".encode())
     (["train", "judge", "--model", "m", "--records", "r.jsonl", "--out", "j"], "; re-run the same command to resume"),
     (["mine", "--records", "r.jsonl", "--embedder", "e", "--judge", "j", "--out", "o"],
      "; re-run the same command to resume"),
+    (["judge", "--pairs", "p.jsonl", "--judge", "j", "--out", "s.jsonl"], "; re-run the same command to resume"),
+    (["embed", "--model", "m", "--items", "i.jsonl", "--out", "x.npy"], "; re-run the same command to resume"),
+    (["reason", "generate", "--model", "m", "--records", "r.jsonl", "--out", "t.jsonl"],
+     "; re-run the same command to resume"),
     (["data", "check", "r.jsonl"], ""),  # nothing to resume
 ])
 def test_ctrl_c_says_how_to_resume_a_command_that_resumes(argv, hint, monkeypatch, capsys):

@@ -71,7 +71,8 @@ OWNED_OUTPUT_COMMANDS = ("mine", "eval", "eval reference", "demo", "train embedd
                          "data synth", "data import", "index build")
 # commands that continue an interrupted run when re-run the same way (README, "Resuming"; docs/DEMO.md)
 RESUMABLE_COMMANDS = ("mine", "eval", "demo", "train embedder", "train reranker", "train judge", "train reasoner",
-                      "models pretrain", "models pretrain-judge", "index build")
+                      "models pretrain", "models pretrain-judge", "index build",
+                      "judge", "embed", "reason generate")  # from their finished chunks (`unime.models.chunk_work`)
 # the option naming the output folder, where it is not `out`
 _OUTPUT_FOLDER_DEST = {"reason split": "out_dir"}
 # (module, function) recognising an unmarked folder as the command's own output from before it claimed its
