@@ -89,7 +89,7 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
     work.open()
     todo = work.todo()
     if todo:
-        chunk_groups = {}
+        chunk_groups: dict[int, list[tuple[Item, list[Item]]]] = {}  # the chunks being scored
 
         def chunks():
             for i in todo:
@@ -142,9 +142,9 @@ def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend
     the attention kernel is the machine's choice, as for `unime mine`: `unime.mining.manifest.FREE_OPTIONS`). The
     image paths are resolved by `loader`, the one the pairs were checked with."""
     from unime.data.image_digests import ImageDigests, digest_items
+    from unime.mining.manifest import judge_fingerprint
     from unime.models.embedding_cache import model_fingerprint
     from unime.models.loading import canonical_dtype
-    from unime.mining.manifest import judge_fingerprint
 
     listed = hashlib.sha1()
     for _, q, c in pairs:
