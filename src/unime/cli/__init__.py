@@ -77,7 +77,9 @@ RESUMABLE_COMMANDS = ("mine", "eval", "demo", "train embedder", "train reranker"
 _OUTPUT_FOLDER_DEST = {"reason split": "out_dir"}
 # (module, function) recognising an unmarked folder as the command's own output from before it claimed its
 # folders (`unime.outdir.claim`'s `adopts`): such a folder is taken without --overwrite
-_ADOPTS_UNMARKED = {"index build": ("unime.index.store", "is_index_folder")}
+_ADOPTS_UNMARKED = {"index build": ("unime.index.store", "is_index_folder"),
+                    "models pretrain": ("unime.demo.pretrain", "is_pretrained_folder"),
+                    "models pretrain-judge": ("unime.demo.pretrain", "is_pretrained_folder")}
 
 
 def _judge_companions(args) -> tuple[str, ...]:

@@ -98,7 +98,8 @@ def _pretrain(args) -> int:
     from unime.demo.pretrain import PretrainOptions, pretrain
 
     opts = config_from_args(PretrainOptions, args)
-    print(pretrain(_base_recipe(args, opts.preset), **opts.where()).model)
+    print(pretrain(_base_recipe(args, opts.preset), overwrite=bool(getattr(args, "overwrite", False)),
+                   **opts.where()).model)
     return 0
 
 
@@ -108,5 +109,6 @@ def _pretrain_judge(args) -> int:
     opts = config_from_args(PretrainOptions, args)
     judge = JudgePretrainRecipe.preset(opts.preset).replace(
         **option_values(JudgePretrainRecipe, args, prefix="judge-", unset_is_none=True))
-    print(pretrain_judge(judge, _base_recipe(args, opts.preset), **opts.where()).model)
+    print(pretrain_judge(judge, _base_recipe(args, opts.preset), overwrite=bool(getattr(args, "overwrite", False)),
+                         **opts.where()).model)
     return 0

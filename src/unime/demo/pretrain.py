@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-from unime.data.atomic import atomic_dir, atomic_open
+from unime.data.atomic import atomic_open
 from unime.models.loading import attn_implementation_option
 from unime.models.tiny import BUILD_REVISION
 from unime.options import check_ranges, option
@@ -390,35 +390,94 @@ def _generate_corpus(recipe: PretrainRecipe, corpus: Path, progress: Callable[[s
     generate_world(corpus, seed=recipe.corpus_seed, sizes=sizes, overwrite=False, video=video)
 
 
-def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None]) -> dict | None:
-    """The manifest of a finished cache folder for `key`; None when there is none; refuses foreign folders."""
+# the command that claims a --out folder of each model (`unime.outdir`): its marker there makes the folder ours
+_COMMANDS = {"base": "models pretrain", "judge": "models pretrain-judge"}
+
+
+def _work_path(dest: Path) -> Path:
+    """The hidden sibling folder where `dest` is built."""
+    return dest.parent / f".{dest.name}.work"
+
+
+def _work_key(dest: Path) -> str | None:
+    """The recipe key `dest`'s work folder is stamped with; None when there is no stamped work folder."""
+    stamp = _work_path(dest) / WORK_KEY
+    return stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
+
+
+def is_pretrained_folder(folder: str | os.PathLike) -> bool:
+    """An unmarked folder holding a finished pretrained model and nothing else (its `MODEL_DIR` and `MANIFEST`, with
+    a recipe key): what a run killed while an earlier version published it left (its whole --out folder was replaced
+    then, the command's marker with it). `unime models pretrain` / `pretrain-judge` take it as their own
+    (`unime.outdir.claim`'s `adopts`)."""
+    from unime.outdir import LOCK_NAME
+
+    folder = Path(folder)
+    try:
+        names = {p.name for p in folder.iterdir()} - {LOCK_NAME}
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return names == {MODEL_DIR, MANIFEST} and isinstance(manifest, dict) and bool(manifest.get("key"))
+
+
+def _warn_others(dest: Path, what: str) -> None:
+    """Name the entries of a claimed --out folder besides the model and its manifest (the user's): they stay."""
+    from unime.data.atomic import warn_left
+
+    if dest.is_dir():
+        others = sorted(p.name for p in dest.iterdir() if p.name not in (MODEL_DIR, MANIFEST)
+                        and not p.name.startswith("."))
+        warn_left(dest, others, f"beside the pretrained {what}")
+
+
+def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None], *,
+            overwrite: bool = False) -> dict | None:
+    """The manifest of a finished folder for `key` (a work folder of the same recipe left beside it by a run killed
+    as it finished is removed); None when there is none. Refuses a folder of another recipe (unless `overwrite`: it
+    is replaced when this recipe is published) and a folder that is not unime's: one neither claimed by the command
+    (its marker) nor holding this recipe's unfinished publication (its work folder stamped with `key`)."""
+    from unime.outdir import LOCK_NAME, MARKER_NAME, read_marker
+
+    claimed = (read_marker(dest) or {}).get("command") == _COMMANDS[what] if dest.is_dir() else False
     if (dest / MANIFEST).is_file():
         manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("key") == key:
+            if _work_key(dest) == key:  # killed after the manifest was published, before its work folder went
+                shutil.rmtree(_work_path(dest))
             progress(f"[pretrain] reusing {dest} ({what}, recipe key {key})")
+            if claimed:
+                _warn_others(dest, what)
             return manifest
-        raise FileExistsError(f"{dest} holds a pretrained {what} of another recipe (key {manifest.get('key')}, "
-                              f"wanted {key}); choose another --out")
-    from unime.outdir import LOCK_NAME, MARKER_NAME
-
-    # the command line claims and locks its --out folder first (`unime.outdir`): those two files are not content
-    if dest.exists() and any(p.name not in (LOCK_NAME, MARKER_NAME) for p in dest.iterdir()):
+        if not (overwrite and claimed):
+            raise FileExistsError(f"{dest} holds a pretrained {what} of another recipe (key {manifest.get('key')}, "
+                                  f"wanted {key}); choose another --out" + (", or pass --overwrite to replace it" if claimed else ""))
+    # the command line claims and locks its --out folder first (`unime.outdir`): those two files are not content,
+    # and the other entries of a folder it claimed are the user's (they stay); a folder of this recipe's unfinished
+    # publication (killed between moving the model in and writing the manifest) holds the model
+    ours = claimed or _work_key(dest) == key
+    if not ours and dest.exists() and any(p.name not in (LOCK_NAME, MARKER_NAME) for p in dest.iterdir()):
         raise FileExistsError(f"{dest} exists and is not a pretrained {what} written by unime; choose another --out")
     return None
 
 
-def _work_folder(dest: Path, key: str, what: str) -> Path:
+def _work_folder(dest: Path, key: str, what: str, overwrite: bool = False) -> Path:
     """The hidden sibling folder where `dest` is built, claimed for `key`: an interrupted run of another recipe
-    into the same `dest` (its finished stages would be reused under the wrong recipe) is refused."""
-    work = dest.parent / f".{dest.name}.work"
+    into the same `dest` (its finished stages would be reused under the wrong recipe) is refused, or with
+    `overwrite` removed (only a work folder stamped with a recipe's key: unime's own)."""
+    work = _work_path(dest)
     stamp = work / WORK_KEY
     if work.is_dir() and any(work.iterdir()):
-        held = stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
-        if held != key:
+        held = _work_key(dest)
+        if held == key:
+            return work
+        if held and overwrite:
+            shutil.rmtree(work)  # unime's own work folder (its stamp), of the recipe this run replaces
+        else:
             whose = f"of another recipe (key {held}, wanted {key})" if held else f"without a {WORK_KEY} stamp"
             raise FileExistsError(f"{work} holds an interrupted {what} pretraining {whose}: rerun that recipe to "
-                                  "finish it, or remove the folder to start this one")
-        return work
+                                  "finish it, or remove the folder to start this one"
+                                  + (" (--overwrite discards it)" if held else ""))
     work.mkdir(parents=True, exist_ok=True)
     with atomic_open(stamp) as fh:
         fh.write(key)
@@ -427,12 +486,27 @@ def _work_folder(dest: Path, key: str, what: str) -> Path:
 
 def _publish(dest: Path, model: Path, manifest: dict, work: Path, progress: Callable[[str], None],
              what: str) -> PretrainResult:
-    """Move the finished `model` and its manifest into `dest` in one rename, then drop the work folder."""
-    with atomic_dir(dest, overwrite=dest.exists()) as tmp:
-        shutil.copytree(model, tmp / MODEL_DIR)
-        with atomic_open(tmp / MANIFEST) as fh:
-            json.dump(manifest, fh, indent=1)
+    """Move the finished `model` and its manifest into `dest`, then drop the work folder. Entry by entry, so that
+    the other entries of a claimed --out folder stay (the command's marker and lock, the user's files), in an order
+    that leaves a state the rerun finishes wherever a kill stops it: the manifest (the mark of a finished folder)
+    goes first and comes back last; until it is back, the work folder (stamped with the recipe's key) still holds
+    every finished stage and says whose the folder is (`_cached`); once it is back, the rerun reuses the folder and
+    removes the work folder."""
+    staged = work / "publish"
+    if staged.exists():  # a copy a killed publication left
+        shutil.rmtree(staged)
+    staged.mkdir()
+    shutil.copytree(model, staged / MODEL_DIR)
+    with atomic_open(staged / MANIFEST) as fh:
+        json.dump(manifest, fh, indent=1)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / MANIFEST).unlink(missing_ok=True)  # a manifest of the recipe replaced (--overwrite)
+    if (dest / MODEL_DIR).exists():  # the model of a killed publication, or of the recipe replaced
+        os.replace(dest / MODEL_DIR, staged / "replaced")
+    os.replace(staged / MODEL_DIR, dest / MODEL_DIR)
+    os.replace(staged / MANIFEST, dest / MANIFEST)
     shutil.rmtree(work)  # created by the caller, for this recipe only
+    _warn_others(dest, what)
     progress(f"[pretrain] {what} done: {dest}")
     return PretrainResult(dest, False, manifest)
 
@@ -483,9 +557,12 @@ def check_recipe(recipe: PretrainRecipe) -> None:
 
 def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
              exclude_world: str | os.PathLike | None = None, device: str | None = "cpu",
-             attn_implementation: str | None = None, progress: Callable[[str], None] = print) -> PretrainResult:
+             attn_implementation: str | None = None, progress: Callable[[str], None] = print,
+             overwrite: bool = False) -> PretrainResult:
     """Pretrain (or reuse) the base for `recipe`. With `out=None` the result lives in the per-machine cache.
-    `attn_implementation`: the attention kernel of every stage's model (`unime.models.loading.load_model`)."""
+    `attn_implementation`: the attention kernel of every stage's model (`unime.models.loading.load_model`).
+    `overwrite` (the command's --overwrite): an interrupted run of another recipe into `out` (its work folder) and
+    a finished one in the --out folder the command claimed are replaced instead of refused."""
     from unime.data.io import write_records
     from unime.models.tiny import TinySize, build_tiny
     from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
@@ -494,11 +571,11 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
     exclude, digest = excluded_signatures(exclude_world) if exclude_world else (set(), "")
     key = recipe.key(digest)
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-{key}"
-    manifest = _cached(dest, key, "base", progress)
+    manifest = _cached(dest, key, "base", progress, overwrite=overwrite)
     if manifest is not None:
         return PretrainResult(dest, True, manifest)
 
-    work = _work_folder(dest, key, "base")
+    work = _work_folder(dest, key, "base", overwrite)
     t0 = time.perf_counter()
     base = work / "base"
     if not (base / "config.json").is_file():
@@ -570,12 +647,13 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
 def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
                    exclude_world: str | os.PathLike | None = None, device: str | None = "cpu",
                    attn_implementation: str | None = None, progress: Callable[[str], None] = print,
-                   base: PretrainResult | None = None) -> PretrainResult:
+                   base: PretrainResult | None = None, overwrite: bool = False) -> PretrainResult:
     """Pretrain (or reuse) the judge for (`judge`, `recipe`): the base of `recipe` (pretrained or reused first),
     fully fine-tuned as a Yes/No judge (`unime train judge`, answer-token loss + `group_weight` × the
     within-record softmax) on labelled pairs of the same corpus, minus the excluded world's scenes. `base`: that
     base as the caller's `pretrain(recipe, exclude_world=...)` returned it (the demo's models stage), not looked up
-    (and said to be reused) again; a base of another recipe or excluded world is refused."""
+    (and said to be reused) again; a base of another recipe or excluded world is refused. `overwrite`: as
+    `pretrain`'s, for the judge's `out` (the base is the cache's)."""
     from unime.data.io import write_records
     from unime.data.synth import World
     from unime.demo.judge_data import judge_training_records
@@ -592,11 +670,11 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     exclude_clips, clips_digest = excluded_clip_signatures(exclude_world) if exclude_world else (set(), "")
     key = judge.key(base.manifest["key"], clips_digest if judge.video_clips else "")
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-judge-{key}"
-    manifest = _cached(dest, key, "judge", progress)
+    manifest = _cached(dest, key, "judge", progress, overwrite=overwrite)
     if manifest is not None:
         return PretrainResult(dest, True, manifest)
     exclude, _ = excluded_signatures(exclude_world) if exclude_world else (set(), "")
-    work = _work_folder(dest, key, "judge")
+    work = _work_folder(dest, key, "judge", overwrite)
     t0 = time.perf_counter()
     corpus = work / "corpus"
     _generate_corpus(judge.corpus_recipe(recipe), corpus, progress, video_clips=judge.video_clips,

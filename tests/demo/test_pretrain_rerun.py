@@ -1,0 +1,189 @@
+"""`unime models pretrain` re-run after a kill (QA report): a run killed while it published its base, a file the user
+added to a killed run's --out, a changed recipe with --overwrite. The kills are real (SIGKILL at a chosen call, in
+a subprocess) where the on-disk state depends on the order of the publication's steps; else the state a kill
+leaves is written by hand."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unime.demo import pretrain as pt
+from unime.demo.pretrain import PretrainRecipe
+
+from tests.pretrain_stage_runs import weights_hash
+
+QUICK = ["models", "pretrain", "--preset", "quick", "--device", "cpu"]
+
+# run `unime` with SIGKILL at one call: os.replace before / after it moves something to TARGET, or shutil.rmtree of
+# TARGET; argv: POINT TARGET unime-arguments...
+_KILLED_AT = """
+import os, shutil, signal, sys
+point, target = sys.argv[1], sys.argv[2]
+replace, rmtree = os.replace, shutil.rmtree
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+def replace_then_kill(src, dst, *a, **k):
+    if point == "before" and str(dst) == target:
+        kill()
+    replace(src, dst, *a, **k)
+    if point == "after" and str(dst) == target:
+        kill()
+def rmtree_then_kill(path, *a, **k):
+    if point == "rmtree" and str(path) == target:
+        kill()
+    return rmtree(path, *a, **k)
+os.replace, shutil.rmtree = replace_then_kill, rmtree_then_kill
+from unime.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _run_killed(point: str, target: Path, argv: list[str], env: dict | None = None) -> int:
+    src = str(Path(pt.__file__).parents[2])  # this checkout's unime
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", _KILLED_AT, point, str(target), *argv], env=env,
+                          capture_output=True, timeout=600).returncode
+
+
+@pytest.fixture(scope="module")
+def trained_work(tmp_path_factory) -> Path:
+    """The work folder of the quick recipe with every stage finished, as a run killed before it published leaves
+    it (one thread, as in conftest)."""
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pt, "_publish", stop)
+        with pytest.raises(Stop):
+            pt.pretrain(PretrainRecipe.preset("quick"), out=root / "base", progress=lambda m: None)
+    work = root / ".base.work"
+    assert (work / "embedder" / "merged" / "model.safetensors").is_file()
+    return work
+
+
+def _finished_by_the_rerun(out: Path, merged: Path, capsys) -> None:
+    """A re-run of the command finishes `out`: the base of the quick recipe with the trained weights, the command's
+    marker, no work folder; a second re-run reuses it."""
+    from unime.cli import main
+    from unime.outdir import read_marker
+
+    capsys.readouterr()
+    assert main([*QUICK, "--out", str(out)]) == 0
+    manifest = json.loads((out / pt.MANIFEST).read_text(encoding="utf-8"))
+    assert manifest["key"] == PretrainRecipe.preset("quick").key()
+    assert weights_hash(out / pt.MODEL_DIR) == weights_hash(merged)
+    assert read_marker(out)["command"] == "models pretrain"
+    assert not (out.parent / f".{out.name}.work").exists()
+    assert sorted(p.name for p in out.iterdir()) == [".unime-output.json", ".unime.lock", "model", "pretrain.json"]
+    assert main([*QUICK, "--out", str(out)]) == 0
+    assert "reusing" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, target", [("before", "model"), ("after", "model"), ("after", "pretrain.json"),
+                                           ("rmtree", ".base.work")])
+def test_a_run_killed_while_publishing_is_finished_by_the_rerun(tmp_path, trained_work, capsys, point, target):
+    """Before, the publication replaced the whole --out folder (with the command's marker) and then removed the work
+    folder: a kill in between left an unmarked folder the re-run refused ("not empty and was not written by
+    unime"), and a work folder that --overwrite did not remove either."""
+    out = tmp_path / "base"
+    shutil.copytree(trained_work, tmp_path / ".base.work")
+    merged = trained_work / "embedder" / "merged"
+    killed_at = tmp_path / target if target.startswith(".") else out / target
+    assert _run_killed(point, killed_at, [*QUICK, "--out", str(out)]) == -signal.SIGKILL
+    _finished_by_the_rerun(out, merged, capsys)
+
+
+def test_the_folder_a_kill_left_while_an_earlier_version_published_is_finished(tmp_path, trained_work, capsys):
+    """The state QA's kill left with the publication before: --out replaced whole (the base and its manifest, no
+    marker), the work folder beside it. The re-run takes the folder as its own and finishes it."""
+    out = tmp_path / "base"
+    shutil.copytree(trained_work, tmp_path / ".base.work")
+    merged = trained_work / "embedder" / "merged"
+    shutil.copytree(merged, out / pt.MODEL_DIR)
+    (out / pt.MANIFEST).write_text(json.dumps({"key": PretrainRecipe.preset("quick").key()}), encoding="utf-8")
+    _finished_by_the_rerun(out, merged, capsys)
+
+
+def test_a_cached_base_a_kill_left_with_its_work_folder_is_reused_and_the_work_folder_removed(
+        tmp_path, trained_work, monkeypatch):
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = PretrainRecipe.preset("quick")
+    dest = pt.default_pretrained_root() / f"qwen2_vl-{recipe.key()}"
+    work = dest.parent / f".{dest.name}.work"
+    shutil.copytree(trained_work, work)
+    shutil.copytree(trained_work / "embedder" / "merged", dest / pt.MODEL_DIR)
+    (dest / pt.MANIFEST).write_text(json.dumps({"key": recipe.key()}), encoding="utf-8")
+    again = pt.pretrain(recipe, progress=lambda m: None)
+    assert again.reused and again.path == dest and not work.exists()
+    # a work folder of another recipe (its stamp) or an unstamped one is not this run's: it stays
+    for stamp in ("another-key", None):
+        work.mkdir()
+        if stamp:
+            (work / pt.WORK_KEY).write_text(stamp, encoding="utf-8")
+        (work / "x").write_text("x", encoding="utf-8")
+        assert pt.pretrain(recipe, progress=lambda m: None).reused and (work / "x").is_file()
+        shutil.rmtree(work)
+
+
+def test_a_file_the_user_added_to_a_killed_runs_out_stays_and_is_named(tmp_path, trained_work, capsys, caplog):
+    """Before, the re-run refused the folder ("exists and is not a pretrained base written by unime") although the
+    command's own marker was there, even with --overwrite."""
+    from unime.outdir import claim
+
+    out = tmp_path / "base"
+    shutil.copytree(trained_work, tmp_path / ".base.work")
+    claim(out, "models pretrain", {}).release()  # as the killed run's claim left it
+    (out / "NOTES.txt").write_text("notes\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        from unime.cli import main
+
+        assert main([*QUICK, "--out", str(out)]) == 0
+    assert (out / "NOTES.txt").read_text(encoding="utf-8") == "notes\n"
+    assert weights_hash(out / pt.MODEL_DIR) == weights_hash(trained_work / "embedder" / "merged")
+    assert any("NOTES.txt" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert not (tmp_path / ".base.work").exists()
+
+
+def test_overwrite_discards_the_work_folder_of_another_recipe(tmp_path, monkeypatch):
+    """`--overwrite` says a re-run with other options starts over: the interrupted run's work folder of another
+    recipe (unime's own: stamped with its key) is removed and this recipe starts there; without it, refused."""
+    from unime.cli import main
+
+    class Stop(Exception):
+        pass
+
+    started = {}
+
+    def first_stage(config):
+        started["stamp"] = (work / pt.WORK_KEY).read_text(encoding="utf-8")
+        started["other_stage"] = (work / "other-recipes-stage").exists()
+        raise Stop
+    out, work = tmp_path / "base", tmp_path / ".base.work"
+    work.mkdir()
+    (work / pt.WORK_KEY).write_text("0123456789abcdef", encoding="utf-8")
+    (work / "other-recipes-stage").write_text("x", encoding="utf-8")
+    monkeypatch.setattr("unime.train.embedder_trainer.train_embedder", first_stage)
+    assert main([*QUICK, "--out", str(out)]) != 0  # refused: the other recipe's work folder stays
+    assert (work / pt.WORK_KEY).read_text(encoding="utf-8") == "0123456789abcdef"
+    with pytest.raises(Stop):
+        main([*QUICK, "--out", str(out), "--overwrite"])
+    assert started == {"stamp": PretrainRecipe.preset("quick").key(), "other_stage": False}
+    # a work folder without a stamp is not recognisably unime's: refused, --overwrite or not
+    shutil.rmtree(work)
+    work.mkdir()
+    (work / "somebodys").write_text("x", encoding="utf-8")
+    assert main([*QUICK, "--out", str(out), "--overwrite"]) != 0
+    assert (work / "somebodys").is_file()
