@@ -187,3 +187,69 @@ def test_overwrite_discards_the_work_folder_of_another_recipe(tmp_path, monkeypa
     (work / "somebodys").write_text("x", encoding="utf-8")
     assert main([*QUICK, "--out", str(out), "--overwrite"]) != 0
     assert (work / "somebodys").is_file()
+
+
+def _tensors(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_interrupted_tagging_and_captioning_stages_resume_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """Before, both stages saved no checkpoint (captioning's `save_steps` was ten times its steps): a kill at step
+    30 of 150 restarted the stage at step 1. Now each resumes from its last checkpoint (every `steps // 10`), with
+    the data order, RNG, optimizer and schedule restored: the same weights as an uninterrupted run (one thread)."""
+    import torch
+    from transformers import TrainerCallback
+
+    import unime.demo.vision_tagging as vt
+    import unime.embed_rl.reasoner_sft as rs
+
+    # 68 scenes: 3 tagging batches of 32 and 9 captioning batches of 8 per pass, so both resume past an epoch's end
+    recipe = PretrainRecipe.preset("quick").replace(tag_steps=10, tag_batch_size=32, caption_steps=20)
+    whole = pt.pretrain(recipe, out=tmp_path / "whole", progress=lambda m: None)
+
+    class Kill(Exception):
+        pass
+
+    ran = {"tagging": 0, "captioning": 0}
+    stop_at = {"tagging": 8, "captioning": 13}  # the steps the kills come at (checkpoints: tagging 7, captioning 12)
+    features = vt.pooled_image_features
+
+    def tagging_step(*a, **k):
+        ran["tagging"] += 1  # once per step, and once before the first to size the head
+        if ran["tagging"] == stop_at["tagging"] + 1:
+            raise Kill
+        return features(*a, **k)
+
+    class CaptioningSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            ran["captioning"] += 1
+            if state.global_step == stop_at["captioning"]:
+                raise Kill
+    trainer = rs.sft_trainer
+
+    def counted_trainer(*a, **k):
+        t = trainer(*a, **k)
+        t.add_callback(CaptioningSteps())
+        return t
+    monkeypatch.setattr(vt, "pooled_image_features", tagging_step)
+    monkeypatch.setattr(rs, "sft_trainer", counted_trainer)
+    out = tmp_path / "killed"
+    with pytest.raises(Kill):  # in tagging
+        pt.pretrain(recipe, out=out, progress=lambda m: None)
+    ran["tagging"] = -100  # no more kills in tagging: the count now is of the steps the rerun does (+ 1)
+    with pytest.raises(Kill):  # in captioning, tagging resumed from step 7 and done
+        pt.pretrain(recipe, out=out, progress=lambda m: None)
+    assert ran == {"tagging": -100 + 1 + 10 - 7, "captioning": 13}
+    ran.update(tagging=0, captioning=0)
+    stop_at["captioning"] = -1
+    done = pt.pretrain(recipe, out=out, progress=lambda m: None)
+    assert ran == {"tagging": 0, "captioning": 20 - 12}  # on from captioning's checkpoint at step 12
+    ours, reference = _tensors(done.model), _tensors(whole.model)
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    assert done.manifest["captioning"] == whole.manifest["captioning"]  # its losses cover the whole run
+    assert done.manifest["tagging"] == whole.manifest["tagging"]
+    assert not (tmp_path / ".killed.work").exists()

@@ -10,7 +10,9 @@ caption (`unime.demo.pretrain.corpus_captions`: background, count, each object's
 position). Prompt = the scene image + `CAPTION_PROMPT`, one user turn as the family adapter renders it;
 completion = the caption + the chat template's end of turn. TRL's `SFTTrainer` (the reasoner SFT's,
 `unime.embed_rl.reasoner_sft.sft_trainer`) with completion-only loss, full fine-tuning. The captioned model
-is written in one rename (the stage is redone as a whole if it was interrupted).
+is written in one rename; the stage checkpoints ten times a run beside it (`checkpoints_folder`: weights, optimizer,
+schedule, RNG and data position, the Trainer's own resume) and an interrupted stage resumes from its last complete
+checkpoint, to the weights an uninterrupted run ends with.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
     from unime.models.hf_arguments import hf_training_arguments
     from unime.models.image_budget import adapter_image_loader
     from unime.models.loading import load_model
+    from unime.models.run_state import last_complete_checkpoint
 
     if not pairs:
         raise ValueError(f"{corpus_root}: no training scene left to caption")
@@ -85,26 +88,42 @@ def train_captioner(model: str | os.PathLike, corpus_root: str | os.PathLike, pa
     progress(f"[pretrain] captioning: {steps} steps of {batch_size} on {len(pairs)} scene captions"
              + (f" and {len(questions)} questions" if questions else ""))
     out = Path(out)
+    checkpoints = checkpoints_folder(out)
+    resume = last_complete_checkpoint(checkpoints)
+    if resume is not None:
+        progress(f"[pretrain] captioning: resuming from {resume}")
     with atomic_dir(out, overwrite=out.exists()) as tmp:  # `out` is this stage's own folder in the recipe's work folder
         args = hf_training_arguments(
-            SFTConfig, output_dir=tmp / "checkpoints", max_steps=steps, batch_size=batch_size, learning_rate=lr,
+            SFTConfig, output_dir=checkpoints, max_steps=steps, batch_size=batch_size, learning_rate=lr,
             warmup_steps=max(steps // 30, 1) if steps > 1 else 0, seed=seed, logging_steps=max(steps // 10, 1),
-            save_steps=10 * steps, save_total_limit=1, use_cpu=loaded.device == "cpu",
+            save_steps=checkpoint_steps(steps), save_total_limit=1, use_cpu=loaded.device == "cpu",
             bf16=loaded.dtype == torch.bfloat16, fp16=loaded.dtype == torch.float16, show_progress=False,
             remove_unused_columns=True, completion_only_loss=True, max_length=None)
         trainer = sft_trainer(loaded.model, loaded.processor, rows, args)
         log_training_dicts(trainer)  # its log dicts to the stage's log, not stdout (trains outside train_or_finish)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         trainer.model.save_pretrained(str(tmp))  # the whole model (the trainer's own save writes checkpoints' state)
         loaded.processor.save_pretrained(str(tmp))
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # made by this stage, inside its own temporary folder
         metrics = {"captions": len(pairs), **({"questions": len(questions)} if questions else {}),
                    "steps": trainer.state.global_step, "batch_size": batch_size,
                    "vision_frozen": freeze_vision,
                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    shutil.rmtree(checkpoints, ignore_errors=True)  # this stage's own, beside its folder; the model is in place
     return metrics
+
+
+def checkpoint_steps(steps: int) -> int:
+    """Every how many steps a stage of the base (captioning, tagging) checkpoints: ten times a run."""
+    return max(steps // 10, 1)
+
+
+def checkpoints_folder(out: str | os.PathLike) -> Path:
+    """Where the stage writing `out` keeps its checkpoints: beside `out` (its temporary folder goes when the stage
+    is killed; these stay, and the rerun resumes from the last complete one), removed once `out` is in place."""
+    out = Path(out)
+    return out.parent / f"{out.name}.checkpoints"
 
 
 def read_metrics(out: str | os.PathLike) -> dict[str, Any]:

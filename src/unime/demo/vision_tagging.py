@@ -15,17 +15,21 @@ every value of its objects' shape, colour, size and position). Loss: binary cros
 over the mean and the max of the image's merged visual tokens (`get_image_features`: the tokens the language
 model receives, so the merger is trained with the tower). The language model gets no gradient and is
 written unchanged; the head is dropped. Batches are a seeded permutation per epoch; the model is written in
-one rename (an interrupted stage is redone as a whole, as the captioning stage).
+one rename. The stage checkpoints ten times a run beside it (`STATE_FILE`: weights, head, optimizer, schedule,
+RNGs, batch order) and an interrupted stage resumes from its checkpoint, to the weights an uninterrupted run ends
+with, as the captioning stage.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 METRICS_FILE = "tagging.json"
+STATE_FILE = "tagging_state.pt"  # the loop's checkpoint, in `checkpoints_folder(out)`
 
 
 def scene_tags(scene) -> list[str]:
@@ -71,6 +75,7 @@ def train_tagger(model: str | os.PathLike, corpus_root: str | os.PathLike, rows:
     from transformers import get_scheduler
 
     from unime.data.atomic import atomic_dir
+    from unime.demo.captioning import checkpoint_steps, checkpoints_folder
     from unime.models.image_budget import adapter_image_loader
     from unime.models.loading import load_model
 
@@ -94,8 +99,13 @@ def train_tagger(model: str | os.PathLike, corpus_root: str | os.PathLike, rows:
     rng = np.random.default_rng(seed)
     order: list[int] = []
     losses: list[float] = []
+    out = Path(out)
+    state_file = checkpoints_folder(out) / STATE_FILE
+    if state_file.is_file():  # an interrupted stage: on from its last checkpoint, as if never stopped
+        order, losses = _load_state(state_file, net, head, opt, sched, rng)
+        progress(f"[pretrain] tagging: resuming from {state_file} (step {len(losses)})")
     net.train()
-    for _ in range(steps):
+    while len(losses) < steps:
         if len(order) < batch_size:
             order += rng.permutation(len(rows)).tolist()
         batch, order = order[:batch_size], order[batch_size:]
@@ -108,15 +118,46 @@ def train_tagger(model: str | os.PathLike, corpus_root: str | os.PathLike, rows:
         losses.append(float(loss.detach()))
         if len(losses) % max(steps // 10, 1) == 0:
             progress(f"[pretrain] tagging step {len(losses)}/{steps}: loss {losses[-1]:.4f}")
+        if len(losses) % checkpoint_steps(steps) == 0 and len(losses) < steps:
+            _save_state(state_file, net, head, opt, sched, rng, order, losses)
     tail = max(len(losses) // 10, 1)
     metrics = {"scenes": len(rows), "tags": len(vocab), "steps": steps, "batch_size": batch_size,
                "first_loss": float(np.mean(losses[:tail])), "last_loss": float(np.mean(losses[-tail:]))}
-    out = Path(out)
     with atomic_dir(out, overwrite=out.exists()) as tmp:  # `out` is this stage's own folder in the recipe's work folder
         net.save_pretrained(str(tmp))
         loaded.processor.save_pretrained(str(tmp))
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    shutil.rmtree(checkpoints_folder(out), ignore_errors=True)  # this stage's own, beside its folder
     return metrics
+
+
+def _save_state(path: Path, net, head, opt, sched, rng, order: list[int], losses: list[float]) -> None:
+    """Everything the loop's next step depends on, in one file written atomically (complete or absent): the model's
+    and the head's weights, the optimizer and schedule, torch's and the batch order's RNG, the order's rest and the
+    losses so far (their count: the step)."""
+    import torch
+
+    from unime.data.atomic import atomic_path
+
+    state = {"net": net.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "torch_rng": torch.get_rng_state(), "rng": json.dumps(rng.bit_generator.state), "order": order,
+             "losses": losses}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path, net, head, opt, sched, rng) -> tuple[list[int], list[float]]:
+    """Restore what `_save_state` wrote; returns (order, losses)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state["net"], strict=True)
+    head.load_state_dict(state["head"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = json.loads(state["rng"])
+    return list(state["order"]), list(state["losses"])
 
 
 def _pixels(loaded, images: list):
