@@ -189,6 +189,29 @@ def test_overwrite_discards_the_work_folder_of_another_recipe(tmp_path, monkeypa
     assert (work / "somebodys").is_file()
 
 
+
+def test_overwrite_replaces_a_finished_base_of_another_recipe_in_its_out(tmp_path, trained_work, capsys):
+    """The command's --out holds a finished base of another recipe: refused and left as it was without --overwrite;
+    with it, this recipe's base (its work folder finished) replaces the model and the manifest, the user's file
+    stays."""
+    from unime.cli import main
+    from unime.outdir import claim
+
+    out = tmp_path / "base"
+    claim(out, "models pretrain", {}).release()
+    (out / pt.MODEL_DIR).mkdir()
+    (out / pt.MODEL_DIR / "config.json").write_text("{}", encoding="utf-8")
+    (out / pt.MANIFEST).write_text(json.dumps({"key": "0123456789abcdef"}), encoding="utf-8")
+    (out / "NOTES.txt").write_text("notes\n", encoding="utf-8")
+    shutil.copytree(trained_work, tmp_path / ".base.work")
+    assert main([*QUICK, "--out", str(out)]) != 0
+    assert "another recipe" in capsys.readouterr().err
+    assert json.loads((out / pt.MANIFEST).read_text(encoding="utf-8"))["key"] == "0123456789abcdef"
+    assert main([*QUICK, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / pt.MANIFEST).read_text(encoding="utf-8"))["key"] == PretrainRecipe.preset("quick").key()
+    assert weights_hash(out / pt.MODEL_DIR) == weights_hash(trained_work / "embedder" / "merged")
+    assert (out / "NOTES.txt").is_file() and not (tmp_path / ".base.work").exists()
+
 def _tensors(model_dir: Path) -> dict:
     from safetensors.torch import load_file
 

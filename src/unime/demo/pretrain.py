@@ -451,7 +451,8 @@ def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None], *,
             return manifest
         if not (overwrite and claimed):
             raise FileExistsError(f"{dest} holds a pretrained {what} of another recipe (key {manifest.get('key')}, "
-                                  f"wanted {key}); choose another --out" + (", or pass --overwrite to replace it" if claimed else ""))
+                                  f"wanted {key}); choose another --out"
+                                  + (", or pass --overwrite to replace it" if claimed else ""))
     # the command line claims and locks its --out folder first (`unime.outdir`): those two files are not content,
     # and the other entries of a folder it claimed are the user's (they stay); a folder of this recipe's unfinished
     # publication (killed between moving the model in and writing the manifest) holds the model
