@@ -16,9 +16,10 @@ The result is an ordinary HF folder cached per machine under ``$UNIME_CACHE_DIR/
 ``~/.cache/unime/pretrained``), in a folder named by the recipe's key: a changed recipe (or a changed
 excluded world, a new `RECIPE_VERSION`, or a revised tiny build of the family: `unime.models.tiny.BUILD_REVISION`)
 trains anew, an unchanged one is reused. The work happens in
-a hidden sibling folder (resumable: a finished stage is not redone, the trainer resumes from its last
-checkpoint; the folder holds the key of its recipe, and another recipe will not take it over) and the finished
-folder appears by one rename.
+a hidden sibling folder (resumable: a finished stage is not redone, the tagging, captioning and contrastive stages
+resume from their last checkpoint; the folder holds the key of its recipe, and another recipe will not take it over
+unless --overwrite discards it); at the end the finished model, then its manifest, are moved into the folder
+(`_publish`: the other entries of a --out folder stay), so that a run killed at any point is finished by its rerun.
 
 Why these shapes (measured, see the project notes): at a vision width of 32 or an initialisation std
 of 0.02 the tiny models never route image content to the pooled token (colour classification stays at
