@@ -101,12 +101,22 @@ def test_the_overrides_change_only_the_named_fields_of_the_preset(calls, capsys)
     assert capsys.readouterr().out == "MODEL\nMODEL\nMODEL\nMODEL\n"
     (base, where), (judge, judge_base, _), (default, _), (judge8, base8, _) = calls
     assert base == PretrainRecipe.preset("quick").replace(steps=7, lr=0.5, family="qwen3_vl")
-    assert where == {"out": None, "exclude_world": None, "device": "cpu", "attn_implementation": "eager"}
+    assert where == {"out": None, "exclude_world": None, "device": "cpu", "attn_implementation": "eager",
+                     "overwrite": False}
     assert judge == JudgePretrainRecipe.preset("quick").replace(steps=9, holdout=0.25, video_clips=0)
     assert judge_base == PretrainRecipe.preset("quick")
     assert default == PretrainRecipe.preset("default")
     assert base8 == PretrainRecipe.preset("default").replace(layers=8, seed=3)
     assert judge8 == JudgePretrainRecipe.preset("default").replace(seed=5)
+
+
+def test_overwrite_reaches_the_stage_functions(calls, tmp_path):
+    """--overwrite lets the stage discard an interrupted run of another recipe into --out (its work folder)."""
+    from unime.cli import main
+
+    for command in ("pretrain", "pretrain-judge"):
+        assert main(["models", command, "--preset", "quick", "--out", str(tmp_path / command), "--overwrite"]) == 0
+    assert [c[-1]["overwrite"] for c in calls] == [True, True]
 
 
 def test_an_empty_contrastive_datasets_option_trains_on_all_datasets(calls):
