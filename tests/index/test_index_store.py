@@ -950,3 +950,55 @@ def test_a_refusal_for_another_video_sampling_names_the_video_options_of_each(mo
     why = model_mismatch({"model_fingerprint": "other", "model_settings": {**built, "dtype": "fp32"}}, model_dir,
                          {"dtype": "bf16", **built})
     assert why == "settings differ: dtype 'fp32' (index) vs 'bf16'"  # the same sampling: not said
+
+
+def test_a_manifest_dim_that_disagrees_with_the_vectors_is_refused_when_the_index_opens(tmp_path, model_dir, capsys):
+    """QA: a manifest edited by hand to `"dim": 32` for 16-d vectors opened, then every search failed ('query vectors
+    have dimension 16, the index 32'; a 500 from the service). Now the index is refused when it opens, naming the
+    chunk, its shape and the manifest's field: by `unime search` (before any model loads) and `unime serve` alike."""
+    import shutil
+
+    from unime.cli import main
+
+    _corpus(tmp_path / "corpus.jsonl", 12)
+    _build(tmp_path, model_dir, HashEmbedder(dim=16), chunk_size=5)
+
+    def with_dim(name, dim):
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "idx", folder)
+        m = json.loads((folder / "manifest.json").read_text())
+        m["dim"] = dim
+        (folder / "manifest.json").write_text(json.dumps(m))
+        return folder
+
+    wrong = with_dim("dim32", 32)
+    with pytest.raises(IndexError_) as e:
+        CorpusIndex(wrong)
+    chunk = wrong / "chunks" / "chunk-00000.npy"
+    assert str(e.value).startswith(f"{chunk}: vectors of shape (5, 16), but the field 'dim' of "
+                                   f"{wrong / 'manifest.json'} is 32")
+    with pytest.raises(IndexError_, match="field 'dim' is 'x', not a positive integer"):
+        CorpusIndex(with_dim("dim_text", "x"))
+    assert main(["search", "--index", str(wrong), "--query", "document", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"unime: error: {chunk}: vectors of shape (5, 16)") and err.count("\n") == 1, err
+    # the index as built opens and searches
+    assert CorpusIndex(tmp_path / "idx").search(HashEmbedder(dim=16).vec("document number 7")[None], 1)[1][0, 0] == 7
+
+
+def test_a_build_stopped_before_the_manifest_recorded_its_first_chunk_is_finished_by_a_re_run(tmp_path, model_dir):
+    """Stopped after its first chunk was committed, before the manifest recording it (`dim` still null): a re-run
+    found nothing to add and died on `int(None)`; it takes the vectors' dim from the stored chunk."""
+    import shutil
+
+    _corpus(tmp_path / "corpus.jsonl", 4)
+    _build(tmp_path, model_dir, HashEmbedder(dim=16))
+    m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    m["dim"], m["index"], m["count"] = None, {}, None
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(m))
+    stopped = shutil.copytree(tmp_path / "idx", tmp_path / "stopped")
+    idx, stats = _build(tmp_path, model_dir, HashEmbedder(dim=16))
+    assert (len(idx), stats.added, idx.dim) == (4, 0, 16)
+    assert idx.search(HashEmbedder(dim=16).vec("document number 2")[None], 1)[1][0, 0] == 2
+    with pytest.raises(IndexError_, match="records no 'dim' for the stored vectors .* re-run `unime index build`"):
+        CorpusIndex(stopped, load_faiss=False)

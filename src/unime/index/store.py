@@ -165,6 +165,10 @@ class CorpusIndex:
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise IndexError_(f"{self.folder}: index format {self.manifest.get('format_version')} is not "
                               f"{FORMAT_VERSION}; rebuild it")
+        dim = self.manifest.get("dim")
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
+            raise IndexError_(f"{self.folder / 'manifest.json'}: field 'dim' is {dim!r}, not a positive integer; "
+                              f"{_REBUILD}")
         self._chunks: list[np.ndarray] = []
         self.entries: list[dict] = []
         for keys in committed_chunks(self.folder):
@@ -172,6 +176,13 @@ class CorpusIndex:
             rows = [json.loads(line) for line in keys.read_text(encoding="utf-8").splitlines() if line]
             if arr.shape[0] != len(rows):
                 raise IndexError_(f"{keys}: {len(rows)} entries for {arr.shape[0]} vectors")
+            if dim is None:  # stopped between its first chunk and the manifest that records the vectors' size
+                raise IndexError_(f"{self.folder}: the manifest records no 'dim' for the stored vectors (its build was "
+                                  "interrupted); re-run `unime index build` with the same arguments to finish it")
+            # a manifest whose dim disagrees with its vectors (edited by hand) was served, then every search failed
+            if arr.ndim != 2 or arr.shape[1] != dim:
+                raise IndexError_(f"{keys.with_suffix('.npy')}: vectors of shape {arr.shape}, but the field 'dim' of "
+                                  f"{self.folder / 'manifest.json'} is {dim}; {_REBUILD}")
             self._chunks.append(arr)
             self.entries.extend(rows)
         self.row_of_id = {e["id"]: i for i, e in enumerate(self.entries)}
@@ -191,6 +202,9 @@ class CorpusIndex:
             if self.faiss.ntotal != len(self.entries):
                 raise IndexError_(f"{self.folder}: faiss.index holds {self.faiss.ntotal} vectors for "
                                   f"{len(self.entries)} stored rows; {_REBUILD}")
+            if self.faiss.d != dim:
+                raise IndexError_(f"{self.folder}: faiss.index holds {self.faiss.d}-d vectors, but the field 'dim' "
+                                  f"of {self.folder / 'manifest.json'} is {dim}; {_REBUILD}")
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -346,6 +360,8 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
             if e.id in existing and existing[e.id].get("item") != _item_json(e.item):
                 raise IndexError_(f"{items_path}, line {e.line}: id {e.id!r} is indexed already with other content; "
                                   "give the new item another id, or build a new index")
+        if chunks and manifest.get("dim") is None:  # interrupted before the manifest recorded the first chunk's
+            manifest["dim"] = int(np.load(chunks[0].with_suffix(".npy"), mmap_mode="r").shape[1])
         todo = [e for e in entries if e.id not in existing]
         stats.already_indexed = len(entries) - len(todo)
         next_chunk = 1 + max((int(p.stem.split("-")[1]) for p in chunks), default=-1)
