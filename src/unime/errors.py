@@ -85,6 +85,11 @@ class ServeAppInUse(UnimeError):
     "unime", or one on its route prefix "/"). The message names the application and the cluster's address."""
 
 
+class ServeAddressUnavailable(UnimeError):
+    """`unime serve` asked to listen on a host and port it cannot bind (in use by another process, not an address of
+    this machine, a privileged port). The message names --host, --port and the system's reason."""
+
+
 class DemoStopped(UnimeError):
     """The demo stopped on purpose between stages: what it found would make the next stages meaningless.
     The message names the numbers and what to do (including how to continue anyway)."""

@@ -473,6 +473,28 @@ def test_batching_options_are_checked():
     ServeConfig(model="m", no_auth=True, rerank_batch=1).check()
 
 
+def test_a_port_in_use_is_refused_in_unimes_error_format_before_the_models_load(monkeypatch, capsys):
+    """QA: a port already taken was found by uvicorn only after the models loaded (minutes with a real model):
+    its own "[Errno 98] ... address already in use", exit 3. Now the address is bound first: one `unime: error:`
+    line naming --host and --port, exit 2, and no model is loaded."""
+    import socket
+
+    from unime.cli import main
+    from unime.serve.engine import Engine
+
+    def load(cls, config):
+        raise AssertionError("the models were loaded before the address was bound")
+
+    monkeypatch.setattr(Engine, "load", classmethod(load))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "m", "--no-auth", "--port", str(port), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"unime: error: serve: --host 127.0.0.1 --port {port}: cannot listen there "
+                                       "(Address already in use); stop what uses it or give another --port / --host\n")
+
+
 def test_sigterm_drains_in_flight_requests(world, tmp_path):
     s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "4"], log_path=tmp_path / "log").wait_ready()
     try:

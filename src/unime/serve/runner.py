@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from unime.errors import ServeAppInUse, require_extra
+from unime.errors import ServeAddressUnavailable, ServeAppInUse, require_extra
 from unime.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -40,16 +40,40 @@ def build_app(config: ServeConfig):
     return create_app(Engine.load(config), config)
 
 
+def bind_address(host: str, port: int):
+    """A socket bound to `host`:`port` (not listening yet), as uvicorn binds one (SO_REUSEADDR; IPv6 for a host with
+    a colon); `ServeAddressUnavailable` naming them and the system's reason if it cannot be bound."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        sock.close()
+        why = getattr(e, "strerror", None) or str(e)
+        raise ServeAddressUnavailable(f"serve: --host {host} --port {port}: cannot listen there ({why}); stop what "
+                                      "uses it or give another --port / --host") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM. On SIGTERM uvicorn stops accepting connections and lets in-flight
-    requests finish (up to `graceful_timeout_s`) before the app's shutdown drains the batcher."""
-    app = build_app(config)  # checks the extra first
-    import uvicorn
+    requests finish (up to `graceful_timeout_s`) before the app's shutdown drains the batcher.
+    The address is bound before the models load (minutes with a real model): a port in use is told at once."""
+    require_extra("serve", "unime serve", *SERVE_MODULES)
+    sock = bind_address(config.host, config.port)
+    try:
+        app = build_app(config)
+        import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
-                                           timeout_graceful_shutdown=config.graceful_timeout_s,
-                                           proxy_headers=False, server_header=False, access_log=False))
-    server.run()
+        server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
+                                               timeout_graceful_shutdown=config.graceful_timeout_s,
+                                               proxy_headers=False, server_header=False, access_log=False))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def replica_placement(config: ServeConfig, *, num_cpus: float, num_gpus: float) -> ServeConfig:
