@@ -523,6 +523,92 @@ def test_sigterm_drains_in_flight_requests(world, tmp_path):
         s.stop()
 
 
+def test_requests_cut_by_the_graceful_timeout_get_a_503_and_no_traceback(world, tmp_path):
+    """QA: with --graceful-timeout 0.5, the requests still running when it ran out were cancelled by uvicorn and each
+    answered 500 "Internal Server Error" with a CancelledError traceback in the log. Now each is a JSON 503 "server
+    shutting down" (type unavailable, Retry-After), with one log line; those that finished in time are 200s."""
+    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "4", "--graceful-timeout", "0.2"],
+               log_path=tmp_path / "log").wait_ready()
+    texts = [f"a long request item {i} " * 8 for i in range(16)]
+    results = []
+
+    def call():
+        try:
+            results.append(httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts}, timeout=120))
+        except httpx.TransportError as e:  # a connection uvicorn had not read a request from yet: closed
+            results.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(24)]
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(500):  # every request is being served (24 * 16 items take seconds at 4 per batch)
+            if _metric(httpx.get(s.base + "/metrics").text, "unime_in_flight_requests") >= 24:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the requests never were all in flight")
+        s.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(120)
+        assert s.proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        s.stop()
+    codes = [getattr(r, "status_code", type(r).__name__) for r in results]
+    assert len(codes) == 24 and set(codes) <= {200, 503}, codes
+    cut = [r for r in results if r.status_code == 503]
+    assert cut, codes  # the graceful timeout (0.2 s) ran out long before 384 items were encoded
+    for r in cut:
+        assert r.json()["error"] == {"message": "server shutting down", "type": "unavailable", "param": None,
+                                     "code": "server_shutting_down"}
+        assert r.headers["retry-after"] == "5"
+    assert all(len(r.json()["data"]) == 16 for r in results if r.status_code == 200)
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log and "CancelledError" not in log and "Exception in ASGI application" not in log, log
+    assert log.count("answered 503") == 1, log
+
+
+def test_only_the_shutdowns_cancellation_becomes_a_503_any_other_propagates():
+    """The middleware answers a request cancelled once the server shuts down with the 503 and ends that
+    cancellation (the request's task finishes, uncancelled); a cancellation before the shutdown (a caller's own
+    timeout, a task group) still propagates, nothing sent."""
+    import asyncio
+
+    from unime.serve.app import Observe
+    from unime.serve.metrics import Metrics
+
+    async def run(shutting_down: bool):
+        sent, started = [], asyncio.Event()
+
+        async def endless(scope, receive, send):
+            started.set()
+            await asyncio.Event().wait()
+
+        async def send(msg):
+            sent.append(msg)
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        mw = Observe(endless, Metrics(), shutting_down=lambda: shutting_down)
+        task = asyncio.create_task(mw({"type": "http", "path": "/v1/search", "method": "POST", "headers": []},
+                                      receive, send))
+        await started.wait()
+        task.cancel()
+        try:
+            await task
+            outcome = "returned"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        return outcome, task.cancelling(), sent
+
+    outcome, cancelling, sent = asyncio.run(run(True))
+    assert (outcome, cancelling) == ("returned", 0)
+    assert sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]
+    assert b'"message":"server shutting down"' in sent[1]["body"]
+    assert asyncio.run(run(False)) == ("cancelled", 1, [])
+
+
 def _chromium():
     import shutil
 

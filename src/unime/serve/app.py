@@ -42,9 +42,13 @@ def error_body(status: int, message: str, type: str = "invalid_request_error", p
     return {"error": {"message": message, "type": type, "param": param, "code": code}, "message": message}
 
 
-def _json_error(status: int, message: str, **kw) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _json_error(status: int, message: str, headers: dict | None = None, **kw) -> JSONResponse:
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     return JSONResponse(error_body(status, message, **kw), status_code=status, headers=headers)
+
+
+SHUTDOWN_RETRY_AFTER_S = 5  # what a request cut by the shutdown is told to wait before retrying (Retry-After)
 
 
 class BodyLimit:
@@ -89,10 +93,14 @@ class BodyLimit:
 
 class Observe:
     """ASGI middleware: request count, error count and latency per endpoint, requests in flight; an
-    exception that escaped everything else becomes a JSON 500 without a traceback."""
+    exception that escaped everything else becomes a JSON 500 without a traceback. A request cancelled once
+    the server shuts down (`shutting_down()`: uvicorn cancels those still running past --graceful-timeout) is
+    answered 503 "server shutting down" with Retry-After: uvicorn answered each with a 500 and its traceback (QA).
+    Any other cancellation propagates."""
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: Metrics, shutting_down=lambda: False):
+        self.app, self.metrics, self.shutting_down = app, metrics, shutting_down
+        self.cut_by_shutdown = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -110,6 +118,16 @@ class Observe:
         m.in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            if status["started"] or not self.shutting_down():
+                raise
+            # the request's own task, cancelled by the server's shutdown: the cancellation ends here, at its top
+            asyncio.current_task().uncancel()
+            self.cut_by_shutdown += 1
+            if self.cut_by_shutdown == 1:  # one line, not one per request (uvicorn's own line gives the count)
+                log.warning("shutting down: the requests still running after the graceful timeout are answered 503")
+            await _json_error(503, "server shutting down", type="unavailable", code="server_shutting_down",
+                              headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)})(scope, receive, send_wrapper)
         except Exception:  # noqa: BLE001 - never a traceback to the client
             log.exception("unhandled error on %s", scope["path"])
             if not status["started"]:
@@ -153,6 +171,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     app = FastAPI(title="unime", version="1", lifespan=lifespan,
                   description="Embeddings (OpenAI schema), rerank (Cohere/Jina schema) and search with unime models.")
     app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
+    app.state.shutting_down = False  # set by the server that runs the app when it starts to stop (`runner`)
 
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -161,7 +180,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type"])
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # inside `Observe`: 413s are counted too
-    app.add_middleware(Observe, metrics=metrics)
+    app.add_middleware(Observe, metrics=metrics, shutting_down=lambda: app.state.shutting_down)
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):

@@ -68,9 +68,14 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
         app = build_app(config)
         import uvicorn
 
-        server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
-                                               timeout_graceful_shutdown=config.graceful_timeout_s,
-                                               proxy_headers=False, server_header=False, access_log=False))
+        class Server(uvicorn.Server):
+            async def shutdown(self, sockets=None) -> None:
+                app.state.shutting_down = True  # requests cancelled from here on are answered 503 (`app.Observe`)
+                await super().shutdown(sockets=sockets)
+
+        server = Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
+                                       timeout_graceful_shutdown=config.graceful_timeout_s,
+                                       proxy_headers=False, server_header=False, access_log=False))
         server.run(sockets=[sock])
     finally:
         sock.close()
