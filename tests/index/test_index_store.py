@@ -1002,3 +1002,26 @@ def test_a_build_stopped_before_the_manifest_recorded_its_first_chunk_is_finishe
     assert idx.search(HashEmbedder(dim=16).vec("document number 2")[None], 1)[1][0, 0] == 2
     with pytest.raises(IndexError_, match="records no 'dim' for the stored vectors .* re-run `unime index build`"):
         CorpusIndex(stopped, load_faiss=False)
+
+
+def test_the_manifest_digest_changes_only_when_a_build_finishes(tmp_path, model_dir):
+    """What `unime serve` reloads on (`manifest_digest`): while a build appends chunk after chunk to an index, its
+    manifest keeps its content (a service does not try each half-built state); the build's last write changes it."""
+    from unime.index.store import manifest_digest
+
+    _corpus(tmp_path / "corpus.jsonl", 6)
+    first, _ = _build(tmp_path, model_dir, HashEmbedder())
+    assert first.manifest_digest == manifest_digest(tmp_path / "idx")
+    seen = []
+
+    class Watching(HashEmbedder):
+        def encode(self, items, **kw):
+            seen.append(manifest_digest(tmp_path / "idx"))
+            return super().encode(items, **kw)
+
+    _corpus(tmp_path / "corpus.jsonl", 6, start=6)
+    second, stats = _build(tmp_path, model_dir, Watching(), chunk_size=2)
+    assert stats.chunks_written == 3 and len(seen) == 3
+    assert seen == [first.manifest_digest] * 3  # mid-build: what was served
+    assert second.manifest_digest == manifest_digest(tmp_path / "idx") != first.manifest_digest
+    assert manifest_digest(tmp_path / "nothing") is None

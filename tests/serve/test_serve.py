@@ -609,6 +609,72 @@ def test_only_the_shutdowns_cancellation_becomes_a_503_any_other_propagates():
     assert asyncio.run(run(False)) == ("cancelled", 1, [])
 
 
+def test_a_build_appended_to_the_served_index_is_swapped_in_and_a_broken_one_keeps_the_old_serving(world, tmp_path,
+                                                                                                     caplog):
+    """QA: items added by `unime index build --out IDX` to the index a server serves were never seen (/health kept
+    the startup count, /v1/search missed them, no warning). Now the folder is looked at every --index-check-interval
+    (2 s): a finished build is loaded, checked and swapped in, with one log line; a state that cannot be served (here
+    a manifest whose dim disagrees with its vectors) keeps the old index serving, with a warning in the log and in
+    /health, until a good one comes."""
+    import json
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from unime.index.store import CorpusIndex, build_corpus_index
+    from unime.serve.app import create_app
+    from unime.serve.engine import Engine
+
+    corpus = write_corpus(tmp_path)
+    build = dict(embedder=world["emb"], model=world["model"], cache_dir=tmp_path / "cache",
+                 model_settings=world["idx"].manifest["model_settings"])
+    build_corpus_index(corpus, tmp_path / "idx", **build)
+    engine = Engine(world["emb"], MODEL, index=CorpusIndex(tmp_path / "idx"))
+    app = create_app(engine, ServeConfig(model=world["model"], no_auth=True))
+    query = "a violet triangle over a grey sea"
+
+    def wait_for(c, done):
+        for _ in range(600):  # the check runs every 2 s
+            health = c.get("/health").json()
+            if done(health):
+                return health
+            time.sleep(0.05)
+        pytest.fail(f"never happened; /health: {health}")
+
+    caplog.set_level(logging.INFO, logger="unime.serve")
+    try:
+        with TestClient(app) as c:
+            assert c.get("/health").json()["index_items"] == 8
+            assert query not in [h["item"]["text"] for h in c.post("/v1/search", json={"query": query, "top_k": 8})
+                                 .json()["data"]]
+            with open(corpus, "a") as fh:
+                fh.write(json.dumps({"id": "new-1", "text": query}) + "\n")
+            build_corpus_index(corpus, tmp_path / "idx", **build)
+            health = wait_for(c, lambda h: h["index_items"] == 9)
+            assert health["index_warning"] is None
+            hits = c.post("/v1/search", json={"query": query, "top_k": 1}).json()["data"]
+            assert [(h["id"], h["item"]["text"]) for h in hits] == [("new-1", query)]
+            assert sum("reloaded: 9 items (was 8)" in r.getMessage() for r in caplog.records) == 1
+
+            manifest = tmp_path / "idx" / "manifest.json"
+            good = manifest.read_text()
+            manifest.write_text(good.replace('"dim": 64', '"dim": 32'))
+            health = wait_for(c, lambda h: h["index_warning"] is not None)
+            assert health["index_items"] == 9
+            assert "changed on disk but its new state cannot be served" in health["index_warning"]
+            assert "the field 'dim' of" in health["index_warning"] and "still serving the 9 items" in \
+                health["index_warning"]
+            assert c.post("/v1/search", json={"query": query, "top_k": 1}).json()["data"][0]["id"] == "new-1"
+            assert sum(r.levelno == logging.WARNING and "cannot be served" in r.getMessage()
+                       for r in caplog.records) == 1
+
+            manifest.write_text(good)  # a good state again: served, the warning gone
+            health = wait_for(c, lambda h: h["index_warning"] is None)
+            assert health["index_items"] == 9
+    finally:
+        engine.close()
+
+
 def _chromium():
     import shutil
 

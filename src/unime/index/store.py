@@ -26,6 +26,7 @@ need the files).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -161,7 +162,9 @@ class CorpusIndex:
             raise IndexError_(f"{self.folder}: the index is damaged ({type(e).__name__}: {what}); {_REBUILD}") from None
 
     def _open(self, load_faiss: bool) -> None:
-        self.manifest = json.loads((self.folder / "manifest.json").read_text(encoding="utf-8"))
+        raw = (self.folder / "manifest.json").read_bytes()
+        self.manifest_digest = _digest(raw)  # which build of the folder this is (`manifest_digest`)
+        self.manifest = json.loads(raw.decode("utf-8"))
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise IndexError_(f"{self.folder}: index format {self.manifest.get('format_version')} is not "
                               f"{FORMAT_VERSION}; rebuild it")
@@ -240,6 +243,21 @@ class CorpusIndex:
         if self.faiss is None:
             return np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64)
         return search(self.faiss, q, k)  # an hnsw index at efSearch max(--ef-search, k), for this search only
+
+
+def manifest_digest(folder: str | os.PathLike) -> str | None:
+    """The digest of the index folder's manifest.json as it is now (None if it cannot be read): another than a
+    `CorpusIndex`'s `manifest_digest` once a build of the folder finished. A build's last write is the manifest
+    (its count, FAISS settings and build record); while it runs the manifest it rewrites keeps its content, so a
+    changed digest means a finished build (or a damaged index, which `CorpusIndex` refuses)."""
+    try:
+        return _digest((Path(folder) / "manifest.json").read_bytes())
+    except OSError:
+        return None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
 
 
 def require_hits(k: int) -> None:

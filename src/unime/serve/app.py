@@ -9,8 +9,9 @@ Bearer key unless auth is off. Every error is a JSON body ``{"error": {"message"
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import base64
+import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ from unime.serve.auth import bearer_token, key_matches
 from unime.serve.batching import DynamicBatcher
 from unime.serve.config import ServeConfig
 from unime.serve.engine import Engine, listwise_order
+from unime.serve.index_reload import IndexReloader
 from unime.serve.inputs import RequestError, to_item
 from unime.serve.metrics import Metrics
 from unime.serve.schemas import (EmbeddingsRequest, EmbeddingsResponse, RerankRequest, RerankResponse, SearchRequest,
@@ -155,15 +157,25 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                             max_wait_ms=config.max_wait_ms, executor=engine.executor,
                             on_batch=lambda n: metrics.rerank_batch_size.observe(n)) if engine.reranker else None
 
+    # a build that appends to the served index (`unime index build --out IDX`) is loaded and swapped in
+    reloader = IndexReloader(engine, model=config.model, dtype=config.dtype, interval_s=config.index_check_s,
+                             fixed_rerank_root=engine.reranker is not None and config.rerank_data_root is None) \
+        if engine.index is not None and config.index_check_s > 0 else None
+
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
         if picker is not None:
             picker.start()
+        watching = asyncio.get_running_loop().create_task(reloader.run()) if reloader is not None else None
         log.info("serving %s (dim %d)%s%s", engine.model_name, engine.dim,
                  f", reranker {engine.reranker_name}" if engine.reranker else "",
                  f", index of {len(engine.index)} items" if engine.index is not None else "")
         yield
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         await batcher.stop()  # uvicorn has drained the in-flight requests before this point
         if picker is not None:
             await picker.stop()
@@ -325,7 +337,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     @app.post("/v1/search", response_model=SearchResponse, response_model_exclude_none=True,
               dependencies=[Depends(require_key)])
     async def search(req: SearchRequest, request: Request):
-        if engine.index is None:
+        index = engine.index  # one state of the index for the whole request (`IndexReloader` swaps it)
+        if index is None:
             raise RequestError(404, "this server has no index (start it with --index IDX)", type="not_found_error")
         model = check_model(req.model, engine.model_name, "embedding model")
         for name in ("top_k", "rerank_top_k") if req.rerank else ("top_k",):  # the more of them are retrieved
@@ -342,10 +355,10 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             # the top rerank_top_k are reranked, the best top_k returned: a rerank_top_k over top_k reranked only
             # the top_k hits retrieved (QA)
             rerank_k = (req.rerank_top_k or req.top_k) if req.rerank else 0
-            hits, source = search_items(engine.index, qv, max(req.top_k, rerank_k))[0], None
+            hits, source = search_items(index, qv, max(req.top_k, rerank_k))[0], None
             if rerank_k and hits:
                 k = min(rerank_k, len(hits))
-                cands = [engine.index.item(h["row"]) for h in hits[:k]]
+                cands = [index.item(h["row"]) for h in hits[:k]]
                 order, scores, source, _ = await rerank_docs(query, cands, req.rerank_mode)
                 top = [dict(hits[i], rerank_score=float(scores[i])) for i in order]
                 hits = top + hits[k:]
@@ -365,6 +378,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
         return {"status": "ok", "model": engine.model_name, "dim": engine.dim, "reranker": engine.reranker_name,
                 "index_items": len(engine.index) if engine.index is not None else None,
+                "index_warning": reloader.warning if reloader is not None else None,
                 "auth": not config.no_auth, "queue_depth": batcher.depth(), "pid": os.getpid(),
                 "device": str(engine.embedder.device), "torch_threads": torch.get_num_threads()}
 

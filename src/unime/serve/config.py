@@ -66,6 +66,8 @@ class ServeConfig(ItemFormatOptions):
     limits: Limits = option(factory=Limits, cli=False)
     graceful_timeout_s: float = option(30.0, "seconds SIGTERM waits for in-flight requests", dest="graceful_timeout")
     rerank_data_root: str | None = option(None, "folder of the indexed images (default: the index's)")
+    index_check_s: float = option(2.0, "seconds between looks at the --index folder for a newer build, loaded and "
+                                  "swapped in when complete (0: never)", dest="index_check_interval", at_least=0)
     # torch CPU threads per worker (each Ray replica too)
     threads: int | None = option(None, "torch CPU threads (with --ray: per replica, default "
                                  "floor(--ray-cpus-per-replica))")
