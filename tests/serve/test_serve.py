@@ -600,13 +600,14 @@ def test_only_the_shutdowns_cancellation_becomes_a_503_any_other_propagates():
             outcome = "returned"
         except asyncio.CancelledError:
             outcome = "cancelled"
-        return outcome, task.cancelling(), sent
+        return outcome, task.cancelling() if hasattr(task, "cancelling") else None, sent  # (3.11+)
 
     outcome, cancelling, sent = asyncio.run(run(True))
-    assert (outcome, cancelling) == ("returned", 0)
+    assert outcome == "returned" and cancelling in (0, None)
     assert sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]
     assert b'"message":"server shutting down"' in sent[1]["body"]
-    assert asyncio.run(run(False)) == ("cancelled", 1, [])
+    outcome, cancelling, sent = asyncio.run(run(False))
+    assert outcome == "cancelled" and cancelling in (1, None) and sent == []
 
 
 def test_a_build_appended_to_the_served_index_is_swapped_in_and_a_broken_one_keeps_the_old_serving(world, tmp_path,

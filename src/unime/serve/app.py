@@ -124,7 +124,9 @@ class Observe:
             if status["started"] or not self.shutting_down():
                 raise
             # the request's own task, cancelled by the server's shutdown: the cancellation ends here, at its top
-            asyncio.current_task().uncancel()
+            task = asyncio.current_task()
+            if hasattr(task, "uncancel"):  # Python 3.11+ counts cancellations (3.10 does not)
+                task.uncancel()
             self.cut_by_shutdown += 1
             if self.cut_by_shutdown == 1:  # one line, not one per request (uvicorn's own line gives the count)
                 log.warning("shutting down: the requests still running after the graceful timeout are answered 503")
