@@ -32,7 +32,7 @@ class IndexReloader:
         self.fixed_rerank_root = fixed_rerank_root
         self.folder = Path(engine.index.folder)
         self.warning: str | None = None  # why the index on disk is not the one served (None: it is)
-        self._stat = self._manifest_stat()
+        self._stat: tuple | None = None  # the first look reads the digest: a build may have ended since the load
         self._refused: str | None = None  # the manifest digest last refused: not tried again
 
     def _manifest_stat(self) -> tuple | None:
