@@ -69,6 +69,13 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
         import uvicorn
 
         class Server(uvicorn.Server):
+            async def startup(self, sockets=None) -> None:
+                await super().startup(sockets=sockets)
+                if self.started:  # (uvicorn says where it listens only on the sockets it binds itself)
+                    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s (Press CTRL+C to quit)",
+                                                            f"[{config.host}]:{config.port}" if ":" in config.host
+                                                            else f"{config.host}:{config.port}")
+
             async def shutdown(self, sockets=None) -> None:
                 app.state.shutting_down = True  # requests cancelled from here on are answered 503 (`app.Observe`)
                 await super().shutdown(sockets=sockets)
