@@ -272,3 +272,32 @@ def test_a_run_folder_is_keyed_by_the_weights_loading_reads(tmp_path):
     for name, data in merged.items():
         (plain / name).write_bytes(data)
     assert model_fingerprint(plain, settings) == _hand_key(merged, settings)
+
+
+def test_a_video_read_as_a_file_its_name_does_not_announce_has_a_key_of_its_own(tmp_path):
+    """An animated GIF as an item's one video entry was read as its first frame twice before it was read as the GIF's
+    frames (`unime.data.video.is_one_video_file`), under the same content key: the cache would have served the old
+    vectors. Such an item's key is marked; an mp4 (named as a video) and a still image keep the key they had, the
+    payload computed here independently."""
+    import hashlib
+    import json
+
+    from PIL import Image
+
+    from tests.data.test_video import _animated_gif
+
+    gif = _animated_gif(tmp_path / "clips" / "anim.gif")
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "clips" / "still.png")
+    (tmp_path / "clips" / "clip.mp4").write_bytes(b"an mp4 by its name; its content is not opened for the key")
+    enc = RunEncoder(BatchDependentEmbedder(), "m")
+
+    def key(name: str, **extra) -> str:
+        digest = hashlib.sha1((tmp_path / "clips" / name).read_bytes()).hexdigest()
+        payload = {"t": "", "i": [], "v": [f"sha1:{digest}"], **extra}
+        return hashlib.sha1(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+    assert gif.is_file()
+    for form in (["clips/anim.gif"], "clips/anim.gif"):  # the one-entry list and the path alone: one reading now
+        assert enc.content_key(Item.from_dict({"video": form}), tmp_path) == key("anim.gif", video_file=1)
+    assert enc.content_key(Item.from_dict({"video": ["clips/clip.mp4"]}), tmp_path) == key("clip.mp4")
+    assert enc.content_key(Item.from_dict({"video": ["clips/still.png"]}), tmp_path) == key("still.png")

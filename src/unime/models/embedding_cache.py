@@ -306,6 +306,20 @@ class EncodeStats:
                 "encoded": self.encoded, "encode_seconds": round(self.encode_seconds, 3)}
 
 
+def _video_unnamed(refs, loader: ImageLoader) -> bool:
+    """Whether an item's video is one file read as a video although its name does not say so (an animated GIF, a
+    container of another name: `unime.data.video.is_one_video_file`). Such an item was read as its first frame
+    twice before 2026-12-06, under the same content key: the mark gives it a key of its own, so that vectors cached
+    then are not served for it; every other item keeps its key (and its cached vectors)."""
+    from unime.data.video import is_one_video_file, is_video_file_ref
+
+    if len(refs) != 1:
+        return False
+    ref = refs[0]
+    named = is_video_file_ref(str(ref) if isinstance(ref, str) else ref)  # by its extension or bytes alone
+    return not named and is_one_video_file(loader, refs)
+
+
 class RunEncoder:
     """Collects the items of every task (`add`), encodes the distinct ones missing from the cache once
     (`encode_pending`), then serves vectors by row (`vectors`).
@@ -364,6 +378,8 @@ class RunEncoder:
                          for j, r in enumerate(item.images)],
                    "v": [self._ref_id(r, loader, source=source, field_name=f"video[{j}]")
                          for j, r in enumerate(item.video)]}
+        if _video_unnamed(item.video, loader):
+            payload["video_file"] = 1
         return hashlib.sha1(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
 
     # -- collect / encode / serve ---------------------------------------------------------------------
