@@ -659,3 +659,33 @@ def test_eval_counters_and_timings_after_a_resume_describe_the_whole_run(tiny_mo
     assert timing["wall_seconds"] == pytest.approx(timing["last_attempt"]["wall_seconds"] + first["wall_seconds"],
                                                    abs=2e-3)
     assert "last_attempt" not in straight["encoding"] and "last_attempt" not in straight["timing"]
+
+
+def test_a_rerun_removes_the_temporary_file_its_killed_write_left_and_nothing_else(tmp_path, caplog):
+    """A run killed while it wrote its file leaves `atomic_path`'s temporary sibling (`.vecs.npy.tmp-XXXXXXXX`, as
+    large as what it had written): the re-run of the same command, holding the output's lock, removes it. A file of
+    another name, one of the same prefix but not `mkstemp`'s shape, and a temporary of another output stay; another
+    command's claim (its sidecar not the killed run's) removes nothing."""
+    import logging
+    import subprocess
+    import sys
+
+    out = tmp_path / "sf" / "vecs.npy"
+    killed = subprocess.run([sys.executable, "-c", "import os; from unime.outdir import claim_file; "
+                             "from unime.data.atomic import atomic_open; "
+                             f"claim_file({str(out)!r}, 'embed')\n"
+                             f"with atomic_open({str(out)!r}, 'wb') as fh:\n"
+                             "    fh.write(b'half of the vectors'); fh.flush(); os._exit(9)"])
+    assert killed.returncode == 9
+    left = [p.name for p in out.parent.iterdir() if p.name.startswith(".vecs.npy.tmp-")]
+    assert len(left) == 1 and (out.parent / left[0]).read_bytes() == b"half of the vectors"
+    keep = [".vecs.npy.tmp-mine", ".other.npy.tmp-abcd1234", "notes.txt"]
+    for name in keep:
+        (out.parent / name).write_text("the user's")
+    claim_file(out, "judge", overwrite=True).release()  # another command: not its run's leftovers
+    assert (out.parent / left[0]).is_file()
+    with caplog.at_level(logging.INFO, logger="unime.outdir"):
+        claim_file(out, "embed").release()
+    assert not (out.parent / left[0]).exists()
+    assert all((out.parent / n).read_text() == "the user's" for n in keep)
+    assert any(left[0] in r.getMessage() and "interrupted `unime embed`" in r.getMessage() for r in caplog.records)

@@ -640,6 +640,13 @@ def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | 
         targets_before = tuple(_file_state(t) for t in targets)
         before = read_file_marker(path)
         ours = before is not None and before.get("command") == command
+        if ours:  # what a killed write of this command left beside its files (the lock is held: none is running)
+            from unime.data.atomic import remove_stale_temporaries
+
+            stale = [n for t in targets for n in remove_stale_temporaries(t)]
+            if stale:
+                logging.getLogger(__name__).info("%s: removed what an interrupted `unime %s` run was writing: %s",
+                                                 path, command, ", ".join(stale))
         found = {}  # target name -> the SHA-1 the sidecar records for it as it is now (this command's)
         for t in targets:
             if not (t.exists() or t.is_symlink()):

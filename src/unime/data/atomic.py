@@ -162,6 +162,22 @@ def _remove_stale_merges(target: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def remove_stale_temporaries(target: str | os.PathLike) -> list[str]:
+    """Remove the temporary files killed `atomic_path`s left beside `target` (`.NAME.tmp-XXXXXXXX`, named exactly as
+    `mkstemp` names them; a folder, a link or any other name stays). Only for a caller that holds `target`'s lock,
+    so that no other write of it is running. Returns the names removed."""
+    target = Path(target)
+    pattern = re.compile(re.escape(f".{target.name}.tmp-") + r"[a-z0-9_]{8}")
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in target.parent.iterdir():
+            if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p.name)
+    return removed
+
+
 def _is_folder(p: Path) -> bool:
     return p.is_dir() and not p.is_symlink()
 
