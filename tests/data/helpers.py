@@ -187,3 +187,11 @@ def not_regular_files(root: Path, suffix: str) -> dict[str, str]:
     (root / f"folder{suffix}").mkdir()
     os.symlink("/dev/zero", root / f"zero{suffix}")
     return {f"pipe{suffix}": "a FIFO (named pipe)", f"folder{suffix}": "a directory", f"zero{suffix}": "a device"}
+
+
+def animated_gif(path: Path, n: int = 10) -> Path:
+    """A GIF of `n` frames at 10 fps whose frame i is a flat colour of red 25 * i (exact in its palette)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [Image.new("RGB", (32, 24), (25 * i, 0, 0)) for i in range(n)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FAMILIES
-from tests.data.helpers import write_clip
+from tests.data.helpers import animated_gif, write_clip
 from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.data.video import FRAME_CACHE, VideoSampling, is_video_file_ref, uniform_indices, vlm2vec_indices
@@ -949,16 +949,6 @@ def test_a_video_file_is_hashed_and_decoded_without_holding_it_in_memory(tmp_pat
     FRAME_CACHE.clear()
 
 
-def _animated_gif(path: Path, n: int = 10) -> Path:
-    """A GIF of `n` frames at 10 fps whose frame i is a flat colour of red 25 * i (exact in its palette)."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = [Image.new("RGB", (32, 24), (25 * i, 0, 0)) for i in range(n)]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
-    return path
-
-
 def test_an_animated_gif_is_one_video_file_in_every_form_and_an_image_as_an_image(tmp_path):
     """QA: an animated GIF given as a one-entry frame list (``{"video": ["clips/anim.gif"]}``, MMEB-V2's
     ``"query_image": [{"paths": ["clips/anim.gif"]}]``) was its first frame twice, where ``{"video": "clips/anim.gif"}``
@@ -969,7 +959,7 @@ def test_an_animated_gif_is_one_video_file_in_every_form_and_an_image_as_an_imag
     from unime.data.io import ImageChecker
     from unime.data.mmeb_v2 import v2_row_from_dict
 
-    gif = _animated_gif(tmp_path / "clips" / "anim.gif")
+    gif = animated_gif(tmp_path / "clips" / "anim.gif")
     loader = ImageLoader(tmp_path)
 
     def mmeb_query(text):

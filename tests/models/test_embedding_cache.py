@@ -284,9 +284,9 @@ def test_a_video_read_as_a_file_its_name_does_not_announce_has_a_key_of_its_own(
 
     from PIL import Image
 
-    from tests.data.test_video import _animated_gif
+    from tests.data.helpers import animated_gif
 
-    gif = _animated_gif(tmp_path / "clips" / "anim.gif")
+    gif = animated_gif(tmp_path / "clips" / "anim.gif")
     Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "clips" / "still.png")
     (tmp_path / "clips" / "clip.mp4").write_bytes(b"an mp4 by its name; its content is not opened for the key")
     enc = RunEncoder(BatchDependentEmbedder(), "m")
