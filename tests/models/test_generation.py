@@ -91,3 +91,39 @@ def test_a_rows_text_is_cut_at_its_first_satisfying_token_whatever_follows(loade
         ids = tok(text, add_special_tokens=False)["input_ids"]
         got = _until_stop(ids, tok, listwise_answer_done)
         assert got.replace(" ", "") == expected.replace(" ", ""), (text, got)  # tokenizers may space words
+
+
+def test_seeded_sampling_draws_each_batch_from_its_own_seed_and_leaves_the_global_generator_alone(loaded):
+    """`seed`: each batch is sampled by `model.generate` from the global generator seeded with `batch_seed(seed,
+    index of its first prompt)` (checked against `model.generate` called directly on the batch), so that a job cut in
+    calls of whole batches (`first_index`) samples what one call samples; the caller's generator state is kept."""
+    import torch
+
+    from unime.models.generation import batch_seed, generate_texts
+
+    tok = loaded.adapter.tokenizer
+    prompts = _prompts()[:4]
+    expected = []
+    for s in (0, 2):
+        segs = prompts[s:s + 2]
+        texts = [loaded.adapter.render_user_turn(x) for x in segs]
+        inputs = loaded.adapter.processor_inputs(texts, segs, padding_side="left")
+        torch.manual_seed(batch_seed(7, s))
+        with torch.inference_mode():
+            out = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=True, temperature=1.0, top_p=1.0,
+                                        pad_token_id=tok.pad_token_id)
+        expected += [[t] for t in tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
+
+    def sample(part, **kw):
+        return generate_texts(loaded.model, loaded.adapter, part, device="cpu", max_new_tokens=5, batch_size=2,
+                              do_sample=True, **kw)
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    assert sample(prompts, seed=7) == expected
+    assert torch.equal(torch.get_rng_state(), state)
+    assert sample(prompts[:2], seed=7) + sample(prompts[2:], seed=7, first_index=2) == expected
+    assert sample(prompts, seed=8) != expected
+    greedy = generate_texts(loaded.model, loaded.adapter, prompts, device="cpu", max_new_tokens=5, batch_size=2)
+    assert generate_texts(loaded.model, loaded.adapter, prompts, device="cpu", max_new_tokens=5, batch_size=2,
+                          seed=7, first_index=3) == greedy  # greedy ignores the seed

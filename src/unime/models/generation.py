@@ -6,10 +6,16 @@ sits at the last position) and calls `model.generate`. With `stop`, a row stops 
 new text satisfies `stop` (a `StoppingCriteria` per row; the batch ends when every row has stopped) and
 its text is cut at the first token where it did: what a row returns does not depend on the other rows
 of its batch. Greedy decoding of a left-padded batch equals one-by-one decoding up to float rounding.
+
+Seeded sampling (`seed`): each `generate` call draws from the global torch generator seeded from (seed, the index of
+its batch's first turn, `first_index` + its position), the global state restored afterwards. A turn's completion is
+then a function of the seed, its batch (the turns batched with it, its place there) and nothing else: the same batches
+give the same completions, in one call or in several (a job cut in chunks that are whole batches, resumed).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
 from unime.models.adapters import FamilyAdapter, Segment
@@ -19,11 +25,12 @@ def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequen
                    max_new_tokens: int, batch_size: int, assistant_prefix: str = "", num_samples: int = 1,
                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                    stop: Callable[[str], bool] | None = None, show_progress: bool = False,
-                   return_token_counts: bool = False):
+                   return_token_counts: bool = False, seed: int | None = None, first_index: int = 0):
     """`num_samples` completions (decoded, special tokens removed) of each user turn, `batch_size` turns
     per `generate` call, in the order given. The turn ends with the assistant's header and then
     `assistant_prefix` (the answer's fixed start, if any). With `return_token_counts`: (those lists, the tokens
-    of each turn's prompt the model read, `FamilyAdapter.input_token_counts`)."""
+    of each turn's prompt the model read, `FamilyAdapter.input_token_counts`). With `do_sample` and `seed`: seeded per
+    batch (see the module doc; `first_index`, the index of the first turn in the whole job); greedy ignores both."""
     import torch
 
     if batch_size < 1:
@@ -54,13 +61,37 @@ def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequen
                 start = inputs["input_ids"].shape[1]
                 counts += adapter.input_token_counts(inputs)
                 extra = {"stopping_criteria": _stopping_criteria(stop, tok, start)} if stop is not None else {}
-                new = model.generate(**inputs, **gen_kwargs, **extra)[:, start:]
+                with _seeded(seed if do_sample else None, first_index + s, inputs["input_ids"].device):
+                    new = model.generate(**inputs, **gen_kwargs, **extra)[:, start:]
                 decoded = ([_until_stop(row, tok, stop) for row in new.tolist()] if stop is not None
                            else tok.batch_decode(new, skip_special_tokens=True))
                 out += [decoded[i * num_samples:(i + 1) * num_samples] for i in range(len(segs))]
     finally:
         model.train(was_training)
     return (out, counts) if return_token_counts else out
+
+
+def batch_seed(seed: int, first_index: int) -> int:
+    """The torch seed of the batch whose first turn is number `first_index` of a job seeded `seed` (both >= 0): a
+    mix of the two (numpy's `SeedSequence`), so that nearby seeds and batches draw unrelated streams."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, first_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@contextmanager
+def _seeded(seed: int | None, first_index: int, device):
+    """The global torch generators seeded with `batch_seed` inside (the CPU's, and `device`'s when it is an
+    accelerator), their states restored on leaving; nothing when `seed` is None."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    on = [device] if device.type != "cpu" else []  # the accelerator's generator, besides the CPU's
+    with torch.random.fork_rng(devices=on, device_type=device.type if on else None):
+        torch.manual_seed(batch_seed(seed, first_index))
+        yield
 
 
 def _stopping_criteria(stop: Callable[[str], bool], tok, start: int):
