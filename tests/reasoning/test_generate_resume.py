@@ -61,3 +61,93 @@ def test_a_killed_generate_run_resumes_from_its_finished_chunks_and_writes_the_u
     generated.clear()
     kill_after[0] = None
     assert main([*argv[:-1], "4", "--out", str(out), "--overwrite"]) == 0 and generated == [2, 2, 2]
+
+
+def test_a_sampled_generate_run_is_seeded_and_resumes_to_the_uninterrupted_output(
+        tiny_world_dir, tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """QA: `unime reason generate --sample` wrote other T-CoTs at every run, so a killed and resumed run was not the
+    uninterrupted one. `--seed` (default 0) seeds the draws batch by batch: the same command writes the same file,
+    another seed another one, and a run killed after 2 of its 3 chunks (of 2 T-CoTs, batches of 2) resumes to the
+    uninterrupted run's bytes, which are also those of a run in one chunk (chunks of 3 are rounded up to whole
+    batches). A re-run with another seed does not reuse the killed run's chunks."""
+    from unime.reasoning import reasoner as reasoner_mod
+
+    world = tiny_world_dir(0)
+    write_records(read_records(world / "train" / "records.jsonl")[:3], tmp_path / "r.jsonl")
+    generated, kill_after = [], [None]
+    real = reasoner_mod.Reasoner.generate_from_segments
+
+    def counted(self, segments_list, **kw):
+        if kill_after[0] is not None and len(generated) == kill_after[0]:
+            raise Killed()
+        generated.append(len(segments_list))
+        return real(self, segments_list, **kw)
+
+    monkeypatch.setattr(reasoner_mod.Reasoner, "generate_from_segments", counted)
+    argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
+            "--data-root", str(world), "--max-new-tokens", "6", "--sample", "--batch-size", "2"]
+
+    def run(name, *extra):
+        generated.clear()
+        assert main([*argv, *extra, "--out", str(tmp_path / name)]) == 0
+        return (tmp_path / name).read_bytes()
+
+    whole = run("whole.jsonl")  # one chunk of 256
+    assert generated == [6]
+    assert run("again.jsonl") == whole and run("seed0.jsonl", "--seed", "0") == whole
+    assert run("seed1.jsonl", "--seed", "1") != whole
+    monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 3, raising=False)  # chunks of 4: 2 whole batches
+    assert run("fours.jsonl") == whole and generated == [4, 2]
+    monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
+    assert run("twos.jsonl") == whole and generated == [2, 2, 2]
+
+    out = tmp_path / "t.jsonl"
+    generated.clear()
+    kill_after[0] = 2
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(out)])
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert run("t.jsonl") == whole
+    assert generated == [2]  # the last chunk only
+    assert f"{out}: resuming: 2 of 3 chunks done before" in caplog.text
+
+    generated.clear()  # another seed: the chunks of a killed run are not reused
+    kill_after[0] = 1
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(out), "--overwrite"])
+    kill_after[0] = None
+    assert run("t.jsonl", "--overwrite", "--seed", "1") == (tmp_path / "seed1.jsonl").read_bytes()
+    assert generated == [2, 2, 2]
+
+
+def test_the_seed_leaves_a_greedy_run_and_its_chunks_as_they_were(tiny_world_dir, tiny_model_dir, tmp_path,
+                                                                  monkeypatch, caplog):
+    """Greedy decoding draws nothing: `--seed` is not part of its chunks' key (the key of a run before the option
+    existed), so a killed greedy run resumes under any seed, to the bytes of an uninterrupted run."""
+    from unime.reasoning import reasoner as reasoner_mod
+
+    world = tiny_world_dir(0)
+    write_records(read_records(world / "train" / "records.jsonl")[:3], tmp_path / "r.jsonl")
+    monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
+    real, calls = reasoner_mod.Reasoner.generate_from_segments, []
+
+    def killed_after_one(self, segments_list, **kw):
+        if calls:
+            raise Killed()
+        calls.append(kw)
+        return real(self, segments_list, **kw)
+
+    argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
+            "--data-root", str(world), "--max-new-tokens", "3"]
+    assert main([*argv, "--out", str(tmp_path / "whole.jsonl")]) == 0
+    out = tmp_path / "t.jsonl"
+    with monkeypatch.context() as m:
+        m.setattr(reasoner_mod.Reasoner, "generate_from_segments", killed_after_one)
+        with pytest.raises(Killed):
+            main([*argv, "--out", str(out)])
+    assert calls[0]["seed"] is None  # greedy: generation is given no seed
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert main([*argv, "--seed", "5", "--out", str(out)]) == 0
+    assert f"{out}: resuming: 1 of 3 chunks done before" in caplog.text
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()

@@ -179,20 +179,25 @@ class Reasoner:
     def generate_from_segments(self, segments_list: Sequence[Sequence[Segment]], *, num_samples: int = 1,
                                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                                max_new_tokens: int | None = None, show_progress: bool = False,
-                               stop: Callable[[str], bool] | None = None) -> list[list[str]]:
+                               stop: Callable[[str], bool] | None = None, seed: int | None = None,
+                               first_index: int = 0) -> list[list[str]]:
         """Generate `num_samples` completions per user turn (batched, left padding: `generate_texts`; `stop`: its
-        per-row stop rule). Returns, per turn, the decoded completions (special tokens removed)."""
+        per-row stop rule; `seed`, `first_index`: its seeded sampling). Returns, per turn, the decoded completions
+        (special tokens removed)."""
         from unime.models.generation import generate_texts
 
         return generate_texts(self.model, self.adapter, segments_list, device=self.device,
                               max_new_tokens=max_new_tokens or self.max_new_tokens, batch_size=self.batch_size,
                               num_samples=num_samples, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                              show_progress=show_progress, stop=stop)
+                              show_progress=show_progress, stop=stop, seed=seed, first_index=first_index)
 
     def generate(self, items: Sequence[Item], sides: Sequence[str] | str, *, num_samples: int = 1,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int | None = None, show_progress: bool = False) -> list[list[str]]:
-        """T-CoTs for items; `sides` is 'query' / 'target' (one for all, or one per item)."""
+                 max_new_tokens: int | None = None, show_progress: bool = False, seed: int | None = None,
+                 first_index: int = 0) -> list[list[str]]:
+        """T-CoTs for items; `sides` is 'query' / 'target' (one for all, or one per item). With `do_sample`, `seed`
+        seeds the draws batch by batch (`unime.models.generation`; `first_index`: the first item's index in the
+        whole job, which batches are counted from)."""
         if isinstance(sides, str):
             sides = [sides] * len(items)
         if len(sides) != len(items):
@@ -200,7 +205,7 @@ class Reasoner:
         segs = [self.prompt_segments(it, sd, record=i) for i, (it, sd) in enumerate(zip(items, sides))]
         return self.generate_from_segments(segs, num_samples=num_samples, do_sample=do_sample,
                                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                           show_progress=show_progress)
+                                           show_progress=show_progress, seed=seed, first_index=first_index)
 
     # -- listwise pick (process reward) ---------------------------------------------------------------
     def pick_raw(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
@@ -373,6 +378,8 @@ class GenerateConfig(DeviceOptions, ImageOptions, VideoOptions):
     max_new_tokens: int = option(TCOT_MAX_NEW_TOKENS, TCOT_LENGTH_HELP, at_least=1)
     sample: bool = option(False, "sample (default: greedy)")
     temperature: float = option(1.0, "sampling temperature (with --sample)")
+    seed: int = option(0, "seed of the sampling (default 0; with --sample, greedy ignores it): the same command and "
+                       "seed write the same T-CoTs, resumed or not; another seed, others", at_least=0)
     dtype: str = dtype_option()
 
 
@@ -396,7 +403,7 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
             for i, rec in enumerate(records) for side in sides]
     work = ChunkWork(cfg.out, "reason generate", generate_work_key(cfg, jobs, reasoner.image_loader), rows=len(jobs),
-                     per_chunk=TCOTS_PER_CHUNK)
+                     per_chunk=tcots_per_chunk(cfg))
     work.open()
     todo = work.todo()
     left = sum(len(jobs[work.span(i)]) for i in todo)
@@ -404,7 +411,8 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
         for i in todo:
             part = jobs[work.span(i)]
             outs = reasoner.generate([j[2] for j in part], [j[1] for j in part], do_sample=cfg.sample,
-                                     temperature=cfg.temperature)
+                                     temperature=cfg.temperature, seed=cfg.seed if cfg.sample else None,
+                                     first_index=work.span(i).start)
             work.save(i, np.array([o[0] for o in outs], dtype=str))  # fixed-width unicode: no pickle
             bar.update(len(part))
     sampling = reasoner.image_loader.video_sampling
@@ -417,11 +425,20 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
     return n, sum(format_ok(r.tcot) for r in rows)
 
 
+def tcots_per_chunk(cfg: GenerateConfig) -> int:
+    """The chunk size of `generate_tcots`: `TCOTS_PER_CHUNK`, rounded up to whole batches when sampling, so that its
+    batches (the unit of the seeded draws) are those of one uninterrupted pass over the jobs whatever the chunking."""
+    if not cfg.sample:
+        return TCOTS_PER_CHUNK
+    return -(-TCOTS_PER_CHUNK // cfg.batch_size) * cfg.batch_size
+
+
 def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], loader: ImageLoader) -> dict[str, Any]:
     """What the T-CoTs of `jobs` depend on, the key of `generate_tcots`' finished chunks: the jobs (record id, side,
     item, in order) and the bytes of their images, the checkpoint by its content, and every other option but where
     the output goes (the batch size and the attention kernel too: a greedy decoding over other padding or another
-    kernel may pick other tokens). The image paths are resolved by `loader`, the reasoner's."""
+    kernel may pick other tokens), the seed only when sampling. The image paths are resolved by `loader`, the
+    reasoner's."""
     import hashlib
     from dataclasses import asdict
 
@@ -433,6 +450,8 @@ def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], lo
     for rid, side, item in jobs:
         listed.update(f"{rid}\t{side}\t{item.key}\n".encode())
     options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "records", "data_root", "model")}
+    if not cfg.sample:  # greedy ignores the seed: its key is the one it had before the option existed
+        del options["seed"]
     return {**options, "dtype": canonical_dtype(cfg.dtype), "jobs": listed.hexdigest(),
             "images": digest_items((j[2] for j in jobs), loader, ImageDigests()),
             "model": model_fingerprint(cfg.model)}
