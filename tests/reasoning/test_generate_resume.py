@@ -15,6 +15,33 @@ class Killed(BaseException):
     """Stands for the SIGKILL of a run (no `except Exception` catches it)."""
 
 
+def _watched_generation(monkeypatch):
+    """(sizes, kill_after, keywords): `Reasoner.generate_from_segments` records each call's number of prompts in
+    sizes and its keyword arguments in keywords, and raises `Killed` instead of the call number kill_after[0]."""
+    from unime.reasoning import reasoner as reasoner_mod
+
+    generated, kill_after, keywords = [], [None], []
+    real = reasoner_mod.Reasoner.generate_from_segments
+
+    def counted(self, segments_list, **kw):
+        if kill_after[0] is not None and len(generated) == kill_after[0]:
+            raise Killed()
+        generated.append(len(segments_list))
+        keywords.append(kw)
+        return real(self, segments_list, **kw)
+
+    monkeypatch.setattr(reasoner_mod.Reasoner, "generate_from_segments", counted)
+    return generated, kill_after, keywords
+
+
+def _generate_argv(tiny_world_dir, tiny_model_dir, tmp_path) -> list[str]:
+    """`unime reason generate` (but --out) of the tiny model on 3 records of the tiny world, T-CoTs of 3 tokens."""
+    world = tiny_world_dir(0)
+    write_records(read_records(world / "train" / "records.jsonl")[:3], tmp_path / "r.jsonl")
+    return ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
+            "--data-root", str(world), "--max-new-tokens", "3"]
+
+
 def test_a_killed_generate_run_resumes_from_its_finished_chunks_and_writes_the_uninterrupted_output(
         tiny_world_dir, tiny_model_dir, tmp_path, monkeypatch, caplog):
     """QA: `unime reason generate` killed mid-way and run again generated every T-CoT again. Its chunks (here of 2
@@ -22,21 +49,9 @@ def test_a_killed_generate_run_resumes_from_its_finished_chunks_and_writes_the_u
     chunks not finished and writes the file an uninterrupted (greedy) run writes."""
     from unime.reasoning import reasoner as reasoner_mod
 
-    world = tiny_world_dir(0)
-    write_records(read_records(world / "train" / "records.jsonl")[:3], tmp_path / "r.jsonl")
     monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
-    generated, kill_after = [], [None]
-    real = reasoner_mod.Reasoner.generate_from_segments
-
-    def counted(self, segments_list, **kw):
-        if kill_after[0] is not None and len(generated) == kill_after[0]:
-            raise Killed()
-        generated.append(len(segments_list))
-        return real(self, segments_list, **kw)
-
-    monkeypatch.setattr(reasoner_mod.Reasoner, "generate_from_segments", counted)
-    argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
-            "--data-root", str(world), "--max-new-tokens", "3"]
+    generated, kill_after, _ = _watched_generation(monkeypatch)
+    argv = _generate_argv(tiny_world_dir, tiny_model_dir, tmp_path)
     assert main([*argv, "--out", str(tmp_path / "whole.jsonl")]) == 0
     assert generated == [2, 2, 2]
     out = tmp_path / "t.jsonl"
@@ -72,20 +87,9 @@ def test_a_sampled_generate_run_is_seeded_and_resumes_to_the_uninterrupted_outpu
     batches). A re-run with another seed does not reuse the killed run's chunks."""
     from unime.reasoning import reasoner as reasoner_mod
 
-    world = tiny_world_dir(0)
-    write_records(read_records(world / "train" / "records.jsonl")[:3], tmp_path / "r.jsonl")
-    generated, kill_after = [], [None]
-    real = reasoner_mod.Reasoner.generate_from_segments
-
-    def counted(self, segments_list, **kw):
-        if kill_after[0] is not None and len(generated) == kill_after[0]:
-            raise Killed()
-        generated.append(len(segments_list))
-        return real(self, segments_list, **kw)
-
-    monkeypatch.setattr(reasoner_mod.Reasoner, "generate_from_segments", counted)
-    argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
-            "--data-root", str(world), "--max-new-tokens", "6", "--sample", "--batch-size", "2"]
+    generated, kill_after, _ = _watched_generation(monkeypatch)
+    argv = [*_generate_argv(tiny_world_dir, tiny_model_dir, tmp_path), "--max-new-tokens", "6", "--sample",
+            "--batch-size", "2"]
 
     def run(name, *extra):
         generated.clear()
@@ -127,26 +131,16 @@ def test_the_seed_leaves_a_greedy_run_and_its_chunks_as_they_were(tiny_world_dir
     existed), so a killed greedy run resumes under any seed, to the bytes of an uninterrupted run."""
     from unime.reasoning import reasoner as reasoner_mod
 
-    world = tiny_world_dir(0)
-    write_records(read_records(world / "train" / "records.jsonl")[:3], tmp_path / "r.jsonl")
     monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
-    real, calls = reasoner_mod.Reasoner.generate_from_segments, []
-
-    def killed_after_one(self, segments_list, **kw):
-        if calls:
-            raise Killed()
-        calls.append(kw)
-        return real(self, segments_list, **kw)
-
-    argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
-            "--data-root", str(world), "--max-new-tokens", "3"]
+    argv = _generate_argv(tiny_world_dir, tiny_model_dir, tmp_path)
     assert main([*argv, "--out", str(tmp_path / "whole.jsonl")]) == 0
     out = tmp_path / "t.jsonl"
-    with monkeypatch.context() as m:
-        m.setattr(reasoner_mod.Reasoner, "generate_from_segments", killed_after_one)
-        with pytest.raises(Killed):
-            main([*argv, "--out", str(out)])
-    assert calls[0]["seed"] is None  # greedy: generation is given no seed
+    generated, kill_after, keywords = _watched_generation(monkeypatch)
+    kill_after[0] = 1
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(out)])
+    assert keywords[0]["seed"] is None  # greedy: generation is given no seed
+    kill_after[0] = None
     with caplog.at_level(logging.INFO, logger="unime"):
         assert main([*argv, "--seed", "5", "--out", str(out)]) == 0
     assert f"{out}: resuming: 1 of 3 chunks done before" in caplog.text
