@@ -806,8 +806,9 @@ def test_search_reranks_rerank_top_k_candidates_even_beyond_top_k(world, monkeyp
 
 
 @contextmanager
-def _in_process(world, **limits):
-    """A TestClient of the real app in process, on the module's models and index (no auth), with `limits`."""
+def _in_process(world, reranker=None, **limits):
+    """A TestClient of the real app in process, on the module's models and index (no auth), with `limits`;
+    `reranker`: another than the module's."""
     from fastapi.testclient import TestClient
 
     from unime.index.store import CorpusIndex
@@ -815,7 +816,7 @@ def _in_process(world, **limits):
     from unime.serve.config import Limits
     from unime.serve.engine import Engine
 
-    engine = Engine(world["emb"], MODEL, world["rr"], RERANKER, CorpusIndex(world["root"] / "idx"))
+    engine = Engine(world["emb"], MODEL, reranker or world["rr"], RERANKER, CorpusIndex(world["root"] / "idx"))
     try:
         with TestClient(create_app(engine, ServeConfig(model=world["model"], no_auth=True,
                                                        limits=Limits(**limits)))) as c:
@@ -931,6 +932,34 @@ def test_the_token_limit_counts_the_instruction_and_is_at_most_the_models_contex
         f"input[0]: text of {n} tokens with the instruction is over the limit of {n - 1}", past.text
     assert capped.status_code == 400 and capped.json()["error"]["message"] == \
         f"query: text of {_tokens(world, over)} tokens is over the limit of {context}", capped.text
+
+
+def test_the_token_limit_counts_a_text_by_the_tokenizer_of_the_model_that_reads_it(world, tmp_path):
+    """QA: a rerank request's texts were counted by the embedder's tokenizer, though the reranker reads them. A
+    reranker whose tokenizer has "xylophone quartz" as whole tokens: 5 of them are 15 of its tokens, 60 of the
+    embedder's. Under a limit of 15 the reranker takes them (they were a 400 naming the embedder's 60); the embedder
+    does not; a search that reranks counts its query by both (the more)."""
+    from unime.models.reranker import Reranker
+    from unime.models.tiny import build_tiny
+
+    rr = Reranker.from_pretrained(build_tiny("qwen2_vl", tmp_path / "rr", tokenizer_corpus_lines=["xylophone quartz"]
+                                             * 200), device="cpu")
+    text = "xylophone quartz " * 5
+    by_embedder = _tokens(world, text)
+    by_reranker = len(rr.adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert (by_embedder, by_reranker) == (60, 15)
+    with _in_process(world, reranker=rr, max_text_tokens=15) as c:
+        query = c.post("/v1/rerank", json={"query": text, "documents": ["a"]})
+        doc = c.post("/v1/rerank", json={"query": "q", "documents": ["a", text], "mode": "listwise"})
+        over = c.post("/v1/rerank", json={"query": "q", "documents": [text + "xylophone"]})
+        embedded = c.post("/v1/embeddings", json={"model": MODEL, "input": text})
+        searched = c.post("/v1/search", json={"query": text, "rerank": True})
+    assert query.status_code == 200 and doc.status_code == 200, (query.text, doc.text)
+    assert over.status_code == 400 and over.json()["error"]["message"] == \
+        "documents[0]: text of 16 tokens is over the limit of 15", over.text
+    for r, field in ((embedded, "input[0]"), (searched, "query")):
+        assert r.status_code == 400 and r.json()["error"]["message"] == \
+            f"{field}: text of 60 tokens is over the limit of 15", r.text
 
 
 @pytest.mark.parametrize("ends", ["disconnect", "timeout"])

@@ -238,9 +238,11 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                                type="not_found_error", param="model", code="model_not_found")
         return served
 
-    def item(x, field: str, instruction: str | None = None):
-        """`to_item` under the service's limits, its text's tokens counted by the embedder's tokenizer."""
-        return to_item(x, limits, field, instruction=instruction, count_tokens=engine.count_tokens)
+    def item(x, field: str, instruction: str | None = None, read_by: tuple[str, ...] = ("embedder",)):
+        """`to_item` under the service's limits, its text's tokens counted by the tokenizer of each model that reads
+        it (`read_by`: "embedder", "reranker"; the most of them is held to the limit)."""
+        return to_item(x, limits, field, instruction=instruction,
+                       count_tokens=lambda text: max(engine.count_tokens(text, m) for m in read_by))
 
     def check_count(n: int, field: str) -> None:
         if n == 0:
@@ -322,8 +324,9 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     async def rerank(req: RerankRequest, request: Request):
         model = check_model(req.model, engine.reranker_name, "reranker")
         check_count(len(req.documents), "documents")
-        query = item(req.query, "query", req.instruction)
-        docs = [item(d, f"documents[{i}]") for i, d in enumerate(req.documents)]
+        # the reranker reads them (not the embedder, whose tokenizer may count otherwise)
+        query = item(req.query, "query", req.instruction, read_by=("reranker",))
+        docs = [item(d, f"documents[{i}]", read_by=("reranker",)) for i, d in enumerate(req.documents)]
         order, scores, source, tokens = await with_timeout(rerank_docs(query, docs, req.mode), request)
         metrics.items.labels("reranked").inc(len(docs))
         results = []
@@ -349,7 +352,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                                    param=name)
         if req.rerank and engine.reranker is None:
             raise RequestError(400, "rerank: this server has no reranker (start it with --reranker R)", param="rerank")
-        query = item(req.query, "query", req.instruction)
+        query = item(req.query, "query", req.instruction, read_by=("embedder", "reranker") if req.rerank else
+                     ("embedder",))
         from unime.index.store import search_items
 
         async def work():

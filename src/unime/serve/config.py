@@ -26,8 +26,9 @@ class Limits:
     max_items: int = option(256, "inputs / documents per request")
     max_text_chars: int = option(8192)               # per text (query, document, input, instruction)
     # a text of few characters can be many tokens (an emoji: 4); 2048 holds the 8192 characters of English text
-    max_text_tokens: int = option(2048, "per text (an input's, with its instruction), by the embedder's tokenizer; "
-                                  "at most the served models' max_position_embeddings", at_least=1)
+    max_text_tokens: int = option(2048, "per text (an input's, with its instruction), by the tokenizer of the model "
+                                  "that reads it (a rerank request's: the reranker's); at most the served models' "
+                                  "max_position_embeddings", at_least=1)
     max_image_bytes: int = option(8 * 1024 * 1024)   # per decoded inline image
     max_image_pixels: int = option(16_000_000)       # per image, checked on the header before decoding
     max_top_k: int = option(1000)                    # search results

@@ -47,7 +47,7 @@ class Engine:
 
     def __post_init__(self):
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="unime-model")
-        self._counter = None  # `count_tokens`'s tokenizer
+        self._counters: dict[str, Any] = {}  # `count_tokens`' tokenizers, by model
 
     @classmethod
     def load(cls, config: ServeConfig) -> "Engine":
@@ -106,19 +106,20 @@ class Engine:
                 sizes.append(n)
         return min(sizes, default=None)
 
-    def count_tokens(self, text: str) -> int:
-        """The tokens of `text` alone (no chat template, no special tokens) by the embedder's tokenizer, on the
-        request's thread: a copy of its Rust tokenizer, never padded or truncated, since the model thread's
-        processor sets padding on the original and a fast tokenizer used by two threads at once fails ("Already
-        borrowed")."""
-        if self._counter is None:
+    def count_tokens(self, text: str, model: str = "embedder") -> int:
+        """The tokens of `text` alone (no chat template, no special tokens) by the tokenizer of `model` ("embedder"
+        or "reranker": the one that reads the text), on the request's thread: a copy of its Rust tokenizer, never
+        padded or truncated, since the model thread's processor sets padding on the original and a fast tokenizer
+        used by two threads at once fails ("Already borrowed")."""
+        counter = self._counters.get(model)
+        if counter is None:
             from tokenizers import Tokenizer
 
-            counter = Tokenizer.from_str(self.embedder.adapter.tokenizer.backend_tokenizer.to_str())
+            counter = Tokenizer.from_str(getattr(self, model).adapter.tokenizer.backend_tokenizer.to_str())
             counter.no_padding()
             counter.no_truncation()
-            self._counter = counter
-        return len(self._counter.encode(text, add_special_tokens=False).ids)
+            self._counters[model] = counter
+        return len(counter.encode(text, add_special_tokens=False).ids)
 
     @property
     def dim(self) -> int:
