@@ -102,3 +102,41 @@ def test_an_item_whose_submission_was_cancelled_is_never_run():
                 await b.stop()
     assert asyncio.run(main()) == (["longlonglonglonglonglonglonglonglonglong"], [40])
     assert calls == [["long"], [4]]
+
+
+def test_the_queue_depth_counts_only_items_still_waiting_to_be_run():
+    """QA: the `unime_queue_depth` gauge (and /health's `queue_depth`) counted the items of a submission cancelled
+    (a request that timed out, whose client went away) until the batcher dropped them. A batch holds the model:
+    2 + 1 items of two submissions wait; one is cancelled: 1 waits; the other's item is run: 0 wait."""
+    import threading
+
+    release, started = threading.Event(), threading.Event()
+
+    def model(items):
+        started.set()
+        release.wait(10)
+        return items
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            b = DynamicBatcher(model, max_batch_size=4, max_wait_ms=1.0, executor=pool)
+            b.start()
+            depths = [b.depth()]
+            try:
+                first = asyncio.ensure_future(b.submit_each(["running"]))
+                await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+                depths.append(b.depth())  # the running item is not waiting
+                gone = asyncio.ensure_future(b.submit_each([1, 2]))
+                stays = asyncio.ensure_future(b.submit_each([3]))
+                await asyncio.sleep(0.01)
+                depths.append(b.depth())
+                gone.cancel()
+                await asyncio.sleep(0.01)
+                depths.append(b.depth())
+                release.set()
+                results = await first, await stays
+                depths.append(b.depth())
+                return depths, results
+            finally:
+                await b.stop()
+    assert asyncio.run(main()) == ([0, 0, 3, 1, 0], (["running"], [3]))

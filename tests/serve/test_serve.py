@@ -967,15 +967,19 @@ def test_a_request_whose_client_disconnected_or_that_timed_out_is_not_encoded(wo
     """QA: an abandoned request's item was still encoded, and every request behind it waited for that. The app
     called as uvicorn calls it: request 1 holds the model thread; request 2's client goes away (499), or its
     request times out (503), while its item is queued: its work is cancelled and its item dropped from the queue;
-    request 3, sent once the model is free, is encoded next, alone. (A timeout dropped it before too.)"""
+    request 3, sent once the model is free, is encoded next, alone. (A timeout dropped it before too.) The
+    `unime_queue_depth` gauge stops counting request 2's item at once (it counted it until it was dropped)."""
     import asyncio
     import json
+
+    from prometheus_client import generate_latest
 
     from unime.serve.app import create_app
     from unime.serve.engine import Encoded, Engine
 
     release, started = threading.Event(), threading.Event()
     encoded: list[list[str]] = []
+    depths: list[float] = []
 
     def encode(items):
         encoded.append([it.text for it in items])
@@ -1024,6 +1028,8 @@ def test_a_request_whose_client_disconnected_or_that_timed_out_is_not_encoded(wo
             if ends == "disconnect":
                 leaves.set()
             await asyncio.wait({second}, timeout=10)  # on the old code a disconnected request waits for its encoding
+            # request 2's item, still queued behind request 1's, is no longer waiting: the gauge does not count it
+            depths.append(_metric(generate_latest(app.state.metrics.registry).decode(), "unime_queue_depth"))
             release.set()
             third = asyncio.ensure_future(call("third", stays))
             return await asyncio.gather(first, second, third)
@@ -1034,6 +1040,7 @@ def test_a_request_whose_client_disconnected_or_that_timed_out_is_not_encoded(wo
         release.set()
         engine.close()
     assert encoded == [["first"], ["third"]]
+    assert depths == [0.0]
     assert statuses == ([200, 499, 200] if ends == "disconnect" else [503, 503, 200])
 
 

@@ -26,6 +26,10 @@ class DynamicBatcher:
         self.executor, self.on_batch = executor, on_batch
         self.queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        # the futures of the queued items still waiting for the model: a cancelled submission's (a request that
+        # timed out, whose client went away, cut by the shutdown) leave it at once, though its items stay queued
+        # until `_collect` drops them
+        self._waiting: set[asyncio.Future] = set()
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -44,7 +48,8 @@ class DynamicBatcher:
             pass
 
     def depth(self) -> int:
-        return self.queue.qsize() if self.queue is not None else 0
+        """Items waiting to be run (not those of cancelled submissions, still queued until they are dropped)."""
+        return len(self._waiting)
 
     async def submit(self, items: Sequence[Any]) -> np.ndarray:
         """The results of `items` stacked (embeddings: one row per item)."""
@@ -55,6 +60,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         for it, f in zip(items, futures):
+            self._waiting.add(f)
+            f.add_done_callback(self._waiting.discard)
             self.queue.put_nowait((it, f))
         return list(await asyncio.gather(*futures))
 
@@ -75,6 +82,8 @@ class DynamicBatcher:
                 batch.append(await asyncio.wait_for(self.queue.get(), remaining))
             except asyncio.TimeoutError:
                 break
+        for _, f in batch:
+            self._waiting.discard(f)
         return [(it, f) for it, f in batch if not f.done()]
 
     async def _run(self) -> None:
