@@ -473,6 +473,54 @@ def test_batching_options_are_checked():
     ServeConfig(model="m", no_auth=True, rerank_batch=1).check()
 
 
+BAD_OPTIONS = [  # (field, value, the value on the command line or None: the parser's type refuses it, problem)
+    ("max_text_tokens", 0, "0", "must be >= 1, got 0"),
+    ("max_items", -1, "-1", "must be >= 1, got -1"),
+    ("max_body_bytes", 0, "0", "must be >= 1, got 0"),
+    ("max_text_chars", 0, "0", "must be >= 1, got 0"),
+    ("max_image_bytes", -5, "-5", "must be >= 1, got -5"),
+    ("max_image_pixels", 0, "0", "must be >= 1, got 0"),
+    ("max_top_k", 0, "0", "must be >= 1, got 0"),
+    ("request_timeout_s", 0.0, "0.0", "must be > 0, got 0.0"),
+    ("request_timeout_s", float("nan"), "nan", "must be > 0, got nan"),
+    ("max_top_k", True, None, "must be an integer, got True"),  # True is an int to Python: it was a limit of 1
+    ("max_text_tokens", 2.5, None, "must be an integer, got 2.5"),
+    ("max_items", "16", None, "must be an integer, got '16'"),
+    ("request_timeout_s", False, None, "must be a number, got False"),
+    ("max_batch_tokens", True, None, "must be an integer, got True"),
+    ("max_batch_tokens", 0, "0", "must be >= 1, got 0"),
+    ("max_wait_ms", float("nan"), "nan", "must be >= 0, got nan"),
+    ("graceful_timeout_s", -1.0, "-1.0", "must be >= 0, got -1.0"),
+    ("threads", 0, "0", "must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("field,value,cli,problem", BAD_OPTIONS, ids=[f"{b[0]}={b[1]!r}" for b in BAD_OPTIONS])
+def test_a_limit_out_of_range_or_of_another_type_is_refused_from_python_as_on_the_command_line(field, value, cli,
+                                                                                                 problem, capsys):
+    """QA: `ServeConfig(limits=Limits(max_text_tokens=0)).check()` passed (a service that refused every text), as
+    did a negative, NaN or bool limit, and most limits had no range on the command line either. Each is refused,
+    naming the field: from Python an OptionError, on the command line a usage error naming the option."""
+    from dataclasses import fields
+
+    from unime.cli import main
+    from unime.cli.dataclass_options import prefixed_flags
+    from unime.errors import OptionError
+    from unime.serve.config import Limits
+
+    in_limits = field in {f.name for f in fields(Limits)}
+    config = ServeConfig(model="m", no_auth=True, **({"limits": Limits(**{field: value})} if in_limits
+                                                     else {field: value}))
+    with pytest.raises(OptionError) as e:
+        config.check()
+    assert str(e.value) == f"{field} {problem}"
+    if cli is not None:
+        flag = prefixed_flags(next(f for f in fields(Limits if in_limits else ServeConfig) if f.name == field))[0]
+        assert main(["serve", "--model", "m", "--no-auth", "--device", "cpu", f"{flag}={cli}"]) == 2
+        out = capsys.readouterr().err
+        assert out == f"unime: error: serve: {flag} {problem}\n", out
+
+
 def test_a_port_in_use_is_refused_in_unimes_error_format_before_the_models_load(monkeypatch, capsys):
     """QA: a port already taken was found by uvicorn only after the models loaded (minutes with a real model):
     its own "[Errno 98] ... address already in use", exit 3. Now the address is bound first: one `unime: error:`

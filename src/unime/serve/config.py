@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import numbers
+import types
+import typing
+from dataclasses import dataclass, fields
 
+from unime.errors import OptionError
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import attn_implementation_option, dtype_option
 from unime.options import check_ranges, option
@@ -19,24 +23,41 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_numbers(config) -> None:
+    """OptionError naming the first field of the dataclass instance `config` annotated `int` or `float` (or either
+    `| None`) whose value is not one: a bool (True is an int to Python, and was taken as 1), a string, a float where
+    an integer is expected. An integer is a float too."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        hint, value = hints[f.name], getattr(config, f.name)
+        args = [a for a in typing.get_args(hint) if a is not type(None)] \
+            if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+        if value is None or args not in ([int], [float]):
+            continue
+        wanted = numbers.Integral if args == [int] else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise OptionError(config, "{%s} must be %s, got {got!r}" % (
+                f.name, "an integer" if args == [int] else "a number"), got=value)
+
+
 @dataclass
 class Limits:
-    max_body_bytes: int = option(16 * 1024 * 1024)   # whole request body
+    max_body_bytes: int = option(16 * 1024 * 1024, at_least=1)  # whole request body
     # inputs per embeddings request, documents per rerank request
-    max_items: int = option(256, "inputs / documents per request")
-    max_text_chars: int = option(8192)               # per text (query, document, input, instruction)
+    max_items: int = option(256, "inputs / documents per request", at_least=1)
+    max_text_chars: int = option(8192, at_least=1)  # per text (query, document, input, instruction)
     # a text of few characters can be many tokens (an emoji: 4); 2048 holds the 8192 characters of English text
     max_text_tokens: int = option(2048, "per text (an input's, with its instruction), by the tokenizer of the model "
                                   "that reads it (a rerank request's: the reranker's); at most the served models' "
                                   "max_position_embeddings", at_least=1)
-    max_image_bytes: int = option(8 * 1024 * 1024)   # per decoded inline image
-    max_image_pixels: int = option(16_000_000)       # per image, checked on the header before decoding
-    max_top_k: int = option(1000)                    # search results
+    max_image_bytes: int = option(8 * 1024 * 1024, at_least=1)  # per decoded inline image
+    max_image_pixels: int = option(16_000_000, at_least=1)  # per image, checked on the header before decoding
+    max_top_k: int = option(1000, at_least=1)  # search results
     # a request still running after this gets 503
-    request_timeout_s: float = option(60.0, "seconds", dest="request_timeout")
+    request_timeout_s: float = option(60.0, "seconds", dest="request_timeout", above=0)
     # the served models' image processors' limit (`Engine.max_aspect_ratio`, set by `create_app`): an image beyond
     # it is a 400 naming the input, not a 500 from the processor
-    max_aspect_ratio: float | None = option(None, cli=False)
+    max_aspect_ratio: float | None = option(None, cli=False, at_least=1)
 
 
 @dataclass
@@ -65,18 +86,23 @@ class ServeConfig(ItemFormatOptions):
     cors_origins: list[str] = option(help="allow this browser origin (CORS off by default)", factory=list,
                                      dest="cors_origin", action="append", cli_default=[])  # empty = CORS off
     limits: Limits = option(factory=Limits, cli=False)
-    graceful_timeout_s: float = option(30.0, "seconds SIGTERM waits for in-flight requests", dest="graceful_timeout")
+    graceful_timeout_s: float = option(30.0, "seconds SIGTERM waits for in-flight requests", dest="graceful_timeout",
+                                       at_least=0)
     rerank_data_root: str | None = option(None, "folder of the indexed images (default: the index's)")
     index_check_s: float = option(2.0, "seconds between looks at the --index folder for a newer build, loaded and "
                                   "swapped in when complete (0: never)", dest="index_check_interval", at_least=0)
     # torch CPU threads per worker (each Ray replica too)
     threads: int | None = option(None, "torch CPU threads (with --ray: per replica, default "
-                                 "floor(--ray-cpus-per-replica))")
+                                 "floor(--ray-cpus-per-replica))", at_least=1)
 
     def check(self) -> None:
-        """Refuse unsafe combinations: no keys is only allowed on loopback with `no_auth`; and a batching option
-        outside its range (OptionError naming it: `rerank_batch` here, `--rerank-batch` on the command line)."""
-        check_ranges(self)
+        """Refuse unsafe combinations: no keys is only allowed on loopback with `no_auth`; and an option, its own
+        or one of its `limits`, that is not a number of its type (a bool, a string; a float where an integer is
+        expected) or outside its range: an OptionError naming it (`max_text_tokens` here, `--max-text-tokens` on the
+        command line, whose parser refuses the same values)."""
+        for config in (self, self.limits):
+            check_numbers(config)
+            check_ranges(config)
         if self.no_auth and not is_loopback(self.host):
             raise ValueError(f"--no-auth is only allowed when binding to loopback (127.0.0.1, ::1, localhost), "
                              f"not {self.host}")
