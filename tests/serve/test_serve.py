@@ -873,6 +873,42 @@ def _in_process(world, reranker=None, **limits):
         engine.close()
 
 
+def test_docs_is_a_reference_of_every_endpoint_that_reads_offline(world):
+    """QA: /docs was FastAPI's Swagger UI, whose scripts come from a CDN: offline, a blank page. It is rendered on the
+    server from the OpenAPI schema, without scripts: every operation of /openapi.json (method, path, summary), each
+    request body's fields (the pydantic models') and the item type's; links to the schema, the search page and the
+    Swagger UI, which moved to /docs/swagger."""
+    import html
+    import re
+
+    from unime.serve.schemas import EmbeddingsRequest, MultimodalInput, RerankRequest, SearchRequest
+
+    with _in_process(world) as c:
+        page = c.get("/docs")
+        schema = c.get("/openapi.json").json()
+        swagger = c.get("/docs/swagger")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    text = page.text
+    assert "<script" not in text and "http://" not in text and "https://" not in text  # nothing loaded from elsewhere
+
+    def plain(fragment: str) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", "", fragment)).strip()
+
+    operations = {f"{method.upper()} {path}": op for path, ops in schema["paths"].items() for method, op in ops.items()}
+    assert {"POST /v1/embeddings", "POST /v1/rerank", "POST /v1/search", "GET /health", "GET /metrics"} <= \
+        set(operations)
+    headings = [plain(h) for h in re.findall(r"<h2[^>]*>(.*?)</h2>", text, re.S)]
+    assert headings == list(operations) + ["request types"]
+    for op in operations.values():
+        assert html.escape(op["summary"]) in text
+    cells = {plain(td) for td in re.findall(r"<td>(.*?)</td>", text, re.S)}
+    for model in (EmbeddingsRequest, RerankRequest, SearchRequest, MultimodalInput):
+        assert set(model.model_fields) <= cells, model
+    for link in ("/openapi.json", "/", "/docs/swagger"):
+        assert f"href='{link}'" in text
+    assert swagger.status_code == 200 and "swagger-ui" in swagger.text and "/openapi.json" in swagger.text
+
+
 SURROGATE = [  # raw JSON: the "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder writes
     ("/v1/embeddings", '{"model": "%s", "input": "a\\ud800b"}' % MODEL, "input[0]", 1),
     ("/v1/embeddings", '{"model": "%s", "input": ["ok", {"text": "\\udc00"}]}' % MODEL, "input[1].text", 0),

@@ -7,6 +7,7 @@
 - `engine`: the models (embedder, optional reranker, optional index) behind the endpoints.
 - `auth`, `metrics`: Bearer API keys compared in constant time; Prometheus metrics.
 - `app`: the FastAPI application (OpenAI embeddings, Cohere/Jina rerank, search, health, metrics, page).
+- `docs`: GET /docs, a reference of the endpoints rendered from the OpenAPI schema (no scripts: reads offline).
 - `runner`: uvicorn (graceful SIGTERM drain) and Ray Serve (`--ray --replicas N`).
 
 Layer: above models and index, beside mining and eval; only `unime.cli` imports it.

@@ -1,8 +1,9 @@
 """The FastAPI application: `create_app(engine, config)`.
 
 Endpoints: POST /v1/embeddings (OpenAI), POST /v1/rerank (Cohere/Jina), POST /v1/search, GET /health,
-GET /metrics (Prometheus), GET / (search page); OpenAPI docs at /docs. /v1/* and /metrics need a
-Bearer key unless auth is off. Every error is a JSON body ``{"error": {"message", "type", "param",
+GET /metrics (Prometheus), GET / (search page); a reference of the endpoints at /docs (rendered here from the
+OpenAPI schema, /openapi.json; Swagger UI, which loads its scripts from a CDN, at /docs/swagger). /v1/* and
+/metrics need a Bearer key unless auth is off. Every error is a JSON body ``{"error": {"message", "type", "param",
 "code"}}`` with a 4xx status (5xx only for the server's own faults, without a traceback).
 """
 
@@ -21,6 +22,7 @@ from importlib import resources
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from unime.serve.auth import bearer_token, key_matches
 from unime.serve.batching import DynamicBatcher
 from unime.serve.config import ServeConfig
+from unime.serve.docs import reference_html
 from unime.serve.engine import Engine, listwise_order
 from unime.serve.index_reload import IndexReloader
 from unime.serve.inputs import RequestError, to_item
@@ -182,7 +185,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         if picker is not None:
             await picker.stop()
 
-    app = FastAPI(title="unime", version="1", lifespan=lifespan,
+    # /docs is rendered here from the schema (`unime.serve.docs`): FastAPI's Swagger UI, a blank page offline
+    app = FastAPI(title="unime", version="1", lifespan=lifespan, docs_url=None,
                   description="Embeddings (OpenAI schema), rerank (Cohere/Jina schema) and search with unime models.")
     app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
     app.state.shutting_down = False  # set by the server that runs the app when it starts to stop (`runner`)
@@ -300,7 +304,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             raise RequestError(499, "the client closed the request", type="client_closed_request")
         raise RequestError(503, f"request timed out after {limits.request_timeout_s} s", type="timeout")
 
-    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[Depends(require_key)])
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[Depends(require_key)],
+              summary="Embeddings of texts and inline images (OpenAI's schema)")
     async def embeddings(req: EmbeddingsRequest, request: Request):
         model = check_model(req.model, engine.model_name, "embedding model")
         raw = req.input if isinstance(req.input, list) else [req.input]
@@ -320,7 +325,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
-              dependencies=[Depends(require_key)])
+              dependencies=[Depends(require_key)],
+              summary="Documents ordered by the reranker for a query (Cohere/Jina's schema), pairwise or listwise")
     async def rerank(req: RerankRequest, request: Request):
         model = check_model(req.model, engine.reranker_name, "reranker")
         check_count(len(req.documents), "documents")
@@ -340,7 +346,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                 "meta": {"listwise": source} if source else None}
 
     @app.post("/v1/search", response_model=SearchResponse, response_model_exclude_none=True,
-              dependencies=[Depends(require_key)])
+              dependencies=[Depends(require_key)],
+              summary="The index's nearest items to a query, optionally reranked (needs --index)")
     async def search(req: SearchRequest, request: Request):
         index = engine.index  # one state of the index for the whole request (`IndexReloader` swaps it)
         if index is None:
@@ -378,7 +385,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         return {"object": "list", "model": model, "reranked": bool(req.rerank and engine.reranker is not None),
                 "listwise": source, "data": hits}
 
-    @app.get("/health")
+    @app.get("/health", summary="The served models, index size, queue depth, device")
     async def health():
         import torch
 
@@ -388,7 +395,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                 "auth": not config.no_auth, "queue_depth": batcher.depth(), "pid": os.getpid(),
                 "device": str(engine.embedder.device), "torch_threads": torch.get_num_threads()}
 
-    @app.get("/metrics", dependencies=[Depends(require_key)])
+    @app.get("/metrics", dependencies=[Depends(require_key)], summary="Prometheus metrics (text format)")
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -397,6 +404,17 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index_page():
         return HTMLResponse(page)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs_page(request: Request):
+        root = request.scope.get("root_path", "")
+        return HTMLResponse(reference_html(app.openapi(), openapi_url=root + app.openapi_url,
+                                           swagger_url=root + "/docs/swagger"))
+
+    @app.get("/docs/swagger", response_class=HTMLResponse, include_in_schema=False)
+    async def swagger_page(request: Request):
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + app.openapi_url,
+                                   title=f"{app.title} - Swagger UI")
 
     return app
 
