@@ -42,19 +42,23 @@ def check_numbers(config) -> None:
 
 @dataclass
 class Limits:
-    max_body_bytes: int = option(16 * 1024 * 1024, at_least=1)  # whole request body
-    # inputs per embeddings request, documents per rerank request
-    max_items: int = option(256, "inputs / documents per request", at_least=1)
-    max_text_chars: int = option(8192, at_least=1)  # per text (query, document, input, instruction)
+    max_body_bytes: int = option(16 * 1024 * 1024, "bytes of a whole request body (default %(default)s)", at_least=1)
+    max_items: int = option(256, "inputs of an embeddings request, documents of a rerank request (default "
+                            "%(default)s)", at_least=1)
+    max_text_chars: int = option(8192, "characters per text: query, document, input, instruction (default "
+                                 "%(default)s)", at_least=1)
     # a text of few characters can be many tokens (an emoji: 4); 2048 holds the 8192 characters of English text
-    max_text_tokens: int = option(2048, "per text (an input's, with its instruction), by the tokenizer of the model "
-                                  "that reads it (a rerank request's: the reranker's); at most the served models' "
-                                  "max_position_embeddings", at_least=1)
-    max_image_bytes: int = option(8 * 1024 * 1024, at_least=1)  # per decoded inline image
-    max_image_pixels: int = option(16_000_000, at_least=1)  # per image, checked on the header before decoding
-    max_top_k: int = option(1000, at_least=1)  # search results
-    # a request still running after this gets 503
-    request_timeout_s: float = option(60.0, "seconds", dest="request_timeout", above=0)
+    max_text_tokens: int = option(2048, "tokens per text (an input's, with its instruction), by the tokenizer of the "
+                                  "model that reads it (a rerank request's: the reranker's); at most the served "
+                                  "models' max_position_embeddings (default %(default)s)", at_least=1)
+    max_image_bytes: int = option(8 * 1024 * 1024, "bytes per inline image (its data URI's decoded payload; "
+                                  "default %(default)s)", at_least=1)
+    max_image_pixels: int = option(16_000_000, "pixels per image, read from its header before decoding (default "
+                                   "%(default)s)", at_least=1)
+    max_top_k: int = option(1000, "search results (top_k, rerank_top_k) per request (default %(default)s)",
+                            at_least=1)
+    request_timeout_s: float = option(60.0, "seconds a request may run; then it is answered 503 and its items still "
+                                      "queued are dropped (default %(default)s)", dest="request_timeout", above=0)
     # the served models' image processors' limit (`Engine.max_aspect_ratio`, set by `create_app`): an image beyond
     # it is a 400 naming the input, not a 500 from the processor
     max_aspect_ratio: float | None = option(None, cli=False, at_least=1)
@@ -68,9 +72,9 @@ class ServeConfig(ItemFormatOptions):
     reranker: str | None = option(None, "reranker checkpoint or `unime train reranker` folder")
     index: str | None = option(None, "index folder from `unime index build` (enables /v1/search and /)")
     model_name: str | None = option(None, "the model name clients send (default: the folder's name)")
-    reranker_name: str | None = option(None)
-    host: str = option("127.0.0.1")
-    port: int = option(8000)
+    reranker_name: str | None = option(None, "the reranker name clients send (default: the folder's name)")
+    host: str = option("127.0.0.1", "address to listen on (default %(default)s; another than loopback needs API keys)")
+    port: int = option(8000, "default %(default)s")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
     attn_implementation: str | None = attn_implementation_option()
     dtype: str = dtype_option()
@@ -86,8 +90,8 @@ class ServeConfig(ItemFormatOptions):
     cors_origins: list[str] = option(help="allow this browser origin (CORS off by default)", factory=list,
                                      dest="cors_origin", action="append", cli_default=[])  # empty = CORS off
     limits: Limits = option(factory=Limits, cli=False)
-    graceful_timeout_s: float = option(30.0, "seconds SIGTERM waits for in-flight requests", dest="graceful_timeout",
-                                       at_least=0)
+    graceful_timeout_s: float = option(30.0, "seconds SIGTERM waits for in-flight requests (default %(default)s)",
+                                       dest="graceful_timeout", at_least=0)
     rerank_data_root: str | None = option(None, "folder of the indexed images (default: the index's)")
     index_check_s: float = option(2.0, "seconds between looks at the --index folder for a newer build, loaded and "
                                   "swapped in when complete (0: never)", dest="index_check_interval", at_least=0)
