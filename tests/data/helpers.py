@@ -20,11 +20,11 @@ av = pytest.importorskip("av")
 
 
 def write_clip(path: Path, *, n: int = 20, fps: int = 10, size: tuple[int, int] = (64, 48), codec: str = "mpeg4",
-               shift: int = 0) -> Path:
+               shift: int = 0, container: str | None = None) -> Path:
     """A clip whose frame i is a flat colour with red = (12 * i + shift) % 256: a decoded frame tells which
-    source frame it is."""
+    source frame it is. `container`: FFmpeg's muxer (e.g. "ogg", "flv"), else the one of `path`'s extension."""
     w, h = size
-    c = av.open(str(path), "w")
+    c = av.open(str(path), "w", format=container)
     s = c.add_stream(codec, rate=fps)
     s.width, s.height, s.pix_fmt = w, h, "yuv420p"
     for i in range(n):

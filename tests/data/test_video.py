@@ -1008,3 +1008,163 @@ def test_an_audio_file_in_a_one_entry_frame_list_is_said_to_have_no_video_stream
                 ImageChecker(loader, decode_video=decode).check_item("query", item, source="v.jsonl", record=1)
     with pytest.raises(DataError, match="not in an image format PIL can read"):  # as an image: an image's message
         loader.load("voice.m4a")
+
+
+def _ftyp(major: bytes, *compatible: bytes) -> bytes:
+    """An ISO-BMFF file's leading ``ftyp`` box: its size, the major brand, minor version 0, the compatible brands."""
+    body = major + b"\0\0\0\0" + b"".join(compatible)
+    return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body
+
+
+def test_a_media_container_is_told_from_an_image_by_its_first_bytes():
+    """QA: inline AVIF / HEIC image bytes were videos for their ``ftyp`` box, Ogg, FLV, ASF and MPEG-TS/PS files
+    were no media containers. Minimal hand-made headers (bytes as the formats' specifications lay them out) against
+    `is_video_file_ref`, which judges inline bytes by them alone."""
+    mdat = b"\0\0\0\x10mdat" + b"\x11" * 8
+    videos = {"mp4": _ftyp(b"isom", b"isom", b"iso2", b"avc1", b"mp41"), "mp42": _ftyp(b"mp42", b"mp42", b"isom"),
+              "mov": _ftyp(b"qt  ", b"qt  "), "m4v": _ftyp(b"M4V ", b"M4V ", b"M4A ", b"mp42", b"isom"),
+              "avc1": _ftyp(b"avc1"), "iso5": _ftyp(b"iso5", b"iso6", b"mp41"), "3gp": _ftyp(b"3gp5", b"3gp5", b"isom"),
+              "dash": _ftyp(b"dash", b"iso6", b"mp41"),
+              "animated avif": _ftyp(b"avis", b"avif", b"avis", b"msf1", b"iso8", b"mif1", b"miaf"),
+              "unknown brand, mp4's compatible": _ftyp(b"XAVC", b"XAVC", b"mp42", b"iso2"),
+              "HEVC sequence, an image's brand too": _ftyp(b"XXXX", b"mif1", b"hevc"),
+              "ogg": b"OggS\0\x02" + b"\0" * 20, "flv": b"FLV\x01\x05\0\0\0\x09\0\0\0\0",
+              "asf": bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c") + b"\0" * 14,
+              "mpeg-ts": b"".join(b"\x47\x40\x11\x10" + bytes(184) for _ in range(4)),
+              "m2ts": b"".join(b"\0\0\0\0\x47\x40\x11\x10" + bytes(184) for _ in range(4)),
+              "mpeg-ps": b"\0\0\x01\xba\x44\0\x04\0\x04\x01" + bytes(20),
+              "mkv": b"\x1a\x45\xdf\xa3" + bytes(20), "avi": b"RIFF\0\0\0\0AVI LIST"}
+    images = {"avif": _ftyp(b"avif", b"avif", b"mif1", b"miaf", b"MA1B"), "heic": _ftyp(b"heic", b"mif1", b"heic"),
+              "heix": _ftyp(b"heix", b"mif1", b"heix"), "heim": _ftyp(b"heim", b"mif1", b"heim"),
+              "heis": _ftyp(b"heis", b"mif1", b"heis"), "mif1": _ftyp(b"mif1", b"heic"),
+              "msf1": _ftyp(b"msf1", b"msf1", b"mif1"),
+              "unknown brand, an image's compatible": _ftyp(b"XXXX", b"mif1", b"heic", b"miaf"),
+              "png": b"\x89PNG\r\n\x1a\n" + bytes(400), "jpeg": b"\xff\xd8\xff\xe0" + bytes(400),
+              "webp": b"RIFF\0\0\0\0WEBPVP8 " + bytes(400), "text": b"Good morning. " * 80, "Gs": b"G" * 800,
+              # a GIF's first byte is an MPEG-TS sync byte: three in a row at 188-byte steps are not a stream
+              "gif": b"".join(b"GIF89a" + b"\x47" * 182 for _ in range(4))}
+    assert all(is_video_file_ref(head + mdat) for head in videos.values()), [
+        name for name, head in videos.items() if not is_video_file_ref(head + mdat)]
+    assert not any(is_video_file_ref(head + mdat) for head in images.values()), [
+        name for name, head in images.items() if is_video_file_ref(head + mdat)]
+    from unime.data.video import is_image_brand
+
+    assert not any(is_image_brand(head) for head in videos.values())
+    assert [name for name, head in images.items() if is_image_brand(head)] == [
+        name for name, head in images.items() if head[4:8] == b"ftyp"]
+
+
+@pytest.mark.parametrize("container, codec", [("ogg", "libvpx"), ("flv", "flv"), ("asf", "wmv2"),
+                                              ("mpegts", "mpeg2video"), ("mpeg", "mpeg2video")])
+def test_an_ogg_flv_asf_or_mpeg_file_of_any_name_in_a_one_entry_list_is_a_video(tmp_path, container, codec):
+    """QA: an Ogg, FLV, WMV/ASF, MPEG-TS or MPEG-PS file without a video extension in a one-entry list (MMEB-V2's
+    ``{"paths": [...]}``) was read as an image ("not in an image format PIL can read"): it is the video the path
+    given alone is, inline bytes too (the frames PyAV decodes from it as a named video file)."""
+    from unime.data.io import ImageChecker
+
+    (tmp_path / "clips").mkdir()
+    clip = write_clip(tmp_path / "clips" / "c.bin", codec=codec, container=container)
+    (tmp_path / "clips" / "c.video").write_bytes(clip.read_bytes())
+    loader = ImageLoader(tmp_path)
+    FRAME_CACHE.clear()
+    named = loader.load_video(Item.from_dict({"video": "clips/c.video"}).video)  # the path alone: a video file
+    assert named.frame_indices == (0, 3, 5, 8, 11, 14, 16, 19) and named.total_frames == 20
+    assert [_red(f) for f in named] == pytest.approx([12 * i for i in named.frame_indices], abs=8)
+    for item in (Item.from_dict({"video": ["clips/c.bin"]}), Item(video=(clip.read_bytes(),))):
+        FRAME_CACHE.clear()
+        v = loader.load_video(item.video)
+        assert (v.frame_indices, v.total_frames, v.fps) == (named.frame_indices, 20, named.fps)
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(v, named))
+        for decode in (True, False):
+            ImageChecker(loader, decode_video=decode).check_item("query", item, source="q.jsonl", record=1)
+    FRAME_CACHE.clear()
+
+
+def _heic(path: Path) -> Path:
+    """A HEIC file's first boxes by hand (an ``ftyp`` of brand heic, a ``meta`` box): PIL here reads no HEIC."""
+    path.write_bytes(_ftyp(b"heic", b"mif1", b"heic") + b"\0\0\0\x20meta" + bytes(24))
+    return path
+
+
+def test_an_avif_or_heic_image_in_a_one_entry_list_is_an_image_not_a_video(tmp_path, monkeypatch):
+    """QA: the inline bytes of an AVIF or HEIC image (an ISO-BMFF ``ftyp`` box, as an MP4's) were a video file; a
+    HEIC file PIL cannot read, in a one-entry list, a video decode failure. An AVIF image is one frame (the image
+    loader's pixels); a HEIC one PIL cannot read is an error naming the record, the field and pillow-heif; an
+    animated AVIF stays a video."""
+    from PIL import Image, features
+
+    import unime.data.images as images
+    from unime.data.io import ImageChecker
+    from unime.data.mmeb_v2 import v2_row_from_dict
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow writes no AVIF")
+    loader = ImageLoader(tmp_path)
+    frames = [Image.new("RGB", (32, 24), (25 * i, 200, 0)) for i in range(4)]
+    frames[0].save(tmp_path / "still.avif")
+    frames[0].save(tmp_path / "anim.avif", save_all=True, append_images=frames[1:], duration=100)
+    still = (tmp_path / "still.avif").read_bytes()
+    assert not is_video_file_ref(still) and is_video_file_ref((tmp_path / "anim.avif").read_bytes())
+    image = loader.load(still)
+    for item in (Item(video=(still,)), Item.from_dict({"video": ["still.avif"]})):
+        FRAME_CACHE.clear()
+        v = loader.load_video(item.video)
+        assert (v.frame_indices, v.total_frames, v.fps, v.source) == ((0, 0), 1, 2.0, "<frame list>")
+        assert np.array_equal(np.asarray(v[0]), np.asarray(image))
+    row = v2_row_from_dict({"query_text": ["what is it?"], "query_image": [{"paths": ["x"], "bytes": [still]}],
+                            "cand_text": ["a"], "cand_image": [None],
+                            "dataset_infos": {"cand_names": ["a"], "label_name": "a"}})
+    assert row.query.images == (still,) and not row.query.video  # MMEB-V2's inline image: an image
+
+    monkeypatch.setattr(images, "_PLUGINS_LOADED", {}, raising=False)
+    monkeypatch.setitem(__import__("sys").modules, "pillow_heif", None)  # not installed: its import fails
+    heic = _heic(tmp_path / "photo.heic")
+    said = ("is a HEIF / HEIC image, which PIL cannot read without the pillow-heif package "
+            "(pip install pillow-heif)")
+    for item, field, name in ((Item.from_dict({"video": ["photo.heic"]}), "video[0]", "photo.heic"),
+                              (Item(video=(heic.read_bytes(),)), "video[0]", "<inline bytes>")):
+        with pytest.raises(DataError) as e:
+            loader.load_video(item.video, source="v.jsonl", record=1, field="video")
+        assert str(e.value) == f"v.jsonl, record 1, field '{field}': image {name} {said}"
+        with pytest.raises(DataError, match="pip install pillow-heif"):
+            ImageChecker(loader).check_item("query", item, source="v.jsonl", record=1)
+    with pytest.raises(DataError) as e:
+        loader.load("photo.heic", source="v.jsonl", record=1, field="image")
+    assert str(e.value) == f"v.jsonl, record 1, field 'image': image photo.heic {said}"
+    FRAME_CACHE.clear()
+
+
+def test_a_heic_image_is_read_by_pillow_heif_once_it_is_installed(tmp_path, monkeypatch):
+    """The message says to install pillow-heif: once it is, the image loader registers its reader (its
+    register_heif_opener) and reads the image. pillow-heif stands in here for a reader of a made-up HEIC: a PNG
+    after its ``ftyp`` box."""
+    import io
+    import sys
+    import types
+
+    from PIL import Image, PngImagePlugin
+
+    import unime.data.images as images
+
+    def opener(fp, filename=None):
+        return PngImagePlugin.PngImageFile(io.BytesIO(fp.read()[len(_ftyp(b"heic", b"mif1")):]))
+
+    def register_heif_opener():
+        Image.register_open("FAKEHEIF", opener, lambda prefix: prefix[4:12] == b"ftypheic")
+
+    monkeypatch.setattr(images, "_PLUGINS_LOADED", {}, raising=False)
+    monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(register_heif_opener=register_heif_opener))
+    png = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(png, format="PNG")
+    (tmp_path / "photo.heic").write_bytes(_ftyp(b"heic", b"mif1") + png.getvalue())
+    try:
+        for ref in ("photo.heic", (tmp_path / "photo.heic").read_bytes()):
+            img = ImageLoader(tmp_path).load(ref)
+            assert img.size == (8, 6) and img.getpixel((3, 3)) == (10, 200, 30)
+        v = ImageLoader(tmp_path).load_video(["photo.heic"])  # a one-entry list: one frame
+        assert (v.frame_indices, v.source, v[0].getpixel((0, 0))) == ((0, 0), "<frame list>", (10, 200, 30))
+    finally:
+        Image.OPEN.pop("FAKEHEIF", None)
+        if "FAKEHEIF" in Image.ID:
+            Image.ID.remove("FAKEHEIF")
+    FRAME_CACHE.clear()

@@ -301,3 +301,45 @@ def test_a_video_read_as_a_file_its_name_does_not_announce_has_a_key_of_its_own(
         assert enc.content_key(Item.from_dict({"video": form}), tmp_path) == key("anim.gif", video_file=1)
     assert enc.content_key(Item.from_dict({"video": ["clips/clip.mp4"]}), tmp_path) == key("clip.mp4")
     assert enc.content_key(Item.from_dict({"video": ["clips/still.png"]}), tmp_path) == key("still.png")
+
+
+def test_an_item_whose_media_is_read_otherwise_now_has_a_key_of_its_own(tmp_path):
+    """The inline bytes of an AVIF image as an item's one video entry were read as a video file (its ``ftyp`` box),
+    are one image frame now: its key is marked (``still_image``), so that vectors cached then are not served. Items
+    read as before keep their keys: an mp4, an animated GIF (marked already), a still PNG, an AVIF file by its path
+    (one frame before too), an AVIF image as an item's image, inline mp4 bytes. The payloads are computed here
+    independently."""
+    import hashlib
+    import json
+
+    from PIL import Image, features
+
+    from tests.data.helpers import animated_gif
+
+    clips = tmp_path / "clips"
+    animated_gif(clips / "anim.gif")
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(clips / "still.png")
+    (clips / "clip.mp4").write_bytes(b"\0\0\0\x18ftypisom\0\0\0\0isommp41 an mp4's first bytes")
+    enc = RunEncoder(BatchDependentEmbedder(), "m")
+
+    def key(data: bytes, field: str = "v", **extra) -> str:
+        payload = {"t": "", "i": [], "v": [], **extra}
+        payload[field] = [f"sha1:{hashlib.sha1(data).hexdigest()}"]
+        return hashlib.sha1(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+    def file_key(name: str, **extra) -> str:
+        return key((clips / name).read_bytes(), **extra)
+
+    assert enc.content_key(Item.from_dict({"video": ["clips/anim.gif"]}), tmp_path) == file_key("anim.gif",
+                                                                                               video_file=1)
+    assert enc.content_key(Item.from_dict({"video": ["clips/clip.mp4"]}), tmp_path) == file_key("clip.mp4")
+    assert enc.content_key(Item.from_dict({"video": ["clips/still.png"]}), tmp_path) == file_key("still.png")
+    mp4 = (clips / "clip.mp4").read_bytes()
+    assert enc.content_key(Item(video=(mp4,)), tmp_path) == key(mp4)
+    if not features.check("avif"):
+        return
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(clips / "still.avif")
+    avif = (clips / "still.avif").read_bytes()
+    assert enc.content_key(Item(video=(avif,)), tmp_path) == key(avif, still_image=1)
+    assert enc.content_key(Item.from_dict({"video": ["clips/still.avif"]}), tmp_path) == file_key("still.avif")
+    assert enc.content_key(Item(images=(avif,)), tmp_path) == key(avif, "i")

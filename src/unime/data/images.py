@@ -20,7 +20,8 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unime.data.items import ImageRef
-from unime.data.video import VideoSampling, aspect_ratio_problem, is_video_file_ref, load_video, missing_file_problem
+from unime.data.video import (SIGNATURE_BYTES, VideoSampling, aspect_ratio_problem, ftyp_brands, is_image_brand,
+                              is_video_file_ref, load_video, missing_file_problem)
 from unime.errors import DataError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
@@ -62,6 +63,64 @@ def real_path_under(root: Path, ref: str) -> tuple[str, str | None]:
             full = os.path.realpath(os.path.join(base, ref))
             break
     return full, path_below(root, full)
+
+
+# PIL plugins of the ISO-BMFF images PIL may not read itself (a HEIF / HEIC image; an AVIF one, under a Pillow built
+# without it): (what the image is, the module, the package to install). Imported the first time PIL cannot read such
+# an image; pillow_heif's reader is registered by its register_heif_opener(), pillow_avif's by the import.
+_HEIF_PLUGIN = ("a HEIF / HEIC image", "pillow_heif", "pillow-heif")
+_AVIF_PLUGIN = ("an AVIF image", "pillow_avif", "pillow-avif-plugin")
+_PLUGINS_LOADED: dict[str, bool] = {}
+
+
+def _image_plugin(head: bytes) -> tuple[str, str, str] | None:
+    """The PIL plugin (`_HEIF_PLUGIN`, `_AVIF_PLUGIN`) of the ISO-BMFF still image that `head` starts
+    (`unime.data.video.is_image_brand`), None for any other file."""
+    if not is_image_brand(head):
+        return None
+    major, compatible = ftyp_brands(head)
+    return _AVIF_PLUGIN if major == b"avif" or (b"avif" in compatible and major not in (b"heic", b"heix")) \
+        else _HEIF_PLUGIN
+
+
+def _load_plugin(module: str) -> bool:
+    """Whether PIL's plugin `module` is loaded: imported (and its reader registered) on the first call."""
+    if module not in _PLUGINS_LOADED:
+        import importlib
+
+        try:
+            plugin = importlib.import_module(module)
+        except ImportError:
+            _PLUGINS_LOADED[module] = False
+        else:
+            register = getattr(plugin, "register_heif_opener", None)
+            if register is not None:
+                register()
+            _PLUGINS_LOADED[module] = True
+    return _PLUGINS_LOADED[module]
+
+
+def _open_image(fh, name: str, *, source, record, field) -> Image.Image:
+    """PIL's image of the open file `fh`; a HEIF / HEIC or AVIF image PIL cannot read is read by its plugin
+    (`_image_plugin`) when that is installed, else refused with what to install."""
+    try:
+        return Image.open(fh)
+    except UnidentifiedImageError:
+        fh.seek(0)
+        plugin = _image_plugin(fh.read(SIGNATURE_BYTES))
+        if plugin is None:
+            raise DataError(f"corrupt or unreadable image {name}: not in an image format PIL can read",
+                            source=source, record=record, field=field) from None
+        what, module, package = plugin
+        if not _load_plugin(module):
+            raise DataError(f"image {name} is {what}, which PIL cannot read without the {package} package "
+                            f"(pip install {package})", source=source, record=record, field=field) from None
+    fh.seek(0)
+    try:
+        return Image.open(fh)
+    except UnidentifiedImageError:  # the plugin does not read it either
+        raise DataError(f"corrupt or unreadable image {name}: {what} that {package} cannot read", source=source,
+                        record=record, field=field) from None
 
 
 class ImageLoader:
@@ -153,10 +212,7 @@ class ImageLoader:
                 # PIL warns of a large image before our own pixel limit below refuses it (or lets it through)
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 try:
-                    img = Image.open(fh)
-                except UnidentifiedImageError:
-                    raise DataError(f"corrupt or unreadable image {name}: not in an image format PIL can read",
-                                    source=source, record=record, field=field) from None
+                    img = _open_image(fh, name, source=source, record=record, field=field)
                 except OSError as e:
                     raise DataError(f"corrupt or unreadable image {name}: {e}", source=source, record=record,
                                     field=field) from None

@@ -369,18 +369,70 @@ class VideoFileRef(str):
     __slots__ = ()
 
 
+# the leading bytes `_container_signature` looks at: an MPEG transport stream's third packet starts at byte 376 (384
+# in a .m2ts, whose 192-byte packets carry a 4-byte time code first), an ISO-BMFF ``ftyp`` box lists its brands
+SIGNATURE_BYTES = 1024
+# ISO-BMFF (``ftyp``) brands of images: HEIF / HEIC (ISO/IEC 23008-12: ``mif1`` any image item, ``msf1`` HEIF's
+# general brand of images in a track, read as HEIF images are; ``heic``, ``heix`` HEVC, ``heim`` / ``heis`` multi-layer
+# / scalable HEVC, ``avci`` AVC, ``jpeg``, ``j2ki``, ``vvic``) and AVIF (``avif``). The sequences of a codec
+# (``hevc``, ``hevx``, ``hevm``, ``hevs``, ``avcs``, ``vvis``; AVIF's animation ``avis``) are read as videos.
+IMAGE_BRANDS = frozenset({b"mif1", b"mif2", b"msf1", b"heic", b"heix", b"heim", b"heis", b"avci", b"jpeg", b"j2ki",
+                          b"vvic", b"avif"})
+_SEQUENCE_BRANDS = frozenset({b"hevc", b"hevx", b"hevm", b"hevs", b"avcs", b"vvis", b"avis"})
+# ASF (WMV / WMA): the header object's GUID, 75B22630-668E-11CF-A6D9-00AA0062CE6C as it is stored
+_ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
+
+
+def ftyp_brands(head: bytes) -> tuple[bytes, frozenset[bytes]] | None:
+    """The major brand and the compatible brands of an ISO-BMFF file's leading ``ftyp`` box (those within `head`),
+    or None when `head` does not start with one."""
+    if head[4:8] != b"ftyp" or len(head) < 12:
+        return None
+    end = min(int.from_bytes(head[:4], "big"), len(head))
+    return head[8:12], frozenset(head[i:i + 4] for i in range(16, end - 3, 4))
+
+
+def is_image_brand(head: bytes) -> bool:
+    """Whether `head` starts an ISO-BMFF still image (HEIF / HEIC, AVIF: `IMAGE_BRANDS`): its major brand is one,
+    or, its major brand being neither an image's nor a sequence's, a compatible brand is an image's and none is
+    a sequence's. MP4 / MOV / 3GP brands (``isom``, ``mp42``, ``qt  ``, ...) and the sequences' are videos."""
+    brands = ftyp_brands(head)
+    if brands is None:
+        return False
+    major, compatible = brands
+    if major in IMAGE_BRANDS or major in _SEQUENCE_BRANDS:
+        return major in IMAGE_BRANDS
+    return bool(compatible & IMAGE_BRANDS) and not compatible & _SEQUENCE_BRANDS
+
+
+def _transport_stream(head: bytes) -> bool:
+    """An MPEG transport stream: the sync byte 0x47 every 188 bytes (every 192 after a 4-byte time code, .m2ts),
+    three packets in a row, each with a payload or an adaptation field (its control bits not the reserved 00)."""
+    if head[:4] == b"GIF8":  # a GIF's first byte is 0x47 too
+        return False
+    return any(len(head) >= start + 2 * step + 4 and all(
+        head[at] == 0x47 and head[at + 3] & 0x30 for at in range(start, start + 3 * step, step))
+        for start, step in ((0, 188), (4, 192)))
+
+
 def _container_signature(head: bytes) -> bool:
-    """The first bytes of a media container: MP4 / MOV / M4A (``ftyp``), Matroska / WebM (EBML), AVI."""
-    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+    """The first bytes (up to `SIGNATURE_BYTES`) of a media container: MP4 / MOV / M4A / 3GP (``ftyp``, but for a
+    still image's brands: `is_image_brand`), Matroska / WebM (EBML), AVI, Ogg, FLV, ASF (WMV / WMA), an MPEG
+    transport stream (`_transport_stream`) or program stream (a pack header)."""
+    if head[4:8] == b"ftyp":
+        return not is_image_brand(head)
+    return (head[:4] in (b"\x1a\x45\xdf\xa3", b"OggS", b"\x00\x00\x01\xba") or head[:4] + head[8:12] == b"RIFFAVI "
+            or head[:4] == b"FLV\x01" or head[:16] == _ASF_GUID or _transport_stream(head))
 
 
 def is_video_file_ref(ref: Any) -> bool:
     """A path given alone as an item's video (`VideoFileRef`) or with a video extension, or inline bytes of a video
-    container (MP4/MOV, Matroska/WebM, AVI). By the name alone: `is_one_video_file` also looks at a lone file."""
+    container (`_container_signature`: MP4/MOV, Matroska/WebM, AVI, Ogg, FLV, ASF, MPEG-TS/PS; not a HEIF / AVIF
+    image). By the name alone: `is_one_video_file` also looks at a lone file."""
     if isinstance(ref, str):
         return isinstance(ref, VideoFileRef) or Path(ref).suffix.lower() in VIDEO_EXTENSIONS
     if isinstance(ref, (bytes, bytearray)):
-        return _container_signature(bytes(ref[:16]))
+        return _container_signature(bytes(ref[:SIGNATURE_BYTES]))
     return False
 
 
@@ -388,8 +440,8 @@ def _holds_video(loader: FrameLoader, ref: Any) -> bool:
     """Whether `ref` (a path under `loader`'s root, or inline bytes), the one entry of an item's video, holds a
     video its name does not tell of: an animated GIF (PIL reads an image of several frames), or a file PIL cannot
     read whose first bytes are a media container's (`_container_signature`, an audio-only .m4a too: its message is
-    then the video one, "no video stream"). A still image, or a file that cannot be read, is left to the image
-    loader's rules and messages."""
+    then the video one, "no video stream"). A still image (a HEIF / AVIF one too), or a file that cannot be read, is
+    left to the image loader's rules and messages."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(ref, (bytes, bytearray)):
@@ -411,7 +463,7 @@ def _holds_video(loader: FrameLoader, ref: Any) -> bool:
                 return img.format == "GIF" and bool(getattr(img, "is_animated", False))
         except UnidentifiedImageError:
             fh.seek(0)
-            return _container_signature(fh.read(16))
+            return _container_signature(fh.read(SIGNATURE_BYTES))
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
             return False
 
@@ -420,8 +472,8 @@ def is_one_video_file(loader: FrameLoader, refs: Sequence[Any]) -> bool:
     """Whether an item's video `refs` is read as one video file, not as a list of frames: one reference that is a
     video file by its name or bytes (`is_video_file_ref`) or that holds a video (`_holds_video`: an animated GIF, a
     media container of any name), so that ``["clips/anim.gif"]`` (MMEB-V2's ``{"paths": [...]}``) gives the frames
-    ``"clips/anim.gif"`` gives. Several references are frames. An item's *image* is an image whatever its file
-    holds (a GIF: its first frame)."""
+    ``"clips/anim.gif"`` gives. Several references are frames. An item's *image* is an image
+    whatever its file holds (a GIF: its first frame)."""
     return len(refs) == 1 and (is_video_file_ref(refs[0]) or _holds_video(loader, refs[0]))
 
 

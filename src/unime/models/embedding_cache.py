@@ -309,8 +309,9 @@ class EncodeStats:
 def _video_unnamed(refs, loader: ImageLoader) -> bool:
     """Whether an item's video is one file read as a video although its name does not say so (an animated GIF, a
     container of another name: `unime.data.video.is_one_video_file`). Such an item was read as its first frame
-    twice before 2026-12-06, under the same content key: the mark gives it a key of its own, so that vectors cached
-    then are not served for it; every other item keeps its key (and its cached vectors)."""
+    twice before 2026-12-06 (or refused: an Ogg, FLV, ASF or MPEG-TS/PS file of another name), under the same
+    content key: the mark gives it a key of its own, so that vectors cached then are not served for it; every other
+    item keeps its key (and its cached vectors)."""
     from unime.data.video import is_one_video_file, is_video_file_ref
 
     if len(refs) != 1:
@@ -318,6 +319,17 @@ def _video_unnamed(refs, loader: ImageLoader) -> bool:
     ref = refs[0]
     named = is_video_file_ref(str(ref) if isinstance(ref, str) else ref)  # by its extension or bytes alone
     return not named and is_one_video_file(loader, refs)
+
+
+def _inline_still_image(refs) -> bool:
+    """Whether an item's video is the inline bytes of one HEIF / HEIC or AVIF still image (`unime.data.video.
+    is_image_brand`), read as a video file for its ``ftyp`` box before 2026-12-06 and as one frame since: the mark
+    gives it a key of its own, so that vectors cached then are not served for it (a path to such a file was a frame
+    already: its key is unchanged)."""
+    from unime.data.video import SIGNATURE_BYTES, is_image_brand
+
+    return len(refs) == 1 and isinstance(refs[0], (bytes, bytearray)) and is_image_brand(
+        bytes(refs[0][:SIGNATURE_BYTES]))
 
 
 class RunEncoder:
@@ -380,6 +392,8 @@ class RunEncoder:
                          for j, r in enumerate(item.video)]}
         if _video_unnamed(item.video, loader):
             payload["video_file"] = 1
+        if _inline_still_image(item.video):
+            payload["still_image"] = 1
         return hashlib.sha1(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
 
     # -- collect / encode / serve ---------------------------------------------------------------------
