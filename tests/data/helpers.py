@@ -189,9 +189,12 @@ def not_regular_files(root: Path, suffix: str) -> dict[str, str]:
     return {f"pipe{suffix}": "a FIFO (named pipe)", f"folder{suffix}": "a directory", f"zero{suffix}": "a device"}
 
 
-def animated_gif(path: Path, n: int = 10) -> Path:
-    """A GIF of `n` frames at 10 fps whose frame i is a flat colour of red 25 * i (exact in its palette)."""
+def animated_gif(path: Path, n: int = 10, *, duration=100, fmt: str | None = None) -> Path:
+    """A GIF of `n` frames at 10 fps whose frame i is a flat colour of red 25 * i (exact in its palette); `duration`:
+    the frames' delay in ms (a list: each frame's); `fmt`: PIL's format of another animation ("PNG": an APNG,
+    "WEBP", lossless) than `path`'s extension says."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = [Image.new("RGB", (32, 24), (25 * i, 0, 0)) for i in range(n)]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    lossless = {"lossless": True} if (fmt or path.suffix[1:]).upper() == "WEBP" else {}
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=duration, loop=0, **lossless)
     return path

@@ -304,11 +304,11 @@ def test_a_video_read_as_a_file_its_name_does_not_announce_has_a_key_of_its_own(
 
 
 def test_an_item_whose_media_is_read_otherwise_now_has_a_key_of_its_own(tmp_path):
-    """The inline bytes of an AVIF image as an item's one video entry were read as a video file (its ``ftyp`` box),
-    are one image frame now: its key is marked (``still_image``), so that vectors cached then are not served. Items
-    read as before keep their keys: an mp4, an animated GIF (marked already), a still PNG, an AVIF file by its path
-    (one frame before too), an AVIF image as an item's image, inline mp4 bytes. The payloads are computed here
-    independently."""
+    """An APNG or animated WebP as an item's one video entry was read as its first frame twice, the inline bytes of an
+    AVIF image as a video file (its ``ftyp`` box): both are read otherwise now, under keys of their own (marked
+    ``video_file``, ``still_image``), so that vectors cached then are not served. Items read as before keep their
+    keys: an mp4, an animated GIF (marked already), a still PNG, an AVIF file by its path (one frame before too), an
+    AVIF image as an item's image, inline mp4 bytes. The payloads are computed here independently."""
     import hashlib
     import json
 
@@ -317,7 +317,8 @@ def test_an_item_whose_media_is_read_otherwise_now_has_a_key_of_its_own(tmp_path
     from tests.data.helpers import animated_gif
 
     clips = tmp_path / "clips"
-    animated_gif(clips / "anim.gif")
+    for name, fmt in (("anim.gif", None), ("anim.png", "PNG"), ("anim.webp", "WEBP"), ("anim.bin", "PNG")):
+        animated_gif(clips / name, fmt=fmt)
     Image.new("RGB", (8, 8), (200, 10, 10)).save(clips / "still.png")
     (clips / "clip.mp4").write_bytes(b"\0\0\0\x18ftypisom\0\0\0\0isommp41 an mp4's first bytes")
     enc = RunEncoder(BatchDependentEmbedder(), "m")
@@ -330,6 +331,11 @@ def test_an_item_whose_media_is_read_otherwise_now_has_a_key_of_its_own(tmp_path
     def file_key(name: str, **extra) -> str:
         return key((clips / name).read_bytes(), **extra)
 
+    for name in ("anim.png", "anim.webp", "anim.bin"):
+        for form in ([f"clips/{name}"], f"clips/{name}"):
+            assert enc.content_key(Item.from_dict({"video": form}), tmp_path) == file_key(name, video_file=1), name
+        data = (clips / name).read_bytes()
+        assert enc.content_key(Item(video=(data,)), tmp_path) == key(data, video_file=1), name
     assert enc.content_key(Item.from_dict({"video": ["clips/anim.gif"]}), tmp_path) == file_key("anim.gif",
                                                                                                video_file=1)
     assert enc.content_key(Item.from_dict({"video": ["clips/clip.mp4"]}), tmp_path) == file_key("clip.mp4")

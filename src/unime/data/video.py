@@ -2,8 +2,9 @@
 
 An item's `video` is either a list of frames (image references, as extracted beforehand) or exactly
 one video file (a path given alone, ``{"video": "clips/x.m2ts"}``, whatever its extension; in a list, a path with a
-video extension such as ``clips/x.mp4``, or a list's one entry holding a video, an animated GIF or a media container
-PIL cannot read: `is_one_video_file`; or the file's bytes inline).
+video extension such as ``clips/x.mp4``, or a list's one entry holding a video, an animated GIF, APNG or WebP or a
+media container PIL cannot read: `is_one_video_file`; or the file's bytes inline). An APNG's or animated WebP's
+frames are PIL's (FFmpeg reads one frame of them or none), at their delays: `_decode_animation`.
 `load_video` turns either into a `Video`: the sampled frames (RGB PIL images) plus what the model's
 processor needs to place them in time (source frame rate, the sampled frame indices).
 
@@ -63,6 +64,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import itertools
 import math
 import os
 import stat
@@ -436,12 +438,19 @@ def is_video_file_ref(ref: Any) -> bool:
     return False
 
 
+# PIL's formats of animated images, read as videos where a video is expected (an item's one video entry); FFmpeg
+# reads an animated GIF's frames (its "gif" demuxer), of an APNG or an animated WebP one frame or none: theirs
+# are PIL's (`_decode_animation`)
+_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
+_PIL_ANIMATIONS = ("PNG", "WEBP")
+
+
 def _holds_video(loader: FrameLoader, ref: Any) -> bool:
     """Whether `ref` (a path under `loader`'s root, or inline bytes), the one entry of an item's video, holds a
-    video its name does not tell of: an animated GIF (PIL reads an image of several frames), or a file PIL cannot
-    read whose first bytes are a media container's (`_container_signature`, an audio-only .m4a too: its message is
-    then the video one, "no video stream"). A still image (a HEIF / AVIF one too), or a file that cannot be read, is
-    left to the image loader's rules and messages."""
+    video its name does not tell of: an animated GIF, APNG or WebP (PIL reads an image of several frames:
+    `_ANIMATED_FORMATS`), or a file PIL cannot read whose first bytes are a media container's
+    (`_container_signature`, an audio-only .m4a too: its message is then the video one, "no video stream"). A still
+    image (a HEIF / AVIF one too), or a file that cannot be read, is left to the image loader's rules and messages."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(ref, (bytes, bytearray)):
@@ -460,7 +469,7 @@ def _holds_video(loader: FrameLoader, ref: Any) -> bool:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(fh) as img:
-                return img.format == "GIF" and bool(getattr(img, "is_animated", False))
+                return img.format in _ANIMATED_FORMATS and bool(getattr(img, "is_animated", False))
         except UnidentifiedImageError:
             fh.seek(0)
             return _container_signature(fh.read(SIGNATURE_BYTES))
@@ -470,9 +479,9 @@ def _holds_video(loader: FrameLoader, ref: Any) -> bool:
 
 def is_one_video_file(loader: FrameLoader, refs: Sequence[Any]) -> bool:
     """Whether an item's video `refs` is read as one video file, not as a list of frames: one reference that is a
-    video file by its name or bytes (`is_video_file_ref`) or that holds a video (`_holds_video`: an animated GIF, a
-    media container of any name), so that ``["clips/anim.gif"]`` (MMEB-V2's ``{"paths": [...]}``) gives the frames
-    ``"clips/anim.gif"`` gives. Several references are frames. An item's *image* is an image
+    video file by its name or bytes (`is_video_file_ref`) or that holds a video (`_holds_video`: an animated GIF,
+    APNG or WebP, a media container of any name), so that ``["clips/anim.gif"]`` (MMEB-V2's ``{"paths": [...]}``)
+    gives the frames ``"clips/anim.gif"`` gives. Several references are frames. An item's *image* is an image
     whatever its file holds (a GIF: its first frame)."""
     return len(refs) == 1 and (is_video_file_ref(refs[0]) or _holds_video(loader, refs[0]))
 
@@ -652,11 +661,8 @@ def _stream_header(container, sampling: VideoSampling, fail, name: str,
     return _StreamHeader(stream, width, height, fps, duration, total, counted, own, max_aspect_ratio)
 
 
-def _open_container(data: bytes | BinaryIO, sampling: VideoSampling, name: str, fail):
-    """A PyAV container on `data` (bytes, or an open binary file, read from its start as far as PyAV needs): an
-    empty, oversized or unreadable file is refused."""
-    import av
-
+def _check_size(data: bytes | BinaryIO, sampling: VideoSampling, name: str, fail) -> None:
+    """An empty or oversized file (bytes, or an open binary file, left at its start) is refused."""
     if isinstance(data, bytes):
         size = len(data)
     else:
@@ -666,6 +672,113 @@ def _open_container(data: bytes | BinaryIO, sampling: VideoSampling, name: str, 
         raise fail(f"video {name} is an empty file")
     if size > sampling.max_bytes:
         raise fail(f"video {name} has {size} bytes, over the limit {sampling.max_bytes}")
+
+
+def _open_animation(data: bytes | BinaryIO, sampling: VideoSampling, name: str, fail):
+    """PIL's image of `data` when it is an animated PNG (APNG) or WebP (`_PIL_ANIMATIONS`: FFmpeg reads one frame
+    of it or none), checked as a video's header is (`_animation_header`); None for anything else (its first bytes
+    read, or PIL's open when they are a PNG's or a WebP's), which FFmpeg reads."""
+    from PIL import Image
+
+    fh = io.BytesIO(data) if isinstance(data, bytes) else data
+    fh.seek(0)
+    head = fh.read(12)
+    fh.seek(0)
+    if not (head.startswith(b"\x89PNG\r\n\x1a\n") or head[:4] + head[8:12] == b"RIFFWEBP"):
+        return None
+    _check_size(data, sampling, name, fail)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(fh)
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+            fh.seek(0)
+            return None  # FFmpeg's verdict
+    if img.format in _PIL_ANIMATIONS and getattr(img, "is_animated", False):
+        return img
+    fh.seek(0)  # not closed: PIL's close() would close the file FFmpeg reads next
+    return None
+
+
+def _animation_header(img, sampling: VideoSampling, fail, name: str, max_aspect_ratio: float | None) -> None:
+    """`_stream_header`'s rules that an animated image's header answers: its frame size (within `max_aspect_ratio`)."""
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise fail(f"video {name} has an empty frame size {width}x{height}")
+    if width * height > sampling.max_frame_pixels:
+        raise fail(f"video {name} has {width}x{height}={width * height} pixels per frame, over the limit "
+                   f"{sampling.max_frame_pixels}")
+    problem = aspect_ratio_problem(f"video {name}", (width, height), max_aspect_ratio, processor="video")
+    if problem:
+        raise fail(problem)
+
+
+# the delay of a frame that gives none (or 0), as FFmpeg's GIF reader and browsers take it
+_DEFAULT_FRAME_DELAY_MS = 100
+
+
+def _rgb_frame(img):
+    """The current frame of PIL's animated image as RGB, alpha composited on white (as `unime.data.images` does)."""
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img.copy()
+    rgba = img.convert("RGBA")
+    out = Image.new("RGB", rgba.size, (255, 255, 255))
+    out.paste(rgba, mask=rgba.getchannel("A"))
+    return out
+
+
+def _decode_animation(img, sampling: VideoSampling, fail, name: str, max_aspect_ratio: float | None) -> Video:
+    """The sampled frames of PIL's animated image `img` (`_open_animation`), as a clip is sampled: its frames at
+    their delays (a frame without one lasts `_DEFAULT_FRAME_DELAY_MS`); equal delays are a constant frame rate, sampled
+    by frame number, unequal ones a variable frame rate, sampled uniformly in time (``frame_rule="uniform"``) as a
+    variable frame-rate clip is (`time_uniform_indices`, the frames' own times)."""
+    from PIL import Image
+
+    _animation_header(img, sampling, fail, name, max_aspect_ratio)
+    delays: list[float] = []  # milliseconds, summed exactly
+    lasts = 0.0
+    try:
+        for i in range(img.n_frames):
+            img.seek(i)
+            img.load()  # a WebP frame's duration is known once it is decoded
+            ms = img.info.get("duration")
+            delays.append(ms if ms and ms > 0 else _DEFAULT_FRAME_DELAY_MS)
+            lasts += delays[-1]
+            if lasts > sampling.max_duration_s * 1000:
+                raise fail(f"video {name} lasts over the limit {sampling.max_duration_s:.0f} s")
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise fail(f"corrupt video {name}: {e}") from None
+    total, span = len(delays), lasts / 1000
+    fps = 1000 / delays[0] if len(set(delays)) == 1 else total / span
+    # each frame's start (seconds from the first), when the delays differ: a variable frame rate
+    times = [t / 1000 for t in (0, *itertools.accumulate(delays[:-1]))] if len(set(delays)) > 1 else None
+    if times is not None and sampling.frame_rule == "uniform":
+        wanted = time_uniform_indices(times, sampling.frame_count(total, span))
+    else:
+        wanted = sampling.indices(total, span)
+        times = None
+    size = _budget_size(*img.size, len(wanted), sampling.max_video_pixels, max_aspect_ratio)
+    decoded = {}
+    try:
+        for i in sorted(set(wanted)):
+            img.seek(i)
+            frame = _rgb_frame(img)
+            decoded[i] = frame if frame.size == size else frame.resize(size, Image.Resampling.BICUBIC)
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise fail(f"corrupt video {name}: {e}") from None
+    return pad_frames(Video(frames=tuple(decoded[i] for i in wanted), fps=fps, frame_indices=tuple(wanted),
+                            total_frames=total, source=name, decoded_frames=total,
+                            frame_times=times and tuple(times[i] for i in wanted), span=span if times else None))
+
+
+def _open_container(data: bytes | BinaryIO, sampling: VideoSampling, name: str, fail):
+    """A PyAV container on `data` (bytes, or an open binary file, read from its start as far as PyAV needs): an
+    empty, oversized or unreadable file is refused."""
+    import av
+
+    _check_size(data, sampling, name, fail)
     try:
         return av.open(io.BytesIO(data) if isinstance(data, bytes) else data, mode="r")
     except _av_errors() as e:  # FFmpeg's words, without the errno and file name
@@ -679,6 +792,10 @@ def decode_video(data: bytes | BinaryIO, sampling: VideoSampling, *, name: str =
     `max_aspect_ratio` are refused from the header. `seek=False` decodes the stream from its start up to the last
     sampled frame (the reference the seeking path equals)."""
     fail = functools.partial(DataError, source=source, record=record, field=field)
+    animation = _open_animation(data, sampling, name, fail)
+    if animation is not None:
+        with animation:
+            return _decode_animation(animation, sampling, fail, name, max_aspect_ratio)
     with _open_container(data, sampling, name, fail) as container:
         h = _stream_header(container, sampling, fail, name, max_aspect_ratio)
         index = _packet_index(container, h.stream)
@@ -767,8 +884,13 @@ def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | No
     fail = functools.partial(DataError, source=source, record=record, field=field)
     with contextlib.ExitStack() as stack:
         data, name = _opened_video(stack, loader, ref, sampling, source=source, record=record, field=field)
+        limit = getattr(loader, "max_aspect_ratio", None)
+        animation = _open_animation(data, sampling, name, fail)
+        if animation is not None:
+            with animation:
+                return _animation_header(animation, sampling, fail, name, limit)
         with _open_container(data, sampling, name, fail) as container:
-            _stream_header(container, sampling, fail, name, getattr(loader, "max_aspect_ratio", None))
+            _stream_header(container, sampling, fail, name, limit)
 
 
 _REFORMATTER = threading.local()
