@@ -633,14 +633,7 @@ def _stream_header(container, sampling: VideoSampling, fail, name: str,
         raise fail(f"video {name} has no video stream")
     stream = container.streams.video[0]
     width, height = stream.codec_context.width, stream.codec_context.height
-    if width <= 0 or height <= 0:
-        raise fail(f"video {name} has an empty frame size {width}x{height}")
-    if width * height > sampling.max_frame_pixels:
-        raise fail(f"video {name} has {width}x{height}={width * height} pixels per frame, over the limit "
-                   f"{sampling.max_frame_pixels}")
-    problem = aspect_ratio_problem(f"video {name}", (width, height), max_aspect_ratio, processor="video")
-    if problem:
-        raise fail(problem)
+    _check_frame_size(width, height, sampling, fail, name, max_aspect_ratio)
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
     if not fps > 0 or not math.isfinite(fps):
@@ -676,8 +669,8 @@ def _check_size(data: bytes | BinaryIO, sampling: VideoSampling, name: str, fail
 
 def _open_animation(data: bytes | BinaryIO, sampling: VideoSampling, name: str, fail):
     """PIL's image of `data` when it is an animated PNG (APNG) or WebP (`_PIL_ANIMATIONS`: FFmpeg reads one frame
-    of it or none), checked as a video's header is (`_animation_header`); None for anything else (its first bytes
-    read, or PIL's open when they are a PNG's or a WebP's), which FFmpeg reads."""
+    of it or none), the file not empty nor over ``max_bytes``; None for anything else (its first bytes read, or
+    PIL's open when they are a PNG's or a WebP's), which FFmpeg reads."""
     from PIL import Image
 
     fh = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -700,9 +693,9 @@ def _open_animation(data: bytes | BinaryIO, sampling: VideoSampling, name: str, 
     return None
 
 
-def _animation_header(img, sampling: VideoSampling, fail, name: str, max_aspect_ratio: float | None) -> None:
-    """`_stream_header`'s rules that an animated image's header answers: its frame size (within `max_aspect_ratio`)."""
-    width, height = img.size
+def _check_frame_size(width: int, height: int, sampling: VideoSampling, fail, name: str,
+                      max_aspect_ratio: float | None) -> None:
+    """A video's frame size from its header: not empty, within ``max_frame_pixels`` and `max_aspect_ratio`."""
     if width <= 0 or height <= 0:
         raise fail(f"video {name} has an empty frame size {width}x{height}")
     if width * height > sampling.max_frame_pixels:
@@ -736,7 +729,7 @@ def _decode_animation(img, sampling: VideoSampling, fail, name: str, max_aspect_
     variable frame-rate clip is (`time_uniform_indices`, the frames' own times)."""
     from PIL import Image
 
-    _animation_header(img, sampling, fail, name, max_aspect_ratio)
+    _check_frame_size(*img.size, sampling, fail, name, max_aspect_ratio)
     delays: list[float] = []  # milliseconds, summed exactly
     lasts = 0.0
     try:
@@ -888,7 +881,7 @@ def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | No
         animation = _open_animation(data, sampling, name, fail)
         if animation is not None:
             with animation:
-                return _animation_header(animation, sampling, fail, name, limit)
+                return _check_frame_size(*animation.size, sampling, fail, name, limit)
         with _open_container(data, sampling, name, fail) as container:
             _stream_header(container, sampling, fail, name, limit)
 
