@@ -305,8 +305,9 @@ def test_a_video_read_as_a_file_its_name_does_not_announce_has_a_key_of_its_own(
 
 def test_an_item_whose_media_is_read_otherwise_now_has_a_key_of_its_own(tmp_path):
     """An APNG or animated WebP as an item's one video entry was read as its first frame twice, the inline bytes of an
-    AVIF image as a video file (its ``ftyp`` box): both are read otherwise now, under keys of their own (marked
-    ``video_file``, ``still_image``), so that vectors cached then are not served. Items read as before keep their
+    AVIF image as a video file (its ``ftyp`` box), an animated AVIF as its still image: all are read otherwise now,
+    under keys of their own (marked ``video_file``, ``still_image``, ``avif_frames``), so that vectors cached then are
+    not served. Items read as before keep their
     keys: an mp4, an animated GIF (marked already), a still PNG, an AVIF file by its path (one frame before too), an
     AVIF image as an item's image, inline mp4 bytes. The payloads are computed here independently."""
     import hashlib
@@ -349,3 +350,15 @@ def test_an_item_whose_media_is_read_otherwise_now_has_a_key_of_its_own(tmp_path
     assert enc.content_key(Item(video=(avif,)), tmp_path) == key(avif, still_image=1)
     assert enc.content_key(Item.from_dict({"video": ["clips/still.avif"]}), tmp_path) == file_key("still.avif")
     assert enc.content_key(Item(images=(avif,)), tmp_path) == key(avif, "i")
+    # an animated AVIF read as a video: PIL's frames, where FFmpeg gave its still image alone (in a list: its first
+    # frame, marked as a video file its name does not announce too)
+    animated_gif(clips / "anim.avif", fmt="AVIF")
+    (clips / "anim.mp4").write_bytes((clips / "anim.avif").read_bytes())
+    animated = (clips / "anim.avif").read_bytes()
+    for form in (["clips/anim.avif"], "clips/anim.avif"):
+        assert enc.content_key(Item.from_dict({"video": form}), tmp_path) == file_key("anim.avif", video_file=1,
+                                                                                      avif_frames=1)
+    for form in (["clips/anim.mp4"], "clips/anim.mp4"):
+        assert enc.content_key(Item.from_dict({"video": form}), tmp_path) == file_key("anim.mp4", avif_frames=1)
+    assert enc.content_key(Item(video=(animated,)), tmp_path) == key(animated, avif_frames=1)
+    assert enc.content_key(Item(images=(animated,)), tmp_path) == key(animated, "i")  # an image: its first frame

@@ -2,9 +2,10 @@
 
 An item's `video` is either a list of frames (image references, as extracted beforehand) or exactly
 one video file (a path given alone, ``{"video": "clips/x.m2ts"}``, whatever its extension; in a list, a path with a
-video extension such as ``clips/x.mp4``, or a list's one entry holding a video, an animated GIF, APNG or WebP or a
-media container PIL cannot read: `is_one_video_file`; or the file's bytes inline). An APNG's or animated WebP's
-frames are PIL's (FFmpeg reads one frame of them or none), at their delays: `_decode_animation`.
+video extension such as ``clips/x.mp4``, or a list's one entry holding a video, an animated GIF, APNG, WebP or
+AVIF or a media container PIL cannot read: `is_one_video_file`; or the file's bytes inline). An APNG's, animated
+WebP's or animated AVIF's frames are PIL's (FFmpeg reads one frame of them or none), at their delays:
+`_decode_animation`.
 `load_video` turns either into a `Video`: the sampled frames (RGB PIL images) plus what the model's
 processor needs to place them in time (source frame rate, the sampled frame indices).
 
@@ -439,31 +440,62 @@ def is_video_file_ref(ref: Any) -> bool:
 
 
 # PIL's formats of animated images, read as videos where a video is expected (an item's one video entry); FFmpeg
-# reads an animated GIF's frames (its "gif" demuxer), of an APNG or an animated WebP one frame or none: theirs
-# are PIL's (`_decode_animation`)
-_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
-_PIL_ANIMATIONS = ("PNG", "WEBP")
+# reads an animated GIF's frames (its "gif" demuxer), of an APNG or an animated WebP one frame or none, of an
+# animated AVIF its still image alone (its first stream): theirs are PIL's (`_decode_animation`)
+_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP", "AVIF")
+_PIL_ANIMATIONS = ("PNG", "WEBP", "AVIF")
+
+
+def _avif_head(head: bytes) -> bool:
+    """Whether `head` starts an AVIF file, a still image or an animation (an ``ftyp`` box naming ``avif``/``avis``)."""
+    brands = ftyp_brands(head)
+    return brands is not None and bool({b"avif", b"avis"} & ({brands[0]} | brands[1]))
+
+
+def _ref_file(loader: FrameLoader, ref: Any) -> BinaryIO | None:
+    """An open binary file of `ref`: inline bytes, or a regular file under `loader`'s root; None when there is none
+    to read (a missing file, a FIFO, whose open would block, a path outside the root)."""
+    if isinstance(ref, (bytes, bytearray)):
+        return io.BytesIO(ref)
+    if not isinstance(ref, str):
+        return None
+    try:
+        path = loader.resolve(ref)
+        return open(path, "rb") if path.is_file() else None
+    except (DataError, OSError, ValueError):
+        return None
+
+
+def is_animated_avif(loader: FrameLoader, ref: Any) -> bool:
+    """Whether `ref` (a path under `loader`'s root, or inline bytes) is an animated AVIF that PIL reads: read as a
+    video, its frames are PIL's (`_decode_animation`); FFmpeg gave its still image alone, one frame."""
+    from PIL import Image
+
+    fh = _ref_file(loader, ref)
+    if fh is None:
+        return False
+    with fh, warnings.catch_warnings():
+        if not _avif_head(fh.read(SIGNATURE_BYTES)):
+            return False
+        fh.seek(0)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fh) as img:
+                return img.format == "AVIF" and bool(getattr(img, "is_animated", False))
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+            return False
 
 
 def _holds_video(loader: FrameLoader, ref: Any) -> bool:
     """Whether `ref` (a path under `loader`'s root, or inline bytes), the one entry of an item's video, holds a
-    video its name does not tell of: an animated GIF, APNG or WebP (PIL reads an image of several frames:
+    video its name does not tell of: an animated GIF, APNG, WebP or AVIF (PIL reads an image of several frames:
     `_ANIMATED_FORMATS`), or a file PIL cannot read whose first bytes are a media container's
     (`_container_signature`, an audio-only .m4a too: its message is then the video one, "no video stream"). A still
     image (a HEIF / AVIF one too), or a file that cannot be read, is left to the image loader's rules and messages."""
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(ref, (bytes, bytearray)):
-        fh = io.BytesIO(ref)
-    elif isinstance(ref, str):
-        try:
-            path = loader.resolve(ref)
-            if not path.is_file():  # a FIFO would block the open
-                return False
-            fh = open(path, "rb")
-        except (DataError, OSError, ValueError):
-            return False
-    else:
+    fh = _ref_file(loader, ref)
+    if fh is None:
         return False
     with fh, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -480,7 +512,7 @@ def _holds_video(loader: FrameLoader, ref: Any) -> bool:
 def is_one_video_file(loader: FrameLoader, refs: Sequence[Any]) -> bool:
     """Whether an item's video `refs` is read as one video file, not as a list of frames: one reference that is a
     video file by its name or bytes (`is_video_file_ref`) or that holds a video (`_holds_video`: an animated GIF,
-    APNG or WebP, a media container of any name), so that ``["clips/anim.gif"]`` (MMEB-V2's ``{"paths": [...]}``)
+    APNG, WebP or AVIF, a media container of any name), so that ``["clips/anim.gif"]`` (MMEB-V2's ``{"paths": [...]}``)
     gives the frames ``"clips/anim.gif"`` gives. Several references are frames. An item's *image* is an image
     whatever its file holds (a GIF: its first frame)."""
     return len(refs) == 1 and (is_video_file_ref(refs[0]) or _holds_video(loader, refs[0]))
@@ -668,16 +700,16 @@ def _check_size(data: bytes | BinaryIO, sampling: VideoSampling, name: str, fail
 
 
 def _open_animation(data: bytes | BinaryIO, sampling: VideoSampling, name: str, fail):
-    """PIL's image of `data` when it is an animated PNG (APNG) or WebP (`_PIL_ANIMATIONS`: FFmpeg reads one frame
-    of it or none), the file not empty nor over ``max_bytes``; None for anything else (its first bytes read, or
-    PIL's open when they are a PNG's or a WebP's), which FFmpeg reads."""
+    """PIL's image of `data` when it is an animated PNG (APNG), WebP or AVIF (`_PIL_ANIMATIONS`: FFmpeg reads one
+    frame of it or none), the file not empty nor over ``max_bytes``; None for anything else (its first bytes read,
+    or PIL's open when they are a PNG's, a WebP's or an AVIF's), which FFmpeg reads."""
     from PIL import Image
 
     fh = io.BytesIO(data) if isinstance(data, bytes) else data
     fh.seek(0)
-    head = fh.read(12)
+    head = fh.read(SIGNATURE_BYTES)
     fh.seek(0)
-    if not (head.startswith(b"\x89PNG\r\n\x1a\n") or head[:4] + head[8:12] == b"RIFFWEBP"):
+    if not (head.startswith(b"\x89PNG\r\n\x1a\n") or head[:4] + head[8:12] == b"RIFFWEBP" or _avif_head(head)):
         return None
     _check_size(data, sampling, name, fail)
     with warnings.catch_warnings():

@@ -332,6 +332,16 @@ def _inline_still_image(refs) -> bool:
         bytes(refs[0][:SIGNATURE_BYTES]))
 
 
+def _avif_frames(refs, loader: ImageLoader) -> bool:
+    """Whether an item's video is one animated AVIF read as a video file (`unime.data.video.is_animated_avif`): its
+    frames are PIL's since 2026-12-06, where FFmpeg gave its still image alone (the path alone, a video extension,
+    inline bytes; in a list, its first frame); the mark gives it a key of its own, so that vectors cached then are not
+    served for it."""
+    from unime.data.video import is_animated_avif, is_one_video_file
+
+    return len(refs) == 1 and is_animated_avif(loader, refs[0]) and is_one_video_file(loader, refs)
+
+
 class RunEncoder:
     """Collects the items of every task (`add`), encodes the distinct ones missing from the cache once
     (`encode_pending`), then serves vectors by row (`vectors`).
@@ -394,6 +404,8 @@ class RunEncoder:
             payload["video_file"] = 1
         if _inline_still_image(item.video):
             payload["still_image"] = 1
+        if _avif_frames(item.video, loader):
+            payload["avif_frames"] = 1
         return hashlib.sha1(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
 
     # -- collect / encode / serve ---------------------------------------------------------------------
