@@ -307,10 +307,10 @@ class EncodeStats:
 
 
 def _video_unnamed(refs, loader: ImageLoader) -> bool:
-    """Whether an item's video is one file read as a video although its name does not say so (an animated GIF, APNG
-    or WebP, a container of another name: `unime.data.video.is_one_video_file`). Such an item was read as its first
-    frame twice before 2026-12-06 (or refused: an Ogg, FLV, ASF or MPEG-TS/PS file of another name), under the same
-    content key: the mark gives it a key of its own, so that vectors cached then are not served for it; every other
+    """Whether an item's video is one file read as a video although its name does not say so (an animated GIF, APNG,
+    WebP or AVIF, a container of another name: `unime.data.video.is_one_video_file`). Such an item was read as its
+    first frame twice before 2026-12-06 (or refused: an Ogg, FLV, ASF or MPEG-TS/PS file of another name), under the
+    same content key: the mark gives it a key of its own, so that vectors cached then are not served for it; every other
     item keeps its key (and its cached vectors)."""
     from unime.data.video import is_one_video_file, is_video_file_ref
 
