@@ -1182,6 +1182,29 @@ def test_an_avif_or_heic_image_in_a_one_entry_list_is_an_image_not_a_video(tmp_p
     FRAME_CACHE.clear()
 
 
+def test_an_avif_image_pil_cannot_read_says_whether_a_plugin_is_missing(tmp_path, monkeypatch):
+    """A corrupt AVIF image (its ``ftyp`` box, no image) is corrupt where PIL reads AVIF; where it does not (a Pillow
+    built without libavif), the message says what to install."""
+    import sys
+
+    import unime.data.images as images
+
+    bad = _ftyp(b"avif", b"avif", b"mif1", b"miaf") + b"\0\0\0\x20meta" + bytes(24)
+    loader = ImageLoader(tmp_path)
+    monkeypatch.setattr(images, "_PLUGINS_LOADED", {}, raising=False)
+    monkeypatch.setitem(sys.modules, "pillow_avif", None)  # not installed: its import fails
+    monkeypatch.setattr(images, "_pil_reads_avif", lambda: True, raising=False)
+    with pytest.raises(DataError) as e:
+        loader.load(bad, source="s.jsonl", record=2, field="image")
+    assert str(e.value) == ("s.jsonl, record 2, field 'image': corrupt or unreadable image <inline bytes>: an AVIF "
+                            "image that PIL's AVIF reader cannot read")
+    monkeypatch.setattr(images, "_pil_reads_avif", lambda: False)
+    with pytest.raises(DataError) as e:
+        loader.load(bad, source="s.jsonl", record=2, field="image")
+    assert str(e.value) == ("s.jsonl, record 2, field 'image': image <inline bytes> is an AVIF image, which PIL cannot "
+                            "read without the pillow-avif-plugin package (pip install pillow-avif-plugin)")
+
+
 def test_a_heic_image_is_read_by_pillow_heif_once_it_is_installed(tmp_path, monkeypatch):
     """The message says to install pillow-heif: once it is, the image loader registers its reader (its
     register_heif_opener) and reads the image. pillow-heif stands in here for a reader of a made-up HEIC: a PNG

@@ -83,6 +83,13 @@ def _image_plugin(head: bytes) -> tuple[str, str, str] | None:
         else _HEIF_PLUGIN
 
 
+def _pil_reads_avif() -> bool:
+    """Whether this Pillow reads AVIF itself (built with libavif: Pillow 11.2 and later)."""
+    from PIL import features
+
+    return bool(features.check("avif"))
+
+
 def _load_plugin(module: str) -> bool:
     """Whether PIL's plugin `module` is loaded: imported (and its reader registered) on the first call."""
     if module not in _PLUGINS_LOADED:
@@ -112,6 +119,9 @@ def _open_image(fh, name: str, *, source, record, field) -> Image.Image:
             raise DataError(f"corrupt or unreadable image {name}: not in an image format PIL can read",
                             source=source, record=record, field=field) from None
         what, module, package = plugin
+        if plugin is _AVIF_PLUGIN and _pil_reads_avif():  # PIL's own AVIF reader refused it
+            raise DataError(f"corrupt or unreadable image {name}: {what} that PIL's AVIF reader cannot read",
+                            source=source, record=record, field=field) from None
         if not _load_plugin(module):
             raise DataError(f"image {name} is {what}, which PIL cannot read without the {package} package "
                             f"(pip install {package})", source=source, record=record, field=field) from None
