@@ -43,3 +43,23 @@ def in_a_hub_cache(folder: Path, cache: Path, repo_id: str, monkeypatch, *,
         (repo / "trees" / ("1" * 40 + ".json")).write_text(json.dumps({"format_version": 1, "files": listing}))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+# The chat sampling defaults of released Instruct checkpoints' generation_config.json
+CHAT_GENERATION_CONFIGS = {
+    "qwen2_vl_instruct": {"do_sample": True, "top_k": 1, "top_p": 0.001, "temperature": 0.01,
+                          "repetition_penalty": 1.05},
+    "qwen3_vl_instruct": {"do_sample": True, "top_k": 20, "top_p": 0.8, "temperature": 0.7,
+                          "repetition_penalty": 1.0},
+}
+
+
+def with_chat_generation_config(model_dir: str | Path, out: Path, shape: str = "qwen2_vl_instruct") -> str:
+    """A copy of the model folder `model_dir` in `out` whose generation_config.json carries the chat defaults of a
+    released Instruct checkpoint (`CHAT_GENERATION_CONFIGS[shape]`) besides its own fields."""
+    import json
+
+    shutil.copytree(model_dir, out)
+    path = out / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **CHAT_GENERATION_CONFIGS[shape]}, indent=2))
+    return str(out)

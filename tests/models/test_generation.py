@@ -127,3 +127,39 @@ def test_seeded_sampling_draws_each_batch_from_its_own_seed_and_leaves_the_globa
     greedy = generate_texts(loaded.model, loaded.adapter, prompts, device="cpu", max_new_tokens=5, batch_size=2)
     assert generate_texts(loaded.model, loaded.adapter, prompts, device="cpu", max_new_tokens=5, batch_size=2,
                           seed=7, first_index=3) == greedy  # greedy ignores the seed
+
+
+@pytest.mark.parametrize("shape", ["qwen2_vl_instruct", "qwen3_vl_instruct"])
+def test_a_checkpoints_chat_generation_config_changes_neither_greedy_nor_sampled_decoding(tiny_model_dir, tmp_path,
+                                                                                         shape):
+    """A released Instruct checkpoint's generation_config.json carries chat sampling defaults (Qwen2-VL: top_k 1,
+    repetition_penalty 1.05; Qwen3-VL: top_k 20, top_p 0.8, temperature 0.7) that transformers applies to whatever a
+    `generate` call leaves unset: greedy decoding penalised repeats and `--sample` drew greedily (top_k 1). The same
+    weights with and without them decode alike: greedy as `model.generate` on the folder without them, one prompt at
+    a time; seeded sampling as `model.generate` on it with top_k 50 (transformers' default), top_p 1, temperature
+    1."""
+    import torch
+
+    from tests.models.helpers import with_chat_generation_config
+    from unime.models.generation import batch_seed, generate_texts
+    from unime.models.loading import load_model
+
+    plain = load_model(tiny_model_dir("qwen2_vl"), device="cpu")
+    chat = load_model(with_chat_generation_config(tiny_model_dir("qwen2_vl"), tmp_path / "chat", shape), device="cpu")
+    assert chat.model.generation_config.do_sample and chat.model.generation_config.top_k != 50
+    tok = plain.adapter.tokenizer
+    prompts = _prompts()[:3]
+    greedy = [[tok.decode(_alone(plain, p, 24), skip_special_tokens=True)] for p in prompts]
+    assert generate_texts(chat.model, chat.adapter, prompts, device="cpu", max_new_tokens=24, batch_size=3) == greedy
+
+    texts = [plain.adapter.render_user_turn(x) for x in prompts]
+    inputs = plain.adapter.processor_inputs(texts, prompts, padding_side="left")
+    torch.manual_seed(batch_seed(5, 0))
+    with torch.inference_mode():
+        out = plain.model.generate(**inputs, max_new_tokens=12, do_sample=True, temperature=1.0, top_p=1.0, top_k=50,
+                                   num_return_sequences=4, pad_token_id=tok.pad_token_id)
+    drawn = tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = [drawn[i * 4:(i + 1) * 4] for i in range(len(prompts))]
+    assert all(len(set(e)) > 1 for e in expected)  # sampling: the 4 draws of a prompt differ
+    assert generate_texts(chat.model, chat.adapter, prompts, device="cpu", max_new_tokens=12, batch_size=3,
+                          num_samples=4, do_sample=True, seed=5) == expected

@@ -11,6 +11,12 @@ Seeded sampling (`seed`): each `generate` call draws from the global torch gener
 its batch's first turn, `first_index` + its position), the global state restored afterwards. A turn's completion is
 then a function of the seed, its batch (the turns batched with it, its place there) and nothing else: the same batches
 give the same completions, in one call or in several (a job cut in chunks that are whole batches, resumed).
+
+Decoding (`decoding_kwargs`): every call states the settings it means — greedy, or sampling at the given temperature,
+top-p and top-k, no repetition penalty, one beam. A checkpoint's `generation_config.json` carries chat defaults
+(Qwen2-VL-Instruct: do_sample, top_k 1, top_p 0.001, temperature 0.01, repetition_penalty 1.05; Qwen3-VL-Instruct:
+top_k 20, top_p 0.8, temperature 0.7) that transformers applies to every setting a call leaves unset: they made
+greedy decoding penalise repeats and sampling greedy (top_k 1). What is stated here is never taken from there.
 """
 
 from __future__ import annotations
@@ -20,29 +26,58 @@ from typing import Any, Callable, Sequence
 
 from unime.models.adapters import FamilyAdapter, Segment
 
+# top-k of sampling unless given: transformers' default, the one unime's sampling has always drawn with (0: off)
+SAMPLE_TOP_K = 50
+
+
+def decoding_kwargs(*, do_sample: bool, temperature: float = 1.0, top_p: float = 1.0,
+                    top_k: int = SAMPLE_TOP_K) -> dict[str, Any]:
+    """The `generate` settings of a greedy (`do_sample` False) or sampled decoding, every one a checkpoint's
+    generation_config could otherwise supply stated (the module doc): one beam, no repetition penalty, no n-gram ban,
+    no typical-p / min-p filter; sampling at `temperature`, `top_p`, `top_k` (0: every token); greedy with the
+    sampling knobs unset (they do nothing there)."""
+    fixed: dict[str, Any] = dict(do_sample=do_sample, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                                 typical_p=1.0, min_p=None)
+    if do_sample:
+        return {**fixed, "temperature": temperature, "top_p": top_p, "top_k": top_k}
+    return {**fixed, "temperature": None, "top_p": None, "top_k": None}
+
+
+def ignored_checkpoint_decoding(generation_config) -> dict[str, Any]:
+    """The settings of a checkpoint's generation_config (`model.generation_config`) that would change a decoding
+    had `decoding_kwargs` not stated them (before it did, they did: Qwen2-VL-Instruct's repetition_penalty penalised
+    greedy repeats), by name; {} for a checkpoint with none (unime's tiny models). A resumable job's key records them,
+    so that its chunks decoded under them are not taken for chunks decoded without."""
+    stated = decoding_kwargs(do_sample=True)
+    neutral = {**stated, "do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": SAMPLE_TOP_K}
+    out = {}
+    for name in stated:
+        value = getattr(generation_config, name, None)
+        if value is not None and value != neutral[name]:
+            out[name] = value
+    return out
+
 
 def generate_texts(model, adapter: FamilyAdapter, segments_list: Sequence[Sequence[Segment]], *, device,
                    max_new_tokens: int, batch_size: int, assistant_prefix: str = "", num_samples: int = 1,
-                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = SAMPLE_TOP_K,
                    stop: Callable[[str], bool] | None = None, show_progress: bool = False,
                    return_token_counts: bool = False, seed: int | None = None, first_index: int = 0):
     """`num_samples` completions (decoded, special tokens removed) of each user turn, `batch_size` turns
     per `generate` call, in the order given. The turn ends with the assistant's header and then
     `assistant_prefix` (the answer's fixed start, if any). With `return_token_counts`: (those lists, the tokens
-    of each turn's prompt the model read, `FamilyAdapter.input_token_counts`). With `do_sample` and `seed`: seeded per
-    batch (see the module doc; `first_index`, the index of the first turn in the whole job); greedy ignores both."""
+    of each turn's prompt the model read, `FamilyAdapter.input_token_counts`). Decoding: `decoding_kwargs` (the
+    checkpoint's generation_config sets none of it). With `do_sample` and `seed`: seeded per batch (see the module
+    doc; `first_index`, the index of the first turn in the whole job); greedy ignores both."""
     import torch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tok = adapter.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                                      do_sample=do_sample, pad_token_id=pad)
-    if do_sample:
-        gen_kwargs.update(temperature=temperature, top_p=top_p)
-    else:  # greedy: unset sampling knobs a checkpoint's generation_config may carry
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_return_sequences=num_samples, pad_token_id=pad,
+                                      **decoding_kwargs(do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                                        top_k=top_k))
     batches = range(0, len(segments_list), batch_size)
     if show_progress:
         from tqdm.auto import tqdm
