@@ -32,6 +32,7 @@ from unime.data.items import Item
 from unime.data.video import VideoOptions, VideoSampling
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.chunk_work import ChunkWork
+from unime.models.generation import SAMPLE_TOP_K, ignored_checkpoint_decoding
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
 from unime.models.loading import DeviceOptions, dtype_option
 from unime.options import option
@@ -178,21 +179,21 @@ class Reasoner:
     # -- generation ---------------------------------------------------------------------------------
     def generate_from_segments(self, segments_list: Sequence[Sequence[Segment]], *, num_samples: int = 1,
                                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                               max_new_tokens: int | None = None, show_progress: bool = False,
-                               stop: Callable[[str], bool] | None = None, seed: int | None = None,
-                               first_index: int = 0) -> list[list[str]]:
+                               top_k: int = SAMPLE_TOP_K, max_new_tokens: int | None = None,
+                               show_progress: bool = False, stop: Callable[[str], bool] | None = None,
+                               seed: int | None = None, first_index: int = 0) -> list[list[str]]:
         """Generate `num_samples` completions per user turn (batched, left padding: `generate_texts`; `stop`: its
-        per-row stop rule; `seed`, `first_index`: its seeded sampling). Returns, per turn, the decoded completions
-        (special tokens removed)."""
+        per-row stop rule; `seed`, `first_index`: its seeded sampling; the decoding as stated, never the checkpoint's
+        generation_config). Returns, per turn, the decoded completions (special tokens removed)."""
         from unime.models.generation import generate_texts
 
         return generate_texts(self.model, self.adapter, segments_list, device=self.device,
                               max_new_tokens=max_new_tokens or self.max_new_tokens, batch_size=self.batch_size,
                               num_samples=num_samples, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                              show_progress=show_progress, stop=stop, seed=seed, first_index=first_index)
+                              top_k=top_k, show_progress=show_progress, stop=stop, seed=seed, first_index=first_index)
 
     def generate(self, items: Sequence[Item], sides: Sequence[str] | str, *, num_samples: int = 1,
-                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = SAMPLE_TOP_K,
                  max_new_tokens: int | None = None, show_progress: bool = False, seed: int | None = None,
                  first_index: int = 0) -> list[list[str]]:
         """T-CoTs for items; `sides` is 'query' / 'target' (one for all, or one per item). With `do_sample`, `seed`
@@ -204,7 +205,8 @@ class Reasoner:
             raise ValueError(f"{len(sides)} sides for {len(items)} items")
         segs = [self.prompt_segments(it, sd, record=i) for i, (it, sd) in enumerate(zip(items, sides))]
         return self.generate_from_segments(segs, num_samples=num_samples, do_sample=do_sample,
-                                           temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                           temperature=temperature, top_p=top_p, top_k=top_k,
+                                           max_new_tokens=max_new_tokens,
                                            show_progress=show_progress, seed=seed, first_index=first_index)
 
     # -- listwise pick (process reward) ---------------------------------------------------------------
@@ -376,8 +378,15 @@ class GenerateConfig(DeviceOptions, ImageOptions, VideoOptions):
     sides: str = option("query,target", "which sides to write (comma-separated: query,target)")
     batch_size: int = option(8, "items per generation batch", at_least=1)
     max_new_tokens: int = option(TCOT_MAX_NEW_TOKENS, TCOT_LENGTH_HELP, at_least=1)
-    sample: bool = option(False, "sample (default: greedy)")
-    temperature: float = option(1.0, "sampling temperature (with --sample)")
+    sample: bool = option(False, "sample (default: greedy). Greedy or sampled, the decoding is these options', never "
+                          "the checkpoint's generation_config (an Instruct checkpoint's chat defaults, e.g. "
+                          "Qwen2-VL's top_k 1 and repetition_penalty 1.05, are not applied): to sample as the "
+                          "checkpoint suggests, give its values to --temperature, --top-p and --top-k")
+    temperature: float = option(1.0, "sampling temperature (with --sample; default 1.0, not the checkpoint's)")
+    top_p: float = option(1.0, "nucleus sampling: the smallest set of tokens of probability >= P (with --sample; "
+                          "default 1.0: all, not the checkpoint's)", metavar="P", above=0)
+    top_k: int = option(SAMPLE_TOP_K, "sample among the K most probable tokens (with --sample; default "
+                        "%(default)s, transformers' default; 0: all; not the checkpoint's)", metavar="K", at_least=0)
     seed: int = option(0, "seed of the sampling (default 0; with --sample, greedy ignores it): the same command and "
                        "seed write the same T-CoTs, resumed or not; another seed, others", at_least=0)
     dtype: str = dtype_option()
@@ -402,8 +411,9 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
                                         max_new_tokens=cfg.max_new_tokens, attn_implementation=cfg.attn_implementation)
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
             for i, rec in enumerate(records) for side in sides]
-    work = ChunkWork(cfg.out, "reason generate", generate_work_key(cfg, jobs, reasoner.image_loader), rows=len(jobs),
-                     per_chunk=tcots_per_chunk(cfg))
+    key = generate_work_key(cfg, jobs, reasoner.image_loader,
+                            ignored_decoding=ignored_checkpoint_decoding(reasoner.model.generation_config))
+    work = ChunkWork(cfg.out, "reason generate", key, rows=len(jobs), per_chunk=tcots_per_chunk(cfg))
     work.open()
     todo = work.todo()
     left = sum(len(jobs[work.span(i)]) for i in todo)
@@ -411,7 +421,8 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
         for i in todo:
             part = jobs[work.span(i)]
             outs = reasoner.generate([j[2] for j in part], [j[1] for j in part], do_sample=cfg.sample,
-                                     temperature=cfg.temperature, seed=cfg.seed if cfg.sample else None,
+                                     temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                     seed=cfg.seed if cfg.sample else None,
                                      first_index=work.span(i).start)
             work.save(i, np.array([o[0] for o in outs], dtype=str))  # fixed-width unicode: no pickle
             bar.update(len(part))
@@ -433,12 +444,16 @@ def tcots_per_chunk(cfg: GenerateConfig) -> int:
     return -(-TCOTS_PER_CHUNK // cfg.batch_size) * cfg.batch_size
 
 
-def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], loader: ImageLoader) -> dict[str, Any]:
+def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], loader: ImageLoader, *,
+                      ignored_decoding: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the T-CoTs of `jobs` depend on, the key of `generate_tcots`' finished chunks: the jobs (record id, side,
     item, in order) and the bytes of their images, the checkpoint by its content, and every other option but where
     the output goes (the batch size and the attention kernel too: a greedy decoding over other padding or another
-    kernel may pick other tokens), the seed only when sampling. The image paths are resolved by `loader`, the
-    reasoner's."""
+    kernel may pick other tokens), the seed, --top-p and --top-k only when sampling (and then only when not their
+    defaults: the key of a run from before they existed is unchanged). `ignored_decoding`: the checkpoint's
+    generation_config settings the decoding does not take (`ignored_checkpoint_decoding`), recorded when there are
+    any: chunks decoded under them before they were ignored are not resumed. The image paths are resolved by
+    `loader`, the reasoner's."""
     import hashlib
     from dataclasses import asdict
 
@@ -450,8 +465,12 @@ def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], lo
     for rid, side, item in jobs:
         listed.update(f"{rid}\t{side}\t{item.key}\n".encode())
     options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "records", "data_root", "model")}
-    if not cfg.sample:  # greedy ignores the seed: its key is the one it had before the option existed
-        del options["seed"]
+    defaults = {"top_p": 1.0, "top_k": SAMPLE_TOP_K}
+    for name in ("seed", "top_p", "top_k"):  # greedy ignores them: its key is the one it had before they existed
+        if not cfg.sample or options[name] == defaults.get(name, object()):
+            del options[name]
+    if ignored_decoding:
+        options["ignored_checkpoint_decoding"] = ignored_decoding
     return {**options, "dtype": canonical_dtype(cfg.dtype), "jobs": listed.hexdigest(),
             "images": digest_items((j[2] for j in jobs), loader, ImageDigests()),
             "model": model_fingerprint(cfg.model)}
