@@ -762,3 +762,42 @@ def test_grpo_gradient_checkpointing_trains_the_same_weights_in_full_and_vision_
     assert on_vision > off_vision > 0
     assert on_rewards == off_rewards and len(on_rewards) == 2
     assert_same_weights_and_vision_trained(on_weights, off_weights, model, mode)
+
+
+def test_grpo_rollouts_of_a_policy_with_a_chat_generation_config_sample_the_full_distribution(world, tiny_model_dir,
+                                                                                             tmp_path):
+    """A released Instruct policy's generation_config carries chat defaults (Qwen2-VL-Instruct: top_k 1,
+    repetition_penalty 1.05): had TRL's rollouts taken them, the n rollouts of a prompt would all be its greedy one,
+    every advantage 0 and nothing learnt. They do not (TRL 1.16 states top_k 0, top_p, temperature and
+    repetition_penalty 1.0 in its GenerationConfig, which transformers 5 completes from the checkpoint's only where
+    unset): the rollouts of a prompt differ, and the decoding TRL's generate runs is the GRPOConfig's."""
+    from datasets import Dataset
+
+    from tests.models.helpers import with_chat_generation_config
+    from unime.data.images import ImageLoader
+    from unime.models.loading import load_model
+
+    root, recs = world
+    seen = []
+
+    def rollouts(completions, **kw):
+        seen.append([c[0]["content"] for c in completions])
+        return [0.0] * len(completions)
+
+    rollouts.__name__ = "rollouts"
+    cfg = GRPOStageConfig(model="m", embedder="e", records="r", out="o", num_generations=4, pairs_per_batch=2,
+                          max_steps=1, max_completion_length=12)
+    gcfg = embed_rl_grpo_config(cfg, output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, fp16=False)
+    policy = load_model(with_chat_generation_config(tiny_model_dir("qwen2_vl"), tmp_path / "chat"), device="cpu",
+                        trainable=True)
+    assert (policy.model.generation_config.top_k, policy.model.generation_config.repetition_penalty) == (1, 1.05)
+    trainer = _trainer_class()(model=policy.model, reward_funcs=[rollouts], args=gcfg,
+                               train_dataset=Dataset.from_list(grpo_rows(recs, ImageLoader(root), seed=0)),
+                               processing_class=policy.processor)
+    used, _ = policy.model._prepare_generation_config(trainer.generation_config)
+    assert (used.do_sample, used.top_k, used.top_p, used.temperature, used.repetition_penalty) == (True, 0, 1.0, 1.0,
+                                                                                                 1.0)
+    trainer.train()
+    assert len(seen) == 1 and len(seen[0]) == 16  # 2 pairs x 2 sides x 4 rollouts, each prompt's 4 in a row
+    groups = [seen[0][i:i + 4] for i in range(0, 16, 4)]
+    assert all(len(set(g)) > 1 for g in groups), groups
