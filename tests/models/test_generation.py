@@ -163,3 +163,26 @@ def test_a_checkpoints_chat_generation_config_changes_neither_greedy_nor_sampled
     assert all(len(set(e)) > 1 for e in expected)  # sampling: the 4 draws of a prompt differ
     assert generate_texts(chat.model, chat.adapter, prompts, device="cpu", max_new_tokens=12, batch_size=3,
                           num_samples=4, do_sample=True, seed=5) == expected
+
+
+def test_judge_picks_and_listwise_answers_ignore_a_checkpoints_chat_generation_config(tiny_model_dir, tmp_path):
+    """The greedy answers of a process judge (`Reasoner.pick_raw`, GRPO's process reward) and of a listwise reranker
+    (`Reranker.generate_answers`) are the same with and without Qwen2-VL-Instruct's generation_config in the folder
+    (its repetition_penalty 1.05 broke the tiny model's repeats: the third query's answer here)."""
+    from tests.models.helpers import with_chat_generation_config
+    from unime.models.reranker import Reranker
+    from unime.reasoning.reasoner import Reasoner
+
+    plain = tiny_model_dir("qwen2_vl")
+    chat = with_chat_generation_config(plain, tmp_path / "chat")
+    queries = ["a red circle", "two blue squares on the left", "a green triangle above a yellow star", "one"]
+    candidates = [["a red circle", "a blue square", "a green star"], ["blue squares", "red", "left left left"],
+                  ["green triangle", "yellow star", "a circle", "x"], ["one", "two"]]
+
+    def answers(path):
+        reranker = Reranker.from_pretrained(path, device="cpu")
+        reranker.max_new_tokens = 24
+        return (Reasoner.from_pretrained(path, device="cpu").pick_raw(queries, candidates, max_new_tokens=24),
+                reranker.generate_answers(queries, candidates))
+
+    assert answers(chat) == answers(plain)
