@@ -312,6 +312,12 @@ def test_grpo_smoke_two_steps_all_rewards(world, tiny_model_dir, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     AutoModelForImageTextToText.from_pretrained(out / "merged")
+    # its generation_config sets nothing of a decoding (no sampling settings a later generation would take)
+    from transformers import GenerationConfig
+
+    from unime.models.generation import ignored_checkpoint_decoding
+
+    assert ignored_checkpoint_decoding(GenerationConfig.from_pretrained(out / "merged")) == {}
     # exported with the model's own padding side (QA: TRL's left padding was saved with it)
     from transformers import AutoTokenizer
 

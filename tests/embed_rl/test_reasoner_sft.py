@@ -179,6 +179,12 @@ def test_lora_sft_exports_the_adapter_and_a_merged_plain_folder(tiny_model_dir, 
     assert (tmp_path / "o" / "adapter" / "adapter_config.json").is_file()  # every trainer's export
     assert not (tmp_path / "o" / "merged" / "adapter_config.json").exists()
     AutoModelForImageTextToText.from_pretrained(tmp_path / "o" / "merged")
+    # its generation_config sets nothing of a decoding (no chat sampling defaults a later generation would take)
+    from transformers import GenerationConfig
+
+    from unime.models.generation import ignored_checkpoint_decoding
+
+    assert ignored_checkpoint_decoding(GenerationConfig.from_pretrained(tmp_path / "o" / "merged")) == {}
     # the LoRA initialisation follows --seed: a second run in this process (another RNG state) is bit-identical
     torch.manual_seed(12345)
     train_reasoner_sft(ReasonerSFTConfig(**{**cfg.__dict__, "out": str(tmp_path / "again")}))
