@@ -37,7 +37,9 @@ processor accepts that — and, as TRL slices the vision inputs per chunk of its
 --micro-batch), gives a chunk without an image none instead of empty ones; it changes nothing else.
 
 Defaults follow the paper: n = 4, beta = 0.01, lr 3e-6, temperature 1.0, loss "grpo" with group
-scaling. On CPU: fp32 (TRL's bf16 default fails or crawls there), no vLLM. Activation checkpointing only with
+scaling. Rollouts sample the full distribution at that temperature (TRL's top_k 0, top_p 1, no repetition penalty):
+a policy checkpoint's generation_config chat defaults (Qwen2-VL-Instruct's top_k 1 would make a group's rollouts
+one) are not taken. On CPU: fp32 (TRL's bf16 default fails or crawls there), no vLLM. Activation checkpointing only with
 --gradient-checkpointing, on every device (TRL's default of on is not taken).
 """
 
@@ -490,7 +492,11 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
                                      "generation", group="grpo", at_least=1)
     epochs: int = option(1, "passes over the pairs (each reshuffled)", dest="grpo_epochs", group="grpo", at_least=1)
     beta: float = option(0.01, "KL coefficient (default %(default)s)", group="grpo", at_least=0)
-    temperature: float = option(1.0, group="grpo", above=0)
+    # TRL states the rollouts' whole decoding (its GRPOConfig top_k 0, repetition_penalty 1.0): an Instruct policy's
+    # generation_config chat defaults (top_k 1 ...) do not apply (tests/embed_rl/test_grpo.py)
+    temperature: float = option(1.0, "rollout temperature (default %(default)s, the paper's; rollouts sample the full "
+                                "distribution, not the policy checkpoint's generation_config settings)", group="grpo",
+                                above=0)
     top_p: float = option(1.0, cli=False)
     max_completion_length: int = option(TCOT_MAX_NEW_TOKENS, TCOT_LENGTH_HELP, group="grpo", at_least=1)
     loss_type: str = option("grpo", "TRL's GRPOConfig loss_type (default %(default)s)", choices=list(GRPO_LOSS_TYPES),
