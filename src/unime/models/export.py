@@ -178,13 +178,18 @@ def save_processor(processor, folder) -> None:
 
 
 def checkpoint_dtype(config):
-    """The torch dtype a checkpoint's config records (`dtype`, formerly `torch_dtype`), or None."""
+    """The torch dtype a checkpoint's config records, or None: its `dtype` (transformers reads a file's older
+    `torch_dtype` into it), else its text config's — a Qwen3-VL release records it there only, and transformers then
+    loads the weights in the dtype they are saved in, which the text config names."""
     import torch
 
-    name = (getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)) if config is not None else None
-    if isinstance(name, str):
-        name = getattr(torch, name, None)
-    return name if isinstance(name, torch.dtype) else None
+    for cfg in (config, getattr(config, "text_config", None)):
+        name = getattr(cfg, "dtype", None)  # never `torch_dtype`: the same value, with a deprecation warning
+        if isinstance(name, str):
+            name = getattr(torch, name, None)
+        if isinstance(name, torch.dtype):
+            return name
+    return None
 
 
 def _weights_dtype(model):
