@@ -136,3 +136,32 @@ def test_train_records_the_budget_and_eval_reuses_or_overrides_it(tiny_model_dir
     assert (n, budget["max_pixels"]) == (4 + 2, 3136)
     # a fixed resize on top of the recorded bound: both 56×56 → 4 tokens each
     assert eval_tokens("--image-size", "56")[0] == 4 + 4
+
+
+def test_max_pixels_below_a_qwen3_vl_releases_own_minimum_is_a_usage_error_naming_the_fix(tmp_path, capsys):
+    """QA (a Qwen3-VL-2B-Instruct download): its preprocessor_config.json bounds images to 65536..16777216 pixels
+    (Qwen2-VL's: 3136..); `--max-pixels 40000` (fine on Qwen2-VL) ended in a traceback of a ValueError ("min pixels
+    65536 > max pixels 40000"). It is now the one-line usage error, naming the checkpoint's bound and the option
+    that fixes it; with --min-pixels too the bounds are the ones given."""
+    from tests.models.helpers import qwen3_vl_release_checkpoint
+    from unime.cli import main
+    from unime.errors import UsageError
+    from unime.models.loading import load_processor
+
+    release = qwen3_vl_release_checkpoint(tmp_path / "release", weights=False)
+    with pytest.raises(UsageError) as err:
+        load_processor(release, image_budget=ImageBudget(max_pixels=40000))
+    assert str(err.value) == ("--max-pixels 40000 is below the checkpoint's own minimum of 65536 pixels per image (its "
+                              "image processor's size.shortest_edge): give --min-pixels too, at most 40000")
+    with pytest.raises(UsageError, match=r"^--min-pixels 20000000 is above the checkpoint's own maximum of 16777216 "
+                                         r"pixels per image \(its image processor's size.longest_edge\): give "
+                                         r"--max-pixels too, at least 20000000$"):
+        load_processor(release, image_budget=ImageBudget(min_pixels=20_000_000))
+    processor, _ = load_processor(release, image_budget=ImageBudget(min_pixels=3136, max_pixels=40000))
+    assert processor.image_processor.size == {"shortest_edge": 3136, "longest_edge": 40000}
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"text": "a red square"}\n')
+    code = main(["embed", "--model", release, "--items", str(items), "--out", str(tmp_path / "e.npy"),
+                 "--device", "cpu", "--max-pixels", "40000"])
+    err_text = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err_text and "give --min-pixels too, at most 40000" in err_text

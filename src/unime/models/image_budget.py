@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 # the processors' aspect-ratio limit is the data layer's (its loaders and checks refuse an image beyond it)
 from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO
+from unime.errors import UsageError
 from unime.options import option
 
 BUDGET_FILE = "unime_images.json"
@@ -151,13 +152,19 @@ class ImageBudget:
                              "--min-pixels/--max-pixels apply to Qwen-VL style processors")
         size = {"shortest_edge": size.get("shortest_edge", size.get("min_pixels")),
                 "longest_edge": size.get("longest_edge", size.get("max_pixels"))}
+        # one bound given, past the checkpoint's other one (a Qwen3-VL release's minimum is 65536 = 256x256 pixels)
+        if self.max_pixels is not None and self.min_pixels is None and self.max_pixels < size["shortest_edge"]:
+            raise UsageError(f"--max-pixels {self.max_pixels} is below the checkpoint's own minimum of "
+                             f"{size['shortest_edge']} pixels per image (its image processor's size.shortest_edge): "
+                             f"give --min-pixels too, at most {self.max_pixels}")
+        if self.min_pixels is not None and self.max_pixels is None and self.min_pixels > size["longest_edge"]:
+            raise UsageError(f"--min-pixels {self.min_pixels} is above the checkpoint's own maximum of "
+                             f"{size['longest_edge']} pixels per image (its image processor's size.longest_edge): "
+                             f"give --max-pixels too, at least {self.min_pixels}")
         if self.min_pixels is not None:
             size["shortest_edge"] = int(self.min_pixels)
         if self.max_pixels is not None:
             size["longest_edge"] = int(self.max_pixels)
-        if size["shortest_edge"] > size["longest_edge"]:
-            raise ValueError(f"min pixels {size['shortest_edge']} > max pixels {size['longest_edge']} "
-                             "(one of them comes from the checkpoint's processor)")
         ip.size = size
         # older attribute names some code paths still read
         for old, key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
