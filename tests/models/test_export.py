@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from unime.models.export import ModelCard, export_final
@@ -153,3 +154,22 @@ def test_the_checkpoint_dtype_of_a_qwen3_vl_release_is_the_one_its_text_config_r
     # a config that records one at the top keeps it (the text_config's is not read over it)
     config.dtype = torch.float16
     assert checkpoint_dtype(config) == torch.float16
+
+
+@pytest.mark.slow
+def test_merged_dtype_base_of_a_qwen3_vl_release_writes_its_bf16(tmp_path, caplog):
+    """The export of a LoRA trained in fp32 on a Qwen3-VL-2B-Instruct-shaped download (bf16 weights, the dtype in
+    text_config only): `base` writes merged/ in bf16 with no "records no dtype" warning, `auto` the fp32 trained in,
+    and the card names the base's bf16."""
+    from tests.models.helpers import qwen3_vl_release_checkpoint
+
+    base = qwen3_vl_release_checkpoint(tmp_path / "release")
+    for choice, dtype in (("base", torch.bfloat16), ("auto", torch.float32)):
+        model, processor = _lora_model(base, dtype=torch.float32)
+        out = tmp_path / choice
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="unime.models.export"):
+            export_final(model, processor, out, card=_card(), base_model=base, merged_dtype=choice)
+        assert {t.dtype for t in _saved_weights(out / "merged").values()} == {dtype}
+        assert [r.getMessage() for r in caplog.records if r.name == "unime.models.export"] == []
+        assert ("| base checkpoint dtype | bfloat16" in (out / "README.md").read_text()) == (dtype == torch.float32)
