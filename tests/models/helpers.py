@@ -65,11 +65,8 @@ def with_chat_generation_config(model_dir: str | Path, out: Path, shape: str = "
     return str(out)
 
 
-# Qwen/Qwen3-VL-2B-Instruct's chat_template.json (the Instruct releases ship the same template, tool calls included)
-QWEN3_VL_RELEASE_CHAT_TEMPLATE = (
-    '{%- if tools %}\n'
-    "    {{- '<|im_start|>system\\n' }}\n"
-    "    {%- if messages[0].role == 'system' %}\n"
+# the system message's text, as the release's template writes it with and without tools
+_QWEN3_VL_RELEASE_SYSTEM = (
     '        {%- if messages[0].content is string %}\n'
     '            {{- messages[0].content }}\n'
     '        {%- else %}\n'
@@ -79,37 +76,9 @@ QWEN3_VL_RELEASE_CHAT_TEMPLATE = (
     '                {%- endif %}\n'
     '            {%- endfor %}\n'
     '        {%- endif %}\n'
-    "        {{- '\\n\\n' }}\n"
-    '    {%- endif %}\n'
-    '    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\'
-    'nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
-    '    {%- for tool in tools %}\n'
-    '        {{- "\\n" }}\n'
-    '        {{- tool | tojson }}\n'
-    '    {%- endfor %}\n'
-    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '
-    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"'
-    'arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
-    '{%- else %}\n'
-    "    {%- if messages[0].role == 'system' %}\n"
-    "        {{- '<|im_start|>system\\n' }}\n"
-    '        {%- if messages[0].content is string %}\n'
-    '            {{- messages[0].content }}\n'
-    '        {%- else %}\n'
-    '            {%- for content in messages[0].content %}\n'
-    "                {%- if 'text' in content %}\n"
-    '                    {{- content.text }}\n'
-    '                {%- endif %}\n'
-    '            {%- endfor %}\n'
-    '        {%- endif %}\n'
-    "        {{- '<|im_end|>\\n' }}\n"
-    '    {%- endif %}\n'
-    '{%- endif %}\n'
-    '{%- set image_count = namespace(value=0) %}\n'
-    '{%- set video_count = namespace(value=0) %}\n'
-    '{%- for message in messages %}\n'
-    '    {%- if message.role == "user" %}\n'
-    "        {{- '<|im_start|>' + message.role + '\\n' }}\n"
+)
+# a message's content list, as the release's template writes it in a user turn and in a tool response
+_QWEN3_VL_RELEASE_CONTENT = (
     '        {%- if message.content is string %}\n'
     '            {{- message.content }}\n'
     '        {%- else %}\n'
@@ -127,6 +96,38 @@ QWEN3_VL_RELEASE_CHAT_TEMPLATE = (
     '                {%- endif %}\n'
     '            {%- endfor %}\n'
     '        {%- endif %}\n'
+)
+
+# Qwen/Qwen3-VL-2B-Instruct's chat_template.json (the Instruct releases ship the same template, tool calls included)
+QWEN3_VL_RELEASE_CHAT_TEMPLATE = (
+    '{%- if tools %}\n'
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+) + _QWEN3_VL_RELEASE_SYSTEM + (
+    "        {{- '\\n\\n' }}\n"
+    '    {%- endif %}\n'
+    '    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\'
+    'nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
+    '    {%- for tool in tools %}\n'
+    '        {{- "\\n" }}\n'
+    '        {{- tool | tojson }}\n'
+    '    {%- endfor %}\n'
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"'
+    'arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
+    '{%- else %}\n'
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' }}\n"
+) + _QWEN3_VL_RELEASE_SYSTEM + (
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- endif %}\n'
+    '{%- endif %}\n'
+    '{%- set image_count = namespace(value=0) %}\n'
+    '{%- set video_count = namespace(value=0) %}\n'
+    '{%- for message in messages %}\n'
+    '    {%- if message.role == "user" %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' }}\n"
+) + _QWEN3_VL_RELEASE_CONTENT + (
     "        {{- '<|im_end|>\\n' }}\n"
     '    {%- elif message.role == "assistant" %}\n'
     "        {{- '<|im_start|>' + message.role + '\\n' }}\n"
@@ -164,23 +165,7 @@ QWEN3_VL_RELEASE_CHAT_TEMPLATE = (
     "            {{- '<|im_start|>user' }}\n"
     '        {%- endif %}\n'
     "        {{- '\\n<tool_response>\\n' }}\n"
-    '        {%- if message.content is string %}\n'
-    '            {{- message.content }}\n'
-    '        {%- else %}\n'
-    '            {%- for content in message.content %}\n'
-    "                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}\n"
-    '                    {%- set image_count.value = image_count.value + 1 %}\n'
-    '                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}\n'
-    '                    <|vision_start|><|image_pad|><|vision_end|>\n'
-    "                {%- elif content.type == 'video' or 'video' in content %}\n"
-    '                    {%- set video_count.value = video_count.value + 1 %}\n'
-    '                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}\n'
-    '                    <|vision_start|><|video_pad|><|vision_end|>\n'
-    "                {%- elif 'text' in content %}\n"
-    '                    {{- content.text }}\n'
-    '                {%- endif %}\n'
-    '            {%- endfor %}\n'
-    '        {%- endif %}\n'
+) + _QWEN3_VL_RELEASE_CONTENT + (
     "        {{- '\\n</tool_response>' }}\n"
     '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
     "            {{- '<|im_end|>\\n' }}\n"
