@@ -909,6 +909,17 @@ def test_docs_is_a_reference_of_every_endpoint_that_reads_offline(world):
     assert swagger.status_code == 200 and "swagger-ui" in swagger.text and "/openapi.json" in swagger.text
 
 
+def test_redoc_goes_to_the_reference_that_reads_offline(world):
+    """QA: /redoc was FastAPI's ReDoc page, whose script comes from a CDN: offline, a blank page. It redirects to
+    /docs, rendered on the server without scripts."""
+    with _in_process(world) as c:
+        moved = c.get("/redoc", follow_redirects=False)
+        page = c.get("/redoc")
+    assert moved.status_code == 307 and moved.headers["location"] == "/docs"
+    assert page.status_code == 200 and page.url.path == "/docs"
+    assert "<script" not in page.text and "redoc" not in page.text.lower()
+
+
 SURROGATE = [  # raw JSON: the "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder writes
     ("/v1/embeddings", '{"model": "%s", "input": "a\\ud800b"}' % MODEL, "input[0]", 1),
     ("/v1/embeddings", '{"model": "%s", "input": ["ok", {"text": "\\udc00"}]}' % MODEL, "input[1].text", 0),

@@ -2,9 +2,9 @@
 
 Endpoints: POST /v1/embeddings (OpenAI), POST /v1/rerank (Cohere/Jina), POST /v1/search, GET /health,
 GET /metrics (Prometheus), GET / (search page); a reference of the endpoints at /docs (rendered here from the
-OpenAPI schema, /openapi.json; Swagger UI, which loads its scripts from a CDN, at /docs/swagger). /v1/* and
-/metrics need a Bearer key unless auth is off. Every error is a JSON body ``{"error": {"message", "type", "param",
-"code"}}`` with a 4xx status (5xx only for the server's own faults, without a traceback).
+OpenAPI schema, /openapi.json; Swagger UI, which loads its scripts from a CDN, at /docs/swagger; /redoc goes to
+/docs). /v1/* and /metrics need a Bearer key unless auth is off. Every error is a JSON body ``{"error": {"message",
+"type", "param", "code"}}`` with a 4xx status (5xx only for the server's own faults, without a traceback).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -185,8 +185,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         if picker is not None:
             await picker.stop()
 
-    # /docs is rendered here from the schema (`unime.serve.docs`): FastAPI's Swagger UI, a blank page offline
-    app = FastAPI(title="unime", version="1", lifespan=lifespan, docs_url=None,
+    # /docs is rendered here from the schema (`unime.serve.docs`): FastAPI's Swagger UI and ReDoc, blank pages offline
+    app = FastAPI(title="unime", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Embeddings (OpenAI schema), rerank (Cohere/Jina schema) and search with unime models.")
     app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
     app.state.shutting_down = False  # set by the server that runs the app when it starts to stop (`runner`)
@@ -410,6 +410,11 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         root = request.scope.get("root_path", "")
         return HTMLResponse(reference_html(app.openapi(), openapi_url=root + app.openapi_url,
                                            swagger_url=root + "/docs/swagger"))
+
+    # FastAPI's ReDoc page loads its script from a CDN (blank offline): its address goes to /docs, which reads offline
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc_page(request: Request):
+        return RedirectResponse(request.scope.get("root_path", "") + "/docs")
 
     @app.get("/docs/swagger", response_class=HTMLResponse, include_in_schema=False)
     async def swagger_page(request: Request):
