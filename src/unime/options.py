@@ -13,14 +13,15 @@ giving it explicitly is no change of options (`none_meanings`); `aliases={SPELLI
 names the spellings of one value (`--dtype bfloat16` = `bf16`), no change of options either (`option_aliases`).
 `input_file=True` (not an argparse setting either):
 the option names a file (or files) whose content the run depends on (`input_files`: a trainer's records).
-`at_least=N` / `above=N` (not argparse settings either) give a number option's range (`range_problem`): the command
-line refuses a value outside it as a one-line usage error naming the option, before any work, and a config's
-`check_ranges` does the same from Python.
+`at_least=N` / `above=N` / `at_most=N` (not argparse settings either) give a number option's range, and `finite=True`
+refuses inf (`range_problem`): the command line refuses a value outside it as a one-line usage error naming the
+option, before any work, and a config's `check_ranges` does the same from Python.
 `unime.cli.dataclass_options` generates the options and builds the config from the parsed namespace.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
@@ -131,20 +132,25 @@ def input_files(config) -> dict[str, Any]:
 
 def range_problem(f: Field, value: Any) -> str | None:
     """What is wrong with `value` for the field `f` by its range (`option(at_least=N)`: value >= N; `above=N`:
-    value > N), e.g. "must be >= 1, got 0"; None when it is in range or None. A default outside the range is a
-    marker the field accepts too (`max_steps=-1`: train by epochs)."""
+    value > N; `at_most=N`: value <= N; `finite=True`: not inf), e.g. "must be >= 1, got 0"; None when it is in
+    range or None. A default outside the range is a marker the field accepts too (`max_steps=-1`: train by epochs)."""
     md = f.metadata
-    if value is None or isinstance(value, bool) or ("at_least" not in md and "above" not in md):
+    if value is None or isinstance(value, bool) or not {"at_least", "above", "at_most", "finite"} & set(md):
         return None
 
     def outside(v: Any) -> bool:
-        return ("at_least" in md and not v >= md["at_least"]) or ("above" in md and not v > md["above"])
+        return ("at_least" in md and not v >= md["at_least"]) or ("above" in md and not v > md["above"]) or \
+            ("at_most" in md and not v <= md["at_most"])
 
     marker = f.default not in (MISSING, None) and not isinstance(f.default, bool) and outside(f.default)
-    if not outside(value) or (marker and value == f.default):
-        return None
-    bound = f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}"
-    return f"must be {bound}{f' (or {f.default!r}, its default)' if marker else ''}, got {value!r}"
+    if outside(value) and not (marker and value == f.default):
+        bounds = [f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}" if "above" in md else None,
+                  f"<= {md['at_most']}" if "at_most" in md else None]
+        bound = " and ".join(b for b in bounds if b)
+        return f"must be {bound}{f' (or {f.default!r}, its default)' if marker else ''}, got {value!r}"
+    if md.get("finite") and isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    return None
 
 
 def check_ranges(config) -> None:

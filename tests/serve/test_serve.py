@@ -492,6 +492,15 @@ BAD_OPTIONS = [  # (field, value, the value on the command line or None: the par
     ("max_wait_ms", float("nan"), "nan", "must be >= 0, got nan"),
     ("graceful_timeout_s", -1.0, "-1.0", "must be >= 0, got -1.0"),
     ("threads", 0, "0", "must be >= 1, got 0"),
+    # QA: inf was taken (--max-wait-ms inf: a batch waited forever for more items), and --port had no range
+    ("request_timeout_s", float("inf"), "inf", "must be a finite number, got inf"),
+    ("max_wait_ms", float("inf"), "inf", "must be a finite number, got inf"),
+    ("graceful_timeout_s", float("inf"), "inf", "must be a finite number, got inf"),
+    ("index_check_s", float("inf"), "inf", "must be a finite number, got inf"),
+    ("max_wait_ms", float("-inf"), "-inf", "must be >= 0, got -inf"),
+    ("port", 0, "0", "must be >= 1 and <= 65535, got 0"),
+    ("port", 65536, "65536", "must be >= 1 and <= 65535, got 65536"),
+    ("port", -1, "-1", "must be >= 1 and <= 65535, got -1"),
 ]
 
 
@@ -519,6 +528,15 @@ def test_a_limit_out_of_range_or_of_another_type_is_refused_from_python_as_on_th
         assert main(["serve", "--model", "m", "--no-auth", "--device", "cpu", f"{flag}={cli}"]) == 2
         out = capsys.readouterr().err
         assert out == f"unime: error: serve: {flag} {problem}\n", out
+
+
+def test_the_edges_of_the_ranges_are_accepted():
+    """The bounds themselves pass: port 1 and 65535, a wait of 0 ms, a large finite timeout."""
+    from unime.serve.config import Limits
+
+    for port in (1, 65535):
+        ServeConfig(model="m", no_auth=True, port=port, max_wait_ms=0.0, graceful_timeout_s=1e9, index_check_s=0.0,
+                    limits=Limits(request_timeout_s=1e9)).check()
 
 
 def test_a_port_in_use_is_refused_in_unimes_error_format_before_the_models_load(monkeypatch, capsys):

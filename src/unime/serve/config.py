@@ -58,7 +58,8 @@ class Limits:
     max_top_k: int = option(1000, "search results (top_k, rerank_top_k) per request (default %(default)s)",
                             at_least=1)
     request_timeout_s: float = option(60.0, "seconds a request may run; then it is answered 503 and its items still "
-                                      "queued are dropped (default %(default)s)", dest="request_timeout", above=0)
+                                      "queued are dropped (default %(default)s)", dest="request_timeout", above=0,
+                                      finite=True)
     # the served models' image processors' limit (`Engine.max_aspect_ratio`, set by `create_app`): an image beyond
     # it is a 400 naming the input, not a 500 from the processor
     max_aspect_ratio: float | None = option(None, cli=False, at_least=1)
@@ -74,12 +75,13 @@ class ServeConfig(ItemFormatOptions):
     model_name: str | None = option(None, "the model name clients send (default: the folder's name)")
     reranker_name: str | None = option(None, "the reranker name clients send (default: the folder's name)")
     host: str = option("127.0.0.1", "address to listen on (default %(default)s; another than loopback needs API keys)")
-    port: int = option(8000, "default %(default)s")
+    # no 0 (any free port): the server would log port 0 as where it listens, and the port it got would be told nowhere
+    port: int = option(8000, "default %(default)s", at_least=1, at_most=65535)
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if present)")
     attn_implementation: str | None = attn_implementation_option()
     dtype: str = dtype_option()
     max_batch_size: int = option(32, "dynamic batching: items per encoder batch", at_least=1)
-    max_wait_ms: float = option(5.0, "dynamic batching: wait for more items (ms)", at_least=0)
+    max_wait_ms: float = option(5.0, "dynamic batching: wait for more items (ms)", at_least=0, finite=True)
     max_batch_tokens: int = option(16384, "dynamic batching: padded text tokens per encoder call (its longest text's "
                                    "tokens x its items); a batch's items are run by length in calls of at most this",
                                    at_least=1)
@@ -91,10 +93,11 @@ class ServeConfig(ItemFormatOptions):
                                      dest="cors_origin", action="append", cli_default=[])  # empty = CORS off
     limits: Limits = option(factory=Limits, cli=False)
     graceful_timeout_s: float = option(30.0, "seconds SIGTERM waits for in-flight requests (default %(default)s)",
-                                       dest="graceful_timeout", at_least=0)
+                                       dest="graceful_timeout", at_least=0, finite=True)
     rerank_data_root: str | None = option(None, "folder of the indexed images (default: the index's)")
     index_check_s: float = option(2.0, "seconds between looks at the --index folder for a newer build, loaded and "
-                                  "swapped in when complete (0: never)", dest="index_check_interval", at_least=0)
+                                  "swapped in when complete (0: never)", dest="index_check_interval", at_least=0,
+                                  finite=True)
     # torch CPU threads per worker (each Ray replica too)
     threads: int | None = option(None, "torch CPU threads (with --ray: per replica, default "
                                  "floor(--ray-cpus-per-replica))", at_least=1)
