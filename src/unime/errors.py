@@ -164,11 +164,11 @@ def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict |
 
 
 def refuse_changed_options(out, before: dict, now: dict, keys: list[str],
-                           flags: dict[str, str] | None = None) -> ChangedOptions:
+                           flags: dict[str, str] | None = None, *, out_flag: str = "--out") -> ChangedOptions:
     """The one refusal wording of a re-run with other options (trainers, mining, eval, data synth). `flags`
     ({key: its option flag}, `unime.options.option_flags`): a key is named by the option the user gives
     (QA: `learning_rate` for --lr). A path typed alike that names another file from another working directory
-    says from where (`WORKING_DIR`)."""
+    says from where (`WORKING_DIR`). `out_flag`: the command's option naming `out` (`reason split`: --out-dir)."""
     import json
     import os
 
@@ -183,4 +183,4 @@ def refuse_changed_options(out, before: dict, now: dict, keys: list[str],
 
     shown = ", ".join(f"{flags.get(k, k)}: {change(k)}" for k in keys)
     return ChangedOptions(f"{out} holds a run with other options ({shown}); re-run with the same options to "
-                          "continue it, pass --overwrite to start over, or choose another --out")
+                          f"continue it, pass --overwrite to start over, or choose another {out_flag}")

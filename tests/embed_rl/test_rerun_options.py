@@ -40,9 +40,10 @@ def test_reason_split_with_another_threshold_is_refused_unless_overwrite(image_w
     capsys.readouterr()
 
     assert main(_argv(image_world, tiny_model_dir, "reason split", out, "--threshold", "0.7")) == 2
+    # QA: it said "choose another --out", an option `reason split` does not have
     assert _error(capsys) == (f"unime: error: {out} holds a run with other options (--threshold: 0.6 -> 0.7); re-run "
                               "with the same options to continue it, pass --overwrite to start over, or choose "
-                              "another --out")
+                              "another --out-dir")
     assert _outputs(out) == first  # nothing replaced
     assert json.loads(first["reason_run.json"])["options"]["threshold"] == 0.6
     # the same options: run again (the split is done again; its outputs are the same)
@@ -74,3 +75,22 @@ def test_reason_eval_with_other_max_new_tokens_is_refused_and_summary_records_ge
                                                                        "num_samples": 1, "batch_size": 4}
     assert main(argv + ["--max-new-tokens", "2", "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["meta"]["generation"]["max_new_tokens"] == 2
+
+
+def test_reason_eval_without_tcots_runs_again_under_options_it_does_not_read(image_world, tiny_model_dir, tmp_path,
+                                                                             capsys):
+    """QA: `reason eval --tcots none` re-run with another --max-new-tokens was refused, though without a reasoner
+    that option bounds nothing; so is --world, read only by --tcots teacher. An option the embedding reads still
+    is refused."""
+    out = tmp_path / "eval"
+    argv = _argv(image_world, tiny_model_dir, "reason eval", out)
+    assert argv[argv.index("--tcots") + 1] == "none"
+    assert main(argv + ["--max-new-tokens", "3"]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+
+    assert main(argv + ["--max-new-tokens", "2", "--world", str(tmp_path)]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["meta"]["generation"] is None and again["tasks"] == first["tasks"]
+    assert main(argv + ["--batch-size", "3"]) == 2
+    assert "holds a run with other options (--batch-size: 16 -> 3)" in _error(capsys)

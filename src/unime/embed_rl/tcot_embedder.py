@@ -212,9 +212,10 @@ def _recorded_options(out_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def refuse_other_options(cfg, *, overwrite: bool) -> None:
-    """`ChangedOptions` when `cfg.out_dir` holds the outputs of a run with other options (outside `out_dir` and the
-    machine's options, `unime.models.run_state.MACHINE_OPTIONS`), unless `overwrite`. Reads only: asked before the
-    work, so that a refused run writes nothing."""
+    """`ChangedOptions` when `cfg.out_dir` holds the outputs of a run with other options (outside `out_dir`, the
+    machine's options, `unime.models.run_state.MACHINE_OPTIONS`, and those the outputs do not depend on,
+    `ReasonEvalConfig.inert_options`), unless `overwrite`. Reads only: asked before the work, so that a refused run
+    writes nothing."""
     from unime.errors import refuse_changed_options
     from unime.models.run_state import changed_config_options
     from unime.options import option_flags
@@ -223,9 +224,11 @@ def refuse_other_options(cfg, *, overwrite: bool) -> None:
     if before is None:
         return
     now = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    keys = changed_config_options(before, now, ("out_dir",), cfg)
+    inert = cfg.inert_options() if hasattr(cfg, "inert_options") else ()  # options its outputs do not depend on
+    keys = changed_config_options(before, now, ("out_dir", *inert), cfg)
     if keys and not overwrite:
-        raise refuse_changed_options(cfg.out_dir, before, now, keys, option_flags(cfg))
+        flags = option_flags(cfg)  # `reason split` names its folder --out-dir, `reason eval` --out
+        raise refuse_changed_options(cfg.out_dir, before, now, keys, flags, out_flag=flags["out_dir"])
     if keys:
         log.warning("%s: options changed (%s); --overwrite: replacing the outputs", cfg.out_dir, ", ".join(keys))
 
@@ -402,6 +405,13 @@ class ReasonEvalConfig(ReasonOptions, ImageOptions, VideoOptions):
 
     def task_names(self) -> list[str] | None:
         return [t.strip() for t in self.only.split(",")] if self.only else None
+
+    def inert_options(self) -> tuple[str, ...]:
+        """The options this run's outputs do not depend on (`refuse_other_options` leaves them out of the
+        comparison): --max-new-tokens bounds the reasoner's T-CoTs (read, and recorded in the report, only under
+        --tcots reasoner), --world is the teacher's (read only under --tcots teacher)."""
+        return (*(() if self.tcots == "reasoner" else ("max_new_tokens",)),
+                *(() if self.tcots == "teacher" else ("world_root",)))
 
     def check(self) -> None:
         """OptionError for options that do not fit together (the CLI names them by their flags), before anything
