@@ -1025,3 +1025,34 @@ def test_the_manifest_digest_changes_only_when_a_build_finishes(tmp_path, model_
     assert seen == [first.manifest_digest] * 3  # mid-build: what was served
     assert second.manifest_digest == manifest_digest(tmp_path / "idx") != first.manifest_digest
     assert manifest_digest(tmp_path / "nothing") is None
+
+
+def test_search_refuses_a_query_image_beyond_the_models_aspect_ratio_before_loading_it(tmp_path, tiny_model_dir,
+                                                                                       monkeypatch, capsys):
+    """QA: `unime search --image` of a 201:1 image loaded the model, then refused the image. The limit is the
+    model's image budget's (recorded with the checkpoint, `checkpoint_image_loader`), known before it loads: the
+    image is refused first, named by --image, and the model is not loaded. 200:1 is searched."""
+    from unime.cli import main
+    from unime.models import embedder
+    from unime.models.image_budget import PROCESSOR_MAX_ASPECT_RATIO
+
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"id": "t0", "text": "a red square"}) + "\n")
+    model = tiny_model_dir("qwen2_vl")
+    assert main(["index", "build", "--model", model, "--items", str(tmp_path / "corpus.jsonl"), "--out",
+                 str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]) == 0
+    assert PROCESSOR_MAX_ASPECT_RATIO == 200
+    Image.new("RGB", (402, 2), (220, 30, 30)).save(tmp_path / "wide.png")  # 201:1
+    Image.new("RGB", (400, 2), (220, 30, 30)).save(tmp_path / "edge.png")  # 200:1
+    capsys.readouterr()
+    real = embedder.Embedder.from_pretrained
+    loaded = []
+    monkeypatch.setattr(embedder.Embedder, "from_pretrained",
+                        classmethod(lambda cls, *a, **kw: loaded.append(a) or real(*a, **kw)))
+    search = ["search", "--index", str(tmp_path / "idx"), "--k", "1", "--json", "--device", "cpu", "--image"]
+    assert main(search + [str(tmp_path / "wide.png")]) == 2
+    err = capsys.readouterr().err
+    assert loaded == []
+    assert err == (f"unime: error: field '--image': image {tmp_path / 'wide.png'} is 402x2: its long side is 201 times "
+                   "its short side, over the 200 the model's image processor accepts\n")
+    assert main(search + [str(tmp_path / "edge.png")]) == 0
+    assert len(loaded) == 1 and json.loads(capsys.readouterr().out)["id"] == "t0"

@@ -643,12 +643,17 @@ class SearchConfig(IndexModelOptions):
 
 def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
     """`unime search`: the top `cfg.k` hits of `query` in the index `cfg.index`, encoded by its embedder (a query
-    video sampled as the index's videos, `index_video_sampling`; its path is the user's own, anywhere)."""
+    video sampled as the index's videos, `index_video_sampling`; its path is the user's own, anywhere). A `cfg.image`
+    beyond the embedder's aspect-ratio limit (its image budget, recorded with the checkpoint) is refused before the
+    embedder loads."""
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import embedding_settings
+    from unime.models.loading import checkpoint_image_loader
 
     idx = CorpusIndex(cfg.index)
     model = cfg.model or idx.manifest["model"]
+    if cfg.image:  # (`SearchConfig.query_item` checked the file, without the model's limit)
+        checkpoint_image_loader(model, None, allow_outside_root=True).check_header(cfg.image, field="--image")
     emb = Embedder.from_pretrained(model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation,
                                    video_sampling=index_video_sampling(idx.manifest), allow_outside_root=True)
