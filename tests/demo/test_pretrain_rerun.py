@@ -276,3 +276,37 @@ def test_interrupted_tagging_and_captioning_stages_resume_to_the_uninterrupted_w
     assert done.manifest["captioning"] == whole.manifest["captioning"]  # its losses cover the whole run
     assert done.manifest["tagging"] == whole.manifest["tagging"]
     assert not (tmp_path / ".killed.work").exists()
+
+
+# -- unime models pretrain-judge ----------------------------------------------------------------------------
+
+def test_a_judge_run_killed_between_its_labelled_records_and_their_stats_is_finished_by_the_rerun(tmp_path,
+                                                                                                   monkeypatch):
+    """QA: `unime models pretrain-judge` SIGKILLed right after it wrote the work folder's judge_records.jsonl (before
+    judge_records_stats.json): every rerun failed ("judge_records_stats.json: No such file or directory") until the
+    work folder was removed by hand. Now the rerun draws the labelled records again: the same records and stats as
+    the run that was not killed, and the judge's training starts on them."""
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def training(config):
+        seen.append(config)
+        raise Stop
+    monkeypatch.setattr("unime.train.reranker_trainer.train_reranker", training)
+    recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
+    base = pt.PretrainResult(tmp_path / "base", True, {"key": recipe.key()})  # not loaded: the training is stubbed
+    out = tmp_path / "judge"
+    work = tmp_path / ".judge.work"
+    with pytest.raises(Stop):  # the run that was not killed: its records and stats, written before the training
+        pt.pretrain_judge(judge, recipe, out=out, base=base, progress=lambda m: None)
+    records = (work / "judge_records.jsonl").read_bytes()
+    stats = json.loads((work / "judge_records_stats.json").read_text(encoding="utf-8"))
+    assert stats["records"] == len(records.splitlines()) > 0
+    (work / "judge_records_stats.json").unlink()  # as the kill between the two files left the work folder
+    with pytest.raises(Stop):
+        pt.pretrain_judge(judge, recipe, out=out, base=base, progress=lambda m: None)
+    assert (work / "judge_records.jsonl").read_bytes() == records
+    assert json.loads((work / "judge_records_stats.json").read_text(encoding="utf-8")) == stats
+    assert len(seen) == 2 and seen[1].records == [str(work / "judge_records.jsonl")]

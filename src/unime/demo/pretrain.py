@@ -681,9 +681,11 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     corpus = work / "corpus"
     _generate_corpus(judge.corpus_recipe(recipe), corpus, progress, video_clips=judge.video_clips,
                      video_frames=judge.video_frames)
-    records_path = work / "judge_records.jsonl"
+    records_path, stats_path = work / "judge_records.jsonl", work / "judge_records_stats.json"
     stats: dict = {}
-    if not records_path.is_file():
+    # both files, written one after the other: a run killed between the two left the records without their stats
+    # (the rerun failed reading them); the labelled records are drawn again, the same ones (seeded)
+    if not (records_path.is_file() and stats_path.is_file()):
         kept, _dropped = corpus_records(corpus, exclude)
         clips, clips_dropped = corpus_video_records(corpus, exclude_clips)
         # one pool of images and clips, as mining retrieves from when the demo trains on video too
@@ -692,9 +694,9 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
                                           seed=judge.seed, stats=stats)
         stats.update(video_records=len(clips), video_records_dropped_excluded_clips=clips_dropped)
         write_records(labelled, records_path)
-        with atomic_open(work / "judge_records_stats.json") as fh:
+        with atomic_open(stats_path) as fh:
             json.dump(stats, fh, indent=1)
-    stats = json.loads((work / "judge_records_stats.json").read_text(encoding="utf-8"))
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
     trained = work / "judge"
     progress(f"[pretrain] judge pretraining: {judge.steps} steps of {judge.batch_size} records on "
              f"{stats.get('records')} labelled records")
