@@ -93,11 +93,12 @@ def _finished_by_the_rerun(out: Path, merged: Path, capsys) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point, target", [("before", "model"), ("after", "model"), ("after", "pretrain.json"),
-                                           ("rmtree", ".base.work")])
+                                           ("rmtree", ".base.work/embedder")])
 def test_a_run_killed_while_publishing_is_finished_by_the_rerun(tmp_path, trained_work, capsys, point, target):
     """Before, the publication replaced the whole --out folder (with the command's marker) and then removed the work
     folder: a kill in between left an unmarked folder the re-run refused ("not empty and was not written by
-    unime"), and a work folder that --overwrite did not remove either."""
+    unime"), and a work folder that --overwrite did not remove either. (The work folder is removed entry by entry,
+    its stamp last: the kill at the rmtree of one of its entries leaves it part-removed.)"""
     out = tmp_path / "base"
     shutil.copytree(trained_work, tmp_path / ".base.work")
     merged = trained_work / "embedder" / "merged"
@@ -310,3 +311,38 @@ def test_a_judge_run_killed_between_its_labelled_records_and_their_stats_is_fini
     assert (work / "judge_records.jsonl").read_bytes() == records
     assert json.loads((work / "judge_records_stats.json").read_text(encoding="utf-8")) == stats
     assert len(seen) == 2 and seen[1].records == [str(work / "judge_records.jsonl")]
+
+
+def test_a_judge_run_killed_while_it_removed_its_work_folder_leaves_none_after_the_rerun(tmp_path, monkeypatch):
+    """QA: `unime models pretrain-judge` SIGKILLed while it removed its work folder after publishing (a real kill
+    right after the unlink of the folder's recipe.key): the rerun reused the judge but left the rest of the work
+    folder (the corpus, the trainer's checkpoints) for good; without its stamp it was no longer recognisably
+    unime's, so no later run removed it, and an --overwrite with another recipe into the same --out was refused.
+    Now the stamp goes last: the rerun finishes the removal, whatever was removed before the kill."""
+    import types
+
+    class Killed(Exception):
+        pass
+
+    def training(config):  # the judge's training, stubbed: a finished run's merged model
+        (Path(config.out) / "merged").mkdir(parents=True)
+        (Path(config.out) / "merged" / "model.safetensors").write_bytes(b"weights")
+        return types.SimpleNamespace(steps=4, first_loss=1.0, last_loss=0.5, loss_levels=None, heldout=None)
+    monkeypatch.setattr("unime.train.reranker_trainer.train_reranker", training)
+    recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
+    base = pt.PretrainResult(tmp_path / "base", True, {"key": recipe.key()})  # not loaded: the training is stubbed
+    out, work = tmp_path / "judge", tmp_path / ".judge.work"
+    unlink = os.unlink
+
+    def unlink_then_kill(path, *a, **k):
+        unlink(path, *a, **k)
+        if Path(path).name == pt.WORK_KEY:
+            raise Killed
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "unlink", unlink_then_kill)
+        with pytest.raises(Killed):
+            pt.pretrain_judge(judge, recipe, out=out, base=base, progress=lambda m: None)
+    assert (out / pt.MODEL_DIR / "model.safetensors").read_bytes() == b"weights"
+    again = pt.pretrain_judge(judge, recipe, out=out, base=base, progress=lambda m: None)
+    assert again.reused and not work.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["judge"]

@@ -406,6 +406,20 @@ def _work_key(dest: Path) -> str | None:
     return stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
 
 
+def _remove_work(work: Path) -> None:
+    """Remove a work folder of unime's, its recipe-key stamp last: a run killed while it removes the folder leaves
+    it stamped (or empty), so the rerun recognises it and finishes the removal (`_cached`). (Removed by one rmtree,
+    in the file system's order, it could lose its stamp first and then stay for good, its checkpoints with it.)"""
+    for p in work.iterdir():
+        if p.name != WORK_KEY:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    (work / WORK_KEY).unlink(missing_ok=True)
+    work.rmdir()
+
+
 def is_pretrained_folder(folder: str | os.PathLike) -> bool:
     """An unmarked folder holding a finished pretrained model and nothing else (its `MODEL_DIR` and `MANIFEST`, with
     a recipe key): what a run killed while an earlier version published it left (its whole --out folder was replaced
@@ -444,8 +458,11 @@ def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None], *,
     if (dest / MANIFEST).is_file():
         manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("key") == key:
-            if _work_key(dest) == key:  # killed after the manifest was published, before its work folder went
-                shutil.rmtree(_work_path(dest))
+            work = _work_path(dest)
+            # killed after the manifest was published, before its work folder was gone (or while it went: the
+            # stamp goes last, the folder is left empty after it)
+            if _work_key(dest) == key or (work.is_dir() and not work.is_symlink() and not any(work.iterdir())):
+                _remove_work(work)
             progress(f"[pretrain] reusing {dest} ({what}, recipe key {key})")
             if claimed:
                 _warn_others(dest, what)
@@ -474,7 +491,7 @@ def _work_folder(dest: Path, key: str, what: str, overwrite: bool = False) -> Pa
         if held == key:
             return work
         if held and overwrite:
-            shutil.rmtree(work)  # unime's own work folder (its stamp), of the recipe this run replaces
+            _remove_work(work)  # unime's own work folder (its stamp), of the recipe this run replaces
         else:
             whose = f"of another recipe (key {held}, wanted {key})" if held else f"without a {WORK_KEY} stamp"
             raise FileExistsError(f"{work} holds an interrupted {what} pretraining {whose}: rerun that recipe to "
@@ -507,7 +524,7 @@ def _publish(dest: Path, model: Path, manifest: dict, work: Path, progress: Call
         os.replace(dest / MODEL_DIR, staged / "replaced")
     os.replace(staged / MODEL_DIR, dest / MODEL_DIR)
     os.replace(staged / MANIFEST, dest / MANIFEST)
-    shutil.rmtree(work)  # created by the caller, for this recipe only
+    _remove_work(work)  # created by the caller, for this recipe only
     _warn_others(dest, what)
     progress(f"[pretrain] {what} done: {dest}")
     return PretrainResult(dest, False, manifest)
