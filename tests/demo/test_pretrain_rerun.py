@@ -346,3 +346,26 @@ def test_a_judge_run_killed_while_it_removed_its_work_folder_leaves_none_after_t
     again = pt.pretrain_judge(judge, recipe, out=out, base=base, progress=lambda m: None)
     assert again.reused and not work.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["judge"]
+
+
+def test_a_rerun_of_an_interrupted_judge_says_it_continues_and_what_it_kept(tmp_path, monkeypatch):
+    """QA: a rerun after a kill printed the same lines as a first run (only the trainer's log named the checkpoint it
+    resumed from, and nothing did before the first checkpoint): now it says it continues the interrupted run and
+    what the work folder kept; a first run does not say so."""
+    class Stop(Exception):
+        pass
+
+    def training(config):
+        raise Stop
+    monkeypatch.setattr("unime.train.reranker_trainer.train_reranker", training)
+    recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
+    base = pt.PretrainResult(tmp_path / "base", True, {"key": recipe.key()})  # not loaded: the training is stubbed
+    said: list[str] = []
+    for _ in range(2):
+        with pytest.raises(Stop):
+            pt.pretrain_judge(judge, recipe, out=tmp_path / "judge", base=base, progress=said.append)
+        said.append("-- killed")
+    first, rerun = "\n".join(said).split("-- killed")[:2]
+    assert "continuing" not in first
+    assert (f"[pretrain] continuing the interrupted judge pretraining in {tmp_path / '.judge.work'} (kept there: "
+            "corpus, judge_records.jsonl, judge_records_stats.json;") in rerun

@@ -480,15 +480,21 @@ def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None], *,
     return None
 
 
-def _work_folder(dest: Path, key: str, what: str, overwrite: bool = False) -> Path:
+def _work_folder(dest: Path, key: str, what: str, overwrite: bool,
+                 progress: Callable[[str], None]) -> Path:
     """The hidden sibling folder where `dest` is built, claimed for `key`: an interrupted run of another recipe
     into the same `dest` (its finished stages would be reused under the wrong recipe) is refused, or with
-    `overwrite` removed (only a work folder stamped with a recipe's key: unime's own)."""
+    `overwrite` removed (only a work folder stamped with a recipe's key: unime's own). An interrupted run of this
+    recipe is continued there, and said so (what it holds)."""
     work = _work_path(dest)
     stamp = work / WORK_KEY
     if work.is_dir() and any(work.iterdir()):
         held = _work_key(dest)
         if held == key:
+            kept = sorted(p.name for p in work.iterdir() if p.name not in (WORK_KEY, "publish"))
+            progress(f"[pretrain] continuing the interrupted {what} pretraining in {work} (kept there: "
+                     f"{', '.join(kept) or 'nothing yet'}; a finished stage is reused, a trainer resumes from its "
+                     "last complete checkpoint)")
             return work
         if held and overwrite:
             _remove_work(work)  # unime's own work folder (its stamp), of the recipe this run replaces
@@ -594,7 +600,7 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
     if manifest is not None:
         return PretrainResult(dest, True, manifest)
 
-    work = _work_folder(dest, key, "base", overwrite)
+    work = _work_folder(dest, key, "base", overwrite, progress)
     t0 = time.perf_counter()
     base = work / "base"
     if not (base / "config.json").is_file():
@@ -693,7 +699,7 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     if manifest is not None:
         return PretrainResult(dest, True, manifest)
     exclude, _ = excluded_signatures(exclude_world) if exclude_world else (set(), "")
-    work = _work_folder(dest, key, "judge", overwrite)
+    work = _work_folder(dest, key, "judge", overwrite, progress)
     t0 = time.perf_counter()
     corpus = work / "corpus"
     _generate_corpus(judge.corpus_recipe(recipe), corpus, progress, video_clips=judge.video_clips,
