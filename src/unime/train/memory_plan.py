@@ -39,7 +39,6 @@ from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES
 GiB = 1024 ** 3
 # per device, left free for what the plan does not model: the CUDA context and allocator fragmentation
 CUDA_CONTEXT_RESERVE_GIB = 2
-DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "float32": 4}
 # an evidence crop (a T-CoT box cut from its item's image) is planned as a region of half the side of the photo
 # an image is planned as (`visual_tokens_per_image`'s source_size), under the same image bounds
 EVIDENCE_CROP_SIZE = (640, 360)
