@@ -67,10 +67,6 @@ def canonical_dtype(value: Any) -> Any:
     return next((short for short, long in DTYPE_ALIASES.items() if value == long), value)
 
 
-# the `--dtype` values of the commands that load a model (`resolve_dtype`)
-LOAD_DTYPES = tuple(dtype_choices())
-
-
 def dtype_option(default: str | None = "auto", auto: str = "bf16 on GPU, fp32 on CPU", *, before: str = "",
                  after: str = "", names: Sequence[str] = tuple(DTYPE_ALIASES)):
     """`--dtype`, the same option on every command: the spellings of `dtype_choices(names)`, checked when the command
