@@ -27,7 +27,6 @@ import numpy as np
 
 EVAL_TYPES = ("local", "global")
 DEFAULT_EVAL_TYPE = "global"  # VLM2Vec's eval.py default
-V2_METRICS = ("hit@1", "ndcg@5")
 MODALITIES = ("image", "video", "visdoc")
 # the leaderboard's column groups, in its order
 META_TASKS = {
