@@ -18,7 +18,6 @@ import numpy as np
 NUMERIC = {"query_index": np.int64, "rank": np.int32, "pool_index": np.int64, "similarity": np.float32,
            "positive_similarity": np.float32, "judge_score": np.float64, "positive_score": np.float64,
            "false_negative": np.bool_, "times_sampled": np.int32}
-TEXT = ("record_id", "dataset", "candidate_text", "candidate_image", "status")
 ORDER = ("query_index", "record_id", "dataset", "rank", "pool_index", "candidate_text", "candidate_image",
          "similarity", "positive_similarity", "judge_score", "positive_score", "false_negative", "times_sampled",
          "status")
