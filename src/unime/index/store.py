@@ -188,7 +188,6 @@ class CorpusIndex:
                                   f"{self.folder / 'manifest.json'} is {dim}; {_REBUILD}")
             self._chunks.append(arr)
             self.entries.extend(rows)
-        self.row_of_id = {e["id"]: i for i, e in enumerate(self.entries)}
         self.faiss = None
         count = (self.manifest.get("index") or {}).get("count")
         if load_faiss and (self.entries or count):
