@@ -504,15 +504,6 @@ def _recorded(marker: dict[str, Any] | None, target: Path) -> tuple[str | None, 
     return None, False
 
 
-def written_by(path: str | os.PathLike, target: str | os.PathLike, command: str) -> bool:
-    """Did `command` write `target` (the output `path` or one of its companions) as it is now? Also true for the
-    file a run of `command` put in place before it was killed (see the section's comment)."""
-    marker = read_file_marker(path)
-    if marker is None or marker.get("command") != command:
-        return False
-    return _recorded(marker, Path(target))[0] is not None
-
-
 @dataclass
 class OwnedFile:
     """A claimed single-file output; `commit()` after the command wrote it records what it wrote."""
