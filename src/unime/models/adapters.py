@@ -323,13 +323,6 @@ class QwenVLAdapter(FamilyAdapter):
 ADAPTERS: dict[str, type[FamilyAdapter]] = {t: cls for cls in (QwenVLAdapter,) for t in cls.model_types}
 
 
-def register_adapter(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
-    """Register an adapter class for its `model_types` (usable as a decorator by plug-ins)."""
-    for t in cls.model_types:
-        ADAPTERS[t] = cls
-    return cls
-
-
 def adapter_for(config, processor, image_budget=None) -> FamilyAdapter:
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTERS:
