@@ -8,7 +8,8 @@ Every subcommand accepts `--config FILE.yaml`: its keys (option names, dashes or
 defaults, checked by the options' own types and choices (`unime.cli.options_file`); options given on
 the command line win. `--recipe NAME` applies a paper's settings (`unime.cli.recipes`) the same way;
 layering, lowest first: the command's defaults < the recipe < the config file < the command line.
-`--print-config` prints the resolved options with the origin of each value and exits. A failure the user can cause ends as one line and exit code 2 (`unime.cli.failures`);
+`--print-config` prints the resolved options with the origin of each value and exits. A failure the user can
+cause ends as one line and exit code 2 (`unime.cli.failures`);
 a command that writes an output folder claims and locks it first (`unime.outdir`).
 """
 
@@ -32,7 +33,10 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unime", description="unime: train universal multimodal embedders and rerankers with an MLLM judge (UniME-V2), and reasoning-driven embedders with embedder-guided RL (Embed-RL).",
+    parser = argparse.ArgumentParser(prog="unime",
+                                     description="unime: train universal multimodal embedders and rerankers with an "
+                                                 "MLLM judge (UniME-V2), and reasoning-driven embedders with "
+                                                 "embedder-guided RL (Embed-RL).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     # default None, logged as INFO: `unime demo` tells a level given (its console shows what the level lets
     # through) from none (its console shows warnings; the stages' INFO lines go to OUT/logs/STAGE.log)

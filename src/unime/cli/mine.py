@@ -47,7 +47,8 @@ def _mine(args) -> int:
         raise UsageError("--audit needs --world", command="mine")
     try:
         cfg = config_from_args(MineConfig, args, data_root=args.data_root or args.world,
-                               backend_options=_backend_options(args), overwrite=bool(getattr(args, "overwrite", False)))
+                               backend_options=_backend_options(args),
+                               overwrite=bool(getattr(args, "overwrite", False)))
         cfg.index_config()  # bad index parameters are refused before anything loads
     except OptionError:
         raise  # a config's refusal: the one line names the options by their flags (`unime.cli.failures.describe`)

@@ -105,7 +105,8 @@ def _fmt(value: Any) -> str:
 
 def recipes_markdown() -> str:
     """docs/RECIPES.md: every recipe's values with their sources (regenerate with
-    `python -c "from unime.cli.recipes import recipes_markdown; print(recipes_markdown(), end='')" > docs/RECIPES.md`)."""
+    `python -c "from unime.cli.recipes import recipes_markdown; print(recipes_markdown(), end='')" \
+    > docs/RECIPES.md`)."""
     lines = ["# Recipes", "",
              "The papers' settings as presets: `unime <command> --recipe NAME ...`. Layering, lowest first: the",
              "command's defaults < the recipe < `--config FILE` < options on the command line.",
