@@ -164,7 +164,8 @@ def _table_rows(path: Path, delimiter: str | None, policy: ErrorPolicy) -> Itera
         try:
             header = reader.fieldnames
         except csv.Error as e:
-            raise data_error("malformed_json", f"malformed CSV header: {e}", source=str(path), record="line 1") from None
+            raise data_error("malformed_json", f"malformed CSV header: {e}", source=str(path),
+                             record="line 1") from None
         if not header:
             raise DataError("empty captions file (no header line)", source=str(path))
         bad_header = next((c for c in header if _undecodable(c)), None)
@@ -734,7 +735,8 @@ class CollectionSource:
         if (self.captions or self.coco) and not self.images:
             raise UsageError("--captions / --coco need --images DIR", command="data import")
         if self.webdataset and self.images:
-            raise UsageError("--images does not apply to --webdataset: its shards hold the images", command="data import")
+            raise UsageError("--images does not apply to --webdataset: its shards hold the images",
+                             command="data import")
         if self.captions:
             images = read_caption_table(self.captions, self.images, delimiter=self.delimiter, policy=policy,
                                         allow_outside_root=self.allow_outside_root, **cols)

@@ -596,9 +596,9 @@ def _earlier_run(out: Path, identity: dict[str, Any]) -> ImportSummary | None:
         raise refuse_changed_options(out, before, identity, keys, option_flags(ImportOptions))
     return ImportSummary(out=out, images=manifest.get("images", 0), train_images=manifest.get("train_images", 0),
                          eval_images=manifest.get("eval_images", 0), records=manifest.get("records", {}),
-                         judge_records=manifest.get("judge_records", 0), eval_tasks=list(manifest.get("eval_tasks", {})),
-                         labels=len(manifest.get("labels", [])), skipped=(manifest.get("skipped") or {}).get("total", 0),
-                         finished_before=True)
+                         judge_records=manifest.get("judge_records", 0),
+                         eval_tasks=list(manifest.get("eval_tasks", {})), labels=len(manifest.get("labels", [])),
+                         skipped=(manifest.get("skipped") or {}).get("total", 0), finished_before=True)
 
 
 def _earlier_image_folders(out: Path, manifest: dict) -> list[Path]:
@@ -766,8 +766,9 @@ def import_collection(images: Sequence[CaptionedImage], opts: ImportOptions, *,
                 "identity": with_working_dir(identity),
                 "images": summary.images, "train_images": summary.train_images, "eval_images": summary.eval_images,
                 "records": counts, "judge_records": len(judge), "eval_tasks": {n: len(r) for n, r in tasks.items()},
-                "labels": sorted(labels), "skipped": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items())),
-                                                      "summary": skips.summary()},
+                "labels": sorted(labels),
+                "skipped": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items())),
+                            "summary": skips.summary()},
                 "written": sorted(written)}
     with atomic_open(out / "import.json") as fh:
         json.dump(manifest, fh, indent=1, ensure_ascii=False, default=str)

@@ -10,8 +10,8 @@ Frames: `frames` frames (even, >= 4) of `size` x `size` pixels at `fps` frames p
 part. The shape moves `STEP` of the side per frame; the path is centred in the frame. A colour change
 happens on the first frame of the second half. Each clip is also cut into its two parts (*segments*, their
 own .mp4 files) for moment retrieval: the first half, and the second half led by the first half's last
-frame (so the second segment shows the change: the turn of colour, or the turn of direction). Encoding: MPEG-4 Part 2 (in every PyAV wheel), one thread,
-a fixed high bit rate — the same clip gives byte-identical files.
+frame (so the second segment shows the change: the turn of colour, or the turn of direction). Encoding: MPEG-4
+Part 2 (in every PyAV wheel), one thread, a fixed high bit rate — the same clip gives byte-identical files.
 
 Relevance (used by `unime.data.synth.relevance`): a clip *spec* {background, shape, colour, first, then}
 is satisfied by a clip in the fraction of its five constraints the clip matches; a moment (one half of

@@ -19,15 +19,17 @@ holds: "a red circle" has satisfaction 1.0 on a scene with a small red circle an
 
 **Relevance(query, candidate)** by what the query asks for (its *need*):
 
-| need | candidate | relevance |
-| --- | --- | --- |
-| answer (classification, VQA) | answer text | 1 if it is the correct answer, else 0 |
-| scene matching a spec (text→image, composed image+text→image) | scene image | satisfaction of the spec by the candidate scene |
-| description of scene S (image→text) | description text | satisfaction of the description's spec by S |
-| the object of S a mention refers to (grounding) | crop | fraction of the mention's attributes the cropped object has; the position counts only for crops of S itself (a crop shows no position) |
-| clip matching a clip spec (text→video) | clip | fraction of the spec's background, shape, colour, first motion, second event the clip has |
-| one half of clip C (moment retrieval) | segment | 1 if it is that half of C, else 0 |
-| any | a candidate of another kind | 0 |
+- need: answer (classification, VQA); candidate: answer text; relevance: 1 if it is the correct answer, else 0.
+- need: scene matching a spec (text→image, composed image+text→image); candidate: scene image; relevance:
+  satisfaction of the spec by the candidate scene.
+- need: description of scene S (image→text); candidate: description text; relevance: satisfaction of the
+  description's spec by S.
+- need: the object of S a mention refers to (grounding); candidate: crop; relevance: fraction of the mention's
+  attributes the cropped object has; the position counts only for crops of S itself (a crop shows no position).
+- need: clip matching a clip spec (text→video); candidate: clip; relevance: fraction of the spec's background,
+  shape, colour, first motion, second event the clip has.
+- need: one half of clip C (moment retrieval); candidate: segment; relevance: 1 if it is that half of C, else 0.
+- need: any; candidate: a candidate of another kind; relevance: 0.
 
 Content items used as queries need what they show: a description needs the scenes that satisfy it,
 a bare scene image needs descriptions it satisfies and scenes that satisfy its full description, a

@@ -312,7 +312,8 @@ def _grounding_distract(b, rng, ex: Example, pool, n: int) -> list[Item]:
 
 TASKS: tuple[TaskDef, ...] = (
     TaskDef("shape_cls", "classification", "IND", True, "eval", 1, 1,
-            _label_task("shape", "shape_cls", lambda s: s.objects[0].shape), _labels_distract(lambda: list(vocab.SHAPES))),
+            _label_task("shape", "shape_cls", lambda s: s.objects[0].shape),
+            _labels_distract(lambda: list(vocab.SHAPES))),
     TaskDef("colour_cls", "classification", "IND", True, "eval", 1, 1,
             _label_task("colour", "colour_cls", lambda s: s.objects[0].colour),
             _labels_distract(lambda: list(vocab.COLOURS))),
