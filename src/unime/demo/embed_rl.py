@@ -149,7 +149,8 @@ def run_embed_rl(demo: "DemoRun") -> None:
         recs = tcot_match_judge_records(World.load(world), read_records(P["records"]), read_tcot_rows(P["tcots"]),
                                         negatives_per_query=s.er_judge_negatives, source=str(P["tcots"]))
         write_records(recs, P["judge_records"])
-        c.append(f"# python: unime.demo.embed_rl.tcot_match_judge_records(world, records, T-CoTs) -> {len(recs)} records")
+        c.append("# python: unime.demo.embed_rl.tcot_match_judge_records(world, records, T-CoTs) -> "
+                 f"{len(recs)} records")
     demo.stage("er-judge-data", [P["judge_records"]], judge_data, writes=[P["judge_records"]])
 
     demo.stage("er-judge", [P["judge"] / "merged"], lambda c: demo.run_command("train judge", {

@@ -104,5 +104,6 @@ def judge_training_records(world: World, *, negatives_per_query: int = 4, extra_
                               id=f"{rec.id}-judge-fn{j}"))
     if stats is not None:
         stats.update({"records": len(out), "queries": len(records), "pool": len(pool),
-                      "global_sample": global_sample, "task_sample": task_sample, **{k: int(v) for k, v in counts.items()}})
+                      "global_sample": global_sample, "task_sample": task_sample,
+                      **{k: int(v) for k, v in counts.items()}})
     return out

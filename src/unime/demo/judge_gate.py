@@ -58,7 +58,8 @@ class JudgeGate:
         if not weak:
             return ""
         parts = [f"{d} (fallback {100 * self.by_dataset[d]['fallback_share']:.0f} % of "
-                 f"{self.by_dataset[d]['queries']:.0f} queries, median spread {self.by_dataset[d]['median_spread']:.3f})"
+                 f"{self.by_dataset[d]['queries']:.0f} queries, "
+                 f"median spread {self.by_dataset[d]['median_spread']:.3f})"
                  for d in weak]
         return ("past the check's limits on " + ", ".join(parts) + f" (spread < β = {self.beta:g} or fallback > "
                 f"{100 * self.max_fallback_share:.0f} %): the judge hardly separates candidates there, so many of "

@@ -185,11 +185,12 @@ def write_report(demo: "DemoRun") -> Path:
     md += ["", "Δ Overall: the row's MMEB overall P@1 minus the baseline's, ×100, with a paired bootstrap over the "
            "eval queries (each query's hit averaged over the seeds; queries resampled within each dataset, "
            "10,000 replicates, percentile interval); significant = the interval excludes 0.",
-           "", "Paper (Qwen2-VL-2B, MMEB overall): 60.1 → 61.6 → 63.6 for the InfoNCE, hard-negative and UniME-V2 rows.",
+           "", "Paper (Qwen2-VL-2B, MMEB overall): 60.1 → 61.6 → 63.6 for the InfoNCE, hard-negative and "
+           "UniME-V2 rows.",
            "", "The soft-label loss (symmetric KL, as released) compares each query only with its own positive and "
            f"{s.hard_negatives} mined negatives, with no in-batch negatives, unlike the InfoNCE rows; the paper trains "
-           f"it at a global batch of 512–1,024 for 2,000 steps, this run at {s.embed_batch} for {s.embed_steps} steps "
-           "(docs/SOFT_LABELS.md measures what the missing in-batch negatives cost at a small budget, and "
+           f"it at a global batch of 512–1,024 for 2,000 steps, this run at {s.embed_batch} for {s.embed_steps} "
+           "steps (docs/SOFT_LABELS.md measures what the missing in-batch negatives cost at a small budget, and "
            "`unime train embedder --in-batch` adds them).", ""]
     md += _reference_sentence(demo, rows, sig.get("reference"))
     if demo.oracle_judge:
@@ -373,10 +374,10 @@ def _mining_section(mined: Path, *, judge_trained: bool) -> list[str]:
                       f"{_num(wq.get('min_over_datasets'))} ({per})")
             ll = wq.get("log_loss") or {}
             if ll.get("log_loss") is not None:
-                md.append(f"- the judge's log loss on the same pairs: {_num(ll['log_loss'])} nats against its base-rate "
-                          f"level {_num(ll['base_rate_log_loss'])} (the loss of the constant score at the relevant "
-                          f"share {_num(ll['base_rate'])}: a judge that learned only the Yes/No prior sits at it; "
-                          f"per dataset in mined/report.md). Log loss also counts calibration: a judge that ranks "
+                md.append(f"- the judge's log loss on the same pairs: {_num(ll['log_loss'])} nats against its "
+                          f"base-rate level {_num(ll['base_rate_log_loss'])} (the loss of the constant score at the "
+                          f"relevant share {_num(ll['base_rate'])}: a judge that learned only the Yes/No prior sits at "
+                          "it; per dataset in mined/report.md). Log loss also counts calibration: a judge that ranks "
                           f"well (the AUC above) but learned another Yes share than this world's lies above the level")
         ms = audit.get("media_swap") or {}
         if ms.get("by_dataset"):
@@ -432,8 +433,8 @@ def _embed_rl_section(demo: "DemoRun") -> list[str]:
         md += ["`unime reason eval` (MMEB-style Precision@1 ×100; one run each). Every embedder here is the `<emb>` "
                "embedder; the T-CoT embedder was trained on the contrastive split with teacher T-CoTs, the other with "
                "the same recipe on the training records without T-CoTs (the input it is evaluated with). The last row "
-               "is an **upper bound, not a result**: its T-CoTs come from the annotation teacher, which reads the scene "
-               "annotations (the answers).", ""]
+               "is an **upper bound, not a result**: its T-CoTs come from the annotation teacher, which reads the "
+               "scene annotations (the answers).", ""]
         cols = [("overall", "Overall"), ("IND", "IND"), ("OOD", "OOD")] + \
             [(k, t) for k, t in MMEB_COLUMNS if k not in ("overall", "IND", "OOD")]
         md += _table(rows, cols)

@@ -423,7 +423,8 @@ class DemoRun:
         elif missing == len(todo):
             remaining = "remaining: no recorded stage times yet"
         else:
-            remaining = f"remaining ≈ {_clock(est)}" + (f" + {missing} stage(s) without a recorded time" if missing else "")
+            remaining = f"remaining ≈ {_clock(est)}" + (f" + {missing} stage(s) without a recorded time"
+                                                        if missing else "")
             if any(ref for _, ref in known):
                 remaining += " (partly from a reference run on 2 CPU cores)"
         return f"stage {k}/{len(plan)} {name}: elapsed {_clock(time.perf_counter() - self.t_start)}, {remaining};"

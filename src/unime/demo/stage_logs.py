@@ -5,8 +5,9 @@ the progress bars, every WARNING and ERROR. `unime --log-level LEVEL demo` keeps
 the level lets through), besides the files.
 
 The console is the root logger's plain `logging.StreamHandler`s (`unime.cli.configure_logging`'s,
-`logging.basicConfig`'s); other handlers (a file, pytest's capture) are left as they are. The demo's worker processes (its per-seed workers and
-torchrun ranks, `unime.demo.parallel`) install the same routing from a `StageLogging` (`install`): every process
+`logging.basicConfig`'s); other handlers (a file, pytest's capture) are left as they are. The demo's worker
+processes (its per-seed workers and torchrun ranks, `unime.demo.parallel`) install the same routing from a
+`StageLogging` (`install`): every process
 appends to the stage's one file, each record one `os.write` on a descriptor opened with O_APPEND, so the lines of
 two processes do not cut into each other (one file per stage is the one place to read; a file per worker would
 split one stage's story over several).

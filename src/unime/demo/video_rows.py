@@ -6,7 +6,8 @@ With `DemoSettings.video_train` (the default) the embedders are trained, and min
 runs, on the world's image records plus its video training records (train/video_records.jsonl, clips disjoint
 from the eval clips): `training_records` writes the two into one file in the demo folder, and the learnability
 reference trains on the same file and is evaluated on the video tasks too (its row in the video table). Without it
-they see images only and the video rows show what image training gives on clips. Switched by `DemoSettings.video_clips` (0 = a world without video and no video rows).
+they see images only and the video rows show what image training gives on clips. Switched by
+`DemoSettings.video_clips` (0 = a world without video and no video rows).
 """
 
 from __future__ import annotations
