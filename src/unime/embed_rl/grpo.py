@@ -30,8 +30,8 @@ every component is logged to TRL's metrics, to
 `reward_log.csv` and plotted to `reward_curves.png`.
 
 **TRL adaptations.** The processor handed to TRL pads on the left (`prepare_policy_processor`; TRL
-does this only for processors it loads itself). `EmbedRLGRPOTrainer`: TRL 1.16 returns `None` as the image list of a text-only
-prompt, which its processor call then rejects when a batch mixes text-only and image prompts (a text
+does this only for processors it loads itself). `EmbedRLGRPOTrainer`: TRL 1.16 returns `None` as the image list
+of a text-only prompt, which its processor call then rejects when a batch mixes text-only and image prompts (a text
 query with an image positive is the common case here). The subclass maps `None` to `[]` — the
 processor accepts that — and, as TRL slices the vision inputs per chunk of its log-probability forwards (one
 --micro-batch), gives a chunk without an image none instead of empty ones; it changes nothing else.

@@ -368,7 +368,8 @@ class ReasoningEncoder:
         sides = ["query" if it.key in self.query_keys else "target" for it in items]
         tcots = self.tcot_fn(items, sides) if self.tcot_fn is not None else [None] * len(items)
         if self.log_tcots is not None:
-            self.log_tcots.extend({"item": it.text[:200], "side": sd, "tcot": t} for it, sd, t in zip(items, sides, tcots))
+            self.log_tcots.extend({"item": it.text[:200], "side": sd, "tcot": t}
+                                  for it, sd, t in zip(items, sides, tcots))
         return self.embedder.encode(items, tcots, batch_size=batch_size, show_progress=show_progress)
 
 
