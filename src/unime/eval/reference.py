@@ -481,7 +481,8 @@ def evaluate_reference(tasks: str, records_path: str, out_dir: str, *, data_root
         run = run_tasks(data, RunEncoder(enc, "reference-" + tlog.weights_hash[:16], cache_dir=None, batch_size=64),
                         opts=opts)
         run.timing = {"load_data_seconds": round(t_data - t_start, 3), "train_seconds": round(t_train - t_data, 3),
-                      **run.timing, "wall_seconds": round(time.perf_counter() - (t_start if not summaries else t_eval), 3)}
+                      **run.timing,
+                      "wall_seconds": round(time.perf_counter() - (t_start if not summaries else t_eval), 3)}
         meta = {"model": REFERENCE_MODEL_NAME, "model_id": "reference-" + tlog.weights_hash[:16],
                 "tasks_config": str(suite.source), "ties": ties, **skipped_data_meta(suite, data, on_error),
                 "records": str(records_path), "data_root": str(root),
@@ -545,8 +546,8 @@ def reference_curve(train_per_task: Sequence[int], out_root: str | os.PathLike, 
         if not (world / "world.json").is_file():
             sizes = resolve_sizes("default", train_per_task=n, train_scenes=math.ceil(n * ratio))
             generate_world(world, seed=world_seed, sizes=sizes)
-        summary = evaluate_reference(str(world), str(world / "train" / "records.jsonl"), str(out_root / f"reference-{n}"),
-                                     data_root=str(world), cfg=cfg)
+        summary = evaluate_reference(str(world), str(world / "train" / "records.jsonl"),
+                                     str(out_root / f"reference-{n}"), data_root=str(world), cfg=cfg)
         training = summary["meta"]["reference"]["training"]
         comp = {name: m["accuracy"] for name, m in summary["tasks"].items()
                 if summary["task_info"][name]["format"] == "compositional"}
@@ -573,7 +574,8 @@ def curve_table(rows: Sequence[dict]) -> list[str]:
     for r in rows:
         cells = [str(r["train_per_task"]), str(r["train_records"]), str(r["steps"]), f"{r['epochs']:.1f}",
                  f"{100 * r['train_p@1']:.1f}"]
-        cells += [f"{100 * r['scores'][g]:.1f} ({100 * r['chance'][g]:.1f})" if g in r["scores"] else "–" for g in groups]
+        cells += [f"{100 * r['scores'][g]:.1f} ({100 * r['chance'][g]:.1f})" if g in r["scores"] else "–"
+                  for g in groups]
         cells += [f"{100 * r['compositional'][c]:.1f}" if c in r["compositional"] else "–" for c in comp]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
