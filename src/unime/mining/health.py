@@ -3,9 +3,9 @@
 
 - fallback share: queries none of whose K candidates survived the false-negative filter (their negatives
   are random draws scored 1.0, SPEC 1.4, or the query is dropped: under `--fallback drop`, or with no candidate
-  retrieved at all; the line names both counts when any was dropped). The paper sees < 1 %; above `FALLBACK_WARN` it warns — a judge
-  that scores everything near the positive's score (e.g. one that learned the Yes/No base rate) pushes
-  almost every query there.
+  retrieved at all; the line names both counts when any was dropped). The paper sees < 1 %; above
+  `FALLBACK_WARN` it warns — a judge that scores everything near the positive's score (e.g. one that learned the
+  Yes/No base rate) pushes almost every query there.
 - filter share: retrieved candidates dropped as false negatives.
 - judge score spread: the 5th / 50th / 95th percentiles of the candidates' scores, the standard deviation
   of every judged score (positives and candidates), and the separation = mean positive score − mean

@@ -176,7 +176,8 @@ class MiningRun:
         self.times["total"] = time.perf_counter() - t_start
         stats = {
             "records": len(self.records), "mined": len(mined), "pool_size": len(self.pool),
-            "skipped_records": {"total": self.skips.total, "by_reason": {k: int(v) for k, v in self.skips.counts.items()},
+            "skipped_records": {"total": self.skips.total,
+                                "by_reason": {k: int(v) for k, v in self.skips.counts.items()},
                                 "summary": self.skips.summary()},
             "sampling": sstats.to_dict(), "sampling_table": sstats.format_table(), "judge": backend_stats,
             "judge_shards_resumed": judged.resumed_shards, "judge_shard_seconds": judged.shard_seconds,

@@ -110,7 +110,8 @@ def within_query_auc(query_ids: Sequence[Any], labels: Sequence[bool], scores: S
         correct += c
         pairs += diff.size
         per_query.append(c / diff.size)
-    return {"auc": correct / pairs if pairs else None, "mean_query_auc": float(np.mean(per_query)) if per_query else None,
+    return {"auc": correct / pairs if pairs else None,
+            "mean_query_auc": float(np.mean(per_query)) if per_query else None,
             "queries": len(per_query), "pairs": int(pairs)}
 
 
@@ -512,7 +513,8 @@ def write_report(out: Path, stats: dict[str, Any], audit_rows: list[dict[str, An
                       "compares each candidate with its own query's positive, depends on.", "",
                       "The last columns: the judge's log loss (nats) on the same pairs (each query's positive and "
                       "its candidates, relevant = 1) against the base-rate level H(b), the loss of the constant score "
-                      "at the dataset's relevant share b — a judge that learned only the Yes/No prior sits at it.", "",
+                      "at the dataset's relevant share b — a judge that learned only the Yes/No prior sits at it.",
+                      "",
                       "| dataset | judge | judge, candidates only | embedder similarity, candidates only | pairs | "
                       "judge log loss | base-rate level |",
                       "|---|---|---|---|---|---|---|"]

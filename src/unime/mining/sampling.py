@@ -57,7 +57,8 @@ def _finite_scores(values: Any, *, field_name: str, source: str | None, record: 
 
 
 def false_negative_mask(candidate_scores: Sequence[float] | np.ndarray, positive_score: float,
-                        beta: float = DEFAULT_BETA, *, source: str | None = None, record: str | int | None = None) -> np.ndarray:
+                        beta: float = DEFAULT_BETA, *, source: str | None = None,
+                        record: str | int | None = None) -> np.ndarray:
     """Boolean mask over the candidates, True = false negative (judge score s > s(q, c_t) − β).
 
     NaN / infinite scores raise `DataError` naming the field (`candidate_scores[i]` or `positive_score`).
