@@ -50,7 +50,8 @@ class KnownCheckpoint:
         ip = self.image_processor
         image_processor = Qwen2VLImageProcessor(patch_size=ip["patch_size"], merge_size=self.merge_size,
                                                 temporal_patch_size=2, **self.image_normalisation,
-                                                size={"shortest_edge": ip["min_pixels"], "longest_edge": ip["max_pixels"]})
+                                                size={"shortest_edge": ip["min_pixels"],
+                                                      "longest_edge": ip["max_pixels"]})
         if self.family == "qwen3_vl":
             return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                     video_processor=Qwen3VLVideoProcessor(), chat_template=QWEN3_VL_CHAT_TEMPLATE)
