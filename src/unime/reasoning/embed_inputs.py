@@ -21,9 +21,9 @@ Boxes refer to the item's first image (the image the reasoner was shown first). 
 if both sides are >= 10 px and the aspect ratio is <= 50 (`unime.reasoning.evidence.crop_evidence`).
 
 Image placeholders that a reasoner happens to write (`<image>`, `<|image_1|>`) are removed from the
-T-CoT text: only evidence images are images. A completion that is not a well-formed T-CoT (frequent in early RL rollouts) is handled by
-`on_invalid`: "raw" (default) puts the completion text after the item with no evidence — it is still
-what the reasoner wrote, and the outcome reward should see it; "raise" raises the parser's
+T-CoT text: only evidence images are images. A completion that is not a well-formed T-CoT (frequent in early RL
+rollouts) is handled by `on_invalid`: "raw" (default) puts the completion text after the item with no evidence —
+it is still what the reasoner wrote, and the outcome reward should see it; "raise" raises the parser's
 `TCoTError` (and a `DataError` for a key frame past the frames sampled: a T-CoT file read with another video sampling
 than it was written with); "drop" embeds the item without reasoning.
 """
