@@ -62,7 +62,8 @@ def score_pairs(model, collator, examples: Sequence[Any], *, batch_size: int = 8
                 inputs = dict(collator.encode([collator.prompt_segments(e) for e in batch], [YES] * len(batch)))
                 labels = inputs.pop("labels")
                 n_answer = int((labels != -100).sum(dim=1).max())
-                inputs = {k: (v.to(param.device, dtype=param.dtype) if torch.is_floating_point(v) else v.to(param.device))
+                inputs = {k: (v.to(param.device, dtype=param.dtype) if torch.is_floating_point(v)
+                              else v.to(param.device))
                           if hasattr(v, "to") else v for k, v in inputs.items()}
                 logits = model(**inputs, use_cache=False, logits_to_keep=n_answer + 1).logits[:, 0, :].float()
                 out += torch.sigmoid(logits[:, yes] - logits[:, no]).tolist()

@@ -102,8 +102,8 @@ class SoftLabelLoss(GroupLoss):
 
     requires_scores = True
 
-    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None, eps: float = 0.0,
-                 in_batch: bool = False):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, label_temperature: float | None = None,
+                 eps: float = 0.0, in_batch: bool = False):
         super().__init__(temperature)
         self.label_temperature = float(label_temperature if label_temperature is not None else temperature)
         if not self.label_temperature > 0:

@@ -656,7 +656,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
         callbacks.append(judge_check)
         log.info("judge: %d held-out pairs (%d records) scored every %s steps", len(held_out),
                  len({ex.record for ex in held_out}), cfg.eval_steps or "~1/5 of the")
-    answer_ids = (loaded.adapter.single_token_id(judge_answer(True)), loaded.adapter.single_token_id(judge_answer(False)))
+    answer_ids = (loaded.adapter.single_token_id(judge_answer(True)),
+                  loaded.adapter.single_token_id(judge_answer(False)))
     trainer = _trainer_class()(model=model, args=args, train_dataset=ExampleDataset(groups), data_collator=collator,
                                callbacks=callbacks, group_weight=cfg.group_weight, answer_ids=answer_ids)
     run_state.train_or_finish(trainer, plan.checkpoint)
