@@ -440,7 +440,7 @@ def _dataset_file(ref: str, *, source: str, record: str, field_name: str, root: 
 
 def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_column: str | None,
                      label_column: str | None, image_keys: Sequence[str], policy: ErrorPolicy,
-                     json_column: str | None = None, split_name: str = "", root: Path | None = None,
+                     split_name: str = "", root: Path | None = None,
                      allow_outside_root: bool = False, images: Path | None = None,
                      folder_labels: bool = False) -> list[CaptionedImage]:
     """The rows of one split. `folder_labels` (an imagefolder, `root` its folder): without a label column, the
@@ -450,8 +450,7 @@ def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_colum
 
     names = list(ds.column_names)
     icol = _pick_column(names, image_column, image_keys, source=source, what="image")
-    ccol = _pick_column(names, caption_column, CAPTION_COLUMNS + ("txt",), source=source, what="caption",
-                        required=json_column is None)
+    ccol = _pick_column(names, caption_column, CAPTION_COLUMNS + ("txt",), source=source, what="caption")
     by_folder = folder_labels and root is not None and label_column in (None, FOLDER_LABEL) and not any(
         isinstance(c, str) and c.casefold() in {name.casefold() for name in LABEL_COLUMNS + ("cls",)} for c in names)
     lcol = None if by_folder else _pick_column(names, label_column, LABEL_COLUMNS + ("cls",), source=source,
@@ -465,14 +464,8 @@ def _rows_of_dataset(ds, *, source: str, image_column: str | None, caption_colum
         try:
             ref, hint = _image_value(row[icol], source=source, record=rec, field_name=icol, root=root,
                                      allow_outside_root=allow_outside_root, images=images)
-            extra = row.get(json_column) if json_column else None
-            extra = extra if isinstance(extra, dict) else {}
-            if ccol is not None:
-                caps = _captions_of(row[ccol], source=source, record=rec, field_name=ccol)
-            else:
-                caps = _captions_of(extra.get("caption", extra.get("text")), source=source, record=rec,
-                                    field_name=f"{json_column}.caption")
-            lab_value = row[lcol] if lcol else extra.get("label")
+            caps = _captions_of(row[ccol], source=source, record=rec, field_name=ccol)
+            lab_value = row[lcol] if lcol else None
             if label_names is not None and isinstance(lab_value, int) and lab_value >= 0:
                 lab_value = label_names.int2str(lab_value)
             lab = _label_of(lab_value, source=source, record=rec, field_name=lcol or "label")
