@@ -23,7 +23,7 @@ def check_placeholders(item: Item, *, source=None, record=None, field: str = "te
                              f"{len(item.images)} image(s)", source=source, record=record, field=field)
 
 
-def parse_item(obj: Any, *, source=None, record=None, field: str = "item", allow_empty: bool = False) -> Item:
+def parse_item(obj: Any, *, source=None, record=None, field: str = "item") -> Item:
     """An `Item` from a JSON-like object (`{"text", "image", "images", "video"}` or a bare string)."""
     try:
         item = Item.from_dict(obj, source=source, record=record, field_name=field)
@@ -31,7 +31,7 @@ def parse_item(obj: Any, *, source=None, record=None, field: str = "item", allow
         if getattr(e, "reason", None) is None:
             e.reason = "schema"  # type: ignore[attr-defined]
         raise
-    if not allow_empty and item.is_empty:
+    if item.is_empty:
         raise data_error("empty_item", "empty item (no text, image or video)", source=source, record=record,
                          field=field)
     check_placeholders(item, source=source, record=record, field=f"{field}.text")
