@@ -115,6 +115,45 @@ def test_a_second_claim_fails_at_once_naming_the_holders_pid(tmp_path):
     claim(out, "mine").release()  # free again after the crash
 
 
+def test_a_waiting_lock_waits_for_its_holder_once_and_takes_it_when_the_holder_is_killed(tmp_path):
+    """`waiting_lock` (the pretrained cache's): a busy lock is waited for, its holder's pid and host reported once;
+    a holder killed (SIGKILL) releases it; the lock file names the new holder and is removed at the end. A lock file
+    a killed run left (nobody holds it) is taken at once."""
+    import socket
+
+    from unime.outdir import file_lock_path, waiting_lock
+
+    lock = file_lock_path(tmp_path / "model")
+    script = textwrap.dedent(f"""
+        import time
+        from unime.outdir import waiting_lock
+        with waiting_lock({str(lock)!r}, "x", lambda pid, host: None):
+            print("held", flush=True)
+            time.sleep(60)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    waits = []
+
+    def wait(pid, host):
+        waits.append((pid, host))
+        holder.kill()  # the OS drops its lock
+
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with waiting_lock(lock, "x", wait):
+            assert lock.read_text() == f"{os.getpid()}\n{socket.gethostname()}\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waits == [(str(holder.pid), socket.gethostname())]
+    assert not lock.exists()
+    lock.write_text(f"{holder.pid}\nelsewhere\n")  # as the killed holder left it
+    with waiting_lock(lock, "x", wait):
+        assert lock.read_text() == f"{os.getpid()}\n{socket.gethostname()}\n"
+    assert len(waits) == 1 and not lock.exists()
+
+
 def test_a_nested_claim_in_the_same_process_re_enters(tmp_path):
     out = tmp_path / "run"
     with claim(out, "train embedder", {"a": 1}):

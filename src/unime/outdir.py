@@ -232,12 +232,24 @@ def _lock(folder: Path) -> int:
     return _lock_path(folder / LOCK_NAME, f"output folder {folder}", "choose another --out")
 
 
-def _lock_path(path: Path, what: str, alternative: str) -> int:
-    """An exclusive `flock` on `path` (created if missing) with this pid written in it; `FolderInUse`
-    naming the holder's pid when another process holds it. A lock file may be removed by its holder
-    (single-file outputs remove theirs): a lock won on a file that was unlinked meanwhile is retried."""
-    import fcntl
+def _holder(fd: int) -> tuple[str, str]:
+    """The pid and host a lock file names (its first and second lines; "unknown" where it names none)."""
+    lines = os.pread(fd, 256, 0).decode("ascii", "replace").splitlines()
+    return (lines[0].strip() if lines and lines[0].strip() else "unknown",
+            lines[1].strip() if len(lines) > 1 and lines[1].strip() else "unknown")
 
+
+def _lock_path(path: Path, what: str, alternative: str, *,
+               wait: Callable[[str, str], None] | None = None) -> int:
+    """An exclusive `flock` on `path` (created if missing) with this pid and host written in it; `FolderInUse`
+    naming the holder's pid when another process holds it, or with `wait`: `wait(pid, host)` of the holder, once,
+    then blocks until the holder releases it (the OS releases the lock of a killed holder). A lock file may be
+    removed by its holder (single-file outputs remove theirs): a lock won on a file that was unlinked meanwhile is
+    retried."""
+    import fcntl
+    import socket
+
+    waited = False
     for _ in range(100):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -246,20 +258,45 @@ def _lock_path(path: Path, what: str, alternative: str) -> int:
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 os.close(fd)
                 raise
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise FolderInUse(f"{what} is in use by another unime run (pid {holder}); wait for it to finish or "
-                              f"{alternative}") from None
+            pid, host = _holder(fd)
+            if wait is None:
+                os.close(fd)
+                raise FolderInUse(f"{what} is in use by another unime run (pid {pid}); wait for it to finish or "
+                                  f"{alternative}") from None
+            try:
+                if not waited:
+                    wait(pid, host)
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if same:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{os.getpid()}\n{socket.gethostname()}\n".encode(), 0)
             return fd
         os.close(fd)  # its holder removed it as we opened it: lock the new one
     raise FolderInUse(f"{what}: could not take its lock {path}")
+
+
+@contextlib.contextmanager
+def waiting_lock(path: str | os.PathLike, what: str, wait: Callable[[str, str], None]):
+    """Hold the lock file `path` (`.NAME.unime-lock` beside what it guards, `file_lock_path`) for the `with`
+    block, waiting for its holder when another run holds it (`wait(pid, host)` is called once first); the file is
+    removed at the end. For work that two runs may both want done once (a pretrained model cached per machine):
+    the second run waits, then finds the first one's result."""
+    path = Path(path)
+    fd = _lock_path(path, what, "", wait=wait)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # removed while still held, then unlocked (see `_lock_path`)
+            path.unlink()
+        os.close(fd)
 
 
 # folders this process holds: a nested claim (the CLI claims, then the stage function it calls claims
