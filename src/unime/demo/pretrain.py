@@ -20,6 +20,10 @@ a hidden sibling folder (resumable: a finished stage is not redone, the tagging,
 resume from their last checkpoint; the folder holds the key of its recipe, and another recipe will not take it over
 unless --overwrite discards it); at the end the finished model, then its manifest, are moved into the folder
 (`_publish`: the other entries of a --out folder stay), so that a run killed at any point is finished by its rerun.
+Two runs of the same recipe at once (a demo started twice, two jobs sharing a home's cache) do not share the work
+folder: a lock beside the folder (`.NAME.unime-lock`, `_recipe_lock`), held from the look-up to the publication,
+makes the second wait for the first (saying for whose run, once), then reuse its model; a killed run's lock goes
+with it. (A claimed --out is already locked by the command line: a second run on it is refused at once.)
 
 Why these shapes (measured, see the project notes): at a vision width of 32 or an initialisation std
 of 0.02 the tiny models never route image content to the pooled token (colour classification stays at
@@ -406,6 +410,21 @@ def _work_key(dest: Path) -> str | None:
     return stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
 
 
+def _recipe_lock(dest: Path, what: str, progress: Callable[[str], None]):
+    """The lock of `dest` (`.NAME.unime-lock` beside it, `unime.outdir.waiting_lock`), held from the look-up of a
+    finished model to its publication: a second run of the same recipe (a demo started twice, two jobs sharing a
+    home's cache) waits for the first, saying so once, then reuses its model instead of training in the same work
+    folder. A killed holder's lock is released by the OS (its lock file, left behind, is taken over)."""
+    from unime.outdir import file_lock_path, waiting_lock
+
+    def wait(pid: str, host: str) -> None:
+        progress(f"[pretrain] waiting for pid {pid} on {host}: it is pretraining the {what} of the same recipe in "
+                 f"{_work_path(dest)}; its model will be reused")
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return waiting_lock(file_lock_path(dest), f"pretrained {what} {dest}", wait)
+
+
 def _remove_work(work: Path) -> None:
     """Remove a work folder of unime's, its recipe-key stamp last: a run killed while it removes the folder leaves
     it stamped (or empty), so the rerun recognises it and finishes the removal (`_cached`). (Removed by one rmtree,
@@ -596,77 +615,79 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
     exclude, digest = excluded_signatures(exclude_world) if exclude_world else (set(), "")
     key = recipe.key(digest)
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-{key}"
-    manifest = _cached(dest, key, "base", progress, overwrite=overwrite)
-    if manifest is not None:
-        return PretrainResult(dest, True, manifest)
+    with _recipe_lock(dest, "base", progress):  # a run of the same recipe into `dest`: waited for, then reused
+        manifest = _cached(dest, key, "base", progress, overwrite=overwrite)
+        if manifest is not None:
+            return PretrainResult(dest, True, manifest)
 
-    work = _work_folder(dest, key, "base", overwrite, progress)
-    t0 = time.perf_counter()
-    base = work / "base"
-    if not (base / "config.json").is_file():
-        progress(f"[pretrain] building the {recipe.family} backbone")
-        size = TinySize(hidden=recipe.hidden, layers=recipe.layers, vision_depth=recipe.vision_depth,
-                        vision_hidden=recipe.vision_hidden, vision_heads=recipe.vision_heads,
-                        intermediate=2 * recipe.hidden, init_std=recipe.init_std)
-        build_tiny(recipe.family, base, seed=recipe.seed, size=size)
-    corpus = work / "corpus"
-    _generate_corpus(recipe, corpus, progress)
-    records_path = work / "records.jsonl"
-    records, dropped = corpus_records(corpus, exclude)
-    subset = recipe.contrastive_subset()
-    if subset is not None:
-        unknown = sorted(subset - {r.dataset for r in records})
-        if unknown:
-            raise ValueError(f"contrastive_datasets: no corpus records of {', '.join(unknown)} (the corpus has "
-                             f"{', '.join(sorted({r.dataset for r in records}))})")
-        records = [r for r in records if r.dataset in subset]
-    if not records_path.is_file():
-        write_records(records, records_path)
-    start, captioning, tagging = base, None, None
-    if recipe.tag_steps:
-        from unime.demo import vision_tagging
+        work = _work_folder(dest, key, "base", overwrite, progress)
+        t0 = time.perf_counter()
+        base = work / "base"
+        if not (base / "config.json").is_file():
+            progress(f"[pretrain] building the {recipe.family} backbone")
+            size = TinySize(hidden=recipe.hidden, layers=recipe.layers, vision_depth=recipe.vision_depth,
+                            vision_hidden=recipe.vision_hidden, vision_heads=recipe.vision_heads,
+                            intermediate=2 * recipe.hidden, init_std=recipe.init_std)
+            build_tiny(recipe.family, base, seed=recipe.seed, size=size)
+        corpus = work / "corpus"
+        _generate_corpus(recipe, corpus, progress)
+        records_path = work / "records.jsonl"
+        records, dropped = corpus_records(corpus, exclude)
+        subset = recipe.contrastive_subset()
+        if subset is not None:
+            unknown = sorted(subset - {r.dataset for r in records})
+            if unknown:
+                raise ValueError(f"contrastive_datasets: no corpus records of {', '.join(unknown)} (the corpus has "
+                                 f"{', '.join(sorted({r.dataset for r in records}))})")
+            records = [r for r in records if r.dataset in subset]
+        if not records_path.is_file():
+            write_records(records, records_path)
+        start, captioning, tagging = base, None, None
+        if recipe.tag_steps:
+            from unime.demo import vision_tagging
 
-        start = work / "tagged"
-        if not (start / vision_tagging.METRICS_FILE).is_file():  # written last, in the same rename as the model
-            rows = [(scene.image, vision_tagging.scene_tags(scene)) for scene in corpus_scenes(corpus, exclude)]
-            vision_tagging.train_tagger(base, corpus, rows, start, steps=recipe.tag_steps,
-                                        batch_size=recipe.tag_batch_size, lr=recipe.tag_lr, seed=recipe.seed,
-                                        device=device, attn_implementation=attn_implementation, progress=progress)
-        tagging = vision_tagging.read_metrics(start)
-    if recipe.caption_steps:
-        from unime.demo.captioning import METRICS_FILE, read_metrics, train_captioner
+            start = work / "tagged"
+            if not (start / vision_tagging.METRICS_FILE).is_file():  # written last, in the same rename as the model
+                rows = [(scene.image, vision_tagging.scene_tags(scene)) for scene in corpus_scenes(corpus, exclude)]
+                vision_tagging.train_tagger(base, corpus, rows, start, steps=recipe.tag_steps,
+                                            batch_size=recipe.tag_batch_size, lr=recipe.tag_lr, seed=recipe.seed,
+                                            device=device, attn_implementation=attn_implementation, progress=progress)
+            tagging = vision_tagging.read_metrics(start)
+        if recipe.caption_steps:
+            from unime.demo.captioning import METRICS_FILE, read_metrics, train_captioner
 
-        captioned = work / "captioned"
-        if not (captioned / METRICS_FILE).is_file():  # written last, in the same rename as the model
-            questions = corpus_questions(corpus, exclude, recipe.caption_questions, recipe.seed)
-            train_captioner(start, corpus, corpus_captions(corpus, exclude), captioned, steps=recipe.caption_steps,
-                            batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
-                            device=device, freeze_vision=recipe.freeze_vision, progress=progress,
-                            attn_implementation=attn_implementation, questions=questions)
-        start, captioning = captioned, read_metrics(captioned)
-    trained = work / "embedder"
-    if not (trained / "merged" / "config.json").is_file():
-        progress(f"[pretrain] contrastive pretraining: {recipe.steps} steps of {recipe.batch_size} on "
-                 f"{len(records)} records ({dropped} dropped: they show an excluded scene)")
-        has_checkpoint = (trained / "checkpoints").is_dir() and any((trained / "checkpoints").iterdir())
-        config = EmbedderTrainingConfig(
-            model=str(start), out=str(trained), records=str(records_path), data_root=str(corpus), loss="infonce",
-            hard_negatives=0, in_batch=True, tau=recipe.tau, full=True, freeze_vision=recipe.freeze_vision,
-            batch_size=recipe.batch_size,
-            steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed, device=device,
-            attn_implementation=attn_implementation,
-            save_steps=max(recipe.steps // 4, 1), logging_steps=max(recipe.steps // 20, 1),
-            resume=bool(has_checkpoint))
-        train_embedder(config)
-    metrics = json.loads((trained / "metrics.json").read_text(encoding="utf-8")) \
-        if (trained / "metrics.json").is_file() else {}
-    manifest = {"key": key, "recipe_version": RECIPE_VERSION, "recipe": asdict(recipe),
-                "exclude_world": str(exclude_world) if exclude_world else None, "exclude_digest": digest,
-                "corpus": {"records": len(records), "dropped_excluded_scenes": dropped},
-                "training": {k: metrics.get(k) for k in ("initial_loss", "final_loss", "steps",
-                                                         "final_in_batch_accuracy", "train_runtime") if k in metrics},
-                "tagging": tagging, "captioning": captioning, "seconds": round(time.perf_counter() - t0, 1)}
-    return _publish(dest, trained / "merged", manifest, work, progress, "base")
+            captioned = work / "captioned"
+            if not (captioned / METRICS_FILE).is_file():  # written last, in the same rename as the model
+                questions = corpus_questions(corpus, exclude, recipe.caption_questions, recipe.seed)
+                train_captioner(start, corpus, corpus_captions(corpus, exclude), captioned, steps=recipe.caption_steps,
+                                batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
+                                device=device, freeze_vision=recipe.freeze_vision, progress=progress,
+                                attn_implementation=attn_implementation, questions=questions)
+            start, captioning = captioned, read_metrics(captioned)
+        trained = work / "embedder"
+        if not (trained / "merged" / "config.json").is_file():
+            progress(f"[pretrain] contrastive pretraining: {recipe.steps} steps of {recipe.batch_size} on "
+                     f"{len(records)} records ({dropped} dropped: they show an excluded scene)")
+            has_checkpoint = (trained / "checkpoints").is_dir() and any((trained / "checkpoints").iterdir())
+            config = EmbedderTrainingConfig(
+                model=str(start), out=str(trained), records=str(records_path), data_root=str(corpus), loss="infonce",
+                hard_negatives=0, in_batch=True, tau=recipe.tau, full=True, freeze_vision=recipe.freeze_vision,
+                batch_size=recipe.batch_size,
+                steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed, device=device,
+                attn_implementation=attn_implementation,
+                save_steps=max(recipe.steps // 4, 1), logging_steps=max(recipe.steps // 20, 1),
+                resume=bool(has_checkpoint))
+            train_embedder(config)
+        metrics = json.loads((trained / "metrics.json").read_text(encoding="utf-8")) \
+            if (trained / "metrics.json").is_file() else {}
+        manifest = {"key": key, "recipe_version": RECIPE_VERSION, "recipe": asdict(recipe),
+                    "exclude_world": str(exclude_world) if exclude_world else None, "exclude_digest": digest,
+                    "corpus": {"records": len(records), "dropped_excluded_scenes": dropped},
+                    "training": {k: metrics.get(k) for k in ("initial_loss", "final_loss", "steps",
+                                                             "final_in_batch_accuracy", "train_runtime")
+                                 if k in metrics},
+                    "tagging": tagging, "captioning": captioning, "seconds": round(time.perf_counter() - t0, 1)}
+        return _publish(dest, trained / "merged", manifest, work, progress, "base")
 
 
 def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
@@ -695,45 +716,46 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     exclude_clips, clips_digest = excluded_clip_signatures(exclude_world) if exclude_world else (set(), "")
     key = judge.key(base.manifest["key"], clips_digest if judge.video_clips else "")
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-judge-{key}"
-    manifest = _cached(dest, key, "judge", progress, overwrite=overwrite)
-    if manifest is not None:
-        return PretrainResult(dest, True, manifest)
-    exclude, _ = excluded_signatures(exclude_world) if exclude_world else (set(), "")
-    work = _work_folder(dest, key, "judge", overwrite, progress)
-    t0 = time.perf_counter()
-    corpus = work / "corpus"
-    _generate_corpus(judge.corpus_recipe(recipe), corpus, progress, video_clips=judge.video_clips,
-                     video_frames=judge.video_frames)
-    records_path, stats_path = work / "judge_records.jsonl", work / "judge_records_stats.json"
-    stats: dict = {}
-    # both files, written one after the other: a run killed between the two left the records without their stats
-    # (the rerun failed reading them); the labelled records are drawn again, the same ones (seeded)
-    if not (records_path.is_file() and stats_path.is_file()):
-        kept, _dropped = corpus_records(corpus, exclude)
-        clips, clips_dropped = corpus_video_records(corpus, exclude_clips)
-        # one pool of images and clips, as mining retrieves from when the demo trains on video too
-        labelled = judge_training_records(World.load(corpus).with_records(kept + clips),
-                                          negatives_per_query=judge.negatives, extra_positives=judge.extra_positives,
-                                          seed=judge.seed, stats=stats)
-        stats.update(video_records=len(clips), video_records_dropped_excluded_clips=clips_dropped)
-        write_records(labelled, records_path)
-        with atomic_open(stats_path) as fh:
-            json.dump(stats, fh, indent=1)
-    stats = json.loads(stats_path.read_text(encoding="utf-8"))
-    trained = work / "judge"
-    progress(f"[pretrain] judge pretraining: {judge.steps} steps of {judge.batch_size} records on "
-             f"{stats.get('records')} labelled records")
-    result = train_reranker(RerankerTrainConfig(
-        model=str(base.model), records=[str(records_path)], out=str(trained), role="judge", losses=("pair",),
-        data_root=str(corpus), judge_negatives=judge.negatives, full=True, learning_rate=judge.lr,
-        max_steps=judge.steps, batch_size=judge.batch_size, warmup_steps=judge.warmup, seed=judge.seed,
-        device=device, attn_implementation=attn_implementation,
-        logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
-        holdout=judge.holdout, group_weight=judge.group_weight, video_frames=judge.video_frames))
-    manifest = {"key": key, "recipe_version": RECIPE_VERSION, "judge_recipe": asdict(judge),
-                "base": {"key": base.manifest["key"], "path": str(base.path)},
-                "exclude_world": str(exclude_world) if exclude_world else None, "records": stats,
-                "training": {"steps": result.steps, "first_loss": result.first_loss, "last_loss": result.last_loss,
-                             "loss_levels": result.loss_levels},
-                "heldout": result.heldout, "seconds": round(time.perf_counter() - t0, 1)}
-    return _publish(dest, trained / "merged", manifest, work, progress, "judge")
+    with _recipe_lock(dest, "judge", progress):
+        manifest = _cached(dest, key, "judge", progress, overwrite=overwrite)
+        if manifest is not None:
+            return PretrainResult(dest, True, manifest)
+        exclude, _ = excluded_signatures(exclude_world) if exclude_world else (set(), "")
+        work = _work_folder(dest, key, "judge", overwrite, progress)
+        t0 = time.perf_counter()
+        corpus = work / "corpus"
+        _generate_corpus(judge.corpus_recipe(recipe), corpus, progress, video_clips=judge.video_clips,
+                         video_frames=judge.video_frames)
+        records_path, stats_path = work / "judge_records.jsonl", work / "judge_records_stats.json"
+        stats: dict = {}
+        # both files, written one after the other: a run killed between the two left the records without their stats
+        # (the rerun failed reading them); the labelled records are drawn again, the same ones (seeded)
+        if not (records_path.is_file() and stats_path.is_file()):
+            kept, _dropped = corpus_records(corpus, exclude)
+            clips, clips_dropped = corpus_video_records(corpus, exclude_clips)
+            # one pool of images and clips, as mining retrieves from when the demo trains on video too
+            labelled = judge_training_records(World.load(corpus).with_records(kept + clips),
+                                              negatives_per_query=judge.negatives,
+                                              extra_positives=judge.extra_positives, seed=judge.seed, stats=stats)
+            stats.update(video_records=len(clips), video_records_dropped_excluded_clips=clips_dropped)
+            write_records(labelled, records_path)
+            with atomic_open(stats_path) as fh:
+                json.dump(stats, fh, indent=1)
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+        trained = work / "judge"
+        progress(f"[pretrain] judge pretraining: {judge.steps} steps of {judge.batch_size} records on "
+                 f"{stats.get('records')} labelled records")
+        result = train_reranker(RerankerTrainConfig(
+            model=str(base.model), records=[str(records_path)], out=str(trained), role="judge", losses=("pair",),
+            data_root=str(corpus), judge_negatives=judge.negatives, full=True, learning_rate=judge.lr,
+            max_steps=judge.steps, batch_size=judge.batch_size, warmup_steps=judge.warmup, seed=judge.seed,
+            device=device, attn_implementation=attn_implementation,
+            logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
+            holdout=judge.holdout, group_weight=judge.group_weight, video_frames=judge.video_frames))
+        manifest = {"key": key, "recipe_version": RECIPE_VERSION, "judge_recipe": asdict(judge),
+                    "base": {"key": base.manifest["key"], "path": str(base.path)},
+                    "exclude_world": str(exclude_world) if exclude_world else None, "records": stats,
+                    "training": {"steps": result.steps, "first_loss": result.first_loss, "last_loss": result.last_loss,
+                                 "loss_levels": result.loss_levels},
+                    "heldout": result.heldout, "seconds": round(time.perf_counter() - t0, 1)}
+        return _publish(dest, trained / "merged", manifest, work, progress, "judge")
