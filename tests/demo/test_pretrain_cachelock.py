@@ -89,21 +89,28 @@ def _building(root: Path) -> bool:
     return (root / f".{ENTRY}.work" / pt.WORK_KEY).is_file()
 
 
-@pytest.mark.slow
-def test_the_second_run_of_the_same_recipe_waits_for_the_first_and_reuses_its_model(tmp_path):
-    """Before, the second run found the first one's work folder and 'continued' it while the first was still
-    writing there: both trained in the same folder (or one failed on the other's half-written files)."""
+def _second_while_first_builds(tmp_path: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """Two runs into the cache `tmp_path/cache`, logging to first.log and second.log: the second started once the
+    first has stamped its work folder (while it generates its corpus and trains)."""
     cache = tmp_path / "cache"
-    root = cache / "pretrained"
     (first, go1), (second, go2) = _start(cache, tmp_path / "first.log"), _start(cache, tmp_path / "second.log")
     try:
         go1.touch()
-        _until(lambda: _building(root), "the first run's work folder", first)
+        _until(lambda: _building(cache / "pretrained"), "the first run's work folder", first)
         go2.touch()
     except BaseException:
         _kill(first)
         _kill(second)
         raise
+    return first, second
+
+
+@pytest.mark.slow
+def test_the_second_run_of_the_same_recipe_waits_for_the_first_and_reuses_its_model(tmp_path):
+    """Before, the second run found the first one's work folder and 'continued' it while the first was still
+    writing there: both trained in the same folder (or one failed on the other's half-written files)."""
+    root = tmp_path / "cache" / "pretrained"
+    first, second = _second_while_first_builds(tmp_path)
     out1, out2 = _finish(first, tmp_path / "first.log"), _finish(second, tmp_path / "second.log")
     model = str(root / ENTRY / pt.MODEL_DIR)
     assert out1.strip().splitlines()[-1] == model and out2.strip().splitlines()[-1] == model
@@ -124,18 +131,15 @@ def test_a_killed_first_run_does_not_block_the_second(tmp_path):
     released by the OS) does not make a later run wait either; each run removes its lock file."""
     cache = tmp_path / "cache"
     root = cache / "pretrained"
-    (first, go1), (second, go2) = _start(cache, tmp_path / "first.log"), _start(cache, tmp_path / "second.log")
+    first, second = _second_while_first_builds(tmp_path)
     try:
-        go1.touch()
-        _until(lambda: _building(root), "the first run's work folder", first)
-        go2.touch()
         _until(lambda: "waiting for" in (tmp_path / "second.log").read_text(), "the second run to wait", second)
         assert first.poll() is None and second.poll() is None
     except BaseException:
         _kill(second)
         raise
     finally:
-        _kill(first)
+        _kill(first)  # SIGKILL: its lock goes with it
     out2 = _finish(second, tmp_path / "second.log")
     assert out2.count("waiting for") == 1
     assert "continuing the interrupted base pretraining" in out2 and "[pretrain] base done" in out2
