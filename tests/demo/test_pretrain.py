@@ -78,8 +78,14 @@ def test_pretrain_is_cached_by_recipe_and_deterministic(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("retrained an unchanged recipe")
     monkeypatch.setattr("unime.train.embedder_trainer.train_embedder", no_training)
+
+    def no_lock(*a, **k):  # reusing a finished model writes nothing, not even a lock file: a read-only cache serves
+        raise AssertionError("took the recipe's lock to reuse a finished model")
+    monkeypatch.setattr("unime.outdir.waiting_lock", no_lock)
+    listed = sorted(p.name for p in first.path.parent.iterdir())
     again = pretrain(recipe, progress=lambda m: None)
     assert again.reused and again.path == first.path
+    assert sorted(p.name for p in first.path.parent.iterdir()) == listed
     monkeypatch.undo()
     monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
 

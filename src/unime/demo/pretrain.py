@@ -410,6 +410,20 @@ def _work_key(dest: Path) -> str | None:
     return stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
 
 
+def _published(dest: Path, key: str) -> bool:
+    """`dest` holds the finished model of `key` (its manifest, published last) and neither a work folder nor a lock
+    file beside it: reusing it writes nothing, so it takes no lock (`_recipe_lock`) and a cache the user can only
+    read serves. (A lock file left by a killed run goes the locked way, which removes it.)"""
+    from unime.outdir import file_lock_path
+
+    try:
+        manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("key") == key
+            and not any(os.path.lexists(p) for p in (_work_path(dest), file_lock_path(dest))))
+
+
 def _recipe_lock(dest: Path, what: str, progress: Callable[[str], None]):
     """The lock of `dest` (`.NAME.unime-lock` beside it, `unime.outdir.waiting_lock`), held from the look-up of a
     finished model to its publication: a second run of the same recipe (a demo started twice, two jobs sharing a
@@ -615,6 +629,8 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
     exclude, digest = excluded_signatures(exclude_world) if exclude_world else (set(), "")
     key = recipe.key(digest)
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-{key}"
+    if _published(dest, key):  # reused as it is, no lock taken: a read-only shared cache serves
+        return PretrainResult(dest, True, _cached(dest, key, "base", progress, overwrite=overwrite))
     with _recipe_lock(dest, "base", progress):  # a run of the same recipe into `dest`: waited for, then reused
         manifest = _cached(dest, key, "base", progress, overwrite=overwrite)
         if manifest is not None:
@@ -716,6 +732,8 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
     exclude_clips, clips_digest = excluded_clip_signatures(exclude_world) if exclude_world else (set(), "")
     key = judge.key(base.manifest["key"], clips_digest if judge.video_clips else "")
     dest = Path(out) if out is not None else default_pretrained_root() / f"{recipe.family}-judge-{key}"
+    if _published(dest, key):  # reused as it is, no lock taken (as the base's)
+        return PretrainResult(dest, True, _cached(dest, key, "judge", progress, overwrite=overwrite))
     with _recipe_lock(dest, "judge", progress):
         manifest = _cached(dest, key, "judge", progress, overwrite=overwrite)
         if manifest is not None:
