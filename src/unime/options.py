@@ -13,9 +13,11 @@ giving it explicitly is no change of options (`none_meanings`); `aliases={SPELLI
 names the spellings of one value (`--dtype bfloat16` = `bf16`), no change of options either (`option_aliases`).
 `input_file=True` (not an argparse setting either):
 the option names a file (or files) whose content the run depends on (`input_files`: a trainer's records).
-`at_least=N` / `above=N` / `at_most=N` (not argparse settings either) give a number option's range, and `finite=True`
-refuses inf (`range_problem`): the command line refuses a value outside it as a one-line usage error naming the
-option, before any work, and a config's `check_ranges` does the same from Python.
+`at_least=N` / `above=N` / `at_most=N` (not argparse settings either) give a number option's range, and a float
+value that is NaN or inf is refused whatever the range (`finite=False`: an option where inf means "no limit", which
+says so in its help, takes inf but still not NaN) (`range_problem`): the command line (and an options file, whose
+values go through the command line's parser) refuses a value outside it as a one-line usage error naming the
+option, before any work, and a config's `check_ranges` does the same from Python, naming the field.
 `unime.cli.dataclass_options` generates the options and builds the config from the parsed namespace.
 """
 
@@ -130,26 +132,38 @@ def input_files(config) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in fields(config) if f.metadata.get("input_file")}
 
 
+def _floats(value: Any) -> list[float]:
+    """The floats of `value`: itself, or those of a list / tuple (`--weights 1 inf 0`)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in items if isinstance(v, float)]
+
+
 def range_problem(f: Field, value: Any) -> str | None:
     """What is wrong with `value` for the field `f` by its range (`option(at_least=N)`: value >= N; `above=N`:
-    value > N; `at_most=N`: value <= N; `finite=True`: not inf), e.g. "must be >= 1, got 0"; None when it is in
-    range or None. A default outside the range is a marker the field accepts too (`max_steps=-1`: train by epochs)."""
+    value > N; `at_most=N`: value <= N), e.g. "must be >= 1, got 0", or a float value that is NaN or inf
+    (refused for every field unless it declares `finite=False`, where inf means "no limit": then only NaN is);
+    None when it is in range or None. A default outside the range is a marker the field accepts too
+    (`max_steps=-1`: train by epochs)."""
     md = f.metadata
-    if value is None or isinstance(value, bool) or not {"at_least", "above", "at_most", "finite"} & set(md):
+    if value is None or isinstance(value, bool):
         return None
 
     def outside(v: Any) -> bool:
         return ("at_least" in md and not v >= md["at_least"]) or ("above" in md and not v > md["above"]) or \
             ("at_most" in md and not v <= md["at_most"])
 
-    marker = f.default not in (MISSING, None) and not isinstance(f.default, bool) and outside(f.default)
-    if outside(value) and not (marker and value == f.default):
-        bounds = [f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}" if "above" in md else None,
-                  f"<= {md['at_most']}" if "at_most" in md else None]
-        bound = " and ".join(b for b in bounds if b)
-        return f"must be {bound}{f' (or {f.default!r}, its default)' if marker else ''}, got {value!r}"
-    if md.get("finite") and isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number, got {value!r}"
+    if {"at_least", "above", "at_most"} & set(md):
+        marker = f.default not in (MISSING, None) and not isinstance(f.default, bool) and outside(f.default)
+        if outside(value) and not (marker and value == f.default):
+            bounds = [f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}" if "above" in md else None,
+                      f"<= {md['at_most']}" if "at_most" in md else None]
+            bound = " and ".join(b for b in bounds if b)
+            return f"must be {bound}{f' (or {f.default!r}, its default)' if marker else ''}, got {value!r}"
+    several = isinstance(value, (list, tuple))
+    if md.get("finite", True) and not all(math.isfinite(v) for v in _floats(value)):
+        return f"must be {'finite numbers' if several else 'a finite number'}, got {value!r}"
+    if any(math.isnan(v) for v in _floats(value)):  # `finite=False`: inf is "no limit", NaN nothing
+        return f"must be {'numbers' if several else 'a number'} (inf: no limit), got {value!r}"
     return None
 
 

@@ -423,3 +423,82 @@ def test_train_reasoner_takes_steps_as_the_other_trainers_spell_it(stage):
     base = ["train", "reasoner", "--stage", stage, "--model", "m", "--out", "o"]
     assert parser.parse_args(base + ["--steps", "3"]).max_steps == 3
     assert parser.parse_args(base + ["--max-steps", "3"]).max_steps == 3
+
+
+# -- NaN and inf: refused by every float option unless it declares `finite=False` (inf: "no limit") ---------------
+# (class, field) of the float options that take inf, each saying so in its help; any other is a bug
+INF_MEANS_NO_LIMIT = {("ReferenceConfig", "seconds")}
+
+
+def _config_float_fields():
+    """(class, field, type hint) of every float field (`float`, `float | None`, `tuple[float, ...]`) of every config
+    dataclass of unime declaring its fields with `option` (each module walked, so a new option is covered)."""
+    import importlib
+    import pkgutil
+    import typing
+
+    import unime
+
+    found = {}
+    for m in pkgutil.walk_packages(unime.__path__, "unime."):
+        if m.name.endswith("__main__"):  # runs the command line
+            continue
+        for obj in vars(importlib.import_module(m.name)).values():
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == m.name:
+                hints = typing.get_type_hints(obj)
+                for f in dataclasses.fields(obj):
+                    if "help" in f.metadata and "float" in str(hints[f.name]):
+                        found[(obj.__name__, f.name)] = (obj, f, hints[f.name])
+    return found
+
+
+def test_every_float_option_of_every_config_refuses_nan_and_inf_unless_inf_means_no_limit():
+    """QA: `--lr inf`, `--epochs inf`, GRPO `--temperature inf`, the loss temperatures, β, the demo recipe rates...
+    were accepted (`--tau nan` too: NaN compares False with every bound, and most had no bound); only a few serve
+    options refused inf (`finite=True`). Every float field of every config now refuses NaN, +inf and -inf by its
+    range check (`unime.options.range_problem`: the command line's usage error and `check_ranges`' OptionError),
+    but those declaring `finite=False`, where inf means "no limit" (their help says so), which refuse only NaN."""
+    from unime.options import range_problem
+
+    found = _config_float_fields()
+    assert len(found) > 60 and ("GRPOStageConfig", "temperature") in found and ("PretrainRecipe", "lr") in found
+    for (cls, name), (_, f, hint) in found.items():
+        several = "tuple" in str(hint)
+
+        def value(x):
+            return (x, 1.0, 1.0) if several else x
+
+        assert range_problem(f, value(float("nan"))) is not None, (cls, name)
+        for inf in (float("inf"), float("-inf")):
+            if (cls, name) in INF_MEANS_NO_LIMIT:
+                assert f.metadata.get("finite") is False and "inf" in f.metadata["help"], (cls, name)
+                assert range_problem(f, value(inf)) is None, (cls, name, inf)
+            else:
+                assert range_problem(f, value(inf)) is not None, (cls, name, inf)
+        if isinstance(f.default, (float, tuple)):  # and a default is taken
+            assert range_problem(f, f.default) is None, (cls, name)
+    opted_out = {k for k, (_, f, _) in found.items() if f.metadata.get("finite") is False}
+    assert opted_out == INF_MEANS_NO_LIMIT
+
+
+@pytest.mark.parametrize("value,problem", [
+    (float("nan"), "must be a finite number, got nan"),
+    (float("inf"), "must be a finite number, got inf"),
+    (float("-inf"), "must be a finite number, got -inf"),
+    ((1.0, float("nan")), "must be finite numbers, got (1.0, nan)"),
+    ([float("inf"), 0.0], "must be finite numbers, got [inf, 0.0]"),
+    (1e308, None), (0.0, None), (-2.5, None), (3, None), ("inf", None),
+])
+def test_range_problem_refuses_non_finite_floats_of_a_field_without_range(value, problem):
+    from unime.options import range_problem
+
+    @dataclasses.dataclass
+    class C:
+        x: float = option(1.0, "a float without a range")
+        budget: float = option(60.0, "seconds (inf: no limit)", finite=False)
+
+    f, budget = dataclasses.fields(C)
+    assert range_problem(f, value) == problem
+    # opted out: inf is "no limit", NaN still refused
+    assert range_problem(budget, float("inf")) is None and range_problem(budget, float("-inf")) is None
+    assert range_problem(budget, float("nan")) == "must be a number (inf: no limit), got nan"

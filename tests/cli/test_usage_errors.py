@@ -5,6 +5,7 @@ no traceback (`unime.errors.UsageError`). argparse's own usage errors keep their
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import subprocess
 import sys
@@ -175,6 +176,30 @@ CONFIG_CASES = [
     (["models", "pretrain", "--out", "{tmp}/p", "--warmup", "-1"], "models pretrain: --warmup must be >= 0, got -1.0"),
     (["models", "pretrain-judge", "--out", "{tmp}/p", "--judge-steps", "0"],
      "models pretrain-judge: --judge-steps must be >= 1, got 0"),
+    # QA: NaN and inf were taken by every float option but a few of serve's (NaN compares False with every bound):
+    # `--lr inf`, `--epochs inf`, `--temperature inf`, `--tau nan`... trained on NaN losses or never ended
+    (_T["embedder"] + ["--lr", "inf"], "train embedder: --lr must be a finite number, got inf"),
+    (_T["embedder"] + ["--epochs", "inf"], "train embedder: --epochs must be a finite number, got inf"),
+    (_T["embedder"] + ["--tau", "nan"], "train embedder: --tau must be a finite number, got nan"),
+    (_T["embedder"] + ["--label-tau=-inf"], "train embedder: --label-tau must be a finite number, got -inf"),
+    (_T["sft"] + ["--epochs", "inf"], "train reasoner: --epochs must be a finite number, got inf"),
+    (_T["grpo"] + ["--temperature", "inf"], "train reasoner: --temperature must be a finite number, got inf"),
+    (_T["grpo"] + ["--beta", "inf"], "train reasoner: --beta must be a finite number, got inf"),
+    (_T["grpo"] + ["--weights", "0.05,inf,0.2"],
+     "train reasoner: --weights must be finite numbers, got (0.05, inf, 0.2)"),
+    (_T["judge"] + ["--holdout", "nan"], "train judge: --holdout must be a finite number, got nan"),
+    (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--beta", "inf"],
+     "mine: --beta must be a finite number, got inf"),
+    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--temperature", "nan"],
+     "reason generate: --temperature must be a finite number, got nan"),
+    (["reason", "split", "--records", "r", "--tcots", "t", "--judge", "j", "--out-dir", "{tmp}/s", "--threshold",
+      "inf"], "reason split: --threshold must be a finite number, got inf"),
+    (["models", "pretrain", "--out", "{tmp}/p", "--lr", "inf"],
+     "models pretrain: --lr must be a finite number, got inf"),
+    (["plan", "--model", "m", "--images-per-item", "inf"], "plan: --images-per-item must be a finite number, got inf"),
+    # --seconds inf is "no time limit" (--max-steps only): NaN is still refused
+    (["eval", "reference", "--tasks", "t", "--records", "r", "--out", "{tmp}/ref", "--seconds", "nan"],
+     "eval reference: --seconds must be a number (inf: no limit), got nan"),
     # `data import`'s options, before the collection is read (QA: tracebacks of ValueError)
     (_I + ["--name", "my data"], "data import: --name must be a non-empty word (no spaces or slashes), got 'my data'"),
     (_I + ["--eval-fraction", "1.0"], "data import: --eval-fraction must be > 0 and < 1, got 1.0"),
@@ -435,3 +460,62 @@ def test_an_unknown_optimizer_is_refused_before_the_run_claims_its_folder(tmp_pa
     assert not out.exists()
     for name in ("sgd", "adafactor", OptimizerNames.ADAMW_TORCH.value):
         check_optimizer_name(name)
+
+
+_INF, _NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("config,kwargs,check,message", [
+    ("unime.demo.pretrain:PretrainRecipe", dict(lr=_INF), None, "lr must be a finite number, got inf"),
+    ("unime.demo.pretrain:JudgePretrainRecipe", dict(group_weight=_NAN), None, "group_weight must be >= 0, got nan"),
+    ("unime.eval.reference_config:ReferenceConfig", dict(lr=_INF), None, "lr must be a finite number, got inf"),
+    ("unime.eval.reference_config:ReferenceConfig", dict(seconds=_NAN), None,
+     "seconds must be a number (inf: no limit), got nan"),
+    ("unime.mining.config:MineConfig", dict(records="r", embedder="e", judge="j", out="o", beta=_INF), None,
+     "beta must be a finite number, got inf"),
+    ("unime.embed_rl.grpo:GRPOStageConfig", dict(model="m", records="r", embedder="e", out="o", device="cpu",
+                                                 temperature=_INF), "validate",
+     "temperature must be a finite number, got inf"),
+    ("unime.embed_rl.grpo:GRPOStageConfig", dict(model="m", records="r", embedder="e", out="o", device="cpu",
+                                                 neg_temperature=_NAN), "validate",
+     "neg_temperature must be a finite number, got nan"),
+    ("unime.embed_rl.tcot_embedder:SplitConfig", dict(records="r", tcots="t", judge="j", out_dir="o",
+                                                      threshold=_INF), "check",
+     "threshold must be a finite number, got inf"),
+], ids=lambda v: v.split(":")[1] if isinstance(v, str) and ":" in v else None)
+def test_python_configs_refuse_nan_and_inf_naming_the_field(config, kwargs, check, message):
+    """From Python, a config's check (`check_ranges`, as it is made or validated) refuses NaN and inf as the command
+    line does, naming the field."""
+    import importlib
+
+    from unime.errors import OptionError
+
+    module, name = config.split(":")
+    with pytest.raises(OptionError) as e:
+        made = getattr(importlib.import_module(module), name)(**kwargs)
+        if check:
+            getattr(made, check)()
+    assert str(e.value) == message
+
+
+def test_eval_reference_seconds_inf_is_no_time_limit():
+    """`--seconds inf` (`finite=False`): train until --max-steps, as its help says; the command line takes it."""
+    from unime.eval.reference_config import ReferenceConfig
+
+    assert ReferenceConfig(seconds=float("inf"), max_steps=5).seconds == float("inf")
+    assert "inf: no time limit" in next(f for f in dataclasses.fields(ReferenceConfig)
+                                        if f.name == "seconds").metadata["help"]
+
+
+@pytest.mark.parametrize("yaml_line,line", [
+    ("lr: .inf", "train embedder: --lr must be a finite number, got inf"),
+    ("tau: .nan", "train embedder: --tau must be a finite number, got nan"),
+    ("warmup: -.inf", "train embedder: --warmup must be >= 0, got -inf"),
+    ("max_grad_norm: .Inf", "train embedder: --max-grad-norm must be a finite number, got inf"),
+])
+def test_an_options_file_refuses_nan_and_inf_as_the_command_line_does(yaml_line, line, tmp_path, capsys):
+    """YAML spells inf and NaN `.inf` / `.nan`: a `--config` file's value is refused as the same flag's would be."""
+    (tmp_path / "c.yaml").write_text(yaml_line + "\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in _T["embedder"]]
+    assert main(argv + ["--config", str(tmp_path / "c.yaml")]) == 2
+    assert _error_line(capsys) == line

@@ -17,7 +17,8 @@ class ReferenceConfig:
     """The reference's training and model settings (recorded in its result folder); the fields with an option
     are options of `unime eval reference`."""
 
-    seconds: float = option(120.0, "wall-clock training budget (default %(default)s)")
+    seconds: float = option(120.0, "wall-clock training budget (default %(default)s; inf: no time limit, "
+                            "--max-steps only)", finite=False)
     max_steps: int = option(100_000, "step limit (default %(default)s)")  # whichever of the two comes first
     batch_size: int = option(64, "training batch size (in-batch negatives)", at_least=2)
     lr: float = option(2e-3, "learning rate", at_least=0)
