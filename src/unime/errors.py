@@ -164,11 +164,14 @@ def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict |
 
 
 def refuse_changed_options(out, before: dict, now: dict, keys: list[str],
-                           flags: dict[str, str] | None = None, *, out_flag: str = "--out") -> ChangedOptions:
+                           flags: dict[str, str] | None = None, *, out_flag: str = "--out",
+                           resumes: bool = True) -> ChangedOptions:
     """The one refusal wording of a re-run with other options (trainers, mining, eval, data synth). `flags`
     ({key: its option flag}, `unime.options.option_flags`): a key is named by the option the user gives
     (QA: `learning_rate` for --lr). A path typed alike that names another file from another working directory
-    says from where (`WORKING_DIR`). `out_flag`: the command's option naming `out` (`reason split`: --out-dir)."""
+    says from where (`WORKING_DIR`). `out_flag`: the command's option naming `out` (`reason split`: --out-dir).
+    `resumes=False`: the command has no run to continue (`reason split` / `reason eval` run again from the start
+    under the same options), and the wording says so."""
     import json
     import os
 
@@ -182,5 +185,6 @@ def refuse_changed_options(out, before: dict, now: dict, keys: list[str],
         return f"{before.get(k)!r} -> {now.get(k)!r}"
 
     shown = ", ".join(f"{flags.get(k, k)}: {change(k)}" for k in keys)
-    return ChangedOptions(f"{out} holds a run with other options ({shown}); re-run with the same options to "
-                          f"continue it, pass --overwrite to start over, or choose another {out_flag}")
+    same = "re-run with the same options to continue it, pass --overwrite to start over" if resumes else \
+        "re-run with the same options, pass --overwrite to replace its outputs"
+    return ChangedOptions(f"{out} holds a run with other options ({shown}); {same}, or choose another {out_flag}")

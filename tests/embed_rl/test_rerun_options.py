@@ -40,9 +40,10 @@ def test_reason_split_with_another_threshold_is_refused_unless_overwrite(image_w
     capsys.readouterr()
 
     assert main(_argv(image_world, tiny_model_dir, "reason split", out, "--threshold", "0.7")) == 2
-    # QA: it said "choose another --out", an option `reason split` does not have
+    # QA: it said "choose another --out", an option `reason split` does not have; and "re-run with the same options
+    # to continue it", a split having nothing to continue (the same options run it again)
     assert _error(capsys) == (f"unime: error: {out} holds a run with other options (--threshold: 0.6 -> 0.7); re-run "
-                              "with the same options to continue it, pass --overwrite to start over, or choose "
+                              "with the same options, pass --overwrite to replace its outputs, or choose "
                               "another --out-dir")
     assert _outputs(out) == first  # nothing replaced
     assert json.loads(first["reason_run.json"])["options"]["threshold"] == 0.6
@@ -68,7 +69,7 @@ def test_reason_eval_with_other_max_new_tokens_is_refused_and_summary_records_ge
 
     assert main(argv + ["--max-new-tokens", "2"]) == 2
     assert _error(capsys) == (f"unime: error: {out} holds a run with other options (--max-new-tokens: 3 -> 2); "
-                              "re-run with the same options to continue it, pass --overwrite to start over, or choose "
+                              "re-run with the same options, pass --overwrite to replace its outputs, or choose "
                               "another --out")
     assert _outputs(out) == first
     assert json.loads(first["summary.json"])["meta"]["generation"] == {"max_new_tokens": 3, "do_sample": False,

@@ -228,7 +228,8 @@ def refuse_other_options(cfg, *, overwrite: bool) -> None:
     keys = changed_config_options(before, now, ("out_dir", *inert), cfg)
     if keys and not overwrite:
         flags = option_flags(cfg)  # `reason split` names its folder --out-dir, `reason eval` --out
-        raise refuse_changed_options(cfg.out_dir, before, now, keys, flags, out_flag=flags["out_dir"])
+        raise refuse_changed_options(cfg.out_dir, before, now, keys, flags, out_flag=flags["out_dir"],
+                                     resumes=False)  # nothing to continue: the same options run it again
     if keys:
         log.warning("%s: options changed (%s); --overwrite: replacing the outputs", cfg.out_dir, ", ".join(keys))
 
