@@ -216,3 +216,48 @@ def test_all_linear_adapts_the_language_model_only_unless_vision_is_asked(tiny_m
     assert vision_linears
     both = adapted(_stage_lora(trainer, load(path), lora_targets=("all-linear",), lora_vision=True))
     assert both == DECODER | vision_linears, sorted(both ^ (DECODER | vision_linears))
+
+
+@pytest.mark.parametrize("trainer", ["embedder", "reranker", "judge", "reasoner sft"])
+def test_lora_vision_without_vision_targets_is_refused_before_the_model_loads(trainer, tmp_path, tiny_model_dir,
+                                                                              capsys, monkeypatch):
+    """--lora-vision with the default targets on Qwen2-VL (vision blocks: qkv, proj, fc1, fc2) adapts no vision
+    module: refused from the folder's config.json, before the checkpoint loads (it was refused after a whole load),
+    with the message `apply_lora` gives on the loaded model."""
+    pytest.importorskip("trl")
+    from tests.train.helpers import trainer_argv
+    from unime.cli import main
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", no_load)
+    out = tmp_path / "out"
+    assert main([*trainer_argv(trainer, tmp_path, tiny_model_dir), "--out", str(out), "--lora-vision"]) == 2
+    err = capsys.readouterr().err
+    assert "--lora-vision: the targets ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', " \
+           "'down_proj'] match no vision-tower module of Qwen2VLForConditionalGeneration" in err
+    assert "the model was loaded" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("family, targets, refused", [
+    ("qwen2_vl", ("q_proj", "v_proj"), True), ("qwen2_vl", ("q_proj", "qkv"), False),
+    ("qwen2_5_vl", ("gate_proj",), False), ("qwen3_vl", ("down_proj",), True),
+    ("qwen3_vl", ("linear_fc1",), False), ("qwen2_vl", ("all-linear",), False)])
+def test_the_check_before_loading_agrees_with_apply_lora(family, targets, refused, tiny_model_dir):
+    """The check from config.json refuses exactly what `apply_lora` refuses on the loaded model, same message."""
+    from unime.models.lora import refuse_lora_vision_without_vision_targets
+
+    path = tiny_model_dir(family)
+    settings = LoraSettings(r=4, alpha=8, dropout=0.0, targets=targets, vision=True)
+    if not refused:
+        refuse_lora_vision_without_vision_targets(path, settings)
+        apply_lora(load(path), settings)
+        return
+    with pytest.raises(UsageError) as before:
+        refuse_lora_vision_without_vision_targets(path, settings)
+    with pytest.raises(UsageError) as after:
+        apply_lora(load(path), settings)
+    assert str(before.value) == str(after.value)
+    assert "match no vision-tower module" in str(before.value)

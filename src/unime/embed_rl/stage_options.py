@@ -57,9 +57,12 @@ class ReasonerStageOptions(ImageOptions, VideoOptions):
         run cannot train on (`trainer_device`), and ModelError for full fine-tuning (--lora-r 0) of an adapter folder,
         before any work: before the run claims its output folder."""
         from unime.models.loading import trainer_device
-        from unime.models.lora import refuse_full_fine_tuning_of_adapter
+        from unime.models.lora import (LoraSettings, refuse_full_fine_tuning_of_adapter,
+                                       refuse_lora_vision_without_vision_targets)
 
         check_ranges(self)
         trainer_device(getattr(self, "device", None))  # both stages' configs add --device (`DeviceOptions`)
         if getattr(self, "lora_r", None) == 0:  # both stages' configs add the LoRA options (rank 0: full)
             refuse_full_fine_tuning_of_adapter(self.model, "--lora-r 0")
+        elif hasattr(self, "lora_targets"):
+            refuse_lora_vision_without_vision_targets(self.model, LoraSettings.from_options(self))

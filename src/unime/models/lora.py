@@ -142,12 +142,48 @@ def apply_lora(model, settings: LoraSettings, *, modules_to_save: Sequence[str] 
             from None
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
     if settings.vision and all("language_model" in n for n in adapted):
-        raise UsageError(f"--lora-vision: the targets {list(settings.targets)} match no vision-tower module of "
-                         f"{type(model).__name__} (vision blocks: Qwen2-VL qkv, proj, fc1, fc2; Qwen3-VL qkv, "
-                         "proj, linear_fc1, linear_fc2)")
+        raise _no_vision_target(settings, type(model).__name__)
     if not any(p.requires_grad for p in peft_model.parameters()):
         raise UsageError(f"LoRA targets {list(settings.targets)} matched no module of {type(model).__name__}")
     return peft_model
+
+
+def _no_vision_target(settings: LoraSettings, model_class: str) -> UsageError:
+    return UsageError(f"--lora-vision: the targets {list(settings.targets)} match no vision-tower module of "
+                      f"{model_class} (vision blocks: Qwen2-VL qkv, proj, fc1, fc2; Qwen3-VL qkv, "
+                      "proj, linear_fc1, linear_fc2)")
+
+
+def refuse_lora_vision_without_vision_targets(source: str | None, settings: LoraSettings) -> None:
+    """`apply_lora`'s refusal of --lora-vision with targets that name no module of the vision tower, asked before
+    any model is loaded (it came after the whole checkpoint had loaded: a minute or more on CPU): the module names
+    of the --model folder's architecture, built from its config.json alone on the meta device. A trainer's config
+    checks it in its `validate`. Not decided here (left to `apply_lora`): all-linear, a hub id, a PEFT adapter (its
+    own LoRA settings are trained on), a config no model class is built from."""
+    from pathlib import Path
+
+    from unime.models.loading import is_peft_adapter, trained_model_folder
+
+    if not settings.vision or settings.all_linear or not source:
+        return
+    folder = trained_model_folder(source)
+    if is_peft_adapter(folder) or not (Path(folder) / "config.json").is_file():
+        return
+    try:
+        import torch
+        from transformers import AutoConfig
+
+        from unime.models.known_checkpoints import meta_model
+
+        with torch.device("meta"):
+            model = meta_model(AutoConfig.from_pretrained(folder))
+    except Exception:  # noqa: BLE001 - an architecture not built here is checked after loading, as before
+        log.debug("--lora-vision targets of %s not checked before loading", source, exc_info=True)
+        return
+    pattern = re.compile(settings.target_modules())
+    names = [n for n, m in model.named_modules() if not list(m.children()) and pattern.fullmatch(n)]
+    if all("language_model" in n for n in names):
+        raise _no_vision_target(settings, type(model).__name__)
 
 
 def _merge_first(source: str, full_option: str) -> ModelError:

@@ -16,7 +16,8 @@ from unime.models.hf_arguments import TrainerArgOptions, deepspeed_setting, grad
 from unime.models.image_budget import ImageOptions
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import DeviceOptions, dtype_choices, dtype_option
-from unime.models.lora import EMBEDDER_LORA_OPTIONS, refuse_full_fine_tuning_of_adapter
+from unime.models.lora import (EMBEDDER_LORA_OPTIONS, LoraSettings, refuse_full_fine_tuning_of_adapter,
+                               refuse_lora_vision_without_vision_targets)
 from unime.options import check_ranges, lr_scheduler_option, on_error_option, option
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
@@ -135,6 +136,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
             raise UnimeError("no training records given")
         if self.full:
             refuse_full_fine_tuning_of_adapter(self.model)
+        else:
+            refuse_lora_vision_without_vision_targets(self.model, LoraSettings.from_options(self))
         deepspeed = self.gradcache and deepspeed_setting(
             {key.strip(): value for key, _, value in (str(a).partition("=") for a in self.trainer_arg)})
         if deepspeed:

@@ -51,7 +51,7 @@ from unime.models.hf_arguments import (TrainerArgOptions, gradient_checkpointing
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
 from unime.models.loading import DeviceOptions, checkpoint_image_loader, dtype_option, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
-                               refuse_full_fine_tuning_of_adapter)
+                               refuse_full_fine_tuning_of_adapter, refuse_lora_vision_without_vision_targets)
 from unime.options import check_ranges, on_error_option, option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
@@ -448,6 +448,8 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
         trainer_device(self.device)  # before the run claims its folder, as every check here
         if self.full:
             refuse_full_fine_tuning_of_adapter(self.model)
+        else:
+            refuse_lora_vision_without_vision_targets(self.model, LoraSettings.from_options(self))
         return self
 
 
