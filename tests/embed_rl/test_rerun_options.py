@@ -17,6 +17,11 @@ def image_world(tmp_path_factory):
     return write_image_world(tmp_path_factory.mktemp("rerun_options"))
 
 
+# a greedy decoding's settings, every one stated (`unime.models.generation.decoding_kwargs`), as JSON reads them
+GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "typical_p": 1.0,
+          "min_p": None, "temperature": None, "top_p": None, "top_k": None}
+
+
 def _argv(image_world, tiny_model_dir, command: str, out, *extra: str) -> list[str]:
     return [a.replace("{out}", str(out)) for a in embed_rl_commands(image_world, tiny_model_dir)[command]] + list(extra)
 
@@ -72,10 +77,28 @@ def test_reason_eval_with_other_max_new_tokens_is_refused_and_summary_records_ge
                               "re-run with the same options, pass --overwrite to replace its outputs, or choose "
                               "another --out")
     assert _outputs(out) == first
-    assert json.loads(first["summary.json"])["meta"]["generation"] == {"max_new_tokens": 3, "do_sample": False,
+    assert json.loads(first["summary.json"])["meta"]["generation"] == {"max_new_tokens": 3, **GREEDY,
                                                                        "num_samples": 1, "batch_size": 4}
     assert main(argv + ["--max-new-tokens", "2", "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["meta"]["generation"]["max_new_tokens"] == 2
+
+
+def test_reason_eval_records_the_decoding_it_used_and_the_chat_settings_of_the_reasoner_it_ignored(
+        image_world, tiny_model_dir, tmp_path):
+    """`meta.generation` of `reason eval` said do_sample False only, though a Qwen2-VL-Instruct reasoner's
+    generation_config carries chat defaults (repetition_penalty 1.05, ...) a decoding took before it stated its own.
+    It records every setting of the greedy decoding used, and the checkpoint's settings it ignored (as `reason
+    generate` records them in its chunks' key); none for a checkpoint without them."""
+    from tests.models.helpers import with_chat_generation_config
+
+    chat = with_chat_generation_config(tiny_model_dir("qwen2_vl"), tmp_path / "chat")
+    argv = _argv(image_world, tiny_model_dir, "reason eval", tmp_path / "eval")
+    argv = argv[:argv.index("--tcots")] + argv[argv.index("--tcots") + 2:]
+    assert main(argv + ["--tcots", "reasoner", "--reasoner", chat, "--max-new-tokens", "2", "--batch-size", "4"]) == 0
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["meta"]["generation"] == {
+        "max_new_tokens": 2, **GREEDY, "num_samples": 1, "batch_size": 4,
+        "ignored_checkpoint_decoding": {"do_sample": True, "top_k": 1, "top_p": 0.001, "temperature": 0.01,
+                                        "repetition_penalty": 1.05}}
 
 
 def test_reason_eval_without_tcots_runs_again_under_options_it_does_not_read(image_world, tiny_model_dir, tmp_path,

@@ -383,6 +383,21 @@ def reasoner_tcot_fn(reasoner, *, max_new_tokens: int | None = None, show_progre
     return fn
 
 
+def reasoner_eval_generation(reasoner, *, max_new_tokens: int | None, batch_size: int) -> dict[str, Any]:
+    """How `reasoner_tcot_fn` decodes, as `reason eval` records it in summary.json's `meta.generation`: one greedy
+    T-CoT per item with every setting of the decoding stated (`decoding_kwargs`: no repetition penalty, ...), and the
+    reasoner checkpoint's generation_config settings it ignores (its chat defaults, `ignored_checkpoint_decoding`)
+    when there are any, as `reason generate` records them in its chunks' key."""
+    from unime.models.generation import decoding_kwargs, ignored_checkpoint_decoding
+
+    out = {"max_new_tokens": max_new_tokens, **decoding_kwargs(do_sample=False), "num_samples": 1,
+           "batch_size": batch_size}
+    ignored = ignored_checkpoint_decoding(reasoner.model.generation_config)
+    if ignored:
+        out["ignored_checkpoint_decoding"] = ignored
+    return out
+
+
 def teacher_tcot_fn(teacher):
     """Oracle T-CoTs from the demo world's annotation teacher — reads ground truth: an upper bound only."""
     def fn(items, sides):
@@ -509,7 +524,7 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
                                    attn_implementation=cfg.attn_implementation)
     emb.image_loader = loader
     remb = ReasonedEmbedder(emb)
-    fn = None
+    fn, generation = None, None
     if tcots == "reasoner":
         from unime.reasoning.reasoner import Reasoner
 
@@ -517,6 +532,7 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
                                             image_budget=budget, attn_implementation=cfg.attn_implementation)
         reasoner.image_loader = loader
         fn = reasoner_tcot_fn(reasoner, max_new_tokens=cfg.max_new_tokens, show_progress=show_progress)
+        generation = reasoner_eval_generation(reasoner, max_new_tokens=cfg.max_new_tokens, batch_size=batch_size)
     elif tcots == "teacher":
         from unime.reasoning.teacher import AnnotationTeacher
 
@@ -532,9 +548,7 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
             "skipped_tasks_other_formats": skipped, "device": emb.device,
             "video_sampling": dataclasses.asdict(sampling) if sampling is not None else None,
             "image_budget": emb.image_budget.to_dict(), "visual_tokens_encoded": emb.visual_tokens,
-            # how the reasoner wrote the T-CoTs (`reasoner_tcot_fn`: greedy, one per item)
-            "generation": {"max_new_tokens": cfg.max_new_tokens, "do_sample": False, "num_samples": 1,
-                           "batch_size": batch_size} if tcots == "reasoner" else None}
+            "generation": generation}  # how the reasoner wrote the T-CoTs (`reasoner_eval_generation`)
     record_options(cfg)
     summary = report.write_run(out_dir, run, meta=meta)
     with atomic_open(Path(out_dir) / "tcots.jsonl") as fh:
