@@ -292,7 +292,7 @@ def test_a_judge_run_killed_between_its_labelled_records_and_their_stats_is_fini
 
     seen = []
 
-    def training(config):
+    def training(config, **_):
         seen.append(config)
         raise Stop
     monkeypatch.setattr("unime.train.reranker_trainer.train_reranker", training)
@@ -324,7 +324,7 @@ def test_a_judge_run_killed_while_it_removed_its_work_folder_leaves_none_after_t
     class Killed(Exception):
         pass
 
-    def training(config):  # the judge's training, stubbed: a finished run's merged model
+    def training(config, **_):  # the judge's training, stubbed: a finished run's merged model
         (Path(config.out) / "merged").mkdir(parents=True)
         (Path(config.out) / "merged" / "model.safetensors").write_bytes(b"weights")
         return types.SimpleNamespace(steps=4, first_loss=1.0, last_loss=0.5, loss_levels=None, heldout=None)
@@ -355,7 +355,7 @@ def test_a_rerun_of_an_interrupted_judge_says_it_continues_and_what_it_kept(tmp_
     class Stop(Exception):
         pass
 
-    def training(config):
+    def training(config, **_):
         raise Stop
     monkeypatch.setattr("unime.train.reranker_trainer.train_reranker", training)
     recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
@@ -369,3 +369,34 @@ def test_a_rerun_of_an_interrupted_judge_says_it_continues_and_what_it_kept(tmp_
     assert "continuing" not in first
     assert (f"[pretrain] continuing the interrupted judge pretraining in {tmp_path / '.judge.work'} (kept there: "
             "corpus, judge_records.jsonl, judge_records_stats.json;") in rerun
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_rerun_that_finds_its_judge_trained_names_what_trains_it_again(tmp_path, monkeypatch, caplog, overwrite):
+    """QA: after a `unime models pretrain-judge` whose publication was killed, the rerun's trainer logged "this judge
+    run is finished ... (--overwrite starts it over)"; but pretrain-judge --overwrite with the same recipe publishes
+    the judge its work folder holds as it is (as without it). Now the line says what does: removing the work
+    folder."""
+    from unime.models import run_state
+    from unime.train import reranker_trainer
+
+    class Published(Exception):
+        pass
+
+    def finished(out, options, **_):  # the judge's training finished in the work folder before the kill
+        (Path(out) / reranker_trainer.METADATA_FILE).write_text(json.dumps({"role": "judge", "steps": 4}))
+        return True
+
+    def publish(*a, **k):
+        raise Published
+    monkeypatch.setattr(run_state, "check_run", finished)
+    monkeypatch.setattr(pt, "_publish", publish)
+    recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
+    base = pt.PretrainResult(tmp_path / "base", True, {"key": recipe.key()})  # not loaded: the training is finished
+    with caplog.at_level(logging.INFO, logger=reranker_trainer.log.name), pytest.raises(Published):
+        pt.pretrain_judge(judge, recipe, out=tmp_path / "judge", base=base, progress=lambda m: None,
+                          overwrite=overwrite)
+    said = [r.getMessage() for r in caplog.records if "is finished" in r.getMessage()]
+    work = tmp_path / ".judge.work"
+    assert said == [f"{work / 'judge'}: this judge run is finished (4 steps); nothing to do (it is published as it "
+                    f"is; to train it again, remove {work})"]

@@ -769,7 +769,9 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
             max_steps=judge.steps, batch_size=judge.batch_size, warmup_steps=judge.warmup, seed=judge.seed,
             device=device, attn_implementation=attn_implementation,
             logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
-            holdout=judge.holdout, group_weight=judge.group_weight, video_frames=judge.video_frames))
+            holdout=judge.holdout, group_weight=judge.group_weight, video_frames=judge.video_frames),
+            # a finished judge in the work folder is published as it is, --overwrite or not (the same recipe)
+            finished_hint=f"it is published as it is; to train it again, remove {work}")
         manifest = {"key": key, "recipe_version": RECIPE_VERSION, "judge_recipe": asdict(judge),
                     "base": {"key": base.manifest["key"], "path": str(base.path)},
                     "exclude_world": str(exclude_world) if exclude_world else None, "records": stats,

@@ -522,16 +522,17 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
     return groups, n_records, root
 
 
-def train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
+def train_reranker(cfg: RerankerTrainConfig, *, finished_hint: str = "--overwrite starts it over") -> TrainResult:
     """Train a reranker (or, with role='judge', a judge) and write it to `cfg.out` (see the module doc), in
     an output folder the run owns and holds locked (`unime.outdir`). Re-running continues from the last
     complete checkpoint, reports a finished run without training, and refuses changed options
-    (`unime.models.run_state`); `overwrite` starts over."""
+    (`unime.models.run_state`); `overwrite` starts over. `finished_hint`: what the report of a finished run says
+    starts it over, for the command that runs the training (`unime models pretrain-judge`: not its --overwrite)."""
     from unime.outdir import claim_on_main_process
 
     check_reranker_options(cfg)
     with claim_on_main_process(cfg.out, f"train {cfg.role}", _run_options(cfg), overwrite=cfg.overwrite):
-        return _train_reranker(cfg)
+        return _train_reranker(cfg, finished_hint)
 
 
 def check_reranker_options(cfg: RerankerTrainConfig) -> RerankerTrainConfig:
@@ -584,7 +585,7 @@ def lora_model(model, cfg: RerankerTrainConfig):
                           full_option="--full", modules_to_save=cfg.train_modules, task_type="CAUSAL_LM")
 
 
-def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
+def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult:
     import torch
 
     from unime.data.skips import SkipReport
@@ -603,8 +604,8 @@ def _train_reranker(cfg: RerankerTrainConfig) -> TrainResult:
     # (`run_state.plan_run`, below, records the inputs and, under --overwrite, removes the earlier checkpoints)
     if run_state.check_run(out, _run_options(cfg), **plan_options):
         meta = json.loads((out / METADATA_FILE).read_text())
-        log.info("%s: this %s run is finished (%s steps); nothing to do (--overwrite starts it over)", out,
-                 meta.get("role"), meta.get("steps"))
+        log.info("%s: this %s run is finished (%s steps); nothing to do (%s)", out, meta.get("role"),
+                 meta.get("steps"), finished_hint)
         return TrainResult(out=str(out), role=meta.get("role", cfg.role), examples=meta.get("examples", 0),
                            records=meta.get("records", 0), skipped=meta.get("skipped", 0), steps=meta.get("steps", 0),
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
