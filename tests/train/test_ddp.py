@@ -56,7 +56,8 @@ def _compare(one: Path, two: Path, steps: int) -> None:
     assert [r["step"] for r in c1] == [r["step"] for r in c2] == list(range(1, steps + 1))
     for r1, r2 in zip(c1, c2):
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
-        assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
+        # the norm sums every gradient: the all-reduce's summation order moves it by ~1e-5 (CI: 376.7112 vs 376.7159)
+        assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-4)
         assert r1["grad_norm"] > 0
     a = load_file(one / "adapter" / "adapter_model.safetensors")
     b = load_file(two / "adapter" / "adapter_model.safetensors")
@@ -417,7 +418,8 @@ def test_an_interrupted_global_batch_run_continues_on_another_number_of_processe
     assert [r["step"] for r in curves] == [r["step"] for r in straight_curves] == [1, 2, 3, 4]
     for r1, r2 in zip(straight_curves, curves):
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
-        assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
+        # the norm sums every gradient: the all-reduce's summation order moves it by ~1e-5 (CI: 376.7112 vs 376.7159)
+        assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-4)
     _same_weights(straight, load_file(run / "adapter" / "adapter_model.safetensors"))
 
 
