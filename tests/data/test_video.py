@@ -1011,6 +1011,85 @@ def test_an_audio_file_in_a_one_entry_frame_list_is_said_to_have_no_video_stream
         loader.load("voice.m4a")
 
 
+def _with_cover_art(path: Path, *, video: bool = True, audio: bool = False, cover_first: bool = False) -> Path:
+    """An MP4 with a cover art stream (a green 40 x 30 JPEG of disposition ``attached_pic``, as yt-dlp
+    --embed-thumbnail and iTunes write it: FFmpeg's ``covr`` atom) and, with `video`, an H.264 stream of
+    `_mux_red_frames`' 20 frames at 10 fps (64 x 48); with `audio`, a second of silence. `cover_first`: the ``udta``
+    box holding the cover is moved before the tracks in ``moov`` (which follows ``mdat``, so no offset moves), and
+    FFmpeg lists the cover as the first video stream."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    c = av.open(str(path), "w", format="mp4")
+    cover = c.add_stream("mjpeg")
+    cover.width, cover.height, cover.pix_fmt = 40, 30, "yuvj420p"
+    cover.disposition = av.stream.Disposition.attached_pic
+    if video:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        _mux_red_frames(c, s, 20)
+    if audio:
+        _mux_silence(c, c.add_stream("aac", rate=48000), 1.0)
+    jpeg = io.BytesIO()
+    Image.new("RGB", (40, 30), (0, 200, 0)).save(jpeg, "JPEG")
+    packet = av.Packet(jpeg.getvalue())
+    packet.stream, packet.pts, packet.dts = cover, 0, 0
+    c.mux(packet)
+    c.close()
+    if cover_first:
+        data = bytearray(path.read_bytes())
+
+        def boxes(start: int, end: int) -> list[tuple[bytes, int, int]]:
+            out = []
+            while start < end:
+                size = struct.unpack(">I", data[start:start + 4])[0]
+                out.append((bytes(data[start + 4:start + 8]), start, size))
+                start += size
+            return out
+
+        [(_, at, size)] = [b for b in boxes(0, len(data)) if b[0] == b"moov"]
+        kids = sorted(boxes(at + 8, at + size), key=lambda b: {b"mvhd": 0, b"udta": 1}.get(b[0], 2))
+        data[at + 8:at + size] = b"".join(bytes(data[i:i + n]) for _, i, n in kids)
+        path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("cover_first", [False, True])
+def test_a_video_with_cover_art_is_its_video_stream_and_cover_art_alone_is_no_video(tmp_path, cover_first):
+    """A file with an embedded thumbnail (a video stream of disposition attached_pic, one JPEG) is its real video:
+    its 20 frames at 10 fps, probed and decoded, whichever stream FFmpeg lists first; the cover first was decoded
+    as a one-frame "video" (and then failed on a TypeError). Cover art without a video is no video."""
+    from unime.data.io import ImageChecker
+    from unime.data.video import probe_video_file
+
+    path = _with_cover_art(tmp_path / "clip.mp4", cover_first=cover_first)
+    with av.open(str(path)) as c:  # the file is what the test means: the cover is where it says
+        kinds = [(s.codec_context.name, bool(s.disposition & av.stream.Disposition.attached_pic))
+                 for s in c.streams.video]
+    assert kinds == ([("mjpeg", True), ("h264", False)] if cover_first else [("h264", False), ("mjpeg", True)])
+    loader = ImageLoader(tmp_path)
+    probe_video_file(loader, "clip.mp4")
+    FRAME_CACHE.clear()
+    v = loader.load_video(["clip.mp4"])
+    assert (v.fps, v.total_frames, v.duration) == (10.0, 20, 2.0)
+    assert v.frame_indices == tuple(uniform_indices(20, 8)) and v.frames[0].size == (64, 48)
+    assert [round(_red(f) / 12) for f in v.frames] == list(v.frame_indices)  # frame i has red 12 * i
+    FRAME_CACHE.clear()
+    for name, kwargs in (("cover.mp4", {}), ("song.m4a", {"audio": True})):
+        _with_cover_art(tmp_path / name, video=False, **kwargs)
+        item = Item.from_dict({"video": name})
+        message = f"v.jsonl, record 3, field 'video': video {name} has no video stream except cover art"
+        with pytest.raises(DataError) as e:
+            loader.load_video(item.video, source="v.jsonl", record=3, field="video")
+        assert str(e.value) == message
+        for decode in (True, False):
+            with pytest.raises(DataError, match="has no video stream except cover art"):
+                ImageChecker(loader, decode_video=decode).check_item("query", item, source="v.jsonl", record=3)
+    FRAME_CACHE.clear()
+
+
 def _ftyp(major: bytes, *compatible: bytes) -> bytes:
     """An ISO-BMFF file's leading ``ftyp`` box: its size, the major brand, minor version 0, the compatible brands."""
     body = major + b"\0\0\0\0" + b"".join(compatible)

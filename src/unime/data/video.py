@@ -643,9 +643,30 @@ def _video_duration(container, stream) -> tuple[float | None, bool]:
     tagged = _matroska_duration(stream)
     if tagged is not None:
         return tagged, True
-    if container.duration is not None:
-        return container.duration / 1_000_000, len(container.streams) == 1
+    if container.duration is not None:  # a cover art's picture has no duration: it does not make it longer
+        return container.duration / 1_000_000, sum(not _cover_art(s) for s in container.streams) == 1
     return None, False
+
+
+# FFmpeg's AV_DISPOSITION_ATTACHED_PIC: a stream that is one picture (a file's cover art, a thumbnail embedded by
+# yt-dlp --embed-thumbnail or iTunes), not a video, though FFmpeg lists it among the video streams
+_ATTACHED_PIC = 0x0400
+
+
+def _cover_art(stream) -> bool:
+    """Whether `stream` is a file's cover art (its disposition ``attached_pic``)."""
+    return bool(int(getattr(stream, "disposition", 0) or 0) & _ATTACHED_PIC)
+
+
+def _video_stream(container, fail, name: str):
+    """The container's video: its first video stream that is not cover art (`_cover_art`, which may come first);
+    a file whose only video streams are cover art (an audio file with its album art) has none."""
+    streams = container.streams.video
+    stream = next((s for s in streams if not _cover_art(s)), None)
+    if stream is None:
+        raise fail(f"video {name} has no video stream except cover art" if streams else
+                   f"video {name} has no video stream")
+    return stream
 
 
 # the suffix of FFmpeg's demuxers of still images (png_pipe, jpeg_pipe, webp_pipe, ...: its image2pipe family), the
@@ -655,15 +676,13 @@ _IMAGE_DEMUXER = "_pipe"
 
 def _stream_header(container, sampling: VideoSampling, fail, name: str,
                    max_aspect_ratio: float | None = None) -> _StreamHeader:
-    """The first video stream of an open container, checked by the module's rules from its header alone (no
-    frame decoded): a stream, a frame size (within `max_aspect_ratio`) and rate, a duration and a frame count
-    within the limits."""
+    """The video stream of an open container (`_video_stream`: its first one, cover art aside), checked by the
+    module's rules from its header alone (no frame decoded): a stream, a frame size (within `max_aspect_ratio`) and
+    rate, a duration and a frame count within the limits."""
     fmt = container.format.name or ""
     if fmt.endswith(_IMAGE_DEMUXER):  # it announces no frames, no duration: say what the file is
         raise fail(f"video {name} is an image file ({fmt[:-len(_IMAGE_DEMUXER)].upper()}), not a video")
-    if not container.streams.video:
-        raise fail(f"video {name} has no video stream")
-    stream = container.streams.video[0]
+    stream = _video_stream(container, fail, name)
     width, height = stream.codec_context.width, stream.codec_context.height
     _check_frame_size(width, height, sampling, fail, name, max_aspect_ratio)
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -853,7 +872,7 @@ def decode_video(data: bytes | BinaryIO, sampling: VideoSampling, *, name: str =
         try:
             container.seek(0, stream=h.stream)
             return _sample_video(container, h, sampling, total, total / h.fps, None, fail, name)
-        except (_ShortStream, _av_errors()) as e:
+        except (_ShortStream, *_av_errors()) as e:  # a nested tuple is no exception class: a TypeError
             raise fail(f"corrupt video {name}: it decoded {total} frames once, not again: {e}") from None
 
 
