@@ -850,3 +850,48 @@ def test_import_refuses_or_skips_an_image_over_the_processors_aspect_ratio(tmp_p
     assert not (tmp_path / "b" / "images" / "banner.png").exists()
     assert "banner" not in "".join(p.read_text() for p in (tmp_path / "b").rglob("*.jsonl"))
     assert main(["data", "check", str(tmp_path / "b" / "train" / "records.jsonl")]) == 0
+
+
+def test_inline_image_bytes_are_named_by_their_content_a_heic_image_too(tmp_path, monkeypatch):
+    """QA: the bytes of a HEIC image (a dataset column of bytes), which PIL here cannot read, were written as
+    `images/NAME.png`, and the loader's refusal named that .png. HEIF / HEIC / AVIF bytes are named by their ``ftyp``
+    brands; every other format keeps the name it had (the format PIL reads)."""
+    from PIL import Image, features
+
+    import unime.data.images as images_module
+    from unime.data.collections import CaptionedImage
+    from unime.data.import_collection import place_images
+    from unime.data.skips import ErrorPolicy, SkipReport
+
+    monkeypatch.setitem(images_module._PLUGINS_LOADED, "pillow_heif", False)  # as where pillow-heif is not installed
+
+    def ftyp(major: bytes, *compatible: bytes) -> bytes:  # an ISO-BMFF file's ``ftyp`` box, then a ``meta`` box
+        body = major + b"\0\0\0\0" + b"".join(compatible)
+        return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body + b"\0\0\0\x20meta" + bytes(24)
+
+    def encoded(fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format=fmt)
+        return buf.getvalue()
+
+    payloads = {"a": encoded("PNG"), "b": encoded("JPEG"), "c": encoded("WEBP"), "d": encoded("GIF"),
+                "e": encoded("BMP"), "f": encoded("TIFF"), "h": ftyp(b"heic", b"mif1", b"heic"),
+                "i": ftyp(b"mif1", b"mif1", b"heic"), "j": ftyp(b"mif1", b"mif1", b"miaf"), "k": b"not an image"}
+    expected = {"a": ".png", "b": ".jpg", "c": ".webp", "d": ".gif", "e": ".bmp", "f": ".tiff", "h": ".heic",
+                "i": ".heic", "j": ".heif", "k": ".png"}
+    if features.check("avif"):
+        payloads["g"], expected["g"] = encoded("AVIF"), ".avif"
+    images = [CaptionedImage(id=k, image=v, captions=[f"photo {k}"], source="data.parquet", record=f"row {n}",
+                             name_hint=f"{k}.bin") for n, (k, v) in enumerate(payloads.items(), 1)]
+    policy = ErrorPolicy("skip", SkipReport(max_examples=10), "import")
+    placed, wrote = place_images(images, tmp_path, policy)
+    readable = {k for k in payloads if k not in "hijk"}
+    assert {rel for _, rel in placed} == {f"images/{k}{expected[k]}" for k in readable}
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(f"{k}{expected[k]}" for k in readable)
+    shown = {e.record: e.message for e in policy.skips.examples}
+    assert sorted(shown) == ["row 10", "row 7", "row 8", "row 9"]
+    for k, row in (("h", 7), ("i", 8)):  # the loader's error names the file as written, and what to install
+        assert shown[f"row {row}"] == (f"data.parquet, record row {row}, field 'image': image images/{k}.heic is a "
+                                       "HEIF / HEIC image, which PIL cannot read without the pillow-heif package "
+                                       "(pip install pillow-heif)")
+    assert "image images/j.heif is a HEIF / HEIC image" in shown["row 9"]

@@ -83,6 +83,23 @@ def _image_plugin(head: bytes) -> tuple[str, str, str] | None:
         else _HEIF_PLUGIN
 
 
+# the brands of a HEIF image coded in HEVC (ISO/IEC 23008-12), the files an iPhone names .heic; other HEIF: .heif
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis"})
+
+
+def iso_image_suffix(head: bytes) -> str | None:
+    """The file extension of the ISO-BMFF still image that `head` starts, by its brands (`_image_plugin`): ".avif",
+    ".heic" (HEVC: `_HEIC_BRANDS`) or ".heif"; None for any other file. PIL reads some of them only with a plugin
+    (or not at all), so their bytes cannot be named by the format PIL reports."""
+    plugin = _image_plugin(head)
+    if plugin is None:
+        return None
+    if plugin is _AVIF_PLUGIN:
+        return ".avif"
+    major, compatible = ftyp_brands(head)
+    return ".heic" if ({major} | compatible) & _HEIC_BRANDS else ".heif"
+
+
 def _pil_reads_avif() -> bool:
     """Whether this Pillow reads AVIF itself (built with libavif: Pillow 11.2 and later)."""
     from PIL import features

@@ -56,12 +56,12 @@ from typing import Any, Sequence
 from unime.data.atomic import atomic_open
 from unime.data.collections import CaptionedImage, CollectionSource
 from unime.data.eval_formats import MMEBRow, write_mmeb
-from unime.data.images import ImageLoader
+from unime.data.images import ImageLoader, iso_image_suffix
 from unime.data.io import write_records
 from unime.data.items import Item, Record
 from unime.data.roots import write_data_root
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
-from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO, is_video_file_ref
+from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO, SIGNATURE_BYTES, is_video_file_ref
 from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
 from unime.errors import WORKING_DIR, DataError, OptionError, with_working_dir
 from unime.options import check_ranges, on_error_option, option
@@ -131,10 +131,16 @@ def classify_query(path: str) -> Item:
 # -- placing and checking images -------------------------------------------------------------------------
 
 def _image_suffix(data: bytes) -> str:
+    """The file extension of an image's bytes: a HEIF / HEIC or AVIF image's by its brands (`iso_image_suffix`; PIL
+    may not read it, and the name must not depend on a plugin), any other's by the format PIL reads (".jpg" for a
+    JPEG), ".png" when PIL reads none (the loader then says what is wrong with it)."""
     import io
 
     from PIL import Image
 
+    suffix = iso_image_suffix(data[:SIGNATURE_BYTES])
+    if suffix is not None:
+        return suffix
     try:
         fmt = (Image.open(io.BytesIO(data)).format or "png").lower()
     except Exception:  # decoded (and reported) by the loader below
