@@ -1208,6 +1208,86 @@ def test_an_apng_or_animated_webp_or_avif_is_a_video_as_an_animated_gif_is(tmp_p
     FRAME_CACHE.clear()
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_a_too_long_animation_is_refused_naming_the_file_and_the_limit_before_its_frames_are_decoded(tmp_path, fmt,
+                                                                                                    monkeypatch):
+    """QA: an APNG or animated WebP had every frame decoded to read its delays (a 10,000-frame one in full) before
+    the duration limit refused it, as a "corrupt video"; its header probe checked its frame size alone. Its delays are
+    now read from its chunks: a duration over the limit, or more frames than the limit at 100 frames per second, is
+    refused by the probe and the decoder alike, naming the file and the limit, without decoding a frame (PIL's
+    frame reading is made to fail here to show it is not reached)."""
+    from PIL import Image
+
+    from unime.data.io import ImageChecker
+    from unime.data.video import probe_video_file
+
+    frames = [Image.new("RGB", (32, 24), (6 * i, 0, 0)) for i in range(40)]  # 40 frames of 0.25 s: 10 s
+    frames[0].save(tmp_path / "long.bin", format=fmt, save_all=True, append_images=frames[1:], duration=250, loop=0,
+                   **({"lossless": True} if fmt == "WEBP" else {}))
+    loader = ImageLoader(tmp_path)
+    monkeypatch.setattr(Image.Image, "load", lambda self: (_ for _ in ()).throw(AssertionError("a frame decoded")))
+    item = Item.from_dict({"video": "long.bin"})
+    for sampling, message in (
+            (VideoSampling(max_duration_s=9.0), "video long.bin lasts over the limit 9 s: its first 37 of 40 frames "
+                                                "last 9.2 s"),
+            (VideoSampling(max_duration_s=0.25), "video long.bin has 40 frames, over the limit 25 (0.25 s at 100 "
+                                                 "frames per second, the fastest an animation is taken to play)")):
+        loader.video_sampling = sampling
+        FRAME_CACHE.clear()
+        with pytest.raises(DataError) as e:
+            loader.load_video(item.video, source="v.jsonl", record=2, field="video")
+        assert str(e.value) == f"v.jsonl, record 2, field 'video': {message}"
+        with pytest.raises(DataError) as e:
+            probe_video_file(loader, "long.bin", sampling, source="v.jsonl", record=2, field="video")
+        assert str(e.value) == f"v.jsonl, record 2, field 'video': {message}"
+        for decode in (True, False):
+            with pytest.raises(DataError, match="over the limit"):
+                ImageChecker(loader, decode_video=decode).check_item("query", item, source="v.jsonl", record=2)
+    FRAME_CACHE.clear()
+
+
+def test_an_animation_s_delays_read_from_its_chunks_are_pil_s_and_sample_the_frames_pil_s_reading_samples(tmp_path):
+    """The delays `_chunk_delays` reads from an APNG's fcTL / an animated WebP's ANMF chunks are those PIL gives after
+    decoding each frame (a default image before an APNG's animation: a frame without one; a fraction of a
+    millisecond; a delay of 0), and the frames sampled with them are those sampled with PIL's reading (every frame
+    decoded), pixel for pixel, at a constant and at a variable frame rate."""
+    from unittest import mock
+
+    from PIL import Image
+
+    import unime.data.video as video
+
+    frames = [Image.new("RGB", (32, 24), (20 * i, 5 * i, 90)) for i in range(12)]
+    files = {"const.png": ({}, "PNG"), "frac.png": ({"duration": 100 / 3}, "PNG"),
+             "vary.png": ({"duration": [40, 0, 250, 100, 1000, 60, 70, 80, 90, 20, 30, 110]}, "PNG"),
+             "default.png": ({"duration": [50 + 10 * i for i in range(11)], "default_image": True}, "PNG"),
+             "const.webp": ({"lossless": True}, "WEBP"),
+             "vary.webp": ({"duration": [40, 0, 250, 100, 1000, 60, 70, 80, 90, 20, 30, 110], "lossless": True},
+                           "WEBP")}
+    for name, (kwargs, fmt) in files.items():
+        path = tmp_path / name
+        frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], loop=0,
+                       **{"duration": 80, **kwargs})
+        with Image.open(path) as img:
+            pil = []
+            for i in range(img.n_frames):
+                img.seek(i)
+                img.load()
+                pil.append(img.info.get("duration"))
+            with path.open("rb") as fh:
+                assert video._chunk_delays(fh, img.format, img.n_frames) == pil, name
+        assert len(set(pil)) > 1 or name.startswith(("const", "frac"))
+        assert (pil[0] is None) == (name == "default.png")  # PIL's default image is a frame without a delay
+        for sampling in (VideoSampling(), VideoSampling(num_frames=None, fps=3.0)):
+            read = video.decode_video(path.read_bytes(), sampling, name=name)
+            with mock.patch.object(video, "_chunk_delays", return_value=None):  # PIL's reading of the delays
+                decoded = video.decode_video(path.read_bytes(), sampling, name=name)
+            assert decoded.decoded_frames == len(pil) and read.decoded_frames == max(read.frame_indices) + 1
+            assert (read.frame_indices, read.fps, read.total_frames, read.frame_times, read.span) == (
+                decoded.frame_indices, decoded.fps, decoded.total_frames, decoded.frame_times, decoded.span), name
+            assert [f.tobytes() for f in read.frames] == [f.tobytes() for f in decoded.frames], name
+
+
 def _heic(path: Path) -> Path:
     """A HEIC file's first boxes by hand (an ``ftyp`` of brand heic, a ``meta`` box): PIL here reads no HEIC."""
     path.write_bytes(_ftyp(b"heic", b"mif1", b"heic") + b"\0\0\0\x20meta" + bytes(24))

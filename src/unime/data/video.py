@@ -5,7 +5,9 @@ one video file (a path given alone, ``{"video": "clips/x.m2ts"}``, whatever its 
 video extension such as ``clips/x.mp4``, or a list's one entry holding a video, an animated GIF, APNG, WebP or
 AVIF or a media container PIL cannot read: `is_one_video_file`; or the file's bytes inline). An APNG's, animated
 WebP's or animated AVIF's frames are PIL's (FFmpeg reads one frame of them or none), at their delays:
-`_decode_animation`.
+`_decode_animation`; an APNG's and a WebP's delays are read from their chunks, no frame decoded, and one of more
+frames than ``max_duration_s`` at 100 frames per second or lasting longer is refused before a frame is decoded, by
+the header probe too (`_animation_delays`).
 `load_video` turns either into a `Video`: the sampled frames (RGB PIL images) plus what the model's
 processor needs to place them in time (source frame rate, the sampled frame indices).
 
@@ -773,27 +775,99 @@ def _rgb_frame(img):
     return out
 
 
-def _decode_animation(img, sampling: VideoSampling, fail, name: str, max_aspect_ratio: float | None) -> Video:
-    """The sampled frames of PIL's animated image `img` (`_open_animation`), as a clip is sampled: its frames at
-    their delays (a frame without one lasts `_DEFAULT_FRAME_DELAY_MS`); equal delays are a constant frame rate, sampled
-    by frame number, unequal ones a variable frame rate, sampled uniformly in time (``frame_rule="uniform"``) as a
-    variable frame-rate clip is (`time_uniform_indices`, the frames' own times)."""
+# the fastest an animation is taken to play (GIF's finest delay, 10 ms): an animation of more frames than
+# ``max_duration_s`` of them at this rate is refused from its frame count, before a delay is read
+_ANIMATION_MAX_FPS = 100
+
+
+def _chunk_delays(fh: BinaryIO, fmt: str, n_frames: int) -> list[float | None] | None:
+    """Each frame's delay (ms; None: none given) of an APNG (its ``fcTL`` chunks; a default image shown before the
+    animation, an ``IDAT`` before the first ``fcTL``, is a frame without one) or an animated WebP (its ``ANMF``
+    chunks), as PIL gives them (``info["duration"]``, which it knows once it has decoded the frames before: every
+    pixel of the file), read from the chunk headers alone, `fh` left where it was. None for another format, or when
+    the chunks do not give `n_frames` delays (PIL's reading then)."""
+    at = fh.tell()
+    delays: list[float | None] = []
+    try:
+        if fmt == "PNG":
+            fh.seek(8)
+            while (head := fh.read(8)) and len(head) == 8 and head[4:] != b"IEND":
+                length = int.from_bytes(head[:4], "big")
+                if head[4:] == b"fcTL":
+                    body = fh.read(length)
+                    if len(body) < 26:
+                        return None
+                    num, den = int.from_bytes(body[20:22], "big"), int.from_bytes(body[22:24], "big")
+                    delays.append(num / (den or 100) * 1000)  # PIL's rule: a denominator of 0 is 100
+                    length = 0
+                elif head[4:] == b"IDAT" and not delays:
+                    delays.append(None)  # the default image, shown before the animation: a frame of PIL's
+                fh.seek(length + 4, os.SEEK_CUR)  # the data, then the CRC
+        elif fmt == "WEBP":
+            fh.seek(12)
+            while len(head := fh.read(8)) == 8:
+                size = int.from_bytes(head[4:], "little")
+                if head[:4] == b"ANMF":
+                    body = fh.read(16)
+                    if len(body) < 16:
+                        return None
+                    delays.append(int.from_bytes(body[12:15], "little"))
+                    size -= 16
+                fh.seek(size + (size & 1), os.SEEK_CUR)  # a chunk is padded to an even size
+        else:
+            return None
+    except (OSError, ValueError):
+        return None
+    finally:
+        fh.seek(at)
+    return delays if len(delays) == n_frames else None
+
+
+def _animation_delays(img, data: bytes | BinaryIO | None, sampling: VideoSampling, fail, name: str, *,
+                      decode: bool = True) -> tuple[list[float], float, bool] | None:
+    """The frame delays (ms; a frame without one lasts `_DEFAULT_FRAME_DELAY_MS`) of PIL's animated image `img`,
+    their sum (summed in order, exactly) and whether PIL decoded every frame to give them,
+    read from `data` (the file `img` was opened on, bytes or an open file) by `_chunk_delays` without decoding, else
+    by PIL, which decodes every frame to give them (`decode`; without it, None). Refused, naming the file and the
+    limit: more frames than ``max_duration_s`` at `_ANIMATION_MAX_FPS` (from the header), a duration over
+    ``max_duration_s`` (as soon as the frames read pass it)."""
+    n = img.n_frames
+    most = int(sampling.max_duration_s * _ANIMATION_MAX_FPS)
+    if n > most:
+        raise fail(f"video {name} has {n} frames, over the limit {most} ({sampling.max_duration_s:g} s at "
+                   f"{_ANIMATION_MAX_FPS} frames per second, the fastest an animation is taken to play)")
+    fh = io.BytesIO(data) if isinstance(data, bytes) else data
+    given = _chunk_delays(fh, img.format, n) if fh is not None else None
+    if given is None and not decode:
+        return None
+    delays: list[float] = []  # milliseconds, summed exactly
+    lasts = 0.0
+    for i in range(n):
+        if given is None:
+            try:
+                img.seek(i)
+                img.load()  # a WebP frame's duration is known once it is decoded
+            except (OSError, ValueError, SyntaxError, EOFError) as e:
+                raise fail(f"corrupt video {name}: {e}") from None
+        ms = given[i] if given is not None else img.info.get("duration")
+        delays.append(ms if ms and ms > 0 else _DEFAULT_FRAME_DELAY_MS)
+        lasts += delays[-1]
+        if lasts > sampling.max_duration_s * 1000:
+            raise fail(f"video {name} lasts over the limit {sampling.max_duration_s:.0f} s: its first {i + 1} of {n} "
+                       f"frames last {lasts / 1000:.1f} s")
+    return delays, lasts, given is None
+
+
+def _decode_animation(img, sampling: VideoSampling, fail, name: str, max_aspect_ratio: float | None,
+                      data: bytes | BinaryIO | None = None) -> Video:
+    """The sampled frames of PIL's animated image `img` (`_open_animation`, on `data`), as a clip is sampled: its
+    frames at their delays (`_animation_delays`); equal delays are a constant frame rate, sampled by frame number,
+    unequal ones a variable frame rate, sampled uniformly in time (``frame_rule="uniform"``) as a variable
+    frame-rate clip is (`time_uniform_indices`, the frames' own times)."""
     from PIL import Image
 
     _check_frame_size(*img.size, sampling, fail, name, max_aspect_ratio)
-    delays: list[float] = []  # milliseconds, summed exactly
-    lasts = 0.0
-    try:
-        for i in range(img.n_frames):
-            img.seek(i)
-            img.load()  # a WebP frame's duration is known once it is decoded
-            ms = img.info.get("duration")
-            delays.append(ms if ms and ms > 0 else _DEFAULT_FRAME_DELAY_MS)
-            lasts += delays[-1]
-            if lasts > sampling.max_duration_s * 1000:
-                raise fail(f"video {name} lasts over the limit {sampling.max_duration_s:.0f} s")
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise fail(f"corrupt video {name}: {e}") from None
+    delays, lasts, decoded_all = _animation_delays(img, data, sampling, fail, name)
     total, span = len(delays), lasts / 1000
     fps = 1000 / delays[0] if len(set(delays)) == 1 else total / span
     # each frame's start (seconds from the first), when the delays differ: a variable frame rate
@@ -813,7 +887,7 @@ def _decode_animation(img, sampling: VideoSampling, fail, name: str, max_aspect_
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise fail(f"corrupt video {name}: {e}") from None
     return pad_frames(Video(frames=tuple(decoded[i] for i in wanted), fps=fps, frame_indices=tuple(wanted),
-                            total_frames=total, source=name, decoded_frames=total,
+                            total_frames=total, source=name, decoded_frames=total if decoded_all else max(wanted) + 1,
                             frame_times=times and tuple(times[i] for i in wanted), span=span if times else None))
 
 
@@ -839,7 +913,7 @@ def decode_video(data: bytes | BinaryIO, sampling: VideoSampling, *, name: str =
     animation = _open_animation(data, sampling, name, fail)
     if animation is not None:
         with animation:
-            return _decode_animation(animation, sampling, fail, name, max_aspect_ratio)
+            return _decode_animation(animation, sampling, fail, name, max_aspect_ratio, data)
     with _open_container(data, sampling, name, fail) as container:
         h = _stream_header(container, sampling, fail, name, max_aspect_ratio)
         index = _packet_index(container, h.stream)
@@ -931,8 +1005,10 @@ def probe_video_file(loader: FrameLoader, ref: Any, sampling: VideoSampling | No
         limit = getattr(loader, "max_aspect_ratio", None)
         animation = _open_animation(data, sampling, name, fail)
         if animation is not None:
-            with animation:
-                return _check_frame_size(*animation.size, sampling, fail, name, limit)
+            with animation:  # its frame count, and its duration where its chunks give it without decoding
+                _check_frame_size(*animation.size, sampling, fail, name, limit)
+                _animation_delays(animation, data, sampling, fail, name, decode=False)
+                return None
         with _open_container(data, sampling, name, fail) as container:
             _stream_header(container, sampling, fail, name, limit)
 
