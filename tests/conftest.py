@@ -113,3 +113,23 @@ def _private_unime_cache(tmp_path_factory):
     if "UNIME_CACHE_DIR" not in os.environ:
         os.environ["UNIME_CACHE_DIR"] = str(tmp_path_factory.mktemp("unime_cache"))
     yield
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+
+
+@pytest.fixture
+def image_sha1_reads(monkeypatch):
+    """The image files whose sha1 is computed (`unime.data.image_digests.file_sha1`, the digests of a run's key), in
+    order; not a model's files (its fingerprint, by a module that may have taken `file_sha1` before this patch)."""
+    from unime.data import image_digests
+
+    reads, real = [], image_digests.file_sha1
+
+    def counted(path):
+        if str(path).lower().endswith(IMAGE_SUFFIXES):
+            reads.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(image_digests, "file_sha1", counted)
+    return reads

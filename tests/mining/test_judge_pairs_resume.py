@@ -46,7 +46,8 @@ def scored_chunks(monkeypatch):
 
 
 def _score(pairs, labels, out):
-    return pairs_mod.score_pairs_file(str(pairs), str(out), JudgeSpec(path=str(labels)), backend="oracle")
+    return pairs_mod.score_pairs_file(str(pairs), str(out), JudgeSpec(path=str(labels), data_root=str(pairs.parent)),
+                                      backend="oracle")
 
 
 def test_a_killed_judge_run_resumes_from_its_finished_chunks_and_writes_the_uninterrupted_output(tmp_path,
@@ -135,3 +136,84 @@ def test_the_work_folder_appears_with_a_chunk_keeps_the_users_files_and_a_foreig
         assert _score(pairs, labels, out) == 10
     assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # unime's files gone, the user's kept
     assert "notes.txt" in caplog.text
+
+
+def _image_inputs(folder, n=7):
+    """`_inputs` whose candidates show one of 3 images (img/0.png ...; 3 image files, read once each for the key)."""
+    import numpy as np
+    from PIL import Image
+
+    (folder / "img").mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((8, 8, 3), 60 * k, dtype=np.uint8)).save(folder / "img" / f"{k}.png")
+    pairs, labels = folder / "pairs.jsonl", folder / "labels.jsonl"
+
+    def cand(i):
+        return {"text": f"candidate {i}", "images": [f"img/{i % 3}.png"]}
+
+    pairs.write_text("".join(json.dumps({"id": f"p{i}", "query": {"text": f"query {i % 2}"}, "candidate": cand(i)})
+                             + "\n" for i in range(n)))
+    labels.write_text("".join(json.dumps({"query": {"text": f"query {i % 2}"}, "candidate": cand(i), "score": i / 10})
+                              + "\n" for i in range(n)))
+    return pairs, labels
+
+
+def test_a_resumed_judge_run_reads_no_image_again_for_its_key_and_a_changed_image_still_changes_it(
+        tmp_path, scored_chunks, image_sha1_reads, caplog):
+    """QA: the key of `unime judge`'s chunks hashed every image of the pairs at every run, so the re-run of a killed
+    run over a million images read them all again just to find its key unchanged. Their digests are kept in the work
+    folder (by path, size and mtime) with the chunks: the re-run reads none, and writes the uninterrupted output; an
+    image touched is read again and keeps the key (same bytes), one whose bytes changed changes it."""
+    scored, kill_after = scored_chunks
+    pairs, labels = _image_inputs(tmp_path)
+    assert _score(pairs, labels, tmp_path / "whole.jsonl") == 7  # 3 chunks (3 + 3 + 1)
+    assert len(image_sha1_reads) == 3
+    whole = (tmp_path / "whole.jsonl").read_bytes()
+    assert [json.loads(x)["score"] for x in whole.decode().splitlines()] == pytest.approx([i / 10 for i in range(7)])
+
+    out = tmp_path / "scores.jsonl"
+    work = work_folder(out)
+    image_sha1_reads.clear()
+    scored.clear()
+    kill_after[0] = 1
+    with pytest.raises(Killed):
+        _score(pairs, labels, out)
+    assert len(image_sha1_reads) == 3  # nothing kept from the finished run: its work folder went with its output
+    assert sorted(p.name for p in work.iterdir()) == ["chunk-00000.npy", "image_digests.tsv", KEY_FILE]
+
+    image_sha1_reads.clear()
+    scored.clear()
+    kill_after[0] = 1  # the second chunk scored, then killed
+    with pytest.raises(Killed):
+        _score(pairs, labels, out)
+    assert image_sha1_reads == []  # resumed: no image read for the key
+    assert scored[-1] == ["candidate 3", "candidate 4", "candidate 5"]
+
+    import os
+    img1 = tmp_path / "img" / "1.png"
+    st = os.stat(img1)
+    os.utime(img1, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes, another mtime
+    image_sha1_reads.clear()
+    scored.clear()
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert _score(pairs, labels, out) == 7
+    assert image_sha1_reads == [str(img1.resolve())]  # the touched image only, and the key is the same: resumed
+    assert f"{out}: resuming: 2 of 3 chunks done before" in caplog.text and scored == [["candidate 6"]]
+    assert out.read_bytes() == whole
+    assert not work.exists()  # the output written: the chunks and the digests are gone
+
+    scored.clear()
+    kill_after[0] = 1
+    with pytest.raises(Killed):
+        _score(pairs, labels, out)
+    img1.write_bytes(img1.read_bytes() + b"\0")  # other bytes (a PNG still): the key changes
+    image_sha1_reads.clear()
+    scored.clear()
+    caplog.clear()
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert _score(pairs, labels, out) == 7
+    assert image_sha1_reads == [str(img1.resolve())]
+    assert "1 discarded, starting over" in caplog.text and len(scored) == 3
+    assert out.read_bytes() == whole and not work.exists()

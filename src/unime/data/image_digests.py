@@ -25,14 +25,15 @@ def file_sha1(path: str | os.PathLike) -> str:
 
 
 class ImageDigests:
-    """sha1 of image files, memoised in memory and (with `cache_file`) on disk by (path, size, mtime)."""
+    """sha1 of image files, memoised in memory and (with `cache_file`) on disk by (path, size, mtime). `read=False`:
+    the digests `cache_file` holds are not read (a file unime cannot tell for its own), only written by `save`."""
 
-    def __init__(self, cache_file: str | os.PathLike | None = None):
+    def __init__(self, cache_file: str | os.PathLike | None = None, *, read: bool = True):
         self.cache_file = Path(cache_file) if cache_file else None
         self._memo: dict[tuple[str, int, int], str] = {}
         self.hashed = 0  # files read in this process (0 on a re-run with nothing changed)
         self._dirty = False
-        if self.cache_file is not None and self.cache_file.is_file():
+        if read and self.cache_file is not None and self.cache_file.is_file():
             for line in self.cache_file.read_text(encoding="utf-8", errors="replace").splitlines():
                 parts = line.rsplit("\t", 3)
                 if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():

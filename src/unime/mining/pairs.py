@@ -23,7 +23,7 @@ from unime.data.items import Item
 from unime.data.pairs import read_pairs
 from unime.errors import DataError, same_path_value
 from unime.mining.backends import JudgeOptions, JudgeSpec, judge_models, make_backend
-from unime.models.chunk_work import ChunkWork
+from unime.models.chunk_work import ChunkWork, work_digests
 from unime.options import on_error_option, option
 
 # pairs per chunk, the unit of resumption: each finished chunk's scores are kept in the work folder beside the output
@@ -84,8 +84,10 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
         pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker), None
     if not pairs:
         raise DataError("no pairs to score", source=pairs_path)
-    work = ChunkWork(out_path, "judge", pairs_work_key(pairs, spec, backend, backend_options, checker.loader),
-                     rows=len(pairs), per_chunk=PAIRS_PER_CHUNK)
+    digests = work_digests(out_path)  # a re-run of a killed run reads no image again for its key
+    work = ChunkWork(out_path, "judge", pairs_work_key(pairs, spec, backend, backend_options, checker.loader,
+                                                       digests=digests),
+                     rows=len(pairs), per_chunk=PAIRS_PER_CHUNK, digests=digests)
     work.open()
     todo = work.todo()
     if todo:
@@ -135,12 +137,13 @@ def query_groups(pairs: list[tuple[Any, Item, Item]]) -> list[tuple[Item, list[I
 
 
 def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend: str, backend_options: dict | None,
-                   loader) -> dict[str, Any]:
+                   loader, *, digests=None) -> dict[str, Any]:
     """What the scores of `pairs` depend on, the key of `score_pairs_file`'s finished chunks: the pairs scored (their
     items, in order) and the bytes of their images, the judge by its content, the backend and its options, and the
     judge's settings that change scores (not how many continuations a forward runs or what its image cache keeps;
     the attention kernel is the machine's choice, as for `unime mine`: `unime.mining.manifest.FREE_OPTIONS`). The
-    image paths are resolved by `loader`, the one the pairs were checked with."""
+    image paths are resolved by `loader`, the one the pairs were checked with, their bytes known from `digests` (the
+    work folder's, `unime.models.chunk_work.work_digests`; default: each image read)."""
     from unime.data.image_digests import ImageDigests, digest_items
     from unime.mining.manifest import judge_fingerprint
     from unime.models.embedding_cache import model_fingerprint
@@ -150,7 +153,8 @@ def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend
     for _, q, c in pairs:
         listed.update(f"{q.key}\t{c.key}\n".encode())
     return {"pairs": listed.hexdigest(),
-            "images": digest_items((it for _, q, c in pairs for it in (q, c)), loader, ImageDigests()),
+            "images": digest_items((it for _, q, c in pairs for it in (q, c)), loader,
+                                  digests if digests is not None else ImageDigests()),
             "judge": judge_fingerprint(spec.path),
             "adapter": model_fingerprint(spec.adapter_path) if spec.adapter_path else None,
             "backend": backend,

@@ -6,7 +6,10 @@ output folder: `unime.mining.stages.run_judge`); a single-file command has no fo
 
 Layout: `unime-work.json` (the key file: the command, the output's name, the job's key, the chunk count) and
 `chunk-00000.npy`, ... A chunk is written with `unime.data.atomic.atomic_path`: a killed write leaves a
-`.chunk-*.tmp-*` sibling, removed by the next run.
+`.chunk-*.tmp-*` sibling, removed by the next run. `image_digests.tsv`: the sha1 of the input images the key was
+computed from, by (path, size, mtime) (`unime.data.image_digests`, `work_digests`), written with the key file: the
+re-run of a killed job computes its key without reading its images again (a changed image has another size or
+mtime: it is read, and changes the key). A re-run with another key keeps it (its digests stay true).
 
 The key is a digest (`unime.outdir.options_hash`) of what the results depend on — the inputs by content, the model
 by its fingerprint, the options that change the numbers, the chunk size — chosen by the command. A re-run whose key
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path, warn_left
+from unime.data.image_digests import ImageDigests
 from unime.errors import UnimeError
 from unime.outdir import options_hash
 
@@ -33,8 +37,9 @@ log = logging.getLogger(__name__)
 
 WORK_SUFFIX = ".unime-work"
 KEY_FILE = "unime-work.json"
+DIGESTS_FILE = "image_digests.tsv"  # the input images' sha1, by (path, size, mtime): `work_digests`
 _OWN = re.compile(r"chunk-\d{5,}\.npy")
-_OWN_TMP = re.compile(r"\.(chunk-\d{5,}\.npy|" + re.escape(KEY_FILE) + r")\.tmp-.+")
+_OWN_TMP = re.compile(r"\.(chunk-\d{5,}\.npy|" + re.escape(KEY_FILE) + "|" + re.escape(DIGESTS_FILE) + r")\.tmp-.+")
 
 
 def work_folder(out: str | Path) -> Path:
@@ -43,16 +48,26 @@ def work_folder(out: str | Path) -> Path:
     return out.parent / f".{out.name}{WORK_SUFFIX}"
 
 
+def work_digests(out: str | Path) -> ImageDigests:
+    """The image digests of the job writing `out`, for its key (`unime.data.image_digests.digest_items`): those an
+    earlier run of it left in its work folder (read only from unime's folder, one with the key file), saved there by
+    the `ChunkWork` given them (`digests=`) with its key file and removed by its `finish`."""
+    folder = work_folder(out)
+    return ImageDigests(folder / DIGESTS_FILE, read=(folder / KEY_FILE).is_file() and not folder.is_symlink())
+
+
 class ChunkWork:
     """The finished chunks of one job writing `out` (see the module doc): `rows` rows (pairs, items) cut in chunks of
     `per_chunk` (chunk `i` holds the rows of `span(i)`). `open()` before the work; `todo()`, the chunks left;
     `save(i, array)` as each finishes (a row per row); `load_all()` to assemble the output; `finish()` once it is
-    written."""
+    written. `digests`: the `work_digests(out)` the key was computed with, kept in the folder with the key file."""
 
-    def __init__(self, out: str | Path, command: str, key: dict[str, Any], *, rows: int, per_chunk: int):
+    def __init__(self, out: str | Path, command: str, key: dict[str, Any], *, rows: int, per_chunk: int,
+                 digests: ImageDigests | None = None):
         self.out = Path(out)
         self.folder = work_folder(out)
         self.command = command
+        self.digests = digests
         self.rows, self.per_chunk = rows, per_chunk
         self.n_chunks = (rows + per_chunk - 1) // per_chunk
         self.key = options_hash({**key, "rows": rows, "per_chunk": per_chunk})
@@ -66,7 +81,7 @@ class ChunkWork:
 
     def _own_files(self) -> list[Path]:
         return [p for p in self.folder.iterdir()
-                if p.name == KEY_FILE or _OWN.fullmatch(p.name) or _OWN_TMP.fullmatch(p.name)]
+                if p.name in (KEY_FILE, DIGESTS_FILE) or _OWN.fullmatch(p.name) or _OWN_TMP.fullmatch(p.name)]
 
     def open(self) -> int:
         """Re-enter the folder an earlier run left, if any; returns the number of chunks done before (logged when there
@@ -82,7 +97,7 @@ class ChunkWork:
                 raise UnimeError(f"{f} exists and is not unime's work folder (no {KEY_FILE}); `unime {self.command}` "
                                  f"keeps its finished chunks of {self.out.name} there: move it away and run again")
             if recorded is not None and recorded.get("key") != self.key:
-                stale = [p for p in self._own_files() if p.name != KEY_FILE]
+                stale = [p for p in self._own_files() if p.name not in (KEY_FILE, DIGESTS_FILE)]
                 log.info("%s: the inputs or options changed since the chunks in %s were written: %d discarded, "
                          "starting over", self.out, f, sum(1 for p in stale if _OWN.fullmatch(p.name)))
                 for p in stale:
@@ -91,6 +106,8 @@ class ChunkWork:
             for p in f.iterdir():
                 if _OWN_TMP.fullmatch(p.name):  # leftovers of a killed write
                     p.unlink(missing_ok=True)
+            if recorded is not None:
+                self._save_digests()  # the images re-read (touched since), if any
         done = self.n_chunks - len(self.todo())
         if done:
             log.info("%s: resuming: %d of %d chunks done before (in %s)", self.out, done, self.n_chunks, f)
@@ -101,6 +118,12 @@ class ChunkWork:
         with atomic_open(self.folder / KEY_FILE) as fh:
             json.dump({"command": self.command, "output": self.out.name, "key": self.key, "chunks": self.n_chunks},
                       fh, indent=1)
+        self._save_digests()
+
+    def _save_digests(self) -> None:
+        """The image digests the key was computed with, into the folder (if any were read: none for text only)."""
+        if self.digests is not None and self.digests.cache_file == self.folder / DIGESTS_FILE:
+            self.digests.save()
 
     def _recorded(self) -> dict[str, Any] | None:
         try:
