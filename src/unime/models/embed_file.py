@@ -5,7 +5,8 @@ file, the line and the field, or under `on_error="skip"` is left out and counted
 row per kept line and `OUT.lines.json` lists the (1-based) line each row came from.
 
 The items are encoded in chunks of `ITEMS_PER_CHUNK`, kept in `.OUT.unime-work/` until OUT is written: a re-run of a
-killed run encodes only the chunks it had not finished (`encode_in_chunks`).
+killed run encodes only the chunks it had not finished (`encode_in_chunks`), and reads no image again to tell that its
+inputs did not change (their digests are kept there too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from unime.data.atomic import atomic_open
 from unime.data.corpus import corpus_entry
+from unime.data.image_digests import ImageDigests
 from unime.data.images import ImageLoader
 from unime.data.io import ImageChecker, named_where_read
 from unime.data.items import Item
@@ -26,7 +28,7 @@ from unime.data.jsonl import iter_jsonl
 from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.video import VideoOptions
 from unime.errors import DataError
-from unime.models.chunk_work import ChunkWork
+from unime.models.chunk_work import ChunkWork, work_digests
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import EmbedderOptions, checkpoint_image_loader
 from unime.options import on_error_option, option
@@ -97,8 +99,9 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
                                    batch_size=cfg.batch_size, video_sampling=video_sampling, image_budget=image_budget,
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
     path = Path(cfg.out)
-    work = ChunkWork(path, "embed", embed_work_key(emb, cfg.model, cfg.dtype, items), rows=len(items),
-                     per_chunk=ITEMS_PER_CHUNK)
+    digests = work_digests(path)  # a re-run of a killed run reads no image again for its key
+    work = ChunkWork(path, "embed", embed_work_key(emb, cfg.model, cfg.dtype, items, digests=digests),
+                     rows=len(items), per_chunk=ITEMS_PER_CHUNK, digests=digests)
     try:
         vecs = encode_in_chunks(emb, items, work)
     except DataError as e:  # an item failing only when encoded (its video decoded, its layout rendered): its line
@@ -115,20 +118,25 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
     return path, int(vecs.shape[0]), int(vecs.shape[1]), skips
 
 
-def embed_work_key(emb, model: str, dtype: str | None, items: list[Item]) -> dict:
+def embed_work_key(emb, model: str, dtype: str | None, items: list[Item], *,
+                   digests: ImageDigests | None = None) -> dict:
     """What the vectors of `items` depend on, the key of the finished chunks: the items (in order) and the bytes of
     their images, and the model as the embedding cache identifies its vectors (`model_fingerprint` with the settings
     that change them: pooling, dtype, resolution, attention kernel, device type). Not the batch size, which `unime
-    mine` does not count as changing its vectors either. The image paths are resolved by the embedder's loader."""
+    mine` does not count as changing its vectors either. The image paths are resolved by the embedder's loader, their
+    bytes known from `digests`: those the work folder of a killed run kept (`unime.models.chunk_work.work_digests`,
+    removed with it when the output is written), an image read again only if its size or mtime changed (default:
+    each image read)."""
     import hashlib
 
-    from unime.data.image_digests import ImageDigests, digest_items
+    from unime.data.image_digests import digest_items
     from unime.models.embedding_cache import cache_settings, embedding_settings, model_fingerprint
 
     listed = hashlib.sha1()
     for it in items:
         listed.update(f"{it.key}\n".encode())
-    return {"items": listed.hexdigest(), "images": digest_items(items, emb.image_loader, ImageDigests()),
+    digests = digests if digests is not None else ImageDigests()
+    return {"items": listed.hexdigest(), "images": digest_items(items, emb.image_loader, digests),
             "model": model_fingerprint(model, cache_settings(embedding_settings(emb, dtype), emb))}
 
 
