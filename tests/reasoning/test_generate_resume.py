@@ -145,3 +145,61 @@ def test_the_seed_leaves_a_greedy_run_and_its_chunks_as_they_were(tiny_world_dir
         assert main([*argv, "--seed", "5", "--out", str(out)]) == 0
     assert f"{out}: resuming: 1 of 3 chunks done before" in caplog.text
     assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+
+def test_a_resumed_generate_run_reads_no_image_again_for_its_key_and_a_changed_image_still_changes_it(
+        tiny_model_dir, tmp_path, monkeypatch, caplog, image_sha1_reads):
+    """QA: `unime reason generate` hashed every image of the records at every run for its chunks' key, so the re-run
+    of a killed run over a million images read them all again just to find the key unchanged. Their digests (by
+    path, size and mtime) are kept in the work folder with the chunks and go with them: the re-run reads none and
+    writes the uninterrupted file; an image whose bytes changed is read and changes the key."""
+    import numpy as np
+    from PIL import Image
+
+    from unime.data.items import Item, Record
+    from unime.reasoning import reasoner as reasoner_mod
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{k}.png")
+    write_records([Record(query=Item(text=f"<|image_1|>\nwhat is shown {i}?", images=(f"img/{i % 2}.png",)),
+                          positive=Item(text=f"answer {i}"), id=f"r{i}") for i in range(3)], tmp_path / "r.jsonl")
+    monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
+    generated, kill_after, _ = _watched_generation(monkeypatch)
+    argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
+            "--data-root", str(tmp_path), "--max-new-tokens", "3"]
+    assert main([*argv, "--out", str(tmp_path / "whole.jsonl")]) == 0
+    assert len(image_sha1_reads) == 2 and generated == [2, 2, 2]
+    out, work = tmp_path / "t.jsonl", tmp_path / ".t.jsonl.unime-work"
+    generated.clear()
+    image_sha1_reads.clear()
+    kill_after[0] = 1  # one chunk of 3 done
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(out)])
+    assert len(image_sha1_reads) == 2  # the finished run kept nothing: its work folder went with its output
+    assert sorted(p.name for p in work.iterdir()) == ["chunk-00000.npy", "image_digests.tsv", "unime-work.json"]
+    generated.clear()
+    image_sha1_reads.clear()
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert main([*argv, "--out", str(out)]) == 0
+    assert image_sha1_reads == [] and generated == [2, 2]  # no image read for the key; the chunks not done generated
+    assert f"{out}: resuming: 1 of 3 chunks done before" in caplog.text
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert not work.exists()  # the chunks and the digests go when the file is written
+
+    generated.clear()
+    kill_after[0] = 1
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(out), "--overwrite"])
+    img = tmp_path / "img" / "1.png"
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(img)  # other pixels
+    generated.clear()
+    image_sha1_reads.clear()
+    caplog.clear()
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+    assert image_sha1_reads == [str(img.resolve())] and generated == [2, 2, 2]  # every chunk generated anew
+    assert "1 discarded, starting over" in caplog.text

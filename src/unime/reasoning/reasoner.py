@@ -31,7 +31,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.data.video import VideoOptions, VideoSampling
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
-from unime.models.chunk_work import ChunkWork
+from unime.models.chunk_work import ChunkWork, work_digests
 from unime.models.generation import SAMPLE_TOP_K, ignored_checkpoint_decoding
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
 from unime.models.loading import DeviceOptions, dtype_option
@@ -411,9 +411,10 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
                                         max_new_tokens=cfg.max_new_tokens, attn_implementation=cfg.attn_implementation)
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
             for i, rec in enumerate(records) for side in sides]
-    key = generate_work_key(cfg, jobs, reasoner.image_loader,
+    digests = work_digests(cfg.out)  # a re-run of a killed run reads no image again for its key
+    key = generate_work_key(cfg, jobs, reasoner.image_loader, digests=digests,
                             ignored_decoding=ignored_checkpoint_decoding(reasoner.model.generation_config))
-    work = ChunkWork(cfg.out, "reason generate", key, rows=len(jobs), per_chunk=tcots_per_chunk(cfg))
+    work = ChunkWork(cfg.out, "reason generate", key, rows=len(jobs), per_chunk=tcots_per_chunk(cfg), digests=digests)
     work.open()
     todo = work.todo()
     left = sum(len(jobs[work.span(i)]) for i in todo)
@@ -445,7 +446,7 @@ def tcots_per_chunk(cfg: GenerateConfig) -> int:
 
 
 def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], loader: ImageLoader, *,
-                      ignored_decoding: dict[str, Any] | None = None) -> dict[str, Any]:
+                      ignored_decoding: dict[str, Any] | None = None, digests=None) -> dict[str, Any]:
     """What the T-CoTs of `jobs` depend on, the key of `generate_tcots`' finished chunks: the jobs (record id, side,
     item, in order) and the bytes of their images, the checkpoint by its content, and every other option but where
     the output goes (the batch size and the attention kernel too: a greedy decoding over other padding or another
@@ -453,7 +454,8 @@ def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], lo
     defaults: the key of a run from before they existed is unchanged). `ignored_decoding`: the checkpoint's
     generation_config settings the decoding does not take (`ignored_checkpoint_decoding`), recorded when there are
     any: chunks decoded under them before they were ignored are not resumed. The image paths are resolved by
-    `loader`, the reasoner's."""
+    `loader`, the reasoner's, their bytes known from `digests` (the work folder's,
+    `unime.models.chunk_work.work_digests`; default: each image read)."""
     import hashlib
     from dataclasses import asdict
 
@@ -472,5 +474,5 @@ def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], lo
     if ignored_decoding:
         options["ignored_checkpoint_decoding"] = ignored_decoding
     return {**options, "dtype": canonical_dtype(cfg.dtype), "jobs": listed.hexdigest(),
-            "images": digest_items((j[2] for j in jobs), loader, ImageDigests()),
+            "images": digest_items((j[2] for j in jobs), loader, digests if digests is not None else ImageDigests()),
             "model": model_fingerprint(cfg.model)}
