@@ -400,3 +400,47 @@ def test_a_rerun_that_finds_its_judge_trained_names_what_trains_it_again(tmp_pat
     work = tmp_path / ".judge.work"
     assert said == [f"{work / 'judge'}: this judge run is finished (4 steps); nothing to do (it is published as it "
                     f"is; to train it again, remove {work})"]
+
+
+def test_the_seconds_of_a_resumed_pretraining_count_every_attempt(tmp_path, monkeypatch):
+    """QA: pretrain.json's `seconds` counted only the last attempt's time: a judge trained for hours, killed and
+    resumed for minutes said minutes (and the demo's time estimates took it so). Each attempt records its seconds in
+    the work folder, as it goes (what a SIGKILL leaves) and when it stops; the resumed one adds its own. Here a clock
+    that moves only when the stubbed training says: 100 s, stopped; then 50 s to the finished judge: 150 s."""
+    import time
+    import types
+
+    class Stop(Exception):
+        pass
+
+    now = [1000.0]
+    monkeypatch.setattr(pt.time, "perf_counter", lambda: now[0])  # the time module's: the code before this fix too
+    monkeypatch.setattr(pt, "SECONDS_EVERY", 0.01, raising=False)
+    recorded = tmp_path / ".judge.work" / "seconds"
+
+    def stopped(config, **_):  # 100 s of training, recorded while it runs; then stopped
+        now[0] += 100
+        deadline = time.monotonic() + 20
+        while not (recorded.is_file() and recorded.read_text() == "100.0") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorded.read_text() == "100.0"  # what a SIGKILL here would leave
+        raise Stop
+
+    def finished(config, **_):  # 50 s more, to a finished judge
+        now[0] += 50
+        (Path(config.out) / "merged").mkdir(parents=True)
+        (Path(config.out) / "merged" / "model.safetensors").write_bytes(b"weights")
+        return types.SimpleNamespace(steps=4, first_loss=1.0, last_loss=0.5, loss_levels=None, heldout=None)
+
+    recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
+    base = pt.PretrainResult(tmp_path / "base", True, {"key": recipe.key()})  # not loaded: the training is stubbed
+    monkeypatch.setattr("unime.train.reranker_trainer.train_reranker", stopped)
+    with pytest.raises(Stop):
+        pt.pretrain_judge(judge, recipe, out=tmp_path / "judge", base=base, progress=lambda m: None)
+    monkeypatch.setattr("unime.train.reranker_trainer.train_reranker", finished)
+    said: list[str] = []
+    result = pt.pretrain_judge(judge, recipe, out=tmp_path / "judge", base=base, progress=said.append)
+    assert result.manifest["seconds"] == 150.0
+    assert json.loads((tmp_path / "judge" / pt.MANIFEST).read_text())["seconds"] == 150.0
+    assert not (tmp_path / ".judge.work").exists()  # the recorded seconds went with the work folder
+    assert "(kept there: corpus, judge_records.jsonl, judge_records_stats.json;" in "\n".join(said)  # not "seconds"

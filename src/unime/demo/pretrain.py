@@ -25,6 +25,11 @@ folder: a lock beside the folder (`.NAME.unime-lock`, `_recipe_lock`), held from
 makes the second wait for the first (saying for whose run, once), then reuse its model; a killed run's lock goes
 with it. (A claimed --out is already locked by the command line: a second run on it is refused at once.)
 
+The manifest (`pretrain.json`) records the key, the recipe and what the stages measured; its `seconds` is the time
+spent building the model over every attempt: a resumed run adds its own to the seconds the work folder recorded for
+the earlier ones (`SECONDS_FILE`, `_AttemptClock`: updated every `SECONDS_EVERY` seconds and when a run stops, so a
+run killed outright loses at most that much of its count).
+
 Why these shapes (measured, see the project notes): at a vision width of 32 or an initialisation std
 of 0.02 the tiny models never route image content to the pooled token (colour classification stays at
 chance, the gradient norm collapses to ~0.03); a vision tower as wide as the text model (128) with
@@ -36,8 +41,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,6 +61,8 @@ RECIPE_VERSION = 1  # bump when this module changes what a recipe produces
 MODEL_DIR = "model"
 MANIFEST = "pretrain.json"
 WORK_KEY = "recipe.key"  # in the work folder: the key of the recipe being built there
+SECONDS_FILE = "seconds"  # in the work folder: the seconds the attempts so far spent building there
+SECONDS_EVERY = 10.0  # how often an attempt records its seconds there (and when it stops)
 
 
 def recipe_field(default, **cli):
@@ -439,6 +448,50 @@ def _recipe_lock(dest: Path, what: str, progress: Callable[[str], None]):
     return waiting_lock(file_lock_path(dest), f"pretrained {what} {dest}", wait)
 
 
+class _AttemptClock:
+    """The seconds spent building in the work folder `work` over every attempt: those the earlier attempts recorded in
+    its `SECONDS_FILE` plus this one's, recorded there every `SECONDS_EVERY` seconds (by a daemon thread) and when
+    the attempt stops, whatever stops it. A context: `total()` inside it, the manifest's `seconds`."""
+
+    @staticmethod
+    def now() -> float:
+        return time.perf_counter()
+
+    def __init__(self, work: Path):
+        self.file = work / SECONDS_FILE
+        try:
+            earlier = float(self.file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = 0.0
+        self.earlier = earlier if math.isfinite(earlier) and earlier > 0 else 0.0
+        self.t0 = self.now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pretrain-seconds", daemon=True)
+
+    def total(self) -> float:
+        return self.earlier + self.now() - self.t0
+
+    def _record(self) -> None:
+        try:
+            with atomic_open(self.file) as fh:
+                fh.write(f"{self.total():.1f}")
+        except OSError as e:  # only a time estimate: the build goes on without it
+            log.debug("could not record the pretraining's seconds in %s: %s", self.file, e)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SECONDS_EVERY):
+            self._record()
+
+    def __enter__(self) -> "_AttemptClock":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._record()
+
+
 def _remove_work(work: Path) -> None:
     """Remove a work folder of unime's, its recipe-key stamp last: a run killed while it removes the folder leaves
     it stamped (or empty), so the rerun recognises it and finishes the removal (`_cached`). (Removed by one rmtree,
@@ -524,7 +577,8 @@ def _work_folder(dest: Path, key: str, what: str, overwrite: bool,
     if work.is_dir() and any(work.iterdir()):
         held = _work_key(dest)
         if held == key:
-            kept = sorted(p.name for p in work.iterdir() if p.name not in (WORK_KEY, "publish"))
+            kept = sorted(p.name for p in work.iterdir()
+                          if p.name not in (WORK_KEY, SECONDS_FILE, "publish") and not p.name.startswith("."))
             progress(f"[pretrain] continuing the interrupted {what} pretraining in {work} (kept there: "
                      f"{', '.join(kept) or 'nothing yet'}; a finished stage is reused, a trainer resumes from its "
                      "last complete checkpoint)")
@@ -637,72 +691,75 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
             return PretrainResult(dest, True, manifest)
 
         work = _work_folder(dest, key, "base", overwrite, progress)
-        t0 = time.perf_counter()
-        base = work / "base"
-        if not (base / "config.json").is_file():
-            progress(f"[pretrain] building the {recipe.family} backbone")
-            size = TinySize(hidden=recipe.hidden, layers=recipe.layers, vision_depth=recipe.vision_depth,
-                            vision_hidden=recipe.vision_hidden, vision_heads=recipe.vision_heads,
-                            intermediate=2 * recipe.hidden, init_std=recipe.init_std)
-            build_tiny(recipe.family, base, seed=recipe.seed, size=size)
-        corpus = work / "corpus"
-        _generate_corpus(recipe, corpus, progress)
-        records_path = work / "records.jsonl"
-        records, dropped = corpus_records(corpus, exclude)
-        subset = recipe.contrastive_subset()
-        if subset is not None:
-            unknown = sorted(subset - {r.dataset for r in records})
-            if unknown:
-                raise ValueError(f"contrastive_datasets: no corpus records of {', '.join(unknown)} (the corpus has "
-                                 f"{', '.join(sorted({r.dataset for r in records}))})")
-            records = [r for r in records if r.dataset in subset]
-        if not records_path.is_file():
-            write_records(records, records_path)
-        start, captioning, tagging = base, None, None
-        if recipe.tag_steps:
-            from unime.demo import vision_tagging
+        with _AttemptClock(work) as clock:  # the seconds of every attempt, this one's added
+            base = work / "base"
+            if not (base / "config.json").is_file():
+                progress(f"[pretrain] building the {recipe.family} backbone")
+                size = TinySize(hidden=recipe.hidden, layers=recipe.layers, vision_depth=recipe.vision_depth,
+                                vision_hidden=recipe.vision_hidden, vision_heads=recipe.vision_heads,
+                                intermediate=2 * recipe.hidden, init_std=recipe.init_std)
+                build_tiny(recipe.family, base, seed=recipe.seed, size=size)
+            corpus = work / "corpus"
+            _generate_corpus(recipe, corpus, progress)
+            records_path = work / "records.jsonl"
+            records, dropped = corpus_records(corpus, exclude)
+            subset = recipe.contrastive_subset()
+            if subset is not None:
+                unknown = sorted(subset - {r.dataset for r in records})
+                if unknown:
+                    raise ValueError(f"contrastive_datasets: no corpus records of {', '.join(unknown)} (the corpus has "
+                                     f"{', '.join(sorted({r.dataset for r in records}))})")
+                records = [r for r in records if r.dataset in subset]
+            if not records_path.is_file():
+                write_records(records, records_path)
+            start, captioning, tagging = base, None, None
+            if recipe.tag_steps:
+                from unime.demo import vision_tagging
 
-            start = work / "tagged"
-            if not (start / vision_tagging.METRICS_FILE).is_file():  # written last, in the same rename as the model
-                rows = [(scene.image, vision_tagging.scene_tags(scene)) for scene in corpus_scenes(corpus, exclude)]
-                vision_tagging.train_tagger(base, corpus, rows, start, steps=recipe.tag_steps,
-                                            batch_size=recipe.tag_batch_size, lr=recipe.tag_lr, seed=recipe.seed,
-                                            device=device, attn_implementation=attn_implementation, progress=progress)
-            tagging = vision_tagging.read_metrics(start)
-        if recipe.caption_steps:
-            from unime.demo.captioning import METRICS_FILE, read_metrics, train_captioner
+                start = work / "tagged"
+                if not (start / vision_tagging.METRICS_FILE).is_file():  # written last, in the same rename as the model
+                    rows = [(scene.image, vision_tagging.scene_tags(scene)) for scene in corpus_scenes(corpus, exclude)]
+                    vision_tagging.train_tagger(base, corpus, rows, start, steps=recipe.tag_steps,
+                                                batch_size=recipe.tag_batch_size, lr=recipe.tag_lr, seed=recipe.seed,
+                                                device=device, attn_implementation=attn_implementation,
+                                                progress=progress)
+                tagging = vision_tagging.read_metrics(start)
+            if recipe.caption_steps:
+                from unime.demo.captioning import METRICS_FILE, read_metrics, train_captioner
 
-            captioned = work / "captioned"
-            if not (captioned / METRICS_FILE).is_file():  # written last, in the same rename as the model
-                questions = corpus_questions(corpus, exclude, recipe.caption_questions, recipe.seed)
-                train_captioner(start, corpus, corpus_captions(corpus, exclude), captioned, steps=recipe.caption_steps,
-                                batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
-                                device=device, freeze_vision=recipe.freeze_vision, progress=progress,
-                                attn_implementation=attn_implementation, questions=questions)
-            start, captioning = captioned, read_metrics(captioned)
-        trained = work / "embedder"
-        if not (trained / "merged" / "config.json").is_file():
-            progress(f"[pretrain] contrastive pretraining: {recipe.steps} steps of {recipe.batch_size} on "
-                     f"{len(records)} records ({dropped} dropped: they show an excluded scene)")
-            has_checkpoint = (trained / "checkpoints").is_dir() and any((trained / "checkpoints").iterdir())
-            config = EmbedderTrainingConfig(
-                model=str(start), out=str(trained), records=str(records_path), data_root=str(corpus), loss="infonce",
-                hard_negatives=0, in_batch=True, tau=recipe.tau, full=True, freeze_vision=recipe.freeze_vision,
-                batch_size=recipe.batch_size,
-                steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed, device=device,
-                attn_implementation=attn_implementation,
-                save_steps=max(recipe.steps // 4, 1), logging_steps=max(recipe.steps // 20, 1),
-                resume=bool(has_checkpoint))
-            train_embedder(config)
-        metrics = json.loads((trained / "metrics.json").read_text(encoding="utf-8")) \
-            if (trained / "metrics.json").is_file() else {}
-        manifest = {"key": key, "recipe_version": RECIPE_VERSION, "recipe": asdict(recipe),
-                    "exclude_world": str(exclude_world) if exclude_world else None, "exclude_digest": digest,
-                    "corpus": {"records": len(records), "dropped_excluded_scenes": dropped},
-                    "training": {k: metrics.get(k) for k in ("initial_loss", "final_loss", "steps",
-                                                             "final_in_batch_accuracy", "train_runtime")
-                                 if k in metrics},
-                    "tagging": tagging, "captioning": captioning, "seconds": round(time.perf_counter() - t0, 1)}
+                captioned = work / "captioned"
+                if not (captioned / METRICS_FILE).is_file():  # written last, in the same rename as the model
+                    questions = corpus_questions(corpus, exclude, recipe.caption_questions, recipe.seed)
+                    train_captioner(start, corpus, corpus_captions(corpus, exclude), captioned,
+                                    steps=recipe.caption_steps,
+                                    batch_size=recipe.caption_batch_size, lr=recipe.caption_lr, seed=recipe.seed,
+                                    device=device, freeze_vision=recipe.freeze_vision, progress=progress,
+                                    attn_implementation=attn_implementation, questions=questions)
+                start, captioning = captioned, read_metrics(captioned)
+            trained = work / "embedder"
+            if not (trained / "merged" / "config.json").is_file():
+                progress(f"[pretrain] contrastive pretraining: {recipe.steps} steps of {recipe.batch_size} on "
+                         f"{len(records)} records ({dropped} dropped: they show an excluded scene)")
+                has_checkpoint = (trained / "checkpoints").is_dir() and any((trained / "checkpoints").iterdir())
+                config = EmbedderTrainingConfig(
+                    model=str(start), out=str(trained), records=str(records_path), data_root=str(corpus),
+                    loss="infonce",
+                    hard_negatives=0, in_batch=True, tau=recipe.tau, full=True, freeze_vision=recipe.freeze_vision,
+                    batch_size=recipe.batch_size,
+                    steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed, device=device,
+                    attn_implementation=attn_implementation,
+                    save_steps=max(recipe.steps // 4, 1), logging_steps=max(recipe.steps // 20, 1),
+                    resume=bool(has_checkpoint))
+                train_embedder(config)
+            metrics = json.loads((trained / "metrics.json").read_text(encoding="utf-8")) \
+                if (trained / "metrics.json").is_file() else {}
+            manifest = {"key": key, "recipe_version": RECIPE_VERSION, "recipe": asdict(recipe),
+                        "exclude_world": str(exclude_world) if exclude_world else None, "exclude_digest": digest,
+                        "corpus": {"records": len(records), "dropped_excluded_scenes": dropped},
+                        "training": {k: metrics.get(k) for k in ("initial_loss", "final_loss", "steps",
+                                                                 "final_in_batch_accuracy", "train_runtime")
+                                     if k in metrics},
+                        "tagging": tagging, "captioning": captioning, "seconds": round(clock.total(), 1)}
         return _publish(dest, trained / "merged", manifest, work, progress, "base")
 
 
@@ -740,42 +797,43 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
             return PretrainResult(dest, True, manifest)
         exclude, _ = excluded_signatures(exclude_world) if exclude_world else (set(), "")
         work = _work_folder(dest, key, "judge", overwrite, progress)
-        t0 = time.perf_counter()
-        corpus = work / "corpus"
-        _generate_corpus(judge.corpus_recipe(recipe), corpus, progress, video_clips=judge.video_clips,
-                         video_frames=judge.video_frames)
-        records_path, stats_path = work / "judge_records.jsonl", work / "judge_records_stats.json"
-        stats: dict = {}
-        # both files, written one after the other: a run killed between the two left the records without their stats
-        # (the rerun failed reading them); the labelled records are drawn again, the same ones (seeded)
-        if not (records_path.is_file() and stats_path.is_file()):
-            kept, _dropped = corpus_records(corpus, exclude)
-            clips, clips_dropped = corpus_video_records(corpus, exclude_clips)
-            # one pool of images and clips, as mining retrieves from when the demo trains on video too
-            labelled = judge_training_records(World.load(corpus).with_records(kept + clips),
-                                              negatives_per_query=judge.negatives,
-                                              extra_positives=judge.extra_positives, seed=judge.seed, stats=stats)
-            stats.update(video_records=len(clips), video_records_dropped_excluded_clips=clips_dropped)
-            write_records(labelled, records_path)
-            with atomic_open(stats_path) as fh:
-                json.dump(stats, fh, indent=1)
-        stats = json.loads(stats_path.read_text(encoding="utf-8"))
-        trained = work / "judge"
-        progress(f"[pretrain] judge pretraining: {judge.steps} steps of {judge.batch_size} records on "
-                 f"{stats.get('records')} labelled records")
-        result = train_reranker(RerankerTrainConfig(
-            model=str(base.model), records=[str(records_path)], out=str(trained), role="judge", losses=("pair",),
-            data_root=str(corpus), judge_negatives=judge.negatives, full=True, learning_rate=judge.lr,
-            max_steps=judge.steps, batch_size=judge.batch_size, warmup_steps=judge.warmup, seed=judge.seed,
-            device=device, attn_implementation=attn_implementation,
-            logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
-            holdout=judge.holdout, group_weight=judge.group_weight, video_frames=judge.video_frames),
-            # a finished judge in the work folder is published as it is, --overwrite or not (the same recipe)
-            finished_hint=f"it is published as it is; to train it again, remove {work}")
-        manifest = {"key": key, "recipe_version": RECIPE_VERSION, "judge_recipe": asdict(judge),
-                    "base": {"key": base.manifest["key"], "path": str(base.path)},
-                    "exclude_world": str(exclude_world) if exclude_world else None, "records": stats,
-                    "training": {"steps": result.steps, "first_loss": result.first_loss, "last_loss": result.last_loss,
-                                 "loss_levels": result.loss_levels},
-                    "heldout": result.heldout, "seconds": round(time.perf_counter() - t0, 1)}
+        with _AttemptClock(work) as clock:  # the seconds of every attempt, this one's added
+            corpus = work / "corpus"
+            _generate_corpus(judge.corpus_recipe(recipe), corpus, progress, video_clips=judge.video_clips,
+                             video_frames=judge.video_frames)
+            records_path, stats_path = work / "judge_records.jsonl", work / "judge_records_stats.json"
+            stats: dict = {}
+            # both files, written one after the other: a run killed between the two left the records without their stats
+            # (the rerun failed reading them); the labelled records are drawn again, the same ones (seeded)
+            if not (records_path.is_file() and stats_path.is_file()):
+                kept, _dropped = corpus_records(corpus, exclude)
+                clips, clips_dropped = corpus_video_records(corpus, exclude_clips)
+                # one pool of images and clips, as mining retrieves from when the demo trains on video too
+                labelled = judge_training_records(World.load(corpus).with_records(kept + clips),
+                                                  negatives_per_query=judge.negatives,
+                                                  extra_positives=judge.extra_positives, seed=judge.seed, stats=stats)
+                stats.update(video_records=len(clips), video_records_dropped_excluded_clips=clips_dropped)
+                write_records(labelled, records_path)
+                with atomic_open(stats_path) as fh:
+                    json.dump(stats, fh, indent=1)
+            stats = json.loads(stats_path.read_text(encoding="utf-8"))
+            trained = work / "judge"
+            progress(f"[pretrain] judge pretraining: {judge.steps} steps of {judge.batch_size} records on "
+                     f"{stats.get('records')} labelled records")
+            result = train_reranker(RerankerTrainConfig(
+                model=str(base.model), records=[str(records_path)], out=str(trained), role="judge", losses=("pair",),
+                data_root=str(corpus), judge_negatives=judge.negatives, full=True, learning_rate=judge.lr,
+                max_steps=judge.steps, batch_size=judge.batch_size, warmup_steps=judge.warmup, seed=judge.seed,
+                device=device, attn_implementation=attn_implementation,
+                logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
+                holdout=judge.holdout, group_weight=judge.group_weight, video_frames=judge.video_frames),
+                # a finished judge in the work folder is published as it is, --overwrite or not (the same recipe)
+                finished_hint=f"it is published as it is; to train it again, remove {work}")
+            manifest = {"key": key, "recipe_version": RECIPE_VERSION, "judge_recipe": asdict(judge),
+                        "base": {"key": base.manifest["key"], "path": str(base.path)},
+                        "exclude_world": str(exclude_world) if exclude_world else None, "records": stats,
+                        "training": {"steps": result.steps, "first_loss": result.first_loss,
+                                     "last_loss": result.last_loss,
+                                     "loss_levels": result.loss_levels},
+                        "heldout": result.heldout, "seconds": round(clock.total(), 1)}
         return _publish(dest, trained / "merged", manifest, work, progress, "judge")
