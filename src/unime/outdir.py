@@ -283,6 +283,32 @@ def _lock_path(path: Path, what: str, alternative: str, *,
     raise FolderInUse(f"{what}: could not take its lock {path}")
 
 
+def left_unwritable(path: str | os.PathLike) -> bool:
+    """The lock file `path` (`file_lock_path`) is one no run holds (a killed run left it) and this process may not
+    write (a read-only cache, shared on a cluster): `waiting_lock` could not take it, and nobody is at work on what
+    it guards, so a reader of that may go without it. False when it can be written (the lock is taken the usual way,
+    which removes the file), when a run holds it, and when it cannot be read either."""
+    import fcntl
+
+    try:
+        os.close(os.open(path, os.O_RDWR))
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # only while the holder's exclusive lock is not held
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # and the shared lock with it
+    return True
+
+
 @contextlib.contextmanager
 def waiting_lock(path: str | os.PathLike, what: str, wait: Callable[[str, str], None]):
     """Hold the lock file `path` (`.NAME.unime-lock` beside what it guards, `file_lock_path`) for the `with`

@@ -377,3 +377,61 @@ def test_the_demos_models_stage_says_reusing_once_per_model(tmp_path, monkeypatc
     reusing = [line for line in said if line.startswith("[pretrain] reusing")]
     assert [line.split(" (")[1].split(",")[0] for line in reusing] == ["base", "judge"], said
     assert (out / "models" / "judge-base" / "config.json").is_file()
+
+
+def test_a_finished_model_with_a_killed_runs_lock_file_is_reused_from_a_read_only_cache(tmp_path, monkeypatch):
+    """QA: a finished model in the cache with the lock file a killed run left beside it (`.NAME.unime-lock`, held by
+    no one) was reused only by taking that lock, which needs write access: a cache the user can only read (shared on
+    a cluster) failed with PermissionError. Now that stale lock does not stop the reuse where it cannot be written;
+    where it can, the locked way removes it as before; a lock a run holds still makes the reuse wait for it. Read-only
+    is chmod, and under root (which chmod does not stop) an `os.open` that refuses to write anything in the cache."""
+    import os
+    import stat
+
+    from unime.outdir import file_lock_path, waiting_lock
+
+    monkeypatch.setenv("UNIME_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = PretrainRecipe.preset("quick")
+    root, key = tmp_path / "cache" / "pretrained", recipe.key()
+    dest = root / f"{recipe.family}-{key}"
+    _fake_cached(root, dest.name, {"key": key})
+    (dest / pt.MODEL_DIR).mkdir()
+    (dest / pt.MODEL_DIR / "config.json").write_text("{}")
+    lock = file_lock_path(dest)
+    lock.write_text("999999\nelsewhere\n")  # as a killed run left it
+    assert pretrain(recipe, progress=lambda m: None).reused and not lock.exists()  # writable: taken and removed
+
+    lock.write_text("999999\nelsewhere\n")
+    listed = sorted(p.name for p in root.rglob("*"))
+    real_open = os.open
+
+    def read_only_open(path, flags, *a, **k):
+        if str(path).startswith(str(root)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (root, dest, lock)}
+    for p in modes:
+        p.chmod(0o444 if p == lock else 0o555)
+    try:
+        if os.geteuid() == 0:
+            monkeypatch.setattr(os, "open", read_only_open)
+        said: list[str] = []
+        result = pretrain(recipe, progress=said.append)
+        assert result.reused and result.path == dest and result.manifest == {"key": key}
+        assert said == [f"[pretrain] reusing {dest} (base, recipe key {key})"]
+        assert sorted(p.name for p in root.rglob("*")) == listed  # nothing written, the stale lock file left
+    finally:
+        monkeypatch.setattr(os, "open", real_open)
+        for p, mode in modes.items():
+            p.chmod(mode)
+
+    with waiting_lock(lock, "x", lambda pid, host: None):  # a run at work on it: the reuse goes the locked way
+        lock.chmod(0o444)
+        if os.geteuid() == 0:
+            monkeypatch.setattr(os, "open", read_only_open)
+        try:
+            assert not pt._published(dest, key)
+        finally:
+            monkeypatch.setattr(os, "open", real_open)
+            lock.chmod(0o644)

@@ -422,15 +422,18 @@ def _work_key(dest: Path) -> str | None:
 def _published(dest: Path, key: str) -> bool:
     """`dest` holds the finished model of `key` (its manifest, published last) and neither a work folder nor a lock
     file beside it: reusing it writes nothing, so it takes no lock (`_recipe_lock`) and a cache the user can only
-    read serves. (A lock file left by a killed run goes the locked way, which removes it.)"""
-    from unime.outdir import file_lock_path
+    read serves. A lock file a killed run left goes the locked way where it can be written (which removes it); where
+    it cannot (a read-only cache), it is left as it is and does not stop the reuse (`unime.outdir.left_unwritable`:
+    no run holds it)."""
+    from unime.outdir import file_lock_path, left_unwritable
 
     try:
         manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (isinstance(manifest, dict) and manifest.get("key") == key
-            and not any(os.path.lexists(p) for p in (_work_path(dest), file_lock_path(dest))))
+    lock = file_lock_path(dest)
+    return (isinstance(manifest, dict) and manifest.get("key") == key and not os.path.lexists(_work_path(dest))
+            and (not os.path.lexists(lock) or left_unwritable(lock)))
 
 
 def _recipe_lock(dest: Path, what: str, progress: Callable[[str], None]):
