@@ -252,3 +252,71 @@ def qwen3_vl_release_checkpoint(folder: Path, *, weights: bool = True) -> str:
             for f in Path(tmp).glob("*.safetensors*"):
                 shutil.copy(f, folder / f.name)
     return str(folder)
+
+
+class Killed(BaseException):
+    """Stands for the SIGKILL of a run (no `except Exception` catches it)."""
+
+
+def paint(path: Path, rng) -> None:
+    """A PNG of random pixels (32 x 32) at `path`."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+
+
+def write_pngs(folder: Path, n: int, rng) -> list[Path]:
+    """`n` PNGs of random pixels, `folder`/img/0.png ..."""
+    (folder / "img").mkdir(exist_ok=True)
+    paths = [folder / "img" / f"{k}.png" for k in range(n)]
+    for p in paths:
+        paint(p, rng)
+    return paths
+
+
+def check_a_resumed_run_reads_no_image_again(run, *, out: Path, whole: Path, images: list[Path], calls: list[int],
+                                             kill_after: list, reads: list[str], caplog, rng) -> None:
+    """A command that works in 3 chunks of 2 rows, one model call per chunk (`calls`: the rows of each call;
+    `kill_after[0] = k` raises `Killed` at call k + 1) over `images`, its key's digests counted in `reads` (the
+    `image_sha1_reads` fixture). `run(out, *args)` runs it; `whole` is what an uninterrupted run wrote. Killed after
+    one chunk, the run leaves its chunk and its image digests in the work folder; the re-run reads no image, does the
+    2 chunks left and writes `whole`'s bytes, and the work folder goes. Killed again, then an image given other pixels:
+    that image alone is read, and every chunk is done anew (the key changed)."""
+    import logging
+
+    import pytest
+
+    from unime.models.chunk_work import work_folder
+
+    work = work_folder(out)
+    calls.clear()
+    reads.clear()
+    kill_after[0] = 1
+    with pytest.raises(Killed):
+        run(out)
+    assert len(reads) == len(images)  # nothing kept from the finished run: its work folder went with its output
+    assert sorted(p.name for p in work.iterdir()) == ["chunk-00000.npy", "image_digests.tsv", "unime-work.json"]
+    calls.clear()
+    reads.clear()
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        run(out)
+    assert reads == [] and sum(calls) == 4  # no image read for the key; the 2 chunks not done
+    assert f"{out}: resuming: 1 of 3 chunks done before" in caplog.text
+    assert out.read_bytes() == whole.read_bytes()
+    assert not work.exists()  # the chunks and the digests go when the output is written
+
+    calls.clear()
+    kill_after[0] = 1
+    with pytest.raises(Killed):
+        run(out, "--overwrite")
+    paint(images[1], rng)  # other pixels
+    calls.clear()
+    reads.clear()
+    caplog.clear()
+    kill_after[0] = None
+    with caplog.at_level(logging.INFO, logger="unime"):
+        run(out, "--overwrite")
+    assert reads == [str(images[1].resolve())] and sum(calls) == 6
+    assert "1 discarded, starting over" in caplog.text

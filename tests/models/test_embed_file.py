@@ -9,6 +9,8 @@ import numpy as np
 from unime.cli import main
 from unime.data.items import Item
 
+from tests.models.helpers import Killed, check_a_resumed_run_reads_no_image_again, write_pngs
+
 
 def test_embed_reads_a_generated_worlds_items_file_like_index_build(tiny_world_dir, tiny_model_dir, tmp_path, capsys):
     """QA: `unime embed` refused `unime data synth`'s items.jsonl ({"key", "item", "meta"} lines), which
@@ -58,8 +60,22 @@ def test_an_unknown_dtype_is_one_error_line_naming_it_and_writes_nothing(tiny_mo
                                       "fp16, float16")
 
 
-class Killed(BaseException):
-    """Stands for the SIGKILL of a run (no `except Exception` catches it)."""
+def _watched_forward(monkeypatch):
+    """(encoded, kill_after): `Embedder.forward` records each batch's size in encoded, and raises `Killed` instead of
+    the call number kill_after[0]."""
+    from unime.models.embedder import Embedder
+
+    encoded, kill_after = [], [None]
+    forward = Embedder.forward
+
+    def counted(self, inputs, **kw):
+        if kill_after[0] is not None and len(encoded) == kill_after[0]:
+            raise Killed()
+        encoded.append(int(inputs["input_ids"].shape[0]))
+        return forward(self, inputs, **kw)
+
+    monkeypatch.setattr(Embedder, "forward", counted)
+    return encoded, kill_after
 
 
 def test_a_killed_embed_run_resumes_from_its_finished_chunks_and_writes_the_uninterrupted_output(
@@ -72,23 +88,13 @@ def test_a_killed_embed_run_resumes_from_its_finished_chunks_and_writes_the_unin
     import pytest
 
     from unime.models import embed_file
-    from unime.models.embedder import Embedder
 
     world = tiny_world_dir(0)
     lines = (world / "items.jsonl").read_text(encoding="utf-8").splitlines()[:10]
     items = tmp_path / "items.jsonl"
     items.write_text("\n".join(lines) + "\n", encoding="utf-8")
     monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 4, raising=False)
-    encoded, kill_after = [], [None]
-    forward = Embedder.forward
-
-    def counted(self, inputs, **kw):
-        if kill_after[0] is not None and len(encoded) == kill_after[0]:
-            raise Killed()
-        encoded.append(int(inputs["input_ids"].shape[0]))
-        return forward(self, inputs, **kw)
-
-    monkeypatch.setattr(Embedder, "forward", counted)
+    encoded, kill_after = _watched_forward(monkeypatch)
     argv = ["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--data-root", str(world),
             "--device", "cpu", "--batch-size", "2"]
     assert main([*argv, "--out", str(tmp_path / "whole.npy")]) == 0
@@ -123,66 +129,24 @@ def test_a_resumed_embed_run_reads_no_image_again_for_its_key_and_a_changed_imag
     run over a million images read them all again just to find the key unchanged. Their digests (by path, size and
     mtime) are kept in the work folder with the chunks and go with them: the re-run reads none and writes the
     uninterrupted array; an image whose bytes changed is read and changes the key (the chunks are not reused)."""
-    import logging
-
-    import pytest
-    from PIL import Image
-
     from unime.models import embed_file
-    from unime.models.embedder import Embedder
 
     rng = np.random.default_rng(0)
-    (tmp_path / "img").mkdir()
-    for k in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{k}.png")
+    images = write_pngs(tmp_path, 3, rng)
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps({"id": f"i{i}", "text": f"item {i}", "images": [f"img/{i % 3}.png"]}) + "\n"
                              for i in range(6)), encoding="utf-8")
     monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 2, raising=False)
-    encoded, kill_after = [], [None]
-    forward = Embedder.forward
-
-    def counted(self, inputs, **kw):
-        if kill_after[0] is not None and len(encoded) == kill_after[0]:
-            raise Killed()
-        encoded.append(int(inputs["input_ids"].shape[0]))
-        return forward(self, inputs, **kw)
-
-    monkeypatch.setattr(Embedder, "forward", counted)
+    encoded, kill_after = _watched_forward(monkeypatch)  # batches of 2: one forward per chunk
     argv = ["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--device", "cpu",
             "--batch-size", "2"]
     assert main([*argv, "--out", str(tmp_path / "whole.npy")]) == 0
     assert len(image_sha1_reads) == 3 and sum(encoded) == 6
-    out, work = tmp_path / "vecs.npy", tmp_path / ".vecs.npy.unime-work"
-    encoded.clear()
-    image_sha1_reads.clear()
-    kill_after[0] = 1  # one chunk of 3 done
-    with pytest.raises(Killed):
-        main([*argv, "--out", str(out)])
-    assert len(image_sha1_reads) == 3  # the finished run kept nothing: its work folder went with its output
-    assert sorted(p.name for p in work.iterdir()) == ["chunk-00000.npy", "image_digests.tsv", "unime-work.json"]
-    encoded.clear()
-    image_sha1_reads.clear()
-    kill_after[0] = None
-    with caplog.at_level(logging.INFO, logger="unime"):
-        assert main([*argv, "--out", str(out)]) == 0
-    assert image_sha1_reads == [] and sum(encoded) == 4  # no image read for the key; the chunks not done encoded
-    assert f"{out}: resuming: 1 of 3 chunks done before" in caplog.text
-    np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
-    assert not work.exists()  # the chunks and the digests go when the array is written
 
-    encoded.clear()
-    kill_after[0] = 1
-    with pytest.raises(Killed):
-        main([*argv, "--out", str(out), "--overwrite"])
-    img = tmp_path / "img" / "1.png"
-    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(img)  # other pixels
-    encoded.clear()
-    image_sha1_reads.clear()
-    caplog.clear()
-    kill_after[0] = None
-    with caplog.at_level(logging.INFO, logger="unime"):
-        assert main([*argv, "--out", str(out), "--overwrite"]) == 0
-    assert image_sha1_reads == [str(img.resolve())] and sum(encoded) == 6  # every chunk encoded anew
-    assert "1 discarded, starting over" in caplog.text
-    assert not np.array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
+    def run(out, *args):
+        assert main([*argv, "--out", str(out), *args]) == 0
+
+    check_a_resumed_run_reads_no_image_again(run, out=tmp_path / "vecs.npy", whole=tmp_path / "whole.npy",
+                                             images=images, calls=encoded, kill_after=kill_after,
+                                             reads=image_sha1_reads, caplog=caplog, rng=rng)
+    assert not np.array_equal(np.load(tmp_path / "vecs.npy"), np.load(tmp_path / "whole.npy"))  # the changed image

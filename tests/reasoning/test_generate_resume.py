@@ -10,9 +10,7 @@ import pytest
 from unime.cli import main
 from unime.data.io import read_records, write_records
 
-
-class Killed(BaseException):
-    """Stands for the SIGKILL of a run (no `except Exception` catches it)."""
+from tests.models.helpers import Killed, check_a_resumed_run_reads_no_image_again, write_pngs
 
 
 def _watched_generation(monkeypatch):
@@ -154,15 +152,12 @@ def test_a_resumed_generate_run_reads_no_image_again_for_its_key_and_a_changed_i
     path, size and mtime) are kept in the work folder with the chunks and go with them: the re-run reads none and
     writes the uninterrupted file; an image whose bytes changed is read and changes the key."""
     import numpy as np
-    from PIL import Image
 
     from unime.data.items import Item, Record
     from unime.reasoning import reasoner as reasoner_mod
 
     rng = np.random.default_rng(0)
-    (tmp_path / "img").mkdir()
-    for k in range(2):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{k}.png")
+    images = write_pngs(tmp_path, 2, rng)
     write_records([Record(query=Item(text=f"<|image_1|>\nwhat is shown {i}?", images=(f"img/{i % 2}.png",)),
                           positive=Item(text=f"answer {i}"), id=f"r{i}") for i in range(3)], tmp_path / "r.jsonl")
     monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
@@ -170,36 +165,11 @@ def test_a_resumed_generate_run_reads_no_image_again_for_its_key_and_a_changed_i
     argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
             "--data-root", str(tmp_path), "--max-new-tokens", "3"]
     assert main([*argv, "--out", str(tmp_path / "whole.jsonl")]) == 0
-    assert len(image_sha1_reads) == 2 and generated == [2, 2, 2]
-    out, work = tmp_path / "t.jsonl", tmp_path / ".t.jsonl.unime-work"
-    generated.clear()
-    image_sha1_reads.clear()
-    kill_after[0] = 1  # one chunk of 3 done
-    with pytest.raises(Killed):
-        main([*argv, "--out", str(out)])
-    assert len(image_sha1_reads) == 2  # the finished run kept nothing: its work folder went with its output
-    assert sorted(p.name for p in work.iterdir()) == ["chunk-00000.npy", "image_digests.tsv", "unime-work.json"]
-    generated.clear()
-    image_sha1_reads.clear()
-    kill_after[0] = None
-    with caplog.at_level(logging.INFO, logger="unime"):
-        assert main([*argv, "--out", str(out)]) == 0
-    assert image_sha1_reads == [] and generated == [2, 2]  # no image read for the key; the chunks not done generated
-    assert f"{out}: resuming: 1 of 3 chunks done before" in caplog.text
-    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
-    assert not work.exists()  # the chunks and the digests go when the file is written
+    assert len(image_sha1_reads) == 2 and generated == [2, 2, 2]  # 3 records, both sides: 3 chunks of 2 T-CoTs
 
-    generated.clear()
-    kill_after[0] = 1
-    with pytest.raises(Killed):
-        main([*argv, "--out", str(out), "--overwrite"])
-    img = tmp_path / "img" / "1.png"
-    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(img)  # other pixels
-    generated.clear()
-    image_sha1_reads.clear()
-    caplog.clear()
-    kill_after[0] = None
-    with caplog.at_level(logging.INFO, logger="unime"):
-        assert main([*argv, "--out", str(out), "--overwrite"]) == 0
-    assert image_sha1_reads == [str(img.resolve())] and generated == [2, 2, 2]  # every chunk generated anew
-    assert "1 discarded, starting over" in caplog.text
+    def run(out, *args):
+        assert main([*argv, "--out", str(out), *args]) == 0
+
+    check_a_resumed_run_reads_no_image_again(run, out=tmp_path / "t.jsonl", whole=tmp_path / "whole.jsonl",
+                                             images=images, calls=generated, kill_after=kill_after,
+                                             reads=image_sha1_reads, caplog=caplog, rng=rng)
