@@ -254,3 +254,77 @@ def test_a_model_that_cannot_be_found_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match=r"^model 'no_such_dir/model': no such local folder, and the Hugging Face hub"):
         load_model("no_such_dir/model", device="cpu")
+
+
+def _no_hub_calls(monkeypatch):
+    """Make every Hugging Face hub download (and its HTTP retries) fail the test if it is called."""
+    import huggingface_hub
+    import huggingface_hub.file_download as file_download
+    import transformers.utils.hub as transformers_hub
+
+    def called(*args, **kwargs):
+        raise AssertionError(f"the hub was asked: {args!r}")
+
+    for module in (huggingface_hub, file_download, transformers_hub):
+        for name in ("hf_hub_download", "snapshot_download", "get_hf_file_metadata", "cached_files", "cached_file"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, called)
+    monkeypatch.setattr(file_download, "http_backoff", called, raising=False)
+
+
+def test_a_mistyped_local_model_path_fails_at_once(tmp_path, monkeypatch):
+    """QA: `Embedder.from_pretrained("emb/mergd")` (for the local emb/merged) spent 144.8 s in hub retries before
+    its error: a missing path whose first part is a local folder is a local typo, refused without asking the hub,
+    naming the existing folder and its entries nearest to the missing one."""
+    from unime.errors import ModelError
+    from unime.models.embedder import Embedder
+    from unime.models.loading import checkpoint_vocabulary, load_model
+
+    (tmp_path / "emb" / "merged").mkdir(parents=True)
+    (tmp_path / "emb" / "zzz").mkdir()
+    monkeypatch.chdir(tmp_path)
+    _no_hub_calls(monkeypatch)
+    expected = (r"^model 'emb/mergd': no such local folder \(the folder 'emb' exists; nearest there: 'merged'\); "
+                r"not looked up on the Hugging Face hub")
+    with pytest.raises(ModelError, match=expected):
+        Embedder.from_pretrained("emb/mergd", device="cpu")
+    with pytest.raises(ModelError, match=expected):
+        checkpoint_vocabulary("emb/mergd")
+    with pytest.raises(ModelError, match=r"^model 'emb/a/b': no such local folder \(the folder 'emb' exists\)"):
+        load_model("emb/a/b", device="cpu")
+
+
+def test_a_hub_id_whose_owner_is_no_local_folder_is_still_asked_of_the_hub(tmp_path, monkeypatch):
+    from unime.models.loading import refuse_local_path_typo
+
+    (tmp_path / "emb").mkdir()
+    monkeypatch.chdir(tmp_path)
+    refuse_local_path_typo("Qwen/Qwen2-VL-2B-Instruct")  # no local folder 'Qwen': may be a hub id
+    refuse_local_path_typo("emb")  # exists
+
+
+def test_an_offline_hub_miss_says_hf_hub_offline(tmp_path, monkeypatch):
+    from unime.errors import ModelError
+    from unime.models.loading import load_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=r"^model 'someorg/somemodel': no such local folder.*HF_HUB_OFFLINE is set"):
+        load_model("someorg/somemodel", device="cpu")
+
+
+def test_a_training_run_on_a_mistyped_local_model_path_fails_at_once(tmp_path, monkeypatch):
+    """QA: `train_embedder(EmbedderTrainingConfig(model=...))` on a mistyped local path spent ~2 minutes in hub
+    retries; refused now without asking the hub, before the run writes anything in its folder."""
+    from unime.errors import ModelError
+    from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
+
+    (tmp_path / "emb" / "merged").mkdir(parents=True)
+    (tmp_path / "r.jsonl").write_text('{"query": {"text": "a"}, "positive": {"text": "b"}}\n')
+    monkeypatch.chdir(tmp_path)
+    _no_hub_calls(monkeypatch)
+    config = EmbedderTrainingConfig(model="emb/mergd", records="r.jsonl", out="out", device="cpu", loss="infonce",
+                                    hard_negatives=0)
+    with pytest.raises(ModelError, match=r"^model 'emb/mergd': no such local folder \(the folder 'emb' exists"):
+        train_embedder(config)
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -275,7 +276,16 @@ def _naming_the_model(path: str | os.PathLike):
         where = "no such local folder, and the Hugging Face hub did not give it" if not Path(path).exists() else \
             "its folder could not be read as a model"
         first = " ".join(str(e).split())[:240]
-        raise ModelError(f"model {str(path)!r}: {where} ({first})") from None
+        offline = "; HF_HUB_OFFLINE is set: only the local Hugging Face cache was read" \
+            if _hub_offline() and not Path(path).exists() else ""
+        raise ModelError(f"model {str(path)!r}: {where} ({first}){offline}") from None
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub read it at import or as the environment says now."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def refuse_missing_local_model(path: str | os.PathLike, option: str) -> None:
@@ -293,9 +303,36 @@ def refuse_missing_local_model(path: str | os.PathLike, option: str) -> None:
                              "adapter_config.json, itself or in merged/ or adapter/)")
         return
     text = str(path)
-    local = text.startswith((".", "/", "~")) or text.count("/") > 1 or (len(p.parts) > 1 and Path(p.parts[0]).is_dir())
-    if local:
-        raise ModelError(f"{option} {text!r}: no such folder")
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ModelError(f"{option} {text!r}: no such folder{_nearest_existing(p)}")
+    refuse_local_path_typo(path, option)
+
+
+def _nearest_existing(path: Path) -> str:
+    """Where a missing local path stops existing, for its error: its deepest existing folder and that folder's
+    entries nearest to the missing part (difflib), or '' when no part of it exists."""
+    missing = path.expanduser()
+    parent = missing.parent
+    while not parent.is_dir() and parent != parent.parent:
+        missing, parent = parent, parent.parent
+    if not parent.is_dir() or (str(parent) == "." and not str(path).startswith(".")):
+        return ""
+    names = sorted(e.name for e in parent.iterdir())
+    near = difflib.get_close_matches(missing.name, names, n=3, cutoff=0.5)
+    found = f"; nearest there: {', '.join(map(repr, near))}" if near else ""
+    return f" (the folder {str(parent)!r} exists{found})"
+
+
+def refuse_local_path_typo(path: str | os.PathLike, option: str = "model") -> None:
+    """Refuse at once a missing `owner/name` path whose first part is a local folder (`emb/mergd` where `emb/`
+    exists): a mistyped local path, not a hub id — the hub's retries made it wait ~2.5 minutes offline before its
+    error (QA). A path that exists, or whose first part is no local folder (a hub id), is left to the load."""
+    from unime.errors import ModelError
+
+    p = Path(path)
+    if not p.exists() and len(p.parts) > 1 and Path(p.parts[0]).is_dir():
+        raise ModelError(f"{option} {str(path)!r}: no such local folder{_nearest_existing(p)}; not looked up on "
+                         "the Hugging Face hub, as its first part is a local folder")
 
 
 def is_peft_adapter(path: str | os.PathLike) -> bool:
@@ -459,6 +496,9 @@ def _checkpoint_paths(path: str | os.PathLike, adapter_path: str | None = None) 
     """What `load_model` reads for `path` (and `adapter_path`): (the model folder `trained_model_folder`, the full
     model's path, the PEFT adapter as given or None, the adapter's folder or None, the processor's folder — the
     adapter's when it holds a tokenizer, else the full model's)."""
+    refuse_local_path_typo(path)
+    if adapter_path is not None:
+        refuse_local_path_typo(adapter_path, "adapter_path")
     path = trained_model_folder(path)
     base_path, peft_path = path, adapter_path
     if adapter_path is None and (adapter_path := adapter_folder(path)) is not None:  # `path` is an adapter
