@@ -78,6 +78,22 @@ def test_an_empty_item_is_refused_naming_it(emb, reranker, empty):
         reranker.rerank("q", ["a", empty])
 
 
+def test_a_missing_image_names_its_item(emb, reranker):
+    """QA: encode([{"text": "ok"}, {"image": "imgs/nope.png"}]) said field 'images[0]' (and the judge
+    'candidate.images[0]') without the item's position, while other item errors name it."""
+    from unime.errors import DataError
+
+    gone = "no_such_folder/nope.png"  # under the data root (the working directory)
+    with pytest.raises(DataError, match=r"^field 'items\[1\]\.images\[0\]': image file not found"):
+        emb.encode([{"text": "ok"}, {"image": gone}])
+    with pytest.raises(DataError, match=r"^field 'items\[2\]\.images\[0\]': image file not found"):
+        emb.encode(["a", "b", {"images": [gone]}, "c", {"images": [gone]}], batch_size=1)  # its first place
+    with pytest.raises(DataError, match=r"^field 'candidates\[3\]\.images\[0\]': image file not found"):
+        reranker.judge.score_candidates("q", ["a", "b", "a", {"images": [gone]}])
+    with pytest.raises(DataError, match=r"^field 'query\.images\[0\]': image file not found"):
+        reranker.judge.score_candidates({"images": [gone]}, ["a"])
+
+
 @pytest.mark.parametrize("bad, match", [({"image": ""}, r"items\[0\]\.images.*non-empty path"),
                                         ({"text": 0}, r"items\[0\]\.text.*text must be a string, got int"),
                                         ({"text": False, "image": "x.png"}, r"text must be a string, got bool")])

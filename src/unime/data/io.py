@@ -462,8 +462,9 @@ def named_where_read(err: DataError, items: Sequence[Item], where: Sequence[tupl
     if place is None:
         return err
     source, record, field = place
+    within = getattr(err, "item_field", err.field)  # `Embedder.encode` names the item's position in its list
     return data_error(reason_of(err), raw_message(err), source=source, record=record,
-                      field=f"{field}.{err.field}" if err.field else field)
+                      field=f"{field}.{within}" if within else field)
 
 
 class ImageChecker:

@@ -86,6 +86,24 @@ def check_emb_pooling(model: str | os.PathLike, option: str = "--model") -> None
         raise _no_emb_token(model, option)
 
 
+def _named_in_items(err: DataError, items: Sequence[Item]) -> DataError:
+    """`err`, tagged with its item by `Embedder._segments_of`, naming that item's position in the `items` given to
+    `encode` (`items[1].images[0]`; the first of equal items) — the field alone (`images[0]`) did not say which
+    item (QA). The item and the field within it stay on the error (`item`, `item_field`) for a caller that names
+    the file and record the item was read from (`unime.data.io.named_where_read`)."""
+    from unime.data.io import raw_message
+    from unime.data.skips import data_error, reason_of
+
+    item = getattr(err, "item", None)
+    at = next((i for i, it in enumerate(items) if it is item), None)
+    if at is None or err.source is not None or err.record is not None:
+        return err
+    named = data_error(reason_of(err), raw_message(err),
+                       field=f"items[{at}].{err.field}" if err.field else f"items[{at}]")
+    named.item, named.item_field = item, err.field  # type: ignore[attr-defined]
+    return named
+
+
 class Embedder:
     def __init__(self, model, processor, adapter: FamilyAdapter, *, pooling: str = "last",
                  image_loader: ImageLoader | None = None, instruction_suffix: str = "", batch_size: int = 16,
@@ -255,7 +273,10 @@ class Embedder:
             with torch.inference_mode():
                 s = 0
                 for batch in batches:
-                    inputs = self.build_inputs([items[i] for i in batch])
+                    try:
+                        inputs = self.build_inputs([items[i] for i in batch])
+                    except DataError as e:
+                        raise _named_in_items(e, items) from None
                     reps = self.forward(inputs, normalize=normalize)
                     out[s:s + len(batch)] = reps.float().cpu().numpy()
                     tokens[s:s + len(batch)] = self.adapter.input_token_counts(inputs)

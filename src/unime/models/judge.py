@@ -223,11 +223,14 @@ class JudgeScorer:
         for c in candidates:
             unique.setdefault(c.key, len(unique))
         self.stats.duplicate_pairs += len(candidates) - len(unique)
+        first = {}  # an item's key → its first position in `candidates`, which its errors name
+        for i, c in enumerate(candidates):
+            first.setdefault(c.key, i)
         uniq_items = list({c.key: c for c in candidates}.values())
         prefix = judge_prefix_segments(self.item_segments(query, field="query"))
         continuations = []
         for cand in uniq_items:
-            c_segs = judge_candidate_segments(self.item_segments(cand, field="candidate"))
+            c_segs = judge_candidate_segments(self.item_segments(cand, field=f"candidates[{first[cand.key]}]"))
             continuations.append((merge_text([*prefix, *c_segs]), c_segs, self._media_keys(cand)))
         margins, failed = self.engine.score(prefix, continuations, self._yes_no_margin)
         for j in failed:
