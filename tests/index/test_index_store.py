@@ -100,6 +100,21 @@ def test_a_search_for_no_hits_is_refused_not_answered_with_one(tmp_path, model_d
     assert len(search_items(idx, q, 1)[0]) == 1 and len(search_items(idx, q, 10)[0]) == 3
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e300])  # 1e300: inf once in float32
+def test_a_search_with_a_non_finite_query_vector_is_refused_naming_its_row(tmp_path, model_dir, bad):
+    """QA: a NaN query vector gave rows -1 and scores -3.4e38, silently."""
+    _corpus(tmp_path / "corpus.jsonl", 3)
+    idx, _ = _build(tmp_path, model_dir, HashEmbedder())
+    q = np.stack([HashEmbedder().vec("a query"), HashEmbedder().vec("another")]).astype(np.float64)
+    q[1, 5] = bad
+    with pytest.raises(ValueError, match=r"^query vector 1 \(row 1 of the queries\) holds NaN or inf"):
+        idx.search(q, 2)
+    with pytest.raises(ValueError, match=r"^query vector 0 "):
+        search_items(idx, q[1:], 2)
+    scores = {f"doc{i}": float(q[0] @ HashEmbedder().vec(f"document number {i}")) for i in range(3)}
+    assert [h["id"] for h in search_items(idx, q[:1], 3)[0]] == sorted(scores, key=scores.get, reverse=True)
+
+
 def test_float16_vectors_and_approximate_index_recall_in_the_manifest(tmp_path, model_dir):
     _corpus(tmp_path / "corpus.jsonl", 2000)
     idx, _ = _build(tmp_path, model_dir, HashEmbedder(dim=16), vector_dtype="float16", index="hnsw",

@@ -237,6 +237,10 @@ class CorpusIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ValueError(f"query vectors have dimension {q.shape[1]}, the index {self.dim}")
+        if not np.isfinite(q).all():  # FAISS answered a NaN query with rows -1 and scores -3.4e38, silently (QA)
+            bad = int(np.flatnonzero(~np.isfinite(q).all(axis=1))[0])
+            raise ValueError(f"query vector {bad} (row {bad} of the queries) holds NaN or inf: a search needs finite "
+                             "query vectors")
         require_hits(k)  # k=0 gave one hit
         k = max(1, min(int(k), len(self)))
         if self.faiss is None:
