@@ -238,6 +238,20 @@ def _image_budget(config: EmbedderTrainingConfig) -> ImageBudget:
     return ImageBudget.from_options(config.min_pixels, config.max_pixels, config.image_size)
 
 
+def _naming_the_data_root(err: DataError, data_root: str, *, in_memory: bool) -> DataError:
+    """`err`, a missing image of records given in memory, saying where it was looked for: their paths are relative
+    to `data_root` (the working directory unless `config.data_root`), which the message did not say (QA)."""
+    from unime.data.io import raw_message
+    from unime.data.skips import data_error, reason_of
+
+    message = raw_message(err)
+    if not in_memory or "file not found" not in message:
+        return err
+    return data_error(reason_of(err), f"{message} (looked for under {os.path.abspath(data_root)}: the paths of "
+                      "in-memory records are relative to data_root, the working directory unless set)",
+                      source=err.source, record=err.record, field=err.field)
+
+
 def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | None, loss: GroupLoss,
                     data_root: str, skips: SkipReport) -> list[Record]:
     """Read (unless given) and check the records; images are decoded up front — all of them under the
@@ -247,6 +261,7 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     from unime.models.loading import checkpoint_image_loader
 
     source = config.records
+    given = records is not None
     if records is None:
         records = read_records(source, on_error=config.on_error, skips=skips)
     records = check_records(records, num_negatives=config.hard_negatives, needs_scores=loss.requires_scores,
@@ -263,7 +278,10 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
         if not records:
             raise DataError("no usable training records", source=source)
     else:
-        check_images(used[:IMAGE_PREFLIGHT], loader, source=source)
+        try:
+            check_images(used[:IMAGE_PREFLIGHT], loader, source=source)
+        except DataError as e:
+            raise _naming_the_data_root(e, data_root, in_memory=given) from None
     if skips.total:
         logger.warning("%s: %s", source, skips.summary())
     return records
@@ -452,12 +470,12 @@ def with_resolved_batch(config: EmbedderTrainingConfig) -> EmbedderTrainingConfi
     return dataclasses.replace(config, batch_size=per_device_batch(config.global_batch, config.grad_accum))
 
 
-def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
+def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequence[Record | dict] | None = None,
                               callbacks: Sequence[Any] = ()) -> EmbedderTrainingRun:
     """Validate the configuration and the records, load the model (+ LoRA), and build the trainer.
 
-    `records` (already loaded) are used instead of reading `config.records`, which then only names
-    their source in errors and in the model card."""
+    `records` (already loaded: `Record`s or dicts, `in_memory_records`) are used instead of reading
+    `config.records`, which then only names their source in errors and in the model card."""
     from transformers import set_seed
 
     from unime.models.embedder import Embedder
@@ -465,6 +483,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
+    if records is not None:
+        records = in_memory_records(records, config.records)
     config = with_resolved_batch(config)
     skips = SkipReport()
     if config.loss == "auto" or config.hard_negatives is None:
@@ -556,15 +576,40 @@ def check_embedder_options(config: EmbedderTrainingConfig) -> EmbedderTrainingCo
     return config
 
 
-def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record] | None = None,
+def in_memory_records(records: Any, source: str | None = None) -> list[Record]:
+    """The `records=` given to a trainer: a list of `Record`s or of dicts (a records file's JSON objects, parsed
+    as a JSONL line is: `unime.data.io.record_from_dict`; a bad one is a `DataError` naming `source`, its index in
+    the list and its field). Anything else is a TypeError naming what is expected (a dict failed deep inside
+    with "'dict' object has no attribute 'negatives'", QA)."""
+    from unime.data.io import record_from_dict
+    from unime.data.items import require_list
+
+    out = []
+    for i, r in enumerate(require_list(records, name="records", of="Records or dicts")):
+        if isinstance(r, dict):
+            r = record_from_dict(r, source=source, record=f"records[{i}]")
+        elif not isinstance(r, Record):
+            raise TypeError(f"records[{i}]: expected a unime.data.items.Record or a dict (a records file's JSON "
+                            f"object), got {type(r).__name__}")
+        out.append(r)
+    return out
+
+
+def train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record | dict] | None = None,
                    callbacks: Sequence[Any] = ()) -> EmbedderTrainingResult:
     """Train, then export the adapter, the merged model and the model card — in an output folder the
     run owns and holds locked (`unime.outdir`). Re-running continues from the last complete checkpoint,
-    reports a finished run without training, and refuses changed options (`unime.models.run_state`)."""
+    reports a finished run without training, and refuses changed options (`unime.models.run_state`).
+
+    `records`: the training records in memory instead of `config.records` (`in_memory_records`: `Record`s, or
+    dicts as a records file's lines hold them); their image paths are relative to `config.data_root`, the
+    working directory by default."""
     from unime.outdir import claim_on_main_process
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
+    if records is not None:
+        records = in_memory_records(records, config.records)
     config = check_embedder_options(config)
     with claim_on_main_process(config.out, "train embedder", config.to_dict(), overwrite=config.overwrite):
         # --resume CHECKPOINT trains from it, over a finished run too (`run_state.plan_run`)

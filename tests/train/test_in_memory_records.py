@@ -1,0 +1,52 @@
+"""`train_embedder(config, records=[...])` / `prepare_embedder_training`: records given in memory as `Record`s or
+as dicts (a records file's JSON objects), a bad one named by its index and field; a missing image says where it
+was looked for (QA: a dict failed with "'dict' object has no attribute 'negatives'")."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.train.helpers import base_config, write_world
+from unime.data.items import Item, Record
+from unime.errors import DataError
+
+
+def test_dict_records_train_as_the_same_records_read_from_a_file(tmp_path, tiny_model_dir):
+    from unime.data.io import read_records
+    from unime.train.embedder_trainer import prepare_embedder_training
+
+    path = write_world(tmp_path / "world")
+    dicts = [json.loads(line) for line in open(path)]
+    config = base_config(tiny_model_dir("qwen2_vl"), tmp_path / "out", tmp_path / "world", loss="infonce")
+    run = prepare_embedder_training(config, records=dicts)
+    assert run.records == read_records(path) and len(run.records) == 4
+    assert run.config.records == "<in-memory records>"
+
+
+def test_a_bad_in_memory_record_is_named_by_its_index(tmp_path, tiny_model_dir):
+    from unime.train.embedder_trainer import train_embedder
+
+    config = base_config(tiny_model_dir("qwen2_vl"), tmp_path / "out", tmp_path, loss="infonce", hard_negatives=0)
+    good = {"query": {"text": "a"}, "positive": {"text": "b"}}
+    with pytest.raises(DataError, match=r"^<in-memory records>, record records\[1\], field 'positive': unknown keys"):
+        train_embedder(config, records=[good, {"query": {"text": "a"}, "positive": {"txt": "b"}}])
+    with pytest.raises(TypeError, match=r"^records\[1\]: expected a unime.data.items.Record or a dict .*got int"):
+        train_embedder(config, records=[good, 3])
+    with pytest.raises(TypeError, match=r"^records must be a list of Records or dicts, got a single dict"):
+        train_embedder(config, records=good)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_image_of_an_in_memory_record_says_where_it_was_looked_for(tmp_path, tiny_model_dir, monkeypatch):
+    from unime.train.embedder_trainer import train_embedder
+
+    monkeypatch.chdir(tmp_path)
+    config = base_config(tiny_model_dir("qwen2_vl"), tmp_path / "out", tmp_path, loss="infonce", hard_negatives=0,
+                         data_root=None)
+    records = [Record(query=Item(text="a"), positive=Item(images=("imgs/nope.png",))),
+               Record(query=Item(text="c"), positive=Item(text="d"))]
+    with pytest.raises(DataError, match=rf"field 'positive.images\[0\]': image file not found: 'imgs/nope.png' "
+                                        rf"\(looked for under {tmp_path}: the paths of in-memory records"):
+        train_embedder(config, records=records)
