@@ -256,13 +256,17 @@ def test_a_model_that_cannot_be_found_is_named(tmp_path, monkeypatch):
         load_model("no_such_dir/model", device="cpu")
 
 
-def _no_hub_calls(monkeypatch):
-    """Make every Hugging Face hub download (and its HTTP retries) fail the test if it is called."""
+def _no_hub_calls(monkeypatch) -> list:
+    """Make every Hugging Face hub download (and its HTTP retries) raise, and list the calls (a caller that catches
+    the error still leaves its call in the list)."""
     import huggingface_hub
     import huggingface_hub.file_download as file_download
     import transformers.utils.hub as transformers_hub
 
+    calls: list = []
+
     def called(*args, **kwargs):
+        calls.append((args, kwargs))
         raise AssertionError(f"the hub was asked: {args!r}")
 
     for module in (huggingface_hub, file_download, transformers_hub):
@@ -270,6 +274,8 @@ def _no_hub_calls(monkeypatch):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, called)
     monkeypatch.setattr(file_download, "http_backoff", called, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as a user's machine: the hub asked
+    return calls
 
 
 def test_a_mistyped_local_model_path_fails_at_once(tmp_path, monkeypatch):
@@ -278,20 +284,24 @@ def test_a_mistyped_local_model_path_fails_at_once(tmp_path, monkeypatch):
     naming the existing folder and its entries nearest to the missing one."""
     from unime.errors import ModelError
     from unime.models.embedder import Embedder
+    from unime.models.judge import JudgeScorer
     from unime.models.loading import checkpoint_vocabulary, load_model
 
     (tmp_path / "emb" / "merged").mkdir(parents=True)
     (tmp_path / "emb" / "zzz").mkdir()
     monkeypatch.chdir(tmp_path)
-    _no_hub_calls(monkeypatch)
+    calls = _no_hub_calls(monkeypatch)
     expected = (r"^model 'emb/mergd': no such local folder \(the folder 'emb' exists; nearest there: 'merged'\); "
                 r"not looked up on the Hugging Face hub")
     with pytest.raises(ModelError, match=expected):
         Embedder.from_pretrained("emb/mergd", device="cpu")
     with pytest.raises(ModelError, match=expected):
         checkpoint_vocabulary("emb/mergd")
+    with pytest.raises(ModelError, match=expected):
+        JudgeScorer.from_pretrained("emb/mergd", load_weights=False)  # asked whether it is a hub adapter first
     with pytest.raises(ModelError, match=r"^model 'emb/a/b': no such local folder \(the folder 'emb' exists\)"):
         load_model("emb/a/b", device="cpu")
+    assert calls == []
 
 
 def test_a_hub_id_whose_owner_is_no_local_folder_is_still_asked_of_the_hub(tmp_path, monkeypatch):
@@ -322,9 +332,9 @@ def test_a_training_run_on_a_mistyped_local_model_path_fails_at_once(tmp_path, m
     (tmp_path / "emb" / "merged").mkdir(parents=True)
     (tmp_path / "r.jsonl").write_text('{"query": {"text": "a"}, "positive": {"text": "b"}}\n')
     monkeypatch.chdir(tmp_path)
-    _no_hub_calls(monkeypatch)
+    calls = _no_hub_calls(monkeypatch)
     config = EmbedderTrainingConfig(model="emb/mergd", records="r.jsonl", out="out", device="cpu", loss="infonce",
                                     hard_negatives=0)
     with pytest.raises(ModelError, match=r"^model 'emb/mergd': no such local folder \(the folder 'emb' exists"):
         train_embedder(config)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and calls == []

@@ -371,6 +371,7 @@ def hub_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
     local path, a model that is no adapter, or a hub that cannot be reached (the load then says what is missing)."""
     if Path(model).exists():
         return None
+    refuse_local_path_typo(model)  # not asked of the hub
     found = _hub_adapter_config_file(str(model))
     return json.loads(Path(found).read_text()) if found else None
 
