@@ -49,6 +49,14 @@ def allow_outside_root_option(help: str = "permit image and video paths outside 
     return option(False, help)
 
 
+def index_mmap_option():
+    """`--mmap`: the index's FAISS index is read memory-mapped (`unime.index.store.read_faiss_index`) — `unime search`
+    and `unime serve` take it alike."""
+    return option(False, "read the index's faiss.index memory-mapped: its vectors stay in the file (paged in by the "
+                  "searches, dropped by the kernel when memory is short) instead of copied into memory; the same "
+                  "results, a near-instant load, no second copy held during a reload")
+
+
 def on_error_option(help: str, **cli: Any):
     """The `--on-error raise|skip` option of a command that reads data (`unime.data.skips.ErrorPolicy`), with
     its `--skip-bad-records` switch (= `--on-error skip`) — every command that has one takes both."""

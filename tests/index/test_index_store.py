@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.index.helpers import mapped_files, needs_proc_maps
 from unime.data.items import Item
 from unime.errors import DataError
 from unime.index.ann import IndexConfig, measure_recall
@@ -1071,3 +1072,83 @@ def test_search_refuses_a_query_image_beyond_the_models_aspect_ratio_before_load
                    "its short side, over the 200 the model's image processor accepts\n")
     assert main(search + [str(tmp_path / "edge.png")]) == 0
     assert len(loaded) == 1 and json.loads(capsys.readouterr().out)["id"] == "t0"
+
+
+@needs_proc_maps
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_a_memory_mapped_index_gives_the_same_hits_read_in_place_from_its_file(tmp_path, model_dir, kind, storage):
+    """`CorpusIndex(mmap=True)` (`--mmap` of search and serve) reads faiss.index memory-mapped, for every kind and
+    storage an index is built with: the same top-k ids and scores as the index read into memory, the file mapped by
+    the process (listed in /proc/self/maps, where the in-memory read leaves it out). A build writing a new
+    faiss.index (by a rename) leaves a mapped index searching the file it opened, now listed as deleted."""
+    import faiss
+
+    _corpus(tmp_path / "corpus.jsonl", 300)
+    emb = HashEmbedder(dim=32)
+    _build(tmp_path, model_dir, emb, index=kind, index_settings={"storage": storage, "nlist": 4, "nprobe": 2},
+           recall_sample=10)
+    path = str((tmp_path / "idx" / "faiss.index").resolve())
+    in_memory = CorpusIndex(tmp_path / "idx")
+    assert path not in mapped_files()
+    mapped = CorpusIndex(tmp_path / "idx", mmap=True)
+    assert mapped.mmap and path in mapped_files()
+    assert type(faiss.downcast_index(mapped.faiss)) is type(faiss.downcast_index(in_memory.faiss))
+    queries = np.stack([emb.vec(f"document number {i}") for i in range(0, 300, 7)] + [emb.vec("something else")])
+    scores, rows = in_memory.search(queries, 12)
+    mm_scores, mm_rows = mapped.search(queries, 12)
+    np.testing.assert_array_equal(mm_rows, rows)
+    np.testing.assert_array_equal(mm_scores, scores)
+    assert (rows[:-1, 0] == np.arange(0, 300, 7)).all()  # (each text's own row first: a search that finds)
+    _corpus(tmp_path / "corpus.jsonl", 10, start=300)
+    _build(tmp_path, model_dir, emb, recall_sample=10)  # writes a new faiss.index over the old by a rename
+    assert f"{path} (deleted)" in mapped_files() and path not in mapped_files()
+    np.testing.assert_array_equal(mapped.search(queries, 12)[1], rows)
+    new = CorpusIndex(tmp_path / "idx", mmap=True)
+    assert len(new) == 310 and path in mapped_files()
+    assert new.search(emb.vec("document number 305")[None], 1)[1][0, 0] == 305
+
+
+def test_a_faiss_without_memory_mapped_reads_is_named_when_mmap_is_asked(tmp_path, model_dir, monkeypatch):
+    """FAISS before 1.11 has no IO_FLAG_MMAP_IFC: `--mmap` is refused naming the option and the installed version
+    (not an AttributeError), while the default read still works."""
+    import faiss
+
+    _corpus(tmp_path / "corpus.jsonl", 5)
+    _build(tmp_path, model_dir, HashEmbedder())
+    monkeypatch.delattr(faiss, "IO_FLAG_MMAP_IFC")
+    with pytest.raises(IndexError_, match=r"memory-mapped \(--mmap\) needs a FAISS with IO_FLAG_MMAP_IFC \(1\.11 or "
+                       rf"later\); the installed one is {re.escape(faiss.__version__)}"):
+        CorpusIndex(tmp_path / "idx", mmap=True)
+    assert len(CorpusIndex(tmp_path / "idx")) == 5
+
+
+@needs_proc_maps
+def test_the_cli_searches_a_memory_mapped_index_under_mmap_with_the_same_hits(tmp_path, tiny_model_dir, capsys,
+                                                                              monkeypatch):
+    """`unime search --mmap` opens the index memory-mapped (its faiss.index mapped while it searches) and prints
+    the hits of the default read."""
+    from unime.cli import main
+    from unime.index import store
+
+    model = tiny_model_dir("qwen2_vl")
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in
+                                                   enumerate(["a red star", "a blue circle", "a green tree"])))
+    assert main(["index", "build", "--model", model, "--items", str(tmp_path / "corpus.jsonl"), "--out",
+                 str(tmp_path / "idx"), "--device", "cpu"]) == 0
+    opened = []
+
+    class Spy(store.CorpusIndex):
+        def search(self, queries, k):
+            opened.append((self.mmap, str((self.folder / "faiss.index").resolve()) in mapped_files()))
+            return super().search(queries, k)
+
+    monkeypatch.setattr(store, "CorpusIndex", Spy)
+    out = {}
+    for flags in ([], ["--mmap"]):
+        capsys.readouterr()
+        assert main(["search", "--index", str(tmp_path / "idx"), "--query", "a blue circle", "--k", "3", "--json",
+                     "--device", "cpu", *flags]) == 0
+        out[bool(flags)] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert opened == [(False, False), (True, True)]
+    assert out[True] == out[False] and out[True][0]["id"] == "t1"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.index.helpers import mapped_files, needs_proc_maps
 from tests.serve.helpers import COLOURS, Server, png_uri, write_corpus
 from unime.data.items import Item
 from unime.serve.auth import key_matches
@@ -745,6 +746,53 @@ def test_a_build_appended_to_the_served_index_is_swapped_in_and_a_broken_one_kee
             manifest.write_text(good)  # a good state again: served, the warning gone
             health = wait_for(c, lambda h: h["index_warning"] is None)
             assert health["index_items"] == 9
+    finally:
+        engine.close()
+
+
+@needs_proc_maps
+def test_serve_mmap_serves_the_index_memory_mapped_and_a_reload_reads_the_new_build_so_too(world, tmp_path):
+    """`unime serve --mmap`: the served index's faiss.index is read memory-mapped (mapped by the process, as
+    /proc/self/maps lists it), its hits those of the default read; a build appended to it is swapped in read the
+    same way, the old state (still held by a request that took it) searching the file it opened, replaced since."""
+    import asyncio
+    import json
+
+    from unime.cli import build_parser
+    from unime.cli.serve import config_from_args
+    from unime.index.store import CorpusIndex, build_corpus_index
+    from unime.serve.engine import Engine
+    from unime.serve.index_reload import IndexReloader
+
+    corpus = write_corpus(tmp_path)
+    build = dict(embedder=world["emb"], model=world["model"], cache_dir=tmp_path / "cache",
+                 model_settings=world["idx"].manifest["model_settings"])
+    build_corpus_index(corpus, tmp_path / "idx", **build)
+    path = str((tmp_path / "idx" / "faiss.index").resolve())
+    config = config_from_args(build_parser().parse_args(["serve", "--model", world["model"], "--index",
+                                                         str(tmp_path / "idx"), "--mmap", "--no-auth", "--dtype",
+                                                         "auto", "--device", "cpu"]))
+    assert config.mmap is True
+    engine = Engine.load(config)
+    try:
+        old = engine.index
+        assert old.mmap and path in mapped_files()
+        q = engine.embedder.encode([Item(text="a red square")])
+        expected = CorpusIndex(tmp_path / "idx").search(q, 8)
+        for got, want in zip(old.search(q, 8), expected):
+            np.testing.assert_array_equal(got, want)
+        query = "a violet triangle over a grey sea"
+        with open(corpus, "a") as fh:
+            fh.write(json.dumps({"id": "new-1", "text": query}) + "\n")
+        build_corpus_index(corpus, tmp_path / "idx", **build)
+        reloader = IndexReloader(engine, model=config.model, dtype=config.dtype, interval_s=1.0,
+                                 fixed_rerank_root=False)
+        assert asyncio.run(reloader.check()) and engine.index is not old and reloader.warning is None
+        assert engine.index.mmap and len(engine.index) == 9
+        assert path in mapped_files() and f"{path} (deleted)" in mapped_files()  # the new file; the old one, replaced
+        _, rows = engine.index.search(engine.embedder.encode([Item(text=query)]), 1)
+        assert engine.index.entries[rows[0, 0]]["id"] == "new-1"
+        np.testing.assert_array_equal(old.search(q, 8)[1], expected[1])
     finally:
         engine.close()
 

@@ -51,7 +51,7 @@ from unime.index.ann import (AUTO_APPROX_THRESHOLD, DEFAULT_RECALL_K, DEFAULT_RE
                              search)
 from unime.models.embedding_cache import DTYPE_LABELS
 from unime.models.loading import EmbedderOptions, dtype_option, model_reference
-from unime.options import on_error_option, option
+from unime.options import index_mmap_option, on_error_option, option
 from unime.outdir import claim
 
 log = logging.getLogger(__name__)
@@ -146,10 +146,13 @@ class ChunkedRows:
 
 
 class CorpusIndex:
-    """An index folder opened for search (see the module doc)."""
+    """An index folder opened for search (see the module doc). `mmap`: the FAISS index is read memory-mapped
+    (`read_faiss_index`): its vectors (and graph or lists) stay in the file, paged in by the searches, instead of
+    copied into the process's memory; the rows' vectors (chunks/) are memory-mapped either way."""
 
-    def __init__(self, folder: str | os.PathLike, *, load_faiss: bool = True):
+    def __init__(self, folder: str | os.PathLike, *, load_faiss: bool = True, mmap: bool = False):
         self.folder = Path(folder)
+        self.mmap = bool(mmap)
         mf = self.folder / "manifest.json"
         if not mf.is_file():
             raise IndexError_(f"{self.folder} is not a unime index (no manifest.json)")
@@ -191,8 +194,6 @@ class CorpusIndex:
         self.faiss = None
         count = (self.manifest.get("index") or {}).get("count")
         if load_faiss and (self.entries or count):
-            import faiss
-
             if count is None:  # the build was stopped after its chunks were committed, before faiss.index
                 raise IndexError_(f"{self.folder}: the index has no FAISS index yet (its build was interrupted after "
                                   f"{len(self.entries)} rows were stored); re-run `unime index build` with the same "
@@ -200,7 +201,7 @@ class CorpusIndex:
             if count != len(self.entries):
                 raise IndexError_(f"{self.folder}: the FAISS index covers {count} rows but {len(self.entries)} are "
                                   f"stored; re-run `unime index build` to finish it, or {_REBUILD}")
-            self.faiss = faiss.read_index(str(self.folder / "faiss.index"))
+            self.faiss = read_faiss_index(self.folder / "faiss.index", mmap=self.mmap)
             if self.faiss.ntotal != len(self.entries):
                 raise IndexError_(f"{self.folder}: faiss.index holds {self.faiss.ntotal} vectors for "
                                   f"{len(self.entries)} stored rows; {_REBUILD}")
@@ -246,6 +247,24 @@ class CorpusIndex:
         if self.faiss is None:
             return np.zeros((len(q), 0), dtype=np.float32), np.zeros((len(q), 0), dtype=np.int64)
         return search(self.faiss, q, k)  # an hnsw index at efSearch max(--ef-search, k), for this search only
+
+
+def read_faiss_index(path: str | os.PathLike, *, mmap: bool = False):
+    """`faiss.read_index` of `path`; with `mmap`, memory-mapped (FAISS's IO_FLAG_MMAP_IFC): the codes of every
+    index kind unime builds (flat, hnsw, ivf, float32 or float16 storage: the vectors, the HNSW graph's neighbour
+    lists, the IVF lists) are read in place from the file, which stays mapped while the index lives. The searches are
+    the same; the memory they use is the file's pages, which the kernel can drop and read again, not the process's
+    own. A build replaces faiss.index by a rename (`atomic_path`), so a mapped index keeps reading the file it
+    opened."""
+    import faiss
+
+    if not mmap:
+        return faiss.read_index(str(path))
+    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", None)
+    if flag is None:
+        raise IndexError_(f"{path}: reading the index memory-mapped (--mmap) needs a FAISS with IO_FLAG_MMAP_IFC "
+                          f"(1.11 or later); the installed one is {getattr(faiss, '__version__', '?')}")
+    return faiss.read_index(str(path), flag)
 
 
 def manifest_digest(folder: str | os.PathLike) -> str | None:
@@ -618,6 +637,7 @@ class SearchConfig(IndexModelOptions):
     model: str | None = option(None, "embedder (default: the one recorded in the index manifest)")
     k: int = option(10, "hits shown", at_least=1)
     json: bool = option(False, "print JSON lines instead of a table")
+    mmap: bool = index_mmap_option()
 
     def __post_init__(self) -> None:
         require_hits(self.k)  # refused before the index and the model load
@@ -653,7 +673,7 @@ def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
     from unime.models.embedding_cache import embedding_settings
     from unime.models.loading import checkpoint_image_loader
 
-    idx = CorpusIndex(cfg.index)
+    idx = CorpusIndex(cfg.index, mmap=cfg.mmap)
     model = cfg.model or idx.manifest["model"]
     if cfg.image:  # (`SearchConfig.query_item` checked the file, without the model's limit)
         checkpoint_image_loader(model, None, allow_outside_root=True).check_header(cfg.image, field="--image")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from unime.errors import OptionError
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import attn_implementation_option, dtype_option
-from unime.options import check_ranges, option
+from unime.options import check_ranges, index_mmap_option, option
 
 
 def is_loopback(host: str) -> bool:
@@ -72,6 +72,7 @@ class ServeConfig(ItemFormatOptions):
     model: str = option(help="embedder checkpoint")
     reranker: str | None = option(None, "reranker checkpoint or `unime train reranker` folder")
     index: str | None = option(None, "index folder from `unime index build` (enables /v1/search and /)")
+    mmap: bool = index_mmap_option()
     model_name: str | None = option(None, "the model name clients send (default: the folder's name)")
     reranker_name: str | None = option(None, "the reranker name clients send (default: the folder's name)")
     host: str = option("127.0.0.1", "address to listen on (default %(default)s; another than loopback needs API keys)")

@@ -57,7 +57,7 @@ class Engine:
         if config.index:
             from unime.index.store import CorpusIndex, index_video_sampling
 
-            index = CorpusIndex(config.index)
+            index = CorpusIndex(config.index, mmap=config.mmap)
             sampling = index_video_sampling(index.manifest)  # the index's (QA: --video-frames 4 was refused)
         emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,
                                        item_format=config.item_format, attn_implementation=config.attn_implementation,

@@ -82,7 +82,7 @@ class IndexReloader:
         from unime.index.store import CorpusIndex, IndexError_, check_model
         from unime.models.embedding_cache import embedding_settings
 
-        new = CorpusIndex(self.folder)
+        new = CorpusIndex(self.folder, mmap=self.engine.index.mmap)  # read as the served one was (--mmap)
         emb = self.engine.embedder
         check_model(new, self.model, embedding_settings(emb, self.dtype), device=emb.device)
         old_root = self.engine.index.data_root
