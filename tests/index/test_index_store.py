@@ -1152,3 +1152,27 @@ def test_the_cli_searches_a_memory_mapped_index_under_mmap_with_the_same_hits(tm
         out[bool(flags)] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert opened == [(False, False), (True, True)]
     assert out[True] == out[False] and out[True][0]["id"] == "t1"
+
+
+def test_a_text_holding_a_unicode_line_separator_is_indexed_as_one_row(tmp_path, model_dir):
+    """A row's JSON line keeps U+2028, U+2029 and U+0085 (NEL) as they are (json.dumps(ensure_ascii=False) escapes
+    only the ASCII controls), and the rows were read back split by str.splitlines, which splits at those too: a
+    corpus with such a text (pasted from a web page or a PDF) built its chunk, then could not open it ("the index is
+    damaged (JSONDecodeError ...)"). A row is one line split at "\\n" only: indexed, searched, added to, and its
+    metadata edited by a re-run."""
+    texts = ["first\u2028line", "a\u0085next line", "para\u2029graph", "plain"]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"t{i}", "text": t, "metadata": {"n": i}}) + "\n"
+                              for i, t in enumerate(texts)))
+    emb = HashEmbedder()
+    idx, _ = _build(tmp_path, model_dir, emb)
+    assert [e["item"]["text"] for e in idx.entries] == texts
+    assert idx.search(emb.vec("para\u2029graph")[None], 1)[1][0, 0] == 2
+    with open(corpus, "a") as fh:
+        fh.write(json.dumps({"id": "t4", "text": "more"}) + "\n")
+    idx, stats = _build(tmp_path, model_dir, emb)
+    assert (stats.already_indexed, stats.added) == (4, 1) and len(idx) == 5
+    corpus.write_text(corpus.read_text().replace('{"n": 0}', '{"n": "edited"}'))
+    idx, stats = _build(tmp_path, model_dir, emb)
+    assert stats.metadata_updated == 1 and idx.entries[0]["metadata"] == {"n": "edited"}
+    assert [e["item"]["text"] for e in CorpusIndex(tmp_path / "idx").entries] == texts + ["more"]

@@ -179,7 +179,7 @@ class CorpusIndex:
         self.entries: list[dict] = []
         for keys in committed_chunks(self.folder):
             arr = np.load(keys.with_suffix(".npy"), mmap_mode="r")
-            rows = [json.loads(line) for line in keys.read_text(encoding="utf-8").splitlines() if line]
+            rows = read_rows(keys)
             if arr.shape[0] != len(rows):
                 raise IndexError_(f"{keys}: {len(rows)} entries for {arr.shape[0]} vectors")
             if dim is None:  # stopped between its first chunk and the manifest that records the vectors' size
@@ -306,6 +306,12 @@ def is_index_folder(folder: str | os.PathLike) -> bool:
                       "to write into it; use another --out")
 
 
+def read_rows(keys: Path) -> list[dict]:
+    """The rows of a chunk's .jsonl, a line each. Split at "\\n" only: a row's JSON keeps U+2028, U+2029 and U+0085
+    as they are (json.dumps(ensure_ascii=False) escapes only the ASCII controls), where str.splitlines splits too."""
+    return [json.loads(line) for line in keys.read_text(encoding="utf-8").split("\n") if line]
+
+
 def committed_chunks(folder: Path) -> list[Path]:
     """The `.jsonl` files of complete chunks (their `.npy` exists and was written first), in order."""
     return sorted(p for p in (folder / "chunks").glob("chunk-*.jsonl") if p.with_suffix(".npy").is_file())
@@ -391,11 +397,9 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         chunk_of: dict[str, Path] = {}  # id -> its chunk's .jsonl
         chunks = committed_chunks(out)
         for keys in chunks:
-            for line in keys.read_text(encoding="utf-8").splitlines():
-                if line:
-                    row = json.loads(line)
-                    existing[row["id"]] = row
-                    chunk_of[row["id"]] = keys
+            for row in read_rows(keys):
+                existing[row["id"]] = row
+                chunk_of[row["id"]] = keys
         for e in entries:  # an id is one item: new content under an indexed id would be silently kept old (QA)
             if e.id in existing and existing[e.id].get("item") != _item_json(e.item):
                 raise IndexError_(f"{items_path}, line {e.line}: id {e.id!r} is indexed already with other content; "
@@ -704,7 +708,7 @@ def _rewrite_chunk(keys: Path, rows: dict[str, dict], vectors: dict[str, np.ndar
     """Replace, in the chunk `keys` (its .jsonl; its .npy beside it), the rows of the ids in `rows` and the vectors of
     those in `vectors`; a chunk holding none is left as it is. The vectors are written first: interrupted between the
     two, the .jsonl still holds the old content digest, so the next build re-encodes the item again."""
-    old = [json.loads(line) for line in keys.read_text(encoding="utf-8").splitlines() if line]
+    old = read_rows(keys)
     if not any(r["id"] in rows for r in old):
         return
     if any(r["id"] in vectors for r in old):
