@@ -30,8 +30,10 @@ import hashlib
 import io
 import json
 import logging
+import operator
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,47 @@ class ChunkedRows:
         return out
 
 
+class StoredRows(Sequence):
+    """The rows of an index folder's chunks (a JSON line each in their .jsonl) as a read-only list whose items are
+    parsed when asked for: held are each file's bytes and where its lines start and end (16 bytes a row), not a dict
+    per row, which cost about 800 bytes of Python objects for a row of a short text, all parsed when the index
+    opened (320 MiB and 8 s of 400,000 rows: `bench/index_memory.py`). A file's last row is parsed when it is added
+    (a file cut short is refused then); lines are split at "\\n" only (`read_rows`)."""
+
+    def __init__(self):
+        self._data: list[bytes] = []
+        self._spans: list[np.ndarray] = []  # per file: (rows, 2) start and end of each row's line
+        self._first = np.zeros(1, dtype=np.int64)  # the number of each file's first row, then the row count
+
+    def add(self, keys: Path) -> int:
+        """Append the rows of the .jsonl `keys`; returns their number."""
+        data = keys.read_bytes()
+        ends = np.append(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")), len(data))
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        spans = np.stack([starts, ends], axis=1)[ends > starts]
+        if len(spans):
+            json.loads(data[spans[-1, 0]:spans[-1, 1]])
+        self._data.append(data)
+        self._spans.append(spans)
+        self._first = np.append(self._first, self._first[-1] + len(spans))
+        return len(spans)
+
+    def __len__(self) -> int:
+        return int(self._first[-1])
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(len(self)))]
+        i = operator.index(row)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {row} out of range 0..{len(self) - 1}")
+        f = int(np.searchsorted(self._first, i, side="right")) - 1
+        a, b = self._spans[f][i - self._first[f]]
+        return json.loads(self._data[f][a:b])
+
+
 class CorpusIndex:
     """An index folder opened for search (see the module doc). `mmap`: the FAISS index is read memory-mapped
     (`read_faiss_index`): its vectors (and graph or lists) stay in the file, paged in by the searches, instead of
@@ -176,12 +219,12 @@ class CorpusIndex:
             raise IndexError_(f"{self.folder / 'manifest.json'}: field 'dim' is {dim!r}, not a positive integer; "
                               f"{_REBUILD}")
         self._chunks: list[np.ndarray] = []
-        self.entries: list[dict] = []
+        self.entries = StoredRows()
         for keys in committed_chunks(self.folder):
             arr = np.load(keys.with_suffix(".npy"), mmap_mode="r")
-            rows = read_rows(keys)
-            if arr.shape[0] != len(rows):
-                raise IndexError_(f"{keys}: {len(rows)} entries for {arr.shape[0]} vectors")
+            rows = self.entries.add(keys)
+            if arr.shape[0] != rows:
+                raise IndexError_(f"{keys}: {rows} entries for {arr.shape[0]} vectors")
             if dim is None:  # stopped between its first chunk and the manifest that records the vectors' size
                 raise IndexError_(f"{self.folder}: the manifest records no 'dim' for the stored vectors (its build was "
                                   "interrupted); re-run `unime index build` with the same arguments to finish it")
@@ -190,7 +233,6 @@ class CorpusIndex:
                 raise IndexError_(f"{keys.with_suffix('.npy')}: vectors of shape {arr.shape}, but the field 'dim' of "
                                   f"{self.folder / 'manifest.json'} is {dim}; {_REBUILD}")
             self._chunks.append(arr)
-            self.entries.extend(rows)
         self.faiss = None
         count = (self.manifest.get("index") or {}).get("count")
         if load_faiss and (self.entries or count):
