@@ -1212,3 +1212,37 @@ def test_the_rows_are_parsed_when_asked_for_not_held_as_dicts(tmp_path, model_di
     last.write_bytes(last.read_bytes()[:-30])
     with pytest.raises(IndexError_, match="the index is damaged"):
         CorpusIndex(tmp_path / "idx")
+
+
+def _open_files() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_an_opened_index_holds_no_open_file_per_chunk_and_its_rows_still_read(tmp_path, model_dir):
+    # a memory map keeps its file open: an index opened with every chunk mapped held one open file per chunk, and
+    # the common limit of 1,024 open files was reached near a million rows (1,024 rows a chunk)
+    _corpus(tmp_path / "corpus.jsonl", 60)
+    _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2)
+    before = _open_files()
+    idx = CorpusIndex(tmp_path / "idx")
+    assert _open_files() - before < 5  # the FAISS index and the like, not the 30 chunks
+    emb = HashEmbedder()
+    expected = np.stack([emb.vec(f"document number {i}") for i in range(60)])
+    np.testing.assert_allclose(idx.vectors(), expected, atol=1e-6)
+    np.testing.assert_allclose(idx.rows()[np.array([59, 0, 31])], expected[[59, 0, 31]], atol=1e-6)
+    assert _open_files() - before < 5  # reading rows opens a chunk while it reads it
+
+
+def test_rows_read_from_an_index_whose_chunks_were_rewritten_since_it_opened_are_refused(tmp_path, model_dir):
+    _corpus(tmp_path / "corpus.jsonl", 6)
+    _build(tmp_path, model_dir, HashEmbedder(), chunk_size=3)
+    idx = CorpusIndex(tmp_path / "idx")
+    chunk = sorted((tmp_path / "idx" / "chunks").glob("*.npy"))[0]
+    new = chunk.with_name("replacement.npy")
+    np.save(new, np.zeros((3, 16), dtype=np.float32))
+    new.replace(chunk)  # as a build rewrites a chunk: another file under the same name
+    with pytest.raises(IndexError_, match=r"changed since the index was opened.*open it again"):
+        idx.vectors()

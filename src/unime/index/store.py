@@ -109,8 +109,34 @@ class BuildStats:
         return dict(self.__dict__)
 
 
+class NpyChunk:
+    """An index folder's chunk of vectors (an (n, d) .npy file), memory-mapped only while rows are read from it: a
+    memory map keeps its file open, so an index holding every chunk mapped held one open file per chunk, and the
+    common limit of 1,024 open files a process was reached near a million rows. Its shape and dtype are read when it
+    is made; a file that another build has replaced since (another inode or size) is refused when read."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stat = self._identity()
+        mapped = np.load(path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
+        del mapped  # unmapped, its file closed
+
+    def _identity(self) -> tuple[int, int, int]:
+        st = self.path.stat()
+        return st.st_dev, st.st_ino, st.st_size
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if self._identity() != self._stat:
+            raise IndexError_(f"{self.path} changed since the index was opened (a build rewrote it); open it again")
+        return np.array(np.load(self.path, mmap_mode="r")[key])
+
+
 class ChunkedRows:
-    """Several (n_i, d) arrays (an index folder's memory-mapped chunks) seen as one (sum n_i, d) matrix that
+    """Several (n_i, d) arrays (an index folder's chunks, `NpyChunk`) seen as one (sum n_i, d) matrix that
     slices by rows (`m[a:b]`, `m[int_array]`), copying only the rows asked for: FAISS indexes are built
     from it a block at a time (`unime.index.ann.build_index`) without a float32 copy of every row."""
 
@@ -191,7 +217,8 @@ class StoredRows(Sequence):
 class CorpusIndex:
     """An index folder opened for search (see the module doc). `mmap`: the FAISS index is read memory-mapped
     (`read_faiss_index`): its vectors (and graph or lists) stay in the file, paged in by the searches, instead of
-    copied into the process's memory; the rows' vectors (chunks/) are memory-mapped either way."""
+    copied into the process's memory; the rows' vectors (chunks/) are read from their files when asked for
+    (`NpyChunk`)."""
 
     def __init__(self, folder: str | os.PathLike, *, load_faiss: bool = True, mmap: bool = False):
         self.folder = Path(folder)
@@ -218,10 +245,10 @@ class CorpusIndex:
         if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
             raise IndexError_(f"{self.folder / 'manifest.json'}: field 'dim' is {dim!r}, not a positive integer; "
                               f"{_REBUILD}")
-        self._chunks: list[np.ndarray] = []
+        self._chunks: list[NpyChunk] = []
         self.entries = StoredRows()
         for keys in committed_chunks(self.folder):
-            arr = np.load(keys.with_suffix(".npy"), mmap_mode="r")
+            arr = NpyChunk(keys.with_suffix(".npy"))
             rows = self.entries.add(keys)
             if arr.shape[0] != rows:
                 raise IndexError_(f"{keys}: {rows} entries for {arr.shape[0]} vectors")
@@ -263,10 +290,10 @@ class CorpusIndex:
         return self.manifest.get("data_root")
 
     def vectors(self) -> np.ndarray:
-        """All rows as float32 (a copy; the chunks stay memory-mapped)."""
+        """All rows as float32 (a copy)."""
         if not self._chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate([np.asarray(c, dtype=np.float32) for c in self._chunks])
+        return np.concatenate([np.asarray(c[:], dtype=np.float32) for c in self._chunks])
 
     def rows(self) -> ChunkedRows:
         """All rows as one row-sliceable matrix in the stored dtype, without copying them (see ChunkedRows)."""
