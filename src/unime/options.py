@@ -24,6 +24,7 @@ option, before any work, and a config's `check_ranges` does the same from Python
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
@@ -160,7 +161,8 @@ def range_problem(f: Field, value: Any) -> str | None:
         return ("at_least" in md and not v >= md["at_least"]) or ("above" in md and not v > md["above"]) or \
             ("at_most" in md and not v <= md["at_most"])
 
-    if {"at_least", "above", "at_most"} & set(md):
+    if {"at_least", "above", "at_most"} & set(md) and isinstance(value, numbers.Real):  # not a number: the type
+        # checks' (`unime.serve.config.check_numbers`), not compared
         marker = f.default not in (MISSING, None) and not isinstance(f.default, bool) and outside(f.default)
         if outside(value) and not (marker and value == f.default):
             bounds = [f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}" if "above" in md else None,
@@ -183,6 +185,17 @@ def check_ranges(config) -> None:
         problem = range_problem(f, getattr(config, f.name))
         if problem:
             raise OptionError(config, "{%s} {problem}" % f.name, problem=problem)
+
+
+class RangeChecked:
+    """Base of every config dataclass with a ranged option (`option(at_least=N / above=N / at_most=N)`) or a float
+    field: its `__post_init__` refuses a value outside its range, NaN and inf included (`check_ranges`: an
+    OptionError naming the field), as the config is made — from the Python API too, not only on the command line
+    (whose parser refuses the same values first, naming the flag). A subclass with its own `__post_init__` calls
+    `super().__post_init__()` first; `dataclasses.replace` checks the new values too."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def key_value_pairs(pairs, flag: str) -> dict[str, Any]:
