@@ -64,7 +64,7 @@ from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO, SIGNATURE_BYTES, is_video_file_ref
 from unime.data.vocab import IMAGE_PLACEHOLDER, INSTRUCTIONS, TARGET_IMAGE_PROMPT
 from unime.errors import WORKING_DIR, DataError, OptionError, with_working_dir
-from unime.options import check_ranges, on_error_option, option
+from unime.options import RangeChecked, on_error_option, option
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ CLASSIFY_INSTRUCTION = "Represent the given image for classification: what is sh
 
 
 @dataclass
-class ImportOptions:
+class ImportOptions(RangeChecked):
     """Options of `unime data import` (`unime.options`; where the collection is read: `CollectionSource`)."""
 
     out: str = option(help="output folder (new or empty)")
@@ -104,7 +104,6 @@ class ImportOptions:
                               got=list(self.directions))
         if not 0.0 < self.eval_fraction < 1.0:
             raise OptionError(self, "{eval_fraction} must be > 0 and < 1, got {got}", got=self.eval_fraction)
-        check_ranges(self)
         if (named or self.name is not None) and (not self.name or any(c in self.name for c in "/\\ ")):
             raise OptionError(self, "{name} must be a non-empty word (no spaces or slashes), got {got!r}",
                               got=self.name)

@@ -80,7 +80,7 @@ from typing import Any, BinaryIO, Protocol, Sequence
 
 from unime.data.hashing import stream_sha1
 from unime.errors import DataError
-from unime.options import none_meanings, option
+from unime.options import RangeChecked, none_meanings, option
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts",
                               ".mts", ".flv", ".wmv", ".3gp", ".ogv"})
@@ -230,7 +230,7 @@ class VideoSampling:
 
 
 @dataclass(kw_only=True)
-class VideoOptions:
+class VideoOptions(RangeChecked):
     """`--video-frames`, `--video-fps`, `--video-max-frames`, `--video-max-pixels` (`VideoSampling.from_fields`),
     shared by the commands that read video items; unset: `VideoSampling`'s defaults (`none_means`: an option
     given at its default is the option unset, for a re-run's comparison of recorded options)."""

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from unime.demo.run import DemoRun, DemoSettings, write_json
 from unime.models.tiny import FAMILIES
-from unime.options import option
+from unime.options import RangeChecked, option
 
 
 class Demo(DemoRun):
@@ -339,7 +339,7 @@ def fresh(out: str | os.PathLike, *, overwrite: bool = False) -> list[str]:
 
 
 @dataclass(kw_only=True)
-class DemoOptions:
+class DemoOptions(RangeChecked):
     """Options of `unime demo` (`unime.options`): a preset's `DemoSettings` with a few overrides."""
 
     out: str = option("runs/demo", "output folder (stages already done there are skipped)")

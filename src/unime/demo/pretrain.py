@@ -53,7 +53,7 @@ from typing import Callable
 from unime.data.atomic import atomic_open
 from unime.models.loading import attn_implementation_option
 from unime.models.tiny import BUILD_REVISION
-from unime.options import check_ranges, option
+from unime.options import RangeChecked, option
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,11 @@ def recipe_field(default, **cli):
     return option(default, f"(preset default: {default})", cli_default=None, **cli)
 
 
-class _Recipe:
+class _Recipe(RangeChecked):
     """`replace` for the frozen recipe dataclasses below: unknown field names are refused; values outside their
     option's range too (`unime.options.check_ranges`), as a recipe is made."""
 
     what = "recipe"
-
-    def __post_init__(self):
-        check_ranges(self)
 
     def replace(self, **changes):
         unknown = sorted(set(changes) - {f.name for f in fields(self)})

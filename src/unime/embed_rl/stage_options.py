@@ -8,7 +8,7 @@ from unime.data.video import VideoOptions
 from unime.models.hf_arguments import gradient_checkpointing_option
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import dtype_option
-from unime.options import check_ranges, key_value_pairs, on_error_option, option
+from unime.options import key_value_pairs, on_error_option, option
 
 # a reasoner stage's warm-up is transformers' `warmup_steps` (steps, or a fraction of the run below 1: transformers 5
 # has no warmup_ratio), given as `--trainer-arg warmup_steps=N`; its run is --max-steps
@@ -53,14 +53,13 @@ class ReasonerStageOptions(ImageOptions, VideoOptions):
                                     "and reported) instead of stopping at the first")
 
     def validate(self) -> None:
-        """OptionError for an option outside its range (`unime.options.check_ranges`), UsageError for a --device the
-        run cannot train on (`trainer_device`), and ModelError for full fine-tuning (--lora-r 0) of an adapter folder,
-        before any work: before the run claims its output folder."""
+        """UsageError for a --device the run cannot train on (`trainer_device`), and ModelError for full fine-tuning
+        (--lora-r 0) of an adapter folder, before any work: before the run claims its output folder (an option
+        outside its range is refused as the config is made, `unime.options.RangeChecked`)."""
         from unime.models.loading import trainer_device
         from unime.models.lora import (LoraSettings, refuse_full_fine_tuning_of_adapter,
                                        refuse_lora_vision_without_vision_targets)
 
-        check_ranges(self)
         trainer_device(getattr(self, "device", None))  # both stages' configs add --device (`DeviceOptions`)
         if getattr(self, "lora_r", None) == 0:  # both stages' configs add the LoRA options (rank 0: full)
             refuse_full_fine_tuning_of_adapter(self.model, "--lora-r 0")

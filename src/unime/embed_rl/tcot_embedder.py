@@ -38,7 +38,7 @@ from unime.errors import DataError, OptionError, UsageError
 from unime.eval.runners import eval_on_error_option
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions, dtype_option
-from unime.options import check_ranges, option
+from unime.options import option
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
@@ -264,8 +264,8 @@ class SplitConfig(ReasonOptions, ImageOptions, VideoOptions):
 
     def check(self) -> None:
         """OptionError for an option out of its range or for both ways to split given (the CLI names them by
-        their flags), before anything is read: NaN or inf too (`unime.options.check_ranges`)."""
-        check_ranges(self)
+        their flags), before anything is read (an option out of its range, NaN or inf too, is refused as the config
+        is made: `unime.options.RangeChecked`)."""
         if self.rl_fraction is not None and not 0.0 <= self.rl_fraction <= 1.0:
             raise OptionError(self, "{rl_fraction} must be in [0, 1], got {got}", got=self.rl_fraction)
         if self.threshold is not None and self.rl_fraction is not None:  # one from a --config file, say
@@ -433,8 +433,7 @@ class ReasonEvalConfig(ReasonOptions, ImageOptions, VideoOptions):
 
     def check(self) -> None:
         """OptionError for options that do not fit together or out of their range, NaN or inf included (the CLI
-        names them by their flags), before anything loads."""
-        check_ranges(self)
+        names them by their flags), before anything loads (out of range: as the config is made, `RangeChecked`)."""
         if self.tcots not in ("reasoner", "none", "teacher"):
             raise OptionError(self, "{tcots} must be 'reasoner', 'none' or 'teacher', got {got!r}", got=self.tcots)
         if self.tcots == "reasoner" and not self.reasoner_path:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from unime.eval.metrics import TIE_POLICIES
 from unime.errors import OptionError
 from unime.eval.runners import eval_on_error_option
-from unime.options import check_ranges, option
+from unime.options import RangeChecked, option
 
 
 @dataclass
-class ReferenceConfig:
+class ReferenceConfig(RangeChecked):
     """The reference's training and model settings (recorded in its result folder); the fields with an option
     are options of `unime eval reference`."""
 
@@ -36,9 +36,9 @@ class ReferenceConfig:
     log_every: int = option(20, cli=False)  # steps between training-log lines (running in-batch P@1 and loss)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.seconds <= 0 and self.max_steps <= 0:
             raise OptionError(self, "give a positive time budget ({seconds}) or step count ({max_steps})")
-        check_ranges(self)
         self.channels = tuple(int(c) for c in self.channels)
         if len(self.channels) != 4:
             raise ValueError("channels: four conv widths")

@@ -585,6 +585,7 @@ class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
     overwrite: bool = option(False, cli=False)  # a re-run with other options starts over (else refused)
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.tasks, (list, tuple)) and len(self.tasks) == 1:  # one config: its path, as recorded
             self.tasks = self.tasks[0]
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from unime.options import option
+from unime.options import RangeChecked, option
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 INDEX_STORAGES = ("float32", "float16")
@@ -62,7 +62,7 @@ ANN_GROUP = "FAISS index"
 
 
 @dataclass(kw_only=True)
-class AnnOptions:
+class AnnOptions(RangeChecked):
     """The `IndexConfig` parameters as options of `unime index build` and `unime mine` (defaults: its own; their
     ranges as `IndexConfig` checks them, so that a value outside is refused naming the option, `--ef-search`)."""
 

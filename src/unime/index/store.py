@@ -713,6 +713,7 @@ class SearchConfig(IndexModelOptions):
     mmap: bool = index_mmap_option()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_hits(self.k)  # refused before the index and the model load
 
     def query_item(self) -> Item:

@@ -11,7 +11,7 @@ from unime.mining.retrieval import CandidateWindow
 from unime.mining.sampling import DEFAULT_BETA, DEFAULT_COUNT, DEFAULT_INTERVAL, STRATEGIES
 from unime.errors import OptionError
 from unime.models.item_format import ItemFormatOptions
-from unime.options import check_ranges, on_error_option, option
+from unime.options import on_error_option, option
 
 
 @dataclass
@@ -82,7 +82,7 @@ class MineConfig(JudgeOptions, AnnOptions, ItemFormatOptions):
         return CandidateWindow(self.range_min, self.absolute_margin, self.relative_margin)
 
     def __post_init__(self):
-        check_ranges(self)  # OptionError naming the field (`k`; on the command line `--k`)
+        super().__post_init__()  # out of range: OptionError naming the field (`k`; on the command line `--k`)
         if self.range_min >= self.k:
             raise OptionError(self, "{range_min} must be below {k} (it skips that many of the K candidates), got "
                               f"{self.range_min} with {self.k}")

@@ -16,7 +16,7 @@ from unime.errors import UsageError
 from unime.models.adapters import FamilyAdapter, adapter_for
 from unime.models.image_budget import ImageBudget, resolve_budget
 from unime.models.item_format import ItemFormatOptions
-from unime.options import option
+from unime.options import RangeChecked, option
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def dtype_option(default: str | None = "auto", auto: str = "bf16 on GPU, fp32 on
 
 
 @dataclass(kw_only=True)
-class EmbedderOptions(DeviceOptions, ItemFormatOptions):
+class EmbedderOptions(DeviceOptions, ItemFormatOptions, RangeChecked):
     """`--device`, `--dtype`, `--batch-size`, `--item-format`: how the commands that encode with an embedder load
     and run it."""
 

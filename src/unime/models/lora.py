@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from unime.errors import ModelError, UsageError
-from unime.options import option
+from unime.options import RangeChecked, option
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def lora_options(preset: LoraSettings) -> type:
     """The LoRA options of a trainer config (`--lora-r` ... `--dora`), with `preset`'s defaults."""
 
     @dataclass(kw_only=True)
-    class LoraOptions:
+    class LoraOptions(RangeChecked):
         lora_r: int = option(preset.r, "LoRA rank (default %(default)s; UniME-V2's reranker: 128)")
         lora_alpha: int = option(preset.alpha, "LoRA alpha (default %(default)s)")
         lora_dropout: float = option(preset.dropout, "LoRA dropout (default %(default)s)")
@@ -108,6 +108,7 @@ def lora_options(preset: LoraSettings) -> type:
                             action=argparse.BooleanOptionalAction)
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             if isinstance(self.lora_targets, str):  # as typed: comma-separated
                 self.lora_targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
             self.lora_targets = tuple(self.lora_targets)

@@ -19,7 +19,7 @@ from pathlib import Path
 from unime.data import vocab
 from unime.models import prompts
 from unime.models.chat_templates import QWEN2_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
-from unime.options import option
+from unime.options import RangeChecked, option
 
 # Special tokens shared by the Qwen-VL families (same strings as the released checkpoints).
 QWEN_SPECIAL_TOKENS = [
@@ -179,7 +179,7 @@ def load_tokenizer(path: str | os.PathLike, extra_tokens: list[str] | None = Non
 
 
 @dataclass(kw_only=True)
-class TinyBuildConfig:
+class TinyBuildConfig(RangeChecked):
     """Options of `unime models build-tiny` (`unime.options`): `size()` is the model's `TinySize`."""
 
     family: str = option("qwen2_vl", "model family (architecture class and chat template)", choices=list(FAMILIES))

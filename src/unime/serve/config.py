@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from unime.errors import OptionError
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import attn_implementation_option, dtype_option
-from unime.options import check_ranges, index_mmap_option, option
+from unime.options import RangeChecked, index_mmap_option, option
 
 
 def is_loopback(host: str) -> bool:
@@ -41,7 +41,7 @@ def check_numbers(config) -> None:
 
 
 @dataclass
-class Limits:
+class Limits(RangeChecked):
     max_body_bytes: int = option(16 * 1024 * 1024, "bytes of a whole request body (default %(default)s)", at_least=1)
     max_items: int = option(256, "inputs of an embeddings request, documents of a rerank request (default "
                             "%(default)s)", at_least=1)
@@ -66,7 +66,7 @@ class Limits:
 
 
 @dataclass
-class ServeConfig(ItemFormatOptions):
+class ServeConfig(ItemFormatOptions, RangeChecked):
     """Options of `unime serve`: each field declares its option (`unime.options`)."""
 
     model: str = option(help="embedder checkpoint")
@@ -108,9 +108,8 @@ class ServeConfig(ItemFormatOptions):
         or one of its `limits`, that is not a number of its type (a bool, a string; a float where an integer is
         expected) or outside its range: an OptionError naming it (`max_text_tokens` here, `--max-text-tokens` on the
         command line, whose parser refuses the same values)."""
-        for config in (self, self.limits):
+        for config in (self, self.limits):  # out of range (`RangeChecked`): refused as the config was made
             check_numbers(config)
-            check_ranges(config)
         if self.no_auth and not is_loopback(self.host):
             raise ValueError(f"--no-auth is only allowed when binding to loopback (127.0.0.1, ::1, localhost), "
                              f"not {self.host}")
@@ -120,7 +119,7 @@ class ServeConfig(ItemFormatOptions):
 
 
 @dataclass(kw_only=True)
-class RayOptions:
+class RayOptions(RangeChecked):
     """`unime serve --ray`: the Ray Serve deployment (`unime.serve.runner.run_ray`'s keywords but `ray`)."""
 
     ray: bool = option(False, "run as a Ray Serve deployment")

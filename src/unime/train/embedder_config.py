@@ -18,7 +18,7 @@ from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import DeviceOptions, dtype_choices, dtype_option, refuse_local_path_typo
 from unime.models.lora import (EMBEDDER_LORA_OPTIONS, LoraSettings, refuse_full_fine_tuning_of_adapter,
                                refuse_lora_vision_without_vision_targets)
-from unime.options import check_ranges, lr_scheduler_option, on_error_option, option
+from unime.options import lr_scheduler_option, on_error_option, option
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
 
@@ -118,7 +118,6 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
         if self.loss == "auto" or self.hard_negatives is None:
             raise UnimeError("loss 'auto' / hard_negatives None are resolved from the records first "
                              "(`resolve_auto_options`)")
-        check_ranges(self)
         if self.loss not in LOSSES:
             raise UnimeError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.loss == "infonce" and not self.infonce_in_batch and self.hard_negatives < 1:

@@ -33,7 +33,7 @@ from typing import Any
 from unime.models.lora import DEFAULT_LORA_TARGETS, EMBEDDER_LORA, GENERATIVE_LORA
 from unime.errors import UsageError
 from unime.models.image_budget import ImageBudget
-from unime.options import option
+from unime.options import RangeChecked, option
 from unime.train.embedder_config import MAX_AUTO_HARD_NEGATIVES
 
 GiB = 1024 ** 3
@@ -789,7 +789,7 @@ def parse_memory(text: str | None) -> float | None:
 
 
 @dataclass(kw_only=True)
-class PlanOptions:
+class PlanOptions(RangeChecked):
     """Options of `unime plan` (the planned command's own options come from its recipe and `--set`)."""
 
     stage: str | None = option(None, "what to plan (default: the recipe's): train embedder, train reranker, the "

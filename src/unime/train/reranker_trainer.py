@@ -52,7 +52,7 @@ from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_l
 from unime.models.loading import DeviceOptions, checkpoint_image_loader, dtype_option, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
                                refuse_full_fine_tuning_of_adapter, refuse_lora_vision_without_vision_targets)
-from unime.options import check_ranges, on_error_option, option
+from unime.options import on_error_option, option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
 from unime.models.export import ADAPTER_DIR, MERGED_DIR, ExportOptions, ModelCard
@@ -433,7 +433,6 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
                               got=self.losses)
         if self.role == "judge" and self.losses != (PAIR,):
             raise OptionError(self, "a judge trains the pairwise loss only ({losses} pair)")
-        check_ranges(self)
         if self.group_weight > 0 and self.role != "judge":
             raise OptionError(self, "{group_weight} is a judge option (the reranker's listwise loss ranks candidates "
                               "already)")

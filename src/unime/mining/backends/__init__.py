@@ -15,7 +15,7 @@ from unime.errors import UsageError
 from unime.mining.backends.base import JudgeBackend, JudgeSpec, QueryGroup
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions, dtype_option
-from unime.options import allow_outside_root_option, key_value_pairs, option
+from unime.options import RangeChecked, allow_outside_root_option, key_value_pairs, option
 
 __all__ = ["BACKENDS", "BackendOptions", "JudgeBackend", "JudgeOptions", "JudgeSpec", "QueryGroup", "make_backend"]
 
@@ -62,7 +62,7 @@ class JudgeOptions(DeviceOptions, ImageOptions, VideoOptions):
 
 
 @dataclass(kw_only=True)
-class BackendOptions:
+class BackendOptions(RangeChecked):
     """The judge backends' own settings (`make_backend`'s options) and torch's CPU threads: options of
     `unime mine` and `unime judge` that are not part of a run's identity."""
 
