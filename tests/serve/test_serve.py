@@ -510,7 +510,8 @@ def test_a_limit_out_of_range_or_of_another_type_is_refused_from_python_as_on_th
                                                                                                  problem, capsys):
     """QA: `ServeConfig(limits=Limits(max_text_tokens=0)).check()` passed (a service that refused every text), as
     did a negative, NaN or bool limit, and most limits had no range on the command line either. Each is refused,
-    naming the field: from Python an OptionError, on the command line a usage error naming the option."""
+    naming the field: from Python an OptionError (out of range: as the config is made; of another type: by
+    `check()`), on the command line a usage error naming the option."""
     from dataclasses import fields
 
     from unime.cli import main
@@ -519,10 +520,9 @@ def test_a_limit_out_of_range_or_of_another_type_is_refused_from_python_as_on_th
     from unime.serve.config import Limits
 
     in_limits = field in {f.name for f in fields(Limits)}
-    config = ServeConfig(model="m", no_auth=True, **({"limits": Limits(**{field: value})} if in_limits
-                                                     else {field: value}))
     with pytest.raises(OptionError) as e:
-        config.check()
+        ServeConfig(model="m", no_auth=True, **({"limits": Limits(**{field: value})} if in_limits
+                                                else {field: value})).check()
     assert str(e.value) == f"{field} {problem}"
     if cli is not None:
         flag = prefixed_flags(next(f for f in fields(Limits if in_limits else ServeConfig) if f.name == field))[0]
