@@ -23,8 +23,12 @@ option, before any work, and a config's `check_ranges` does the same from Python
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import os
+import types
+import typing
 from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
@@ -187,14 +191,94 @@ def check_ranges(config) -> None:
             raise OptionError(config, "{%s} {problem}" % f.name, problem=problem)
 
 
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, Any]:
+    """{field: its annotation, resolved} of the dataclass `cls` (its module says `from __future__ import
+    annotations`: the annotations are strings until `typing.get_type_hints` reads them)."""
+    return typing.get_type_hints(cls)
+
+
+_KIND_NAMES = {int: "an int", float: "a number", bool: "a bool (True or False)", str: "a string"}
+
+
+def _fits(hint: Any, value: Any, path: bool) -> bool | None:
+    """Whether `value` is of the type `hint` (int: an int but not a bool; float: an int or a float but not a bool;
+    bool: a bool; str: a string, or an `os.PathLike` where `path`; `X | None`; a dataclass or other class: an
+    instance); None for a type this does not check (Any, lists, tuples, dicts)."""
+    if hint is Any:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        fits = [_fits(h, value, path) for h in typing.get_args(hint)]
+        return True if True in fits else None if None in fits else False
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str) or (path and isinstance(value, os.PathLike))
+    if isinstance(hint, type) and typing.get_origin(hint) is None and hint not in (list, tuple, dict):
+        return isinstance(value, hint)
+    return None
+
+
+def _kind_name(hint: Any) -> str:
+    """`hint` as a message names it: "an int", "an int or None", "a string or None" ..."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        names = [_kind_name(h) for h in typing.get_args(hint) if h is not type(None)]
+        return " or ".join(names + (["None"] if type(None) in typing.get_args(hint) else []))
+    return _KIND_NAMES.get(hint, f"a {getattr(hint, '__name__', hint)}")
+
+
+def type_problem(config: Any, f: Field, value: Any) -> str | None:
+    """What is wrong with `value` for the field `f` of the dataclass `config` by its annotation (`_fits`) or its
+    `choices` (`option(choices=[...])`: one of them, or a list of them for an option taking several), e.g.
+    "must be an int, got '8' (str)"; None when it fits, or its type is one this does not check. A string field
+    without choices takes an `os.PathLike` too: most name a file or folder, which the code opens either way
+    (`out=pathlib.Path(...)`). None, where the field's default or its command line's is None, is the option
+    left unset."""
+    if value is None and None in (f.default, f.metadata.get("cli_default", MISSING)):  # left unset
+        return None
+    hint = _field_types(config if isinstance(config, type) else type(config)).get(f.name, Any)
+    fits = _fits(hint, value, "choices" not in f.metadata)
+    if fits is False:
+        return f"must be {_kind_name(hint)}, got {value!r} ({type(value).__name__})"
+    choices = f.metadata.get("choices")
+    if choices is not None and value is not None and fits:
+        several = isinstance(value, (list, tuple))
+        if any(v not in choices for v in (value if several else [value])):
+            return f"must be {'a list of ' if several else ''}one of {', '.join(map(repr, choices))}, got {value!r}"
+    return None
+
+
+def check_types(config) -> None:
+    """OptionError naming the first field of the dataclass instance `config` whose value is not of its annotated
+    type, or not one of its `choices` (`type_problem`): `batch_size="8"`, `full="no"` from the Python API,
+    refused as the config is made instead of a TypeError without the field's name deep inside (the command line's
+    parser converts its values first)."""
+    from unime.errors import OptionError
+
+    for f in fields(config):
+        if f.init:
+            problem = type_problem(config, f, getattr(config, f.name))
+            if problem:
+                raise OptionError(config, "{%s} {problem}" % f.name, problem=problem)
+
+
 class RangeChecked:
     """Base of every config dataclass with a ranged option (`option(at_least=N / above=N / at_most=N)`) or a float
-    field: its `__post_init__` refuses a value outside its range, NaN and inf included (`check_ranges`: an
-    OptionError naming the field), as the config is made — from the Python API too, not only on the command line
-    (whose parser refuses the same values first, naming the flag). A subclass with its own `__post_init__` calls
-    `super().__post_init__()` first; `dataclasses.replace` checks the new values too."""
+    field, and of the others made from the Python API: its `__post_init__` refuses a value not of its field's
+    annotated type or not one of its choices (`check_types`), then one outside its range, NaN and inf included
+    (`check_ranges`): an OptionError naming the field, as the config is made — from the Python API too, not only
+    on the command line (whose parser refuses the same values first, naming the flag), and before a command
+    claims its output folder. A subclass with its own `__post_init__` calls `super().__post_init__()` first;
+    `dataclasses.replace` checks the new values too."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         check_ranges(self)
 
 

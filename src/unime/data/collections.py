@@ -43,7 +43,7 @@ from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER
 from unime.data.skips import ErrorPolicy, data_error
 from unime.data.video import missing_file_problem
 from unime.errors import DataError, OptionError, require_extra
-from unime.options import option
+from unime.options import RangeChecked, option
 
 IMAGE_COLUMNS = ("image", "file_name", "filename", "file", "path", "img")
 CAPTION_COLUMNS = ("caption", "text", "captions", "sentence")
@@ -694,7 +694,7 @@ def _wds_sample(key: str, members: dict[str, bytes], *, source: str, record: str
 
 
 @dataclass(kw_only=True)
-class CollectionSource:
+class CollectionSource(RangeChecked):
     """Where `unime data import` reads a collection: exactly one of captions / coco / hf_dataset / webdataset,
     and how (`unime.options`)."""
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 from unime.data.video import VideoOptions
 from unime.errors import DataError
-from unime.options import allow_outside_root_option, on_error_option, option
+from unime.options import RangeChecked, allow_outside_root_option, on_error_option, option
 
 FORMATS = ["jsonl", "parquet", "unime_v2_json"]
 
 
 @dataclass(kw_only=True)
-class ConvertConfig:
+class ConvertConfig(RangeChecked):
     input: str = option(help="input file (.jsonl, .parquet, .json = UniME-V2 list)", positional=True)
     output: str = option(help="output file; the format follows its extension unless --to is given", positional=True)
     from_format: str | None = option(None, "input format (default: from the extension)", flag="--from",

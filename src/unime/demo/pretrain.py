@@ -626,7 +626,7 @@ def _publish(dest: Path, model: Path, manifest: dict, work: Path, progress: Call
 # -- the stage ------------------------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
-class PretrainOptions:
+class PretrainOptions(RangeChecked):
     """Options of `unime models pretrain` and `pretrain-judge` besides the recipe (`unime.options`)."""
 
     preset: str = option("default", "recipe preset (pretrain-judge: of both recipes)", choices=["default", "quick"])

@@ -38,7 +38,7 @@ from unime.errors import DataError, OptionError, UsageError
 from unime.eval.runners import eval_on_error_option
 from unime.models.image_budget import ImageBudget, ImageOptions
 from unime.models.loading import DeviceOptions, dtype_option
-from unime.options import option
+from unime.options import RangeChecked, option
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class ReasonOptions(DeviceOptions):
 
 
 @dataclass(kw_only=True)
-class AddEmbConfig(ReasonOptions):
+class AddEmbConfig(ReasonOptions, RangeChecked):
     """Options of `unime reason add-emb` (`unime.options`)."""
 
     model: str = option(help="checkpoint to copy (HF folder, or a PEFT adapter folder: merged first)")

@@ -45,7 +45,7 @@ class ReferenceConfig(RangeChecked):
 
 
 @dataclass(kw_only=True)
-class ReferenceRunOptions:
+class ReferenceRunOptions(RangeChecked):
     """The other options of `unime eval reference`: `evaluate_reference`'s inputs and outputs."""
 
     tasks: str = option(help="task config YAML or a folder holding eval_tasks.yaml")

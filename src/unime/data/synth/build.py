@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from unime.data import vocab
 from unime.data.items import Item
-from unime.options import option
+from unime.options import RangeChecked, option
 from unime.data.synth.relevance import relevance
 from unime.data.synth.scenes import HELD_OUT_COMBOS, SLOTS, Scene, SceneObject, all_combos, sample_scene
 
@@ -20,7 +20,7 @@ def _size(default: int, help: str):
 
 
 @dataclass(frozen=True)
-class WorldSizes:
+class WorldSizes(RangeChecked):
     """How big a world is. Queries that a pool cannot supply uniquely are left out (world.json counts
     what was made)."""
 
@@ -36,6 +36,7 @@ class WorldSizes:
     image_size: int = _size(112, "scene image side in pixels (112: 4x4 merged 28-px patches for Qwen2-VL)")
 
     def __post_init__(self):
+        super().__post_init__()  # an int each (`RangeChecked`)
         for name, value in self.__dict__.items():
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"size {name} must be a non-negative integer, got {value!r}")

@@ -39,7 +39,7 @@ from typing import Iterable
 import yaml
 
 from unime.errors import changed_option_keys, refuse_changed_options
-from unime.options import option
+from unime.options import RangeChecked, option
 
 from unime.data.atomic import merged_dir, remove_listed, warn_left
 from unime.data.eval_formats import MMEBRow, write_compositional, write_mmeb, write_retrieval
@@ -276,7 +276,7 @@ def _disk_usage(root: Path) -> tuple[int, int]:
 
 
 @dataclass(kw_only=True)
-class SynthConfig:
+class SynthConfig(RangeChecked):
     """Options of `unime data synth` (`unime.options`); the single sizes are `WorldSizes`' options, given here
     as `sizes` (None: the preset's)."""
 
