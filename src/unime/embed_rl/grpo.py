@@ -504,7 +504,7 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
     scale_rewards: str = option("group", cli=False)
     weights: tuple[float, float, float] = option(REWARD_WEIGHTS, "format,outcome,process reward weights",
                                                  cli_default=",".join(map(str, REWARD_WEIGHTS)), group="grpo")
-    neg_temperature: float = option(0.5, "outcome reward: hardness temperature", group="grpo")
+    neg_temperature: float = option(0.5, "outcome reward: hardness temperature", group="grpo", above=0)
     # a batch of B pairs has B - 1 negative pairs: at most --pairs-per-batch - 1 (`validate`)
     mask_duplicates: bool = option(True, "outcome and process rewards: the rollouts of other pairs in the batch whose "
                                    "positive is the same item (same text and images) are not negatives (default on, "

@@ -382,7 +382,8 @@ class GenerateConfig(DeviceOptions, ImageOptions, VideoOptions):
                           "the checkpoint's generation_config (an Instruct checkpoint's chat defaults, e.g. "
                           "Qwen2-VL's top_k 1 and repetition_penalty 1.05, are not applied): to sample as the "
                           "checkpoint suggests, give its values to --temperature, --top-p and --top-k")
-    temperature: float = option(1.0, "sampling temperature (with --sample; default 1.0, not the checkpoint's)")
+    temperature: float = option(1.0, "sampling temperature (with --sample; default 1.0, not the checkpoint's)",
+                                above=0)  # transformers refuses a temperature <= 0 when it samples
     top_p: float = option(1.0, "nucleus sampling: the smallest set of tokens of probability >= P (with --sample; "
                           "default 1.0: all, not the checkpoint's)", metavar="P", above=0)
     top_k: int = option(SAMPLE_TOP_K, "sample among the K most probable tokens (with --sample; default "

@@ -61,10 +61,11 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
                                    "(as released; on, the other queries' positives join each query's candidates with "
                                    "label score 0, docs/SOFT_LABELS.md)",
                                    action=argparse.BooleanOptionalAction, group="loss")
-    tau: float = option(DEFAULT_TEMPERATURE, "temperature (default %(default)s)", group="loss")
-    label_tau: float | None = option(None, "temperature of the judge-score softmax (default: --tau)", group="loss")
+    tau: float = option(DEFAULT_TEMPERATURE, "temperature (default %(default)s)", group="loss", above=0)
+    label_tau: float | None = option(None, "temperature of the judge-score softmax (default: --tau)", group="loss",
+                                     above=0)
     kl_eps: float = option(DEFAULT_KL_EPS, "symmetric_kl: log(p + eps) as released; 0 = exact (measured: no faster "
-                           "with 1/0 labels, docs/SOFT_LABELS.md)", group="loss")
+                           "with 1/0 labels, docs/SOFT_LABELS.md)", group="loss", at_least=0)
     symmetric: bool = option(False, "infonce: add the target-to-query direction", group="loss",
                              action=argparse.BooleanOptionalAction)
     mask_duplicates: bool = option(True, "in-batch infonce: other copies of a query's positive in the batch (same "
@@ -92,8 +93,8 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
                            at_least=0)
     lr_scheduler: str = lr_scheduler_option("linear", "learning-rate schedule (transformers' lr_scheduler_type: "
                                             "linear, constant, cosine, ...)", group="optimisation")
-    weight_decay: float = option(0.0, group="optimisation")
-    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group="optimisation")
+    weight_decay: float = option(0.0, group="optimisation", at_least=0)  # torch's optimizers refuse a negative one
+    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", group="optimisation", at_least=0)
     optim: str = option("adamw_torch", "a transformers optimizer name (adamw_torch, sgd, ...)", group="optimisation")
     gradcache: bool = option(False, "GradCache: large batches in the memory of one chunk", group="optimisation",
                              action=argparse.BooleanOptionalAction)

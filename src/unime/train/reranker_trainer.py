@@ -387,7 +387,7 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
                             at_least=1)  # -1, the default: train `epochs` epochs
     learning_rate: float = option(1e-4, dest="lr", group="optimisation", at_least=0)
     warmup_steps: int = option(0, "warm-up steps (linear schedule)", dest="warmup", group="optimisation", at_least=0)
-    weight_decay: float = option(0.0, group="optimisation")
+    weight_decay: float = option(0.0, group="optimisation", at_least=0)  # torch's optimizers refuse a negative one
     seed: int = option(0, group="optimisation")
     # checkpoints
     logging_steps: int = option(10, group="checkpoints")

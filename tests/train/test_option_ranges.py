@@ -1,0 +1,62 @@
+"""QA: `train embedder --tau 0` ended in a traceback from the loss ("temperature must be > 0", exit 1), and a
+negative --weight-decay / --max-grad-norm was accepted (torch's optimizers refuse the one once the model is loaded,
+transformers reads the other as "no clipping"). Each such option declares its range: the command line refuses it as
+a usage error naming the option (exit 2) before anything is written, and from Python the config refuses it naming
+the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.train.helpers import trainer_argv
+from unime.errors import OptionError
+
+CLI = [("embedder", "--tau", "0", "must be > 0, got 0.0"),
+       ("embedder", "--tau", "-1", "must be > 0, got -1.0"),
+       ("embedder", "--label-tau", "0", "must be > 0, got 0.0"),
+       ("embedder", "--kl-eps", "-0.1", "must be >= 0, got -0.1"),
+       ("embedder", "--weight-decay", "-1", "must be >= 0, got -1.0"),
+       ("embedder", "--max-grad-norm", "-1", "must be >= 0, got -1.0"),
+       ("reranker", "--weight-decay", "-1", "must be >= 0, got -1.0")]
+
+
+@pytest.mark.parametrize("trainer, flag, value, problem", CLI, ids=[f"{c[0]}{c[1]}={c[2]}" for c in CLI])
+def test_out_of_range_is_a_usage_error_naming_the_option(trainer, flag, value, problem, tmp_path, tiny_model_dir,
+                                                         capsys):
+    from unime.cli import main
+
+    out = tmp_path / "out"
+    assert main([*trainer_argv(trainer, tmp_path, tiny_model_dir), "--out", str(out), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"unime: error: train {trainer}: {flag} {problem}"
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def _refusal(cls, **values) -> str:
+    with pytest.raises(OptionError) as caught:
+        cls(**values)
+    return str(caught.value)
+
+
+def test_from_python_the_field_is_named():
+    from unime.embed_rl.grpo import GRPOStageConfig
+    from unime.reasoning.reasoner import GenerateConfig
+    from unime.train.embedder_config import EmbedderTrainingConfig
+    from unime.train.reranker_trainer import RerankerTrainConfig
+
+    embedder = dict(model="m", out="o")
+    assert _refusal(EmbedderTrainingConfig, **embedder, tau=0) == "tau must be > 0, got 0"
+    assert _refusal(EmbedderTrainingConfig, **embedder, label_tau=-0.5) == "label_tau must be > 0, got -0.5"
+    assert _refusal(EmbedderTrainingConfig, **embedder, kl_eps=-1e-9) == "kl_eps must be >= 0, got -1e-09"
+    assert _refusal(EmbedderTrainingConfig, **embedder, weight_decay=-1) == "weight_decay must be >= 0, got -1"
+    assert _refusal(EmbedderTrainingConfig, **embedder, max_grad_norm=-1) == "max_grad_norm must be >= 0, got -1"
+    assert _refusal(RerankerTrainConfig, model="m", records=["r"], out="o", weight_decay=-0.1) == \
+        "weight_decay must be >= 0, got -0.1"
+    assert _refusal(GRPOStageConfig, model="m", records="r", embedder="e", out="o", neg_temperature=0) == \
+        "neg_temperature must be > 0, got 0"
+    assert _refusal(GenerateConfig, model="m", records="r", out="o", temperature=0.0) == \
+        "temperature must be > 0, got 0.0"
+    # the bounds themselves are allowed: no decay, no clipping, exact log
+    cfg = EmbedderTrainingConfig(**embedder, weight_decay=0, max_grad_norm=0, kl_eps=0, tau=1e-6, label_tau=2)
+    assert (cfg.weight_decay, cfg.max_grad_norm, cfg.kl_eps) == (0, 0, 0)
