@@ -42,8 +42,10 @@ def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores
         try:
             rec.validate(source=source)
             if len(rec.negatives) < num_negatives:
-                hint = ("plain pairs train with in-batch negatives: --loss auto (the default) or --loss infonce "
-                        "--hard-negatives 0" if not rec.negatives else "lower --hard-negatives or re-mine")
+                # true from Python too, whose defaults are loss="symmetric_kl", hard_negatives=8
+                hint = ("plain pairs train with in-batch negatives: loss auto (the command line's default, --loss "
+                        "auto) or infonce without hard negatives (--loss infonce --hard-negatives 0)"
+                        if not rec.negatives else "lower --hard-negatives or re-mine")
                 raise data_error("training", f"{len(rec.negatives)} hard negatives, but training uses "
                                  f"k={num_negatives} per query ({hint})",
                                  source=source, record=label, field="negatives")
