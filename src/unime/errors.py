@@ -97,7 +97,23 @@ class DemoStopped(UnimeError):
 
 class ChangedOptions(UnimeError):
     """A re-run whose options differ from those of the run it would continue (the message lists the
-    differing keys; `--overwrite` starts over)."""
+    differing keys; `--overwrite` starts over). Made with a `config` (a config dataclass or its class) and a
+    `template`, it names the options as `OptionError` does: `str()` by their fields, the keywords of the Python API
+    (`lr`, `overwrite=True`), the command line by its options (`--lr`, `--overwrite`; `unime.cli.failures`)."""
+
+    def __init__(self, message: str, config=None, **values):
+        self.config = config if config is None or isinstance(config, type) else type(config)
+        self.template, self.values = (message, values) if config is not None or values else \
+            (message.replace("{", "{{").replace("}", "}}"), {})
+        super().__init__(self.render(python_name))
+
+    render = OptionError.render
+
+
+def python_name(field: str) -> str:
+    """How a message for the Python API names the field `field` of a config: by itself, a switch to give by
+    what it is set to (`overwrite=True`)."""
+    return "overwrite=True" if field == "overwrite" else field
 
 
 # beside the options a run records: the working directory it ran in, where its relative paths start
@@ -163,20 +179,25 @@ def changed_option_keys(before: dict, now: dict, free=(), added_defaults: dict |
                   and not (k not in before and k in added and value(now, k) == same_path_value(added[k])))
 
 
-def refuse_changed_options(out, before: dict, now: dict, keys: list[str],
-                           flags: dict[str, str] | None = None, *, out_flag: str = "--out",
+def refuse_changed_options(out, before: dict, now: dict, keys: list[str], config=None, *,
+                           key_fields: dict[str, str] | None = None, out_field: str = "out",
                            resumes: bool = True) -> ChangedOptions:
-    """The one refusal wording of a re-run with other options (trainers, mining, eval, data synth). `flags`
-    ({key: its option flag}, `unime.options.option_flags`): a key is named by the option the user gives
-    (QA: `learning_rate` for --lr). A path typed alike that names another file from another working directory
-    says from where (`WORKING_DIR`). `out_flag`: the command's option naming `out` (`reason split`: --out-dir).
-    `resumes=False`: the command has no run to continue (`reason split` / `reason eval` run again from the start
-    under the same options), and the wording says so."""
+    """The one refusal wording of a re-run with other options (trainers, mining, eval, data synth). `config` (the
+    run's config dataclass, or its class): a key that is one of its fields (or maps to one in `key_fields`, a
+    recorded key named otherwise) is named as the user gives it — from Python by its field (`lr`,
+    `overwrite=True`), on the command line by its option (`--lr`, QA: not `learning_rate`; `ChangedOptions`).
+    A path typed alike that names another file from another working directory says from where (`WORKING_DIR`).
+    `out_field`: the field naming the output folder (`reason split`: out_dir, --out-dir). `resumes=False`: the
+    command has no run to continue (`reason split` / `reason eval` run again from the start under the same
+    options), and the wording says so. Without `config`, the keys as recorded and the command line's wording."""
+    import dataclasses
     import json
     import os
 
     now = json.loads(json.dumps(now, default=str))
-    flags = flags or {}
+    names = {f.name for f in dataclasses.fields(config)} if config is not None else set()
+    key_fields = {k: k for k in keys if k in names} | {k: f for k, f in (key_fields or {}).items() if f in names}
+    values: dict = {"_out": out}
     there = before.get(WORKING_DIR)
 
     def change(k: str) -> str:
@@ -184,7 +205,15 @@ def refuse_changed_options(out, before: dict, now: dict, keys: list[str],
             return f"{before.get(k)!r} (from {there}) -> {now.get(k)!r} (from {os.getcwd()})"
         return f"{before.get(k)!r} -> {now.get(k)!r}"
 
-    shown = ", ".join(f"{flags.get(k, k)}: {change(k)}" for k in keys)
-    same = "re-run with the same options to continue it, pass --overwrite to start over" if resumes else \
-        "re-run with the same options, pass --overwrite to replace its outputs"
-    return ChangedOptions(f"{out} holds a run with other options ({shown}); {same}, or choose another {out_flag}")
+    def named(k: str) -> str:
+        values[f"_c{len(values)}"] = change(k)
+        key = "{%s}" % key_fields[k] if k in key_fields else k.replace("{", "{{").replace("}", "}}")
+        return f"{key}: {{_c{len(values) - 1}}}"
+
+    shown = ", ".join(named(k) for k in keys)
+    if config is None:
+        values.update(overwrite="--overwrite", out_field="--out" if out_field == "out" else out_field)
+    again = "re-run with the same options to continue it, pass {overwrite} to start over" if resumes else \
+        "re-run with the same options, pass {overwrite} to replace its outputs"
+    return ChangedOptions("{_out} holds a run with other options (%s); %s, or choose another {%s}"
+                          % (shown, again, "out_field" if config is None else out_field), config, **values)

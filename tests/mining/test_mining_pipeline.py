@@ -164,7 +164,7 @@ def test_rerun_reuses_retrieval_and_judge_and_beta_change_only_resamples(mined, 
     # other options are refused, naming the keys, and nothing is touched
     from unime.errors import ChangedOptions
 
-    with pytest.raises(ChangedOptions, match=r"--beta: 0\.01 -> 0\.5, --count: 3 -> 4\).*--overwrite"):
+    with pytest.raises(ChangedOptions, match=r"\(beta: 0\.01 -> 0\.5, count: 3 -> 4\).*pass overwrite=True"):
         run_mining(dataclasses.replace(cfg, beta=0.5, count=4), backend=_NoJudge(), embedder=emb)
     assert _mtimes(out2) == mtimes
     # after the user's explicit restart (--overwrite), a larger beta filters more, re-using the stored
@@ -482,7 +482,7 @@ def test_changed_image_bytes_redo_retrieval_and_judge_untouched_images_are_not_r
     cfg = _config(data / "records.jsonl", tiny_model_dir, out)
     from unime.errors import ChangedOptions
 
-    with pytest.raises(ChangedOptions, match=r"\(--records: '[^']*records.jsonl' -> '[^']*data.records.jsonl'\)"):
+    with pytest.raises(ChangedOptions, match=r"\(records: '[^']*records.jsonl' -> '[^']*data.records.jsonl'\)"):
         run_mining(cfg)  # another records path is another option value: refused unless --overwrite
     run_mining(_config(data / "records.jsonl", tiny_model_dir, out, overwrite=True))
     before = json.loads((out / "manifest.json").read_text())

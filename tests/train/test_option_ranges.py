@@ -60,3 +60,17 @@ def test_from_python_the_field_is_named():
     # the bounds themselves are allowed: no decay, no clipping, exact log
     cfg = EmbedderTrainingConfig(**embedder, weight_decay=0, max_grad_norm=0, kl_eps=0, tau=1e-6, label_tau=2)
     assert (cfg.weight_decay, cfg.max_grad_norm, cfg.kl_eps) == (0, 0, 0)
+
+
+def test_the_hint_for_plain_pairs_is_true_from_python_too():
+    """QA: the hint said "--loss auto (the default)"; from Python the default is loss="symmetric_kl"."""
+    from unime.data.items import Item, Record
+    from unime.errors import DataError
+    from unime.train.batching import check_records
+
+    pair = Record(query=Item(text="q"), positive=Item(text="p"), id="r1")
+    with pytest.raises(DataError) as caught:
+        check_records([pair], num_negatives=8, needs_scores=False, source="r.jsonl")
+    assert "0 hard negatives, but training uses k=8 per query (plain pairs train with in-batch negatives: loss auto " \
+           "(the command line's default, --loss auto) or infonce without hard negatives (--loss infonce " \
+           "--hard-negatives 0))" in str(caught.value)

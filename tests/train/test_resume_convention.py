@@ -97,10 +97,12 @@ def test_an_option_the_earlier_run_did_not_record_is_no_change_at_its_default():
 
 def test_a_refusal_names_the_options_a_user_gives_not_the_config_fields(tmp_path):
     """QA: the reranker / judge refusal said `learning_rate`, `num_negatives`, `batch_size` for --lr,
-    --negatives, --batch-size."""
+    --negatives, --batch-size on the command line; and from Python it named those flags, not the keywords given
+    (`learning_rate`, `overwrite=True`)."""
     from dataclasses import asdict
 
     from unime.cli import build_parser
+    from unime.cli.failures import describe
     from unime.models import run_state
     from unime.options import option_flags
     from unime.train.reranker_trainer import RerankerTrainConfig
@@ -111,8 +113,12 @@ def test_a_refusal_names_the_options_a_user_gives_not_the_config_fields(tmp_path
     run_state.write_config(tmp_path, asdict(before))
     with pytest.raises(ChangedOptions) as refused:
         run_state.plan_run(tmp_path, asdict(now), free=(), overwrite=False, finished_file="done.json", config=now)
-    assert str(refused.value).startswith(f"{tmp_path} holds a run with other options (--batch-size: 4 -> 8, "
-                                         "--lr: 0.0001 -> 0.001, --negatives: 4 -> 3); ")
+    assert str(refused.value) == (f"{tmp_path} holds a run with other options (batch_size: 4 -> 8, learning_rate: "
+                                  "0.0001 -> 0.001, num_negatives: 4 -> 3); re-run with the same options to continue "
+                                  "it, pass overwrite=True to start over, or choose another out")
+    assert describe(refused.value, "train reranker") == (
+        f"{tmp_path} holds a run with other options (--batch-size: 4 -> 8, --lr: 0.0001 -> 0.001, --negatives: 4 -> "
+        "3); re-run with the same options to continue it, pass --overwrite to start over, or choose another --out")
     # each flag named is one that `train reranker` or `train judge` (one config) takes
     sub = build_parser()._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0].choices
     taken = {s for cmd in ("reranker", "judge") for a in sub[cmd]._actions for s in a.option_strings}
@@ -325,7 +331,7 @@ def test_embedder_rerun_finished_export_interrupted_and_changed_options(tiny_mod
     assert resumed.metrics["initial_loss"] == pytest.approx(straight.metrics["initial_loss"], rel=1e-6)
 
     # changed options: refused with the keys listed; nothing is touched
-    with pytest.raises(ChangedOptions, match=r"lr: 0.002 -> 0.001.*--overwrite"):
+    with pytest.raises(ChangedOptions, match=r"\(lr: 0.002 -> 0.001.*pass overwrite=True"):
         train_embedder(base_config(model, tmp_path / "a", world, **cfg, lr=1e-3), records=records)
     assert adapter.stat().st_mtime_ns == mtime
     # --overwrite starts over with the new options: the run's checkpoint-N folders and model files are replaced,
@@ -550,7 +556,7 @@ def test_reranker_checkpoint_at_the_last_step_is_exported_without_an_extra_step(
     b = load_file(tmp_path / "b" / "adapter" / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.last_loss == pytest.approx(straight.last_loss, rel=1e-6)
-    with pytest.raises(ChangedOptions, match=r"--lr: 0.01 -> 0.001"):
+    with pytest.raises(ChangedOptions, match=r"\(learning_rate: 0.01 -> 0.001"):  # from Python: the field
         T.train_reranker(config(tmp_path / "a", lr=1e-3))
 
 
@@ -592,7 +598,7 @@ def test_reasoner_sft_follows_the_same_convention(tiny_model_dir, tmp_path, monk
     mtime = (tmp_path / "b" / "merged" / "model.safetensors").stat().st_mtime_ns
     assert train_reasoner_sft(config(tmp_path / "b")) == resumed  # finished: nothing to do
     assert (tmp_path / "b" / "merged" / "model.safetensors").stat().st_mtime_ns == mtime
-    with pytest.raises(ChangedOptions, match="--max-steps: 2 -> 3"):
+    with pytest.raises(ChangedOptions, match=r"\(max_steps: 2 -> 3"):
         train_reasoner_sft(ReasonerSFTConfig(**{**config(tmp_path / "b").__dict__, "max_steps": 3}))
 
 
@@ -685,7 +691,8 @@ def test_every_trainer_follows_one_convention(trainer, tiny_model_dir, tiny_worl
     run(a)
     assert weights.stat().st_mtime_ns == mtime and len(rendered) == renders
     # options changed: refused, naming the key
-    with pytest.raises(ChangedOptions, match=r"--lr: .* -> .*--overwrite"):  # the option, not the field
+    # from Python: the field (the command line names the option, `describe`)
+    with pytest.raises(ChangedOptions, match=rf"\({changed_key}: .* -> .*pass overwrite=True to start over"):
         run(a, **{changed_key: 5e-3})
     assert weights.stat().st_mtime_ns == mtime
 
@@ -810,7 +817,7 @@ def test_a_run_recorded_with_one_dtype_spelling_continues_and_finishes_under_the
                                   config=other)
         assert (plan.finished, plan.checkpoint) == (False, ckpt)
         assert (out / "checkpoints" / "checkpoint-3").is_dir()
-        with pytest.raises(ChangedOptions, match=r"--dtype: '(bf16|bfloat16)' -> 'fp32'"):
+        with pytest.raises(ChangedOptions, match=r"\(dtype: '(bf16|bfloat16)' -> 'fp32'"):
             fp32 = replace(config, dtype="fp32")
             run_state.plan_run(out, asdict(fp32), free=(), overwrite=False, finished_file="done.json", config=fp32)
     # the comparison itself: aliases are one value, on either side

@@ -13,7 +13,7 @@ import errno
 import sys
 import traceback
 
-from unime.errors import OptionError, UnimeError
+from unime.errors import ChangedOptions, OptionError, UnimeError
 from unime.options import option_flags
 
 EXIT_USER_ERROR = 2
@@ -30,6 +30,9 @@ def describe(exc: BaseException, command: str | None = None) -> str:
         flags = option_flags(exc.config)
         text = exc.render(lambda name: flags.get(name, name))
         text = f"{command}: {text}" if command else text
+    elif isinstance(exc, ChangedOptions) and exc.config is not None:  # the options a re-run changed, as flags
+        flags = {"overwrite": "--overwrite", "out": "--out", **option_flags(exc.config)}
+        text = exc.render(lambda name: flags.get(name, name))
     elif isinstance(exc, UnimeError):
         text = str(exc)
     elif isinstance(exc, UnicodeDecodeError):

@@ -589,7 +589,6 @@ def _earlier_run(out: Path, identity: dict[str, Any]) -> ImportSummary | None:
     """A finished import in `out` with this identity: its summary (nothing to do). Other options or
     inputs: `ChangedOptions` naming the options as a user gives them (`--judge-negatives`, not `judge_negatives`)."""
     from unime.errors import changed_option_keys, refuse_changed_options
-    from unime.options import option_flags
 
     manifest = _finished_import(out)
     if manifest is None:
@@ -598,7 +597,7 @@ def _earlier_run(out: Path, identity: dict[str, Any]) -> ImportSummary | None:
     before = before if isinstance(before, dict) else {}
     keys = changed_option_keys(before, identity)
     if keys:
-        raise refuse_changed_options(out, before, identity, keys, option_flags(ImportOptions))
+        raise refuse_changed_options(out, before, identity, keys, ImportOptions)
     return ImportSummary(out=out, images=manifest.get("images", 0), train_images=manifest.get("train_images", 0),
                          eval_images=manifest.get("eval_images", 0), records=manifest.get("records", {}),
                          judge_records=manifest.get("judge_records", 0),

@@ -218,7 +218,6 @@ def refuse_other_options(cfg, *, overwrite: bool) -> None:
     writes nothing."""
     from unime.errors import refuse_changed_options
     from unime.models.run_state import changed_config_options
-    from unime.options import option_flags
 
     before = _recorded_options(cfg.out_dir)
     if before is None:
@@ -227,8 +226,7 @@ def refuse_other_options(cfg, *, overwrite: bool) -> None:
     inert = cfg.inert_options() if hasattr(cfg, "inert_options") else ()  # options its outputs do not depend on
     keys = changed_config_options(before, now, ("out_dir", *inert), cfg)
     if keys and not overwrite:
-        flags = option_flags(cfg)  # `reason split` names its folder --out-dir, `reason eval` --out
-        raise refuse_changed_options(cfg.out_dir, before, now, keys, flags, out_flag=flags["out_dir"],
+        raise refuse_changed_options(cfg.out_dir, before, now, keys, cfg, out_field="out_dir",  # split: --out-dir
                                      resumes=False)  # nothing to continue: the same options run it again
     if keys:
         log.warning("%s: options changed (%s); --overwrite: replacing the outputs", cfg.out_dir, ", ".join(keys))

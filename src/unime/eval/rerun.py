@@ -69,12 +69,14 @@ def write_run(out: str | Path, record: dict[str, Any]) -> None:
 
 
 def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, overwrite: bool,
-          flags: dict[str, str] | None = None, aliases: dict[str, dict[str, str]] | None = None) -> dict | None:
+          config=None, key_fields: dict[str, str] | None = None,
+          aliases: dict[str, dict[str, str]] | None = None) -> dict | None:
     """Before the work. Returns the finished run's summary if the folder holds this very run finished
     (nothing to do), else None after recording the attempt. Raises `ChangedOptions` for other options
-    unless `overwrite`, naming each option by its flag in `flags` ({key: flag}). `aliases` ({key: {spelling:
-    value}}, `unime.options.option_aliases`): the spellings of one value are no change, on either side (a run
-    recorded with `--dtype float32` is the run of `--dtype fp32`); the options are recorded as given."""
+    unless `overwrite`, naming each option as the user gives it (`refuse_changed_options`: a field of `config`,
+    or of `key_fields` {key: field}, by the field from Python, by its option on the command line). `aliases`
+    ({key: {spelling: value}}, `unime.options.option_aliases`): the spellings of one value are no change, on either
+    side (a run recorded with `--dtype float32` is the run of `--dtype fp32`); the options are recorded as given."""
     out = Path(out)
     options = json.loads(json.dumps(options, default=str))
     before = read_run(out)
@@ -83,7 +85,7 @@ def begin(out: str | Path, options: dict[str, Any], inputs: dict[str, Any], *, o
     if before is not None:
         keys = changed_option_keys(before["options"], options, aliases=aliases)
         if keys and not overwrite:
-            raise refuse_changed_options(out, before["options"], options, keys, flags)
+            raise refuse_changed_options(out, before["options"], options, keys, config, key_fields=key_fields)
         if keys:
             log.warning("%s: options changed (%s); --overwrite: starting over", out, ", ".join(keys))
         else:

@@ -601,7 +601,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
 
     from unime.eval import report, rerun
     from unime.models.embedder import Embedder
-    from unime.options import option_aliases, option_flags
+    from unime.options import option_aliases
 
     from unime.data.video import VideoSampling
     from unime.models.image_budget import ImageBudget
@@ -631,10 +631,9 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
     if rerank_path:  # before any encoding: the reranker loads only after it (a typo found late cost the encoding)
         refuse_missing_local_model(rerank_path, "--rerank")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    flags = option_flags(cfg)
     finished = rerun.begin(out_dir, run_options, rerun.input_identity(out_dir, model, data, rerank_path,
                                                                      allow_outside_root=cfg.allow_outside_root),
-                           overwrite=cfg.overwrite, flags={**flags, "reranker": flags["rerank_path"]},
+                           overwrite=cfg.overwrite, config=cfg, key_fields={"reranker": "rerank_path"},
                            aliases=option_aliases(cfg))
     if finished is not None:
         return {**finished, "finished_before": True}

@@ -26,7 +26,7 @@ from unime.data.video import sampling_video_options
 from unime.errors import changed_option_keys, refuse_changed_options, same_path_value, with_working_dir
 from unime.models.embedding_cache import model_fingerprint
 from unime.models.loading import DTYPE_ALIASES, canonical_dtype
-from unime.options import none_meanings, option_aliases, option_defaults, option_flags
+from unime.options import none_meanings, option_aliases, option_defaults
 from unime.outdir import options_hash
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ class Manifest:
             keys = changed_option_keys(before, options, free=FREE_OPTIONS, added_defaults=option_defaults(config),
                                        none_means=none_meanings(config), aliases=option_aliases(config))
             if keys and not config.overwrite:
-                raise refuse_changed_options(out, before, options, keys, option_flags(config))
+                raise refuse_changed_options(out, before, options, keys, config)
             if keys:
                 log.warning("%s: options changed (%s); --overwrite: redoing the stages that depend on them",
                             out, ", ".join(keys))

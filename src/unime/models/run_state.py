@@ -468,7 +468,7 @@ def _decide(out: str | Path, options: dict[str, Any], *, free: Iterable[str], ov
     diff = changed_config_options(before, options, free, config) if before is not None else []
     diff.sort(key=lambda k: k != "stage")  # another kind of run (SFT / GRPO) first: the other keys follow from it
     if diff and not overwrite:
-        raise refuse_changed_options(out, before, options, diff, option_flags(config) if config is not None else None)
+        raise refuse_changed_options(out, before, options, diff, config)
     inputs = input_fingerprints(config)
     changed = changed_inputs(out, inputs, option_flags(config) if config is not None else None) \
         if before is not None and not overwrite else []
