@@ -166,7 +166,7 @@ def range_problem(f: Field, value: Any) -> str | None:
             ("at_most" in md and not v <= md["at_most"])
 
     if {"at_least", "above", "at_most"} & set(md) and isinstance(value, numbers.Real):  # not a number: the type
-        # checks' (`unime.serve.config.check_numbers`), not compared
+        # checks' (`check_types`), not compared
         marker = f.default not in (MISSING, None) and not isinstance(f.default, bool) and outside(f.default)
         if outside(value) and not (marker and value == f.default):
             bounds = [f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}" if "above" in md else None,

@@ -484,11 +484,11 @@ BAD_OPTIONS = [  # (field, value, the value on the command line or None: the par
     ("max_top_k", 0, "0", "must be >= 1, got 0"),
     ("request_timeout_s", 0.0, "0.0", "must be > 0, got 0.0"),
     ("request_timeout_s", float("nan"), "nan", "must be > 0, got nan"),
-    ("max_top_k", True, None, "must be an integer, got True"),  # True is an int to Python: it was a limit of 1
-    ("max_text_tokens", 2.5, None, "must be an integer, got 2.5"),
-    ("max_items", "16", None, "must be an integer, got '16'"),
-    ("request_timeout_s", False, None, "must be a number, got False"),
-    ("max_batch_tokens", True, None, "must be an integer, got True"),
+    ("max_top_k", True, None, "must be an int, got True (bool)"),  # True is an int to Python: it was a limit of 1
+    ("max_text_tokens", 2.5, None, "must be an int, got 2.5 (float)"),
+    ("max_items", "16", None, "must be an int, got '16' (str)"),
+    ("request_timeout_s", False, None, "must be a number, got False (bool)"),
+    ("max_batch_tokens", True, None, "must be an int, got True (bool)"),
     ("max_batch_tokens", 0, "0", "must be >= 1, got 0"),
     ("max_wait_ms", float("nan"), "nan", "must be >= 0, got nan"),
     ("graceful_timeout_s", -1.0, "-1.0", "must be >= 0, got -1.0"),
@@ -510,8 +510,8 @@ def test_a_limit_out_of_range_or_of_another_type_is_refused_from_python_as_on_th
                                                                                                  problem, capsys):
     """QA: `ServeConfig(limits=Limits(max_text_tokens=0)).check()` passed (a service that refused every text), as
     did a negative, NaN or bool limit, and most limits had no range on the command line either. Each is refused,
-    naming the field: from Python an OptionError (out of range: as the config is made; of another type: by
-    `check()`), on the command line a usage error naming the option."""
+    naming the field: from Python an OptionError as the config is made (`RangeChecked`), on the command line a
+    usage error naming the option."""
     from dataclasses import fields
 
     from unime.cli import main

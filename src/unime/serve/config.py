@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import numbers
-import types
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from unime.errors import OptionError
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import attn_implementation_option, dtype_option
 from unime.options import RangeChecked, index_mmap_option, option
@@ -21,23 +17,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def check_numbers(config) -> None:
-    """OptionError naming the first field of the dataclass instance `config` annotated `int` or `float` (or either
-    `| None`) whose value is not one: a bool (True is an int to Python, and was taken as 1), a string, a float where
-    an integer is expected. An integer is a float too."""
-    hints = typing.get_type_hints(type(config))
-    for f in fields(config):
-        hint, value = hints[f.name], getattr(config, f.name)
-        args = [a for a in typing.get_args(hint) if a is not type(None)] \
-            if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
-        if value is None or args not in ([int], [float]):
-            continue
-        wanted = numbers.Integral if args == [int] else numbers.Real
-        if isinstance(value, bool) or not isinstance(value, wanted):
-            raise OptionError(config, "{%s} must be %s, got {got!r}" % (
-                f.name, "an integer" if args == [int] else "a number"), got=value)
 
 
 @dataclass
@@ -104,12 +83,10 @@ class ServeConfig(ItemFormatOptions, RangeChecked):
                                  "floor(--ray-cpus-per-replica))", at_least=1)
 
     def check(self) -> None:
-        """Refuse unsafe combinations: no keys is only allowed on loopback with `no_auth`; and an option, its own
-        or one of its `limits`, that is not a number of its type (a bool, a string; a float where an integer is
-        expected) or outside its range: an OptionError naming it (`max_text_tokens` here, `--max-text-tokens` on the
-        command line, whose parser refuses the same values)."""
-        for config in (self, self.limits):  # out of range (`RangeChecked`): refused as the config was made
-            check_numbers(config)
+        """Refuse unsafe combinations: no keys is only allowed on loopback with `no_auth`. (An option, its own or
+        one of its `limits`, not of its type (a bool, a string; a float where an integer is expected) or outside its
+        range was refused as the config was made, `RangeChecked`: an OptionError naming it, `max_text_tokens` here,
+        `--max-text-tokens` on the command line, whose parser refuses the same values.)"""
         if self.no_auth and not is_loopback(self.host):
             raise ValueError(f"--no-auth is only allowed when binding to loopback (127.0.0.1, ::1, localhost), "
                              f"not {self.host}")
