@@ -300,7 +300,7 @@ def test_a_run_refused_for_a_tokenizer_without_emb_claims_no_output(command, tin
 
 def test_the_emb_check_reads_the_tokenizer_a_run_folder_loads_with(tiny_model_dir, tmp_path):
     """The check before the claim reads the tokenizer the load would: a trainer's run folder's merged/ (not the
-    run folder itself, which holds none); a path with no tokenizer to read is left to the load, which names it."""
+    run folder itself, which holds none); a missing local folder is refused, naming it."""
     import shutil
 
     from unime.errors import ModelError
@@ -312,4 +312,5 @@ def test_the_emb_check_reads_the_tokenizer_a_run_folder_loads_with(tiny_model_di
     with pytest.raises(ModelError) as refused:
         check_emb_pooling(tmp_path / "plain", "--embedder")
     assert str(refused.value).startswith(f"--embedder {str(tmp_path / 'plain')!r}: pooling 'emb' needs the <emb> ")
-    check_emb_pooling(tmp_path / "nope")
+    with pytest.raises(ModelError, match="no such local folder"):  # refused at once, not left to the load
+        check_emb_pooling(tmp_path / "nope")

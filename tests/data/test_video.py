@@ -261,7 +261,7 @@ def test_corrupt_video_in_a_corpus_stops_encode_naming_the_record(tmp_path, tiny
     emb = Embedder.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", data_root=tmp_path)
     with pytest.raises(DataError, match="bad.mp4") as e:
         emb.encode([Item("fine"), Item(video=("bad.mp4",))])
-    assert e.value.field == "video"
+    assert e.value.field == "items[1].video"  # the item's position in the list encoded
 
 
 # -- the family processors' video path ------------------------------------------------------------------

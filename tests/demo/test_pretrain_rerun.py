@@ -393,6 +393,7 @@ def test_a_rerun_that_finds_its_judge_trained_names_what_trains_it_again(tmp_pat
     monkeypatch.setattr(pt, "_publish", publish)
     recipe, judge = PretrainRecipe.preset("quick"), pt.JudgePretrainRecipe.preset("quick")
     base = pt.PretrainResult(tmp_path / "base", True, {"key": recipe.key()})  # not loaded: the training is finished
+    base.model.mkdir(parents=True)  # a missing local model folder is refused before the run is looked at
     with caplog.at_level(logging.INFO, logger=reranker_trainer.log.name), pytest.raises(Published):
         pt.pretrain_judge(judge, recipe, out=tmp_path / "judge", base=base, progress=lambda m: None,
                           overwrite=overwrite)
