@@ -99,7 +99,7 @@ def test_stage_configs_read_the_settings_of_their_path():
 
     assert (EMBEDDER_LORA.r, EMBEDDER_LORA.alpha, EMBEDDER_LORA.dropout) == (16, 64, 0.1)
     assert (GENERATIVE_LORA.r, GENERATIVE_LORA.alpha, GENERATIVE_LORA.dropout) == (16, 32, 0.05)
-    assert LoraSettings.from_options(EmbedderTrainingConfig(model="m", out="o", records=["r"])) == EMBEDDER_LORA
+    assert LoraSettings.from_options(EmbedderTrainingConfig(model="m", out="o", records="r")) == EMBEDDER_LORA
     assert LoraSettings.from_options(RerankerTrainConfig(model="m", records=["r"], out="o")) == GENERATIVE_LORA
     assert LoraSettings.from_options(ReasonerSFTConfig(model="m", data="d", out="o")) == GENERATIVE_LORA
     grpo = LoraSettings.from_options(GRPOStageConfig(model="m", embedder="e", records="r", out="o", lora_r=16))

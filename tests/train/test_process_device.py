@@ -18,6 +18,15 @@ class _Loaded(Exception):
     pass
 
 
+@pytest.fixture(autouse=True)
+def model_folder(tmp_path):
+    """The model folders the trainers here are given ("m"; "e", GRPO's embedder): never loaded (the loading is
+    recorded and stopped, or a bad option is refused first), but they exist, as a missing local folder is refused
+    before either."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "e").mkdir()  # GRPO's embedder, likewise
+
+
 @pytest.fixture
 def process_three_of_four(monkeypatch):
     """4 CUDA devices; the trainer arguments of this process say cuda:3 (what transformers gives LOCAL_RANK=3)."""
