@@ -3,7 +3,8 @@ not read them again.
 
 A stage whose output depends on images (mining's retrieval and judge stages) puts `digest_items(...)`
 into its stage hash: change an image's bytes and the stage is redone; touch nothing and no image is
-re-read. The cache is a small TSV (`path \\t size \\t mtime_ns \\t sha1`), rewritten atomically.
+re-read. The cache is a small TSV (`path \\t size \\t mtime_ns \\t sha1`), rewritten atomically, its lines ended by
+"\\n" only (a name holding a tab or a newline is not kept).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class ImageDigests:
         self.hashed = 0  # files read in this process (0 on a re-run with nothing changed)
         self._dirty = False
         if read and self.cache_file is not None and self.cache_file.is_file():
-            for line in self.cache_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            # by "\n" only: a name may hold U+2028, U+0085, "\r" (which `str.splitlines` would break at); a name not
+            # in UTF-8 comes back as the str the file system gave (surrogateescape)
+            for line in self.cache_file.read_bytes().decode("utf-8", "surrogateescape").split("\n"):
                 parts = line.rsplit("\t", 3)
                 if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
                     self._memo[(parts[0], int(parts[1]), int(parts[2]))] = parts[3]
@@ -53,10 +56,10 @@ class ImageDigests:
     def save(self) -> None:
         if self.cache_file is None or not self._dirty:
             return
-        with atomic_open(self.cache_file) as fh:
+        with atomic_open(self.cache_file, "wb") as fh:
             for (p, size, mtime), d in sorted(self._memo.items()):
-                if "\t" not in p and "\n" not in p:
-                    fh.write(f"{p}\t{size}\t{mtime}\t{d}\n")
+                if "\t" not in p and "\n" not in p:  # the TSV's separators: such a name is not kept (read again)
+                    fh.write(f"{p}\t{size}\t{mtime}\t{d}\n".encode("utf-8", "surrogateescape"))
         self._dirty = False
 
 
