@@ -1243,3 +1243,36 @@ def test_a_long_text_does_not_pad_the_short_ones_of_its_batch(world, monkeypatch
         alone, n = emb.encode([t], return_token_counts=True)
         np.testing.assert_allclose(g.vector, alone[0], atol=1e-5)
         assert g.tokens == n[0]
+
+
+def test_a_nan_embedding_is_a_clear_error_naming_the_input(world, monkeypatch):
+    """A model that returns NaN for a query: /v1/search answered a bare "internal server error" 500 (FAISS's check of
+    the query vector raised, the reason only in the log), /v1/embeddings the same (its JSON could not hold NaN). Now
+    a 500 whose JSON body names the input and says the model returned NaN / inf; the other inputs still work."""
+    from fastapi.testclient import TestClient
+
+    from unime.index.store import CorpusIndex
+    from unime.serve.app import create_app
+    from unime.serve.engine import Encoded, Engine
+
+    engine = Engine(world["emb"], MODEL, world["rr"], RERANKER, CorpusIndex(world["root"] / "idx"))
+    real = engine.encode
+
+    def encode(items):  # the stub model: NaN for the item "poison", the real vectors for the others
+        return [Encoded(np.full(engine.dim, np.nan, dtype=np.float32), e.tokens) if it.text == "poison" else e
+                for it, e in zip(items, real(items))]
+
+    monkeypatch.setattr(engine, "encode", encode)
+    try:
+        with TestClient(create_app(engine, ServeConfig(model=world["model"], no_auth=True))) as c:
+            search = c.post("/v1/search", json={"query": "poison", "top_k": 2})
+            embed = c.post("/v1/embeddings", json={"model": MODEL, "input": ["fine", "poison"]})
+            good = c.post("/v1/search", json={"query": "a red square", "top_k": 2})
+    finally:
+        engine.close()
+    assert search.status_code == 500, search.text
+    err = search.json()["error"]
+    assert err["param"] == "query" and err["type"] == "server_error" and err["code"] == "non_finite_embedding"
+    assert err["message"] == "query: the embedding model returned NaN or inf for this input (a model fault)"
+    assert embed.status_code == 500 and embed.json()["error"]["param"] == "input[1]", embed.text
+    assert good.status_code == 200 and len(good.json()["data"]) == 2, good.text

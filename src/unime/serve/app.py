@@ -273,10 +273,20 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                         "pairwise scores' argmax, is put first (meta.listwise = \"fallback\")", len(docs), pick.index)
         return (*listwise_order(pick.index, len(docs)), pick.source, pick.tokens)
 
-    async def embed(items):
-        """(embeddings (n, d), tokens the model read for them) of `items`, through the encoder batcher."""
+    async def embed(items, fields):
+        """(embeddings (n, d), tokens the model read for them) of `items` (named `fields` in errors), through the
+        encoder batcher. A vector holding NaN or inf is the model's fault: a 500 naming the input, not one FAISS's
+        check (search) or the JSON encoder (embeddings) raises, answered "internal server error"."""
         encoded = await batcher.submit_each(items)
-        return np.stack([e.vector for e in encoded]), sum(e.tokens for e in encoded)
+        vecs = np.stack([e.vector for e in encoded])
+        bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
+        if len(bad):
+            field = fields[int(bad[0])]
+            log.error("%s: the embedding model returned NaN or inf (%d of the request's %d inputs)", field, len(bad),
+                      len(items))
+            raise RequestError(500, f"{field}: the embedding model returned NaN or inf for this input (a model fault)",
+                               type="server_error", param=field, code="non_finite_embedding")
+        return vecs, sum(e.tokens for e in encoded)
 
     async def until_disconnected(request: Request) -> None:
         """Returns once the client of `request` (whose body was read) has gone away."""
@@ -313,8 +323,9 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         if req.dimensions is not None and req.dimensions != engine.dim:
             raise RequestError(400, f"dimensions: this model gives {engine.dim}-d embeddings, not {req.dimensions}",
                                param="dimensions")
-        items = [item(x, f"input[{i}]", req.instruction) for i, x in enumerate(raw)]
-        vecs, tokens = await with_timeout(embed(items), request)
+        fields = [f"input[{i}]" for i in range(len(raw))]
+        items = [item(x, f, req.instruction) for x, f in zip(raw, fields)]
+        vecs, tokens = await with_timeout(embed(items, fields), request)
         metrics.items.labels("embedded").inc(len(items))
         data = []
         for i, v in enumerate(np.asarray(vecs, dtype=np.float32)):
@@ -364,7 +375,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         from unime.index.store import search_items
 
         async def work():
-            qv, _ = await embed([query])
+            qv, _ = await embed([query], ["query"])
             # the top rerank_top_k are reranked, the best top_k returned: a rerank_top_k over top_k reranked only
             # the top_k hits retrieved (QA)
             rerank_k = (req.rerank_top_k or req.top_k) if req.rerank else 0
