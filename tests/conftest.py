@@ -133,3 +133,19 @@ def image_sha1_reads(monkeypatch):
 
     monkeypatch.setattr(image_digests, "file_sha1", counted)
     return reads
+
+
+@pytest.fixture
+def image_opens(monkeypatch):
+    """The image files PIL opens (`PIL.Image.open`, by the file's name), in order: the up-front checks' and the
+    models' reads."""
+    from PIL import Image
+
+    opened, real = [], Image.open
+
+    def counted(fp, *args, **kw):
+        opened.append(str(getattr(fp, "name", fp)))
+        return real(fp, *args, **kw)
+
+    monkeypatch.setattr(Image, "open", counted)
+    return opened

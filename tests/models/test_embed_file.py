@@ -150,3 +150,75 @@ def test_a_resumed_embed_run_reads_no_image_again_for_its_key_and_a_changed_imag
                                              images=images, calls=encoded, kill_after=kill_after,
                                              reads=image_sha1_reads, caplog=caplog, rng=rng)
     assert not np.array_equal(np.load(tmp_path / "vecs.npy"), np.load(tmp_path / "whole.npy"))  # the changed image
+
+
+def test_a_resumed_embed_run_opens_only_the_images_of_the_items_left_to_encode(
+        tiny_model_dir, tmp_path, monkeypatch, image_opens):
+    """QA: the re-run of a killed `unime embed` opened every image of the items file again in its check before the
+    model loads, those of the chunks already encoded too (a million-image corpus: the slow part of a resume). Now it
+    opens only the images of the items left to encode (6 items of one image each in chunks of 2, killed after 2
+    chunks: images 4 and 5), and writes the array an uninterrupted run writes."""
+    import pytest
+
+    from unime.models import embed_file
+
+    images = write_pngs(tmp_path, 6, np.random.default_rng(0))
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": f"i{i}", "text": f"item {i}", "images": [f"img/{i}.png"]}) + "\n"
+                             for i in range(6)), encoding="utf-8")
+    monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 2, raising=False)
+    encoded, kill_after = _watched_forward(monkeypatch)  # batches of 2: one forward per chunk
+    argv = ["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--device", "cpu",
+            "--batch-size", "2"]
+    assert main([*argv, "--out", str(tmp_path / "whole.npy")]) == 0
+    assert sorted(set(image_opens)) == sorted(map(str, images))
+    out = tmp_path / "vecs.npy"
+    encoded.clear()
+    kill_after[0] = 2
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(out)])
+    encoded.clear()
+    image_opens.clear()
+    kill_after[0] = None
+    assert main([*argv, "--out", str(out)]) == 0
+    assert sum(encoded) == 2
+    assert sorted(set(image_opens)) == [str(images[4]), str(images[5])]
+    np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
+
+
+def test_a_resume_whose_chunks_are_discarded_checks_their_images_before_encoding(
+        tiny_model_dir, tmp_path, monkeypatch, image_opens):
+    """The first run's check is not weakened by a resume: when the finished chunks are not reused after all (here an
+    image of the second chunk changed: the key changed), their items' images are opened before any item is encoded:
+    a corrupt one stops the run naming its line, before the model encodes anything; under --on-error skip it is left
+    out and the rest encoded, as an uninterrupted run does."""
+    import pytest
+
+    from unime.errors import DataError
+    from unime.models import embed_file
+
+    images = write_pngs(tmp_path, 6, np.random.default_rng(0))
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": f"i{i}", "text": f"item {i}", "images": [f"img/{i}.png"]}) + "\n"
+                             for i in range(6)), encoding="utf-8")
+    monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 2, raising=False)
+    encoded, kill_after = _watched_forward(monkeypatch)
+    argv = ["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--device", "cpu",
+            "--batch-size", "2", "--out", str(tmp_path / "vecs.npy")]
+    kill_after[0] = 2
+    with pytest.raises(Killed):
+        main(argv)
+    images[3].write_bytes(b"not a png")  # in the second chunk, encoded
+    encoded.clear()
+    kill_after[0] = None
+    cfg = embed_file.EmbedConfig(model=tiny_model_dir("qwen2_vl"), items=str(items), out=str(tmp_path / "vecs.npy"),
+                                 device="cpu", batch_size=2)
+    with pytest.raises(DataError) as err:
+        embed_file.encode_items_file(cfg)
+    assert "line 4" in str(err.value) and "img/3.png" in str(err.value) and encoded == []
+    image_opens.clear()
+    path, rows, _, skips = embed_file.encode_items_file(embed_file.EmbedConfig(
+        model=tiny_model_dir("qwen2_vl"), items=str(items), out=str(tmp_path / "vecs.npy"), device="cpu", batch_size=2,
+        on_error="skip"))
+    assert rows == 5 and skips.total == 1 and sum(encoded) == 5
+    assert json.loads((tmp_path / "vecs.npy.lines.json").read_text())["lines"] == [1, 2, 3, 5, 6]

@@ -11,6 +11,10 @@ computed from, by (path, size, mtime) (`unime.data.image_digests`, `work_digests
 re-run of a killed job computes its key without reading its images again (a changed image has another size or
 mtime: it is read, and changes the key). A re-run with another key keeps it (its digests stay true).
 
+A command reading an input file gives the line of each row (`lines=`), recorded in the key file: a re-run opens
+only the images of the rows left to do (`done_lines`: the lines of the finished chunks, whose images are only looked
+up; `checked_work`: those of them the work does after all, its key changed or its rows moved, checked before it).
+
 The key is a digest (`unime.outdir.options_hash`) of what the results depend on — the inputs by content, the model
 by its fingerprint, the options that change the numbers, the chunk size — chosen by the command. A re-run whose key
 differs discards the chunks found (unime's own files only) and starts over. The folder is unime's when it holds the
@@ -24,13 +28,14 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection, Sequence, TypeVar
 
 import numpy as np
 
 from unime.data.atomic import atomic_open, atomic_path, warn_left
 from unime.data.image_digests import ImageDigests
-from unime.errors import UnimeError
+from unime.data.skips import ErrorPolicy, SkipReport
+from unime.errors import DataError, UnimeError
 from unime.outdir import options_hash
 
 log = logging.getLogger(__name__)
@@ -56,18 +61,99 @@ def work_digests(out: str | Path) -> ImageDigests:
     return ImageDigests(folder / DIGESTS_FILE, read=(folder / KEY_FILE).is_file() and not folder.is_symlink())
 
 
+def _read_key(folder: Path) -> dict[str, Any] | None:
+    """The key file of unime's work folder `folder`, None when there is none (or it is unreadable, or not unime's)."""
+    if folder.is_symlink():
+        return None
+    try:
+        data = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def line_runs(lines: Sequence[int]) -> list[list[int]]:
+    """`lines` as runs of consecutive numbers, [first, last] each (the key file's record of a million lines in a few
+    numbers when few were skipped)."""
+    runs: list[list[int]] = []
+    for n in lines:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return runs
+
+
+def _lines_of_runs(runs: Any) -> list[int] | None:
+    if not isinstance(runs, list) or not all(isinstance(r, list) and len(r) == 2 and all(
+            type(x) is int for x in r) and r[0] <= r[1] for r in runs):
+        return None
+    return [n for first, last in runs for n in range(first, last + 1)]
+
+
+def done_lines(out: str | Path) -> frozenset[int]:
+    """The input lines whose rows are in the chunks an earlier run of the job writing `out` finished (by the lines its
+    key file records, `ChunkWork(lines=)`): a re-run looks their images up (`ImageChecker.check_files`) but opens
+    none; `checked_work` checks those the work does after all. Empty without unime's work folder or its record."""
+    folder = work_folder(out)
+    recorded = _read_key(folder)
+    if recorded is None:
+        return frozenset()
+    lines, per_chunk = _lines_of_runs(recorded.get("lines")), recorded.get("per_chunk")
+    if lines is None or type(per_chunk) is not int or per_chunk < 1:
+        return frozenset()
+    done: set[int] = set()
+    for i in range((len(lines) + per_chunk - 1) // per_chunk):
+        if (folder / f"chunk-{i:05d}.npy").is_file():
+            done.update(lines[i * per_chunk:(i + 1) * per_chunk])
+    return frozenset(done)
+
+
+Row = TypeVar("Row")
+
+
+def checked_work(rows: list[Row], make_work: Callable[[list[Row]], "ChunkWork"], *, line_of: Callable[[Row], int],
+                 unchecked: Collection[int], check: Callable[[Row], None], on_error: str = "raise",
+                 skips: SkipReport | None = None, source: str | None = None) -> tuple["ChunkWork", list[Row]]:
+    """The work of `rows` (`make_work(rows)`, not yet opened) once every row it will compute had its images checked:
+    the rows of `unchecked` lines (`done_lines`: only looked up, as an earlier run finished them) that the work does
+    after all (its key changed, or they moved to a chunk not done) are checked now by `check` (raising a `DataError`),
+    before any is computed. Under `on_error="skip"` a bad one is left out (counted in `skips`) and the work made
+    again for the rows kept. Returns (work, rows kept)."""
+    unchecked = set(unchecked)
+    while True:
+        work = make_work(rows)
+        late = [r for r in work.rows_todo() if line_of(rows[r]) in unchecked]
+        if not late:
+            return work, rows
+        policy, bad = ErrorPolicy(on_error, skips, source or work.command), set()
+        for r in late:
+            unchecked.discard(line_of(rows[r]))
+            try:
+                check(rows[r])
+            except DataError as e:
+                policy.handle(e)
+                bad.add(r)
+        policy.finish()
+        if not bad:
+            return work, rows
+        rows = [row for r, row in enumerate(rows) if r not in bad]
+
+
 class ChunkWork:
     """The finished chunks of one job writing `out` (see the module doc): `rows` rows (pairs, items) cut in chunks of
     `per_chunk` (chunk `i` holds the rows of `span(i)`). `open()` before the work; `todo()`, the chunks left;
     `save(i, array)` as each finishes (a row per row); `load_all()` to assemble the output; `finish()` once it is
-    written. `digests`: the `work_digests(out)` the key was computed with, kept in the folder with the key file."""
+    written. `digests`: the `work_digests(out)` the key was computed with, kept in the folder with the key file;
+    `lines`: the input line of each row, recorded in the key file for a re-run (`done_lines`)."""
 
     def __init__(self, out: str | Path, command: str, key: dict[str, Any], *, rows: int, per_chunk: int,
-                 digests: ImageDigests | None = None):
+                 digests: ImageDigests | None = None, lines: Sequence[int] | None = None):
         self.out = Path(out)
         self.folder = work_folder(out)
         self.command = command
         self.digests = digests
+        self.lines = lines
         self.rows, self.per_chunk = rows, per_chunk
         self.n_chunks = (rows + per_chunk - 1) // per_chunk
         self.key = options_hash({**key, "rows": rows, "per_chunk": per_chunk})
@@ -106,18 +192,34 @@ class ChunkWork:
             for p in f.iterdir():
                 if _OWN_TMP.fullmatch(p.name):  # leftovers of a killed write
                     p.unlink(missing_ok=True)
-            if recorded is not None:
+            if recorded is not None and recorded.get("key") == self.key and self.lines is not None \
+                    and recorded.get("lines") != line_runs(self.lines):  # the same rows on other lines (a line added)
+                self._write_key()
+            elif recorded is not None:
                 self._save_digests()  # the images re-read (touched since), if any
         done = self.n_chunks - len(self.todo())
         if done:
             log.info("%s: resuming: %d of %d chunks done before (in %s)", self.out, done, self.n_chunks, f)
         return done
 
+    def reuses(self) -> bool:
+        """Whether `open()` will keep the chunks found: the folder is unime's and its key this work's."""
+        recorded = _read_key(self.folder)
+        return recorded is not None and recorded.get("key") == self.key
+
+    def rows_todo(self) -> list[int]:
+        """The rows `open()` then `todo()` leave to compute (before `open()`): all of them unless it `reuses()` the
+        chunks found."""
+        chunks = self.todo() if self.reuses() else range(self.n_chunks)
+        return [r for i in chunks for r in range(self.rows)[self.span(i)]]
+
     def _write_key(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        record = {"command": self.command, "output": self.out.name, "key": self.key, "chunks": self.n_chunks}
+        if self.lines is not None:
+            record.update(per_chunk=self.per_chunk, lines=line_runs(self.lines))
         with atomic_open(self.folder / KEY_FILE) as fh:
-            json.dump({"command": self.command, "output": self.out.name, "key": self.key, "chunks": self.n_chunks},
-                      fh, indent=1)
+            json.dump(record, fh, indent=1)
         self._save_digests()
 
     def _save_digests(self) -> None:
@@ -126,11 +228,7 @@ class ChunkWork:
             self.digests.save()
 
     def _recorded(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads((self.folder / KEY_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return _read_key(self.folder)
 
     def todo(self) -> list[int]:
         return [i for i in range(self.n_chunks) if not self.path(i).is_file()]

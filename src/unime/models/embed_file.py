@@ -6,7 +6,9 @@ row per kept line and `OUT.lines.json` lists the (1-based) line each row came fr
 
 The items are encoded in chunks of `ITEMS_PER_CHUNK`, kept in `.OUT.unime-work/` until OUT is written: a re-run of a
 killed run encodes only the chunks it had not finished (`encode_in_chunks`), and reads no image again to tell that its
-inputs did not change (their digests are kept there too).
+inputs did not change (their digests are kept there too). Its check before the model loads opens only the images of the
+items left to encode: those of the finished chunks are looked up, not opened (`unime.models.chunk_work.done_lines`),
+unless they are encoded again after all (their chunks discarded: opened then, before any is encoded).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -28,7 +31,7 @@ from unime.data.jsonl import iter_jsonl
 from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.video import VideoOptions
 from unime.errors import DataError
-from unime.models.chunk_work import ChunkWork, work_digests
+from unime.models.chunk_work import ChunkWork, checked_work, done_lines, work_digests
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import EmbedderOptions, checkpoint_image_loader
 from unime.options import on_error_option, option
@@ -39,19 +42,21 @@ from unime.options import on_error_option, option
 ITEMS_PER_CHUNK = 2048
 
 
-def read_items_file(path: str, *, image_loader: ImageLoader, on_error: str = "raise", skips: SkipReport | None = None
+def read_items_file(path: str, *, image_loader: ImageLoader | ImageChecker, on_error: str = "raise",
+                    skips: SkipReport | None = None, files_only: Collection[int] = ()
                     ) -> tuple[list[Item], list[int], list[str]]:
     """The good items of an item file (`unime.data.corpus`: the lines `unime index build` reads, a generated
     world's items.jsonl too), their line numbers and where each was read as errors name it ("line 2 (id a)") (images
     and videos opened and decoded by `image_loader`: the model's, `unime.models.loading.checkpoint_image_loader`,
-    under the items' data root)."""
+    under the items' data root; or an `ImageChecker` of it). The images of the lines `files_only` (those a killed
+    run encoded, `unime.models.chunk_work.done_lines`) are only looked up (`ImageChecker.check_files`), not opened."""
     policy = ErrorPolicy(on_error, skips, path)
-    checker = ImageChecker(image_loader)
+    checker = image_loader if isinstance(image_loader, ImageChecker) else ImageChecker(image_loader)
     items, lines, records = [], [], []
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         try:
             entry = corpus_entry(obj, source=path, line=n)  # the reader of `unime index build` too
-            checker.check(entry.item, source=path, record=entry.record)
+            checker.check(entry.item, source=path, record=entry.record, files_only=n in files_only)
             items.append(entry.item)
             lines.append(n)
             records.append(entry.record)
@@ -91,17 +96,31 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
     video_sampling = VideoSampling.from_fields(cfg)
     skips = SkipReport() if skips is None else skips
     image_budget = ImageBudget.from_args(cfg)
-    loader = checkpoint_image_loader(cfg.model, image_budget, root, video=video_sampling)
-    items, lines, records = read_items_file(items_path, on_error=cfg.on_error, skips=skips, image_loader=loader)
+    checker = ImageChecker(checkpoint_image_loader(cfg.model, image_budget, root, video=video_sampling))
+    path = Path(cfg.out)
+    done = done_lines(path)  # the items a killed run encoded: their images not opened again
+    items, lines, records = read_items_file(items_path, on_error=cfg.on_error, skips=skips, image_loader=checker,
+                                            files_only=done)
     if not items:
         raise DataError("no items to encode", source=items_path)
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
                                    batch_size=cfg.batch_size, video_sampling=video_sampling, image_budget=image_budget,
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
-    path = Path(cfg.out)
     digests = work_digests(path)  # a re-run of a killed run reads no image again for its key
-    work = ChunkWork(path, "embed", embed_work_key(emb, cfg.model, cfg.dtype, items, digests=digests),
-                     rows=len(items), per_chunk=ITEMS_PER_CHUNK, digests=digests)
+
+    def make_work(rows):
+        key = embed_work_key(emb, cfg.model, cfg.dtype, [r[0] for r in rows], digests=digests)
+        return ChunkWork(path, "embed", key, rows=len(rows), per_chunk=ITEMS_PER_CHUNK, digests=digests,
+                         lines=[r[1] for r in rows])
+
+    # the items of `done` to be encoded after all (the inputs or options changed): their images opened now
+    work, rows = checked_work(list(zip(items, lines, records)), make_work, line_of=lambda r: r[1], unchecked=done,
+                              check=lambda r: checker.check(r[0], source=items_path, record=r[2]),
+                              on_error=cfg.on_error, skips=skips, source=items_path)
+    if len(rows) < len(items):
+        items, lines, records = (list(x) for x in zip(*rows)) if rows else ([], [], [])
+        if not items:
+            raise DataError("no items to encode", source=items_path)
     try:
         vecs = encode_in_chunks(emb, items, work)
     except DataError as e:  # an item failing only when encoded (its video decoded, its layout rendered): its line
