@@ -217,3 +217,68 @@ def test_a_resumed_judge_run_reads_no_image_again_for_its_key_and_a_changed_imag
     assert image_sha1_reads == [str(img1.resolve())]
     assert "1 discarded, starting over" in caplog.text and len(scored) == 3
     assert out.read_bytes() == whole and not work.exists()
+
+
+def _distinct_image_inputs(folder, n=7):
+    """`_inputs` whose candidate i shows its own image, img/i.png; returns (pairs, labels, images)."""
+    import numpy as np
+    from PIL import Image
+
+    (folder / "img").mkdir()
+    images = [folder / "img" / f"{i}.png" for i in range(n)]
+    for i, p in enumerate(images):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)).save(p)
+    pairs, labels = folder / "pairs.jsonl", folder / "labels.jsonl"
+
+    def cand(i):
+        return {"text": f"candidate {i}", "images": [f"img/{i}.png"]}
+
+    pairs.write_text("".join(json.dumps({"id": f"p{i}", "query": {"text": f"query {i % 2}"}, "candidate": cand(i)})
+                             + "\n" for i in range(n)))
+    labels.write_text("".join(json.dumps({"query": {"text": f"query {i % 2}"}, "candidate": cand(i), "score": i / 10})
+                              + "\n" for i in range(n)))
+    return pairs, labels, images
+
+
+def test_a_resumed_judge_run_opens_only_the_images_of_the_pairs_left_to_score(tmp_path, scored_chunks, image_opens):
+    """QA: the re-run of a killed `unime judge --pairs` opened every image of the pairs again in its check before
+    scoring, those of the chunks already scored too. Now only those of the pairs left (7 pairs in chunks of 3, killed
+    after the first chunk: the images of pairs 3 to 6), and the output is the uninterrupted run's."""
+    scored, kill_after = scored_chunks
+    pairs, labels, images = _distinct_image_inputs(tmp_path)
+    assert _score(pairs, labels, tmp_path / "whole.jsonl") == 7
+    assert sorted(set(image_opens)) == sorted(map(str, images))
+    out = tmp_path / "scores.jsonl"
+    scored.clear()
+    kill_after[0] = 1
+    with pytest.raises(Killed):
+        _score(pairs, labels, out)
+    image_opens.clear()
+    scored.clear()
+    kill_after[0] = None
+    assert _score(pairs, labels, out) == 7
+    assert sorted(set(image_opens)) == sorted(map(str, images[3:]))
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+
+def test_a_judge_resume_whose_chunks_are_discarded_checks_their_images_before_scoring(tmp_path, scored_chunks):
+    """When the finished chunks are not reused after all (an image of a scored pair changed: the key changed), their
+    pairs' images are opened before any pair is scored: a corrupt one stops the run naming its line and field; under
+    --on-error skip it is left out and the others scored."""
+    from unime.errors import DataError
+
+    scored, kill_after = scored_chunks
+    pairs, labels, images = _distinct_image_inputs(tmp_path)
+    out = tmp_path / "scores.jsonl"
+    kill_after[0] = 2
+    with pytest.raises(Killed):
+        _score(pairs, labels, out)
+    images[4].write_bytes(b"not a png")  # pair 4, in the second chunk, scored
+    scored.clear()
+    kill_after[0] = None
+    with pytest.raises(DataError) as err:
+        _score(pairs, labels, out)
+    assert "line 5" in str(err.value) and "candidate.images[0]" in str(err.value) and scored == []
+    spec = JudgeSpec(path=str(labels), data_root=str(pairs.parent))
+    assert pairs_mod.score_pairs_file(str(pairs), str(out), spec, backend="oracle", on_error="skip") == 6
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["p0", "p1", "p2", "p3", "p5", "p6"]

@@ -5,6 +5,7 @@ choice (`read_pairs`)."""
 from __future__ import annotations
 
 import math
+from typing import Collection
 
 from unime.data.io import raw_message
 from unime.data.items import Item
@@ -15,7 +16,24 @@ from unime.errors import DataError
 PAIR_KEYS = ("query", "candidate")
 
 
-def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, label_column: str | None = None) \
+def check_pair_images(images, pair: tuple[str, Item, Item], *, source: str, record: str,
+                      files_only: bool = False) -> None:
+    """`images.check` (an `ImageChecker`) of a pair's query then candidate, the error naming the pair's field
+    (`query.images[0]`), not the checker's "item"; `files_only`: `ImageChecker.check_files`, no file opened."""
+    for key, it in zip(PAIR_KEYS, pair[1:]):
+        _check_images(images, key, it, source=source, record=record, files_only=files_only)
+
+
+def _check_images(images, key: str, it: Item, *, source: str, record: str, files_only: bool) -> None:
+    try:
+        images.check(it, source=source, record=record, files_only=files_only)
+    except DataError as e:  # name the pair's field, not the checker's "item"
+        raise data_error(reason_of(e), raw_message(e), source=source, record=record,
+                         field=f"{key}.{e.field.split('.', 1)[-1]}") from None
+
+
+def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, label_column: str | None = None,
+               files_only: Collection[int] = (), lines: list[int] | None = None) \
         -> list[tuple[str, Item, Item]] | tuple[list[tuple[str, Item, Item]], list[float]]:
     """JSONL of `{"id"?, "query": item, "candidate": item}`; the id defaults to the (1-based) line number. A bad
     line (or, with `images` = an `ImageChecker`, a bad image) raises a `DataError` naming the file, the
@@ -24,7 +42,9 @@ def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, l
     boolean; > 0 = relevant), any other key is ignored, and `(pairs, labels)` is returned (aligned: a skipped line
     drops both): any number of extra keys reads. Without it, a key beside id, query and candidate is an error
     naming the line and the keys, one extra key or several alike (`unime data check`, which takes a first row's one
-    extra key as the label column, refuses several in one line: `unime.data.file_tools`)."""
+    extra key as the label column, refuses several in one line: `unime.data.file_tools`). The images of the lines
+    `files_only` are only looked up (`ImageChecker.check_files`), not opened; `lines`, when given, is filled with the
+    line of each pair returned."""
     policy = ErrorPolicy(on_error, skips, path)
     pairs, labels = [], []
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
@@ -55,12 +75,10 @@ def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, l
                 if it.is_empty:
                     raise data_error("empty_item", "empty item", source=path, record=where, field=key)
                 if images is not None:
-                    try:
-                        images.check(it, source=path, record=where)
-                    except DataError as e:  # name the pair's field, not the checker's "item"
-                        raise data_error(reason_of(e), raw_message(e), source=path, record=where,
-                                         field=f"{key}.{e.field.split('.', 1)[-1]}") from None
+                    _check_images(images, key, it, source=path, record=where, files_only=n in files_only)
             pairs.append((str(rid) if not isinstance(rid, (int, str)) else rid, q, c))
+            if lines is not None:
+                lines.append(n)
             if label is not None:
                 labels.append(label)
         except DataError as e:

@@ -5,7 +5,8 @@ A pairs file is JSONL of `{"id"?, "query": item, "candidate": item}` (`unime.dat
 are scored in chunks of `PAIRS_PER_CHUNK`, and within a chunk grouped by query, so each query's prefix is run once
 and each distinct (query, candidate) pair scored once (`JudgeBackend.score_shards`); the scores are written in input
 order. Finished chunks are kept in `.OUT.unime-work/` until OUT is written: a re-run of a killed run resumes there
-(`unime.models.chunk_work`).
+(`unime.models.chunk_work`), and opens only the images of the pairs left to score (those of the finished chunks are
+looked up: opened only if they are scored again after all, before any is scored).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import numpy as np
 
 from unime.data.atomic import atomic_open
 from unime.data.items import Item
-from unime.data.pairs import read_pairs
+from unime.data.pairs import check_pair_images, read_pairs
 from unime.errors import DataError, same_path_value
 from unime.mining.backends import JudgeOptions, JudgeSpec, judge_models, make_backend
-from unime.models.chunk_work import ChunkWork, work_digests
+from unime.models.chunk_work import ChunkWork, checked_work, done_lines, work_digests
 from unime.options import on_error_option, option
 
 # pairs per chunk, the unit of resumption: each finished chunk's scores are kept in the work folder beside the output
@@ -65,7 +66,7 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
                      backend_options: dict | None = None, on_error: str = "raise", skips=None,
                      label_column: str | None = None) -> int | dict:
     """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic).
-    Every image is opened first; under `on_error="skip"` bad pairs are left out (and counted). Scored chunk by chunk,
+    Every image is opened first (a resume: those of the pairs left to score); under `on_error="skip"` bad pairs are left out (and counted). Scored chunk by chunk,
     resuming from the chunks an interrupted run of the same pairs, judge and settings left (`pairs_work_key`).
 
     With `label_column`: the lines also carry `label`, and the judge is evaluated on the labels
@@ -77,17 +78,31 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
     # the judge's processor's limits, checked here (a bad pair named, or skipped under the skip policy)
     checker = ImageChecker(checkpoint_image_loader(judge_models(spec.path, backend), spec.budget, spec.data_root,
                                                    allow_outside_root=spec.allow_outside_root, video=spec.sampling))
+    done, lines = done_lines(out_path), []  # the pairs a killed run scored: their images not opened again
+    read = dict(on_error=on_error, skips=skips, images=checker, files_only=done, lines=lines)
     if label_column:
-        pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker,
-                                   label_column=label_column)
+        pairs, labels = read_pairs(pairs_path, label_column=label_column, **read)
     else:
-        pairs, labels = read_pairs(pairs_path, on_error=on_error, skips=skips, images=checker), None
+        pairs, labels = read_pairs(pairs_path, **read), None
     if not pairs:
         raise DataError("no pairs to score", source=pairs_path)
     digests = work_digests(out_path)  # a re-run of a killed run reads no image again for its key
-    work = ChunkWork(out_path, "judge", pairs_work_key(pairs, spec, backend, backend_options, checker.loader,
-                                                       digests=digests),
-                     rows=len(pairs), per_chunk=PAIRS_PER_CHUNK, digests=digests)
+
+    def make_work(rows):
+        key = pairs_work_key([r[0] for r in rows], spec, backend, backend_options, checker.loader, digests=digests)
+        return ChunkWork(out_path, "judge", key, rows=len(rows), per_chunk=PAIRS_PER_CHUNK, digests=digests,
+                         lines=[r[1] for r in rows])
+
+    # the pairs of `done` to be scored after all (the inputs or options changed): their images opened now
+    work, rows = checked_work(list(zip(pairs, lines, labels or [None] * len(pairs))), make_work,
+                              line_of=lambda r: r[1], unchecked=done, on_error=on_error, skips=skips,
+                              source=pairs_path, check=lambda r: check_pair_images(checker, r[0], source=pairs_path,
+                                                                                   record=f"line {r[1]}"))
+    if len(rows) < len(pairs):
+        if not rows:
+            raise DataError("no pairs to score", source=pairs_path)
+        pairs = [r[0] for r in rows]
+        labels = None if labels is None else [r[2] for r in rows]
     work.open()
     todo = work.todo()
     if todo:
