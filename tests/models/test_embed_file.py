@@ -222,3 +222,39 @@ def test_a_resume_whose_chunks_are_discarded_checks_their_images_before_encoding
         on_error="skip"))
     assert rows == 5 and skips.total == 1 and sum(encoded) == 5
     assert json.loads((tmp_path / "vecs.npy.lines.json").read_text())["lines"] == [1, 2, 3, 5, 6]
+
+
+def test_an_item_repeated_in_a_later_chunk_is_encoded_once(tiny_model_dir, tmp_path, monkeypatch):
+    """An item that appears again in a later chunk (same text and images) was encoded again there (the embedder
+    encodes a repeat once within a call only). Now its vector is the first occurrence's, read from that chunk: 6 lines,
+    the last 3 repeating the first 3, in chunks of 2, encode 3 items; the rows stay in line order, a repeat's row equal
+    to its first occurrence's, and a resumed run writes the same array."""
+    import pytest
+
+    from unime.models import embed_file
+    from unime.models.embedder import Embedder
+
+    write_pngs(tmp_path, 3, np.random.default_rng(0))
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": f"i{i}", "text": f"item {i % 3}", "images": [f"img/{i % 3}.png"]})
+                             + "\n" for i in range(6)), encoding="utf-8")
+    monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 2, raising=False)
+    encoded, kill_after = _watched_forward(monkeypatch)
+    model = tiny_model_dir("qwen2_vl")
+    argv = ["embed", "--model", model, "--items", str(items), "--device", "cpu", "--batch-size", "2"]
+    assert main([*argv, "--out", str(tmp_path / "whole.npy")]) == 0
+    assert sum(encoded) == 3
+    whole = np.load(tmp_path / "whole.npy")
+    np.testing.assert_array_equal(whole[3:], whole[:3])
+    emb = Embedder.from_pretrained(model, device="cpu", data_root=str(tmp_path), batch_size=2)
+    alone = np.stack([emb.encode([Item(text=f"item {i}", images=[f"img/{i}.png"])])[0] for i in range(3)])
+    np.testing.assert_allclose(whole[:3], alone, atol=1e-5)
+    encoded.clear()
+    kill_after[0] = 1  # the first chunk (items 0, 1) done
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(tmp_path / "vecs.npy")])
+    encoded.clear()
+    kill_after[0] = None
+    assert main([*argv, "--out", str(tmp_path / "vecs.npy")]) == 0
+    assert sum(encoded) == 1  # item 2; items 3 to 5 repeat items 0 to 2
+    np.testing.assert_array_equal(np.load(tmp_path / "vecs.npy"), whole)

@@ -161,14 +161,30 @@ def embed_work_key(emb, model: str, dtype: str | None, items: list[Item], *,
 
 def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:
     """`emb.encode(items)` chunk by chunk, each chunk kept in `work`'s folder and the chunks an earlier run of the same
-    key finished read back, not encoded."""
+    key finished read back, not encoded. An item repeated (same `Item.key`, as `Embedder.encode` tells repeats within
+    a call) is encoded once: a later chunk's repeat takes the row of its first occurrence's chunk."""
     from tqdm.auto import tqdm
 
     work.open()
     todo = work.todo()
+    first: dict[str, int] = {}  # an item's key → its first row
+    for r, it in enumerate(items):
+        first.setdefault(it.key, r)
     left = sum(len(items[work.span(i)]) for i in todo)
     with tqdm(total=len(items), initial=len(items) - left, desc="encode", unit="item") as bar:
         for i in todo:
-            work.save(i, np.asarray(emb.encode(items[work.span(i)]), dtype=np.float32))
-            bar.update(len(items[work.span(i)]))
+            span = work.span(i)
+            earlier = {r: first[items[r].key] for r in range(span.start, span.stop) if first[items[r].key] < span.start}
+            new = [r for r in range(span.start, span.stop) if r not in earlier]
+            parts = [([r - span.start for r in new], np.asarray(emb.encode([items[r] for r in new]), dtype=np.float32))
+                     ] if new else []
+            for j in sorted({f // work.per_chunk for f in earlier.values()}):  # each earlier chunk read once
+                from_j = [(r, f) for r, f in earlier.items() if f // work.per_chunk == j]
+                parts.append(([r - span.start for r, _ in from_j],
+                              work.load(j)[[f - work.span(j).start for _, f in from_j]]))
+            vecs = np.zeros((span.stop - span.start, parts[0][1].shape[1]), dtype=np.float32)
+            for rows, values in parts:
+                vecs[rows] = values
+            work.save(i, vecs)
+            bar.update(span.stop - span.start)
     return work.load_all()
