@@ -138,18 +138,19 @@ def test_the_work_folder_appears_with_a_chunk_keeps_the_users_files_and_a_foreig
     assert "notes.txt" in caplog.text
 
 
-def _image_inputs(folder, n=7):
-    """`_inputs` whose candidates show one of 3 images (img/0.png ...; 3 image files, read once each for the key)."""
+def _image_inputs(folder, n=7, n_images=3):
+    """`_inputs` whose candidate i shows img/(i % n_images).png (`n_images` image files, read once each for the
+    key)."""
     import numpy as np
     from PIL import Image
 
     (folder / "img").mkdir()
-    for k in range(3):
-        Image.fromarray(np.full((8, 8, 3), 60 * k, dtype=np.uint8)).save(folder / "img" / f"{k}.png")
+    for k in range(n_images):
+        Image.fromarray(np.full((8, 8, 3), 30 * k, dtype=np.uint8)).save(folder / "img" / f"{k}.png")
     pairs, labels = folder / "pairs.jsonl", folder / "labels.jsonl"
 
     def cand(i):
-        return {"text": f"candidate {i}", "images": [f"img/{i % 3}.png"]}
+        return {"text": f"candidate {i}", "images": [f"img/{i % n_images}.png"]}
 
     pairs.write_text("".join(json.dumps({"id": f"p{i}", "query": {"text": f"query {i % 2}"}, "candidate": cand(i)})
                              + "\n" for i in range(n)))
@@ -219,26 +220,10 @@ def test_a_resumed_judge_run_reads_no_image_again_for_its_key_and_a_changed_imag
     assert out.read_bytes() == whole and not work.exists()
 
 
+
 def _distinct_image_inputs(folder, n=7):
-    """`_inputs` whose candidate i shows its own image, img/i.png; returns (pairs, labels, images)."""
-    import numpy as np
-    from PIL import Image
-
-    (folder / "img").mkdir()
-    images = [folder / "img" / f"{i}.png" for i in range(n)]
-    for i, p in enumerate(images):
-        Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)).save(p)
-    pairs, labels = folder / "pairs.jsonl", folder / "labels.jsonl"
-
-    def cand(i):
-        return {"text": f"candidate {i}", "images": [f"img/{i}.png"]}
-
-    pairs.write_text("".join(json.dumps({"id": f"p{i}", "query": {"text": f"query {i % 2}"}, "candidate": cand(i)})
-                             + "\n" for i in range(n)))
-    labels.write_text("".join(json.dumps({"query": {"text": f"query {i % 2}"}, "candidate": cand(i), "score": i / 10})
-                              + "\n" for i in range(n)))
-    return pairs, labels, images
-
+    """`_image_inputs` whose candidate i shows its own image, img/i.png; returns (pairs, labels, images)."""
+    return (*_image_inputs(folder, n, n_images=n), [folder / "img" / f"{i}.png" for i in range(n)])
 
 def test_a_resumed_judge_run_opens_only_the_images_of_the_pairs_left_to_score(tmp_path, scored_chunks, image_opens):
     """QA: the re-run of a killed `unime judge --pairs` opened every image of the pairs again in its check before

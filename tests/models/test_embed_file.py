@@ -78,6 +78,22 @@ def _watched_forward(monkeypatch):
     return encoded, kill_after
 
 
+def _six_items(tmp_path, monkeypatch, model: str, n_images: int):
+    """6 items, item i showing img/(i % n_images).png (`n_images` PNGs of random pixels), encoded in chunks of 2 by
+    batches of 2 (one forward per chunk, watched: `_watched_forward`). Returns (images, items file, encoded,
+    kill_after, the command line without --out)."""
+    from unime.models import embed_file
+
+    images = write_pngs(tmp_path, n_images, np.random.default_rng(0))
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": f"i{i}", "text": f"item {i}", "images": [f"img/{i % n_images}.png"]})
+                             + "\n" for i in range(6)), encoding="utf-8")
+    monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 2, raising=False)
+    encoded, kill_after = _watched_forward(monkeypatch)
+    argv = ["embed", "--model", model, "--items", str(items), "--device", "cpu", "--batch-size", "2"]
+    return images, items, encoded, kill_after, argv
+
+
 def test_a_killed_embed_run_resumes_from_its_finished_chunks_and_writes_the_uninterrupted_output(
         tiny_world_dir, tiny_model_dir, tmp_path, monkeypatch, caplog):
     """QA: `unime embed` killed mid-way and run again encoded every item again (a million-item corpus: hours of GPU
@@ -129,17 +145,8 @@ def test_a_resumed_embed_run_reads_no_image_again_for_its_key_and_a_changed_imag
     run over a million images read them all again just to find the key unchanged. Their digests (by path, size and
     mtime) are kept in the work folder with the chunks and go with them: the re-run reads none and writes the
     uninterrupted array; an image whose bytes changed is read and changes the key (the chunks are not reused)."""
-    from unime.models import embed_file
-
-    rng = np.random.default_rng(0)
-    images = write_pngs(tmp_path, 3, rng)
-    items = tmp_path / "items.jsonl"
-    items.write_text("".join(json.dumps({"id": f"i{i}", "text": f"item {i}", "images": [f"img/{i % 3}.png"]}) + "\n"
-                             for i in range(6)), encoding="utf-8")
-    monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 2, raising=False)
-    encoded, kill_after = _watched_forward(monkeypatch)  # batches of 2: one forward per chunk
-    argv = ["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--device", "cpu",
-            "--batch-size", "2"]
+    images, _, encoded, kill_after, argv = _six_items(tmp_path, monkeypatch, tiny_model_dir("qwen2_vl"), 3)
+    rng = np.random.default_rng(1)
     assert main([*argv, "--out", str(tmp_path / "whole.npy")]) == 0
     assert len(image_sha1_reads) == 3 and sum(encoded) == 6
 
@@ -160,16 +167,7 @@ def test_a_resumed_embed_run_opens_only_the_images_of_the_items_left_to_encode(
     chunks: images 4 and 5), and writes the array an uninterrupted run writes."""
     import pytest
 
-    from unime.models import embed_file
-
-    images = write_pngs(tmp_path, 6, np.random.default_rng(0))
-    items = tmp_path / "items.jsonl"
-    items.write_text("".join(json.dumps({"id": f"i{i}", "text": f"item {i}", "images": [f"img/{i}.png"]}) + "\n"
-                             for i in range(6)), encoding="utf-8")
-    monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 2, raising=False)
-    encoded, kill_after = _watched_forward(monkeypatch)  # batches of 2: one forward per chunk
-    argv = ["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--device", "cpu",
-            "--batch-size", "2"]
+    images, _, encoded, kill_after, argv = _six_items(tmp_path, monkeypatch, tiny_model_dir("qwen2_vl"), 6)
     assert main([*argv, "--out", str(tmp_path / "whole.npy")]) == 0
     assert sorted(set(image_opens)) == sorted(map(str, images))
     out = tmp_path / "vecs.npy"
@@ -197,17 +195,10 @@ def test_a_resume_whose_chunks_are_discarded_checks_their_images_before_encoding
     from unime.errors import DataError
     from unime.models import embed_file
 
-    images = write_pngs(tmp_path, 6, np.random.default_rng(0))
-    items = tmp_path / "items.jsonl"
-    items.write_text("".join(json.dumps({"id": f"i{i}", "text": f"item {i}", "images": [f"img/{i}.png"]}) + "\n"
-                             for i in range(6)), encoding="utf-8")
-    monkeypatch.setattr(embed_file, "ITEMS_PER_CHUNK", 2, raising=False)
-    encoded, kill_after = _watched_forward(monkeypatch)
-    argv = ["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--device", "cpu",
-            "--batch-size", "2", "--out", str(tmp_path / "vecs.npy")]
+    images, items, encoded, kill_after, argv = _six_items(tmp_path, monkeypatch, tiny_model_dir("qwen2_vl"), 6)
     kill_after[0] = 2
     with pytest.raises(Killed):
-        main(argv)
+        main([*argv, "--out", str(tmp_path / "vecs.npy")])
     images[3].write_bytes(b"not a png")  # in the second chunk, encoded
     encoded.clear()
     kill_after[0] = None
