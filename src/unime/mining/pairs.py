@@ -66,8 +66,9 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
                      backend_options: dict | None = None, on_error: str = "raise", skips=None,
                      label_column: str | None = None) -> int | dict:
     """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic).
-    Every image is opened first (a resume: those of the pairs left to score); under `on_error="skip"` bad pairs are left out (and counted). Scored chunk by chunk,
-    resuming from the chunks an interrupted run of the same pairs, judge and settings left (`pairs_work_key`).
+    Every image is opened first (a resume: those of the pairs left to score); under `on_error="skip"` bad pairs are
+    left out (and counted). Scored chunk by chunk, resuming from the chunks an interrupted run of the same pairs,
+    judge and settings left (`pairs_work_key`).
 
     With `label_column`: the lines also carry `label`, and the judge is evaluated on the labels
     (`unime.mining.judge_check`): OUT with suffix `.metrics.json` and `.calibration.png` are written and
