@@ -123,3 +123,39 @@ def test_out_of_range_refused_naming_the_field(cls, name, value):
         cls(**_required(cls), **{name: value})
     assert caught.value.render(lambda field: f"<{field}>").startswith(f"<{name}> must be "), str(caught.value)
     assert str(caught.value).startswith(f"{name} must be ")
+
+
+@pytest.mark.parametrize("cls, name, value", CASES)
+def test_out_of_range_assigned_refused_as_at_construction(cls, name, value):
+    """A field assigned once the config is made (`cfg.lr = -1.0`) is refused as at construction: the same message,
+    the field left as it was (a frozen config is assigned no value at all)."""
+    with pytest.raises(OptionError) as made:
+        cls(**_required(cls), **{name: value})
+    cfg = cls(**_required(cls))
+    before = getattr(cfg, name)
+    if cls.__dataclass_params__.frozen:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(cfg, name, value)
+        return
+    with pytest.raises(OptionError) as assigned:
+        setattr(cfg, name, value)
+    assert str(assigned.value) == str(made.value)
+    assert assigned.value.render(lambda field: f"<{field}>") == made.value.render(lambda field: f"<{field}>")
+    assert getattr(cfg, name) is before
+
+
+def test_the_qa_cases_assigned():
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    cfg = EmbedderTrainingConfig(model="base", out="o", records="r.jsonl")
+    for name, value, message in [("lr", -1.0, "lr must be >= 0, got -1.0"),
+                                 ("tau", math.nan, "tau must be > 0, got nan"),
+                                 ("tau", 0.0, "tau must be > 0, got 0.0"),
+                                 ("batch_size", 0, "batch_size must be >= 1, got 0"),
+                                 ("lr", math.inf, "lr must be a finite number, got inf")]:
+        with pytest.raises(OptionError) as caught:
+            setattr(cfg, name, value)
+        assert str(caught.value) == message
+    assert (cfg.lr, cfg.tau, cfg.batch_size) == (1e-4, 0.02, 8)
+    cfg.lr, cfg.tau, cfg.batch_size = 0.0, 1, 2  # in range (an int for a float)
+    assert (cfg.lr, cfg.tau, cfg.batch_size) == (0.0, 1, 2)

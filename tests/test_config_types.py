@@ -128,3 +128,146 @@ def test_values_of_the_right_type_pass():
     assert dataclasses.replace(cfg, batch_size=4).batch_size == 4
     with pytest.raises(OptionError, match="^batch_size must be an int, got '4' "):
         dataclasses.replace(cfg, batch_size="4")
+
+
+@pytest.mark.parametrize("cls, name, value", CASES)
+def test_wrong_type_assigned_refused_as_at_construction(cls, name, value):
+    """A field assigned once the config is made is checked as at construction: the same message, the field left
+    as it was."""
+    with pytest.raises(OptionError) as made:
+        cls(**{**_required(cls), name: value})
+    cfg = cls(**_required(cls))
+    before = getattr(cfg, name)
+    if cls.__dataclass_params__.frozen:  # assigned no value at all
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(cfg, name, value)
+        return
+    with pytest.raises(OptionError) as assigned:
+        setattr(cfg, name, value)
+    assert str(assigned.value) == str(made.value)
+    assert assigned.value.render(lambda field: f"<{field}>") == made.value.render(lambda field: f"<{field}>")
+    assert getattr(cfg, name) is before
+
+
+# an item of the wrong type in a list / tuple field, by the items' annotation
+WRONG_ITEM = {int: "1", float: "0.5", bool: "no", str: 5}
+
+
+def _sequence_hint(hint):
+    """`hint` itself where it is `list[X]` / `tuple[...]`, or the one such type of `list[X] | None`; else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _sequence_hint(rest[0]) if len(rest) == 1 else None
+    return hint if typing.get_origin(hint) in (list, tuple) else None
+
+
+def _wrong_sequences(hint, default) -> list:
+    """Values a `list[X]` / `tuple[...]` field refuses: a bare string (iterated as its characters), an item of the
+    wrong type, a fixed-length tuple of another length."""
+    args = typing.get_args(hint)
+    fixed = typing.get_origin(hint) is tuple and args[-1] is not Ellipsis
+    item = args[0]
+    wrong_item = WRONG_ITEM.get(item, "abc" if _sequence_hint(item) else None)
+    values = ["abc"]
+    if fixed:
+        good = list(default)
+        values += [tuple([wrong_item] + good[1:]), tuple(good[:-1])]
+    elif wrong_item is not None:
+        values.append([wrong_item])
+    return values
+
+
+def _sequence_cases():
+    for cls in CONFIGS:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = _sequence_hint(hints[f.name])
+            if f.init and hint is not None:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for value in _wrong_sequences(hint, default):
+                    yield pytest.param(cls, f.name, value,
+                                       id=f"{cls.__module__}.{cls.__qualname__}.{f.name}={value!r}")
+
+
+SEQUENCE_CASES = list(_sequence_cases())
+
+
+def test_the_list_fields_are_found():
+    names = {p.values[1] for p in SEQUENCE_CASES}
+    assert {"trainer_arg", "lora_targets", "losses", "records", "weights", "channels", "also"} <= names
+
+
+@pytest.mark.parametrize("cls, name, value", SEQUENCE_CASES)
+def test_list_field_refuses_a_string_and_wrong_items(cls, name, value):
+    """A bare string where a list is declared, which would be iterated as its characters, and an item of the wrong
+    type are refused naming the field, as the config is made and when assigned. (A field that documents a
+    comma-separated string, `lora_targets="q_proj,v_proj"`, takes it as it is made: split into names.)"""
+    try:
+        cfg = cls(**{**_required(cls), name: value})
+    except OptionError as e:
+        assert str(e).startswith(f"{name} must be a "), str(e)
+        assert repr(value) in str(e)
+    else:
+        assert isinstance(value, str) and list(getattr(cfg, name)) == [value]
+    cfg = cls(**_required(cls))
+    before = getattr(cfg, name)
+    if cls.__dataclass_params__.frozen:  # assigned no value at all
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(cfg, name, value)
+        return
+    with pytest.raises(OptionError, match=f"^{name} must be a ") as caught:
+        setattr(cfg, name, value)
+    assert repr(value) in str(caught.value)
+    assert getattr(cfg, name) is before
+
+
+def test_the_qa_cases_of_lists():
+    from unime.data.import_collection import ImportOptions
+    from unime.eval.reference_config import ReferenceConfig
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    with pytest.raises(OptionError) as caught:
+        EmbedderTrainingConfig(model="base", out="o", trainer_arg="max_grad_norm=2")
+    assert str(caught.value) == "trainer_arg must be a list of strings, got 'max_grad_norm=2' (str)"
+    with pytest.raises(OptionError) as caught:
+        EmbedderTrainingConfig(model="base", out="o", trainer_arg=["max_grad_norm=2", 3])
+    assert str(caught.value) == "trainer_arg must be a list of strings, got ['max_grad_norm=2', 3] (list)"
+    with pytest.raises(OptionError) as caught:
+        ImportOptions(out="o", directions="i2t")
+    assert str(caught.value) == "directions must be a tuple of strings, got 'i2t' (str)"
+    with pytest.raises(OptionError) as caught:
+        ReferenceConfig(channels=("32", 64, 96, 128))
+    assert str(caught.value) == "channels must be a tuple of 4 ints, got ('32', 64, 96, 128) (tuple)"
+    with pytest.raises(OptionError) as caught:
+        ReferenceConfig(channels=(32, 64, 96))
+    assert str(caught.value) == "channels must be a tuple of 4 ints, got (32, 64, 96) (tuple)"
+    # the right items, in a list or a tuple; the comma-separated string `lora_targets` documents
+    cfg = EmbedderTrainingConfig(model="base", out="o", trainer_arg=("max_grad_norm=2",), lora_targets="q_proj,v_proj")
+    assert (cfg.trainer_arg, cfg.lora_targets) == (("max_grad_norm=2",), ("q_proj", "v_proj"))
+    assert ReferenceConfig(channels=[8, 16, 24, 32]).channels == (8, 16, 24, 32)
+    with pytest.raises(OptionError, match=r"^lora_targets must be a tuple of strings, got 'q_proj' \(str\)$"):
+        cfg.lora_targets = "q_proj"  # assigned: the field holds a tuple
+    cfg.lora_targets = ("q_proj",)
+    assert cfg.lora_targets == ("q_proj",)
+
+
+def test_the_qa_cases_assigned():
+    """`cfg.batch_size = "8"` is refused as `batch_size="8"` is; an assignment that fits is kept, and
+    `dataclasses.replace` checks the new values (of a config assigned before) as it makes the new config."""
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    cfg = EmbedderTrainingConfig(model="base", out="o")
+    before = (cfg.batch_size, cfg.loss, cfg.steps)
+    assert before[0] == 8
+    with pytest.raises(OptionError, match=r"^batch_size must be an int, got '8' \(str\)$"):
+        cfg.batch_size = "8"
+    with pytest.raises(OptionError, match="^loss must be one of 'auto', 'symmetric_kl', 'js', 'infonce', got 'kl'$"):
+        cfg.loss = "kl"
+    with pytest.raises(OptionError, match="^steps must be an int or None, got 2.5 "):
+        cfg.steps = 2.5
+    assert (cfg.batch_size, cfg.loss, cfg.steps) == before
+    cfg.batch_size, cfg.loss, cfg.steps, cfg.model = 4, "js", None, pathlib.Path("other")
+    assert (cfg.batch_size, cfg.loss, cfg.steps, cfg.model) == (4, "js", None, pathlib.Path("other"))
+    assert dataclasses.replace(cfg, batch_size=2).batch_size == 2
+    with pytest.raises(OptionError, match="^batch_size must be an int, got '2' "):
+        dataclasses.replace(cfg, batch_size="2")

@@ -203,8 +203,9 @@ _KIND_NAMES = {int: "an int", float: "a number", bool: "a bool (True or False)",
 
 def _fits(hint: Any, value: Any, path: bool) -> bool | None:
     """Whether `value` is of the type `hint` (int: an int but not a bool; float: an int or a float but not a bool;
-    bool: a bool; str: a string, or an `os.PathLike` where `path`; `X | None`; a dataclass or other class: an
-    instance); None for a type this does not check (Any, lists, tuples, dicts)."""
+    bool: a bool; str: a string, or an `os.PathLike` where `path`; `X | None`; `list[X]` / `tuple[X, ...]`: a list
+    or tuple of such items, not a string (`_sequence_fits`); a dataclass or other class: an instance); None for a
+    type this does not check (Any, dicts, a bare list or tuple)."""
     if hint is Any:
         return None
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -220,9 +221,27 @@ def _fits(hint: Any, value: Any, path: bool) -> bool | None:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str) or (path and isinstance(value, os.PathLike))
+    if typing.get_origin(hint) in (list, tuple):
+        return _sequence_fits(hint, value, path)
     if isinstance(hint, type) and typing.get_origin(hint) is None and hint not in (list, tuple, dict):
         return isinstance(value, hint)
     return None
+
+
+def _sequence_fits(hint: Any, value: Any, path: bool) -> bool:
+    """Whether `value` fits `list[X]` / `tuple[X, ...]` / `tuple[X, Y]` (`_fits`): a list or a tuple (either, for
+    either annotation; not a string, which would be iterated as its characters), of the declared length for a
+    fixed-length tuple, each item of its type (an item of a type `_fits` does not check: any)."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and args and args[-1] is not Ellipsis:  # fixed length
+        if len(value) != len(args):
+            return False
+        item_hints = args
+    else:
+        item_hints = args[:1] * len(value)
+    return all(_fits(h, v, path) is not False for h, v in zip(item_hints, value))
 
 
 def _kind_name(hint: Any) -> str:
@@ -230,7 +249,26 @@ def _kind_name(hint: Any) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         names = [_kind_name(h) for h in typing.get_args(hint) if h is not type(None)]
         return " or ".join(names + (["None"] if type(None) in typing.get_args(hint) else []))
+    if typing.get_origin(hint) in (list, tuple):
+        args = typing.get_args(hint)
+        kind = typing.get_origin(hint).__name__
+        if kind == "tuple" and args and args[-1] is not Ellipsis:  # fixed length
+            same = len(set(args)) == 1
+            return f"a tuple of {len(args)} " + (_plural(args[0]) if same else ", ".join(map(_kind_name, args)))
+        return f"a {kind} of {_plural(args[0])}" if args else f"a {kind}"
     return _KIND_NAMES.get(hint, f"a {getattr(hint, '__name__', hint)}")
+
+
+_PLURAL_NAMES = {int: "ints", float: "numbers", bool: "bools (True or False)", str: "strings"}
+
+
+def _plural(hint: Any) -> str:
+    """The items of type `hint` as a message names them: "strings", "lists of strings", "ints or None" ..."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_plural(h) if h is not type(None) else "None" for h in typing.get_args(hint))
+    if typing.get_origin(hint) in (list, tuple):
+        return _kind_name(hint).replace("a ", "", 1).replace(" of ", "s of ", 1)
+    return _PLURAL_NAMES.get(hint, f"{getattr(hint, '__name__', hint)} objects")
 
 
 def type_problem(config: Any, f: Field, value: Any) -> str | None:
@@ -268,18 +306,57 @@ def check_types(config) -> None:
                 raise OptionError(config, "{%s} {problem}" % f.name, problem=problem)
 
 
+def field_problem(config: Any, f: Field, value: Any) -> str | None:
+    """What is wrong with `value` for the field `f` of `config`: its type or choices (`type_problem`, a field its
+    `__init__` takes), then its range (`range_problem`); None when nothing is."""
+    return (type_problem(config, f, value) if f.init else None) or range_problem(f, value)
+
+
+@functools.lru_cache(maxsize=None)
+def _fields_by_name(cls: type) -> dict[str, Field]:
+    return {f.name: f for f in fields(cls)} if hasattr(cls, "__dataclass_fields__") else {}
+
+
 class RangeChecked:
     """Base of every config dataclass with a ranged option (`option(at_least=N / above=N / at_most=N)`) or a float
     field, and of the others made from the Python API: its `__post_init__` refuses a value not of its field's
     annotated type or not one of its choices (`check_types`), then one outside its range, NaN and inf included
-    (`check_ranges`): an OptionError naming the field, as the config is made — from the Python API too, not only
-    on the command line (whose parser refuses the same values first, naming the flag), and before a command
-    claims its output folder. A subclass with its own `__post_init__` calls `super().__post_init__()` first;
-    `dataclasses.replace` checks the new values too."""
+    (`check_ranges`), then fields that do not fit together (`check_together`): an OptionError naming the field, as
+    the config is made — from the Python API too, not only on the command line (whose parser refuses the same
+    values first, naming the flag), and before a command claims its output folder. A subclass with its own
+    `__post_init__` calls `super().__post_init__()` first (a value it converts before the checks, e.g. a
+    comma-separated string into a tuple, before it); `dataclasses.replace` checks the new values too.
+
+    A field assigned once the config is made (`cfg.lr = -1.0`) is checked the same way, with the same message,
+    and left unchanged when refused (`__setattr__`); a frozen subclass cannot be assigned at all."""
 
     def __post_init__(self) -> None:
         check_types(self)
         check_ranges(self)
+        self.check_together()
+
+    def check_together(self) -> None:
+        """OptionError naming fields whose values do not fit together (`min_pixels` above `max_pixels`), checked
+        as the config is made and after each field assigned; a base declaring such a check extends this one,
+        calling `super().check_together()`."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        f = _fields_by_name(type(self)).get(name) if name in self.__dict__ else None
+        if f is None:  # set by `__init__` (checked by `__post_init__`), or not a field
+            object.__setattr__(self, name, value)
+            return
+        problem = field_problem(self, f, value)
+        if problem:
+            from unime.errors import OptionError
+
+            raise OptionError(self, "{%s} {problem}" % name, problem=problem)
+        old = self.__dict__[name]
+        object.__setattr__(self, name, value)
+        try:
+            self.check_together()
+        except BaseException:
+            object.__setattr__(self, name, old)
+            raise
 
 
 def key_value_pairs(pairs, flag: str) -> dict[str, Any]:

@@ -108,9 +108,9 @@ def lora_options(preset: LoraSettings) -> type:
                             action=argparse.BooleanOptionalAction)
 
         def __post_init__(self) -> None:
-            super().__post_init__()
-            if isinstance(self.lora_targets, str):  # as typed: comma-separated
+            if isinstance(self.lora_targets, str):  # as typed: comma-separated (before the checks: a tuple)
                 self.lora_targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+            super().__post_init__()
             self.lora_targets = tuple(self.lora_targets)
 
     return LoraOptions

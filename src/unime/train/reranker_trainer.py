@@ -415,9 +415,9 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
                                  "(default 0: pointwise only)", group="judge", at_least=0)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.losses, str):  # as typed: comma-separated
+        if isinstance(self.losses, str):  # as typed: comma-separated (before the checks: a tuple)
             self.losses = tuple(x.strip() for x in self.losses.split(",") if x.strip())
+        super().__post_init__()
         self.train_modules = tuple(self.train_modules)
         if self.dtype == "auto":  # recorded as runs before recorded it (`resolve_dtype`: the device's dtype)
             self.dtype = None
