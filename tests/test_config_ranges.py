@@ -1,4 +1,4 @@
-"""Every config dataclass of `unime` with a ranged option (`option(at_least= / above= / at_most=)`) or a float
+"""Every config dataclass of `unime` with a ranged option (`option(at_least= / above= / at_most= / below=)`) or a float
 option refuses a value outside its range, NaN included, as it is made from the Python API: an `OptionError` naming
 the field (`unime.options.RangeChecked`), as the command line refuses the same value naming its flag.
 
@@ -18,7 +18,7 @@ import pytest
 import unime
 from unime.errors import OptionError
 
-_BOUNDS = ("at_least", "above", "at_most")
+_BOUNDS = ("at_least", "above", "at_most", "below")
 
 
 def _modules():
@@ -87,11 +87,12 @@ def _outside(f: dataclasses.Field, kind: type) -> list:
     the field accepts, `max_steps=-1`), and NaN for a float."""
     md, step = f.metadata, 1 if kind is int else 0.5
     values = []
-    for bound, delta in (("at_least", -step), ("above", 0), ("at_most", step)):
+    for bound, delta, outward in (("at_least", -step, -step), ("above", 0, -step), ("at_most", step, step),
+                                  ("below", 0, step)):
         if bound in md:
             value = md[bound] + delta
             while value == f.default:
-                value += delta or -step
+                value += outward
             values.append(kind(value))
     if kind is float:
         values.append(math.nan)
@@ -159,3 +160,81 @@ def test_the_qa_cases_assigned():
     assert (cfg.lr, cfg.tau, cfg.batch_size) == (1e-4, 0.02, 8)
     cfg.lr, cfg.tau, cfg.batch_size = 0.0, 1, 2  # in range (an int for a float)
     assert (cfg.lr, cfg.tau, cfg.batch_size) == (0.0, 1, 2)
+
+
+def test_the_ranges_declared_for_qa():
+    """The checkpoint / logging / held-out / image options QA found unranged, refused as the configs are made."""
+    from unime.data.file_tools import CheckConfig
+    from unime.data.video import VideoOptions
+    from unime.embed_rl.grpo import GRPOStageConfig
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
+    from unime.eval.runners import EvalConfig
+    from unime.models.embed_file import EmbedConfig
+    from unime.reasoning.reasoner import GenerateConfig
+    from unime.serve.config import RayOptions
+    from unime.train.embedder_config import EmbedderTrainingConfig
+    from unime.train.reranker_trainer import RerankerTrainConfig
+
+    cases = [(RerankerTrainConfig, "holdout", 1.0, "must be >= 0 and < 1, got 1.0"),
+             (RerankerTrainConfig, "holdout", -0.1, "must be >= 0 and < 1, got -0.1"),
+             (RerankerTrainConfig, "eval_steps", -1, "must be >= 0, got -1"),
+             (RerankerTrainConfig, "save_steps", 0, "must be >= 1, got 0"),
+             (RerankerTrainConfig, "logging_steps", 0, "must be >= 1, got 0"),
+             (EmbedderTrainingConfig, "save_steps", 0, "must be >= 1, got 0"),
+             (EmbedderTrainingConfig, "logging_steps", 0, "must be >= 1, got 0"),
+             (EmbedderTrainingConfig, "save_total_limit", 0, "must be >= 1, got 0"),
+             (EmbedderTrainingConfig, "workers", -1, "must be >= 0, got -1"),
+             (EmbedderTrainingConfig, "lora_dropout", 1.0, "must be >= 0 and < 1, got 1.0"),
+             (ReasonerSFTConfig, "save_steps", 0, "must be >= 1, got 0"),
+             (ReasonerSFTConfig, "logging_steps", 0, "must be >= 1, got 0"),
+             (ReasonerSFTConfig, "warmup_steps", -1, "must be >= 0, got -1"),
+             (GRPOStageConfig, "save_steps", 0, "must be >= 1, got 0"),
+             (GRPOStageConfig, "top_p", 1.5, "must be > 0 and <= 1, got 1.5"),
+             (GenerateConfig, "top_p", 1.5, "must be > 0 and <= 1, got 1.5"),
+             (EmbedConfig, "max_pixels", 0, "must be > 0, got 0"),
+             (EmbedConfig, "min_pixels", -1, "must be > 0, got -1"),
+             (CheckConfig, "max_pixels", 0, "must be > 0, got 0"),
+             (VideoOptions, "video_frames", 0, "must be >= 1, got 0"),
+             (VideoOptions, "video_fps", 0.0, "must be > 0, got 0.0"),
+             (VideoOptions, "video_max_pixels", 100, "must be >= 784, got 100"),
+             (EvalConfig, "rerank_topk", 0, "must be >= 1, got 0"),
+             (RayOptions, "replicas", 0, "must be >= 1, got 0"),
+             (RayOptions, "num_cpus", -1.0, "must be >= 0, got -1.0")]
+    for cls, name, value, problem in cases:
+        with pytest.raises(OptionError) as caught:
+            cls(**_required(cls), **{name: value})
+        assert str(caught.value) == f"{name} {problem}", cls
+    # in range: the bounds themselves where they are included
+    assert RerankerTrainConfig(**_required(RerankerTrainConfig), holdout=0.0, eval_steps=0, save_steps=1).holdout == 0
+    assert EmbedderTrainingConfig(model="m", out="o", save_total_limit=1, workers=0).save_total_limit == 1
+
+
+def test_min_pixels_above_max_pixels_refused_naming_both(tmp_path, capsys):
+    from unime.cli import main
+    from unime.models.embed_file import EmbedConfig
+
+    with pytest.raises(OptionError) as caught:
+        EmbedConfig(**_required(EmbedConfig), min_pixels=5000, max_pixels=1000)
+    assert str(caught.value) == "min_pixels must be <= max_pixels (1000), got 5000"
+    assert caught.value.render(lambda f: f"<{f}>") == "<min_pixels> must be <= <max_pixels> (1000), got 5000"
+    cfg = EmbedConfig(**_required(EmbedConfig), min_pixels=1000, max_pixels=1000)  # equal: one size
+    with pytest.raises(OptionError, match=r"^min_pixels must be <= max_pixels \(1000\), got 1001$"):
+        cfg.min_pixels = 1001
+    with pytest.raises(OptionError, match=r"^min_pixels must be <= max_pixels \(999\), got 1000$"):
+        cfg.max_pixels = 999
+    assert (cfg.min_pixels, cfg.max_pixels) == (1000, 1000)  # left as they were
+    cfg.max_pixels = None  # no upper bound: any lower one
+    cfg.min_pixels = 5000
+    assert (cfg.min_pixels, cfg.max_pixels) == (5000, None)
+    # the command line: the same refusals in its flags' names, before any work
+    (tmp_path / "i.jsonl").write_text('{"text": "a"}\n')
+    embed = ["embed", "--model", "m", "--items", str(tmp_path / "i.jsonl"), "--out", str(tmp_path / "x.npy")]
+    assert main([*embed, "--min-pixels", "5000", "--max-pixels", "1000"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "unime: error: embed: --min-pixels must be <= --max-pixels (1000), got 5000"
+    assert main([*embed, "--max-pixels", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "unime: error: embed: --max-pixels must be > 0, got 0"
+    assert main(["train", "judge", "--model", "m", "--records", str(tmp_path / "i.jsonl"), "--out",
+                 str(tmp_path / "o"), "--holdout", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "unime: error: train judge: --holdout must be >= 0 and < 1, got 1.0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.jsonl"]

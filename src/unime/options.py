@@ -13,7 +13,8 @@ giving it explicitly is no change of options (`none_meanings`); `aliases={SPELLI
 names the spellings of one value (`--dtype bfloat16` = `bf16`), no change of options either (`option_aliases`).
 `input_file=True` (not an argparse setting either):
 the option names a file (or files) whose content the run depends on (`input_files`: a trainer's records).
-`at_least=N` / `above=N` / `at_most=N` (not argparse settings either) give a number option's range, and a float
+`at_least=N` / `above=N` / `at_most=N` / `below=N` (not argparse settings either) give a number option's range
+(`holdout`: `at_least=0, below=1`), and a float
 value that is NaN or inf is refused whatever the range (`finite=False`: an option where inf means "no limit", which
 says so in its help, takes inf but still not NaN) (`range_problem`): the command line (and an options file, whose
 values go through the command line's parser) refuses a value outside it as a one-line usage error naming the
@@ -151,9 +152,13 @@ def _floats(value: Any) -> list[float]:
     return [v for v in items if isinstance(v, float)]
 
 
+_BOUNDS = {"at_least", "above", "at_most", "below"}
+
+
 def range_problem(f: Field, value: Any) -> str | None:
     """What is wrong with `value` for the field `f` by its range (`option(at_least=N)`: value >= N; `above=N`:
-    value > N; `at_most=N`: value <= N), e.g. "must be >= 1, got 0", or a float value that is NaN or inf
+    value > N; `at_most=N`: value <= N; `below=N`: value < N), e.g. "must be >= 1, got 0", or a float value that
+    is NaN or inf
     (refused for every field unless it declares `finite=False`, where inf means "no limit": then only NaN is);
     None when it is in range or None. A default outside the range is a marker the field accepts too
     (`max_steps=-1`: train by epochs)."""
@@ -163,15 +168,15 @@ def range_problem(f: Field, value: Any) -> str | None:
 
     def outside(v: Any) -> bool:
         return ("at_least" in md and not v >= md["at_least"]) or ("above" in md and not v > md["above"]) or \
-            ("at_most" in md and not v <= md["at_most"])
+            ("at_most" in md and not v <= md["at_most"]) or ("below" in md and not v < md["below"])
 
-    if {"at_least", "above", "at_most"} & set(md) and isinstance(value, numbers.Real):  # not a number: the type
-        # checks' (`check_types`), not compared
+    if _BOUNDS & set(md) and isinstance(value, numbers.Real):  # not a number: the type checks' (`check_types`),
+        # not compared
         marker = f.default not in (MISSING, None) and not isinstance(f.default, bool) and outside(f.default)
         if outside(value) and not (marker and value == f.default):
-            bounds = [f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}" if "above" in md else None,
-                      f"<= {md['at_most']}" if "at_most" in md else None]
-            bound = " and ".join(b for b in bounds if b)
+            low = f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}" if "above" in md else None
+            high = f"<= {md['at_most']}" if "at_most" in md else f"< {md['below']}" if "below" in md else None
+            bound = " and ".join(b for b in (low, high) if b)
             return f"must be {bound}{f' (or {f.default!r}, its default)' if marker else ''}, got {value!r}"
     several = isinstance(value, (list, tuple))
     if md.get("finite", True) and not all(math.isfinite(v) for v in _floats(value)):
@@ -253,8 +258,9 @@ def _kind_name(hint: Any) -> str:
         args = typing.get_args(hint)
         kind = typing.get_origin(hint).__name__
         if kind == "tuple" and args and args[-1] is not Ellipsis:  # fixed length
-            same = len(set(args)) == 1
-            return f"a tuple of {len(args)} " + (_plural(args[0]) if same else ", ".join(map(_kind_name, args)))
+            if len(set(args)) == 1:
+                return f"a tuple of {len(args)} {_plural(args[0])}"
+            return f"a tuple ({', '.join(map(_kind_name, args))})"
         return f"a {kind} of {_plural(args[0])}" if args else f"a {kind}"
     return _KIND_NAMES.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
@@ -318,8 +324,8 @@ def _fields_by_name(cls: type) -> dict[str, Field]:
 
 
 class RangeChecked:
-    """Base of every config dataclass with a ranged option (`option(at_least=N / above=N / at_most=N)`) or a float
-    field, and of the others made from the Python API: its `__post_init__` refuses a value not of its field's
+    """Base of every config dataclass with a ranged option (`option(at_least= / above= / at_most= / below=)`) or a
+    float field, and of the others made from the Python API: its `__post_init__` refuses a value not of its field's
     annotated type or not one of its choices (`check_types`), then one outside its range, NaN and inf included
     (`check_ranges`), then fields that do not fit together (`check_together`): an OptionError naming the field, as
     the config is made — from the Python API too, not only on the command line (whose parser refuses the same

@@ -164,7 +164,7 @@ def test_reason_split_refuses_an_rl_fraction_outside_0_1_first_with_one_line(tmp
     argv = ["reason", "split", "--records", str(tmp_path / "nope.jsonl"), "--tcots", str(tmp_path / "nope.tcots"),
             "--judge", str(tmp_path / "no-judge"), "--out-dir", str(out)]
     for bad in ("1.5", "-0.1"):
-        _refused([*argv, "--rl-fraction", bad], capsys, "--rl-fraction must be in [0, 1]", bad)
+        _refused([*argv, "--rl-fraction", bad], capsys, "--rl-fraction must be >= 0 and <= 1", bad)
         assert not out.exists()
 
 

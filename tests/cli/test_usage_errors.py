@@ -187,7 +187,7 @@ CONFIG_CASES = [
     (_T["grpo"] + ["--beta", "inf"], "train reasoner: --beta must be a finite number, got inf"),
     (_T["grpo"] + ["--weights", "0.05,inf,0.2"],
      "train reasoner: --weights must be finite numbers, got (0.05, inf, 0.2)"),
-    (_T["judge"] + ["--holdout", "nan"], "train judge: --holdout must be a finite number, got nan"),
+    (_T["judge"] + ["--holdout", "nan"], "train judge: --holdout must be >= 0 and < 1, got nan"),  # not in range
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--beta", "inf"],
      "mine: --beta must be a finite number, got inf"),
     (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--temperature", "inf"],

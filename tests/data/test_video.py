@@ -486,8 +486,8 @@ def test_bad_video_options_are_one_line_errors_in_their_own_names(tmp_path, caps
     (tmp_path / "i.jsonl").write_text('{"text": "a"}\n')
     assert main(["embed", "--model", "m", "--items", str(tmp_path / "i.jsonl"), "--out", str(tmp_path / "x.npy"),
                  "--video-fps", "nan"]) == 2
-    # the command line's own check of a float option (finite, then its range) answers first, in the option's name
-    assert capsys.readouterr().err.strip() == "unime: error: embed: --video-fps must be a finite number, got nan"
+    # the command line's own check of the option's range (> 0: NaN is none) answers first, in the option's name
+    assert capsys.readouterr().err.strip() == "unime: error: embed: --video-fps must be > 0, got nan"
 
 
 def test_frames_of_different_sizes_become_one_size_the_processor_can_stack(tmp_path, tiny_model_dir):

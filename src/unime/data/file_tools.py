@@ -68,7 +68,7 @@ class CheckConfig(VideoOptions):
     mmeb: bool = option(False, "the file holds MMEB-eval rows (default: recognised by the first row's keys)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the file's folder)")
     allow_outside_root: bool = allow_outside_root_option()
-    max_pixels: int | None = option(None, "largest image allowed (width x height)")
+    max_pixels: int | None = option(None, "largest image allowed (width x height)", above=0)
     no_images: bool = option(False, "check the file only, not the images")
     label_column: str | None = option(None, "judge pairs: their relevance label is under KEY, their other keys "
                                       "ignored (default: the one key of the first row beside id, query and "

@@ -80,7 +80,7 @@ class ImportOptions(RangeChecked):
     name: str = option("mydata", "dataset name (default: the source's folder name)", cli_default=None)
     directions: tuple[str, ...] = option(DIRECTIONS, "i2t, t2i or both (default)", cli_default=",".join(DIRECTIONS),
                                          type=lambda text: tuple(d.strip() for d in text.split(",") if d.strip()))
-    eval_fraction: float = option(0.2, "share of the images held out (default 0.2)")
+    eval_fraction: float = option(0.2, "share of the images held out (default 0.2)", above=0, below=1)
     eval_candidates: int = option(100, "candidates per MMEB eval row, positive included (default 100; capped by "
                                   "the held-out set)", at_least=2)  # the positive and at least one negative
     judge_negatives: int = option(3, "negatives per judge training record (default 3)", at_least=1)  # a judge
@@ -102,8 +102,6 @@ class ImportOptions(RangeChecked):
         if bad or not self.directions:
             raise OptionError(self, "{directions} must be a non-empty subset of {all}, got {got}", all=DIRECTIONS,
                               got=list(self.directions))
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise OptionError(self, "{eval_fraction} must be > 0 and < 1, got {got}", got=self.eval_fraction)
         if (named or self.name is not None) and (not self.name or any(c in self.name for c in "/\\ ")):
             raise OptionError(self, "{name} must be a non-empty word (no spaces or slashes), got {got!r}",
                               got=self.name)

@@ -237,14 +237,14 @@ class VideoOptions(RangeChecked):
 
     option_groups = {"video": "how video items (a file, or a list of frames) are sampled"}
     video_frames: int | None = option(None, "frames sampled uniformly from each video (default 8)", group="video",
-                                      none_means=VideoSampling.num_frames)
+                                      none_means=VideoSampling.num_frames, at_least=1)
     video_fps: float | None = option(None, "sample this many frames per second of video instead of a fixed count",
-                                     group="video")
+                                     group="video", above=0)
     video_max_frames: int | None = option(None, "upper bound on frames per video (default 64)", group="video",
-                                          none_means=VideoSampling.max_frames)
+                                          none_means=VideoSampling.max_frames, at_least=1)
     video_max_pixels: int | None = option(None, "pixel budget per video, summed over its sampled frames (frames "
                                           "are scaled down to fit)", group="video",
-                                          none_means=VideoSampling.max_video_pixels)
+                                          none_means=VideoSampling.max_video_pixels, at_least=MIN_VIDEO_PIXELS)
 
 
 def sampling_video_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -469,7 +469,7 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
                                             "linear, constant, cosine, ...; the Embed-RL release's GRPO: constant)",
                                             group="grpo")
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning", at_least=0)  # of the policy
-    save_steps: int = option(100)
+    save_steps: int = option(100, at_least=1)
     records: str = option(help="(query, positive) records for RL (grpo), e.g. the split's rl.jsonl", cli_default=None,
                           group="grpo", input_file=True)
     embedder: str = option(help="frozen <emb> embedder (the reward model)", cli_default=None, group="grpo")
@@ -497,7 +497,7 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
     temperature: float = option(1.0, "rollout temperature (default %(default)s, the paper's; rollouts sample the full "
                                 "distribution, not the policy checkpoint's generation_config settings)", group="grpo",
                                 above=0)
-    top_p: float = option(1.0, cli=False)
+    top_p: float = option(1.0, cli=False, above=0, at_most=1)
     max_completion_length: int = option(TCOT_MAX_NEW_TOKENS, TCOT_LENGTH_HELP, group="grpo", at_least=1)
     loss_type: str = option("grpo", "TRL's GRPOConfig loss_type (default %(default)s)", choices=list(GRPO_LOSS_TYPES),
                             metavar="NAME", group="grpo")

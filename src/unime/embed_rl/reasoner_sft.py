@@ -56,7 +56,7 @@ class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOption
     stage: str = option("sft", cli=False)  # recorded: a GRPO folder is refused naming it (`ReasonerStageOptions`)
     learning_rate: float = option(1e-4, "learning rate", dest="lr", at_least=0)
     lora_r: int = option(GENERATIVE_LORA.r, "LoRA rank; 0 = full fine-tuning", at_least=0)
-    save_steps: int = option(500)
+    save_steps: int = option(500, at_least=1)
     # from unime reason teacher / generate
     data: str = option(help="T-CoT JSONL (sft)", dest="tcots", cli_default=None, group="sft", input_file=True)
     epochs: float = option(3.0, group="sft", above=0)
@@ -64,9 +64,9 @@ class ReasonerSFTConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOption
     grad_accum: int = option(1, group="sft", at_least=1)
     skip_invalid: bool = option(False, "drop T-CoTs that do not parse or name key frames past the frames sampled "
                                 "(counted)", group="sft")
-    logging_steps: int = option(10, group="sft")
-    warmup_steps: int = option(0, cli=False)
-    weight_decay: float = option(0.0, cli=False)
+    logging_steps: int = option(10, group="sft", at_least=1)  # transformers refuses 0
+    warmup_steps: int = option(0, cli=False, at_least=0)
+    weight_decay: float = option(0.0, cli=False, at_least=0)
 
 
 # options that may change between a run and its continuation without changing what is trained

@@ -257,15 +257,12 @@ class SplitConfig(ReasonOptions, ImageOptions, VideoOptions):
                                      none_means=MATCH_THRESHOLD, exclusive="split_rule")
     rl_fraction: float | None = option(None, "instead of --threshold: the given fraction of lowest-P(Yes) pairs "
                                        "goes to RL (for a judge whose scores are not calibrated around 0.5; the "
-                                       "paper reports ~0.2)", exclusive="split_rule")
+                                       "paper reports ~0.2)", exclusive="split_rule", at_least=0, at_most=1)
     out_dir: str = option(help="writes contrastive.jsonl, rl.jsonl, split.json")
 
     def check(self) -> None:
-        """OptionError for an option out of its range or for both ways to split given (the CLI names them by
-        their flags), before anything is read (an option out of its range, NaN or inf too, is refused as the config
-        is made: `unime.options.RangeChecked`)."""
-        if self.rl_fraction is not None and not 0.0 <= self.rl_fraction <= 1.0:
-            raise OptionError(self, "{rl_fraction} must be in [0, 1], got {got}", got=self.rl_fraction)
+        """OptionError for both ways to split given (the CLI names them by their flags), before anything is read
+        (an option out of its range, NaN or inf too, is refused as the config is made: `unime.options.RangeChecked`)."""
         if self.threshold is not None and self.rl_fraction is not None:  # one from a --config file, say
             raise OptionError(self, "{threshold} and {rl_fraction} are two ways to split: give one")
 

@@ -573,11 +573,11 @@ class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
     rerank_path: str | None = option(None, "reranker checkpoint: report every task with and without reranking",
                                      dest="rerank", metavar="CKPT")
     rerank_topk: int = option(DEFAULT_RERANK_TOPK, "candidates the reranker sees (default %(default)s, the paper's)",
-                              dest="topk")
+                              dest="topk", at_least=1)
     rerank_mode: str = option("top1", "top1: the reranker's pick moves to rank 1; resort: sort the top k by pairwise "
                               "score", dest="mode", choices=list(RERANK_MODES))
     rerank_batch: int = option(LISTWISE_BATCH, "listwise prompts the reranker generates together (the picks do not "
-                               "depend on it; default %(default)s)")
+                               "depend on it; default %(default)s)", at_least=1)
     rerank_compositional: str = option(
         "pairwise", "reranking of compositional (SugarCrepe) tasks: pairwise = the reranker's P(Yes) of each caption, "
                     "the higher wins (the paper's); run = the run-wide --mode", dest="compositional_mode",

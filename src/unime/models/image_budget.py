@@ -31,8 +31,8 @@ from typing import Any, Sequence
 
 # the processors' aspect-ratio limit is the data layer's (its loaders and checks refuse an image beyond it)
 from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO
-from unime.errors import UsageError
-from unime.options import option
+from unime.errors import OptionError, UsageError
+from unime.options import RangeChecked, option
 
 BUDGET_FILE = "unime_images.json"
 
@@ -282,15 +282,23 @@ IMAGE_GROUP = "image resolution (default: the checkpoint's recorded setting, els
 
 
 @dataclass(kw_only=True)
-class ImageOptions:
-    """`--max-pixels`, `--min-pixels`, `--image-size` (every command that reads images)."""
+class ImageOptions(RangeChecked):
+    """`--max-pixels`, `--min-pixels`, `--image-size` (every command that reads images). A lower bound above the
+    upper one is refused as the config is made (or either is assigned), naming both (`check_together`), not when
+    the model loads (`ImageBudget`)."""
 
     max_pixels: int | None = option(None, "upper bound of pixels per image (and per video frame), set on the "
                                     "processor (e.g. 451584 = 672x672; Qwen2-VL's own default is 12845056)",
-                                    metavar="N", group=IMAGE_GROUP)
-    min_pixels: int | None = option(None, "lower bound of pixels per image", metavar="N", group=IMAGE_GROUP)
+                                    metavar="N", group=IMAGE_GROUP, above=0)
+    min_pixels: int | None = option(None, "lower bound of pixels per image", metavar="N", group=IMAGE_GROUP, above=0)
     image_size: Any = option(None, "resize every image to a fixed size before the processor (UniME-V2: 672)",
                              type=image_size_option, metavar="N|WxH", group=IMAGE_GROUP)
+
+    def check_together(self) -> None:
+        super().check_together()
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise OptionError(self, "{min_pixels} must be <= {max_pixels} ({max}), got {min}", max=self.max_pixels,
+                              min=self.min_pixels)
 
 
 def adapter_image_loader(adapter, image_loader=None):

@@ -98,7 +98,7 @@ def lora_options(preset: LoraSettings) -> type:
     class LoraOptions(RangeChecked):
         lora_r: int = option(preset.r, "LoRA rank (default %(default)s; UniME-V2's reranker: 128)")
         lora_alpha: int = option(preset.alpha, "LoRA alpha (default %(default)s)")
-        lora_dropout: float = option(preset.dropout, "LoRA dropout (default %(default)s)")
+        lora_dropout: float = option(preset.dropout, "LoRA dropout (default %(default)s)", at_least=0, below=1)
         lora_targets: tuple[str, ...] = option(preset.targets, "comma-separated module names (decoder only unless "
                                                "--lora-vision), or all-linear", cli_default=",".join(preset.targets))
         lora_vision: bool = option(False, "also adapt the vision tower's layers named in --lora-targets (vision "

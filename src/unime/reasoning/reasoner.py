@@ -385,7 +385,7 @@ class GenerateConfig(DeviceOptions, ImageOptions, VideoOptions):
     temperature: float = option(1.0, "sampling temperature (with --sample; default 1.0, not the checkpoint's)",
                                 above=0)  # transformers refuses a temperature <= 0 when it samples
     top_p: float = option(1.0, "nucleus sampling: the smallest set of tokens of probability >= P (with --sample; "
-                          "default 1.0: all, not the checkpoint's)", metavar="P", above=0)
+                          "default 1.0: all, not the checkpoint's)", metavar="P", above=0, at_most=1)
     top_k: int = option(SAMPLE_TOP_K, "sample among the K most probable tokens (with --sample; default "
                         "%(default)s, transformers' default; 0: all; not the checkpoint's)", metavar="K", at_least=0)
     seed: int = option(0, "seed of the sampling (default 0; with --sample, greedy ignores it): the same command and "

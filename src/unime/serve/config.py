@@ -100,13 +100,13 @@ class RayOptions(RangeChecked):
     """`unime serve --ray`: the Ray Serve deployment (`unime.serve.runner.run_ray`'s keywords but `ray`)."""
 
     ray: bool = option(False, "run as a Ray Serve deployment")
-    replicas: int = option(1, "ray: replicas (each loads the models)")
-    min_replicas: int | None = option(None, "ray: autoscaling lower bound")
-    max_replicas: int | None = option(None, "ray: autoscaling upper bound")
+    replicas: int = option(1, "ray: replicas (each loads the models)", at_least=1)
+    min_replicas: int | None = option(None, "ray: autoscaling lower bound", at_least=1)
+    max_replicas: int | None = option(None, "ray: autoscaling upper bound", at_least=1)
     address: str | None = option(None, "ray: the address of a running cluster to serve on (default: the cluster "
                                  "that RAY_ADDRESS or a local `ray start` names, else a new local one)",
                                  dest="ray_address")
     num_cpus: float = option(1.0, "ray: CPUs reserved per replica (ray_actor_options num_cpus; also its torch threads)",
-                             dest="ray_cpus_per_replica")
+                             dest="ray_cpus_per_replica", at_least=0)
     num_gpus: float = option(0.0, "ray: GPUs reserved per replica (num_gpus; > 0 runs each replica on its own GPU(s), "
-                             "0 on CPU)", dest="ray_gpus_per_replica")
+                             "0 on CPU)", dest="ray_gpus_per_replica", at_least=0)

@@ -46,7 +46,7 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
     on_error: str = on_error_option("a bad record: raise (stop, naming it) or skip (counted and reported)",
                                     group="data")
     homogeneous_batches: bool = option(False, "every per-device batch from one dataset (Record.dataset)", group="data")
-    workers: int = option(0, "data-loader worker processes", group="data")
+    workers: int = option(0, "data-loader worker processes", group="data", at_least=0)
     # loss ("auto" and hard_negatives None are chosen from the records: `resolve_auto_options`)
     loss: str = option("symmetric_kl", "auto (default): plain pairs → in-batch infonce; judge-scored records → "
                        "symmetric_kl; negatives without scores → infonce with them. symmetric_kl (released "
@@ -102,9 +102,10 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
                             at_least=1)
     seed: int = option(0, group="optimisation")
     # checkpoints
-    save_steps: int = option(500, group="checkpoints")
-    save_total_limit: int | None = option(None, "keep at most this many checkpoints", group="checkpoints")
-    logging_steps: int = option(10, group="checkpoints")
+    save_steps: int = option(500, group="checkpoints", at_least=1)
+    # transformers reads 0 (or less) as no limit, not "keep none": None is that
+    save_total_limit: int | None = option(None, "keep at most this many checkpoints", group="checkpoints", at_least=1)
+    logging_steps: int = option(10, group="checkpoints", at_least=1)  # transformers refuses 0
     resume: bool | str = option(False, "continue from the given checkpoint, also into a new or --overwrite OUT "
                                 "(refused if missing or incomplete); without it, re-running the same command "
                                 "continues from the latest complete one, and a finished run does nothing", nargs="?",

@@ -390,8 +390,8 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     weight_decay: float = option(0.0, group="optimisation", at_least=0)  # torch's optimizers refuse a negative one
     seed: int = option(0, group="optimisation")
     # checkpoints
-    logging_steps: int = option(10, group="checkpoints")
-    save_steps: int = option(500, "resumable checkpoints under OUT/checkpoints", group="checkpoints")
+    logging_steps: int = option(10, group="checkpoints", at_least=1)  # transformers refuses 0
+    save_steps: int = option(500, "resumable checkpoints under OUT/checkpoints", group="checkpoints", at_least=1)
     keep_checkpoints: bool = option(False, "accepted; OUT/checkpoints is always kept (a run deletes none of its "
                                     "checkpoints)", group="checkpoints")  # `unime.models.run_state`
     overwrite: bool = option(False, "retrain even if OUT holds a finished result", group="checkpoints")
@@ -406,8 +406,9 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     save_adapter: bool = option(False, "also keep the adapter in OUT/adapter", group="judge")
     holdout: float = option(0.1, "share of the records held out: their pairs are scored while training (AUC, "
                             "accuracy, P(Yes) spread; OUT/judge_eval.jsonl). 0 = off (default %(default)s)",
-                            group="judge")
-    eval_steps: int = option(0, "steps between held-out evaluations (default: ~5 per run)", group="judge")
+                            group="judge", at_least=0, below=1)  # 1: every query held out, none trained on
+    eval_steps: int = option(0, "steps between held-out evaluations (default: ~5 per run)", group="judge",
+                             at_least=0)  # 0: the default
     # the within-record softmax over the pairs' margins l_Yes − l_No (`group_softmax_loss`)
     group_weight: float = option(0.0, "weight of a within-record softmax loss over the pairs' judge margins (l_Yes - "
                                  "l_No): trains each query's positive above its own negatives, the ordering the "

@@ -67,11 +67,11 @@ class BackendOptions(RangeChecked):
     `unime mine` and `unime judge` that are not part of a run's identity."""
 
     threads: int | None = option(None, "CPU threads for torch (default: torch's choice; 1 is often fastest on a "
-                                 "busy machine)")
-    ray_workers: int = option(2, "ray: number of judge actors")
+                                 "busy machine)", at_least=1)
+    ray_workers: int = option(2, "ray: number of judge actors", at_least=1)
     ray_address: str | None = option(None, "ray: cluster address (default: start a local cluster)")
-    ray_gpus_per_worker: float = option(0.0, "ray: GPUs per judge actor")
-    vllm_logprobs: int = option(20, "vllm: top-K logprobs returned per request")
+    ray_gpus_per_worker: float = option(0.0, "ray: GPUs per judge actor", at_least=0)
+    vllm_logprobs: int = option(20, "vllm: top-K logprobs returned per request", at_least=1)
     vllm_missing: str = option("bound", "vllm: Yes/No missing from the top-K (see unime.mining.backends.vllm)",
                                choices=["bound", "error"])
     vllm_engine_arg: list[str] = option(help="vllm: an argument of vllm.LLM (value read as YAML), e.g. "
