@@ -17,6 +17,7 @@ import typing
 import pytest
 
 import unime
+from tests.helpers import assert_assignment_refused_as_made, refused_assignment
 from unime.errors import OptionError
 from unime.options import RangeChecked
 
@@ -133,20 +134,8 @@ def test_values_of_the_right_type_pass():
 @pytest.mark.parametrize("cls, name, value", CASES)
 def test_wrong_type_assigned_refused_as_at_construction(cls, name, value):
     """A field assigned once the config is made is checked as at construction: the same message, the field left
-    as it was."""
-    with pytest.raises(OptionError) as made:
-        cls(**{**_required(cls), name: value})
-    cfg = cls(**_required(cls))
-    before = getattr(cfg, name)
-    if cls.__dataclass_params__.frozen:  # assigned no value at all
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            setattr(cfg, name, value)
-        return
-    with pytest.raises(OptionError) as assigned:
-        setattr(cfg, name, value)
-    assert str(assigned.value) == str(made.value)
-    assert assigned.value.render(lambda field: f"<{field}>") == made.value.render(lambda field: f"<{field}>")
-    assert getattr(cfg, name) is before
+    as it was (a frozen config is assigned no value at all)."""
+    assert_assignment_refused_as_made(cls, _required(cls), name, value)
 
 
 # an item of the wrong type in a list / tuple field, by the items' annotation
@@ -209,16 +198,9 @@ def test_list_field_refuses_a_string_and_wrong_items(cls, name, value):
         assert repr(value) in str(e)
     else:
         assert isinstance(value, str) and list(getattr(cfg, name)) == [value]
-    cfg = cls(**_required(cls))
-    before = getattr(cfg, name)
-    if cls.__dataclass_params__.frozen:  # assigned no value at all
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            setattr(cfg, name, value)
-        return
-    with pytest.raises(OptionError, match=f"^{name} must be a ") as caught:
-        setattr(cfg, name, value)
-    assert repr(value) in str(caught.value)
-    assert getattr(cfg, name) is before
+    assigned = refused_assignment(cls(**_required(cls)), name, value)
+    if assigned is not None:
+        assert str(assigned).startswith(f"{name} must be a ") and repr(value) in str(assigned), str(assigned)
 
 
 def test_the_qa_cases_of_lists():
