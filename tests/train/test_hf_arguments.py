@@ -5,9 +5,12 @@ name this machine's folders, left out). Nothing trains: the reranker's arguments
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import logging
 from pathlib import Path
+from typing import Literal, Optional, Union
 
 import pytest
 import torch
@@ -354,3 +357,100 @@ def test_checkpointing_trainer_args_are_refused_or_reach_the_arguments(tmp_path)
         got = build(args_cls, ["activation_checkpointing_kwargs={use_reentrant: true}"], on=True)
         assert got.activation_checkpointing_kwargs == {"use_reentrant": True}
         assert build(args_cls, [], on=False).activation_checkpointing is False
+
+
+class _Mode(enum.Enum):
+    FAST = "fast"
+    SLOW = "slow"
+
+
+class _Opaque:
+    pass
+
+
+@dataclasses.dataclass
+class _Args:
+    """A stand-in for TrainingArguments, with the kinds of annotations it has."""
+
+    rate: float = 0.1
+    maybe_rate: Optional[float] = None
+    count: int = 1
+    flag: bool = False
+    name: str = ""
+    mode: _Mode = _Mode.FAST
+    mode_or_text: Union[_Mode, str] = "fast"
+    side: Literal["left", "right"] = "left"
+    tags: Optional[list[str]] = None
+    weights: Optional[list[float]] = None
+    kwargs: Union[dict, str, None] = None
+    opaque: Optional[_Opaque] = None
+
+
+def test_trainer_arg_values_are_checked_against_the_annotated_type_of_their_field():
+    """QA: `adam_beta2=nan` (text to YAML) reached torch's Adam as a string, `.nan` as NaN; the value is now checked
+    against the field's annotation, read from the class (here `_Args`, a stand-in), and refused naming the key —
+    from Python as `trainer_arg['KEY']`."""
+    from unime.errors import UsageError
+    from unime.models.hf_arguments import user_trainer_args
+
+    def check(pair):
+        return user_trainer_args(_Args, [pair], {})
+
+    accepted = {"rate=0.5": 0.5, "rate=2": 2, "rate=1e-8": 1e-8, "maybe_rate=null": None, "count=3": 3,
+                "flag=true": True, "flag=no": False, "name=cosine": "cosine", "name=2024": 2024, "mode=slow": "slow",
+                "mode_or_text=anything": "anything", "side=right": "right", "tags=[a, b]": ["a", "b"],
+                "weights=[1, 0.5]": [1, 0.5], "kwargs={a: 1}": {"a": 1}, "kwargs=text": "text",
+                "opaque=[whatever]": ["whatever"]}  # an annotation it cannot check: passed through as given
+    for pair, want in accepted.items():
+        got = check(pair)[pair.partition("=")[0]]
+        assert got == want and type(got) is type(want), pair
+    refused = {"rate=nan": "trainer_arg['rate']: must be a finite number, got 'nan'",
+               "rate=.nan": "trainer_arg['rate']: must be a finite number, got nan",
+               "rate=-.inf": "trainer_arg['rate']: must be a finite number, got -inf",
+               "rate=fast": "trainer_arg['rate']: must be a finite number, got 'fast'",
+               "rate=true": "trainer_arg['rate']: must be a finite number, got True",
+               "rate=": "trainer_arg['rate']: must be a finite number, got None",
+               f"rate={10 ** 400}": f"trainer_arg['rate']: must be a finite number, got {10 ** 400}",
+               "maybe_rate=.inf": "trainer_arg['maybe_rate']: must be a finite number or null, got inf",
+               "count=1.5": "trainer_arg['count']: must be a whole number, got 1.5",
+               "count='3'": "trainer_arg['count']: must be a whole number, got '3'",
+               "count=false": "trainer_arg['count']: must be a whole number, got False",
+               "flag=1": "trainer_arg['flag']: must be true or false, got 1",
+               "flag=maybe": "trainer_arg['flag']: must be true or false, got 'maybe'",
+               "mode=medium": "trainer_arg['mode']: must be one of fast, slow, got 'medium'",
+               "side=up": "trainer_arg['side']: must be one of left, right, got 'up'",
+               "tags=a": "trainer_arg['tags']: must be a list or null, got 'a'",
+               "weights=[1, x]": "trainer_arg['weights']: must be a list, each item a finite number or null, "
+                                 "got [1, 'x']",
+               "kwargs=[1]": "trainer_arg['kwargs']: must be a mapping or a string or null, got [1]"}
+    for pair, message in refused.items():
+        with pytest.raises(UsageError) as caught:
+            check(pair)
+        assert str(caught.value) == message, pair
+
+
+def test_trainer_arg_values_transformers_takes_as_text_still_reach_the_arguments(tmp_path):
+    """`report_to=none`, `optim=adamw_torch`, `eval_strategy=steps` (an enum given by its value) pass the check and
+    reach TrainingArguments as transformers reads them; `adam_epsilon=1e-8` (text to YAML) arrives as the float."""
+    from transformers import TrainingArguments
+
+    from unime.models.hf_arguments import hf_training_arguments
+
+    args = hf_training_arguments(
+        TrainingArguments, output_dir=tmp_path, batch_size=1, learning_rate=1e-3, seed=0, logging_steps=1,
+        save_steps=10, save_total_limit=None, use_cpu=True,
+        trainer_arg=["report_to=none", "optim=adamw_torch", "eval_strategy=steps", "eval_steps=5",
+                     "adam_epsilon=1e-8", "torch_compile=false"])
+    assert args.report_to == [] and args.optim.value == "adamw_torch" and args.eval_strategy.value == "steps"
+    assert args.adam_epsilon == 1e-8 and isinstance(args.adam_epsilon, float) and args.torch_compile is False
+
+
+def test_a_field_whose_annotation_cannot_be_resolved_is_passed_through_and_the_others_still_checked():
+    """One annotation naming a type this environment lacks does not switch the check off for the other fields."""
+    from unime.errors import UsageError
+    from unime.models.hf_arguments import user_trainer_args
+
+    partial = dataclasses.make_dataclass("_Partial", [("missing", "NoSuchType", None), ("rate", float, 0.1)])
+    assert user_trainer_args(partial, ["missing=[1, x]"], {}) == {"missing": [1, "x"]}
+    with pytest.raises(UsageError, match=r"^trainer_arg\['rate'\]: must be a finite number, got 'nan'$"):
+        user_trainer_args(partial, ["rate=nan"], {})

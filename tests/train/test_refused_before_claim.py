@@ -74,3 +74,31 @@ def test_the_trainer_functions_check_before_they_claim(trainer, tmp_path):
     with pytest.raises(UsageError, match="fsdp=full_shard shards"):
         train(cfg)
     assert not (tmp_path / "out").exists()
+
+
+# QA: these values reached the trainer and failed after the model had loaded (a TypeError from torch's Adam, or from
+# inside Trainer's epoch loop for max_grad_norm), leaving checkpoints/, train_config.json and train_inputs.json in
+# --out; `max_grad_norm=.nan` on the reasoner was accepted and turned clipping off
+BAD_VALUES = {"adam_beta2=nan": "--trainer-arg adam_beta2: must be a finite number, got 'nan'",
+              "adam_beta2=.nan": "--trainer-arg adam_beta2: must be a finite number, got nan",
+              "max_grad_norm=.inf": "--trainer-arg max_grad_norm: must be a finite number, got inf",
+              "ddp_timeout=1.5": "--trainer-arg ddp_timeout: must be a whole number, got 1.5",
+              "torch_compile=maybe": "--trainer-arg torch_compile: must be true or false, got 'maybe'"}
+COMMANDS = {"embedder": "train embedder", "reranker": "train reranker", "reasoner sft": "train reasoner"}
+# (train embedder sets max_grad_norm from its --max-grad-norm, and refuses the key as such)
+BAD_CASES = [(trainer, bad) for trainer in COMMANDS for bad in sorted(BAD_VALUES)
+             if not (trainer == "embedder" and bad.startswith("max_grad_norm"))]
+
+
+@pytest.mark.parametrize(("trainer", "bad"), BAD_CASES)
+def test_a_trainer_arg_value_that_does_not_fit_its_field_is_refused_before_the_folder(trainer, bad, tmp_path,
+                                                                                     tiny_model_dir, capsys):
+    """The value is checked against the annotated type of the field of the trainer's arguments (transformers'
+    TrainingArguments, TRL's SFTConfig) before any work: one line naming the key, exit 2, no folder."""
+    pytest.importorskip("trl")
+    from unime.cli import main
+
+    out = tmp_path / "out"
+    assert main([*_argv(trainer, tmp_path, tiny_model_dir), "--out", str(out), "--trainer-arg", bad]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"unime: error: {COMMANDS[trainer]}: {BAD_VALUES[bad]}"
+    assert not out.exists()

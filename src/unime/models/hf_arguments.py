@@ -14,7 +14,9 @@ the value read as YAML) passes it to `args_cls` as is — an experiment tracker 
 `run_name=...`), optimizer details (`adam_beta2=0.95`), `torch_compile=true`, DeepSpeed ZeRO-1/2
 (`deepspeed=ds_zero2.json`), ... A key that unime sets from one of its own options, or that its
 trainer needs at its own value, is refused with the option to use (`PROTECTED`, and the trainer's `specific`
-keywords); an unknown key is refused with the nearest field names. Activation checkpointing is switched by
+keywords); an unknown key is refused with the nearest field names, and a value that does not fit the field's annotated
+type (`check_trainer_arg_value`: a float field given text or NaN / inf, an int field a fraction, a bool field
+anything but true / false) is refused naming the key, before any work. Activation checkpointing is switched by
 --gradient-checkpointing alone: `--trainer-arg activation_checkpointing=...` and its deprecated alias
 `gradient_checkpointing=...` (which transformers would ignore beside the new name) are refused naming it;
 `activation_checkpointing_kwargs=...` (`every_n_layers`, `offload`, ...) goes over unime's `use_reentrant: false`, and
@@ -30,13 +32,19 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import enum
+import functools
 import json
+import math
 import os
+import sys
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from unime.errors import UsageError
+from unime.errors import OptionError, UsageError
 from unime.options import key_value_pairs, option
 
 # fields of the core that only unime sets: its option (or the reason) for the refusal's message
@@ -155,8 +163,116 @@ def user_trainer_args(args_cls: type, pairs: Sequence[str], unime_keys: Mapping[
         if key in PROTECTED or key in unime_keys:
             by = PROTECTED.get(key) or unime_keys.get(key) or SPECIFIC_OPTIONS.get(key) or "this trainer's own setting"
             raise UsageError(f"--trainer-arg {key}: unime sets it ({by})")
+        extra[key] = check_trainer_arg_value(args_cls, key, extra[key])
     refuse_sharded_parameters(extra)
     return extra
+
+
+class TrainerArgValueError(OptionError, UsageError):
+    """A `--trainer-arg KEY=VALUE` whose value does not fit the field's type: named `--trainer-arg KEY` on the command
+    line (after the command, as a config's refusal is), `trainer_arg['KEY']` from Python."""
+
+    def __init__(self, key: str, problem: str):
+        self.key, self.problem = key, problem
+        super().__init__(TrainerArgOptions, "{trainer_arg}: " + problem.replace("{", "{{").replace("}", "}}"))
+
+    def render(self, name_of) -> str:
+        flag = name_of("trainer_arg")
+        where = f"{flag} {self.key}" if flag.startswith("--") else f"{flag}[{self.key!r}]"
+        return f"{where}: {self.problem}"
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(args_cls: type) -> dict[str, Any]:
+    """{field: its annotation, resolved} of the dataclass `args_cls`. If one of them cannot be resolved (a type
+    this environment lacks), each is resolved alone and the ones that cannot be are left out (passed through)."""
+    try:
+        return typing.get_type_hints(args_cls)
+    except Exception:  # noqa: BLE001 - resolved one by one below
+        pass
+    out: dict[str, Any] = {}
+    for klass in reversed(args_cls.__mro__):
+        scope = vars(sys.modules.get(klass.__module__, typing))
+        for name, annotation in vars(klass).get("__annotations__", {}).items():
+            try:
+                out[name] = eval(annotation, scope, dict(vars(klass))) if isinstance(annotation, str) else annotation
+            except Exception:  # noqa: BLE001 - left out: its values are passed through
+                out.pop(name, None)
+    return out
+
+
+def _members(annotation) -> list:
+    """The types of a union annotation (`float | None`, `Optional[int]`, `Union[...]`), else `[annotation]`."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(annotation) for m in _members(a)]
+    return [annotation]
+
+
+class _Unchecked(Exception):
+    """An annotation this check cannot read: the value is passed through as the user gave it."""
+
+
+def _fit(member, value) -> tuple[bool, Any, str]:
+    """(whether `value` fits the type `member`, the value to pass — a number given as text, `1e-8`, as a float —
+    and what the type asks for, for the message). _Unchecked for a type not checked here."""
+    if member is type(None) or member is None:
+        return value is None, value, "null"
+    if member is Any:
+        raise _Unchecked
+    if member is bool:
+        return isinstance(value, bool), value, "true or false"
+    if member is int:
+        return isinstance(value, int) and not isinstance(value, bool), value, "a whole number"
+    if member is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            return False, value, "a finite number"
+        try:
+            number = float(value) if isinstance(value, str) else value
+            ok = math.isfinite(number)
+        except (ValueError, OverflowError):  # text that is no number; an int too large for a float
+            ok = False
+        return ok, number if ok else value, "a finite number"
+    if member is str:
+        # text as given; a number or a switch YAML read from it is passed on as before
+        return isinstance(value, (str, int, float, bool)), value, "a string"
+    if isinstance(member, type) and issubclass(member, enum.Enum):
+        choices = [e.value for e in member]
+        return isinstance(value, member) or value in choices, value, f"one of {', '.join(map(str, choices))}"
+    origin, args = typing.get_origin(member), typing.get_args(member)
+    if origin is typing.Literal:
+        return value in args, value, f"one of {', '.join(map(str, args))}"
+    if member is list or origin is list:
+        if not isinstance(value, list):
+            return False, value, "a list"
+        if args and not all(_fit(args[0], v)[0] for v in value):  # _Unchecked passes through
+            return False, value, f"a list, each item {_fit(args[0], None)[2]}"
+        return True, value, "a list"
+    if member is dict or origin is dict:
+        return isinstance(value, dict), value, "a mapping"
+    raise _Unchecked
+
+
+def check_trainer_arg_value(args_cls: type, key: str, value: Any) -> Any:
+    """`value` of `--trainer-arg KEY=VALUE` checked against the annotated type of the field `key` of the dataclass
+    `args_cls` (TrainingArguments, SFTConfig, GRPOConfig; read from the class, Optional / unions of types included):
+    a float field takes a finite number (text that reads as one, `1e-8`, becomes it; `nan`, `.inf` are refused), an
+    int field a whole number, a bool field true / false, an enum or Literal field one of its values, a str field
+    text. The value to pass on; TrainerArgValueError (a UsageError) naming the key if it fits none of them. A field
+    whose annotation this cannot check (a class, a nested config) is passed through as given."""
+    annotation = _field_types(args_cls).get(key)
+    if annotation is None:
+        return value
+    wanted = []
+    try:
+        for member in _members(annotation):
+            ok, passed, what = _fit(member, value)
+            if ok:
+                return passed
+            wanted.append(what)
+    except _Unchecked:
+        return value
+    asked = " or ".join(dict.fromkeys(wanted))
+    raise TrainerArgValueError(key, f"must be {asked}, got {value!r}")
 
 
 SHARDED_REFUSAL = ("shards the model's parameters across the processes, and unime saves its checkpoints and exports "
