@@ -458,3 +458,50 @@ def test_gradient_checkpointing_trains_the_same_weights_in_full_and_vision_lora_
     assert on_vision > off_vision > 0
     assert len(on_losses) == 3 and on_losses == pytest.approx(off_losses, rel=1e-6, abs=1e-7)
     assert_same_weights_and_vision_trained(on_weights, off_weights, model, mode)
+
+
+def test_a_box_inverted_or_outside_the_image_is_refused_naming_the_file_line_and_side(loaded, image_root, tmp_path):
+    """QA: the SFT trained the reasoner on T-CoTs with boxes [[900, 900, 100, 100]] and [[1200, 1200, 1900, 1900]],
+    which `reason materialize` then dropped without a word. The SFT refuses them as materialize and split do
+    (`parse_tcot_row`), naming the T-CoT file, its line, record id and side; --skip-invalid counts them."""
+    from unime.data.images import ImageLoader
+    from unime.reasoning.reasoner import read_tcot_rows
+    from unime.reasoning.tcot import TCoTError
+
+    item = Item(images=("red.png",))
+    boxes = {"a": [[100, 100, 900, 900]], "b": [[0, 0, 500, 500], [900, 900, 100, 100]],
+             "c": [[1200, 1200, 1900, 1900]]}
+    write_tcot_rows([TCoTRow(rid, side, item, render_tcot({"bbox_2d": boxes[rid]}, "Red.", "red"))
+                     for rid, side in (("a", "target"), ("b", "query"), ("c", "target"))], tmp_path / "t.jsonl")
+    rows = read_tcot_rows(tmp_path / "t.jsonl")
+    loader = ImageLoader(str(image_root))
+    with pytest.raises(TCoTError) as e:
+        sft_rows(rows, loaded.adapter, loader, source="t.jsonl")
+    assert (e.value.source, e.value.record, e.value.field) == ("t.jsonl", "line 2 (id b, side query)",
+                                                               "thinking.bbox_2d[1]")
+    assert "box [900, 900, 100, 100] is inverted (x1 > x2)" in str(e.value)
+    with pytest.raises(TCoTError, match=r"line 3 \(id c, side target\), field 'thinking.bbox_2d\[0\]': box "
+                                        r"\[1200, 1200, 1900, 1900\] lies wholly outside the image"):
+        sft_rows(rows[2:], loaded.adapter, loader, source="t.jsonl")
+    out, skipped = sft_rows(rows, loaded.adapter, loader, skip_invalid=True)
+    assert skipped == 2 and len(out) == 1
+
+
+def test_train_reasoner_refuses_a_bad_tcot_before_the_model_loads(tiny_model_dir, image_root, tmp_path, monkeypatch):
+    """The run's T-CoT check comes before the model loads (as its image check): a bad box stops it at once; with
+    --skip-invalid the row is counted instead (`sft_rows`)."""
+    from unime.embed_rl.reasoner_sft import train_reasoner_sft
+    from unime.models import loading
+    from unime.reasoning.tcot import TCoTError
+
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(tmp_path / "red.png")
+    write_tcot_rows([TCoTRow("r0", "query", Item(text="a red circle"), TCOT),
+                     TCoTRow("r1", "target", Item(images=("red.png",)),
+                             render_tcot({"bbox_2d": [[900, 100, 100, 900]]}, "Red.", "red"))], tmp_path / "t.jsonl")
+    loads = []
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loads.append(a) or pytest.fail("model loaded"))
+    with pytest.raises(TCoTError, match=r"t\.jsonl, record line 2 \(id r1, side target\), field 'thinking\.bbox_2d\[0\]'"
+                                        r": box \[900, 100, 100, 900\] is inverted"):
+        train_reasoner_sft(ReasonerSFTConfig(model=tiny_model_dir("qwen2_vl"), data=str(tmp_path / "t.jsonl"),
+                                             out=str(tmp_path / "o"), max_steps=1, lora_r=4, device="cpu"))
+    assert loads == []

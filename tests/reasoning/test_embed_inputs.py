@@ -90,7 +90,7 @@ def test_text_item_keywords_add_no_images_and_invalid_policies():
     assert [s.value for s in raw] == ["a red circle", "see  here", EMBED_SUMMARY_PROMPT]
     assert [s.value for s in reasoning_segments(item, bad, on_invalid="drop")] == ["a red circle",
                                                                                     EMBED_SUMMARY_PROMPT]
-    with pytest.raises(TCoTError, match="invalid JSON"):
+    with pytest.raises(TCoTError, match="no JSON evidence object in <thinking>"):
         reasoning_segments(item, bad, on_invalid="raise")
     assert [s.value for s in reasoning_segments(item, None)] == ["a red circle", EMBED_SUMMARY_PROMPT]
 

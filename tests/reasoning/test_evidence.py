@@ -137,7 +137,7 @@ def test_extract_evidence_image_and_video():
     ev = Evidence(bboxes=[(100, 200, 500, 800), (0, 0, 40, 50)])
     out = extract_evidence(ev, image=img)
     assert [c.size for c in out.images] == [(80, 60)]
-    assert out.skipped == ["bbox_2d[1] too small or too elongated"]
+    assert out.skipped == ["bbox_2d[1] too small or too elongated to crop (8x5 px)"]  # 40/1000 of 200, 50/1000 of 100
 
     ev = Evidence(key_frames=[2, 9, 1])
     out = extract_evidence(ev, frames=["a", "b", "c"])

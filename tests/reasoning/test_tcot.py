@@ -133,7 +133,25 @@ def test_parse_prose_without_a_json_object_is_refused():
     with pytest.raises(TCoTError) as e:
         parse_tcot("<thinking>The bear is at [1, 2, 3, 4].</thinking><rethink>r</rethink><answer>a</answer>",
                    record=7)
-    assert "invalid JSON in <thinking>" in str(e.value) and e.value.field == "thinking" and "record 7" in str(e.value)
+    # QA: "invalid JSON ... char 10" for a <thinking> with no JSON at all; now said as it is
+    assert "no JSON evidence object in <thinking>" in str(e.value) and e.value.field == "thinking" \
+        and "record 7" in str(e.value)
+    # a "{" that opens no object keeps the JSON error
+    with pytest.raises(TCoTError, match=r"invalid JSON in <thinking>: .* \(char 11 of the text\)"):
+        parse_tcot("<thinking>{bbox at 1, 2</thinking><rethink>r</rethink><answer>a</answer>")
+
+
+def test_check_boxes_refuses_inverted_and_wholly_outside_boxes_only():
+    from unime.reasoning.tcot import Evidence, check_boxes
+
+    # partly outside (clamped), zero-sized or thin (left to the crop rules): not refused
+    check_boxes(Evidence(bboxes=[(900, 900, 1100, 1100), (-50, -50, 10, 10), (500, 500, 500, 500), (0, 0, 1000, 1)]))
+    for box, why in [((1000, 0, 1200, 500), "wholly outside"), ((0, 1000, 10, 1200), "wholly outside"),
+                     ((-20, 0, 0, 500), "wholly outside"), ((0, -20, 10, 0), "wholly outside"),
+                     ((11, 0, 10, 500), "inverted (x1 > x2)"), ((0, 11, 10, 10), "inverted (y1 > y2)")]:
+        with pytest.raises(TCoTError, match=re.escape(why)) as e:
+            check_boxes(Evidence(bboxes=[(0, 0, 500, 500), box]), source="t.jsonl", record="line 3")
+        assert (e.value.source, e.value.record, e.value.field) == ("t.jsonl", "line 3", "thinking.bbox_2d[1]")
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -82,7 +82,11 @@ def _split(args) -> int:
 def _materialize(args) -> int:
     from unime.embed_rl.tcot_embedder import materialize_records_file
 
-    print(f"{args.out}: {materialize_records_file(_cfg(args))} reasoned records")
+    cfg, left_out = _cfg(args), []
+    n = materialize_records_file(cfg, left_out)
+    print(f"{args.out}: {n} records (no T-CoTs)" if cfg.no_tcots else f"{args.out}: {n} reasoned records"
+          + (f"; {len(left_out)} piece(s) of evidence left out (too small or too elongated to crop, or no image "
+             "to crop)" if left_out else ""))
     return 0
 
 

@@ -78,21 +78,22 @@ SUMMARY_FILE = "sft_summary.json"
 def sft_rows(rows, adapter: FamilyAdapter, loader, *, skip_invalid: bool = False,
              source: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """TRL prompt-completion rows (`prompt`, `completion`, `images`) for T-CoT rows. A T-CoT that does not
-    parse, or names a key frame past the frames its prompt shows (a T-CoT file written with another video sampling
-    than the --video-* options given), or whose key frames the file records numbered under another sampling
+    parse or has a box inverted or wholly outside the image (`unime.reasoning.reasoner.parse_tcot_row`), or names
+    a key frame past the frames its prompt shows (a T-CoT file written with another video sampling than the
+    --video-* options given), or whose key frames the file records numbered under another sampling
     (`refuse_other_sampling`), raises `TCoTError` / `DataError` naming the row, or is skipped and counted when
     `skip_invalid`. Returns (rows, skipped)."""
     from unime.errors import DataError
     from unime.reasoning.evidence import select_key_frames
-    from unime.reasoning.reasoner import reasoning_prompt_segments, refuse_other_sampling
-    from unime.reasoning.tcot import parse_tcot
+    from unime.reasoning.reasoner import (parse_tcot_row, reasoning_prompt_segments, refuse_other_sampling,
+                                          tcot_row_label)
 
     eot = end_of_turn_text(adapter)
     out, skipped = [], 0
     for r in rows:
-        rid = f"{r.record_id}/{r.side}"
+        rid = tcot_row_label(r)
         try:
-            tcot = parse_tcot(r.tcot, source=source, record=rid)
+            tcot = parse_tcot_row(r, source=source)  # as `reason split` and `reason materialize` check it
         except DataError:  # a TCoTError
             if not skip_invalid:
                 raise
@@ -238,7 +239,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     from unime.models.image_budget import ImageBudget
     from unime.models.loading import (checkpoint_image_loader, load_model, resolve_dtype, trainer_device,
                                       training_load_dtype)
-    from unime.reasoning.reasoner import read_tcot_rows
+    from unime.reasoning.reasoner import check_tcot_rows, read_tcot_rows
 
     from unime.models import run_state
     from unime.models.run_state import CHECKPOINTS_DIR
@@ -260,6 +261,8 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     images = CheckedImages(checkpoint_image_loader(cfg.model, ImageBudget.from_args(cfg), data_root,
                                                    video=VideoSampling.from_fields(cfg)))
     rows = images.check(rows, source=cfg.data, policy=ErrorPolicy(cfg.on_error, skips, "reasoner SFT"))
+    if not cfg.skip_invalid:  # a bad T-CoT stops the run before the model loads (`sft_rows` skips them otherwise)
+        check_tcot_rows(rows, source=cfg.data)
     if skips.total:
         log.warning("reasoner SFT: %s", skips.summary())
     device = trainer_device(cfg.device)

@@ -106,10 +106,13 @@ def _tcot_for(index: dict, rec: Record, i: int, side: str, *, source: str | None
     return row.tcot
 
 
-def reasoned_records(records: Sequence[Record], tcot_rows, loader, *, source: str | None = None) -> list[Record]:
+def reasoned_records(records: Sequence[Record], tcot_rows, loader, *, source: str | None = None,
+                     left_out: list[str] | None = None) -> list[Record]:
     """Records whose query / positive are `reasoned_item`s (negatives dropped: the T-CoT contrastive stage
     uses in-batch negatives). `tcot_rows=None`: no reasoning, each item with the summary prompt only — the
-    input the same embedder sees without T-CoTs (`unime reason eval --tcots none`)."""
+    input the same embedder sees without T-CoTs (`unime reason eval --tcots none`). `left_out`, when given, gets one
+    line per piece of evidence left out (a box too small or too elongated to crop, boxes on an item without an
+    image), naming the record and field."""
     from unime.reasoning.embed_inputs import reasoned_item
     from unime.reasoning.reasoner import tcot_index
 
@@ -124,11 +127,15 @@ def reasoned_records(records: Sequence[Record], tcot_rows, loader, *, source: st
     for i, rec in enumerate(records):
         rid = rec.id or str(i)
         where = origin_of(rec) or rid  # the record's line when it was read from a file
-        q = reasoned_item(rec.query, tcot(rec, i, "query"), loader, on_invalid="raise", record=where,
-                          source=source, field="query")
-        p = reasoned_item(rec.positive, tcot(rec, i, "target"), loader, on_invalid="raise", record=where,
-                          source=source, field="positive")
-        out.append(Record(query=q, positive=p, dataset=rec.dataset, id=rid))
+        items = []
+        for side, item in (("query", rec.query), ("positive", rec.positive)):
+            dropped: list[str] = []
+            items.append(reasoned_item(item, tcot(rec, i, "target" if side == "positive" else side), loader,
+                                       on_invalid="raise", record=where, source=source, field=side,
+                                       left_out=dropped))
+            if left_out is not None:
+                left_out.extend(f"record {where}, {side}: {d}" for d in dropped)
+        out.append(Record(query=items[0], positive=items[1], dataset=rec.dataset, id=rid))
     return out
 
 
@@ -277,11 +284,14 @@ def split_records_file(cfg: SplitConfig, *, overwrite: bool = False) -> dict:
     from unime.data.roots import record_data_root, resolve_data_root
     from unime.models.judge import JudgeScorer
     from unime.models.loading import checkpoint_image_loader
-    from unime.reasoning.reasoner import read_tcot_rows, refuse_other_sampling
+    from unime.reasoning.reasoner import check_tcot_rows, read_tcot_rows, refuse_other_sampling
 
     cfg.check()
     refuse_other_options(cfg, overwrite=overwrite)
     records, out_dir = cfg.records, cfg.out_dir
+    # the T-CoTs checked as `reason materialize` and the SFT check them: a pair the judge scores is trainable
+    tcot_rows = read_tcot_rows(cfg.tcots)
+    check_tcot_rows(tcot_rows, source=cfg.tcots)
     recs = read_records(records)
     data_root = resolve_data_root(records, cfg.data_root)
     sampling = VideoSampling.from_fields(cfg)
@@ -292,7 +302,6 @@ def split_records_file(cfg: SplitConfig, *, overwrite: bool = False) -> dict:
     scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
                                          image_budget=ImageBudget.from_args(cfg), video_sampling=sampling,
                                          attn_implementation=cfg.attn_implementation)
-    tcot_rows = read_tcot_rows(cfg.tcots)
     for row in tcot_rows:  # the judge reads the key frames of a T-CoT beside the frames of this sampling
         refuse_other_sampling(row, loader, source=cfg.tcots)
     split = split_by_tcot_match(recs, tcot_rows, scorer, threshold=cfg.threshold,
@@ -320,26 +329,38 @@ class MaterializeConfig(VideoOptions):
     out: str = option(help="output records (.parquet: evidence crops are stored inline)")
 
 
-def materialize_records_file(cfg: MaterializeConfig) -> int:
+def materialize_records_file(cfg: MaterializeConfig, left_out: list[str] | None = None) -> int:
     """`unime reason materialize`: `reasoned_records` of the records file written to `cfg.out`, the records' data
-    root recorded beside it (`unime.data.roots.record_data_root`); returns their number."""
+    root recorded beside it (`unime.data.roots.record_data_root`); returns their number. The T-CoT file is checked
+    first (`unime.reasoning.reasoner.check_tcot_rows`: a T-CoT that does not parse, or a box inverted or wholly
+    outside the image, is refused naming its line, record id and side). Evidence left out by the crop rules (a box
+    too small or too elongated to crop) is counted: logged, and one line each into `left_out` when given."""
     from unime.data.images import ImageLoader
     from unime.data.io import read_records, write_records
     from unime.data.roots import record_data_root, resolve_data_root
-    from unime.reasoning.reasoner import read_tcot_rows, refuse_other_sampling
+    from unime.reasoning.reasoner import check_tcot_rows, read_tcot_rows, refuse_other_sampling
 
     if (cfg.tcots is None) == (not cfg.no_tcots):
         raise UsageError("give --tcots FILE or --no-tcots", command="reason materialize")
+    tcot_rows = None if cfg.no_tcots else read_tcot_rows(cfg.tcots)
+    if tcot_rows is not None:
+        check_tcot_rows(tcot_rows, source=cfg.tcots)
     recs = read_records(cfg.records)
     data_root = resolve_data_root(cfg.records, cfg.data_root)
     loader = ImageLoader(data_root, video=VideoSampling.from_fields(cfg))  # the frames the key frames number
-    tcot_rows = None if cfg.no_tcots else read_tcot_rows(cfg.tcots)
     for row in tcot_rows or ():  # key frames numbered under another sampling would cut other frames
         refuse_other_sampling(row, loader, source=cfg.tcots)
-    out_recs = reasoned_records(recs, tcot_rows, loader, source=cfg.records)
+    dropped: list[str] = []
+    out_recs = reasoned_records(recs, tcot_rows, loader, source=cfg.records, left_out=dropped)
     n = write_records(out_recs, cfg.out)
     # the items keep their image paths (only the evidence crops are inline): the trainer needs the root
     record_data_root(Path(os.path.abspath(cfg.out)).parent, data_root, written=[cfg.out])
+    if dropped:
+        log.warning("%s: %d piece(s) of evidence left out (boxes need both sides >= 10 px and an aspect ratio <= 50 "
+                    "to be cropped; a box needs an image), e.g. %s", cfg.records, len(dropped),
+                    "; ".join(dropped[:3]))
+    if left_out is not None:
+        left_out.extend(dropped)
     return n
 
 

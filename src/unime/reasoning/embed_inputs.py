@@ -43,27 +43,32 @@ ON_INVALID = ("raw", "raise", "drop")
 
 
 def evidence_images(tcot, images: Sequence[Any], frames: Sequence[Any], *, min_side: int = 10,
-                    max_aspect: float = 50.0, on_invalid_frame: str = "skip", **where: Any) -> list[Any]:
+                    max_aspect: float = 50.0, on_invalid_frame: str = "skip", left_out: list | None = None,
+                    **where: Any) -> list[Any]:
     """Crops of `images[0]` for the T-CoT's boxes (kept if both sides >= min_side and aspect <= max_aspect),
     then the key frames (1-based) of `frames`. Evidence with nothing to point at (boxes on a text item,
     key frames outside the video) is left out — a rollout's mistakes must not stop the reward; with
     `on_invalid_frame="raise"` a key frame outside the video raises `DataError` naming `where` (source, record,
-    field)."""
+    field). `left_out`, when given, gets what was left out and why (`ExtractedEvidence.skipped`), for counting."""
     from unime.reasoning.evidence import extract_evidence
 
     ev = extract_evidence(tcot.evidence, image=images[0] if images else None, frames=list(frames) if frames else None,
                           min_side=min_side, max_aspect=max_aspect, on_invalid_frame=on_invalid_frame, **where)
+    if left_out is not None:
+        left_out.extend(ev.skipped)
     return ev.images
 
 
 def reasoning_segments(item_segments: Sequence[Segment], tcot_text: str | None, *, images: Sequence[Any] = (),
                        frames: Sequence[Any] = (), on_invalid: str = "raw", min_side: int = 10,
                        max_aspect: float = 50.0, summary_prompt: str = EMBED_SUMMARY_PROMPT,
-                       record: Any = None, source: str | None = None, field: str | None = None) -> list[Segment]:
+                       record: Any = None, source: str | None = None, field: str | None = None,
+                       left_out: list | None = None) -> list[Segment]:
     """The embedder's user turn for an item (`item_segments`, as `Embedder.segments` builds them) with
     its T-CoT (`None` = no reasoning). `images` / `frames` are the item's loaded images and video frames
     (the evidence is cut from them). `on_invalid="raise"` also refuses a key frame outside `frames`: a
-    `DataError` naming `source`, `record` and `field` (e.g. `query.key_frames[1]`)."""
+    `DataError` naming `source`, `record` and `field` (e.g. `query.key_frames[1]`). `left_out`: see
+    `evidence_images`."""
     from unime.reasoning.tcot import TCoTError, parse_tcot
 
     if on_invalid not in ON_INVALID:
@@ -86,7 +91,7 @@ def reasoning_segments(item_segments: Sequence[Segment], tcot_text: str | None, 
             frame_rule = "raise" if on_invalid == "raise" else "skip"
             segs.extend(Segment("image", im) for im in evidence_images(
                 tcot, images, frames, min_side=min_side, max_aspect=max_aspect, on_invalid_frame=frame_rule,
-                source=source, record=record, field=field))
+                left_out=left_out, source=source, record=record, field=field))
             if tail.strip():
                 segs.append(Segment("text", tail.strip()))
     segs.append(Segment("text", summary_prompt))
@@ -103,7 +108,7 @@ def _png(img) -> bytes:
 
 def reasoned_item(item: Item, tcot_text: str | None, loader, *, on_invalid: str = "raw", min_side: int = 10,
                   max_aspect: float = 50.0, summary_prompt: str = EMBED_SUMMARY_PROMPT, record: Any = None,
-                  source: str | None = None, field: str | None = None) -> Item:
+                  source: str | None = None, field: str | None = None, left_out: list | None = None) -> Item:
     """The reasoning-conditioned input as a plain `Item`: the item's text and images, then the T-CoT text,
     the evidence images as inline PNG bytes at `<|image_k|>` placeholders, and the summary prompt.
 
@@ -111,7 +116,7 @@ def reasoned_item(item: Item, tcot_text: str | None, loader, *, on_invalid: str 
     images in the same places), so the embedder trainer, `Embedder.encode`, the RL reward and the eval
     harness all see the same input without knowing about T-CoTs. `loader` (an `ImageLoader`) loads the
     item's images to cut the evidence from; a bad one is named by `source` (the file), `record` and `field` (the
-    item's field in the record, e.g. "query")."""
+    item's field in the record, e.g. "query"). `left_out`: see `evidence_images`."""
     at = f"{field}." if field else ""
     images = [loader.load(r, source=source, record=record, field=f"{at}images[{i}]") for i, r in enumerate(item.images)]
     frames = loader.load_video(item.video, source=source, record=record, field=f"{at}video") if item.video else []
@@ -120,7 +125,7 @@ def reasoned_item(item: Item, tcot_text: str | None, loader, *, on_invalid: str 
     base = item_segments(item.text, images, frames, record=record)
     segs = reasoning_segments(base, tcot_text, images=images, frames=frames, on_invalid=on_invalid,
                               min_side=min_side, max_aspect=max_aspect, summary_prompt=summary_prompt,
-                              record=record, source=source, field=field)
+                              record=record, source=source, field=field, left_out=left_out)
     text, refs = item.text, list(item.images)
     for s in segs[len(base):]:
         if s.kind == "text":

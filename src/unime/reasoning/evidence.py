@@ -4,7 +4,10 @@ The Embedder receives these as extra images right after `</thinking>`.
 
 - Boxes are normalised to 0–1000; `boxes_to_pixels` scales them to the image size (rounded half-up)
   and clamps them to the image. A crop is kept only if both sides are >= `min_side` px (10) and its
-  aspect ratio (long side / short side) is <= `max_aspect` (50).
+  aspect ratio (long side / short side) is <= `max_aspect` (50); a box left out is listed in `skipped` with its
+  size in pixels (`unime reason materialize` counts them). A box inverted or wholly outside the image is no region
+  at all: the commands reading a T-CoT file refuse it (`unime.reasoning.tcot.check_boxes`); here, where a rollout's
+  mistakes must not stop the reward, it is left out as a crop of no size.
 - Key frames are **1-based**: key frame 1 is `frames[0]`. The released code indexed frames with them
   directly (0-based), an off-by-one we do not copy. 0, negatives and numbers past the last frame
   raise `DataError`, or are skipped under `on_invalid="skip"`.
@@ -130,11 +133,12 @@ def extract_evidence(evidence: Evidence, *, image: Image.Image | None = None, fr
             out.skipped.append(f"{len(evidence.bboxes)} box(es) but no image")
         else:
             w, h = image.size
-            kept = crop_boxes(evidence.bboxes, w, h, min_side=min_side, max_aspect=max_aspect)
-            kept_idx = {i for i, _ in kept}
-            out.images.extend(image.crop(b) for _, b in kept)
-            out.skipped.extend(f"bbox_2d[{i}] too small or too elongated" for i in range(len(evidence.bboxes))
-                               if i not in kept_idx)
+            for i, b in enumerate(boxes_to_pixels(evidence.bboxes, w, h)):  # the boxes `crop_boxes` keeps, cropped
+                if keep_crop(b, min_side=min_side, max_aspect=max_aspect):
+                    out.images.append(image.crop(b))
+                else:
+                    out.skipped.append(f"bbox_2d[{i}] too small or too elongated to crop ({b[2] - b[0]}x{b[3] - b[1]} "
+                                       "px)")
     if evidence.key_frames:
         if frames is None:
             out.skipped.append(f"{len(evidence.key_frames)} key frame(s) but no video")

@@ -354,6 +354,33 @@ def read_tcot_rows(path: str | os.PathLike, *, on_error: str = "raise", skips=No
     return rows
 
 
+def tcot_row_label(row: TCoTRow) -> str:
+    """How errors name a row of a T-CoT file: its line, record id and side ("line 5 (id a, side query)"), or
+    "RECORD_ID/SIDE" for a row not read from a file."""
+    from unime.data.io import origin_of
+
+    line = origin_of(row)
+    return f"{line} (id {row.record_id}, side {row.side})" if line else f"{row.record_id}/{row.side}"
+
+
+def parse_tcot_row(row: TCoTRow, *, source: str | None):
+    """The T-CoT of a row of the T-CoT file `source`, checked as every command reading the file checks it (`reason
+    split`, `reason materialize`, the reasoner SFT): `parse_tcot`, then its boxes (`check_boxes`: none inverted or
+    wholly outside the image). A `TCoTError` names the file, the row (`tcot_row_label`) and the field."""
+    from unime.reasoning.tcot import check_boxes, parse_tcot
+
+    where = tcot_row_label(row)
+    tcot = parse_tcot(row.tcot, source=source, record=where)
+    check_boxes(tcot.evidence, source=source, record=where)
+    return tcot
+
+
+def check_tcot_rows(rows: Iterable[TCoTRow], *, source: str | None) -> None:
+    """`parse_tcot_row` of every row: the first bad T-CoT of the file stops the command before any work."""
+    for row in rows:
+        parse_tcot_row(row, source=source)
+
+
 def tcot_index(rows: Iterable[TCoTRow]) -> dict[tuple[str, str], TCoTRow]:
     """(record_id, side) → row; a duplicate key is an error."""
     from unime.errors import DataError

@@ -236,7 +236,7 @@ def parse_tcot(text: str, *, allow_outside_text: bool = True, unknown_keys: Lite
     `allow_outside_text=False`. A ```json fence around the JSON is tolerated. Prose around the JSON inside
     `<thinking>` is accepted: the evidence is the first balanced JSON object (`thinking_json` holds that object's
     text) and the prose stays in `text`, so the embedder and the judges still read it; a `<thinking>` with no
-    JSON object raises the JSON error.
+    JSON object raises the JSON error (one without any `{`: "no JSON evidence object").
     """
     if not isinstance(text, str):
         raise TCoTError(f"expected a string, got {type(text).__name__}", source=source, record=record)
@@ -266,6 +266,9 @@ def parse_tcot(text: str, *, allow_outside_text: bool = True, unknown_keys: Lite
         obj, thinking_json = json.loads(payload), stripped
     except json.JSONDecodeError as e:
         found = _first_json_object(payload)
+        if found is None and "{" not in payload:  # prose only: there is no JSON to be invalid
+            raise TCoTError("no JSON evidence object in <thinking> (expected {...} with bbox_2d, text_keywords or "
+                            "key_frames)", source=source, record=record, field="thinking") from None
         if found is None:
             raise TCoTError(f"invalid JSON in <thinking>: {e.msg} at line {e.lineno} column {e.colno} "
                             f"(char {offset + e.pos} of the text)", source=source, record=record,
@@ -275,6 +278,22 @@ def parse_tcot(text: str, *, allow_outside_text: bool = True, unknown_keys: Lite
     return TCoT(text=text, evidence=evidence, thinking_json=thinking_json, rethink=text[ends[2]:p[3]].strip(),
                 answer=text[ends[4]:p[5]].strip(), thinking_span=thinking_span, rethink_span=rethink_span,
                 answer_span=answer_span)
+
+
+def check_boxes(evidence: Evidence, *, source: str | None = None, record: str | int | None = None) -> None:
+    """Raise `TCoTError` (field `thinking.bbox_2d[i]`) for a box that marks no region of the image: inverted (x1 > x2
+    or y1 > y2) or wholly outside it (coordinates are normalised to 0–1000: x1 >= 1000, y1 >= 1000, x2 <= 0 or
+    y2 <= 0). Such a box is malformed evidence, refused by the commands reading a T-CoT file
+    (`unime.reasoning.reasoner.parse_tcot_row`). A box partly outside is clamped to the image; one too small or too
+    elongated to crop is left out by the crop rules and counted (`unime.reasoning.evidence`)."""
+    for i, (x1, y1, x2, y2) in enumerate(evidence.bboxes):
+        box, where = [x1, y1, x2, y2], f"thinking.bbox_2d[{i}]"
+        if x1 > x2 or y1 > y2:
+            raise TCoTError(f"box {box} is inverted ({'x1 > x2' if x1 > x2 else 'y1 > y2'}); expected "
+                            "[x1, y1, x2, y2] with x1 <= x2 and y1 <= y2", source=source, record=record, field=where)
+        if x1 >= COORD_MAX or y1 >= COORD_MAX or x2 <= 0 or y2 <= 0:
+            raise TCoTError(f"box {box} lies wholly outside the image (coordinates are normalised to 0-{COORD_MAX})",
+                            source=source, record=record, field=where)
 
 
 # ------------------------------------------------------------------------------------------------
