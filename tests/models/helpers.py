@@ -276,12 +276,14 @@ def write_pngs(folder: Path, n: int, rng) -> list[Path]:
 
 
 def check_a_resumed_run_reads_no_image_again(run, *, out: Path, whole: Path, images: list[Path], calls: list[int],
-                                             kill_after: list, reads: list[str], caplog, rng) -> None:
+                                             kill_after: list, reads: list[str], caplog, rng,
+                                             kept: tuple[str, ...] = ()) -> None:
     """A command that works in 3 chunks of 2 rows, one model call per chunk (`calls`: the rows of each call;
     `kill_after[0] = k` raises `Killed` at call k + 1) over `images`, its key's digests counted in `reads` (the
     `image_sha1_reads` fixture). `run(out, *args)` runs it; `whole` is what an uninterrupted run wrote. Killed after
     one chunk, the run leaves its chunk and its image digests in the work folder; the re-run reads no image, does the
-    2 chunks left and writes `whole`'s bytes, and the work folder goes. Killed again, then an image given other pixels:
+    2 chunks left and writes `whole`'s bytes, and the work folder goes (but for `kept`: the record of a finished run
+    of a command that tells one, `unime reason generate`). Killed again, then an image given other pixels:
     that image alone is read, and every chunk is done anew (the key changed)."""
     import logging
 
@@ -305,7 +307,8 @@ def check_a_resumed_run_reads_no_image_again(run, *, out: Path, whole: Path, ima
     assert reads == [] and sum(calls) == 4  # no image read for the key; the 2 chunks not done
     assert f"{out}: resuming: 1 of 3 chunks done before" in caplog.text
     assert out.read_bytes() == whole.read_bytes()
-    assert not work.exists()  # the chunks and the digests go when the output is written
+    # the chunks and the digests go when the output is written (the record of the finished run stays, if kept)
+    assert sorted(p.name for p in work.iterdir()) == sorted(kept) if kept else not work.exists()
 
     calls.clear()
     kill_after[0] = 1

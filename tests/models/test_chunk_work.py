@@ -79,3 +79,28 @@ def test_discarded_chunks_are_checked_and_a_bad_row_skipped_or_raised(tmp_path):
     same_key, _ = checked_work([1, 2, 3], lambda rows: _work(out, rows), line_of=lambda r: r,
                                unchecked=done_lines(out), check=checked.append)
     assert checked == [] and same_key.rows_todo() == [2]  # the chunks reused: nothing of them checked
+
+
+def test_a_finished_run_is_recorded_for_its_key_and_its_output_as_written(tmp_path):
+    """`finish(done_key=...)`: the chunks go, the key file stays with the record of the finished run; `finished_output`
+    is true for the same command, key and output bytes only; a new key's work drops the record."""
+    from unime.models.chunk_work import finished_output
+
+    out = tmp_path / "out.jsonl"
+    work = ChunkWork(out, "test", {"k": 1}, rows=3, per_chunk=2)
+    work.open()
+    work.save(0, np.zeros(2))
+    work.save(1, np.zeros(1))
+    assert not finished_output(out, "test", {"done": 1})  # nothing written yet
+    out.write_text("rows\n")
+    work.finish(done_key={"done": 1})
+    assert sorted(p.name for p in work_folder(out).iterdir()) == [KEY_FILE]
+    assert finished_output(out, "test", {"done": 1})
+    assert not finished_output(out, "other", {"done": 1}) and not finished_output(out, "test", {"done": 2})
+    out.write_text("rows edited\n")
+    assert not finished_output(out, "test", {"done": 1})
+    out.write_text("rows\n")
+    assert finished_output(out, "test", {"done": 1})
+    ChunkWork(out, "test", {"k": 2}, rows=3, per_chunk=2).open()  # another run's work starts: the record goes
+    assert "finished" not in json.loads((work_folder(out) / KEY_FILE).read_text())
+    assert not finished_output(out, "test", {"done": 1})

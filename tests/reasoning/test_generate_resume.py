@@ -65,7 +65,9 @@ def test_a_killed_generate_run_resumes_from_its_finished_chunks_and_writes_the_u
     assert generated == [2]  # the last chunk only
     assert f"{out}: resuming: 2 of 3 chunks done before" in caplog.text
     assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
-    assert not (tmp_path / ".t.jsonl.unime-work").exists()
+    # the chunks went with the output written; the record of the finished run (and its image digests) stays
+    assert sorted(p.name for p in (tmp_path / ".t.jsonl.unime-work").iterdir()) == ["image_digests.tsv",
+                                                                                    "unime-work.json"]
 
     generated.clear()  # other options (longer T-CoTs): the chunks of a killed run are not reused
     kill_after[0] = 1
@@ -172,4 +174,62 @@ def test_a_resumed_generate_run_reads_no_image_again_for_its_key_and_a_changed_i
 
     check_a_resumed_run_reads_no_image_again(run, out=tmp_path / "t.jsonl", whole=tmp_path / "whole.jsonl",
                                              images=images, calls=generated, kill_after=kill_after,
-                                             reads=image_sha1_reads, caplog=caplog, rng=rng)
+                                             reads=image_sha1_reads, caplog=caplog, rng=rng,
+                                             kept=("image_digests.tsv", "unime-work.json"))
+
+
+def test_a_finished_generate_run_rerun_with_the_same_options_does_nothing(tiny_world_dir, tiny_model_dir, tmp_path,
+                                                                          monkeypatch, caplog):
+    """QA: a finished `reason generate` run again (same options, same inputs) generated every T-CoT again; README's
+    resume rule says a finished run says so and does nothing. It does now, before the model loads and without
+    reading an image again; another option (longer T-CoTs), --overwrite or an output changed since generate again."""
+    from unime.reasoning import reasoner as reasoner_mod
+
+    monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
+    generated, _, _ = _watched_generation(monkeypatch)
+    argv = [*_generate_argv(tiny_world_dir, tiny_model_dir, tmp_path), "--out", str(tmp_path / "t.jsonl")]
+    assert main(argv) == 0 and generated == [2, 2, 2]
+    written = (tmp_path / "t.jsonl").read_bytes()
+    loads = []
+    real_load = reasoner_mod.Reasoner.from_pretrained
+    monkeypatch.setattr(reasoner_mod.Reasoner, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(a) or real_load(*a, **k)))
+    generated.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert main(argv) == 0
+    assert generated == [] and loads == [] and (tmp_path / "t.jsonl").read_bytes() == written
+    assert f"{tmp_path / 't.jsonl'}: this reason generate run finished earlier (same options and inputs); nothing " \
+           "to do" in caplog.text
+    assert main([*argv, "--overwrite"]) == 0 and generated == [2, 2, 2]  # asked to generate again
+    generated.clear()
+    assert main([*argv[:-3], "4", *argv[-2:]]) == 0 and generated == [2, 2, 2]  # --max-new-tokens 4: other T-CoTs
+    generated.clear()
+    assert main([*argv[:-3], "4", *argv[-2:]]) == 0 and generated == []  # that run finished too
+    with open(tmp_path / "t.jsonl", "a", encoding="utf-8") as fh:  # the output changed since: generated again
+        fh.write("\n")
+    assert main([*argv[:-3], "4", *argv[-2:], "--overwrite"]) == 0 and generated == [2, 2, 2]
+
+
+def test_a_missing_image_is_named_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """QA: a missing image gave a bare `.../nope.png: No such file or directory` after the model loaded; `reason
+    split`, `materialize` and GRPO name the records file, line, id and field before loading. generate does too. A
+    side not written (--sides) is not checked."""
+    from PIL import Image
+
+    from unime.data.items import Item, Record
+    from unime.reasoning import reasoner as reasoner_mod
+
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / "a.png")
+    write_records([Record(query=Item(text="<|image_1|>\nwhat?", images=("a.png",)), positive=Item(text="red"), id="a"),
+                   Record(query=Item(text="find it"), positive=Item(text="<|image_1|>\nthis", images=("nope.png",)),
+                          id="b")], tmp_path / "r.jsonl")
+    monkeypatch.setattr(reasoner_mod.Reasoner, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: pytest.fail("the model loaded before the image check")))
+    argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"), "--out",
+            str(tmp_path / "t.jsonl"), "--max-new-tokens", "3"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (f"unime: error: {tmp_path / 'r.jsonl'}, record line 2 (id b), field "
+                                               "'positive.images[0]': image file not found: 'nope.png'")
+    with pytest.raises(pytest.fail.Exception, match="the model loaded before the image check"):
+        main([*argv, "--sides", "query"])  # the positive is not read: past the check

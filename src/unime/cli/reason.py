@@ -66,7 +66,7 @@ def _teacher(args) -> int:
 def _generate(args) -> int:
     from unime.reasoning.reasoner import generate_tcots
 
-    n, ok = generate_tcots(_cfg(args))
+    n, ok = generate_tcots(_cfg(args), overwrite=bool(getattr(args, "overwrite", False)))
     print(f"{args.out}: {n} T-CoTs ({ok} in the T-CoT format)")
     return 0
 

@@ -19,7 +19,8 @@ The key is a digest (`unime.outdir.options_hash`) of what the results depend on 
 by its fingerprint, the options that change the numbers, the chunk size — chosen by the command. A re-run whose key
 differs discards the chunks found (unime's own files only) and starts over. The folder is unime's when it holds the
 key file (or nothing at all): a folder of that name without it is not touched, the command refuses it. When the
-output is written the command calls `finish`: unime's files go, and the folder when they leave it empty.
+output is written the command calls `finish`: unime's files go, and the folder when they leave it empty; a command
+that tells a finished run (`unime reason generate`) keeps the key file there, recording it (`finished_output`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,18 @@ def _read_key(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def finished_output(out: str | Path, command: str, done_key: dict[str, Any]) -> bool:
+    """Whether an earlier run of `command` with `done_key` wrote `out` and the file is unchanged since (the record
+    `ChunkWork.finish(done_key=...)` keeps): a re-run of it has nothing to do."""
+    from unime.data.image_digests import file_sha1
+
+    recorded = _read_key(work_folder(out))
+    done = recorded.get("finished") if recorded is not None and recorded.get("command") == command else None
+    if not isinstance(done, dict) or done.get("key") != options_hash(done_key) or not Path(out).is_file():
+        return False
+    return done.get("output_sha1") == file_sha1(out)
 
 
 def line_runs(lines: Sequence[int]) -> list[list[int]]:
@@ -258,8 +271,24 @@ class ChunkWork:
         """Every chunk's values, in order (all done)."""
         return np.concatenate([self.load(i) for i in range(self.n_chunks)])
 
-    def finish(self) -> None:
-        """The output is written: remove unime's files of the folder, then the folder when that leaves it empty."""
+    def finish(self, *, done_key: dict[str, Any] | None = None) -> None:
+        """The output is written: remove unime's files of the folder, then the folder when that leaves it empty.
+        With `done_key` (what the output depends on, as `finished_output` is asked before the work), the key file
+        stays, recording the finished run (`done_key`'s digest and the output's SHA-1), with the image digests:
+        a re-run of the same job finds its output finished without reading an unchanged image again."""
+        if done_key is not None:
+            from unime.data.image_digests import file_sha1
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for p in self._own_files():
+                if p.name not in (KEY_FILE, DIGESTS_FILE):
+                    p.unlink(missing_ok=True)
+            record = {"command": self.command, "output": self.out.name, "key": self.key, "chunks": self.n_chunks,
+                      "finished": {"key": options_hash(done_key), "output_sha1": file_sha1(self.out)}}
+            with atomic_open(self.folder / KEY_FILE) as fh:
+                json.dump(record, fh, indent=1)
+            self._save_digests()
+            return
         if not self.folder.is_dir():
             return
         for p in self._own_files():

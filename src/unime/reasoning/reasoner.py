@@ -21,6 +21,7 @@ of SPEC §2.2 and concise reasoning.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -37,6 +38,8 @@ from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_l
 from unime.models.loading import DeviceOptions, dtype_option
 from unime.options import option
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
+
+log = logging.getLogger(__name__)
 
 # T-CoTs per chunk of `unime reason generate`, the unit of resumption: each chunk's T-CoTs are kept in the work folder
 # beside the output (`unime.models.chunk_work`) until it is written, so a killed run loses at most one chunk's
@@ -420,26 +423,50 @@ class GenerateConfig(DeviceOptions, ImageOptions, VideoOptions):
     dtype: str = dtype_option()
 
 
-def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
+def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int, int]:
     """`unime reason generate`: the checkpoint's T-CoTs for the chosen sides of every record, written to
     `cfg.out`, the records' data root recorded beside it (`unime.data.roots.record_data_root`: the rows keep
-    the records' image paths). Returns (T-CoTs written, how many of them are in the T-CoT format)."""
+    the records' image paths). Returns (T-CoTs written, how many of them are in the T-CoT format).
+
+    Before the model loads: a run that finished earlier with the same options and inputs (its work folder's record,
+    `unime.models.chunk_work.finished_output`; the output unchanged since) does nothing and says so, unless
+    `overwrite` (then it generates again); otherwise the images of the sides to write are opened, a bad one named
+    by the records file's line, record id and field (`ImageChecker`, as `reason split` and `materialize` check)."""
     from tqdm.auto import tqdm
 
-    from unime.data.io import read_records
+    from unime.data.io import ImageChecker, origin_of, read_records
     from unime.data.roots import record_data_root, resolve_data_root
+    from unime.errors import DataError
+    from unime.models.chunk_work import finished_output
+    from unime.models.loading import checkpoint_image_loader
     from unime.reasoning.tcot import format_ok
 
     records = read_records(cfg.records)
     sides = [s.strip() for s in cfg.sides.split(",") if s.strip()]
     data_root = resolve_data_root(cfg.records, cfg.data_root)
-    reasoner = Reasoner.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
-                                        image_budget=ImageBudget.from_args(cfg), batch_size=cfg.batch_size,
-                                        video_sampling=VideoSampling.from_fields(cfg),
-                                        max_new_tokens=cfg.max_new_tokens, attn_implementation=cfg.attn_implementation)
+    sampling = VideoSampling.from_fields(cfg)
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
             for i, rec in enumerate(records) for side in sides]
-    digests = work_digests(cfg.out)  # a re-run of a killed run reads no image again for its key
+    digests = work_digests(cfg.out)  # a re-run of a killed (or finished) run reads no image again for its key
+    loader = checkpoint_image_loader(cfg.model, ImageBudget.from_args(cfg), data_root, video=sampling)
+    try:  # what the output depends on, known before the model loads (its generation settings: by its files)
+        done_key = generate_work_key(cfg, jobs, loader, digests=digests)
+    except (OSError, DataError):  # a missing image: the check below names it
+        done_key = None
+    if done_key is not None and not overwrite and finished_output(cfg.out, "reason generate", done_key):
+        log.info("%s: this reason generate run finished earlier (same options and inputs); nothing to do (--overwrite "
+                 "generates again)", cfg.out)
+        rows = read_tcot_rows(cfg.out)
+        return len(rows), sum(format_ok(r.tcot) for r in rows)
+    checker = ImageChecker(loader)
+    for i, rec in enumerate(records):
+        for side in sides:
+            field = "query" if side == "query" else "positive"
+            checker.check_item(field, getattr(rec, field), source=cfg.records, record=origin_of(rec) or rec.id or i)
+    reasoner = Reasoner.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
+                                        image_budget=ImageBudget.from_args(cfg), batch_size=cfg.batch_size,
+                                        video_sampling=sampling,
+                                        max_new_tokens=cfg.max_new_tokens, attn_implementation=cfg.attn_implementation)
     key = generate_work_key(cfg, jobs, reasoner.image_loader, digests=digests,
                             ignored_decoding=ignored_checkpoint_decoding(reasoner.model.generation_config))
     work = ChunkWork(cfg.out, "reason generate", key, rows=len(jobs), per_chunk=tcots_per_chunk(cfg), digests=digests)
@@ -460,7 +487,7 @@ def generate_tcots(cfg: GenerateConfig) -> tuple[int, int]:
                     video_sampling=numbering_of(item, sampling))
             for (rid, side, item), text in zip(jobs, work.load_all())]
     n = write_tcot_rows(rows, cfg.out)
-    work.finish()  # the output written: its chunks go
+    work.finish(done_key=done_key)  # the output written: its chunks go, the record of the finished run stays
     record_data_root(os.path.dirname(os.path.abspath(cfg.out)), data_root, written=[cfg.out])
     return n, sum(format_ok(r.tcot) for r in rows)
 
