@@ -232,3 +232,36 @@ def test_a_plain_checkpoint_is_copied_as_before_without_a_merge_report(tiny_mode
     assert {p.name for p in out.iterdir()} == {p.name for p in plain.iterdir()} | {".unime-output.json",
                                                                                    ".unime.lock"}
     assert "rounding" not in caplog.text and "merged" not in caplog.text
+
+
+def test_add_emb_says_what_it_set_instead_of_transformers_mean_resizing_warning(tiny_model_dir, tmp_path, caplog):
+    """QA: add-emb showed transformers' "The new embeddings / lm_head weights will be initialized from a multivariate
+    normal distribution ..." although unime then sets the `<emb>` row to the mean. That warning is left out (only
+    that one), and unime's own log line says what was set."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from unime.models.loading import load_model
+    from unime.models.embedder import add_emb_token
+
+    seen = []
+
+    class Seen(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    hf_logger, handler = logging.getLogger("transformers.modeling_utils"), Seen()
+    hf_logger.addHandler(handler)
+    hf_logging.warning_once.cache_clear()  # said once per process: an earlier test's resize must not hide it
+    loaded = load_model(tiny_model_dir("qwen2_vl"), device="cpu")
+    try:
+        with caplog.at_level(logging.INFO, logger="unime"):
+            emb_id = add_emb_token(loaded.model, loaded.processor)
+        hf_logger.warning("another transformers warning")  # passes: only the mean-resizing one is left out
+    finally:
+        hf_logger.removeHandler(handler)
+    assert not any("multivariate normal" in m for m in seen) and "another transformers warning" in seen
+    n = len(loaded.processor.tokenizer) - 1
+    assert (f"<emb> added (token id {emb_id}, a new row): its row of the input embeddings and of the output head set "
+            f"to the mean of the other {n} tokens' rows") in caplog.text
