@@ -687,16 +687,10 @@ def _reference_dtype_given(gcfg):
     """TRL's GRPOTrainer built with `gcfg`: its `model_init_kwargs` (set by `_train_grpo` only for the reference
     policy's dtype) are used for the reference policy it loads, but it warns, as it is handed a model instance, that
     they "will be ignored"; that warning is left out."""
-    class NotIgnored(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "model_init_kwargs" not in record.getMessage()
+    from unime.models.loading import without_log_message
 
-    trl_log, note = logging.getLogger("trl.trainer.grpo_trainer"), NotIgnored()
-    trl_log.addFilter(note)
-    try:
+    with without_log_message("trl.trainer.grpo_trainer", "model_init_kwargs"):
         yield
-    finally:
-        trl_log.removeFilter(note)
 
 
 def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData) -> dict:

@@ -11,7 +11,6 @@ token placed as the assistant's answer (Embed-RL / LamRA variant).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from typing import Any, Iterable, Sequence
@@ -24,7 +23,7 @@ from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.image_budget import adapter_image_loader
 from unime.models.item_format import DEFAULT_ITEM_FORMAT, check_item_format, resolve_item_format
-from unime.models.loading import LoadedModel, grow_embeddings, load_model
+from unime.models.loading import LoadedModel, grow_embeddings, load_model, without_log_message
 from unime.models.prompts import EMB_TOKEN
 
 log = logging.getLogger(__name__)
@@ -311,7 +310,9 @@ def add_emb_token(model, processor) -> int:
     if EMB_TOKEN in tok.get_vocab():
         return tok.convert_tokens_to_ids(EMB_TOKEN)
     tok.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]}, replace_extra_special_tokens=False)
-    with _without_mean_resizing_warning():  # the row it describes is set below, to the mean
+    # transformers' warning that the rows a resize adds are "initialized from a multivariate normal distribution"
+    # (input embeddings and output head): of the `<emb>` row it is not true, it is set below, to the mean
+    with without_log_message("transformers.modeling_utils", "initialized from a multivariate normal distribution"):
         grew = grow_embeddings(model, tok)
     emb_id = tok.convert_tokens_to_ids(EMB_TOKEN)
     others = sorted(i for t, i in tok.get_vocab().items() if t != EMB_TOKEN)
@@ -323,29 +324,6 @@ def add_emb_token(model, processor) -> int:
              "rows", EMB_TOKEN, emb_id, "a new row" if grew else "an unused row of the padded matrix",
              " and of the output head" if len(modules) == 2 else "", len(others))
     return emb_id
-
-
-# transformers' words for the rows a resize adds ("... initialized from a multivariate normal distribution ..."): of
-# the `<emb>` row they are not true, `add_emb_token` sets it to the mean
-_MEAN_RESIZING_WARNING = "initialized from a multivariate normal distribution"
-
-
-@contextlib.contextmanager
-def _without_mean_resizing_warning():
-    """transformers' warning about mean resizing (input embeddings and output head) left out for the block; its other
-    messages pass."""
-    import logging
-
-    class Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return _MEAN_RESIZING_WARNING not in record.getMessage()
-
-    logger, drop = logging.getLogger("transformers.modeling_utils"), Drop()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
 
 
 def set_row_to_mean(weight, row: int, rows: Sequence[int], *, chunk: int = 8192) -> None:

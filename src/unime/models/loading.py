@@ -232,6 +232,23 @@ def _naming_the_attention(name: str | None, model: str | os.PathLike):
                          f"({text[:240]})") from None
 
 
+@contextlib.contextmanager
+def without_log_message(logger: str, text: str):
+    """The block without the records of the logger named `logger` whose message contains `text`: a library's warning
+    that is not true, or moot, as unime uses it. The logger's other records pass."""
+
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return text not in record.getMessage()
+
+    target, drop = logging.getLogger(logger), Drop()
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)
+
+
 def grow_embeddings(model, tokenizer) -> bool:
     """Give `model` an embedding row for every token of `tokenizer`: `resize_token_embeddings(len(tokenizer))` (new
     rows by transformers' `mean_resizing`) when the matrix has fewer rows, and nothing otherwise — never shrunk: a
