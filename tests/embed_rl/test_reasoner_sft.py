@@ -500,8 +500,8 @@ def test_train_reasoner_refuses_a_bad_tcot_before_the_model_loads(tiny_model_dir
                              render_tcot({"bbox_2d": [[900, 100, 100, 900]]}, "Red.", "red"))], tmp_path / "t.jsonl")
     loads = []
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: loads.append(a) or pytest.fail("model loaded"))
-    with pytest.raises(TCoTError, match=r"t\.jsonl, record line 2 \(id r1, side target\), field 'thinking\.bbox_2d\[0\]'"
-                                        r": box \[900, 100, 100, 900\] is inverted"):
+    with pytest.raises(TCoTError, match=r"t\.jsonl, record line 2 \(id r1, side target\), field "
+                                        r"'thinking\.bbox_2d\[0\]': box \[900, 100, 100, 900\] is inverted"):
         train_reasoner_sft(ReasonerSFTConfig(model=tiny_model_dir("qwen2_vl"), data=str(tmp_path / "t.jsonl"),
                                              out=str(tmp_path / "o"), max_steps=1, lora_r=4, device="cpu"))
     assert loads == []
