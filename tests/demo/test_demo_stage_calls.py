@@ -83,7 +83,7 @@ def test_each_demo_stage_call_is_the_call_of_the_command_it_lists(preset, tmp_pa
     request.getfixturevalue("recorded_stage_functions")
     # the demo's models are not built here: the commands would refuse their missing folders before the call
     for module in ("unime.models.loading", "unime.train.embedder_config"):
-        monkeypatch.setattr(f"{module}.refuse_local_path_typo", lambda *a, **k: None)
+        monkeypatch.setattr(f"{module}.refuse_missing_local_model", lambda *a, **k: None)
     assert {c for c, _ in calls} == {"data synth", "eval reference", "train judge", "train embedder", "mine",
                                      "train reranker", "eval", "reason add-emb", "reason teacher",
                                      "reason split", "reason materialize", "train reasoner", "reason eval"}

@@ -291,7 +291,7 @@ def test_a_mistyped_local_model_path_fails_at_once(tmp_path, monkeypatch):
     (tmp_path / "emb" / "zzz").mkdir()
     monkeypatch.chdir(tmp_path)
     calls = _no_hub_calls(monkeypatch)
-    expected = (r"^model 'emb/mergd': no such local folder \(the folder 'emb' exists; nearest there: 'merged'\); "
+    expected = (r"^model 'emb/mergd': no such folder \(the folder 'emb' exists; nearest there: 'merged'\); "
                 r"not looked up on the Hugging Face hub")
     with pytest.raises(ModelError, match=expected):
         Embedder.from_pretrained("emb/mergd", device="cpu")
@@ -299,18 +299,46 @@ def test_a_mistyped_local_model_path_fails_at_once(tmp_path, monkeypatch):
         checkpoint_vocabulary("emb/mergd")
     with pytest.raises(ModelError, match=expected):
         JudgeScorer.from_pretrained("emb/mergd", load_weights=False)  # asked whether it is a hub adapter first
-    with pytest.raises(ModelError, match=r"^model 'emb/a/b': no such local folder \(the folder 'emb' exists\)"):
+    with pytest.raises(ModelError, match=r"^model 'emb/a/b': no such folder \(the folder 'emb' exists\)$"):
         load_model("emb/a/b", device="cpu")
     assert calls == []
 
 
 def test_a_hub_id_whose_owner_is_no_local_folder_is_still_asked_of_the_hub(tmp_path, monkeypatch):
-    from unime.models.loading import refuse_local_path_typo
+    from unime.models.loading import refuse_missing_local_model
 
     (tmp_path / "emb").mkdir()
     monkeypatch.chdir(tmp_path)
-    refuse_local_path_typo("Qwen/Qwen2-VL-2B-Instruct")  # no local folder 'Qwen': may be a hub id
-    refuse_local_path_typo("emb")  # exists
+    refuse_missing_local_model("Qwen/Qwen2-VL-2B-Instruct", only_mistyped=True)  # no local 'Qwen': may be a hub id
+    refuse_missing_local_model("emb", only_mistyped=True)  # exists
+
+
+def test_a_missing_absolute_model_path_says_no_such_folder_and_where_it_stops(tmp_path, monkeypatch):
+    """An absolute missing path (/data/ckpt) said "... not looked up on the Hugging Face hub, as its first part is a
+    local folder" (its first part being '/'); the load and the command options' check (--rerank) now say the one
+    thing: no such folder, and the deepest folder of it that exists with its nearest entries."""
+    from unime.errors import ModelError
+    from unime.models.loading import load_model, refuse_missing_local_model
+
+    (tmp_path / "runs" / "ckpt-100").mkdir(parents=True)
+    calls = _no_hub_calls(monkeypatch)
+    missing = tmp_path / "runs" / "ckpt-10"
+    expected = f"model {str(missing)!r}: no such folder (the folder {str(tmp_path / 'runs')!r} exists; nearest " \
+               "there: 'ckpt-100')"
+    with pytest.raises(ModelError) as refused:
+        load_model(missing, device="cpu")
+    assert str(refused.value) == expected
+    with pytest.raises(ModelError) as refused:
+        refuse_missing_local_model(missing, "--rerank")
+    assert str(refused.value) == expected.replace("model ", "--rerank ", 1)
+    # a hub-like path whose first part is a local folder still says why the hub was not asked
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError) as refused:
+        refuse_missing_local_model("runs/ckpt-1")
+    assert str(refused.value) == ("model 'runs/ckpt-1': no such folder (the folder 'runs' exists; nearest there: "
+                                  "'ckpt-100'); not looked up on the Hugging Face hub, as its first part is a local "
+                                  "folder")
+    assert calls == []
 
 
 def test_an_offline_hub_miss_says_hf_hub_offline(tmp_path, monkeypatch):
@@ -335,6 +363,6 @@ def test_a_training_run_on_a_mistyped_local_model_path_fails_at_once(tmp_path, m
     calls = _no_hub_calls(monkeypatch)
     config = EmbedderTrainingConfig(model="emb/mergd", records="r.jsonl", out="out", device="cpu", loss="infonce",
                                     hard_negatives=0)
-    with pytest.raises(ModelError, match=r"^model 'emb/mergd': no such local folder \(the folder 'emb' exists"):
+    with pytest.raises(ModelError, match=r"^model 'emb/mergd': no such folder \(the folder 'emb' exists"):
         train_embedder(config)
     assert not (tmp_path / "out").exists() and calls == []

@@ -305,24 +305,30 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
-def refuse_missing_local_model(path: str | os.PathLike, option: str) -> None:
+def refuse_missing_local_model(path: str | os.PathLike, option: str = "model", *, only_mistyped: bool = False) -> None:
     """Refuse, before any work, a model path that names a local folder which is missing or holds no model: one
     that exists (a folder with neither config.json nor adapter_config.json, itself or in a trainer's merged/ or
     adapter/), or one that cannot be a hub id (more than one '/', a leading '.', '/' or '~') or whose first part is
-    a local folder. Anything else may be a hub id (`org/name`, `name`): left to the load, which fetches it."""
+    a local folder (`emb/mergd` where `emb/` exists: a mistyped local path, not a hub id — the hub's retries made
+    it wait ~2.5 minutes offline before its error, QA). Anything else may be a hub id (`org/name`, `name`): left to
+    the load, which fetches it. `only_mistyped` (the loads themselves): only a missing path whose first part is a
+    local folder (an absolute one too) is refused; the rest is left to the load. One message family: `OPTION
+    'PATH': no such folder`, with where the path stops existing (`_nearest_existing`)."""
     from unime.errors import ModelError
 
     p = Path(path)
     if p.exists():
         folder = Path(trained_model_folder(p))
-        if p.is_dir() and not ((folder / "config.json").is_file() or is_peft_adapter(folder)):
+        if not only_mistyped and p.is_dir() and not ((folder / "config.json").is_file() or is_peft_adapter(folder)):
             raise ModelError(f"{option} {str(path)!r}: the folder holds no model (no config.json or "
                              "adapter_config.json, itself or in merged/ or adapter/)")
         return
     text = str(path)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise ModelError(f"{option} {text!r}: no such folder{_nearest_existing(p)}")
-    refuse_local_path_typo(path, option)
+    local = text.startswith((".", "/", "~")) or text.count("/") > 1  # no hub id
+    typo = len(p.parts) > 1 and Path(p.parts[0]).is_dir()  # its first part is a local folder
+    if typo or (local and not only_mistyped):
+        hub = "" if local else "; not looked up on the Hugging Face hub, as its first part is a local folder"
+        raise ModelError(f"{option} {text!r}: no such folder{_nearest_existing(p)}{hub}")
 
 
 def _nearest_existing(path: Path) -> str:
@@ -338,18 +344,6 @@ def _nearest_existing(path: Path) -> str:
     near = difflib.get_close_matches(missing.name, names, n=3, cutoff=0.5)
     found = f"; nearest there: {', '.join(map(repr, near))}" if near else ""
     return f" (the folder {str(parent)!r} exists{found})"
-
-
-def refuse_local_path_typo(path: str | os.PathLike, option: str = "model") -> None:
-    """Refuse at once a missing `owner/name` path whose first part is a local folder (`emb/mergd` where `emb/`
-    exists): a mistyped local path, not a hub id — the hub's retries made it wait ~2.5 minutes offline before its
-    error (QA). A path that exists, or whose first part is no local folder (a hub id), is left to the load."""
-    from unime.errors import ModelError
-
-    p = Path(path)
-    if not p.exists() and len(p.parts) > 1 and Path(p.parts[0]).is_dir():
-        raise ModelError(f"{option} {str(path)!r}: no such local folder{_nearest_existing(p)}; not looked up on "
-                         "the Hugging Face hub, as its first part is a local folder")
 
 
 def is_peft_adapter(path: str | os.PathLike) -> bool:
@@ -388,7 +382,7 @@ def hub_adapter_config(model: str | os.PathLike) -> dict[str, Any] | None:
     local path, a model that is no adapter, or a hub that cannot be reached (the load then says what is missing)."""
     if Path(model).exists():
         return None
-    refuse_local_path_typo(model)  # not asked of the hub
+    refuse_missing_local_model(model, only_mistyped=True)  # not asked of the hub
     found = _hub_adapter_config_file(str(model))
     return json.loads(Path(found).read_text()) if found else None
 
@@ -514,9 +508,9 @@ def _checkpoint_paths(path: str | os.PathLike, adapter_path: str | None = None) 
     """What `load_model` reads for `path` (and `adapter_path`): (the model folder `trained_model_folder`, the full
     model's path, the PEFT adapter as given or None, the adapter's folder or None, the processor's folder — the
     adapter's when it holds a tokenizer, else the full model's)."""
-    refuse_local_path_typo(path)
+    refuse_missing_local_model(path, only_mistyped=True)
     if adapter_path is not None:
-        refuse_local_path_typo(adapter_path, "adapter_path")
+        refuse_missing_local_model(adapter_path, "adapter_path", only_mistyped=True)
     path = trained_model_folder(path)
     base_path, peft_path = path, adapter_path
     if adapter_path is None and (adapter_path := adapter_folder(path)) is not None:  # `path` is an adapter

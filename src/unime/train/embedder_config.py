@@ -15,7 +15,7 @@ from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions, deepspeed_setting, gradient_checkpointing_option
 from unime.models.image_budget import ImageOptions
 from unime.models.item_format import ItemFormatOptions
-from unime.models.loading import DeviceOptions, dtype_choices, dtype_option, refuse_local_path_typo
+from unime.models.loading import DeviceOptions, dtype_choices, dtype_option, refuse_missing_local_model
 from unime.models.lora import (EMBEDDER_LORA_OPTIONS, LoraSettings, refuse_full_fine_tuning_of_adapter,
                                refuse_lora_vision_without_vision_targets)
 from unime.options import lr_scheduler_option, on_error_option, option
@@ -135,7 +135,7 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
             raise UnimeError(f"on_error must be raise or skip, got {self.on_error!r}")
         if self.records is None:
             raise UnimeError("no training records given")
-        refuse_local_path_typo(self.model)  # before the run records anything in its folder
+        refuse_missing_local_model(self.model, only_mistyped=True)  # before the run records anything
         if self.full:
             refuse_full_fine_tuning_of_adapter(self.model)
         else:
