@@ -235,7 +235,7 @@ def test_a_run_is_not_continued_or_finished_on_other_record_content(tmp_path):
     ckpt = _complete_checkpoint(out / "checkpoints" / "checkpoint-5", 5)
     assert _plan(out, config=cfg).checkpoint == ckpt  # the same content: continued
     recs.write_text('{"id": 2}\n')
-    with pytest.raises(ChangedOptions, match=rf"other input content: --records {recs} changed since .*--overwrite"):
+    with pytest.raises(ChangedOptions, match=rf"other input content: records {recs} changed since .*overwrite=True"):
         _plan(out, config=cfg)
     for name in ("metrics.json", "README.md"):  # finished: not finished on other content either
         (out / name).write_text("{}")
@@ -253,6 +253,45 @@ def test_a_run_is_not_continued_or_finished_on_other_record_content(tmp_path):
     (out / "metrics.json").unlink()
     ckpt = _complete_checkpoint(out / "checkpoints" / "checkpoint-5", 5)
     assert _plan(out, config=cfg).checkpoint == ckpt and (out / INPUTS_FILE).is_file()  # and now recorded
+
+
+def test_the_refusals_of_changed_records_and_of_unknown_options_name_fields_from_python_flags_on_the_cli(tmp_path):
+    """From Python, a re-run on other records content and a folder holding a run without its train_config.json named
+    the command line's --records, --overwrite, --out; they name the fields given (records, overwrite=True, out), and
+    the command line keeps its wording."""
+    from dataclasses import asdict
+
+    from unime.cli.failures import describe
+    from unime.models import run_state
+    from unime.train.reranker_trainer import RerankerTrainConfig
+
+    recs, out = tmp_path / "r.jsonl", tmp_path / "run"
+    recs.write_text('{"id": 1}\n')
+    cfg = RerankerTrainConfig(model="m", records=str(recs), out=str(out))
+
+    def plan():
+        return run_state.plan_run(out, asdict(cfg), free=(), overwrite=False, finished_file="done.json", config=cfg)
+
+    run_state.write_config(out, asdict(cfg))
+    plan()
+    recs.write_text('{"id": 2}\n')
+    with pytest.raises(ChangedOptions) as refused:
+        plan()
+    said = f"{out} holds a run trained on other input content: %s {recs} changed since that run began; pass %s to " \
+           "start over, or choose another %s"
+    assert str(refused.value) == said % ("records", "overwrite=True", "out")
+    assert describe(refused.value, "train reranker") == said % ("--records", "--overwrite", "--out")
+    (out / run_state.CONFIG_FILE).unlink()  # a run whose options are unknown
+    (out / "done.json").write_text("{}")
+    with pytest.raises(ChangedOptions) as refused:
+        plan()
+    said = f"{out} holds checkpoints or outputs of a run whose options are unknown (no train_config.json); pass %s " \
+           "to start over, or choose another %s"
+    assert str(refused.value) == said % ("overwrite=True", "out")
+    assert describe(refused.value, "train reranker") == said % ("--overwrite", "--out")
+    with pytest.raises(ChangedOptions) as refused:  # without a config (a caller that has none): the flags
+        run_state.plan_run(out, asdict(cfg), free=(), overwrite=False, finished_file="done.json")
+    assert str(refused.value) == said % ("--overwrite", "--out")
 
 
 def test_every_trainer_declares_its_records_as_input_files():
@@ -441,6 +480,7 @@ def test_global_batch_run_on_another_number_of_processes(tiny_model_dir, mined_w
     finished run is finished on any count; an interrupted --homogeneous-batches run (batches cut at the per-device
     size, so the data order follows it) is refused on another count, the message saying why and with how many
     processes to resume it (it named `batch_size: 4 -> 2`, an option the user never set)."""
+    from unime.cli.failures import describe
     from unime.data.io import read_records
     from unime.train.embedder_trainer import train_embedder
 
@@ -456,10 +496,15 @@ def test_global_batch_run_on_another_number_of_processes(tiny_model_dir, mined_w
     again = train_embedder(base_config(model, out, world, **cfg), records=records)
     assert again.metrics.get("already_finished") is True and adapter.stat().st_mtime_ns == mtime
     _final_outputs_removed(out, ["adapter", "merged", "README.md", "metrics.json"])
-    with pytest.raises(ChangedOptions, match=r"a run on 1 process\(es\) and this one has 2: the per-device batch is "
-                                             r"derived from --global-batch 4 and the number of processes \(4 then, 2 "
-                                             r"now\).*resume it with 1 process\(es\), pass --overwrite"):
+    with pytest.raises(ChangedOptions) as refused:
         train_embedder(base_config(model, out, world, **cfg), records=records)
+    said = f"{out} holds a run on 1 process(es) and this one has 2: the per-device batch is derived from %s 4 and the " \
+           "number of processes (4 then, 2 now), and %s cuts the batches at that size, so the data order differs; " \
+           "resume it with 1 process(es), pass %s to start over, or choose another %s"
+    # from Python the fields given (it named the command line's flags), on the command line the flags
+    assert str(refused.value) == said % ("global_batch", "homogeneous_batches", "overwrite=True", "out")
+    assert describe(refused.value, "train embedder") == \
+        said % ("--global-batch", "--homogeneous-batches", "--overwrite", "--out")
 
 
 def test_a_batch_size_run_continued_on_another_number_of_processes_warns_of_its_new_global_batch(

@@ -262,7 +262,7 @@ def test_checkpoints_of_an_unknown_run_are_not_resumed(tiny_model_dir, mined_wor
     world, path = mined_world
     (tmp_path / "run" / "checkpoints" / "checkpoint-5").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text("{}")
-    with pytest.raises(UnimeError, match="options are unknown.*--overwrite"):
+    with pytest.raises(UnimeError, match="options are unknown.*pass overwrite=True to start over"):
         prepare_embedder_training(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "run", world, records=str(path)))
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-5" / "trainer_state.json").is_file()
 

@@ -30,6 +30,7 @@ the final export (`unime.models.export`: `adapter/`, `merged/`, `README.md`), an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -392,18 +393,36 @@ def input_fingerprints(config) -> dict[str, list[list[str]]]:
     return found
 
 
-def changed_inputs(out: str | Path, now: dict[str, list[list[str]]], flags: dict[str, str] | None = None) -> list[str]:
-    """The input files (`input_fingerprints`) whose content differs from what the run in `out` recorded, as
-    `--flag path` (`flags`: `option_flags`; else the option's name) (an option recorded on one side only, or no
-    record at all: no change)."""
+def changed_inputs(out: str | Path, now: dict[str, list[list[str]]]) -> list[str]:
+    """The options (`input_fingerprints`' keys) whose input files differ in content from what the run in `out`
+    recorded (an option recorded on one side only, or no record at all: no change)."""
     try:
         before = json.loads((Path(out) / INPUTS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     if not isinstance(before, dict):
         return []
-    return [f"{(flags or {}).get(k, k)} {', '.join(p for p, _ in now[k])}" for k in sorted(set(before) & set(now))
-            if [d for _, d in before[k]] != [d for _, d in now[k]]]
+    return [k for k in sorted(set(before) & set(now)) if [d for _, d in before[k]] != [d for _, d in now[k]]]
+
+
+def _rerun_names(config) -> dict[str, str]:
+    """The values of a refusal's `{overwrite}` / `{out}` (`ChangedOptions`): none with a `config`, whose fields they
+    are (named from Python by the field, `overwrite=True`, on the command line by the flag); without one, the
+    command line's flags."""
+    return {} if config is not None else {"overwrite": "--overwrite", "out": "--out"}
+
+
+def _changed_inputs_error(out: Path, changed: list[str], now: dict[str, list[list[str]]], config) -> ChangedOptions:
+    """The refusal of a run whose input files (`changed`, options of `config`) changed content: each option named
+    as the user gives it (`records` from Python, `--records` on the command line), with its files."""
+    fields = {f.name for f in dataclasses.fields(config)} if config is not None else set()
+    values: dict[str, Any] = {"_out": out, **_rerun_names(config)}
+    parts = []
+    for i, key in enumerate(changed):
+        values[f"_p{i}"] = ", ".join(p for p, _ in now[key])
+        parts.append(("{%s}" % key if key in fields else key.replace("{", "{{").replace("}", "}}")) + " {_p%d}" % i)
+    return ChangedOptions("{_out} holds a run trained on other input content: %s changed since that run began; pass "
+                          "{overwrite} to start over, or choose another {out}" % "; ".join(parts), config, **values)
 
 
 def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
@@ -463,18 +482,17 @@ def _decide(out: str | Path, options: dict[str, Any], *, free: Iterable[str], ov
         return RunPlan(True, None), None, [], None, {}
     before = previous_config(out)
     if before is None and not overwrite and _has_run_state(out, finished_file):
-        raise ChangedOptions(f"{out} holds checkpoints or outputs of a run whose options are unknown (no "
-                             f"{CONFIG_FILE}); pass --overwrite to start over, or choose another --out")
+        raise ChangedOptions("{_out} holds checkpoints or outputs of a run whose options are unknown (no %s); pass "
+                             "{overwrite} to start over, or choose another {out}" % CONFIG_FILE, config, _out=out,
+                             **_rerun_names(config))
     diff = changed_config_options(before, options, free, config) if before is not None else []
     diff.sort(key=lambda k: k != "stage")  # another kind of run (SFT / GRPO) first: the other keys follow from it
     if diff and not overwrite:
         raise refuse_changed_options(out, before, options, diff, config)
     inputs = input_fingerprints(config)
-    changed = changed_inputs(out, inputs, option_flags(config) if config is not None else None) \
-        if before is not None and not overwrite else []
+    changed = changed_inputs(out, inputs) if before is not None and not overwrite else []
     if changed:
-        raise ChangedOptions(f"{out} holds a run trained on other input content: {'; '.join(changed)} changed since "
-                             "that run began; pass --overwrite to start over, or choose another --out")
+        raise _changed_inputs_error(out, changed, inputs, config)
     if (overwrite or before is None) and explicit is not None \
             and (out / CHECKPOINTS_DIR).resolve() in explicit.resolve().parents:
         raise UnimeError(f"--resume {resume} is one of the checkpoints of {out}, which --overwrite discards: "

@@ -320,10 +320,11 @@ def _refuse_other_process_count(out: Path, config: EmbedderTrainingConfig) -> No
     processes = config.global_batch // (was * config.grad_accum)
     now = config.global_batch // (config.batch_size * config.grad_accum)
     raise run_state.ChangedOptions(
-        f"{out} holds a run on {processes} process(es) and this one has {now}: the per-device batch is derived "
-        f"from --global-batch {config.global_batch} and the number of processes ({was} then, "
-        f"{config.batch_size} now), and --homogeneous-batches cuts the batches at that size, so the data order "
-        f"differs; resume it with {processes} process(es), pass --overwrite to start over, or choose another --out")
+        "{_out} holds a run on {_then} process(es) and this one has {_now}: the per-device batch is derived from "
+        "{global_batch} {_global} and the number of processes ({_was} then, {_is} now), and {homogeneous_batches} "
+        "cuts the batches at that size, so the data order differs; resume it with {_then} process(es), pass "
+        "{overwrite} to start over, or choose another {out}", config, _out=out, _then=processes, _now=now,
+        _global=config.global_batch, _was=was, _is=config.batch_size)
 
 
 def _resume_path(config: EmbedderTrainingConfig) -> str | None:
