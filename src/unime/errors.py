@@ -8,11 +8,15 @@ class UnimeError(Exception):
 
 
 class DataError(UnimeError, ValueError):
-    """Bad input data. The message names the source file, the record (line or id) and the field."""
+    """Bad input data. The message names the source file, the record (line or id) and the field. Made with a
+    `config` (a config dataclass or its class), `message` is a template whose hint names options as `OptionError`
+    does (`{hard_negatives}`; other placeholders from `values`): `str()` by their fields, the command line by its
+    options (`unime.cli.failures`)."""
 
     def __init__(self, message: str, *, source: str | None = None, record: str | int | None = None,
-                 field: str | None = None):
+                 field: str | None = None, config=None, **values):
         self.source, self.record, self.field = source, record, field
+        self.config = config if config is None or isinstance(config, type) else type(config)
         where = []
         if source is not None:
             where.append(str(source))
@@ -20,7 +24,18 @@ class DataError(UnimeError, ValueError):
             where.append(f"record {record}")
         if field is not None:
             where.append(f"field '{field}'")
-        super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")
+        if config is None and not values:
+            message = _literal(message)
+        self.template, self.values = ": ".join([_literal(", ".join(where)), message]) if where else message, values
+        super().__init__(self.render(python_name))
+
+    def render(self, name_of) -> str:
+        return OptionError.render(self, name_of)
+
+
+def _literal(text: str) -> str:
+    """`text` as a template (`OptionError.render`) that renders as itself."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 class UsageError(UnimeError):
@@ -103,8 +118,7 @@ class ChangedOptions(UnimeError):
 
     def __init__(self, message: str, config=None, **values):
         self.config = config if config is None or isinstance(config, type) else type(config)
-        self.template, self.values = (message, values) if config is not None or values else \
-            (message.replace("{", "{{").replace("}", "}}"), {})
+        self.template, self.values = (message, values) if config is not None or values else (_literal(message), {})
         super().__init__(self.render(python_name))
 
     render = OptionError.render

@@ -139,6 +139,16 @@ def option_flags(config) -> dict[str, str]:
     return out
 
 
+def as_on_the_command_line(exc: Exception) -> str:
+    """The message of an error made with a config (`unime.errors.ChangedOptions`, `DataError`: `exc.config`, and
+    `exc.render`), its options named by the command line's flags (`--overwrite`, `--out` also for a config that
+    does not declare them); `str(exc)` names the fields, the keywords of the Python API."""
+    if getattr(exc, "config", None) is None:
+        return str(exc)
+    flags = {"overwrite": "--overwrite", "out": "--out", **option_flags(exc.config)}
+    return exc.render(lambda name: flags.get(name, name))
+
+
 def input_files(config) -> dict[str, Any]:
     """{field: its value} of a config's fields declared `option(input_file=True)`: the files (a path, or a list
     of paths) whose content a run depends on; a trainer records it and refuses to continue on other content

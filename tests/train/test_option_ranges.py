@@ -64,13 +64,53 @@ def test_from_python_the_field_is_named():
 
 def test_the_hint_for_plain_pairs_is_true_from_python_too():
     """QA: the hint said "--loss auto (the default)"; from Python the default is loss="symmetric_kl"."""
+    from unime.cli.failures import describe
     from unime.data.items import Item, Record
     from unime.errors import DataError
     from unime.train.batching import check_records
+    from unime.train.embedder_config import EmbedderTrainingConfig
 
     pair = Record(query=Item(text="q"), positive=Item(text="p"), id="r1")
     with pytest.raises(DataError) as caught:
-        check_records([pair], num_negatives=8, needs_scores=False, source="r.jsonl")
-    assert "0 hard negatives, but training uses k=8 per query (plain pairs train with in-batch negatives: loss auto " \
-           "(the command line's default, --loss auto) or infonce without hard negatives (--loss infonce " \
-           "--hard-negatives 0))" in str(caught.value)
+        check_records([pair], num_negatives=8, needs_scores=False, source="r.jsonl", config=EmbedderTrainingConfig)
+    said = "0 hard negatives, but training uses k=8 per query (plain pairs train with in-batch negatives: loss auto " \
+           "(the command line's default, %s auto) or infonce without hard negatives (%s infonce %s 0))"
+    assert said % ("loss", "loss", "hard_negatives") in str(caught.value)
+    assert said % ("--loss", "--loss", "--hard-negatives") in describe(caught.value, "train embedder")
+
+
+def test_the_hints_of_records_training_cannot_use_name_fields_from_python_flags_on_the_command_line(tmp_path):
+    """From Python, `train_embedder` on records with too few negatives or no judge scores said "lower
+    --hard-negatives" and "train with --loss infonce"; it names the fields given (hard_negatives, loss), the
+    command line keeps its flags, as does the skip report's example (logged during the run, whoever called)."""
+    from unime.cli.failures import describe
+    from unime.data.items import Item, Record
+    from unime.data.skips import SkipReport
+    from unime.errors import DataError
+    from unime.train.batching import check_records
+    from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
+
+    one = Record(query=Item(text="q"), positive=Item(text="p"), negatives=[Item(text="n")], id="r1")
+    config = EmbedderTrainingConfig(model="unused", out=str(tmp_path / "out"), hard_negatives=2, loss="infonce",
+                                    device="cpu")
+    with pytest.raises(DataError) as caught:
+        train_embedder(config, records=[one])
+    said = "<in-memory records>, record r1, field 'negatives': 1 hard negatives, but training uses k=2 per query " \
+           "(lower %s or re-mine)"
+    assert str(caught.value) == said % "hard_negatives"
+    assert describe(caught.value, "train embedder") == said % "--hard-negatives"
+    with pytest.raises(DataError) as caught:
+        train_embedder(EmbedderTrainingConfig(model="unused", out=str(tmp_path / "out"), hard_negatives=1, loss="js",
+                                              device="cpu"), records=[one])
+    said = "<in-memory records>, record r1, field 'positive_score': no judge score for the positive: the js loss " \
+           "needs judge scores (train with %s infonce, or judge the records first)"
+    assert str(caught.value) == said % "loss"
+    assert describe(caught.value, "train embedder") == said % "--loss"
+    assert not (tmp_path / "out").exists()
+    skips = SkipReport()
+    kept = check_records([one, Record(query=Item(text="q"), positive=Item(text="p"), negatives=[Item(text="a")] * 2)],
+                         num_negatives=2, needs_scores=False, source="r.jsonl", on_error="skip", skips=skips,
+                         config=EmbedderTrainingConfig)
+    assert len(kept) == 1 and [e.message for e in skips.examples] == [
+        "r.jsonl, record r1, field 'negatives': 1 hard negatives, but training uses k=2 per query (lower "
+        "--hard-negatives or re-mine)"]

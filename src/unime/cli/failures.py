@@ -13,8 +13,8 @@ import errno
 import sys
 import traceback
 
-from unime.errors import ChangedOptions, OptionError, UnimeError
-from unime.options import option_flags
+from unime.errors import ChangedOptions, DataError, OptionError, UnimeError
+from unime.options import as_on_the_command_line, option_flags
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -30,9 +30,8 @@ def describe(exc: BaseException, command: str | None = None) -> str:
         flags = option_flags(exc.config)
         text = exc.render(lambda name: flags.get(name, name))
         text = f"{command}: {text}" if command else text
-    elif isinstance(exc, ChangedOptions) and exc.config is not None:  # the options a re-run changed, as flags
-        flags = {"overwrite": "--overwrite", "out": "--out", **option_flags(exc.config)}
-        text = exc.render(lambda name: flags.get(name, name))
+    elif isinstance(exc, (ChangedOptions, DataError)) and exc.config is not None:  # options named, as flags
+        text = as_on_the_command_line(exc)
     elif isinstance(exc, UnimeError):
         text = str(exc)
     elif isinstance(exc, UnicodeDecodeError):

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from unime.errors import DataError
+from unime.options import as_on_the_command_line
 
 ON_ERROR_CHOICES = ("raise", "skip")
 
@@ -25,9 +26,11 @@ REASONS = ("malformed_json", "not_utf8", "schema", "empty_item", "bad_score", "p
 log = logging.getLogger(__name__)
 
 
-def data_error(reason: str, message: str, *, source=None, record=None, field=None) -> DataError:
-    """A `DataError` tagged with the skip-report reason it is counted under."""
-    err = DataError(message, source=source, record=record, field=field)
+def data_error(reason: str, message: str, *, source=None, record=None, field=None, config=None,
+               **values) -> DataError:
+    """A `DataError` tagged with the skip-report reason it is counted under (`config`, `values`: a message naming
+    options, `DataError`)."""
+    err = DataError(message, source=source, record=record, field=field, config=config, **values)
     err.reason = reason  # type: ignore[attr-defined]
     return err
 
@@ -62,8 +65,9 @@ class SkipReport:
         reason = reason or reason_of(err)
         self.counts[reason] += 1
         if len(self.examples) < self.max_examples:
+            # logged during the run, whoever called: a hint naming options keeps the command line's wording
             self.examples.append(SkipExample(reason, None if err.source is None else str(err.source), err.record,
-                                             err.field, str(err)))
+                                             err.field, as_on_the_command_line(err)))
 
     @property
     def total(self) -> int:

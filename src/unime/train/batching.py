@@ -31,11 +31,14 @@ def record_label(record: Record, index: int) -> str | int:
 
 def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores: bool,
                   source: str | None = None, loss_name: str = "", on_error: str = "raise",
-                  skips: SkipReport | None = None) -> list[Record]:
+                  skips: SkipReport | None = None, config=None) -> list[Record]:
     """The records that can feed the loss (k negatives; judge scores if the loss needs them). A bad
     record raises `DataError` naming it and the field, or — with `on_error="skip"` — is left out and
-    counted in `skips` under the reason "training"."""
+    counted in `skips` under the reason "training". `config`: the trainer's config (or its class), whose options
+    the hints name as the user gives them (`hard_negatives` from Python, `--hard-negatives` on the command line);
+    without one, the command line's flags."""
     policy = ErrorPolicy(on_error, skips, source or "training records")
+    names = {} if config is not None else {"loss": "--loss", "hard_negatives": "--hard-negatives"}
     good = []
     for i, rec in enumerate(records):
         label = record_label(rec, i)
@@ -43,21 +46,23 @@ def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores
             rec.validate(source=source)
             if len(rec.negatives) < num_negatives:
                 # true from Python too, whose defaults are loss="symmetric_kl", hard_negatives=8
-                hint = ("plain pairs train with in-batch negatives: loss auto (the command line's default, --loss "
-                        "auto) or infonce without hard negatives (--loss infonce --hard-negatives 0)"
-                        if not rec.negatives else "lower --hard-negatives or re-mine")
+                hint = ("plain pairs train with in-batch negatives: loss auto (the command line's default, {loss} "
+                        "auto) or infonce without hard negatives ({loss} infonce {hard_negatives} 0)"
+                        if not rec.negatives else "lower {hard_negatives} or re-mine")
                 raise data_error("training", f"{len(rec.negatives)} hard negatives, but training uses "
                                  f"k={num_negatives} per query ({hint})",
-                                 source=source, record=label, field="negatives")
+                                 source=source, record=label, field="negatives", config=config, **names)
             if needs_scores:
-                why = (f"the {loss_name} loss needs judge scores (train with --loss infonce, or judge the "
+                why = ("the {_loss_name} loss needs judge scores (train with {loss} infonce, or judge the "
                        "records first)")
                 if rec.positive_score is None:
                     raise data_error("training", f"no judge score for the positive: {why}", source=source,
-                                     record=label, field="positive_score")
+                                     record=label, field="positive_score", config=config, _loss_name=loss_name,
+                                     **names)
                 if num_negatives and (rec.negative_scores is None or len(rec.negative_scores) < num_negatives):
                     raise data_error("training", f"no judge scores for the hard negatives: {why}", source=source,
-                                     record=label, field="negative_scores")
+                                     record=label, field="negative_scores", config=config, _loss_name=loss_name,
+                                     **names)
             good.append(rec)
         except DataError as err:
             policy.handle(err)

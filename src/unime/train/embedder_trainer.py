@@ -265,7 +265,8 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     if records is None:
         records = read_records(source, on_error=config.on_error, skips=skips)
     records = check_records(records, num_negatives=config.hard_negatives, needs_scores=loss.requires_scores,
-                            source=source, loss_name=loss.name, on_error=config.on_error, skips=skips)
+                            source=source, loss_name=loss.name, on_error=config.on_error, skips=skips,
+                            config=config)
     # only the negatives training uses are checked
     used = [with_origin(dataclasses.replace(r, negatives=r.negatives[:config.hard_negatives]), origin_of(r))
             for r in records]  # (the line each was read from names it in errors)
