@@ -314,7 +314,8 @@ def test_data_root_resolution_order(tmp_path):
 
 
 def test_every_reader_numbers_records_from_one(tmp_path):
-    """One numbering in every message: the first line / row / list entry is 1."""
+    """One numbering in every message: the first line / row / list entry of a file is 1; records given in memory
+    are named by their index in the list, as Python indexes it (records[0] is the first)."""
     from unime.data.images import ImageLoader
     from unime.data.io import check_images, write_records
     from unime.data.items import Item, Record
@@ -322,8 +323,8 @@ def test_every_reader_numbers_records_from_one(tmp_path):
     photos, _ = make_captioned_folder(tmp_path / "src", n=2)
     good = Record(Item("q"), Item("p", ("pic_001.png",)))
     bad = Record(Item("q"), Item("p", ("gone.png",)))
-    with pytest.raises(DataError, match=r"record item 2, field 'positive.images\[0\]'"):
-        check_images([good, bad], ImageLoader(photos))
+    with pytest.raises(DataError, match=r"^record records\[1\], field 'positive.images\[0\]'"):  # in memory:
+        check_images([good, bad], ImageLoader(photos))  # its index in the list, as Python indexes it
     # the same second record, as a JSONL line, a Parquet row and a UniME-V2 JSON list entry
     broken = Record(Item("q"), Item("p"), negatives=[Item("n")], negative_scores=[0.5])
     for suffix, where in ((".jsonl", "line 2"), (".parquet", "row 2"), (".json", "item 2")):

@@ -501,9 +501,9 @@ def test_convert_names_an_id_less_record_the_output_cannot_hold_by_its_input_lin
                                              dataset="d"))
     assert n == 1 and [e.record for e in skips.examples] == ["line 2", "line 3", "line 4"]
     assert read_unime_v2_json(tmp_path / "out2.json")[0].dataset == "d"
-    # a record not read from a file (inline images in JSONL: the item's own error): named by its position
+    # a record not read from a file (inline images in JSONL: the item's own error): named by its index in the list
     rec = Record(Item("q", (_png_bytes(),)), Item("p"))
-    with pytest.raises(DataError, match=r"^record item 1, field 'images"):
+    with pytest.raises(DataError, match=r"^record records\[0\], field 'images"):
         write_records([rec], tmp_path / "inline.jsonl")
 
 

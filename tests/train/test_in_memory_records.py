@@ -50,3 +50,46 @@ def test_a_missing_image_of_an_in_memory_record_says_where_it_was_looked_for(tmp
     with pytest.raises(DataError, match=rf"field 'positive.images\[0\]': image file not found: 'imgs/nope.png' "
                                         rf"\(looked for under {tmp_path}: the paths of in-memory records"):
         train_embedder(config, records=records)
+
+
+def test_in_memory_records_are_named_by_their_python_index_records_or_dicts_alike(tmp_path, tiny_model_dir):
+    """A bad in-memory record was named `records[1]` when a dict failed to parse (0-based), but `record 2` when it
+    had too few negatives and `record item 2` when an image was missing (1-based): one name now, its index in the
+    list given, whether it is a Record or a dict."""
+    from unime.data.io import record_to_dict
+    from unime.train.embedder_trainer import train_embedder
+
+    config = base_config(tiny_model_dir("qwen2_vl"), tmp_path / "out", tmp_path, loss="infonce", hard_negatives=1)
+    good = Record(query=Item(text="a"), positive=Item(text="b"), negatives=[Item(text="c")])
+    few = Record(query=Item(text="d"), positive=Item(text="e"))
+    no_image = Record(query=Item(text="f"), positive=Item(images=("nope.png",)), negatives=[Item(text="g")])
+    for make in (lambda r: r, record_to_dict):
+        with pytest.raises(DataError) as refused:
+            train_embedder(config, records=[make(good), make(few)])
+        assert str(refused.value).startswith("<in-memory records>, record records[1], field 'negatives': 0 hard "
+                                             "negatives, but training uses k=1 per query")
+        with pytest.raises(DataError) as refused:
+            train_embedder(config, records=[make(good), make(good), make(no_image)])
+        assert str(refused.value).startswith("<in-memory records>, record records[2], field 'positive.images[0]': "
+                                             "image file not found: 'nope.png'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_in_memory_record_keeps_its_index_once_bad_ones_before_it_are_skipped(tmp_path):
+    """Under on_error="skip" the records left are checked again (their images): the one named is still the one at
+    that index in the list given, not its position among the records left. The caller's records are not changed."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import check_images, origin_of
+    from unime.data.skips import SkipReport
+    from unime.train.batching import check_records
+    from unime.train.embedder_trainer import in_memory_records
+
+    few = Record(query=Item(text="d"), positive=Item(text="e"))
+    no_image = Record(query=Item(text="f"), positive=Item(images=("nope.png",)), negatives=[Item(text="g")])
+    skips = SkipReport()
+    given = in_memory_records([few, no_image], "<in-memory records>")
+    kept = check_records(given, num_negatives=1, needs_scores=False, source="<in-memory records>", on_error="skip",
+                         skips=skips)
+    assert kept == [no_image] and check_images(kept, ImageLoader(tmp_path), on_error="skip", skips=skips) == []
+    assert [e.record for e in skips.examples] == ["records[0]", "records[1]"]
+    assert origin_of(no_image) is None  # the caller's record is not tagged

@@ -301,10 +301,21 @@ def _single_image(item: Item, *, record: str, field: str) -> str:
     return item.images[0] if item.images else ""
 
 
+def in_memory_name(index: int) -> str:
+    """How a message names a record (or item) given in memory, not read from a file: by its index in the list
+    given, as Python indexes it (`records[0]` is the first; a file's records are named by their line instead)."""
+    return f"records[{index}]"
+
+
+def is_in_memory_name(label: Any) -> bool:
+    """Whether `label` (a record's `origin_of`) is an `in_memory_name`, not the line of a file."""
+    return isinstance(label, str) and label.startswith("records[")
+
+
 def record_name(rec: Any, index: int) -> str:
     """How a message names a record: its id, else the line (or row) it was read from when the reader recorded
-    it (`with_origin`), else its 1-based position (`index` + 1) among the records written."""
-    return getattr(rec, "id", "") or origin_of(rec) or f"item {index + 1}"
+    it (`with_origin`), else its index in the list given (`in_memory_name`)."""
+    return getattr(rec, "id", "") or origin_of(rec) or in_memory_name(index)
 
 
 def record_to_unime_v2(rec: Record, index: int = 0) -> dict:
@@ -541,12 +552,12 @@ def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips:
     verdicts the caller reads afterwards). Returns the objects
     whose images are all good: all of them under on_error="raise", which stops at the first bad one.
     Each distinct image reference is loaded once. A bad one is named by the line (or row) the object
-    was read from when the reader recorded it, else by its id, else by its 1-based position."""
+    was read from when the reader recorded it, else by its id, else by its index in `objs` (`in_memory_name`)."""
     policy = ErrorPolicy(on_error, skips, source or "check_images")
     checker = loader if isinstance(loader, ImageChecker) else ImageChecker(loader)
     good = []
     for idx, obj in enumerate(objs):
-        rid = origin_of(obj) or getattr(obj, "id", "") or f"item {idx + 1}"
+        rid = origin_of(obj) or getattr(obj, "id", "") or in_memory_name(idx)
         try:
             checker.check(obj, source=source, record=rid)
             good.append(obj)

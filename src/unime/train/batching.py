@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from unime.data.io import named_where_read, origin_of
+from unime.data.io import in_memory_name, is_in_memory_name, named_where_read, origin_of
 from unime.data.items import Item, Record
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.errors import DataError, OptionError
@@ -25,8 +25,15 @@ from unime.models.embedder import padding_order, padding_shape
 
 
 def record_label(record: Record, index: int) -> str | int:
-    """How errors name a record: its id, else its 1-based position in the input."""
-    return record.id or index + 1
+    """How errors name a record: its id, else, given in memory, its index in the list given (`records[1]`, as
+    Python indexes it: the name a trainer's `records=` carry, `in_memory_name`, else `index`), else its 1-based
+    position in the file read."""
+    origin = origin_of(record)
+    if record.id:
+        return record.id
+    if origin is None or is_in_memory_name(origin):
+        return origin or in_memory_name(index)
+    return index + 1
 
 
 def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores: bool,

@@ -582,18 +582,25 @@ def in_memory_records(records: Any, source: str | None = None) -> list[Record]:
     """The `records=` given to a trainer: a list of `Record`s or of dicts (a records file's JSON objects, parsed
     as a JSONL line is: `unime.data.io.record_from_dict`; a bad one is a `DataError` naming `source`, its index in
     the list and its field). Anything else is a TypeError naming what is expected (a dict failed deep inside
-    with "'dict' object has no attribute 'negatives'", QA)."""
-    from unime.data.io import record_from_dict
+    with "'dict' object has no attribute 'negatives'", QA). Each record (a copy: the caller's stay as given) carries
+    its index as its name, with its id if it has one (`records[1]`, `records[1] (id q3)`, as a file's record carries
+    its line: `unime.data.io.in_memory_name`), Record or dict alike, which the later checks name it by (the number
+    of negatives, the images), also once bad ones are skipped."""
+    import copy
+
+    from unime.data.io import in_memory_name, record_from_dict, row_label, with_origin
     from unime.data.items import require_list
 
     out = []
     for i, r in enumerate(require_list(records, name="records", of="Records or dicts")):
         if isinstance(r, dict):
-            r = record_from_dict(r, source=source, record=f"records[{i}]")
-        elif not isinstance(r, Record):
-            raise TypeError(f"records[{i}]: expected a unime.data.items.Record or a dict (a records file's JSON "
-                            f"object), got {type(r).__name__}")
-        out.append(r)
+            r = record_from_dict(r, source=source, record=row_label(in_memory_name(i), r))
+        elif isinstance(r, Record):
+            r = copy.copy(r)
+        else:
+            raise TypeError(f"{in_memory_name(i)}: expected a unime.data.items.Record or a dict (a records file's "
+                            f"JSON object), got {type(r).__name__}")
+        out.append(with_origin(r, row_label(in_memory_name(i), {"id": r.id})))  # with its id, as a file's line
     return out
 
 
