@@ -498,9 +498,9 @@ def test_global_batch_run_on_another_number_of_processes(tiny_model_dir, mined_w
     _final_outputs_removed(out, ["adapter", "merged", "README.md", "metrics.json"])
     with pytest.raises(ChangedOptions) as refused:
         train_embedder(base_config(model, out, world, **cfg), records=records)
-    said = f"{out} holds a run on 1 process(es) and this one has 2: the per-device batch is derived from %s 4 and the " \
-           "number of processes (4 then, 2 now), and %s cuts the batches at that size, so the data order differs; " \
-           "resume it with 1 process(es), pass %s to start over, or choose another %s"
+    said = f"{out} holds a run on 1 process(es) and this one has 2: the per-device batch is derived from %s 4 and " \
+           "the number of processes (4 then, 2 now), and %s cuts the batches at that size, so the data order " \
+           "differs; resume it with 1 process(es), pass %s to start over, or choose another %s"
     # from Python the fields given (it named the command line's flags), on the command line the flags
     assert str(refused.value) == said % ("global_batch", "homogeneous_batches", "overwrite=True", "out")
     assert describe(refused.value, "train embedder") == \
