@@ -267,7 +267,7 @@ def test_the_refusals_of_changed_records_and_of_unknown_options_name_fields_from
 
     recs, out = tmp_path / "r.jsonl", tmp_path / "run"
     recs.write_text('{"id": 1}\n')
-    cfg = RerankerTrainConfig(model="m", records=str(recs), out=str(out))
+    cfg = RerankerTrainConfig(model="m", records=[str(recs)], out=str(out))
 
     def plan():
         return run_state.plan_run(out, asdict(cfg), free=(), overwrite=False, finished_file="done.json", config=cfg)
