@@ -104,3 +104,33 @@ def test_a_finished_run_is_recorded_for_its_key_and_its_output_as_written(tmp_pa
     ChunkWork(out, "test", {"k": 2}, rows=3, per_chunk=2).open()  # another run's work starts: the record goes
     assert "finished" not in json.loads((work_folder(out) / KEY_FILE).read_text())
     assert not finished_output(out, "test", {"done": 1})
+
+
+def test_a_finished_run_records_the_files_written_beside_its_output(tmp_path, caplog):
+    """`finish(done_key=..., companions=...)`: the files written beside the output (`unime embed`'s OUT.lines.json,
+    `unime judge`'s metrics and plot) are recorded too: one of them changed or removed since, the run is not finished;
+    `finished_before` says so in the log, and is false under `overwrite` or without a key."""
+    import logging
+
+    from unime.models.chunk_work import finished_before, finished_output
+
+    out, side = tmp_path / "out.npy", tmp_path / "out.npy.lines.json"
+    work = ChunkWork(out, "test", {"k": 1}, rows=1, per_chunk=2)
+    work.open()
+    work.save(0, np.zeros(1))
+    out.write_text("rows\n")
+    side.write_text("[1]")
+    work.finish(done_key={"done": 1}, companions=[side])
+    assert finished_output(out, "test", {"done": 1})
+    side.write_text("[2]")
+    assert not finished_output(out, "test", {"done": 1})
+    side.unlink()
+    assert not finished_output(out, "test", {"done": 1})
+    side.write_text("[1]")
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert not finished_before(out, "test", {"done": 1}, overwrite=True, again="works again")
+        assert not finished_before(out, "test", None, overwrite=False, again="works again")
+        assert "finished earlier" not in caplog.text
+        assert finished_before(out, "test", {"done": 1}, overwrite=False, again="works again")
+    assert caplog.messages == [f"{out}: this test run finished earlier (same options and inputs); nothing to do "
+                               "(--overwrite works again)"]

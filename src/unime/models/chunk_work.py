@@ -20,7 +20,9 @@ by its fingerprint, the options that change the numbers, the chunk size — chos
 differs discards the chunks found (unime's own files only) and starts over. The folder is unime's when it holds the
 key file (or nothing at all): a folder of that name without it is not touched, the command refuses it. When the
 output is written the command calls `finish`: unime's files go, and the folder when they leave it empty; a command
-that tells a finished run (`unime reason generate`) keeps the key file there, recording it (`finished_output`).
+that tells a finished run (`unime reason generate`, `unime embed`, `unime judge --pairs`) keeps the key file there,
+recording it (`finish(done_key=...)`): the same run again, its output files unchanged, has nothing to do
+(`finished_before`).
 """
 
 from __future__ import annotations
@@ -73,16 +75,42 @@ def _read_key(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+class _EveryLine:
+    """Every line number (`EVERY_LINE`)."""
+
+    def __contains__(self, n: object) -> bool:
+        return True
+
+
+# the `files_only` of a reader that looks every image up and opens none (a finished run's key, `finished_before`)
+EVERY_LINE = _EveryLine()
+
+
 def finished_output(out: str | Path, command: str, done_key: dict[str, Any]) -> bool:
-    """Whether an earlier run of `command` with `done_key` wrote `out` and the file is unchanged since (the record
-    `ChunkWork.finish(done_key=...)` keeps): a re-run of it has nothing to do."""
+    """Whether an earlier run of `command` with `done_key` wrote `out` (and the companion files it recorded) and
+    they are unchanged since (the record `ChunkWork.finish(done_key=...)` keeps): a re-run of it has nothing to do."""
     from unime.data.image_digests import file_sha1
 
     recorded = _read_key(work_folder(out))
     done = recorded.get("finished") if recorded is not None and recorded.get("command") == command else None
     if not isinstance(done, dict) or done.get("key") != options_hash(done_key) or not Path(out).is_file():
         return False
-    return done.get("output_sha1") == file_sha1(out)
+    companions = done.get("companions", {})
+    if not isinstance(companions, dict) or not all((Path(out).parent / name).is_file() for name in companions):
+        return False
+    return done.get("output_sha1") == file_sha1(out) and all(
+        sha == file_sha1(Path(out).parent / name) for name, sha in companions.items())
+
+
+def finished_before(out: str | Path, command: str, done_key: dict[str, Any] | None, *, overwrite: bool,
+                    again: str) -> bool:
+    """`finished_output` unless `overwrite` (or no `done_key`: what the output depends on could not be told), logged:
+    `OUT: this COMMAND run finished earlier (same options and inputs); nothing to do (--overwrite AGAIN)`."""
+    if done_key is None or overwrite or not finished_output(out, command, done_key):
+        return False
+    log.info("%s: this %s run finished earlier (same options and inputs); nothing to do (--overwrite %s)", out,
+             command, again)
+    return True
 
 
 def line_runs(lines: Sequence[int]) -> list[list[int]]:
@@ -271,11 +299,12 @@ class ChunkWork:
         """Every chunk's values, in order (all done)."""
         return np.concatenate([self.load(i) for i in range(self.n_chunks)])
 
-    def finish(self, *, done_key: dict[str, Any] | None = None) -> None:
+    def finish(self, *, done_key: dict[str, Any] | None = None, companions: Sequence[str | Path] = ()) -> None:
         """The output is written: remove unime's files of the folder, then the folder when that leaves it empty.
         With `done_key` (what the output depends on, as `finished_output` is asked before the work), the key file
-        stays, recording the finished run (`done_key`'s digest and the output's SHA-1), with the image digests:
-        a re-run of the same job finds its output finished without reading an unchanged image again."""
+        stays, recording the finished run (`done_key`'s digest and the SHA-1 of the output and of the `companions`
+        written beside it), with the image digests: a re-run of the same job finds its output finished without
+        reading an unchanged image again."""
         if done_key is not None:
             from unime.data.image_digests import file_sha1
 
@@ -283,8 +312,11 @@ class ChunkWork:
             for p in self._own_files():
                 if p.name not in (KEY_FILE, DIGESTS_FILE):
                     p.unlink(missing_ok=True)
+            finished = {"key": options_hash(done_key), "output_sha1": file_sha1(self.out)}
+            if companions:
+                finished["companions"] = {Path(c).name: file_sha1(c) for c in companions}
             record = {"command": self.command, "output": self.out.name, "key": self.key, "chunks": self.n_chunks,
-                      "finished": {"key": options_hash(done_key), "output_sha1": file_sha1(self.out)}}
+                      "finished": finished}
             with atomic_open(self.folder / KEY_FILE) as fh:
                 json.dump(record, fh, indent=1)
             self._save_digests()

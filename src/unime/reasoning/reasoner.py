@@ -21,7 +21,6 @@ of SPEC §2.2 and concise reasoning.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -38,8 +37,6 @@ from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_l
 from unime.models.loading import DeviceOptions, dtype_option
 from unime.options import option
 from unime.reasoning.tcot import TCOT_LENGTH_HELP, TCOT_MAX_NEW_TOKENS
-
-log = logging.getLogger(__name__)
 
 # T-CoTs per chunk of `unime reason generate`, the unit of resumption: each chunk's T-CoTs are kept in the work folder
 # beside the output (`unime.models.chunk_work`) until it is written, so a killed run loses at most one chunk's
@@ -429,7 +426,7 @@ def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int
     the records' image paths). Returns (T-CoTs written, how many of them are in the T-CoT format).
 
     Before the model loads: a run that finished earlier with the same options and inputs (its work folder's record,
-    `unime.models.chunk_work.finished_output`; the output unchanged since) does nothing and says so, unless
+    `unime.models.chunk_work.finished_before`; the output unchanged since) does nothing and says so, unless
     `overwrite` (then it generates again); otherwise the images of the sides to write are opened, a bad one named
     by the records file's line, record id and field (`ImageChecker`, as `reason split` and `materialize` check)."""
     from tqdm.auto import tqdm
@@ -437,7 +434,7 @@ def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int
     from unime.data.io import ImageChecker, origin_of, read_records
     from unime.data.roots import record_data_root, resolve_data_root
     from unime.errors import DataError
-    from unime.models.chunk_work import finished_output
+    from unime.models.chunk_work import finished_before
     from unime.models.loading import checkpoint_image_loader
     from unime.reasoning.tcot import format_ok
 
@@ -453,9 +450,7 @@ def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int
         done_key = generate_work_key(cfg, jobs, loader, digests=digests)
     except (OSError, DataError):  # a missing image: the check below names it
         done_key = None
-    if done_key is not None and not overwrite and finished_output(cfg.out, "reason generate", done_key):
-        log.info("%s: this reason generate run finished earlier (same options and inputs); nothing to do (--overwrite "
-                 "generates again)", cfg.out)
+    if finished_before(cfg.out, "reason generate", done_key, overwrite=overwrite, again="generates again"):
         rows = read_tcot_rows(cfg.out)
         return len(rows), sum(format_ok(r.tcot) for r in rows)
     checker = ImageChecker(loader)
