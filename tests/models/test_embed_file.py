@@ -9,7 +9,7 @@ import numpy as np
 from unime.cli import main
 from unime.data.items import Item
 
-from tests.models.helpers import Killed, check_a_resumed_run_reads_no_image_again, write_pngs
+from tests.models.helpers import Killed, check_a_resumed_run_reads_no_image_again, paint, write_pngs
 
 
 def test_embed_reads_a_generated_worlds_items_file_like_index_build(tiny_world_dir, tiny_model_dir, tmp_path, capsys):
@@ -128,7 +128,9 @@ def test_a_killed_embed_run_resumes_from_its_finished_chunks_and_writes_the_unin
     assert sum(encoded) == 2  # the last chunk's items only
     assert f"{out}: resuming: 2 of 3 chunks done before" in caplog.text
     np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
-    assert not (tmp_path / ".vecs.npy.unime-work").exists()
+    # the chunks gone with the array written; the record of the finished run (and its image digests) stays
+    assert sorted(p.name for p in (tmp_path / ".vecs.npy.unime-work").iterdir()) == ["image_digests.tsv",
+                                                                                   "unime-work.json"]
 
     encoded.clear()  # another model setting (the dtype): the chunks of a killed run are not reused
     kill_after[0] = 3
@@ -155,7 +157,8 @@ def test_a_resumed_embed_run_reads_no_image_again_for_its_key_and_a_changed_imag
 
     check_a_resumed_run_reads_no_image_again(run, out=tmp_path / "vecs.npy", whole=tmp_path / "whole.npy",
                                              images=images, calls=encoded, kill_after=kill_after,
-                                             reads=image_sha1_reads, caplog=caplog, rng=rng)
+                                             reads=image_sha1_reads, caplog=caplog, rng=rng,
+                                             kept=("image_digests.tsv", "unime-work.json"))
     assert not np.array_equal(np.load(tmp_path / "vecs.npy"), np.load(tmp_path / "whole.npy"))  # the changed image
 
 
@@ -249,3 +252,49 @@ def test_an_item_repeated_in_a_later_chunk_is_encoded_once(tiny_model_dir, tmp_p
     assert main([*argv, "--out", str(tmp_path / "vecs.npy")]) == 0
     assert sum(encoded) == 1  # item 2; items 3 to 5 repeat items 0 to 2
     np.testing.assert_array_equal(np.load(tmp_path / "vecs.npy"), whole)
+
+
+def test_a_finished_embed_run_rerun_with_the_same_options_does_nothing(tiny_model_dir, tmp_path, monkeypatch, caplog,
+                                                                      image_sha1_reads, image_opens):
+    """QA: a finished `unime embed` run again (same options, same inputs) encoded every item again; README's resume
+    rule says a finished run says so and does nothing. It does now, before the model loads, opening and reading no
+    image; --overwrite, another option, an image changed, the array removed or changed since encode again."""
+    import logging
+
+    from unime.models import embed_file
+    from unime.models.embedder import Embedder
+
+    images, items, encoded, _, argv = _six_items(tmp_path, monkeypatch, tiny_model_dir("qwen2_vl"), 3)
+    out = tmp_path / "vecs.npy"
+    argv = [*argv, "--out", str(out)]
+    assert main(argv) == 0 and sum(encoded) == 6
+    written = out.read_bytes()
+    loads, real_load = [], Embedder.from_pretrained
+    monkeypatch.setattr(Embedder, "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a) or real_load(
+        *a, **k)))
+    encoded.clear()
+    image_sha1_reads.clear()
+    image_opens.clear()
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert main(argv) == 0
+    assert encoded == [] and loads == [] and image_sha1_reads == [] and image_opens == []
+    assert out.read_bytes() == written
+    assert f"{out}: this embed run finished earlier (same options and inputs); nothing to do (--overwrite encodes " \
+           "again)" in caplog.text
+    assert main([*argv, "--overwrite"]) == 0 and sum(encoded) == 6 and len(loads) == 1  # asked to encode again
+    encoded.clear()
+    assert main([*argv, "--dtype", "bf16"]) == 0 and sum(encoded) == 6  # another option: other vectors
+    encoded.clear()
+    assert main([*argv, "--dtype", "bf16"]) == 0 and encoded == []  # that run finished too
+    paint(images[1], np.random.default_rng(2))  # an image given other pixels: encoded again
+    assert main([*argv, "--dtype", "bf16"]) == 0 and sum(encoded) == 6
+    encoded.clear()
+    out.unlink()  # the array removed: encoded again
+    assert main([*argv, "--dtype", "bf16"]) == 0 and sum(encoded) == 6
+    encoded.clear()
+    np.save(out, np.zeros((6, 4), dtype=np.float32))  # the array changed since (the command refuses it: from Python)
+    cfg = embed_file.EmbedConfig(model=tiny_model_dir("qwen2_vl"), items=str(items), out=str(out), device="cpu",
+                                 batch_size=2, dtype="bf16")
+    assert embed_file.encode_items_file(cfg)[1:3] == (6, int(np.load(out).shape[1])) and sum(encoded) == 6
+    encoded.clear()
+    assert embed_file.encode_items_file(cfg)[1] == 6 and encoded == []  # finished again: nothing to do

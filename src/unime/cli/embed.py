@@ -21,6 +21,7 @@ def _embed(args) -> int:
     from unime.models.embed_file import EmbedConfig, encode_items_file
 
     with shown_on_failure(SkipReport()) as skips:  # every item skipped: the reasons before "no items to encode"
-        out, n, dim, skips = encode_items_file(config_from_args(EmbedConfig, args), skips=skips)
+        out, n, dim, skips = encode_items_file(config_from_args(EmbedConfig, args), skips=skips,
+                                              overwrite=bool(getattr(args, "overwrite", False)))
     print(f"{out}: {n} x {dim}" + (f"; {skips.summary()}" if skips.total else ""))
     return 0

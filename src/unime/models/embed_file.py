@@ -31,7 +31,7 @@ from unime.data.jsonl import iter_jsonl
 from unime.data.skips import ErrorPolicy, SkipReport
 from unime.data.video import VideoOptions
 from unime.errors import DataError
-from unime.models.chunk_work import ChunkWork, checked_work, done_lines, work_digests
+from unime.models.chunk_work import EVERY_LINE, ChunkWork, checked_work, done_lines, finished_before, work_digests
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import EmbedderOptions, checkpoint_image_loader
 from unime.options import on_error_option, option
@@ -79,11 +79,14 @@ class EmbedConfig(EmbedderOptions, ImageOptions, VideoOptions):
                                     "stopping at the first")
 
 
-def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tuple[Path, int, int, SkipReport]:
+def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None, *,
+                      overwrite: bool = False) -> tuple[Path, int, int, SkipReport]:
     """Encode the items of `cfg.items` with `cfg.model`; write the array to exactly `cfg.out` (atomic; its
     folder is created). The image options given override the model's pixel bounds
     (`unime.models.image_budget.ImageBudget`). Returns (path, rows, dimension, skips); the skips are counted into
-    `skips` when given (its count so far when it fails)."""
+    `skips` when given (its count so far when it fails). A run that finished earlier with the same options and
+    inputs, its array (and OUT.lines.json) unchanged since, does nothing and says so before the model loads
+    (`unime.models.chunk_work.finished_before`; `embed_done_key`), unless `overwrite`."""
     from unime.data.roots import resolve_data_root
     from unime.data.video import VideoSampling
     from unime.models.embedder import Embedder
@@ -98,6 +101,11 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
     image_budget = ImageBudget.from_args(cfg)
     checker = ImageChecker(checkpoint_image_loader(cfg.model, image_budget, root, video=video_sampling))
     path = Path(cfg.out)
+    digests = work_digests(path)  # a re-run of a killed (or finished) run reads no image again for its key
+    done_key = embed_done_key(cfg, root, checker, digests)  # before any image is opened
+    if finished_before(path, "embed", done_key, overwrite=overwrite, again="encodes again"):
+        rows, dim = np.load(path, mmap_mode="r").shape
+        return path, int(rows), int(dim), skips
     done = done_lines(path)  # the items a killed run encoded: their images not opened again
     items, lines, records = read_items_file(items_path, on_error=cfg.on_error, skips=skips, image_loader=checker,
                                             files_only=done)
@@ -106,7 +114,6 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
                                    batch_size=cfg.batch_size, video_sampling=video_sampling, image_budget=image_budget,
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
-    digests = work_digests(path)  # a re-run of a killed run reads no image again for its key
 
     def make_work(rows):
         key = embed_work_key(emb, cfg.model, cfg.dtype, [r[0] for r in rows], digests=digests)
@@ -130,11 +137,34 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None) -> tupl
         raise err from e
     with atomic_open(path, "wb") as fh:  # np.save on a file object: no ".npy" appended to the name
         np.save(fh, vecs)
+    companions = []
     if skips.total:
         with atomic_open(f"{path}.lines.json") as fh:
             json.dump({"items": items_path, "lines": lines, "skipped": skips.total}, fh)
-    work.finish()  # the output written: its chunks go
+        companions.append(f"{path}.lines.json")
+    # the output written: its chunks go, the record of the finished run stays
+    work.finish(done_key=done_key, companions=companions)
     return path, int(vecs.shape[0]), int(vecs.shape[1]), skips
+
+
+def embed_done_key(cfg: EmbedConfig, root: str, checker: ImageChecker, digests: ImageDigests) -> dict | None:
+    """What `encode_items_file`'s output depends on, told before the model loads (`finished_before`): the items file's
+    bytes and the bytes of the images its items reference (looked up, none opened; known from `digests`), the model by
+    its files, the data root and every option but where the output goes. None when it cannot be told (an image not
+    readable: the check names it)."""
+    from dataclasses import asdict
+
+    from unime.data.image_digests import digest_items, file_sha1
+    from unime.models.embedding_cache import model_fingerprint
+
+    try:
+        items, _, _ = read_items_file(cfg.items, image_loader=checker, on_error="skip", skips=SkipReport(),
+                                      files_only=EVERY_LINE)
+        return {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "model", "data_root")},
+                "items_sha1": file_sha1(cfg.items), "data_root": str(Path(root).resolve()),
+                "images": digest_items(items, checker.loader, digests), "model": model_fingerprint(cfg.model)}
+    except (OSError, DataError):
+        return None
 
 
 def embed_work_key(emb, model: str, dtype: str | None, items: list[Item], *,
