@@ -77,9 +77,10 @@ def test_a_killed_judge_run_resumes_from_its_finished_chunks_and_writes_the_unin
     assert scored == [["candidate 6", "candidate 7", "candidate 8"], ["candidate 9"]]  # the chunks not done only
     assert f"{out}: resuming: 2 of 4 chunks done before" in caplog.text
     assert out.read_bytes() == whole
-    assert not work.exists()  # the output written: the work folder is gone
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.jsonl", "pairs.jsonl", "scores.jsonl",
-                                                          "whole.jsonl"]
+    # the output written: the chunks are gone, the record of the finished run stays (a re-run has nothing to do)
+    assert sorted(p.name for p in work.iterdir()) == [KEY_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.jsonl.unime-work", ".whole.jsonl.unime-work",
+                                                          "labels.jsonl", "pairs.jsonl", "scores.jsonl", "whole.jsonl"]
 
 
 @pytest.mark.parametrize("change", ["judge", "pairs"])
@@ -106,7 +107,7 @@ def test_a_rerun_with_other_inputs_does_not_reuse_the_chunks_of_the_killed_run(t
     assert len(scored) == 4  # every chunk scored anew
     assert "3 discarded, starting over" in caplog.text and "resuming" not in caplog.text
     assert [json.loads(x)["score"] for x in out.read_text().splitlines()] == pytest.approx(expected)
-    assert not work_folder(out).exists()
+    assert sorted(p.name for p in work_folder(out).iterdir()) == [KEY_FILE]  # the chunks gone, the record kept
 
 
 def test_the_work_folder_appears_with_a_chunk_keeps_the_users_files_and_a_foreign_one_is_refused(tmp_path,
@@ -132,10 +133,9 @@ def test_the_work_folder_appears_with_a_chunk_keeps_the_users_files_and_a_foreig
         _score(pairs, labels, out)
     (work / "notes.txt").write_text("mine")  # put there while the run was stopped
     kill_after[0] = None
-    with caplog.at_level(logging.WARNING, logger="unime"):
-        assert _score(pairs, labels, out) == 10
-    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # unime's files gone, the user's kept
-    assert "notes.txt" in caplog.text
+    assert _score(pairs, labels, out) == 10
+    # unime's chunks gone, the user's file kept (beside the record of the finished run)
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt", KEY_FILE]
 
 
 def _image_inputs(folder, n=7, n_images=3):
@@ -202,12 +202,14 @@ def test_a_resumed_judge_run_reads_no_image_again_for_its_key_and_a_changed_imag
     assert image_sha1_reads == [str(img1.resolve())]  # the touched image only, and the key is the same: resumed
     assert f"{out}: resuming: 2 of 3 chunks done before" in caplog.text and scored == [["candidate 6"]]
     assert out.read_bytes() == whole
-    assert not work.exists()  # the output written: the chunks and the digests are gone
+    # the output written: the chunks are gone, the record of the finished run and the digests stay
+    assert sorted(p.name for p in work.iterdir()) == ["image_digests.tsv", KEY_FILE]
 
     scored.clear()
     kill_after[0] = 1
     with pytest.raises(Killed):
-        _score(pairs, labels, out)
+        pairs_mod.score_pairs_file(str(pairs), str(out), JudgeSpec(path=str(labels), data_root=str(pairs.parent)),
+                                   backend="oracle", overwrite=True)  # finished: done again only when asked
     img1.write_bytes(img1.read_bytes() + b"\0")  # other bytes (a PNG still): the key changes
     image_sha1_reads.clear()
     scored.clear()
@@ -217,7 +219,7 @@ def test_a_resumed_judge_run_reads_no_image_again_for_its_key_and_a_changed_imag
         assert _score(pairs, labels, out) == 7
     assert image_sha1_reads == [str(img1.resolve())]
     assert "1 discarded, starting over" in caplog.text and len(scored) == 3
-    assert out.read_bytes() == whole and not work.exists()
+    assert out.read_bytes() == whole and sorted(p.name for p in work.iterdir()) == ["image_digests.tsv", KEY_FILE]
 
 
 
@@ -267,3 +269,57 @@ def test_a_judge_resume_whose_chunks_are_discarded_checks_their_images_before_sc
     spec = JudgeSpec(path=str(labels), data_root=str(pairs.parent))
     assert pairs_mod.score_pairs_file(str(pairs), str(out), spec, backend="oracle", on_error="skip") == 6
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["p0", "p1", "p2", "p3", "p5", "p6"]
+
+
+def test_a_finished_judge_run_rerun_with_the_same_options_does_nothing(tmp_path, scored_chunks, monkeypatch, caplog,
+                                                                      image_sha1_reads, image_opens):
+    """QA: a finished `unime judge --pairs` run again (same options, same inputs) scored every pair again; README's
+    resume rule says a finished run says so and does nothing. It does now, before the judge loads, opening and reading
+    no image; overwrite, another option, an image or the pairs changed, the output (or, with labels, its metrics)
+    removed or changed since score again."""
+    scored, _ = scored_chunks
+    pairs, labels = _image_inputs(tmp_path)
+    out = tmp_path / "scores.jsonl"
+    assert _score(pairs, labels, out) == 7 and len(scored) == 3
+    written = out.read_bytes()
+    loads, real_backend = [], pairs_mod.make_backend
+    monkeypatch.setattr(pairs_mod, "make_backend", lambda *a, **k: loads.append(a) or real_backend(*a, **k))
+    scored.clear()
+    image_sha1_reads.clear()
+    image_opens.clear()
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert _score(pairs, labels, out) == 7
+    assert scored == [] and loads == [] and image_sha1_reads == [] and image_opens == [] and out.read_bytes() == written
+    assert f"{out}: this judge run finished earlier (same options and inputs); nothing to do (--overwrite scores " \
+           "again)" in caplog.text
+    spec = JudgeSpec(path=str(labels), data_root=str(pairs.parent))
+    assert pairs_mod.score_pairs_file(str(pairs), str(out), spec, backend="oracle", overwrite=True) == 7
+    assert len(scored) == 3 and len(loads) == 1 and out.read_bytes() == written  # asked to score again
+    scored.clear()
+    assert pairs_mod.score_pairs_file(str(pairs), str(out), spec, backend="oracle", on_error="skip") == 7
+    assert len(scored) == 3  # another option
+    scored.clear()
+    assert _score(pairs, labels, out) == 7 and len(scored) == 3 and out.read_bytes() == written
+    scored.clear()
+    out.write_bytes(written + b"\n")  # the output changed since: scored again
+    assert _score(pairs, labels, out) == 7 and len(scored) == 3 and out.read_bytes() == written
+    scored.clear()
+    (tmp_path / "img" / "1.png").write_bytes((tmp_path / "img" / "1.png").read_bytes() + b"\0")  # other bytes
+    assert _score(pairs, labels, out) == 7 and len(scored) == 3
+    scored.clear()
+    pairs.write_text(pairs.read_text().replace('"p0"', '"first"'))  # another id: another output
+    assert _score(pairs, labels, out) == 7 and len(scored) == 3
+    assert json.loads(out.read_text().splitlines()[0])["id"] == "first"
+    scored.clear()
+
+    def labelled():
+        return pairs_mod.score_pairs_file(str(pairs), str(out), spec, backend="oracle", label_column="label")
+
+    pairs.write_text("".join(json.dumps({**json.loads(x), "label": i % 2}) + "\n"
+                             for i, x in enumerate(pairs.read_text().splitlines())))
+    metrics = labelled()
+    assert len(scored) == 3 and metrics["pairs"] == 7
+    scored.clear()
+    assert labelled() == json.loads((tmp_path / "scores.metrics.json").read_text()) and scored == []
+    (tmp_path / "scores.calibration.png").unlink()  # a file it wrote beside the output removed: scored again
+    assert labelled()["pairs"] == 7 and len(scored) == 3 and (tmp_path / "scores.calibration.png").is_file()

@@ -102,7 +102,7 @@ def _judge(args) -> int:
 
     with shown_on_failure(SkipReport()) as skips:  # every pair skipped: the reasons before "no pairs to score"
         res = judge_pairs(config_from_args(JudgePairsConfig, args, backend_options=_backend_options(args)),
-                          skips=skips)
+                          skips=skips, overwrite=bool(getattr(args, "overwrite", False)))
     skipped = f"; {skips.summary()}" if skips.total else ""
     if not args.label_column:
         print(f"{args.out}: {res} scores{skipped}")

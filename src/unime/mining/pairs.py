@@ -24,7 +24,7 @@ from unime.data.items import Item
 from unime.data.pairs import check_pair_images, read_pairs
 from unime.errors import DataError, same_path_value
 from unime.mining.backends import JudgeOptions, JudgeSpec, judge_models, make_backend
-from unime.models.chunk_work import ChunkWork, checked_work, done_lines, work_digests
+from unime.models.chunk_work import ChunkWork, checked_work, done_lines, finished_before, work_digests
 from unime.options import on_error_option, option
 
 # pairs per chunk, the unit of resumption: each finished chunk's scores are kept in the work folder beside the output
@@ -52,19 +52,19 @@ class JudgePairsConfig(JudgeOptions):
     backend_options: dict = option(factory=dict, cli=False)  # `make_backend`'s (`BackendOptions.for_backend`)
 
 
-def judge_pairs(cfg: JudgePairsConfig, *, skips=None) -> int | dict:
+def judge_pairs(cfg: JudgePairsConfig, *, skips=None, overwrite: bool = False) -> int | dict:
     """`unime judge`: `score_pairs_file` with the command's options (image paths relative to `cfg.data_root`,
     default the pairs file's folder or the root recorded beside it)."""
     from unime.data.roots import resolve_data_root
 
     spec = cfg.judge_spec(cfg.judge, resolve_data_root(cfg.pairs, cfg.data_root))
     return score_pairs_file(cfg.pairs, cfg.out, spec, backend=cfg.backend, backend_options=cfg.backend_options,
-                            on_error=cfg.on_error, skips=skips, label_column=cfg.label_column)
+                            on_error=cfg.on_error, skips=skips, label_column=cfg.label_column, overwrite=overwrite)
 
 
 def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend: str = "local",
                      backend_options: dict | None = None, on_error: str = "raise", skips=None,
-                     label_column: str | None = None) -> int | dict:
+                     label_column: str | None = None, overwrite: bool = False) -> int | dict:
     """Score every pair of a JSONL pairs file; write `{"id", "score"}` lines in input order (atomic).
     Every image is opened first (a resume: those of the pairs left to score); under `on_error="skip"` bad pairs are
     left out (and counted). Scored chunk by chunk, resuming from the chunks an interrupted run of the same pairs,
@@ -72,13 +72,27 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
 
     With `label_column`: the lines also carry `label`, and the judge is evaluated on the labels
     (`unime.mining.judge_check`): OUT with suffix `.metrics.json` and `.calibration.png` are written and
-    the metrics dict is returned (else the number of pairs)."""
+    the metrics dict is returned (else the number of pairs).
+
+    A run that finished earlier with the same options and inputs, OUT (and its metrics and plot) unchanged since, does
+    nothing and says so before the judge loads (`unime.models.chunk_work.finished_before`; `pairs_done_key`), unless
+    `overwrite`."""
     from unime.data.io import ImageChecker
     from unime.models.loading import checkpoint_image_loader
 
     # the judge's processor's limits, checked here (a bad pair named, or skipped under the skip policy)
     checker = ImageChecker(checkpoint_image_loader(judge_models(spec.path, backend), spec.budget, spec.data_root,
                                                    allow_outside_root=spec.allow_outside_root, video=spec.sampling))
+    digests = work_digests(out_path)  # a re-run of a killed (or finished) run reads no image again for its key
+    # before any image is opened
+    done_key = pairs_done_key(pairs_path, spec, backend, backend_options, checker, digests, on_error=on_error,
+                              label_column=label_column)
+    if finished_before(out_path, "judge", done_key, overwrite=overwrite, again="scores again"):
+        if label_column:
+            stem = Path(out_path).with_suffix("")
+            return json.loads(Path(f"{stem}.metrics.json").read_text(encoding="utf-8"))
+        with open(out_path, "rb") as fh:
+            return sum(1 for _ in fh)
     done, lines = done_lines(out_path), []  # the pairs a killed run scored: their images not opened again
     read = dict(on_error=on_error, skips=skips, images=checker, files_only=done, lines=lines)
     if label_column:
@@ -87,7 +101,6 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
         pairs, labels = read_pairs(pairs_path, **read), None
     if not pairs:
         raise DataError("no pairs to score", source=pairs_path)
-    digests = work_digests(out_path)  # a re-run of a killed run reads no image again for its key
 
     def make_work(rows):
         key = pairs_work_key([r[0] for r in rows], spec, backend, backend_options, checker.loader, digests=digests)
@@ -127,7 +140,7 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
                 row["label"] = labels[i]
             fh.write(json.dumps(row) + "\n")
     if labels is None:
-        work.finish()
+        work.finish(done_key=done_key)  # the output written: its chunks go, the record of the finished run stays
         return len(pairs)
     from unime.mining.judge_check import binary_metrics, calibration_bins, plot_calibration
 
@@ -137,7 +150,7 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
     with atomic_open(f"{stem}.metrics.json") as fh:
         json.dump(metrics, fh, indent=1)
     plot_calibration(labels, scores, f"{stem}.calibration.png", title=f"judge {Path(spec.path).name}")
-    work.finish()
+    work.finish(done_key=done_key, companions=(f"{stem}.metrics.json", f"{stem}.calibration.png"))
     return metrics
 
 
@@ -150,6 +163,27 @@ def query_groups(pairs: list[tuple[Any, Item, Item]]) -> list[tuple[Item, list[I
         if all(x.key != c.key for x in g[1]):
             g[1].append(c)
     return list(groups.values())
+
+
+def pairs_done_key(pairs_path: str, spec: JudgeSpec, backend: str, backend_options: dict | None, checker, digests,
+                   *, on_error: str, label_column: str | None) -> dict[str, Any] | None:
+    """What `score_pairs_file`'s output depends on, told before the judge loads (`finished_before`): the pairs file's
+    bytes, the key of its pairs' scores (`pairs_work_key`: the judge, its settings, the bytes of the images, looked
+    up, none opened; known from `digests`), the judge's name (the plot's title), `on_error` and `label_column`. None
+    when it cannot be told (an image not readable: the check names it)."""
+    from unime.data.image_digests import file_sha1
+    from unime.data.skips import SkipReport
+    from unime.models.chunk_work import EVERY_LINE
+
+    try:
+        pairs = read_pairs(pairs_path, on_error="skip", skips=SkipReport(), images=checker, files_only=EVERY_LINE,
+                           label_column=label_column)
+        return {"pairs_sha1": file_sha1(pairs_path), "on_error": on_error, "label_column": label_column,
+                "judge_name": Path(spec.path).name,
+                "scores": pairs_work_key(pairs[0] if label_column else pairs, spec, backend, backend_options,
+                                         checker.loader, digests=digests)}
+    except (OSError, DataError):
+        return None
 
 
 def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend: str, backend_options: dict | None,
