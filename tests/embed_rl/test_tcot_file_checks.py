@@ -115,5 +115,5 @@ def test_a_good_tcot_file_passes_the_check_of_split(tmp_path):
     from unime.errors import ModelError
 
     records, tcots = _files(tmp_path, _tcot('{"bbox_2d": [[100, 100, 900, 900]]}'))
-    with pytest.raises(ModelError, match="no-judge': no such local folder"):
+    with pytest.raises(ModelError, match="no-judge': no such folder"):
         _split(tmp_path, records, tcots)

@@ -289,10 +289,10 @@ def split_records_file(cfg: SplitConfig, *, overwrite: bool = False) -> dict:
     cfg.check()
     refuse_other_options(cfg, overwrite=overwrite)
     records, out_dir = cfg.records, cfg.out_dir
+    recs = read_records(records)  # the records file first, the T-CoTs second (as materialize reads them)
     # the T-CoTs checked as `reason materialize` and the SFT check them: a pair the judge scores is trainable
     tcot_rows = read_tcot_rows(cfg.tcots)
     check_tcot_rows(tcot_rows, source=cfg.tcots)
-    recs = read_records(records)
     data_root = resolve_data_root(records, cfg.data_root)
     sampling = VideoSampling.from_fields(cfg)
     # the judge opens the query and positive images: a bad one is named by this file's line before it loads
@@ -332,8 +332,8 @@ class MaterializeConfig(VideoOptions):
 def materialize_records_file(cfg: MaterializeConfig, left_out: list[str] | None = None) -> int:
     """`unime reason materialize`: `reasoned_records` of the records file written to `cfg.out`, the records' data
     root recorded beside it (`unime.data.roots.record_data_root`); returns their number. The T-CoT file is checked
-    first (`unime.reasoning.reasoner.check_tcot_rows`: a T-CoT that does not parse, or a box inverted or wholly
-    outside the image, is refused naming its line, record id and side). Evidence left out by the crop rules (a box
+    after the records are read, before any image (`unime.reasoning.reasoner.check_tcot_rows`: a T-CoT that does not
+    parse, or a box inverted or wholly outside the image, is refused naming its line, record id and side). Evidence left out by the crop rules (a box
     too small or too elongated to crop) is counted: logged, and one line each into `left_out` when given."""
     from unime.data.images import ImageLoader
     from unime.data.io import read_records, write_records
@@ -342,10 +342,10 @@ def materialize_records_file(cfg: MaterializeConfig, left_out: list[str] | None 
 
     if (cfg.tcots is None) == (not cfg.no_tcots):
         raise UsageError("give --tcots FILE or --no-tcots", command="reason materialize")
+    recs = read_records(cfg.records)
     tcot_rows = None if cfg.no_tcots else read_tcot_rows(cfg.tcots)
     if tcot_rows is not None:
         check_tcot_rows(tcot_rows, source=cfg.tcots)
-    recs = read_records(cfg.records)
     data_root = resolve_data_root(cfg.records, cfg.data_root)
     loader = ImageLoader(data_root, video=VideoSampling.from_fields(cfg))  # the frames the key frames number
     for row in tcot_rows or ():  # key frames numbered under another sampling would cut other frames
