@@ -9,6 +9,8 @@ import pytest
 
 from unime.cli import main
 from unime.data.io import read_records, write_records
+from unime.errors import DataError
+from unime.reasoning.reasoner import GenerateConfig, generate_tcots
 
 from tests.models.helpers import Killed, check_a_resumed_run_reads_no_image_again, write_pngs
 
@@ -233,3 +235,59 @@ def test_a_missing_image_is_named_before_the_model_loads(tiny_model_dir, tmp_pat
                                                "'positive.images[0]': image file not found: 'nope.png'")
     with pytest.raises(pytest.fail.Exception, match="the model loaded before the image check"):
         main([*argv, "--sides", "query"])  # the positive is not read: past the check
+
+
+def _four_image_records(tmp_path, monkeypatch, tiny_model_dir):
+    """4 records, record i asking about img/i.png (PNGs of random pixels, returned) with a text answer, generated in
+    chunks of 2 T-CoTs (one record, both sides, per chunk; watched: `_watched_generation`). Returns (images,
+    generated, kill_after, the command line without --out)."""
+    import numpy as np
+
+    from unime.data.items import Item, Record
+    from unime.reasoning import reasoner as reasoner_mod
+
+    images = write_pngs(tmp_path, 4, np.random.default_rng(0))
+    write_records([Record(query=Item(text=f"<|image_1|>\nwhat is shown {i}?", images=(f"img/{i}.png",)),
+                          positive=Item(text=f"answer {i}"), id=f"r{i}") for i in range(4)], tmp_path / "r.jsonl")
+    monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
+    generated, kill_after, _ = _watched_generation(monkeypatch)
+    argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
+            "--data-root", str(tmp_path), "--max-new-tokens", "3"]
+    return images, generated, kill_after, argv
+
+
+def test_a_resumed_generate_run_opens_only_the_images_of_the_tcots_left_to_generate(
+        tiny_model_dir, tmp_path, monkeypatch, image_opens):
+    """QA: the re-run of a killed `unime reason generate` opened every image of the records again in its check before
+    the model loads, those of the chunks already generated too, where `embed` and `judge --pairs` open only those of
+    the work left. Now it does too: 4 records of one image each, a chunk per record, killed after 2 chunks: the
+    re-run opens images 2 and 3 only, and writes the file an uninterrupted run writes."""
+    images, generated, kill_after, argv = _four_image_records(tmp_path, monkeypatch, tiny_model_dir)
+    assert main([*argv, "--out", str(tmp_path / "whole.jsonl")]) == 0
+    assert sorted(set(image_opens)) == sorted(map(str, images)) and generated == [2, 2, 2, 2]
+    out = tmp_path / "t.jsonl"
+    kill_after[0], generated[:] = 2, []
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(out)])
+    kill_after[0], generated[:], image_opens[:] = None, [], []
+    assert main([*argv, "--out", str(out)]) == 0
+    assert generated == [2, 2]
+    assert sorted(set(image_opens)) == [str(images[2]), str(images[3])]
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+
+def test_a_generate_resume_whose_chunks_are_discarded_checks_their_images_before_generating(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """The first run's check is not weakened by a resume: when the finished chunks are not reused after all (an
+    image of the first chunk made corrupt: the key changed), the images of their records are opened before any T-CoT
+    is generated, a corrupt one named by its line."""
+    images, generated, kill_after, argv = _four_image_records(tmp_path, monkeypatch, tiny_model_dir)
+    kill_after[0] = 2
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(tmp_path / "t.jsonl")])
+    images[0].write_bytes(b"not a png")  # in the first chunk, generated
+    kill_after[0], generated[:] = None, []
+    with pytest.raises(DataError) as err:
+        generate_tcots(GenerateConfig(model=tiny_model_dir(), records=str(tmp_path / "r.jsonl"),
+                                      data_root=str(tmp_path), out=str(tmp_path / "t.jsonl"), max_new_tokens=3))
+    assert "record line 1 (id r0)" in str(err.value) and "img/0.png" in str(err.value) and generated == []

@@ -31,7 +31,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item
 from unime.data.video import VideoOptions, VideoSampling
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
-from unime.models.chunk_work import ChunkWork, work_digests
+from unime.models.chunk_work import ChunkWork, checked_work, done_lines, work_digests
 from unime.models.generation import SAMPLE_TOP_K, ignored_checkpoint_decoding
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
 from unime.models.loading import DeviceOptions, dtype_option
@@ -428,7 +428,9 @@ def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int
     Before the model loads: a run that finished earlier with the same options and inputs (its work folder's record,
     `unime.models.chunk_work.finished_before`; the output unchanged since) does nothing and says so, unless
     `overwrite` (then it generates again); otherwise the images of the sides to write are opened, a bad one named
-    by the records file's line, record id and field (`ImageChecker`, as `reason split` and `materialize` check)."""
+    by the records file's line, record id and field (`ImageChecker`, as `reason split` and `materialize` check).
+    A re-run of a killed run opens only those of the T-CoTs left to generate: the jobs of its finished chunks
+    (`unime.models.chunk_work.done_lines`, by their number) are only looked up, as `unime embed` does."""
     from tqdm.auto import tqdm
 
     from unime.data.io import ImageChecker, origin_of, read_records
@@ -454,17 +456,26 @@ def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int
         rows = read_tcot_rows(cfg.out)
         return len(rows), sum(format_ok(r.tcot) for r in rows)
     checker = ImageChecker(loader)
-    for i, rec in enumerate(records):
-        for side in sides:
-            field = "query" if side == "query" else "positive"
-            checker.check_item(field, getattr(rec, field), source=cfg.records, record=origin_of(rec) or rec.id or i)
+    done = done_lines(cfg.out)  # the jobs (by number) of the chunks a killed run finished: their images not opened
+
+    def check(j: int, files_only: bool = False) -> None:
+        rec, side = records[j // len(sides)], jobs[j][1]
+        field = "query" if side == "query" else "positive"
+        checker.check_item(field, getattr(rec, field), source=cfg.records, files_only=files_only,
+                           record=origin_of(rec) or rec.id or j // len(sides))
+
+    for j in range(len(jobs)):
+        check(j, files_only=j in done)
     reasoner = Reasoner.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
                                         image_budget=ImageBudget.from_args(cfg), batch_size=cfg.batch_size,
                                         video_sampling=sampling,
                                         max_new_tokens=cfg.max_new_tokens, attn_implementation=cfg.attn_implementation)
     key = generate_work_key(cfg, jobs, reasoner.image_loader, digests=digests,
                             ignored_decoding=ignored_checkpoint_decoding(reasoner.model.generation_config))
-    work = ChunkWork(cfg.out, "reason generate", key, rows=len(jobs), per_chunk=tcots_per_chunk(cfg), digests=digests)
+    # a job of `done` generated after all (the inputs or options changed): its images opened now, before generating
+    work, _ = checked_work(list(range(len(jobs))), lambda js: ChunkWork(
+        cfg.out, "reason generate", key, rows=len(js), per_chunk=tcots_per_chunk(cfg), digests=digests, lines=js),
+        line_of=lambda j: j, unchecked=done, check=check)
     work.open()
     todo = work.todo()
     left = sum(len(jobs[work.span(i)]) for i in todo)
