@@ -51,3 +51,29 @@ def test_a_name_not_in_utf8_is_cached(tmp_path):
     first.save()
     again = ImageDigests(cache)
     assert again.digest(path) == hashlib.sha1(b"x").hexdigest() and again.hashed == 0
+
+
+def test_a_cache_line_with_non_ascii_digits_is_left_out_as_corrupt(tmp_path):
+    """QA: the reader took any `str.isdigit()` size and mtime, True for '²' (which int() refuses: a corrupt cache
+    line crashed the run) and for '١' (Arabic-Indic one, which int() reads as 1). Such a line is now a corrupt one,
+    left out like any other: its image is read again; the good lines are still used."""
+    import hashlib
+
+    (tmp_path / "a.png").write_bytes(b"a")
+    (tmp_path / "b.png").write_bytes(b"b")
+    (tmp_path / "c.png").write_bytes(b"c")
+    cache = tmp_path / "digests.tsv"
+    first = ImageDigests(cache)
+    for n in ("a.png", "b.png", "c.png"):
+        first.digest(tmp_path / n)
+    first.save()
+    good, b_line, c_line = cache.read_text(encoding="utf-8").split("\n")[:3]
+    b_path, b_size, b_mtime, _ = b_line.split("\t")
+    c_path, c_size, c_mtime, _ = c_line.split("\t")
+    assert b_size == "1" and c_size == "1"
+    cache.write_text("\n".join([good, f"{b_path}\t²\t{b_mtime}\t{'0' * 40}",
+                                f"{c_path}\t\u0661\t{c_mtime}\t{'0' * 40}", ""]), encoding="utf-8")
+    again = ImageDigests(cache)
+    assert [again.digest(tmp_path / n) for n in ("a.png", "b.png", "c.png")] == [
+        hashlib.sha1(x).hexdigest() for x in (b"a", b"b", b"c")]
+    assert again.hashed == 2  # b and c read again (their lines corrupt), a from the cache

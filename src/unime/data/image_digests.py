@@ -39,7 +39,9 @@ class ImageDigests:
             # in UTF-8 comes back as the str the file system gave (surrogateescape)
             for line in self.cache_file.read_bytes().decode("utf-8", "surrogateescape").split("\n"):
                 parts = line.rsplit("\t", 3)
-                if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
+                # a line not of this shape (a corrupt file) is left out: its image is read again if asked for;
+                # ASCII digits only (str.isdigit is True for '²', which int() refuses, and for '١', which it reads)
+                if len(parts) == 4 and all(n.isascii() and n.isdigit() for n in parts[1:3]):
                     self._memo[(parts[0], int(parts[1]), int(parts[2]))] = parts[3]
 
     def digest(self, path: str | os.PathLike) -> str:
