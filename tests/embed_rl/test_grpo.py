@@ -807,3 +807,40 @@ def test_grpo_rollouts_of_a_policy_with_a_chat_generation_config_sample_the_full
     assert len(seen) == 1 and len(seen[0]) == 16  # 2 pairs x 2 sides x 4 rollouts, each prompt's 4 in a row
     groups = [seen[0][i:i + 4] for i in range(0, 16, 4)]
     assert all(len(set(g)) > 1 for g in groups), groups
+
+
+def test_reward_counts_the_evidence_the_crop_rules_left_out(tiny_model_dir, tmp_path):
+    """QA: the GRPO reward dropped evidence it could not crop (a box too small, boxes on a text item) without a word,
+    where `reason materialize` and the SFT count it. Each step's count is now in the reward log (its
+    `evidence_left_out` column), with examples naming the item. Hand count: 2 pairs, 2 rollouts per side; the queries
+    show a 224 px image, the positives are text. Query rollouts: a 4 px box and a 134 px one (1 left out), two 4 px
+    boxes (2), a T-CoT without boxes (0), plain text (0); positive rollouts: boxes on the text (1), plain text (0, 0,
+    0). Total 4."""
+    from unime import Embedder
+    from unime.embed_rl.grpo import RewardLog
+    from unime.reasoning.embed_inputs import ReasonedEmbedder
+    from unime.reasoning.tcot import render_tcot
+
+    Image.new("RGB", (224, 224), (200, 30, 30)).save(tmp_path / "red.png")
+    emb = ReasonedEmbedder(Embedder.from_pretrained(tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), device="cpu",
+                                                    data_root=str(tmp_path)))
+    log = RewardLog(tmp_path / "reward_log.csv")
+    reward = EmbedRLReward(emb, None, group_size=2, weights=(0.05, 0.8, 0.0), reward_log=log)
+    small, ok = [0, 0, 20, 20], [0, 0, 600, 600]  # 0-1000 coordinates: 4 px and 134 px of 224
+    query_rollouts = [render_tcot({"bbox_2d": [small, ok]}, "a red thing", "red"),
+                      render_tcot({"bbox_2d": [small, small]}, "a red thing", "red"),
+                      render_tcot({"text_keywords": ["red"]}, "a red thing", "red"), "red"]
+    positive_rollouts = [render_tcot({"bbox_2d": [ok]}, "red", "red"), "red", "red", "red"]
+    pair_id = ["p0", "p0", "p0", "p0", "p1", "p1", "p1", "p1"]
+    side = ["query", "query", "positive", "positive"] * 2
+    texts = [query_rollouts[0], query_rollouts[1], positive_rollouts[0], positive_rollouts[1],
+             query_rollouts[2], query_rollouts[3], positive_rollouts[2], positive_rollouts[3]]
+    items = [json.dumps({"text": "<|image_1|>\nwhat is red?", "images": ["red.png"]}) if s == "query" else
+             json.dumps({"text": f"a red square {p}"}) for p, s in zip(pair_id, side)]
+    reward(prompts=[""] * 8, completions=texts, pair_id=pair_id, side=side, item=items)
+    assert log.rows[-1]["evidence_left_out"] == 4
+    assert len(reward.left_out_examples) == 3
+    assert reward.left_out_examples[0] == "'<|image_1|>\\nwhat is red?': bbox_2d[0] too small or too elongated to " \
+                                          "crop (4x4 px)"
+    assert "'a red square p0': 1 box(es) but no image" in emb.left_out
+    assert RewardLog(tmp_path / "reward_log.csv", resume=True).rows[-1]["evidence_left_out"] == 4  # in the CSV

@@ -327,3 +327,34 @@ def test_reason_eval_on_error_skip_leaves_out_a_bad_image_row_and_a_task_without
     assert f"skipped tasks (`--on-error skip`): lost ({meta['skipped_task_reasons']['lost']})" in printed.splitlines()
     written = [json.loads(x) for x in (out / "tcots.jsonl").read_text().splitlines()]
     assert sum(r["side"] == "query" for r in written) == 2  # the bad row's query is not embedded
+
+
+def test_reason_eval_counts_the_evidence_the_crop_rules_left_out(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """QA: `reason eval` dropped the evidence of its T-CoTs that could not be cropped without a word, where `reason
+    materialize` and the SFT count it. It is now counted in summary.json's meta and said on the console. Hand
+    count: 2 text queries and 2 image candidates (224 px), each embedded once, every T-CoT with a 4 px box and a
+    134 px one: each candidate loses its 4 px box (2), each text query its boxes, one piece each (2). Total 4."""
+    from unime.cli import main
+    from unime.embed_rl import tcot_embedder
+    from unime.reasoning import teacher
+
+    for c, rgb in (("red", (220, 40, 40)), ("blue", (40, 80, 220))):
+        Image.new("RGB", (224, 224), rgb).save(tmp_path / f"{c}.png")
+    rows = [{"qry_text": f"a {c} square", "qry_img_path": "", "tgt_text": ["", ""],
+             "tgt_img_path": [f"{c}.png", f"{o}.png"]} for c, o in (("red", "blue"), ("blue", "red"))]
+    (tmp_path / "pick.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval_tasks.yaml").write_text("tasks:\n  - {name: pick, format: mmeb, path: pick.jsonl, "
+                                              "meta_task: retrieval}\n")
+    boxed = render_tcot({"bbox_2d": [[0, 0, 20, 20], [0, 0, 600, 600]]}, "a square", "square")
+    monkeypatch.setattr(teacher, "AnnotationTeacher", lambda *a, **k: None)
+    monkeypatch.setattr(tcot_embedder, "teacher_tcot_fn", lambda _: lambda items, sides: [boxed] * len(items))
+    out = tmp_path / "ev"
+    assert main(["reason", "eval", "--embedder", tiny_model_dir("qwen2_vl", (EMB_TOKEN,)), "--tasks",
+                 str(tmp_path / "eval_tasks.yaml"), "--tcots", "teacher", "--world", str(tmp_path), "--device", "cpu",
+                 "--out", str(out)]) == 0
+    assert len((out / "tcots.jsonl").read_text().splitlines()) == 4  # each item embedded once
+    left_out = json.loads((out / "summary.json").read_text())["meta"]["evidence_left_out"]
+    assert left_out["total"] == 4 and len(left_out["examples"]) == 3
+    assert "'a red square': 2 box(es) but no image" in left_out["examples"]
+    printed = [line for line in capsys.readouterr().out.splitlines() if "evidence left out" in line]
+    assert len(printed) == 1 and printed[0].startswith("4 piece(s) of evidence left out (")

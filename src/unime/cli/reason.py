@@ -109,4 +109,9 @@ def _eval(args) -> int:
     print(json.dumps(shown, indent=1))
     for line in skip_lines(summary):  # --on-error skip: said here too, not only in results.md
         print(line[2:].replace("**", ""))
+    left_out = summary.get("meta", {}).get("evidence_left_out", {})
+    if left_out.get("total"):  # as the log says it
+        from unime.reasoning.evidence import left_out_line
+
+        print(left_out_line(left_out["examples"], total=left_out["total"]))
     return 0

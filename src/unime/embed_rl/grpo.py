@@ -77,8 +77,10 @@ log = logging.getLogger(__name__)
 
 QUERY, POSITIVE = "query", "positive"
 REWARD_LOG_COLUMNS = ["step", "completions", "format", "outcome", "process", "total", "acc", "margin",
-                      "judge_parsed", "judge_picked_positive"]
-_INTEGER_COLUMNS = frozenset({"step", "completions"})  # the rest are means (floats, nan when not computed)
+                      "judge_parsed", "judge_picked_positive", "evidence_left_out"]
+# the rest are means (floats, nan when not computed); evidence_left_out: the step's pieces of evidence the crop rules
+# left out (empty in a log written before it was counted)
+_INTEGER_COLUMNS = frozenset({"step", "completions", "evidence_left_out"})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,6 +241,7 @@ class EmbedRLReward:
         self.last: dict[str, Any] | None = None
         # the negative pairs the batches actually had: the outcome reward's (B - 1), the process judge's shown
         self.negative_pairs_seen: dict[str, set[int]] = {"outcome": set(), "process": set()}
+        self.left_out_examples: list[str] = []  # the first pieces of evidence the embedder left out (the log's e.g.)
         self._warned_unparsed = False
 
     def negative_pairs(self) -> dict[str, list[int]]:
@@ -290,7 +293,11 @@ class EmbedRLReward:
 
         check_hard_negative_pairs(self.hard_negative_pairs, layout.batch_pairs)  # before any work on the batch
         fmt = np.asarray(format_reward(texts), dtype=np.float64)
+        left_out = getattr(self.embedder, "left_out", None)  # a ReasonedEmbedder's: the evidence it left out
+        before = len(left_out) if left_out is not None else 0
         E = self.embedder.encode(list(items), list(texts))
+        dropped = left_out[before:] if left_out is not None else []
+        self.left_out_examples.extend(dropped[:3 - len(self.left_out_examples)])
         dup = self.duplicate_pairs(items, layout)
         self.negative_pairs_seen["outcome"].update(layout.batch_pairs - 1 - len(d) for d in dup)
         oc = layout.outcome_rewards(E, neg_temperature=self.neg_temperature, scale=self.outcome_scale,
@@ -300,7 +307,8 @@ class EmbedRLReward:
         total = combine_rewards(fmt, oc.reward, proc, self.weights)
         return {"format": float(fmt.mean()), "outcome": float(oc.reward.mean()), "process": float(np.mean(proc)),
                 "total": float(np.mean(total)), "acc": float(oc.acc.mean()), "margin": float(oc.margin.mean()),
-                "judge_parsed": parsed, "judge_picked_positive": picked_pos, "total_per_completion": total,
+                "judge_parsed": parsed, "judge_picked_positive": picked_pos, "evidence_left_out": len(dropped),
+                "total_per_completion": total,
                 "per_completion": {"format": fmt, "outcome": oc.reward, "process": proc, "margin": oc.margin}}
 
     def positive_keys(self, items: Sequence[Item], layout) -> list[str] | None:
@@ -771,7 +779,16 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
     summary = {"steps": trainer.state.global_step, "pairs": n_pairs, "rows": len(rows),
                "skipped_records": {"total": skips.total, "by_reason": dict(sorted(skips.counts.items()))},
                "negative_pairs": reward.negative_pairs(),
+               # the evidence of the rollouts the crop rules left out, over the steps of the reward log (this
+               # process's), counted as `reason materialize` counts its own
+               "evidence_left_out": {"total": sum(int(r.get("evidence_left_out") or 0) for r in reward_log.rows),
+                                     "examples": reward.left_out_examples},
                "reward_steps": reward_log.rows, "config": options}
+    if summary["evidence_left_out"]["total"]:
+        from unime.reasoning.evidence import left_out_line
+
+        log.warning("GRPO rollouts: %s", left_out_line(reward.left_out_examples,
+                                                       total=summary["evidence_left_out"]["total"]))
     from unime.embed_rl.export import export_reasoner
     from unime.models.export import write_json_atomic
 

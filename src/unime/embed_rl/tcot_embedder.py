@@ -356,9 +356,9 @@ def materialize_records_file(cfg: MaterializeConfig, left_out: list[str] | None 
     # the items keep their image paths (only the evidence crops are inline): the trainer needs the root
     record_data_root(Path(os.path.abspath(cfg.out)).parent, data_root, written=[cfg.out])
     if dropped:
-        log.warning("%s: %d piece(s) of evidence left out (boxes need both sides >= 10 px and an aspect ratio <= 50 "
-                    "to be cropped; a box needs an image), e.g. %s", cfg.records, len(dropped),
-                    "; ".join(dropped[:3]))
+        from unime.reasoning.evidence import left_out_line
+
+        log.warning("%s: %s", cfg.records, left_out_line(dropped))
     if left_out is not None:
         left_out.extend(dropped)
     return n
@@ -556,6 +556,10 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     encoder = RunEncoder(ReasoningEncoder(remb, fn, query_keys, log_tcots=written), f"tcot-{tcots}", cache_dir=None,
                          batch_size=batch_size, show_progress=show_progress)
     run = run_tasks(data, encoder, opts=EvalOptions(), show_progress=show_progress)
+    if remb.left_out:  # the evidence of the T-CoTs the crop rules left out, counted as `reason materialize` does
+        from unime.reasoning.evidence import left_out_line
+
+        log.warning("%s: %s", cfg.tasks, left_out_line(remb.left_out))
     run.timing["wall_seconds"] = round(time.perf_counter() - t0, 3)
     meta = {"model": f"{embedder_path} + T-CoT ({tcots}{': ' + str(reasoner_path) if reasoner_path else ''})",
             "embedder": str(embedder_path), "tcots": tcots, "reasoner": reasoner_path,
@@ -563,7 +567,8 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
             "skipped_tasks_other_formats": skipped, "device": emb.device,
             "video_sampling": dataclasses.asdict(sampling) if sampling is not None else None,
             "image_budget": emb.image_budget.to_dict(), "visual_tokens_encoded": emb.visual_tokens,
-            "generation": generation}  # how the reasoner wrote the T-CoTs (`reasoner_eval_generation`)
+            "generation": generation,  # how the reasoner wrote the T-CoTs (`reasoner_eval_generation`)
+            "evidence_left_out": {"total": len(remb.left_out), "examples": remb.left_out[:3]}}
     record_options(cfg)
     summary = report.write_run(out_dir, run, meta=meta)
     with atomic_open(Path(out_dir) / "tcots.jsonl") as fh:

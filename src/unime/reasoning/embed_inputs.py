@@ -136,6 +136,13 @@ def reasoned_item(item: Item, tcot_text: str | None, loader, *, on_invalid: str 
     return Item(text=text, images=tuple(refs), video=item.video)
 
 
+def _item_name(item: Item) -> str:
+    """How a piece of evidence left out names its item: its text's start, else its first image's path."""
+    if item.text.strip():
+        return repr(item.text.strip()[:40])
+    return next((r for r in item.images if isinstance(r, str)), "an item without text")
+
+
 class ReasonedEmbedder:
     """An `Embedder` (pooling="emb") that embeds items together with their T-CoT and evidence, through
     `reasoned_item` + the embedder's own input path (one implementation for training, reward and eval)."""
@@ -153,6 +160,9 @@ class ReasonedEmbedder:
         self.embedder = embedder
         self.on_invalid = on_invalid
         self.min_side, self.max_aspect = min_side, max_aspect
+        # the evidence left out by the crop rules (`evidence_images`), one line per piece, over every call (the reward
+        # of GRPO and `reason eval` count it, as `reason materialize` counts its own)
+        self.left_out: list[str] = []
 
     @property
     def hidden_size(self) -> int:
@@ -161,8 +171,13 @@ class ReasonedEmbedder:
     def reasoned_items(self, items: Sequence[Item], tcots: Sequence[str | None]) -> list[Item]:
         if len(items) != len(tcots):
             raise ValueError(f"{len(tcots)} T-CoTs for {len(items)} items")
-        return [reasoned_item(it, t, self.embedder.image_loader, on_invalid=self.on_invalid, min_side=self.min_side,
-                              max_aspect=self.max_aspect, record=i) for i, (it, t) in enumerate(zip(items, tcots))]
+        out = []
+        for i, (it, t) in enumerate(zip(items, tcots)):
+            dropped: list[str] = []
+            out.append(reasoned_item(it, t, self.embedder.image_loader, on_invalid=self.on_invalid,
+                                     min_side=self.min_side, max_aspect=self.max_aspect, record=i, left_out=dropped))
+            self.left_out.extend(f"{_item_name(it)}: {d}" for d in dropped)
+        return out
 
     def build_inputs(self, items: Sequence[Item], tcots: Sequence[str | None]):
         return self.embedder.build_inputs(self.reasoned_items(items, tcots))

@@ -149,3 +149,12 @@ def extract_evidence(evidence: Evidence, *, image: Image.Image | None = None, fr
             if n_invalid:
                 out.skipped.append(f"{n_invalid} key frame(s) outside 1..{len(frames)}")
     return out
+
+
+def left_out_line(left_out: Sequence[str], *, total: int | None = None) -> str:
+    """How a command reports the evidence it left out (`ExtractedEvidence.skipped`, one line per piece, named by the
+    caller): "N piece(s) of evidence left out (the rules), e.g. " and the first 3 lines; N is `total` when given (the
+    count of which `left_out` holds examples), else their number."""
+    return (f"{len(left_out) if total is None else total} piece(s) of evidence left out (boxes need both sides >= 10 "
+            "px and an aspect ratio <= 50 to be cropped; a box needs an image, a key frame a video of that many "
+            "frames), e.g. " + "; ".join(left_out[:3]))
