@@ -649,3 +649,47 @@ def test_a_rerun_with_the_other_dtype_spelling_is_the_same_run(dataset, tiny_mod
         assert (after["stages"]["retrieval"]["hash"], after["stages"]["judge"]["hash"]) == \
             (r_now, judge_hash(cfg, recorded["inputs"], r_now))
         assert (out / "mined.json").read_bytes() == mined_json  # the same mined set
+
+
+@pytest.mark.parametrize("kill_at", ["stats.json", "the manifest's record", "mined.parquet"])
+def test_a_run_killed_while_writing_its_final_files_leaves_no_mined_parquet(mined, dataset, tiny_model_dir,
+                                                                           monkeypatch, kill_at):
+    """QA: `unime mine` wrote mined.parquet first of its final files: killed before stats.json (or report.md, or the
+    manifest's record of the finished run), it left a mined.parquet that a reader checking only that file (the demo's
+    mine stage) took for a finished run. mined.parquet is now written last: killed at any of those points (here as
+    stats.json is written, as the manifest records the finished run, as mined.parquet itself is written), the folder
+    holds no mined.parquet; the re-run finishes it, with the mined set of an uninterrupted run."""
+    import shutil
+
+    from unime.data import io as io_mod
+    from unime.mining import report
+    from unime.mining.manifest import Manifest
+
+    class Killed(BaseException):
+        pass
+
+    def kill(*args, **kwargs):
+        raise Killed()
+
+    out = mined.out.parent / f"killed-{kill_at.split()[-1]}"
+    shutil.copytree(mined.out, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["finished"]["config_hash"] = "an earlier run"  # stage C and the report redone, the stages reused
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with monkeypatch.context() as m:
+        if kill_at == "stats.json":
+            m.setattr(report, "write_report", kill)
+        elif kill_at == "mined.parquet":
+            real = io_mod.write_records
+            m.setattr(io_mod, "write_records", lambda recs, path, *a, **k: kill() if str(path).endswith(
+                "mined.parquet") else real(recs, path, *a, **k))
+        else:
+            m.setattr(Manifest, "finish", kill)
+        with pytest.raises(Killed):
+            run_mining(_config(dataset, tiny_model_dir, out))
+    assert not (out / "mined.parquet").exists()
+    assert (out / "stats.json").is_file() == (kill_at != "stats.json")
+    result = run_mining(_config(dataset, tiny_model_dir, out))
+    assert not result.finished_before and result.n_mined == mined.n_mined
+    assert (out / "mined.parquet").read_bytes() == (mined.out / "mined.parquet").read_bytes()
+    assert "finished" in json.loads((out / "manifest.json").read_text())

@@ -20,7 +20,8 @@ a re-run a stage whose hash matches is loaded, not recomputed, and the judge sta
 the count, the sampling strategy or the fallback policy re-uses the retrieval and the judge scores (the range
 and margins are the retrieval's: they redo it and the judge). A run that is not finished
 removes the earlier run's stage C and report files as it starts (`discard_final_outputs`), so that an
-interrupted run leaves no mined set or statistics of other inputs that look complete.
+interrupted run leaves no mined set or statistics of other inputs that look complete; mined.parquet is written last
+(after stats.json, report.md and the manifest's record of the finished run): a folder holding it is finished.
 
 Judge work: per query one group = its positive + its K candidates, sharing the query prefix
 (`JudgeScorer.score_candidates`); identical queries inside a shard are merged into one group.
@@ -45,7 +46,8 @@ from unime.mining.config import MineConfig
 from unime.mining.inputs import MiningInputs, load_inputs
 from unime.mining.manifest import Manifest, judge_hash, retrieval_hash, run_hash
 from unime.mining.ranks import Ranks
-from unime.mining.stages import discard_final_outputs, is_number, run_judge, run_retrieval, run_sampling, write_outputs
+from unime.mining.stages import (discard_final_outputs, is_number, run_judge, run_retrieval, run_sampling,
+                                 write_mined_parquet, write_outputs)
 from unime.outdir import claim
 
 log = logging.getLogger(__name__)
@@ -190,6 +192,7 @@ class MiningRun:
             log.warning("%s", w)
         report.write_report(self.out, stats, audit_rows, audit)
         self.manifest.finish(self.config_hash, len(mined))
+        write_mined_parquet(self.out, mined)  # last: a killed run leaves none (its finished set's file)
         return MineResult(out=self.out, n_records=len(self.records), n_mined=len(mined), stats=stats)
 
 

@@ -389,15 +389,13 @@ def write_mined_json(path: Path, mined: list[Record]) -> dict[str, Any]:
 
 def write_outputs(out: Path, mined: list[Record], audit_rows: AuditRows | list[dict[str, Any]],
                   times: dict[str, float]) -> dict[str, Any]:
-    """`mined.parquet` (every record), `mined.json` (the records the released format can hold) and `audit.parquet`.
-    Returns the notes on mined.json that stats.json and the report carry (`write_mined_json`)."""
+    """`mined.json` (the records the released format can hold) and `audit.parquet`; not `mined.parquet`, written last
+    of a run (`write_mined_parquet`). Returns the notes on mined.json that stats.json and the report carry
+    (`write_mined_json`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from unime.data.io import write_records
-
     t0 = time.perf_counter()
-    write_records(mined, out / "mined.parquet")
     notes = write_mined_json(out / "mined.json", mined)
     schema = pa.schema([("query_index", pa.int64()), ("record_id", pa.string()), ("dataset", pa.string()),
                         ("rank", pa.int32()), ("pool_index", pa.int64()), ("candidate_text", pa.string()),
@@ -413,3 +411,13 @@ def write_outputs(out: Path, mined: list[Record], audit_rows: AuditRows | list[d
         pq.write_table(table, tmp)
     times["write"] = time.perf_counter() - t0
     return notes
+
+
+def write_mined_parquet(out: Path, mined: list[Record]) -> None:
+    """`mined.parquet` (every record, atomically), the last file of a run, after stats.json, report.md and the
+    manifest's record of the finished run: a run killed before it leaves no mined.parquet, so a reader that checks
+    only that file (the demo's mine stage, a trainer) never takes an unfinished folder for a finished one. (Its
+    writing time is not in stats.json's times, written before.)"""
+    from unime.data.io import write_records
+
+    write_records(mined, out / "mined.parquet")
