@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 
 from unime.cli import main
@@ -155,19 +156,8 @@ def test_a_resumed_generate_run_reads_no_image_again_for_its_key_and_a_changed_i
     of a killed run over a million images read them all again just to find the key unchanged. Their digests (by
     path, size and mtime) are kept in the work folder with the chunks and go with them: the re-run reads none and
     writes the uninterrupted file; an image whose bytes changed is read and changes the key."""
-    import numpy as np
-
-    from unime.data.items import Item, Record
-    from unime.reasoning import reasoner as reasoner_mod
-
     rng = np.random.default_rng(0)
-    images = write_pngs(tmp_path, 2, rng)
-    write_records([Record(query=Item(text=f"<|image_1|>\nwhat is shown {i}?", images=(f"img/{i % 2}.png",)),
-                          positive=Item(text=f"answer {i}"), id=f"r{i}") for i in range(3)], tmp_path / "r.jsonl")
-    monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
-    generated, kill_after, _ = _watched_generation(monkeypatch)
-    argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
-            "--data-root", str(tmp_path), "--max-new-tokens", "3"]
+    images, generated, kill_after, argv = _image_records(tmp_path, monkeypatch, tiny_model_dir, 3, 2, rng)
     assert main([*argv, "--out", str(tmp_path / "whole.jsonl")]) == 0
     assert len(image_sha1_reads) == 2 and generated == [2, 2, 2]  # 3 records, both sides: 3 chunks of 2 T-CoTs
 
@@ -237,18 +227,17 @@ def test_a_missing_image_is_named_before_the_model_loads(tiny_model_dir, tmp_pat
         main([*argv, "--sides", "query"])  # the positive is not read: past the check
 
 
-def _four_image_records(tmp_path, monkeypatch, tiny_model_dir):
-    """4 records, record i asking about img/i.png (PNGs of random pixels, returned) with a text answer, generated in
-    chunks of 2 T-CoTs (one record, both sides, per chunk; watched: `_watched_generation`). Returns (images,
-    generated, kill_after, the command line without --out)."""
-    import numpy as np
-
+def _image_records(tmp_path, monkeypatch, tiny_model_dir, n_records: int, n_images: int, rng):
+    """`n_records` records, record i asking about img/(i % n_images).png (PNGs of random pixels from `rng`,
+    returned) with a text answer, generated in chunks of 2 T-CoTs (one record, both sides, per chunk; watched:
+    `_watched_generation`). Returns (images, generated, kill_after, the command line without --out)."""
     from unime.data.items import Item, Record
     from unime.reasoning import reasoner as reasoner_mod
 
-    images = write_pngs(tmp_path, 4, np.random.default_rng(0))
-    write_records([Record(query=Item(text=f"<|image_1|>\nwhat is shown {i}?", images=(f"img/{i}.png",)),
-                          positive=Item(text=f"answer {i}"), id=f"r{i}") for i in range(4)], tmp_path / "r.jsonl")
+    images = write_pngs(tmp_path, n_images, rng)
+    write_records([Record(query=Item(text=f"<|image_1|>\nwhat is shown {i}?", images=(f"img/{i % n_images}.png",)),
+                          positive=Item(text=f"answer {i}"), id=f"r{i}") for i in range(n_records)],
+                  tmp_path / "r.jsonl")
     monkeypatch.setattr(reasoner_mod, "TCOTS_PER_CHUNK", 2, raising=False)
     generated, kill_after, _ = _watched_generation(monkeypatch)
     argv = ["reason", "generate", "--model", tiny_model_dir(), "--records", str(tmp_path / "r.jsonl"),
@@ -262,7 +251,8 @@ def test_a_resumed_generate_run_opens_only_the_images_of_the_tcots_left_to_gener
     the model loads, those of the chunks already generated too, where `embed` and `judge --pairs` open only those of
     the work left. Now it does too: 4 records of one image each, a chunk per record, killed after 2 chunks: the
     re-run opens images 2 and 3 only, and writes the file an uninterrupted run writes."""
-    images, generated, kill_after, argv = _four_image_records(tmp_path, monkeypatch, tiny_model_dir)
+    images, generated, kill_after, argv = _image_records(tmp_path, monkeypatch, tiny_model_dir, 4, 4,
+                                                         np.random.default_rng(0))
     assert main([*argv, "--out", str(tmp_path / "whole.jsonl")]) == 0
     assert sorted(set(image_opens)) == sorted(map(str, images)) and generated == [2, 2, 2, 2]
     out = tmp_path / "t.jsonl"
@@ -281,7 +271,8 @@ def test_a_generate_resume_whose_chunks_are_discarded_checks_their_images_before
     """The first run's check is not weakened by a resume: when the finished chunks are not reused after all (an
     image of the first chunk made corrupt: the key changed), the images of their records are opened before any T-CoT
     is generated, a corrupt one named by its line."""
-    images, generated, kill_after, argv = _four_image_records(tmp_path, monkeypatch, tiny_model_dir)
+    images, generated, kill_after, argv = _image_records(tmp_path, monkeypatch, tiny_model_dir, 4, 4,
+                                                         np.random.default_rng(0))
     kill_after[0] = 2
     with pytest.raises(Killed):
         main([*argv, "--out", str(tmp_path / "t.jsonl")])
