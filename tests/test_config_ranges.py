@@ -227,3 +227,27 @@ def test_min_pixels_above_max_pixels_refused_naming_both(tmp_path, capsys):
                  str(tmp_path / "o"), "--holdout", "1"]) == 2
     assert capsys.readouterr().err.strip() == "unime: error: train judge: --holdout must be >= 0 and < 1, got 1.0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i.jsonl"]
+
+
+def test_ray_autoscaling_bounds_out_of_order_refused_naming_both(tmp_path, capsys):
+    """`--min-replicas 3 --max-replicas 2` reached Ray Serve's autoscaling config; it is refused as the options are
+    made (or either assigned), naming both, and on the command line before anything loads or starts."""
+    from unime.cli import main
+    from unime.serve.config import RayOptions
+
+    with pytest.raises(OptionError) as caught:
+        RayOptions(min_replicas=3, max_replicas=2)
+    assert str(caught.value) == "min_replicas must be <= max_replicas (2), got 3"
+    cfg = RayOptions(min_replicas=2, max_replicas=2)  # equal: a fixed count
+    with pytest.raises(OptionError, match=r"^min_replicas must be <= max_replicas \(2\), got 3$"):
+        cfg.min_replicas = 3
+    with pytest.raises(OptionError, match=r"^min_replicas must be <= max_replicas \(1\), got 2$"):
+        cfg.max_replicas = 1
+    assert (cfg.min_replicas, cfg.max_replicas) == (2, 2)
+    cfg.max_replicas = None  # no upper bound: any lower one
+    cfg.min_replicas = 5
+    assert RayOptions(min_replicas=4).min_replicas == 4 and RayOptions(max_replicas=1).max_replicas == 1
+    assert main(["serve", "--model", str(tmp_path / "m"), "--no-auth", "--ray", "--min-replicas", "3",
+                 "--max-replicas", "2"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "unime: error: serve: --min-replicas must be <= --max-replicas (2), got 3"

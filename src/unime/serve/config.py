@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from unime.errors import OptionError
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import attn_implementation_option, dtype_option
 from unime.options import RangeChecked, index_mmap_option, option
@@ -110,3 +111,11 @@ class RayOptions(RangeChecked):
                              dest="ray_cpus_per_replica", at_least=0)
     num_gpus: float = option(0.0, "ray: GPUs reserved per replica (num_gpus; > 0 runs each replica on its own GPU(s), "
                              "0 on CPU)", dest="ray_gpus_per_replica", at_least=0)
+
+    def check_together(self) -> None:
+        """Autoscaling's lower bound above its upper one is refused naming both, as the config is made (before Ray
+        starts), or either is assigned."""
+        super().check_together()
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise OptionError(self, "{min_replicas} must be <= {max_replicas} ({max}), got {min}", max=high, min=low)
