@@ -139,14 +139,17 @@ def test_trainer_arg_keys_unime_sets_or_that_do_not_exist_are_refused(tmp_path):
     from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, sft_config
     from unime.errors import UsageError
 
-    cases = [(["learning_rate=1"], r"--trainer-arg learning_rate: unime sets it \(--lr\)"),
-             (["warmup_steps=3"], r"--trainer-arg warmup_steps: unime sets it \(--warmup\)"),
-             (["optim=sgd"], r"--trainer-arg optim: unime sets it \(--optim\)"),
-             (["remove_unused_columns=true"], r"unime sets it \(the trainer's data collator\)"),
-             (["ddp_broadcast_buffers=true"], r"unime sets it \(this trainer's own setting\)"),
-             (["adam_beta3=0.9"], r"TrainingArguments has no field 'adam_beta3' \(did you mean adam_beta2, "
-                                  r"adam_beta1"),
-             (["report_to"], r"--trainer-arg expects KEY=VALUE, got 'report_to'")]
+    # from Python, the field named as the keyword it is given in (the command line says `--trainer-arg KEY: ...`)
+    cases = [(["learning_rate=1"], r"^trainer_arg\['learning_rate'\]: unime sets it \(--lr\)$"),
+             (["warmup_steps=3"], r"^trainer_arg\['warmup_steps'\]: unime sets it \(--warmup\)$"),
+             (["optim=sgd"], r"^trainer_arg\['optim'\]: unime sets it \(--optim\)$"),
+             (["remove_unused_columns=true"], r"^trainer_arg\['remove_unused_columns'\]: unime sets it \(the "
+                                              r"trainer's data collator\)$"),
+             (["ddp_broadcast_buffers=true"], r"^trainer_arg\['ddp_broadcast_buffers'\]: unime sets it \(this "
+                                              r"trainer's own setting\)$"),
+             (["adam_beta3=0.9"], r"^trainer_arg\['adam_beta3'\]: TrainingArguments has no field 'adam_beta3' "
+                                  r"\(did you mean adam_beta2, adam_beta1"),
+             (["report_to"], r"^trainer_arg expects KEY=VALUE, got 'report_to'$")]
     for extra, message in cases:
         with pytest.raises(UsageError, match=message):
             embedder_arguments(tmp_path, trainer_arg=extra)
@@ -155,7 +158,7 @@ def test_trainer_arg_keys_unime_sets_or_that_do_not_exist_are_refused(tmp_path):
     assert sft_config(sft, str(tmp_path / "s"), use_cpu=True, dtype=torch.float32).warmup_steps == 3
     grpo = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=str(tmp_path / "g"),
                            trainer_arg=["beta=0.5"])
-    with pytest.raises(UsageError, match=r"--trainer-arg beta: unime sets it \(--beta\)"):
+    with pytest.raises(UsageError, match=r"^trainer_arg\['beta'\]: unime sets it \(--beta\)$"):
         embed_rl_grpo_config(grpo, output_dir=str(tmp_path / "g"), use_cpu=True, bf16=False, fp16=False)
 
 
@@ -221,7 +224,7 @@ def test_grpo_learning_rate_schedule_is_an_option(tmp_path):
         return str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
 
     assert schedule() == "linear" and schedule(lr_scheduler="constant") == "constant"
-    with pytest.raises(UsageError, match=r"--trainer-arg lr_scheduler_type: unime sets it \(--lr-scheduler\)"):
+    with pytest.raises(UsageError, match=r"^trainer_arg\['lr_scheduler_type'\]: unime sets it \(--lr-scheduler\)$"):
         schedule(trainer_arg=["lr_scheduler_type=constant"])
 
 
@@ -268,18 +271,18 @@ def test_configurations_that_shard_the_parameters_are_refused_by_each_trainer(tm
     zero3, zero2 = tmp_path / "ds_zero3.json", tmp_path / "ds_zero2.json"
     zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}), encoding="utf-8")
     zero2.write_text(json.dumps({"zero_optimization": {"stage": 2}}), encoding="utf-8")
-    fsdp = r"--trainer-arg fsdp=full_shard auto_wrap shards the model's parameters across the processes"
+    fsdp = r"^trainer_arg\['fsdp'\]: 'full_shard auto_wrap' shards the model's parameters across the processes"
     with pytest.raises(UsageError, match=fsdp):
         embedder_arguments(tmp_path / "e", trainer_arg=["fsdp=full_shard auto_wrap"])
     with pytest.raises(UsageError, match=fsdp):
         reranker_arguments(tmp_path / "r", tiny_model_dir("qwen2_vl"), monkeypatch,
                            trainer_arg=["fsdp=full_shard auto_wrap"])
     sft = ReasonerSFTConfig(model="m", data="t.jsonl", out=str(tmp_path / "s"), trainer_arg=["fsdp=true"])
-    with pytest.raises(UsageError, match="--trainer-arg fsdp=True shards"):
+    with pytest.raises(UsageError, match=r"^trainer_arg\['fsdp'\]: True shards"):
         sft_config(sft, str(tmp_path / "s"), use_cpu=True, dtype=torch.float32)
     grpo = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=str(tmp_path / "g"),
                            trainer_arg=[f"deepspeed={zero3}"])
-    with pytest.raises(UsageError, match=r"--trainer-arg deepspeed=.*ds_zero3.json \(ZeRO stage 3\) shards"):
+    with pytest.raises(UsageError, match=r"^trainer_arg\['deepspeed'\]: '.*ds_zero3.json' \(ZeRO stage 3\) shards"):
         embed_rl_grpo_config(grpo, output_dir=str(tmp_path / "g"), use_cpu=True, bf16=False, fp16=False)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(UsageError, match=r"accelerate launch's FSDP \(ACCELERATE_USE_FSDP\) shards"):
@@ -341,14 +344,14 @@ def test_checkpointing_trainer_args_are_refused_or_reach_the_arguments(tmp_path)
     for args_cls in (TrainingArguments, SFTConfig, GRPOConfig):
         for key in ("gradient_checkpointing", "activation_checkpointing"):
             for on in (False, True):
-                with pytest.raises(UsageError, match=rf"^--trainer-arg {key}: unime sets it "
+                with pytest.raises(UsageError, match=rf"^trainer_arg\['{key}'\]: unime sets it "
                                                      r"\(--gradient-checkpointing\)$"):
                     build(args_cls, [f"{key}={str(not on).lower()}"], on=on)
-        with pytest.raises(UsageError, match=r"^--trainer-arg gradient_checkpointing_kwargs: unime sets it "
+        with pytest.raises(UsageError, match=r"^trainer_arg\['gradient_checkpointing_kwargs'\]: unime sets it "
                                              r"\(--gradient-checkpointing; its settings: --trainer-arg "
                                              r"activation_checkpointing_kwargs=...\)$"):
             build(args_cls, ["gradient_checkpointing_kwargs={use_reentrant: true}"], on=True)
-        with pytest.raises(UsageError, match=r"^--trainer-arg activation_checkpointing_kwargs: has no effect "
+        with pytest.raises(UsageError, match=r"^trainer_arg\['activation_checkpointing_kwargs'\]: has no effect "
                                              r"without --gradient-checkpointing$"):
             build(args_cls, ["activation_checkpointing_kwargs={every_n_layers: 2}"])
         got = build(args_cls, ["activation_checkpointing_kwargs={every_n_layers: 2}"], on=True)
@@ -398,12 +401,16 @@ def test_trainer_arg_values_are_checked_against_the_annotated_type_of_their_fiel
 
     accepted = {"rate=0.5": 0.5, "rate=2": 2, "rate=1e-8": 1e-8, "maybe_rate=null": None, "count=3": 3,
                 "flag=true": True, "flag=no": False, "name=cosine": "cosine", "name=2024": 2024, "mode=slow": "slow",
-                "mode_or_text=anything": "anything", "side=right": "right", "tags=[a, b]": ["a", "b"],
+                "mode_or_text=slow": "slow", "side=right": "right", "tags=[a, b]": ["a", "b"],
                 "weights=[1, 0.5]": [1, 0.5], "kwargs={a: 1}": {"a": 1}, "kwargs=text": "text",
                 "opaque=[whatever]": ["whatever"]}  # an annotation it cannot check: passed through as given
     for pair, want in accepted.items():
         got = check(pair)[pair.partition("=")[0]]
         assert got == want and type(got) is type(want), pair
+    # a list of numbers given as text (YAML reads `1e-3`, without a dot, as text): each item converted, as a single
+    # number is
+    got = check("weights=[1, 1e-3, '0.5']")["weights"]
+    assert got == [1, 0.001, 0.5] and [type(v) for v in got] == [int, float, float]
     refused = {"rate=nan": "trainer_arg['rate']: must be a finite number, got 'nan'",
                "rate=.nan": "trainer_arg['rate']: must be a finite number, got nan",
                "rate=-.inf": "trainer_arg['rate']: must be a finite number, got -inf",
@@ -419,6 +426,8 @@ def test_trainer_arg_values_are_checked_against_the_annotated_type_of_their_fiel
                "flag=maybe": "trainer_arg['flag']: must be true or false, got 'maybe'",
                "mode=medium": "trainer_arg['mode']: must be one of fast, slow, got 'medium'",
                "side=up": "trainer_arg['side']: must be one of left, right, got 'up'",
+               # an enum or text (transformers' `optim`, `hub_strategy`, ...): the text is one of the enum's values
+               "mode_or_text=anything": "trainer_arg['mode_or_text']: must be one of fast, slow, got 'anything'",
                "tags=a": "trainer_arg['tags']: must be a list or null, got 'a'",
                "weights=[1, x]": "trainer_arg['weights']: must be a list, each item a finite number or null, "
                                  "got [1, 'x']",
@@ -427,6 +436,31 @@ def test_trainer_arg_values_are_checked_against_the_annotated_type_of_their_fiel
         with pytest.raises(UsageError) as caught:
             check(pair)
         assert str(caught.value) == message, pair
+
+
+def test_trainer_arg_enum_or_text_fields_take_only_the_enums_values(tmp_path):
+    """`hub_strategy=bogus` (a field annotated `HubStrategy | str`) passed the check as text and was refused only by
+    transformers as the trainer built its arguments, after the output folder was claimed. Every field of an enum or
+    text (`optim`, `lr_scheduler_type`, `eval_strategy`, ...) takes only the enum's values, named in the refusal —
+    the ones transformers itself accepts."""
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from unime.errors import UsageError
+    from unime.models.hf_arguments import check_trainer_arg_value
+
+    fields = {"hub_strategy": HubStrategy, "eval_strategy": IntervalStrategy, "logging_strategy": IntervalStrategy,
+              "save_strategy": SaveStrategy, "lr_scheduler_type": SchedulerType, "optim": OptimizerNames}
+    for key, kind in fields.items():
+        values = [e.value for e in kind]
+        with pytest.raises(UsageError) as caught:
+            check_trainer_arg_value(TrainingArguments, key, "bogus")
+        assert str(caught.value) == f"trainer_arg[{key!r}]: must be one of {', '.join(values)}, got 'bogus'"
+        with pytest.raises(ValueError, match="bogus is not a valid"):  # transformers refuses it too
+            TrainingArguments(output_dir=str(tmp_path / "o"), **{key: "bogus"})
+        assert [check_trainer_arg_value(TrainingArguments, key, v) for v in values] == values
+    assert check_trainer_arg_value(TrainingArguments, "hub_strategy", HubStrategy.END) is HubStrategy.END
 
 
 def test_trainer_arg_values_transformers_takes_as_text_still_reach_the_arguments(tmp_path):

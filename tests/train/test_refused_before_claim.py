@@ -10,10 +10,15 @@ from tests.train.helpers import trainer_argv as _argv
 
 
 TRAINERS = ["embedder", "reranker", "judge", "reasoner sft", "reasoner grpo"]
-REFUSALS = {"fsdp=full_shard": "--trainer-arg fsdp=full_shard shards the model's parameters",
-            "learning_rate=1": "--trainer-arg learning_rate: unime sets it",
-            "adam_beta3=0.9": "has no field 'adam_beta3'",
-            "activation_checkpointing_kwargs={every_n_layers: 2}": "has no effect without --gradient-checkpointing"}
+# each refusal reads as the value checks' do (below): the command, then `--trainer-arg KEY: ...`
+REFUSALS = {"fsdp=full_shard": "--trainer-arg fsdp: 'full_shard' shards the model's parameters",
+            "learning_rate=1": "--trainer-arg learning_rate: unime sets it (--lr)",
+            "adam_beta3=0.9": "--trainer-arg adam_beta3: {args} has no field 'adam_beta3'",
+            "activation_checkpointing_kwargs={every_n_layers: 2}":
+                "--trainer-arg activation_checkpointing_kwargs: has no effect without --gradient-checkpointing",
+            "report_to": "--trainer-arg expects KEY=VALUE, got 'report_to'"}
+ARGS_CLASSES = {"embedder": "TrainingArguments", "reranker": "TrainingArguments", "judge": "TrainingArguments",
+                "reasoner sft": "SFTConfig", "reasoner grpo": "GRPOConfig"}
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
@@ -26,7 +31,9 @@ def test_a_refused_trainer_arg_leaves_no_output_folder(trainer, refused, tmp_pat
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     out = tmp_path / "out"
     assert main([*_argv(trainer, tmp_path, tiny_model_dir), "--out", str(out), "--trainer-arg", refused]) == 2
-    assert REFUSALS[refused] in capsys.readouterr().err
+    command = "train " + trainer.split()[0]
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"unime: error: {command}: " + REFUSALS[refused].format(args=ARGS_CLASSES[trainer]))
     assert not out.exists()
 
 
@@ -71,7 +78,7 @@ def test_the_trainer_functions_check_before_they_claim(trainer, tmp_path):
     else:
         from unime.embed_rl.grpo import GRPOStageConfig, train_reasoner_grpo as train
         cfg = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=out, trainer_arg=extra)
-    with pytest.raises(UsageError, match="fsdp=full_shard shards"):
+    with pytest.raises(UsageError, match=r"^trainer_arg\['fsdp'\]: 'full_shard' shards the model's parameters"):
         train(cfg)
     assert not (tmp_path / "out").exists()
 
@@ -83,7 +90,10 @@ BAD_VALUES = {"adam_beta2=nan": "--trainer-arg adam_beta2: must be a finite numb
               "adam_beta2=.nan": "--trainer-arg adam_beta2: must be a finite number, got nan",
               "max_grad_norm=.inf": "--trainer-arg max_grad_norm: must be a finite number, got inf",
               "ddp_timeout=1.5": "--trainer-arg ddp_timeout: must be a whole number, got 1.5",
-              "torch_compile=maybe": "--trainer-arg torch_compile: must be true or false, got 'maybe'"}
+              "torch_compile=maybe": "--trainer-arg torch_compile: must be true or false, got 'maybe'",
+              # a field of an enum or text (`HubStrategy | str`): transformers takes only the enum's values
+              "hub_strategy=bogus": "--trainer-arg hub_strategy: must be one of end, every_save, checkpoint, "
+                                    "all_checkpoints, got 'bogus'"}
 COMMANDS = {"embedder": "train embedder", "reranker": "train reranker", "reasoner sft": "train reasoner"}
 # (train embedder sets max_grad_norm from its --max-grad-norm, and refuses the key as such)
 BAD_CASES = [(trainer, bad) for trainer in COMMANDS for bad in sorted(BAD_VALUES)

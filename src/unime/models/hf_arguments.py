@@ -149,35 +149,42 @@ INPUT_GRAD_HOOKS = ("make_inputs_require_grads", "make_inputs_require_grad")
 def user_trainer_args(args_cls: type, pairs: Sequence[str], unime_keys: Mapping[str, str | None]) -> dict[str, Any]:
     """`--trainer-arg` strings → keywords of `args_cls`, checked: each key a field of `args_cls` and not one that
     unime sets (`PROTECTED`, or among `unime_keys`: the trainer's own settings → the option behind each, or None).
-    UsageError naming the key."""
-    try:
-        extra = key_value_pairs(pairs, "--trainer-arg")
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    TrainerArgValueError (a UsageError) naming the key: `--trainer-arg KEY: ...` on the command line,
+    `trainer_arg['KEY']: ...` from Python."""
+    extra: dict[str, Any] = {}
+    for pair in pairs or []:
+        try:
+            extra.update(key_value_pairs([pair], "--trainer-arg"))
+        except ValueError:
+            raise TrainerArgValueError(None, f"expects KEY=VALUE, got {pair!r}") from None
     known = {f.name for f in fields(args_cls) if f.init}
     for key in extra:
         if key not in known:
             near = difflib.get_close_matches(key, sorted(known), n=3)
             hint = f" (did you mean {', '.join(near)}?)" if near else ""
-            raise UsageError(f"--trainer-arg {key}: {args_cls.__name__} has no field {key!r}{hint}")
+            raise TrainerArgValueError(key, f"{args_cls.__name__} has no field {key!r}{hint}")
         if key in PROTECTED or key in unime_keys:
             by = PROTECTED.get(key) or unime_keys.get(key) or SPECIFIC_OPTIONS.get(key) or "this trainer's own setting"
-            raise UsageError(f"--trainer-arg {key}: unime sets it ({by})")
+            raise TrainerArgValueError(key, f"unime sets it ({by})")
         extra[key] = check_trainer_arg_value(args_cls, key, extra[key])
     refuse_sharded_parameters(extra)
     return extra
 
 
 class TrainerArgValueError(OptionError, UsageError):
-    """A `--trainer-arg KEY=VALUE` whose value does not fit the field's type: named `--trainer-arg KEY` on the command
-    line (after the command, as a config's refusal is), `trainer_arg['KEY']` from Python."""
+    """A `--trainer-arg KEY=VALUE` refused — its value does not fit the field's type, its key is no field, one unime
+    sets, or a setting unime does not run (FSDP): named `--trainer-arg KEY` on the command line (after the command,
+    as a config's refusal is), `trainer_arg['KEY']` from Python. `key` None: a string that is no KEY=VALUE, named
+    `--trainer-arg` / `trainer_arg`."""
 
-    def __init__(self, key: str, problem: str):
+    def __init__(self, key: str | None, problem: str):
         self.key, self.problem = key, problem
         super().__init__(TrainerArgOptions, "{trainer_arg}: " + problem.replace("{", "{{").replace("}", "}}"))
 
     def render(self, name_of) -> str:
         flag = name_of("trainer_arg")
+        if self.key is None:
+            return f"{flag} {self.problem}"
         where = f"{flag} {self.key}" if flag.startswith("--") else f"{flag}[{self.key!r}]"
         return f"{where}: {self.problem}"
 
@@ -202,9 +209,15 @@ def _field_types(args_cls: type) -> dict[str, Any]:
 
 
 def _members(annotation) -> list:
-    """The types of a union annotation (`float | None`, `Optional[int]`, `Union[...]`), else `[annotation]`."""
+    """The types of a union annotation (`float | None`, `Optional[int]`, `Union[...]`), else `[annotation]`. In a union
+    of an enum and `str` (`optim: OptimizerNames | str`, `hub_strategy`, `eval_strategy`, ...), the string is the
+    enum's value spelled as text — transformers converts it to the enum and refuses any other — so only the enum's
+    values are taken."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [m for a in typing.get_args(annotation) for m in _members(a)]
+        members = [m for a in typing.get_args(annotation) for m in _members(a)]
+        if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
+            members = [m for m in members if m is not str]
+        return members
     return [annotation]
 
 
@@ -244,9 +257,12 @@ def _fit(member, value) -> tuple[bool, Any, str]:
     if member is list or origin is list:
         if not isinstance(value, list):
             return False, value, "a list"
-        if args and not all(_fit(args[0], v)[0] for v in value):  # _Unchecked passes through
+        if not args:
+            return True, value, "a list"
+        items = [_fit(args[0], v) for v in value]  # _Unchecked passes the list through
+        if not all(ok for ok, _, _ in items):
             return False, value, f"a list, each item {_fit(args[0], None)[2]}"
-        return True, value, "a list"
+        return True, [passed for _, passed, _ in items], "a list"  # `[1, 1e-3]`: YAML's text '1e-3' as a float
     if member is dict or origin is dict:
         return isinstance(value, dict), value, "a mapping"
     raise _Unchecked
@@ -256,8 +272,9 @@ def check_trainer_arg_value(args_cls: type, key: str, value: Any) -> Any:
     """`value` of `--trainer-arg KEY=VALUE` checked against the annotated type of the field `key` of the dataclass
     `args_cls` (TrainingArguments, SFTConfig, GRPOConfig; read from the class, Optional / unions of types included):
     a float field takes a finite number (text that reads as one, `1e-8`, becomes it; `nan`, `.inf` are refused), an
-    int field a whole number, a bool field true / false, an enum or Literal field one of its values, a str field
-    text. The value to pass on; TrainerArgValueError (a UsageError) naming the key if it fits none of them. A field
+    int field a whole number, a bool field true / false, an enum or Literal field one of its values (an enum-or-text
+    field too: `hub_strategy=bogus` is refused listing them, `_members`), a list field items of its item type (`[1,
+    1e-3]` of a float list: the text '1e-3' as a float), a str field text. The value to pass on; TrainerArgValueError (a UsageError) naming the key if it fits none of them. A field
     whose annotation this cannot check (a class, a nested config) is passed through as given."""
     annotation = _field_types(args_cls).get(key)
     if annotation is None:
@@ -286,9 +303,9 @@ def refuse_sharded_parameters(extra: Mapping[str, Any], environ: Mapping[str, st
     (its environment variables, `environ`: os.environ)."""
     environ = os.environ if environ is None else environ
     if extra.get("fsdp") not in (None, False, "", []):
-        raise UsageError(f"--trainer-arg fsdp={extra['fsdp']} {SHARDED_REFUSAL}")
+        raise TrainerArgValueError("fsdp", f"{extra['fsdp']!r} {SHARDED_REFUSAL}")
     if extra.get("deepspeed") is not None and _is_zero3(extra["deepspeed"]):
-        raise UsageError(f"--trainer-arg deepspeed={extra['deepspeed']} (ZeRO stage 3) {SHARDED_REFUSAL}")
+        raise TrainerArgValueError("deepspeed", f"{extra['deepspeed']!r} (ZeRO stage 3) {SHARDED_REFUSAL}")
     if accelerate_flag("ACCELERATE_USE_FSDP", environ):
         raise UsageError(f"accelerate launch's FSDP (ACCELERATE_USE_FSDP) {SHARDED_REFUSAL}")
     if accelerate_flag("ACCELERATE_USE_DEEPSPEED", environ):
@@ -356,10 +373,10 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
     if CHECKPOINTING_KWARGS in user:  # the user's settings over unime's non-reentrant default
         given = user.pop(CHECKPOINTING_KWARGS)
         if not activation_checkpointing:
-            raise UsageError(f"--trainer-arg {CHECKPOINTING_KWARGS}: has no effect without --gradient-checkpointing")
+            raise TrainerArgValueError(CHECKPOINTING_KWARGS, "has no effect without --gradient-checkpointing")
         if not isinstance(given, Mapping):
-            raise UsageError(f"--trainer-arg {CHECKPOINTING_KWARGS}: a mapping, e.g. {{every_n_layers: 2}}, got "
-                             f"{given!r}")
+            raise TrainerArgValueError(CHECKPOINTING_KWARGS, f"must be a mapping, e.g. {{every_n_layers: 2}}, got "
+                                                             f"{given!r}")
         checkpointing_kwargs = {**checkpointing_kwargs, **given}
     if check_only:
         return None
