@@ -251,3 +251,64 @@ def test_ray_autoscaling_bounds_out_of_order_refused_naming_both(tmp_path, capsy
                  "--max-replicas", "2"]) == 2
     assert capsys.readouterr().err.strip() == \
         "unime: error: serve: --min-replicas must be <= --max-replicas (2), got 3"
+
+
+def test_tiny_model_shapes_that_fail_at_the_first_forward_are_refused(tmp_path, capsys):
+    """`models build-tiny --hidden 36` (or `--vision-hidden 30`, `--vision-hidden 32 --vision-heads 16`) built a model
+    whose first forward failed in the rotary embedding with a tensor-size RuntimeError (measured on qwen2_vl,
+    qwen2_5_vl and qwen3_vl; qwen3_vl refused hidden 36 as its config was made). The text's 4 heads need an even
+    size (hidden a multiple of 8), the vision heads a size divisible by 4; refused naming the options, before any
+    work. `models pretrain`'s recipe, which builds the same model, refuses them too."""
+    from unime.cli import main
+    from unime.demo.pretrain import PretrainRecipe
+    from unime.models.tiny import TinyBuildConfig
+
+    with pytest.raises(OptionError) as caught:
+        TinyBuildConfig(out="o", hidden=36)
+    assert str(caught.value) == ("hidden must be a multiple of 8 (4 attention heads, each of an even size for the "
+                                 "rotary embedding), got 36")
+    with pytest.raises(OptionError) as caught:
+        TinyBuildConfig(out="o", vision_hidden=32, vision_heads=16)
+    assert str(caught.value) == ("the vision heads' size, vision_hidden / vision_heads = 32 / 16, must be a whole "
+                                 "number divisible by 4 (the vision tower's rotary embedding)")
+    with pytest.raises(OptionError) as caught:
+        TinyBuildConfig(out="o", vision_hidden=30)  # its default heads: 30 // 32, at least 1
+    assert str(caught.value) == ("the vision heads' size, vision_hidden / (the width // 32) = 30 / 1, must be a "
+                                 "whole number divisible by 4 (the vision tower's rotary embedding)")
+    with pytest.raises(OptionError, match=r"^the vision heads' size, hidden / \(the width // 32\) = 104 / 3, "):
+        TinyBuildConfig(out="o", hidden=104)  # the vision width by default, its heads 104 // 32
+    cfg = TinyBuildConfig(out="o", hidden=40)
+    with pytest.raises(OptionError, match=r"^hidden must be a multiple of 8 .* got 36$"):
+        cfg.hidden = 36  # assigned: refused as at construction, and left as it was
+    assert cfg.hidden == 40
+    with pytest.raises(OptionError, match=r"^hidden must be a multiple of 8 .* got 100$"):
+        PretrainRecipe(hidden=100)
+    with pytest.raises(OptionError, match=r"^the vision heads' size, vision_hidden / vision_heads = 36 / 4,"):
+        PretrainRecipe(vision_hidden=36, vision_heads=4)
+    # the shapes in use, and others that run: taken
+    for kw in ({}, {"hidden": 8}, {"hidden": 128, "vision_hidden": 128, "vision_heads": 4},
+               {"vision_hidden": 36, "vision_heads": 3}, {"vision_hidden": 40, "vision_heads": 5}):
+        TinyBuildConfig(out="o", **kw)
+    PretrainRecipe.preset("default"), PretrainRecipe.preset("quick")
+    out = tmp_path / "m"
+    assert main(["models", "build-tiny", "--out", str(out), "--hidden", "36"]) == 2
+    assert capsys.readouterr().err.strip() == ("unime: error: models build-tiny: --hidden must be a multiple of 8 (4 "
+                                               "attention heads, each of an even size for the rotary embedding), got "
+                                               "36")
+    assert main(["models", "build-tiny", "--out", str(out), "--vision-hidden", "32", "--vision-heads", "16"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--vision-hidden / --vision-heads = 32 / 16, must be a whole "
+                                                    "number divisible by 4 (the vision tower's rotary embedding)")
+    assert not out.exists()
+
+
+def test_a_tokenizer_vocabulary_too_small_for_yes_and_no_is_a_clear_error():
+    """`--vocab-size 256` trained a tokenizer that splits 'Yes' and the build ended in a RuntimeError (marked as
+    unreachable); now a ModelError (one line on the command line) naming the option to raise."""
+    from unime.errors import ModelError
+    from unime.models.tiny import build_tokenizer
+
+    with pytest.raises(ModelError, match=r"^a tokenizer of at most 256 tokens splits 'Yes' into \d+ tokens; a Yes/No "
+                                         r"judge needs single-token answers: give a larger vocabulary size "
+                                         r"\(--vocab-size; the default 1024 holds them\)$"):
+        build_tokenizer([], vocab_size=256)
+    assert len(build_tokenizer([], vocab_size=1024).encode("Yes", add_special_tokens=False)) == 1

@@ -52,7 +52,7 @@ from typing import Callable
 
 from unime.data.atomic import atomic_open
 from unime.models.loading import attn_implementation_option
-from unime.models.tiny import BUILD_REVISION
+from unime.models.tiny import BUILD_REVISION, check_tiny_shape
 from unime.options import RangeChecked, option
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,12 @@ class PretrainRecipe(_Recipe):
 
     family: str = recipe_field("qwen2_vl", type=str)
     # backbone shape (models build-tiny)
-    hidden: int = recipe_field(128)
-    layers: int = recipe_field(4)
-    vision_depth: int = recipe_field(2)
-    vision_hidden: int = recipe_field(128)
-    vision_heads: int = recipe_field(4)
-    init_std: float = recipe_field(0.1)
+    hidden: int = recipe_field(128, at_least=1)
+    layers: int = recipe_field(4, at_least=1)
+    vision_depth: int = recipe_field(2, at_least=1)
+    vision_hidden: int = recipe_field(128, at_least=1)
+    vision_heads: int = recipe_field(4, at_least=1)
+    init_std: float = recipe_field(0.1, above=0)
     seed: int = recipe_field(0)
     # corpus: the train split of a generated world with its own seed
     corpus_seed: int = recipe_field(1)
@@ -131,6 +131,10 @@ class PretrainRecipe(_Recipe):
     lr: float = recipe_field(1e-3, at_least=0)
     tau: float = recipe_field(0.05, above=0)
     warmup: float = recipe_field(0.1, at_least=0)
+
+    def check_together(self) -> None:
+        super().check_together()
+        check_tiny_shape(self)  # the shape `models build-tiny` builds
 
     @classmethod
     def preset(cls, name: str) -> "PretrainRecipe":

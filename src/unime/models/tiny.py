@@ -123,8 +123,12 @@ def build_tokenizer(extra_tokens: list[str] | None = None, vocab_size: int = 102
     hf_tok.add_tokens(["<|endoftext|>"], special_tokens=True)
     for word in (prompts.YES, prompts.NO):
         ids = hf_tok.encode(word, add_special_tokens=False)
-        if len(ids) != 1:  # pragma: no cover - the corpus above makes this hold
-            raise RuntimeError(f"tiny tokenizer splits {word!r} into {len(ids)} tokens")
+        if len(ids) != 1:  # the corpus above makes this hold, unless the vocabulary is too small for its merges
+            from unime.errors import ModelError
+
+            raise ModelError(f"a tokenizer of at most {vocab_size} tokens splits {word!r} into {len(ids)} tokens; a "
+                             "Yes/No judge needs single-token answers: give a larger vocabulary size (--vocab-size; "
+                             "the default 1024 holds them)")
     return hf_tok
 
 
@@ -178,6 +182,27 @@ def load_tokenizer(path: str | os.PathLike, extra_tokens: list[str] | None = Non
     return tok
 
 
+def check_tiny_shape(config) -> None:
+    """OptionError naming the fields of `config` (`hidden`, `vision_hidden` and `vision_heads`, the last two None for
+    their defaults, as `TinyBuildConfig.size` reads them) whose sizes the model cannot run with — it is built from
+    them alone and fails only at its first forward, with a tensor-size error from the rotary embedding: the text's
+    `TinySize.heads` heads each of an even size, the vision tower's heads a whole size divisible by 4."""
+    from unime.errors import OptionError
+
+    heads = TinySize.heads
+    if config.hidden % (2 * heads):
+        raise OptionError(config, "{hidden} must be a multiple of {step} ({heads} attention heads, each of an even "
+                          "size for the rotary embedding), got {got}", step=2 * heads, heads=heads, got=config.hidden)
+    width = config.vision_hidden or config.hidden
+    vision_heads = config.vision_heads or max(width // 32, 1)
+    if width % vision_heads or (width // vision_heads) % 4:
+        width_name = "{vision_hidden}" if config.vision_hidden else "{hidden}"
+        heads_name = "{vision_heads}" if config.vision_heads else "(the width // 32)"
+        raise OptionError(config, f"the vision heads' size, {width_name} / {heads_name} = {{width}} / {{count}}, "
+                          "must be a whole number divisible by 4 (the vision tower's rotary embedding)",
+                          width=width, count=vision_heads)
+
+
 @dataclass(kw_only=True)
 class TinyBuildConfig(RangeChecked):
     """Options of `unime models build-tiny` (`unime.options`): `size()` is the model's `TinySize`."""
@@ -185,14 +210,15 @@ class TinyBuildConfig(RangeChecked):
     family: str = option("qwen2_vl", "model family (architecture class and chat template)", choices=list(FAMILIES))
     out: str = option(help="output folder (an ordinary HF folder)")
     seed: int = option(0, "initialisation seed")
-    hidden: int = option(TinySize.hidden, "text hidden size")
-    layers: int = option(TinySize.layers, "text decoder layers")
-    vision_depth: int = option(TinySize.vision_depth, "vision encoder blocks")
+    hidden: int = option(TinySize.hidden, f"text hidden size (a multiple of {2 * TinySize.heads})", at_least=1)
+    layers: int = option(TinySize.layers, "text decoder layers", at_least=1)
+    vision_depth: int = option(TinySize.vision_depth, "vision encoder blocks", at_least=1)
     vision_hidden: int | None = option(None, "vision encoder width (default: the text hidden size; at 32 a tiny "
-                                       "model never learns to use its images)")
-    vision_heads: int | None = option(None, "vision attention heads (default: width / 32)")
+                                       "model never learns to use its images)", at_least=1)
+    vision_heads: int | None = option(None, "vision attention heads (default: width / 32; width / heads a multiple "
+                                      "of 4)", at_least=1)
     init_std: float = option(TinySize.init_std, "std of the random initialisation (HF initializer_range); 0.1 "
-                             "trains a tiny judge faster")
+                             "trains a tiny judge faster", above=0)
     extra_tokens: list[str] = option(help="extra special token (repeatable), e.g. <emb>", factory=list,
                                      dest="extra_token", action="append", cli_default=[])
     tokenizer_corpus: str | None = option(None, "text file (one text per line, e.g. `data import`'s "
@@ -200,8 +226,13 @@ class TinyBuildConfig(RangeChecked):
                                           "words become whole tokens", metavar="FILE", exclusive="tokenizer")
     tokenizer: str | None = option(None, "use an existing tokenizer folder (e.g. a real Qwen-VL checkpoint's) instead "
                                    "of training one", metavar="DIR", exclusive="tokenizer")
+    # (below the 256 bytes of its alphabet a byte-level BPE has no fewer tokens; a few hundred more hold Yes / No)
     vocab_size: int = option(TinySize.vocab, "the most tokens of the locally trained tokenizer (BPE stops earlier "
-                             "when its corpus has no more merges; default %(default)s)")
+                             "when its corpus has no more merges; default %(default)s)", at_least=256)
+
+    def check_together(self) -> None:
+        super().check_together()
+        check_tiny_shape(self)
 
     def size(self) -> TinySize:
         vision_hidden = self.vision_hidden or self.hidden
