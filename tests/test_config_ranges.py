@@ -253,6 +253,76 @@ def test_ray_autoscaling_bounds_out_of_order_refused_naming_both(tmp_path, capsy
         "unime: error: serve: --min-replicas must be <= --max-replicas (2), got 3"
 
 
+def test_the_ranges_declared_for_the_second_qa_round():
+    """LoRA rank and alpha, the reasoning split's threshold, mining's beta and audit threshold, and the sizes of `models
+    build-tiny`, `plan`, `demo` and the learnability reference: values that were taken and failed later, or meant
+    nothing, refused as the configs are made; the bounds themselves, and the values in use, still taken."""
+    from unime.demo.pipeline import DemoOptions
+    from unime.embed_rl.grpo import GRPOStageConfig
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
+    from unime.embed_rl.tcot_embedder import SplitConfig
+    from unime.eval.reference_config import ReferenceConfig
+    from unime.mining.config import MineConfig
+    from unime.models.tiny import TinyBuildConfig
+    from unime.train.embedder_config import EmbedderTrainingConfig
+    from unime.train.memory_plan import PlanOptions
+    from unime.train.reranker_trainer import RerankerTrainConfig
+
+    cases = [(EmbedderTrainingConfig, "lora_r", 0, "must be >= 1, got 0"),
+             (RerankerTrainConfig, "lora_r", -4, "must be >= 1, got -4"),
+             (ReasonerSFTConfig, "lora_r", -1, "must be >= 0, got -1"),
+             (EmbedderTrainingConfig, "lora_alpha", 0, "must be > 0, got 0"),
+             (GRPOStageConfig, "lora_alpha", -32, "must be > 0, got -32"),
+             (SplitConfig, "threshold", 1.5, "must be >= 0 and <= 1, got 1.5"),
+             (SplitConfig, "threshold", -0.1, "must be >= 0 and <= 1, got -0.1"),
+             (MineConfig, "beta", 1.5, "must be >= -1 and <= 1, got 1.5"),
+             (MineConfig, "beta", -2.0, "must be >= -1 and <= 1, got -2.0"),
+             (MineConfig, "audit_threshold", 0.0, "must be > 0 and <= 1, got 0.0"),
+             (MineConfig, "audit_threshold", 1.01, "must be > 0 and <= 1, got 1.01"),
+             (TinyBuildConfig, "hidden", 0, "must be >= 1, got 0"),
+             (TinyBuildConfig, "layers", 0, "must be >= 1, got 0"),
+             (TinyBuildConfig, "vision_depth", 0, "must be >= 1, got 0"),
+             (TinyBuildConfig, "vision_heads", 0, "must be >= 1, got 0"),
+             (TinyBuildConfig, "init_std", 0.0, "must be > 0, got 0.0"),
+             (TinyBuildConfig, "vocab_size", 100, "must be >= 256, got 100"),
+             (PlanOptions, "gpus", 0, "must be >= 1, got 0"),
+             (PlanOptions, "text_tokens", 0, "must be >= 1, got 0"),
+             (PlanOptions, "images_per_item", -1.0, "must be >= 0, got -1.0"),
+             (DemoOptions, "seeds", 0, "must be >= 1, got 0"),
+             (DemoOptions, "video_clips", -1, "must be >= 0, got -1"),
+             (DemoOptions, "jobs", -2, "must be >= 0, got -2"),
+             (ReferenceConfig, "max_steps", 0, "must be >= 1, got 0"),
+             (ReferenceConfig, "seconds", 0.0, "must be > 0 (inf: no time limit), got 0.0"),
+             (ReferenceConfig, "seconds", -math.inf, "must be > 0 (inf: no time limit), got -inf"),
+             (ReferenceConfig, "dim", 0, "must be >= 1, got 0"),
+             (ReferenceConfig, "word_dim", 0, "must be >= 1, got 0"),
+             (ReferenceConfig, "init_temperature", 0.0, "must be > 0, got 0.0"),
+             (ReferenceConfig, "video_frames", 0, "must be >= 1, got 0"),
+             (ReferenceConfig, "log_every", 0, "must be >= 1, got 0")]
+    for cls, name, value, problem in cases:
+        with pytest.raises(OptionError) as caught:
+            cls(**_required(cls), **{name: value})
+        assert str(caught.value) == f"{name} {problem}", cls
+    # taken: the reasoner's full fine-tuning (rank 0), the bounds, and the values the tests and docs use
+    assert ReasonerSFTConfig(**_required(ReasonerSFTConfig), lora_r=0).lora_r == 0
+    assert GRPOStageConfig(**_required(GRPOStageConfig)).lora_r == 0
+    assert EmbedderTrainingConfig(**_required(EmbedderTrainingConfig), lora_r=1, lora_alpha=1).lora_r == 1
+    assert [SplitConfig(**_required(SplitConfig), threshold=t).threshold for t in (0.0, 1.0)] == [0.0, 1.0]
+    assert [MineConfig(**_required(MineConfig), beta=b).beta for b in (-1.0, 0.01, 1.0)] == [-1.0, 0.01, 1.0]
+    assert MineConfig(**_required(MineConfig), audit_threshold=0.5).audit_threshold == 0.5
+    assert PlanOptions(images_per_item=0.0, text_tokens=1).images_per_item == 0
+    assert DemoOptions(seeds=1, video_clips=0, jobs=0).video_clips == 0
+    assert ReferenceConfig(seconds=math.inf, max_steps=5).max_steps == 5  # a step budget alone
+    assert ReferenceConfig(seconds=0.5, max_steps=1).seconds == 0.5
+    with pytest.raises(OptionError) as caught:
+        ReferenceConfig(channels=(32, 0, 96, 128))
+    assert str(caught.value) == "channels must be four widths >= 1, got (32, 0, 96, 128)"
+    cfg = ReferenceConfig(seconds=2.0, max_steps=5)
+    with pytest.raises(OptionError, match=r"^seconds must be > 0 \(inf: no time limit\), got 0$"):
+        cfg.seconds = 0  # assigned: checked as at construction, and left as it was
+    assert cfg.seconds == 2.0
+
+
 def test_tiny_model_shapes_that_fail_at_the_first_forward_are_refused(tmp_path, capsys):
     """`models build-tiny --hidden 36` (or `--vision-hidden 30`, `--vision-hidden 32 --vision-heads 16`) built a model
     whose first forward failed in the rotary embedding with a tensor-size RuntimeError (measured on qwen2_vl,

@@ -171,8 +171,11 @@ CONFIG_CASES = [
      "reason generate: --batch-size must be >= 1, got 0"),
     (["eval", "reference", "--tasks", "t", "--records", "r", "--out", "{tmp}/ref", "--batch-size", "1"],
      "eval reference: --batch-size must be >= 2, got 1"),
+    # either budget at 0 stopped the training before its first step (it asked for one of them positive)
     (["eval", "reference", "--tasks", "t", "--records", "r", "--out", "{tmp}/ref", "--seconds", "0", "--max-steps",
-      "0"], "eval reference: give a positive time budget (--seconds) or step count (--max-steps)"),
+      "5"], "eval reference: --seconds must be > 0 (inf: no time limit), got 0.0"),
+    (["eval", "reference", "--tasks", "t", "--records", "r", "--out", "{tmp}/ref", "--max-steps", "0"],
+     "eval reference: --max-steps must be >= 1, got 0"),
     (["models", "pretrain", "--out", "{tmp}/p", "--warmup", "-1"], "models pretrain: --warmup must be >= 0, got -1.0"),
     (["models", "pretrain-judge", "--out", "{tmp}/p", "--judge-steps", "0"],
      "models pretrain-judge: --judge-steps must be >= 1, got 0"),
@@ -189,11 +192,11 @@ CONFIG_CASES = [
      "train reasoner: --weights must be finite numbers, got (0.05, inf, 0.2)"),
     (_T["judge"] + ["--holdout", "nan"], "train judge: --holdout must be >= 0 and < 1, got nan"),  # not in range
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--beta", "inf"],
-     "mine: --beta must be a finite number, got inf"),
+     "mine: --beta must be >= -1 and <= 1, got inf"),
     (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--temperature", "inf"],
      "reason generate: --temperature must be a finite number, got inf"),
     (["reason", "split", "--records", "r", "--tcots", "t", "--judge", "j", "--out-dir", "{tmp}/s", "--threshold",
-      "inf"], "reason split: --threshold must be a finite number, got inf"),
+      "inf"], "reason split: --threshold must be >= 0 and <= 1, got inf"),
     (["models", "pretrain", "--out", "{tmp}/p", "--lr", "inf"],
      "models pretrain: --lr must be a finite number, got inf"),
     (["plan", "--model", "m", "--images-per-item", "inf"], "plan: --images-per-item must be a finite number, got inf"),
@@ -472,7 +475,7 @@ _INF, _NAN = float("inf"), float("nan")
     ("unime.eval.reference_config:ReferenceConfig", dict(seconds=_NAN), None,
      "seconds must be a number (inf: no limit), got nan"),
     ("unime.mining.config:MineConfig", dict(records="r", embedder="e", judge="j", out="o", beta=_INF), None,
-     "beta must be a finite number, got inf"),
+     "beta must be >= -1 and <= 1, got inf"),
     ("unime.embed_rl.grpo:GRPOStageConfig", dict(model="m", records="r", embedder="e", out="o", device="cpu",
                                                  temperature=_INF), "validate",
      "temperature must be a finite number, got inf"),
@@ -481,7 +484,7 @@ _INF, _NAN = float("inf"), float("nan")
      "neg_temperature must be a finite number, got inf"),
     ("unime.embed_rl.tcot_embedder:SplitConfig", dict(records="r", tcots="t", judge="j", out_dir="o",
                                                       threshold=_INF), "check",
-     "threshold must be a finite number, got inf"),
+     "threshold must be >= 0 and <= 1, got inf"),
 ], ids=lambda v: v.split(":")[1] if isinstance(v, str) and ":" in v else None)
 def test_python_configs_refuse_nan_and_inf_naming_the_field(config, kwargs, check, message):
     """From Python, a config's check (`check_ranges`, as it is made or validated) refuses NaN and inf as the command

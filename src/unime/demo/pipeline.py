@@ -345,7 +345,7 @@ class DemoOptions(RangeChecked):
     out: str = option("runs/demo", "output folder (stages already done there are skipped)")
     quick: bool = option(False, "smoke-test sizes (CI): a tiny world and a few steps")
     fresh: bool = option(False, "delete what earlier demo runs wrote in OUT and re-run every stage (other files stay)")
-    seeds: int | None = option(None, "seeds per embedder row (default: preset's)")
+    seeds: int | None = option(None, "seeds per embedder row (default: preset's)", at_least=1)
     embed_steps: int | None = option(None, "training steps of each embedder row: baseline, hard negatives, soft "
                                      "labels (default: preset's, 240; 80 takes a third of the rows' time, and there "
                                      "hard negatives do not pay: docs/DEMO.md)", metavar="N", at_least=1)
@@ -360,11 +360,11 @@ class DemoOptions(RangeChecked):
                                     "query (median spread < beta) or too many queries fell back to random negatives "
                                     "(default: stop there)")
     video_clips: int | None = option(None, "eval clips of the world's video tasks, whose rows the report shows "
-                                     "(default: preset's, 24; 0 = no video)", metavar="N")
+                                     "(default: preset's, 24; 0 = no video)", metavar="N", at_least=0)
     device: str = option("cpu", "cpu or cuda")
     jobs: int = option(0, "run N of a stage's independent commands (one per seed) side by side in worker processes, "
                        "the CPU cores shared out among them (default 0 = auto: one per core on the CPU, at most one "
-                       "per seed; 1 on a GPU)", metavar="N")
+                       "per seed; 1 on a GPU)", metavar="N", at_least=0)
     overwrite: bool = option(False, cli=False)  # the command's --overwrite (with --fresh: a folder it did not create)
 
     def settings(self) -> DemoSettings:

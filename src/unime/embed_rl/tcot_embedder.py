@@ -261,7 +261,7 @@ class SplitConfig(ReasonOptions, ImageOptions, VideoOptions):
     judge: str = option(help="Yes/No judge checkpoint (JudgeScorer)")
     data_root: str | None = option(None, "folder image paths are relative to (default: the records' folder)")
     threshold: float | None = option(None, f"match if P(Yes) >= threshold (default {MATCH_THRESHOLD})",
-                                     none_means=MATCH_THRESHOLD, exclusive="split_rule")
+                                     none_means=MATCH_THRESHOLD, exclusive="split_rule", at_least=0, at_most=1)
     rl_fraction: float | None = option(None, "instead of --threshold: the given fraction of lowest-P(Yes) pairs "
                                        "goes to RL (for a judge whose scores are not calibrated around 0.5; the "
                                        "paper reports ~0.2)", exclusive="split_rule", at_least=0, at_most=1)

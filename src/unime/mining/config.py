@@ -41,7 +41,10 @@ class MineConfig(JudgeOptions, AnnOptions, ItemFormatOptions):
                                            "sentence-transformers groups rows by anchor: no positive of the query "
                                            "is a candidate of any of its records (default: only the record's own "
                                            "positive is excluded)")
-    beta: float = option(DEFAULT_BETA, "false negative: s(q,c) > s(q,c_t) - beta")
+    # the judge's scores are probabilities (P(Yes); the oracle's graded relevance): in [0, 1], where a beta of -1
+    # keeps every candidate and one of 1 drops all but those scored 0 below a positive of 1
+    beta: float = option(DEFAULT_BETA, "false negative: s(q,c) > s(q,c_t) - beta (the scores are in [0, 1]; -1: "
+                         "no candidate is one)", at_least=-1, at_most=1)
     interval: int = option(DEFAULT_INTERVAL, "cyclical sampling interval", at_least=1)
     sampling_strategy: str = option("cyclical", "which survivors of the judge's filter are stored: cyclical (SPEC "
                                     "1.4, every --interval-th in retrieval order), top (the first --count), random "
@@ -59,8 +62,8 @@ class MineConfig(JudgeOptions, AnnOptions, ItemFormatOptions):
     on_error: str = on_error_option("skip bad records (counted and reported) instead of stopping at the first")
     audit: bool = option(False, "audit the judge against the demo world (needs --world)")
     world: str | None = option(None, "demo world folder (for --audit)")
-    audit_threshold: float = option(1.0, "audit: relevance at or above which a retrieved candidate is a false "
-                                    "negative")
+    audit_threshold: float = option(1.0, "audit: relevance (in [0, 1]) at or above which a retrieved candidate is a "
+                                    "false negative", above=0, at_most=1)
     show_progress: bool = option(False, "show progress bars", dest="progress")
     backend_options: dict = option(factory=dict, cli=False)  # `make_backend`'s (`BackendOptions.for_backend`)
     overwrite: bool = option(False, cli=False)  # a re-run with other options: redo what depends on them (else refused)

@@ -96,8 +96,9 @@ def lora_options(preset: LoraSettings) -> type:
 
     @dataclass(kw_only=True)
     class LoraOptions(RangeChecked):
-        lora_r: int = option(preset.r, "LoRA rank (default %(default)s; UniME-V2's reranker: 128)")
-        lora_alpha: int = option(preset.alpha, "LoRA alpha (default %(default)s)")
+        # (the reasoner's stages redeclare lora_r with 0 = full fine-tuning; the others have --full for that)
+        lora_r: int = option(preset.r, "LoRA rank (default %(default)s; UniME-V2's reranker: 128)", at_least=1)
+        lora_alpha: int = option(preset.alpha, "LoRA alpha (default %(default)s)", above=0)
         lora_dropout: float = option(preset.dropout, "LoRA dropout (default %(default)s)", at_least=0, below=1)
         lora_targets: tuple[str, ...] = option(preset.targets, "comma-separated module names (decoder only unless "
                                                "--lora-vision), or all-linear", cli_default=",".join(preset.targets))

@@ -797,13 +797,13 @@ class PlanOptions(RangeChecked):
     model: str | None = option(None, "a known release (e.g. Qwen/Qwen2-VL-2B-Instruct), a local checkpoint, run or "
                                "PEFT adapter folder, or a PEFT adapter's hub id, planned with its recorded images "
                                "(default: the recipe's)")
-    gpus: int = option(1, "devices (data parallel)")
+    gpus: int = option(1, "devices (data parallel)", at_least=1)
     gpu_memory: str | None = option(None, "memory per device in GiB, the unit of the verdict: 80, 80GB or 80GiB (GB "
                                     "as on NVIDIA's labels: nvidia-smi reports an A100 80GB as 81920 MiB = 80 GiB), "
                                     "or nvidia-smi's MiB, e.g. 81920MiB", metavar="SIZE")
-    text_tokens: int = option(64, "text + chat-template tokens per item (default %(default)s)")
+    text_tokens: int = option(64, "text + chat-template tokens per item (default %(default)s)", at_least=1)
     images_per_item: float = option(1.0, "images per query / candidate on average (default 1: every item has an "
-                                    "image)")
+                                    "image)", at_least=0)
     tcot_tokens: int | None = option(None, "T-CoT tokens per item: read with it by the embedder (Embed-RL's reasoned "
                                      "items; default: with --pooling emb, the reasoner's longest T-CoT, 256, else 0), "
                                      "learnt by the reasoner's SFT (default 256), read by GRPO's reward embedder "
@@ -819,8 +819,6 @@ class PlanOptions(RangeChecked):
 
     def plan(self, stage: str, model: str, options: dict, title: str) -> Plan:
         """The `stage` planner's plan of `model` run with the planned command's resolved `options`."""
-        if self.gpus < 1:
-            raise UsageError(f"--gpus must be >= 1, got {self.gpus}", command="plan")
         tcot = {"tcot_tokens": self.tcot_tokens, "evidence_crops": self.evidence_crops}
         if stage not in TCOT_STAGES:
             given = [f"--{k.replace('_', '-')}" for k, v in tcot.items() if v is not None]
