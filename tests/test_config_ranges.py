@@ -268,8 +268,9 @@ def test_the_ranges_declared_for_the_second_qa_round():
     from unime.train.memory_plan import PlanOptions
     from unime.train.reranker_trainer import RerankerTrainConfig
 
-    cases = [(EmbedderTrainingConfig, "lora_r", 0, "must be >= 1, got 0"),
-             (RerankerTrainConfig, "lora_r", -4, "must be >= 1, got -4"),
+    cases = [(EmbedderTrainingConfig, "lora_r", 0, "must be >= 1 (0 only with full, which trains every weight), got 0"),
+             (RerankerTrainConfig, "lora_r", 0, "must be >= 1 (0 only with full, which trains every weight), got 0"),
+             (RerankerTrainConfig, "lora_r", -4, "must be >= 0, got -4"),
              (ReasonerSFTConfig, "lora_r", -1, "must be >= 0, got -1"),
              (EmbedderTrainingConfig, "lora_alpha", 0, "must be > 0, got 0"),
              (GRPOStageConfig, "lora_alpha", -32, "must be > 0, got -32"),
@@ -307,6 +308,11 @@ def test_the_ranges_declared_for_the_second_qa_round():
     assert ReasonerSFTConfig(**_required(ReasonerSFTConfig), lora_r=0).lora_r == 0
     assert GRPOStageConfig(**_required(GRPOStageConfig)).lora_r == 0
     assert EmbedderTrainingConfig(**_required(EmbedderTrainingConfig), lora_r=1, lora_alpha=1).lora_r == 1
+    assert EmbedderTrainingConfig(**_required(EmbedderTrainingConfig), lora_r=0, full=True).lora_r == 0  # no LoRA
+    full = RerankerTrainConfig(**_required(RerankerTrainConfig), lora_r=0, full=True)
+    with pytest.raises(OptionError, match=r"^lora_r must be >= 1 \(0 only with full, which trains every weight\)"):
+        full.full = False  # assigned: checked as at construction, and left as it was
+    assert full.full is True
     assert [SplitConfig(**_required(SplitConfig), threshold=t).threshold for t in (0.0, 1.0)] == [0.0, 1.0]
     assert [MineConfig(**_required(MineConfig), beta=b).beta for b in (-1.0, 0.01, 1.0)] == [-1.0, 0.01, 1.0]
     assert MineConfig(**_required(MineConfig), audit_threshold=0.5).audit_threshold == 0.5

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from unime.errors import ModelError, UsageError
+from unime.errors import ModelError, OptionError, UsageError
 from unime.options import RangeChecked, option
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,9 @@ def lora_options(preset: LoraSettings) -> type:
 
     @dataclass(kw_only=True)
     class LoraOptions(RangeChecked):
-        # (the reasoner's stages redeclare lora_r with 0 = full fine-tuning; the others have --full for that)
-        lora_r: int = option(preset.r, "LoRA rank (default %(default)s; UniME-V2's reranker: 128)", at_least=1)
+        # 0: no LoRA — the reasoner's stages (which redeclare it) train every weight; a config with a `full` switch
+        # (the embedder, the reranker) takes 0 only with it (`check_together`)
+        lora_r: int = option(preset.r, "LoRA rank (default %(default)s; UniME-V2's reranker: 128)", at_least=0)
         lora_alpha: int = option(preset.alpha, "LoRA alpha (default %(default)s)", above=0)
         lora_dropout: float = option(preset.dropout, "LoRA dropout (default %(default)s)", at_least=0, below=1)
         lora_targets: tuple[str, ...] = option(preset.targets, "comma-separated module names (decoder only unless "
@@ -113,6 +114,12 @@ def lora_options(preset: LoraSettings) -> type:
                 self.lora_targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
             super().__post_init__()
             self.lora_targets = tuple(self.lora_targets)
+
+        def check_together(self) -> None:
+            super().check_together()
+            if self.lora_r == 0 and getattr(self, "full", None) is False:  # PEFT takes no rank 0
+                raise OptionError(self, "{lora_r} must be >= 1 (0 only with {full}, which trains every weight), "
+                                  "got 0")
 
     return LoraOptions
 
