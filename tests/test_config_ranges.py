@@ -111,6 +111,14 @@ def _cases():
 CASES = list(_cases())
 
 
+def _assert_refused(cases) -> None:
+    """Each (config class, field, value, problem): the config made with the value is refused, "FIELD PROBLEM"."""
+    for cls, name, value, problem in cases:
+        with pytest.raises(OptionError) as caught:
+            cls(**_required(cls), **{name: value})
+        assert str(caught.value) == f"{name} {problem}", cls
+
+
 def test_configs_are_found():
     """The walk finds the configs (a few known ones among them), and each is made with its defaults."""
     names = {p.values[0].__qualname__ for p in CASES}
@@ -189,10 +197,7 @@ def test_the_ranges_declared_for_qa():
              (EvalConfig, "rerank_topk", 0, "must be >= 1, got 0"),
              (RayOptions, "replicas", 0, "must be >= 1, got 0"),
              (RayOptions, "num_cpus", -1.0, "must be >= 0, got -1.0")]
-    for cls, name, value, problem in cases:
-        with pytest.raises(OptionError) as caught:
-            cls(**_required(cls), **{name: value})
-        assert str(caught.value) == f"{name} {problem}", cls
+    _assert_refused(cases)
     # in range: the bounds themselves where they are included
     assert RerankerTrainConfig(**_required(RerankerTrainConfig), holdout=0.0, eval_steps=0, save_steps=1).holdout == 0
     assert EmbedderTrainingConfig(model="m", out="o", save_total_limit=1, workers=0).save_total_limit == 1
@@ -300,10 +305,7 @@ def test_the_ranges_declared_for_the_second_qa_round():
              (ReferenceConfig, "init_temperature", 0.0, "must be > 0, got 0.0"),
              (ReferenceConfig, "video_frames", 0, "must be >= 1, got 0"),
              (ReferenceConfig, "log_every", 0, "must be >= 1, got 0")]
-    for cls, name, value, problem in cases:
-        with pytest.raises(OptionError) as caught:
-            cls(**_required(cls), **{name: value})
-        assert str(caught.value) == f"{name} {problem}", cls
+    _assert_refused(cases)
     # taken: the reasoner's full fine-tuning (rank 0), the bounds, and the values the tests and docs use
     assert ReasonerSFTConfig(**_required(ReasonerSFTConfig), lora_r=0).lora_r == 0
     assert GRPOStageConfig(**_required(GRPOStageConfig)).lora_r == 0
