@@ -60,6 +60,38 @@ def test_reranker_examples_pairwise_and_listwise():
     assert len(only_list) == 1 and only_list[0] == lst
 
 
+def _mined_record(scores, positive_score, count=4):
+    """A record as `unime mine` writes it: the negatives `sample_negatives` picks among candidates c0, c1, ..."""
+    from unime.mining.sampling import sample_negatives
+
+    res = sample_negatives([f"c{i}" for i in range(len(scores))], scores, positive_score, count=count,
+                           rng=np.random.default_rng(0))
+    return res.status, Record(query=Item("q"), positive=Item("pos"), negatives=[Item(c) for c in res.ids],
+                              positive_score=positive_score, negative_scores=list(res.scores), id="m")
+
+
+def test_a_record_mined_by_the_fallback_gives_the_reranker_no_example():
+    """QA: a record none of whose candidates survived the false-negative filter (SPEC 1.4: random picks scored 1.0,
+    candidates the judge took for likely positives) trained `No` on one of them (SPEC 1.6: c_h is the hardest
+    *surviving* negative), and ranked them below the positive."""
+    from unime.train.reranker_trainer import reranker_examples
+
+    status, rec = _mined_record([.97, .99, .98, .96, .995], .95)  # every candidate above alpha = 0.95 - 0.01
+    assert status == "fallback" and rec.negative_scores == [1.0] * 4
+    assert reranker_examples(rec, 0) == []
+    assert reranker_examples(rec, 0, losses=("list",)) == []
+    # one survivor (c3, 0.5): a mined record, trained on; its hardest negative is that survivor
+    status, rec = _mined_record([.97, .99, .98, .5, .995], .95)
+    assert status == "repeated"
+    exs = reranker_examples(rec, 0)
+    assert [(e.kind, [c.text for c in e.candidates], e.answer) for e in exs[:2]] == [
+        ("pair", ["pos"], "Yes"), ("pair", ["c3"], "No")]
+    # a record written by hand (no judge scores) is used as before: its first negative is the hardest
+    hand = Record(query=Item("q"), positive=Item("pos"), negatives=[Item("c4"), Item("c1")], id="h")
+    assert [(e.kind, [c.text for c in e.candidates], e.answer) for e in reranker_examples(hand, 0)[:2]] == [
+        ("pair", ["pos"], "Yes"), ("pair", ["c4"], "No")]
+
+
 def test_listwise_position_is_seeded_and_uniform():
     from unime.train.reranker_trainer import listwise_position
 
@@ -445,14 +477,60 @@ def test_reranker_records_need_negatives_or_a_skip_policy(tiny_model_dir, tmp_pa
         build_examples(cfg)
     cfg.on_error = "skip"
     skips = SkipReport()
-    groups, n, _ = build_examples(cfg, skips=skips)
+    groups, n, _, _ = build_examples(cfg, skips=skips)
     assert n == 1 and len(groups) == 1 and skips.total == 1
     cfg.role, cfg.losses, cfg.on_error = "judge", ("pair",), "raise"
-    groups, n, _ = build_examples(cfg)  # a judge can use a record without negatives (its Yes pair)
+    groups, n, _, _ = build_examples(cfg)  # a judge can use a record without negatives (its Yes pair)
     assert n == 2 and [len(g) for g in groups] == [1, 1, 1]
     path.write_text(json.dumps({"id": "lonely", "query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
     with pytest.raises(DataError, match="judge needs labelled negatives"):
         build_examples(cfg)
+
+
+def _record_line(rid, negatives, scores=None, positive_score=None):
+    rec = {"id": rid, "query": {"text": "q"}, "positive": {"text": "p"}, "negatives": [{"text": n} for n in negatives]}
+    if scores is not None:
+        rec.update(negative_scores=scores, positive_score=positive_score)
+    return json.dumps(rec) + "\n"
+
+
+def test_reranker_leaves_out_fallback_records_counts_them_and_refuses_when_all_are(tmp_path, caplog):
+    from unime.train.reranker_trainer import RerankerTrainConfig, build_examples
+
+    path = tmp_path / "r.jsonl"
+    path.write_text(_record_line("mined", ["a", "b"], [0.2, 0.4], 0.9)
+                    + _record_line("fb1", ["c", "d"], [1.0, 1.0], 0.95)      # the mining fallback's signature
+                    + _record_line("hand", ["e"])                             # no scores: written by hand, kept
+                    + _record_line("fb2", ["f"], [1.0], 0.7))
+    cfg = RerankerTrainConfig(model="unused", records=[str(path)], out=str(tmp_path / "o"), num_negatives=2)
+    with caplog.at_level("INFO", logger="unime.train.reranker_trainer"):
+        ex = build_examples(cfg)
+    assert (ex.records, ex.fallback, len(ex.groups)) == (2, 2, 2)
+    assert [g[0].record for g in ex.groups] == ["mined", "hand"]
+    assert [g[1].candidates[0].text for g in ex.groups] == ["b", "e"]  # the No pairs: the hardest survivors
+    assert "reranker: 2 of 4 records (50.0 %) left out, records mined by the fallback" in caplog.text
+    # a judge trains on labels, not on mined negatives: every record is used
+    cfg.role, cfg.losses = "judge", ("pair",)
+    assert build_examples(cfg).records == 4
+    cfg.role, cfg.losses = "reranker", ("pair", "list")
+    path.write_text(_record_line("fb1", ["c", "d"], [1.0, 1.0], 0.95) + _record_line("fb2", ["f"], [1.0], 0.7))
+    with pytest.raises(DataError, match=r"all 2 records mined by the fallback.*nothing to train on"):
+        build_examples(cfg)
+
+
+def test_a_reranker_run_records_the_fallback_records_it_left_out(tiny_model_dir, tmp_path, capsys):
+    from unime.cli import main
+
+    records = Path(write_world(tmp_path))
+    with records.open("a") as f:
+        f.write(_record_line("fb", ["red", "blue"], [1.0, 1.0], 0.9))
+    out = tmp_path / "rr"
+    assert main(["train", "reranker", "--model", tiny_model_dir("qwen2_vl"), "--records", str(records), "--out",
+                 str(out), "--negatives", "2", "--steps", "1", "--batch-size", "2", "--device", "cpu"]) == 0
+    assert "left out 1 record(s) mined by the fallback (no surviving negative)" in capsys.readouterr().out
+    meta = json.loads((out / "unime_reranker.json").read_text())
+    assert (meta["records"], meta["fallback_records"], meta["examples"]) == (4, 1, 4 * 3)
+    assert "| records left out (mined by the fallback) | 1 |" in (out / "README.md").read_text()
 
 
 def test_config_validation():

@@ -37,7 +37,8 @@ def _add_reranker_parser(actions) -> None:
     _add_parser(
         actions, "reranker", help="train a UniME-V2 reranker (pairwise + listwise) on mined records",
         description="Train a generative MLLM + LoRA as a reranker: L = L_pair (judge prompt, Yes for the positive, "
-                    "No for the hardest negative) + L_list (multi-candidate prompt, target 'Ans: (k)'). Writes "
+                    "No for the hardest surviving negative) + L_list (multi-candidate prompt, target 'Ans: (k)'); "
+                    "records mined by the fallback (no surviving negative) are left out and counted. Writes "
                     "OUT/adapter (PEFT adapter) and OUT/unime_reranker.json (the trained number of candidates); "
                     "`unime eval --rerank OUT` loads it.")
 
@@ -95,6 +96,8 @@ def _train(args) -> int:
             print(f"WARNING: {w}")
     if result.skipped:
         print(f"skipped {result.skipped} bad record(s)")
+    if result.fallback_records:
+        print(f"left out {result.fallback_records} record(s) mined by the fallback (no surviving negative)")
     print(result.merged if args.role == "judge" else result.adapter or result.merged)
     return 0
 

@@ -5,10 +5,16 @@ by next-token cross-entropy on the answer tokens only:
 
 - **pairwise** (the judge prompt of SPEC 1.3): `Yes` for (q, c_t) and `No` for (q, c_h), c_h the
   hardest surviving negative of the record (highest judge score; the first negative when the record
-  has no scores);
+  has no scores). The release takes `hard_negatives[0]`, the first cyclical pick, instead;
 - **listwise**: the multi-candidate prompt with `num_negatives` negatives (the record's first ones, in
   their stored order, repeated cyclically when it has fewer) and the positive at a uniformly random
   position (seeded per record), target `Ans: (k)`.
+
+A record mined by the fallback (no candidate survived the false-negative filter: random candidates scored
+1.0, `unime.train.label_quality.is_fallback_record`) has no surviving negative: its negatives are
+candidates the judge took for likely positives, so the reranker trains on neither of its examples; the
+records left out are counted (log, `unime_reranker.json`: `fallback_records`). Records without judge
+scores (written by hand) are used as they are.
 
 L = L_pair + L_list, each the mean cross-entropy over its batch's answer tokens. The answer tokens are
 the answer and the chat template's end-of-turn token (so that generation stops); system, user and the
@@ -39,7 +45,7 @@ import logging
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item, Record
@@ -116,7 +122,11 @@ def listwise_position(seed: int, index: int, num_negatives: int) -> int:
 def reranker_examples(rec: Record, index: int, *, num_negatives: int = 4, seed: int = 0,
                       losses: Sequence[str] = LOSSES) -> list[PromptExample]:
     """The examples of one mined record: the two pairwise ones (positive → Yes, hardest negative → No)
-    and the listwise one."""
+    and the listwise one; none for a record mined by the fallback (it has no surviving negative)."""
+    from unime.train.label_quality import is_fallback_record
+
+    if is_fallback_record(rec):
+        return []
     label = record_label(rec, index)
     out: list[PromptExample] = []
     if PAIR in losses:
@@ -467,6 +477,7 @@ class TrainResult:
     log_history: list[dict] = field(default_factory=list)
     heldout: dict | None = None            # judge: the last held-out evaluation (`judge_eval`)
     loss_levels: dict | None = None        # judge: final losses against their base-rate levels (`judge_eval`)
+    fallback_records: int = 0              # reranker: records left out, mined by the fallback (`build_examples`)
 
     @property
     def adapter(self) -> Path | None:
@@ -479,14 +490,26 @@ class TrainResult:
         return p if p.is_dir() else None
 
 
-def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[PromptExample]], int, str]:
-    """Read the record files and build the example groups. Returns (groups, records used, data root)."""
+class Examples(NamedTuple):
+    """What `build_examples` read: the example groups (one per dataset item), the records used, the data root, and
+    the reranker's records left out as mined by the fallback (`reranker_examples`)."""
+
+    groups: list[list[PromptExample]]
+    records: int
+    data_root: str
+    fallback: int = 0
+
+
+def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> Examples:
+    """Read the record files and build the example groups. A reranker leaves out the records mined by the fallback
+    (counted, logged) and refuses records that are all such."""
     from unime.data.io import check_images, read_records
     from unime.data.roots import resolve_data_root
     from unime.data.skips import ErrorPolicy, data_error
+    from unime.train.label_quality import FALLBACK_WARN_SHARE, is_fallback_record
 
     groups: list[list[PromptExample]] = []
-    n_records = 0
+    n_records = n_fallback = 0
     root = cfg.data_root
     for path in cfg.records:
         recs = read_records(path, on_error=cfg.on_error, skips=skips)
@@ -504,6 +527,9 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
             if cfg.role == "judge":
                 pairs = judge_examples(rec, n_records, max_negatives=cfg.judge_negatives)
                 groups.extend([pairs] if cfg.group_weight > 0 else ([ex] for ex in pairs))
+            elif is_fallback_record(rec):
+                n_fallback += 1
+                continue
             else:
                 groups.append(reranker_examples(rec, n_records, num_negatives=cfg.num_negatives, seed=cfg.seed,
                                                 losses=cfg.losses))
@@ -513,13 +539,25 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> tuple[list[list[P
             root = file_root
         elif cfg.data_root is None and file_root != root:
             raise DataError("record files in different folders need an explicit data_root", source=str(path))
+    sources = ", ".join(map(str, cfg.records))
+    if n_fallback:
+        what = ("records mined by the fallback: no candidate survived the judge's false-negative filter, so their "
+                "negatives are random candidates the judge took for likely positives (scored 1.0), and there is no "
+                "surviving negative to answer No to or to rank below the positive")
+        if not groups:
+            raise DataError(f"all {n_fallback} {what}; a reranker has nothing to train on. Check the judge (`unime "
+                            "judge --pairs` with a label column reports its AUC) or mine again", source=sources,
+                            field="negative_scores")
+        share = n_fallback / (n_fallback + n_records)
+        (log.warning if share > FALLBACK_WARN_SHARE else log.info)(
+            "reranker: %d of %d records (%.1f %%) left out, %s", n_fallback, n_fallback + n_records, 100 * share,
+            what)
     if not groups:
-        raise DataError("no training examples", source=", ".join(map(str, cfg.records)))
+        raise DataError("no training examples", source=sources)
     if cfg.role == "judge" and not any(ex.answer == judge_answer(False) for g in groups for ex in g):
         raise DataError("no negatives in the records: a judge needs labelled negatives (the records' `negatives`) "
-                        "or it learns to answer Yes to everything", source=", ".join(map(str, cfg.records)),
-                        field="negatives")
-    return groups, n_records, root
+                        "or it learns to answer Yes to everything", source=sources, field="negatives")
+    return Examples(groups, n_records, root, n_fallback)
 
 
 def train_reranker(cfg: RerankerTrainConfig, *, finished_hint: str = "--overwrite starts it over") -> TrainResult:
@@ -610,9 +648,9 @@ def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult
                            records=meta.get("records", 0), skipped=meta.get("skipped", 0), steps=meta.get("steps", 0),
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
                            last_loss=meta.get("last_loss"), heldout=meta.get("heldout"),
-                           loss_levels=meta.get("loss_levels"))
+                           loss_levels=meta.get("loss_levels"), fallback_records=meta.get("fallback_records", 0))
     skips = SkipReport()
-    groups, n_records, data_root = build_examples(cfg, skips=skips)
+    groups, n_records, data_root, n_fallback = build_examples(cfg, skips=skips)
     if skips.total:
         log.warning("%s", skips.summary())
     held_out: list[PromptExample] = []
@@ -691,7 +729,7 @@ def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult
         # trained on: the adapter written here loads on `base_model` (QA: it named --model's run folder)
         **loaded.origin(), "model_type": model.config.model_type,
         "answer_prefix": collator.format.prefix, "records": n_records, "examples": n_examples,
-        "skipped": skips.total, "steps": trainer.state.global_step,
+        "skipped": skips.total, "fallback_records": n_fallback, "steps": trainer.state.global_step,
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("records", "out")},
         "image_budget": loaded.image_budget.to_dict(),
@@ -707,7 +745,7 @@ def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult
     return TrainResult(out=str(out), role=cfg.role, examples=n_examples, records=n_records, skipped=skips.total,
                        steps=trainer.state.global_step, num_candidates=num_candidates,
                        first_loss=meta["first_loss"], last_loss=meta["last_loss"], log_history=history,
-                       heldout=meta["heldout"], loss_levels=loss_levels)
+                       heldout=meta["heldout"], loss_levels=loss_levels, fallback_records=n_fallback)
 
 
 def model_card(meta: dict, adapter_lora: LoraSettings | None = None) -> ModelCard:
@@ -731,6 +769,8 @@ def model_card(meta: dict, adapter_lora: LoraSettings | None = None) -> ModelCar
                  "best = rr.pick(query, candidates)        # listwise\n"
                  "p_yes = rr.score_pairs(query, candidates) # pairwise")
     rows = {"records": meta["records"], "examples": meta["examples"], "skipped records": meta["skipped"],
+            **({"records left out (mined by the fallback)": meta["fallback_records"]}
+               if meta.get("fallback_records") else {}),
             "steps": meta["steps"], "first loss": meta["first_loss"], "last loss": meta["last_loss"],
             "fine-tuning": "full (every parameter)" if cfg.get("full") else
                            f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout}" + (" DoRA" if lora.dora else "")
