@@ -246,7 +246,8 @@ def test_argparse_usage_errors_and_help_keep_their_exit_codes(capsys):
 @pytest.mark.parametrize("argv", [
     ["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e"],
     ["train", "reasoner", "--stage", "grpo", "--model", "m", "--out", "{tmp}/r", "--records", "r", "--embedder", "e"],
-], ids=["embedder", "grpo"])
+    ["train", "reranker", "--model", "m", "--records", "r", "--out", "{tmp}/rr"],
+], ids=["embedder", "grpo", "reranker"])
 def test_an_unknown_lr_scheduler_is_a_usage_error_listing_the_names(argv, tmp_path, capsys):
     """QA: `--lr-scheduler bogus` was accepted and ended, after the models were loaded, in a ValueError traceback
     from transformers' `SchedulerType`; the parser now refuses it (exit 2), its one error line naming the option

@@ -228,6 +228,28 @@ def test_grpo_learning_rate_schedule_is_an_option(tmp_path):
         schedule(trainer_arg=["lr_scheduler_type=constant"])
 
 
+def test_reranker_learning_rate_schedule_and_warmup_fraction_are_options(tmp_path):
+    """The UniME-V2 release trains its reranker with a cosine schedule and warmup ratio 0.03
+    (Rerank/scripts/train_qwen25VL_7B.sh); `train reranker` always decayed linearly after an integer number of
+    warm-up steps. `--lr-scheduler` (default linear, as before) sets the schedule, `--warmup` below 1 is a fraction
+    of the steps (as the embedder's), and `--trainer-arg lr_scheduler_type=...` is refused naming the option."""
+    from unime.errors import UsageError
+    from unime.train.reranker_trainer import RerankerTrainConfig, _training_arguments
+
+    def arguments(**kw):
+        cfg = RerankerTrainConfig(model="m", records=["r.jsonl"], out=str(tmp_path / "o"), device="cpu", **kw)
+        return _training_arguments(cfg, tmp_path / "o" / "checkpoints")
+
+    args = arguments()
+    assert (str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)), args.warmup_steps) == ("linear", 0)
+    args = arguments(lr_scheduler="cosine", warmup_steps=0.03)
+    assert str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)) == "cosine"
+    assert args.get_warmup_steps(1000) == 30 and args.get_warmup_steps(100) == 3  # ceil(0.03 x steps)
+    assert arguments(warmup_steps=20).get_warmup_steps(1000) == 20
+    with pytest.raises(UsageError, match=r"--trainer-arg lr_scheduler_type: unime sets it \(--lr-scheduler\)"):
+        arguments(trainer_arg=["lr_scheduler_type=cosine"])
+
+
 def test_the_lr_scheduler_names_are_transformers_scheduler_types():
     """`--lr-scheduler` takes transformers' `SchedulerType` names (`unime.options.LR_SCHEDULERS`, a copy kept so
     that parsing a command line does not import torch): the same names, every one accepted by the arguments."""

@@ -154,7 +154,7 @@ def _train_generative(o: _Options) -> Callable[[], Any]:
         **({"lora_targets": tuple(t.strip() for t in targets.split(",") if t.strip())} if targets else {}),
         **o.given(data_root=str, num_negatives=("--negatives", int), judge_negatives=int, full=bool, lora_r=int,
                   lora_alpha=int, lora_vision=bool, learning_rate=("--lr", float), max_steps=("--steps", int),
-                  batch_size=int, warmup_steps=("--warmup", int), seed=int, device=str, group_weight=float,
+                  batch_size=int, warmup_steps=("--warmup", float), seed=int, device=str, group_weight=float,
                   overwrite=bool))
     return lambda: train_reranker(cfg)  # the trainer claims its output folder
 

@@ -58,7 +58,7 @@ from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_l
 from unime.models.loading import DeviceOptions, checkpoint_image_loader, dtype_option, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
                                refuse_full_fine_tuning_of_adapter, refuse_lora_vision_without_vision_targets)
-from unime.options import on_error_option, option
+from unime.options import lr_scheduler_option, on_error_option, option
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
 from unime.models.export import ADAPTER_DIR, MERGED_DIR, ExportOptions, ModelCard
@@ -396,7 +396,10 @@ class RerankerTrainConfig(TrainerArgOptions, ImageOptions, VideoOptions, DeviceO
     max_steps: int = option(-1, "optimizer steps (overrides --epochs when > 0)", dest="steps", group="optimisation",
                             at_least=1)  # -1, the default: train `epochs` epochs
     learning_rate: float = option(1e-4, dest="lr", group="optimisation", at_least=0)
-    warmup_steps: int = option(0, "warm-up steps (linear schedule)", dest="warmup", group="optimisation", at_least=0)
+    warmup_steps: float = option(0, "warm-up: fraction of the steps if < 1, else steps", dest="warmup",
+                                 group="optimisation", at_least=0)
+    lr_scheduler: str = lr_scheduler_option("linear", "learning-rate schedule (transformers' lr_scheduler_type: "
+                                            "linear, constant, cosine, ...)", group="optimisation")
     weight_decay: float = option(0.0, group="optimisation", at_least=0)  # torch's optimizers refuse a negative one
     seed: int = option(0, group="optimisation")
     # checkpoints
@@ -595,7 +598,8 @@ def _training_arguments(cfg: RerankerTrainConfig, ckpt_dir: Path, check_only: bo
     compute_dtype = resolve_dtype(cfg.dtype, device)
     return hf_training_arguments(
         TrainingArguments, output_dir=ckpt_dir, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+        learning_rate=cfg.learning_rate, lr_scheduler=cfg.lr_scheduler, epochs=cfg.epochs, max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
         save_total_limit=1, seed=cfg.seed, data_seed=cfg.seed, use_cpu=device == "cpu",
         bf16=compute_dtype == torch.bfloat16, fp16=compute_dtype == torch.float16,
@@ -604,7 +608,8 @@ def _training_arguments(cfg: RerankerTrainConfig, ckpt_dir: Path, check_only: bo
         # the two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training.
         # Full fine-tuning: a text-only batch leaves the vision tower unused.
         ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg, check_only=check_only,
-        option_keys={"warmup_steps": "--warmup", "weight_decay": "--weight-decay"})
+        option_keys={"warmup_steps": "--warmup", "lr_scheduler_type": "--lr-scheduler",
+                     "weight_decay": "--weight-decay"})
 
 
 # options that may change between a run and its continuation without changing what is trained
@@ -777,7 +782,9 @@ def model_card(meta: dict, adapter_lora: LoraSettings | None = None) -> ModelCar
                            + (f", continuing the adapter {meta['started_from_adapter']}"
                               if meta.get("started_from_adapter") else ""),
             "modules trained in full": "all" if cfg.get("full") else ", ".join(cfg.get("train_modules") or []) or "-",
-            "learning rate": cfg.get("learning_rate"), **_batch_rows(meta), "seed": cfg.get("seed")}
+            "learning rate": cfg.get("learning_rate"),
+            **({"learning-rate schedule": cfg["lr_scheduler"]} if "lr_scheduler" in cfg else {}),
+            **_batch_rows(meta), "seed": cfg.get("seed")}
     return ModelCard(title=title, base_model=meta["base_model"], summary=summary, usage=usage,
                      sections={"Training": rows}, tags=[role, "multimodal"],
                      notes=[f"Curves: curves.csv, curves.png; configuration: {METADATA_FILE}."])
