@@ -125,6 +125,24 @@ def test_the_unime_v2_2b_recipe_is_the_paper_setting():
     assert (args.lora_r, args.losses, args.model) == (128, "pair,list", "Qwen/Qwen2.5-VL-7B-Instruct")
 
 
+def test_the_reranker_recipe_trains_as_the_release_script(tmp_path):
+    """Independent of the files: SPEC 1.6 gives LoRA r=128; the release script (Rerank/scripts/train_qwen25VL_7B.sh
+    of GaryGuTC/UniME-v2) LORA_ALPHA 256, lr 2e-5, cosine, warmup ratio 0.03, global batch 32 = 1 per device x 4
+    accumulation x 8 GPUs. QA: the recipe left unime's defaults (alpha 32, lr 1e-4, linear, no warm-up, batch 4)."""
+    from unime.cli.train_reranker import config_from_args
+    from unime.train.reranker_trainer import _training_arguments
+
+    args = _apply_config(build_parser(), ["train", "reranker", "--recipe", "unime-v2/reranker-qwen2.5-vl-7b",
+                                          "--records", "r.jsonl", "--out", str(tmp_path / "o"), "--device", "cpu",
+                                          "--dtype", "fp32"])
+    cfg = config_from_args(args)
+    assert (cfg.lora_r, cfg.lora_alpha) == (128, 256)
+    hf = _training_arguments(cfg, tmp_path / "o" / "checkpoints")
+    schedule = str(getattr(hf.lr_scheduler_type, "value", hf.lr_scheduler_type))
+    assert (hf.learning_rate, schedule, hf.get_warmup_steps(1000)) == (2e-5, "cosine", 30)
+    assert hf.per_device_train_batch_size * hf.gradient_accumulation_steps * 8 == 32
+
+
 @pytest.mark.parametrize("name", ["embed-rl/qwen3-vl-2b", "embed-rl/qwen3-vl-4b"])
 def test_the_embed_rl_recipes_train_grpo_as_the_release(name, tmp_path):
     """Independent of the files: the release's GRPO config (vlm2vec_grpo.yaml: lr_scheduler_type constant,
