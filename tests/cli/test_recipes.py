@@ -218,6 +218,23 @@ def test_config_file_and_command_line_win_over_the_recipe(tmp_path, capsys):
     assert re.search(r"^records\s+None\s+# default$", out, re.M)
 
 
+@pytest.mark.parametrize("given, suggested", [
+    ("qwen2-vl-2b", "unime-v2/qwen2-vl-2b"),             # the part after the slash
+    ("qwen3-vl-4b", "embed-rl/qwen3-vl-4b"),
+    ("unimev2/reranker-qwen2.5-vl-7b", "unime-v2/reranker-qwen2.5-vl-7b"),
+    ("unime-v2/qwen2-vl-2", "unime-v2/qwen2-vl-2b, unime-v2/qwen2-vl-7b or unime-v2/judge-qwen2.5-vl-7b"),
+    ("reranker", "unime-v2/reranker-qwen2.5-vl-7b"),     # contained in one recipe's name
+])
+def test_an_unknown_recipe_suggests_the_close_ones(given, suggested, tmp_path, capsys):
+    """QA: `unime train embedder --recipe qwen2-vl-2b` said "unknown recipe" and listed every recipe without
+    pointing at unime-v2/qwen2-vl-2b, the one meant."""
+    assert main(["train", "embedder", "--recipe", given, "--records", "r", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"unime: error: unknown recipe {given!r}; did you mean {suggested}? "
+                                               "known recipes: embed-rl/qwen3-vl-2b, "), err
+    assert not (tmp_path / "o").exists()
+
+
 def test_recipe_errors_name_the_choices(tmp_path, capsys):
     # a user-caused failure: one error line and exit code 2 (`unime.cli.failures`), before any output folder
     out = tmp_path / "o"

@@ -18,6 +18,7 @@ where each came from. `docs/RECIPES.md` is the table of every recipe (a test hol
 
 from __future__ import annotations
 
+import difflib
 import functools
 
 from dataclasses import dataclass, field
@@ -78,10 +79,31 @@ def recipes_for(command: str) -> list[str]:
             if (bool(load_recipe(name).plan) if command == "plan" else command in load_recipe(name).commands)]
 
 
+def close_recipes(name: str, known: list[str], n: int = 3) -> list[str]:
+    """The recipes `name` was likely meant as: one whose part after the slash is `name`'s (`qwen2-vl-2b`,
+    `v2/qwen2-vl-2b` -> `unime-v2/qwen2-vl-2b`), else the closest by name or by that part (difflib), else those
+    whose part after the slash contains it (`reranker`)."""
+    stem = name.rsplit("/", 1)[-1]
+    exact = [k for k in known if k.split("/", 1)[1] == stem]
+    if exact:
+        return exact[:n]
+    by_stem: dict[str, list[str]] = {}
+    for k in known:
+        by_stem.setdefault(k.split("/", 1)[1], []).append(k)
+    out = difflib.get_close_matches(name, known, n=n)
+    for s in difflib.get_close_matches(stem, list(by_stem), n=n):
+        out += [k for k in by_stem[s] if k not in out]
+    return (out or [k for k in known if stem and stem in k.split("/", 1)[1]])[:n]
+
+
 def load_recipe(name: str) -> Recipe:
     known = list_recipes()
     if name not in known:
-        raise UnimeError(f"unknown recipe {name!r}; known recipes: {', '.join(known)}")
+        close = close_recipes(name, known)
+        hint = ""
+        if close:
+            hint = f"did you mean {', '.join(close[:-1]) + ' or ' if close[:-1] else ''}{close[-1]}? "
+        raise UnimeError(f"unknown recipe {name!r}; {hint}known recipes: {', '.join(known)}")
     group, stem = name.split("/", 1)
     path = _root() / group / f"{stem}.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
