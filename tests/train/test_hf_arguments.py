@@ -246,7 +246,7 @@ def test_reranker_learning_rate_schedule_and_warmup_fraction_are_options(tmp_pat
     assert str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)) == "cosine"
     assert args.get_warmup_steps(1000) == 30 and args.get_warmup_steps(100) == 3  # ceil(0.03 x steps)
     assert arguments(warmup_steps=20).get_warmup_steps(1000) == 20
-    with pytest.raises(UsageError, match=r"--trainer-arg lr_scheduler_type: unime sets it \(--lr-scheduler\)"):
+    with pytest.raises(UsageError, match=r"trainer_arg\['lr_scheduler_type'\]: unime sets it \(--lr-scheduler\)"):
         arguments(trainer_arg=["lr_scheduler_type=cosine"])
 
 
