@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from unime.options import command_line_wording
 from unime.outdir import (LOCK_NAME, MARKER_NAME, FolderInUse, FolderNotOwned, claim, may_replace, read_marker,
                           remove_owned, require_replaceable)
 
@@ -32,9 +33,26 @@ def test_an_unmarked_non_empty_folder_is_refused_and_left_untouched(tmp_path):
     out = tmp_path / "mine"
     (out / "judge").mkdir(parents=True)
     (out / "judge" / "model.safetensors").write_bytes(b"weights")
-    with pytest.raises(FolderNotOwned, match=rf"{out}.*not written by unime.*--overwrite"):
+    with pytest.raises(FolderNotOwned, match=rf"{out}.*not written by unime.*--overwrite"), command_line_wording():
         claim(out, "mine")
     assert sorted(p.name for p in out.iterdir()) == ["judge"]  # no marker, no lock file written
+
+
+def test_the_refusal_of_a_folder_names_the_keywords_from_python_and_the_flags_in_a_command(tmp_path):
+    """QA: from Python, `train_embedder(out=...)` into a folder of other files said "Choose another --out, or pass
+    --overwrite", options the Python API does not have: its keywords there, the flags in a command of `unime`."""
+    out = tmp_path / "records"
+    out.mkdir()
+    (out / "train.jsonl").write_text("{}\n")
+    with pytest.raises(FolderNotOwned) as caught:
+        claim(out, "train embedder")
+    assert str(caught.value).endswith("Choose another out, or pass overwrite=True to let this command replace what "
+                                      "it writes there")
+    with pytest.raises(FolderNotOwned) as caught, command_line_wording():
+        claim(out, "train embedder")
+    assert str(caught.value).endswith("Choose another --out, or pass --overwrite to let this command replace what it "
+                                      "writes there")
+    assert sorted(p.name for p in out.iterdir()) == ["train.jsonl"]
 
 
 def test_another_commands_folder_is_refused(tmp_path):

@@ -57,7 +57,7 @@ class OptionError(UnimeError, ValueError):
     def __init__(self, config, template: str, **values):
         self.config = config if isinstance(config, type) else type(config)
         self.template, self.values = template, values
-        super().__init__(self.render(str))
+        super().__init__(self.render(python_name))
 
     def render(self, name_of) -> str:
         """The message with each field named by `name_of(field)`."""

@@ -24,6 +24,7 @@ option, before any work, and a config's `check_ranges` does the same from Python
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -147,6 +148,50 @@ def as_on_the_command_line(exc: Exception) -> str:
         return str(exc)
     flags = {"overwrite": "--overwrite", "out": "--out", **option_flags(exc.config)}
     return exc.render(lambda name: flags.get(name, name))
+
+
+# whether this process runs a command of `unime` (`command_line_wording`): what a run logs, or a message made while
+# it runs without a config to render it later, then names options by their flags; from Python, by their fields
+_COMMAND_LINE = [False]
+
+
+@contextlib.contextmanager
+def command_line_wording():
+    """Within the block (`unime.cli.main`, one command), messages name options as the command line does: a warning
+    logged during the run (`warn_other_global_batch`), a skipped record's example (`SkipReport`), a refusal made
+    without a config (`as_given`). Outside it, from the Python API, by the fields, the keywords a caller gave."""
+    before = _COMMAND_LINE[0]
+    _COMMAND_LINE[0] = True
+    try:
+        yield
+    finally:
+        _COMMAND_LINE[0] = before
+
+
+def on_the_command_line() -> bool:
+    """Whether a command of `unime` is running in this process (`command_line_wording`)."""
+    return _COMMAND_LINE[0]
+
+
+def as_given(flag: str, field: str) -> str:
+    """An option as the user gives it where the message is shown: `flag` (`--out`) in a command of `unime`,
+    `field` (`out`, `overwrite=True`) from the Python API (`command_line_wording`)."""
+    return flag if on_the_command_line() else field
+
+
+def as_the_user_gave_it(exc: Exception) -> str:
+    """The message of `exc` as the surface running shows it: `as_on_the_command_line` in a command of `unime`, else
+    `str(exc)`, its options named by their fields (`command_line_wording`)."""
+    return as_on_the_command_line(exc) if on_the_command_line() else str(exc)
+
+
+def option_name(config, name: str) -> str:
+    """Option `name` of `config` (a config dataclass or its class) as the user gives it (`as_given`): its flag in a
+    command of `unime` (`--batch-size`), its field from the Python API (`batch_size`)."""
+    if not on_the_command_line():
+        return name
+    flags = {"overwrite": "--overwrite", "out": "--out", **(option_flags(config) if config is not None else {})}
+    return flags.get(name, "--" + name.replace("_", "-"))
 
 
 def input_files(config) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection
 
 from unime.errors import UnimeError
+from unime.options import as_given
 
 MARKER_NAME = ".unime-output.json"
 LOCK_NAME = ".unime.lock"
@@ -96,9 +97,9 @@ def _refusal(folder: Path, command: str, marker: dict[str, Any] | None) -> Folde
         why = "is not empty and was not written by unime"
     else:
         why = f"was written by `unime {marker.get('command')}`, not `unime {command}`"
+    out, overwrite = as_given("--out", "out"), as_given("--overwrite", "overwrite=True")
     return FolderNotOwned(f"output folder {folder} {why}; refusing to write into it (its files could be replaced). "
-                          "Choose another --out, or pass --overwrite to let this command replace what it "
-                          "writes there")
+                          f"Choose another {out}, or pass {overwrite} to let this command replace what it writes there")
 
 
 def check_claim(folder: str | os.PathLike, command: str, *, overwrite: bool = False,
@@ -229,7 +230,7 @@ def _contents(folder: Path) -> list | None:
 
 
 def _lock(folder: Path) -> int:
-    return _lock_path(folder / LOCK_NAME, f"output folder {folder}", "choose another --out")
+    return _lock_path(folder / LOCK_NAME, f"output folder {folder}", f"choose another {as_given('--out', 'out')}")
 
 
 def _holder(fd: int) -> tuple[str, str]:
@@ -441,7 +442,7 @@ def require_replaceable(folder: str | os.PathLike, name: str) -> None:
     if path.exists() or path.is_symlink():
         if not may_replace(folder, name):
             raise FolderNotOwned(f"{path} was not written by this command; refusing to replace it. Move it away, "
-                                 "or pass --overwrite to let the command replace it")
+                                 f"or pass {as_given('--overwrite', 'overwrite=True')} to let the command replace it")
 
 
 def remove_entry(path: Path) -> None:

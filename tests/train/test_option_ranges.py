@@ -6,6 +6,8 @@ the field."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from tests.train.helpers import trainer_argv
@@ -62,31 +64,66 @@ def test_from_python_the_field_is_named():
     assert (cfg.weight_decay, cfg.max_grad_norm, cfg.kl_eps) == (0, 0, 0)
 
 
+def test_the_embedder_s_own_option_checks_name_the_fields_from_python_and_the_flags_on_the_command_line():
+    """QA: from Python, `EmbedderTrainingConfig(steps=1, epochs=1).validate()` said "give --steps or --epochs", and
+    validate's dtype check "--dtype must be one of": the fields there, the flags on the command line."""
+    from unime.cli.failures import describe
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    config = EmbedderTrainingConfig(model="m", records="r.jsonl", out="o", steps=1, epochs=1.0)
+    with pytest.raises(OptionError) as caught:
+        config.validate()
+    assert str(caught.value) == "give steps or epochs, not both"
+    assert describe(caught.value, "train embedder") == "train embedder: give --steps or --epochs, not both"
+    config = EmbedderTrainingConfig(model="m", records="r.jsonl", out="o", loss="infonce", in_batch=False,
+                                    hard_negatives=0)
+    with pytest.raises(OptionError) as caught:
+        config.validate()
+    assert str(caught.value) == "infonce without in-batch negatives needs hard_negatives >= 1"
+    assert describe(caught.value) == "infonce without in-batch negatives needs --hard-negatives >= 1"
+    config = EmbedderTrainingConfig(model="m", records="r.jsonl", out="o")
+    object.__setattr__(config, "dtype", "bogus")  # past the type check that refuses it as the field is set
+    with pytest.raises(OptionError) as caught:
+        config.validate()
+    said = "%s must be one of auto, fp32, float32, bf16, bfloat16, got 'bogus'"
+    assert (str(caught.value), describe(caught.value)) == (said % "dtype", said % "--dtype")
+
+
 def test_the_hint_for_plain_pairs_is_true_from_python_too():
-    """QA: the hint said "--loss auto (the default)"; from Python the default is loss="symmetric_kl"."""
+    """QA: the hint said "--loss auto (the default)"; from Python the default is loss="symmetric_kl". Then it said,
+    from Python, "loss auto (the command line's default, loss auto)": one wording per surface now, keywords from
+    Python, flags with the command line's default in a command of `unime`."""
     from unime.cli.failures import describe
     from unime.data.items import Item, Record
     from unime.errors import DataError
+    from unime.options import command_line_wording
     from unime.train.batching import check_records
     from unime.train.embedder_config import EmbedderTrainingConfig
 
     pair = Record(query=Item(text="q"), positive=Item(text="p"), id="r1")
     with pytest.raises(DataError) as caught:
         check_records([pair], num_negatives=8, needs_scores=False, source="r.jsonl", config=EmbedderTrainingConfig)
-    said = "0 hard negatives, but training uses k=8 per query (plain pairs train with in-batch negatives: loss auto " \
-           "(the command line's default, %s auto) or infonce without hard negatives (%s infonce %s 0))"
-    assert said % ("loss", "loss", "hard_negatives") in str(caught.value)
-    assert said % ("--loss", "--loss", "--hard-negatives") in describe(caught.value, "train embedder")
+    assert str(caught.value) == (
+        "r.jsonl, record r1, field 'negatives': 0 hard negatives, but training uses k=8 per query (plain pairs train "
+        "with in-batch negatives: loss='auto', or infonce without hard negatives (loss='infonce', hard_negatives=0))")
+    with command_line_wording(), pytest.raises(DataError) as caught:
+        check_records([pair], num_negatives=8, needs_scores=False, source="r.jsonl", config=EmbedderTrainingConfig)
+    assert describe(caught.value, "train embedder") == (
+        "r.jsonl, record r1, field 'negatives': 0 hard negatives, but training uses k=8 per query (plain pairs train "
+        "with in-batch negatives: --loss auto (the default) or infonce without hard negatives (--loss infonce "
+        "--hard-negatives 0))")
 
 
 def test_the_hints_of_records_training_cannot_use_name_fields_from_python_flags_on_the_command_line(tmp_path):
     """From Python, `train_embedder` on records with too few negatives or no judge scores said "lower
     --hard-negatives" and "train with --loss infonce"; it names the fields given (hard_negatives, loss), the
-    command line keeps its flags, as does the skip report's example (logged during the run, whoever called)."""
+    command line keeps its flags; so does the skip report's example, logged during the run (a command of `unime`:
+    flags; from Python: fields)."""
     from unime.cli.failures import describe
     from unime.data.items import Item, Record
     from unime.data.skips import SkipReport
     from unime.errors import DataError
+    from unime.options import command_line_wording
     from unime.train.batching import check_records
     from unime.train.embedder_trainer import EmbedderTrainingConfig, train_embedder
 
@@ -107,10 +144,12 @@ def test_the_hints_of_records_training_cannot_use_name_fields_from_python_flags_
     assert str(caught.value) == said % "loss"
     assert describe(caught.value, "train embedder") == said % "--loss"
     assert not (tmp_path / "out").exists()
-    skips = SkipReport()
-    kept = check_records([one, Record(query=Item(text="q"), positive=Item(text="p"), negatives=[Item(text="a")] * 2)],
-                         num_negatives=2, needs_scores=False, source="r.jsonl", on_error="skip", skips=skips,
-                         config=EmbedderTrainingConfig)
-    assert len(kept) == 1 and [e.message for e in skips.examples] == [
-        "r.jsonl, record r1, field 'negatives': 1 hard negatives, but training uses k=2 per query (lower "
-        "--hard-negatives or re-mine)"]
+    two = [one, Record(query=Item(text="q"), positive=Item(text="p"), negatives=[Item(text="a")] * 2)]
+    for surface, name in [(contextlib.nullcontext(), "hard_negatives"), (command_line_wording(), "--hard-negatives")]:
+        skips = SkipReport()
+        with surface:
+            kept = check_records(two, num_negatives=2, needs_scores=False, source="r.jsonl", on_error="skip",
+                                 skips=skips, config=EmbedderTrainingConfig)
+        assert len(kept) == 1 and [e.message for e in skips.examples] == [
+            f"r.jsonl, record r1, field 'negatives': 1 hard negatives, but training uses k=2 per query (lower {name} "
+            "or re-mine)"]

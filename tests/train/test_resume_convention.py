@@ -4,6 +4,7 @@ refused with the keys listed, and the reported loss covers the whole run."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -162,6 +163,53 @@ def _plan(out: Path, **kw):
 
     return plan_run(out, {"lr": 1.0}, free=("resume", "overwrite"), finished_file="metrics.json",
                     **{"overwrite": False, **kw})
+
+
+def test_the_resume_refusals_name_the_field_from_python_and_the_flag_on_the_command_line(tmp_path):
+    """QA: from Python, `train_embedder(resume=...)` refused "--resume X: no such checkpoint folder" and "which
+    --overwrite discards", options the Python API does not have: the fields there (resume, overwrite=True), the
+    flags on the command line."""
+    from unime.cli.failures import describe
+    from unime.errors import OptionError
+    from unime.models.run_state import write_config
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    missing = tmp_path / "does-not-exist"
+    config = EmbedderTrainingConfig(model="m", records="r.jsonl", out=str(tmp_path / "new"), resume=str(missing))
+    with pytest.raises(OptionError) as caught:
+        _plan(tmp_path / "new", resume=missing, config=config)
+    assert str(caught.value) == f"resume {missing}: no such checkpoint folder"
+    assert describe(caught.value, "train embedder") == f"train embedder: --resume {missing}: no such checkpoint folder"
+    out = tmp_path / "run"
+    write_config(out, {"lr": 1.0})
+    own = _complete_checkpoint(out / "checkpoints" / "checkpoint-5", 5)
+    with pytest.raises(OptionError) as caught:
+        _plan(out, resume=own, overwrite=True, config=config)
+    said = f"%s {own} is one of the checkpoints of {out}, which %s discards: copy it elsewhere first, or continue " \
+        "the run without %s"
+    assert str(caught.value) == said % ("resume", "overwrite=True", "overwrite=True")
+    assert describe(caught.value) == said % ("--resume", "--overwrite", "--overwrite")
+    assert own.is_dir()
+
+
+def test_the_other_global_batch_warning_names_the_fields_from_python_and_the_flags_on_the_command_line(
+        tmp_path, caplog):
+    """QA: the warning of a run continued on another number of processes said "--batch-size 2 x ... --global-batch N
+    keeps it fixed" from Python too; it names the fields there, the flags in a command of `unime`."""
+    from unime.models.run_state import PROCESSES_KEY, warn_other_global_batch, write_config
+    from unime.options import command_line_wording
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    write_config(tmp_path, {"lr": 1.0, PROCESSES_KEY: 2})
+    said = f"{tmp_path}: continuing a run trained at a global batch of 12 (%s 2 x 2 process(es) x %s 3) at 6 on 1 " \
+        "process(es) from here on; %s keeps it fixed across process counts"
+    for surface, names in [(contextlib.nullcontext(), ("batch_size", "grad_accum", "global_batch")),
+                           (command_line_wording(), ("--batch-size", "--grad-accum", "--global-batch"))]:
+        caplog.clear()
+        with surface, caplog.at_level(logging.WARNING):
+            warn_other_global_batch(tmp_path, batch_size=2, grad_accum=3, processes=1, fixed_by="global_batch",
+                                    config=EmbedderTrainingConfig)
+        assert [r.getMessage() for r in caplog.records] == [said % names]
 
 
 def test_an_explicit_resume_checkpoint_is_continued_from_in_a_new_out_with_overwrite_and_over_a_finished_run(
@@ -537,9 +585,9 @@ def test_a_batch_size_run_continued_on_another_number_of_processes_warns_of_its_
     assert run.resume_from is not None and run.resume_from.name == "checkpoint-2"
     lines = [r.getMessage() for r in caplog.records if "global batch" in r.getMessage()]
     # 2 per device x 2 processes x 3 accumulation = 12 then; 2 x 1 x 3 = 6 now
-    assert lines == [f"{out}: continuing a run trained at a global batch of 12 (--batch-size 2 x 2 process(es) x "
-                     "--grad-accum 3) at 6 on 1 process(es) from here on; --global-batch N keeps it fixed across "
-                     "process counts"]
+    assert lines == [f"{out}: continuing a run trained at a global batch of 12 (batch_size 2 x 2 process(es) x "
+                     "grad_accum 3) at 6 on 1 process(es) from here on; global_batch keeps it fixed across "
+                     "process counts"]  # from Python: the fields (`test_the_other_global_batch_warning_names_...`)
 
 
 def test_a_reranker_run_continued_on_another_number_of_processes_warns_of_its_new_global_batch(
@@ -575,8 +623,8 @@ def test_a_reranker_run_continued_on_another_number_of_processes_warns_of_its_ne
     assert resumed.steps == 2
     lines = [r.getMessage() for r in caplog.records if "continuing a run" in r.getMessage()]
     # 2 per device x 2 processes x 3 accumulation = 12 then; 2 x 1 x 3 = 6 now
-    assert lines == [f"{out}: continuing a run trained at a global batch of 12 (--batch-size 2 x 2 process(es) x "
-                     "--grad-accum 3) at 6 on 1 process(es) from here on; resume it with 2 process(es) to keep it"]
+    assert lines == [f"{out}: continuing a run trained at a global batch of 12 (batch_size 2 x 2 process(es) x "
+                     "grad_accum 3) at 6 on 1 process(es) from here on; resume it with 2 process(es) to keep it"]
     assert json.loads(recorded.read_text())["processes"] == 1  # the count it continued on
 
 
@@ -780,6 +828,7 @@ def test_grpo_into_the_sft_run_it_starts_from_is_refused_and_another_stage_is_na
     keys but not the stage."""
     from dataclasses import asdict
 
+    from unime.cli.failures import describe
     from unime.embed_rl.grpo import GRPOStageConfig, train_reasoner_grpo
     from unime.embed_rl.reasoner_sft import ReasonerSFTConfig
     from unime.errors import UnimeError
@@ -802,9 +851,12 @@ def test_grpo_into_the_sft_run_it_starts_from_is_refused_and_another_stage_is_na
                                                    embedder="emb", **kw))
 
     for out in (sft, tmp_path):  # the model's own run folder, or any folder above it
-        with pytest.raises(UnimeError, match=rf"^--out {out} holds --model {sft / 'merged'}: the run would write over "
-                                             "the model it reads; choose another --out$"):
+        with pytest.raises(UnimeError) as caught:
             grpo(sft / "merged", out, overwrite=True)
+        said = "{out} %s holds {model} %s: the run would write over the model it reads; choose another {out}" % (
+            out, sft / "merged")
+        assert str(caught.value) == said.format(out="out", model="model")  # from Python: the fields given
+        assert describe(caught.value) == said.format(out="--out", model="--model")  # the command line: its flags
     (tmp_path / "base").mkdir()
     with pytest.raises(ChangedOptions, match=r"other options \(stage: 'sft' -> 'grpo', "):
         grpo(tmp_path / "base", sft)

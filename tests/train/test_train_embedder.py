@@ -12,6 +12,7 @@ import torch
 
 from tests.conftest import HARD_NEGATIVES as K  # hard negatives per query in these tests
 from tests.train.helpers import base_config
+from unime.cli.failures import describe
 from unime.data.items import Item, Record
 from unime.errors import DataError, OptionError, UnimeError
 
@@ -577,8 +578,12 @@ def test_full_fine_tuning_with_a_frozen_vision_tower_moves_only_the_language_sid
 
 def test_freeze_vision_needs_full_fine_tuning(tiny_model_dir, mined_world, tmp_path):
     world, _ = mined_world
-    with pytest.raises(UnimeError, match="--freeze-vision is for full fine-tuning"):
+    with pytest.raises(UnimeError) as caught:
         base_config(tiny_model_dir("qwen2_vl"), tmp_path / "a", world, freeze_vision=True).validate()
+    said = "{freeze_vision} is for full fine-tuning ({full}); LoRA leaves the vision tower frozen unless {lora_vision}"
+    assert str(caught.value) == said.format(freeze_vision="freeze_vision", full="full", lora_vision="lora_vision")
+    assert describe(caught.value) == said.format(freeze_vision="--freeze-vision", full="--full",
+                                                 lora_vision="--lora-vision")
 
 
 def test_fewer_records_than_the_global_batch_are_warned_and_the_card_records_the_batch_that_ran(

@@ -441,7 +441,15 @@ def main_process_stdout():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. A failure the user can cause ends as one line and exit code 2 (`cli.failures`)."""
+    """Run one command. A failure the user can cause ends as one line and exit code 2 (`cli.failures`). Its messages
+    name options by their flags, also those logged during the run (`unime.options.command_line_wording`)."""
+    from unime.options import command_line_wording
+
+    with command_line_wording():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from unime.cli import failures
 
     argv = list(sys.argv[1:] if argv is None else argv)

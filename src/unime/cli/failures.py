@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from unime.errors import ChangedOptions, DataError, OptionError, UnimeError
-from unime.options import as_on_the_command_line, option_flags
+from unime.options import as_on_the_command_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -27,8 +27,7 @@ USER_CAUSED = (UnimeError, UnicodeDecodeError, OverflowError, RecursionError, OS
 def describe(exc: BaseException, command: str | None = None) -> str:
     """One line for a user-caused failure (of `command`, named before a config's refusal as a usage error is)."""
     if isinstance(exc, OptionError):  # a config's refusal, in the command line's names of the options
-        flags = option_flags(exc.config)
-        text = exc.render(lambda name: flags.get(name, name))
+        text = as_on_the_command_line(exc)
         text = f"{command}: {text}" if command else text
     elif isinstance(exc, (ChangedOptions, DataError)) and exc.config is not None:  # options named, as flags
         text = as_on_the_command_line(exc)

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from unime.errors import DataError
-from unime.options import as_on_the_command_line
+from unime.options import as_the_user_gave_it
 
 ON_ERROR_CHOICES = ("raise", "skip")
 
@@ -65,9 +65,10 @@ class SkipReport:
         reason = reason or reason_of(err)
         self.counts[reason] += 1
         if len(self.examples) < self.max_examples:
-            # logged during the run, whoever called: a hint naming options keeps the command line's wording
+            # logged during the run: a hint naming options names them as the caller gives them (the command line's
+            # flags in a command of `unime`, the fields from Python: `unime.options.command_line_wording`)
             self.examples.append(SkipExample(reason, None if err.source is None else str(err.source), err.record,
-                                             err.field, as_on_the_command_line(err)))
+                                             err.field, as_the_user_gave_it(err)))
 
     @property
     def total(self) -> int:

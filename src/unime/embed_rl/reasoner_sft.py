@@ -282,7 +282,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
                               finished_file=SUMMARY_FILE, config=cfg)  # not finished: `check_run` said so
     if plan.checkpoint is not None:  # the global batch of a continuation (per device x processes x accumulation)
         run_state.warn_other_global_batch(out, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                          processes=args.world_size)
+                                          processes=args.world_size, config=cfg)
     if is_main_process():
         run_state.write_config(out, {**options, run_state.PROCESSES_KEY: args.world_size})
 

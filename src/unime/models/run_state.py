@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from unime.errors import (ChangedOptions, UnimeError, changed_option_keys, refuse_changed_options,  # noqa: F401
-                          with_working_dir)
-from unime.options import input_files, none_meanings, option_aliases, option_defaults, option_flags
+from unime.errors import (ChangedOptions, OptionError, UnimeError, changed_option_keys,  # noqa: F401
+                          refuse_changed_options, with_working_dir)
+from unime.options import input_files, none_meanings, option_aliases, option_defaults, option_name
 
 CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
 FULL_STATE_FILE = "trainable_state.safetensors"  # resumable state of a full fine-tuning run
@@ -313,19 +313,22 @@ PROCESSES_KEY = "processes"  # train_config.json: the number of processes the ru
 
 
 def warn_other_global_batch(out: str | Path, *, batch_size: int, grad_accum: int, processes: int,
-                            fixed_by: str | None = None) -> None:
+                            fixed_by: str | None = None, config=None) -> None:
     """Warn when a run of a per-device `batch_size` continues on another number of `processes` than its
     train_config.json records (`PROCESSES_KEY`): its global batch (per device x processes x accumulation) changes
     from here on. Not refused: resizing a run is legitimate. `fixed_by`: the option that keeps the global batch
-    fixed across process counts (the embedder's --global-batch), else resuming on the recorded count keeps it."""
+    fixed across process counts (the embedder's global_batch), else resuming on the recorded count keeps it. The
+    options are named as the user gives them (`unime.options.option_name`: the fields of `config` from Python, the
+    flags on the command line)."""
     was = (previous_config(out) or {}).get(PROCESSES_KEY)
     if not isinstance(was, int) or was == processes:
         return
-    keep = f"{fixed_by} keeps it fixed across process counts" if fixed_by else \
+    keep = f"{option_name(config, fixed_by)} keeps it fixed across process counts" if fixed_by else \
         f"resume it with {was} process(es) to keep it"
-    log.warning("%s: continuing a run trained at a global batch of %d (--batch-size %d x %d process(es) x "
-                "--grad-accum %d) at %d on %d process(es) from here on; %s", out, batch_size * was * grad_accum,
-                batch_size, was, grad_accum, batch_size * processes * grad_accum, processes, keep)
+    log.warning("%s: continuing a run trained at a global batch of %d (%s %d x %d process(es) x %s %d) at %d on %d "
+                "process(es) from here on; %s", out, batch_size * was * grad_accum, option_name(config, "batch_size"),
+                batch_size, was, option_name(config, "grad_accum"), grad_accum, batch_size * processes * grad_accum,
+                processes, keep)
 
 
 def step_log(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -454,9 +457,8 @@ def refuse_output_over_input(out: str | Path, config) -> None:
             continue
         model = Path(str(value)).resolve()
         if model == out_path or out_path in model.parents:
-            flag = option_flags(config).get(name, name)
-            raise UnimeError(f"--out {out} holds {flag} {value}: the run would write over the model it reads; choose "
-                             "another --out")
+            raise _option_refusal(config, "{out} {_out} holds {%s} {_value}: the run would write over the model it "
+                                  "reads; choose another {out}" % name, _out=out, _value=value)
 
 
 def check_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
@@ -476,7 +478,7 @@ def _decide(out: str | Path, options: dict[str, Any], *, free: Iterable[str], ov
     out = Path(out)
     if config is not None:
         refuse_output_over_input(out, config)
-    explicit = _explicit_checkpoint(resume) if resume is not None else None
+    explicit = _explicit_checkpoint(resume, config) if resume is not None else None
     if explicit is None and finished_run(out, options, free=free, overwrite=overwrite, finished_file=finished_file,
                                          config=config):
         return RunPlan(True, None), None, [], None, {}
@@ -495,8 +497,9 @@ def _decide(out: str | Path, options: dict[str, Any], *, free: Iterable[str], ov
         raise _changed_inputs_error(out, changed, inputs, config)
     if (overwrite or before is None) and explicit is not None \
             and (out / CHECKPOINTS_DIR).resolve() in explicit.resolve().parents:
-        raise UnimeError(f"--resume {resume} is one of the checkpoints of {out}, which --overwrite discards: "
-                         "copy it elsewhere first, or continue the run without --overwrite")
+        raise _option_refusal(config, "{resume} {_resume} is one of the checkpoints of {_out}, which {overwrite} "
+                              "discards: copy it elsewhere first, or continue the run without {overwrite}",
+                              _resume=resume, _out=out)
     return None, before, diff, explicit, inputs
 
 
@@ -543,15 +546,31 @@ def plan_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], o
     return RunPlan(False, checkpoint)
 
 
-def _explicit_checkpoint(resume: str | os.PathLike) -> Path:
-    """`--resume CHECKPOINT`: the folder, if it is a complete checkpoint (`checkpoint_problem`), else `UnimeError`."""
+def _explicit_checkpoint(resume: str | os.PathLike, config=None) -> Path:
+    """`--resume CHECKPOINT`: the folder, if it is a complete checkpoint (`checkpoint_problem`), else an error naming
+    the option as the user gives it (`_option_refusal`: `resume` from Python, `--resume` on the command line)."""
     path = Path(resume)
     if not path.is_dir():
-        raise UnimeError(f"--resume {resume}: no such checkpoint folder")
+        raise _option_refusal(config, "{resume} {_resume}: no such checkpoint folder", _resume=resume)
     problem = checkpoint_problem(path)
     if problem:
-        raise UnimeError(f"--resume {resume}: not a complete checkpoint folder ({problem})")
+        raise _option_refusal(config, "{resume} {_resume}: not a complete checkpoint folder ({_problem})",
+                              _resume=resume, _problem=problem)
     return path
+
+
+def _option_refusal(config, template: str, **values) -> UnimeError:
+    """A refusal whose `template` names options as `{field}` (other placeholders from `values`): with `config` (the
+    trainer's config dataclass), an `OptionError` — `str()` names the fields (`resume`, `overwrite=True`), the
+    command line its flags (`unime.cli.failures`); without one, the command line's flags."""
+    if config is not None:
+        return OptionError(config, template, **values)
+
+    class Flags(dict):
+        def __missing__(self, name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+    return UnimeError(template.format_map(Flags(values)))
 
 
 def train_or_finish(trainer, checkpoint: Path | None) -> None:

@@ -22,6 +22,7 @@ from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.errors import DataError, OptionError
 from unime.models.adapters import Segment, item_segments
 from unime.models.embedder import padding_order, padding_shape
+from unime.options import on_the_command_line
 
 
 def record_label(record: Record, index: int) -> str | int:
@@ -52,10 +53,13 @@ def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores
         try:
             rec.validate(source=source)
             if len(rec.negatives) < num_negatives:
-                # true from Python too, whose defaults are loss="symmetric_kl", hard_negatives=8
-                hint = ("plain pairs train with in-batch negatives: loss auto (the command line's default, {loss} "
-                        "auto) or infonce without hard negatives ({loss} infonce {hard_negatives} 0)"
-                        if not rec.negatives else "lower {hard_negatives} or re-mine")
+                # worded for where it is shown: auto is the command line's default, not Python's (loss="symmetric_kl",
+                # hard_negatives=8), whose keywords take values as keyword arguments do
+                hint = ("lower {hard_negatives} or re-mine" if rec.negatives else
+                        "plain pairs train with in-batch negatives: {loss} auto (the default) or infonce without hard "
+                        "negatives ({loss} infonce {hard_negatives} 0)" if on_the_command_line() else
+                        "plain pairs train with in-batch negatives: {loss}='auto', or infonce without hard negatives "
+                        "({loss}='infonce', {hard_negatives}=0)")
                 raise data_error("training", f"{len(rec.negatives)} hard negatives, but training uses "
                                  f"k={num_negatives} per query ({hint})",
                                  source=source, record=label, field="negatives", config=config, **names)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unime.data.video import VideoOptions
-from unime.errors import UnimeError
+from unime.errors import OptionError, UnimeError
 from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions, deepspeed_setting, gradient_checkpointing_option
 from unime.models.image_budget import ImageOptions
@@ -123,14 +123,15 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
         if self.loss not in LOSSES:
             raise UnimeError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.loss == "infonce" and not self.infonce_in_batch and self.hard_negatives < 1:
-            raise UnimeError("infonce without in-batch negatives needs --hard-negatives >= 1")
+            raise OptionError(self, "infonce without in-batch negatives needs {hard_negatives} >= 1")
         if self.freeze_vision and not self.full:
-            raise UnimeError("--freeze-vision is for full fine-tuning (--full); LoRA leaves the vision tower frozen "
-                             "unless --lora-vision")
+            raise OptionError(self, "{freeze_vision} is for full fine-tuning ({full}); LoRA leaves the vision tower "
+                              "frozen unless {lora_vision}")
         if self.steps is not None and self.epochs is not None:
-            raise UnimeError("give --steps or --epochs, not both")
+            raise OptionError(self, "give {steps} or {epochs}, not both")
         if self.dtype not in dtype_choices(TRAIN_DTYPES):
-            raise UnimeError(f"--dtype must be one of {', '.join(dtype_choices(TRAIN_DTYPES))}, got {self.dtype!r}")
+            raise OptionError(self, "{dtype} must be one of {_names}, got {_got!r}",
+                              _names=", ".join(dtype_choices(TRAIN_DTYPES)), _got=self.dtype)
         if self.on_error not in ("raise", "skip"):
             raise UnimeError(f"on_error must be raise or skip, got {self.on_error!r}")
         if self.records is None:

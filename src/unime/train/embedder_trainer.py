@@ -516,7 +516,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     resume_from = run_state.plan_run(out, config.to_dict(), **plan_options).checkpoint  # not finished (above)
     if resume_from is not None and not config.global_batch:  # --global-batch keeps the global batch
         run_state.warn_other_global_batch(out, batch_size=config.batch_size, grad_accum=config.grad_accum,
-                                          processes=args.world_size, fixed_by="--global-batch N")
+                                          processes=args.world_size, fixed_by="global_batch", config=config)
     device = process_device(args)
     set_seed(config.seed)  # LoRA initialisation
     # LoRA: frozen base in the compute dtype (bf16 under autocast); full fine-tuning keeps fp32 master weights

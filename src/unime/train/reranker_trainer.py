@@ -701,7 +701,7 @@ def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult
                                            base_rate=train_answers.count(judge_answer(True)) / len(train_answers))
         callbacks.append(judge_check)
         log.info("judge: %d held-out pairs (%d records) scored every %s steps", len(held_out),
-                 len({ex.record for ex in held_out}), cfg.eval_steps or "~1/5 of the")
+                 len({f"{ex.source}: {ex.record}" for ex in held_out}), cfg.eval_steps or "~1/5 of the")
     answer_ids = (loaded.adapter.single_token_id(judge_answer(True)),
                   loaded.adapter.single_token_id(judge_answer(False)))
     trainer = _trainer_class()(model=model, args=args, train_dataset=ExampleDataset(groups), data_collator=collator,
