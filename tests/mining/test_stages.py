@@ -119,3 +119,32 @@ def test_the_exact_scan_count_is_in_the_retrieval_record_stats_and_report(tmp_pa
     assert "- exact scan: 16 of 40 queries (40.0 %) had fewer than K candidates below their positive in the " \
            "deepest hnsw search worth doing and were finished by an exact scan of the index's vectors" \
            in (tmp_path / "report.md").read_text()
+
+
+def test_a_bad_score_names_the_record_by_its_line_in_the_file_or_its_index_in_memory(tmp_path):
+    """QA: mining named an id-less record "index 2" (1-based, no line): in a file with blank lines that is not its
+    line. It names it as its reader does (`record line 4`), and one given in memory as Python indexes it
+    (`records[1]`)."""
+    import pytest
+
+    from unime.data.io import read_records
+    from unime.errors import DataError
+    from unime.mining.config import MineConfig
+    from unime.mining.stages import run_sampling
+
+    path = tmp_path / "r.jsonl"
+    rows = [{"query": {"text": f"q{i}"}, "positive": {"text": f"candidate {i}"}} for i in range(2)]
+    path.write_text("\n" + json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n")  # lines 2 and 4
+    pool = [Item(text=f"candidate {i}") for i in range(3)]
+    retrieval = RetrievalResult(candidate_ids=[np.array([2]), np.array([2])],
+                                candidate_sims=[np.array([0.5], np.float32), np.array([0.5], np.float32)],
+                                positive_sims=np.array([0.75, 0.5], np.float32), n_above_positive=np.zeros(2, np.int64))
+    scores = {0: np.array([0.9, 0.2]), 1: np.array([0.8, np.nan])}  # the second record's candidate: no number
+    c = MineConfig(records=str(path), embedder="e", judge="j", out=str(tmp_path / "out"), count=1)
+    in_memory = [Record(query=Item(text=r["query"]["text"]), positive=pool[i]) for i, r in enumerate(rows)]
+    for records, name in [(read_records(path), "line 4"), (in_memory, "records[1]")]:
+        data = MiningInputs(records=records, pool=pool, pool_index={p.key: i for i, p in enumerate(pool)}, skips=None,
+                            fingerprints={}, images_hashed=0, seconds=0.0)
+        with pytest.raises(DataError) as caught:
+            run_sampling(c, data, retrieval, scores, {})
+        assert str(caught.value).startswith(f"{path}, record {name}, field 'candidate_scores[0]': score ")

@@ -298,3 +298,29 @@ def test_mmeb_runner_reports_recall_chance_and_repeated_positives(caplog):
     assert res.metrics["chance@5"] == pytest.approx((5 / 6 + 1) / 2)
     assert res.counts["repeated_positive_rows"] == 1 and res.counts["candidates_per_query_max"] == 6
     assert "rows 2 (id b)" in caplog.text
+
+
+def test_check_records_names_a_file_s_record_by_its_line_and_one_given_in_memory_by_its_index(tmp_path):
+    """QA: `check_records` named an id-less record read from a file by its position + 1 ("record 2"), not its line:
+    in a file with blank lines the two differ. It names the record as its reader does, by its real line (and id);
+    records given in memory by their index in the list, as Python indexes it (`records[1]`)."""
+    from unime.data.io import read_records
+    from unime.train.batching import check_records
+
+    pair = {"query": {"text": "q"}, "positive": {"text": "p"}}
+    path = tmp_path / "r.jsonl"
+    # line 1 blank, line 2 a good record, lines 3-4 blank, line 5 an id-less pair, line 6 one with an id
+    path.write_text("\n" + json.dumps({**pair, "negatives": [{"text": "n"}]}) + "\n\n\n" + json.dumps(pair) + "\n"
+                    + json.dumps({**pair, "id": "q7"}) + "\n")
+    records = read_records(path)
+    with pytest.raises(DataError) as caught:
+        check_records(records, num_negatives=1, needs_scores=False, source=str(path))
+    assert str(caught.value).startswith(f"{path}, record line 5, field 'negatives': 0 hard negatives")
+    with pytest.raises(DataError) as caught:
+        check_records(records[2:], num_negatives=1, needs_scores=False, source=str(path))
+    assert str(caught.value).startswith(f"{path}, record line 6 (id q7), field 'negatives': 0 hard negatives")
+    in_memory = [Record(query=Item(text="q"), positive=Item(text="p"), negatives=[Item(text="n")]),
+                 Record(query=Item(text="q"), positive=Item(text="p"))]
+    with pytest.raises(DataError) as caught:
+        check_records(in_memory, num_negatives=1, needs_scores=False)
+    assert str(caught.value).startswith("record records[1], field 'negatives': 0 hard negatives")

@@ -118,7 +118,7 @@ def test_the_hints_of_records_training_cannot_use_name_fields_from_python_flags_
     """From Python, `train_embedder` on records with too few negatives or no judge scores said "lower
     --hard-negatives" and "train with --loss infonce"; it names the fields given (hard_negatives, loss), the
     command line keeps its flags; so does the skip report's example, logged during the run (a command of `unime`:
-    flags; from Python: fields)."""
+    flags; from Python: fields). A record given in memory is named by its index in the list, with its id."""
     from unime.cli.failures import describe
     from unime.data.items import Item, Record
     from unime.data.skips import SkipReport
@@ -132,15 +132,15 @@ def test_the_hints_of_records_training_cannot_use_name_fields_from_python_flags_
                                     device="cpu")
     with pytest.raises(DataError) as caught:
         train_embedder(config, records=[one])
-    said = "<in-memory records>, record r1, field 'negatives': 1 hard negatives, but training uses k=2 per query " \
-           "(lower %s or re-mine)"
+    said = "<in-memory records>, record records[0] (id r1), field 'negatives': 1 hard negatives, but training uses " \
+           "k=2 per query (lower %s or re-mine)"
     assert str(caught.value) == said % "hard_negatives"
     assert describe(caught.value, "train embedder") == said % "--hard-negatives"
     with pytest.raises(DataError) as caught:
         train_embedder(EmbedderTrainingConfig(model="unused", out=str(tmp_path / "out"), hard_negatives=1, loss="js",
                                               device="cpu"), records=[one])
-    said = "<in-memory records>, record r1, field 'positive_score': no judge score for the positive: the js loss " \
-           "needs judge scores (train with %s infonce, or judge the records first)"
+    said = "<in-memory records>, record records[0] (id r1), field 'positive_score': no judge score for the " \
+           "positive: the js loss needs judge scores (train with %s infonce, or judge the records first)"
     assert str(caught.value) == said % "loss"
     assert describe(caught.value, "train embedder") == said % "--loss"
     assert not (tmp_path / "out").exists()

@@ -473,7 +473,7 @@ def test_reranker_records_need_negatives_or_a_skip_policy(tiny_model_dir, tmp_pa
                                 "negatives": [{"text": "n"}]}) + "\n"
                     + json.dumps({"id": "lonely", "query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
     cfg = RerankerTrainConfig(model="unused", records=[str(path)], out=str(tmp_path / "o"))
-    with pytest.raises(DataError, match=r"r\.jsonl.*record lonely.*negatives"):
+    with pytest.raises(DataError, match=r"r\.jsonl, record line 2 \(id lonely\), field 'negatives'"):
         build_examples(cfg)
     cfg.on_error = "skip"
     skips = SkipReport()
@@ -506,7 +506,7 @@ def test_reranker_leaves_out_fallback_records_counts_them_and_refuses_when_all_a
     with caplog.at_level("INFO", logger="unime.train.reranker_trainer"):
         ex = build_examples(cfg)
     assert (ex.records, ex.fallback, len(ex.groups)) == (2, 2, 2)
-    assert [g[0].record for g in ex.groups] == ["mined", "hand"]
+    assert [g[0].record for g in ex.groups] == ["line 1 (id mined)", "line 3 (id hand)"]  # as the reader names them
     assert [g[1].candidates[0].text for g in ex.groups] == ["b", "e"]  # the No pairs: the hardest survivors
     assert "reranker: 2 of 4 records (50.0 %) left out, records mined by the fallback" in caplog.text
     # a judge trains on labels, not on mined negatives: every record is used
@@ -531,6 +531,32 @@ def test_a_reranker_run_records_the_fallback_records_it_left_out(tiny_model_dir,
     meta = json.loads((out / "unime_reranker.json").read_text())
     assert (meta["records"], meta["fallback_records"], meta["examples"]) == (4, 1, 4 * 3)
     assert "| records left out (mined by the fallback) | 1 |" in (out / "README.md").read_text()
+
+
+def test_a_reranker_s_records_are_named_by_their_line_in_the_file_or_their_index_in_memory(tmp_path):
+    """QA: the reranker trainer named an id-less record "#0" (0-based, counted over every file, no line), and a
+    record without negatives by nothing at all. It names a record read from a file by its real line (blank lines
+    counted) and its file, one given in memory by its index in the list (`records[3]`)."""
+    from unime.data.skips import SkipReport
+    from unime.train.reranker_trainer import RerankerTrainConfig, build_examples, judge_examples, reranker_examples
+
+    good = {"query": {"text": "q"}, "positive": {"text": "p"}, "negatives": [{"text": "n"}]}
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text(json.dumps(good) + "\n")
+    # b.jsonl: line 1 blank, line 2 an id-less record without negatives, line 3 blank, line 4 a good one
+    second.write_text("\n" + json.dumps({"query": {"text": "q"}, "positive": {"text": "p"}}) + "\n\n"
+                      + json.dumps(good) + "\n")
+    cfg = RerankerTrainConfig(model="unused", records=[str(first), str(second)], out=str(tmp_path / "o"),
+                              on_error="skip")
+    skips = SkipReport()
+    groups, n, _, _ = build_examples(cfg, skips=skips)
+    assert n == 2 and [e.message for e in skips.examples] == [
+        f"{second}, record line 2, field 'negatives': a reranker record needs at least one negative"]
+    assert [{(ex.source, ex.record) for ex in g} for g in groups] == [{(str(first), "line 1")},
+                                                                      {(str(second), "line 4")}]
+    rec = Record(query=Item(text="q"), positive=Item(text="p"), negatives=[Item(text="n")])
+    assert {ex.record for ex in reranker_examples(rec, 3, num_negatives=1)} == {"records[3]"}
+    assert {ex.record for ex in judge_examples(rec, 0)} == {"records[0]"}
 
 
 def test_config_validation():

@@ -318,6 +318,13 @@ def record_name(rec: Any, index: int) -> str:
     return getattr(rec, "id", "") or origin_of(rec) or in_memory_name(index)
 
 
+def record_label(rec: Any, index: int) -> str:
+    """How a message about a record's content names it, as its reader did: where it was read, with its id
+    (`origin_of`: "line 7 (id q3)", its real line in the file, blank lines counted; given in memory, "records[1]
+    (id q3)"), else its id, else its index in the list given (`in_memory_name`, as Python indexes it)."""
+    return origin_of(rec) or getattr(rec, "id", "") or in_memory_name(index)
+
+
 def record_to_unime_v2(rec: Record, index: int = 0) -> dict:
     label = record_name(rec, index)
     d: dict[str, Any] = {

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from unime.data.atomic import atomic_path, warn_left
+from unime.data.io import record_label
 from unime.data.items import Item, Record
 from unime.errors import UnimeError
 from unime.index.ann import DEFAULT_RECALL_SAMPLE, build_index, measure_recall, recall_summary
@@ -307,7 +308,7 @@ def run_sampling(c: MineConfig, data: MiningInputs, retrieval: RetrievalResult, 
         result = sample_negatives(list(range(len(ids))), cand_scores, pos_score, beta=c.beta, interval=c.interval,
                                   count=c.count, fallback=c.fallback, rng=np.random.default_rng((c.seed, i)),
                                   strategy=c.sampling_strategy,
-                                  source=c.records, record=rec.id or f"index {i + 1}")
+                                  source=c.records, record=record_label(rec, i))
         stats.add(result, rec.dataset)
         filtered = cand_scores > pos_score - c.beta
         times_sampled = np.bincount(np.asarray(result.indices, dtype=np.int64), minlength=len(ids))

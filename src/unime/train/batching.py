@@ -16,25 +16,13 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from unime.data.io import in_memory_name, is_in_memory_name, named_where_read, origin_of
+from unime.data.io import named_where_read, record_label
 from unime.data.items import Item, Record
 from unime.data.skips import ErrorPolicy, SkipReport, data_error
 from unime.errors import DataError, OptionError
 from unime.models.adapters import Segment, item_segments
 from unime.models.embedder import padding_order, padding_shape
-from unime.options import on_the_command_line
-
-
-def record_label(record: Record, index: int) -> str | int:
-    """How errors name a record: its id, else, given in memory, its index in the list given (`records[1]`, as
-    Python indexes it: the name a trainer's `records=` carry, `in_memory_name`, else `index`), else its 1-based
-    position in the file read."""
-    origin = origin_of(record)
-    if record.id:
-        return record.id
-    if origin is None or is_in_memory_name(origin):
-        return origin or in_memory_name(index)
-    return index + 1
+from unime.options import as_given, on_the_command_line
 
 
 def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores: bool,
@@ -44,9 +32,11 @@ def check_records(records: Sequence[Record], *, num_negatives: int, needs_scores
     record raises `DataError` naming it and the field, or — with `on_error="skip"` — is left out and
     counted in `skips` under the reason "training". `config`: the trainer's config (or its class), whose options
     the hints name as the user gives them (`hard_negatives` from Python, `--hard-negatives` on the command line);
-    without one, the command line's flags."""
+    without one, likewise by where they are shown (`unime.options.as_given`). A record is named as its reader named
+    it (`record_label`: its line in the file, with its id; given in memory, `records[i]`)."""
     policy = ErrorPolicy(on_error, skips, source or "training records")
-    names = {} if config is not None else {"loss": "--loss", "hard_negatives": "--hard-negatives"}
+    names = {} if config is not None else {"loss": as_given("--loss", "loss"),
+                                           "hard_negatives": as_given("--hard-negatives", "hard_negatives")}
     good = []
     for i, rec in enumerate(records):
         label = record_label(rec, i)
@@ -173,12 +163,12 @@ class EmbedderCollator:
         groups: list[list[Item]] = []
         scores = []
         for index, rec in batch:
-            places.append((rec.query, origin_of(rec) or record_label(rec, index), "query"))
+            places.append((rec.query, record_label(rec, index), "query"))
             groups.append([rec.positive] + list(rec.negatives[:k]))
             if self.with_scores:
                 scores.append([float(rec.positive_score)] + [float(s) for s in (rec.negative_scores or [])[:k]])
         for (index, rec), group in zip(batch, groups):
-            label = origin_of(rec) or record_label(rec, index)  # the line it was read from, and its id
+            label = record_label(rec, index)  # the line it was read from, and its id
             places += [(item, label, "positive" if j == 0 else f"negatives[{j - 1}]") for j, item in enumerate(group)]
         rows: dict[str, int] = {}  # content key -> row among the encoded items
         item_index: list[int] = []

@@ -137,8 +137,8 @@ class JudgeHeldOutCallback(TrainerCallback):
 
     def evaluate(self, model, step: int) -> dict[str, Any]:
         scores = score_pairs(model, self.collator, self.examples, batch_size=self.batch_size)
-        m = {"step": step, **binary_metrics(self.labels, scores, base_rate=self.base_rate,
-                                             groups=[ex.record for ex in self.examples])}
+        groups = [f"{getattr(ex, 'source', None)}: {ex.record}" for ex in self.examples]  # a record: file and line
+        m = {"step": step, **binary_metrics(self.labels, scores, base_rate=self.base_rate, groups=groups)}
         self.history.append(m)
         self._last_step = step
         log.info("judge held-out, step %d: %s", step, format_metrics(m))

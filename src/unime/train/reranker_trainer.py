@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from unime.data.images import ImageLoader
+from unime.data.io import record_label
 from unime.data.items import Item, Record
 from unime.data.video import VideoOptions, VideoSampling
 from unime.errors import DataError, ModelError, OptionError
@@ -88,10 +89,7 @@ class PromptExample:
     candidates: tuple[Item, ...]
     answer: str
     record: str = ""
-
-
-def record_label(rec: Record, index: int) -> str:
-    return rec.id or f"#{index}"
+    source: str | None = None  # the file the record was read from
 
 
 def hardest_negative_index(rec: Record) -> int:
@@ -120,9 +118,11 @@ def listwise_position(seed: int, index: int, num_negatives: int) -> int:
 
 
 def reranker_examples(rec: Record, index: int, *, num_negatives: int = 4, seed: int = 0,
-                      losses: Sequence[str] = LOSSES) -> list[PromptExample]:
+                      losses: Sequence[str] = LOSSES, source: str | None = None) -> list[PromptExample]:
     """The examples of one mined record: the two pairwise ones (positive → Yes, hardest negative → No)
-    and the listwise one; none for a record mined by the fallback (it has no surviving negative)."""
+    and the listwise one; none for a record mined by the fallback (it has no surviving negative). `index`: the
+    record's among those used (its positive's listwise position); `source`: the file it was read from (the examples
+    name it, `record_label`)."""
     from unime.train.label_quality import is_fallback_record
 
     if is_fallback_record(rec):
@@ -131,22 +131,23 @@ def reranker_examples(rec: Record, index: int, *, num_negatives: int = 4, seed: 
     out: list[PromptExample] = []
     if PAIR in losses:
         hard = rec.negatives[hardest_negative_index(rec)]
-        out.append(PromptExample(PAIR, rec.query, (rec.positive,), judge_answer(True), label))
-        out.append(PromptExample(PAIR, rec.query, (hard,), judge_answer(False), label))
+        out.append(PromptExample(PAIR, rec.query, (rec.positive,), judge_answer(True), label, source))
+        out.append(PromptExample(PAIR, rec.query, (hard,), judge_answer(False), label, source))
     if LIST in losses:
         pos = listwise_position(seed, index, num_negatives)
         cands, pos = listwise_candidates(rec, num_negatives, pos)
-        out.append(PromptExample(LIST, rec.query, tuple(cands), listwise_answer(pos + 1), label))
+        out.append(PromptExample(LIST, rec.query, tuple(cands), listwise_answer(pos + 1), label, source))
     return out
 
 
-def judge_examples(rec: Record, index: int, *, max_negatives: int | None = None) -> list[PromptExample]:
+def judge_examples(rec: Record, index: int, *, max_negatives: int | None = None,
+                   source: str | None = None) -> list[PromptExample]:
     """Labelled pairs of one record: (q, positive) → Yes, (q, negative) → No for each negative (the first
-    `max_negatives` of them when given)."""
+    `max_negatives` of them when given); `source`, `record_label`: as `reranker_examples`."""
     label = record_label(rec, index)
     negs = rec.negatives if max_negatives is None else rec.negatives[:max_negatives]
-    return ([PromptExample(PAIR, rec.query, (rec.positive,), judge_answer(True), label)]
-            + [PromptExample(PAIR, rec.query, (n,), judge_answer(False), label) for n in negs])
+    return ([PromptExample(PAIR, rec.query, (rec.positive,), judge_answer(True), label, source)]
+            + [PromptExample(PAIR, rec.query, (n,), judge_answer(False), label, source) for n in negs])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,17 +173,19 @@ class PromptAnswerCollator:
         self.format = answer_format(adapter)
         self.train_turn_end = train_turn_end
 
-    def content(self, item: Item, *, record: str, field: str) -> list[Segment]:
+    def content(self, item: Item, *, record: str, field: str, source: str | None = None) -> list[Segment]:
         load = self.image_loader.load
-        images = [load(r, source=self.source, record=record, field=f"{field}.images[{i}]")
+        source = source or self.source
+        images = [load(r, source=source, record=record, field=f"{field}.images[{i}]")
                   for i, r in enumerate(item.images)]
-        frames = self.image_loader.load_video(item.video, source=self.source, record=record,
+        frames = self.image_loader.load_video(item.video, source=source, record=record,
                                               field=f"{field}.video") if item.video else []
         return item_content(item.text, images, frames)
 
     def prompt_segments(self, ex: PromptExample) -> list[Segment]:
-        q = self.content(ex.query, record=ex.record, field="query")
-        cands = [self.content(c, record=ex.record, field=f"candidates[{i}]") for i, c in enumerate(ex.candidates)]
+        q = self.content(ex.query, record=ex.record, field="query", source=ex.source)
+        cands = [self.content(c, record=ex.record, field=f"candidates[{i}]", source=ex.source)
+                 for i, c in enumerate(ex.candidates)]
         if ex.kind == PAIR:
             return judge_prompt(q, cands[0])
         if ex.kind == LIST:
@@ -522,20 +525,20 @@ def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> Examples:
                                          video=VideoSampling.from_fields(cfg))
         recs = check_images(recs, loader, on_error=cfg.on_error, skips=skips, source=str(path))
         policy = ErrorPolicy(cfg.on_error, skips, str(path))
-        for rec in recs:
+        for i, rec in enumerate(recs):
             if cfg.role == "reranker" and not rec.negatives:
                 policy.handle(data_error("schema", "a reranker record needs at least one negative", source=str(path),
-                                         record=rec.id or None, field="negatives"))
+                                         record=record_label(rec, i), field="negatives"))
                 continue
             if cfg.role == "judge":
-                pairs = judge_examples(rec, n_records, max_negatives=cfg.judge_negatives)
+                pairs = judge_examples(rec, n_records, max_negatives=cfg.judge_negatives, source=str(path))
                 groups.extend([pairs] if cfg.group_weight > 0 else ([ex] for ex in pairs))
             elif is_fallback_record(rec):
                 n_fallback += 1
                 continue
             else:
                 groups.append(reranker_examples(rec, n_records, num_negatives=cfg.num_negatives, seed=cfg.seed,
-                                                losses=cfg.losses))
+                                                losses=cfg.losses, source=str(path)))
             n_records += 1
         policy.finish()
         if root is None:
@@ -673,7 +676,7 @@ def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult
     warn_short_batch(", ".join(map(str, cfg.records)), len(groups), unit=batch_unit, **batch)
     plan = run_state.plan_run(out, _run_options(cfg), **plan_options)  # not finished: `check_run` said so
     if plan.checkpoint is not None:  # the global batch of a continuation (per device x processes x accumulation)
-        run_state.warn_other_global_batch(out, **batch)
+        run_state.warn_other_global_batch(out, **batch, config=cfg)
     if is_main_process():
         run_state.write_config(out, {**_run_options(cfg), run_state.PROCESSES_KEY: args.world_size})
     # LoRA: frozen base in the compute dtype; full fine-tuning keeps fp32 master weights (mixed precision)
