@@ -168,9 +168,9 @@ def test_qrels_ndcg_mrr_map(tmp_path):
 
 
 def test_beir_folder(tmp_path):
-    write_png(tmp_path, "imgs/red.png", "red")
-    write_png(tmp_path, "imgs/blue.png", "blue")
     d = tmp_path / "beir"
+    write_png(d, "imgs/red.png", "red")  # a BEIR folder's image paths are relative to it
+    write_png(d, "imgs/blue.png", "blue")
     write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/blue.png"},
                                 {"_id": "d3", "title": "green", "text": "grass"}])
     write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "blue"}, {"_id": "q2", "text": "red"},
@@ -187,6 +187,34 @@ def test_beir_folder(tmp_path):
     assert m["mrr"] == pytest.approx((1 + 1 / 3) / 2)
     assert results["b"].counts["queries"] == 2
     assert out.encoding["items_seen"] == 2 + 3  # the shared corpus counts once
+
+
+def test_a_beir_folders_images_are_relative_to_it_unless_a_data_root_is_given(tmp_path):
+    """QA: `unime data check beir` resolved a BEIR folder's images against the folder, `unime eval` against the task
+    config's folder ("image file not found: 'imgs/img000.png'"). Now both against the folder (or the root recorded
+    for its corpus); an explicit data_root, the task's or the config's, still wins; a qrels JSONL file keeps the
+    config's folder, and a missing image names the folder it was looked for in."""
+    d = tmp_path / "beir"
+    write_png(d, "imgs/red.png", "red")
+    write_png(tmp_path / "elsewhere", "imgs/red.png", "red")
+    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "text": "blue"}])
+    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}])
+    (d / "qrels").mkdir()
+    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    write_jsonl(tmp_path / "docs.jsonl", [{"query": {"text": "red"}, "candidates": [{"text": "blue"}],
+                                           "relevance": [1]}])
+    cfg = tmp_path / "tasks.yaml"
+    cfg.write_text("tasks:\n  - {name: mybeir, format: qrels, path: beir}\n"
+                   "  - {name: other, format: qrels, path: beir, data_root: elsewhere}\n"
+                   "  - {name: docs, format: qrels, path: docs.jsonl}\n")
+    roots = {t.name: t.data_root for t in load_task_config(cfg).tasks}
+    assert roots == {"mybeir": d.resolve(), "other": (tmp_path / "elsewhere").resolve(), "docs": tmp_path.resolve()}
+    assert load_task_data(load_task_config(cfg, only=["mybeir"]).tasks[0]).ids == ["q1"]
+    cfg.write_text("data_root: elsewhere\ntasks:\n  - {name: mybeir, format: qrels, path: beir}\n")
+    assert load_task_config(cfg).tasks[0].data_root == (tmp_path / "elsewhere").resolve()
+    cfg.write_text("data_root: .\ntasks:\n  - {name: mybeir, format: qrels, path: beir}\n")
+    with pytest.raises(DataError, match=rf"image file not found: 'imgs/red.png' \(looked in '{tmp_path.resolve()}'\)"):
+        load_task_data(load_task_config(cfg).tasks[0])
 
 
 # -- encode once, cache ----------------------------------------------------------------------------------------

@@ -140,8 +140,8 @@ def test_under_skip_a_qrels_task_is_scored_without_its_bad_candidates_and_one_wi
 
 
 def test_beir_rows_with_bad_images_name_the_line_or_are_skipped(tmp_path):
-    write_png(tmp_path, "imgs/red.png", "red")
     d = tmp_path / "beir"
+    write_png(d, "imgs/red.png", "red")
     write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/gone.png"},
                                      {"_id": "d3", "text": "grass"}])
     write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}])
@@ -150,7 +150,7 @@ def test_beir_rows_with_bad_images_name_the_line_or_are_skipped(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tasks:\n  - {name: b, format: qrels, path: beir}\n")
     spec = _spec(cfg, "b")
-    with pytest.raises(DataError, match="image file not found: 'imgs/gone.png'") as e:
+    with pytest.raises(DataError, match=f"image file not found: 'imgs/gone.png' \\(looked in '{d.resolve()}'\\)") as e:
         load_task_data(spec)
     assert (e.value.source, e.value.record, e.value.field) == (str(d / "corpus.jsonl"), "line 2", "image")
     skips = SkipReport()

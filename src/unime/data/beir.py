@@ -26,6 +26,14 @@ def is_beir_folder(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / CORPUS_FILE).is_file()
 
 
+def beir_data_root(folder: str | os.PathLike, explicit: str | os.PathLike | None = None) -> Path:
+    """The folder a BEIR folder's image paths are relative to: `explicit` if given, else the root recorded for its
+    corpus (`unime.data.roots`), else the BEIR folder itself — for `unime data check` and `unime eval` alike."""
+    from unime.data.roots import resolve_data_root
+
+    return Path(resolve_data_root(Path(folder) / CORPUS_FILE, explicit)).resolve()
+
+
 @dataclass
 class BeirRow:
     """One line of a BEIR ``corpus.jsonl`` / ``queries.jsonl``."""

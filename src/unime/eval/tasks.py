@@ -27,8 +27,10 @@ is read as one task — the layout of a Hugging Face dataset snapshot such as MM
   ``{"id"?, "query": {item}, "candidates": [{item}, ..], "relevance": [grade, ..]}`` (grades >= 0), or a
   BEIR folder ``corpus.jsonl`` (``_id``, ``text``, ``title``?, ``image``?), ``queries.jsonl`` (``_id``,
   ``text``, ``image``?), ``qrels/<qrels_split>.tsv`` (``query-id  corpus-id  score``, header line),
-  every query ranked against the whole corpus. Options: ``query_template``, ``candidate_template``,
-  ``ks`` (NDCG / recall cut-offs, default [5, 10]), ``qrels_split`` (default ``test``).
+  every query ranked against the whole corpus; a BEIR folder's image paths are relative to it (or to the root
+  recorded for its corpus, `unime.data.beir.beir_data_root`) unless the task or the config sets ``data_root``.
+  Options: ``query_template``, ``candidate_template``, ``ks`` (NDCG / recall cut-offs, default [5, 10]),
+  ``qrels_split`` (default ``test``).
 
 - ``mmeb_v2``: VLM2Vec's MMEB-V2 rows (video and visual-document tasks; ``unime.data.mmeb_v2``), local or
   global ranking, Hit@1 or NDCG@5 (``unime.eval.mmeb_v2``). Any task may carry ``modality`` (image, video,
@@ -65,8 +67,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from unime.data.beir import (CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE, beir_row_from_dict, first_of_each_id,
-                             is_beir_folder, read_beir_qrels)
+from unime.data.beir import (CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE, beir_data_root, beir_row_from_dict,
+                             first_of_each_id, is_beir_folder, read_beir_qrels)
 from unime.data.eval_formats import (MMEBRow, QrelsRow, compositional_pair_from_dict, mmeb_row_from_dict,
                                      qrels_row_from_dict, retrieval_entry_from_dict)
 from unime.data.eval_formats import iter_rows as iter_format_rows
@@ -304,6 +306,9 @@ def load_task_config(path_or_dir: str | os.PathLike | list, *, root: str | os.Pa
         task_root = data_root
         if t.get("data_root") is not None:
             task_root = (base / _expand(str(t["data_root"]), source=source, field_name="data_root")).resolve()
+        path = (base / _expand(t["path"], source=source, field_name="path")).resolve()
+        if fmt == "qrels" and cfg.get("data_root") is None and t.get("data_root") is None and is_beir_folder(path):
+            task_root = beir_data_root(path)  # a BEIR folder is self-contained: as `unime data check` reads it
         options = {k: v for k, v in t.items() if k in _FORMAT_KEYS[fmt]}
         _check_options(options, source=source, record=rec)
         modality = t.get("modality")
@@ -325,10 +330,8 @@ def load_task_config(path_or_dir: str | os.PathLike | list, *, root: str | os.Pa
                     raise DataError("must be a path", source=source, record=rec, field="corpus")
                 options["corpus"] = str((base / _expand(options["corpus"], source=source,
                                                         field_name="corpus")).resolve())
-        tasks.append(TaskSpec(name=name, format=fmt, path=(base / _expand(t["path"], source=source,
-                                                                           field_name="path")).resolve(),
-                              data_root=task_root, meta_task=meta, split=split, options=options,
-                              modality=modality))
+        tasks.append(TaskSpec(name=name, format=fmt, path=path, data_root=task_root, meta_task=meta, split=split,
+                              options=options, modality=modality))
     return _keep_only(TaskSuite(source=cfg_path, tasks=tasks), only)
 
 
@@ -621,7 +624,41 @@ def _image_checker(spec: TaskSpec, image_loader=None, *, decode_video: bool = Fa
     from unime.data.images import ImageLoader
     from unime.data.io import ImageChecker
 
-    return ImageChecker((image_loader or ImageLoader()).under(spec.data_root), decode_video=decode_video)
+    checker = ImageChecker((image_loader or ImageLoader()).under(spec.data_root), decode_video=decode_video)
+    return _NamingTheRoot(checker, spec.data_root)
+
+
+class _NamingTheRoot:
+    """An `ImageChecker` whose missing-file errors say the folder the path was looked for under (the task's data
+    root: the task config's folder or ``data_root``, a BEIR folder's own), which "image file not found: 'x.png'"
+    alone did not (QA)."""
+
+    def __init__(self, checker, root: Path):
+        self.checker, self.root = checker, root
+
+    def __getattr__(self, name: str):
+        return getattr(self.checker, name)
+
+    def check(self, obj: Any, **kw) -> None:
+        try:
+            self.checker.check(obj, **kw)
+        except DataError as e:
+            raise self._named(e) from None
+
+    def check_item(self, fname: str, item: Item, **kw) -> None:
+        try:
+            self.checker.check_item(fname, item, **kw)
+        except DataError as e:
+            raise self._named(e) from None
+
+    def _named(self, err: DataError) -> DataError:
+        from unime.data.io import raw_message
+
+        message = raw_message(err)
+        if "file not found" not in message or "looked in" in message:
+            return err
+        return data_error(reason_of(err), f"{message} (looked in {str(self.root)!r})", source=err.source,
+                          record=err.record, field=err.field)
 
 
 def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str, images=None,
