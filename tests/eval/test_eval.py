@@ -217,6 +217,30 @@ def test_a_beir_folders_images_are_relative_to_it_unless_a_data_root_is_given(tm
         load_task_data(load_task_config(cfg).tasks[0])
 
 
+def test_a_beir_folder_given_as_tasks_is_one_qrels_task_named_after_it(tmp_path):
+    """QA: `unime eval --tasks beir/` read the folder as MMEB-eval files ("missing key(s) ['qry_img_path', ...]").
+    Now it is a qrels task named after the folder, scored as a task config listing it scores it."""
+    d = tmp_path / "mybeir"
+    write_png(d, "imgs/red.png", "red")
+    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "text": "blue"}])
+    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}])
+    (d / "qrels").mkdir()
+    (d / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td2\t1\n")
+    (tmp_path / "c.yaml").write_text("tasks:\n  - {name: mybeir, format: qrels, path: mybeir, qrels_split: dev}\n")
+    [spec] = load_task_config(str(d) + "/").tasks
+    assert (spec.name, spec.format, spec.path, spec.data_root, spec.options) == \
+        ("mybeir", "qrels", d.resolve(), d.resolve(), {"qrels_split": "dev"})
+    direct, _, _ = run_suite(d)
+    listed, _, _ = run_suite(tmp_path / "c.yaml")
+    # q1 'red': the red image 1.0, 'blue' 0 → the relevant d2 at rank 2; q2 'blue': d2 first
+    assert direct["mybeir"].metrics == listed["mybeir"].metrics and direct["mybeir"].metrics["mrr"] == 0.75
+    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert load_task_config(d).tasks[0].options == {}  # test.tsv, the default split, when there is one
+    (d / "queries.jsonl").unlink()
+    with pytest.raises(DataError, match="BEIR folder without queries.jsonl"):
+        load_task_config(d)
+
+
 # -- encode once, cache ----------------------------------------------------------------------------------------
 
 def test_every_distinct_item_is_encoded_once_across_tasks(tmp_path):

@@ -26,6 +26,13 @@ def is_beir_folder(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / CORPUS_FILE).is_file()
 
 
+def looks_like_beir_folder(path: str | os.PathLike) -> bool:
+    """A folder holding any of a BEIR folder's parts (corpus.jsonl, queries.jsonl, qrels/): what `unime data check`
+    and `unime eval --tasks` read as a BEIR folder, a missing part then named (`beir_files`)."""
+    p = Path(path)
+    return p.is_dir() and any((p / n).exists() for n in (CORPUS_FILE, QUERIES_FILE, QRELS_FOLDER))
+
+
 def beir_data_root(folder: str | os.PathLike, explicit: str | os.PathLike | None = None) -> Path:
     """The folder a BEIR folder's image paths are relative to: `explicit` if given, else the root recorded for its
     corpus (`unime.data.roots`), else the BEIR folder itself — for `unime data check` and `unime eval` alike."""

@@ -129,9 +129,9 @@ def check_format(cfg: CheckConfig) -> str | None:
                         "data_root; MMEB-eval and MMEB-V2 rows are recognised)",
                         source=cfg.input)
     if os.path.isdir(cfg.input):  # a BEIR folder, its missing files named (`unime.data.beir.beir_files`)
-        from unime.data.beir import CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE
+        from unime.data.beir import CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE, looks_like_beir_folder
 
-        if any(os.path.exists(os.path.join(cfg.input, n)) for n in (CORPUS_FILE, QUERIES_FILE, QRELS_FOLDER)):
+        if looks_like_beir_folder(cfg.input):
             return "beir"
         raise DataError(f"a folder that is not a BEIR folder ({CORPUS_FILE}, {QUERIES_FILE}, {QRELS_FOLDER}/*.tsv): "
                         "`unime data check` reads a data file or a BEIR folder", source=cfg.input)

@@ -552,8 +552,9 @@ class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
     model: str | None = option(None, "embedder checkpoint (HF folder, hub id, or PEFT adapter folder)")
     tasks: list[str] | str | None = option(
         None, "task config YAML, a folder holding eval_tasks.yaml (e.g. the demo world or a `data import` folder), "
-              "the name of a shipped config (mmeb_v1), or MMEB-eval files (.jsonl / .parquet, one task each) / "
-              "folders of them", nargs="+", metavar="TASKS")
+              "the name of a shipped config (mmeb_v1), MMEB-eval files (.jsonl / .parquet, one task each) / "
+              "folders of them, or BEIR folders (corpus.jsonl, queries.jsonl, qrels/*.tsv: a qrels task each, named "
+              "after the folder, images relative to it)", nargs="+", metavar="TASKS")
     tasks_root: str | None = option(None, "folder the task paths are relative to (overrides the config's root; e.g. "
                                     "your MMEB-eval folder for --tasks mmeb_v1)")
     only: list[str] | None = option(None, "evaluate only this task (repeatable)", dest="task", action="append",

@@ -67,8 +67,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from unime.data.beir import (CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE, beir_data_root, beir_row_from_dict,
-                             first_of_each_id, is_beir_folder, read_beir_qrels)
+from unime.data.beir import (CORPUS_FILE, QRELS_FOLDER, QUERIES_FILE, beir_data_root, beir_files, beir_row_from_dict,
+                             first_of_each_id, is_beir_folder, looks_like_beir_folder, read_beir_qrels)
 from unime.data.eval_formats import (MMEBRow, QrelsRow, compositional_pair_from_dict, mmeb_row_from_dict,
                                      qrels_row_from_dict, retrieval_entry_from_dict)
 from unime.data.eval_formats import iter_rows as iter_format_rows
@@ -183,6 +183,26 @@ def _is_mmeb_source(arg: str | os.PathLike) -> bool:
         f.suffix.lower() in MMEB_FILE_SUFFIXES for f in p.iterdir())
 
 
+def _is_beir_source(arg: str | os.PathLike) -> bool:
+    """A BEIR folder given to --tasks (detected as `unime data check` detects it), not a folder with a task config."""
+    return looks_like_beir_folder(arg) and not (Path(arg) / TASK_CONFIG_FILENAME).is_file()
+
+
+def beir_folder_task(folder: str | os.PathLike, *, root: str | os.PathLike | None = None) -> TaskSpec:
+    """A BEIR folder given directly, as a qrels task named after the folder: its images relative to `root`, else to
+    the folder (`beir_data_root`); its judgements ``qrels/test.tsv``, else the folder's one ``qrels/*.tsv`` (several
+    without test.tsv: a task config's ``qrels_split`` says which). A missing part is a `DataError` naming it."""
+    _, _, qrels = beir_files(folder)
+    splits = [q.stem for q in qrels]
+    if "test" not in splits and len(splits) > 1:
+        raise DataError(f"BEIR folder with several qrels files {splits} and no test.tsv: write a task config naming "
+                        "the split, e.g. tasks: [{name: NAME, format: qrels, path: FOLDER, qrels_split: "
+                        f"{splits[0]}}}]", source=str(folder))
+    path = Path(folder).resolve()
+    options = {} if "test" in splits else {"qrels_split": splits[0]}
+    return TaskSpec(name=path.name, format="qrels", path=path, data_root=beir_data_root(path, root), options=options)
+
+
 def _known_mmeb_tasks() -> dict[str, tuple[str | None, str | None]]:
     """name → (meta_task, split) of the shipped MMEB config (so MMEB-eval files keep their aggregates)."""
     try:
@@ -231,15 +251,24 @@ def mmeb_file_suite(sources: list[str | os.PathLike], *, root: str | os.PathLike
 def load_task_config(path_or_dir: str | os.PathLike | list, *, root: str | os.PathLike | None = None,
                      only: list[str] | None = None) -> TaskSuite:
     """Read and validate a task config. `root` overrides the config's ``root``; `only` keeps the named
-    tasks (in config order; an unknown name is an error). MMEB-eval files, or folders of them, may be
-    given instead of a config (one or a list; see `mmeb_file_suite`)."""
+    tasks (in config order; an unknown name is an error). MMEB-eval files, or folders of them, and BEIR folders
+    may be given instead of a config (one or a list; see `mmeb_file_suite`, `beir_folder_task`)."""
     sources = list(path_or_dir) if isinstance(path_or_dir, (list, tuple)) else [path_or_dir]
-    if len(sources) > 1 or _is_mmeb_source(sources[0]):
-        if not all(_is_mmeb_source(s) for s in sources):
-            bad = [str(s) for s in sources if not _is_mmeb_source(s)]
-            raise DataError("several --tasks values must all be MMEB files (.jsonl / .parquet) or folders of them",
-                            source=bad[0])
-        return _keep_only(mmeb_file_suite(sources, root=root), only)
+    if len(sources) > 1 or _is_beir_source(sources[0]) or _is_mmeb_source(sources[0]):
+        if not all(_is_beir_source(s) or _is_mmeb_source(s) for s in sources):
+            bad = [str(s) for s in sources if not (_is_beir_source(s) or _is_mmeb_source(s))]
+            raise DataError("several --tasks values must all be MMEB files (.jsonl / .parquet), folders of them or "
+                            "BEIR folders", source=bad[0])
+        beir = [beir_folder_task(s, root=root) for s in sources if _is_beir_source(s)]
+        mmeb = [s for s in sources if not _is_beir_source(s)]
+        suite = mmeb_file_suite(mmeb, root=root) if mmeb else TaskSuite(source=Path(sources[0]).resolve(), tasks=[])
+        names = [t.name for t in suite.tasks]
+        for t in beir:
+            if t.name in names:
+                raise DataError(f"two tasks are named {t.name!r} (a task is named after its file or BEIR folder); "
+                                "write a task config to name them", source=str(t.path))
+            names.append(t.name)
+        return _keep_only(TaskSuite(source=suite.source, tasks=suite.tasks + beir), only)
     path_or_dir = sources[0]
     cfg_path = resolve_task_config(path_or_dir)
     source = str(cfg_path)
