@@ -1034,6 +1034,18 @@ def test_a_string_or_bool_where_an_int_or_bool_is_expected_is_a_422_naming_the_f
     assert r.json()["error"]["message"].startswith(f"invalid request: {field}: ")
 
 
+@pytest.mark.parametrize("token_ids", [[[1, 2, 3]], [1, 2, 3], [[1], [2, 3]], 7])
+def test_token_id_input_is_one_clear_422_on_input(world, token_ids):
+    """QA: `{"input": [[1, 2, 3]]}` (OpenAI's schema allows token IDs; LangChain's OpenAIEmbeddings sends them by
+    default) was a 422 listing pydantic's every union alternative, with param 'input.str'."""
+    with _in_process(world) as c:
+        r = c.post("/v1/embeddings", json={"model": MODEL, "input": token_ids})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == "input"
+    assert r.json()["error"]["message"] == \
+        "invalid request: input: token-ID input is not supported; send text or multimodal items"
+
+
 def test_json_integers_and_booleans_are_accepted(world):
     """What the OpenAI / Cohere clients send: JSON integers and booleans."""
     with _in_process(world) as c:

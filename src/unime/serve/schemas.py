@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class MultimodalInput(BaseModel):
@@ -31,6 +32,26 @@ class EmbeddingsRequest(BaseModel):
     dimensions: StrictInt | None = None
     user: str | None = None
     instruction: str | None = Field(None, description="put before every input's text, on its own line")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_ids(cls, value):
+        """OpenAI's schema also allows token IDs (`[1, 2, 3]`, `[[1, 2, 3]]`; LangChain's OpenAIEmbeddings sends them
+        by default): one clear error for them, not pydantic's every union alternative (QA)."""
+        if _token_ids(value) or (isinstance(value, list) and value and all(_token_ids(v) for v in value)):
+            raise PydanticCustomError("token_ids", TOKEN_IDS_UNSUPPORTED)
+        return value
+
+
+TOKEN_IDS_UNSUPPORTED = "token-ID input is not supported; send text or multimodal items"
+
+
+def _token_ids(value) -> bool:
+    """A token ID (a JSON integer) or a non-empty list of them."""
+    def is_id(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return is_id(value) or (isinstance(value, list) and bool(value) and all(is_id(v) for v in value))
 
 
 class Embedding(BaseModel):
