@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from unime.errors import ServeAddressUnavailable, ServeAppInUse, require_extra
@@ -79,6 +80,16 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
             async def shutdown(self, sockets=None) -> None:
                 app.state.shutting_down = True  # requests cancelled from here on are answered 503 (`app.Observe`)
                 await super().shutdown(sockets=sockets)
+
+            @contextlib.contextmanager
+            def capture_signals(self):
+                # uvicorn re-raises the SIGTERM / SIGINT it stopped on once it has drained: the process then died of
+                # SIGTERM (-15, 143) or, on Ctrl-C, ended "interrupted" (130). A stop that drained cleanly is a
+                # normal end, exit 0 (QA); a second signal (uvicorn's forced exit, requests cut) and a crash are not
+                with super().capture_signals():
+                    yield
+                    if not self.force_exit:
+                        getattr(self, "_captured_signals", []).clear()
 
         server = Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
                                        timeout_graceful_shutdown=config.graceful_timeout_s,
