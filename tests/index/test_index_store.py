@@ -872,6 +872,21 @@ def test_the_search_table_shows_each_hits_metadata_truncated(tmp_path, model_dir
     assert capsys.readouterr().out.splitlines() == ["  1  0.9000  a  first", "  2  0.5000  b  img/1.png"]
 
 
+def test_the_search_table_keeps_a_hit_whose_text_has_a_newline_on_one_line(monkeypatch, capsys):
+    """QA: a hit whose text held a newline (or a tab) broke `unime search`'s table across lines; now each hit is one
+    line, its line breaks and control characters escaped as in a Python string."""
+    from unime.cli import main
+    from unime.index import store
+
+    hits = [{"rank": 1, "score": 0.9, "id": "a", "item": {"text": "title\nbody\twith\r\nbreaks"}},
+            {"rank": 2, "score": 0.5, "id": "b\nc", "item": {"text": "fine"}, "metadata": {"k": "v"}}]
+    monkeypatch.setattr(store, "search_index_folder", lambda cfg, query: [dict(h) for h in hits])
+    assert main(["search", "--index", "idx", "--query", "q"]) == 0
+    label = r"title\nbody\twith\r\nbreaks"
+    assert capsys.readouterr().out.splitlines() == [f"  1  0.9000  a  {label}",
+                                                    f"  2  0.5000  b\\nc  {'fine':<{len(label)}}  {{\"k\": \"v\"}}"]
+
+
 def test_a_build_interrupted_before_its_faiss_index_says_to_finish_it_not_covers_none(tmp_path, model_dir):
     """Before, an index whose build was killed after its chunks were committed but before faiss.index was written
     was refused with "the FAISS index covers None rows but 10 are stored"; now it says there is no FAISS index yet

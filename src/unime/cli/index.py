@@ -72,19 +72,26 @@ def _search(args) -> int:
             h = {k: v for k, v in h.items() if k != "thumbnail"}
             print(json.dumps(h, ensure_ascii=False))
         return 0
-    labels = [(h["item"].get("text") or ", ".join(h["item"].get("images", []) or h["item"].get("video", [])))[:80]
-              for h in hits]
+    labels = [_one_line(h["item"].get("text") or ", ".join(h["item"].get("images", []) or
+                                                           h["item"].get("video", [])))[:80] for h in hits]
     # the metadata (only --json showed it: QA), cut short, in a column after the labels padded to one width
     metas = [_cut(json.dumps(h["metadata"], ensure_ascii=False), META_CHARS) if h.get("metadata") else ""
              for h in hits]
     width = max(map(len, labels), default=0) if any(metas) else 0
     for h, label, meta in zip(hits, labels, metas):
-        print(f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}  {label:<{width}}  {meta}".rstrip()
-              if meta else f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}  {label}")
+        hid = _one_line(str(h["id"]))
+        print(f"{h['rank']:>3}  {h['score']:.4f}  {hid}  {label:<{width}}  {meta}".rstrip()
+              if meta else f"{h['rank']:>3}  {h['score']:.4f}  {hid}  {label}")
     return 0
 
 
 META_CHARS = 60  # of a hit's metadata shown in `unime search`'s table
+
+
+def _one_line(text: str) -> str:
+    """`text` on one table line: its line breaks, tabs and other control characters escaped (`\\n`, `\\t`, `\\x1b`);
+    a hit whose text had a newline broke the table (QA)."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _cut(text: str, n: int) -> str:
