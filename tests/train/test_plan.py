@@ -370,7 +370,8 @@ def test_a_local_checkpoint_is_planned_with_its_recorded_images_and_an_adapter_f
         assert main(plan + [str(model)]) == 0
         out = capsys.readouterr().out
         assert f"PEFT adapter {run / 'adapter'} on {base}" in out, out
-        assert f"LoRA r=4 of the adapter (its own settings) on the language model: {trainable / 1e6:.1f} M " \
+        assert 1e3 <= trainable < 1e6  # a tiny adapter's count is in thousands
+        assert f"LoRA r=4 of the adapter (its own settings) on the language model: {trainable / 1e3:.1f} K " \
                "trainable parameters" in out, out
         assert _sequence_fact(out) == at_64
     # a base that is neither a known release nor a local folder: what to pass
@@ -381,6 +382,21 @@ def test_a_local_checkpoint_is_planned_with_its_recorded_images_and_an_adapter_f
     assert err == (f"unime: error: {run / 'adapter'} is a PEFT adapter on 'someone/unknown-vl', neither a known "
                    "release nor a local folder with a config.json: give --model its base (a known release or a "
                    "local checkpoint folder of the same shapes)"), err
+
+
+def test_parameter_counts_are_in_the_unit_that_shows_them(tiny_model_dir, capsys):
+    """QA: `unime plan` printed a tiny model's parameters as "0.00 B parameters"."""
+    import re
+
+    from unime.cli import main
+    from unime.train.memory_plan import parameter_count
+
+    counts = (2_208_985_600, 999_999_999, 29_196_288, 1_000_000, 999_999, 12_345, 1_000, 999, 0)
+    assert [parameter_count(n) for n in counts] == \
+        ["2.21 B", "1.00 B", "29.2 M", "1.0 M", "1.0 M", "12.3 K", "1.0 K", "999", "0"]
+    assert main(["plan", "--stage", "embedder", "--model", tiny_model_dir("qwen2_vl")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r": \d+\.\d [MK] parameters \(vision \d+\.\d [MK]\)", out) and "0.00 B" not in out, out
 
 
 def test_a_lora_option_set_on_an_adapter_is_refused_as_training_refuses_it(tiny_model_dir, tmp_path, capsys):

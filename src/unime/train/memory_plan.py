@@ -119,6 +119,15 @@ class AdapterFacts:
                    outputs_per_layer=outputs)
 
 
+def parameter_count(n: float) -> str:
+    """A number of parameters in the unit that shows it: "2.21 B", "29.2 M", "12.3 K", "512" (a tiny model's were
+    "0.00 B": QA)."""
+    for unit, scale, digits in (("B", 1e9, 2), ("M", 1e6, 1), ("K", 1e3, 1)):
+        if n >= scale or (unit != "K" and round(n / scale, digits) >= 1):  # 999,999: "1.0 M", not "1000.0 K"
+            return f"{n / scale:.{digits}f} {unit}"
+    return f"{int(n)}"
+
+
 def model_shapes(model: str) -> ModelShapes:
     """Shapes of a known release (hub id or short name) or of a local checkpoint folder (a trainer's run folder: its
     merged/, else its adapter/), with the image budget recorded with it. A PEFT adapter (a local folder, or a hub id
@@ -355,7 +364,7 @@ def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -
     if o.get("full"):
         trainable = total
         rows.append(("weights (fp32 master copy)", total * tb))
-        facts.append(f"full fine-tuning: {trainable / 1e9:.2f} B trainable parameters")
+        facts.append(f"full fine-tuning: {parameter_count(trainable)} trainable parameters")
     else:
         if shapes.adapter:  # training continues the adapter with its own settings
             a = shapes.adapter
@@ -367,7 +376,7 @@ def _param_rows(shapes: ModelShapes, o: dict, *, weight_bytes: int, gpus: int) -
         rows.append((f"weights ({'bf16' if weight_bytes == 2 else 'fp32'}, frozen)", total * weight_bytes))
         rows.append(("trainable weights (fp32)", trainable * 4))
         facts.append(f"{what} on {'the language model + vision' if vision else 'the language model'}: "
-                     f"{trainable / 1e6:.1f} M trainable parameters")
+                     f"{parameter_count(trainable)} trainable parameters")
     rows.append((f"gradients ({tname})", trainable * tb))
     if gpus > 1:
         rows.append((f"DDP gradient buckets ({tname})", trainable * tb))
@@ -430,8 +439,8 @@ def plan_embedder(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
         label = f"activations ({chunk} sequences in one forward)"
     rows.append(activations_row(label, chunk * seq * per_tok, chunk * seq, shapes, act_b, o))
     rows += _dora_rows(shapes, o, act_b)
-    facts[:0] = [f"model {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters (vision "
-                 f"{shapes.params_vision / 1e9:.2f} B), {shapes.layers} layers, hidden {shapes.hidden}",
+    facts[:0] = [f"model {shapes.name}: {parameter_count(shapes.params_total)} parameters (vision "
+                 f"{parameter_count(shapes.params_vision)}), {shapes.layers} layers, hidden {shapes.hidden}",
                  f"{gpus} device(s), {'bf16 autocast' if bf16 else 'fp32'}; per device {per_device} queries x "
                  f"{per_query} sequences (query, positive, {k} negatives{K_UNSET_NOTE if k_unset else ''}) per "
                  f"micro-batch, {accum} accumulation step(s)",
@@ -487,7 +496,7 @@ def plan_reranker(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float |
     rows.append((label, act))
     rows += _dora_rows(shapes, o, act_b)
     accum = int(o.get("grad_accum", 1) or 1)
-    facts[:0] = [f"model {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters, {shapes.layers} layers",
+    facts[:0] = [f"model {shapes.name}: {parameter_count(shapes.params_total)} parameters, {shapes.layers} layers",
                  f"{gpus} device(s); per device {b} records: 2 pairwise prompts of ~{pair_len} tokens + 1 listwise "
                  f"prompt of ~{list_len} tokens ({n_cand} candidates); items ~{item} tokens ({vis} visual: {vis_what})"]
     plan = Plan(title=title or f"train reranker on {shapes.name}", facts=facts, rows=rows,
@@ -555,7 +564,7 @@ def plan_judge(model: str, o: dict, *, gpus: int = 1, gpu_memory_gib: float | No
     vmlp = getattr(vcfg, "intermediate_size", None) or vwidth * int(getattr(vcfg, "mlp_ratio", 4))
     patches = 4 * vis  # before the 2x2 merge
     rows.append(("vision tower transients (one image at a time)", patches * (3 * vwidth + vmlp) * b))
-    facts = [f"judge {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters, {shapes.layers} layers, "
+    facts = [f"judge {shapes.name}: {parameter_count(shapes.params_total)} parameters, {shapes.layers} layers, "
              f"{shapes.kv_heads} KV heads x {shapes.head_dim}: {kv_per_token / 1024:.0f} KiB of KV per token",
              f"{gpus} device(s), one judge replica each (ray / vllm backends: one per GPU)",
              f"per query: prefix ~{prefix} tokens (prompt + query with {images_per_item:g} x {vis} visual: "
@@ -627,8 +636,8 @@ def _policy(model: str, o: dict, gpus: int, *, text_tokens: int, images_per_item
     o = {**o, "full": full_fine_tuning(shapes, o)}
     rows, facts, trainable = _param_rows(shapes, o, weight_bytes=act_b, gpus=gpus)
     prompt = reasoning_prompt_tokens(shapes, o, text_tokens=text_tokens, images_per_item=images_per_item)
-    facts.insert(0, f"reasoner {shapes.name}: {shapes.params_total / 1e9:.2f} B parameters, {shapes.layers} layers, "
-                    f"vocabulary {shapes.vocab:,}")
+    facts.insert(0, f"reasoner {shapes.name}: {parameter_count(shapes.params_total)} parameters, "
+                    f"{shapes.layers} layers, vocabulary {shapes.vocab:,}")
     return shapes, act_b, rows, facts, _lora_bits(shapes, o), trainable, prompt
 
 
