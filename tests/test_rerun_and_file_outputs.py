@@ -659,6 +659,18 @@ def test_eval_counters_and_timings_after_a_resume_describe_the_whole_run(tiny_mo
     assert timing["wall_seconds"] == pytest.approx(timing["last_attempt"]["wall_seconds"] + first["wall_seconds"],
                                                    abs=2e-3)
     assert "last_attempt" not in straight["encoding"] and "last_attempt" not in straight["timing"]
+    # QA: results.md said "taken from the embedding cache: 0" / "encoded by the model in this run: N" (the whole
+    # run's), not what the last attempt did: it says both now
+    md = (out / "results.md").read_text().splitlines()
+    n = enc["distinct_items"]
+    assert md[md.index("## Encoding") + 4:md.index("## Encoding") + 7] == [
+        "- taken from the embedding cache: 0 (cached before the run began)",
+        f"- encoded by the model in this run: {n}, over 2 attempts",
+        f"- the last attempt: {n - block} encoded, {block} taken from the embedding cache (the interrupted attempts' "
+        "work among them)"]
+    md = (tmp_path / "straight" / "results.md").read_text().splitlines()
+    assert md[md.index("## Encoding") + 4:md.index("## Encoding") + 6] == [
+        "- taken from the embedding cache: 0", f"- encoded by the model in this run: {n}"]
 
 
 def test_a_rerun_removes_the_temporary_file_its_killed_write_left_and_nothing_else(tmp_path, caplog):

@@ -64,8 +64,12 @@ def _eval(args) -> int:
             print(_task_line(f"{name} [{reranked_label(rr)}]", m))
         print(reranker_line(rr.get("stats") or {}))
     enc = summary["encoding"]
+    attempts, last = (summary.get("run") or {}).get("attempts") or 1, enc.get("last_attempt")
+    resumed = (f"; over {attempts} attempts, the last one: encoded {last.get('encoded')}, from cache "
+               f"{last.get('from_cache')}") if attempts > 1 and isinstance(last, dict) else ""
     print(f"{args.out}/results.md  (items seen {enc['items_seen']}, distinct {enc['distinct_items']}, "
-          f"from cache {enc['from_cache']}, encoded {enc['encoded']}; wall {summary['timing']['wall_seconds']:.1f} s)")
+          f"from cache {enc['from_cache']}, encoded {enc['encoded']}{resumed}; "
+          f"wall {summary['timing']['wall_seconds']:.1f} s)")
     return 0
 
 

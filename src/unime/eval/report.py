@@ -304,9 +304,16 @@ def results_markdown(summary: dict, *, title: str | None = None) -> list[str]:
     if enc:
         lines += ["## Encoding", "",
                   f"- item references in the task data (seen): {enc.get('items_seen')}",
-                  f"- distinct items: {enc.get('distinct_items')}",
-                  f"- taken from the embedding cache: {enc.get('from_cache')}",
-                  f"- encoded by the model in this run: {enc.get('encoded')}"]
+                  f"- distinct items: {enc.get('distinct_items')}"]
+        attempts, last = (summary.get("run") or {}).get("attempts") or 1, enc.get("last_attempt")
+        if attempts > 1 and isinstance(last, dict):  # a resumed run: the whole run's counts and the last attempt's
+            lines += [f"- taken from the embedding cache: {enc.get('from_cache')} (cached before the run began)",
+                      f"- encoded by the model in this run: {enc.get('encoded')}, over {attempts} attempts",
+                      f"- the last attempt: {last.get('encoded')} encoded, {last.get('from_cache')} taken from the "
+                      "embedding cache (the interrupted attempts' work among them)"]
+        else:
+            lines += [f"- taken from the embedding cache: {enc.get('from_cache')}",
+                      f"- encoded by the model in this run: {enc.get('encoded')}"]
         if enc.get("encode_seconds") is not None:
             lines.append(f"- encoding time: {enc['encode_seconds']:.1f} s")
         lines.append("")
