@@ -14,13 +14,14 @@ import sys
 import numpy as np
 import pytest
 
-from tests.eval.helpers import Q, build_world, half_and_gone_tasks, run_suite, write_jsonl, write_png
+from tests.eval.helpers import FakeEmbedder, Q, build_world, half_and_gone_tasks, run_suite, write_jsonl, write_png
 from unime.data.items import Item
 from unime.errors import DataError, ModelError
 from unime.eval import report
-from unime.eval.runners import Reranking, load_reranker, load_suite_data, scores_after_rerank
+from unime.eval.runners import (EvalOptions, Reranking, load_reranker, load_suite_data, run_tasks,
+                                scores_after_rerank)
 from unime.eval.tasks import load_task_config, load_task_data, resolve_task_config
-from unime.models.embedding_cache import EmbeddingStore, model_fingerprint
+from unime.models.embedding_cache import EmbeddingStore, RunEncoder, model_fingerprint
 from unime.models.reranker import RerankStats, rerank
 
 
@@ -239,6 +240,40 @@ def test_a_beir_folder_given_as_tasks_is_one_qrels_task_named_after_it(tmp_path)
     (d / "queries.jsonl").unlink()
     with pytest.raises(DataError, match="BEIR folder without queries.jsonl"):
         load_task_config(d)
+
+
+def test_save_run_writes_each_qrels_querys_top_k_as_the_metrics_ranked_them(tmp_path):
+    """`unime eval --save-run N`: per qrels task a TREC run (query_id Q0 doc_id rank score unime) of each query's top N
+    by the embedder, in the order the metrics ranked them (ties against the relevant candidate), BEIR corpus ids as
+    doc ids, a qrels row's candidates by their index."""
+    d = tmp_path / "beir"
+    write_png(d, "imgs/red.png", "red")
+    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "text": "blue"},
+                                     {"_id": "d3", "text": "green"}])
+    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}])
+    (d / "qrels").mkdir()
+    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td2\t1\n")
+    write_jsonl(tmp_path / "rows.jsonl", [{"query": {"text": "green"}, "candidates": [
+        {"text": "red"}, {"text": "green"}, {"text": "blue"}], "relevance": [0, 1, 0]}])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tasks:\n  - {name: b, format: qrels, path: beir}\n"
+                   "  - {name: rows, format: qrels, path: rows.jsonl}\n")
+    out = run_tasks(load_suite_data(load_task_config(cfg)), RunEncoder(FakeEmbedder(), "fake"),
+                    opts=EvalOptions(run_depth=3))
+    res = {r.name: r for r in out.results}
+    # q1 'red': d1 (the red image) 1.0, then d2 'blue' and d3 'green' tie at 0 and the tie goes against the relevant
+    # d2 → rank 3 (MRR 1/3); q2 'blue': d2 1.0, then d1 and d3 at 0 in corpus order
+    assert res["b"].run == [("q1", [("d1", 1.0), ("d3", 0.0), ("d2", 0.0)]),
+                            ("q2", [("d2", 1.0), ("d1", 0.0), ("d3", 0.0)])]
+    assert [e["mrr"] for e in res["b"].per_query] == [pytest.approx(1 / 3), 1.0]
+    assert res["rows"].run == [("line 1", [("1", 1.0), ("0", 0.0), ("2", 0.0)])]
+    report.write_trec_run(tmp_path / "b.trec", res["b"].run)
+    report.write_trec_run(tmp_path / "rows.trec", res["rows"].run)
+    assert (tmp_path / "b.trec").read_text().splitlines() == [
+        "q1 Q0 d1 1 1.000000 unime", "q1 Q0 d3 2 0.000000 unime", "q1 Q0 d2 3 0.000000 unime",
+        "q2 Q0 d2 1 1.000000 unime", "q2 Q0 d1 2 0.000000 unime", "q2 Q0 d3 3 0.000000 unime"]
+    assert (tmp_path / "rows.trec").read_text().splitlines()[0] == "line_1 Q0 1 1 1.000000 unime"
+    assert run_tasks(load_suite_data(load_task_config(cfg)), RunEncoder(FakeEmbedder(), "fake")).results[0].run is None
 
 
 # -- encode once, cache ----------------------------------------------------------------------------------------

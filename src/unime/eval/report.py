@@ -153,6 +153,8 @@ def write_run(out_dir: str | os.PathLike, run, *, meta: dict, compare: Sequence[
     out.mkdir(parents=True, exist_ok=True)
     for r in run.results:
         write_json(out / "tasks" / f"{_safe_name(r.name)}.json", r.to_dict())
+        if getattr(r, "run", None) is not None:
+            write_trec_run(out / "runs" / f"{_safe_name(r.name)}.trec", r.run)
     summary = build_summary(run, meta)
     write_json(out / "summary.json", summary)
     with atomic_open(out / "results.md") as fh:
@@ -161,6 +163,19 @@ def write_run(out_dir: str | os.PathLike, run, *, meta: dict, compare: Sequence[
     if compare:
         compare_runs([out, *compare], out)
     return summary
+
+
+def write_trec_run(path: Path, run: Sequence[tuple[str, Sequence[tuple[str, float]]]], tag: str = "unime") -> None:
+    """A TREC run file: per query, its ranked candidates as ``query_id Q0 doc_id rank score tag`` (rank from 1); the
+    whitespace in an id (a row without one is named by its line, "line 3") becomes ``_``, as the format splits on it."""
+    def one_word(text: str) -> str:
+        return "_".join(str(text).split()) or "_"
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as fh:
+        for qid, ranked in run:
+            for rank, (doc, score) in enumerate(ranked, 1):
+                fh.write(f"{one_word(qid)} Q0 {one_word(doc)} {rank} {score:.6f} {tag}\n")
 
 
 def _variants(summary: dict) -> list[tuple[str, dict, dict]]:

@@ -48,6 +48,7 @@ class EvalOptions:
     rerank_topk: int = DEFAULT_RERANK_TOPK
     rerank_mode: str = "top1"
     chunk_rows: int = 512  # query rows scored at once in global retrieval
+    run_depth: int = 0  # > 0: qrels tasks keep each query's top `run_depth` candidates (`TaskResult.run`)
 
     def __post_init__(self):
         M.check_ties(self.ties)
@@ -66,6 +67,9 @@ class TaskResult:
     rerank_stats: dict | None = None
     per_query: list[dict] | None = None
     seconds: float = 0.0
+    # a qrels task under `EvalOptions.run_depth`: per query (its id, [(candidate id, score), ..] best first, in the
+    # order the metrics ranked them), written as a TREC run by `unime eval --save-run` (`report.write_run`)
+    run: list[tuple[str, list[tuple[str, float]]]] | None = None
 
     @property
     def name(self) -> str:
@@ -310,11 +314,13 @@ def run_compositional(spec: TaskSpec, data: CompositionalData, vecs: Vectors, op
 # -- graded relevance ------------------------------------------------------------------------------------
 
 def score_graded_queries(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions, rr: Reranking | None,
-                         per_query_metrics: Callable[[np.ndarray], dict[str, float]]
-                         ) -> tuple[list[dict], list[dict], list[dict], int]:
+                         per_query_metrics: Callable[[np.ndarray], dict[str, float]], *,
+                         run: list | None = None) -> tuple[list[dict], list[dict], list[dict], int]:
     """Rank each query's graded candidates by cosine (and, with `rr`, after reranking) and score the ranked
     grades with `per_query_metrics`. Queries without a relevant candidate are counted and left out.
-    Returns (plain metrics, reranked metrics, per-query entries with ids, skipped count)."""
+    Returns (plain metrics, reranked metrics, per-query entries with ids, skipped count). With `run` (a list), each
+    scored query's top `opts.run_depth` candidates by cosine are appended to it: (query id, [(candidate id, score),
+    ..]) in the metrics' order (their tie policy); a candidate's id is its BEIR `_id`, else its index in the row."""
     table = vecs(np.arange(len(data.table)))
     items = data.table.items
     plain, reranked, entries = [], [], []
@@ -328,6 +334,10 @@ def score_graded_queries(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: E
         entries.append({"id": data.ids[i], **m})
         kept.append(i)
         rows.append(s)
+        if run is not None:
+            top = M.rank_order(s, grades, ties=opts.ties)[:opts.run_depth]
+            run.append((str(data.ids[i]), [(data.corpus_ids[j] if data.corpus_ids else str(j), float(s[j]))
+                                           for j in top]))
     skipped = len(data.query) - len(kept)
     if rr is not None and kept:
         with image_root(rr.reranker, spec.data_root):
@@ -357,10 +367,11 @@ def run_qrels(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: EvalOptions,
         m["map"] = M.average_precision(g_ranked)
         return m
 
-    plain, reranked, per_query, skipped = score_graded_queries(spec, data, vecs, opts, rr, per_query_metrics)
+    run = [] if opts.run_depth > 0 else None
+    plain, reranked, per_query, skipped = score_graded_queries(spec, data, vecs, opts, rr, per_query_metrics, run=run)
     mean = lambda rows: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}  # noqa: E731
     counts = {"queries": len(plain), "queries_without_relevant": skipped, "distinct_items": len(data.table)}
-    result = TaskResult(spec, mean(plain), counts, per_query=per_query)
+    result = TaskResult(spec, mean(plain), counts, per_query=per_query, run=run)
     if rr is not None:
         result.reranked = mean(reranked)
     return result
@@ -583,6 +594,9 @@ class EvalConfig(EmbedderOptions, ImageOptions, VideoOptions):
         "pairwise", "reranking of compositional (SugarCrepe) tasks: pairwise = the reranker's P(Yes) of each caption, "
                     "the higher wins (the paper's); run = the run-wide --mode", dest="compositional_mode",
         choices=list(COMPOSITIONAL_RERANK_MODES))
+    save_run: int | None = option(None, "write runs/TASK.trec for every qrels task (BEIR folders, qrels rows): each "
+                                  "query's top N candidates by the embedder as a TREC run (query_id Q0 doc_id rank "
+                                  "score unime), for trec_eval / ir_measures", at_least=1, metavar="N")
     overwrite: bool = option(False, cli=False)  # a re-run with other options starts over (else refused)
 
     def __post_init__(self):
@@ -612,7 +626,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
         cfg.model, cfg.tasks, cfg.out, cfg.tasks_root, cfg.only, cfg.device, cfg.dtype, cfg.batch_size, cfg.ties,
         cfg.on_error, cfg.rerank_path)
     video_sampling, image_budget = VideoSampling.from_fields(cfg), ImageBudget.from_args(cfg)
-    opts = EvalOptions(ties=ties, rerank_topk=cfg.rerank_topk, rerank_mode=cfg.rerank_mode)
+    opts = EvalOptions(ties=ties, rerank_topk=cfg.rerank_topk, rerank_mode=cfg.rerank_mode,
+                       run_depth=cfg.save_run or 0)
     suite = load_task_config(tasks, root=tasks_root, only=only)
     # bad data fails here, before the model is loaded (under skip, videos decoded: a clip damaged past its header
     # leaves its row out, not the run)
@@ -626,7 +641,8 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
                    "rerank_compositional": cfg.rerank_compositional, "compare": list(cfg.compare),
                    "video_sampling": asdict(video_sampling) if video_sampling is not None else None,
                    "image_budget": image_budget.to_dict(),
-                   **({"item_format": cfg.item_format} if cfg.item_format else {})}  # absent: as runs before it
+                   **({"item_format": cfg.item_format} if cfg.item_format else {}),  # absent: as runs before it
+                   **({"save_run": cfg.save_run} if cfg.save_run else {})}
     if cfg.allow_outside_root:  # recorded when given only: a run recorded before the option existed is the same run
         run_options["allow_outside_root"] = True
     if rerank_path:  # before any encoding: the reranker loads only after it (a typo found late cost the encoding)

@@ -467,6 +467,7 @@ class QrelsData:
     grades: list[np.ndarray]       # per query: grade of each candidate (float, >= 0)
     ids: list[str]
     shared_corpus: bool = False    # BEIR: every query ranks the same corpus
+    corpus_ids: list[str] | None = None  # BEIR: the corpus' `_id`s, in `candidates[0]`'s order (a run file's doc ids)
 
     skipped: int = 0  # rows left out under on_error="skip"
     dropped_candidates: int = 0  # bad candidates left out of their rows under on_error="skip" (qrels, mmeb_v2)
@@ -960,4 +961,5 @@ def _read_beir(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
     if not queries:
         raise EmptyTaskError(f"task {spec.name!r}: no query has judgements", source=src)
     return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64),
-                     candidates=[corpus_arr] * len(queries), grades=grades, ids=ids, shared_corpus=True)
+                     candidates=[corpus_arr] * len(queries), grades=grades, ids=ids, shared_corpus=True,
+                     corpus_ids=list(corpus_pos))
