@@ -182,3 +182,13 @@ def raise_then_skip(argv: list[str], out_root: Path, capsys, *, kept: dict[str, 
             + ", ".join(f"{n} {k}" for n, k in sorted(skipped_rows.items())) + "); the metrics leave them out") in md
     assert "- **skipped tasks** (`--on-error skip`): " + "; ".join(f"{n} ({why[n]})" for n in lost) in md
     return err, summary
+
+
+def write_beir(folder: Path, corpus: list[dict], queries: list[dict], judgements: str, split: str = "test") -> Path:
+    """A BEIR folder: corpus.jsonl, queries.jsonl and qrels/<split>.tsv (its header, then `judgements`: lines of
+    ``query-id\\tcorpus-id\\tscore``)."""
+    write_jsonl(folder / "corpus.jsonl", corpus)
+    write_jsonl(folder / "queries.jsonl", queries)
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + judgements)
+    return folder

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.eval.helpers import FakeEmbedder, Q, build_world, half_and_gone_tasks, run_suite, write_jsonl, write_png
+from tests.eval.helpers import (FakeEmbedder, Q, build_world, half_and_gone_tasks, run_suite, write_beir, write_jsonl,
+                                write_png)
 from unime.data.items import Item
 from unime.errors import DataError, ModelError
 from unime.eval import report
@@ -172,12 +173,11 @@ def test_beir_folder(tmp_path):
     d = tmp_path / "beir"
     write_png(d, "imgs/red.png", "red")  # a BEIR folder's image paths are relative to it
     write_png(d, "imgs/blue.png", "blue")
-    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/blue.png"},
-                                {"_id": "d3", "title": "green", "text": "grass"}])
-    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "blue"}, {"_id": "q2", "text": "red"},
-                                 {"_id": "q3", "text": "unjudged"}])
-    (d / "qrels").mkdir()
-    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td3\t1\n")
+    write_beir(d, [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/blue.png"},
+                   {"_id": "d3", "title": "green", "text": "grass"}],
+               [{"_id": "q1", "text": "blue"}, {"_id": "q2", "text": "red"},
+                {"_id": "q3", "text": "unjudged"}],
+               "q1\td2\t1\nq2\td3\t1\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tasks:\n  - {name: b, format: qrels, path: beir, ks: [1]}\n")
     results, out, _ = run_suite(cfg)
@@ -198,10 +198,9 @@ def test_a_beir_folders_images_are_relative_to_it_unless_a_data_root_is_given(tm
     d = tmp_path / "beir"
     write_png(d, "imgs/red.png", "red")
     write_png(tmp_path / "elsewhere", "imgs/red.png", "red")
-    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "text": "blue"}])
-    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}])
-    (d / "qrels").mkdir()
-    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    write_beir(d, [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "text": "blue"}],
+               [{"_id": "q1", "text": "red"}],
+               "q1\td1\t1\n")
     write_jsonl(tmp_path / "docs.jsonl", [{"query": {"text": "red"}, "candidates": [{"text": "blue"}],
                                            "relevance": [1]}])
     cfg = tmp_path / "tasks.yaml"
@@ -223,10 +222,9 @@ def test_a_beir_folder_given_as_tasks_is_one_qrels_task_named_after_it(tmp_path)
     Now it is a qrels task named after the folder, scored as a task config listing it scores it."""
     d = tmp_path / "mybeir"
     write_png(d, "imgs/red.png", "red")
-    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "text": "blue"}])
-    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}])
-    (d / "qrels").mkdir()
-    (d / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td2\t1\n")
+    write_beir(d, [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "text": "blue"}],
+               [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}],
+               "q1\td2\t1\nq2\td2\t1\n", split="dev")
     (tmp_path / "c.yaml").write_text("tasks:\n  - {name: mybeir, format: qrels, path: mybeir, qrels_split: dev}\n")
     [spec] = load_task_config(str(d) + "/").tasks
     assert (spec.name, spec.format, spec.path, spec.data_root, spec.options) == \
@@ -248,11 +246,10 @@ def test_save_run_writes_each_qrels_querys_top_k_as_the_metrics_ranked_them(tmp_
     doc ids, a qrels row's candidates by their index."""
     d = tmp_path / "beir"
     write_png(d, "imgs/red.png", "red")
-    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "text": "blue"},
-                                     {"_id": "d3", "text": "green"}])
-    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}])
-    (d / "qrels").mkdir()
-    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td2\t1\n")
+    write_beir(d, [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "text": "blue"},
+                   {"_id": "d3", "text": "green"}],
+               [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}],
+               "q1\td2\t1\nq2\td2\t1\n")
     write_jsonl(tmp_path / "rows.jsonl", [{"query": {"text": "green"}, "candidates": [
         {"text": "red"}, {"text": "green"}, {"text": "blue"}], "relevance": [0, 1, 0]}])
     cfg = tmp_path / "c.yaml"

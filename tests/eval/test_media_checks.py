@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.data.helpers import build_fixture
-from tests.eval.helpers import build_world, write_jsonl, write_png
+from tests.eval.helpers import build_world, write_beir, write_jsonl, write_png
 from unime.data.skips import SkipReport
 from unime.errors import DataError
 from unime.eval.tasks import load_task_config, load_task_data
@@ -142,11 +142,10 @@ def test_under_skip_a_qrels_task_is_scored_without_its_bad_candidates_and_one_wi
 def test_beir_rows_with_bad_images_name_the_line_or_are_skipped(tmp_path):
     d = tmp_path / "beir"
     write_png(d, "imgs/red.png", "red")
-    write_jsonl(d / "corpus.jsonl", [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/gone.png"},
-                                     {"_id": "d3", "text": "grass"}])
-    write_jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}])
-    (d / "qrels").mkdir()
-    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq2\td3\t1\n")
+    write_beir(d, [{"_id": "d1", "image": "imgs/red.png"}, {"_id": "d2", "image": "imgs/gone.png"},
+                   {"_id": "d3", "text": "grass"}],
+               [{"_id": "q1", "text": "red"}, {"_id": "q2", "text": "blue"}],
+               "q1\td1\t1\nq2\td2\t1\nq2\td3\t1\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tasks:\n  - {name: b, format: qrels, path: beir}\n")
     spec = _spec(cfg, "b")
