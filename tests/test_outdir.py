@@ -55,6 +55,50 @@ def test_the_refusal_of_a_folder_names_the_keywords_from_python_and_the_flags_in
     assert sorted(p.name for p in out.iterdir()) == ["train.jsonl"]
 
 
+def test_the_folder_refusal_names_the_commands_own_output_option(tmp_path, capsys):
+    """QA: `unime reason split --out-dir X` into a folder of other files said "Choose another --out", an option
+    `reason split` does not have; `eval reference`'s --also folders likewise. Each names its own option."""
+    from unime.cli import main
+
+    out = tmp_path / "split"
+    out.mkdir()
+    (out / "mine.txt").write_text("the user's\n")
+    argv = ["reason", "split", "--records", str(tmp_path / "r.jsonl"), "--tcots", str(tmp_path / "t.jsonl"),
+            "--judge", str(tmp_path / "judge"), "--out-dir", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"unime: error: output folder {out} is not empty and was not written by unime; refusing to write into it (its "
+        "files could be replaced). Choose another --out-dir, or pass --overwrite to let this command replace what it "
+        "writes there")
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    with pytest.raises(FolderNotOwned) as caught:
+        claim(out, "reason split", option="out_dir")
+    assert str(caught.value).endswith("Choose another out_dir, or pass overwrite=True to let this command replace "
+                                      "what it writes there")
+    with pytest.raises(FolderNotOwned) as caught, command_line_wording():
+        claim(out, "eval reference", option="also")
+    assert "Choose another --also, or pass --overwrite" in str(caught.value)
+
+
+def test_the_file_refusal_names_overwrite_as_the_caller_gives_it(tmp_path):
+    """From Python, a claimed output file of other content said "or pass --overwrite", a flag the Python API does
+    not have: overwrite=True there, --overwrite in a command of `unime`."""
+    from unime.outdir import FileNotOwned, claim_file
+
+    path = tmp_path / "scores.jsonl"
+    path.write_text("the user's\n")
+    said = (f"output file {path} exists and was not written by `unime judge` (or was changed since); refusing to "
+            "replace it. Choose another output name, or pass %s to replace it")
+    with pytest.raises(FileNotOwned) as caught:
+        claim_file(path, "judge")
+    assert str(caught.value) == said % "overwrite=True"
+    with pytest.raises(FileNotOwned) as caught, command_line_wording():
+        claim_file(path, "judge")
+    assert str(caught.value) == said % "--overwrite"
+    assert path.read_text() == "the user's\n"
+
+
 def test_another_commands_folder_is_refused(tmp_path):
     out = tmp_path / "x"
     claim(out, "eval").release()

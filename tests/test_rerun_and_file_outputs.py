@@ -201,7 +201,7 @@ def test_a_file_output_is_claimed_through_its_sidecar(tmp_path):
     rerun.release()
     out.write_text("edited by the user\n")  # changed since: the user's now
     with pytest.raises(FileNotOwned, match=rf"output file {out} exists and was not written by `unime judge` "
-                                           r"\(or was changed since\).*--overwrite"):
+                                           r"\(or was changed since\).*overwrite=True"):
         claim_file(out, "judge")
     with pytest.raises(FileNotOwned, match="not written by `unime embed`"):
         claim_file(out, "embed")  # another command's file
@@ -262,7 +262,7 @@ def test_a_file_command_killed_after_writing_its_files_is_replaced_by_its_rerun(
     assert (out.parent / ".k2.jsonl.unime-lock").is_file()  # the killed run's lock file, its pid gone
     # another command: refused, naming the command whose interrupted run left the file
     with pytest.raises(FileNotOwned, match=rf"output file {out} exists and was left by an interrupted `unime judge` "
-                                           r"run, not written by `unime reason generate`; .*--overwrite"):
+                                           r"run, not written by `unime reason generate`; .*overwrite=True"):
         claim_file(out, "reason generate")
     with caplog.at_level(logging.INFO, logger="unime.outdir"):
         rerun = claim_file(out, "judge", companions=(metrics, png))

@@ -92,20 +92,27 @@ def _write_marker(folder: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, folder / MARKER_NAME)
 
 
-def _refusal(folder: Path, command: str, marker: dict[str, Any] | None) -> FolderNotOwned:
+def _flag(option: str) -> str:
+    """The command-line flag of the output option `option` (a field: `out`, `out_dir`): `--out`, `--out-dir`."""
+    return "--" + option.replace("_", "-")
+
+
+def _refusal(folder: Path, command: str, marker: dict[str, Any] | None, option: str = "out") -> FolderNotOwned:
     if marker is None:
         why = "is not empty and was not written by unime"
     else:
         why = f"was written by `unime {marker.get('command')}`, not `unime {command}`"
-    out, overwrite = as_given("--out", "out"), as_given("--overwrite", "overwrite=True")
+    out, overwrite = as_given(_flag(option), option), as_given("--overwrite", "overwrite=True")
     return FolderNotOwned(f"output folder {folder} {why}; refusing to write into it (its files could be replaced). "
                           f"Choose another {out}, or pass {overwrite} to let this command replace what it writes there")
 
 
 def check_claim(folder: str | os.PathLike, command: str, *, overwrite: bool = False,
-                adopts: Callable[[Path], bool] | None = None) -> None:
+                adopts: Callable[[Path], bool] | None = None, option: str = "out") -> None:
     """Raise `FolderNotOwned` if `command` may not write into `folder` (read-only check). `adopts`
-    recognises an unmarked folder as the command's own output from before it wrote markers (see `claim`)."""
+    recognises an unmarked folder as the command's own output from before it wrote markers (see `claim`).
+    `option`: the option naming the folder (`out`, `out_dir`: the refusal names it, or its flag on the command
+    line)."""
     folder = Path(folder)
     if not folder.exists():
         return
@@ -116,7 +123,7 @@ def check_claim(folder: str | os.PathLike, command: str, *, overwrite: bool = Fa
         return
     if marker is None and (not _entries(folder) or (adopts is not None and adopts(folder))):
         return
-    raise _refusal(folder, command, marker)
+    raise _refusal(folder, command, marker, option)
 
 
 @dataclass
@@ -229,8 +236,9 @@ def _contents(folder: Path) -> list | None:
     return sorted(found)
 
 
-def _lock(folder: Path) -> int:
-    return _lock_path(folder / LOCK_NAME, f"output folder {folder}", f"choose another {as_given('--out', 'out')}")
+def _lock(folder: Path, option: str = "out") -> int:
+    return _lock_path(folder / LOCK_NAME, f"output folder {folder}",
+                      f"choose another {as_given(_flag(option), option)}")
 
 
 def _holder(fd: int) -> tuple[str, str]:
@@ -332,12 +340,13 @@ _HELD: dict[Path, "OwnedFolder"] = {}
 
 
 def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
-          overwrite: bool = False, adopts: Callable[[Path], bool] | None = None) -> OwnedFolder:
+          overwrite: bool = False, adopts: Callable[[Path], bool] | None = None, option: str = "out") -> OwnedFolder:
     """Create or take `folder` for `command` (see the module doc), locked. Raises `FolderNotOwned` or
     `FolderInUse`; writes nothing into a folder it refuses. Re-entrant within a process for the same
     command (the inner claim is a no-op handle). An unmarked folder that `adopts(folder)` recognises as
     the command's own output, written before the command claimed its folders (an index folder), is
-    taken as the command's: nothing in it counts as pre-existing; `adopts` may raise to refuse a folder."""
+    taken as the command's: nothing in it counts as pre-existing; `adopts` may raise to refuse a folder.
+    `option`: the option naming the folder, as the refusals name it (`check_claim`)."""
     folder = Path(folder)
     held = _HELD.get(folder.resolve()) if folder.exists() else None
     if held is not None and held._lock_fd is not None:
@@ -346,7 +355,7 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
         return OwnedFolder(held.path, command, held.marker, None)
     if adopts is not None and folder.is_dir() and read_marker(folder) is None:
         adopts(folder)  # it may refuse the folder outright (even under --overwrite), before anything is written
-    check_claim(folder, command, overwrite=overwrite, adopts=adopts)
+    check_claim(folder, command, overwrite=overwrite, adopts=adopts, option=option)
     created = not folder.exists()
     lock_before = (folder / LOCK_NAME).exists()
     try:
@@ -355,9 +364,9 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
     except OSError:
         lock_content = None
     folder.mkdir(parents=True, exist_ok=True)
-    fd = _lock(folder)
+    fd = _lock(folder, option)
     try:
-        check_claim(folder, command, overwrite=overwrite, adopts=adopts)  # again, now no other run can change it
+        check_claim(folder, command, overwrite=overwrite, adopts=adopts, option=option)  # again, now no other run can change it
         try:
             marker_before = (folder / MARKER_NAME).read_bytes() if not created else None
         except FileNotFoundError:
@@ -664,7 +673,7 @@ def _file_refusal(target: Path, command: str, marker: dict[str, Any] | None) -> 
     else:
         why = f"was not written by `unime {command}` (or was changed since)"
     return (f"output file {target} exists and {why}; refusing to replace it. Choose another output name, or pass "
-            "--overwrite to replace it")
+            f"{as_given('--overwrite', 'overwrite=True')} to replace it")
 
 
 def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,

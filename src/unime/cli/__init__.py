@@ -388,14 +388,15 @@ def _claim_output(args: argparse.Namespace, command: str):
 
         dest, companions = OWNED_FILE_COMMANDS[command]
         return claim_file(getattr(args, dest), command, options, overwrite=overwrite, companions=companions(args))
-    folder = getattr(args, _OUTPUT_FOLDER_DEST.get(command, "out"), None)
+    option = _OUTPUT_FOLDER_DEST.get(command, "out")
+    folder = getattr(args, option, None)
     if command not in OWNED_OUTPUT_COMMANDS or not folder:
         return None
     from unime.outdir import claim
 
     module, function = _ADOPTS_UNMARKED.get(command, (None, None))
     adopts = getattr(importlib.import_module(module), function) if module else None
-    owned = claim(folder, command, options, overwrite=overwrite, adopts=adopts)
+    owned = claim(folder, command, options, overwrite=overwrite, adopts=adopts, option=option)
     args._owned = owned
     return owned
 

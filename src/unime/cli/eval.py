@@ -86,7 +86,7 @@ def _check_also_folders(args) -> None:
 
     for _, folder in args.also or ():
         check_claim(folder, "eval reference", overwrite=bool(getattr(args, "overwrite", False)),
-                    adopts=_earlier_also_folder)
+                    adopts=_earlier_also_folder, option="also")
 
 
 def _earlier_also_folder(folder) -> bool:
@@ -117,7 +117,7 @@ def _reference(args) -> int:
         for tasks, folder in opts.also or ():
             stack.enter_context(claim(folder, "eval reference", {"tasks": tasks, "trained_for": opts.out},
                                       overwrite=bool(getattr(args, "overwrite", False)),
-                                      adopts=_earlier_also_folder))
+                                      adopts=_earlier_also_folder, option="also"))
         summary = run_reference(opts, cfg)
     training = summary["meta"]["reference"]["training"]
     overall = summary["aggregates"].get("mmeb", {}).get("scores", {}).get("overall")
