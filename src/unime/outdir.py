@@ -366,7 +366,8 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
     folder.mkdir(parents=True, exist_ok=True)
     fd = _lock(folder, option)
     try:
-        check_claim(folder, command, overwrite=overwrite, adopts=adopts, option=option)  # again, now no other run can change it
+        # again, now no other run can change it
+        check_claim(folder, command, overwrite=overwrite, adopts=adopts, option=option)
         try:
             marker_before = (folder / MARKER_NAME).read_bytes() if not created else None
         except FileNotFoundError:
