@@ -84,17 +84,19 @@ def lr_scheduler_option(default: str = "linear", help: str | None = None, **cli:
     return option(default, help, choices=list(LR_SCHEDULERS), metavar="NAME", **cli)
 
 
-def check_optimizer_name(name: str) -> None:
+def check_optimizer_name(name: str, config=None) -> None:
     """`--optim`: one of transformers' optimizer names (`OptimizerNames`), checked before a run claims its output
     folder, as a one-line error listing them, instead of a traceback from transformers once the models are loaded.
-    (transformers is imported only here: its list changes between versions, unlike the scheduler names above.)"""
+    (transformers is imported only here: its list changes between versions, unlike the scheduler names above.)
+    The option is named as the user gives it (`option_name`: `optim` from Python, `--optim` in a command)."""
     from transformers.training_args import OptimizerNames
 
     from unime.errors import UnimeError
 
     names = [o.value for o in OptimizerNames]
     if name not in names:
-        raise UnimeError(f"--optim {name!r} is not one of transformers' optimizer names: {', '.join(names)}")
+        raise UnimeError(f"{option_name(config, 'optim')} {name!r} is not one of transformers' optimizer names: "
+                         f"{', '.join(names)}")
 
 
 def option_defaults(config) -> dict[str, Any]:

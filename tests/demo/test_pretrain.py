@@ -435,3 +435,21 @@ def test_a_finished_model_with_a_killed_runs_lock_file_is_reused_from_a_read_onl
         finally:
             monkeypatch.setattr(os, "open", real_open)
             lock.chmod(0o644)
+
+
+def test_a_folder_of_other_files_is_refused_naming_out_as_the_user_gives_it(tmp_path):
+    """QA: from Python, pretrain(out=...) into a folder of the user's files said "choose another --out", a flag the
+    Python API does not have: `out` there, `--out` in a command of `unime`."""
+    from unime.options import command_line_wording
+
+    out = tmp_path / "base"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    said = f"{out} exists and is not a pretrained base written by unime; choose another %s"
+    with pytest.raises(FileExistsError) as caught:
+        pretrain(PretrainRecipe.preset("quick"), out=out, progress=lambda m: None)
+    assert str(caught.value) == said % "out"
+    with pytest.raises(FileExistsError) as caught, command_line_wording():
+        pretrain(PretrainRecipe.preset("quick"), out=out, progress=lambda m: None)
+    assert str(caught.value) == said % "--out"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

@@ -869,7 +869,7 @@ def test_fewer_records_than_the_global_batch_are_warned_and_the_card_records_the
                                            device="cpu", holdout=0.0, train_modules=("lm_head",)))
     items = 16 if role == "judge" else 4
     ran = min(items, batch_size)
-    warning = (f"{records}: {items} {unit}, fewer than the global batch of {batch_size} {unit} (--batch-size "
+    warning = (f"{records}: {items} {unit}, fewer than the global batch of {batch_size} {unit} (batch_size "
                f"{batch_size} x 1 process(es) x 1 accumulation): each optimizer step holds these {ran} ({ran} per "
                "device)")
     short = items < batch_size

@@ -602,7 +602,7 @@ def test_fewer_records_than_the_global_batch_are_warned_and_the_card_records_the
     with caplog.at_level(logging.WARNING, logger="unime.train.embedder_trainer"):
         res = train_embedder(base_config(tiny_model_dir("qwen2_vl"), tmp_path / "run", world, records=str(records),
                                          batch_size=8, steps=1))
-    assert f"{records}: 4 records, fewer than the global batch of 8 queries (--batch-size 8 x 1 process(es) x 1 " \
+    assert f"{records}: 4 records, fewer than the global batch of 8 queries (batch_size 8 x 1 process(es) x 1 " \
            "accumulation): each optimizer step holds these 4 (4 per device)" in caplog.text
     card = (res.out / "README.md").read_text()
     for needle in ("per_device_batch_size | 4 ", "global_batch_queries | 4 ", "global_batch_configured | 8 "):

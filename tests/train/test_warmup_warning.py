@@ -29,7 +29,8 @@ def test_the_embedder_warns_when_the_warm_up_covers_the_run(tiny_model_dir, mine
     got = _warnings(caplog)
     assert len(got) == int(warned), got
     if warned:
-        assert f"--warmup {warmup} >= the run's 2 optimizer steps (--steps" in got[0]
+        # from Python, the config's fields (QA: it named the flags --warmup / --steps)
+        assert f"warmup {warmup} >= the run's 2 optimizer steps (steps, " in got[0]
         # not changed: the learning rate is still rising at the last step (lr x step / warmup)
         rows = read_curves_csv(tmp_path / "run" / "curves.csv")
         assert [float(r["learning_rate"]) for r in rows] == pytest.approx([0.0, 2e-3 / warmup])
@@ -46,7 +47,7 @@ def test_the_reranker_and_judge_warn_when_the_warm_up_covers_the_run(tiny_model_
                                        logging_steps=1, seed=0, device="cpu", holdout=0.0,
                                        train_modules=("lm_head",)))
     got = _warnings(caplog)
-    assert len(got) == 1 and "--warmup 5 >= the run's 2 optimizer steps (--steps" in got[0], got
+    assert len(got) == 1 and "warmup_steps 5 >= the run's 2 optimizer steps (max_steps, " in got[0], got
 
 
 def test_the_warning_names_the_reasoners_options_and_the_fraction_in_steps():
@@ -160,4 +161,6 @@ def test_the_reasoner_sft_run_warns_at_its_start(tiny_model_dir, tmp_path, caplo
                                          out=str(tmp_path / "o"), max_steps=1, lora_r=4, device="cpu",
                                          trainer_arg=["warmup_steps=2"]))
     got = _warnings(caplog)
-    assert len(got) == 1 and got[0].startswith("--trainer-arg warmup_steps 2 >= the run's 1 optimizer steps"), got
+    # from Python, the fields (QA: it named the flags --trainer-arg / --max-steps)
+    assert len(got) == 1 and got[0].startswith("trainer_arg warmup_steps 2 >= the run's 1 optimizer steps "
+                                               "(max_steps, "), got

@@ -53,7 +53,7 @@ from typing import Callable
 from unime.data.atomic import atomic_open
 from unime.models.loading import attn_implementation_option
 from unime.models.tiny import BUILD_REVISION, check_tiny_shape
-from unime.options import RangeChecked, option
+from unime.options import RangeChecked, as_given, option
 
 log = logging.getLogger(__name__)
 
@@ -559,14 +559,16 @@ def _cached(dest: Path, key: str, what: str, progress: Callable[[str], None], *,
             return manifest
         if not (overwrite and claimed):
             raise FileExistsError(f"{dest} holds a pretrained {what} of another recipe (key {manifest.get('key')}, "
-                                  f"wanted {key}); choose another --out"
-                                  + (", or pass --overwrite to replace it" if claimed else ""))
+                                  f"wanted {key}); choose another {as_given('--out', 'out')}"
+                                  + (f", or pass {as_given('--overwrite', 'overwrite=True')} to replace it"
+                                     if claimed else ""))
     # the command line claims and locks its --out folder first (`unime.outdir`): those two files are not content,
     # and the other entries of a folder it claimed are the user's (they stay); a folder of this recipe's unfinished
     # publication (killed between moving the model in and writing the manifest) holds the model
     ours = claimed or _work_key(dest) == key
     if not ours and dest.exists() and any(p.name not in (LOCK_NAME, MARKER_NAME) for p in dest.iterdir()):
-        raise FileExistsError(f"{dest} exists and is not a pretrained {what} written by unime; choose another --out")
+        raise FileExistsError(f"{dest} exists and is not a pretrained {what} written by unime; choose another "
+                              f"{as_given('--out', 'out')}")
     return None
 
 

@@ -8,11 +8,12 @@ from unime.data.video import VideoOptions
 from unime.models.hf_arguments import gradient_checkpointing_option
 from unime.models.image_budget import ImageOptions
 from unime.models.loading import dtype_option
-from unime.options import key_value_pairs, on_error_option, option
+from unime.options import as_given, key_value_pairs, on_error_option, option
 
 # a reasoner stage's warm-up is transformers' `warmup_steps` (steps, or a fraction of the run below 1: transformers 5
 # has no warmup_ratio), given as `--trainer-arg warmup_steps=N`; its run is --max-steps
 WARMUP_OPTIONS = ("--trainer-arg warmup_steps", "--max-steps")
+WARMUP_FIELDS = ("trainer_arg warmup_steps", "max_steps")  # the same from the Python API
 
 
 def trainer_arg_warmup(trainer_arg) -> float:
@@ -27,10 +28,10 @@ def trainer_arg_warmup(trainer_arg) -> float:
 
 def warmup_check():
     """The trainer callback that logs the warm-up WARNING at the start of a reasoner stage's run
-    (`unime.models.warmup.WarmupCheck`, named by the stage's options)."""
+    (`unime.models.warmup.WarmupCheck`, named by the stage's options as the user gives them: `as_given`)."""
     from unime.models.warmup import WarmupCheck
 
-    return WarmupCheck(*WARMUP_OPTIONS)
+    return WarmupCheck(*map(as_given, WARMUP_OPTIONS, WARMUP_FIELDS))
 
 
 @dataclass(kw_only=True)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from unime.errors import OptionError, UsageError
-from unime.options import key_value_pairs, option
+from unime.options import key_value_pairs, option, option_name
 
 # fields of the core that only unime sets: its option (or the reason) for the refusal's message
 PROTECTED = {
@@ -329,11 +329,12 @@ def accelerate_flag(key: str, environ: Mapping[str, str] | None = None) -> bool:
 
 
 def deepspeed_setting(extra: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> str | None:
-    """The setting that runs the trainer under DeepSpeed, as the user gave it: `--trainer-arg deepspeed=CONFIG` (among
+    """The setting that runs the trainer under DeepSpeed, as the user gave it (`option_name`): `--trainer-arg
+    deepspeed=CONFIG` in a command, `trainer_arg` from Python (among
     the `extra` keywords) or `accelerate launch`'s DeepSpeed (ACCELERATE_USE_DEEPSPEED in `environ`: os.environ);
     None without DeepSpeed."""
     if extra.get("deepspeed") is not None:
-        return f"--trainer-arg deepspeed={extra['deepspeed']}"
+        return f"{option_name(None, 'trainer_arg')} deepspeed={extra['deepspeed']}"
     if accelerate_flag("ACCELERATE_USE_DEEPSPEED", environ):
         return "accelerate launch's DeepSpeed (ACCELERATE_USE_DEEPSPEED)"
     return None

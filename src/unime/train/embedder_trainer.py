@@ -41,7 +41,7 @@ from unime.models import export, run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
 from unime.models.curves import CURVES_CSV, CURVES_PNG, CurvesCallback, step_rows
 from unime.models.warmup import WarmupCheck
-from unime.options import check_optimizer_name
+from unime.options import check_optimizer_name, option_name
 from unime.train import global_batch
 from unime.train.distributed import gather_constant, gather_with_grad
 from unime.train.gradcache import GradCache
@@ -545,7 +545,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
 
     all_callbacks: list[Any] = [non_reentrant_checkpointing_callback(),
                                 CurvesCallback(out, title=f"{loss.name} — {Path(str(config.model)).name}"),
-                                WarmupCheck("--warmup", "--steps")]
+                                WarmupCheck(option_name(config, "warmup"), option_name(config, "steps"))]
     if args.process_index == 0:
         tensorboard = _tensorboard_callback(out)
         if tensorboard is not None:
@@ -573,7 +573,7 @@ def check_embedder_options(config: EmbedderTrainingConfig) -> EmbedderTrainingCo
 
         check_emb_pooling(config.model)
     if config.optim != EmbedderTrainingConfig.optim:  # likewise an optimizer transformers does not know
-        check_optimizer_name(config.optim)
+        check_optimizer_name(config.optim, config)
     _training_arguments(config, Path(config.out) / run_state.CHECKPOINTS_DIR, check_only=True)
     return config
 
@@ -690,8 +690,8 @@ def _warn_short_batch(config: EmbedderTrainingConfig, records: int, processes: i
     """A warning when the records cannot fill the global batch: every step then holds all of them."""
     global_batch.warn_short_batch(
         config.records, records, batch_size=config.batch_size, grad_accum=config.grad_accum, processes=processes,
-        given=f"--global-batch {config.global_batch}" if config.global_batch else None, batch_unit="queries",
-        fixed=config.homogeneous_batches)
+        given=f"{option_name(config, 'global_batch')} {config.global_batch}" if config.global_batch else None,
+        batch_unit="queries", fixed=config.homogeneous_batches, config=config)
 
 
 def _tensorboard_callback(out: Path):

@@ -29,13 +29,17 @@ def batch_that_runs(items: int, *, batch_size: int, grad_accum: int, processes: 
 
 def warn_short_batch(source: str, items: int, *, batch_size: int, grad_accum: int, processes: int,
                      given: str | None = None, unit: str = "records", batch_unit: str | None = None,
-                     fixed: bool = False) -> None:
+                     fixed: bool = False, config=None) -> None:
     """A WARNING when the `items` (`unit`, e.g. records) of `source` cannot fill the global batch: every step then
     holds all of them. `given`: the options the configured batch comes from (default: per device x processes x
-    accumulation); `batch_unit`: what the batch counts (default `unit`)."""
+    accumulation); `batch_unit`: what the batch counts (default `unit`). The batch size is named as the user gives
+    it (`unime.options.option_name`: the field of `config` from Python, its flag on the command line)."""
+    from unime.options import option_name
+
     per_device, per_step, configured = batch_that_runs(items, batch_size=batch_size, grad_accum=grad_accum,
                                                        processes=processes, fixed=fixed)
     if per_step < configured:
-        given = given or f"--batch-size {batch_size} x {processes} process(es) x {grad_accum} accumulation"
+        given = given or (f"{option_name(config, 'batch_size')} {batch_size} x {processes} process(es) x "
+                          f"{grad_accum} accumulation")
         log.warning("%s: %d %s, fewer than the global batch of %d %s (%s): each optimizer step holds these %d (%d per "
                     "device)", source, items, unit, configured, batch_unit or unit, given, per_step, per_device)

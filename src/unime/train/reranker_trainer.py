@@ -59,7 +59,7 @@ from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_l
 from unime.models.loading import DeviceOptions, checkpoint_image_loader, dtype_option, trainer_device
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
                                refuse_full_fine_tuning_of_adapter, refuse_lora_vision_without_vision_targets)
-from unime.options import lr_scheduler_option, on_error_option, option
+from unime.options import lr_scheduler_option, on_error_option, option, option_name
 from unime.models.rerank_prompts import (answer_format, item_content, judge_answer, judge_prompt, listwise_answer,
                                          listwise_prompt)
 from unime.models.export import ADAPTER_DIR, MERGED_DIR, ExportOptions, ModelCard
@@ -673,7 +673,7 @@ def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult
     args = _training_arguments(cfg, ckpt_dir)
     batch_unit = "labelled pairs" if cfg.role == "judge" and cfg.group_weight == 0 else "records"  # a dataset item
     batch = dict(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, processes=args.world_size)
-    warn_short_batch(", ".join(map(str, cfg.records)), len(groups), unit=batch_unit, **batch)
+    warn_short_batch(", ".join(map(str, cfg.records)), len(groups), unit=batch_unit, **batch, config=cfg)
     plan = run_state.plan_run(out, _run_options(cfg), **plan_options)  # not finished: `check_run` said so
     if plan.checkpoint is not None:  # the global batch of a continuation (per device x processes x accumulation)
         run_state.warn_other_global_batch(out, **batch, config=cfg)
@@ -694,7 +694,7 @@ def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult
                                     train_turn_end=cfg.train_turn_end, group_ids=cfg.group_weight > 0)
     title = f"{cfg.role} — {Path(str(cfg.model)).name}"
     callbacks = [non_reentrant_checkpointing_callback(), CurvesCallback(out, title=title),
-                 WarmupCheck("--warmup", "--steps")]
+                 WarmupCheck(option_name(cfg, "warmup_steps"), option_name(cfg, "max_steps"))]
     judge_check = None
     if held_out:
         from unime.train.judge_eval import JudgeHeldOutCallback
