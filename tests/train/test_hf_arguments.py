@@ -160,6 +160,13 @@ def test_trainer_arg_keys_unime_sets_or_that_do_not_exist_are_refused(tmp_path):
                            trainer_arg=["beta=0.5"])
     with pytest.raises(UsageError, match=r"^trainer_arg\['beta'\]: unime sets it \(--beta\)$"):
         embed_rl_grpo_config(grpo, output_dir=str(tmp_path / "g"), use_cpu=True, bf16=False, fp16=False)
+    # QA: reward_weights was taken, though unime gives TRL one reward function, the rewards weighted by --weights:
+    # [2.0] scaled that sum on top of --weights, three weights failed with a traceback once the models were loaded
+    for weights in ("[2.0]", "[0.1,0.8,0.1]"):
+        grpo = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=str(tmp_path / "g"),
+                               trainer_arg=[f"reward_weights={weights}"])
+        with pytest.raises(UsageError, match=r"^trainer_arg\['reward_weights'\]: unime sets it \(--weights\)$"):
+            embed_rl_grpo_config(grpo, output_dir=str(tmp_path / "g"), use_cpu=True, bf16=False, fp16=False)
 
 
 def test_gradcache_with_deepspeed_is_refused():
