@@ -37,6 +37,35 @@ def test_a_refused_trainer_arg_leaves_no_output_folder(trainer, refused, tmp_pat
     assert not out.exists()
 
 
+# accelerate launch's settings, from its environment variables (QA: these read without the command's name)
+LAUNCH_REFUSALS = {(("ACCELERATE_USE_FSDP", "true"),): "accelerate launch's FSDP (ACCELERATE_USE_FSDP) shards the "
+                                                        "model's parameters",
+                   (("ACCELERATE_USE_DEEPSPEED", "true"), ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")):
+                       "accelerate launch's DeepSpeed ZeRO-3 shards the model's parameters",
+                   (("ACCELERATE_USE_FSDP", "maybe"),): "ACCELERATE_USE_FSDP='maybe': accelerate reads 1 / 0, true / "
+                                                        "false, yes / no or on / off"}
+
+
+@pytest.mark.parametrize("trainer", ["embedder", "reasoner grpo"])
+@pytest.mark.parametrize("environ", sorted(LAUNCH_REFUSALS))
+def test_a_refused_launch_setting_reads_after_the_command_and_leaves_no_folder(trainer, environ, tmp_path,
+                                                                               tiny_model_dir, capsys, monkeypatch):
+    pytest.importorskip("trl")
+    from unime.cli import main
+
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+                 "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ:
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    assert main([*_argv(trainer, tmp_path, tiny_model_dir), "--out", str(out)]) == 2
+    command = "train " + trainer.split()[0]
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"unime: error: {command}: {LAUNCH_REFUSALS[environ]}")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_a_refused_command_leaves_an_existing_folder_untouched(trainer, tmp_path, tiny_model_dir, capsys):
     """An empty folder stays empty (no marker, no lock); with --overwrite, a folder of another command keeps its

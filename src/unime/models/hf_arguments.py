@@ -297,6 +297,15 @@ SHARDED_REFUSAL = ("shards the model's parameters across the processes, and unim
                    "train without it (torchrun / accelerate launch then use DDP, each process a whole copy)")
 
 
+class LaunchSettingError(OptionError, UsageError):
+    """A setting of `accelerate launch` (its environment variables) that unime does not run, or cannot read: read,
+    as the `--trainer-arg` refusals (`TrainerArgValueError`), after the command's name on the command line
+    (`train X: accelerate launch's FSDP ...`). It names no option: the same text from Python."""
+
+    def __init__(self, problem: str):
+        super().__init__(TrainerArgOptions, problem.replace("{", "{{").replace("}", "}}"))
+
+
 def refuse_sharded_parameters(extra: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> None:
     """UsageError naming the setting if the run would shard the parameters: `--trainer-arg fsdp=...` (any value that
     enables FSDP), `--trainer-arg deepspeed=CONFIG` of ZeRO stage 3, or `accelerate launch`'s FSDP / DeepSpeed ZeRO-3
@@ -307,11 +316,11 @@ def refuse_sharded_parameters(extra: Mapping[str, Any], environ: Mapping[str, st
     if extra.get("deepspeed") is not None and _is_zero3(extra["deepspeed"]):
         raise TrainerArgValueError("deepspeed", f"{extra['deepspeed']!r} (ZeRO stage 3) {SHARDED_REFUSAL}")
     if accelerate_flag("ACCELERATE_USE_FSDP", environ):
-        raise UsageError(f"accelerate launch's FSDP (ACCELERATE_USE_FSDP) {SHARDED_REFUSAL}")
+        raise LaunchSettingError(f"accelerate launch's FSDP (ACCELERATE_USE_FSDP) {SHARDED_REFUSAL}")
     if accelerate_flag("ACCELERATE_USE_DEEPSPEED", environ):
         config = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
         if environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip() == "3" or (config and _is_zero3(config)):
-            raise UsageError(f"accelerate launch's DeepSpeed ZeRO-3 {SHARDED_REFUSAL}")
+            raise LaunchSettingError(f"accelerate launch's DeepSpeed ZeRO-3 {SHARDED_REFUSAL}")
 
 
 def accelerate_flag(key: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -324,8 +333,8 @@ def accelerate_flag(key: str, environ: Mapping[str, str] | None = None) -> bool:
     try:
         return bool(str_to_bool(environ.get(key, "false")))
     except ValueError:
-        raise UsageError(f"{key}={environ[key]!r}: accelerate reads 1 / 0, true / false, yes / no or on / off") \
-            from None
+        raise LaunchSettingError(f"{key}={environ[key]!r}: accelerate reads 1 / 0, true / false, yes / no or on / "
+                                 "off") from None
 
 
 def deepspeed_setting(extra: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> str | None:
