@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.data.helpers import mined_parquet_with_one_video_negative
 from unime.data.io import read_records, read_unime_v2_json, write_records
-from unime.mining.stages import write_outputs
+from unime.mining.stages import write_mined_parquet, write_outputs
 
 
 def test_mined_json_holds_the_records_the_format_can_hold(tmp_path, caplog):
@@ -21,6 +21,8 @@ def test_mined_json_holds_the_records_the_format_can_hold(tmp_path, caplog):
     out.mkdir()
     with caplog.at_level(logging.WARNING, logger="unime.mining.stages"):
         notes = write_outputs(out, mined, [], {})
+    assert not (out / "mined.parquet").exists()  # written last of a run, after stats.json and report.md
+    write_mined_parquet(out, mined)
     assert [r.id for r in read_records(out / "mined.parquet")] == ["m1", "m2", "m3"]
     assert [r.id for r in read_unime_v2_json(out / "mined.json")] == ["m1", "m3"]
     assert notes["json"] == "written" and notes["json_records"] == 2 and notes["json_left_out"] == 1
@@ -35,6 +37,7 @@ def test_mined_json_is_not_written_when_it_would_hold_no_record(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     notes = write_outputs(out, mined, [], {})
+    write_mined_parquet(out, mined)
     assert not (out / "mined.json").exists() and [r.id for r in read_records(out / "mined.parquet")] == ["m2"]
     assert notes["json"] == "not written: none of the 1 mined records fits the UniME-V2 JSON format"
     assert notes["json_records"] == 0 and notes["json_left_out"] == 1
