@@ -125,9 +125,9 @@ class ChangedOptions(UnimeError):
 
 
 def python_name(field: str) -> str:
-    """How a message for the Python API names the field `field` of a config: by itself, a switch to give by
-    what it is set to (`overwrite=True`)."""
-    return "overwrite=True" if field == "overwrite" else field
+    """How a message for the Python API names the field `field` of a config: by itself (`overwrite must be a
+    bool`); a switch to give, written `{+overwrite}` in a template, by what it is set to (`pass overwrite=True`)."""
+    return f"{field[1:]}=True" if field.startswith("+") else field
 
 
 # beside the options a run records: the working directory it ran in, where its relative paths start
@@ -226,8 +226,8 @@ def refuse_changed_options(out, before: dict, now: dict, keys: list[str], config
 
     shown = ", ".join(named(k) for k in keys)
     if config is None:
-        values.update(overwrite="--overwrite", out_field="--out" if out_field == "out" else out_field)
-    again = "re-run with the same options to continue it, pass {overwrite} to start over" if resumes else \
-        "re-run with the same options, pass {overwrite} to replace its outputs"
+        values.update({"+overwrite": "--overwrite"}, out_field="--out" if out_field == "out" else out_field)
+    again = "re-run with the same options to continue it, pass {+overwrite} to start over" if resumes else \
+        "re-run with the same options, pass {+overwrite} to replace its outputs"
     return ChangedOptions("{_out} holds a run with other options (%s); %s, or choose another {%s}"
                           % (shown, again, "out_field" if config is None else out_field), config, **values)

@@ -149,7 +149,7 @@ def as_on_the_command_line(exc: Exception) -> str:
     if getattr(exc, "config", None) is None:
         return str(exc)
     flags = {"overwrite": "--overwrite", "out": "--out", **option_flags(exc.config)}
-    return exc.render(lambda name: flags.get(name, name))
+    return exc.render(lambda name: flags.get(name.lstrip("+"), name))  # `{+overwrite}`: the switch given
 
 
 # whether this process runs a command of `unime` (`command_line_wording`): what a run logs, or a message made while

@@ -409,10 +409,10 @@ def changed_inputs(out: str | Path, now: dict[str, list[list[str]]]) -> list[str
 
 
 def _rerun_names(config) -> dict[str, str]:
-    """The values of a refusal's `{overwrite}` / `{out}` (`ChangedOptions`): none with a `config`, whose fields they
+    """The values of a refusal's `{+overwrite}` / `{out}` (`ChangedOptions`): none with a `config`, whose fields they
     are (named from Python by the field, `overwrite=True`, on the command line by the flag); without one, the
     command line's flags."""
-    return {} if config is not None else {"overwrite": "--overwrite", "out": "--out"}
+    return {} if config is not None else {"+overwrite": "--overwrite", "out": "--out"}
 
 
 def _changed_inputs_error(out: Path, changed: list[str], now: dict[str, list[list[str]]], config) -> ChangedOptions:
@@ -425,7 +425,7 @@ def _changed_inputs_error(out: Path, changed: list[str], now: dict[str, list[lis
         values[f"_p{i}"] = ", ".join(p for p, _ in now[key])
         parts.append(("{%s}" % key if key in fields else key.replace("{", "{{").replace("}", "}}")) + " {_p%d}" % i)
     return ChangedOptions("{_out} holds a run trained on other input content: %s changed since that run began; pass "
-                          "{overwrite} to start over, or choose another {out}" % "; ".join(parts), config, **values)
+                          "{+overwrite} to start over, or choose another {out}" % "; ".join(parts), config, **values)
 
 
 def finished_run(out: str | Path, options: dict[str, Any], *, free: Iterable[str], overwrite: bool,
@@ -485,7 +485,7 @@ def _decide(out: str | Path, options: dict[str, Any], *, free: Iterable[str], ov
     before = previous_config(out)
     if before is None and not overwrite and _has_run_state(out, finished_file):
         raise ChangedOptions("{_out} holds checkpoints or outputs of a run whose options are unknown (no %s); pass "
-                             "{overwrite} to start over, or choose another {out}" % CONFIG_FILE, config, _out=out,
+                             "{+overwrite} to start over, or choose another {out}" % CONFIG_FILE, config, _out=out,
                              **_rerun_names(config))
     diff = changed_config_options(before, options, free, config) if before is not None else []
     diff.sort(key=lambda k: k != "stage")  # another kind of run (SFT / GRPO) first: the other keys follow from it
@@ -497,8 +497,8 @@ def _decide(out: str | Path, options: dict[str, Any], *, free: Iterable[str], ov
         raise _changed_inputs_error(out, changed, inputs, config)
     if (overwrite or before is None) and explicit is not None \
             and (out / CHECKPOINTS_DIR).resolve() in explicit.resolve().parents:
-        raise _option_refusal(config, "{resume} {_resume} is one of the checkpoints of {_out}, which {overwrite} "
-                              "discards: copy it elsewhere first, or continue the run without {overwrite}",
+        raise _option_refusal(config, "{resume} {_resume} is one of the checkpoints of {_out}, which {+overwrite} "
+                              "discards: copy it elsewhere first, or continue the run without {+overwrite}",
                               _resume=resume, _out=out)
     return None, before, diff, explicit, inputs
 
@@ -568,7 +568,7 @@ def _option_refusal(config, template: str, **values) -> UnimeError:
 
     class Flags(dict):
         def __missing__(self, name: str) -> str:
-            return "--" + name.replace("_", "-")
+            return "--" + name.lstrip("+").replace("_", "-")  # `{+overwrite}`: the switch given
 
     return UnimeError(template.format_map(Flags(values)))
 

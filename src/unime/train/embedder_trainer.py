@@ -324,7 +324,7 @@ def _refuse_other_process_count(out: Path, config: EmbedderTrainingConfig) -> No
         "{_out} holds a run on {_then} process(es) and this one has {_now}: the per-device batch is derived from "
         "{global_batch} {_global} and the number of processes ({_was} then, {_is} now), and {homogeneous_batches} "
         "cuts the batches at that size, so the data order differs; resume it with {_then} process(es), pass "
-        "{overwrite} to start over, or choose another {out}", config, _out=out, _then=processes, _now=now,
+        "{+overwrite} to start over, or choose another {out}", config, _out=out, _then=processes, _now=now,
         _global=config.global_batch, _was=was, _is=config.batch_size)
 
 
