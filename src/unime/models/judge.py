@@ -121,15 +121,17 @@ class JudgeScorer:
             from transformers import AutoConfig
 
             from unime.models.adapters import adapter_for
-            from unime.models.loading import adapter_folder, load_processor
+            from unime.models.loading import adapter_folder, load_processor, refuse_unreachable_hub_model
 
             base = folder = str(path)
+            refuse_unreachable_hub_model(path)
             if (adapter := adapter_folder(path)) is not None:  # an adapter folder, or a hub id naming one
                 import json
                 from pathlib import Path
 
                 folder = adapter
                 base = json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]
+                refuse_unreachable_hub_model(base)
             has_tokenizer = os.path.isfile(os.path.join(folder, "tokenizer_config.json"))
             processor, budget = load_processor(folder if has_tokenizer else base, image_budget=image_budget,
                                                budget_from=folder)

@@ -331,6 +331,64 @@ def refuse_missing_local_model(path: str | os.PathLike, option: str = "model", *
         raise ModelError(f"{option} {text!r}: no such folder{_nearest_existing(p)}{hub}")
 
 
+_HUB_MODELS_FOUND: set[str] = set()  # hub ids the hub answered for in this process: asked once
+
+
+def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
+    """Refuse, before its first load, a hub id that is neither a local folder nor in the local Hugging Face cache
+    (its config.json, or an adapter's adapter_config.json) when the hub cannot be reached or has no such model: the
+    hub is asked once, without retries (as `_hub_adapter_config_file` asks it) — transformers' loads retried with
+    backoff, and a command on such an id waited ~2.5 minutes on a machine without network before its error (QA).
+    Not asked: a local path, a cached id, HF_HUB_OFFLINE set (only the cache is read: the load says what is
+    missing), or an id the hub already answered for. A hub that answers (the repo exists) changes nothing."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    from unime.errors import ModelError
+
+    text = str(model)
+    if text in _HUB_MODELS_FOUND or Path(model).exists() or _hub_offline():
+        return
+    refuse_missing_local_model(model, only_mistyped=True)  # a mistyped local path: not asked of the hub
+    try:
+        if any(isinstance(try_to_load_from_cache(text, name), str) for name in ("config.json", ADAPTER_CONFIG)):
+            return
+    except ValueError:  # not a repo id: the load says what is missing
+        return
+    where = f"model {text!r}: neither a local folder nor in the local Hugging Face cache"
+    try:
+        get_hf_file_metadata(hf_hub_url(text, "config.json"), retry_on_errors=False)
+    except EntryNotFoundError:  # the repo exists without a config.json (an adapter's repo)
+        pass
+    except GatedRepoError:
+        raise ModelError(f"{where}, and the Hugging Face hub refused it: a gated model (accept its terms on its hub "
+                         "page and log in: `hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        code = f" (HTTP {status})" if status else ""
+        raise ModelError(f"{where}, and the Hugging Face hub has no such model{code}: check the id, or log in "
+                         "(`hf auth login` or HF_TOKEN) if it is a private one") from None
+    except HfHubHTTPError as e:  # any other answer (a server error): the hub is there, the load tells
+        log.debug("%s: the hub answered %s", text, e)
+    except Exception as e:  # noqa: BLE001 - the HTTP client's own errors (httpx's, requests'), by name
+        if not _is_network_error(e):
+            log.debug("%s: asking the hub failed (%s)", text, e)
+            return
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{where}, and the Hugging Face hub could not be reached ({type(e).__name__}: {first}): "
+                         "pass a local model folder, fetch it on a machine with network (`hf download "
+                         f"{text}`, then copy its cache or folder here), or set HF_HUB_OFFLINE=1 to read only the "
+                         "local cache") from None
+    _HUB_MODELS_FOUND.add(text)
+
+
+def _is_network_error(error: BaseException) -> bool:
+    """Whether `error` says the hub could not be reached (no connection, a timeout), not what it answered."""
+    names = {c.__name__ for c in type(error).__mro__}
+    return isinstance(error, (ConnectionError, TimeoutError)) or bool(
+        names & {"TransportError", "TimeoutException", "ConnectionError", "Timeout"})
+
+
 def _nearest_existing(path: Path) -> str:
     """Where a missing local path stops existing, for its error: its deepest existing folder and that folder's
     entries nearest to the missing part (difflib), or '' when no part of it exists."""
@@ -512,10 +570,14 @@ def _checkpoint_paths(path: str | os.PathLike, adapter_path: str | None = None) 
     if adapter_path is not None:
         refuse_missing_local_model(adapter_path, "adapter_path", only_mistyped=True)
     path = trained_model_folder(path)
+    for model in (path, adapter_path):
+        if model is not None:
+            refuse_unreachable_hub_model(model)
     base_path, peft_path = path, adapter_path
     if adapter_path is None and (adapter_path := adapter_folder(path)) is not None:  # `path` is an adapter
         peft_path = path  # as given: a hub adapter by its id, not its cache folder
         base_path = json.loads((Path(adapter_path) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+        refuse_unreachable_hub_model(base_path)
     proc_path = adapter_path if adapter_path and (Path(adapter_path) / "tokenizer_config.json").is_file() else base_path
     return path, base_path, peft_path, adapter_path, proc_path
 
@@ -523,7 +585,8 @@ def _checkpoint_paths(path: str | os.PathLike, adapter_path: str | None = None) 
 def checkpoint_vocabulary(path: str | os.PathLike) -> dict[str, int] | None:
     """The tokenizer's vocabulary of the checkpoint `path` loads with (`load_model`: a trainer's output folder, a
     PEFT adapter's own tokenizer, else its base's), read without the weights; None when the tokenizer cannot be
-    read here (not found, a hub id not cached): the load then says why."""
+    read here (not found): the load then says why. A hub id neither cached nor reachable is a `ModelError`
+    (`refuse_unreachable_hub_model`)."""
     from transformers import AutoTokenizer
 
     try:
