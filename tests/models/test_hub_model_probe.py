@@ -1,7 +1,8 @@
 """`unime.models.loading.refuse_unreachable_hub_model`: a hub id that is neither a local folder nor in the local
 Hugging Face cache is asked of the hub once, without retries, before its first load; no hub, or no such model
-there, is a one-line `ModelError` naming it at once. No test here reaches the real hub: the probe's HTTP call is
-replaced, and the hub's address is a closed local port."""
+there, is a one-line `ModelError` naming it at once. A cached hub id is asked the same way: no hub switches the
+process to the cache only (HF_HUB_OFFLINE), with one warning. No test here reaches the real hub: the probe's HTTP
+call is replaced, and the hub's address is a closed local port."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def hub(tmp_path, monkeypatch):
     import unime.models.loading as loading
 
     endpoint = "http://127.0.0.1:9"
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")  # recorded: a test that sets it (or the code under test) is undone
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
@@ -144,18 +146,72 @@ def test_a_hub_that_answers_changes_nothing_and_is_asked_once(hub):
     assert [url for url, _ in hub.probes][1:] == [URL.replace("missing", "an-adapter")]
 
 
+def _cache(tmp_path, filename: str) -> None:
+    """`filename` of REPO in the Hugging Face cache the `hub` fixture points at (its snapshot layout)."""
+    repo = tmp_path / "hub" / "models--some-org--missing"
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / filename).write_text(json.dumps({}))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+@pytest.fixture
+def datasets_config(monkeypatch):
+    """datasets' own copy of HF_HUB_OFFLINE (read at its import), False, restored after the test."""
+    config = pytest.importorskip("datasets.config")
+    monkeypatch.setattr(config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(config, "HF_DATASETS_OFFLINE", False)
+    return config
+
+
 @pytest.mark.parametrize("cached", ["config.json", "adapter_config.json"])
-def test_a_cached_hub_id_is_not_asked_of_the_hub(hub, tmp_path, cached):
+def test_a_cached_hub_id_without_a_hub_reads_the_cache_only(hub, tmp_path, caplog, datasets_config, cached):
+    """QA: `unime embed --model ORG/NAME` on a cached id offline (HF_HUB_OFFLINE unset) took ~5m50s in transformers'
+    retries for the optional files the cache lacks. Now the hub is asked once, without retries; no hub switches the
+    process (and its children) to the cache only, as HF_HUB_OFFLINE=1 does, with one warning; nothing is refused."""
+    import logging
+    import os
+
+    import huggingface_hub.constants as constants
+    from transformers.utils.hub import is_offline_mode
+
     from unime.models.loading import refuse_unreachable_hub_model
 
-    hub.answer(ConnectionRefusedError(111, "refused"))
-    snapshot = tmp_path / "hub" / "models--some-org--missing" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot / cached).write_text(json.dumps({}))
-    (tmp_path / "hub" / "models--some-org--missing" / "refs").mkdir()
-    (tmp_path / "hub" / "models--some-org--missing" / "refs" / "main").write_text("0" * 40)
-    refuse_unreachable_hub_model(REPO)
-    assert hub.probes == []
+    _cache(tmp_path, cached)
+    hub.answer(ConnectionRefusedError(111, "refused\nmore detail"))
+    with caplog.at_level(logging.WARNING, logger="unime.models.loading"):
+        refuse_unreachable_hub_model(REPO)
+        refuse_unreachable_hub_model(REPO)
+    assert [(url, kwargs.get("retry_on_errors")) for url, kwargs in hub.probes] == [(URL, False)]
+    assert (constants.HF_HUB_OFFLINE, is_offline_mode(), os.environ.get("HF_HUB_OFFLINE")) == (True, True, "1")
+    assert (datasets_config.HF_HUB_OFFLINE, datasets_config.HF_DATASETS_OFFLINE) == (True, True)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [(
+        "WARNING", "the Hugging Face hub cannot be reached (ConnectionRefusedError: [Errno 111] refused): reading "
+                   "'some-org/missing' from the local cache only (set HF_HUB_OFFLINE=1 to skip this check)")]
+    assert hub.loads == []
+
+
+@pytest.mark.parametrize("answer", ["the file", "no such file", "no such repo", "server error"])
+def test_a_cached_hub_id_with_a_hub_that_answers_changes_nothing(hub, tmp_path, caplog, datasets_config, answer):
+    """Whatever the hub answers for a cached id, the process stays online (the load reads the cache and the hub as
+    before), nothing is refused or warned, and the id is asked once."""
+    import logging
+    import os
+
+    import huggingface_hub.constants as constants
+
+    from unime.models.loading import refuse_unreachable_hub_model
+
+    _cache(tmp_path, "config.json")
+    hub.answer({"the file": None, "no such file": _http_error(404, "EntryNotFound"),
+                "no such repo": _http_error(404, "RepoNotFound"), "server error": _http_error(503, "")}[answer])
+    with caplog.at_level(logging.WARNING, logger="unime.models.loading"):
+        refuse_unreachable_hub_model(REPO)
+        refuse_unreachable_hub_model(REPO)
+    assert len(hub.probes) == 1
+    assert (constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE"), datasets_config.HF_HUB_OFFLINE) == \
+        (False, None, False)
+    assert caplog.records == []
 
 
 def test_hf_hub_offline_is_not_asked_of_the_hub(hub, monkeypatch):

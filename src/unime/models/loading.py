@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -339,8 +340,9 @@ def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
     (its config.json, or an adapter's adapter_config.json) when the hub cannot be reached or has no such model: the
     hub is asked once, without retries (as `_hub_adapter_config_file` asks it) — transformers' loads retried with
     backoff, and a command on such an id waited ~2.5 minutes on a machine without network before its error (QA).
-    Not asked: a local path, a cached id, HF_HUB_OFFLINE set (only the cache is read: the load says what is
-    missing), or an id the hub already answered for. A hub that answers (the repo exists) changes nothing."""
+    Not asked: a local path, HF_HUB_OFFLINE set (only the cache is read: the load says what is missing), or an id
+    the hub already answered for. A cached id is asked the same way, never refused: a hub that cannot be reached
+    switches this process to the cache only (`_read_hub_cache_only`). A hub that answers changes nothing."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
@@ -351,9 +353,11 @@ def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
         return
     refuse_missing_local_model(model, only_mistyped=True)  # a mistyped local path: not asked of the hub
     try:
-        if any(isinstance(try_to_load_from_cache(text, name), str) for name in ("config.json", ADAPTER_CONFIG)):
-            return
+        cached = any(isinstance(try_to_load_from_cache(text, name), str) for name in ("config.json", ADAPTER_CONFIG))
     except ValueError:  # not a repo id: the load says what is missing
+        return
+    if cached:
+        _read_hub_cache_only(text)
         return
     where = f"model {text!r}: neither a local folder nor in the local Hugging Face cache"
     try:
@@ -374,12 +378,49 @@ def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
         if not _is_network_error(e):
             log.debug("%s: asking the hub failed (%s)", text, e)
             return
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ModelError(f"{where}, and the Hugging Face hub could not be reached ({type(e).__name__}: {first}): "
+        raise ModelError(f"{where}, and the Hugging Face hub could not be reached ({_first_line(e)}): "
                          "pass a local model folder, fetch it on a machine with network (`hf download "
                          f"{text}`, then copy its cache or folder here), or set HF_HUB_OFFLINE=1 to read only the "
                          "local cache") from None
     _HUB_MODELS_FOUND.add(text)
+
+
+def _read_hub_cache_only(model: str) -> None:
+    """Ask the hub once, without retries, for cached hub id `model`; when it cannot be reached, switch this process
+    (and its children: torchrun, DataLoader workers) to reading the local Hugging Face cache only, as HF_HUB_OFFLINE=1
+    does, with one warning. Offline with HF_HUB_OFFLINE unset, transformers retried with backoff every optional file
+    the cache lacks (chat_template.json, adapter_config.json ...): `unime embed` on a cached id took ~5m50s instead of
+    ~22 s (QA). A hub that answers, whatever it answers, changes nothing: the load reads the cache and the hub."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        get_hf_file_metadata(hf_hub_url(model, "config.json"), retry_on_errors=False)
+    except Exception as e:  # noqa: BLE001 - an answer (404, 401, 5xx) is a hub that is there: only no connection counts
+        if _is_network_error(e):
+            _set_hub_offline()
+            log.warning("the Hugging Face hub cannot be reached (%s): reading %r from the local cache only (set "
+                        "HF_HUB_OFFLINE=1 to skip this check)", _first_line(e), model)
+        else:
+            log.debug("%s: the hub answered %s", model, e)
+    _HUB_MODELS_FOUND.add(model)
+
+
+def _set_hub_offline() -> None:
+    """HF_HUB_OFFLINE=1 for the rest of this process and its children: the environment variable (read at import by
+    huggingface_hub, and by datasets, in a child process) and the copies already read in this process —
+    huggingface_hub's `constants.HF_HUB_OFFLINE`, which its `is_offline_mode()` returns and transformers asks before
+    every download, and datasets' `config.HF_HUB_OFFLINE` when datasets is already imported."""
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    if (config := sys.modules.get("datasets.config")) is not None:
+        config.HF_HUB_OFFLINE = config.HF_DATASETS_OFFLINE = True
+
+
+def _first_line(error: BaseException) -> str:
+    """`Type: its message's first line` (at most 200 characters of it), for a one-line message."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
 
 
 def _is_network_error(error: BaseException) -> bool:
