@@ -93,3 +93,22 @@ def test_an_in_memory_record_keeps_its_index_once_bad_ones_before_it_are_skipped
     assert kept == [no_image] and check_images(kept, ImageLoader(tmp_path), on_error="skip", skips=skips) == []
     assert [e.record for e in skips.examples] == ["records[0]", "records[1]"]
     assert origin_of(no_image) is None  # the caller's record is not tagged
+
+
+def test_a_missing_video_of_a_records_file_is_not_called_an_in_memory_record(tmp_path, tiny_model_dir):
+    """QA (video): `unime train embedder --records FILE` without --hard-negatives (auto) reads the file before the
+    records are checked, and a missing file was then explained as one of "in-memory records ... relative to
+    data_root, the working directory unless set" — a file's paths are relative to its folder (or --data-root)."""
+    from unime.train.embedder_trainer import train_embedder
+
+    path = tmp_path / "data" / "records.jsonl"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"id": "q1", "query": {"text": "a"}, "positive": {"text": "b"}}) + "\n"
+                    + json.dumps({"id": "q2", "query": {"text": "c"}, "positive": {"video": "clips/nope.mp4"}}) + "\n")
+    config = base_config(tiny_model_dir("qwen2_vl"), tmp_path / "out", tmp_path, loss="infonce", hard_negatives=None,
+                         data_root=None, records=str(path))
+    with pytest.raises(DataError) as refused:
+        train_embedder(config)
+    assert str(refused.value) == (f"{path}, record line 2 (id q2), field 'positive.video[0]': video file not found: "
+                                  "'clips/nope.mp4'")
+    assert not (tmp_path / "out").exists()

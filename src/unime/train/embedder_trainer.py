@@ -253,7 +253,7 @@ def _naming_the_data_root(err: DataError, data_root: str, *, in_memory: bool) ->
 
 
 def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | None, loss: GroupLoss,
-                    data_root: str, skips: SkipReport) -> list[Record]:
+                    data_root: str, skips: SkipReport, *, in_memory: bool) -> list[Record]:
     """Read (unless given) and check the records; images are decoded up front — all of them under the
     skip policy (bad ones are skipped and counted), the first `IMAGE_PREFLIGHT` records otherwise (a
     wrong --data-root fails in seconds, not after the model has loaded)."""
@@ -261,7 +261,6 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     from unime.models.loading import checkpoint_image_loader
 
     source = config.records
-    given = records is not None
     if records is None:
         records = read_records(source, on_error=config.on_error, skips=skips)
     records = check_records(records, num_negatives=config.hard_negatives, needs_scores=loss.requires_scores,
@@ -282,7 +281,7 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
         try:
             check_images(used[:IMAGE_PREFLIGHT], loader, source=source)
         except DataError as e:
-            raise _naming_the_data_root(e, data_root, in_memory=given) from None
+            raise _naming_the_data_root(e, data_root, in_memory=in_memory) from None
     if skips.total:
         logger.warning("%s: %s", source, skips.summary())
     return records
@@ -485,6 +484,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
+    in_memory = records is not None  # (records read from config.records below, for --loss auto, are a file's)
     if records is not None:
         records = in_memory_records(records, config.records)
     config = with_resolved_batch(config)
@@ -508,7 +508,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     if run_state.check_run(out, config.to_dict(), **plan_options):  # `train_embedder` reports such a run;
         raise UnimeError(f"{out} holds a finished run with these options: nothing to train (`train_embedder` "
                          "reports it; --overwrite starts it over)")  # training it again would replace its export
-    records = _usable_records(config, records, loss, data_root, skips)
+    records = _usable_records(config, records, loss, data_root, skips, in_memory=in_memory)
     check_fallback_labels(config, records, loss)
 
     args = _training_arguments(config, checkpoint_root)
