@@ -1261,3 +1261,37 @@ def test_rows_read_from_an_index_whose_chunks_were_rewritten_since_it_opened_are
     new.replace(chunk)  # as a build rewrites a chunk: another file under the same name
     with pytest.raises(IndexError_, match=r"changed since the index was opened.*open it again"):
         idx.vectors()
+
+
+def test_a_search_video_damaged_past_its_header_is_named_as_the_option_before_the_model_loads(tmp_path,
+                                                                                               tiny_model_dir, capsys,
+                                                                                               monkeypatch):
+    """QA (video): `search --video clip.mp4` of a clip whose header reads but whose frames do not decode failed
+    after the embedder loaded, naming the encoder's "field 'items[0].video'", which the user never wrote. It is
+    decoded (sampled as the index's videos) before the model loads, and named as --video."""
+    from tests.data.helpers import write_clip
+    from tests.eval.helpers import write_jsonl
+    from unime.cli import main
+    from unime.models import embedder as embedder_module
+
+    (tmp_path / "clips").mkdir()
+    write_clip(tmp_path / "clips" / "c0.mp4", n=16, fps=8, codec="libx264")
+    write_jsonl(tmp_path / "corpus.jsonl", [{"id": "c0", "video": "clips/c0.mp4"}, {"id": "t0", "text": "red"}])
+    assert main(["index", "build", "--model", tiny_model_dir("qwen2_vl"), "--items", str(tmp_path / "corpus.jsonl"),
+                 "--out", str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+                 "--video-frames", "4"]) == 0
+    bad = write_clip(tmp_path / "garbled.mp4", n=16, fps=8, codec="libx264", shift=90)
+    data = bytearray(bad.read_bytes())
+    start, end = data.find(b"mdat") + 4, data.find(b"moov") - 4  # the frames, not the index (`moov`, at the end)
+    data[start:end] = b"\xff" * (end - start)
+    bad.write_bytes(bytes(data))
+    capsys.readouterr()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the embedder was loaded")
+
+    monkeypatch.setattr(embedder_module.Embedder, "from_pretrained", no_model)
+    assert main(["search", "--index", str(tmp_path / "idx"), "--video", str(bad), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unime: error: field '--video': corrupt ") and f" video {bad} " in err, err
+    assert "\n" not in err, err

@@ -751,6 +751,12 @@ def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
     model = cfg.model or idx.manifest["model"]
     if cfg.image:  # (`SearchConfig.query_item` checked the file, without the model's limit)
         checkpoint_image_loader(model, None, allow_outside_root=True).check_header(cfg.image, field="--image")
+    if query.video:  # decoded as the index's videos, before the model loads: a clip damaged past its header (which
+        # `query_item` checked) is named as --video, not as the encoder's 'items[0].video' after the load (QA)
+        from unime.data.images import ImageLoader
+
+        ImageLoader(allow_outside_root=True, video=index_video_sampling(idx.manifest)).load_video(
+            query.video, field="--video")
     emb = Embedder.from_pretrained(model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation,
                                    video_sampling=index_video_sampling(idx.manifest), allow_outside_root=True)
