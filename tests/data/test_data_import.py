@@ -640,6 +640,22 @@ def test_a_video_file_given_to_import_is_named_as_a_video_not_a_corrupt_image(tm
     assert not (tmp_path / "o2" / "images" / "clip.mp4").exists()
 
 
+def test_a_captions_file_of_videos_is_told_import_takes_images_not_to_name_the_image_column(tmp_path, capsys):
+    """QA (video): captions.jsonl of {"video", "text"} rows was refused with "no image column (...); name it with
+    --image-column", and `--image-column video` was then refused for every row as a video file. The first refusal
+    says what the second does, naming the column."""
+    (tmp_path / "clips").mkdir()
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"id": f"c{i}", "video": f"clips/c{i}.mp4", "text": f"clip {i}"}) + "\n"
+                                for i in range(4)), encoding="utf-8")
+    assert main(["data", "import", "--captions", str(captions), "--images", str(tmp_path),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"unime: error: {captions}, field 'video': no image column (looked for ['image', 'file_name', 'filename', "
+        "'file', 'path', 'img']; the columns are ['id', 'video', 'text']): data import takes images only; a video "
+        'item is a record with a "video" field (docs/CONTRACTS.md, "Items and records")')
+
+
 def test_data_check_reads_or_names_every_file_the_import_writes(tmp_path, capsys):
     """QA: `data check` on an import's MMEB file reported every row bad ("missing key(s) ['positive', 'query']"),
     on train/qrels.jsonl and eval/judge_pairs.jsonl likewise, and on eval_tasks.yaml ended with the Python API's

@@ -65,6 +65,10 @@ class CaptionedImage:
     field: str = "image"  # the field (column) of `record` that names the image, for errors about it
 
 
+IMAGES_ONLY = ('data import takes images only; a video item is a record with a "video" field (docs/CONTRACTS.md, '
+               '"Items and records")')
+
+
 def _pick_column(names: Sequence[str], wanted: str | None, defaults: Sequence[str], *, source: str, what: str,
                  required: bool = True) -> str | None:
     """The column `wanted`, else the first of `defaults` present; a name matches exactly, else in any case
@@ -87,6 +91,10 @@ def _pick_column(names: Sequence[str], wanted: str | None, defaults: Sequence[st
         if found is not None:
             return found
     if required:
+        videos = [c for c in names if isinstance(c, str) and c.casefold() in ("video", "videos")]
+        if what == "image" and videos:  # not "name it with --image-column", which then refuses each video (QA)
+            raise DataError(f"no image column (looked for {list(defaults)}; the columns are {list(names)}): "
+                            f"{IMAGES_ONLY}", source=source, field=videos[0])
         raise DataError(f"no {what} column (looked for {list(defaults)}; the columns are {list(names)}); "
                         f"name it with --{what}-column", source=source)
     return None

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from unime.data.atomic import atomic_open
-from unime.data.collections import CaptionedImage, CollectionSource
+from unime.data.collections import IMAGES_ONLY, CaptionedImage, CollectionSource
 from unime.data.eval_formats import MMEBRow, write_mmeb
 from unime.data.images import ImageLoader, iso_image_suffix
 from unime.data.io import write_records
@@ -186,9 +186,8 @@ def place_images(images: Sequence[CaptionedImage], out: Path, policy: ErrorPolic
             continue
         if is_video_file_ref(img.image):  # by its ending (a path) or its container's signature (bytes)
             what = "its bytes are a video" if isinstance(img.image, bytes) else f"{img.image} is a video file"
-            policy.handle(data_error("image", f"{what}: data import takes images only; a video item is a record "
-                                     'with a "video" field (docs/CONTRACTS.md, "Items and records")',
-                                     source=img.source, record=img.record, field=img.field))
+            policy.handle(data_error("image", f"{what}: {IMAGES_ONLY}", source=img.source, record=img.record,
+                                     field=img.field))
             continue
         if isinstance(img.image, bytes):
             base = _safe_relative(img.name_hint) if img.name_hint else ""
