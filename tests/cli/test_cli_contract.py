@@ -141,7 +141,7 @@ _SFT = {"examples": 6, "steps": 2, "first_loss": 0.75, "last_loss": 0.5}
      _reranker_result, "judge: 3 records, 6 examples, 2 steps, loss 0.7500 -> 0.5000\n{tmp}/trained/merged\n"),
     (["train", "reasoner", "--stage", "sft", "--model", "m", "--tcots", "t.jsonl"],
      "unime.embed_rl.reasoner_sft.train_reasoner_sft", lambda cfg: _SFT,
-     "SFT: 6 examples, 2 steps, loss 0.75 -> 0.5; saved {tmp}/out\n"),
+     "SFT: 6 examples, 2 steps, loss 0.7500 -> 0.5000; saved {tmp}/out\n"),
     (["train", "reasoner", "--stage", "grpo", "--model", "m", "--records", "r.jsonl", "--embedder", "e"],
      "unime.embed_rl.grpo.train_reasoner_grpo", lambda cfg: {"steps": 2, "reward_steps": [{"step": 1}]},
      '[{"step": 1}]\nGRPO: 2 steps; saved {tmp}/out (reward_log.csv, reward_curves.png)\n'),

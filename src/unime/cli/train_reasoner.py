@@ -131,8 +131,9 @@ def _run(args) -> int:
         from unime.embed_rl.reasoner_sft import train_reasoner_sft
 
         summary = train_reasoner_sft(cfg)
-        print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {summary['first_loss']} -> "
-              f"{summary['last_loss']}; saved {args.out}")
+        first, last = (f"{v:.4f}" if isinstance(v, float) else v for v in (summary["first_loss"], summary["last_loss"]))
+        print(f"SFT: {summary['examples']} examples, {summary['steps']} steps, loss {first} -> {last}; "
+              f"saved {args.out}")  # 4 decimals, as the other trainers' lines (it printed 6.6841230392456055)
         _print_skips(summary)
         return 0
     from unime.embed_rl.grpo import train_reasoner_grpo
