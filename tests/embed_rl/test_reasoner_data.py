@@ -294,6 +294,40 @@ def test_reason_eval_refuses_a_candidate_that_is_also_a_query(tiny_model_dir, tm
     assert not (tmp_path / "ev").exists()
 
 
+def test_a_video_candidate_that_another_tasks_query_asks_with_is_named_by_its_video_and_that_task(tiny_model_dir,
+                                                                                                  tmp_path, capsys):
+    """QA (video): a text-to-video and a video-to-text qrels task of the same clips (the usual pair) were refused as
+    "task 't2v': a candidate is also a query ('')": a video item named by its empty text, the other task unnamed.
+    The refusal names the video, the task whose query it is, and the way out (one run per task, `--only`)."""
+    from tests.data.helpers import write_clip
+    from unime.cli import main
+
+    (tmp_path / "clips").mkdir()
+    for i in range(2):
+        write_clip(tmp_path / "clips" / f"c{i}.mp4", n=8, fps=4, shift=100 * i)
+    texts, clips = ["red", "blue"], [{"video": f"clips/c{i}.mp4"} for i in range(2)]
+    t2v = [{"id": f"t{i}", "query": {"text": t}, "candidates": clips, "relevance": [int(i == j) for j in range(2)]}
+           for i, t in enumerate(texts)]
+    v2t = [{"id": f"v{i}", "query": c, "candidates": [{"text": t} for t in texts],
+            "relevance": [int(i == j) for j in range(2)]} for i, c in enumerate(clips)]
+    for name, rows in (("t2v", t2v), ("v2t", v2t)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval_tasks.yaml").write_text("tasks:\n  - {name: t2v, format: qrels, path: t2v.jsonl}\n"
+                                              "  - {name: v2t, format: qrels, path: v2t.jsonl}\n")
+    model = tiny_model_dir("qwen2_vl", (EMB_TOKEN,))
+    argv = ["reason", "eval", "--embedder", model, "--tasks", str(tmp_path / "eval_tasks.yaml"), "--tcots", "none",
+            "--device", "cpu", "--video-frames", "4"]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "ev")]) != 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert err == [f"unime: error: {tmp_path / 't2v.jsonl'}, record line 1 (id t0), field 'candidates[0]': task "
+                   "'t2v': a candidate is also a query of task 'v2t' (video 'clips/c0.mp4'); `reason eval` embeds each "
+                   "item once, as a query or a target, with that side's T-CoT; evaluate the two tasks in separate "
+                   "runs, each with its --out (--only t2v, --only v2t)"]
+    assert not (tmp_path / "ev").exists()
+    assert main([*argv, "--only", "t2v", "--out", str(tmp_path / "ev")]) == 0  # the way out it names
+
+
 def test_reason_eval_on_error_skip_leaves_out_a_bad_image_row_and_a_task_without_rows(tiny_model_dir, tmp_path,
                                                                                     capsys):
     """`reason eval` had no `--on-error`: one bad task image (here 2000x8, over the Qwen-VL processors' 200:1 aspect

@@ -487,17 +487,35 @@ def reasoning_query_keys(data) -> set[str]:
     embeds as queries and every other item as a target; a DataError naming the task, and the file, record and field
     when the reader recorded them, for a candidate that is also a query (of any task): each item is embedded once,
     with one side's T-CoT."""
-    keys = {d.table.items[int(q)].key for _, d in data for q in d.query}
+    query_task: dict[str, str] = {}  # an item's key -> the first task asking with it
+    for spec, d in data:
+        for q in d.query:
+            query_task.setdefault(d.table.items[int(q)].key, spec.name)
     for spec, d in data:
         for cands in d.candidates:
             for c in cands:
                 item = d.table.items[int(c)]
-                if item.key in keys:
+                if item.key in query_task:
                     source, record, fname = d.table.origins[int(c)] or (str(spec.path), None, None)
-                    raise DataError(f"task {spec.name!r}: a candidate is also a query ({item.text[:60]!r}); "
+                    other = query_task[item.key]
+                    of, separately = ("", "") if other == spec.name else (
+                        f" of task {other!r}", "; evaluate the two tasks in separate runs, each with its --out "
+                        f"(--only {spec.name}, --only {other})")
+                    raise DataError(f"task {spec.name!r}: a candidate is also a query{of} ({_item_words(item)}); "
                                     "`reason eval` embeds each item once, as a query or a target, with that side's "
-                                    "T-CoT", source=source, record=record, field=fname)
-    return keys
+                                    f"T-CoT{separately}", source=source, record=record, field=fname)
+    return set(query_task)
+
+
+def _item_words(item) -> str:
+    """An item as a message names it: its text (60 characters), else its video or first image ("video
+    'clips/a.mp4'"; QA: a video candidate was named by its empty text, '')."""
+    if item.text:
+        return repr(item.text[:60])
+    for kind, refs in (("video", item.video), ("image", item.images)):
+        if refs:
+            return f"{kind} '{refs[0]}'" if isinstance(refs[0], str) else f"an inline {kind}"
+    return "an empty item"
 
 
 def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True, overwrite: bool = False) -> dict:
