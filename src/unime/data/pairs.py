@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Collection
 
+from unime.data.eval_formats import row_label
 from unime.data.io import raw_message
 from unime.data.items import Item
 from unime.data.jsonl import iter_jsonl
@@ -32,6 +33,12 @@ def _check_images(images, key: str, it: Item, *, source: str, record: str, files
                          field=f"{key}.{e.field.split('.', 1)[-1]}") from None
 
 
+def pair_record(line: int, pair_id) -> str:
+    """How a message names the pair read from `line` whose id is `pair_id` (`read_pairs`: the line number when the
+    pair gives none): "line 7 (id p3)", or "line 7"."""
+    return f"line {line}" if pair_id == line else f"line {line} (id {pair_id})"
+
+
 def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, label_column: str | None = None,
                files_only: Collection[int] = (), lines: list[int] | None = None) \
         -> list[tuple[str, Item, Item]] | tuple[list[tuple[str, Item, Item]], list[float]]:
@@ -52,6 +59,7 @@ def read_pairs(path: str, *, on_error: str = "raise", skips=None, images=None, l
         try:
             if not isinstance(obj, dict):
                 raise data_error("schema", "expected an object", source=path, record=where)
+            where = row_label(where, obj)  # "line 7 (id p3)": the id a pair gives, as the other readers name a row
             rid = obj.get("id", n)
             for key in PAIR_KEYS + ((label_column,) if label_column else ()):
                 if key not in obj:

@@ -21,7 +21,7 @@ import numpy as np
 
 from unime.data.atomic import atomic_open
 from unime.data.items import Item
-from unime.data.pairs import check_pair_images, read_pairs
+from unime.data.pairs import check_pair_images, pair_record, read_pairs
 from unime.errors import DataError, same_path_value
 from unime.mining.backends import JudgeOptions, JudgeSpec, judge_models, make_backend
 from unime.models.chunk_work import ChunkWork, checked_work, done_lines, finished_before, work_digests
@@ -111,7 +111,7 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
     work, rows = checked_work(list(zip(pairs, lines, labels or [None] * len(pairs))), make_work,
                               line_of=lambda r: r[1], unchecked=done, on_error=on_error, skips=skips,
                               source=pairs_path, check=lambda r: check_pair_images(checker, r[0], source=pairs_path,
-                                                                                   record=f"line {r[1]}"))
+                                                                                   record=pair_record(r[1], r[0][0])))
     if len(rows) < len(pairs):
         if not rows:
             raise DataError("no pairs to score", source=pairs_path)
