@@ -326,6 +326,13 @@ def test_a_video_candidate_that_another_tasks_query_asks_with_is_named_by_its_vi
                    "runs, each with its --out (--only t2v, --only v2t)"]
     assert not (tmp_path / "ev").exists()
     assert main([*argv, "--only", "t2v", "--out", str(tmp_path / "ev")]) == 0  # the way out it names
+    # its figures on the console, as `unime eval` prints them: a qrels task has no MMEB aggregate, and the run
+    # printed "{}" and nothing else
+    m = json.loads((tmp_path / "ev" / "summary.json").read_text())["tasks"]["t2v"]
+    assert set(m) == {"ndcg@5", "ndcg@10", "recall@5", "recall@10", "mrr", "map"}
+    assert capsys.readouterr().out.splitlines() == [
+        "t2v: " + ", ".join(f"{k} {100 * m[k]:.1f}" for k in ("ndcg@5", "ndcg@10", "recall@5", "recall@10", "mrr",
+                                                               "map"))]
 
 
 def test_reason_eval_on_error_skip_leaves_out_a_bad_image_row_and_a_task_without_rows(tiny_model_dir, tmp_path,

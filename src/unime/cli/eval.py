@@ -57,11 +57,11 @@ def _eval(args) -> int:
         print(f"{args.out}: this evaluation finished earlier with the same options and inputs; nothing to do "
               "(pass --overwrite to run it again)")
     for name, m in summary["tasks"].items():
-        print(_task_line(name, m))
+        print(task_line(name, m))
     rr = summary.get("reranked")
     if rr is not None:  # the reranked figures and the reranker's own line (its warning), as in results.md
         for name, m in rr["tasks"].items():
-            print(_task_line(f"{name} [{reranked_label(rr)}]", m))
+            print(task_line(f"{name} [{reranked_label(rr)}]", m))
         print(reranker_line(rr.get("stats") or {}))
     enc = summary["encoding"]
     attempts, last = (summary.get("run") or {}).get("attempts") or 1, enc.get("last_attempt")
@@ -73,7 +73,8 @@ def _eval(args) -> int:
     return 0
 
 
-def _task_line(name: str, metrics: dict) -> str:
+def task_line(name: str, metrics: dict) -> str:
+    """A task's console line ("t2v: ndcg@5 23.5, ..."), as `unime eval` and `unime reason eval` print it."""
     shown = [f"{k} {100 * v:.1f}" for k, v in metrics.items() if not k.startswith("chance@")][:6]
     chance = f" (chance P@1 {100 * metrics['chance@1']:.1f})" if "chance@1" in metrics else ""
     return f"{name}: {', '.join(shown)}{chance}"

@@ -98,6 +98,7 @@ def _add_emb(args) -> int:
 
 
 def _eval(args) -> int:
+    from unime.cli.eval import task_line
     from unime.embed_rl.tcot_embedder import evaluate_with_reasoning
     from unime.eval.report import skip_lines
 
@@ -106,7 +107,10 @@ def _eval(args) -> int:
     # video tasks (MMEB-V2) add their own aggregates beside the MMEB ones
     shown = {k: aggregates[k] for k in ("mmeb", "mmeb_v2") if aggregates.get(k)} if "mmeb_v2" in aggregates else \
         aggregates.get("mmeb", {})
-    print(json.dumps(shown, indent=1))
+    for name, m in summary["tasks"].items():  # as `unime eval` (qrels tasks alone printed "{}", no figure: QA)
+        print(task_line(name, m))
+    if shown:
+        print(json.dumps(shown, indent=1))
     for line in skip_lines(summary):  # --on-error skip: said here too, not only in results.md
         print(line[2:].replace("**", ""))
     left_out = summary.get("meta", {}).get("evidence_left_out", {})
