@@ -30,7 +30,7 @@ def test_data_check_reads_qrels_rows_and_opens_their_images(tmp_path, capsys):
     assert out[2].startswith(f"  - {f}, record line 3 (id c), field 'relevance[0]': relevance grade must be"), out
     assert out[3].startswith(f"  - {f}, record line 4, field 'relevance': expected a list of 2 grades"), out
     assert out[4] == f"  - {f}, record line 2 (id b), field 'candidates[1].images[0]': image file not found: " \
-        "'images/gone.png'", out
+        f"'images/gone.png' (looked in '{tmp_path.resolve()}')", out
     assert main(["data", "check", str(f), "--no-images"]) == 1
     assert capsys.readouterr().out.startswith(f"{f}: qrels rows: 2 good, 2 bad rows, 0 with bad images\n")
 
@@ -51,7 +51,8 @@ def test_data_check_reads_judge_pairs_with_their_label_column_and_images(tmp_pat
     assert out[0] == f"{f}: judge pairs (label column 'label'): 1 good, 2 bad rows, 1 with bad images (image paths " \
         f"resolved against {tmp_path})"
     assert out[1] == "skipped 3 record(s) (image: 1, schema: 2)"
-    assert out[2] == f"  - {f}, record line 2, field 'candidate.images[0]': image file not found: 'images/gone.png'"
+    assert out[2] == f"  - {f}, record line 2, field 'candidate.images[0]': image file not found: 'images/gone.png' " \
+        f"(looked in '{tmp_path.resolve()}')"
     assert out[3].startswith(f"  - {f}, record line 3, field 'label': expected a label >= 0"), out
     assert out[4] == f"  - {f}, record line 4, field 'candidate': missing", out
     unlabelled = tmp_path / "u.jsonl"
@@ -124,7 +125,8 @@ def test_data_check_of_a_worlds_eval_file_says_which_data_root_to_pass(tiny_worl
     for f in (world / "eval/mmeb/t2i.jsonl", world / "eval/qrels/scene_search.jsonl"):
         assert main(["data", "check", str(f)]) == 1
         out = capsys.readouterr().out.splitlines()
-        first = out[2].split("image file not found: ")[1]
+        first, looked = out[2].split("image file not found: ")[1].split(" (looked in ")
+        assert looked == f"'{f.parent.resolve()}')", out[2]
         assert out[-1] == (f"media paths not found under the file's folder {f.parent} (no --data-root given and no "
                            f"data root recorded beside the file); the first, {first}, is under {world.resolve()}: "
                            f"pass --data-root {world.resolve()}"), out[-1]
@@ -170,7 +172,8 @@ def test_data_check_names_a_bad_retrieval_entry_and_compositional_pair(tmp_path,
     assert main(["data", "check", str(comp)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{comp}: compositional pairs: 1 good, 0 bad rows, 1 with bad images"), out
-    assert out[2] == f"  - {comp}, record line 2 (id p2), field 'image': image file not found: 'images/gone.png'", out
+    assert out[2] == f"  - {comp}, record line 2 (id p2), field 'image': image file not found: 'images/gone.png' " \
+        f"(looked in '{tmp_path.resolve()}')", out
 
 
 def test_data_check_names_a_bad_image_of_an_eval_row_by_its_line(tmp_path, capsys):
@@ -221,7 +224,8 @@ def test_data_check_reads_a_beir_folder_as_eval_does(tmp_path, capsys):
         f"bad images (image paths resolved against {d})",
         "skipped 7 record(s) (bad_score: 1, image: 1, schema: 5)",
         f"  - {corpus}, record line 5, field '_id': missing key(s) ['_id']",
-        f"  - {corpus}, record line 2, field 'image': image file not found: 'imgs/gone.png'",
+        f"  - {corpus}, record line 2, field 'image': image file not found: 'imgs/gone.png' (looked in "
+        f"'{d.resolve()}')",
         f"  - {corpus}, record line 4, field '_id': duplicate _id 'd3'",
         f"  - {test}, record line 3, field 'corpus-id': unknown corpus id 'd2'",
         f"  - {test}, record line 4, field 'query-id': unknown query id 'q3'",
@@ -287,7 +291,8 @@ def test_data_check_reads_an_items_file_as_index_build_and_embed_do(tmp_path, ca
         f"  - {f}, record line 3 (id a), field 'id': duplicate id 'a' (first on line 1)",
         f"  - {f}, record line 5 (id d): unknown keys ['caption'] (allowed: id, metadata, text, image, images, video)",
         f"  - {f}, record line 6 (id e): empty item (no text, image or video)",
-        f"  - {f}, record line 4 (id c), field 'item.images[0]': image file not found: 'images/gone.png'",
+        f"  - {f}, record line 4 (id c), field 'item.images[0]': image file not found: 'images/gone.png' (looked in "
+        f"'{tmp_path.resolve()}')",
         f"media paths not found under the file's folder {tmp_path} (no --data-root given and no data root recorded "
         "beside the file); pass --data-root with the folder they are relative to"], out
     assert main(["data", "check", str(f), "--no-images"]) == 1
@@ -303,8 +308,10 @@ def test_data_check_reads_an_items_file_as_index_build_and_embed_do(tmp_path, ca
                         {"key": "k2", "id": "v2", "item": {"video": "clips/gone.mp4"}, "meta": {}}])
     assert main(["data", "check", str(world), "--data-root", str(tmp_path)]) == 1
     assert capsys.readouterr().out.splitlines()[2:] == [
-        f"  - {world}, record line 1 (id k1), field 'item.video[0]': video file not found: 'clips/gone.mp4'",
-        f"  - {world}, record line 2 (id v2), field 'item.video[0]': video file not found: 'clips/gone.mp4'"]
+        f"  - {world}, record line 1 (id k1), field 'item.video[0]': video file not found: 'clips/gone.mp4' (looked "
+        f"in '{tmp_path.resolve()}')",
+        f"  - {world}, record line 2 (id v2), field 'item.video[0]': video file not found: 'clips/gone.mp4' (looked "
+        f"in '{tmp_path.resolve()}')"]
 
 
 def test_data_check_help_names_every_format_it_reads(capsys):

@@ -205,3 +205,30 @@ def test_a_video_escaping_the_data_root_is_named_a_video_path_and_the_commands_t
         ImageLoader(root).load_video([str(tmp_path / "outside.mp4")])
     with pytest.raises(DataError, match=": image path 'img/../../outside.png' escapes the data root"):  # a frame
         ImageLoader(root).load_video(["img/../../outside.png", "img/ok.png"])
+
+
+def test_a_missing_relative_image_names_the_folder_it_was_looked_in_in_every_command(tmp_path, monkeypatch, capsys):
+    """Review: only `unime eval` said where a missing image was looked for ("image file not found: 'imgs/gone.png'
+    (looked in ROOT)", a proxy of its own); `embed`, `mine`, `train embedder` and `data check` said only the path
+    (and `train embedder` told a records file's record that the paths of in-memory records are relative to
+    data_root). The loader every command uses names the folder, once; an absolute path names none."""
+    from unime.cli import main
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "items.jsonl").write_text('{"id": "a", "image": "imgs/gone.png"}\n')
+    (d / "recs.jsonl").write_text('{"query": {"text": "a"}, "positive": {"images": ["imgs/gone.png"]}}\n')
+    monkeypatch.chdir(tmp_path)
+    looked = f"image file not found: 'imgs/gone.png' (looked in '{d.resolve()}')"
+    recs = f"d/recs.jsonl, record line 1, field 'positive.images[0]': {looked}"
+    for argv, line in ((["embed", "--model", "m", "--items", "d/items.jsonl", "--out", "e.npy"],
+                        f"d/items.jsonl, record line 1 (id a), field 'item.images[0]': {looked}"),
+                       (["mine", "--records", "d/recs.jsonl", "--embedder", "e", "--judge", "j", "--out", "mo"], recs),
+                       (["train", "embedder", "--model", "m", "--records", "d/recs.jsonl", "--out", "te"], recs)):
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"unime: error: {line}", argv
+    assert main(["data", "check", "d/recs.jsonl"]) == 1
+    assert f"  - {recs}" in capsys.readouterr().out.splitlines()
+    with pytest.raises(DataError) as e:  # from Python too; an absolute path is looked for where it says
+        ImageLoader(d).load(str(d / "imgs" / "gone.png"), source="s", record="r", field="image")
+    assert str(e.value) == f"s, record r, field 'image': image file not found: '{d / 'imgs' / 'gone.png'}'"

@@ -222,7 +222,8 @@ def test_a_missing_image_is_named_before_the_model_loads(tiny_model_dir, tmp_pat
             str(tmp_path / "t.jsonl"), "--max-new-tokens", "3"]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == (f"unime: error: {tmp_path / 'r.jsonl'}, record line 2 (id b), field "
-                                               "'positive.images[0]': image file not found: 'nope.png'")
+                                               f"'positive.images[0]': image file not found: 'nope.png' (looked in "
+                                               f"'{tmp_path.resolve()}')")
     with pytest.raises(pytest.fail.Exception, match="the model loaded before the image check"):
         main([*argv, "--sides", "query"])  # the positive is not read: past the check
 

@@ -48,7 +48,8 @@ def test_a_missing_image_of_an_in_memory_record_says_where_it_was_looked_for(tmp
     records = [Record(query=Item(text="a"), positive=Item(images=("imgs/nope.png",))),
                Record(query=Item(text="c"), positive=Item(text="d"))]
     with pytest.raises(DataError, match=rf"field 'positive.images\[0\]': image file not found: 'imgs/nope.png' "
-                                        rf"\(looked for under {tmp_path}: the paths of in-memory records"):
+                                        rf"\(looked in '{tmp_path.resolve()}': the paths of in-memory records are "
+                                        r"relative to data_root, the working directory unless set\)$"):
         train_embedder(config, records=records)
 
 

@@ -265,15 +265,14 @@ def _image_file(loader: ImageLoader, ref: str, *, source: str, record: str, fiel
     `..` or symlink out of it unless `allow_outside_root`; NUL bytes and over-long paths refused)."""
     try:
         file = loader.resolve(ref)  # its DataError carries no place: this function adds it
-        problem = missing_file_problem("image", ref, file)
+        problem = missing_file_problem("image", ref, file, loader.root)
     except DataError as e:
         raise data_error("image", str(e), source=source, record=record, field=field) from None
     except OSError as e:
         raise data_error("image", f"cannot open image {ref!r}: {e.strerror or e}", source=source, record=record,
                          field=field) from None
     if problem:
-        raise data_error("image", f"{problem} (looked in {str(loader.root)!r})", source=source, record=record,
-                         field=field)
+        raise data_error("image", problem, source=source, record=record, field=field)
     return file
 
 
@@ -434,15 +433,14 @@ def _dataset_file(ref: str, *, source: str, record: str, field_name: str, root: 
             where = f"the dataset folder {str(root)!r}" + (f" and --images {str(images)!r}" if images else "")
             raise data_error("image", f"image path {ref[:200]!r} leads out of {where} (--allow-outside-root permits "
                              "it)", source=source, record=record, field=field_name)
-        problem = missing_file_problem("image", ref[:200], resolved)
+        problem = missing_file_problem("image", ref[:200], resolved, base)
     except (OSError, ValueError) as e:
         if isinstance(e, DataError):
             raise
         raise data_error("image", f"cannot use image path {ref[:200]!r}: {getattr(e, 'strerror', None) or e}",
                          source=source, record=record, field=field_name) from None
     if problem:
-        looked = f" (looked in {str(base)!r})" if relative else ""
-        raise data_error("image", f"{problem}{looked}", source=source, record=record, field=field_name)
+        raise data_error("image", problem, source=source, record=record, field=field_name)
     return str(resolved), resolved.name
 
 

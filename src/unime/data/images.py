@@ -195,11 +195,11 @@ class ImageLoader:
 
     def file_path(self, ref: str, *, source=None, record=None, field=None) -> Path:
         """The file of the image path `ref`, checked by a stat without opening it: inside the data root (`resolve`),
-        a regular file (`missing_file_problem`) — the first checks of `load`, with its messages
-        (`ImageChecker.check_files`)."""
+        a regular file (`missing_file_problem`: a missing one names the folder a relative path was resolved against,
+        for every command) — the first checks of `load`, with its messages (`ImageChecker.check_files`)."""
         path = self.resolve(ref, source=source, record=record, field=field)
         try:
-            problem = missing_file_problem("image", ref, path)
+            problem = missing_file_problem("image", ref, path, self.root)
         except OSError as e:  # a path the OS rejects
             raise DataError(f"cannot open image {ref!r}: {e.strerror or e}", source=source, record=record,
                             field=field) from None

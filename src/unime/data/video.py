@@ -1216,10 +1216,19 @@ _NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pi
                 (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
 
 
-def missing_file_problem(what: str, ref: str, path: Path) -> str | None:
-    """Why the path `ref` of a `what` ("image", "video"), resolved to `path`, names no file to read: nothing there,
-    or something that is not a regular file (a directory; a FIFO, whose reading waits for a writer; a device, e.g. a
-    link to /dev/zero, which never ends). None: a regular file. `Path.is_file`'s OSErrors are the caller's."""
+def looked_in(ref: str, root: str | os.PathLike | None) -> str:
+    """What a missing file's message adds to say where the path `ref` was looked for: " (looked in 'ROOT')" for a
+    relative path, resolved against the folder `root` (the data root); "" for an absolute or empty one, or no root."""
+    if root is None or not ref or os.path.isabs(ref):
+        return ""
+    return f" (looked in {str(root)!r})"
+
+
+def missing_file_problem(what: str, ref: str, path: Path, root: str | os.PathLike | None = None) -> str | None:
+    """Why the path `ref` of a `what` ("image", "video"), resolved to `path`, names no file to read: nothing there
+    (naming `root`, the folder a relative `ref` was resolved against: `looked_in`), or something that is not a
+    regular file (a directory; a FIFO, whose reading waits for a writer; a device, e.g. a link to /dev/zero, which
+    never ends). None: a regular file. `Path.is_file`'s OSErrors are the caller's."""
     if path.is_file():
         return None
     try:
@@ -1227,7 +1236,7 @@ def missing_file_problem(what: str, ref: str, path: Path) -> str | None:
     except OSError:  # nothing there, or a broken link
         mode = None
     if mode is None or not ref:  # an empty path names no file (it resolves to the folder it is relative to)
-        return f"{what} file not found: {ref!r}"
+        return f"{what} file not found: {ref!r}{looked_in(ref, root)}"
     kind = next((k for test, k in _NOT_REGULAR if test(mode)), "not a file")
     return f"{what} {ref!r} exists but is not a regular file: it is {kind}"
 
@@ -1236,7 +1245,7 @@ def video_file_path(loader: FrameLoader, ref: str, sampling: VideoSampling, *, s
     """The file of a video path: inside the data root, a regular file (`missing_file_problem`), within ``max_bytes``
     (a stat, the file not opened: `unime.data.io.ImageChecker.check_files` too)."""
     path = loader.resolve(ref, source=source, record=record, field=field)
-    problem = missing_file_problem("video", ref, path)
+    problem = missing_file_problem("video", ref, path, getattr(loader, "root", None))
     if problem:
         raise DataError(problem, source=source, record=record, field=field)
     size = path.stat().st_size

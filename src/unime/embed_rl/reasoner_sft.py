@@ -184,6 +184,10 @@ class CheckedImages:
     def resolve(self, ref, **where):  # a `unime.data.video.FrameLoader` too: a clip under another sampling
         return self.loader.resolve(ref, **where)
 
+    @property
+    def root(self):  # the folder relative paths are resolved against, which a missing file's message names
+        return self.loader.root
+
     def check(self, rows, *, source: str | None, policy) -> list:
         """The rows whose images and video open; a failure names the row's line and field, and goes to
         `policy` (`unime.data.skips.ErrorPolicy`: raise, or count and leave the row out)."""

@@ -650,45 +650,12 @@ def _image_checker(spec: TaskSpec, image_loader=None, *, decode_video: bool = Fa
     """The media check of a task's rows by `image_loader`'s rules (default: `ImageLoader`'s) under the task's data
     root: images decoded; videos from their headers only, as the encoder decodes them anyway, unless
     `decode_video` (with the loader's video sampling: the frames land in the frame cache the encoder reads,
-    `unime.data.video.load_video`). See `ImageChecker`."""
+    `unime.data.video.load_video`). A missing file names the folder a relative path was looked in, as in every
+    command (`unime.data.video.missing_file_problem`). See `ImageChecker`."""
     from unime.data.images import ImageLoader
     from unime.data.io import ImageChecker
 
-    checker = ImageChecker((image_loader or ImageLoader()).under(spec.data_root), decode_video=decode_video)
-    return _NamingTheRoot(checker, spec.data_root)
-
-
-class _NamingTheRoot:
-    """An `ImageChecker` whose missing-file errors say the folder the path was looked for under (the task's data
-    root: the task config's folder or ``data_root``, a BEIR folder's own), which "image file not found: 'x.png'"
-    alone did not (QA)."""
-
-    def __init__(self, checker, root: Path):
-        self.checker, self.root = checker, root
-
-    def __getattr__(self, name: str):
-        return getattr(self.checker, name)
-
-    def check(self, obj: Any, **kw) -> None:
-        try:
-            self.checker.check(obj, **kw)
-        except DataError as e:
-            raise self._named(e) from None
-
-    def check_item(self, fname: str, item: Item, **kw) -> None:
-        try:
-            self.checker.check_item(fname, item, **kw)
-        except DataError as e:
-            raise self._named(e) from None
-
-    def _named(self, err: DataError) -> DataError:
-        from unime.data.io import raw_message
-
-        message = raw_message(err)
-        if "file not found" not in message or "looked in" in message:
-            return err
-        return data_error(reason_of(err), f"{message} (looked in {str(self.root)!r})", source=err.source,
-                          record=err.record, field=err.field)
+    return ImageChecker((image_loader or ImageLoader()).under(spec.data_root), decode_video=decode_video)
 
 
 def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str, images=None,

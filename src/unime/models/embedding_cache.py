@@ -46,6 +46,7 @@ from unime.data.image_digests import ImageDigests, file_sha1
 from unime.data.images import ImageLoader
 from unime.data.io import named_where_read
 from unime.data.items import Item
+from unime.data.video import looked_in
 from unime.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -384,7 +385,7 @@ class RunEncoder:
             try:
                 return "sha1:" + self.digests.digest(path)
             except FileNotFoundError:
-                raise DataError(f"image file not found: {ref!r} (under {loader.root})", source=source,
+                raise DataError(f"image file not found: {ref!r}{looked_in(ref, loader.root)}", source=source,
                                 field=field_name) from None
             except OSError as e:
                 raise DataError(f"image file {ref!r} cannot be read: {e}", source=source, field=field_name) from None

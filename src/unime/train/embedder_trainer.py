@@ -238,22 +238,24 @@ def _image_budget(config: EmbedderTrainingConfig) -> ImageBudget:
     return ImageBudget.from_options(config.min_pixels, config.max_pixels, config.image_size)
 
 
-def _naming_the_data_root(err: DataError, data_root: str, *, in_memory: bool) -> DataError:
-    """`err`, a missing image of records given in memory, saying where it was looked for: their paths are relative
-    to `data_root` (the working directory unless `config.data_root`), which the message did not say (QA)."""
-    from unime.data.io import raw_message
+def _naming_the_data_root(err: DataError) -> DataError:
+    """`err`, a missing image of a record given in memory (named by its index, `unime.data.io.in_memory_name`),
+    saying what the folder its message names (`unime.data.video.looked_in`) is for such records: their paths are
+    relative to data_root, the working directory unless set (QA). A record read from a file keeps the message (it
+    was told it was in memory whenever `--loss auto` had read the file first)."""
+    from unime.data.io import is_in_memory_name, raw_message
     from unime.data.skips import data_error, reason_of
 
     message = raw_message(err)
-    if not in_memory or "file not found" not in message:
+    if not is_in_memory_name(err.record) or "file not found" not in message or "(looked in " not in message \
+            or not message.endswith(")"):
         return err
-    return data_error(reason_of(err), f"{message} (looked for under {os.path.abspath(data_root)}: the paths of "
-                      "in-memory records are relative to data_root, the working directory unless set)",
-                      source=err.source, record=err.record, field=err.field)
+    return data_error(reason_of(err), f"{message[:-1]}: the paths of in-memory records are relative to data_root, "
+                      "the working directory unless set)", source=err.source, record=err.record, field=err.field)
 
 
 def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | None, loss: GroupLoss,
-                    data_root: str, skips: SkipReport, *, in_memory: bool) -> list[Record]:
+                    data_root: str, skips: SkipReport) -> list[Record]:
     """Read (unless given) and check the records; images are decoded up front — all of them under the
     skip policy (bad ones are skipped and counted), the first `IMAGE_PREFLIGHT` records otherwise (a
     wrong --data-root fails in seconds, not after the model has loaded)."""
@@ -281,7 +283,7 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
         try:
             check_images(used[:IMAGE_PREFLIGHT], loader, source=source)
         except DataError as e:
-            raise _naming_the_data_root(e, data_root, in_memory=in_memory) from None
+            raise _naming_the_data_root(e) from None
     if skips.total:
         logger.warning("%s: %s", source, skips.summary())
     return records
@@ -484,7 +486,6 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
 
     if records is not None and config.records is None:
         config = dataclasses.replace(config, records="<in-memory records>")
-    in_memory = records is not None  # (records read from config.records below, for --loss auto, are a file's)
     if records is not None:
         records = in_memory_records(records, config.records)
     config = with_resolved_batch(config)
@@ -508,7 +509,7 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     if run_state.check_run(out, config.to_dict(), **plan_options):  # `train_embedder` reports such a run;
         raise UnimeError(f"{out} holds a finished run with these options: nothing to train (`train_embedder` "
                          "reports it; --overwrite starts it over)")  # training it again would replace its export
-    records = _usable_records(config, records, loss, data_root, skips, in_memory=in_memory)
+    records = _usable_records(config, records, loss, data_root, skips)
     check_fallback_labels(config, records, loss)
 
     args = _training_arguments(config, checkpoint_root)
