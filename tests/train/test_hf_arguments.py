@@ -140,9 +140,10 @@ def test_trainer_arg_keys_unime_sets_or_that_do_not_exist_are_refused(tmp_path):
     from unime.errors import UsageError
 
     # from Python, the field named as the keyword it is given in (the command line says `--trainer-arg KEY: ...`)
-    cases = [(["learning_rate=1"], r"^trainer_arg\['learning_rate'\]: unime sets it \(--lr\)$"),
-             (["warmup_steps=3"], r"^trainer_arg\['warmup_steps'\]: unime sets it \(--warmup\)$"),
-             (["optim=sgd"], r"^trainer_arg\['optim'\]: unime sets it \(--optim\)$"),
+    # and the option unime sets it from by its field too (it named the flag: --lr)
+    cases = [(["learning_rate=1"], r"^trainer_arg\['learning_rate'\]: unime sets it \(lr\)$"),
+             (["warmup_steps=3"], r"^trainer_arg\['warmup_steps'\]: unime sets it \(warmup\)$"),
+             (["optim=sgd"], r"^trainer_arg\['optim'\]: unime sets it \(optim\)$"),
              (["remove_unused_columns=true"], r"^trainer_arg\['remove_unused_columns'\]: unime sets it \(the "
                                               r"trainer's data collator\)$"),
              (["ddp_broadcast_buffers=true"], r"^trainer_arg\['ddp_broadcast_buffers'\]: unime sets it \(this "
@@ -158,15 +159,60 @@ def test_trainer_arg_keys_unime_sets_or_that_do_not_exist_are_refused(tmp_path):
     assert sft_config(sft, str(tmp_path / "s"), use_cpu=True, dtype=torch.float32).warmup_steps == 3
     grpo = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=str(tmp_path / "g"),
                            trainer_arg=["beta=0.5"])
-    with pytest.raises(UsageError, match=r"^trainer_arg\['beta'\]: unime sets it \(--beta\)$"):
+    with pytest.raises(UsageError, match=r"^trainer_arg\['beta'\]: unime sets it \(beta\)$"):
         embed_rl_grpo_config(grpo, output_dir=str(tmp_path / "g"), use_cpu=True, bf16=False, fp16=False)
     # QA: reward_weights was taken, though unime gives TRL one reward function, the rewards weighted by --weights:
     # [2.0] scaled that sum on top of --weights, three weights failed with a traceback once the models were loaded
     for weights in ("[2.0]", "[0.1,0.8,0.1]"):
         grpo = GRPOStageConfig(model="m", records="rl.jsonl", embedder="e", out=str(tmp_path / "g"),
                                trainer_arg=[f"reward_weights={weights}"])
-        with pytest.raises(UsageError, match=r"^trainer_arg\['reward_weights'\]: unime sets it \(--weights\)$"):
+        with pytest.raises(UsageError, match=r"^trainer_arg\['reward_weights'\]: unime sets it \(weights\)$"):
             embed_rl_grpo_config(grpo, output_dir=str(tmp_path / "g"), use_cpu=True, bf16=False, fp16=False)
+
+
+def test_a_protected_trainer_arg_names_the_trainers_own_option_from_python_and_on_the_command_line(tmp_path):
+    """Review: refusing a key unime sets said "unime sets it (--lr)" from Python too, where every other refusal names
+    the config field; and it named one flag for every trainer: `max_steps` "(--steps)" for the reasoner, whose option
+    is --max-steps, `learning_rate` "(--lr)" where the field is `learning_rate`. Now by the trainer's own config: its
+    field from Python, its flag in a command (`unime.cli.failures.describe`)."""
+    pytest.importorskip("trl")
+    from unime.cli.failures import describe
+    from unime.embed_rl.reasoner_sft import ReasonerSFTConfig, sft_config
+    from unime.errors import UsageError
+    from unime.train.reranker_trainer import RerankerTrainConfig, _training_arguments
+
+    def reranker(pair):
+        cfg = RerankerTrainConfig(model="m", records=["r.jsonl"], out=str(tmp_path / "o"), device="cpu",
+                                  trainer_arg=[pair])
+        _training_arguments(cfg, tmp_path / "o" / "checkpoints")
+
+    def sft(pair):
+        cfg = ReasonerSFTConfig(model="m", data="t.jsonl", out=str(tmp_path / "s"), trainer_arg=[pair])
+        sft_config(cfg, str(tmp_path / "s"), use_cpu=True, dtype=torch.float32)
+
+    kwargs = "activation_checkpointing_kwargs=..."
+    for build, command, pair, python, flag in (
+            (reranker, "train reranker", "learning_rate=1", "learning_rate", "--lr"),
+            (reranker, "train reranker", "max_steps=3", "max_steps", "--steps"),
+            (reranker, "train reranker", "warmup_steps=3", "warmup_steps", "--warmup"),
+            (sft, "train reasoner", "max_steps=3", "max_steps", "--max-steps"),
+            (sft, "train reasoner", "learning_rate=1", "learning_rate", "--lr"),
+            (sft, "train reasoner", "save_strategy=no", "unime's checkpoint and resume convention",
+             "unime's checkpoint and resume convention"),
+            (sft, "train reasoner", "gradient_checkpointing_kwargs={}",
+             f"gradient_checkpointing; its settings: trainer_arg {kwargs}",
+             f"--gradient-checkpointing; its settings: --trainer-arg {kwargs}")):
+        key = pair.partition("=")[0]
+        with pytest.raises(UsageError) as refused:
+            build(pair)
+        assert str(refused.value) == f"trainer_arg[{key!r}]: unime sets it ({python})", pair
+        assert describe(refused.value, command) == f"{command}: --trainer-arg {key}: unime sets it ({flag})", pair
+    with pytest.raises(UsageError) as refused:
+        sft("activation_checkpointing_kwargs={every_n_layers: 2}")
+    assert str(refused.value) == ("trainer_arg['activation_checkpointing_kwargs']: has no effect without "
+                                  "gradient_checkpointing")
+    assert describe(refused.value, "train reasoner") == (
+        "train reasoner: --trainer-arg activation_checkpointing_kwargs: has no effect without --gradient-checkpointing")
 
 
 def test_gradcache_with_deepspeed_is_refused():
@@ -240,7 +286,7 @@ def test_grpo_learning_rate_schedule_is_an_option(tmp_path):
         return str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
 
     assert schedule() == "linear" and schedule(lr_scheduler="constant") == "constant"
-    with pytest.raises(UsageError, match=r"^trainer_arg\['lr_scheduler_type'\]: unime sets it \(--lr-scheduler\)$"):
+    with pytest.raises(UsageError, match=r"^trainer_arg\['lr_scheduler_type'\]: unime sets it \(lr_scheduler\)$"):
         schedule(trainer_arg=["lr_scheduler_type=constant"])
 
 
@@ -262,7 +308,7 @@ def test_reranker_learning_rate_schedule_and_warmup_fraction_are_options(tmp_pat
     assert str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)) == "cosine"
     assert args.get_warmup_steps(1000) == 30 and args.get_warmup_steps(100) == 3  # ceil(0.03 x steps)
     assert arguments(warmup_steps=20).get_warmup_steps(1000) == 20
-    with pytest.raises(UsageError, match=r"trainer_arg\['lr_scheduler_type'\]: unime sets it \(--lr-scheduler\)"):
+    with pytest.raises(UsageError, match=r"trainer_arg\['lr_scheduler_type'\]: unime sets it \(lr_scheduler\)$"):
         arguments(trainer_arg=["lr_scheduler_type=cosine"])
 
 

@@ -583,7 +583,7 @@ def embed_rl_grpo_config(cfg: GRPOStageConfig, *, output_dir: str, use_cpu: bool
         max_completion_length=cfg.max_completion_length, beta=cfg.beta, temperature=cfg.temperature,
         top_p=cfg.top_p, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False,
         use_vllm=False, disable_dropout=True, log_completions=False, trainer_arg=cfg.trainer_arg,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing, config=cfg,
         # TRL's reward_weights weigh the reward functions, and unime gives TRL one, its rewards already weighted
         # by --weights: another weight would scale that sum (or, three of them, fail once the models are loaded)
         option_keys={"lr_scheduler_type": "--lr-scheduler", "reward_weights": "--weights"}, check_only=check_only)

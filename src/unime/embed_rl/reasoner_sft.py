@@ -154,7 +154,7 @@ def sft_config(cfg: ReasonerSFTConfig, output_dir: str, *, use_cpu: bool, dtype,
         fp16=dtype == torch.float16, show_progress=True, activation_checkpointing=cfg.gradient_checkpointing,
         # SFTConfig's own default, kept (the core's False is for the collators that read whole records)
         remove_unused_columns=True, completion_only_loss=True, max_length=None, trainer_arg=cfg.trainer_arg,
-        check_only=check_only)
+        check_only=check_only, config=cfg)
 
 
 def lora_model(model, cfg: ReasonerSFTConfig):

@@ -47,7 +47,8 @@ from typing import Any, Mapping, Sequence
 from unime.errors import OptionError, UsageError
 from unime.options import key_value_pairs, option, option_name
 
-# fields of the core that only unime sets: its option (or the reason) for the refusal's message
+# fields of the core that only unime sets: its option's flag (or the reason) for the refusal's message; a trainer's
+# config names the option by its own field from Python (`unime_sets_it`)
 PROTECTED = {
     "output_dir": "--out", "per_device_train_batch_size": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
     "max_steps": "--steps", "num_train_epochs": "--epochs", "learning_rate": "--lr", "seed": "--seed",
@@ -55,9 +56,11 @@ PROTECTED = {
     "save_strategy": "unime's checkpoint and resume convention", "use_cpu": "--device", "bf16": "--dtype",
     "fp16": "--dtype", "remove_unused_columns": "the trainer's data collator",
     "activation_checkpointing": "--gradient-checkpointing", "gradient_checkpointing": "--gradient-checkpointing",
-    "gradient_checkpointing_kwargs": "--gradient-checkpointing; its settings: --trainer-arg "
-                                     "activation_checkpointing_kwargs=...",
+    "gradient_checkpointing_kwargs": "--gradient-checkpointing",
 }
+# what the refusal of a protected key adds after its option: where its settings go instead (`{trainer_arg}`: the
+# option, as the refusal names it)
+PROTECTED_NOTES = {"gradient_checkpointing_kwargs": "its settings: {trainer_arg} activation_checkpointing_kwargs=..."}
 CHECKPOINTING_KWARGS = "activation_checkpointing_kwargs"
 # the option behind a trainer's `specific` keywords, where it has one
 SPECIFIC_OPTIONS = {
@@ -146,11 +149,13 @@ def remove_input_grad_hooks(model) -> None:
 INPUT_GRAD_HOOKS = ("make_inputs_require_grads", "make_inputs_require_grad")
 
 
-def user_trainer_args(args_cls: type, pairs: Sequence[str], unime_keys: Mapping[str, str | None]) -> dict[str, Any]:
+def user_trainer_args(args_cls: type, pairs: Sequence[str], unime_keys: Mapping[str, str | None],
+                      config=None) -> dict[str, Any]:
     """`--trainer-arg` strings → keywords of `args_cls`, checked: each key a field of `args_cls` and not one that
     unime sets (`PROTECTED`, or among `unime_keys`: the trainer's own settings → the option behind each, or None).
     TrainerArgValueError (a UsageError) naming the key: `--trainer-arg KEY: ...` on the command line,
-    `trainer_arg['KEY']: ...` from Python."""
+    `trainer_arg['KEY']: ...` from Python; the option unime sets it from named as the user gives it
+    (`unime_sets_it`, by `config`: the trainer's config dataclass or its class)."""
     extra: dict[str, Any] = {}
     for pair in pairs or []:
         try:
@@ -164,8 +169,7 @@ def user_trainer_args(args_cls: type, pairs: Sequence[str], unime_keys: Mapping[
             hint = f" (did you mean {', '.join(near)}?)" if near else ""
             raise TrainerArgValueError(key, f"{args_cls.__name__} has no field {key!r}{hint}")
         if key in PROTECTED or key in unime_keys:
-            by = PROTECTED.get(key) or unime_keys.get(key) or SPECIFIC_OPTIONS.get(key) or "this trainer's own setting"
-            raise TrainerArgValueError(key, f"unime sets it ({by})")
+            raise unime_sets_it(key, PROTECTED.get(key) or unime_keys.get(key) or SPECIFIC_OPTIONS.get(key), config)
         extra[key] = check_trainer_arg_value(args_cls, key, extra[key])
     refuse_sharded_parameters(extra)
     return extra
@@ -175,18 +179,43 @@ class TrainerArgValueError(OptionError, UsageError):
     """A `--trainer-arg KEY=VALUE` refused — its value does not fit the field's type, its key is no field, one unime
     sets, or a setting unime does not run (FSDP): named `--trainer-arg KEY` on the command line (after the command,
     as a config's refusal is), `trainer_arg['KEY']` from Python. `key` None: a string that is no KEY=VALUE, named
-    `--trainer-arg` / `trainer_arg`."""
+    `--trainer-arg` / `trainer_arg`. `problem` is literal text; with `config` (the trainer's config dataclass or its
+    class, which has `trainer_arg` too), a template naming its options as `OptionError` does (`{lr}`: `lr` from
+    Python, `--lr` on the command line)."""
 
-    def __init__(self, key: str | None, problem: str):
-        self.key, self.problem = key, problem
-        super().__init__(TrainerArgOptions, "{trainer_arg}: " + problem.replace("{", "{{").replace("}", "}}"))
+    def __init__(self, key: str | None, problem: str, config=None):
+        self.key = key
+        super().__init__(TrainerArgOptions if config is None else config,
+                         problem if config is not None else problem.replace("{", "{{").replace("}", "}}"))
 
     def render(self, name_of) -> str:
-        flag = name_of("trainer_arg")
+        flag, problem = name_of("trainer_arg"), OptionError.render(self, name_of)
         if self.key is None:
-            return f"{flag} {self.problem}"
+            return f"{flag} {problem}"
         where = f"{flag} {self.key}" if flag.startswith("--") else f"{flag}[{self.key!r}]"
-        return f"{where}: {self.problem}"
+        return f"{where}: {problem}"
+
+
+def unime_sets_it(key: str, by: str | None, config=None) -> TrainerArgValueError:
+    """The refusal of `--trainer-arg KEY=...` for a field unime sets: "unime sets it (BY)", `by` the flag of the
+    option that sets it (`PROTECTED`), or the reason (None: "this trainer's own setting"). With `config` (the
+    trainer's config), the option is named as every refusal of a config names it (`OptionError`): its field from
+    Python (`lr`, `learning_rate`: the field whose flag `by` is, else the field named `key`, e.g. `max_steps` of the
+    reasoner, whose flag is --max-steps), its flag on the command line; without one, or an option the config lacks,
+    `by` as written."""
+    from unime.options import option_flags
+
+    by = by or "this trainer's own setting"
+    note = PROTECTED_NOTES.get(key)
+    if config is None:  # as written: the flags
+        note = note and note.replace("{trainer_arg}", "--trainer-arg")
+        return TrainerArgValueError(key, f"unime sets it ({by}{'; ' + note if note else ''})")
+    flags = option_flags(config)
+    field = None
+    if by.startswith("--"):
+        field = next((f for f, flag in flags.items() if flag == by), None) or (key if key in flags else None)
+    named = "{%s}" % field if field else by.replace("{", "{{").replace("}", "}}")
+    return TrainerArgValueError(key, f"unime sets it ({named}{'; ' + note if note else ''})", config)
 
 
 @functools.lru_cache(maxsize=None)
@@ -274,8 +303,9 @@ def check_trainer_arg_value(args_cls: type, key: str, value: Any) -> Any:
     a float field takes a finite number (text that reads as one, `1e-8`, becomes it; `nan`, `.inf` are refused), an
     int field a whole number, a bool field true / false, an enum or Literal field one of its values (an enum-or-text
     field too: `hub_strategy=bogus` is refused listing them, `_members`), a list field items of its item type (`[1,
-    1e-3]` of a float list: the text '1e-3' as a float), a str field text. The value to pass on; TrainerArgValueError (a UsageError) naming the key if it fits none of them. A field
-    whose annotation this cannot check (a class, a nested config) is passed through as given."""
+    1e-3]` of a float list: the text '1e-3' as a float), a str field text. The value to pass on;
+    TrainerArgValueError (a UsageError) naming the key if it fits none of them. A field whose annotation this
+    cannot check (a class, a nested config) is passed through as given."""
     annotation = _field_types(args_cls).get(key)
     if annotation is None:
         return value
@@ -368,22 +398,24 @@ def hf_training_arguments(args_cls: type, *, output_dir: Any, batch_size: int, l
                           lr_scheduler: str = "linear", data_seed: int | None = None, workers: int = 0,
                           activation_checkpointing: bool = False, show_progress: bool | None = None,
                           trainer_arg: Sequence[str] = (), option_keys: Mapping[str, str] | None = None,
-                          check_only: bool = False, **specific: Any):
+                          check_only: bool = False, config=None, **specific: Any):
     """`args_cls(...)` with the common core, the trainer's `specific` keywords (`optim`, `beta`, ...) and the
     user's `--trainer-arg` strings (`user_trainer_args`: they override the core's other settings, e.g. `report_to`,
     except the ones this trainer takes from its options: `option_keys`, field → option, e.g. `{"warmup_steps":
-    "--warmup"}`).
+    "--warmup"}`). `config`: the trainer's config (a dataclass or its class), by whose fields a refusal names the
+    options from Python (`unime_sets_it`); without it, by their flags.
 
     `max_steps=-1`: train `epochs` epochs. `data_seed=None`: the data order follows `seed`.
     `show_progress=None` leaves the progress bars to transformers' own rule (its logging level).
     `check_only`: only check the `--trainer-arg` strings (a UsageError), build nothing and return None — what a
     trainer does before it claims its output folder, so that a refused run writes nothing there."""
-    user = user_trainer_args(args_cls, trainer_arg, {**dict.fromkeys(specific), **(option_keys or {})})
+    user = user_trainer_args(args_cls, trainer_arg, {**dict.fromkeys(specific), **(option_keys or {})}, config)
     checkpointing_kwargs = {"use_reentrant": False} if activation_checkpointing else None
     if CHECKPOINTING_KWARGS in user:  # the user's settings over unime's non-reentrant default
         given = user.pop(CHECKPOINTING_KWARGS)
         if not activation_checkpointing:
-            raise TrainerArgValueError(CHECKPOINTING_KWARGS, "has no effect without --gradient-checkpointing")
+            raise TrainerArgValueError(CHECKPOINTING_KWARGS, "has no effect without " + (
+                "{gradient_checkpointing}" if config is not None else "--gradient-checkpointing"), config)
         if not isinstance(given, Mapping):
             raise TrainerArgValueError(CHECKPOINTING_KWARGS, f"must be a mapping, e.g. {{every_n_layers: 2}}, got "
                                                              f"{given!r}")

@@ -383,7 +383,7 @@ def _training_arguments(config: EmbedderTrainingConfig, checkpoint_root: Path,
         dataloader_pin_memory=not on_cpu, ddp_find_unused_parameters=find_unused,
         # the models' buffers are constants (rotary tables): no per-forward broadcast, which would
         # also require the same number of forward passes on every process
-        ddp_broadcast_buffers=False, trainer_arg=config.trainer_arg, check_only=check_only,
+        ddp_broadcast_buffers=False, trainer_arg=config.trainer_arg, check_only=check_only, config=config,
         option_keys={"lr_scheduler_type": "--lr-scheduler", "warmup_steps": "--warmup",
                      "weight_decay": "--weight-decay", "dataloader_num_workers": "--workers",
                      "save_total_limit": "--save-total-limit"})

@@ -610,7 +610,7 @@ def _training_arguments(cfg: RerankerTrainConfig, ckpt_dir: Path, check_only: bo
         # LoRA on the decoder (and modules_to_save): every trainable parameter takes part in each forward;
         # the two forwards per step (pair, list) then meet one backward, as in dual-encoder DDP training.
         # Full fine-tuning: a text-only batch leaves the vision tower unused.
-        ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg, check_only=check_only,
+        ddp_find_unused_parameters=cfg.full, trainer_arg=cfg.trainer_arg, check_only=check_only, config=cfg,
         option_keys={"warmup_steps": "--warmup", "lr_scheduler_type": "--lr-scheduler",
                      "weight_decay": "--weight-decay"})
 
