@@ -215,14 +215,16 @@ def test_a_protected_trainer_arg_names_the_trainers_own_option_from_python_and_o
         "train reasoner: --trainer-arg activation_checkpointing_kwargs: has no effect without --gradient-checkpointing")
 
 
-def test_gradcache_with_deepspeed_is_refused():
+def test_gradcache_with_deepspeed_is_refused(tmp_path, monkeypatch, capsys):
+    """Refused from Python naming the fields; on the command line (review) after the command's name, as every other
+    refusal of a trainer's options reads (`train embedder: --trainer-arg KEY: ...`): it read without it."""
+    from unime.cli import main
+    from unime.cli.failures import describe
     from unime.errors import UnimeError
     from unime.train.embedder_config import EmbedderTrainingConfig
 
     EmbedderTrainingConfig(model="m", records="r.jsonl", out="o", gradcache=True,
                            trainer_arg=["adam_beta2=0.95"]).validate()
-    from unime.options import command_line_wording
-
     config = EmbedderTrainingConfig(model="m", records="r.jsonl", out="o", gradcache=True,
                                     trainer_arg=["deepspeed=ds.json"])
     said = ("%s back-propagates each chunk's cached gradient itself, outside DeepSpeed's engine: use it without %s "
@@ -230,9 +232,14 @@ def test_gradcache_with_deepspeed_is_refused():
     with pytest.raises(UnimeError) as caught:  # from Python: the fields (it named the flags)
         config.validate()
     assert str(caught.value) == said % ("gradcache", "trainer_arg", "gradcache")
-    with pytest.raises(UnimeError) as caught, command_line_wording():
-        config.validate()
-    assert str(caught.value) == said % ("--gradcache", "--trainer-arg", "--gradcache")
+    line = "train embedder: " + said % ("--gradcache", "--trainer-arg", "--gradcache")
+    assert describe(caught.value, "train embedder") == line
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.jsonl").write_text('{"query": {"text": "a"}, "positive": {"text": "b"}}\n')
+    assert main(["train", "embedder", "--model", "m", "--records", "r.jsonl", "--out", "o", "--gradcache",
+                 "--trainer-arg", "deepspeed=ds.json"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"unime: error: {line}"
+    assert not (tmp_path / "o").exists()
 
 
 def test_gradcache_under_accelerate_launchs_deepspeed_is_refused(monkeypatch):

@@ -18,7 +18,7 @@ from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import DeviceOptions, dtype_choices, dtype_option, refuse_missing_local_model
 from unime.models.lora import (EMBEDDER_LORA_OPTIONS, LoraSettings, refuse_full_fine_tuning_of_adapter,
                                refuse_lora_vision_without_vision_targets)
-from unime.options import lr_scheduler_option, on_error_option, option, option_name
+from unime.options import lr_scheduler_option, on_error_option, option
 from unime.train.loss_defaults import DEFAULT_KL_EPS, DEFAULT_TEMPERATURE
 
 
@@ -141,12 +141,13 @@ class EmbedderTrainingConfig(TrainerArgOptions, ImageOptions, VideoOptions, Devi
             refuse_full_fine_tuning_of_adapter(self.model)
         else:
             refuse_lora_vision_without_vision_targets(self.model, LoraSettings.from_options(self))
-        deepspeed = self.gradcache and deepspeed_setting(
-            {key.strip(): value for key, _, value in (str(a).partition("=") for a in self.trainer_arg)})
-        if deepspeed:
-            gradcache = option_name(self, "gradcache")
-            raise UnimeError(f"{gradcache} back-propagates each chunk's cached gradient itself, outside DeepSpeed's "
-                             f"engine: use it without {deepspeed} (or DeepSpeed without {gradcache})")
+        given = {key.strip(): value for key, _, value in (str(a).partition("=") for a in self.trainer_arg)}
+        deepspeed = self.gradcache and deepspeed_setting(given)
+        if deepspeed:  # a config's refusal (`train embedder: --gradcache ...` on the command line, as the others)
+            setting = "{trainer_arg} deepspeed={_config}" if given.get("deepspeed") is not None else "{_launch}"
+            raise OptionError(self, "{gradcache} back-propagates each chunk's cached gradient itself, outside "
+                              "DeepSpeed's engine: use it without %s (or DeepSpeed without {gradcache})" % setting,
+                              _config=given.get("deepspeed"), _launch=deepspeed)
 
     @property
     def infonce_in_batch(self) -> bool:
