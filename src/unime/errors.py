@@ -124,10 +124,18 @@ class ChangedOptions(UnimeError):
     render = OptionError.render
 
 
+def placeholder_field(name: str) -> tuple[str, bool]:
+    """The config field a template's placeholder `name` names, and whether the message gives it as a switch to
+    pass (`{+overwrite}`: ("overwrite", True); `{overwrite}`: ("overwrite", False)) — what every renderer of a
+    template reads (`python_name`, `unime.options.as_on_the_command_line`, `unime.models.run_state`)."""
+    return (name[1:], True) if name.startswith("+") else (name, False)
+
+
 def python_name(field: str) -> str:
     """How a message for the Python API names the field `field` of a config: by itself (`overwrite must be a
     bool`); a switch to give, written `{+overwrite}` in a template, by what it is set to (`pass overwrite=True`)."""
-    return f"{field[1:]}=True" if field.startswith("+") else field
+    name, switch = placeholder_field(field)
+    return f"{name}=True" if switch else name
 
 
 # beside the options a run records: the working directory it ran in, where its relative paths start

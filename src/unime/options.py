@@ -146,10 +146,12 @@ def as_on_the_command_line(exc: Exception) -> str:
     """The message of an error made with a config (`unime.errors.ChangedOptions`, `DataError`: `exc.config`, and
     `exc.render`), its options named by the command line's flags (`--overwrite`, `--out` also for a config that
     does not declare them); `str(exc)` names the fields, the keywords of the Python API."""
+    from unime.errors import placeholder_field
+
     if getattr(exc, "config", None) is None:
         return str(exc)
     flags = {"overwrite": "--overwrite", "out": "--out", **option_flags(exc.config)}
-    return exc.render(lambda name: flags.get(name.lstrip("+"), name))  # `{+overwrite}`: the switch given
+    return exc.render(lambda name: flags.get(placeholder_field(name)[0], name))  # `{+overwrite}`: the switch given
 
 
 # whether this process runs a command of `unime` (`command_line_wording`): what a run logs, or a message made while

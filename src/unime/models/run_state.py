@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from unime.errors import (ChangedOptions, OptionError, UnimeError, changed_option_keys,  # noqa: F401
-                          refuse_changed_options, with_working_dir)
+                          placeholder_field, refuse_changed_options, with_working_dir)
 from unime.options import input_files, none_meanings, option_aliases, option_defaults, option_name
 
 CHECKPOINTS_DIR = "checkpoints"  # OUT/checkpoints/checkpoint-N while a run trains
@@ -568,7 +568,7 @@ def _option_refusal(config, template: str, **values) -> UnimeError:
 
     class Flags(dict):
         def __missing__(self, name: str) -> str:
-            return "--" + name.lstrip("+").replace("_", "-")  # `{+overwrite}`: the switch given
+            return "--" + placeholder_field(name)[0].replace("_", "-")  # `{+overwrite}`: the switch given
 
     return UnimeError(template.format_map(Flags(values)))
 
