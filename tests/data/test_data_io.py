@@ -521,10 +521,18 @@ def test_convert_names_a_record_with_an_id_the_output_cannot_hold_by_its_input_l
         assert n == 1 and [e.record for e in skips.examples] == ["line 2 (id r2)", "line 3 (id r3)"]
         assert skips.examples[1].message == (f"{src}, record line 3 (id r3), field 'query': the UniME-V2 JSON "
                                              "format holds no video")
-    # records not read from a named file (the writer is given no source): still named by their id
+    # the writer given no source names the record as every message does, by its line and id (review: by its id alone,
+    # "record r3", where the reader, the trainers and the checks said "record line 3 (id r3)")
     rec = read_records(src, on_error="skip")[-1]
-    with pytest.raises(DataError, match=r"^record r3, field 'query': the UniME-V2 JSON format holds no video"):
+    with pytest.raises(DataError) as refused:
         write_records([rec], tmp_path / "direct.json")
+    assert str(refused.value) == "record line 3 (id r3), field 'query': the UniME-V2 JSON format holds no video"
+    # a record made in memory: its id, else its index in the list given
+    made = Record(Item("q", video=("clips/x.mp4",)), Item("p"), id="m1")
+    for records, name in (([made], "m1"), ([dataclasses.replace(made, id="")], "records[0]")):
+        with pytest.raises(DataError) as refused:
+            write_records(records, tmp_path / "made.json")
+        assert str(refused.value) == f"record {name}, field 'query': the UniME-V2 JSON format holds no video"
 
 
 def test_data_convert_command_reports_the_records_left_out(tmp_path, capsys):

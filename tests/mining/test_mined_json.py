@@ -26,10 +26,11 @@ def test_mined_json_holds_the_records_the_format_can_hold(tmp_path, caplog):
     assert [r.id for r in read_records(out / "mined.parquet")] == ["m1", "m2", "m3"]
     assert [r.id for r in read_unime_v2_json(out / "mined.json")] == ["m1", "m3"]
     assert notes["json"] == "written" and notes["json_records"] == 2 and notes["json_left_out"] == 1
-    assert "record m2, field 'negatives[1]': the UniME-V2 JSON format holds no video" in notes["json_left_out_summary"]
+    assert "record row 2 (id m2), field 'negatives[1]': the UniME-V2 JSON format holds no video" in \
+        notes["json_left_out_summary"]
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1 and warning[0].startswith("mined.json holds 2 of the 3 mined records")
-    assert "record m2, field 'negatives[1]'" in warning[0]
+    assert "record row 2 (id m2), field 'negatives[1]'" in warning[0]
 
 
 def test_mined_json_is_not_written_when_it_would_hold_no_record(tmp_path):
@@ -132,7 +133,7 @@ def test_in_the_demo_the_left_out_examples_go_to_the_stages_log_only(tmp_path):
         root.setLevel(saved)
     summary = ("WARNING unime.mining.stages: mined.json holds 2 of the 3 mined records (mined.parquet has every "
                "record): skipped 1 record(s) the UniME-V2 JSON format cannot hold (output_format: 1)")
-    example = "  - record m2, field 'negatives[1]': the UniME-V2 JSON format holds no video"
+    example = "  - record row 2 (id m2), field 'negatives[1]': the UniME-V2 JSON format holds no video"
     assert alone.splitlines() == [summary, example]
     assert stream.getvalue().splitlines() == [f"{summary} (1 more line(s) in {log})"]
     assert example in log.read_text().splitlines()

@@ -312,21 +312,15 @@ def is_in_memory_name(label: Any) -> bool:
     return isinstance(label, str) and label.startswith("records[")
 
 
-def record_name(rec: Any, index: int) -> str:
-    """How a message names a record: its id, else the line (or row) it was read from when the reader recorded
-    it (`with_origin`), else its index in the list given (`in_memory_name`)."""
-    return getattr(rec, "id", "") or origin_of(rec) or in_memory_name(index)
-
-
 def record_label(rec: Any, index: int) -> str:
-    """How a message about a record's content names it, as its reader did: where it was read, with its id
-    (`origin_of`: "line 7 (id q3)", its real line in the file, blank lines counted; given in memory, "records[1]
-    (id q3)"), else its id, else its index in the list given (`in_memory_name`, as Python indexes it)."""
+    """How every message names a record (the trainers', the checks', the writers'), as its reader did: where it was
+    read, with its id (`origin_of`: "line 7 (id q3)", its real line in the file, blank lines counted; given in memory,
+    "records[1] (id q3)"), else its id, else its index in the list given (`in_memory_name`, as Python indexes it)."""
     return origin_of(rec) or getattr(rec, "id", "") or in_memory_name(index)
 
 
 def record_to_unime_v2(rec: Record, index: int = 0) -> dict:
-    label = record_name(rec, index)
+    label = record_label(rec, index)
     d: dict[str, Any] = {
         "query_text": rec.query.text, "query_image": _single_image(rec.query, record=label, field="query"),
         "pos_text": rec.positive.text, "pos_image": _single_image(rec.positive, record=label, field="positive"),
@@ -433,11 +427,11 @@ def _rows_held(records: Iterable[Record], to_row, policy: ErrorPolicy, source: s
             yield to_row(rec, i)
         except DataError as e:
             # an item's own error (inline images) names no record; the format's errors name no file, and name the
-            # record by its id first (`record_name`): a line means nothing without its file
+            # record as every message does (`record_label`)
             line = origin_of(rec) if source is not None and e.source is None else None
             if line or e.record is None or (e.source is None and source is not None):
                 e = DataError(raw_message(e), source=e.source or source,
-                              record=line or e.record or record_name(rec, i), field=e.field)
+                              record=line or e.record or record_label(rec, i), field=e.field)
             e.reason = "output_format"  # type: ignore[attr-defined]
             policy.handle(e)
     policy.finish()
@@ -564,7 +558,7 @@ def check_images(objs: Sequence[Any], loader, *, on_error: str = "raise", skips:
     checker = loader if isinstance(loader, ImageChecker) else ImageChecker(loader)
     good = []
     for idx, obj in enumerate(objs):
-        rid = origin_of(obj) or getattr(obj, "id", "") or in_memory_name(idx)
+        rid = record_label(obj, idx)
         try:
             checker.check(obj, source=source, record=rid)
             good.append(obj)
