@@ -32,7 +32,7 @@ def test_a_pair_with_a_missing_video_is_named_by_its_line_and_id(tmp_path):
     with pytest.raises(DataError) as refused:
         read_pairs(path, images=checker)
     assert str(refused.value) == (f"{path}, record line 2 (id p2), field 'candidate.video[0]': video file not found: "
-                                  "'clips/nope.mp4'")
+                                  f"'clips/nope.mp4' (looked in {str(tmp_path)!r})")
     skips = SkipReport()
     pairs = read_pairs(path, images=checker, on_error="skip", skips=skips)
     assert [p[0] for p in pairs] == ["p1"]

@@ -111,5 +111,5 @@ def test_a_missing_video_of_a_records_file_is_not_called_an_in_memory_record(tmp
     with pytest.raises(DataError) as refused:
         train_embedder(config)
     assert str(refused.value) == (f"{path}, record line 2 (id q2), field 'positive.video[0]': video file not found: "
-                                  "'clips/nope.mp4'")
+                                  f"'clips/nope.mp4' (looked in {str(path.parent)!r})")
     assert not (tmp_path / "out").exists()
