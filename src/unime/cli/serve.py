@@ -12,7 +12,7 @@ def register(sub) -> None:
     from unime.serve.config import Limits, RayOptions, ServeConfig
 
     p = sub.add_parser("serve", help="serve an embedder (+ reranker, + index): OpenAI embeddings, rerank, search, page")
-    add_options(p, ServeConfig)
+    add_options(p, ServeConfig, groups=("video",))  # inline videos sampled as `unime embed` samples files
     p.add_argument("--api-key-file", default=None, help="file of API keys, one per line, each of at least 16 "
                    "characters (also: env UNIME_API_KEYS, comma-separated)")
     add_options(p, Limits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from unime.data.video import VideoOptions
 from unime.errors import OptionError
 from unime.models.item_format import ItemFormatOptions
 from unime.models.loading import attn_implementation_option, dtype_option
@@ -33,6 +34,9 @@ class Limits(RangeChecked):
                                   "models' max_position_embeddings (default %(default)s)", at_least=1)
     max_image_bytes: int = option(8 * 1024 * 1024, "bytes per inline image (its data URI's decoded payload; "
                                   "default %(default)s)", at_least=1)
+    # a query clip: its frames are decoded in memory (`unime.serve.inputs.decode_video_uri`), never from a file
+    max_video_bytes: int = option(64 * 1024 * 1024, "bytes per inline video (its data URI's decoded payload; "
+                                  "default %(default)s)", at_least=1)
     max_image_pixels: int = option(16_000_000, "pixels per image, read from its header before decoding (default "
                                    "%(default)s)", at_least=1)
     max_top_k: int = option(1000, "search results (top_k, rerank_top_k) per request (default %(default)s)",
@@ -46,8 +50,9 @@ class Limits(RangeChecked):
 
 
 @dataclass
-class ServeConfig(ItemFormatOptions, RangeChecked):
-    """Options of `unime serve`: each field declares its option (`unime.options`)."""
+class ServeConfig(ItemFormatOptions, VideoOptions):
+    """Options of `unime serve`: each field declares its option (`unime.options`). The `--video-*` options sample
+    a request's inline video as `unime embed` samples a video file (unset: the index's sampling, with --index)."""
 
     model: str = option(help="embedder checkpoint")
     reranker: str | None = option(None, "reranker checkpoint or `unime train reranker` folder")

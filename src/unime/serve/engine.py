@@ -53,12 +53,18 @@ class Engine:
     def load(cls, config: ServeConfig) -> "Engine":
         from unime.models.embedder import Embedder
 
-        index = reranker = sampling = None
+        from unime.data.video import VideoSampling
+
+        index = reranker = None
+        # the --video-* options, as `unime embed` takes them; unset, the index's (QA: --video-frames 4 was refused);
+        # given and other than the index's, refused by `check_model` below, naming both samplings
+        sampling = VideoSampling.from_fields(config)
         if config.index:
             from unime.index.store import CorpusIndex, index_video_sampling
 
             index = CorpusIndex(config.index, mmap=config.mmap)
-            sampling = index_video_sampling(index.manifest)  # the index's (QA: --video-frames 4 was refused)
+            if sampling is None:
+                sampling = index_video_sampling(index.manifest)
         emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,
                                        item_format=config.item_format, attn_implementation=config.attn_implementation,
                                        video_sampling=sampling)
