@@ -246,7 +246,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         """`to_item` under the service's limits, its text's tokens counted by the tokenizer of each model that reads
         it (`read_by`: "embedder", "reranker"; the most of them is held to the limit)."""
         return to_item(x, limits, field, instruction=instruction,
-                       count_tokens=lambda text: max(engine.count_tokens(text, m) for m in read_by))
+                       count_tokens=lambda text: max(engine.count_tokens(text, m) for m in read_by),
+                       video_loaders=[getattr(engine, m).image_loader for m in read_by])
 
     def check_count(n: int, field: str) -> None:
         if n == 0:
@@ -315,7 +316,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         raise RequestError(503, f"request timed out after {limits.request_timeout_s} s", type="timeout")
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[Depends(require_key)],
-              summary="Embeddings of texts and inline images (OpenAI's schema)")
+              summary="Embeddings of texts, inline images and inline videos (OpenAI's schema)")
     async def embeddings(req: EmbeddingsRequest, request: Request):
         model = check_model(req.model, engine.model_name, "embedding model")
         raw = req.input if isinstance(req.input, list) else [req.input]

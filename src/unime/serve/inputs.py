@@ -3,7 +3,10 @@
 Images are accepted only inline, as ``data:image/<format>;base64,<payload>`` URIs: a path, a
 ``file:`` or ``http(s):`` URL, or anything else is refused — a request never makes the service read a
 file or fetch a URL. The encoded size is checked before decoding, the pixel count on the image header
-before the pixels are decoded (decompression bombs), by `unime.data.images.ImageLoader`.
+before the pixels are decoded (decompression bombs), by `unime.data.images.ImageLoader`. Videos likewise, only
+as ``data:video/<format>;base64,<payload>`` URIs: the encoded size checked against ``max_video_bytes`` before
+decoding, then decoded in memory and sampled by the model's loader (`unime.data.video.load_video`: the file
+loader's limits and the `--video-*` sampling `unime embed` applies to a file; its frames cached for the model).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from unime.data.images import ImageLoader
 from unime.data.items import Item
@@ -20,6 +23,7 @@ from unime.errors import DataError
 from unime.serve.config import Limits
 
 DATA_URI = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
+VIDEO_URI = re.compile(r"^data:video/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
 
 
 class RequestError(Exception):
@@ -58,6 +62,37 @@ def decode_image(uri: Any, limits: Limits, field: str):
         raise RequestError(400, str(e), param=field) from None
 
 
+def decode_video_uri(uri: Any, limits: Limits, field: str, loaders: Sequence[Any] = ()) -> bytes:
+    """The video bytes of an inline `data:video/...` URI, or a `RequestError` naming `field`. The bytes are decoded
+    and sampled now by each of `loaders` (the loaders of the models that read the item: their sampling, their
+    aspect-ratio limit), so that a bad clip (not a video, truncated, no frames, too long) is refused here and the
+    model's own load finds its frames in the frame cache."""
+    from unime.data.video import is_one_video_file
+
+    if not isinstance(uri, str) or not VIDEO_URI.match(uri):
+        shown = uri[:60] + "…" if isinstance(uri, str) and len(uri) > 60 else uri
+        raise RequestError(400, f"{field}: videos must be inline data URIs (data:video/mp4;base64,...); "
+                                f"the server never reads files or fetches URLs (got {shown!r})", param=field)
+    payload = uri[uri.index(",") + 1:]
+    if len(payload) * 3 // 4 > limits.max_video_bytes:
+        raise RequestError(413, f"{field}: video is over {limits.max_video_bytes} bytes", param=field)
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, f"{field}: invalid base64 in the data URI", param=field) from None
+    if not raw:
+        raise RequestError(400, f"{field}: empty video (no bytes in the data URI)", param=field)
+    for loader in loaders:
+        if not is_one_video_file(loader, [raw]):  # read as a frame list, it would be one still image
+            raise RequestError(400, f"{field}: not a video (no video container or animated image in the data URI)",
+                               param=field)
+        try:
+            loader.load_video([raw], field=field)
+        except DataError as e:
+            raise RequestError(400, str(e), param=field) from None
+    return raw
+
+
 def check_text(text: Any, limits: Limits, field: str) -> str:
     if not isinstance(text, str):
         raise RequestError(400, f"{field}: expected a string", param=field)
@@ -76,11 +111,13 @@ def check_text(text: Any, limits: Limits, field: str) -> str:
 
 
 def to_item(x: Any, limits: Limits, field: str, *, instruction: str | None = None,
-            count_tokens: Callable[[str], int] | None = None) -> Item:
-    """A request input (a string, or an object with `text`, `image` and/or `images`) → `Item`.
+            count_tokens: Callable[[str], int] | None = None, video_loaders: Sequence[Any] = ()) -> Item:
+    """A request input (a string, or an object with `text`, `image`, `images` and/or `video`) → `Item`.
     An `instruction` is put before the text, on its own line. `count_tokens` (the model's tokenizer,
-    `Engine.count_tokens`): the text with its instruction is held to `limits.max_text_tokens`."""
+    `Engine.count_tokens`): the text with its instruction is held to `limits.max_text_tokens`. `video_loaders`: the
+    image loaders of the models that read the item, which decode and check its video (`decode_video_uri`)."""
     text_field = field
+    video: list[bytes] = []
     if isinstance(x, str):
         text, images = check_text(x, limits, field), []
     else:
@@ -90,6 +127,8 @@ def to_item(x: Any, limits: Limits, field: str, *, instruction: str | None = Non
         refs = ([d["image"]] if d.get("image") is not None else []) + list(d.get("images") or [])
         images = [decode_image(r, limits, f"{field}.image" if i == 0 and d.get("image") is not None
                                else f"{field}.images[{i}]") for i, r in enumerate(refs)]
+        if d.get("video") is not None:
+            video = [decode_video_uri(d["video"], limits, f"{field}.video", video_loaders)]
     if instruction:
         check_text(instruction, limits, "instruction")
         text = f"{instruction}\n{text}" if text else instruction
@@ -100,7 +139,7 @@ def to_item(x: Any, limits: Limits, field: str, *, instruction: str | None = Non
         if n > limits.max_text_tokens:
             raise RequestError(400, f"{text_field}: text of {n} tokens{' with the instruction' if instruction else ''} "
                                     f"is over the limit of {limits.max_text_tokens}", param=text_field)
-    item = Item(text=text, images=tuple(images))
+    item = Item(text=text, images=tuple(images), video=tuple(video))
     if item.is_empty:
-        raise RequestError(400, f"{field}: empty input (no text and no image)", param=field)
+        raise RequestError(400, f"{field}: empty input (no text, image or video)", param=field)
     return item

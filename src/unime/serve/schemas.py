@@ -13,12 +13,14 @@ from pydantic_core import PydanticCustomError
 
 
 class MultimodalInput(BaseModel):
-    """A text and/or inline images (`data:image/png;base64,...`)."""
+    """A text and/or inline images (`data:image/png;base64,...`) or an inline video (`data:video/mp4;base64,...`)."""
 
     model_config = ConfigDict(extra="forbid")
     text: str | None = None
     image: str | None = Field(None, description="inline data URI: data:image/png;base64,...")
     images: list[str] | None = None
+    video: str | None = Field(None, description="inline data URI of one clip: data:video/mp4;base64,... (sampled "
+                                                "by the server's --video-* options)")
 
 
 Input = Union[str, MultimodalInput]
