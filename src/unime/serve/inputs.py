@@ -42,19 +42,26 @@ class InlineOnlyLoader(ImageLoader):
         raise DataError("the service does not read image files", source=source, record=record, field=field)
 
 
-def decode_image(uri: Any, limits: Limits, field: str):
-    """A PIL RGB image from an inline `data:` URI, or a `RequestError` naming `field`."""
-    if not isinstance(uri, str) or not DATA_URI.match(uri):
+def inline_payload(uri: Any, pattern: re.Pattern, what: str, example: str, max_bytes: int, field: str) -> bytes:
+    """The decoded payload of an inline `data:` URI matching `pattern` (`what`: "image", "video"; `example`: the URI
+    a message shows), its encoded size held to `max_bytes` before it is decoded; else a `RequestError` naming
+    `field`."""
+    if not isinstance(uri, str) or not pattern.match(uri):
         shown = uri[:60] + "…" if isinstance(uri, str) and len(uri) > 60 else uri
-        raise RequestError(400, f"{field}: images must be inline data URIs (data:image/png;base64,...); "
+        raise RequestError(400, f"{field}: {what}s must be inline data URIs ({example}); "
                                 f"the server never reads files or fetches URLs (got {shown!r})", param=field)
     payload = uri[uri.index(",") + 1:]
-    if len(payload) * 3 // 4 > limits.max_image_bytes:
-        raise RequestError(413, f"{field}: image is over {limits.max_image_bytes} bytes", param=field)
+    if len(payload) * 3 // 4 > max_bytes:
+        raise RequestError(413, f"{field}: {what} is over {max_bytes} bytes", param=field)
     try:
-        raw = base64.b64decode(payload, validate=True)
+        return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, f"{field}: invalid base64 in the data URI", param=field) from None
+
+
+def decode_image(uri: Any, limits: Limits, field: str):
+    """A PIL RGB image from an inline `data:` URI, or a `RequestError` naming `field`."""
+    raw = inline_payload(uri, DATA_URI, "image", "data:image/png;base64,...", limits.max_image_bytes, field)
     try:
         return ImageLoader(max_pixels=limits.max_image_pixels, max_aspect_ratio=limits.max_aspect_ratio).load(
             raw, field=field)
@@ -69,17 +76,7 @@ def decode_video_uri(uri: Any, limits: Limits, field: str, loaders: Sequence[Any
     model's own load finds its frames in the frame cache."""
     from unime.data.video import is_one_video_file
 
-    if not isinstance(uri, str) or not VIDEO_URI.match(uri):
-        shown = uri[:60] + "…" if isinstance(uri, str) and len(uri) > 60 else uri
-        raise RequestError(400, f"{field}: videos must be inline data URIs (data:video/mp4;base64,...); "
-                                f"the server never reads files or fetches URLs (got {shown!r})", param=field)
-    payload = uri[uri.index(",") + 1:]
-    if len(payload) * 3 // 4 > limits.max_video_bytes:
-        raise RequestError(413, f"{field}: video is over {limits.max_video_bytes} bytes", param=field)
-    try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(400, f"{field}: invalid base64 in the data URI", param=field) from None
+    raw = inline_payload(uri, VIDEO_URI, "video", "data:video/mp4;base64,...", limits.max_video_bytes, field)
     if not raw:
         raise RequestError(400, f"{field}: empty video (no bytes in the data URI)", param=field)
     for loader in loaders:
