@@ -399,3 +399,38 @@ def test_reason_eval_counts_the_evidence_the_crop_rules_left_out(tiny_model_dir,
     assert "'a red square': 2 box(es) but no image" in left_out["examples"]
     printed = [line for line in capsys.readouterr().out.splitlines() if "evidence left out" in line]
     assert len(printed) == 1 and printed[0].startswith("4 piece(s) of evidence left out (")
+
+
+def test_split_of_records_without_ids_keeps_the_key_of_their_tcots(tmp_path):
+    """Records without an id are keyed by their line (0, 1, ...) in the T-CoT file; the split's files must keep that
+    key. Before, contrastive.jsonl / rl.jsonl held id "" and `reason materialize` on them keyed each record by its
+    line in the split file: rl.jsonl's first record (the original third, "q2") took the T-CoTs of the first ("q0")."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import read_records, write_records
+
+    recs = [Record(query=r.query, positive=r.positive, dataset=r.dataset) for r in _records()]
+    rows = [TCoTRow(str(i), side, r.query if side == "query" else r.positive, T(f"{side}{i}"))
+            for i, r in enumerate(recs) for side in ("query", "target")]
+    split = split_by_tcot_match(recs, rows, _StubJudge([0.9, 0.5, 0.49, 0.1, 0.7]), threshold=0.5)
+    write_records(split.rl, tmp_path / "rl.jsonl")
+    rl = read_records(tmp_path / "rl.jsonl")
+    assert [r.id for r in rl] == ["2", "3"]
+    out = reasoned_records(rl, rows, ImageLoader(tmp_path))
+    assert [r.query.text for r in out] == [f"q{i}" + T(f"query{i}") + "Summarize the above content in one word:"
+                                           for i in (2, 3)]
+
+
+def test_a_tcot_written_for_another_item_is_refused_naming_the_record_side_and_both_items(tmp_path):
+    """The T-CoT file records each row's item: a row whose item is not the record's (a T-CoT file of other records,
+    records reordered or filtered) is refused. Before, the T-CoT of "p2" was joined to record r1's positive "p1"
+    without a word (its boxes would crop another image)."""
+    from unime.data.images import ImageLoader
+
+    recs = _records()
+    rows = _rows(recs)
+    rows[3] = TCoTRow("r1", "target", recs[2].positive, T("targetr1"))  # r1's target row, written for p2
+    for run in (lambda: reasoned_records(recs, rows, ImageLoader(tmp_path)),
+                lambda: split_by_tcot_match(recs, rows, _StubJudge([0.5] * 5))):
+        with pytest.raises(DataError, match=r"record r1, field 'positive': the T-CoT r1/target was written for "
+                                            r"another item \('p2'\) than the record's \('p1'\)"):
+            run()

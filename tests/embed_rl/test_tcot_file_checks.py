@@ -117,3 +117,20 @@ def test_a_good_tcot_file_passes_the_check_of_split(tmp_path):
     records, tcots = _files(tmp_path, _tcot('{"bbox_2d": [[100, 100, 900, 900]]}'))
     with pytest.raises(ModelError, match="no-judge': no such folder"):
         _split(tmp_path, records, tcots)
+
+
+def test_materialize_refuses_a_tcot_of_another_image_naming_the_tcot_files_line(tmp_path):
+    """Before, a T-CoT file of other records (here: its target row written for b.png) was joined to the record by id
+    alone, and its box cropped a.png."""
+    from unime.errors import DataError
+
+    records, tcots = _files(tmp_path, _tcot('{"bbox_2d": [[100, 100, 900, 900]]}'))
+    Image.new("RGB", (100, 100), (0, 0, 200)).save(tmp_path / "b.png")
+    rec = Record(query=Item(text="find red"), positive=Item(text="<|image_1|>\nRepresent the image.",
+                                                           images=("b.png",)), id="x")
+    write_tcot_rows([TCoTRow("x", "query", rec.query, OK_TEXT),
+                     TCoTRow("x", "target", rec.positive, _tcot('{"bbox_2d": [[100, 100, 900, 900]]}'))], tcots)
+    with pytest.raises(DataError, match=r"r\.jsonl, record x, field 'positive': the T-CoT line 2 \(id x, side "
+                                        r"target\) was written for another item \(.*images \['b\.png'\]\) than the "
+                                        r"record's \(.*images \['a\.png'\]\)"):
+        _materialize(tmp_path, records, tcots)

@@ -98,11 +98,30 @@ def prepare_emb_checkpoint(cfg: AddEmbConfig) -> Path:
 
 # -- data ----------------------------------------------------------------------------------------------
 
+def _item_summary(item: Item) -> str:
+    """An item as an error names it: its text (cut at 60 characters) and its image / video references."""
+    text = item.text if len(item.text) <= 60 else item.text[:57] + "..."
+    refs = [(name, [r if isinstance(r, str) else "<inline>" for r in getattr(item, name)])
+            for name in ("images", "video")]
+    return repr(text) + "".join(f", {name} {r}" for name, r in refs if r)
+
+
 def _tcot_for(index: dict, rec: Record, i: int, side: str, *, source: str | None) -> str:
+    """The T-CoT of record `rec` (the `i`-th of `source`; keyed by its id, else `i`) for `side` ("query" / "target").
+    The row must have been written for the record's own item (the T-CoT file records it): a row of another item (a
+    T-CoT file of other records, or records reordered or filtered) is refused, never joined to the wrong item."""
+    from unime.reasoning.reasoner import tcot_row_label
+
     rid = rec.id or str(i)
     row = index.get((rid, side))
     if row is None:
         raise DataError(f"no T-CoT for the {side} side", source=source, record=rid, field=side)
+    field_name, item = ("query", rec.query) if side == "query" else ("positive", rec.positive)
+    if row.item.key != item.key:
+        raise DataError(f"the T-CoT {tcot_row_label(row)} was written for another item ({_item_summary(row.item)}) "
+                        f"than the record's ({_item_summary(item)}): the T-CoT file belongs to other records, or the "
+                        "records were reordered or filtered (a record without an id is keyed by its position)",
+                        source=source, record=rid, field=field_name)
     return row.tcot
 
 
@@ -195,8 +214,9 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
     else:
         keep = [s >= threshold for s in scores]
     split = TCoTSplit(contrastive=[], rl=[], scores=scores, threshold=threshold)
-    for rec, kept in zip(records, keep):
-        (split.contrastive if kept else split.rl).append(rec)
+    for i, (rec, kept) in enumerate(zip(records, keep)):
+        # a record without an id keeps its T-CoTs' key (its position in `records`) in the split's files
+        (split.contrastive if kept else split.rl).append(rec if rec.id else dataclasses.replace(rec, id=str(i)))
         d = split.per_dataset.setdefault(rec.dataset or "", {"contrastive": 0, "rl": 0})
         d["contrastive" if kept else "rl"] += 1
     return split
