@@ -190,6 +190,12 @@ CONFIG_CASES = [
     (_T["grpo"] + ["--beta", "inf"], "train reasoner: --beta must be a finite number, got inf"),
     (_T["grpo"] + ["--weights", "0.05,inf,0.2"],
      "train reasoner: --weights must be finite numbers, got (0.05, inf, 0.2)"),
+    # QA: all three at 0 trained a whole run on a reward of 0 for every completion (nothing to learn); a negative weight
+    # trained towards the opposite of its reward (e.g. against the T-CoT format)
+    (_T["grpo"] + ["--weights", "0,0,0"], "train reasoner: --weights must not all be 0 (every completion's reward "
+     "would be 0: GRPO learns nothing), got (0.0, 0.0, 0.0)"),
+    (_T["grpo"] + ["--weights=-0.05,0.8,0.2"], "train reasoner: --weights must be >= 0 each (a negative weight "
+     "rewards the opposite), got (-0.05, 0.8, 0.2)"),
     (_T["judge"] + ["--holdout", "nan"], "train judge: --holdout must be >= 0 and < 1, got nan"),  # not in range
     (["mine", "--records", "r", "--embedder", "e", "--judge", "j", "--out", "{tmp}/o", "--beta", "inf"],
      "mine: --beta must be >= -1 and <= 1, got inf"),

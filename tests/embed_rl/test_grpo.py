@@ -844,3 +844,18 @@ def test_reward_counts_the_evidence_the_crop_rules_left_out(tiny_model_dir, tmp_
                                           "crop (4x4 px)"
     assert "'a red square p0': 1 box(es) but no image" in emb.left_out
     assert RewardLog(tmp_path / "reward_log.csv", resume=True).rows[-1]["evidence_left_out"] == 4  # in the CSV
+
+
+def test_python_api_reward_refuses_weights_that_reward_nothing_or_the_opposite():
+    """QA: weights (0, 0, 0) gave every completion a reward of 0 (GRPO then learns nothing), a negative one trained
+    against its reward; the command line and the Python API refuse both with the same message, naming the field."""
+    from unime.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"^weights must not all be 0 \(every completion's reward would be 0: GRPO "
+                                          r"learns nothing\), got \(0\.0, 0\.0, 0\.0\)$"):
+        EmbedRLReward(None, None, group_size=2, weights=(0.0, 0.0, 0.0))
+    with pytest.raises(OptionError, match=r"^weights must be >= 0 each \(a negative weight rewards the opposite\), "
+                                          r"got \(0\.05, -0\.8, 0\.0\)$"):
+        EmbedRLReward(None, None, group_size=2, weights=(0.05, -0.8, 0.0))
+    # one weight alone is a reward (the outcome reward alone)
+    assert EmbedRLReward(None, None, group_size=2, weights=(0.0, 1.0, 0.0)).weights == (0.0, 1.0, 0.0)

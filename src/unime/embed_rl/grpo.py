@@ -222,6 +222,7 @@ class EmbedRLReward:
                  neg_temperature: float = 0.5, outcome_scale: float = 0.5, hard_negative_pairs: int = 1,
                  judge_max_new_tokens: int = 8, seed: int = 0, reward_log: RewardLog | None = None,
                  mask_duplicates: bool = True, pairs_per_batch: int | None = None):
+        check_reward_weights(weights)
         if judge is None and weights[2] != 0:
             raise ValueError("the process reward needs a judge (or set its weight to 0)")
         if pairs_per_batch is not None:
@@ -527,6 +528,7 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
         """`ReasonerStageOptions.validate`, and an OptionError for more hard negative pairs than a batch has: a batch
         of --pairs-per-batch B pairs has B - 1 (QA: 4 with B = 2 silently showed the judge one)."""
         super().validate()
+        check_reward_weights(self.weights, config=self)
         check_hard_negative_pairs(self.hard_negative_pairs, self.pairs_per_batch, config=self)
         completions = self.completions_per_step
         if self.micro_batch is not None and completions % self.micro_batch:
@@ -539,6 +541,19 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
     def completions_per_step(self) -> int:
         """The completions each process generates and rewards per optimizer step: 2 x pairs x generations."""
         return 2 * self.pairs_per_batch * self.num_generations
+
+
+def check_reward_weights(weights: Sequence[float], *, config=None) -> None:
+    """An OptionError for reward weights that reward nothing (all 0: every completion's reward is 0, so every group's
+    advantages are 0) or the opposite of a reward (a negative weight). The one check of the command line
+    (`GRPOStageConfig.validate`) and of the Python API (`EmbedRLReward`), as `check_hard_negative_pairs`."""
+    got = tuple(float(w) for w in weights)
+    if any(w < 0 for w in got):
+        raise OptionError(config or GRPOStageConfig, "{weights} must be >= 0 each (a negative weight rewards the "
+                          "opposite), got {got}", got=got)
+    if not any(got):
+        raise OptionError(config or GRPOStageConfig, "{weights} must not all be 0 (every completion's reward would be "
+                          "0: GRPO learns nothing), got {got}", got=got)
 
 
 def check_hard_negative_pairs(hard_negative_pairs: int, pairs_per_batch: int, *, config=None) -> None:
