@@ -434,3 +434,21 @@ def test_a_tcot_written_for_another_item_is_refused_naming_the_record_side_and_b
         with pytest.raises(DataError, match=r"record r1, field 'positive': the T-CoT r1/target was written for "
                                             r"another item \('p2'\) than the record's \('p1'\)"):
             run()
+
+
+@pytest.mark.parametrize("scores,empty,bound", [([0.1, 0.3, 0.2, 0.05, 0.4], "contrastive.jsonl", "highest 0.4"),
+                                                ([0.9, 0.6, 0.7, 0.95, 0.5], "rl.jsonl", "lowest 0.5")])
+def test_split_warns_when_the_threshold_leaves_one_side_empty(scores, empty, bound, caplog):
+    """QA: a zero-shot judge below 0.5 on every pair sent all 30 pairs to RL with only "0 contrastive (0.0%)"; the
+    empty contrastive.jsonl then failed two commands later, in `train embedder`."""
+    recs = _records()
+    with caplog.at_level("WARNING", logger="unime.embed_rl.tcot_embedder"):
+        split_by_tcot_match(recs, _rows(recs), _StubJudge(scores))
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert message.startswith(f"every pair's P(Yes) is on one side of the threshold 0.5 ({bound}): {empty} is "
+                              "empty; --rl-fraction F sends the lowest-scoring share F of the pairs to RL instead")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="unime.embed_rl.tcot_embedder"):
+        split_by_tcot_match(recs, _rows(recs), _StubJudge([0.9, 0.5, 0.49, 0.1, 0.7]))
+        split_by_tcot_match(recs, _rows(recs), _StubJudge(scores), rl_fraction=0.2)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

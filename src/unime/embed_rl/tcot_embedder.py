@@ -213,6 +213,12 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
         threshold = min((scores[i] for i in order[k:]), default=float("inf"))
     else:
         keep = [s >= threshold for s in scores]
+        if scores and len(set(keep)) == 1:  # the empty file fails a command later (`train embedder`, GRPO)
+            bound = f"lowest {min(scores):.4g}" if keep[0] else f"highest {max(scores):.4g}"
+            log.warning("every pair's P(Yes) is on one side of the threshold %s (%s): %s is empty; --rl-fraction F "
+                        "sends the lowest-scoring share F of the pairs to RL instead (for a judge whose P(Yes) is not "
+                        "calibrated to %s)", threshold, bound, "rl.jsonl" if keep[0] else "contrastive.jsonl",
+                        threshold)
     split = TCoTSplit(contrastive=[], rl=[], scores=scores, threshold=threshold)
     for i, (rec, kept) in enumerate(zip(records, keep)):
         # a record without an id keeps its T-CoTs' key (its position in `records`) in the split's files
