@@ -144,7 +144,7 @@ _SFT = {"examples": 6, "steps": 2, "first_loss": 0.75, "last_loss": 0.5}
      "SFT: 6 examples, 2 steps, loss 0.7500 -> 0.5000; saved {tmp}/out\n"),
     (["train", "reasoner", "--stage", "grpo", "--model", "m", "--records", "r.jsonl", "--embedder", "e"],
      "unime.embed_rl.grpo.train_reasoner_grpo", lambda cfg: {"steps": 2, "reward_steps": [{"step": 1}]},
-     '[{"step": 1}]\nGRPO: 2 steps; saved {tmp}/out (reward_log.csv, reward_curves.png)\n'),
+     '[{"step": 1}]\nGRPO: 2 steps; saved {tmp}/out (reward_log.csv, reward_curves.png, completions.jsonl)\n'),
 ], ids=["embedder", "reranker", "judge", "reasoner-sft", "reasoner-grpo"])
 def test_a_trainers_summary_is_printed_by_the_first_process_of_a_launcher_only(
         argv, stub, result, summary, tmp_path, monkeypatch, capsys):

@@ -859,3 +859,42 @@ def test_python_api_reward_refuses_weights_that_reward_nothing_or_the_opposite()
         EmbedRLReward(None, None, group_size=2, weights=(0.05, -0.8, 0.0))
     # one weight alone is a reward (the outcome reward alone)
     assert EmbedRLReward(None, None, group_size=2, weights=(0.0, 1.0, 0.0)).weights == (0.0, 1.0, 0.0)
+
+
+def test_completion_log_holds_every_completion_with_rewards_that_recompute_the_total(tmp_path):
+    """QA: nothing a run wrote held its completions (`--trainer-arg log_completions` is unime's), so no step's rewards
+    could be checked by hand. completions.jsonl holds each with its pair, side, rollout and rewards: the format reward
+    is SPEC's regex on the text, the total 0.05 format + 0.8 outcome + 0.2 process, the outcome 0.5 acc margin, the
+    process 0 or the margin."""
+    import re
+
+    from unime.embed_rl.grpo import CompletionLog
+
+    n, pairs = 2, 3
+    path = tmp_path / "completions.jsonl"
+    reward = EmbedRLReward(_RandomEmbedder(), _RecordingJudge(), group_size=n, completion_log=CompletionLog(path))
+    pair_id = [f"p{b}" for b in range(pairs) for _ in range(2 * n)]
+    side = (["query"] * n + ["positive"] * n) * pairs
+    texts = [f"<thinking>{{}}</thinking><rethink>r{i}.</rethink><answer>a</answer>" if i % 3 else f"plain {i}"
+             for i in range(len(side))]
+    total = reward(prompts=[""] * len(side), completions=texts, pair_id=pair_id, side=side,
+                   item=[json.dumps({"text": f"x{p}"}) for p in pair_id])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["step"], r["pair_id"], r["side"], r["rollout"], r["completion"]) for r in rows] == \
+        [(1, p, s, i % n, t) for i, (p, s, t) in enumerate(zip(pair_id, side, texts))]
+    pattern = re.compile(r"<thinking>.*</thinking>.*<rethink>.*</rethink>.*<answer>.*</answer>", re.DOTALL)
+    assert [r["format"] for r in rows] == [1.0 if pattern.search(t) else 0.0 for t in texts]
+    assert [r["format"] for r in rows].count(1.0) == 8  # the texts i % 3 != 0
+    for r, t in zip(rows, total):
+        assert r["total"] == pytest.approx(t) == pytest.approx(0.05 * r["format"] + 0.8 * r["outcome"] +
+                                                               0.2 * r["process"])
+        assert r["outcome"] == pytest.approx(0.5 * r["acc"] * r["margin"])
+        assert r["process"] in (0.0, r["margin"])
+    assert any(r["process"] != 0.0 for r in rows)
+    # resumed from the checkpoint of step 1: the lines of step 2 and a line cut by a kill are dropped
+    with open(path, "a") as fh:
+        fh.write(json.dumps({**rows[0], "step": 2}) + "\n" + '{"step": 2, "pair_id": "p')
+    CompletionLog(path, resume_from_step=1)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows
+    CompletionLog(path)  # a run started over: an empty file
+    assert path.read_text() == ""

@@ -142,7 +142,7 @@ def _run(args) -> int:
     _print_skips(summary)
     steps = summary["reward_steps"]
     print(json.dumps([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in steps]))
-    print(f"GRPO: {summary['steps']} steps; saved {args.out} (reward_log.csv, reward_curves.png)")
+    print(f"GRPO: {summary['steps']} steps; saved {args.out} (reward_log.csv, reward_curves.png, completions.jsonl)")
     left_out = summary.get("evidence_left_out") or {}  # (a summary from before they were counted has none)
     if left_out.get("total"):
         from unime.reasoning.evidence import left_out_line

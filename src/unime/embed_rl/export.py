@@ -44,8 +44,8 @@ def export_reasoner(model, processor, out: str | Path, *, stage: str, options: d
               'tcots = r.generate([{"text": "a red circle"}], "query")',
         sections={"Results": results, "Hyper-parameters": hyper, "LoRA": {**started, **lora}},
         tags=["reasoner", "embed-rl"],
-        notes=["Curves: curves.csv" + (", reward_log.csv, reward_curves.png" if stage == "grpo" else ", curves.png")
-               + "; configuration: train_config.json."])
+        notes=["Curves: curves.csv" + (", reward_log.csv, reward_curves.png, completions.jsonl" if stage == "grpo"
+                                       else ", curves.png") + "; configuration: train_config.json."])
     model.train(False)
     if dtype is not None and options.get("merged_dtype", "auto") == "auto" and not is_peft(model):
         model = model.to(dtype)

@@ -51,6 +51,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -205,6 +206,41 @@ class RewardLog:
         plt.close(fig)
 
 
+COMPLETIONS_FILE = "completions.jsonl"
+
+
+class CompletionLog:
+    """Every rewarded completion, one JSON line each (`COMPLETIONS_FILE`): step, pair_id, side, rollout, the
+    completion's text and its rewards (format, outcome with its acc and margin, process, total = the weighted sum TRL
+    gets), appended after every batch by the main process, so that a step's rewards can be checked by hand. Resumed
+    from a checkpoint of step N (`resume_from_step`), the lines of later steps (and a line cut by a kill) are dropped:
+    those steps are redone; a run started over starts an empty file."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, resume_from_step: int | None = None):
+        self.path = Path(path) if path else None
+        if self.path is None or not is_main_process():
+            return
+        kept = []
+        if resume_from_step is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # the last line, cut by a kill
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= resume_from_step:
+                    kept.append(line + "\n")
+        from unime.data.atomic import atomic_open
+
+        with atomic_open(self.path) as fh:
+            fh.write("".join(kept))
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        if self.path is None or not is_main_process():
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
 class EmbedRLReward:
     """TRL reward function: r = w_fmt·r_fmt + w_out·r_out + w_proc·r_proc per completion (SPEC 2.3).
 
@@ -221,7 +257,8 @@ class EmbedRLReward:
     def __init__(self, embedder, judge=None, *, group_size: int, weights: tuple[float, float, float] = (0.05, 0.8, 0.2),
                  neg_temperature: float = 0.5, outcome_scale: float = 0.5, hard_negative_pairs: int = 1,
                  judge_max_new_tokens: int = 8, seed: int = 0, reward_log: RewardLog | None = None,
-                 mask_duplicates: bool = True, pairs_per_batch: int | None = None):
+                 mask_duplicates: bool = True, pairs_per_batch: int | None = None,
+                 completion_log: CompletionLog | None = None):
         check_reward_weights(weights)
         if judge is None and weights[2] != 0:
             raise ValueError("the process reward needs a judge (or set its weight to 0)")
@@ -238,6 +275,7 @@ class EmbedRLReward:
         self.judge_max_new_tokens = judge_max_new_tokens
         self.seed = seed
         self.reward_log = reward_log if reward_log is not None else RewardLog()
+        self.completion_log = completion_log  # every completion with its rewards (None: not written)
         self.calls = 0
         self.last: dict[str, Any] | None = None
         # the negative pairs the batches actually had: the outcome reward's (B - 1), the process judge's shown
@@ -278,9 +316,15 @@ class EmbedRLReward:
         self.last = components  # per-completion values of the latest batch (inspection, tests)
         components = dict(components)
         total = components.pop("total_per_completion")
-        components.pop("per_completion")
+        per = components.pop("per_completion")
         row = {"step": step + 1, "completions": len(texts), **components}
         self.reward_log.add(row)
+        if self.completion_log is not None:
+            self.completion_log.add([
+                {"step": step + 1, "pair_id": p, "side": s, "rollout": layout.slot(f)[2], "completion": t,
+                 **{k: float(per[k][f]) for k in ("format", "outcome", "acc", "margin", "process")},
+                 "total": float(total[f])}
+                for f, (p, s, t) in enumerate(zip(pair_id, side, texts))])
         if log_metric is not None:
             for k in ("format", "outcome", "process", "acc", "margin", "judge_parsed", "judge_picked_positive"):
                 log_metric(f"embed_rl/{k}", row[k])
@@ -310,7 +354,8 @@ class EmbedRLReward:
                 "total": float(np.mean(total)), "acc": float(oc.acc.mean()), "margin": float(oc.margin.mean()),
                 "judge_parsed": parsed, "judge_picked_positive": picked_pos, "evidence_left_out": len(dropped),
                 "total_per_completion": total,
-                "per_completion": {"format": fmt, "outcome": oc.reward, "process": proc, "margin": oc.margin}}
+                "per_completion": {"format": fmt, "outcome": oc.reward, "process": proc, "margin": oc.margin,
+                                   "acc": oc.acc}}
 
     def positive_keys(self, items: Sequence[Item], layout) -> list[str] | None:
         """Each pair's positive identity (`Item.key`: same text and images, the identity of the contrastive
@@ -625,7 +670,8 @@ def lora_model(model, cfg: GRPOStageConfig):
 
 def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
     """Run EG-RL. Writes `cfg.out`: the trained reasoner (`merged/`, an HF folder + processor; `adapter/` for
-    LoRA; `README.md`: `unime.embed_rl.export`), `reward_log.csv`, `reward_curves.png`, `curves.csv` (TRL's
+    LoRA; `README.md`: `unime.embed_rl.export`), `reward_log.csv`, `reward_curves.png`, `completions.jsonl`
+    (`CompletionLog`: every rollout with its rewards), `curves.csv` (TRL's
     per-step metrics), `train_config.json`, `checkpoints/` and, last, `grpo_summary.json`. A re-run follows
     `unime.models.run_state`. The folder is owned and locked by the main process (`unime.outdir`), which alone
     writes into it under torchrun."""
@@ -779,10 +825,12 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
     reward_log = RewardLog(work / "reward_log.csv", resume=resume)
     if resume:  # the reward rows of steps after the checkpoint are redone
         reward_log.truncate(int(plan.checkpoint.name.split("-")[-1]))
+    completion_log = CompletionLog(work / COMPLETIONS_FILE,
+                                   resume_from_step=int(plan.checkpoint.name.split("-")[-1]) if resume else None)
     reward = EmbedRLReward(embedder, judge, group_size=cfg.num_generations, weights=tuple(cfg.weights),
                            neg_temperature=cfg.neg_temperature, hard_negative_pairs=cfg.hard_negative_pairs,
                            mask_duplicates=cfg.mask_duplicates, pairs_per_batch=cfg.pairs_per_batch,
-                           seed=cfg.seed, reward_log=reward_log)
+                           seed=cfg.seed, reward_log=reward_log, completion_log=completion_log)
     own_sides = padding_sides(policy.processor)
     with _reference_dtype_given(gcfg):
         trainer = _trainer_class()(model=policy.model, reward_funcs=[reward], args=gcfg, train_dataset=dataset,
@@ -813,6 +861,7 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
     summary.update(policy.origin())  # what the weights start from (the card's base_model)
     if trainer.is_world_process_zero():
         reward_log.write_csv(out / "reward_log.csv")
+        shutil.copyfile(work / COMPLETIONS_FILE, out / COMPLETIONS_FILE)
         if reward_log.rows:
             reward_log.plot(out / "reward_curves.png")
         write_curves(history, out, plot=False)  # TRL's per-step metrics; the rewards plot is reward_curves.png
