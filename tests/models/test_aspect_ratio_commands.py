@@ -54,7 +54,7 @@ def test_judge_names_the_image_or_skips_and_counts_it(tiny_model_dir, tmp_path, 
     run = ["judge", "--pairs", str(pairs), "--judge", model, "--device", "cpu"]
     assert main([*run, "--out", str(tmp_path / "a.jsonl")]) != 0
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"unime: error: {pairs}, record line 2, field 'candidate.images[0]': {WIDE}"]
+        f"unime: error: {pairs}, record line 2 (id p2), field 'candidate.images[0]': {WIDE}"]
     assert main([*run, "--out", str(tmp_path / "b.jsonl"), "--on-error", "skip"]) == 0
     assert "skipped 1 record(s) (image: 1)" in capsys.readouterr().out
     assert [json.loads(x)["id"] for x in (tmp_path / "b.jsonl").read_text().splitlines()] == ["p1"]

@@ -201,7 +201,7 @@ def test_judge_pairs_reader_takes_a_label_column(tmp_path):
     p.write_text(json.dumps({"id": "a", "query": {"text": "q"}, "candidate": {"text": "c"}, "y": 1, "src": "coco",
                              "note": "x"}) + "\n")
     assert read_pairs(str(p), label_column="y") == ([("a", Item("q"), Item("c"))], [1.0])
-    with pytest.raises(DataError, match=r"line 1: unknown keys \['note', 'src', 'y'\] \(a label column\? pass "
+    with pytest.raises(DataError, match=r"line 1 \(id a\): unknown keys \['note', 'src', 'y'\] \(a label column\? pass "
                                         "--label-column NAME; the other keys are then ignored"):
         read_pairs(str(p))
 
