@@ -12,14 +12,17 @@ import pytest
 
 REPO = "some-org/missing"
 URL = f"http://127.0.0.1:9/{REPO}/resolve/main/config.json"
+ADAPTER_URL = URL.replace("config.json", "adapter_config.json")
 WHERE = f"model {REPO!r}: neither a local folder nor in the local Hugging Face cache, and the Hugging Face hub "
 
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """HF_HUB_OFFLINE unset (as on a user's machine), an empty Hugging Face cache in tmp_path, the hub at a closed
-    local port, no id answered for yet; the probe's HTTP call (`get_hf_file_metadata`) and every transformers
-    `from_pretrained` recorded. `hub.answer(error)`: the probe's call raises `error` (None: the file exists)."""
+    local port, no id asked about yet; the probe's HTTP call (`get_hf_file_metadata`), huggingface_hub's
+    `hf_hub_download` (an OSError: nothing fetched) and every transformers `from_pretrained` recorded.
+    `hub.answer(error, files)`: the probe's call raises `error` (None: the file exists), or for a file named in
+    `files`, the error given for it there."""
     import huggingface_hub
     import huggingface_hub.constants as constants
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
@@ -33,25 +36,32 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(loading, "_HUB_MODELS_FOUND", set(), raising=False)
+    monkeypatch.setattr(loading, "_HUB_PROBES", {})
     monkeypatch.chdir(tmp_path)
 
     class Hub:
         probes: list = []
+        downloads: list = []
         loads: list = []
         error: BaseException | None = None
+        files: dict = {}
 
-        def answer(self, error):
-            self.error = error
+        def answer(self, error, files=None):
+            self.error, self.files = error, dict(files or {})
 
     state = Hub()
-    state.probes, state.loads = [], []
+    state.probes, state.downloads, state.loads = [], [], []
 
     def metadata(url, *args, **kwargs):
         state.probes.append((url, kwargs))
-        if state.error is not None:
-            raise state.error
+        error = state.files.get(url.rsplit("/", 1)[-1], state.error)
+        if error is not None:
+            raise error
         return None
+
+    def download(repo_id, filename, *args, **kwargs):
+        state.downloads.append((repo_id, filename))
+        raise OSError(f"{filename}: not fetched in this test")
 
     def loaded(name):
         def from_pretrained(*args, **kwargs):
@@ -60,6 +70,7 @@ def hub(tmp_path, monkeypatch):
         return from_pretrained
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     for cls in (AutoModelForImageTextToText, AutoProcessor, AutoTokenizer):
         monkeypatch.setattr(cls, "from_pretrained", loaded(cls.__name__))
     return state
@@ -96,7 +107,8 @@ def _refusals(model: str) -> list[str]:
 def test_an_uncached_hub_id_without_a_hub_fails_at_once_naming_it(hub):
     """QA: `unime embed --model some-org/missing` offline (HF_HUB_OFFLINE unset) waited 2m31s in transformers' retries
     before Hugging Face's one line, which named no model. Now the hub is asked once, without retries, and the load
-    is refused before any `from_pretrained`."""
+    is refused before any `from_pretrained`; the id is asked once in the process, not at every load (three
+    requests before)."""
     httpx = pytest.importorskip("httpx2")
     hub.answer(httpx.ConnectError("[Errno -2] Name or service not known\nmore detail"))
     expected = (WHERE + "could not be reached (ConnectError: [Errno -2] Name or service not known): pass a local "
@@ -104,7 +116,7 @@ def test_an_uncached_hub_id_without_a_hub_fails_at_once_naming_it(hub):
                 "cache or folder here), or set HF_HUB_OFFLINE=1 to read only the local cache")
     assert _refusals(REPO) == [expected] * 3
     assert hub.loads == []
-    assert [(url, kwargs.get("retry_on_errors")) for url, kwargs in hub.probes] == [(URL, False)] * 3
+    assert [(url, kwargs.get("retry_on_errors")) for url, kwargs in hub.probes] == [(URL, False)]
 
 
 @pytest.mark.parametrize("error", ["timeout", "connection"])
@@ -117,9 +129,12 @@ def test_a_hub_that_times_out_or_refuses_the_connection_is_unreachable(hub, erro
 
 
 def test_no_such_model_on_the_hub_is_one_line_naming_it(hub):
+    import unime.models.loading as loading
+
     hub.answer(_http_error(404, "RepoNotFound"))
     assert _refusals(REPO) == [WHERE + "has no such model (HTTP 404): check the id, or log in (`hf auth login` or "
                                        "HF_TOKEN) if it is a private one"] * 3
+    loading._HUB_PROBES.clear()  # another process: the id asked again
     hub.answer(_http_error(401, "RepoNotFound"))  # the hub's answer to a private repo, or none, without a token
     assert _refusals(REPO)[0] == WHERE + ("has no such model (HTTP 401): check the id, or log in (`hf auth login` or "
                                           "HF_TOKEN) if it is a private one")
@@ -240,3 +255,65 @@ def test_a_local_path_is_not_asked_of_the_hub(hub, tmp_path):
     with pytest.raises(ModelError, match=r"^model 'emb/mergd': no such folder .*not looked up on the Hugging Face"):
         refuse_unreachable_hub_model("emb/mergd")
     assert hub.probes == []
+
+
+def test_the_adapter_check_and_the_probe_ask_the_hub_once_per_id(hub):
+    """A hub id's adapter check (`hub_adapter_config`: a trainer's option checks, then its load) and the probe before
+    the load (`refuse_unreachable_hub_model`) share what the hub answered: without a hub, one request in all (three
+    before: the check, the probe, the check again); for a model the hub holds, config.json and adapter_config.json
+    asked once each, however often the id is checked (three requests before: adapter_config.json at every check)."""
+    from unime.errors import ModelError
+    from unime.models.loading import peft_adapter_config, refuse_unreachable_hub_model
+
+    hub.answer(ConnectionRefusedError(111, "refused"))
+    assert peft_adapter_config(REPO) is None
+    with pytest.raises(ModelError, match=r"could not be reached \(ConnectionRefusedError: \[Errno 111\] refused\)"):
+        refuse_unreachable_hub_model(REPO)
+    assert peft_adapter_config(REPO) is None
+    assert [url for url, _ in hub.probes] == [ADAPTER_URL]
+
+    plain, probes = "some-org/plain", len(hub.probes)
+    hub.answer(None, {"adapter_config.json": _http_error(404, "EntryNotFound")})
+    refuse_unreachable_hub_model(plain)
+    assert peft_adapter_config(plain) is None
+    assert peft_adapter_config(plain) is None
+    refuse_unreachable_hub_model(plain)
+    assert [url for url, _ in hub.probes[probes:]] == [URL.replace("missing", "plain"),
+                                                       ADAPTER_URL.replace("missing", "plain")]
+    assert hub.downloads == [] and hub.loads == []
+
+
+@pytest.mark.parametrize("answer", ["gated", "no such repo"])
+def test_an_id_the_hub_refused_is_not_asked_again_for_its_adapter_config(hub, answer):
+    from unime.errors import ModelError
+    from unime.models.loading import hub_adapter_config, refuse_unreachable_hub_model
+
+    hub.answer(_http_error(401, "GatedRepo") if answer == "gated" else _http_error(404, "RepoNotFound"))
+    with pytest.raises(ModelError, match="gated model" if answer == "gated" else "has no such model"):
+        refuse_unreachable_hub_model(REPO)
+    assert hub_adapter_config(REPO) is None
+    assert [url for url, _ in hub.probes] == [URL]
+
+
+def test_an_adapter_on_the_hub_is_fetched_after_one_probe_of_each_file(hub):
+    """An adapter's repo (no config.json, an adapter_config.json): asked for each file once, then the file fetched."""
+    from unime.models.loading import hub_adapter_config, refuse_unreachable_hub_model
+
+    hub.answer(None, {"config.json": _http_error(404, "EntryNotFound")})
+    refuse_unreachable_hub_model(REPO)
+    assert hub_adapter_config(REPO) is None  # the fetch failed (this test fetches nothing): no adapter config
+    assert [url.rsplit("/", 1)[-1] for url, _ in hub.probes] == ["config.json", "adapter_config.json"]
+    assert hub.downloads == [(REPO, "adapter_config.json")]
+
+
+def test_hf_hub_offline_set_after_huggingface_hub_read_it_keeps_the_adapter_check_off_the_hub(hub, monkeypatch):
+    """HF_HUB_OFFLINE=1 in the environment, set after huggingface_hub read it at import (its constant still False):
+    the adapter check reads only the cache, as the probe does (`_hub_offline`); it asked the hub before."""
+    from unime.models.loading import hub_adapter_config, refuse_unreachable_hub_model
+
+    hub.answer(ConnectionRefusedError(111, "refused"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    refuse_unreachable_hub_model(REPO)
+    assert hub_adapter_config(REPO) is None
+    assert hub.probes == [] and hub.downloads == []
+

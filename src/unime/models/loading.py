@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -332,24 +332,76 @@ def refuse_missing_local_model(path: str | os.PathLike, option: str = "model", *
         raise ModelError(f"{option} {text!r}: no such folder{_nearest_existing(p)}{hub}")
 
 
-_HUB_MODELS_FOUND: set[str] = set()  # hub ids the hub answered for in this process: asked once
+@dataclass
+class HubProbe:
+    """What asking the hub once, without retries, about a hub id learnt (`_probe_hub`): `state` "reachable" (it
+    answered: the file, no such file, or another answer, e.g. a server error), "missing" (no such repo, or a private
+    one without a token), "gated", "unreachable" (no connection, a timeout) or "unknown" (asking failed otherwise);
+    `error` the client's error (None: the file is there); `files` {file name: whether the repo holds it} for each
+    file the hub answered for."""
+
+    state: str
+    error: BaseException | None = None
+    files: dict[str, bool] = field(default_factory=dict)
+
+
+_HUB_PROBES: dict[str, HubProbe] = {}  # what the hub answered for each hub id in this process: asked once
+
+
+def _probe_hub(model: str, filename: str = "config.json") -> HubProbe:
+    """Whether the hub holds `filename` of hub id `model`, and what that says about the hub and the id
+    (`HubProbe`), asked once, without retries: huggingface_hub's backoff (1+2+4+8+8 s) made every command on a hub
+    id wait ~23 s on a machine without network before it loaded anything, and transformers' loads ~2.5 minutes (QA).
+    Recorded for the process: an id the hub did not answer for (missing, gated, unreachable), or answered for
+    `filename` before, is not asked again. The callers check HF_HUB_OFFLINE (`_hub_offline`)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    known = _HUB_PROBES.get(model)
+    if known is not None and (known.state != "reachable" or filename in known.files):
+        return known
+    try:
+        get_hf_file_metadata(hf_hub_url(model, filename), retry_on_errors=False)
+        probe = HubProbe("reachable", files={filename: True})
+    except EntryNotFoundError as e:  # the repo exists without that file (an adapter's repo has no config.json)
+        probe = HubProbe("reachable", e, {filename: False})
+    except GatedRepoError as e:
+        probe = HubProbe("gated", e)
+    except RepositoryNotFoundError as e:
+        probe = HubProbe("missing", e)
+    except HfHubHTTPError as e:  # any other answer (a server error): the hub is there
+        probe = HubProbe("reachable", e)
+    except Exception as e:  # noqa: BLE001 - the HTTP client's own errors (httpx's, requests'), by name
+        probe = HubProbe("unreachable" if _is_network_error(e) else "unknown", e)
+    if probe.state != "reachable":
+        log.debug("%s: asking the hub for %s: %s (%s)", model, filename, probe.state, probe.error)
+    elif known is not None:
+        probe.files = {**known.files, **probe.files}
+    _HUB_PROBES[model] = probe
+    return probe
+
+
+def _hub_state(model: str) -> HubProbe:
+    """What the hub said of hub id `model` in this process, for any file (`_probe_hub`); else its config.json
+    asked."""
+    return _HUB_PROBES.get(model) or _probe_hub(model)
 
 
 def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
     """Refuse, before its first load, a hub id that is neither a local folder nor in the local Hugging Face cache
     (its config.json, or an adapter's adapter_config.json) when the hub cannot be reached or has no such model: the
-    hub is asked once, without retries (as `_hub_adapter_config_file` asks it) — transformers' loads retried with
-    backoff, and a command on such an id waited ~2.5 minutes on a machine without network before its error (QA).
-    Not asked: a local path, HF_HUB_OFFLINE set (only the cache is read: the load says what is missing), or an id
-    the hub already answered for. A cached id is asked the same way, never refused: a hub that cannot be reached
-    switches this process to the cache only (`_read_hub_cache_only`). A hub that answers changes nothing."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    hub is asked once, without retries (`_probe_hub`) — transformers' loads retried with backoff, and a command on
+    such an id waited ~2.5 minutes on a machine without network before its error (QA). Not asked: a local path,
+    HF_HUB_OFFLINE set (only the cache is read: the load says what is missing), or an id the hub was already asked
+    about in this process (for its adapter_config.json too: `_hub_adapter_config_file`). A cached id is asked the
+    same way, never refused: a hub that cannot be reached switches this process to the cache only
+    (`_read_hub_cache_only`). A hub that answers changes nothing."""
+    from huggingface_hub import try_to_load_from_cache
 
     from unime.errors import ModelError
 
     text = str(model)
-    if text in _HUB_MODELS_FOUND or Path(model).exists() or _hub_offline():
+    if Path(model).exists() or _hub_offline():
         return
     refuse_missing_local_model(model, only_mistyped=True)  # a mistyped local path: not asked of the hub
     try:
@@ -359,50 +411,35 @@ def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
     if cached:
         _read_hub_cache_only(text)
         return
+    probe = _hub_state(text)
     where = f"model {text!r}: neither a local folder nor in the local Hugging Face cache"
-    try:
-        get_hf_file_metadata(hf_hub_url(text, "config.json"), retry_on_errors=False)
-    except EntryNotFoundError:  # the repo exists without a config.json (an adapter's repo)
-        pass
-    except GatedRepoError:
+    if probe.state == "gated":
         raise ModelError(f"{where}, and the Hugging Face hub refused it: a gated model (accept its terms on its hub "
-                         "page and log in: `hf auth login` or HF_TOKEN)") from None
-    except RepositoryNotFoundError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
+                         "page and log in: `hf auth login` or HF_TOKEN)")
+    if probe.state == "missing":
+        status = getattr(getattr(probe.error, "response", None), "status_code", None)
         code = f" (HTTP {status})" if status else ""
         raise ModelError(f"{where}, and the Hugging Face hub has no such model{code}: check the id, or log in "
-                         "(`hf auth login` or HF_TOKEN) if it is a private one") from None
-    except HfHubHTTPError as e:  # any other answer (a server error): the hub is there, the load tells
-        log.debug("%s: the hub answered %s", text, e)
-    except Exception as e:  # noqa: BLE001 - the HTTP client's own errors (httpx's, requests'), by name
-        if not _is_network_error(e):
-            log.debug("%s: asking the hub failed (%s)", text, e)
-            return
-        raise ModelError(f"{where}, and the Hugging Face hub could not be reached ({_first_line(e)}): "
+                         "(`hf auth login` or HF_TOKEN) if it is a private one")
+    if probe.state == "unreachable":
+        raise ModelError(f"{where}, and the Hugging Face hub could not be reached ({_first_line(probe.error)}): "
                          "pass a local model folder, fetch it on a machine with network (`hf download "
                          f"{text}`, then copy its cache or folder here), or set HF_HUB_OFFLINE=1 to read only the "
-                         "local cache") from None
-    _HUB_MODELS_FOUND.add(text)
+                         "local cache")
 
 
 def _read_hub_cache_only(model: str) -> None:
-    """Ask the hub once, without retries, for cached hub id `model`; when it cannot be reached, switch this process
-    (and its children: torchrun, DataLoader workers) to reading the local Hugging Face cache only, as HF_HUB_OFFLINE=1
-    does, with one warning. Offline with HF_HUB_OFFLINE unset, transformers retried with backoff every optional file
-    the cache lacks (chat_template.json, adapter_config.json ...): `unime embed` on a cached id took ~5m50s instead of
-    ~22 s (QA). A hub that answers, whatever it answers, changes nothing: the load reads the cache and the hub."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    try:
-        get_hf_file_metadata(hf_hub_url(model, "config.json"), retry_on_errors=False)
-    except Exception as e:  # noqa: BLE001 - an answer (404, 401, 5xx) is a hub that is there: only no connection counts
-        if _is_network_error(e):
-            _set_hub_offline()
-            log.warning("the Hugging Face hub cannot be reached (%s): reading %r from the local cache only (set "
-                        "HF_HUB_OFFLINE=1 to skip this check)", _first_line(e), model)
-        else:
-            log.debug("%s: the hub answered %s", model, e)
-    _HUB_MODELS_FOUND.add(model)
+    """Ask the hub once, without retries, about cached hub id `model` (`_hub_state`); when it cannot be reached,
+    switch this process (and its children: torchrun, DataLoader workers) to reading the local Hugging Face cache only,
+    as HF_HUB_OFFLINE=1 does, with one warning. Offline with HF_HUB_OFFLINE unset, transformers retried with backoff
+    every optional file the cache lacks (chat_template.json, adapter_config.json ...): `unime embed` on a cached id
+    took ~5m50s instead of ~22 s (QA). A hub that answers, whatever it answers, changes nothing: the load reads the
+    cache and the hub."""
+    probe = _hub_state(model)
+    if probe.state == "unreachable":  # an answer (404, 401, 5xx) is a hub that is there: only no connection counts
+        _set_hub_offline()
+        log.warning("the Hugging Face hub cannot be reached (%s): reading %r from the local cache only (set "
+                    "HF_HUB_OFFLINE=1 to skip this check)", _first_line(probe.error), model)
 
 
 def _set_hub_offline() -> None:
@@ -452,9 +489,10 @@ def is_peft_adapter(path: str | os.PathLike) -> bool:
 def _hub_adapter_config_file(model: str) -> str | None:
     """The local copy of the adapter_config.json of hub id `model`, or None (no such file, or no hub id). The local
     cache answers first — a cached file, or a cached "no such file" —, so a cached adapter costs no request; else,
-    unless HF_HUB_OFFLINE, the hub is asked once, without retries: huggingface_hub's backoff (1+2+4+8+8 s) made every
-    command on a hub id wait ~23 s on a machine without network before it loaded anything."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    unless HF_HUB_OFFLINE (`_hub_offline`), the hub is asked once, without retries (`_probe_hub`: not at all when
+    it was already asked about `model` in this process and did not answer for it — missing, gated, unreachable —, or
+    answered for this file), and the file fetched if it is there."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
@@ -463,10 +501,9 @@ def _hub_adapter_config_file(model: str) -> str | None:
         return None
     if cached is not None:
         return cached if isinstance(cached, str) else None  # else the cache knows the file does not exist
-    if constants.HF_HUB_OFFLINE:
-        return None
+    if _hub_offline() or not _probe_hub(model, ADAPTER_CONFIG).files.get(ADAPTER_CONFIG):
+        return None  # none, or no hub here: the load says what is missing
     try:
-        get_hf_file_metadata(hf_hub_url(model, ADAPTER_CONFIG), retry_on_errors=False)
         return hf_hub_download(model, ADAPTER_CONFIG)
     except (HfHubHTTPError, OSError, ValueError, RuntimeError):  # none, or no hub here
         return None
