@@ -317,3 +317,33 @@ def test_hf_hub_offline_set_after_huggingface_hub_read_it_keeps_the_adapter_chec
     assert hub_adapter_config(REPO) is None
     assert hub.probes == [] and hub.downloads == []
 
+
+TRAIN_COMMANDS = {
+    "train embedder": ["train", "embedder"],
+    "train reranker": ["train", "reranker"],
+    "train judge": ["train", "judge"],
+    "train reasoner sft": ["train", "reasoner", "--stage", "sft", "--lora-r", "0"],
+}
+
+
+@pytest.mark.parametrize("command", list(TRAIN_COMMANDS))
+def test_a_trainer_on_an_unreachable_hub_id_fails_before_claiming_its_output_folder(hub, tmp_path, capsys, command):
+    """QA: `unime train embedder --model ORG/NAME --out OUT` without a hub claimed OUT (train_inputs.json, its lock)
+    before the load's probe refused the id: a half-claimed folder was left behind. Now every trainer asks the hub
+    with its option checks, before its output folder is claimed: the same one-line error, no OUT, one request."""
+    from unime.cli import main
+
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"query": {"text": "a red square"}, "positive": {"text": "red"},
+                                   "negatives": [{"text": "blue"}]}) + "\n")
+    tcots = tmp_path / "tcots.jsonl"
+    tcots.write_text(json.dumps({"record_id": "r0", "side": "query", "item": {"text": "a red square"},
+                                 "tcot": "<think>red</think><answer>a red square</answer>"}) + "\n")
+    data = ["--tcots", str(tcots)] if "reasoner" in command else ["--records", str(records)]
+    hub.answer(ConnectionRefusedError(111, "refused"))
+    out = tmp_path / "out"
+    assert main([*TRAIN_COMMANDS[command], "--model", REPO, *data, "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert WHERE + "could not be reached (ConnectionRefusedError: [Errno 111] refused)" in err, err
+    assert not out.exists()
+    assert len(hub.probes) == 1 and hub.loads == []

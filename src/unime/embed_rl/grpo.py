@@ -700,10 +700,12 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
 
 def check_grpo_options(cfg: GRPOStageConfig) -> GRPOStageConfig:
     """The checks of `cfg` that need no model weights and no records — the options, the extra packages, the
-    --trainer-arg keys, the <emb> token of the embedder's tokenizer — run before the output folder is claimed (by
-    the trainer, and by the command line: `unime.cli.train_reasoner`), so that a refused run writes nothing. Returns
-    `cfg`."""
+    --trainer-arg keys, the <emb> token of the embedder's tokenizer — and, last, the hub asked about a hub id
+    --model or --process-judge (`refuse_unreachable_hub_model`; the embedder's tokenizer read asks it about
+    --embedder) run before the output folder is claimed (by the trainer, and by the command line:
+    `unime.cli.train_reasoner`), so that a refused run writes nothing. Returns `cfg`."""
     from unime.models.embedder import check_emb_pooling
+    from unime.models.loading import refuse_unreachable_hub_model
     from unime.models.run_state import CHECKPOINTS_DIR
 
     cfg.validate()
@@ -711,6 +713,9 @@ def check_grpo_options(cfg: GRPOStageConfig) -> GRPOStageConfig:
     check_emb_pooling(cfg.embedder, "--embedder")  # the frozen embedder pools at <emb>: its tokenizer only
     embed_rl_grpo_config(cfg, output_dir=str(Path(cfg.out) / CHECKPOINTS_DIR), use_cpu=True, bf16=False, fp16=False,
                          check_only=True)
+    for model in (cfg.model, cfg.process_judge):  # no hub, or no such model there: before --out is claimed
+        if model:
+            refuse_unreachable_hub_model(model)
     return cfg
 
 

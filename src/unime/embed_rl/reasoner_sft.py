@@ -226,13 +226,16 @@ def train_reasoner_sft(cfg: ReasonerSFTConfig) -> dict[str, Any]:
 
 def check_sft_options(cfg: ReasonerSFTConfig) -> ReasonerSFTConfig:
     """The checks of `cfg` that need no model and no data — the options, the extra packages, the --trainer-arg
-    keys — run before the output folder is claimed (by the trainer, and by the command line:
-    `unime.cli.train_reasoner`), so that a refused run writes nothing. Returns `cfg`."""
+    keys — and, last, a hub id --model asked of the hub (`refuse_unreachable_hub_model`) run before the output
+    folder is claimed (by the trainer, and by the command line: `unime.cli.train_reasoner`), so that a refused run
+    writes nothing. Returns `cfg`."""
+    from unime.models.loading import refuse_unreachable_hub_model
     from unime.models.run_state import CHECKPOINTS_DIR
 
     cfg.validate()
     require_extra("rl", "train reasoner", "trl", "datasets")
     sft_config(cfg, str(Path(cfg.out) / CHECKPOINTS_DIR), use_cpu=True, dtype=None, check_only=True)
+    refuse_unreachable_hub_model(cfg.model)  # no hub, or no such model there: before --out is claimed
     return cfg
 
 

@@ -35,7 +35,7 @@ from unime.models.hf_arguments import (hf_training_arguments, non_reentrant_chec
                                      process_device)
 from unime.models.image_budget import ImageBudget
 from unime.models.item_format import item_format_record, save_item_format
-from unime.models.loading import trainer_device
+from unime.models.loading import refuse_unreachable_hub_model, trainer_device
 from unime.models.lora import LoraSettings, model_to_train
 from unime.models import export, run_state
 from unime.train.batching import EmbedderCollator, HomogeneousBatchSampler, RecordDataset, check_records
@@ -561,8 +561,9 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
 
 def check_embedder_options(config: EmbedderTrainingConfig) -> EmbedderTrainingConfig:
     """The checks of `config` that need no model and no records — the options, the --device, the optimizer, the
-    --trainer-arg keys — run before the output folder is claimed (by the trainer, and by the command line:
-    `unime.cli.train`), so that a refused run writes nothing. Returns `config` with its batch resolved."""
+    --trainer-arg keys — and, last, a hub id --model asked of the hub (`refuse_unreachable_hub_model`) run before
+    the output folder is claimed (by the trainer, and by the command line: `unime.cli.train`), so that a refused run
+    writes nothing. Returns `config` with its batch resolved."""
     config = with_resolved_batch(config)  # a finished run recorded the per-device batch it used
     if config.loss != "auto" and config.hard_negatives is not None:
         config.validate()  # else once `--loss auto` / the negatives count are resolved from the records
@@ -576,6 +577,7 @@ def check_embedder_options(config: EmbedderTrainingConfig) -> EmbedderTrainingCo
     if config.optim != EmbedderTrainingConfig.optim:  # likewise an optimizer transformers does not know
         check_optimizer_name(config.optim, config)
     _training_arguments(config, Path(config.out) / run_state.CHECKPOINTS_DIR, check_only=True)
+    refuse_unreachable_hub_model(config.model)  # no hub, or no such model there: before --out is claimed
     return config
 
 

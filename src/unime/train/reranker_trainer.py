@@ -56,7 +56,8 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.hf_arguments import (TrainerArgOptions, gradient_checkpointing_option,
                                      non_reentrant_checkpointing_callback)
 from unime.models.image_budget import ImageBudget, ImageOptions, adapter_image_loader
-from unime.models.loading import DeviceOptions, checkpoint_image_loader, dtype_option, trainer_device
+from unime.models.loading import (DeviceOptions, checkpoint_image_loader, dtype_option,
+                                  refuse_unreachable_hub_model, trainer_device)
 from unime.models.lora import (GENERATIVE_LORA_OPTIONS, LoraSettings, model_to_train,
                                refuse_full_fine_tuning_of_adapter, refuse_lora_vision_without_vision_targets)
 from unime.options import lr_scheduler_option, on_error_option, option, option_name
@@ -581,10 +582,12 @@ def train_reranker(cfg: RerankerTrainConfig, *, finished_hint: str = "--overwrit
 
 def check_reranker_options(cfg: RerankerTrainConfig) -> RerankerTrainConfig:
     """The checks of `cfg` that need no model and no records — the options, the --device, the --trainer-arg keys —
-    run before the output folder is claimed (by the trainer, and by the command line: `unime.cli.train_reranker`),
-    so that a refused run writes nothing. Returns `cfg`."""
+    and, last, a hub id --model asked of the hub (`refuse_unreachable_hub_model`) run before the output folder is
+    claimed (by the trainer, and by the command line: `unime.cli.train_reranker`), so that a refused run writes
+    nothing. Returns `cfg`."""
     cfg.validate()
     _training_arguments(cfg, Path(cfg.out) / CHECKPOINTS_DIR, check_only=True)
+    refuse_unreachable_hub_model(cfg.model)  # no hub, or no such model there: before --out is claimed
     return cfg
 
 
