@@ -11,12 +11,18 @@ import pytest
 
 @pytest.fixture
 def unreachable_hub(tmp_path, monkeypatch):
-    """A hub that refuses every connection (a closed local port), HF_HUB_OFFLINE unset, an empty cache in tmp_path,
-    and huggingface_hub's backoff sleeps recorded instead of slept."""
+    """A hub that refuses every connection (a closed local port), HF_HUB_OFFLINE unset (huggingface_hub's constant
+    and the environment variable), no id asked about yet, an empty cache in tmp_path, and huggingface_hub's backoff
+    sleeps recorded instead of slept."""
     import huggingface_hub.constants as constants
     import huggingface_hub.utils._http as http
 
+    import unime.models.loading as loading
+
     endpoint = "http://127.0.0.1:9"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")  # recorded: restored after the test
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(loading, "_HUB_PROBES", {})
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

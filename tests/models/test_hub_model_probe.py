@@ -338,7 +338,7 @@ def test_a_trainer_on_an_unreachable_hub_id_fails_before_claiming_its_output_fol
                                    "negatives": [{"text": "blue"}]}) + "\n")
     tcots = tmp_path / "tcots.jsonl"
     tcots.write_text(json.dumps({"record_id": "r0", "side": "query", "item": {"text": "a red square"},
-                                 "tcot": "<think>red</think><answer>a red square</answer>"}) + "\n")
+                                 "tcot": "<thinking>{}</thinking><rethink>r</rethink><answer>a</answer>"}) + "\n")
     data = ["--tcots", str(tcots)] if "reasoner" in command else ["--records", str(records)]
     hub.answer(ConnectionRefusedError(111, "refused"))
     out = tmp_path / "out"
