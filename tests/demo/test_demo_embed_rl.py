@@ -53,6 +53,25 @@ def test_tcot_match_judge_records_follow_ground_truth(tiny_world):
                                  source="t.jsonl")
 
 
+def test_tcot_match_judge_records_refuse_a_tcot_of_another_item(tiny_world):
+    """The demo joins T-CoTs to records as `reason split` / `materialize` do (`joined_tcot`): before, its own join
+    took the row of (record id, side) whatever item it was written for, and a judge record showed one record's item
+    with another item's T-CoT."""
+    from unime.demo.embed_rl import tcot_match_judge_records
+    from unime.errors import DataError
+    from unime.reasoning.reasoner import TCoTRow
+
+    records = tiny_world.records
+    rows = [TCoTRow(r.id, side, r.query if side == "query" else r.positive, f"<think>{side} of {r.id}</think>")
+            for r in records for side in ("query", "target")]
+    other = next(r for r in records if r.positive.key != records[1].positive.key)
+    rows[3] = TCoTRow(records[1].id, "target", other.positive, "<think>another item</think>")
+    with pytest.raises(DataError) as e:
+        tcot_match_judge_records(tiny_world, records, rows, source="r.jsonl", tcot_source="t.jsonl")
+    assert (e.value.source, e.value.record, e.value.field) == ("r.jsonl", records[1].id, "positive")
+    assert f"the T-CoT {records[1].id}/target of t.jsonl was written for another item" in str(e.value)
+
+
 def test_subset_per_task_is_round_robin():
     from unime.demo.embed_rl import subset_per_task
 

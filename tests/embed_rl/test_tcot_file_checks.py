@@ -121,7 +121,10 @@ def test_a_good_tcot_file_passes_the_check_of_split(tmp_path):
 
 def test_materialize_refuses_a_tcot_of_another_image_naming_the_tcot_files_line(tmp_path):
     """Before, a T-CoT file of other records (here: its target row written for b.png) was joined to the record by id
-    alone, and its box cropped a.png."""
+    alone, and its box cropped a.png. The refusal names the T-CoT file beside its line (before: "the T-CoT line 2"
+    of no file, only the records file named)."""
+    import re
+
     from unime.errors import DataError
 
     records, tcots = _files(tmp_path, _tcot('{"bbox_2d": [[100, 100, 900, 900]]}'))
@@ -131,6 +134,7 @@ def test_materialize_refuses_a_tcot_of_another_image_naming_the_tcot_files_line(
     write_tcot_rows([TCoTRow("x", "query", rec.query, OK_TEXT),
                      TCoTRow("x", "target", rec.positive, _tcot('{"bbox_2d": [[100, 100, 900, 900]]}'))], tcots)
     with pytest.raises(DataError, match=r"r\.jsonl, record x, field 'positive': the T-CoT line 2 \(id x, side "
-                                        r"target\) was written for another item \(.*images \['b\.png'\]\) than the "
-                                        r"record's \(.*images \['a\.png'\]\)"):
+                                        rf"target\) of {re.escape(tcots)} was written for another item "
+                                        r"\(.*images \['b\.png'\]\) than the record's \(.*images \['a\.png'\]\)"):
         _materialize(tmp_path, records, tcots)
+

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from unime.data.items import Record
-from unime.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from unime.data.synth import World
@@ -43,7 +42,8 @@ EVAL_ROWS = {
 
 
 def tcot_match_judge_records(world: "World", records: Sequence[Record], tcot_rows, *, negatives_per_query: int = 3,
-                             seed: int = 0, source: str | None = None) -> list[Record]:
+                             seed: int = 0, source: str | None = None,
+                             tcot_source: str | None = None) -> list[Record]:
     """Training records for the T-CoT match judge (the judge `unime reason split` and the GRPO process
     reward use), every item shown with its T-CoT appended (`tcot_judge_item`, what the split judge sees).
 
@@ -52,18 +52,16 @@ def tcot_match_judge_records(world: "World", records: Sequence[Record], tcot_row
     - `No`: up to `negatives_per_query` positives of other records of the same task (with their T-CoTs)
       whose ground-truth relevance to the query is < 1.0 (so a partial caption that truly satisfies the
       query is never labelled No), drawn at random.
-    A record without a T-CoT for either side is a `DataError` naming `source`, the record and the side."""
+    The T-CoTs are joined to the records as `reason split` joins them (`joined_tcot`): a record without a T-CoT for
+    either side, or a T-CoT written for another item, is a `DataError` naming the records file `source`, the record,
+    the side and the T-CoT file `tcot_source`."""
     from unime.reasoning.reasoner import tcot_index
-    from unime.embed_rl.tcot_embedder import tcot_judge_item
+    from unime.embed_rl.tcot_embedder import joined_tcot, tcot_judge_item
 
     index = tcot_index(tcot_rows)
 
     def tcot(rec: Record, i: int, side: str) -> str:
-        rid = rec.id or str(i)
-        row = index.get((rid, side))
-        if row is None:
-            raise DataError(f"no T-CoT for the {side} side", source=source, record=rid, field=side)
-        return row.tcot
+        return joined_tcot(index, rec, i, side, source=source, tcot_source=tcot_source)
 
     rng = np.random.default_rng(seed)
     by_task: dict[str, list[int]] = {}
@@ -147,7 +145,8 @@ def run_embed_rl(demo: "DemoRun") -> None:
         from unime.reasoning.reasoner import read_tcot_rows
 
         recs = tcot_match_judge_records(World.load(world), read_records(P["records"]), read_tcot_rows(P["tcots"]),
-                                        negatives_per_query=s.er_judge_negatives, source=str(P["tcots"]))
+                                        negatives_per_query=s.er_judge_negatives, source=str(P["records"]),
+                                        tcot_source=str(P["tcots"]))
         write_records(recs, P["judge_records"])
         c.append("# python: unime.demo.embed_rl.tcot_match_judge_records(world, records, T-CoTs) -> "
                  f"{len(recs)} records")

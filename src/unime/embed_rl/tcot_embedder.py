@@ -106,39 +106,46 @@ def _item_summary(item: Item) -> str:
     return repr(text) + "".join(f", {name} {r}" for name, r in refs if r)
 
 
-def _tcot_for(index: dict, rec: Record, i: int, side: str, *, source: str | None) -> str:
-    """The T-CoT of record `rec` (the `i`-th of `source`; keyed by its id, else `i`) for `side` ("query" / "target").
+def joined_tcot(index: dict, rec: Record, i: int, side: str, *, source: str | None,
+                tcot_source: str | None = None) -> str:
+    """The T-CoT of record `rec` (the `i`-th of the records file `source`; keyed by its id, else `i`) for `side`
+    ("query" / "target"), from `index` (`unime.reasoning.reasoner.tcot_index` of the rows of the T-CoT file
+    `tcot_source`): the one join of records and T-CoTs (`reason split`, `reason materialize`, the demo's judge records).
     The row must have been written for the record's own item (the T-CoT file records it): a row of another item (a
-    T-CoT file of other records, or records reordered or filtered) is refused, never joined to the wrong item."""
+    T-CoT file of other records, or records reordered or filtered) is refused, naming the record, the T-CoT file's
+    line and both items, never joined to the wrong item."""
     from unime.reasoning.reasoner import tcot_row_label
 
     rid = rec.id or str(i)
+    in_file = f" in {tcot_source}" if tcot_source else ""
     row = index.get((rid, side))
     if row is None:
-        raise DataError(f"no T-CoT for the {side} side", source=source, record=rid, field=side)
+        raise DataError(f"no T-CoT for the {side} side{in_file}", source=source, record=rid, field=side)
     field_name, item = ("query", rec.query) if side == "query" else ("positive", rec.positive)
     if row.item.key != item.key:
-        raise DataError(f"the T-CoT {tcot_row_label(row)} was written for another item ({_item_summary(row.item)}) "
-                        f"than the record's ({_item_summary(item)}): the T-CoT file belongs to other records, or the "
-                        "records were reordered or filtered (a record without an id is keyed by its position)",
-                        source=source, record=rid, field=field_name)
+        of_file = f" of {tcot_source}" if tcot_source else ""
+        raise DataError(f"the T-CoT {tcot_row_label(row)}{of_file} was written for another item "
+                        f"({_item_summary(row.item)}) than the record's ({_item_summary(item)}): the T-CoT file "
+                        "belongs to other records, or the records were reordered or filtered (a record without an id "
+                        "is keyed by its position)", source=source, record=rid, field=field_name)
     return row.tcot
 
 
 def reasoned_records(records: Sequence[Record], tcot_rows, loader, *, source: str | None = None,
-                     left_out: list[str] | None = None) -> list[Record]:
+                     left_out: list[str] | None = None, tcot_source: str | None = None) -> list[Record]:
     """Records whose query / positive are `reasoned_item`s (negatives dropped: the T-CoT contrastive stage
     uses in-batch negatives). `tcot_rows=None`: no reasoning, each item with the summary prompt only — the
     input the same embedder sees without T-CoTs (`unime reason eval --tcots none`). `left_out`, when given, gets one
     line per piece of evidence left out (a box too small or too elongated to crop, boxes on an item without an
-    image), naming the record and field."""
+    image), naming the record and field. `source` / `tcot_source`: the records and T-CoT files, which a failed join
+    names (`joined_tcot`)."""
     from unime.reasoning.embed_inputs import reasoned_item
     from unime.reasoning.reasoner import tcot_index
 
     index = tcot_index(tcot_rows) if tcot_rows is not None else None
 
     def tcot(rec, i, side):
-        return None if index is None else _tcot_for(index, rec, i, side, source=source)
+        return None if index is None else joined_tcot(index, rec, i, side, source=source, tcot_source=tcot_source)
 
     from unime.data.io import origin_of
 
@@ -184,7 +191,8 @@ MATCH_THRESHOLD = 0.5  # the paper's: a pair the judge says matches (P(Yes) >= 0
 
 
 def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshold: float | None = None,
-                        rl_fraction: float | None = None, source: str | None = None) -> TCoTSplit:
+                        rl_fraction: float | None = None, source: str | None = None,
+                        tcot_source: str | None = None) -> TCoTSplit:
     """The paper's filtering: `judge.score_pairs([(query + its T-CoT, positive + its T-CoT)])` gives P(Yes);
     pairs with P(Yes) >= threshold (None: the paper's `MATCH_THRESHOLD`) feed contrastive training, the rest RL.
 
@@ -200,8 +208,10 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
     index = tcot_index(tcot_rows)
     pairs = []
     for i, rec in enumerate(records):
-        pairs.append((tcot_judge_item(rec.query, _tcot_for(index, rec, i, "query", source=source)),
-                      tcot_judge_item(rec.positive, _tcot_for(index, rec, i, "target", source=source))))
+        pairs.append((tcot_judge_item(rec.query, joined_tcot(index, rec, i, "query", source=source,
+                                                             tcot_source=tcot_source)),
+                      tcot_judge_item(rec.positive, joined_tcot(index, rec, i, "target", source=source,
+                                                                tcot_source=tcot_source))))
     scores = [float(s) for s in judge.score_pairs(pairs)] if pairs else []
     if rl_fraction is not None:
         if not 0.0 <= rl_fraction <= 1.0:
@@ -331,7 +341,7 @@ def split_records_file(cfg: SplitConfig, *, overwrite: bool = False) -> dict:
     for row in tcot_rows:  # the judge reads the key frames of a T-CoT beside the frames of this sampling
         refuse_other_sampling(row, loader, source=cfg.tcots)
     split = split_by_tcot_match(recs, tcot_rows, scorer, threshold=cfg.threshold,
-                                rl_fraction=cfg.rl_fraction, source=records)
+                                rl_fraction=cfg.rl_fraction, source=records, tcot_source=cfg.tcots)
     record_options(cfg)
     write_records(split.contrastive, os.path.join(out_dir, "contrastive.jsonl"))
     write_records(split.rl, os.path.join(out_dir, "rl.jsonl"))
@@ -377,7 +387,7 @@ def materialize_records_file(cfg: MaterializeConfig, left_out: list[str] | None 
     for row in tcot_rows or ():  # key frames numbered under another sampling would cut other frames
         refuse_other_sampling(row, loader, source=cfg.tcots)
     dropped: list[str] = []
-    out_recs = reasoned_records(recs, tcot_rows, loader, source=cfg.records, left_out=dropped)
+    out_recs = reasoned_records(recs, tcot_rows, loader, source=cfg.records, left_out=dropped, tcot_source=cfg.tcots)
     n = write_records(out_recs, cfg.out)
     # the items keep their image paths (only the evidence crops are inline): the trainer needs the root
     record_data_root(Path(os.path.abspath(cfg.out)).parent, data_root, written=[cfg.out])
