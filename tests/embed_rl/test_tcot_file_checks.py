@@ -138,3 +138,20 @@ def test_materialize_refuses_a_tcot_of_another_image_naming_the_tcot_files_line(
                                         r"\(.*images \['b\.png'\]\) than the record's \(.*images \['a\.png'\]\)"):
         _materialize(tmp_path, records, tcots)
 
+
+def test_materialize_of_no_records_warns_naming_both_inputs(tmp_path, caplog):
+    """QA: a records file without records (a split that sent every pair to RL leaves contrastive.jsonl empty) was
+    materialized into "0 reasoned records" without a word; the empty file failed a command later."""
+    _, tcots = _files(tmp_path, OK_TEXT)
+    (tmp_path / "empty.jsonl").write_text("")
+    empty = str(tmp_path / "empty.jsonl")
+    with caplog.at_level("WARNING", logger="unime.embed_rl.tcot_embedder"):
+        assert _materialize(tmp_path, empty, tcots) == 0
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert message.startswith(f"{empty} holds no records (2 T-CoT rows in {tcots}): {tmp_path / 'o.parquet'} is "
+                              "written with 0 records, nothing for `unime train embedder` to train on")
+    caplog.clear()
+    records, _ = _files(tmp_path, OK_TEXT)
+    with caplog.at_level("WARNING", logger="unime.embed_rl.tcot_embedder"):
+        assert _materialize(tmp_path, records, tcots) == 1
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

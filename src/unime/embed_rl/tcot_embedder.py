@@ -370,7 +370,8 @@ def materialize_records_file(cfg: MaterializeConfig, left_out: list[str] | None 
     root recorded beside it (`unime.data.roots.record_data_root`); returns their number. The T-CoT file is checked
     after the records are read, before any image (`unime.reasoning.reasoner.check_tcot_rows`: a T-CoT that does not
     parse, or a box inverted or wholly outside the image, is refused naming its line, record id and side). Evidence left out by the crop rules (a box
-    too small or too elongated to crop) is counted: logged, and one line each into `left_out` when given."""
+    too small or too elongated to crop) is counted: logged, and one line each into `left_out` when given. A records
+    file without records writes an empty file with a WARNING naming both inputs (a split that sent every pair to RL)."""
     from unime.data.images import ImageLoader
     from unime.data.io import read_records, write_records
     from unime.data.roots import record_data_root, resolve_data_root
@@ -391,6 +392,12 @@ def materialize_records_file(cfg: MaterializeConfig, left_out: list[str] | None 
     n = write_records(out_recs, cfg.out)
     # the items keep their image paths (only the evidence crops are inline): the trainer needs the root
     record_data_root(Path(os.path.abspath(cfg.out)).parent, data_root, written=[cfg.out])
+    if not out_recs:  # a record without its T-CoTs is refused: nothing joined only when there was nothing to join
+        tcots = "--no-tcots" if tcot_rows is None else f"{len(tcot_rows)} T-CoT rows in {cfg.tcots}"
+        log.warning("%s holds no records (%s): %s is written with 0 records, nothing for `unime train embedder` to "
+                    "train on; a `reason split` that sent every pair to RL leaves its contrastive.jsonl empty "
+                    "(its --rl-fraction F sends the lowest-scoring share F to RL, the rest to contrastive)",
+                    cfg.records, tcots, cfg.out)
     if dropped:
         from unime.reasoning.evidence import left_out_line
 
