@@ -44,6 +44,24 @@ def test_hardest_negative_is_the_highest_scored_first_on_ties_else_the_first():
         hardest_negative_index(_rec(0))
 
 
+@pytest.mark.parametrize("losses", [("pair",), ("list",)])
+def test_a_record_without_negatives_is_named_by_its_line_and_file(losses):
+    """Before, the pairwise and listwise examples named such a record by its id alone ("record x"), with no file and
+    no line (and a record without an id by nothing at all); now as every message names it (`record_label`)."""
+    from unime.data.io import with_origin
+    from unime.train.reranker_trainer import reranker_examples
+
+    rec = with_origin(_rec(0), "line 3 (id x)")
+    with pytest.raises(DataError) as e:
+        reranker_examples(rec, 2, losses=losses, source="r.jsonl")
+    assert (e.value.source, e.value.record, e.value.field) == ("r.jsonl", "line 3 (id x)", "negatives")
+    assert str(e.value) == "r.jsonl, record line 3 (id x), field 'negatives': the record has no negatives"
+    no_id = Record(query=Item("q"), positive=Item("pos"))
+    with pytest.raises(DataError) as e:
+        reranker_examples(no_id, 2, losses=losses)
+    assert e.value.record == "records[2]"
+
+
 def test_reranker_examples_pairwise_and_listwise():
     from unime.train.reranker_trainer import listwise_position, reranker_examples
 

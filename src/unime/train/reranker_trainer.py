@@ -93,20 +93,28 @@ class PromptExample:
     source: str | None = None  # the file the record was read from
 
 
-def hardest_negative_index(rec: Record) -> int:
-    """The negative with the highest judge score (first one on ties); the first negative without scores."""
+def _no_negatives(rec: Record, index: int, source: str | None) -> DataError:
+    """A record without negatives, named as every message names it (`record_label`: its line and id, in `source`)."""
+    return DataError("the record has no negatives", source=source, record=record_label(rec, index), field="negatives")
+
+
+def hardest_negative_index(rec: Record, *, index: int = 0, source: str | None = None) -> int:
+    """The negative with the highest judge score (first one on ties); the first negative without scores. `index`,
+    `source`: the record's among those given and the file it was read from, which a refusal names (`record_label`)."""
     if not rec.negatives:
-        raise DataError("the record has no negatives", record=rec.id or None, field="negatives")
+        raise _no_negatives(rec, index, source)
     if rec.negative_scores:
         scores = list(rec.negative_scores)
         return max(range(len(scores)), key=lambda i: (scores[i], -i))
     return 0
 
 
-def listwise_candidates(rec: Record, num_negatives: int, position: int) -> tuple[list[Item], int]:
-    """`num_negatives` negatives (stored order, cyclic) with the positive inserted at `position` (0-based)."""
+def listwise_candidates(rec: Record, num_negatives: int, position: int, *, index: int = 0,
+                        source: str | None = None) -> tuple[list[Item], int]:
+    """`num_negatives` negatives (stored order, cyclic) with the positive inserted at `position` (0-based); `index`,
+    `source`: as `hardest_negative_index`."""
     if not rec.negatives:
-        raise DataError("the record has no negatives", record=rec.id or None, field="negatives")
+        raise _no_negatives(rec, index, source)
     if not 0 <= position <= num_negatives:
         raise ValueError(f"position {position} out of range 0..{num_negatives}")
     negs = [rec.negatives[i % len(rec.negatives)] for i in range(num_negatives)]
@@ -131,12 +139,12 @@ def reranker_examples(rec: Record, index: int, *, num_negatives: int = 4, seed: 
     label = record_label(rec, index)
     out: list[PromptExample] = []
     if PAIR in losses:
-        hard = rec.negatives[hardest_negative_index(rec)]
+        hard = rec.negatives[hardest_negative_index(rec, index=index, source=source)]
         out.append(PromptExample(PAIR, rec.query, (rec.positive,), judge_answer(True), label, source))
         out.append(PromptExample(PAIR, rec.query, (hard,), judge_answer(False), label, source))
     if LIST in losses:
         pos = listwise_position(seed, index, num_negatives)
-        cands, pos = listwise_candidates(rec, num_negatives, pos)
+        cands, pos = listwise_candidates(rec, num_negatives, pos, index=index, source=source)
         out.append(PromptExample(LIST, rec.query, tuple(cands), listwise_answer(pos + 1), label, source))
     return out
 
