@@ -368,3 +368,22 @@ def test_data_check_samples_videos_as_the_run_given_its_video_options_does(tmp_p
         assert " 1 good, 0 bad rows, 0 with bad images" in capsys.readouterr().out
     assert main(["data", "check", str(f), "--video-frames", "0"]) == 2
     assert "--video-frames must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_data_check_speaks_of_the_media_the_file_has(tmp_path, capsys):
+    """QA: on records whose only media are videos (frame lists) `data check` said "0 with bad images (image paths
+    resolved against ...)"; now the videos, or both kinds when the file has both."""
+    for c in ("red", "blue"):
+        write_png(tmp_path, f"images/{c}.png", c)
+    clip = {"text": "<|video_1|>", "video": ["images/red.png", "images/blue.png"]}
+    video_row = {"id": "v", "query": {"text": "red"}, "positive": clip}
+    image_row = {"id": "i", "query": {"text": "blue"}, "positive": _img("blue")}
+    videos, both = tmp_path / "videos.jsonl", tmp_path / "both.jsonl"
+    write_jsonl(videos, [video_row])
+    write_jsonl(both, [video_row, image_row])
+    assert main(["data", "check", str(videos)]) == 0
+    assert capsys.readouterr().out == f"{videos}: 1 good, 0 bad rows, 0 with bad videos (video paths resolved " \
+        f"against {tmp_path})\n"
+    assert main(["data", "check", str(both)]) == 0
+    assert capsys.readouterr().out == f"{both}: 2 good, 0 bad rows, 0 with bad images or videos (media paths " \
+        f"resolved against {tmp_path})\n"

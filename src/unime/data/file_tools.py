@@ -234,9 +234,11 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
         if checker is not None:
             rows = check_images(rows, checker, on_error="skip", skips=skips, source=cfg.input)
     n_media_bad = skips.counts.get("image", 0) + skips.counts.get("video", 0)
-    where = "" if cfg.no_images else f" (image paths resolved against {root})"
+    media = set() if checker is None else checker.media
+    paths = {frozenset({"video"}): "video", frozenset({"images", "video"}): "media"}.get(frozenset(media), "image")
+    where = "" if cfg.no_images else f" ({paths} paths resolved against {root})"
     line = (f"{cfg.input}:{words} {len(rows)} good, {skips.total - n_media_bad} bad rows, "
-            f"{bad_media_words(skips, n_media_bad)}{where}")
+            f"{bad_media_words(skips, n_media_bad, media)}{where}")
     hint = "" if checker is None or cfg.data_root else _data_root_hint(str(data_file), root, checker)
     hint += "" if checker is None else _aspect_ratio_hint(checker)
     return line + (f"\n{skips.summary()}" if skips.total else "") + hint, skips.total
@@ -323,10 +325,14 @@ def _aspect_ratio_hint(checker) -> str:
             "fixed resize, what the processor then sees); crop or pad them, or leave them out")
 
 
-def bad_media_words(skips, n_bad: int) -> str:
+def bad_media_words(skips, n_bad: int, media=frozenset()) -> str:
     """"N with bad images" / "N with bad videos" / "N with bad media (I images, V videos)": the rows left out for
-    their media, told apart by the reason each was counted under (a video file or a frame list's frame: video)."""
+    their media, told apart by the reason each was counted under (a video file or a frame list's frame: video).
+    None bad, the words speak of the media the file has (`media`, the kinds `ImageChecker` was given: "images",
+    "video"): "0 with bad videos" for videos only, "0 with bad images or videos" for both."""
     videos = skips.counts.get("video", 0)
+    if not n_bad and "video" in media:
+        return "0 with bad images or videos" if "images" in media else "0 with bad videos"
     if not videos:
         return f"{n_bad} with bad images"
     if videos == n_bad:

@@ -490,6 +490,7 @@ class ImageChecker:
         self.loader = loader
         self.decode_video = decode_video
         self.verdict: dict[Any, DataError | None] = {}
+        self.media: set[str] = set()  # the kinds of media it was given: "images", "video"
 
     def check(self, obj: Any, *, source: str | None, record: Any, files_only: bool = False) -> None:
         """Raise a `DataError` (reason `image`) naming `source`, `record` and the field of the first bad
@@ -515,6 +516,8 @@ class ImageChecker:
             # one video file, checked as a video; `files_only` opens no file: by its name alone
             video_file = kind == "video" and len(item.video) == 1 and (
                 is_video_file_ref(item.video[0]) if files_only else is_one_video_file(self.loader, item.video))
+            if getattr(item, kind):
+                self.media.add(kind)
             for j, ref in enumerate(getattr(item, kind)):
                 if files_only and not isinstance(ref, str):  # inline bytes, an in-memory image: nothing on disk
                     continue
