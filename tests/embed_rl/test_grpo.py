@@ -51,6 +51,17 @@ def test_duplicate_record_ids_are_refused(world):
     recs = [recs[0], Record(query=recs[1].query, positive=recs[1].positive, id=recs[0].id)]
     with pytest.raises(DataError, match="share the id 'r0'"):
         grpo_rows(recs, ImageLoader(root))
+    # named as every message names a record (`record_label`): read from a file, by their lines (before: "records 0
+    # and 1", their 0-based positions, with the id as the record)
+    import copy
+
+    from unime.data.io import with_origin
+
+    lines = [with_origin(copy.copy(recs[0]), "line 1 (id r0)"), with_origin(copy.copy(recs[1]), "line 4 (id r0)")]
+    with pytest.raises(DataError) as e:
+        grpo_rows(lines, ImageLoader(root), source="r.jsonl")
+    assert (e.value.source, e.value.record, e.value.field) == ("r.jsonl", "line 4 (id r0)", "id")
+    assert "records line 1 (id r0) and line 4 (id r0) share the id 'r0'" in str(e.value)
 
 
 def test_geometry_keeps_pairs_whole(tmp_path):

@@ -94,14 +94,16 @@ def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int =
     then its positive row. `loader` is an `ImageLoader` for the items' images."""
     from unime.reasoning.reasoner import conversational_prompt, reasoning_prompt_segments
 
+    from unime.data.io import record_label
     from unime.errors import DataError
 
     seen: dict[str, int] = {}
     for i, rec in enumerate(records):
         pid = rec.id or str(i)
         if pid in seen:  # the reward pairs rollouts by this id
-            raise DataError(f"records {seen[pid]} and {i} share the id {pid!r}; EG-RL pairs rollouts by record id",
-                            source=source, record=pid, field="id")
+            first = record_label(records[seen[pid]], seen[pid])  # its line and id, as every message names it
+            raise DataError(f"records {first} and {record_label(rec, i)} share the id {pid!r}; EG-RL pairs rollouts "
+                            "by record id", source=source, record=record_label(rec, i), field="id")
         seen[pid] = i
     from unime.data.io import origin_of
 
