@@ -155,3 +155,16 @@ def test_materialize_of_no_records_warns_naming_both_inputs(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="unime.embed_rl.tcot_embedder"):
         assert _materialize(tmp_path, records, tcots) == 1
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_materialize_refuses_two_tcots_of_one_side_naming_the_tcot_files_lines(tmp_path):
+    """Before: "record x, field 'side': two T-CoTs for record 'x' side 'target'", no file and no line."""
+    from unime.errors import DataError
+
+    records, tcots = _files(tmp_path, OK_TEXT)
+    with open(tcots, "a", encoding="utf-8") as fh:  # line 3: the target's row again
+        fh.write(open(tcots, encoding="utf-8").read().splitlines()[1] + "\n")
+    with pytest.raises(DataError) as e:
+        _materialize(tmp_path, records, tcots)
+    assert (e.value.source, e.value.record, e.value.field) == (tcots, "line 3 (id x, side target)", "side")
+    assert "two T-CoTs for record 'x' side 'target' (the other: line 2 (id x, side target))" in str(e.value)

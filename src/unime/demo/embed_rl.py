@@ -58,7 +58,7 @@ def tcot_match_judge_records(world: "World", records: Sequence[Record], tcot_row
     from unime.reasoning.reasoner import tcot_index
     from unime.embed_rl.tcot_embedder import joined_tcot, tcot_judge_item
 
-    index = tcot_index(tcot_rows)
+    index = tcot_index(tcot_rows, source=tcot_source)
 
     def tcot(rec: Record, i: int, side: str) -> str:
         return joined_tcot(index, rec, i, side, source=source, tcot_source=tcot_source)

@@ -142,7 +142,7 @@ def reasoned_records(records: Sequence[Record], tcot_rows, loader, *, source: st
     from unime.reasoning.embed_inputs import reasoned_item
     from unime.reasoning.reasoner import tcot_index
 
-    index = tcot_index(tcot_rows) if tcot_rows is not None else None
+    index = tcot_index(tcot_rows, source=tcot_source) if tcot_rows is not None else None
 
     def tcot(rec, i, side):
         return None if index is None else joined_tcot(index, rec, i, side, source=source, tcot_source=tcot_source)
@@ -205,7 +205,7 @@ def split_by_tcot_match(records: Sequence[Record], tcot_rows, judge, *, threshol
         raise ValueError(f"threshold {threshold} and rl_fraction {rl_fraction} are two ways to split: give one")
     if threshold is None:
         threshold = MATCH_THRESHOLD
-    index = tcot_index(tcot_rows)
+    index = tcot_index(tcot_rows, source=tcot_source)
     pairs = []
     for i, rec in enumerate(records):
         pairs.append((tcot_judge_item(rec.query, joined_tcot(index, rec, i, "query", source=source,

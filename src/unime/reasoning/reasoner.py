@@ -381,15 +381,17 @@ def check_tcot_rows(rows: Iterable[TCoTRow], *, source: str | None) -> None:
         parse_tcot_row(row, source=source)
 
 
-def tcot_index(rows: Iterable[TCoTRow]) -> dict[tuple[str, str], TCoTRow]:
-    """(record_id, side) → row; a duplicate key is an error."""
+def tcot_index(rows: Iterable[TCoTRow], *, source: str | None = None) -> dict[tuple[str, str], TCoTRow]:
+    """(record_id, side) → row; a duplicate key is an error naming the T-CoT file `source` and both rows
+    (`tcot_row_label`: their lines)."""
     from unime.errors import DataError
 
     out: dict[tuple[str, str], TCoTRow] = {}
     for r in rows:
         key = (r.record_id, r.side)
         if key in out:
-            raise DataError(f"two T-CoTs for record {r.record_id!r} side {r.side!r}", record=r.record_id, field="side")
+            raise DataError(f"two T-CoTs for record {r.record_id!r} side {r.side!r} (the other: "
+                            f"{tcot_row_label(out[key])})", source=source, record=tcot_row_label(r), field="side")
         out[key] = r
     return out
 
