@@ -129,3 +129,39 @@ def test_a_torchrun_worker_whose_command_finished_ends_without_the_teardown():
     finished, failed = run("{}"), run("{'fail': True}")
     assert (finished.returncode, finished.stdout) == (0, "ran mine")
     assert failed.returncode != 0
+
+
+def test_workers_end_when_the_demo_is_killed_while_they_start(tmp_path):
+    """kill -9 of the demo while its workers were still starting (before they could set up their death signal):
+    they end as soon as they are set up, instead of waiting for calls as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import descendants, kill_all, survivors
+
+    options = {"--records": str(tmp_path / "missing.jsonl")}
+    demo = subprocess.Popen([sys.executable, "-c", "from unime.demo.parallel import run_parallel\n"
+                             f"run_parallel([('train embedder', {options!r})] * 2, jobs=2, threads=1)\n"])
+    started: list[int] = []
+    try:
+        end = time.monotonic() + 120
+        while not any("spawn_main" in _command(p) for p in started) and time.monotonic() < end:
+            started = descendants(demo.pid)
+            time.sleep(0.01)
+        assert any("spawn_main" in _command(p) for p in started), "no worker started"
+        os.kill(demo.pid, signal.SIGKILL)
+        demo.wait(timeout=30)
+        assert survivors(started, within=30) == [], [_command(p) for p in started]
+    finally:
+        kill_all(started + [demo.pid])
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read().replace("\0", " ")
+    except OSError:
+        return ""

@@ -6,8 +6,8 @@ A tiny model's step is too small to keep two CPU cores busy from one process (me
 threads), so the demo runs `jobs` commands at once, each with `threads` torch threads. Each command is the
 same stage call `unime.demo.stage_calls.run_stage_command` makes in-process; the outputs are what the
 command writes when run alone (its own output folder, written atomically and resumable), so an interrupted
-stage is redone the same way as a sequential one. Workers are spawned (no forked torch state) and, on Linux,
-die with the demo process.
+stage is redone the same way as a sequential one. Workers are spawned (no forked torch state) and end with the
+demo process, also when it is killed with SIGKILL (`unime.parent_death`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import multiprocessing
 import os
 import pickle
 import re
-import signal
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from unime.demo.stage_logs import StageLogging
 from unime.errors import UnimeError
+from unime.parent_death import end_with_parent
 from unime.process_group import PEER_LOST
 
 
@@ -46,7 +45,7 @@ def run_parallel(calls: list[tuple[str, dict[str, Any]]], *, jobs: int, threads:
     workers' log records go (the stage's file and the console, `unime.demo.stage_logs`)."""
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(calls))), mp_context=ctx,
-                               initializer=_init_worker, initargs=(threads, logs))
+                               initializer=_init_worker, initargs=(threads, logs, None, os.getpid()))
     try:
         futures = [pool.submit(_run_one, command, options) for command, options in calls]
         for future in futures:
@@ -57,18 +56,15 @@ def run_parallel(calls: list[tuple[str, dict[str, Any]]], *, jobs: int, threads:
     pool.shutdown(wait=True)
 
 
-def _init_worker(threads: int, logs: StageLogging | None = None, rank: int | None = None) -> None:
+def _init_worker(threads: int, logs: StageLogging | None = None, rank: int | None = None,
+                 parent: int | None = None) -> None:
+    """Set up a worker process started by the demo (`parent`: the demo's pid): first of all, it ends with the demo
+    (kill -9 of the demo included, also while this worker was still starting)."""
+    end_with_parent(parent)
     if logs is not None:
         logs.install(rank=rank)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
-    if sys.platform.startswith("linux"):  # a worker does not outlive the demo (kill -9 of the demo included)
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
     import torch
 
     torch.set_num_threads(threads)
@@ -108,7 +104,7 @@ def run_ranks(command: str, options: dict[str, Any], *, processes: int, threads:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"unime-demo-{os.getpid()}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
     try:
-        elastic_launch(config, _run_rank)(command, options, threads, logs)
+        elastic_launch(config, _run_rank)(command, options, threads, logs, os.getpid())
     except ChildFailedError as e:
         rank, message = root_failure({r: f.message for r, f in e.failures.items()},
                                      {r: f.timestamp for r, f in e.failures.items()})
@@ -136,10 +132,11 @@ def root_failure(messages: dict[int, Any], timestamps: dict[int, int]) -> tuple[
     return (int(relayed.group(1)), relayed.group(2)) if relayed else (rank, text(messages[rank]))
 
 
-def _run_rank(command: str, options: dict[str, Any], threads: int, logs: StageLogging | None = None) -> None:
+def _run_rank(command: str, options: dict[str, Any], threads: int, logs: StageLogging | None = None,
+              parent: int | None = None) -> None:
+    _init_worker(threads, logs, rank=int(os.environ.get("RANK", "0") or 0), parent=parent)
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    _init_worker(threads, logs, rank=int(os.environ.get("RANK", "0") or 0))
     record(_run_one)(command, options)
     # finished: after the launcher has read this return, the process ends without the interpreter's teardown, as
     # `unime mine` under torchrun does (a C++ thread sometimes aborted it there, failing a finished run)
