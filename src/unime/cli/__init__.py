@@ -443,9 +443,14 @@ def main_process_stdout():
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A failure the user can cause ends as one line and exit code 2 (`cli.failures`). Its messages
-    name options by their flags, also those logged during the run (`unime.options.command_line_wording`)."""
+    name options by their flags, also those logged during the run (`unime.options.command_line_wording`). Started by
+    torchrun (or accelerate launch), it ends with its launcher, also when the launcher is killed with SIGKILL
+    (`unime.parent_death`)."""
     from unime.options import command_line_wording
+    from unime.parent_death import end_with_parent, launched_by_torchrun
 
+    if launched_by_torchrun():
+        end_with_parent()
     with command_line_wording():
         return _main(argv)
 
