@@ -179,3 +179,41 @@ def test_a_process_that_leaves_without_teardown_ends_with_status_0_and_loses_no_
     assert (ended.returncode, ended.stdout, ended.stderr) == (0, "mined", "done")
     torn_down = _exit_of(_ABORTING_TEARDOWN + "print('mined', end='')")  # the control: the abort is real
     assert torn_down.returncode != 0
+
+
+@pytest.mark.slow  # two torchrun processes load a tiny embedder and judge (~1 min on 2 busy cores)
+def test_the_processes_of_torchrun_end_when_torchrun_is_killed(tiny_model_dir, tiny_world_dir, tmp_path):
+    """kill -9 of torchrun (an OOM kill, a scheduler) while `unime mine` runs under it: its processes end within
+    seconds (`unime.parent_death`) instead of mining on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import descendants, kill_all, survivors
+
+    world, out = tiny_world_dir(0), tmp_path / "mined"
+    log = tmp_path / "torchrun.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # DEBUG: the second process logs its lines too, so the log tells when both run the command
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "unime",
+           "--log-level", "DEBUG", "mine", "--records", str(world / "train" / "records.jsonl"),
+           "--embedder", tiny_model_dir("qwen2_vl"), "--judge", tiny_model_dir("qwen2_5_vl"), "--out", str(out),
+           "--data-root", str(world), "--k", "8", "--count", "2", "--device", "cpu", "--threads", "1"]
+    with open(log, "w") as sink:
+        torchrun = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    workers: list[int] = []
+    try:
+        end = time.monotonic() + 400
+        while log.read_text().count("unime.mining.inputs: image content digest") < 2 and torchrun.poll() is None:
+            assert time.monotonic() < end, log.read_text()[-3000:]
+            time.sleep(0.2)
+        workers = descendants(torchrun.pid)
+        assert torchrun.poll() is None and len(workers) >= 2, log.read_text()[-3000:]  # both mining
+        os.kill(torchrun.pid, signal.SIGKILL)
+        torchrun.wait(timeout=30)
+        assert survivors(workers, within=10) == []
+        assert not (out / "mined.json").exists()  # they stopped mining: the run was not finished
+    finally:
+        kill_all(workers + [torchrun.pid])
