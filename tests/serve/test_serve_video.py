@@ -204,3 +204,41 @@ def test_the_video_options_of_the_command_line_sample_the_served_videos_and_an_i
             assert hit["id"] == "clip" and hit["score"] == pytest.approx(1.0, abs=1e-4), hit
     with pytest.raises(IndexError_, match="video_sampling"):
         Engine.load(ServeConfig(model=model, index=str(tmp_path / "idx"), dtype="auto", no_auth=True, video_frames=6))
+
+
+def test_a_request_decoding_its_video_does_not_hold_the_other_requests(client, clips, monkeypatch):
+    """The decoding of a request's inputs runs off the event loop: while a request's video is being decoded (held
+    here on an event), /health and a text embedding are answered; released, the request gets its embedding. (They
+    waited for the decoding, which held the event loop: a 64 MiB clip held every request.)"""
+    import threading
+
+    import unime.data.video as video
+
+    entered, release, held = threading.Event(), threading.Event(), threading.Event()
+    decode = video.decode_video
+
+    def blocking(*a, **k):
+        held.set()
+        entered.set()
+        release.wait(10)
+        held.clear()
+        return decode(*a, **k)
+
+    monkeypatch.setattr(video, "decode_video", blocking)
+    data = write_clip(clips["root"] / "held.mp4", n=12, fps=10, shift=7).read_bytes()  # not in the frame cache
+    answer = {}
+    worker = threading.Thread(target=lambda: answer.update(r=client.post("/v1/embeddings", json={
+        "model": MODEL, "input": {"video": video_uri(data)}})))
+    worker.start()
+    try:
+        assert entered.wait(30), "the video was never decoded"
+        health = client.get("/health")
+        text = client.post("/v1/embeddings", json={"model": MODEL, "input": "a text meanwhile"})
+        still_held = held.is_set()
+    finally:
+        release.set()
+        worker.join(60)
+    assert health.status_code == 200 and text.status_code == 200, (health.text, text.text)
+    assert still_held, "/health and the text were answered only once the video's decoding was over"
+    assert answer["r"].status_code == 200, answer["r"].text
+    assert len(answer["r"].json()["data"][0]["embedding"]) == client.engine.dim

@@ -249,6 +249,13 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                        count_tokens=lambda text: max(engine.count_tokens(text, m) for m in read_by),
                        video_loaders=[getattr(engine, m).image_loader for m in read_by])
 
+    async def decoded(convert):
+        """`convert()`, a request's conversion of its inputs to items (`item`: base64, image and video decoding,
+        token counts), on a worker thread: an inline video of up to --max-video-bytes decoded on the event loop held
+        /health, /metrics and every other request behind it. Not on the model thread either, where it would wait
+        for the model. Its `RequestError`s are raised here as they were."""
+        return await asyncio.to_thread(convert)
+
     def check_count(n: int, field: str) -> None:
         if n == 0:
             raise RequestError(400, f"{field}: empty input list", param=field)
@@ -325,7 +332,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             raise RequestError(400, f"dimensions: this model gives {engine.dim}-d embeddings, not {req.dimensions}",
                                param="dimensions")
         fields = [f"input[{i}]" for i in range(len(raw))]
-        items = [item(x, f, req.instruction) for x, f in zip(raw, fields)]
+        items = await decoded(lambda: [item(x, f, req.instruction) for x, f in zip(raw, fields)])
         vecs, tokens = await with_timeout(embed(items, fields), request)
         metrics.items.labels("embedded").inc(len(items))
         data = []
@@ -343,8 +350,9 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         model = check_model(req.model, engine.reranker_name, "reranker")
         check_count(len(req.documents), "documents")
         # the reranker reads them (not the embedder, whose tokenizer may count otherwise)
-        query = item(req.query, "query", req.instruction, read_by=("reranker",))
-        docs = [item(d, f"documents[{i}]", read_by=("reranker",)) for i, d in enumerate(req.documents)]
+        query, docs = await decoded(lambda: (
+            item(req.query, "query", req.instruction, read_by=("reranker",)),
+            [item(d, f"documents[{i}]", read_by=("reranker",)) for i, d in enumerate(req.documents)]))
         order, scores, source, tokens = await with_timeout(rerank_docs(query, docs, req.mode), request)
         metrics.items.labels("reranked").inc(len(docs))
         results = []
@@ -371,8 +379,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                                    param=name)
         if req.rerank and engine.reranker is None:
             raise RequestError(400, "rerank: this server has no reranker (start it with --reranker R)", param="rerank")
-        query = item(req.query, "query", req.instruction, read_by=("embedder", "reranker") if req.rerank else
-                     ("embedder",))
+        query = await decoded(lambda: item(req.query, "query", req.instruction,
+                                           read_by=("embedder", "reranker") if req.rerank else ("embedder",)))
         from unime.index.store import search_items
 
         async def work():
