@@ -83,6 +83,9 @@ def test_an_index_of_another_video_sampling_is_served_with_that_sampling(world, 
     default = Engine.load(ServeConfig(model=world["model"], dtype="auto", index=str(world["root"] / "idx"),
                                       no_auth=True))
     assert default.embedder.image_loader.video_sampling is None  # an index of the default sampling: the default
+    given = Engine.load(ServeConfig(model=world["model"], dtype="auto", index=str(world["root"] / "idx"),
+                                    no_auth=True, video_frames=8))  # the default given explicitly: the index's
+    assert given.embedder.image_loader.video_sampling is None
 
 
 @pytest.fixture(scope="module")

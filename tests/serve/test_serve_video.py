@@ -176,7 +176,8 @@ def test_the_video_options_of_the_command_line_sample_the_served_videos_and_an_i
         clips, tiny_model_dir, tmp_path):
     """`unime serve --video-frames 4` samples as `unime embed --video-frames 4`; over an index of 4 frames the
     option may be left out (the index's is taken: /v1/search finds the clip with its own inline copy) or given
-    alike, and another one is refused naming both samplings."""
+    alike, and another one is refused naming both samplings, the default one given explicitly (--video-frames 8)
+    too."""
     from unime.cli import build_parser
     from unime.cli.serve import config_from_args
     from unime.index.store import IndexError_, build_corpus_index
@@ -204,6 +205,13 @@ def test_the_video_options_of_the_command_line_sample_the_served_videos_and_an_i
             assert hit["id"] == "clip" and hit["score"] == pytest.approx(1.0, abs=1e-4), hit
     with pytest.raises(IndexError_, match="video_sampling"):
         Engine.load(ServeConfig(model=model, index=str(tmp_path / "idx"), dtype="auto", no_auth=True, video_frames=6))
+    # given at its default (8 frames), an option is given all the same: the default sampling, not the index's 4
+    # frames (it was taken as unset and the index's sampling served silently)
+    given = config_from_args(build_parser().parse_args(["serve", "--model", model, "--no-auth", "--dtype", "auto",
+                                                        "--index", str(tmp_path / "idx"), "--video-frames", "8"]))
+    assert given.video_frames == 8
+    with pytest.raises(IndexError_, match="video_sampling"):
+        Engine.load(given)
 
 
 def test_a_request_decoding_its_video_does_not_hold_the_other_requests(client, clips, monkeypatch):

@@ -5,6 +5,7 @@ All model calls run on one worker thread (`executor`): one copy of each model pe
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,17 +54,20 @@ class Engine:
     def load(cls, config: ServeConfig) -> "Engine":
         from unime.models.embedder import Embedder
 
-        from unime.data.video import VideoSampling
+        from unime.data.video import VideoOptions, VideoSampling
 
         index = reranker = None
         # the --video-* options, as `unime embed` takes them; unset, the index's (QA: --video-frames 4 was refused);
-        # given and other than the index's, refused by `check_model` below, naming both samplings
+        # given and other than the index's, refused by `check_model` below, naming both samplings. Given at its
+        # default (--video-frames 8: `from_fields` gives None, the default sampling) an option is given all the
+        # same: the default sampling, refused over an index of another one (it was the index's, silently)
         sampling = VideoSampling.from_fields(config)
+        given = any(getattr(config, f.name) is not None for f in dataclasses.fields(VideoOptions))
         if config.index:
             from unime.index.store import CorpusIndex, index_video_sampling
 
             index = CorpusIndex(config.index, mmap=config.mmap)
-            if sampling is None:
+            if not given:
                 sampling = index_video_sampling(index.manifest)
         emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,
                                        item_format=config.item_format, attn_implementation=config.attn_implementation,
