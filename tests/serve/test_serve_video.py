@@ -250,3 +250,33 @@ def test_a_request_decoding_its_video_does_not_hold_the_other_requests(client, c
     assert still_held, "/health and the text were answered only once the video's decoding was over"
     assert answer["r"].status_code == 200, answer["r"].text
     assert len(answer["r"].json()["data"][0]["embedding"]) == client.engine.dim
+
+
+def test_a_video_is_decoded_once_per_request_whatever_the_models_that_read_it(client, clips, monkeypatch):
+    """An inline clip is decoded once: checked by `decode_video_uri` for each model that reads it (the embedder's,
+    a reranker's loader of the same sampling) and then read by the model from the frame cache. A model of another
+    sampling takes other frames, decoded for it."""
+    import unime.data.video as video
+    from unime.serve.inputs import InlineOnlyLoader, decode_video_uri
+
+    calls = []
+    decode = video.decode_video
+
+    def counting(*a, **k):
+        calls.append(k.get("name"))
+        return decode(*a, **k)
+
+    monkeypatch.setattr(video, "decode_video", counting)
+    clip = write_clip(clips["root"] / "once.mp4", n=12, fps=10, shift=3).read_bytes()  # not in the frame cache
+    r = client.post("/v1/embeddings", json={"model": MODEL, "input": [{"video": video_uri(clip)}]})
+    assert r.status_code == 200, r.text
+    assert len(calls) == 1, calls  # checked at the request, the embedder's load a cache hit
+    emb = client.engine.embedder.image_loader
+    same = InlineOnlyLoader(max_aspect_ratio=emb.max_aspect_ratio, video=emb.video_sampling)  # a reranker's
+    other = write_clip(clips["root"] / "twice.mp4", n=12, fps=10, shift=5).read_bytes()
+    calls.clear()
+    assert decode_video_uri(video_uri(other), Limits(), "query.video", [emb, same]) == other
+    assert len(calls) == 1, calls
+    four = InlineOnlyLoader(max_aspect_ratio=emb.max_aspect_ratio, video=VideoSampling(num_frames=4))
+    decode_video_uri(video_uri(other), Limits(), "query.video", [emb, four])
+    assert len(calls) == 2, calls  # the 4 frames, decoded for the loader that samples them
