@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.data.helpers import write_clip
 from tests.index.helpers import mapped_files, needs_proc_maps
 from tests.serve.helpers import COLOURS, Server, png_uri, write_corpus
 from unime.data.items import Item
@@ -889,6 +890,68 @@ def test_search_page_in_a_real_browser(server, world, tmp_path):
             os.makedirs(os.environ["UNIME_TEST_ARTIFACTS"], exist_ok=True)
             shutil.copy(shot, os.path.join(os.environ["UNIME_TEST_ARTIFACTS"], "search_page.png"))
         assert browser.find_element(By.ID, "status").text == ""
+        # a video query chosen in the page, sent as {"video": "data:video/mp4;base64,..."} (the page took images only)
+        clip = write_clip(tmp_path / "query.mp4", n=12, fps=10)
+        uri = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+        browser.execute_script("window.sent = []; const f = window.fetch; window.fetch = (url, opts) => "
+                               "{ window.sent.push(JSON.parse(opts.body)); return f(url, opts); };")
+        browser.find_element(By.ID, "video").send_keys(str(clip))
+        wait.until(EC.presence_of_element_located((By.ID, "query-video")))
+        assert not browser.find_elements(By.ID, "query-image")  # one image or one video, the last chosen
+        browser.execute_script("document.getElementById('grid').innerHTML = '';")
+        browser.find_element(By.ID, "go").click()
+        with _client(server) as c:
+            r = c.post("/v1/search", json={"query": {"video": uri}, "top_k": 6})
+            assert r.status_code == 200, r.text
+            api_video = [h["id"] for h in r.json()["data"]]
+        assert wait.until(lambda b: b.execute_script("return window.sent"))[0]["query"] == {"text": None, "video": uri}
+        assert wait.until(lambda b: [e.get_attribute("data-id") for e in b.find_elements(By.CSS_SELECTOR,
+                                                                                         "#grid .result")]
+                          or False) == api_video
+        assert browser.find_element(By.ID, "status").text == ""
+        # a video over the server's limit is told as an image over it is: the server's message
+        told = {}
+        for kind, name in (("video", "big.mp4"), ("file", "big.png")):
+            (tmp_path / name).write_bytes(bytes(160_000))  # its data URI: over --max-body-bytes 200000
+            browser.find_element(By.ID, "clear").click()
+            browser.find_element(By.ID, kind).send_keys(str(tmp_path / name))
+            wait.until(EC.presence_of_element_located((By.ID, "query-video" if kind == "video" else "query-image")))
+            browser.find_element(By.ID, "go").click()
+            told[kind] = wait.until(lambda b: b.find_element(By.ID, "status").text.startswith("error")
+                                    and b.find_element(By.ID, "status").text)
+        assert told["video"] == told["file"] == "error 413: request body over the limit of 200000 bytes", told
+    finally:
+        browser.quit()
+
+
+
+def test_the_search_page_sends_a_chosen_video_as_a_data_uri(tmp_path):
+    """The page (no server: its fetch answered in the browser) sends a video chosen in its video input as
+    {"query": {"text": null, "video": "data:video/mp4;base64,..."}}, and shows the server's size refusal as it shows
+    an image's. (The page took images only.)"""
+    from importlib import resources
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = tmp_path / "page.html"
+    page.write_text(resources.files("unime.serve").joinpath("page.html").read_text(encoding="utf-8"))
+    clip = write_clip(tmp_path / "query.mp4", n=12, fps=10)
+    browser = _chromium()
+    try:
+        browser.get(page.as_uri())
+        browser.execute_script("window.sent = []; window.fetch = async (url, opts) => { window.sent.push("
+                               "JSON.parse(opts.body)); return { ok: false, status: 413, json: async () => "
+                               "({ error: { message: 'query.video: video is over 10 bytes' } }) }; };")
+        browser.find_element(By.ID, "video").send_keys(str(clip))
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_elements(By.ID, "query-video"))
+        browser.find_element(By.ID, "go").click()
+        sent = wait.until(lambda b: b.execute_script("return window.sent"))
+        uri = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+        assert sent == [{"query": {"text": None, "video": uri}, "top_k": 12, "rerank": False}]
+        assert wait.until(lambda b: b.find_element(By.ID, "status").text.startswith("error")
+                          and b.find_element(By.ID, "status").text) == "error 413: query.video: video is over 10 bytes"
     finally:
         browser.quit()
 
