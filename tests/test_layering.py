@@ -21,6 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # floor of each top-level part of the package; a module's floor is that of `unime.<part>`
 FLOORS = {
     "unime.errors": 0, "unime.options": 0.5, "unime.process_group": 1,  # options raise OptionError
+    "unime.parent_death": 1,  # worker processes that end with their launcher (the demo's workers, torchrun ranks)
     "unime.data": 1,
     "unime.outdir": 1.5,  # output folders and files: atomic writes from unime.data.atomic
     "unime.models": 2,
