@@ -36,7 +36,8 @@ class Limits(RangeChecked):
                                   "default %(default)s)", at_least=1)
     # a query clip: its frames are decoded in memory (`unime.serve.inputs.decode_video_uri`), never from a file
     max_video_bytes: int = option(64 * 1024 * 1024, "bytes per inline video (its data URI's decoded payload; "
-                                  "default %(default)s)", at_least=1)
+                                  "the request, its base64 4/3 of that, must also fit --max-body-bytes; default "
+                                  "%(default)s)", at_least=1)
     max_image_pixels: int = option(16_000_000, "pixels per image, read from its header before decoding (default "
                                    "%(default)s)", at_least=1)
     max_top_k: int = option(1000, "search results (top_k, rerank_top_k) per request (default %(default)s)",
