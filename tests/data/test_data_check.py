@@ -365,7 +365,7 @@ def test_data_check_samples_videos_as_the_run_given_its_video_options_does(tmp_p
         taken.clear()
         assert main(["data", "check", str(f), *options]) == 0, capsys.readouterr()
         assert taken == [frames], options
-        assert " 1 good, 0 bad rows, 0 with bad images" in capsys.readouterr().out
+        assert " 1 good, 0 bad rows, 0 with bad videos" in capsys.readouterr().out
     assert main(["data", "check", str(f), "--video-frames", "0"]) == 2
     assert "--video-frames must be >= 1, got 0" in capsys.readouterr().err
 
