@@ -369,9 +369,10 @@ def materialize_records_file(cfg: MaterializeConfig, left_out: list[str] | None 
     """`unime reason materialize`: `reasoned_records` of the records file written to `cfg.out`, the records' data
     root recorded beside it (`unime.data.roots.record_data_root`); returns their number. The T-CoT file is checked
     after the records are read, before any image (`unime.reasoning.reasoner.check_tcot_rows`: a T-CoT that does not
-    parse, or a box inverted or wholly outside the image, is refused naming its line, record id and side). Evidence left out by the crop rules (a box
-    too small or too elongated to crop) is counted: logged, and one line each into `left_out` when given. A records
-    file without records writes an empty file with a WARNING naming both inputs (a split that sent every pair to RL)."""
+    parse, or a box inverted or wholly outside the image, is refused naming its line, record id and side). Evidence
+    left out by the crop rules (a box too small or too elongated to crop) is counted: logged, and one line each into
+    `left_out` when given. A records file without records writes an empty file with a WARNING naming both inputs (a
+    split that sent every pair to RL)."""
     from unime.data.images import ImageLoader
     from unime.data.io import read_records, write_records
     from unime.data.roots import record_data_root, resolve_data_root
