@@ -387,3 +387,22 @@ def test_data_check_speaks_of_the_media_the_file_has(tmp_path, capsys):
     assert main(["data", "check", str(both)]) == 0
     assert capsys.readouterr().out == f"{both}: 2 good, 0 bad rows, 0 with bad images or videos (media paths " \
         f"resolved against {tmp_path})\n"
+
+
+def test_data_check_refuses_a_file_with_no_rows(tmp_path, capsys):
+    """QA (own data): `data check` on an empty records file (or one of blank lines) printed "0 good, 0 bad rows" and
+    exited 0, while every command reading the file refuses it (`train embedder`: "no usable training records"). It is
+    now one error line naming the file, exit 2."""
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n")):
+        f = tmp_path / name
+        f.write_text(text)
+        assert main(["data", "check", str(f)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == f"unime: error: {f}: no rows (the file is empty): every command reading it " \
+            "refuses it; give the file that holds your records\n"
+    write_png(tmp_path, "images/red.png", "red")
+    one = tmp_path / "one.jsonl"
+    write_jsonl(one, [{"query": {"text": "red"}, "positive": _img("red")}])
+    assert main(["data", "check", str(one)]) == 0
+    assert capsys.readouterr().out.startswith(f"{one}: 1 good, 0 bad rows")

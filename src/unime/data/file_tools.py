@@ -233,6 +233,9 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
         rows = read(cfg.input, on_error="skip", skips=skips)
         if checker is not None:
             rows = check_images(rows, checker, on_error="skip", skips=skips, source=cfg.input)
+    if not rows and not skips.total and kind != "beir":  # an empty file: no command that reads it takes it
+        raise DataError("no rows (the file is empty): every command reading it refuses it; give the file that "
+                        "holds your records", source=cfg.input)
     n_media_bad = skips.counts.get("image", 0) + skips.counts.get("video", 0)
     media = set() if checker is None else checker.media
     paths = {frozenset({"video"}): "video", frozenset({"images", "video"}): "media"}.get(frozenset(media), "image")
