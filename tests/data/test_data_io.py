@@ -544,3 +544,15 @@ def test_data_convert_command_reports_the_records_left_out(tmp_path, capsys):
     assert f"{tmp_path / 'conv.json'}: 2 records" in out
     assert "skipped 1 record(s) (output_format: 1)" in out
     assert f"  - {src}, record row 2 (id m2), field 'negatives[1]'" in out
+
+
+def test_a_misspelt_key_is_named_beside_the_missing_one(tmp_path):
+    """QA (own data): a record with `positve` for `positive` was refused as "field 'positive': missing key(s)
+    ['positive']", silent about the key it does hold; the line now names the unknown key too and says to rename it."""
+    path = _write_lines(tmp_path / "typo.jsonl", [{"id": "r1", "query": {"text": "a"}, "positve": {"text": "b"}}])
+    with pytest.raises(DataError) as e:
+        read_records(path)
+    assert str(e.value) == (f"{path}, record line 1 (id r1), field 'positive': missing key(s) ['positive'] with "
+                            "unknown key(s) ['positve'] given: rename them to the expected keys ['dataset', 'id', "
+                            "'negative_scores', 'negatives', 'positive', 'positive_score', 'query']")
+    assert e.value.reason == "schema"

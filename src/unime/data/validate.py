@@ -65,10 +65,12 @@ def check_keys(obj: Any, required: set[str], optional: set[str], *, source=None,
         raise data_error("schema", f"a {what} must be a JSON object, got {type(obj).__name__}", source=source,
                          record=record)
     missing = required - obj.keys()
-    if missing:
-        raise data_error("schema", f"missing key(s) {sorted(missing)}", source=source, record=record,
-                         field=sorted(missing)[0])
     extra = obj.keys() - required - optional
+    if missing:  # a misspelt key (`positve`) is named beside the key it stands for
+        typo = (f" with unknown key(s) {sorted(extra)} given: rename them to the expected keys "
+                f"{sorted(required | optional)}") if extra else ""
+        raise data_error("schema", f"missing key(s) {sorted(missing)}{typo}", source=source, record=record,
+                         field=sorted(missing)[0])
     if extra:
         raise data_error("schema", f"unknown key(s) {sorted(extra)} (expected {sorted(required | optional)})",
                          source=source, record=record, field=sorted(extra)[0])
