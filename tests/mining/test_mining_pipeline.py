@@ -523,6 +523,33 @@ def test_a_resumed_run_reports_the_judge_work_of_the_whole_run(mined, dataset, t
     assert (out / "mined.parquet").read_bytes() == (mined.out / "mined.parquet").read_bytes()
 
 
+def test_a_corrupt_judge_shard_or_retrieval_file_is_computed_again_not_a_traceback(
+        mined, dataset, tiny_model_dir, tmp_path, caplog):
+    """QA: a judge shard or retrieval.parquet cut short on disk (a copy cut off, a disk error: mining writes them
+    atomically) stopped the resumed run with pyarrow's traceback ('Parquet magic bytes not found in footer'): they
+    are mining's own files, so the run names them in a WARNING and computes them again."""
+    import logging
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(mined.out, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.pop("finished")  # a killed run ...
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("judge/shard-00002.parquet", "retrieval.parquet"):  # ... whose files were then cut short
+        data = (out / name).read_bytes()
+        (out / name).write_bytes(data[:len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="unime"):
+        r = run_mining(_config(dataset, tiny_model_dir, out))
+    warned = "\n".join(rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING)
+    assert "shard-00002.parquet" in warned and "retrieval.parquet" in warned
+    assert not r.finished_before and r.stats["judge_shards_resumed"] == len(list((out / "judge").iterdir())) - 1
+    for name in ("mined.json", "mined.parquet", "audit.parquet", "retrieval.parquet"):
+        assert (out / name).read_bytes() == (mined.out / name).read_bytes(), name
+    shard = "judge/shard-00002.parquet"  # its metadata holds the time it took
+    assert pq.read_table(out / shard).to_pydict() == pq.read_table(mined.out / shard).to_pydict()
+
+
 @pytest.mark.slow  # `unime mine` as two torchrun processes (~1.5 min on 2 busy cores)
 def test_two_processes_under_torchrun_split_the_judge_shards_and_write_what_one_process_writes(
         mined, dataset, tiny_model_dir, tmp_path):

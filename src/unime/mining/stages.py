@@ -47,8 +47,13 @@ def run_retrieval(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_h
     read its result."""
     path = manifest.path.parent / "retrieval.parquet"
     if manifest.stage("retrieval").get("hash") == stage_hash and path.is_file():
-        log.info("retrieval: reusing %s", path)
-        return read_retrieval(path)
+        try:
+            res = read_retrieval(path)
+        except (OSError, ValueError, KeyError) as e:  # cut short on disk (pyarrow's ArrowInvalid is a ValueError)
+            log.warning("retrieval: %s is unreadable (%s); retrieving again", path, e)
+        else:
+            log.info("retrieval: reusing %s", path)
+            return res
     t0 = time.perf_counter()
     if ranks.world == 1:
         encoder, rows = retrieval_encoder(c, data, manifest, embedder())
@@ -214,10 +219,14 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
         jdir.mkdir(parents=True, exist_ok=True)
         for stale in jdir.glob(".*.tmp-*"):  # leftovers of a killed write
             stale.unlink(missing_ok=True)
+        for i in range(n_shards):  # a shard cut short on disk (written atomically: a copy cut off, a disk error)
+            if (why := unreadable_shard(shard_path(i))) is not None:
+                log.warning("judge: %s is unreadable (%s); scoring it again", shard_path(i), why)
+                shard_path(i).unlink()
         manifest.set_stage("judge", {"hash": stage_hash, "n_shards": n_shards, "shard_size": c.shard_size})
 
-    ranks.primary_step(prepare)
     shard_path = lambda i: jdir / f"shard-{i:05d}.parquet"  # noqa: E731
+    ranks.primary_step(prepare)
     todo = [i for i in range(n_shards) if not shard_path(i).is_file()]
     if todo and ranks.primary:
         log.info("judge: %d of %d shards to score (%d done before)%s", len(todo), n_shards, n_shards - len(todo),
@@ -278,6 +287,19 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
     if missing:
         raise UnimeError(f"judge shards miss {len(missing)} queries (e.g. {missing[0]}); remove {jdir} and re-run")
     return result
+
+
+def unreadable_shard(path: Path) -> str | None:
+    """Why the judge shard `path` cannot be read (None: it reads, or it is not there)."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    try:
+        pq.read_table(path, columns=["query_index", "scores"])
+    except (OSError, ValueError, KeyError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        return str(e)
+    return None
 
 
 def is_number(v: Any) -> bool:
