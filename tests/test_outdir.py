@@ -81,6 +81,20 @@ def test_the_folder_refusal_names_the_commands_own_output_option(tmp_path, capsy
     assert "Choose another --also, or pass --overwrite" in str(caught.value)
 
 
+def test_an_output_file_under_a_file_is_refused_naming_that_file(tmp_path):
+    """QA: `unime embed --out notes/x.npy` where `notes` is a file said only `unime: error: notes: File exists` (the
+    parent folder's mkdir), which reads as if the output existed: the refusal names the output and the file in the
+    way, and leaves that file alone."""
+    from unime.outdir import FileNotOwned, claim_file
+
+    (tmp_path / "notes").write_text("the user's\n")
+    path = tmp_path / "notes" / "sub" / "x.npy"
+    with pytest.raises(FileNotOwned) as caught:
+        claim_file(path, "embed")
+    assert str(caught.value) == f"output file {path}: {tmp_path / 'notes'} is a file, not a folder"
+    assert (tmp_path / "notes").read_text() == "the user's\n"
+
+
 def test_the_file_refusal_names_overwrite_as_the_caller_gives_it(tmp_path):
     """From Python, a claimed output file of other content said "or pass --overwrite", a flag the Python API does
     not have: overwrite=True there, --overwrite in a command of `unime`."""

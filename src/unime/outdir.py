@@ -692,6 +692,8 @@ def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | 
     made = []  # the output's missing folders, deepest first (removed again by a run that fails before writing)
     for parent in path.absolute().parents:
         if parent.exists():
+            if not parent.is_dir():  # mkdir would say only "PARENT: File exists" / "Not a directory"
+                raise FileNotOwned(f"output file {path}: {parent} is a file, not a folder")
             break
         made.append(parent)
     path.parent.mkdir(parents=True, exist_ok=True)
