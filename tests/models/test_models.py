@@ -366,3 +366,23 @@ def test_a_training_run_on_a_mistyped_local_model_path_fails_at_once(tmp_path, m
     with pytest.raises(ModelError, match=r"^model 'emb/mergd': no such folder \(the folder 'emb' exists"):
         train_embedder(config)
     assert not (tmp_path / "out").exists() and calls == []
+
+
+def test_a_truncated_weights_file_is_a_model_error_naming_it(tiny_model_dir, tmp_path):
+    """QA: `unime embed --model M` with M/model.safetensors cut short (a copy or download cut off) ended in
+    safetensors' traceback ('incomplete metadata, file not fully covered'): a `ModelError` (one line) names the
+    model and the file."""
+    import shutil
+
+    from unime.errors import ModelError
+    from unime.models.loading import load_model
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), model)
+    weights = model / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:size // 2])
+    with pytest.raises(ModelError) as caught:
+        load_model(model, device="cpu")
+    assert str(model) in str(caught.value)
+    assert f"model.safetensors truncated ({size // 2} of {size} bytes)" in str(caught.value)

@@ -288,8 +288,17 @@ def _naming_the_model(path: str | os.PathLike):
     only the hub it could not reach: every offline command said the same line whatever the model, QA)."""
     from unime.errors import ModelError
 
+    from safetensors import SafetensorError
+
     try:
         yield
+    except SafetensorError as e:  # a weights file cut short (a copy or download cut off): not an OSError
+        from unime.models.run_state import _safetensors_problem
+
+        folder = Path(path)
+        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        why = next(filter(None, map(_safetensors_problem, files)), None) or " ".join(str(e).split())[:240]
+        raise ModelError(f"model {str(path)!r}: its weights could not be read ({why})") from None
     except OSError as e:
         where = "no such local folder, and the Hugging Face hub did not give it" if not Path(path).exists() else \
             "its folder could not be read as a model"
