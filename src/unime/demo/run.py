@@ -35,8 +35,8 @@ OUTPUT_FLAGS = ("--out", "--out-dir", "--cache-dir")  # the options of a demo co
 
 @dataclass
 class DemoSettings:
-    """Sizes and budgets. `quick` is the CI smoke test. `default` (4 seeds) took 20.5 min (1,228 s) on 2 idle CPU cores
-    with both pretrained models cached (the hard-negative and soft-label rows are 47 % of it; docs/DEMO.md)."""
+    """Sizes and budgets. `quick` is the CI smoke test. `default` (4 seeds, 240 steps per row) took 36.7 min (2,203 s)
+    on 2 idle CPU cores with both pretrained models cached (docs/DEMO.md "What it gives")."""
 
     family: str = "qwen2_vl"
     world_size: str = "default"
