@@ -556,3 +556,55 @@ def test_a_misspelt_key_is_named_beside_the_missing_one(tmp_path):
                             "unknown key(s) ['positve'] given: rename them to the expected keys ['dataset', 'id', "
                             "'negative_scores', 'negatives', 'positive', 'positive_score', 'query']")
     assert e.value.reason == "schema"
+
+
+def _damage_column(path, column: str, row_group: int = 0) -> None:
+    """Overwrite 16 bytes in the middle of `column`'s pages in `row_group` with zeros (the footer stays intact)."""
+    import pyarrow.parquet as pq
+
+    group = pq.ParquetFile(path).metadata.row_group(row_group)
+    col = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == column)
+    start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+    data = bytearray(path.read_bytes())
+    middle = start + col.total_compressed_size // 2
+    data[middle:middle + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+
+
+def test_a_parquet_file_with_damaged_data_pages_is_a_data_error_naming_the_file_and_row_group(tmp_path, capsys):
+    """QA: a records / eval Parquet file whose footer is intact but whose data pages are damaged (a disk error, a
+    copy gone wrong) opened fine and then ended in pyarrow's traceback while its rows were read (OSError "Couldn't
+    deserialize thrift ... Deserializing page header failed", "Corrupt snappy compressed data", ArrowInvalid, ...).
+    It is a `DataError` naming the file and the row group, under on_error="skip" too (no row of it is readable)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from unime.cli import main
+
+    path = tmp_path / "records.parquet"
+    write_records(_records(), path)
+    _damage_column(path, "positive.text")
+    with pytest.raises(OSError):  # what pyarrow says of it
+        pq.read_table(path)
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DataError) as e:
+            read_records(path, on_error=on_error)
+        assert str(e.value).startswith(f"{path}: row group 1 of 1 (rows 1 to 3) could not be read: the file is "
+                                       "damaged (Couldn't deserialize thrift")
+        assert str(e.value).endswith("); write or copy it again") and "\n" not in str(e.value)
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"unime: error: {path}: row group 1 of 1 (rows 1 to 3) could not be read")
+    assert err.count("\n") == 1
+
+    rows = [{**MMEB_ROW, "qry_text": f"what shape is shown in picture {i}?"} for i in range(4)]
+    mmeb = tmp_path / "test.parquet"  # eval rows, the HF release's layout, in two row groups: the second damaged
+    pq.write_table(pa.Table.from_pylist(rows), mmeb, row_group_size=2)
+    _damage_column(mmeb, "tgt_text.list.element", row_group=1)
+    assert pq.ParquetFile(mmeb).read_row_group(0).num_rows == 2
+    with pytest.raises(OSError):
+        pq.ParquetFile(mmeb).read_row_group(1)
+    with pytest.raises(DataError) as e:
+        read_mmeb(mmeb)
+    assert str(e.value) == (f"{mmeb}: row group 2 of 2 (rows 3 to 4) could not be read: the file is damaged "
+                            "(Corrupt snappy compressed data.); write or copy it again")

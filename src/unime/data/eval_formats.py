@@ -102,18 +102,8 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
         raise DataError("file not found", source=src)
     suffix = p.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(p)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise data_error("malformed_json", f"not a readable Parquet file: {e}", source=src) from None
-        n = 1  # 1-based, like lines
-        for batch in pf.iter_batches(batch_size=256):
-            for row in batch.to_pylist():
-                yield row_label(f"row {n}", row), row
-                n += 1
+        for n, row in enumerate(parquet_rows(open_parquet(p), src), start=1):  # 1-based, like lines
+            yield row_label(f"row {n}", row), row
         return
     if suffix == ".json":
         data = read_json_file(p)
@@ -126,6 +116,45 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
 
     for n, obj in iter_jsonl(p, on_malformed=policy.handle):
         yield row_label(f"line {n}", obj), obj
+
+
+def open_parquet(path: str | os.PathLike):
+    """`pyarrow.parquet.ParquetFile(path)`; a file that is no Parquet file (or whose footer is cut off) is a
+    `DataError` naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise data_error("malformed_json", f"not a readable Parquet file: {e}", source=str(path)) from None
+
+
+def parquet_rows(pf, source: str, batch_size: int = 256) -> Iterator[dict]:
+    """The rows of the open Parquet file `pf` (`open_parquet`) as dicts, row group by row group. A row group that
+    cannot be read (its data pages damaged while the footer is intact: pyarrow raises OSError, ArrowInvalid or, for
+    a damaged string, UnicodeDecodeError) is a `DataError` naming the file `source` and the row group: no row of
+    it can be trusted, so it is never skipped."""
+    import pyarrow as pa
+
+    n_groups = pf.metadata.num_row_groups
+    first = 1
+    for g in range(n_groups):
+        n_rows = pf.metadata.row_group(g).num_rows
+        batches = pf.iter_batches(batch_size=batch_size, row_groups=[g])
+        while True:
+            try:
+                batch = next(batches, None)
+                rows = None if batch is None else batch.to_pylist()
+            except (pa.ArrowException, OSError, ValueError) as e:  # ArrowInvalid, UnicodeDecodeError: ValueErrors
+                why = " ".join(str(e).split())[:240]
+                raise data_error("malformed_json", f"row group {g + 1} of {n_groups} (rows {first} to "
+                                 f"{first + n_rows - 1}) could not be read: the file is damaged ({why}); write or "
+                                 "copy it again", source=source) from None
+            if rows is None:
+                break
+            yield from rows
+        first += n_rows
 
 
 def row_label(where: str, obj: Any, keys: tuple[str, ...] = ("id",)) -> str:

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from unime.data.atomic import atomic_open, atomic_path
-from unime.data.eval_formats import (CompositionalPair, MMEBRow, QrelsRow, RetrievalEntry, origin_of,
-                                     qrels_row_from_dict, read_compositional, read_mmeb, read_parsed_rows,
-                                     read_retrieval, row_label, with_origin, write_compositional, write_mmeb,
-                                     write_retrieval)
+from unime.data.eval_formats import (CompositionalPair, MMEBRow, QrelsRow, RetrievalEntry, open_parquet, origin_of,
+                                     parquet_rows, qrels_row_from_dict, read_compositional, read_mmeb,
+                                     read_parsed_rows, read_retrieval, row_label, with_origin, write_compositional,
+                                     write_mmeb, write_retrieval)
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
@@ -219,14 +219,8 @@ def _row_to_record(row: dict, *, source: str, record: str) -> Record:
 
 
 def _iter_parquet(path: Path, policy: ErrorPolicy, batch_size: int = 256) -> Iterator[Record]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     src = str(path)
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise data_error("malformed_json", f"not a readable Parquet file: {e}", source=src) from None
+    pf = open_parquet(path)
     names = set(pf.schema_arrow.names)
     missing = RECORD_KEYS_REQUIRED - names
     extra = names - RECORD_KEYS_REQUIRED - RECORD_KEYS_OPTIONAL
@@ -235,15 +229,13 @@ def _iter_parquet(path: Path, policy: ErrorPolicy, batch_size: int = 256) -> Ite
         raise data_error("schema", f"Parquet columns {sorted(names)}: missing {sorted(missing)}, unknown "
                          f"{sorted(extra)}", source=src, field=bad[0])
     row_no = 1  # 1-based, like lines
-    for batch in pf.iter_batches(batch_size=batch_size):
-        for row in batch.to_pylist():
-            row = {k: v for k, v in row.items()}
-            label = row_label(f"row {row_no}", row)
-            row_no += 1
-            try:
-                yield with_origin(_row_to_record(row, source=src, record=label), label)
-            except DataError as e:
-                policy.handle(e)
+    for row in parquet_rows(pf, src, batch_size):
+        label = row_label(f"row {row_no}", row)
+        row_no += 1
+        try:
+            yield with_origin(_row_to_record(row, source=src, record=label), label)
+        except DataError as e:
+            policy.handle(e)
 
 
 def _write_parquet(records: Iterable[Record], path: Path) -> int:
