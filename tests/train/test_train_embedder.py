@@ -96,6 +96,28 @@ def test_outputs_load_with_plain_transformers_and_embedder(trained):
     assert abs(v_merged - v_base).max() > 1e-3          # and training changed the model
 
 
+def test_a_truncated_adapter_weights_file_is_a_model_error_naming_the_adapter_and_the_file(trained, tmp_path):
+    """QA: an adapter folder written by `unime train embedder` whose adapter_model.safetensors was cut short (a copy
+    cut off) ended in safetensors' traceback when loaded (as the model or as --adapter-path): a `ModelError` names
+    the adapter folder and the file, as for a full model's model.safetensors (`test_models`)."""
+    import shutil
+
+    from unime.errors import ModelError
+    from unime.models.loading import load_model
+
+    model_dir, world, batch, results = trained
+    adapter = tmp_path / "adapter"
+    shutil.copytree(results["symmetric_kl"].adapter, adapter)
+    weights = adapter / "adapter_model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:size // 2])
+    for path, adapter_path in ((adapter, None), (model_dir, str(adapter))):
+        with pytest.raises(ModelError) as caught:
+            load_model(path, device="cpu", adapter_path=adapter_path)
+        assert str(caught.value) == f"adapter {str(adapter)!r}: its weights could not be read " \
+            f"(adapter_model.safetensors truncated ({size // 2} of {size} bytes))"
+
+
 def test_a_relative_base_model_is_recorded_absolute_and_loads_from_another_directory(tiny_model_dir, mined_world,
                                                                                      tmp_path, monkeypatch):
     import shutil

@@ -283,22 +283,34 @@ def trained_model_folder(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def _naming_the_model(path: str | os.PathLike):
-    """A checkpoint that cannot be found or fetched is a `ModelError` naming it (Hugging Face's own message names
-    only the hub it could not reach: every offline command said the same line whatever the model, QA)."""
-    from unime.errors import ModelError
-
+def _naming_the_weights(path: str | os.PathLike, what: str = "model", name: str | None = None):
+    """A weights file of the folder `path` that safetensors cannot read (cut short: a copy or download cut off) is a
+    `ModelError` naming the `what` ("model", "adapter") as `name` (default `path`) and the file."""
     from safetensors import SafetensorError
+
+    from unime.errors import ModelError
 
     try:
         yield
-    except SafetensorError as e:  # a weights file cut short (a copy or download cut off): not an OSError
+    except SafetensorError as e:  # not an OSError
         from unime.models.run_state import _safetensors_problem
 
         folder = Path(path)
         files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
         why = next(filter(None, map(_safetensors_problem, files)), None) or " ".join(str(e).split())[:240]
-        raise ModelError(f"model {str(path)!r}: its weights could not be read ({why})") from None
+        raise ModelError(f"{what} {str(name or path)!r}: its weights could not be read ({why})") from None
+
+
+@contextlib.contextmanager
+def _naming_the_model(path: str | os.PathLike):
+    """A checkpoint that cannot be found or fetched is a `ModelError` naming it (Hugging Face's own message names
+    only the hub it could not reach: every offline command said the same line whatever the model, QA); one whose
+    weights file is cut short too (`_naming_the_weights`)."""
+    from unime.errors import ModelError
+
+    try:
+        with _naming_the_weights(path):
+            yield
     except OSError as e:
         where = "no such local folder, and the Hugging Face hub did not give it" if not Path(path).exists() else \
             "its folder could not be read as a model"
@@ -636,9 +648,10 @@ def load_peft_adapter(model, adapter_path: str, *, trainable: bool, name: str):
     from unime.errors import ModelError
 
     key_mapping = _adapter_key_mapping(model)
-    model = PeftModel.from_pretrained(model, adapter_path, is_trainable=trainable, key_mapping=key_mapping)
+    with _naming_the_weights(adapter_path, "adapter", name):  # adapter_model.safetensors cut short
+        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=trainable, key_mapping=key_mapping)
+        saved = load_peft_weights(adapter_path, device="cpu", key_mapping=key_mapping)
     wanted = set(get_peft_model_state_dict(model, save_embedding_layers=False))  # the keys peft saves the adapter by
-    saved = load_peft_weights(adapter_path, device="cpu", key_mapping=key_mapping)
     if missing := sorted(wanted - set(saved)):
         as_saved = dict(zip(saved, load_peft_weights(adapter_path, device="cpu")))  # peft renames key by key, in order
         unmatched = sorted(as_saved[k] for k in saved if k not in wanted)
