@@ -87,3 +87,20 @@ def test_bad_records_leave_another_commands_folder_as_it_was(trainer, tmp_path, 
     assert main([*argv, "--out", str(other), "--overwrite"]) == 2
     assert "nope.png" in _error_line(capsys)
     assert snapshot() == before
+
+
+def test_an_empty_records_file_is_refused_saying_it_is_empty(tmp_path, tiny_model_dir, capsys):
+    """QA: `train embedder` on an empty records file (or one of blank lines) said "no usable training records",
+    silent on why; it now says the file is empty, in `data check`'s words (bc5e167)."""
+    from unime.cli import main
+
+    argv = _argv("embedder", tmp_path, tiny_model_dir)
+    path = argv[argv.index("--records") + 1]
+    for text in ("", "\n  \n"):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        out = tmp_path / "out"
+        assert main([*argv, "--out", str(out)]) == 2
+        assert _error_line(capsys) == f"unime: error: {path}: no usable training records (the file is empty): " \
+            "give the file that holds your records"
+        assert not out.exists()

@@ -203,6 +203,7 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     from unime.data.beir import beir_files
     from unime.data.pairs import read_pairs
     from unime.data.roots import resolve_data_root
+    from unime.data.skips import empty_file_error
     from unime.data.video import PROCESSOR_MAX_ASPECT_RATIO, VideoSampling
 
     kind = check_format(cfg)
@@ -234,8 +235,7 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
         if checker is not None:
             rows = check_images(rows, checker, on_error="skip", skips=skips, source=cfg.input)
     if not rows and not skips.total and kind != "beir":  # an empty file: no command that reads it takes it
-        raise DataError("no rows (the file is empty): every command reading it refuses it; give the file that "
-                        "holds your records", source=cfg.input)
+        raise empty_file_error("no rows", cfg.input, "every command reading it refuses it; ")
     n_media_bad = skips.counts.get("image", 0) + skips.counts.get("video", 0)
     media = set() if checker is None else checker.media
     paths = {frozenset({"video"}): "video", frozenset({"images", "video"}): "media"}.get(frozenset(media), "image")

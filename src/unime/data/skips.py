@@ -35,6 +35,12 @@ def data_error(reason: str, message: str, *, source=None, record=None, field=Non
     return err
 
 
+def empty_file_error(what: str, source, note: str = "") -> DataError:
+    """`what` ("no rows", "no usable training records") of the file `source`, which holds no rows at all (it is empty,
+    or blank lines): the message says so and asks for the file of the records (`note`: said before that)."""
+    return DataError(f"{what} (the file is empty): {note}give the file that holds your records", source=source)
+
+
 def reason_of(err: DataError) -> str:
     return getattr(err, "reason", None) or "schema"
 

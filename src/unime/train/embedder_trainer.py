@@ -28,7 +28,7 @@ from transformers import Trainer, TrainingArguments
 
 from unime.data.items import Record
 from unime.data.roots import resolve_data_root
-from unime.data.skips import SkipReport
+from unime.data.skips import SkipReport, empty_file_error
 from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
 from unime.models.hf_arguments import (hf_training_arguments, non_reentrant_checkpointing_callback,
@@ -193,9 +193,15 @@ class EmbedderTrainingResult:
 
 
 def read_records_for_training(config: EmbedderTrainingConfig, skips: SkipReport) -> list[Record]:
+    """The records of the file `config.records`; one holding no row at all (empty, blank lines) is refused saying
+    so."""
     from unime.data.io import read_records
 
-    return read_records(config.records, on_error=config.on_error, skips=skips)
+    skipped = skips.total
+    records = read_records(config.records, on_error=config.on_error, skips=skips)
+    if not records and skips.total == skipped:
+        raise empty_file_error("no usable training records", config.records)
+    return records
 
 
 def resolve_auto_options(config: EmbedderTrainingConfig, records: Sequence[Record]) -> EmbedderTrainingConfig:
@@ -259,12 +265,12 @@ def _usable_records(config: EmbedderTrainingConfig, records: Sequence[Record] | 
     """Read (unless given) and check the records; images are decoded up front — all of them under the
     skip policy (bad ones are skipped and counted), the first `IMAGE_PREFLIGHT` records otherwise (a
     wrong --data-root fails in seconds, not after the model has loaded)."""
-    from unime.data.io import check_images, origin_of, read_records, with_origin
+    from unime.data.io import check_images, origin_of, with_origin
     from unime.models.loading import checkpoint_image_loader
 
     source = config.records
     if records is None:
-        records = read_records(source, on_error=config.on_error, skips=skips)
+        records = read_records_for_training(config, skips)
     records = check_records(records, num_negatives=config.hard_negatives, needs_scores=loss.requires_scores,
                             source=source, loss_name=loss.name, on_error=config.on_error, skips=skips,
                             config=config)
