@@ -311,7 +311,8 @@ def test_an_interrupted_run_on_changed_inputs_leaves_no_earlier_mined_set_or_rep
     for name in ("mined.parquet", "mined.json", "audit.parquet", "stats.json", "report.md", "plots"):
         assert not (out / name).exists(), name
     assert (out / "retrieval.parquet").is_file() and len(list((out / "judge").glob("shard-*.parquet"))) == 4
-    assert (out / "notes.md").read_text() == "mine" and "finished" not in json.loads((out / "manifest.json").read_text())
+    assert (out / "notes.md").read_text() == "mine"
+    assert "finished" not in json.loads((out / "manifest.json").read_text())
     result = run_mining(_config(dataset, tiny_model_dir, out))
     assert not result.finished_before and result.n_mined == mined.n_mined
     for name in ("mined.json", "mined.parquet", "audit.parquet"):
