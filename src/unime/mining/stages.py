@@ -219,13 +219,19 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
         jdir.mkdir(parents=True, exist_ok=True)
         for stale in jdir.glob(".*.tmp-*"):  # leftovers of a killed write
             stale.unlink(missing_ok=True)
-        for i in range(n_shards):  # a shard cut short on disk (written atomically: a copy cut off, a disk error)
-            if (why := unreadable_shard(shard_path(i))) is not None:
-                log.warning("judge: %s is unreadable (%s); scoring it again", shard_path(i), why)
+        for i in range(n_shards):  # the shards scored before: read once, here (their scores are kept for the end)
+            if not shard_path(i).is_file():
+                continue
+            try:
+                done[i] = read_shard(shard_path(i))
+            except (OSError, ValueError, KeyError) as e:  # pyarrow's ArrowInvalid is a ValueError
+                # cut short on disk (written atomically: a copy cut off, a disk error)
+                log.warning("judge: %s is unreadable (%s); scoring it again", shard_path(i), e)
                 shard_path(i).unlink()
         manifest.set_stage("judge", {"hash": stage_hash, "n_shards": n_shards, "shard_size": c.shard_size})
 
     shard_path = lambda i: jdir / f"shard-{i:05d}.parquet"  # noqa: E731
+    done: dict[int, Any] = {}  # rank 0: the tables of the shards on disk before this run scores any
     ranks.primary_step(prepare)
     todo = [i for i in range(n_shards) if not shard_path(i).is_file()]
     if todo and ranks.primary:
@@ -274,7 +280,7 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
         return None
     result = JudgeScores(scores={}, resumed_shards=resumed, shard_seconds=0.0)
     for i in range(n_shards):
-        t = pq.read_table(shard_path(i))
+        t = done.pop(i) if i in done else read_shard(shard_path(i))
         meta = t.schema.metadata or {}
         result.shard_seconds += float(meta.get(b"unime.seconds", b"0"))
         for k, v in json.loads(meta.get(b"unime.judge_stats", b"{}")).items():
@@ -289,17 +295,11 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
     return result
 
 
-def unreadable_shard(path: Path) -> str | None:
-    """Why the judge shard `path` cannot be read (None: it reads, or it is not there)."""
+def read_shard(path: Path):
+    """The judge shard `path`: a pyarrow Table of its query_index and scores, with its metadata."""
     import pyarrow.parquet as pq
 
-    if not path.is_file():
-        return None
-    try:
-        pq.read_table(path, columns=["query_index", "scores"])
-    except (OSError, ValueError, KeyError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        return str(e)
-    return None
+    return pq.read_table(path, columns=["query_index", "scores"])
 
 
 def is_number(v: Any) -> bool:
