@@ -89,18 +89,21 @@ def test_bad_records_leave_another_commands_folder_as_it_was(trainer, tmp_path, 
     assert snapshot() == before
 
 
-def test_an_empty_records_file_is_refused_saying_it_is_empty(tmp_path, tiny_model_dir, capsys):
+@pytest.mark.parametrize("trainer, what", [("embedder", "no usable training records"),
+                                           ("reranker", "no training examples"), ("judge", "no training examples")])
+def test_an_empty_records_file_is_refused_saying_it_is_empty(trainer, what, tmp_path, tiny_model_dir, capsys):
     """QA: `train embedder` on an empty records file (or one of blank lines) said "no usable training records",
-    silent on why; it now says the file is empty, in `data check`'s words (bc5e167)."""
+    silent on why, and `train reranker` / `train judge` said "no training examples"; each now says the file is
+    empty, in `data check`'s words (bc5e167)."""
     from unime.cli import main
 
-    argv = _argv("embedder", tmp_path, tiny_model_dir)
+    argv = _argv(trainer, tmp_path, tiny_model_dir)
     path = argv[argv.index("--records") + 1]
     for text in ("", "\n  \n"):
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
         out = tmp_path / "out"
         assert main([*argv, "--out", str(out)]) == 2
-        assert _error_line(capsys) == f"unime: error: {path}: no usable training records (the file is empty): " \
+        assert _error_line(capsys) == f"unime: error: {path}: {what} (the file is empty): " \
             "give the file that holds your records"
         assert not out.exists()

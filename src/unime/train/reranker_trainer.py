@@ -517,23 +517,26 @@ class Examples(NamedTuple):
 
 def build_examples(cfg: RerankerTrainConfig, *, skips=None) -> Examples:
     """Read the record files and build the example groups. A reranker leaves out the records mined by the fallback
-    (counted, logged) and refuses records that are all such."""
+    (counted, logged) and refuses records that are all such. A file holding no row at all (empty, blank lines) is
+    refused saying so."""
     from unime.data.io import check_images, read_records
     from unime.data.roots import resolve_data_root
-    from unime.data.skips import ErrorPolicy, data_error
+    from unime.data.skips import ErrorPolicy, data_error, empty_file_error
     from unime.train.label_quality import FALLBACK_WARN_SHARE, is_fallback_record
 
     groups: list[list[PromptExample]] = []
     n_records = n_fallback = 0
     root = cfg.data_root
     for path in cfg.records:
-        recs = read_records(path, on_error=cfg.on_error, skips=skips)
+        policy = ErrorPolicy(cfg.on_error, skips, str(path))  # the file's skips, logged at its end without `skips`
+        recs = read_records(path, on_error=cfg.on_error, skips=policy.skips)
+        if not recs and not policy.skipped:
+            raise empty_file_error("no training examples", path)
         file_root = root if root is not None else resolve_data_root(path)
         # within the model's processor's limits: an image it would refuse is a bad record here
         loader = checkpoint_image_loader(cfg.model, ImageBudget.from_args(cfg), file_root,
                                          video=VideoSampling.from_fields(cfg))
-        recs = check_images(recs, loader, on_error=cfg.on_error, skips=skips, source=str(path))
-        policy = ErrorPolicy(cfg.on_error, skips, str(path))
+        recs = check_images(recs, loader, on_error=cfg.on_error, skips=policy.skips, source=str(path))
         for i, rec in enumerate(recs):
             if cfg.role == "reranker" and not rec.negatives:
                 policy.handle(data_error("schema", "a reranker record needs at least one negative", source=str(path),
