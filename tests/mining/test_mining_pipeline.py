@@ -524,11 +524,32 @@ def test_a_resumed_run_reports_the_judge_work_of_the_whole_run(mined, dataset, t
     assert (out / "mined.parquet").read_bytes() == (mined.out / "mined.parquet").read_bytes()
 
 
+def _change_a_value(path: Path, column: str) -> None:
+    """Flip the lowest bit of one value of the float list column `column` of the Parquet file `path`: a value whose
+    bytes the file holds once (in its page, not as a min / max statistic), so that the page still decodes."""
+    import struct
+
+    import pyarrow as pa
+
+    col = pq.read_table(path, columns=[column]).column(column)
+    fmt = "<d" if pa.types.is_float64(col.type.value_type) else "<f"
+    data = bytearray(path.read_bytes())
+    for value in sorted(set(col.combine_chunks().flatten().to_pylist()))[1:-1]:
+        if data.count(struct.pack(fmt, value)) == 1:
+            data[data.find(struct.pack(fmt, value))] ^= 1
+            path.write_bytes(bytes(data))
+            return
+    raise AssertionError(f"no value of {column} found once in {path}")
+
+
+@pytest.mark.parametrize("damage", ["cut short", "a value changed"])
 def test_a_corrupt_judge_shard_or_retrieval_file_is_computed_again_not_a_traceback(
-        mined, dataset, tiny_model_dir, tmp_path, caplog):
+        mined, dataset, tiny_model_dir, tmp_path, caplog, damage):
     """QA: a judge shard or retrieval.parquet cut short on disk (a copy cut off, a disk error: mining writes them
     atomically) stopped the resumed run with pyarrow's traceback ('Parquet magic bytes not found in footer'): they
-    are mining's own files, so the run names them in a WARNING and computes them again."""
+    are mining's own files, so the run names them in a WARNING and computes them again. A byte changed in a page
+    (the page still decodes) was read as a changed score or similarity, silently: the files carry page checksums,
+    checked when they are read again, so it is the same WARNING."""
     import logging
     import shutil
 
@@ -537,9 +558,12 @@ def test_a_corrupt_judge_shard_or_retrieval_file_is_computed_again_not_a_traceba
     manifest = json.loads((out / "manifest.json").read_text())
     manifest.pop("finished")  # a killed run ...
     (out / "manifest.json").write_text(json.dumps(manifest))
-    for name in ("judge/shard-00002.parquet", "retrieval.parquet"):  # ... whose files were then cut short
-        data = (out / name).read_bytes()
-        (out / name).write_bytes(data[:len(data) // 2])
+    for name, column in (("judge/shard-00002.parquet", "scores"), ("retrieval.parquet", "candidate_sims")):
+        data = (out / name).read_bytes()  # ... whose files were then damaged
+        if damage == "cut short":
+            (out / name).write_bytes(data[:len(data) // 2])
+        else:
+            _change_a_value(out / name, column)
     with caplog.at_level(logging.WARNING, logger="unime"):
         r = run_mining(_config(dataset, tiny_model_dir, out))
     warned = "\n".join(rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from unime.data.atomic import atomic_open
+from unime.data.atomic import atomic_open, atomic_path
 from unime.data.items import Item
 from unime.data.jsonl import read_json_file
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
@@ -118,23 +118,42 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
         yield row_label(f"line {n}", obj), obj
 
 
+def write_parquet(table, path: str | os.PathLike) -> None:
+    """The pyarrow Table `table` written to `path` atomically, as every Parquet file unime writes is: with a CRC
+    checksum of each page, which unime's reads check (`open_parquet`, `read_parquet`), so that a page damaged on
+    disk or in a copy is an error, never values changed silently (a damaged page may still decode)."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, write_page_checksum=True)
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
+    """`pyarrow.parquet.read_table(path, columns=columns)`, the page checksums checked (`write_parquet`; a file
+    without them reads unchecked): a page that fails its check raises pyarrow's OSError."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=columns, page_checksum_verification=True)
+
+
 def open_parquet(path: str | os.PathLike):
-    """`pyarrow.parquet.ParquetFile(path)`; a file that is no Parquet file (or whose footer is cut off) is a
+    """`pyarrow.parquet.ParquetFile(path)`, its pages' checksums checked as they are read (`write_parquet`; a file
+    without them, a user's own, reads unchecked); a file that is no Parquet file (or whose footer is cut off) is a
     `DataError` naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, page_checksum_verification=True)
     except (pa.ArrowInvalid, OSError) as e:
         raise data_error("malformed_json", f"not a readable Parquet file: {e}", source=str(path)) from None
 
 
 def parquet_rows(pf, source: str, batch_size: int = 256) -> Iterator[dict]:
     """The rows of the open Parquet file `pf` (`open_parquet`) as dicts, row group by row group. A row group that
-    cannot be read (its data pages damaged while the footer is intact: pyarrow raises OSError, ArrowInvalid or, for
-    a damaged string, UnicodeDecodeError) is a `DataError` naming the file `source` and the row group: no row of
-    it can be trusted, so it is never skipped."""
+    cannot be read (its data pages damaged while the footer is intact: pyarrow raises OSError, among them a page
+    failing its checksum, ArrowInvalid or, for a damaged string, UnicodeDecodeError) is a `DataError` naming the
+    file `source` and the row group: no row of it can be trusted, so it is never skipped."""
     import pyarrow as pa
 
     n_groups = pf.metadata.num_row_groups

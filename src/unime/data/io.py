@@ -33,11 +33,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from unime.data.atomic import atomic_open, atomic_path
+from unime.data.atomic import atomic_open
 from unime.data.eval_formats import (CompositionalPair, MMEBRow, QrelsRow, RetrievalEntry, open_parquet, origin_of,
                                      parquet_rows, qrels_row_from_dict, read_compositional, read_mmeb,
                                      read_parsed_rows, read_retrieval, row_label, with_origin, write_compositional,
-                                     write_mmeb, write_retrieval)
+                                     write_mmeb, write_parquet, write_retrieval)
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
@@ -240,14 +240,11 @@ def _iter_parquet(path: Path, policy: ErrorPolicy, batch_size: int = 256) -> Ite
 
 def _write_parquet(records: Iterable[Record], path: Path) -> int:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rows = [{"id": r.id, "dataset": r.dataset, "query": _item_to_arrow(r.query),
              "positive": _item_to_arrow(r.positive), "negatives": [_item_to_arrow(n) for n in r.negatives],
              "positive_score": r.positive_score, "negative_scores": r.negative_scores} for r in records]
-    table = pa.Table.from_pylist(rows, schema=_arrow_schema())
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_parquet(pa.Table.from_pylist(rows, schema=_arrow_schema()), path)
     return len(rows)
 
 

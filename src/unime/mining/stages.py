@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from unime.data.atomic import atomic_path, warn_left
+from unime.data.atomic import warn_left
+from unime.data.eval_formats import read_parquet, write_parquet
 from unime.data.io import record_label
 from unime.data.items import Item, Record
 from unime.errors import UnimeError
@@ -49,7 +50,8 @@ def run_retrieval(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_h
     if manifest.stage("retrieval").get("hash") == stage_hash and path.is_file():
         try:
             res = read_retrieval(path)
-        except (OSError, ValueError, KeyError) as e:  # cut short on disk (pyarrow's ArrowInvalid is a ValueError)
+        except (OSError, ValueError, KeyError) as e:  # cut short or damaged on disk (a page failing its checksum:
+            # OSError; pyarrow's ArrowInvalid is a ValueError)
             log.warning("retrieval: %s is unreadable (%s); retrieving again", path, e)
         else:
             log.info("retrieval: reusing %s", path)
@@ -98,9 +100,7 @@ def encoding_logged(encoder: RunEncoder, ranks: Ranks):
 
 
 def read_retrieval(path: Path) -> RetrievalResult:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path).to_pydict()
+    t = read_parquet(path).to_pydict()
     return RetrievalResult(candidate_ids=[np.asarray(x, dtype=np.int64) for x in t["candidate_ids"]],
                            candidate_sims=[np.asarray(x, dtype=np.float32) for x in t["candidate_sims"]],
                            positive_sims=np.asarray(t["positive_sim"], dtype=np.float32),
@@ -127,7 +127,6 @@ def retrieve(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: 
     """Index the pool, search, write `path`, from `encoder`'s vectors (`retrieval_encoder`'s `rows`, encoded;
     `n_encoded` of them by this run, since `t0`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     vecs = encoder.vectors(rows)
     nq = len(data.records)
@@ -159,8 +158,7 @@ def retrieve(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash: 
         "positive_sim": pa.array(res.positive_sims, pa.float32()),
         "n_above_positive": pa.array(res.n_above_positive, pa.int64()),
     })
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_parquet(table, path)
     times["encode"], times["search"] = t1 - t0, t2 - t1
     # the queries a search left short (their positive ranks deep), finished by an exact scan of the pool
     exact_scan = {"queries": int(res.n_exact_scan), "of": nq}
@@ -202,7 +200,6 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
     Under several processes (`unime.mining.ranks`) each scores its share of them; rank 0 prepares the folder
     and reads the scores, the others return None."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = manifest.path.parent
     jdir = out / "judge"
@@ -225,7 +222,8 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
             try:
                 done[i] = read_shard(shard_path(i))
             except (OSError, ValueError, KeyError) as e:  # pyarrow's ArrowInvalid is a ValueError
-                # cut short on disk (written atomically: a copy cut off, a disk error)
+                # cut short or a page damaged on disk, failing its checksum (written atomically: a copy cut off, a
+                # disk error)
                 log.warning("judge: %s is unreadable (%s); scoring it again", shard_path(i), e)
                 shard_path(i).unlink()
         manifest.set_stage("judge", {"hash": stage_hash, "n_shards": n_shards, "shard_size": c.shard_size})
@@ -272,8 +270,7 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
             table = table.replace_schema_metadata({"unime.seconds": f"{time.perf_counter() - started:.6f}",
                                                    "unime.judge_stats": json.dumps(shard_stats),
                                                    "unime.rank": str(ranks.rank)})
-            with atomic_path(shard_path(sid)) as tmp:
-                pq.write_table(table, tmp)
+            write_parquet(table, shard_path(sid))
     ranks.every_step(score)  # every process's shards are on disk
     times["judge"] = time.perf_counter() - t0
     if not ranks.primary:
@@ -296,10 +293,9 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
 
 
 def read_shard(path: Path):
-    """The judge shard `path`: a pyarrow Table of its query_index and scores, with its metadata."""
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path, columns=["query_index", "scores"])
+    """The judge shard `path`: a pyarrow Table of its query_index and scores, with its metadata (its pages'
+    checksums checked: a damaged page is an OSError, the shard scored again)."""
+    return read_parquet(path, columns=["query_index", "scores"])
 
 
 def is_number(v: Any) -> bool:
@@ -416,7 +412,6 @@ def write_outputs(out: Path, mined: list[Record], audit_rows: AuditRows | list[d
     of a run (`write_mined_parquet`). Returns the notes on mined.json that stats.json and the report carry
     (`write_mined_json`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
     notes = write_mined_json(out / "mined.json", mined)
@@ -430,8 +425,7 @@ def write_outputs(out: Path, mined: list[Record], audit_rows: AuditRows | list[d
                           if audit_rows and "relevance" in audit_rows[0] else []))
     table = audit_rows.arrow_table(schema) if isinstance(audit_rows, AuditRows) \
         else pa.Table.from_pylist(audit_rows, schema=schema)
-    with atomic_path(out / "audit.parquet") as tmp:
-        pq.write_table(table, tmp)
+    write_parquet(table, out / "audit.parquet")
     times["write"] = time.perf_counter() - t0
     return notes
 
