@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     world_delta = seconds["with video"] - seconds["without video"]
     print(f"\nvideo in the default demo ({s.video_clips} eval clips, {4 * s.video_clips} train clips, "
           f"{s.video_frames} frames each; {args.threads} torch thread(s)):")
-    print(f"  world stage (CPU s, best of {args.rounds}): {seconds['without video']:.1f} s without video, {seconds['with video']:.1f} s with "
-          f"→ +{world_delta:.1f} s")
+    print(f"  world stage (CPU s, best of {args.rounds}): {seconds['without video']:.1f} s without video, "
+          f"{seconds['with video']:.1f} s with → +{world_delta:.1f} s")
     print(f"  one video eval (default base shape): {one_eval:.1f} CPU s ({one_wall:.1f} s wall)  x {n_evals} "
           f"embedder evals = {n_evals * one_eval:.1f} s")
     print(f"  added to the demo: ≈ {world_delta + n_evals * one_eval:.0f} s")

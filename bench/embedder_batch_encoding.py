@@ -97,7 +97,8 @@ def main() -> None:
         s = stats[mode]
         sec = statistics.median(s["seconds"])
         print(f"{mode:>23}: rows {statistics.mean(s['rows']):6.1f}, "
-              f"LM tokens padded {statistics.mean(s['padded']):7.0f} / real {statistics.mean(s['real']):6.0f}, CPU s per step (median) {sec:5.2f}, "
+              f"LM tokens padded {statistics.mean(s['padded']):7.0f} / real {statistics.mean(s['real']):6.0f}, "
+              f"CPU s per step (median) {sec:5.2f}, "
               f"ratio to every place {sec / base:.2f}")
 
 

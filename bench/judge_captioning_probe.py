@@ -154,7 +154,8 @@ def main() -> None:
     print(f"  judge P(Yes), the given model: within-query AUC {within_query_auc(judge_rows):.3f}")
 
     def likelihood_auc(scorer) -> float:
-        rows = [scorer.log_likelihoods(caption_of(r), [eval_images.load(i.images[0]) for i in (r.positive, *r.negatives)])
+        rows = [scorer.log_likelihoods(caption_of(r),
+                                       [eval_images.load(i.images[0]) for i in (r.positive, *r.negatives)])
                 for r in records]
         return within_query_auc(rows)
 

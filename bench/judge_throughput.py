@@ -10,8 +10,8 @@ candidate-image feature cache cold (no image seen before) and warm (each pool im
 an earlier query, as happens in mining where pool images recur). For each mix it prints pairs/second
 for (a) one full forward per (query, candidate) prompt and (b) `JudgeScorer.score_candidates` (CPU time
 of this process with one torch thread, the two paths alternated, so that other jobs on a shared machine
-distort it little), their measured ratio, the theoretical LM-token ratio sum(P + C_i) / (P + sum C_i), and the largest score
-difference between the two paths.
+distort it little), their measured ratio, the theoretical LM-token ratio sum(P + C_i) / (P + sum C_i), and the largest
+score difference between the two paths.
 
 FAISS: exact inner-product search (IndexFlatIP) of `--faiss-queries` queries against a pool of random
 unit vectors of dimension 1536 (Qwen2-VL-2B's hidden size). A flat search is linear in the pool, so

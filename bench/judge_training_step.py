@@ -30,7 +30,8 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--demo", required=True, help="a demo output folder (models/judge-base, judge/records.jsonl, world/)")
+    ap.add_argument("--demo", required=True,
+                    help="a demo output folder (models/judge-base, judge/records.jsonl, world/)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="4,8,16", help="records per step, comma-separated")
     ap.add_argument("--repeats", type=int, default=10)

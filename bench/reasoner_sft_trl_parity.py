@@ -63,7 +63,8 @@ def _run_one(which: str, model: str, data: str, out: str, steps: int, lora_r: in
     else:
         import unime.embed_rl.reasoner_sft as mod
     cfg = mod.ReasonerSFTConfig(model=model, data=data, out=out, max_steps=steps, batch_size=2, learning_rate=1e-3,
-                                lora_r=lora_r, lora_dropout=lora_dropout, logging_steps=1, save_steps=10_000, device="cpu", seed=0)
+                                lora_r=lora_r, lora_dropout=lora_dropout, logging_steps=1, save_steps=10_000,
+                                device="cpu", seed=0)
     mod.train_reasoner_sft(cfg)
 
 
@@ -88,10 +89,12 @@ def main() -> None:
     model = str(build_tiny(a.family, root / "model"))
     data = str(_write_data(root / "data"))
     for which in ("old", "new"):
-        subprocess.run([sys.executable, __file__, "--steps", str(a.steps), "--lora-r", str(a.lora_r), "--lora-dropout", str(a.lora_dropout), "--run", which,
-                        model, data, str(root / which)], check=True)
+        subprocess.run([sys.executable, __file__, "--steps", str(a.steps), "--lora-r", str(a.lora_r),
+                        "--lora-dropout", str(a.lora_dropout), "--run", which, model, data, str(root / which)],
+                       check=True)
     curves = {w: read_curves_csv(root / w / "curves.csv") for w in ("old", "new")}
-    print(f"{a.family}, lora_r={a.lora_r} (dropout {a.lora_dropout}), {a.steps} steps of 2 rows (6 rows: 3 with an image), lr 1e-3, seed 0")
+    print(f"{a.family}, lora_r={a.lora_r} (dropout {a.lora_dropout}), {a.steps} steps of 2 rows "
+          "(6 rows: 3 with an image), lr 1e-3, seed 0")
     print("step  loss (hand-written Trainer)  loss (TRL SFTTrainer)  difference")
     for o, n in zip(curves["old"], curves["new"]):
         print(f"{o['step']:>4}  {o['loss']:>27.9f}  {n['loss']:>21.9f}  {n['loss'] - o['loss']:+.3e}")

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     def show(row: dict) -> None:
         s, c = row["scores"], row["chance"]
         print(f"N={row['train_per_task']:>5}  records={row['train_records']:>6}  steps={row['steps']:>5}  "
-              f"epochs={row['epochs']:.1f}  train P@1={100 * row['train_p@1']:.1f}  overall P@1={100 * s['overall']:.1f} "
+              f"epochs={row['epochs']:.1f}  train P@1={100 * row['train_p@1']:.1f}  "
+              f"overall P@1={100 * s['overall']:.1f} "
               f"(chance {100 * c['overall']:.1f})", flush=True)
 
     rows = reference_curve(args.sizes, args.out, cfg=cfg, world_seed=args.world_seed,

@@ -8,8 +8,8 @@
 Parts:
 1. load: one `unime serve` process per setting on a free 127.0.0.1 port with a tiny model
    (`unime models build-tiny`, default family), driven by N concurrent clients, each (a minimal keep-alive HTTP/1.1
-   client on asyncio streams) sending single-text `POST /v1/embeddings` requests back to back for `--seconds`: requests/s,
-   p50/p95/p99 latency, errors. Dynamic batching (`--max-batch-size 32`) and batch size 1 side by side.
+   client on asyncio streams) sending single-text `POST /v1/embeddings` requests back to back for `--seconds`:
+   requests/s, p50/p95/p99 latency, errors. Dynamic batching (`--max-batch-size 32`) and batch size 1 side by side.
 2. memory: `--memory-requests` requests (at 8 clients) to the batching server: resident memory
    (VmRSS) after the first 1,000 and after the last.
 3. ray (`--ray`): the same load against `unime serve --ray --replicas 1` and `--replicas 2`.
@@ -188,8 +188,8 @@ def bench_load(model: str, args, tmp: Path) -> dict:
                 r = asyncio.run(_load(base, c, args.seconds))
                 out[name].append(r)
                 print(f"[load] {name:>12} clients {c:>3}: {r['rps']:>8.1f} req/s  p50 {r['p50_ms']:>7.1f} ms  "
-                      f"p95 {r['p95_ms']:>7.1f}  p99 {r['p99_ms']:>7.1f}  errors {r['errors']}  ({r['requests']} requests)",
-                      flush=True)
+                      f"p95 {r['p95_ms']:>7.1f}  p99 {r['p99_ms']:>7.1f}  errors {r['errors']}  "
+                      f"({r['requests']} requests)", flush=True)
             if name == "batching" and args.memory_requests:
                 marks = {}
 
@@ -201,13 +201,16 @@ def bench_load(model: str, args, tmp: Path) -> dict:
                 out["memory"] = {"requests": r["requests"], "errors": r["errors"], "rss_mb_after_1000": marks.get(1000),
                                  "rss_mb_after_last": rss_mb(proc.pid)}
                 m = out["memory"]
-                m["change_pct"] = round(100 * (m["rss_mb_after_last"] - m["rss_mb_after_1000"]) / m["rss_mb_after_1000"], 2)
+                m["change_pct"] = round(100 * (m["rss_mb_after_last"] - m["rss_mb_after_1000"])
+                                        / m["rss_mb_after_1000"], 2)
                 print(f"[memory] {r['requests']} requests ({r['errors']} errors): RSS {m['rss_mb_after_1000']:.1f} MB "
-                      f"after 1,000, {m['rss_mb_after_last']:.1f} MB after the last ({m['change_pct']:+.2f} %)", flush=True)
+                      f"after 1,000, {m['rss_mb_after_last']:.1f} MB after the last ({m['change_pct']:+.2f} %)",
+                      flush=True)
         finally:
             stop_server(proc)
     for b, s in zip(out["batching"], out["batch_size_1"]):
-        print(f"[load] clients {b['clients']:>3}: dynamic batching / batch size 1 = {b['rps'] / max(s['rps'], 1e-9):.2f}x req/s")
+        print(f"[load] clients {b['clients']:>3}: dynamic batching / batch size 1 = "
+              f"{b['rps'] / max(s['rps'], 1e-9):.2f}x req/s")
     return out
 
 
@@ -360,9 +363,10 @@ def bench_ray(model: str, args, tmp: Path) -> dict:
             ceiling = ray_ceiling(one, os.cpu_count() or 1)
             out[f"ratio, {inputs} input(s)/request"] = {"two_over_one": round(two["rps"] / max(one["rps"], 1e-9), 3),
                                                        "idle_machine_ceiling": ceiling and round(ceiling, 3)}
-            print(f"[ray] {inputs} input(s)/request: 2 replicas / 1 replica = {two['rps'] / max(one['rps'], 1e-9):.2f}x "
-                  f"req/s (uvicorn without Ray: {direct['rps']:.1f} req/s); ceiling estimated from the CPU ms per request "
-                  f"measured with 1 replica, on an idle {os.cpu_count()}-core machine: {ceiling:.2f}x", flush=True)
+            print(f"[ray] {inputs} input(s)/request: 2 replicas / 1 replica = "
+                  f"{two['rps'] / max(one['rps'], 1e-9):.2f}x req/s (uvicorn without Ray: {direct['rps']:.1f} req/s); "
+                  f"ceiling estimated from the CPU ms per request measured with 1 replica, on an idle "
+                  f"{os.cpu_count()}-core machine: {ceiling:.2f}x", flush=True)
     return out
 
 

@@ -91,8 +91,10 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     variants = [
-        ("symmetric_kl, 1/0 labels, eps 1e-8 (released)", lambda: build_loss("symmetric_kl", temperature=0.02, eps=1e-8), False),
-        ("symmetric_kl, 1/0 labels, eps 0 (exact)", lambda: build_loss("symmetric_kl", temperature=0.02, eps=0.0), False),
+        ("symmetric_kl, 1/0 labels, eps 1e-8 (released)",
+         lambda: build_loss("symmetric_kl", temperature=0.02, eps=1e-8), False),
+        ("symmetric_kl, 1/0 labels, eps 0 (exact)",
+         lambda: build_loss("symmetric_kl", temperature=0.02, eps=0.0), False),
         ("js, 1/0 labels", lambda: build_loss("js", temperature=0.02), False),
         ("infonce, hard negatives only", lambda: build_loss("infonce", temperature=0.02, in_batch=False), False),
         ("infonce, in-batch + hard negatives", lambda: build_loss("infonce", temperature=0.02, in_batch=True), True),
@@ -110,7 +112,8 @@ def main():
             rows[name].append(run(name, make(), steps=args.steps, seed=seed, lr=args.lr, xq=xq, xc=xc,
                                   train_idx=train_idx, held=held, negs=negs, in_batch_ids=ids))
     print(f"{args.steps} steps, batch 32, Adam lr {args.lr}, tau 0.02, {args.seeds} seeds (mean)")
-    print(f"{'loss':50s} {'group acc (9-way, train)':>25s} {'held-out P@1 (100 cands)':>25s} {'held-out R@1 (500)':>20s}")
+    print(f"{'loss':50s} {'group acc (9-way, train)':>25s} {'held-out P@1 (100 cands)':>25s} "
+          f"{'held-out R@1 (500)':>20s}")
     for name, vals in rows.items():
         m = [sum(v[i] for v in vals) / len(vals) for i in range(3)]
         print(f"{name:50s} {100 * m[0]:25.1f} {100 * m[1]:25.1f} {100 * m[2]:20.1f}")

@@ -104,7 +104,8 @@ def misplaced(files: dict[str, str]) -> list[str]:
     for (pattern, default), owners in OWNERS.items():
         for rel, n in owners.items():
             if rel in files and counts[(pattern, default, rel)] != n:
-                bad.append(f"{rel}: {counts[(pattern, default, rel)]} definitions of {pattern} = {default}, expected {n}")
+                bad.append(f"{rel}: {counts[(pattern, default, rel)]} definitions of {pattern} = {default}, "
+                           f"expected {n}")
     return bad
 
 
@@ -137,7 +138,8 @@ def cli(p, args):
         "lora_alpha = 64 (defined in unime/models/lora.py)",
     ]
     # names that only share a value are not definitions; the owner may define its constant once
-    assert misplaced({"unime/y.py": "def f(init_std=0.02, neg_temperature=0.5, r=4): ...\nDEFAULT_BETAS = (0.02,)\n"}) == []
+    assert misplaced({"unime/y.py": "def f(init_std=0.02, neg_temperature=0.5, r=4): ...\n"
+                                    "DEFAULT_BETAS = (0.02,)\n"}) == []
     owner = "DEFAULT_TEMPERATURE = 0.02\nDEFAULT_KL_EPS = 1e-8\n"
     assert misplaced({"unime/train/loss_defaults.py": owner}) == []
     assert misplaced({"unime/train/loss_defaults.py": owner + "LABEL_TEMPERATURE = 0.02\n"}) == [

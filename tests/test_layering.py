@@ -188,8 +188,9 @@ def test_the_graph_reader_sees_relative_lazy_and_from_package_imports(tmp_path, 
     (pkg / "data" / "__init__.py").write_text("")
     (pkg / "data" / "a.py").write_text("def f():\n    from unime.models import b\n")
     (pkg / "models" / "__init__.py").write_text("from . import b\n")
-    (pkg / "models" / "b.py").write_text("from typing import TYPE_CHECKING\nfrom ..data.a import f\nimport unime.errors\n"
-                                         "import numpy\nif TYPE_CHECKING:\n    from unime import models\n")
+    (pkg / "models" / "b.py").write_text("from typing import TYPE_CHECKING\nfrom ..data.a import f\n"
+                                         "import unime.errors\nimport numpy\nif TYPE_CHECKING:\n"
+                                         "    from unime import models\n")
     monkeypatch.setattr(__import__(__name__), "SRC", tmp_path)
     g = import_graph()
     assert g["unime.data.a"] == {"unime.models.b"}

@@ -443,7 +443,8 @@ def test_data_import_skip_counts_every_case_on_the_console_and_in_import_json(im
     per = ", ".join(f"{r}: {n}" for r, n in sorted(expected.items()))
     assert f"skipped {len(cases)} record(s) ({per})" in printed
     manifest = json.loads((out / "import.json").read_text())
-    assert manifest["skipped"]["total"] == len(cases) and manifest["skipped"]["by_reason"] == dict(sorted(expected.items()))
+    assert manifest["skipped"]["total"] == len(cases)
+    assert manifest["skipped"]["by_reason"] == dict(sorted(expected.items()))
     assert manifest["images"] == N_IMPORT_GOOD
     assert sorted(p.name for p in (out / "images" / "img").iterdir()) == [f"g{i}.png" for i in range(N_IMPORT_GOOD)]
     assert tree(import_root) == before
@@ -732,7 +733,8 @@ def _hf_path_dataset(folder: Path, cases: list[SourceCase], outside: Path, capti
         ref = str(outside) if c.value["image"] == "<outside>" else c.value["image"]
         rows.append({"image": ref, "caption": f"case {c.name}"})
     if caption_type == "binary":
-        rows = [{**r, "caption": r["caption"].encode()} for r in rows] + [{"image": "img/g0.png", "caption": bad_caption}]
+        rows = [{**r, "caption": r["caption"].encode()} for r in rows] \
+            + [{"image": "img/g0.png", "caption": bad_caption}]
     Dataset.from_list(rows, features=Features({"image": Value("string"), "caption": Value(caption_type)})) \
         .save_to_disk(str(folder))
     (folder / "img").mkdir()

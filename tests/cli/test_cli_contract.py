@@ -48,7 +48,8 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     argv = ["--log-level", "DEBUG", "data", "check", str(tmp_path / "none.jsonl")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "Traceback" in err and err.strip().splitlines()[-1] == f"unime: error: {tmp_path / 'none.jsonl'}: record file not found"
+    assert "Traceback" in err
+    assert err.strip().splitlines()[-1] == f"unime: error: {tmp_path / 'none.jsonl'}: record file not found"
 
 
 def test_the_error_line_starts_a_line_of_its_own_after_a_progress_bar(monkeypatch, capsys):

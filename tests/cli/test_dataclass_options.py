@@ -165,7 +165,8 @@ def test_the_reranker_command_and_its_config_agree_on_logging_and_dtype():
     args = _command(["train", "reranker"]).parse_args(["--model", "m", "--records", "r", "--out", "o"])
     assert (args.logging_steps, args.dtype) == (10, "auto")
     built = config_from_args(RerankerTrainConfig, args)
-    assert (built.logging_steps, built.dtype) == (api.logging_steps, api.dtype) == (10, None)  # None: as recorded before
+    # None: as recorded before
+    assert (built.logging_steps, built.dtype) == (api.logging_steps, api.dtype) == (10, None)
 
 
 def _row(a: argparse.Action) -> list:
@@ -196,7 +197,8 @@ def test_generated_commands_keep_their_options_names_defaults_types_and_choices(
     (["mine"], ["unime.mining.config:MineConfig", "unime.mining.backends:BackendOptions"]),
     (["judge"], ["unime.mining.pairs:JudgePairsConfig", "unime.mining.backends:BackendOptions"]),
     (["eval"], ["unime.eval.runners:EvalConfig"]),
-    (["eval", "reference"], ["unime.eval.reference_config:ReferenceConfig", "unime.eval.reference_config:ReferenceRunOptions"]),
+    (["eval", "reference"], ["unime.eval.reference_config:ReferenceConfig",
+                             "unime.eval.reference_config:ReferenceRunOptions"]),
     (["embed"], ["unime.models.embed_file:EmbedConfig"]),
     (["index", "build"], ["unime.index.store:IndexBuildConfig"]),
     (["search"], ["unime.index.store:SearchConfig"]),

@@ -164,4 +164,5 @@ def test_unime_data_synth_video_options(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--size", "tiny", "--video-clips", "3",
                  "--video-frames", "5"]) == 2
-    assert capsys.readouterr().err.splitlines() == ["unime: error: data synth: video frames must be even and >= 4, got 5"]
+    assert capsys.readouterr().err.splitlines() == [
+        "unime: error: data synth: video frames must be even and >= 4, got 5"]

@@ -248,7 +248,8 @@ def test_judge_gate_names_the_datasets_where_the_judge_is_flat(tmp_path):
     _fake_mining(tmp_path / "m", rows, datasets=["a", "a", "b", "b", "b", "c", "c"])
     g = judge_gate(tmp_path / "m", max_fallback_share=0.3)
     assert g.by_dataset["a"] == {"queries": 2, "median_spread": pytest.approx(0.75), "fallback_share": 0.0}
-    assert g.by_dataset["b"] == {"queries": 3, "median_spread": pytest.approx(0.005), "fallback_share": pytest.approx(1 / 3)}
+    assert g.by_dataset["b"] == {"queries": 3, "median_spread": pytest.approx(0.005),
+                                 "fallback_share": pytest.approx(1 / 3)}
     assert g.by_dataset["c"] == {"queries": 2, "median_spread": pytest.approx(0.4), "fallback_share": 0.5}
     # overall: spreads 0.7, 0.8, 0.005, 0.004, 0.6, 0.5, 0.3 → median 0.5; 2 of 7 fell back (28.6 % ≤ 30 %)
     assert g.median_spread == pytest.approx(0.5) and not g.weak

@@ -40,7 +40,8 @@ def test_rows_interleave_whole_pairs_and_reshuffle_per_epoch(world):
     p = next(r for r in rows if r["pair_id"] == "r1" and r["side"] == "positive")
     assert q["images"] == [] and "a blue circle" in json.dumps(q["prompt"])
     assert len(p["images"]) == 1 and p["images"][0].getpixel((5, 5)) == COLOURS["blue"]
-    assert json.loads(p["item"]) == {"text": "<|image_1|>" + " Represent the given image." * 6, "images": ["imgs/blue.png"]}
+    assert json.loads(p["item"]) == {"text": "<|image_1|>" + " Represent the given image." * 6,
+                                     "images": ["imgs/blue.png"]}
 
 
 def test_duplicate_record_ids_are_refused(world):
@@ -245,8 +246,8 @@ def test_reward_bookkeeping_through_trl_ordering(world, tiny_model_dir, tmp_path
     gcfg = embed_rl_grpo_config(cfg, output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, fp16=False)
     policy = load_model(tiny_model_dir("qwen2_vl"), device="cpu", trainable=True)
     rows = grpo_rows(recs, ImageLoader(root), seed=0)
-    trainer = _trainer_class()(model=policy.model, reward_funcs=[Spy()], args=gcfg, train_dataset=Dataset.from_list(rows),
-                               processing_class=policy.processor)
+    trainer = _trainer_class()(model=policy.model, reward_funcs=[Spy()], args=gcfg,
+                               train_dataset=Dataset.from_list(rows), processing_class=policy.processor)
     trainer.train()
     assert len(seen) == 2
     positions = []

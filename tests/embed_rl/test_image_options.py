@@ -58,4 +58,5 @@ def test_image_size_reaches_the_model_of_every_embed_rl_command(command, image_w
         assert not (tmp_path / "default" / "unime_images.json").exists()
     if command == "reason eval":
         meta = json.loads((tmp_path / "56" / "summary.json").read_text())["meta"]
-        assert meta["image_budget"]["image_size"] == [56, 56] and meta["visual_tokens_encoded"] == 2 * 4  # two images, each encoded once
+        assert meta["image_budget"]["image_size"] == [56, 56]
+        assert meta["visual_tokens_encoded"] == 2 * 4  # two images, each encoded once

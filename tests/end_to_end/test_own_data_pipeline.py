@@ -69,7 +69,8 @@ def test_captioned_folder_through_the_whole_pipeline(tiny_model_dir, tmp_path, c
     out = capsys.readouterr().out
     from unime.mining.health import format_health
 
-    assert f"label health: {format_health(health)}" in out and f"{health['fallback_queries']}/{health['queries']}" in out
+    assert f"label health: {format_health(health)}" in out
+    assert f"{health['fallback_queries']}/{health['queries']}" in out
     assert ("WARNING" in out) == bool(health["warnings"])
     mined = run / "mined" / "mined.parquet"
 

@@ -73,7 +73,8 @@ def test_mmeb_reader_reads_parquet_folders_and_names_bad_fields(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"qry_text": Q, "qry_img_path": "DS/red.png", "tgt_text": ["red", "blue"],
                                           "tgt_img_path": ["", ""]}]), tmp_path / "DS" / "test-00000-of-00001.parquet")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("data_root: eval_images\ntasks:\n  - {name: DS, format: mmeb, path: DS, meta_task: cls, split: IND}\n")
+    cfg.write_text("data_root: eval_images\ntasks:\n"
+                   "  - {name: DS, format: mmeb, path: DS, meta_task: cls, split: IND}\n")
     suite = load_task_config(cfg)
     assert suite.tasks[0].meta_task == "classification"
     data = load_task_data(suite.tasks[0])
@@ -82,7 +83,8 @@ def test_mmeb_reader_reads_parquet_folders_and_names_bad_fields(tmp_path):
     results, out, _ = run_suite(cfg)
     assert results["DS"].metrics["precision@1"] == 1.0
 
-    write_jsonl(tmp_path / "bad.jsonl", [{"qry_text": "q", "qry_img_path": "", "tgt_text": ["a", "b"], "tgt_img_path": [""]},
+    write_jsonl(tmp_path / "bad.jsonl", [{"qry_text": "q", "qry_img_path": "", "tgt_text": ["a", "b"],
+                                          "tgt_img_path": [""]},
                                     {"id": "r2", "qry_text": "q", "qry_img_path": "", "tgt_text": ["a"],
                                      "tgt_img_path": [""]}])
     cfg.write_text("tasks:\n  - {name: bad, format: mmeb, path: bad.jsonl}\n")
@@ -318,8 +320,8 @@ def test_second_run_with_the_same_model_encodes_nothing(tmp_path):
 def test_same_relative_path_under_two_roots_is_two_items(tmp_path):
     for sub, colour in (("a", "red"), ("b", "blue")):
         write_png(tmp_path / sub, "img.png", colour)
-        write_jsonl(tmp_path / sub / "t.jsonl", [{"qry_text": Q, "qry_img_path": "img.png", "tgt_text": [colour, "green"],
-                                             "tgt_img_path": ["", ""]}])
+        write_jsonl(tmp_path / sub / "t.jsonl", [{"qry_text": Q, "qry_img_path": "img.png",
+                                                  "tgt_text": [colour, "green"], "tgt_img_path": ["", ""]}])
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tasks:\n"
                    "  - {name: a, format: mmeb, path: a/t.jsonl, data_root: a}\n"

@@ -36,21 +36,25 @@ def test_lora_targets_the_decoder_only_unless_asked(tiny_model_dir):
     assert adapted and all("language_model" in n for n in adapted)
     assert len(adapted) == 2 * 7  # 7 projections × 2 decoder layers
     assert all(not p.requires_grad for n, p in lora.named_parameters() if "lora_" not in n)
-    both = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dropout=0.1, vision=True))
+    both = apply_lora(AutoModelForImageTextToText.from_pretrained(path),
+                      LoraSettings(r=4, alpha=8, dropout=0.1, vision=True))
     assert any("visual" in n and ".lora_A" in n for n, _ in both.named_parameters())
     # Qwen2-VL's vision blocks use other names: asking for vision LoRA with decoder names is an error
     q2 = tiny_model_dir("qwen2_vl")
     with pytest.raises(UsageError, match="no vision-tower module"):
-        apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(r=4, alpha=8, dropout=0.1, vision=True))
+        apply_lora(AutoModelForImageTextToText.from_pretrained(q2),
+                   LoraSettings(r=4, alpha=8, dropout=0.1, vision=True))
     q2_vision = LoraSettings(r=4, alpha=8, dropout=0.1, vision=True, targets=("q_proj", "qkv", "fc1", "fc2"))
     adapted = [n for n, _ in apply_lora(AutoModelForImageTextToText.from_pretrained(q2), q2_vision).named_parameters()
                if ".lora_A" in n]
     assert any("visual" in n for n in adapted) and any("language_model" in n for n in adapted)
     with pytest.raises(UsageError, match="matched no module"):
-        apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(EMBEDDER_LORA.r, EMBEDDER_LORA.alpha, EMBEDDER_LORA.dropout, targets=("nonexistent",)))
+        apply_lora(AutoModelForImageTextToText.from_pretrained(q2),
+                   LoraSettings(EMBEDDER_LORA.r, EMBEDDER_LORA.alpha, EMBEDDER_LORA.dropout, targets=("nonexistent",)))
     with pytest.raises(UsageError, match="--lora-r must be >= 1, got 0"):  # QA: it read "matched no module"
         apply_lora(AutoModelForImageTextToText.from_pretrained(q2), LoraSettings(0, 8, 0.1))
-    dora = apply_lora(AutoModelForImageTextToText.from_pretrained(path), LoraSettings(r=4, alpha=8, dropout=0.1, dora=True))
+    dora = apply_lora(AutoModelForImageTextToText.from_pretrained(path),
+                      LoraSettings(r=4, alpha=8, dropout=0.1, dora=True))
     assert any("lora_magnitude_vector" in n for n, _ in dora.named_parameters())
 
 

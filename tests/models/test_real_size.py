@@ -175,8 +175,8 @@ def _rope(model, inputs, attention_mask=None):
     types = inputs.get("mm_token_type_ids")
     if types is None:
         types = torch.zeros_like(ids)
-    pos, _ = backbone.get_rope_index(input_ids=ids, mm_token_type_ids=types, image_grid_thw=inputs.get("image_grid_thw"),
-                                     attention_mask=attention_mask)
+    pos, _ = backbone.get_rope_index(input_ids=ids, mm_token_type_ids=types,
+                                     image_grid_thw=inputs.get("image_grid_thw"), attention_mask=attention_mask)
     return pos
 
 

@@ -378,7 +378,8 @@ def _bomb() -> str:
 
 
 BAD = [
-    ("malformed json", dict(content=b'{"model": "tiny-embedder", "input": ', headers={"Content-Type": "application/json"}),
+    ("malformed json",
+     dict(content=b'{"model": "tiny-embedder", "input": ', headers={"Content-Type": "application/json"}),
      400, "malformed JSON"),
     ("wrong type", dict(json={"model": MODEL, "input": 5}), 422, "input"),
     ("token arrays", dict(json={"model": MODEL, "input": [[1, 2, 3]]}), 422, "input"),
@@ -567,7 +568,8 @@ def test_a_port_in_use_is_refused_in_unimes_error_format_before_the_models_load(
 
 
 def test_sigterm_drains_in_flight_requests(world, tmp_path):
-    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "4"], log_path=tmp_path / "log").wait_ready()
+    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "4"],
+               log_path=tmp_path / "log").wait_ready()
     try:
         result = {}
         texts = [f"a long request item {i} " * 8 for i in range(48)]
@@ -866,7 +868,8 @@ def test_search_page_in_a_real_browser(server, world, tmp_path):
                                                                    "rerank": True}).json()["data"]]
         assert results("false") == api
         thumbs = browser.find_elements(By.CSS_SELECTOR, "#grid .result img")
-        assert len(thumbs) == sum("thumbnail" in h for h in api_hits) > 0 and all(t.get_attribute("naturalWidth") != "0" for t in thumbs)
+        assert len(thumbs) == sum("thumbnail" in h for h in api_hits) > 0
+        assert all(t.get_attribute("naturalWidth") != "0" for t in thumbs)
         scores = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#grid .score")]
         assert scores[0].startswith("#1 ") and "rerank" not in scores[0]
         # the rerank toggle

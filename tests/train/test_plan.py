@@ -25,7 +25,8 @@ def _measure_training_step(model_dir: str, *, r: int, dropout: float, texts=("a 
     emb = Embedder.from_pretrained(model_dir, device="cpu", dtype="fp32", trainable=True)
     emb.model = apply_lora(emb.model, LoraSettings(r=r, alpha=2 * r, dropout=dropout, dora=dora))
     emb.model.train()
-    items = [Item.from_dict({"text": t, "image": Image.new("RGB", (224, 224), c)}) for t, c in zip(texts, ("red", "blue"))]
+    items = [Item.from_dict({"text": t, "image": Image.new("RGB", (224, 224), c)})
+             for t, c in zip(texts, ("red", "blue"))]
     inputs = emb.build_inputs(items)
     own = {t.untyped_storage().data_ptr() for t in [*emb.model.parameters(), *emb.model.buffers()]}
     packed = []
@@ -76,7 +77,8 @@ def test_plan_is_within_20_percent_of_a_measured_tiny_training_step(tiny_model_d
         rows = dict(plan.rows)
         # the sequence the plan assumes is the one measured (224x224 -> 8x8 = 64 merged tokens; 7x7 = 49 at
         # Qwen3-VL's patch 16)
-        assert m["visual"] == {"qwen3_vl": 49}.get(family, 64) and any(f"sequence ~{m['seq']} tokens" in f for f in plan.facts)
+        assert m["visual"] == {"qwen3_vl": 49}.get(family, 64)
+        assert any(f"sequence ~{m['seq']} tokens" in f for f in plan.facts)
         planned_params = rows["weights (fp32, frozen)"] + rows["trainable weights (fp32)"]
         assert abs(planned_params - m["params"]) / m["params"] < 0.01
         assert rows["gradients (fp32)"] == m["grads"]

@@ -245,7 +245,8 @@ def test_answer_logits_are_the_generation_position_of_an_independent_forward(tin
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     red = Image.new("RGB", (56, 56), (220, 20, 20))
     q = Item("a red square", images=(red,))
-    exs = [[PromptExample("pair", q, (Item("red"),), "Yes", "r0"), PromptExample("pair", q, (Item("a blue thing"),), "No", "r0")],
+    exs = [[PromptExample("pair", q, (Item("red"),), "Yes", "r0"),
+            PromptExample("pair", q, (Item("a blue thing"),), "No", "r0")],
            [PromptExample("pair", Item("blue"), (Item("x", images=(red,)),), "No", "r1")]]
     enc = PromptAnswerCollator(adapter, group_ids=True)(exs)["pair"]
     assert enc["group"].tolist() == [0, 0, 1]
@@ -421,7 +422,8 @@ def test_judge_group_loss_batches_records_and_logs_both_parts(tiny_model_dir, tm
     levels = result.loss_levels
     h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     assert levels["base_rate"]["yes_share"] == pytest.approx(0.25)
-    assert levels["base_rate"]["pair"] == pytest.approx(h) and levels["base_rate"]["group"] == pytest.approx(math.log(4))
+    assert levels["base_rate"]["pair"] == pytest.approx(h)
+    assert levels["base_rate"]["group"] == pytest.approx(math.log(4))
     assert levels["base_rate"]["total"] == pytest.approx(h + 0.5 * math.log(4))
     assert levels["final"]["loss"] == pytest.approx(result.log_history[-1]["loss"])
     meta = json.loads((tmp_path / "judge" / "unime_reranker.json").read_text())
