@@ -386,3 +386,58 @@ def test_a_truncated_weights_file_is_a_model_error_naming_it(tiny_model_dir, tmp
         load_model(model, device="cpu")
     assert str(model) in str(caught.value)
     assert f"model.safetensors truncated ({size // 2} of {size} bytes)" in str(caught.value)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("missing, said", [
+    ("config.json", "the folder holds no model (no config.json"),
+    ("tokenizer.json", "its tokenizer has no vocabulary"),
+    ("chat_template.jinja", "its processor has no chat template"),
+])
+def test_a_model_folder_missing_one_file_is_a_model_error_naming_it(tiny_model_dir, tmp_path, family, missing, said):
+    """QA: `unime reason generate --model M` with one file of M deleted ended in a traceback: without config.json
+    transformers' ValueError ('Unrecognized model'); without tokenizer.json transformers 5 loaded a tokenizer of its
+    special tokens alone (14 tokens, every text encoded to none), and the run failed mid-generation ('Image features
+    and image tokens do not match'); without chat_template.jinja at the first prompt ('Cannot use
+    apply_chat_template'). Each is a `ModelError` naming the model and what is missing, before the weights load."""
+    import shutil
+
+    from transformers import AutoModelForImageTextToText
+
+    from unime.errors import ModelError
+    from unime.models.loading import load_model
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir(family), model)
+    (model / missing).unlink()
+    loads = []
+    real = AutoModelForImageTextToText.from_pretrained.__func__
+
+    def counted(cls, *args, **kw):
+        loads.append(args)
+        return real(cls, *args, **kw)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(AutoModelForImageTextToText, "from_pretrained", classmethod(counted)):
+        with pytest.raises(ModelError) as caught:
+            load_model(model, device="cpu")
+    assert f"model {str(model)!r}: " in str(caught.value) and said in str(caught.value)
+    assert missing.split(".")[0] in str(caught.value)
+    assert loads == []  # refused before the weights load
+
+
+def test_emb_pooling_on_a_folder_without_its_tokenizer_file_says_so(tiny_model_dir, tmp_path):
+    """QA: `train reasoner --stage grpo --embedder E` with E/tokenizer.json deleted was told to add the <emb> token
+    (`reason add-emb`), which E has: its tokenizer, of the special tokens alone, was what was wrong."""
+    import shutil
+
+    from unime.errors import ModelError
+    from unime.models.embedder import check_emb_pooling
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("qwen2_5_vl", extra_tokens=("<emb>",)), model)
+    check_emb_pooling(model)  # whole: accepted
+    (model / "tokenizer.json").unlink()
+    with pytest.raises(ModelError, match=r"its tokenizer has no vocabulary .*the folder lacks tokenizer\.json"):
+        check_emb_pooling(model, "--embedder")

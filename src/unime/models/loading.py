@@ -613,9 +613,41 @@ def load_processor(path: str, *, image_budget: ImageBudget | None = None, budget
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(path)
+    refuse_unusable_processor(processor, path)
     budget = resolve_budget(budget_from or path, image_budget)
     budget.configure(processor)
     return processor, budget
+
+
+def refuse_empty_tokenizer(tokenizer, path: str | os.PathLike) -> None:
+    """Refuse (`ModelError`) the tokenizer of the checkpoint folder `path` when it encodes text to no token: what
+    transformers 5 loads from a folder without tokenizer.json (or vocab.json and merges.txt), its special tokens
+    alone; the message names the files the folder lacks."""
+    from unime.errors import ModelError
+
+    if tokenizer("a b", add_special_tokens=False)["input_ids"]:
+        return
+    folder = Path(path)
+    files = [n for n in ("tokenizer.json", "vocab.json", "merges.txt") if not (folder / n).is_file()]
+    lacks = f"; the folder lacks {', '.join(files)}" if folder.is_dir() and files else ""
+    raise ModelError(f"model {str(path)!r}: its tokenizer has no vocabulary ({len(tokenizer)} tokens, every text "
+                     f"encodes to none){lacks}")
+
+
+def refuse_unusable_processor(processor, path: str | os.PathLike) -> None:
+    """Refuse (`ModelError`, naming the checkpoint `path` and the files it lacks) a processor that loaded but cannot
+    serve any command: one without a chat template (every prompt is rendered by it: the run failed at its first
+    item, after the weights loaded), or whose tokenizer encodes text to no token (a folder without tokenizer.json,
+    or vocab.json and merges.txt: transformers 5 builds a tokenizer of the special tokens alone, and the run
+    failed mid-way, "Image features and image tokens do not match", QA)."""
+    from unime.errors import ModelError
+
+    folder = Path(path)
+    refuse_empty_tokenizer(getattr(processor, "tokenizer", processor), path)
+    if not getattr(processor, "chat_template", None):
+        lacks = " (the folder holds no chat_template.jinja or chat_template.json)" if folder.is_dir() else ""
+        raise ModelError(f"model {str(path)!r}: its processor has no chat template{lacks}; unime renders every "
+                         "prompt with it")
 
 
 def _adapter_key_mapping(model) -> dict[str, Any] | None:
@@ -666,7 +698,9 @@ def _checkpoint_paths(path: str | os.PathLike, adapter_path: str | None = None) 
     """What `load_model` reads for `path` (and `adapter_path`): (the model folder `trained_model_folder`, the full
     model's path, the PEFT adapter as given or None, the adapter's folder or None, the processor's folder — the
     adapter's when it holds a tokenizer, else the full model's)."""
-    refuse_missing_local_model(path, only_mistyped=True)
+    # a folder: it must hold a model (a folder without config.json was transformers' ValueError, QA); anything else
+    # may be a hub id
+    refuse_missing_local_model(path, only_mistyped=not Path(path).is_dir())
     if adapter_path is not None:
         refuse_missing_local_model(adapter_path, "adapter_path", only_mistyped=True)
     path = trained_model_folder(path)
@@ -686,13 +720,16 @@ def checkpoint_vocabulary(path: str | os.PathLike) -> dict[str, int] | None:
     """The tokenizer's vocabulary of the checkpoint `path` loads with (`load_model`: a trainer's output folder, a
     PEFT adapter's own tokenizer, else its base's), read without the weights; None when the tokenizer cannot be
     read here (not found): the load then says why. A hub id neither cached nor reachable is a `ModelError`
-    (`refuse_unreachable_hub_model`)."""
+    (`refuse_unreachable_hub_model`), and so is a tokenizer without a vocabulary (`refuse_empty_tokenizer`)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(_checkpoint_paths(path)[4]).get_vocab()
+        folder = _checkpoint_paths(path)[4]
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None
+    refuse_empty_tokenizer(tokenizer, folder)  # not "no <emb> token" for a folder without its tokenizer file (QA)
+    return tokenizer.get_vocab()
 
 
 def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None, adapter_path: str | None = None,
