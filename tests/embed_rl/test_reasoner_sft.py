@@ -505,3 +505,22 @@ def test_train_reasoner_refuses_a_bad_tcot_before_the_model_loads(tiny_model_dir
         train_reasoner_sft(ReasonerSFTConfig(model=tiny_model_dir("qwen2_vl"), data=str(tmp_path / "t.jsonl"),
                                              out=str(tmp_path / "o"), max_steps=1, lora_r=4, device="cpu"))
     assert loads == []
+
+
+def test_a_corrupt_image_of_a_tcot_row_is_named_by_its_line_record_id_and_side(tiny_model_dir, tmp_path, monkeypatch):
+    """QA: `train reasoner --stage sft` on a T-CoT file whose image is truncated said "t.jsonl, record line 1, field
+    'item.images[0]'", without the row's record id and side, which its T-CoT errors (and `reason split` /
+    `materialize` on the same file) name; and before the model loads."""
+    from unime.errors import DataError
+    from unime.embed_rl.reasoner_sft import train_reasoner_sft
+    from unime.models import loading
+
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(tmp_path / "red.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "red.png").read_bytes()[:60])
+    write_tcot_rows([TCoTRow("r0", "query", Item(images=("red.png",)), TCOT),
+                     TCoTRow("r1", "target", Item(images=("red.png", "cut.png")), TCOT)], tmp_path / "t.jsonl")
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(DataError, match=r"t\.jsonl, record line 2 \(id r1, side target\), field 'item\.images\[1\]': "
+                                        r"corrupt image cut\.png"):
+        train_reasoner_sft(ReasonerSFTConfig(model=tiny_model_dir("qwen2_5_vl"), data=str(tmp_path / "t.jsonl"),
+                                             out=str(tmp_path / "o"), max_steps=1, lora_r=4, device="cpu"))

@@ -150,7 +150,7 @@ def image_world(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command, where", [
-    ("train reasoner sft", "tcots.jsonl, record line 4, field 'item.images[0]'"),
+    ("train reasoner sft", "tcots.jsonl, record line 4 (id r1, side target), field 'item.images[0]'"),
     ("train reasoner grpo", "records.jsonl, record line 2 (id r1), field 'positive.images[0]'"),
     ("reason eval", "task.jsonl, record line 1, field 'candidates[1].images[0]'")])
 def test_embed_rl_commands_name_the_image(command, where, image_world, tiny_model_dir, tmp_path, capsys):

@@ -189,14 +189,14 @@ class CheckedImages:
         return self.loader.root
 
     def check(self, rows, *, source: str | None, policy) -> list:
-        """The rows whose images and video open; a failure names the row's line and field, and goes to
-        `policy` (`unime.data.skips.ErrorPolicy`: raise, or count and leave the row out)."""
-        from unime.data.io import origin_of
+        """The rows whose images and video open; a failure names the row (line, record id, side) and field, and goes
+        to `policy` (`unime.data.skips.ErrorPolicy`: raise, or count and leave the row out)."""
         from unime.errors import DataError
+        from unime.reasoning.reasoner import tcot_row_label
 
         kept = []
         for r in rows:
-            where = origin_of(r) or f"{r.record_id}/{r.side}"
+            where = tcot_row_label(r)  # its line, record id and side, as its T-CoT's errors name it
             try:
                 for i, ref in enumerate(r.item.images):
                     self.load(ref, source=source, record=where, field=f"item.images[{i}]")
