@@ -213,3 +213,32 @@ def test_reasoned_item_renders_exactly_the_reasoning_segments(emb_models, kind):
     assert len(a) == len(b) == {"image": 3, "video": 6, "text": 0, "invalid": 1, "none": 1}[kind]
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+def test_an_embedder_returning_nan_is_a_model_error_naming_it_and_the_input(tiny_model_dir, tmp_path):
+    """QA: `train reasoner --stage grpo --embedder E` and `reason eval --embedder E` with E's token embeddings NaN
+    ended in a traceback deep in the rewards ('an embedding is zero or not finite') or the metrics ('scores contain
+    NaN or infinity'), naming neither the model nor an input. The reasoned embedder refuses a non-finite embedding:
+    a `ModelError` naming the embedder, how many inputs, and the first; finite embeddings are returned as before."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from unime import Item
+    from unime.errors import ModelError
+    from unime.models.embedder import Embedder
+
+    model = tmp_path / "emb"
+    shutil.copytree(tiny_model_dir("qwen2_5_vl", (EMB_TOKEN,)), model)
+    items = [Item(text="a red circle"), Item(text="a blue square")]
+    tcots = [render_tcot({"text_keywords": ["red"]}, "Red.", "red"), None]
+    whole = ReasonedEmbedder(Embedder.from_pretrained(model, device="cpu", pooling="emb"))
+    assert np.isfinite(whole.encode(items, tcots)).all()
+    weights = load_file(model / "model.safetensors")
+    name = next(k for k in weights if k.endswith("embed_tokens.weight"))
+    weights[name][:] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    broken = ReasonedEmbedder(Embedder.from_pretrained(model, device="cpu", pooling="emb"))
+    with pytest.raises(ModelError, match=rf"^embedder '{model}' returned NaN or inf for 2 of 2 inputs \(the first: "
+                                         r"item 'a red circle'\)"):
+        broken.encode(items, tcots)
