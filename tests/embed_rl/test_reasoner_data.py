@@ -452,3 +452,37 @@ def test_split_warns_when_the_threshold_leaves_one_side_empty(scores, empty, bou
         split_by_tcot_match(recs, _rows(recs), _StubJudge([0.9, 0.5, 0.49, 0.1, 0.7]))
         split_by_tcot_match(recs, _rows(recs), _StubJudge(scores), rl_fraction=0.2)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_reason_eval_stopped_while_writing_leaves_no_summary_of_it(tiny_model_dir, tiny_world_dir, tmp_path,
+                                                                     monkeypatch):
+    """QA: `reason eval` killed -9 as it wrote its outputs left summary.json (and results.md) without tcots.jsonl —
+    under --overwrite beside the former run's tcots.jsonl. summary.json, the finished run's summary, is now written
+    after the T-CoTs, and a run that writes again first removes the former one: a stop while writing the T-CoTs
+    leaves no summary.json."""
+    from unime.data import atomic
+    from unime.embed_rl.tcot_embedder import ReasonEvalConfig, evaluate_with_reasoning
+
+    root, out = tiny_world_dir(2), tmp_path / "ev"
+    model = tiny_model_dir("qwen2_vl", (EMB_TOKEN,))
+
+    def cfg(only):
+        return ReasonEvalConfig(embedder_path=model, tasks=str(root / "eval_tasks.yaml"), out_dir=str(out),
+                                tcots="teacher", world_root=str(root), only=only, device="cpu")
+
+    evaluate_with_reasoning(cfg("shape_cls"), show_progress=False)
+    assert (out / "summary.json").is_file() and (out / "tcots.jsonl").is_file()
+    real = atomic.atomic_open
+
+    def stopped(path, *a, **k):
+        if str(path).endswith("tcots.jsonl"):
+            raise KeyboardInterrupt  # stands for the kill
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(atomic, "atomic_open", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_with_reasoning(cfg("t2i"), show_progress=False, overwrite=True)
+    assert not (out / "summary.json").exists()
+    monkeypatch.setattr(atomic, "atomic_open", real)
+    s = evaluate_with_reasoning(cfg("t2i"), show_progress=False, overwrite=True)
+    assert set(json.loads((out / "summary.json").read_text())["tasks"]) == set(s["tasks"]) == {"t2i"}

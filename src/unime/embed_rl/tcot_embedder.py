@@ -632,14 +632,20 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
             "generation": generation,  # how the reasoner wrote the T-CoTs (`reasoner_eval_generation`)
             "evidence_left_out": {"total": len(remb.left_out), "examples": remb.left_out[:3]}}
     record_options(cfg)
-    summary = report.write_run(out_dir, run, meta=meta)
+    # summary.json, the finished run's summary, last: a run stopped while it writes leaves none beside T-CoTs of
+    # another run (the former run's is removed first: a re-run writes every output again)
+    (Path(out_dir) / "summary.json").unlink(missing_ok=True)
     with atomic_open(Path(out_dir) / "tcots.jsonl") as fh:
         for row in written:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    format_rate = None
     if written and tcots == "reasoner":
+        from unime.models.export import write_json_atomic
         from unime.reasoning.tcot import format_ok
 
-        summary["tcot_format_rate"] = float(np.mean([format_ok(r["tcot"] or "") for r in written]))
-        (Path(out_dir) / "tcot_format.json").write_text(json.dumps({"format_rate": summary["tcot_format_rate"],
-                                                                    "n": len(written)}))
+        format_rate = float(np.mean([format_ok(r["tcot"] or "") for r in written]))
+        write_json_atomic(Path(out_dir) / "tcot_format.json", {"format_rate": format_rate, "n": len(written)})
+    summary = report.write_run(out_dir, run, meta=meta)
+    if format_rate is not None:
+        summary["tcot_format_rate"] = format_rate
     return summary
