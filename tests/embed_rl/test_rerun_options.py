@@ -118,3 +118,26 @@ def test_reason_eval_without_tcots_runs_again_under_options_it_does_not_read(ima
     assert again["meta"]["generation"] is None and again["tasks"] == first["tasks"]
     assert main(argv + ["--batch-size", "3"]) == 2
     assert "holds a run with other options (--batch-size: 16 -> 3)" in _error(capsys)
+
+
+def test_a_split_stopped_while_writing_leaves_none_of_the_former_runs_files(image_world, tiny_model_dir, tmp_path,
+                                                                            monkeypatch):
+    """QA (as `reason eval`'s): `reason split --overwrite` with another threshold, stopped after contrastive.jsonl,
+    left the former run's rl.jsonl and split.json beside the new contrastive.jsonl: a later GRPO run read the former
+    RL records as this split's. The former outputs are removed before the new ones are written, split.json last."""
+    from unime.data import io
+
+    out = tmp_path / "split"
+    assert main(_argv(image_world, tiny_model_dir, "reason split", out, "--threshold", "0.6")) == 0
+    assert {"contrastive.jsonl", "rl.jsonl", "split.json"} <= set(_outputs(out))
+    real = io.write_records
+
+    def stopped(records, path, *a, **k):
+        if str(path).endswith("rl.jsonl") and not str(path).endswith("contrastive.jsonl"):
+            raise KeyboardInterrupt  # stands for the kill
+        return real(records, path, *a, **k)
+
+    monkeypatch.setattr(io, "write_records", stopped)
+    assert main(_argv(image_world, tiny_model_dir, "reason split", out, "--threshold", "0.7", "--overwrite")) != 0
+    assert not (out / "rl.jsonl").exists() and not (out / "split.json").exists()
+    assert (out / "contrastive.jsonl").exists()

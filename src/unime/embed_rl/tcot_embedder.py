@@ -343,6 +343,10 @@ def split_records_file(cfg: SplitConfig, *, overwrite: bool = False) -> dict:
     split = split_by_tcot_match(recs, tcot_rows, scorer, threshold=cfg.threshold,
                                 rl_fraction=cfg.rl_fraction, source=records, tcot_source=cfg.tcots)
     record_options(cfg)
+    # the former run's outputs first (a run stopped while writing left its rl.jsonl beside this contrastive.jsonl,
+    # QA); split.json, the summary, last
+    for name in ("split.json", "rl.jsonl", "contrastive.jsonl"):
+        Path(out_dir, name).unlink(missing_ok=True)
     write_records(split.contrastive, os.path.join(out_dir, "contrastive.jsonl"))
     write_records(split.rl, os.path.join(out_dir, "rl.jsonl"))
     record_data_root(out_dir, data_root, written=["contrastive.jsonl", "rl.jsonl"],
