@@ -221,6 +221,14 @@ CONFIG_CASES = [
      "['t2x']"),
     (_I + ["--directions", ","], "data import: --directions must be a non-empty subset of ('i2t', 't2i'), got []"),
     (_I + ["--delimiter", ";;"], "data import: --delimiter must be one character ('\\t' for a tab), got ';;'"),
+    # QA: a ValueError traceback ('side must be one of ...') once the records were read, or numpy's 'need at least
+    # one array to concatenate' for an empty list
+    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--sides", "foo"],
+     "reason generate: --sides must be a non-empty subset of ('query', 'target'), got ['foo']"),
+    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--sides", ""],
+     "reason generate: --sides must be a non-empty subset of ('query', 'target'), got []"),
+    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--sides", "query,query"],
+     "reason generate: --sides must name each side once, got ['query', 'query']"),
 ]
 
 

@@ -421,6 +421,22 @@ class GenerateConfig(DeviceOptions, ImageOptions, VideoOptions):
                        "seed write the same T-CoTs, resumed or not; another seed, others", at_least=0)
     dtype: str = dtype_option()
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.side_list()  # refused as the config is made (QA: a ValueError traceback once the records were read)
+
+    def side_list(self) -> list[str]:
+        """The sides of `sides` (comma-separated, blanks ignored); an `OptionError` unless a non-empty subset of
+        `SIDES`, each named once."""
+        from unime.errors import OptionError
+
+        sides = [s.strip() for s in str(self.sides).split(",") if s.strip()]
+        if not sides or any(s not in SIDES for s in sides):
+            raise OptionError(self, "{sides} must be a non-empty subset of {all}, got {got}", all=SIDES, got=sides)
+        if len(set(sides)) != len(sides):
+            raise OptionError(self, "{sides} must name each side once, got {got}", got=sides)
+        return sides
+
 
 def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int, int]:
     """`unime reason generate`: the checkpoint's T-CoTs for the chosen sides of every record, written to
@@ -443,7 +459,7 @@ def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int
     from unime.reasoning.tcot import format_ok
 
     records = read_records(cfg.records)
-    sides = [s.strip() for s in cfg.sides.split(",") if s.strip()]
+    sides = cfg.side_list()
     data_root = resolve_data_root(cfg.records, cfg.data_root)
     sampling = VideoSampling.from_fields(cfg)
     jobs = [(rec.id or str(i), side, rec.query if side == "query" else rec.positive)
