@@ -283,3 +283,23 @@ def test_a_generate_resume_whose_chunks_are_discarded_checks_their_images_before
         generate_tcots(GenerateConfig(model=tiny_model_dir(), records=str(tmp_path / "r.jsonl"),
                                       data_root=str(tmp_path), out=str(tmp_path / "t.jsonl"), max_new_tokens=3))
     assert "record line 1 (id r0)" in str(err.value) and "img/0.png" in str(err.value) and generated == []
+
+
+def test_a_generate_run_stopped_before_it_recorded_the_data_root_records_it_when_run_again(
+        tiny_world_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """QA: killed after the T-CoT file was written and the run recorded as finished, but before the records' data
+    root was recorded beside it, `reason generate` run again said "nothing to do" and never recorded it: the T-CoT
+    file's image paths then resolved against its own folder (materialize, split, train reasoner: image not found).
+    The data root is recorded before the run is marked finished."""
+    from pathlib import Path
+
+    from unime.data import roots
+
+    argv = [*_generate_argv(tiny_world_dir, tiny_model_dir, tmp_path), "--out", str(tmp_path / "out" / "t.jsonl")]
+    real = roots.record_data_root
+    monkeypatch.setattr(roots, "record_data_root", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        main(argv)
+    monkeypatch.setattr(roots, "record_data_root", real)
+    assert main(argv) == 0
+    assert Path(roots.resolve_data_root(tmp_path / "out" / "t.jsonl", None)) == Path(tiny_world_dir(0))

@@ -511,8 +511,9 @@ def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int
                     video_sampling=numbering_of(item, sampling))
             for (rid, side, item), text in zip(jobs, work.load_all())]
     n = write_tcot_rows(rows, cfg.out)
-    work.finish(done_key=done_key)  # the output written: its chunks go, the record of the finished run stays
+    # before the run is recorded as finished: a re-run of a finished run does nothing, and would never record it (QA)
     record_data_root(os.path.dirname(os.path.abspath(cfg.out)), data_root, written=[cfg.out])
+    work.finish(done_key=done_key)  # the output written: its chunks go, the record of the finished run stays
     return n, sum(format_ok(r.tcot) for r in rows)
 
 
