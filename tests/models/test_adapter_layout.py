@@ -86,3 +86,26 @@ def test_an_adapter_whose_keys_match_no_module_is_refused_naming_them(tiny_model
                        r"the 15 adapter weights .* its keys that match no module: "
                        r"base_model\.model\.model\.decoder\.layers\.0\.self_attn\.q_proj\.lora_A\.weight, "):
         load_model(unknown, device="cpu")
+
+
+def test_an_adapter_folder_without_its_weights_file_is_a_model_error_naming_it(tiny_model_dir, tmp_path):
+    """QA: `reason generate --model A`, A a LoRA adapter folder (a trainer's OUT/adapter) whose
+    adapter_model.safetensors was deleted, said only "Cannot find the requested files in the disk cache and outgoing
+    traffic has been disabled": peft looked for the file on the hub. Refused naming the adapter and the file,
+    before the base model's weights load."""
+    from transformers import AutoModelForImageTextToText
+
+    from unime.models.loading import load_model
+
+    _trained_adapter(tiny_model_dir("qwen2_5_vl"), tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    loads = []
+    real = AutoModelForImageTextToText.from_pretrained.__func__
+    import unittest.mock
+
+    with unittest.mock.patch.object(AutoModelForImageTextToText, "from_pretrained",
+                                    classmethod(lambda cls, *a, **k: loads.append(a) or real(cls, *a, **k))):
+        with pytest.raises(ModelError, match=rf"^adapter '{tmp_path / 'adapter'}': the folder holds no adapter weights "
+                                             r"\(no adapter_model\.safetensors or adapter_model\.bin\)"):
+            load_model(tmp_path / "adapter", device="cpu")
+    assert loads == []

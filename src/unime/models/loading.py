@@ -712,6 +712,12 @@ def _checkpoint_paths(path: str | os.PathLike, adapter_path: str | None = None) 
         peft_path = path  # as given: a hub adapter by its id, not its cache folder
         base_path = json.loads((Path(adapter_path) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
         refuse_unreachable_hub_model(base_path)
+    if adapter_path is not None and Path(adapter_path).is_dir() and not any(
+            (Path(adapter_path) / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
+        from unime.errors import ModelError  # peft looked for it on the hub: its error named neither (QA)
+
+        raise ModelError(f"adapter {str(peft_path)!r}: the folder holds no adapter weights (no "
+                         "adapter_model.safetensors or adapter_model.bin)")
     proc_path = adapter_path if adapter_path and (Path(adapter_path) / "tokenizer_config.json").is_file() else base_path
     return path, base_path, peft_path, adapter_path, proc_path
 
