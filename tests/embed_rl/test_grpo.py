@@ -44,6 +44,30 @@ def test_rows_interleave_whole_pairs_and_reshuffle_per_epoch(world):
                                      "images": ["imgs/blue.png"]}
 
 
+def test_a_record_with_an_inline_image_is_refused_naming_it_and_the_records_grpo_takes(world):
+    """QA: `train reasoner --stage grpo --records reasoned.parquet` (`reason materialize`'s output: items with
+    their evidence crops inline) said "field 'images': items with inline images are not JSON-serialisable; write
+    Parquet", naming neither the file nor the record, and advising a Parquet file it was given. The record is named,
+    and what GRPO takes (records whose images are files, e.g. `reason split`'s rl.jsonl); under a skip policy it is
+    counted and left out."""
+    from PIL import Image
+
+    from unime.data.images import ImageLoader
+    from unime.data.skips import ErrorPolicy, SkipReport
+    from unime.errors import DataError
+
+    root, recs = world
+    inline = Record(query=recs[1].query, positive=Item(text="<|image_1|>", images=(Image.new("RGB", (32, 32)),)),
+                    id="r1")
+    with pytest.raises(DataError) as e:
+        grpo_rows([recs[0], inline], ImageLoader(root), source="reasoned.parquet")
+    assert (e.value.source, e.value.record, e.value.field) == ("reasoned.parquet", "r1", "positive.images[0]")
+    assert "an inline image" in str(e.value) and "rl.jsonl" in str(e.value)
+    skips = SkipReport()
+    rows = grpo_rows([recs[0], inline, recs[2]], ImageLoader(root), policy=ErrorPolicy("skip", skips, "grpo"))
+    assert sorted(r["pair_id"] for r in rows[::2]) == ["r0", "r2"]
+    assert skips.total == 1
+
 def test_duplicate_record_ids_are_refused(world):
     from unime.data.images import ImageLoader
     from unime.errors import DataError

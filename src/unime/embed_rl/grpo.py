@@ -114,6 +114,12 @@ def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int =
         where = origin_of(rec) or rid  # the record's line when it was read from a file
         try:
             for side, item in ((QUERY, rec.query), (POSITIVE, rec.positive)):
+                for j, r in enumerate((*item.images, *item.video)):
+                    if not isinstance(r, str):  # the reward reads the item back from JSON (QA: a bare message)
+                        field = f"{side}.images[{j}]" if j < len(item.images) else f"{side}.video"
+                        raise DataError("an inline image (e.g. a `reason materialize` output's evidence crops): GRPO "
+                                        "takes (query, positive) records whose images are files, e.g. `reason "
+                                        "split`'s rl.jsonl", source=source, record=where, field=field)
                 images = [loader.load(r, source=source, record=where, field=f"{side}.images[{j}]")
                           for j, r in enumerate(item.images)]
                 frames = loader.load_video(item.video, source=source, record=where, field=f"{side}.video") \
