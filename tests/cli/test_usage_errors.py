@@ -128,6 +128,7 @@ _T = {"embedder": ["train", "embedder", "--model", "m", "--records", "r", "--out
       "grpo": ["train", "reasoner", "--stage", "grpo", "--model", "m", "--records", "r", "--embedder", "e",
                "--out", "{tmp}/r"]}
 _I = ["data", "import", "--captions", "{tmp}/missing.csv", "--images", "{tmp}", "--out", "{tmp}/imp"]
+_G = ["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl"]
 CONFIG_CASES = [
     (_T["reranker"] + ["--full", "--train-module", "lm_head"], "train reranker: full fine-tuning (--full) trains every "
      "module; --train-module lm_head is a LoRA option: drop one of them"),
@@ -223,12 +224,10 @@ CONFIG_CASES = [
     (_I + ["--delimiter", ";;"], "data import: --delimiter must be one character ('\\t' for a tab), got ';;'"),
     # QA: a ValueError traceback ('side must be one of ...') once the records were read, or numpy's 'need at least
     # one array to concatenate' for an empty list
-    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--sides", "foo"],
-     "reason generate: --sides must be a non-empty subset of ('query', 'target'), got ['foo']"),
-    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--sides", ""],
-     "reason generate: --sides must be a non-empty subset of ('query', 'target'), got []"),
-    (["reason", "generate", "--model", "m", "--records", "r", "--out", "{tmp}/t.jsonl", "--sides", "query,query"],
-     "reason generate: --sides must name each side once, got ['query', 'query']"),
+    *((_G + ["--sides", given],
+       f"reason generate: --sides must be a non-empty subset of ('query', 'target'), got {got}")
+      for given, got in (("foo", "['foo']"), ("", "[]"))),
+    (_G + ["--sides", "query,query"], "reason generate: --sides must name each side once, got ['query', 'query']"),
 ]
 
 
