@@ -381,6 +381,17 @@ BAD = [
     ("malformed json",
      dict(content=b'{"model": "tiny-embedder", "input": ', headers={"Content-Type": "application/json"}),
      400, "malformed JSON"),
+    # QA: a body that is not UTF-8 was FastAPI's "There was an error parsing the body", naming nothing
+    ("non-UTF-8 body", dict(content=b'{"model": "tiny-embedder", "input": "caf\xe9"}',
+                            headers={"Content-Type": "application/json"}), 400,
+     "malformed JSON body: not UTF-8 (byte 0xe9 at position 40)"),
+    # QA: a body sent without the JSON content type (`curl -d`: a form's) was "body: Input should be a valid
+    # dictionary or object to extract fields from"
+    ("form content type", dict(content=b'{"model": "tiny-embedder", "input": "x"}',
+                               headers={"Content-Type": "application/x-www-form-urlencoded"}), 415,
+     "send the JSON body with 'Content-Type: application/json' (got 'application/x-www-form-urlencoded')"),
+    ("no content type", dict(content=b'{"model": "tiny-embedder", "input": "x"}'), 415,
+     "send the JSON body with 'Content-Type: application/json' (got none)"),
     ("wrong type", dict(json={"model": MODEL, "input": 5}), 422, "input"),
     ("token arrays", dict(json={"model": MODEL, "input": [[1, 2, 3]]}), 422, "input"),
     ("unknown field", dict(json={"model": MODEL, "input": "x", "colour": 1}), 422, "colour"),

@@ -207,6 +207,10 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc: RequestValidationError):
+        if isinstance(exc.body, (bytes, bytearray)):  # FastAPI reads a body as JSON only under a JSON content type
+            got = request.headers.get("content-type")
+            return _json_error(415, "send the JSON body with 'Content-Type: application/json' "
+                                    f"(got {repr(got) if got else 'none'})", param="body")
         errs = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errs):
             return _json_error(400, "malformed JSON body: " + "; ".join(
@@ -219,6 +223,10 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
+        if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's "There was an error parsing the body"
+            e = exc.__cause__
+            return _json_error(400, f"malformed JSON body: not UTF-8 (byte 0x{e.object[e.start]:02x} at position "
+                                    f"{e.start})", param="body")
         return _json_error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
