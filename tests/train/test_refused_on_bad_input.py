@@ -107,3 +107,33 @@ def test_an_empty_records_file_is_refused_saying_it_is_empty(trainer, what, tmp_
         assert _error_line(capsys) == f"unime: error: {path}: {what} (the file is empty): " \
             "give the file that holds your records"
         assert not out.exists()
+
+
+@pytest.mark.parametrize("trainer", ["embedder", "reranker", "judge", "reasoner grpo"])
+def test_every_record_skipped_shows_what_was_skipped_before_its_error(trainer, tmp_path, tiny_model_dir, capsys):
+    """QA: `unime train reranker --on-error skip` on records every one of which was skipped (their images missing,
+    or no negatives) said only 'no training examples' (the embedder: 'no usable training records'), the reasons
+    lost with the run; GRPO's 'fewer than pairs_per_batch' was a ValueError's traceback. Now the skip report is shown
+    before the one error line, as `unime embed` and `judge` show theirs."""
+    pytest.importorskip("trl")
+    from unime.cli import main
+
+    argv = _argv(trainer, tmp_path, tiny_model_dir)
+    flag = "--tcots" if "--tcots" in argv else "--records"
+    path = argv[argv.index(flag) + 1]
+    with open(path, encoding="utf-8") as fh:
+        lines = [json.dumps(_missing_image(json.loads(line))) for line in fh.read().splitlines() if line.strip()]
+    assert all("nope.png" in line for line in lines)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--on-error", "skip"]) == 2
+    captured = capsys.readouterr()
+    assert f"skipped {len(lines)} record(s)" in captured.out and "nope.png" in captured.out, captured.out
+    assert path in _error_line_of(captured.err) and not out.exists()
+
+
+def _error_line_of(err: str) -> str:
+    errors = [line for line in err.splitlines() if "unime: error:" in line]
+    assert len(errors) == 1, errors
+    return errors[0]

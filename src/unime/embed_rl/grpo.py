@@ -759,10 +759,15 @@ def _grpo_data(cfg: GRPOStageConfig) -> _GRPOData:
     rows = grpo_rows(records, loader, epochs=cfg.epochs, seed=cfg.seed, source=cfg.records,
                      policy=ErrorPolicy(cfg.on_error, skips, "GRPO") if cfg.on_error == "skip" else None)
     n_pairs = len({r["pair_id"] for r in rows})
+    if n_pairs < cfg.pairs_per_batch:
+        from unime.data.skips import shown_on_failure
+        from unime.errors import DataError
+
+        with shown_on_failure(skips):  # the records skipped, before the error
+            raise DataError(f"{n_pairs} pairs, fewer than --pairs-per-batch {cfg.pairs_per_batch}"
+                            + (f" ({skips.total} record(s) skipped)" if skips.total else ""), source=cfg.records)
     if skips.total:
         log.warning("GRPO: %s", skips.summary())
-    if n_pairs < cfg.pairs_per_batch:
-        raise ValueError(f"{cfg.records}: {n_pairs} pairs, fewer than pairs_per_batch={cfg.pairs_per_batch}")
     return _GRPOData(rows, n_pairs, skips, data_root, sampling, budget)
 
 

@@ -28,7 +28,7 @@ from transformers import Trainer, TrainingArguments
 
 from unime.data.items import Record
 from unime.data.roots import resolve_data_root
-from unime.data.skips import SkipReport, empty_file_error
+from unime.data.skips import SkipReport, empty_file_error, shown_on_failure
 from unime.errors import DataError, UnimeError
 from unime.data.video import VideoSampling
 from unime.models.hf_arguments import (hf_training_arguments, non_reentrant_checkpointing_callback,
@@ -498,7 +498,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     skips = SkipReport()
     if config.loss == "auto" or config.hard_negatives is None:
         if records is None:
-            records = read_records_for_training(config, skips)
+            with shown_on_failure(skips):
+                records = read_records_for_training(config, skips)
         config = resolve_auto_options(config, records)
     config.validate()
     out = Path(config.out)
@@ -515,7 +516,8 @@ def prepare_embedder_training(config: EmbedderTrainingConfig, *, records: Sequen
     if run_state.check_run(out, config.to_dict(), **plan_options):  # `train_embedder` reports such a run;
         raise UnimeError(f"{out} holds a finished run with these options: nothing to train (`train_embedder` "
                          "reports it; --overwrite starts it over)")  # training it again would replace its export
-    records = _usable_records(config, records, loss, data_root, skips)
+    with shown_on_failure(skips):  # every record skipped: the reasons before "no usable training records"
+        records = _usable_records(config, records, loss, data_root, skips)
     check_fallback_labels(config, records, loss)
 
     args = _training_arguments(config, checkpoint_root)

@@ -648,7 +648,7 @@ def lora_model(model, cfg: RerankerTrainConfig):
 def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult:
     import torch
 
-    from unime.data.skips import SkipReport
+    from unime.data.skips import SkipReport, shown_on_failure
     from unime.models.hf_arguments import process_device
     from unime.models.loading import load_model, peft_adapter_config, resolve_dtype, training_load_dtype
     from unime.models import run_state
@@ -671,8 +671,8 @@ def _train_reranker(cfg: RerankerTrainConfig, finished_hint: str) -> TrainResult
                            num_candidates=meta.get("num_candidates"), first_loss=meta.get("first_loss"),
                            last_loss=meta.get("last_loss"), heldout=meta.get("heldout"),
                            loss_levels=meta.get("loss_levels"), fallback_records=meta.get("fallback_records", 0))
-    skips = SkipReport()
-    groups, n_records, data_root, n_fallback = build_examples(cfg, skips=skips)
+    with shown_on_failure(SkipReport()) as skips:  # every record skipped: the reasons before "no training examples"
+        groups, n_records, data_root, n_fallback = build_examples(cfg, skips=skips)
     if skips.total:
         log.warning("%s", skips.summary())
     held_out: list[PromptExample] = []
