@@ -137,3 +137,25 @@ def _error_line_of(err: str) -> str:
     errors = [line for line in err.splitlines() if "unime: error:" in line]
     assert len(errors) == 1, errors
     return errors[0]
+
+
+def test_reasoner_sft_with_every_t_cot_line_skipped_is_one_error_line_before_the_model_loads(
+        tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """QA: `unime train reasoner --stage sft --on-error skip` on a T-CoT file none of whose lines could be read loaded
+    the model, then ended in a ValueError traceback ('no usable T-CoT rows (0 skipped)'). Now the skip report, then
+    one error line naming the file, before the model loads."""
+    pytest.importorskip("trl")
+    from unime.cli import main
+    from unime.models import loading
+
+    argv = _argv("reasoner sft", tmp_path, tiny_model_dir)
+    path = argv[argv.index("--tcots") + 1]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(BAD_LINE.strip() + "\n" + BAD_LINE.strip() + "\n")
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--on-error", "skip"]) == 2
+    captured = capsys.readouterr()
+    assert "skipped 2 record(s)" in captured.out and "malformed JSON" in captured.out, captured.out
+    assert "no usable T-CoT rows" in _error_line_of(captured.err) and path in _error_line_of(captured.err)
+    assert not out.exists()

@@ -260,7 +260,8 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
                            finished_file=SUMMARY_FILE, config=cfg):
         log.info("%s: this reasoner SFT run is finished; nothing to do (--overwrite starts it over)", out)
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-    from unime.data.skips import ErrorPolicy, SkipReport
+    from unime.data.skips import ErrorPolicy, SkipReport, shown_on_failure
+    from unime.errors import DataError
 
     skips = SkipReport(max_examples=10)
     rows = read_tcot_rows(cfg.data, on_error=cfg.on_error, skips=skips)
@@ -270,6 +271,9 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     rows = images.check(rows, source=cfg.data, policy=ErrorPolicy(cfg.on_error, skips, "reasoner SFT"))
     if not cfg.skip_invalid:  # a bad T-CoT stops the run before the model loads (`sft_rows` skips them otherwise)
         check_tcot_rows(rows, source=cfg.data)
+    if not rows:  # every line skipped: the reasons, then the error, before the model loads
+        with shown_on_failure(skips):
+            raise DataError(f"no usable T-CoT rows ({skips.total} skipped)", source=cfg.data)
     if skips.total:
         log.warning("reasoner SFT: %s", skips.summary())
     device = trainer_device(cfg.device)
@@ -283,7 +287,7 @@ def _train_reasoner_sft(cfg: ReasonerSFTConfig, options: dict[str, Any]) -> dict
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
     examples, skipped = sft_rows(rows, adapter, images, skip_invalid=cfg.skip_invalid, source=cfg.data)
     if not examples:
-        raise ValueError(f"{cfg.data}: no usable T-CoT rows ({skipped} skipped)")
+        raise DataError(f"no usable T-CoT rows ({skipped} skipped)", source=cfg.data)
     log.info("reasoner SFT: %d examples (%d skipped)", len(examples), skipped)
     plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
                               finished_file=SUMMARY_FILE, config=cfg)  # not finished: `check_run` said so
