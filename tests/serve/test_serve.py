@@ -1382,3 +1382,40 @@ def test_a_nan_embedding_is_a_clear_error_naming_the_input(world, monkeypatch):
     assert err["message"] == "query: the embedding model returned NaN or inf for this input (a model fault)"
     assert embed.status_code == 500 and embed.json()["error"]["param"] == "input[1]", embed.text
     assert good.status_code == 200 and len(good.json()["data"]) == 2, good.text
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "listwise"])
+def test_a_reranked_search_over_an_indexed_image_gone_bad_names_the_item(world, tmp_path, caplog, mode):
+    """QA: a reranked /v1/search whose hits include an indexed image that was since deleted or damaged under the
+    index's data root (the reranker reads it from there) was a bare 500 'internal server error', the traceback in
+    the log. Now the 500 names the indexed item, its image and what to do; the log has one line, no traceback, and
+    the other requests are served."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from unime.index.store import CorpusIndex, build_corpus_index
+    from unime.models.reranker import Reranker
+    from unime.serve.app import create_app
+    from unime.serve.engine import Engine
+
+    build_corpus_index(write_corpus(tmp_path), tmp_path / "idx", embedder=world["emb"], model=world["model"],
+                       cache_dir=tmp_path / "cache", model_settings=world["idx"].manifest["model_settings"])
+    (tmp_path / "img" / "red.png").write_bytes(b"not an image")
+    rr = Reranker.from_pretrained(world["model"], device="cpu", data_root=str(tmp_path))
+    engine = Engine(world["emb"], MODEL, reranker=rr, reranker_name=RERANKER, index=CorpusIndex(tmp_path / "idx"))
+    app = create_app(engine, ServeConfig(model=world["model"], no_auth=True, index_check_s=0))
+    caplog.set_level(logging.INFO, logger="unime.serve")
+    with TestClient(app) as c:
+        r = c.post("/v1/search", json={"query": "a red square", "top_k": 8, "rerank": True, "rerank_mode": mode})
+        assert r.status_code == 500, r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith("rerank: the indexed item 'img-red' cannot be read by the reranker (corrupt or "
+                                  "unreadable image img/red.png"), message
+        assert message.endswith("; its image under the index's data root is missing or damaged: rebuild the index "
+                                "(`unime index build`) or start the server with --rerank-data-root"), message
+        assert r.json()["error"]["type"] == "server_error"
+        ok = c.post("/v1/search", json={"query": "a red square", "top_k": 8})
+        assert ok.status_code == 200 and len(ok.json()["data"]) == 8
+    assert not any(r.exc_info for r in caplog.records)
+    assert sum("the indexed item 'img-red' cannot be read" in r.getMessage() for r in caplog.records) == 1

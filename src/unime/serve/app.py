@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -27,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from unime.errors import DataError
 from unime.serve.auth import bearer_token, key_matches
 from unime.serve.batching import DynamicBatcher
 from unime.serve.config import ServeConfig
@@ -51,6 +53,20 @@ def _json_error(status: int, message: str, headers: dict | None = None, **kw) ->
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     return JSONResponse(error_body(status, message, **kw), status_code=status, headers=headers)
+
+
+def _unreadable_indexed_item(e: DataError, hits: list[dict]) -> RequestError:
+    """The 500 of a reranked search one of whose hits the reranker cannot read (`e`, its field `candidates[i]...`):
+    an image under the index's data root deleted or damaged since the build. Named and logged in one line."""
+    m = re.match(r"candidates\[(\d+)\]", e.field or "")
+    which = f"the indexed item {hits[int(m.group(1))]['id']!r}" if m and int(m.group(1)) < len(hits) else \
+        "an indexed item"
+    why = str(e).split(": ", 1)[1] if e.field else str(e)
+    message = (f"rerank: {which} cannot be read by the reranker ({why}); its image under the index's data root is "
+               "missing or damaged: rebuild the index (`unime index build`) or start the server with "
+               "--rerank-data-root")
+    log.error("%s", message)
+    return RequestError(500, message, type="server_error", param="rerank")
 
 
 SHUTDOWN_RETRY_AFTER_S = 5  # what a request cut by the shutdown is told to wait before retrying (Retry-After)
@@ -401,7 +417,10 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             if rerank_k and hits:
                 k = min(rerank_k, len(hits))
                 cands = [index.item(h["row"]) for h in hits[:k]]
-                order, scores, source, _ = await rerank_docs(query, cands, req.rerank_mode)
+                try:
+                    order, scores, source, _ = await rerank_docs(query, cands, req.rerank_mode)
+                except DataError as e:  # an indexed image the reranker reads from the index's data root went bad
+                    raise _unreadable_indexed_item(e, hits[:k]) from None
                 top = [dict(hits[i], rerank_score=float(scores[i])) for i in order]
                 hits = top + hits[k:]
             return hits[:req.top_k], source
