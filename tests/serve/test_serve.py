@@ -1412,10 +1412,25 @@ def test_a_reranked_search_over_an_indexed_image_gone_bad_names_the_item(world, 
         message = r.json()["error"]["message"]
         assert message.startswith("rerank: the indexed item 'img-red' cannot be read by the reranker (corrupt or "
                                   "unreadable image img/red.png"), message
-        assert message.endswith("; its image under the index's data root is missing or damaged: rebuild the index "
-                                "(`unime index build`) or start the server with --rerank-data-root"), message
+        assert message.endswith("; its image is missing or damaged under the reranker's data root (the index's, or "
+                                "--rerank-data-root): rebuild the index (`unime index build`) or point "
+                                "--rerank-data-root at the folder of the indexed images"), message
         assert r.json()["error"]["type"] == "server_error"
         ok = c.post("/v1/search", json={"query": "a red square", "top_k": 8})
         assert ok.status_code == 200 and len(ok.json()["data"]) == 8
     assert not any(r.exc_info for r in caplog.records)
     assert sum("the indexed item 'img-red' cannot be read" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_rerank_data_root_that_is_no_folder_is_refused_before_the_models_load(world, tmp_path, monkeypatch):
+    """QA: `unime serve --reranker R --index IDX --rerank-data-root nowhere` started, then failed every reranked search
+    of an image item (image file not found, looked in 'nowhere'). It is refused at startup now, naming the option."""
+    from unime.errors import OptionError
+    from unime.models import embedder
+    from unime.serve.engine import Engine
+
+    monkeypatch.setattr(embedder.Embedder, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(OptionError, match=r"^rerank_data_root '.*nowhere': no such folder \(the folder of the "
+                                          r"indexed images the reranker reads\)$"):
+        Engine.load(ServeConfig(model=world["model"], reranker=world["model"], index=str(world["root"] / "idx"),
+                                rerank_data_root=str(tmp_path / "nowhere"), no_auth=True))

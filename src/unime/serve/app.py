@@ -62,9 +62,9 @@ def _unreadable_indexed_item(e: DataError, hits: list[dict]) -> RequestError:
     which = f"the indexed item {hits[int(m.group(1))]['id']!r}" if m and int(m.group(1)) < len(hits) else \
         "an indexed item"
     why = str(e).split(": ", 1)[1] if e.field else str(e)
-    message = (f"rerank: {which} cannot be read by the reranker ({why}); its image under the index's data root is "
-               "missing or damaged: rebuild the index (`unime index build`) or start the server with "
-               "--rerank-data-root")
+    message = (f"rerank: {which} cannot be read by the reranker ({why}); its image is missing or damaged under the "
+               "reranker's data root (the index's, or --rerank-data-root): rebuild the index (`unime index build`) or "
+               "point --rerank-data-root at the folder of the indexed images")
     log.error("%s", message)
     return RequestError(500, message, type="server_error", param="rerank")
 

@@ -56,6 +56,11 @@ class Engine:
 
         from unime.data.video import VideoOptions, VideoSampling
 
+        if config.reranker and config.rerank_data_root is not None and not Path(config.rerank_data_root).is_dir():
+            from unime.errors import OptionError  # else every reranked search of an image item failed
+
+            raise OptionError(config, "{rerank_data_root} {root!r}: no such folder (the folder of the indexed images "
+                              "the reranker reads)", root=str(config.rerank_data_root))
         index = reranker = None
         # the --video-* options, as `unime embed` takes them; unset, the index's (QA: --video-frames 4 was refused);
         # given and other than the index's, refused by `check_model` below, naming both samplings. Given at its
