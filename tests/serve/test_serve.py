@@ -482,6 +482,18 @@ def test_bad_api_keys_are_one_line_errors_naming_where_they_are(tmp_path, monkey
     assert capsys.readouterr().err.startswith(f"unime: error: --api-key-file {tmp_path / 'missing.txt'}: cannot read")
 
 
+def test_a_key_file_saved_with_a_byte_order_mark_and_crlf_gives_its_keys(tmp_path, monkeypatch):
+    """QA: a key file saved by Windows Notepad (UTF-8 with a byte order mark, CRLF line ends) gave its first key with
+    the mark in front ('\\ufeffkey-...'), which no client sends: every request with that key was a 401."""
+    from unime.serve.auth import load_api_keys
+
+    monkeypatch.delenv("UNIME_API_KEYS", raising=False)
+    keys = tmp_path / "keys.txt"
+    keys.write_bytes(b"\xef\xbb\xbfkey-aaaaaaaaaaaaaaaa1\r\n# a comment\r\nkey-bbbbbbbbbbbbbbbb2\r\n")
+    assert load_api_keys(keys) == ["key-aaaaaaaaaaaaaaaa1", "key-bbbbbbbbbbbbbbbb2"]
+    assert key_matches("key-aaaaaaaaaaaaaaaa1", load_api_keys(keys))
+
+
 def test_batching_options_are_checked():
     with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
         ServeConfig(model="m", no_auth=True, max_batch_size=0).check()

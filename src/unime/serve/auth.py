@@ -19,7 +19,7 @@ def load_api_keys(file: str | os.PathLike | None = None, env: str = ENV_VAR) -> 
     keys: list[tuple[str, str]] = []  # (where, key)
     if file:
         try:
-            text = Path(file).read_text(encoding="utf-8")
+            text = Path(file).read_text(encoding="utf-8-sig")  # a byte order mark (Notepad) is not the key's
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"--api-key-file {file}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
         for n, line in enumerate(text.splitlines(), 1):
