@@ -323,3 +323,15 @@ def check_a_resumed_run_reads_no_image_again(run, *, out: Path, whole: Path, ima
         run(out, "--overwrite")
     assert reads == [str(images[1].resolve())] and sum(calls) == 6
     assert "1 discarded, starting over" in caplog.text
+
+
+def with_nan_weights(model: str | Path, out: Path) -> Path:
+    """A copy of the model folder `model` at `out` whose token embeddings are NaN (each embedding it gives is NaN)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, out)
+    weights = load_file(out / "model.safetensors")
+    name = next(k for k in weights if k.endswith("embed_tokens.weight"))
+    weights[name][:] = float("nan")
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out

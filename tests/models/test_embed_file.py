@@ -298,3 +298,26 @@ def test_a_finished_embed_run_rerun_with_the_same_options_does_nothing(tiny_mode
     assert embed_file.encode_items_file(cfg)[1:3] == (6, int(np.load(out).shape[1])) and sum(encoded) == 6
     encoded.clear()
     assert embed_file.encode_items_file(cfg)[1] == 6 and encoded == []  # finished again: nothing to do
+
+
+def test_a_model_returning_nan_is_one_error_line_naming_it_and_the_first_item_and_writes_nothing(
+        tiny_model_dir, tmp_path, capsys):
+    """QA: `unime embed --model M`, M's weights NaN, wrote an all-NaN array (489 x 64) without a word. It is the
+    error line of the reasoned embedder's check (`refuse_non_finite`): the model, how many items, the first; exit 2,
+    no output. The same items with the model's own weights are encoded as before."""
+    from tests.models.helpers import with_nan_weights
+
+    items, out = tmp_path / "items.jsonl", tmp_path / "x.npy"
+    items.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(["a red circle", "a cat"])),
+                     encoding="utf-8")
+    assert main(["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert np.isfinite(np.load(out)).all() and np.load(out).shape[0] == 2
+    out.unlink()
+    model = with_nan_weights(tiny_model_dir("qwen2_vl"), tmp_path / "nan")
+    capsys.readouterr()
+    assert main(["embed", "--model", str(model), "--items", str(items), "--out", str(out), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"unime: error: embedder '{model}' returned NaN or inf for 2 of 2 inputs (the first: item 'a red circle'); "
+        "its weights may hold NaN or inf")
+    assert not out.exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unime.data.items import Item
-from unime.models.embedding_cache import RunEncoder
+from unime.models.embedding_cache import EmbeddingStore, RunEncoder
 
 
 class BatchDependentEmbedder:
@@ -362,3 +362,39 @@ def test_an_item_whose_media_is_read_otherwise_now_has_a_key_of_its_own(tmp_path
         assert enc.content_key(Item.from_dict({"video": form}), tmp_path) == file_key("anim.mp4", avif_frames=1)
     assert enc.content_key(Item(video=(animated,)), tmp_path) == key(animated, avif_frames=1)
     assert enc.content_key(Item(images=(animated,)), tmp_path) == key(animated, "i")  # an image: its first frame
+
+
+class NaNForB(BatchDependentEmbedder):
+    """Returns NaN for the items whose text starts with "b" and inf for those starting with "c"."""
+
+    name = "nan-model"
+
+    def encode(self, items, batch_size=None, show_progress=False):
+        out = super().encode(items)
+        out[[it.text.startswith("b") for it in items]] = np.nan
+        out[[it.text.startswith("c") for it in items], 1] = np.inf
+        return out
+
+
+def test_an_embedder_returning_nan_is_a_model_error_naming_it_and_nothing_is_cached(tmp_path):
+    """QA: `unime index build` with a NaN model wrote an index of NaN without a word, and `unime eval` ended in the
+    metrics' traceback ('scores contain NaN or infinity'). The run encoder (their one path, `unime mine`'s too)
+    refuses a vector holding NaN or inf naming the model, how many of the batch and the first, before it is cached;
+    an embedder with no name is named by its model id."""
+    from unime.errors import ModelError
+
+    enc = RunEncoder(NaNForB(), "m", cache_dir=tmp_path)
+    enc.add([Item("ax"), Item("bxx"), Item("cx"), Item("dx")], None)
+    with pytest.raises(ModelError, match=r"^embedder 'nan-model' returned NaN or inf for 2 of 4 inputs \(the first: "
+                                         r"item 'bxx'\); its weights may hold NaN or inf$"):
+        enc.encode_pending()
+    assert len(EmbeddingStore(tmp_path / "m")) == 0
+    unnamed = RunEncoder(BatchDependentEmbedder(), "unnamed-id")
+    unnamed.embedder.encode = lambda items, **kw: np.full((len(items), 3), np.inf)
+    unnamed.add([Item("ax")], None)
+    with pytest.raises(ModelError, match=r"^embedder 'unnamed-id' returned NaN or inf for 1 of 1 inputs"):
+        unnamed.encode_pending()
+    ok = RunEncoder(BatchDependentEmbedder(), "m2", cache_dir=tmp_path)
+    rows = ok.add([Item("ax"), Item("bxx")], None)
+    ok.encode_pending()
+    assert np.isfinite(ok.vectors(np.asarray(rows))).all()

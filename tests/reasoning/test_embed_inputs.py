@@ -220,24 +220,18 @@ def test_an_embedder_returning_nan_is_a_model_error_naming_it_and_the_input(tiny
     ended in a traceback deep in the rewards ('an embedding is zero or not finite') or the metrics ('scores contain
     NaN or infinity'), naming neither the model nor an input. The reasoned embedder refuses a non-finite embedding:
     a `ModelError` naming the embedder, how many inputs, and the first; finite embeddings are returned as before."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
     from unime import Item
     from unime.errors import ModelError
     from unime.models.embedder import Embedder
 
-    model = tmp_path / "emb"
-    shutil.copytree(tiny_model_dir("qwen2_5_vl", (EMB_TOKEN,)), model)
+    from tests.models.helpers import with_nan_weights
+
     items = [Item(text="a red circle"), Item(text="a blue square")]
     tcots = [render_tcot({"text_keywords": ["red"]}, "Red.", "red"), None]
-    whole = ReasonedEmbedder(Embedder.from_pretrained(model, device="cpu", pooling="emb"))
+    whole = ReasonedEmbedder(Embedder.from_pretrained(tiny_model_dir("qwen2_5_vl", (EMB_TOKEN,)), device="cpu",
+                                                      pooling="emb"))
     assert np.isfinite(whole.encode(items, tcots)).all()
-    weights = load_file(model / "model.safetensors")
-    name = next(k for k in weights if k.endswith("embed_tokens.weight"))
-    weights[name][:] = float("nan")
-    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    model = with_nan_weights(tiny_model_dir("qwen2_5_vl", (EMB_TOKEN,)), tmp_path / "emb")
     broken = ReasonedEmbedder(Embedder.from_pretrained(model, device="cpu", pooling="emb"))
     with pytest.raises(ModelError, match=rf"^embedder '{model}' returned NaN or inf for 2 of 2 inputs \(the first: "
                                          r"item 'a red circle'\)"):

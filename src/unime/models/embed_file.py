@@ -192,7 +192,8 @@ def embed_work_key(emb, model: str, dtype: str | None, items: list[Item], *,
 def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:
     """`emb.encode(items)` chunk by chunk, each chunk kept in `work`'s folder and the chunks an earlier run of the same
     key finished read back, not encoded. An item repeated (same `Item.key`, as `Embedder.encode` tells repeats within
-    a call) is encoded once: a later chunk's repeat takes the row of its first occurrence's chunk."""
+    a call) is encoded once: a later chunk's repeat takes the row of its first occurrence's chunk. A chunk holding NaN
+    or inf is refused before it is kept (`encoded`)."""
     from tqdm.auto import tqdm
 
     work.open()
@@ -206,8 +207,7 @@ def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:
             span = work.span(i)
             earlier = {r: first[items[r].key] for r in range(span.start, span.stop) if first[items[r].key] < span.start}
             new = [r for r in range(span.start, span.stop) if r not in earlier]
-            parts = [([r - span.start for r in new], np.asarray(emb.encode([items[r] for r in new]), dtype=np.float32))
-                     ] if new else []
+            parts = [([r - span.start for r in new], encoded(emb, [items[r] for r in new]))] if new else []
             for j in sorted({f // work.per_chunk for f in earlier.values()}):  # each earlier chunk read once
                 from_j = [(r, f) for r, f in earlier.items() if f // work.per_chunk == j]
                 parts.append(([r - span.start for r, _ in from_j],
@@ -218,3 +218,11 @@ def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:
             work.save(i, vecs)
             bar.update(span.stop - span.start)
     return work.load_all()
+
+
+def encoded(emb, items: list[Item]) -> np.ndarray:
+    """`emb.encode(items)` as float32; an embedding holding NaN or inf is a `ModelError` naming the model and the first
+    such item (`refuse_non_finite`), not an array of NaN written without a word (QA: 489 x 64 NaN)."""
+    from unime.models.embedder import refuse_non_finite
+
+    return refuse_non_finite(np.asarray(emb.encode(items), dtype=np.float32), items, emb.name)

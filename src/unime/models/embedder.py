@@ -107,6 +107,22 @@ def _named_in_items(err: DataError, items: Sequence[Item]) -> DataError:
     return named
 
 
+def refuse_non_finite(vecs: np.ndarray, items: Sequence[Item], model: str) -> np.ndarray:
+    """`vecs` (one row per item of `items`) when every value is finite; a row holding NaN or inf (the model's fault,
+    e.g. NaN weights) is a `ModelError` naming the model, how many inputs and the first such input. The check of every
+    command that writes or scores embeddings (`unime embed`, the embedding cache's `RunEncoder`: `index build`, `eval`,
+    `mine`; the reasoned embedder); not of `Embedder.encode`, whose NaN `unime serve` answers with a 500 naming the
+    request's field."""
+    bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
+    if bad.size:
+        first = items[bad[0]]
+        named = f"item {first.text[:80]!r}" if first.text else \
+            f"item of {'images' if first.images else 'video'} {list(first.images or first.video or ())[:2]}"
+        raise ModelError(f"embedder {model!r} returned NaN or inf for {bad.size} of {len(items)} inputs (the first: "
+                         f"{named}); its weights may hold NaN or inf")
+    return vecs
+
+
 class Embedder:
     def __init__(self, model, processor, adapter: FamilyAdapter, *, pooling: str = "last",
                  image_loader: ImageLoader | None = None, instruction_suffix: str = "", batch_size: int = 16,

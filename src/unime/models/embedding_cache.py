@@ -571,10 +571,14 @@ class RunEncoder:
             kwargs["batch_size"] = self.batch_size
         if self.show_progress if show_progress is None else show_progress:
             kwargs["show_progress"] = True
+        from unime.models.embedder import refuse_non_finite
+
         vecs = np.asarray(self.embedder.encode(items, **kwargs), dtype=np.float32)
         if vecs.ndim != 2 or vecs.shape[0] != len(items):
             raise ValueError(f"the embedder returned shape {vecs.shape} for {len(items)} items")
-        return vecs
+        # NaN or inf (e.g. NaN weights): refused naming the model before it is cached, not an index of NaN written
+        # without a word (`index build`) or a traceback in the metrics (`eval`) (QA)
+        return refuse_non_finite(vecs, items, getattr(self.embedder, "name", None) or self.model_id)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """L2-normalised vectors (float32) of the given rows."""

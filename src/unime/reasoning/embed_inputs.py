@@ -191,16 +191,8 @@ class ReasonedEmbedder:
         """float32 (n, hidden), no grad; identical (item, T-CoT) inputs are encoded once. An embedding holding NaN or
         inf (the model's fault, e.g. NaN weights) is a `ModelError` naming the embedder and the first such input:
         GRPO's rewards and `reason eval`'s metrics failed on it with a traceback naming neither (QA)."""
-        from unime.errors import ModelError
+        from unime.models.embedder import refuse_non_finite
 
         items = list(items)
-        E = self.embedder.encode(self.reasoned_items(items, list(tcots)), batch_size=batch_size,
-                                 show_progress=show_progress)
-        bad = np.flatnonzero(~np.isfinite(E).all(axis=1))
-        if bad.size:
-            first = items[bad[0]]
-            named = f"item {first.text[:80]!r}" if first.text else \
-                f"item of {'images' if first.images else 'video'} {list(first.images or first.video or ())[:2]}"
-            raise ModelError(f"embedder {self.embedder.name!r} returned NaN or inf for {bad.size} of {len(items)} "
-                             f"inputs (the first: {named}); its weights may hold NaN or inf")
-        return E
+        return refuse_non_finite(self.embedder.encode(self.reasoned_items(items, list(tcots)), batch_size=batch_size,
+                                                      show_progress=show_progress), items, self.embedder.name)
