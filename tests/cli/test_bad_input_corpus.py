@@ -632,6 +632,39 @@ def test_reason_teacher_strict_and_skip_for_every_case(teacher_world, tmp_path, 
         # the folder holds the inputs too, so the world is recorded beside the output only (unime.data.roots)
 
 
+def test_reason_teacher_opens_the_images_of_the_sides_it_writes_and_skips_their_records(teacher_world, tmp_path,
+                                                                                       capsys):
+    """QA: `reason teacher --world W`, one of W's training images truncated, wrote T-CoTs for its records from the
+    annotations (they never open an image), though the README lists it among the commands that check every image
+    they reference. It opens the query's and positive's images first (`check_images`, as `reason split` does): the
+    one error line naming the records file, line, record and field, no output; under skip the records that
+    reference it are left out and counted as `image`, the others written."""
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(teacher_world, world)
+    records = [json.loads(x) for x in (world / "train" / "records.jsonl").read_text().splitlines()]
+    ref = records[1]["query"]["images"][0]
+    using = [n for n, r in enumerate(records, 1) if ref in r["query"].get("images", []) + r["positive"].get(
+        "images", [])]
+    full = (world / ref).read_bytes()
+    (world / ref).write_bytes(full[: len(full) // 2])
+    out = tmp_path / "tcots.jsonl"
+    assert main(["reason", "teacher", "--world", str(world), "--out", str(out)]) == 2
+    side = "query" if ref in records[using[0] - 1]["query"].get("images", []) else "positive"
+    line = _one_error_line(capsys)
+    assert line.startswith(f"unime: error: {world / 'train' / 'records.jsonl'}, record line {using[0]} (id "
+                           f"{records[using[0] - 1]['id']}), field '{side}.images[0]': corrupt image {ref}"), line
+    assert not out.exists()
+    assert main(["reason", "teacher", "--world", str(world), "--out", str(out), "--on-error", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert f"({len(records)} records read; skipped {len(using)})" in printed
+    assert f"skipped {len(using)} record(s) (image: {len(using)})" in printed
+    written = [json.loads(x)["record_id"] for x in out.read_text().splitlines()]
+    assert sorted(set(written)) == sorted(r["id"] for n, r in enumerate(records, 1) if n not in using)
+    assert len(written) == 2 * (len(records) - len(using))
+
+
 @pytest.mark.slow
 def test_train_reasoner_sft_skips_and_counts_every_case(corpus_root, tmp_path, tiny_model_dir, capsys):
     from unime.reasoning.tcot import render_tcot

@@ -314,12 +314,15 @@ class AnnotationTeacher:
             raise DataError(f"the annotation teacher does not know the need type {ntype!r}", field="need.type")
         return render_tcot(evidence, rethink, answer)
 
-    def tcot_rows(self, records: Sequence[Record], *, source: str | None = None, policy=None):
+    def tcot_rows(self, records: Sequence[Record], *, source: str | None = None, policy=None, images=None):
         """T-CoT rows (query and positive side) for training records of the world. A record the world
         does not know raises `DataError` naming `source` (default: the world's records file), the record
         (its line when it was read from a file) and the side; with a skip `policy`
-        (`unime.data.skips.ErrorPolicy`) it is counted and left out."""
-        from unime.data.io import origin_of
+        (`unime.data.skips.ErrorPolicy`) it is counted and left out. `images` (an `ImageChecker`): a known record's
+        query and positive images are then opened too, a bad one raising (or skipped) as its reader names it."""
+        import dataclasses
+
+        from unime.data.io import origin_of, record_label
         from unime.data.skips import data_error
         from unime.reasoning.reasoner import TCoTRow, numbering_of
 
@@ -337,6 +340,8 @@ class AnnotationTeacher:
                         msg = str(e).split(": ", 1)[-1] if located else str(e)  # the message without its place
                         raise data_error("schema", msg, source=source, record=origin_of(rec) or rid,
                                          field="query" if side == "query" else "positive") from None
+                if images is not None:  # after the world's check: a record foreign to it is named so
+                    images.check(dataclasses.replace(rec, negatives=[]), source=source, record=record_label(rec, i))
             except DataError as e:
                 if policy is None:
                     raise
@@ -363,9 +368,13 @@ def write_teacher_tcots(cfg: TeacherConfig):
     """`unime reason teacher`: the annotation teacher's T-CoTs for `cfg.records` (default: the world's training
     records) written to `cfg.out`; bad records and T-CoT rows raise, or under `on_error="skip"` are left out and
     counted. The world is recorded as the T-CoT file's data root beside it (`unime.data.roots.record_data_root`),
-    so its readers find its images without `--data-root`. Returns (T-CoTs written, records read,
-    the `SkipReport`)."""
-    from unime.data.io import read_records
+    so its readers find its images without `--data-root`. The images (and videos) of the sides it writes T-CoTs for
+    (query and positive) are opened, as every command that reads the records checks them (`tcot_rows`' `images`): a
+    bad one is named by the records file's line, record id and field, or under skip its record is left out and
+    counted (QA: a truncated image was written a T-CoT from the annotations, never opened). Returns (T-CoTs written,
+    records read, the `SkipReport`)."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import ImageChecker, read_records
     from unime.data.roots import record_data_root
     from unime.data.skips import ErrorPolicy, SkipReport
     from unime.reasoning.reasoner import write_tcot_rows
@@ -374,7 +383,8 @@ def write_teacher_tcots(cfg: TeacherConfig):
     recs = read_records(cfg.records, on_error=cfg.on_error, skips=skips) if cfg.records else None
     teacher = AnnotationTeacher(cfg.world, video_sampling=VideoSampling.from_fields(cfg))
     recs = teacher.world.records if recs is None else recs
-    rows = teacher.tcot_rows(recs, source=cfg.records, policy=ErrorPolicy(cfg.on_error, skips, "teacher"))
+    rows = teacher.tcot_rows(recs, source=cfg.records, policy=ErrorPolicy(cfg.on_error, skips, "teacher"),
+                             images=ImageChecker(ImageLoader(teacher.root, video=teacher.video_sampling)))
     n = write_tcot_rows(rows, cfg.out)
     record_data_root(Path(os.path.abspath(cfg.out)).parent, cfg.world, written=[cfg.out])  # the world's images
     return n, len(recs), skips
