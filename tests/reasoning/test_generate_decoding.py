@@ -70,3 +70,25 @@ def test_top_k_1_samples_the_greedy_tcots_and_top_p_and_top_k_key_sampled_runs_o
     with_ignored = generate_work_key(GenerateConfig(model=plain, records="r", out="o"), [], None,
                                      ignored_decoding={"top_k": 1})
     assert with_ignored == {**key(), "ignored_checkpoint_decoding": {"top_k": 1}}
+
+
+def test_a_hub_model_not_on_disk_is_said_to_key_reason_generates_record_not_an_embedding_cache(caplog):
+    """QA: `reason generate --model <hub id>` logged "the embedding cache is keyed by its name only": it has no
+    embedding cache. The warning of a model fingerprinted by its name names what the caller keys with it: reason
+    generate's record of its finished chunks and run; the embedding cache only where it is one."""
+    import logging
+
+    from unime.models.embedding_cache import model_fingerprint
+    from unime.reasoning.reasoner import GenerateConfig, generate_work_key
+
+    hub_id = "someone/not-in-any-cache"
+    with caplog.at_level(logging.WARNING, logger="unime.models.embedding_cache"):
+        generate_work_key(GenerateConfig(model=hub_id, records="r", out="o"), [], None)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model {hub_id} is not a local folder; reason generate's record of its finished chunks and run is keyed by "
+        "its name only"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unime.models.embedding_cache"):
+        model_fingerprint(hub_id, keyed="the embedding cache")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model {hub_id} is not a local folder; the embedding cache is keyed by its name only"]

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "eval_run.json"
 DIGESTS_FILE = ".image_digests.tsv"
+# what the models' fingerprints key here: named when a model not on disk is keyed by its name only
+FINISHED_RUN = "unime eval's record of its finished run"
 
 
 def input_identity(out: str | Path, model: str, tasks, reranker: str | None = None, *,
@@ -48,9 +50,9 @@ def input_identity(out: str | Path, model: str, tasks, reranker: str | None = No
         loader = ImageLoader(str(spec.data_root), allow_outside_root=allow_outside_root)
         images[spec.name] = digest_items(data.table.items, loader, digests)
     digests.save()
-    ident = {"model": model_fingerprint(model), "task_files": files, "images": images}
+    ident = {"model": model_fingerprint(model, keyed=FINISHED_RUN), "task_files": files, "images": images}
     if reranker:
-        ident["reranker"] = model_fingerprint(reranker)
+        ident["reranker"] = model_fingerprint(reranker, keyed=FINISHED_RUN)
     return ident
 
 

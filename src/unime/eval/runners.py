@@ -662,7 +662,7 @@ def evaluate_checkpoint(cfg: EvalConfig, *, show_progress: bool = True) -> dict:
                                         attn_implementation=cfg.attn_implementation)
     t_model = time.perf_counter()
     settings = cache_settings(embedding_settings(embedder, dtype), embedder)
-    model_id = model_fingerprint(model, settings)
+    model_id = model_fingerprint(model, settings, keyed="the embedding cache")
     cache = None if cfg.no_cache else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     encoder = RunEncoder(embedder, model_id, cache_dir=cache, batch_size=batch_size, show_progress=show_progress,
                          model_info={"model": str(model), "settings": settings},

@@ -424,7 +424,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     with claim(out, "index build", options, overwrite=overwrite, adopts=is_index_folder):
         root = Path(resolve_data_root(items_path, data_root))  # --data-root, else the one recorded beside the file
         settings = model_settings if model_settings is not None else embedding_settings(embedder)
-        fingerprint = model_fingerprint(model, settings)
+        fingerprint = model_fingerprint(model, settings, keyed="the index's record of its model")
         manifest_path = out / "manifest.json"
         if is_index_folder(out):  # (a folder with another stage's manifest.json is refused)
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -481,7 +481,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
         # the cache's key: the model identity, the attention kernel and the device type (`cache_settings`; not the
         # index's identity)
         cached = cache_settings(settings, embedder)
-        store = EmbeddingStore(Path(cache_dir) / model_fingerprint(model, cached),
+        store = EmbeddingStore(Path(cache_dir) / model_fingerprint(model, cached, keyed="the embedding cache"),
                                model_info={"model": model_reference(model), "settings": cached}) if cache_dir else None
         from unime.data.io import ImageChecker
         from unime.models.loading import checkpoint_image_loader
@@ -839,14 +839,15 @@ def model_mismatch(manifest: dict, model: str, settings: dict, *, device: str | 
     None: before the compute dtype was recorded) matches when that option gives the same dtype on `device`."""
     from unime.models.embedding_cache import model_fingerprint, run_folder_top_level_fingerprint
 
-    fp = model_fingerprint(model, settings)
+    fp = model_fingerprint(model, settings, keyed="the index's record of its model")
     expected = manifest.get("model_fingerprint")
     if fp == expected:
         return None
     built = manifest.get("model_settings") or {}
     legacy = built.get("dtype")
     if legacy is not None and legacy not in DTYPE_LABELS.values() and _dtype_label(legacy, device) == \
-            settings.get("dtype") and model_fingerprint(model, {**settings, "dtype": legacy}) == expected:
+            settings.get("dtype") and model_fingerprint(model, {**settings, "dtype": legacy},
+                                                         keyed="the index's record of its model") == expected:
         return None
     differ = [f"{k} {built.get(k)!r} (index) vs {settings.get(k)!r}" for k in sorted(set(built) | set(settings))
               if built.get(k) != settings.get(k)] if built else []

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = 1
+# what the checkpoints' fingerprints key here: named when a model not on disk is keyed by its name only
+MANIFEST_INPUTS = "unime mine's record of its finished stages"
 
 # MineConfig fields that do not change what is mined (left out of the run's identity): where the output
 # goes, how the work is spread and batched, progress bars, the attention kernel the models run (a choice of the
@@ -52,8 +54,8 @@ def input_fingerprints(c: MineConfig, *, n_records: int, skipped: int, pool_size
                     "skipped": skipped},
         "pool": {"path": str(Path(c.pool).resolve()), "sha1": file_sha1(c.pool)} if c.pool else "positives",
         "pool_size": pool_size,
-        "embedder": {"path": c.embedder, "fingerprint": model_fingerprint(c.embedder)},
-        "judge": {"path": c.judge, "fingerprint": judge_fingerprint(c.judge)},
+        "embedder": {"path": c.embedder, "fingerprint": model_fingerprint(c.embedder, keyed=MANIFEST_INPUTS)},
+        "judge": {"path": c.judge, "fingerprint": judge_fingerprint(c.judge, keyed=MANIFEST_INPUTS)},
         "data_root": str(Path(c.resolved_data_root).resolve()),
         "images": {"sha1": images_sha1},
     }
@@ -62,10 +64,10 @@ def input_fingerprints(c: MineConfig, *, n_records: int, skipped: int, pool_size
     return inputs
 
 
-def judge_fingerprint(judge: str) -> str:
-    """The judge by its content: a checkpoint's `model_fingerprint`; a labels file (the oracle's ground truth) the
-    SHA-1 of its bytes."""
-    return file_sha1(judge) if os.path.isfile(judge) else model_fingerprint(judge)
+def judge_fingerprint(judge: str, *, keyed: str = "its fingerprint") -> str:
+    """The judge by its content: a checkpoint's `model_fingerprint` (`keyed`: what it keys, for its warning); a labels
+    file (the oracle's ground truth) the SHA-1 of its bytes."""
+    return file_sha1(judge) if os.path.isfile(judge) else model_fingerprint(judge, keyed=keyed)
 
 
 def _hashed_inputs(inputs: dict[str, Any], legacy: bool = False) -> dict[str, Any]:

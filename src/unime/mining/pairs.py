@@ -34,6 +34,8 @@ from unime.options import on_error_option, option
 PAIRS_PER_CHUNK = 4096
 # `make_backend` options that spread the work without changing a score (left out of the chunks' key)
 SPREAD_OPTIONS = ("num_workers", "address", "num_gpus_per_worker")
+# what the judge's (and its adapter's) fingerprint keys here: named when a model not on disk is keyed by its name only
+SCORED_CHUNKS = "unime judge's record of its finished run and chunks"
 
 
 @dataclass(kw_only=True)
@@ -205,8 +207,8 @@ def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend
     return {"pairs": listed.hexdigest(),
             "images": digest_items((it for _, q, c in pairs for it in (q, c)), loader,
                                   digests if digests is not None else ImageDigests()),
-            "judge": judge_fingerprint(spec.path),
-            "adapter": model_fingerprint(spec.adapter_path) if spec.adapter_path else None,
+            "judge": judge_fingerprint(spec.path, keyed=SCORED_CHUNKS),
+            "adapter": model_fingerprint(spec.adapter_path, keyed=SCORED_CHUNKS) if spec.adapter_path else None,
             "backend": backend,
             "backend_options": same_path_value({k: v for k, v in (backend_options or {}).items()
                                                 if k not in SPREAD_OPTIONS}),

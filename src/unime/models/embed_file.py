@@ -162,7 +162,8 @@ def embed_done_key(cfg: EmbedConfig, root: str, checker: ImageChecker, digests: 
                                       files_only=EVERY_LINE)
         return {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "model", "data_root")},
                 "items_sha1": file_sha1(cfg.items), "data_root": str(Path(root).resolve()),
-                "images": digest_items(items, checker.loader, digests), "model": model_fingerprint(cfg.model)}
+                "images": digest_items(items, checker.loader, digests),
+                "model": model_fingerprint(cfg.model, keyed="unime embed's record of its finished run")}
     except (OSError, DataError):
         return None
 
@@ -186,7 +187,8 @@ def embed_work_key(emb, model: str, dtype: str | None, items: list[Item], *,
         listed.update(f"{it.key}\n".encode())
     digests = digests if digests is not None else ImageDigests()
     return {"items": listed.hexdigest(), "images": digest_items(items, emb.image_loader, digests),
-            "model": model_fingerprint(model, cache_settings(embedding_settings(emb, dtype), emb))}
+            "model": model_fingerprint(model, cache_settings(embedding_settings(emb, dtype), emb),
+                                       keyed="unime embed's record of its finished chunks")}
 
 
 def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:

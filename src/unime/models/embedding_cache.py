@@ -101,9 +101,13 @@ def _local_model_dir(path: str) -> Path | None:
         return None
 
 
-def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None = None) -> str:
-    """Identity of (checkpoint files, embedding settings) as a short hex string; see the module doc."""
-    return _fingerprint(path, _local_model_dir(str(path)), settings)
+def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None = None, *,
+                      keyed: str = "its fingerprint") -> str:
+    """Identity of (checkpoint files, embedding settings) as a short hex string; see the module doc. `keyed`: what the
+    caller keys with it ("the embedding cache", "reason generate's record of its finished chunks and run"), named in
+    the warning logged when the model is neither a local folder nor in the Hugging Face cache, its files unread: that
+    it is then keyed by the model's name only (QA: `reason generate` named an embedding cache it does not have)."""
+    return _fingerprint(path, _local_model_dir(str(path)), settings, keyed=keyed)
 
 
 def run_folder_top_level_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None = None) -> str | None:
@@ -118,10 +122,11 @@ def run_folder_top_level_fingerprint(path: str | os.PathLike, settings: dict[str
     return _fingerprint(path, p, settings)
 
 
-def _fingerprint(path: str | os.PathLike, folder: Path | None, settings: dict[str, Any] | None) -> str:
+def _fingerprint(path: str | os.PathLike, folder: Path | None, settings: dict[str, Any] | None, *,
+                 keyed: str = "its fingerprint") -> str:
     h = hashlib.sha256()
     if folder is None:
-        log.warning("model %s is not a local folder; the embedding cache is keyed by its name only", path)
+        log.warning("model %s is not a local folder; %s is keyed by its name only", path, keyed)
         h.update(f"name\0{path}\n".encode())
     else:
         _folder_fingerprint(folder, h)

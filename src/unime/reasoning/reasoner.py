@@ -555,4 +555,4 @@ def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], lo
         options["ignored_checkpoint_decoding"] = ignored_decoding
     return {**options, "dtype": canonical_dtype(cfg.dtype), "jobs": listed.hexdigest(),
             "images": digest_items((j[2] for j in jobs), loader, digests if digests is not None else ImageDigests()),
-            "model": model_fingerprint(cfg.model)}
+            "model": model_fingerprint(cfg.model, keyed="reason generate's record of its finished chunks and run")}
