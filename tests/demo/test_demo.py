@@ -199,9 +199,11 @@ def test_listwise_positions_sum_over_seeds_and_tasks():
 
 def _fake_mining(mined, rows, *, beta=0.01, datasets=None):
     """A fabricated `unime mine` output: audit.parquet rows (query, candidate score, positive score, status),
-    and a dataset column when `datasets` (one name per row) is given."""
+    and a dataset column when `datasets` (one name per row) is given; written as mining writes it (`write_parquet`:
+    page checksums)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from unime.data.eval_formats import write_parquet
 
     mined.mkdir(parents=True, exist_ok=True)
     cols = {"query_index": [], "judge_score": [], "positive_score": [], "status": []}
@@ -211,7 +213,7 @@ def _fake_mining(mined, rows, *, beta=0.01, datasets=None):
         for c in cands:
             for k, v in zip(cols, (q, c, pos, status) + ((datasets[i],) if datasets is not None else ())):
                 cols[k].append(v)
-    pq.write_table(pa.table(cols), mined / "audit.parquet")
+    write_parquet(pa.table(cols), mined / "audit.parquet")
     (mined / "stats.json").write_text(json.dumps({"config": {"beta": beta}, "records": len(rows)}))
     (mined / "mined.parquet").write_text("")
 
@@ -235,6 +237,44 @@ def test_judge_gate_numbers_by_hand(tmp_path):
     assert g.median_spread == pytest.approx(0.0021) and g.fallback_share == 1.0 and g.weak
     assert len(g.reasons()) == 2 and "0.0021" in g.reasons()[0] and "100.0 %" in g.reasons()[1]
     assert g.by_dataset == {} and g.weak_datasets() == [] and g.weak_datasets_line() == ""  # no dataset column
+
+
+def test_a_damaged_audit_is_one_data_error_naming_it_and_how_the_demo_mines_again(tmp_path):
+    """QA: the judge gate read audit.parquet with a plain `pq.read_table`: a damaged file was pyarrow's traceback. It
+    reads it through the checked Parquet reader (`open_parquet`): a file cut off, a page that fails its checksum or a
+    missing column is one `DataError` naming the file and how to make it again (the mine stage reruns once
+    mined.parquet is gone); an intact audit gives the numbers by hand as before."""
+    import pyarrow as pa
+
+    from unime.data.eval_formats import write_parquet
+    from unime.demo.judge_gate import judge_gate
+    from unime.errors import DataError
+
+    rows = [(0, 0.8, [0.1, 0.3], "ok"), (1, 0.6, [0.55, 0.62], "ok"), (2, 0.2, [0.2, 0.2], "fallback")]
+    _fake_mining(tmp_path / "m", rows, datasets=["shape_cls", "shape_cls", "colour_cls"])
+    audit = tmp_path / "m" / "audit.parquet"
+    whole = audit.read_bytes()
+    g = judge_gate(tmp_path / "m", max_fallback_share=0.5)  # spreads 0.7, 0.07, 0.0
+    assert g.queries == 3 and g.median_spread == pytest.approx(0.07) and g.fallback_share == pytest.approx(1 / 3)
+    again = (f"; delete {tmp_path / 'm' / 'mined.parquet'} and run the demo again: its mine stage runs again and "
+             "rewrites the audit (the judge's scores are reused)")
+    audit.write_bytes(whole[: len(whole) // 2])  # cut off: no footer
+    with pytest.raises(DataError) as e:
+        judge_gate(tmp_path / "m", max_fallback_share=0.5)
+    assert str(e.value).startswith(f"{audit}: not a readable Parquet file: ") and str(e.value).endswith(again)
+    data = bytearray(whole)
+    at = data.find(b"colour_cls")  # its first occurrence: in the dataset column's data page, before the footer
+    data[at + 1] = ord("a")  # "calour_cls": decodes, fails the page's checksum
+    audit.write_bytes(bytes(data))
+    with pytest.raises(DataError) as e:
+        judge_gate(tmp_path / "m", max_fallback_share=0.5)
+    assert str(e.value) == (f"{audit}: row group 1 of 1 (rows 1 to 6) could not be read: the file is damaged "
+                            "(could not verify page integrity, CRC checksum verification failed for page_ordinal 0); "
+                            "write or copy it again" + again)
+    write_parquet(pa.table({"query_index": [0], "judge_score": [0.5]}), audit)
+    with pytest.raises(DataError) as e:
+        judge_gate(tmp_path / "m", max_fallback_share=0.5)
+    assert str(e.value) == f"{audit}: no column 'positive_score', 'status' in the audit" + again
 
 
 def test_judge_gate_names_the_datasets_where_the_judge_is_flat(tmp_path):

@@ -149,18 +149,19 @@ def open_parquet(path: str | os.PathLike):
         raise data_error("malformed_json", f"not a readable Parquet file: {e}", source=str(path)) from None
 
 
-def parquet_rows(pf, source: str, batch_size: int = 256) -> Iterator[dict]:
-    """The rows of the open Parquet file `pf` (`open_parquet`) as dicts, row group by row group. A row group that
-    cannot be read (its data pages damaged while the footer is intact: pyarrow raises OSError, among them a page
-    failing its checksum, ArrowInvalid or, for a damaged string, UnicodeDecodeError) is a `DataError` naming the
-    file `source` and the row group: no row of it can be trusted, so it is never skipped."""
+def parquet_rows(pf, source: str, batch_size: int = 256, columns: list[str] | None = None) -> Iterator[dict]:
+    """The rows of the open Parquet file `pf` (`open_parquet`) as dicts (of `columns` only, when given: the caller
+    checks that the file has them), row group by row group. A row group that cannot be read (its data pages damaged
+    while the footer is intact: pyarrow raises OSError, among them a page failing its checksum, ArrowInvalid or, for a
+    damaged string, UnicodeDecodeError) is a `DataError` naming the file `source` and the row group: no row of it can
+    be trusted, so it is never skipped."""
     import pyarrow as pa
 
     n_groups = pf.metadata.num_row_groups
     first = 1
     for g in range(n_groups):
         n_rows = pf.metadata.row_group(g).num_rows
-        batches = pf.iter_batches(batch_size=batch_size, row_groups=[g])
+        batches = pf.iter_batches(batch_size=batch_size, row_groups=[g], columns=columns)
         while True:
             try:
                 batch = next(batches, None)

@@ -98,9 +98,9 @@ def query_spreads(query_index, candidate_scores, positive_scores) -> dict[int, f
 
 
 def judge_gate(mined_dir: str | Path, *, max_fallback_share: float) -> JudgeGate:
-    """The numbers of the check from `unime mine`'s outputs in `mined_dir` (see the module doc)."""
-    import pyarrow.parquet as pq
-
+    """The numbers of the check from `unime mine`'s outputs in `mined_dir` (see the module doc). An audit that cannot
+    be read (damaged, cut off, without a column the check reads) is a `DataError` naming it and how to make it again
+    (`read_audit`)."""
     mined_dir = Path(mined_dir)
     audit_path, stats_path = mined_dir / "audit.parquet", mined_dir / "stats.json"
     for path in (audit_path, stats_path):
@@ -108,9 +108,8 @@ def judge_gate(mined_dir: str | Path, *, max_fallback_share: float) -> JudgeGate
             raise DataError("mining output not found (run `unime mine` first)", source=str(path))
     stats = json.loads(stats_path.read_text())
     beta = float(stats.get("config", {}).get("beta", DEFAULT_BETA))
-    columns = ["query_index", "judge_score", "positive_score", "status"]
-    has_dataset = "dataset" in pq.read_schema(audit_path).names
-    table = pq.read_table(audit_path, columns=columns + ["dataset"] * has_dataset).to_pydict()
+    table = read_audit(audit_path)
+    has_dataset = "dataset" in table
     if not table["query_index"]:
         raise DataError("no (query, candidate) rows", source=str(audit_path))
     spread_of = query_spreads(table["query_index"], table["judge_score"], table["positive_score"])
@@ -128,6 +127,33 @@ def judge_gate(mined_dir: str | Path, *, max_fallback_share: float) -> JudgeGate
     return JudgeGate(queries=len(spreads), median_spread=float(np.median(spreads)),
                      spread_quartiles=(float(q1), float(q3)), beta=beta, fallback_share=float(fallback),
                      max_fallback_share=max_fallback_share, by_dataset=by_dataset)
+
+
+AUDIT_COLUMNS = ("query_index", "judge_score", "positive_score", "status")  # and "dataset" when the audit has it
+
+
+def read_audit(path: Path) -> dict[str, list]:
+    """The check's columns of `audit.parquet` at `path` (`AUDIT_COLUMNS`, and "dataset" when it has one), read through
+    the checked Parquet reader (`open_parquet`, `parquet_rows`: the page checksums unime writes are verified). A file
+    that is no Parquet file, a damaged row group or a missing column is a `DataError` naming the file and how the demo
+    makes it again: its mine stage runs again once the folder's mined.parquet is gone (`unime mine`'s mark of a
+    finished run; the judge's scores are reused), not pyarrow's traceback (QA)."""
+    from unime.data.eval_formats import open_parquet, parquet_rows
+    from unime.data.io import raw_message
+
+    again = (f"delete {path.parent / 'mined.parquet'} and run the demo again: its mine stage runs again and rewrites "
+             "the audit (the judge's scores are reused)")
+    try:
+        pf = open_parquet(path)
+        names = pf.schema_arrow.names
+        missing = [c for c in AUDIT_COLUMNS if c not in names]
+        if missing:
+            raise DataError(f"no column {', '.join(map(repr, missing))} in the audit", source=str(path))
+        columns = list(AUDIT_COLUMNS) + ["dataset"] * ("dataset" in names)
+        rows = list(parquet_rows(pf, str(path), batch_size=65536, columns=columns))
+    except DataError as e:
+        raise DataError(f"{raw_message(e)}; {again}", source=str(path)) from None
+    return {c: [r[c] for r in rows] for c in columns}
 
 
 def stop_message(gate: JudgeGate, mined_dir: str | Path) -> str:
