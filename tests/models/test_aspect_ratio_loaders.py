@@ -29,6 +29,7 @@ ALLOWED = {
     "eval/reference.py",  # the CNN reference: resizes to a fixed square itself, no Qwen processor
     "eval/rerun.py",  # digests the task images for eval_run.json, no model
     "embed_rl/tcot_embedder.py",  # `unime reason materialize`: crops evidence into records, no model
+    "reasoning/teacher.py",  # `unime reason teacher`: opens the images it writes T-CoTs for, to check them; no model
     "serve/inputs.py",  # request images under Limits.max_aspect_ratio (the served models' strictest limit)
     "serve/engine.py",  # InlineOnlyLoader (reads no file) with the embedder's own loader's max_aspect_ratio
     "index/store.py",  # `unime search --image`: the file decoded before the model loads, to name it; the embedder's

@@ -21,10 +21,11 @@ class _Loaded(Exception):
 @pytest.fixture(autouse=True)
 def model_folder(tmp_path):
     """The model folders the trainers here are given ("m"; "e", GRPO's embedder): never loaded (the loading is
-    recorded and stopped, or a bad option is refused first), but they exist, as a missing local folder is refused
-    before either."""
-    (tmp_path / "m").mkdir()
-    (tmp_path / "e").mkdir()  # GRPO's embedder, likewise
+    recorded and stopped, or a bad option is refused first), but they exist and hold a config.json, as a missing
+    local folder, or one that holds no model, is refused before either."""
+    for name in ("m", "e"):  # "e": GRPO's embedder, likewise
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}", encoding="utf-8")
 
 
 @pytest.fixture
