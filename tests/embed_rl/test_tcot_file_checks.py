@@ -168,3 +168,36 @@ def test_materialize_refuses_two_tcots_of_one_side_naming_the_tcot_files_lines(t
         _materialize(tmp_path, records, tcots)
     assert (e.value.source, e.value.record, e.value.field) == (tcots, "line 3 (id x, side target)", "side")
     assert "two T-CoTs for record 'x' side 'target' (the other: line 2 (id x, side target))" in str(e.value)
+
+
+def test_a_records_file_given_as_tcots_and_a_tcot_file_given_as_records_are_named_as_such(tmp_path):
+    """QA (new user): `--tcots records.jsonl` was refused as "missing key 'record_id'", and `--records tcots.jsonl` as
+    "... rename them to the expected keys ...": keys that are exactly the other file's are named as that file."""
+    from unime.data.io import read_records
+    from unime.errors import DataError
+    from unime.reasoning.reasoner import read_tcot_rows
+
+    write_records([Record(query=Item(text="q"), positive=Item(text="p"), id="x")], tmp_path / "r.jsonl")
+    write_tcot_rows([TCoTRow(record_id="x", side="query", item=Item(text="q"), tcot=OK_TEXT)], tmp_path / "t.jsonl")
+    with pytest.raises(DataError) as e:
+        read_tcot_rows(tmp_path / "r.jsonl")
+    assert str(e.value) == (f"{tmp_path / 'r.jsonl'}, record line 1, field 'record_id': missing key 'record_id': this "
+                            "looks like a records file (keys dataset, id, negative_scores, negatives, positive, "
+                            "positive_score, query); --tcots takes the T-CoT file written by `unime reason teacher` / "
+                            "`reason generate`")
+    with pytest.raises(DataError) as e:
+        read_records(tmp_path / "t.jsonl")
+    assert str(e.value) == (f"{tmp_path / 't.jsonl'}, record line 1, field 'positive': missing key(s) ['positive', "
+                            "'query']: this looks like a T-CoT file (keys item, record_id, side, source, tcot); "
+                            "--records takes a records file (keys id, query, positive, negatives, ...)")
+    assert e.value.reason == "schema"
+
+
+def test_keys_of_neither_file_keep_the_rename_hint(tmp_path):
+    """Only exactly the other file's keys are named as that file: a T-CoT key beside a key of neither is not."""
+    from unime.data.validate import RECORD_KEYS_REQUIRED, TCOT_KEYS_REQUIRED, swapped_file_hint
+
+    assert swapped_file_hint({"record_id", "side", "item", "tcot", "extra"}, RECORD_KEYS_REQUIRED) == ""
+    assert swapped_file_hint({"record_id", "side", "item"}, RECORD_KEYS_REQUIRED) == ""
+    assert swapped_file_hint({"query", "positive"}, TCOT_KEYS_REQUIRED).startswith(": this looks like a records file")
+    assert swapped_file_hint({"query", "positive"}, {"_id"}) == ""

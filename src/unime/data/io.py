@@ -43,7 +43,8 @@ from unime.data.jsonl import iter_jsonl, read_json_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error, reason_of
 from unime.data.scores import parse_score, parse_scores
-from unime.data.validate import check_keys, check_str, make_item, parse_item
+from unime.data.validate import (RECORD_KEYS_OPTIONAL, RECORD_KEYS_REQUIRED, check_keys, check_str, make_item,
+                                 parse_item)
 from unime.data.video import (MIXED_VIDEO_REFS, VideoSampling, is_one_video_file, is_video_file_ref, probe_video_file,
                               video_file_path)
 from unime.errors import DataError
@@ -58,8 +59,6 @@ __all__ = [
 FORMATS = ("jsonl", "parquet", "unime_v2_json")
 _EXT = {".jsonl": "jsonl", ".parquet": "parquet", ".json": "unime_v2_json"}
 
-RECORD_KEYS_REQUIRED = {"query", "positive"}
-RECORD_KEYS_OPTIONAL = {"id", "dataset", "negatives", "positive_score", "negative_scores"}
 V2_KEYS_REQUIRED = {"query_text", "query_image", "pos_text", "pos_image", "query_pos_scores", "hard_negatives"}
 V2_KEYS_OPTIONAL = {"hard_negatives_scores", "id", "dataset"}
 

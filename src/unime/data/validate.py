@@ -59,6 +59,32 @@ def make_item(text: Any, image: Any, *, source=None, record=None, field: str = "
     return item
 
 
+# The two JSONL files a user may give one for the other (`--tcots records.jsonl`, `--records tcots.jsonl`): the keys of
+# each (required, optional) and what the option reading it takes, so a key check given exactly the keys of the other
+# says which file it was given (`swapped_file_hint`).
+RECORD_KEYS_REQUIRED = {"query", "positive"}
+RECORD_KEYS_OPTIONAL = {"id", "dataset", "negatives", "positive_score", "negative_scores"}
+TCOT_KEYS_REQUIRED = {"record_id", "side", "item", "tcot"}
+TCOT_KEYS_OPTIONAL = {"source", "video_sampling"}
+_SWAPPABLE_FILES = (
+    ("records", RECORD_KEYS_REQUIRED, RECORD_KEYS_OPTIONAL,
+     "--records takes a records file (keys id, query, positive, negatives, ...)"),
+    ("T-CoT", TCOT_KEYS_REQUIRED, TCOT_KEYS_OPTIONAL,
+     "--tcots takes the T-CoT file written by `unime reason teacher` / `reason generate`"),
+)
+
+
+def swapped_file_hint(keys: Any, required: set[str]) -> str:
+    """": this looks like a records file (keys ...); --tcots takes ..." when `keys` are exactly the keys of the other
+    of the two `_SWAPPABLE_FILES` than the one whose required keys are `required`; "" otherwise."""
+    keys = set(keys)
+    expected = [advice for _, req, _, advice in _SWAPPABLE_FILES if req == required]
+    given = [name for name, req, opt, _ in _SWAPPABLE_FILES if req != required and req <= keys <= req | opt]
+    if not expected or not given:
+        return ""
+    return f": this looks like a {given[0]} file (keys {', '.join(sorted(keys))}); {expected[0]}"
+
+
 def check_keys(obj: Any, required: set[str], optional: set[str], *, source=None, record=None,
                what: str = "record") -> dict:
     if not isinstance(obj, dict):
@@ -69,6 +95,7 @@ def check_keys(obj: Any, required: set[str], optional: set[str], *, source=None,
     if missing:  # a misspelt key (`positve`) is named beside the key it stands for
         typo = (f" with unknown key(s) {sorted(extra)} given: rename them to the expected keys "
                 f"{sorted(required | optional)}") if extra else ""
+        typo = swapped_file_hint(obj.keys(), required) or typo
         raise data_error("schema", f"missing key(s) {sorted(missing)}{typo}", source=source, record=record,
                          field=sorted(missing)[0])
     if extra:

@@ -317,7 +317,7 @@ def read_tcot_rows(path: str | os.PathLike, *, on_error: str = "raise", skips=No
     from unime.data.io import with_origin
     from unime.data.jsonl import iter_jsonl
     from unime.data.skips import ErrorPolicy, data_error
-    from unime.data.validate import parse_item
+    from unime.data.validate import TCOT_KEYS_REQUIRED, parse_item, swapped_file_hint
     from unime.data.video import parse_numbering
     from unime.errors import DataError
 
@@ -331,7 +331,8 @@ def read_tcot_rows(path: str | os.PathLike, *, on_error: str = "raise", skips=No
                 raise data_error("schema", "expected a JSON object", source=src, record=where)
             for key in ("record_id", "side", "item", "tcot"):
                 if key not in obj:
-                    raise data_error("schema", f"missing key {key!r}", source=src, record=where, field=key)
+                    hint = swapped_file_hint(obj.keys(), TCOT_KEYS_REQUIRED)  # a records file given as T-CoTs
+                    raise data_error("schema", f"missing key {key!r}{hint}", source=src, record=where, field=key)
             if obj["side"] not in SIDES:
                 raise data_error("schema", f"side must be one of {SIDES}, got {obj['side']!r}", source=src,
                                  record=where, field="side")
