@@ -23,6 +23,12 @@ CASES = [
     (["plan", "--stage", "embedder"], "plan: give --model (a known release or a checkpoint folder)"),
     (["eval", "--model", "m", "--tasks", "t"], "eval: --out is required"),
     (["eval", "--out", "{tmp}/ev"], "eval: give --model and --tasks to evaluate, or --compare DIR ... to compare"),
+    # QA: `eval --only X` (`reason eval`'s option) was argparse's "argument [reference]: invalid choice: 'X'"
+    (["eval", "--model", "m", "--tasks", "t", "--out", "{tmp}/ev", "--only", "X"],
+     "eval: unknown option --only: give --task NAME once per task to evaluate only those tasks (--only is `unime "
+     "reason eval`'s option)"),
+    (["eval", "--only=X"], "eval: unknown option --only: give --task NAME once per task to evaluate only those tasks "
+     "(--only is `unime reason eval`'s option)"),
     (["eval", "--out", "{tmp}/ev", "--compare", "a", "b", "--tasks", "t"], "eval: --tasks / --rerank need --model"),
     (["eval", "--out", "{tmp}/ev", "--model", "m"], "eval: --model needs --tasks"),
     (["search", "--index", "{tmp}/idx"], "search: give --query, --image and/or --video"),

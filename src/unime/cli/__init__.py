@@ -136,6 +136,24 @@ def _add_overwrite_options(parser: argparse.ArgumentParser) -> None:
                              help=_OVERWRITE_FILE_HELP if name in OWNED_FILE_COMMANDS else _OVERWRITE_HELP)
 
 
+# an option of one command given to another that names it otherwise (QA: `unime eval --only X`, as `unime reason
+# eval` takes it, was argparse's "argument [reference]: invalid choice: 'X'", silent about --only): (command, option)
+# -> what to give instead, a usage error naming the option the command takes
+_OTHER_COMMANDS_OPTIONS = {
+    ("eval", "--only"): "give --task NAME once per task to evaluate only those tasks (--only is `unime reason "
+                        "eval`'s option)",
+}
+
+
+def _refuse_other_commands_option(command: str, argv: list[str]) -> None:
+    from unime.errors import UsageError
+
+    for tok in argv[:argv.index("--")] if "--" in argv else argv:
+        option = tok.split("=", 1)[0]
+        if (command, option) in _OTHER_COMMANDS_OPTIONS:
+            raise UsageError(f"unknown option {option}: {_OTHER_COMMANDS_OPTIONS[command, option]}", command=command)
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse `argv` with the layers: command defaults < --recipe < --config file < command line. Recipe
     values and config keys become the chosen subcommand's defaults, converted and checked by the command
@@ -147,6 +165,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     words, subparser = _command_path(parser, argv)
     if {"-h", "--help"} & set(argv[:argv.index("--")] if "--" in argv else argv):
         return parser.parse_args(argv)  # prints the help with the commands' own defaults, and exits
+    _refuse_other_commands_option(" ".join(words), argv)
     printing = "--print-config" in argv
     given = _given_on_command_line(parser, subparser, argv)
     origins: dict[str, str] = {}
