@@ -277,6 +277,32 @@ def test_a_damaged_audit_is_one_data_error_naming_it_and_how_the_demo_mines_agai
     assert str(e.value) == f"{audit}: no column 'positive_score', 'status' in the audit" + again
 
 
+def test_a_damaged_mining_stats_file_is_one_data_error_naming_it_and_how_the_demo_mines_again(tmp_path):
+    """QA: the judge gate read stats.json with a bare `json.loads`: a damaged file was json's traceback. It is read
+    with the JSON file reader: one `DataError` naming the file, with the advice of a damaged audit."""
+    from unime.demo.judge_gate import judge_gate
+    from unime.errors import DataError
+
+    _fake_mining(tmp_path / "m", [(0, 0.8, [0.1, 0.3], "ok")], beta=0.02)
+    stats = tmp_path / "m" / "stats.json"
+    assert judge_gate(tmp_path / "m", max_fallback_share=0.5).beta == 0.02
+    again = (f"; delete {tmp_path / 'm' / 'mined.parquet'} and run the demo again: its mine stage runs again and "
+             "rewrites the stats (the judge's scores are reused)")
+    whole = stats.read_text()
+    stats.write_text(whole[: len(whole) // 2])  # cut off after '{"config": {"beta": ' (20 characters)
+    with pytest.raises(DataError) as e:
+        judge_gate(tmp_path / "m", max_fallback_share=0.5)
+    assert str(e.value) == (f"{stats}: malformed JSON: Expecting value at line 1 column 21" + again)
+    for bad in ("[1, 2]", '{"config": {"beta": "x"}}', '{"config": 3}'):
+        stats.write_text(bad)
+        with pytest.raises(DataError) as e:
+            judge_gate(tmp_path / "m", max_fallback_share=0.5)
+        assert str(e.value) == f"{stats}: no number config.beta in the mining stats" + again, bad
+    stats.write_text('{"records": 1}')  # no config: the default beta, as before
+    from unime.demo.judge_gate import DEFAULT_BETA
+    assert judge_gate(tmp_path / "m", max_fallback_share=0.5).beta == DEFAULT_BETA
+
+
 def test_judge_gate_names_the_datasets_where_the_judge_is_flat(tmp_path):
     from unime.demo.judge_gate import judge_gate
 

@@ -22,7 +22,6 @@ the demo.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,8 +105,7 @@ def judge_gate(mined_dir: str | Path, *, max_fallback_share: float) -> JudgeGate
     for path in (audit_path, stats_path):
         if not path.is_file():
             raise DataError("mining output not found (run `unime mine` first)", source=str(path))
-    stats = json.loads(stats_path.read_text())
-    beta = float(stats.get("config", {}).get("beta", DEFAULT_BETA))
+    beta = read_beta(stats_path)
     table = read_audit(audit_path)
     has_dataset = "dataset" in table
     if not table["query_index"]:
@@ -129,6 +127,31 @@ def judge_gate(mined_dir: str | Path, *, max_fallback_share: float) -> JudgeGate
                      max_fallback_share=max_fallback_share, by_dataset=by_dataset)
 
 
+def mine_again(mined_dir: Path, what: str) -> str:
+    """How the demo makes `what` of its mining folder `mined_dir` again: its mine stage runs again once mined.parquet
+    (`unime mine`'s mark of a finished run) is gone, the judge's scores reused."""
+    return (f"delete {mined_dir / 'mined.parquet'} and run the demo again: its mine stage runs again and rewrites "
+            f"{what} (the judge's scores are reused)")
+
+
+def read_beta(path: Path) -> float:
+    """β of the mining `stats.json` at `path` (its config's beta, `DEFAULT_BETA` when it names none), read with the
+    JSON file reader (`read_json_file`): a damaged file, or a beta that is no number, is a `DataError` naming the file
+    and how the demo makes it again (`mine_again`), not json's traceback (QA)."""
+    from unime.data.io import raw_message
+    from unime.data.jsonl import read_json_file
+
+    try:
+        stats = read_json_file(path)
+        config = stats.get("config", {}) if isinstance(stats, dict) else None
+        beta = config.get("beta", DEFAULT_BETA) if isinstance(config, dict) else None
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+            raise DataError("no number config.beta in the mining stats", source=str(path))
+    except DataError as e:
+        raise DataError(f"{raw_message(e)}; {mine_again(path.parent, 'the stats')}", source=str(path)) from None
+    return float(beta)
+
+
 AUDIT_COLUMNS = ("query_index", "judge_score", "positive_score", "status")  # and "dataset" when the audit has it
 
 
@@ -141,8 +164,7 @@ def read_audit(path: Path) -> dict[str, list]:
     from unime.data.eval_formats import open_parquet, parquet_rows
     from unime.data.io import raw_message
 
-    again = (f"delete {path.parent / 'mined.parquet'} and run the demo again: its mine stage runs again and rewrites "
-             "the audit (the judge's scores are reused)")
+    again = mine_again(path.parent, "the audit")
     try:
         pf = open_parquet(path)
         names = pf.schema_arrow.names
