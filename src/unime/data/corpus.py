@@ -61,23 +61,26 @@ def corpus_entry(obj: Any, *, source: str, line: int) -> CorpusEntry:
     return CorpusEntry(str(rid), item, meta, line, label)
 
 
-def read_corpus(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None
-                ) -> list[CorpusEntry]:
+def read_corpus(path: str | os.PathLike, *, on_error: str = "raise", skips: SkipReport | None = None,
+                repeats: list | None = None) -> list[CorpusEntry]:
     """Entries of an item file (see the module doc); duplicate ids are an error naming both lines. Under
     `on_error="skip"` a bad line (a repeated id: the later line) is left out and counted in `skips`
-    (`unime.data.skips.ErrorPolicy`)."""
+    (`unime.data.skips.ErrorPolicy`). With a list `repeats`, a repeated id is kept and (entry, its first line)
+    appended there instead (`unime data check`: `unime embed` reads such a line, `unime index build` refuses it)."""
     policy = ErrorPolicy(on_error, skips, str(path))
     entries, seen = [], {}
     for n, obj in iter_jsonl(path, on_malformed=policy.handle):
         try:
             entry = corpus_entry(obj, source=str(path), line=n)
-            if entry.id in seen:
+            if entry.id in seen and repeats is not None:
+                repeats.append((entry, seen[entry.id]))
+            elif entry.id in seen:
                 raise DataError(f"duplicate id {entry.id!r} (first on line {seen[entry.id]})", field="id",
                                 source=str(path), record=entry.record)
         except DataError as e:
             policy.handle(e)
             continue
-        seen[entry.id] = n
+        seen.setdefault(entry.id, n)
         entries.append(entry)
     policy.finish()
     return entries

@@ -218,10 +218,11 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
     if cfg.label_column and kind != "pairs":
         raise DataError("--label-column names the label of judge pairs; this file holds no judge pairs (rows of "
                         "query and candidate only, besides id and a label)", source=cfg.input)
+    repeats: list = []  # an items file's repeated ids (`_check_items`)
     if kind == "beir":
         rows, words = _check_beir(cfg.input, skips, checker)
     elif kind == "items":
-        rows = _check_items(cfg.input, skips, checker)
+        rows = _check_items(cfg.input, skips, checker, repeats)
     elif kind == "pairs":  # their reader opens each pair's media as it reads the pair
         label_column = cfg.label_column or _pairs_label_column(cfg.input)
         rows = read_pairs(cfg.input, on_error="skip", skips=skips, images=checker, label_column=label_column)
@@ -244,6 +245,9 @@ def check_file(cfg: CheckConfig) -> tuple[str, int]:
             f"{bad_media_words(skips, n_media_bad, media)}{where}")
     hint = "" if checker is None or cfg.data_root else _data_root_hint(str(data_file), root, checker)
     hint += "" if checker is None else _aspect_ratio_hint(checker)
+    hint += "".join(f"\nrepeated id {e.id!r} (line {e.line}, first on line {first}): `unime index build` refuses it; "
+                    "`unime embed` reads it (one row per line, a repeated item encoded once)"
+                    for e, first in repeats)
     return line + (f"\n{skips.summary()}" if skips.total else "") + hint, skips.total
 
 
@@ -274,14 +278,16 @@ def _check_beir(folder: str, skips, checker) -> tuple[list, str]:
     return [*corpus.values(), *queries.values(), *judged], words
 
 
-def _check_items(path: str, skips, checker) -> list:
+def _check_items(path: str, skips, checker, repeats: list) -> list:
     """The good entries of an items file, read as `unime index build` and `unime embed` read it
-    (`unime.data.corpus.read_corpus`: a bad line or a repeated id is bad), each entry's images and videos opened by
-    `checker` (unless None) and named as the build names them (line, field). Bad ones are counted in `skips`."""
+    (`unime.data.corpus.read_corpus`: a bad line is bad), each entry's images and videos opened by `checker` (unless
+    None) and named as the build names them (line, field). Bad ones are counted in `skips`. A repeated id is no bad
+    line (QA: `unime embed` reads it, only `unime index build` refuses it): kept, and (entry, first line) appended to
+    `repeats` for the report to name."""
     from unime.data.corpus import read_corpus
     from unime.data.skips import ErrorPolicy
 
-    entries = read_corpus(path, on_error="skip", skips=skips)
+    entries = read_corpus(path, on_error="skip", skips=skips, repeats=repeats)
     if checker is None:
         return entries
     policy, good = ErrorPolicy("skip", skips, str(path)), []
