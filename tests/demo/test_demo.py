@@ -664,3 +664,49 @@ def test_demo_embed_steps_sets_every_embedder_rows_steps(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--embed-steps", "0"]) == 2
     assert "--embed-steps" in capsys.readouterr().err and not out.exists()
+
+
+def test_demo_preset_large_sizes_the_world_rows_and_reference(tmp_path, monkeypatch, capsys):
+    """`unime demo --preset large`: the world of docs/DEMO.md's records curve (1,000 training records per task,
+    4,800 training scenes), 540 steps per row, the reference given 1,200 s; the world stage's `unime data synth`
+    gets those sizes; `--quick` is the quick preset and cannot be combined with another; a folder made with the
+    default preset is not resumed as large."""
+    from unime.cli import main
+    from unime.demo.pipeline import Demo, DemoOptions
+    from unime.errors import UsageError
+
+    large = DemoOptions(preset="large").settings()
+    default = DemoOptions().settings()
+    assert (large.world_train_scenes, large.world_train_per_task, large.embed_steps,
+            large.reference_seconds) == (4800, 1000, 540, 1200.0)
+    # everything else is the default preset's
+    changed = {k for k, v in vars(large).items() if vars(default)[k] != v}
+    assert changed == {"world_train_scenes", "world_train_per_task", "embed_steps", "reference_seconds"}
+    assert DemoOptions(preset="quick").settings() == DemoOptions(quick=True).settings()
+    assert DemoOptions(preset="large", embed_steps=100).settings().embed_steps == 100
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--preset", "large", "--out", str(out)]) == 2
+    assert "--quick is the quick preset" in capsys.readouterr().err and not out.exists()
+
+    seen: list[tuple[str, dict]] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(self, command, options, commands):
+        seen.append((command, options))
+        raise Stop
+
+    monkeypatch.setattr(Demo, "run_command", record)
+    with pytest.raises(Stop):
+        Demo(out, large, progress=lambda m: None, timings=tmp_path / "t.json").run()
+    command, options = seen[0]
+    assert command == "data synth"
+    assert (options["--train-scenes"], options["--train-per-task"]) == (4800, 1000)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "settings.json").write_text(json.dumps(dataclasses.asdict(default)))
+    with pytest.raises(UsageError, match="world_train_per_task 150 → 1000"):
+        Demo(other, large, progress=lambda m: None, timings=tmp_path / "t.json").check_settings()

@@ -37,7 +37,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from unime.demo.run import DemoRun, DemoSettings, write_json
+from unime.demo.run import DEMO_PRESETS, DemoRun, DemoSettings, write_json
 from unime.models.tiny import FAMILIES
 from unime.options import RangeChecked, option
 
@@ -343,6 +343,9 @@ class DemoOptions(RangeChecked):
     """Options of `unime demo` (`unime.options`): a preset's `DemoSettings` with a few overrides."""
 
     out: str = option("runs/demo", "output folder (stages already done there are skipped)")
+    preset: str = option("default", "sizes and budgets: default (150 training records per task, 240 steps per "
+                         "row); large (1,000 records per task, 540 steps per row, its own pretrained models: hours on "
+                         "2 CPU cores, docs/DEMO.md); quick (= --quick)", choices=list(DEMO_PRESETS))
     quick: bool = option(False, "smoke-test sizes (CI): a tiny world and a few steps")
     fresh: bool = option(False, "delete what earlier demo runs wrote in OUT and re-run every stage (other files stay)")
     seeds: int | None = option(None, "seeds per embedder row (default: preset's)", at_least=1)
@@ -368,7 +371,12 @@ class DemoOptions(RangeChecked):
     overwrite: bool = option(False, cli=False)  # the command's --overwrite (with --fresh: a folder it did not create)
 
     def settings(self) -> DemoSettings:
-        settings = DemoSettings.preset("quick" if self.quick else "default")
+        if self.quick and self.preset not in ("default", "quick"):
+            from unime.errors import UsageError
+
+            raise UsageError(f"--quick is the quick preset: it cannot be combined with --preset {self.preset}",
+                             command="demo")
+        settings = DemoSettings.preset("quick" if self.quick else self.preset)
         if self.seeds:
             settings.seeds = tuple(range(self.seeds))
         if self.embed_steps:
