@@ -1295,3 +1295,34 @@ def test_a_search_video_damaged_past_its_header_is_named_as_the_option_before_th
     err = capsys.readouterr().err.strip()
     assert err.startswith("unime: error: field '--video': corrupt ") and f" video {bad} " in err, err
     assert "\n" not in err, err
+
+
+def test_index_build_and_search_refuse_a_text_over_the_models_context_as_serve_does(tmp_path, tiny_model_dir, capsys):
+    """QA: `unime index build` and `unime search` encoded a text of 5,000 tokens with a model built for 4,096 (its
+    max_position_embeddings) without a word, while `unime serve` refuses it. The same limit and count now
+    (`unime.models.context`): the build names the line, id, tokens and limit, or under --on-error skip leaves the item
+    out and counts it; a search's query over it is named as --query."""
+    from transformers import AutoTokenizer
+
+    from tests.models.helpers import with_context
+    from unime.cli import main
+
+    model = with_context(tiny_model_dir("qwen2_vl"), tmp_path / "m", 24)
+    long = " ".join(["red circle"] * 20)
+    tokens = len(AutoTokenizer.from_pretrained(model)(long, add_special_tokens=False)["input_ids"])
+    assert tokens > 24
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in [("a", "a red circle"),
+                                                                                   ("big", long)]), encoding="utf-8")
+    build = ["--log-level", "WARNING", "index", "build", "--model", str(model), "--items", str(corpus),
+             "--out", str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    limit = f"text of {tokens} tokens is over the limit of 24 (the model's max_position_embeddings"
+    assert main(build) == 2
+    assert f"{corpus}, record line 2 (id big), field 'item.text': {limit}" in capsys.readouterr().err
+    assert main(build + ["--on-error", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert ": 1 items (1 added" in out and "; skipped 1 record(s) (too_long: 1)" in out, out
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query", long, "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"unime: error: field '--query': {limit}, the longest text it " \
+        "is built for)"
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query", "a red circle", "--device", "cpu"]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -334,4 +335,14 @@ def with_nan_weights(model: str | Path, out: Path) -> Path:
     name = next(k for k in weights if k.endswith("embed_tokens.weight"))
     weights[name][:] = float("nan")
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def with_context(model: str | Path, out: Path, tokens: int) -> Path:
+    """A copy of the model folder `model` at `out` whose text model is built for `tokens` positions (its config's
+    `max_position_embeddings`), the weights unchanged: a text longer than that needs few tokens."""
+    shutil.copytree(model, out)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    config["text_config"]["max_position_embeddings"] = tokens
+    (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return out

@@ -321,3 +321,36 @@ def test_a_model_returning_nan_is_one_error_line_naming_it_and_the_first_item_an
         f"unime: error: embedder '{model}' returned NaN or inf for 2 of 2 inputs (the first: item 'a red circle'); "
         "its weights may hold NaN or inf")
     assert not out.exists()
+
+
+def test_a_text_over_the_models_context_is_refused_naming_its_line_id_and_tokens_or_skipped_and_counted(
+        tiny_model_dir, tmp_path, capsys):
+    """QA: `unime embed` encoded a text of 5,000 tokens with a model built for 4,096 (its max_position_embeddings)
+    without a word: the model reads it whole, on positions it was never trained on. It is refused as `unime serve`
+    refuses it (the same limit and token count, `unime.models.context`): one error line naming the file, the line,
+    the id, the tokens and the limit, no output; under --on-error skip it is left out and counted (too_long)."""
+    from transformers import AutoTokenizer
+
+    from tests.models.helpers import with_context
+
+    model = with_context(tiny_model_dir("qwen2_vl"), tmp_path / "m", 24)
+    long = " ".join(["red circle"] * 20)
+    tokens = len(AutoTokenizer.from_pretrained(model)(long, add_special_tokens=False)["input_ids"])
+    assert tokens > 24
+    items, out = tmp_path / "items.jsonl", tmp_path / "x.npy"
+    items.write_text("".join(json.dumps({"id": i, "text": t}) + "\n"
+                             for i, t in [("a", "a red circle"), ("big", long), ("c", "a cat")]), encoding="utf-8")
+    argv = ["embed", "--model", str(model), "--items", str(items), "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"unime: error: {items}, record line 2 (id big), field 'item.text': text of {tokens} tokens is over the limit "
+        "of 24 (the model's max_position_embeddings, the longest text it is built for)")
+    assert not out.exists()
+    assert main([*argv, "--on-error", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out}: 2 x " in printed and "skipped 1 record(s) (too_long: 1)" in printed and "(id big)" in printed
+    assert json.loads((tmp_path / "x.npy.lines.json").read_text())["lines"] == [1, 3]
+    from unime.models.embedder import Embedder
+
+    expected = Embedder.from_pretrained(str(model), device="cpu").encode(["a red circle", "a cat"])
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)

@@ -19,9 +19,10 @@ from unime.options import as_the_user_gave_it
 ON_ERROR_CHOICES = ("raise", "skip")
 
 # why a record was rejected; `DataError.reason` carries one of these when unime's readers raise ("output_format":
-# a writer's, the record is good but the format written cannot hold it, e.g. a video in UniME-V2 JSON)
+# a writer's, the record is good but the format written cannot hold it, e.g. a video in UniME-V2 JSON; "too_long": a
+# text of more tokens than the model is built for, `unime.models.context`)
 REASONS = ("malformed_json", "not_utf8", "schema", "empty_item", "bad_score", "placeholder", "image", "video",
-           "output_format")
+           "output_format", "too_long")
 
 log = logging.getLogger(__name__)
 

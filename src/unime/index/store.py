@@ -407,6 +407,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
     their chunk is reached: a bad line or item stops the build naming it (`DataError`), or under `on_error="skip"`
     is left out and counted in `skips` (`BuildStats.skipped`, the manifest's last_build); an id already indexed
     with other content stops it either way."""
+    from unime.models.context import check_text_tokens
     from unime.models.embedding_cache import (EmbeddingStore, RunEncoder, cache_settings, embedding_settings,
                                               model_fingerprint)
 
@@ -540,7 +541,11 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
                 return False
 
         t_check = time.perf_counter()
-        todo = [e for e in todo if good(e, checker.check_files)]
+        # a text longer than the model is built for (`unime serve`'s limit too): the model read it whole, on positions
+        # it was never trained on
+        too_long = check_text_tokens(embedder)
+        todo = [e for e in todo if good(e, too_long) and good(e, checker.check_files)]
+        changed = [e for e in changed if good(e, too_long)]
         stats.seconds["check_files"] = round(time.perf_counter() - t_check, 3)
         changed = [e for e in changed if good(e, checker.check)]  # (under skip: its row kept, tried again later)
         todo = [e for e in todo[:chunk_size] if good(e, checker.check)] + todo[chunk_size:]
@@ -743,6 +748,7 @@ def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
     video sampled as the index's videos, `index_video_sampling`; its path is the user's own, anywhere). A `cfg.image`
     beyond the embedder's aspect-ratio limit (its image budget, recorded with the checkpoint) is refused before the
     embedder loads."""
+    from unime.models.context import check_text_tokens
     from unime.models.embedder import Embedder
     from unime.models.embedding_cache import embedding_settings
     from unime.models.loading import checkpoint_image_loader
@@ -761,6 +767,9 @@ def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation,
                                    video_sampling=index_video_sampling(idx.manifest), allow_outside_root=True)
     check_model(idx, model, embedding_settings(emb, cfg.dtype), device=emb.device)
+    # a query longer than the model is built for (`unime serve`'s limit too): the model read it whole, on positions it
+    # was never trained on
+    check_text_tokens(emb)(query, field="--query with --instruction" if cfg.instruction else "--query")
     return search_items(idx, emb.encode([query]), cfg.k)[0]
 
 

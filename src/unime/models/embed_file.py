@@ -114,6 +114,10 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None, *,
     emb = Embedder.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, data_root=root,
                                    batch_size=cfg.batch_size, video_sampling=video_sampling, image_budget=image_budget,
                                    item_format=cfg.item_format, attn_implementation=cfg.attn_implementation)
+    # a text longer than the model is built for (its max_position_embeddings, `unime serve`'s limit too) is refused
+    # or skipped: the model read it whole, on positions it was never trained on
+    items, lines, records = within_context(emb, items, lines, records, source=items_path, on_error=cfg.on_error,
+                                           skips=skips)
 
     def make_work(rows):
         key = embed_work_key(emb, cfg.model, cfg.dtype, [r[0] for r in rows], digests=digests)
@@ -145,6 +149,27 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None, *,
     # the output written: its chunks go, the record of the finished run stays
     work.finish(done_key=done_key, companions=companions)
     return path, int(vecs.shape[0]), int(vecs.shape[1]), skips
+
+
+def within_context(emb, items: list[Item], lines: list[int], records: list[str], *, source: str, on_error: str,
+                   skips: SkipReport) -> tuple[list[Item], list[int], list[str]]:
+    """The items (with their lines and records) whose text fits the context of `emb`
+    (`unime.models.context.check_text_tokens`); one that does not is a `DataError` naming its line, id and token count,
+    or under `on_error="skip"` is left out and counted in `skips`. None left: "no items to encode"."""
+    from unime.models.context import check_text_tokens
+
+    check = check_text_tokens(emb)
+    policy = ErrorPolicy(on_error, skips, source)
+    kept = []
+    for row in zip(items, lines, records):
+        try:
+            check(row[0], source=source, record=row[2])
+            kept.append(row)
+        except DataError as e:
+            policy.handle(e)
+    if not kept:
+        raise DataError("no items to encode", source=source)
+    return tuple(list(x) for x in zip(*kept)) if len(kept) < len(items) else (items, lines, records)
 
 
 def embed_done_key(cfg: EmbedConfig, root: str, checker: ImageChecker, digests: ImageDigests) -> dict | None:

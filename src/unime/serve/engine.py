@@ -113,13 +113,9 @@ class Engine:
     def context_tokens(self) -> int | None:
         """The smallest `max_position_embeddings` of the served models (their text model's): the longest input they
         are built for, which caps the service's token limit per text (`unime.serve.app`); None: not known."""
-        sizes = []
-        for m in (self.embedder, self.reranker):
-            config = getattr(getattr(m, "model", None), "config", None)
-            n = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
-            if isinstance(n, int):
-                sizes.append(n)
-        return min(sizes, default=None)
+        from unime.models.context import context_tokens
+
+        return context_tokens((self.embedder, self.reranker))
 
     def count_tokens(self, text: str, model: str = "embedder") -> int:
         """The tokens of `text` alone (no chat template, no special tokens) by the tokenizer of `model` ("embedder"
@@ -128,13 +124,10 @@ class Engine:
         used by two threads at once fails ("Already borrowed")."""
         counter = self._counters.get(model)
         if counter is None:
-            from tokenizers import Tokenizer
+            from unime.models.context import token_counter
 
-            counter = Tokenizer.from_str(getattr(self, model).adapter.tokenizer.backend_tokenizer.to_str())
-            counter.no_padding()
-            counter.no_truncation()
-            self._counters[model] = counter
-        return len(counter.encode(text, add_special_tokens=False).ids)
+            counter = self._counters[model] = token_counter(getattr(self, model).adapter.tokenizer)
+        return counter(text)
 
     @property
     def dim(self) -> int:
