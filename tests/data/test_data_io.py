@@ -150,6 +150,11 @@ BAD_JSONL_CASES = [
     ({**GOOD, "query": {"text": "<|image_2|> vs <|image_1|>", "images": ["a.png"]}}, "line 2 (id q1)", "query.text",
      "<|image_2|>", "placeholder"),
     ('[1, 2]', "line 2", None, "JSON object", "schema"),
+    # both keys: "image" was put before "images", without a word (QA)
+    ({**GOOD, "positive": {"image": "a.png", "images": ["b.png"]}}, "line 2 (id q1)", "positive.image",
+     "both positive.image and positive.images are given", "schema"),
+    ({**GOOD, "negatives": [{"text": "x"}, {"image": "a.png", "images": []}], "negative_scores": [0.1, 0.2]},
+     "line 2 (id q1)", "negatives[1].image", "both negatives[1].image and negatives[1].images", "schema"),
 ]
 
 
@@ -632,3 +637,20 @@ def test_a_changed_byte_in_a_page_of_unime_s_parquet_is_a_data_error_not_a_chang
                             "not verify page integrity, CRC checksum verification failed for page_ordinal 0); write "
                             "or copy it again")
     assert [r.query.text for r in read_records(plain)][1:] == ["a rod circle", "no scores"]
+
+
+def test_an_items_file_line_with_both_image_and_images_is_refused_naming_it_and_both_fields(tmp_path):
+    """QA: an item with both "image" and "images" was read as the two lists joined ("image" first) without a word, in
+    the items files `unime embed` / `index build` read as in records files. It is a DataError (skip reason schema)
+    naming the line, the id and both fields; under on_error="skip" the line is left out and counted."""
+    from unime.data.corpus import read_corpus
+
+    path = _write_lines(tmp_path / "items.jsonl", [{"id": "a", "text": "x"},
+                                                   {"id": "b", "image": "a.png", "images": ["b.png"]}])
+    with pytest.raises(DataError) as e:
+        read_corpus(path)
+    assert str(e.value) == (f"{path}, record line 2 (id b), field 'item.image': both item.image and item.images are "
+                            "given: give one, every image in item.images")
+    skips = SkipReport()
+    assert [x.id for x in read_corpus(path, on_error="skip", skips=skips)] == ["a"] and skips.counts == {"schema": 1}
+    assert Item.from_dict({"image": "a.png"}).images == ("a.png",) == Item.from_dict({"images": ["a.png"]}).images

@@ -104,7 +104,8 @@ class Item:
     @classmethod
     def from_dict(cls, d: Any, *, source: str | None = None, record: str | int | None = None,
                   field_name: str = "item") -> "Item":
-        """Build an item from `{"text": ..., "image": path, "images": [...], "video": [...] | "clip.mp4"}`.
+        """Build an item from `{"text": ..., "image": path | "images": [...], "video": [...] | "clip.mp4"}` (both
+        "image" and "images": a DataError naming both).
 
         `video` is a list of frame images or one video file (a path or bytes; see `unime.data.video`)."""
         if isinstance(d, Item):
@@ -117,6 +118,9 @@ class Item:
         unknown = set(d) - {"text", "image", "images", "video"}
         if unknown:
             raise DataError(f"unknown keys {sorted(unknown)}", source=source, record=record, field=field_name)
+        if d.get("image") is not None and d.get("images") is not None:  # both were read, "image" first (QA)
+            raise DataError(f"both {field_name}.image and {field_name}.images are given: give one, every image in "
+                            f"{field_name}.images", source=source, record=record, field=f"{field_name}.image")
         text = d.get("text")
         if text is None:
             text = ""
