@@ -1326,3 +1326,27 @@ def test_index_build_and_search_refuse_a_text_over_the_models_context_as_serve_d
     assert capsys.readouterr().err.splitlines()[-1] == f"unime: error: field '--query': {limit}, the longest text it " \
         "is built for)"
     assert main(["search", "--index", str(tmp_path / "idx"), "--query", "a red circle", "--device", "cpu"]) == 0
+
+
+def test_the_build_counts_an_item_repeated_within_a_chunk_so_its_line_adds_up(tmp_path, model_dir, monkeypatch,
+                                                                             capsys):
+    """QA: 10,000 items were reported "8,397 encoded, 1,150 from the embedding cache": the 453 repeating the content of
+    an item of their chunk (another id, same text) were counted nowhere. They are `BuildStats.repeats`, and the line
+    says them: encoded + from the cache + repeats = the items added. Chunks of 2: [a, b=a] [c, d=a] [e=c, f]."""
+    import unime.index.store as store
+    from unime.cli import main
+
+    texts = {"a": "a red circle", "b": "a red circle", "c": "a cat", "d": "a red circle", "e": "a cat", "f": "a dog"}
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in texts.items()),
+                                           encoding="utf-8")
+    _, stats = _build(tmp_path, model_dir, HashEmbedder(), chunk_size=2)
+    # a, c, f through the model; d (a, in chunk 1) and e (c, in chunk 2) from the cache; b (a's chunk) a repeat
+    assert (stats.added, stats.encoded, stats.from_cache, stats.repeats) == (6, 3, 2, 1)
+    # the CLI's line, from a build of its own (the model replaced by the fake embedder)
+    monkeypatch.setattr(store, "build_index_folder", lambda cfg, given=None, skips=None: build_corpus_index(
+        cfg.items, cfg.out, embedder=HashEmbedder(), model=model_dir, cache_dir=tmp_path / "cache2",
+        model_settings={"fake": True}, chunk_size=2))
+    assert main(["index", "build", "--model", model_dir, "--items", str(tmp_path / "corpus.jsonl"), "--out",
+                 str(tmp_path / "idx2")]) == 0
+    assert "(6 added, 0 already indexed, 3 encoded, 2 from the embedding cache, 1 repeating an item above)" in \
+        capsys.readouterr().out

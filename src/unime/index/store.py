@@ -100,6 +100,9 @@ class BuildStats:
     content_recorded: int = 0  # rows of an index built before contents were recorded: their digest recorded now
     encoded: int = 0        # run through the model (the rest came from the embedding cache)
     from_cache: int = 0
+    # items of the same content as another item of their chunk (its vector reused: neither encoded nor read from the
+    # cache); encoded + from_cache + repeats = added + reencoded
+    repeats: int = 0
     chunks_written: int = 0
     skipped: dict = field(default_factory=dict)  # under on_error="skip": {"total", "by_reason"} of the report
     rebuilt: str | None = None  # the FAISS index's settings changed ("kind flat -> hnsw"): rebuilt
@@ -568,6 +571,7 @@ def build_corpus_index(items_path: str | os.PathLike, out: str | os.PathLike, *,
             vecs = enc.vectors(rows)
             stats.encoded += enc.stats.encoded
             stats.from_cache += enc.stats.from_cache
+            stats.repeats += len(part) - enc.stats.distinct
             if manifest["dim"] is None:
                 manifest["dim"] = int(vecs.shape[1])
             elif vecs.shape[1] != manifest["dim"]:
