@@ -291,7 +291,7 @@ def test_ray_backend_on_a_cluster_started_elsewhere_sends_absolute_paths_and_rai
     np.testing.assert_allclose(out["scores"][0], expected[0], atol=1e-5)
     failed = out["error"]
     assert type(failed) is ModelError and "\n" not in str(failed), repr(failed)
-    assert str(failed).startswith("model 'no-such-judge': no such local folder")
+    assert str(failed).startswith("--judge 'no-such-judge': no such local folder")
     # nor did Ray log the worker's failure on the way (the CLI prints its one line)
     assert "no-such-judge" not in run.stderr + run.stdout
 

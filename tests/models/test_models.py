@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -441,3 +443,34 @@ def test_emb_pooling_on_a_folder_without_its_tokenizer_file_says_so(tiny_model_d
     (model / "tokenizer.json").unlink()
     with pytest.raises(ModelError, match=r"its tokenizer has no vocabulary .*the folder lacks tokenizer\.json"):
         check_emb_pooling(model, "--embedder")
+
+
+def test_a_checkpoint_given_by_another_option_than_model_is_named_by_that_option(tiny_model_dir, tmp_path, capsys):
+    """QA: `--reranker photos` (a folder of images, or no such folder) was refused as `model 'photos': ...`, which
+    reads as the command's --model; so were mine's --judge and --embedder. Each is named by the option given:
+    mine refuses either before any work (no output folder), serve's reranker as it loads, and a load of a hub id
+    that is not there (`loading_as`) too."""
+    from unime.cli import main
+    from unime.errors import ModelError
+    from unime.models.loading import loading_as
+    from unime.models.reranker import Reranker
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"png")
+    records = tmp_path / "r.jsonl"
+    records.write_text(json.dumps({"id": "a", "query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
+    model = tiny_model_dir("qwen2_vl")
+    holds_no_model = f"'{photos}': the folder holds no model (no config.json or adapter_config.json"
+    for option, argv in (("--judge", ["--embedder", model, "--judge", str(photos)]),
+                         ("--embedder", ["--embedder", str(photos), "--judge", model])):
+        assert main(["mine", "--records", str(records), *argv, "--out", str(tmp_path / "mined")]) == 2
+        assert capsys.readouterr().err.splitlines()[-1].startswith(f"unime: error: {option} {holds_no_model}")
+        assert not (tmp_path / "mined").exists()
+    assert main(["serve", "--model", model, "--reranker", str(photos), "--no-auth", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"unime: error: --reranker {holds_no_model}")
+    for name, said in ((str(tmp_path / "gone"), "no such folder"),  # a local path
+                       ("no-such-reranker", "no such local folder, and the Hugging Face hub did not give it")):
+        with pytest.raises(ModelError) as caught, loading_as("--reranker"):
+            Reranker.from_pretrained(name, device="cpu")
+        assert str(caught.value).startswith(f"--reranker '{name}': {said}")

@@ -54,6 +54,12 @@ def _mine(args) -> int:
         raise  # a config's refusal: the one line names the options by their flags (`unime.cli.failures.describe`)
     except ValueError as e:
         raise UsageError(str(e), command="mine") from None
+    from unime.models.loading import refuse_missing_local_model
+
+    # before any work, each named by its option (the judge loads only after the retrieval's encoding)
+    refuse_missing_local_model(cfg.embedder, "--embedder")
+    if cfg.backend != "oracle":  # (the oracle's --judge is the world or a labels file)
+        refuse_missing_local_model(cfg.judge, "--judge")
     result = run_mining(cfg)
     if result is None:  # a process other than rank 0 under torchrun: rank 0 reports
         _end_torchrun_worker()

@@ -818,25 +818,30 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
     set_seed(cfg.seed)  # LoRA initialisation, as the other trainers
     policy.model = lora_model(policy.model, cfg)
     # the frozen reward model, loaded once
-    embedder = ReasonedEmbedder(Embedder.from_pretrained(cfg.embedder, device=device, dtype=dtype,
-                                                         pooling="emb", data_root=data_root, image_budget=budget,
-                                                         video_sampling=sampling, attn_implementation=attn))
+    from unime.models.loading import loading_as
+
+    with loading_as("--embedder"):
+        embedder = ReasonedEmbedder(Embedder.from_pretrained(cfg.embedder, device=device, dtype=dtype,
+                                                             pooling="emb", data_root=data_root, image_budget=budget,
+                                                             video_sampling=sampling, attn_implementation=attn))
     for p in embedder.embedder.model.parameters():
         p.requires_grad_(False)
     judge = None
     if cfg.weights[2] != 0 and cfg.process_pick == "score":
         from unime.models.judge import JudgeScorer
 
-        scorer = JudgeScorer.from_pretrained(cfg.process_judge or cfg.model, device=device, dtype=dtype,
-                                             data_root=data_root, image_budget=budget, video_sampling=sampling,
-                                             attn_implementation=attn)
+        with loading_as("--process-judge" if cfg.process_judge else "--model"):
+            scorer = JudgeScorer.from_pretrained(cfg.process_judge or cfg.model, device=device, dtype=dtype,
+                                                 data_root=data_root, image_budget=budget, video_sampling=sampling,
+                                                 attn_implementation=attn)
         for p in scorer.model.parameters():
             p.requires_grad_(False)
         judge = ScoredPick(scorer)
     elif cfg.weights[2] != 0:
-        judge = Reasoner.from_pretrained(cfg.process_judge or cfg.model, device=device, dtype=dtype,
-                                         data_root=data_root, image_budget=budget, video_sampling=sampling,
-                                         attn_implementation=attn)
+        with loading_as("--process-judge" if cfg.process_judge else "--model"):
+            judge = Reasoner.from_pretrained(cfg.process_judge or cfg.model, device=device, dtype=dtype,
+                                             data_root=data_root, image_budget=budget, video_sampling=sampling,
+                                             attn_implementation=attn)
         for p in judge.model.parameters():
             p.requires_grad_(False)
     resume = plan.checkpoint is not None

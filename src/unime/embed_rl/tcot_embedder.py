@@ -335,9 +335,12 @@ def split_records_file(cfg: SplitConfig, *, overwrite: bool = False) -> dict:
     loader = checkpoint_image_loader(cfg.judge, ImageBudget.from_args(cfg), data_root, video=sampling)
     check_images([with_origin(dataclasses.replace(r, negatives=[]), origin_of(r)) for r in recs], loader,
                  source=records)
-    scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
-                                         image_budget=ImageBudget.from_args(cfg), video_sampling=sampling,
-                                         attn_implementation=cfg.attn_implementation)
+    from unime.models.loading import loading_as
+
+    with loading_as("--judge"):
+        scorer = JudgeScorer.from_pretrained(cfg.judge, device=cfg.device, dtype=cfg.dtype, data_root=data_root,
+                                             image_budget=ImageBudget.from_args(cfg), video_sampling=sampling,
+                                             attn_implementation=cfg.attn_implementation)
     for row in tcot_rows:  # the judge reads the key frames of a T-CoT beside the frames of this sampling
         refuse_other_sampling(row, loader, source=cfg.tcots)
     split = split_by_tcot_match(recs, tcot_rows, scorer, threshold=cfg.threshold,
@@ -600,17 +603,21 @@ def evaluate_with_reasoning(cfg: ReasonEvalConfig, *, show_progress: bool = True
     # bad data fails here (or, under --on-error skip, is left out and counted), before the models load
     data = load_suite_data(suite, on_error=cfg.on_error, image_loader=loader)
     query_keys = reasoning_query_keys(data)
-    emb = Embedder.from_pretrained(embedder_path, device=device, dtype=dtype, pooling="emb", batch_size=batch_size,
-                                   image_budget=budget, video_sampling=sampling,
-                                   attn_implementation=cfg.attn_implementation)
+    from unime.models.loading import loading_as
+
+    with loading_as("--embedder"):
+        emb = Embedder.from_pretrained(embedder_path, device=device, dtype=dtype, pooling="emb",
+                                       batch_size=batch_size, image_budget=budget, video_sampling=sampling,
+                                       attn_implementation=cfg.attn_implementation)
     emb.image_loader = loader
     remb = ReasonedEmbedder(emb)
     fn, generation = None, None
     if tcots == "reasoner":
         from unime.reasoning.reasoner import Reasoner
 
-        reasoner = Reasoner.from_pretrained(reasoner_path, device=device, dtype=dtype, batch_size=batch_size,
-                                            image_budget=budget, attn_implementation=cfg.attn_implementation)
+        with loading_as("--reasoner"):
+            reasoner = Reasoner.from_pretrained(reasoner_path, device=device, dtype=dtype, batch_size=batch_size,
+                                                image_budget=budget, attn_implementation=cfg.attn_implementation)
         reasoner.image_loader = loader
         fn = reasoner_tcot_fn(reasoner, max_new_tokens=cfg.max_new_tokens, show_progress=show_progress)
         generation = reasoner_eval_generation(reasoner, max_new_tokens=cfg.max_new_tokens, batch_size=batch_size)

@@ -143,7 +143,10 @@ def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root
         kwargs["allow_outside_root"] = True
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    reranker = Reranker.from_pretrained(path, **kwargs)
+    from unime.models.loading import loading_as
+
+    with loading_as("--rerank"):
+        reranker = Reranker.from_pretrained(path, **kwargs)
     if not isinstance(reranker, RerankerProtocol):
         raise ModelError(f"{type(reranker).__name__} does not provide pick() and score_pairs()")
     return reranker

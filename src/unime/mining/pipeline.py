@@ -93,15 +93,15 @@ class MiningRun:
     def embedder(self):
         if self._embedder is None:
             from unime.models.embedder import Embedder
+            from unime.models.loading import loading_as
 
             c = self.config
-            self._embedder = Embedder.from_pretrained(c.embedder, device=self.ranks.device(c.device),  # its GPU
-                                                      dtype=c.dtype, data_root=c.resolved_data_root,
-                                                      allow_outside_root=c.allow_outside_root,
-                                                      batch_size=c.embed_batch_size,
-                                                      image_budget=c.image_budget, item_format=c.item_format,
-                                                      video_sampling=c.video_sampling,
-                                                      attn_implementation=c.attn_implementation)
+            with loading_as("--embedder"):
+                self._embedder = Embedder.from_pretrained(
+                    c.embedder, device=self.ranks.device(c.device),  # its GPU
+                    dtype=c.dtype, data_root=c.resolved_data_root, allow_outside_root=c.allow_outside_root,
+                    batch_size=c.embed_batch_size, image_budget=c.image_budget, item_format=c.item_format,
+                    video_sampling=c.video_sampling, attn_implementation=c.attn_implementation)
         return self._embedder
 
     def release_embedder(self) -> None:

@@ -320,6 +320,22 @@ def _naming_the_model(path: str | os.PathLike):
         raise ModelError(f"model {str(path)!r}: {where} ({first}){offline}") from None
 
 
+@contextlib.contextmanager
+def loading_as(option: str):
+    """The `ModelError`s of loading the model an option other than --model gives (`--reranker`, `--judge`,
+    `--embedder` ...) name it by that option: `--reranker 'photos': the folder holds no model`, not `model 'photos'`,
+    which read as the command's --model (QA)."""
+    from unime.errors import ModelError
+
+    try:
+        yield
+    except ModelError as e:
+        text = str(e)
+        if not text.startswith("model "):
+            raise
+        raise ModelError(f"{option} {text[len('model '):]}") from e.__cause__
+
+
 def _hub_offline() -> bool:
     """HF_HUB_OFFLINE, as huggingface_hub read it at import or as the environment says now."""
     from huggingface_hub import constants

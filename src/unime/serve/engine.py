@@ -92,9 +92,12 @@ class Engine:
             # indexed items' images are read from the index's data root (never from a request)
             root = config.rerank_data_root or (index.data_root if index is not None else None)
             batch = {"batch_size": config.rerank_batch} if config.rerank_batch else {}
-            reranker = Reranker.from_pretrained(config.reranker, device=config.device, dtype=config.dtype,
-                                                data_root=root, attn_implementation=config.attn_implementation,
-                                                **batch)
+            from unime.models.loading import loading_as
+
+            with loading_as("--reranker"):
+                reranker = Reranker.from_pretrained(config.reranker, device=config.device, dtype=config.dtype,
+                                                    data_root=root, attn_implementation=config.attn_implementation,
+                                                    **batch)
             if root is None:
                 reranker.image_loader.__class__ = InlineOnlyLoader
         return cls(emb, config.model_name or default_name(config.model), reranker,

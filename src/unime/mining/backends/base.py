@@ -62,14 +62,15 @@ class JudgeSpec:
 
     def load(self, *, load_weights: bool = True):
         from unime.models.judge import JudgeScorer
+        from unime.models.loading import loading_as
 
-        return JudgeScorer.from_pretrained(self.path, device=self.device, dtype=self.dtype, data_root=self.data_root,
-                                           allow_outside_root=self.allow_outside_root, adapter_path=self.adapter_path,
-                                           chunk_size=self.chunk_size, image_cache_size=self.image_cache_size,
-                                           image_cache_bytes=self.image_cache_bytes,
-                                           load_weights=load_weights, image_budget=self.budget,
-                                           video_sampling=self.sampling,
-                                           attn_implementation=self.attn_implementation)
+        with loading_as("--judge"):  # (mining's judge, `unime mine --judge`)
+            return JudgeScorer.from_pretrained(
+                self.path, device=self.device, dtype=self.dtype, data_root=self.data_root,
+                allow_outside_root=self.allow_outside_root, adapter_path=self.adapter_path, chunk_size=self.chunk_size,
+                image_cache_size=self.image_cache_size, image_cache_bytes=self.image_cache_bytes,
+                load_weights=load_weights, image_budget=self.budget, video_sampling=self.sampling,
+                attn_implementation=self.attn_implementation)
 
     def with_absolute_paths(self) -> "JudgeSpec":
         """This spec with its local paths (checkpoint, adapter, data root) made absolute, for workers that run in
