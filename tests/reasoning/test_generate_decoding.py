@@ -92,3 +92,26 @@ def test_a_hub_model_not_on_disk_is_said_to_key_reason_generates_record_not_an_e
         model_fingerprint(hub_id, keyed="the embedding cache")
     assert [r.getMessage() for r in caplog.records] == [
         f"model {hub_id} is not a local folder; the embedding cache is keyed by its name only"]
+
+
+def test_reason_generate_says_once_that_a_model_not_on_disk_keys_its_record_by_its_name(tiny_model_dir, tmp_path,
+                                                                                        monkeypatch, caplog):
+    """QA: `reason generate --model <hub id>` logged `model_fingerprint`'s warning (the model keyed by its name only)
+    twice: for the key of its finished run, before the model loads, and again for its chunks' key. Once now. (The
+    tiny model is taken as not on disk: `_local_model_dir` answers None, as for a hub id.)"""
+    import logging
+
+    from unime.cli import main
+    from unime.data.io import write_records
+    from unime.data.items import Item, Record
+    from unime.models import embedding_cache
+
+    model = tiny_model_dir()
+    monkeypatch.setattr(embedding_cache, "_local_model_dir", lambda path: None)
+    write_records([Record(query=Item(text="a red square"), positive=Item(text="red"), id="a")], tmp_path / "r.jsonl")
+    with caplog.at_level(logging.WARNING, logger="unime.models.embedding_cache"):
+        assert main(["reason", "generate", "--model", model, "--records", str(tmp_path / "r.jsonl"), "--out",
+                     str(tmp_path / "t.jsonl"), "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "unime.models.embedding_cache"] == [
+        f"model {model} is not a local folder; reason generate's record of its finished chunks and run is keyed by "
+        "its name only"]

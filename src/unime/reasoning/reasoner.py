@@ -467,8 +467,9 @@ def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int
             for i, rec in enumerate(records) for side in sides]
     digests = work_digests(cfg.out)  # a re-run of a killed (or finished) run reads no image again for its key
     loader = checkpoint_image_loader(cfg.model, ImageBudget.from_args(cfg), data_root, video=sampling)
+    model_key = generate_model_key(cfg)  # once: a model not on disk is said to be keyed by its name once (QA: twice)
     try:  # what the output depends on, known before the model loads (its generation settings: by its files)
-        done_key = generate_work_key(cfg, jobs, loader, digests=digests)
+        done_key = generate_work_key(cfg, jobs, loader, digests=digests, model_key=model_key)
     except (OSError, DataError):  # a missing image: the check below names it
         done_key = None
     if finished_before(cfg.out, "reason generate", done_key, overwrite=overwrite, again="generates again"):
@@ -489,7 +490,7 @@ def generate_tcots(cfg: GenerateConfig, *, overwrite: bool = False) -> tuple[int
                                         image_budget=ImageBudget.from_args(cfg), batch_size=cfg.batch_size,
                                         video_sampling=sampling,
                                         max_new_tokens=cfg.max_new_tokens, attn_implementation=cfg.attn_implementation)
-    key = generate_work_key(cfg, jobs, reasoner.image_loader, digests=digests,
+    key = generate_work_key(cfg, jobs, reasoner.image_loader, digests=digests, model_key=model_key,
                             ignored_decoding=ignored_checkpoint_decoding(reasoner.model.generation_config))
     # a job of `done` generated after all (the inputs or options changed): its images opened now, before generating
     work, _ = checked_work(list(range(len(jobs))), lambda js: ChunkWork(
@@ -527,7 +528,8 @@ def tcots_per_chunk(cfg: GenerateConfig) -> int:
 
 
 def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], loader: ImageLoader, *,
-                      ignored_decoding: dict[str, Any] | None = None, digests=None) -> dict[str, Any]:
+                      ignored_decoding: dict[str, Any] | None = None, digests=None,
+                      model_key: str | None = None) -> dict[str, Any]:
     """What the T-CoTs of `jobs` depend on, the key of `generate_tcots`' finished chunks: the jobs (record id, side,
     item, in order) and the bytes of their images, the checkpoint by its content, and every other option but where
     the output goes (the batch size and the attention kernel too: a greedy decoding over other padding or another
@@ -536,12 +538,12 @@ def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], lo
     generation_config settings the decoding does not take (`ignored_checkpoint_decoding`), recorded when there are
     any: chunks decoded under them before they were ignored are not resumed. The image paths are resolved by
     `loader`, the reasoner's, their bytes known from `digests` (the work folder's,
-    `unime.models.chunk_work.work_digests`; default: each image read)."""
+    `unime.models.chunk_work.work_digests`; default: each image read). `model_key`: the checkpoint's
+    `generate_model_key`, when the caller has it (default: computed)."""
     import hashlib
     from dataclasses import asdict
 
     from unime.data.image_digests import ImageDigests, digest_items
-    from unime.models.embedding_cache import model_fingerprint
     from unime.models.loading import canonical_dtype
 
     listed = hashlib.sha1()
@@ -556,4 +558,12 @@ def generate_work_key(cfg: GenerateConfig, jobs: list[tuple[str, str, Item]], lo
         options["ignored_checkpoint_decoding"] = ignored_decoding
     return {**options, "dtype": canonical_dtype(cfg.dtype), "jobs": listed.hexdigest(),
             "images": digest_items((j[2] for j in jobs), loader, digests if digests is not None else ImageDigests()),
-            "model": model_fingerprint(cfg.model, keyed="reason generate's record of its finished chunks and run")}
+            "model": model_key if model_key is not None else generate_model_key(cfg)}
+
+
+def generate_model_key(cfg: GenerateConfig) -> str:
+    """The checkpoint's part of `generate_work_key`: its `model_fingerprint` (a model not on disk: by its name, with
+    a warning, which `generate_tcots` logs once for its two keys)."""
+    from unime.models.embedding_cache import model_fingerprint
+
+    return model_fingerprint(cfg.model, keyed="reason generate's record of its finished chunks and run")
