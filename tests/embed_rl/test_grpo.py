@@ -593,6 +593,39 @@ def test_reward_log_resumed_keeps_step_and_completions_integers(tmp_path):
     assert [line.split(",")[:2] for line in lines[1:]] == [["1", "8"], ["2", "8"], ["3", "8"]]
 
 
+@pytest.mark.parametrize("damage, where, said", [
+    (lambda t: t[:t.rindex(",0.5,")], "record line 4, field 'judge_picked_positive'",
+     "missing (the line is cut short)"),
+    (lambda t: t[:t.rindex(",-0.125")], "record line 4, field 'margin'", "missing (the line is cut short)"),
+    (lambda t: t.replace("\n2,8,", "\n2,eight,"), "record line 3, field 'completions'", "not a number: 'eight'"),
+    (lambda t: t.replace("\n3,8,1.0", "\n3,8,1.0,9,9,9,9,9"), "record line 4", "more values than the header's"),
+    (lambda t: "garbage\n" + t, "record line 1", "not the reward log's header (no column step, completions"),
+    (lambda t: t.encode() + b"\xff\xfe\x00", None, "not a readable CSV ("),
+])
+def test_a_hand_damaged_reward_log_is_refused_on_resume_naming_its_line_not_a_traceback(tmp_path, damage, where,
+                                                                                         said):
+    """QA: a GRPO run's checkpoints/reward_log.csv cut short or holding garbage was a traceback (ValueError,
+    KeyError: 'step') when the same command resumed the run. The trainer writes it whole after every step, so such a
+    file was changed by hand, and the checkpoint does not hold it (TRL keeps only its means over processes): a
+    DataError naming the file, the line and the column, and saying to restore or delete it."""
+    from unime.embed_rl.grpo import RewardLog
+    from unime.errors import DataError
+
+    path = tmp_path / "reward_log.csv"
+    log = RewardLog(path)
+    for step in (1, 2, 3):
+        log.add({"step": step, "completions": 8, "format": 1.0, "outcome": 0.25, "process": 0.0, "total": 0.2,
+                 "acc": 0.5, "margin": -0.125, "judge_parsed": 0.75, "judge_picked_positive": 0.5})
+    damaged = damage(path.read_text(encoding="utf-8"))
+    (path.write_bytes if isinstance(damaged, bytes) else path.write_text)(damaged)
+    with pytest.raises(DataError) as refused:
+        RewardLog(path, resume=True)
+    assert str(refused.value).startswith(f"{path}, {where}: {said}" if where else f"{path}: {said}")
+    assert str(refused.value).endswith("this file is written whole after every step, so it was changed: restore it, "
+                                       "or delete it to resume (the run's reward log then starts at the checkpoint's "
+                                       "step)")
+
+
 def test_python_api_reward_refuses_more_hard_negative_pairs_than_the_batch_has():
     """QA: `EmbedRLReward(hard_negative_pairs=4)` on batches of 2 pairs (1 negative pair) showed the process judge 1
     negative pair without a word, while the command line refuses it. The reward refuses the batch with the command

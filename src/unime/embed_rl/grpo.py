@@ -61,7 +61,7 @@ import numpy as np
 from unime.data.items import Item, Record
 from unime.data.roots import resolve_data_root
 from unime.embed_rl.stage_options import ReasonerStageOptions, warmup_check
-from unime.errors import OptionError, require_extra
+from unime.errors import DataError, OptionError, require_extra
 from unime.models.export import ExportOptions
 from unime.models.hf_arguments import TrainerArgOptions, non_reentrant_checkpointing_callback
 from unime.models.loading import DeviceOptions
@@ -161,11 +161,7 @@ class RewardLog:
         self.rows: list[dict[str, float]] = []
         self.csv_path = Path(csv_path) if csv_path else None
         if resume and self.csv_path is not None and self.csv_path.is_file():
-            with open(self.csv_path, encoding="utf-8") as fh:
-                # integer columns stay integers (QA: a resumed run wrote step 1.0, completions 8.0; such a
-                # file, written before the fix, still reads)
-                self.rows = [{k: int(float(v)) if k in _INTEGER_COLUMNS else float(v) for k, v in r.items()
-                              if v not in (None, "")} for r in csv.DictReader(fh)]
+            self.rows = read_reward_log(self.csv_path)
 
     def truncate(self, last_step: int) -> None:
         """Drop rows after `last_step` (resuming from a checkpoint re-runs the steps after it)."""
@@ -212,6 +208,43 @@ class RewardLog:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
+
+
+def read_reward_log(path: Path) -> list[dict[str, float]]:
+    """The rows of a `RewardLog`'s CSV, each column a number (integer columns integers: a log of a resumed run from
+    before that fix wrote step 1.0, and still reads). The trainer writes the file whole after every step (atomically),
+    so one it cannot read was changed by hand (a line cut, garbage): a `DataError` naming the file, the line and the
+    column, not a traceback; it cannot be rebuilt from the checkpoint (which keeps only TRL's means over processes),
+    so the message says to restore it or delete it (the resumed run's log then holds only the steps redone)."""
+    fix = ("this file is written whole after every step, so it was changed: restore it, or delete it to resume "
+           "(the run's reward log then starts at the checkpoint's step)")
+    rows = []
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in REWARD_LOG_COLUMNS if c != "evidence_left_out" and c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"not the reward log's header (no column {', '.join(missing)}); {fix}",
+                                source=str(path), record="line 1")
+            for r in reader:
+                row = {}
+                for k in REWARD_LOG_COLUMNS:
+                    v = r.get(k)
+                    if k == "evidence_left_out" and (v == "" or v is None and k not in reader.fieldnames):
+                        continue  # a log written before it was counted (None: no such column; a line cut: "")
+                    try:
+                        row[k] = int(float(v)) if k in _INTEGER_COLUMNS else float(v)
+                    except (TypeError, ValueError, OverflowError):
+                        what = "missing (the line is cut short)" if v is None else f"not a number: {v!r}"
+                        raise DataError(f"{what}; {fix}", source=str(path), record=f"line {reader.line_num}",
+                                        field=k) from None
+                if r.get(None):  # more values than columns
+                    raise DataError(f"more values than the header's {len(reader.fieldnames)} columns; {fix}",
+                                    source=str(path), record=f"line {reader.line_num}")
+                rows.append(row)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"not a readable CSV ({e}); {fix}", source=str(path)) from None
+    return rows
 
 
 COMPLETIONS_FILE = "completions.jsonl"
@@ -700,10 +733,12 @@ def train_reasoner_grpo(cfg: GRPOStageConfig) -> dict[str, Any]:
         data = _grpo_data(cfg)
         plan = run_state.plan_run(out, options, free=_RESUME_FREE_OPTIONS, overwrite=cfg.overwrite,
                                   finished_file=SUMMARY_FILE, config=cfg)  # not finished: `check_run` said so
+        # a resumed run's reward log, read before the models load: one changed by hand is named (`read_reward_log`)
+        reward_log = RewardLog(work / "reward_log.csv", resume=plan.checkpoint is not None)
         if is_main_process():
             run_state.write_config(out, options)
             work.mkdir(parents=True, exist_ok=True)
-        return _train_grpo(cfg, out, work, plan, options, data)
+        return _train_grpo(cfg, out, work, plan, options, data, reward_log)
 
 
 def check_grpo_options(cfg: GRPOStageConfig) -> GRPOStageConfig:
@@ -782,7 +817,7 @@ def _reference_dtype_given(gcfg):
         yield
 
 
-def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData) -> dict:
+def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData, reward_log: RewardLog) -> dict:
     import torch
     from datasets import Dataset
 
@@ -845,7 +880,6 @@ def _train_grpo(cfg, out: Path, work: Path, plan, options: dict, data: _GRPOData
         for p in judge.model.parameters():
             p.requires_grad_(False)
     resume = plan.checkpoint is not None
-    reward_log = RewardLog(work / "reward_log.csv", resume=resume)
     if resume:  # the reward rows of steps after the checkpoint are redone
         reward_log.truncate(int(plan.checkpoint.name.split("-")[-1]))
     completion_log = CompletionLog(work / COMPLETIONS_FILE,
