@@ -169,6 +169,16 @@ def test_tcot_key_frames_are_checked_by_the_frames_each_sampling_takes_of_the_cl
         with pytest.raises(DataError) as e:
             check(clip, written, read)
         assert str(e.value) == message
+    # a row read from a file is named by its line, record id and side (QA: by its line alone)
+    from unime.data.io import with_origin
+
+    row = with_origin(TCoTRow("r1", "query", Item(text="", video=("clip.mp4",)),
+                              render_tcot({"key_frames": [1, 2]}, "x.", "x"),
+                              video_sampling=VideoSampling.from_options(fps=2.0).numbering()), "line 3")
+    with pytest.raises(DataError) as e:
+        refuse_other_sampling(row, ImageLoader(tmp_path, video=VideoSampling()), source="t.jsonl")
+    assert str(e.value).startswith("t.jsonl, record line 3 (id r1, side query), field 'video_sampling': the T-CoT's "
+                                   "key frames are numbered among the frames of --video-fps 2")
     FRAME_CACHE.clear()
 
 

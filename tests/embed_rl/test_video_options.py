@@ -169,8 +169,11 @@ def test_key_frames_numbered_under_another_sampling_are_refused_naming_both(clip
     assert main(["reason", "teacher", "--world", str(clip_world), "--records", str(records), "--out", str(tcots),
                  "--video-frames", "4"]) == 0
     assert '"key_frames": [1, 3, 4]' in json.loads(tcots.read_text().splitlines()[0])["tcot"]  # in range of 8
-    clip = json.loads(tcots.read_text().splitlines()[0])["item"]["video"][0]
-    expected = (f"{tcots}, record line 1, field 'video_sampling': the T-CoT's key frames are numbered among the "
+    first = json.loads(tcots.read_text().splitlines()[0])
+    clip = first["item"]["video"][0]
+    # the row by its line, record id and side (its line alone before)
+    expected = (f"{tcots}, record line 1 (id {first['record_id']}, side {first['side']}), field 'video_sampling': "
+                "the T-CoT's key frames are numbered among the "
                 f"frames of --video-frames 4, this command samples --video-frames 8: of video {clip!r} they take "
                 "frames [0, 2, 5, 7], this command frames [0, 1, 2, 3, 4, 5, 6, 7]: give it the --video-* options "
                 "the T-CoT file was written with")
@@ -219,7 +222,8 @@ def test_key_frames_of_another_sampling_that_takes_the_same_frames_are_accepted(
         err = capsys.readouterr().err
         assert (code == 0) == ok and out.exists() == ok, (written, read, err)
         if not ok:
-            assert (f"{tcots}, record line 1, field 'video_sampling': the T-CoT's key frames are numbered among the "
+            assert (f"{tcots}, record line 1 (id {first['record_id']}, side {first['side']}), field "
+                    "'video_sampling': the T-CoT's key frames are numbered among the "
                     f"frames of --video-fps 2 --video-max-frames 64, this command samples --video-frames 8: of video "
                     f"{first['item']['video'][0]!r} they take frames [0, 2, 5, 7], this command frames "
                     "[0, 1, 2, 3, 4, 5, 6, 7]") in err, err
