@@ -259,13 +259,14 @@ def numbering_of(item: Item, sampling: VideoSampling | None) -> dict | None:
 
 
 def refuse_other_sampling(row: TCoTRow, loader: ImageLoader, *, source: str | None, video=None) -> None:
-    """Raise `DataError` naming `source`, the row (its line, record id and side: `tcot_row_label`), the video and both samplings when the
-    row's key frames were numbered among other frames of its video than `loader`'s sampling (the command's) takes:
-    the same numbers would name other frames. Two samplings that take the same frames of this video (8 frames of an
-    8-frame clip, or 8 per second of it) pass, as do rows without video, without key frames or without a recorded
-    sampling (a file written before it was recorded). The frames are those `load_video` samples (the clip is
-    decoded, once per sampling: the frame cache keeps the command's own); `video`, the row's clip as `loader` sampled
-    it (its `load_video`) when the caller has it, gives the command's frames without a second decode."""
+    """Raise `DataError` naming `source`, the row (its line, record id and side: `tcot_row_label`), the video and both
+    samplings when the row's key frames were numbered among other frames of its video than `loader`'s sampling (the
+    command's) takes: the same numbers would name other frames. Two samplings that take the same frames of this
+    video (8 frames of an 8-frame clip, or 8 per second of it) pass, as do rows without video, without key frames or
+    without a recorded sampling (a file written before it was recorded). The frames are those `load_video` samples
+    (the clip is decoded, once per sampling: the frame cache keeps the command's own); `video`, the row's clip as
+    `loader` sampled it (its `load_video`) when the caller has it, gives the command's frames without a second
+    decode."""
     from unime.data.video import load_video, numbering_options
     from unime.errors import DataError
     from unime.reasoning.tcot import TCoTError, parse_tcot
