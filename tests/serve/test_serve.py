@@ -791,6 +791,56 @@ def test_a_build_appended_to_the_served_index_is_swapped_in_and_a_broken_one_kee
         engine.close()
 
 
+def test_a_new_build_begun_in_the_served_index_folder_keeps_the_old_index_serving_until_it_finishes(world, tmp_path,
+                                                                                                     monkeypatch):
+    """QA: the served index folder removed and built anew (`rm -r IDX; unime index build --out IDX`) under search
+    load: the build's first manifest (no vectors yet, `dim` null) was swapped in as a state of 0 items
+    ("reloaded: 0 items (was 539)") and every search was a 500 (TypeError in `CorpusIndex.dim`) until the build
+    finished. A state that holds no items yet is a build not finished: the old index keeps serving, with the
+    warning, and the finished build is swapped in."""
+    import asyncio
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from unime.index.store import CorpusIndex, build_corpus_index
+    from unime.serve.app import create_app
+    from unime.serve.engine import Engine
+    from unime.serve.index_reload import IndexReloader
+
+    corpus = write_corpus(tmp_path)
+    build = dict(embedder=world["emb"], model=world["model"], cache_dir=tmp_path / "cache",
+                 model_settings=world["idx"].manifest["model_settings"])
+    build_corpus_index(corpus, tmp_path / "idx", **build)
+    engine = Engine(world["emb"], MODEL, index=CorpusIndex(tmp_path / "idx"))
+    reloader = IndexReloader(engine, model=world["model"], dtype="auto", interval_s=1.0, fixed_rerank_root=False)
+    shutil.rmtree(tmp_path / "idx")
+
+    class Stopped(Exception):
+        pass
+
+    def stop(*a, **k):  # the build stopped (or still running) before its first chunk: its first manifest only
+        raise Stopped
+
+    with monkeypatch.context() as m:
+        m.setattr(world["emb"], "encode", stop)
+        with pytest.raises(Stopped):
+            build_corpus_index(corpus, tmp_path / "idx", **{**build, "cache_dir": tmp_path / "cache2"})
+    assert (tmp_path / "idx" / "manifest.json").is_file() and not list((tmp_path / "idx").glob("chunks/*.npy"))
+    try:
+        assert asyncio.run(reloader.check()) is False
+        assert len(engine.index) == 8
+        assert "holds no items yet" in reloader.warning and "still serving the 8 items" in reloader.warning
+        with TestClient(create_app(engine, ServeConfig(model=world["model"], no_auth=True, index_check_s=0))) as c:
+            r = c.post("/v1/search", json={"query": "a red square", "top_k": 3})
+            assert r.status_code == 200 and len(r.json()["data"]) == 3
+        build_corpus_index(corpus, tmp_path / "idx", **build)  # the build run again to its end
+        assert asyncio.run(reloader.check()) is True
+        assert len(engine.index) == 8 and reloader.warning is None
+    finally:
+        engine.close()
+
+
 @needs_proc_maps
 def test_serve_mmap_serves_the_index_memory_mapped_and_a_reload_reads_the_new_build_so_too(world, tmp_path):
     """`unime serve --mmap`: the served index's faiss.index is read memory-mapped (mapped by the process, as

@@ -5,8 +5,9 @@ Every `interval_s` the watcher stats IDX/manifest.json; when the file changed it
 changes it with its last write), and when that differs from the served index's, it opens the new state in a
 thread, checks it is the served embedder's as at startup (`check_model`), and swaps it in: one reference,
 read once per request, so a search runs on one state or the other, never on a mix. A state that cannot be
-served (damaged, another model, a build that was stopped half-way: the store refuses those) keeps the old
-index serving, with one warning and the reason in /health (`warning`), until the manifest changes again.
+served (damaged, another model, a build that was stopped half-way: the store refuses those; a build begun anew in
+the folder, whose first manifest holds no items yet, while it runs) keeps the old index serving, with one warning
+and the reason in /health (`warning`), until the manifest changes again.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ class IndexReloader:
         from unime.models.embedding_cache import embedding_settings
 
         new = CorpusIndex(self.folder, mmap=self.engine.index.mmap)  # read as the served one was (--mmap)
+        if not len(new):  # a build begun anew in the folder (`rm -r IDX`, then `index build`): its first manifest
+            raise IndexError_("it holds no items yet (a build that has not stored its first chunk: still running, "
+                              "or stopped)")
         emb = self.engine.embedder
         check_model(new, self.model, embedding_settings(emb, self.dtype), device=emb.device)
         old_root = self.engine.index.data_root
