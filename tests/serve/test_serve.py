@@ -590,6 +590,41 @@ def test_a_port_in_use_is_refused_in_unimes_error_format_before_the_models_load(
                                        "(Address already in use); stop what uses it or give another --port / --host\n")
 
 
+def test_a_client_that_sends_half_its_body_and_waits_gets_a_408_and_the_others_are_served(world, tmp_path):
+    """QA: a client that sent its headers and half its body, then waited, was never answered (100 s and counting:
+    the request timeout counted only once the whole body was read), its connection held for good. Now a body not
+    received within --request-timeout is a JSON 408 naming the option, the connection closed; the other requests
+    are served meanwhile."""
+    import json
+    import socket
+
+    s = Server(["--model", world["model"], "--no-auth", "--request-timeout", "2"],
+               log_path=tmp_path / "log").wait_ready()
+    try:
+        body = json.dumps({"model": "model", "input": "half of this body is never sent"}).encode()
+        slow = socket.create_connection(("127.0.0.1", s.port))
+        slow.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
+        t0 = time.monotonic()
+        r = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": "another client"}, timeout=30)
+        assert r.status_code == 200 and time.monotonic() - t0 < 2
+        slow.settimeout(30)
+        answer = b""
+        while chunk := slow.recv(65536):  # the server closes the connection after its answer
+            answer += chunk
+        waited = time.monotonic() - t0
+        slow.close()
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert b"connection: close" in head.lower()
+        error = json.loads(payload)["error"]
+        assert error["message"] == "request body not received in full within 2 s (the server's --request-timeout)"
+        assert error["type"] == "timeout" and error["code"] == "request_body_timeout"
+        assert 1.5 < waited < 10
+    finally:
+        s.stop()
+
+
 def test_sigterm_drains_in_flight_requests(world, tmp_path):
     s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "4"],
                log_path=tmp_path / "log").wait_ready()

@@ -73,10 +73,12 @@ SHUTDOWN_RETRY_AFTER_S = 5  # what a request cut by the shutdown is told to wait
 
 
 class BodyLimit:
-    """ASGI middleware: refuse bodies over `max_bytes` (413), by Content-Length or while reading."""
+    """ASGI middleware: refuse bodies over `max_bytes` (413), by Content-Length or while reading, and bodies not
+    received in full within `timeout_s` (408, the connection closed): a client that sent half its body and waited
+    held its request open for good (QA), the request timeout counting only from a whole body."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float | None = None):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -92,8 +94,16 @@ class BodyLimit:
                 except ValueError:
                     return await _json_error(400, "bad Content-Length header")(scope, receive, send)
         chunks, total, more = [], 0, True
+        deadline = None if self.timeout_s is None else asyncio.get_running_loop().time() + self.timeout_s
         while more:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), None if deadline is None else
+                                             max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                return await _json_error(408, f"request body not received in full within {self.timeout_s:g} s (the "
+                                              "server's --request-timeout)", type="timeout",
+                                         code="request_body_timeout", headers={"Connection": "close"})(
+                    scope, receive, send)
             if msg["type"] == "http.disconnect":
                 return
             chunks.append(msg.get("body", b""))
@@ -214,7 +224,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # inside `Observe`: 413s are counted too
+    # inside `Observe`: 413s and 408s are counted too
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.request_timeout_s)
     app.add_middleware(Observe, metrics=metrics, shutting_down=lambda: app.state.shutting_down)
 
     @app.exception_handler(RequestError)
