@@ -667,6 +667,44 @@ def test_ctrl_c_stops_the_server_cleanly_with_exit_status_0(world, tmp_path):
     assert "interrupted" not in (tmp_path / "log").read_text()
 
 
+def test_a_second_sigterm_forces_the_exit_as_a_second_ctrl_c_does(world, tmp_path):
+    """QA: the README says a second signal is a forced exit (requests cut; SIGTERM: 143), but uvicorn forces only on a
+    second Ctrl-C: a second SIGTERM was ignored, the drain ran on to its end (up to --graceful-timeout) and the
+    process exited 0. Now a second SIGTERM forces the exit as a second Ctrl-C does: the request in flight is cut (a
+    503, or its connection closed) and the process ends by SIGTERM."""
+    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "1", "--graceful-timeout", "120"],
+               log_path=tmp_path / "log").wait_ready()
+    try:
+        result = {}
+        texts = [f"a long request item {i} " * 40 for i in range(256)]
+
+        def call():
+            try:
+                result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts},
+                                         timeout=300).status_code
+            except httpx.HTTPError as e:
+                result["r"] = type(e).__name__
+
+        t = threading.Thread(target=call)
+        t.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "r" not in result:
+            if _metric(httpx.get(s.base + "/metrics").text, "unime_in_flight_requests") > 1:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the request was never seen being served")
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert s.proc.poll() is None and "r" not in result  # draining: the request still runs
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(60) == -signal.SIGTERM
+        t.join(60)
+        assert result["r"] in (503, "RemoteProtocolError", "ReadError"), result
+    finally:
+        s.stop()
+
+
 def test_requests_cut_by_the_graceful_timeout_get_a_503_and_no_traceback(world, tmp_path):
     """QA: with --graceful-timeout 0.5, the requests still running when it ran out were cancelled by uvicorn and each
     answered 500 "Internal Server Error" with a CancelledError traceback in the log. Now each is a JSON 503 "server

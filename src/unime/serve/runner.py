@@ -63,6 +63,8 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM. On SIGTERM uvicorn stops accepting connections and lets in-flight
     requests finish (up to `graceful_timeout_s`) before the app's shutdown drains the batcher.
     The address is bound before the models load (minutes with a real model): a port in use is told at once."""
+    import signal
+
     require_extra("serve", "unime serve", *SERVE_MODULES)
     sock = bind_address(config.host, config.port)
     try:
@@ -80,6 +82,13 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
             async def shutdown(self, sockets=None) -> None:
                 app.state.shutting_down = True  # requests cancelled from here on are answered 503 (`app.Observe`)
                 await super().shutdown(sockets=sockets)
+
+            def handle_exit(self, sig, frame) -> None:
+                # uvicorn forces the exit on a second Ctrl-C only: a second SIGTERM was ignored and the drain ran on
+                # (QA). A second signal of either kind cuts the requests still running (503) and ends the process
+                if self.should_exit and sig == signal.SIGTERM:
+                    self.force_exit = True
+                super().handle_exit(sig, frame)
 
             @contextlib.contextmanager
             def capture_signals(self):
