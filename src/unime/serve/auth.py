@@ -1,5 +1,6 @@
-"""API keys: read from a file (one per line, `#` comments) or an environment variable (comma-separated);
-checked in constant time against every key (hmac.compare_digest, no early exit on the first match)."""
+"""API keys: read from a file (one per line, `#` comments) or an environment variable (comma-separated), once, when
+the service starts (a changed file takes effect at the next start); checked in constant time against every key
+(hmac.compare_digest, no early exit on the first match)."""
 
 from __future__ import annotations
 
