@@ -625,6 +625,16 @@ def test_a_client_that_sends_half_its_body_and_waits_gets_a_408_and_the_others_a
         s.stop()
 
 
+def _wait_until_served(s: Server, result: dict) -> None:
+    """Returns once server `s` serves a request other than /metrics (before `result` gets its "r")."""
+    deadline = time.monotonic() + 60  # the gauge counts the /metrics request itself too
+    while time.monotonic() < deadline and "r" not in result:
+        if s.proc.poll() is None and _metric(httpx.get(s.base + "/metrics").text, "unime_in_flight_requests") > 1:
+            return
+        time.sleep(0.01)
+    pytest.fail("the request was never seen being served")
+
+
 def test_sigterm_drains_in_flight_requests(world, tmp_path):
     s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "4"],
                log_path=tmp_path / "log").wait_ready()
@@ -637,14 +647,7 @@ def test_sigterm_drains_in_flight_requests(world, tmp_path):
 
         t = threading.Thread(target=call)
         t.start()
-        # wait until the request is being served, then ask the server to stop
-        deadline = time.monotonic() + 60  # the gauge counts the /metrics request itself too
-        while time.monotonic() < deadline and "r" not in result:
-            if s.proc.poll() is None and _metric(httpx.get(s.base + "/metrics").text, "unime_in_flight_requests") > 1:
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("the request was never seen being served")
+        _wait_until_served(s, result)  # then ask the server to stop
         s.proc.send_signal(signal.SIGTERM)
         t.join(120)
         assert s.proc.wait(60) == 0  # a clean drain is a normal end (uvicorn's re-raised signal was -15)
@@ -687,13 +690,7 @@ def test_a_second_sigterm_forces_the_exit_as_a_second_ctrl_c_does(world, tmp_pat
 
         t = threading.Thread(target=call)
         t.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "r" not in result:
-            if _metric(httpx.get(s.base + "/metrics").text, "unime_in_flight_requests") > 1:
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("the request was never seen being served")
+        _wait_until_served(s, result)
         s.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert s.proc.poll() is None and "r" not in result  # draining: the request still runs
