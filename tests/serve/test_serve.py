@@ -861,6 +861,44 @@ def test_a_build_appended_to_the_served_index_is_swapped_in_and_a_broken_one_kee
         engine.close()
 
 
+def _build_stopped_before_its_first_chunk(corpus, out, build: dict, monkeypatch) -> None:
+    """`out`: the folder of an index build of `corpus` that stopped (or still runs) before its first chunk, as it
+    is then: its first manifest only."""
+    from unime.index.store import build_corpus_index
+
+    class Stopped(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stopped
+
+    with monkeypatch.context() as m:
+        m.setattr(build["embedder"], "encode", stop)
+        with pytest.raises(Stopped):
+            build_corpus_index(corpus, out, **{**build, "cache_dir": out.parent / "stopped-cache"})
+    assert (out / "manifest.json").is_file() and not list(out.glob("chunks/*.npy"))
+
+
+def test_serve_and_search_refuse_an_index_whose_build_stored_no_item_yet(world, tmp_path, monkeypatch, capsys):
+    """QA: `unime serve --index IDX` on the folder of a build that had stored no chunk yet started, and every
+    /v1/search was a 500 (a TypeError in `CorpusIndex.dim`, the manifest's dim still null); `unime search` ended in
+    that traceback. Both now refuse it in one line naming the folder and what to do."""
+    from unime.cli import main
+    from unime.index.store import IndexError_
+    from unime.serve.engine import Engine
+
+    build = dict(embedder=world["emb"], model=world["model"], cache_dir=tmp_path / "cache",
+                 model_settings=world["idx"].manifest["model_settings"])
+    _build_stopped_before_its_first_chunk(write_corpus(tmp_path), tmp_path / "idx", build, monkeypatch)
+    why = (f"{tmp_path / 'idx'}: the index holds no items yet (its build has stored none: still running, or stopped "
+           "before its first chunk; re-run `unime index build` to finish it)")
+    with pytest.raises(IndexError_) as e:
+        Engine.load(ServeConfig(model=world["model"], dtype="auto", index=str(tmp_path / "idx"), no_auth=True))
+    assert str(e.value) == why
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query", "a red square", "--device", "cpu"]) != 0
+    assert capsys.readouterr().err.strip().splitlines() == [f"unime: error: {why}"]
+
+
 def test_a_new_build_begun_in_the_served_index_folder_keeps_the_old_index_serving_until_it_finishes(world, tmp_path,
                                                                                                      monkeypatch):
     """QA: the served index folder removed and built anew (`rm -r IDX; unime index build --out IDX`) under search
@@ -885,18 +923,7 @@ def test_a_new_build_begun_in_the_served_index_folder_keeps_the_old_index_servin
     engine = Engine(world["emb"], MODEL, index=CorpusIndex(tmp_path / "idx"))
     reloader = IndexReloader(engine, model=world["model"], dtype="auto", interval_s=1.0, fixed_rerank_root=False)
     shutil.rmtree(tmp_path / "idx")
-
-    class Stopped(Exception):
-        pass
-
-    def stop(*a, **k):  # the build stopped (or still running) before its first chunk: its first manifest only
-        raise Stopped
-
-    with monkeypatch.context() as m:
-        m.setattr(world["emb"], "encode", stop)
-        with pytest.raises(Stopped):
-            build_corpus_index(corpus, tmp_path / "idx", **{**build, "cache_dir": tmp_path / "cache2"})
-    assert (tmp_path / "idx" / "manifest.json").is_file() and not list((tmp_path / "idx").glob("chunks/*.npy"))
+    _build_stopped_before_its_first_chunk(corpus, tmp_path / "idx", build, monkeypatch)
     try:
         assert asyncio.run(reloader.check()) is False
         assert len(engine.index) == 8

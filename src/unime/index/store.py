@@ -284,6 +284,14 @@ class CorpusIndex:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def require_items(self) -> "CorpusIndex":
+        """This index, unless it holds no items: the folder of a build that has not stored its first chunk (still
+        running, or stopped), whose manifest records no vector size, which every search failed on (a TypeError)."""
+        if not len(self):
+            raise IndexError_(f"{self.folder}: the index holds no items yet (its build has stored none: still "
+                              "running, or stopped before its first chunk; re-run `unime index build` to finish it)")
+        return self
+
     @property
     def dim(self) -> int:
         return int(self.manifest["dim"])
@@ -757,7 +765,7 @@ def search_index_folder(cfg: SearchConfig, query: Item) -> list[dict]:
     from unime.models.embedding_cache import embedding_settings
     from unime.models.loading import checkpoint_image_loader
 
-    idx = CorpusIndex(cfg.index, mmap=cfg.mmap)
+    idx = CorpusIndex(cfg.index, mmap=cfg.mmap).require_items()
     model = cfg.model or idx.manifest["model"]
     if cfg.image:  # (`SearchConfig.query_item` checked the file, without the model's limit)
         checkpoint_image_loader(model, None, allow_outside_root=True).check_header(cfg.image, field="--image")

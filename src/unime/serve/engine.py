@@ -71,7 +71,7 @@ class Engine:
         if config.index:
             from unime.index.store import CorpusIndex, index_video_sampling
 
-            index = CorpusIndex(config.index, mmap=config.mmap)
+            index = CorpusIndex(config.index, mmap=config.mmap).require_items()
             if not given:
                 sampling = index_video_sampling(index.manifest)
         emb = Embedder.from_pretrained(config.model, device=config.device, dtype=config.dtype,

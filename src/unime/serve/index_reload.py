@@ -83,10 +83,9 @@ class IndexReloader:
         from unime.index.store import CorpusIndex, IndexError_, check_model
         from unime.models.embedding_cache import embedding_settings
 
-        new = CorpusIndex(self.folder, mmap=self.engine.index.mmap)  # read as the served one was (--mmap)
-        if not len(new):  # a build begun anew in the folder (`rm -r IDX`, then `index build`): its first manifest
-            raise IndexError_("it holds no items yet (a build that has not stored its first chunk: still running, "
-                              "or stopped)")
+        # read as the served one was (--mmap); a build begun anew in the folder (`rm -r IDX`, then `index build`):
+        # its first manifest holds no items yet
+        new = CorpusIndex(self.folder, mmap=self.engine.index.mmap).require_items()
         emb = self.engine.embedder
         check_model(new, self.model, embedding_settings(emb, self.dtype), device=emb.device)
         old_root = self.engine.index.data_root
