@@ -703,6 +703,46 @@ def test_a_variable_frame_rate_clip_lasts_its_real_span(tmp_path, name):
     assert cfr.duration == 31 / 30 and cfr.span is None
 
 
+@pytest.mark.parametrize("name", ["vfr.mp4", "vfr.mov", "vfr.mkv"])
+def test_a_variable_frame_rate_h264_clip_with_b_frames_lasts_its_real_span(tmp_path, name):
+    """An MP4 / MOV packet's duration is its decode-time step: with x264's B-frames the frame before the 1.5 s gap
+    (2.9 s, shown last of its group) carried the gap, and the span was taken as the latest of every packet's pts +
+    duration: 4.4 s for frames shown from 0 to 3.15 s (the same clip in Matroska: 3.25 s), so `--video-fps 2` took
+    8 frames instead of 6. The span ends where the last frame shown ends."""
+    import fractions
+
+    from unime.data.video import decode_video
+
+    if "libx264" not in av.codecs_available:
+        pytest.skip("PyAV without libx264")
+    times = [0, 40, 80, 120, 160, 1000, 1100, 1200, 1300, 1400, 2900, 2950, 3000, 3050, 3100, 3150]
+    c = av.open(str(tmp_path / name), "w")
+    s = c.add_stream("libx264", rate=10)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    s.codec_context.time_base = fractions.Fraction(1, 1000)
+    for i, t in enumerate(times):  # red = 12 * i; green and blue change too, so that x264 picks B-frames here
+        a = np.zeros((48, 64, 3), np.uint8)
+        a[:] = (12 * i, 255 - 12 * i, 37 * i % 256)
+        frame = av.VideoFrame.from_ndarray(a, format="rgb24")
+        frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+        for p in s.encode(frame):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    with av.open(str(tmp_path / name)) as c:  # the premise: B-frames (presentation order is not decode order)
+        packets = [(float(p.pts * p.time_base), float(p.duration * p.time_base)) for p in c.demux(video=0) if p.size]
+    assert [t for t, _ in packets] != sorted(t for t, _ in packets)
+    if name != "vfr.mkv":  # ... and a packet's duration that is its decode step: one ends past 4 s
+        assert max(t + d for t, d in packets) > 4.0
+    v = decode_video((tmp_path / name).read_bytes(), VideoSampling(num_frames=None, fps=2.0))
+    assert 3.15 < v.duration <= 3.25  # the last frame shown at 3.15 s lasts one 0.1 s step at most
+    # round(3.2 x 2) = 6 targets 0, 0.63, 1.26, 1.89, 2.52, 3.15 s → the nearest frames (0.16 / 1.0: 1.0, ...)
+    assert v.frame_indices == (0, 5, 8, 9, 10, 15)
+    assert v.timestamps == pytest.approx([times[i] / 1000 for i in v.frame_indices])
+    assert [_red(f) for f in v] == pytest.approx([12 * i for i in v.frame_indices], abs=8)
+
+
 def _processor_times(emb, inputs) -> tuple[list[float] | None, list[str] | None]:
     """What a processor made of a video's times: Qwen2.5-VL's `second_per_grid_ts`, Qwen3-VL's prompt timestamps."""
     seconds = inputs.get("second_per_grid_ts")

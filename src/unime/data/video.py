@@ -1093,7 +1093,7 @@ def _decode_frames(container, stream, wanted: list[int], fps: float, size: tuple
 @dataclass(frozen=True)
 class _PacketIndex:
     """The video stream's packets, listed by one demux pass (no decoding): their presentation time stamps in
-    presentation order, those of the keyframes, and where the last one ends (all in the stream's time base)."""
+    presentation order, those of the keyframes, and where the last one shown ends (all in the stream's time base)."""
 
     pts: tuple[int, ...]
     keys: tuple[int, ...]
@@ -1109,6 +1109,8 @@ def _packet_index(container, stream) -> _PacketIndex | None:
     the pass fails (decoding then reports what is wrong with the file)."""
     if stream.time_base is None:
         return None
+    # the last frame shown ends its own packet's duration after it: an MP4 / MOV packet's duration is its decode
+    # step, which with B-frames belongs to another frame (one before a gap of a variable frame rate carried the gap)
     pts_all, keys, end = [], [], None
     try:
         for packet in container.demux(stream):
@@ -1118,7 +1120,8 @@ def _packet_index(container, stream) -> _PacketIndex | None:
                 pts_all = []
                 break
             pts_all.append(packet.pts)
-            end = max(end if end is not None else packet.pts, packet.pts + (packet.duration or 0))
+            if end is None or packet.pts >= end[0]:
+                end = (packet.pts, packet.pts + (packet.duration or 0))
             if packet.is_keyframe:
                 keys.append(packet.pts)
         container.seek(0, stream=stream)  # the demux pass read to the end
@@ -1126,7 +1129,7 @@ def _packet_index(container, stream) -> _PacketIndex | None:
         return None
     if not pts_all or not keys:
         return None
-    return _PacketIndex(tuple(sorted(pts_all)), tuple(keys), end)
+    return _PacketIndex(tuple(sorted(pts_all)), tuple(keys), end[1])
 
 
 @dataclass(frozen=True)
