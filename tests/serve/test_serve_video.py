@@ -280,3 +280,27 @@ def test_a_video_is_decoded_once_per_request_whatever_the_models_that_read_it(cl
     four = InlineOnlyLoader(max_aspect_ratio=emb.max_aspect_ratio, video=VideoSampling(num_frames=4))
     decode_video_uri(video_uri(other), Limits(), "query.video", [emb, four])
     assert len(calls) == 2, calls  # the 4 frames, decoded for the loader that samples them
+
+
+def test_a_data_uri_of_the_other_media_type_is_named_as_such_not_as_a_file_or_url(client, tmp_path):
+    """An animated GIF sent as the browser reads it (data:image/gif) in `video`, or a clip's data:video URI in
+    `image`, was told "videos must be inline data URIs ...; the server never reads files or fetches URLs": it is
+    an inline data URI. The message names the media type the field takes, and how to send an animation as a video
+    (data:video/gif, which is served)."""
+    from tests.data.helpers import animated_gif
+
+    gif = base64.b64encode(animated_gif(tmp_path / "anim.gif").read_bytes()).decode()
+    r = client.post("/v1/embeddings", json={"model": MODEL, "input": [{"video": "data:image/gif;base64," + gif}]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "input[0].video", err
+    assert "never reads files" not in err["message"] and "data:image/gif" in err["message"], err
+    assert "data:video/gif;base64," in err["message"], err
+    ok = client.post("/v1/embeddings", json={"model": MODEL, "input": [{"video": "data:video/gif;base64," + gif}]})
+    assert ok.status_code == 200, ok.text  # what the message says to send is served
+    r = client.post("/v1/embeddings", json={"model": MODEL, "input": [{"image": video_uri(b"\0" * 64)}]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "input[0].image", err
+    assert "never reads files" not in err["message"] and "data:video/mp4" in err["message"], err
+    assert "'video'" in err["message"], err

@@ -24,6 +24,7 @@ from unime.serve.config import Limits
 
 DATA_URI = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
 VIDEO_URI = re.compile(r"^data:video/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
+OTHER_MEDIA_URI = re.compile(r"^data:(image|video)/([a-zA-Z0-9.+-]+);base64,", re.ASCII)  # either field's URI
 
 
 class RequestError(Exception):
@@ -47,6 +48,13 @@ def inline_payload(uri: Any, pattern: re.Pattern, what: str, example: str, max_b
     a message shows), its encoded size held to `max_bytes` before it is decoded; else a `RequestError` naming
     `field`."""
     if not isinstance(uri, str) or not pattern.match(uri):
+        other = OTHER_MEDIA_URI.match(uri) if isinstance(uri, str) else None
+        if other and other.group(1) != what:  # an inline URI of the other field's media: say which field takes it
+            hint = ("an animated GIF, APNG or WebP is read as a video sent as data:video/gif;base64,... (and so on), a "
+                    "still image goes in 'image'" if what == "video" else "a video goes in 'video'")
+            article = "an" if what == "image" else "a"
+            raise RequestError(400, f"{field}: got a data:{other.group(1)}/{other.group(2)} URI; {article} {what}'s "
+                                    f"is data:{what}/<format>;base64,... ({example}): {hint}", param=field)
         shown = uri[:60] + "…" if isinstance(uri, str) and len(uri) > 60 else uri
         raise RequestError(400, f"{field}: {what}s must be inline data URIs ({example}); "
                                 f"the server never reads files or fetches URLs (got {shown!r})", param=field)
