@@ -354,3 +354,35 @@ def test_a_text_over_the_models_context_is_refused_naming_its_line_id_and_tokens
 
     expected = Embedder.from_pretrained(str(model), device="cpu").encode(["a red circle", "a cat"])
     np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+def test_the_encode_bar_moves_with_each_batch_not_only_at_the_end_of_a_chunk(tiny_model_dir, tmp_path, monkeypatch):
+    """QA: `unime embed` of 200 video clips showed "encode: 0/200" until every one was encoded (the bar moved once per
+    chunk of 2,048 items): it looked hung. The bar now counts the items of each batch as it is encoded (5 items in
+    batches of 2: 0, 2, 4 before the three forwards, 5 at the end), a repeated item (the last line repeats the
+    first) with its chunk."""
+    import tqdm.auto
+
+    from unime.models.embedder import Embedder
+
+    bars, seen = [], []
+    real_bar, forward = tqdm.auto.tqdm, Embedder.forward
+
+    class Bar(real_bar):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            bars.append(self)
+
+    def watched(self, inputs, **kw):
+        seen.append([b.n for b in bars if b.desc == "encode"])
+        return forward(self, inputs, **kw)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setattr(Embedder, "forward", watched)
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": f"i{i}", "text": f"item {i % 5 if i < 5 else 0}"}) + "\n"
+                             for i in range(6)), encoding="utf-8")
+    assert main(["embed", "--model", tiny_model_dir("qwen2_vl"), "--items", str(items), "--device", "cpu",
+                 "--batch-size", "2", "--out", str(tmp_path / "x.npy")]) == 0
+    assert seen == [[0], [2], [4]]
+    assert [b.n for b in bars if b.desc == "encode"] == [6]

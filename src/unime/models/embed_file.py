@@ -234,7 +234,9 @@ def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:
             span = work.span(i)
             earlier = {r: first[items[r].key] for r in range(span.start, span.stop) if first[items[r].key] < span.start}
             new = [r for r in range(span.start, span.stop) if r not in earlier]
-            parts = [([r - span.start for r in new], encoded(emb, [items[r] for r in new]))] if new else []
+            before = bar.n  # the bar counts each batch as it is encoded (a chunk of videos takes long), then the chunk
+            parts = [([r - span.start for r in new], encoded(emb, [items[r] for r in new], on_batch=bar.update))] \
+                if new else []
             for j in sorted({f // work.per_chunk for f in earlier.values()}):  # each earlier chunk read once
                 from_j = [(r, f) for r, f in earlier.items() if f // work.per_chunk == j]
                 parts.append(([r - span.start for r, _ in from_j],
@@ -243,13 +245,14 @@ def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:
             for rows, values in parts:
                 vecs[rows] = values
             work.save(i, vecs)
-            bar.update(span.stop - span.start)
+            bar.update(span.stop - span.start - (bar.n - before))
     return work.load_all()
 
 
-def encoded(emb, items: list[Item]) -> np.ndarray:
-    """`emb.encode(items)` as float32; an embedding holding NaN or inf is a `ModelError` naming the model and the first
-    such item (`refuse_non_finite`), not an array of NaN written without a word (QA: 489 x 64 NaN)."""
+def encoded(emb, items: list[Item], on_batch=None) -> np.ndarray:
+    """`emb.encode(items)` as float32 (`on_batch`: its progress hook); an embedding holding NaN or inf is a
+    `ModelError` naming the model and the first such item (`refuse_non_finite`), not an array of NaN written without a
+    word (QA: 489 x 64 NaN)."""
     from unime.models.embedder import refuse_non_finite
 
-    return refuse_non_finite(np.asarray(emb.encode(items), dtype=np.float32), items, emb.name)
+    return refuse_non_finite(np.asarray(emb.encode(items, on_batch=on_batch), dtype=np.float32), items, emb.name)

@@ -266,11 +266,13 @@ class Embedder:
         return [ordered[s:s + bs] for s in range(0, len(ordered), bs)]
 
     def encode(self, items: Iterable[Any], *, batch_size: int | None = None, show_progress: bool = False,
-               normalize: bool = True, return_token_counts: bool = False):
+               normalize: bool = True, return_token_counts: bool = False, on_batch=None):
         """float32 array (n, hidden) in the order of `items`. Identical items (same `Item.key`) are encoded once,
         in the batches of `batch_plan`. With `return_token_counts`: (that array, int64 array (n,)) — the tokens the
         model read for each item (its row of the processor's input_ids without padding: the chat template and the
-        image/video placeholder tokens included), counted on the encoded batches, not by a second tokenisation."""
+        image/video placeholder tokens included), counted on the encoded batches, not by a second tokenisation.
+        `on_batch(n)`, when given, is called after each batch with the number of distinct items it encoded (a
+        caller's progress bar)."""
         import torch
 
         items = item_list(items)
@@ -301,6 +303,8 @@ class Embedder:
                     tokens[s:s + len(batch)] = self.adapter.input_token_counts(inputs)
                     row.update((items[i].key, s + j) for j, i in enumerate(batch))
                     s += len(batch)
+                    if on_batch is not None:
+                        on_batch(len(batch))
         finally:
             self.model.train(was_training)
         rows = [row[it.key] for it in items]
