@@ -151,3 +151,16 @@ def test_extract_evidence_nothing_to_point_at():
     out = extract_evidence(ev)
     assert out.images == []
     assert out.skipped == ["1 box(es) but no image", "1 key frame(s) but no video"]
+
+
+def test_a_key_frame_past_a_short_clip_is_not_blamed_on_the_options_alone():
+    """QA: a T-CoT with key frames [1, 3, 8] for a one-frame clip (sampled under the very --video-frames 8 the T-CoT
+    file records: 2 frames, the one padded) was refused with "give the --video-* options the T-CoT was written with"
+    only, which the user had done. The message names the other cause: a clip shorter than the sampling's count."""
+    with pytest.raises(DataError) as e:
+        select_key_frames(["f0", "f0"], [1, 3, 8], source="t.jsonl", record="r3", field="positive")
+    msg = str(e.value)
+    assert e.value.field == "positive.key_frames[1]"
+    assert "key frame 3 is beyond the last frame (2 frames sampled, numbered 1..2" in msg
+    assert "a clip with fewer frames than the sampling takes gives fewer" in msg
+    assert "--video-* options the T-CoT was written with" in msg

@@ -95,7 +95,8 @@ def select_key_frames(frames: Sequence[Any], key_frames_1_based: Sequence[int], 
             problem = f"key frame {k} is not a 1-based frame number (frames are numbered 1..{n})"
         elif k > n:
             problem = (f"key frame {k} is beyond the last frame ({n} frames sampled, numbered 1..{n}; key frames "
-                       "are numbered among the frames sampled: give the --video-* options the T-CoT was written with)")
+                       "are numbered among the frames sampled, and a clip with fewer frames than the sampling takes "
+                       "gives fewer; else give the --video-* options the T-CoT was written with)")
         if problem:
             if on_invalid == "raise":
                 raise DataError(problem, source=source, record=record,
