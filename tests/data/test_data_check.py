@@ -294,8 +294,8 @@ def test_data_check_reads_an_items_file_as_index_build_and_embed_do(tmp_path, ca
         f"  - {f}, record line 6 (id e): empty item (no text, image or video)",
         f"  - {f}, record line 4 (id c), field 'item.images[0]': image file not found: 'images/gone.png' (looked in "
         f"'{tmp_path.resolve()}')",
-        f"media paths not found under the file's folder {tmp_path} (no --data-root given and no data root recorded "
-        "beside the file); pass --data-root with the folder they are relative to",
+        # QA: no "pass --data-root" line: images/red.png was found under the file's folder, so the root is right and
+        # images/gone.png is missing, as its own line says
         # QA: a repeated id was called a bad row, though `unime embed` reads it: named as what refuses it
         "repeated id 'a' (line 3, first on line 1): `unime index build` refuses it; `unime embed` reads it (one row "
         "per line, a repeated item encoded once)"], out

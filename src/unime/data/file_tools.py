@@ -305,7 +305,9 @@ def _data_root_hint(data_file: str, root: str, checker) -> str:
     """When media paths were resolved against the file's own folder (no --data-root, no data root recorded beside
     the file, `unime.data.roots`) and some are not there: the line that says to pass --data-root, naming the nearest
     folder above that holds the first missing path (a generated world's eval files are relative to the world,
-    which its eval_tasks.yaml tells `unime eval`, but not the commands that take the file itself). Else ""."""
+    which its eval_tasks.yaml tells `unime eval`, but not the commands that take the file itself). Else "": also
+    when other relative paths of the file were found under its folder and no folder above holds the missing one
+    (the root is right; those files are missing, which their own lines say)."""
     from pathlib import Path
 
     from unime.data.roots import recorded_root_of
@@ -317,6 +319,9 @@ def _data_root_hint(data_file: str, root: str, checker) -> str:
     if missing is None:
         return ""
     found = next((up for up in Path(root).resolve().parents if (up / missing).exists()), None)
+    if found is None and any(err is None and isinstance(ref, str) and not os.path.isabs(ref)
+                             for (_, ref), err in checker.verdict.items()):
+        return ""
     where = f"the first, {missing!r}, is under {found}: pass --data-root {found}" if found else \
         "pass --data-root with the folder they are relative to"
     return (f"\nmedia paths not found under the file's folder {root} (no --data-root given and no data root "
