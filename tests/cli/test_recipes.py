@@ -256,7 +256,8 @@ def test_recipe_errors_name_the_choices(tmp_path, capsys):
     assert offered == {"train embedder", "mine", "plan", "eval"}
     with pytest.raises(SystemExit) as refused:  # argparse's own usage error
         main(["serve", "--model", "m", "--recipe", "unime-v2/qwen2-vl-2b"])
-    assert refused.value.code == 2 and "unrecognized arguments: --recipe" in capsys.readouterr().err
+    assert refused.value.code == 2 and "unime serve: error: unrecognized option --recipe; --recipe is an option of " \
+        "'unime eval', 'unime mine', 'unime judge' and 4 other commands" in capsys.readouterr().err
 
 
 def test_the_recipe_help_of_each_command_names_recipes_it_takes():

@@ -23,12 +23,6 @@ CASES = [
     (["plan", "--stage", "embedder"], "plan: give --model (a known release or a checkpoint folder)"),
     (["eval", "--model", "m", "--tasks", "t"], "eval: --out is required"),
     (["eval", "--out", "{tmp}/ev"], "eval: give --model and --tasks to evaluate, or --compare DIR ... to compare"),
-    # QA: `eval --only X` (`reason eval`'s option) was argparse's "argument [reference]: invalid choice: 'X'"
-    (["eval", "--model", "m", "--tasks", "t", "--out", "{tmp}/ev", "--only", "X"],
-     "eval: unknown option --only: give --task NAME once per task to evaluate only those tasks (--only is `unime "
-     "reason eval`'s option)"),
-    (["eval", "--only=X"], "eval: unknown option --only: give --task NAME once per task to evaluate only those tasks "
-     "(--only is `unime reason eval`'s option)"),
     (["eval", "--out", "{tmp}/ev", "--compare", "a", "b", "--tasks", "t"], "eval: --tasks / --rerank need --model"),
     (["eval", "--out", "{tmp}/ev", "--model", "m"], "eval: --model needs --tasks"),
     (["search", "--index", "{tmp}/idx"], "search: give --query, --image and/or --video"),
@@ -262,6 +256,74 @@ def test_argparse_usage_errors_and_help_keep_their_exit_codes(capsys):
     with pytest.raises(SystemExit) as e:
         main(["plan", "--help"])
     assert e.value.code == 0
+
+
+# an option the command does not have (QA: argparse said "unrecognized arguments: --batchsize 3" after the `unime`
+# usage, or for `eval --only X` "argument [reference]: invalid choice: 'X'", silent about --only): (argv, the error
+# line after the command's usage): the option, the other commands taking it, the command's closest option
+_EVAL = ["eval", "--model", "m", "--tasks", "t", "--out", "{tmp}/ev"]
+_ONLY = ("unime eval: error: unrecognized option --only; --only is an option of 'unime reason eval'; did you mean "
+         "--task NAME (evaluate only this task (repeatable))?")  # the option of the same config field (`only`)
+UNKNOWN_OPTION_CASES = [
+    (_EVAL + ["--only", "X"], _ONLY),
+    (["eval", "--only=X"], _ONLY),
+    (["eval", "reference", "--only", "X"], "unime eval reference: error: unrecognized option --only; --only is an "
+     "option of 'unime reason eval'; did you mean --task NAME (evaluate only this task)?"),
+    (["train", "judge", "--max-steps", "3"], "unime train judge: error: unrecognized option --max-steps; --max-steps "
+     "is an option of 'unime eval reference' and 'unime train reasoner'; did you mean --steps (optimizer steps "
+     "(overrides --epochs when > 0))?"),
+    # a typo: the closest option by spelling
+    (["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e", "--batchsize", "3"],
+     "unime train embedder: error: unrecognized option --batchsize; did you mean --batch-size?"),
+    (["train", "embedder", "--sed", "3"], "unime train embedder: error: unrecognized option --sed; did you mean "
+     "--seed?"),
+    (["data", "synth", "--out", "{tmp}/w", "--seeds", "3"], "unime data synth: error: unrecognized option --seeds; "
+     "--seeds is an option of 'unime demo'; did you mean --seed?"),
+    (_EVAL + ["--seeds", "3"], "unime eval: error: unrecognized option --seeds; --seeds is an option of 'unime demo'"),
+    # another command's option, nothing close in this one
+    (["embed", "--only", "3"], "unime embed: error: unrecognized option --only; --only is an option of 'unime reason "
+     "eval'"),
+    (["eval", "--version"], "unime eval: error: unrecognized option --version; --version is an option of 'unime'"),
+    # an option of no command: no suggestion
+    (["mine", "--frobnicate"], "unime mine: error: unrecognized option --frobnicate"),
+    (["eval", "reference", "--tasks", "t", "--frobnicate=2"],
+     "unime eval reference: error: unrecognized option --frobnicate"),
+    (["--frobnicate", "eval"], "unime: error: unrecognized option --frobnicate"),
+]
+
+
+@pytest.mark.parametrize("argv,line", UNKNOWN_OPTION_CASES,
+                         ids=[" ".join(a[:3]) + f"#{i}" for i, (a, _) in enumerate(UNKNOWN_OPTION_CASES)])
+def test_an_unknown_option_is_a_usage_error_naming_it_its_commands_and_the_closest(argv, line, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    command = line.split(": error:")[0]
+    assert err[0].startswith(f"usage: {command} ") and err[-1] == line  # argparse's usage, then the one error line
+    assert [x for x in err if "error:" in x] == [line]
+    assert not any(tmp_path.iterdir())
+
+
+def test_options_shortened_as_argparse_allows_still_parse(tmp_path, capsys):
+    """The unknown-option rule keeps argparse's abbreviations (a unique prefix is the option; an ambiguous one is
+    argparse's own error), the help is printed whatever else is given, and a negative number is a value."""
+    from unime.cli import _add_overwrite_options, _parse, build_parser
+
+    parser = build_parser()
+    _add_overwrite_options(parser)
+    train = ["train", "embedder", "--model", "m", "--records", "r", "--out", "o"]
+    assert _parse(parser, train + ["--batch", "3"]).batch_size == 3
+    assert _parse(parser, train + ["--batch-s=5"]).batch_size == 5
+    assert _parse(parser, ["reason", "eval", "--embedder", "e", "--task", "t.yaml", "--out", "o"]).tasks == "t.yaml"
+    assert _parse(parser, train + ["--lr", "-0.5"]).lr == -0.5  # (refused later, by its range)
+    with pytest.raises(SystemExit) as e:
+        _parse(parser, train + ["--lora", "3"])
+    assert e.value.code == 2 and "error: ambiguous option: --lora could match" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["mine", "--frobnicate", "--help"])
+    assert e.value.code == 0 and "usage: unime mine" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [

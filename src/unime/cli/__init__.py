@@ -32,8 +32,104 @@ def _version() -> str:
     return sys.modules["unime"].__version__
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser (its sub-parsers are of this class too), whose usage error for an option the command does
+    not have names it, the command's closest option (`did you mean --bar?`) and the other unime commands that take
+    it (`--only is an option of 'unime reason eval'`). argparse's own error for it was the bare "unrecognized
+    arguments: --only X" after the `unime` usage, or, where the command has sub-commands (`unime eval`), "argument
+    [reference]: invalid choice: 'X'", silent about the option (QA). Abbreviations stay argparse's: an unambiguous
+    prefix of an option is that option (an ambiguous one, argparse's own error)."""
+
+    root: "CommandParser | None" = None  # the `unime` parser (`build_parser`): where the other commands are looked up
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        unknown = _unknown_option(self, args)
+        if unknown is not None:
+            self.error(_unknown_option_message(self, unknown))
+        return super().parse_known_args(args, namespace)
+
+
+def _own_arguments(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
+    """The arguments of `args` that `parser` reads itself: those before `--` and before its sub-command's name (the
+    rest is the sub-command's, `_command_path`)."""
+    subcommands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    own = []
+    for arg in args:
+        if arg == "--" or arg in subcommands:
+            break
+        own.append(arg)
+    return own
+
+
+def _unknown_option(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
+    """The first of `parser`'s own arguments that argparse takes for an option `parser` does not have (as it would
+    classify it: `--x=1`, a prefix of one option, a negative number are not); None when there is none, or when -h is
+    among them (the help is printed whatever else is given), or a prefix is ambiguous (argparse's own error)."""
+    unknown = []
+    for arg in _own_arguments(parser, args):
+        try:
+            found = parser._parse_optional(arg)  # None, (action, ...) or, from Python 3.12.7, [(action, ...)]
+        except argparse.ArgumentError:
+            return None
+        if found is None:
+            continue
+        action = (found[0] if isinstance(found, list) else found)[0]
+        if isinstance(action, argparse._HelpAction):
+            return None
+        if action is None:
+            unknown.append(arg.split("=", 1)[0])
+    return unknown[0] if unknown else None
+
+
+def _commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+    """(command words, parser) of `parser` and of each of its sub-commands, depth first."""
+    yield words, parser
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sub in a.choices.items():
+                yield from _commands(sub, (*words, name))
+
+
+def _long_options(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+
+
+def _unknown_option_message(parser: argparse.ArgumentParser, option: str) -> str:
+    """`unrecognized option --foo`; the other unime commands that take `--foo` (`--foo is an option of 'unime
+    reason eval'`); `did you mean --bar?`: the option of `parser` declared on the same config field as `--foo` is in
+    another command (`unime.cli.dataclass_options`: `eval --task` for `reason eval --only`), with its help, else the
+    closest by spelling (difflib)."""
+    import difflib
+
+    root = getattr(parser, "root", None)
+    others = [(words, p) for words, p in (_commands(root) if root is not None else ())
+              if p is not parser and option in p._option_string_actions]
+    fields = {getattr(p._option_string_actions[option], "unime_field", None) for _, p in others} - {None}
+    same_field = next((a for a in parser._actions if a.option_strings and getattr(a, "unime_field", None) in fields),
+                      None)
+    text = [f"unrecognized option {option}"]
+    if others:
+        named = [f"'{' '.join(('unime', *words))}'" for words, _ in others]
+        if len(named) > 4:
+            named = [*named[:3], f"{len(named) - 3} other commands"]
+        listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+        text.append(f"{option} is an option of {listed}")
+    if same_field is not None:
+        flag = same_field.option_strings[0]
+        metavar = f" {same_field.metavar}" if isinstance(same_field.metavar, str) else ""
+        helped = f" ({parser._get_formatter()._expand_help(same_field)})" if same_field.help else ""  # %(default)s
+        text.append(f"did you mean {flag}{metavar}{helped}?")
+    else:
+        names = {s.lstrip("-"): s for s in _long_options(parser)}
+        close = difflib.get_close_matches(option.lstrip("-"), list(names), n=1)
+        if close:
+            text.append(f"did you mean {names[close[0]]}?")
+    return "; ".join(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unime",
+    parser = CommandParser(prog="unime",
                                      description="unime: train universal multimodal embedders and rerankers with an "
                                                  "MLLM judge (UniME-V2), and reasoning-driven embedders with "
                                                  "embedder-guided RL (Embed-RL).",
@@ -47,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"unime.cli.{name}").register(sub)
+    for _, p in _commands(parser):
+        p.root = parser
     return parser
 
 
@@ -136,24 +234,6 @@ def _add_overwrite_options(parser: argparse.ArgumentParser) -> None:
                              help=_OVERWRITE_FILE_HELP if name in OWNED_FILE_COMMANDS else _OVERWRITE_HELP)
 
 
-# an option of one command given to another that names it otherwise (QA: `unime eval --only X`, as `unime reason
-# eval` takes it, was argparse's "argument [reference]: invalid choice: 'X'", silent about --only): (command, option)
-# -> what to give instead, a usage error naming the option the command takes
-_OTHER_COMMANDS_OPTIONS = {
-    ("eval", "--only"): "give --task NAME once per task to evaluate only those tasks (--only is `unime reason "
-                        "eval`'s option)",
-}
-
-
-def _refuse_other_commands_option(command: str, argv: list[str]) -> None:
-    from unime.errors import UsageError
-
-    for tok in argv[:argv.index("--")] if "--" in argv else argv:
-        option = tok.split("=", 1)[0]
-        if (command, option) in _OTHER_COMMANDS_OPTIONS:
-            raise UsageError(f"unknown option {option}: {_OTHER_COMMANDS_OPTIONS[command, option]}", command=command)
-
-
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse `argv` with the layers: command defaults < --recipe < --config file < command line. Recipe
     values and config keys become the chosen subcommand's defaults, converted and checked by the command
@@ -165,7 +245,6 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     words, subparser = _command_path(parser, argv)
     if {"-h", "--help"} & set(argv[:argv.index("--")] if "--" in argv else argv):
         return parser.parse_args(argv)  # prints the help with the commands' own defaults, and exits
-    _refuse_other_commands_option(" ".join(words), argv)
     printing = "--print-config" in argv
     given = _given_on_command_line(parser, subparser, argv)
     origins: dict[str, str] = {}

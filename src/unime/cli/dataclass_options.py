@@ -113,7 +113,9 @@ def _add(container, entries, classes, labels, prefix: str = "") -> None:
         kwargs["metavar"] = dest_of(f).upper()
     if not positional and flags[0].lstrip("-").replace("-", "_") != dest:
         kwargs["dest"] = dest
-    container.add_argument(*flags, **kwargs)
+    # the config field it sets: another command's option of the same field is this one's counterpart, which an
+    # unknown option's usage error suggests (`unime.cli.CommandParser`: `eval --only` -> `--task`, as in `reason eval`)
+    container.add_argument(*flags, **kwargs).unime_field = prefix + f.name
     if md.get("switch"):  # a flag that sets the option to one value (`--skip-bad-records` = `--on-error skip`)
         switch, value = md["switch"]
         container.add_argument(switch, dest=dest, action="store_const", const=value, default=kwargs.get("default"),
