@@ -303,8 +303,9 @@ def test_a_finished_embed_run_rerun_with_the_same_options_does_nothing(tiny_mode
 def test_a_model_returning_nan_is_one_error_line_naming_it_and_the_first_item_and_writes_nothing(
         tiny_model_dir, tmp_path, capsys):
     """QA: `unime embed --model M`, M's weights NaN, wrote an all-NaN array (489 x 64) without a word. It is the
-    error line of the reasoned embedder's check (`refuse_non_finite`): the model, how many items, the first; exit 2,
-    no output. The same items with the model's own weights are encoded as before."""
+    error line of the embedder's check (`Embedder.encode`: `refuse_non_finite`): the model, how many items, the first
+    by its line and id in the items file; exit 2, no output. The same items with the model's own weights are encoded
+    as before."""
     from tests.models.helpers import with_nan_weights
 
     items, out = tmp_path / "items.jsonl", tmp_path / "x.npy"
@@ -318,8 +319,8 @@ def test_a_model_returning_nan_is_one_error_line_naming_it_and_the_first_item_an
     capsys.readouterr()
     assert main(["embed", "--model", str(model), "--items", str(items), "--out", str(out), "--device", "cpu"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"unime: error: embedder '{model}' returned NaN or inf for 2 of 2 inputs (the first: item 'a red circle'); "
-        "its weights may hold NaN or inf")
+        f"unime: error: embedder '{model}' returned NaN or inf for 2 of 2 inputs (the first: {items}, record line 1 "
+        "(id 0): item 'a red circle'); its weights may hold NaN or inf")
     assert not out.exists()
 
 

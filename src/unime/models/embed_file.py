@@ -89,7 +89,7 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None, *,
     (`unime.models.chunk_work.finished_before`; `embed_done_key`), unless `overwrite`."""
     from unime.data.roots import resolve_data_root
     from unime.data.video import VideoSampling
-    from unime.models.embedder import Embedder
+    from unime.models.embedder import Embedder, NonFiniteEmbedding
     from unime.models.image_budget import ImageBudget
 
     items_path = cfg.items
@@ -139,6 +139,11 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None, *,
         if err is e:
             raise
         raise err from e
+    except NonFiniteEmbedding as e:  # the first item given NaN or inf: its line and id
+        at = next((i for i, it in enumerate(items) if it is e.item), None)
+        if at is None:
+            raise
+        raise e.naming(where=(items_path, records[at], None)) from e
     with atomic_open(path, "wb") as fh:  # np.save on a file object: no ".npy" appended to the name
         np.save(fh, vecs)
     companions = []
@@ -250,9 +255,7 @@ def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:
 
 
 def encoded(emb, items: list[Item], on_batch=None) -> np.ndarray:
-    """`emb.encode(items)` as float32 (`on_batch`: its progress hook); an embedding holding NaN or inf is a
-    `ModelError` naming the model and the first such item (`refuse_non_finite`), not an array of NaN written without a
-    word (QA: 489 x 64 NaN)."""
-    from unime.models.embedder import refuse_non_finite
-
-    return refuse_non_finite(np.asarray(emb.encode(items, on_batch=on_batch), dtype=np.float32), items, emb.name)
+    """`emb.encode(items)` as float32 (`on_batch`: its progress hook); an embedding holding NaN or inf is the
+    embedder's `NonFiniteEmbedding` (`Embedder.encode`: the model and the first such item, named by
+    `encode_items_file` by its line and id), not an array of NaN written without a word (QA: 489 x 64 NaN)."""
+    return np.asarray(emb.encode(items, on_batch=on_batch), dtype=np.float32)

@@ -107,19 +107,40 @@ def _named_in_items(err: DataError, items: Sequence[Item]) -> DataError:
     return named
 
 
+class NonFiniteEmbedding(ModelError):
+    """Embeddings holding NaN or inf (the model's fault, e.g. NaN weights), refused by `refuse_non_finite`: names the
+    model, how many of the inputs and the first such input, by its text, or — `where` — by the file and record
+    its caller read it from. `item` and `index` (its position in the inputs) let a caller that knows more name it."""
+
+    def __init__(self, model: str, bad: int, total: int, item: Item, index: int, where: str | None = None):
+        self.model, self.bad, self.total, self.item, self.index, self.where = model, bad, total, item, index, where
+        named = f"item {item.text[:80]!r}" if item.text else \
+            f"item of {'images' if item.images else 'video'} {list(item.images or item.video or ())[:2]}"
+        super().__init__(f"embedder {model!r} returned NaN or inf for {bad} of {total} inputs (the first: "
+                         f"{f'{where}: {named}' if where else named}); its weights may hold NaN or inf")
+
+    def naming(self, item: Item | None = None, where: tuple[str, Any, str | None] | None = None) -> NonFiniteEmbedding:
+        """This error naming the first input as `item` (the caller's own, e.g. before its T-CoT was added) and/or
+        `where` it was read: (file, record, field) as `unime.data.io.named_where_read` takes them."""
+        if where is not None:
+            source, record, field = where
+            place = f"{source}, record {record}" + (f", field '{field}'" if field else "")
+        else:
+            place = self.where
+        return NonFiniteEmbedding(self.model, self.bad, self.total, self.item if item is None else item, self.index,
+                                  place)
+
+
 def refuse_non_finite(vecs: np.ndarray, items: Sequence[Item], model: str) -> np.ndarray:
     """`vecs` (one row per item of `items`) when every value is finite; a row holding NaN or inf (the model's fault,
-    e.g. NaN weights) is a `ModelError` naming the model, how many inputs and the first such input. The check of every
-    command that writes or scores embeddings (`unime embed`, the embedding cache's `RunEncoder`: `index build`, `eval`,
-    `mine`; the reasoned embedder); not of `Embedder.encode`, whose NaN `unime serve` answers with a 500 naming the
-    request's field."""
+    e.g. NaN weights) is a `NonFiniteEmbedding` naming the model, how many inputs and the first such input.
+    `Embedder.encode` checks every encoding so (every command's: `unime embed`, search, the embedding cache's
+    `RunEncoder` of `index build`, `eval`, `mine`, the reasoned embedder of `reason eval` and GRPO) unless its caller
+    opts out (`check_finite=False`: `unime serve`, which answers a NaN with a 500 naming the request's input);
+    `RunEncoder` checks the vectors of any other encoder it is given (`eval reference`'s, a Python caller's)."""
     bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
     if bad.size:
-        first = items[bad[0]]
-        named = f"item {first.text[:80]!r}" if first.text else \
-            f"item of {'images' if first.images else 'video'} {list(first.images or first.video or ())[:2]}"
-        raise ModelError(f"embedder {model!r} returned NaN or inf for {bad.size} of {len(items)} inputs (the first: "
-                         f"{named}); its weights may hold NaN or inf")
+        raise NonFiniteEmbedding(model, int(bad.size), len(items), items[bad[0]], int(bad[0]))
     return vecs
 
 
@@ -266,13 +287,16 @@ class Embedder:
         return [ordered[s:s + bs] for s in range(0, len(ordered), bs)]
 
     def encode(self, items: Iterable[Any], *, batch_size: int | None = None, show_progress: bool = False,
-               normalize: bool = True, return_token_counts: bool = False, on_batch=None):
+               normalize: bool = True, return_token_counts: bool = False, on_batch=None,
+               check_finite: bool = True):
         """float32 array (n, hidden) in the order of `items`. Identical items (same `Item.key`) are encoded once,
         in the batches of `batch_plan`. With `return_token_counts`: (that array, int64 array (n,)) — the tokens the
         model read for each item (its row of the processor's input_ids without padding: the chat template and the
         image/video placeholder tokens included), counted on the encoded batches, not by a second tokenisation.
         `on_batch(n)`, when given, is called after each batch with the number of distinct items it encoded (a
-        caller's progress bar)."""
+        caller's progress bar). An embedding holding NaN or inf is a `NonFiniteEmbedding` naming the model and the
+        first such item (`refuse_non_finite`; a caller that knows where the item was read names it there), unless
+        `check_finite` is False: `unime serve` answers it per request, with a 500 naming the request's input."""
         import torch
 
         items = item_list(items)
@@ -308,6 +332,8 @@ class Embedder:
         finally:
             self.model.train(was_training)
         rows = [row[it.key] for it in items]
+        if check_finite:
+            refuse_non_finite(out[rows], items, self.name)
         return (out[rows], tokens[rows]) if return_token_counts else out[rows]
 
     @property

@@ -477,8 +477,11 @@ class RunEncoder:
 
     @contextlib.contextmanager
     def _named_where_read(self, entries: list[tuple[int, str, Item]]):
-        """A `DataError` of an item being encoded (the embedder tags it with the item, `Embedder.build_inputs`)
-        raised again naming the file, record and field the item was read from (`add`'s `where`)."""
+        """A `DataError` of an item being encoded (the embedder tags it with the item, `Embedder.build_inputs`), or
+        the `NonFiniteEmbedding` of the first item given NaN or inf, raised again naming the file, record and field
+        the item was read from (`add`'s `where`)."""
+        from unime.models.embedder import NonFiniteEmbedding
+
         try:
             yield
         except DataError as e:
@@ -486,6 +489,11 @@ class RunEncoder:
             if err is e:
                 raise
             raise err from e
+        except NonFiniteEmbedding as e:
+            place = next((self._where.get(row) for row, _, it in entries if it is e.item), None)
+            if place is None:
+                raise
+            raise e.naming(where=place) from e
 
     def _encode_block(self, chunk: list[tuple[int, str, Item]], t0: float) -> None:
         """Encode one block of `encode_pending` and save it: in one call, or — with a cache and an embedder that
@@ -576,13 +584,15 @@ class RunEncoder:
             kwargs["batch_size"] = self.batch_size
         if self.show_progress if show_progress is None else show_progress:
             kwargs["show_progress"] = True
-        from unime.models.embedder import refuse_non_finite
+        from unime.models.embedder import Embedder, refuse_non_finite
 
         vecs = np.asarray(self.embedder.encode(items, **kwargs), dtype=np.float32)
         if vecs.ndim != 2 or vecs.shape[0] != len(items):
             raise ValueError(f"the embedder returned shape {vecs.shape} for {len(items)} items")
-        # NaN or inf (e.g. NaN weights): refused naming the model before it is cached, not an index of NaN written
-        # without a word (`index build`) or a traceback in the metrics (`eval`) (QA)
+        if isinstance(self.embedder, Embedder):  # it refused NaN or inf itself (`Embedder.encode`)
+            return vecs
+        # another encoder's NaN or inf (`eval reference`'s, a Python caller's): refused naming the model before it is
+        # cached, not an index of NaN written without a word (`index build`) or a traceback in the metrics (`eval`)
         return refuse_non_finite(vecs, items, getattr(self.embedder, "name", None) or self.model_id)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:

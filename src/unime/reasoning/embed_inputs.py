@@ -189,10 +189,14 @@ class ReasonedEmbedder:
     def encode(self, items: Sequence[Item], tcots: Sequence[str | None], *, batch_size: int | None = None,
                show_progress: bool = False) -> np.ndarray:
         """float32 (n, hidden), no grad; identical (item, T-CoT) inputs are encoded once. An embedding holding NaN or
-        inf (the model's fault, e.g. NaN weights) is a `ModelError` naming the embedder and the first such input:
-        GRPO's rewards and `reason eval`'s metrics failed on it with a traceback naming neither (QA)."""
-        from unime.models.embedder import refuse_non_finite
+        inf (the model's fault, e.g. NaN weights) is the embedder's `NonFiniteEmbedding` naming the first such input
+        as given here, without its T-CoT: GRPO's rewards and `reason eval`'s metrics failed on it with a traceback
+        naming neither (QA)."""
+        from unime.models.embedder import NonFiniteEmbedding
 
         items = list(items)
-        return refuse_non_finite(self.embedder.encode(self.reasoned_items(items, list(tcots)), batch_size=batch_size,
-                                                      show_progress=show_progress), items, self.embedder.name)
+        try:
+            return self.embedder.encode(self.reasoned_items(items, list(tcots)), batch_size=batch_size,
+                                        show_progress=show_progress)
+        except NonFiniteEmbedding as e:
+            raise e.naming(item=items[e.index]) from None

@@ -147,8 +147,10 @@ class Engine:
             [self.count_tokens(it.text) for it in items], [padding_shape(it) for it in items], self.max_batch_tokens)
         out: list[Encoded] = [None] * len(items)  # type: ignore[list-item]
         for batch in batches:
+            # NaN or inf is answered per request (a 500 naming its input, `unime.serve.app`), not refused for the
+            # whole batch, other requests' inputs included
             vecs, tokens = self.embedder.encode([items[i] for i in batch], batch_size=len(batch),
-                                                return_token_counts=True)
+                                                return_token_counts=True, check_finite=False)
             for i, v, n in zip(batch, vecs, tokens):
                 out[i] = Encoded(v, int(n))
         return out
