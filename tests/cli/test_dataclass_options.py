@@ -267,7 +267,7 @@ PINNED = {
                    "--ood-scenes": None, "--train-per-task": None, "--eval-queries": None, "--candidates": None,
                    "--retrieval-images": None, "--compositional-pairs": None, "--image-size": None,
                    "--video-clips": 0, "--video-train-clips": None, "--video-frames": 8, "--video-size": 56},
-    "demo": {"--out": "runs/demo", "--quick": False, "--fresh": False, "--seeds": None, "--embed-steps": None,
+    "demo": {"--out": "runs/demo", "--preset": "default", "--quick": False, "--fresh": False, "--seeds": None, "--embed-steps": None,
              "--family": None,
              "--embed-rl": False, "--oracle-judge": False, "--allow-weak-judge": False, "--video-clips": None,
              "--device": "cpu", "--jobs": 0},
