@@ -564,3 +564,60 @@ def test_embed_rl_recipes_show_the_process_judge_4_negative_pairs(name):
     cfg = config_from_args(GRPOStageConfig, args, unset_is_none=True, weights=(0.05, 0.8, 0.2))
     cfg.validate()
     assert cfg.hard_negative_pairs == 4 and cfg.pairs_per_batch - 1 >= 4
+
+
+# Every `unime plan` figure a recipe's source quotes: (recipe, option, the plan's arguments after `--recipe NAME`,
+# the quoted text as a regex whose group is the figure). QA: the embed-rl recipes quoted figures of an older plan
+# (full fine-tuning of the reasoner: 150.9 / 155.2 GiB, now 199.9 / 204.2 since its fp32 master weights; the
+# embedder and reasoner stages 0.1-0.2 GiB off), and `unime plan --set lora-r=0`, as quoted, planned the embedder
+# (the recipe's default stage), so the reasons the docs gave were not what `unime plan` shows.
+_EMBED_RL = ("embed-rl/qwen3-vl-2b", "embed-rl/qwen3-vl-4b")
+_QUOTED_PLANS = [
+    *[(name, opt, argv, pattern) for name in _EMBED_RL for opt, argv, pattern in (
+        ("gradcache", ["--set", "gradcache=false"], r"\(`unime plan`: ([\d.]+) GiB\)"),
+        ("chunk-size", [], r"\(`unime plan`: ([\d.]+) GiB on 80\)"),
+        ("gradient-checkpointing", ["--stage", "reasoner-sft"],
+         r"`unime plan --stage reasoner-sft` ([\d.]+) GiB on 80"),
+        ("gradient-checkpointing", ["--stage", "reasoner-sft", "--set", "gradient-checkpointing=false"],
+         r"with it, ([\d.]+) GiB without"),
+        ("lora-r", ["--stage", "reasoner-grpo", "--gpus", "8", "--set", "lora-r=0"],
+         r"\(`unime plan --stage reasoner-grpo --gpus 8 --set lora-r=0`: ([\d.]+) GiB"),
+        ("lora-r", ["--stage", "reasoner-grpo"], r"\(`unime plan --stage reasoner-grpo`: ([\d.]+) GiB on 80\)"),
+        ("micro-batch", ["--stage", "reasoner-grpo", "--set", "micro-batch=40"],
+         r"`unime plan --stage reasoner-grpo --set micro-batch=40`: ([\d.]+) GiB on 80"))],
+    ("unime-v2/reranker-qwen2.5-vl-7b", "gradient-checkpointing", ["--set", "gradient-checkpointing=false"],
+     r"\(`unime plan`: ([\d.]+) GiB, "),
+    ("unime-v2/reranker-qwen2.5-vl-7b", "gradient-checkpointing", [], r"GiB, ([\d.]+) GiB with it\)"),
+]
+
+
+@pytest.mark.parametrize("name,option,argv,pattern", _QUOTED_PLANS,
+                         ids=[f"{n}:{o}:{' '.join(a)}" for n, o, a, _ in _QUOTED_PLANS])
+def test_the_plan_figures_a_recipe_quotes_are_what_unime_plan_shows(name, option, argv, pattern, capsys):
+    """The figure a recipe's source quotes for `unime plan ...` is the plan's total (printed to 0.01 GiB), to 0.1."""
+    source = load_recipe(name).options(_command_of(name, option))[option.replace("-", "_")].source
+    quoted = re.search(pattern, source)
+    assert quoted, (name, option, pattern, source)
+    assert main(["plan", "--recipe", name, *argv]) == 0
+    total = re.search(r"^  total +([\d.]+)", capsys.readouterr().out, re.M)
+    assert abs(float(total.group(1)) - float(quoted.group(1))) <= 0.05 + 1e-9, (name, option, argv, total.group(1))
+
+
+def _command_of(name: str, option: str) -> str:
+    """The command of recipe `name` whose settings hold `option` (train embedder before train reasoner)."""
+    return next(c for c, opts in load_recipe(name).commands.items() if option.replace("-", "_") in opts)
+
+
+@pytest.mark.parametrize("name", ["embed-rl/qwen3-vl-2b", "embed-rl/qwen3-vl-4b"])
+def test_the_full_fine_tuning_state_a_recipe_quotes_is_20_bytes_a_parameter(name):
+    """By hand: full fine-tuning under DDP holds per parameter fp32 master weights, fp32 gradients, DDP's fp32
+    gradient buckets and AdamW's two fp32 states: 5 x 4 = 20 bytes; the 8B reasoner's parameters counted on the
+    model built from its config (no weights)."""
+    from unime.models.known_checkpoints import meta_model
+
+    model = meta_model("Qwen/Qwen3-VL-8B-Instruct")
+    n = sum(p.numel() for p in (model[0] if isinstance(model, tuple) else model).parameters())
+    source = load_recipe(name).options("train reasoner")["lora_r"].source
+    quoted = re.search(r"AdamW states of ([\d.]+) B parameters alone take ([\d.]+) GiB of each device", source)
+    assert quoted, source
+    assert (quoted.group(1), quoted.group(2)) == (f"{n / 1e9:.2f}", f"{n * 20 / 2**30:.1f}")
