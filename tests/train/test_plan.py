@@ -933,3 +933,45 @@ def test_unime_plan_takes_the_process_pick_from_set_and_from_a_recipe(tiny_model
     assert "process judge (--process-pick score): the query prefix's KV cache" in capsys.readouterr().out
     assert main(recipe + ["--set", "process-pick=generate"]) == 0
     assert "process judge (--process-pick generate): 8 listwise prompts" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sets,line", [
+    (["gradcache=false", "chunk-size=4"], "plan: --chunk-size (command line (--set)) does nothing without --gradcache: "
+                                          "add --gradcache or drop --chunk-size"),
+    (["full", "lora-r=8"], "plan: --lora-r (command line (--set)) does nothing with --full: drop one of them"),
+])
+def test_a_set_option_the_trainer_refuses_as_doing_nothing_is_refused(sets, line, capsys):
+    """QA (README's `unime plan --recipe unime-v2/qwen2-vl-2b --set gradcache=false --set chunk-size=4`): the plan
+    ignored the chunk size and planned one forward of every sequence, where `unime train embedder` with the same
+    options refuses --chunk-size without --gradcache. The plan refuses a --set option the planned trainer refuses as
+    doing nothing; the recipe's own chunk size with --set gradcache=false stays quiet, as on the trainer."""
+    from unime.cli import main
+
+    argv = ["plan", "--recipe", "unime-v2/qwen2-vl-2b", *(a for s in sets for a in ("--set", s))]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"unime: error: {line}"
+    assert main(["plan", "--recipe", "unime-v2/qwen2-vl-2b", "--set", "gradcache=false"]) == 0
+
+
+def test_a_set_option_of_the_other_reasoner_stage_is_refused(capsys):
+    """`train reasoner --stage sft --beta 0.1` is refused (--beta acts only with --stage grpo); so is its plan."""
+    from unime.cli import main
+
+    assert main(["plan", "--recipe", "embed-rl/qwen3-vl-2b", "--stage", "reasoner-sft", "--set", "beta=0.1"]) == 2
+    assert capsys.readouterr().err.strip() == ("unime: error: plan: --beta (command line (--set)) does nothing with "
+                                               "--stage sft: it acts only with --stage grpo; drop --beta")
+
+
+def test_the_readme_plan_commands_run(capsys):
+    """Every `unime plan` command of the README's code blocks plans (exit 0)."""
+    import shlex
+    from pathlib import Path
+
+    from unime.cli import main
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    commands = [shlex.split(line, comments=True)[1:] for line in readme.read_text(encoding="utf-8").splitlines()
+                if line.startswith("unime plan ")]
+    assert len(commands) >= 2
+    for argv in commands:
+        assert main(argv) == 0, argv

@@ -77,6 +77,27 @@ def _refuse_lora_options_on_an_adapter(stage: str, args, model: str) -> None:
         refuse_lora_options_on_an_adapter(args, "plan", lora_options)
 
 
+def _refuse_options_that_do_nothing(stage: str, args) -> None:
+    """A trainer's rule (`unime.cli.refuse_ineffective_options`): a --set option that does nothing with the planned
+    run's other options (--chunk-size without --gradcache, a LoRA option with --full, an option of the other
+    reasoner stage) is refused, as the trainer refuses it, rather than planned quietly without it."""
+    from unime.cli import refuse_ineffective_options
+
+    if stage == "embedder":
+        from unime.cli.train import _EMBEDDER_NEEDS as rules
+    elif stage == "reranker":
+        from unime.cli.train_reranker import _ROLE_NEEDS
+
+        rules = _ROLE_NEEDS["reranker"]
+    elif stage in ("reasoner-sft", "reasoner-grpo"):
+        from unime.cli.train_reasoner import _stage_needs
+
+        rules = _stage_needs()
+    else:
+        return
+    refuse_ineffective_options(args, "plan", rules)
+
+
 def _stage_defaults(command_args, model: str, options: dict) -> dict:
     """The planned command's options left unset whose default depends on its stage (`_unset_values`, as its
     `--print-config` shows them: `train reasoner`'s --lora-r, sft 16 / grpo 0, or an adapter's own rank)."""
@@ -101,6 +122,7 @@ def _plan(args) -> int:
     command = STAGE_COMMANDS[stage]
     command_args = _command_args(command, args.recipe if recipe and command in recipe.commands else None,
                                  opts.overrides, STAGE_ARGS.get(stage, ()))
+    _refuse_options_that_do_nothing(stage, command_args)
     options = _options_of(command_args)
     # a recipe's plan names the model of its plan stage; its reasoner (`plan: {reasoner: ...}`) for the reasoner's
     plan_model = (recipe.plan.get("reasoner") if stage in STAGE_ARGS else recipe.plan.get("model")) if recipe else None
