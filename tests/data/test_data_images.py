@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.bad_inputs import png_header_only
 from unime.data.images import ImageLoader, real_path_under
 from unime.errors import DataError
 
@@ -108,6 +109,19 @@ def test_pixel_limit_checked(root):
     with pytest.raises(DataError, match="40x30=1200 pixels, over the limit 1000"):
         ImageLoader(root, max_pixels=1000).load("img/big.png")
     assert ImageLoader(root, max_pixels=1200).load("img/big.png").size == (40, 30)
+
+
+def test_an_image_past_pils_own_limit_is_refused_by_the_loaders_limit(root):
+    """QA: a header of 60000x60000 pixels was refused quoting PIL's limit (178956970 pixels), one the user cannot
+    set, not the loader's own (`unime serve --max-image-pixels`)."""
+    (root / "img" / "bomb.png").write_bytes(png_header_only(60000, 60000))
+    with pytest.raises(DataError) as e:
+        ImageLoader(root, max_pixels=16_000_000).load("img/bomb.png")
+    assert str(e.value) == "image img/bomb.png has 3600000000 pixels, over the limit 16000000"
+    with pytest.raises(DataError) as e:  # a limit above PIL's: PIL's is the one met, and said so
+        ImageLoader(root, max_pixels=4_000_000_000).check_header("img/bomb.png")
+    assert str(e.value) == ("image img/bomb.png has 3600000000 pixels, over PIL's limit 178956970 (its "
+                            "decompression-bomb guard), which is below the limit 4000000000 asked for")
 
 
 def test_exif_rotation_applied(root):

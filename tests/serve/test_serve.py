@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.bad_inputs import png_header_only
 from tests.data.helpers import write_clip
 from tests.index.helpers import mapped_files, needs_proc_maps
 from tests.serve.helpers import COLOURS, Server, png_uri, write_corpus
@@ -401,6 +402,9 @@ BAD = [
     ("too many items", dict(json={"model": MODEL, "input": ["x"] * 17}), 413, "over the limit of 16"),
     ("long text", dict(json={"model": MODEL, "input": "y" * 501}), 400, "over the limit of 500"),
     ("bomb image", dict(json={"model": MODEL, "input": [{"image": "BOMB"}]}), 400, "over the limit 1000000"),
+    # QA: an image past PIL's own limit quoted PIL's (178956970 pixels), not the server's --max-image-pixels
+    ("bomb header", dict(json={"model": MODEL, "input": [{"image": "BOMB_HEADER"}]}), 400,
+     "field 'input[0].image': image <inline bytes> has 3600000000 pixels, over the limit 1000000"),
     ("file path", dict(json={"model": MODEL, "input": [{"image": "/etc/passwd"}]}), 400, "never reads files"),
     ("relative path", dict(json={"model": MODEL, "input": [{"image": "img/red.png"}]}), 400, "never reads files"),
     ("url", dict(json={"model": MODEL, "input": [{"image": "http://127.0.0.1:1/x.png"}]}), 400, "fetches URLs"),
@@ -426,6 +430,9 @@ def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(server, name, 
     key = kw.pop("key", KEY)
     if "json" in kw and kw["json"].get("input") == [{"image": "BOMB"}]:
         kw["json"] = {**kw["json"], "input": [{"image": _bomb()}]}
+    if "json" in kw and kw["json"].get("input") == [{"image": "BOMB_HEADER"}]:
+        uri = "data:image/png;base64," + base64.b64encode(png_header_only(60000, 60000)).decode()
+        kw["json"] = {**kw["json"], "input": [{"image": uri}]}
     with _client(server, key) as c:
         r = c.post("/v1/embeddings", **kw)
         assert r.status_code == status, r.text

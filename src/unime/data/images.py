@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -257,9 +258,20 @@ class ImageLoader:
                 except (OSError, SyntaxError, ValueError) as e:
                     raise DataError(f"corrupt image {name}: {e}", source=source, record=record, field=field) from None
                 return _normalise(img)
-        except Image.DecompressionBombError as e:  # PIL's own guard, in case ours was raised higher
-            raise DataError(f"image {name} rejected as a decompression bomb: {e}", source=source, record=record,
-                            field=field) from None
+        except Image.DecompressionBombError as e:  # PIL's own guard (2 x Image.MAX_IMAGE_PIXELS), met before ours
+            raise DataError(self._bomb_message(name, str(e)), source=source, record=record, field=field) from None
+
+    def _bomb_message(self, name: str, pil_message: str) -> str:
+        """The refusal of an image that PIL's own guard refused on opening it, before `_read` saw its size: its
+        pixels (counted in PIL's message) against this loader's limit, the one the user sets, not PIL's; PIL's
+        limit only where the user's is higher (no image past it is read)."""
+        pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL refuses past twice its warning threshold
+        found = re.search(r"\((\d+) pixels\)", pil_message)
+        has = f"has {found.group(1)} pixels" if found else f"has more than {pil_limit} pixels"
+        if self.max_pixels < pil_limit:
+            return f"image {name} {has}, over the limit {self.max_pixels}"
+        return f"image {name} {has}, over PIL's limit {pil_limit} (its decompression-bomb guard), which is below " \
+               f"the limit {self.max_pixels} asked for"
 
     def _check_aspect(self, size: tuple[int, int], name: str, *, source, record, field) -> None:
         problem = aspect_ratio_problem(f"image {name}", size, self.max_aspect_ratio)
