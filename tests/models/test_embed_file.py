@@ -387,3 +387,32 @@ def test_the_encode_bar_moves_with_each_batch_not_only_at_the_end_of_a_chunk(tin
                  "--batch-size", "2", "--out", str(tmp_path / "x.npy")]) == 0
     assert seen == [[0], [2], [4]]
     assert [b.n for b in bars if b.desc == "encode"] == [6]
+
+
+def test_embed_says_once_that_a_model_not_on_disk_keys_its_record_by_its_name(tiny_model_dir, tmp_path, monkeypatch,
+                                                                              caplog):
+    """QA: `unime embed --model <hub id>` logged `model_fingerprint`'s warning (the model keyed by its name only)
+    twice: for its finished run's key, before the model loads, and again for its chunks' key. Once now, with the
+    keys of before (`model_fingerprinter` gives what `model_fingerprint` gives: a run resumed across the change keeps
+    its chunks). (The tiny model is taken as not on disk: `_local_model_dir` answers None, as for a hub id.)"""
+    import logging
+
+    from unime.models import embedding_cache
+
+    model = tiny_model_dir()
+    monkeypatch.setattr(embedding_cache, "_local_model_dir", lambda path: None)
+    (tmp_path / "items.jsonl").write_text(json.dumps({"text": "a red square"}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="unime.models.embedding_cache"):
+        assert main(["embed", "--model", model, "--items", str(tmp_path / "items.jsonl"), "--out",
+                     str(tmp_path / "e.npy"), "--device", "cpu"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "unime.models.embedding_cache"] == [
+        f"model {model} is not a local folder; unime embed's record of its finished run and chunks is keyed by its "
+        "name only"]
+    from unime.models.embedding_cache import model_fingerprint, model_fingerprinter
+
+    fingerprint = model_fingerprinter(model, keyed="x")
+    for settings in (None, {"dtype": "fp32"}):
+        assert fingerprint(settings) == model_fingerprint(model, settings)
+    monkeypatch.undo()  # on disk: keyed by its files, as before
+    assert model_fingerprinter(model, keyed="x")({"a": 1}) == model_fingerprint(model, {"a": 1}) != \
+        model_fingerprint("elsewhere", {"a": 1})

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -102,7 +102,9 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None, *,
     checker = ImageChecker(checkpoint_image_loader(cfg.model, image_budget, root, video=video_sampling))
     path = Path(cfg.out)
     digests = work_digests(path)  # a re-run of a killed (or finished) run reads no image again for its key
-    done_key = embed_done_key(cfg, root, checker, digests)  # before any image is opened
+    # the model looked up once for both keys: one not on disk said once to be keyed by its name (QA: twice)
+    fingerprint = _fingerprinter(cfg.model)
+    done_key = embed_done_key(cfg, root, checker, digests, fingerprint=fingerprint)  # before any image is opened
     if finished_before(path, "embed", done_key, overwrite=overwrite, again="encodes again"):
         rows, dim = np.load(path, mmap_mode="r").shape
         return path, int(rows), int(dim), skips
@@ -120,7 +122,8 @@ def encode_items_file(cfg: EmbedConfig, skips: SkipReport | None = None, *,
                                            skips=skips)
 
     def make_work(rows):
-        key = embed_work_key(emb, cfg.model, cfg.dtype, [r[0] for r in rows], digests=digests)
+        key = embed_work_key(emb, cfg.model, cfg.dtype, [r[0] for r in rows], digests=digests,
+                             fingerprint=fingerprint)
         return ChunkWork(path, "embed", key, rows=len(rows), per_chunk=ITEMS_PER_CHUNK, digests=digests,
                          lines=[r[1] for r in rows])
 
@@ -177,15 +180,15 @@ def within_context(emb, items: list[Item], lines: list[int], records: list[str],
     return tuple(list(x) for x in zip(*kept)) if len(kept) < len(items) else (items, lines, records)
 
 
-def embed_done_key(cfg: EmbedConfig, root: str, checker: ImageChecker, digests: ImageDigests) -> dict | None:
+def embed_done_key(cfg: EmbedConfig, root: str, checker: ImageChecker, digests: ImageDigests, *,
+                   fingerprint: Callable[[dict | None], str] | None = None) -> dict | None:
     """What `encode_items_file`'s output depends on, told before the model loads (`finished_before`): the items file's
     bytes and the bytes of the images its items reference (looked up, none opened; known from `digests`), the model by
     its files, the data root and every option but where the output goes. None when it cannot be told (an image not
-    readable: the check names it)."""
+    readable: the check names it). `fingerprint`: the model's `model_fingerprinter`, when the caller has it."""
     from dataclasses import asdict
 
     from unime.data.image_digests import digest_items, file_sha1
-    from unime.models.embedding_cache import model_fingerprint
 
     try:
         items, _, _ = read_items_file(cfg.items, image_loader=checker, on_error="skip", skips=SkipReport(),
@@ -193,32 +196,38 @@ def embed_done_key(cfg: EmbedConfig, root: str, checker: ImageChecker, digests: 
         return {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "model", "data_root")},
                 "items_sha1": file_sha1(cfg.items), "data_root": str(Path(root).resolve()),
                 "images": digest_items(items, checker.loader, digests),
-                "model": model_fingerprint(cfg.model, keyed="unime embed's record of its finished run")}
+                "model": (fingerprint or _fingerprinter(cfg.model))(None)}
     except (OSError, DataError):
         return None
 
 
-def embed_work_key(emb, model: str, dtype: str | None, items: list[Item], *,
-                   digests: ImageDigests | None = None) -> dict:
+def embed_work_key(emb, model: str, dtype: str | None, items: list[Item], *, digests: ImageDigests | None = None,
+                   fingerprint: Callable[[dict | None], str] | None = None) -> dict:
     """What the vectors of `items` depend on, the key of the finished chunks: the items (in order) and the bytes of
     their images, and the model as the embedding cache identifies its vectors (`model_fingerprint` with the settings
     that change them: pooling, dtype, resolution, attention kernel, device type). Not the batch size, which `unime
     mine` does not count as changing its vectors either. The image paths are resolved by the embedder's loader, their
     bytes known from `digests`: those the work folder of a killed run kept (`unime.models.chunk_work.work_digests`,
     removed with it when the output is written), an image read again only if its size or mtime changed (default:
-    each image read)."""
+    each image read). `fingerprint`: the model's `model_fingerprinter`, when the caller has it."""
     import hashlib
 
     from unime.data.image_digests import digest_items
-    from unime.models.embedding_cache import cache_settings, embedding_settings, model_fingerprint
+    from unime.models.embedding_cache import cache_settings, embedding_settings
 
     listed = hashlib.sha1()
     for it in items:
         listed.update(f"{it.key}\n".encode())
     digests = digests if digests is not None else ImageDigests()
     return {"items": listed.hexdigest(), "images": digest_items(items, emb.image_loader, digests),
-            "model": model_fingerprint(model, cache_settings(embedding_settings(emb, dtype), emb),
-                                       keyed="unime embed's record of its finished chunks")}
+            "model": (fingerprint or _fingerprinter(model))(cache_settings(embedding_settings(emb, dtype), emb))}
+
+
+def _fingerprinter(model: str) -> Callable[[dict | None], str]:
+    """The `model_fingerprinter` of `unime embed`'s two keys (its finished run's, its chunks')."""
+    from unime.models.embedding_cache import model_fingerprinter
+
+    return model_fingerprinter(model, keyed="unime embed's record of its finished run and chunks")
 
 
 def encode_in_chunks(emb, items: list[Item], work: ChunkWork) -> np.ndarray:

@@ -110,6 +110,20 @@ def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None =
     return _fingerprint(path, _local_model_dir(str(path)), settings, keyed=keyed)
 
 
+def model_fingerprinter(path: str | os.PathLike, *, keyed: str) -> Callable[[dict[str, Any] | None], str]:
+    """`model_fingerprint` of `path` under any settings, for a caller that makes several keys of one model: the model
+    looked up once, and a model not on disk said once to key `keyed` by its name (QA: `unime embed` said it twice,
+    for its finished run's key and its chunks')."""
+    folder = _local_model_dir(str(path))
+    if folder is None:
+        _say_keyed_by_name(path, keyed)
+    return lambda settings=None: _fingerprint(path, folder, settings, keyed=None)
+
+
+def _say_keyed_by_name(path, keyed: str) -> None:
+    log.warning("model %s is not a local folder; %s is keyed by its name only", path, keyed)
+
+
 def run_folder_top_level_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None = None) -> str | None:
     """The key a training run folder had before it was keyed by the folder loading reads (`model_fingerprint`): that
     of its own top-level files, blind to its weights; None for any other model. Lets a record keyed that way (an
@@ -123,10 +137,12 @@ def run_folder_top_level_fingerprint(path: str | os.PathLike, settings: dict[str
 
 
 def _fingerprint(path: str | os.PathLike, folder: Path | None, settings: dict[str, Any] | None, *,
-                 keyed: str = "its fingerprint") -> str:
+                 keyed: str | None = "its fingerprint") -> str:
+    """`keyed` None: a model not on disk is not said to be keyed by its name (the caller said so)."""
     h = hashlib.sha256()
     if folder is None:
-        log.warning("model %s is not a local folder; %s is keyed by its name only", path, keyed)
+        if keyed is not None:
+            _say_keyed_by_name(path, keyed)
         h.update(f"name\0{path}\n".encode())
     else:
         _folder_fingerprint(folder, h)
