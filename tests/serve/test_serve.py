@@ -709,6 +709,57 @@ def test_a_second_sigterm_forces_the_exit_as_a_second_ctrl_c_does(world, tmp_pat
         s.stop()
 
 
+def test_a_second_ctrl_c_cuts_the_request_in_flight_without_a_traceback_in_the_log(world, tmp_path):
+    """QA: a second Ctrl-C (uvicorn's forced exit) cut the request in flight (a 503) and exited 130 as it should, but
+    logged `ERROR: Traceback ... KeyboardInterrupt / CancelledError` from uvicorn's shutdown."""
+    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "1", "--graceful-timeout", "120"],
+               log_path=tmp_path / "log").wait_ready()
+    try:
+        result = {}
+        texts = [f"a long request item {i} " * 40 for i in range(256)]
+
+        def call():
+            try:
+                result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts},
+                                         timeout=300).status_code
+            except httpx.HTTPError as e:
+                result["r"] = type(e).__name__
+
+        t = threading.Thread(target=call)
+        t.start()
+        _wait_until_served(s, result)
+        s.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        assert s.proc.poll() is None and "r" not in result  # draining: the request still runs
+        s.proc.send_signal(signal.SIGINT)
+        assert s.proc.wait(60) == 130
+        t.join(60)
+        assert result["r"] in (503, "RemoteProtocolError", "ReadError"), result
+    finally:
+        s.stop()
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log and "CancelledError" not in log, log
+
+
+def test_the_lifespans_logger_on_a_forced_exit_drops_its_cancellation_alone(caplog):
+    """The filter of a forced exit (`_quiet_lifespan_cancel`) drops the lifespan task's cancellation, raised or told
+    in Starlette's traceback text, and nothing else: another error is still logged."""
+    import asyncio
+    import logging
+
+    from unime.serve.runner import _quiet_lifespan_cancel
+
+    quiet = _quiet_lifespan_cancel(logging.getLogger("uvicorn.error"))
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        quiet.error("Traceback (most recent call last):\n  File x\nasyncio.exceptions.CancelledError\n")
+        quiet.error("Exception in 'lifespan' protocol\n", exc_info=asyncio.CancelledError())
+        quiet.error("Traceback (most recent call last):\n  File x\nRuntimeError: the index is gone\n")
+        quiet.error("Exception in 'lifespan' protocol\n", exc_info=ValueError("bad"))
+    assert [(r.getMessage().splitlines()[0], r.exc_info and type(r.exc_info[1]).__name__) for r in caplog.records] == [
+        ("Traceback (most recent call last):", None), ("Exception in 'lifespan' protocol", "ValueError")]
+    assert caplog.records[0].getMessage().endswith("RuntimeError: the index is gone\n")
+
+
 def test_requests_cut_by_the_graceful_timeout_get_a_503_and_no_traceback(world, tmp_path):
     """QA: with --graceful-timeout 0.5, the requests still running when it ran out were cancelled by uvicorn and each
     answered 500 "Internal Server Error" with a CancelledError traceback in the log. Now each is a JSON 503 "server

@@ -82,6 +82,8 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
             async def shutdown(self, sockets=None) -> None:
                 app.state.shutting_down = True  # requests cancelled from here on are answered 503 (`app.Observe`)
                 await super().shutdown(sockets=sockets)
+                if self.force_exit:  # (`_quiet_lifespan_cancel`)
+                    self.lifespan.logger = _quiet_lifespan_cancel(self.lifespan.logger)
 
             def handle_exit(self, sig, frame) -> None:
                 # uvicorn forces the exit on a second Ctrl-C only: a second SIGTERM was ignored and the drain ran on
@@ -106,6 +108,31 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+class _NotTheCancel(logging.Filter):
+    """Drops a record of a CancelledError: raised (its exc_info), or told by the traceback its message ends with
+    (Starlette's `lifespan.shutdown.failed` message, which uvicorn logs as it is)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import asyncio
+
+        if record.exc_info:
+            return not isinstance(record.exc_info[1], asyncio.CancelledError)
+        last = str(record.msg).rstrip().rsplit("\n", 1)[-1]
+        return not last.startswith(("asyncio.exceptions.CancelledError", "CancelledError"))
+
+
+def _quiet_lifespan_cancel(logger: logging.Logger) -> logging.Logger:
+    """`logger` (uvicorn's lifespan's) without the record of its task's cancellation: on a forced exit (a second
+    Ctrl-C) uvicorn skips the app's shutdown, and its lifespan task, left waiting for it, is cancelled as the event
+    loop closes; Starlette then reported a failed shutdown, which uvicorn logged as an ERROR with the traceback of a
+    KeyboardInterrupt and a CancelledError (QA; the exit, 130, and the 503s were right). No code of the app's runs
+    there (its shutdown never starts); any other error of the lifespan is still logged, where it was."""
+    quiet = logger.getChild("forced_exit")  # its records reach the handlers `logger`'s reach
+    if not any(isinstance(f, _NotTheCancel) for f in quiet.filters):
+        quiet.addFilter(_NotTheCancel())
+    return quiet
 
 
 def replica_placement(config: ServeConfig, *, num_cpus: float, num_gpus: float) -> ServeConfig:
