@@ -677,66 +677,52 @@ def test_ctrl_c_stops_the_server_cleanly_with_exit_status_0(world, tmp_path):
     assert "interrupted" not in (tmp_path / "log").read_text()
 
 
+def _signal_twice_during_a_request(world, tmp_path, sig: int) -> tuple[int, object]:
+    """A server sent `sig` twice while it serves a long request, the second once it drains: (its exit status, the
+    request's status code or the client's error)."""
+    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "1", "--graceful-timeout", "120"],
+               log_path=tmp_path / "log").wait_ready()
+    try:
+        result = {}
+        texts = [f"a long request item {i} " * 40 for i in range(256)]
+
+        def call():
+            try:
+                result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts},
+                                         timeout=300).status_code
+            except httpx.HTTPError as e:
+                result["r"] = type(e).__name__
+
+        t = threading.Thread(target=call)
+        t.start()
+        _wait_until_served(s, result)
+        s.proc.send_signal(sig)
+        time.sleep(0.3)
+        assert s.proc.poll() is None and "r" not in result  # draining: the request still runs
+        s.proc.send_signal(sig)
+        status = s.proc.wait(60)
+        t.join(60)
+        return status, result["r"]
+    finally:
+        s.stop()
+
+
 def test_a_second_sigterm_forces_the_exit_as_a_second_ctrl_c_does(world, tmp_path):
     """QA: the README says a second signal is a forced exit (requests cut; SIGTERM: 143), but uvicorn forces only on a
     second Ctrl-C: a second SIGTERM was ignored, the drain ran on to its end (up to --graceful-timeout) and the
     process exited 0. Now a second SIGTERM forces the exit as a second Ctrl-C does: the request in flight is cut (a
     503, or its connection closed) and the process ends by SIGTERM."""
-    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "1", "--graceful-timeout", "120"],
-               log_path=tmp_path / "log").wait_ready()
-    try:
-        result = {}
-        texts = [f"a long request item {i} " * 40 for i in range(256)]
-
-        def call():
-            try:
-                result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts},
-                                         timeout=300).status_code
-            except httpx.HTTPError as e:
-                result["r"] = type(e).__name__
-
-        t = threading.Thread(target=call)
-        t.start()
-        _wait_until_served(s, result)
-        s.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert s.proc.poll() is None and "r" not in result  # draining: the request still runs
-        s.proc.send_signal(signal.SIGTERM)
-        assert s.proc.wait(60) == -signal.SIGTERM
-        t.join(60)
-        assert result["r"] in (503, "RemoteProtocolError", "ReadError"), result
-    finally:
-        s.stop()
+    status, request = _signal_twice_during_a_request(world, tmp_path, signal.SIGTERM)
+    assert status == -signal.SIGTERM
+    assert request in (503, "RemoteProtocolError", "ReadError"), request
 
 
 def test_a_second_ctrl_c_cuts_the_request_in_flight_without_a_traceback_in_the_log(world, tmp_path):
     """QA: a second Ctrl-C (uvicorn's forced exit) cut the request in flight (a 503) and exited 130 as it should, but
     logged `ERROR: Traceback ... KeyboardInterrupt / CancelledError` from uvicorn's shutdown."""
-    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "1", "--graceful-timeout", "120"],
-               log_path=tmp_path / "log").wait_ready()
-    try:
-        result = {}
-        texts = [f"a long request item {i} " * 40 for i in range(256)]
-
-        def call():
-            try:
-                result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts},
-                                         timeout=300).status_code
-            except httpx.HTTPError as e:
-                result["r"] = type(e).__name__
-
-        t = threading.Thread(target=call)
-        t.start()
-        _wait_until_served(s, result)
-        s.proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        assert s.proc.poll() is None and "r" not in result  # draining: the request still runs
-        s.proc.send_signal(signal.SIGINT)
-        assert s.proc.wait(60) == 130
-        t.join(60)
-        assert result["r"] in (503, "RemoteProtocolError", "ReadError"), result
-    finally:
-        s.stop()
+    status, request = _signal_twice_during_a_request(world, tmp_path, signal.SIGINT)
+    assert status == 130
+    assert request in (503, "RemoteProtocolError", "ReadError"), request
     log = (tmp_path / "log").read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log and "CancelledError" not in log, log
 
