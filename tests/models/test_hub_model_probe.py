@@ -308,16 +308,12 @@ def test_an_adapter_on_the_hub_is_fetched_after_one_probe_of_each_file(hub):
 
 def test_hf_hub_offline_set_after_huggingface_hub_read_it_keeps_the_adapter_check_off_the_hub(hub, monkeypatch):
     """HF_HUB_OFFLINE=1 in the environment, set after huggingface_hub read it at import (its constant still False):
-    the adapter check reads only the cache, as the probe does (`_hub_offline`); it asked the hub before. An id not
-    in the cache is refused from the cache alone."""
-    from unime.errors import ModelError
+    the adapter check reads only the cache, as the probe does (`_hub_offline`); it asked the hub before."""
     from unime.models.loading import hub_adapter_config, refuse_unreachable_hub_model
 
     hub.answer(ConnectionRefusedError(111, "refused"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match=r"^model 'some-org/missing': no such local folder, and not in the local "
-                       r"Hugging Face cache \(HF_HUB_OFFLINE is set"):
-        refuse_unreachable_hub_model(REPO)
+    refuse_unreachable_hub_model(REPO)
     assert hub_adapter_config(REPO) is None
     assert hub.probes == [] and hub.downloads == []
 

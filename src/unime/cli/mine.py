@@ -54,18 +54,12 @@ def _mine(args) -> int:
         raise  # a config's refusal: the one line names the options by their flags (`unime.cli.failures.describe`)
     except ValueError as e:
         raise UsageError(str(e), command="mine") from None
-    from unime.models.loading import loading_as, refuse_missing_local_model, refuse_unreachable_hub_model
+    from unime.models.loading import refuse_missing_local_model
 
-    # before any work, each named by its option (the judge loads only after the retrieval's encoding); a hub id
-    # too: offline, one not in the local cache (QA: --out was made and the retrieval encoded before the judge failed)
-    checked = [(cfg.embedder, "--embedder")]
+    # before any work, each named by its option (the judge loads only after the retrieval's encoding)
+    refuse_missing_local_model(cfg.embedder, "--embedder")
     if cfg.backend != "oracle":  # (the oracle's --judge is the world or a labels file)
-        checked.append((cfg.judge, "--judge"))
-    for model, option in checked:
-        refuse_missing_local_model(model, option)
-        if option == "--embedder" or cfg.backend != "ray":  # ray's judges load on its nodes, from their caches
-            with loading_as(option):
-                refuse_unreachable_hub_model(model)
+        refuse_missing_local_model(cfg.judge, "--judge")
     result = run_mining(cfg)
     if result is None:  # a process other than rank 0 under torchrun: rank 0 reports
         _end_torchrun_worker()

@@ -429,27 +429,21 @@ def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
     (its config.json, or an adapter's adapter_config.json) when the hub cannot be reached or has no such model: the
     hub is asked once, without retries (`_probe_hub`) — transformers' loads retried with backoff, and a command on
     such an id waited ~2.5 minutes on a machine without network before its error (QA). Not asked: a local path,
-    HF_HUB_OFFLINE set (only the cache is read: an id not there is refused from the cache alone — `unime mine
-    --judge` encoded its whole retrieval before the load said so, QA), or an id the hub was already asked about in
-    this process (for its adapter_config.json too: `_hub_adapter_config_file`). A cached id is asked the same way,
-    never refused: a hub that cannot be reached switches this process to the cache only (`_read_hub_cache_only`).
-    A hub that answers changes nothing."""
+    HF_HUB_OFFLINE set (only the cache is read: the load says what is missing), or an id the hub was already asked
+    about in this process (for its adapter_config.json too: `_hub_adapter_config_file`). A cached id is asked the
+    same way, never refused: a hub that cannot be reached switches this process to the cache only
+    (`_read_hub_cache_only`). A hub that answers changes nothing."""
     from huggingface_hub import try_to_load_from_cache
 
     from unime.errors import ModelError
 
     text = str(model)
-    if Path(model).exists():
+    if Path(model).exists() or _hub_offline():
         return
     refuse_missing_local_model(model, only_mistyped=True)  # a mistyped local path: not asked of the hub
     try:
         cached = any(isinstance(try_to_load_from_cache(text, name), str) for name in ("config.json", ADAPTER_CONFIG))
     except ValueError:  # not a repo id: the load says what is missing
-        return
-    if _hub_offline():
-        if not cached:  # the load's own message family (`_naming_the_model`)
-            raise ModelError(f"model {text!r}: no such local folder, and not in the local Hugging Face cache "
-                             "(HF_HUB_OFFLINE is set: only the cache is read)")
         return
     if cached:
         _read_hub_cache_only(text)
