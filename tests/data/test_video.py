@@ -1439,3 +1439,110 @@ def test_a_heic_image_is_read_by_pillow_heif_once_it_is_installed(tmp_path, monk
         if "FAKEHEIF" in Image.ID:
             Image.ID.remove("FAKEHEIF")
     FRAME_CACHE.clear()
+
+
+# -- a video stream without a decodable frame ------------------------------------------------------------
+
+def _frameless_clip(path: Path, codec: str = "mpeg4", *, audio: bool = False, options=None) -> Path:
+    """A container with a 64 x 48 video stream of `codec` and no packet (the header written, no frame muxed); with
+    `audio`, a second of silence beside it (the file then holds packets, none of them video)."""
+    c = av.open(str(path), "w", options=options or {})
+    s = c.add_stream(codec, rate=10)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    if audio:
+        _mux_silence(c, c.add_stream("libopus" if path.suffix == ".webm" else "aac", rate=48000), 1.0)
+    else:
+        c.start_encoding()
+    c.close()
+    return path
+
+
+def _garbled_clip(path: Path, codec: str = "mpeg4", n: int = 5) -> Path:
+    """`n` frames encoded by `codec`, each packet muxed with its bytes replaced by as many seeded random ones (its
+    time stamps and keyframe flag kept): a header FFmpeg reads, `n` packets none of which decodes."""
+    import random
+
+    rng = random.Random(0)
+    c = av.open(str(path), "w")
+    s = c.add_stream(codec, rate=10)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    frames = [av.VideoFrame.from_ndarray(np.full((48, 64, 3), 12 * i, np.uint8), format="rgb24") for i in range(n)]
+    for packet in [p for f in [*frames, None] for p in s.encode(f)]:
+        bad = av.Packet(bytes(rng.randrange(256) for _ in range(packet.size)))
+        bad.stream, bad.time_base, bad.is_keyframe = s, packet.time_base, packet.is_keyframe
+        bad.pts, bad.dts, bad.duration = packet.pts, packet.dts, packet.duration
+        c.mux(bad)
+    c.close()
+    return path
+
+
+def _no_frame_corpus(root: Path) -> dict[str, str]:
+    """Files whose video stream gives no frame, and what is said of each (by hand: 5 frames encoded, 5 packets)."""
+    none = "its video stream has no frames"
+    _frameless_clip(root / "empty.mkv")  # Matroska / WebM: no cluster, FFmpeg's demuxer stops at "End of file"
+    _frameless_clip(root / "empty.webm", "libvpx")
+    _frameless_clip(root / "empty.avi")  # its header says 0 frames
+    _frameless_clip(root / "silent.mkv", audio=True)  # clusters of audio, no video packet
+    _frameless_clip(root / "silent.webm", "libvpx", audio=True)
+    # a fragmented MP4's empty moov (a recording stopped before its first fragment): no frame size for MPEG-4 Part 2
+    _frameless_clip(root / "frag.mp4", options={"movflags": "frag_keyframe+empty_moov"})
+    _frameless_clip(root / "frag264.mp4", "libx264", options={"movflags": "frag_keyframe+empty_moov"})
+    _garbled_clip(root / "garbled.mkv")
+    _garbled_clip(root / "garbled.webm", "libvpx")
+    _garbled_clip(root / "garbled.mp4")  # MPEG-4 Part 2 in MP4: FFmpeg finds no frame size without a frame
+    return {**{f: f"empty video {f}: {none}" for f in ("empty.mkv", "empty.webm", "empty.avi", "silent.mkv",
+                                                         "silent.webm", "frag.mp4", "frag264.mp4")},
+            **{f: f"corrupt video {f}: none of its 5 packet(s) decode" for f in ("garbled.mkv", "garbled.webm",
+                                                                                 "garbled.mp4")}}
+
+
+def test_a_video_stream_without_a_decodable_frame_is_said_to_be_empty_or_to_have_no_packet_that_decodes(tmp_path):
+    """A video stream of no packet (.mkv, .webm, .avi, a fragmented .mp4's empty moov, clusters of audio alone) or of
+    packets none of which decodes was "corrupt or unreadable video X: End of file", "announces no frames", "has an
+    empty frame size 0x0", "corrupt or unseekable video X: [Errno 1094995529] Invalid data ..." or "it decoded 0
+    frames once, not again: max() arg is an empty sequence": decoding it, probing its header and `data check` say
+    what is wrong, naming the record and the field."""
+    import re
+
+    from unime.data.io import ImageChecker
+    from unime.data.video import probe_video_file
+
+    expected = _no_frame_corpus(tmp_path)
+    loader = ImageLoader(tmp_path)
+    for name, message in expected.items():
+        where = {"source": "v.jsonl", "record": name, "field": "query.video"}
+        readers = {"file": lambda: loader.load_video([name], **where),
+                   "bytes": lambda: loader.load_video([(tmp_path / name).read_bytes()], **where),
+                   "probe": lambda: probe_video_file(loader, name, **where)}
+        for how, read in readers.items():
+            FRAME_CACHE.clear()
+            if how == "probe" and name in ("garbled.mkv", "garbled.webm", "silent.mkv", "silent.webm"):
+                read()  # a whole header with a frame size (and a duration, the audio's): the probe decodes nothing
+                continue
+            with pytest.raises(DataError) as e:
+                read()
+            said = message if how != "bytes" else message.replace(name, "<inline video bytes>")
+            assert str(e.value).startswith(f"v.jsonl, record {name}, field 'query.video': {said}"), (how, str(e.value))
+            assert (e.value.source, e.value.record, e.value.field) == ("v.jsonl", name, "query.video")
+        with pytest.raises(DataError, match=re.escape(message)):
+            ImageChecker(loader).check_item("query", Item.from_dict({"video": name}), source="v.jsonl", record=1)
+    FRAME_CACHE.clear()
+
+
+def test_data_check_says_which_videos_have_no_frame_and_which_have_no_packet_that_decodes(tmp_path, capsys):
+    import json
+
+    from unime.cli import main
+
+    expected = _no_frame_corpus(tmp_path)
+    f = tmp_path / "r.jsonl"
+    f.write_text("".join(json.dumps({"id": name, "query": {"text": "q"}, "positive": {"video": name}}) + "\n"
+                         for name in expected))
+    FRAME_CACHE.clear()
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"skipped {len(expected)} record(s) (video: {len(expected)})", out
+    for line, (name, message) in zip(out[2:], expected.items()):
+        assert line.startswith(f"  - {f}, record line ") and f"(id {name}), field 'positive.video[0]': {message}" \
+            in line, (name, line)
+    FRAME_CACHE.clear()

@@ -117,7 +117,7 @@ def _bad(clips, name: str):
 
 BAD = [("not base64", "invalid base64"), ("not a video", "not a video"), ("truncated", "corrupt or unreadable video"),
        ("truncated past its header", "truncated video"),
-       ("zero frames", "announces no frames"), ("empty", "empty video"), ("a path", "never reads files"),
+       ("zero frames", "its video stream has no frames"), ("empty", "empty video"), ("a path", "never reads files"),
        ("a url", "fetches URLs"), ("an image uri", "data:video/mp4")]
 
 

@@ -28,10 +28,13 @@ than a temporal patch (``TEMPORAL_PATCH``: one frame, a one-frame clip) is padde
 temporal_factor:2"), so every family gets the padded video.
 
 Safety, as for images (`unime.data.images`): paths stay inside the data root; an empty, corrupt or
-truncated file, a file without a video stream, a duration over ``max_duration_s``, a frame over
-``max_frame_pixels`` or a file over ``max_bytes`` raise `DataError` naming source, record and field; so do, under
-the loader's ``max_aspect_ratio`` (the model's processor limit), frames whose long side is more than that many times
-their short one, from the stream's header (a frame list's frames: by the image loader's rules).
+truncated file, a file without a video stream, a video stream without a frame ("empty video X: its video stream has
+no frames", a Matroska / WebM file without a cluster too: `_matroska_video_without_cluster`) or none of whose packets
+decode (`_frameless`: what a failed decoding, or a header without a frame count or size, is explained by), a duration
+over ``max_duration_s``, a frame over ``max_frame_pixels`` or a file over ``max_bytes`` raise `DataError` naming
+source, record and field; so do, under the loader's ``max_aspect_ratio`` (the model's processor limit), frames whose
+long side is more than that many times their short one, from the stream's header (a frame list's frames: by the image
+loader's rules).
 A pixel budget per video (``max_video_pixels``, the sum over the sampled frames) scales the frames
 down, keeping their aspect ratio, before they reach the processor; under ``max_aspect_ratio`` the scaled long side
 is cut to that many times the scaled short side (`within_aspect_ratio`: each side is rounded down on its own, and
@@ -686,6 +689,8 @@ def _stream_header(container, sampling: VideoSampling, fail, name: str,
         raise fail(f"video {name} is an image file ({fmt[:-len(_IMAGE_DEMUXER)].upper()}), not a video")
     stream = _video_stream(container, fail, name)
     width, height = stream.codec_context.width, stream.codec_context.height
+    if width <= 0 or height <= 0:  # FFmpeg found no frame size, in the header nor in a frame: were there any?
+        _refuse_frameless(container, stream, fail, name)
     _check_frame_size(width, height, sampling, fail, name, max_aspect_ratio)
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
@@ -701,6 +706,7 @@ def _stream_header(container, sampling: VideoSampling, fail, name: str,
     if duration is not None and duration > sampling.max_duration_s:
         raise fail(f"video {name} lasts {duration:.0f} s, over the limit {sampling.max_duration_s:.0f} s")
     if total <= 0:
+        _refuse_frameless(container, stream, fail, name)
         raise fail(f"video {name} announces no frames")
     if total > sampling.max_duration_s * max(fps, 1.0):
         raise fail(f"video {name} announces {total} frames, over {sampling.max_duration_s:.0f} s at {fps:g} fps")
@@ -897,10 +903,102 @@ def _open_container(data: bytes | BinaryIO, sampling: VideoSampling, name: str, 
     import av
 
     _check_size(data, sampling, name, fail)
+    fh = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        return av.open(io.BytesIO(data) if isinstance(data, bytes) else data, mode="r")
+        return av.open(fh, mode="r")
     except _av_errors() as e:  # FFmpeg's words, without the errno and file name
+        if isinstance(e, EOFError) and _matroska_video_without_cluster(fh):
+            raise fail(_frameless_problem(name, 0)) from None
         raise fail(f"corrupt or unreadable video {name}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _frameless_problem(name: str, packets: int, error: Exception | None = None) -> str:
+    """What is said of a video whose video stream gives no frame: it has `packets` packets, none of which decoded
+    (`error`: FFmpeg's last complaint)."""
+    if not packets:
+        return f"empty video {name}: its video stream has no frames"
+    why = f" ({getattr(error, 'strerror', None) or error})" if error is not None else ""
+    return f"corrupt video {name}: none of its {packets} packet(s) decode{why}"
+
+
+def _frameless(container, stream, name: str) -> str | None:
+    """`_frameless_problem` when the video `stream` of `container` gives no frame, read from where the container
+    stands (its start, freshly opened): its packets demuxed, each decoded until one gives a frame (then None)."""
+    packets, error = 0, None
+    try:
+        for packet in container.demux(stream):
+            packets += packet.size > 0  # the last, empty, flushes the decoder
+            try:
+                if packet.decode():
+                    return None
+            except _av_errors() as e:
+                error = e
+    except _av_errors() as e:  # the demuxer stopped: what it had read is all there is
+        error = e
+    return _frameless_problem(name, packets, error)
+
+
+def _refuse_frameless(container, stream, fail, name: str) -> None:
+    """Raise `fail` saying so when the video `stream` of a freshly opened `container` gives no frame (`_frameless`)."""
+    problem = _frameless(container, stream, name)
+    if problem is not None:
+        raise fail(problem)
+
+
+# Matroska's element ids (EBML): its segment, the segment's tracks and clusters (the frames), a track's type
+_EBML, _SEGMENT, _TRACKS, _TRACK_ENTRY, _TRACK_TYPE, _CLUSTER = (0x1A45DFA3, 0x18538067, 0x1654AE6B, 0xAE, 0x83,
+                                                                 0x1F43B675)
+
+
+def _ebml_elements(fh: BinaryIO, start: int, end: int):
+    """(id, data offset, data size) of the EBML elements laid end to end in `fh` from `start` to `end`; ValueError
+    for one that does not fit (a cut file), whose id or size is malformed or unknown (a live stream's)."""
+    pos = start
+    while pos < end:
+        fh.seek(pos)
+        head = fh.read(12)
+        if not head or not head[0] or head[0] < 0x10:  # an id is 1 to 4 bytes, its first byte's marker bit says
+            raise ValueError("not an EBML element")
+        id_len = 9 - head[0].bit_length()
+        if len(head) <= id_len or not head[id_len]:
+            raise ValueError("no EBML size")
+        size_len = 9 - head[id_len].bit_length()
+        raw = head[id_len:id_len + size_len]
+        if len(raw) < size_len:
+            raise ValueError("cut EBML size")
+        size = int.from_bytes(raw, "big") & ((1 << (7 * size_len)) - 1)
+        at = pos + id_len + size_len
+        if size == (1 << (7 * size_len)) - 1 or at + size > end:
+            raise ValueError("an EBML element of unknown size or past the end")
+        yield int.from_bytes(head[:id_len], "big"), at, size
+        pos = at + size
+
+
+def _matroska_video_without_cluster(fh: BinaryIO) -> bool:
+    """Whether `fh` is a whole Matroska / WebM file (its EBML header, then its segment to the file's end) whose tracks
+    hold a video track and which has no cluster: no frame of any track. FFmpeg's demuxer, looking for the first
+    cluster, gives up at the end of the file ("End of file"), as it does for a file cut before it; `fh` is left at
+    its start."""
+    try:
+        end = fh.seek(0, os.SEEK_END)
+        top = list(_ebml_elements(fh, 0, end))
+        if len(top) != 2 or top[0][0] != _EBML or top[1][0] != _SEGMENT:
+            return False
+        video = False
+        for eid, at, size in _ebml_elements(fh, top[1][1], top[1][1] + top[1][2]):
+            if eid == _CLUSTER:
+                return False
+            entries = _ebml_elements(fh, at, at + size) if eid == _TRACKS else ()
+            for tracks_at, tracks_size in [(a, n) for i, a, n in entries if i == _TRACK_ENTRY]:
+                for kid, kat, ksize in list(_ebml_elements(fh, tracks_at, tracks_at + tracks_size)):
+                    fh.seek(kat)
+                    video |= kid == _TRACK_TYPE and int.from_bytes(fh.read(ksize), "big") == 1  # 1: video
+        return video
+    except (ValueError, OSError):
+        return False
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            fh.seek(0)
 
 
 def decode_video(data: bytes | BinaryIO, sampling: VideoSampling, *, name: str = "<inline bytes>", source=None,
@@ -916,38 +1014,52 @@ def decode_video(data: bytes | BinaryIO, sampling: VideoSampling, *, name: str =
             return _decode_animation(animation, sampling, fail, name, max_aspect_ratio, data)
     with _open_container(data, sampling, name, fail) as container:
         h = _stream_header(container, sampling, fail, name, max_aspect_ratio)
-        index = _packet_index(container, h.stream)
-        total, duration = h.total, h.duration
-        if not h.counted and index is not None:
-            # no frame count in the header (Matroska / WebM): the video's packets are its frames, and a stream that
-            # ends well before its own announced duration was cut
-            span = index.span(h.stream.time_base)
-            if h.own_duration and duration and span < duration - max(1.5 / h.fps, 0.02 * duration):
-                raise fail(f"truncated video {name}: it announces {duration:.2f} s of video, its frames end at "
-                           f"{span:.2f} s")
-            total, duration = len(index.pts), span if not h.own_duration else duration
-        times = _variable_frame_times(index, h.stream.time_base, h.fps) if index and len(index.pts) == total else None
-        if times is not None and sampling.frame_rule == "uniform":
-            # variable frame rate: sampled uniformly in time, placed at their own times (VLM2Vec's rule counts frames)
-            wanted = time_uniform_indices(times, sampling.frame_count(total, index.span(h.stream.time_base)))
-            size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels, h.max_aspect_ratio)
-            frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, size, None, fail=fail, name=name)
-            return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=total,
-                                    source=name, decoded_frames=decoded, frame_times=tuple(times[i] for i in wanted),
-                                    span=index.span(h.stream.time_base)))
         try:
-            return _sample_video(container, h, sampling, total, duration, index if seek else None, fail, name)
-        except _ShortStream as short:
-            if h.counted:
-                raise fail(f"truncated video {name}: it announces {total} frames, {short.decoded} could be "
-                           f"decoded") from None
-            total = short.decoded
-        # the frame count was an estimate (duration x frame rate) and was wrong: sample the frames there are
-        try:
-            container.seek(0, stream=h.stream)
-            return _sample_video(container, h, sampling, total, total / h.fps, None, fail, name)
-        except (_ShortStream, *_av_errors()) as e:  # a nested tuple is no exception class: a TypeError
-            raise fail(f"corrupt video {name}: it decoded {total} frames once, not again: {e}") from None
+            return _decode_stream(container, h, sampling, seek, fail, name)
+        except DataError as e:
+            failed = e
+    # decoding failed: when no packet of the stream gives a frame, that is what is wrong (FFmpeg's complaint about
+    # a first packet, a seek or a count of 0 frames tells less), read again from the start
+    problem = None
+    with contextlib.suppress(DataError), _open_container(data, sampling, name, fail) as container:
+        problem = _frameless(container, _video_stream(container, fail, name), name)
+    raise failed if problem is None else fail(problem)
+
+
+def _decode_stream(container, h: _StreamHeader, sampling: VideoSampling, seek: bool, fail, name: str) -> Video:
+    """`decode_video`'s work on an open container whose header passed: the sampled frames of its video stream."""
+    index = _packet_index(container, h.stream)
+    total, duration = h.total, h.duration
+    if not h.counted and index is not None:
+        # no frame count in the header (Matroska / WebM): the video's packets are its frames, and a stream that
+        # ends well before its own announced duration was cut
+        span = index.span(h.stream.time_base)
+        if h.own_duration and duration and span < duration - max(1.5 / h.fps, 0.02 * duration):
+            raise fail(f"truncated video {name}: it announces {duration:.2f} s of video, its frames end at "
+                       f"{span:.2f} s")
+        total, duration = len(index.pts), span if not h.own_duration else duration
+    times = _variable_frame_times(index, h.stream.time_base, h.fps) if index and len(index.pts) == total else None
+    if times is not None and sampling.frame_rule == "uniform":
+        # variable frame rate: sampled uniformly in time, placed at their own times (VLM2Vec's rule counts frames)
+        wanted = time_uniform_indices(times, sampling.frame_count(total, index.span(h.stream.time_base)))
+        size = _budget_size(h.width, h.height, len(wanted), sampling.max_video_pixels, h.max_aspect_ratio)
+        frames, decoded = _decode_frames(container, h.stream, wanted, h.fps, size, None, fail=fail, name=name)
+        return pad_frames(Video(frames=tuple(frames), fps=h.fps, frame_indices=tuple(wanted), total_frames=total,
+                                source=name, decoded_frames=decoded, frame_times=tuple(times[i] for i in wanted),
+                                span=index.span(h.stream.time_base)))
+    try:
+        return _sample_video(container, h, sampling, total, duration, index if seek else None, fail, name)
+    except _ShortStream as short:
+        if h.counted:
+            raise fail(f"truncated video {name}: it announces {total} frames, {short.decoded} could be "
+                       f"decoded") from None
+        total = short.decoded
+    # the frame count was an estimate (duration x frame rate) and was wrong: sample the frames there are
+    try:
+        container.seek(0, stream=h.stream)
+        return _sample_video(container, h, sampling, total, total / h.fps, None, fail, name)
+    except (_ShortStream, *_av_errors()) as e:  # a nested tuple is no exception class: a TypeError
+        raise fail(f"corrupt video {name}: it decoded {total} frames once, not again: {e}") from None
 
 
 def _variable_frame_times(index: "_PacketIndex", time_base, fps: float) -> list[float] | None:
