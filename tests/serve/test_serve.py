@@ -725,6 +725,12 @@ def test_a_second_ctrl_c_cuts_the_request_in_flight_without_a_traceback_in_the_l
     assert request in (503, "RemoteProtocolError", "ReadError"), request
     log = (tmp_path / "log").read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log and "CancelledError" not in log, log
+    # the request was cut by the second Ctrl-C (its --graceful-timeout, 120 s, was far from over): the log said the
+    # graceful timeout had run out (QA)
+    assert "graceful timeout" not in log, log
+    if request == 503:
+        assert "shutting down: a second Ctrl-C (SIGINT) forced the exit: the requests still running are answered " \
+            "503" in log, log
 
 
 def test_the_lifespans_logger_on_a_forced_exit_drops_its_cancellation_alone(caplog):
@@ -837,6 +843,48 @@ def test_only_the_shutdowns_cancellation_becomes_a_503_any_other_propagates():
     assert b'"message":"server shutting down"' in sent[1]["body"]
     outcome, cancelling, sent = asyncio.run(run(False))
     assert outcome == "cancelled" and cancelling in (1, None) and sent == []
+
+
+@pytest.mark.parametrize("forced_by, said", [
+    (None, "shutting down: the requests still running after the graceful timeout are answered 503"),
+    ("Ctrl-C (SIGINT)", "shutting down: a second Ctrl-C (SIGINT) forced the exit: the requests still running are "
+                        "answered 503"),
+    ("SIGTERM", "shutting down: a second SIGTERM forced the exit: the requests still running are answered 503")])
+def test_the_503s_of_a_shutdown_are_logged_once_saying_what_cut_them(caplog, forced_by, said):
+    """QA: the requests a second Ctrl-C cut were logged as cut by the graceful timeout, which had not run out. The
+    line names the second signal when one forced the exit (`forced_by`, set by the runner), the graceful timeout
+    otherwise; once, whatever the number of requests cut."""
+    import asyncio
+    import logging
+
+    from unime.serve.app import Observe
+    from unime.serve.metrics import Metrics
+
+    async def run():
+        started = asyncio.Event()
+
+        async def endless(scope, receive, send):
+            started.set()
+            await asyncio.Event().wait()
+
+        async def send(msg):
+            pass
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        mw = Observe(endless, Metrics(), shutting_down=lambda: True, forced_by=lambda: forced_by)
+        for _ in range(2):
+            started.clear()
+            task = asyncio.create_task(mw({"type": "http", "path": "/v1/search", "method": "POST", "headers": []},
+                                          receive, send))
+            await started.wait()
+            task.cancel()
+            await task
+
+    with caplog.at_level(logging.WARNING, logger="unime.serve"):
+        asyncio.run(run())
+    assert [r.getMessage() for r in caplog.records if r.name == "unime.serve"] == [said]
 
 
 def test_a_build_appended_to_the_served_index_is_swapped_in_and_a_broken_one_keeps_the_old_serving(world, tmp_path,

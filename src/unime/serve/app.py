@@ -128,10 +128,12 @@ class Observe:
     exception that escaped everything else becomes a JSON 500 without a traceback. A request cancelled once
     the server shuts down (`shutting_down()`: uvicorn cancels those still running past --graceful-timeout) is
     answered 503 "server shutting down" with Retry-After: uvicorn answered each with a 500 and its traceback (QA).
-    Any other cancellation propagates."""
+    Any other cancellation propagates. The log says once what cut them: the graceful timeout, or the second signal
+    that forced the exit (`forced_by()`: e.g. "Ctrl-C (SIGINT)"; None: no signal forced it), which cuts them before
+    the timeout runs out."""
 
-    def __init__(self, app, metrics: Metrics, shutting_down=lambda: False):
-        self.app, self.metrics, self.shutting_down = app, metrics, shutting_down
+    def __init__(self, app, metrics: Metrics, shutting_down=lambda: False, forced_by=lambda: None):
+        self.app, self.metrics, self.shutting_down, self.forced_by = app, metrics, shutting_down, forced_by
         self.cut_by_shutdown = 0
 
     async def __call__(self, scope, receive, send):
@@ -159,7 +161,10 @@ class Observe:
                 task.uncancel()
             self.cut_by_shutdown += 1
             if self.cut_by_shutdown == 1:  # one line, not one per request (uvicorn's own line gives the count)
-                log.warning("shutting down: the requests still running after the graceful timeout are answered 503")
+                forced = self.forced_by()
+                log.warning(f"shutting down: a second {forced} forced the exit: the requests still running are "
+                            "answered 503" if forced else
+                            "shutting down: the requests still running after the graceful timeout are answered 503")
             await _json_error(503, "server shutting down", type="unavailable", code="server_shutting_down",
                               headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)})(scope, receive, send_wrapper)
         except Exception:  # noqa: BLE001 - never a traceback to the client
@@ -217,6 +222,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
                   description="Embeddings (OpenAI schema), rerank (Cohere/Jina schema) and search with unime models.")
     app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
     app.state.shutting_down = False  # set by the server that runs the app when it starts to stop (`runner`)
+    app.state.forced_by = None  # the second signal that forced its exit, "Ctrl-C (SIGINT)" or "SIGTERM" (`runner`)
 
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -226,7 +232,8 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
     # inside `Observe`: 413s and 408s are counted too
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.request_timeout_s)
-    app.add_middleware(Observe, metrics=metrics, shutting_down=lambda: app.state.shutting_down)
+    app.add_middleware(Observe, metrics=metrics, shutting_down=lambda: app.state.shutting_down,
+                       forced_by=lambda: app.state.forced_by)
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):

@@ -91,6 +91,8 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
                 if self.should_exit and sig == signal.SIGTERM:
                     self.force_exit = True
                 super().handle_exit(sig, frame)
+                if self.force_exit and app.state.forced_by is None:  # what the log says cut the requests (`Observe`)
+                    app.state.forced_by = "Ctrl-C (SIGINT)" if sig == signal.SIGINT else signal.Signals(sig).name
 
             @contextlib.contextmanager
             def capture_signals(self):
