@@ -1526,6 +1526,16 @@ def test_a_video_stream_without_a_decodable_frame_is_said_to_be_empty_or_to_have
             assert (e.value.source, e.value.record, e.value.field) == ("v.jsonl", name, "query.video")
         with pytest.raises(DataError, match=re.escape(message)):
             ImageChecker(loader).check_item("query", Item.from_dict({"video": name}), source="v.jsonl", record=1)
+    # a Matroska file of no cluster and no video track (an audio track alone), and one cut in its header: FFmpeg's
+    # words stand, no video stream is claimed
+    c = av.open(str(tmp_path / "mute.mkv"), "w")
+    c.add_stream("aac", rate=48000)
+    c.start_encoding()
+    c.close()
+    (tmp_path / "cut.mkv").write_bytes((tmp_path / "empty.mkv").read_bytes()[:300])
+    for name in ("mute.mkv", "cut.mkv"):
+        with pytest.raises(DataError, match=f"corrupt or unreadable video {name}: (End of file|Input/output error)"):
+            loader.load_video([name])
     FRAME_CACHE.clear()
 
 

@@ -981,11 +981,11 @@ def _matroska_video_without_cluster(fh: BinaryIO) -> bool:
     its start."""
     try:
         end = fh.seek(0, os.SEEK_END)
-        top = list(_ebml_elements(fh, 0, end))
-        if len(top) != 2 or top[0][0] != _EBML or top[1][0] != _SEGMENT:
+        top = _ebml_elements(fh, 0, end)  # read as far as needed: a file of another kind stops at its first bytes
+        if next(top)[0] != _EBML or (segment := next(top))[0] != _SEGMENT or next(top, None) is not None:
             return False
         video = False
-        for eid, at, size in _ebml_elements(fh, top[1][1], top[1][1] + top[1][2]):
+        for eid, at, size in _ebml_elements(fh, segment[1], segment[1] + segment[2]):
             if eid == _CLUSTER:
                 return False
             entries = _ebml_elements(fh, at, at + size) if eid == _TRACKS else ()
@@ -994,7 +994,7 @@ def _matroska_video_without_cluster(fh: BinaryIO) -> bool:
                     fh.seek(kat)
                     video |= kid == _TRACK_TYPE and int.from_bytes(fh.read(ksize), "big") == 1  # 1: video
         return video
-    except (ValueError, OSError):
+    except (ValueError, OSError, StopIteration):
         return False
     finally:
         with contextlib.suppress(OSError, ValueError):
