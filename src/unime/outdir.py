@@ -5,7 +5,8 @@ Every command that writes an output folder claims it first (`claim`, done by the
 command):
 
 - the folder is missing or empty: it is created and marked as the command's (an ownership marker
-  `.unime-output.json`: command, unime version, options hash, the entries that were there before);
+  `.unime-output.json`: command, unime version, options hash, the entries that were there before, and, for a
+  command-line run, its `provenance`: the recipe, the config file with its SHA-256, each option's layer);
 - it holds the marker of the same command: a re-run (resume / a finished run: the command decides);
 - it holds another command's marker, or is unmarked and not empty: refused, naming the folder and
   `--overwrite`. With `--overwrite` the command takes the folder; the entries found in it are listed
@@ -340,13 +341,16 @@ _HELD: dict[Path, "OwnedFolder"] = {}
 
 
 def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
-          overwrite: bool = False, adopts: Callable[[Path], bool] | None = None, option: str = "out") -> OwnedFolder:
+          overwrite: bool = False, adopts: Callable[[Path], bool] | None = None, option: str = "out",
+          provenance: dict[str, Any] | None = None) -> OwnedFolder:
     """Create or take `folder` for `command` (see the module doc), locked. Raises `FolderNotOwned` or
     `FolderInUse`; writes nothing into a folder it refuses. Re-entrant within a process for the same
     command (the inner claim is a no-op handle). An unmarked folder that `adopts(folder)` recognises as
     the command's own output, written before the command claimed its folders (an index folder), is
     taken as the command's: nothing in it counts as pre-existing; `adopts` may raise to refuse a folder.
-    `option`: the option naming the folder, as the refusals name it (`check_claim`)."""
+    `option`: the option naming the folder, as the refusals name it (`check_claim`). `provenance`: where the
+    run's options came from (`unime.cli.run_provenance`), recorded in the marker beside the options hash (not in
+    it: the hash is of the values alone)."""
     folder = Path(folder)
     held = _HELD.get(folder.resolve()) if folder.exists() else None
     if held is not None and held._lock_fd is not None:
@@ -383,6 +387,8 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
                   "preexisting": preexisting, "overwrite": bool(overwrite),
                   "created": (old or {}).get("created") if old and old.get("command") == command else
                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if provenance is not None:
+            marker["provenance"] = provenance
         _write_marker(folder, marker)
         _clean_stale_temporaries(folder, keep=set(preexisting))
         contents = None if created else _contents(folder)
@@ -503,10 +509,10 @@ def remove_owned(folder: str | os.PathLike, command: str, own: Collection[str], 
 # -- single-file outputs ---------------------------------------------------------------------------------
 # A command whose output is one file (`unime judge --out scores.jsonl`, `unime embed --out x.npy`, `unime
 # reason teacher|generate|materialize --out`, `unime data convert IN OUT`) keeps its ownership record in a
-# hidden sidecar beside it, `.NAME.unime-output.json`: the command, the options hash and, per file it
-# writes (the output and its companions, e.g. `NAME.metrics.json`), the SHA-1 of what it wrote. An
-# existing file is replaced only when the sidecar says this command wrote exactly its current content
-# (a re-run), or under `--overwrite`. The sidecar is written before the work, listing the files still to
+# hidden sidecar beside it, `.NAME.unime-output.json`: the command, the options hash, the `provenance` (as a
+# folder's marker) and, per file it writes (the output and its companions, e.g. `NAME.metrics.json`), the SHA-1
+# of what it wrote. An existing file is replaced only when the sidecar says this command wrote exactly its
+# current content (a re-run), or under `--overwrite`. The sidecar is written before the work, listing the files still to
 # be written as pending (null; a file it wrote before keeps its SHA-1 until replaced). Just before the run renames a
 # finished file into place (`unime.data.atomic.atomic_path`, `before_replace`), the sidecar records that file's
 # SHA-1 under `placing`; `commit` then records every file it wrote and drops `placing`.
@@ -587,10 +593,13 @@ class OwnedFile:
     options_hash: str
     targets: tuple[Path, ...]
     _lock_fd: int | None = field(default=None, repr=False)
+    provenance: dict[str, Any] | None = None  # where the run's options came from (`claim`)
 
     def _write(self, files: dict[str, str | None], placing: dict[str, str] | None = None) -> None:
         data = {"command": self.command, "unime_version": _version(), "options_hash": self.options_hash,
                 "files": files}
+        if self.provenance is not None:
+            data["provenance"] = self.provenance
         if placing:
             data["placing"] = placing
         marker = file_marker_path(self.path)
@@ -678,12 +687,13 @@ def _file_refusal(target: Path, command: str, marker: dict[str, Any] | None) -> 
 
 
 def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
-               overwrite: bool = False, companions: tuple[str | os.PathLike, ...] = ()) -> OwnedFile:
+               overwrite: bool = False, companions: tuple[str | os.PathLike, ...] = (),
+               provenance: dict[str, Any] | None = None) -> OwnedFile:
     """Check that `command` may write the file `path` (and its `companions`): each is missing, or was
     written by this command and not changed since (also by a run of it killed after it put the file in place: see
     the section's comment), or `overwrite`. Raises `FileNotOwned` naming the file and `--overwrite`, before any
     work; creates the parent folder; writes the pending sidecar, then records each file as the run puts it in
-    place (until `commit` or `release`)."""
+    place (until `commit` or `release`). `provenance`: recorded in the sidecar, as `claim` records it."""
     path = Path(path)
     targets = (path, *(Path(c) for c in companions))
     for t in targets:
@@ -727,7 +737,7 @@ def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | 
             elif not overwrite:
                 raise FileNotOwned(_file_refusal(t, command, before))
         owned = OwnedFile(path, command, options_hash(options or {}), targets, fd, _marker_before=marker_before,
-                          _targets_before=targets_before, _made_folders=tuple(made))
+                          _targets_before=targets_before, _made_folders=tuple(made), provenance=provenance)
         # pending: a file this command wrote keeps its record until replaced (a run killed before that leaves it
         # ours), any other target is recorded as not written yet
         owned._pending = {t.name: found.get(t.name) for t in targets}

@@ -318,6 +318,17 @@ def _given_on_command_line(parser, subparser, argv) -> set[str]:
     return given
 
 
+# the layers an option's value comes from, farthest first (`_parse`'s `_origins`: "recipe NAME: SOURCE", "config
+# FILE", "command line"); an option in none of them has its default
+OPTION_LAYERS = ("recipe", "config", "command line")
+
+
+def origin_layer(args: argparse.Namespace, dest: str) -> str | None:
+    """The layer option `dest` came from (`OPTION_LAYERS`); None: its default."""
+    origin = getattr(args, "_origins", {}).get(dest, "")
+    return next((layer for layer in OPTION_LAYERS if origin.startswith(layer)), None)
+
+
 def given_by_user(args: argparse.Namespace, dest: str) -> str | None:
     """Where the user gave option `dest`: "command line" or "config FILE"; None for a default or a recipe's value
     (`_parse`'s `_origins`)."""
@@ -472,20 +483,42 @@ def check_attention_option(args: argparse.Namespace) -> None:
     check_attn_implementation(name, resolve_device(getattr(args, "device", None)), model)
 
 
+def run_provenance(args: argparse.Namespace, options: dict) -> dict:
+    """Where a run's options came from, for its output's marker (`unime.outdir.claim`): `recipe` (its name, or
+    None), `config` (the --config file as given and the SHA-256 of its content, or None) and `sources`: the layer
+    (`OPTION_LAYERS`) of each of `options` not left at its default, by its option name (`lora-r`)."""
+    import hashlib
+
+    config = None
+    if getattr(args, "config", None):
+        try:
+            with open(args.config, "rb") as fh:
+                sha256 = hashlib.sha256(fh.read()).hexdigest()
+        except OSError:  # read when the options were parsed; gone since
+            sha256 = None
+        config = {"path": args.config, "sha256": sha256}
+    sources = {dest.replace("_", "-"): layer for dest in sorted(options)
+               if dest != "recipe" and (layer := origin_layer(args, dest)) is not None}
+    return {"recipe": getattr(args, "recipe", None), "config": config, "sources": sources}
+
+
 def _claim_output(args: argparse.Namespace, command: str):
     """Claim (create or re-enter, and lock) the command's output folder, or claim its output file (a
-    sidecar marker); None for other commands."""
+    sidecar marker); None for other commands. The marker records the options' hash and their provenance
+    (`run_provenance`)."""
     from unime.outdir import is_main_process
 
     if not is_main_process():  # under torchrun the first process owns the folder
         return None
     options = {k: v for k, v in vars(args).items() if k not in _NOT_RUN_OPTIONS and not k.startswith("_")}
     overwrite = bool(getattr(args, "overwrite", False))
+    provenance = run_provenance(args, options)
     if command in OWNED_FILE_COMMANDS:
         from unime.outdir import claim_file
 
         dest, companions = OWNED_FILE_COMMANDS[command]
-        return claim_file(getattr(args, dest), command, options, overwrite=overwrite, companions=companions(args))
+        return claim_file(getattr(args, dest), command, options, overwrite=overwrite, companions=companions(args),
+                          provenance=provenance)
     option = _OUTPUT_FOLDER_DEST.get(command, "out")
     folder = getattr(args, option, None)
     if command not in OWNED_OUTPUT_COMMANDS or not folder:
@@ -494,7 +527,7 @@ def _claim_output(args: argparse.Namespace, command: str):
 
     module, function = _ADOPTS_UNMARKED.get(command, (None, None))
     adopts = getattr(importlib.import_module(module), function) if module else None
-    owned = claim(folder, command, options, overwrite=overwrite, adopts=adopts, option=option)
+    owned = claim(folder, command, options, overwrite=overwrite, adopts=adopts, option=option, provenance=provenance)
     args._owned = owned
     return owned
 

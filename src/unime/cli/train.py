@@ -13,7 +13,7 @@ import dataclasses
 import importlib
 from typing import Callable
 
-from unime.cli import add_config_option, refuse_ineffective_options
+from unime.cli import OPTION_LAYERS, add_config_option, origin_layer, refuse_ineffective_options
 from unime.cli.dataclass_options import add_options, config_from_args
 from unime.models.hf_arguments import TRAINER_ARGS_GROUP
 from unime.models.image_budget import IMAGE_GROUP
@@ -102,14 +102,10 @@ TRAIN_GROUPS = ("data", "loss", "parameters", IMAGE_GROUP, "video", "optimisatio
                 TRAINER_ARGS_GROUP)
 
 
-# the layers an option's value comes from, farthest first (`unime.cli._parse`'s `_origins`)
-_LAYERS = ("recipe", "config", "command line")
-
-
 def option_layer(args, dest: str) -> int:
     """The layer option `dest` came from: 0 a recipe, 1 a config file, 2 the command line; -1 its default."""
-    origin = getattr(args, "_origins", {}).get(dest, "")
-    return next((rank for rank, layer in enumerate(_LAYERS) if origin.startswith(layer)), -1)
+    layer = origin_layer(args, dest)
+    return -1 if layer is None else OPTION_LAYERS.index(layer)
 
 
 def global_batch_dropped(args, command: str = "train embedder") -> bool:

@@ -1,0 +1,82 @@
+"""Every output records which recipe and config file produced it: the marker of an output folder (and the sidecar of
+a single-file output) holds `provenance` (the recipe's name or null, the config file as given with its SHA-256, and
+where each option not left at its default came from), outside the options hash; a trainer's model card names the
+recipe."""
+
+from __future__ import annotations
+
+import json
+
+from unime.cli import _add_overwrite_options, _claim_output, _parse, build_parser, main
+from unime.outdir import MARKER_NAME, read_file_marker, read_marker
+
+RECIPE = "unime-v2/qwen2-vl-2b"
+# the options `unime train embedder --recipe unime-v2/qwen2-vl-2b` sets (its file in src/unime/cli/recipes/)
+RECIPE_OPTIONS = ("model", "loss", "hard-negatives", "tau", "lora-r", "lora-alpha", "lora-dropout", "dora", "lr",
+                  "lr-scheduler", "warmup", "steps", "dtype", "gradcache", "chunk-size", "global-batch", "image-size")
+SEED_3_SHA256 = "e3b40a56eafb6ee811e1a98c8ca0796ee50da302dca51be6aaf04f8cade4af6f"  # sha256sum of "seed: 3\n"
+DEMO_SHA256 = "082f647c744d9cd1793814be9c17e63f969e81f857be882c80716820a0e45756"  # sha256sum of "dataset: demo\n"
+LR_SHA256 = "a70dbf5f0321c18f19386d903a274c288f03488cafd8de54c2f255947a268da4"  # sha256sum of "lr: 2.0e-4\n"
+
+
+def _claimed(argv: list[str]):
+    """Parse `argv` as `unime.cli.main` does and claim its output (the marker is written), then release it."""
+    parser = build_parser()
+    _add_overwrite_options(parser)
+    args = _parse(parser, argv)
+    owned = _claim_output(args, args._command)
+    owned.release()
+    return args
+
+
+def test_a_folder_marker_records_the_recipe_the_config_file_and_each_options_layer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("lr: 2.0e-4\n")
+    _claimed(["train", "embedder", "--recipe", RECIPE, "--config", "run.yaml", "--records", "r.jsonl",
+              "--out", "out", "--steps", "5"])
+    expected = {name: "recipe" for name in RECIPE_OPTIONS}
+    expected.update({"lr": "config", "steps": "command line", "records": "command line", "out": "command line"})
+    assert read_marker(tmp_path / "out")["provenance"] == {
+        "recipe": RECIPE, "config": {"path": "run.yaml", "sha256": LR_SHA256}, "sources": expected}
+
+
+def test_the_options_hash_leaves_out_where_the_values_came_from(tmp_path, monkeypatch):
+    """The same options from a config file and from the command line: the same options hash (what an interrupted
+    run of an earlier version recorded), other provenance."""
+    markers = []
+    for name, given in (("a", ["--config", "run.yaml"]), ("b", ["--lr", "2e-4"])):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)  # the same relative --out and --records: the same option values
+        (tmp_path / name / "run.yaml").write_text("lr: 2.0e-4\n")
+        _claimed(["train", "embedder", *given, "--model", "m", "--records", "r.jsonl", "--out", "out"])
+        markers.append(read_marker(tmp_path / name / "out"))
+    assert markers[0]["options_hash"] == markers[1]["options_hash"]
+    assert [m["provenance"]["sources"]["lr"] for m in markers] == ["config", "command line"]
+
+
+def test_a_command_run_with_neither_records_null_and_the_command_line_options(tmp_path):
+    out = tmp_path / "world"
+    assert main(["data", "synth", "--out", str(out), "--size", "tiny"]) == 0
+    assert read_marker(out)["provenance"] == {"recipe": None, "config": None,
+                                              "sources": {"out": "command line", "size": "command line"}}
+
+
+def test_a_finished_command_keeps_the_config_file_it_was_given_in_its_marker(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "world.yaml").write_text("seed: 3\n")
+    assert main(["data", "synth", "--config", "world.yaml", "--out", "world", "--size", "tiny"]) == 0
+    marker = json.loads((tmp_path / "world" / MARKER_NAME).read_text())
+    assert marker["command"] == "data synth"
+    assert marker["provenance"] == {"recipe": None, "config": {"path": "world.yaml", "sha256": SEED_3_SHA256},
+                                    "sources": {"seed": "config", "out": "command line", "size": "command line"}}
+
+
+def test_a_single_file_outputs_sidecar_records_the_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.jsonl").write_text(json.dumps({"query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
+    (tmp_path / "convert.yaml").write_text("dataset: demo\n")
+    assert main(["data", "convert", "--config", "convert.yaml", "r.jsonl", "r.parquet"]) == 0
+    sidecar = read_file_marker(tmp_path / "r.parquet")
+    assert sidecar["provenance"] == {
+        "recipe": None, "config": {"path": "convert.yaml", "sha256": DEMO_SHA256},
+        "sources": {"dataset": "config", "input": "command line", "output": "command line"}}
