@@ -173,3 +173,21 @@ def test_merged_dtype_base_of_a_qwen3_vl_release_writes_its_bf16(tmp_path, caplo
         assert {t.dtype for t in _saved_weights(out / "merged").values()} == {dtype}
         assert [r.getMessage() for r in caplog.records if r.name == "unime.models.export"] == []
         assert ("| base checkpoint dtype | bfloat16" in (out / "README.md").read_text()) == (dtype == torch.float32)
+
+
+def test_the_model_card_names_the_recipe_the_output_folders_marker_records(tiny_model_dir, tmp_path):
+    """A trained folder found months later says which recipe made it: the card of a run with --recipe names it (the
+    output folder's marker records it, `unime.cli._claim_output`); a run without one gets no such line."""
+    base = tiny_model_dir("qwen2_vl")
+    for name, recipe in (("with", "unime-v2/qwen2-vl-2b"), ("without", None)):
+        out = tmp_path / name
+        out.mkdir()
+        (out / ".unime-output.json").write_text(json.dumps({
+            "command": "train embedder", "preexisting": [], "overwrite": False,
+            "provenance": {"recipe": recipe, "config": None, "sources": {"out": "command line"}}}))
+        model, processor = _lora_model(base)
+        export_final(model, processor, out, card=_card(), base_model=base)
+        for card in (out / "README.md", out / "adapter" / "README.md", out / "merged" / "README.md"):
+            lines = [line for line in card.read_text().splitlines() if "recipe" in line.lower()]
+            assert lines == (["- Recipe: `unime-v2/qwen2-vl-2b` (`--recipe`; its values and their sources: "
+                              "docs/RECIPES.md)"] if recipe else []), (name, card)

@@ -4,7 +4,8 @@
     OUT/merged/    the base model with the adapter merged in (or the fully fine-tuned model): an ordinary
                    Hugging Face folder (`AutoModelForImageTextToText.from_pretrained`) + processor + README.md +
                    unime_merge.json (its dtype, size, and the share of the LoRA update its rounding lost)
-    OUT/README.md  the model card (`ModelCard`): data, loss, hyper-parameters, final metrics
+    OUT/README.md  the model card (`ModelCard`): data, loss, hyper-parameters, final metrics; the recipe the run
+                   was given (`--recipe`), as OUT's marker records it (`unime.outdir.claim`'s provenance)
 
 Every file and folder is written to a temporary sibling and moved into place (`unime.data.atomic`); an entry
 this run's command did not write is never replaced (`unime.outdir.require_replaceable`).
@@ -65,6 +66,11 @@ def model_folder(folder: str | os.PathLike):
               " (remove any an earlier run wrote: the model's loader may read them)")
 
 
+def recipe_note(recipe: str) -> str:
+    """The model card's line naming the recipe of the run (`--recipe NAME`)."""
+    return f"Recipe: `{recipe}` (`--recipe`; its values and their sources: docs/RECIPES.md)"
+
+
 def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCard", adapter: bool | None = None,
                  merged: bool = True, image_budget=None, folder_files: Mapping[str, str] | None = None,
                  base_model: str | None = None, merged_dtype: str = "auto") -> dict[str, Path]:
@@ -79,11 +85,14 @@ def export_final(model, processor, out_dir: str | os.PathLike, *, card: "ModelCa
     of `MERGED_DTYPES`): the dtype of OUT/merged's weights, recorded with its size and the share of the LoRA update
     its rounding lost (`merge_in_dtype`) in the card ("Merged weights"), in OUT/merged/unime_merge.json, and logged
     (a warning above `UPDATE_LOSS_WARNING`). Merging modifies `model` in place (done last). Returns the written
-    folders by name."""
+    folders by name. The card names the recipe OUT's marker records (`recipe_note`)."""
     from unime.models.image_budget import BUDGET_FILE
-    from unime.outdir import require_replaceable
+    from unime.outdir import read_marker, require_replaceable
 
     out = Path(out_dir)
+    recipe = ((read_marker(out) or {}).get("provenance") or {}).get("recipe")
+    if recipe:
+        card = dataclasses.replace(card, notes=[recipe_note(recipe), *card.notes])
     text = card.render()
     peft = is_peft(model)
     adapter = peft if adapter is None else adapter
