@@ -247,6 +247,31 @@ def test_a_device_the_machine_lacks_is_one_line_naming_it(monkeypatch, tmp_path,
         trainer_device("cuda:1")
 
 
+def test_a_non_cuda_device_the_machine_lacks_is_refused_naming_it(monkeypatch):
+    """QA (Python API): `Embedder.from_pretrained(path, device="mps")` on a machine without MPS loaded the weights,
+    then failed in torch's `Module.to` ("PyTorch is not linked with support for mps devices"), and `train_embedder`
+    in transformers' TrainingArguments ("Your setup doesn't support bf16/gpu"); `meta` or `xpu` were taken too. A
+    device type other than cpu and cuda is taken only when torch says its backend is available."""
+    import torch
+
+    from unime.errors import UsageError
+    from unime.models.loading import resolve_device, trainer_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    for device in ("mps", "mps:0", torch.device("mps"), "xpu", "meta"):
+        with pytest.raises(UsageError, match=rf"^--device {device}: torch has no {str(device)[:3]}\w* device on this "
+                                             r"machine \(use --device cpu\)$"):
+            resolve_device(device)
+    with pytest.raises(UsageError, match=r"^--device mps: torch has no mps device"):
+        trainer_device("mps")
+    assert resolve_device("cpu:0") == "cpu:0" and resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: True)
+    assert resolve_device("mps") == "mps" and resolve_device(torch.device("mps")) == "mps"
+    assert resolve_device("xpu:0") == "xpu:0"
+
+
 def test_a_model_that_cannot_be_found_is_named(tmp_path, monkeypatch):
     """QA: offline, every command said Hugging Face's one line ("We couldn't connect to 'https://huggingface.co'")
     whatever the model, a mistyped local folder included."""

@@ -91,8 +91,9 @@ class EmbedderOptions(DeviceOptions, ItemFormatOptions, RangeChecked):
 
 def resolve_device(device: str | Any | None = None) -> str:
     """The device to run on: `device` (a string or a `torch.device`), checked against this machine — a device
-    torch does not know, or a CUDA device the machine does not have, is a `UsageError` naming it —, else cuda
-    when present, else cpu."""
+    torch does not know, a CUDA device the machine does not have, or another accelerator whose backend torch does
+    not have here (mps, xpu, ...; `meta` holds no weights) is a `UsageError` naming it —, else cuda when present,
+    else cpu."""
     import torch
 
     if device is None or device == "":
@@ -107,7 +108,20 @@ def resolve_device(device: str | Any | None = None) -> str:
             raise UsageError(f"--device {device}: torch sees no CUDA device on this machine (use --device cpu)")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type != "cpu" and not _backend_available(parsed.type):  # mps: torch failed in `Module.to` (QA)
+        raise UsageError(f"--device {device}: torch has no {parsed.type} device on this machine (use --device cpu)")
     return device
+
+
+def _backend_available(kind: str) -> bool:
+    """Whether torch has a device of the type `kind` (not cpu or cuda) here: mps by `torch.backends.mps`, another
+    by its module's `is_available()` (`torch.xpu`); a type without one (meta, a backend not built in) is not."""
+    import torch
+
+    if kind == "mps":
+        return bool(torch.backends.mps.is_available())
+    is_available = getattr(getattr(torch, kind, None), "is_available", None)
+    return bool(is_available()) if callable(is_available) else False
 
 
 def free_dropped_models() -> None:
