@@ -283,6 +283,33 @@ def test_a_model_that_cannot_be_found_is_named(tmp_path, monkeypatch):
         load_model("no_such_dir/model", device="cpu")
 
 
+def test_a_file_given_as_the_model_is_named_as_a_file(tmp_path, capsys):
+    """QA (Python API): `Embedder.from_pretrained("base/config.json")` (a file of the model, not its folder) said
+    "its folder could not be read as a model (Repo id must be in the form 'repo_name' or 'namespace/repo_name' ...)"
+    — huggingface_hub's words for a hub id —; mine's --embedder FILE likewise. A file is refused as one, before any
+    load, by every loader and option alike."""
+    from unime.cli import main
+    from unime.errors import ModelError
+    from unime.models.embedder import Embedder
+    from unime.models.judge import JudgeScorer
+    from unime.models.loading import load_model
+
+    config = tmp_path / "base" / "config.json"
+    config.parent.mkdir()
+    config.write_text("{}")
+    said = rf"^model '{config}': a file, not a model folder \(give the folder that holds the model's config.json, " \
+        r"or a PEFT adapter's adapter_config.json\)$"
+    for load in (load_model, Embedder.from_pretrained, JudgeScorer.from_pretrained):
+        with pytest.raises(ModelError, match=said):
+            load(config, device="cpu")
+    records = tmp_path / "r.jsonl"
+    records.write_text(json.dumps({"id": "a", "query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
+    assert main(["mine", "--records", str(records), "--embedder", str(config), "--judge", str(config.parent),
+                 "--out", str(tmp_path / "mined")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"unime: error: --embedder '{config}': a file, not a model " \
+        "folder (give the folder that holds the model's config.json, or a PEFT adapter's adapter_config.json)"
+
+
 def _no_hub_calls(monkeypatch) -> list:
     """Make every Hugging Face hub download (and its HTTP retries) raise, and list the calls (a caller that catches
     the error still leaves its call in the list)."""

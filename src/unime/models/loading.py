@@ -365,10 +365,14 @@ def refuse_missing_local_model(path: str | os.PathLike, option: str = "model", *
     it wait ~2.5 minutes offline before its error, QA). Anything else may be a hub id (`org/name`, `name`): left to
     the load, which fetches it. `only_mistyped` (the loads themselves): only a missing path whose first part is a
     local folder (an absolute one too) is refused; the rest is left to the load. One message family: `OPTION
-    'PATH': no such folder`, with where the path stops existing (`_nearest_existing`)."""
+    'PATH': no such folder`, with where the path stops existing (`_nearest_existing`). A file is never a model:
+    refused either way."""
     from unime.errors import ModelError
 
     p = Path(path)
+    if p.is_file():  # `base/config.json`: huggingface_hub's words for a bad hub id ("Repo id must be ...", QA)
+        raise ModelError(f"{option} {str(path)!r}: a file, not a model folder (give the folder that holds the model's "
+                         "config.json, or a PEFT adapter's adapter_config.json)")
     if p.exists():
         folder = Path(trained_model_folder(p))
         if not only_mistyped and p.is_dir() and not ((folder / "config.json").is_file() or is_peft_adapter(folder)):
