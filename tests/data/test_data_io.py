@@ -445,6 +445,37 @@ def test_item_refuses_a_single_reference_instead_of_a_sequence(field):
     assert getattr(Item(**{field: ["a.png", "b.png"]}), field) == ("a.png", "b.png")
 
 
+def test_an_items_image_or_video_given_as_a_pathlib_path_is_its_path(tmp_path):
+    """QA (Python API): `emb.encode([{"image": Path("img.png")}])` was refused with "expected an image path, bytes or a
+    PIL image, got PosixPath" (a path is what it had been given), `Item(images=[Path(...)])` failed at its key
+    ("unsupported image reference of type PosixPath"). A path (`os.PathLike`) is its string, wherever an image
+    or a video is given: the same item, with the same key, as the string gives. What is not a path still names
+    the type it got."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from unime.data.items import item_list
+    from unime.data.video import VideoFileRef
+
+    for given, as_str in (({"image": Path("imgs/a.png")}, {"image": "imgs/a.png"}),
+                          ({"images": [Path("a.png"), "b.png"]}, {"images": ["a.png", "b.png"]}),
+                          ({"text": "t", "video": Path("clips/c.mp4")}, {"text": "t", "video": "clips/c.mp4"}),
+                          ({"video": (Path("f0.png"), Path("f1.png"))}, {"video": ["f0.png", "f1.png"]})):
+        item = Item.from_dict(given)
+        assert item == Item.from_dict(as_str) and item.key == Item.from_dict(as_str).key
+        assert all(type(r) in (str, VideoFileRef) for r in item.images + item.video)
+    assert type(Item.from_dict({"video": Path("clips/c.mp4")}).video[0]) is VideoFileRef
+    direct = Item(text="t", images=[Path("a.png")], video=(Path("f0.png"),))
+    assert direct == Item(text="t", images=("a.png",), video=("f0.png",)) and direct.key == Item(
+        text="t", images=("a.png",), video=("f0.png",)).key
+    assert Item(images=[Path("a.png")]).to_dict() == {"text": "", "images": ["a.png"]}
+    array = np.zeros((2, 2, 3), dtype=np.uint8)  # not a path, bytes or a PIL image: named by its type
+    for bad, field in (({"image": array}, "items[0].image"), ({"images": [array]}, "items[0].images")):
+        with pytest.raises(DataError, match=rf"field '{re.escape(field)}': .*got ndarray$"):
+            item_list([bad])
+
+
 def test_convert_under_skip_leaves_out_the_records_the_json_cannot_hold_and_writes_the_rest(tmp_path):
     from unime.data.file_tools import ConvertConfig, convert_records
 

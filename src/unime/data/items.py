@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -26,6 +27,11 @@ def _is_pil(ref: Any) -> bool:
 def _is_single_ref(x: Any) -> bool:
     """One image reference (a path, bytes, a PIL image) or one item (a str, dict, `Item`), not a sequence."""
     return isinstance(x, (str, bytes, bytearray, dict, Item)) or _is_pil(x)
+
+
+def _path_ref(ref: Any) -> Any:
+    """`ref`, a `pathlib.Path` (any `os.PathLike`) as its path string: refused as not a path before (QA)."""
+    return os.fspath(ref) if isinstance(ref, os.PathLike) else ref
 
 
 def _ref_key(ref: ImageRef) -> str:
@@ -57,15 +63,17 @@ class Item:
         if not isinstance(self.text, str):
             raise DataError(f"text must be a string, got {type(self.text).__name__}", field="text")
         # accept lists for convenience, store tuples so items stay hashable; a single reference is refused
-        # (a str would be iterated character by character, a PIL image is not iterable)
+        # (a str would be iterated character by character, a PIL image is not iterable); a `pathlib.Path` is its path
         for name in ("images", "video"):
             refs = getattr(self, name)
-            if isinstance(refs, tuple):
-                continue
-            if _is_single_ref(refs) or not hasattr(refs, "__iter__"):
-                raise DataError(f"{name} must be a list or tuple of image references, got a single "
-                                f"{type(refs).__name__}; wrap it: {name}=[...]", field=name)
-            object.__setattr__(self, name, tuple(refs))
+            if not isinstance(refs, tuple):
+                if _is_single_ref(refs) or not hasattr(refs, "__iter__"):
+                    raise DataError(f"{name} must be a list or tuple of image references, got a single "
+                                    f"{type(refs).__name__}; wrap it: {name}=[...]", field=name)
+                refs = tuple(refs)
+            if any(isinstance(r, os.PathLike) for r in refs):
+                refs = tuple(map(_path_ref, refs))
+            object.__setattr__(self, name, refs)
 
     @property
     def is_empty(self) -> bool:
@@ -127,7 +135,7 @@ class Item:
         elif not isinstance(text, str):  # {"text": 0} was read as "" (`or ""`)
             raise DataError(f"text must be a string, got {type(text).__name__}", source=source, record=record,
                             field=f"{field_name}.text")
-        video = d.get("video")
+        video, image = _path_ref(d.get("video")), _path_ref(d.get("image"))  # a `pathlib.Path` is its path
         if isinstance(video, (str, bytes)) and video:
             # one video file: {"video": "clips/x.mp4"}, whatever its extension (a list of paths is frames)
             video = [VideoFileRef(video) if isinstance(video, str) else video]
@@ -137,17 +145,18 @@ class Item:
                                 if k == "video" else f"expected a list of image references, got {type(v).__name__}",
                                 source=source,
                                 record=record, field=f"{field_name}.{k}")
-        if d.get("image") is not None and not isinstance(d["image"], (str, bytes)) and not _is_pil(d["image"]):
-            raise DataError(f"expected an image path, bytes or a PIL image, got {type(d['image']).__name__}",
+        if image is not None and not isinstance(image, (str, bytes)) and not _is_pil(image):
+            raise DataError(f"expected an image path, bytes or a PIL image, got {type(image).__name__}",
                             source=source, record=record, field=f"{field_name}.image")
-        images = list(d.get("images") or [])
-        if d.get("image") is not None:  # an empty path is refused below, as in "images"
-            images.insert(0, d["image"])
-        for k, refs in (("images", images), ("video", list(video or []))):
+        images = list(map(_path_ref, d.get("images") or []))
+        if image is not None:  # an empty path is refused below, as in "images"
+            images.insert(0, image)
+        for k, refs in (("images", images), ("video", list(map(_path_ref, video or [])))):
             for r in refs:
                 if isinstance(r, str) and not r or not isinstance(r, (str, bytes)) and not _is_pil(r):
-                    raise DataError("image reference must be a non-empty path, bytes or a PIL image", source=source,
-                                    record=record, field=f"{field_name}.{k}")
+                    got = "" if isinstance(r, str) else f", got {type(r).__name__}"
+                    raise DataError(f"image reference must be a non-empty path, bytes or a PIL image{got}",
+                                    source=source, record=record, field=f"{field_name}.{k}")
         return cls(text=text, images=tuple(images), video=tuple(video or ()))
 
 
