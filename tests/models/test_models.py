@@ -310,6 +310,46 @@ def test_a_file_given_as_the_model_is_named_as_a_file(tmp_path, capsys):
         "folder (give the folder that holds the model's config.json, or a PEFT adapter's adapter_config.json)"
 
 
+def test_a_keyword_no_loader_takes_is_refused_before_the_weights_load(tiny_model_dir, monkeypatch):
+    """QA (Python API): `Embedder.from_pretrained(path, devcie="cpu")` (or `torch_dtype=`, as transformers spells it)
+    loaded the whole model — on the GPU when there is one, minutes for a real checkpoint — and then said
+    "Embedder.__init__() got an unexpected keyword argument 'devcie'"; so did JudgeScorer's and Reranker's. A keyword
+    neither `from_pretrained` nor the class takes is a TypeError naming `from_pretrained` (and the keyword meant,
+    when one is close) before anything loads; the class's own keywords still pass through."""
+    import unime.models.embedder as embedder_module
+    import unime.models.judge as judge_module
+    import unime.models.reranker as reranker_module
+    from unime.models.embedder import Embedder
+    from unime.models.judge import JudgeScorer
+    from unime.models.reranker import Reranker
+
+    model = tiny_model_dir("qwen2_vl")
+    real, loads = embedder_module.load_model, []
+
+    def counted(*args, **kw):
+        loads.append(args)
+        return real(*args, **kw)
+
+    for module in (embedder_module, judge_module, reranker_module):
+        monkeypatch.setattr(module, "load_model", counted)
+    for cls, typo, meant in ((Embedder, "devcie", " (did you mean 'device'?)"),
+                             (Embedder, "torch_dtype", " (did you mean 'dtype'?)"),
+                             (Embedder, "name", " (from_pretrained sets it)"),
+                             (Embedder, "processor", " (from_pretrained sets it)"),
+                             (JudgeScorer, "batch_size", " (did you mean 'chunk_size'?)"),
+                             (Reranker, "num_candidate", " (did you mean 'num_candidates'?)")):
+        with pytest.raises(TypeError) as refused:
+            cls.from_pretrained(model, device="cpu", **{typo: 1})
+        assert str(refused.value) == f"{cls.__name__}.from_pretrained() got an unexpected keyword argument " \
+                                     f"{typo!r}{meant}"
+    assert loads == []
+    emb = Embedder.from_pretrained(model, device="cpu", batch_size=3, instruction_suffix=" Q")
+    assert (emb.batch_size, emb.instruction_suffix) == (3, " Q")
+    assert JudgeScorer.from_pretrained(model, device="cpu", chunk_size=5).engine.chunk_size == 5
+    assert Reranker.from_pretrained(model, device="cpu", batch_size=2, max_new_tokens=4).batch_size == 2
+    assert len(loads) == 3
+
+
 def _no_hub_calls(monkeypatch) -> list:
     """Make every Hugging Face hub download (and its HTTP retries) raise, and list the calls (a caller that catches
     the error still leaves its call in the list)."""

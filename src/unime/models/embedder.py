@@ -23,7 +23,8 @@ from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.image_budget import adapter_image_loader
 from unime.models.item_format import DEFAULT_ITEM_FORMAT, check_item_format, resolve_item_format
-from unime.models.loading import LoadedModel, grow_embeddings, load_model, without_log_message
+from unime.models.loading import (LoadedModel, grow_embeddings, load_model, refuse_unknown_keywords,
+                                  without_log_message)
 from unime.models.prompts import EMB_TOKEN
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,9 @@ class Embedder:
         """`video_sampling`: a `unime.data.video.VideoSampling` for video items (default: 8 frames).
         `image_budget` (`unime.models.image_budget.ImageBudget`): its set fields override the budget
         recorded with the checkpoint. `item_format` (`unime.models.item_format`): None for the one recorded with
-        the checkpoint, else chat. `attn_implementation`: transformers' attention kernel (`load_model`)."""
+        the checkpoint, else chat. `attn_implementation`: transformers' attention kernel (`load_model`).
+        `kwargs`: `Embedder`'s own (`batch_size`, `instruction_suffix`), checked before the weights load."""
+        refuse_unknown_keywords(cls, kwargs, ("image_loader", "device", "name", "origin", "item_format"))
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
                                          trainable=trainable, image_budget=image_budget,
                                          attn_implementation=attn_implementation)

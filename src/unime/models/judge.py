@@ -34,7 +34,7 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.image_budget import adapter_image_loader
 from unime.models.judge_prompt import (judge_candidate_segments, judge_item_segments, judge_prefix_segments,
                                        judge_prompt_segments, merge_text)
-from unime.models.loading import LoadedModel, load_model, trained_model_folder
+from unime.models.loading import LoadedModel, load_model, refuse_unknown_keywords, trained_model_folder
 from unime.models.prefix_scoring import IMAGE_CACHE_BYTES, PrefixEngine
 from unime.models.prompts import NO, YES
 
@@ -114,7 +114,9 @@ class JudgeScorer:
         """Load a judge checkpoint: a model or adapter folder, a hub id (of a model or an adapter), or the output
         folder of `unime train judge|reranker` (its merged/, else its adapter/: a reranker checkpoint is also a judge).
         `load_weights=False` loads only the processor and config: enough to build prompts and resolve the
-        Yes/No ids (e.g. for a vLLM backend), not to score."""
+        Yes/No ids (e.g. for a vLLM backend), not to score. `kwargs`: `JudgeScorer`'s own (`chunk_size`, the image
+        cache's sizes), checked before anything loads."""
+        refuse_unknown_keywords(cls, kwargs, ("image_loader", "device", "name"))
         path = trained_model_folder(path)
         loader_options = dict(allow_outside_root=allow_outside_root, video=video_sampling)
         if not load_weights:

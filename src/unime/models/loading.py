@@ -772,6 +772,30 @@ def checkpoint_vocabulary(path: str | os.PathLike) -> dict[str, int] | None:
     return tokenizer.get_vocab()
 
 
+def refuse_unknown_keywords(cls: type, kwargs: dict[str, Any], set_here: tuple[str, ...]) -> None:
+    """A TypeError naming the first keyword of `kwargs` — what `cls.from_pretrained` passes on to `cls(...)` —
+    that `cls.__init__` does not take, with the keyword meant when one of either method's is close (`devcie` →
+    `device`, transformers' `torch_dtype` → `dtype`), or that `from_pretrained` sets itself (`set_here`, and
+    `__init__`'s arguments without a default: the model, its processor ...): before the weights load, not after
+    (QA: the whole model loaded, then "Embedder.__init__() got an unexpected keyword argument")."""
+    import difflib
+    import inspect
+
+    def keywords(method, *, optional: bool = False) -> set[str]:
+        return {name for name, p in inspect.signature(method).parameters.items() if name != "self" and p.kind in
+                (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+                and not (optional and p.default is inspect.Parameter.empty)}
+
+    set_here = {*set_here, *(keywords(cls.__init__) - keywords(cls.__init__, optional=True))}
+    taken = keywords(cls.__init__, optional=True) - set_here
+    for key in kwargs:
+        if key in taken:
+            continue
+        close = difflib.get_close_matches(key, sorted(keywords(cls.from_pretrained) | taken), n=1)
+        why = " (from_pretrained sets it)" if key in set_here else f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(f"{cls.__name__}.from_pretrained() got an unexpected keyword argument {key!r}{why}")
+
+
 def load_model(path: str | os.PathLike, *, device: str | None = None, dtype=None, adapter_path: str | None = None,
                trainable: bool = False, image_budget: ImageBudget | None = None,
                attn_implementation: str | None = None) -> LoadedModel:

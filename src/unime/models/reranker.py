@@ -54,7 +54,7 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.generation import generate_texts
 from unime.models.image_budget import adapter_image_loader
 from unime.models.judge import JudgeScorer
-from unime.models.loading import LoadedModel, load_model, trained_model_folder
+from unime.models.loading import LoadedModel, load_model, refuse_unknown_keywords, trained_model_folder
 from unime.models.rerank_prompts import (answer_format, item_content, listwise_answer_done, listwise_prompt,
                                          parse_listwise_answer)
 
@@ -226,7 +226,9 @@ class Reranker:
         """Load the output of `unime train reranker` (its folder, or the adapter/ or merged/ in it), or any
         plain generative checkpoint. A run folder loads as every loader loads it
         (`unime.models.loading.trained_model_folder`): its merged/ when it has one (`--merge`, full fine-tuning),
-        else its adapter/ on its base model. `num_candidates` overrides the trained number."""
+        else its adapter/ on its base model. `num_candidates` overrides the trained number. `kwargs`: `Reranker`'s
+        own (`batch_size`, `max_new_tokens`, `chunk_size`), checked before the weights load."""
+        refuse_unknown_keywords(cls, kwargs, ("image_loader", "device", "name"))
         path = trained_model_folder(path)
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, image_budget=image_budget,
                                          attn_implementation=attn_implementation)
