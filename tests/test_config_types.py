@@ -119,6 +119,24 @@ def test_the_qa_cases_name_the_field_and_the_type():
     assert refusal(loss="kl") == "loss must be one of 'auto', 'symmetric_kl', 'js', 'infonce', got 'kl'"
 
 
+def test_a_long_value_of_the_wrong_type_is_shown_cut_short():
+    """QA (Python API): `EmbedderTrainingConfig(records=[...10,000 record dicts...])` (in-memory records go to
+    `train_embedder(config, records=...)`) was refused with the whole list in the message: 607,825 characters. A
+    value whose repr is longer than 120 characters is shown by its first 120 and its length; a short one whole."""
+    from unime.train.embedder_config import EmbedderTrainingConfig
+
+    records = [{"query": {"text": f"q{i}"}, "positive": {"text": f"p{i}"}} for i in range(10_000)]
+    with pytest.raises(OptionError) as caught:
+        EmbedderTrainingConfig(model="base", out="o", records=records)
+    assert str(caught.value) == f"records must be a string or None, got {repr(records)[:120]}... (10000 items) (list)"
+    with pytest.raises(OptionError) as caught:
+        EmbedderTrainingConfig(model="base", out="o", loss="x" * 200)
+    assert str(caught.value).endswith(f", got {repr('x' * 200)[:120]}... (200 characters)")
+    with pytest.raises(OptionError) as caught:
+        EmbedderTrainingConfig(model="base", out="o", records=[1] * 39)  # its repr: 117 characters, whole
+    assert str(caught.value) == f"records must be a string or None, got {[1] * 39!r} (list)"
+
+
 def test_values_of_the_right_type_pass():
     """An int for a float, a path object for a path, None where the default is None, `dataclasses.replace`."""
     from unime.train.embedder_config import EmbedderTrainingConfig

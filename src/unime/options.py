@@ -236,13 +236,26 @@ def range_problem(f: Field, value: Any) -> str | None:
             low = f">= {md['at_least']}" if "at_least" in md else f"> {md['above']}" if "above" in md else None
             high = f"<= {md['at_most']}" if "at_most" in md else f"< {md['below']}" if "below" in md else None
             bound = " and ".join(b for b in (low, high) if b)
-            return f"must be {bound}{f' (or {f.default!r}, its default)' if marker else ''}, got {value!r}"
+            return f"must be {bound}{f' (or {f.default!r}, its default)' if marker else ''}, got {_shown(value)}"
     several = isinstance(value, (list, tuple))
     if md.get("finite", True) and not all(math.isfinite(v) for v in _floats(value)):
-        return f"must be {'finite numbers' if several else 'a finite number'}, got {value!r}"
+        return f"must be {'finite numbers' if several else 'a finite number'}, got {_shown(value)}"
     if any(math.isnan(v) for v in _floats(value)):  # `finite=False`: inf is "no limit", NaN nothing
-        return f"must be {'numbers' if several else 'a number'} (inf: no limit), got {value!r}"
+        return f"must be {'numbers' if several else 'a number'} (inf: no limit), got {_shown(value)}"
     return None
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)` in a refusal, cut to its first 120 characters when longer, with its length: a list of 10,000
+    in-memory records given as `records=` was shown whole, a message of 600 KB (QA)."""
+    text = repr(value)
+    if len(text) <= 120:
+        return text
+    try:
+        size = f"{len(value)} {'characters' if isinstance(value, (str, bytes)) else 'items'}"
+    except TypeError:  # not sized
+        size = f"{len(text)} characters"
+    return f"{text[:120]}... ({size})"
 
 
 def check_ranges(config) -> None:
@@ -348,12 +361,13 @@ def type_problem(config: Any, f: Field, value: Any) -> str | None:
     hint = _field_types(config if isinstance(config, type) else type(config)).get(f.name, Any)
     fits = _fits(hint, value, "choices" not in f.metadata)
     if fits is False:
-        return f"must be {_kind_name(hint)}, got {value!r} ({type(value).__name__})"
+        return f"must be {_kind_name(hint)}, got {_shown(value)} ({type(value).__name__})"
     choices = f.metadata.get("choices")
     if choices is not None and value is not None and fits:
         several = isinstance(value, (list, tuple))
         if any(v not in choices for v in (value if several else [value])):
-            return f"must be {'a list of ' if several else ''}one of {', '.join(map(repr, choices))}, got {value!r}"
+            return (f"must be {'a list of ' if several else ''}one of {', '.join(map(repr, choices))}, "
+                    f"got {_shown(value)}")
     return None
 
 
