@@ -476,6 +476,24 @@ def test_an_items_image_or_video_given_as_a_pathlib_path_is_its_path(tmp_path):
             item_list([bad])
 
 
+def test_an_image_given_alone_as_an_item_says_how_to_make_it_one():
+    """QA (Python API): `emb.encode([Image.open("a.png")])` (or a `Path`, or the file's bytes) was refused with
+    "expected an object, got PngImageFile": an image alone is the item {"image": ...}. What JSON can hold (a list, a
+    number) keeps the readers' words."""
+    from pathlib import Path
+
+    from unime.data.items import item_list
+
+    for image, kind in ((Image.new("RGB", (4, 4)), "Image"), (Path("a.png"), "PosixPath"), (b"\x89PNG", "bytes")):
+        with pytest.raises(DataError) as refused:
+            item_list(["a caption", image])
+        assert str(refused.value) == f"field 'items[1]': expected an object, got {kind}: an image alone is the item " \
+                                     "{'image': ...}"
+    with pytest.raises(DataError) as refused:
+        item_list([["a"]])
+    assert str(refused.value) == "field 'items[0]': expected an object, got list"
+
+
 def test_convert_under_skip_leaves_out_the_records_the_json_cannot_hold_and_writes_the_rest(tmp_path):
     from unime.data.file_tools import ConvertConfig, convert_records
 

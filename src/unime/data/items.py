@@ -24,9 +24,14 @@ def _is_pil(ref: Any) -> bool:
     return hasattr(ref, "tobytes") and hasattr(ref, "size") and hasattr(ref, "mode")
 
 
+def _is_image_ref(x: Any) -> bool:
+    """An image reference that is not a str: bytes, a PIL image or a `pathlib.Path`."""
+    return isinstance(x, (bytes, bytearray, os.PathLike)) or _is_pil(x)
+
+
 def _is_single_ref(x: Any) -> bool:
     """One image reference (a path, bytes, a PIL image) or one item (a str, dict, `Item`), not a sequence."""
-    return isinstance(x, (str, bytes, bytearray, dict, Item)) or _is_pil(x)
+    return isinstance(x, (str, dict, Item)) or _is_image_ref(x)
 
 
 def _path_ref(ref: Any) -> Any:
@@ -120,8 +125,9 @@ class Item:
             return d
         if isinstance(d, str):
             return cls(text=d)
-        if not isinstance(d, dict):
-            raise DataError(f"expected an object, got {type(d).__name__}", source=source, record=record,
+        if not isinstance(d, dict):  # an image alone (from Python: JSON holds none) is told how it makes an item
+            alone = ": an image alone is the item {'image': ...}" if _is_image_ref(d) else ""
+            raise DataError(f"expected an object, got {type(d).__name__}{alone}", source=source, record=record,
                             field=field_name)
         unknown = set(d) - {"text", "image", "images", "video"}
         if unknown:
