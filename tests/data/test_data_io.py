@@ -494,6 +494,26 @@ def test_an_image_given_alone_as_an_item_says_how_to_make_it_one():
     assert str(refused.value) == "field 'items[0]': expected an object, got list"
 
 
+def test_a_folder_given_as_the_records_file_is_named_as_a_folder(tmp_path):
+    """QA (Python API): `EmbedderTrainingConfig(records="mydata/train")` (the folder `unime data import` wrote, not its
+    records.jsonl) was refused as "record file not found": the folder is there. It is named as a folder, with the
+    record files it holds."""
+    from unime.data.io import read_records
+
+    (tmp_path / "records.jsonl").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(DataError) as refused:
+        read_records(tmp_path)
+    assert str(refused.value) == f"{tmp_path}: a folder, not a record file (it holds records.jsonl)"
+    (tmp_path / "records.jsonl").unlink()
+    with pytest.raises(DataError) as refused:
+        read_records(tmp_path)
+    assert str(refused.value) == f"{tmp_path}: a folder, not a record file"
+    with pytest.raises(DataError) as refused:
+        read_records(tmp_path / "none.jsonl")
+    assert str(refused.value) == f"{tmp_path / 'none.jsonl'}: record file not found"
+
+
 def test_convert_under_skip_leaves_out_the_records_the_json_cannot_hold_and_writes_the_rest(tmp_path):
     from unime.data.file_tools import ConvertConfig, convert_records
 

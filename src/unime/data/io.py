@@ -357,6 +357,10 @@ def iter_records(path: str | os.PathLike, *, on_error: str = "raise", skips: Ski
     """Stream the records of a file (JSONL and Parquet are read incrementally)."""
     check_on_error(on_error)
     p = Path(path)
+    if p.is_dir():  # `mydata/train` for its records.jsonl was "record file not found" (QA)
+        held = sorted(f.name for f in p.iterdir() if f.is_file() and f.suffix in (".jsonl", ".parquet", ".json"))
+        raise DataError("a folder, not a record file" + (f" (it holds {', '.join(held[:3])})" if held else ""),
+                        source=str(path))
     if not p.is_file():
         raise DataError("record file not found", source=str(path))
     fmt = detect_format(p, format)
