@@ -133,6 +133,19 @@ def test_items_as_dicts_and_strings_score_like_items(judges):
     assert j.score_pair(QUERY_TEXT.text, "red") == j.score_pair(QUERY_TEXT, CANDIDATES[0])
 
 
+def test_a_pair_of_the_wrong_length_says_its_length(tiny_model_dir):
+    """QA (Python API): `judge.score_pairs([("a query",)])` said "pairs[0] must be a (query, candidate) pair, got
+    tuple" — a tuple is what a pair is; a list or tuple of another length than 2 says its length."""
+    judge = JudgeScorer.from_pretrained(tiny_model_dir("qwen2_vl"), load_weights=False)
+    for pairs, said in (([("q", "c"), ("a query",)], "pairs[1] must be a (query, candidate) pair, got a tuple of 1"),
+                        ([["q", "c", "d"]], "pairs[0] must be a (query, candidate) pair, got a list of 3"),
+                        (["qc"], "pairs[0] must be a (query, candidate) pair, got str")):
+        for score in (judge.score_pairs, judge.score_pairs_reference):
+            with pytest.raises(TypeError) as refused:
+                score(pairs)
+            assert str(refused.value) == said
+
+
 def test_only_yes_no_rows_of_the_lm_head_are_used(judges, monkeypatch):
     """The fast path must not compute the full vocabulary projection."""
     j = judges("qwen2_vl")

@@ -258,8 +258,9 @@ class JudgeScorer:
 
 
 def _pair(pair, i: int) -> tuple[Item, Item]:
-    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-        raise TypeError(f"pairs[{i}] must be a (query, candidate) pair, got {type(pair).__name__}")
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:  # "got tuple" of a 1-tuple said too little (QA)
+        got = f"a {type(pair).__name__} of {len(pair)}" if isinstance(pair, (list, tuple)) else type(pair).__name__
+        raise TypeError(f"pairs[{i}] must be a (query, candidate) pair, got {got}")
     return one_item(pair[0], name=f"pairs[{i}][0]"), one_item(pair[1], name=f"pairs[{i}][1]")
 
 
