@@ -347,3 +347,25 @@ def test_a_trainer_on_an_unreachable_hub_id_fails_before_claiming_its_output_fol
     assert WHERE + "could not be reached (ConnectionRefusedError: [Errno 111] refused)" in err, err
     assert not out.exists()
     assert len(hub.probes) == 1 and hub.loads == []
+
+
+@pytest.mark.parametrize("option", ["--embedder", "--judge"])
+def test_mine_on_an_unreachable_hub_id_fails_after_its_records_and_before_any_load(hub, tmp_path, tiny_model_dir,
+                                                                                    capsys, option):
+    """QA: `unime mine --judge ORG/NAME` without a hub encoded the whole retrieval and wrote --out before the judge's
+    load asked the hub. Now the hub is asked once for each model option after the records are read and checked,
+    before any load: the same one-line error, named by its option, and no --out."""
+    from unime.cli import main
+
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"id": "a", "query": {"text": "q"}, "positive": {"text": "p"}}) + "\n")
+    hub.answer(ConnectionRefusedError(111, "refused"))
+    models = {"--embedder": tiny_model_dir("qwen2_vl"), "--judge": tiny_model_dir("qwen2_vl"), option: REPO}
+    out = tmp_path / "out"
+    assert main(["mine", "--records", str(records), *[x for kv in models.items() for x in kv], "--device", "cpu",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"unime: error: {option} {WHERE[len('model '):]}could not be reached (ConnectionRefusedError: " \
+           "[Errno 111] refused)" in err, err
+    assert not out.exists()
+    assert len(hub.probes) == 1 and hub.loads == []

@@ -56,7 +56,8 @@ def _mine(args) -> int:
         raise UsageError(str(e), command="mine") from None
     from unime.models.loading import refuse_missing_local_model
 
-    # before any work, each named by its option (the judge loads only after the retrieval's encoding)
+    # before any work, each named by its option (the judge loads only after the retrieval's encoding); a hub id
+    # after the records are read and checked (`unime.mining.inputs.refuse_unloadable_models`)
     refuse_missing_local_model(cfg.embedder, "--embedder")
     if cfg.backend != "oracle":  # (the oracle's --judge is the world or a labels file)
         refuse_missing_local_model(cfg.judge, "--judge")

@@ -79,6 +79,7 @@ def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
         extra = check_images(extra, loader, on_error=c.on_error, skips=skips, source=c.pool)
     # default pool: positives; a pool file replaces them (its own items only)
     pool = build_pool([], extra) if c.pool else build_pool(records)
+    refuse_unloadable_models(c)  # the records' errors first, then the models', before anything is written
     # the content of every image retrieval and the judge see (file bytes, cached by size + mtime): a
     # changed image changes the stage hashes, an untouched one is not read again
     digests = ImageDigests(out / "cache" / "image_digests.tsv")
@@ -91,3 +92,20 @@ def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
     return MiningInputs(records=records, pool=pool, pool_index={it.key: i for i, it in enumerate(pool)},
                         skips=skips, fingerprints=fingerprints, images_hashed=digests.hashed,
                         seconds=time.perf_counter() - t0, digests=digests)
+
+
+def refuse_unloadable_models(c: MineConfig) -> None:
+    """Refuse a hub id --embedder or --judge this process will load that cannot be loaded here, named by its option:
+    a hub that cannot be reached or has no such model (`refuse_unreachable_hub_model`: the hub asked once), or,
+    offline, one not in the local Hugging Face cache (`refuse_uncached_hub_model_offline`). The loads would say so,
+    the judge's only after the retrieval's encoding (QA: --out written, the retrieval encoded, then the judge
+    refused). Not --backend ray's judge (it loads on the cluster's nodes, from their caches), nor the oracle's (a
+    world or a labels file)."""
+    from unime.mining.backends import judge_models
+    from unime.models.loading import loading_as, refuse_uncached_hub_model_offline, refuse_unreachable_hub_model
+
+    judges = [] if c.backend == "ray" else judge_models(c.judge, c.backend)
+    for model, option in [(c.embedder, "--embedder"), *((j, "--judge") for j in judges)]:
+        with loading_as(option):
+            refuse_unreachable_hub_model(model)
+        refuse_uncached_hub_model_offline(model, option)

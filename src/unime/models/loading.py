@@ -447,12 +447,11 @@ def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
     (its config.json, or an adapter's adapter_config.json) when the hub cannot be reached or has no such model: the
     hub is asked once, without retries (`_probe_hub`) — transformers' loads retried with backoff, and a command on
     such an id waited ~2.5 minutes on a machine without network before its error (QA). Not asked: a local path,
-    HF_HUB_OFFLINE set (only the cache is read: the load says what is missing), or an id the hub was already asked
-    about in this process (for its adapter_config.json too: `_hub_adapter_config_file`). A cached id is asked the
-    same way, never refused: a hub that cannot be reached switches this process to the cache only
-    (`_read_hub_cache_only`). A hub that answers changes nothing."""
-    from huggingface_hub import try_to_load_from_cache
-
+    HF_HUB_OFFLINE set (only the cache is read: the load says what is missing, or, before any work,
+    `refuse_uncached_hub_model_offline`), or an id the hub was already asked about in this process (for its
+    adapter_config.json too: `_hub_adapter_config_file`). A cached id is asked the same way, never refused: a hub
+    that cannot be reached switches this process to the cache only (`_read_hub_cache_only`). A hub that answers
+    changes nothing."""
     from unime.errors import ModelError
 
     text = str(model)
@@ -460,7 +459,7 @@ def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
         return
     refuse_missing_local_model(model, only_mistyped=True)  # a mistyped local path: not asked of the hub
     try:
-        cached = any(isinstance(try_to_load_from_cache(text, name), str) for name in ("config.json", ADAPTER_CONFIG))
+        cached = _in_hub_cache(text)
     except ValueError:  # not a repo id: the load says what is missing
         return
     if cached:
@@ -481,6 +480,47 @@ def refuse_unreachable_hub_model(model: str | os.PathLike) -> None:
                          "pass a local model folder, fetch it on a machine with network (`hf download "
                          f"{text}`, then copy its cache or folder here), or set HF_HUB_OFFLINE=1 to read only the "
                          "local cache")
+
+
+def _in_hub_cache(model: str) -> bool:
+    """Whether the local Hugging Face cache holds hub id `model` (its config.json, or an adapter's
+    adapter_config.json); a ValueError when `model` is no repo id."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(model, name), str) for name in ("config.json", ADAPTER_CONFIG))
+
+
+def refuse_uncached_hub_model_offline(model: str | os.PathLike, option: str = "model") -> None:
+    """Offline (HF_HUB_OFFLINE, `_hub_offline`), refuse a hub id that is neither a local folder nor in the local
+    Hugging Face cache (`_in_hub_cache`), or an adapter whose base model is neither, named by `option`: all an
+    offline load reads is the cache, and it would fail there, but only when it comes — `unime mine` encoded its
+    whole retrieval before its --judge's load failed (QA). Called before any work by a command that loads a model
+    late; `refuse_unreachable_hub_model`, which every load calls, leaves an offline hub id to the load. Online:
+    nothing (the hub is asked at the load)."""
+    if not _hub_offline():
+        return
+    refuse_missing_local_model(model, option, only_mistyped=True)  # a mistyped local path: said as such
+    _refuse_uncached(model, f"{option} {str(model)!r}: ")
+    base = (peft_adapter_config(model) or {}).get("base_model_name_or_path")
+    if base:
+        _refuse_uncached(base, f"{option} {str(model)!r}: its base model {base!r} is ")
+
+
+def _refuse_uncached(model: str | os.PathLike, named: str) -> None:
+    """`refuse_uncached_hub_model_offline`'s refusal of one hub id, offline; its message starts with `named`."""
+    from unime.errors import ModelError
+
+    text = str(model)
+    if Path(model).exists():
+        return
+    try:
+        cached = _in_hub_cache(text)
+    except ValueError:  # not a repo id: the load says what is missing
+        return
+    if not cached:
+        raise ModelError(f"{named}neither a local folder nor in the local Hugging Face cache, which is all that is "
+                         f"read while HF_HUB_OFFLINE is set: pass a local model folder, or fetch it (`hf download "
+                         f"{text}` on a machine with network, then copy its cache or folder here)")
 
 
 def _read_hub_cache_only(model: str) -> None:

@@ -1,0 +1,110 @@
+"""`unime mine` on a hub id --embedder / --judge. Offline (HF_HUB_OFFLINE), one not in the local Hugging Face cache
+is refused in one line naming its option, after the records are read and checked (a bad record is still named
+first) and before any encoding: nothing is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.mining.helpers import write_dataset
+from unime.cli import main
+
+NOT_CACHED = ("neither a local folder nor in the local Hugging Face cache, which is all that is read while "
+              "HF_HUB_OFFLINE is set: pass a local model folder, or fetch it (`hf download {id}` on a machine with "
+              "network, then copy its cache or folder here)")
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE set, and a local Hugging Face cache in tmp_path that holds one hub id, `someorg/cached` (its
+    config.json)."""
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--someorg--cached"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_offline_a_hub_id_or_an_adapters_base_not_in_the_cache_is_refused_naming_its_option(offline_cache, tmp_path,
+                                                                                           monkeypatch):
+    import huggingface_hub.constants as constants
+
+    from unime.errors import ModelError
+    from unime.models.loading import refuse_uncached_hub_model_offline as refuse
+
+    refuse("someorg/cached", "--judge")  # in the cache: what an offline load reads
+    refuse(str(tmp_path), "--judge")  # a local folder: not a hub id
+    with pytest.raises(ModelError) as caught:
+        refuse("someorg/missing", "--judge")
+    assert str(caught.value) == "--judge 'someorg/missing': " + NOT_CACHED.format(id="someorg/missing")
+    adapter = tmp_path / "adapter"  # a local adapter: its base is loaded too
+    adapter.mkdir()
+    for base in ("someorg/cached", str(tmp_path)):
+        (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+        refuse(str(adapter), "--embedder")
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "someorg/base"}))
+    with pytest.raises(ModelError) as caught:
+        refuse(str(adapter), "--embedder")
+    assert str(caught.value) == f"--embedder {str(adapter)!r}: its base model 'someorg/base' is " + \
+        NOT_CACHED.format(id="someorg/base")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    refuse("someorg/missing", "--judge")  # online: the hub is asked at the load (`refuse_unreachable_hub_model`)
+    refuse(str(adapter), "--embedder")
+
+
+@pytest.mark.parametrize("option", ["--embedder", "--judge"])
+def test_mine_refuses_a_hub_id_not_in_the_cache_offline_after_the_records_and_before_any_encoding(
+        offline_cache, tiny_model_dir, tmp_path, capsys, option):
+    """QA: offline, `unime mine --judge ORG/NAME` of a hub id not in the local cache encoded the whole retrieval and
+    wrote --out (manifest, embedding cache, retrieval.parquet) before the judge's load failed; --embedder ORG/NAME
+    wrote --out's manifest before its load failed. Now one line naming the option, and --out not made. A bad record
+    is still the error named (the records are read and checked first)."""
+    records = write_dataset(tmp_path / "data")
+    model = tiny_model_dir("qwen2_vl")
+    models = {"--embedder": model, "--judge": model, option: "someorg/missing"}
+    argv = ["mine", "--records", str(records), *[x for kv in models.items() for x in kv], "--device", "cpu"]
+    out = tmp_path / "mined"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [x for x in err.splitlines() if x.startswith("unime: error:")] == [
+        f"unime: error: {option} 'someorg/missing': " + NOT_CACHED.format(id="someorg/missing")]
+    assert not out.exists()
+    lines = records.read_text().splitlines()
+    lines[2] = json.dumps({**json.loads(lines[2]), "query": {"text": ""}})
+    records.write_text("\n".join(lines) + "\n")
+    assert main([*argv, "--out", str(out)]) == 2
+    error = [x for x in capsys.readouterr().err.splitlines() if x.startswith("unime: error:")]
+    assert len(error) == 1 and error[0].startswith(f"unime: error: {records}, record line 3"), error
+    assert not out.exists()
+
+
+def test_mine_checks_the_judge_it_loads_here_not_ray_nor_the_oracles(offline_cache, tiny_model_dir, tmp_path):
+    """--backend ray's judge loads on the cluster's nodes, from their caches; the oracle's --judge is a world or a
+    labels file: neither is looked up here."""
+    from unime.errors import ModelError
+    from unime.mining.config import MineConfig
+    from unime.mining.inputs import load_inputs
+
+    records = write_dataset(tmp_path / "data")
+    config = dict(records=str(records), embedder=tiny_model_dir("qwen2_vl"), judge="someorg/missing", device="cpu")
+    with pytest.raises(ModelError, match="^--judge 'someorg/missing': neither a local folder"):
+        load_inputs(MineConfig(**config, out=str(tmp_path / "local")), tmp_path / "local")
+    assert not (tmp_path / "local").exists()
+    assert len(load_inputs(MineConfig(**config, out=str(tmp_path / "ray"), backend="ray"), tmp_path / "ray").records)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("")
+    config["judge"] = str(labels)
+    assert len(load_inputs(MineConfig(**config, out=str(tmp_path / "o"), backend="oracle"), tmp_path / "o").records)
+
