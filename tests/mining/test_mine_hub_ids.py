@@ -1,10 +1,12 @@
 """`unime mine` on a hub id --embedder / --judge. Offline (HF_HUB_OFFLINE), one not in the local Hugging Face cache
 is refused in one line naming its option, after the records are read and checked (a bad record is still named
-first) and before any encoding: nothing is written."""
+first) and before any encoding: nothing is written. A model not on disk is said once to key the run's records by its
+name, not once per key."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -108,3 +110,27 @@ def test_mine_checks_the_judge_it_loads_here_not_ray_nor_the_oracles(offline_cac
     config["judge"] = str(labels)
     assert len(load_inputs(MineConfig(**config, out=str(tmp_path / "o"), backend="oracle"), tmp_path / "o").records)
 
+
+def test_mine_says_once_per_model_that_one_not_on_disk_keys_its_records_by_its_name(tiny_model_dir, tmp_path,
+                                                                                    monkeypatch, caplog):
+    """QA: `unime mine --embedder <hub id>` logged `model_fingerprint`'s warning (the model keyed by its name only)
+    twice: for the manifest's record of the run, before the model loads, and again for the embedding cache's key.
+    Once now for each model, naming what it keys, with the keys of before (the manifest's fingerprint is
+    `model_fingerprint`'s). (The tiny model is taken as not on disk: `_local_model_dir` answers None, as for a hub
+    id.)"""
+    from unime.models import embedding_cache
+    from unime.models.embedding_cache import model_fingerprint
+
+    records = write_dataset(tmp_path / "data")
+    model = tiny_model_dir("qwen2_vl")
+    monkeypatch.setattr(embedding_cache, "_local_model_dir", lambda path: None)
+    out = tmp_path / "mined"
+    with caplog.at_level(logging.WARNING, logger="unime.models.embedding_cache"):
+        assert main(["mine", "--records", str(records), "--embedder", model, "--judge", model, "--out", str(out),
+                     "--k", "2", "--count", "1", "--device", "cpu"]) == 0
+    said = f"model {model} is not a local folder; unime mine's record of its finished stages"
+    assert [r.getMessage() for r in caplog.records if r.name == "unime.models.embedding_cache"] == [
+        f"{said} and its embedding cache is keyed by its name only", f"{said} is keyed by its name only"]
+    inputs = json.loads((out / "manifest.json").read_text())["inputs"]
+    assert inputs["embedder"]["fingerprint"] == inputs["judge"]["fingerprint"] == model_fingerprint(model) != \
+        model_fingerprint(model + "x")

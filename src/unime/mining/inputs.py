@@ -10,13 +10,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from unime.data.image_digests import ImageDigests, digest_items
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl
 from unime.errors import DataError
-from unime.mining.manifest import input_fingerprints
+from unime.mining.manifest import EMBEDDER_KEYS, input_fingerprints
 from unime.mining.retrieval import build_pool
 
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ class MiningInputs:
     images_hashed: int  # image files read for their digest (the others known by size + mtime)
     seconds: float
     digests: ImageDigests | None = None  # every image's digest, for the retrieval's embedding cache keys
+    # the embedder's `model_fingerprinter`, for the manifest's record and the embedding cache's key: the model looked
+    # up once, one not on disk said once to be keyed by its name (QA: twice); None: `model_fingerprint` each time
+    embedder_fingerprint: Callable[[dict | None], str] | None = None
 
 
 def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
@@ -62,6 +65,7 @@ def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
     from unime.data.io import check_images, read_records
     from unime.data.skips import SkipReport
     from unime.mining.backends import judge_models
+    from unime.models.embedding_cache import model_fingerprinter
     from unime.models.loading import checkpoint_image_loader
 
     t0 = time.perf_counter()
@@ -87,11 +91,12 @@ def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
     digests.save()
     log.info("image content digest %s (%d files read, the rest known by size + mtime)", images_sha1[:12],
              digests.hashed)
+    embedder = model_fingerprinter(c.embedder, keyed=EMBEDDER_KEYS)
     fingerprints = input_fingerprints(c, n_records=len(records), skipped=skips.total, pool_size=len(pool),
-                                      images_sha1=images_sha1)
+                                      images_sha1=images_sha1, embedder=embedder)
     return MiningInputs(records=records, pool=pool, pool_index={it.key: i for i, it in enumerate(pool)},
                         skips=skips, fingerprints=fingerprints, images_hashed=digests.hashed,
-                        seconds=time.perf_counter() - t0, digests=digests)
+                        seconds=time.perf_counter() - t0, digests=digests, embedder_fingerprint=embedder)
 
 
 def refuse_unloadable_models(c: MineConfig) -> None:

@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from unime.data.atomic import atomic_open
 from unime.data.image_digests import file_sha1
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 PIPELINE_VERSION = 1
 # what the checkpoints' fingerprints key here: named when a model not on disk is keyed by its name only
 MANIFEST_INPUTS = "unime mine's record of its finished stages"
+# what the embedder's fingerprint keys: the manifest's record and the retrieval's embedding cache (`load_inputs`)
+EMBEDDER_KEYS = f"{MANIFEST_INPUTS} and its embedding cache"
 
 # MineConfig fields that do not change what is mined (left out of the run's identity): where the output
 # goes, how the work is spread and batched, progress bars, the attention kernel the models run (a choice of the
@@ -45,16 +47,18 @@ FREE_OPTIONS = ("out", "show_progress", "backend", "backend_options", "cache_dir
                 "judge_image_cache", "judge_image_cache_mib", "embed_batch_size", "overwrite", "attn_implementation")
 
 
-def input_fingerprints(c: MineConfig, *, n_records: int, skipped: int, pool_size: int, images_sha1: str) \
-        -> dict[str, Any]:
+def input_fingerprints(c: MineConfig, *, n_records: int, skipped: int, pool_size: int, images_sha1: str,
+                       embedder: Callable[[dict | None], str] | None = None) -> dict[str, Any]:
     """What the run reads, by content: records and pool files, both checkpoints, the data root, the bytes
-    of every image (`images_sha1`, from `unime.data.image_digests`)."""
+    of every image (`images_sha1`, from `unime.data.image_digests`). `embedder`: the embedder's
+    `model_fingerprinter`, when the caller has it (default: its `model_fingerprint`)."""
+    embedder_fingerprint = embedder(None) if embedder else model_fingerprint(c.embedder, keyed=MANIFEST_INPUTS)
     inputs = {
         "records": {"path": str(Path(c.records).resolve()), "sha1": file_sha1(c.records), "n": n_records,
                     "skipped": skipped},
         "pool": {"path": str(Path(c.pool).resolve()), "sha1": file_sha1(c.pool)} if c.pool else "positives",
         "pool_size": pool_size,
-        "embedder": {"path": c.embedder, "fingerprint": model_fingerprint(c.embedder, keyed=MANIFEST_INPUTS)},
+        "embedder": {"path": c.embedder, "fingerprint": embedder_fingerprint},
         "judge": {"path": c.judge, "fingerprint": judge_fingerprint(c.judge, keyed=MANIFEST_INPUTS)},
         "data_root": str(Path(c.resolved_data_root).resolve()),
         "images": {"sha1": images_sha1},

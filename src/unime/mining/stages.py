@@ -112,7 +112,9 @@ def retrieval_encoder(c: MineConfig, data: MiningInputs, manifest: Manifest, emb
     # the evaluation's embedding cache: items keyed by text + image content, so the same relative path
     # under another data root (or a regenerated image) is never served a stale vector
     settings = cache_settings(embedding_settings(emb, c.dtype), emb)
-    encoder = RunEncoder(emb, model_fingerprint(c.embedder, settings, keyed="the embedding cache"),
+    fingerprint = data.embedder_fingerprint  # the manifest's (`load_inputs`): the model looked up once
+    encoder = RunEncoder(emb, fingerprint(settings) if fingerprint else
+                         model_fingerprint(c.embedder, settings, keyed="the embedding cache"),
                          cache_dir=c.cache_dir or manifest.path.parent / "cache" / "embeddings",
                          model_info={"model": str(c.embedder), "settings": settings},
                          batch_size=c.embed_batch_size, show_progress=c.show_progress,
