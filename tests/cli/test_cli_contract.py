@@ -238,7 +238,7 @@ def test_config_values_go_through_the_options_types_and_choices(tmp_path):
     ("k: true\n", "key 'k': expected int, got True"),
     ("fallback: sometimes\n", "key 'fallback': 'sometimes' is not one of random, drop"),
     ("progress: maybe\n", "key 'progress': expected true or false"),
-    ("frobnicate: 1\n", "unknown option(s) frobnicate"),
+    ("frobnicate: 1\n", "unknown key for `unime mine`: 'frobnicate'"),
     ("- a\n- b\n", "must be a mapping"),
     ("k: [\n", "malformed YAML"),
 ])
@@ -249,6 +249,45 @@ def test_bad_config_values_are_refused_before_any_work(tmp_path, text, fragment,
     assert str(e.value).startswith(cfg) and fragment in str(e.value)
     assert main(MINE + ["--config", cfg]) == 2
     assert _error_lines(capsys) == [f"unime: error: {e.value}"]
+
+
+_TRAIN = ["train", "embedder", "--model", "m", "--records", "r", "--out", "o"]
+_EVAL = ["eval", "--model", "m", "--tasks", "t", "--out", "o"]
+
+
+# an unknown key of a --config file: (command, file, what the error says of it after "{path}: "), as an unknown
+# option on the command line (`unime.cli.suggest_option`, test_usage_errors): the other commands that take it, the
+# command's key of the same config field, else the closest by spelling, in the file's spelling (dashes or underscores)
+@pytest.mark.parametrize("argv, text, said", [
+    (_TRAIN, "batchsize: 8\n", "unknown key for `unime train embedder`: 'batchsize' (did you mean batch_size?)"),
+    (_TRAIN, "batch-siz: 8\n", "unknown key for `unime train embedder`: 'batch-siz' (did you mean batch-size?)"),
+    (_TRAIN, "batch_siz: 8\n", "unknown key for `unime train embedder`: 'batch_siz' (did you mean batch_size?)"),
+    # a key without a separator takes the one of the file's other keys
+    (_TRAIN, "in-batch: true\nbatchsize: 8\n",
+     "unknown key for `unime train embedder`: 'batchsize' (did you mean batch-size?)"),
+    (_TRAIN, "on_error: skip\nbatchsize: 8\n",
+     "unknown key for `unime train embedder`: 'batchsize' (did you mean batch_size?)"),
+    # another command's key: the command's key of the same config field (`only`), with its help
+    (_EVAL, "only: [a]\n", "unknown key for `unime eval`: 'only' (an option of 'unime reason eval'; did you mean "
+                           "task (evaluate only this task (repeatable))?)"),
+    (["train", "judge"], "max_steps: 3\n", "unknown key for `unime train judge`: 'max_steps' (an option of 'unime "
+     "eval reference' and 'unime train reasoner'; did you mean steps (optimizer steps (overrides --epochs when > "
+     "0))?)"),
+    (_TRAIN, "only: [a]\n", "unknown key for `unime train embedder`: 'only' (an option of 'unime reason eval')"),
+    # a key no command has, nothing close: nothing suggested; several keys, each said
+    (MINE, "frobnicate: 1\n", "unknown key for `unime mine`: 'frobnicate'"),
+    (_TRAIN, "sed: 1\nfrobnicate: 1\nbatch-sise: 2\n", "unknown keys for `unime train embedder`: 'batch-sise' (did "
+     "you mean batch-size?), 'frobnicate', 'sed' (did you mean seed?)"),
+    # the options a config file does not set are not suggested, nor said to be other commands'
+    (_TRAIN, "confi: x\nhepl: 1\n", "unknown keys for `unime train embedder`: 'confi', 'hepl'"),
+])
+def test_an_unknown_config_key_is_named_with_the_command_lines_suggestion(tmp_path, argv, text, said, capsys):
+    cfg = _cfg(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        parse(argv + ["--config", cfg])
+    assert str(e.value) == f"{cfg}: {said}"
+    assert main(argv + ["--config", cfg, "--print-config"]) == 2
+    assert _error_lines(capsys) == [f"unime: error: {cfg}: {said}"]
 
 
 def test_flags_from_a_config_mean_what_they_say(tmp_path):

@@ -286,7 +286,9 @@ def test_set_takes_each_option_kind_as_a_config_file_does(capsys):
     for sets, line in ((["gradcache=maybe"], "--set: key 'gradcache': expected true or false, got 'maybe'"),
                        (["chunk-size=2", "chunk-size=3"], "--set: key 'chunk-size': expected a single value, got "
                                                           "list ['2', '3']"),
-                       (["nope=1"], "--set: unknown option(s) nope for `unime train embedder`")):
+                       (["nope=1"], "--set: unknown key for `unime train embedder`: 'nope'"),
+                       (["batchsize=3"], "--set: unknown key for `unime train embedder`: 'batchsize' (did you mean "
+                                         "batch_size?)")):
         assert main(["plan", "--recipe", recipe, *(a for s in sets for a in ("--set", s))]) == 2
         assert capsys.readouterr().err.strip() == f"unime: error: {line}"
 

@@ -21,6 +21,7 @@ import importlib
 import logging
 import os
 import sys
+import typing
 
 # subcommand modules, in the order they appear in `unime --help`
 COMMAND_MODULES = ["data", "models", "embed", "index", "eval", "mine", "train", "reason", "plan", "serve", "demo"]
@@ -95,36 +96,62 @@ def _long_options(parser: argparse.ArgumentParser) -> list[str]:
     return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
 
 
-def _unknown_option_message(parser: argparse.ArgumentParser, option: str) -> str:
-    """`unrecognized option --foo`; the other unime commands that take `--foo` (`--foo is an option of 'unime
-    reason eval'`); `did you mean --bar?`: the option of `parser` declared on the same config field as `--foo` is in
-    another command (`unime.cli.dataclass_options`: `eval --task` for `reason eval --only`), with its help, else the
-    closest by spelling (difflib)."""
+class OptionSuggestion(typing.NamedTuple):
+    """What an unknown option is to a command (`suggest_option`): the other unime commands that take it ("'unime
+    reason eval'", "" for none), and the command's option to suggest: the one of the same config field, else the
+    closest by spelling (None for neither)."""
+
+    others: str
+    same_field: argparse.Action | None
+    closest: str | None  # a long option, e.g. `--batch-size`
+
+
+def suggest_option(parser: argparse.ArgumentParser, option: str, *, exclude: tuple[str, ...] = ()) -> OptionSuggestion:
+    """`option` (`--foo`), which `parser` does not have, in the other unime commands (up to three named) and the
+    option of `parser` to suggest instead: the one declared on the same config field as `--foo` is in another command
+    (`unime.cli.dataclass_options`: `eval --task` for `reason eval --only`), else the closest by spelling (difflib,
+    on the names without dashes). `exclude`: options neither looked up nor suggested (a config file's `--config`).
+    The one rule for an unknown option on the command line (`CommandParser`) and an unknown key of a `--config` file
+    (`unime.cli.options_file.apply_options`)."""
     import difflib
 
     root = getattr(parser, "root", None)
-    others = [(words, p) for words, p in (_commands(root) if root is not None else ())
+    others = [(words, p) for words, p in (_commands(root) if root is not None and option not in exclude else ())
               if p is not parser and option in p._option_string_actions]
     fields = {getattr(p._option_string_actions[option], "unime_field", None) for _, p in others} - {None}
     same_field = next((a for a in parser._actions if a.option_strings and getattr(a, "unime_field", None) in fields),
                       None)
-    text = [f"unrecognized option {option}"]
-    if others:
-        named = [f"'{' '.join(('unime', *words))}'" for words, _ in others]
-        if len(named) > 4:
-            named = [*named[:3], f"{len(named) - 3} other commands"]
-        listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
-        text.append(f"{option} is an option of {listed}")
-    if same_field is not None:
-        flag = same_field.option_strings[0]
-        metavar = f" {same_field.metavar}" if isinstance(same_field.metavar, str) else ""
-        helped = f" ({parser._get_formatter()._expand_help(same_field)})" if same_field.help else ""  # %(default)s
-        text.append(f"did you mean {flag}{metavar}{helped}?")
-    else:
-        names = {s.lstrip("-"): s for s in _long_options(parser)}
+    named = [f"'{' '.join(('unime', *words))}'" for words, _ in others]
+    if len(named) > 4:
+        named = [*named[:3], f"{len(named) - 3} other commands"]
+    listed = "" if not named else named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+    closest = None
+    if same_field is None:
+        names = {s.lstrip("-"): s for s in _long_options(parser) if s not in exclude}
         close = difflib.get_close_matches(option.lstrip("-"), list(names), n=1)
-        if close:
-            text.append(f"did you mean {names[close[0]]}?")
+        closest = names[close[0]] if close else None
+    return OptionSuggestion(listed, same_field, closest)
+
+
+def option_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """` (HELP)`: `action`'s help as `--help` shows it (its `%(default)s` filled in); "" without one."""
+    return f" ({parser._get_formatter()._expand_help(action)})" if action.help else ""
+
+
+def _unknown_option_message(parser: argparse.ArgumentParser, option: str) -> str:
+    """`unrecognized option --foo`; the other unime commands that take `--foo` (`--foo is an option of 'unime
+    reason eval'`); `did you mean --bar?` (`suggest_option`), the option of the same config field with its
+    metavar and help."""
+    found = suggest_option(parser, option)
+    text = [f"unrecognized option {option}"]
+    if found.others:
+        text.append(f"{option} is an option of {found.others}")
+    if found.same_field is not None:
+        flag = found.same_field.option_strings[0]
+        metavar = f" {found.same_field.metavar}" if isinstance(found.same_field.metavar, str) else ""
+        text.append(f"did you mean {flag}{metavar}{option_help(parser, found.same_field)}?")
+    elif found.closest:
+        text.append(f"did you mean {found.closest}?")
     return "; ".join(text)
 
 

@@ -141,7 +141,7 @@ def apply_options(subparser: argparse.ArgumentParser, values: dict[str, Any], *,
 
     unknown = sorted(str(k) for k in values if actions_for(str(k)) is None)
     if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)} for `{subparser.prog}`")
+        raise ConfigError(unknown_keys_message(subparser, unknown, [str(k) for k in values], source=source))
     defaults: dict[str, Any] = {}
     dests: dict[str, str] = {}
     for key, value in values.items():
@@ -153,3 +153,39 @@ def apply_options(subparser: argparse.ArgumentParser, values: dict[str, Any], *,
             a.required = False
     subparser.set_defaults(**defaults)
     return dests
+
+
+# options a config file does not set, which an unknown key is not said to be (`unknown_keys_message`)
+_NOT_CONFIG_KEYS = ("--config", "--print-config", "--recipe", "--help")
+
+
+def _separator(key: str, keys: list[str]) -> str:
+    """The word separator `key` is written with: its own ("-" or "_"), else the one most keys of its file use,
+    else "_"."""
+    own = next((c for c in key if c in "-_"), None)
+    if own is not None:
+        return own
+    dashes, underscores = (sum(c in k for k in keys) for c in "-_")
+    return "-" if dashes > underscores else "_"
+
+
+def unknown_keys_message(subparser: argparse.ArgumentParser, unknown: list[str], keys: list[str], *,
+                         source: str) -> str:
+    """`SOURCE: unknown key for `unime eval`: 'only' (an option of 'unime reason eval'; did you mean task (evaluate
+    only this task (repeatable))?)`: each of the `unknown` keys (of all `keys` the file has) with what the command
+    line says of the same option (`unime.cli.suggest_option`: the other commands that take it; the command's option
+    of the same config field, else the closest by spelling), the suggested key spelled with the file's separator
+    (`batchsize` -> batch_size, `batch-siz` -> batch-size)."""
+    from unime.cli import option_help, suggest_option
+
+    described = []
+    for key in unknown:
+        found = suggest_option(subparser, "--" + key.replace("_", "-"), exclude=_NOT_CONFIG_KEYS)
+        suggested = found.same_field.option_strings if found.same_field is not None else [found.closest]
+        flag = next((s for s in suggested if s and s.startswith("--")), None)
+        said = [f"an option of {found.others}"] if found.others else []
+        if flag is not None:
+            helped = option_help(subparser, found.same_field) if found.same_field is not None else ""
+            said.append(f"did you mean {flag[2:].replace('-', _separator(key, keys))}{helped}?")
+        described.append(f"'{key}'" + (f" ({'; '.join(said)})" if said else ""))
+    return f"{source}: unknown key{'s' if len(unknown) > 1 else ''} for `{subparser.prog}`: {', '.join(described)}"
