@@ -295,6 +295,11 @@ UNKNOWN_OPTION_CASES = [
 @pytest.mark.parametrize("argv,line", UNKNOWN_OPTION_CASES,
                          ids=[" ".join(a[:3]) + f"#{i}" for i, (a, _) in enumerate(UNKNOWN_OPTION_CASES)])
 def test_an_unknown_option_is_a_usage_error_naming_it_its_commands_and_the_closest(argv, line, tmp_path, capsys):
+    _assert_refused_by_the_parser(argv, line, tmp_path, capsys)
+
+
+def _assert_refused_by_the_parser(argv, line, tmp_path, capsys):
+    """`argv` ends in argparse's usage of the command and then the one error `line`, exit code 2, nothing written."""
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -304,6 +309,59 @@ def test_an_unknown_option_is_a_usage_error_naming_it_its_commands_and_the_close
     assert err[0].startswith(f"usage: {command} ") and err[-1] == line  # argparse's usage, then the one error line
     assert [x for x in err if "error:" in x] == [line]
     assert not any(tmp_path.iterdir())
+
+
+_DASH = " (a value beginning with '-' is written {})"
+_SEARCH = ["search", "--index", "{tmp}/idx"]
+_TRAIN = ["train", "embedder", "--model", "m", "--records", "r", "--out", "{tmp}/e"]
+# a value beginning with '-' after the option taking it, which argparse takes for an option (QA: `unime search --query
+# -foo` said "unrecognized option -foo"): the error ends with the option's value written with `=`, where the option
+# takes that value (its type and choices)
+DASH_VALUE_CASES = [
+    (_SEARCH + ["--query", "-foo"], "unime search: error: unrecognized option -foo" + _DASH.format("--query=-foo")),
+    (_SEARCH + ["--instruction", "-x"], "unime search: error: unrecognized option -x"
+     + _DASH.format("--instruction=-x")),
+    (_SEARCH + ["--que", "-foo"], "unime search: error: unrecognized option -foo" + _DASH.format("--que=-foo")),
+    (_SEARCH + ["--json", "--query", "-json"], "unime search: error: unrecognized option -json; did you mean --json?"
+     + _DASH.format("--query=-json")),
+    (["data", "import", "--delimiter", "-x"], "unime data import: error: unrecognized option -x"
+     + _DASH.format("--delimiter=-x")),
+    (["--log-level", "-x", "eval"], "unime: error: unrecognized option -x" + _DASH.format("--log-level=-x")),
+    # a float argparse does not take for a negative number
+    (_TRAIN + ["--lr", "-1e-3"], "unime train embedder: error: unrecognized option -1e-3" + _DASH.format("--lr=-1e-3")),
+    # an option of the command (or -h) as the value: argparse's "expected one argument"
+    (_SEARCH + ["--query", "--json"], "unime search: error: argument --query: expected one argument"
+     + _DASH.format("--query=--json")),
+    (_SEARCH + ["--query", "-h"], "unime search: error: argument --query: expected one argument"
+     + _DASH.format("--query=-h")),
+    # no hint: a value the option refuses, an option taking no value, the value given before, no value at all
+    (_TRAIN + ["--seed", "-foo"], "unime train embedder: error: unrecognized option -foo"),
+    (_TRAIN + ["--on-error", "-x"], "unime train embedder: error: unrecognized option -x"),
+    (_SEARCH + ["--json", "-foo"], "unime search: error: unrecognized option -foo"),
+    (_SEARCH + ["--query", "q", "-foo"], "unime search: error: unrecognized option -foo"),
+    (_SEARCH + ["--query=q", "--json", "--query"], "unime search: error: argument --query: expected one argument"),
+]
+
+
+@pytest.mark.parametrize("argv,line", DASH_VALUE_CASES,
+                         ids=[" ".join(a[-2:]) + f"#{i}" for i, (a, _) in enumerate(DASH_VALUE_CASES)])
+def test_a_value_beginning_with_a_dash_is_said_to_be_written_with_equals(argv, line, tmp_path, capsys):
+    _assert_refused_by_the_parser(argv, line, tmp_path, capsys)
+
+
+def test_values_beginning_with_a_dash_written_with_equals_parse():
+    """What the hint says parses to the value; and a negative number, a value with a space, after a space."""
+    from unime.cli import _add_overwrite_options, _parse, build_parser
+
+    parser = build_parser()
+    _add_overwrite_options(parser)
+    search = ["search", "--index", "idx"]
+    assert _parse(parser, search + ["--query=-foo"]).query == "-foo"
+    assert _parse(parser, search + ["--query=--json"]).query == "--json"
+    assert _parse(parser, search + ["--query", "-1"]).query == "-1"
+    assert _parse(parser, search + ["--query", "-foo bar"]).query == "-foo bar"
+    train = ["train", "embedder", "--model", "m", "--records", "r", "--out", "o"]
+    assert _parse(parser, train + ["--lr=-1e-3"]).lr == -1e-3
 
 
 def test_options_shortened_as_argparse_allows_still_parse(tmp_path, capsys):

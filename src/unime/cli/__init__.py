@@ -45,9 +45,9 @@ class CommandParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
-        unknown = _unknown_option(self, args)
-        if unknown is not None:
-            self.error(_unknown_option_message(self, unknown))
+        refused = _refused_argument(self, args)
+        if refused is not None:
+            self.error(refused)
         return super().parse_known_args(args, namespace)
 
 
@@ -63,24 +63,47 @@ def _own_arguments(parser: argparse.ArgumentParser, args: list[str]) -> list[str
     return own
 
 
-def _unknown_option(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
-    """The first of `parser`'s own arguments that argparse takes for an option `parser` does not have (as it would
-    classify it: `--x=1`, a prefix of one option, a negative number are not); None when there is none, or when -h is
-    among them (the help is printed whatever else is given), or a prefix is ambiguous (argparse's own error)."""
-    unknown = []
-    for arg in _own_arguments(parser, args):
+def _refused_argument(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
+    """The usage error of the first of `parser`'s own arguments that argparse refuses for an option: one `parser` does
+    not have (as argparse would classify it: `--x=1`, a prefix of one option, a negative number are not;
+    `_unknown_option_message`), or an option after one that takes a value (argparse: "argument --query: expected one
+    argument"). When the refused argument would be the value of the option before it (`--query -foo`, `--lr -1e-3`),
+    the error ends with how to give that value: `(a value beginning with '-' is written --query=-foo)`. None when
+    argparse takes every argument, or a prefix is ambiguous (argparse's own error); an unknown option is left to
+    argparse too when -h is among the arguments (the help is printed whatever else is given), and an option without
+    its value when -h comes before it (the help is printed first)."""
+    own = _own_arguments(parser, args)
+    found = []
+    for arg in own:
         try:
-            found = parser._parse_optional(arg)  # None, (action, ...) or, from Python 3.12.7, [(action, ...)]
+            parsed = parser._parse_optional(arg)  # None, (action, ...) or, from Python 3.12.7, [(action, ...)]
         except argparse.ArgumentError:
             return None
-        if found is None:
+        found.append(parsed[0] if isinstance(parsed, list) else parsed)
+    helps = [i for i, parsed in enumerate(found) if parsed is not None and isinstance(parsed[0], argparse._HelpAction)]
+    for i, (arg, parsed) in enumerate(zip(own, found)):
+        if parsed is None:
             continue
-        action = (found[0] if isinstance(found, list) else found)[0]
-        if isinstance(action, argparse._HelpAction):
-            return None
-        if action is None:
-            unknown.append(arg.split("=", 1)[0])
-    return unknown[0] if unknown else None
+        before = found[i - 1] if i else None  # (action, option string, ..., its value after `=` or None)
+        hint = _dash_value_hint(parser, before, own[i - 1] if i else "", arg)
+        if parsed[0] is None and not helps:
+            return _unknown_option_message(parser, arg.split("=", 1)[0]) + hint
+        if hint and before[0].nargs is None and not (helps and helps[0] < i - 1):  # argparse: the option has no
+            return str(argparse.ArgumentError(before[0], "expected one argument")) + hint  # value (-h is too late)
+    return None
+
+
+def _dash_value_hint(parser: argparse.ArgumentParser, before, written: str, value: str) -> str:
+    """` (a value beginning with '-' is written --query=-foo)` where `written`, the argument before `value` (parsed
+    as `before`), is an option taking one value that is not given after `=`, and that option accepts `value` (its
+    type and choices); "" otherwise."""
+    if before is None or before[0] is None or before[-1] is not None or before[0].nargs not in (None, "?"):
+        return ""
+    try:
+        parser._get_values(before[0], [value])
+    except (argparse.ArgumentError, TypeError, ValueError):
+        return ""
+    return f" (a value beginning with '-' is written {written}={value})"
 
 
 def _commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
