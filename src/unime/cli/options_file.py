@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from unime.cli.suggestions import option_help, suggest_option
 from unime.errors import UnimeError
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -173,10 +174,9 @@ def unknown_keys_message(subparser: argparse.ArgumentParser, unknown: list[str],
                          source: str) -> str:
     """`SOURCE: unknown key for `unime eval`: 'only' (an option of 'unime reason eval'; did you mean task (evaluate
     only this task (repeatable))?)`: each of the `unknown` keys (of all `keys` the file has) with what the command
-    line says of the same option (`unime.cli.suggest_option`: the other commands that take it; the command's option
-    of the same config field, else the closest by spelling), the suggested key spelled with the file's separator
-    (`batchsize` -> batch_size, `batch-siz` -> batch-size)."""
-    from unime.cli import option_help, suggest_option
+    line says of the same option (`unime.cli.suggestions.suggest_option`: the other commands that take it; the
+    command's option of the same config field, else the closest by spelling), the suggested key spelled with the
+    file's separator (`batchsize` -> batch_size, `batch-siz` -> batch-size)."""
 
     described = []
     for key in unknown:
