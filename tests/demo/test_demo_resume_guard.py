@@ -282,3 +282,96 @@ def test_a_stage_resumed_after_a_kill_by_another_unime_records_both(tmp_path, mo
     demo.stage("world", [], lambda c: None)
     assert json.loads((out / "stages" / "world.json").read_text())["unime"] == ["0.0.9", unime_code()]
     assert demo.results[-1].other_unime == ["0.0.9"]
+
+
+class _StopAfterModels(Exception):
+    pass
+
+
+def _models_only_demo(out, tmp_path):
+    """The demo with only its models stage run (the real body), the stages before it skipped and the run stopped
+    after it."""
+    from unime.demo.pipeline import Demo
+    from unime.demo.run import DemoSettings
+
+    class ModelsOnly(Demo):
+        def stage(self, name, done_when, body, **kw):
+            if name == "models":
+                super().stage(name, done_when, body, **kw)
+                raise _StopAfterModels
+    return ModelsOnly(out, DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json",
+                      load_probe=lambda: None)
+
+
+def _fake_pretrained(root, name, payload):
+    from unime.demo.pretrain import MODEL_DIR, PretrainResult
+
+    (root / name / MODEL_DIR).mkdir(parents=True)
+    (root / name / MODEL_DIR / "model.safetensors").write_text(payload)
+    return PretrainResult(root / name, reused=True, manifest={"key": name})
+
+
+def test_the_models_stage_killed_while_the_judge_pretrains_resumes(tmp_path, monkeypatch):
+    """Before: the models stage copied the pretrained base to models/embedder-base and then pretrained the judge; a
+    run killed in the judge's pretraining (an hour on the large preset) could not be resumed: the copy met the folder
+    it had written itself (`FileExistsError: ... models/embedder-base`, a traceback, every later run the same). Now
+    the copy is atomic and replaces what the stage wrote before; the resumed stage finishes."""
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    base = _fake_pretrained(cache, "base", "base weights")
+    judge = _fake_pretrained(cache, "judge", "judge weights")
+    calls = []
+
+    def pretrain_judge(*a, **kw):
+        calls.append("judge")
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the kill, after the base was copied
+        return judge
+    monkeypatch.setattr("unime.demo.pretrain.pretrain", lambda *a, **kw: base)
+    monkeypatch.setattr("unime.demo.pretrain.pretrain_judge", pretrain_judge)
+    with pytest.raises(KeyboardInterrupt):
+        _models_only_demo(out, tmp_path).run()
+    assert (out / "models" / "embedder-base" / "model.safetensors").read_text() == "base weights"
+    assert not (out / "models" / "judge-base").exists()
+    with pytest.raises(_StopAfterModels):
+        _models_only_demo(out, tmp_path).run()
+    assert (out / "models" / "embedder-base" / "model.safetensors").read_text() == "base weights"
+    assert (out / "models" / "judge-base" / "model.safetensors").read_text() == "judge weights"
+    marker = json.loads((out / "stages" / "models.json").read_text())
+    assert "models/embedder-base/model.safetensors" in marker["files"]
+    assert "models/judge-base/model.safetensors" in marker["files"]
+    assert not list((out / "models").glob(".*partial"))
+
+
+def test_a_copy_killed_midway_is_finished_and_a_folder_of_the_users_is_refused(tmp_path):
+    """`DemoRun.copy_folder`: a partial copy a kill left beside the output is the stage's and is replaced; a folder the
+    user put where the stage writes is refused with a message naming a file of it, and nothing of it is deleted."""
+    from unime.errors import UsageError
+
+    out = tmp_path / "demo"
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "w.bin").write_text("weights")
+    dest = out / "models" / "embedder-base"
+
+    def killed_midway(c):
+        partial = dest.with_name(".embedder-base.partial")
+        partial.mkdir(parents=True)
+        (partial / "w.bin").write_text("half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _demo(out, tmp_path).stage("models", [], killed_midway, writes=[dest])
+    demo = _demo(out, tmp_path)
+    demo.stage("models", [dest], lambda c: demo.copy_folder(source, dest), writes=[dest])
+    assert _files(out / "models") == ["embedder-base/w.bin"]
+    assert (dest / "w.bin").read_text() == "weights"
+
+    other = tmp_path / "other"
+    mine = other / "models" / "embedder-base"
+    mine.mkdir(parents=True)
+    (mine / "my.bin").write_text("the user's")
+    demo = _demo(other, tmp_path)
+    with pytest.raises(UsageError, match=r"embedder-base holds 1 file\(s\) this demo did not write "
+                                         r"\(models/embedder-base/my.bin\)"):
+        demo.stage("models", [mine], lambda c: demo.copy_folder(source, mine), writes=[mine])
+    assert (mine / "my.bin").read_text() == "the user's"
+    assert not (mine / "w.bin").exists()

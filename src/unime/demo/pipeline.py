@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -148,7 +147,7 @@ class Demo(DemoRun):
                      f"{shlex.quote(str(world))} --device {self.device}")
             result = pretrain(recipe, exclude_world=world, device=self.device, progress=self.say)
             self.note_pretraining("base", result)
-            shutil.copytree(result.model, self.p("models", "embedder-base"))
+            self.copy_folder(result.model, self.p("models", "embedder-base"))
             (self.p("models", "pretrained.json")).write_text(json.dumps(
                 {**result.manifest, "path": str(result.path), "reused": result.reused}, indent=1))
             judge_base = result
@@ -162,7 +161,7 @@ class Demo(DemoRun):
                 self.note_pretraining("judge", judge_base)
                 (self.p("models", "pretrained_judge.json")).write_text(json.dumps(
                     {**judge_base.manifest, "path": str(judge_base.path), "reused": judge_base.reused}, indent=1))
-            shutil.copytree(judge_base.model, self.p("models", "judge-base"))
+            self.copy_folder(judge_base.model, self.p("models", "judge-base"))
         self.stage("models", [self.p("models", "embedder-base"), self.p("models", "judge-base")], models,
                    writes=[self.p("models", name) for name in ("embedder-base", "pretrained.json", "judge-base",
                                                                "pretrained_judge.json")])

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -180,6 +181,7 @@ class DemoRun:
         self.stage_busy = False  # the stage running started on a busy machine: its times are not recorded
         self._running: Path | None = None  # the running stage's marker (`stage`) and what it holds
         self._running_data: dict = {}
+        self._earlier_files: set[str] = set()  # the files the running stage's earlier passes wrote (its marker's)
         # the console during a stage (`unime.demo.stage_logs`): None shows from WARNING up, the stages' records in
         # OUT/logs/STAGE.log; a level (`--log-level` given) shows what it lets through, as without the demo
         self.console_level = console_level
@@ -292,6 +294,7 @@ class DemoRun:
         # commands (a pass that redid earlier ones, their outputs deleted, is timed anew)
         earlier = json.loads(marker.read_text()) if marker.is_file() else {"seconds": 0.0, "commands": []}
         earlier["commands"] = self.moved_here(earlier)
+        self._earlier_files = {f for f in earlier.get("files", []) if isinstance(f, str)}
         self.say(f"[demo] {self.progress_line(name, starting=True)} ...")
         busy = self.load_probe()
         if busy is not None and busy >= BUSY_CORES:
@@ -396,6 +399,29 @@ class DemoRun:
         if new:
             self._running_data["writes"] = sorted(claimed | new)
             write_json(self._running, self._running_data)
+
+    def copy_folder(self, source: Path, dest: Path) -> None:
+        """Copy the folder `source` to the running stage's output `dest`, atomically (into `.NAME.partial` beside it,
+        then renamed). A stage resumed after a kill finds what it wrote before: its partial copy and a `dest` whose
+        files the stage wrote are replaced. A `dest` (or partial copy) holding a file that was there before the stage
+        started and that no earlier pass of it wrote, the user's, is refused, naming it (nothing deleted)."""
+        from unime.errors import UsageError
+
+        partial = dest.with_name(f".{dest.name}.partial")
+        before = set(self._running_data.get("before", [])) - self._earlier_files
+        for path in (partial, dest):
+            if not path.exists():
+                continue
+            files = [f for f in (self.relative(p) for p in ([path] if path.is_file() else path.rglob("*")))
+                     if f is not None and not Path(self.out, f).is_dir()]
+            theirs = sorted(set(files) & before)
+            if theirs:
+                raise UsageError(f"{path} holds {len(theirs)} file(s) this demo did not write ({theirs[0]}"
+                                 f"{', ...' if len(theirs) > 1 else ''}): move it away, or give another --out")
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        self.claim_outputs([dest])
+        shutil.copytree(source, partial)
+        os.replace(partial, dest)
 
     def relative(self, path: Path) -> str | None:
         """`path` relative to the demo folder (a POSIX path), None when it is not inside it."""
