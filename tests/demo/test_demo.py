@@ -330,7 +330,12 @@ def _fabricate_done_stages(demo, stages):
     from unime.demo.run import unime_code
 
     out = demo.out
-    paths = {"world": [out / "world" / "world.json"], "reference": [d / "summary.json" for d in demo.reference_runs()],
+    from unime.demo.video_rows import trains_on_video, video_eval_dir
+
+    # the reference: each seed's summaries (its video one when it trains on video) and its weights' record
+    reference = [d / name for d in demo.reference_runs() for name in ("summary.json", "reference.json")] + [
+        video_eval_dir(demo, "reference", seed) / "summary.json" for seed in demo.s.seeds if trains_on_video(demo)]
+    paths = {"world": [out / "world" / "world.json"], "reference": reference,
              "models": [out / "models" / "embedder-base", out / "models" / "judge-base"],
              "judge-data": [out / "judge" / "records.jsonl"], "judge": [out / "judge" / "model" / "merged"],
              "mine": [out / "mined" / "mined.parquet"], "reranker": [out / "reranker" / "unime_reranker.json"],

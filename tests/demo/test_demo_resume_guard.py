@@ -284,23 +284,26 @@ def test_a_stage_resumed_after_a_kill_by_another_unime_records_both(tmp_path, mo
     assert demo.results[-1].other_unime == ["0.0.9"]
 
 
-class _StopAfterModels(Exception):
+class _StopAfterStage(Exception):
     pass
 
 
-def _models_only_demo(out, tmp_path):
-    """The demo with only its models stage run (the real body), the stages before it skipped and the run stopped
-    after it."""
+def _one_stage_demo(out, tmp_path, only="models"):
+    """The demo with only its stage `only` run (the real body), the stages before it skipped (and the judge check
+    after mining) and the run stopped after it."""
     from unime.demo.pipeline import Demo
     from unime.demo.run import DemoSettings
 
-    class ModelsOnly(Demo):
+    class OneStage(Demo):
         def stage(self, name, done_when, body, **kw):
-            if name == "models":
+            if name == only:
                 super().stage(name, done_when, body, **kw)
-                raise _StopAfterModels
-    return ModelsOnly(out, DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json",
-                      load_probe=lambda: None)
+                raise _StopAfterStage
+
+        def check_judge(self, mined_dir):
+            pass
+    return OneStage(out, DemoSettings.preset("quick"), progress=lambda m: None, timings=tmp_path / "t.json",
+                    load_probe=lambda: None)
 
 
 def _fake_pretrained(root, name, payload):
@@ -329,11 +332,11 @@ def test_the_models_stage_killed_while_the_judge_pretrains_resumes(tmp_path, mon
     monkeypatch.setattr("unime.demo.pretrain.pretrain", lambda *a, **kw: base)
     monkeypatch.setattr("unime.demo.pretrain.pretrain_judge", pretrain_judge)
     with pytest.raises(KeyboardInterrupt):
-        _models_only_demo(out, tmp_path).run()
+        _one_stage_demo(out, tmp_path).run()
     assert (out / "models" / "embedder-base" / "model.safetensors").read_text() == "base weights"
     assert not (out / "models" / "judge-base").exists()
-    with pytest.raises(_StopAfterModels):
-        _models_only_demo(out, tmp_path).run()
+    with pytest.raises(_StopAfterStage):
+        _one_stage_demo(out, tmp_path).run()
     assert (out / "models" / "embedder-base" / "model.safetensors").read_text() == "base weights"
     assert (out / "models" / "judge-base" / "model.safetensors").read_text() == "judge weights"
     marker = json.loads((out / "stages" / "models.json").read_text())
@@ -375,3 +378,51 @@ def test_a_copy_killed_midway_is_finished_and_a_folder_of_the_users_is_refused(t
         demo.stage("models", [mine], lambda c: demo.copy_folder(source, mine), writes=[mine])
     assert (mine / "my.bin").read_text() == "the user's"
     assert not (mine / "w.bin").exists()
+
+
+def _reference_command(calls, kill_after):
+    """A stand-in for `run_stage_command` of `unime eval reference --also TASKS OUT`: writes what the real command
+    writes, in its order (`unime.eval.reference.evaluate_reference`: the summary of --tasks, the summary of each
+    --also folder, training.json, then the weights and their record reference.json), killed after `kill_after`
+    files on its first call."""
+    def run(command, options):
+        assert command == "eval reference"
+        calls.append(options["--seed"])
+        out, (_, also) = options["--out"], options["--also"]
+        for n, path in enumerate([out / "summary.json", also / "summary.json", out / "training.json",
+                                  out / "reference.pt", out / "reference.json"]):
+            if len(calls) == 1 and n == kill_after:
+                raise KeyboardInterrupt
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"seed": options["--seed"]}))
+    return run
+
+
+@pytest.mark.parametrize("kill_after", [1, 3])
+def test_the_reference_stage_killed_after_its_image_summary_runs_its_command_again(tmp_path, monkeypatch,
+                                                                                    kill_after):
+    """Before: the reference stage skipped a seed whose eval/reference_sN/summary.json existed, but its command
+    writes that file first, then the video summary (`--also`), the training log and the weights. Killed in between,
+    the resumed stage ran nothing and finished: the seed's video row, training log and weights missing, and on every
+    later run the stage ran again and did nothing. Now a seed is done only when all the stage needs of it is there
+    (its summaries and the weights' record, written last); else its command runs again."""
+    from unime.demo.video_rows import video_eval_dir
+
+    out = tmp_path / "demo"
+    calls: list[int] = []
+    monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", _reference_command(calls, kill_after))
+    with pytest.raises(KeyboardInterrupt):
+        _one_stage_demo(out, tmp_path, "reference").run()
+    assert (out / "eval" / "reference_s0" / "summary.json").is_file()
+    with pytest.raises(_StopAfterStage):
+        _one_stage_demo(out, tmp_path, "reference").run()
+    assert calls == [0, 0]
+    demo = _one_stage_demo(out, tmp_path, "reference")
+    assert (video_eval_dir(demo, "reference", 0) / "summary.json").is_file()
+    assert (out / "eval" / "reference_s0" / "reference.json").is_file()
+    assert (out / "stages" / "reference.json").is_file()
+    with pytest.raises(_StopAfterStage):  # done: skipped, nothing run again
+        demo.run()
+    assert calls == [0, 0]
+    assert demo.results[-1].skipped
+

@@ -123,6 +123,12 @@ class Demo(DemoRun):
             "data synth", {"--out": world, "--size": s.world_size, **world_sizes, **world_args(self),
                            "--overwrite": True}, c))
 
+        def reference_done(seed: int, dest: Path) -> list[Path]:
+            # a seed's command writes its summary first, then the --also summary, the training log and last the
+            # weights' record (reference.json): a seed killed in between is run again, not skipped by its summary
+            return [dest / "summary.json", dest / "reference.json"] + (
+                [video_eval_dir(self, "reference", seed) / "summary.json"] if trains_on_video(self) else [])
+
         def reference(c):
             # the records the embedders train on (with the video ones when video training is on), and the video
             # tasks evaluated by the same trained reference
@@ -132,10 +138,10 @@ class Demo(DemoRun):
                 "--seconds": s.reference_seconds, "--seed": seed, "--threads": self.threads_per_job(),
                 **({"--also": (world / VIDEO_TASKS_FILE, video_eval_dir(self, "reference", seed))}
                    if trains_on_video(self) else {})})
-                for seed, dest in zip(s.seeds, self.reference_runs()) if not (dest / "summary.json").exists()], c)
-        self.stage("reference", [d / "summary.json" for d in self.reference_runs()] + [
-            video_eval_dir(self, "reference", seed) / "summary.json" for seed in s.seeds if trains_on_video(self)],
-            reference)
+                for seed, dest in zip(s.seeds, self.reference_runs())
+                if not all(p.exists() for p in reference_done(seed, dest))], c)
+        self.stage("reference", [p for seed, dest in zip(s.seeds, self.reference_runs())
+                                 for p in reference_done(seed, dest)], reference)
 
         def models(c):
             # the paper starts from pretrained models: the pretrained tiny base (cached per machine by recipe,
