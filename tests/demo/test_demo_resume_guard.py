@@ -426,3 +426,66 @@ def test_the_reference_stage_killed_after_its_image_summary_runs_its_command_aga
     assert calls == [0, 0]
     assert demo.results[-1].skipped
 
+
+def _killed_while_writing(monkeypatch, prefix):
+    """The process killed while it writes a file whose name starts with `prefix`: half of the text written, then
+    KeyboardInterrupt (what a kill between `open` and the last `write` leaves)."""
+    from pathlib import Path
+
+    real = Path.write_text
+
+    def write_text(self, data, *a, **kw):
+        if self.name.startswith(prefix):
+            real(self, data[:len(data) // 2], *a, **kw)
+            raise KeyboardInterrupt
+        return real(self, data, *a, **kw)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    return lambda: monkeypatch.setattr(Path, "write_text", real)
+
+
+def test_a_demo_killed_while_it_writes_its_settings_resumes(tmp_path, monkeypatch):
+    """Before: `settings.json` was written in place; a kill while it was written left half a JSON file, and every
+    later run of the same command failed reading it (`JSONDecodeError`, a traceback) before any stage. Now it is
+    written atomically: the resumed run finds no settings, or the whole earlier ones."""
+    from unime.demo.run import DemoSettings
+
+    out = tmp_path / "demo"
+    restore = _killed_while_writing(monkeypatch, "settings")
+    with pytest.raises(KeyboardInterrupt):
+        _one_stage_demo(out, tmp_path, "world").run()
+    restore()
+    monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", lambda command, options: None)
+    with pytest.raises(_StopAfterStage):
+        _one_stage_demo(out, tmp_path, "world").run()
+    assert json.loads((out / "settings.json").read_text()) == json.loads(json.dumps(asdict(
+        DemoSettings.preset("quick"))))
+
+
+def test_the_eval_stage_killed_while_it_writes_the_video_timing_resumes_to_a_readable_one(tmp_path, monkeypatch):
+    """Before: eval/video/timing.json (what the report's video section reads) was written in place after the video
+    evals; a kill while it was written left half a JSON file, the resumed stage (every eval done) did not rewrite it,
+    and the report failed reading it on every later run. Now it is written atomically."""
+    from unime.demo.video_rows import VIDEO_TASKS_FILE, _load
+
+    out = tmp_path / "demo"
+    (out / "world").mkdir(parents=True)
+    (out / "world" / VIDEO_TASKS_FILE).write_text("tasks: []\n")
+    calls = []
+
+    def evaluate(command, options):
+        assert command == "eval"
+        calls.append(options["--out"])
+        options["--out"].mkdir(parents=True, exist_ok=True)
+        (options["--out"] / "summary.json").write_text("{}")
+    monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", evaluate)
+    restore = _killed_while_writing(monkeypatch, "timing")
+    with pytest.raises(KeyboardInterrupt):
+        _one_stage_demo(out, tmp_path, "eval").run()
+    restore()
+    evals = len(calls)
+    assert evals == 2 * 4  # the start and 3 rows of one seed, on the image and the video tasks
+    with pytest.raises(_StopAfterStage):
+        _one_stage_demo(out, tmp_path, "eval").run()
+    assert len(calls) == evals  # nothing evaluated again
+    timing = _load(out / "eval" / "video" / "timing.json")  # as the report reads it
+    assert timing is None or timing["runs"] == 4

@@ -109,7 +109,7 @@ class Demo(DemoRun):
         self.check_settings()
         self.warn_other_unime()
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "settings.json").write_text(json.dumps(asdict(self.s), indent=1))
+        write_json(self.out / "settings.json", asdict(self.s))  # atomic: the next run's `check_settings` reads it
         s, dev = self.s, {"--device": self.device}
         world = self.world
 
@@ -313,7 +313,7 @@ def changed_settings(recorded: dict, current: dict) -> dict[str, tuple]:
 DEMO_ENTRIES = frozenset({
     "world", "eval", "models", "judge", "embedders", "mined", "mined-oracle", "reranker", "er", "cache", "stages",
     "logs",
-    "settings.json", "judge_gate.json", "judge_gate.tmp", "train_records.jsonl", "report.md", "report.md.tmp",
+    "settings.json", "settings.tmp", "judge_gate.json", "judge_gate.tmp", "train_records.jsonl", "report.md", "report.md.tmp",
     "report.html"})
 
 

@@ -75,6 +75,8 @@ def video_eval_done(demo: "DemoRun") -> list[Path]:
 
 def run_video_evals(demo: "DemoRun", commands: list[str]) -> None:
     """`unime eval` of every trained embedder on the video tasks (part of the demo's eval stage)."""
+    from unime.demo.run import write_json
+
     tasks = demo.world / VIDEO_TASKS_FILE
     if demo.s.video_clips <= 0:
         return
@@ -93,7 +95,8 @@ def run_video_evals(demo: "DemoRun", commands: list[str]) -> None:
     if ran:
         timing = demo.p("eval", "video", "timing.json")
         demo.claim_outputs([timing])
-        timing.write_text(json.dumps({"runs": ran, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+        # atomic: the report reads it, and a resumed eval stage whose video evals are all done does not rewrite it
+        write_json(timing, {"runs": ran, "seconds": round(time.perf_counter() - t0, 1)})
 
 
 def chance_hit_at_1(world: Path) -> dict[str, float]:
