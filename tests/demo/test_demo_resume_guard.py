@@ -489,3 +489,30 @@ def test_the_eval_stage_killed_while_it_writes_the_video_timing_resumes_to_a_rea
     assert len(calls) == evals  # nothing evaluated again
     timing = _load(out / "eval" / "video" / "timing.json")  # as the report reads it
     assert timing is None or timing["runs"] == 4
+
+
+def test_an_embedder_row_killed_after_its_merged_model_runs_its_training_again(tmp_path, monkeypatch):
+    """Before: a row's seed was skipped when its merged/ existed, but `unime train embedder` writes merged/ first,
+    then the model card and last its finished record metrics.json (`unime.models.run_state`; the report reads the
+    training time there). Killed in between, the resumed stage kept the unfinished run. Now a seed is done when its
+    trainer's finished record is there too; else the command runs again (it resumes from its last checkpoint)."""
+    out = tmp_path / "demo"
+    calls: list[int] = []
+
+    def train(command, options):
+        assert command == "train embedder"
+        calls.append(options["--seed"])
+        run = options["--out"]
+        for n, name in enumerate(["merged/model.safetensors", "README.md", "metrics.json"]):
+            if len(calls) == 1 and n == 2:
+                raise KeyboardInterrupt
+            (run / name).parent.mkdir(parents=True, exist_ok=True)
+            (run / name).write_text("{}")
+    monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", train)
+    with pytest.raises(KeyboardInterrupt):
+        _one_stage_demo(out, tmp_path, "baseline").run()
+    assert (out / "embedders" / "baseline_s0" / "merged").is_dir()
+    with pytest.raises(_StopAfterStage):
+        _one_stage_demo(out, tmp_path, "baseline").run()
+    assert calls == [0, 0]
+    assert (out / "embedders" / "baseline_s0" / "metrics.json").is_file()

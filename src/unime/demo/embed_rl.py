@@ -174,7 +174,7 @@ def run_embed_rl(demo: "DemoRun") -> None:
 
     def embedders(c):
         for key, recs in (("plain", P["plain_records"]), ("tcot", P["reasoned"])):
-            if (P[key] / "merged").exists():
+            if demo.embedder_trained(P[key]):
                 continue
             demo.run_command("train embedder", {
                 "--model": P["emb_base"], "--records": recs, "--data-root": world, "--out": P[key],

@@ -212,7 +212,7 @@ class Demo(DemoRun):
                     "--out": out, **loss, "--tau": s.tau, "--full": True, "--batch-size": s.embed_batch,
                     "--steps": s.embed_steps, "--lr": s.embed_lr, "--warmup": 0.1, "--seed": seed,
                     "--save-steps": max(s.embed_steps // 2, 1), **dev})
-                    for seed, out in zip(s.seeds, runs[row]) if not (out / "merged").exists()], c)
+                    for seed, out in zip(s.seeds, runs[row]) if not self.embedder_trained(out)], c)
             return body
 
         self.stage("baseline", [r / "merged" for r in runs["baseline"]], train_embedders(

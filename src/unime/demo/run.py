@@ -224,6 +224,15 @@ class DemoRun:
         rows = ("baseline", "hn", "soft") + (("hn_oracle", "soft_oracle") if self.oracle_judge else ())
         return {name: [self.p("embedders", f"{name}_s{seed}") for seed in self.s.seeds] for name in rows}
 
+    @staticmethod
+    def embedder_trained(run: Path) -> bool:
+        """The `unime train embedder` folder `run` holds its finished run: merged/ and the trainer's finished record
+        (written last, `unime.models.run_state`). A run killed after writing merged/ is not: its stage runs the
+        command again (it resumes from its last checkpoint and finishes the export)."""
+        from unime.train.embedder_trainer import FINISHED_FILE
+
+        return (run / "merged").exists() and (run / FINISHED_FILE).is_file()
+
     # -- running ----------------------------------------------------------------------------------
     def run_command(self, command: str, options: dict, commands: list[str]) -> None:
         """Run `unime COMMAND` with `options` ({flag: value}, True = a bare flag) through its stage function
