@@ -339,13 +339,17 @@ def _fabricate_done_stages(demo, stages):
              "models": [out / "models" / "embedder-base", out / "models" / "judge-base"],
              "judge-data": [out / "judge" / "records.jsonl"], "judge": [out / "judge" / "model" / "merged"],
              "mine": [out / "mined" / "mined.parquet"], "reranker": [out / "reranker" / "unime_reranker.json"],
-             "eval": [out / "eval" / f"{r}_s{seed}" / "summary.json" for r, seed, _ in demo.evaluated_models()]}
+             # each eval's summary and its run recorded finished (`DemoRun.evaluated`)
+             "eval": [out / "eval" / f"{r}_s{seed}" / name for r, seed, _ in demo.evaluated_models()
+                      for name in ("summary.json", "eval_run.json")]}
     for row, key in (("baseline", "baseline"), ("hn", "hn"), ("soft", "soft")):
         paths[key] = [d / "merged" for d in demo.embedder_runs()[row]]
     for name in stages:
         for p in paths.get(name, []):
             p.parent.mkdir(parents=True, exist_ok=True)
-            if p.suffix in (".json", ".jsonl"):
+            if p.name == "eval_run.json":
+                p.write_text(json.dumps({"options": {}, "finished": True}))
+            elif p.suffix in (".json", ".jsonl"):
                 p.write_text("{}" if p.suffix == ".json" else "")
             elif p.suffix != ".parquet":
                 p.mkdir(exist_ok=True)

@@ -461,6 +461,50 @@ def test_a_demo_killed_while_it_writes_its_settings_resumes(tmp_path, monkeypatc
         DemoSettings.preset("quick"))))
 
 
+def _eval_command(calls, kill_at=None):
+    """A stand-in for `run_stage_command` of `unime eval`: writes what the real command writes, in its order
+    (`unime.eval.runners.evaluate_checkpoint`: its run record eval_run.json, unfinished, then summary.json,
+    results.md, per_task.png, and last the run record finished), the call number `kill_at` killed before its
+    per_task.png."""
+    def run(command, options):
+        assert command == "eval"
+        calls.append(options["--out"])
+        out = options["--out"]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_run.json").write_text(json.dumps({"options": {}, "finished": False}))
+        (out / "summary.json").write_text("{}")
+        (out / "results.md").write_text("results")
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt
+        (out / "per_task.png").write_bytes(b"png")
+        (out / "eval_run.json").write_text(json.dumps({"options": {}, "finished": True}))
+    return run
+
+
+@pytest.mark.parametrize("kill_at", [2, 6])  # an image eval, a video eval
+def test_an_eval_killed_after_its_summary_is_run_again(tmp_path, monkeypatch, kill_at):
+    """Before: the eval stage skipped a row whose summary.json existed, but `unime eval` writes it before its
+    results.md and plot and before it records its run finished; killed in between, the resumed stage kept the
+    unfinished run. Now a row is done when its run is recorded finished; else its command runs again (the
+    embeddings it saved are reused from the cache)."""
+    from unime.demo.video_rows import VIDEO_TASKS_FILE
+
+    out = tmp_path / "demo"
+    (out / "world").mkdir(parents=True)
+    (out / "world" / VIDEO_TASKS_FILE).write_text("tasks: []\n")
+    calls = []
+    monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", _eval_command(calls, kill_at))
+    with pytest.raises(KeyboardInterrupt):
+        _one_stage_demo(out, tmp_path, "eval").run()
+    killed = calls[-1]
+    assert (killed / "summary.json").is_file() and not (killed / "per_task.png").exists()
+    with pytest.raises(_StopAfterStage):
+        _one_stage_demo(out, tmp_path, "eval").run()
+    assert calls[kill_at] == killed  # run again first, then the evals the kill left
+    assert len(set(calls)) == 2 * 4 and len(calls) == 2 * 4 + 1  # the start and 3 rows, image and video
+    assert (killed / "per_task.png").is_file()
+
+
 def test_the_eval_stage_killed_while_it_writes_the_video_timing_resumes_to_a_readable_one(tmp_path, monkeypatch):
     """Before: eval/video/timing.json (what the report's video section reads) was written in place after the video
     evals; a kill while it was written left half a JSON file, the resumed stage (every eval done) did not rewrite it,
@@ -471,13 +515,7 @@ def test_the_eval_stage_killed_while_it_writes_the_video_timing_resumes_to_a_rea
     (out / "world").mkdir(parents=True)
     (out / "world" / VIDEO_TASKS_FILE).write_text("tasks: []\n")
     calls = []
-
-    def evaluate(command, options):
-        assert command == "eval"
-        calls.append(options["--out"])
-        options["--out"].mkdir(parents=True, exist_ok=True)
-        (options["--out"] / "summary.json").write_text("{}")
-    monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", evaluate)
+    monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", _eval_command(calls))
     restore = _killed_while_writing(monkeypatch, "timing")
     with pytest.raises(KeyboardInterrupt):
         _one_stage_demo(out, tmp_path, "eval").run()

@@ -260,7 +260,7 @@ class Demo(DemoRun):
             calls = []
             for row, seed, model in self.evaluated_models():
                 dest = self.p("eval", f"{row}_s{seed}")
-                if (dest / "summary.json").exists():
+                if self.evaluated(dest):
                     continue
                 extra = {}
                 if row == "soft":  # the paper's Table 3: the UniME-V2 embedder with its reranker

@@ -233,6 +233,15 @@ class DemoRun:
 
         return (run / "merged").exists() and (run / FINISHED_FILE).is_file()
 
+    @staticmethod
+    def evaluated(dest: Path) -> bool:
+        """The `unime eval` folder `dest` holds its finished run: summary.json and the run recorded finished
+        (`unime.eval.rerun`, last). An eval killed after writing summary.json (before its results.md and plot) is
+        not: its stage runs the command again (the embeddings it saved come from the cache)."""
+        from unime.eval.rerun import read_run
+
+        return (dest / "summary.json").is_file() and bool((read_run(dest) or {}).get("finished"))
+
     # -- running ----------------------------------------------------------------------------------
     def run_command(self, command: str, options: dict, commands: list[str]) -> None:
         """Run `unime COMMAND` with `options` ({flag: value}, True = a bare flag) through its stage function

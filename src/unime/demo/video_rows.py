@@ -89,7 +89,7 @@ def run_video_evals(demo: "DemoRun", commands: list[str]) -> None:
                        "--cache-dir": demo.p("cache", "eval"), "--video-frames": demo.s.video_frames,
                        "--device": demo.device})
              for row, seed, model in demo.evaluated_models()
-             if not (video_eval_dir(demo, row, seed) / "summary.json").exists()]
+             if not demo.evaluated(video_eval_dir(demo, row, seed))]
     demo.run_commands(calls, commands)
     ran = len(calls)
     if ran:
