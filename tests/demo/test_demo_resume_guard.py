@@ -306,6 +306,18 @@ def _one_stage_demo(out, tmp_path, only="models"):
                     load_probe=lambda: None)
 
 
+def _killed(out, tmp_path, stage):
+    """`_one_stage_demo` run and killed in its stage `stage` (its stand-in raises KeyboardInterrupt)."""
+    with pytest.raises(KeyboardInterrupt):
+        _one_stage_demo(out, tmp_path, stage).run()
+
+
+def _resumed(out, tmp_path, stage):
+    """`_one_stage_demo` run again after a kill, its stage `stage` run to its end."""
+    with pytest.raises(_StopAfterStage):
+        _one_stage_demo(out, tmp_path, stage).run()
+
+
 def _fake_pretrained(root, name, payload):
     from unime.demo.pretrain import MODEL_DIR, PretrainResult
 
@@ -411,11 +423,9 @@ def test_the_reference_stage_killed_after_its_image_summary_runs_its_command_aga
     out = tmp_path / "demo"
     calls: list[int] = []
     monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", _reference_command(calls, kill_after))
-    with pytest.raises(KeyboardInterrupt):
-        _one_stage_demo(out, tmp_path, "reference").run()
+    _killed(out, tmp_path, "reference")
     assert (out / "eval" / "reference_s0" / "summary.json").is_file()
-    with pytest.raises(_StopAfterStage):
-        _one_stage_demo(out, tmp_path, "reference").run()
+    _resumed(out, tmp_path, "reference")
     assert calls == [0, 0]
     demo = _one_stage_demo(out, tmp_path, "reference")
     assert (video_eval_dir(demo, "reference", 0) / "summary.json").is_file()
@@ -451,12 +461,10 @@ def test_a_demo_killed_while_it_writes_its_settings_resumes(tmp_path, monkeypatc
 
     out = tmp_path / "demo"
     restore = _killed_while_writing(monkeypatch, "settings")
-    with pytest.raises(KeyboardInterrupt):
-        _one_stage_demo(out, tmp_path, "world").run()
+    _killed(out, tmp_path, "world")
     restore()
     monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", lambda command, options: None)
-    with pytest.raises(_StopAfterStage):
-        _one_stage_demo(out, tmp_path, "world").run()
+    _resumed(out, tmp_path, "world")
     assert json.loads((out / "settings.json").read_text()) == json.loads(json.dumps(asdict(
         DemoSettings.preset("quick"))))
 
@@ -494,12 +502,10 @@ def test_an_eval_killed_after_its_summary_is_run_again(tmp_path, monkeypatch, ki
     (out / "world" / VIDEO_TASKS_FILE).write_text("tasks: []\n")
     calls = []
     monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", _eval_command(calls, kill_at))
-    with pytest.raises(KeyboardInterrupt):
-        _one_stage_demo(out, tmp_path, "eval").run()
+    _killed(out, tmp_path, "eval")
     killed = calls[-1]
     assert (killed / "summary.json").is_file() and not (killed / "per_task.png").exists()
-    with pytest.raises(_StopAfterStage):
-        _one_stage_demo(out, tmp_path, "eval").run()
+    _resumed(out, tmp_path, "eval")
     assert calls[kill_at] == killed  # run again first, then the evals the kill left
     assert len(set(calls)) == 2 * 4 and len(calls) == 2 * 4 + 1  # the start and 3 rows, image and video
     assert (killed / "per_task.png").is_file()
@@ -517,13 +523,11 @@ def test_the_eval_stage_killed_while_it_writes_the_video_timing_resumes_to_a_rea
     calls = []
     monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", _eval_command(calls))
     restore = _killed_while_writing(monkeypatch, "timing")
-    with pytest.raises(KeyboardInterrupt):
-        _one_stage_demo(out, tmp_path, "eval").run()
+    _killed(out, tmp_path, "eval")
     restore()
     evals = len(calls)
     assert evals == 2 * 4  # the start and 3 rows of one seed, on the image and the video tasks
-    with pytest.raises(_StopAfterStage):
-        _one_stage_demo(out, tmp_path, "eval").run()
+    _resumed(out, tmp_path, "eval")
     assert len(calls) == evals  # nothing evaluated again
     timing = _load(out / "eval" / "video" / "timing.json")  # as the report reads it
     assert timing is None or timing["runs"] == 4
@@ -547,10 +551,8 @@ def test_an_embedder_row_killed_after_its_merged_model_runs_its_training_again(t
             (run / name).parent.mkdir(parents=True, exist_ok=True)
             (run / name).write_text("{}")
     monkeypatch.setattr("unime.demo.stage_calls.run_stage_command", train)
-    with pytest.raises(KeyboardInterrupt):
-        _one_stage_demo(out, tmp_path, "baseline").run()
+    _killed(out, tmp_path, "baseline")
     assert (out / "embedders" / "baseline_s0" / "merged").is_dir()
-    with pytest.raises(_StopAfterStage):
-        _one_stage_demo(out, tmp_path, "baseline").run()
+    _resumed(out, tmp_path, "baseline")
     assert calls == [0, 0]
     assert (out / "embedders" / "baseline_s0" / "metrics.json").is_file()
