@@ -313,8 +313,8 @@ def changed_settings(recorded: dict, current: dict) -> dict[str, tuple]:
 DEMO_ENTRIES = frozenset({
     "world", "eval", "models", "judge", "embedders", "mined", "mined-oracle", "reranker", "er", "cache", "stages",
     "logs",
-    "settings.json", "settings.tmp", "judge_gate.json", "judge_gate.tmp", "train_records.jsonl", "report.md", "report.md.tmp",
-    "report.html"})
+    "settings.json", "settings.tmp", "judge_gate.json", "judge_gate.tmp", "train_records.jsonl", "report.md",
+    "report.md.tmp", "report.html"})
 
 
 def fresh(out: str | os.PathLike, *, overwrite: bool = False) -> list[str]:
