@@ -403,6 +403,16 @@ def test_a_config_file_cannot_name_the_recipe(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_config_file_cannot_name_another_config_file(tmp_path, capsys):
+    """A config file with a `config:` key got "unknown key for `unime search`: 'config'": it is refused as naming
+    another config file, with the file and the key, before any work."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("config: other.yaml\nk: 3\n")
+    assert main(["search", "--config", str(cfg), "--index", str(tmp_path / "i"), "--query", "q"]) == 2
+    assert capsys.readouterr().err.strip() == (f"unime: error: {cfg}: key 'config': a config file cannot name another "
+                                               "config file (copy its options into this one)")
+
+
 def test_a_nearer_batch_size_wins_over_a_farther_global_batch(tmp_path):
     """QA: the recipe's (or a config file's) --global-batch silently overrode a --batch-size given on the command
     line, against 'command-line options still win'; both on the command line are refused."""

@@ -257,6 +257,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     if cfg_path:
         cfg = load_config_file(cfg_path)
         for key in cfg:
+            if str(key).replace("_", "-") == "config":
+                raise ConfigError(f"{cfg_path}: key '{key}': a config file cannot name another config file (copy its "
+                                  "options into this one)")
             if str(key).replace("_", "-") in ("recipe", "print-config"):
                 raise ConfigError(f"{cfg_path}: key '{key}': give --{str(key).replace('_', '-')} on the command "
                                   "line (a config file holds the options of the run)")
