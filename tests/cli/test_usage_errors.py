@@ -334,6 +334,12 @@ DASH_VALUE_CASES = [
      + _DASH.format("--query=--json")),
     (_SEARCH + ["--query", "-h"], "unime search: error: argument --query: expected one argument"
      + _DASH.format("--query=-h")),
+    # the value after `--`, which argparse does not give to the option before it
+    (_SEARCH + ["--query", "--", "-foo"], "unime search: error: argument --query: expected one argument"
+     + _DASH.format("--query=-foo")),
+    (_TRAIN + ["--lr", "--", "-1e-3"], "unime train embedder: error: argument --lr: expected one argument"
+     + _DASH.format("--lr=-1e-3")),
+    (_TRAIN + ["--seed", "--", "-foo"], "unime train embedder: error: argument --seed: expected one argument"),
     # no hint: a value the option refuses, an option taking no value, the value given before, no value at all
     (_TRAIN + ["--seed", "-foo"], "unime train embedder: error: unrecognized option -foo"),
     (_TRAIN + ["--on-error", "-x"], "unime train embedder: error: unrecognized option -x"),

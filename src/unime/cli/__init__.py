@@ -69,7 +69,8 @@ def _refused_argument(parser: argparse.ArgumentParser, args: list[str]) -> str |
     not have (as argparse would classify it: `--x=1`, a prefix of one option, a negative number are not;
     `_unknown_option_message`), or an option after one that takes a value (argparse: "argument --query: expected one
     argument"). When the refused argument would be the value of the option before it (`--query -foo`, `--lr -1e-3`),
-    the error ends with how to give that value: `(a value beginning with '-' is written --query=-foo)`. None when
+    the error ends with how to give that value: `(a value beginning with '-' is written --query=-foo)`, as it does
+    when that value comes after `--` (`--query -- -foo`: argparse gives the option nothing after `--`). None when
     argparse takes every argument, or a prefix is ambiguous (argparse's own error); an unknown option is left to
     argparse too when -h is among the arguments (the help is printed whatever else is given), and an option without
     its value when -h comes before it (the help is printed first)."""
@@ -91,6 +92,13 @@ def _refused_argument(parser: argparse.ArgumentParser, args: list[str]) -> str |
             return _unknown_option_message(parser, arg.split("=", 1)[0]) + hint
         if hint and before[0].nargs is None and not (helps and helps[0] < i - 1):  # argparse: the option has no
             return str(argparse.ArgumentError(before[0], "expected one argument")) + hint  # value (-h is too late)
+    rest = args[len(own):]
+    if found and found[-1] is not None and not helps and rest[:1] == ["--"] and rest[1:2] and \
+            rest[1].startswith("-") and found[-1][0] is not None and found[-1][0].nargs is None:
+        # `--query -- -foo`: argparse gives nothing after `--` to an option ("expected one argument")
+        hint = _dash_value_hint(parser, found[-1], own[-1], rest[1])
+        if hint:
+            return str(argparse.ArgumentError(found[-1][0], "expected one argument")) + hint
     return None
 
 
