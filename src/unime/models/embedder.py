@@ -21,6 +21,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item, item_list
 from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
+from unime.models.checkpoint_role import refuse_other_role
 from unime.models.image_budget import adapter_image_loader
 from unime.models.item_format import DEFAULT_ITEM_FORMAT, check_item_format, resolve_item_format
 from unime.models.loading import (LoadedModel, grow_embeddings, load_model, refuse_unknown_keywords,
@@ -189,6 +190,7 @@ class Embedder:
         the checkpoint, else chat. `attn_implementation`: transformers' attention kernel (`load_model`).
         `kwargs`: `Embedder`'s own (`batch_size`, `instruction_suffix`), checked before the weights load."""
         refuse_unknown_keywords(cls, kwargs, ("image_loader", "device", "name", "origin", "item_format"))
+        refuse_other_role("embedder", path, adapter_path)  # a reranker's or judge's folder (QA: loaded silently)
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
                                          trainable=trainable, image_budget=image_budget,
                                          attn_implementation=attn_implementation)

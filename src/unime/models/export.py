@@ -36,6 +36,9 @@ _NAMED_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 # the share of the LoRA update's norm lost to the merged weights' rounding above which the export warns
 UPDATE_LOSS_WARNING = 0.10
 MERGE_FILE = "unime_merge.json"  # in OUT/merged: the "Merged weights" table (dtype, size, update lost)
+# the model card's pipeline tag of `unime train embedder`'s folders, by which a loader of another role tells them
+# (`unime.models.checkpoint_role`)
+EMBEDDER_PIPELINE_TAG = "feature-extraction"
 
 
 @dataclass(kw_only=True)

@@ -51,6 +51,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item, item_list, one_item, require_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
+from unime.models.checkpoint_role import refuse_other_role
 from unime.models.generation import generate_texts
 from unime.models.image_budget import adapter_image_loader
 from unime.models.judge import JudgeScorer
@@ -229,6 +230,8 @@ class Reranker:
         else its adapter/ on its base model. `num_candidates` overrides the trained number. `kwargs`: `Reranker`'s
         own (`batch_size`, `max_new_tokens`, `chunk_size`), checked before the weights load."""
         refuse_unknown_keywords(cls, kwargs, ("image_loader", "device", "name"))
+        # an embedder's folder (loaded silently); a judge's is taken: the pairwise path is the judge's
+        refuse_other_role("reranker", path, trained_model_folder(path), takes=("judge",))
         path = trained_model_folder(path)
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, image_budget=image_budget,
                                          attn_implementation=attn_implementation)

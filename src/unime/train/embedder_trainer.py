@@ -676,7 +676,7 @@ def _train_embedder(config: EmbedderTrainingConfig, *, records: Sequence[Record]
             sections={"Data": _data_summary(config, run.records, run.data_root, run.skips),
                       "Loss": {"name": run.loss.name, **run.loss.config()}, "Hyper-parameters": hyper,
                       "LoRA": dataclasses.asdict(lora) if lora else {}, "Final metrics (training)": metrics},
-            pipeline_tag="feature-extraction", tags=["embedding", "multimodal", run.loss.name],
+            pipeline_tag=export.EMBEDDER_PIPELINE_TAG, tags=["embedding", "multimodal", run.loss.name],
             notes=[f"Training curves: {CURVES_CSV}, {CURVES_PNG}; full configuration: train_config.json."])
         written = export.export_final(run.embedder.model, run.embedder.processor, out, card=card,
                                       image_budget=run.embedder.image_budget,
