@@ -84,7 +84,7 @@ def test_flash_attention_on_a_cpu_is_refused_before_the_weights_load(tiny_model_
 
     monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", must_not_load)
     with pytest.raises(ModelError, match=rf"^--attn-implementation {name} \(model .*\): FlashAttention needs a GPU, "
-                                         r"not --device cpu \(use sdpa or eager\)$"):
+                                         r"not device='cpu' \(use sdpa or eager\)$"):
         load_model(tiny_model_dir("qwen2_vl"), device="cpu", attn_implementation=name)
 
 

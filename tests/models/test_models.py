@@ -229,9 +229,11 @@ def test_a_device_the_machine_lacks_is_one_line_naming_it(monkeypatch, tmp_path,
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device(None) == "cpu" and resolve_device(torch.device("cpu")) == "cpu"
-    with pytest.raises(UsageError, match=r"--device cuda: torch sees no CUDA device on this machine"):
+    # from Python the device is named as the keyword is given (QA: "--device", a flag of the command line)
+    with pytest.raises(UsageError, match=r"^device='cuda': torch sees no CUDA device on this machine "
+                                         r"\(use device='cpu'\)$"):
         resolve_device("cuda")
-    with pytest.raises(UsageError, match=r"--device 'gpu' is not a torch device"):
+    with pytest.raises(UsageError, match=r"^device='gpu' is not a torch device"):
         resolve_device("gpu")
     (tmp_path / "i.jsonl").write_text('{"text": "a"}\n')
     assert main(["embed", "--model", "m", "--items", str(tmp_path / "i.jsonl"), "--out", str(tmp_path / "x.npy"),
@@ -241,9 +243,10 @@ def test_a_device_the_machine_lacks_is_one_line_naming_it(monkeypatch, tmp_path,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == "cuda:1" and trainer_device("cuda") == "cuda" == trainer_device("cuda:0")[:4]
-    with pytest.raises(UsageError, match="this machine has 2 CUDA device"):
+    with pytest.raises(UsageError, match="^device='cuda:2': this machine has 2 CUDA device"):
         resolve_device("cuda:2")
-    with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES=1 and --device cuda"):
+    with pytest.raises(UsageError, match="^device='cuda:1': a training run .* CUDA_VISIBLE_DEVICES=1 and "
+                                         "device='cuda'$"):
         trainer_device("cuda:1")
 
 
@@ -260,10 +263,10 @@ def test_a_non_cuda_device_the_machine_lacks_is_refused_naming_it(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
     for device in ("mps", "mps:0", torch.device("mps"), "xpu", "meta"):
-        with pytest.raises(UsageError, match=rf"^--device {device}: torch has no {str(device)[:3]}\w* device on this "
-                                             r"machine \(use --device cpu\)$"):
+        with pytest.raises(UsageError, match=rf"^device='{device}': torch has no {str(device)[:3]}\w* device on this "
+                                             r"machine \(use device='cpu'\)$"):
             resolve_device(device)
-    with pytest.raises(UsageError, match=r"^--device mps: torch has no mps device"):
+    with pytest.raises(UsageError, match=r"^device='mps': torch has no mps device"):
         trainer_device("mps")
     assert resolve_device("cpu:0") == "cpu:0" and resolve_device("cpu") == "cpu"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)

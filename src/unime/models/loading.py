@@ -102,15 +102,27 @@ def resolve_device(device: str | Any | None = None) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
-        raise UsageError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+        raise UsageError(f"{device_given(device, quoted=True)} is not a torch device (cpu, cuda, cuda:N, mps)") \
+            from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: torch sees no CUDA device on this machine (use --device cpu)")
+            raise UsageError(f"{device_given(device)}: torch sees no CUDA device on this machine (use "
+                             f"{device_given('cpu')})")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"{device_given(device)}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif parsed.type != "cpu" and not _backend_available(parsed.type):  # mps: torch failed in `Module.to` (QA)
-        raise UsageError(f"--device {device}: torch has no {parsed.type} device on this machine (use --device cpu)")
+        raise UsageError(f"{device_given(device)}: torch has no {parsed.type} device on this machine (use "
+                         f"{device_given('cpu')})")
     return device
+
+
+def device_given(device: Any, *, quoted: bool = False) -> str:
+    """The device option as the user gave it (`unime.options.as_given`): `--device cuda` in a command of `unime`
+    (`quoted`: `--device 'cuda'`), `device='cuda'` from the Python API (QA: "--device", a flag, from Python)."""
+    from unime.options import as_given
+
+    value = str(device)
+    return as_given(f"--device {value!r}" if quoted else f"--device {value}", f"device={value!r}")
 
 
 def _backend_available(kind: str) -> bool:
@@ -143,9 +155,9 @@ def trainer_device(device: str | None) -> str:
     the GPU (CUDA_VISIBLE_DEVICES), rather than trained on another device than the one asked for."""
     resolved = resolve_device(device)
     if resolved.startswith("cuda:") and resolved != "cuda:0":
-        raise UsageError(f"--device {resolved}: a training run uses the device its process is given (cuda:0, one per "
-                         f"process under torchrun); choose the GPU with CUDA_VISIBLE_DEVICES={resolved[5:]} and "
-                         "--device cuda")
+        raise UsageError(f"{device_given(resolved)}: a training run uses the device its process is given (cuda:0, "
+                         f"one per process under torchrun); choose the GPU with CUDA_VISIBLE_DEVICES={resolved[5:]} "
+                         f"and {device_given('cuda')}")
     return resolved
 
 
@@ -212,7 +224,7 @@ def check_attn_implementation(name: str | None, device: str, model: str | os.Pat
                          f"{', '.join(known)}")
     if name.startswith("flash_attention"):
         if device.split(":")[0] in ("cpu", "mps"):
-            raise ModelError(f"{where}: FlashAttention needs a GPU, not --device {device} (use sdpa or eager)")
+            raise ModelError(f"{where}: FlashAttention needs a GPU, not {device_given(device)} (use sdpa or eager)")
         if not flash_attention_installed(name):
             raise ModelError(f"{where}: its package is not installed (flash_attention_2: pip install flash-attn "
                              "--no-build-isolation; or the kernels package, which fetches a build), or use sdpa")
