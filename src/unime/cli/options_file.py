@@ -45,8 +45,10 @@ def config_path_from_argv(argv: list[str]) -> str | None:
 
 
 def load_config_file(path: str) -> dict[str, Any]:
-    from unime.data.jsonl import read_text_file
+    from unime.data.jsonl import folder_problem, read_text_file
 
+    if (problem := folder_problem(path, "a YAML or JSON config file", suffixes=(".yaml", ".yml", ".json"))):
+        raise ConfigError(f"{path}: {problem}")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found")
     try:

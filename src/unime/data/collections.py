@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from unime.data.images import ImageLoader, path_below
-from unime.data.jsonl import iter_jsonl, read_json_file
+from unime.data.jsonl import iter_jsonl, read_json_file, require_file, require_folder
 from unime.data.placeholders import SOURCE_IMAGE_PLACEHOLDER
 from unime.data.skips import ErrorPolicy, data_error
 from unime.data.video import missing_file_problem
@@ -286,10 +286,8 @@ def read_caption_table(captions: str | os.PathLike, images: str | os.PathLike, *
     path, root = Path(captions), Path(images)
     src = str(path)
     delimiter = _delimiter_of(path, delimiter)  # the option and the kind of file, before the file is looked for
-    if not path.is_file():
-        raise DataError("captions file not found", source=src)
-    if not root.is_dir():
-        raise DataError(f"images folder not found: {str(root)!r}", source=src)
+    require_file(path, "a captions file", missing="captions file not found")
+    require_folder(root, "images folder", source=src)
     loader = ImageLoader(root, allow_outside_root=allow_outside_root)
     merger = _Merger()
     cols: tuple[str | None, str | None, str | None] | None = None
@@ -368,8 +366,7 @@ def read_coco_captions(annotations: str | os.PathLike, images: str | os.PathLike
 
 
 def _load_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
+    require_file(path, "a COCO annotations JSON file")
     data = read_json_file(path)  # undecodable bytes, bad syntax, absurd nesting: a DataError naming the line
     if not isinstance(data, dict):
         raise DataError(f"expected a JSON object, got {type(data).__name__}", source=str(path))
@@ -546,10 +543,9 @@ def read_hf_dataset(path: str | os.PathLike, *, image_column: str | None = None,
 
     p = Path(path)
     src = str(p)
-    if not p.is_dir():
-        raise DataError("dataset folder not found", source=src)
-    if images is not None and not Path(images).is_dir():
-        raise DataError(f"images folder not found: {str(images)!r}", source=src)
+    require_folder(p, "dataset folder")
+    if images is not None:
+        require_folder(images, "images folder", source=src)
     saved = any((p / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
     with tempfile.TemporaryDirectory(prefix="unime-datasets-") as cache:
         try:
@@ -579,8 +575,7 @@ def read_webdataset(shards: Sequence[str | os.PathLike], *, image_column: str | 
     extracted: a member's name is never a path on disk."""
     files = [str(Path(s).resolve()) for s in shards]
     for f in files:
-        if not os.path.isfile(f):
-            raise DataError("shard not found", source=f)
+        require_file(f, "a WebDataset .tar shard", missing="shard not found")
     out: list[CaptionedImage] = []
     for shard, shown in zip(files, shards):
         for n, key, members, error in _tar_samples(shard, str(shown)):

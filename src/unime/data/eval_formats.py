@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator
 
 from unime.data.atomic import atomic_open, atomic_path
 from unime.data.items import Item
-from unime.data.jsonl import read_json_file
+from unime.data.jsonl import read_json_file, require_file
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error
 from unime.data.validate import check_aligned_lists, check_keys, check_str, make_item, parse_item
 from unime.errors import DataError
@@ -98,8 +98,7 @@ def iter_rows(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple[st
     JSON lines go through `policy`."""
     p = Path(path)
     src = str(p)
-    if not p.is_file():
-        raise DataError("file not found", source=src)
+    require_file(p, "a .jsonl, .json or .parquet file")
     suffix = p.suffix.lower()
     if suffix == ".parquet":
         for n, row in enumerate(parquet_rows(open_parquet(p), src), start=1):  # 1-based, like lines

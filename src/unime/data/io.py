@@ -39,7 +39,7 @@ from unime.data.eval_formats import (CompositionalPair, MMEBRow, QrelsRow, Retri
                                      read_parsed_rows, read_retrieval, row_label, with_origin, write_compositional,
                                      write_mmeb, write_parquet, write_retrieval)
 from unime.data.items import Item, Record
-from unime.data.jsonl import iter_jsonl, read_json_file
+from unime.data.jsonl import iter_jsonl, read_json_file, require_file
 from unime.data.mmeb_v2 import V2Row, v2_row_from_dict
 from unime.data.skips import ErrorPolicy, SkipReport, check_on_error, data_error, reason_of
 from unime.data.scores import parse_score, parse_scores
@@ -357,12 +357,8 @@ def iter_records(path: str | os.PathLike, *, on_error: str = "raise", skips: Ski
     """Stream the records of a file (JSONL and Parquet are read incrementally)."""
     check_on_error(on_error)
     p = Path(path)
-    if p.is_dir():  # `mydata/train` for its records.jsonl was "record file not found" (QA)
-        held = sorted(f.name for f in p.iterdir() if f.is_file() and f.suffix in (".jsonl", ".parquet", ".json"))
-        raise DataError("a folder, not a record file" + (f" (it holds {', '.join(held[:3])})" if held else ""),
-                        source=str(path))
-    if not p.is_file():
-        raise DataError("record file not found", source=str(path))
+    # `mydata/train` for its records.jsonl was "record file not found" (QA)
+    require_file(p, "a record file", missing="record file not found")
     fmt = detect_format(p, format)
     policy = ErrorPolicy(on_error, skips, str(p))
     reader = {"jsonl": _iter_jsonl, "parquet": _iter_parquet, "unime_v2_json": _iter_unime_v2}[fmt]

@@ -13,6 +13,41 @@ from unime.errors import DataError
 
 
 UTF8_BOM = "\ufeff"  # the byte-order mark some Windows tools write first: read as nothing
+# the data files a folder given for one is said to hold (`require_file`): the file meant may be among them
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def folder_problem(path: str | os.PathLike, expected: str, *, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> str | None:
+    """"a folder, not EXPECTED (it holds a.jsonl, b.jsonl)" when `path` is a folder (the first three files of
+    `suffixes` it holds), else None: a reader given a folder said "file not found" or "Is a directory" (QA)."""
+    if not os.path.isdir(path):
+        return None
+    held = sorted(f.name for f in os.scandir(path) if f.is_file() and os.path.splitext(f.name)[1] in suffixes)
+    return f"a folder, not {expected}" + (f" (it holds {', '.join(held[:3])})" if held else "")
+
+
+def refuse_folder(path: str | os.PathLike, expected: str) -> None:
+    """A `DataError` when `path` is a folder (`folder_problem`)."""
+    if (problem := folder_problem(path, expected)) is not None:
+        raise DataError(problem, source=str(path))
+
+
+def require_file(path: str | os.PathLike, expected: str, *, missing: str = "file not found") -> None:
+    """A `DataError` unless `path` is a file: a folder is said to be one (`refuse_folder`), anything else `missing`."""
+    refuse_folder(path, expected)
+    if not os.path.isfile(path):
+        raise DataError(missing, source=str(path))
+
+
+def require_folder(path: str | os.PathLike, what: str, *, source: str | None = None) -> None:
+    """A `DataError` (of `source`, default `path`) unless `path` is a folder: a file is said to be one, anything
+    else is "not found"."""
+    if os.path.isdir(path):
+        return
+    if source is None:
+        raise DataError(f"a file, not a {what}" if os.path.exists(path) else f"{what} not found", source=str(path))
+    raise DataError(f"{what} {str(path)!r} is a file, not a folder" if os.path.exists(path) else
+                    f"{what} not found: {str(path)!r}", source=source)
 
 
 def _parse_json(text: str, *, source: str, record: str | None) -> Any:
@@ -55,6 +90,7 @@ def iter_jsonl(path: str | os.PathLike, *, on_malformed: Callable[[DataError], N
     policy's `handle`), is passed to it and skipped.
     """
     src = str(path)
+    refuse_folder(path, "a JSON lines file")
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
             if not raw.strip():
@@ -71,6 +107,7 @@ def iter_jsonl(path: str | os.PathLike, *, on_malformed: Callable[[DataError], N
 
 def read_text_file(path: str | os.PathLike) -> str:
     """A whole UTF-8 text file; bytes that are not UTF-8 raise a `DataError` naming the line."""
+    refuse_folder(path, "a text file")
     with open(path, "rb") as fh:
         raw = fh.read()
     return _decode(raw, source=str(path), record=None)
@@ -79,4 +116,5 @@ def read_text_file(path: str | os.PathLike) -> str:
 def read_json_file(path: str | os.PathLike) -> Any:
     """A whole JSON document; any failure is a `DataError` naming the file and the line (not skippable:
     the file is one record)."""
+    refuse_folder(path, "a JSON file")
     return _parse_json(read_text_file(path), source=str(path), record=None)
