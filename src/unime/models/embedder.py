@@ -23,6 +23,7 @@ from unime.errors import DataError, ModelError
 from unime.models.adapters import FamilyAdapter, Segment, item_segments
 from unime.models.checkpoint_role import refuse_other_role
 from unime.models.image_budget import adapter_image_loader
+from unime.models.loader_keywords import check_loader_keywords
 from unime.models.item_format import DEFAULT_ITEM_FORMAT, check_item_format, resolve_item_format
 from unime.models.loading import (LoadedModel, grow_embeddings, load_model, refuse_unknown_keywords,
                                   without_log_message)
@@ -190,6 +191,10 @@ class Embedder:
         the checkpoint, else chat. `attn_implementation`: transformers' attention kernel (`load_model`).
         `kwargs`: `Embedder`'s own (`batch_size`, `instruction_suffix`), checked before the weights load."""
         refuse_unknown_keywords(cls, kwargs, ("image_loader", "device", "name", "origin", "item_format"))
+        check_loader_keywords("Embedder", dict(
+            pooling=pooling, data_root=data_root, allow_outside_root=allow_outside_root, adapter_path=adapter_path,
+            trainable=trainable, video_sampling=video_sampling, image_budget=image_budget, item_format=item_format,
+            attn_implementation=attn_implementation, **kwargs))
         refuse_other_role("embedder", path, adapter_path)  # a reranker's or judge's folder (QA: loaded silently)
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
                                          trainable=trainable, image_budget=image_budget,

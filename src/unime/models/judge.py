@@ -34,6 +34,7 @@ from unime.models.adapters import FamilyAdapter, Segment
 from unime.models.image_budget import adapter_image_loader
 from unime.models.judge_prompt import (judge_candidate_segments, judge_item_segments, judge_prefix_segments,
                                        judge_prompt_segments, merge_text)
+from unime.models.loader_keywords import check_loader_keywords
 from unime.models.loading import LoadedModel, load_model, refuse_unknown_keywords, trained_model_folder
 from unime.models.prefix_scoring import IMAGE_CACHE_BYTES, PrefixEngine
 from unime.models.prompts import NO, YES
@@ -117,6 +118,10 @@ class JudgeScorer:
         Yes/No ids (e.g. for a vLLM backend), not to score. `kwargs`: `JudgeScorer`'s own (`chunk_size`, the image
         cache's sizes), checked before anything loads."""
         refuse_unknown_keywords(cls, kwargs, ("image_loader", "device", "name"))
+        check_loader_keywords("JudgeScorer", dict(
+            data_root=data_root, allow_outside_root=allow_outside_root, adapter_path=adapter_path,
+            load_weights=load_weights, video_sampling=video_sampling, image_budget=image_budget,
+            attn_implementation=attn_implementation, **kwargs))
         path = trained_model_folder(path)
         loader_options = dict(allow_outside_root=allow_outside_root, video=video_sampling)
         if not load_weights:

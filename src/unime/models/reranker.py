@@ -55,6 +55,7 @@ from unime.models.checkpoint_role import refuse_other_role
 from unime.models.generation import generate_texts
 from unime.models.image_budget import adapter_image_loader
 from unime.models.judge import JudgeScorer
+from unime.models.loader_keywords import check_loader_keywords
 from unime.models.loading import LoadedModel, load_model, refuse_unknown_keywords, trained_model_folder
 from unime.models.rerank_prompts import (answer_format, item_content, listwise_answer_done, listwise_prompt,
                                          parse_listwise_answer)
@@ -230,6 +231,10 @@ class Reranker:
         else its adapter/ on its base model. `num_candidates` overrides the trained number. `kwargs`: `Reranker`'s
         own (`batch_size`, `max_new_tokens`, `chunk_size`), checked before the weights load."""
         refuse_unknown_keywords(cls, kwargs, ("image_loader", "device", "name"))
+        check_loader_keywords("Reranker", dict(
+            data_root=data_root, allow_outside_root=allow_outside_root, num_candidates=num_candidates,
+            video_sampling=video_sampling, image_budget=image_budget, attn_implementation=attn_implementation,
+            **kwargs))
         # an embedder's folder (loaded silently); a judge's is taken: the pairwise path is the judge's
         refuse_other_role("reranker", path, trained_model_folder(path), takes=("judge",))
         path = trained_model_folder(path)
