@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+METADATA_FILE = "unime_reranker.json"  # a reranker's or judge's record, written by unime.train.reranker_trainer
 # how each role is loaded: (Python, where the command line takes it)
 _LOADERS = {"embedder": ("unime.Embedder", "--model or --embedder"),
             "reranker": ("unime.models.reranker.Reranker", "--rerank"),
@@ -21,7 +22,6 @@ def trained_role(path: str | os.PathLike | None) -> tuple[str, str] | None:
     """(role, the file telling it) of the local folder `path` a unime trainer wrote, else None (a hub id, a file,
     a folder without a mark)."""
     from unime.models.export import EMBEDDER_PIPELINE_TAG
-    from unime.models.reranker import METADATA_FILE
     from unime.models.run_state import CARD_FILE
 
     if path is None or not Path(path).is_dir():

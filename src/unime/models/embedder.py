@@ -27,11 +27,9 @@ from unime.models.loader_keywords import check_loader_keywords
 from unime.models.item_format import DEFAULT_ITEM_FORMAT, check_item_format, resolve_item_format
 from unime.models.loading import (LoadedModel, grow_embeddings, load_model, refuse_unknown_keywords,
                                   without_log_message)
-from unime.models.prompts import EMB_TOKEN
+from unime.models.prompts import EMB_TOKEN, POOLINGS
 
 log = logging.getLogger(__name__)
-
-POOLINGS = ("last", "emb")
 
 
 def padding_shape(item: Item) -> tuple[bool, int]:

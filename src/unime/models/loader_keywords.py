@@ -60,8 +60,8 @@ def _instance(module: str, name: str) -> Rule:
 
 
 def _rules(loader: str) -> dict[str, Rule]:
-    from unime.models.embedder import POOLINGS
     from unime.models.item_format import ITEM_FORMATS
+    from unime.models.prompts import POOLINGS
 
     common = {"data_root": _path, "allow_outside_root": _flag, "attn_implementation": _text(optional=True),
               "video_sampling": _instance("unime.data.video", "VideoSampling"),

@@ -16,5 +16,6 @@ LISTWISE_INSTRUCTION = (
 
 EMBED_SUMMARY_PROMPT = "Summarize the above content in one word:"
 EMB_TOKEN = "<emb>"
+POOLINGS = ("last", "emb")  # an embedding: the last token's hidden state, or the one at EMB_TOKEN
 
 YES, NO = "Yes", "No"

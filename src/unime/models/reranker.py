@@ -51,7 +51,7 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item, item_list, one_item, require_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
-from unime.models.checkpoint_role import refuse_other_role
+from unime.models.checkpoint_role import METADATA_FILE, refuse_other_role  # METADATA_FILE: the reranker's record
 from unime.models.generation import generate_texts
 from unime.models.image_budget import adapter_image_loader
 from unime.models.judge import JudgeScorer
@@ -62,7 +62,6 @@ from unime.models.rerank_prompts import (answer_format, item_content, listwise_a
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "unime_reranker.json"  # written by unime.train.reranker_trainer
 RERANK_MODES = ("top1", "resort")
 # listwise prompts per `generate` call in `pick_many`: measured on the demo's reranker at one CPU thread
 # (bench/reranker_generation.py), batches of 8 that stop at `Ans: (k)` take 0.53x the CPU time of one prompt at a
