@@ -1526,16 +1526,11 @@ def test_a_video_stream_without_a_decodable_frame_is_said_to_be_empty_or_to_have
             assert (e.value.source, e.value.record, e.value.field) == ("v.jsonl", name, "query.video")
         with pytest.raises(DataError, match=re.escape(message)):
             ImageChecker(loader).check_item("query", Item.from_dict({"video": name}), source="v.jsonl", record=1)
-    # a Matroska file of no cluster and no video track (an audio track alone), and one cut in its header: FFmpeg's
-    # words stand, no video stream is claimed
-    c = av.open(str(tmp_path / "mute.mkv"), "w")
-    c.add_stream("aac", rate=48000)
-    c.start_encoding()
-    c.close()
+    # a Matroska file cut in its header: FFmpeg's words stand, no frame nor video stream is claimed (a whole one of no
+    # cluster and no video track, an audio track alone, has no video stream: `test_an_audio_only_file_...`)
     (tmp_path / "cut.mkv").write_bytes((tmp_path / "empty.mkv").read_bytes()[:300])
-    for name in ("mute.mkv", "cut.mkv"):
-        with pytest.raises(DataError, match=f"corrupt or unreadable video {name}: (End of file|Input/output error)"):
-            loader.load_video([name])
+    with pytest.raises(DataError, match="corrupt or unreadable video cut.mkv: (End of file|Input/output error)"):
+        loader.load_video(["cut.mkv"])
     FRAME_CACHE.clear()
 
 
@@ -1555,4 +1550,106 @@ def test_data_check_says_which_videos_have_no_frame_and_which_have_no_packet_tha
     for line, (name, message) in zip(out[2:], expected.items()):
         assert line.startswith(f"  - {f}, record line ") and f"(id {name}), field 'positive.video[0]': {message}" \
             in line, (name, line)
+    FRAME_CACHE.clear()
+
+
+# -- an audio-only file, a clip whose packets are garbage ------------------------------------------------------
+
+def _audio_only(path: Path, *, packets: bool = True) -> Path:
+    """A file of one audio track (Opus in .webm, AAC otherwise): a second of silence, or with `packets=False` the
+    header alone (no frame muxed: a Matroska / WebM file of no cluster)."""
+    c = av.open(str(path), "w")
+    a = c.add_stream("libopus" if path.suffix == ".webm" else "aac", rate=48000)
+    if packets:
+        _mux_silence(c, a, 1.0)
+    else:
+        c.start_encoding()
+    c.close()
+    return path
+
+
+def test_an_audio_only_file_is_said_to_have_no_video_stream_by_the_probe_the_readers_and_data_check(tmp_path, capsys):
+    """An audio track alone (.mkv, .webm, .mp4), with its packets or its header alone, is "video X has no video
+    stream", naming the record and the field, from its header (the probe), when it is read (a file, bytes) and by
+    `unime data check`. A Matroska / WebM file of an audio track and no cluster was "corrupt or unreadable video X:
+    End of file" (FFmpeg's demuxer gives up looking for a cluster), where the same file in MP4 had no video stream."""
+    import json
+
+    from unime.cli import main
+    from unime.data.video import probe_video_file
+
+    names = ["audio.mkv", "audio.webm", "audio.mp4", "mute.mkv", "mute.webm", "mute.mp4"]
+    for name in names:
+        _audio_only(tmp_path / name, packets=name.startswith("audio"))
+    loader = ImageLoader(tmp_path)
+    for name in names:
+        where = {"source": "v.jsonl", "record": 4, "field": "positive.video"}
+        for how, read in {"probe": lambda: probe_video_file(loader, name, **where),
+                          "file": lambda: loader.load_video([name], **where),
+                          "bytes": lambda: loader.load_video([(tmp_path / name).read_bytes()], **where)}.items():
+            FRAME_CACHE.clear()
+            with pytest.raises(DataError) as e:
+                read()
+            shown = name if how != "bytes" else "<inline video bytes>"
+            assert str(e.value) == f"v.jsonl, record 4, field 'positive.video': video {shown} has no video stream", \
+                (name, how)
+    f = tmp_path / "r.jsonl"
+    f.write_text("".join(json.dumps({"id": name, "query": {"text": "q"}, "positive": {"video": name}}) + "\n"
+                         for name in names))
+    FRAME_CACHE.clear()
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"skipped {len(names)} record(s) (video: {len(names)})", out
+    for line_no, (line, name) in enumerate(zip(out[2:], names), 1):
+        assert line == f"  - {f}, record line {line_no} (id {name}), field 'positive.video[0]': video {name} has no " \
+                       f"video stream", line
+    FRAME_CACHE.clear()
+
+
+def _garbage_packets(src: Path, dst: Path) -> Path:
+    """`src` with the bytes of each of its video packets overwritten by as many seeded random ones, in place: its
+    header (and a Matroska file's block headers) kept, the packets' payloads garbage. A packet's payload is found
+    where PyAV's demuxer says its packet lies (an MP4's sample offset; a Matroska block's start, its payload a few
+    bytes on)."""
+    import random
+
+    rng = random.Random(0)
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as c:
+        for packet in c.demux(c.streams.video[0]):
+            if packet.size:
+                at = data.find(bytes(packet), packet.pos)
+                assert packet.pos <= at <= packet.pos + 8, "the packet's payload not where its block starts"
+                data[at:at + packet.size] = rng.randbytes(packet.size)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("name,codec", [("g.mkv", "mpeg4"), ("g264.mkv", "libx264"), ("g.webm", "libvpx"),
+                                        ("g264.mp4", "libx264")])
+def test_a_clip_whose_packets_are_overwritten_passes_the_header_probe_and_is_refused_when_read(tmp_path, capsys,
+                                                                                               name, codec):
+    """The probe reads headers only (`probe_video_file`): a clip of 20 frames whose packets were overwritten after
+    its header passes it, and is refused when it is read ("none of its 20 packet(s) decode"), naming the record and
+    the field: by the readers, and by `unime data check`, which decodes every video."""
+    import json
+
+    from unime.cli import main
+    from unime.data.video import probe_video_file
+
+    _garbage_packets(write_clip(tmp_path / f"src_{name}", codec=codec), tmp_path / name)
+    loader = ImageLoader(tmp_path)
+    where = {"source": "v.jsonl", "record": 4, "field": "positive.video"}
+    FRAME_CACHE.clear()
+    probe_video_file(loader, name, **where)  # a whole header: width, height, rate and duration
+    said = f"corrupt video {name}: none of its 20 packet(s) decode"
+    with pytest.raises(DataError) as e:
+        loader.load_video([name], **where)
+    assert str(e.value).startswith(f"v.jsonl, record 4, field 'positive.video': {said}"), str(e.value)
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps({"id": "x", "query": {"text": "q"}, "positive": {"video": name}}) + "\n")
+    FRAME_CACHE.clear()
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith(f"  - {f}, record line 1 (id x), field 'positive.video[0]': {said}"), out
     FRAME_CACHE.clear()

@@ -28,13 +28,13 @@ than a temporal patch (``TEMPORAL_PATCH``: one frame, a one-frame clip) is padde
 temporal_factor:2"), so every family gets the padded video.
 
 Safety, as for images (`unime.data.images`): paths stay inside the data root; an empty, corrupt or
-truncated file, a file without a video stream, a video stream without a frame ("empty video X: its video stream has
-no frames", a Matroska / WebM file without a cluster too: `_matroska_video_without_cluster`) or none of whose packets
-decode (`_frameless`: what a failed decoding, or a header without a frame count or size, is explained by), a duration
-over ``max_duration_s``, a frame over ``max_frame_pixels`` or a file over ``max_bytes`` raise `DataError` naming
-source, record and field; so do, under the loader's ``max_aspect_ratio`` (the model's processor limit), frames whose
-long side is more than that many times their short one, from the stream's header (a frame list's frames: by the image
-loader's rules).
+truncated file, a file without a video stream (an audio track alone, with its packets or none), a video stream
+without a frame ("empty video X: its video stream has no frames", a Matroska / WebM file without a cluster too:
+`_clusterless_matroska`) or none of whose packets decode (`_frameless`: what a failed decoding, or a header without
+a frame count or size, is explained by), a duration over ``max_duration_s``, a frame over ``max_frame_pixels`` or a
+file over ``max_bytes`` raise `DataError` naming source, record and field; so do, under the loader's
+``max_aspect_ratio`` (the model's processor limit), frames whose long side is more than that many times their short
+one, from the stream's header (a frame list's frames: by the image loader's rules).
 A pixel budget per video (``max_video_pixels``, the sum over the sampled frames) scales the frames
 down, keeping their aspect ratio, before they reach the processor; under ``max_aspect_ratio`` the scaled long side
 is cut to that many times the scaled short side (`within_aspect_ratio`: each side is rounded down on its own, and
@@ -907,8 +907,9 @@ def _open_container(data: bytes | BinaryIO, sampling: VideoSampling, name: str, 
     try:
         return av.open(fh, mode="r")
     except _av_errors() as e:  # FFmpeg's words, without the errno and file name
-        if isinstance(e, EOFError) and _matroska_video_without_cluster(fh):
-            raise fail(_frameless_problem(name, 0)) from None
+        video = _clusterless_matroska(fh) if isinstance(e, EOFError) else None
+        if video is not None:  # a whole file, no frame: of its video track, or it has none (an audio track alone)
+            raise fail(_frameless_problem(name, 0) if video else f"video {name} has no video stream") from None
         raise fail(f"corrupt or unreadable video {name}: {getattr(e, 'strerror', None) or e}") from None
 
 
@@ -974,20 +975,20 @@ def _ebml_elements(fh: BinaryIO, start: int, end: int):
         pos = at + size
 
 
-def _matroska_video_without_cluster(fh: BinaryIO) -> bool:
-    """Whether `fh` is a whole Matroska / WebM file (its EBML header, then its segment to the file's end) whose tracks
-    hold a video track and which has no cluster: no frame of any track. FFmpeg's demuxer, looking for the first
-    cluster, gives up at the end of the file ("End of file"), as it does for a file cut before it; `fh` is left at
-    its start."""
+def _clusterless_matroska(fh: BinaryIO) -> bool | None:
+    """When `fh` is a whole Matroska / WebM file (its EBML header, then its segment to the file's end) which has no
+    cluster (no frame of any track): whether its tracks hold a video track; None for any other file. FFmpeg's
+    demuxer, looking for the first cluster, gives up at the end of the file ("End of file"), as it does for a file
+    cut before it; `fh` is left at its start."""
     try:
         end = fh.seek(0, os.SEEK_END)
         top = _ebml_elements(fh, 0, end)  # read as far as needed: a file of another kind stops at its first bytes
         if next(top)[0] != _EBML or (segment := next(top))[0] != _SEGMENT or next(top, None) is not None:
-            return False
+            return None
         video = False
         for eid, at, size in _ebml_elements(fh, segment[1], segment[1] + segment[2]):
             if eid == _CLUSTER:
-                return False
+                return None
             entries = _ebml_elements(fh, at, at + size) if eid == _TRACKS else ()
             for tracks_at, tracks_size in [(a, n) for i, a, n in entries if i == _TRACK_ENTRY]:
                 for kid, kat, ksize in list(_ebml_elements(fh, tracks_at, tracks_at + tracks_size)):
@@ -995,7 +996,7 @@ def _matroska_video_without_cluster(fh: BinaryIO) -> bool:
                     video |= kid == _TRACK_TYPE and int.from_bytes(fh.read(ksize), "big") == 1  # 1: video
         return video
     except (ValueError, OSError, StopIteration):
-        return False
+        return None
     finally:
         with contextlib.suppress(OSError, ValueError):
             fh.seek(0)
