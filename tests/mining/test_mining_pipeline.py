@@ -117,6 +117,23 @@ def test_report_files(mined):
     assert "- index recall: exact search (recall 1.0 by construction)" in report
 
 
+def test_stats_json_times_the_writing_of_mined_parquet_within_the_run_total(mined):
+    """stats.json's times of the run had none for mined.parquet, the last file of a run, written after stats.json:
+    it is written first, to a temporary file moved into place last, and its time is `write_mined_parquet`, a
+    non-negative number of seconds that sums with the other stages' times to no more than the run's total (taken
+    after it); report.md's table of stage times has it."""
+    import math
+
+    stats = json.loads((mined.out / "stats.json").read_text())
+    times = stats["times_this_run"]
+    assert times == mined.stats["times_this_run"]
+    took = times["write_mined_parquet"]
+    assert isinstance(took, float) and math.isfinite(took) and took >= 0
+    assert {"load", "sample", "write", "write_mined_parquet", "total"} <= set(times)
+    assert sum(v for k, v in times.items() if k != "total") <= times["total"]
+    assert f"| write_mined_parquet | {took:.2f} |" in (mined.out / "report.md").read_text()
+
+
 def _mtimes(out: Path) -> dict:
     """Modification times of a run's outputs (not its cache, nor the folder's ownership marker and lock,
     which every claim refreshes)."""
@@ -733,9 +750,10 @@ def test_a_run_killed_while_writing_its_final_files_leaves_no_mined_parquet(mine
                                                                            monkeypatch, kill_at):
     """QA: `unime mine` wrote mined.parquet first of its final files: killed before stats.json (or report.md, or the
     manifest's record of the finished run), it left a mined.parquet that a reader checking only that file (the demo's
-    mine stage) took for a finished run. mined.parquet is now written last: killed at any of those points (here as
-    stats.json is written, as the manifest records the finished run, as mined.parquet itself is written), the folder
-    holds no mined.parquet; the re-run finishes it, with the mined set of an uninterrupted run."""
+    mine stage) took for a finished run. mined.parquet now appears last (written first to a temporary file, so that
+    stats.json has its writing time): killed at any of those points (here as stats.json is written, as the manifest
+    records the finished run, as mined.parquet itself is written), the folder holds no mined.parquet; the re-run
+    finishes it, with the mined set of an uninterrupted run."""
     import shutil
 
     from unime.data import io as io_mod
@@ -758,14 +776,17 @@ def test_a_run_killed_while_writing_its_final_files_leaves_no_mined_parquet(mine
             m.setattr(report, "write_report", kill)
         elif kill_at == "mined.parquet":
             real = io_mod.write_records
-            m.setattr(io_mod, "write_records", lambda recs, path, *a, **k: kill() if str(path).endswith(
-                "mined.parquet") else real(recs, path, *a, **k))
+            # written to a temporary sibling (".mined.parquet.tmp-..."), moved into place last
+            m.setattr(io_mod, "write_records", lambda recs, path, *a, **k: kill() if Path(path).name.startswith(
+                ".mined.parquet.tmp-") else real(recs, path, *a, **k))
         else:
             m.setattr(Manifest, "finish", kill)
         with pytest.raises(Killed):
             run_mining(_config(dataset, tiny_model_dir, out))
     assert not (out / "mined.parquet").exists()
-    assert (out / "stats.json").is_file() == (kill_at != "stats.json")
+    # mined.parquet is written (to its temporary file) before stats.json, and appears after the manifest's record
+    assert (out / "stats.json").is_file() == (kill_at == "the manifest's record")
+    assert not list(out.glob(".mined.parquet.tmp-*"))
     result = run_mining(_config(dataset, tiny_model_dir, out))
     assert not result.finished_before and result.n_mined == mined.n_mined
     assert (out / "mined.parquet").read_bytes() == (mined.out / "mined.parquet").read_bytes()

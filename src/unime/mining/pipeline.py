@@ -20,8 +20,10 @@ a re-run a stage whose hash matches is loaded, not recomputed, and the judge sta
 the count, the sampling strategy or the fallback policy re-uses the retrieval and the judge scores (the range
 and margins are the retrieval's: they redo it and the judge). A run that is not finished
 removes the earlier run's stage C and report files as it starts (`discard_final_outputs`), so that an
-interrupted run leaves no mined set or statistics of other inputs that look complete; mined.parquet is written last
-(after stats.json, report.md and the manifest's record of the finished run): a folder holding it is finished.
+interrupted run leaves no mined set or statistics of other inputs that look complete; mined.parquet appears last
+(after stats.json, report.md and the manifest's record of the finished run): a folder holding it is finished. It is
+written to a temporary file before them, so that stats.json's stage times hold its writing time
+(`staged_mined_parquet`).
 
 Judge work: per query one group = its positive + its K candidates, sharing the query prefix
 (`JudgeScorer.score_candidates`); identical queries inside a shard are merged into one group.
@@ -47,7 +49,7 @@ from unime.mining.inputs import MiningInputs, load_inputs
 from unime.mining.manifest import Manifest, judge_hash, retrieval_hash, run_hash
 from unime.mining.ranks import Ranks
 from unime.mining.stages import (discard_final_outputs, is_number, run_judge, run_retrieval, run_sampling,
-                                 write_mined_parquet, write_outputs)
+                                 staged_mined_parquet, write_outputs)
 from unime.outdir import claim
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,6 @@ class MiningRun:
         rank 0 reads the inputs and writes the manifest first; every rank encodes its share of the retrieval's items,
         rank 0 retrieves, every rank scores its judge shards)."""
         from unime.mining import report
-        from unime.mining.health import label_health
 
         c, ranks = self.config, self.ranks
         t_start = time.perf_counter()
@@ -175,7 +176,18 @@ class MiningRun:
         backend_stats.update({k: int(v) if float(v).is_integer() else v for k, v in judged.run_stats.items()})
         if self._backend is not None:
             self._backend.close()
-        self.times["total"] = time.perf_counter() - t_start
+        with staged_mined_parquet(self.out, mined, self.times):  # in place last: a killed run leaves none
+            self.times["total"] = time.perf_counter() - t_start
+            stats = self._stats(mined, audit_rows, sstats, judged, backend_stats, notes)
+            report.write_report(self.out, stats, audit_rows, audit)
+            self.manifest.finish(self.config_hash, len(mined))
+        return MineResult(out=self.out, n_records=len(self.records), n_mined=len(mined), stats=stats)
+
+    def _stats(self, mined, audit_rows, sstats, judged, backend_stats, notes) -> dict[str, Any]:
+        """stats.json's content (its `label_health` warnings logged)."""
+        from unime.mining.health import label_health
+
+        c = self.config
         stats = {
             "records": len(self.records), "mined": len(mined), "pool_size": len(self.pool),
             "skipped_records": {"total": self.skips.total,
@@ -190,10 +202,7 @@ class MiningRun:
         stats["label_health"] = label_health(stats["sampling"], audit_rows)
         for w in stats["label_health"]["warnings"]:
             log.warning("%s", w)
-        report.write_report(self.out, stats, audit_rows, audit)
-        self.manifest.finish(self.config_hash, len(mined))
-        write_mined_parquet(self.out, mined)  # last: a killed run leaves none (its finished set's file)
-        return MineResult(out=self.out, n_records=len(self.records), n_mined=len(mined), stats=stats)
+        return stats
 
 
 def run_mining(config: MineConfig, *, backend: JudgeBackend | None = None, embedder=None) -> MineResult | None:

@@ -432,11 +432,25 @@ def write_outputs(out: Path, mined: list[Record], audit_rows: AuditRows | list[d
     return notes
 
 
-def write_mined_parquet(out: Path, mined: list[Record]) -> None:
-    """`mined.parquet` (every record, atomically), the last file of a run, after stats.json, report.md and the
-    manifest's record of the finished run: a run killed before it leaves no mined.parquet, so a reader that checks
-    only that file (the demo's mine stage, a trainer) never takes an unfinished folder for a finished one. (Its
-    writing time is not in stats.json's times, written before.)"""
+@contextlib.contextmanager
+def staged_mined_parquet(out: Path, mined: list[Record], times: dict[str, float]):
+    """`mined.parquet` (every record), the last file of a run to appear, after stats.json, report.md and the
+    manifest's record of the finished run (written in the block): a run killed before leaves no mined.parquet, so a
+    reader that checks only that file (the demo's mine stage, a trainer) never takes an unfinished folder for a
+    finished one. It is written first, to a temporary sibling (a killed run's is removed by the next run's claim of
+    the folder), so that its time is in stats.json's (``times["write_mined_parquet"]``), and moved into place when
+    the block succeeds."""
+    from unime.data.atomic import atomic_path
     from unime.data.io import write_records
 
-    write_records(mined, out / "mined.parquet")
+    with atomic_path(out / "mined.parquet") as staged:
+        t0 = time.perf_counter()
+        write_records(mined, staged, format="parquet")
+        times["write_mined_parquet"] = time.perf_counter() - t0
+        yield
+
+
+def write_mined_parquet(out: Path, mined: list[Record]) -> None:
+    """`mined.parquet` alone (`staged_mined_parquet`, nothing else written before it appears)."""
+    with staged_mined_parquet(out, mined, {}):
+        pass
