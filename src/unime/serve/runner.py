@@ -60,8 +60,9 @@ def bind_address(host: str, port: int):
 
 
 def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM. On SIGTERM uvicorn stops accepting connections and lets in-flight
-    requests finish (up to `graceful_timeout_s`) before the app's shutdown drains the batcher.
+    """Serve until SIGINT/SIGTERM. On SIGTERM uvicorn stops accepting connections (its port closed: a new one is
+    refused; idle keep-alive connections are closed) and lets in-flight requests finish (up to `graceful_timeout_s`;
+    then, or at a second signal, `_cut_requests`, each is answered 503) before the app's shutdown drains the batcher.
     The address is bound before the models load (minutes with a real model): a port in use is told at once."""
     import signal
 
@@ -84,6 +85,7 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
                 await super().shutdown(sockets=sockets)
                 if self.force_exit:  # (`_quiet_lifespan_cancel`)
                     self.lifespan.logger = _quiet_lifespan_cancel(self.lifespan.logger)
+                    await _cut_requests(self.server_state.tasks)
 
             def handle_exit(self, sig, frame) -> None:
                 # uvicorn forces the exit on a second Ctrl-C only: a second SIGTERM was ignored and the drain ran on
@@ -110,6 +112,25 @@ def run_uvicorn(config: ServeConfig, *, log_level: str = "info") -> None:
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+# seconds a forced exit waits for the requests it cuts to send their 503s (`_cut_requests`)
+CUT_REQUESTS_WAIT_S = 5.0
+
+
+async def _cut_requests(tasks) -> None:
+    """Cancel the requests still running (uvicorn's request tasks, `tasks`) as a forced exit ends the drain, and wait
+    (up to `CUT_REQUESTS_WAIT_S`) until each has been answered its 503 (`app.Observe`). uvicorn leaves them running
+    when a second signal forces the exit: a second Ctrl-C's KeyboardInterrupt then cancels them as the event loop
+    closes, and they are answered; a second SIGTERM, re-raised by uvicorn at its default action, ended the process
+    first, each request's connection closed without a response (QA)."""
+    import asyncio
+
+    running = [t for t in list(tasks) if not t.done()]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running, timeout=CUT_REQUESTS_WAIT_S)
 
 
 class _NotTheCancel(logging.Filter):
