@@ -665,6 +665,63 @@ def test_sigterm_drains_in_flight_requests(world, tmp_path):
         s.stop()
 
 
+def test_from_the_first_sigterm_no_new_request_is_taken_and_the_port_is_free_while_it_drains(world, tmp_path):
+    """What a request arriving during the drain gets (README): nothing, at once. uvicorn's shutdown closes the port
+    (a new connection is refused: a client's retry or its load balancer goes elsewhere without waiting for the drain,
+    and another server can listen on the port meanwhile) and the idle keep-alive connections (a request sent on one
+    gets no response), and serves the request in flight to its end (200)."""
+    import socket
+
+    from unime.serve.runner import bind_address
+
+    s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "1", "--graceful-timeout", "120"],
+               log_path=tmp_path / "log").wait_ready()
+    try:
+        idle = socket.create_connection(("127.0.0.1", s.port))
+        idle.settimeout(30)
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not (answer.partition(b"\r\n\r\n")[2].endswith(b"}")):  # the headers, then the JSON body
+            answer += idle.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        result = {}
+        texts = [f"a long request item {i} " * 40 for i in range(128)]
+
+        def call():
+            result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts}, timeout=300)
+
+        t = threading.Thread(target=call)
+        t.start()
+        _wait_until_served(s, result)
+        s.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the port closes as the shutdown starts
+            try:
+                socket.create_connection(("127.0.0.1", s.port), timeout=5).close()
+            except ConnectionRefusedError:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the port still took connections 30 s after SIGTERM")
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": "late"}, timeout=10)
+        try:
+            idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert idle.recv(65536) == b""  # closed by the server, no response
+        except ConnectionResetError:
+            pass
+        idle.close()
+        other = bind_address("127.0.0.1", s.port)  # another server could listen there now
+        other.listen()
+        other.close()
+        assert s.proc.poll() is None and "r" not in result  # all that while the drain went on
+        t.join(300)
+        assert s.proc.wait(60) == 0
+        assert result["r"].status_code == 200 and len(result["r"].json()["data"]) == 128
+    finally:
+        s.stop()
+
+
 def test_ctrl_c_stops_the_server_cleanly_with_exit_status_0(world, tmp_path):
     """QA: after draining, SIGTERM ended the process by the signal uvicorn re-raised (-15) and Ctrl-C as "unime:
     interrupted" (130); a service manager or a script sees a clean stop as a failure. Both now exit 0."""
