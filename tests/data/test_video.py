@@ -1534,20 +1534,28 @@ def test_a_video_stream_without_a_decodable_frame_is_said_to_be_empty_or_to_have
     FRAME_CACHE.clear()
 
 
-def test_data_check_says_which_videos_have_no_frame_and_which_have_no_packet_that_decodes(tmp_path, capsys):
+def _data_check_skips(tmp_path: Path, capsys, names) -> tuple[Path, list[str]]:
+    """`unime data check` of a records file (r.jsonl in `tmp_path`) of one record per video file of `names`, its
+    positive the video alone, each record skipped as bad video: (the file, the lines naming each)."""
     import json
 
     from unime.cli import main
 
-    expected = _no_frame_corpus(tmp_path)
     f = tmp_path / "r.jsonl"
     f.write_text("".join(json.dumps({"id": name, "query": {"text": "q"}, "positive": {"video": name}}) + "\n"
-                         for name in expected))
+                         for name in names))
     FRAME_CACHE.clear()
     assert main(["data", "check", str(f)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[1] == f"skipped {len(expected)} record(s) (video: {len(expected)})", out
-    for line, (name, message) in zip(out[2:], expected.items()):
+    assert out[1] == f"skipped {len(names)} record(s) (video: {len(names)})", out
+    FRAME_CACHE.clear()
+    return f, out[2:]
+
+
+def test_data_check_says_which_videos_have_no_frame_and_which_have_no_packet_that_decodes(tmp_path, capsys):
+    expected = _no_frame_corpus(tmp_path)
+    f, lines = _data_check_skips(tmp_path, capsys, list(expected))
+    for line, (name, message) in zip(lines, expected.items()):
         assert line.startswith(f"  - {f}, record line ") and f"(id {name}), field 'positive.video[0]': {message}" \
             in line, (name, line)
     FRAME_CACHE.clear()
@@ -1573,9 +1581,6 @@ def test_an_audio_only_file_is_said_to_have_no_video_stream_by_the_probe_the_rea
     stream", naming the record and the field, from its header (the probe), when it is read (a file, bytes) and by
     `unime data check`. A Matroska / WebM file of an audio track and no cluster was "corrupt or unreadable video X:
     End of file" (FFmpeg's demuxer gives up looking for a cluster), where the same file in MP4 had no video stream."""
-    import json
-
-    from unime.cli import main
     from unime.data.video import probe_video_file
 
     names = ["audio.mkv", "audio.webm", "audio.mp4", "mute.mkv", "mute.webm", "mute.mp4"]
@@ -1593,17 +1598,10 @@ def test_an_audio_only_file_is_said_to_have_no_video_stream_by_the_probe_the_rea
             shown = name if how != "bytes" else "<inline video bytes>"
             assert str(e.value) == f"v.jsonl, record 4, field 'positive.video': video {shown} has no video stream", \
                 (name, how)
-    f = tmp_path / "r.jsonl"
-    f.write_text("".join(json.dumps({"id": name, "query": {"text": "q"}, "positive": {"video": name}}) + "\n"
-                         for name in names))
-    FRAME_CACHE.clear()
-    assert main(["data", "check", str(f)]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert out[1] == f"skipped {len(names)} record(s) (video: {len(names)})", out
-    for line_no, (line, name) in enumerate(zip(out[2:], names), 1):
+    f, lines = _data_check_skips(tmp_path, capsys, names)
+    for line_no, (line, name) in enumerate(zip(lines, names), 1):
         assert line == f"  - {f}, record line {line_no} (id {name}), field 'positive.video[0]': video {name} has no " \
                        f"video stream", line
-    FRAME_CACHE.clear()
 
 
 def _garbage_packets(src: Path, dst: Path) -> Path:
@@ -1632,9 +1630,6 @@ def test_a_clip_whose_packets_are_overwritten_passes_the_header_probe_and_is_ref
     """The probe reads headers only (`probe_video_file`): a clip of 20 frames whose packets were overwritten after
     its header passes it, and is refused when it is read ("none of its 20 packet(s) decode"), naming the record and
     the field: by the readers, and by `unime data check`, which decodes every video."""
-    import json
-
-    from unime.cli import main
     from unime.data.video import probe_video_file
 
     _garbage_packets(write_clip(tmp_path / f"src_{name}", codec=codec), tmp_path / name)
@@ -1646,10 +1641,5 @@ def test_a_clip_whose_packets_are_overwritten_passes_the_header_probe_and_is_ref
     with pytest.raises(DataError) as e:
         loader.load_video([name], **where)
     assert str(e.value).startswith(f"v.jsonl, record 4, field 'positive.video': {said}"), str(e.value)
-    f = tmp_path / "r.jsonl"
-    f.write_text(json.dumps({"id": "x", "query": {"text": "q"}, "positive": {"video": name}}) + "\n")
-    FRAME_CACHE.clear()
-    assert main(["data", "check", str(f)]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert out[2].startswith(f"  - {f}, record line 1 (id x), field 'positive.video[0]': {said}"), out
-    FRAME_CACHE.clear()
+    f, lines = _data_check_skips(tmp_path, capsys, [name])
+    assert lines[0].startswith(f"  - {f}, record line 1 (id {name}), field 'positive.video[0]': {said}"), lines

@@ -642,20 +642,30 @@ def _wait_until_served(s: Server, result: dict) -> None:
     pytest.fail("the request was never seen being served")
 
 
+def _embedding_in_flight(s: Server, texts: list[str], timeout: float) -> tuple[threading.Thread, dict]:
+    """A thread that posts `texts` to server `s`'s /v1/embeddings, returned once the server serves them: (the thread,
+    its result, whose "r" is the response or the client's error's name)."""
+    result = {}
+
+    def call():
+        try:
+            result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts},
+                                     timeout=timeout)
+        except httpx.HTTPError as e:
+            result["r"] = type(e).__name__
+
+    t = threading.Thread(target=call)
+    t.start()
+    _wait_until_served(s, result)
+    return t, result
+
+
 def test_sigterm_drains_in_flight_requests(world, tmp_path):
     s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "4"],
                log_path=tmp_path / "log").wait_ready()
     try:
-        result = {}
-        texts = [f"a long request item {i} " * 8 for i in range(48)]
-
-        def call():
-            result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts}, timeout=120)
-
-        t = threading.Thread(target=call)
-        t.start()
-        _wait_until_served(s, result)  # then ask the server to stop
-        s.proc.send_signal(signal.SIGTERM)
+        t, result = _embedding_in_flight(s, [f"a long request item {i} " * 8 for i in range(48)], 120)
+        s.proc.send_signal(signal.SIGTERM)  # the request being served
         t.join(120)
         assert s.proc.wait(60) == 0  # a clean drain is a normal end (uvicorn's re-raised signal was -15)
         r = result["r"]  # the served model's name defaults to its folder's name, 'model'
@@ -684,15 +694,7 @@ def test_from_the_first_sigterm_no_new_request_is_taken_and_the_port_is_free_whi
         while not (answer.partition(b"\r\n\r\n")[2].endswith(b"}")):  # the headers, then the JSON body
             answer += idle.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200 ")
-        result = {}
-        texts = [f"a long request item {i} " * 40 for i in range(128)]
-
-        def call():
-            result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts}, timeout=300)
-
-        t = threading.Thread(target=call)
-        t.start()
-        _wait_until_served(s, result)
+        t, result = _embedding_in_flight(s, [f"a long request item {i} " * 40 for i in range(128)], 300)
         s.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the port closes as the shutdown starts
@@ -740,19 +742,7 @@ def _signal_twice_during_a_request(world, tmp_path, sig: int) -> tuple[int, obje
     s = Server(["--model", world["model"], "--no-auth", "--max-batch-size", "1", "--graceful-timeout", "120"],
                log_path=tmp_path / "log").wait_ready()
     try:
-        result = {}
-        texts = [f"a long request item {i} " * 40 for i in range(256)]
-
-        def call():
-            try:
-                result["r"] = httpx.post(s.base + "/v1/embeddings", json={"model": "model", "input": texts},
-                                         timeout=300)
-            except httpx.HTTPError as e:
-                result["r"] = type(e).__name__
-
-        t = threading.Thread(target=call)
-        t.start()
-        _wait_until_served(s, result)
+        t, result = _embedding_in_flight(s, [f"a long request item {i} " * 40 for i in range(256)], 300)
         s.proc.send_signal(sig)
         time.sleep(0.3)
         assert s.proc.poll() is None and "r" not in result  # draining: the request still runs
