@@ -134,3 +134,31 @@ def test_mine_says_once_per_model_that_one_not_on_disk_keys_its_records_by_its_n
     inputs = json.loads((out / "manifest.json").read_text())["inputs"]
     assert inputs["embedder"]["fingerprint"] == inputs["judge"]["fingerprint"] == model_fingerprint(model) != \
         model_fingerprint(model + "x")
+
+
+def test_judge_says_once_per_run_that_a_judge_not_on_disk_keys_its_chunks_by_its_name(tiny_model_dir, tmp_path,
+                                                                                      monkeypatch, caplog):
+    """QA: `unime judge --judge <hub id>` logged `model_fingerprint`'s warning (the judge keyed by its name only) for
+    its finished run's key and again for its chunks' (and again each time a resume re-made the key). Once a run now;
+    the keys are those of before: a re-run finds the run finished. (The tiny model is taken as not on disk, as a hub
+    id: `_local_model_dir` answers None.)"""
+    from unime.mining import pairs as pairs_mod
+    from unime.models import embedding_cache
+
+    model = tiny_model_dir("qwen2_vl")
+    monkeypatch.setattr(embedding_cache, "_local_model_dir", lambda path: None)
+    monkeypatch.setattr(pairs_mod, "PAIRS_PER_CHUNK", 3)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"p{i}", "query": {"text": f"query {i % 3}"},
+                                         "candidate": {"text": f"candidate {i}"}}) + "\n" for i in range(10)))
+    out = tmp_path / "scores.jsonl"
+    argv = ["judge", "--pairs", str(pairs), "--judge", model, "--out", str(out), "--device", "cpu"]
+    said = [f"model {model} is not a local folder; unime judge's record of its finished run and chunks is keyed by "
+            "its name only"]
+    for again in (False, True):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="unime"):
+            assert main(argv) == 0
+        assert [r.getMessage() for r in caplog.records if r.name == "unime.models.embedding_cache"] == said
+        assert ("this judge run finished earlier" in caplog.text) == again
+    assert len(out.read_text().splitlines()) == 10

@@ -86,9 +86,10 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
     checker = ImageChecker(checkpoint_image_loader(judge_models(spec.path, backend), spec.budget, spec.data_root,
                                                    allow_outside_root=spec.allow_outside_root, video=spec.sampling))
     digests = work_digests(out_path)  # a re-run of a killed (or finished) run reads no image again for its key
+    models = judge_keys(spec)  # looked up once: a judge not on disk said once to key the run by its name (QA: twice)
     # before any image is opened
     done_key = pairs_done_key(pairs_path, spec, backend, backend_options, checker, digests, on_error=on_error,
-                              label_column=label_column)
+                              label_column=label_column, models=models)
     if finished_before(out_path, "judge", done_key, overwrite=overwrite, again="scores again"):
         if label_column:
             stem = Path(out_path).with_suffix("")
@@ -105,7 +106,8 @@ def score_pairs_file(pairs_path: str, out_path: str, spec: JudgeSpec, *, backend
         raise DataError("no pairs to score", source=pairs_path)
 
     def make_work(rows):
-        key = pairs_work_key([r[0] for r in rows], spec, backend, backend_options, checker.loader, digests=digests)
+        key = pairs_work_key([r[0] for r in rows], spec, backend, backend_options, checker.loader, digests=digests,
+                             models=models)
         return ChunkWork(out_path, "judge", key, rows=len(rows), per_chunk=PAIRS_PER_CHUNK, digests=digests,
                          lines=[r[1] for r in rows])
 
@@ -168,11 +170,12 @@ def query_groups(pairs: list[tuple[Any, Item, Item]]) -> list[tuple[Item, list[I
 
 
 def pairs_done_key(pairs_path: str, spec: JudgeSpec, backend: str, backend_options: dict | None, checker, digests,
-                   *, on_error: str, label_column: str | None) -> dict[str, Any] | None:
+                   *, on_error: str, label_column: str | None, models: dict[str, str | None] | None = None
+                   ) -> dict[str, Any] | None:
     """What `score_pairs_file`'s output depends on, told before the judge loads (`finished_before`): the pairs file's
     bytes, the key of its pairs' scores (`pairs_work_key`: the judge, its settings, the bytes of the images, looked
     up, none opened; known from `digests`), the judge's name (the plot's title), `on_error` and `label_column`. None
-    when it cannot be told (an image not readable: the check names it)."""
+    when it cannot be told (an image not readable: the check names it). `models`: the run's `judge_keys`."""
     from unime.data.image_digests import file_sha1
     from unime.data.skips import SkipReport
     from unime.models.chunk_work import EVERY_LINE
@@ -183,22 +186,21 @@ def pairs_done_key(pairs_path: str, spec: JudgeSpec, backend: str, backend_optio
         return {"pairs_sha1": file_sha1(pairs_path), "on_error": on_error, "label_column": label_column,
                 "judge_name": Path(spec.path).name,
                 "scores": pairs_work_key(pairs[0] if label_column else pairs, spec, backend, backend_options,
-                                         checker.loader, digests=digests)}
+                                         checker.loader, digests=digests, models=models)}
     except (OSError, DataError):
         return None
 
 
 def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend: str, backend_options: dict | None,
-                   loader, *, digests=None) -> dict[str, Any]:
+                   loader, *, digests=None, models: dict[str, str | None] | None = None) -> dict[str, Any]:
     """What the scores of `pairs` depend on, the key of `score_pairs_file`'s finished chunks: the pairs scored (their
     items, in order) and the bytes of their images, the judge by its content, the backend and its options, and the
     judge's settings that change scores (not how many continuations a forward runs or what its image cache keeps;
     the attention kernel is the machine's choice, as for `unime mine`: `unime.mining.manifest.FREE_OPTIONS`). The
     image paths are resolved by `loader`, the one the pairs were checked with, their bytes known from `digests` (the
-    work folder's, `unime.models.chunk_work.work_digests`; default: each image read)."""
+    work folder's, `unime.models.chunk_work.work_digests`; default: each image read). `models`: the judge's and its
+    adapter's fingerprints, `judge_keys(spec)` (default: looked up here)."""
     from unime.data.image_digests import ImageDigests, digest_items
-    from unime.mining.manifest import judge_fingerprint
-    from unime.models.embedding_cache import model_fingerprint
     from unime.models.loading import canonical_dtype
 
     listed = hashlib.sha1()
@@ -207,8 +209,7 @@ def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend
     return {"pairs": listed.hexdigest(),
             "images": digest_items((it for _, q, c in pairs for it in (q, c)), loader,
                                   digests if digests is not None else ImageDigests()),
-            "judge": judge_fingerprint(spec.path, keyed=SCORED_CHUNKS),
-            "adapter": model_fingerprint(spec.adapter_path, keyed=SCORED_CHUNKS) if spec.adapter_path else None,
+            **(models if models is not None else judge_keys(spec)),
             "backend": backend,
             "backend_options": same_path_value({k: v for k, v in (backend_options or {}).items()
                                                 if k not in SPREAD_OPTIONS}),
@@ -216,3 +217,14 @@ def pairs_work_key(pairs: list[tuple[Any, Item, Item]], spec: JudgeSpec, backend
             "data_root": str(Path(spec.data_root).resolve()) if spec.data_root else None,
             "allow_outside_root": spec.allow_outside_root, "image_budget": spec.image_budget,
             "video_sampling": spec.video_sampling}
+
+
+def judge_keys(spec: JudgeSpec) -> dict[str, str | None]:
+    """The judge by its content (`judge_fingerprint`) and its adapter's (`model_fingerprint`, None without one), as
+    `pairs_work_key` keys them: a run looks them up once, and a model not on disk is said once to key `SCORED_CHUNKS`
+    by its name (QA: `unime judge` said it for its finished run's key and again for its chunks')."""
+    from unime.mining.manifest import judge_fingerprint
+    from unime.models.embedding_cache import model_fingerprint
+
+    return {"judge": judge_fingerprint(spec.path, keyed=SCORED_CHUNKS),
+            "adapter": model_fingerprint(spec.adapter_path, keyed=SCORED_CHUNKS) if spec.adapter_path else None}
