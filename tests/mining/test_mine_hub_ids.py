@@ -162,3 +162,52 @@ def test_judge_says_once_per_run_that_a_judge_not_on_disk_keys_its_chunks_by_its
         assert [r.getMessage() for r in caplog.records if r.name == "unime.models.embedding_cache"] == said
         assert ("this judge run finished earlier" in caplog.text) == again
     assert len(out.read_text().splitlines()) == 10
+
+
+def test_a_finished_mine_rerun_offline_after_its_hub_models_left_the_cache_needs_only_what_is_left_to_do(
+        tiny_model_dir, tmp_path, monkeypatch, capsys, caplog):
+    """QA: a finished `unime mine --embedder ORG/EMB --judge ORG/JUDGE` run again offline, after the models left the
+    local Hugging Face cache, was refused for --embedder, though nothing left to do loads a model. It is finished
+    now (the models not on this machine are taken as the ones its earlier run recorded under the same ids); a stage
+    left to do needs its model only: the judge's shards, the judge; the retrieval, the embedder."""
+    import shutil
+    from pathlib import Path
+
+    from tests.models.helpers import in_a_hub_cache
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    records = write_dataset(tmp_path / "data")
+    model, cache = Path(tiny_model_dir("qwen2_vl")), tmp_path / "hub"
+    for repo in ("someorg/emb", "someorg/judge"):
+        in_a_hub_cache(model, cache, repo, monkeypatch)
+    out = tmp_path / "mined"
+    argv = ["mine", "--records", str(records), "--embedder", "someorg/emb", "--judge", "someorg/judge", "--out",
+            str(out), "--k", "2", "--count", "1", "--shard-size", "4", "--device", "cpu"]
+    assert main(argv) == 0
+    mined = (out / "mined.parquet").read_bytes()
+    for repo in ("emb", "judge"):
+        shutil.rmtree(cache / f"models--someorg--{repo}")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
+    assert (out / "mined.parquet").read_bytes() == mined
+
+    def refused(option, repo):
+        manifest = (out / "manifest.json").read_bytes()
+        assert main(argv) == 2
+        assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("unime: error:")] == [
+            f"unime: error: {option} {repo!r}: " + NOT_CACHED.format(id=repo)]
+        assert (out / "manifest.json").read_bytes() == manifest  # nothing written
+
+    (out / "mined.parquet").unlink()
+    (out / "judge" / "shard-00001.parquet").unlink()  # the judge has a shard to score: it needs the judge only
+    refused("--judge", "someorg/judge")
+    in_a_hub_cache(model, cache, "someorg/judge", monkeypatch)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="unime"):
+        assert main(argv) == 0
+    assert f"retrieval: reusing {out / 'retrieval.parquet'}" in caplog.text and (out / "mined.parquet").is_file()
+    (out / "mined.parquet").unlink()
+    (out / "retrieval.parquet").unlink()  # the retrieval to do again: it needs the embedder
+    refused("--embedder", "someorg/emb")
+

@@ -10,13 +10,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from unime.data.image_digests import ImageDigests, digest_items
 from unime.data.items import Item, Record
 from unime.data.jsonl import iter_jsonl
 from unime.errors import DataError
-from unime.mining.manifest import EMBEDDER_KEYS, input_fingerprints
+from unime.mining.manifest import (EMBEDDER_KEYS, Manifest, hub_models_not_on_disk, input_fingerprints,
+                                   recorded_models)
 from unime.mining.retrieval import build_pool
 
 if TYPE_CHECKING:
@@ -83,24 +84,33 @@ def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
         extra = check_images(extra, loader, on_error=c.on_error, skips=skips, source=c.pool)
     # default pool: positives; a pool file replaces them (its own items only)
     pool = build_pool([], extra) if c.pool else build_pool(records)
-    refuse_unloadable_models(c)  # the records' errors first, then the models', before anything is written
+    # the records' errors first, then the models' that the run loads, before anything is written: a new run's (both)
+    # before its images are read, a re-run's once its inputs tell the stages left to do (none when it is finished)
+    manifest = Manifest(out / "manifest.json")
+    if not manifest.path.is_file():
+        refuse_unloadable_models(c)
     # the content of every image retrieval and the judge see (file bytes, cached by size + mtime): a
     # changed image changes the stage hashes, an untouched one is not read again
     digests = ImageDigests(out / "cache" / "image_digests.tsv")
     images_sha1 = digest_items([it for r in records for it in (r.query, r.positive)] + pool, loader, digests)
+    away = hub_models_not_on_disk(c)
+    taken = recorded_models(c, manifest, away)
+    embedder = model_fingerprinter(c.embedder, keyed=None if "embedder" in taken else EMBEDDER_KEYS)
+    fingerprints = input_fingerprints(c, n_records=len(records), skipped=skips.total, pool_size=len(pool),
+                                      images_sha1=images_sha1, embedder=embedder, taken=taken)
+    if manifest.path.is_file():
+        refuse_unloadable_models(c, manifest.models_to_load(c, fingerprints))
     digests.save()
     log.info("image content digest %s (%d files read, the rest known by size + mtime)", images_sha1[:12],
              digests.hashed)
-    embedder = model_fingerprinter(c.embedder, keyed=EMBEDDER_KEYS)
-    fingerprints = input_fingerprints(c, n_records=len(records), skipped=skips.total, pool_size=len(pool),
-                                      images_sha1=images_sha1, embedder=embedder)
     return MiningInputs(records=records, pool=pool, pool_index={it.key: i for i, it in enumerate(pool)},
                         skips=skips, fingerprints=fingerprints, images_hashed=digests.hashed,
                         seconds=time.perf_counter() - t0, digests=digests, embedder_fingerprint=embedder)
 
 
-def refuse_unloadable_models(c: MineConfig) -> None:
-    """Refuse a hub id --embedder or --judge this process will load that cannot be loaded here, named by its option:
+def refuse_unloadable_models(c: MineConfig, models: Collection[str] = ("embedder", "judge")) -> None:
+    """Refuse a hub id --embedder or --judge this process will load (of `models`: the stages left to do load them,
+    `Manifest.models_to_load`) that cannot be loaded here, named by its option:
     a hub that cannot be reached or has no such model (`refuse_unreachable_hub_model`: the hub asked once), or,
     offline, one not in the local Hugging Face cache (`refuse_uncached_hub_model_offline`). The loads would say so,
     the judge's only after the retrieval's encoding (QA: --out written, the retrieval encoded, then the judge
@@ -109,8 +119,9 @@ def refuse_unloadable_models(c: MineConfig) -> None:
     from unime.mining.backends import judge_models
     from unime.models.loading import loading_as, refuse_uncached_hub_model_offline, refuse_unreachable_hub_model
 
-    judges = [] if c.backend == "ray" else judge_models(c.judge, c.backend)
-    for model, option in [(c.embedder, "--embedder"), *((j, "--judge") for j in judges)]:
+    judges = [] if c.backend == "ray" or "judge" not in models else judge_models(c.judge, c.backend)
+    embedders = [c.embedder] if "embedder" in models else []
+    for model, option in [*((e, "--embedder") for e in embedders), *((j, "--judge") for j in judges)]:
         with loading_as(option):
             refuse_unreachable_hub_model(model)
         refuse_uncached_hub_model_offline(model, option)

@@ -48,24 +48,61 @@ FREE_OPTIONS = ("out", "show_progress", "backend", "backend_options", "cache_dir
 
 
 def input_fingerprints(c: MineConfig, *, n_records: int, skipped: int, pool_size: int, images_sha1: str,
-                       embedder: Callable[[dict | None], str] | None = None) -> dict[str, Any]:
+                       embedder: Callable[[dict | None], str] | None = None,
+                       taken: dict[str, str] | None = None) -> dict[str, Any]:
     """What the run reads, by content: records and pool files, both checkpoints, the data root, the bytes
     of every image (`images_sha1`, from `unime.data.image_digests`). `embedder`: the embedder's
-    `model_fingerprinter`, when the caller has it (default: its `model_fingerprint`)."""
-    embedder_fingerprint = embedder(None) if embedder else model_fingerprint(c.embedder, keyed=MANIFEST_INPUTS)
+    `model_fingerprinter`, when the caller has it (default: its `model_fingerprint`). `taken`: the fingerprints of
+    checkpoints not on this machine taken as the folder's earlier run recorded them (`recorded_models`)."""
+    taken = taken or {}
+    embedder_fingerprint = taken.get("embedder") or (
+        embedder(None) if embedder else model_fingerprint(c.embedder, keyed=MANIFEST_INPUTS))
+    judge = taken.get("judge") or judge_fingerprint(c.judge, keyed=MANIFEST_INPUTS)
     inputs = {
         "records": {"path": str(Path(c.records).resolve()), "sha1": file_sha1(c.records), "n": n_records,
                     "skipped": skipped},
         "pool": {"path": str(Path(c.pool).resolve()), "sha1": file_sha1(c.pool)} if c.pool else "positives",
         "pool_size": pool_size,
         "embedder": {"path": c.embedder, "fingerprint": embedder_fingerprint},
-        "judge": {"path": c.judge, "fingerprint": judge_fingerprint(c.judge, keyed=MANIFEST_INPUTS)},
+        "judge": {"path": c.judge, "fingerprint": judge},
         "data_root": str(Path(c.resolved_data_root).resolve()),
         "images": {"sha1": images_sha1},
     }
     if c.backend == "oracle":  # ground truth, not a model's scores: shards are never shared with a model's
         inputs["judge"]["scores"] = "world ground truth"
     return inputs
+
+
+def hub_models_not_on_disk(c: MineConfig, names: tuple[str, ...] = ("embedder", "judge")) -> list[str]:
+    """Which of --embedder and --judge (`names`: "embedder", "judge") are hub ids this machine does not hold (neither
+    a local folder nor in the local Hugging Face cache: `model_on_disk`), fingerprinted by their ids, not their
+    files."""
+    from unime.models.embedding_cache import model_on_disk
+    from unime.models.loading import may_be_hub_id
+
+    return [name for name in names if may_be_hub_id(getattr(c, name)) and not Path(getattr(c, name)).exists()
+            and not model_on_disk(getattr(c, name))]
+
+
+def recorded_models(c: MineConfig, manifest: Manifest, away: list[str]) -> dict[str, str]:
+    """The fingerprints the earlier run of `manifest` recorded for --embedder and --judge ("embedder", "judge"), for
+    those of them that are hub ids this machine does not hold now (`away`: `hub_models_not_on_disk`) and that it
+    recorded under the same id: their files cannot be read here to tell them from the recorded ones, so they are
+    taken as those — a finished run re-run offline after its hub model left the cache is still finished, a stage done
+    is not redone. Each said once."""
+    before, taken = manifest.data.get("inputs"), {}
+    if not isinstance(before, dict):
+        return taken
+    for name in away:
+        model, record = getattr(c, name), before.get(name)
+        fingerprint = record.get("fingerprint") if isinstance(record, dict) and record.get("path") == model else None
+        if not isinstance(fingerprint, str):
+            continue
+        taken[name] = fingerprint
+        log.warning("--%s %r: neither a local folder nor in the local Hugging Face cache; taken as the model the "
+                    "earlier run in %s recorded under that id (fingerprint %s)", name, model, manifest.path.parent,
+                    fingerprint)
+    return taken
 
 
 def judge_fingerprint(judge: str, *, keyed: str = "its fingerprint") -> str:
@@ -177,6 +214,11 @@ def judge_hash(c: MineConfig, inputs: dict[str, Any], retrieval: str, *, legacy:
                          "version": PIPELINE_VERSION, **_video_key(c)})
 
 
+def judge_shard(out: Path, i: int) -> Path:
+    """Judge shard `i` of the mining run in `out` (`unime.mining.stages.run_judge`)."""
+    return out / "judge" / f"shard-{i:05d}.parquet"
+
+
 class Manifest:
     """`manifest.json`: the options, their hash, the inputs, per-stage records (`stage` / `set_stage`) and,
     once the run ends, `finished`. Every change is written atomically at once."""
@@ -220,13 +262,7 @@ class Manifest:
             if changed and not keys:
                 log.warning("%s: inputs changed since the last run (%s): redoing the stages that depend on them",
                             out, ", ".join(changed))
-        finished = self.data.get("finished") or {}
-        # a run finished before the hashes left the checkpoints' paths out, or read the dtype as typed, is
-        # recognised by its earlier hash
-        hashes = {config_hash, *(run_hash(config, inputs, legacy=legacy, typed_dtype=typed)
-                                 for legacy in (True, False) for typed in _typed_dtypes(config))}
-        done = (not config.overwrite and finished.get("config_hash") in hashes
-                and all((out / n).is_file() for n in ("stats.json", "mined.parquet", "report.md")))
+        done = self._finished(config, inputs, config_hash)
         if not done:
             if self._searched_before(config):
                 log.warning("%s: its retrieval was done by an earlier version of the %s search (before the exact scan "
@@ -239,6 +275,34 @@ class Manifest:
             self.data["inputs"] = inputs
             self.save()
         return done
+
+    def _finished(self, config: MineConfig, inputs: dict[str, Any], config_hash: str) -> bool:
+        """Whether the folder holds the run of `config` on `inputs` finished (`open_run`'s answer)."""
+        finished = self.data.get("finished") or {}
+        # a run finished before the hashes left the checkpoints' paths out, or read the dtype as typed, is
+        # recognised by its earlier hash
+        hashes = {config_hash, *(run_hash(config, inputs, legacy=legacy, typed_dtype=typed)
+                                 for legacy in (True, False) for typed in _typed_dtypes(config))}
+        return (not config.overwrite and finished.get("config_hash") in hashes
+                and all((self.path.parent / n).is_file() for n in ("stats.json", "mined.parquet", "report.md")))
+
+    def models_to_load(self, config: MineConfig, inputs: dict[str, Any]) -> list[str]:
+        """The checkpoints ("embedder", "judge") the run of `config` on `inputs` loads in this folder, told before it
+        writes anything: none when the folder holds that run finished (`open_run`); the embedder unless the retrieval
+        is recorded for these inputs (its hash, retrieval.parquet), the judge unless every judge shard is (its hash,
+        the shard files). Reads only: stage records keyed an earlier way are re-keyed in a copy
+        (`_rekey_legacy_stages`)."""
+        if self._finished(config, inputs, run_hash(config, inputs)):
+            return []
+        earlier = Manifest(self.path)
+        earlier.data = json.loads(json.dumps(self.data, default=str))
+        earlier._rekey_legacy_stages(config)
+        out, r_hash = self.path.parent, retrieval_hash(config, inputs)
+        n_shards = -(-int(inputs["records"]["n"]) // config.shard_size)
+        retrieved = (earlier.stage("retrieval").get("hash") == r_hash and (out / "retrieval.parquet").is_file())
+        judged = (earlier.stage("judge").get("hash") == judge_hash(config, inputs, r_hash)
+                  and all(judge_shard(out, i).is_file() for i in range(n_shards)))
+        return [name for name, done in (("embedder", retrieved), ("judge", judged)) if not done]
 
     def _searched_before(self, config: MineConfig) -> bool:
         """Whether the recorded retrieval stage was keyed before its index kind's search changed (`SEARCH_VERSIONS`)."""

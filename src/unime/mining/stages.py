@@ -24,7 +24,7 @@ from unime.errors import UnimeError
 from unime.index.ann import DEFAULT_RECALL_SAMPLE, build_index, measure_recall, recall_summary
 from unime.mining.audit_rows import AuditRows
 from unime.mining.backends import JudgeBackend
-from unime.mining.manifest import Manifest
+from unime.mining.manifest import Manifest, judge_shard
 from unime.mining.progress import ProgressLog
 from unime.mining.ranks import Ranks
 from unime.mining.retrieval import RetrievalResult, query_positive_ids, search_hard_negatives
@@ -230,7 +230,7 @@ def run_judge(c: MineConfig, data: MiningInputs, manifest: Manifest, stage_hash:
                 shard_path(i).unlink()
         manifest.set_stage("judge", {"hash": stage_hash, "n_shards": n_shards, "shard_size": c.shard_size})
 
-    shard_path = lambda i: jdir / f"shard-{i:05d}.parquet"  # noqa: E731
+    shard_path = lambda i: judge_shard(out, i)  # noqa: E731
     done: dict[int, Any] = {}  # rank 0: the tables of the shards on disk before this run scores any
     ranks.primary_step(prepare)
     todo = [i for i in range(n_shards) if not shard_path(i).is_file()]

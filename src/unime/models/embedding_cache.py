@@ -110,14 +110,20 @@ def model_fingerprint(path: str | os.PathLike, settings: dict[str, Any] | None =
     return _fingerprint(path, _local_model_dir(str(path)), settings, keyed=keyed)
 
 
-def model_fingerprinter(path: str | os.PathLike, *, keyed: str) -> Callable[[dict[str, Any] | None], str]:
+def model_fingerprinter(path: str | os.PathLike, *, keyed: str | None) -> Callable[[dict[str, Any] | None], str]:
     """`model_fingerprint` of `path` under any settings, for a caller that makes several keys of one model: the model
     looked up once, and a model not on disk said once to key `keyed` by its name (QA: `unime embed` said it twice,
-    for its finished run's key and its chunks')."""
+    for its finished run's key and its chunks'; `keyed` None: not said, the caller says how it keys it)."""
     folder = _local_model_dir(str(path))
-    if folder is None:
+    if folder is None and keyed is not None:
         _say_keyed_by_name(path, keyed)
     return lambda settings=None: _fingerprint(path, folder, settings, keyed=None)
+
+
+def model_on_disk(path: str | os.PathLike) -> bool:
+    """Whether `model_fingerprint` reads `path`'s files (a local model folder, a hub id in the local Hugging Face
+    cache), not its name alone."""
+    return _local_model_dir(str(path)) is not None
 
 
 def _say_keyed_by_name(path, keyed: str) -> None:

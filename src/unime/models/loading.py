@@ -392,11 +392,18 @@ def refuse_missing_local_model(path: str | os.PathLike, option: str = "model", *
                              "adapter_config.json, itself or in merged/ or adapter/)")
         return
     text = str(path)
-    local = text.startswith((".", "/", "~")) or text.count("/") > 1  # no hub id
+    local = not may_be_hub_id(text)
     typo = len(p.parts) > 1 and Path(p.parts[0]).is_dir()  # its first part is a local folder
     if typo or (local and not only_mistyped):
         hub = "" if local else "; not looked up on the Hugging Face hub, as its first part is a local folder"
         raise ModelError(f"{option} {text!r}: no such folder{_nearest_existing(p)}{hub}")
+
+
+def may_be_hub_id(path: str | os.PathLike) -> bool:
+    """Whether `path` can be a hub id (`org/name`, `name`): not one with more than one '/' or a leading '.', '/' or
+    '~' (a local path)."""
+    text = str(path)
+    return not (text.startswith((".", "/", "~")) or text.count("/") > 1)
 
 
 @dataclass
