@@ -211,3 +211,69 @@ def test_a_finished_mine_rerun_offline_after_its_hub_models_left_the_cache_needs
     (out / "retrieval.parquet").unlink()  # the retrieval to do again: it needs the embedder
     refused("--embedder", "someorg/emb")
 
+
+def test_mine_keys_hub_models_fetched_by_their_loads_by_those_snapshots_not_their_ids(tiny_model_dir, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """QA: the first online `unime mine --embedder ORG/EMB --judge ORG/JUDGE` of hub ids not in the local cache keyed
+    the embedding cache and the run's record by the ids alone (a model is fetched only by its load): a re-run, the
+    models cached now, found its inputs changed and did it all again, and a later revision fetched under the same id
+    was served the first one's vectors from the embedding cache. The run keys each by the snapshot its load fetched:
+    the re-run is finished, and another revision encodes every item anew. (Online simulated: the hub answers every
+    probe, and a load "fetches" a revision into the local cache before it reads the tiny model.)"""
+    import shutil
+    from pathlib import Path
+
+    import huggingface_hub.constants as constants
+
+    from tests.models.helpers import in_a_hub_cache
+    from unime.models import loading
+    from unime.models.embedder import Embedder
+    from unime.models.embedding_cache import model_fingerprint
+    from unime.models.judge import JudgeScorer
+
+    records = write_dataset(tmp_path / "data")
+    model, cache = Path(tiny_model_dir("qwen2_vl")), tmp_path / "hub"
+    revision_b = tmp_path / "revision-b"  # the same model, one small file more: another fingerprint
+    shutil.copytree(model, revision_b)
+    (revision_b / "README.md").write_text("revision b")
+    fetched = [model]
+
+    def fetching(real):
+        def from_pretrained(cls, path, **kwargs):
+            in_a_hub_cache(fetched[0], cache, path, monkeypatch)
+            return real(cls, str(fetched[0]), **kwargs)
+        return classmethod(from_pretrained)
+
+    def online():
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    for loads in (Embedder, JudgeScorer):
+        monkeypatch.setattr(loads, "from_pretrained", fetching(loads.from_pretrained.__func__))
+    monkeypatch.setattr(loading, "_probe_hub", lambda model, filename="config.json": loading.HubProbe("reachable"))
+    monkeypatch.setattr(loading, "_HUB_PROBES", {})
+
+    def mine(out):
+        assert main(["mine", "--records", str(records), "--embedder", "someorg/emb", "--judge", "someorg/judge",
+                     "--out", str(out), "--cache-dir", str(tmp_path / "embeddings"), "--k", "2", "--count", "1",
+                     "--device", "cpu"]) == 0
+        return json.loads((out / "manifest.json").read_text())
+
+    online()
+    first = mine(tmp_path / "a")
+    for option, repo in (("embedder", "someorg/emb"), ("judge", "someorg/judge")):  # the snapshots fetched, not ids
+        assert first["inputs"][option]["fingerprint"] == model_fingerprint(repo) != model_fingerprint("someorg/other")
+    capsys.readouterr()
+    mine(tmp_path / "a")
+    assert "finished earlier with the same options and inputs; nothing to do" in capsys.readouterr().out
+
+    for name in ("emb", "judge"):  # the cache cleared; the hub has other revisions now
+        shutil.rmtree(cache / f"models--someorg--{name}")
+    fetched[0] = revision_b
+    online()
+    second = mine(tmp_path / "b")
+    assert second["inputs"]["embedder"]["fingerprint"] == model_fingerprint("someorg/emb") != \
+        first["inputs"]["embedder"]["fingerprint"]
+    encoded = first["stages"]["retrieval"]["encoded_items"]
+    assert encoded == 16 and second["stages"]["retrieval"]["encoded_items"] == encoded  # none of the first's vectors

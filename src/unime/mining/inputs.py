@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
@@ -59,6 +59,9 @@ class MiningInputs:
     # the embedder's `model_fingerprinter`, for the manifest's record and the embedding cache's key: the model looked
     # up once, one not on disk said once to be keyed by its name (QA: twice); None: `model_fingerprint` each time
     embedder_fingerprint: Callable[[dict | None], str] | None = None
+    # the hub models not on this machine as the run began (`hub_models_not_on_disk`): keyed by the snapshot their load
+    # puts in the Hugging Face cache once they load (`unime.mining.pipeline.MiningRun.rekey_loaded`)
+    not_on_disk: list[str] = field(default_factory=list)
 
 
 def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
@@ -105,7 +108,8 @@ def load_inputs(c: MineConfig, out: Path) -> MiningInputs:
              digests.hashed)
     return MiningInputs(records=records, pool=pool, pool_index={it.key: i for i, it in enumerate(pool)},
                         skips=skips, fingerprints=fingerprints, images_hashed=digests.hashed,
-                        seconds=time.perf_counter() - t0, digests=digests, embedder_fingerprint=embedder)
+                        seconds=time.perf_counter() - t0, digests=digests, embedder_fingerprint=embedder,
+                        not_on_disk=away)
 
 
 def refuse_unloadable_models(c: MineConfig, models: Collection[str] = ("embedder", "judge")) -> None:

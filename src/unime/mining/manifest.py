@@ -89,7 +89,8 @@ def recorded_models(c: MineConfig, manifest: Manifest, away: list[str]) -> dict[
     those of them that are hub ids this machine does not hold now (`away`: `hub_models_not_on_disk`) and that it
     recorded under the same id: their files cannot be read here to tell them from the recorded ones, so they are
     taken as those — a finished run re-run offline after its hub model left the cache is still finished, a stage done
-    is not redone. Each said once."""
+    is not redone; a stage that loads the model keys it by the files it loads (`MiningRun.rekey_loaded`). Each said
+    once."""
     before, taken = manifest.data.get("inputs"), {}
     if not isinstance(before, dict):
         return taken

@@ -80,6 +80,7 @@ class MiningRun:
         self.manifest = Manifest(self.out / "manifest.json")
         self._backend = backend
         self._embedder = embedder
+        self._loaded: set[str] = set()  # the models this process loaded ("embedder", "judge": `rekey_loaded`)
         self.times: dict[str, float] = {}
 
     def load_inputs(self) -> None:
@@ -104,7 +105,45 @@ class MiningRun:
                     dtype=c.dtype, data_root=c.resolved_data_root, allow_outside_root=c.allow_outside_root,
                     batch_size=c.embed_batch_size, image_budget=c.image_budget, item_format=c.item_format,
                     video_sampling=c.video_sampling, attn_implementation=c.attn_implementation)
+            self._loaded.add("embedder")
+            if "embedder" in self.data.not_on_disk:  # loaded: the embedding cache keyed by the files it loaded
+                from unime.models.embedding_cache import model_fingerprinter
+
+                self.data.embedder_fingerprint = model_fingerprinter(c.embedder, keyed=None)  # (said before)
         return self._embedder
+
+    def rekey_loaded(self, name: str, stage: str, stage_hash: str) -> str:
+        """After `stage` ("retrieval", "judge") ran: the hub model `name` ("embedder", "judge") it loaded, when it was
+        not on this machine as the run began (`MiningInputs.not_on_disk`: fingerprinted by its id, or taken as the
+        earlier run recorded it) and is in the local Hugging Face cache now (its load fetched it), is keyed by the
+        files of that snapshot: the run's inputs and identity, and the stage's record (`stage_hash`, the hash it
+        was recorded under) — so a re-run finds them, and a revision fetched later is another model, not one by the
+        same id. Returns the stage's hash now."""
+        from unime.mining.manifest import MANIFEST_INPUTS, hub_models_not_on_disk, judge_fingerprint
+        from unime.models.embedding_cache import model_fingerprint
+
+        model = getattr(self.config, name)
+        if name not in self._loaded or name not in self.data.not_on_disk:
+            return stage_hash
+        if hub_models_not_on_disk(self.config, (name,)):  # not fetched to the local cache (a remote judge)
+            return stage_hash
+        self.data.not_on_disk = [n for n in self.data.not_on_disk if n != name]
+        fingerprint = (judge_fingerprint if name == "judge" else model_fingerprint)(model, keyed=MANIFEST_INPUTS)
+        if fingerprint == self.inputs[name]["fingerprint"]:
+            return stage_hash
+        log.info("%s: --%s %s keyed by the snapshot its load put in the Hugging Face cache (fingerprint %s, was %s)",
+                 self.out, name, model, fingerprint, self.inputs[name]["fingerprint"])
+        self.inputs = self.data.fingerprints = {**self.inputs, name: {**self.inputs[name], "fingerprint": fingerprint}}
+        self.config_hash = run_hash(self.config, self.inputs)
+        new = self.retrieval_hash() if stage == "retrieval" else judge_hash(self.config, self.inputs,
+                                                                            self.retrieval_hash())
+        if self.ranks.primary:  # its record (the others read it)
+            data = self.manifest.data
+            data["inputs"], data["config_hash"] = self.inputs, self.config_hash
+            if isinstance(data["stages"].get(stage), dict) and data["stages"][stage].get("hash") == stage_hash:
+                data["stages"][stage]["hash"] = new
+            self.manifest.save()
+        return new
 
     def release_embedder(self) -> None:
         """Drop the embedder once the retrieval's vectors are computed, in every process: no later stage uses it
@@ -126,6 +165,7 @@ class MiningRun:
             if self.config.backend == "local":
                 opts.setdefault("show_progress", self.config.show_progress)
             self._backend = make_backend(self.config.backend, self.judge_spec(), **opts)
+            self._loaded.add("judge")
         return self._backend
 
     def run(self) -> MineResult | None:
@@ -156,9 +196,11 @@ class MiningRun:
             self.manifest = Manifest(self.out / "manifest.json")
         r_hash = self.retrieval_hash()
         retrieval = run_retrieval(c, self.data, self.manifest, r_hash, self.embedder, self.times, ranks)
+        r_hash = self.rekey_loaded("embedder", "retrieval", r_hash)
         self.release_embedder()
-        judged = run_judge(c, self.data, self.manifest, judge_hash(c, self.inputs, r_hash), retrieval, self.backend,
-                           self.times, ranks)
+        j_hash = judge_hash(c, self.inputs, r_hash)
+        judged = run_judge(c, self.data, self.manifest, j_hash, retrieval, self.backend, self.times, ranks)
+        self.rekey_loaded("judge", "judge", j_hash)
         if judged is None:  # another rank: its shards are written
             if self._backend is not None:
                 self._backend.close()
