@@ -747,6 +747,8 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
                 progress(f"[pretrain] contrastive pretraining: {recipe.steps} steps of {recipe.batch_size} on "
                          f"{len(records)} records ({dropped} dropped: they show an excluded scene)")
                 has_checkpoint = (trained / "checkpoints").is_dir() and any((trained / "checkpoints").iterdir())
+                from unime.demo.captioning import checkpoint_steps
+
                 config = EmbedderTrainingConfig(
                     model=str(start), out=str(trained), records=str(records_path), data_root=str(corpus),
                     loss="infonce",
@@ -754,7 +756,8 @@ def pretrain(recipe: PretrainRecipe, *, out: str | os.PathLike | None = None,
                     batch_size=recipe.batch_size,
                     steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed, device=device,
                     attn_implementation=attn_implementation,
-                    save_steps=max(recipe.steps // 4, 1), logging_steps=max(recipe.steps // 20, 1),
+                    save_steps=checkpoint_steps(recipe.steps), save_total_limit=1,
+                    logging_steps=max(recipe.steps // 20, 1),
                     resume=bool(has_checkpoint))
                 train_embedder(config)
             metrics = json.loads((trained / "metrics.json").read_text(encoding="utf-8")) \
@@ -824,6 +827,8 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
                     json.dump(stats, fh, indent=1)
             stats = json.loads(stats_path.read_text(encoding="utf-8"))
             trained = work / "judge"
+            from unime.demo.captioning import checkpoint_steps
+
             progress(f"[pretrain] judge pretraining: {judge.steps} steps of {judge.batch_size} records on "
                      f"{stats.get('records')} labelled records")
             result = train_reranker(RerankerTrainConfig(
@@ -831,7 +836,7 @@ def pretrain_judge(judge: JudgePretrainRecipe, recipe: PretrainRecipe, *, out: s
                 data_root=str(corpus), judge_negatives=judge.negatives, full=True, learning_rate=judge.lr,
                 max_steps=judge.steps, batch_size=judge.batch_size, warmup_steps=judge.warmup, seed=judge.seed,
                 device=device, attn_implementation=attn_implementation,
-                logging_steps=max(judge.steps // 20, 1), save_steps=max(judge.steps // 4, 1),
+                logging_steps=max(judge.steps // 20, 1), save_steps=checkpoint_steps(judge.steps),
                 holdout=judge.holdout, group_weight=judge.group_weight, video_frames=judge.video_frames),
                 # a finished judge in the work folder is published as it is, --overwrite or not (the same recipe)
                 finished_hint=f"it is published as it is; to train it again, remove {work}")
