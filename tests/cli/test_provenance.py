@@ -80,3 +80,18 @@ def test_a_single_file_outputs_sidecar_records_the_config_file(tmp_path, monkeyp
     assert sidecar["provenance"] == {
         "recipe": None, "config": {"path": "convert.yaml", "sha256": DEMO_SHA256},
         "sources": {"dataset": "config", "input": "command line", "output": "command line"}}
+
+
+def test_the_config_hash_is_of_the_bytes_the_options_were_read_from(tmp_path, monkeypatch):
+    """The config file edited after the options were parsed (while the run goes on): the marker's SHA-256 names the
+    content the run read ("lr: 2.0e-4\\n"), not the file's new content."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("lr: 2.0e-4\n")
+    parser = build_parser()
+    _add_overwrite_options(parser)
+    args = _parse(parser, ["train", "embedder", "--config", "run.yaml", "--model", "m", "--records", "r.jsonl",
+                           "--out", "out"])
+    (tmp_path / "run.yaml").write_text("lr: 1.0e-3\n")
+    _claim_output(args, args._command).release()
+    assert args.lr == 2e-4
+    assert read_marker(tmp_path / "out")["provenance"]["config"] == {"path": "run.yaml", "sha256": LR_SHA256}

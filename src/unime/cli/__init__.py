@@ -243,8 +243,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     values and config keys become the chosen subcommand's defaults, converted and checked by the command
     line's own rules (`options_file.apply_options`), so command-line values win and a required option may
     come from a layer. The namespace gets `_origins` (dest -> where its value came from) and `_command`."""
-    from unime.cli.options_file import (ConfigError, apply_options, config_path_from_argv, load_config_file,
-                                        option_from_argv)
+    from unime.cli.options_file import (ConfigError, apply_options, config_path_from_argv, option_from_argv,
+                                        read_config_file)
 
     words, subparser = _command_path(parser, argv)
     if {"-h", "--help"} & set(argv[:argv.index("--")] if "--" in argv else argv):
@@ -262,8 +262,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         for key, dest in dests.items():
             origins[dest] = f"recipe {recipe_name}: {options[key].source}"
     cfg_path = config_path_from_argv(argv)
+    config_sha256 = None
     if cfg_path:
-        cfg = load_config_file(cfg_path)
+        cfg, config_sha256 = read_config_file(cfg_path)
         for key in cfg:
             if str(key).replace("_", "-") == "config":
                 raise ConfigError(f"{cfg_path}: key '{key}': a config file cannot name another config file (copy its "
@@ -279,6 +280,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         origins[dest] = "command line"
     args._origins = origins
     args._command = " ".join(words)
+    args._config_sha256 = config_sha256  # of the bytes the options were parsed from (`run_provenance`)
     return args
 
 
@@ -494,16 +496,10 @@ def run_provenance(args: argparse.Namespace, options: dict) -> dict:
     """Where a run's options came from, for its output's marker (`unime.outdir.claim`): `recipe` (its name, or
     None), `config` (the --config file as given and the SHA-256 of its content, or None) and `sources`: the layer
     (`OPTION_LAYERS`) of each of `options` not left at its default, by its option name (`lora-r`)."""
-    import hashlib
-
     config = None
-    if getattr(args, "config", None):
-        try:
-            with open(args.config, "rb") as fh:
-                sha256 = hashlib.sha256(fh.read()).hexdigest()
-        except OSError:  # read when the options were parsed; gone since
-            sha256 = None
-        config = {"path": args.config, "sha256": sha256}
+    if getattr(args, "config", None):  # the SHA-256 of the bytes `_parse` read the options from (read once: an
+        # edit of the file while the run goes on does not change it)
+        config = {"path": args.config, "sha256": getattr(args, "_config_sha256", None)}
     sources = {dest.replace("_", "-"): layer for dest in sorted(options)
                if dest != "recipe" and (layer := origin_layer(args, dest)) is not None}
     return {"recipe": getattr(args, "recipe", None), "config": config, "sources": sources}

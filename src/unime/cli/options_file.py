@@ -45,23 +45,33 @@ def config_path_from_argv(argv: list[str]) -> str | None:
 
 
 def load_config_file(path: str) -> dict[str, Any]:
-    from unime.data.jsonl import folder_problem, read_text_file
+    """The config file's mapping (`read_config_file`)."""
+    return read_config_file(path)[0]
+
+
+def read_config_file(path: str) -> tuple[dict[str, Any], str]:
+    """The config file's mapping, and the SHA-256 of the bytes it was parsed from (read once: the output's
+    provenance names what the run read, not what the file holds when the output is claimed)."""
+    import hashlib
+
+    from unime.data.jsonl import folder_problem, read_text_and_bytes
 
     if (problem := folder_problem(path, "a YAML or JSON config file", suffixes=(".yaml", ".yml", ".json"))):
         raise ConfigError(f"{path}: {problem}")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found")
     try:
-        cfg = yaml.safe_load(read_text_file(path))
+        text, raw = read_text_and_bytes(path)
+        cfg = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
     except RecursionError:
         raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
     if cfg is None:
-        return {}
+        cfg = {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of option names to values")
-    return cfg
+    return cfg, hashlib.sha256(raw).hexdigest()
 
 
 def _flag(value: Any, *, path: str, key: str) -> bool:

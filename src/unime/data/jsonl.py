@@ -107,10 +107,16 @@ def iter_jsonl(path: str | os.PathLike, *, on_malformed: Callable[[DataError], N
 
 def read_text_file(path: str | os.PathLike) -> str:
     """A whole UTF-8 text file; bytes that are not UTF-8 raise a `DataError` naming the line."""
+    return read_text_and_bytes(path)[0]
+
+
+def read_text_and_bytes(path: str | os.PathLike) -> tuple[str, bytes]:
+    """`read_text_file`, and the bytes it decoded (read once: a digest of them names what was read, even when the
+    file is changed afterwards)."""
     refuse_folder(path, "a text file")
     with open(path, "rb") as fh:
         raw = fh.read()
-    return _decode(raw, source=str(path), record=None)
+    return _decode(raw, source=str(path), record=None), raw
 
 
 def read_json_file(path: str | os.PathLike) -> Any:
