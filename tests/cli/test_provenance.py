@@ -1,7 +1,7 @@
 """Every output records which recipe and config file produced it: the marker of an output folder (and the sidecar of
 a single-file output) holds `provenance` (the recipe's name or null, the config file as given with its SHA-256, and
-where each option not left at its default came from), outside the options hash; a trainer's model card names the
-recipe."""
+where each option not left at its default came from, with the value in effect), outside the options hash; a resumable
+command's later runs into the output are added under `provenance_resumes`; a trainer's model card names the recipe."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from unime.outdir import MARKER_NAME, read_file_marker, read_marker
 
 RECIPE = "unime-v2/qwen2-vl-2b"
 # the options `unime train embedder --recipe unime-v2/qwen2-vl-2b` sets (its file in src/unime/cli/recipes/)
-RECIPE_OPTIONS = ("model", "loss", "hard-negatives", "tau", "lora-r", "lora-alpha", "lora-dropout", "dora", "lr",
-                  "lr-scheduler", "warmup", "steps", "dtype", "gradcache", "chunk-size", "global-batch", "image-size")
+RECIPE_VALUES = {"model": "Qwen/Qwen2-VL-2B-Instruct", "loss": "symmetric_kl", "hard-negatives": 8, "tau": 0.02,
+                 "lora-r": 16, "lora-alpha": 64, "lora-dropout": 0.1, "dora": True, "lr": 1e-4,
+                 "lr-scheduler": "linear", "warmup": 200, "steps": 2000, "dtype": "bf16", "gradcache": True,
+                 "chunk-size": 2, "global-batch": 1024, "image-size": 672}
 SEED_3_SHA256 = "e3b40a56eafb6ee811e1a98c8ca0796ee50da302dca51be6aaf04f8cade4af6f"  # sha256sum of "seed: 3\n"
 DEMO_SHA256 = "082f647c744d9cd1793814be9c17e63f969e81f857be882c80716820a0e45756"  # sha256sum of "dataset: demo\n"
 LR_SHA256 = "a70dbf5f0321c18f19386d903a274c288f03488cafd8de54c2f255947a268da4"  # sha256sum of "lr: 2.0e-4\n"
@@ -34,10 +36,26 @@ def test_a_folder_marker_records_the_recipe_the_config_file_and_each_options_lay
     (tmp_path / "run.yaml").write_text("lr: 2.0e-4\n")
     _claimed(["train", "embedder", "--recipe", RECIPE, "--config", "run.yaml", "--records", "r.jsonl",
               "--out", "out", "--steps", "5"])
-    expected = {name: "recipe" for name in RECIPE_OPTIONS}
+    expected = {name: "recipe" for name in RECIPE_VALUES}
     expected.update({"lr": "config", "steps": "command line", "records": "command line", "out": "command line"})
+    values = {**RECIPE_VALUES, "lr": 2e-4, "steps": 5, "records": "r.jsonl", "out": "out"}
     assert read_marker(tmp_path / "out")["provenance"] == {
-        "recipe": RECIPE, "config": {"path": "run.yaml", "sha256": LR_SHA256}, "sources": expected}
+        "recipe": RECIPE, "config": {"path": "run.yaml", "sha256": LR_SHA256}, "sources": expected, "values": values}
+
+
+def test_an_option_a_closer_layer_sets_back_to_its_default_is_that_layers_with_the_value_in_effect(tmp_path,
+                                                                                                  monkeypatch):
+    """The recipe's DoRA (true) turned off on the command line (false, the default), the recipe's tau (0.02, the
+    default) replaced by the config file's 0.05 and the recipe's lr (1e-4) by the command line's: each is named by
+    the layer whose value the run uses, with that value."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("tau: 0.05\n")
+    _claimed(["train", "embedder", "--recipe", RECIPE, "--config", "run.yaml", "--records", "r.jsonl",
+              "--out", "out", "--no-dora", "--lr", "3e-4"])
+    provenance = read_marker(tmp_path / "out")["provenance"]
+    picked = {name: (provenance["sources"][name], provenance["values"][name]) for name in ("dora", "tau", "lr")}
+    assert picked == {"dora": ("command line", False), "tau": ("config", 0.05), "lr": ("command line", 3e-4)}
+    assert provenance["values"]["lora-r"] == 16 and provenance["sources"]["lora-r"] == "recipe"
 
 
 def test_the_options_hash_leaves_out_where_the_values_came_from(tmp_path, monkeypatch):
@@ -58,7 +76,8 @@ def test_a_command_run_with_neither_records_null_and_the_command_line_options(tm
     out = tmp_path / "world"
     assert main(["data", "synth", "--out", str(out), "--size", "tiny"]) == 0
     assert read_marker(out)["provenance"] == {"recipe": None, "config": None,
-                                              "sources": {"out": "command line", "size": "command line"}}
+                                              "sources": {"out": "command line", "size": "command line"},
+                                              "values": {"out": str(out), "size": "tiny"}}
 
 
 def test_a_finished_command_keeps_the_config_file_it_was_given_in_its_marker(tmp_path, monkeypatch):
@@ -68,7 +87,8 @@ def test_a_finished_command_keeps_the_config_file_it_was_given_in_its_marker(tmp
     marker = json.loads((tmp_path / "world" / MARKER_NAME).read_text())
     assert marker["command"] == "data synth"
     assert marker["provenance"] == {"recipe": None, "config": {"path": "world.yaml", "sha256": SEED_3_SHA256},
-                                    "sources": {"seed": "config", "out": "command line", "size": "command line"}}
+                                    "sources": {"seed": "config", "out": "command line", "size": "command line"},
+                                    "values": {"seed": 3, "out": "world", "size": "tiny"}}
 
 
 def test_a_single_file_outputs_sidecar_records_the_config_file(tmp_path, monkeypatch):
@@ -79,7 +99,8 @@ def test_a_single_file_outputs_sidecar_records_the_config_file(tmp_path, monkeyp
     sidecar = read_file_marker(tmp_path / "r.parquet")
     assert sidecar["provenance"] == {
         "recipe": None, "config": {"path": "convert.yaml", "sha256": DEMO_SHA256},
-        "sources": {"dataset": "config", "input": "command line", "output": "command line"}}
+        "sources": {"dataset": "config", "input": "command line", "output": "command line"},
+        "values": {"dataset": "demo", "input": "r.jsonl", "output": "r.parquet"}}
 
 
 def test_the_config_hash_is_of_the_bytes_the_options_were_read_from(tmp_path, monkeypatch):

@@ -494,15 +494,20 @@ def check_attention_option(args: argparse.Namespace) -> None:
 
 def run_provenance(args: argparse.Namespace, options: dict) -> dict:
     """Where a run's options came from, for its output's marker (`unime.outdir.claim`): `recipe` (its name, or
-    None), `config` (the --config file as given and the SHA-256 of its content, or None) and `sources`: the layer
-    (`OPTION_LAYERS`) of each of `options` not left at its default, by its option name (`lora-r`)."""
+    None), `config` (the --config file as given and the SHA-256 of its content, or None), `sources`: the layer
+    (`OPTION_LAYERS`) of each of `options` not left at its default, by its option name (`lora-r`), and `values`: the
+    value in effect of each of them (a value the recipe set and a closer layer replaced, even by the default, is
+    that layer's)."""
+    import json
+
     config = None
     if getattr(args, "config", None):  # the SHA-256 of the bytes `_parse` read the options from (read once: an
         # edit of the file while the run goes on does not change it)
         config = {"path": args.config, "sha256": getattr(args, "_config_sha256", None)}
     sources = {dest.replace("_", "-"): layer for dest in sorted(options)
                if dest != "recipe" and (layer := origin_layer(args, dest)) is not None}
-    return {"recipe": getattr(args, "recipe", None), "config": config, "sources": sources}
+    values = {name: json.loads(json.dumps(options[name.replace("-", "_")], default=str)) for name in sources}
+    return {"recipe": getattr(args, "recipe", None), "config": config, "sources": sources, "values": values}
 
 
 def _claim_output(args: argparse.Namespace, command: str):
