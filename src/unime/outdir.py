@@ -6,7 +6,9 @@ command):
 
 - the folder is missing or empty: it is created and marked as the command's (an ownership marker
   `.unime-output.json`: command, unime version, options hash, the entries that were there before, and, for a
-  command-line run, its `provenance`: the recipe, the config file with its SHA-256, each option's layer);
+  command-line run, its `provenance`: the recipe, the config file with its SHA-256, each option's layer and
+  value; a resumable command's later runs into the folder, where they differ, under `provenance_resumes`:
+  `run_provenance_keys`);
 - it holds the marker of the same command: a re-run (resume / a finished run: the command decides);
 - it holds another command's marker, or is unmarked and not empty: refused, naming the folder and
   `--overwrite`. With `--overwrite` the command takes the folder; the entries found in it are listed
@@ -81,6 +83,28 @@ def read_marker(folder: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None  # unreadable: treated as no marker (the folder is then not ours)
     return data if isinstance(data, dict) and "command" in data else None
+
+
+def run_provenance_keys(before: dict[str, Any] | None, command: str, provenance: dict[str, Any] | None,
+                        hashed: str, *, overwrite: bool, resumable: bool) -> dict[str, Any]:
+    """The marker's (or a sidecar's) `provenance` keys for a run of `command` with options hash `hashed`, whose
+    output held the marker `before`. A new output, another command's, a command that rewrites its output whole
+    (not `resumable`) and a re-run with other options under `overwrite` (it starts over) record this run's
+    `provenance` alone. A resumable command's re-run keeps the first run's `provenance` (what the output was begun
+    with) and, where this run differs from the run before it (in its options hash, recipe, config file or an option's
+    layer or value), adds its provenance with its `options_hash` to `provenance_resumes`: the marker does not claim
+    that the output was made by the last command line alone."""
+    if provenance is None:
+        return {}
+    ours = before is not None and before.get("command") == command and isinstance(before.get("provenance"), dict)
+    if not ours or not resumable or (overwrite and before.get("options_hash") != hashed):
+        return {"provenance": provenance}
+    resumes = list(before.get("provenance_resumes") or [])
+    previous = resumes[-1] if resumes else {**before["provenance"], "options_hash": before.get("options_hash")}
+    entry = {**provenance, "options_hash": hashed}
+    if entry != previous:
+        resumes.append(entry)
+    return {"provenance": before["provenance"], **({"provenance_resumes": resumes} if resumes else {})}
 
 
 def _entries(folder: Path) -> list[str]:
@@ -342,7 +366,7 @@ _HELD: dict[Path, "OwnedFolder"] = {}
 
 def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
           overwrite: bool = False, adopts: Callable[[Path], bool] | None = None, option: str = "out",
-          provenance: dict[str, Any] | None = None) -> OwnedFolder:
+          provenance: dict[str, Any] | None = None, resumable: bool = False) -> OwnedFolder:
     """Create or take `folder` for `command` (see the module doc), locked. Raises `FolderNotOwned` or
     `FolderInUse`; writes nothing into a folder it refuses. Re-entrant within a process for the same
     command (the inner claim is a no-op handle). An unmarked folder that `adopts(folder)` recognises as
@@ -350,7 +374,8 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
     taken as the command's: nothing in it counts as pre-existing; `adopts` may raise to refuse a folder.
     `option`: the option naming the folder, as the refusals name it (`check_claim`). `provenance`: where the
     run's options came from (`unime.cli.run_provenance`), recorded in the marker beside the options hash (not in
-    it: the hash is of the values alone)."""
+    it: the hash is of the values alone); `resumable`: the command continues the run it finds in the folder (a
+    re-run keeps the first run's provenance: `run_provenance_keys`)."""
     folder = Path(folder)
     held = _HELD.get(folder.resolve()) if folder.exists() else None
     if held is not None and held._lock_fd is not None:
@@ -387,8 +412,8 @@ def claim(folder: str | os.PathLike, command: str, options: dict[str, Any] | Non
                   "preexisting": preexisting, "overwrite": bool(overwrite),
                   "created": (old or {}).get("created") if old and old.get("command") == command else
                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if provenance is not None:
-            marker["provenance"] = provenance
+        marker.update(run_provenance_keys(old, command, provenance, marker["options_hash"], overwrite=overwrite,
+                                          resumable=resumable))
         _write_marker(folder, marker)
         _clean_stale_temporaries(folder, keep=set(preexisting))
         contents = None if created else _contents(folder)
@@ -594,12 +619,15 @@ class OwnedFile:
     targets: tuple[Path, ...]
     _lock_fd: int | None = field(default=None, repr=False)
     provenance: dict[str, Any] | None = None  # where the run's options came from (`claim`)
+    provenance_resumes: list[dict[str, Any]] | None = None  # the later runs', where they differ (`claim`)
 
     def _write(self, files: dict[str, str | None], placing: dict[str, str] | None = None) -> None:
         data = {"command": self.command, "unime_version": _version(), "options_hash": self.options_hash,
                 "files": files}
         if self.provenance is not None:
             data["provenance"] = self.provenance
+        if self.provenance_resumes:
+            data["provenance_resumes"] = self.provenance_resumes
         if placing:
             data["placing"] = placing
         marker = file_marker_path(self.path)
@@ -688,12 +716,13 @@ def _file_refusal(target: Path, command: str, marker: dict[str, Any] | None) -> 
 
 def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | None = None, *,
                overwrite: bool = False, companions: tuple[str | os.PathLike, ...] = (),
-               provenance: dict[str, Any] | None = None) -> OwnedFile:
+               provenance: dict[str, Any] | None = None, resumable: bool = False) -> OwnedFile:
     """Check that `command` may write the file `path` (and its `companions`): each is missing, or was
     written by this command and not changed since (also by a run of it killed after it put the file in place: see
     the section's comment), or `overwrite`. Raises `FileNotOwned` naming the file and `--overwrite`, before any
     work; creates the parent folder; writes the pending sidecar, then records each file as the run puts it in
-    place (until `commit` or `release`). `provenance`: recorded in the sidecar, as `claim` records it."""
+    place (until `commit` or `release`). `provenance`, `resumable`: recorded in the sidecar, as `claim` records
+    them."""
     path = Path(path)
     targets = (path, *(Path(c) for c in companions))
     for t in targets:
@@ -736,8 +765,11 @@ def claim_file(path: str | os.PathLike, command: str, options: dict[str, Any] | 
                                                      t, command)
             elif not overwrite:
                 raise FileNotOwned(_file_refusal(t, command, before))
-        owned = OwnedFile(path, command, options_hash(options or {}), targets, fd, _marker_before=marker_before,
-                          _targets_before=targets_before, _made_folders=tuple(made), provenance=provenance)
+        hashed = options_hash(options or {})
+        kept = run_provenance_keys(before, command, provenance, hashed, overwrite=overwrite, resumable=resumable)
+        owned = OwnedFile(path, command, hashed, targets, fd, _marker_before=marker_before,
+                          _targets_before=targets_before, _made_folders=tuple(made), provenance=kept.get("provenance"),
+                          provenance_resumes=kept.get("provenance_resumes"))
         # pending: a file this command wrote keeps its record until replaced (a run killed before that leaves it
         # ours), any other target is recorded as not written yet
         owned._pending = {t.name: found.get(t.name) for t in targets}

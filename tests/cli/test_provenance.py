@@ -116,3 +116,78 @@ def test_the_config_hash_is_of_the_bytes_the_options_were_read_from(tmp_path, mo
     _claim_output(args, args._command).release()
     assert args.lr == 2e-4
     assert read_marker(tmp_path / "out")["provenance"]["config"] == {"path": "run.yaml", "sha256": LR_SHA256}
+
+
+def _train(*given: str) -> list[str]:
+    return ["train", "embedder", "--model", "m", "--records", "r.jsonl", "--out", "out", *given]
+
+
+def test_a_resume_given_its_options_otherwise_keeps_the_first_runs_provenance_and_adds_its_own(tmp_path,
+                                                                                                monkeypatch):
+    """The run begun with lr from run.yaml, resumed with the same lr on the command line and another --save-steps
+    (an option a resume may change): the marker keeps the first run's provenance, and lists the resume's with its
+    options hash; a resume given exactly as the one before adds nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("lr: 2.0e-4\n")
+    _claimed(_train("--config", "run.yaml"))
+    first = read_marker(tmp_path / "out")
+    for _ in range(2):
+        _claimed(_train("--lr", "2e-4", "--save-steps", "10"))
+    marker = read_marker(tmp_path / "out")
+    assert marker["provenance"] == first["provenance"]
+    assert marker["provenance"]["config"] == {"path": "run.yaml", "sha256": LR_SHA256}
+    assert marker["provenance"]["sources"]["lr"] == "config"
+    sources = {"lr": "command line", "save-steps": "command line", "model": "command line",
+               "records": "command line", "out": "command line"}
+    assert marker["provenance_resumes"] == [{
+        "recipe": None, "config": None, "sources": sources, "options_hash": marker["options_hash"],
+        "values": {"lr": 2e-4, "save-steps": 10, "model": "m", "records": "r.jsonl", "out": "out"}}]
+    assert marker["options_hash"] != first["options_hash"]  # --save-steps 10: another value
+
+
+def test_a_rerun_as_the_first_run_records_no_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        _claimed(_train("--lr", "2e-4"))
+    assert "provenance_resumes" not in read_marker(tmp_path / "out")
+
+
+def test_a_rerun_with_other_options_under_overwrite_starts_over_and_records_its_own_provenance(tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _claimed(_train("--lr", "2e-4"))
+    _claimed(_train("--lr", "3e-4", "--overwrite"))
+    marker = read_marker(tmp_path / "out")
+    assert "provenance_resumes" not in marker
+    assert marker["provenance"]["values"]["lr"] == 3e-4
+
+
+def test_a_command_that_rewrites_its_output_records_the_last_runs_provenance(tmp_path, monkeypatch):
+    """`data synth` (not resumable) writes its folder again on a re-run: the marker names the re-run's config."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "world.yaml").write_text("seed: 3\n")
+    _claimed(["data", "synth", "--out", "world", "--size", "tiny"])
+    _claimed(["data", "synth", "--config", "world.yaml", "--out", "world", "--size", "tiny"])
+    marker = read_marker(tmp_path / "world")
+    assert "provenance_resumes" not in marker
+    assert marker["provenance"]["config"] == {"path": "world.yaml", "sha256": SEED_3_SHA256}
+
+
+def test_a_resumed_single_file_output_keeps_the_first_runs_provenance(tmp_path, monkeypatch):
+    """`unime embed` (resumable, from its finished chunks) resumed with --batch-size from a config file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "embed.yaml").write_text("batch_size: 4\n")
+    given = ["embed", "--model", "m", "--items", "items.jsonl", "--out", "e.npy"]
+    for argv in ([*given, "--batch-size", "4"], [*given, "--config", "embed.yaml"]):
+        parser = build_parser()
+        _add_overwrite_options(parser)
+        args = _parse(parser, argv)
+        owned = _claim_output(args, args._command)
+        (tmp_path / "e.npy").write_bytes(b"written")  # the run's output, recorded by commit
+        owned.commit()
+        owned.release()
+    sidecar = read_file_marker(tmp_path / "e.npy")
+    assert sidecar["provenance"]["config"] is None and sidecar["provenance"]["sources"]["batch-size"] == "command line"
+    [resume] = sidecar["provenance_resumes"]
+    assert resume["config"]["path"] == "embed.yaml" and resume["sources"]["batch-size"] == "config"
+    assert resume["options_hash"] == sidecar["options_hash"]

@@ -521,12 +521,13 @@ def _claim_output(args: argparse.Namespace, command: str):
     options = {k: v for k, v in vars(args).items() if k not in _NOT_RUN_OPTIONS and not k.startswith("_")}
     overwrite = bool(getattr(args, "overwrite", False))
     provenance = run_provenance(args, options)
+    resumable = command in RESUMABLE_COMMANDS  # a re-run continues the output: the first run's provenance stays
     if command in OWNED_FILE_COMMANDS:
         from unime.outdir import claim_file
 
         dest, companions = OWNED_FILE_COMMANDS[command]
         return claim_file(getattr(args, dest), command, options, overwrite=overwrite, companions=companions(args),
-                          provenance=provenance)
+                          provenance=provenance, resumable=resumable)
     option = _OUTPUT_FOLDER_DEST.get(command, "out")
     folder = getattr(args, option, None)
     if command not in OWNED_OUTPUT_COMMANDS or not folder:
@@ -535,7 +536,8 @@ def _claim_output(args: argparse.Namespace, command: str):
 
     module, function = _ADOPTS_UNMARKED.get(command, (None, None))
     adopts = getattr(importlib.import_module(module), function) if module else None
-    owned = claim(folder, command, options, overwrite=overwrite, adopts=adopts, option=option, provenance=provenance)
+    owned = claim(folder, command, options, overwrite=overwrite, adopts=adopts, option=option, provenance=provenance,
+                  resumable=resumable)
     args._owned = owned
     return owned
 
