@@ -556,3 +556,23 @@ def test_an_embedder_row_killed_after_its_merged_model_runs_its_training_again(t
     _resumed(out, tmp_path, "baseline")
     assert calls == [0, 0]
     assert (out / "embedders" / "baseline_s0" / "metrics.json").is_file()
+
+
+def test_a_link_of_the_users_where_the_stage_copies_is_refused_and_kept(tmp_path):
+    """A link the user made at the copy's place before the stage (to a model folder of theirs) is the user's: refused,
+    naming it, and neither the link nor what it points to is touched (the walk of the demo's files does not enter a
+    link, so only the link itself tells)."""
+    from unime.errors import UsageError
+
+    out, source, theirs = tmp_path / "demo", tmp_path / "source", tmp_path / "their-model"
+    for folder, name in ((source, "w.bin"), (theirs, "their.bin")):
+        folder.mkdir()
+        (folder / name).write_text(name)
+    dest = out / "models" / "embedder-base"
+    dest.parent.mkdir(parents=True)
+    dest.symlink_to(theirs, target_is_directory=True)
+    demo = _demo(out, tmp_path)
+    with pytest.raises(UsageError, match=r"holds 1 file\(s\) this demo did not write \(models/embedder-base\)"):
+        demo.stage("models", [dest], lambda c: demo.copy_folder(source, dest), writes=[dest])
+    assert dest.is_symlink() and (theirs / "their.bin").read_text() == "their.bin"
+    assert sorted(p.name for p in theirs.iterdir()) == ["their.bin"]

@@ -430,8 +430,11 @@ class DemoRun:
         for path in (partial, dest):
             if not path.exists():
                 continue
-            files = [f for f in (self.relative(p) for p in ([path] if path.is_file() else path.rglob("*")))
-                     if f is not None and not Path(self.out, f).is_dir()]
+            # the path itself (a file, or a link the user made: a link is a file of the folder, not walked into) and
+            # the files inside a folder
+            inside = path.rglob("*") if path.is_dir() and not path.is_symlink() else ()
+            files = [f for f in (self.relative(p) for p in [path, *inside])
+                     if f is not None and (Path(self.out, f).is_symlink() or not Path(self.out, f).is_dir())]
             theirs = sorted(set(files) & before)
             if theirs:
                 raise UsageError(f"{path} holds {len(theirs)} file(s) this demo did not write ({theirs[0]}"
