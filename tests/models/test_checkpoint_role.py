@@ -1,7 +1,7 @@
 """A folder a unime trainer wrote for one role, loaded for another: a reranker's or a judge's (`unime train reranker`
 / `train judge`: its unime_reranker.json) as an `Embedder` (the commands taking an embedder's --model load it the
-same way), and an embedder's (`unime train embedder`: its model card) as a `Reranker`, loaded silently (QA): a
-usage error naming the folder, what it is and what loads it, before any weights load."""
+same way), and an embedder's (`unime train embedder`: its model card) as a `Reranker` or a `JudgeScorer`, loaded
+silently (QA): a usage error naming the folder, what it is and what loads it, before any weights load."""
 
 from __future__ import annotations
 
@@ -99,3 +99,43 @@ def test_unime_embed_refuses_a_judge_folder_as_its_model(tmp_path, capsys):
                  "--device", "cpu"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"unime: error: '{folder}' {_AS_JUDGE}"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("load_weights", [True, False])
+@pytest.mark.parametrize("sub", ["", "merged"])
+def test_a_judge_is_not_loaded_from_an_embedder_folder(tmp_path, load_weights, sub):
+    """`JudgeScorer.from_pretrained` of an embedder's folder (or of its run folder, whose merged/ it would take)
+    scored with a model never trained to answer Yes/No (QA): refused like `Reranker`'s, before any loading."""
+    from unime.models.judge import JudgeScorer
+
+    merged = _embedder_folder(tmp_path / "emb" / "merged")
+    folder = merged.parent if not sub else merged
+    with pytest.raises(UsageError) as e:
+        JudgeScorer.from_pretrained(folder, device="cpu", load_weights=load_weights)
+    assert str(e.value) == (f"'{merged}' is an embedder (its README.md: `unime train embedder` "
+                            "wrote it), not a judge: load it with unime.Embedder (on the command line, as --model or "
+                            "--embedder)")
+
+
+def test_a_judge_loads_from_a_judge_or_reranker_folder(tmp_path, tiny_model_dir):
+    """The judge's own folder and a reranker's (a reranker is a pairwise judge) are not refused."""
+    import shutil
+
+    from unime.models.judge import JudgeScorer
+
+    for role in ("judge", "reranker"):
+        folder = tmp_path / role
+        shutil.copytree(tiny_model_dir("qwen2_vl"), folder)
+        (folder / "unime_reranker.json").write_text(json.dumps({"role": role, "num_candidates": 3}))
+        assert JudgeScorer.from_pretrained(folder, device="cpu", load_weights=False).name == str(folder)
+
+
+def test_a_prompts_only_judge_checks_its_device(tiny_model_dir):
+    """`load_weights=False` loads no weights, but the device it keeps is the one its prompts' tensors go to: a
+    device this machine lacks is refused as the weights' loader refuses it, not kept."""
+    from unime.models.judge import JudgeScorer
+
+    with pytest.raises(UsageError) as e:
+        JudgeScorer.from_pretrained(tiny_model_dir("qwen2_vl"), device="nope", load_weights=False)
+    assert str(e.value) == "device='nope' is not a torch device (cpu, cuda, cuda:N, mps)"
+    assert JudgeScorer.from_pretrained(tiny_model_dir("qwen2_vl"), device="cpu", load_weights=False).device == "cpu"

@@ -1,9 +1,9 @@
 """The role a unime trainer wrote a checkpoint folder for, read from the files it leaves in the folder (its run folder,
 adapter/ and merged/ alike): a reranker or judge (`unime train reranker` / `train judge`: unime_reranker.json and
-its `role`), an embedder (`unime train embedder`: its model card's `pipeline_tag`). A loader refuses a folder of
-another role (`refuse_other_role`) before any weights load: `Embedder.from_pretrained` of a judge loaded without a
-word, and embedded with a model never trained to (QA). A checkpoint without such a mark (a hub model, another tool's
-folder) is of no known role and loads as asked."""
+its `role`), an embedder (`unime train embedder`: its model card's `pipeline_tag`). A loader (`Embedder`,
+`Reranker`, `JudgeScorer`) refuses a folder of another role (`refuse_other_role`) before any weights load:
+`Embedder.from_pretrained` of a judge loaded without a word, and embedded with a model never trained to (QA). A
+checkpoint without such a mark (a hub model, another tool's folder) is of no known role and loads as asked."""
 
 from __future__ import annotations
 

@@ -31,11 +31,13 @@ from unime.data.images import ImageLoader
 from unime.data.items import Item, item_list, one_item, require_list
 from unime.errors import ModelError
 from unime.models.adapters import FamilyAdapter, Segment
+from unime.models.checkpoint_role import refuse_other_role
 from unime.models.image_budget import adapter_image_loader
 from unime.models.judge_prompt import (judge_candidate_segments, judge_item_segments, judge_prefix_segments,
                                        judge_prompt_segments, merge_text)
 from unime.models.loader_keywords import check_loader_keywords
-from unime.models.loading import LoadedModel, load_model, refuse_unknown_keywords, trained_model_folder
+from unime.models.loading import (LoadedModel, load_model, refuse_unknown_keywords, resolve_device,
+                                  trained_model_folder)
 from unime.models.prefix_scoring import IMAGE_CACHE_BYTES, PrefixEngine
 from unime.models.prompts import NO, YES
 
@@ -122,6 +124,8 @@ class JudgeScorer:
             data_root=data_root, allow_outside_root=allow_outside_root, adapter_path=adapter_path,
             load_weights=load_weights, video_sampling=video_sampling, image_budget=image_budget,
             attn_implementation=attn_implementation, **kwargs))
+        # an embedder's folder would score with a model never trained to answer Yes/No (QA: loaded silently)
+        refuse_other_role("judge", path, trained_model_folder(path), adapter_path, takes=("reranker",))
         path = trained_model_folder(path)
         loader_options = dict(allow_outside_root=allow_outside_root, video=video_sampling)
         if not load_weights:
@@ -145,7 +149,7 @@ class JudgeScorer:
             config = AutoConfig.from_pretrained(base)
             return cls(None, processor, adapter_for(config, processor, budget),
                        image_loader=budget.image_loader(data_root, **loader_options),
-                       device=device or "cpu",
+                       device="cpu" if device is None else resolve_device(device),  # a device this machine has
                        name=str(path), **kwargs)
         loaded: LoadedModel = load_model(path, device=device, dtype=dtype, adapter_path=adapter_path,
                                          image_budget=image_budget, attn_implementation=attn_implementation)
