@@ -1051,6 +1051,39 @@ def test_an_audio_file_in_a_one_entry_frame_list_is_said_to_have_no_video_stream
         loader.load("voice.m4a")
 
 
+@pytest.mark.parametrize("fmt,codec,name", [("mp3", "libmp3lame", "song.mp3"), ("flac", "flac", "song.flac"),
+                                            ("wav", "pcm_s16le", "song.wav"), ("adts", "aac", "song.aac")])
+def test_an_audio_file_of_no_container_in_a_one_entry_list_is_said_to_have_no_video_stream(tmp_path, fmt, codec,
+                                                                                            name):
+    """QA: an .mp3 (also FLAC, WAV, raw AAC: audio formats with no video container's signature) in a one-entry
+    video list, or inline, was read as a frame: "not in an image format PIL can read"; it is a video file
+    without a video stream, as an audio-only .m4a is."""
+    from unime.data.io import ImageChecker
+
+    c = av.open(str(tmp_path / name), "w", format=fmt)
+    a = c.add_stream(codec, rate=48000)
+    sizes = {"libmp3lame": 1152}
+    for k in range(0, 48000, sizes.get(codec, 1024)):
+        samples = np.zeros((1, sizes.get(codec, 1024)), np.int16 if codec in ("pcm_s16le", "flac") else np.float32)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16" if samples.dtype == np.int16 else "fltp",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = 48000, k
+        for p in a.encode(frame):
+            c.mux(p)
+    for p in a.encode():
+        c.mux(p)
+    c.close()
+    loader = ImageLoader(tmp_path)
+    for item in (Item.from_dict({"video": [name]}), Item(video=((tmp_path / name).read_bytes(),))):
+        with pytest.raises(DataError, match="has no video stream"):
+            loader.load_video(item.video, source="v.jsonl", record=1, field="video")
+        for decode in (True, False):
+            with pytest.raises(DataError, match="has no video stream"):
+                ImageChecker(loader, decode_video=decode).check_item("query", item, source="v.jsonl", record=1)
+    with pytest.raises(DataError, match="not in an image format PIL can read"):  # as an image: an image's message
+        loader.load(name)
+
+
 def _with_cover_art(path: Path, *, video: bool = True, audio: bool = False, cover_first: bool = False) -> Path:
     """An MP4 with a cover art stream (a green 40 x 30 JPEG of disposition ``attached_pic``, as yt-dlp
     --embed-thumbnail and iTunes write it: FFmpeg's ``covr`` atom) and, with `video`, an H.264 stream of

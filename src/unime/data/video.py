@@ -426,17 +426,20 @@ def _transport_stream(head: bytes) -> bool:
 def _container_signature(head: bytes) -> bool:
     """The first bytes (up to `SIGNATURE_BYTES`) of a media container: MP4 / MOV / M4A / 3GP (``ftyp``, but for a
     still image's brands: `is_image_brand`), Matroska / WebM (EBML), AVI, Ogg, FLV, ASF (WMV / WMA), an MPEG
-    transport stream (`_transport_stream`) or program stream (a pack header)."""
+    transport stream (`_transport_stream`) or program stream (a pack header); or of an audio file, which FFmpeg
+    opens to say it has no video stream: MP3 (an ID3 tag or an MPEG audio frame), raw AAC (ADTS), FLAC, WAV."""
     if head[4:8] == b"ftyp":
         return not is_image_brand(head)
-    return (head[:4] in (b"\x1a\x45\xdf\xa3", b"OggS", b"\x00\x00\x01\xba") or head[:4] + head[8:12] == b"RIFFAVI "
-            or head[:4] == b"FLV\x01" or head[:16] == _ASF_GUID or _transport_stream(head))
+    return (head[:4] in (b"\x1a\x45\xdf\xa3", b"OggS", b"\x00\x00\x01\xba", b"fLaC")
+            or head[:4] + head[8:12] in (b"RIFFAVI ", b"RIFFWAVE") or head[:4] == b"FLV\x01" or head[:3] == b"ID3"
+            or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)  # an MPEG audio or ADTS frame's sync
+            or head[:16] == _ASF_GUID or _transport_stream(head))
 
 
 def is_video_file_ref(ref: Any) -> bool:
     """A path given alone as an item's video (`VideoFileRef`) or with a video extension, or inline bytes of a video
     container (`_container_signature`: MP4/MOV, Matroska/WebM, AVI, Ogg, FLV, ASF, MPEG-TS/PS; not a HEIF / AVIF
-    image). By the name alone: `is_one_video_file` also looks at a lone file."""
+    image) or of an audio file (MP3, AAC, FLAC, WAV: its message is then "no video stream"). By the name alone: `is_one_video_file` also looks at a lone file."""
     if isinstance(ref, str):
         return isinstance(ref, VideoFileRef) or Path(ref).suffix.lower() in VIDEO_EXTENSIONS
     if isinstance(ref, (bytes, bytearray)):
