@@ -439,7 +439,8 @@ def _container_signature(head: bytes) -> bool:
 def is_video_file_ref(ref: Any) -> bool:
     """A path given alone as an item's video (`VideoFileRef`) or with a video extension, or inline bytes of a video
     container (`_container_signature`: MP4/MOV, Matroska/WebM, AVI, Ogg, FLV, ASF, MPEG-TS/PS; not a HEIF / AVIF
-    image) or of an audio file (MP3, AAC, FLAC, WAV: its message is then "no video stream"). By the name alone: `is_one_video_file` also looks at a lone file."""
+    image) or of an audio file (MP3, AAC, FLAC, WAV: its message is then "no video stream"). By the name alone:
+    `is_one_video_file` also looks at a lone file."""
     if isinstance(ref, str):
         return isinstance(ref, VideoFileRef) or Path(ref).suffix.lower() in VIDEO_EXTENSIONS
     if isinstance(ref, (bytes, bytearray)):
