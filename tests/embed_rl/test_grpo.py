@@ -16,7 +16,8 @@ from PIL import Image
 from tests.embed_rl.helpers import COLOURS, write_colour_records
 from unime.data.items import Item, Record
 from unime.models.prompts import EMB_TOKEN
-from unime.embed_rl.grpo import EmbedRLReward, GRPOStageConfig, _trainer_class, embed_rl_grpo_config, grpo_rows
+from unime.embed_rl.grpo import (EmbedRLReward, GRPOStageConfig, _grpo_data, _trainer_class, embed_rl_grpo_config,
+                                 grpo_rows)
 
 
 @pytest.fixture
@@ -42,6 +43,85 @@ def test_rows_interleave_whole_pairs_and_reshuffle_per_epoch(world):
     assert len(p["images"]) == 1 and p["images"][0].getpixel((5, 5)) == COLOURS["blue"]
     assert json.loads(p["item"]) == {"text": "<|image_1|>" + " Represent the given image." * 6,
                                      "images": ["imgs/blue.png"]}
+
+
+def _epoch_world(root, n_pairs: int, monkeypatch) -> str:
+    """`n_pairs` text-only (query, positive) records in root/records.jsonl (no image: `_grpo_data`'s rows without a
+    model's image limits, its image loader a plain one)."""
+    from unime.data.images import ImageLoader
+    from unime.data.io import write_records
+
+    write_records([Record(query=Item(text=f"query {i}"), positive=Item(text=f"document {i}"), id=f"r{i}")
+                   for i in range(n_pairs)], root / "records.jsonl")
+    monkeypatch.setattr("unime.models.loading.checkpoint_image_loader",
+                        lambda paths, budget, data_root=None, **kw: ImageLoader(data_root, **kw))
+    return str(root / "records.jsonl")
+
+
+def _trl_batches(cfg, rows, tmp_path) -> list[list[dict]]:
+    """The rows of each step's generation, as TRL's own sampler (`GRPOTrainer._get_train_sampler`, unbound, on the
+    run's config: shuffling off) hands them to one process: each row repeated num_generations times."""
+    from types import SimpleNamespace
+
+    gcfg = embed_rl_grpo_config(cfg, output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, fp16=False)
+    trainer = SimpleNamespace(num_generations=cfg.num_generations, args=gcfg, num_iterations=gcfg.num_iterations,
+                              shuffle_dataset=gcfg.shuffle_dataset, train_dataset=rows)
+    order = list(_trainer_class()._get_train_sampler(trainer, rows))
+    size = cfg.completions_per_step
+    return [[rows[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n_pairs,epochs", [(3, 2), (5, 3)])
+def test_every_step_holds_distinct_pairs_across_epoch_boundaries(tmp_path, monkeypatch, n_pairs, epochs, seed):
+    """Review: the epochs' pairs were laid out one after another, and TRL's sampler takes fixed runs of
+    2 x --pairs-per-batch rows, so with N pairs not a multiple of B a step held the end of one epoch and the start of
+    the next: the same pair twice (3 pairs, B 2, 2 epochs: seeds 1, 3, 4 and 5 of these) stopped the run midway with
+    the reward's "does not hold whole (query, positive) pairs". Each epoch now holds whole steps of B distinct pairs
+    (the first B x (N // B) of its permutation; the N mod B left sit that epoch out): E x (N // B) steps, each
+    pair at most once per epoch, every batch accepted by the reward's layout check."""
+    cfg = GRPOStageConfig(model="m", embedder="e", records=_epoch_world(tmp_path, n_pairs, monkeypatch), out="o",
+                          num_generations=2, pairs_per_batch=2, epochs=epochs, seed=seed)
+    batches = _trl_batches(cfg, _grpo_data(cfg).rows, tmp_path)
+    reward = EmbedRLReward(embedder=None, judge=None, group_size=2, weights=(0.05, 0.8, 0.0))
+    for batch in batches:
+        layout = reward.layout([r["pair_id"] for r in batch], [r["side"] for r in batch])
+        assert layout.batch_pairs == 2
+    per_epoch = n_pairs // 2
+    assert len(batches) == epochs * per_epoch
+    # by hand: epoch e's steps take the first 2 x (N // 2) pairs of the e-th seeded permutation, in order
+    rng = np.random.default_rng(seed)
+    want = [[f"r{i}" for i in rng.permutation(n_pairs).tolist()[:2 * per_epoch]] for _ in range(epochs)]
+    got = [list(dict.fromkeys(r["pair_id"] for r in batch)) for batch in batches]
+    assert [sum(got[e * per_epoch:(e + 1) * per_epoch], []) for e in range(epochs)] == want
+
+
+@pytest.mark.parametrize("n_pairs,epochs,seed", [(4, 3, 1), (72, 5, 0), (3, 1, 1), (5, 1, 4)])
+def test_rows_are_unchanged_when_the_pairs_fill_whole_steps_or_one_epoch(tmp_path, monkeypatch, n_pairs, epochs,
+                                                                        seed):
+    """N a multiple of --pairs-per-batch (the demo: 72 pairs, B 2, 5 epochs) or one epoch: the rows are the old ones,
+    pair for pair (each epoch the whole seeded permutation, recomputed here as grpo_rows laid it out before), so such
+    a run trains as before; one epoch's N mod B pairs at its end are still left to TRL's sampler, which drops them."""
+    cfg = GRPOStageConfig(model="m", embedder="e", records=_epoch_world(tmp_path, n_pairs, monkeypatch), out="o",
+                          num_generations=2, pairs_per_batch=2, epochs=epochs, seed=seed)
+    rows = _grpo_data(cfg).rows
+    rng = np.random.default_rng(seed)
+    old = [f"r{i}" for _ in range(epochs) for i in rng.permutation(n_pairs).tolist()]
+    assert [r["pair_id"] for r in rows] == [p for p in old for _ in range(2)]
+    assert [r["side"] for r in rows] == ["query", "positive"] * len(old)
+    assert len(_trl_batches(cfg, rows, tmp_path)) == epochs * n_pairs // 2
+
+
+def test_rows_of_a_data_parallel_run_cut_each_epoch_to_whole_global_steps(tmp_path, monkeypatch):
+    """Under WORLD_SIZE P processes a step takes B x P pairs (each process B consecutive ones): 5 pairs, B 2, 2
+    processes, 2 epochs: the first epoch keeps the first 4 pairs of its permutation, the last all 5 (TRL drops the
+    one left)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = GRPOStageConfig(model="m", embedder="e", records=_epoch_world(tmp_path, 5, monkeypatch), out="o",
+                          num_generations=2, pairs_per_batch=2, epochs=2, seed=3)
+    rng = np.random.default_rng(3)
+    want = [f"r{i}" for i in rng.permutation(5).tolist()[:4]] + [f"r{i}" for i in rng.permutation(5).tolist()]
+    assert [r["pair_id"] for r in _grpo_data(cfg).rows][::2] == want
 
 
 def test_a_record_with_an_inline_image_is_refused_naming_it_and_the_records_grpo_takes(world):

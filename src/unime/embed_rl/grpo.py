@@ -7,8 +7,9 @@ module adds is the data layout and the reward:
 **Rows.** Each (query, positive) pair contributes two consecutive rows — the query's reasoning prompt,
 then the positive's — with columns `prompt` (conversational, `{"type": "image"}` placeholders),
 `images`, `pair_id`, `side` ("query" / "positive") and `item` (the item as JSON, for the embedder).
-Pairs are shuffled as units (one permutation per epoch, seeded) and TRL's own shuffling is off, so a
-batch is always whole pairs: TRL takes consecutive prompts, each repeated n times, and a step generates and
+Pairs are shuffled as units (one permutation per epoch, seeded; an epoch holds whole batches, its pairs
+left over sit it out) and TRL's own shuffling is off, so a batch is always whole, distinct pairs: TRL takes
+consecutive prompts, each repeated n times, and a step generates and
 rewards `2 · pairs_per_batch · n` completions per process (one generation per step), whose loss runs in micro-batches
 of `--micro-batch` (TRL's `per_device_train_batch_size`) accumulated over TRL's `steps_per_generation`.
 `embed_rl_grpo_config` derives and checks those numbers; the reward function re-checks every batch
@@ -88,10 +89,18 @@ _INTEGER_COLUMNS = frozenset({"step", "completions", "evidence_left_out"})
 # rows
 
 
-def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int = 0,
+def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int = 0, pairs_per_step: int = 1,
               source: str | None = None, policy=None) -> list[dict[str, Any]]:
     """Dataset rows for EG-RL: for each epoch a seeded permutation of the pairs, each pair as its query row
-    then its positive row. `loader` is an `ImageLoader` for the items' images."""
+    then its positive row. `loader` is an `ImageLoader` for the items' images.
+
+    TRL's sampler (shuffling off) takes the rows in fixed runs of `pairs_per_step` pairs (--pairs-per-batch x the
+    processes) and drops a last short run. So that no step holds the end of one epoch and the start of the next (the
+    same pair twice, which the reward refuses), every epoch but the last keeps only the first whole steps' pairs of
+    its permutation: the N mod `pairs_per_step` pairs left sit that epoch out (a different few each epoch), as TRL
+    leaves out the last epoch's (and a one-epoch run's) short step. A run is then epochs x (N // pairs_per_step)
+    steps, each of distinct pairs, each pair at most once an epoch; with N a multiple of `pairs_per_step`, or one
+    epoch, the rows are those of every epoch's whole permutation."""
     from unime.reasoning.reasoner import conversational_prompt, reasoning_prompt_segments
 
     from unime.data.io import record_label
@@ -137,9 +146,11 @@ def grpo_rows(records: Sequence[Record], loader, *, epochs: int = 1, seed: int =
     records = [records[i] for i in kept]
     prompts = {(n, side): prompts[(i, side)] for n, i in enumerate(kept) for side in (QUERY, POSITIVE)}
     rng = np.random.default_rng(seed)
+    whole_steps = len(records) - len(records) % pairs_per_step  # the pairs of an epoch's whole steps
     rows = []
-    for _ in range(epochs):
-        for i in rng.permutation(len(records)).tolist():
+    for epoch in range(epochs):
+        order = rng.permutation(len(records)).tolist()
+        for i in order if epoch == epochs - 1 else order[:whole_steps]:
             rec = records[i]
             for side, item in ((QUERY, rec.query), (POSITIVE, rec.positive)):
                 messages, images = prompts[(i, side)]
@@ -338,7 +349,8 @@ class EmbedRLReward:
             raise ValueError(
                 f"EG-RL batch does not hold whole (query, positive) pairs with {self.group_size} rollouts per side: "
                 f"{e}. Each pair must contribute its query row and its positive row to the same batch; build the "
-                "dataset with `grpo_rows` (pairs interleaved, TRL shuffling off) and the config with "
+                "dataset with `grpo_rows` (pairs interleaved, each epoch in whole steps: its pairs_per_step, TRL "
+                "shuffling off) and the config with "
                 "`embed_rl_grpo_config` (a generation of 2 x pairs_per_batch x num_generations completions per "
                 "process: per_device_train_batch_size x steps_per_generation). "
                 f"Batch: {list(zip(pair_id, side))}") from None
@@ -585,7 +597,10 @@ class GRPOStageConfig(TrainerArgOptions, GENERATIVE_LORA_OPTIONS, ExportOptions,
                                      "step's, 2 x --pairs-per-batch x --num-generations, in one); a divisor of them, "
                                      "the rest accumulated into the same optimizer step from the step's one "
                                      "generation", group="grpo", at_least=1)
-    epochs: int = option(1, "passes over the pairs (each reshuffled)", dest="grpo_epochs", group="grpo", at_least=1)
+    epochs: int = option(1, "passes over the pairs, each reshuffled, in steps of --pairs-per-batch distinct pairs: "
+                         "pairs // --pairs-per-batch steps a pass on one process (on P, pairs // (P x "
+                         "--pairs-per-batch)); the pairs left over sit that pass out", dest="grpo_epochs", group="grpo",
+                         at_least=1)
     beta: float = option(0.01, "KL coefficient (default %(default)s)", group="grpo", at_least=0)
     # TRL states the rollouts' whole decoding (its GRPOConfig top_k 0, repetition_penalty 1.0): an Instruct policy's
     # generation_config chat defaults (top_k 1 ...) do not apply (tests/embed_rl/test_grpo.py)
@@ -791,7 +806,10 @@ def _grpo_data(cfg: GRPOStageConfig) -> _GRPOData:
     # the images the policy, the embedder and the process judge see: within all their processors' limits
     loader = checkpoint_image_loader([cfg.model, cfg.embedder, *([cfg.process_judge] if cfg.process_judge else [])],
                                      budget, data_root, video=sampling)
+    # a step's pairs over the processes (torchrun's WORLD_SIZE): each takes --pairs-per-batch consecutive ones
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
     rows = grpo_rows(records, loader, epochs=cfg.epochs, seed=cfg.seed, source=cfg.records,
+                     pairs_per_step=cfg.pairs_per_batch * processes,
                      policy=ErrorPolicy(cfg.on_error, skips, "GRPO") if cfg.on_error == "skip" else None)
     n_pairs = len({r["pair_id"] for r in rows})
     if n_pairs < cfg.pairs_per_batch:
