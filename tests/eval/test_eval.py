@@ -388,7 +388,7 @@ def test_rerank_top1_and_resort():
         rerank([3, 1, 0], ScriptedReranker(pick=7), q, cands, 2, "top1")
     with pytest.raises(ValueError):
         rerank([3, 1, 0], r, q, cands, 2, "listwise")
-    s = scores_after_rerank(np.array([0.9, 0.8, 0.1]), np.array([1, 0, 2]), 2)
+    s = scores_after_rerank(np.array([0.9, 0.8, 0.1]), np.array([0, 1]), np.array([0.0, 1.0]))  # 1 picked
     assert np.argsort(-s).tolist() == [1, 0, 2] and s[2] == 0.1
 
 
@@ -404,32 +404,41 @@ class PickCounter:
 
 
 class OracleReranker:
-    """Picks the true answer if it is shown (a stand-in for a perfect listwise reranker)."""
+    """Picks the true answer if it is shown (a stand-in for a perfect listwise reranker); `answers`: a set of
+    them, or {query: set of its answers}."""
 
     def __init__(self, answers):
         self.answers = answers
         self.stats = PickCounter()
 
+    def _answers(self, query):
+        return self.answers.get(query, set()) if isinstance(self.answers, dict) else self.answers
+
     def pick(self, query, candidates):
         self.stats.picks += 1
         for i, c in enumerate(candidates):
-            if c in self.answers:
+            if c in self._answers(query):
                 return i
         return None
 
     def score_pairs(self, query, candidates):
-        return np.array([1.0 if c in self.answers else 0.0 for c in candidates])
+        return np.array([1.0 if c in self._answers(query) else 0.0 for c in candidates])
 
 
 def test_run_reports_with_and_without_reranking(tmp_path):
     world = build_world(tmp_path)
-    answers = {Item(text="orange"), Item(text="blue"), Item(images=("images/yellow.png",))}
+    # per query (c0 and c2 share their query: their answer is c2's, 'orange'); a set of every answer for every
+    # query picked 'blue' for c0, shown (red, blue) as blue and green tie for the second place
+    image_query = lambda colour: Item(text=Q, images=(f"images/{colour}.png",))  # noqa: E731
+    yellow = {Item(images=("images/yellow.png",))}
+    answers = {image_query("red"): {Item(text="orange")}, image_query("blue"): {Item(text="blue")},
+               Item(text="find a yellow picture"): yellow, Item(text="find a red picture"): yellow}
     rr = Reranking(OracleReranker(answers), topk=2, mode="top1")
     results, out, _ = run_suite(world, reranking=rr)
     cls = results["colour_cls"]
     assert cls.metrics["precision@1"] == 0.5
-    # c2: top 2 = red, orange → the oracle picks 'orange' → hit. c3: the tie is shown in index order
-    # (blue, blue blue) → picks 'blue' → hit. c0, c1: the oracle knows no answer → fallback, still hits.
+    # c2: top 2 = red, orange → the oracle picks 'orange' → hit. c3: the tie is shown the higher index first
+    # (blue blue, blue) → picks 'blue' → hit. c0, c1: the oracle knows no answer → fallback, still hits.
     assert cls.reranked["precision@1"] == 1.0
     # the harness's counts, and the reranker's own counters (reported per task, then reset)
     assert cls.rerank_stats == {"queries": 4, "fallbacks": 2, "reranker": {"picks": 4}}

@@ -186,6 +186,10 @@ def test_top_order_on_a_written_out_row_with_ties():
     assert M.top_order(s, 4).tolist() == [1, 3, 0, 2]
     assert M.top_order(s, 10).tolist() == [1, 3, 0, 2, 4, 5]  # a row shorter than k: all of it
     assert M.top_order([[0.1, 0.3, 0.2], [0.3, 0.3, 0.1]], 2).tolist() == [[1, 2], [0, 1]]
+    # later_first: equal scores by the higher index, on a tie at the k-th score too
+    assert M.top_order(s, 3, later_first=True).tolist() == [3, 1, 4]
+    assert M.top_order(s, 10, later_first=True).tolist() == [3, 1, 4, 2, 0, 5]
+    assert M.top_order([[0.1, 0.3, 0.2], [0.3, 0.3, 0.1]], 2, later_first=True).tolist() == [[1, 2], [1, 0]]
     with pytest.raises(ValueError):
         M.top_order([0.1, float("nan")], 1)
     with pytest.raises(ValueError, match="k must be >= 1"):
@@ -201,6 +205,9 @@ def test_top_order_equals_the_sorting_reference_with_ties(dtype):
             want = reference_top_order(s, k)
             assert M.top_order(s, k).tolist() == want.tolist()
             assert M.top_order(s[:, ::-1], k).tolist() == reference_top_order(s[:, ::-1], k).tolist()
+            # the higher index first = the lower index first in the reversed row
+            later = s.shape[1] - 1 - reference_top_order(s[:, ::-1], k)
+            assert M.top_order(s, k, later_first=True).tolist() == later.tolist()
             for i in (0, 7, 33):  # one row at a time (MMEB, qrels)
                 assert M.top_order(list(s[i]), k).tolist() == want[i].tolist()
 

@@ -181,19 +181,46 @@ class TiedScoresReranker:
         return np.array([c % 3 for c in candidates], dtype=float)
 
 
-def reference_rerank_scores(rows, rr, queries, candidate_lists):
-    """`_rerank_scores` as it was: every row sorted whole (the reference), its top k reranked."""
-    from tests.eval.ranking_reference import reference_rank_order
+def reference_rerank_ranks(rows, rr, queries, candidate_lists, ties):
+    """Each row's reranked ranking as dense ranks (0: the last), worked out apart from `_rerank_scores`: the row
+    sorted whole (equal scores: the lower index first under "index" ties, the higher under "pessimistic"), its top
+    k reranked (`rerank_many`'s verdicts), and each candidate given a key compared as a tuple: (2, verdict, score)
+    for a shown one or a copy of a shown item that scores as much as the k-th (the item's best verdict); another
+    candidate scoring as much as the k-th takes the lowest of those keys when that key has its score, else
+    (0, 0, score), as every other candidate does."""
     from unime.models.reranker import rerank_many
-    from unime.eval.runners import scores_after_rerank
 
-    orders = [reference_rank_order(s) for s in rows]
-    new = rerank_many(orders, rr.reranker, queries, candidate_lists, rr.topk, rr.mode)
-    return [scores_after_rerank(s, o, min(rr.topk, len(s))) for s, o in zip(rows, new)]
+    orders = []
+    for s in rows:
+        idx = np.arange(len(s))
+        orders.append(np.lexsort((-idx if ties == "pessimistic" else idx, -np.asarray(s, dtype=np.float64))))
+    _, verdicts = rerank_many(orders, rr.reranker, queries, candidate_lists, rr.topk, rr.mode, return_keys=True)
+    out = []
+    for s, order, v, items in zip(rows, orders, verdicts, candidate_lists):
+        s = [float(x) for x in s]
+        head = {int(j) for j in order[:len(v)]}
+        kth = min(s[j] for j in head)
+        best: dict = {}
+        for j, x in zip(order[:len(v)], v):
+            best[items[j]] = max(float(x), best.get(items[j], float(x)))
+        keys = {j: (2, best[items[j]], s[j]) for j in range(len(s))
+                if j in head or (s[j] == kth and items[j] in best)}
+        last = min(keys.values())
+        for j in range(len(s)):
+            if j not in keys:
+                keys[j] = last if s[j] == kth and last[2] == kth else (0, 0.0, s[j])
+        rank = {key: i for i, key in enumerate(sorted(set(keys.values())))}
+        out.append([rank[keys[j]] for j in range(len(s))])
+    return out
 
 
+def dense_ranks(rows):
+    return [np.unique(np.asarray(r), return_inverse=True)[1].reshape(-1).tolist() for r in rows]
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "index"])
 @pytest.mark.parametrize("mode", ["top1", "resort"])
-def test_reranked_rows_equal_the_full_sort_reference_with_ties(mode):
+def test_reranked_rows_equal_the_full_sort_reference_with_ties(mode, ties):
     from tests.eval.ranking_reference import random_tied_rows
     from unime.eval.runners import Reranking, _rerank_scores
 
@@ -204,10 +231,12 @@ def test_reranked_rows_equal_the_full_sort_reference_with_ties(mode):
         queries = list(range(len(chunk)))
         for k in (1, 2, 5, 40, 60):
             for scores in (chunk, rows):
-                lists = [list(range(len(s))) for s in scores]
-                want = reference_rerank_scores(scores, Reranking(TiedScoresReranker(), k, mode), queries, lists)
-                got = _rerank_scores(scores, Reranking(TiedScoresReranker(), k, mode), queries, lists)
-                assert [g.tolist() for g in got] == [w.tolist() for w in want]
+                for lists in ([list(range(len(s))) for s in scores],  # every candidate a distinct item
+                              [[j % 7 for j in range(len(s))] for s in scores]):  # items listed several times
+                    want = reference_rerank_ranks(scores, Reranking(TiedScoresReranker(), k, mode), queries, lists,
+                                                  ties)
+                    got = _rerank_scores(scores, Reranking(TiedScoresReranker(), k, mode), queries, lists, ties=ties)
+                    assert dense_ranks(got) == want
 
 
 @pytest.mark.parametrize("mode", ["top1", "resort"])
@@ -217,9 +246,9 @@ def test_reranking_a_pool_sorts_only_each_rows_top_k(mode, monkeypatch):
 
     chunk = np.random.default_rng(4).standard_normal((8, 3000)).astype(np.float32)
     queries, lists = list(range(8)), [list(range(3000))] * 8
-    want = reference_rerank_scores(chunk, Reranking(TiedScoresReranker(), 5, mode), queries, lists)
+    want = reference_rerank_ranks(chunk, Reranking(TiedScoresReranker(), 5, mode), queries, lists, "pessimistic")
     forbid_pool_sized_sort(monkeypatch)  # the reference above sorted each row of 3,000
-    got = _rerank_scores(chunk, Reranking(TiedScoresReranker(), 5, mode), queries, lists)
-    assert [g.tolist() for g in got] == [w.tolist() for w in want]
-    rows = _rerank_scores(list(chunk), Reranking(TiedScoresReranker(), 5, mode), queries, lists)
-    assert [r.tolist() for r in rows] == [w.tolist() for w in want]
+    got = _rerank_scores(chunk, Reranking(TiedScoresReranker(), 5, mode), queries, lists, ties="pessimistic")
+    assert dense_ranks(got) == want
+    rows = _rerank_scores(list(chunk), Reranking(TiedScoresReranker(), 5, mode), queries, lists, ties="pessimistic")
+    assert dense_ranks(rows) == want

@@ -64,13 +64,13 @@ def top_ranked(scores, relevance=None, *, ties: str = "pessimistic") -> int:
     return int(best[rank_order(scores[best], sub, ties=ties)[0]])
 
 
-def top_order(scores, k: int) -> np.ndarray:
-    """`rank_order(scores)[..., :k]` (label-free: equal scores by the lower index) along the last axis, without
-    sorting a pool-sized row: each row's k-th highest score is found by `torch.topk` (5x faster than
-    `np.partition`; its order among ties is unspecified, so only the score is taken from it), and only the
-    candidates scoring at least that much are sorted (by score, descending, then index), so on a tie at the k-th
-    score the lower indices are the ones kept, as in the full order. A row shorter than `k` gives all its
-    candidates."""
+def top_order(scores, k: int, *, later_first: bool = False) -> np.ndarray:
+    """`rank_order(scores)[..., :k]` (label-free: equal scores by the lower index; with `later_first`, by the
+    higher index) along the last axis, without sorting a pool-sized row: each row's k-th highest score is found by
+    `torch.topk` (5x faster than `np.partition`; its order among ties is unspecified, so only the score is taken
+    from it), and only the candidates scoring at least that much are sorted (by score, descending, then index), so
+    on a tie at the k-th score the lower (`later_first`: higher) indices are the ones kept, as in the full order.
+    A row shorter than `k` gives all its candidates."""
     import torch  # here, not at import: the metrics are numpy, and `unime --help` imports no torch
 
     if k < 1:
@@ -83,7 +83,7 @@ def top_order(scores, k: int) -> np.ndarray:
     s2 = scores.reshape(-1, n)
     kth = torch.topk(torch.from_numpy(np.ascontiguousarray(s2)), k, dim=-1, sorted=False).values.amin(-1).numpy()
     rows, cols = _nonzero_2d(s2 >= kth[:, None])  # k or more per row (more only on a tie at the k-th score)
-    keep = np.lexsort((cols, -s2[rows, cols], rows))  # np.lexsort: the last key is the primary one
+    keep = np.lexsort((-cols if later_first else cols, -s2[rows, cols], rows))  # the last key is the primary one
     starts = np.searchsorted(rows[keep], np.arange(len(s2)))
     return cols[keep][starts[:, None] + np.arange(k)].reshape(scores.shape[:-1] + (k,))
 

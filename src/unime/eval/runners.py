@@ -109,14 +109,43 @@ class Reranking:
 Vectors = Callable[[np.ndarray], np.ndarray]  # task item indices → L2-normalised vectors
 
 
-def scores_after_rerank(scores: np.ndarray, new_order: np.ndarray, k: int) -> np.ndarray:
-    """Scores that rank the reranked top k first, in the reranked order, with no ties among them; the
-    rest keep their embedder scores. Lets the ordinary metrics (with their tie policy) score a reranked
-    list."""
+def scores_after_rerank(scores: np.ndarray, head: np.ndarray, keys: np.ndarray,
+                        candidates: Sequence | None = None) -> np.ndarray:
+    """Scores that rank a row as reranked, for the ordinary metrics (with their tie policy) to score it.
+
+    The top k shown to the reranker (`head`, candidate indices) rank first, by the reranker's verdict on each
+    (`keys`, higher first: `rerank_many(..., return_keys=True)`), then by the embedder's score; two candidates equal
+    in both stay tied, so a tie the reranker did not resolve is still a tie for the tie policy (a reranker that
+    changes nothing gives the embedder's ranking). A candidate outside the top k that scores as much as the k-th
+    (left out only by the order among equal scores) was never judged: it ties with the last of the reranked top k
+    when that one has its embedder score, else ranks just below the top k. With `candidates` (the row's items),
+    a candidate that is the same item as a shown one shares its verdict (the highest, if shown twice): a pick
+    between copies of one item resolves nothing. The rest keep their embedder scores, below the top k."""
     out = np.asarray(scores, dtype=np.float64).copy()
-    head = np.asarray(new_order[:k], dtype=np.int64)
+    head = np.asarray(head, dtype=np.int64)
+    verdict = np.asarray(keys, dtype=np.float64).reshape(-1)
+    if verdict.shape != head.shape:
+        raise ValueError(f"{len(verdict)} reranker verdicts for {len(head)} candidates")
+    if not len(head):
+        return out
+    kth = out[head].min()
+    outside = np.ones(len(out), dtype=bool)
+    outside[head] = False
+    tied = np.flatnonzero(outside & (out == kth))
+    if candidates is not None:
+        best: dict = {}
+        for c, v in zip(head, verdict):
+            best[candidates[c]] = max(v, best.get(candidates[c], v))
+        copies = np.array([c for c in tied if candidates[c] in best], dtype=np.int64)
+        head = np.concatenate([head, copies])
+        verdict = np.array([best[candidates[c]] for c in head], dtype=np.float64)
+        tied = np.setdiff1d(tied, copies)
+    # rank of each (verdict, embedder score) pair among the distinct pairs, ascending
+    pairs, rank = np.unique(np.stack([verdict, out[head]], axis=1), axis=0, return_inverse=True)
     top = float(out.max()) + 1.0
-    out[head] = top + np.arange(len(head), 0, -1, dtype=np.float64)
+    out[head] = top + 1.0 + rank.reshape(-1)
+    if pairs[0, 1] == kth:  # the last of the top k has the score of the candidates tied with it outside
+        out[tied] = top + 1.0
     return out
 
 
@@ -153,14 +182,22 @@ def load_reranker(path: str, *, device: str | None = None, dtype=None, data_root
 
 
 def _rerank_scores(rows: Sequence[np.ndarray], rr: Reranking, queries: Sequence[Item],
-                   candidate_lists: Sequence[Sequence[Item]]) -> list[np.ndarray]:
+                   candidate_lists: Sequence[Sequence[Item]], *, ties: str) -> list[np.ndarray]:
     """Each row of embedder scores after reranking its top k (the queries' picks asked of the reranker
-    together: `rerank_many`). Only each row's top k is selected (`M.top_order`, the label-free order: ties by
-    index), not the whole row sorted; the rows of a matrix (a chunk of a global pool) are selected at once."""
-    orders = (list(M.top_order(rows, rr.topk)) if isinstance(rows, np.ndarray)
-              else [M.top_order(s, rr.topk) for s in rows])
-    new = rerank_many(orders, rr.reranker, queries, candidate_lists, rr.topk, rr.mode, stats=rr.stats)
-    return [scores_after_rerank(s, o, min(rr.topk, len(s))) for s, o in zip(rows, new)]
+    together: `rerank_many`), as `scores_after_rerank` scores. Only each row's top k is selected (`M.top_order`),
+    not the whole row sorted; the rows of a matrix (a chunk of a global pool) are selected at once.
+
+    The top k is chosen, and shown to the reranker (the listwise prompt's order), by score and then by a
+    label-free order among equal scores that follows the tie policy `ties`: ``"index"`` the lower index first (as
+    the embedder's own ranking then is); ``"pessimistic"`` the higher index first, so that a positive listed first
+    (MMEB's, at index 0) is shown after the candidates it ties with and is the first left out at a tie on the k-th
+    score: exactly the embedder's pessimistic order there, and never an advantage of its position."""
+    later = ties == "pessimistic"
+    orders = (list(M.top_order(rows, rr.topk, later_first=later)) if isinstance(rows, np.ndarray)
+              else [M.top_order(s, rr.topk, later_first=later) for s in rows])
+    _, keys = rerank_many(orders, rr.reranker, queries, candidate_lists, rr.topk, rr.mode, stats=rr.stats,
+                          return_keys=True)
+    return [scores_after_rerank(s, o, v, c) for s, o, v, c in zip(rows, orders, keys, candidate_lists)]
 
 
 # -- MMEB ------------------------------------------------------------------------------------------------
@@ -191,7 +228,7 @@ def run_mmeb(spec: TaskSpec, data: MMEBData, vecs: Vectors, opts: EvalOptions, r
     if rr is not None:
         with image_root(rr.reranker, spec.data_root):
             rows_rr = _rerank_scores(rows, rr, [items[q] for q in data.query],
-                                     [[items[c] for c in cands] for cands in data.candidates])
+                                     [[items[c] for c in cands] for cands in data.candidates], ties=opts.ties)
         for entry, s2 in zip(per_query, rows_rr):
             rel = np.zeros(len(s2))
             rel[0] = 1.0
@@ -263,8 +300,10 @@ def run_retrieval(spec: TaskSpec, data: RetrievalData, vecs: Vectors, opts: Eval
     if rr is not None:
         with image_root(rr.reranker, spec.data_root):
             result.reranked = compute(
-                lambda idx, s: _rerank_scores(s, rr, [cap_items[i] for i in idx], [img_items] * len(idx)),
-                lambda idx, s: _rerank_scores(s, rr, [img_items[i] for i in idx], [cap_items] * len(idx)))
+                lambda idx, s: _rerank_scores(s, rr, [cap_items[i] for i in idx], [img_items] * len(idx),
+                                              ties=opts.ties),
+                lambda idx, s: _rerank_scores(s, rr, [img_items[i] for i in idx], [cap_items] * len(idx),
+                                              ties=opts.ties))
     return result
 
 
@@ -306,7 +345,7 @@ def run_compositional(spec: TaskSpec, data: CompositionalData, vecs: Vectors, op
                     rr.stats.queries += 1
                     rows.append(p)
             else:
-                rows = _rerank_scores(list(np.stack([s_pos, s_neg], axis=1)), rr, queries, captions)
+                rows = _rerank_scores(list(np.stack([s_pos, s_neg], axis=1)), rr, queries, captions, ties=opts.ties)
         ok_rr = M.positive_first_hits(rows, ties=opts.ties)
         result.reranked = summarise(ok_rr)
         for i, e in enumerate(per_query):
@@ -345,7 +384,7 @@ def score_graded_queries(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: E
     if rr is not None and kept:
         with image_root(rr.reranker, spec.data_root):
             rows_rr = _rerank_scores(rows, rr, [items[data.query[i]] for i in kept],
-                                     [[items[c] for c in data.candidates[i]] for i in kept])
+                                     [[items[c] for c in data.candidates[i]] for i in kept], ties=opts.ties)
         for i, entry, s2 in zip(kept, entries, rows_rr):
             m2 = per_query_metrics(M.ranked_grades(s2, data.grades[i], ties=opts.ties))
             reranked.append(m2)

@@ -33,7 +33,8 @@ The reranking rule (`rerank()`), for an embedder ranking and a reranker that loo
   top k are sorted by that score, descending; equal scores keep the embedder's order. Ranks beyond k
   are untouched.
 
-The reranker sees the embedder's top k with ties broken by candidate index: it never sees the labels.
+The reranker sees the embedder's top k in the order it is given (the evaluation's: `unime.eval.runners`, equal
+scores in a label-free order set by the tie policy); it never sees the labels.
 """
 
 from __future__ import annotations
@@ -104,9 +105,13 @@ def rerank(ranked_indices: Sequence[int], reranker: RerankerProtocol, query: Ite
 
 def rerank_many(orders: Sequence[Sequence[int]], reranker: RerankerProtocol, queries: Sequence[Item],
                 candidate_lists: Sequence[Sequence[Item]], k: int, mode: str, *,
-                stats: RerankStats | None = None) -> list[np.ndarray]:
+                stats: RerankStats | None = None, return_keys: bool = False):
     """`rerank` for many queries at once: in `top1` mode their picks come from one `pick_many` call when the
-    reranker has one (the `Reranker` batches its generation), else from `pick` per query."""
+    reranker has one (the `Reranker` batches its generation), else from `pick` per query.
+
+    With `return_keys`: (those orders, per query the reranker's verdict on each of the top k in the order shown:
+    `top1` 1.0 for the pick and 0.0 for the rest (all 0.0 without a pick), `resort` the pairwise scores), so that a
+    caller can tell the ties the reranker left from the ones it resolved (`unime.eval.runners.scores_after_rerank`)."""
     if mode not in RERANK_MODES:
         raise ValueError(f"mode must be one of {RERANK_MODES}, got {mode!r}")
     require_k(k)
@@ -117,11 +122,12 @@ def rerank_many(orders: Sequence[Sequence[int]], reranker: RerankerProtocol, que
     shown = [[cands[int(i)] for i in head] for head, cands in zip(heads, candidate_lists)]
     if stats is not None:
         stats.queries += len(orders)
-    out = []
+    out, keys = [], []
     if mode == "top1":
         many = getattr(reranker, "pick_many", None)
         picks = many(queries, shown) if callable(many) else [reranker.pick(q, s) for q, s in zip(queries, shown)]
         for order, head, picked in zip(orders, heads, picks):
+            keys.append(np.zeros(len(head), dtype=np.float64))
             if picked is None:
                 if stats is not None:
                     stats.fallbacks += 1
@@ -130,8 +136,9 @@ def rerank_many(orders: Sequence[Sequence[int]], reranker: RerankerProtocol, que
             picked = int(picked)
             if not 0 <= picked < len(head):
                 raise ModelError(f"reranker picked candidate {picked} of {len(head)}")
+            keys[-1][picked] = 1.0
             out.append(np.concatenate([head[picked:picked + 1], np.delete(head, picked), order[k:]]))
-        return out
+        return (out, keys) if return_keys else out
     for order, head, query, cands in zip(orders, heads, queries, shown):
         scores = np.asarray(reranker.score_pairs(query, cands), dtype=np.float64).reshape(-1)
         if scores.shape[0] != len(head):
@@ -140,7 +147,8 @@ def rerank_many(orders: Sequence[Sequence[int]], reranker: RerankerProtocol, que
             raise ModelError("reranker returned NaN or infinite scores")
         # stable: equal reranker scores keep the embedder's order
         out.append(np.concatenate([head[np.argsort(-scores, kind="stable")], order[k:]]))
-    return out
+        keys.append(scores)
+    return (out, keys) if return_keys else out
 
 
 def read_reranker_metadata(path: str | os.PathLike) -> dict:
