@@ -78,7 +78,8 @@ def paired_bootstrap(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mappi
 
 
 def per_query_hits(result_dir: str | Path) -> dict[str, dict[str, float]]:
-    """{task: {query id: hit (0/1)}} for the MMEB-format tasks of a `unime eval` result folder."""
+    """{task: {query id: hit (0/1)}} for the MMEB-format tasks of a `unime eval` result folder. A task whose
+    per-query results repeat an id (written before ids were unique per task) is a `DataError`."""
     from unime.eval.report import _safe_name
 
     root = Path(result_dir)
@@ -96,7 +97,12 @@ def per_query_hits(result_dir: str | Path) -> dict[str, dict[str, float]]:
         rows = json.loads(path.read_text()).get("per_query")
         if rows is None:
             raise DataError("no per-query results", source=str(path), field="per_query")
-        out[task] = {str(r["id"]): float(bool(r["hit"])) for r in rows}
+        hits = {str(r["id"]): float(bool(r["hit"])) for r in rows}
+        if len(hits) != len(rows):  # a folder written before query names were unique per task (`QueryNames`)
+            raise DataError(f"task {task!r}: {len(rows) - len(hits)} of {len(rows)} per-query results share an id "
+                            "with another, so queries cannot be paired; evaluate again", source=str(path),
+                            field="per_query")
+        out[task] = hits
     return out
 
 

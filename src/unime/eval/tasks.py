@@ -501,6 +501,7 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
     if not rows:
         raise _no_rows(spec)
     queries, cands, grades, ids = [], [], [], []
+    names = QueryNames(spec, policy)
 
     def grades_for(row: V2Row, names: list[str], where: tuple[str, str]) -> np.ndarray | None:
         pos: dict[str, list[int]] = {}  # a name listed twice names both places: each is that candidate
@@ -553,12 +554,13 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
                 policy.handle(e)
                 continue
             g = grades_for(row, pool_names, (source, label))
-            if g is None:
+            name = None if g is None else names.name(source, label, row.id)
+            if name is None:
                 continue
             queries.append(table.add(row.query, (source, label, "query")))
             cands.append(pool)
             grades.append(g)
-            ids.append(row.id or label)
+            ids.append(name)
         shared = True
     else:
         single = [label for _, label, row in rows if len(row.candidates) == 1]
@@ -568,13 +570,14 @@ def read_mmeb_v2_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> Qrels
                         spec.name, len(single), len(rows), ", ".join(single[:5]), ", ..." if len(single) > 5 else "")
         for source, label, row in rows:
             g = grades_for(row, [c.name for c in row.candidates], (source, label))
-            if g is None:
+            name = None if g is None else names.name(source, label, row.id)
+            if name is None:
                 continue
             queries.append(table.add(row.query, (source, label, "query")))
             cands.append(np.asarray([table.add(c.item, (source, label, f"cand[{j}]"))
                                      for j, c in enumerate(row.candidates)], dtype=np.int64))
             grades.append(g)
-            ids.append(row.id or label)
+            ids.append(name)
         shared = False
     n_dropped = _dropped_total(spec, dropped)
     if not queries:
@@ -678,6 +681,33 @@ def _parsed_rows(path: Path, parse: Callable, policy: ErrorPolicy, *, task: str,
                 yield str(f), label, row
             except DataError as e:
                 policy.handle(e)
+
+
+class QueryNames:
+    """Each query's name in a task (`TaskResult.per_query`'s ``id``): its row's ``id``, else where it was read
+    ("line 5"), prefixed with its file's path in the task's folder when the task reads several files ("b.jsonl
+    line 5"), as two files both have a line 5. Per-query results are matched by this name (the paired bootstrap,
+    `unime.eval.significance`; a TREC run's query ids), so a name given twice in a task is refused as BEIR's
+    reader refuses a repeated ``_id``: a `DataError` naming both places, through `policy` (the later row left out
+    under the skip policy)."""
+
+    def __init__(self, spec: TaskSpec, policy: ErrorPolicy):
+        self.policy = policy
+        self.task = spec.name
+        self.folder = spec.path if spec.path.is_dir() and len(_data_files(spec.path, task=spec.name)) > 1 else None
+        self.first: dict[str, str] = {}
+
+    def name(self, source: str, label: str, row_id: str) -> str | None:
+        """The row's name, or None when the task already has a query of that name (the error handled)."""
+        name = row_id or (f"{Path(source).relative_to(self.folder).as_posix()} {label}" if self.folder else label)
+        where = f"{source}, {label}"
+        if name in self.first:
+            self.policy.handle(data_error("schema", f"task {self.task!r}: query id {name!r} given twice (first at "
+                                          f"{self.first[name]}); per-query results would merge them",
+                                          source=source, record=label, field="id"))
+            return None
+        self.first[name] = where
+        return name
 
 
 def _template(template: str, text: str) -> str:
@@ -796,13 +826,17 @@ def read_mmeb_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> MMEBData
     table = ItemTable()
     queries, candidates, ids = [], [], []
     dropped = _candidate_drops(policy)
+    names = QueryNames(spec, policy)
     for source, label, row in _parsed_rows(spec.path, mmeb_row_from_dict, policy, task=spec.name,
                                            images=images or _image_checker(spec), dropped=dropped, keep=_mmeb_keep):
+        name = names.name(source, label, row.id)
+        if name is None:
+            continue
         queries.append(table.add(row.query, (source, label, "query")))
         candidates.append(np.fromiter((table.add(c, (source, label, f"candidates[{j}]"))
                                        for j, c in enumerate(row.candidates)), dtype=np.int64,
                                       count=len(row.candidates)))
-        ids.append(row.id or label)
+        ids.append(name)
     n_dropped = _dropped_total(spec, dropped)
     if not queries:
         raise _no_rows(spec)
@@ -846,13 +880,17 @@ def read_compositional_task(spec: TaskSpec, policy: ErrorPolicy, images=None) ->
     default_cat = spec.option("category", spec.name)
     table = ItemTable()
     image, pos, neg, cats, ids = [], [], [], [], []
-    for _, label, pair in _parsed_rows(spec.path, compositional_pair_from_dict, policy, task=spec.name,
-                                 images=images or _image_checker(spec)):
+    names = QueryNames(spec, policy)
+    for source, label, pair in _parsed_rows(spec.path, compositional_pair_from_dict, policy, task=spec.name,
+                                            images=images or _image_checker(spec)):
+        name = names.name(source, label, pair.id)
+        if name is None:
+            continue
         image.append(table.add(Item(text=_template(image_t, ""), images=(pair.image,))))
         pos.append(table.add(Item(text=_template(text_t, pair.positive))))
         neg.append(table.add(Item(text=_template(text_t, pair.negative))))
         cats.append(pair.category or default_cat)
-        ids.append(pair.id or label)
+        ids.append(name)
     if not image:
         raise _no_rows(spec)
     arr = lambda xs: np.asarray(xs, dtype=np.int64)  # noqa: E731
@@ -874,13 +912,17 @@ def read_qrels_task(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsDa
     table = ItemTable()
     queries, cands, grades, ids = [], [], [], []
     dropped = _candidate_drops(policy)
+    names = QueryNames(spec, policy)
     for source, label, row in _parsed_rows(spec.path, qrels_row_from_dict, policy, task=spec.name,
                                            images=images or _image_checker(spec), dropped=dropped, keep=_qrels_keep):
+        name = names.name(source, label, row.id)
+        if name is None:
+            continue
         queries.append(table.add(_templated(row.query, qt), (source, label, "query")))
         cands.append(np.asarray([table.add(_templated(c, ct), (source, label, f"candidates[{j}]"))
                                  for j, c in enumerate(row.candidates)], dtype=np.int64))
         grades.append(np.asarray(row.grades, dtype=np.float64))
-        ids.append(row.id or label)
+        ids.append(name)
     n_dropped = _dropped_total(spec, dropped)
     if not queries:
         raise _no_rows(spec)
