@@ -362,7 +362,14 @@ def score_graded_queries(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: E
     grades with `per_query_metrics`. Queries without a relevant candidate are counted and left out.
     Returns (plain metrics, reranked metrics, per-query entries with ids, skipped count). With `run` (a list), each
     scored query's top `opts.run_depth` candidates by cosine are appended to it: (query id, [(candidate id, score),
-    ..]) in the metrics' order (their tie policy); a candidate's id is its BEIR `_id`, else its index in the row."""
+    ..]) in the metrics' order (their tie policy); a candidate's id is its BEIR `_id`, else its index in the row.
+
+    A BEIR corpus document whose id is the query's (`QrelsData.identical`) is never retrieved for it, as BEIR's
+    ``ignore_identical_ids`` (its default) drops it from the results: it ranks after every other candidate (so it
+    is out of a reranked top k smaller than the corpus) and is left out of `run`; a grade of it still counts in the
+    ideal ranking (NDCG) and in the relevant total (recall), as BEIR's qrels keep it. (BEIR scores MRR and MAP on
+    the retrieved list, where it is not; here a *relevant* one at the last rank adds 1/rank-sized terms. BEIR's
+    own qrels do not judge a query's own document relevant.)"""
     table = vecs(np.arange(len(data.table)))
     items = data.table.items
     plain, reranked, entries = [], [], []
@@ -371,13 +378,17 @@ def score_graded_queries(spec: TaskSpec, data: QrelsData, vecs: Vectors, opts: E
         if not np.any(grades > 0):
             continue
         s = table[cands] @ table[q]
+        own = data.identical[i] if data.identical is not None else -1
+        if own >= 0:  # below every other candidate (cosines are in [-1, 1])
+            s = np.asarray(s, dtype=np.float64)
+            s[own] = float(s.min()) - 2.0
         m = per_query_metrics(M.ranked_grades(s, grades, ties=opts.ties))
         plain.append(m)
         entries.append({"id": data.ids[i], **m})
         kept.append(i)
         rows.append(s)
         if run is not None:
-            top = M.rank_order(s, grades, ties=opts.ties)[:opts.run_depth]
+            top = [j for j in M.rank_order(s, grades, ties=opts.ties)[:opts.run_depth + 1] if j != own][:opts.run_depth]
             run.append((str(data.ids[i]), [(data.corpus_ids[j] if data.corpus_ids else str(j), float(s[j]))
                                            for j in top]))
     skipped = len(data.query) - len(kept)

@@ -30,7 +30,9 @@ is read as one task — the layout of a Hugging Face dataset snapshot such as MM
   every query ranked against the whole corpus; a BEIR folder's image paths are relative to it (or to the root
   recorded for its corpus, `unime.data.beir.beir_data_root`) unless the task or the config sets ``data_root``.
   Options: ``query_template``, ``candidate_template``, ``ks`` (NDCG / recall cut-offs, default [5, 10]),
-  ``qrels_split`` (default ``test``).
+  ``qrels_split`` (default ``test``), ``ignore_identical_ids`` (BEIR folders; default true, as BEIR's
+  ``EvaluateRetrieval.evaluate``: a corpus document whose ``_id`` is the query's is never retrieved for it,
+  `unime.eval.runners.score_graded_queries`; false keeps it).
 
 - ``mmeb_v2``: VLM2Vec's MMEB-V2 rows (video and visual-document tasks; ``unime.data.mmeb_v2``), local or
   global ranking, Hit@1 or NDCG@5 (``unime.eval.mmeb_v2``). Any task may carry ``modality`` (image, video,
@@ -104,7 +106,7 @@ _FORMAT_KEYS = {
     "mmeb": set(),
     "retrieval": {"text_template", "image_template", "recall_ks"},
     "compositional": {"text_template", "image_template", "category"},
-    "qrels": {"query_template", "candidate_template", "ks", "qrels_split"},
+    "qrels": {"query_template", "candidate_template", "ks", "qrels_split", "ignore_identical_ids"},
     "mmeb_v2": {"eval_type", "corpus", "metric", "ks"},  # see unime.eval.mmeb_v2
 }
 MODALITIES = ("image", "video", "visdoc")  # MMEB-V2's three groups
@@ -379,6 +381,8 @@ def _check_options(options: dict, *, source: str, record) -> None:
                 "qrels_split"):
         if key in options and not isinstance(options[key], str):
             raise DataError("must be a string", source=source, record=record, field=key)
+    if "ignore_identical_ids" in options and not isinstance(options["ignore_identical_ids"], bool):
+        raise DataError("must be true or false", source=source, record=record, field="ignore_identical_ids")
     for key in ("recall_ks", "ks"):
         if key in options:
             ks = options[key]
@@ -468,6 +472,9 @@ class QrelsData:
     ids: list[str]
     shared_corpus: bool = False    # BEIR: every query ranks the same corpus
     corpus_ids: list[str] | None = None  # BEIR: the corpus' `_id`s, in `candidates[0]`'s order (a run file's doc ids)
+    # BEIR (``ignore_identical_ids``): per query, the corpus position of the document with the query's id (-1: none),
+    # which is never retrieved for it
+    identical: list[int] | None = None
 
     skipped: int = 0  # rows left out under on_error="skip"
     dropped_candidates: int = 0  # bad candidates left out of their rows under on_error="skip" (qrels, mmeb_v2)
@@ -958,6 +965,7 @@ def _read_beir(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
         judged.setdefault(qid, {})[corpus_pos[did]] = grade
     corpus_arr = np.asarray(corpus, dtype=np.int64)
     queries, grades, ids = [], [], []
+    skip_own = spec.option("ignore_identical_ids", True)
     for qid, item in query_rows.items():
         if qid not in judged:  # BEIR / pytrec_eval evaluate only the judged queries
             continue
@@ -971,4 +979,5 @@ def _read_beir(spec: TaskSpec, policy: ErrorPolicy, images=None) -> QrelsData:
         raise EmptyTaskError(f"task {spec.name!r}: no query has judgements", source=src)
     return QrelsData(table=table, query=np.asarray(queries, dtype=np.int64),
                      candidates=[corpus_arr] * len(queries), grades=grades, ids=ids, shared_corpus=True,
-                     corpus_ids=list(corpus_pos))
+                     corpus_ids=list(corpus_pos),
+                     identical=[corpus_pos.get(qid, -1) for qid in ids] if skip_own else None)
