@@ -132,19 +132,23 @@ def scores_after_rerank(scores: np.ndarray, head: np.ndarray, keys: np.ndarray,
     outside = np.ones(len(out), dtype=bool)
     outside[head] = False
     tied = np.flatnonzero(outside & (out == kth))
-    if candidates is not None:
+    emb = out[head]
+    if candidates is not None and (len(tied) or len({candidates[c] for c in head}) < len(head)):
         best: dict = {}
         for c, v in zip(head, verdict):
             best[candidates[c]] = max(v, best.get(candidates[c], v))
-        copies = np.array([c for c in tied if candidates[c] in best], dtype=np.int64)
-        head = np.concatenate([head, copies])
+        copy = np.array([candidates[c] in best for c in tied], dtype=bool)
+        head, tied = np.concatenate([head, tied[copy]]), tied[~copy]
         verdict = np.array([best[candidates[c]] for c in head], dtype=np.float64)
-        tied = np.setdiff1d(tied, copies)
-    # rank of each (verdict, embedder score) pair among the distinct pairs, ascending
-    pairs, rank = np.unique(np.stack([verdict, out[head]], axis=1), axis=0, return_inverse=True)
+        emb = out[head]
+    # dense rank of each (verdict, embedder score) pair, ascending (np.lexsort: the last key is the primary one)
+    order = np.lexsort((emb, verdict))
+    step = (np.diff(verdict[order]) != 0) | (np.diff(emb[order]) != 0)
+    rank = np.empty(len(head), dtype=np.float64)
+    rank[order] = np.concatenate([[0.0], np.cumsum(step)])
     top = float(out.max()) + 1.0
-    out[head] = top + 1.0 + rank.reshape(-1)
-    if pairs[0, 1] == kth:  # the last of the top k has the score of the candidates tied with it outside
+    out[head] = top + 1.0 + rank
+    if emb[order[0]] == kth:  # the last of the top k has the score of the candidates tied with it outside
         out[tied] = top + 1.0
     return out
 
