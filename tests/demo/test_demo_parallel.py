@@ -4,6 +4,9 @@ for a command run as a torchrun group (`run_ranks`: mining's judge shards over t
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 import pytest
 from safetensors.torch import load_file
 
@@ -70,8 +73,9 @@ def test_mining_as_a_torchrun_group_writes_what_one_process_writes(tiny_model_di
     world, embedder, judge = tiny_world_dir(0), tiny_model_dir("qwen2_vl"), tiny_model_dir("qwen2_5_vl")
     assert torchrun_line(2, "unime mine --k 4") == "torchrun --standalone --nproc-per-node 2 -m unime mine --k 4"
     log = tmp_path / "logs" / "mine.log"  # the demo's stage log: every process appends its records to it
-    run_ranks("mine", _mine(world, embedder, judge, tmp_path / "ranks"), processes=2, threads=1,
-              logs=StageLogging(log))
+    with _handlers_kept():
+        run_ranks("mine", _mine(world, embedder, judge, tmp_path / "ranks"), processes=2, threads=1,
+                  logs=StageLogging(log))
     info = [line for line in log.read_text().splitlines() if " INFO unime.mining." in line]
     assert len({line.split("[process ")[1].split("]")[0] for line in info}) == 2, info  # both ranks' lines
     run_stage_command("mine", _mine(world, embedder, judge, tmp_path / "here"))  # one torch thread (conftest)
@@ -91,7 +95,28 @@ def test_a_failing_torchrun_group_is_raised_with_the_message(tiny_model_dir, tin
                "--records": tmp_path / "missing.jsonl"}
     # the cause is rank 0's (it reads the records), relayed to rank 1, whichever failure torchrun's launcher records
     with pytest.raises(UnimeError, match=r"`unime mine` failed in process 0 of 2: DataError: .*missing.jsonl"):
-        run_ranks("mine", options, processes=2, threads=1)
+        with _handlers_kept():
+            run_ranks("mine", options, processes=2, threads=1)
+
+
+def _own_handler(signum, frame):  # a handler the caller of run_ranks set, which torch's launcher replaces
+    raise AssertionError(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _handlers_kept():
+    """Set `_own_handler` for the signals torch's launcher handles; after the block, raising or not, each is still
+    set (torch's own, raising its SignalException, stayed set: a SIGTERM of the demo after its mining stage raised
+    in the demo, whose except clause then waited for its per-seed workers). The handlers found are set back."""
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+    before = {s: signal.signal(s, _own_handler) for s in signals}
+    try:
+        yield
+    finally:
+        after = {s: signal.getsignal(s) for s in signals}
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        assert after == {s: _own_handler for s in signals}, after
 
 
 def test_the_failure_reported_is_the_cause_not_a_peer_that_lost_it():
@@ -165,3 +190,4 @@ def _command(pid: int) -> str:
             return f.read().replace("\0", " ")
     except OSError:
         return ""
+

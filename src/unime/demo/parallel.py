@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -98,17 +99,45 @@ def run_ranks(command: str, options: dict[str, Any], *, processes: int, threads:
     own launcher (`elastic_launch`, a rendezvous on a free local port): every process makes the command's stage
     call with `threads` torch threads. A failure of any process stops the others and is raised with its message.
     `logs`: where the processes' log records go (`run_parallel`)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"unime-demo-{os.getpid()}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
+    handlers = _signal_handlers()
     try:
         elastic_launch(config, _run_rank)(command, options, threads, logs, os.getpid())
     except ChildFailedError as e:
         rank, message = root_failure({r: f.message for r, f in e.failures.items()},
                                      {r: f.timestamp for r, f in e.failures.items()})
         raise UnimeError(f"`unime {command}` failed in process {rank} of {processes}: {message}") from None
+    except SignalException as e:  # torch's handler: the group is stopped; the signal does what it did before
+        _restore_signal_handlers(handlers)
+        signal.raise_signal(e.sigval)  # SIGTERM's default ends this process, SIGINT's raises KeyboardInterrupt
+        raise  # a handler that neither ended nor raised: the stage still stopped
+    finally:
+        _restore_signal_handlers(handlers)
+
+
+def _signal_handlers() -> dict[signal.Signals, Any]:
+    """This process's Python-visible signal handlers. torch's launcher (`elastic_launch`) sets its own for SIGTERM,
+    SIGINT, SIGHUP and SIGQUIT (`TORCHELASTIC_SIGNALS_TO_HANDLE`), raising `SignalException`, and leaves them set:
+    a SIGTERM of the demo after its mining stage then raised in the demo instead of ending it."""
+    handlers = {}
+    for signum in signal.valid_signals():
+        try:
+            handlers[signum] = signal.getsignal(signum)
+        except (OSError, ValueError):
+            pass
+    return handlers
+
+
+def _restore_signal_handlers(handlers: dict[signal.Signals, Any]) -> None:
+    """Set back the handlers of `_signal_handlers` that changed since (one not set from Python cannot be)."""
+    for signum, handler in handlers.items():
+        if handler is not None and signal.getsignal(signum) != handler:
+            signal.signal(signum, handler)
 
 
 # what a process says when another process's step failed (`unime.process_group.PeerFailed`): the cause, relayed
