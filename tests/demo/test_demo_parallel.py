@@ -191,3 +191,69 @@ def _command(pid: int) -> str:
     except OSError:
         return ""
 
+
+
+_INTERRUPTED_DEMO = """
+import signal, sys
+from unime.demo.parallel import run_parallel
+
+class Stop(Exception):
+    pass
+
+def stop(signum, frame):  # as torch's launcher's handler raises its SignalException
+    raise Stop(signum)
+
+def read(command, options):  # a long call: it reads a named pipe the test holds open and never writes
+    with open(options["--records"]) as f:
+        f.read()
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        run_parallel([("train embedder", {"--records": sys.argv[1]})], jobs=2, threads=1, run=read)
+    except Stop:
+        sys.exit(3)
+"""
+
+
+def test_a_signal_handlers_exception_ends_the_running_workers_at_once(tmp_path):
+    """A SIGTERM whose handler raises in the demo (torch's launcher's handler raised its SignalException there) ends
+    the workers at once instead of waiting for their calls (whole training runs): the demo ends within seconds and
+    its worker with it."""
+    import errno
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import descendants, kill_all, survivors
+
+    pipe = tmp_path / "records.jsonl"
+    os.mkfifo(pipe)
+    (tmp_path / "demo.py").write_text(_INTERRUPTED_DEMO)
+    with open(tmp_path / "demo.err", "w") as err:
+        demo = subprocess.Popen([sys.executable, str(tmp_path / "demo.py"), str(pipe)], stderr=err)
+    writer, workers = None, []
+    try:
+        end = time.monotonic() + 600  # the worker imports torch (`_init_worker`) before the call
+        while writer is None:
+            try:
+                writer = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)  # once the call has the pipe open to read
+            except OSError as e:
+                assert e.errno == errno.ENXIO, e
+                assert demo.poll() is None, (tmp_path / "demo.err").read_text()
+                assert time.monotonic() < end, "the call never opened the pipe"
+                time.sleep(0.05)
+        workers = [p for p in descendants(demo.pid) if "spawn_main" in _command(p)]
+        assert len(workers) == 1, workers
+        os.kill(demo.pid, signal.SIGTERM)
+        try:
+            demo.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the demo still waits for its worker 30 s after the SIGTERM")
+        assert demo.returncode == 3, (tmp_path / "demo.err").read_text()  # the handler's exception, raised
+        assert survivors(workers, within=10) == [], [_command(p) for p in workers]
+    finally:
+        kill_all(workers + descendants(demo.pid) + [demo.pid])
+        if writer is not None:
+            os.close(writer)

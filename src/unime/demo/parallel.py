@@ -17,8 +17,9 @@ import os
 import pickle
 import re
 import signal
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Callable
 
 from unime.demo.stage_logs import StageLogging
 from unime.errors import UnimeError
@@ -39,22 +40,56 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     return max(1, cores // max(jobs, 1))
 
 
+WORKERS_GRACE = 5.0  # seconds an interrupted demo's workers have to end on SIGTERM before SIGKILL
+
+
 def run_parallel(calls: list[tuple[str, dict[str, Any]]], *, jobs: int, threads: int,
-                 logs: StageLogging | None = None) -> None:
-    """Run every (command, options) of `calls`, `jobs` at a time; the first failure (in call order) is raised
-    once the calls already running have finished, and calls not yet started are not run. `logs`: where the
-    workers' log records go (the stage's file and the console, `unime.demo.stage_logs`)."""
+                 logs: StageLogging | None = None,
+                 run: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    """Run every (command, options) of `calls`, `jobs` at a time: a worker makes the command's stage call, or calls
+    `run(command, options)` (a module-level function) when given. The first failure (in call order) is raised
+    once the calls already running have finished, and calls not yet started are not run. An interruption of this
+    process instead (Ctrl-C, SystemExit, a signal handler's exception such as torch's `SignalException`) ends the
+    running workers at once (SIGTERM, then SIGKILL after `WORKERS_GRACE` seconds) and is raised: a stage resumes from
+    what its commands finished. `logs`: where the workers' log records go (the stage's file and the console,
+    `unime.demo.stage_logs`)."""
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(calls))), mp_context=ctx,
                                initializer=_init_worker, initargs=(threads, logs, None, os.getpid()))
+    futures: list[Future] = []
     try:
-        futures = [pool.submit(_run_one, command, options) for command, options in calls]
+        futures = [pool.submit(run or _run_one, command, options) for command, options in calls]
         for future in futures:
             future.result()
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException as e:
+        failed = isinstance(e, Exception) and any(f.done() and not f.cancelled() and f.exception() is e
+                                                  for f in futures)
+        if not failed:
+            _end_workers(pool)  # not a call's failure: an interruption of this process
+            raise
+        try:  # a call failed: the calls already running finish their work
+            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:  # interrupted while waiting for them
+            _end_workers(pool)
+            raise
         raise
     pool.shutdown(wait=True)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop `pool`'s worker processes now, whatever they run: SIGTERM, then SIGKILL to those left after
+    `WORKERS_GRACE` seconds."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public list before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    end = time.monotonic() + WORKERS_GRACE
+    for process in processes:
+        process.join(max(0.0, end - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _init_worker(threads: int, logs: StageLogging | None = None, rank: int | None = None,
