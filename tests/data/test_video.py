@@ -566,10 +566,12 @@ def _clip_with_longer_audio(path: Path, *, n: int = 20, fps: int = 10, audio_s: 
     return path
 
 
-def _mux_silence(c, a, seconds: float) -> None:
-    """`seconds` of mono silence at 48 kHz encoded by the audio stream `a` of the container `c`."""
-    for k in range(0, int(seconds * 48000), 960):
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+def _mux_silence(c, a, seconds: float, *, frame_size: int = 960, integer: bool = False) -> None:
+    """`seconds` of mono silence at 48 kHz encoded by the audio stream `a` of the container `c`, in frames of
+    `frame_size` samples (MP3: 1152), float or (`integer`: PCM, FLAC) 16-bit samples."""
+    for k in range(0, int(seconds * 48000), frame_size):
+        samples = np.zeros((1, frame_size), np.int16 if integer else np.float32)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16" if integer else "fltp", layout="mono")
         frame.sample_rate, frame.pts = 48000, k
         for p in a.encode(frame):
             c.mux(p)
@@ -1032,53 +1034,27 @@ def test_an_animated_gif_is_one_video_file_in_every_form_and_an_image_as_an_imag
     FRAME_CACHE.clear()
 
 
-def test_an_audio_file_in_a_one_entry_frame_list_is_said_to_have_no_video_stream(tmp_path):
+@pytest.mark.parametrize("fmt,codec,name", [("ipod", "aac", "voice.m4a"), ("mp3", "libmp3lame", "song.mp3"),
+                                            ("flac", "flac", "song.flac"), ("wav", "pcm_s16le", "song.wav"),
+                                            ("adts", "aac", "song.aac")])
+def test_an_audio_file_in_a_one_entry_frame_list_is_said_to_have_no_video_stream(tmp_path, fmt, codec, name):
     """QA: an audio-only .m4a in a `paths` list was "corrupt or unreadable image ...: not in an image format PIL can
-    read", as a record's "video" "has no video stream": a media container in a one-entry list is a video file."""
-    from unime.data.io import ImageChecker
-
-    c = av.open(str(tmp_path / "voice.m4a"), "w", format="ipod")
-    _mux_silence(c, c.add_stream("aac", rate=48000), 1.0)
-    c.close()
-    loader = ImageLoader(tmp_path)
-    for item in (Item.from_dict({"video": ["voice.m4a"]}), Item.from_dict({"video": "voice.m4a"})):
-        with pytest.raises(DataError, match="video voice.m4a has no video stream"):
-            loader.load_video(item.video, source="v.jsonl", record=1, field="video")
-        for decode in (True, False):
-            with pytest.raises(DataError, match="video voice.m4a has no video stream"):
-                ImageChecker(loader, decode_video=decode).check_item("query", item, source="v.jsonl", record=1)
-    with pytest.raises(DataError, match="not in an image format PIL can read"):  # as an image: an image's message
-        loader.load("voice.m4a")
-
-
-@pytest.mark.parametrize("fmt,codec,name", [("mp3", "libmp3lame", "song.mp3"), ("flac", "flac", "song.flac"),
-                                            ("wav", "pcm_s16le", "song.wav"), ("adts", "aac", "song.aac")])
-def test_an_audio_file_of_no_container_in_a_one_entry_list_is_said_to_have_no_video_stream(tmp_path, fmt, codec,
-                                                                                            name):
-    """QA: an .mp3 (also FLAC, WAV, raw AAC: audio formats with no video container's signature) in a one-entry
-    video list, or inline, was read as a frame: "not in an image format PIL can read"; it is a video file
-    without a video stream, as an audio-only .m4a is."""
+    read", as a record's "video" "has no video stream": a media container in a one-entry list is a video file. So
+    are, later (QA), an .mp3, FLAC, WAV or raw AAC file (no video container's signature), in a list or inline."""
     from unime.data.io import ImageChecker
 
     c = av.open(str(tmp_path / name), "w", format=fmt)
-    a = c.add_stream(codec, rate=48000)
-    sizes = {"libmp3lame": 1152}
-    for k in range(0, 48000, sizes.get(codec, 1024)):
-        samples = np.zeros((1, sizes.get(codec, 1024)), np.int16 if codec in ("pcm_s16le", "flac") else np.float32)
-        frame = av.AudioFrame.from_ndarray(samples, format="s16" if samples.dtype == np.int16 else "fltp",
-                                           layout="mono")
-        frame.sample_rate, frame.pts = 48000, k
-        for p in a.encode(frame):
-            c.mux(p)
-    for p in a.encode():
-        c.mux(p)
+    _mux_silence(c, c.add_stream(codec, rate=48000), 1.0, frame_size=1152 if codec == "libmp3lame" else 1024,
+                 integer=codec in ("pcm_s16le", "flac"))
     c.close()
     loader = ImageLoader(tmp_path)
-    for item in (Item.from_dict({"video": [name]}), Item(video=((tmp_path / name).read_bytes(),))):
-        with pytest.raises(DataError, match="has no video stream"):
+    for item, shown in ((Item.from_dict({"video": [name]}), name), (Item.from_dict({"video": name}), name),
+                        (Item(video=((tmp_path / name).read_bytes(),)), "")):
+        said = f"video {shown} has no video stream" if shown else "has no video stream"
+        with pytest.raises(DataError, match=said):
             loader.load_video(item.video, source="v.jsonl", record=1, field="video")
         for decode in (True, False):
-            with pytest.raises(DataError, match="has no video stream"):
+            with pytest.raises(DataError, match=said):
                 ImageChecker(loader, decode_video=decode).check_item("query", item, source="v.jsonl", record=1)
     with pytest.raises(DataError, match="not in an image format PIL can read"):  # as an image: an image's message
         loader.load(name)
