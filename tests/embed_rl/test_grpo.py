@@ -124,6 +124,22 @@ def test_rows_of_a_data_parallel_run_cut_each_epoch_to_whole_global_steps(tmp_pa
     assert [r["pair_id"] for r in _grpo_data(cfg).rows][::2] == want
 
 
+def test_fewer_pairs_than_a_data_parallel_step_takes_are_refused(tmp_path, monkeypatch):
+    """Under WORLD_SIZE P a step takes B x P pairs: 3 pairs with B 2 on 2 processes passed the "fewer than
+    --pairs-per-batch" check (3 >= 2), and every epoch but the last was empty (3 // 4 = 0 steps), the last one
+    dropped by TRL as a short step: a run of no step. Refused as one process refuses fewer pairs than B."""
+    from unime.errors import DataError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = GRPOStageConfig(model="m", embedder="e", records=_epoch_world(tmp_path, 3, monkeypatch), out="o",
+                          num_generations=2, pairs_per_batch=2, epochs=2, seed=0)
+    with pytest.raises(DataError) as e:
+        _grpo_data(cfg)
+    assert str(e.value).endswith("3 pairs, fewer than a step's 4 (--pairs-per-batch 2 x 2 processes)")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: 3 pairs are enough for steps of 2
+    assert len(_grpo_data(cfg).rows) == 2 * (2 + 3)
+
+
 def test_a_record_with_an_inline_image_is_refused_naming_it_and_the_records_grpo_takes(world):
     """QA: `train reasoner --stage grpo --records reasoned.parquet` (`reason materialize`'s output: items with
     their evidence crops inline) said "field 'images': items with inline images are not JSON-serialisable; write

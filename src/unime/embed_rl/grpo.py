@@ -812,12 +812,15 @@ def _grpo_data(cfg: GRPOStageConfig) -> _GRPOData:
                      pairs_per_step=cfg.pairs_per_batch * processes,
                      policy=ErrorPolicy(cfg.on_error, skips, "GRPO") if cfg.on_error == "skip" else None)
     n_pairs = len({r["pair_id"] for r in rows})
-    if n_pairs < cfg.pairs_per_batch:
+    if n_pairs < cfg.pairs_per_batch * processes:  # not one step's pairs: a run of no step
         from unime.data.skips import shown_on_failure
         from unime.errors import DataError
 
+        step = (f"--pairs-per-batch {cfg.pairs_per_batch}" if processes == 1 else
+                f"a step's {cfg.pairs_per_batch * processes} (--pairs-per-batch {cfg.pairs_per_batch} x {processes} "
+                "processes)")
         with shown_on_failure(skips):  # the records skipped, before the error
-            raise DataError(f"{n_pairs} pairs, fewer than --pairs-per-batch {cfg.pairs_per_batch}"
+            raise DataError(f"{n_pairs} pairs, fewer than {step}"
                             + (f" ({skips.total} record(s) skipped)" if skips.total else ""), source=cfg.records)
     if skips.total:
         log.warning("GRPO: %s", skips.summary())
